@@ -1,0 +1,61 @@
+// swift-tools-version:6.0
+// lmctfy: Let Me Contain That For You, in Swift for Linux.
+// Layout and the reason for each target: ../shared/DESIGN.md and README.md.
+import PackageDescription
+
+let package = Package(
+    name: "lmctfy",
+    products: [
+        .executable(name: "lmctfy", targets: ["lmctfy"]),
+        .executable(name: "lmctfy-protogen", targets: ["lmctfy-protogen"]),
+        .library(name: "LmctfyProto", targets: ["LmctfyProto"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    ],
+    targets: [
+        // System libraries from Debian packages; module maps only.
+        .systemLibrary(
+            name: "CLibUV", pkgConfig: "libuv",
+            providers: [.apt(["libuv1-dev"])]),
+        .systemLibrary(
+            name: "CProtobufC", pkgConfig: "libprotobuf-c",
+            providers: [.apt(["libprotobuf-c-dev"])]),
+
+        // protoc-c output for proto/*.proto plus a descriptor registry.
+        // Written only by tools/gen-proto; never edit by hand.
+        .target(
+            name: "LmctfyWire",
+            dependencies: ["CProtobufC"]),
+
+        // What Swift must not do itself (see the header): between fork and
+        // exec, macro and glibc wrappers.
+        .target(name: "CLmctfyShims"),
+
+        // Swift value types for every message, binary/text/JSON codecs.
+        .target(
+            name: "LmctfyProto",
+            dependencies: ["LmctfyWire", "CProtobufC"]),
+
+        // CLI verbs, one file each; testable without spawning.
+        .target(
+            name: "LmctfyCommands",
+            dependencies: [
+                "LmctfyProto",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]),
+
+        .executableTarget(name: "lmctfy", dependencies: ["LmctfyCommands"]),
+
+        // Generates Sources/LmctfyProto/Generated from the protobuf-c descriptors.
+        .executableTarget(
+            name: "lmctfy-protogen",
+            dependencies: ["LmctfyWire", "CProtobufC"],
+            path: "tools/protogen"),
+
+        .testTarget(
+            name: "LmctfyProtoTests",
+            dependencies: ["LmctfyProto", "LmctfyWire", "CProtobufC", "CLmctfyShims"],
+            exclude: ["Corpus"]),
+    ]
+)

@@ -1,0 +1,13 @@
+/* C shims for what Swift cannot (or must not) do itself. Every item says why.
+ * Names carry the lm_ prefix. */
+#ifndef CLMCTFY_SHIMS_H
+#define CLMCTFY_SHIMS_H
+
+#include <stddef.h>
+
+/* Bytes of heap in use (glibc mallinfo2().uordblks). <malloc.h> is not part
+ * of Swift's Glibc module, so Swift cannot call mallinfo2 directly; the
+ * tests use it as a leak check around the protobuf-c conversions. */
+size_t lm_heap_in_use(void);
+
+#endif
