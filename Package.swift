@@ -37,11 +37,25 @@ let package = Package(
             name: "LmctfyProto",
             dependencies: ["LmctfyWire", "CProtobufC"]),
 
+        // One wrapper per syscall; LmctfyError and the status codes.
+        .target(name: "LmctfySystem", dependencies: ["CLmctfyShims"]),
+
+        // CL1: containers, names, cgroup v1/v2 layouts, resource handlers.
+        .target(
+            name: "Lmctfy",
+            dependencies: ["LmctfySystem", "LmctfyProto"]),
+
+        // Fake cgroup trees, the root gate, unique test containers.
+        .target(
+            name: "LmctfyTestSupport",
+            dependencies: ["Lmctfy", "LmctfySystem"],
+            path: "Tests/LmctfyTestSupport"),
+
         // CLI verbs, one file each; testable without spawning.
         .target(
             name: "LmctfyCommands",
             dependencies: [
-                "LmctfyProto",
+                "Lmctfy", "LmctfySystem", "LmctfyProto",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
 
@@ -53,6 +67,9 @@ let package = Package(
             dependencies: ["LmctfyWire", "CProtobufC"],
             path: "tools/protogen"),
 
+        .testTarget(
+            name: "LmctfyTests",
+            dependencies: ["Lmctfy", "LmctfySystem", "LmctfyProto", "LmctfyTestSupport"]),
         .testTarget(
             name: "LmctfyProtoTests",
             dependencies: ["LmctfyProto", "LmctfyWire", "CProtobufC", "CLmctfyShims"],

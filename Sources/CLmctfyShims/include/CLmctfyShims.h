@@ -4,6 +4,9 @@
 #define CLMCTFY_SHIMS_H
 
 #include <stddef.h>
+/* Not part of Swift's Glibc module: re-exported so LmctfySystem can wrap them. */
+#include <sys/mount.h>
+#include <sys/xattr.h>
 
 /* Bytes of heap in use (glibc mallinfo2().uordblks). <malloc.h> is not part
  * of Swift's Glibc module, so Swift cannot call mallinfo2 directly; the

@@ -1,0 +1,89 @@
+// Which cgroup hierarchies are mounted where, from /proc/self/mountinfo, and
+// so which backend (v1 or v2) lmctfy drives.
+import LmctfySystem
+
+/// A cgroup v1 controller (hierarchy).
+public enum Controller: String, CaseIterable, Sendable, Comparable {
+    case cpu, cpuacct, cpuset, freezer, memory, devices, blkio, pids
+    case perfEvent = "perf_event"
+
+    public static func < (a: Controller, b: Controller) -> Bool {
+        allCases.firstIndex(of: a)! < allCases.firstIndex(of: b)!
+    }
+}
+
+public enum CgroupVersion: String, Sendable {
+    case v1, v2
+}
+
+/// The cgroup filesystems of this machine (or of a fake tree in tests).
+public struct CgroupMounts: Sendable, Equatable {
+    /// v1 controller → its mount point. Co-mounted controllers share one.
+    public var v1: [Controller: String]
+    /// The cgroup2 mount point, if any.
+    public var unified: String?
+
+    public init(v1: [Controller: String] = [:], unified: String? = nil) {
+        self.v1 = v1
+        self.unified = unified
+    }
+
+    /// v1 when the freezer hierarchy is mounted (the original's requirement,
+    /// and how a hybrid machine like ours runs); v2 when only cgroup2 is.
+    public var version: CgroupVersion? {
+        if v1[.freezer] != nil { return .v1 }
+        if unified != nil { return .v2 }
+        return nil
+    }
+
+    /// Parses mountinfo: the first mount seen of each controller wins.
+    /// A line is `id parent dev root mountpoint opts [tags...] - fstype source superopts`.
+    public static func parse(mountinfo: String) -> CgroupMounts {
+        var mounts = CgroupMounts()
+        for line in mountinfo.split(separator: "\n") {
+            let fields = line.split(separator: " ")
+            guard let dash = fields.firstIndex(of: "-"), dash >= 5, fields.count >= dash + 4 else { continue }
+            let mountPoint = unescape(String(fields[4]))
+            switch fields[dash + 1] {
+            case "cgroup":
+                for option in fields[dash + 3].split(separator: ",") {
+                    if let c = Controller(rawValue: String(option)), mounts.v1[c] == nil {
+                        mounts.v1[c] = mountPoint
+                    }
+                }
+            case "cgroup2":
+                if mounts.unified == nil { mounts.unified = mountPoint }
+            default:
+                continue
+            }
+        }
+        return mounts
+    }
+
+    /// mountinfo escapes space, tab, newline and backslash as \ooo.
+    static func unescape(_ s: String) -> String {
+        let b = Array(s.utf8)
+        var out = [UInt8]()
+        var i = 0
+        while i < b.count {
+            if b[i] == 0x5C, i + 3 < b.count,
+               let v = UInt8(String(decoding: b[(i + 1)...(i + 3)], as: UTF8.self), radix: 8) {
+                out.append(v)
+                i += 4
+            } else {
+                out.append(b[i])
+                i += 1
+            }
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    public static func detect(procRoot: String = "/proc") throws(LmctfyError) -> CgroupMounts {
+        do {
+            return parse(mountinfo: try Sys.readFile(procRoot + "/self/mountinfo"))
+        } catch {
+            throw error.lmctfy(.failedPrecondition, "Failed to read the mount table")
+        }
+    }
+}
+

@@ -1,0 +1,174 @@
+// One container: update, read back, statistics, its tasks and subcontainers,
+// freezing and killing.
+import Glibc
+import LmctfyProto
+import LmctfySystem
+
+public struct Container: Sendable {
+    public let name: ContainerName
+    let api: ContainerApi
+
+    var layout: Layout { api.layout }
+    var tasksDir: CgroupDir { layout.tasksDir(name) }
+
+    /// The resources this container isolates itself.
+    public var isolatedResources: Set<ResourceKind> { layout.isolated(name) }
+
+    // MARK: Update, spec, stats
+
+    /// Applies a spec. DIFF writes the fields given; REPLACE must name every
+    /// isolated resource and resets what it leaves out (D3). Only resources
+    /// the container isolates may be named. Everything is validated before
+    /// the first write.
+    public func update(_ spec: ContainerSpec, policy: UpdatePolicy) throws(LmctfyError) {
+        guard api.exists(name) else { throw .notFound("Container \"\(name)\" does not exist") }
+        if spec.owner != nil || spec.ownerGroup != nil {
+            throw .invalidArgument("owner and owner_group can only be set at create")
+        }
+        try api.checkSupported(spec, isUpdate: true)
+        let isolated = isolatedResources
+        let named = Set(ResourceKind.allCases.filter { $0.isPresent(in: spec) })
+        if !named.isSubset(of: isolated) {
+            let extra = named.subtracting(isolated).sorted().map(\.description).joined(separator: ", ")
+            throw .invalidArgument("Must not specify an update to a resource not being isolated (\(extra))")
+        }
+        if policy == .replace && named != isolated {
+            throw .invalidArgument("A replace update must specify all resources being isolated.")
+        }
+        let dirs = layout.resourceDirs(name)
+        let order = named.sorted()
+        for kind in order { try api.handler(kind).validate(spec, dirs: dirs) }
+        for kind in order { try api.handler(kind).apply(spec, policy: policy, dirs: dirs) }
+    }
+
+    /// The spec as the kernel has it now, for the resources isolated here.
+    public func spec() throws(LmctfyError) -> ContainerSpec {
+        var spec = ContainerSpec()
+        let dirs = layout.resourceDirs(name)
+        for kind in isolatedResources.sorted() {
+            guard let h = api.handlers[kind] else { continue }
+            try h.readSpec(into: &spec, dirs: dirs)
+        }
+        return spec
+    }
+
+    public func stats(_ type: StatsType) throws(LmctfyError) -> ContainerStats {
+        var stats = ContainerStats()
+        let dirs = layout.resourceDirs(name)
+        for kind in isolatedResources.sorted() {
+            guard let h = api.handlers[kind] else { continue }
+            try h.stats(into: &stats, type: type, dirs: dirs)
+        }
+        return stats
+    }
+
+    // MARK: Tree and tasks
+
+    /// Direct (or, recursively, all) subcontainers, sorted by name.
+    public func subcontainers(recursive: Bool) throws(LmctfyError) -> [ContainerName] {
+        var out: [ContainerName] = []
+        try collect(name, recursive: recursive, into: &out)
+        return out.sorted()
+    }
+
+    private func collect(_ name: ContainerName, recursive: Bool, into out: inout [ContainerName]) throws(LmctfyError) {
+        let dir = layout.tasksDir(name)
+        let children: [String]
+        do {
+            children = try Sys.subdirectories(dir.path)
+        } catch {
+            throw error.lmctfy(.failedPrecondition, "Failed to list subcontainers of \"\(name)\"")
+        }
+        for child in children {
+            // The v1 cpu hierarchy's /batch is not a container; nothing else
+            // is skipped: an invalid foreign directory is an error, as in the original.
+            let sub: ContainerName
+            do {
+                sub = try ContainerName.resolve(child, relativeTo: name)
+            } catch {
+                throw .failedPrecondition("Subcontainer directory \"\(dir.path)/\(child)\" is not a valid container name")
+            }
+            out.append(sub)
+            if recursive { try collect(sub, recursive: true, into: &out) }
+        }
+    }
+
+    /// PIDs (cgroup.procs), sorted; recursive adds every subcontainer's.
+    public func processes(recursive: Bool) throws(LmctfyError) -> [pid_t] {
+        try listTasks("cgroup.procs", recursive: recursive)
+    }
+
+    /// TIDs (v1 tasks, v2 cgroup.threads), sorted; recursive adds every subcontainer's.
+    public func threads(recursive: Bool) throws(LmctfyError) -> [pid_t] {
+        try listTasks(layout.version == .v1 ? "tasks" : "cgroup.threads", recursive: recursive)
+    }
+
+    private func listTasks(_ file: String, recursive: Bool) throws(LmctfyError) -> [pid_t] {
+        guard api.exists(name) else { throw .notFound("Container \"\(name)\" does not exist") }
+        var all = Set(try tasksDir.readPids(file))
+        if recursive {
+            for sub in try subcontainers(recursive: true) {
+                all.formUnion(try layout.tasksDir(sub).readPids(file))
+            }
+        }
+        return all.sorted()
+    }
+
+    // MARK: Freezer and kill
+
+    /// Whether the container is frozen (paused).
+    public func isFrozen() throws(LmctfyError) -> Bool {
+        switch layout.version {
+        case .v1:
+            return try tasksDir.read("freezer.state").trimmingWhitespace == "FROZEN"
+        case .v2:
+            return try tasksDir.readKeyValues("cgroup.events")["frozen"] == 1
+        }
+    }
+
+    /// Freezes (true) or thaws (false) and waits, bounded, until the kernel
+    /// reports the new state.
+    public func setFrozen(_ frozen: Bool, timeoutMs: Int = 5000) throws(LmctfyError) {
+        guard !name.isRoot else { throw .failedPrecondition("The root container \"/\" cannot be paused") }
+        switch layout.version {
+        case .v1: try tasksDir.write("freezer.state", frozen ? "FROZEN" : "THAWED")
+        case .v2: try tasksDir.write("cgroup.freeze", frozen ? "1" : "0")
+        }
+        var waited = 0
+        while try isFrozen() != frozen {
+            if waited >= timeoutMs {
+                throw .unavailable("Container \"\(name)\" did not become \(frozen ? "frozen" : "thawed") within \(timeoutMs) ms")
+            }
+            // v1 only moves FREEZING to FROZEN when the state is read again.
+            if frozen && layout.version == .v1 { try tasksDir.write("freezer.state", "FROZEN") }
+            usleep(1000)
+            waited += 1
+        }
+    }
+
+    /// Kills every process of this container, not its subcontainers (D9):
+    /// freeze so nothing can fork, SIGKILL every task, thaw so the kills land,
+    /// repeat until empty. Works on a paused container (it stays thawed
+    /// afterwards, with nothing left in it). Never signals anything outside.
+    public func killAll(rounds: Int = 10) throws(LmctfyError) {
+        guard !name.isRoot else { throw .failedPrecondition("Killing every process of the root container \"/\" is not allowed") }
+        guard api.exists(name) else { throw .notFound("Container \"\(name)\" does not exist") }
+        if try tasksDir.readPids("cgroup.procs").isEmpty { return }
+        for _ in 0..<rounds {
+            try setFrozen(true)
+            let pids = try tasksDir.readPids("cgroup.procs")
+            for pid in pids { try? Sys.kill(pid, SIGKILL) }
+            try setFrozen(false)
+            // Wait for the killed tasks to leave the cgroup (bounded).
+            for _ in 0..<2000 {
+                if try tasksDir.readPids("cgroup.procs").isEmpty { break }
+                usleep(500)
+            }
+            let procs = try tasksDir.readPids("cgroup.procs")
+            let threads = try tasksDir.readPids(layout.version == .v1 ? "tasks" : "cgroup.threads")
+            if procs.isEmpty && threads.isEmpty { return }
+        }
+        let left = try tasksDir.readPids("cgroup.procs")
+        throw .failedPrecondition("Expected container \"\(name)\" to have no processes, has \(left.count). Some may be unkillable")
+    }
+}

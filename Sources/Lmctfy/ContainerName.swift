@@ -1,0 +1,90 @@
+// Container names: validation and resolution, exactly as the original
+// (lmctfy-behaviour.md §2), plus a length limit so a hostile name is refused
+// before anything touches the filesystem.
+import LmctfySystem
+
+/// An absolute, cleaned container name: "/" or "/a/b". Every value has been
+/// validated, so it is safe to append to a cgroup mount point.
+public struct ContainerName: Hashable, Sendable, Comparable, CustomStringConvertible {
+    /// The name's segments; empty for the root.
+    public let components: [String]
+
+    public static let root = ContainerName(trusted: [])
+
+    /// The longest segment a cgroup filesystem accepts (NAME_MAX).
+    public static let maxSegmentLength = 255
+    /// The longest name we accept, leaving room for the mount point under PATH_MAX.
+    public static let maxLength = 3072
+
+    init(trusted components: [String]) {
+        self.components = components
+    }
+
+    public var path: String { "/" + components.joined(separator: "/") }
+    public var description: String { path }
+    public var isRoot: Bool { components.isEmpty }
+    public var basename: String { components.last ?? "/" }
+    public var depth: Int { components.count }
+
+    public var parent: ContainerName? {
+        isRoot ? nil : ContainerName(trusted: Array(components.dropLast()))
+    }
+
+    /// This name and its ancestors, nearest first, ending at the root.
+    public var selfAndAncestors: [ContainerName] {
+        (0...components.count).reversed().map { ContainerName(trusted: Array(components.prefix($0))) }
+    }
+
+    public func isAncestor(of other: ContainerName) -> Bool {
+        other.components.count > components.count && Array(other.components.prefix(components.count)) == components
+    }
+
+    public static func < (a: ContainerName, b: ContainerName) -> Bool { a.path < b.path }
+
+    /// Resolves user input: checks the characters, joins a relative name onto
+    /// `base` (the caller's own container), cleans `.`/`..`/`//` Plan 9 style
+    /// (`..` at the root stays at the root), and checks every segment.
+    public static func resolve(_ raw: String, relativeTo base: ContainerName) throws(LmctfyError) -> ContainerName {
+        guard !raw.isEmpty else { throw .invalidArgument("Container name is missing") }
+        for u in raw.utf8 {
+            let ok = (u >= 0x61 && u <= 0x7A) || (u >= 0x41 && u <= 0x5A) || (u >= 0x30 && u <= 0x39)
+                || u == 0x5F || u == 0x2D || u == 0x2E || u == 0x2F
+            guard ok else {
+                throw .invalidArgument("Invalid characters in container name \"\(printable(raw))\"")
+            }
+        }
+        guard raw.utf8.count <= maxLength else {
+            throw .invalidArgument("Container name is longer than \(maxLength) bytes")
+        }
+        var parts = raw.hasPrefix("/") ? [] : base.components
+        for segment in raw.split(separator: "/", omittingEmptySubsequences: true) {
+            switch segment {
+            case ".": continue
+            case "..": if !parts.isEmpty { parts.removeLast() }
+            default: parts.append(String(segment))
+            }
+        }
+        for segment in parts {
+            guard let first = segment.utf8.first,
+                  (first >= 0x61 && first <= 0x7A) || (first >= 0x41 && first <= 0x5A) || (first >= 0x30 && first <= 0x39)
+            else {
+                throw .invalidArgument(
+                    "Part of the container name \"\(segment)\" starts with a non-alphanumeric character")
+            }
+            guard segment.utf8.count <= maxSegmentLength else {
+                throw .invalidArgument(
+                    "Part of the container name is longer than \(maxSegmentLength) bytes")
+            }
+        }
+        return ContainerName(trusted: parts)
+    }
+
+    /// For error messages: the input with non-printable bytes escaped.
+    static func printable(_ s: String) -> String {
+        var out = ""
+        for u in s.unicodeScalars {
+            if u.value >= 0x20 && u.value < 0x7F { out.unicodeScalars.append(u) } else { out += "\\u{\(String(u.value, radix: 16))}" }
+        }
+        return out.count > 80 ? String(out.prefix(80)) + "…" : out
+    }
+}

@@ -1,0 +1,34 @@
+// pids: the number of tasks a container may hold (an lmctfy-swift addition,
+// field 14 of ContainerSpec). v1 and v2 share the file names.
+import LmctfyProto
+import LmctfySystem
+
+struct PidsHandler: ResourceHandler {
+    var kind: ResourceKind { .pids }
+
+    func validate(_ spec: ContainerSpec, dirs: ResourceDirs) throws(LmctfyError) {
+        if let limit = spec.pids?.limit, limit < -1 || limit == 0 {
+            throw .invalidArgument("pids.limit must be -1 (unlimited) or at least 1, not \(limit)")
+        }
+    }
+
+    func apply(_ spec: ContainerSpec, policy: UpdatePolicy, dirs: ResourceDirs) throws(LmctfyError) {
+        guard let dir = dirs.dir(.pids) else { throw .notFound("Container \"\(dirs.container)\" has no pids cgroup") }
+        let limit = spec.pids?.limit ?? (policy == .replace ? -1 : nil)
+        if let limit { try dir.write("pids.max", limit < 0 ? "max" : String(limit)) }
+    }
+
+    func readSpec(into spec: inout ContainerSpec, dirs: ResourceDirs) throws(LmctfyError) {
+        guard let dir = dirs.dir(.pids) else { return }
+        spec.pids = PidsSpec(limit: try dir.readInt("pids.max") ?? -1)
+    }
+
+    func stats(into stats: inout ContainerStats, type: StatsType, dirs: ResourceDirs) throws(LmctfyError) {
+        guard let dir = dirs.dir(.pids) else { return }
+        var s = PidsStats()
+        s.current = try dir.readInt("pids.current")
+        s.limit = try dir.readInt("pids.max") ?? -1
+        if dir.has("pids.events") { s.failCount = try dir.readKeyValues("pids.events")["max"] }
+        stats.pids = s
+    }
+}

@@ -1,0 +1,163 @@
+// Exactly one path from Swift to each syscall lmctfy uses: errno is read at
+// once, EINTR is retried, and a failure is a SystemError naming the call and
+// the path. Callers map SystemErrors onto status codes (they know whether a
+// missing file means "not found" or "not supported").
+import CLmctfyShims
+import Glibc
+
+/// A failed syscall: which call, on what, and errno.
+public struct SystemError: Error, Sendable, Equatable, CustomStringConvertible {
+    public let call: String
+    public let path: String
+    public let errno: Int32
+
+    public init(_ call: String, _ path: String, _ errno: Int32) {
+        self.call = call
+        self.path = path
+        self.errno = errno
+    }
+
+    public var reason: String { String(cString: strerror(errno)) }
+    public var description: String { "\(call)(\(path)): \(reason)" }
+
+    /// As an LmctfyError with this code, prefixed by context.
+    public func lmctfy(_ code: StatusCode, _ context: String) -> LmctfyError {
+        LmctfyError(code, "\(context): \(description)", errno: errno)
+    }
+}
+
+public enum Sys {
+    @inline(__always)
+    static func retry<T: FixedWidthInteger>(_ body: () -> T) -> (T, Int32) {
+        while true {
+            let r = body()
+            if r == -1 {
+                let e = Glibc.errno
+                if e == EINTR { continue }
+                return (r, e)
+            }
+            return (r, 0)
+        }
+    }
+
+    /// Reads a whole (small, pseudo-) file.
+    public static func readFile(_ path: String) throws(SystemError) -> String {
+        let (fd, e) = retry { open(path, O_RDONLY | O_CLOEXEC) }
+        if fd < 0 { throw SystemError("open", path, e) }
+        defer { close(fd) }
+        var out = [UInt8]()
+        var buf = [UInt8](repeating: 0, count: 16384)
+        while true {
+            let (n, e) = buf.withUnsafeMutableBytes { b in retry { read(fd, b.baseAddress, b.count) } }
+            if n < 0 { throw SystemError("read", path, e) }
+            if n == 0 { break }
+            out += buf[0..<n]
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    /// Writes `value` with one write(2), as cgroupfs expects; no O_CREAT, no
+    /// O_TRUNC (cgroup files exist or the kernel lacks the feature).
+    public static func writeFile(_ path: String, _ value: String) throws(SystemError) {
+        let (fd, e) = retry { open(path, O_WRONLY | O_CLOEXEC) }
+        if fd < 0 { throw SystemError("open", path, e) }
+        defer { close(fd) }
+        let bytes = Array(value.utf8)
+        let (n, we) = bytes.withUnsafeBytes { b in retry { write(fd, b.baseAddress, b.count) } }
+        if n < 0 { throw SystemError("write", path, we) }
+        if n != bytes.count { throw SystemError("write", path, EIO) }
+    }
+
+    /// Creates a regular file (for fake trees and state files).
+    public static func createFile(_ path: String, _ value: String, mode: mode_t = 0o644) throws(SystemError) {
+        let (fd, e) = retry { open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode) }
+        if fd < 0 { throw SystemError("open", path, e) }
+        defer { close(fd) }
+        let bytes = Array(value.utf8)
+        let (n, we) = bytes.withUnsafeBytes { b in retry { write(fd, b.baseAddress, b.count) } }
+        if n < 0 { throw SystemError("write", path, we) }
+    }
+
+    public static func mkdir(_ path: String, mode: mode_t = 0o755) throws(SystemError) {
+        let (r, e) = retry { Glibc.mkdir(path, mode) }
+        if r < 0 { throw SystemError("mkdir", path, e) }
+    }
+
+    public static func rmdir(_ path: String) throws(SystemError) {
+        let (r, e) = retry { Glibc.rmdir(path) }
+        if r < 0 { throw SystemError("rmdir", path, e) }
+    }
+
+    public static func unlink(_ path: String) throws(SystemError) {
+        let (r, e) = retry { Glibc.unlink(path) }
+        if r < 0 { throw SystemError("unlink", path, e) }
+    }
+
+    public static func chown(_ path: String, uid: uid_t, gid: gid_t) throws(SystemError) {
+        let (r, e) = retry { Glibc.chown(path, uid, gid) }
+        if r < 0 { throw SystemError("chown", path, e) }
+    }
+
+    public static func mount(source: String, target: String, type: String, flags: UInt = 0, data: String) throws(SystemError) {
+        let (r, e) = retry { Glibc.mount(source, target, type, flags, data) }
+        if r < 0 { throw SystemError("mount", target, e) }
+    }
+
+    public static func kill(_ pid: pid_t, _ signal: Int32) throws(SystemError) {
+        let (r, e) = retry { Glibc.kill(pid, signal) }
+        if r < 0 { throw SystemError("kill", String(pid), e) }
+    }
+
+    /// What stat(2) says of a path, or nil when it does not exist.
+    public static func fileType(_ path: String) throws(SystemError) -> mode_t? {
+        var st = stat()
+        let (r, e) = retry { stat(path, &st) }
+        if r < 0 {
+            if e == ENOENT || e == ENOTDIR { return nil }
+            throw SystemError("stat", path, e)
+        }
+        return st.st_mode & S_IFMT
+    }
+
+    public static func isDirectory(_ path: String) -> Bool {
+        (try? fileType(path)) == S_IFDIR
+    }
+
+    public static func exists(_ path: String) -> Bool {
+        ((try? fileType(path)) ?? nil) != nil
+    }
+
+    /// Names of the subdirectories of `path`, sorted.
+    public static func subdirectories(_ path: String) throws(SystemError) -> [String] {
+        guard let dir = opendir(path) else { throw SystemError("opendir", path, Glibc.errno) }
+        defer { closedir(dir) }
+        var names: [String] = []
+        while let entry = readdir(dir) {
+            let name = withUnsafePointer(to: entry.pointee.d_name) {
+                $0.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) }
+            }
+            if name == "." || name == ".." { continue }
+            if entry.pointee.d_type == UInt8(DT_DIR) { names.append(name) }
+        }
+        return names.sorted()
+    }
+
+    public static func getxattr(_ path: String, _ name: String) throws(SystemError) -> String? {
+        var buf = [UInt8](repeating: 0, count: 4096)
+        let (n, e) = buf.withUnsafeMutableBytes { b in retry { CLmctfyShims.getxattr(path, name, b.baseAddress, b.count) } }
+        if n < 0 {
+            if e == ENODATA { return nil }
+            throw SystemError("getxattr", "\(path) \(name)", e)
+        }
+        return String(decoding: buf[0..<n], as: UTF8.self)
+    }
+
+    public static func setxattr(_ path: String, _ name: String, _ value: String) throws(SystemError) {
+        let bytes = Array(value.utf8)
+        let (r, e) = bytes.withUnsafeBytes { b in retry { CLmctfyShims.setxattr(path, name, b.baseAddress, b.count, 0) } }
+        if r < 0 { throw SystemError("setxattr", "\(path) \(name)", e) }
+    }
+
+    public static func getpid() -> pid_t { Glibc.getpid() }
+    public static func getppid() -> pid_t { Glibc.getppid() }
+}

@@ -1,0 +1,145 @@
+// Helpers shared by the test suites: the root gate, unique names for test
+// containers with cleanup, and fake cgroup trees for unit tests of parsing
+// and mapping (never instead of the real kernel).
+import Glibc
+import Lmctfy
+import LmctfySystem
+
+public enum RealCgroups {
+    /// Why integration tests cannot run here, or nil when they can. Tests
+    /// gate on this with `.enabled(if: RealCgroups.unavailableReason == nil, ...)`
+    /// so a skip always prints the reason.
+    public static let unavailableReason: String? = {
+        if geteuid() != 0 { return "integration tests need root (euid is \(geteuid()))" }
+        guard let mounts = try? CgroupMounts.detect() else { return "cannot read /proc/self/mountinfo" }
+        guard mounts.version == .v1 || mounts.version == .v2 else { return "no cgroup v1 freezer or cgroup2 mounted" }
+        return nil
+    }()
+
+    public static var available: Bool { unavailableReason == nil }
+
+    /// Prefix of every container a test creates; the suite checks none is left.
+    public static let prefix = "lmctfy_test_"
+
+    nonisolated(unsafe) private static var counter = 0
+    private static let lock = Lock()
+
+    /// A fresh top-level name: /lmctfy_test_<pid>_<n>_<label>.
+    public static func uniqueName(_ label: String = "c") -> String {
+        lock.locked { counter += 1 }
+        return "/\(prefix)\(getpid())_\(lock.locked { counter })_\(label)"
+    }
+
+    /// Test-created cgroup directories left in any hierarchy.
+    public static func leftovers() -> [String] {
+        guard let mounts = try? CgroupMounts.detect() else { return [] }
+        var roots = Set(mounts.v1.values)
+        if let u = mounts.unified { roots.insert(u) }
+        var found: [String] = []
+        for root in roots.sorted() {
+            for sub in ["", "/batch"] {
+                let dirs = (try? Sys.subdirectories(root + sub)) ?? []
+                found += dirs.filter { $0.hasPrefix(prefix + "\(getpid())_") }.map { root + sub + "/" + $0 }
+            }
+        }
+        return found
+    }
+}
+
+/// Creates/destroys a test container around a body, destroying it (and
+/// everything below it) even when the body throws.
+public func withTestContainer<T>(
+    _ api: ContainerApi, spec: String = "", label: String = "c",
+    _ body: (ContainerName) throws -> T
+) throws -> T {
+    let name = try ContainerName.resolve(RealCgroups.uniqueName(label), relativeTo: .root)
+    defer { if api.exists(name) { try? api.destroy(name) } }
+    return try body(name)
+}
+
+public final class Lock: @unchecked Sendable {
+    private var mutex = pthread_mutex_t()
+    public init() { pthread_mutex_init(&mutex, nil) }
+    deinit { pthread_mutex_destroy(&mutex) }
+    public func locked<T>(_ body: () throws -> T) rethrows -> T {
+        pthread_mutex_lock(&mutex)
+        defer { pthread_mutex_unlock(&mutex) }
+        return try body()
+    }
+}
+
+/// A fake cgroup tree in a temp directory, shaped like v1 (one directory per
+/// hierarchy) or v2 (one unified directory), for unit tests.
+public final class FakeCgroupTree: @unchecked Sendable {
+    public let root: String
+    public let version: CgroupVersion
+
+    public init(_ version: CgroupVersion, controllers: [Controller] = Controller.allCases) throws {
+        var template = Array("/tmp/lmctfy-fake-XXXXXX".utf8CString)
+        let made = template.withUnsafeMutableBufferPointer { buf -> String? in
+            mkdtemp(buf.baseAddress!).map { String(cString: $0) }
+        }
+        guard let made else { throw SystemError("mkdtemp", "/tmp", errno) }
+        root = made
+        self.version = version
+        switch version {
+        case .v1:
+            for c in controllers { try Sys.mkdir(root + "/" + c.rawValue) }
+        case .v2:
+            try Sys.mkdir(root + "/unified")
+            try Sys.createFile(root + "/unified/cgroup.controllers", "cpuset cpu io memory pids\n")
+            try Sys.createFile(root + "/unified/cgroup.subtree_control", "")
+        }
+    }
+
+    deinit { _ = removeTree(root) }
+
+    public var mounts: CgroupMounts {
+        switch version {
+        case .v1:
+            var m = CgroupMounts()
+            for c in Controller.allCases where Sys.isDirectory(root + "/" + c.rawValue) { m.v1[c] = root + "/" + c.rawValue }
+            return m
+        case .v2:
+            return CgroupMounts(unified: root + "/unified")
+        }
+    }
+
+    /// A directory in a fake hierarchy ("cpu", "memory", ... or "unified").
+    public func dir(_ hierarchy: String, _ segments: [String] = []) -> CgroupDir {
+        CgroupDir(mount: root + "/" + hierarchy, segments: segments, version: version)
+    }
+
+    /// Creates (mkdir -p) the directory and the files with their contents.
+    public func seed(_ hierarchy: String, _ segments: [String] = [], files: [String: String]) throws {
+        var path = root + "/" + hierarchy
+        for s in segments {
+            path += "/" + s
+            if !Sys.isDirectory(path) { try Sys.mkdir(path) }
+        }
+        for (name, value) in files { try Sys.createFile(path + "/" + name, value) }
+    }
+
+    /// What a file holds now.
+    public func contents(_ hierarchy: String, _ segments: [String], _ file: String) throws -> String {
+        try Sys.readFile(root + "/" + hierarchy + "/" + (segments.isEmpty ? "" : segments.joined(separator: "/") + "/") + file)
+    }
+}
+
+/// rm -rf for test temp trees only.
+@discardableResult
+public func removeTree(_ path: String) -> Bool {
+    guard path.hasPrefix("/tmp/") else { return false }
+    if let dir = opendir(path) {
+        while let e = readdir(dir) {
+            let name = withUnsafePointer(to: e.pointee.d_name) {
+                $0.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) }
+            }
+            if name == "." || name == ".." { continue }
+            let child = path + "/" + name
+            if e.pointee.d_type == UInt8(DT_DIR) { removeTree(child) } else { unlink(child) }
+        }
+        closedir(dir)
+    }
+    return rmdir(path) == 0
+}
