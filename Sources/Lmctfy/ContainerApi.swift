@@ -37,6 +37,11 @@ public final class ContainerApi: Sendable {
         return try ContainerName.resolve(name, relativeTo: base)
     }
 
+    /// The cgroup directories a container has now.
+    public func resourceDirs(_ name: ContainerName) -> ResourceDirs {
+        layout.resourceDirs(name)
+    }
+
     public func exists(_ name: ContainerName) -> Bool {
         name.isRoot || layout.tasksDir(name).exists
     }

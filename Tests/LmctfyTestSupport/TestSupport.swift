@@ -143,3 +143,36 @@ public func removeTree(_ path: String) -> Bool {
     }
     return rmdir(path) == 0
 }
+
+/// Test processes: started with posix_spawn, ended and reaped by pid only.
+public enum TestProcess {
+    /// Starts `argv` (absolute path first) and returns its pid.
+    public static func spawn(_ argv: [String]) throws -> pid_t {
+        var pid: pid_t = 0
+        var cargs = argv.map { strdup($0) }
+        cargs.append(nil)
+        defer { for p in cargs { free(p) } }
+        let rc = posix_spawn(&pid, argv[0], nil, nil, cargs, environ)
+        guard rc == 0 else { throw SystemError("posix_spawn", argv[0], rc) }
+        return pid
+    }
+
+    /// SIGKILLs (if still running) and reaps a process this test started.
+    public static func end(_ pid: pid_t) {
+        kill(pid, SIGKILL)
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+    }
+
+    /// Reaps without killing; returns the wait status, or nil if not yet exited.
+    public static func reapIfExited(_ pid: pid_t) -> Int32? {
+        var status: Int32 = 0
+        return waitpid(pid, &status, WNOHANG) == pid ? status : nil
+    }
+
+    /// Moves a process into every directory the container has (test-only
+    /// stand-in until `enter` lands in the library).
+    public static func move(_ pid: pid_t, into dirs: [CgroupDir]) throws {
+        for d in dirs { try d.write("cgroup.procs", String(pid)) }
+    }
+}

@@ -100,6 +100,18 @@ public struct ResourceDirs: Sendable {
         version == .v2 ? unified : v1[c]
     }
 
+    /// Every distinct directory of the container (co-mounted hierarchies
+    /// once), the tasks directory first.
+    public var allDirs: [CgroupDir] {
+        if version == .v2 { return unified.map { [$0] } ?? [] }
+        var seen = Set<String>()
+        var out: [CgroupDir] = []
+        for c in [Controller.freezer] + Controller.allCases {
+            if let d = v1[c], seen.insert(d.path).inserted { out.append(d) }
+        }
+        return out
+    }
+
     /// The processes of the container (its own, not its subcontainers').
     public func processes() throws(LmctfyError) -> [pid_t] {
         guard let d = version == .v2 ? unified : v1[.freezer] else { return [] }

@@ -1,0 +1,142 @@
+// Mapping and rollback on fake v1 and v2 trees (no root needed).
+import Glibc
+import Lmctfy
+import LmctfyProto
+import LmctfySystem
+import LmctfyTestSupport
+import Testing
+
+@Suite struct LayoutTests {
+    @Test func v1CreateFailureRemovesEveryDirectoryItMade() throws {
+        // A fake tree has no pids.max in new directories: the handler's write
+        // fails after the directories exist, and create must undo them (D4).
+        let tree = try FakeCgroupTree(.v1)
+        let api = try ContainerApi(mounts: tree.mounts)
+        #expect {
+            try api.create(ContainerName.resolve("/web", relativeTo: .root), spec: ContainerSpec(pids: PidsSpec(limit: 10)))
+        } throws: { ($0 as? LmctfyError)?.code == .notFound }
+        for c in Controller.allCases {
+            #expect(!Sys.exists(tree.root + "/" + c.rawValue + "/web"), "left \(c.rawValue)/web behind")
+        }
+        // And the name is free again.
+        try api.create(ContainerName.resolve("/web", relativeTo: .root), spec: ContainerSpec())
+        #expect(Sys.isDirectory(tree.root + "/freezer/web"))
+    }
+
+    @Test func v1EmptySpecMakesOnlyTheFreezerDirectory() throws {
+        let tree = try FakeCgroupTree(.v1)
+        let api = try ContainerApi(mounts: tree.mounts)
+        let name = try ContainerName.resolve("/a", relativeTo: .root)
+        try api.create(name, spec: ContainerSpec())
+        #expect(api.exists(name))
+        let made = Controller.allCases.filter { Sys.exists(tree.root + "/" + $0.rawValue + "/a") }
+        #expect(made == [.freezer])
+        #expect(try api.get(name).isolatedResources.isEmpty)
+        #expect(throws: LmctfyError.self) { try api.create(name, spec: ContainerSpec()) }
+    }
+
+    @Test func v1IsolationIsReadFromWhichDirectoriesExist() throws {
+        let tree = try FakeCgroupTree(.v1)
+        try tree.seed("freezer", ["a"], files: [:])
+        try tree.seed("memory", ["a"], files: [:])
+        try tree.seed("cpu", ["batch", "a"], files: [:])
+        let api = try ContainerApi(mounts: tree.mounts)
+        let c = try api.get("/a")
+        #expect(c.isolatedResources == [.memory, .cpu])
+    }
+
+    @Test func v1SubcontainersAreSortedAndRecursive() throws {
+        let tree = try FakeCgroupTree(.v1)
+        for path in [["b"], ["a"], ["a", "z"], ["a", "c"], ["a", "c", "d"]] { try tree.seed("freezer", path, files: [:]) }
+        let api = try ContainerApi(mounts: tree.mounts)
+        #expect(try api.get("/").subcontainers(recursive: false).map(\.path) == ["/a", "/b"])
+        #expect(try api.get("/").subcontainers(recursive: true).map(\.path) == ["/a", "/a/c", "/a/c/d", "/a/z", "/b"])
+        #expect(try api.get("/a").subcontainers(recursive: false).map(\.path) == ["/a/c", "/a/z"])
+    }
+
+    @Test func foreignDirectoryWithAnInvalidNameFailsTheListing() throws {
+        let tree = try FakeCgroupTree(.v1)
+        try tree.seed("freezer", ["_bad"], files: [:])
+        let api = try ContainerApi(mounts: tree.mounts)
+        #expect(throws: LmctfyError.self) { _ = try api.get("/").subcontainers(recursive: false) }
+    }
+
+    @Test func nestedContainerCannotIsolateWhatItsParentDoesNot() throws {
+        let tree = try FakeCgroupTree(.v1)
+        let api = try ContainerApi(mounts: tree.mounts)
+        try api.create(ContainerName.resolve("/p", relativeTo: .root), spec: ContainerSpec())
+        #expect {
+            try api.create(ContainerName.resolve("/p/c", relativeTo: .root), spec: ContainerSpec(pids: PidsSpec(limit: 5)))
+        } throws: { ($0 as? LmctfyError)?.code == .failedPrecondition }
+        #expect {
+            try api.create(ContainerName.resolve("/p/c", relativeTo: .root), spec: ContainerSpec(cpu: CpuSpec(limit: 5)))
+        } throws: { ($0 as? LmctfyError)?.code == .notFound }
+        #expect(!Sys.exists(tree.root + "/freezer/p/c"))
+    }
+
+    @Test func missingParentIsNotFound() throws {
+        let tree = try FakeCgroupTree(.v1)
+        let api = try ContainerApi(mounts: tree.mounts)
+        #expect {
+            try api.create(ContainerName.resolve("/no/such", relativeTo: .root), spec: ContainerSpec())
+        } throws: { ($0 as? LmctfyError)?.code == .notFound }
+    }
+
+    @Test func unenforceableSectionsAreRefusedBeforeAnythingIsMade() throws {
+        let tree = try FakeCgroupTree(.v1)
+        let api = try ContainerApi(mounts: tree.mounts)
+        let name = try ContainerName.resolve("/x", relativeTo: .root)
+        for spec in [ContainerSpec(childrenLimit: 3), ContainerSpec(network: NetworkSpec()),
+                     ContainerSpec(filesystem: FilesystemSpec(fdLimit: 10)), ContainerSpec(securitySpec: SecuritySpec())] {
+            #expect { try api.create(name, spec: spec) } throws: { ($0 as? LmctfyError)?.code == .unimplemented }
+        }
+        #expect(!api.exists(name))
+    }
+
+    @Test func detectReadsTheFreezerLineOrTheV2Line() throws {
+        let tree = try FakeCgroupTree(.v1)
+        let proc = tree.root + "/proc"
+        try Sys.mkdir(proc)
+        try Sys.mkdir(proc + "/42")
+        try Sys.createFile(proc + "/42/cgroup", "11:memory:/m\n4:freezer:/web/sub\n0::/unified/path\n")
+        try Sys.mkdir(proc + "/43")
+        try Sys.createFile(proc + "/43/cgroup", "4:freezer:/_bad\n")
+        let api = try ContainerApi(mounts: tree.mounts, procRoot: proc)
+        #expect(try api.detect(pid: 42).path == "/web/sub")
+        #expect { _ = try api.detect(pid: 43) } throws: { ($0 as? LmctfyError)?.code == .failedPrecondition }
+        #expect { _ = try api.detect(pid: 44) } throws: { ($0 as? LmctfyError)?.code == .notFound }
+
+        let v2 = try FakeCgroupTree(.v2)
+        let api2 = try ContainerApi(mounts: v2.mounts, procRoot: proc)
+        #expect(try api2.detect(pid: 42).path == "/unified/path")
+    }
+
+    @Test func v2CreateEnablesControllersInTheParentAndRecordsIsolation() throws {
+        let tree = try FakeCgroupTree(.v2)
+        let api = try ContainerApi(mounts: tree.mounts)
+        #expect(api.version == .v2)
+        let name = try ContainerName.resolve("/a", relativeTo: .root)
+        // The fake tree has no pids.max, so this create fails after enabling
+        // the controller and making the directory, and must remove the directory.
+        #expect(throws: LmctfyError.self) { try api.create(name, spec: ContainerSpec(pids: PidsSpec(limit: 3))) }
+        #expect(!Sys.exists(tree.root + "/unified/a"))
+        // On a plain filesystem a write of "+pids" replaces the file's content.
+        #expect(try tree.contents("unified", [], "cgroup.subtree_control") == "+pids")
+    }
+
+    @Test func v2DeviceRulesAreNotAvailable() throws {
+        let tree = try FakeCgroupTree(.v2)
+        let api = try ContainerApi(mounts: tree.mounts)
+        #expect {
+            try api.create(ContainerName.resolve("/d", relativeTo: .root), spec: ContainerSpec(device: DeviceSpec()))
+        } throws: { ($0 as? LmctfyError)?.code == .unimplemented }
+    }
+
+    @Test func rootCannotBeDestroyedKilledOrPaused() throws {
+        let tree = try FakeCgroupTree(.v1)
+        let api = try ContainerApi(mounts: tree.mounts)
+        #expect { try api.destroy(.root) } throws: { ($0 as? LmctfyError)?.code == .failedPrecondition }
+        #expect { try api.get(.root).killAll() } throws: { ($0 as? LmctfyError)?.code == .failedPrecondition }
+        #expect { try api.get(.root).setFrozen(true) } throws: { ($0 as? LmctfyError)?.code == .failedPrecondition }
+    }
+}

@@ -1,0 +1,183 @@
+// Container lifecycle on the real kernel (cgroup v1 on the host, v2 in the
+// qemu guest): directories, nesting, rollback, hostile names, killing.
+// Needs root; skipped with the reason otherwise.
+import Glibc
+import Lmctfy
+import LmctfyProto
+import LmctfySystem
+import LmctfyTestSupport
+import Testing
+
+@Suite(.enabled(if: RealCgroups.available, "\(RealCgroups.unavailableReason ?? "")"))
+struct LifecycleIntegrationTests {
+    let api: ContainerApi
+
+    init() throws {
+        api = try ContainerApi.detect()
+    }
+
+    /// Every directory (in any hierarchy) named after the container.
+    func directories(of name: ContainerName) -> [String] {
+        var roots = Set(api.mounts.v1.values)
+        if api.version == .v2, let u = api.mounts.unified { roots.insert(u) }
+        var found: [String] = []
+        for root in roots.sorted() {
+            for prefix in ["", "/batch"] where Sys.isDirectory(root + prefix + name.path) {
+                found.append(root + prefix + name.path)
+            }
+        }
+        return found
+    }
+
+    @Test func createSpecDestroy() throws {
+        try withTestContainer(api) { name in
+            try api.create(name, spec: ContainerSpec(pids: PidsSpec(limit: 64)))
+            #expect(api.exists(name))
+            let c = try api.get(name)
+            #expect(c.isolatedResources == [.pids])
+            #expect(try c.spec() == ContainerSpec(pids: PidsSpec(limit: 64)))
+            let dirs = api.resourceDirs(name)
+            #expect(try dirs.dir(.pids)!.read("pids.max").trimmingWhitespace == "64")
+
+            try c.update(ContainerSpec(pids: PidsSpec(limit: 100)), policy: .diff)
+            #expect(try c.spec().pids?.limit == 100)
+            try c.update(ContainerSpec(pids: PidsSpec()), policy: .replace)  // D3: back to the default
+            #expect(try c.spec().pids?.limit == -1)
+            #expect(try dirs.dir(.pids)!.read("pids.max").trimmingWhitespace == "max")
+
+            // Only isolated resources may be named; REPLACE must name them all.
+            #expect { try c.update(ContainerSpec(memory: MemorySpec(limit: 1 << 30)), policy: .diff) }
+                throws: { ($0 as? LmctfyError)?.code == .invalidArgument }
+            #expect { try c.update(ContainerSpec(), policy: .replace) }
+                throws: { ($0 as? LmctfyError)?.code == .invalidArgument }
+
+            let stats = try c.stats(.full)
+            #expect(stats.pids?.current == 0)
+            #expect(stats.pids?.limit == -1)
+
+            try api.destroy(name)
+            #expect(!api.exists(name))
+            #expect(directories(of: name).isEmpty)
+        }
+    }
+
+    @Test func duplicatesMissingParentsAndTheRoot() throws {
+        try withTestContainer(api) { name in
+            try api.create(name, spec: ContainerSpec())
+            #expect { try api.create(name, spec: ContainerSpec()) } throws: { ($0 as? LmctfyError)?.code == .alreadyExists }
+            let orphan = try ContainerName.resolve(name.path + "/missing/child", relativeTo: .root)
+            #expect { try api.create(orphan, spec: ContainerSpec()) } throws: { ($0 as? LmctfyError)?.code == .notFound }
+            #expect { try api.destroy(.root) } throws: { ($0 as? LmctfyError)?.code == .failedPrecondition }
+            #expect { try api.create(.root, spec: ContainerSpec()) } throws: { ($0 as? LmctfyError)?.code == .alreadyExists }
+            #expect { _ = try api.get(orphan) } throws: { ($0 as? LmctfyError)?.code == .notFound }
+        }
+    }
+
+    @Test func nestedContainersListAndDestroyRecursively() throws {
+        try withTestContainer(api) { name in
+            try api.create(name, spec: ContainerSpec(pids: PidsSpec(limit: 50)))
+            for child in ["b", "a", "a/x"] {
+                let sub = try ContainerName.resolve(child, relativeTo: name)
+                try api.create(sub, spec: ContainerSpec(pids: PidsSpec(limit: 10)))
+            }
+            let c = try api.get(name)
+            #expect(try c.subcontainers(recursive: false).map(\.path) == [name.path + "/a", name.path + "/b"])
+            #expect(try c.subcontainers(recursive: true).map(\.path) == [name.path + "/a", name.path + "/a/x", name.path + "/b"])
+            // The kernel nests them: the pids cgroup of /a/x is inside /a's.
+            #expect(Sys.isDirectory(api.mounts.v1[.pids].map { $0 + name.path + "/a/x" } ?? api.mounts.unified! + name.path + "/a/x"))
+            try api.destroy(name)
+            #expect(directories(of: name).isEmpty)
+        }
+    }
+
+    @Test(arguments: ["../../\(RealCgroups.prefix)escape", "/a b", "/a<b", "", "/_x", "/.x", "/-x",
+                      "/" + String(repeating: "n", count: 300)])
+    func hostileNamesAreRefusedAndCreateNothing(_ raw: String) throws {
+        let freezerRoot = api.version == .v1 ? api.mounts.v1[.freezer]! : api.mounts.unified!
+        // Other tests create lmctfy_test_ containers in parallel; look at the rest.
+        func others() throws -> [String] { try Sys.subdirectories(freezerRoot).filter { !$0.hasPrefix(RealCgroups.prefix) } }
+        let before = try others()
+        if raw.hasPrefix("../") {
+            // From the root, ".." cannot leave the mount: it names a top-level container.
+            let resolved = try ContainerName.resolve(raw, relativeTo: .root)
+            #expect(resolved.path == "/\(RealCgroups.prefix)escape")
+            return
+        }
+        #expect { try api.create(raw, spec: ContainerSpec()) } throws: { ($0 as? LmctfyError)?.code == .invalidArgument }
+        #expect(try others() == before)
+    }
+
+    @Test func failedCreateLeavesNothingAndTheNameStaysUsable() throws {
+        try withTestContainer(api) { name in
+            // The kernel refuses a pids.max above PID_MAX_LIMIT: the write fails
+            // after every directory was made.
+            #expect { try api.create(name, spec: ContainerSpec(pids: PidsSpec(limit: Int64.max))) }
+                throws: { ($0 as? LmctfyError)?.code == .unavailable }
+            #expect(!api.exists(name))
+            #expect(directories(of: name).isEmpty)
+            try api.create(name, spec: ContainerSpec(pids: PidsSpec(limit: 5)))
+            #expect(api.exists(name))
+        }
+    }
+
+    @Test func unimplementedSectionsAreRefusedWithTwelve() throws {
+        try withTestContainer(api) { name in
+            #expect { try api.create(name, spec: ContainerSpec(network: NetworkSpec())) }
+                throws: { ($0 as? LmctfyError)?.code == .unimplemented }
+            #expect(!api.exists(name))
+        }
+    }
+
+    @Test func detectKillAllAndDestroyWithProcesses() throws {
+        try withTestContainer(api) { name in
+            try api.create(name, spec: ContainerSpec(pids: PidsSpec(limit: 20)))
+            let c = try api.get(name)
+            let pid = try TestProcess.spawn(["/bin/sleep", "300"])
+            defer { TestProcess.end(pid) }
+            try TestProcess.move(pid, into: api.resourceDirs(name).allDirs)
+            #expect(try api.detect(pid: pid) == name)
+            #expect(try c.processes(recursive: false) == [pid])
+            #expect(try c.threads(recursive: true) == [pid])
+
+            try c.killAll()
+            #expect(try c.processes(recursive: false).isEmpty)
+            var status: Int32 = 0
+            #expect(waitpid(pid, &status, 0) == pid)
+            #expect(status & 0x7F == SIGKILL)
+        }
+    }
+
+    @Test func killAllWorksOnAPausedContainer() throws {
+        try withTestContainer(api) { name in
+            try api.create(name, spec: ContainerSpec())
+            let c = try api.get(name)
+            let pids = try (0..<3).map { _ in try TestProcess.spawn(["/bin/sleep", "300"]) }
+            defer { for p in pids { TestProcess.end(p) } }
+            for p in pids { try TestProcess.move(p, into: api.resourceDirs(name).allDirs) }
+            try c.setFrozen(true)
+            #expect(try c.isFrozen())
+            try c.killAll()
+            #expect(try c.processes(recursive: false).isEmpty)
+            #expect(try !c.isFrozen())
+        }
+    }
+
+    @Test func destroyKillsTheProcessesOfEveryLevel() throws {
+        try withTestContainer(api) { name in
+            try api.create(name, spec: ContainerSpec())
+            let sub = try ContainerName.resolve("inner", relativeTo: name)
+            try api.create(sub, spec: ContainerSpec())
+            let outer = try TestProcess.spawn(["/bin/sleep", "300"])
+            let inner = try TestProcess.spawn(["/bin/sleep", "300"])
+            defer { TestProcess.end(outer); TestProcess.end(inner) }
+            try TestProcess.move(outer, into: api.resourceDirs(name).allDirs)
+            try TestProcess.move(inner, into: api.resourceDirs(sub).allDirs)
+            try api.destroy(name)
+            #expect(!api.exists(name))
+            var status: Int32 = 0
+            #expect(waitpid(inner, &status, 0) == inner)
+            #expect(waitpid(outer, &status, 0) == outer)
+        }
+    }
+}
+
