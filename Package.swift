@@ -8,6 +8,7 @@ let package = Package(
     products: [
         .executable(name: "lmctfy", targets: ["lmctfy"]),
         .executable(name: "lmctfy-protogen", targets: ["lmctfy-protogen"]),
+        .executable(name: "lmctfy-bench", targets: ["lmctfy-bench"]),
         .library(name: "LmctfyProto", targets: ["LmctfyProto"]),
     ],
     dependencies: [
@@ -60,6 +61,12 @@ let package = Package(
             ]),
 
         .executableTarget(name: "lmctfy", dependencies: ["LmctfyCommands"]),
+
+        // tools/run-bench's measuring side (the C baseline is built by the script).
+        .executableTarget(
+            name: "lmctfy-bench",
+            dependencies: ["Lmctfy", "LmctfyProto", "LmctfySystem"],
+            path: "tools/bench"),
 
         // Generates Sources/LmctfyProto/Generated from the protobuf-c descriptors.
         .executableTarget(
