@@ -26,8 +26,11 @@ public enum RealCgroups {
 
     /// A fresh top-level name: /lmctfy_test_<pid>_<n>_<label>.
     public static func uniqueName(_ label: String = "c") -> String {
-        lock.locked { counter += 1 }
-        return "/\(prefix)\(getpid())_\(lock.locked { counter })_\(label)"
+        let n = lock.locked { () -> Int in
+            counter += 1
+            return counter
+        }
+        return "/\(prefix)\(getpid())_\(n)_\(label)"
     }
 
     /// Test-created cgroup directories left in any hierarchy.
