@@ -179,5 +179,20 @@ struct LifecycleIntegrationTests {
             #expect(waitpid(outer, &status, 0) == outer)
         }
     }
-}
 
+    @Test func ownerAndGroupAreDelegated() throws {
+        try withTestContainer(api) { name in
+            try api.create(name, spec: ContainerSpec(owner: 65534, ownerGroup: 65533, pids: PidsSpec(limit: 7)))
+            let dirs = api.resourceDirs(name).allDirs
+            #expect(!dirs.isEmpty)
+            for d in dirs {
+                var st = stat()
+                #expect(stat(d.path, &st) == 0)
+                #expect(st.st_uid == 65534 && st.st_gid == 65533, "\(d.path) is \(st.st_uid):\(st.st_gid)")
+                var procs = stat()
+                #expect(stat(d.file("cgroup.procs"), &procs) == 0)
+                #expect(procs.st_uid == 65534)
+            }
+        }
+    }
+}

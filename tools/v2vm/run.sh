@@ -42,7 +42,7 @@ T0=${EPOCHREALTIME//[!0-9]/}
 { q=0; timeout -k 10 "$TIMEOUT" qemu-system-x86_64 -accel tcg -cpu max -m "${V2VM_MEM:-1024}" -smp 2 \
       -nographic -no-reboot -nic none -pidfile "$WORK/qemu.pid" \
       -kernel "$VMLINUZ" -initrd "$WORK/initrd.gz" -append "console=ttyS0 panic=-1 quiet" \
-      </dev/null 2>&1 || q=$?; echo $q > "$WORK/qemu.rc"; } | sed -u 's/\r$//; s/\x1b\[[0-9;?]*[A-Za-z]//g; s/\x1bc//g' | tee "$LOG" &
+      </dev/null 2>&1 || q=$?; echo $q 2>/dev/null > "$WORK/qemu.rc"; } | sed -u 's/\r$//; s/\x1b\[[0-9;?]*[A-Za-z]//g; s/\x1bc//g' | tee "$LOG" &
 wait $! || true
 QEMU_DONE=1
 QRC=$(cat "$WORK/qemu.rc" 2>/dev/null || echo "?")
