@@ -47,7 +47,12 @@ public struct Container: Sendable {
         let dirs = layout.resourceDirs(name)
         for kind in isolatedResources.sorted() {
             guard let h = api.handlers[kind] else { continue }
-            try h.readSpec(into: &spec, dirs: dirs)
+            do {
+                try h.readSpec(into: &spec, dirs: dirs)
+            } catch where name.isRoot && error.code == .notFound {
+                // The root cgroup lacks most limit files (pids.max, memory.max
+                // on v2): it has no limits to report.
+            }
         }
         return spec
     }
@@ -57,7 +62,11 @@ public struct Container: Sendable {
         let dirs = layout.resourceDirs(name)
         for kind in isolatedResources.sorted() {
             guard let h = api.handlers[kind] else { continue }
-            try h.stats(into: &stats, type: type, dirs: dirs)
+            do {
+                try h.stats(into: &stats, type: type, dirs: dirs)
+            } catch where name.isRoot && error.code == .notFound {
+                // As in spec(): the root has fewer files.
+            }
         }
         return stats
     }

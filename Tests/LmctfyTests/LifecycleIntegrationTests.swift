@@ -195,4 +195,11 @@ struct LifecycleIntegrationTests {
             }
         }
     }
+
+    @Test func rootSpecAndStatsCanBeRead() throws {
+        let root = try api.get(.root)
+        _ = try root.spec()
+        _ = try root.stats(.full)
+        #expect(!root.isolatedResources.isEmpty)
+    }
 }
