@@ -27,7 +27,7 @@ echo 'root:x:0:0:root:/root:/bin/sh' > "$R/etc/passwd"
 echo 'root:x:0:' > "$R/etc/group"
 
 KROOT=$(dirname "$(dirname "$VMLINUZ")") KVER=$(basename "$VMLINUZ"); KVER=${KVER#vmlinuz-}
-LOOP=$(find "$KROOT/lib/modules/$KVER" -name 'loop.ko*' 2>/dev/null | head -1)
+LOOP=$(find "$KROOT/lib/modules/$KVER" -name 'loop.ko*' 2>/dev/null | head -1 || true)
 case "$LOOP" in
     "") echo "v2vm-mkinitrd: note: no loop.ko in $KROOT, io.max tests will lack a block device" >&2 ;;
     *.xz) xz -dc "$LOOP" > "$R/lib/modules/loop.ko" ;;   # busybox insmod cannot read compressed modules

@@ -43,7 +43,7 @@ resolve() {
     KVER=$(apt-cache show --no-all-versions "$KPKG" 2>/dev/null | awk '$1=="Version:" {print $2; exit}')
     [ -n "$KVER" ]
 }
-cached_vmlinuz() { ls -1t "$CACHE"/kernel/*/boot/vmlinuz-* 2>/dev/null | head -1; }
+cached_vmlinuz() { ls -1t "$CACHE"/kernel/*/boot/vmlinuz-* 2>/dev/null | head -1 || true; }
 
 if ! resolve; then
     # fresh machine (empty apt lists) or offline: try an update; fall back to any kernel already cached
