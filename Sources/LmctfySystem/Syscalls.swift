@@ -142,6 +142,20 @@ public enum Sys {
         return names.sorted()
     }
 
+    /// Names of every entry of a directory but . and .., unsorted.
+    public static func subdirectoriesAndFiles(_ path: String) throws(SystemError) -> [String] {
+        guard let dir = opendir(path) else { throw SystemError("opendir", path, Glibc.errno) }
+        defer { closedir(dir) }
+        var names: [String] = []
+        while let entry = readdir(dir) {
+            let name = withUnsafePointer(to: entry.pointee.d_name) {
+                $0.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) }
+            }
+            if name != "." && name != ".." { names.append(name) }
+        }
+        return names
+    }
+
     public static func getxattr(_ path: String, _ name: String) throws(SystemError) -> String? {
         var buf = [UInt8](repeating: 0, count: 4096)
         let (n, e) = buf.withUnsafeMutableBytes { b in retry { CLmctfyShims.getxattr(path, name, b.baseAddress, b.count) } }

@@ -7,6 +7,8 @@
 /* Not part of Swift's Glibc module: re-exported so LmctfySystem can wrap them. */
 #include <sys/mount.h>
 #include <sys/xattr.h>
+/* Signal-safe process spawning into containers (spawn.c). */
+#include "lm_spawn.h"
 
 /* Bytes of heap in use (glibc mallinfo2().uordblks). <malloc.h> is not part
  * of Swift's Glibc module, so Swift cannot call mallinfo2 directly; the

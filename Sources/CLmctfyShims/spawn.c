@@ -1,0 +1,227 @@
+#define _GNU_SOURCE
+#include "lm_spawn.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+extern char **environ;
+
+struct failure {
+    int err;
+    int stage;
+    int index;
+};
+
+static int write_all(int fd, const char *s, size_t n) {
+    while (n > 0) {
+        ssize_t w = write(fd, s, n);
+        if (w < 0) {
+            if (errno == EINTR) continue;
+            return -1;
+        }
+        s += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+static int put_dup(int from, int to) {
+    if (from == -2) return 0;
+    int fd = from;
+    if (from == -1) {
+        fd = open("/dev/null", O_RDWR | O_CLOEXEC);
+        if (fd < 0) return -1;
+    }
+    if (fd == to) {
+        /* dup2 onto itself keeps CLOEXEC; clear it. */
+        int flags = fcntl(fd, F_GETFD);
+        return flags < 0 ? -1 : fcntl(fd, F_SETFD, flags & ~FD_CLOEXEC);
+    }
+    if (dup2(fd, to) < 0) return -1;
+    if (from == -1) close(fd);
+    return 0;
+}
+
+/* Everything between fork and exec; async-signal-safe calls only. Returns
+ * only on failure. keep_fd is the error pipe (CLOEXEC), or -1. */
+static void apply_and_exec(const struct lm_spawn_opts *o, int keep_fd, struct failure *f) {
+    for (int i = 0; i < o->n_cgroup_files; i++) {
+        int fd = open(o->cgroup_files[i], O_WRONLY | O_CLOEXEC);
+        if (fd < 0 || write_all(fd, "0", 1) < 0) {
+            f->err = errno; f->stage = LM_STAGE_CGROUP; f->index = i;
+            return;
+        }
+        close(fd);
+    }
+    if (put_dup(o->stdin_fd, 0) < 0 || put_dup(o->stdout_fd, 1) < 0 || put_dup(o->stderr_fd, 2) < 0) {
+        f->err = errno; f->stage = LM_STAGE_STDIO;
+        return;
+    }
+    if (o->new_session && setsid() < 0) {
+        f->err = errno; f->stage = LM_STAGE_SESSION;
+        return;
+    }
+    if (o->set_oom_score_adj) {
+        char buf[16];
+        int v = o->oom_score_adj, n = 0;
+        char tmp[16];
+        int neg = v < 0;
+        unsigned int u = neg ? (unsigned int)(-v) : (unsigned int)v;
+        do { tmp[n++] = (char)('0' + u % 10); u /= 10; } while (u && n < 15);
+        int len = 0;
+        if (neg) buf[len++] = '-';
+        while (n) buf[len++] = tmp[--n];
+        int fd = open("/proc/self/oom_score_adj", O_WRONLY | O_CLOEXEC);
+        if (fd < 0 || write_all(fd, buf, (size_t)len) < 0) {
+            f->err = errno; f->stage = LM_STAGE_OOM;
+            return;
+        }
+        close(fd);
+    }
+    if (o->set_ids) {
+        if (setgroups(0, NULL) < 0 || setgid(o->gid) < 0 || setuid(o->uid) < 0) {
+            f->err = errno; f->stage = LM_STAGE_IDS;
+            return;
+        }
+    }
+    if (o->close_fds) {
+        /* Mark everything above stdio close-on-exec (the error pipe too), so
+         * nothing of ours leaks into the container. */
+        if (syscall(SYS_close_range, 3U, ~0U, 4U /* CLOSE_RANGE_CLOEXEC */) < 0) {
+            for (int fd = 3; fd < 65536; fd++) {
+                if (fd != keep_fd) close(fd);
+            }
+        }
+    }
+    char *const *envp = o->envp ? o->envp : environ;
+    if (strchr(o->argv[0], '/')) {
+        execve(o->argv[0], o->argv, envp);
+    } else {
+        execvpe(o->argv[0], o->argv, envp);
+    }
+    f->err = errno; f->stage = LM_STAGE_EXEC;
+}
+
+/* Messages on the CLOEXEC pipe from the child (or, detached, from the
+ * intermediate and the grandchild). EOF without a failure = exec succeeded. */
+struct message {
+    int kind;   /* 1: pid of the grandchild in a; 2: failure (err, stage, index) */
+    int a, b, c;
+};
+
+static void child_main(const struct lm_spawn_opts *o, int pipe_w) {
+    for (int s = 1; s < NSIG; s++) {
+        if (s != SIGKILL && s != SIGSTOP) signal(s, SIG_DFL);
+    }
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    struct failure f = {0, 0, -1};
+    apply_and_exec(o, pipe_w, &f);
+    struct message m = {2, f.err, f.stage, f.index};
+    write_all(pipe_w, (const char *)&m, sizeof m);
+    _exit(127);
+}
+
+int lm_spawn(const struct lm_spawn_opts *o, pid_t *pid, int *err, int *stage, int *cgroup_index) {
+    int pipefd[2];
+    *err = 0; *stage = LM_STAGE_NONE; *cgroup_index = -1;
+    if (pipe2(pipefd, O_CLOEXEC) < 0) {
+        *err = errno; *stage = LM_STAGE_FORK;
+        return -1;
+    }
+    /* Block every signal across fork, so no handler of ours runs in the
+     * child before it has reset the dispositions. */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    pid_t child = fork();
+    if (child == 0) {
+        close(pipefd[0]);
+        if (o->detach) {
+            /* The intermediate learns the grandchild's fate on a pipe of its
+             * own: on success it reports the pid and exits (the grandchild is
+             * re-parented, nobody has to reap it); on failure it reaps the
+             * grandchild first, so the caller never sees a dying task in the
+             * container. */
+            int inner[2];
+            if (pipe2(inner, O_CLOEXEC) < 0) {
+                struct message m = {2, errno, LM_STAGE_FORK, -1};
+                write_all(pipefd[1], (const char *)&m, sizeof m);
+                _exit(0);
+            }
+            pid_t grandchild = fork();
+            if (grandchild == 0) {
+                close(pipefd[1]);
+                close(inner[0]);
+                child_main(o, inner[1]);
+            }
+            int fork_err = errno;
+            close(inner[1]);
+            struct message m = {2, fork_err, LM_STAGE_FORK, -1};
+            if (grandchild > 0) {
+                ssize_t n;
+                do {
+                    n = read(inner[0], &m, sizeof m);
+                } while (n < 0 && errno == EINTR);
+                if (n == (ssize_t)sizeof m) {
+                    int status;
+                    while (waitpid(grandchild, &status, 0) < 0 && errno == EINTR) {}
+                } else {
+                    m.kind = 1; m.a = grandchild; m.b = 0; m.c = -1;
+                }
+            }
+            write_all(pipefd[1], (const char *)&m, sizeof m);
+            _exit(0);
+        }
+        child_main(o, pipefd[1]);
+    }
+    int fork_errno = errno;
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    close(pipefd[1]);
+    if (child < 0) {
+        close(pipefd[0]);
+        *err = fork_errno; *stage = LM_STAGE_FORK;
+        return -1;
+    }
+    pid_t target = child;
+    int failed = 0;
+    for (;;) {
+        struct message m;
+        ssize_t n;
+        do {
+            n = read(pipefd[0], &m, sizeof m);
+        } while (n < 0 && errno == EINTR);
+        if (n != (ssize_t)sizeof m) break;      /* EOF: exec succeeded */
+        if (m.kind == 1) {
+            target = m.a;
+        } else {
+            *err = m.a; *stage = m.b; *cgroup_index = m.c;
+            failed = 1;
+            break;
+        }
+    }
+    close(pipefd[0]);
+    if (o->detach || failed) {
+        /* The intermediate (detached) or the failed child exits at once: reap it. */
+        int status;
+        while (waitpid(child, &status, 0) < 0 && errno == EINTR) {}
+    }
+    if (failed) return -1;
+    *pid = target;
+    return 0;
+}
+
+int lm_exec(const struct lm_spawn_opts *o, int *err, int *stage, int *cgroup_index) {
+    struct failure f = {0, 0, -1};
+    apply_and_exec(o, -1, &f);
+    *err = f.err; *stage = f.stage; *cgroup_index = f.index;
+    return -1;
+}

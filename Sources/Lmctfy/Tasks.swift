@@ -1,0 +1,153 @@
+// Processes in containers: run (spawn), exec (replace the caller), enter
+// (move existing tasks). A task joins, in every hierarchy, the directory of
+// the nearest container (itself or an ancestor) that isolates that resource,
+// as the original's ancestor fallback does.
+import Glibc
+import LmctfyProto
+import LmctfySystem
+
+/// How a command is started by `Container.run`.
+public struct RunOptions: Sendable {
+    /// DETACHED (the CLI's `run -n`): new session, stdio on /dev/null, no
+    /// other descriptor inherited, not the caller's child (D6). INHERIT:
+    /// the caller's stdio, still no other descriptors.
+    public var fdPolicy: RunSpec.FdPolicy = .detached
+    public var environment: [String]?
+    public var stdin: StdioTarget?
+    public var stdout: StdioTarget?
+    public var stderr: StdioTarget?
+    /// Drop to this uid/gid before exec.
+    public var ids: (uid: uid_t, gid: gid_t)?
+
+    public init(fdPolicy: RunSpec.FdPolicy = .detached) {
+        self.fdPolicy = fdPolicy
+    }
+}
+
+extension Container {
+    /// The files a new task writes itself into: cgroup.procs of the nearest
+    /// directory per hierarchy, deduplicated (co-mounts), tasks dir first.
+    func joinFiles() throws(LmctfyError) -> [String] {
+        switch layout.version {
+        case .v2:
+            return [tasksDir.file("cgroup.procs")]
+        case .v1:
+            var files: [String] = [tasksDir.file("cgroup.procs")]
+            var seen: Set<String> = [tasksDir.path]
+            for c in Controller.allCases where c != .freezer && layout.mounts.v1[c] != nil {
+                for candidate in name.selfAndAncestors {
+                    let dir = candidate.isRoot ? layout.root(c) : layout.existingV1Dir(c, candidate)
+                    guard let dir else { continue }
+                    if seen.insert(dir.path).inserted { files.append(dir.file("cgroup.procs")) }
+                    break
+                }
+            }
+            return files
+        }
+    }
+
+    /// The eviction priority in force here (D12): the nearest memory-isolating
+    /// container's, mapped onto oom_score_adj; nil when none was set.
+    func oomScoreAdj() -> Int32? {
+        for candidate in name.selfAndAncestors where !candidate.isRoot {
+            let dir = layout.version == .v2 ? layout.tasksDir(candidate) : layout.existingV1Dir(.memory, candidate)
+            guard let dir, let text = try? Sys.getxattr(dir.path, MemoryEviction.xattr),
+                  let priority = Int32(text.trimmingWhitespace) else { continue }
+            return MemoryEviction.oomScoreAdj(priority: priority)
+        }
+        return nil
+    }
+
+    private func spawnOptions(_ argv: [String], _ options: RunOptions) throws(LmctfyError) -> SpawnOptions {
+        guard !argv.isEmpty, !argv[0].isEmpty else { throw .invalidArgument("No command to run") }
+        guard api.exists(name) else { throw .notFound("Container \"\(name)\" does not exist") }
+        var o = SpawnOptions(argv: argv)
+        o.environment = options.environment
+        o.cgroupFiles = try joinFiles()
+        o.oomScoreAdj = oomScoreAdj()
+        o.ids = options.ids
+        o.closeOtherFds = true
+        switch options.fdPolicy {
+        case .detached:
+            o.stdin = .devNull; o.stdout = .devNull; o.stderr = .devNull
+            o.newSession = true
+            o.detach = true
+        case .inherit:
+            break
+        case .unknown:
+            throw .invalidArgument("fd_policy UNKNOWN is not a valid policy")
+        }
+        if let s = options.stdin { o.stdin = s }
+        if let s = options.stdout { o.stdout = s }
+        if let s = options.stderr { o.stderr = s }
+        return o
+    }
+
+    /// Starts `argv` in the container; the process is in the container from
+    /// its first instruction. Returns its pid. "Command not found" and every
+    /// other failure before exec is an error here, not a silent exit 127.
+    public func run(_ argv: [String], options: RunOptions = RunOptions()) throws(LmctfyError) -> pid_t {
+        let o = try spawnOptions(argv, options)
+        do {
+            return try Spawn.spawn(o)
+        } catch {
+            throw Self.spawnError(error, name)
+        }
+    }
+
+    /// Replaces the calling process with `argv`, inside the container, with
+    /// the caller's stdio (the CLI's foreground `run`). Returns only by throwing.
+    public func exec(_ argv: [String], environment: [String]? = nil) throws(LmctfyError) -> Never {
+        var options = RunOptions(fdPolicy: .inherit)
+        options.environment = environment
+        var o = try spawnOptions(argv, options)
+        o.detach = false
+        throw Self.spawnError(Spawn.exec(o), name)
+    }
+
+    static func spawnError(_ e: SpawnError, _ name: ContainerName) -> LmctfyError {
+        let code: StatusCode = switch e.stage {
+        case .exec: e.errno == ENOENT || e.errno == EACCES ? .notFound : .failedPrecondition
+        case .cgroup: .unavailable
+        default: .failedPrecondition
+        }
+        return LmctfyError(code, "Failed to run in container \"\(name)\": \(e)", errno: e.errno)
+    }
+
+    /// Moves existing tasks into the container: each tid joins the nearest
+    /// directory of every hierarchy. v1 moves just that thread (tasks file);
+    /// v2 moves its whole process (cgroup v2 keeps a process's threads
+    /// together in domain cgroups). Not atomic: on failure earlier tids stay moved.
+    public func enter(_ tids: [pid_t]) throws(LmctfyError) {
+        guard api.exists(name) else { throw .notFound("Container \"\(name)\" does not exist") }
+        let files = try joinFiles().map { file -> String in
+            layout.version == .v1 ? String(file.dropLast("cgroup.procs".count)) + "tasks" : file
+        }
+        for (i, tid) in tids.enumerated() {
+            for file in files {
+                do {
+                    try Sys.writeFile(file, String(tid))
+                } catch {
+                    let note = i > 0 ? " (some TIDs were tracked before this error)" : ""
+                    throw error.lmctfy(error.errno == ESRCH ? .notFound : .unavailable,
+                                       "Failed to enter TID \(tid) into \"\(name)\"\(note)")
+                }
+            }
+            if let adj = oomScoreAdj() {
+                try? Sys.writeFile(api.procRoot + "/\(tid)/oom_score_adj", String(adj))
+            }
+        }
+    }
+}
+
+/// D12: eviction priority on vanilla kernels, kept as an xattr on the
+/// container's memory directory and applied as oom_score_adj.
+public enum MemoryEviction {
+    public static let xattr = "trusted.lmctfy.eviction_priority"
+
+    /// 0..10000 → 1000..-999: a higher priority is evicted later.
+    public static func oomScoreAdj(priority: Int32) -> Int32 {
+        let p = Int64(max(0, min(10000, priority)))
+        return Int32(1000 - (p * 1999) / 10000)
+    }
+}

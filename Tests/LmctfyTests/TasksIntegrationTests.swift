@@ -1,0 +1,111 @@
+// run / exec / enter on the real kernel: the spawn shim joins the cgroups
+// before exec, detached runs have /dev/null stdio and no leaked descriptors,
+// failures before exec are errors, enter moves exactly the given tasks.
+import Glibc
+import Lmctfy
+import LmctfyProto
+import LmctfySystem
+import LmctfyTestSupport
+import Testing
+
+@Suite(.enabled(if: RealCgroups.available, "\(RealCgroups.unavailableReason ?? "")"))
+struct TasksIntegrationTests {
+    let api: ContainerApi
+
+    init() throws {
+        api = try ContainerApi.detect()
+    }
+
+    func readLink(_ path: String) -> String? {
+        var buf = [CChar](repeating: 0, count: 4096)
+        let n = readlink(path, &buf, buf.count - 1)
+        guard n >= 0 else { return nil }
+        return String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+
+    func waitGone(_ pid: pid_t) {
+        for _ in 0..<5000 where kill(pid, 0) == 0 { usleep(1000) }
+    }
+
+    @Test func detachedRunIsInTheContainerWithDevNullStdioAndNoOtherFds() throws {
+        try withTestContainer(api) { name in
+            try api.create(name, spec: ContainerSpec(pids: PidsSpec(limit: 10)))
+            let c = try api.get(name)
+            // An fd of ours that must not leak.
+            let leak = open("/etc/hostname", O_RDONLY)
+            defer { close(leak) }
+            let pid = try c.run(["sleep", "300"])  // PATH lookup (D16)
+            defer { kill(pid, SIGKILL); waitGone(pid) }
+            #expect(try c.processes(recursive: false) == [pid])
+            #expect(try api.detect(pid: pid) == name)
+            // run() returns once exec has begun (the CLOEXEC pipe closed); the
+            // kernel may still be closing the other CLOEXEC descriptors, so let
+            // it settle. A leaked descriptor never goes away.
+            var fds = try Sys.subdirectoriesAndFiles("/proc/\(pid)/fd")
+            for _ in 0..<1000 where fds.count > 3 {
+                usleep(1000)
+                fds = try Sys.subdirectoriesAndFiles("/proc/\(pid)/fd")
+            }
+            #expect(fds.sorted() == ["0", "1", "2"], "fds: \(fds.map { "\($0) -> \(readLink("/proc/\(pid)/fd/\($0)") ?? "?")" })")
+            for fd in 0...2 { #expect(readLink("/proc/\(pid)/fd/\(fd)") == "/dev/null") }
+            // A new session, and not our child: nothing for us to reap.
+            #expect(getsid(pid) == pid)
+            var status: Int32 = 0
+            #expect(waitpid(pid, &status, WNOHANG) == -1 && errno == ECHILD)
+            // In the pids cgroup too, from the first instruction.
+            #expect(try api.resourceDirs(name).dir(.pids)!.readPids("cgroup.procs") == [pid])
+        }
+    }
+
+    @Test func commandNotFoundIsAnErrorNotExit127() throws {
+        try withTestContainer(api) { name in
+            try api.create(name, spec: ContainerSpec())
+            let c = try api.get(name)
+            #expect { _ = try c.run(["/no/such/binary"]) } throws: { error in
+                let e = error as? LmctfyError
+                return e?.code == .notFound && e?.message.contains("/no/such/binary") == true
+            }
+            #expect { _ = try c.run(["no-such-command-anywhere"]) } throws: { ($0 as? LmctfyError)?.code == .notFound }
+            #expect { _ = try c.run([]) } throws: { ($0 as? LmctfyError)?.code == .invalidArgument }
+            #expect(try c.processes(recursive: false).isEmpty)
+        }
+    }
+
+    @Test func inheritedRunReportsTheCommandsExitStatus() throws {
+        try withTestContainer(api) { name in
+            try api.create(name, spec: ContainerSpec())
+            var options = RunOptions(fdPolicy: .inherit)
+            options.stdout = .devNull
+            let pid = try api.get(name).run(["/bin/sh", "-c", "exit 7"], options: options)
+            var status: Int32 = 0
+            #expect(waitpid(pid, &status, 0) == pid)
+            #expect((status >> 8) & 0xFF == 7)
+        }
+    }
+
+    @Test func enterMovesExactlyTheGivenTasks() throws {
+        try withTestContainer(api) { name in
+            try api.create(name, spec: ContainerSpec(pids: PidsSpec(limit: 10)))
+            let c = try api.get(name)
+            let a = try TestProcess.spawn(["/bin/sleep", "300"])
+            let b = try TestProcess.spawn(["/bin/sleep", "300"])
+            defer { TestProcess.end(a); TestProcess.end(b) }
+            try c.enter([a])
+            #expect(try c.processes(recursive: false) == [a])
+            #expect(try api.detect(pid: b) != name)
+            try c.enter([b])
+            #expect(try c.processes(recursive: false) == [a, b].sorted())
+            #expect { try c.enter([999_999_999]) } throws: { $0 is LmctfyError }
+        }
+    }
+}
+
+@Suite struct EvictionMappingTests {
+    @Test func priorityMapsOntoOomScoreAdj() {
+        #expect(MemoryEviction.oomScoreAdj(priority: 0) == 1000)
+        #expect(MemoryEviction.oomScoreAdj(priority: 10000) == -999)
+        #expect(MemoryEviction.oomScoreAdj(priority: 5000) == 1)
+        #expect(MemoryEviction.oomScoreAdj(priority: -5) == 1000)  // clamped
+        #expect(MemoryEviction.oomScoreAdj(priority: 20000) == -999)
+    }
+}
