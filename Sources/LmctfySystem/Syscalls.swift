@@ -28,7 +28,7 @@ public struct SystemError: Error, Sendable, Equatable, CustomStringConvertible {
 
 public enum Sys {
     @inline(__always)
-    static func retry<T: FixedWidthInteger>(_ body: () -> T) -> (T, Int32) {
+    public static func retry<T: FixedWidthInteger>(_ body: () -> T) -> (T, Int32) {
         while true {
             let r = body()
             if r == -1 {

@@ -5,7 +5,11 @@
 
 #include <stddef.h>
 /* Not part of Swift's Glibc module: re-exported so LmctfySystem can wrap them. */
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/inotify.h>
 #include <sys/mount.h>
+#include <sys/timerfd.h>
 #include <sys/xattr.h>
 /* Signal-safe process spawning into containers (spawn.c). */
 #include "lm_spawn.h"

@@ -1,0 +1,81 @@
+// The descriptor kinds notifications are built on: eventfd (cgroup v1
+// event_control), inotify (v2 *.events files), timerfd (polling), and poll(2)
+// for blocking waits. Each wrapper reads errno at once and retries EINTR.
+import CLmctfyShims
+import Glibc
+
+public enum EventFds {
+    public static func eventfd() throws(SystemError) -> Int32 {
+        let fd = CLmctfyShims.eventfd(0, Int32(EFD_CLOEXEC | EFD_NONBLOCK))
+        if fd < 0 { throw SystemError("eventfd", "", Glibc.errno) }
+        return fd
+    }
+
+    /// Reads and resets an eventfd counter; 0 when nothing was pending.
+    public static func readCounter(_ fd: Int32) throws(SystemError) -> UInt64 {
+        var value: UInt64 = 0
+        let (n, e) = Sys.retry { Glibc.read(fd, &value, 8) }
+        if n < 0 {
+            if e == EAGAIN { return 0 }
+            throw SystemError("read", "eventfd", e)
+        }
+        return value
+    }
+
+    public static func signal(_ fd: Int32) {
+        var one: UInt64 = 1
+        _ = Glibc.write(fd, &one, 8)
+    }
+
+    public static func inotify(watching path: String) throws(SystemError) -> Int32 {
+        let fd = inotify_init1(Int32(IN_CLOEXEC | IN_NONBLOCK))
+        if fd < 0 { throw SystemError("inotify_init1", path, Glibc.errno) }
+        if inotify_add_watch(fd, path, UInt32(IN_MODIFY | IN_DELETE_SELF | IN_IGNORED)) < 0 {
+            let e = Glibc.errno
+            Glibc.close(fd)
+            throw SystemError("inotify_add_watch", path, e)
+        }
+        return fd
+    }
+
+    /// Drains pending inotify events; true if the watched file went away.
+    public static func drainInotify(_ fd: Int32) -> (events: Int, gone: Bool) {
+        var buf = [UInt8](repeating: 0, count: 4096)
+        var events = 0
+        var gone = false
+        while true {
+            let n = buf.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
+            if n <= 0 { break }
+            var offset = 0
+            while offset + MemoryLayout<inotify_event>.size <= n {
+                let e = buf.withUnsafeBytes { $0.load(fromByteOffset: offset, as: inotify_event.self) }
+                events += 1
+                if e.mask & UInt32(IN_IGNORED | IN_DELETE_SELF) != 0 { gone = true }
+                offset += MemoryLayout<inotify_event>.size + Int(e.len)
+            }
+        }
+        return (events, gone)
+    }
+
+    /// A periodic timer descriptor.
+    public static func timer(periodMs: Int) throws(SystemError) -> Int32 {
+        let fd = timerfd_create(CLOCK_MONOTONIC, Int32(TFD_CLOEXEC | TFD_NONBLOCK))
+        if fd < 0 { throw SystemError("timerfd_create", "", Glibc.errno) }
+        let interval = timespec(tv_sec: periodMs / 1000, tv_nsec: (periodMs % 1000) * 1_000_000)
+        var spec = itimerspec(it_interval: interval, it_value: interval)
+        if timerfd_settime(fd, 0, &spec, nil) < 0 {
+            let e = Glibc.errno
+            Glibc.close(fd)
+            throw SystemError("timerfd_settime", "", e)
+        }
+        return fd
+    }
+
+    /// Waits until fd is readable; false on timeout. timeoutMs < 0 waits forever.
+    public static func waitReadable(_ fd: Int32, timeoutMs: Int32) throws(SystemError) -> Bool {
+        var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        let (n, e) = Sys.retry { poll(&p, 1, timeoutMs) }
+        if n < 0 { throw SystemError("poll", "", e) }
+        return n > 0
+    }
+}
