@@ -122,7 +122,7 @@ public enum LmctfyCLI {
         }
 
         let call = Invocation(
-            path: path, arguments: arguments, rawArguments: Array(rawArguments[firstPositional...]),
+            arguments: arguments, rawArguments: Array(rawArguments[firstPositional...]),
             flags: flags, environment: environment, stderr: stderr)
         let output: CommandOutput
         do {
@@ -140,12 +140,18 @@ public enum LmctfyCLI {
                 output = try body(api, call)
             }
         } catch {
-            let failure = error as? LmctfyError ?? LmctfyError(.unknown, String(describing: error))
+            let failure = statusError(error)
             stderr.write("Command exited with error message: \(failure.code.rawValue): \(failure.message)\n")
             return failure.code.rawValue
         }
         stdout.write(output.render(flags.style))
         return 0
+    }
+
+    /// Library failures keep their code; anything else (a bug, an encoder
+    /// error) is UNKNOWN, so the exit status is always a canonical code.
+    static func statusError(_ error: any Error) -> LmctfyError {
+        error as? LmctfyError ?? LmctfyError(.unknown, String(describing: error))
     }
 
     // MARK: Usage

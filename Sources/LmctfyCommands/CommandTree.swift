@@ -72,8 +72,6 @@ enum CommandTree {
 
 /// Everything a verb gets besides the library instance.
 struct Invocation {
-    /// The words that led here, e.g. ["list", "containers"].
-    let path: [String]
     /// The positional arguments, decoded as UTF-8 (names, pids).
     let arguments: [String]
     /// The same arguments as given, for specs in the binary wire format.

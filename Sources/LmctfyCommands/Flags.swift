@@ -29,6 +29,7 @@ struct Flags: Sendable {
         case "-f": force = true
         case "-h": help = true
         case "-l": style = .long
+        // For `run -n` (next issue); accepted by every verb, as in the original.
         case "-n": noWait = true
         case "-p": style = .pairs
         case "-r": recursive = true
