@@ -78,6 +78,9 @@ let package = Package(
             name: "LmctfyTests",
             dependencies: ["Lmctfy", "LmctfySystem", "LmctfyProto", "LmctfyTestSupport"]),
         .testTarget(
+            name: "LmctfyCommandsTests",
+            dependencies: ["LmctfyCommands", "Lmctfy", "LmctfySystem", "LmctfyProto", "LmctfyTestSupport"]),
+        .testTarget(
             name: "LmctfyProtoTests",
             dependencies: ["LmctfyProto", "LmctfyWire", "CProtobufC", "CLmctfyShims"],
             exclude: ["Corpus"]),

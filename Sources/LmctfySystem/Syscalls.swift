@@ -42,6 +42,11 @@ public enum Sys {
 
     /// Reads a whole (small, pseudo-) file.
     public static func readFile(_ path: String) throws(SystemError) -> String {
+        String(decoding: try readBytes(path), as: UTF8.self)
+    }
+
+    /// Reads a whole file as bytes (binary specs must not go through String).
+    public static func readBytes(_ path: String) throws(SystemError) -> [UInt8] {
         let (fd, e) = retry { open(path, O_RDONLY | O_CLOEXEC) }
         if fd < 0 { throw SystemError("open", path, e) }
         defer { close(fd) }
@@ -53,7 +58,18 @@ public enum Sys {
             if n == 0 { break }
             out += buf[0..<n]
         }
-        return String(decoding: out, as: UTF8.self)
+        return out
+    }
+
+    /// Writes all of `bytes` to an open descriptor (stdout, a pipe), looping
+    /// over partial writes, which pipes and terminals may do.
+    public static func writeAll(_ fd: Int32, _ bytes: [UInt8]) throws(SystemError) {
+        var offset = 0
+        while offset < bytes.count {
+            let (n, e) = bytes.withUnsafeBytes { b in retry { write(fd, b.baseAddress! + offset, b.count - offset) } }
+            if n < 0 { throw SystemError("write", "fd \(fd)", e) }
+            offset += n
+        }
     }
 
     /// Writes `value` with one write(2), as cgroupfs expects; no O_CREAT, no

@@ -1,4 +1,4 @@
 // Thin entry point: everything lives in LmctfyCommands.
 import LmctfyCommands
 
-LmctfyCommand.main()
+LmctfyCLI.main()

@@ -1,0 +1,206 @@
+// The dispatcher: flags, the walk down the command tree, help and usage,
+// argument counts, and turning a verb's result or error into output and an
+// exit status (lmctfy-behaviour.md §1.1-1.2, D1, D2, D15).
+//
+// Hand-written rather than swift-argument-parser: the original's contract
+// (exit status = canonical code, usage errors 3, unknown command 5 with the
+// deepest menu's usage on stderr, `<leaf> help`, one flag set shared by every
+// verb) is not what that library produces, and bending it costs more code
+// than this walk.
+import Glibc
+import Lmctfy
+import LmctfySystem
+
+public enum LmctfyCLI {
+    /// The `lmctfy` executable: the process's arguments and streams, then exit.
+    public static func main() -> Never {
+        // Arguments as bytes: an inline spec may be binary protobuf, which
+        // CommandLine.arguments would repair into different bytes.
+        var raw: [[UInt8]] = []
+        for i in 1..<Int(CommandLine.argc) {
+            guard let p = CommandLine.unsafeArgv[i] else { continue }
+            raw.append(Array(UnsafeBufferPointer(start: UnsafeRawPointer(p).assumingMemoryBound(to: UInt8.self),
+                                                 count: strlen(p))))
+        }
+        let status = run(
+            rawArguments: raw, stdout: FileDescriptorSink(fd: 1), stderr: FileDescriptorSink(fd: 2),
+            environment: .live)
+        exit(status)
+    }
+
+    /// Runs one command line (without the program name) and returns the exit
+    /// status. Output goes to `stdout` only on success; diagnostics to `stderr`.
+    public static func run(
+        arguments: [String], stdout: any ByteSink, stderr: any ByteSink, environment: CLIEnvironment
+    ) -> Int32 {
+        run(rawArguments: arguments.map { Array($0.utf8) }, stdout: stdout, stderr: stderr, environment: environment)
+    }
+
+    public static func run(
+        rawArguments: [[UInt8]], stdout: any ByteSink, stderr: any ByteSink, environment: CLIEnvironment
+    ) -> Int32 {
+        let args = rawArguments.map { String(decoding: $0, as: UTF8.self) }
+        var flags = Flags()
+        var menu = CommandTree.root
+        var path: [String] = []
+        var leaf: Leaf?
+        var firstPositional = args.count
+        var optionsEnded = false
+        var unknownWord: String?
+        var helpWord = false
+
+        // Flags are read until the first positional argument of the verb
+        // (D1), interleaved with the words that lead to it.
+        var i = 0
+        scan: while i < args.count {
+            let arg = args[i]
+            if !optionsEnded && arg.hasPrefix("-") && arg.utf8.count >= 2 {
+                if arg == "--" {
+                    optionsEnded = true
+                    i += 1
+                    continue
+                }
+                do {
+                    i += try flags.parse(args, at: i)
+                } catch {
+                    stderr.write(error.message + "\n")
+                    stderr.write(leaf.map { usageLine(path, $0) } ?? "usage: " + commandLine(path) + " <command> [<arguments>]\n")
+                    return StatusCode.invalidArgument.rawValue
+                }
+                continue
+            }
+            if leaf != nil {
+                firstPositional = i
+                break scan
+            }
+            if arg == "help" {
+                helpWord = true
+                break scan
+            }
+            guard let child = menu.child(arg) else {
+                unknownWord = arg
+                break scan
+            }
+            path.append(arg)
+            switch child {
+            case .menu(let m): menu = m
+            case .leaf(let l): leaf = l
+            }
+            i += 1
+        }
+
+        // -h and -V win over everything else, as in the original (D2: help
+        // that was asked for goes to stdout and succeeds).
+        if flags.help {
+            stdout.write(leaf.map { usageLine(path, $0) } ?? usage(menu, path))
+            return 0
+        }
+        if flags.version {
+            stdout.write("lmctfy version \(lmctfyVersion)\n")
+            return 0
+        }
+        guard let leaf else {
+            if helpWord {
+                stdout.write(usage(menu, path))
+                return 0
+            }
+            // Bare `lmctfy`, a bare menu, or a word that matches nothing.
+            if let unknownWord { stderr.write("Unknown command \"\(unknownWord)\"\n") }
+            stderr.write(usage(menu, path))
+            return StatusCode.notFound.rawValue
+        }
+
+        let arguments = Array(args[firstPositional...])
+        if arguments.first == "help" {
+            stdout.write(usageLine(path, leaf))
+            return 0
+        }
+        if arguments.count < leaf.minArguments || arguments.count > (leaf.maxArguments ?? Int.max) {
+            stderr.write(arguments.count < leaf.minArguments ? "Missing arguments\n" : "Extraneous arguments\n")
+            stderr.write(usageLine(path, leaf))
+            return StatusCode.invalidArgument.rawValue
+        }
+
+        let call = Invocation(
+            arguments: arguments, rawArguments: Array(rawArguments[firstPositional...]),
+            flags: flags, environment: environment, stderr: stderr)
+        let output: CommandOutput
+        do {
+            switch leaf.action {
+            case .withoutApi(let body):
+                output = try body(call)
+            case .withApi(let body):
+                let api: ContainerApi
+                do {
+                    api = try environment.makeApi()
+                } catch {
+                    stderr.write("Failed to create a lmctfy instance with error '\(error.message)'\n")
+                    return error.code.rawValue
+                }
+                output = try body(api, call)
+            }
+        } catch {
+            let failure = statusError(error)
+            stderr.write("Command exited with error message: \(failure.code.rawValue): \(failure.message)\n")
+            return failure.code.rawValue
+        }
+        stdout.write(output.render(flags.style))
+        return 0
+    }
+
+    /// Library failures keep their code; anything else (a bug, an encoder
+    /// error) is UNKNOWN, so the exit status is always a canonical code.
+    static func statusError(_ error: any Error) -> LmctfyError {
+        error as? LmctfyError ?? LmctfyError(.unknown, String(describing: error))
+    }
+
+    // MARK: Usage
+
+    static func commandLine(_ path: [String]) -> String {
+        (["lmctfy"] + path).joined(separator: " ")
+    }
+
+    /// `usage: lmctfy list containers [-r] [<container name>]`
+    static func usageLine(_ path: [String], _ leaf: Leaf) -> String {
+        "usage: \(commandLine(path)) \(leaf.synopsis)\n"
+    }
+
+    /// A menu's usage: every verb below it with its synopsis and summary;
+    /// the root adds the flags and what the exit status means.
+    static func usage(_ menu: Menu, _ path: [String]) -> String {
+        var out = "usage: \(commandLine(path)) <command> [<arguments>]\n\nCommands:\n"
+        func add(_ node: CommandNode, _ prefix: [String]) {
+            switch node {
+            case .menu(let m):
+                for child in m.children { add(child, prefix + [m.name]) }
+            case .leaf(let l):
+                out += "  \((prefix + [l.name]).joined(separator: " ")) \(l.synopsis)\n      \(l.summary)\n"
+            }
+        }
+        for child in menu.children { add(child, []) }
+        if path.isEmpty { out += globalHelp }
+        return out
+    }
+
+    static let globalHelp = """
+
+        Flags go before a command's arguments (anywhere between the command
+        words and the first argument); `--` ends them:
+          -b             binary protobuf output (spec, stats)     --lmctfy_binary
+          -c <file>      read the spec from a file                --lmctfy_config=<file>
+          -f             force: destroy what is inside too        --lmctfy_force
+          -r             recursive (list containers)              --lmctfy_recursive
+          -p             output key="value" lines (the default)   --lmctfy_output_style=pairs
+          -v             output values only                       --lmctfy_output_style=values
+          -l             output a long table                      --lmctfy_output_style=long
+          -o json        output one JSON document                 --lmctfy_output_style=json
+          -h, --help     this help (`lmctfy <command> help`: one command's usage)
+          -V, --version  print the version
+
+        Specs are protobuf text format (e.g. "pids:{limit:100}") or binary.
+        Exit status: 0 on success, otherwise the canonical status code
+        (3 INVALID_ARGUMENT, 5 NOT_FOUND, 6 ALREADY_EXISTS, 9 FAILED_PRECONDITION,
+        12 UNIMPLEMENTED, 13 INTERNAL, 14 UNAVAILABLE, ...).
+
+        """
+}

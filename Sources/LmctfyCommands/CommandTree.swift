@@ -1,0 +1,94 @@
+// The command tree: menus of words leading to verbs (leaves). Dispatch walks
+// it one word at a time (lmctfy-behaviour.md §1.1). Each verb's Leaf lives in
+// the verb's own file; this file only arranges them.
+import Lmctfy
+import LmctfySystem
+
+/// A verb: its synopsis and argument count, and what it does.
+struct Leaf: Sendable {
+    enum Action: Sendable {
+        /// The usual case: the library instance is built first, and a
+        /// failure to build it is reported as such (§1.1).
+        case withApi(@Sendable (ContainerApi, Invocation) throws -> CommandOutput)
+        /// `init` runs before there can be an instance (it mounts hierarchies).
+        case withoutApi(@Sendable (Invocation) throws -> CommandOutput)
+    }
+
+    let name: String
+    /// The arguments after the path, e.g. `[-f] <container name>`.
+    let synopsis: String
+    let summary: String
+    let minArguments: Int
+    /// nil: no upper bound.
+    let maxArguments: Int?
+    let action: Action
+}
+
+struct Menu: Sendable {
+    let name: String
+    let children: [CommandNode]
+
+    func child(_ word: String) -> CommandNode? {
+        children.first { $0.name == word }
+    }
+}
+
+indirect enum CommandNode: Sendable {
+    case menu(Menu)
+    case leaf(Leaf)
+
+    var name: String {
+        switch self {
+        case .menu(let m): m.name
+        case .leaf(let l): l.name
+        }
+    }
+}
+
+enum CommandTree {
+    /// Root commands in alphabetical order, as the original lists them.
+    /// Still to come (next issue), each in its own file: `enter`, `killall`,
+    /// `notify memory oom|threshold`, `pause`, `resume`, `run`, and
+    /// `list pids|tids` beside `list containers`.
+    static let root = Menu(name: "lmctfy", children: [
+        .leaf(CreateCommand.leaf),
+        .leaf(DestroyCommand.leaf),
+        .leaf(DetectCommand.leaf),
+        .leaf(InitCommand.leaf),
+        .menu(Menu(name: "list", children: [
+            .leaf(ListContainersCommand.leaf),
+        ])),
+        .leaf(SpecCommand.leaf),
+        .menu(Menu(name: "stats", children: [
+            .leaf(StatsCommand.summary),
+            .leaf(StatsCommand.full),
+        ])),
+        .menu(Menu(name: "update", children: [
+            .leaf(UpdateCommand.diff),
+            .leaf(UpdateCommand.replace),
+        ])),
+    ])
+}
+
+/// Everything a verb gets besides the library instance.
+struct Invocation {
+    /// The positional arguments, decoded as UTF-8 (names, pids).
+    let arguments: [String]
+    /// The same arguments as given, for specs in the binary wire format.
+    let rawArguments: [[UInt8]]
+    let flags: Flags
+    let environment: CLIEnvironment
+    /// For diagnostics printed before the error line (text format errors).
+    let stderr: any ByteSink
+
+    func argument(_ index: Int) -> String? {
+        index < arguments.count ? arguments[index] : nil
+    }
+
+    /// The named container, or the container of the process that ran
+    /// lmctfy when no name is given (spec, stats, list).
+    func containerOrCallers(_ api: ContainerApi, nameAt index: Int) throws(LmctfyError) -> Container {
+        if let name = argument(index) { return try api.get(name) }
+        return try api.get(api.detect(pid: environment.parentPid))
+    }
+}

@@ -1,0 +1,29 @@
+// `lmctfy detect [<pid/tid>]`
+import Glibc
+import Lmctfy
+import LmctfyProto
+import LmctfySystem
+
+enum DetectCommand {
+    static let leaf = Leaf(
+        name: "detect",
+        synopsis: "[<pid/tid>]",
+        summary: "Print the container a task is in (default: the calling shell).",
+        minArguments: 0, maxArguments: 1,
+        action: .withApi(run))
+
+    @Sendable
+    static func run(_ api: ContainerApi, _ call: Invocation) throws -> CommandOutput {
+        var pid = call.environment.parentPid
+        if let arg = call.argument(0) {
+            guard let parsed = pid_t(arg), parsed >= 0 else {
+                throw LmctfyError.invalidArgument("\"\(arg)\" is not a PID or TID")
+            }
+            pid = parsed
+        }
+        let name = try api.detect(pid: pid).path
+        return CommandOutput(
+            entries: [.pair(key: "name", value: name)],
+            json: "{\"name\":\(JSONFormat.quote(name))}")
+    }
+}

@@ -1,0 +1,49 @@
+// What the CLI needs from the machine, injectable so tests run every verb
+// in-process: against a fake cgroup tree without root, or the real one.
+import Glibc
+import Lmctfy
+import LmctfyProto
+import LmctfySystem
+
+public struct CLIEnvironment: Sendable {
+    /// The default task for `detect`, `list`, `spec` and `stats`: the
+    /// process that ran lmctfy (the calling shell), as in the original.
+    public var parentPid: pid_t
+    /// Builds the library instance every verb except `init` starts with.
+    public var makeApi: @Sendable () throws(LmctfyError) -> ContainerApi
+    /// Mounts and prepares the hierarchies an InitSpec asks for.
+    public var initMachine: @Sendable (InitSpec) throws(LmctfyError) -> Void
+    /// Reads a `-c` config file.
+    public var readFile: @Sendable (String) throws(LmctfyError) -> [UInt8]
+
+    public init(
+        parentPid: pid_t,
+        makeApi: @escaping @Sendable () throws(LmctfyError) -> ContainerApi,
+        initMachine: @escaping @Sendable (InitSpec) throws(LmctfyError) -> Void = { _ throws(LmctfyError) in
+            throw .unimplemented("init is not available in this environment")
+        },
+        readFile: @escaping @Sendable (String) throws(LmctfyError) -> [UInt8] = CLIEnvironment.readConfigFile
+    ) {
+        self.parentPid = parentPid
+        self.makeApi = makeApi
+        self.initMachine = initMachine
+        self.readFile = readFile
+    }
+
+    /// This machine: /proc, the mounted hierarchies, the real parent.
+    public static var live: CLIEnvironment {
+        CLIEnvironment(
+            parentPid: Sys.getppid(),
+            makeApi: { () throws(LmctfyError) in try ContainerApi.detect() },
+            initMachine: { (spec: InitSpec) throws(LmctfyError) in _ = try ContainerApi.initMachine(spec) })
+    }
+
+    @Sendable
+    public static func readConfigFile(_ path: String) throws(LmctfyError) -> [UInt8] {
+        do {
+            return try Sys.readBytes(path)
+        } catch {
+            throw .invalidArgument("Failed to read the config file \"\(path)\": \(error.reason)")
+        }
+    }
+}

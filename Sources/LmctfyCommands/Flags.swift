@@ -1,0 +1,105 @@
+// Command-line flags (D1): the original's letters and `--lmctfy_*` long
+// forms, but read only before a command's positional arguments, so that
+// whatever follows a container name (a spec, later a command for `run`) is
+// never mistaken for a flag. Every flag is accepted by every command, as in
+// the original; a command ignores the ones it has no use for.
+
+/// A mistake in the command line itself: exit 3 with the usage line.
+struct UsageError: Error {
+    let message: String
+}
+
+struct Flags: Sendable {
+    var configFile: String?
+    var force = false
+    var recursive = false
+    var binary = false
+    var noWait = false
+    var style = OutputStyle.pairs
+    var help = false
+    var version = false
+
+    /// Parses the flag at `args[i]` (which starts with `-` and is not `--`);
+    /// returns how many arguments it used (a value may be the next one).
+    mutating func parse(_ args: [String], at i: Int) throws(UsageError) -> Int {
+        let arg = args[i]
+        if arg.hasPrefix("--") { return try parseLong(args, at: i) }
+        switch arg {
+        case "-b": binary = true
+        case "-f": force = true
+        case "-h": help = true
+        case "-l": style = .long
+        // For `run -n` (next issue); accepted by every verb, as in the original.
+        case "-n": noWait = true
+        case "-p": style = .pairs
+        case "-r": recursive = true
+        case "-v": style = .values
+        case "-V": version = true
+        case "-c":
+            guard i + 1 < args.count else { throw UsageError(message: "Config file not specified with -c flag.") }
+            configFile = args[i + 1]
+            return 2
+        case "-o":
+            guard i + 1 < args.count else { throw UsageError(message: "Output style not specified with -o flag.") }
+            style = try Self.style(args[i + 1])
+            return 2
+        default:
+            // The original read `-rf` as `-r` and dropped the rest; guessing
+            // either way could turn a careful destroy into a forced one.
+            throw UsageError(message: "Unknown flag \"\(arg)\" (short flags cannot be combined; use e.g. -r -f)")
+        }
+        return 1
+    }
+
+    private mutating func parseLong(_ args: [String], at i: Int) throws(UsageError) -> Int {
+        let body = args[i].dropFirst(2)
+        let name: Substring
+        let inlineValue: String?
+        if let eq = body.firstIndex(of: "=") {
+            name = body[..<eq]
+            inlineValue = String(body[body.index(after: eq)...])
+        } else {
+            name = body
+            inlineValue = nil
+        }
+        // gflags style: a valued flag takes `=value` or the next argument.
+        func value() throws(UsageError) -> (String, Int) {
+            if let inlineValue { return (inlineValue, 1) }
+            guard i + 1 < args.count else { throw UsageError(message: "Flag --\(name) needs a value") }
+            return (args[i + 1], 2)
+        }
+        func bool() throws(UsageError) -> Bool {
+            switch inlineValue {
+            case nil, "true", "1": return true
+            case "false", "0": return false
+            default: throw UsageError(message: "Flag --\(name) takes true or false, not \"\(inlineValue!)\"")
+            }
+        }
+        switch name {
+        case "help", "lmctfy_print_help": help = try bool()
+        case "version", "lmctfy_version": version = try bool()
+        case "lmctfy_force": force = try bool()
+        case "lmctfy_recursive": recursive = try bool()
+        case "lmctfy_binary": binary = try bool()
+        case "lmctfy_no_wait": noWait = try bool()
+        case "lmctfy_config":
+            let (v, used) = try value()
+            configFile = v
+            return used
+        case "lmctfy_output_style":
+            let (v, used) = try value()
+            style = try Self.style(v)
+            return used
+        default:
+            throw UsageError(message: "Unknown flag \"\(args[i])\"")
+        }
+        return 1
+    }
+
+    private static func style(_ name: String) throws(UsageError) -> OutputStyle {
+        guard let style = OutputStyle(rawValue: name) else {
+            throw UsageError(message: "invalid style \"\(name)\" (pairs, values, long or json)")
+        }
+        return style
+    }
+}

@@ -1,0 +1,19 @@
+// `lmctfy list containers [-r] [<name>]`. `list pids|tids` join this menu
+// with the next issue.
+import Lmctfy
+
+enum ListContainersCommand {
+    static let leaf = Leaf(
+        name: "containers",
+        synopsis: "[-r] [<container name>]",
+        summary: "List subcontainers, sorted (-r: all descendants; default: the calling shell's container).",
+        minArguments: 0, maxArguments: 1,
+        action: .withApi(run))
+
+    @Sendable
+    static func run(_ api: ContainerApi, _ call: Invocation) throws -> CommandOutput {
+        let container = try call.containerOrCallers(api, nameAt: 0)
+        let names = try container.subcontainers(recursive: call.flags.recursive).map(\.path)
+        return .list(key: "name", jsonKey: "containers", names)
+    }
+}

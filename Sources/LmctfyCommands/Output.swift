@@ -1,0 +1,129 @@
+// What a command prints on success, and how each output style renders it
+// (lmctfy-behaviour.md §1.2, D15). Commands build a CommandOutput; only the
+// dispatcher writes it, and only when the command succeeded.
+import LmctfyProto
+import LmctfySystem
+
+/// Where the CLI writes: bytes, because `-b` prints binary protobuf.
+public protocol ByteSink: AnyObject {
+    func write(_ bytes: [UInt8])
+}
+
+extension ByteSink {
+    func write(_ text: String) { write(Array(text.utf8)) }
+}
+
+/// Collects everything written, for tests.
+public final class BufferSink: ByteSink {
+    public private(set) var bytes: [UInt8] = []
+    public init() {}
+    public func write(_ bytes: [UInt8]) { self.bytes += bytes }
+    /// The bytes as UTF-8 text (invalid sequences repaired).
+    public var text: String { String(decoding: bytes, as: UTF8.self) }
+}
+
+/// Writes straight to a file descriptor (1 or 2). A failed write (a closed
+/// pipe) is ignored: there is nowhere left to report it.
+public final class FileDescriptorSink: ByteSink {
+    let fd: Int32
+    public init(fd: Int32) { self.fd = fd }
+    public func write(_ bytes: [UInt8]) { try? Sys.writeAll(fd, bytes) }
+}
+
+public enum OutputStyle: String, Sendable, CaseIterable {
+    case pairs, values, long, json
+}
+
+/// One line of output: a key and value, or text printed exactly as it is
+/// (the protobuf text of `spec` and `stats`).
+enum OutputEntry: Equatable {
+    case pair(key: String, value: String)
+    case raw(String)
+}
+
+/// A command's result. `json` is the whole document `-o json` prints, so
+/// each command chooses its own shape ({"containers":[...]}, proto3 JSON).
+struct CommandOutput {
+    var entries: [OutputEntry] = []
+    var json: String = "{}"
+    /// Set by `spec -b` / `stats -b`: printed instead of everything else.
+    var binary: [UInt8]?
+
+    /// Commands that print nothing (create, destroy, update, init); `{}` in JSON.
+    static let none = CommandOutput()
+
+    /// One `key="value"` per item, and {"<jsonKey>":[...]} as JSON.
+    static func list(key: String, jsonKey: String, _ values: [String]) -> CommandOutput {
+        CommandOutput(
+            entries: values.map { .pair(key: key, value: $0) },
+            json: "{\(JSONFormat.quote(jsonKey)):[\(values.map(JSONFormat.quote).joined(separator: ","))]}")
+    }
+
+    /// A protobuf message: raw text format, proto3 JSON, or binary with -b.
+    static func message<M: ProtoMessage>(_ message: M, binary: Bool) throws -> CommandOutput {
+        if binary { return CommandOutput(binary: try message.serializedBytes()) }
+        return CommandOutput(entries: [.raw(message.textFormatString)], json: message.jsonString())
+    }
+
+    func render(_ style: OutputStyle) -> [UInt8] {
+        if let binary { return binary }
+        if style == .json { return Array((json + "\n").utf8) }
+        var out = ""
+        for entry in entries {
+            switch entry {
+            case .raw(let text):
+                out += text
+            case .pair(let key, let value):
+                let key = Self.sanitizedKey(key)
+                switch style {
+                case .pairs: out += "\(key)=\"\(Self.cEscaped(value))\"\n"
+                case .values: out += value + "\n"
+                case .long: out += key.padding(toLength: 20) + " | " + value + "\n\n"
+                case .json: break
+                }
+            }
+        }
+        return Array(out.utf8)
+    }
+
+    /// Keys are `[A-Za-z0-9][-A-Za-z0-9_.]*` so scripts can split on `=`;
+    /// any other byte becomes `_` (as the original's OutputMap does).
+    static func sanitizedKey(_ key: String) -> String {
+        var out = [UInt8]()
+        for (i, u) in key.utf8.enumerated() {
+            let alnum = (u >= 0x30 && u <= 0x39) || (u >= 0x41 && u <= 0x5A) || (u >= 0x61 && u <= 0x7A)
+            let ok = alnum || (i > 0 && (u == 0x2D || u == 0x5F || u == 0x2E))
+            out.append(ok ? u : 0x5F)
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    /// C escaping, byte by byte, as the original's CEscape: the usual
+    /// backslash escapes, three-digit octal for anything not printable ASCII,
+    /// so a value always stays on one line between its quotes.
+    static func cEscaped(_ value: String) -> String {
+        var out = ""
+        for u in value.utf8 {
+            switch u {
+            case 0x0A: out += "\\n"
+            case 0x0D: out += "\\r"
+            case 0x09: out += "\\t"
+            case 0x22: out += "\\\""
+            case 0x27: out += "\\'"
+            case 0x5C: out += "\\\\"
+            case 0x20..<0x7F: out.unicodeScalars.append(Unicode.Scalar(u))
+            default:
+                let octal = String(u, radix: 8)
+                out += "\\" + String(repeating: "0", count: 3 - octal.count) + octal
+            }
+        }
+        return out
+    }
+}
+
+extension String {
+    /// Left-justified in `width` columns; longer strings are kept whole.
+    func padding(toLength width: Int) -> String {
+        count >= width ? self : self + String(repeating: " ", count: width - count)
+    }
+}

@@ -1,0 +1,20 @@
+// `lmctfy stats summary|full [-b] [<name>]`
+import Lmctfy
+
+enum StatsCommand {
+    static let summary = leaf("summary", .summary, "Print a container's ContainerStats: the usual fields")
+    static let full = leaf("full", .full, "Print a container's ContainerStats: every field")
+
+    private static func leaf(_ name: String, _ type: StatsType, _ summary: String) -> Leaf {
+        Leaf(
+            name: name,
+            synopsis: "[-b] [<container name>]",
+            summary: summary + " (default: the calling shell's container).",
+            minArguments: 0, maxArguments: 1,
+            action: .withApi { api, call in
+                try call.checkBinaryOrJSON()
+                let container = try call.containerOrCallers(api, nameAt: 0)
+                return try .message(try container.stats(type), binary: call.flags.binary)
+            })
+    }
+}

@@ -1,0 +1,226 @@
+// The command line itself, in-process and without root: dispatch, help and
+// usage, flags, argument counts, exit codes (lmctfy-behaviour.md §1.1, D1, D2).
+import Lmctfy
+@testable import LmctfyCommands
+import LmctfySystem
+import Testing
+
+@Suite struct DispatchTests {
+    let machine: FakeMachine
+    init() throws { machine = try FakeMachine() }
+
+    @Test func bareLmctfyPrintsUsageToStderrAndExits5() {
+        let r = machine.run()
+        #expect(r.status == 5)
+        #expect(r.stdout.isEmpty)
+        #expect(r.stderr.hasPrefix("usage: lmctfy <command>"))
+        #expect(r.stderr.contains("  list containers [-r] [<container name>]"))
+    }
+
+    @Test(arguments: [["help"], ["-h"], ["--help"], ["--lmctfy_print_help"]])
+    func askedForHelpGoesToStdoutAndSucceeds(_ args: [String]) {
+        let r = lmctfy(args, in: machine.environment)
+        #expect(r.status == 0, "\(r)")
+        #expect(r.stderr.isEmpty)
+        #expect(r.stdout.hasPrefix("usage: lmctfy <command>"))
+        #expect(r.stdout.contains("-o json"))
+    }
+
+    @Test(arguments: [["-V"], ["--version"], ["-V", "bogus"], ["list", "-V"]])
+    func version(_ args: [String]) {
+        let r = lmctfy(args, in: machine.environment)
+        #expect(r.status == 0)
+        #expect(r.stdout == "lmctfy version \(lmctfyVersion)\n")
+    }
+
+    @Test func unknownCommandGivesTheDeepestMenusUsageAndExits5() {
+        var r = machine.run("bogus")
+        #expect(r.status == 5)
+        #expect(r.stderr.hasPrefix("Unknown command \"bogus\"\nusage: lmctfy <command>"))
+        r = machine.run("list", "bogus")
+        #expect(r.status == 5)
+        #expect(r.stderr.contains("usage: lmctfy list <command>"))
+        #expect(r.stderr.contains("  containers [-r] [<container name>]"))
+        #expect(!r.stderr.contains("create"))
+        r = machine.run("stats")
+        #expect(r.status == 5)
+        #expect(r.stderr.contains("usage: lmctfy stats <command>"))
+        #expect(r.stdout.isEmpty)
+    }
+
+    @Test func verbsOfTheNextIssueAreNotRegisteredYet() {
+        for verb in ["run", "enter", "killall", "pause", "resume", "notify"] {
+            #expect(machine.run(verb, "/x").status == 5, "\(verb)")
+        }
+        #expect(machine.run("list", "pids").status == 5)
+    }
+
+    @Test func menuHelpGoesToStdout() {
+        let r = machine.run("update", "help")
+        #expect(r.status == 0)
+        #expect(r.stdout.contains("  diff [-c <config file>] <container name> [<container spec>]"))
+        #expect(r.stdout.contains("  replace "))
+    }
+
+    @Test func leafHelpPrintsTheUsageLine() {
+        var r = machine.run("create", "help")
+        #expect(r.status == 0)
+        #expect(r.stdout == "usage: lmctfy create [-c <config file>] <container name> [<container spec>]\n")
+        r = machine.run("list", "containers", "help")
+        #expect(r.stdout == "usage: lmctfy list containers [-r] [<container name>]\n")
+        r = machine.run("stats", "full", "-h")
+        #expect(r.status == 0)
+        #expect(r.stdout == "usage: lmctfy stats full [-b] [<container name>]\n")
+    }
+
+    @Test func argumentCountsAreChecked() {
+        var r = machine.run("create")
+        #expect(r.status == 3)
+        #expect(r.stderr == "Missing arguments\nusage: lmctfy create [-c <config file>] <container name> [<container spec>]\n")
+        r = machine.run("destroy", "/a", "/b")
+        #expect(r.status == 3)
+        #expect(r.stderr == "Extraneous arguments\nusage: lmctfy destroy [-f] <container name>\n")
+        r = machine.run("detect", "1", "2")
+        #expect(r.status == 3)
+        #expect(r.stderr.hasPrefix("Extraneous arguments\n"))
+        #expect(r.stdout.isEmpty)
+    }
+
+    @Test(arguments: ["-x", "-rf", "--lmctfy_bogus", "--x", "-1"])
+    func unknownFlagsExit3(_ flag: String) {
+        let r = machine.run("list", "containers", flag)
+        #expect(r.status == 3, "\(r)")
+        #expect(r.stderr.hasPrefix("Unknown flag \"\(flag)\""))
+        #expect(r.stderr.contains("usage: lmctfy list containers [-r] [<container name>]"))
+    }
+
+    @Test func flagValuesAreChecked() {
+        var r = machine.run("create", "-c")
+        #expect(r.status == 3)
+        #expect(r.stderr.hasPrefix("Config file not specified with -c flag.\n"))
+        r = machine.run("-o", "xml", "detect")
+        #expect(r.status == 3)
+        #expect(r.stderr.hasPrefix("invalid style \"xml\""))
+        r = machine.run("--lmctfy_output_style=xml", "detect")
+        #expect(r.status == 3)
+        r = machine.run("--lmctfy_force=maybe", "destroy", "/x")
+        #expect(r.status == 3)
+    }
+
+    @Test func flagsAreReadAnywhereBeforeTheFirstArgument() {
+        try? machine.container(["parent", "a"])
+        try? machine.container(["parent", "a", "b"])
+        for args in [["-r", "list", "containers", "/parent"], ["list", "-r", "containers", "/parent"],
+                     ["list", "containers", "-r", "/parent"], ["--lmctfy_recursive", "list", "containers", "/parent"],
+                     ["list", "containers", "--lmctfy_recursive=true", "/parent"]] {
+            let r = lmctfy(args, in: machine.environment)
+            #expect(r.status == 0, "\(args): \(r)")
+            #expect(r.stdout == "name=\"/parent/a\"\nname=\"/parent/a/b\"\n", "\(args)")
+        }
+    }
+
+    @Test func flagsAfterTheFirstArgumentAreArguments() {
+        // D1: `-r` after the name is an extra argument, not a flag.
+        let r = machine.run("list", "containers", "/parent", "-r")
+        #expect(r.status == 3)
+        #expect(r.stderr.hasPrefix("Extraneous arguments\n"))
+    }
+
+    @Test func doubleDashEndsFlags() {
+        var r = machine.run("detect", "--", "-5")
+        #expect(r.status == 3)
+        #expect(r.stderr == "Command exited with error message: 3: \"-5\" is not a PID or TID\n")
+        r = machine.run("--", "-r", "list")
+        #expect(r.status == 5, "after --, -r is a command word")
+    }
+
+    @Test func libraryErrorsExitWithTheirCode() {
+        let r = machine.run("destroy", "/missing")
+        #expect(r.status == 5)
+        #expect(r.stderr == "Command exited with error message: 5: Container \"/missing\" does not exist\n")
+        #expect(r.stdout.isEmpty)
+    }
+
+    @Test func otherErrorsAreUnknown() {
+        struct Oops: Error {}
+        #expect(LmctfyCLI.statusError(Oops()).code == .unknown)
+        #expect(LmctfyCLI.statusError(LmctfyError.alreadyExists("x")).code == .alreadyExists)
+    }
+
+    @Test func aLibraryThatCannotStartIsReportedWithItsCode() {
+        var env = machine.environment
+        env.makeApi = { () throws(LmctfyError) in throw .notFound("no freezer") }
+        let r = lmctfy(["list", "containers"], in: env)
+        #expect(r.status == 5)
+        #expect(r.stderr == "Failed to create a lmctfy instance with error 'no freezer'\n")
+        // init needs no instance.
+        #expect(lmctfy(["init", ""], in: env).status == 0)
+    }
+
+    @Test func detectDefaultsToTheParentAndChecksThePid() throws {
+        var r = machine.run("detect")
+        #expect(r.status == 0)
+        #expect(r.stdout == "name=\"/parent\"\n")
+        r = machine.run("detect", "abc")
+        #expect(r.status == 3)
+        r = machine.run("detect", "99999999999")
+        #expect(r.status == 3)
+        r = machine.run("detect", "777")
+        #expect(r.status == 5)
+    }
+
+    @Test func destroyRefusesTheRootAndNonEmptyContainers() throws {
+        var r = machine.run("destroy", "/")
+        #expect(r.status == 9)
+        #expect(r.stderr.contains("root container"))
+        r = machine.run("destroy", "-f", "/")
+        #expect(r.status == 9)
+
+        try machine.container(["withsub"])
+        try machine.container(["withsub", "sub"])
+        r = machine.run("destroy", "/withsub")
+        #expect(r.status == 9)
+        #expect(r.stderr.hasPrefix("Command exited with error message: 9: Subcontainers found"))
+
+        try machine.container(["busy"], procs: "123\n", tasks: "123\n")
+        r = machine.run("destroy", "/busy")
+        #expect(r.status == 9)
+        #expect(r.stderr.hasPrefix("Command exited with error message: 9: Processes found"))
+
+        try machine.container(["tourist"], procs: "", tasks: "456\n")
+        r = machine.run("destroy", "/tourist")
+        #expect(r.status == 9)
+        #expect(r.stderr.hasPrefix("Command exited with error message: 9: Tourist threads found"))
+    }
+
+    @Test func createAndListOnAFakeTree() throws {
+        var r = machine.run("create", "/made", "")
+        #expect(r.status == 0, "\(r)")
+        #expect(r.stdout.isEmpty)
+        #expect(Sys.isDirectory(machine.freezer + "/made"))
+        r = machine.run("create", "/made", "")
+        #expect(r.status == 6)
+        // Relative names resolve against lmctfy's own container ("/" here).
+        r = machine.run("create", "made/sub", "")
+        #expect(r.status == 0, "\(r)")
+        #expect(Sys.isDirectory(machine.freezer + "/made/sub"))
+        r = machine.run("-o", "json", "list", "containers", "/made")
+        #expect(try r.json()["containers"] as? [String] == ["/made/sub"])
+        r = machine.run("-o", "json", "list", "containers", "/made/sub")
+        #expect(try r.json()["containers"] as? [String] == [])
+    }
+
+    @Test func hostileNamesAreRefusedBeforeAnythingIsMade() throws {
+        let before = try Sys.subdirectories(machine.freezer)
+        for name in ["", "a b", "/a<b", "/_x", "/.x", "/ok/-x", "../.bad",
+                     "/" + String(repeating: "a", count: 300)] {
+            let r = machine.run("create", name, "")
+            #expect(r.status == 3, "\(name): \(r)")
+        }
+        #expect(try Sys.subdirectories(machine.freezer) == before)
+        // `..` cannot leave the hierarchy: from "/" it stays at "/".
+        #expect(machine.run("create", "../../x", "").status == 0)
+        #expect(Sys.isDirectory(machine.freezer + "/x"))
+        #expect(!Sys.exists(machine.tree.root + "/x"))
+    }
+}
