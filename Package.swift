@@ -12,7 +12,6 @@ let package = Package(
         .library(name: "LmctfyProto", targets: ["LmctfyProto"]),
     ],
     dependencies: [
-        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
     ],
     targets: [
         // System libraries from Debian packages; module maps only.
@@ -57,7 +56,6 @@ let package = Package(
             name: "LmctfyCommands",
             dependencies: [
                 "Lmctfy", "LmctfySystem", "LmctfyProto",
-                .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
 
         .executableTarget(name: "lmctfy", dependencies: ["LmctfyCommands"]),
