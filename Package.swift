@@ -43,7 +43,7 @@ let package = Package(
         // CL1: containers, names, cgroup v1/v2 layouts, resource handlers.
         .target(
             name: "Lmctfy",
-            dependencies: ["LmctfySystem", "LmctfyProto"]),
+            dependencies: ["LmctfySystem", "LmctfyProto", "CLmctfyShims"]),
 
         // Fake cgroup trees, the root gate, unique test containers.
         .target(

@@ -60,17 +60,6 @@ public func withTestContainer<T>(
     return try body(name)
 }
 
-public final class Lock: @unchecked Sendable {
-    private var mutex = pthread_mutex_t()
-    public init() { pthread_mutex_init(&mutex, nil) }
-    deinit { pthread_mutex_destroy(&mutex) }
-    public func locked<T>(_ body: () throws -> T) rethrows -> T {
-        pthread_mutex_lock(&mutex)
-        defer { pthread_mutex_unlock(&mutex) }
-        return try body()
-    }
-}
-
 /// A fake cgroup tree in a temp directory, shaped like v1 (one directory per
 /// hierarchy) or v2 (one unified directory), for unit tests.
 public final class FakeCgroupTree: @unchecked Sendable {
