@@ -9,6 +9,7 @@ let package = Package(
         .executable(name: "lmctfy", targets: ["lmctfy"]),
         .executable(name: "lmctfy-protogen", targets: ["lmctfy-protogen"]),
         .executable(name: "lmctfy-bench", targets: ["lmctfy-bench"]),
+        .executable(name: "lmctfy-test-helper", targets: ["lmctfy-test-helper"]),
         .library(name: "LmctfyProto", targets: ["LmctfyProto"]),
     ],
     dependencies: [
@@ -65,6 +66,9 @@ let package = Package(
             name: "lmctfy-bench",
             dependencies: ["Lmctfy", "LmctfyProto", "LmctfySystem"],
             path: "tools/bench"),
+
+        // Workloads for the integration tests (OOM, fork loops), in C.
+        .executableTarget(name: "lmctfy-test-helper", path: "tools/test-helper"),
 
         // Generates Sources/LmctfyProto/Generated from the protobuf-c descriptors.
         .executableTarget(

@@ -101,12 +101,13 @@ public final class Watch: @unchecked Sendable {
     /// Blocks until at least one event (returns how many), the timeout
     /// (returns 0), or the container's destruction (throws NOT_FOUND).
     public func wait(timeoutMs: Int32 = -1) throws(LmctfyError) -> Int {
-        var waited: Int32 = 0
+        let deadline = Self.nowMs() + Int64(timeoutMs)
         while true {
             if pendingImmediate { return try collect() }
-            let slice: Int32 = timeoutMs < 0 ? 1000 : max(0, min(1000, timeoutMs - waited))
+            let left = timeoutMs < 0 ? 1000 : deadline - Self.nowMs()
+            if timeoutMs >= 0 && left <= 0 { return 0 }
             let ready: Bool
-            do { ready = try EventFds.waitReadable(fd, timeoutMs: slice) } catch {
+            do { ready = try EventFds.waitReadable(fd, timeoutMs: Int32(min(1000, left))) } catch {
                 throw error.lmctfy(.internal, "Waiting for the notification failed")
             }
             if ready {
@@ -115,11 +116,13 @@ public final class Watch: @unchecked Sendable {
             } else if !watchedDir.exists {
                 throw .notFound("Container \"\(container)\" was destroyed while a notification was registered")
             }
-            if timeoutMs >= 0 {
-                waited += slice
-                if waited >= timeoutMs { return 0 }
-            }
         }
+    }
+
+    static func nowMs() -> Int64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return Int64(ts.tv_sec) * 1000 + Int64(ts.tv_nsec) / 1_000_000
     }
 
     // MARK: Making watches

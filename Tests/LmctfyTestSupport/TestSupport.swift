@@ -136,6 +136,20 @@ public func removeTree(_ path: String) -> Bool {
     return rmdir(path) == 0
 }
 
+/// The built lmctfy-test-helper (alloc / forkloop workloads): beside the
+/// test bundle, or where LMCTFY_TEST_HELPER says (the v2 guest).
+public let testHelperPath: String = {
+    if let p = getenv("LMCTFY_TEST_HELPER") { return String(cString: p) }
+    var dir = CommandLine.arguments[0]
+    // .../debug/lmctfyPackageTests.xctest → .../debug
+    while let slash = dir.lastIndex(of: "/") {
+        dir = String(dir[..<slash])
+        if Sys.exists(dir + "/lmctfy-test-helper") { return dir + "/lmctfy-test-helper" }
+        if dir.isEmpty { break }
+    }
+    return ".build/debug/lmctfy-test-helper"
+}()
+
 /// Test processes: started with posix_spawn, ended and reaped by pid only.
 public enum TestProcess {
     /// Starts `argv` (absolute path first) and returns its pid.

@@ -1,0 +1,127 @@
+// Notifications on the real kernel: a real OOM kill, a threshold crossing,
+// the last task leaving, and the container destroyed under a waiter (D5).
+import Glibc
+import Lmctfy
+import LmctfyProto
+import LmctfySystem
+import LmctfyTestSupport
+import Testing
+
+@Suite(.enabled(if: RealCgroups.available, "\(RealCgroups.unavailableReason ?? "")"))
+struct NotificationIntegrationTests {
+    let api: ContainerApi
+
+    init() throws {
+        api = try ContainerApi.detect()
+    }
+
+    @Test func containerEmptyFiresWhenTheLastTaskExits() throws {
+        try withTestContainer(api) { name in
+            try api.create(name, spec: ContainerSpec())
+            let sub = try ContainerName.resolve("inner", relativeTo: name)
+            try api.create(sub, spec: ContainerSpec())
+            let c = try api.get(name)
+            // One task here, one in the subcontainer: empty only when both are gone.
+            let a = try c.run(["/bin/sleep", "0.3"])
+            let b = try api.get(sub).run(["/bin/sleep", "0.6"])
+            let watch = try c.watch(EventSpec(containerEmpty: EventSpec.ContainerEmpty()))
+            #expect(try watch.wait(timeoutMs: 200) == 0)  // still busy
+            #expect(try watch.wait(timeoutMs: 10_000) == 1)
+            #expect(try c.processes(recursive: true).isEmpty)
+            _ = (a, b)
+        }
+    }
+
+    @Test func destroyingAWatchedContainerDeliversNotFound() throws {
+        try withTestContainer(api) { name in
+            try api.create(name, spec: ContainerSpec())
+            let c = try api.get(name)
+            _ = try c.run(["/bin/sleep", "300"])
+            let watch = try c.watch(EventSpec(containerEmpty: EventSpec.ContainerEmpty()))
+            let destroyer = Thread { try? api.destroy(name) }
+            destroyer.start(afterMs: 200)
+            #expect { _ = try watch.wait(timeoutMs: 10_000) } throws: { error in
+                let e = error as? LmctfyError
+                return e?.code == .notFound && e?.message.contains("destroyed") == true
+            }
+            destroyer.join()
+        }
+    }
+
+    @Test func oomKillIsDelivered() throws {
+        try withTestContainer(api) { name in
+            try api.create(name, spec: ContainerSpec(memory: MemorySpec(limit: 32 << 20)))
+            let c = try api.get(name)
+            let watch = try c.watch(EventSpec(oom: EventSpec.Oom()))
+            let pid = try c.run([testHelperPath, "alloc", "200"])
+            #expect(try watch.wait(timeoutMs: 30_000) >= 1)
+            // The allocator was the victim.
+            for _ in 0..<5000 where kill(pid, 0) == 0 { usleep(1000) }
+            #expect(kill(pid, 0) != 0)
+        }
+    }
+
+    @Test func thresholdCrossingIsDelivered() throws {
+        try withTestContainer(api) { name in
+            try api.create(name, spec: ContainerSpec(memory: MemorySpec(limit: 512 << 20)))
+            let c = try api.get(name)
+            let watch = try c.watch(EventSpec(memoryThreshold: EventSpec.MemoryThreshold(usage: 16 << 20)))
+            #expect(try watch.wait(timeoutMs: 100) == 0)
+            let pid = try c.run([testHelperPath, "alloc", "64", "30"])
+            defer { kill(pid, SIGKILL) }
+            #expect(try watch.wait(timeoutMs: 30_000) >= 1)
+        }
+    }
+
+    @Test func callbacksFireThroughTheCenterUntilUnregistered() throws {
+        try withTestContainer(api) { name in
+            try api.create(name, spec: ContainerSpec())
+            let c = try api.get(name)
+            let center = try NotificationCenter()
+            defer { center.shutdown() }
+            let fired = Counter()
+            _ = try c.run(["/bin/sleep", "0.2"])
+            let id = try center.register(c, EventSpec(containerEmpty: EventSpec.ContainerEmpty())) { result in
+                if case .success = result { fired.increment() }
+            }
+            #expect(id == 1)
+            for _ in 0..<5000 where fired.value == 0 { usleep(1000) }
+            #expect(fired.value == 1)
+            try center.unregister(id)
+            #expect { try center.unregister(id) } throws: { ($0 as? LmctfyError)?.code == .invalidArgument }
+            #expect { _ = try center.register(c, EventSpec()) { _ in } } throws: { ($0 as? LmctfyError)?.code == .invalidArgument }
+        }
+    }
+}
+
+final class Counter: @unchecked Sendable {
+    private let lock = Lock()
+    private var n = 0
+    func increment() { lock.locked { n += 1 } }
+    var value: Int { lock.locked { n } }
+}
+
+/// A plain thread for tests that need a second actor (e.g. destroy while waiting).
+final class Thread: @unchecked Sendable {
+    private let body: @Sendable () -> Void
+    private var thread = pthread_t()
+    init(_ body: @escaping @Sendable () -> Void) { self.body = body }
+
+    func start(afterMs delay: Int = 0) {
+        let box = Unmanaged.passRetained(Box(body: body, delayMs: delay))
+        pthread_create(&thread, nil, { arg in
+            let b = Unmanaged<Box>.fromOpaque(arg!).takeRetainedValue()
+            if b.delayMs > 0 { usleep(UInt32(b.delayMs * 1000)) }
+            b.body()
+            return nil
+        }, box.toOpaque())
+    }
+
+    func join() { pthread_join(thread, nil) }
+
+    final class Box: @unchecked Sendable {
+        let body: @Sendable () -> Void
+        let delayMs: Int
+        init(body: @escaping @Sendable () -> Void, delayMs: Int) { self.body = body; self.delayMs = delayMs }
+    }
+}
