@@ -32,12 +32,14 @@ struct NotificationIntegrationTests {
         }
     }
 
+    // An OOM watch, because destroying kills the tasks first, which is a
+    // true "container empty" event before the container goes away.
     @Test func destroyingAWatchedContainerDeliversNotFound() throws {
         try withTestContainer(api) { name in
-            try api.create(name, spec: ContainerSpec())
+            try api.create(name, spec: ContainerSpec(memory: MemorySpec(limit: 64 << 20)))
             let c = try api.get(name)
             _ = try c.run(["/bin/sleep", "300"])
-            let watch = try c.watch(EventSpec(containerEmpty: EventSpec.ContainerEmpty()))
+            let watch = try c.watch(EventSpec(oom: EventSpec.Oom()))
             let destroyer = Thread { try? api.destroy(name) }
             destroyer.start(afterMs: 200)
             #expect { _ = try watch.wait(timeoutMs: 10_000) } throws: { error in
