@@ -123,7 +123,7 @@ public enum LmctfyCLI {
 
         let call = Invocation(
             arguments: arguments, rawArguments: Array(rawArguments[firstPositional...]),
-            flags: flags, environment: environment, stderr: stderr)
+            flags: flags, environment: environment, stdout: stdout, stderr: stderr)
         let output: CommandOutput
         do {
             switch leaf.action {
@@ -145,7 +145,7 @@ public enum LmctfyCLI {
             return failure.code.rawValue
         }
         stdout.write(output.render(flags.style))
-        return 0
+        return output.exitStatus
     }
 
     /// Library failures keep their code; anything else (a bug, an encoder

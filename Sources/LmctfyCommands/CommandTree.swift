@@ -47,17 +47,28 @@ indirect enum CommandNode: Sendable {
 
 enum CommandTree {
     /// Root commands in alphabetical order, as the original lists them.
-    /// Still to come (next issue), each in its own file: `enter`, `killall`,
-    /// `notify memory oom|threshold`, `pause`, `resume`, `run`, and
-    /// `list pids|tids` beside `list containers`.
     static let root = Menu(name: "lmctfy", children: [
         .leaf(CreateCommand.leaf),
         .leaf(DestroyCommand.leaf),
         .leaf(DetectCommand.leaf),
+        .leaf(EnterCommand.leaf),
         .leaf(InitCommand.leaf),
+        .leaf(KillAllCommand.leaf),
         .menu(Menu(name: "list", children: [
             .leaf(ListContainersCommand.leaf),
+            .leaf(ListTasksCommand.pids),
+            .leaf(ListTasksCommand.tids),
         ])),
+        .menu(Menu(name: "notify", children: [
+            .menu(Menu(name: "container", children: [.leaf(NotifyCommand.empty)])),
+            .menu(Menu(name: "memory", children: [
+                .leaf(NotifyCommand.oom),
+                .leaf(NotifyCommand.threshold),
+            ])),
+        ])),
+        .leaf(FreezeCommand.pause),
+        .leaf(FreezeCommand.resume),
+        .leaf(RunCommand.leaf),
         .leaf(SpecCommand.leaf),
         .menu(Menu(name: "stats", children: [
             .leaf(StatsCommand.summary),
@@ -78,6 +89,8 @@ struct Invocation {
     let rawArguments: [[UInt8]]
     let flags: Flags
     let environment: CLIEnvironment
+    /// For commands that print as they go (`notify -f`).
+    let stdout: any ByteSink
     /// For diagnostics printed before the error line (text format errors).
     let stderr: any ByteSink
 

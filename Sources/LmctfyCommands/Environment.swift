@@ -15,6 +15,10 @@ public struct CLIEnvironment: Sendable {
     public var initMachine: @Sendable (InitSpec) throws(LmctfyError) -> Void
     /// Reads a `-c` config file.
     public var readFile: @Sendable (String) throws(LmctfyError) -> [UInt8]
+    /// `run` without -n: runs the command in the container with lmctfy's
+    /// stdio and returns its exit status. Live, lmctfy becomes the command
+    /// (exec, as in the original), so this returns only by throwing.
+    public var runForeground: @Sendable (Container, [String]) throws(LmctfyError) -> Int32
 
     public init(
         parentPid: pid_t,
@@ -22,12 +26,30 @@ public struct CLIEnvironment: Sendable {
         initMachine: @escaping @Sendable (InitSpec) throws(LmctfyError) -> Void = { _ throws(LmctfyError) in
             throw .unimplemented("init is not available in this environment")
         },
-        readFile: @escaping @Sendable (String) throws(LmctfyError) -> [UInt8] = CLIEnvironment.readConfigFile
+        readFile: @escaping @Sendable (String) throws(LmctfyError) -> [UInt8] = CLIEnvironment.readConfigFile,
+        runForeground: @escaping @Sendable (Container, [String]) throws(LmctfyError) -> Int32 = CLIEnvironment.execForeground
     ) {
         self.parentPid = parentPid
         self.makeApi = makeApi
         self.initMachine = initMachine
         self.readFile = readFile
+        self.runForeground = runForeground
+    }
+
+    @Sendable
+    public static func execForeground(_ container: Container, _ argv: [String]) throws(LmctfyError) -> Int32 {
+        try container.exec(argv)
+    }
+
+    /// For in-process use (tests, embedding): spawn with lmctfy's stdio and
+    /// wait, instead of replacing the process.
+    @Sendable
+    public static func spawnAndWait(_ container: Container, _ argv: [String]) throws(LmctfyError) -> Int32 {
+        let pid = try container.run(argv, options: RunOptions(fdPolicy: .inherit))
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        // Exit status as a shell reports it: the code, or 128 + the signal.
+        return status & 0x7F == 0 ? (status >> 8) & 0xFF : 128 + (status & 0x7F)
     }
 
     /// This machine: /proc, the mounted hierarchies, the real parent.

@@ -48,6 +48,8 @@ struct CommandOutput {
     var json: String = "{}"
     /// Set by `spec -b` / `stats -b`: printed instead of everything else.
     var binary: [UInt8]?
+    /// The CLI's exit status on success (`run` passes on its command's).
+    var exitStatus: Int32 = 0
 
     /// Commands that print nothing (create, destroy, update, init); `{}` in JSON.
     static let none = CommandOutput()

@@ -1,0 +1,29 @@
+// `lmctfy enter <name> [<tid>...]`: moves the given tasks, or the calling
+// shell (lmctfy's parent), into the container.
+import Glibc
+import Lmctfy
+import LmctfySystem
+
+enum EnterCommand {
+    static let leaf = Leaf(
+        name: "enter",
+        synopsis: "<container name> [<tid>...]",
+        summary: "Move tasks (default: the calling shell) into a container.",
+        minArguments: 1, maxArguments: nil,
+        action: .withApi(run))
+
+    @Sendable
+    static func run(_ api: ContainerApi, _ call: Invocation) throws -> CommandOutput {
+        var tids: [pid_t] = []
+        for word in call.arguments.dropFirst() {
+            // The original reports a bad TID as FAILED_PRECONDITION.
+            guard let tid = pid_t(word), tid > 0 else {
+                throw LmctfyError.failedPrecondition("\"\(word)\" is not a valid TID")
+            }
+            tids.append(tid)
+        }
+        if tids.isEmpty { tids = [call.environment.parentPid] }
+        try api.get(call.arguments[0]).enter(tids)
+        return .none
+    }
+}

@@ -1,0 +1,26 @@
+// `lmctfy killall [-r] <name>`: kills every process of the container (D9:
+// freeze, kill, thaw, until empty; works when paused); -r also kills the
+// processes of every subcontainer, deepest first.
+import Lmctfy
+import LmctfySystem
+
+enum KillAllCommand {
+    static let leaf = Leaf(
+        name: "killall",
+        synopsis: "[-r] <container name>",
+        summary: "Kill every process in a container (-r: and in its subcontainers).",
+        minArguments: 1, maxArguments: 1,
+        action: .withApi(run))
+
+    @Sendable
+    static func run(_ api: ContainerApi, _ call: Invocation) throws -> CommandOutput {
+        let container = try api.get(call.arguments[0])
+        if call.flags.recursive {
+            for sub in try container.subcontainers(recursive: true).reversed() {
+                try api.get(sub).killAll()
+            }
+        }
+        try container.killAll()
+        return .none
+    }
+}

@@ -1,0 +1,22 @@
+// `lmctfy list pids|tids [-r] [<name>]`: cgroup.procs / tasks, sorted and
+// (with -r) merged over every subcontainer.
+import Lmctfy
+
+enum ListTasksCommand {
+    static let pids = leaf("pids", key: "pid", threads: false)
+    static let tids = leaf("tids", key: "tid", threads: true)
+
+    static func leaf(_ name: String, key: String, threads: Bool) -> Leaf {
+        Leaf(name: name, synopsis: "[-r] [<container name>]",
+             summary: "List the \(threads ? "threads" : "processes") of a container (-r: and of its subcontainers).",
+             minArguments: 0, maxArguments: 1,
+             action: .withApi { api, call in
+                 let container = try call.containerOrCallers(api, nameAt: 0)
+                 let ids = threads ? try container.threads(recursive: call.flags.recursive)
+                     : try container.processes(recursive: call.flags.recursive)
+                 var out = CommandOutput.list(key: key, jsonKey: name, ids.map(String.init))
+                 out.json = "{\"\(name)\":[\(ids.map(String.init).joined(separator: ","))]}"
+                 return out
+             })
+    }
+}

@@ -1,0 +1,50 @@
+// `lmctfy notify memory oom <name>`, `notify memory threshold <name> <bytes>`,
+// `notify container empty <name>`: wait for the event and print
+// notification_status="0". With -f, keep following: one line per event until
+// interrupted or the container goes away (then exit 5, D5).
+import Lmctfy
+import LmctfyProto
+import LmctfySystem
+
+enum NotifyCommand {
+    static let oom = Leaf(
+        name: "oom", synopsis: "[-f] <container name>",
+        summary: "Wait for an out-of-memory event (-f: keep following).",
+        minArguments: 1, maxArguments: 1,
+        action: .withApi { api, call in try wait(api, call, EventSpec(oom: EventSpec.Oom()), "oom") })
+
+    static let threshold = Leaf(
+        name: "threshold", synopsis: "[-f] <container name> <bytes>",
+        summary: "Wait until memory usage crosses <bytes> (-f: keep following).",
+        minArguments: 2, maxArguments: 2,
+        action: .withApi { api, call in
+            guard let bytes = UInt64(call.arguments[1]), bytes <= UInt64(Int64.max) else {
+                throw LmctfyError.invalidArgument("\"\(call.arguments[1])\" is not a number of bytes")
+            }
+            return try wait(api, call, EventSpec(memoryThreshold: .init(usage: Int64(bytes))), "memory_threshold")
+        })
+
+    static let empty = Leaf(
+        name: "empty", synopsis: "[-f] <container name>",
+        summary: "Wait until no task is left in a container or below it (-f: keep following).",
+        minArguments: 1, maxArguments: 1,
+        action: .withApi { api, call in
+            try wait(api, call, EventSpec(containerEmpty: EventSpec.ContainerEmpty()), "container_empty")
+        })
+
+    static func wait(_ api: ContainerApi, _ call: Invocation, _ spec: EventSpec, _ event: String) throws -> CommandOutput {
+        let container = try api.get(call.arguments[0])
+        let watch = try container.watch(spec)
+        defer { watch.close() }
+        let json = "{\"notification_status\":0,\"container\":\(JSONFormat.quote(container.name.path)),\"event\":\"\(event)\"}"
+        let line = CommandOutput(entries: [.pair(key: "notification_status", value: "0")], json: json)
+        guard call.flags.force else {
+            _ = try watch.wait()
+            return line
+        }
+        while true {
+            let n = try watch.wait()
+            for _ in 0..<n { call.stdout.write(line.render(call.flags.style)) }
+        }
+    }
+}

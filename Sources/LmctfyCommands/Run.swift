@@ -1,0 +1,34 @@
+// `lmctfy run [-n] <name> <command...>`: one word with a space runs through
+// /bin/sh -c (as the original); otherwise the words are argv, found in PATH
+// (D16). Everything after the container name is the command (D1), flags too.
+// Without -n lmctfy becomes the command (its exit status is the command's);
+// with -n the command runs detached (D6) and its pid is printed.
+import Lmctfy
+import LmctfySystem
+
+enum RunCommand {
+    static let leaf = Leaf(
+        name: "run",
+        synopsis: "[-n] <container name> <command> [<arguments>...]",
+        summary: "Run a command in a container (-n: in the background, printing its pid).",
+        minArguments: 2, maxArguments: nil,
+        action: .withApi(run))
+
+    static func argv(_ words: [String]) -> [String] {
+        if words.count == 1 && words[0].contains(" ") { return ["/bin/sh", "-c", words[0]] }
+        return words
+    }
+
+    @Sendable
+    static func run(_ api: ContainerApi, _ call: Invocation) throws -> CommandOutput {
+        let container = try api.get(call.arguments[0])
+        let command = argv(Array(call.arguments.dropFirst()))
+        if call.flags.noWait {
+            let pid = try container.run(command, options: RunOptions(fdPolicy: .detached))
+            return CommandOutput(entries: [.pair(key: "pid", value: String(pid))], json: "{\"pid\":\(pid)}")
+        }
+        var out = CommandOutput.none
+        out.exitStatus = try call.environment.runForeground(container, command)
+        return out
+    }
+}
