@@ -113,14 +113,19 @@ struct BlockIoHandler: ResourceHandler {
 
     func apply(_ spec: ContainerSpec, policy: UpdatePolicy, dirs: ResourceDirs) throws(LmctfyError) {
         guard let dir = dirs.dir(.blkio) else { throw .notFound("Container \"\(dirs.container)\" has no blkio cgroup") }
-        let b = spec.blockio ?? BlockIoSpec()
-        let replace = policy == .replace
-        try applyWeights(b.deviceLimitSet, replace: replace, dir: dir, version: dirs.version)
-        try applyThrottles(b.maxDeviceLimitSet, replace: replace, dir: dir, version: dirs.version)
+        try plan(spec.blockio ?? BlockIoSpec(), policy: policy, dir: dir, version: dirs.version).perform()
     }
 
-    private func applyWeights(_ set: BlockIoSpec.DeviceLimitSet?, replace: Bool, dir: CgroupDir,
-                              version: CgroupVersion) throws(LmctfyError) {
+    /// The writes for a blockio slice, in order: weights, then throttles.
+    func plan(_ b: BlockIoSpec, policy: UpdatePolicy, dir: CgroupDir, version: CgroupVersion) throws(LmctfyError) -> [CgroupWrite] {
+        let replace = policy == .replace
+        return try planWeights(b.deviceLimitSet, replace: replace, dir: dir, version: version)
+            + planThrottles(b.maxDeviceLimitSet, replace: replace, dir: dir, version: version)
+    }
+
+    private func planWeights(_ set: BlockIoSpec.DeviceLimitSet?, replace: Bool, dir: CgroupDir,
+                             version: CgroupVersion) throws(LmctfyError) -> [CgroupWrite] {
+        var w: [CgroupWrite] = []
         var desired: [DeviceNumber: Int64] = [:]
         for dl in set?.deviceLimits ?? [] {
             desired[try Self.device(dl, field: "blockio.device_limit_set.device_limits")] = Self.kernelWeight(dl.limit!, version)
@@ -128,21 +133,22 @@ struct BlockIoHandler: ResourceHandler {
         let (defaultFile, deviceFile) = version == .v1 ? ("blkio.weight", "blkio.weight_device") : ("io.weight", "io.weight")
         let prefix = version == .v1 ? "" : "default "
         if let d = set?.defaultLimit {
-            try dir.write(defaultFile, prefix + String(Self.kernelWeight(UInt64(d), version)))
+            w.append(CgroupWrite(dir, defaultFile, prefix + String(Self.kernelWeight(UInt64(d), version))))
         } else if replace && dir.has(defaultFile) {
-            try dir.write(defaultFile, prefix + String(version == .v1 ? Self.v1DefaultWeight : Self.v2DefaultWeight))
+            w.append(CgroupWrite(dir, defaultFile, prefix + String(version == .v1 ? Self.v1DefaultWeight : Self.v2DefaultWeight)))
         }
         if replace {
             // Per-device weights not in the spec go back to the default:
             // weight 0 removes the rule on v1, "default" on v2.
             for fields in try dir.readFields(deviceFile) {
                 guard let dev = DeviceNumber(fields[0]), desired[dev] == nil else { continue }
-                try dir.write(deviceFile, "\(dev) \(version == .v1 ? "0" : "default")")
+                w.append(CgroupWrite(dir, deviceFile, "\(dev) \(version == .v1 ? "0" : "default")"))
             }
         }
-        for (dev, w) in desired.sorted(by: { $0.key < $1.key }) {
-            try dir.write(deviceFile, "\(dev) \(w)")
+        for (dev, weight) in desired.sorted(by: { $0.key < $1.key }) {
+            w.append(CgroupWrite(dir, deviceFile, "\(dev) \(weight)"))
         }
+        return w
     }
 
     /// The throttles a spec asks for; a later entry for the same device and
@@ -158,8 +164,9 @@ struct BlockIoHandler: ResourceHandler {
         return out
     }
 
-    private func applyThrottles(_ set: BlockIoSpec.MaxLimitSet?, replace: Bool, dir: CgroupDir,
-                                version: CgroupVersion) throws(LmctfyError) {
+    private func planThrottles(_ set: BlockIoSpec.MaxLimitSet?, replace: Bool, dir: CgroupDir,
+                               version: CgroupVersion) throws(LmctfyError) -> [CgroupWrite] {
+        var w: [CgroupWrite] = []
         let desired = try Self.desiredThrottles(set)
         switch version {
         case .v1:
@@ -168,11 +175,11 @@ struct BlockIoHandler: ResourceHandler {
                 if replace {
                     for fields in try dir.readFields(t.v1File) {
                         guard let dev = DeviceNumber(fields[0]), wanted[dev] == nil else { continue }
-                        try dir.write(t.v1File, "\(dev) 0")
+                        w.append(CgroupWrite(dir, t.v1File, "\(dev) 0"))
                     }
                 }
                 for (dev, v) in wanted.sorted(by: { $0.key < $1.key }) {
-                    try dir.write(t.v1File, "\(dev) \(v)")
+                    w.append(CgroupWrite(dir, t.v1File, "\(dev) \(v)"))
                 }
             }
         case .v2:
@@ -186,9 +193,10 @@ struct BlockIoHandler: ResourceHandler {
                     if v == nil && !replace { return nil }
                     return "\(t.v2Key)=\(v.map { $0 == 0 ? "max" : String($0) } ?? "max")"
                 }
-                try dir.write("io.max", "\(dev) \(parts.joined(separator: " "))")
+                w.append(CgroupWrite(dir, "io.max", "\(dev) \(parts.joined(separator: " "))"))
             }
         }
+        return w
     }
 
     /// v2 io.max: "maj:min rbps=N wbps=max riops=max wiops=max" per limited device.

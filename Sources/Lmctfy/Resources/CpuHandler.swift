@@ -158,58 +158,63 @@ struct CpuHandler: ResourceHandler {
     func apply(_ spec: ContainerSpec, policy: UpdatePolicy, dirs: ResourceDirs) throws(LmctfyError) {
         guard let dir = ownerDir(dirs) else { throw .notFound("Container \"\(dirs.container)\" has no cpu cgroup") }
         let cpu = spec.cpu ?? CpuSpec()
-        let replace = policy == .replace
-
-        switch dirs.version {
-        case .v1:
-            if let limit = cpu.limit {
-                try dir.write("cpu.shares", String(Self.shares(milliCpu: limit)))
-            } else if replace {
-                try dir.write("cpu.shares", String(Self.defaultShares))
-            }
-            if let maxLimit = cpu.maxLimit, maxLimit != Self.unlimitedMaxLimit {
-                // The period first: the quota is only meaningful against it.
-                try dir.write("cpu.cfs_period_us", String(Self.cfsPeriodUs))
-                try dir.write("cpu.cfs_quota_us", String(Int64(maxLimit) * (Self.cfsPeriodUs / 1000)))
-            } else if cpu.maxLimit != nil || replace {
-                try dir.write("cpu.cfs_quota_us", "-1")
-            }
-            if let mask = cpu.mask {
-                try dirs.dir(.cpuset)!.write("cpuset.cpus", Self.cpuList(mask: mask.data))
-            } else if replace, let cpuset = dirs.dir(.cpuset), let parent = cpuset.parent {
-                // No mask means every CPU the parent may use (new v1 cpusets
-                // start empty, so "inherit" must be written out).
-                try cpuset.write("cpuset.cpus", try parent.read("cpuset.cpus").trimmingWhitespace)
-            }
-        case .v2:
-            if let limit = cpu.limit {
-                try dir.write("cpu.weight", String(Self.weight(shares: Self.shares(milliCpu: limit))))
-            } else if replace {
-                try dir.write("cpu.weight", String(Self.defaultWeight))
-            }
-            if let maxLimit = cpu.maxLimit, maxLimit != Self.unlimitedMaxLimit {
-                try dir.write("cpu.max", "\(Int64(maxLimit) * (Self.cfsPeriodUs / 1000)) \(Self.cfsPeriodUs)")
-            } else if cpu.maxLimit != nil {
-                try dir.write("cpu.max", "max \(Self.cfsPeriodUs)")
-            } else if replace {
-                try dir.write("cpu.max", "max")
-            }
-            if let mask = cpu.mask {
-                try dir.write("cpuset.cpus", Self.cpuList(mask: mask.data))
-            } else if replace && dir.has("cpuset.cpus") {
-                // An empty cpuset.cpus on v2 means "whatever the parent has".
-                try dir.write("cpuset.cpus", "\n")
-            }
-            if cpu.schedulingLatency == .bestEffort {
-                try dir.write("cpu.idle", "1")
-            }
-        }
-
+        try plan(cpu, policy: policy, dirs: dirs, dir: dir).perform()
         if try recordedLatency(dir) == nil {
             let latency: SchedulingLatency
             if let given = cpu.schedulingLatency { latency = given } else { latency = try currentClass(dir, dirs) }
             try dir.setXattr(Self.latencyXattr, latency.protoName)
         }
+    }
+
+    /// The writes for a cpu slice, in order.
+    func plan(_ cpu: CpuSpec, policy: UpdatePolicy, dirs: ResourceDirs, dir: CgroupDir) throws(LmctfyError) -> [CgroupWrite] {
+        let replace = policy == .replace
+        var w: [CgroupWrite] = []
+        switch dirs.version {
+        case .v1:
+            if let limit = cpu.limit {
+                w.append(CgroupWrite(dir, "cpu.shares", String(Self.shares(milliCpu: limit))))
+            } else if replace {
+                w.append(CgroupWrite(dir, "cpu.shares", String(Self.defaultShares)))
+            }
+            if let maxLimit = cpu.maxLimit, maxLimit != Self.unlimitedMaxLimit {
+                // The period first: the quota is only meaningful against it.
+                w.append(CgroupWrite(dir, "cpu.cfs_period_us", String(Self.cfsPeriodUs)))
+                w.append(CgroupWrite(dir, "cpu.cfs_quota_us", String(Int64(maxLimit) * (Self.cfsPeriodUs / 1000))))
+            } else if cpu.maxLimit != nil || replace {
+                w.append(CgroupWrite(dir, "cpu.cfs_quota_us", "-1"))
+            }
+            if let mask = cpu.mask, let cpuset = dirs.dir(.cpuset) {
+                w.append(CgroupWrite(cpuset, "cpuset.cpus", Self.cpuList(mask: mask.data)))
+            } else if replace, let cpuset = dirs.dir(.cpuset), let parent = cpuset.parent {
+                // No mask means every CPU the parent may use (new v1 cpusets
+                // start empty, so "inherit" must be written out).
+                w.append(CgroupWrite(cpuset, "cpuset.cpus", try parent.read("cpuset.cpus").trimmingWhitespace))
+            }
+        case .v2:
+            if let limit = cpu.limit {
+                w.append(CgroupWrite(dir, "cpu.weight", String(Self.weight(shares: Self.shares(milliCpu: limit)))))
+            } else if replace {
+                w.append(CgroupWrite(dir, "cpu.weight", String(Self.defaultWeight)))
+            }
+            if let maxLimit = cpu.maxLimit, maxLimit != Self.unlimitedMaxLimit {
+                w.append(CgroupWrite(dir, "cpu.max", "\(Int64(maxLimit) * (Self.cfsPeriodUs / 1000)) \(Self.cfsPeriodUs)"))
+            } else if cpu.maxLimit != nil {
+                w.append(CgroupWrite(dir, "cpu.max", "max \(Self.cfsPeriodUs)"))
+            } else if replace {
+                w.append(CgroupWrite(dir, "cpu.max", "max"))
+            }
+            if let mask = cpu.mask {
+                w.append(CgroupWrite(dir, "cpuset.cpus", Self.cpuList(mask: mask.data)))
+            } else if replace && dir.has("cpuset.cpus") {
+                // An empty cpuset.cpus on v2 means "whatever the parent has".
+                w.append(CgroupWrite(dir, "cpuset.cpus", "\n"))
+            }
+            if cpu.schedulingLatency == .bestEffort {
+                w.append(CgroupWrite(dir, "cpu.idle", "1"))
+            }
+        }
+        return w
     }
 
     /// The class of a container that has no record (created before lmctfy

@@ -41,14 +41,17 @@ struct DeviceHandler: ResourceHandler {
     func apply(_ spec: ContainerSpec, policy: UpdatePolicy, dirs: ResourceDirs) throws(LmctfyError) {
         if dirs.version == .v2 { throw .unimplemented(Self.v2Refusal) }
         guard let dir = dirs.dir(.devices) else { throw .notFound("Container \"\(dirs.container)\" has no devices cgroup") }
-        let rules = spec.device?.restrictionsSet?.restrictions ?? []
-        let lines = try rules.map { r throws(LmctfyError) in (try Self.line(r), r.permission!) }
-        // REPLACE starts from nothing rather than from what the parent
-        // allowed (D3): deny everything, then apply the rules.
-        if policy == .replace { try dir.write("devices.deny", "a") }
-        for (line, permission) in lines {
-            try dir.write(permission == .allow ? "devices.allow" : "devices.deny", line)
+        try plan(spec.device ?? DeviceSpec(), policy: policy, dir: dir).perform()
+    }
+
+    /// One write per rule, in the spec's order. REPLACE starts from nothing
+    /// rather than from what the parent allowed (D3): deny everything first.
+    func plan(_ d: DeviceSpec, policy: UpdatePolicy, dir: CgroupDir) throws(LmctfyError) -> [CgroupWrite] {
+        var w: [CgroupWrite] = policy == .replace ? [CgroupWrite(dir, "devices.deny", "a")] : []
+        for r in d.restrictionsSet?.restrictions ?? [] {
+            w.append(CgroupWrite(dir, r.permission == .deny ? "devices.deny" : "devices.allow", try Self.line(r)))
         }
+        return w
     }
 
     /// devices.list holds only what is allowed, so every line is an ALLOW

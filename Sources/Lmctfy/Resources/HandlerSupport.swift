@@ -63,3 +63,27 @@ enum Unlimited {
     /// kernel's page-rounded maximum.
     static func isUnlimited(_ v: Int64) -> Bool { v < 0 || v >= v1PageCounterMax }
 }
+
+/// One write a handler will make. Handlers first plan every write (reading
+/// the current state and refusing what the kernel would refuse), then make
+/// them in order, so a bad spec changes nothing of its resource and the
+/// order the kernel needs is visible (and tested) in one place.
+struct CgroupWrite: Equatable, CustomStringConvertible {
+    let dir: CgroupDir
+    let file: String
+    let value: String
+
+    init(_ dir: CgroupDir, _ file: String, _ value: String) {
+        self.dir = dir
+        self.file = file
+        self.value = value
+    }
+
+    var description: String { "\(file) <- \"\(value)\"" }
+}
+
+extension Array where Element == CgroupWrite {
+    func perform() throws(LmctfyError) {
+        for w in self { try w.dir.write(w.file, w.value) }
+    }
+}

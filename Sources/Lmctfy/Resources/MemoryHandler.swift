@@ -120,29 +120,34 @@ struct MemoryHandler: ResourceHandler {
     func apply(_ spec: ContainerSpec, policy: UpdatePolicy, dirs: ResourceDirs) throws(LmctfyError) {
         guard let dir = dirs.dir(.memory) else { throw .notFound("Container \"\(dirs.container)\" has no memory cgroup") }
         let m = spec.memory ?? MemorySpec()
-        let replace = policy == .replace
-        let files = Files(dirs.version)
-
         // Everything that can be refused is decided before the first write.
-        let limitWrites = switch dirs.version {
+        let writes = try plan(m, policy: policy, dir: dir, version: dirs.version)
+        if let p = m.evictionPriority ?? (policy == .replace ? Self.defaultEvictionPriority : nil) {
+            try setEvictionPriority(p, dir: dir, dirs: dirs)
+        }
+        try writes.perform()
+    }
+
+    /// The cgroup file writes for a memory slice, in order (the eviction
+    /// priority is not a plain file write on vanilla kernels; see below).
+    func plan(_ m: MemorySpec, policy: UpdatePolicy, dir: CgroupDir, version: CgroupVersion) throws(LmctfyError) -> [CgroupWrite] {
+        let replace = policy == .replace
+        let files = Files(version)
+        var w = switch version {
         case .v1: try planLimitsV1(m, replace: replace, dir: dir, files: files)
         case .v2: try planLimitsV2(m, replace: replace, dir: dir, files: files)
         }
-
-        if let p = m.evictionPriority ?? (replace ? Self.defaultEvictionPriority : nil) {
-            try setEvictionPriority(p, dir: dir, dirs: dirs)
-        }
-        for (file, value) in limitWrites { try dir.write(file, value) }
         if let r = m.reservation ?? (replace ? 0 : nil) {
-            try dir.write(files.reservation, Self.format(r, dirs.version))
+            w.append(CgroupWrite(dir, files.reservation, Self.format(r, version)))
         }
         for knob in Self.knobs(m) {
             if let v = knob.value {
-                try dir.write(knob.file, String(v))
+                w.append(CgroupWrite(dir, knob.file, String(v)))
             } else if replace, let d = knob.replaceDefault, dir.has(knob.file) {
-                try dir.write(knob.file, String(d))
+                w.append(CgroupWrite(dir, knob.file, String(d)))
             }
         }
+        return w
     }
 
     /// How a byte limit is written: unlimited is -1 on v1, "max" on v2.
@@ -155,7 +160,7 @@ struct MemoryHandler: ResourceHandler {
     /// memsw >= limit after every single write, so a limit that rises above
     /// the current memsw needs memsw raised first, and otherwise the limit
     /// goes first (so a memsw lowered below the old limit follows it).
-    private func planLimitsV1(_ m: MemorySpec, replace: Bool, dir: CgroupDir, files: Files) throws(LmctfyError) -> [(String, String)] {
+    private func planLimitsV1(_ m: MemorySpec, replace: Bool, dir: CgroupDir, files: Files) throws(LmctfyError) -> [CgroupWrite] {
         let hasSwap = dir.has(files.swap)
         let newLimit = m.limit ?? (replace ? -1 : nil)
         let newTotal = m.swapLimit ?? (replace && hasSwap ? -1 : nil)
@@ -163,8 +168,8 @@ struct MemoryHandler: ResourceHandler {
         let curTotal = hasSwap ? (try dir.readInt(files.swap) ?? -1) : -1
         if hasSwap { try Self.checkTotal(total: newTotal ?? curTotal, limit: newLimit ?? curLimit) }
 
-        let limitWrite = newLimit.map { (files.limit, Self.format($0, .v1)) }
-        let totalWrite = newTotal.map { (files.swap, Self.format($0, .v1)) }
+        let limitWrite = newLimit.map { CgroupWrite(dir, files.limit, Self.format($0, .v1)) }
+        let totalWrite = newTotal.map { CgroupWrite(dir, files.swap, Self.format($0, .v1)) }
         let level = { (v: Int64) in Unlimited.isUnlimited(v) ? Int64.max : v }
         if let newLimit, level(newLimit) > level(curTotal) {
             return [totalWrite, limitWrite].compactMap { $0 }
@@ -175,13 +180,13 @@ struct MemoryHandler: ResourceHandler {
     /// v2 keeps swap apart from memory, so the total the spec asks for is
     /// split: memory.swap.max = swap_limit - limit. A DIFF that changes only
     /// the limit keeps the total, as it stays on v1.
-    private func planLimitsV2(_ m: MemorySpec, replace: Bool, dir: CgroupDir, files: Files) throws(LmctfyError) -> [(String, String)] {
+    private func planLimitsV2(_ m: MemorySpec, replace: Bool, dir: CgroupDir, files: Files) throws(LmctfyError) -> [CgroupWrite] {
         let hasSwap = dir.has(files.swap)
         let newLimit = m.limit ?? (replace ? -1 : nil)
         let curLimit = try dir.readInt(files.limit) ?? -1
         let finalLimit = newLimit ?? curLimit
-        var writes: [(String, String)] = []
-        if let newLimit { writes.append((files.limit, Self.format(newLimit, .v2))) }
+        var writes: [CgroupWrite] = []
+        if let newLimit { writes.append(CgroupWrite(dir, files.limit, Self.format(newLimit, .v2))) }
 
         var swap: Int64?
         if let total = m.swapLimit ?? (replace && hasSwap ? -1 : nil) {
@@ -193,7 +198,7 @@ struct MemoryHandler: ResourceHandler {
             try Self.checkTotal(total: total, limit: newLimit)
             swap = total - newLimit
         }
-        if let swap { writes.append((files.swap, Self.format(swap, .v2))) }
+        if let swap { writes.append(CgroupWrite(dir, files.swap, Self.format(swap, .v2))) }
         return writes
     }
 
