@@ -209,8 +209,10 @@ struct MemoryHandler: ResourceHandler {
             try dir.write(Self.evictionBadnessFile, String(p))
             return
         }
-        try dir.setXattr(Self.evictionXattr, String(p))
+        // Processes first: if the kernel refuses, the record keeps the old
+        // priority, which processes entering later would get.
         try Self.setOomScoreAdj(priority: p, pids: try dirs.processes(), procRoot: dirs.procRoot)
+        try dir.setXattr(Self.evictionXattr, String(p))
     }
 
     /// For processes entering or started in a container with a recorded
@@ -231,6 +233,9 @@ struct MemoryHandler: ResourceHandler {
             } catch {
                 // A process that exited since the listing has nothing to adjust.
                 if error.errno == ENOENT || error.errno == ESRCH { continue }
+                if error.errno == EACCES || error.errno == EPERM {
+                    throw error.lmctfy(.permissionDenied, "Eviction priority \(priority) needs oom_score_adj \(adj) for process \(pid); going below 0 needs CAP_SYS_RESOURCE")
+                }
                 throw error.lmctfy(.unavailable, "Failed to set the eviction priority of process \(pid)")
             }
         }
