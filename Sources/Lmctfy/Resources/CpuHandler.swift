@@ -1,11 +1,308 @@
-// PLACEHOLDER until the Cpu handler lands (being written now).
+// cpu: a share of the machine under contention (limit), a hard cap (CFS
+// bandwidth, max_limit), which CPUs may run the container (mask) and its
+// latency class. v1 spreads these over the cpu, cpuacct and cpuset
+// hierarchies; v2 keeps them in the container's one directory, with weights
+// instead of shares.
+import Glibc
 import LmctfyProto
 import LmctfySystem
 
 struct CpuHandler: ResourceHandler {
     var kind: ResourceKind { .cpu }
-    func validate(_ spec: ContainerSpec, dirs: ResourceDirs) throws(LmctfyError) { throw .unimplemented("Cpu") }
-    func apply(_ spec: ContainerSpec, policy: UpdatePolicy, dirs: ResourceDirs) throws(LmctfyError) { throw .unimplemented("Cpu") }
-    func readSpec(into spec: inout ContainerSpec, dirs: ResourceDirs) throws(LmctfyError) {}
-    func stats(into stats: inout ContainerStats, type: StatsType, dirs: ResourceDirs) throws(LmctfyError) {}
+
+    /// lmctfy always runs CFS bandwidth with this period, so that a quota in
+    /// µs is max_limit milliCPU × 250.
+    static let cfsPeriodUs: Int64 = 250_000
+    /// Kernel defaults a REPLACE returns to (D3).
+    static let defaultShares: Int64 = 1024
+    static let defaultWeight: Int64 = 100
+    /// The kernel clamps v1 shares to this range; v2 weights map onto it.
+    static let minShares: Int64 = 2
+    static let maxShares: Int64 = 262_144
+    /// The smallest quota the kernel accepts is 1000 µs, so 4 milliCPU.
+    static let minMaxLimit: UInt64 = 4
+    /// The original reports "no quota" as max_limit -1 in a uint64; we take
+    /// that value back as "no quota" so a read-back spec can be reapplied.
+    static let unlimitedMaxLimit = UInt64.max
+
+    /// The latency class is chosen at create (it decides /batch placement on
+    /// v1) and cannot change. The kernel cannot tell PRIORITY from PREMIER
+    /// or NORMAL from BEST_EFFORT on v1, so lmctfy records the class itself.
+    static let latencyXattr = "trusted.lmctfy.cpu.scheduling_latency"
+
+    // MARK: Conversions
+
+    /// milliCPU → v1 cpu.shares: 1000 milliCPU is one CPU's worth, 1024 shares.
+    static func shares(milliCpu: UInt64) -> Int64 {
+        let capped = Int64(min(milliCpu, UInt64(maxShares) * 1000 / 1024 + 1))
+        return min(maxShares, max(minShares, capped * 1024 / 1000))
+    }
+
+    /// cpu.shares → milliCPU. Only multiples of 125 round-trip exactly.
+    static func milliCpu(shares: Int64) -> UInt64 {
+        shares < minShares ? 0 : UInt64(shares) * 1000 / 1024
+    }
+
+    /// v1 shares [2, 262144] → v2 weight [1, 10000], the mapping runc and
+    /// crun use, so containers moved between runtimes keep their weight.
+    static func weight(shares: Int64) -> Int64 {
+        let s = min(maxShares, max(minShares, shares))
+        return 1 + ((s - 2) * 9999) / 262_142
+    }
+
+    /// v2 weight → shares. A weight step spans about 26 shares, so this is
+    /// approximate: it picks the smallest shares that map back to the same
+    /// weight, which makes reapplying a read-back spec change nothing.
+    static func shares(weight: Int64) -> Int64 {
+        let w = min(10_000, max(1, weight))
+        return 2 + ((w - 1) * 262_142 + 9998) / 9999
+    }
+
+    /// CPUs as a cpuset range list ("0-3,8"). The mask's last word holds CPUs
+    /// 0–63, the one before it 64–127, and so on.
+    static func cpuList(mask: [UInt64]) -> String {
+        var cpus: [Int] = []
+        for (word, bits) in mask.reversed().enumerated() {
+            for bit in 0..<64 where bits & (UInt64(1) << UInt64(bit)) != 0 { cpus.append(word * 64 + bit) }
+        }
+        var ranges: [String] = []
+        var i = 0
+        while i < cpus.count {
+            var j = i
+            while j + 1 < cpus.count && cpus[j + 1] == cpus[j] + 1 { j += 1 }
+            ranges.append(i == j ? "\(cpus[i])" : "\(cpus[i])-\(cpus[j])")
+            i = j + 1
+        }
+        return ranges.joined(separator: ",")
+    }
+
+    /// A cpuset range list → the mask representation (no leading zero words).
+    static func mask(cpuList text: String) throws(LmctfyError) -> [UInt64] {
+        var cpus: [Int] = []
+        for part in text.trimmingWhitespace.split(separator: ",") {
+            let bounds = part.split(separator: "-", omittingEmptySubsequences: false)
+            guard (1...2).contains(bounds.count), let lo = Int(bounds[0]), let hi = Int(bounds[bounds.count - 1]),
+                  lo >= 0, lo <= hi, hi < 1 << 20 else {
+                throw .failedPrecondition("Failed to parse \"\(text.trimmingWhitespace)\" as a cpuset list")
+            }
+            cpus += Array(lo...hi)
+        }
+        guard let highest = cpus.max() else { return [] }
+        var words = [UInt64](repeating: 0, count: highest / 64 + 1)
+        for cpu in cpus { words[words.count - 1 - cpu / 64] |= UInt64(1) << UInt64(cpu % 64) }
+        return words
+    }
+
+    // MARK: Handler
+
+    func validate(_ spec: ContainerSpec, dirs: ResourceDirs) throws(LmctfyError) {
+        guard let cpu = spec.cpu else { return }
+        if let maxLimit = cpu.maxLimit, maxLimit != Self.unlimitedMaxLimit {
+            if maxLimit < Self.minMaxLimit {
+                throw .invalidArgument("Requested max millicpu \(maxLimit) is too low. The minimum is \(Self.minMaxLimit).")
+            }
+            if maxLimit > UInt64(Int64.max) / UInt64(Self.cfsPeriodUs / 1000) {
+                throw .invalidArgument("Requested max millicpu \(maxLimit) is too high.")
+            }
+        }
+        if let mask = cpu.mask {
+            guard mask.data.contains(where: { $0 != 0 }) else {
+                throw .invalidArgument("cpu.mask selects no CPU")
+            }
+            switch dirs.version {
+            case .v1:
+                if dirs.dir(.cpuset) == nil {
+                    throw .unimplemented("cpu.mask needs the cpuset hierarchy, which is not mounted or not isolated here")
+                }
+            case .v2:
+                if dirs.unified?.has("cpuset.cpus") != true {
+                    throw .unimplemented("cpu.mask needs the cpuset controller, which is not enabled for this container")
+                }
+            }
+        }
+        if let latency = cpu.schedulingLatency {
+            try checkLatency(latency, dirs: dirs)
+        }
+    }
+
+    /// A latency may only be the one the container was created with. On v1
+    /// the placement (/batch or not) also tells the class apart; a nested
+    /// container sits wherever its top-level container does.
+    private func checkLatency(_ latency: SchedulingLatency, dirs: ResourceDirs) throws(LmctfyError) {
+        guard let dir = ownerDir(dirs) else { return }
+        if let recorded = try recordedLatency(dir), recorded != latency {
+            throw .invalidArgument("cpu.scheduling_latency cannot be changed: \"\(dirs.container)\" is \(recorded.protoName), not \(latency.protoName)")
+        }
+        switch dirs.version {
+        case .v1:
+            let wantsBatch = latency == .normal || latency == .bestEffort
+            let inBatch = dir.segments.first == "batch"
+            if wantsBatch != inBatch {
+                throw .invalidArgument("cpu.scheduling_latency \(latency.protoName) does not match where \"\(dirs.container)\" runs (\(inBatch ? "the /batch" : "the top-level") cpu cgroup); a nested container has its top-level container's class and it cannot be changed")
+            }
+        case .v2:
+            if latency == .bestEffort && !dir.has("cpu.idle") {
+                throw .unimplemented("cpu.scheduling_latency BEST_EFFORT needs cpu.idle (Linux 5.15 or later) on cgroup v2")
+            }
+        }
+    }
+
+    /// The directory with the cpu controller's files.
+    private func ownerDir(_ dirs: ResourceDirs) -> CgroupDir? { dirs.dir(.cpu) }
+
+    private func recordedLatency(_ dir: CgroupDir) throws(LmctfyError) -> SchedulingLatency? {
+        guard let text = try dir.xattr(Self.latencyXattr) else { return nil }
+        return SchedulingLatency.allCases.first { $0.protoName == text }
+    }
+
+    func apply(_ spec: ContainerSpec, policy: UpdatePolicy, dirs: ResourceDirs) throws(LmctfyError) {
+        guard let dir = ownerDir(dirs) else { throw .notFound("Container \"\(dirs.container)\" has no cpu cgroup") }
+        let cpu = spec.cpu ?? CpuSpec()
+        try plan(cpu, policy: policy, dirs: dirs, dir: dir).perform()
+        if try recordedLatency(dir) == nil {
+            let latency: SchedulingLatency
+            if let given = cpu.schedulingLatency { latency = given } else { latency = try currentClass(dir, dirs) }
+            try dir.setXattr(Self.latencyXattr, latency.protoName)
+        }
+    }
+
+    /// The writes for a cpu slice, in order.
+    func plan(_ cpu: CpuSpec, policy: UpdatePolicy, dirs: ResourceDirs, dir: CgroupDir) throws(LmctfyError) -> [CgroupWrite] {
+        let replace = policy == .replace
+        var w: [CgroupWrite] = []
+        switch dirs.version {
+        case .v1:
+            if let limit = cpu.limit {
+                w.append(CgroupWrite(dir, "cpu.shares", String(Self.shares(milliCpu: limit))))
+            } else if replace {
+                w.append(CgroupWrite(dir, "cpu.shares", String(Self.defaultShares)))
+            }
+            if let maxLimit = cpu.maxLimit, maxLimit != Self.unlimitedMaxLimit {
+                // The period first: the quota is only meaningful against it.
+                w.append(CgroupWrite(dir, "cpu.cfs_period_us", String(Self.cfsPeriodUs)))
+                w.append(CgroupWrite(dir, "cpu.cfs_quota_us", String(Int64(maxLimit) * (Self.cfsPeriodUs / 1000))))
+            } else if cpu.maxLimit != nil || replace {
+                w.append(CgroupWrite(dir, "cpu.cfs_quota_us", "-1"))
+            }
+            if let mask = cpu.mask, let cpuset = dirs.dir(.cpuset) {
+                w.append(CgroupWrite(cpuset, "cpuset.cpus", Self.cpuList(mask: mask.data)))
+            } else if replace, let cpuset = dirs.dir(.cpuset), let parent = cpuset.parent {
+                // No mask means every CPU the parent may use (new v1 cpusets
+                // start empty, so "inherit" must be written out).
+                w.append(CgroupWrite(cpuset, "cpuset.cpus", try parent.read("cpuset.cpus").trimmingWhitespace))
+            }
+        case .v2:
+            if let limit = cpu.limit {
+                w.append(CgroupWrite(dir, "cpu.weight", String(Self.weight(shares: Self.shares(milliCpu: limit)))))
+            } else if replace {
+                w.append(CgroupWrite(dir, "cpu.weight", String(Self.defaultWeight)))
+            }
+            if let maxLimit = cpu.maxLimit, maxLimit != Self.unlimitedMaxLimit {
+                w.append(CgroupWrite(dir, "cpu.max", "\(Int64(maxLimit) * (Self.cfsPeriodUs / 1000)) \(Self.cfsPeriodUs)"))
+            } else if cpu.maxLimit != nil {
+                w.append(CgroupWrite(dir, "cpu.max", "max \(Self.cfsPeriodUs)"))
+            } else if replace {
+                w.append(CgroupWrite(dir, "cpu.max", "max"))
+            }
+            if let mask = cpu.mask {
+                w.append(CgroupWrite(dir, "cpuset.cpus", Self.cpuList(mask: mask.data)))
+            } else if replace && dir.has("cpuset.cpus") {
+                // An empty cpuset.cpus on v2 means "whatever the parent has".
+                w.append(CgroupWrite(dir, "cpuset.cpus", "\n"))
+            }
+            if cpu.schedulingLatency == .bestEffort {
+                w.append(CgroupWrite(dir, "cpu.idle", "1"))
+            }
+        }
+        return w
+    }
+
+    /// The class of a container that has no record (created before lmctfy
+    /// kept one): what the kernel state says, PRIORITY (the default) otherwise.
+    private func currentClass(_ dir: CgroupDir, _ dirs: ResourceDirs) throws(LmctfyError) -> SchedulingLatency {
+        switch dirs.version {
+        case .v1: return dir.segments.first == "batch" ? .normal : .priority
+        case .v2:
+            guard dir.has("cpu.idle") else { return .priority }
+            return try dir.readInt("cpu.idle") == 1 ? .bestEffort : .priority
+        }
+    }
+
+    func readSpec(into spec: inout ContainerSpec, dirs: ResourceDirs) throws(LmctfyError) {
+        guard let dir = ownerDir(dirs) else { return }
+        var cpu = CpuSpec()
+        switch dirs.version {
+        case .v1:
+            let shares = try dir.readInt("cpu.shares")
+            cpu.limit = Self.milliCpu(shares: shares ?? Self.defaultShares)
+            if let quota = try dir.readInt("cpu.cfs_quota_us"), quota >= 0,
+               let period = try dir.readInt("cpu.cfs_period_us"), period > 0 {
+                cpu.maxLimit = UInt64(quota * 1000 / period)
+            }
+            if let cpuset = dirs.dir(.cpuset) {
+                let words = try Self.mask(cpuList: try cpuset.read("cpuset.cpus"))
+                if !words.isEmpty { cpu.mask = CpuSpec.Mask(data: words) }
+            }
+        case .v2:
+            if dir.has("cpu.weight") {
+                let weight = try dir.readInt("cpu.weight")
+                cpu.limit = Self.milliCpu(shares: Self.shares(weight: weight ?? Self.defaultWeight))
+            }
+            if dir.has("cpu.max") {
+                let fields = try dir.read("cpu.max").trimmingWhitespace.split(separator: " ")
+                if fields.count == 2, let quota = Int64(fields[0]), let period = Int64(fields[1]), period > 0 {
+                    cpu.maxLimit = UInt64(quota * 1000 / period)
+                }
+            }
+            // An empty list means "inherited from the parent", which is no mask.
+            if dir.has("cpuset.cpus") {
+                let words = try Self.mask(cpuList: try dir.read("cpuset.cpus"))
+                if !words.isEmpty { cpu.mask = CpuSpec.Mask(data: words) }
+            }
+            // The one class v2 can show: the original never reports latency,
+            // but an idle cgroup is plainly BEST_EFFORT.
+            if dir.has("cpu.idle"), try dir.readInt("cpu.idle") == 1 { cpu.schedulingLatency = .bestEffort }
+        }
+        spec.cpu = cpu
+    }
+
+    func stats(into stats: inout ContainerStats, type: StatsType, dirs: ResourceDirs) throws(LmctfyError) {
+        guard let dir = ownerDir(dirs) else { return }
+        var s = CpuStats()
+        var usage = CpuStats.Usage()
+        let nsPerTick = Int64(1_000_000_000) / Int64(max(1, sysconf(Int32(_SC_CLK_TCK))))
+        var cpuStat: [String: Int64] = [:]
+        switch dirs.version {
+        case .v1:
+            if let acct = dirs.dir(.cpuacct) {
+                if let total = try acct.readInt("cpuacct.usage") { usage.total = UInt64(max(0, total)) }
+                if acct.has("cpuacct.usage_percpu") {
+                    usage.perCpu = try acct.read("cpuacct.usage_percpu").split(whereSeparator: { $0 == " " || $0 == "\n" }).compactMap { Int64($0) }
+                }
+                // cpuacct.stat counts USER_HZ ticks; the original reports ns.
+                let ticks = try acct.readKeyValues("cpuacct.stat")
+                usage.user = ticks["user"].map { $0 * nsPerTick }
+                usage.system = ticks["system"].map { $0 * nsPerTick }
+            }
+            if dir.has("cpu.stat") { cpuStat = try dir.readKeyValues("cpu.stat") }
+            if type == .full, let periods = cpuStat["nr_periods"], let throttled = cpuStat["nr_throttled"],
+               let time = cpuStat["throttled_time"] {
+                s.throttlingData = ThrottlingData(periods: periods, throttledPeriods: throttled, throttledTime: time)
+            }
+        case .v2:
+            cpuStat = try dir.readKeyValues("cpu.stat")
+            usage.total = cpuStat["usage_usec"].map { UInt64(max(0, $0)) * 1000 }
+            usage.user = cpuStat["user_usec"].map { $0 * 1000 }
+            usage.system = cpuStat["system_usec"].map { $0 * 1000 }
+            if type == .full, let periods = cpuStat["nr_periods"], let throttled = cpuStat["nr_throttled"],
+               let time = cpuStat["throttled_usec"] {
+                s.throttlingData = ThrottlingData(periods: periods, throttledPeriods: throttled, throttledTime: time * 1000)
+            }
+        }
+        s.usage = usage
+        if dir.has("cpu.nr_running"), let running = try dir.readInt("cpu.nr_running") {
+            s.load = Int32(clamping: running)
+        }
+        stats.cpu = s
+    }
 }

@@ -1,11 +1,403 @@
-// PLACEHOLDER until the Memory handler lands (being written now).
+// memory: hard limit, reservation (soft limit / memory.low), the
+// memory+swap total, and how early the container's processes are chosen by
+// the OOM killer (eviction priority). Knobs that only Google's kernel has are
+// written when their files exist and refused otherwise (D11).
+import Glibc
 import LmctfyProto
 import LmctfySystem
 
 struct MemoryHandler: ResourceHandler {
     var kind: ResourceKind { .memory }
-    func validate(_ spec: ContainerSpec, dirs: ResourceDirs) throws(LmctfyError) { throw .unimplemented("Memory") }
-    func apply(_ spec: ContainerSpec, policy: UpdatePolicy, dirs: ResourceDirs) throws(LmctfyError) { throw .unimplemented("Memory") }
-    func readSpec(into spec: inout ContainerSpec, dirs: ResourceDirs) throws(LmctfyError) {}
-    func stats(into stats: inout ContainerStats, type: StatsType, dirs: ResourceDirs) throws(LmctfyError) {}
+
+    /// On a vanilla kernel the eviction priority has no cgroup file, so
+    /// lmctfy keeps it on the memory directory and maps it onto the
+    /// oom_score_adj of the container's processes (D12).
+    static let evictionXattr = "trusted.lmctfy.eviction_priority"
+    static let evictionBadnessFile = "memory.oom_score_badness"
+    static let defaultEvictionPriority: Int32 = 5000
+    static let maxEvictionPriority: Int32 = 10_000
+
+    /// Priority 0..10000 → oom_score_adj 1000..-999, linearly: a higher
+    /// priority is evicted later. -1000 (never kill) is out of reach on
+    /// purpose, as it would make the process immune to every OOM.
+    static func oomScoreAdj(priority: Int32) -> Int {
+        1000 - Int(priority) * 1999 / Int(maxEvictionPriority)
+    }
+
+    /// The files of the fields both versions have, named per version.
+    struct Files {
+        let limit, reservation, usage, maxUsage: String
+        /// v1: memory+swap total; v2: swap alone.
+        let swap: String
+
+        init(_ version: CgroupVersion) {
+            switch version {
+            case .v1:
+                limit = "memory.limit_in_bytes"; reservation = "memory.soft_limit_in_bytes"
+                usage = "memory.usage_in_bytes"; maxUsage = "memory.max_usage_in_bytes"
+                swap = "memory.memsw.limit_in_bytes"
+            case .v2:
+                limit = "memory.max"; reservation = "memory.low"
+                usage = "memory.current"; maxUsage = "memory.peak"
+                swap = "memory.swap.max"
+            }
+        }
+    }
+
+    /// A field that needs a Google-kernel file: (spec field, file, value
+    /// asked for, what a REPLACE writes when the field is left out).
+    struct Knob {
+        let field: String
+        let file: String
+        let value: Int64?
+        let replaceDefault: Int64?
+    }
+
+    /// The knobs, with the original's defaults: dirty ratios 75/10 unless
+    /// byte limits are given, in which case the limits default to 0.
+    static func knobs(_ m: MemorySpec) -> [Knob] {
+        let dirty = m.dirty ?? MemorySpec.Dirty()
+        let usesLimits = dirty.limit != nil || dirty.backgroundLimit != nil
+        return [
+            Knob(field: "compression_sampling_ratio", file: "memory.compression_sampling_ratio",
+                 value: m.compressionSamplingRatio.map(Int64.init), replaceDefault: 0),
+            Knob(field: "stale_page_age", file: "memory.stale_page_age",
+                 value: m.stalePageAge.map(Int64.init), replaceDefault: 1),
+            Knob(field: "dirty.ratio", file: "memory.dirty_ratio",
+                 value: dirty.ratio.map(Int64.init), replaceDefault: usesLimits ? nil : 75),
+            Knob(field: "dirty.background_ratio", file: "memory.dirty_background_ratio",
+                 value: dirty.backgroundRatio.map(Int64.init), replaceDefault: usesLimits ? nil : 10),
+            Knob(field: "dirty.limit", file: "memory.dirty_limit_in_bytes",
+                 value: dirty.limit.map(Int64.init), replaceDefault: usesLimits ? 0 : nil),
+            Knob(field: "dirty.background_limit", file: "memory.dirty_background_limit_in_bytes",
+                 value: dirty.backgroundLimit.map(Int64.init), replaceDefault: usesLimits ? 0 : nil),
+            Knob(field: "kmem_charge_usage", file: "memory.kmem_charge_usage",
+                 value: m.kmemChargeUsage.map { $0 ? 1 : 0 }, replaceDefault: 0),
+        ]
+    }
+
+    // MARK: Validate
+
+    func validate(_ spec: ContainerSpec, dirs: ResourceDirs) throws(LmctfyError) {
+        guard let m = spec.memory else { return }
+        if m.maxLimit != nil { throw .unimplemented("memory.max_limit is not implemented (no kernel enforces it)") }
+        if m.hugetlbfsPath != nil { throw .unimplemented("memory.hugetlbfs_path is not implemented") }
+        if m.tmpfs != nil { throw .unimplemented("memory.tmpfs is not implemented") }
+        if let p = m.evictionPriority, !(0...Self.maxEvictionPriority).contains(p) {
+            throw .invalidArgument("memory.eviction_priority must be within 0..\(Self.maxEvictionPriority), not \(p)")
+        }
+        for (field, value) in [("limit", m.limit), ("reservation", m.reservation), ("swap_limit", m.swapLimit)] {
+            if let value, value < -1 { throw .invalidArgument("memory.\(field) must be -1 (unlimited) or a byte count, not \(value)") }
+        }
+        if let d = m.dirty, (d.ratio != nil || d.backgroundRatio != nil) && (d.limit != nil || d.backgroundLimit != nil) {
+            throw .invalidArgument("Cannot set both dirty ratio and limit")
+        }
+        let dir = dirs.dir(.memory)
+        for knob in Self.knobs(m) where knob.value != nil && dir?.has(knob.file) != true {
+            throw .unimplemented("memory.\(knob.field) is not supported by this kernel (it has no \(knob.file))")
+        }
+        let files = Files(dirs.version)
+        if m.swapLimit != nil && dir?.has(files.swap) != true {
+            throw .notFound("memory.swap_limit needs \(files.swap), which this kernel does not have (swap accounting is off)")
+        }
+        if let limit = m.limit, let total = m.swapLimit {
+            try Self.checkTotal(total: total, limit: limit)
+        }
+    }
+
+    /// The memory+swap total can never be below the memory limit (v1's
+    /// kernel refuses it; v2 cannot express it).
+    static func checkTotal(total: Int64, limit: Int64) throws(LmctfyError) {
+        let t = Unlimited.isUnlimited(total) ? Int64.max : total
+        let l = Unlimited.isUnlimited(limit) ? Int64.max : limit
+        if t < l {
+            throw .invalidArgument("memory.swap_limit (memory+swap, \(Unlimited.isUnlimited(total) ? "unlimited" : String(total))) must be at least memory.limit (\(Unlimited.isUnlimited(limit) ? "unlimited" : String(limit)))")
+        }
+    }
+
+    // MARK: Apply
+
+    func apply(_ spec: ContainerSpec, policy: UpdatePolicy, dirs: ResourceDirs) throws(LmctfyError) {
+        guard let dir = dirs.dir(.memory) else { throw .notFound("Container \"\(dirs.container)\" has no memory cgroup") }
+        let m = spec.memory ?? MemorySpec()
+        // Everything that can be refused is decided before the first write.
+        let writes = try plan(m, policy: policy, dir: dir, version: dirs.version)
+        if let p = m.evictionPriority ?? (policy == .replace ? Self.defaultEvictionPriority : nil) {
+            try setEvictionPriority(p, dir: dir, dirs: dirs)
+        }
+        try writes.perform()
+    }
+
+    /// The cgroup file writes for a memory slice, in order (the eviction
+    /// priority is not a plain file write on vanilla kernels; see below).
+    func plan(_ m: MemorySpec, policy: UpdatePolicy, dir: CgroupDir, version: CgroupVersion) throws(LmctfyError) -> [CgroupWrite] {
+        let replace = policy == .replace
+        let files = Files(version)
+        var w = switch version {
+        case .v1: try planLimitsV1(m, replace: replace, dir: dir, files: files)
+        case .v2: try planLimitsV2(m, replace: replace, dir: dir, files: files)
+        }
+        if let r = m.reservation ?? (replace ? 0 : nil) {
+            w.append(CgroupWrite(dir, files.reservation, Self.format(r, version)))
+        }
+        for knob in Self.knobs(m) {
+            if let v = knob.value {
+                w.append(CgroupWrite(dir, knob.file, String(v)))
+            } else if replace, let d = knob.replaceDefault, dir.has(knob.file) {
+                w.append(CgroupWrite(dir, knob.file, String(d)))
+            }
+        }
+        return w
+    }
+
+    /// How a byte limit is written: unlimited is -1 on v1, "max" on v2.
+    static func format(_ v: Int64, _ version: CgroupVersion) -> String {
+        guard Unlimited.isUnlimited(v) else { return String(v) }
+        return version == .v1 ? "-1" : "max"
+    }
+
+    /// v1 limit and memsw writes, in an order the kernel accepts: it keeps
+    /// memsw >= limit after every single write, so a limit that rises above
+    /// the current memsw needs memsw raised first, and otherwise the limit
+    /// goes first (so a memsw lowered below the old limit follows it).
+    private func planLimitsV1(_ m: MemorySpec, replace: Bool, dir: CgroupDir, files: Files) throws(LmctfyError) -> [CgroupWrite] {
+        let hasSwap = dir.has(files.swap)
+        let newLimit = m.limit ?? (replace ? -1 : nil)
+        let newTotal = m.swapLimit ?? (replace && hasSwap ? -1 : nil)
+        let curLimit = try dir.readInt(files.limit) ?? -1
+        let curTotal = hasSwap ? (try dir.readInt(files.swap) ?? -1) : -1
+        if hasSwap { try Self.checkTotal(total: newTotal ?? curTotal, limit: newLimit ?? curLimit) }
+
+        let limitWrite = newLimit.map { CgroupWrite(dir, files.limit, Self.format($0, .v1)) }
+        let totalWrite = newTotal.map { CgroupWrite(dir, files.swap, Self.format($0, .v1)) }
+        let level = { (v: Int64) in Unlimited.isUnlimited(v) ? Int64.max : v }
+        if let newLimit, level(newLimit) > level(curTotal) {
+            return [totalWrite, limitWrite].compactMap { $0 }
+        }
+        return [limitWrite, totalWrite].compactMap { $0 }
+    }
+
+    /// v2 keeps swap apart from memory, so the total the spec asks for is
+    /// split: memory.swap.max = swap_limit - limit. A DIFF that changes only
+    /// the limit keeps the total, as it stays on v1.
+    private func planLimitsV2(_ m: MemorySpec, replace: Bool, dir: CgroupDir, files: Files) throws(LmctfyError) -> [CgroupWrite] {
+        let hasSwap = dir.has(files.swap)
+        let newLimit = m.limit ?? (replace ? -1 : nil)
+        let curLimit = try dir.readInt(files.limit) ?? -1
+        let finalLimit = newLimit ?? curLimit
+        var writes: [CgroupWrite] = []
+        if let newLimit { writes.append(CgroupWrite(dir, files.limit, Self.format(newLimit, .v2))) }
+
+        var swap: Int64?
+        if let total = m.swapLimit ?? (replace && hasSwap ? -1 : nil) {
+            try Self.checkTotal(total: total, limit: finalLimit)
+            swap = Unlimited.isUnlimited(total) ? -1 : total - finalLimit
+        } else if let newLimit, hasSwap, !Unlimited.isUnlimited(curLimit),
+                  let curSwap = try dir.readInt(files.swap) {
+            let total = curLimit + curSwap
+            try Self.checkTotal(total: total, limit: newLimit)
+            swap = total - newLimit
+        }
+        if let swap { writes.append(CgroupWrite(dir, files.swap, Self.format(swap, .v2))) }
+        return writes
+    }
+
+    /// Uses the patched kernel's file when it has one; otherwise records the
+    /// priority and sets oom_score_adj of every process now in the container.
+    private func setEvictionPriority(_ p: Int32, dir: CgroupDir, dirs: ResourceDirs) throws(LmctfyError) {
+        if dir.has(Self.evictionBadnessFile) {
+            try dir.write(Self.evictionBadnessFile, String(p))
+            return
+        }
+        // Processes first: if the kernel refuses, the record keeps the old
+        // priority, which processes entering later would get.
+        try Self.setOomScoreAdj(priority: p, pids: try dirs.processes(), procRoot: dirs.procRoot)
+        try dir.setXattr(Self.evictionXattr, String(p))
+    }
+
+    /// For processes entering or started in a container with a recorded
+    /// eviction priority (the vanilla-kernel path of D12): gives them the
+    /// container's oom_score_adj. Nothing to do when the priority lives in
+    /// memory.oom_score_badness or was never set.
+    static func applyEvictionPriority(toEntering pids: [pid_t], dirs: ResourceDirs) throws(LmctfyError) {
+        guard let dir = dirs.dir(.memory), !dir.has(evictionBadnessFile),
+              let text = try dir.xattr(evictionXattr), let p = Int32(text) else { return }
+        try setOomScoreAdj(priority: p, pids: pids, procRoot: dirs.procRoot)
+    }
+
+    static func setOomScoreAdj(priority: Int32, pids: [pid_t], procRoot: String) throws(LmctfyError) {
+        let adj = String(oomScoreAdj(priority: priority))
+        for pid in pids {
+            do {
+                try Sys.writeFile("\(procRoot)/\(pid)/oom_score_adj", adj)
+            } catch {
+                // A process that exited since the listing has nothing to adjust.
+                if error.errno == ENOENT || error.errno == ESRCH { continue }
+                if error.errno == EACCES || error.errno == EPERM {
+                    throw error.lmctfy(.permissionDenied, "Eviction priority \(priority) needs oom_score_adj \(adj) for process \(pid); going below 0 needs CAP_SYS_RESOURCE")
+                }
+                throw error.lmctfy(.unavailable, "Failed to set the eviction priority of process \(pid)")
+            }
+        }
+    }
+
+    // MARK: Spec
+
+    func readSpec(into spec: inout ContainerSpec, dirs: ResourceDirs) throws(LmctfyError) {
+        guard let dir = dirs.dir(.memory) else { return }
+        let files = Files(dirs.version)
+        var m = MemorySpec()
+        // v1 reports the kernel's page-rounded values as they are (unlimited
+        // is 9223372036854771712); v2's "max" is -1.
+        m.limit = try dir.readInt(files.limit) ?? -1
+        m.reservation = try dir.readInt(files.reservation) ?? -1
+        if dir.has(files.swap) {
+            let swap = try dir.readInt(files.swap)
+            switch dirs.version {
+            case .v1: m.swapLimit = swap ?? -1
+            case .v2:
+                if let swap, let limit = m.limit, limit >= 0 { m.swapLimit = swap + limit } else { m.swapLimit = -1 }
+            }
+        }
+        if dir.has(Self.evictionBadnessFile) {
+            m.evictionPriority = try dir.readInt(Self.evictionBadnessFile).map { Int32(clamping: $0) }
+        } else if let text = try dir.xattr(Self.evictionXattr) {
+            guard let p = Int32(text) else {
+                throw .failedPrecondition("Failed to parse the recorded eviction priority \"\(text)\" of \(dir.path)")
+            }
+            m.evictionPriority = p
+        }
+        for knob in Self.knobs(MemorySpec()) where dir.has(knob.file) && !knob.field.hasPrefix("dirty.") {
+            let v = try dir.readInt(knob.file)
+            switch knob.field {
+            case "compression_sampling_ratio": m.compressionSamplingRatio = v.map { Int32(clamping: $0) }
+            case "stale_page_age": m.stalePageAge = v.map { Int32(clamping: $0) }
+            case "kmem_charge_usage": m.kmemChargeUsage = v.map { $0 != 0 }
+            default: break
+            }
+        }
+        m.dirty = try readDirty(dir)
+        spec.memory = m
+    }
+
+    /// On a kernel with the dirty files, each pair reports the ratio while
+    /// its byte limit is 0 (the kernel uses the ratio then) and the limit
+    /// otherwise, as the original does.
+    private func readDirty(_ dir: CgroupDir) throws(LmctfyError) -> MemorySpec.Dirty? {
+        guard dir.has("memory.dirty_ratio") || dir.has("memory.dirty_limit_in_bytes") else { return nil }
+        func pair(_ ratioFile: String, _ limitFile: String) throws(LmctfyError) -> (ratio: Int32?, limit: Int32?) {
+            let limit = dir.has(limitFile) ? try dir.readInt(limitFile) ?? 0 : 0
+            if limit != 0 { return (nil, Int32(clamping: limit)) }
+            return (dir.has(ratioFile) ? try dir.readInt(ratioFile).map { Int32(clamping: $0) } : nil, nil)
+        }
+        var d = MemorySpec.Dirty()
+        (d.ratio, d.limit) = try pair("memory.dirty_ratio", "memory.dirty_limit_in_bytes")
+        (d.backgroundRatio, d.backgroundLimit) = try pair("memory.dirty_background_ratio", "memory.dirty_background_limit_in_bytes")
+        return d
+    }
+
+    // MARK: Stats
+
+    func stats(into stats: inout ContainerStats, type: StatsType, dirs: ResourceDirs) throws(LmctfyError) {
+        guard let dir = dirs.dir(.memory) else { return }
+        let files = Files(dirs.version)
+        var s = MemoryStats()
+        let stat = try dir.readKeyValues("memory.stat")
+        s.usage = try dir.readInt(files.usage)
+        if dir.has(files.maxUsage) { s.maxUsage = try dir.readInt(files.maxUsage) }
+        s.limit = try dir.readInt(files.limit) ?? -1
+        s.reservation = try dir.readInt(files.reservation) ?? -1
+        switch dirs.version {
+        case .v1:
+            s.hierarchicalMemoryLimit = stat["hierarchical_memory_limit"]
+            s.failCount = try dir.readInt("memory.failcnt")
+            s.containerData = Self.memoryData(stat, prefix: "")
+            s.hierarchicalData = Self.memoryData(stat, prefix: "total_")
+            s.workingSet = s.usage.map { max(0, $0 - (stat["total_inactive_file"] ?? 0)) }
+        case .v2:
+            s.hierarchicalMemoryLimit = try Self.hierarchicalLimitV2(dir)
+            if dir.has("memory.events") { s.failCount = try dir.readKeyValues("memory.events")["max"] }
+            // v2 counters already include every descendant.
+            s.containerData = Self.memoryDataV2(stat)
+            s.hierarchicalData = s.containerData
+            s.workingSet = s.usage.map { max(0, $0 - (stat["inactive_file"] ?? 0)) }
+        }
+        s.effectiveLimit = s.hierarchicalMemoryLimit
+        if dirs.version == .v1 && dir.has("memory.numa_stat") {
+            s.numa = try Self.numaStats(try dir.read("memory.numa_stat"))
+        }
+        stats.memory = s
+    }
+
+    /// memory.stat keys (v1; "total_" prefixed for the hierarchy). pgpgout
+    /// is filled too (D13).
+    static func memoryData(_ stat: [String: Int64], prefix: String) -> MemoryStats.MemoryData {
+        var d = MemoryStats.MemoryData()
+        let v = { (key: String) in stat[prefix + key] }
+        d.cache = v("cache"); d.rss = v("rss"); d.rssHuge = v("rss_huge"); d.mappedFile = v("mapped_file")
+        d.pgpgin = v("pgpgin"); d.pgpgout = v("pgpgout"); d.pgfault = v("pgfault"); d.pgmajfault = v("pgmajfault")
+        d.dirty = v("dirty"); d.writeback = v("writeback")
+        d.inactiveAnon = v("inactive_anon"); d.activeAnon = v("active_anon")
+        d.inactiveFile = v("inactive_file"); d.activeFile = v("active_file")
+        d.unevictable = v("unevictable")
+        return d
+    }
+
+    /// v2 memory.stat under v1's names. v2 has no pgpgin/pgpgout.
+    static func memoryDataV2(_ stat: [String: Int64]) -> MemoryStats.MemoryData {
+        var d = MemoryStats.MemoryData()
+        d.cache = stat["file"]; d.rss = stat["anon"]; d.rssHuge = stat["anon_thp"]; d.mappedFile = stat["file_mapped"]
+        d.pgfault = stat["pgfault"]; d.pgmajfault = stat["pgmajfault"]
+        d.dirty = stat["file_dirty"]; d.writeback = stat["file_writeback"]
+        d.inactiveAnon = stat["inactive_anon"]; d.activeAnon = stat["active_anon"]
+        d.inactiveFile = stat["inactive_file"]; d.activeFile = stat["active_file"]
+        d.unevictable = stat["unevictable"]
+        return d
+    }
+
+    /// v2 has no hierarchical_memory_limit: the tightest memory.max of the
+    /// container and its ancestors (the root has none). -1 when none limits.
+    static func hierarchicalLimitV2(_ dir: CgroupDir) throws(LmctfyError) -> Int64 {
+        var tightest: Int64?
+        var current: CgroupDir? = dir
+        while let d = current, d.has("memory.max") {
+            if let v = try d.readInt("memory.max") { tightest = min(tightest ?? v, v) }
+            current = d.parent
+        }
+        return tightest ?? -1
+    }
+
+    /// v1 memory.numa_stat: lines "total=N N0=a N1=b", for total, file, anon
+    /// and unevictable, then the same prefixed "hierarchical_". Unknown
+    /// lines (newer kernels add some) are skipped.
+    static func numaStats(_ text: String) throws(LmctfyError) -> MemoryStats.NumaStats {
+        typealias NumaData = MemoryStats.NumaStats.NumaData
+        var own = NumaData(), hierarchical = NumaData()
+        for line in text.split(separator: "\n") {
+            let fields = line.split(separator: " ")
+            guard let head = fields.first, let eq = head.firstIndex(of: "=") else { continue }
+            var name = String(head[..<eq])
+            let isHierarchical = name.hasPrefix("hierarchical_")
+            if isHierarchical { name.removeFirst("hierarchical_".count) }
+            guard ["total", "file", "anon", "unevictable"].contains(name) else { continue }
+            guard let total = Int64(head[head.index(after: eq)...]) else {
+                throw .failedPrecondition("Failed to parse memory.numa_stat line \"\(line)\"")
+            }
+            var stat = NumaData.Stat(totalPageCount: total)
+            for field in fields.dropFirst() {
+                let kv = field.split(separator: "=")
+                guard kv.count == 2, kv[0].hasPrefix("N"), let node = Int32(kv[0].dropFirst()), let pages = Int64(kv[1]) else {
+                    throw .failedPrecondition("Failed to parse memory.numa_stat line \"\(line)\"")
+                }
+                stat.node.append(NumaData.Stat.Node(level: node, pageCount: pages))
+            }
+            switch name {
+            case "total": if isHierarchical { hierarchical.total = stat } else { own.total = stat }
+            case "file": if isHierarchical { hierarchical.file = stat } else { own.file = stat }
+            case "anon": if isHierarchical { hierarchical.anon = stat } else { own.anon = stat }
+            default: if isHierarchical { hierarchical.unevictable = stat } else { own.unevictable = stat }
+            }
+        }
+        return MemoryStats.NumaStats(containerData: own, hierarchicalData: hierarchical)
+    }
 }

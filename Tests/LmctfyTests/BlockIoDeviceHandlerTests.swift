@@ -1,0 +1,241 @@
+// BlockIoHandler and DeviceHandler on fake v1 and v2 trees.
+import Glibc
+@testable import Lmctfy
+import LmctfyProto
+import LmctfySystem
+import LmctfyTestSupport
+import Testing
+
+private typealias B = BlockIoSpec
+
+private func throttle(_ op: B.OpType?, _ type: B.LimitType?, _ rules: [(Int64, Int64, UInt64)]) -> B.MaxLimit {
+    B.MaxLimit(limits: rules.map { B.DeviceLimit(device: B.Device(major: $0.0, minor: $0.1), limit: $0.2) },
+               opType: op, limitType: type)
+}
+
+private func throttles(_ limits: B.MaxLimit...) -> B {
+    B(maxDeviceLimitSet: B.MaxLimitSet(maxLimits: limits))
+}
+
+@Suite struct BlockIoValidationTests {
+    let h = BlockIoHandler()
+
+    @Test(arguments: [UInt32(0), 101])
+    func defaultWeightOutOfRange(_ w: UInt32) throws {
+        let f = try FakeContainer.v2()
+        let err = lmctfyError { try h.validate(spec(blockio: B(deviceLimitSet: B.DeviceLimitSet(defaultLimit: w))), dirs: f.dirs) }
+        #expect(err?.code == .invalidArgument)
+    }
+
+    @Test func v1WeightWithoutBlkioWeightIsUnimplemented() throws {
+        let f = try FakeContainer.v1()
+        let err = lmctfyError { try h.validate(spec(blockio: B(deviceLimitSet: B.DeviceLimitSet(defaultLimit: 50))), dirs: f.dirs) }
+        #expect(err?.code == .unimplemented)
+        #expect(err?.message.contains("blockio.device_limit_set") == true)
+        try f.seed("blkio", ["blkio.weight": "500\n"])
+        #expect(lmctfyError { try h.validate(spec(blockio: B(deviceLimitSet: B.DeviceLimitSet(defaultLimit: 50))), dirs: f.dirs) } == nil)
+    }
+
+    @Test func v2WeightWithoutIoWeightIsUnimplemented() throws {
+        let f = try FakeContainer.v2()
+        f.remove("unified", "io.weight")
+        let err = lmctfyError { try h.validate(spec(blockio: B(deviceLimitSet: B.DeviceLimitSet(defaultLimit: 50))), dirs: f.dirs) }
+        #expect(err?.code == .unimplemented)
+        #expect(err?.message.contains("blockio.device_limit_set") == true)
+    }
+
+    @Test(arguments: [CgroupVersion.v1, .v2])
+    func incompleteThrottlesAreRefused(_ version: CgroupVersion) throws {
+        let f = try version == .v1 ? FakeContainer.v1() : FakeContainer.v2()
+        let bad = [
+            throttles(throttle(nil, .bytesPerSecond, [(8, 0, 1)])),
+            throttles(throttle(.read, nil, [(8, 0, 1)])),
+            throttles(B.MaxLimit(limits: [B.DeviceLimit(device: B.Device(major: 8), limit: 1)], opType: .read, limitType: .ioPerSecond)),
+            throttles(B.MaxLimit(limits: [B.DeviceLimit(limit: 1)], opType: .read, limitType: .ioPerSecond)),
+            throttles(B.MaxLimit(limits: [B.DeviceLimit(device: B.Device(major: 8, minor: 0))], opType: .read, limitType: .ioPerSecond)),
+        ]
+        for b in bad {
+            #expect(lmctfyError { try h.validate(spec(blockio: b), dirs: f.dirs) }?.code == .invalidArgument)
+        }
+    }
+}
+
+@Suite struct BlockIoApplyTests {
+    let h = BlockIoHandler()
+
+    @Test func v1DiffWritesTheRules() throws {
+        let f = try FakeContainer.v1()
+        let b = throttles(throttle(.read, .bytesPerSecond, [(254, 0, 1_048_576)]), throttle(.write, .ioPerSecond, [(254, 0, 100)]))
+        #expect(describe(try h.plan(b, policy: .diff, dir: f.dir("blkio"), version: .v1)) == [
+            "blkio.throttle.read_bps_device <- \"254:0 1048576\"", "blkio.throttle.write_iops_device <- \"254:0 100\"",
+        ])
+        try h.apply(spec(blockio: b), policy: .diff, dirs: f.dirs)
+        #expect(try f.value("blkio", "blkio.throttle.read_bps_device") == "254:0 1048576")
+        #expect(try f.value("blkio", "blkio.throttle.write_iops_device") == "254:0 100")
+    }
+
+    @Test func v1ReplaceClearsRulesNotInTheSpec() throws {
+        let f = try FakeContainer.v1()
+        try f.seed("blkio", ["blkio.throttle.read_bps_device": "8:0 1000\n254:0 5\n", "blkio.throttle.write_iops_device": "254:0 7\n"])
+        let b = throttles(throttle(.read, .bytesPerSecond, [(254, 0, 2000)]))
+        #expect(describe(try h.plan(b, policy: .replace, dir: f.dir("blkio"), version: .v1)) == [
+            "blkio.throttle.read_bps_device <- \"8:0 0\"", "blkio.throttle.read_bps_device <- \"254:0 2000\"",
+            "blkio.throttle.write_iops_device <- \"254:0 0\"",
+        ])
+    }
+
+    @Test func v1Weights() throws {
+        let f = try FakeContainer.v1()
+        try f.seed("blkio", ["blkio.weight": "500\n", "blkio.weight_device": "8:0 300\n"])
+        let b = B(deviceLimitSet: B.DeviceLimitSet(defaultLimit: 20, deviceLimits: [B.DeviceLimit(device: B.Device(major: 254, minor: 0), limit: 80)]))
+        #expect(describe(try h.plan(b, policy: .replace, dir: f.dir("blkio"), version: .v1)) == [
+            "blkio.weight <- \"200\"", "blkio.weight_device <- \"8:0 0\"", "blkio.weight_device <- \"254:0 800\"",
+        ])
+        // REPLACE without weights goes back to the kernel default.
+        #expect(describe(try h.plan(B(), policy: .replace, dir: f.dir("blkio"), version: .v1)) == [
+            "blkio.weight <- \"500\"", "blkio.weight_device <- \"8:0 0\"",
+        ])
+    }
+
+    @Test func v2Throttles() throws {
+        let f = try FakeContainer.v2()
+        let b = throttles(throttle(.read, .bytesPerSecond, [(254, 0, 1_048_576)]), throttle(.write, .ioPerSecond, [(254, 0, 0)]))
+        // DIFF: only the keys given; 0 removes the limit.
+        #expect(describe(try h.plan(b, policy: .diff, dir: f.dir("unified"), version: .v2)) == ["io.max <- \"254:0 rbps=1048576 wiops=max\""])
+        // REPLACE: the weight back to its default, every key spelled out,
+        // and devices no longer listed cleared.
+        try f.seed("unified", ["io.max": "8:0 rbps=1000 wbps=max riops=max wiops=max\n"])
+        #expect(describe(try h.plan(b, policy: .replace, dir: f.dir("unified"), version: .v2)) == [
+            "io.weight <- \"default 100\"",
+            "io.max <- \"8:0 rbps=max riops=max wbps=max wiops=max\"",
+            "io.max <- \"254:0 rbps=1048576 riops=max wbps=max wiops=max\"",
+        ])
+    }
+
+    @Test func v2Weights() throws {
+        let f = try FakeContainer.v2()
+        try f.seed("unified", ["io.weight": "default 100\n8:0 300\n"])
+        let b = B(deviceLimitSet: B.DeviceLimitSet(defaultLimit: 50, deviceLimits: [B.DeviceLimit(device: B.Device(major: 254, minor: 0), limit: 2)]))
+        let replaced = describe(try h.plan(b, policy: .replace, dir: f.dir("unified"), version: .v2))
+        #expect(replaced == [
+            "io.weight <- \"default 5000\"", "io.weight <- \"8:0 default\"", "io.weight <- \"254:0 200\"",
+        ])
+        #expect(describe(try h.plan(B(), policy: .diff, dir: f.dir("unified"), version: .v2)) == [])
+    }
+}
+
+@Suite struct BlockIoReadTests {
+    let h = BlockIoHandler()
+
+    @Test func v1Spec() throws {
+        let f = try FakeContainer.v1()
+        var s = ContainerSpec()
+        try h.readSpec(into: &s, dirs: f.dirs)
+        #expect(s.blockio == B())
+        try f.seed("blkio", ["blkio.throttle.read_bps_device": "8:0 1000\n254:0 5\n", "blkio.throttle.write_iops_device": "254:0 7\n"])
+        try h.readSpec(into: &s, dirs: f.dirs)
+        #expect(s.blockio == throttles(throttle(.read, .bytesPerSecond, [(8, 0, 1000), (254, 0, 5)]), throttle(.write, .ioPerSecond, [(254, 0, 7)])))
+    }
+
+    @Test func v2Spec() throws {
+        let f = try FakeContainer.v2()
+        try f.seed("unified", ["io.max": "254:0 rbps=1048576 wbps=max riops=max wiops=30\n", "io.weight": "default 5000\n8:0 200\n"])
+        var s = ContainerSpec()
+        try h.readSpec(into: &s, dirs: f.dirs)
+        var expected = throttles(throttle(.read, .bytesPerSecond, [(254, 0, 1_048_576)]), throttle(.write, .ioPerSecond, [(254, 0, 30)]))
+        expected.deviceLimitSet = B.DeviceLimitSet(defaultLimit: 50, deviceLimits: [B.DeviceLimit(device: B.Device(major: 8, minor: 0), limit: 2)])
+        #expect(s.blockio == expected)
+    }
+
+    @Test func v1Stats() throws {
+        let f = try FakeContainer.v1()
+        try f.seed("blkio", [
+            "blkio.throttle.io_service_bytes": "254:0 Read 4096\n254:0 Write 8192\n254:0 Sync 0\n254:0 Async 12288\n254:0 Discard 0\n254:0 Total 12288\n7:0 Read 1\n7:0 Write 0\nTotal 12289\n",
+            "blkio.throttle.io_serviced": "254:0 Read 1\n254:0 Write 2\n254:0 Total 3\nTotal 3\n",
+        ])
+        var st = ContainerStats()
+        try h.stats(into: &st, type: .summary, dirs: f.dirs)
+        #expect(st.blockio == BlockIoStats(deviceStats: [
+            BlockIoStats.DeviceStats(major: 7, minor: 0, readBytes: 1, writeBytes: 0),
+            BlockIoStats.DeviceStats(major: 254, minor: 0, readBytes: 4096, writeBytes: 8192, readIos: 1, writeIos: 2),
+        ]))
+    }
+
+    @Test func v2Stats() throws {
+        let f = try FakeContainer.v2()
+        try f.seed("unified", ["io.stat": "254:0 rbytes=4096 wbytes=8192 rios=1 wios=2 dbytes=0 dios=0\n"])
+        var st = ContainerStats()
+        try h.stats(into: &st, type: .full, dirs: f.dirs)
+        #expect(st.blockio == BlockIoStats(deviceStats: [
+            BlockIoStats.DeviceStats(major: 254, minor: 0, readBytes: 4096, writeBytes: 8192, readIos: 1, writeIos: 2),
+        ]))
+    }
+}
+
+private typealias D = DeviceSpec
+
+private func rule(_ p: D.DevicePermission?, _ t: D.DeviceType?, _ a: [D.DeviceAccess], _ major: Int64? = nil, _ minor: Int64? = nil) -> D.DeviceRestrictions {
+    D.DeviceRestrictions(permission: p, type: t, access: a, major: major, minor: minor)
+}
+
+private func devices(_ rules: D.DeviceRestrictions...) -> D {
+    D(restrictionsSet: D.DeviceRestrictionsSet(restrictions: rules))
+}
+
+@Suite struct DeviceHandlerTests {
+    let h = DeviceHandler()
+
+    @Test func ruleLines() throws {
+        #expect(try DeviceHandler.line(rule(.allow, .deviceChar, [.mknod, .read, .write], 1, 3)) == "c 1:3 rwm")
+        #expect(try DeviceHandler.line(rule(.deny, .deviceAll, [.write, .read])) == "a *:* rw")
+        #expect(try DeviceHandler.line(rule(.allow, .deviceBlock, [.read], 8)) == "b 8:* r")
+    }
+
+    @Test func invalidRules() throws {
+        let f = try FakeContainer.v1()
+        let bad = [
+            rule(nil, .deviceChar, [.read], 1, 3),
+            rule(.allow, nil, [.read], 1, 3),
+            rule(.allow, .deviceChar, [], 1, 3),
+            rule(.allow, .deviceChar, [.read, .write, .mknod, .read], 1, 3),
+        ]
+        for r in bad {
+            // A bad rule after a good one: nothing is written.
+            let d = devices(rule(.allow, .deviceChar, [.read], 1, 3), r)
+            let err = lmctfyError { try h.validate(spec(device: d), dirs: f.dirs) }
+            #expect(err == LmctfyError(.invalidArgument, "Invalid device restriction specification."))
+            #expect(lmctfyError { _ = try h.plan(d, policy: .diff, dir: f.dir("devices")) } != nil)
+            #expect(try f.value("devices", "devices.allow") == "")
+        }
+    }
+
+    @Test func v2IsUnimplemented() throws {
+        let f = try FakeContainer.v2()
+        let err = lmctfyError { try h.validate(spec(device: devices(rule(.allow, .deviceAll, [.read]))), dirs: f.dirs) }
+        #expect(err == LmctfyError(.unimplemented, "device rules need eBPF on cgroup v2, not implemented"))
+    }
+
+    @Test func replaceDeniesEverythingFirst() throws {
+        let f = try FakeContainer.v1()
+        let d = devices(rule(.allow, .deviceChar, [.read, .write, .mknod], 1, 3), rule(.deny, .deviceChar, [.mknod], 1, 3),
+                        rule(.allow, .deviceBlock, [.read], 8))
+        #expect(describe(try h.plan(d, policy: .replace, dir: f.dir("devices"))) == [
+            "devices.deny <- \"a\"", "devices.allow <- \"c 1:3 rwm\"", "devices.deny <- \"c 1:3 m\"", "devices.allow <- \"b 8:* r\"",
+        ])
+        #expect(describe(try h.plan(d, policy: .diff, dir: f.dir("devices"))).first == "devices.allow <- \"c 1:3 rwm\"")
+        try h.apply(spec(device: devices(rule(.allow, .deviceChar, [.read], 1, 5))), policy: .diff, dirs: f.dirs)
+        #expect(try f.value("devices", "devices.allow") == "c 1:5 r")
+    }
+
+    @Test func readBack() throws {
+        let f = try FakeContainer.v1()
+        try f.seed("devices", ["devices.list": "c 1:3 rwm\nb 8:* r\na *:* w\n"])
+        var s = ContainerSpec()
+        try h.readSpec(into: &s, dirs: f.dirs)
+        #expect(s.device == devices(rule(.allow, .deviceChar, [.mknod, .read, .write], 1, 3), rule(.allow, .deviceBlock, [.read], 8),
+                                    rule(.allow, .deviceAll, [.write])))
+        try f.blank("devices", ["devices.list"])
+        try h.readSpec(into: &s, dirs: f.dirs)
+        #expect(s.device == devices(rule(.deny, .deviceAll, [.read, .write, .mknod])))
+    }
+}

@@ -1,0 +1,291 @@
+// The resource handlers against the host's real cgroup v1 hierarchies:
+// what the kernel does with the writes (page rounding, the memsw >= limit
+// rule, device lists, throttle files), through the public ContainerApi.
+import Glibc
+@testable import Lmctfy
+import LmctfyProto
+import LmctfySystem
+import LmctfyTestSupport
+import Testing
+
+private let v1Reason: String? = {
+    if let reason = RealCgroups.unavailableReason { return reason }
+    guard let api = try? ContainerApi.detect() else { return "cannot detect the cgroup mounts" }
+    return api.version == .v1 ? nil : "these integration tests check cgroup v1 files; this host runs cgroup \(api.version)"
+}()
+
+@Suite(.enabled(if: RealCgroups.available, "\(RealCgroups.unavailableReason ?? "")"),
+       .enabled(if: v1Reason == nil, "\(v1Reason ?? "")"))
+struct ResourceIntegrationTests {
+    let api: ContainerApi
+
+    init() throws {
+        api = try ContainerApi.detect()
+    }
+
+    /// A container's directory in a v1 hierarchy (tests read files directly).
+    func dir(_ c: Controller, _ name: ContainerName) throws -> CgroupDir {
+        try #require(api.layout.existingV1Dir(c, name), "\(name) has no \(c) directory")
+    }
+
+    func value(_ c: Controller, _ name: ContainerName, _ file: String) throws -> String {
+        try dir(c, name).read(file).trimmingWhitespace
+    }
+
+    // MARK: Memory
+
+    @Test func memoryLimitsArePageRoundedAndOrderedRight() throws {
+        try withTestContainer(api, label: "mem") { name in
+            var m = MemorySpec(limit: 100_000_000, swapLimit: 200_000_000)
+            let c = try api.create(name, spec: spec(memory: m))
+            // The kernel keeps whole pages: 100000000 → 24414 pages of 4 KiB.
+            let page = Int64(sysconf(Int32(_SC_PAGESIZE)))
+            #expect(try value(.memory, name, "memory.limit_in_bytes") == String(100_000_000 / page * page))
+            #expect(try c.spec().memory?.limit == 99_999_744)
+            #expect(try c.spec().memory?.swapLimit == 200_000_000 / page * page)
+            #expect(try c.spec().memory?.reservation == 0)
+
+            // Lowering both, then raising both past the old total: each
+            // needs the other write order, and neither may fail.
+            m = MemorySpec(limit: 50_000_000, swapLimit: 60_000_000)
+            try c.update(spec(memory: m), policy: .diff)
+            #expect(try value(.memory, name, "memory.memsw.limit_in_bytes") == String(60_000_000 / page * page))
+            m = MemorySpec(limit: 300_000_000, swapLimit: 400_000_000)
+            try c.update(spec(memory: m), policy: .diff)
+            #expect(try value(.memory, name, "memory.limit_in_bytes") == String(300_000_000 / page * page))
+
+            // A DIFF raising only the limit above the total is refused
+            // before anything is written.
+            let err = lmctfyError { try c.update(spec(memory: MemorySpec(limit: 500_000_000)), policy: .diff) }
+            #expect(err?.code == .invalidArgument)
+            #expect(try value(.memory, name, "memory.limit_in_bytes") == String(300_000_000 / page * page))
+
+            // REPLACE with nothing: back to unlimited, reservation 0 (D3).
+            try c.update(spec(memory: MemorySpec()), policy: .replace)
+            let unlimited = try c.spec().memory
+            #expect(unlimited?.limit == Unlimited.v1PageCounterMax)
+            #expect(unlimited?.swapLimit == Unlimited.v1PageCounterMax)
+            #expect(unlimited?.evictionPriority == 5000)
+
+            var st = try c.stats(.full)
+            #expect(st.memory?.usage != nil)
+            #expect(st.memory?.containerData?.pgpgout != nil)
+            #expect(st.memory?.hierarchicalData?.pgpgout != nil)
+            #expect(st.memory?.effectiveLimit == Unlimited.v1PageCounterMax)
+            st = try c.stats(.summary)
+            #expect(st.memory?.workingSet ?? -1 >= 0)
+        }
+    }
+
+    @Test func evictionPriorityReachesRunningProcesses() throws {
+        try withTestContainer(api, label: "evict") { name in
+            let c = try api.create(name, spec: spec(memory: MemorySpec(evictionPriority: 2000)))
+            #expect(try dir(.memory, name).xattr(MemoryHandler.evictionXattr) == "2000")
+
+            let pid = try spawnSleep()
+            defer { reap(pid) }
+            for controller in [Controller.freezer, .memory] {
+                try dir(controller, name).write("cgroup.procs", String(pid))
+            }
+            #expect(try c.processes(recursive: false) == [pid])
+
+            let adj = { try Sys.readFile("/proc/\(pid)/oom_score_adj").trimmingWhitespace }
+            try c.update(spec(memory: MemorySpec(evictionPriority: 0)), policy: .diff)
+            #expect(try adj() == "1000")
+            #expect(try c.spec().memory?.evictionPriority == 0)
+            try c.update(spec(memory: MemorySpec(evictionPriority: 5000)), policy: .diff)
+            #expect(try adj() == "1")
+
+            // Below 0 the kernel wants CAP_SYS_RESOURCE, which some hosts'
+            // root (this CI's among them) does not have.
+            let result = lmctfyError { try c.update(spec(memory: MemorySpec(evictionPriority: 10_000)), policy: .diff) }
+            if hasCapSysResource() {
+                #expect(result == nil)
+                #expect(try adj() == "-999")
+                #expect(try c.spec().memory?.evictionPriority == 10_000)
+            } else {
+                #expect(result?.code == .permissionDenied)
+                #expect(result?.message.contains("CAP_SYS_RESOURCE") == true)
+                #expect(try adj() == "1")
+                #expect(try c.spec().memory?.evictionPriority == 5000)
+            }
+        }
+    }
+
+    @Test func unenforceableMemoryFieldsAreRefusedAndNothingIsLeft() throws {
+        try withTestContainer(api, label: "memmax") { name in
+            let err = lmctfyError { try api.create(name, spec: spec(memory: MemorySpec(maxLimit: 1 << 30))) }
+            #expect(err?.code == .unimplemented)
+            #expect(err?.message.contains("max_limit") == true)
+            #expect(!api.exists(name))
+            #expect(api.layout.existingV1Dir(.memory, name) == nil)
+        }
+    }
+
+    // MARK: CPU
+
+    @Test func cpuSharesQuotaAndMask() throws {
+        try withTestContainer(api, label: "cpu") { name in
+            let cpu = CpuSpec(limit: 500, maxLimit: 1500, mask: CpuSpec.Mask(data: [0x1]))
+            let c = try api.create(name, spec: spec(cpu: cpu))
+            #expect(try value(.cpu, name, "cpu.shares") == "512")
+            #expect(try value(.cpu, name, "cpu.cfs_period_us") == "250000")
+            #expect(try value(.cpu, name, "cpu.cfs_quota_us") == "375000")
+            #expect(try value(.cpuset, name, "cpuset.cpus") == "0")
+            #expect(try c.spec().cpu == cpu)
+
+            try c.update(spec(cpu: CpuSpec(limit: 2000)), policy: .diff)
+            #expect(try value(.cpu, name, "cpu.shares") == "2048")
+            #expect(try value(.cpu, name, "cpu.cfs_quota_us") == "375000")
+
+            // REPLACE resets what it leaves out (D3): 1024 shares, no quota,
+            // every CPU the parent cpuset has.
+            try c.update(spec(cpu: CpuSpec()), policy: .replace)
+            #expect(try value(.cpu, name, "cpu.shares") == "1024")
+            #expect(try value(.cpu, name, "cpu.cfs_quota_us") == "-1")
+            let parentCpus = try #require(dir(.cpuset, name).parent).read("cpuset.cpus").trimmingWhitespace
+            #expect(try value(.cpuset, name, "cpuset.cpus") == parentCpus)
+            #expect(try c.spec().cpu?.maxLimit == nil)
+
+            let st = try c.stats(.full)
+            #expect(st.cpu?.usage?.total != nil)
+            #expect(st.cpu?.throttlingData != nil)
+
+            // The latency class cannot change after create.
+            let err = lmctfyError { try c.update(spec(cpu: CpuSpec(schedulingLatency: .premier)), policy: .diff) }
+            #expect(err?.code == .invalidArgument)
+        }
+    }
+
+    @Test func cpuMaxLimitTooLowLeavesNothing() throws {
+        try withTestContainer(api, label: "cpulow") { name in
+            let err = lmctfyError { try api.create(name, spec: spec(cpu: CpuSpec(maxLimit: 3))) }
+            #expect(err?.code == .invalidArgument)
+            #expect(err?.message.contains("too low") == true)
+            #expect(!api.exists(name))
+        }
+    }
+
+    // MARK: Block I/O
+
+    @Test func throttlesOnARealBlockDevice() throws {
+        let dev = try #require(blockDevice(), "no block device in /sys/block")
+        try withTestContainer(api, label: "blkio") { name in
+            let b = BlockIoSpec(maxDeviceLimitSet: BlockIoSpec.MaxLimitSet(maxLimits: [
+                BlockIoSpec.MaxLimit(limits: [BlockIoSpec.DeviceLimit(device: BlockIoSpec.Device(major: dev.major, minor: dev.minor), limit: 1_048_576)],
+                                     opType: .read, limitType: .bytesPerSecond),
+                BlockIoSpec.MaxLimit(limits: [BlockIoSpec.DeviceLimit(device: BlockIoSpec.Device(major: dev.major, minor: dev.minor), limit: 100)],
+                                     opType: .write, limitType: .ioPerSecond),
+            ]))
+            let c = try api.create(name, spec: spec(blockio: b))
+            #expect(try value(.blkio, name, "blkio.throttle.read_bps_device") == "\(dev) 1048576")
+            #expect(try value(.blkio, name, "blkio.throttle.write_iops_device") == "\(dev) 100")
+            #expect(try value(.blkio, name, "blkio.throttle.write_bps_device") == "")
+            #expect(try c.spec().blockio?.maxDeviceLimitSet == b.maxDeviceLimitSet)
+
+            // REPLACE with no throttles removes them all.
+            try c.update(spec(blockio: BlockIoSpec()), policy: .replace)
+            #expect(try value(.blkio, name, "blkio.throttle.read_bps_device") == "")
+            #expect(try value(.blkio, name, "blkio.throttle.write_iops_device") == "")
+            #expect(try c.spec().blockio == BlockIoSpec())
+            #expect(try c.stats(.summary).blockio != nil)
+        }
+    }
+
+    @Test func blkioWeightIsRefusedWithoutTheFile() throws {
+        try withTestContainer(api, label: "blkw") { name in
+            let c = try api.create(name, spec: spec(blockio: BlockIoSpec()))
+            let weights = spec(blockio: BlockIoSpec(deviceLimitSet: BlockIoSpec.DeviceLimitSet(defaultLimit: 50)))
+            if try dir(.blkio, name).has("blkio.weight") {
+                try c.update(weights, policy: .diff)
+                #expect(try value(.blkio, name, "blkio.weight") == "500")
+            } else {
+                let err = lmctfyError { try c.update(weights, policy: .diff) }
+                #expect(err?.code == .unimplemented)
+                #expect(err?.message.contains("blockio.device_limit_set") == true)
+            }
+        }
+    }
+
+    // MARK: Devices
+
+    @Test func deviceRules() throws {
+        try withTestContainer(api, label: "dev") { name in
+            typealias D = DeviceSpec
+            let allowNull = D.DeviceRestrictions(permission: .allow, type: .deviceChar, access: [.read, .write, .mknod], major: 1, minor: 3)
+            let c = try api.create(name, spec: spec(device: D(restrictionsSet: D.DeviceRestrictionsSet(restrictions: [allowNull]))))
+            // REPLACE at create denies everything the parent allowed first.
+            #expect(try value(.devices, name, "devices.list") == "c 1:3 rwm")
+            #expect(try c.spec().device == D(restrictionsSet: D.DeviceRestrictionsSet(restrictions: [
+                D.DeviceRestrictions(permission: .allow, type: .deviceChar, access: [.mknod, .read, .write], major: 1, minor: 3),
+            ])))
+
+            let denyMknod = D.DeviceRestrictions(permission: .deny, type: .deviceChar, access: [.mknod], major: 1, minor: 3)
+            try c.update(spec(device: D(restrictionsSet: D.DeviceRestrictionsSet(restrictions: [denyMknod]))), policy: .diff)
+            #expect(try value(.devices, name, "devices.list") == "c 1:3 rw")
+
+            let bad = D.DeviceRestrictions(permission: .allow, type: .deviceChar, access: [], major: 1, minor: 5)
+            let err = lmctfyError { try c.update(spec(device: D(restrictionsSet: D.DeviceRestrictionsSet(restrictions: [allowNull, bad]))), policy: .diff) }
+            #expect(err?.code == .invalidArgument)
+            #expect(try value(.devices, name, "devices.list") == "c 1:3 rw")
+
+            try c.update(spec(device: D()), policy: .replace)
+            #expect(try value(.devices, name, "devices.list") == "")
+            #expect(try c.spec().device == D(restrictionsSet: D.DeviceRestrictionsSet(restrictions: [
+                D.DeviceRestrictions(permission: .deny, type: .deviceAll, access: [.read, .write, .mknod]),
+            ])))
+        }
+    }
+}
+
+/// A block device of this machine, preferring a real disk over loop, ram and zram.
+private func blockDevice() -> DeviceNumber? {
+    let names = listDir("/sys/block")
+    let disks = names.filter { !$0.hasPrefix("loop") && !$0.hasPrefix("ram") && !$0.hasPrefix("zram") }
+    for name in disks + names {
+        if let text = try? Sys.readFile("/sys/block/\(name)/dev"), let dev = DeviceNumber(Substring(text.trimmingWhitespace)) {
+            return dev
+        }
+    }
+    return nil
+}
+
+/// The entries of a directory (the ones in /sys/block are symlinks).
+private func listDir(_ path: String) -> [String] {
+    guard let d = opendir(path) else { return [] }
+    defer { closedir(d) }
+    var out: [String] = []
+    while let e = readdir(d) {
+        let name = withUnsafePointer(to: e.pointee.d_name) {
+            $0.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) }
+        }
+        if name != "." && name != ".." { out.append(name) }
+    }
+    return out.sorted()
+}
+
+/// Whether this process may lower oom_score_adj below 0 (CAP_SYS_RESOURCE, bit 24).
+private func hasCapSysResource() -> Bool {
+    guard let status = try? Sys.readFile("/proc/self/status"),
+          let line = status.split(separator: "\n").first(where: { $0.hasPrefix("CapEff:") }),
+          let caps = UInt64(line.dropFirst("CapEff:".count).trimmingWhitespace, radix: 16) else { return false }
+    return caps & (UInt64(1) << 24) != 0
+}
+
+/// Starts /bin/sleep 60 as a child of the test process.
+private func spawnSleep() throws -> pid_t {
+    var pid: pid_t = 0
+    let args: [UnsafeMutablePointer<CChar>?] = ["/bin/sleep", "60"].map { (s: String) in strdup(s) }
+    defer { args.forEach { free($0) } }
+    let argv = args + [nil]
+    let rc = posix_spawn(&pid, "/bin/sleep", nil, nil, argv, environ)
+    guard rc == 0 else { throw SystemError("posix_spawn", "/bin/sleep", rc) }
+    return pid
+}
+
+/// Kills a child started by the test, by pid, and reaps it.
+private func reap(_ pid: pid_t) {
+    kill(pid, SIGKILL)
+    var status: Int32 = 0
+    while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+}
