@@ -48,11 +48,28 @@ import Testing
         #expect(r.stdout.isEmpty)
     }
 
-    @Test func verbsOfTheNextIssueAreNotRegisteredYet() {
-        for verb in ["run", "enter", "killall", "pause", "resume", "notify"] {
-            #expect(machine.run(verb, "/x").status == 5, "\(verb)")
-        }
-        #expect(machine.run("list", "pids").status == 5)
+    @Test func taskVerbsCheckTheirArguments() {
+        #expect(machine.run("run", "/parent").status == 3)                // no command
+        #expect(machine.run("killall").status == 3)
+        #expect(machine.run("pause", "/parent", "extra").status == 3)
+        #expect(machine.run("resume").status == 3)
+        #expect(machine.run("list", "pids", "/nope").status == 5)
+        #expect(machine.run("list", "tids", "/parent").status == 0)
+        #expect(machine.run("notify", "memory", "threshold", "/parent", "lots").status == 3)
+        #expect(machine.run("enter", "/parent", "abc").status == 9)      // as the original
+        #expect(machine.run("enter", "/nope", "1").status == 5)
+        let r = machine.run("notify")
+        #expect(r.status == 5)
+        #expect(r.stderr.contains("container empty [-f] <container name>"))
+        #expect(r.stderr.contains("memory threshold [-f] <container name> <bytes>"))
+        #expect(machine.run("pause", "/").status == 9)                    // D7
+        #expect(machine.run("killall", "/").status == 9)
+    }
+
+    @Test func runCommandWordsFollowTheReference() {
+        #expect(RunCommand.argv(["echo hi"]) == ["/bin/sh", "-c", "echo hi"])
+        #expect(RunCommand.argv(["ls", "-l"]) == ["ls", "-l"])
+        #expect(RunCommand.argv(["ls"]) == ["ls"])
     }
 
     @Test func menuHelpGoesToStdout() {

@@ -17,8 +17,12 @@ enum Runner: String, CaseIterable, CustomTestStringConvertible {
 
     func run(_ args: [String]) throws -> CLIResult {
         switch self {
-        case .binary: try BuiltBinary.run(args)
-        case .inProcess: lmctfy(args, in: .live)
+        case .binary: return try BuiltBinary.run(args)
+        case .inProcess:
+            // In-process, a foreground `run` must not replace the test runner.
+            var environment = CLIEnvironment.live
+            environment.runForeground = CLIEnvironment.spawnAndWait
+            return lmctfy(args, in: environment)
         }
     }
 }

@@ -1,0 +1,86 @@
+// The task verbs on this machine's real cgroups, through the built binary and
+// in-process: run (foreground exit status, -n detached pid), list pids/tids,
+// enter, pause/resume, killall [-r], notify container empty.
+import Foundation
+import Glibc
+import Lmctfy
+import LmctfyCommands
+import LmctfySystem
+import LmctfyTestSupport
+import Testing
+
+@Suite(.serialized, .enabled(if: RealCgroups.available, "\(RealCgroups.unavailableReason ?? "")"))
+struct TasksCLITests {
+    func pids(_ r: CLIResult) -> [pid_t] {
+        r.stdout.split(separator: "\n").compactMap { line in
+            line.hasPrefix("pid=\"") ? pid_t(line.dropFirst(5).dropLast()) : nil
+        }
+    }
+
+    @Test(arguments: Runner.allCases)
+    func runForegroundPassesTheExitStatusOn(_ lmctfy: Runner) throws {
+        try withTestName("runfg") { name throws in
+            #expect(try lmctfy("create", name, "").status == 0)
+            // D1: everything after the name is the command, its flags too.
+            var r = try lmctfy("run", name, "/bin/sh", "-c", "exit 7")
+            #expect(r.status == 7, "\(r)")
+            r = try lmctfy("run", name, "exit 3")  // one word with a space: /bin/sh -c
+            #expect(r.status == 3, "\(r)")
+            r = try lmctfy("run", name, "/no/such/command")
+            #expect(r.status == 5, "\(r)")
+            #expect(r.stderr.contains("/no/such/command"))
+            #expect(try lmctfy("run", RealCgroups.uniqueName("missing"), "true").status == 5)
+        }
+    }
+
+    @Test(arguments: Runner.allCases)
+    func detachedRunListsKillAll(_ lmctfy: Runner) throws {
+        try withTestName("runbg") { name throws in
+            #expect(try lmctfy("create", name, "pids:{limit:50}").status == 0)
+            #expect(try lmctfy("create", name + "/sub", "pids:{limit:10}").status == 0)
+            let a = pids(try lmctfy("run", "-n", name, "sleep", "300"))
+            let b = pids(try lmctfy("run", "-n", name + "/sub", "sleep", "300"))
+            #expect(a.count == 1 && b.count == 1)
+            #expect(pids(try lmctfy("list", "pids", name)) == a)
+            #expect(Set(pids(try lmctfy("list", "pids", "-r", name))) == Set(a + b))
+            let tids = try lmctfy("-o", "json", "list", "tids", "-r", name).json()
+            #expect((tids["tids"] as? [Int])?.count == 2)
+            #expect(try lmctfy("killall", name).status == 0)
+            #expect(pids(try lmctfy("list", "pids", "-r", name)) == b)  // not recursive
+            #expect(try lmctfy("killall", "-r", name).status == 0)
+            #expect(pids(try lmctfy("list", "pids", "-r", name)).isEmpty)
+        }
+    }
+
+    @Test(arguments: Runner.allCases)
+    func pauseResumeAndEnter(_ lmctfy: Runner) throws {
+        try withTestName("freeze") { name throws in
+            #expect(try lmctfy("create", name, "").status == 0)
+            let task = try TestProcess.spawn(["/bin/sleep", "300"])
+            defer { TestProcess.end(task) }
+            #expect(try lmctfy("enter", name, String(task)).status == 0)
+            #expect(pids(try lmctfy("list", "pids", name)) == [task])
+            let api = try ContainerApi.detect()
+            let container = try api.get(name)
+            #expect(try lmctfy("pause", name).status == 0)
+            #expect(try container.isFrozen())
+            #expect(try lmctfy("resume", name).status == 0)
+            #expect(try !container.isFrozen())
+            // Paused, killall still empties it (D9).
+            #expect(try lmctfy("pause", name).status == 0)
+            #expect(try lmctfy("killall", name).status == 0)
+            #expect(pids(try lmctfy("list", "pids", name)).isEmpty)
+        }
+    }
+
+    @Test(arguments: Runner.allCases)
+    func notifyContainerEmpty(_ lmctfy: Runner) throws {
+        try withTestName("notify") { name throws in
+            #expect(try lmctfy("create", name, "").status == 0)
+            #expect(try lmctfy("run", "-n", name, "sleep", "0.3").status == 0)
+            let r = try lmctfy("notify", "container", "empty", name)
+            #expect(r.status == 0, "\(r)")
+            #expect(r.stdout == "notification_status=\"0\"\n")
+        }
+    }
+}
