@@ -86,7 +86,11 @@ public struct Container: Sendable {
         do {
             children = try Sys.subdirectories(dir.path)
         } catch {
-            throw error.lmctfy(.failedPrecondition, "Failed to list subcontainers of \"\(name)\"")
+            // A subcontainer destroyed while we walk is simply gone; the
+            // container asked about must exist.
+            if error.errno == ENOENT && name != self.name { return }
+            throw error.lmctfy(error.errno == ENOENT ? .notFound : .failedPrecondition,
+                               "Failed to list subcontainers of \"\(name)\"")
         }
         for child in children {
             // The v1 cpu hierarchy's /batch is not a container; nothing else
@@ -117,7 +121,11 @@ public struct Container: Sendable {
         var all = Set(try tasksDir.readPids(file))
         if recursive {
             for sub in try subcontainers(recursive: true) {
-                all.formUnion(try layout.tasksDir(sub).readPids(file))
+                do {
+                    all.formUnion(try layout.tasksDir(sub).readPids(file))
+                } catch where error.code == .notFound {
+                    // Destroyed while we listed: it has no tasks to report.
+                }
             }
         }
         return all.sorted()

@@ -111,7 +111,15 @@ extension Container {
         case .cgroup: .unavailable
         default: .failedPrecondition
         }
-        return LmctfyError(code, "Failed to run in container \"\(name)\": \(e)", errno: e.errno)
+        return LmctfyError(code, "Failed to run in container \"\(name)\": \(e)\(v2Hint(e.errno))", errno: e.errno)
+    }
+
+    /// cgroup v2's "no internal processes" rule explains EBUSY / EOPNOTSUPP
+    /// on joining; say so instead of leaving the user with the bare errno.
+    static func v2Hint(_ errno: Int32) -> String {
+        errno == EBUSY || errno == EOPNOTSUPP
+            ? " (on cgroup v2 a container cannot hold processes while its parent has processes and subcontainers that isolate resources; run processes in leaf containers)"
+            : ""
     }
 
     /// Moves existing tasks into the container: each tid joins the nearest
@@ -130,7 +138,7 @@ extension Container {
                 } catch {
                     let note = i > 0 ? " (some TIDs were tracked before this error)" : ""
                     throw error.lmctfy(error.errno == ESRCH ? .notFound : .unavailable,
-                                       "Failed to enter TID \(tid) into \"\(name)\"\(note)")
+                                       "Failed to enter TID \(tid) into \"\(name)\"\(note)\(Self.v2Hint(error.errno))")
                 }
             }
             if let adj = oomScoreAdj() {

@@ -188,6 +188,14 @@ public enum Sys {
         if r < 0 { throw SystemError("setxattr", "\(path) \(name)", e) }
     }
 
+    /// A close-on-exec pipe: (read end, write end).
+    public static func pipe() throws(SystemError) -> (Int32, Int32) {
+        var fds: [Int32] = [0, 0]
+        let (r, e) = retry { lm_pipe_cloexec(&fds) }
+        if r < 0 { throw SystemError("pipe2", "", e) }
+        return (fds[0], fds[1])
+    }
+
     public static func getpid() -> pid_t { Glibc.getpid() }
     public static func getppid() -> pid_t { Glibc.getppid() }
 }

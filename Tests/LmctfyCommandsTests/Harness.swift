@@ -47,19 +47,9 @@ enum BuiltBinary {
 
     static func run(_ args: [String]) throws -> CLIResult {
         let binary = try #require(path, "the lmctfy executable was not built next to the tests")
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: binary)
-        p.arguments = args
-        let out = Pipe()
-        let err = Pipe()
-        p.standardOutput = out
-        p.standardError = err
-        try p.run()
-        let o = out.fileHandleForReading.readDataToEndOfFile()
-        let e = err.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        #expect(p.terminationReason == .exit, "lmctfy \(args) was killed by a signal")
-        return CLIResult(status: p.terminationStatus, stdoutBytes: Array(o), stderr: String(decoding: e, as: UTF8.self))
+        let r = try TestProcess.capture([binary] + args)
+        #expect(!r.signaled, "lmctfy \(args) was killed by a signal")
+        return CLIResult(status: r.status, stdoutBytes: r.stdout, stderr: String(decoding: r.stderr, as: UTF8.self))
     }
 }
 

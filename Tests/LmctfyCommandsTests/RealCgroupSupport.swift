@@ -59,24 +59,18 @@ func withTestName<T>(_ label: String, _ body: (String) throws -> T) throws -> T 
 /// `/bin/sleep` started by this test and moved into a container by writing
 /// its pid to the freezer's cgroup.procs; ended by pid.
 final class SleepingTask {
-    let process = Process()
-    var pid: pid_t { process.processIdentifier }
+    let pid: pid_t
 
     init(into container: String) throws {
-        process.executableURL = URL(fileURLWithPath: "/bin/sleep")
-        process.arguments = ["300"]
-        try process.run()
+        pid = try TestProcess.spawn(["/bin/sleep", "300"])
         do {
             try Sys.writeFile(Host.freezer + container + "/cgroup.procs", String(pid))
         } catch {
-            end()
+            TestProcess.end(pid)
             throw error
         }
     }
 
-    /// SIGKILL by pid (if still running) and reap.
-    func end() {
-        if process.isRunning { kill(pid, SIGKILL) }
-        process.waitUntilExit()
-    }
+    /// SIGKILL (if still running) and reap; safe after a waitpid of our own.
+    func end() { TestProcess.end(pid) }
 }

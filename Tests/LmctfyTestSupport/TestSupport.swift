@@ -163,10 +163,14 @@ public enum TestProcess {
         return pid
     }
 
-    /// SIGKILLs (if still running) and reaps a process this test started.
+    /// SIGKILLs (if still running) and reaps a child this test started. A
+    /// child already reaped is left alone: its pid may belong to someone else now.
     public static func end(_ pid: pid_t) {
-        kill(pid, SIGKILL)
         var status: Int32 = 0
+        let r = waitpid(pid, &status, WNOHANG)
+        if r == pid || (r < 0 && errno == ECHILD) { return }
+        // Still our unreaped child: the pid cannot have been reused.
+        kill(pid, SIGKILL)
         while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
     }
 
@@ -180,5 +184,64 @@ public enum TestProcess {
     /// stand-in until `enter` lands in the library).
     public static func move(_ pid: pid_t, into dirs: [CgroupDir]) throws {
         for d in dirs { try d.write("cgroup.procs", String(pid)) }
+    }
+}
+
+/// What a finished child printed and how it ended.
+public struct ChildResult: Sendable {
+    public var status: Int32
+    public var signaled: Bool
+    public var stdout: [UInt8]
+    public var stderr: [UInt8]
+}
+
+extension TestProcess {
+    /// Runs argv to completion, capturing stdout and stderr (stdin is
+    /// /dev/null). posix_spawn and poll only: Foundation's Process needs
+    /// CFSocket wake-up pairs the qemu guest cannot give it.
+    public static func capture(_ argv: [String]) throws -> ChildResult {
+        let (outRead, outWrite) = try Sys.pipe()
+        let (errRead, errWrite) = try Sys.pipe()
+        let outPipe = [outRead, outWrite], errPipe = [errRead, errWrite]
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_adddup2(&actions, outPipe[1], 1)
+        posix_spawn_file_actions_adddup2(&actions, errPipe[1], 2)
+        var cargs = argv.map { strdup($0) }
+        cargs.append(nil)
+        defer { for p in cargs { free(p) } }
+        var pid: pid_t = 0
+        let rc = posix_spawn(&pid, argv[0], &actions, nil, cargs, environ)
+        close(outPipe[1])
+        close(errPipe[1])
+        guard rc == 0 else {
+            close(outPipe[0]); close(errPipe[0])
+            throw SystemError("posix_spawn", argv[0], rc)
+        }
+        var out: [UInt8] = [], err: [UInt8] = []
+        var fds = [pollfd(fd: outPipe[0], events: Int16(POLLIN), revents: 0),
+                   pollfd(fd: errPipe[0], events: Int16(POLLIN), revents: 0)]
+        var open = 2
+        var buf = [UInt8](repeating: 0, count: 65536)
+        while open > 0 {
+            if poll(&fds, 2, -1) < 0 { if errno == EINTR { continue }; break }
+            for i in 0..<2 where fds[i].fd >= 0 && fds[i].revents != 0 {
+                let n = buf.withUnsafeMutableBytes { read(fds[i].fd, $0.baseAddress, $0.count) }
+                if n > 0 {
+                    if i == 0 { out += buf[0..<n] } else { err += buf[0..<n] }
+                } else if n == 0 || errno != EINTR {
+                    close(fds[i].fd)
+                    fds[i].fd = -1
+                    open -= 1
+                }
+            }
+        }
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        let signaled = status & 0x7F != 0
+        return ChildResult(status: signaled ? 128 + (status & 0x7F) : (status >> 8) & 0xFF,
+                           signaled: signaled, stdout: out, stderr: err)
     }
 }

@@ -69,8 +69,7 @@ struct NotificationIntegrationTests {
             let c = try api.get(name)
             let watch = try c.watch(EventSpec(memoryThreshold: EventSpec.MemoryThreshold(usage: 16 << 20)))
             #expect(try watch.wait(timeoutMs: 100) == 0)
-            let pid = try c.run([testHelperPath, "alloc", "64", "30"])
-            defer { kill(pid, SIGKILL) }
+            _ = try c.run([testHelperPath, "alloc", "64", "30"])  // ended by the teardown
             #expect(try watch.wait(timeoutMs: 30_000) >= 1)
         }
     }

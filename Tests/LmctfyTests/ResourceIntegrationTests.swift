@@ -82,8 +82,8 @@ struct ResourceIntegrationTests {
             let c = try api.create(name, spec: spec(memory: MemorySpec(evictionPriority: 2000)))
             #expect(try dir(.memory, name).xattr(MemoryHandler.evictionXattr) == "2000")
 
-            let pid = try spawnSleep()
-            defer { reap(pid) }
+            let pid = try TestProcess.spawn(["/bin/sleep", "60"])
+            defer { TestProcess.end(pid) }
             for controller in [Controller.freezer, .memory] {
                 try dir(controller, name).write("cgroup.procs", String(pid))
             }
@@ -272,20 +272,4 @@ private func hasCapSysResource() -> Bool {
     return caps & (UInt64(1) << 24) != 0
 }
 
-/// Starts /bin/sleep 60 as a child of the test process.
-private func spawnSleep() throws -> pid_t {
-    var pid: pid_t = 0
-    let args: [UnsafeMutablePointer<CChar>?] = ["/bin/sleep", "60"].map { (s: String) in strdup(s) }
-    defer { args.forEach { free($0) } }
-    let argv = args + [nil]
-    let rc = posix_spawn(&pid, "/bin/sleep", nil, nil, argv, environ)
-    guard rc == 0 else { throw SystemError("posix_spawn", "/bin/sleep", rc) }
-    return pid
-}
 
-/// Kills a child started by the test, by pid, and reaps it.
-private func reap(_ pid: pid_t) {
-    kill(pid, SIGKILL)
-    var status: Int32 = 0
-    while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
-}

@@ -19,4 +19,9 @@
  * tests use it as a leak check around the protobuf-c conversions. */
 size_t lm_heap_in_use(void);
 
+/* pipe2(fds, O_CLOEXEC): atomic close-on-exec, so a fork in another thread
+ * never inherits the pipe. pipe2 needs _GNU_SOURCE, which Swift's Glibc
+ * module does not define. */
+int lm_pipe_cloexec(int fds[2]);
+
 #endif
