@@ -95,6 +95,41 @@ struct TasksIntegrationTests {
             #expect { try c.enter([999_999_999]) } throws: { $0 is LmctfyError }
         }
     }
+
+    /// D9: a process forking as fast as it can (bounded by the container's
+    /// pids limit, so the host is safe) is still emptied by killall.
+    @Test func killAllBeatsAForkLoop() throws {
+        try withTestContainer(api) { name in
+            try api.create(name, spec: ContainerSpec(pids: PidsSpec(limit: 200)))
+            let c = try api.get(name)
+            _ = try c.run([testHelperPath, "forkloop"])
+            // Let it fill the container.
+            for _ in 0..<2000 where (try c.processes(recursive: false).count) < 100 { usleep(1000) }
+            #expect(try c.processes(recursive: false).count >= 100)
+            try c.killAll()
+            #expect(try c.processes(recursive: false).isEmpty)
+            #expect(try c.threads(recursive: false).isEmpty)
+        }
+    }
+
+    @Test func pauseIsHierarchicalAndResumeThaws() throws {
+        try withTestContainer(api) { name in
+            try api.create(name, spec: ContainerSpec())
+            let sub = try ContainerName.resolve("leaf", relativeTo: name)
+            try api.create(sub, spec: ContainerSpec())
+            let pid = try api.get(sub).run(["sleep", "300"])
+            let parent = try api.get(name)
+            try parent.setFrozen(true)
+            #expect(try parent.isFrozen())
+            #expect(try api.get(sub).isFrozen())
+            // The task itself is stopped by the freezer.
+            let state = try Sys.readFile("/proc/\(pid)/stat").split(separator: " ")[2]
+            #expect(state == "D", "a frozen task sleeps uninterruptibly, not in state \(state)")
+            try parent.setFrozen(false)
+            #expect(try !api.get(sub).isFrozen())
+            #expect(try api.get(sub).processes(recursive: false) == [pid])
+        }
+    }
 }
 
 @Suite struct EvictionMappingTests {
