@@ -131,7 +131,9 @@ public final class ContainerApi: Sendable {
                     throw error.lmctfy(.failedPrecondition, "Failed to record the isolated resources of \"\(name)\"")
                 }
             }
-            let dirs = layout.resourceDirs(name)
+            // The directories just made are the container's: no need to
+            // look for them again.
+            let dirs = version == .v2 ? layout.resourceDirs(name) : v1Dirs(made, name)
             for kind in kinds {
                 let h = try handler(kind)
                 try h.validate(spec, dirs: dirs)
@@ -148,6 +150,18 @@ public final class ContainerApi: Sendable {
         return Container(name: name, api: self)
     }
 
+    /// ResourceDirs for directories known to exist (co-mounted followers
+    /// share their owner's directory).
+    private func v1Dirs(_ made: [CgroupDir], _ name: ContainerName) -> ResourceDirs {
+        var byMount: [String: CgroupDir] = [:]
+        for d in made { byMount[d.mount] = d }
+        var dirs: [Controller: CgroupDir] = [:]
+        for (c, mount) in mounts.v1 {
+            if let d = byMount[mount] { dirs[c] = d }
+        }
+        return ResourceDirs(version: .v1, container: name, v1: dirs, procRoot: procRoot)
+    }
+
     private func makeDir(_ dir: CgroupDir, _ made: inout [CgroupDir]) throws(LmctfyError) {
         do {
             try Sys.mkdir(dir.path)
@@ -158,11 +172,13 @@ public final class ContainerApi: Sendable {
         made.append(dir)
     }
 
-    /// A new v1 cpuset starts with no cpus and mems; copy the parent's (D8),
-    /// so tasks can join it and a mask narrows what the parent allows.
+    /// A new v1 cpuset starts with no cpus and mems; copy the parent's mems
+    /// (D8), so tasks can join it. Its cpus are written by the cpu handler
+    /// (the mask, or the parent's cpus), which runs next in the same create;
+    /// a cpuset.cpus write is one of the dearest cgroup writes.
     private func inheritCpuset(_ dir: CgroupDir) throws(LmctfyError) {
         guard let parent = dir.parent else { return }
-        for file in ["cpuset.cpus", "cpuset.mems"] {
+        for file in ["cpuset.mems"] {
             let value = try parent.read(file).trimmingWhitespace
             try dir.write(file, value.isEmpty ? "\n" : value)
         }
@@ -250,12 +266,18 @@ public final class ContainerApi: Sendable {
     }
 
     private func destroyOne(_ name: ContainerName) throws(LmctfyError) {
-        guard exists(name) else { return }
-        try Container(name: name, api: self).killAll()
+        do {
+            try Container(name: name, api: self).killAll()
+        } catch where error.code == .notFound {
+            return  // already gone
+        }
+        // rmdir every place the container may have a directory and take
+        // ENOENT as "it has none there": one syscall each instead of a stat
+        // and an rmdir. The tasks directory goes last.
         var dirs: [CgroupDir] = []
         if version == .v1 {
             for c in Controller.allCases.reversed() where c != .freezer && !layout.isCoMountedFollower(c) {
-                if let d = layout.existingV1Dir(c, name) { dirs.append(d) }
+                dirs += layout.candidates(c, name)
             }
         }
         dirs.append(layout.tasksDir(name))

@@ -124,9 +124,11 @@ import Testing
     @Test func v1UnlimitedSpellings() throws {
         let f = try FakeContainer.v1()
         // The value an unlimited limit reads back as means unlimited again.
+        // An unlimited total goes first: then no order of values can break
+        // memsw >= limit, and nothing has to be read.
         let m = MemorySpec(limit: 9_223_372_036_854_771_712, reservation: -1, swapLimit: Int64.max)
         #expect(describe(try h.plan(m, policy: .diff, dir: f.dir("memory"), version: .v1)) == [
-            "memory.limit_in_bytes <- \"-1\"", "memory.memsw.limit_in_bytes <- \"-1\"", "memory.soft_limit_in_bytes <- \"-1\"",
+            "memory.memsw.limit_in_bytes <- \"-1\"", "memory.limit_in_bytes <- \"-1\"", "memory.soft_limit_in_bytes <- \"-1\"",
         ])
     }
 

@@ -2,7 +2,9 @@
  * library does for a container with cpu+memory limits, in plain C with no
  * checks beyond return codes: mkdir in freezer, cpu, cpuacct, cpuset (with
  * cpus/mems copied from the parent) and memory; write shares, CFS period and
- * quota, memory limit and soft limit; then rmdir everything.
+ * quota, memory limit, memory+swap limit and soft limit (what a create with
+ * REPLACE semantics writes); then read cgroup.procs (nothing to kill) and
+ * rmdir everything.
  * usage: create_destroy N */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -54,6 +56,7 @@ int main(int argc, char **argv) {
         snprintf(path, sizeof path, "%s/cpu/lmctfy_cbench_%d_%d/cpu.cfs_period_us", R, getpid(), i); put(path, "250000");
         snprintf(path, sizeof path, "%s/cpu/lmctfy_cbench_%d_%d/cpu.cfs_quota_us", R, getpid(), i); put(path, "250000");
         snprintf(path, sizeof path, "%s/memory/lmctfy_cbench_%d_%d/memory.limit_in_bytes", R, getpid(), i); put(path, "104857600");
+        snprintf(path, sizeof path, "%s/memory/lmctfy_cbench_%d_%d/memory.memsw.limit_in_bytes", R, getpid(), i); put(path, "-1");
         snprintf(path, sizeof path, "%s/memory/lmctfy_cbench_%d_%d/memory.soft_limit_in_bytes", R, getpid(), i); put(path, "0");
     }
     double t1 = now_us();

@@ -39,7 +39,20 @@ public struct CgroupDir: Sendable, Equatable, CustomStringConvertible {
 
     public var exists: Bool { Sys.isDirectory(path) }
 
-    public func has(_ name: String) -> Bool { Sys.exists(file(name)) }
+    /// Whether this cgroup has the file, i.e. whether the kernel has the
+    /// feature. Below a hierarchy's root every cgroup has the same files and
+    /// the kernel does not change while we run, so on the real cgroupfs the
+    /// answer is remembered per hierarchy (fake trees in tests are asked
+    /// every time: they add and remove files).
+    public func has(_ name: String) -> Bool {
+        guard !isRoot, mount.hasPrefix("/sys/fs/cgroup") else { return Sys.exists(file(name)) }
+        let key = mount + "\u{0}" + name
+        if let known = FeatureCache.shared.lock.locked({ FeatureCache.shared.known[key] }) { return known }
+        // Only a cgroup that still exists can say "no".
+        let present = Sys.exists(file(name))
+        if present || exists { FeatureCache.shared.lock.locked { FeatureCache.shared.known[key] = present } }
+        return present
+    }
 
     /// Reads a cgroup file. A missing file is NOT_FOUND (the kernel lacks the
     /// feature); any other failure is FAILED_PRECONDITION.
@@ -97,4 +110,11 @@ extension StringProtocol {
         let last = lastIndex(where: { !isSpace($0) })!
         return String(self[first...last])
     }
+}
+
+/// Which optional cgroup files the running kernel has, per hierarchy.
+final class FeatureCache: @unchecked Sendable {
+    static let shared = FeatureCache()
+    let lock = Lock()
+    var known: [String: Bool] = [:]
 }

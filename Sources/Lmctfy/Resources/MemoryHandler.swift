@@ -164,12 +164,16 @@ struct MemoryHandler: ResourceHandler {
         let hasSwap = dir.has(files.swap)
         let newLimit = m.limit ?? (replace ? -1 : nil)
         let newTotal = m.swapLimit ?? (replace && hasSwap ? -1 : nil)
-        let curLimit = try dir.readInt(files.limit) ?? -1
-        let curTotal = hasSwap ? (try dir.readInt(files.swap) ?? -1) : -1
-        if hasSwap { try Self.checkTotal(total: newTotal ?? curTotal, limit: newLimit ?? curLimit) }
-
         let limitWrite = newLimit.map { CgroupWrite(dir, files.limit, Self.format($0, .v1)) }
         let totalWrite = newTotal.map { CgroupWrite(dir, files.swap, Self.format($0, .v1)) }
+        // No memsw, or an unlimited new total written first: every single
+        // write keeps memsw >= limit whatever the current values are, so
+        // there is nothing to read (the common create path).
+        if !hasSwap { return [limitWrite].compactMap { $0 } }
+        if let newTotal, Unlimited.isUnlimited(newTotal) { return [totalWrite, limitWrite].compactMap { $0 } }
+        let curLimit = try dir.readInt(files.limit) ?? -1
+        let curTotal = hasSwap ? (try dir.readInt(files.swap) ?? -1) : -1
+        try Self.checkTotal(total: newTotal ?? curTotal, limit: newLimit ?? curLimit)
         let level = { (v: Int64) in Unlimited.isUnlimited(v) ? Int64.max : v }
         if let newLimit, level(newLimit) > level(curTotal) {
             return [totalWrite, limitWrite].compactMap { $0 }
