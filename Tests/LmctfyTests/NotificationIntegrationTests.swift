@@ -21,14 +21,18 @@ struct NotificationIntegrationTests {
             let sub = try ContainerName.resolve("inner", relativeTo: name)
             try api.create(sub, spec: ContainerSpec())
             let c = try api.get(name)
-            // One task here, one in the subcontainer: empty only when both are gone.
-            let a = try c.run(["/bin/sleep", "0.3"])
-            let b = try api.get(sub).run(["/bin/sleep", "0.6"])
+            // One task here, one in the subcontainer: empty only when both
+            // are gone. They sleep long and are ended by pid (they cannot
+            // exit on their own meanwhile, so the pids are still theirs).
+            let a = try c.run(["/bin/sleep", "300"])
+            let b = try api.get(sub).run(["/bin/sleep", "300"])
             let watch = try c.watch(EventSpec(containerEmpty: EventSpec.ContainerEmpty()))
-            #expect(try watch.wait(timeoutMs: 200) == 0)  // still busy
+            #expect(try watch.wait(timeoutMs: 200) == 0)
+            kill(a, SIGKILL)
+            #expect(try watch.wait(timeoutMs: 300) == 0)  // b is still there
+            kill(b, SIGKILL)
             #expect(try watch.wait(timeoutMs: 10_000) == 1)
             #expect(try c.processes(recursive: true).isEmpty)
-            _ = (a, b)
         }
     }
 
