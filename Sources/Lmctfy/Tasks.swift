@@ -47,13 +47,16 @@ extension Container {
     }
 
     /// The eviction priority in force here (D12): the nearest memory-isolating
-    /// container's, mapped onto oom_score_adj; nil when none was set.
+    /// container's record, mapped onto oom_score_adj; nil when none was set
+    /// (or the kernel's memory.oom_score_badness does the job itself).
     func oomScoreAdj() -> Int32? {
         for candidate in name.selfAndAncestors where !candidate.isRoot {
             let dir = layout.version == .v2 ? layout.tasksDir(candidate) : layout.existingV1Dir(.memory, candidate)
-            guard let dir, let text = try? Sys.getxattr(dir.path, MemoryEviction.xattr),
-                  let priority = Int32(text.trimmingWhitespace) else { continue }
-            return MemoryEviction.oomScoreAdj(priority: priority)
+            guard let dir, layout.isolated(candidate).contains(.memory) else { continue }
+            if dir.has(MemoryHandler.evictionBadnessFile) { return nil }
+            guard let text = try? Sys.getxattr(dir.path, MemoryHandler.evictionXattr),
+                  let priority = Int32(text.trimmingWhitespace) else { return nil }
+            return Int32(MemoryHandler.oomScoreAdj(priority: priority))
         }
         return nil
     }
@@ -145,17 +148,5 @@ extension Container {
                 try? Sys.writeFile(api.procRoot + "/\(tid)/oom_score_adj", String(adj))
             }
         }
-    }
-}
-
-/// D12: eviction priority on vanilla kernels, kept as an xattr on the
-/// container's memory directory and applied as oom_score_adj.
-public enum MemoryEviction {
-    public static let xattr = "trusted.lmctfy.eviction_priority"
-
-    /// 0..10000 → 1000..-999: a higher priority is evicted later.
-    public static func oomScoreAdj(priority: Int32) -> Int32 {
-        let p = Int64(max(0, min(10000, priority)))
-        return Int32(1000 - (p * 1999) / 10000)
     }
 }

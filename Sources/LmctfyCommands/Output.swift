@@ -100,26 +100,10 @@ struct CommandOutput {
         return String(decoding: out, as: UTF8.self)
     }
 
-    /// C escaping, byte by byte, as the original's CEscape: the usual
-    /// backslash escapes, three-digit octal for anything not printable ASCII,
-    /// so a value always stays on one line between its quotes.
+    /// C escaping, byte by byte, as the original's CEscape: a value always
+    /// stays on one line between its quotes.
     static func cEscaped(_ value: String) -> String {
-        var out = ""
-        for u in value.utf8 {
-            switch u {
-            case 0x0A: out += "\\n"
-            case 0x0D: out += "\\r"
-            case 0x09: out += "\\t"
-            case 0x22: out += "\\\""
-            case 0x27: out += "\\'"
-            case 0x5C: out += "\\\\"
-            case 0x20..<0x7F: out.unicodeScalars.append(Unicode.Scalar(u))
-            default:
-                let octal = String(u, radix: 8)
-                out += "\\" + String(repeating: "0", count: 3 - octal.count) + octal
-            }
-        }
-        return out
+        TextFormat.cEscape(Array(value.utf8))
     }
 }
 

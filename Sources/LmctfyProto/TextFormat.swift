@@ -120,8 +120,8 @@ public enum TextFormat {
     }
 
     /// protobuf's CEscape: the usual C escapes, other bytes outside printable
-    /// ASCII as three octal digits.
-    static func cEscape(_ bytes: [UInt8]) -> String {
+    /// ASCII as three octal digits (also the CLI's key="value" escaping).
+    public static func cEscape(_ bytes: [UInt8]) -> String {
         var out = ""
         for b in bytes {
             switch b {

@@ -194,11 +194,6 @@ import Testing
         let memDir = f.dir(version == .v1 ? "memory" : "unified")
         #expect(try memDir.xattr(MemoryHandler.evictionXattr) == "10000")
 
-        // A process entering later gets the recorded priority too.
-        try f.addProcess(444, listed: false)
-        try MemoryHandler.applyEvictionPriority(toEntering: [444], dirs: f.dirs)
-        #expect(try f.oomScoreAdj(444) == "-999")
-
         var s = ContainerSpec()
         try h.readSpec(into: &s, dirs: f.dirs)
         #expect(s.memory?.evictionPriority == 10_000)

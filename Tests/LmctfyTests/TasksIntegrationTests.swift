@@ -130,14 +130,22 @@ struct TasksIntegrationTests {
             #expect(try api.get(sub).processes(recursive: false) == [pid])
         }
     }
-}
 
-@Suite struct EvictionMappingTests {
-    @Test func priorityMapsOntoOomScoreAdj() {
-        #expect(MemoryEviction.oomScoreAdj(priority: 0) == 1000)
-        #expect(MemoryEviction.oomScoreAdj(priority: 10000) == -999)
-        #expect(MemoryEviction.oomScoreAdj(priority: 5000) == 1)
-        #expect(MemoryEviction.oomScoreAdj(priority: -5) == 1000)  // clamped
-        #expect(MemoryEviction.oomScoreAdj(priority: 20000) == -999)
+    /// D12: a process started in (or entering) a container gets the
+    /// oom_score_adj of its eviction priority. Priority 0 maps to 1000,
+    /// which needs no capability (values below 0 need CAP_SYS_RESOURCE).
+    @Test func evictionPriorityReachesStartedAndEnteringProcesses() throws {
+        try withTestContainer(api) { name in
+            try api.create(name, spec: ContainerSpec(memory: MemorySpec(evictionPriority: 0)))
+            let c = try api.get(name)
+            let started = try c.run(["sleep", "300"])
+            #expect(try Sys.readFile("/proc/\(started)/oom_score_adj").trimmingWhitespace == "1000")
+            let entering = try TestProcess.spawn(["/bin/sleep", "300"])
+            defer { TestProcess.end(entering) }
+            try c.enter([entering])
+            #expect(try Sys.readFile("/proc/\(entering)/oom_score_adj").trimmingWhitespace == "1000")
+            try c.update(ContainerSpec(memory: MemorySpec(evictionPriority: 2500)), policy: .diff)
+            #expect(try Sys.readFile("/proc/\(started)/oom_score_adj").trimmingWhitespace == "501")
+        }
     }
 }

@@ -219,16 +219,6 @@ struct MemoryHandler: ResourceHandler {
         try dir.setXattr(Self.evictionXattr, String(p))
     }
 
-    /// For processes entering or started in a container with a recorded
-    /// eviction priority (the vanilla-kernel path of D12): gives them the
-    /// container's oom_score_adj. Nothing to do when the priority lives in
-    /// memory.oom_score_badness or was never set.
-    static func applyEvictionPriority(toEntering pids: [pid_t], dirs: ResourceDirs) throws(LmctfyError) {
-        guard let dir = dirs.dir(.memory), !dir.has(evictionBadnessFile),
-              let text = try dir.xattr(evictionXattr), let p = Int32(text) else { return }
-        try setOomScoreAdj(priority: p, pids: pids, procRoot: dirs.procRoot)
-    }
-
     static func setOomScoreAdj(priority: Int32, pids: [pid_t], procRoot: String) throws(LmctfyError) {
         let adj = String(oomScoreAdj(priority: priority))
         for pid in pids {
