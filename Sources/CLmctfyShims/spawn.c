@@ -142,7 +142,11 @@ int lm_spawn(const struct lm_spawn_opts *o, pid_t *pid, int *err, int *stage, in
     sigset_t all, old;
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
-    pid_t child = fork();
+    /* A run in the foreground (the common case, and what `run` measures)
+     * uses vfork: the child borrows our memory until exec, so nothing is
+     * copied; everything it does is async-signal-safe and stays in this
+     * frame. A detached run forks twice, which a vfork child may not do. */
+    pid_t child = o->detach ? fork() : vfork();
     if (child == 0) {
         close(pipefd[0]);
         if (o->detach) {

@@ -27,7 +27,7 @@ public struct RunOptions: Sendable {
 extension Container {
     /// The files a new task writes itself into: cgroup.procs of the nearest
     /// directory per hierarchy, deduplicated (co-mounts), tasks dir first.
-    func joinFiles() throws(LmctfyError) -> [String] {
+    public func joinFiles() throws(LmctfyError) -> [String] {
         switch layout.version {
         case .v2:
             return [tasksDir.file("cgroup.procs")]

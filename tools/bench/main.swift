@@ -1,8 +1,10 @@
-// lmctfy-bench: lifecycle throughput of the CL1 library on the real kernel.
-// Run through tools/run-bench, which builds it in release mode and runs the
-// C baseline (same mkdir/write/rmdir work) in the same run for the ratio.
+// lmctfy-bench: CL1 on the real kernel, each figure next to a plain C
+// baseline doing the same work in the same run. Run through tools/run-bench.
 //
-// usage: lmctfy-bench create-destroy N
+//   lmctfy-bench create-destroy N        µs per container (cpu+memory limits)
+//   lmctfy-bench freeze N BASELINE       freeze+thaw of a one-task container
+//   lmctfy-bench run N BASELINE          run /bin/true in an existing container
+//   lmctfy-bench threshold N HELPER      threshold event: our Watch vs a raw eventfd
 import Glibc
 import Lmctfy
 import LmctfyProto
@@ -20,28 +22,148 @@ func fail(_ message: String) -> Never {
     exit(1)
 }
 
+func fmt(_ v: Double) -> String {
+    let tenths = Int((v * 10).rounded())
+    return "\(tenths / 10).\(abs(tenths % 10))"
+}
+
+/// Runs a baseline program to completion and returns what it printed.
+func runBaseline(_ argv: [String]) throws -> String {
+    let (r, w) = try Sys.pipe()
+    var o = SpawnOptions(argv: argv)
+    o.stdout = .fd(w)
+    let pid = try Spawn.spawn(o)
+    close(w)
+    var out = [UInt8]()
+    var buf = [UInt8](repeating: 0, count: 4096)
+    while true {
+        let n = buf.withUnsafeMutableBytes { read(r, $0.baseAddress, $0.count) }
+        if n <= 0 { break }
+        out += buf[0..<n]
+    }
+    close(r)
+    var status: Int32 = 0
+    waitpid(pid, &status, 0)
+    return String(decoding: out, as: UTF8.self).trimmingWhitespace
+}
+
+/// A scratch container for one benchmark, destroyed at the end.
+func withContainer<T>(_ api: ContainerApi, _ spec: String, _ body: (Container) throws -> T) throws -> T {
+    let name = try ContainerName.resolve("/lmctfy_bench_\(getpid())", relativeTo: .root)
+    let c = try api.create(name, spec: try ContainerSpec(textFormat: spec))
+    defer { try? api.destroy(name) }
+    return try body(c)
+}
+
+final class Stamp: @unchecked Sendable {
+    var times: [Double] = []
+}
+
+func thread(_ body: @escaping @Sendable () -> Void) -> pthread_t {
+    final class Box: @unchecked Sendable {
+        let body: @Sendable () -> Void
+        init(_ b: @escaping @Sendable () -> Void) { body = b }
+    }
+    var t = pthread_t()
+    pthread_create(&t, nil, { arg in
+        Unmanaged<Box>.fromOpaque(arg!).takeRetainedValue().body()
+        return nil
+    }, Unmanaged.passRetained(Box(body)).toOpaque())
+    return t
+}
+
 let args = CommandLine.arguments
-guard args.count == 3, args[1] == "create-destroy", let n = Int(args[2]), n > 0 else {
-    fail("usage: lmctfy-bench create-destroy N")
+guard args.count >= 3, let n = Int(args[2]), n > 0 else {
+    fail("usage: lmctfy-bench create-destroy N | freeze N BASELINE | run N BASELINE | threshold N HELPER")
 }
 
 do {
     let api = try ContainerApi.detect()
-    let spec = try ContainerSpec(textFormat: "cpu { limit: 500 max_limit: 1000 } memory { limit: 104857600 }")
-    let names = try (0..<n).map { try ContainerName.resolve("/lmctfy_bench_\(getpid())_\($0)", relativeTo: .root) }
-    let t0 = now()
-    for name in names { try api.create(name, spec: spec) }
-    let t1 = now()
-    for name in names { try api.destroy(name) }
-    let t2 = now()
-    print("swift create_us=\(String(format1: (t1 - t0) / Double(n))) destroy_us=\(String(format1: (t2 - t1) / Double(n))) total_us=\(String(format1: (t2 - t0) / Double(n)))")
+    switch args[1] {
+    case "create-destroy":
+        let spec = try ContainerSpec(textFormat: "cpu { limit: 500 max_limit: 1000 } memory { limit: 104857600 }")
+        let names = try (0..<n).map { try ContainerName.resolve("/lmctfy_bench_\(getpid())_\($0)", relativeTo: .root) }
+        let t0 = now()
+        for name in names { try api.create(name, spec: spec) }
+        let t1 = now()
+        for name in names { try api.destroy(name) }
+        let t2 = now()
+        print("swift create_us=\(fmt((t1 - t0) / Double(n))) destroy_us=\(fmt((t2 - t1) / Double(n))) total_us=\(fmt((t2 - t0) / Double(n)))")
+
+    case "freeze" where args.count == 4:
+        try withContainer(api, "") { c in
+            _ = try c.run(["/bin/sleep", "300"])
+            let freezer = api.resourceDirs(c.name).allDirs[0].path
+            let base = try runBaseline([args[3], "freeze", String(n), freezer])
+            let t0 = now()
+            for _ in 0..<n {
+                try c.setFrozen(true)
+                try c.setFrozen(false)
+            }
+            print(base)
+            print("swift freeze_thaw_us=\(fmt((now() - t0) / Double(n)))")
+        }
+
+    case "run" where args.count == 4:
+        try withContainer(api, "cpu { limit: 500 } memory { limit: 104857600 }") { c in
+            let files = try c.joinFiles()
+            let base = try runBaseline([args[3], "run", String(n)] + files)
+            var options = RunOptions(fdPolicy: .inherit)
+            options.stdout = .devNull
+            let t0 = now()
+            for _ in 0..<n {
+                let pid = try c.run(["/bin/true"], options: options)
+                var status: Int32 = 0
+                waitpid(pid, &status, 0)
+            }
+            print(base)
+            print("swift run_true_us=\(fmt((now() - t0) / Double(n)))")
+        }
+
+    case "threshold" where args.count == 4:
+        // Two listeners on the same crossing: a raw eventfd registered here
+        // (the baseline) and a Watch; the difference of their wake-up times
+        // is what lmctfy adds on top of the kernel's notification.
+        try withContainer(api, "memory { limit: 536870912 }") { c in
+            let memDir = api.resourceDirs(c.name).dir(.memory)!
+            let usage = try memDir.readInt("memory.usage_in_bytes") ?? 0
+            let threshold = usage + (8 << 20)
+            let efd = try EventFds.eventfd()
+            let target = open(memDir.file("memory.usage_in_bytes"), O_RDONLY | O_CLOEXEC)
+            try memDir.write("cgroup.event_control", "\(efd) \(target) \(threshold)")
+            close(target)
+            let watch = try c.watch(EventSpec(memoryThreshold: .init(usage: threshold)))
+            let events = 2 * n  // each oscillation crosses up and down
+            let raw = Stamp(), ours = Stamp()
+            let rawThread = thread {
+                var seen = 0
+                while seen < events, (try? EventFds.waitReadable(efd, timeoutMs: 10_000)) == true {
+                    let t = now()
+                    seen += Int((try? EventFds.readCounter(efd)) ?? 0)
+                    raw.times.append(t)
+                }
+            }
+            let oursThread = thread {
+                var seen = 0
+                while seen < events, let k = try? watch.wait(timeoutMs: 10_000), k > 0 {
+                    ours.times.append(now())
+                    seen += k
+                }
+            }
+            _ = try c.run([args[3], "oscillate", "16", "20", String(n)], options: RunOptions(fdPolicy: .detached))
+            pthread_join(rawThread, nil)
+            pthread_join(oursThread, nil)
+            let k = min(raw.times.count, ours.times.count)
+            guard k > 0 else { fail("no threshold events arrived") }
+            let deltas = (0..<k).map { ours.times[$0] - raw.times[$0] }.sorted()
+            let mean = deltas.reduce(0, +) / Double(k)
+            print("threshold events=\(k) extra_latency_us mean=\(fmt(mean)) p50=\(fmt(deltas[k / 2])) p90=\(fmt(deltas[k * 9 / 10])) (target <= 500 over the raw eventfd)")
+            close(efd)
+        }
+
+    default:
+        fail("usage: lmctfy-bench create-destroy N | freeze N BASELINE | run N BASELINE | threshold N HELPER")
+    }
 } catch {
     fail("\(error)")
-}
-
-extension String {
-    init(format1 v: Double) {
-        let tenths = Int((v * 10).rounded())
-        self = "\(tenths / 10).\(tenths % 10)"
-    }
 }

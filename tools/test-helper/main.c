@@ -3,11 +3,14 @@
  *   alloc MB [HOLD_S]  touch MB MiB of memory page by page, then sleep HOLD_S
  *                      (default 300): an OOM kill or a threshold crossing.
  *   forkloop           fork as fast as possible, every child too, forever:
- *                      only ever run inside a container with a pids limit. */
+ *                      only ever run inside a container with a pids limit.
+ *   oscillate MB MS N  N times: map and touch MB MiB, hold MS ms, unmap,
+ *                      hold MS ms (memory usage crosses thresholds both ways). */
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 int main(int argc, char **argv) {
@@ -29,6 +32,20 @@ int main(int argc, char **argv) {
             if (fork() < 0) usleep(100);
         }
     }
-    fprintf(stderr, "usage: lmctfy-test-helper alloc MB [HOLD_S] | forkloop\n");
+    if (argc >= 5 && strcmp(argv[1], "oscillate") == 0) {
+        size_t bytes = (size_t)atol(argv[2]) << 20;
+        useconds_t hold = (useconds_t)atoi(argv[3]) * 1000;
+        int n = atoi(argv[4]);
+        for (int i = 0; i < n; i++) {
+            char *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+            if (p == MAP_FAILED) return 2;
+            memset(p, 1, bytes);
+            usleep(hold);
+            munmap(p, bytes);
+            usleep(hold);
+        }
+        return 0;
+    }
+    fprintf(stderr, "usage: lmctfy-test-helper alloc MB [HOLD_S] | forkloop | oscillate MB MS N\n");
     return 64;
 }
