@@ -82,4 +82,22 @@ struct ResourceV2IntegrationTests {
             #expect(try file(name, "cpu.idle") == "1")
         }
     }
+
+    /// `init` on v2 enables every available controller at the root; in the
+    /// guest that changes nothing outside it (it is the guest's machine).
+    @Test func initEnablesControllersAtTheRoot() throws {
+        _ = try ContainerApi.initMachine(InitSpec())
+        let enabled = try api.resourceDirs(.root).unified!.read("cgroup.subtree_control")
+        for c in ["cpu", "memory", "io", "pids"] { #expect(enabled.contains(c), "\(c) in \(enabled)") }
+        // And through the binary, as an operator would run it.
+        let lmctfy = testHelperPath.replacingLast("lmctfy-test-helper", with: "lmctfy")
+        let r = try TestProcess.capture([lmctfy, "init", ""])
+        #expect(r.status == 0, "\(String(decoding: r.stderr, as: UTF8.self))")
+    }
+}
+
+extension String {
+    func replacingLast(_ suffix: String, with replacement: String) -> String {
+        hasSuffix(suffix) ? String(dropLast(suffix.count)) + replacement : self
+    }
 }
