@@ -130,9 +130,9 @@ public enum LmctfyCLI {
             case .withoutApi(let body):
                 output = try body(call)
             case .withApi(let body):
-                let api: ContainerApi
+                let api: any ContainerBackend
                 do {
-                    api = try environment.makeApi()
+                    api = try environment.makeBackend()
                 } catch {
                     stderr.write("Failed to create a lmctfy instance with error '\(error.message)'\n")
                     return error.code.rawValue

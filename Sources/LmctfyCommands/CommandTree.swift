@@ -7,9 +7,10 @@ import LmctfySystem
 /// A verb: its synopsis and argument count, and what it does.
 struct Leaf: Sendable {
     enum Action: Sendable {
-        /// The usual case: the library instance is built first, and a
-        /// failure to build it is reported as such (§1.1).
-        case withApi(@Sendable (ContainerApi, Invocation) throws -> CommandOutput)
+        /// The usual case: the backend (the library instance, or the agent
+        /// connection) is built first, and a failure to build it is reported
+        /// as such (§1.1).
+        case withApi(@Sendable (any ContainerBackend, Invocation) throws -> CommandOutput)
         /// `init` runs before there can be an instance (it mounts hierarchies).
         case withoutApi(@Sendable (Invocation) throws -> CommandOutput)
     }
@@ -98,10 +99,5 @@ struct Invocation {
         index < arguments.count ? arguments[index] : nil
     }
 
-    /// The named container, or the container of the process that ran
-    /// lmctfy when no name is given (spec, stats, list).
-    func containerOrCallers(_ api: ContainerApi, nameAt index: Int) throws(LmctfyError) -> Container {
-        if let name = argument(index) { return try api.get(name) }
-        return try api.get(api.detect(pid: environment.parentPid))
-    }
+
 }

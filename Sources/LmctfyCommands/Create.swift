@@ -11,7 +11,7 @@ enum CreateCommand {
         action: .withApi(run))
 
     @Sendable
-    static func run(_ api: ContainerApi, _ call: Invocation) throws -> CommandOutput {
+    static func run(_ api: any ContainerBackend, _ call: Invocation) throws -> CommandOutput {
         let spec = try call.spec(ContainerSpec.self, inlineAt: 1, what: "container config", reportTextError: true)
         try api.create(call.arguments[0], spec: spec)
         // The original printed init_pid for virtual hosts; the library

@@ -11,31 +11,8 @@ enum DestroyCommand {
         action: .withApi(run))
 
     @Sendable
-    static func run(_ api: ContainerApi, _ call: Invocation) throws -> CommandOutput {
-        let container = try api.get(call.arguments[0])
-        // D7: the root holds every task on the machine; never destroy it,
-        // with or without -f (the library refuses too; say so up front).
-        if container.name.isRoot {
-            throw LmctfyError.failedPrecondition("Destroying the root container \"/\" is not allowed")
-        }
-        if !call.flags.force {
-            // Without -f, only an empty container goes: the recursive
-            // destroy below would otherwise kill what is running in it.
-            let name = container.name
-            if !(try container.subcontainers(recursive: false)).isEmpty {
-                throw LmctfyError.failedPrecondition(
-                    "Subcontainers found in \"\(name)\"; use -f to destroy them too")
-            }
-            if !(try container.processes(recursive: false)).isEmpty {
-                throw LmctfyError.failedPrecondition(
-                    "Processes found in \"\(name)\"; use -f to kill them")
-            }
-            if !(try container.threads(recursive: false)).isEmpty {
-                throw LmctfyError.failedPrecondition(
-                    "Tourist threads found in \"\(name)\"; use -f to kill them")
-            }
-        }
-        try api.destroy(container.name)
+    static func run(_ api: any ContainerBackend, _ call: Invocation) throws -> CommandOutput {
+        try api.destroy(call.arguments[0], force: call.flags.force)
         return .none
     }
 }

@@ -13,15 +13,15 @@ enum DetectCommand {
         action: .withApi(run))
 
     @Sendable
-    static func run(_ api: ContainerApi, _ call: Invocation) throws -> CommandOutput {
-        var pid = call.environment.parentPid
+    static func run(_ api: any ContainerBackend, _ call: Invocation) throws -> CommandOutput {
+        var pid: pid_t?
         if let arg = call.argument(0) {
             guard let parsed = pid_t(arg), parsed >= 0 else {
                 throw LmctfyError.invalidArgument("\"\(arg)\" is not a PID or TID")
             }
             pid = parsed
         }
-        let name = try api.detect(pid: pid).path
+        let name = try api.detect(pid)
         return CommandOutput(
             entries: [.pair(key: "name", value: name)],
             json: "{\"name\":\(JSONFormat.quote(name))}")

@@ -13,7 +13,7 @@ enum EnterCommand {
         action: .withApi(run))
 
     @Sendable
-    static func run(_ api: ContainerApi, _ call: Invocation) throws -> CommandOutput {
+    static func run(_ api: any ContainerBackend, _ call: Invocation) throws -> CommandOutput {
         var tids: [pid_t] = []
         for word in call.arguments.dropFirst() {
             // The original reports a bad TID as FAILED_PRECONDITION.
@@ -22,8 +22,7 @@ enum EnterCommand {
             }
             tids.append(tid)
         }
-        if tids.isEmpty { tids = [call.environment.parentPid] }
-        try api.get(call.arguments[0]).enter(tids)
+        try api.enter(call.arguments[0], tids: tids)
         return .none
     }
 }

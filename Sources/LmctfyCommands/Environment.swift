@@ -36,6 +36,17 @@ public struct CLIEnvironment: Sendable {
         self.runForeground = runForeground
     }
 
+    /// Overrides the backend (lmctl: a connection to an agent); nil: CL1
+    /// on this machine through makeApi.
+    public var remoteBackend: (@Sendable () throws(LmctfyError) -> any ContainerBackend)?
+
+    /// The backend the verbs act on.
+    public func makeBackend() throws(LmctfyError) -> any ContainerBackend {
+        if let remoteBackend { return try remoteBackend() }
+        return LocalBackend(api: try makeApi(), callerPid: parentPid, runForeground: runForeground,
+                            initMachine: initMachine)
+    }
+
     @Sendable
     public static func execForeground(_ container: Container, _ argv: [String]) throws(LmctfyError) -> Int32 {
         try container.exec(argv)

@@ -10,7 +10,7 @@ enum FreezeCommand {
     static func leaf(_ name: String, _ summary: String, frozen: Bool) -> Leaf {
         Leaf(name: name, synopsis: "<container name>", summary: summary, minArguments: 1, maxArguments: 1,
              action: .withApi { api, call in
-                 try api.get(call.arguments[0]).setFrozen(frozen)
+                 try api.setPaused(call.arguments[0], frozen)
                  return .none
              })
     }

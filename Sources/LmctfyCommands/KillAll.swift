@@ -13,14 +13,8 @@ enum KillAllCommand {
         action: .withApi(run))
 
     @Sendable
-    static func run(_ api: ContainerApi, _ call: Invocation) throws -> CommandOutput {
-        let container = try api.get(call.arguments[0])
-        if call.flags.recursive {
-            for sub in try container.subcontainers(recursive: true).reversed() {
-                try api.get(sub).killAll()
-            }
-        }
-        try container.killAll()
+    static func run(_ api: any ContainerBackend, _ call: Invocation) throws -> CommandOutput {
+        try api.killAll(call.arguments[0], recursive: call.flags.recursive)
         return .none
     }
 }

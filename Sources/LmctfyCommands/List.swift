@@ -11,9 +11,8 @@ enum ListContainersCommand {
         action: .withApi(run))
 
     @Sendable
-    static func run(_ api: ContainerApi, _ call: Invocation) throws -> CommandOutput {
-        let container = try call.containerOrCallers(api, nameAt: 0)
-        let names = try container.subcontainers(recursive: call.flags.recursive).map(\.path)
+    static func run(_ api: any ContainerBackend, _ call: Invocation) throws -> CommandOutput {
+        let names = try api.listContainers(call.argument(0), recursive: call.flags.recursive)
         return .list(key: "name", jsonKey: "containers", names)
     }
 }

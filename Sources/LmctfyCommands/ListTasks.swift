@@ -11,9 +11,7 @@ enum ListTasksCommand {
              summary: "List the \(threads ? "threads" : "processes") of a container (-r: and of its subcontainers).",
              minArguments: 0, maxArguments: 1,
              action: .withApi { api, call in
-                 let container = try call.containerOrCallers(api, nameAt: 0)
-                 let ids = threads ? try container.threads(recursive: call.flags.recursive)
-                     : try container.processes(recursive: call.flags.recursive)
+                 let ids = try api.listTasks(call.argument(0), threads: threads, recursive: call.flags.recursive)
                  var out = CommandOutput.list(key: key, jsonKey: name, ids.map(String.init))
                  out.json = "{\"\(name)\":[\(ids.map(String.init).joined(separator: ","))]}"
                  return out

@@ -32,19 +32,18 @@ enum NotifyCommand {
             try wait(api, call, EventSpec(containerEmpty: EventSpec.ContainerEmpty()), "container_empty")
         })
 
-    static func wait(_ api: ContainerApi, _ call: Invocation, _ spec: EventSpec, _ event: String) throws -> CommandOutput {
-        let container = try api.get(call.arguments[0])
-        let watch = try container.watch(spec)
-        defer { watch.close() }
-        let json = "{\"notification_status\":0,\"container\":\(JSONFormat.quote(container.name.path)),\"event\":\"\(event)\"}"
+    static func wait(_ api: any ContainerBackend, _ call: Invocation, _ spec: EventSpec, _ event: String) throws -> CommandOutput {
+        let name = call.arguments[0]
+        let json = "{\"notification_status\":0,\"container\":\(JSONFormat.quote(name)),\"event\":\"\(event)\"}"
         let line = CommandOutput(entries: [.pair(key: "notification_status", value: "0")], json: json)
         guard call.flags.force else {
-            _ = try watch.wait()
+            try api.notify(name, event: spec, follow: false) { _ in }
             return line
         }
-        while true {
-            let n = try watch.wait()
-            for _ in 0..<n { call.stdout.write(line.render(call.flags.style)) }
+        let rendered = line.render(call.flags.style)
+        try api.notify(name, event: spec, follow: true) { n in
+            for _ in 0..<n { call.stdout.write(rendered) }
         }
+        return line
     }
 }

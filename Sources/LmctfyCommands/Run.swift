@@ -20,15 +20,15 @@ enum RunCommand {
     }
 
     @Sendable
-    static func run(_ api: ContainerApi, _ call: Invocation) throws -> CommandOutput {
-        let container = try api.get(call.arguments[0])
+    static func run(_ api: any ContainerBackend, _ call: Invocation) throws -> CommandOutput {
         let command = argv(Array(call.arguments.dropFirst()))
-        if call.flags.noWait {
-            let pid = try container.run(command, options: RunOptions(fdPolicy: .detached))
+        switch try api.run(call.arguments[0], argv: command, detached: call.flags.noWait) {
+        case .started(let pid):
             return CommandOutput(entries: [.pair(key: "pid", value: String(pid))], json: "{\"pid\":\(pid)}")
+        case .exited(let status):
+            var out = CommandOutput.none
+            out.exitStatus = status
+            return out
         }
-        var out = CommandOutput.none
-        out.exitStatus = try call.environment.runForeground(container, command)
-        return out
     }
 }

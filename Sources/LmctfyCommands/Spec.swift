@@ -11,10 +11,9 @@ enum SpecCommand {
         action: .withApi(run))
 
     @Sendable
-    static func run(_ api: ContainerApi, _ call: Invocation) throws -> CommandOutput {
+    static func run(_ api: any ContainerBackend, _ call: Invocation) throws -> CommandOutput {
         try call.checkBinaryOrJSON()
-        let container = try call.containerOrCallers(api, nameAt: 0)
-        return try .message(try container.spec(), binary: call.flags.binary)
+        return try .message(try api.spec(call.argument(0)), binary: call.flags.binary)
     }
 }
 

@@ -13,8 +13,7 @@ enum StatsCommand {
             minArguments: 0, maxArguments: 1,
             action: .withApi { api, call in
                 try call.checkBinaryOrJSON()
-                let container = try call.containerOrCallers(api, nameAt: 0)
-                return try .message(try container.stats(type), binary: call.flags.binary)
+                return try .message(try api.stats(call.argument(0), type: type), binary: call.flags.binary)
             })
     }
 }

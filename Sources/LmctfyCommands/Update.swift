@@ -17,7 +17,7 @@ enum UpdateCommand {
                 // The spec is parsed before the container is looked up, as in
                 // the original: a bad spec is reported even for a missing name.
                 let spec = try call.spec(ContainerSpec.self, inlineAt: 1, what: "container config", reportTextError: false)
-                try api.get(call.arguments[0]).update(spec, policy: policy)
+                try api.update(call.arguments[0], spec: spec, policy: policy)
                 return .none
             })
     }
