@@ -3409,7 +3409,7 @@ public struct GoAway: ProtoMessage {
     public var dynamic: DynamicMessage {
         var message = DynamicMessage(Self.protoDescriptor)
         message.set(1, reason)
-        message.set(2, message)
+        message.set(2, self.message)
         message.set(3, lastStreamId)
         return message
     }
@@ -4136,7 +4136,7 @@ public struct RpcStatus: ProtoMessage {
     public var dynamic: DynamicMessage {
         var message = DynamicMessage(Self.protoDescriptor)
         message.set(1, code)
-        message.set(2, message)
+        message.set(2, self.message)
         return message
     }
 }
