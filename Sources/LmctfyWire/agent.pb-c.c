@@ -2512,7 +2512,7 @@ static const ProtobufCFieldDescriptor containers__lmctfy__agent__update_request_
     PROTOBUF_C_TYPE_ENUM,
     offsetof(Containers__Lmctfy__Agent__UpdateRequest, has_policy),
     offsetof(Containers__Lmctfy__Agent__UpdateRequest, policy),
-    &containers__lmctfy__agent__update_policy__descriptor,
+    &containers__lmctfy__agent__spec_update_policy__descriptor,
     NULL,
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
@@ -4316,7 +4316,7 @@ static const ProtobufCFieldDescriptor containers__lmctfy__agent__agent_config__f
     PROTOBUF_C_TYPE_ENUM,
     offsetof(Containers__Lmctfy__Agent__AgentConfig, has_log_level),
     offsetof(Containers__Lmctfy__Agent__AgentConfig, log_level),
-    &containers__lmctfy__agent__log_level__descriptor,
+    &containers__lmctfy__agent__agent_log_level__descriptor,
     NULL,
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
@@ -4513,34 +4513,34 @@ const ProtobufCEnumDescriptor containers__lmctfy__agent__go_away_reason__descrip
   containers__lmctfy__agent__go_away_reason__value_ranges,
   NULL,NULL,NULL,NULL   /* reserved[1234] */
 };
-static const ProtobufCEnumValue containers__lmctfy__agent__update_policy__enum_values_by_number[3] =
+static const ProtobufCEnumValue containers__lmctfy__agent__spec_update_policy__enum_values_by_number[3] =
 {
-  { "UPDATE_POLICY_UNSPECIFIED", "CONTAINERS__LMCTFY__AGENT__UPDATE_POLICY__UPDATE_POLICY_UNSPECIFIED", 0 },
-  { "UPDATE_DIFF", "CONTAINERS__LMCTFY__AGENT__UPDATE_POLICY__UPDATE_DIFF", 1 },
-  { "UPDATE_REPLACE", "CONTAINERS__LMCTFY__AGENT__UPDATE_POLICY__UPDATE_REPLACE", 2 },
+  { "UPDATE_POLICY_UNSPECIFIED", "CONTAINERS__LMCTFY__AGENT__SPEC_UPDATE_POLICY__UPDATE_POLICY_UNSPECIFIED", 0 },
+  { "UPDATE_DIFF", "CONTAINERS__LMCTFY__AGENT__SPEC_UPDATE_POLICY__UPDATE_DIFF", 1 },
+  { "UPDATE_REPLACE", "CONTAINERS__LMCTFY__AGENT__SPEC_UPDATE_POLICY__UPDATE_REPLACE", 2 },
 };
-static const ProtobufCIntRange containers__lmctfy__agent__update_policy__value_ranges[] = {
+static const ProtobufCIntRange containers__lmctfy__agent__spec_update_policy__value_ranges[] = {
 {0, 0},{0, 3}
 };
-static const ProtobufCEnumValueIndex containers__lmctfy__agent__update_policy__enum_values_by_name[3] =
+static const ProtobufCEnumValueIndex containers__lmctfy__agent__spec_update_policy__enum_values_by_name[3] =
 {
   { "UPDATE_DIFF", 1 },
   { "UPDATE_POLICY_UNSPECIFIED", 0 },
   { "UPDATE_REPLACE", 2 },
 };
-const ProtobufCEnumDescriptor containers__lmctfy__agent__update_policy__descriptor =
+const ProtobufCEnumDescriptor containers__lmctfy__agent__spec_update_policy__descriptor =
 {
   PROTOBUF_C__ENUM_DESCRIPTOR_MAGIC,
-  "containers.lmctfy.agent.UpdatePolicy",
-  "UpdatePolicy",
-  "Containers__Lmctfy__Agent__UpdatePolicy",
+  "containers.lmctfy.agent.SpecUpdatePolicy",
+  "SpecUpdatePolicy",
+  "Containers__Lmctfy__Agent__SpecUpdatePolicy",
   "containers.lmctfy.agent",
   3,
-  containers__lmctfy__agent__update_policy__enum_values_by_number,
+  containers__lmctfy__agent__spec_update_policy__enum_values_by_number,
   3,
-  containers__lmctfy__agent__update_policy__enum_values_by_name,
+  containers__lmctfy__agent__spec_update_policy__enum_values_by_name,
   1,
-  containers__lmctfy__agent__update_policy__value_ranges,
+  containers__lmctfy__agent__spec_update_policy__value_ranges,
   NULL,NULL,NULL,NULL   /* reserved[1234] */
 };
 static const ProtobufCEnumValue containers__lmctfy__agent__stats_kind__enum_values_by_number[3] =
@@ -4677,19 +4677,19 @@ const ProtobufCEnumDescriptor containers__lmctfy__agent__agent_role__descriptor 
   containers__lmctfy__agent__agent_role__value_ranges,
   NULL,NULL,NULL,NULL   /* reserved[1234] */
 };
-static const ProtobufCEnumValue containers__lmctfy__agent__log_level__enum_values_by_number[6] =
+static const ProtobufCEnumValue containers__lmctfy__agent__agent_log_level__enum_values_by_number[6] =
 {
-  { "LOG_LEVEL_UNSPECIFIED", "CONTAINERS__LMCTFY__AGENT__LOG_LEVEL__LOG_LEVEL_UNSPECIFIED", 0 },
-  { "LOG_TRACE", "CONTAINERS__LMCTFY__AGENT__LOG_LEVEL__LOG_TRACE", 1 },
-  { "LOG_DEBUG", "CONTAINERS__LMCTFY__AGENT__LOG_LEVEL__LOG_DEBUG", 2 },
-  { "LOG_INFO", "CONTAINERS__LMCTFY__AGENT__LOG_LEVEL__LOG_INFO", 3 },
-  { "LOG_WARNING", "CONTAINERS__LMCTFY__AGENT__LOG_LEVEL__LOG_WARNING", 4 },
-  { "LOG_ERROR", "CONTAINERS__LMCTFY__AGENT__LOG_LEVEL__LOG_ERROR", 5 },
+  { "LOG_LEVEL_UNSPECIFIED", "CONTAINERS__LMCTFY__AGENT__AGENT_LOG_LEVEL__LOG_LEVEL_UNSPECIFIED", 0 },
+  { "LOG_TRACE", "CONTAINERS__LMCTFY__AGENT__AGENT_LOG_LEVEL__LOG_TRACE", 1 },
+  { "LOG_DEBUG", "CONTAINERS__LMCTFY__AGENT__AGENT_LOG_LEVEL__LOG_DEBUG", 2 },
+  { "LOG_INFO", "CONTAINERS__LMCTFY__AGENT__AGENT_LOG_LEVEL__LOG_INFO", 3 },
+  { "LOG_WARNING", "CONTAINERS__LMCTFY__AGENT__AGENT_LOG_LEVEL__LOG_WARNING", 4 },
+  { "LOG_ERROR", "CONTAINERS__LMCTFY__AGENT__AGENT_LOG_LEVEL__LOG_ERROR", 5 },
 };
-static const ProtobufCIntRange containers__lmctfy__agent__log_level__value_ranges[] = {
+static const ProtobufCIntRange containers__lmctfy__agent__agent_log_level__value_ranges[] = {
 {0, 0},{0, 6}
 };
-static const ProtobufCEnumValueIndex containers__lmctfy__agent__log_level__enum_values_by_name[6] =
+static const ProtobufCEnumValueIndex containers__lmctfy__agent__agent_log_level__enum_values_by_name[6] =
 {
   { "LOG_DEBUG", 2 },
   { "LOG_ERROR", 5 },
@@ -4698,18 +4698,18 @@ static const ProtobufCEnumValueIndex containers__lmctfy__agent__log_level__enum_
   { "LOG_TRACE", 1 },
   { "LOG_WARNING", 4 },
 };
-const ProtobufCEnumDescriptor containers__lmctfy__agent__log_level__descriptor =
+const ProtobufCEnumDescriptor containers__lmctfy__agent__agent_log_level__descriptor =
 {
   PROTOBUF_C__ENUM_DESCRIPTOR_MAGIC,
-  "containers.lmctfy.agent.LogLevel",
-  "LogLevel",
-  "Containers__Lmctfy__Agent__LogLevel",
+  "containers.lmctfy.agent.AgentLogLevel",
+  "AgentLogLevel",
+  "Containers__Lmctfy__Agent__AgentLogLevel",
   "containers.lmctfy.agent",
   6,
-  containers__lmctfy__agent__log_level__enum_values_by_number,
+  containers__lmctfy__agent__agent_log_level__enum_values_by_number,
   6,
-  containers__lmctfy__agent__log_level__enum_values_by_name,
+  containers__lmctfy__agent__agent_log_level__enum_values_by_name,
   1,
-  containers__lmctfy__agent__log_level__value_ranges,
+  containers__lmctfy__agent__agent_log_level__value_ranges,
   NULL,NULL,NULL,NULL   /* reserved[1234] */
 };

@@ -119,15 +119,15 @@ static const ProtobufCMessageDescriptor *const messages[] = {
 };
 static const ProtobufCEnumDescriptor *const enums[] = {
     &containers__cgroup_hierarchy__descriptor,
+    &containers__lmctfy__agent__agent_log_level__descriptor,
     &containers__lmctfy__agent__agent_role__descriptor,
     &containers__lmctfy__agent__container_event_kind__descriptor,
     &containers__lmctfy__agent__frame_kind__descriptor,
     &containers__lmctfy__agent__go_away_reason__descriptor,
     &containers__lmctfy__agent__hello_stage__descriptor,
-    &containers__lmctfy__agent__log_level__descriptor,
     &containers__lmctfy__agent__run_event_kind__descriptor,
+    &containers__lmctfy__agent__spec_update_policy__descriptor,
     &containers__lmctfy__agent__stats_kind__descriptor,
-    &containers__lmctfy__agent__update_policy__descriptor,
     &containers__lmctfy__block_io_spec__limit_type__descriptor,
     &containers__lmctfy__block_io_spec__op_type__descriptor,
     &containers__lmctfy__cpu_histogram_type__descriptor,

@@ -2801,7 +2801,7 @@ public struct AgentConfig: ProtoMessage {
     /// Field 7 `limits`.
     public var limits: AgentLimits?
     /// Field 8 `log_level`.
-    public var logLevel: LogLevel?
+    public var logLevel: AgentLogLevel?
     /// Field 9 `state_dir`.
     public var stateDir: String?
     /// Field 10 `stats_interval_ms`.
@@ -2817,7 +2817,7 @@ public struct AgentConfig: ProtoMessage {
         keyFile: String? = nil,
         role: [RoleBinding] = [],
         limits: AgentLimits? = nil,
-        logLevel: LogLevel? = nil,
+        logLevel: AgentLogLevel? = nil,
         stateDir: String? = nil,
         statsIntervalMs: UInt32? = nil,
         controllerAddress: String? = nil
@@ -2921,6 +2921,27 @@ public struct AgentLimits: ProtoMessage {
         message.set(5, idleTimeoutMs)
         message.set(6, keepaliveIntervalMs)
         return message
+    }
+}
+
+/// Protobuf enum `containers.lmctfy.agent.AgentLogLevel`.
+public enum AgentLogLevel: Int32, ProtoEnum, CaseIterable {
+    case logLevelUnspecified = 0
+    case logTrace = 1
+    case logDebug = 2
+    case logInfo = 3
+    case logWarning = 4
+    case logError = 5
+
+    public var protoName: String {
+        switch self {
+        case .logLevelUnspecified: return "LOG_LEVEL_UNSPECIFIED"
+        case .logTrace: return "LOG_TRACE"
+        case .logDebug: return "LOG_DEBUG"
+        case .logInfo: return "LOG_INFO"
+        case .logWarning: return "LOG_WARNING"
+        case .logError: return "LOG_ERROR"
+        }
     }
 }
 
@@ -3760,27 +3781,6 @@ public struct ListTidsResponse: ProtoMessage {
     }
 }
 
-/// Protobuf enum `containers.lmctfy.agent.LogLevel`.
-public enum LogLevel: Int32, ProtoEnum, CaseIterable {
-    case logLevelUnspecified = 0
-    case logTrace = 1
-    case logDebug = 2
-    case logInfo = 3
-    case logWarning = 4
-    case logError = 5
-
-    public var protoName: String {
-        switch self {
-        case .logLevelUnspecified: return "LOG_LEVEL_UNSPECIFIED"
-        case .logTrace: return "LOG_TRACE"
-        case .logDebug: return "LOG_DEBUG"
-        case .logInfo: return "LOG_INFO"
-        case .logWarning: return "LOG_WARNING"
-        case .logError: return "LOG_ERROR"
-        }
-    }
-}
-
 /// Protobuf message `containers.lmctfy.agent.MachineInfoRequest`.
 public struct MachineInfoRequest: ProtoMessage {
     public init() {}
@@ -4292,6 +4292,21 @@ public struct SpecResponse: ProtoMessage {
     }
 }
 
+/// Protobuf enum `containers.lmctfy.agent.SpecUpdatePolicy`.
+public enum SpecUpdatePolicy: Int32, ProtoEnum, CaseIterable {
+    case updatePolicyUnspecified = 0
+    case updateDiff = 1
+    case updateReplace = 2
+
+    public var protoName: String {
+        switch self {
+        case .updatePolicyUnspecified: return "UPDATE_POLICY_UNSPECIFIED"
+        case .updateDiff: return "UPDATE_DIFF"
+        case .updateReplace: return "UPDATE_REPLACE"
+        }
+    }
+}
+
 /// Protobuf enum `containers.lmctfy.agent.StatsKind`.
 public enum StatsKind: Int32, ProtoEnum, CaseIterable {
     case statsKindUnspecified = 0
@@ -4363,21 +4378,6 @@ public struct StatsResponse: ProtoMessage {
     }
 }
 
-/// Protobuf enum `containers.lmctfy.agent.UpdatePolicy`.
-public enum UpdatePolicy: Int32, ProtoEnum, CaseIterable {
-    case updatePolicyUnspecified = 0
-    case updateDiff = 1
-    case updateReplace = 2
-
-    public var protoName: String {
-        switch self {
-        case .updatePolicyUnspecified: return "UPDATE_POLICY_UNSPECIFIED"
-        case .updateDiff: return "UPDATE_DIFF"
-        case .updateReplace: return "UPDATE_REPLACE"
-        }
-    }
-}
-
 /// Protobuf message `containers.lmctfy.agent.UpdateRequest`.
 public struct UpdateRequest: ProtoMessage {
     /// Field 1 `name`.
@@ -4385,12 +4385,12 @@ public struct UpdateRequest: ProtoMessage {
     /// Field 2 `spec`.
     public var spec: ContainerSpec?
     /// Field 3 `policy`.
-    public var policy: UpdatePolicy?
+    public var policy: SpecUpdatePolicy?
 
     public init(
         name: String? = nil,
         spec: ContainerSpec? = nil,
-        policy: UpdatePolicy? = nil
+        policy: SpecUpdatePolicy? = nil
     ) {
         self.name = name
         self.spec = spec

@@ -175,18 +175,18 @@ typedef enum _Containers__Lmctfy__Agent__GoAwayReason {
   CONTAINERS__LMCTFY__AGENT__GO_AWAY_REASON__GOAWAY_TRUNCATED = 10
     PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(CONTAINERS__LMCTFY__AGENT__GO_AWAY_REASON)
 } Containers__Lmctfy__Agent__GoAwayReason;
-typedef enum _Containers__Lmctfy__Agent__UpdatePolicy {
-  CONTAINERS__LMCTFY__AGENT__UPDATE_POLICY__UPDATE_POLICY_UNSPECIFIED = 0,
+typedef enum _Containers__Lmctfy__Agent__SpecUpdatePolicy {
+  CONTAINERS__LMCTFY__AGENT__SPEC_UPDATE_POLICY__UPDATE_POLICY_UNSPECIFIED = 0,
   /*
    * change only what the spec sets
    */
-  CONTAINERS__LMCTFY__AGENT__UPDATE_POLICY__UPDATE_DIFF = 1,
+  CONTAINERS__LMCTFY__AGENT__SPEC_UPDATE_POLICY__UPDATE_DIFF = 1,
   /*
    * the spec is the whole new state
    */
-  CONTAINERS__LMCTFY__AGENT__UPDATE_POLICY__UPDATE_REPLACE = 2
-    PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(CONTAINERS__LMCTFY__AGENT__UPDATE_POLICY)
-} Containers__Lmctfy__Agent__UpdatePolicy;
+  CONTAINERS__LMCTFY__AGENT__SPEC_UPDATE_POLICY__UPDATE_REPLACE = 2
+    PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(CONTAINERS__LMCTFY__AGENT__SPEC_UPDATE_POLICY)
+} Containers__Lmctfy__Agent__SpecUpdatePolicy;
 typedef enum _Containers__Lmctfy__Agent__StatsKind {
   CONTAINERS__LMCTFY__AGENT__STATS_KIND__STATS_KIND_UNSPECIFIED = 0,
   CONTAINERS__LMCTFY__AGENT__STATS_KIND__STATS_SUMMARY = 1,
@@ -224,15 +224,15 @@ typedef enum _Containers__Lmctfy__Agent__AgentRole {
   CONTAINERS__LMCTFY__AGENT__AGENT_ROLE__AGENT_ROLE_ADMIN = 2
     PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(CONTAINERS__LMCTFY__AGENT__AGENT_ROLE)
 } Containers__Lmctfy__Agent__AgentRole;
-typedef enum _Containers__Lmctfy__Agent__LogLevel {
-  CONTAINERS__LMCTFY__AGENT__LOG_LEVEL__LOG_LEVEL_UNSPECIFIED = 0,
-  CONTAINERS__LMCTFY__AGENT__LOG_LEVEL__LOG_TRACE = 1,
-  CONTAINERS__LMCTFY__AGENT__LOG_LEVEL__LOG_DEBUG = 2,
-  CONTAINERS__LMCTFY__AGENT__LOG_LEVEL__LOG_INFO = 3,
-  CONTAINERS__LMCTFY__AGENT__LOG_LEVEL__LOG_WARNING = 4,
-  CONTAINERS__LMCTFY__AGENT__LOG_LEVEL__LOG_ERROR = 5
-    PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(CONTAINERS__LMCTFY__AGENT__LOG_LEVEL)
-} Containers__Lmctfy__Agent__LogLevel;
+typedef enum _Containers__Lmctfy__Agent__AgentLogLevel {
+  CONTAINERS__LMCTFY__AGENT__AGENT_LOG_LEVEL__LOG_LEVEL_UNSPECIFIED = 0,
+  CONTAINERS__LMCTFY__AGENT__AGENT_LOG_LEVEL__LOG_TRACE = 1,
+  CONTAINERS__LMCTFY__AGENT__AGENT_LOG_LEVEL__LOG_DEBUG = 2,
+  CONTAINERS__LMCTFY__AGENT__AGENT_LOG_LEVEL__LOG_INFO = 3,
+  CONTAINERS__LMCTFY__AGENT__AGENT_LOG_LEVEL__LOG_WARNING = 4,
+  CONTAINERS__LMCTFY__AGENT__AGENT_LOG_LEVEL__LOG_ERROR = 5
+    PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(CONTAINERS__LMCTFY__AGENT__AGENT_LOG_LEVEL)
+} Containers__Lmctfy__Agent__AgentLogLevel;
 
 /* --- messages --- */
 
@@ -428,11 +428,11 @@ struct  Containers__Lmctfy__Agent__UpdateRequest
    * Next id: 4
    */
   protobuf_c_boolean has_policy;
-  Containers__Lmctfy__Agent__UpdatePolicy policy;
+  Containers__Lmctfy__Agent__SpecUpdatePolicy policy;
 };
 #define CONTAINERS__LMCTFY__AGENT__UPDATE_REQUEST__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__update_request__descriptor) \
-    , NULL, NULL, 0, CONTAINERS__LMCTFY__AGENT__UPDATE_POLICY__UPDATE_POLICY_UNSPECIFIED }
+    , NULL, NULL, 0, CONTAINERS__LMCTFY__AGENT__SPEC_UPDATE_POLICY__UPDATE_POLICY_UNSPECIFIED }
 
 
 struct  Containers__Lmctfy__Agent__UpdateResponse
@@ -1071,7 +1071,7 @@ struct  Containers__Lmctfy__Agent__AgentConfig
    * LOG_INFO
    */
   protobuf_c_boolean has_log_level;
-  Containers__Lmctfy__Agent__LogLevel log_level;
+  Containers__Lmctfy__Agent__AgentLogLevel log_level;
   /*
    * /var/lib/lmctfy
    */
@@ -1091,7 +1091,7 @@ struct  Containers__Lmctfy__Agent__AgentConfig
 };
 #define CONTAINERS__LMCTFY__AGENT__AGENT_CONFIG__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__agent_config__descriptor) \
-    , NULL, 0, 0, NULL, NULL, NULL, 0,NULL, NULL, 0, CONTAINERS__LMCTFY__AGENT__LOG_LEVEL__LOG_LEVEL_UNSPECIFIED, NULL, 0, 0, NULL }
+    , NULL, 0, 0, NULL, NULL, NULL, 0,NULL, NULL, 0, CONTAINERS__LMCTFY__AGENT__AGENT_LOG_LEVEL__LOG_LEVEL_UNSPECIFIED, NULL, 0, 0, NULL }
 
 
 /* Containers__Lmctfy__Agent__Frame methods */
@@ -2051,12 +2051,12 @@ typedef void (*Containers__Lmctfy__Agent__AgentConfig_Closure)
 extern const ProtobufCEnumDescriptor    containers__lmctfy__agent__frame_kind__descriptor;
 extern const ProtobufCEnumDescriptor    containers__lmctfy__agent__hello_stage__descriptor;
 extern const ProtobufCEnumDescriptor    containers__lmctfy__agent__go_away_reason__descriptor;
-extern const ProtobufCEnumDescriptor    containers__lmctfy__agent__update_policy__descriptor;
+extern const ProtobufCEnumDescriptor    containers__lmctfy__agent__spec_update_policy__descriptor;
 extern const ProtobufCEnumDescriptor    containers__lmctfy__agent__stats_kind__descriptor;
 extern const ProtobufCEnumDescriptor    containers__lmctfy__agent__run_event_kind__descriptor;
 extern const ProtobufCEnumDescriptor    containers__lmctfy__agent__container_event_kind__descriptor;
 extern const ProtobufCEnumDescriptor    containers__lmctfy__agent__agent_role__descriptor;
-extern const ProtobufCEnumDescriptor    containers__lmctfy__agent__log_level__descriptor;
+extern const ProtobufCEnumDescriptor    containers__lmctfy__agent__agent_log_level__descriptor;
 extern const ProtobufCMessageDescriptor containers__lmctfy__agent__frame__descriptor;
 extern const ProtobufCMessageDescriptor containers__lmctfy__agent__rpc_status__descriptor;
 extern const ProtobufCMessageDescriptor containers__lmctfy__agent__hello__descriptor;
