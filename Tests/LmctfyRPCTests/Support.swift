@@ -185,3 +185,10 @@ struct Pair {
         }
     }
 }
+
+/// All bytes these actions write, concatenated.
+func bytesWritten(_ actions: [SessionAction]) -> [UInt8] {
+    var out: [UInt8] = []
+    for case .write(let bytes) in actions { out += bytes }
+    return out
+}
