@@ -11,6 +11,7 @@ let package = Package(
         .executable(name: "lmctfy-bench", targets: ["lmctfy-bench"]),
         .executable(name: "lmctfy-test-helper", targets: ["lmctfy-test-helper"]),
         .library(name: "LmctfyProto", targets: ["LmctfyProto"]),
+        .library(name: "LmctfyRPC", targets: ["LmctfyRPC"]),
     ],
     dependencies: [
     ],
@@ -22,6 +23,10 @@ let package = Package(
         .systemLibrary(
             name: "CProtobufC", pkgConfig: "libprotobuf-c",
             providers: [.apt(["libprotobuf-c-dev"])]),
+        // HMAC-SHA256 and random nonces for the RPC handshake (TLS later).
+        .systemLibrary(
+            name: "COpenSSL", pkgConfig: "libcrypto",
+            providers: [.apt(["libssl-dev"])]),
 
         // protoc-c output for proto/*.proto plus a descriptor registry.
         // Written only by tools/gen-proto; never edit by hand.
@@ -40,6 +45,12 @@ let package = Package(
 
         // One wrapper per syscall; LmctfyError and the status codes.
         .target(name: "LmctfySystem", dependencies: ["CLmctfyShims"]),
+
+        // The agent protocol (docs/PROTOCOL.md): framing, handshake and stream
+        // multiplexing as a transport-free state machine, plus a blocking client.
+        .target(
+            name: "LmctfyRPC",
+            dependencies: ["LmctfyProto", "LmctfySystem", "COpenSSL"]),
 
         // CL1: containers, names, cgroup v1/v2 layouts, resource handlers.
         .target(
@@ -82,6 +93,9 @@ let package = Package(
         .testTarget(
             name: "LmctfyCommandsTests",
             dependencies: ["LmctfyCommands", "Lmctfy", "LmctfySystem", "LmctfyProto", "LmctfyTestSupport"]),
+        .testTarget(
+            name: "LmctfyRPCTests",
+            dependencies: ["LmctfyRPC", "LmctfyProto", "LmctfySystem"]),
         .testTarget(
             name: "LmctfyProtoTests",
             dependencies: ["LmctfyProto", "LmctfyWire", "CProtobufC", "CLmctfyShims"],

@@ -212,7 +212,9 @@ func emit(_ node: TypeNode, indent: String, into out: inout String) {
     out += "\(inner)    \(node.fields.isEmpty ? "let" : "var") message = DynamicMessage(Self.protoDescriptor)\n"
     for f in node.fields {
         let prop = identifier(camel(f.name, upperFirst: false))
-        out += "\(inner)    message.\(f.repeated ? "setRepeated" : "set")(\(f.number), \(prop))\n"
+        // A field called `message` is shadowed by the local of the same name.
+        let value = prop == "message" ? "self.message" : prop
+        out += "\(inner)    message.\(f.repeated ? "setRepeated" : "set")(\(f.number), \(value))\n"
     }
     out += "\(inner)    return message\n\(inner)}\n"
     for child in node.children {

@@ -2783,3 +2783,1651 @@ public struct VirtualHostSpec: ProtoMessage {
         }
     }
 }
+
+/// Protobuf message `containers.lmctfy.agent.AgentConfig`.
+public struct AgentConfig: ProtoMessage {
+    /// Field 1 `unix_socket_path`.
+    public var unixSocketPath: String?
+    /// Field 2 `unix_socket_mode`.
+    public var unixSocketMode: UInt32?
+    /// Field 3 `allowed_group`.
+    public var allowedGroup: String?
+    /// Field 4 `tcp_address`.
+    public var tcpAddress: String?
+    /// Field 5 `key_file`.
+    public var keyFile: String?
+    /// Field 6 `role`.
+    public var role: [RoleBinding]
+    /// Field 7 `limits`.
+    public var limits: AgentLimits?
+    /// Field 8 `log_level`.
+    public var logLevel: AgentLogLevel?
+    /// Field 9 `state_dir`.
+    public var stateDir: String?
+    /// Field 10 `stats_interval_ms`.
+    public var statsIntervalMs: UInt32?
+    /// Field 11 `controller_address`.
+    public var controllerAddress: String?
+
+    public init(
+        unixSocketPath: String? = nil,
+        unixSocketMode: UInt32? = nil,
+        allowedGroup: String? = nil,
+        tcpAddress: String? = nil,
+        keyFile: String? = nil,
+        role: [RoleBinding] = [],
+        limits: AgentLimits? = nil,
+        logLevel: AgentLogLevel? = nil,
+        stateDir: String? = nil,
+        statsIntervalMs: UInt32? = nil,
+        controllerAddress: String? = nil
+    ) {
+        self.unixSocketPath = unixSocketPath
+        self.unixSocketMode = unixSocketMode
+        self.allowedGroup = allowedGroup
+        self.tcpAddress = tcpAddress
+        self.keyFile = keyFile
+        self.role = role
+        self.limits = limits
+        self.logLevel = logLevel
+        self.stateDir = stateDir
+        self.statsIntervalMs = statsIntervalMs
+        self.controllerAddress = controllerAddress
+    }
+
+    public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.AgentConfig")
+
+    public init(dynamic message: DynamicMessage) {
+        precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.AgentConfig")
+        self.unixSocketPath = message.get(1)
+        self.unixSocketMode = message.get(2)
+        self.allowedGroup = message.get(3)
+        self.tcpAddress = message.get(4)
+        self.keyFile = message.get(5)
+        self.role = message.getRepeated(6)
+        self.limits = message.get(7)
+        self.logLevel = message.get(8)
+        self.stateDir = message.get(9)
+        self.statsIntervalMs = message.get(10)
+        self.controllerAddress = message.get(11)
+    }
+
+    public var dynamic: DynamicMessage {
+        var message = DynamicMessage(Self.protoDescriptor)
+        message.set(1, unixSocketPath)
+        message.set(2, unixSocketMode)
+        message.set(3, allowedGroup)
+        message.set(4, tcpAddress)
+        message.set(5, keyFile)
+        message.setRepeated(6, role)
+        message.set(7, limits)
+        message.set(8, logLevel)
+        message.set(9, stateDir)
+        message.set(10, statsIntervalMs)
+        message.set(11, controllerAddress)
+        return message
+    }
+}
+
+/// Protobuf message `containers.lmctfy.agent.AgentLimits`.
+public struct AgentLimits: ProtoMessage {
+    /// Field 1 `max_frame_bytes`.
+    public var maxFrameBytes: UInt32?
+    /// Field 2 `max_streams_per_connection`.
+    public var maxStreamsPerConnection: UInt32?
+    /// Field 3 `max_connections`.
+    public var maxConnections: UInt32?
+    /// Field 4 `hello_timeout_ms`.
+    public var helloTimeoutMs: UInt32?
+    /// Field 5 `idle_timeout_ms`.
+    public var idleTimeoutMs: UInt32?
+    /// Field 6 `keepalive_interval_ms`.
+    public var keepaliveIntervalMs: UInt32?
+
+    public init(
+        maxFrameBytes: UInt32? = nil,
+        maxStreamsPerConnection: UInt32? = nil,
+        maxConnections: UInt32? = nil,
+        helloTimeoutMs: UInt32? = nil,
+        idleTimeoutMs: UInt32? = nil,
+        keepaliveIntervalMs: UInt32? = nil
+    ) {
+        self.maxFrameBytes = maxFrameBytes
+        self.maxStreamsPerConnection = maxStreamsPerConnection
+        self.maxConnections = maxConnections
+        self.helloTimeoutMs = helloTimeoutMs
+        self.idleTimeoutMs = idleTimeoutMs
+        self.keepaliveIntervalMs = keepaliveIntervalMs
+    }
+
+    public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.AgentLimits")
+
+    public init(dynamic message: DynamicMessage) {
+        precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.AgentLimits")
+        self.maxFrameBytes = message.get(1)
+        self.maxStreamsPerConnection = message.get(2)
+        self.maxConnections = message.get(3)
+        self.helloTimeoutMs = message.get(4)
+        self.idleTimeoutMs = message.get(5)
+        self.keepaliveIntervalMs = message.get(6)
+    }
+
+    public var dynamic: DynamicMessage {
+        var message = DynamicMessage(Self.protoDescriptor)
+        message.set(1, maxFrameBytes)
+        message.set(2, maxStreamsPerConnection)
+        message.set(3, maxConnections)
+        message.set(4, helloTimeoutMs)
+        message.set(5, idleTimeoutMs)
+        message.set(6, keepaliveIntervalMs)
+        return message
+    }
+}
+
+/// Protobuf enum `containers.lmctfy.agent.AgentLogLevel`.
+public enum AgentLogLevel: Int32, ProtoEnum, CaseIterable {
+    case logLevelUnspecified = 0
+    case logTrace = 1
+    case logDebug = 2
+    case logInfo = 3
+    case logWarning = 4
+    case logError = 5
+
+    public var protoName: String {
+        switch self {
+        case .logLevelUnspecified: return "LOG_LEVEL_UNSPECIFIED"
+        case .logTrace: return "LOG_TRACE"
+        case .logDebug: return "LOG_DEBUG"
+        case .logInfo: return "LOG_INFO"
+        case .logWarning: return "LOG_WARNING"
+        case .logError: return "LOG_ERROR"
+        }
+    }
+}
+
+/// Protobuf enum `containers.lmctfy.agent.AgentRole`.
+public enum AgentRole: Int32, ProtoEnum, CaseIterable {
+    case agentRoleUnspecified = 0
+    case agentRoleReader = 1
+    case agentRoleAdmin = 2
+
+    public var protoName: String {
+        switch self {
+        case .agentRoleUnspecified: return "AGENT_ROLE_UNSPECIFIED"
+        case .agentRoleReader: return "AGENT_ROLE_READER"
+        case .agentRoleAdmin: return "AGENT_ROLE_ADMIN"
+        }
+    }
+}
+
+/// Protobuf message `containers.lmctfy.agent.ContainerEvent`.
+public struct ContainerEvent: ProtoMessage {
+    /// Field 1 `boot_id`.
+    public var bootId: String?
+    /// Field 2 `sequence`.
+    public var sequence: UInt64?
+    /// Field 3 `timestamp_ns`.
+    public var timestampNs: UInt64?
+    /// Field 4 `container`.
+    public var container: String?
+    /// Field 5 `kind`.
+    public var kind: ContainerEventKind?
+    /// Field 6 `memory_threshold`.
+    public var memoryThreshold: Int64?
+    /// Field 7 `frozen`.
+    public var frozen: Bool?
+    /// Field 8 `pid`.
+    public var pid: Int32?
+    /// Field 9 `exit_code`.
+    public var exitCode: Int32?
+    /// Field 10 `term_signal`.
+    public var termSignal: Int32?
+    /// Field 11 `stats`.
+    public var stats: ContainerStats?
+
+    public init(
+        bootId: String? = nil,
+        sequence: UInt64? = nil,
+        timestampNs: UInt64? = nil,
+        container: String? = nil,
+        kind: ContainerEventKind? = nil,
+        memoryThreshold: Int64? = nil,
+        frozen: Bool? = nil,
+        pid: Int32? = nil,
+        exitCode: Int32? = nil,
+        termSignal: Int32? = nil,
+        stats: ContainerStats? = nil
+    ) {
+        self.bootId = bootId
+        self.sequence = sequence
+        self.timestampNs = timestampNs
+        self.container = container
+        self.kind = kind
+        self.memoryThreshold = memoryThreshold
+        self.frozen = frozen
+        self.pid = pid
+        self.exitCode = exitCode
+        self.termSignal = termSignal
+        self.stats = stats
+    }
+
+    public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.ContainerEvent")
+
+    public init(dynamic message: DynamicMessage) {
+        precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.ContainerEvent")
+        self.bootId = message.get(1)
+        self.sequence = message.get(2)
+        self.timestampNs = message.get(3)
+        self.container = message.get(4)
+        self.kind = message.get(5)
+        self.memoryThreshold = message.get(6)
+        self.frozen = message.get(7)
+        self.pid = message.get(8)
+        self.exitCode = message.get(9)
+        self.termSignal = message.get(10)
+        self.stats = message.get(11)
+    }
+
+    public var dynamic: DynamicMessage {
+        var message = DynamicMessage(Self.protoDescriptor)
+        message.set(1, bootId)
+        message.set(2, sequence)
+        message.set(3, timestampNs)
+        message.set(4, container)
+        message.set(5, kind)
+        message.set(6, memoryThreshold)
+        message.set(7, frozen)
+        message.set(8, pid)
+        message.set(9, exitCode)
+        message.set(10, termSignal)
+        message.set(11, stats)
+        return message
+    }
+}
+
+/// Protobuf enum `containers.lmctfy.agent.ContainerEventKind`.
+public enum ContainerEventKind: Int32, ProtoEnum, CaseIterable {
+    case containerEventUnspecified = 0
+    case containerEventOom = 1
+    case containerEventMemoryThreshold = 2
+    case containerEventEmpty = 3
+    case containerEventFreezer = 4
+    case containerEventCreated = 5
+    case containerEventUpdated = 6
+    case containerEventDestroyed = 7
+    case containerEventProcessExited = 8
+    case containerEventStats = 9
+
+    public var protoName: String {
+        switch self {
+        case .containerEventUnspecified: return "CONTAINER_EVENT_UNSPECIFIED"
+        case .containerEventOom: return "CONTAINER_EVENT_OOM"
+        case .containerEventMemoryThreshold: return "CONTAINER_EVENT_MEMORY_THRESHOLD"
+        case .containerEventEmpty: return "CONTAINER_EVENT_EMPTY"
+        case .containerEventFreezer: return "CONTAINER_EVENT_FREEZER"
+        case .containerEventCreated: return "CONTAINER_EVENT_CREATED"
+        case .containerEventUpdated: return "CONTAINER_EVENT_UPDATED"
+        case .containerEventDestroyed: return "CONTAINER_EVENT_DESTROYED"
+        case .containerEventProcessExited: return "CONTAINER_EVENT_PROCESS_EXITED"
+        case .containerEventStats: return "CONTAINER_EVENT_STATS"
+        }
+    }
+}
+
+/// Protobuf message `containers.lmctfy.agent.CreateRequest`.
+public struct CreateRequest: ProtoMessage {
+    /// Field 1 `name`.
+    public var name: String?
+    /// Field 2 `spec`.
+    public var spec: ContainerSpec?
+
+    public init(
+        name: String? = nil,
+        spec: ContainerSpec? = nil
+    ) {
+        self.name = name
+        self.spec = spec
+    }
+
+    public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.CreateRequest")
+
+    public init(dynamic message: DynamicMessage) {
+        precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.CreateRequest")
+        self.name = message.get(1)
+        self.spec = message.get(2)
+    }
+
+    public var dynamic: DynamicMessage {
+        var message = DynamicMessage(Self.protoDescriptor)
+        message.set(1, name)
+        message.set(2, spec)
+        return message
+    }
+}
+
+/// Protobuf message `containers.lmctfy.agent.CreateResponse`.
+public struct CreateResponse: ProtoMessage {
+    public init() {}
+
+    public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.CreateResponse")
+
+    public init(dynamic message: DynamicMessage) {
+        precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.CreateResponse")
+        self.init()
+    }
+
+    public var dynamic: DynamicMessage {
+        let message = DynamicMessage(Self.protoDescriptor)
+        return message
+    }
+}
+
+/// Protobuf message `containers.lmctfy.agent.DestroyRequest`.
+public struct DestroyRequest: ProtoMessage {
+    /// Field 1 `name`.
+    public var name: String?
+
+    public init(
+        name: String? = nil
+    ) {
+        self.name = name
+    }
+
+    public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.DestroyRequest")
+
+    public init(dynamic message: DynamicMessage) {
+        precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.DestroyRequest")
+        self.name = message.get(1)
+    }
+
+    public var dynamic: DynamicMessage {
+        var message = DynamicMessage(Self.protoDescriptor)
+        message.set(1, name)
+        return message
+    }
+}
+
+/// Protobuf message `containers.lmctfy.agent.DestroyResponse`.
+public struct DestroyResponse: ProtoMessage {
+    public init() {}
+
+    public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.DestroyResponse")
+
+    public init(dynamic message: DynamicMessage) {
+        precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.DestroyResponse")
+        self.init()
+    }
+
+    public var dynamic: DynamicMessage {
+        let message = DynamicMessage(Self.protoDescriptor)
+        return message
+    }
+}
+
+/// Protobuf message `containers.lmctfy.agent.DetectRequest`.
+public struct DetectRequest: ProtoMessage {
+    /// Field 1 `pid`.
+    public var pid: Int32?
+
+    public init(
+        pid: Int32? = nil
+    ) {
+        self.pid = pid
+    }
+
+    public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.DetectRequest")
+
+    public init(dynamic message: DynamicMessage) {
+        precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.DetectRequest")
+        self.pid = message.get(1)
+    }
+
+    public var dynamic: DynamicMessage {
+        var message = DynamicMessage(Self.protoDescriptor)
+        message.set(1, pid)
+        return message
+    }
+}
+
+/// Protobuf message `containers.lmctfy.agent.DetectResponse`.
+public struct DetectResponse: ProtoMessage {
+    /// Field 1 `name`.
+    public var name: String?
+
+    public init(
+        name: String? = nil
+    ) {
+        self.name = name
+    }
+
+    public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.DetectResponse")
+
+    public init(dynamic message: DynamicMessage) {
+        precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.DetectResponse")
+        self.name = message.get(1)
+    }
+
+    public var dynamic: DynamicMessage {
+        var message = DynamicMessage(Self.protoDescriptor)
+        message.set(1, name)
+        return message
+    }
+}
+
+/// Protobuf message `containers.lmctfy.agent.EnterRequest`.
+public struct EnterRequest: ProtoMessage {
+    /// Field 1 `name`.
+    public var name: String?
+    /// Field 2 `tids`.
+    public var tids: [Int32]
+
+    public init(
+        name: String? = nil,
+        tids: [Int32] = []
+    ) {
+        self.name = name
+        self.tids = tids
+    }
+
+    public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.EnterRequest")
+
+    public init(dynamic message: DynamicMessage) {
+        precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.EnterRequest")
+        self.name = message.get(1)
+        self.tids = message.getRepeated(2)
+    }
+
+    public var dynamic: DynamicMessage {
+        var message = DynamicMessage(Self.protoDescriptor)
+        message.set(1, name)
+        message.setRepeated(2, tids)
+        return message
+    }
+}
+
+/// Protobuf message `containers.lmctfy.agent.EnterResponse`.
+public struct EnterResponse: ProtoMessage {
+    public init() {}
+
+    public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.EnterResponse")
+
+    public init(dynamic message: DynamicMessage) {
+        precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.EnterResponse")
+        self.init()
+    }
+
+    public var dynamic: DynamicMessage {
+        let message = DynamicMessage(Self.protoDescriptor)
+        return message
+    }
+}
+
+/// Protobuf message `containers.lmctfy.agent.EventGap`.
+public struct EventGap: ProtoMessage {
+    /// Field 1 `requested_boot_id`.
+    public var requestedBootId: String?
+    /// Field 2 `after_sequence`.
+    public var afterSequence: UInt64?
+    /// Field 3 `boot_id`.
+    public var bootId: String?
+    /// Field 4 `first_sequence`.
+    public var firstSequence: UInt64?
+
+    public init(
+        requestedBootId: String? = nil,
+        afterSequence: UInt64? = nil,
+        bootId: String? = nil,
+        firstSequence: UInt64? = nil
+    ) {
+        self.requestedBootId = requestedBootId
+        self.afterSequence = afterSequence
+        self.bootId = bootId
+        self.firstSequence = firstSequence
+    }
+
+    public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.EventGap")
+
+    public init(dynamic message: DynamicMessage) {
+        precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.EventGap")
+        self.requestedBootId = message.get(1)
+        self.afterSequence = message.get(2)
+        self.bootId = message.get(3)
+        self.firstSequence = message.get(4)
+    }
+
+    public var dynamic: DynamicMessage {
+        var message = DynamicMessage(Self.protoDescriptor)
+        message.set(1, requestedBootId)
+        message.set(2, afterSequence)
+        message.set(3, bootId)
+        message.set(4, firstSequence)
+        return message
+    }
+}
+
+/// Protobuf message `containers.lmctfy.agent.Frame`.
+public struct Frame: ProtoMessage {
+    /// Field 1 `kind`.
+    public var kind: FrameKind?
+    /// Field 2 `stream_id`.
+    public var streamId: UInt32?
+    /// Field 3 `method`.
+    public var method: String?
+    /// Field 4 `payload`.
+    public var payload: [UInt8]?
+    /// Field 5 `deadline_ms`.
+    public var deadlineMs: UInt32?
+    /// Field 6 `status`.
+    public var status: RpcStatus?
+    /// Field 7 `hello`.
+    public var hello: Hello?
+    /// Field 8 `goaway`.
+    public var goaway: GoAway?
+
+    public init(
+        kind: FrameKind? = nil,
+        streamId: UInt32? = nil,
+        method: String? = nil,
+        payload: [UInt8]? = nil,
+        deadlineMs: UInt32? = nil,
+        status: RpcStatus? = nil,
+        hello: Hello? = nil,
+        goaway: GoAway? = nil
+    ) {
+        self.kind = kind
+        self.streamId = streamId
+        self.method = method
+        self.payload = payload
+        self.deadlineMs = deadlineMs
+        self.status = status
+        self.hello = hello
+        self.goaway = goaway
+    }
+
+    public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.Frame")
+
+    public init(dynamic message: DynamicMessage) {
+        precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.Frame")
+        self.kind = message.get(1)
+        self.streamId = message.get(2)
+        self.method = message.get(3)
+        self.payload = message.get(4)
+        self.deadlineMs = message.get(5)
+        self.status = message.get(6)
+        self.hello = message.get(7)
+        self.goaway = message.get(8)
+    }
+
+    public var dynamic: DynamicMessage {
+        var message = DynamicMessage(Self.protoDescriptor)
+        message.set(1, kind)
+        message.set(2, streamId)
+        message.set(3, method)
+        message.set(4, payload)
+        message.set(5, deadlineMs)
+        message.set(6, status)
+        message.set(7, hello)
+        message.set(8, goaway)
+        return message
+    }
+}
+
+/// Protobuf enum `containers.lmctfy.agent.FrameKind`.
+public enum FrameKind: Int32, ProtoEnum, CaseIterable {
+    case frameKindUnspecified = 0
+    case frameHello = 1
+    case frameRequest = 2
+    case frameResponse = 3
+    case frameStatus = 4
+    case frameCancel = 5
+    case framePing = 6
+    case framePong = 7
+    case frameGoaway = 8
+
+    public var protoName: String {
+        switch self {
+        case .frameKindUnspecified: return "FRAME_KIND_UNSPECIFIED"
+        case .frameHello: return "FRAME_HELLO"
+        case .frameRequest: return "FRAME_REQUEST"
+        case .frameResponse: return "FRAME_RESPONSE"
+        case .frameStatus: return "FRAME_STATUS"
+        case .frameCancel: return "FRAME_CANCEL"
+        case .framePing: return "FRAME_PING"
+        case .framePong: return "FRAME_PONG"
+        case .frameGoaway: return "FRAME_GOAWAY"
+        }
+    }
+}
+
+/// Protobuf message `containers.lmctfy.agent.GoAway`.
+public struct GoAway: ProtoMessage {
+    /// Field 1 `reason`.
+    public var reason: GoAwayReason?
+    /// Field 2 `message`.
+    public var message: String?
+    /// Field 3 `last_stream_id`.
+    public var lastStreamId: UInt32?
+
+    public init(
+        reason: GoAwayReason? = nil,
+        message: String? = nil,
+        lastStreamId: UInt32? = nil
+    ) {
+        self.reason = reason
+        self.message = message
+        self.lastStreamId = lastStreamId
+    }
+
+    public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.GoAway")
+
+    public init(dynamic message: DynamicMessage) {
+        precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.GoAway")
+        self.reason = message.get(1)
+        self.message = message.get(2)
+        self.lastStreamId = message.get(3)
+    }
+
+    public var dynamic: DynamicMessage {
+        var message = DynamicMessage(Self.protoDescriptor)
+        message.set(1, reason)
+        message.set(2, self.message)
+        message.set(3, lastStreamId)
+        return message
+    }
+}
+
+/// Protobuf enum `containers.lmctfy.agent.GoAwayReason`.
+public enum GoAwayReason: Int32, ProtoEnum, CaseIterable {
+    case goawayUnspecified = 0
+    case goawayNormal = 1
+    case goawayMalformedFrame = 2
+    case goawayFrameTooLarge = 3
+    case goawayProtocolError = 4
+    case goawayUnauthenticated = 5
+    case goawayPermissionDenied = 6
+    case goawayVersionMismatch = 7
+    case goawayHelloTimeout = 8
+    case goawayIdleTimeout = 9
+    case goawayTruncated = 10
+
+    public var protoName: String {
+        switch self {
+        case .goawayUnspecified: return "GOAWAY_UNSPECIFIED"
+        case .goawayNormal: return "GOAWAY_NORMAL"
+        case .goawayMalformedFrame: return "GOAWAY_MALFORMED_FRAME"
+        case .goawayFrameTooLarge: return "GOAWAY_FRAME_TOO_LARGE"
+        case .goawayProtocolError: return "GOAWAY_PROTOCOL_ERROR"
+        case .goawayUnauthenticated: return "GOAWAY_UNAUTHENTICATED"
+        case .goawayPermissionDenied: return "GOAWAY_PERMISSION_DENIED"
+        case .goawayVersionMismatch: return "GOAWAY_VERSION_MISMATCH"
+        case .goawayHelloTimeout: return "GOAWAY_HELLO_TIMEOUT"
+        case .goawayIdleTimeout: return "GOAWAY_IDLE_TIMEOUT"
+        case .goawayTruncated: return "GOAWAY_TRUNCATED"
+        }
+    }
+}
+
+/// Protobuf message `containers.lmctfy.agent.Hello`.
+public struct Hello: ProtoMessage {
+    /// Field 1 `stage`.
+    public var stage: HelloStage?
+    /// Field 2 `min_version`.
+    public var minVersion: UInt32?
+    /// Field 3 `max_version`.
+    public var maxVersion: UInt32?
+    /// Field 4 `version`.
+    public var version: UInt32?
+    /// Field 5 `peer_name`.
+    public var peerName: String?
+    /// Field 6 `capabilities`.
+    public var capabilities: [String]
+    /// Field 7 `key_id`.
+    public var keyId: String?
+    /// Field 8 `nonce`.
+    public var nonce: [UInt8]?
+    /// Field 9 `proof`.
+    public var proof: [UInt8]?
+    /// Field 10 `max_frame_bytes`.
+    public var maxFrameBytes: UInt32?
+    /// Field 11 `max_streams`.
+    public var maxStreams: UInt32?
+
+    public init(
+        stage: HelloStage? = nil,
+        minVersion: UInt32? = nil,
+        maxVersion: UInt32? = nil,
+        version: UInt32? = nil,
+        peerName: String? = nil,
+        capabilities: [String] = [],
+        keyId: String? = nil,
+        nonce: [UInt8]? = nil,
+        proof: [UInt8]? = nil,
+        maxFrameBytes: UInt32? = nil,
+        maxStreams: UInt32? = nil
+    ) {
+        self.stage = stage
+        self.minVersion = minVersion
+        self.maxVersion = maxVersion
+        self.version = version
+        self.peerName = peerName
+        self.capabilities = capabilities
+        self.keyId = keyId
+        self.nonce = nonce
+        self.proof = proof
+        self.maxFrameBytes = maxFrameBytes
+        self.maxStreams = maxStreams
+    }
+
+    public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.Hello")
+
+    public init(dynamic message: DynamicMessage) {
+        precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.Hello")
+        self.stage = message.get(1)
+        self.minVersion = message.get(2)
+        self.maxVersion = message.get(3)
+        self.version = message.get(4)
+        self.peerName = message.get(5)
+        self.capabilities = message.getRepeated(6)
+        self.keyId = message.get(7)
+        self.nonce = message.get(8)
+        self.proof = message.get(9)
+        self.maxFrameBytes = message.get(10)
+        self.maxStreams = message.get(11)
+    }
+
+    public var dynamic: DynamicMessage {
+        var message = DynamicMessage(Self.protoDescriptor)
+        message.set(1, stage)
+        message.set(2, minVersion)
+        message.set(3, maxVersion)
+        message.set(4, version)
+        message.set(5, peerName)
+        message.setRepeated(6, capabilities)
+        message.set(7, keyId)
+        message.set(8, nonce)
+        message.set(9, proof)
+        message.set(10, maxFrameBytes)
+        message.set(11, maxStreams)
+        return message
+    }
+}
+
+/// Protobuf enum `containers.lmctfy.agent.HelloStage`.
+public enum HelloStage: Int32, ProtoEnum, CaseIterable {
+    case helloStageUnspecified = 0
+    case helloOffer = 1
+    case helloChallenge = 2
+    case helloProof = 3
+    case helloAccepted = 4
+
+    public var protoName: String {
+        switch self {
+        case .helloStageUnspecified: return "HELLO_STAGE_UNSPECIFIED"
+        case .helloOffer: return "HELLO_OFFER"
+        case .helloChallenge: return "HELLO_CHALLENGE"
+        case .helloProof: return "HELLO_PROOF"
+        case .helloAccepted: return "HELLO_ACCEPTED"
+        }
+    }
+}
+
+/// Protobuf message `containers.lmctfy.agent.KillAllRequest`.
+public struct KillAllRequest: ProtoMessage {
+    /// Field 1 `name`.
+    public var name: String?
+
+    public init(
+        name: String? = nil
+    ) {
+        self.name = name
+    }
+
+    public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.KillAllRequest")
+
+    public init(dynamic message: DynamicMessage) {
+        precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.KillAllRequest")
+        self.name = message.get(1)
+    }
+
+    public var dynamic: DynamicMessage {
+        var message = DynamicMessage(Self.protoDescriptor)
+        message.set(1, name)
+        return message
+    }
+}
+
+/// Protobuf message `containers.lmctfy.agent.KillAllResponse`.
+public struct KillAllResponse: ProtoMessage {
+    public init() {}
+
+    public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.KillAllResponse")
+
+    public init(dynamic message: DynamicMessage) {
+        precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.KillAllResponse")
+        self.init()
+    }
+
+    public var dynamic: DynamicMessage {
+        let message = DynamicMessage(Self.protoDescriptor)
+        return message
+    }
+}
+
+/// Protobuf message `containers.lmctfy.agent.ListContainersRequest`.
+public struct ListContainersRequest: ProtoMessage {
+    /// Field 1 `name`.
+    public var name: String?
+    /// Field 2 `recursive`.
+    public var recursive: Bool?
+
+    public init(
+        name: String? = nil,
+        recursive: Bool? = nil
+    ) {
+        self.name = name
+        self.recursive = recursive
+    }
+
+    public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.ListContainersRequest")
+
+    public init(dynamic message: DynamicMessage) {
+        precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.ListContainersRequest")
+        self.name = message.get(1)
+        self.recursive = message.get(2)
+    }
+
+    public var dynamic: DynamicMessage {
+        var message = DynamicMessage(Self.protoDescriptor)
+        message.set(1, name)
+        message.set(2, recursive)
+        return message
+    }
+}
+
+/// Protobuf message `containers.lmctfy.agent.ListContainersResponse`.
+public struct ListContainersResponse: ProtoMessage {
+    /// Field 1 `names`.
+    public var names: [String]
+
+    public init(
+        names: [String] = []
+    ) {
+        self.names = names
+    }
+
+    public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.ListContainersResponse")
+
+    public init(dynamic message: DynamicMessage) {
+        precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.ListContainersResponse")
+        self.names = message.getRepeated(1)
+    }
+
+    public var dynamic: DynamicMessage {
+        var message = DynamicMessage(Self.protoDescriptor)
+        message.setRepeated(1, names)
+        return message
+    }
+}
+
+/// Protobuf message `containers.lmctfy.agent.ListPidsRequest`.
+public struct ListPidsRequest: ProtoMessage {
+    /// Field 1 `name`.
+    public var name: String?
+    /// Field 2 `recursive`.
+    public var recursive: Bool?
+
+    public init(
+        name: String? = nil,
+        recursive: Bool? = nil
+    ) {
+        self.name = name
+        self.recursive = recursive
+    }
+
+    public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.ListPidsRequest")
+
+    public init(dynamic message: DynamicMessage) {
+        precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.ListPidsRequest")
+        self.name = message.get(1)
+        self.recursive = message.get(2)
+    }
+
+    public var dynamic: DynamicMessage {
+        var message = DynamicMessage(Self.protoDescriptor)
+        message.set(1, name)
+        message.set(2, recursive)
+        return message
+    }
+}
+
+/// Protobuf message `containers.lmctfy.agent.ListPidsResponse`.
+public struct ListPidsResponse: ProtoMessage {
+    /// Field 1 `pids`.
+    public var pids: [Int32]
+
+    public init(
+        pids: [Int32] = []
+    ) {
+        self.pids = pids
+    }
+
+    public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.ListPidsResponse")
+
+    public init(dynamic message: DynamicMessage) {
+        precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.ListPidsResponse")
+        self.pids = message.getRepeated(1)
+    }
+
+    public var dynamic: DynamicMessage {
+        var message = DynamicMessage(Self.protoDescriptor)
+        message.setRepeated(1, pids)
+        return message
+    }
+}
+
+/// Protobuf message `containers.lmctfy.agent.ListTidsRequest`.
+public struct ListTidsRequest: ProtoMessage {
+    /// Field 1 `name`.
+    public var name: String?
+    /// Field 2 `recursive`.
+    public var recursive: Bool?
+
+    public init(
+        name: String? = nil,
+        recursive: Bool? = nil
+    ) {
+        self.name = name
+        self.recursive = recursive
+    }
+
+    public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.ListTidsRequest")
+
+    public init(dynamic message: DynamicMessage) {
+        precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.ListTidsRequest")
+        self.name = message.get(1)
+        self.recursive = message.get(2)
+    }
+
+    public var dynamic: DynamicMessage {
+        var message = DynamicMessage(Self.protoDescriptor)
+        message.set(1, name)
+        message.set(2, recursive)
+        return message
+    }
+}
+
+/// Protobuf message `containers.lmctfy.agent.ListTidsResponse`.
+public struct ListTidsResponse: ProtoMessage {
+    /// Field 1 `tids`.
+    public var tids: [Int32]
+
+    public init(
+        tids: [Int32] = []
+    ) {
+        self.tids = tids
+    }
+
+    public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.ListTidsResponse")
+
+    public init(dynamic message: DynamicMessage) {
+        precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.ListTidsResponse")
+        self.tids = message.getRepeated(1)
+    }
+
+    public var dynamic: DynamicMessage {
+        var message = DynamicMessage(Self.protoDescriptor)
+        message.setRepeated(1, tids)
+        return message
+    }
+}
+
+/// Protobuf message `containers.lmctfy.agent.MachineInfoRequest`.
+public struct MachineInfoRequest: ProtoMessage {
+    public init() {}
+
+    public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.MachineInfoRequest")
+
+    public init(dynamic message: DynamicMessage) {
+        precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.MachineInfoRequest")
+        self.init()
+    }
+
+    public var dynamic: DynamicMessage {
+        let message = DynamicMessage(Self.protoDescriptor)
+        return message
+    }
+}
+
+/// Protobuf message `containers.lmctfy.agent.MachineInfoResponse`.
+public struct MachineInfoResponse: ProtoMessage {
+    /// Field 1 `hostname`.
+    public var hostname: String?
+    /// Field 2 `kernel`.
+    public var kernel: String?
+    /// Field 3 `cgroup_version`.
+    public var cgroupVersion: Int32?
+    /// Field 4 `cpus`.
+    public var cpus: Int32?
+    /// Field 5 `memory_bytes`.
+    public var memoryBytes: UInt64?
+    /// Field 6 `agent_version`.
+    public var agentVersion: String?
+    /// Field 7 `boot_id`.
+    public var bootId: String?
+
+    public init(
+        hostname: String? = nil,
+        kernel: String? = nil,
+        cgroupVersion: Int32? = nil,
+        cpus: Int32? = nil,
+        memoryBytes: UInt64? = nil,
+        agentVersion: String? = nil,
+        bootId: String? = nil
+    ) {
+        self.hostname = hostname
+        self.kernel = kernel
+        self.cgroupVersion = cgroupVersion
+        self.cpus = cpus
+        self.memoryBytes = memoryBytes
+        self.agentVersion = agentVersion
+        self.bootId = bootId
+    }
+
+    public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.MachineInfoResponse")
+
+    public init(dynamic message: DynamicMessage) {
+        precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.MachineInfoResponse")
+        self.hostname = message.get(1)
+        self.kernel = message.get(2)
+        self.cgroupVersion = message.get(3)
+        self.cpus = message.get(4)
+        self.memoryBytes = message.get(5)
+        self.agentVersion = message.get(6)
+        self.bootId = message.get(7)
+    }
+
+    public var dynamic: DynamicMessage {
+        var message = DynamicMessage(Self.protoDescriptor)
+        message.set(1, hostname)
+        message.set(2, kernel)
+        message.set(3, cgroupVersion)
+        message.set(4, cpus)
+        message.set(5, memoryBytes)
+        message.set(6, agentVersion)
+        message.set(7, bootId)
+        return message
+    }
+}
+
+/// Protobuf message `containers.lmctfy.agent.NotifyRequest`.
+public struct NotifyRequest: ProtoMessage {
+    /// Field 1 `name`.
+    public var name: String?
+    /// Field 2 `spec`.
+    public var spec: EventSpec?
+    /// Field 3 `boot_id`.
+    public var bootId: String?
+    /// Field 4 `after_sequence`.
+    public var afterSequence: UInt64?
+
+    public init(
+        name: String? = nil,
+        spec: EventSpec? = nil,
+        bootId: String? = nil,
+        afterSequence: UInt64? = nil
+    ) {
+        self.name = name
+        self.spec = spec
+        self.bootId = bootId
+        self.afterSequence = afterSequence
+    }
+
+    public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.NotifyRequest")
+
+    public init(dynamic message: DynamicMessage) {
+        precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.NotifyRequest")
+        self.name = message.get(1)
+        self.spec = message.get(2)
+        self.bootId = message.get(3)
+        self.afterSequence = message.get(4)
+    }
+
+    public var dynamic: DynamicMessage {
+        var message = DynamicMessage(Self.protoDescriptor)
+        message.set(1, name)
+        message.set(2, spec)
+        message.set(3, bootId)
+        message.set(4, afterSequence)
+        return message
+    }
+}
+
+/// Protobuf message `containers.lmctfy.agent.NotifyResponse`.
+public struct NotifyResponse: ProtoMessage {
+    /// Field 1 `event`.
+    public var event: ContainerEvent?
+    /// Field 2 `gap`.
+    public var gap: EventGap?
+
+    public init(
+        event: ContainerEvent? = nil,
+        gap: EventGap? = nil
+    ) {
+        self.event = event
+        self.gap = gap
+    }
+
+    public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.NotifyResponse")
+
+    public init(dynamic message: DynamicMessage) {
+        precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.NotifyResponse")
+        self.event = message.get(1)
+        self.gap = message.get(2)
+    }
+
+    public var dynamic: DynamicMessage {
+        var message = DynamicMessage(Self.protoDescriptor)
+        message.set(1, event)
+        message.set(2, gap)
+        return message
+    }
+}
+
+/// Protobuf message `containers.lmctfy.agent.PauseRequest`.
+public struct PauseRequest: ProtoMessage {
+    /// Field 1 `name`.
+    public var name: String?
+
+    public init(
+        name: String? = nil
+    ) {
+        self.name = name
+    }
+
+    public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.PauseRequest")
+
+    public init(dynamic message: DynamicMessage) {
+        precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.PauseRequest")
+        self.name = message.get(1)
+    }
+
+    public var dynamic: DynamicMessage {
+        var message = DynamicMessage(Self.protoDescriptor)
+        message.set(1, name)
+        return message
+    }
+}
+
+/// Protobuf message `containers.lmctfy.agent.PauseResponse`.
+public struct PauseResponse: ProtoMessage {
+    public init() {}
+
+    public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.PauseResponse")
+
+    public init(dynamic message: DynamicMessage) {
+        precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.PauseResponse")
+        self.init()
+    }
+
+    public var dynamic: DynamicMessage {
+        let message = DynamicMessage(Self.protoDescriptor)
+        return message
+    }
+}
+
+/// Protobuf message `containers.lmctfy.agent.PingRequest`.
+public struct PingRequest: ProtoMessage {
+    /// Field 1 `data`.
+    public var data: [UInt8]?
+
+    public init(
+        data: [UInt8]? = nil
+    ) {
+        self.data = data
+    }
+
+    public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.PingRequest")
+
+    public init(dynamic message: DynamicMessage) {
+        precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.PingRequest")
+        self.data = message.get(1)
+    }
+
+    public var dynamic: DynamicMessage {
+        var message = DynamicMessage(Self.protoDescriptor)
+        message.set(1, data)
+        return message
+    }
+}
+
+/// Protobuf message `containers.lmctfy.agent.PingResponse`.
+public struct PingResponse: ProtoMessage {
+    /// Field 1 `data`.
+    public var data: [UInt8]?
+
+    public init(
+        data: [UInt8]? = nil
+    ) {
+        self.data = data
+    }
+
+    public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.PingResponse")
+
+    public init(dynamic message: DynamicMessage) {
+        precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.PingResponse")
+        self.data = message.get(1)
+    }
+
+    public var dynamic: DynamicMessage {
+        var message = DynamicMessage(Self.protoDescriptor)
+        message.set(1, data)
+        return message
+    }
+}
+
+/// Protobuf message `containers.lmctfy.agent.ResumeRequest`.
+public struct ResumeRequest: ProtoMessage {
+    /// Field 1 `name`.
+    public var name: String?
+
+    public init(
+        name: String? = nil
+    ) {
+        self.name = name
+    }
+
+    public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.ResumeRequest")
+
+    public init(dynamic message: DynamicMessage) {
+        precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.ResumeRequest")
+        self.name = message.get(1)
+    }
+
+    public var dynamic: DynamicMessage {
+        var message = DynamicMessage(Self.protoDescriptor)
+        message.set(1, name)
+        return message
+    }
+}
+
+/// Protobuf message `containers.lmctfy.agent.ResumeResponse`.
+public struct ResumeResponse: ProtoMessage {
+    public init() {}
+
+    public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.ResumeResponse")
+
+    public init(dynamic message: DynamicMessage) {
+        precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.ResumeResponse")
+        self.init()
+    }
+
+    public var dynamic: DynamicMessage {
+        let message = DynamicMessage(Self.protoDescriptor)
+        return message
+    }
+}
+
+/// Protobuf message `containers.lmctfy.agent.RoleBinding`.
+public struct RoleBinding: ProtoMessage {
+    /// Field 1 `role`.
+    public var role: AgentRole?
+    /// Field 2 `uid`.
+    public var uid: [UInt32]
+    /// Field 3 `gid`.
+    public var gid: [UInt32]
+    /// Field 4 `key_id`.
+    public var keyId: [String]
+
+    public init(
+        role: AgentRole? = nil,
+        uid: [UInt32] = [],
+        gid: [UInt32] = [],
+        keyId: [String] = []
+    ) {
+        self.role = role
+        self.uid = uid
+        self.gid = gid
+        self.keyId = keyId
+    }
+
+    public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.RoleBinding")
+
+    public init(dynamic message: DynamicMessage) {
+        precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.RoleBinding")
+        self.role = message.get(1)
+        self.uid = message.getRepeated(2)
+        self.gid = message.getRepeated(3)
+        self.keyId = message.getRepeated(4)
+    }
+
+    public var dynamic: DynamicMessage {
+        var message = DynamicMessage(Self.protoDescriptor)
+        message.set(1, role)
+        message.setRepeated(2, uid)
+        message.setRepeated(3, gid)
+        message.setRepeated(4, keyId)
+        return message
+    }
+}
+
+/// Protobuf message `containers.lmctfy.agent.RpcStatus`.
+public struct RpcStatus: ProtoMessage {
+    /// Field 1 `code`.
+    public var code: Int32?
+    /// Field 2 `message`.
+    public var message: String?
+
+    public init(
+        code: Int32? = nil,
+        message: String? = nil
+    ) {
+        self.code = code
+        self.message = message
+    }
+
+    public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.RpcStatus")
+
+    public init(dynamic message: DynamicMessage) {
+        precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.RpcStatus")
+        self.code = message.get(1)
+        self.message = message.get(2)
+    }
+
+    public var dynamic: DynamicMessage {
+        var message = DynamicMessage(Self.protoDescriptor)
+        message.set(1, code)
+        message.set(2, self.message)
+        return message
+    }
+}
+
+/// Protobuf enum `containers.lmctfy.agent.RunEventKind`.
+public enum RunEventKind: Int32, ProtoEnum, CaseIterable {
+    case runEventUnspecified = 0
+    case runStarted = 1
+    case runExited = 2
+
+    public var protoName: String {
+        switch self {
+        case .runEventUnspecified: return "RUN_EVENT_UNSPECIFIED"
+        case .runStarted: return "RUN_STARTED"
+        case .runExited: return "RUN_EXITED"
+        }
+    }
+}
+
+/// Protobuf message `containers.lmctfy.agent.RunRequest`.
+public struct RunRequest: ProtoMessage {
+    /// Field 1 `name`.
+    public var name: String?
+    /// Field 2 `argv`.
+    public var argv: [String]
+    /// Field 3 `spec`.
+    public var spec: RunSpec?
+    /// Field 4 `detached`.
+    public var detached: Bool?
+
+    public init(
+        name: String? = nil,
+        argv: [String] = [],
+        spec: RunSpec? = nil,
+        detached: Bool? = nil
+    ) {
+        self.name = name
+        self.argv = argv
+        self.spec = spec
+        self.detached = detached
+    }
+
+    public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.RunRequest")
+
+    public init(dynamic message: DynamicMessage) {
+        precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.RunRequest")
+        self.name = message.get(1)
+        self.argv = message.getRepeated(2)
+        self.spec = message.get(3)
+        self.detached = message.get(4)
+    }
+
+    public var dynamic: DynamicMessage {
+        var message = DynamicMessage(Self.protoDescriptor)
+        message.set(1, name)
+        message.setRepeated(2, argv)
+        message.set(3, spec)
+        message.set(4, detached)
+        return message
+    }
+}
+
+/// Protobuf message `containers.lmctfy.agent.RunResponse`.
+public struct RunResponse: ProtoMessage {
+    /// Field 1 `kind`.
+    public var kind: RunEventKind?
+    /// Field 2 `pid`.
+    public var pid: Int32?
+    /// Field 3 `exit_code`.
+    public var exitCode: Int32?
+    /// Field 4 `term_signal`.
+    public var termSignal: Int32?
+
+    public init(
+        kind: RunEventKind? = nil,
+        pid: Int32? = nil,
+        exitCode: Int32? = nil,
+        termSignal: Int32? = nil
+    ) {
+        self.kind = kind
+        self.pid = pid
+        self.exitCode = exitCode
+        self.termSignal = termSignal
+    }
+
+    public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.RunResponse")
+
+    public init(dynamic message: DynamicMessage) {
+        precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.RunResponse")
+        self.kind = message.get(1)
+        self.pid = message.get(2)
+        self.exitCode = message.get(3)
+        self.termSignal = message.get(4)
+    }
+
+    public var dynamic: DynamicMessage {
+        var message = DynamicMessage(Self.protoDescriptor)
+        message.set(1, kind)
+        message.set(2, pid)
+        message.set(3, exitCode)
+        message.set(4, termSignal)
+        return message
+    }
+}
+
+/// Protobuf message `containers.lmctfy.agent.SpecRequest`.
+public struct SpecRequest: ProtoMessage {
+    /// Field 1 `name`.
+    public var name: String?
+
+    public init(
+        name: String? = nil
+    ) {
+        self.name = name
+    }
+
+    public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.SpecRequest")
+
+    public init(dynamic message: DynamicMessage) {
+        precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.SpecRequest")
+        self.name = message.get(1)
+    }
+
+    public var dynamic: DynamicMessage {
+        var message = DynamicMessage(Self.protoDescriptor)
+        message.set(1, name)
+        return message
+    }
+}
+
+/// Protobuf message `containers.lmctfy.agent.SpecResponse`.
+public struct SpecResponse: ProtoMessage {
+    /// Field 1 `spec`.
+    public var spec: ContainerSpec?
+
+    public init(
+        spec: ContainerSpec? = nil
+    ) {
+        self.spec = spec
+    }
+
+    public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.SpecResponse")
+
+    public init(dynamic message: DynamicMessage) {
+        precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.SpecResponse")
+        self.spec = message.get(1)
+    }
+
+    public var dynamic: DynamicMessage {
+        var message = DynamicMessage(Self.protoDescriptor)
+        message.set(1, spec)
+        return message
+    }
+}
+
+/// Protobuf enum `containers.lmctfy.agent.SpecUpdatePolicy`.
+public enum SpecUpdatePolicy: Int32, ProtoEnum, CaseIterable {
+    case updatePolicyUnspecified = 0
+    case updateDiff = 1
+    case updateReplace = 2
+
+    public var protoName: String {
+        switch self {
+        case .updatePolicyUnspecified: return "UPDATE_POLICY_UNSPECIFIED"
+        case .updateDiff: return "UPDATE_DIFF"
+        case .updateReplace: return "UPDATE_REPLACE"
+        }
+    }
+}
+
+/// Protobuf enum `containers.lmctfy.agent.StatsKind`.
+public enum StatsKind: Int32, ProtoEnum, CaseIterable {
+    case statsKindUnspecified = 0
+    case statsSummary = 1
+    case statsFull = 2
+
+    public var protoName: String {
+        switch self {
+        case .statsKindUnspecified: return "STATS_KIND_UNSPECIFIED"
+        case .statsSummary: return "STATS_SUMMARY"
+        case .statsFull: return "STATS_FULL"
+        }
+    }
+}
+
+/// Protobuf message `containers.lmctfy.agent.StatsRequest`.
+public struct StatsRequest: ProtoMessage {
+    /// Field 1 `name`.
+    public var name: String?
+    /// Field 2 `kind`.
+    public var kind: StatsKind?
+
+    public init(
+        name: String? = nil,
+        kind: StatsKind? = nil
+    ) {
+        self.name = name
+        self.kind = kind
+    }
+
+    public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.StatsRequest")
+
+    public init(dynamic message: DynamicMessage) {
+        precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.StatsRequest")
+        self.name = message.get(1)
+        self.kind = message.get(2)
+    }
+
+    public var dynamic: DynamicMessage {
+        var message = DynamicMessage(Self.protoDescriptor)
+        message.set(1, name)
+        message.set(2, kind)
+        return message
+    }
+}
+
+/// Protobuf message `containers.lmctfy.agent.StatsResponse`.
+public struct StatsResponse: ProtoMessage {
+    /// Field 1 `stats`.
+    public var stats: ContainerStats?
+
+    public init(
+        stats: ContainerStats? = nil
+    ) {
+        self.stats = stats
+    }
+
+    public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.StatsResponse")
+
+    public init(dynamic message: DynamicMessage) {
+        precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.StatsResponse")
+        self.stats = message.get(1)
+    }
+
+    public var dynamic: DynamicMessage {
+        var message = DynamicMessage(Self.protoDescriptor)
+        message.set(1, stats)
+        return message
+    }
+}
+
+/// Protobuf message `containers.lmctfy.agent.UpdateRequest`.
+public struct UpdateRequest: ProtoMessage {
+    /// Field 1 `name`.
+    public var name: String?
+    /// Field 2 `spec`.
+    public var spec: ContainerSpec?
+    /// Field 3 `policy`.
+    public var policy: SpecUpdatePolicy?
+
+    public init(
+        name: String? = nil,
+        spec: ContainerSpec? = nil,
+        policy: SpecUpdatePolicy? = nil
+    ) {
+        self.name = name
+        self.spec = spec
+        self.policy = policy
+    }
+
+    public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.UpdateRequest")
+
+    public init(dynamic message: DynamicMessage) {
+        precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.UpdateRequest")
+        self.name = message.get(1)
+        self.spec = message.get(2)
+        self.policy = message.get(3)
+    }
+
+    public var dynamic: DynamicMessage {
+        var message = DynamicMessage(Self.protoDescriptor)
+        message.set(1, name)
+        message.set(2, spec)
+        message.set(3, policy)
+        return message
+    }
+}
+
+/// Protobuf message `containers.lmctfy.agent.UpdateResponse`.
+public struct UpdateResponse: ProtoMessage {
+    public init() {}
+
+    public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.UpdateResponse")
+
+    public init(dynamic message: DynamicMessage) {
+        precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.UpdateResponse")
+        self.init()
+    }
+
+    public var dynamic: DynamicMessage {
+        let message = DynamicMessage(Self.protoDescriptor)
+        return message
+    }
+}

@@ -2,6 +2,7 @@
 #ifndef LMCTFY_WIRE_H
 #define LMCTFY_WIRE_H
 #include <stddef.h>
+#include "agent.pb-c.h"
 #include "config.pb-c.h"
 #include "lmctfy.pb-c.h"
 #include "virtual_host.pb-c.h"

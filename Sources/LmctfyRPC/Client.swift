@@ -1,0 +1,215 @@
+// A small blocking client over a connected socket: handshake, unary calls and
+// server-streaming calls, one at a time. It drives a dialler Session with
+// poll/recv/send, so it needs no event loop (lmctl, tests, scripts).
+import Glibc
+import LmctfyProto
+import LmctfySystem
+
+/// A blocking agent-protocol client.
+/// Ownership: it owns the socket and closes it in `close()` or on deinit.
+/// Threads: not thread-safe; use one client from one thread at a time.
+public final class RpcClient {
+    private enum Event {
+        case response([UInt8])
+        case status(CallStatus)
+    }
+
+    private let fd: Int32
+    private var session: Session
+    private var inbox: [UInt32: [Event]] = [:]
+    private var fdClosed = false
+    private var readBuffer = [UInt8](repeating: 0, count: 65536)
+
+    /// The acceptor, as the handshake established it.
+    public private(set) var peer: PeerInfo
+
+    /// Performs the handshake on a connected socket `fd` (taking ownership of
+    /// it) and returns once it succeeded. Throws UNAUTHENTICATED,
+    /// PERMISSION_DENIED, DEADLINE_EXCEEDED (hello timeout) or UNAVAILABLE.
+    public init(
+        fd: Int32, authentication: DiallerAuthentication = .peerCredentials, name: String = "lmctfy-client",
+        limits: SessionLimits = SessionLimits(), nonces: any NonceSource = SystemNonceSource()
+    ) throws(LmctfyError) {
+        self.fd = fd
+        // A blocking client makes no background progress between calls, so
+        // keepalive and idle timers only run while it waits for a call.
+        self.session = Session(dialler: authentication, name: name, limits: limits, nonces: nonces, now: RpcSocket.monotonicMilliseconds())
+        self.peer = PeerInfo(name: "", version: 0, keyId: nil, credentials: nil, maxFrameBytes: 0, maxStreams: 0, capabilities: [])
+        perform(session.start(now: RpcSocket.monotonicMilliseconds()))
+        while !session.isEstablished {
+            if session.isClosed {
+                let reason = session.closeReason
+                close()
+                throw Self.error(for: reason)
+            }
+            pumpOnce()
+        }
+        peer = session.peer!
+    }
+
+    /// Connects to the agent's Unix socket and authenticates by credentials.
+    public static func connect(unixPath: String, name: String = "lmctfy-client", limits: SessionLimits = SessionLimits()) throws(LmctfyError) -> RpcClient {
+        let fd = try RpcSocket.connectUnix(path: unixPath)
+        return try RpcClient(fd: fd, authentication: .peerCredentials, name: name, limits: limits)
+    }
+
+    /// Connects over TCP and authenticates with a shared key.
+    public static func connect(
+        host: String, port: UInt16, keyId: String, key: [UInt8], name: String = "lmctfy-client",
+        limits: SessionLimits = SessionLimits()
+    ) throws(LmctfyError) -> RpcClient {
+        let fd = try RpcSocket.connectTCP(host: host, port: port)
+        return try RpcClient(fd: fd, authentication: .sharedKey(keyId: keyId, key: key), name: name, limits: limits)
+    }
+
+    deinit { close() }
+
+    /// Sends GOAWAY_NORMAL (if the connection is still up) and closes the socket.
+    public func close() {
+        perform(session.goAway(.goawayNormal, message: "client closing", now: RpcSocket.monotonicMilliseconds()))
+        if !fdClosed {
+            fdClosed = true
+            Glibc.close(fd)
+        }
+    }
+
+    public var isClosed: Bool { session.isClosed }
+
+    /// A unary call with serialized messages. Throws the call's non-OK status.
+    public func call(_ method: String, _ request: [UInt8], deadlineMs: UInt32? = nil) throws(LmctfyError) -> [UInt8] {
+        var last: [UInt8] = []
+        try stream(method, request, deadlineMs: deadlineMs) { payload in
+            last = payload
+            return true
+        }
+        return last
+    }
+
+    /// A unary call with typed messages.
+    public func call<Request: ProtoMessage, Response: ProtoMessage>(
+        _ method: String, _ request: Request, as: Response.Type = Response.self, deadlineMs: UInt32? = nil
+    ) throws(LmctfyError) -> Response {
+        let bytes = try call(method, try encode(request), deadlineMs: deadlineMs)
+        return try decode(bytes)
+    }
+
+    /// A server-streaming call: `onResponse` sees each response in order and
+    /// returns false to cancel the call (then this returns normally). Returns
+    /// when the call ends with OK; throws its status otherwise.
+    public func stream(
+        _ method: String, _ request: [UInt8], deadlineMs: UInt32? = nil,
+        onResponse: ([UInt8]) throws(LmctfyError) -> Bool
+    ) throws(LmctfyError) {
+        let (id, actions) = session.openStream(method: method, payload: request, deadlineMs: deadlineMs, now: RpcSocket.monotonicMilliseconds())
+        perform(actions)
+        while true {
+            while let event = inbox[id]?.first {
+                inbox[id]!.removeFirst()
+                switch event {
+                case .response(let payload):
+                    if try !onResponse(payload) {
+                        inbox[id] = nil
+                        perform(session.cancel(streamId: id, now: RpcSocket.monotonicMilliseconds()))
+                        return
+                    }
+                case .status(let status):
+                    inbox[id] = nil
+                    if status.code == .ok { return }
+                    throw status.error
+                }
+            }
+            // The session ends every open call when it closes, so a status
+            // is always queued before this could spin.
+            guard !session.isClosed else {
+                inbox[id] = nil
+                throw Self.error(for: session.closeReason)
+            }
+            pumpOnce()
+        }
+    }
+
+    /// A server-streaming call with typed messages.
+    public func stream<Request: ProtoMessage, Response: ProtoMessage>(
+        _ method: String, _ request: Request, as: Response.Type = Response.self, deadlineMs: UInt32? = nil,
+        onResponse: (Response) throws(LmctfyError) -> Bool
+    ) throws(LmctfyError) {
+        try stream(method, try encode(request), deadlineMs: deadlineMs) { (payload: [UInt8]) throws(LmctfyError) -> Bool in
+            try onResponse(try decode(payload))
+        }
+    }
+
+    // MARK: Driving the session
+
+    /// Waits for input or the session's next timer, then feeds it.
+    private func pumpOnce() {
+        guard !session.isClosed else { return }
+        let now = RpcSocket.monotonicMilliseconds()
+        var timeout: Int32 = -1
+        if let wake = session.nextWakeup {
+            timeout = wake <= now ? 0 : Int32(clamping: wake - now)
+        }
+        do {
+            if try RpcSocket.waitReadable(fd, timeoutMs: timeout) {
+                let n = try RpcSocket.receive(fd, into: &readBuffer)
+                let at = RpcSocket.monotonicMilliseconds()
+                perform(n == 0 ? session.receiveEOF(now: at) : session.receive(readBuffer[0..<n], now: at))
+            }
+        } catch {
+            perform(session.receiveEOF(now: RpcSocket.monotonicMilliseconds()))
+        }
+        perform(session.tick(now: RpcSocket.monotonicMilliseconds()))
+    }
+
+    private func perform(_ actions: [SessionAction]) {
+        for action in actions {
+            switch action {
+            case .write(let bytes):
+                guard !fdClosed else { continue }
+                do {
+                    try RpcSocket.sendAll(fd, bytes)
+                } catch {
+                    // The peer is gone: end every call now rather than at the next read.
+                    perform(session.receiveEOF(now: RpcSocket.monotonicMilliseconds()))
+                }
+            case .deliverRequest(let id, let method, _, _):
+                // The acceptor may call us (both sides may open streams), but
+                // this client serves nothing.
+                perform(session.sendStatus(streamId: id, CallStatus(.unimplemented, "\(method): this client serves no methods"), now: RpcSocket.monotonicMilliseconds()))
+            case .deliverResponse(let id, let payload):
+                inbox[id, default: []].append(.response(payload))
+            case .deliverStatus(let id, let status):
+                inbox[id, default: []].append(.status(status))
+            case .established, .cancelled, .close:
+                break
+            }
+        }
+    }
+
+    private static func error(for reason: CloseReason?) -> LmctfyError {
+        guard let reason else { return LmctfyError(.unavailable, "connection closed") }
+        let code: StatusCode = switch reason.reason {
+        case .goawayUnauthenticated: .unauthenticated
+        case .goawayPermissionDenied: .permissionDenied
+        case .goawayHelloTimeout: .deadlineExceeded
+        case .goawayVersionMismatch: .failedPrecondition
+        default: .unavailable
+        }
+        return LmctfyError(code, "connection closed (\(reason))")
+    }
+}
+
+private func encode(_ message: some ProtoMessage) throws(LmctfyError) -> [UInt8] {
+    do {
+        return try message.serializedBytes()
+    } catch {
+        throw LmctfyError(.invalidArgument, "cannot encode request: \(error)")
+    }
+}
+
+private func decode<M: ProtoMessage>(_ bytes: [UInt8]) throws(LmctfyError) -> M {
+    do {
+        return try M(serializedBytes: bytes)
+    } catch {
+        throw LmctfyError(.internal, "undecodable \(M.protoDescriptor.fullName) from the peer: \(error)")
+    }
+}

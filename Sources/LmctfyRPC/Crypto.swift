@@ -1,0 +1,58 @@
+// The handshake's cryptography, through Debian's libcrypto (DESIGN.md:
+// swift-crypto would rebuild BoringSSL in every CI run). Three primitives
+// only: HMAC-SHA256, a constant-time comparison, and the CSPRNG.
+import COpenSSL
+
+public enum Crypto {
+    /// HMAC-SHA256 of `data` under `key` (32 bytes).
+    public static func hmacSHA256(key: [UInt8], data: [UInt8]) -> [UInt8] {
+        var out = [UInt8](repeating: 0, count: Int(EVP_MAX_MD_SIZE))
+        var length: UInt32 = 0
+        let ok = key.withUnsafeBytes { k in
+            data.withUnsafeBufferPointer { d in
+                out.withUnsafeMutableBufferPointer { o in
+                    // HMAC() wants a non-null data pointer even for 0 bytes.
+                    var empty: UInt8 = 0
+                    return withUnsafePointer(to: &empty) { e in
+                        HMAC(EVP_sha256(), k.baseAddress, Int32(k.count),
+                             d.baseAddress ?? e, d.count, o.baseAddress, &length)
+                    }
+                }
+            }
+        }
+        // Only fails on allocation failure inside libcrypto: nothing to recover.
+        precondition(ok != nil && length == 32, "HMAC-SHA256 failed in libcrypto")
+        return Array(out[0..<32])
+    }
+
+    /// Equal lengths and equal bytes, in time independent of where they
+    /// differ, so a peer cannot learn a valid proof byte by byte.
+    public static func constantTimeEqual(_ a: [UInt8], _ b: [UInt8]) -> Bool {
+        guard a.count == b.count else { return false }
+        if a.isEmpty { return true }
+        return a.withUnsafeBytes { x in
+            b.withUnsafeBytes { y in CRYPTO_memcmp(x.baseAddress, y.baseAddress, x.count) == 0 }
+        }
+    }
+
+    /// `count` bytes from OpenSSL's CSPRNG.
+    public static func randomBytes(_ count: Int) -> [UInt8] {
+        var out = [UInt8](repeating: 0, count: count)
+        let ok = out.withUnsafeMutableBufferPointer { RAND_bytes($0.baseAddress, Int32(count)) }
+        // A nonce we cannot make securely must never be replaced by a weak one.
+        precondition(ok == 1, "RAND_bytes failed: no secure randomness")
+        return out
+    }
+}
+
+/// Where a session gets its 32-byte handshake nonces. Injected so tests are
+/// deterministic; production uses `SystemNonceSource`.
+public protocol NonceSource: Sendable {
+    func nonce() -> [UInt8]
+}
+
+/// Nonces from OpenSSL's CSPRNG.
+public struct SystemNonceSource: NonceSource {
+    public init() {}
+    public func nonce() -> [UInt8] { Crypto.randomBytes(HandshakeMAC.nonceBytes) }
+}

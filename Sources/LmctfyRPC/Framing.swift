@@ -1,0 +1,138 @@
+// Framing (PROTOCOL.md section 1): a 4-byte big-endian length, then one
+// protobuf Frame. The decoder accepts bytes in any chunking and checks each
+// length against the limit before it waits for, or keeps, the body.
+import LmctfyProto
+
+/// Why a byte stream is not a valid sequence of frames. Every case maps to a
+/// goaway reason; none of them is ever a crash.
+public enum FrameError: Error, Sendable, Equatable, CustomStringConvertible {
+    /// The stream ended inside a frame: `have` of `needed` bytes arrived.
+    case truncated(needed: Int, have: Int)
+    /// The length prefix exceeds the limit.
+    case oversize(length: UInt32, max: UInt32)
+    /// The body is not a protobuf Frame.
+    case garbage(length: Int)
+    /// The frame has no kind, or one this version does not define.
+    case unknownKind(Int32?)
+
+    public var description: String {
+        switch self {
+        case .truncated(let needed, let have):
+            "stream ended inside a frame (\(have) of \(needed) bytes)"
+        case .oversize(let length, let max):
+            "frame of \(length) bytes exceeds the limit of \(max)"
+        case .garbage(let length):
+            "frame body of \(length) bytes is not a valid Frame"
+        case .unknownKind(let kind):
+            kind.map { "unknown frame kind \($0)" } ?? "frame has no kind"
+        }
+    }
+
+    public var goAwayReason: GoAwayReason {
+        switch self {
+        case .truncated: .goawayTruncated
+        case .oversize: .goawayFrameTooLarge
+        case .garbage, .unknownKind: .goawayMalformedFrame
+        }
+    }
+}
+
+public enum FrameCodec {
+    public static let headerBytes = 4
+    /// The limit before the handshake is done (PROTOCOL.md section 1).
+    public static let helloMaxFrameBytes: UInt32 = 65536
+
+    /// The frame's bytes on the wire, length prefix included.
+    public static func encode(_ frame: Frame) -> [UInt8] {
+        let body: [UInt8]
+        do {
+            body = try frame.serializedBytes()
+        } catch {
+            // Frame has no required fields, so protobuf-c cannot refuse it.
+            preconditionFailure("cannot encode a Frame: \(error)")
+        }
+        let n = UInt32(body.count)
+        return [UInt8(n >> 24), UInt8(n >> 16 & 0xff), UInt8(n >> 8 & 0xff), UInt8(n & 0xff)] + body
+    }
+
+    /// Decodes one frame body (no length prefix). Unknown enum numbers are
+    /// kept by protobuf-c, so the kind is checked on the raw value.
+    public static func decodeBody(_ body: ArraySlice<UInt8>) throws(FrameError) -> Frame {
+        let dynamic: DynamicMessage
+        do {
+            dynamic = try DynamicMessage(serializedBytes: body, as: Frame.protoDescriptor)
+        } catch {
+            throw .garbage(length: body.count)
+        }
+        guard case .enumValue(let raw)? = dynamic.values(1).last else { throw .unknownKind(nil) }
+        guard let kind = FrameKind(rawValue: raw), kind != .frameKindUnspecified else {
+            throw .unknownKind(raw)
+        }
+        var frame = Frame(dynamic: dynamic)
+        frame.kind = kind
+        return frame
+    }
+}
+
+/// Turns bytes, fed in arbitrary chunks, into whole frames.
+/// Not thread-safe: one connection's reader owns it.
+public struct FrameDecoder: Sendable {
+    /// The largest length prefix accepted. Changing it applies to the next
+    /// frame whose header has not been checked yet.
+    public var maxFrameBytes: UInt32
+    private var buffer: [UInt8] = []
+    private var start = 0
+
+    public init(maxFrameBytes: UInt32) {
+        self.maxFrameBytes = maxFrameBytes
+    }
+
+    /// Bytes received but not yet returned as frames.
+    public var bufferedBytes: Int { buffer.count - start }
+
+    public mutating func feed(_ bytes: some Collection<UInt8>) {
+        buffer.append(contentsOf: bytes)
+    }
+
+    /// The next whole frame, or nil if more bytes are needed. After an error
+    /// the decoder is unusable (the connection must close).
+    public mutating func next() throws(FrameError) -> Frame? {
+        let available = buffer.count - start
+        guard available >= FrameCodec.headerBytes else { return nil }
+        let length = UInt32(buffer[start]) << 24 | UInt32(buffer[start + 1]) << 16
+            | UInt32(buffer[start + 2]) << 8 | UInt32(buffer[start + 3])
+        // The check comes before we wait for (and so buffer) the body.
+        guard length <= maxFrameBytes else { throw .oversize(length: length, max: maxFrameBytes) }
+        let total = FrameCodec.headerBytes + Int(length)
+        guard available >= total else { return nil }
+        let body = buffer[(start + FrameCodec.headerBytes)..<(start + total)]
+        start += total
+        defer { compact() }
+        return try FrameCodec.decodeBody(body)
+    }
+
+    /// At end of stream: an error if a frame was left incomplete.
+    public func finish() throws(FrameError) {
+        let available = buffer.count - start
+        guard available > 0 else { return }
+        var needed = FrameCodec.headerBytes
+        if available >= FrameCodec.headerBytes {
+            let length = UInt32(buffer[start]) << 24 | UInt32(buffer[start + 1]) << 16
+                | UInt32(buffer[start + 2]) << 8 | UInt32(buffer[start + 3])
+            needed += Int(length)
+        }
+        throw .truncated(needed: needed, have: available)
+    }
+
+    /// Drops consumed bytes once they are most of the buffer, so memory stays
+    /// bounded by one frame plus one read.
+    private mutating func compact() {
+        if start == buffer.count {
+            buffer.removeAll(keepingCapacity: buffer.capacity <= 65536)
+            start = 0
+        } else if start > 65536 && start * 2 > buffer.count {
+            buffer.removeFirst(start)
+            start = 0
+        }
+    }
+}

@@ -1,0 +1,639 @@
+// One connection of the agent protocol as a pure state machine: bytes and
+// calls in, actions out (PROTOCOL.md is the contract). It reads no clock and
+// touches no socket: every entry point takes `now` (milliseconds on any
+// monotonic clock) and the caller performs the returned actions in order.
+// This keeps every rule testable without sockets and lets the libuv glue own
+// all I/O on its loop thread.
+import LmctfyProto
+import LmctfySystem
+
+/// The protocol versions this implementation speaks.
+public enum ProtocolVersion {
+    public static let current: UInt32 = 1
+    public static let supported: ClosedRange<UInt32> = 1...1
+}
+
+/// Limits one side applies to what it receives (announced in its hello) and
+/// its timers. Defaults are the agent's (PROTOCOL.md section 7).
+public struct SessionLimits: Sendable, Equatable {
+    public var maxFrameBytes: UInt32 = 4 << 20
+    public var maxStreams: UInt32 = 128
+    public var helloTimeoutMs: UInt64 = 10_000
+    /// 0: never.
+    public var idleTimeoutMs: UInt64 = 120_000
+    /// 0: never.
+    public var keepaliveIntervalMs: UInt64 = 30_000
+
+    public init(
+        maxFrameBytes: UInt32 = 4 << 20, maxStreams: UInt32 = 128, helloTimeoutMs: UInt64 = 10_000,
+        idleTimeoutMs: UInt64 = 120_000, keepaliveIntervalMs: UInt64 = 30_000
+    ) {
+        self.maxFrameBytes = maxFrameBytes
+        self.maxStreams = maxStreams
+        self.helloTimeoutMs = helloTimeoutMs
+        self.idleTimeoutMs = idleTimeoutMs
+        self.keepaliveIntervalMs = keepaliveIntervalMs
+    }
+}
+
+/// The end of a call: a canonical code and a message for humans.
+public struct CallStatus: Error, Sendable, Equatable, CustomStringConvertible {
+    public var code: StatusCode
+    public var message: String
+
+    public init(_ code: StatusCode, _ message: String = "") {
+        self.code = code
+        self.message = message
+    }
+
+    public static let ok = CallStatus(.ok)
+
+    public init(_ error: LmctfyError) { self.init(error.code, error.message) }
+
+    /// From the wire; a code outside 0...16 becomes UNKNOWN, keeping the number.
+    public init(wire: RpcStatus) {
+        let raw = wire.code ?? StatusCode.unknown.rawValue
+        if let code = StatusCode(rawValue: raw) {
+            self.init(code, wire.message ?? "")
+        } else {
+            self.init(.unknown, "status code \(raw): \(wire.message ?? "")")
+        }
+    }
+
+    public var wire: RpcStatus { RpcStatus(code: code.rawValue, message: message.isEmpty ? nil : message) }
+
+    public var error: LmctfyError { LmctfyError(code, message) }
+
+    public var description: String { message.isEmpty ? "\(code)" : "\(code): \(message)" }
+}
+
+/// Why a connection closed, and which side said so.
+public struct CloseReason: Sendable, Equatable, CustomStringConvertible {
+    public var reason: GoAwayReason
+    public var message: String
+    /// True when the peer sent the goaway (or just went away).
+    public var byPeer: Bool
+
+    public init(_ reason: GoAwayReason, _ message: String, byPeer: Bool) {
+        self.reason = reason
+        self.message = message
+        self.byPeer = byPeer
+    }
+
+    public var description: String {
+        "\(byPeer ? "peer" : "local") \(reason.protoName): \(message)"
+    }
+}
+
+/// The other side, as the handshake established it.
+public struct PeerInfo: Sendable, Equatable {
+    public var name: String
+    public var version: UInt32
+    /// TCP: the key id the peer proved it holds (the dialler's, on both sides).
+    public var keyId: String?
+    /// Unix socket, acceptor side: the peer's kernel credentials.
+    public var credentials: PeerCredentials?
+    /// What the peer accepts from us.
+    public var maxFrameBytes: UInt32
+    public var maxStreams: UInt32
+    public var capabilities: [String]
+}
+
+/// What the owner of a session must do, in order.
+public enum SessionAction: Sendable, Equatable {
+    /// Write these bytes to the connection.
+    case write([UInt8])
+    /// The handshake succeeded.
+    case established(PeerInfo)
+    /// The peer called us. `deadline` is absolute on the session's clock.
+    /// Answer with `sendResponse` / `sendStatus`.
+    case deliverRequest(streamId: UInt32, method: String, payload: [UInt8], deadline: UInt64?)
+    /// One response message for a call we made.
+    case deliverResponse(streamId: UInt32, payload: [UInt8])
+    /// A call we made has ended (from the peer, or locally: deadline,
+    /// oversize request, too many streams, connection closed).
+    case deliverStatus(streamId: UInt32, CallStatus)
+    /// Stop working on a call the peer made: it cancelled, its deadline
+    /// passed, or the connection is closing. Anything sent on it is dropped.
+    case cancelled(streamId: UInt32, CallStatus)
+    /// Close the connection after performing the actions before this one.
+    case close(CloseReason)
+}
+
+public enum SessionRole: Sendable, Equatable {
+    case dialler, acceptor
+}
+
+/// One connection. Not thread-safe: one owner (the loop thread) drives it.
+public struct Session: Sendable {
+    public let role: SessionRole
+    public let limits: SessionLimits
+    public let name: String
+    public private(set) var peer: PeerInfo?
+    public private(set) var isClosed = false
+    public private(set) var closeReason: CloseReason?
+    public var isEstablished: Bool { peer != nil && !isClosed }
+
+    private enum Handshake: Sendable {
+        case diallerIdle(DiallerAuthentication)
+        case diallerOffered(DiallerAuthentication, clientNonce: [UInt8]?, versions: ClosedRange<UInt32>)
+        case diallerProved(keyId: String, versions: ClosedRange<UInt32>)
+        case acceptorWaiting(AcceptorAuthentication)
+        case acceptorChallenged(Challenge)
+        case done
+    }
+
+    private struct Challenge: Sendable {
+        var key: [UInt8]
+        var keyId: String
+        var clientNonce: [UInt8]
+        var serverNonce: [UInt8]
+        var version: UInt32
+        var offer: Hello
+    }
+
+    /// A call opened before the handshake finished; sent once it has.
+    private struct PendingCall: Sendable {
+        var streamId: UInt32
+        var method: String
+        var payload: [UInt8]
+        var deadlineMs: UInt32?
+        var deadline: UInt64?
+    }
+
+    private var handshake: Handshake
+    private let nonces: any NonceSource
+    private var decoder: FrameDecoder
+    private let startedAt: UInt64
+    private var lastReceived: UInt64
+    private var lastPingSent: UInt64
+    private var pingCounter: UInt64 = 0
+
+    /// Calls we made: stream id -> absolute deadline.
+    private var outgoing: [UInt32: UInt64?] = [:]
+    /// Calls the peer made: stream id -> absolute deadline.
+    private var incoming: [UInt32: UInt64?] = [:]
+    private var pending: [PendingCall] = []
+    private var lastLocalId: UInt32 = 0
+    private var lastPeerId: UInt32 = 0
+
+    /// A dialling side (we called connect). Call `start(now:)` to send the offer.
+    public init(
+        dialler auth: DiallerAuthentication, name: String, limits: SessionLimits = SessionLimits(),
+        nonces: any NonceSource = SystemNonceSource(), now: UInt64
+    ) {
+        self.init(role: .dialler, handshake: .diallerIdle(auth), name: name, limits: limits, nonces: nonces, now: now)
+    }
+
+    /// An accepting side (we called accept). It waits for the peer's offer.
+    public init(
+        acceptor auth: AcceptorAuthentication, name: String, limits: SessionLimits = SessionLimits(),
+        nonces: any NonceSource = SystemNonceSource(), now: UInt64
+    ) {
+        self.init(role: .acceptor, handshake: .acceptorWaiting(auth), name: name, limits: limits, nonces: nonces, now: now)
+    }
+
+    private init(
+        role: SessionRole, handshake: Handshake, name: String, limits: SessionLimits,
+        nonces: any NonceSource, now: UInt64
+    ) {
+        self.role = role
+        self.handshake = handshake
+        self.name = name
+        self.limits = limits
+        self.nonces = nonces
+        self.decoder = FrameDecoder(maxFrameBytes: min(limits.maxFrameBytes, FrameCodec.helloMaxFrameBytes))
+        self.startedAt = now
+        self.lastReceived = now
+        self.lastPingSent = now
+    }
+
+    /// Calls (ours and the peer's) that have not ended.
+    public var openStreamCount: Int { outgoing.count + incoming.count + pending.count }
+
+    // MARK: Entry points
+
+    /// Dialler: sends the offer. Acceptor: nothing to do.
+    public mutating func start(now: UInt64) -> [SessionAction] {
+        guard !isClosed, case .diallerIdle(let auth) = handshake else { return [] }
+        let versions = ProtocolVersion.supported
+        var hello = Hello(
+            stage: .helloOffer, minVersion: versions.lowerBound, maxVersion: versions.upperBound,
+            peerName: name, maxFrameBytes: limits.maxFrameBytes, maxStreams: limits.maxStreams)
+        var clientNonce: [UInt8]?
+        if case .sharedKey(let keyId, _) = auth {
+            let n = nonces.nonce()
+            hello.keyId = keyId
+            hello.nonce = n
+            clientNonce = n
+        }
+        handshake = .diallerOffered(auth, clientNonce: clientNonce, versions: versions)
+        return [.write(FrameCodec.encode(Frame(kind: .frameHello, hello: hello)))]
+    }
+
+    /// Bytes read from the connection.
+    public mutating func receive(_ bytes: some Collection<UInt8>, now: UInt64) -> [SessionAction] {
+        guard !isClosed else { return [] }
+        lastReceived = now
+        decoder.feed(bytes)
+        var actions: [SessionAction] = []
+        while !isClosed {
+            let frame: Frame?
+            do {
+                frame = try decoder.next()
+            } catch {
+                actions += closeLocally(error.goAwayReason, error.description)
+                break
+            }
+            guard let frame else { break }
+            actions += handle(frame, now: now)
+        }
+        return actions
+    }
+
+    /// The peer closed its side (read returned 0) or the connection broke.
+    public mutating func receiveEOF(now: UInt64) -> [SessionAction] {
+        guard !isClosed else { return [] }
+        do {
+            try decoder.finish()
+        } catch {
+            return shutDown(CloseReason(.goawayTruncated, error.description, byPeer: true), sendGoAway: false)
+        }
+        return shutDown(CloseReason(.goawayUnspecified, "connection closed by peer without goaway", byPeer: true), sendGoAway: false)
+    }
+
+    /// Makes a call. The id is returned at once; the outcome arrives as
+    /// `.deliverResponse` / `.deliverStatus` actions (possibly among these).
+    /// Calls made before the handshake is done are sent when it is.
+    public mutating func openStream(
+        method: String, payload: [UInt8], deadlineMs: UInt32? = nil, now: UInt64
+    ) -> (streamId: UInt32, actions: [SessionAction]) {
+        let base: UInt32 = role == .dialler ? 1 : 2
+        guard lastLocalId <= UInt32.max - 2 else {
+            return (0, [.deliverStatus(streamId: 0, CallStatus(.resourceExhausted, "stream ids exhausted on this connection"))])
+        }
+        let id = lastLocalId == 0 ? base : lastLocalId + 2
+        lastLocalId = id
+        if isClosed {
+            return (id, [.deliverStatus(streamId: id, CallStatus(.unavailable, "connection closed: \(closeReason?.description ?? "")"))])
+        }
+        let deadline = deadlineMs.flatMap { $0 > 0 ? now + UInt64($0) : nil }
+        let call = PendingCall(streamId: id, method: method, payload: payload, deadlineMs: deadlineMs, deadline: deadline)
+        if peer == nil {
+            pending.append(call)
+            return (id, [])
+        }
+        return (id, send(call))
+    }
+
+    /// One response message on a call the peer made. Dropped if the call has
+    /// already ended (cancelled or past its deadline): handlers race those.
+    public mutating func sendResponse(streamId: UInt32, payload: [UInt8], now: UInt64) -> [SessionAction] {
+        guard !isClosed, incoming[streamId] != nil, let peer else { return [] }
+        let frame = FrameCodec.encode(Frame(kind: .frameResponse, streamId: streamId, payload: payload))
+        guard frame.count - FrameCodec.headerBytes <= Int(peer.maxFrameBytes) else {
+            let status = CallStatus(.resourceExhausted, "response of \(frame.count - FrameCodec.headerBytes) bytes exceeds the peer's frame limit of \(peer.maxFrameBytes)")
+            incoming[streamId] = nil
+            return [.write(statusFrame(streamId, status)), .cancelled(streamId: streamId, status)]
+        }
+        return [.write(frame)]
+    }
+
+    /// Ends a call the peer made. Dropped if it has already ended.
+    public mutating func sendStatus(streamId: UInt32, _ status: CallStatus, now: UInt64) -> [SessionAction] {
+        guard !isClosed, incoming.removeValue(forKey: streamId) != nil else { return [] }
+        return [.write(statusFrame(streamId, status))]
+    }
+
+    /// Abandons a call we made. No status is delivered for it afterwards.
+    public mutating func cancel(streamId: UInt32, now: UInt64) -> [SessionAction] {
+        if let i = pending.firstIndex(where: { $0.streamId == streamId }) {
+            pending.remove(at: i)
+            return []
+        }
+        guard !isClosed, outgoing.removeValue(forKey: streamId) != nil else { return [] }
+        return [.write(FrameCodec.encode(Frame(kind: .frameCancel, streamId: streamId)))]
+    }
+
+    /// Closes the connection in order: goaway, then every open call ends.
+    public mutating func goAway(_ reason: GoAwayReason = .goawayNormal, message: String, now: UInt64) -> [SessionAction] {
+        guard !isClosed else { return [] }
+        return closeLocally(reason, message)
+    }
+
+    /// Timers: deadlines, hello timeout, idle timeout, keepalive. Call it at
+    /// `nextWakeup` (calling it more often is harmless).
+    public mutating func tick(now: UInt64) -> [SessionAction] {
+        guard !isClosed else { return [] }
+        if peer == nil && now >= startedAt + limits.helloTimeoutMs {
+            return closeLocally(.goawayHelloTimeout, "handshake not done within \(limits.helloTimeoutMs) ms")
+        }
+        if peer != nil && limits.idleTimeoutMs > 0 && now >= lastReceived + limits.idleTimeoutMs {
+            return closeLocally(.goawayIdleTimeout, "nothing received for \(limits.idleTimeoutMs) ms")
+        }
+        var actions: [SessionAction] = []
+        for call in pending where call.deadline.map({ now >= $0 }) ?? false {
+            actions.append(.deliverStatus(streamId: call.streamId, deadlineStatus(call.deadlineMs)))
+        }
+        pending.removeAll { $0.deadline.map { now >= $0 } ?? false }
+        for (id, deadline) in outgoing.sorted(by: { $0.key < $1.key }) {
+            guard let deadline, now >= deadline else { continue }
+            outgoing[id] = nil
+            actions.append(.write(FrameCodec.encode(Frame(kind: .frameCancel, streamId: id))))
+            actions.append(.deliverStatus(streamId: id, CallStatus(.deadlineExceeded, "deadline exceeded")))
+        }
+        for (id, deadline) in incoming.sorted(by: { $0.key < $1.key }) {
+            guard let deadline, now >= deadline else { continue }
+            incoming[id] = nil
+            let status = CallStatus(.deadlineExceeded, "deadline exceeded")
+            actions.append(.write(statusFrame(id, status)))
+            actions.append(.cancelled(streamId: id, status))
+        }
+        if peer != nil && limits.keepaliveIntervalMs > 0
+            && now >= lastReceived + limits.keepaliveIntervalMs
+            && now >= lastPingSent + limits.keepaliveIntervalMs {
+            lastPingSent = now
+            pingCounter += 1
+            actions.append(.write(FrameCodec.encode(Frame(kind: .framePing, payload: bigEndian(pingCounter)))))
+        }
+        return actions
+    }
+
+    /// When `tick` next has something to do; nil when closed.
+    public var nextWakeup: UInt64? {
+        guard !isClosed else { return nil }
+        var times: [UInt64] = []
+        if peer == nil {
+            times.append(startedAt + limits.helloTimeoutMs)
+        } else {
+            if limits.idleTimeoutMs > 0 { times.append(lastReceived + limits.idleTimeoutMs) }
+            if limits.keepaliveIntervalMs > 0 {
+                times.append(max(lastReceived, lastPingSent) + limits.keepaliveIntervalMs)
+            }
+        }
+        times += pending.compactMap(\.deadline)
+        times += outgoing.values.compactMap { $0 }
+        times += incoming.values.compactMap { $0 }
+        return times.min()
+    }
+
+    // MARK: Frames in
+
+    private mutating func handle(_ frame: Frame, now: UInt64) -> [SessionAction] {
+        // decodeBody guarantees a known kind.
+        let kind = frame.kind ?? .frameKindUnspecified
+        switch kind {
+        case .frameGoaway:
+            let g = frame.goaway ?? GoAway()
+            return shutDown(CloseReason(g.reason ?? .goawayUnspecified, g.message ?? "", byPeer: true), sendGoAway: false)
+        case .frameHello:
+            guard let hello = frame.hello else { return closeLocally(.goawayMalformedFrame, "HELLO frame without hello") }
+            guard peer == nil else { return closeLocally(.goawayProtocolError, "HELLO after the handshake") }
+            return handleHello(hello, now: now)
+        default:
+            break
+        }
+        guard peer != nil else {
+            return closeLocally(.goawayProtocolError, "\(kind.protoName) before the handshake is done")
+        }
+        let id = frame.streamId ?? 0
+        switch kind {
+        case .frameRequest:
+            return handleRequest(frame, id: id, now: now)
+        case .frameResponse, .frameStatus:
+            guard id != 0 else { return closeLocally(.goawayProtocolError, "\(kind.protoName) on stream 0") }
+            guard isLocal(id) else {
+                return closeLocally(.goawayProtocolError, "\(kind.protoName) on stream \(id), which the peer opened")
+            }
+            if kind == .frameStatus && frame.status?.code == nil {
+                return closeLocally(.goawayMalformedFrame, "STATUS frame without a code on stream \(id)")
+            }
+            guard outgoing[id] != nil else {
+                // Ended locally (deadline, cancel) while this was in flight.
+                if id <= lastLocalId { return [] }
+                return closeLocally(.goawayProtocolError, "\(kind.protoName) on stream \(id), which was never opened")
+            }
+            if kind == .frameResponse {
+                return [.deliverResponse(streamId: id, payload: frame.payload ?? [])]
+            }
+            outgoing[id] = nil
+            return [.deliverStatus(streamId: id, CallStatus(wire: frame.status!))]
+        case .frameCancel:
+            guard id != 0, !isLocal(id) else {
+                return closeLocally(.goawayProtocolError, "CANCEL on stream \(id), which the peer did not open")
+            }
+            guard incoming.removeValue(forKey: id) != nil else {
+                if id <= lastPeerId { return [] }
+                return closeLocally(.goawayProtocolError, "CANCEL on stream \(id), which was never opened")
+            }
+            return [.cancelled(streamId: id, CallStatus(.cancelled, "cancelled by the caller"))]
+        case .framePing:
+            let payload = frame.payload ?? []
+            guard payload.count <= 64 else {
+                return closeLocally(.goawayProtocolError, "PING payload of \(payload.count) bytes exceeds 64")
+            }
+            return [.write(FrameCodec.encode(Frame(kind: .framePong, payload: payload)))]
+        case .framePong:
+            return []
+        case .frameHello, .frameGoaway, .frameKindUnspecified:
+            return []
+        }
+    }
+
+    private mutating func handleRequest(_ frame: Frame, id: UInt32, now: UInt64) -> [SessionAction] {
+        guard id != 0, !isLocal(id) else {
+            return closeLocally(.goawayProtocolError, "REQUEST on stream \(id): wrong parity for the peer")
+        }
+        guard id > lastPeerId else {
+            return closeLocally(.goawayProtocolError, "REQUEST reuses stream \(id) (last was \(lastPeerId))")
+        }
+        guard let method = frame.method, !method.isEmpty else {
+            return closeLocally(.goawayMalformedFrame, "REQUEST on stream \(id) without a method")
+        }
+        lastPeerId = id
+        guard incoming.count < Int(limits.maxStreams) else {
+            return [.write(statusFrame(id, CallStatus(.resourceExhausted, "more than \(limits.maxStreams) concurrent streams")))]
+        }
+        let deadline = frame.deadlineMs.flatMap { $0 > 0 ? now + UInt64($0) : nil }
+        incoming[id] = .some(deadline)
+        return [.deliverRequest(streamId: id, method: method, payload: frame.payload ?? [], deadline: deadline)]
+    }
+
+    // MARK: Handshake
+
+    private mutating func handleHello(_ hello: Hello, now: UInt64) -> [SessionAction] {
+        switch (handshake, hello.stage) {
+        case (.acceptorWaiting(let auth), .helloOffer?):
+            return acceptOffer(hello, auth: auth)
+        case (.acceptorChallenged(let c), .helloProof?):
+            let expected = HandshakeMAC.proof(
+                key: c.key, label: HandshakeMAC.diallerLabel, version: c.version, keyId: c.keyId,
+                clientNonce: c.clientNonce, serverNonce: c.serverNonce)
+            guard Crypto.constantTimeEqual(expected, hello.proof ?? []) else {
+                return closeLocally(.goawayUnauthenticated, "wrong proof for key \(c.keyId)")
+            }
+            return accept(c.offer, version: c.version, keyId: c.keyId, credentials: nil)
+        case (.diallerOffered(.sharedKey(let keyId, let key), let clientNonce?, let versions), .helloChallenge?):
+            let version = hello.version ?? 0
+            guard versions.contains(version) else {
+                return closeLocally(.goawayVersionMismatch, "acceptor chose version \(version), outside \(versions)")
+            }
+            let serverNonce = hello.nonce ?? []
+            guard serverNonce.count == HandshakeMAC.nonceBytes, serverNonce != clientNonce else {
+                return closeLocally(.goawayUnauthenticated, "acceptor nonce is not 32 fresh bytes")
+            }
+            let expected = HandshakeMAC.proof(
+                key: key, label: HandshakeMAC.acceptorLabel, version: version, keyId: keyId,
+                clientNonce: clientNonce, serverNonce: serverNonce)
+            guard Crypto.constantTimeEqual(expected, hello.proof ?? []) else {
+                return closeLocally(.goawayUnauthenticated, "acceptor does not hold key \(keyId)")
+            }
+            let proof = HandshakeMAC.proof(
+                key: key, label: HandshakeMAC.diallerLabel, version: version, keyId: keyId,
+                clientNonce: clientNonce, serverNonce: serverNonce)
+            handshake = .diallerProved(keyId: keyId, versions: versions)
+            return [.write(FrameCodec.encode(Frame(kind: .frameHello, hello: Hello(stage: .helloProof, proof: proof))))]
+        case (.diallerOffered(.peerCredentials, _, let versions), .helloAccepted?):
+            return established(by: hello, versions: versions, keyId: nil)
+        case (.diallerProved(let keyId, let versions), .helloAccepted?):
+            return established(by: hello, versions: versions, keyId: keyId)
+        case (.diallerOffered(.sharedKey, _, _), .helloAccepted?):
+            // Accepting without a challenge would skip the acceptor's proof.
+            return closeLocally(.goawayUnauthenticated, "acceptor accepted without proving it holds the key")
+        default:
+            return closeLocally(.goawayProtocolError, "unexpected hello stage \(hello.stage?.protoName ?? "none")")
+        }
+    }
+
+    private mutating func acceptOffer(_ offer: Hello, auth: AcceptorAuthentication) -> [SessionAction] {
+        let low = offer.minVersion ?? 1
+        let high = offer.maxVersion ?? low
+        guard low <= high, high >= ProtocolVersion.supported.lowerBound, low <= ProtocolVersion.supported.upperBound else {
+            return closeLocally(.goawayVersionMismatch, "no common version: peer speaks \(low)...\(high), we speak \(ProtocolVersion.supported)")
+        }
+        let version = min(high, ProtocolVersion.supported.upperBound)
+        switch auth {
+        case .peerCredentials(let credentials, let policy):
+            guard policy.allows(credentials) else {
+                return closeLocally(.goawayPermissionDenied, "uid \(credentials.uid) gid \(credentials.gid) may not use this socket")
+            }
+            return accept(offer, version: version, keyId: nil, credentials: credentials)
+        case .sharedKey(let keyring, let replays):
+            guard let keyId = offer.keyId, let key = keyring.key(keyId) else {
+                return closeLocally(.goawayUnauthenticated, "unknown or missing key id \(offer.keyId ?? "")")
+            }
+            let clientNonce = offer.nonce ?? []
+            guard clientNonce.count == HandshakeMAC.nonceBytes else {
+                return closeLocally(.goawayUnauthenticated, "client nonce must be \(HandshakeMAC.nonceBytes) bytes")
+            }
+            guard replays.insert(clientNonce) else {
+                return closeLocally(.goawayUnauthenticated, "client nonce replayed")
+            }
+            var serverNonce = nonces.nonce()
+            if serverNonce == clientNonce { serverNonce = nonces.nonce() }
+            let proof = HandshakeMAC.proof(
+                key: key, label: HandshakeMAC.acceptorLabel, version: version, keyId: keyId,
+                clientNonce: clientNonce, serverNonce: serverNonce)
+            handshake = .acceptorChallenged(Challenge(
+                key: key, keyId: keyId, clientNonce: clientNonce, serverNonce: serverNonce,
+                version: version, offer: offer))
+            let hello = Hello(stage: .helloChallenge, version: version, nonce: serverNonce, proof: proof)
+            return [.write(FrameCodec.encode(Frame(kind: .frameHello, hello: hello)))]
+        }
+    }
+
+    /// Acceptor: the dialler passed; send ACCEPTED and open for business.
+    private mutating func accept(_ offer: Hello, version: UInt32, keyId: String?, credentials: PeerCredentials?) -> [SessionAction] {
+        let reply = Hello(
+            stage: .helloAccepted, version: version, peerName: name,
+            maxFrameBytes: limits.maxFrameBytes, maxStreams: limits.maxStreams)
+        let info = PeerInfo(
+            name: offer.peerName ?? "", version: version, keyId: keyId, credentials: credentials,
+            maxFrameBytes: offer.maxFrameBytes ?? UInt32(FrameCodec.helloMaxFrameBytes),
+            maxStreams: offer.maxStreams ?? 100, capabilities: offer.capabilities)
+        return [.write(FrameCodec.encode(Frame(kind: .frameHello, hello: reply)))] + becomeEstablished(info)
+    }
+
+    /// Dialler: the acceptor's ACCEPTED arrived.
+    private mutating func established(by hello: Hello, versions: ClosedRange<UInt32>, keyId: String?) -> [SessionAction] {
+        let version = hello.version ?? 0
+        guard versions.contains(version) else {
+            return closeLocally(.goawayVersionMismatch, "acceptor chose version \(version), outside \(versions)")
+        }
+        let info = PeerInfo(
+            name: hello.peerName ?? "", version: version, keyId: keyId, credentials: nil,
+            maxFrameBytes: hello.maxFrameBytes ?? UInt32(FrameCodec.helloMaxFrameBytes),
+            maxStreams: hello.maxStreams ?? 100, capabilities: hello.capabilities)
+        return becomeEstablished(info)
+    }
+
+    private mutating func becomeEstablished(_ info: PeerInfo) -> [SessionAction] {
+        handshake = .done
+        peer = info
+        decoder.maxFrameBytes = limits.maxFrameBytes
+        var actions: [SessionAction] = [.established(info)]
+        let calls = pending
+        pending = []
+        for call in calls { actions += send(call) }
+        return actions
+    }
+
+    // MARK: Frames out
+
+    private mutating func send(_ call: PendingCall) -> [SessionAction] {
+        guard let peer else { return [] }
+        guard outgoing.count < Int(peer.maxStreams) else {
+            return [.deliverStatus(streamId: call.streamId, CallStatus(.resourceExhausted, "the peer serves at most \(peer.maxStreams) concurrent streams"))]
+        }
+        let frame = FrameCodec.encode(Frame(
+            kind: .frameRequest, streamId: call.streamId, method: call.method, payload: call.payload,
+            deadlineMs: call.deadlineMs.flatMap { $0 > 0 ? $0 : nil }))
+        guard frame.count - FrameCodec.headerBytes <= Int(peer.maxFrameBytes) else {
+            return [.deliverStatus(streamId: call.streamId, CallStatus(.resourceExhausted, "request of \(frame.count - FrameCodec.headerBytes) bytes exceeds the peer's frame limit of \(peer.maxFrameBytes)"))]
+        }
+        outgoing[call.streamId] = .some(call.deadline)
+        return [.write(frame)]
+    }
+
+    private func statusFrame(_ id: UInt32, _ status: CallStatus) -> [UInt8] {
+        FrameCodec.encode(Frame(kind: .frameStatus, streamId: id, status: status.wire))
+    }
+
+    private func deadlineStatus(_ ms: UInt32?) -> CallStatus {
+        CallStatus(.deadlineExceeded, "deadline exceeded")
+    }
+
+    private func isLocal(_ id: UInt32) -> Bool {
+        (id % 2 == 1) == (role == .dialler)
+    }
+
+    // MARK: Closing
+
+    /// We close: goaway with the reason, then end every call.
+    private mutating func closeLocally(_ reason: GoAwayReason, _ message: String) -> [SessionAction] {
+        shutDown(CloseReason(reason, message, byPeer: false), sendGoAway: true)
+    }
+
+    private mutating func shutDown(_ reason: CloseReason, sendGoAway: Bool) -> [SessionAction] {
+        var actions: [SessionAction] = []
+        if sendGoAway {
+            let g = GoAway(reason: reason.reason, message: reason.message, lastStreamId: lastPeerId)
+            actions.append(.write(FrameCodec.encode(Frame(kind: .frameGoaway, goaway: g))))
+        }
+        let unavailable = CallStatus(.unavailable, "connection closed (\(reason))")
+        let ours = (outgoing.keys + pending.map(\.streamId)).sorted()
+        for id in ours { actions.append(.deliverStatus(streamId: id, unavailable)) }
+        for id in incoming.keys.sorted() { actions.append(.cancelled(streamId: id, unavailable)) }
+        outgoing = [:]
+        incoming = [:]
+        pending = []
+        isClosed = true
+        closeReason = reason
+        actions.append(.close(reason))
+        return actions
+    }
+}
+
+private func bigEndian(_ v: UInt64) -> [UInt8] {
+    (0..<8).reversed().map { UInt8(truncatingIfNeeded: v >> (UInt64($0) * 8)) }
+}

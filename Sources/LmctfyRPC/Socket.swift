@@ -1,0 +1,101 @@
+// The few socket calls the blocking client needs, each with errno read at
+// once and EINTR retried (the LmctfySystem convention). The agent's sockets
+// live in LmctfyLoop; these serve lmctl, tests and other Swift programs.
+import Glibc
+import LmctfySystem
+
+public enum RpcSocket {
+    /// A connected, blocking, close-on-exec Unix stream socket.
+    public static func connectUnix(path: String) throws(LmctfyError) -> Int32 {
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(path.utf8)
+        let capacity = MemoryLayout.size(ofValue: address.sun_path)
+        guard !bytes.isEmpty, bytes.count < capacity else {
+            throw LmctfyError(.invalidArgument, "socket path \(path) is empty or longer than \(capacity - 1) bytes")
+        }
+        withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: bytes) }
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        if fd < 0 { throw SystemError("socket", path, errno).lmctfy(.unavailable, "cannot connect") }
+        let length = socklen_t(MemoryLayout<sa_family_t>.size + bytes.count + 1)
+        let (r, e) = withUnsafePointer(to: &address) { p in
+            p.withMemoryRebound(to: sockaddr.self, capacity: 1) { sa in Sys.retry { connect(fd, sa, length) } }
+        }
+        if r < 0 {
+            close(fd)
+            throw SystemError("connect", path, e).lmctfy(.unavailable, "cannot connect to the agent")
+        }
+        return fd
+    }
+
+    /// A connected, blocking, close-on-exec TCP socket to the first address
+    /// of `host` that answers.
+    public static func connectTCP(host: String, port: UInt16) throws(LmctfyError) -> Int32 {
+        var hints = addrinfo()
+        hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
+        hints.ai_family = AF_UNSPEC
+        var list: UnsafeMutablePointer<addrinfo>?
+        let rc = getaddrinfo(host, String(port), &hints, &list)
+        guard rc == 0, let first = list else {
+            throw LmctfyError(.unavailable, "cannot resolve \(host): \(String(cString: gai_strerror(rc)))")
+        }
+        defer { freeaddrinfo(first) }
+        var lastError = SystemError("connect", "\(host):\(port)", ECONNREFUSED)
+        var next: UnsafeMutablePointer<addrinfo>? = first
+        while let ai = next {
+            next = ai.pointee.ai_next
+            let fd = socket(ai.pointee.ai_family, ai.pointee.ai_socktype | Int32(SOCK_CLOEXEC.rawValue), ai.pointee.ai_protocol)
+            if fd < 0 { lastError = SystemError("socket", "\(host):\(port)", errno); continue }
+            let (r, e) = Sys.retry { connect(fd, ai.pointee.ai_addr, ai.pointee.ai_addrlen) }
+            if r == 0 { return fd }
+            lastError = SystemError("connect", "\(host):\(port)", e)
+            close(fd)
+        }
+        throw lastError.lmctfy(.unavailable, "cannot connect to \(host):\(port)")
+    }
+
+    /// The kernel's credentials of a Unix socket's peer (`SO_PEERCRED`).
+    public static func peerCredentials(fd: Int32) throws(LmctfyError) -> PeerCredentials {
+        // struct ucred { pid_t pid; uid_t uid; gid_t gid; } (Glibc hides it
+        // behind _GNU_SOURCE, so the layout is spelled here).
+        var cred: (Int32, UInt32, UInt32) = (0, 0, 0)
+        var length = socklen_t(MemoryLayout.size(ofValue: cred))
+        let r = getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &length)
+        if r < 0 { throw SystemError("getsockopt(SO_PEERCRED)", "fd \(fd)", errno).lmctfy(.internal, "cannot identify the peer") }
+        return PeerCredentials(pid: cred.0, uid: cred.1, gid: cred.2)
+    }
+
+    /// Milliseconds on CLOCK_MONOTONIC: the clock sessions are driven with.
+    public static func monotonicMilliseconds() -> UInt64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return UInt64(ts.tv_sec) * 1000 + UInt64(ts.tv_nsec) / 1_000_000
+    }
+
+    /// Writes everything; MSG_NOSIGNAL so a vanished peer is an error, not SIGPIPE.
+    static func sendAll(_ fd: Int32, _ bytes: [UInt8]) throws(SystemError) {
+        var offset = 0
+        while offset < bytes.count {
+            let (n, e) = bytes.withUnsafeBytes { b in
+                Sys.retry { send(fd, b.baseAddress! + offset, b.count - offset, Int32(MSG_NOSIGNAL)) }
+            }
+            if n < 0 { throw SystemError("send", "fd \(fd)", e) }
+            offset += n
+        }
+    }
+
+    /// Waits until `fd` is readable or `timeoutMs` passes (-1: forever).
+    static func waitReadable(_ fd: Int32, timeoutMs: Int32) throws(SystemError) -> Bool {
+        var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        let (n, e) = Sys.retry { poll(&p, 1, timeoutMs) }
+        if n < 0 { throw SystemError("poll", "fd \(fd)", e) }
+        return n > 0
+    }
+
+    /// One read; 0 at end of stream.
+    static func receive(_ fd: Int32, into buffer: inout [UInt8]) throws(SystemError) -> Int {
+        let (n, e) = buffer.withUnsafeMutableBytes { b in Sys.retry { recv(fd, b.baseAddress, b.count, 0) } }
+        if n < 0 { throw SystemError("recv", "fd \(fd)", e) }
+        return n
+    }
+}

@@ -1,0 +1,155 @@
+// RpcClient over a real socket pair, against an acceptor Session driven by a
+// small blocking server on another thread (what the agent does on its loop).
+import Foundation
+import Glibc
+import LmctfyProto
+import LmctfyRPC
+import LmctfySystem
+import Testing
+
+/// Serves Ping (echo), Count (n responses), Hang (never answers) and Fail
+/// (NOT_FOUND) on `fd` until the connection closes. Returns when done.
+func serve(fd: Int32, auth: AcceptorAuthentication) {
+    var session = Session(acceptor: auth, name: "test-agent", limits: SessionLimits(helloTimeoutMs: 5000), now: RpcSocket.monotonicMilliseconds())
+    var buffer = [UInt8](repeating: 0, count: 65536)
+    func perform(_ actions: [SessionAction]) {
+        for action in actions {
+            switch action {
+            case .write(let bytes):
+                _ = bytes.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+            case .deliverRequest(let id, let method, let payload, _):
+                let now = RpcSocket.monotonicMilliseconds()
+                switch method {
+                case "Ping":
+                    let request = (try? PingRequest(serializedBytes: payload)) ?? PingRequest()
+                    perform(session.sendResponse(streamId: id, payload: (try? PingResponse(data: request.data).serializedBytes()) ?? [], now: now))
+                    perform(session.sendStatus(streamId: id, .ok, now: now))
+                case "Count":
+                    for i in 0..<Int(payload.first ?? 0) { perform(session.sendResponse(streamId: id, payload: [UInt8(i)], now: now)) }
+                    perform(session.sendStatus(streamId: id, .ok, now: now))
+                case "Hang":
+                    break
+                case "Fail":
+                    perform(session.sendStatus(streamId: id, CallStatus(.notFound, "container /nope does not exist"), now: now))
+                default:
+                    perform(session.sendStatus(streamId: id, CallStatus(.unimplemented, method), now: now))
+                }
+            default:
+                break
+            }
+        }
+    }
+    while !session.isClosed {
+        var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        let now = RpcSocket.monotonicMilliseconds()
+        let wait = session.nextWakeup.map { $0 <= now ? 0 : Int32(clamping: $0 - now) } ?? -1
+        if poll(&p, 1, wait) > 0 {
+            let n = recv(fd, &buffer, buffer.count, 0)
+            let at = RpcSocket.monotonicMilliseconds()
+            perform(n <= 0 ? session.receiveEOF(now: at) : session.receive(buffer[0..<n], now: at))
+        }
+        perform(session.tick(now: RpcSocket.monotonicMilliseconds()))
+    }
+    close(fd)
+}
+
+/// A connected pair: the client's end and a server thread on the other.
+func withServer(_ auth: AcceptorAuthentication, _ body: (Int32) throws -> Void) rethrows {
+    var fds: [Int32] = [0, 0]
+    precondition(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &fds) == 0)
+    let serverFd = fds[1]
+    let done = DispatchSemaphore(value: 0)
+    let thread = Thread {
+        serve(fd: serverFd, auth: auth)
+        done.signal()
+    }
+    thread.start()
+    defer { done.wait() }
+    try body(fds[0])
+}
+
+@Suite struct ClientTests {
+    static let me = PeerCredentials(pid: getpid(), uid: getuid(), gid: getgid())
+    static let unix = AcceptorAuthentication.peerCredentials(me, UnixPeerPolicy(allowedUids: [getuid()]))
+
+    @Test func unaryStreamingErrorsAndDeadlines() throws {
+        try withServer(Self.unix) { fd in
+            let client = try RpcClient(fd: fd, name: "lmctl")
+            defer { client.close() }
+            #expect(client.peer.name == "test-agent")
+
+            let pong = try client.call("Ping", PingRequest(data: Array("hi".utf8)), as: PingResponse.self)
+            #expect(pong.data == Array("hi".utf8))
+
+            var seen: [UInt8] = []
+            try client.stream("Count", [5]) { payload in
+                seen += payload
+                return true
+            }
+            #expect(seen == [0, 1, 2, 3, 4])
+
+            #expect(throws: LmctfyError(.notFound, "container /nope does not exist")) {
+                try client.call("Fail", [])
+            }
+            #expect(throws: LmctfyError(.unimplemented, "Nope")) { try client.call("Nope", []) }
+
+            let start = RpcSocket.monotonicMilliseconds()
+            #expect(throws: LmctfyError(.deadlineExceeded, "deadline exceeded")) {
+                try client.call("Hang", [], deadlineMs: 50)
+            }
+            #expect(RpcSocket.monotonicMilliseconds() - start >= 50)
+
+            // Cancelling from the handler ends the call; the connection stays usable.
+            var first: [UInt8] = []
+            try client.stream("Count", [100]) { payload in
+                first = payload
+                return false
+            }
+            #expect(first == [0])
+            #expect(try client.call("Ping", PingRequest(), as: PingResponse.self) == PingResponse())
+        }
+    }
+
+    @Test func sharedKeyOverASocket() throws {
+        let key = Array("0123456789abcdef0123".utf8)
+        let acceptor = AcceptorAuthentication.sharedKey(try Keyring(["lmctl": key]), ReplayCache())
+        try withServer(acceptor) { fd in
+            let client = try RpcClient(fd: fd, authentication: .sharedKey(keyId: "lmctl", key: key))
+            #expect(client.peer.keyId == "lmctl")
+            #expect(try client.call("Ping", PingRequest(data: [7]), as: PingResponse.self).data == [7])
+            client.close()
+        }
+        withServer(acceptor) { fd in
+            #expect(throws: LmctfyError.self) {
+                _ = try RpcClient(fd: fd, authentication: .sharedKey(keyId: "lmctl", key: Array("wrong-key-wrong-key".utf8)))
+            }
+        }
+    }
+
+    @Test func deniedPeerIsToldWhy() {
+        let nobody = AcceptorAuthentication.peerCredentials(PeerCredentials(pid: 1, uid: 4242, gid: 4242), UnixPeerPolicy())
+        withServer(nobody) { fd in
+            do {
+                _ = try RpcClient(fd: fd)
+                Issue.record("connected without permission")
+            } catch let error as LmctfyError {
+                #expect(error.code == .permissionDenied)
+                #expect(error.message.contains("uid 4242"))
+            } catch {
+                Issue.record("unexpected error \(error)")
+            }
+        }
+    }
+
+    @Test func peerCredentialsOfASocketPair() throws {
+        var fds: [Int32] = [0, 0]
+        #expect(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &fds) == 0)
+        defer { close(fds[0]); close(fds[1]) }
+        let c = try RpcSocket.peerCredentials(fd: fds[0])
+        #expect(c.pid == getpid() && c.uid == getuid() && c.gid == getgid())
+    }
+
+    @Test func connectToAMissingSocketIsUnavailable() {
+        #expect(throws: LmctfyError.self) { try RpcClient.connect(unixPath: "/nonexistent/lmctfy-test.sock") }
+    }
+}
