@@ -72,6 +72,11 @@ let package = Package(
 
         .executableTarget(name: "lmctfy", dependencies: ["LmctfyCommands"]),
 
+        // The agent: RPC dispatch onto CL1, listeners, config, events.
+        .target(
+            name: "LmctfyAgent",
+            dependencies: ["Lmctfy", "LmctfyCommands", "LmctfyProto", "LmctfyRPC", "LmctfySystem"]),
+
         // tools/run-bench's measuring side (the C baseline is built by the script).
         .executableTarget(
             name: "lmctfy-bench",

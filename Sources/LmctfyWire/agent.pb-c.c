@@ -2423,7 +2423,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__create_response__des
   (ProtobufCMessageInit) containers__lmctfy__agent__create_response__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor containers__lmctfy__agent__destroy_request__field_descriptors[1] =
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__destroy_request__field_descriptors[2] =
 {
   {
     "name",
@@ -2437,14 +2437,27 @@ static const ProtobufCFieldDescriptor containers__lmctfy__agent__destroy_request
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "force",
+    2,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_BOOL,
+    offsetof(Containers__Lmctfy__Agent__DestroyRequest, has_force),
+    offsetof(Containers__Lmctfy__Agent__DestroyRequest, force),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned containers__lmctfy__agent__destroy_request__field_indices_by_name[] = {
+  1,   /* field[1] = force */
   0,   /* field[0] = name */
 };
 static const ProtobufCIntRange containers__lmctfy__agent__destroy_request__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 1 }
+  { 0, 2 }
 };
 const ProtobufCMessageDescriptor containers__lmctfy__agent__destroy_request__descriptor =
 {
@@ -2454,7 +2467,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__destroy_request__des
   "Containers__Lmctfy__Agent__DestroyRequest",
   "containers.lmctfy.agent",
   sizeof(Containers__Lmctfy__Agent__DestroyRequest),
-  1,
+  2,
   containers__lmctfy__agent__destroy_request__field_descriptors,
   containers__lmctfy__agent__destroy_request__field_indices_by_name,
   1,  containers__lmctfy__agent__destroy_request__number_ranges,
@@ -3292,7 +3305,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__enter_response__desc
   (ProtobufCMessageInit) containers__lmctfy__agent__enter_response__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor containers__lmctfy__agent__kill_all_request__field_descriptors[1] =
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__kill_all_request__field_descriptors[2] =
 {
   {
     "name",
@@ -3306,14 +3319,27 @@ static const ProtobufCFieldDescriptor containers__lmctfy__agent__kill_all_reques
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "recursive",
+    2,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_BOOL,
+    offsetof(Containers__Lmctfy__Agent__KillAllRequest, has_recursive),
+    offsetof(Containers__Lmctfy__Agent__KillAllRequest, recursive),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned containers__lmctfy__agent__kill_all_request__field_indices_by_name[] = {
   0,   /* field[0] = name */
+  1,   /* field[1] = recursive */
 };
 static const ProtobufCIntRange containers__lmctfy__agent__kill_all_request__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 1 }
+  { 0, 2 }
 };
 const ProtobufCMessageDescriptor containers__lmctfy__agent__kill_all_request__descriptor =
 {
@@ -3323,7 +3349,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__kill_all_request__de
   "Containers__Lmctfy__Agent__KillAllRequest",
   "containers.lmctfy.agent",
   sizeof(Containers__Lmctfy__Agent__KillAllRequest),
-  1,
+  2,
   containers__lmctfy__agent__kill_all_request__field_descriptors,
   containers__lmctfy__agent__kill_all_request__field_indices_by_name,
   1,  containers__lmctfy__agent__kill_all_request__number_ranges,

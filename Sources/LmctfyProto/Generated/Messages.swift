@@ -3126,11 +3126,15 @@ public struct CreateResponse: ProtoMessage {
 public struct DestroyRequest: ProtoMessage {
     /// Field 1 `name`.
     public var name: String?
+    /// Field 2 `force`.
+    public var force: Bool?
 
     public init(
-        name: String? = nil
+        name: String? = nil,
+        force: Bool? = nil
     ) {
         self.name = name
+        self.force = force
     }
 
     public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.DestroyRequest")
@@ -3138,11 +3142,13 @@ public struct DestroyRequest: ProtoMessage {
     public init(dynamic message: DynamicMessage) {
         precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.DestroyRequest")
         self.name = message.get(1)
+        self.force = message.get(2)
     }
 
     public var dynamic: DynamicMessage {
         var message = DynamicMessage(Self.protoDescriptor)
         message.set(1, name)
+        message.set(2, force)
         return message
     }
 }
@@ -3575,11 +3581,15 @@ public enum HelloStage: Int32, ProtoEnum, CaseIterable {
 public struct KillAllRequest: ProtoMessage {
     /// Field 1 `name`.
     public var name: String?
+    /// Field 2 `recursive`.
+    public var recursive: Bool?
 
     public init(
-        name: String? = nil
+        name: String? = nil,
+        recursive: Bool? = nil
     ) {
         self.name = name
+        self.recursive = recursive
     }
 
     public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.KillAllRequest")
@@ -3587,11 +3597,13 @@ public struct KillAllRequest: ProtoMessage {
     public init(dynamic message: DynamicMessage) {
         precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.KillAllRequest")
         self.name = message.get(1)
+        self.recursive = message.get(2)
     }
 
     public var dynamic: DynamicMessage {
         var message = DynamicMessage(Self.protoDescriptor)
         message.set(1, name)
+        message.set(2, recursive)
         return message
     }
 }

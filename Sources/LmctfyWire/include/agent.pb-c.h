@@ -397,14 +397,20 @@ struct  Containers__Lmctfy__Agent__CreateResponse
 struct  Containers__Lmctfy__Agent__DestroyRequest
 {
   ProtobufCMessage base;
-  /*
-   * Next id: 2
-   */
   char *name;
+  /*
+   * Also destroy subcontainers and kill processes (lmctfy destroy -f);
+   * without it a non-empty container is refused with FAILED_PRECONDITION.
+   */
+  /*
+   * Next id: 3
+   */
+  protobuf_c_boolean has_force;
+  protobuf_c_boolean force;
 };
 #define CONTAINERS__LMCTFY__AGENT__DESTROY_REQUEST__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__destroy_request__descriptor) \
-    , NULL }
+    , NULL, 0, 0 }
 
 
 struct  Containers__Lmctfy__Agent__DestroyResponse
@@ -712,14 +718,16 @@ struct  Containers__Lmctfy__Agent__EnterResponse
 struct  Containers__Lmctfy__Agent__KillAllRequest
 {
   ProtobufCMessage base;
-  /*
-   * Next id: 2
-   */
   char *name;
+  /*
+   * also every subcontainer (lmctfy killall -r)
+   */
+  protobuf_c_boolean has_recursive;
+  protobuf_c_boolean recursive;
 };
 #define CONTAINERS__LMCTFY__AGENT__KILL_ALL_REQUEST__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__kill_all_request__descriptor) \
-    , NULL }
+    , NULL, 0, 0 }
 
 
 struct  Containers__Lmctfy__Agent__KillAllResponse

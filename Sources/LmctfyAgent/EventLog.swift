@@ -1,0 +1,68 @@
+// The agent's event history: one boot id per agent start, sequence numbers
+// that start at 1 and increase by exactly one, a bounded replay log so a
+// subscriber can resume, and an explicit gap when it cannot.
+import Glibc
+import LmctfyProto
+import LmctfyRPC
+import LmctfySystem
+
+public final class EventLog: Sendable {
+    public let bootId: String
+    public let capacity: Int
+    private let state = Mutexed(State())
+
+    struct State {
+        var next: UInt64 = 1
+        var log: [ContainerEvent] = []
+    }
+
+    public init(capacity: Int = 4096, bootId: String? = nil) {
+        self.capacity = capacity
+        self.bootId = bootId ?? Crypto.randomBytes(16).map { String($0, radix: 16).leftPadded(2) }.joined()
+    }
+
+    /// Appends an event with the next sequence number and returns it.
+    @discardableResult
+    public func record(container: String, kind: ContainerEventKind, threshold: Int64? = nil, frozen: Bool? = nil) -> ContainerEvent {
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        return state.locked { s in
+            let e = ContainerEvent(
+                bootId: bootId, sequence: s.next, timestampNs: UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec),
+                container: container, kind: kind, memoryThreshold: threshold, frozen: frozen)
+            s.next += 1
+            s.log.append(e)
+            if s.log.count > capacity { s.log.removeFirst(s.log.count - capacity) }
+            return e
+        }
+    }
+
+    /// Events after `after` (of this boot) that match, and a gap when some
+    /// may be missing: another boot id, or history already dropped.
+    public func since(bootId asked: String?, after: UInt64, matching: (ContainerEvent) -> Bool) -> ([ContainerEvent], EventGap?) {
+        state.locked { s in
+            let first = s.log.first?.sequence ?? s.next
+            if asked != bootId || after + 1 < first {
+                let gap = EventGap(requestedBootId: asked, afterSequence: after, bootId: bootId, firstSequence: first)
+                return (s.log.filter(matching), gap)
+            }
+            return (s.log.filter { ($0.sequence ?? 0) > after && matching($0) }, nil)
+        }
+    }
+}
+
+/// A value behind a lock.
+final class Mutexed<T>: @unchecked Sendable {
+    private let lock = Lock()
+    private var value: T
+    init(_ value: T) { self.value = value }
+    func locked<R>(_ body: (inout T) throws -> R) rethrows -> R {
+        try lock.locked { try body(&value) }
+    }
+}
+
+extension String {
+    func leftPadded(_ width: Int) -> String {
+        count >= width ? self : String(repeating: "0", count: width - count) + self
+    }
+}
