@@ -7,6 +7,7 @@ let package = Package(
     name: "lmctfy",
     products: [
         .executable(name: "lmctfy", targets: ["lmctfy"]),
+        .executable(name: "lmctl", targets: ["lmctl"]),
         .executable(name: "lmctfy-protogen", targets: ["lmctfy-protogen"]),
         .executable(name: "lmctfy-bench", targets: ["lmctfy-bench"]),
         .executable(name: "lmctfy-test-helper", targets: ["lmctfy-test-helper"]),
@@ -71,6 +72,12 @@ let package = Package(
             ]),
 
         .executableTarget(name: "lmctfy", dependencies: ["LmctfyCommands"]),
+
+        // lmctl: the lmctfy verbs against an agent.
+        .target(
+            name: "LmctlCommands",
+            dependencies: ["Lmctfy", "LmctfyCommands", "LmctfyProto", "LmctfyRPC", "LmctfySystem"]),
+        .executableTarget(name: "lmctl", dependencies: ["LmctlCommands"], path: "tools/lmctl"),
 
         // The agent: RPC dispatch onto CL1, listeners, config, events.
         .target(

@@ -1,0 +1,4 @@
+// Thin entry point: everything lives in LmctlCommands.
+import LmctlCommands
+
+LmctlCLI.main()
