@@ -11,6 +11,7 @@ let package = Package(
         .executable(name: "lmctfy-bench", targets: ["lmctfy-bench"]),
         .executable(name: "lmctfy-test-helper", targets: ["lmctfy-test-helper"]),
         .library(name: "LmctfyProto", targets: ["LmctfyProto"]),
+        .library(name: "LmctfyLoop", targets: ["LmctfyLoop"]),
     ],
     dependencies: [
     ],
@@ -40,6 +41,12 @@ let package = Package(
 
         // One wrapper per syscall; LmctfyError and the status codes.
         .target(name: "LmctfySystem", dependencies: ["CLmctfyShims"]),
+
+        // The libuv wrapper the agent runs on: one loop thread owning every
+        // handle, work offloaded to a pool, TCP/Unix streams, timers, signals.
+        .target(
+            name: "LmctfyLoop",
+            dependencies: ["CLibUV", "CLmctfyShims", "LmctfySystem"]),
 
         // CL1: containers, names, cgroup v1/v2 layouts, resource handlers.
         .target(
@@ -82,6 +89,9 @@ let package = Package(
         .testTarget(
             name: "LmctfyCommandsTests",
             dependencies: ["LmctfyCommands", "Lmctfy", "LmctfySystem", "LmctfyProto", "LmctfyTestSupport"]),
+        .testTarget(
+            name: "LmctfyLoopTests",
+            dependencies: ["LmctfyLoop", "LmctfySystem", "CLibUV", "CLmctfyShims"]),
         .testTarget(
             name: "LmctfyProtoTests",
             dependencies: ["LmctfyProto", "LmctfyWire", "CProtobufC", "CLmctfyShims"],
