@@ -307,6 +307,37 @@ private func dialed(_ errors: LoopBox<[String]>, _ done: Latch, _ then: @escapin
         }
     }
 
+    @Test func writingToAPeerThatLeftFailsInsteadOfKillingUs() throws {
+        try withLoop { loop in
+            let errors = LoopBox<[Int32]>([])
+            let completionErrors = LoopBox(0)
+            let closed = Latch()
+            try loop.runAndWait {
+                let l = try TcpListener.bind(on: loop, host: "127.0.0.1", port: 0) { c in c.close() }
+                _ = try Connection.dialTCP(on: loop, host: "127.0.0.1", port: l.port) { r in
+                    guard case .success(let c) = r else { return closed.signal() }
+                    c.onError = { _, e in errors.value.append(e.code) }
+                    c.onClose = { closed.signal() }
+                    // Keep writing until the kernel reports the peer gone: the
+                    // first write after its close draws an RST, a later one
+                    // EPIPE, which raises SIGPIPE unless it is ignored.
+                    func again(_ c: Connection, _ n: Int) {
+                        guard n < 1_000 else { return }
+                        c.write([UInt8](repeating: 0, count: 4096)) { c, e in
+                            if e == nil { again(c, n + 1) } else { completionErrors.value += 1 }
+                        }
+                    }
+                    again(c, 0)
+                }
+            }
+            #expect(closed.wait())
+            let (codes, failedWrites) = try loop.runAndWait { (errors.value, completionErrors.value) }
+            #expect(codes.count == 1, "onError runs once: \(codes)")
+            #expect(codes.allSatisfy { $0 == UV_EPIPE.rawValue || $0 == UV_ECONNRESET.rawValue }, "\(codes)")
+            #expect(failedWrites == 1)
+        }
+    }
+
     @Test func dialFailuresArriveAsErrors() throws {
         try withLoop { loop in
             // A port that was just free: bind, note, close.
