@@ -134,14 +134,11 @@ public final class Connection: LoopHandle, @unchecked Sendable {
         loop.assertInLoop()
         guard isOpen, !reading, !sawEOF else { return }
         let rc = uv_read_start(stream, { handle, _, buf in
-            guard let handle, let buf, let data = handle.pointee.data else { return }
-            let loop = Unmanaged<Connection>.fromOpaque(data).takeUnretainedValue().loop
+            guard let buf, let loop = handleObject(handle, as: Connection.self)?.loop else { return }
             buf.pointee = uv_buf_init(loop.readBuffer.assumingMemoryBound(to: CChar.self),
                                       UInt32(EventLoop.readBufferSize))
         }, { stream, nread, buf in
-            guard let stream, let data = stream.pointee.data else { return }
-            Unmanaged<Connection>.fromOpaque(data).takeUnretainedValue()
-                .didRead(nread, buf?.pointee.base)
+            handleObject(stream, as: Connection.self)?.didRead(nread, buf?.pointee.base)
         })
         if rc < 0 {
             fail(LoopError("uv_read_start", peerName, rc))

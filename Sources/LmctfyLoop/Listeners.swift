@@ -41,8 +41,7 @@ public class Listener: LoopHandle, @unchecked Sendable {
 
     func listen(backlog: Int32, target: String) throws(LoopError) {
         let rc = uv_listen(lm_uv_stream(raw), backlog) { server, status in
-            guard let server, let data = server.pointee.data else { return }
-            Unmanaged<Listener>.fromOpaque(data).takeUnretainedValue().incoming(status)
+            handleObject(server, as: Listener.self)?.incoming(status)
         }
         try check(rc, "uv_listen", target)
     }

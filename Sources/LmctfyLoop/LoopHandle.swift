@@ -8,6 +8,15 @@
 import CLibUV
 import CLmctfyShims
 
+/// The object whose retain a handle's `data` holds, for C callbacks. The
+/// field is read by libuv's accessor, in C: the memory is bound to the
+/// concrete uv_xxx_t, and Swift may not load it through a pointer to another
+/// struct type (uv_handle_t, uv_stream_t) the way C code does.
+func handleObject<T: LoopHandle>(_ handle: UnsafeMutableRawPointer?, as _: T.Type) -> T? {
+    guard let handle, let data = uv_handle_get_data(lm_uv_handle(handle)) else { return nil }
+    return Unmanaged<T>.fromOpaque(data).takeUnretainedValue()
+}
+
 /// The common part of a libuv handle wrapper: memory, close, registration.
 /// Not subclassable outside this module.
 ///
@@ -56,7 +65,7 @@ public class LoopHandle: @unchecked Sendable {
     /// holds a retain of us, and shutdown knows to close it.
     func adopt() {
         state = .open
-        uvHandle.pointee.data = Unmanaged.passRetained(self).toOpaque()
+        uv_handle_set_data(uvHandle, Unmanaged.passRetained(self).toOpaque())
         loop.register(self)
     }
 
@@ -88,8 +97,8 @@ public class LoopHandle: @unchecked Sendable {
         state = .closing
         willClose()
         uv_close(uvHandle) { handle in
-            guard let handle, let data = handle.pointee.data else { return }
-            handle.pointee.data = nil
+            guard let handle, let data = uv_handle_get_data(handle) else { return }
+            uv_handle_set_data(handle, nil)
             Unmanaged<LoopHandle>.fromOpaque(data).takeRetainedValue().closed()
         }
     }

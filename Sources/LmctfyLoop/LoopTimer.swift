@@ -47,8 +47,7 @@ public final class LoopTimer: LoopHandle, @unchecked Sendable {
 
     private func start(timeout: UInt64, repeat every: UInt64) throws(LoopError) {
         let rc = uv_timer_start(timer, { timer in
-            guard let timer, let data = timer.pointee.data else { return }
-            Unmanaged<LoopTimer>.fromOpaque(data).takeUnretainedValue().fired()
+            handleObject(timer, as: LoopTimer.self)?.fired()
         }, timeout, every)
         if rc < 0 {
             close()

@@ -40,9 +40,7 @@ public final class SignalWatcher: LoopHandle, @unchecked Sendable {
                              _ handler: @escaping (Int32) -> Void) throws(LoopError) -> SignalWatcher {
         let w = try SignalWatcher(loop: loop, signal: signal, handler: handler)
         let rc = uv_signal_start(w.uvSignal, { h, signum in
-            guard let h, let data = h.pointee.data else { return }
-            let w = Unmanaged<SignalWatcher>.fromOpaque(data).takeUnretainedValue()
-            w.handler?(signum)
+            handleObject(h, as: SignalWatcher.self)?.handler?(signum)
         }, signal)
         if rc < 0 {
             w.close()
