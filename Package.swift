@@ -13,6 +13,7 @@ let package = Package(
         .executable(name: "lmctfy-test-helper", targets: ["lmctfy-test-helper"]),
         .library(name: "LmctfyProto", targets: ["LmctfyProto"]),
         .library(name: "LmctfyRPC", targets: ["LmctfyRPC"]),
+        .library(name: "LmctfyLoop", targets: ["LmctfyLoop"]),
     ],
     dependencies: [
     ],
@@ -52,6 +53,11 @@ let package = Package(
         .target(
             name: "LmctfyRPC",
             dependencies: ["LmctfyProto", "LmctfySystem", "COpenSSL"]),
+        // The libuv wrapper the agent runs on: one loop thread owning every
+        // handle, work offloaded to a pool, TCP/Unix streams, timers, signals.
+        .target(
+            name: "LmctfyLoop",
+            dependencies: ["CLibUV", "CLmctfyShims", "LmctfySystem"]),
 
         // CL1: containers, names, cgroup v1/v2 layouts, resource handlers.
         .target(
@@ -108,6 +114,9 @@ let package = Package(
         .testTarget(
             name: "LmctfyRPCTests",
             dependencies: ["LmctfyRPC", "LmctfyProto", "LmctfySystem"]),
+        .testTarget(
+            name: "LmctfyLoopTests",
+            dependencies: ["LmctfyLoop", "LmctfySystem", "CLibUV", "CLmctfyShims"]),
         .testTarget(
             name: "LmctfyProtoTests",
             dependencies: ["LmctfyProto", "LmctfyWire", "CProtobufC", "CLmctfyShims"],

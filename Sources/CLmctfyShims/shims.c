@@ -3,6 +3,9 @@
 
 #include <fcntl.h>
 #include <malloc.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 size_t lm_heap_in_use(void) {
@@ -11,4 +14,23 @@ size_t lm_heap_in_use(void) {
 
 int lm_pipe_cloexec(int fds[2]) {
     return pipe2(fds, O_CLOEXEC);
+}
+
+int lm_ignore_sigpipe(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = SIG_IGN;
+    sigemptyset(&sa.sa_mask);
+    return sigaction(SIGPIPE, &sa, NULL);
+}
+
+int lm_peer_credentials(int fd, pid_t *pid, uid_t *uid, gid_t *gid) {
+    struct ucred cred;
+    socklen_t len = sizeof cred;
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0)
+        return -1;
+    *pid = cred.pid;
+    *uid = cred.uid;
+    *gid = cred.gid;
+    return 0;
 }

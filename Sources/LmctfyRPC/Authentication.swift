@@ -82,22 +82,6 @@ public final class ReplayCache: Sendable {
     }
 }
 
-/// Who is on the other end of a Unix socket (`SO_PEERCRED`, plus the
-/// supplementary groups if the caller looked them up).
-public struct PeerCredentials: Sendable, Equatable {
-    public var pid: Int32
-    public var uid: UInt32
-    public var gid: UInt32
-    public var groups: [UInt32]
-
-    public init(pid: Int32, uid: UInt32, gid: UInt32, groups: [UInt32] = []) {
-        self.pid = pid
-        self.uid = uid
-        self.gid = gid
-        self.groups = groups
-    }
-}
-
 /// Who may connect over the Unix socket: root always, plus these.
 public struct UnixPeerPolicy: Sendable, Equatable {
     public var allowedUids: Set<UInt32>

@@ -13,6 +13,8 @@
 #include <sys/xattr.h>
 /* Signal-safe process spawning into containers (spawn.c). */
 #include "lm_spawn.h"
+/* Casts between libuv handle types (LmctfyLoop). */
+#include "lm_uv.h"
 
 /* Bytes of heap in use (glibc mallinfo2().uordblks). <malloc.h> is not part
  * of Swift's Glibc module, so Swift cannot call mallinfo2 directly; the
@@ -23,5 +25,16 @@ size_t lm_heap_in_use(void);
  * never inherits the pipe. pipe2 needs _GNU_SOURCE, which Swift's Glibc
  * module does not define. */
 int lm_pipe_cloexec(int fds[2]);
+
+/* Ignores SIGPIPE process-wide (idempotent; returns 0 or -1 with errno).
+ * libuv does not, so a write to a peer that went away would kill the
+ * process instead of failing with EPIPE. SIG_IGN is a cast macro
+ * ((__sighandler_t) 1), which Swift does not import. */
+int lm_ignore_sigpipe(void);
+
+/* SO_PEERCRED of a connected Unix socket: the peer's pid, uid and gid as
+ * of connect()/listen(). Returns 0 or -1 with errno. struct ucred is only
+ * declared under _GNU_SOURCE, which Swift's Glibc module does not define. */
+int lm_peer_credentials(int fd, pid_t *pid, uid_t *uid, gid_t *gid);
 
 #endif

@@ -1,0 +1,211 @@
+// Listening sockets. Each accepted connection is handed to `onAccept` on the
+// loop thread, already established (TCP: no-delay, addresses; Unix: peer
+// credentials) and not yet reading.
+import CLibUV
+import CLmctfyShims
+import Glibc
+import LmctfySystem
+
+/// What TCP and Unix listeners share: listen, accept, report.
+///
+/// Thread-safety: loop-affine (see `LoopHandle`).
+public class Listener: LoopHandle, @unchecked Sendable {
+    // @unchecked Sendable: as LoopHandle; the callbacks are only touched on
+    // the loop thread.
+
+    private let transport: Connection.Transport
+    private var onAccept: ((Connection) -> Void)?
+    private var _onAcceptError: ((LoopError) -> Void)?
+
+    /// Accepting failed (e.g. EMFILE); the listener stays open.
+    public var onAcceptError: ((LoopError) -> Void)? {
+        get { loop.assertInLoop(); return _onAcceptError }
+        set { loop.assertInLoop(); _onAcceptError = newValue }
+    }
+
+    init(loop: EventLoop, transport: Connection.Transport, onAccept: @escaping (Connection) -> Void) throws(LoopError) {
+        self.transport = transport
+        self.onAccept = onAccept
+        switch transport {
+        case .tcp:
+            try super.init(loop: loop, type: UV_TCP, call: "uv_tcp_init")
+            let tcp = raw.bindMemory(to: uv_tcp_t.self, capacity: 1)
+            try check(uv_tcp_init(loop.uvLoop, tcp), "uv_tcp_init")
+        case .unix:
+            try super.init(loop: loop, type: UV_NAMED_PIPE, call: "uv_pipe_init")
+            let pipe = raw.bindMemory(to: uv_pipe_t.self, capacity: 1)
+            try check(uv_pipe_init(loop.uvLoop, pipe, 0), "uv_pipe_init")
+        }
+        adopt()
+    }
+
+    func listen(backlog: Int32, target: String) throws(LoopError) {
+        let rc = uv_listen(lm_uv_stream(raw), backlog) { server, status in
+            handleObject(server, as: Listener.self)?.incoming(status)
+        }
+        try check(rc, "uv_listen", target)
+    }
+
+    private func incoming(_ status: Int32) {
+        guard isOpen else { return }
+        if status < 0 {
+            _onAcceptError?(LoopError("accept", "", status))
+            return
+        }
+        let connection: Connection
+        do {
+            connection = try Connection(loop: loop, transport: transport)
+        } catch {
+            // Only while shutting down (or out of memory): the pending
+            // connection stays in the backlog and dies with the listener.
+            _onAcceptError?(error)
+            return
+        }
+        let rc = uv_accept(lm_uv_stream(raw), connection.stream)
+        if rc < 0 {
+            connection.close()
+            _onAcceptError?(LoopError("uv_accept", "", rc))
+            return
+        }
+        do {
+            try connection.established()
+        } catch {
+            connection.close()
+            _onAcceptError?(error)
+            return
+        }
+        onAccept?(connection)
+    }
+
+    override func didClose() {
+        onAccept = nil
+        _onAcceptError = nil
+    }
+}
+
+/// A listening TCP socket.
+public final class TcpListener: Listener, @unchecked Sendable {
+    // @unchecked Sendable: as LoopHandle; `_address` is only touched on the
+    // loop thread.
+
+    private var _address: SocketAddress
+
+    private init(loop: EventLoop, requested: SocketAddress, onAccept: @escaping (Connection) -> Void) throws(LoopError) {
+        _address = requested
+        try super.init(loop: loop, transport: .tcp, onAccept: onAccept)
+    }
+
+    /// The bound address; the port is the real one when 0 was asked for.
+    public var address: SocketAddress { loop.assertInLoop(); return _address }
+    public var port: UInt16 { address.port }
+
+    /// Binds `host:port` (numeric; port 0 picks a free port) and listens.
+    /// `onAccept` runs on the loop thread for each connection, which is then
+    /// the callee's to read from and to close. Call on the loop thread.
+    public static func bind(on loop: EventLoop, host: String, port: UInt16, backlog: Int32 = 511,
+                            _ onAccept: @escaping (Connection) -> Void) throws(LoopError) -> TcpListener {
+        let requested = try SocketAddress(host: host, port: port)
+        let listener = try TcpListener(loop: loop, requested: requested, onAccept: onAccept)
+        do throws(LoopError) {
+            try listener.bindAndListen(backlog: backlog)
+        } catch {
+            listener.close()
+            throw error
+        }
+        return listener
+    }
+
+    private func bindAndListen(backlog: Int32) throws(LoopError) {
+        let tcp = raw.assumingMemoryBound(to: uv_tcp_t.self)
+        let target = _address.description
+        try check(_address.withSockaddr { uv_tcp_bind(tcp, $0, 0) }, "uv_tcp_bind", target)
+        try listen(backlog: backlog, target: target)
+        guard let bound = SocketAddress.of(tcp, peer: false) else {
+            throw LoopError("uv_tcp_getsockname", target, UV_EINVAL.rawValue)
+        }
+        _address = bound
+    }
+}
+
+/// A listening Unix socket at a path, with a chosen file mode. A socket file
+/// left behind by a dead process is replaced; one some process still listens
+/// on is never touched (bind fails with EADDRINUSE), nor is a path that is
+/// not a socket. Closing the listener removes its socket file, unless the
+/// path meanwhile names another file.
+public final class UnixListener: Listener, @unchecked Sendable {
+    // @unchecked Sendable: as LoopHandle; `identity` is only touched on the
+    // loop thread.
+
+    public let path: String
+    public let mode: mode_t
+    /// The socket file we bound, to tell it from a later one at the path.
+    private var identity: FileIdentity?
+
+    private init(loop: EventLoop, path: String, mode: mode_t, onAccept: @escaping (Connection) -> Void) throws(LoopError) {
+        self.path = path
+        self.mode = mode
+        try super.init(loop: loop, transport: .unix, onAccept: onAccept)
+    }
+
+    /// Binds `path` (replacing a stale socket file), sets its mode and
+    /// listens. Accepted connections carry the peer's credentials. Call on
+    /// the loop thread; the stale check makes a few quick, non-blocking
+    /// syscalls on it.
+    public static func bind(on loop: EventLoop, path: String, mode: mode_t = 0o600, backlog: Int32 = 511,
+                            _ onAccept: @escaping (Connection) -> Void) throws(LoopError) -> UnixListener {
+        try loop.checkAcceptsHandles("uv_pipe_bind")
+        try checkSocketPath(path, call: "uv_pipe_bind")
+        try removeStaleSocket(path)
+        let listener = try UnixListener(loop: loop, path: path, mode: mode, onAccept: onAccept)
+        do throws(LoopError) {
+            try listener.bindAndListen(backlog: backlog)
+        } catch {
+            listener.close()
+            throw error
+        }
+        return listener
+    }
+
+    /// Unlinks `path` only if it is a socket nobody listens on. Between the
+    /// probe and the unlink another process could start listening there; the
+    /// window is a few syscalls wide, and the same as in every daemon that
+    /// cleans up this way.
+    static func removeStaleSocket(_ path: String) throws(LoopError) {
+        let existing: FileIdentity?
+        do { existing = try Sys.fileIdentity(path) } catch { throw LoopError("lstat", path, error) }
+        guard let existing else { return }
+        guard existing.type == S_IFSOCK else {
+            throw LoopError("uv_pipe_bind", "\(path): exists and is not a socket", UV_EADDRINUSE.rawValue)
+        }
+        let live: Bool
+        do { live = try Sys.unixSocketAccepts(path) } catch { throw LoopError("connect", path, error) }
+        if live {
+            throw LoopError("uv_pipe_bind", "\(path): a live listener owns it", UV_EADDRINUSE.rawValue)
+        }
+        do {
+            try Sys.unlink(path)
+        } catch where error.errno == ENOENT {
+            // Gone already: what we wanted.
+        } catch {
+            throw LoopError("unlink", path, error)
+        }
+    }
+
+    private func bindAndListen(backlog: Int32) throws(LoopError) {
+        let pipe = raw.assumingMemoryBound(to: uv_pipe_t.self)
+        try check(uv_pipe_bind(pipe, path), "uv_pipe_bind", path)
+        // The file is ours from here on; remember which it is so that close()
+        // removes it, even when a later step fails.
+        identity = try? Sys.fileIdentity(path)
+        // Before listen(): until then a connect() is refused, so nobody gets
+        // in under the umask's mode.
+        do { try Sys.chmod(path, mode) } catch { throw LoopError("chmod", path, error) }
+        try listen(backlog: backlog, target: path)
+    }
+
+    override func willClose() {
+        if let identity, (try? Sys.fileIdentity(path)) == identity {
+            try? Sys.unlink(path)
+        }
+    }
+}

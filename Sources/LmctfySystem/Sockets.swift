@@ -1,0 +1,97 @@
+// Syscalls around Unix sockets that LmctfyLoop needs outside libuv: deciding
+// whether a socket file is stale, restricting its mode, and naming the peer.
+import CLmctfyShims
+import Glibc
+
+/// Who is on the other end of a Unix socket (SO_PEERCRED): the process that
+/// called connect() or listen(), as of that call.
+public struct PeerCredentials: Sendable, Equatable, CustomStringConvertible {
+    public var pid: pid_t
+    public var uid: uid_t
+    public var gid: gid_t
+    /// Supplementary groups, where the caller looked them up (SO_PEERCRED
+    /// gives only the primary gid).
+    public var groups: [gid_t]
+
+    public init(pid: pid_t, uid: uid_t, gid: gid_t, groups: [gid_t] = []) {
+        self.pid = pid
+        self.uid = uid
+        self.gid = gid
+        self.groups = groups
+    }
+
+    public var description: String { "pid \(pid) uid \(uid) gid \(gid)" }
+}
+
+/// A file's type and identity as lstat(2) sees it; the identity tells "the
+/// socket we bound" from one somebody else bound at the same path later.
+public struct FileIdentity: Sendable, Equatable {
+    public var type: mode_t
+    public var device: UInt64
+    public var inode: UInt64
+}
+
+extension Sys {
+    public static func chmod(_ path: String, _ mode: mode_t) throws(SystemError) {
+        let (r, e) = retry { Glibc.chmod(path, mode) }
+        if r < 0 { throw SystemError("chmod", path, e) }
+    }
+
+    /// lstat(2): the link itself, never its target; nil when nothing is there.
+    public static func fileIdentity(_ path: String) throws(SystemError) -> FileIdentity? {
+        var st = stat()
+        let (r, e) = retry { lstat(path, &st) }
+        if r < 0 {
+            if e == ENOENT || e == ENOTDIR { return nil }
+            throw SystemError("lstat", path, e)
+        }
+        return FileIdentity(type: st.st_mode & S_IFMT, device: UInt64(st.st_dev), inode: UInt64(st.st_ino))
+    }
+
+    /// Whether some process accepts connections on the Unix socket at `path`:
+    /// false only when the kernel says nobody listens (ECONNREFUSED) or the
+    /// file vanished. A full backlog (EAGAIN) counts as listening. The probe
+    /// is non-blocking, so it cannot hang on a busy listener; a listener that
+    /// is there sees one connection that closes at once.
+    public static func unixSocketAccepts(_ path: String) throws(SystemError) -> Bool {
+        var addr = sockaddr_un()
+        let bytes = Array(path.utf8)
+        guard bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else {
+            throw SystemError("connect", path, ENAMETOOLONG)
+        }
+        addr.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &addr.sun_path) { $0.copyBytes(from: bytes) }
+
+        let type = Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue)
+        let (fd, socketErrno) = retry { socket(AF_UNIX, type, 0) }
+        if fd < 0 { throw SystemError("socket", path, socketErrno) }
+        defer { close(fd) }
+        // connect() is not retried on EINTR: a retry would report EALREADY/
+        // EISCONN; for a Unix socket the outcome is settled by the first call.
+        let r = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
+            }
+        }
+        if r == 0 { return true }
+        switch Glibc.errno {
+        case EAGAIN, EINPROGRESS, EINTR: return true
+        case ECONNREFUSED, ENOENT: return false
+        case let e: throw SystemError("connect", path, e)
+        }
+    }
+
+    /// SO_PEERCRED of a connected Unix socket.
+    public static func peerCredentials(_ fd: Int32) throws(SystemError) -> PeerCredentials {
+        var c = PeerCredentials(pid: 0, uid: 0, gid: 0)
+        if lm_peer_credentials(fd, &c.pid, &c.uid, &c.gid) != 0 {
+            throw SystemError("getsockopt(SO_PEERCRED)", "fd \(fd)", Glibc.errno)
+        }
+        return c
+    }
+
+    /// Ignores SIGPIPE for the whole process; see lm_ignore_sigpipe.
+    public static func ignoreSIGPIPE() throws(SystemError) {
+        if lm_ignore_sigpipe() != 0 { throw SystemError("sigaction", "SIGPIPE", Glibc.errno) }
+    }
+}
