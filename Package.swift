@@ -8,6 +8,7 @@ let package = Package(
     products: [
         .executable(name: "lmctfy", targets: ["lmctfy"]),
         .executable(name: "lmctl", targets: ["lmctl"]),
+        .executable(name: "lmctfy-agent", targets: ["lmctfy-agent"]),
         .executable(name: "lmctfy-protogen", targets: ["lmctfy-protogen"]),
         .executable(name: "lmctfy-bench", targets: ["lmctfy-bench"]),
         .executable(name: "lmctfy-test-helper", targets: ["lmctfy-test-helper"]),
@@ -88,7 +89,8 @@ let package = Package(
         // The agent: RPC dispatch onto CL1, listeners, config, events.
         .target(
             name: "LmctfyAgent",
-            dependencies: ["Lmctfy", "LmctfyCommands", "LmctfyProto", "LmctfyRPC", "LmctfySystem"]),
+            dependencies: ["Lmctfy", "LmctfyCommands", "LmctfyProto", "LmctfyRPC", "LmctfySystem", "LmctfyLoop"]),
+        .executableTarget(name: "lmctfy-agent", dependencies: ["LmctfyAgent"]),
 
         // tools/run-bench's measuring side (the C baseline is built by the script).
         .executableTarget(

@@ -1,0 +1,356 @@
+// lmctfy-agent: listeners on the libuv loop, one RPC Session per connection,
+// calls executed OFF the loop (so a ping is answered while a destroy of a
+// thousand processes runs), graceful shutdown. Everything in a ConnState and
+// the listener list is touched on the loop thread only.
+import Glibc
+import Lmctfy
+import LmctfyLoop
+import LmctfyProto
+import LmctfyRPC
+import LmctfySystem
+
+public let agentVersion = "0.6.0-swift"
+
+/// Methods whose calls last (waiting for events or a process): they get a
+/// thread of their own instead of one of libuv's four pool threads.
+let streamingMethods: Set<String> = ["Run", "Notify"]
+
+final class ConnState {
+    let id: Int
+    let conn: Connection
+    var session: Session
+    var role: AgentRole = .agentRoleUnspecified
+    var calls: [UInt32: CallContext] = [:]
+
+    init(id: Int, conn: Connection, session: Session) {
+        self.id = id
+        self.conn = conn
+        self.session = session
+    }
+}
+
+public final class Agent: @unchecked Sendable {
+    // @unchecked: the mutable state below is confined to the loop thread
+    // (every access is inside loop.execute / loop callbacks); `workers` is
+    // behind its lock.
+    public let settings: AgentSettings
+    public let loop: EventLoop
+    public let dispatcher: Dispatcher
+    let replay = ReplayCache()
+    let log: Logger
+
+    private var listeners: [Listener] = []
+    private var conns: [Int: ConnState] = [:]
+    private var nextConnId = 1
+    private var ticker: LoopTimer?
+    private var signals: [SignalWatcher] = []
+    private var stopping = false
+    private let workers = Mutexed(0)
+    private let finished = Semaphore()
+
+    /// The TCP port actually bound (tcp_address with port 0 picks one).
+    public private(set) var tcpPort: UInt16?
+
+    public init(settings: AgentSettings, api: ContainerApi) {
+        self.settings = settings
+        self.loop = EventLoop(name: "lmctfy-agent")
+        self.dispatcher = Dispatcher(api: api, events: EventLog(), agentVersion: agentVersion)
+        self.log = Logger(level: settings.logLevel)
+    }
+
+    /// Starts the loop and the listeners. Throws when a listener cannot bind.
+    public func start(handleSignals: Bool = true) throws(LmctfyError) {
+        do { try loop.start() } catch { throw error.lmctfy("Starting the event loop") }
+        let result: Result<UInt16?, LmctfyError>
+        do {
+            result = try loop.runAndWait { () -> Result<UInt16?, LmctfyError> in
+                do throws(LmctfyError) {
+                    return .success(try self.startListeners(handleSignals: handleSignals))
+                } catch {
+                    return .failure(error)
+                }
+            }
+        } catch {
+            _ = loop.shutdown()
+            throw .internalError("Starting the agent: \(error)")
+        }
+        switch result {
+        case .success(let port):
+            tcpPort = port
+        case .failure(let error):
+            _ = loop.shutdown()
+            throw error
+        }
+        log.info("lmctfy-agent \(agentVersion) listening on unix:\(settings.unixSocketPath)\(tcpPort.map { " and tcp port \($0)" } ?? "") (boot id \(dispatcher.events.bootId))")
+    }
+
+    private func startListeners(handleSignals: Bool) throws(LmctfyError) -> UInt16? {
+        let dir = String(settings.unixSocketPath[..<(settings.unixSocketPath.lastIndex(of: "/")!)])
+        if !dir.isEmpty && !Sys.isDirectory(dir) {
+            do { try Sys.mkdir(dir, mode: 0o755) } catch { throw error.lmctfy(.failedPrecondition, "Creating the socket directory") }
+        }
+        do {
+            let unix = try UnixListener.bind(on: loop, path: settings.unixSocketPath, mode: settings.unixSocketMode) { [unowned self] c in
+                self.accept(c, tcp: false)
+            }
+            if let gid = settings.allowedGid { _ = chown(settings.unixSocketPath, uid_t.max, gid) }
+            listeners.append(unix)
+            var port: UInt16?
+            if let tcp = settings.tcp {
+                let l = try TcpListener.bind(on: loop, host: tcp.host, port: tcp.port) { [unowned self] c in
+                    self.accept(c, tcp: true)
+                }
+                port = l.port
+                listeners.append(l)
+            }
+            ticker = try LoopTimer.repeating(on: loop, every: .milliseconds(100)) { [unowned self] _ in self.tick() }
+            if handleSignals {
+                for s in [SIGTERM, SIGINT] {
+                    signals.append(try SignalWatcher.watch(on: loop, signal: s) { [unowned self] sig in
+                        self.log.info("signal \(sig): shutting down")
+                        self.beginStop(graceMs: 5000)
+                    })
+                }
+            }
+            return port
+        } catch {
+            for l in listeners { l.close() }
+            listeners.removeAll()
+            throw error.lmctfy("Starting the listeners")
+        }
+    }
+
+    // MARK: Connections (loop thread)
+
+    private func accept(_ c: Connection, tcp: Bool) {
+        if stopping || conns.count >= settings.maxConnections {
+            log.warning("refusing a connection: \(stopping ? "shutting down" : "max_connections reached")")
+            c.close()
+            return
+        }
+        let auth: AcceptorAuthentication
+        if tcp {
+            guard let ring = try? Keyring(settings.keys) else { c.close(); return }
+            auth = .sharedKey(ring, replay)
+        } else {
+            guard var creds = c.peerCredentials else { c.close(); return }
+            creds.groups = Self.supplementaryGroups(pid: creds.pid)
+            let gids: Set<UInt32> = settings.allowedGid.map { [$0] } ?? []
+            auth = .peerCredentials(creds, UnixPeerPolicy(allowedUids: [], allowedGids: gids))
+        }
+        let now = RpcSocket.monotonicMilliseconds()
+        let id = nextConnId
+        nextConnId += 1
+        let state = ConnState(id: id, conn: c, session: Session(acceptor: auth, name: "lmctfy-agent", limits: settings.limits, now: now))
+        conns[id] = state
+        c.onRead = { [unowned self] _, bytes in
+            guard let s = self.conns[id] else { return }
+            self.perform(s, s.session.receive(bytes, now: RpcSocket.monotonicMilliseconds()))
+        }
+        c.onEOF = { [unowned self] _ in
+            guard let s = self.conns[id] else { return }
+            self.perform(s, s.session.receiveEOF(now: RpcSocket.monotonicMilliseconds()))
+            self.drop(s)
+        }
+        c.onError = { [unowned self] _, _ in
+            if let s = self.conns[id] { self.drop(s) }
+        }
+        c.resumeReading()
+        perform(state, state.session.start(now: now))
+    }
+
+    /// Supplementary groups of a Unix peer, for allowed_group / role gids.
+    static func supplementaryGroups(pid: pid_t) -> [gid_t] {
+        guard let status = try? Sys.readFile("/proc/\(pid)/status"),
+              let line = status.split(separator: "\n").first(where: { $0.hasPrefix("Groups:") }) else { return [] }
+        return line.dropFirst("Groups:".count).split(separator: " ").compactMap { gid_t($0.trimmingWhitespace) }
+    }
+
+    private func perform(_ s: ConnState, _ actions: [SessionAction]) {
+        for action in actions {
+            switch action {
+            case .write(let bytes):
+                s.conn.write(bytes)
+            case .established(let peer):
+                s.role = settings.role(for: peer)
+                log.debug("connection \(s.id): \(peer.name) authenticated as \(s.role.protoName)")
+            case .deliverRequest(let streamId, let method, let payload, _):
+                startCall(s, streamId: streamId, method: method, payload: payload)
+            case .cancelled(let streamId, _):
+                s.calls.removeValue(forKey: streamId)?.cancel()
+            case .deliverResponse, .deliverStatus:
+                break  // the agent opens no calls of its own yet
+            case .close(let reason):
+                log.debug("connection \(s.id) closed: \(reason)")
+                s.conn.closeAfterWrites()
+                drop(s)
+            }
+        }
+    }
+
+    private func drop(_ s: ConnState) {
+        guard conns.removeValue(forKey: s.id) != nil else { return }
+        for (_, call) in s.calls { call.cancel() }
+        s.calls.removeAll()
+        if !s.conn.isClosing && !s.conn.isClosed { s.conn.closeAfterWrites() }
+        checkStopped()
+    }
+
+    private func tick() {
+        let now = RpcSocket.monotonicMilliseconds()
+        for s in Array(conns.values) { perform(s, s.session.tick(now: now)) }
+    }
+
+    // MARK: Calls
+
+    private func startCall(_ s: ConnState, streamId: UInt32, method: String, payload: [UInt8]) {
+        let connId = s.id
+        let context = CallContext { [weak self] bytes in
+            // From the worker: responses keep their order through execute's FIFO.
+            self?.loop.execute { [weak self] in self?.respond(connId, streamId, bytes) }
+        }
+        s.calls[streamId] = context
+        let role = s.role
+        let dispatcher = self.dispatcher
+        workers.locked { $0 += 1 }
+        let work: @Sendable () -> Void = { [weak self] in
+            let status = dispatcher.handle(method: method, payload: payload, role: role, context: context)
+            guard let self else { return }
+            // Same queue as the responses, so the status comes after them.
+            if !self.loop.execute({ [weak self] in self?.finish(connId, streamId, status) }) {
+                self.workers.locked { $0 -= 1 }
+            }
+        }
+        if streamingMethods.contains(method) {
+            Thread.detach(work)
+        } else if !loop.offload(work, then: { _ in }) {
+            workers.locked { $0 -= 1 }
+        }
+    }
+
+    private func respond(_ connId: Int, _ streamId: UInt32, _ bytes: [UInt8]) {
+        guard let s = conns[connId], s.calls[streamId] != nil else { return }
+        perform(s, s.session.sendResponse(streamId: streamId, payload: bytes, now: RpcSocket.monotonicMilliseconds()))
+    }
+
+    private func finish(_ connId: Int, _ streamId: UInt32, _ status: CallStatus) {
+        workers.locked { $0 -= 1 }
+        if let s = conns[connId], s.calls.removeValue(forKey: streamId) != nil {
+            perform(s, s.session.sendStatus(streamId: streamId, status, now: RpcSocket.monotonicMilliseconds()))
+        }
+        checkStopped()
+    }
+
+    // MARK: Stopping
+
+    /// Stops accepting, says goodbye to every peer (their open calls end),
+    /// cancels the work in flight and, once it has finished (or after
+    /// `graceMs`), closes every handle. Containers are left running.
+    public func beginStop(graceMs: Int) {
+        _ = loop.execute { [self] in
+            guard !stopping else { return }
+            stopping = true
+            for l in listeners { l.close() }
+            listeners.removeAll()
+            for s in Array(conns.values) {
+                perform(s, s.session.goAway(.goawayNormal, message: "lmctfy-agent is shutting down", now: RpcSocket.monotonicMilliseconds()))
+                for (_, call) in s.calls { call.cancel() }
+            }
+            _ = try? LoopTimer.once(on: loop, after: .milliseconds(graceMs)) { [self] in finalStop() }
+            checkStopped()
+        }
+    }
+
+    private func checkStopped() {
+        guard stopping, conns.isEmpty, workers.locked({ $0 }) == 0 else { return }
+        finalStop()
+    }
+
+    private var finalized = false
+    private func finalStop() {
+        guard !finalized else { return }
+        finalized = true
+        for s in Array(conns.values) { s.conn.close() }
+        conns.removeAll()
+        ticker?.cancel()
+        for w in signals { w.cancel() }
+        signals.removeAll()
+        unlink(settings.unixSocketPath)
+        finished.signal()
+    }
+
+    /// Blocks until the agent has stopped; returns uv_loop_close's result.
+    public func waitUntilStopped() -> Int32 {
+        finished.wait()
+        let rc = loop.shutdown()
+        log.info("lmctfy-agent stopped (uv_loop_close \(rc))")
+        return rc
+    }
+
+    /// beginStop + waitUntilStopped.
+    public func stop(graceMs: Int = 5000) -> Int32 {
+        beginStop(graceMs: graceMs)
+        return waitUntilStopped()
+    }
+}
+
+/// A counting semaphore for "the agent has stopped".
+final class Semaphore: @unchecked Sendable {
+    private var mutex = pthread_mutex_t()
+    private var cond = pthread_cond_t()
+    private var count = 0
+
+    init() {
+        pthread_mutex_init(&mutex, nil)
+        pthread_cond_init(&cond, nil)
+    }
+
+    func signal() {
+        pthread_mutex_lock(&mutex)
+        count += 1
+        pthread_cond_signal(&cond)
+        pthread_mutex_unlock(&mutex)
+    }
+
+    func wait() {
+        pthread_mutex_lock(&mutex)
+        while count == 0 { pthread_cond_wait(&cond, &mutex) }
+        count -= 1
+        pthread_mutex_unlock(&mutex)
+    }
+}
+
+/// Detached threads for long calls.
+enum Thread {
+    static func detach(_ body: @escaping @Sendable () -> Void) {
+        final class Box: @unchecked Sendable {
+            let body: @Sendable () -> Void
+            init(_ b: @escaping @Sendable () -> Void) { body = b }
+        }
+        var t = pthread_t()
+        var attr = pthread_attr_t()
+        pthread_attr_init(&attr)
+        pthread_attr_setdetachstate(&attr, Int32(PTHREAD_CREATE_DETACHED))
+        pthread_create(&t, &attr, { arg in
+            Unmanaged<Box>.fromOpaque(arg!).takeRetainedValue().body()
+            return nil
+        }, Unmanaged.passRetained(Box(body)).toOpaque())
+        pthread_attr_destroy(&attr)
+    }
+}
+
+/// Minimal leveled logging to stderr (the agent runs in the foreground or
+/// under a supervisor that collects stderr).
+public struct Logger: Sendable {
+    public let level: AgentLogLevel
+
+    func emit(_ l: AgentLogLevel, _ tag: String, _ message: @autoclosure () -> String) {
+        guard l.rawValue >= (level == .logLevelUnspecified ? AgentLogLevel.logInfo.rawValue : level.rawValue) else { return }
+        let line = "lmctfy-agent \(tag): \(message())\n"
+        _ = line.withCString { write(2, $0, strlen($0)) }
+    }
+
+    public func debug(_ m: @autoclosure () -> String) { emit(.logDebug, "debug", m()) }
+    public func info(_ m: @autoclosure () -> String) { emit(.logInfo, "info", m()) }
+    public func warning(_ m: @autoclosure () -> String) { emit(.logWarning, "warning", m()) }
+}

@@ -1,0 +1,93 @@
+// The agent's configuration: AgentConfig (proto/agent.proto) in protobuf
+// text format. Unknown keys and bad values are errors with line:column (the
+// text format parser's); the rest is checked here, before anything starts.
+import Glibc
+import LmctfyProto
+import LmctfyRPC
+import LmctfySystem
+
+public struct AgentSettings: Sendable {
+    public var config: AgentConfig
+    public var unixSocketPath: String
+    public var unixSocketMode: mode_t
+    public var allowedGid: gid_t?
+    public var tcp: (host: String, port: UInt16)?
+    public var keys: [String: [UInt8]]
+    public var limits: SessionLimits
+    public var maxConnections: Int
+    public var logLevel: AgentLogLevel
+    public var stateDir: String
+
+    /// Parses and checks a config file's text.
+    public static func parse(_ text: String, source: String) throws(LmctfyError) -> AgentSettings {
+        let config: AgentConfig
+        do {
+            config = try AgentConfig(textFormat: text)
+        } catch {
+            throw .invalidArgument("\(source):\(error.description)")
+        }
+        return try AgentSettings(config, source: source)
+    }
+
+    public static func load(_ path: String) throws(LmctfyError) -> AgentSettings {
+        let text: String
+        do { text = try Sys.readFile(path) } catch { throw error.lmctfy(.notFound, "Cannot read the agent config") }
+        return try parse(text, source: path)
+    }
+
+    init(_ c: AgentConfig, source: String) throws(LmctfyError) {
+        config = c
+        unixSocketPath = c.unixSocketPath ?? "/run/lmctfy/agent.sock"
+        guard unixSocketPath.hasPrefix("/") else { throw .invalidArgument("\(source): unix_socket_path must be absolute") }
+        let mode = c.unixSocketMode ?? 0o660
+        guard mode <= 0o777 else { throw .invalidArgument("\(source): unix_socket_mode \(String(mode, radix: 8)) is not a file mode") }
+        unixSocketMode = mode_t(mode)
+        if let group = c.allowedGroup {
+            guard let g = getgrnam(group) else { throw .invalidArgument("\(source): allowed_group \"\(group)\" does not exist") }
+            allowedGid = g.pointee.gr_gid
+        }
+        if let address = c.tcpAddress {
+            guard let colon = address.lastIndex(of: ":"), let port = UInt16(address[address.index(after: colon)...]) else {
+                throw .invalidArgument("\(source): tcp_address must be host:port, not \"\(address)\"")
+            }
+            tcp = (String(address[..<colon]), port)
+            guard let keyFile = c.keyFile else {
+                throw .invalidArgument("\(source): tcp_address needs key_file (TCP peers authenticate with a shared key)")
+            }
+            keys = try KeyFile.load(keyFile, requirePrivate: true)
+        } else {
+            keys = [:]
+        }
+        let l = c.limits ?? AgentLimits()
+        limits = SessionLimits()
+        if let v = l.maxFrameBytes {
+            guard v >= 1024 else { throw .invalidArgument("\(source): limits.max_frame_bytes must be at least 1024") }
+            limits.maxFrameBytes = v
+        }
+        if let v = l.maxStreamsPerConnection { limits.maxStreams = max(1, v) }
+        if let v = l.helloTimeoutMs { limits.helloTimeoutMs = UInt64(v) }
+        if let v = l.idleTimeoutMs { limits.idleTimeoutMs = UInt64(v) }
+        if let v = l.keepaliveIntervalMs { limits.keepaliveIntervalMs = UInt64(v) }
+        maxConnections = Int(l.maxConnections ?? 256)
+        logLevel = c.logLevel ?? .logInfo
+        stateDir = c.stateDir ?? "/var/lib/lmctfy"
+        for binding in c.role where binding.role == nil || binding.role == .agentRoleUnspecified {
+            throw .invalidArgument("\(source): every role binding needs role: AGENT_ROLE_ADMIN or AGENT_ROLE_READER")
+        }
+    }
+
+    /// The role of an authenticated peer: the first binding that names its
+    /// uid, gid or key id; otherwise root is admin and everyone else a reader.
+    public func role(for peer: PeerInfo) -> AgentRole {
+        for b in config.role {
+            if let creds = peer.credentials {
+                if b.uid.contains(creds.uid) || b.gid.contains(creds.gid) || creds.groups.contains(where: b.gid.contains) {
+                    return b.role ?? .agentRoleReader
+                }
+            }
+            if let key = peer.keyId, b.keyId.contains(key) { return b.role ?? .agentRoleReader }
+        }
+        if let creds = peer.credentials, creds.uid == 0 { return .agentRoleAdmin }
+        return .agentRoleReader
+    }
+}

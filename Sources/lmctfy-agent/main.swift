@@ -1,0 +1,4 @@
+// Thin entry point: everything lives in LmctfyAgent.
+import LmctfyAgent
+
+AgentMain.main()
