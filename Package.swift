@@ -117,6 +117,10 @@ let package = Package(
             name: "LmctfyRPCTests",
             dependencies: ["LmctfyRPC", "LmctfyProto", "LmctfySystem"]),
         .testTarget(
+            name: "LmctfyAgentTests",
+            dependencies: ["LmctfyAgent", "LmctlCommands", "LmctfyCommands", "LmctfyRPC", "Lmctfy", "LmctfyProto",
+                           "LmctfySystem", "LmctfyTestSupport"]),
+        .testTarget(
             name: "LmctfyLoopTests",
             dependencies: ["LmctfyLoop", "LmctfySystem", "CLibUV", "CLmctfyShims"]),
         .testTarget(

@@ -48,6 +48,9 @@ public final class Agent: @unchecked Sendable {
     private let workers = Mutexed(0)
     private let finished = Semaphore()
 
+    /// Calls being executed (pool or own thread), for tests and shutdown.
+    public var activeCalls: Int { workers.locked { $0 } }
+
     /// The TCP port actually bound (tcp_address with port 0 picks one).
     public private(set) var tcpPort: UInt16?
 

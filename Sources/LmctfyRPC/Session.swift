@@ -515,7 +515,9 @@ public struct Session: Sendable {
         switch auth {
         case .peerCredentials(let credentials, let policy):
             guard policy.allows(credentials) else {
-                return closeLocally(.goawayPermissionDenied, "uid \(credentials.uid) gid \(credentials.gid) may not use this socket")
+                // A peer the socket does not admit is not authenticated at all
+                // (issue #5): it learns nothing beyond UNAUTHENTICATED.
+                return closeLocally(.goawayUnauthenticated, "uid \(credentials.uid) gid \(credentials.gid) may not use this socket")
             }
             return accept(offer, version: version, keyId: nil, credentials: credentials)
         case .sharedKey(let keyring, let replays):

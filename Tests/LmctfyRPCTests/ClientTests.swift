@@ -133,7 +133,7 @@ func withServer(_ auth: AcceptorAuthentication, _ body: (Int32) throws -> Void) 
                 _ = try RpcClient(fd: fd)
                 Issue.record("connected without permission")
             } catch let error as LmctfyError {
-                #expect(error.code == .permissionDenied)
+                #expect(error.code == .unauthenticated)
                 #expect(error.message.contains("uid 4242"))
             } catch {
                 Issue.record("unexpected error \(error)")

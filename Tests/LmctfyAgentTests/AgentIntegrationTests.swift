@@ -1,0 +1,187 @@
+// The agent end to end on the real kernel: an in-process Agent on a private
+// socket, driven by RpcClient, by the built lmctl, and by peers it must
+// refuse. Every loop is checked to close clean (uv_loop_close == 0).
+import Glibc
+import Lmctfy
+import LmctfyAgent
+import LmctfyProto
+import LmctfyRPC
+import LmctfySystem
+import LmctfyTestSupport
+import Testing
+
+/// An agent on a socket of its own, stopped (and checked) at the end.
+func withAgent<T>(_ extra: String = "", _ body: (Agent, String) throws -> T) throws -> T {
+    let dir = "/tmp/lmctfy-agent-test-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+    try Sys.mkdir(dir, mode: 0o755)
+    let socket = dir + "/agent.sock"
+    let settings = try AgentSettings.parse("unix_socket_path: \"\(socket)\" unix_socket_mode: 0666 log_level: LOG_WARNING \(extra)", source: "test")
+    let agent = Agent(settings: settings, api: try ContainerApi.detect())
+    try agent.start(handleSignals: false)
+    defer {
+        #expect(agent.stop(graceMs: 2000) == 0, "uv_loop_close must return 0")
+        _ = removeTree(dir)
+    }
+    return try body(agent, socket)
+}
+
+/// The built tool next to the test bundle (lmctl, lmctfy).
+func tool(_ name: String) -> String {
+    testHelperPath.hasSuffix("lmctfy-test-helper") ? String(testHelperPath.dropLast("lmctfy-test-helper".count)) + name : name
+}
+
+@Suite(.enabled(if: RealCgroups.available, "\(RealCgroups.unavailableReason ?? "")"))
+struct AgentIntegrationTests {
+    @Test func lmctlDrivesAContainerThroughTheAgent() throws {
+        try withAgent { _, socket in
+            let name = RealCgroups.uniqueName("agent")
+            let lmctl = [tool("lmctl"), "--agent", "unix://" + socket]
+            func run(_ args: String...) throws -> ChildResult { try TestProcess.capture(lmctl + args) }
+            defer { _ = try? run("destroy", "-f", name) }
+
+            var r = try run("create", name, "memory:{limit:100000000} pids:{limit:50}")
+            #expect(r.status == 0, "\(String(decoding: r.stderr, as: UTF8.self))")
+            r = try run("spec", name)
+            #expect(String(decoding: r.stdout, as: UTF8.self).contains("limit: 99999744"))
+            r = try run("run", "-n", name, "sleep", "300")
+            #expect(r.status == 0 && String(decoding: r.stdout, as: UTF8.self).hasPrefix("pid=\""))
+            r = try run("run", name, "/bin/sh", "-c", "exit 4")
+            #expect(r.status == 4, "the command's exit status comes back")
+            r = try run("-o", "json", "list", "pids", name)
+            #expect(String(decoding: r.stdout, as: UTF8.self).contains("\"pids\":["))
+            #expect(try run("pause", name).status == 0)
+            #expect(try ContainerApi.detect().get(name).isFrozen())
+            #expect(try run("resume", name).status == 0)
+            r = try run("stats", "summary", name)
+            #expect(r.status == 0 && String(decoding: r.stdout, as: UTF8.self).contains("memory {"))
+            #expect(try run("destroy", name).status == 9)  // processes inside, no -f
+            #expect(try run("destroy", "-f", name).status == 0)
+            #expect(try run("spec", name).status == 5)
+            r = try run("info")
+            #expect(String(decoding: r.stdout, as: UTF8.self).contains("agent_version=\"\(agentVersion)\""))
+        }
+    }
+
+    @Test func aNonRootPeerIsRefusedBeforeAnyCommand() throws {
+        try withAgent { _, socket in
+            // lmctl as uid 65534 (the spawn shim drops the ids before exec).
+            let (r, w) = try Sys.pipe()
+            var o = SpawnOptions(argv: [tool("lmctl"), "--agent", "unix://" + socket, "list", "containers", "/"])
+            o.ids = (uid: 65534, gid: 65534)
+            o.stdout = .devNull
+            o.stderr = .fd(w)
+            let pid = try Spawn.spawn(o)
+            close(w)
+            var status: Int32 = 0
+            waitpid(pid, &status, 0)
+            var buf = [UInt8](repeating: 0, count: 4096)
+            let n = read(r, &buf, buf.count)
+            close(r)
+            #expect((status >> 8) & 0xFF == 16, "exit status is UNAUTHENTICATED: \(String(decoding: buf[0..<max(0, n)], as: UTF8.self))")
+        }
+    }
+
+    @Test func readersMayReadButNotWrite() throws {
+        // Root bound to the reader role.
+        try withAgent("role { role: AGENT_ROLE_READER uid: 0 }") { _, socket in
+            let client = try RpcClient.connect(unixPath: socket)
+            defer { client.close() }
+            let list = try client.call("ListContainers", ListContainersRequest(name: "/"), as: ListContainersResponse.self)
+            _ = list
+            #expect { _ = try client.call("Create", CreateRequest(name: RealCgroups.uniqueName("ro")), as: CreateResponse.self) }
+                throws: { ($0 as? LmctfyError)?.code == .permissionDenied }
+            #expect { _ = try client.call("NoSuchMethod", PingRequest(), as: PingResponse.self) }
+                throws: { ($0 as? LmctfyError)?.code == .unimplemented }
+        }
+    }
+
+    @Test func deadlineAndCancellationEndServerSideWork() throws {
+        try withTestContainer(try ContainerApi.detect()) { name in
+            try ContainerApi.detect().create(name, spec: ContainerSpec(memory: MemorySpec(limit: 64 << 20)))
+            try withAgent { agent, socket in
+                let client = try RpcClient.connect(unixPath: socket)
+                defer { client.close() }
+                let notify = NotifyRequest(name: name.path, spec: EventSpec(oom: EventSpec.Oom()))
+                // No OOM comes: the deadline ends the call with 4.
+                #expect {
+                    try client.stream("Notify", notify, as: NotifyResponse.self, deadlineMs: 300) { _ in true }
+                } throws: { ($0 as? LmctfyError)?.code == .deadlineExceeded }
+                // The agent's notify thread notices the cancellation and ends.
+                for _ in 0..<100 where agent.activeCalls > 0 { usleep(20_000) }
+                #expect(agent.activeCalls == 0)
+            }
+        }
+    }
+
+    @Test func aHundredClientsTimesAHundredCalls() throws {
+        try withAgent { _, socket in
+            let failures = Mutexed(0)
+            let done = Mutexed(0)
+            var threads: [pthread_t] = []
+            for c in 0..<100 {
+                threads.append(startThread {
+                    guard let client = try? RpcClient.connect(unixPath: socket) else { failures.locked { $0 += 100 }; return }
+                    defer { client.close() }
+                    for i in 0..<100 {
+                        let data = Array("\(c)/\(i)".utf8)
+                        let r = try? client.call("Ping", PingRequest(data: data), as: PingResponse.self)
+                        if r?.data == data { done.locked { $0 += 1 } } else { failures.locked { $0 += 1 } }
+                    }
+                })
+            }
+            for t in threads { pthread_join(t, nil) }
+            #expect(failures.locked { $0 } == 0)
+            #expect(done.locked { $0 } == 10_000)
+        }
+    }
+
+    @Test func aPingIsAnsweredWhileADestroyOfAThousandProcessesRuns() throws {
+        let api = try ContainerApi.detect()
+        try withTestContainer(api) { name in
+            try api.create(name, spec: ContainerSpec(pids: PidsSpec(limit: 1200)))
+            let c = try api.get(name)
+            _ = try c.run(["/bin/sh", "-c", "i=0; while [ $i -lt 1000 ]; do sleep 600 & i=$((i+1)); done; wait"])
+            for _ in 0..<600 where (try c.processes(recursive: false).count) < 1000 { usleep(50_000) }
+            #expect(try c.processes(recursive: false).count >= 1000)
+            try withAgent { _, socket in
+                let destroyDone = Mutexed(false)
+                let destroyer = startThread {
+                    let client = try? RpcClient.connect(unixPath: socket)
+                    _ = try? client?.call("Destroy", DestroyRequest(name: name.path, force: true), as: DestroyResponse.self)
+                    client?.close()
+                    destroyDone.locked { $0 = true }
+                }
+                // Give the destroy a moment to start, then ping on another connection.
+                usleep(20_000)
+                let pinger = try RpcClient.connect(unixPath: socket)
+                let pong = try pinger.call("Ping", PingRequest(data: [1, 2, 3]), as: PingResponse.self)
+                let finishedFirst = destroyDone.locked { $0 }
+                pinger.close()
+                pthread_join(destroyer, nil)
+                #expect(pong.data == [1, 2, 3])
+                #expect(!finishedFirst, "the ping was answered while the destroy was still running")
+                #expect(!api.exists(name))
+            }
+        }
+    }
+}
+
+final class Mutexed<T>: @unchecked Sendable {
+    private let lock = Lock()
+    private var value: T
+    init(_ v: T) { value = v }
+    func locked<R>(_ body: (inout T) -> R) -> R { lock.locked { body(&value) } }
+}
+
+func startThread(_ body: @escaping @Sendable () -> Void) -> pthread_t {
+    final class Box: @unchecked Sendable {
+        let body: @Sendable () -> Void
+        init(_ b: @escaping @Sendable () -> Void) { body = b }
+    }
+    var t = pthread_t()
+    pthread_create(&t, nil, { arg in
+        Unmanaged<Box>.fromOpaque(arg!).takeRetainedValue().body()
+        return nil
+    }, Unmanaged.passRetained(Box(body)).toOpaque())
+    return t
+}
