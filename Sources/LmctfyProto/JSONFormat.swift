@@ -84,6 +84,9 @@ public enum JSONFormat {
         return out + "\""
     }
 
+    /// Standard base64 with padding (as proto3 JSON writes bytes).
+    public static func base64Encoded(_ bytes: [UInt8]) -> String { base64(bytes) }
+
     static func base64(_ bytes: [UInt8]) -> String {
         let table = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/".utf8)
         var out = [UInt8]()

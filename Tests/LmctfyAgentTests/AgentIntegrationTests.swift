@@ -164,6 +164,57 @@ struct AgentIntegrationTests {
             }
         }
     }
+
+    @Test func tcpPeersProveTheSharedKey() throws {
+        let dir = "/tmp/lmctfy-keys-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try Sys.mkdir(dir, mode: 0o700)
+        defer { _ = removeTree(dir) }
+        let key = (0..<32).map { UInt8($0) }
+        try Sys.createFile(dir + "/keys", "ops \(JSONFormat.base64Encoded(key))\n", mode: 0o600)
+        try Sys.createFile(dir + "/wrong", "ops \(JSONFormat.base64Encoded(key.reversed()))\n", mode: 0o600)
+        try withAgent("tcp_address: \"127.0.0.1:0\" key_file: \"\(dir)/keys\"") { agent, _ in
+            let port = try #require(agent.tcpPort)
+            let client = try RpcClient.connect(host: "127.0.0.1", port: port, keyId: "ops", key: key)
+            let pong = try client.call("Ping", PingRequest(data: [9]), as: PingResponse.self)
+            #expect(pong.data == [9])
+            client.close()
+            #expect { _ = try RpcClient.connect(host: "127.0.0.1", port: port, keyId: "ops", key: key.reversed()) }
+                throws: { ($0 as? LmctfyError)?.code == .unauthenticated }
+            #expect { _ = try RpcClient.connect(host: "127.0.0.1", port: port, keyId: "nobody", key: key) }
+                throws: { ($0 as? LmctfyError)?.code == .unauthenticated }
+            // lmctl with the wrong key file: exit status 16.
+            let r = try TestProcess.capture([tool("lmctl"), "--agent", "tcp://127.0.0.1:\(port)", "--key-file", dir + "/wrong", "info"])
+            #expect(r.status == 16)
+        }
+        // A key file others can read: the agent refuses to start.
+        chmod(dir + "/keys", 0o644)
+        #expect { _ = try AgentSettings.parse("tcp_address: \"127.0.0.1:0\" key_file: \"\(dir)/keys\"", source: "test") }
+            throws: { ($0 as? LmctfyError)?.code == .failedPrecondition }
+    }
+
+    @Test func garbageFromAPeerClosesItsConnectionOnly() throws {
+        try withAgent { agent, socket in
+            for junk: [UInt8] in [[0xFF, 0xFF, 0xFF, 0xFF, 1, 2, 3], [0, 0, 0, 3, 0xDE, 0xAD, 0xBE], Array(repeating: 0x41, count: 100)] {
+                let fd = try RpcSocket.connectUnix(path: socket)
+                _ = junk.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+                // The agent answers with a goaway (or nothing) and closes.
+                var buf = [UInt8](repeating: 0, count: 4096)
+                var total = 0
+                while true {
+                    let n = read(fd, &buf, buf.count)
+                    if n <= 0 { break }
+                    total += n
+                }
+                close(fd)
+                #expect(total < 4096)
+            }
+            // Still serving everyone else.
+            let client = try RpcClient.connect(unixPath: socket)
+            #expect(try client.call("Ping", PingRequest(data: [7]), as: PingResponse.self).data == [7])
+            client.close()
+            _ = agent
+        }
+    }
 }
 
 final class Mutexed<T>: @unchecked Sendable {
