@@ -1,0 +1,151 @@
+#!/usr/bin/env python3
+"""Anyone with protoc can talk to the agent: this client is generated from
+proto/ with `protoc --python_out` and written from docs/PROTOCOL.md alone (no
+Swift code). It starts lmctfy-agent on a private socket, then does the hello,
+ListContainers, Create, Spec and Destroy, and checks a bad call's status.
+
+usage: agent_client_test.py AGENT_BINARY   (root; prints "N passed, N failed")
+"""
+import os
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+GEN = tempfile.mkdtemp(prefix="lmctfy-py-")
+subprocess.run(["protoc", "-I", os.path.join(ROOT, "proto"), "--python_out", GEN]
+               + [f for f in os.listdir(os.path.join(ROOT, "proto")) if f.endswith(".proto")],
+               check=True, cwd=os.path.join(ROOT, "proto"))
+sys.path.insert(0, GEN)
+import agent_pb2  # noqa: E402
+import lmctfy_pb2  # noqa: E402
+
+passed = failed = 0
+
+
+def check(cond, what):
+    global passed, failed
+    if cond:
+        passed += 1
+        print(f"ok   {what}")
+    else:
+        failed += 1
+        print(f"FAIL {what}")
+
+
+class Client:
+    """Framing: 4-byte big-endian length + one Frame (PROTOCOL.md §1)."""
+
+    def __init__(self, path):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(path)
+        self.buf = b""
+        self.next_id = 1  # the dialler's stream ids are odd
+
+    def send(self, frame):
+        body = frame.SerializeToString()
+        self.sock.sendall(struct.pack(">I", len(body)) + body)
+
+    def recv(self):
+        while True:
+            if len(self.buf) >= 4:
+                (n,) = struct.unpack(">I", self.buf[:4])
+                if len(self.buf) >= 4 + n:
+                    body, self.buf = self.buf[4:4 + n], self.buf[4 + n:]
+                    f = agent_pb2.Frame()
+                    f.ParseFromString(body)
+                    return f
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise EOFError("agent closed the connection")
+            self.buf += chunk
+
+    def hello(self):
+        f = agent_pb2.Frame(kind=agent_pb2.FRAME_HELLO, stream_id=0)
+        f.hello.stage = agent_pb2.HELLO_OFFER
+        f.hello.min_version = 1
+        f.hello.max_version = 1
+        f.hello.peer_name = "python-client"
+        f.hello.max_frame_bytes = 4 << 20
+        f.hello.max_streams = 16
+        self.send(f)
+        r = self.recv()
+        return r.kind == agent_pb2.FRAME_HELLO and r.hello.stage == agent_pb2.HELLO_ACCEPTED
+
+    def call(self, method, request, response_type):
+        sid = self.next_id
+        self.next_id += 2
+        self.send(agent_pb2.Frame(kind=agent_pb2.FRAME_REQUEST, stream_id=sid, method=method,
+                                  payload=request.SerializeToString(), deadline_ms=10000))
+        responses = []
+        while True:
+            f = self.recv()
+            if f.kind == agent_pb2.FRAME_PING:
+                self.send(agent_pb2.Frame(kind=agent_pb2.FRAME_PONG, stream_id=0, payload=f.payload))
+                continue
+            if f.stream_id != sid:
+                continue
+            if f.kind == agent_pb2.FRAME_RESPONSE:
+                m = response_type()
+                m.ParseFromString(f.payload)
+                responses.append(m)
+            elif f.kind == agent_pb2.FRAME_STATUS:
+                return f.status.code, f.status.message, responses
+
+
+def main():
+    agent_bin = sys.argv[1]
+    work = tempfile.mkdtemp(prefix="lmctfy-py-agent-")
+    sock = os.path.join(work, "agent.sock")
+    conf = os.path.join(work, "agent.conf")
+    with open(conf, "w") as f:
+        f.write(f'unix_socket_path: "{sock}"\nlog_level: LOG_WARNING\n')
+    agent = subprocess.Popen([agent_bin, "--config", conf])
+    name = f"/lmctfy_test_py_{os.getpid()}"
+    try:
+        for _ in range(200):
+            if os.path.exists(sock):
+                break
+            time.sleep(0.05)
+        c = Client(sock)
+        check(c.hello(), "hello: HELLO_OFFER answered by HELLO_ACCEPTED")
+
+        code, _, rs = c.call("ListContainers", agent_pb2.ListContainersRequest(name="/"), agent_pb2.ListContainersResponse)
+        check(code == 0 and len(rs) == 1, "ListContainers / returns OK and one response")
+
+        spec = lmctfy_pb2.ContainerSpec()
+        spec.memory.limit = 100000000
+        spec.pids.limit = 20
+        code, msg, _ = c.call("Create", agent_pb2.CreateRequest(name=name, spec=spec), agent_pb2.CreateResponse)
+        check(code == 0, f"Create {name} ({msg})")
+
+        code, _, rs = c.call("ListContainers", agent_pb2.ListContainersRequest(name="/"), agent_pb2.ListContainersResponse)
+        check(code == 0 and name in rs[0].names, "the new container is listed")
+
+        code, _, rs = c.call("Spec", agent_pb2.SpecRequest(name=name), agent_pb2.SpecResponse)
+        check(code == 0 and rs[0].spec.memory.limit == 99999744, "Spec reads the page-rounded limit back")
+
+        code, _, _ = c.call("Create", agent_pb2.CreateRequest(name=name), agent_pb2.CreateResponse)
+        check(code == 6, "a second Create is ALREADY_EXISTS (6)")
+
+        code, msg, _ = c.call("Destroy", agent_pb2.DestroyRequest(name=name), agent_pb2.DestroyResponse)
+        check(code == 0, f"Destroy ({msg})")
+
+        code, _, _ = c.call("Spec", agent_pb2.SpecRequest(name=name), agent_pb2.SpecResponse)
+        check(code == 5, "Spec of the destroyed container is NOT_FOUND (5)")
+        c.sock.close()
+    finally:
+        subprocess.run([agent_bin.replace("lmctfy-agent", "lmctfy"), "destroy", "-f", name],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        agent.terminate()
+        rc = agent.wait(timeout=20)
+        check(rc == 0, "the agent stops cleanly on SIGTERM (exit 0, uv_loop_close 0)")
+    print(f"python-client: {passed} passed, {failed} failed")
+    return 0 if failed == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
