@@ -8,6 +8,7 @@
 import Glibc
 import Lmctfy
 import LmctfyProto
+import LmctfyRPC
 import LmctfySystem
 
 func now() -> Double {
@@ -70,6 +71,60 @@ func thread(_ body: @escaping @Sendable () -> Void) -> pthread_t {
         return nil
     }, Unmanaged.passRetained(Box(body)).toOpaque())
     return t
+}
+
+final class Counter: @unchecked Sendable {
+    private let lock = Lock()
+    private var n = 0
+    func add(_ k: Int) { lock.locked { n += k } }
+    var value: Int { lock.locked { n } }
+}
+
+/// One connection driving a Session by hand, keeping `depth` Pings in
+/// flight (RpcClient does one call at a time). Returns completed calls.
+func pipelinedPings(port: UInt16, keyId: String, key: [UInt8], depth: Int, seconds: Double) -> Int {
+    guard let fd = try? RpcSocket.connectTCP(host: "127.0.0.1", port: port) else { return 0 }
+    defer { close(fd) }
+    var session = Session(dialler: .sharedKey(keyId: keyId, key: key), name: "bench", now: RpcSocket.monotonicMilliseconds())
+    let ping = (try? PingRequest(data: Array(repeating: 7, count: 16)).serializedBytes()) ?? []
+    var done = 0
+    var established = false
+    let end = now() + seconds * 1e6
+    func perform(_ actions: [SessionAction]) {
+        var out: [UInt8] = []
+        var more: [SessionAction] = []
+        for a in actions {
+            switch a {
+            case .write(let bytes): out += bytes
+            case .established:
+                established = true
+                for _ in 0..<depth {
+                    more += session.openStream(method: "Ping", payload: ping, now: RpcSocket.monotonicMilliseconds()).actions
+                }
+            case .deliverStatus(_, let status):
+                if status.code == .ok { done += 1 }
+                if now() < end {
+                    more += session.openStream(method: "Ping", payload: ping, now: RpcSocket.monotonicMilliseconds()).actions
+                }
+            default: break
+            }
+        }
+        var off = 0
+        while off < out.count {
+            let n = out[off...].withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+            if n <= 0 { return }
+            off += n
+        }
+        if !more.isEmpty { perform(more) }
+    }
+    perform(session.start(now: RpcSocket.monotonicMilliseconds()))
+    var buf = [UInt8](repeating: 0, count: 65536)
+    while now() < end || (established && session.openStreamCount > 0 && now() < end + 1e6) {
+        let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+        if n <= 0 { break }
+        perform(session.receive(buf[0..<n], now: RpcSocket.monotonicMilliseconds()))
+    }
+    return done
 }
 
 let args = CommandLine.arguments
@@ -161,8 +216,22 @@ do {
             close(efd)
         }
 
+    case "rpc" where args.count == 7:
+        // rpc PORT KEYFILE C D SECONDS: C connections to the agent, D Pings
+        // in flight on each, for SECONDS; prints round trips per second.
+        guard let port = UInt16(args[2]), let c = Int(args[4]), let d = Int(args[5]), let secs = Double(args[6]) else {
+            fail("usage: lmctfy-bench rpc PORT KEYFILE C D SECONDS")
+        }
+        let (keyId, key) = try KeyFile.load(args[3], requirePrivate: false).sorted { $0.key < $1.key }[0]
+        let total = Counter()
+        let threads = (0..<c).map { _ in
+            thread { total.add(pipelinedPings(port: port, keyId: keyId, key: key, depth: d, seconds: secs)) }
+        }
+        for t in threads { pthread_join(t, nil) }
+        print("swift rps=\(Int(Double(total.value) / secs))")
+
     default:
-        fail("usage: lmctfy-bench create-destroy N | freeze N BASELINE | run N BASELINE | threshold N HELPER")
+        fail("usage: lmctfy-bench create-destroy N | freeze N BASELINE | run N BASELINE | threshold N HELPER | rpc PORT KEYFILE C D SECONDS")
     }
 } catch {
     fail("\(error)")
