@@ -15,6 +15,9 @@ public let agentVersion = "0.6.0-swift"
 /// thread of their own instead of one of libuv's four pool threads.
 let streamingMethods: Set<String> = ["Run", "Notify"]
 
+/// Methods that never block: run on the loop thread, no hop to a worker.
+let loopMethods: Set<String> = ["Ping"]
+
 final class ConnState {
     let id: Int
     let conn: Connection
@@ -224,7 +227,11 @@ public final class Agent: @unchecked Sendable {
                 self.workers.locked { $0 -= 1 }
             }
         }
-        if streamingMethods.contains(method) {
+        if loopMethods.contains(method) {
+            // Answered by the loop itself: nothing to block on, and a ping
+            // that proves the loop is alive should not wait for a pool thread.
+            work()
+        } else if streamingMethods.contains(method) {
             Thread.detach(work)
         } else if !loop.offload(work, then: { _ in }) {
             workers.locked { $0 -= 1 }

@@ -8,6 +8,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -91,6 +92,8 @@ static void *client(void *arg) {
 }
 
 int main(int argc, char **argv) {
+    /* A client leaving with frames in flight must not kill the server. */
+    signal(SIGPIPE, SIG_IGN);
     if (argc == 3 && strcmp(argv[1], "server") == 0) {
         uv_loop_t *loop = uv_default_loop();
         uv_tcp_t server;
