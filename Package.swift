@@ -17,6 +17,7 @@ let package = Package(
         .library(name: "LmctfyLoop", targets: ["LmctfyLoop"]),
     ],
     dependencies: [
+        .package(url: "https://github.com/apple/swift-log", from: "1.5.0"),
     ],
     targets: [
         // System libraries from Debian packages; module maps only.
@@ -89,7 +90,8 @@ let package = Package(
         // The agent: RPC dispatch onto CL1, listeners, config, events.
         .target(
             name: "LmctfyAgent",
-            dependencies: ["Lmctfy", "LmctfyCommands", "LmctfyProto", "LmctfyRPC", "LmctfySystem", "LmctfyLoop"]),
+            dependencies: ["Lmctfy", "LmctfyCommands", "LmctfyProto", "LmctfyRPC", "LmctfySystem", "LmctfyLoop",
+                           .product(name: "Logging", package: "swift-log")]),
         .executableTarget(name: "lmctfy-agent", dependencies: ["LmctfyAgent"]),
 
         // tools/run-bench's measuring side (the C baseline is built by the script).

@@ -5,6 +5,7 @@
 import Glibc
 import Lmctfy
 import LmctfyLoop
+import Logging
 import LmctfyProto
 import LmctfyRPC
 import LmctfySystem
@@ -40,7 +41,7 @@ public final class Agent: @unchecked Sendable {
     public let loop: EventLoop
     public let dispatcher: Dispatcher
     let replay = ReplayCache()
-    let log: Logger
+    let log: AgentLog
 
     private var listeners: [Listener] = []
     private var conns: [Int: ConnState] = [:]
@@ -61,7 +62,7 @@ public final class Agent: @unchecked Sendable {
         self.settings = settings
         self.loop = EventLoop(name: "lmctfy-agent")
         self.dispatcher = Dispatcher(api: api, events: EventLog(), agentVersion: agentVersion)
-        self.log = Logger(level: settings.logLevel)
+        self.log = AgentLog(level: settings.logLevel)
     }
 
     /// Starts the loop and the listeners. Throws when a listener cannot bind.
@@ -349,18 +350,24 @@ enum Thread {
     }
 }
 
-/// Minimal leveled logging to stderr (the agent runs in the foreground or
-/// under a supervisor that collects stderr).
-public struct Logger: Sendable {
-    public let level: AgentLogLevel
+/// The agent's log: swift-log, to stderr (the agent runs in the foreground
+/// or under a supervisor that collects stderr), at the configured level.
+public struct AgentLog: Sendable {
+    let logger: Logging.Logger
 
-    func emit(_ l: AgentLogLevel, _ tag: String, _ message: @autoclosure () -> String) {
-        guard l.rawValue >= (level == .logLevelUnspecified ? AgentLogLevel.logInfo.rawValue : level.rawValue) else { return }
-        let line = "lmctfy-agent \(tag): \(message())\n"
-        _ = line.withCString { write(2, $0, strlen($0)) }
+    public init(level: AgentLogLevel) {
+        var l = Logging.Logger(label: "lmctfy-agent") { label in StreamLogHandler.standardError(label: label) }
+        l.logLevel = switch level {
+        case .logTrace: .trace
+        case .logDebug: .debug
+        case .logWarning: .warning
+        case .logError: .error
+        default: .info
+        }
+        logger = l
     }
 
-    public func debug(_ m: @autoclosure () -> String) { emit(.logDebug, "debug", m()) }
-    public func info(_ m: @autoclosure () -> String) { emit(.logInfo, "info", m()) }
-    public func warning(_ m: @autoclosure () -> String) { emit(.logWarning, "warning", m()) }
+    public func debug(_ m: @autoclosure () -> String) { logger.debug("\(m())") }
+    public func info(_ m: @autoclosure () -> String) { logger.info("\(m())") }
+    public func warning(_ m: @autoclosure () -> String) { logger.warning("\(m())") }
 }

@@ -230,8 +230,23 @@ do {
         for t in threads { pthread_join(t, nil) }
         print("swift rps=\(Int(Double(total.value) / secs))")
 
+    case "agent-lifecycle" where args.count == 4:
+        // agent-lifecycle N SOCKET: create (cpu+memory) -> run /bin/true and
+        // wait for its exit -> destroy, through the agent, from this process.
+        let client = try RpcClient.connect(unixPath: args[3], name: "bench")
+        defer { client.close() }
+        let spec = try ContainerSpec(textFormat: "cpu { limit: 500 max_limit: 1000 } memory { limit: 104857600 }")
+        let t0 = now()
+        for i in 0..<n {
+            let name = "/lmctfy_bench_agent_\(getpid())_\(i)"
+            _ = try client.call("Create", CreateRequest(name: name, spec: spec), as: CreateResponse.self)
+            try client.stream("Run", RunRequest(name: name, argv: ["/bin/true"]), as: RunResponse.self) { _ in true }
+            _ = try client.call("Destroy", DestroyRequest(name: name, force: true), as: DestroyResponse.self)
+        }
+        print("agent lifecycle (create cpu+mem, run /bin/true, exit, destroy) us=\(fmt((now() - t0) / Double(n)))")
+
     default:
-        fail("usage: lmctfy-bench create-destroy N | freeze N BASELINE | run N BASELINE | threshold N HELPER | rpc PORT KEYFILE C D SECONDS")
+        fail("usage: lmctfy-bench create-destroy N | freeze N BASELINE | run N BASELINE | threshold N HELPER | rpc PORT KEYFILE C D SECONDS | agent-lifecycle N SOCKET")
     }
 } catch {
     fail("\(error)")
