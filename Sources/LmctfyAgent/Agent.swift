@@ -174,10 +174,24 @@ public final class Agent: @unchecked Sendable {
     }
 
     private func perform(_ s: ConnState, _ actions: [SessionAction]) {
+        // Consecutive frames go out in one write (one syscall, not one each).
+        var pending: [UInt8] = []
+        func flush() {
+            if !pending.isEmpty {
+                s.conn.write(pending)
+                pending.removeAll(keepingCapacity: true)
+            }
+        }
+        defer { flush() }
         for action in actions {
+            if case .write(let bytes) = action {
+                pending += bytes
+                continue
+            }
+            flush()
             switch action {
-            case .write(let bytes):
-                s.conn.write(bytes)
+            case .write:
+                break
             case .established(let peer):
                 s.role = settings.role(for: peer)
                 log.debug("connection \(s.id): \(peer.name) authenticated as \(s.role.protoName)")
@@ -230,8 +244,18 @@ public final class Agent: @unchecked Sendable {
         }
         if loopMethods.contains(method) {
             // Answered by the loop itself: nothing to block on, and a ping
-            // that proves the loop is alive should not wait for a pool thread.
-            work()
+            // that proves the loop is alive should not wait for a pool thread
+            // (nor for two wake-ups of the loop to send its answer).
+            workers.locked { $0 -= 1 }
+            let replies = Mutexed<[[UInt8]]>([])
+            let inline = CallContext { bytes in replies.locked { $0.append(bytes) } }
+            let status = dispatcher.handle(method: method, payload: payload, role: role, context: inline)
+            s.calls.removeValue(forKey: streamId)
+            let now = RpcSocket.monotonicMilliseconds()
+            var actions: [SessionAction] = []
+            for r in replies.locked({ $0 }) { actions += s.session.sendResponse(streamId: streamId, payload: r, now: now) }
+            actions += s.session.sendStatus(streamId: streamId, status, now: now)
+            perform(s, actions)
         } else if streamingMethods.contains(method) {
             Thread.detach(work)
         } else if !loop.offload(work, then: { _ in }) {

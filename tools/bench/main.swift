@@ -230,6 +230,23 @@ do {
         for t in threads { pthread_join(t, nil) }
         print("swift rps=\(Int(Double(total.value) / secs))")
 
+    case "codec":
+        // codec N: µs per Frame encode+decode of a Ping response, the unit
+        // of work the RPC path repeats for every call.
+        let ping = try PingResponse(data: Array(repeating: 7, count: 16)).serializedBytes()
+        let frame = Frame(kind: .frameResponse, streamId: 41, payload: ping)
+        let t0 = now()
+        for _ in 0..<n {
+            let bytes = FrameCodec.encode(frame)
+            _ = try FrameCodec.decodeBody(bytes[4...])
+        }
+        let t1 = now()
+        for _ in 0..<n {
+            _ = try PingResponse(serializedBytes: try PingRequest(data: [1, 2, 3]).serializedBytes())
+        }
+        let t2 = now()
+        print("frame encode+decode us=\(fmt((t1 - t0) / Double(n))) small message round trip us=\(fmt((t2 - t1) / Double(n)))")
+
     case "agent-lifecycle" where args.count == 4:
         // agent-lifecycle N SOCKET: create (cpu+memory) -> run /bin/true and
         // wait for its exit -> destroy, through the agent, from this process.
