@@ -25,6 +25,9 @@ final class ConnState {
     var session: Session
     var role: AgentRole = .agentRoleUnspecified
     var calls: [UInt32: CallContext] = [:]
+    /// Frames not yet handed to the connection, and perform's nesting depth.
+    var outbox: [UInt8] = []
+    var depth = 0
 
     init(id: Int, conn: Connection, session: Session) {
         self.id = id
@@ -173,22 +176,20 @@ public final class Agent: @unchecked Sendable {
         return line.dropFirst("Groups:".count).split(separator: " ").compactMap { gid_t($0.trimmingWhitespace) }
     }
 
+    /// Runs a session's actions. Frames collect in the connection's outbox
+    /// and leave in one write when the outermost perform returns, so a
+    /// batch of requests read together is answered with one syscall.
     private func perform(_ s: ConnState, _ actions: [SessionAction]) {
-        // Consecutive frames go out in one write (one syscall, not one each).
-        var pending: [UInt8] = []
-        func flush() {
-            if !pending.isEmpty {
-                s.conn.write(pending)
-                pending.removeAll(keepingCapacity: true)
-            }
+        s.depth += 1
+        defer {
+            s.depth -= 1
+            if s.depth == 0 { flush(s) }
         }
-        defer { flush() }
         for action in actions {
             if case .write(let bytes) = action {
-                pending += bytes
+                s.outbox += bytes
                 continue
             }
-            flush()
             switch action {
             case .write:
                 break
@@ -203,10 +204,17 @@ public final class Agent: @unchecked Sendable {
                 break  // the agent opens no calls of its own yet
             case .close(let reason):
                 log.debug("connection \(s.id) closed: \(reason)")
+                flush(s)
                 s.conn.closeAfterWrites()
                 drop(s)
             }
         }
+    }
+
+    private func flush(_ s: ConnState) {
+        guard !s.outbox.isEmpty else { return }
+        s.conn.write(s.outbox)
+        s.outbox.removeAll(keepingCapacity: true)
     }
 
     private func drop(_ s: ConnState) {

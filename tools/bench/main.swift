@@ -90,24 +90,30 @@ func pipelinedPings(port: UInt16, keyId: String, key: [UInt8], depth: Int, secon
     var done = 0
     var established = false
     let end = now() + seconds * 1e6
+    // Every frame the actions (and the calls they open) produce goes out in
+    // one write per batch, as the agent does.
     func perform(_ actions: [SessionAction]) {
         var out: [UInt8] = []
-        var more: [SessionAction] = []
-        for a in actions {
-            switch a {
-            case .write(let bytes): out += bytes
-            case .established:
-                established = true
-                for _ in 0..<depth {
-                    more += session.openStream(method: "Ping", payload: ping, now: RpcSocket.monotonicMilliseconds()).actions
+        var queue = actions
+        while !queue.isEmpty {
+            var more: [SessionAction] = []
+            for a in queue {
+                switch a {
+                case .write(let bytes): out += bytes
+                case .established:
+                    established = true
+                    for _ in 0..<depth {
+                        more += session.openStream(method: "Ping", payload: ping, now: RpcSocket.monotonicMilliseconds()).actions
+                    }
+                case .deliverStatus(_, let status):
+                    if status.code == .ok { done += 1 }
+                    if now() < end {
+                        more += session.openStream(method: "Ping", payload: ping, now: RpcSocket.monotonicMilliseconds()).actions
+                    }
+                default: break
                 }
-            case .deliverStatus(_, let status):
-                if status.code == .ok { done += 1 }
-                if now() < end {
-                    more += session.openStream(method: "Ping", payload: ping, now: RpcSocket.monotonicMilliseconds()).actions
-                }
-            default: break
             }
+            queue = more
         }
         var off = 0
         while off < out.count {
@@ -115,7 +121,6 @@ func pipelinedPings(port: UInt16, keyId: String, key: [UInt8], depth: Int, secon
             if n <= 0 { return }
             off += n
         }
-        if !more.isEmpty { perform(more) }
     }
     perform(session.start(now: RpcSocket.monotonicMilliseconds()))
     var buf = [UInt8](repeating: 0, count: 65536)
