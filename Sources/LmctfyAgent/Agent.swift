@@ -265,7 +265,7 @@ public final class Agent: @unchecked Sendable {
             actions += s.session.sendStatus(streamId: streamId, status, now: now)
             perform(s, actions)
         } else if streamingMethods.contains(method) {
-            Thread.detach(work)
+            Threads.detach(work)
         } else if !loop.offload(work, then: { _ in }) {
             workers.locked { $0 -= 1 }
         }
@@ -360,25 +360,6 @@ final class Semaphore: @unchecked Sendable {
         while count == 0 { pthread_cond_wait(&cond, &mutex) }
         count -= 1
         pthread_mutex_unlock(&mutex)
-    }
-}
-
-/// Detached threads for long calls.
-enum Thread {
-    static func detach(_ body: @escaping @Sendable () -> Void) {
-        final class Box: @unchecked Sendable {
-            let body: @Sendable () -> Void
-            init(_ b: @escaping @Sendable () -> Void) { body = b }
-        }
-        var t = pthread_t()
-        var attr = pthread_attr_t()
-        pthread_attr_init(&attr)
-        pthread_attr_setdetachstate(&attr, Int32(PTHREAD_CREATE_DETACHED))
-        pthread_create(&t, &attr, { arg in
-            Unmanaged<Box>.fromOpaque(arg!).takeRetainedValue().body()
-            return nil
-        }, Unmanaged.passRetained(Box(body)).toOpaque())
-        pthread_attr_destroy(&attr)
     }
 }
 

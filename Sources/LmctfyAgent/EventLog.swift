@@ -51,16 +51,6 @@ public final class EventLog: Sendable {
     }
 }
 
-/// A value behind a lock.
-final class Mutexed<T>: @unchecked Sendable {
-    private let lock = Lock()
-    private var value: T
-    init(_ value: T) { self.value = value }
-    func locked<R>(_ body: (inout T) throws -> R) rethrows -> R {
-        try lock.locked { try body(&value) }
-    }
-}
-
 extension String {
     func leftPadded(_ width: Int) -> String {
         count >= width ? self : String(repeating: "0", count: width - count) + self

@@ -145,31 +145,26 @@ public enum Sys {
 
     /// Names of the subdirectories of `path`, sorted.
     public static func subdirectories(_ path: String) throws(SystemError) -> [String] {
-        guard let dir = opendir(path) else { throw SystemError("opendir", path, Glibc.errno) }
-        defer { closedir(dir) }
-        var names: [String] = []
-        while let entry = readdir(dir) {
-            let name = withUnsafePointer(to: entry.pointee.d_name) {
-                $0.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) }
-            }
-            if name == "." || name == ".." { continue }
-            if entry.pointee.d_type == UInt8(DT_DIR) { names.append(name) }
-        }
-        return names.sorted()
+        try entries(path).filter { $0.isDirectory }.map(\.name).sorted()
     }
 
     /// Names of every entry of a directory but . and .., unsorted.
     public static func subdirectoriesAndFiles(_ path: String) throws(SystemError) -> [String] {
+        try entries(path).map(\.name)
+    }
+
+    /// Every entry of a directory but . and .., with whether it is a directory.
+    static func entries(_ path: String) throws(SystemError) -> [(name: String, isDirectory: Bool)] {
         guard let dir = opendir(path) else { throw SystemError("opendir", path, Glibc.errno) }
         defer { closedir(dir) }
-        var names: [String] = []
+        var out: [(name: String, isDirectory: Bool)] = []
         while let entry = readdir(dir) {
             let name = withUnsafePointer(to: entry.pointee.d_name) {
                 $0.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) }
             }
-            if name != "." && name != ".." { names.append(name) }
+            if name != "." && name != ".." { out.append((name, entry.pointee.d_type == UInt8(DT_DIR))) }
         }
-        return names
+        return out
     }
 
     public static func getxattr(_ path: String, _ name: String) throws(SystemError) -> String? {

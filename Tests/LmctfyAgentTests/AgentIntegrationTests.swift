@@ -119,7 +119,7 @@ struct AgentIntegrationTests {
             let done = Mutexed(0)
             var threads: [pthread_t] = []
             for c in 0..<100 {
-                threads.append(startThread {
+                threads.append(Threads.start {
                     guard let client = try? RpcClient.connect(unixPath: socket) else { failures.locked { $0 += 100 }; return }
                     defer { client.close() }
                     for i in 0..<100 {
@@ -145,7 +145,7 @@ struct AgentIntegrationTests {
             #expect(try c.processes(recursive: false).count >= 1000)
             try withAgent { _, socket in
                 let destroyDone = Mutexed(false)
-                let destroyer = startThread {
+                let destroyer = Threads.start {
                     let client = try? RpcClient.connect(unixPath: socket)
                     _ = try? client?.call("Destroy", DestroyRequest(name: name.path, force: true), as: DestroyResponse.self)
                     client?.close()
@@ -225,24 +225,4 @@ struct AgentIntegrationTests {
             _ = agent
         }
     }
-}
-
-final class Mutexed<T>: @unchecked Sendable {
-    private let lock = Lock()
-    private var value: T
-    init(_ v: T) { value = v }
-    func locked<R>(_ body: (inout T) -> R) -> R { lock.locked { body(&value) } }
-}
-
-func startThread(_ body: @escaping @Sendable () -> Void) -> pthread_t {
-    final class Box: @unchecked Sendable {
-        let body: @Sendable () -> Void
-        init(_ b: @escaping @Sendable () -> Void) { body = b }
-    }
-    var t = pthread_t()
-    pthread_create(&t, nil, { arg in
-        Unmanaged<Box>.fromOpaque(arg!).takeRetainedValue().body()
-        return nil
-    }, Unmanaged.passRetained(Box(body)).toOpaque())
-    return t
 }

@@ -44,13 +44,15 @@ struct NotificationIntegrationTests {
             let c = try api.get(name)
             _ = try c.run(["/bin/sleep", "300"])
             let watch = try c.watch(EventSpec(oom: EventSpec.Oom()))
-            let destroyer = Thread { try? api.destroy(name) }
-            destroyer.start(afterMs: 200)
+            let destroyer = Threads.start {
+                usleep(200_000)
+                try? api.destroy(name)
+            }
             #expect { _ = try watch.wait(timeoutMs: 10_000) } throws: { error in
                 let e = error as? LmctfyError
                 return e?.code == .notFound && e?.message.contains("destroyed") == true
             }
-            destroyer.join()
+            pthread_join(destroyer, nil)
         }
     }
 
@@ -84,14 +86,14 @@ struct NotificationIntegrationTests {
             let c = try api.get(name)
             let center = try NotificationCenter()
             defer { center.shutdown() }
-            let fired = Counter()
+            let fired = Mutexed(0)
             _ = try c.run(["/bin/sleep", "0.2"])
             let id = try center.register(c, EventSpec(containerEmpty: EventSpec.ContainerEmpty())) { result in
-                if case .success = result { fired.increment() }
+                if case .success = result { fired.locked { $0 += 1 } }
             }
             #expect(id == 1)
-            for _ in 0..<5000 where fired.value == 0 { usleep(1000) }
-            #expect(fired.value == 1)
+            for _ in 0..<5000 where fired.locked({ $0 }) == 0 { usleep(1000) }
+            #expect(fired.locked { $0 } == 1)
             try center.unregister(id)
             #expect { try center.unregister(id) } throws: { ($0 as? LmctfyError)?.code == .invalidArgument }
             #expect { _ = try center.register(c, EventSpec()) { _ in } } throws: { ($0 as? LmctfyError)?.code == .invalidArgument }
@@ -99,34 +101,4 @@ struct NotificationIntegrationTests {
     }
 }
 
-final class Counter: @unchecked Sendable {
-    private let lock = Lock()
-    private var n = 0
-    func increment() { lock.locked { n += 1 } }
-    var value: Int { lock.locked { n } }
-}
 
-/// A plain thread for tests that need a second actor (e.g. destroy while waiting).
-final class Thread: @unchecked Sendable {
-    private let body: @Sendable () -> Void
-    private var thread = pthread_t()
-    init(_ body: @escaping @Sendable () -> Void) { self.body = body }
-
-    func start(afterMs delay: Int = 0) {
-        let box = Unmanaged.passRetained(Box(body: body, delayMs: delay))
-        pthread_create(&thread, nil, { arg in
-            let b = Unmanaged<Box>.fromOpaque(arg!).takeRetainedValue()
-            if b.delayMs > 0 { usleep(UInt32(b.delayMs * 1000)) }
-            b.body()
-            return nil
-        }, box.toOpaque())
-    }
-
-    func join() { pthread_join(thread, nil) }
-
-    final class Box: @unchecked Sendable {
-        let body: @Sendable () -> Void
-        let delayMs: Int
-        init(body: @escaping @Sendable () -> Void, delayMs: Int) { self.body = body; self.delayMs = delayMs }
-    }
-}

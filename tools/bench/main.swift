@@ -60,25 +60,7 @@ final class Stamp: @unchecked Sendable {
     var times: [Double] = []
 }
 
-func thread(_ body: @escaping @Sendable () -> Void) -> pthread_t {
-    final class Box: @unchecked Sendable {
-        let body: @Sendable () -> Void
-        init(_ b: @escaping @Sendable () -> Void) { body = b }
-    }
-    var t = pthread_t()
-    pthread_create(&t, nil, { arg in
-        Unmanaged<Box>.fromOpaque(arg!).takeRetainedValue().body()
-        return nil
-    }, Unmanaged.passRetained(Box(body)).toOpaque())
-    return t
-}
 
-final class Counter: @unchecked Sendable {
-    private let lock = Lock()
-    private var n = 0
-    func add(_ k: Int) { lock.locked { n += k } }
-    var value: Int { lock.locked { n } }
-}
 
 /// One connection driving a Session by hand, keeping `depth` Pings in
 /// flight (RpcClient does one call at a time). Returns completed calls.
@@ -195,7 +177,7 @@ do {
             let watch = try c.watch(EventSpec(memoryThreshold: .init(usage: threshold)))
             let events = 2 * n  // each oscillation crosses up and down
             let raw = Stamp(), ours = Stamp()
-            let rawThread = thread {
+            let rawThread = Threads.start {
                 var seen = 0
                 while seen < events, (try? EventFds.waitReadable(efd, timeoutMs: 10_000)) == true {
                     let t = now()
@@ -203,7 +185,7 @@ do {
                     raw.times.append(t)
                 }
             }
-            let oursThread = thread {
+            let oursThread = Threads.start {
                 var seen = 0
                 while seen < events, let k = try? watch.wait(timeoutMs: 10_000), k > 0 {
                     ours.times.append(now())
@@ -228,12 +210,12 @@ do {
             fail("usage: lmctfy-bench rpc PORT KEYFILE C D SECONDS")
         }
         let (keyId, key) = try KeyFile.load(args[3], requirePrivate: false).sorted { $0.key < $1.key }[0]
-        let total = Counter()
+        let total = Mutexed(0)
         let threads = (0..<c).map { _ in
-            thread { total.add(pipelinedPings(port: port, keyId: keyId, key: key, depth: d, seconds: secs)) }
+            Threads.start { let k = pipelinedPings(port: port, keyId: keyId, key: key, depth: d, seconds: secs); total.locked { $0 += k } }
         }
         for t in threads { pthread_join(t, nil) }
-        print("swift rps=\(Int(Double(total.value) / secs))")
+        print("swift rps=\(Int(Double(total.locked { $0 }) / secs))")
 
     case "codec":
         // codec N: µs per Frame encode+decode of a Ping response, the unit
