@@ -31,12 +31,28 @@ extension DynamicMessage {
 
     /// Decodes through protobuf_c_message_unpack.
     public init(serializedBytes bytes: some Collection<UInt8>, as descriptor: MessageDescriptor) throws(ProtoError) {
-        let array = Array(bytes)
-        let c = array.withUnsafeBufferPointer { buf in
-            protobuf_c_message_unpack(descriptor.raw, nil, buf.count, buf.baseAddress)
+        self = try Array(bytes).withUnsafeBufferPointer { (buf) throws(ProtoError) -> DynamicMessage in
+            try DynamicMessage(buffer: buf, as: descriptor)
         }
-        guard let c else {
-            throw ProtoError("invalid binary \(descriptor.fullName) (\(array.count) bytes)")
+    }
+
+    // Concrete overloads: callers in other modules would otherwise run the
+    // unspecialised generic (metadata lookups per call on the RPC path).
+    public init(serializedBytes bytes: [UInt8], as descriptor: MessageDescriptor) throws(ProtoError) {
+        self = try bytes.withUnsafeBufferPointer { (buf) throws(ProtoError) -> DynamicMessage in
+            try DynamicMessage(buffer: buf, as: descriptor)
+        }
+    }
+
+    public init(serializedBytes bytes: ArraySlice<UInt8>, as descriptor: MessageDescriptor) throws(ProtoError) {
+        self = try bytes.withUnsafeBufferPointer { (buf) throws(ProtoError) -> DynamicMessage in
+            try DynamicMessage(buffer: buf, as: descriptor)
+        }
+    }
+
+    init(buffer buf: UnsafeBufferPointer<UInt8>, as descriptor: MessageDescriptor) throws(ProtoError) {
+        guard let c = protobuf_c_message_unpack(descriptor.raw, nil, buf.count, buf.baseAddress) else {
+            throw ProtoError("invalid binary \(descriptor.fullName) (\(buf.count) bytes)")
         }
         defer { protobuf_c_message_free_unpacked(c, nil) }
         self = CBridge.read(UnsafeRawPointer(c), descriptor)
@@ -44,6 +60,7 @@ extension DynamicMessage {
 
     /// The dotted path of the first required field that is not set, if any.
     public func firstMissingRequired(prefix: String = "") -> String? {
+        guard descriptor.mayNeedRequiredCheck else { return nil }
         for field in descriptor.fields {
             let path = prefix.isEmpty ? field.name : prefix + "." + field.name
             if field.label == .required && !has(field.number) { return path }
@@ -80,7 +97,7 @@ enum CBridge {
 
     static func read(_ base: UnsafeRawPointer, _ descriptor: MessageDescriptor) -> DynamicMessage {
         var message = DynamicMessage(descriptor)
-        for field in descriptor.fields {
+        for (position, field) in descriptor.fields.enumerated() {
             let member = base + field.offset
             switch field.label {
             case .repeated:
@@ -92,10 +109,10 @@ enum CBridge {
                 for i in 0..<count {
                     values.append(readElement(array + i * size, field))
                 }
-                message.setValues(field.number, values)
+                message.setValues(at: position, values)
             case .optional, .required:
                 if !isPresent(base, field) { continue }
-                message.setValues(field.number, [readElement(member, field)])
+                message.setValues(at: position, [readElement(member, field)])
             }
         }
         return message
@@ -162,8 +179,8 @@ enum CBridge {
         let raw = calloc(1, d.pointee.sizeof_message)!
         let c = raw.assumingMemoryBound(to: ProtobufCMessage.self)
         d.pointee.message_init!(c)
-        for field in message.descriptor.fields {
-            let values = message.values(field.number)
+        for (position, field) in message.descriptor.fields.enumerated() {
+            let values = message.values(at: position)
             guard !values.isEmpty else { continue }
             let member = raw + field.offset
             switch field.label {

@@ -87,7 +87,12 @@ public final class MessageDescriptor: Sendable, CustomStringConvertible {
     /// Fields in field-number order (the order of the wire and text output).
     public let fields: [FieldDescriptor]
     private let byName: [String: Int]
-    private let byNumber: [UInt32: Int]
+    /// Field numbers in `fields` order (ascending): a binary search finds a
+    /// field's index without hashing (the RPC path does this per field).
+    private let numbers: [UInt32]
+    /// Whether a message of this type, or any message inside it, can have a
+    /// required field: only then does encoding look for missing ones.
+    public internal(set) nonisolated(unsafe) var mayNeedRequiredCheck = true
     let address: UInt
 
     var raw: UnsafePointer<ProtobufCMessageDescriptor> {
@@ -115,13 +120,9 @@ public final class MessageDescriptor: Sendable, CustomStringConvertible {
         fields.sort { $0.number < $1.number }
         self.fields = fields
         var byName: [String: Int] = [:]
-        var byNumber: [UInt32: Int] = [:]
-        for (i, f) in fields.enumerated() {
-            byName[f.name] = i
-            byNumber[f.number] = i
-        }
+        for (i, f) in fields.enumerated() { byName[f.name] = i }
         self.byName = byName
-        self.byNumber = byNumber
+        self.numbers = fields.map(\.number)
     }
 
     public func field(named name: String) -> FieldDescriptor? {
@@ -129,7 +130,20 @@ public final class MessageDescriptor: Sendable, CustomStringConvertible {
     }
 
     public func field(number: UInt32) -> FieldDescriptor? {
-        byNumber[number].map { fields[$0] }
+        index(of: number).map { fields[$0] }
+    }
+
+    /// The position of a field in `fields`, by number.
+    @inline(__always)
+    public func index(of number: UInt32) -> Int? {
+        var lo = 0, hi = numbers.count - 1
+        while lo <= hi {
+            let mid = (lo + hi) >> 1
+            let n = numbers[mid]
+            if n == number { return mid }
+            if n < number { lo = mid + 1 } else { hi = mid - 1 }
+        }
+        return nil
     }
 
     public var description: String { fullName }
@@ -195,6 +209,26 @@ public final class ProtoRegistry: Sendable {
         }
         messagesByAddress = messages
         enumsByAddress = enums
+        // Which types can hold a required field anywhere inside them.
+        var memo: [UInt: Bool] = [:]
+        func needs(_ d: MessageDescriptor, _ visiting: inout Set<UInt>) -> Bool {
+            if let known = memo[d.address] { return known }
+            if !visiting.insert(d.address).inserted { return false }
+            var result = false
+            for f in d.fields {
+                if f.label == .required { result = true; break }
+                if f.rawType == PROTOBUF_C_TYPE_MESSAGE, let sub = messages[f.typeAddress], needs(sub, &visiting) {
+                    result = true
+                    break
+                }
+            }
+            memo[d.address] = result
+            return result
+        }
+        for d in messages.values {
+            var visiting = Set<UInt>()
+            d.mayNeedRequiredCheck = needs(d, &visiting)
+        }
         messagesByName = Dictionary(uniqueKeysWithValues: messages.values.map { ($0.fullName, $0) })
         enumsByName = Dictionary(uniqueKeysWithValues: enums.values.map { ($0.fullName, $0) })
     }

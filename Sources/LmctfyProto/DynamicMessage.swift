@@ -22,45 +22,66 @@ public indirect enum ProtoValue: Sendable, Equatable {
 /// field holds exactly one value, a repeated field one or more.
 public struct DynamicMessage: Sendable, Equatable {
     public let descriptor: MessageDescriptor
-    private var storage: [UInt32: [ProtoValue]] = [:]
+    /// Values per field, parallel to `descriptor.fields` (empty: unset). An
+    /// array, not a dictionary: messages are small and this sits on the RPC
+    /// hot path, where hashing field numbers showed up in profiles.
+    private var storage: [[ProtoValue]]
 
     public init(_ descriptor: MessageDescriptor) {
         self.descriptor = descriptor
+        self.storage = Array(repeating: [], count: descriptor.fields.count)
     }
 
     public static func == (a: DynamicMessage, b: DynamicMessage) -> Bool {
         a.descriptor === b.descriptor && a.storage == b.storage
     }
 
-    /// Numbers of the fields that are set, ascending.
-    public var setFieldNumbers: [UInt32] { storage.keys.sorted() }
+    @inline(__always)
+    private func index(_ number: UInt32) -> Int {
+        guard let i = descriptor.index(of: number) else {
+            preconditionFailure("\(descriptor.fullName) has no field \(number)")
+        }
+        return i
+    }
 
-    public var isEmpty: Bool { storage.isEmpty }
+    /// Numbers of the fields that are set, ascending.
+    public var setFieldNumbers: [UInt32] {
+        storage.indices.filter { !storage[$0].isEmpty }.map { descriptor.fields[$0].number }
+    }
+
+    public var isEmpty: Bool { storage.allSatisfy(\.isEmpty) }
 
     /// The values of a field: empty when unset, one for a set singular field.
-    public func values(_ number: UInt32) -> [ProtoValue] { storage[number] ?? [] }
+    public func values(_ number: UInt32) -> [ProtoValue] {
+        descriptor.index(of: number).map { storage[$0] } ?? []
+    }
+
+    /// The values of the field at `position` in `descriptor.fields`.
+    func values(at position: Int) -> [ProtoValue] { storage[position] }
 
     /// Replaces the values of a field; an empty list clears it.
     public mutating func setValues(_ number: UInt32, _ values: [ProtoValue]) {
-        precondition(descriptor.field(number: number) != nil, "\(descriptor.fullName) has no field \(number)")
-        storage[number] = values.isEmpty ? nil : values
+        storage[index(number)] = values
+    }
+
+    mutating func setValues(at position: Int, _ values: [ProtoValue]) {
+        storage[position] = values
     }
 
     public mutating func append(_ number: UInt32, _ value: ProtoValue) {
-        precondition(descriptor.field(number: number) != nil, "\(descriptor.fullName) has no field \(number)")
-        storage[number, default: []].append(value)
+        storage[index(number)].append(value)
     }
 
-    public func has(_ number: UInt32) -> Bool { storage[number] != nil }
+    public func has(_ number: UInt32) -> Bool { !values(number).isEmpty }
 
     // Typed access for generated code.
 
     public func get<T: ProtoFieldValue>(_ number: UInt32) -> T? {
-        storage[number]?.last.flatMap(T.init(protoValue:))
+        values(number).last.flatMap(T.init(protoValue:))
     }
 
     public func getRepeated<T: ProtoFieldValue>(_ number: UInt32) -> [T] {
-        (storage[number] ?? []).compactMap(T.init(protoValue:))
+        values(number).compactMap(T.init(protoValue:))
     }
 
     public mutating func set<T: ProtoFieldValue>(_ number: UInt32, _ value: T?) {
@@ -185,6 +206,14 @@ extension ProtoMessage {
 
     /// Decodes the protobuf binary wire format (through protobuf-c).
     public init(serializedBytes bytes: some Collection<UInt8>) throws(ProtoError) {
+        self.init(dynamic: try DynamicMessage(serializedBytes: bytes, as: Self.protoDescriptor))
+    }
+
+    public init(serializedBytes bytes: [UInt8]) throws(ProtoError) {
+        self.init(dynamic: try DynamicMessage(serializedBytes: bytes, as: Self.protoDescriptor))
+    }
+
+    public init(serializedBytes bytes: ArraySlice<UInt8>) throws(ProtoError) {
         self.init(dynamic: try DynamicMessage(serializedBytes: bytes, as: Self.protoDescriptor))
     }
 

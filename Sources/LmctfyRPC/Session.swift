@@ -232,7 +232,20 @@ public struct Session: Sendable {
     }
 
     /// Bytes read from the connection.
+    // Concrete overloads, so callers in other modules get the specialised code.
+    public mutating func receive(_ bytes: [UInt8], now: UInt64) -> [SessionAction] {
+        receiveBytes(bytes, now: now)
+    }
+
+    public mutating func receive(_ bytes: ArraySlice<UInt8>, now: UInt64) -> [SessionAction] {
+        receiveBytes(bytes, now: now)
+    }
+
     public mutating func receive(_ bytes: some Collection<UInt8>, now: UInt64) -> [SessionAction] {
+        receiveBytes(bytes, now: now)
+    }
+
+    private mutating func receiveBytes(_ bytes: some Collection<UInt8>, now: UInt64) -> [SessionAction] {
         guard !isClosed else { return [] }
         lastReceived = now
         decoder.feed(bytes)
