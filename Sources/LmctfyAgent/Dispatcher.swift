@@ -36,7 +36,7 @@ public enum MethodRoles {
         "Spec", "Stats", "ListContainers", "ListPids", "ListTids", "Detect", "Notify", "MachineInfo", "Ping",
     ]
     public static let admin: Set<String> = reader.union([
-        "Create", "Destroy", "Update", "Run", "Enter", "KillAll", "Pause", "Resume",
+        "Create", "Destroy", "Update", "Run", "Enter", "KillAll", "Pause", "Resume", "Init",
     ])
 
     public static func allows(_ role: AgentRole, _ method: String) -> Bool {
@@ -149,6 +149,10 @@ public final class Dispatcher: Sendable {
             try notify(try NotifyRequest(serializedBytes: payload), context)
         case "MachineInfo":
             try context.emit(MachineInfo.collect(api: api, agentVersion: agentVersion, bootId: events.bootId))
+        case "Init":
+            let r = try InitRequest(serializedBytes: payload)
+            try backend.initMachine(r.spec ?? InitSpec())
+            try context.emit(InitResponse())
         case "Ping":
             let r = try PingRequest(serializedBytes: payload)
             try context.emit(PingResponse(data: r.data ?? []))

@@ -12,7 +12,12 @@ enum InitCommand {
     @Sendable
     static func run(_ call: Invocation) throws -> CommandOutput {
         let spec = try call.spec(InitSpec.self, inlineAt: 0, what: "config", reportTextError: true)
-        try call.environment.initMachine(spec)
+        // Through an agent (lmctl), the agent's machine is the one prepared.
+        if let remote = call.environment.remoteBackend {
+            try remote().initMachine(spec)
+        } else {
+            try call.environment.initMachine(spec)
+        }
         return .none
     }
 }

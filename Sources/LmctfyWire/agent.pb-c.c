@@ -1807,6 +1807,96 @@ void   containers__lmctfy__agent__ping_response__free_unpacked
   assert(message->base.descriptor == &containers__lmctfy__agent__ping_response__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
+void   containers__lmctfy__agent__init_request__init
+                     (Containers__Lmctfy__Agent__InitRequest         *message)
+{
+  static const Containers__Lmctfy__Agent__InitRequest init_value = CONTAINERS__LMCTFY__AGENT__INIT_REQUEST__INIT;
+  *message = init_value;
+}
+size_t containers__lmctfy__agent__init_request__get_packed_size
+                     (const Containers__Lmctfy__Agent__InitRequest *message)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__init_request__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t containers__lmctfy__agent__init_request__pack
+                     (const Containers__Lmctfy__Agent__InitRequest *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__init_request__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t containers__lmctfy__agent__init_request__pack_to_buffer
+                     (const Containers__Lmctfy__Agent__InitRequest *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__init_request__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Containers__Lmctfy__Agent__InitRequest *
+       containers__lmctfy__agent__init_request__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Containers__Lmctfy__Agent__InitRequest *)
+     protobuf_c_message_unpack (&containers__lmctfy__agent__init_request__descriptor,
+                                allocator, len, data);
+}
+void   containers__lmctfy__agent__init_request__free_unpacked
+                     (Containers__Lmctfy__Agent__InitRequest *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &containers__lmctfy__agent__init_request__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   containers__lmctfy__agent__init_response__init
+                     (Containers__Lmctfy__Agent__InitResponse         *message)
+{
+  static const Containers__Lmctfy__Agent__InitResponse init_value = CONTAINERS__LMCTFY__AGENT__INIT_RESPONSE__INIT;
+  *message = init_value;
+}
+size_t containers__lmctfy__agent__init_response__get_packed_size
+                     (const Containers__Lmctfy__Agent__InitResponse *message)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__init_response__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t containers__lmctfy__agent__init_response__pack
+                     (const Containers__Lmctfy__Agent__InitResponse *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__init_response__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t containers__lmctfy__agent__init_response__pack_to_buffer
+                     (const Containers__Lmctfy__Agent__InitResponse *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__init_response__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Containers__Lmctfy__Agent__InitResponse *
+       containers__lmctfy__agent__init_response__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Containers__Lmctfy__Agent__InitResponse *)
+     protobuf_c_message_unpack (&containers__lmctfy__agent__init_response__descriptor,
+                                allocator, len, data);
+}
+void   containers__lmctfy__agent__init_response__free_unpacked
+                     (Containers__Lmctfy__Agent__InitResponse *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &containers__lmctfy__agent__init_response__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
 void   containers__lmctfy__agent__role_binding__init
                      (Containers__Lmctfy__Agent__RoleBinding         *message)
 {
@@ -4067,6 +4157,62 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__ping_response__descr
   containers__lmctfy__agent__ping_response__field_indices_by_name,
   1,  containers__lmctfy__agent__ping_response__number_ranges,
   (ProtobufCMessageInit) containers__lmctfy__agent__ping_response__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__init_request__field_descriptors[1] =
+{
+  {
+    "spec",
+    1,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_MESSAGE,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__InitRequest, spec),
+    &containers__init_spec__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned containers__lmctfy__agent__init_request__field_indices_by_name[] = {
+  0,   /* field[0] = spec */
+};
+static const ProtobufCIntRange containers__lmctfy__agent__init_request__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 1 }
+};
+const ProtobufCMessageDescriptor containers__lmctfy__agent__init_request__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "containers.lmctfy.agent.InitRequest",
+  "InitRequest",
+  "Containers__Lmctfy__Agent__InitRequest",
+  "containers.lmctfy.agent",
+  sizeof(Containers__Lmctfy__Agent__InitRequest),
+  1,
+  containers__lmctfy__agent__init_request__field_descriptors,
+  containers__lmctfy__agent__init_request__field_indices_by_name,
+  1,  containers__lmctfy__agent__init_request__number_ranges,
+  (ProtobufCMessageInit) containers__lmctfy__agent__init_request__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+#define containers__lmctfy__agent__init_response__field_descriptors NULL
+#define containers__lmctfy__agent__init_response__field_indices_by_name NULL
+#define containers__lmctfy__agent__init_response__number_ranges NULL
+const ProtobufCMessageDescriptor containers__lmctfy__agent__init_response__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "containers.lmctfy.agent.InitResponse",
+  "InitResponse",
+  "Containers__Lmctfy__Agent__InitResponse",
+  "containers.lmctfy.agent",
+  sizeof(Containers__Lmctfy__Agent__InitResponse),
+  0,
+  containers__lmctfy__agent__init_response__field_descriptors,
+  containers__lmctfy__agent__init_response__field_indices_by_name,
+  0,  containers__lmctfy__agent__init_response__number_ranges,
+  (ProtobufCMessageInit) containers__lmctfy__agent__init_response__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
 static const ProtobufCFieldDescriptor containers__lmctfy__agent__role_binding__field_descriptors[4] =

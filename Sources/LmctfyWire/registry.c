@@ -23,6 +23,8 @@ static const ProtobufCMessageDescriptor *const messages[] = {
     &containers__lmctfy__agent__frame__descriptor,
     &containers__lmctfy__agent__go_away__descriptor,
     &containers__lmctfy__agent__hello__descriptor,
+    &containers__lmctfy__agent__init_request__descriptor,
+    &containers__lmctfy__agent__init_response__descriptor,
     &containers__lmctfy__agent__kill_all_request__descriptor,
     &containers__lmctfy__agent__kill_all_response__descriptor,
     &containers__lmctfy__agent__list_containers_request__descriptor,

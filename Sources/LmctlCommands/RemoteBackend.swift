@@ -104,7 +104,7 @@ public final class RemoteBackend: ContainerBackend, @unchecked Sendable {
     }
 
     public func initMachine(_ spec: InitSpec) throws(LmctfyError) {
-        throw .unimplemented("init runs on the agent's machine itself (lmctfy init there)")
+        _ = try call("Init", InitRequest(spec: spec), InitResponse.self)
     }
 
     public func machineInfo() throws(LmctfyError) -> MachineInfoResponse {

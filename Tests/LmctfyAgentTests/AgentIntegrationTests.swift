@@ -57,6 +57,12 @@ struct AgentIntegrationTests {
             #expect(try run("destroy", name).status == 9)  // processes inside, no -f
             #expect(try run("destroy", "-f", name).status == 0)
             #expect(try run("spec", name).status == 5)
+            // init goes to the agent's machine; a conflicting mount is refused
+            // there (3) before anything is mounted or made on the host.
+            let memoryMount = try #require(try ContainerApi.detect().mounts.v1[.memory] ?? ContainerApi.detect().mounts.unified)
+            r = try run("init", "cgroup_mount:{mount_path:'\(memoryMount)' hierarchy:CGROUP_CPU}")
+            #expect(r.status == 3, "\(String(decoding: r.stderr, as: UTF8.self))")
+            #expect(String(decoding: r.stderr, as: UTF8.self).contains("already mounted"))
             r = try run("info")
             #expect(String(decoding: r.stdout, as: UTF8.self).contains("agent_version=\"\(agentVersion)\""))
         }

@@ -3577,6 +3577,48 @@ public enum HelloStage: Int32, ProtoEnum, CaseIterable {
     }
 }
 
+/// Protobuf message `containers.lmctfy.agent.InitRequest`.
+public struct InitRequest: ProtoMessage {
+    /// Field 1 `spec`.
+    public var spec: InitSpec?
+
+    public init(
+        spec: InitSpec? = nil
+    ) {
+        self.spec = spec
+    }
+
+    public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.InitRequest")
+
+    public init(dynamic message: DynamicMessage) {
+        precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.InitRequest")
+        self.spec = message.get(1)
+    }
+
+    public var dynamic: DynamicMessage {
+        var message = DynamicMessage(Self.protoDescriptor)
+        message.set(1, spec)
+        return message
+    }
+}
+
+/// Protobuf message `containers.lmctfy.agent.InitResponse`.
+public struct InitResponse: ProtoMessage {
+    public init() {}
+
+    public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.InitResponse")
+
+    public init(dynamic message: DynamicMessage) {
+        precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.InitResponse")
+        self.init()
+    }
+
+    public var dynamic: DynamicMessage {
+        let message = DynamicMessage(Self.protoDescriptor)
+        return message
+    }
+}
+
 /// Protobuf message `containers.lmctfy.agent.KillAllRequest`.
 public struct KillAllRequest: ProtoMessage {
     /// Field 1 `name`.
