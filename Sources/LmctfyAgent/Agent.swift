@@ -55,6 +55,9 @@ public final class Agent: @unchecked Sendable {
     private let workers = Mutexed(0)
     private let finished = Semaphore()
 
+    /// How much answer the outbox holds before it is written out mid-batch.
+    static let flushBytes = 1024
+
     /// Calls being executed (pool or own thread), for tests and shutdown.
     public var activeCalls: Int { workers.locked { $0 } }
 
@@ -188,6 +191,9 @@ public final class Agent: @unchecked Sendable {
         for action in actions {
             if case .write(let bytes) = action {
                 s.outbox += bytes
+                // Large batches go out in slices, so the peer can start on
+                // the first answers while we work on the rest.
+                if s.outbox.count >= Self.flushBytes { flush(s) }
                 continue
             }
             switch action {
