@@ -133,7 +133,8 @@ public final class ContainerApi: Sendable {
             }
             // The directories just made are the container's: no need to
             // look for them again.
-            let dirs = version == .v2 ? layout.resourceDirs(name) : v1Dirs(made, name)
+            var dirs = version == .v2 ? layout.resourceDirs(name) : v1Dirs(made, name)
+            dirs.isNew = true
             for kind in kinds {
                 let h = try handler(kind)
                 try h.validate(spec, dirs: dirs)
@@ -273,20 +274,24 @@ public final class ContainerApi: Sendable {
         }
         // rmdir every place the container may have a directory and take
         // ENOENT as "it has none there": one syscall each instead of a stat
-        // and an rmdir. The tasks directory goes last.
-        var dirs: [CgroupDir] = []
+        // and an rmdir; a controller's later candidates (cpu's /batch) are
+        // not tried once one went. The tasks directory goes last.
+        var groups: [[CgroupDir]] = []
         if version == .v1 {
             for c in Controller.allCases.reversed() where c != .freezer && !layout.isCoMountedFollower(c) {
-                dirs += layout.candidates(c, name)
+                groups.append(layout.candidates(c, name))
             }
         }
-        dirs.append(layout.tasksDir(name))
-        for d in dirs {
-            do {
-                try Sys.rmdir(d.path)
-            } catch {
-                if error.errno == ENOENT { continue }
-                throw error.lmctfy(.failedPrecondition, "Unable to delete directory of container \"\(name)\"")
+        groups.append([layout.tasksDir(name)])
+        for candidates in groups {
+            for d in candidates {
+                do {
+                    try Sys.rmdir(d.path)
+                    break
+                } catch {
+                    if error.errno == ENOENT { continue }
+                    throw error.lmctfy(.failedPrecondition, "Unable to delete directory of container \"\(name)\"")
+                }
             }
         }
     }

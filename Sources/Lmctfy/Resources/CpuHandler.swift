@@ -159,7 +159,9 @@ struct CpuHandler: ResourceHandler {
         guard let dir = ownerDir(dirs) else { throw .notFound("Container \"\(dirs.container)\" has no cpu cgroup") }
         let cpu = spec.cpu ?? CpuSpec()
         try plan(cpu, policy: policy, dirs: dirs, dir: dir).perform()
-        if try recordedLatency(dir) == nil {
+        // A directory the create just made has no record yet: no need to read.
+        let unrecorded = dirs.isNew ? true : try recordedLatency(dir) == nil
+        if unrecorded {
             let latency: SchedulingLatency
             if let given = cpu.schedulingLatency { latency = given } else { latency = try currentClass(dir, dirs) }
             try dir.setXattr(Self.latencyXattr, latency.protoName)

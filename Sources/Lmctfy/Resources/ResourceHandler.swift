@@ -85,6 +85,9 @@ public struct ResourceDirs: Sendable {
     public let unified: CgroupDir?
     /// Where /proc is (injected for tests).
     public let procRoot: String
+    /// The directories were made by the create in progress: no process is
+    /// in them yet and no record was left on them, so handlers need not look.
+    public var isNew = false
 
     public init(version: CgroupVersion, container: ContainerName, v1: [Controller: CgroupDir] = [:],
                 unified: CgroupDir? = nil, procRoot: String = "/proc") {
