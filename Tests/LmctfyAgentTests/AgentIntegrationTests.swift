@@ -231,4 +231,26 @@ struct AgentIntegrationTests {
             _ = agent
         }
     }
+
+    @Test func connectionLimitAndHelloTimeoutAreEnforced() throws {
+        try withAgent("limits { max_connections: 2 hello_timeout_ms: 300 }") { _, socket in
+            let a = try RpcClient.connect(unixPath: socket)
+            let b = try RpcClient.connect(unixPath: socket)
+            // A third peer is turned away before its handshake.
+            #expect(throws: LmctfyError.self) { _ = try RpcClient.connect(unixPath: socket) }
+            a.close()
+            b.close()
+            // A peer that never says hello is sent away after the timeout.
+            let fd = try RpcSocket.connectUnix(path: socket)
+            defer { close(fd) }
+            var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            var buf = [UInt8](repeating: 0, count: 4096)
+            var closed = false
+            for _ in 0..<50 where !closed {
+                guard poll(&p, 1, 100) > 0 else { continue }
+                closed = read(fd, &buf, buf.count) <= 0
+            }
+            #expect(closed, "the agent closed a silent connection")
+        }
+    }
 }
