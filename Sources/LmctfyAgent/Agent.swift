@@ -324,7 +324,8 @@ public final class Agent: @unchecked Sendable {
         ticker?.cancel()
         for w in signals { w.cancel() }
         signals.removeAll()
-        unlink(settings.unixSocketPath)
+        // The Unix listener removed its socket file when it closed (only if
+        // the file was still its own), so nothing to unlink here.
         finished.signal()
     }
 
