@@ -117,17 +117,17 @@ let package = Package(
             dependencies: ["LmctfyCommands", "Lmctfy", "LmctfySystem", "LmctfyProto", "LmctfyTestSupport"]),
         .testTarget(
             name: "LmctfyRPCTests",
-            dependencies: ["LmctfyRPC", "LmctfyProto", "LmctfySystem"]),
+            dependencies: ["LmctfyRPC", "LmctfyProto", "LmctfySystem", "LmctfyTestSupport"]),
         .testTarget(
             name: "LmctfyAgentTests",
             dependencies: ["LmctfyAgent", "LmctlCommands", "LmctfyCommands", "LmctfyRPC", "Lmctfy", "LmctfyProto",
                            "LmctfySystem", "LmctfyTestSupport"]),
         .testTarget(
             name: "LmctfyLoopTests",
-            dependencies: ["LmctfyLoop", "LmctfySystem", "CLibUV", "CLmctfyShims"]),
+            dependencies: ["LmctfyLoop", "LmctfySystem", "CLibUV", "CLmctfyShims", "LmctfyTestSupport"]),
         .testTarget(
             name: "LmctfyProtoTests",
-            dependencies: ["LmctfyProto", "LmctfyWire", "CProtobufC", "CLmctfyShims"],
+            dependencies: ["LmctfyProto", "LmctfyWire", "CProtobufC", "CLmctfyShims", "LmctfyTestSupport"],
             exclude: ["Corpus"]),
     ]
 )

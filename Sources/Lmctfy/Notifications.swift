@@ -136,18 +136,16 @@ public final class Watch: @unchecked Sendable {
         if spec.containerEmpty != nil {
             switch api.version {
             case .v1:
+                // The first poll finding it empty is the event.
                 let fd = try timer(50)
-                let w = Watch(api: api, container: container.name, kind: .containerEmpty, fd: fd, watchedDir: container.tasksDir)
-                w.wasEmpty = false
-                return w
+                return Watch(api: api, container: container.name, kind: .containerEmpty, fd: fd, watchedDir: container.tasksDir)
             case .v2:
                 let dir = container.tasksDir
                 let fd = try inotify(dir.file("cgroup.events"))
                 let w = Watch(api: api, container: container.name, kind: .containerEmpty, fd: fd, watchedDir: dir)
                 // Already empty: that is the event.
-                w.wasEmpty = false
                 w.pendingImmediate = (try? dir.readKeyValues("cgroup.events")["populated"]) == 0
-                if w.pendingImmediate { w.wasEmpty = true }
+                w.wasEmpty = w.pendingImmediate
                 return w
             }
         }

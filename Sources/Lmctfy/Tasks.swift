@@ -103,8 +103,7 @@ extension Container {
     public func exec(_ argv: [String], environment: [String]? = nil) throws(LmctfyError) -> Never {
         var options = RunOptions(fdPolicy: .inherit)
         options.environment = environment
-        var o = try spawnOptions(argv, options)
-        o.detach = false
+        let o = try spawnOptions(argv, options)  // INHERIT: not detached
         throw Self.spawnError(Spawn.exec(o), name)
     }
 

@@ -239,14 +239,28 @@ public final class Agent: @unchecked Sendable {
     // MARK: Calls
 
     private func startCall(_ s: ConnState, streamId: UInt32, method: String, payload: [UInt8]) {
+        let role = s.role
+        let dispatcher = self.dispatcher
+        if loopMethods.contains(method) {
+            // Answered by the loop itself: nothing to block on, and a ping
+            // that proves the loop is alive should not wait for a pool thread
+            // (nor for two wake-ups of the loop to send its answer).
+            let replies = Mutexed<[[UInt8]]>([])
+            let inline = CallContext { bytes in replies.locked { $0.append(bytes) } }
+            let status = dispatcher.handle(method: method, payload: payload, role: role, context: inline)
+            let now = RpcSocket.monotonicMilliseconds()
+            var actions: [SessionAction] = []
+            for r in replies.locked({ $0 }) { actions += s.session.sendResponse(streamId: streamId, payload: r, now: now) }
+            actions += s.session.sendStatus(streamId: streamId, status, now: now)
+            perform(s, actions)
+            return
+        }
         let connId = s.id
         let context = CallContext { [weak self] bytes in
             // From the worker: responses keep their order through execute's FIFO.
             self?.loop.execute { [weak self] in self?.respond(connId, streamId, bytes) }
         }
         s.calls[streamId] = context
-        let role = s.role
-        let dispatcher = self.dispatcher
         workers.locked { $0 += 1 }
         let work: @Sendable () -> Void = { [weak self] in
             let status = dispatcher.handle(method: method, payload: payload, role: role, context: context)
@@ -256,21 +270,7 @@ public final class Agent: @unchecked Sendable {
                 self.workers.locked { $0 -= 1 }
             }
         }
-        if loopMethods.contains(method) {
-            // Answered by the loop itself: nothing to block on, and a ping
-            // that proves the loop is alive should not wait for a pool thread
-            // (nor for two wake-ups of the loop to send its answer).
-            workers.locked { $0 -= 1 }
-            let replies = Mutexed<[[UInt8]]>([])
-            let inline = CallContext { bytes in replies.locked { $0.append(bytes) } }
-            let status = dispatcher.handle(method: method, payload: payload, role: role, context: inline)
-            s.calls.removeValue(forKey: streamId)
-            let now = RpcSocket.monotonicMilliseconds()
-            var actions: [SessionAction] = []
-            for r in replies.locked({ $0 }) { actions += s.session.sendResponse(streamId: streamId, payload: r, now: now) }
-            actions += s.session.sendStatus(streamId: streamId, status, now: now)
-            perform(s, actions)
-        } else if streamingMethods.contains(method) {
+        if streamingMethods.contains(method) {
             Threads.detach(work)
         } else if !loop.offload(work, then: { _ in }) {
             workers.locked { $0 -= 1 }

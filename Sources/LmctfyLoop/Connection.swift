@@ -41,17 +41,9 @@ public final class Connection: LoopHandle, @unchecked Sendable {
 
     init(loop: EventLoop, transport: Transport) throws(LoopError) {
         self.transport = transport
-        switch transport {
-        case .tcp:
-            try super.init(loop: loop, type: UV_TCP, call: "uv_tcp_init")
-            let tcp = raw.bindMemory(to: uv_tcp_t.self, capacity: 1)
-            try check(uv_tcp_init(loop.uvLoop, tcp), "uv_tcp_init")
-        case .unix:
-            try super.init(loop: loop, type: UV_NAMED_PIPE, call: "uv_pipe_init")
-            let pipe = raw.bindMemory(to: uv_pipe_t.self, capacity: 1)
-            try check(uv_pipe_init(loop.uvLoop, pipe, 0), "uv_pipe_init")
-        }
-        adopt()
+        let (type, call) = LoopHandle.streamKind(transport)
+        try super.init(loop: loop, type: type, call: call)
+        try initStream(transport)
     }
 
     // MARK: Callbacks and state (loop thread)

@@ -61,6 +61,26 @@ public class LoopHandle: @unchecked Sendable {
 
     var uvHandle: UnsafeMutablePointer<uv_handle_t> { lm_uv_handle(raw) }
 
+    /// The handle type and init call of a TCP or Unix-socket stream (for
+    /// connections and listeners alike).
+    static func streamKind(_ transport: Connection.Transport) -> (uv_handle_type, String) {
+        switch transport {
+        case .tcp: (UV_TCP, "uv_tcp_init")
+        case .unix: (UV_NAMED_PIPE, "uv_pipe_init")
+        }
+    }
+
+    /// uv_tcp_init / uv_pipe_init on our memory, then adopt().
+    func initStream(_ transport: Connection.Transport) throws(LoopError) {
+        switch transport {
+        case .tcp:
+            try check(uv_tcp_init(loop.uvLoop, raw.bindMemory(to: uv_tcp_t.self, capacity: 1)), "uv_tcp_init")
+        case .unix:
+            try check(uv_pipe_init(loop.uvLoop, raw.bindMemory(to: uv_pipe_t.self, capacity: 1), 0), "uv_pipe_init")
+        }
+        adopt()
+    }
+
     /// After a successful uv_xxx_init: libuv now holds the handle, so it
     /// holds a retain of us, and shutdown knows to close it.
     func adopt() {

@@ -25,17 +25,13 @@ func withAgent<T>(_ extra: String = "", _ body: (Agent, String) throws -> T) thr
     return try body(agent, socket)
 }
 
-/// The built tool next to the test bundle (lmctl, lmctfy).
-func tool(_ name: String) -> String {
-    testHelperPath.hasSuffix("lmctfy-test-helper") ? String(testHelperPath.dropLast("lmctfy-test-helper".count)) + name : name
-}
 
 @Suite(.enabled(if: RealCgroups.available, "\(RealCgroups.unavailableReason ?? "")"))
 struct AgentIntegrationTests {
     @Test func lmctlDrivesAContainerThroughTheAgent() throws {
         try withAgent { _, socket in
             let name = RealCgroups.uniqueName("agent")
-            let lmctl = [tool("lmctl"), "--agent", "unix://" + socket]
+            let lmctl = [builtTool("lmctl"), "--agent", "unix://" + socket]
             func run(_ args: String...) throws -> ChildResult { try TestProcess.capture(lmctl + args) }
             defer { _ = try? run("destroy", "-f", name) }
 
@@ -72,7 +68,7 @@ struct AgentIntegrationTests {
         try withAgent { _, socket in
             // lmctl as uid 65534 (the spawn shim drops the ids before exec).
             let (r, w) = try Sys.pipe()
-            var o = SpawnOptions(argv: [tool("lmctl"), "--agent", "unix://" + socket, "list", "containers", "/"])
+            var o = SpawnOptions(argv: [builtTool("lmctl"), "--agent", "unix://" + socket, "list", "containers", "/"])
             o.ids = (uid: 65534, gid: 65534)
             o.stdout = .devNull
             o.stderr = .fd(w)
@@ -199,7 +195,7 @@ struct AgentIntegrationTests {
             #expect { _ = try RpcClient.connect(host: "127.0.0.1", port: port, keyId: "nobody", key: key) }
                 throws: { ($0 as? LmctfyError)?.code == .unauthenticated }
             // lmctl with the wrong key file: exit status 16.
-            let r = try TestProcess.capture([tool("lmctl"), "--agent", "tcp://127.0.0.1:\(port)", "--key-file", dir + "/wrong", "info"])
+            let r = try TestProcess.capture([builtTool("lmctl"), "--agent", "tcp://127.0.0.1:\(port)", "--key-file", dir + "/wrong", "info"])
             #expect(r.status == 16)
         }
         // A key file others can read: the agent refuses to start.

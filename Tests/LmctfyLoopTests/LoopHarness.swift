@@ -2,6 +2,7 @@
 // libuv invariants checked, a bounded wait, loop-only boxes, seeded bytes.
 import Glibc
 import LmctfyLoop
+import LmctfyTestSupport
 import Testing
 
 /// Runs `body` with a started loop, then shuts it down and checks that
@@ -70,21 +71,9 @@ final class LoopBox<T>: @unchecked Sendable {
     init(_ value: T) { self.value = value }
 }
 
-/// Reproducible "random" bytes and sizes (SplitMix64).
-struct SeededGenerator: RandomNumberGenerator {
-    private var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
 
 func randomBytes(_ count: Int, seed: UInt64) -> [UInt8] {
-    var g = SeededGenerator(seed: seed)
+    var g = SplitMix64(seed: seed)
     return (0..<count).map { _ in UInt8.random(in: .min ... .max, using: &g) }
 }
 

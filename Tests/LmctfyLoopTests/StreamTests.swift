@@ -4,6 +4,7 @@ import CLibUV
 import Glibc
 import LmctfyLoop
 import LmctfySystem
+import LmctfyTestSupport
 import Testing
 
 /// Server side: writes back every chunk; closes after EOF once flushed.
@@ -17,7 +18,7 @@ private func echo(_ c: Connection) {
 /// back and closes once it all did; `done` fires when the connection closed.
 private func echoClient(_ c: Connection, payload: [UInt8], seed: UInt64,
                         received: LoopBox<[UInt8]>, errors: LoopBox<[String]>, done: Latch) {
-    var g = SeededGenerator(seed: seed)
+    var g = SplitMix64(seed: seed)
     c.onRead = { c, bytes in
         received.value += bytes
         if received.value.count >= payload.count { c.close() }

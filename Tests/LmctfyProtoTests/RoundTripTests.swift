@@ -3,18 +3,9 @@
 // bytes exactly as we do. A fixed-seed generator keeps failures reproducible.
 import CLmctfyShims
 import LmctfyProto
+import LmctfyTestSupport
 import Testing
 
-struct SplitMix64: RandomNumberGenerator {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
 
 enum RandomMessage {
     static let strings = ["", "a", "/sys/fs/cgroup", "café", "容器", "tab\there", "quote\"'\\", "\u{7F}\u{01}", "x y z"]
@@ -60,7 +51,7 @@ enum RandomMessage {
 
 @Suite struct RoundTripTests {
     @Test func binaryAndTextRoundTripForEveryType() throws {
-        var rng = SplitMix64(state: 0x1EE7)
+        var rng = SplitMix64(seed: 0x1EE7)
         for d in ProtoRegistry.shared.allMessages {
             for _ in 0..<25 {
                 let m = RandomMessage.make(d, rng: &rng)
@@ -73,7 +64,7 @@ enum RandomMessage {
     }
 
     @Test func protocPrintsOurBytesAsWeDo() throws {
-        var rng = SplitMix64(state: 42)
+        var rng = SplitMix64(seed: 42)
         for type in ["containers.lmctfy.ContainerSpec", "containers.lmctfy.ContainerStats", "containers.InitSpec"] {
             let d = try #require(ProtoRegistry.shared.message(fullName: type))
             for _ in 0..<8 {
@@ -88,7 +79,7 @@ enum RandomMessage {
     }
 
     @Test func generatedStructsRoundTrip() throws {
-        var rng = SplitMix64(state: 7)
+        var rng = SplitMix64(seed: 7)
         for _ in 0..<200 {
             let spec = RandomMessage.make(ContainerSpec.protoDescriptor, rng: &rng)
             #expect(ContainerSpec(dynamic: spec).dynamic == spec)
@@ -143,7 +134,7 @@ enum RandomMessage {
     /// protobuf-c structs are malloc'd and freed by us: a leak of even a few
     /// bytes per conversion shows up as megabytes over 60,000 round trips.
     @Test func conversionsDoNotLeak() throws {
-        var rng = SplitMix64(state: 99)
+        var rng = SplitMix64(seed: 99)
         let samples = (0..<20).map { _ in RandomMessage.make(ContainerStats.protoDescriptor, rng: &rng) }
         func cycle(_ n: Int) throws {
             for i in 0..<n {

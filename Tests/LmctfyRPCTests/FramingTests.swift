@@ -2,10 +2,11 @@
 // checked from the header alone.
 import LmctfyProto
 import LmctfyRPC
+import LmctfyTestSupport
 import Testing
 
 @Suite struct FramingTests {
-    static func sampleFrames(_ rng: inout SeededRandom, count: Int) -> [Frame] {
+    static func sampleFrames(_ rng: inout SplitMix64, count: Int) -> [Frame] {
         (0..<count).map { i in
             switch rng.next() % 5 {
             case 0:
@@ -27,7 +28,7 @@ import Testing
     /// Property: however the bytes are cut, the same frames come out.
     @Test(arguments: 0..<20)
     func randomChunkingsYieldTheSameFrames(seed: UInt64) throws {
-        var rng = SeededRandom(seed: seed)
+        var rng = SplitMix64(seed: seed)
         let frames = Self.sampleFrames(&rng, count: 30)
         let bytes = frames.flatMap(FrameCodec.encode)
         var decoder = FrameDecoder(maxFrameBytes: 1 << 20)

@@ -5,6 +5,7 @@ import LmctfyProto
 import LmctfyRPC
 import LmctfySystem
 import Synchronization
+import LmctfyTestSupport
 import Testing
 
 enum Repo {
@@ -73,18 +74,6 @@ final class CountingNonces: NonceSource {
     }
 }
 
-/// SplitMix64: reproducible randomness for property and fuzz tests.
-struct SeededRandom: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9e37_79b9_7f4a_7c15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xbf58_476d_1ce4_e5b9
-        z = (z ^ (z >> 27)) &* 0x94d0_49bb_1331_11eb
-        return z ^ (z >> 31)
-    }
-}
 
 let goldenKey = Array("lmctfy-golden-key".utf8)
 let rootCredentials = PeerCredentials(pid: 42, uid: 0, gid: 0)

@@ -150,6 +150,12 @@ public let testHelperPath: String = {
     return ".build/debug/lmctfy-test-helper"
 }()
 
+/// Another executable of this package, built beside lmctfy-test-helper.
+public func builtTool(_ name: String) -> String {
+    guard let slash = testHelperPath.lastIndex(of: "/") else { return name }
+    return String(testHelperPath[...slash]) + name
+}
+
 /// Test processes: started with posix_spawn, ended and reaped by pid only.
 public enum TestProcess {
     /// Starts `argv` (absolute path first) and returns its pid.
@@ -243,5 +249,21 @@ extension TestProcess {
         let signaled = status & 0x7F != 0
         return ChildResult(status: signaled ? 128 + (status & 0x7F) : (status >> 8) & 0xFF,
                            signaled: signaled, stdout: out, stderr: err)
+    }
+}
+
+/// SplitMix64: reproducible randomness for property, fuzz and stream tests
+/// (a fixed seed makes a failure repeatable).
+public struct SplitMix64: RandomNumberGenerator {
+    public var state: UInt64
+
+    public init(seed: UInt64) { state = seed }
+
+    public mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
     }
 }

@@ -90,14 +90,7 @@ struct ResourceV2IntegrationTests {
         let enabled = try api.resourceDirs(.root).unified!.read("cgroup.subtree_control")
         for c in ["cpu", "memory", "io", "pids"] { #expect(enabled.contains(c), "\(c) in \(enabled)") }
         // And through the binary, as an operator would run it.
-        let lmctfy = testHelperPath.replacingLast("lmctfy-test-helper", with: "lmctfy")
-        let r = try TestProcess.capture([lmctfy, "init", ""])
+        let r = try TestProcess.capture([builtTool("lmctfy"), "init", ""])
         #expect(r.status == 0, "\(String(decoding: r.stderr, as: UTF8.self))")
-    }
-}
-
-extension String {
-    func replacingLast(_ suffix: String, with replacement: String) -> String {
-        hasSuffix(suffix) ? String(dropLast(suffix.count)) + replacement : self
     }
 }
