@@ -8,11 +8,11 @@ public struct Container: Sendable {
     public let name: ContainerName
     let api: ContainerApi
 
-    var layout: Layout { api.layout }
-    var tasksDir: CgroupDir { layout.tasksDir(name) }
+    var driver: any CgroupDriver { api.driver }
+    var tasksDir: CgroupDir { driver.tasksDir(name) }
 
     /// The resources this container isolates itself.
-    public var isolatedResources: Set<ResourceKind> { layout.isolated(name) }
+    public var isolatedResources: Set<ResourceKind> { driver.isolated(name) }
 
     // MARK: Update, spec, stats
 
@@ -35,7 +35,7 @@ public struct Container: Sendable {
         if policy == .replace && named != isolated {
             throw .invalidArgument("A replace update must specify all resources being isolated.")
         }
-        let dirs = layout.resourceDirs(name)
+        let dirs = driver.resourceDirs(name)
         let order = named.sorted()
         for kind in order { try api.handler(kind).validate(spec, dirs: dirs) }
         for kind in order { try api.handler(kind).apply(spec, policy: policy, dirs: dirs) }
@@ -44,7 +44,7 @@ public struct Container: Sendable {
     /// The spec as the kernel has it now, for the resources isolated here.
     public func spec() throws(LmctfyError) -> ContainerSpec {
         var spec = ContainerSpec()
-        let dirs = layout.resourceDirs(name)
+        let dirs = driver.resourceDirs(name)
         for kind in isolatedResources.sorted() {
             guard let h = api.handlers[kind] else { continue }
             do {
@@ -59,7 +59,7 @@ public struct Container: Sendable {
 
     public func stats(_ type: StatsType) throws(LmctfyError) -> ContainerStats {
         var stats = ContainerStats()
-        let dirs = layout.resourceDirs(name)
+        let dirs = driver.resourceDirs(name)
         for kind in isolatedResources.sorted() {
             guard let h = api.handlers[kind] else { continue }
             do {
@@ -81,16 +81,15 @@ public struct Container: Sendable {
     }
 
     private func collect(_ name: ContainerName, recursive: Bool, into out: inout [ContainerName]) throws(LmctfyError) {
-        let dir = layout.tasksDir(name)
+        let dir = driver.tasksDir(name)
         let children: [String]
         do {
-            children = try Sys.subdirectories(dir.path)
+            children = try dir.subdirectories()
         } catch {
             // A subcontainer destroyed while we walk is simply gone; the
             // container asked about must exist.
-            if error.errno == ENOENT && name != self.name { return }
-            throw error.lmctfy(error.errno == ENOENT ? .notFound : .failedPrecondition,
-                               "Failed to list subcontainers of \"\(name)\"")
+            if error.code == .notFound && name != self.name { return }
+            throw LmctfyError(error.code, "Failed to list subcontainers of \"\(name)\": \(error.message)", errno: error.errno)
         }
         for child in children {
             // The v1 cpu hierarchy's /batch is not a container; nothing else
@@ -113,7 +112,7 @@ public struct Container: Sendable {
 
     /// TIDs (v1 tasks, v2 cgroup.threads), sorted; recursive adds every subcontainer's.
     public func threads(recursive: Bool) throws(LmctfyError) -> [pid_t] {
-        try listTasks(layout.version == .v1 ? "tasks" : "cgroup.threads", recursive: recursive)
+        try listTasks(driver.threadsFile, recursive: recursive)
     }
 
     private func listTasks(_ file: String, recursive: Bool) throws(LmctfyError) -> [pid_t] {
@@ -122,7 +121,7 @@ public struct Container: Sendable {
         if recursive {
             for sub in try subcontainers(recursive: true) {
                 do {
-                    all.formUnion(try layout.tasksDir(sub).readPids(file))
+                    all.formUnion(try driver.tasksDir(sub).readPids(file))
                 } catch where error.code == .notFound {
                     // Destroyed while we listed: it has no tasks to report.
                 }
@@ -135,29 +134,20 @@ public struct Container: Sendable {
 
     /// Whether the container is frozen (paused).
     public func isFrozen() throws(LmctfyError) -> Bool {
-        switch layout.version {
-        case .v1:
-            return try tasksDir.read("freezer.state").trimmingWhitespace == "FROZEN"
-        case .v2:
-            return try tasksDir.readKeyValues("cgroup.events")["frozen"] == 1
-        }
+        try driver.isFrozen(name)
     }
 
     /// Freezes (true) or thaws (false) and waits, bounded, until the kernel
     /// reports the new state.
     public func setFrozen(_ frozen: Bool, timeoutMs: Int = 5000) throws(LmctfyError) {
         guard !name.isRoot else { throw .failedPrecondition("The root container \"/\" cannot be paused") }
-        switch layout.version {
-        case .v1: try tasksDir.write("freezer.state", frozen ? "FROZEN" : "THAWED")
-        case .v2: try tasksDir.write("cgroup.freeze", frozen ? "1" : "0")
-        }
+        try driver.requestFrozen(name, frozen)
         var waited = 0
         while try isFrozen() != frozen {
             if waited >= timeoutMs {
                 throw .unavailable("Container \"\(name)\" did not become \(frozen ? "frozen" : "thawed") within \(timeoutMs) ms")
             }
-            // v1 only moves FREEZING to FROZEN when the state is read again.
-            if frozen && layout.version == .v1 { try tasksDir.write("freezer.state", "FROZEN") }
+            try driver.nudgeFreezer(name, frozen)
             usleep(1000)
             waited += 1
         }
@@ -174,7 +164,7 @@ public struct Container: Sendable {
         for _ in 0..<rounds {
             try setFrozen(true)
             let pids = try tasksDir.readPids("cgroup.procs")
-            for pid in pids { try? Sys.kill(pid, SIGKILL) }
+            for pid in pids { try? Sys.kill(pid, SIGKILL, faults: api.faults) }
             try setFrozen(false)
             // Wait for the killed tasks to leave the cgroup (bounded).
             for _ in 0..<2000 {
@@ -182,7 +172,7 @@ public struct Container: Sendable {
                 usleep(500)
             }
             let procs = try tasksDir.readPids("cgroup.procs")
-            let threads = try tasksDir.readPids(layout.version == .v1 ? "tasks" : "cgroup.threads")
+            let threads = try tasksDir.readPids(driver.threadsFile)
             if procs.isEmpty && threads.isEmpty { return }
         }
         let left = try tasksDir.readPids("cgroup.procs")

@@ -2,6 +2,7 @@
 // Each registration is a Watch with one pollable descriptor, so an event
 // loop (the agent's libuv loop) can poll it; NotificationCenter runs a
 // listener thread for callback-style use; the CLI blocks on Watch.wait.
+// The kernel side is each cgroup driver's EventSource:
 //
 //                 v1                                     v2
 //  OOM            eventfd on memory.oom_control          inotify on memory.events (oom_kill grows)
@@ -15,7 +16,9 @@ import Glibc
 import LmctfyProto
 import LmctfySystem
 
-/// One registration's kernel side. Not thread-safe: one thread drives it.
+/// One registration: a pollable descriptor for an event loop, and `wait`
+/// for a blocking caller. The kernel side is the cgroup version's
+/// EventSource (see the drivers). Not thread-safe: one thread drives it.
 public final class Watch: @unchecked Sendable {
     public enum Kind: Sendable, Equatable {
         case oom
@@ -26,75 +29,34 @@ public final class Watch: @unchecked Sendable {
     public let container: ContainerName
     public let kind: Kind
     /// Readable when there may be something to collect with `collect()`.
-    public let fd: Int32
-    private let api: ContainerApi
+    public var fd: Int32 { source?.fd ?? -1 }
     /// The cgroup directory whose existence is checked (the watched one).
     private let watchedDir: CgroupDir
-    private var lastCount: Int64 = 0
-    private var wasAbove = false
-    private var wasEmpty = false
-    private var closed = false
-    private var pendingImmediate = false
+    private var source: (any EventSource)?
 
-    init(api: ContainerApi, container: ContainerName, kind: Kind, fd: Int32, watchedDir: CgroupDir) {
-        self.api = api
+    init(container: ContainerName, kind: Kind, source: any EventSource, watchedDir: CgroupDir) {
         self.container = container
         self.kind = kind
-        self.fd = fd
+        self.source = source
         self.watchedDir = watchedDir
     }
 
-    deinit { close() }
+    /// Closes the descriptor; the watch delivers nothing more.
+    public func close() { source = nil }
 
-    public func close() {
-        if !closed {
-            Glibc.close(fd)
-            closed = true
-        }
+    /// The error a watch reports once its container is gone (D5).
+    static func gone(_ dir: CgroupDir) -> LmctfyError {
+        .notFound("Container of \(dir.path) was destroyed while a notification was registered")
     }
 
     /// After `fd` was readable: how many events happened (0: nothing yet).
     /// Throws NOT_FOUND once the container is gone (D5).
     public func collect() throws(LmctfyError) -> Int {
-        let gone = { (w: Watch) -> LmctfyError in
-            .notFound("Container \"\(w.container)\" was destroyed while a notification was registered")
-        }
-        if pendingImmediate {
-            pendingImmediate = false
-            return 1
-        }
-        switch (api.version, kind) {
-        case (.v1, .oom), (.v1, .memoryThreshold):
-            let n: UInt64
-            do { n = try EventFds.readCounter(fd) } catch { throw error.lmctfy(.cancelled, "Reading the notification failed") }
-            // Removing the cgroup also signals the eventfd.
-            if !watchedDir.exists { throw gone(self) }
-            return Int(n)
-        case (.v2, .oom):
-            let (_, isGone) = EventFds.drainInotify(fd)
-            if isGone || !watchedDir.exists { throw gone(self) }
-            let count = (try? watchedDir.readKeyValues("memory.events")["oom_kill"]) ?? lastCount
-            defer { lastCount = count }
-            return Int(max(0, count - lastCount))
-        case (.v2, .containerEmpty):
-            let (_, isGone) = EventFds.drainInotify(fd)
-            if isGone || !watchedDir.exists { throw gone(self) }
-            let empty = (try? watchedDir.readKeyValues("cgroup.events")["populated"]) == 0
-            defer { wasEmpty = empty }
-            return empty && !wasEmpty ? 1 : 0
-        case (.v2, .memoryThreshold(let threshold)):
-            _ = try? EventFds.readCounter(fd)
-            guard watchedDir.exists else { throw gone(self) }
-            let usage = (try? watchedDir.readInt("memory.current")) ?? nil ?? 0
-            let above = usage >= threshold
-            defer { wasAbove = above }
-            return above != wasAbove ? 1 : 0
-        case (.v1, .containerEmpty):
-            _ = try? EventFds.readCounter(fd)
-            guard api.exists(container) else { throw gone(self) }
-            let empty = (try? Container(name: container, api: api).processes(recursive: true).isEmpty) ?? false
-            defer { wasEmpty = empty }
-            return empty && !wasEmpty ? 1 : 0
+        guard let source else { return 0 }
+        do {
+            return try source.collect()
+        } catch where error.code == .notFound {
+            throw .notFound("Container \"\(container)\" was destroyed while a notification was registered")
         }
     }
 
@@ -103,7 +65,7 @@ public final class Watch: @unchecked Sendable {
     public func wait(timeoutMs: Int32 = -1) throws(LmctfyError) -> Int {
         let deadline = Self.nowMs() + Int64(timeoutMs)
         while true {
-            if pendingImmediate { return try collect() }
+            if source?.pendingImmediately == true { return try collect() }
             let left = timeoutMs < 0 ? 1000 : deadline - Self.nowMs()
             if timeoutMs >= 0 && left <= 0 { return 0 }
             let ready: Bool
@@ -132,92 +94,31 @@ public final class Watch: @unchecked Sendable {
         guard kinds == 1 else {
             throw .invalidArgument("An EventSpec must name exactly one event (oom, memory_threshold or container_empty)")
         }
-        let layout = api.layout
-        if spec.containerEmpty != nil {
-            switch api.version {
-            case .v1:
-                // The first poll finding it empty is the event.
-                let fd = try timer(50)
-                return Watch(api: api, container: container.name, kind: .containerEmpty, fd: fd, watchedDir: container.tasksDir)
-            case .v2:
-                let dir = container.tasksDir
-                let fd = try inotify(dir.file("cgroup.events"))
-                let w = Watch(api: api, container: container.name, kind: .containerEmpty, fd: fd, watchedDir: dir)
-                // Already empty: that is the event.
-                w.pendingImmediate = (try? dir.readKeyValues("cgroup.events")["populated"]) == 0
-                w.wasEmpty = w.pendingImmediate
-                return w
-            }
-        }
-        // Memory events: the nearest memory-isolating container (or the root).
-        var memoryOwner = ContainerName.root
-        for c in container.name.selfAndAncestors where layout.isolated(c).contains(.memory) {
-            memoryOwner = c
-            break
-        }
+        let driver = api.driver
+        let kind: Kind
         let dir: CgroupDir
-        switch api.version {
-        case .v1:
-            guard let d = memoryOwner.isRoot ? layout.root(.memory) : layout.existingV1Dir(.memory, memoryOwner) else {
+        if spec.containerEmpty != nil {
+            kind = .containerEmpty
+            dir = container.tasksDir
+        } else {
+            if let threshold = spec.memoryThreshold {
+                guard let usage = threshold.usage else { throw .invalidArgument("memory_threshold needs a usage") }
+                kind = .memoryThreshold(usage)
+            } else {
+                kind = .oom
+            }
+            // Memory events: the nearest memory-isolating container (or the root).
+            guard let d = driver.memoryEventDir(container.name) else {
                 throw .notFound("No memory hierarchy to watch for \"\(container.name)\"")
             }
             dir = d
-        case .v2:
-            dir = layout.tasksDir(memoryOwner)
         }
-        if let threshold = spec.memoryThreshold {
-            guard let usage = threshold.usage else { throw .invalidArgument("memory_threshold needs a usage") }
-            switch api.version {
-            case .v1:
-                let fd = try register(dir, target: "memory.usage_in_bytes", args: " \(usage)")
-                return Watch(api: api, container: container.name, kind: .memoryThreshold(usage), fd: fd, watchedDir: dir)
-            case .v2:
-                let fd = try timer(50)
-                let w = Watch(api: api, container: container.name, kind: .memoryThreshold(usage), fd: fd, watchedDir: dir)
-                w.wasAbove = ((try? dir.readInt("memory.current")) ?? nil ?? 0) >= usage
-                return w
-            }
-        }
-        switch api.version {
-        case .v1:
-            let fd = try register(dir, target: "memory.oom_control", args: "")
-            return Watch(api: api, container: container.name, kind: .oom, fd: fd, watchedDir: dir)
-        case .v2:
-            let fd = try inotify(dir.file("memory.events"))
-            let w = Watch(api: api, container: container.name, kind: .oom, fd: fd, watchedDir: dir)
-            w.lastCount = (try? dir.readKeyValues("memory.events")["oom_kill"]) ?? 0
-            return w
-        }
+        let source = try driver.eventSource(kind, dir: dir, container: container)
+        return Watch(container: container.name, kind: kind, source: source, watchedDir: dir)
     }
 
-    /// cgroup v1: "<eventfd> <target fd> <args>" into cgroup.event_control.
-    private static func register(_ dir: CgroupDir, target: String, args: String) throws(LmctfyError) -> Int32 {
-        let efd: Int32
-        do { efd = try EventFds.eventfd() } catch { throw error.lmctfy(.internal, "Failed to register listener for the event") }
-        let tfd = open(dir.file(target), O_RDONLY | O_CLOEXEC)
-        guard tfd >= 0 else {
-            let e = errno
-            Glibc.close(efd)
-            throw SystemError("open", dir.file(target), e).lmctfy(.internal, "Failed to register listener for the event")
-        }
-        defer { Glibc.close(tfd) }
-        do {
-            try Sys.writeFile(dir.file("cgroup.event_control"), "\(efd) \(tfd)\(args)")
-        } catch {
-            Glibc.close(efd)
-            throw error.lmctfy(.internal, "Failed to register listener for the event")
-        }
-        return efd
-    }
-
-    private static func timer(_ ms: Int) throws(LmctfyError) -> Int32 {
+    static func timerFd(_ ms: Int) throws(LmctfyError) -> Int32 {
         do { return try EventFds.timer(periodMs: ms) } catch { throw error.lmctfy(.internal, "Failed to create a timer") }
-    }
-
-    private static func inotify(_ path: String) throws(LmctfyError) -> Int32 {
-        do { return try EventFds.inotify(watching: path) } catch {
-            throw error.lmctfy(error.errno == ENOENT ? .notFound : .internal, "Failed to watch \(path)")
-        }
     }
 }
 

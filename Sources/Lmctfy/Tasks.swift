@@ -28,33 +28,17 @@ extension Container {
     /// The files a new task writes itself into: cgroup.procs of the nearest
     /// directory per hierarchy, deduplicated (co-mounts), tasks dir first.
     public func joinFiles() throws(LmctfyError) -> [String] {
-        switch layout.version {
-        case .v2:
-            return [tasksDir.file("cgroup.procs")]
-        case .v1:
-            var files: [String] = [tasksDir.file("cgroup.procs")]
-            var seen: Set<String> = [tasksDir.path]
-            for c in Controller.allCases where c != .freezer && layout.mounts.v1[c] != nil {
-                for candidate in name.selfAndAncestors {
-                    let dir = candidate.isRoot ? layout.root(c) : layout.existingV1Dir(c, candidate)
-                    guard let dir else { continue }
-                    if seen.insert(dir.path).inserted { files.append(dir.file("cgroup.procs")) }
-                    break
-                }
-            }
-            return files
-        }
+        driver.joinDirs(name).map { $0.file("cgroup.procs") }
     }
 
     /// The eviction priority in force here (D12): the nearest memory-isolating
     /// container's record, mapped onto oom_score_adj; nil when none was set
     /// (or the kernel's memory.oom_score_badness does the job itself).
     func oomScoreAdj() -> Int32? {
-        for candidate in name.selfAndAncestors where !candidate.isRoot {
-            let dir = layout.version == .v2 ? layout.tasksDir(candidate) : layout.existingV1Dir(.memory, candidate)
-            guard let dir, layout.isolated(candidate).contains(.memory) else { continue }
+        for candidate in name.selfAndAncestors where !candidate.isRoot && driver.isolated(candidate).contains(.memory) {
+            guard let dir = driver.nearestDir(.memory, candidate) else { continue }
             if dir.has(MemoryHandler.evictionBadnessFile) { return nil }
-            guard let text = try? Sys.getxattr(dir.path, MemoryHandler.evictionXattr),
+            guard let text = try? dir.xattr(MemoryHandler.evictionXattr) ?? nil,
                   let priority = Int32(text.trimmingWhitespace) else { return nil }
             return Int32(MemoryHandler.oomScoreAdj(priority: priority))
         }
@@ -92,7 +76,7 @@ extension Container {
     public func run(_ argv: [String], options: RunOptions = RunOptions()) throws(LmctfyError) -> pid_t {
         let o = try spawnOptions(argv, options)
         do {
-            return try Spawn.spawn(o)
+            return try Spawn.spawn(o, faults: api.faults)
         } catch {
             throw Self.spawnError(error, name)
         }
@@ -130,17 +114,16 @@ extension Container {
     /// together in domain cgroups). Not atomic: on failure earlier tids stay moved.
     public func enter(_ tids: [pid_t]) throws(LmctfyError) {
         guard api.exists(name) else { throw .notFound("Container \"\(name)\" does not exist") }
-        let files = try joinFiles().map { file -> String in
-            layout.version == .v1 ? String(file.dropLast("cgroup.procs".count)) + "tasks" : file
-        }
+        let dirs = driver.joinDirs(name)
         for (i, tid) in tids.enumerated() {
-            for file in files {
+            for dir in dirs {
                 do {
-                    try Sys.writeFile(file, String(tid))
+                    try dir.write(driver.enterFile, String(tid))
                 } catch {
                     let note = i > 0 ? " (some TIDs were tracked before this error)" : ""
-                    throw error.lmctfy(error.errno == ESRCH ? .notFound : .unavailable,
-                                       "Failed to enter TID \(tid) into \"\(name)\"\(note)\(Self.v2Hint(error.errno))")
+                    let code: StatusCode = error.errno == ESRCH ? .notFound : error.code == .permissionDenied ? .permissionDenied : .unavailable
+                    throw LmctfyError(code, "Failed to enter TID \(tid) into \"\(name)\"\(note): \(error.message)\(Self.v2Hint(error.errno ?? 0))",
+                                      errno: error.errno)
                 }
             }
             if let adj = oomScoreAdj() {

@@ -68,7 +68,12 @@ public struct SpawnError: Error, Sendable, Equatable, CustomStringConvertible {
 public enum Spawn {
     /// Starts a process; returns its pid (with `detach`, the pid of a process
     /// that is not our child).
-    public static func spawn(_ options: SpawnOptions) throws(SpawnError) -> pid_t {
+    /// A `faults` plan may fail the spawn as a whole (`SysCall.spawn`, as a
+    /// failed fork); an injected EINTR is retried like a real one.
+    public static func spawn(_ options: SpawnOptions, faults: FaultPlan? = nil) throws(SpawnError) -> pid_t {
+        while let faults, let e = faults.check(.spawn, options.argv.first ?? "") {
+            if e != EINTR { throw SpawnError(stage: .fork, errno: e, subject: options.argv.first ?? "") }
+        }
         var pid: pid_t = 0
         let (rc, err, stage, index) = withCOptions(options) { o -> (Int32, Int32, Int32, Int32) in
             var err: Int32 = 0, stage: Int32 = 0, index: Int32 = -1

@@ -41,24 +41,59 @@ public enum Sys {
     }
 
     /// Reads a whole (small, pseudo-) file.
-    public static func readFile(_ path: String) throws(SystemError) -> String {
-        String(decoding: try readBytes(path), as: UTF8.self)
+    public static func readFile(_ path: String, faults: FaultPlan? = nil) throws(SystemError) -> String {
+        String(decoding: try readBytes(path, faults: faults), as: UTF8.self)
     }
 
     /// Reads a whole file as bytes (binary specs must not go through String).
-    public static func readBytes(_ path: String) throws(SystemError) -> [UInt8] {
-        let (fd, e) = retry { open(path, O_RDONLY | O_CLOEXEC) }
-        if fd < 0 { throw SystemError("open", path, e) }
+    public static func readBytes(_ path: String, faults: FaultPlan? = nil) throws(SystemError) -> [UInt8] {
+        let fd = try open(path, O_RDONLY, faults: faults)
         defer { close(fd) }
+        return try readAll(fd, path: path, faults: faults)
+    }
+
+    /// open(2) with O_CLOEXEC added; the caller closes the descriptor.
+    public static func open(_ path: String, _ flags: Int32, faults: FaultPlan? = nil) throws(SystemError) -> Int32 {
+        let (fd, e) = retry { injected(faults, .open, path) { Glibc.open(path, flags | O_CLOEXEC) } }
+        if fd < 0 { throw SystemError("open", path, e) }
+        return fd
+    }
+
+    /// Reads an open descriptor to its end (`path` names it in errors).
+    public static func readAll(_ fd: Int32, path: String, faults: FaultPlan? = nil) throws(SystemError) -> [UInt8] {
         var out = [UInt8]()
         var buf = [UInt8](repeating: 0, count: 16384)
         while true {
-            let (n, e) = buf.withUnsafeMutableBytes { b in retry { read(fd, b.baseAddress, b.count) } }
+            let (n, e) = buf.withUnsafeMutableBytes { b in retry { injected(faults, .read, path) { read(fd, b.baseAddress, b.count) } } }
             if n < 0 { throw SystemError("read", path, e) }
             if n == 0 { break }
             out += buf[0..<n]
         }
         return out
+    }
+
+    /// One write(2) of all of `bytes`, as cgroupfs expects a value: a short
+    /// write is EIO.
+    public static func writeOnce(_ fd: Int32, _ bytes: [UInt8], path: String, faults: FaultPlan? = nil) throws(SystemError) {
+        let (n, e) = bytes.withUnsafeBytes { b in retry { injected(faults, .write, path) { write(fd, b.baseAddress, b.count) } } }
+        if n < 0 { throw SystemError("write", path, e) }
+        if n != bytes.count { throw SystemError("write", path, EIO) }
+    }
+
+    /// The filesystem type (statfs f_type) of an open descriptor.
+    public static func filesystemType(_ fd: Int32, path: String, faults: FaultPlan? = nil) throws(SystemError) -> Int {
+        var st = statfs()
+        let (r, e) = retry { injected(faults, .statfs, path) { fstatfs(fd, &st) } }
+        if r < 0 { throw SystemError("fstatfs", path, e) }
+        return Int(st.f_type)
+    }
+
+    /// The filesystem type (statfs f_type) of a path.
+    public static func filesystemType(_ path: String, faults: FaultPlan? = nil) throws(SystemError) -> Int {
+        var st = statfs()
+        let (r, e) = retry { injected(faults, .statfs, path) { statfs(path, &st) } }
+        if r < 0 { throw SystemError("statfs", path, e) }
+        return Int(st.f_type)
     }
 
     /// Writes all of `bytes` to an open descriptor (stdout, a pipe), looping
@@ -74,19 +109,15 @@ public enum Sys {
 
     /// Writes `value` with one write(2), as cgroupfs expects; no O_CREAT, no
     /// O_TRUNC (cgroup files exist or the kernel lacks the feature).
-    public static func writeFile(_ path: String, _ value: String) throws(SystemError) {
-        let (fd, e) = retry { open(path, O_WRONLY | O_CLOEXEC) }
-        if fd < 0 { throw SystemError("open", path, e) }
+    public static func writeFile(_ path: String, _ value: String, faults: FaultPlan? = nil) throws(SystemError) {
+        let fd = try open(path, O_WRONLY, faults: faults)
         defer { close(fd) }
-        let bytes = Array(value.utf8)
-        let (n, we) = bytes.withUnsafeBytes { b in retry { write(fd, b.baseAddress, b.count) } }
-        if n < 0 { throw SystemError("write", path, we) }
-        if n != bytes.count { throw SystemError("write", path, EIO) }
+        try writeOnce(fd, Array(value.utf8), path: path, faults: faults)
     }
 
     /// Creates a regular file (for fake trees and state files).
     public static func createFile(_ path: String, _ value: String, mode: mode_t = 0o644) throws(SystemError) {
-        let (fd, e) = retry { open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode) }
+        let (fd, e) = retry { Glibc.open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode) }
         if fd < 0 { throw SystemError("open", path, e) }
         defer { close(fd) }
         let bytes = Array(value.utf8)
@@ -94,13 +125,13 @@ public enum Sys {
         if n < 0 { throw SystemError("write", path, we) }
     }
 
-    public static func mkdir(_ path: String, mode: mode_t = 0o755) throws(SystemError) {
-        let (r, e) = retry { Glibc.mkdir(path, mode) }
+    public static func mkdir(_ path: String, mode: mode_t = 0o755, faults: FaultPlan? = nil) throws(SystemError) {
+        let (r, e) = retry { injected(faults, .mkdir, path) { Glibc.mkdir(path, mode) } }
         if r < 0 { throw SystemError("mkdir", path, e) }
     }
 
-    public static func rmdir(_ path: String) throws(SystemError) {
-        let (r, e) = retry { Glibc.rmdir(path) }
+    public static func rmdir(_ path: String, faults: FaultPlan? = nil) throws(SystemError) {
+        let (r, e) = retry { injected(faults, .rmdir, path) { Glibc.rmdir(path) } }
         if r < 0 { throw SystemError("rmdir", path, e) }
     }
 
@@ -109,8 +140,8 @@ public enum Sys {
         if r < 0 { throw SystemError("unlink", path, e) }
     }
 
-    public static func chown(_ path: String, uid: uid_t, gid: gid_t) throws(SystemError) {
-        let (r, e) = retry { Glibc.chown(path, uid, gid) }
+    public static func chown(_ path: String, uid: uid_t, gid: gid_t, faults: FaultPlan? = nil) throws(SystemError) {
+        let (r, e) = retry { injected(faults, .chown, path) { Glibc.chown(path, uid, gid) } }
         if r < 0 { throw SystemError("chown", path, e) }
     }
 
@@ -119,15 +150,15 @@ public enum Sys {
         if r < 0 { throw SystemError("mount", target, e) }
     }
 
-    public static func kill(_ pid: pid_t, _ signal: Int32) throws(SystemError) {
-        let (r, e) = retry { Glibc.kill(pid, signal) }
+    public static func kill(_ pid: pid_t, _ signal: Int32, faults: FaultPlan? = nil) throws(SystemError) {
+        let (r, e) = retry { injected(faults, .kill, String(pid)) { Glibc.kill(pid, signal) } }
         if r < 0 { throw SystemError("kill", String(pid), e) }
     }
 
     /// What stat(2) says of a path, or nil when it does not exist.
-    public static func fileType(_ path: String) throws(SystemError) -> mode_t? {
+    public static func fileType(_ path: String, faults: FaultPlan? = nil) throws(SystemError) -> mode_t? {
         var st = stat()
-        let (r, e) = retry { stat(path, &st) }
+        let (r, e) = retry { injected(faults, .stat, path) { stat(path, &st) } }
         if r < 0 {
             if e == ENOENT || e == ENOTDIR { return nil }
             throw SystemError("stat", path, e)
@@ -135,17 +166,17 @@ public enum Sys {
         return st.st_mode & S_IFMT
     }
 
-    public static func isDirectory(_ path: String) -> Bool {
-        (try? fileType(path)) == S_IFDIR
+    public static func isDirectory(_ path: String, faults: FaultPlan? = nil) -> Bool {
+        (try? fileType(path, faults: faults)) == S_IFDIR
     }
 
-    public static func exists(_ path: String) -> Bool {
-        ((try? fileType(path)) ?? nil) != nil
+    public static func exists(_ path: String, faults: FaultPlan? = nil) -> Bool {
+        ((try? fileType(path, faults: faults)) ?? nil) != nil
     }
 
     /// Names of the subdirectories of `path`, sorted.
-    public static func subdirectories(_ path: String) throws(SystemError) -> [String] {
-        try entries(path).filter { $0.isDirectory }.map(\.name).sorted()
+    public static func subdirectories(_ path: String, faults: FaultPlan? = nil) throws(SystemError) -> [String] {
+        try entries(path, faults: faults).filter { $0.isDirectory }.map(\.name).sorted()
     }
 
     /// Names of every entry of a directory but . and .., unsorted.
@@ -154,7 +185,8 @@ public enum Sys {
     }
 
     /// Every entry of a directory but . and .., with whether it is a directory.
-    static func entries(_ path: String) throws(SystemError) -> [(name: String, isDirectory: Bool)] {
+    static func entries(_ path: String, faults: FaultPlan? = nil) throws(SystemError) -> [(name: String, isDirectory: Bool)] {
+        if let e = faults?.check(.opendir, path) { throw SystemError("opendir", path, e) }
         guard let dir = opendir(path) else { throw SystemError("opendir", path, Glibc.errno) }
         defer { closedir(dir) }
         var out: [(name: String, isDirectory: Bool)] = []
@@ -167,9 +199,11 @@ public enum Sys {
         return out
     }
 
-    public static func getxattr(_ path: String, _ name: String) throws(SystemError) -> String? {
+    public static func getxattr(_ path: String, _ name: String, faults: FaultPlan? = nil) throws(SystemError) -> String? {
         var buf = [UInt8](repeating: 0, count: 4096)
-        let (n, e) = buf.withUnsafeMutableBytes { b in retry { CLmctfyShims.getxattr(path, name, b.baseAddress, b.count) } }
+        let (n, e) = buf.withUnsafeMutableBytes { b in
+            retry { injected(faults, .getxattr, path) { CLmctfyShims.getxattr(path, name, b.baseAddress, b.count) } }
+        }
         if n < 0 {
             if e == ENODATA { return nil }
             throw SystemError("getxattr", "\(path) \(name)", e)
@@ -177,9 +211,11 @@ public enum Sys {
         return String(decoding: buf[0..<n], as: UTF8.self)
     }
 
-    public static func setxattr(_ path: String, _ name: String, _ value: String) throws(SystemError) {
+    public static func setxattr(_ path: String, _ name: String, _ value: String, faults: FaultPlan? = nil) throws(SystemError) {
         let bytes = Array(value.utf8)
-        let (r, e) = bytes.withUnsafeBytes { b in retry { CLmctfyShims.setxattr(path, name, b.baseAddress, b.count, 0) } }
+        let (r, e) = bytes.withUnsafeBytes { b in
+            retry { injected(faults, .setxattr, path) { CLmctfyShims.setxattr(path, name, b.baseAddress, b.count, 0) } }
+        }
         if r < 0 { throw SystemError("setxattr", "\(path) \(name)", e) }
     }
 

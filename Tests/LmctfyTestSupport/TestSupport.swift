@@ -86,20 +86,24 @@ public final class FakeCgroupTree: @unchecked Sendable {
 
     deinit { _ = removeTree(root) }
 
-    public var mounts: CgroupMounts {
+    /// The tree's mounts, reached as a fake (no cgroupfs check), with an
+    /// optional fault plan.
+    public func mounts(faults: FaultPlan?) -> CgroupMounts {
         switch version {
         case .v1:
-            var m = CgroupMounts()
+            var m = CgroupMounts(access: .fake(faults: faults))
             for c in Controller.allCases where Sys.isDirectory(root + "/" + c.rawValue) { m.v1[c] = root + "/" + c.rawValue }
             return m
         case .v2:
-            return CgroupMounts(unified: root + "/unified")
+            return CgroupMounts(unified: root + "/unified", access: .fake(faults: faults))
         }
     }
 
+    public var mounts: CgroupMounts { mounts(faults: nil) }
+
     /// A directory in a fake hierarchy ("cpu", "memory", ... or "unified").
     public func dir(_ hierarchy: String, _ segments: [String] = []) -> CgroupDir {
-        CgroupDir(mount: root + "/" + hierarchy, segments: segments, version: version)
+        CgroupDir(mount: root + "/" + hierarchy, segments: segments, access: .fake())
     }
 
     /// Creates (mkdir -p) the directory and the files with their contents.

@@ -66,7 +66,7 @@ private func throttles(_ limits: B.MaxLimit...) -> B {
     @Test func v1DiffWritesTheRules() throws {
         let f = try FakeContainer.v1()
         let b = throttles(throttle(.read, .bytesPerSecond, [(254, 0, 1_048_576)]), throttle(.write, .ioPerSecond, [(254, 0, 100)]))
-        #expect(describe(try h.plan(b, policy: .diff, dir: f.dir("blkio"), version: .v1)) == [
+        #expect(describe(try h.plan(b, policy: .diff, dirs: f.dirs, dir: f.dir("blkio"))) == [
             "blkio.throttle.read_bps_device <- \"254:0 1048576\"", "blkio.throttle.write_iops_device <- \"254:0 100\"",
         ])
         try h.apply(spec(blockio: b), policy: .diff, dirs: f.dirs)
@@ -78,7 +78,7 @@ private func throttles(_ limits: B.MaxLimit...) -> B {
         let f = try FakeContainer.v1()
         try f.seed("blkio", ["blkio.throttle.read_bps_device": "8:0 1000\n254:0 5\n", "blkio.throttle.write_iops_device": "254:0 7\n"])
         let b = throttles(throttle(.read, .bytesPerSecond, [(254, 0, 2000)]))
-        #expect(describe(try h.plan(b, policy: .replace, dir: f.dir("blkio"), version: .v1)) == [
+        #expect(describe(try h.plan(b, policy: .replace, dirs: f.dirs, dir: f.dir("blkio"))) == [
             "blkio.throttle.read_bps_device <- \"8:0 0\"", "blkio.throttle.read_bps_device <- \"254:0 2000\"",
             "blkio.throttle.write_iops_device <- \"254:0 0\"",
         ])
@@ -88,11 +88,11 @@ private func throttles(_ limits: B.MaxLimit...) -> B {
         let f = try FakeContainer.v1()
         try f.seed("blkio", ["blkio.weight": "500\n", "blkio.weight_device": "8:0 300\n"])
         let b = B(deviceLimitSet: B.DeviceLimitSet(defaultLimit: 20, deviceLimits: [B.DeviceLimit(device: B.Device(major: 254, minor: 0), limit: 80)]))
-        #expect(describe(try h.plan(b, policy: .replace, dir: f.dir("blkio"), version: .v1)) == [
+        #expect(describe(try h.plan(b, policy: .replace, dirs: f.dirs, dir: f.dir("blkio"))) == [
             "blkio.weight <- \"200\"", "blkio.weight_device <- \"8:0 0\"", "blkio.weight_device <- \"254:0 800\"",
         ])
         // REPLACE without weights goes back to the kernel default.
-        #expect(describe(try h.plan(B(), policy: .replace, dir: f.dir("blkio"), version: .v1)) == [
+        #expect(describe(try h.plan(B(), policy: .replace, dirs: f.dirs, dir: f.dir("blkio"))) == [
             "blkio.weight <- \"500\"", "blkio.weight_device <- \"8:0 0\"",
         ])
     }
@@ -101,11 +101,11 @@ private func throttles(_ limits: B.MaxLimit...) -> B {
         let f = try FakeContainer.v2()
         let b = throttles(throttle(.read, .bytesPerSecond, [(254, 0, 1_048_576)]), throttle(.write, .ioPerSecond, [(254, 0, 0)]))
         // DIFF: only the keys given; 0 removes the limit.
-        #expect(describe(try h.plan(b, policy: .diff, dir: f.dir("unified"), version: .v2)) == ["io.max <- \"254:0 rbps=1048576 wiops=max\""])
+        #expect(describe(try h.plan(b, policy: .diff, dirs: f.dirs, dir: f.dir("unified"))) == ["io.max <- \"254:0 rbps=1048576 wiops=max\""])
         // REPLACE: the weight back to its default, every key spelled out,
         // and devices no longer listed cleared.
         try f.seed("unified", ["io.max": "8:0 rbps=1000 wbps=max riops=max wiops=max\n"])
-        #expect(describe(try h.plan(b, policy: .replace, dir: f.dir("unified"), version: .v2)) == [
+        #expect(describe(try h.plan(b, policy: .replace, dirs: f.dirs, dir: f.dir("unified"))) == [
             "io.weight <- \"default 100\"",
             "io.max <- \"8:0 rbps=max riops=max wbps=max wiops=max\"",
             "io.max <- \"254:0 rbps=1048576 riops=max wbps=max wiops=max\"",
@@ -116,11 +116,11 @@ private func throttles(_ limits: B.MaxLimit...) -> B {
         let f = try FakeContainer.v2()
         try f.seed("unified", ["io.weight": "default 100\n8:0 300\n"])
         let b = B(deviceLimitSet: B.DeviceLimitSet(defaultLimit: 50, deviceLimits: [B.DeviceLimit(device: B.Device(major: 254, minor: 0), limit: 2)]))
-        let replaced = describe(try h.plan(b, policy: .replace, dir: f.dir("unified"), version: .v2))
+        let replaced = describe(try h.plan(b, policy: .replace, dirs: f.dirs, dir: f.dir("unified")))
         #expect(replaced == [
             "io.weight <- \"default 5000\"", "io.weight <- \"8:0 default\"", "io.weight <- \"254:0 200\"",
         ])
-        #expect(describe(try h.plan(B(), policy: .diff, dir: f.dir("unified"), version: .v2)) == [])
+        #expect(describe(try h.plan(B(), policy: .diff, dirs: f.dirs, dir: f.dir("unified"))) == [])
     }
 }
 

@@ -91,9 +91,7 @@ import Testing
 
     @Test func maskWithoutCpusetIsUnimplemented() throws {
         let f = try FakeContainer.v1()
-        var v1 = f.dirs.v1
-        v1[.cpuset] = nil
-        let dirs = ResourceDirs(version: .v1, container: f.name, v1: v1, procRoot: f.procRoot)
+        let dirs = f.dirs(without: .cpuset)
         let err = lmctfyError { try h.validate(spec(cpu: CpuSpec(mask: CpuSpec.Mask(data: [1]))), dirs: dirs) }
         #expect(err?.code == .unimplemented)
         #expect(err?.message.contains("cpu.mask") == true)

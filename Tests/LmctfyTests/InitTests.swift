@@ -27,18 +27,18 @@ import Testing
 
     @Test func emptySpecPreparesTheBatchCgroups() throws {
         let (tree, proc) = try fakeMachine()
-        let api = try ContainerApi.initMachine(InitSpec(), procRoot: proc)
+        let api = try ContainerApi.initMachine(InitSpec(), procRoot: proc, access: .fake())
         #expect(api.version == .v1)
         #expect(Sys.isDirectory(tree.root + "/cpuacct/batch"))
         #expect(try tree.contents("cpu", ["batch"], "cpu.shares") == "2")
         // Idempotent.
-        _ = try ContainerApi.initMachine(InitSpec(), procRoot: proc)
+        _ = try ContainerApi.initMachine(InitSpec(), procRoot: proc, access: .fake())
     }
 
     @Test func alreadyMountedAsAskedIsANoOp() throws {
         let (tree, proc) = try fakeMachine()
         let spec = try InitSpec(textFormat: "cgroup_mount:{mount_path:'\(tree.root)/memory' hierarchy:CGROUP_MEMORY}")
-        _ = try ContainerApi.initMachine(spec, procRoot: proc)
+        _ = try ContainerApi.initMachine(spec, procRoot: proc, access: .fake())
     }
 
     @Test(arguments: [
@@ -54,7 +54,7 @@ import Testing
     func conflictsAreRefusedWithThree(_ text: String) throws {
         let (tree, proc) = try fakeMachine()
         let spec = try InitSpec(textFormat: text.replacingOccurrences("ROOT", tree.root))
-        #expect { _ = try ContainerApi.initMachine(spec, procRoot: proc) } throws: {
+        #expect { _ = try ContainerApi.initMachine(spec, procRoot: proc, access: .fake()) } throws: {
             ($0 as? LmctfyError)?.code == .invalidArgument
         }
         #expect(!Sys.exists(tree.root + "/elsewhere"))
@@ -62,7 +62,7 @@ import Testing
 
     @Test func latencyClassesGoUnderBatch() throws {
         let (tree, proc) = try fakeMachine()
-        let api = try ContainerApi(mounts: CgroupMounts.detect(procRoot: proc), procRoot: proc)
+        let api = try ContainerApi(mounts: CgroupMounts.detect(procRoot: proc, access: .fake()), procRoot: proc)
         let name = try ContainerName.resolve("/web", relativeTo: .root)
         // The fake cpu directory has no cpu.shares, so create fails after
         // placing the directory; what matters is where it tried and that it

@@ -79,7 +79,7 @@ import Testing
     @Test func v1ReplaceDefaults() throws {
         let f = try FakeContainer.v1()
         try f.seed("memory", ["memory.limit_in_bytes": "99999744\n", "memory.memsw.limit_in_bytes": "199999488\n"])
-        let writes = try h.plan(MemorySpec(), policy: .replace, dir: f.dir("memory"), version: .v1)
+        let writes = try h.plan(MemorySpec(), policy: .replace, dirs: f.dirs, dir: f.dir("memory"))
         // Raising the limit past the current memsw needs memsw raised first.
         #expect(describe(writes) == [
             "memory.memsw.limit_in_bytes <- \"-1\"", "memory.limit_in_bytes <- \"-1\"", "memory.soft_limit_in_bytes <- \"0\"",
@@ -89,7 +89,7 @@ import Testing
     @Test func v1ReplaceWithoutMemswIgnoresSwap() throws {
         let f = try FakeContainer.v1()
         f.remove("memory", "memory.memsw.limit_in_bytes")
-        #expect(describe(try h.plan(MemorySpec(), policy: .replace, dir: f.dir("memory"), version: .v1)) == [
+        #expect(describe(try h.plan(MemorySpec(), policy: .replace, dirs: f.dirs, dir: f.dir("memory"))) == [
             "memory.limit_in_bytes <- \"-1\"", "memory.soft_limit_in_bytes <- \"0\"",
         ])
     }
@@ -98,7 +98,7 @@ import Testing
         let f = try FakeContainer.v1()
         try f.seed("memory", ["memory.limit_in_bytes": "199999488\n", "memory.memsw.limit_in_bytes": "299999232\n"])
         let m = MemorySpec(limit: 100_000_000, swapLimit: 150_000_000)
-        #expect(describe(try h.plan(m, policy: .diff, dir: f.dir("memory"), version: .v1)) == [
+        #expect(describe(try h.plan(m, policy: .diff, dirs: f.dirs, dir: f.dir("memory"))) == [
             "memory.limit_in_bytes <- \"100000000\"", "memory.memsw.limit_in_bytes <- \"150000000\"",
         ])
     }
@@ -107,7 +107,7 @@ import Testing
         let f = try FakeContainer.v1()
         try f.seed("memory", ["memory.limit_in_bytes": "99999744\n", "memory.memsw.limit_in_bytes": "149999616\n"])
         let m = MemorySpec(limit: 400_000_000, swapLimit: 500_000_000)
-        #expect(describe(try h.plan(m, policy: .diff, dir: f.dir("memory"), version: .v1)) == [
+        #expect(describe(try h.plan(m, policy: .diff, dirs: f.dirs, dir: f.dir("memory"))) == [
             "memory.memsw.limit_in_bytes <- \"500000000\"", "memory.limit_in_bytes <- \"400000000\"",
         ])
     }
@@ -115,10 +115,10 @@ import Testing
     @Test func v1DiffLimitAboveCurrentSwapIsRefused() throws {
         let f = try FakeContainer.v1()
         try f.seed("memory", ["memory.limit_in_bytes": "99999744\n", "memory.memsw.limit_in_bytes": "149999616\n"])
-        let err = lmctfyError { _ = try h.plan(MemorySpec(limit: 200_000_000), policy: .diff, dir: f.dir("memory"), version: .v1) }
+        let err = lmctfyError { _ = try h.plan(MemorySpec(limit: 200_000_000), policy: .diff, dirs: f.dirs, dir: f.dir("memory")) }
         #expect(err?.code == .invalidArgument)
         // REPLACE with only a swap limit means an unlimited memory limit above it.
-        #expect(lmctfyError { _ = try h.plan(MemorySpec(swapLimit: 1 << 30), policy: .replace, dir: f.dir("memory"), version: .v1) }?.code == .invalidArgument)
+        #expect(lmctfyError { _ = try h.plan(MemorySpec(swapLimit: 1 << 30), policy: .replace, dirs: f.dirs, dir: f.dir("memory")) }?.code == .invalidArgument)
     }
 
     @Test func v1UnlimitedSpellings() throws {
@@ -127,7 +127,7 @@ import Testing
         // An unlimited total goes first: then no order of values can break
         // memsw >= limit, and nothing has to be read.
         let m = MemorySpec(limit: 9_223_372_036_854_771_712, reservation: -1, swapLimit: Int64.max)
-        #expect(describe(try h.plan(m, policy: .diff, dir: f.dir("memory"), version: .v1)) == [
+        #expect(describe(try h.plan(m, policy: .diff, dirs: f.dirs, dir: f.dir("memory"))) == [
             "memory.memsw.limit_in_bytes <- \"-1\"", "memory.limit_in_bytes <- \"-1\"", "memory.soft_limit_in_bytes <- \"-1\"",
         ])
     }
@@ -147,23 +147,23 @@ import Testing
     @Test func v2SplitsTheTotal() throws {
         let f = try FakeContainer.v2()
         let m = MemorySpec(limit: 100_000_000, reservation: 10_000_000, swapLimit: 150_000_000)
-        #expect(describe(try h.plan(m, policy: .diff, dir: f.dir("unified"), version: .v2)) == [
+        #expect(describe(try h.plan(m, policy: .diff, dirs: f.dirs, dir: f.dir("unified"))) == [
             "memory.max <- \"100000000\"", "memory.swap.max <- \"50000000\"", "memory.low <- \"10000000\"",
         ])
-        #expect(describe(try h.plan(MemorySpec(), policy: .replace, dir: f.dir("unified"), version: .v2)) == [
+        #expect(describe(try h.plan(MemorySpec(), policy: .replace, dirs: f.dirs, dir: f.dir("unified"))) == [
             "memory.max <- \"max\"", "memory.swap.max <- \"max\"", "memory.low <- \"0\"",
         ])
         // A finite total needs a finite limit on v2.
-        #expect(lmctfyError { _ = try h.plan(MemorySpec(swapLimit: 1 << 30), policy: .diff, dir: f.dir("unified"), version: .v2) }?.code == .invalidArgument)
+        #expect(lmctfyError { _ = try h.plan(MemorySpec(swapLimit: 1 << 30), policy: .diff, dirs: f.dirs, dir: f.dir("unified")) }?.code == .invalidArgument)
     }
 
     @Test func v2DiffOfTheLimitKeepsTheTotal() throws {
         let f = try FakeContainer.v2()
         try f.seed("unified", ["memory.max": "100000000\n", "memory.swap.max": "50000000\n"])
-        #expect(describe(try h.plan(MemorySpec(limit: 120_000_000), policy: .diff, dir: f.dir("unified"), version: .v2)) == [
+        #expect(describe(try h.plan(MemorySpec(limit: 120_000_000), policy: .diff, dirs: f.dirs, dir: f.dir("unified"))) == [
             "memory.max <- \"120000000\"", "memory.swap.max <- \"30000000\"",
         ])
-        #expect(lmctfyError { _ = try h.plan(MemorySpec(limit: 200_000_000), policy: .diff, dir: f.dir("unified"), version: .v2) }?.code == .invalidArgument)
+        #expect(lmctfyError { _ = try h.plan(MemorySpec(limit: 200_000_000), policy: .diff, dirs: f.dirs, dir: f.dir("unified")) }?.code == .invalidArgument)
     }
 
     @Test func patchedKernelDefaults() throws {
@@ -172,11 +172,11 @@ import Testing
         try f.seed("memory", ["memory.dirty_ratio": "0\n", "memory.dirty_background_ratio": "0\n",
                               "memory.dirty_limit_in_bytes": "0\n", "memory.dirty_background_limit_in_bytes": "0\n",
                               "memory.stale_page_age": "0\n"])
-        #expect(describe(try h.plan(MemorySpec(), policy: .replace, dir: f.dir("memory"), version: .v1)) == [
+        #expect(describe(try h.plan(MemorySpec(), policy: .replace, dirs: f.dirs, dir: f.dir("memory"))) == [
             "memory.limit_in_bytes <- \"-1\"", "memory.soft_limit_in_bytes <- \"0\"", "memory.stale_page_age <- \"1\"",
             "memory.dirty_ratio <- \"75\"", "memory.dirty_background_ratio <- \"10\"",
         ])
-        #expect(describe(try h.plan(MemorySpec(dirty: MemorySpec.Dirty(limit: 4096)), policy: .replace, dir: f.dir("memory"), version: .v1)) == [
+        #expect(describe(try h.plan(MemorySpec(dirty: MemorySpec.Dirty(limit: 4096)), policy: .replace, dirs: f.dirs, dir: f.dir("memory"))) == [
             "memory.limit_in_bytes <- \"-1\"", "memory.soft_limit_in_bytes <- \"0\"", "memory.stale_page_age <- \"1\"",
             "memory.dirty_limit_in_bytes <- \"4096\"", "memory.dirty_background_limit_in_bytes <- \"0\"",
         ])
@@ -310,8 +310,9 @@ import Testing
             "memory.events": "low 0\nhigh 0\nmax 7\noom 1\noom_kill 1\n",
             "memory.stat": "anon 100\nfile 200\nfile_mapped 3\nfile_dirty 4\nfile_writeback 5\nanon_thp 6\ninactive_anon 7\nactive_anon 8\ninactive_file 1000000\nactive_file 10\nunevictable 11\npgfault 12\npgmajfault 13\n",
         ])
-        let dirs = ResourceDirs(version: .v2, container: try ContainerName.resolve("/p/c", relativeTo: .root),
-                                unified: f.tree.dir("unified", ["p", "c"]))
+        let d = f.tree.dir("unified", ["p", "c"])
+        let dirs = ResourceDirs(driver: f.driver, container: try ContainerName.resolve("/p/c", relativeTo: .root),
+                                byController: [.memory: d], tasks: d)
         var st = ContainerStats()
         try h.stats(into: &st, type: .summary, dirs: dirs)
         let m = try #require(st.memory)

@@ -82,18 +82,28 @@ final class FakeContainer {
         return f
     }
 
-    /// The directories handlers get, as Layout would build them.
-    var dirs: ResourceDirs {
+    /// The driver of the fake tree's cgroup version.
+    var driver: any CgroupDriver { try! CgroupDrivers.make(mounts: tree.mounts, procRoot: procRoot) }
+
+    /// The directories handlers get, as the driver would build them.
+    var dirs: ResourceDirs { dirs(without: nil) }
+
+    /// The directories with one controller's left out (not isolated).
+    func dirs(without missing: Controller?) -> ResourceDirs {
+        var byController: [Controller: CgroupDir] = [:]
+        let tasks: CgroupDir
         switch version {
         case .v1:
-            var v1: [Controller: CgroupDir] = [:]
             for h in Self.v1Hierarchies {
-                v1[Controller(rawValue: h)!] = tree.dir(h, h == "cpu" ? cpuSegments : segments)
+                byController[Controller(rawValue: h)!] = tree.dir(h, h == "cpu" ? cpuSegments : segments)
             }
-            return ResourceDirs(version: .v1, container: name, v1: v1, procRoot: procRoot)
+            tasks = byController[.freezer]!
         case .v2:
-            return ResourceDirs(version: .v2, container: name, unified: tree.dir("unified", segments), procRoot: procRoot)
+            tasks = tree.dir("unified", segments)
+            for c in Controller.allCases where c != .devices { byController[c] = tasks }
         }
+        if let missing { byController[missing] = nil }
+        return ResourceDirs(driver: driver, container: name, byController: byController, tasks: tasks)
     }
 
     /// The container's directory in a hierarchy ("unified" on v2).

@@ -25,7 +25,7 @@ struct ResourceIntegrationTests {
 
     /// A container's directory in a v1 hierarchy (tests read files directly).
     func dir(_ c: Controller, _ name: ContainerName) throws -> CgroupDir {
-        try #require(api.layout.existingV1Dir(c, name), "\(name) has no \(c) directory")
+        try #require((api.driver as! CgroupV1Driver).existingDir(c, name), "\(name) has no \(c) directory")
     }
 
     func value(_ c: Controller, _ name: ContainerName, _ file: String) throws -> String {
@@ -118,7 +118,7 @@ struct ResourceIntegrationTests {
             #expect(err?.code == .unimplemented)
             #expect(err?.message.contains("max_limit") == true)
             #expect(!api.exists(name))
-            #expect(api.layout.existingV1Dir(.memory, name) == nil)
+            #expect((api.driver as! CgroupV1Driver).existingDir(.memory, name) == nil)
         }
     }
 

@@ -23,7 +23,7 @@ struct ResourceV2IntegrationTests {
     }
 
     func file(_ name: ContainerName, _ f: String) throws -> String {
-        try api.resourceDirs(name).unified!.read(f).trimmingWhitespace
+        try api.resourceDirs(name).tasks!.read(f).trimmingWhitespace
     }
 
     @Test func cpuWeightAndMax() throws {
@@ -66,7 +66,7 @@ struct ResourceV2IntegrationTests {
             _ = try c.run([testHelperPath, "forkloop"])
             var current: Int64 = 0
             for _ in 0..<2000 {
-                current = try api.resourceDirs(name).unified!.readInt("pids.current") ?? 0
+                current = try api.resourceDirs(name).tasks!.readInt("pids.current") ?? 0
                 if current >= 3 { break }
                 usleep(1000)
             }
@@ -87,7 +87,7 @@ struct ResourceV2IntegrationTests {
     /// guest that changes nothing outside it (it is the guest's machine).
     @Test func initEnablesControllersAtTheRoot() throws {
         _ = try ContainerApi.initMachine(InitSpec())
-        let enabled = try api.resourceDirs(.root).unified!.read("cgroup.subtree_control")
+        let enabled = try api.resourceDirs(.root).tasks!.read("cgroup.subtree_control")
         for c in ["cpu", "memory", "io", "pids"] { #expect(enabled.contains(c), "\(c) in \(enabled)") }
         // And through the binary, as an operator would run it.
         let r = try TestProcess.capture([builtTool("lmctfy"), "init", ""])

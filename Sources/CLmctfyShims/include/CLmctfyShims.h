@@ -9,6 +9,7 @@
 #include <sys/eventfd.h>
 #include <sys/inotify.h>
 #include <sys/mount.h>
+#include <sys/statfs.h>
 #include <sys/timerfd.h>
 #include <sys/xattr.h>
 /* Signal-safe process spawning into containers (spawn.c). */

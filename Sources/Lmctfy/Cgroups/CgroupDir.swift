@@ -1,35 +1,88 @@
-// The one way lmctfy reaches cgroup files: a directory under an injected
-// mount point (the real /sys/fs/cgroup/... or a fake tree in a temp dir),
-// whose path is built only from validated name segments. File names are
-// single components; anything with "/" or ".." is a programming error.
+// The one way lmctfy reaches cgroupfs: a directory under an injected mount
+// point (the real /sys/fs/cgroup/... or a fake tree in a temp dir), whose
+// path is built only from validated name segments. File names are single
+// components; anything with "/" or ".." is a programming error.
+//
+// Every access (read, write, mkdir, rmdir, readdir, xattrs, chown, the
+// descriptors handed to event registration) goes through here, so that
+//  - on the real kernel, what is opened is checked to be on cgroupfs or
+//    cgroup2fs (fstatfs): a filesystem mounted over a container's directory
+//    is never read or written as if it were the container's;
+//  - tests can hand in a FaultPlan and fail any of these calls.
 import Glibc
 import LmctfySystem
+import Synchronization
+
+/// How a tree of cgroup directories is reached: whether every access is
+/// checked to land on a cgroup filesystem (the real kernel) or not (a fake
+/// tree in a temp directory), and the fault plan of a test.
+public struct CgroupAccess: Sendable {
+    /// statfs f_type of cgroup v1 (CGROUP_SUPER_MAGIC) and v2 (CGROUP2_SUPER_MAGIC).
+    public static let cgroupMagic = 0x27e0eb
+    public static let cgroup2Magic = 0x6367_7270
+
+    /// Whether every opened file and directory must be on cgroupfs/cgroup2fs.
+    public let verifiesFilesystem: Bool
+    /// Calls to fail, for tests; nil on the real path.
+    public let faults: FaultPlan?
+
+    public init(verifiesFilesystem: Bool, faults: FaultPlan? = nil) {
+        self.verifiesFilesystem = verifiesFilesystem
+        self.faults = faults
+    }
+
+    /// The real kernel: every access checked, nothing injected.
+    public static let kernel = CgroupAccess(verifiesFilesystem: true)
+
+    /// A fake tree (regular files in a temp dir), optionally with faults.
+    public static func fake(faults: FaultPlan? = nil) -> CgroupAccess {
+        CgroupAccess(verifiesFilesystem: false, faults: faults)
+    }
+
+    /// Checks a filesystem type (from statfs) is a cgroup filesystem.
+    func check(_ type: Int, _ path: String) throws(LmctfyError) {
+        guard verifiesFilesystem, type != Self.cgroupMagic, type != Self.cgroup2Magic else { return }
+        throw .failedPrecondition("\(path) is not on a cgroup filesystem (statfs type 0x\(String(type, radix: 16))): something is mounted over it, and lmctfy will not use it")
+    }
+}
+
+extension SystemError {
+    /// As an LmctfyError: EACCES is PERMISSION_DENIED wherever it comes
+    /// from; other errnos take the code the operation chose.
+    func cgroup(_ code: StatusCode, _ context: String) -> LmctfyError {
+        lmctfy(errno == EACCES ? .permissionDenied : code, context)
+    }
+}
 
 public struct CgroupDir: Sendable, Equatable, CustomStringConvertible {
     /// The hierarchy's mount point (no trailing slash).
     public let mount: String
     /// Segments below the mount point; empty for the hierarchy's root.
     public let segments: [String]
-    public let version: CgroupVersion
+    /// How this tree is reached (checked on the kernel, faults in tests).
+    public let access: CgroupAccess
 
-    public init(mount: String, segments: [String], version: CgroupVersion) {
+    public init(mount: String, segments: [String], access: CgroupAccess = .kernel) {
         precondition(!segments.contains { $0.isEmpty || $0 == "." || $0 == ".." || $0.contains("/") },
                      "unsafe cgroup path segments \(segments)")
         self.mount = mount.hasSuffix("/") && mount.count > 1 ? String(mount.dropLast()) : mount
         self.segments = segments
-        self.version = version
+        self.access = access
     }
+
+    public static func == (a: CgroupDir, b: CgroupDir) -> Bool { a.mount == b.mount && a.segments == b.segments }
 
     public var path: String { segments.isEmpty ? mount : mount + "/" + segments.joined(separator: "/") }
     public var description: String { path }
     public var isRoot: Bool { segments.isEmpty }
+    var faults: FaultPlan? { access.faults }
 
     public func child(_ segment: String) -> CgroupDir {
-        CgroupDir(mount: mount, segments: segments + [segment], version: version)
+        CgroupDir(mount: mount, segments: segments + [segment], access: access)
     }
 
     public var parent: CgroupDir? {
-        isRoot ? nil : CgroupDir(mount: mount, segments: Array(segments.dropLast()), version: version)
+        isRoot ? nil : CgroupDir(mount: mount, segments: Array(segments.dropLast()), access: access)
     }
 
     public func file(_ name: String) -> String {
@@ -37,7 +90,7 @@ public struct CgroupDir: Sendable, Equatable, CustomStringConvertible {
         return path + "/" + name
     }
 
-    public var exists: Bool { Sys.isDirectory(path) }
+    public var exists: Bool { Sys.isDirectory(path, faults: faults) }
 
     /// Whether this cgroup has the file, i.e. whether the kernel has the
     /// feature. Below a hierarchy's root every cgroup has the same files and
@@ -45,33 +98,65 @@ public struct CgroupDir: Sendable, Equatable, CustomStringConvertible {
     /// answer is remembered per hierarchy (fake trees in tests are asked
     /// every time: they add and remove files).
     public func has(_ name: String) -> Bool {
-        guard !isRoot, mount.hasPrefix("/sys/fs/cgroup") else { return Sys.exists(file(name)) }
+        guard !isRoot, access.verifiesFilesystem else { return Sys.exists(file(name), faults: faults) }
         let key = mount + "\u{0}" + name
-        if let known = FeatureCache.shared.lock.locked({ FeatureCache.shared.known[key] }) { return known }
+        if let known = FeatureCache.shared.known.withLock({ $0[key] }) { return known }
         // Only a cgroup that still exists can say "no".
-        let present = Sys.exists(file(name))
-        if present || exists { FeatureCache.shared.lock.locked { FeatureCache.shared.known[key] = present } }
+        let present = Sys.exists(file(name), faults: faults)
+        if present || exists { FeatureCache.shared.known.withLock { $0[key] = present } }
         return present
     }
 
+    // MARK: Files
+
+    /// Opens one of this directory's files, checked to be on cgroupfs.
+    /// The caller closes the descriptor (event registration keeps it open
+    /// only for the registration write).
+    /// A failure to open is NOT_FOUND for ENOENT, PERMISSION_DENIED for
+    /// EACCES, `code` otherwise.
+    func open(_ name: String, _ flags: Int32, failing code: StatusCode = .failedPrecondition,
+              _ context: @autoclosure () -> String = "Failed to open cgroup file") throws(LmctfyError) -> Int32 {
+        let path = file(name)
+        let fd: Int32
+        do { fd = try Sys.open(path, flags, faults: faults) } catch {
+            throw error.cgroup(error.errno == ENOENT ? .notFound : code, context())
+        }
+        if access.verifiesFilesystem {
+            do {
+                try access.check(try Sys.filesystemType(fd, path: path, faults: faults), path)
+            } catch let error as LmctfyError {
+                close(fd)
+                throw error
+            } catch {
+                close(fd)
+                throw (error as! SystemError).cgroup(.failedPrecondition, "Failed to check the filesystem of a cgroup file")
+            }
+        }
+        return fd
+    }
+
     /// Reads a cgroup file. A missing file is NOT_FOUND (the kernel lacks the
-    /// feature); any other failure is FAILED_PRECONDITION.
+    /// feature), EACCES is PERMISSION_DENIED; any other failure is FAILED_PRECONDITION.
     public func read(_ name: String) throws(LmctfyError) -> String {
+        let fd = try open(name, O_RDONLY, "Failed to read cgroup file")
+        defer { close(fd) }
         do {
-            return try Sys.readFile(file(name))
+            return String(decoding: try Sys.readAll(fd, path: file(name), faults: faults), as: UTF8.self)
         } catch {
-            throw error.lmctfy(error.errno == ENOENT ? .notFound : .failedPrecondition, "Failed to read cgroup file")
+            throw error.cgroup(.failedPrecondition, "Failed to read cgroup file")
         }
     }
 
-    /// Writes a cgroup file. A missing file is NOT_FOUND; a value the kernel
-    /// refuses (EINVAL, EBUSY, ...) is UNAVAILABLE, as in the original.
+    /// Writes a cgroup file with one write(2). A missing file is NOT_FOUND;
+    /// EACCES is PERMISSION_DENIED; a value the kernel refuses (EINVAL,
+    /// EBUSY, ...) is UNAVAILABLE, as in the original.
     public func write(_ name: String, _ value: String) throws(LmctfyError) {
+        let fd = try open(name, O_WRONLY, failing: .unavailable, "Failed to write \"\(value)\" to cgroup file")
+        defer { close(fd) }
         do {
-            try Sys.writeFile(file(name), value)
+            try Sys.writeOnce(fd, Array(value.utf8), path: file(name), faults: faults)
         } catch {
-            throw error.lmctfy(error.errno == ENOENT ? .notFound : .unavailable,
-                               "Failed to write \"\(value)\" to cgroup file")
+            throw error.cgroup(error.errno == ENOENT ? .notFound : .unavailable, "Failed to write \"\(value)\" to cgroup file")
         }
     }
 
@@ -100,11 +185,108 @@ public struct CgroupDir: Sendable, Equatable, CustomStringConvertible {
     public func readPids(_ name: String) throws(LmctfyError) -> [pid_t] {
         try read(name).split(separator: "\n").compactMap { pid_t($0.trimmingWhitespace) }
     }
+
+    // MARK: Directories
+
+    /// Checks a path (this directory, or the parent a new one goes in) is on
+    /// cgroupfs before a directory operation.
+    private func checkFilesystem(_ path: String) throws(LmctfyError) {
+        guard access.verifiesFilesystem else { return }
+        let type: Int
+        do { type = try Sys.filesystemType(path, faults: faults) } catch {
+            throw error.cgroup(error.errno == ENOENT ? .notFound : .failedPrecondition, "Failed to check the filesystem of a cgroup")
+        }
+        try access.check(type, path)
+    }
+
+    /// Makes this cgroup. EEXIST is ALREADY_EXISTS, EACCES PERMISSION_DENIED,
+    /// anything else FAILED_PRECONDITION.
+    func make() throws(LmctfyError) {
+        if let parent { try checkFilesystem(parent.path) }
+        do {
+            try Sys.mkdir(path, faults: faults)
+        } catch {
+            throw error.cgroup(error.errno == EEXIST ? .alreadyExists : .failedPrecondition, "Failed to create cgroup")
+        }
+    }
+
+    /// Removes this cgroup; false when it did not exist (ENOENT).
+    func remove() throws(LmctfyError) -> Bool {
+        do {
+            try checkFilesystem(path)
+        } catch where error.code == .notFound {
+            return false
+        }
+        do {
+            try Sys.rmdir(path, faults: faults)
+            return true
+        } catch {
+            if error.errno == ENOENT { return false }
+            throw error.cgroup(.failedPrecondition, "Failed to remove cgroup")
+        }
+    }
+
+    /// The names of the subdirectories (child cgroups), sorted. ENOENT is
+    /// NOT_FOUND.
+    func subdirectories() throws(LmctfyError) -> [String] {
+        try checkFilesystem(path)
+        do {
+            return try Sys.subdirectories(path, faults: faults)
+        } catch {
+            throw error.cgroup(error.errno == ENOENT ? .notFound : .failedPrecondition, "Failed to list cgroup")
+        }
+    }
+
+    /// Hands the directory, or one of its files, to a user and group.
+    func chown(_ name: String? = nil, uid: uid_t, gid: gid_t) throws(LmctfyError) {
+        let target = name.map(file) ?? path
+        try checkFilesystem(target)
+        do {
+            try Sys.chown(target, uid: uid, gid: gid, faults: faults)
+        } catch {
+            throw error.cgroup(.failedPrecondition, "Failed to chown")
+        }
+    }
+
+    // MARK: lmctfy's own records
+
+    /// An lmctfy record on this directory; nil when it was never written.
+    func xattr(_ name: String) throws(LmctfyError) -> String? {
+        try checkFilesystem(path)
+        do {
+            return try Sys.getxattr(path, name, faults: faults)
+        } catch {
+            throw error.cgroup(error.errno == ENOENT ? .notFound : .failedPrecondition, "Failed to read lmctfy's record \(name)")
+        }
+    }
+
+    func setXattr(_ name: String, _ value: String) throws(LmctfyError) {
+        try checkFilesystem(path)
+        do {
+            try Sys.setxattr(path, name, value, faults: faults)
+        } catch {
+            throw error.cgroup(.failedPrecondition, "Failed to record \(name)=\(value)")
+        }
+    }
+
+    // MARK: Event sources
+
+    /// An inotify descriptor watching one of this directory's files, after
+    /// checking the file is on cgroupfs.
+    func inotify(_ name: String) throws(LmctfyError) -> Int32 {
+        let path = file(name)
+        try checkFilesystem(path)
+        if let e = faults?.check(.open, path) {
+            throw SystemError("inotify_add_watch", path, e).cgroup(e == ENOENT ? .notFound : .internal, "Failed to watch \(path)")
+        }
+        do { return try EventFds.inotify(watching: path) } catch {
+            throw error.cgroup(error.errno == ENOENT ? .notFound : .internal, "Failed to watch \(path)")
+        }
+    }
 }
 
 /// Which optional cgroup files the running kernel has, per hierarchy.
-final class FeatureCache: @unchecked Sendable {
+final class FeatureCache: Sendable {
     static let shared = FeatureCache()
-    let lock = Lock()
-    var known: [String: Bool] = [:]
+    let known = Mutex<[String: Bool]>([:])
 }

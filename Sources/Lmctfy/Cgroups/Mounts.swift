@@ -22,11 +22,17 @@ public struct CgroupMounts: Sendable, Equatable {
     public var v1: [Controller: String]
     /// The cgroup2 mount point, if any.
     public var unified: String?
+    /// How the directories are reached: the real kernel (every access
+    /// checked to be on cgroupfs) unless a test says it is a fake tree.
+    public var access: CgroupAccess
 
-    public init(v1: [Controller: String] = [:], unified: String? = nil) {
+    public init(v1: [Controller: String] = [:], unified: String? = nil, access: CgroupAccess = .kernel) {
         self.v1 = v1
         self.unified = unified
+        self.access = access
     }
+
+    public static func == (a: CgroupMounts, b: CgroupMounts) -> Bool { a.v1 == b.v1 && a.unified == b.unified }
 
     /// v1 when the freezer hierarchy is mounted (the original's requirement,
     /// and how a hybrid machine like ours runs); v2 when only cgroup2 is.
@@ -78,9 +84,12 @@ public struct CgroupMounts: Sendable, Equatable {
         return String(decoding: out, as: UTF8.self)
     }
 
-    public static func detect(procRoot: String = "/proc") throws(LmctfyError) -> CgroupMounts {
+    /// This machine's mounts (or a fake /proc's), reached with `access`.
+    public static func detect(procRoot: String = "/proc", access: CgroupAccess = .kernel) throws(LmctfyError) -> CgroupMounts {
         do {
-            return parse(mountinfo: try Sys.readFile(procRoot + "/self/mountinfo"))
+            var mounts = parse(mountinfo: try Sys.readFile(procRoot + "/self/mountinfo"))
+            mounts.access = access
+            return mounts
         } catch {
             throw error.lmctfy(.failedPrecondition, "Failed to read the mount table")
         }

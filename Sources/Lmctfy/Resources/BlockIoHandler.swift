@@ -11,20 +11,11 @@ import LmctfySystem
 struct BlockIoHandler: ResourceHandler {
     var kind: ResourceKind { .blockio }
 
-    /// The kernel's default weights, which a REPLACE returns to (D3).
-    static let v1DefaultWeight: Int64 = 500
-    static let v2DefaultWeight: Int64 = 100
-    /// A spec weight 1..100 is scaled onto the kernel's range: v1 10..1000,
-    /// v2 100..10000.
+    /// A spec weight is 1..100; each version scales it onto its kernel's range.
     static let weightRange: ClosedRange<UInt64> = 1...100
-    static func kernelWeight(_ limit: UInt64, _ version: CgroupVersion) -> Int64 {
-        Int64(limit) * (version == .v1 ? 10 : 100)
-    }
-    static func specWeight(_ kernel: Int64, _ version: CgroupVersion) -> UInt32 {
-        UInt32(max(1, min(100, kernel / (version == .v1 ? 10 : 100))))
-    }
 
-    /// One throttle: an operation and a unit, with its v1 file and v2 key.
+    /// One throttle: an operation and a unit (each version names its file
+    /// or key).
     enum Throttle: CaseIterable {
         case readBps, readIops, writeBps, writeIops
 
@@ -40,23 +31,6 @@ struct BlockIoHandler: ResourceHandler {
         var op: BlockIoSpec.OpType { self == .readBps || self == .readIops ? .read : .write }
         var limitType: BlockIoSpec.LimitType { self == .readBps || self == .writeBps ? .bytesPerSecond : .ioPerSecond }
 
-        var v1File: String {
-            switch self {
-            case .readBps: "blkio.throttle.read_bps_device"
-            case .readIops: "blkio.throttle.read_iops_device"
-            case .writeBps: "blkio.throttle.write_bps_device"
-            case .writeIops: "blkio.throttle.write_iops_device"
-            }
-        }
-
-        var v2Key: String {
-            switch self {
-            case .readBps: "rbps"
-            case .readIops: "riops"
-            case .writeBps: "wbps"
-            case .writeIops: "wiops"
-            }
-        }
     }
 
     // MARK: Validate
@@ -75,11 +49,10 @@ struct BlockIoHandler: ResourceHandler {
                     throw .invalidArgument("blockio.device_limit_set.device_limits: every limit must be within 1..100")
                 }
             }
-            let needed: [String] = switch dirs.version {
-            case .v1: (set.defaultLimit != nil ? ["blkio.weight"] : []) + (set.deviceLimits.isEmpty ? [] : ["blkio.weight_device"])
-            case .v2: set.defaultLimit != nil || !set.deviceLimits.isEmpty ? ["io.weight"] : []
-            }
-            for file in needed where !has(file) {
+            let files = dirs.driver.blockio
+            let needed = Set((set.defaultLimit != nil ? [files.defaultWeightFile] : [])
+                + (set.deviceLimits.isEmpty ? [] : [files.deviceWeightFile]))
+            for file in needed.sorted() where !has(file) {
                 throw .unimplemented("blockio.device_limit_set (I/O weights) is not supported here: \(file) is missing (the block devices' I/O scheduler implements no cgroup weights)")
             }
         }
@@ -94,7 +67,7 @@ struct BlockIoHandler: ResourceHandler {
                         throw .invalidArgument("blockio.max_device_limit_set.max_limits.limits: every entry needs a limit")
                     }
                 }
-                let file = dirs.version == .v1 ? Throttle(op, type).v1File : "io.max"
+                let file = dirs.driver.blockio.throttleFile(Throttle(op, type))
                 if !ml.limits.isEmpty && !has(file) {
                     throw .unimplemented("blockio.max_device_limit_set is not supported here: \(file) is missing")
                 }
@@ -113,36 +86,35 @@ struct BlockIoHandler: ResourceHandler {
 
     func apply(_ spec: ContainerSpec, policy: UpdatePolicy, dirs: ResourceDirs) throws(LmctfyError) {
         guard let dir = dirs.dir(.blkio) else { throw .notFound("Container \"\(dirs.container)\" has no blkio cgroup") }
-        try plan(spec.blockio ?? BlockIoSpec(), policy: policy, dir: dir, version: dirs.version).perform()
+        try plan(spec.blockio ?? BlockIoSpec(), policy: policy, dirs: dirs, dir: dir).perform()
     }
 
     /// The writes for a blockio slice, in order: weights, then throttles.
-    func plan(_ b: BlockIoSpec, policy: UpdatePolicy, dir: CgroupDir, version: CgroupVersion) throws(LmctfyError) -> [CgroupWrite] {
+    func plan(_ b: BlockIoSpec, policy: UpdatePolicy, dirs: ResourceDirs, dir: CgroupDir) throws(LmctfyError) -> [CgroupWrite] {
         let replace = policy == .replace
-        return try planWeights(b.deviceLimitSet, replace: replace, dir: dir, version: version)
-            + planThrottles(b.maxDeviceLimitSet, replace: replace, dir: dir, version: version)
+        let files = dirs.driver.blockio
+        return try planWeights(b.deviceLimitSet, replace: replace, dir: dir, files: files)
+            + files.planThrottles(Self.desiredThrottles(b.maxDeviceLimitSet), replace: replace, dir: dir)
     }
 
     private func planWeights(_ set: BlockIoSpec.DeviceLimitSet?, replace: Bool, dir: CgroupDir,
-                             version: CgroupVersion) throws(LmctfyError) -> [CgroupWrite] {
+                             files: any BlockIoFiles) throws(LmctfyError) -> [CgroupWrite] {
         var w: [CgroupWrite] = []
         var desired: [DeviceNumber: Int64] = [:]
         for dl in set?.deviceLimits ?? [] {
-            desired[try Self.device(dl, field: "blockio.device_limit_set.device_limits")] = Self.kernelWeight(dl.limit!, version)
+            desired[try Self.device(dl, field: "blockio.device_limit_set.device_limits")] = files.kernelWeight(dl.limit!)
         }
-        let (defaultFile, deviceFile) = version == .v1 ? ("blkio.weight", "blkio.weight_device") : ("io.weight", "io.weight")
-        let prefix = version == .v1 ? "" : "default "
+        let (defaultFile, deviceFile) = (files.defaultWeightFile, files.deviceWeightFile)
         if let d = set?.defaultLimit {
-            w.append(CgroupWrite(dir, defaultFile, prefix + String(Self.kernelWeight(UInt64(d), version))))
+            w.append(CgroupWrite(dir, defaultFile, files.defaultWeightPrefix + String(files.kernelWeight(UInt64(d)))))
         } else if replace && dir.has(defaultFile) {
-            w.append(CgroupWrite(dir, defaultFile, prefix + String(version == .v1 ? Self.v1DefaultWeight : Self.v2DefaultWeight)))
+            w.append(CgroupWrite(dir, defaultFile, files.defaultWeightPrefix + String(files.defaultWeight)))
         }
         if replace {
-            // Per-device weights not in the spec go back to the default:
-            // weight 0 removes the rule on v1, "default" on v2.
+            // Per-device weights not in the spec go back to the default.
             for fields in try dir.readFields(deviceFile) {
                 guard let dev = DeviceNumber(fields[0]), desired[dev] == nil else { continue }
-                w.append(CgroupWrite(dir, deviceFile, "\(dev) \(version == .v1 ? "0" : "default")"))
+                w.append(CgroupWrite(dir, deviceFile, "\(dev) \(files.deviceWeightReset)"))
             }
         }
         for (dev, weight) in desired.sorted(by: { $0.key < $1.key }) {
@@ -164,94 +136,28 @@ struct BlockIoHandler: ResourceHandler {
         return out
     }
 
-    private func planThrottles(_ set: BlockIoSpec.MaxLimitSet?, replace: Bool, dir: CgroupDir,
-                               version: CgroupVersion) throws(LmctfyError) -> [CgroupWrite] {
-        var w: [CgroupWrite] = []
-        let desired = try Self.desiredThrottles(set)
-        switch version {
-        case .v1:
-            for t in Throttle.allCases {
-                let wanted = desired[t] ?? [:]
-                if replace {
-                    for fields in try dir.readFields(t.v1File) {
-                        guard let dev = DeviceNumber(fields[0]), wanted[dev] == nil else { continue }
-                        w.append(CgroupWrite(dir, t.v1File, "\(dev) 0"))
-                    }
-                }
-                for (dev, v) in wanted.sorted(by: { $0.key < $1.key }) {
-                    w.append(CgroupWrite(dir, t.v1File, "\(dev) \(v)"))
-                }
-            }
-        case .v2:
-            var devices = Set(desired.values.flatMap(\.keys))
-            if replace { devices.formUnion(try Self.readIoMax(dir).keys) }
-            for dev in devices.sorted() {
-                // REPLACE spells out all four keys (unlisted ones as "max"),
-                // DIFF only the ones given.
-                let parts: [String] = Throttle.allCases.compactMap { t in
-                    let v = desired[t]?[dev]
-                    if v == nil && !replace { return nil }
-                    return "\(t.v2Key)=\(v.map { $0 == 0 ? "max" : String($0) } ?? "max")"
-                }
-                w.append(CgroupWrite(dir, "io.max", "\(dev) \(parts.joined(separator: " "))"))
-            }
-        }
-        return w
-    }
-
-    /// v2 io.max: "maj:min rbps=N wbps=max riops=max wiops=max" per limited device.
-    static func readIoMax(_ dir: CgroupDir) throws(LmctfyError) -> [DeviceNumber: [Throttle: UInt64]] {
-        var out: [DeviceNumber: [Throttle: UInt64]] = [:]
-        for fields in try dir.readFields("io.max") {
-            guard let dev = DeviceNumber(fields[0]) else { continue }
-            var limits: [Throttle: UInt64] = [:]
-            for kv in fields.dropFirst() {
-                let parts = kv.split(separator: "=")
-                guard parts.count == 2, let t = Throttle.allCases.first(where: { $0.v2Key == parts[0] }),
-                      let v = UInt64(parts[1]) else { continue }
-                limits[t] = v
-            }
-            out[dev] = limits
-        }
-        return out
-    }
-
     // MARK: Spec
 
     func readSpec(into spec: inout ContainerSpec, dirs: ResourceDirs) throws(LmctfyError) {
         guard let dir = dirs.dir(.blkio) else { return }
-        let version = dirs.version
+        let files = dirs.driver.blockio
         var b = BlockIoSpec()
 
-        let (defaultFile, deviceFile) = version == .v1 ? ("blkio.weight", "blkio.weight_device") : ("io.weight", "io.weight")
-        if dir.has(defaultFile) {
+        if dir.has(files.defaultWeightFile) {
             var set = BlockIoSpec.DeviceLimitSet()
-            for fields in try dir.readFields(defaultFile) where version == .v1 || fields[0] == "default" {
-                if let w = Int64(fields[fields.count - 1]) { set.defaultLimit = Self.specWeight(w, version) }
+            for fields in try dir.readFields(files.defaultWeightFile) where files.isDefaultWeightLine(fields) {
+                if let w = Int64(fields[fields.count - 1]) { set.defaultLimit = files.specWeight(w) }
             }
-            for fields in try dir.readFields(deviceFile) {
+            for fields in try dir.readFields(files.deviceWeightFile) {
                 guard fields.count == 2, let dev = DeviceNumber(fields[0]), let w = Int64(fields[1]) else { continue }
                 set.deviceLimits.append(BlockIoSpec.DeviceLimit(
                     device: BlockIoSpec.Device(major: dev.major, minor: dev.minor),
-                    limit: UInt64(Self.specWeight(w, version))))
+                    limit: UInt64(files.specWeight(w))))
             }
             b.deviceLimitSet = set
         }
 
-        var rules: [Throttle: [DeviceNumber: UInt64]] = [:]
-        switch version {
-        case .v1:
-            for t in Throttle.allCases {
-                for fields in try dir.readFields(t.v1File) {
-                    guard fields.count == 2, let dev = DeviceNumber(fields[0]), let v = UInt64(fields[1]) else { continue }
-                    rules[t, default: [:]][dev] = v
-                }
-            }
-        case .v2:
-            for (dev, limits) in try Self.readIoMax(dir) {
-                for (t, v) in limits { rules[t, default: [:]][dev] = v }
-            }
-        }
+        let rules = try files.readThrottles(dir)
         let maxLimits = Throttle.allCases.compactMap { t -> BlockIoSpec.MaxLimit? in
             guard let devs = rules[t], !devs.isEmpty else { return nil }
             let limits = devs.sorted(by: { $0.key < $1.key }).map {
@@ -267,46 +173,7 @@ struct BlockIoHandler: ResourceHandler {
 
     func stats(into stats: inout ContainerStats, type: StatsType, dirs: ResourceDirs) throws(LmctfyError) {
         guard let dir = dirs.dir(.blkio) else { return }
-        var byDevice: [DeviceNumber: BlockIoStats.DeviceStats] = [:]
-        func entry(_ dev: DeviceNumber) -> BlockIoStats.DeviceStats {
-            byDevice[dev] ?? BlockIoStats.DeviceStats(major: dev.major, minor: dev.minor)
-        }
-        switch dirs.version {
-        case .v1:
-            // "maj:min Read N" / "maj:min Write N" lines (plus Sync, Async,
-            // Discard, Total and a final "Total N", which are not kept).
-            for (file, isBytes) in [("blkio.throttle.io_service_bytes", true), ("blkio.throttle.io_serviced", false)] {
-                for fields in try dir.readFields(file) {
-                    guard fields.count == 3, let dev = DeviceNumber(fields[0]), let v = UInt64(fields[2]) else { continue }
-                    var e = entry(dev)
-                    switch (fields[1], isBytes) {
-                    case ("Read", true): e.readBytes = v
-                    case ("Write", true): e.writeBytes = v
-                    case ("Read", false): e.readIos = v
-                    case ("Write", false): e.writeIos = v
-                    default: continue
-                    }
-                    byDevice[dev] = e
-                }
-            }
-        case .v2:
-            for fields in try dir.readFields("io.stat") {
-                guard let dev = DeviceNumber(fields[0]) else { continue }
-                var e = entry(dev)
-                for kv in fields.dropFirst() {
-                    let parts = kv.split(separator: "=")
-                    guard parts.count == 2, let v = UInt64(parts[1]) else { continue }
-                    switch parts[0] {
-                    case "rbytes": e.readBytes = v
-                    case "wbytes": e.writeBytes = v
-                    case "rios": e.readIos = v
-                    case "wios": e.writeIos = v
-                    default: continue
-                    }
-                }
-                byDevice[dev] = e
-            }
-        }
+        let byDevice = try dirs.driver.blockio.deviceStats(dir)
         stats.blockio = BlockIoStats(deviceStats: byDevice.sorted(by: { $0.key < $1.key }).map(\.value))
     }
 }

@@ -21,6 +21,9 @@ struct CpuHandler: ResourceHandler {
     static let maxShares: Int64 = 262_144
     /// The smallest quota the kernel accepts is 1000 µs, so 4 milliCPU.
     static let minMaxLimit: UInt64 = 4
+    /// The CFS quota (µs per period) for a max_limit in milliCPU.
+    static func quotaUs(_ maxLimit: UInt64) -> Int64 { Int64(maxLimit) * (cfsPeriodUs / 1000) }
+
     /// The original reports "no quota" as max_limit -1 in a uint64; we take
     /// that value back as "no quota" so a read-back spec can be reapplied.
     static let unlimitedMaxLimit = UInt64.max
@@ -109,42 +112,21 @@ struct CpuHandler: ResourceHandler {
             guard mask.data.contains(where: { $0 != 0 }) else {
                 throw .invalidArgument("cpu.mask selects no CPU")
             }
-            switch dirs.version {
-            case .v1:
-                if dirs.dir(.cpuset) == nil {
-                    throw .unimplemented("cpu.mask needs the cpuset hierarchy, which is not mounted or not isolated here")
-                }
-            case .v2:
-                if dirs.unified?.has("cpuset.cpus") != true {
-                    throw .unimplemented("cpu.mask needs the cpuset controller, which is not enabled for this container")
-                }
-            }
+            try dirs.driver.cpu.checkMask(dirs)
         }
         if let latency = cpu.schedulingLatency {
             try checkLatency(latency, dirs: dirs)
         }
     }
 
-    /// A latency may only be the one the container was created with. On v1
-    /// the placement (/batch or not) also tells the class apart; a nested
-    /// container sits wherever its top-level container does.
+    /// A latency may only be the one the container was created with (and
+    /// one the kernel state agrees with: v1's /batch placement, v2's cpu.idle).
     private func checkLatency(_ latency: SchedulingLatency, dirs: ResourceDirs) throws(LmctfyError) {
         guard let dir = ownerDir(dirs) else { return }
         if let recorded = try recordedLatency(dir), recorded != latency {
             throw .invalidArgument("cpu.scheduling_latency cannot be changed: \"\(dirs.container)\" is \(recorded.protoName), not \(latency.protoName)")
         }
-        switch dirs.version {
-        case .v1:
-            let wantsBatch = latency == .normal || latency == .bestEffort
-            let inBatch = dir.segments.first == "batch"
-            if wantsBatch != inBatch {
-                throw .invalidArgument("cpu.scheduling_latency \(latency.protoName) does not match where \"\(dirs.container)\" runs (\(inBatch ? "the /batch" : "the top-level") cpu cgroup); a nested container has its top-level container's class and it cannot be changed")
-            }
-        case .v2:
-            if latency == .bestEffort && !dir.has("cpu.idle") {
-                throw .unimplemented("cpu.scheduling_latency BEST_EFFORT needs cpu.idle (Linux 5.15 or later) on cgroup v2")
-            }
-        }
+        try dirs.driver.cpu.checkLatency(latency, dir: dir, dirs: dirs)
     }
 
     /// The directory with the cpu controller's files.
@@ -163,145 +145,24 @@ struct CpuHandler: ResourceHandler {
         let unrecorded = dirs.isNew ? true : try recordedLatency(dir) == nil
         if unrecorded {
             let latency: SchedulingLatency
-            if let given = cpu.schedulingLatency { latency = given } else { latency = try currentClass(dir, dirs) }
+            if let given = cpu.schedulingLatency { latency = given } else { latency = try dirs.driver.cpu.currentClass(dir) }
             try dir.setXattr(Self.latencyXattr, latency.protoName)
         }
     }
 
     /// The writes for a cpu slice, in order.
     func plan(_ cpu: CpuSpec, policy: UpdatePolicy, dirs: ResourceDirs, dir: CgroupDir) throws(LmctfyError) -> [CgroupWrite] {
-        let replace = policy == .replace
-        var w: [CgroupWrite] = []
-        switch dirs.version {
-        case .v1:
-            if let limit = cpu.limit {
-                w.append(CgroupWrite(dir, "cpu.shares", String(Self.shares(milliCpu: limit))))
-            } else if replace {
-                w.append(CgroupWrite(dir, "cpu.shares", String(Self.defaultShares)))
-            }
-            if let maxLimit = cpu.maxLimit, maxLimit != Self.unlimitedMaxLimit {
-                // The period first: the quota is only meaningful against it.
-                w.append(CgroupWrite(dir, "cpu.cfs_period_us", String(Self.cfsPeriodUs)))
-                w.append(CgroupWrite(dir, "cpu.cfs_quota_us", String(Int64(maxLimit) * (Self.cfsPeriodUs / 1000))))
-            } else if cpu.maxLimit != nil || replace {
-                w.append(CgroupWrite(dir, "cpu.cfs_quota_us", "-1"))
-            }
-            if let mask = cpu.mask, let cpuset = dirs.dir(.cpuset) {
-                w.append(CgroupWrite(cpuset, "cpuset.cpus", Self.cpuList(mask: mask.data)))
-            } else if replace, let cpuset = dirs.dir(.cpuset), let parent = cpuset.parent {
-                // No mask means every CPU the parent may use (new v1 cpusets
-                // start empty, so "inherit" must be written out).
-                w.append(CgroupWrite(cpuset, "cpuset.cpus", try parent.read("cpuset.cpus").trimmingWhitespace))
-            }
-        case .v2:
-            if let limit = cpu.limit {
-                w.append(CgroupWrite(dir, "cpu.weight", String(Self.weight(shares: Self.shares(milliCpu: limit)))))
-            } else if replace {
-                w.append(CgroupWrite(dir, "cpu.weight", String(Self.defaultWeight)))
-            }
-            if let maxLimit = cpu.maxLimit, maxLimit != Self.unlimitedMaxLimit {
-                w.append(CgroupWrite(dir, "cpu.max", "\(Int64(maxLimit) * (Self.cfsPeriodUs / 1000)) \(Self.cfsPeriodUs)"))
-            } else if cpu.maxLimit != nil {
-                w.append(CgroupWrite(dir, "cpu.max", "max \(Self.cfsPeriodUs)"))
-            } else if replace {
-                w.append(CgroupWrite(dir, "cpu.max", "max"))
-            }
-            if let mask = cpu.mask {
-                w.append(CgroupWrite(dir, "cpuset.cpus", Self.cpuList(mask: mask.data)))
-            } else if replace && dir.has("cpuset.cpus") {
-                // An empty cpuset.cpus on v2 means "whatever the parent has".
-                w.append(CgroupWrite(dir, "cpuset.cpus", "\n"))
-            }
-            if cpu.schedulingLatency == .bestEffort {
-                w.append(CgroupWrite(dir, "cpu.idle", "1"))
-            }
-        }
-        return w
-    }
-
-    /// The class of a container that has no record (created before lmctfy
-    /// kept one): what the kernel state says, PRIORITY (the default) otherwise.
-    private func currentClass(_ dir: CgroupDir, _ dirs: ResourceDirs) throws(LmctfyError) -> SchedulingLatency {
-        switch dirs.version {
-        case .v1: return dir.segments.first == "batch" ? .normal : .priority
-        case .v2:
-            guard dir.has("cpu.idle") else { return .priority }
-            return try dir.readInt("cpu.idle") == 1 ? .bestEffort : .priority
-        }
+        try dirs.driver.cpu.plan(cpu, replace: policy == .replace, dirs: dirs, dir: dir)
     }
 
     func readSpec(into spec: inout ContainerSpec, dirs: ResourceDirs) throws(LmctfyError) {
         guard let dir = ownerDir(dirs) else { return }
-        var cpu = CpuSpec()
-        switch dirs.version {
-        case .v1:
-            let shares = try dir.readInt("cpu.shares")
-            cpu.limit = Self.milliCpu(shares: shares ?? Self.defaultShares)
-            if let quota = try dir.readInt("cpu.cfs_quota_us"), quota >= 0,
-               let period = try dir.readInt("cpu.cfs_period_us"), period > 0 {
-                cpu.maxLimit = UInt64(quota * 1000 / period)
-            }
-            if let cpuset = dirs.dir(.cpuset) {
-                let words = try Self.mask(cpuList: try cpuset.read("cpuset.cpus"))
-                if !words.isEmpty { cpu.mask = CpuSpec.Mask(data: words) }
-            }
-        case .v2:
-            if dir.has("cpu.weight") {
-                let weight = try dir.readInt("cpu.weight")
-                cpu.limit = Self.milliCpu(shares: Self.shares(weight: weight ?? Self.defaultWeight))
-            }
-            if dir.has("cpu.max") {
-                let fields = try dir.read("cpu.max").trimmingWhitespace.split(separator: " ")
-                if fields.count == 2, let quota = Int64(fields[0]), let period = Int64(fields[1]), period > 0 {
-                    cpu.maxLimit = UInt64(quota * 1000 / period)
-                }
-            }
-            // An empty list means "inherited from the parent", which is no mask.
-            if dir.has("cpuset.cpus") {
-                let words = try Self.mask(cpuList: try dir.read("cpuset.cpus"))
-                if !words.isEmpty { cpu.mask = CpuSpec.Mask(data: words) }
-            }
-            // The one class v2 can show: the original never reports latency,
-            // but an idle cgroup is plainly BEST_EFFORT.
-            if dir.has("cpu.idle"), try dir.readInt("cpu.idle") == 1 { cpu.schedulingLatency = .bestEffort }
-        }
-        spec.cpu = cpu
+        spec.cpu = try dirs.driver.cpu.readSpec(dir, dirs: dirs)
     }
 
     func stats(into stats: inout ContainerStats, type: StatsType, dirs: ResourceDirs) throws(LmctfyError) {
         guard let dir = ownerDir(dirs) else { return }
-        var s = CpuStats()
-        var usage = CpuStats.Usage()
-        let nsPerTick = Int64(1_000_000_000) / Int64(max(1, sysconf(Int32(_SC_CLK_TCK))))
-        var cpuStat: [String: Int64] = [:]
-        switch dirs.version {
-        case .v1:
-            if let acct = dirs.dir(.cpuacct) {
-                if let total = try acct.readInt("cpuacct.usage") { usage.total = UInt64(max(0, total)) }
-                if acct.has("cpuacct.usage_percpu") {
-                    usage.perCpu = try acct.read("cpuacct.usage_percpu").split(whereSeparator: { $0 == " " || $0 == "\n" }).compactMap { Int64($0) }
-                }
-                // cpuacct.stat counts USER_HZ ticks; the original reports ns.
-                let ticks = try acct.readKeyValues("cpuacct.stat")
-                usage.user = ticks["user"].map { $0 * nsPerTick }
-                usage.system = ticks["system"].map { $0 * nsPerTick }
-            }
-            if dir.has("cpu.stat") { cpuStat = try dir.readKeyValues("cpu.stat") }
-            if type == .full, let periods = cpuStat["nr_periods"], let throttled = cpuStat["nr_throttled"],
-               let time = cpuStat["throttled_time"] {
-                s.throttlingData = ThrottlingData(periods: periods, throttledPeriods: throttled, throttledTime: time)
-            }
-        case .v2:
-            cpuStat = try dir.readKeyValues("cpu.stat")
-            usage.total = cpuStat["usage_usec"].map { UInt64(max(0, $0)) * 1000 }
-            usage.user = cpuStat["user_usec"].map { $0 * 1000 }
-            usage.system = cpuStat["system_usec"].map { $0 * 1000 }
-            if type == .full, let periods = cpuStat["nr_periods"], let throttled = cpuStat["nr_throttled"],
-               let time = cpuStat["throttled_usec"] {
-                s.throttlingData = ThrottlingData(periods: periods, throttledPeriods: throttled, throttledTime: time * 1000)
-            }
-        }
-        s.usage = usage
+        var s = try dirs.driver.cpu.stats(dir, dirs: dirs, type: type)
         if dir.has("cpu.nr_running"), let running = try dir.readInt("cpu.nr_running") {
             s.load = Int32(clamping: running)
         }

@@ -10,6 +10,8 @@ struct DeviceHandler: ResourceHandler {
 
     typealias Rule = DeviceSpec.DeviceRestrictions
 
+    /// Without the devices controller's files (cgroup v2 takes an eBPF
+    /// program instead) there is nothing to write the rules to.
     static let v2Refusal = "device rules need eBPF on cgroup v2, not implemented"
 
     /// A rule as the kernel takes it: "<a|c|b> <major|*>:<minor|*> <rwm>".
@@ -33,14 +35,13 @@ struct DeviceHandler: ResourceHandler {
 
     func validate(_ spec: ContainerSpec, dirs: ResourceDirs) throws(LmctfyError) {
         guard let d = spec.device else { return }
-        if dirs.version == .v2 { throw .unimplemented(Self.v2Refusal) }
+        if dirs.dir(.devices) == nil { throw .unimplemented(Self.v2Refusal) }
         // Every rule is checked before any is written.
         for r in d.restrictionsSet?.restrictions ?? [] { _ = try Self.line(r) }
     }
 
     func apply(_ spec: ContainerSpec, policy: UpdatePolicy, dirs: ResourceDirs) throws(LmctfyError) {
-        if dirs.version == .v2 { throw .unimplemented(Self.v2Refusal) }
-        guard let dir = dirs.dir(.devices) else { throw .notFound("Container \"\(dirs.container)\" has no devices cgroup") }
+        guard let dir = dirs.dir(.devices) else { throw .unimplemented(Self.v2Refusal) }
         try plan(spec.device ?? DeviceSpec(), policy: policy, dir: dir).perform()
     }
 
@@ -57,7 +58,7 @@ struct DeviceHandler: ResourceHandler {
     /// devices.list holds only what is allowed, so every line is an ALLOW
     /// rule; an empty list means everything is denied.
     func readSpec(into spec: inout ContainerSpec, dirs: ResourceDirs) throws(LmctfyError) {
-        guard dirs.version == .v1, let dir = dirs.dir(.devices) else { return }
+        guard let dir = dirs.dir(.devices) else { return }
         var rules: [Rule] = []
         for fields in try dir.readFields("devices.list") {
             guard fields.count == 3 else {

@@ -6,23 +6,6 @@ import Glibc
 import LmctfySystem
 
 extension CgroupDir {
-    /// An lmctfy record on this directory; nil when it was never written.
-    func xattr(_ name: String) throws(LmctfyError) -> String? {
-        do {
-            return try Sys.getxattr(path, name)
-        } catch {
-            throw error.lmctfy(.failedPrecondition, "Failed to read lmctfy's record \(name)")
-        }
-    }
-
-    func setXattr(_ name: String, _ value: String) throws(LmctfyError) {
-        do {
-            try Sys.setxattr(path, name, value)
-        } catch {
-            throw error.lmctfy(.failedPrecondition, "Failed to record \(name)=\(value)")
-        }
-    }
-
     /// The non-empty lines of a file, each split on blanks; a missing file
     /// reads as no lines, so optional per-device files need no special case.
     func readFields(_ name: String) throws(LmctfyError) -> [[Substring]] {

@@ -24,26 +24,6 @@ struct MemoryHandler: ResourceHandler {
         1000 - Int(priority) * 1999 / Int(maxEvictionPriority)
     }
 
-    /// The files of the fields both versions have, named per version.
-    struct Files {
-        let limit, reservation, usage, maxUsage: String
-        /// v1: memory+swap total; v2: swap alone.
-        let swap: String
-
-        init(_ version: CgroupVersion) {
-            switch version {
-            case .v1:
-                limit = "memory.limit_in_bytes"; reservation = "memory.soft_limit_in_bytes"
-                usage = "memory.usage_in_bytes"; maxUsage = "memory.max_usage_in_bytes"
-                swap = "memory.memsw.limit_in_bytes"
-            case .v2:
-                limit = "memory.max"; reservation = "memory.low"
-                usage = "memory.current"; maxUsage = "memory.peak"
-                swap = "memory.swap.max"
-            }
-        }
-    }
-
     /// A field that needs a Google-kernel file: (spec field, file, value
     /// asked for, what a REPLACE writes when the field is left out).
     struct Knob {
@@ -96,7 +76,7 @@ struct MemoryHandler: ResourceHandler {
         for knob in Self.knobs(m) where knob.value != nil && dir?.has(knob.file) != true {
             throw .unimplemented("memory.\(knob.field) is not supported by this kernel (it has no \(knob.file))")
         }
-        let files = Files(dirs.version)
+        let files = dirs.driver.memory
         if m.swapLimit != nil && dir?.has(files.swap) != true {
             throw .notFound("memory.swap_limit needs \(files.swap), which this kernel does not have (swap accounting is off)")
         }
@@ -121,7 +101,7 @@ struct MemoryHandler: ResourceHandler {
         guard let dir = dirs.dir(.memory) else { throw .notFound("Container \"\(dirs.container)\" has no memory cgroup") }
         let m = spec.memory ?? MemorySpec()
         // Everything that can be refused is decided before the first write.
-        let writes = try plan(m, policy: policy, dir: dir, version: dirs.version)
+        let writes = try plan(m, policy: policy, dirs: dirs, dir: dir)
         if let p = m.evictionPriority ?? (policy == .replace ? Self.defaultEvictionPriority : nil) {
             try setEvictionPriority(p, dir: dir, dirs: dirs)
         }
@@ -130,15 +110,12 @@ struct MemoryHandler: ResourceHandler {
 
     /// The cgroup file writes for a memory slice, in order (the eviction
     /// priority is not a plain file write on vanilla kernels; see below).
-    func plan(_ m: MemorySpec, policy: UpdatePolicy, dir: CgroupDir, version: CgroupVersion) throws(LmctfyError) -> [CgroupWrite] {
+    func plan(_ m: MemorySpec, policy: UpdatePolicy, dirs: ResourceDirs, dir: CgroupDir) throws(LmctfyError) -> [CgroupWrite] {
         let replace = policy == .replace
-        let files = Files(version)
-        var w = switch version {
-        case .v1: try planLimitsV1(m, replace: replace, dir: dir, files: files)
-        case .v2: try planLimitsV2(m, replace: replace, dir: dir, files: files)
-        }
+        let files = dirs.driver.memory
+        var w = try files.planLimits(m, replace: replace, dir: dir)
         if let r = m.reservation ?? (replace ? 0 : nil) {
-            w.append(CgroupWrite(dir, files.reservation, Self.format(r, version)))
+            w.append(CgroupWrite(dir, files.reservation, files.format(r)))
         }
         for knob in Self.knobs(m) {
             if let v = knob.value {
@@ -148,62 +125,6 @@ struct MemoryHandler: ResourceHandler {
             }
         }
         return w
-    }
-
-    /// How a byte limit is written: unlimited is -1 on v1, "max" on v2.
-    static func format(_ v: Int64, _ version: CgroupVersion) -> String {
-        guard Unlimited.isUnlimited(v) else { return String(v) }
-        return version == .v1 ? "-1" : "max"
-    }
-
-    /// v1 limit and memsw writes, in an order the kernel accepts: it keeps
-    /// memsw >= limit after every single write, so a limit that rises above
-    /// the current memsw needs memsw raised first, and otherwise the limit
-    /// goes first (so a memsw lowered below the old limit follows it).
-    private func planLimitsV1(_ m: MemorySpec, replace: Bool, dir: CgroupDir, files: Files) throws(LmctfyError) -> [CgroupWrite] {
-        let hasSwap = dir.has(files.swap)
-        let newLimit = m.limit ?? (replace ? -1 : nil)
-        let newTotal = m.swapLimit ?? (replace && hasSwap ? -1 : nil)
-        let limitWrite = newLimit.map { CgroupWrite(dir, files.limit, Self.format($0, .v1)) }
-        let totalWrite = newTotal.map { CgroupWrite(dir, files.swap, Self.format($0, .v1)) }
-        // No memsw, or an unlimited new total written first: every single
-        // write keeps memsw >= limit whatever the current values are, so
-        // there is nothing to read (the common create path).
-        if !hasSwap { return [limitWrite].compactMap { $0 } }
-        if let newTotal, Unlimited.isUnlimited(newTotal) { return [totalWrite, limitWrite].compactMap { $0 } }
-        let curLimit = try dir.readInt(files.limit) ?? -1
-        let curTotal = hasSwap ? (try dir.readInt(files.swap) ?? -1) : -1
-        try Self.checkTotal(total: newTotal ?? curTotal, limit: newLimit ?? curLimit)
-        let level = { (v: Int64) in Unlimited.isUnlimited(v) ? Int64.max : v }
-        if let newLimit, level(newLimit) > level(curTotal) {
-            return [totalWrite, limitWrite].compactMap { $0 }
-        }
-        return [limitWrite, totalWrite].compactMap { $0 }
-    }
-
-    /// v2 keeps swap apart from memory, so the total the spec asks for is
-    /// split: memory.swap.max = swap_limit - limit. A DIFF that changes only
-    /// the limit keeps the total, as it stays on v1.
-    private func planLimitsV2(_ m: MemorySpec, replace: Bool, dir: CgroupDir, files: Files) throws(LmctfyError) -> [CgroupWrite] {
-        let hasSwap = dir.has(files.swap)
-        let newLimit = m.limit ?? (replace ? -1 : nil)
-        let curLimit = try dir.readInt(files.limit) ?? -1
-        let finalLimit = newLimit ?? curLimit
-        var writes: [CgroupWrite] = []
-        if let newLimit { writes.append(CgroupWrite(dir, files.limit, Self.format(newLimit, .v2))) }
-
-        var swap: Int64?
-        if let total = m.swapLimit ?? (replace && hasSwap ? -1 : nil) {
-            try Self.checkTotal(total: total, limit: finalLimit)
-            swap = Unlimited.isUnlimited(total) ? -1 : total - finalLimit
-        } else if let newLimit, hasSwap, !Unlimited.isUnlimited(curLimit),
-                  let curSwap = try dir.readInt(files.swap) {
-            let total = curLimit + curSwap
-            try Self.checkTotal(total: total, limit: newLimit)
-            swap = total - newLimit
-        }
-        if let swap { writes.append(CgroupWrite(dir, files.swap, Self.format(swap, .v2))) }
-        return writes
     }
 
     /// Uses the patched kernel's file when it has one; otherwise records the
@@ -239,19 +160,14 @@ struct MemoryHandler: ResourceHandler {
 
     func readSpec(into spec: inout ContainerSpec, dirs: ResourceDirs) throws(LmctfyError) {
         guard let dir = dirs.dir(.memory) else { return }
-        let files = Files(dirs.version)
+        let files = dirs.driver.memory
         var m = MemorySpec()
         // v1 reports the kernel's page-rounded values as they are (unlimited
         // is 9223372036854771712); v2's "max" is -1.
         m.limit = try dir.readInt(files.limit) ?? -1
         m.reservation = try dir.readInt(files.reservation) ?? -1
         if dir.has(files.swap) {
-            let swap = try dir.readInt(files.swap)
-            switch dirs.version {
-            case .v1: m.swapLimit = swap ?? -1
-            case .v2:
-                if let swap, let limit = m.limit, limit >= 0 { m.swapLimit = swap + limit } else { m.swapLimit = -1 }
-            }
+            m.swapLimit = files.swapLimit(swapFile: try dir.readInt(files.swap), limit: m.limit)
         }
         if dir.has(Self.evictionBadnessFile) {
             m.evictionPriority = try dir.readInt(Self.evictionBadnessFile).map { Int32(clamping: $0) }
@@ -294,36 +210,19 @@ struct MemoryHandler: ResourceHandler {
 
     func stats(into stats: inout ContainerStats, type: StatsType, dirs: ResourceDirs) throws(LmctfyError) {
         guard let dir = dirs.dir(.memory) else { return }
-        let files = Files(dirs.version)
+        let files = dirs.driver.memory
         var s = MemoryStats()
         let stat = try dir.readKeyValues("memory.stat")
         s.usage = try dir.readInt(files.usage)
         if dir.has(files.maxUsage) { s.maxUsage = try dir.readInt(files.maxUsage) }
         s.limit = try dir.readInt(files.limit) ?? -1
         s.reservation = try dir.readInt(files.reservation) ?? -1
-        switch dirs.version {
-        case .v1:
-            s.hierarchicalMemoryLimit = stat["hierarchical_memory_limit"]
-            s.failCount = try dir.readInt("memory.failcnt")
-            s.containerData = Self.memoryData(stat, prefix: "")
-            s.hierarchicalData = Self.memoryData(stat, prefix: "total_")
-            s.workingSet = s.usage.map { max(0, $0 - (stat["total_inactive_file"] ?? 0)) }
-        case .v2:
-            s.hierarchicalMemoryLimit = try Self.hierarchicalLimitV2(dir)
-            if dir.has("memory.events") { s.failCount = try dir.readKeyValues("memory.events")["max"] }
-            // v2 counters already include every descendant.
-            s.containerData = Self.memoryDataV2(stat)
-            s.hierarchicalData = s.containerData
-            s.workingSet = s.usage.map { max(0, $0 - (stat["inactive_file"] ?? 0)) }
-        }
+        try files.stats(dir, stat: stat, into: &s)
         s.effectiveLimit = s.hierarchicalMemoryLimit
-        if dirs.version == .v1 && dir.has("memory.numa_stat") {
-            s.numa = try Self.numaStats(try dir.read("memory.numa_stat"))
-        }
         stats.memory = s
     }
 
-    /// memory.stat keys (v1; "total_" prefixed for the hierarchy). pgpgout
+    /// v1 memory.stat keys ("total_" prefixed for the hierarchy). pgpgout
     /// is filled too (D13).
     static func memoryData(_ stat: [String: Int64], prefix: String) -> MemoryStats.MemoryData {
         var d = MemoryStats.MemoryData()
@@ -335,30 +234,6 @@ struct MemoryHandler: ResourceHandler {
         d.inactiveFile = v("inactive_file"); d.activeFile = v("active_file")
         d.unevictable = v("unevictable")
         return d
-    }
-
-    /// v2 memory.stat under v1's names. v2 has no pgpgin/pgpgout.
-    static func memoryDataV2(_ stat: [String: Int64]) -> MemoryStats.MemoryData {
-        var d = MemoryStats.MemoryData()
-        d.cache = stat["file"]; d.rss = stat["anon"]; d.rssHuge = stat["anon_thp"]; d.mappedFile = stat["file_mapped"]
-        d.pgfault = stat["pgfault"]; d.pgmajfault = stat["pgmajfault"]
-        d.dirty = stat["file_dirty"]; d.writeback = stat["file_writeback"]
-        d.inactiveAnon = stat["inactive_anon"]; d.activeAnon = stat["active_anon"]
-        d.inactiveFile = stat["inactive_file"]; d.activeFile = stat["active_file"]
-        d.unevictable = stat["unevictable"]
-        return d
-    }
-
-    /// v2 has no hierarchical_memory_limit: the tightest memory.max of the
-    /// container and its ancestors (the root has none). -1 when none limits.
-    static func hierarchicalLimitV2(_ dir: CgroupDir) throws(LmctfyError) -> Int64 {
-        var tightest: Int64?
-        var current: CgroupDir? = dir
-        while let d = current, d.has("memory.max") {
-            if let v = try d.readInt("memory.max") { tightest = min(tightest ?? v, v) }
-            current = d.parent
-        }
-        return tightest ?? -1
     }
 
     /// v1 memory.numa_stat: lines "total=N N0=a N1=b", for total, file, anon

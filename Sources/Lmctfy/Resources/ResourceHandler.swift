@@ -74,54 +74,6 @@ public enum StatsType: Sendable {
     case summary, full
 }
 
-/// The directories of one container that a handler may touch, and where the
-/// container's processes are listed.
-public struct ResourceDirs: Sendable {
-    public let version: CgroupVersion
-    public let container: ContainerName
-    /// v1: one directory per controller (co-mounted controllers share one).
-    public let v1: [Controller: CgroupDir]
-    /// v2: the container's one directory.
-    public let unified: CgroupDir?
-    /// Where /proc is (injected for tests).
-    public let procRoot: String
-    /// The directories were made by the create in progress: no process is
-    /// in them yet and no record was left on them, so handlers need not look.
-    public var isNew = false
-
-    public init(version: CgroupVersion, container: ContainerName, v1: [Controller: CgroupDir] = [:],
-                unified: CgroupDir? = nil, procRoot: String = "/proc") {
-        self.version = version
-        self.container = container
-        self.v1 = v1
-        self.unified = unified
-        self.procRoot = procRoot
-    }
-
-    /// The directory holding a controller's files: on v2 always the unified one.
-    public func dir(_ c: Controller) -> CgroupDir? {
-        version == .v2 ? unified : v1[c]
-    }
-
-    /// Every distinct directory of the container (co-mounted hierarchies
-    /// once), the tasks directory first.
-    public var allDirs: [CgroupDir] {
-        if version == .v2 { return unified.map { [$0] } ?? [] }
-        var seen = Set<String>()
-        var out: [CgroupDir] = []
-        for c in [Controller.freezer] + Controller.allCases {
-            if let d = v1[c], seen.insert(d.path).inserted { out.append(d) }
-        }
-        return out
-    }
-
-    /// The processes of the container (its own, not its subcontainers').
-    public func processes() throws(LmctfyError) -> [pid_t] {
-        guard let d = version == .v2 ? unified : v1[.freezer] else { return [] }
-        return try d.readPids("cgroup.procs")
-    }
-}
-
 /// One resource's spec slice ↔ kernel files, for both cgroup versions.
 public protocol ResourceHandler: Sendable {
     var kind: ResourceKind { get }

@@ -1,0 +1,170 @@
+// Everything that differs between cgroup v1 and v2, behind one protocol:
+// where a container's directories are, making and removing them, enabling
+// controllers, the freezer, the task and join files, event registration,
+// lmctfy's own records, and each resource's files. CgroupV1Driver and
+// CgroupV2Driver are the only code that knows which version runs;
+// `CgroupDrivers.make` is the only place one is chosen. Resource handlers,
+// Container, ContainerApi and Watch ask the driver and never switch.
+import Glibc
+import LmctfyProto
+import LmctfySystem
+
+/// What a cgroup version does for lmctfy. Implementations are immutable and
+/// thread-safe.
+protocol CgroupDriver: Sendable {
+    var version: CgroupVersion { get }
+    var mounts: CgroupMounts { get }
+    var procRoot: String { get }
+
+    // MARK: Names → directories
+
+    /// The directory that says a container exists and holds its processes
+    /// (v1 freezer, v2 the one unified directory).
+    func tasksDir(_ name: ContainerName) -> CgroupDir
+    /// Which resources a container isolates.
+    func isolated(_ name: ContainerName) -> Set<ResourceKind>
+    /// Whether this machine can isolate the resource at all.
+    func available(_ kind: ResourceKind) -> Bool
+    /// The directories a handler works on for an existing container.
+    func resourceDirs(_ name: ContainerName) -> ResourceDirs
+    /// The directory holding a controller's files for the container or, if
+    /// it does not isolate that resource, for its nearest ancestor that does
+    /// (the hierarchy's root at the latest).
+    func nearestDir(_ c: Controller, _ name: ContainerName) -> CgroupDir?
+    /// Whether a line of /proc/<pid>/cgroup (`hierarchy-id:controllers:path`,
+    /// split) names the hierarchy whose path is the task's container.
+    func isTasksHierarchy(id: Substring, controllers: Substring) -> Bool
+
+    // MARK: Making and removing
+
+    /// Makes the directories of a new container isolating `kinds` (every
+    /// one it makes is appended to `made`, for the caller's rollback), and
+    /// returns the directories its handlers then fill.
+    func makeDirs(_ name: ContainerName, parent: ContainerName, kinds: [ResourceKind], spec: ContainerSpec,
+                  made: inout [CgroupDir]) throws(LmctfyError) -> ResourceDirs
+    /// The places the container may have a directory, in the order they go:
+    /// each group is the candidates of one hierarchy, most likely first (a
+    /// group stops at the first directory removed); the tasks directory last.
+    func removalGroups(_ name: ContainerName) -> [[CgroupDir]]
+    /// The container's directories and the task files in each that
+    /// delegation (owner, owner_group) hands over.
+    func delegated(_ name: ContainerName) -> (dirs: [CgroupDir], files: [String])
+    /// Prepares the machine after the hierarchies are mounted (idempotent).
+    func prepareMachine() throws(LmctfyError)
+
+    // MARK: Tasks
+
+    /// The file listing a container's threads (v1 `tasks`, v2 `cgroup.threads`).
+    var threadsFile: String { get }
+    /// The file a thread is written to to move it (v1 moves the thread
+    /// alone: `tasks`; v2 moves the whole process: `cgroup.procs`).
+    var enterFile: String { get }
+    /// The directories a new task of the container joins: the tasks
+    /// directory first, then the nearest directory of every other hierarchy.
+    func joinDirs(_ name: ContainerName) -> [CgroupDir]
+
+    // MARK: Freezer
+
+    /// Whether the kernel reports the container frozen.
+    func isFrozen(_ name: ContainerName) throws(LmctfyError) -> Bool
+    /// Asks the kernel to freeze or thaw.
+    func requestFrozen(_ name: ContainerName, _ frozen: Bool) throws(LmctfyError)
+    /// Called while waiting for the state to settle (v1 only moves FREEZING
+    /// on to FROZEN when asked again).
+    func nudgeFreezer(_ name: ContainerName, _ frozen: Bool) throws(LmctfyError)
+
+    // MARK: Events
+
+    /// The kernel side of a watch on `dir` (the container's, or for memory
+    /// events its nearest memory-isolating container's).
+    func eventSource(_ kind: Watch.Kind, dir: CgroupDir, container: Container) throws(LmctfyError) -> any EventSource
+
+    // MARK: Resources
+
+    var cpu: any CpuFiles { get }
+    var memory: any MemoryFiles { get }
+    var blockio: any BlockIoFiles { get }
+}
+
+extension CgroupDriver {
+    /// The directory holding memory files for memory events: the nearest
+    /// memory-isolating container's (or the root's).
+    func memoryEventDir(_ name: ContainerName) -> CgroupDir? {
+        for c in name.selfAndAncestors where isolated(c).contains(.memory) {
+            return nearestDir(.memory, c)
+        }
+        return nearestDir(.memory, .root)
+    }
+}
+
+/// Chooses the driver for a machine's mounts: the one place that decides
+/// the cgroup version.
+enum CgroupDrivers {
+    static func make(mounts: CgroupMounts, procRoot: String) throws(LmctfyError) -> any CgroupDriver {
+        switch mounts.version {
+        case .v1: CgroupV1Driver(mounts: mounts, procRoot: procRoot)
+        case .v2: CgroupV2Driver(mounts: mounts, procRoot: procRoot)
+        case nil:
+            throw .notFound("lmctfy requires a canonical tasks cgroup hierarchy (cgroup v1 freezer or cgroup2), none were found")
+        }
+    }
+}
+
+/// One registration's kernel side (see Watch): a pollable descriptor and
+/// how to count what happened when it is readable. Not thread-safe.
+protocol EventSource: AnyObject {
+    var fd: Int32 { get }
+    /// Whether an event is due before the descriptor says anything (a
+    /// container already empty when watched).
+    var pendingImmediately: Bool { get }
+    /// After `fd` was readable: how many events happened (0: none yet).
+    /// Throws NOT_FOUND once the watched directory is gone (D5).
+    func collect() throws(LmctfyError) -> Int
+}
+
+/// The directories of one container that a handler may touch, and where the
+/// container's processes are listed.
+public struct ResourceDirs: Sendable {
+    public let container: ContainerName
+    /// Each controller's directory (on v2 every controller's files are in
+    /// the one directory).
+    let byController: [Controller: CgroupDir]
+    /// Where the container's processes are listed.
+    public let tasks: CgroupDir?
+    /// Where /proc is (injected for tests).
+    public let procRoot: String
+    /// The directories were made by the create in progress: no process is
+    /// in them yet and no record was left on them, so handlers need not look.
+    public var isNew = false
+    /// The cgroup version's files for each resource.
+    let driver: any CgroupDriver
+
+    init(driver: any CgroupDriver, container: ContainerName, byController: [Controller: CgroupDir], tasks: CgroupDir?) {
+        self.driver = driver
+        self.container = container
+        self.byController = byController
+        self.tasks = tasks
+        self.procRoot = driver.procRoot
+    }
+
+    /// The directory holding a controller's files, if the container has one.
+    public func dir(_ c: Controller) -> CgroupDir? { byController[c] }
+
+    /// Every distinct directory of the container (co-mounted hierarchies
+    /// once), the tasks directory first.
+    public var allDirs: [CgroupDir] {
+        var seen = Set<String>()
+        var out: [CgroupDir] = []
+        for d in [tasks].compactMap({ $0 }) + Controller.allCases.compactMap({ byController[$0] })
+        where seen.insert(d.path).inserted {
+            out.append(d)
+        }
+        return out
+    }
+
+    /// The processes of the container (its own, not its subcontainers').
+    public func processes() throws(LmctfyError) -> [pid_t] {
+        guard let d = tasks else { return [] }
+        return try d.readPids("cgroup.procs")
+    }
+}

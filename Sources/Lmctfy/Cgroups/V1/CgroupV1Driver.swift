@@ -1,0 +1,264 @@
+// cgroup v1: one hierarchy per controller (some co-mounted). freezer,
+// memory, devices, blkio, pids, cpuset and perf_event mirror the container
+// name (<mount>/a/b; cpuset and perf_event too, D8). cpu and cpuacct put a
+// top-level container with latency NORMAL or BEST_EFFORT under /batch; a
+// nested one goes under its parent's cpu directory. A container isolates a
+// resource when it has that resource's owning directory; the freezer
+// directory says it exists.
+import Glibc
+import LmctfyProto
+import LmctfySystem
+
+struct CgroupV1Driver: CgroupDriver {
+    let mounts: CgroupMounts
+    let procRoot: String
+    var version: CgroupVersion { .v1 }
+
+    private func dir(_ mount: String, _ segments: [String]) -> CgroupDir {
+        CgroupDir(mount: mount, segments: segments, access: mounts.access)
+    }
+
+    func root(_ c: Controller) -> CgroupDir? { mounts.v1[c].map { dir($0, []) } }
+
+    // MARK: Names → directories
+
+    func tasksDir(_ name: ContainerName) -> CgroupDir { dir(mounts.v1[.freezer]!, name.components) }
+
+    /// Whether c shares its mount with a controller that owns the directory
+    /// (cpuacct co-mounted with cpu): it then never mkdirs or rmdirs.
+    func isCoMountedFollower(_ c: Controller) -> Bool {
+        guard let m = mounts.v1[c] else { return false }
+        return Controller.allCases.contains { $0 < c && mounts.v1[$0] == m }
+    }
+
+    /// The existing directory of controller c for this container, if any.
+    func existingDir(_ c: Controller, _ name: ContainerName) -> CgroupDir? {
+        candidates(c, name).first { $0.exists }
+    }
+
+    /// Where c's directory is or would be, most likely first.
+    func candidates(_ c: Controller, _ name: ContainerName) -> [CgroupDir] {
+        guard let mount = mounts.v1[c] else { return [] }
+        let plain = dir(mount, name.components)
+        guard c == .cpu || c == .cpuacct, !name.isRoot else { return [plain] }
+        if name.depth == 1 { return [plain, dir(mount, ["batch"] + name.components)] }
+        guard let parent = name.parent, let parentDir = existingDir(c, parent) else { return [plain] }
+        return [parentDir.child(name.basename)]
+    }
+
+    /// Where a new container's directory of controller c goes.
+    private func newDir(_ c: Controller, _ name: ContainerName, spec: ContainerSpec) throws(LmctfyError) -> CgroupDir? {
+        guard let mount = mounts.v1[c] else { return nil }
+        guard c == .cpu || c == .cpuacct else { return dir(mount, name.components) }
+        if name.depth == 1 {
+            let latency = spec.cpu?.schedulingLatency
+            let batch = latency == .normal || latency == .bestEffort
+            if batch && !dir(mount, ["batch"]).exists {
+                throw .failedPrecondition("The cpu /batch cgroup does not exist; run \"lmctfy init\" first")
+            }
+            return dir(mount, (batch ? ["batch"] : []) + name.components)
+        }
+        guard let parent = name.parent, let parentDir = existingDir(c, parent) else {
+            throw .notFound("Container \(name.parent!) does not isolate cpu, so \(name) cannot")
+        }
+        return parentDir.child(name.basename)
+    }
+
+    func isolated(_ name: ContainerName) -> Set<ResourceKind> {
+        Set(ResourceKind.allCases.filter { kind in
+            guard let owner = kind.v1Controllers.first, mounts.v1[owner] != nil else { return false }
+            return name.isRoot || existingDir(owner, name) != nil
+        })
+    }
+
+    func available(_ kind: ResourceKind) -> Bool {
+        kind.v1Controllers.first.map { mounts.v1[$0] != nil } ?? false
+    }
+
+    func resourceDirs(_ name: ContainerName) -> ResourceDirs {
+        var dirs: [Controller: CgroupDir] = [:]
+        for c in Controller.allCases {
+            if let d = existingDir(c, name) { dirs[c] = d }
+        }
+        return ResourceDirs(driver: self, container: name, byController: dirs, tasks: dirs[.freezer])
+    }
+
+    func nearestDir(_ c: Controller, _ name: ContainerName) -> CgroupDir? {
+        for candidate in name.selfAndAncestors {
+            if let d = candidate.isRoot ? root(c) : existingDir(c, candidate) { return d }
+        }
+        return nil
+    }
+
+    func isTasksHierarchy(id: Substring, controllers: Substring) -> Bool {
+        controllers.split(separator: ",").contains("freezer")
+    }
+
+    // MARK: Making and removing
+
+    func makeDirs(_ name: ContainerName, parent: ContainerName, kinds: [ResourceKind], spec: ContainerSpec,
+                  made: inout [CgroupDir]) throws(LmctfyError) -> ResourceDirs {
+        let tasks = tasksDir(name)
+        try tasks.make()
+        made.append(tasks)
+        for kind in kinds {
+            for c in kind.v1Controllers where !isCoMountedFollower(c) {
+                guard let d = try newDir(c, name, spec: spec) else { continue }
+                try d.make()
+                made.append(d)
+                if c == .cpuset { try inheritCpusetMems(d) }
+            }
+        }
+        // The directories just made are the container's: no need to look
+        // for them again (co-mounted followers share their owner's).
+        var byMount: [String: CgroupDir] = [:]
+        for d in made { byMount[d.mount] = d }
+        var dirs: [Controller: CgroupDir] = [:]
+        for (c, mount) in mounts.v1 {
+            if let d = byMount[mount] { dirs[c] = d }
+        }
+        return ResourceDirs(driver: self, container: name, byController: dirs, tasks: tasks)
+    }
+
+    /// A new cpuset starts with no cpus and mems; copy the parent's mems
+    /// (D8), so tasks can join it. Its cpus are written by the cpu handler
+    /// (the mask, or the parent's cpus), which runs next in the same create;
+    /// a cpuset.cpus write is one of the dearest cgroup writes.
+    private func inheritCpusetMems(_ d: CgroupDir) throws(LmctfyError) {
+        guard let parent = d.parent else { return }
+        let value = try parent.read("cpuset.mems").trimmingWhitespace
+        try d.write("cpuset.mems", value.isEmpty ? "\n" : value)
+    }
+
+    func removalGroups(_ name: ContainerName) -> [[CgroupDir]] {
+        var groups: [[CgroupDir]] = []
+        for c in Controller.allCases.reversed() where c != .freezer && !isCoMountedFollower(c) {
+            groups.append(candidates(c, name))
+        }
+        return groups + [[tasksDir(name)]]
+    }
+
+    func delegated(_ name: ContainerName) -> (dirs: [CgroupDir], files: [String]) {
+        let dirs = Controller.allCases.filter { !isCoMountedFollower($0) }.compactMap { existingDir($0, name) }
+        return (dirs, ["tasks", "cgroup.procs"])
+    }
+
+    /// /batch in the cpu (and a separate cpuacct) hierarchy, for the
+    /// NORMAL and BEST_EFFORT latency classes, with the smallest shares.
+    func prepareMachine() throws(LmctfyError) {
+        for c in [Controller.cpu, .cpuacct] where !isCoMountedFollower(c) {
+            guard let root = root(c) else { continue }
+            let batch = root.child("batch")
+            if !batch.exists {
+                do { try batch.make() } catch where error.code == .alreadyExists {}
+            }
+            if c == .cpu { try batch.write("cpu.shares", "2") }
+        }
+    }
+
+    // MARK: Tasks
+
+    var threadsFile: String { "tasks" }
+    var enterFile: String { "tasks" }
+
+    func joinDirs(_ name: ContainerName) -> [CgroupDir] {
+        let tasks = tasksDir(name)
+        var out = [tasks]
+        var seen: Set<String> = [tasks.path]
+        for c in Controller.allCases where c != .freezer && mounts.v1[c] != nil {
+            if let d = nearestDir(c, name), seen.insert(d.path).inserted { out.append(d) }
+        }
+        return out
+    }
+
+    // MARK: Freezer
+
+    func isFrozen(_ name: ContainerName) throws(LmctfyError) -> Bool {
+        try tasksDir(name).read("freezer.state").trimmingWhitespace == "FROZEN"
+    }
+
+    func requestFrozen(_ name: ContainerName, _ frozen: Bool) throws(LmctfyError) {
+        try tasksDir(name).write("freezer.state", frozen ? "FROZEN" : "THAWED")
+    }
+
+    func nudgeFreezer(_ name: ContainerName, _ frozen: Bool) throws(LmctfyError) {
+        if frozen { try tasksDir(name).write("freezer.state", "FROZEN") }
+    }
+
+    // MARK: Events
+
+    func eventSource(_ kind: Watch.Kind, dir: CgroupDir, container: Container) throws(LmctfyError) -> any EventSource {
+        switch kind {
+        case .oom: try EventfdSource(dir, target: "memory.oom_control", args: "")
+        case .memoryThreshold(let usage): try EventfdSource(dir, target: "memory.usage_in_bytes", args: " \(usage)")
+        case .containerEmpty: try PolledEmptySource(container)
+        }
+    }
+
+    // MARK: Resources
+
+    var cpu: any CpuFiles { CpuFilesV1() }
+    var memory: any MemoryFiles { MemoryFilesV1() }
+    var blockio: any BlockIoFiles { BlockIoFilesV1() }
+}
+
+// MARK: - v1 event sources
+
+/// OOM and memory threshold: an eventfd registered through
+/// cgroup.event_control against the memory file.
+final class EventfdSource: EventSource {
+    let fd: Int32
+    private let dir: CgroupDir
+    var pendingImmediately: Bool { false }
+
+    /// "<eventfd> <target fd> <args>" into cgroup.event_control.
+    init(_ dir: CgroupDir, target: String, args: String) throws(LmctfyError) {
+        self.dir = dir
+        let efd: Int32
+        do { efd = try EventFds.eventfd() } catch { throw error.lmctfy(.internal, "Failed to register listener for the event") }
+        do {
+            let tfd = try dir.open(target, O_RDONLY, failing: .internal, "Failed to register listener for the event")
+            defer { close(tfd) }
+            try dir.write("cgroup.event_control", "\(efd) \(tfd)\(args)")
+        } catch {
+            close(efd)
+            throw LmctfyError(error.code == .permissionDenied ? .permissionDenied : .internal,
+                              "Failed to register listener for the event: \(error.message)", errno: error.errno)
+        }
+        fd = efd
+    }
+
+    deinit { close(fd) }
+
+    func collect() throws(LmctfyError) -> Int {
+        let n: UInt64
+        do { n = try EventFds.readCounter(fd) } catch { throw error.lmctfy(.cancelled, "Reading the notification failed") }
+        // Removing the cgroup also signals the eventfd.
+        if !dir.exists { throw Watch.gone(dir) }
+        return Int(n)
+    }
+}
+
+/// v1 has no "populated" notification for a whole subtree: cgroup.procs
+/// of the container and its subcontainers, polled every 50 ms (D10).
+final class PolledEmptySource: EventSource {
+    let fd: Int32
+    private let container: Container
+    private var wasEmpty = false
+    var pendingImmediately: Bool { false }
+
+    init(_ container: Container) throws(LmctfyError) {
+        self.container = container
+        fd = try Watch.timerFd(50)
+    }
+
+    deinit { close(fd) }
+
+    func collect() throws(LmctfyError) -> Int {
+        _ = try? EventFds.readCounter(fd)
+        guard container.api.exists(container.name) else { throw Watch.gone(container.tasksDir) }
+        let empty = (try? container.processes(recursive: true).isEmpty) ?? false
+        defer { wasEmpty = empty }
+        return empty && !wasEmpty ? 1 : 0
+    }
+}

@@ -1,0 +1,223 @@
+// cgroup v2: one directory per container, <unified>/a/b, for everything. A
+// child can use only the controllers its parent enables in
+// cgroup.subtree_control; which resources a container isolates is recorded
+// by lmctfy in an xattr (one directory cannot say it).
+import Glibc
+import LmctfyProto
+import LmctfySystem
+
+struct CgroupV2Driver: CgroupDriver {
+    let mounts: CgroupMounts
+    let procRoot: String
+    var version: CgroupVersion { .v2 }
+
+    /// xattr recording which resources a container isolates.
+    static let isolatedXattr = "trusted.lmctfy.resources"
+
+    var unifiedRoot: CgroupDir { CgroupDir(mount: mounts.unified!, segments: [], access: mounts.access) }
+
+    // MARK: Names → directories
+
+    func tasksDir(_ name: ContainerName) -> CgroupDir {
+        CgroupDir(mount: mounts.unified!, segments: name.components, access: mounts.access)
+    }
+
+    func isolated(_ name: ContainerName) -> Set<ResourceKind> {
+        let all = Set(ResourceKind.allCases.filter { available($0) })
+        guard !name.isRoot, let record = try? tasksDir(name).xattr(Self.isolatedXattr) else { return all }
+        return Set(record.split(separator: ",").compactMap { s in ResourceKind.allCases.first { $0.description == s } })
+    }
+
+    func available(_ kind: ResourceKind) -> Bool {
+        if kind == .device { return false }
+        let have = (try? Self.controllers(unifiedRoot, "cgroup.controllers")) ?? []
+        return kind.v2Controllers.allSatisfy { have.contains($0) }
+    }
+
+    static func controllers(_ dir: CgroupDir, _ file: String) throws(LmctfyError) -> Set<String> {
+        Set(try dir.read(file).split(whereSeparator: { $0 == " " || $0 == "\n" }).map(String.init))
+    }
+
+    /// Every controller's files are in the container's one directory.
+    private func allIn(_ d: CgroupDir, _ name: ContainerName) -> ResourceDirs {
+        var dirs: [Controller: CgroupDir] = [:]
+        for c in Controller.allCases where c != .devices { dirs[c] = d }
+        return ResourceDirs(driver: self, container: name, byController: dirs, tasks: d)
+    }
+
+    func resourceDirs(_ name: ContainerName) -> ResourceDirs { allIn(tasksDir(name), name) }
+
+    func nearestDir(_ c: Controller, _ name: ContainerName) -> CgroupDir? {
+        guard let kind = ResourceKind.allCases.first(where: { $0.v1Controllers.contains(c) }) else { return tasksDir(name) }
+        for candidate in name.selfAndAncestors where candidate.isRoot || isolated(candidate).contains(kind) {
+            return tasksDir(candidate)
+        }
+        return unifiedRoot
+    }
+
+    func isTasksHierarchy(id: Substring, controllers: Substring) -> Bool {
+        id == "0" && controllers.isEmpty
+    }
+
+    // MARK: Making and removing
+
+    func makeDirs(_ name: ContainerName, parent: ContainerName, kinds: [ResourceKind], spec: ContainerSpec,
+                  made: inout [CgroupDir]) throws(LmctfyError) -> ResourceDirs {
+        try enableControllers(in: tasksDir(parent), for: kinds)
+        let d = tasksDir(name)
+        try d.make()
+        made.append(d)
+        try d.setXattr(Self.isolatedXattr, kinds.map(\.description).joined(separator: ","))
+        return allIn(d, name)
+    }
+
+    /// A child can only use controllers its parent enables for it.
+    func enableControllers(in parent: CgroupDir, for kinds: [ResourceKind]) throws(LmctfyError) {
+        let available = try Self.controllers(parent, "cgroup.controllers")
+        let enabled = try Self.controllers(parent, "cgroup.subtree_control")
+        for kind in kinds {
+            for c in kind.v2Controllers where !enabled.contains(c) {
+                guard available.contains(c) else {
+                    throw .unimplemented("The \(c) controller is not available in \(parent.path), so \(kind) cannot be isolated")
+                }
+                do {
+                    try parent.write("cgroup.subtree_control", "+\(c)")
+                } catch {
+                    let hint = error.errno == EBUSY ? " (cgroup v2 allows no processes in a container that has subcontainers)" : ""
+                    throw LmctfyError(error.code == .permissionDenied ? .permissionDenied : .failedPrecondition,
+                                      "Failed to enable the \(c) controller\(hint): \(error.message)", errno: error.errno)
+                }
+            }
+        }
+    }
+
+    func removalGroups(_ name: ContainerName) -> [[CgroupDir]] { [[tasksDir(name)]] }
+
+    func delegated(_ name: ContainerName) -> (dirs: [CgroupDir], files: [String]) {
+        ([tasksDir(name)], ["cgroup.procs", "cgroup.threads", "cgroup.subtree_control"])
+    }
+
+    /// Every available controller enabled at the root.
+    func prepareMachine() throws(LmctfyError) {
+        try enableControllers(in: unifiedRoot, for: ResourceKind.allCases.filter { available($0) })
+    }
+
+    // MARK: Tasks
+
+    var threadsFile: String { "cgroup.threads" }
+    var enterFile: String { "cgroup.procs" }
+
+    func joinDirs(_ name: ContainerName) -> [CgroupDir] { [tasksDir(name)] }
+
+    // MARK: Freezer
+
+    func isFrozen(_ name: ContainerName) throws(LmctfyError) -> Bool {
+        try tasksDir(name).readKeyValues("cgroup.events")["frozen"] == 1
+    }
+
+    func requestFrozen(_ name: ContainerName, _ frozen: Bool) throws(LmctfyError) {
+        try tasksDir(name).write("cgroup.freeze", frozen ? "1" : "0")
+    }
+
+    func nudgeFreezer(_ name: ContainerName, _ frozen: Bool) throws(LmctfyError) {}
+
+    // MARK: Events
+
+    func eventSource(_ kind: Watch.Kind, dir: CgroupDir, container: Container) throws(LmctfyError) -> any EventSource {
+        switch kind {
+        case .oom: try OomKillSource(dir)
+        case .memoryThreshold(let usage): try PolledThresholdSource(dir, usage)
+        case .containerEmpty: try PopulatedSource(dir)
+        }
+    }
+
+    // MARK: Resources
+
+    var cpu: any CpuFiles { CpuFilesV2() }
+    var memory: any MemoryFiles { MemoryFilesV2() }
+    var blockio: any BlockIoFiles { BlockIoFilesV2() }
+}
+
+// MARK: - v2 event sources
+
+/// OOM: inotify on memory.events; an event is oom_kill growing.
+final class OomKillSource: EventSource {
+    let fd: Int32
+    private let dir: CgroupDir
+    private var lastCount: Int64
+    var pendingImmediately: Bool { false }
+
+    init(_ dir: CgroupDir) throws(LmctfyError) {
+        self.dir = dir
+        fd = try dir.inotify("memory.events")
+        lastCount = (try? dir.readKeyValues("memory.events")["oom_kill"]) ?? 0
+    }
+
+    deinit { close(fd) }
+
+    func collect() throws(LmctfyError) -> Int {
+        let (_, isGone) = EventFds.drainInotify(fd)
+        if isGone || !dir.exists { throw Watch.gone(dir) }
+        let count = (try? dir.readKeyValues("memory.events")["oom_kill"]) ?? lastCount
+        defer { lastCount = count }
+        return Int(max(0, count - lastCount))
+    }
+}
+
+/// Container empty: inotify on cgroup.events; an event is populated
+/// becoming 0 (already empty when watched is the first event).
+final class PopulatedSource: EventSource {
+    let fd: Int32
+    private let dir: CgroupDir
+    private var wasEmpty: Bool
+    private(set) var pendingImmediately: Bool
+
+    init(_ dir: CgroupDir) throws(LmctfyError) {
+        self.dir = dir
+        fd = try dir.inotify("cgroup.events")
+        wasEmpty = (try? dir.readKeyValues("cgroup.events")["populated"]) == 0
+        pendingImmediately = wasEmpty
+    }
+
+    deinit { close(fd) }
+
+    func collect() throws(LmctfyError) -> Int {
+        if pendingImmediately {
+            pendingImmediately = false
+            return 1
+        }
+        let (_, isGone) = EventFds.drainInotify(fd)
+        if isGone || !dir.exists { throw Watch.gone(dir) }
+        let empty = (try? dir.readKeyValues("cgroup.events")["populated"]) == 0
+        defer { wasEmpty = empty }
+        return empty && !wasEmpty ? 1 : 0
+    }
+}
+
+/// v2 has no threshold notification: memory.current polled every 50 ms;
+/// an event is crossing the threshold either way.
+final class PolledThresholdSource: EventSource {
+    let fd: Int32
+    private let dir: CgroupDir
+    private let threshold: Int64
+    private var wasAbove: Bool
+    var pendingImmediately: Bool { false }
+
+    init(_ dir: CgroupDir, _ threshold: Int64) throws(LmctfyError) {
+        self.dir = dir
+        self.threshold = threshold
+        fd = try Watch.timerFd(50)
+        wasAbove = ((try? dir.readInt("memory.current")) ?? nil ?? 0) >= threshold
+    }
+
+    deinit { close(fd) }
+
+    func collect() throws(LmctfyError) -> Int {
+        _ = try? EventFds.readCounter(fd)
+        guard dir.exists else { throw Watch.gone(dir) }
+        let usage = (try? dir.readInt("memory.current")) ?? nil ?? 0
+        let above = usage >= threshold
+        defer { wasAbove = above }
+        return above != wasAbove ? 1 : 0
+    }
+}

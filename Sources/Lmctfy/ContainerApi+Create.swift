@@ -1,0 +1,92 @@
+// Creating containers: all or nothing (D4), and the spec sections lmctfy
+// refuses rather than drops (D11).
+import Glibc
+import LmctfyProto
+import LmctfySystem
+
+extension ContainerApi {
+    /// Creates a container isolating the resources its spec names. All or
+    /// nothing (D4): on any failure every directory made is removed again.
+    @discardableResult
+    public func create(_ name: String, spec: ContainerSpec) throws(LmctfyError) -> Container {
+        try create(try resolve(name), spec: spec)
+    }
+
+    @discardableResult
+    public func create(_ name: ContainerName, spec: ContainerSpec) throws(LmctfyError) -> Container {
+        if name.isRoot || exists(name) { throw .alreadyExists("Can't create existing container \"\(name)\"") }
+        guard let parent = name.parent, exists(parent) else {
+            throw .notFound("Can't create \"\(name)\": its parent \"\(name.parent!)\" does not exist")
+        }
+        try checkSupported(spec, isUpdate: false)
+        let kinds = ResourceKind.allCases.filter { $0.isPresent(in: spec) }
+        // A nested container can only isolate what its parent isolates (v1
+        // nests directories; v2 enables controllers parent by parent).
+        let parentIsolates = driver.isolated(parent)
+        for kind in kinds where !parentIsolates.contains(kind) {
+            let message = "Container \"\(parent)\" does not isolate \(kind), so \"\(name)\" cannot"
+            throw kind == .cpu ? .notFound(message) : .failedPrecondition(message)
+        }
+
+        var made: [CgroupDir] = []
+        do throws(LmctfyError) {
+            var dirs = try driver.makeDirs(name, parent: parent, kinds: kinds, spec: spec, made: &made)
+            dirs.isNew = true
+            for kind in kinds {
+                let h = try handler(kind)
+                try h.validate(spec, dirs: dirs)
+                try h.prepare(dirs: dirs)
+                try h.apply(spec, policy: .replace, dirs: dirs)
+            }
+            if spec.owner != nil || spec.ownerGroup != nil {
+                try chownContainer(name, spec: spec)
+            }
+        } catch {
+            // Undo in reverse. A directory that cannot be removed now (a
+            // fault, a racing process) is left to `destroy`, which the
+            // error says nothing against: the name stays destroyable.
+            for dir in made.reversed() { _ = try? dir.remove() }
+            throw error
+        }
+        return Container(name: name, api: self)
+    }
+
+    /// owner / owner_group: hand the container's directories and task files
+    /// to a user and group (delegation). An unset id stays as it is.
+    func chownContainer(_ name: ContainerName, spec: ContainerSpec) throws(LmctfyError) {
+        let uid = spec.owner.map { uid_t(truncatingIfNeeded: $0) } ?? uid_t.max
+        let gid = spec.ownerGroup.map { gid_t(truncatingIfNeeded: $0) } ?? gid_t.max
+        let (dirs, files) = driver.delegated(name)
+        do throws(LmctfyError) {
+            for d in dirs {
+                try d.chown(uid: uid, gid: gid)
+                for f in files where d.has(f) { try d.chown(f, uid: uid, gid: gid) }
+            }
+        } catch {
+            throw LmctfyError(error.code, "Failed to chown container \"\(name)\": \(error.message)", errno: error.errno)
+        }
+    }
+
+    /// Sections lmctfy cannot enforce are refused, never dropped (D11).
+    func checkSupported(_ spec: ContainerSpec, isUpdate: Bool) throws(LmctfyError) {
+        if spec.childrenLimit != nil {
+            throw .unimplemented("children_limit is not supported by this kernel (it needs cgroup.children_limit)")
+        }
+        if spec.network != nil { throw .unimplemented("network isolation is not implemented yet") }
+        if spec.filesystem != nil { throw .unimplemented("filesystem (fd_limit, rootfs, mounts) is not implemented yet") }
+        if spec.virtualHost != nil {
+            throw .unimplemented(isUpdate ? "Updating virtual_host is not supported" : "virtual_host is not implemented yet")
+        }
+        if spec.securitySpec != nil { throw .unimplemented("security_spec (AppArmor) is not implemented") }
+        for kind in ResourceKind.allCases where kind.isPresent(in: spec) {
+            if !driver.available(kind) {
+                throw .unimplemented("\(kind) cannot be isolated on this machine (its cgroup controller is not available)")
+            }
+        }
+    }
+
+    func handler(_ kind: ResourceKind) throws(LmctfyError) -> any ResourceHandler {
+        guard let h = handlers[kind] else { throw .unimplemented("\(kind) is not implemented") }
+        return h
+    }
+}

@@ -1,0 +1,78 @@
+// Preparing a machine (`lmctfy init`): mounting the hierarchies an InitSpec
+// names, refusing conflicts, then what the cgroup version needs.
+import Glibc
+import LmctfyProto
+import LmctfySystem
+
+extension ContainerApi {
+    /// Mounts the hierarchies an InitSpec asks for (refusing conflicts), then
+    /// prepares the machine: /batch for latency classes (v1), controllers
+    /// enabled at the root (v2). Idempotent.
+    /// `access` is the real kernel's unless a test works on a fake tree.
+    public static func initMachine(_ spec: InitSpec, procRoot: String = "/proc",
+                                   access: CgroupAccess = .kernel) throws(LmctfyError) -> ContainerApi {
+        var mounts = try CgroupMounts.detect(procRoot: procRoot, access: access)
+        for m in spec.cgroupMount {
+            guard let path = m.mountPath, !path.isEmpty else { throw .invalidArgument("cgroup_mount needs a mount_path") }
+            var wanted: [Controller] = []
+            for h in m.hierarchy {
+                guard let c = Controller(hierarchy: h) else {
+                    throw .invalidArgument("Unknown or unsupported cgroup hierarchy \(h.protoName)")
+                }
+                wanted.append(c)
+            }
+            guard !wanted.isEmpty else { throw .invalidArgument("cgroup_mount at \(path) names no hierarchy") }
+            let here = Set(mounts.v1.filter { $0.value == path }.keys)
+            if !here.isEmpty {
+                guard here == Set(wanted) else {
+                    throw .invalidArgument("Non-specified hierarchies are already mounted at \(path)")
+                }
+                continue
+            }
+            for c in wanted where mounts.v1[c] != nil {
+                throw .invalidArgument("Hierarchy \(c.rawValue) is already mounted at \(mounts.v1[c]!), not \(path)")
+            }
+            do {
+                if !Sys.isDirectory(path) { try makeDirs(path) }
+                try Sys.mount(source: "cgroup", target: path, type: "cgroup",
+                              data: wanted.map(\.rawValue).joined(separator: ","))
+            } catch {
+                throw error.lmctfy(.failedPrecondition, "Failed to mount cgroup hierarchies")
+            }
+            for c in wanted { mounts.v1[c] = path }
+        }
+        let api = try ContainerApi(mounts: mounts, procRoot: procRoot)
+        try api.prepareMachine()
+        return api
+    }
+
+    private static func makeDirs(_ path: String) throws(SystemError) {
+        var current = ""
+        for part in path.split(separator: "/") {
+            current += "/" + part
+            if !Sys.isDirectory(current) { try Sys.mkdir(current) }
+        }
+    }
+
+    /// /batch for latency classes (v1), controllers enabled at the root (v2).
+    func prepareMachine() throws(LmctfyError) {
+        try driver.prepareMachine()
+    }
+}
+
+extension Controller {
+    init?(hierarchy: CgroupHierarchy) {
+        switch hierarchy {
+        case .cgroupCpu: self = .cpu
+        case .cgroupCpuacct: self = .cpuacct
+        case .cgroupCpuset: self = .cpuset
+        case .cgroupFreezer: self = .freezer
+        case .cgroupMemory: self = .memory
+        case .cgroupDevice: self = .devices
+        case .cgroupBlockio: self = .blkio
+        case .cgroupPerfEvent: self = .perfEvent
+        case .cgroupPids: self = .pids
+        default: return nil
+        }
+    }
+}

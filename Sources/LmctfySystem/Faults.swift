@@ -1,0 +1,81 @@
+// The fault-injection seam: a plan that makes chosen syscalls fail with a
+// chosen errno, so tests can walk every failure path of create, update,
+// destroy, run and pause on a fake cgroup tree without root. The plan is
+// handed to the wrappers (never a global), so tests running in parallel do
+// not see each other's faults. The injected failure enters the wrapper's own
+// retry loop exactly where the kernel's errno would, so an injected EINTR is
+// retried by the same code that retries a real one.
+import Glibc
+import Synchronization
+
+/// The syscalls a FaultPlan can fail.
+public enum SysCall: String, Sendable, CaseIterable {
+    case open, read, write, mkdir, rmdir, opendir, stat, statfs, getxattr, setxattr, chown, kill, spawn
+}
+
+/// Fails calls by their position: the Nth call the plan sees (counting from
+/// 1, only calls in `calls`) fails with `errno`, and so do the `times - 1`
+/// calls after it. Thread-safe.
+public final class FaultPlan: Sendable {
+    /// One call the plan saw.
+    public struct Seen: Sendable, Equatable, CustomStringConvertible {
+        public let call: SysCall
+        public let path: String
+        public let failed: Bool
+        public var description: String { "\(call)(\(path))\(failed ? " FAILED" : "")" }
+    }
+
+    private struct State {
+        var count = 0
+        var seen: [Seen] = []
+    }
+
+    public let failAt: Int
+    public let errno: Int32
+    public let times: Int
+    public let calls: Set<SysCall>
+    private let state = Mutex(State())
+
+    /// failAt 0 never fails: a counting plan, to learn how many calls an
+    /// operation makes.
+    public init(failAt: Int = 0, errno: Int32 = EIO, times: Int = 1, calls: Set<SysCall> = Set(SysCall.allCases)) {
+        self.failAt = failAt
+        self.errno = errno
+        self.times = times
+        self.calls = calls
+    }
+
+    /// How many calls (of the chosen kinds) the plan has seen.
+    public var count: Int { state.withLock { $0.count } }
+
+    /// Every call seen, in order.
+    public var seen: [Seen] { state.withLock { $0.seen } }
+
+    /// Whether the plan has failed a call yet.
+    public var fired: Bool { state.withLock { s in s.seen.contains { $0.failed } } }
+
+    /// The errno to fail this call with, or nil to let it through.
+    public func check(_ call: SysCall, _ path: String) -> Int32? {
+        guard calls.contains(call) else { return nil }
+        return state.withLock { s in
+            s.count += 1
+            let fail = failAt > 0 && s.count >= failAt && s.count < failAt + times
+            s.seen.append(Seen(call: call, path: path, failed: fail))
+            return fail ? errno : nil
+        }
+    }
+}
+
+extension Sys {
+    /// Runs `body` unless the plan fails this call; a failure returns -1
+    /// with errno set, as the kernel would, into the caller's retry loop.
+    @inline(__always)
+    static func injected<T: FixedWidthInteger>(_ faults: FaultPlan?, _ call: SysCall, _ path: String,
+                                               _ body: () -> T) -> T {
+        if let faults, let e = faults.check(call, path) {
+            Glibc.errno = e
+            return -1
+        }
+        return body()
+    }
+}
