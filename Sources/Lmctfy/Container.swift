@@ -19,7 +19,8 @@ public struct Container: Sendable {
     /// Applies a spec. DIFF writes the fields given; REPLACE must name every
     /// isolated resource and resets what it leaves out (D3). Only resources
     /// the container isolates may be named. Everything is validated before
-    /// the first write.
+    /// the first write, and a write the kernel refuses part way puts the
+    /// previous values back: a failed update leaves the previous spec.
     public func update(_ spec: ContainerSpec, policy: UpdatePolicy) throws(LmctfyError) {
         guard api.exists(name) else { throw .notFound("Container \"\(name)\" does not exist") }
         if spec.owner != nil || spec.ownerGroup != nil {
@@ -38,7 +39,20 @@ public struct Container: Sendable {
         let dirs = driver.resourceDirs(name)
         let order = named.sorted()
         for kind in order { try api.handler(kind).validate(spec, dirs: dirs) }
-        for kind in order { try api.handler(kind).apply(spec, policy: policy, dirs: dirs) }
+        // What the kernel has now, to put back if a write is refused part
+        // way (validation cannot foresee every refusal: EBUSY, ENOSPC, ...).
+        var before = ContainerSpec()
+        for kind in order { try api.handler(kind).readSpec(into: &before, dirs: dirs) }
+        do throws(LmctfyError) {
+            for kind in order { try api.handler(kind).apply(spec, policy: policy, dirs: dirs) }
+        } catch {
+            var restored = true
+            for kind in order {
+                do { try api.handler(kind).apply(before, policy: .diff, dirs: dirs) } catch { restored = false }
+            }
+            throw LmctfyError(error.code, error.message + (restored ? "" : " (and restoring the previous spec failed too)"),
+                              errno: error.errno)
+        }
     }
 
     /// The spec as the kernel has it now, for the resources isolated here.

@@ -13,6 +13,17 @@ public enum SysCall: String, Sendable, CaseIterable {
     case open, read, write, mkdir, rmdir, opendir, stat, statfs, getxattr, setxattr, chown, kill, spawn
 }
 
+/// What a fake filesystem does where the real one would act by itself:
+/// cgroupfs fills a new directory with its control files and drops them
+/// with the directory. Tests give a FaultPlan one to make a temp-dir tree
+/// behave like cgroupfs.
+public protocol FakeFilesystem: Sendable {
+    /// A directory was made at `path`.
+    func made(directory path: String)
+    /// The directory at `path` is about to be removed.
+    func removing(directory path: String)
+}
+
 /// Fails calls by their position: the Nth call the plan sees (counting from
 /// 1, only calls in `calls`) fails with `errno`, and so do the `times - 1`
 /// calls after it. Thread-safe.
@@ -34,15 +45,19 @@ public final class FaultPlan: Sendable {
     public let errno: Int32
     public let times: Int
     public let calls: Set<SysCall>
+    /// The fake filesystem the calls act on, if any.
+    public let filesystem: (any FakeFilesystem)?
     private let state = Mutex(State())
 
     /// failAt 0 never fails: a counting plan, to learn how many calls an
     /// operation makes.
-    public init(failAt: Int = 0, errno: Int32 = EIO, times: Int = 1, calls: Set<SysCall> = Set(SysCall.allCases)) {
+    public init(failAt: Int = 0, errno: Int32 = EIO, times: Int = 1, calls: Set<SysCall> = Set(SysCall.allCases),
+                filesystem: (any FakeFilesystem)? = nil) {
         self.failAt = failAt
         self.errno = errno
         self.times = times
         self.calls = calls
+        self.filesystem = filesystem
     }
 
     /// How many calls (of the chosen kinds) the plan has seen.

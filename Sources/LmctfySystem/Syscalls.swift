@@ -128,10 +128,16 @@ public enum Sys {
     public static func mkdir(_ path: String, mode: mode_t = 0o755, faults: FaultPlan? = nil) throws(SystemError) {
         let (r, e) = retry { injected(faults, .mkdir, path) { Glibc.mkdir(path, mode) } }
         if r < 0 { throw SystemError("mkdir", path, e) }
+        faults?.filesystem?.made(directory: path)
     }
 
     public static func rmdir(_ path: String, faults: FaultPlan? = nil) throws(SystemError) {
-        let (r, e) = retry { injected(faults, .rmdir, path) { Glibc.rmdir(path) } }
+        let (r, e) = retry {
+            injected(faults, .rmdir, path) {
+                faults?.filesystem?.removing(directory: path)
+                return Glibc.rmdir(path)
+            }
+        }
         if r < 0 { throw SystemError("rmdir", path, e) }
     }
 

@@ -118,7 +118,10 @@ public struct CgroupDir: Sendable, Equatable, CustomStringConvertible {
               _ context: @autoclosure () -> String = "Failed to open cgroup file") throws(LmctfyError) -> Int32 {
         let path = file(name)
         let fd: Int32
-        do { fd = try Sys.open(path, flags, faults: faults) } catch {
+        // A fake tree's regular file takes a written value whole, as a
+        // cgroup file does (a shorter value must not leave a tail behind).
+        let truncate = !access.verifiesFilesystem && flags & O_ACCMODE != O_RDONLY ? O_TRUNC : 0
+        do { fd = try Sys.open(path, flags | truncate, faults: faults) } catch {
             throw error.cgroup(error.errno == ENOENT ? .notFound : code, context())
         }
         if access.verifiesFilesystem {
