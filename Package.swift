@@ -41,6 +41,9 @@ let package = Package(
         // What Swift must not do itself (see the header): between fork and
         // exec, macro and glibc wrappers.
         .target(name: "CLmctfyShims"),
+        // Casts between libuv handle types, for LmctfyLoop only: kept out of
+        // CLmctfyShims so that importing CL1 does not expose libuv.
+        .target(name: "CLmctfyUV", dependencies: ["CLibUV"]),
 
         // Swift value types for every message, binary/text/JSON codecs.
         .target(
@@ -59,7 +62,7 @@ let package = Package(
         // handle, work offloaded to a pool, TCP/Unix streams, timers, signals.
         .target(
             name: "LmctfyLoop",
-            dependencies: ["CLibUV", "CLmctfyShims", "LmctfySystem"]),
+            dependencies: ["CLibUV", "CLmctfyUV", "LmctfySystem"]),
 
         // CL1: containers, names, cgroup v1/v2 layouts, resource handlers.
         .target(
@@ -125,6 +128,9 @@ let package = Package(
         .testTarget(
             name: "LmctfyLoopTests",
             dependencies: ["LmctfyLoop", "LmctfySystem", "CLibUV", "CLmctfyShims", "LmctfyTestSupport"]),
+        .testTarget(
+            name: "LmctfySystemTests",
+            dependencies: ["LmctfySystem", "LmctfyTestSupport"]),
         .testTarget(
             name: "LmctfyProtoTests",
             dependencies: ["LmctfyProto", "LmctfyWire", "CProtobufC", "CLmctfyShims", "LmctfyTestSupport"],

@@ -10,8 +10,6 @@ import LmctfyProto
 import LmctfyRPC
 import LmctfySystem
 
-public let agentVersion = "0.6.0-swift"
-
 /// Methods whose calls last (waiting for events or a process): they get a
 /// thread of their own instead of one of libuv's four pool threads.
 let streamingMethods: Set<String> = ["Run", "Notify"]
@@ -53,7 +51,7 @@ public final class Agent: @unchecked Sendable {
     private var signals: [SignalWatcher] = []
     private var stopping = false
     private let workers = Mutexed(0)
-    private let finished = Semaphore()
+    private let finished = Latch()
 
     /// How much answer the outbox holds before it is written out mid-batch.
     static let flushBytes = 1024
@@ -67,7 +65,7 @@ public final class Agent: @unchecked Sendable {
     public init(settings: AgentSettings, api: ContainerApi) {
         self.settings = settings
         self.loop = EventLoop(name: "lmctfy-agent")
-        self.dispatcher = Dispatcher(api: api, events: EventLog(), agentVersion: agentVersion)
+        self.dispatcher = Dispatcher(api: api, events: EventLog(), agentVersion: LmctfyVersion.string)
         self.log = AgentLog(level: settings.logLevel)
     }
 
@@ -94,7 +92,7 @@ public final class Agent: @unchecked Sendable {
             _ = loop.shutdown()
             throw error
         }
-        log.info("lmctfy-agent \(agentVersion) listening on unix:\(settings.unixSocketPath)\(tcpPort.map { " and tcp port \($0)" } ?? "") (boot id \(dispatcher.events.bootId))")
+        log.info("lmctfy-agent \(LmctfyVersion.string) listening on unix:\(settings.unixSocketPath)\(tcpPort.map { " and tcp port \($0)" } ?? "") (boot id \(dispatcher.events.bootId))")
     }
 
     private func startListeners(handleSignals: Bool) throws(LmctfyError) -> UInt16? {
@@ -341,32 +339,6 @@ public final class Agent: @unchecked Sendable {
     public func stop(graceMs: Int = 5000) -> Int32 {
         beginStop(graceMs: graceMs)
         return waitUntilStopped()
-    }
-}
-
-/// A counting semaphore for "the agent has stopped".
-final class Semaphore: @unchecked Sendable {
-    private var mutex = pthread_mutex_t()
-    private var cond = pthread_cond_t()
-    private var count = 0
-
-    init() {
-        pthread_mutex_init(&mutex, nil)
-        pthread_cond_init(&cond, nil)
-    }
-
-    func signal() {
-        pthread_mutex_lock(&mutex)
-        count += 1
-        pthread_cond_signal(&cond)
-        pthread_mutex_unlock(&mutex)
-    }
-
-    func wait() {
-        pthread_mutex_lock(&mutex)
-        while count == 0 { pthread_cond_wait(&cond, &mutex) }
-        count -= 1
-        pthread_mutex_unlock(&mutex)
     }
 }
 

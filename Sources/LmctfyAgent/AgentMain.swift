@@ -48,7 +48,7 @@ public enum AgentMain {
             exit(0)
         }
         // libuv does not ignore SIGPIPE: a peer that leaves must not kill us.
-        signal(SIGPIPE, SIG_IGN)
+        Sys.ignoreSIGPIPE()
         do {
             let api = try ContainerApi.detect()
             let agent = Agent(settings: settings, api: api)

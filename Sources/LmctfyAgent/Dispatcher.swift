@@ -173,12 +173,9 @@ public final class Dispatcher: Sendable {
         let pid = try container.run(r.argv, options: options)
         try context.emit(RunResponse(kind: .runStarted, pid: pid))
         guard !detached else { return }
-        var status: Int32 = 0
-        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
-        let signaled = status & 0x7F != 0
-        try context.emit(RunResponse(kind: .runExited, pid: pid,
-                                     exitCode: signaled ? nil : (status >> 8) & 0xFF,
-                                     termSignal: signaled ? status & 0x7F : nil))
+        let status: ExitStatus
+        do { status = try Sys.waitForExit(pid) } catch { throw error.lmctfy(.internal, "Failed to wait for pid \(pid)") }
+        try context.emit(RunResponse(kind: .runExited, pid: pid, exitCode: status.exitCode, termSignal: status.signal))
     }
 
     /// Replays what the subscriber missed (or says it cannot: EventGap),

@@ -24,11 +24,10 @@ public final class EventLog: Sendable {
     /// Appends an event with the next sequence number and returns it.
     @discardableResult
     public func record(container: String, kind: ContainerEventKind, threshold: Int64? = nil, frozen: Bool? = nil) -> ContainerEvent {
-        var ts = timespec()
-        clock_gettime(CLOCK_REALTIME, &ts)
+        let now = WallClock.nanosecondsSinceEpoch()
         return state.locked { s in
             let e = ContainerEvent(
-                bootId: bootId, sequence: s.next, timestampNs: UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec),
+                bootId: bootId, sequence: s.next, timestampNs: now,
                 container: container, kind: kind, memoryThreshold: threshold, frozen: frozen)
             s.next += 1
             s.log.append(e)

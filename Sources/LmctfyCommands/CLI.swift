@@ -96,7 +96,7 @@ public enum LmctfyCLI {
             return 0
         }
         if flags.version {
-            stdout.write("lmctfy version \(lmctfyVersion)\n")
+            stdout.write("lmctfy version \(LmctfyVersion.string)\n")
             return 0
         }
         guard let leaf else {

@@ -57,10 +57,12 @@ public struct CLIEnvironment: Sendable {
     @Sendable
     public static func spawnAndWait(_ container: Container, _ argv: [String]) throws(LmctfyError) -> Int32 {
         let pid = try container.run(argv, options: RunOptions(fdPolicy: .inherit))
-        var status: Int32 = 0
-        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
-        // Exit status as a shell reports it: the code, or 128 + the signal.
-        return status & 0x7F == 0 ? (status >> 8) & 0xFF : 128 + (status & 0x7F)
+        do {
+            // Exit status as a shell reports it: the code, or 128 + the signal.
+            return try Sys.waitForExit(pid).shellStatus
+        } catch {
+            throw error.lmctfy(.internal, "Failed to wait for \(argv[0])")
+        }
     }
 
     /// This machine: /proc, the mounted hierarchies, the real parent.

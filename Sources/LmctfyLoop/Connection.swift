@@ -2,7 +2,7 @@
 // the loop thread; writes are queued by libuv and complete later, and the
 // queue is visible so a producer can stop when the peer does not read.
 import CLibUV
-import CLmctfyShims
+import CLmctfyUV
 import Glibc
 import LmctfySystem
 
@@ -291,12 +291,14 @@ public final class Connection: LoopHandle, @unchecked Sendable {
     }
 }
 
-/// sun_path holds 108 bytes including the terminating NUL, and libuv 1.44
-/// silently truncates a longer path (binding or dialling a different one).
+/// libuv 1.44 silently truncates a socket path longer than sun_path holds
+/// (binding or dialling a different one): refuse it first, with the one
+/// check every Unix address goes through.
 func checkSocketPath(_ path: String, call: String) throws(LoopError) {
-    let limit = MemoryLayout.size(ofValue: sockaddr_un().sun_path)
-    if path.isEmpty || path.utf8.count >= limit {
-        throw LoopError(call, "\(path): socket paths are 1 to \(limit - 1) bytes", UV_ENAMETOOLONG.rawValue)
+    do {
+        _ = try UnixSocketAddress(path, for: call)
+    } catch {
+        throw LoopError(call, error.path, error)
     }
 }
 

@@ -3,7 +3,7 @@
 // uv_async_t. libuv handles are not thread-safe, so every handle is created,
 // used and closed on that thread and nothing but the work queue needs a lock.
 import CLibUV
-import CLmctfyShims
+import CLmctfyUV
 import Glibc
 import LmctfySystem
 import Synchronization
@@ -16,13 +16,6 @@ private let currentLoopKey: pthread_key_t = {
     let rc = pthread_key_create(&key, nil)
     precondition(rc == 0, "pthread_key_create: \(rc)")
     return key
-}()
-
-/// libuv's SIGPIPE default would kill the process on a write to a peer that
-/// went away; once per process is enough, and it must happen before the
-/// first stream exists.
-private let ignoreSIGPIPEOnce: Void = {
-    do { try Sys.ignoreSIGPIPE() } catch { fatalError("\(error)") }
 }()
 
 /// A libuv event loop on its own thread.
@@ -114,7 +107,9 @@ public final class EventLoop: @unchecked Sendable {
     /// before this runs first, in order. Call once.
     public func start() throws(LoopError) {
         precondition(!started.exchange(true, ordering: .relaxed), "\(name): start() called twice")
-        _ = ignoreSIGPIPEOnce
+        // libuv leaves SIGPIPE's default, which would kill the process on a
+        // write to a peer that went away; before the first stream exists.
+        Sys.ignoreSIGPIPE()
         // Initialized before the thread exists: pthread_create publishes
         // these writes to it, and no other thread calls uv_async_send until
         // `phase` becomes .running under the lock below.
@@ -444,33 +439,17 @@ private final class OffloadJob<T: Sendable>: AnyOffloadJob, @unchecked Sendable 
 }
 
 /// A one-value hand-off from one thread to another that blocks the taker.
-final class Mailbox<T: Sendable>: @unchecked Sendable {
-    // @unchecked Sendable: `value` is only touched with `mutex` held.
-    private var mutex = pthread_mutex_t()
-    private var cond = pthread_cond_t()
-    private var value: T?
-
-    init() {
-        pthread_mutex_init(&mutex, nil)
-        pthread_cond_init(&cond, nil)
-    }
-
-    deinit {
-        pthread_cond_destroy(&cond)
-        pthread_mutex_destroy(&mutex)
-    }
+final class Mailbox<T: Sendable>: Sendable {
+    private let value = Mutex<T?>(nil)
+    private let arrived = Latch()
 
     func put(_ v: T) {
-        pthread_mutex_lock(&mutex)
-        value = v
-        pthread_cond_signal(&cond)
-        pthread_mutex_unlock(&mutex)
+        value.withLock { $0 = v }
+        arrived.signal()
     }
 
     func take() -> T {
-        pthread_mutex_lock(&mutex)
-        defer { pthread_mutex_unlock(&mutex) }
-        while value == nil { pthread_cond_wait(&cond, &mutex) }
-        return value!
+        arrived.wait()
+        return value.withLock { $0! }
     }
 }

@@ -2,7 +2,7 @@
 // loop thread, already established (TCP: no-delay, addresses; Unix: peer
 // credentials) and not yet reading.
 import CLibUV
-import CLmctfyShims
+import CLmctfyUV
 import Glibc
 import LmctfySystem
 

@@ -6,7 +6,7 @@
 // once. Dropping every Swift reference to an open handle therefore never
 // frees it; close() (or loop shutdown) does.
 import CLibUV
-import CLmctfyShims
+import CLmctfyUV
 
 /// The object whose retain a handle's `data` holds, for C callbacks. The
 /// field is read by libuv's accessor, in C: the memory is bound to the

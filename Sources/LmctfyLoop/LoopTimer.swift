@@ -1,7 +1,7 @@
 // Timers on the loop thread. libuv counts in whole milliseconds from the
 // loop's cached "now", so a timer fires no earlier than asked, rounded up.
 import CLibUV
-import CLmctfyShims
+import CLmctfyUV
 
 /// A one-shot or repeating timer. The handle keeps itself alive until it is
 /// cancelled (a one-shot timer also closes itself after firing) or the loop

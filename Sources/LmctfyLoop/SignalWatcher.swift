@@ -2,7 +2,7 @@
 // pipe, so the callback runs as ordinary code on the loop thread, never in
 // signal context.
 import CLibUV
-import CLmctfyShims
+import CLmctfyUV
 
 /// Calls a handler on the loop thread each time the process receives a
 /// signal (SIGTERM, SIGINT, SIGHUP for the agent). While any watcher for a

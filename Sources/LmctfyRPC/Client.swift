@@ -33,9 +33,9 @@ public final class RpcClient {
         self.fd = fd
         // A blocking client makes no background progress between calls, so
         // keepalive and idle timers only run while it waits for a call.
-        self.session = Session(dialler: authentication, name: name, limits: limits, nonces: nonces, now: RpcSocket.monotonicMilliseconds())
+        self.session = Session(dialler: authentication, name: name, limits: limits, nonces: nonces, now: MonotonicClock.milliseconds())
         self.peer = PeerInfo(name: "", version: 0, keyId: nil, credentials: nil, maxFrameBytes: 0, maxStreams: 0, capabilities: [])
-        perform(session.start(now: RpcSocket.monotonicMilliseconds()))
+        perform(session.start(now: MonotonicClock.milliseconds()))
         while !session.isEstablished {
             if session.isClosed {
                 let reason = session.closeReason
@@ -66,7 +66,7 @@ public final class RpcClient {
 
     /// Sends GOAWAY_NORMAL (if the connection is still up) and closes the socket.
     public func close() {
-        perform(session.goAway(.goawayNormal, message: "client closing", now: RpcSocket.monotonicMilliseconds()))
+        perform(session.goAway(.goawayNormal, message: "client closing", now: MonotonicClock.milliseconds()))
         if !fdClosed {
             fdClosed = true
             Glibc.close(fd)
@@ -100,7 +100,7 @@ public final class RpcClient {
         _ method: String, _ request: [UInt8], deadlineMs: UInt32? = nil,
         onResponse: ([UInt8]) throws(LmctfyError) -> Bool
     ) throws(LmctfyError) {
-        let (id, actions) = session.openStream(method: method, payload: request, deadlineMs: deadlineMs, now: RpcSocket.monotonicMilliseconds())
+        let (id, actions) = session.openStream(method: method, payload: request, deadlineMs: deadlineMs, now: MonotonicClock.milliseconds())
         perform(actions)
         while true {
             while let event = inbox[id]?.first {
@@ -109,7 +109,7 @@ public final class RpcClient {
                 case .response(let payload):
                     if try !onResponse(payload) {
                         inbox[id] = nil
-                        perform(session.cancel(streamId: id, now: RpcSocket.monotonicMilliseconds()))
+                        perform(session.cancel(streamId: id, now: MonotonicClock.milliseconds()))
                         return
                     }
                 case .status(let status):
@@ -143,7 +143,7 @@ public final class RpcClient {
     /// Waits for input or the session's next timer, then feeds it.
     private func pumpOnce() {
         guard !session.isClosed else { return }
-        let now = RpcSocket.monotonicMilliseconds()
+        let now = MonotonicClock.milliseconds()
         var timeout: Int32 = -1
         if let wake = session.nextWakeup {
             timeout = wake <= now ? 0 : Int32(clamping: wake - now)
@@ -151,13 +151,13 @@ public final class RpcClient {
         do {
             if try RpcSocket.waitReadable(fd, timeoutMs: timeout) {
                 let n = try RpcSocket.receive(fd, into: &readBuffer)
-                let at = RpcSocket.monotonicMilliseconds()
+                let at = MonotonicClock.milliseconds()
                 perform(n == 0 ? session.receiveEOF(now: at) : session.receive(readBuffer[0..<n], now: at))
             }
         } catch {
-            perform(session.receiveEOF(now: RpcSocket.monotonicMilliseconds()))
+            perform(session.receiveEOF(now: MonotonicClock.milliseconds()))
         }
-        perform(session.tick(now: RpcSocket.monotonicMilliseconds()))
+        perform(session.tick(now: MonotonicClock.milliseconds()))
     }
 
     private func perform(_ actions: [SessionAction]) {
@@ -169,12 +169,12 @@ public final class RpcClient {
                     try RpcSocket.sendAll(fd, bytes)
                 } catch {
                     // The peer is gone: end every call now rather than at the next read.
-                    perform(session.receiveEOF(now: RpcSocket.monotonicMilliseconds()))
+                    perform(session.receiveEOF(now: MonotonicClock.milliseconds()))
                 }
             case .deliverRequest(let id, let method, _, _):
                 // The acceptor may call us (both sides may open streams), but
                 // this client serves nothing.
-                perform(session.sendStatus(streamId: id, CallStatus(.unimplemented, "\(method): this client serves no methods"), now: RpcSocket.monotonicMilliseconds()))
+                perform(session.sendStatus(streamId: id, CallStatus(.unimplemented, "\(method): this client serves no methods"), now: MonotonicClock.milliseconds()))
             case .deliverResponse(let id, let payload):
                 inbox[id, default: []].append(.response(payload))
             case .deliverStatus(let id, let status):

@@ -7,20 +7,15 @@ import LmctfySystem
 public enum RpcSocket {
     /// A connected, blocking, close-on-exec Unix stream socket.
     public static func connectUnix(path: String) throws(LmctfyError) -> Int32 {
-        var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        let bytes = Array(path.utf8)
-        let capacity = MemoryLayout.size(ofValue: address.sun_path)
-        guard !bytes.isEmpty, bytes.count < capacity else {
-            throw LmctfyError(.invalidArgument, "socket path \(path) is empty or longer than \(capacity - 1) bytes")
+        let address: UnixSocketAddress
+        do {
+            address = try UnixSocketAddress(path, for: "connect")
+        } catch {
+            throw LmctfyError(.invalidArgument, "socket path \(path) is empty or longer than \(UnixSocketAddress.maxPathBytes) bytes")
         }
-        withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: bytes) }
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         if fd < 0 { throw SystemError("socket", path, errno).lmctfy(.unavailable, "cannot connect") }
-        let length = socklen_t(MemoryLayout<sa_family_t>.size + bytes.count + 1)
-        let (r, e) = withUnsafePointer(to: &address) { p in
-            p.withMemoryRebound(to: sockaddr.self, capacity: 1) { sa in Sys.retry { connect(fd, sa, length) } }
-        }
+        let (r, e) = address.withSockaddr { sa, length in Sys.retry { connect(fd, sa, length) } }
         if r < 0 {
             close(fd)
             throw SystemError("connect", path, e).lmctfy(.unavailable, "cannot connect to the agent")
@@ -54,22 +49,11 @@ public enum RpcSocket {
         throw lastError.lmctfy(.unavailable, "cannot connect to \(host):\(port)")
     }
 
-    /// The kernel's credentials of a Unix socket's peer (`SO_PEERCRED`).
-    public static func peerCredentials(fd: Int32) throws(LmctfyError) -> PeerCredentials {
-        // struct ucred { pid_t pid; uid_t uid; gid_t gid; } (Glibc hides it
-        // behind _GNU_SOURCE, so the layout is spelled here).
-        var cred: (Int32, UInt32, UInt32) = (0, 0, 0)
-        var length = socklen_t(MemoryLayout.size(ofValue: cred))
-        let r = getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &length)
-        if r < 0 { throw SystemError("getsockopt(SO_PEERCRED)", "fd \(fd)", errno).lmctfy(.internal, "cannot identify the peer") }
-        return PeerCredentials(pid: cred.0, uid: cred.1, gid: cred.2)
-    }
-
-    /// Milliseconds on CLOCK_MONOTONIC: the clock sessions are driven with.
+    /// Milliseconds on CLOCK_MONOTONIC: `MonotonicClock.milliseconds()`,
+    /// under the name LmctfyAgent still calls it by (new code uses
+    /// MonotonicClock directly).
     public static func monotonicMilliseconds() -> UInt64 {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        return UInt64(ts.tv_sec) * 1000 + UInt64(ts.tv_nsec) / 1_000_000
+        MonotonicClock.milliseconds()
     }
 
     /// Writes everything; MSG_NOSIGNAL so a vanished peer is an error, not SIGPIPE.

@@ -1,33 +1,123 @@
+// Locks and threads. Mutual exclusion is the standard library's
+// Synchronization.Mutex; what is hand-rolled here is what it cannot do:
+// block one thread until another says so (Latch), and start a plain thread.
 import Glibc
+import Synchronization
 
-/// A pthread mutex for small critical sections.
-public final class Lock: @unchecked Sendable {
-    private var mutex = pthread_mutex_t()
+/// A lock for small critical sections that guard state kept elsewhere (a
+/// class's own fields). Prefer `Mutex` or `Mutexed` when the lock can own
+/// the state it guards.
+///
+/// Thread-safety: any thread; not reentrant.
+public final class Lock: Sendable {
+    private let mutex = Mutex(())
 
-    public init() { pthread_mutex_init(&mutex, nil) }
-    deinit { pthread_mutex_destroy(&mutex) }
+    /// An unlocked lock.
+    public init() {}
 
-    public func locked<T>(_ body: () throws -> T) rethrows -> T {
-        pthread_mutex_lock(&mutex)
-        defer { pthread_mutex_unlock(&mutex) }
-        return try body()
+    /// Runs `body` with the lock held.
+    public func locked<T, E: Error>(_ body: () throws(E) -> T) throws(E) -> T {
+        // The result leaves through a local: Mutex.withLock returns `sending`
+        // values, which a generic non-Sendable T cannot promise to be.
+        var result: T?
+        try mutex.withLock { (_: inout Void) throws(E) -> Void in result = try body() }
+        return result!
     }
 }
 
-/// A value behind a lock.
-public final class Mutexed<T>: @unchecked Sendable {
-    private let lock = Lock()
-    private var value: T
+/// A value behind a lock, as a shared reference: a `Mutex` (which cannot be
+/// copied) that escaping closures and other threads can hold.
+///
+/// Thread-safety: any thread; `locked` is not reentrant.
+public final class Mutexed<T: Sendable>: Sendable {
+    private let mutex: Mutex<T>
 
-    public init(_ value: T) { self.value = value }
+    /// A lock around `value`.
+    public init(_ value: T) { mutex = Mutex(value) }
 
-    public func locked<R>(_ body: (inout T) throws -> R) rethrows -> R {
-        try lock.locked { try body(&value) }
+    /// Runs `body` on the value with the lock held.
+    public func locked<R, E: Error>(_ body: (inout T) throws(E) -> R) throws(E) -> R {
+        // As in Lock.locked: the result may not be Sendable, so it leaves
+        // through a local rather than as withLock's `sending` result.
+        var result: R?
+        try mutex.withLock { (value: inout sending T) throws(E) -> Void in result = try body(&value) }
+        return result!
+    }
+}
+
+/// Counts down from a number; `wait` blocks the calling thread until the
+/// count reaches zero. A one-shot "it has happened" between threads (the
+/// agent has stopped, a loop callback ran).
+///
+/// Hand-rolled on a pthread mutex and condition variable because the
+/// standard library has none: Synchronization offers `Mutex` and `Atomic`,
+/// neither of which can put a thread to sleep until another wakes it, and
+/// Dispatch's semaphores would bring Dispatch's threads (and their blocked
+/// signal masks) into processes that otherwise have none.
+///
+/// Thread-safety: any thread.
+public final class Latch: @unchecked Sendable {
+    // @unchecked Sendable: `remaining` is only touched with `mutex` held;
+    // the pthread objects live at stable heap addresses (class storage).
+    private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+    private let cond = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
+    private var remaining: Int
+
+    /// A latch that opens after `count` calls to `signal`.
+    public init(_ count: Int = 1) {
+        remaining = count
+        mutex.initialize(to: pthread_mutex_t())
+        cond.initialize(to: pthread_cond_t())
+        pthread_mutex_init(mutex, nil)
+        // CLOCK_MONOTONIC: a timed wait must not stretch or shrink when the
+        // wall clock is set.
+        var attr = pthread_condattr_t()
+        pthread_condattr_init(&attr)
+        pthread_condattr_setclock(&attr, CLOCK_MONOTONIC)
+        pthread_cond_init(cond, &attr)
+        pthread_condattr_destroy(&attr)
+    }
+
+    deinit {
+        pthread_cond_destroy(cond)
+        pthread_mutex_destroy(mutex)
+        cond.deallocate()
+        mutex.deallocate()
+    }
+
+    /// Counts down by one; at zero every waiter wakes.
+    public func signal() {
+        pthread_mutex_lock(mutex)
+        remaining -= 1
+        if remaining <= 0 { pthread_cond_broadcast(cond) }
+        pthread_mutex_unlock(mutex)
+    }
+
+    /// Blocks until the count is zero.
+    public func wait() {
+        pthread_mutex_lock(mutex)
+        while remaining > 0 { pthread_cond_wait(cond, mutex) }
+        pthread_mutex_unlock(mutex)
+    }
+
+    /// Blocks until the count is zero or `seconds` have passed; true when
+    /// it reached zero.
+    public func wait(seconds: Int) -> Bool {
+        var deadline = MonotonicClock.timespecNow()
+        deadline.tv_sec += seconds
+        pthread_mutex_lock(mutex)
+        defer { pthread_mutex_unlock(mutex) }
+        while remaining > 0 {
+            if pthread_cond_timedwait(cond, mutex, &deadline) == ETIMEDOUT { return remaining <= 0 }
+        }
+        return true
     }
 }
 
 /// Plain threads, for work that must not sit on a pool (waiting on events or
-/// processes) and for tests that need a second actor.
+/// processes) and for tests that need a second actor. Hand-rolled because
+/// Swift on Linux has no thread API below Foundation's `Thread`, and the
+/// agent and CLI do not link Foundation.
 public enum Threads {
     /// Starts `body` on a new thread; join it with pthread_join.
     public static func start(_ body: @escaping @Sendable () -> Void) -> pthread_t {

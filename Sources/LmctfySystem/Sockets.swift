@@ -1,5 +1,6 @@
-// Syscalls around Unix sockets that LmctfyLoop needs outside libuv: deciding
-// whether a socket file is stale, restricting its mode, and naming the peer.
+// Syscalls around Unix sockets that LmctfyLoop and LmctfyRPC need outside
+// libuv: building the address, deciding whether a socket file is stale,
+// restricting its mode, and naming the peer.
 import CLmctfyShims
 import Glibc
 
@@ -21,6 +22,50 @@ public struct PeerCredentials: Sendable, Equatable, CustomStringConvertible {
     }
 
     public var description: String { "pid \(pid) uid \(uid) gid \(gid)" }
+}
+
+/// The address of a Unix-domain socket at a filesystem path (a
+/// `sockaddr_un`), built once and checked: a path that does not fit
+/// `sun_path` is refused rather than silently truncated (which would bind
+/// or dial a different file).
+public struct UnixSocketAddress: Sendable {
+    /// The longest path that fits: `sun_path` (108 bytes) less its NUL.
+    public static let maxPathBytes = MemoryLayout.size(ofValue: sockaddr_un().sun_path) - 1
+
+    /// The filesystem path, as given.
+    public let path: String
+    private let address: sockaddr_un
+    /// The family, the path and its NUL: the length bind/connect are given.
+    private let length: socklen_t
+
+    /// The address of `path`. An empty path throws EINVAL (it would name
+    /// the abstract namespace, not a file), a path over `maxPathBytes`
+    /// ENAMETOOLONG; the error names `call` (the syscall the address was
+    /// for) and the path with the limit.
+    public init(_ path: String, for call: String) throws(SystemError) {
+        let bytes = Array(path.utf8)
+        guard !bytes.isEmpty, bytes.count <= Self.maxPathBytes else {
+            throw SystemError(call, "\(path): socket paths are 1 to \(Self.maxPathBytes) bytes",
+                              bytes.isEmpty ? EINVAL : ENAMETOOLONG)
+        }
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: bytes) }
+        self.path = path
+        self.address = address
+        self.length = socklen_t(MemoryLayout<sa_family_t>.size + bytes.count + 1)
+    }
+
+    /// Calls `body` with the address as the `sockaddr` pointer and length
+    /// that bind(2) and connect(2) take; the pointer is valid only inside.
+    public func withSockaddr<R, E: Error>(_ body: (UnsafePointer<sockaddr>, socklen_t) throws(E) -> R) throws(E) -> R {
+        var copy = address
+        return try withUnsafePointer(to: &copy) { (p: UnsafePointer<sockaddr_un>) throws(E) -> R in
+            try p.withMemoryRebound(to: sockaddr.self, capacity: 1) { (sa: UnsafePointer<sockaddr>) throws(E) -> R in
+                try body(sa, length)
+            }
+        }
+    }
 }
 
 /// A file's type and identity as lstat(2) sees it; the identity tells "the
@@ -54,25 +99,14 @@ extension Sys {
     /// is non-blocking, so it cannot hang on a busy listener; a listener that
     /// is there sees one connection that closes at once.
     public static func unixSocketAccepts(_ path: String) throws(SystemError) -> Bool {
-        var addr = sockaddr_un()
-        let bytes = Array(path.utf8)
-        guard bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else {
-            throw SystemError("connect", path, ENAMETOOLONG)
-        }
-        addr.sun_family = sa_family_t(AF_UNIX)
-        withUnsafeMutableBytes(of: &addr.sun_path) { $0.copyBytes(from: bytes) }
-
+        let address = try UnixSocketAddress(path, for: "connect")
         let type = Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue)
         let (fd, socketErrno) = retry { socket(AF_UNIX, type, 0) }
         if fd < 0 { throw SystemError("socket", path, socketErrno) }
         defer { close(fd) }
         // connect() is not retried on EINTR: a retry would report EALREADY/
         // EISCONN; for a Unix socket the outcome is settled by the first call.
-        let r = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
-            }
-        }
+        let r = address.withSockaddr { connect(fd, $0, $1) }
         if r == 0 { return true }
         switch Glibc.errno {
         case EAGAIN, EINPROGRESS, EINTR: return true
@@ -81,17 +115,13 @@ extension Sys {
         }
     }
 
-    /// SO_PEERCRED of a connected Unix socket.
+    /// SO_PEERCRED of a connected Unix socket: the one reader of it (the
+    /// loop's connections, the RPC client and the tests all come here).
     public static func peerCredentials(_ fd: Int32) throws(SystemError) -> PeerCredentials {
         var c = PeerCredentials(pid: 0, uid: 0, gid: 0)
         if lm_peer_credentials(fd, &c.pid, &c.uid, &c.gid) != 0 {
             throw SystemError("getsockopt(SO_PEERCRED)", "fd \(fd)", Glibc.errno)
         }
         return c
-    }
-
-    /// Ignores SIGPIPE for the whole process; see lm_ignore_sigpipe.
-    public static func ignoreSIGPIPE() throws(SystemError) {
-        if lm_ignore_sigpipe() != 0 { throw SystemError("sigaction", "SIGPIPE", Glibc.errno) }
     }
 }

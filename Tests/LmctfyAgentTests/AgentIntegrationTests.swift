@@ -60,7 +60,7 @@ struct AgentIntegrationTests {
             #expect(r.status == 3, "\(String(decoding: r.stderr, as: UTF8.self))")
             #expect(String(decoding: r.stderr, as: UTF8.self).contains("already mounted"))
             r = try run("info")
-            #expect(String(decoding: r.stdout, as: UTF8.self).contains("agent_version=\"\(agentVersion)\""))
+            #expect(String(decoding: r.stdout, as: UTF8.self).contains("agent_version=\"\(LmctfyVersion.string)\""))
         }
     }
 
@@ -74,12 +74,11 @@ struct AgentIntegrationTests {
             o.stderr = .fd(w)
             let pid = try Spawn.spawn(o)
             close(w)
-            var status: Int32 = 0
-            waitpid(pid, &status, 0)
+            let status = try Sys.waitForExit(pid)
             var buf = [UInt8](repeating: 0, count: 4096)
             let n = read(r, &buf, buf.count)
             close(r)
-            #expect((status >> 8) & 0xFF == 16, "exit status is UNAUTHENTICATED: \(String(decoding: buf[0..<max(0, n)], as: UTF8.self))")
+            #expect(status == .exited(16), "exit status is UNAUTHENTICATED: \(String(decoding: buf[0..<max(0, n)], as: UTF8.self))")
         }
     }
 

@@ -30,7 +30,7 @@ import Testing
     func version(_ args: [String]) {
         let r = lmctfy(args, in: machine.environment)
         #expect(r.status == 0)
-        #expect(r.stdout == "lmctfy version \(lmctfyVersion)\n")
+        #expect(r.stdout == "lmctfy version \(LmctfyVersion.string)\n")
     }
 
     @Test func unknownCommandGivesTheDeepestMenusUsageAndExits5() {

@@ -108,9 +108,7 @@ struct IntegrationTests {
             defer { task.end() }
             let r = try lmctfy("destroy", "-f", name)
             #expect(r.status == 0, "\(r)")
-            var status: Int32 = 0
-            #expect(waitpid(task.pid, &status, 0) == task.pid)
-            #expect(status & 0x7F == SIGKILL)
+            #expect(try Sys.waitForExit(task.pid) == .signaled(SIGKILL))
         }
     }
 
@@ -183,7 +181,7 @@ struct IntegrationTests {
         r = try Runner.binary("help")
         #expect(r.status == 0 && r.stdout.hasPrefix("usage: lmctfy"))
         r = try Runner.binary("-V")
-        #expect(r.stdout == "lmctfy version \(lmctfyVersion)\n")
+        #expect(r.stdout == "lmctfy version \(LmctfyVersion.string)\n")
         r = try Runner.binary("create")
         #expect(r.status == 3 && r.stderr.hasPrefix("Missing arguments\n"))
         r = try Runner.binary("nosuchverb")

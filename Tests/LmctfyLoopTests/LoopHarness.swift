@@ -2,6 +2,7 @@
 // libuv invariants checked, a bounded wait, loop-only boxes, seeded bytes.
 import Glibc
 import LmctfyLoop
+import LmctfySystem
 import LmctfyTestSupport
 import Testing
 
@@ -24,43 +25,18 @@ func expectCleanShutdown(_ loop: EventLoop, sourceLocation: SourceLocation = #_s
     #expect(loop.pendingOffloadCount == 0, "offloads left", sourceLocation: sourceLocation)
 }
 
-/// Counts down from `count`; `wait` blocks until zero or the deadline.
-final class Latch: @unchecked Sendable {
-    // @unchecked Sendable: `remaining` is only touched with `mutex` held.
-    private var mutex = pthread_mutex_t()
-    private var cond = pthread_cond_t()
-    private var remaining: Int
+/// Counts down from `count`; `wait` blocks until zero or the deadline:
+/// LmctfySystem's Latch, with a bounded wait by default so that a test that
+/// never gets its callback fails instead of hanging.
+final class Latch: Sendable {
+    private let latch: LmctfySystem.Latch
 
-    init(_ count: Int = 1) {
-        remaining = count
-        pthread_mutex_init(&mutex, nil)
-        pthread_cond_init(&cond, nil)
-    }
+    init(_ count: Int = 1) { latch = LmctfySystem.Latch(count) }
 
-    deinit {
-        pthread_cond_destroy(&cond)
-        pthread_mutex_destroy(&mutex)
-    }
-
-    func signal() {
-        pthread_mutex_lock(&mutex)
-        remaining -= 1
-        if remaining <= 0 { pthread_cond_broadcast(&cond) }
-        pthread_mutex_unlock(&mutex)
-    }
+    func signal() { latch.signal() }
 
     /// True when the count reached zero within `seconds`.
-    func wait(seconds: Int = 20) -> Bool {
-        var deadline = timespec()
-        clock_gettime(CLOCK_REALTIME, &deadline)
-        deadline.tv_sec += seconds
-        pthread_mutex_lock(&mutex)
-        defer { pthread_mutex_unlock(&mutex) }
-        while remaining > 0 {
-            if pthread_cond_timedwait(&cond, &mutex, &deadline) == ETIMEDOUT { return remaining <= 0 }
-        }
-        return true
-    }
+    func wait(seconds: Int = 20) -> Bool { latch.wait(seconds: seconds) }
 }
 
 /// Mutable state for loop callbacks. Touched only on the loop thread, and
@@ -95,15 +71,8 @@ func makeStaleSocket(_ path: String) throws {
     let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
     guard fd >= 0 else { throw TestFailure("socket: errno \(errno)") }
     defer { close(fd) }
-    var addr = sockaddr_un()
-    addr.sun_family = sa_family_t(AF_UNIX)
-    let bytes = Array(path.utf8)
-    withUnsafeMutableBytes(of: &addr.sun_path) { $0.copyBytes(from: bytes) }
-    let rc = withUnsafePointer(to: &addr) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-            bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
-        }
-    }
+    let address = try UnixSocketAddress(path, for: "bind")
+    let rc = address.withSockaddr { bind(fd, $0, $1) }
     guard rc == 0 else { throw TestFailure("bind \(path): errno \(errno)") }
 }
 

@@ -10,7 +10,7 @@ import Testing
 /// Serves Ping (echo), Count (n responses), Hang (never answers) and Fail
 /// (NOT_FOUND) on `fd` until the connection closes. Returns when done.
 func serve(fd: Int32, auth: AcceptorAuthentication) {
-    var session = Session(acceptor: auth, name: "test-agent", limits: SessionLimits(helloTimeoutMs: 5000), now: RpcSocket.monotonicMilliseconds())
+    var session = Session(acceptor: auth, name: "test-agent", limits: SessionLimits(helloTimeoutMs: 5000), now: MonotonicClock.milliseconds())
     var buffer = [UInt8](repeating: 0, count: 65536)
     func perform(_ actions: [SessionAction]) {
         for action in actions {
@@ -18,7 +18,7 @@ func serve(fd: Int32, auth: AcceptorAuthentication) {
             case .write(let bytes):
                 _ = bytes.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
             case .deliverRequest(let id, let method, let payload, _):
-                let now = RpcSocket.monotonicMilliseconds()
+                let now = MonotonicClock.milliseconds()
                 switch method {
                 case "Ping":
                     let request = (try? PingRequest(serializedBytes: payload)) ?? PingRequest()
@@ -41,14 +41,14 @@ func serve(fd: Int32, auth: AcceptorAuthentication) {
     }
     while !session.isClosed {
         var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-        let now = RpcSocket.monotonicMilliseconds()
+        let now = MonotonicClock.milliseconds()
         let wait = session.nextWakeup.map { $0 <= now ? 0 : Int32(clamping: $0 - now) } ?? -1
         if poll(&p, 1, wait) > 0 {
             let n = recv(fd, &buffer, buffer.count, 0)
-            let at = RpcSocket.monotonicMilliseconds()
+            let at = MonotonicClock.milliseconds()
             perform(n <= 0 ? session.receiveEOF(now: at) : session.receive(buffer[0..<n], now: at))
         }
-        perform(session.tick(now: RpcSocket.monotonicMilliseconds()))
+        perform(session.tick(now: MonotonicClock.milliseconds()))
     }
     close(fd)
 }
@@ -93,11 +93,11 @@ func withServer(_ auth: AcceptorAuthentication, _ body: (Int32) throws -> Void) 
             }
             #expect(throws: LmctfyError(.unimplemented, "Nope")) { try client.call("Nope", []) }
 
-            let start = RpcSocket.monotonicMilliseconds()
+            let start = MonotonicClock.milliseconds()
             #expect(throws: LmctfyError(.deadlineExceeded, "deadline exceeded")) {
                 try client.call("Hang", [], deadlineMs: 50)
             }
-            #expect(RpcSocket.monotonicMilliseconds() - start >= 50)
+            #expect(MonotonicClock.milliseconds() - start >= 50)
 
             // Cancelling from the handler ends the call; the connection stays usable.
             var first: [UInt8] = []
@@ -145,7 +145,7 @@ func withServer(_ auth: AcceptorAuthentication, _ body: (Int32) throws -> Void) 
         var fds: [Int32] = [0, 0]
         #expect(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &fds) == 0)
         defer { close(fds[0]); close(fds[1]) }
-        let c = try RpcSocket.peerCredentials(fd: fds[0])
+        let c = try Sys.peerCredentials(fds[0])
         #expect(c.pid == getpid() && c.uid == getuid() && c.gid == getgid())
     }
 

@@ -176,18 +176,22 @@ public enum TestProcess {
     /// SIGKILLs (if still running) and reaps a child this test started. A
     /// child already reaped is left alone: its pid may belong to someone else now.
     public static func end(_ pid: pid_t) {
-        var status: Int32 = 0
-        let r = waitpid(pid, &status, WNOHANG)
-        if r == pid || (r < 0 && errno == ECHILD) { return }
+        let running: Bool
+        do {
+            running = try Sys.exitStatusIfExited(pid) == nil
+        } catch {
+            running = false  // ECHILD: not (or no longer) our child
+        }
+        guard running else { return }
         // Still our unreaped child: the pid cannot have been reused.
         kill(pid, SIGKILL)
-        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        _ = try? Sys.waitForExit(pid)
     }
 
-    /// Reaps without killing; returns the wait status, or nil if not yet exited.
-    public static func reapIfExited(_ pid: pid_t) -> Int32? {
-        var status: Int32 = 0
-        return waitpid(pid, &status, WNOHANG) == pid ? status : nil
+    /// Reaps without killing; how it ended, or nil if not yet exited (or
+    /// not our child).
+    public static func reapIfExited(_ pid: pid_t) -> ExitStatus? {
+        (try? Sys.exitStatusIfExited(pid)) ?? nil
     }
 
     /// Moves a process into every directory the container has (test-only
@@ -248,11 +252,8 @@ extension TestProcess {
                 }
             }
         }
-        var status: Int32 = 0
-        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
-        let signaled = status & 0x7F != 0
-        return ChildResult(status: signaled ? 128 + (status & 0x7F) : (status >> 8) & 0xFF,
-                           signaled: signaled, stdout: out, stderr: err)
+        let status = try Sys.waitForExit(pid)
+        return ChildResult(status: status.shellStatus, signaled: status.signal != nil, stdout: out, stderr: err)
     }
 }
 

@@ -141,9 +141,7 @@ struct LifecycleIntegrationTests {
 
             try c.killAll()
             #expect(try c.processes(recursive: false).isEmpty)
-            var status: Int32 = 0
-            #expect(waitpid(pid, &status, 0) == pid)
-            #expect(status & 0x7F == SIGKILL)
+            #expect(try Sys.waitForExit(pid) == .signaled(SIGKILL))
         }
     }
 
@@ -174,9 +172,8 @@ struct LifecycleIntegrationTests {
             try TestProcess.move(inner, into: api.resourceDirs(sub).allDirs)
             try api.destroy(name)
             #expect(!api.exists(name))
-            var status: Int32 = 0
-            #expect(waitpid(inner, &status, 0) == inner)
-            #expect(waitpid(outer, &status, 0) == outer)
+            _ = try Sys.waitForExit(inner)
+            _ = try Sys.waitForExit(outer)
         }
     }
 

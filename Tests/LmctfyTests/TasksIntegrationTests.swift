@@ -47,8 +47,7 @@ struct TasksIntegrationTests {
             for fd in 0...2 { #expect(readLink("/proc/\(pid)/fd/\(fd)") == "/dev/null") }
             // A new session, and not our child: nothing for us to reap.
             #expect(getsid(pid) == pid)
-            var status: Int32 = 0
-            #expect(waitpid(pid, &status, WNOHANG) == -1 && errno == ECHILD)
+            #expect(throws: SystemError("waitpid", "pid \(pid)", ECHILD)) { try Sys.exitStatusIfExited(pid) }
             // In the pids cgroup too, from the first instruction.
             #expect(try api.resourceDirs(name).dir(.pids)!.readPids("cgroup.procs") == [pid])
         }
@@ -74,9 +73,7 @@ struct TasksIntegrationTests {
             var options = RunOptions(fdPolicy: .inherit)
             options.stdout = .devNull
             let pid = try api.get(name).run(["/bin/sh", "-c", "exit 7"], options: options)
-            var status: Int32 = 0
-            #expect(waitpid(pid, &status, 0) == pid)
-            #expect((status >> 8) & 0xFF == 7)
+            #expect(try Sys.waitForExit(pid) == .exited(7))
         }
     }
 

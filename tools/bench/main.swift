@@ -11,11 +11,8 @@ import LmctfyProto
 import LmctfyRPC
 import LmctfySystem
 
-func now() -> Double {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return Double(ts.tv_sec) * 1e6 + Double(ts.tv_nsec) / 1e3
-}
+/// Microseconds on the monotonic clock.
+func now() -> Double { MonotonicClock.microseconds() }
 
 func fail(_ message: String) -> Never {
     let line = "lmctfy-bench: \(message)\n"
@@ -43,8 +40,7 @@ func runBaseline(_ argv: [String]) throws -> String {
         out += buf[0..<n]
     }
     close(r)
-    var status: Int32 = 0
-    waitpid(pid, &status, 0)
+    _ = try Sys.waitForExit(pid)
     return String(decoding: out, as: UTF8.self).trimmingWhitespace
 }
 
@@ -67,7 +63,7 @@ final class Stamp: @unchecked Sendable {
 func pipelinedPings(port: UInt16, keyId: String, key: [UInt8], depth: Int, seconds: Double) -> Int {
     guard let fd = try? RpcSocket.connectTCP(host: "127.0.0.1", port: port) else { return 0 }
     defer { close(fd) }
-    var session = Session(dialler: .sharedKey(keyId: keyId, key: key), name: "bench", now: RpcSocket.monotonicMilliseconds())
+    var session = Session(dialler: .sharedKey(keyId: keyId, key: key), name: "bench", now: MonotonicClock.milliseconds())
     let ping = (try? PingRequest(data: Array(repeating: 7, count: 16)).serializedBytes()) ?? []
     var done = 0
     var established = false
@@ -85,12 +81,12 @@ func pipelinedPings(port: UInt16, keyId: String, key: [UInt8], depth: Int, secon
                 case .established:
                     established = true
                     for _ in 0..<depth {
-                        more += session.openStream(method: "Ping", payload: ping, now: RpcSocket.monotonicMilliseconds()).actions
+                        more += session.openStream(method: "Ping", payload: ping, now: MonotonicClock.milliseconds()).actions
                     }
                 case .deliverStatus(_, let status):
                     if status.code == .ok { done += 1 }
                     if now() < end {
-                        more += session.openStream(method: "Ping", payload: ping, now: RpcSocket.monotonicMilliseconds()).actions
+                        more += session.openStream(method: "Ping", payload: ping, now: MonotonicClock.milliseconds()).actions
                     }
                 default: break
                 }
@@ -104,12 +100,12 @@ func pipelinedPings(port: UInt16, keyId: String, key: [UInt8], depth: Int, secon
             off += n
         }
     }
-    perform(session.start(now: RpcSocket.monotonicMilliseconds()))
+    perform(session.start(now: MonotonicClock.milliseconds()))
     var buf = [UInt8](repeating: 0, count: 65536)
     while now() < end || (established && session.openStreamCount > 0 && now() < end + 1e6) {
         let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
         if n <= 0 { break }
-        perform(session.receive(buf[0..<n], now: RpcSocket.monotonicMilliseconds()))
+        perform(session.receive(buf[0..<n], now: MonotonicClock.milliseconds()))
     }
     return done
 }
@@ -155,8 +151,7 @@ do {
             let t0 = now()
             for _ in 0..<n {
                 let pid = try c.run(["/bin/true"], options: options)
-                var status: Int32 = 0
-                waitpid(pid, &status, 0)
+                _ = try Sys.waitForExit(pid)
             }
             print(base)
             print("swift run_true_us=\(fmt((now() - t0) / Double(n)))")

@@ -14,8 +14,8 @@
 #include <sys/xattr.h>
 /* Signal-safe process spawning into containers (spawn.c). */
 #include "lm_spawn.h"
-/* Casts between libuv handle types (LmctfyLoop). */
-#include "lm_uv.h"
+/* The libuv casts live in CLmctfyUV (lm_uv.h), not here: every importer
+ * of this module (CL1, the CLI) would otherwise see libuv. */
 
 /* Bytes of heap in use (glibc mallinfo2().uordblks). <malloc.h> is not part
  * of Swift's Glibc module, so Swift cannot call mallinfo2 directly; the

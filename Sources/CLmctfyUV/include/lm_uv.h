@@ -1,4 +1,6 @@
-/* libuv helpers for LmctfyLoop. */
+/* libuv helpers for LmctfyLoop, in a module of their own (CLmctfyUV) so
+ * that only LmctfyLoop sees libuv: CLmctfyShims, which CL1 and the CLI
+ * import, must not pull <uv.h> into them. */
 #ifndef LM_UV_H
 #define LM_UV_H
 

@@ -1,0 +1,66 @@
+// Waiting for a child process: the one waitpid loop, and the decoding of its
+// status word.
+import Glibc
+
+/// How a child process ended.
+public enum ExitStatus: Sendable, Equatable, CustomStringConvertible {
+    /// It called exit (or returned from main) with this code, 0...255.
+    case exited(Int32)
+    /// A signal ended it.
+    case signaled(Int32)
+
+    /// Decodes waitpid(2)'s status word for a process that ended (the
+    /// WIFEXITED/WEXITSTATUS/WTERMSIG macros, which Swift does not import).
+    public init(waitStatus status: Int32) {
+        let signal = status & 0x7F
+        self = signal == 0 ? .exited((status >> 8) & 0xFF) : .signaled(signal)
+    }
+
+    /// The status as a shell reports it: the exit code, or 128 + the signal.
+    public var shellStatus: Int32 {
+        switch self {
+        case .exited(let code): code
+        case .signaled(let signal): 128 + signal
+        }
+    }
+
+    /// The exit code, or nil if a signal ended the process.
+    public var exitCode: Int32? {
+        if case .exited(let code) = self { return code }
+        return nil
+    }
+
+    /// The signal that ended the process, or nil if it exited.
+    public var signal: Int32? {
+        if case .signaled(let signal) = self { return signal }
+        return nil
+    }
+
+    public var description: String {
+        switch self {
+        case .exited(let code): "exited with \(code)"
+        case .signaled(let signal): "killed by signal \(signal)"
+        }
+    }
+}
+
+extension Sys {
+    /// Waits for our child `pid` to end and reaps it (waitpid(2), EINTR
+    /// retried). Throws ECHILD when `pid` is not an unreaped child of ours.
+    public static func waitForExit(_ pid: pid_t) throws(SystemError) -> ExitStatus {
+        var status: Int32 = 0
+        let (r, e) = retry { waitpid(pid, &status, 0) }
+        if r < 0 { throw SystemError("waitpid", "pid \(pid)", e) }
+        return ExitStatus(waitStatus: status)
+    }
+
+    /// Reaps our child `pid` if it has ended (waitpid with WNOHANG); nil
+    /// while it still runs. Throws ECHILD when `pid` is not an unreaped
+    /// child of ours.
+    public static func exitStatusIfExited(_ pid: pid_t) throws(SystemError) -> ExitStatus? {
+        var status: Int32 = 0
+        let (r, e) = retry { waitpid(pid, &status, WNOHANG) }
+        if r < 0 { throw SystemError("waitpid", "pid \(pid)", e) }
+        return r == 0 ? nil : ExitStatus(waitStatus: status)
+    }
+}

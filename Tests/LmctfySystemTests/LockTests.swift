@@ -1,0 +1,46 @@
+// Mutexed and Lock (on Synchronization.Mutex) and the hand-rolled Latch.
+import Glibc
+import LmctfySystem
+import Testing
+
+@Suite struct LockTests {
+    @Test func mutexedCountsEveryIncrementFromManyThreads() {
+        let counter = Mutexed(0)
+        let threads = (0..<4).map { _ in Threads.start { for _ in 0..<10_000 { counter.locked { $0 += 1 } } } }
+        for t in threads { pthread_join(t, nil) }
+        #expect(counter.locked { $0 } == 40_000)
+    }
+
+    @Test func lockedPassesResultsAndTypedErrorsThrough() {
+        struct Refused: Error, Equatable {}
+        let lock = Lock()
+        #expect(lock.locked { 42 } == 42)
+        #expect(throws: Refused()) { try lock.locked { () throws(Refused) -> Int in throw Refused() } }
+        let box = Mutexed([1])
+        #expect(throws: Refused()) { try box.locked { (v: inout [Int]) throws(Refused) in v.append(2); throw Refused() } }
+        #expect(box.locked { $0 } == [1, 2], "changes before the throw stay")
+    }
+
+    @Test func latchOpensAfterCountSignalsFromOtherThreads() {
+        let latch = Latch(3)
+        let threads = (0..<3).map { _ in Threads.start { latch.signal() } }
+        #expect(latch.wait(seconds: 20))
+        latch.wait()  // stays open
+        for t in threads { pthread_join(t, nil) }
+    }
+
+    @Test func latchWaitTimesOutWhileClosed() {
+        let latch = Latch()
+        let start = MonotonicClock.milliseconds()
+        #expect(!latch.wait(seconds: 1))
+        #expect(MonotonicClock.milliseconds() - start >= 900)
+    }
+}
+
+@Suite struct VersionTests {
+    @Test func oneVersionStringWithoutSpaces() {
+        // `lmctfy version` and MachineInfo print it; their tests compare
+        // against LmctfyVersion.string itself.
+        #expect(!LmctfyVersion.string.isEmpty && !LmctfyVersion.string.contains(" "))
+    }
+}
