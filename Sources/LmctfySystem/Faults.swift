@@ -22,6 +22,9 @@ public protocol FakeFilesystem: Sendable {
     func made(directory path: String)
     /// The directory at `path` is about to be removed.
     func removing(directory path: String)
+    /// `value` was written to the file at `path` (a cgroup file may change
+    /// others: cgroup.freeze changes cgroup.events).
+    func wrote(file path: String, _ value: String)
 }
 
 /// Fails calls by their position: the Nth call the plan sees (counting from

@@ -78,6 +78,7 @@ public enum Sys {
         let (n, e) = bytes.withUnsafeBytes { b in retry { injected(faults, .write, path) { write(fd, b.baseAddress, b.count) } } }
         if n < 0 { throw SystemError("write", path, e) }
         if n != bytes.count { throw SystemError("write", path, EIO) }
+        faults?.filesystem?.wrote(file: path, String(decoding: bytes, as: UTF8.self))
     }
 
     /// The filesystem type (statfs f_type) of an open descriptor.
