@@ -235,12 +235,16 @@ public final class Agent: @unchecked Sendable {
 
     // MARK: Calls
 
+    /// Where a call runs: the method table says; an unknown method is
+    /// refused from the pool like any call.
+    static func scheduling(of method: String) -> MethodScheduling {
+        AgentMethods.named(method)?.scheduling ?? .pool
+    }
+
     private func startCall(_ s: ConnState, streamId: UInt32, method: String, payload: [UInt8]) {
         let role = s.role
         let dispatcher = self.dispatcher
-        // Where the call runs comes from the method table; an unknown method
-        // is refused from the pool like any call.
-        let scheduling = AgentMethods.named(method)?.scheduling ?? .pool
+        let scheduling = Self.scheduling(of: method)
         if scheduling == .loop {
             // Answered by the loop itself: nothing to block on, and a ping
             // that proves the loop is alive should not wait for a pool thread
