@@ -85,11 +85,13 @@ public struct LocalBackend: ContainerBackend {
         return try api.get(api.detect(pid: callerPid))
     }
 
+    /// Creates the container (`ContainerApi.create`); returns its absolute name.
     @discardableResult
     public func create(_ name: String, spec: ContainerSpec) throws(LmctfyError) -> String {
         try api.create(name, spec: spec).name.path
     }
 
+    /// Destroys the container; without `force` only an empty one. `/` is refused (D7).
     @discardableResult
     public func destroy(_ name: String, force: Bool) throws(LmctfyError) -> String {
         let container = try api.get(name)
@@ -115,6 +117,7 @@ public struct LocalBackend: ContainerBackend {
         return container.name.path
     }
 
+    /// Applies `spec` with `policy`; returns the absolute name.
     @discardableResult
     public func update(_ name: String, spec: ContainerSpec, policy: UpdatePolicy) throws(LmctfyError) -> String {
         let container = try api.get(name)
@@ -122,27 +125,33 @@ public struct LocalBackend: ContainerBackend {
         return container.name.path
     }
 
+    /// The container's spec as the kernel has it; `nil`: the caller's container.
     public func spec(_ name: String?) throws(LmctfyError) -> ContainerSpec {
         try container(name).spec()
     }
 
+    /// The container's statistics; `nil`: the caller's container.
     public func stats(_ name: String?, type: StatsType) throws(LmctfyError) -> ContainerStats {
         try container(name).stats(type)
     }
 
+    /// Absolute names of the subcontainers, sorted.
     public func listContainers(_ name: String?, recursive: Bool) throws(LmctfyError) -> [String] {
         try container(name).subcontainers(recursive: recursive).map(\.path)
     }
 
+    /// Pids or tids of the container, sorted.
     public func listTasks(_ name: String?, threads: Bool, recursive: Bool) throws(LmctfyError) -> [Int32] {
         let c = try container(name)
         return threads ? try c.threads(recursive: recursive) : try c.processes(recursive: recursive)
     }
 
+    /// The container of a task; `nil`: the caller.
     public func detect(_ tid: Int32?) throws(LmctfyError) -> String {
         try api.detect(pid: tid ?? callerPid).path
     }
 
+    /// Detached: a new session, stdio on /dev/null, not our child (D6). Attached: `foreground`.
     public func run(_ name: String, argv: [String], detached: Bool,
                     onStarted: (Int32) throws(LmctfyError) -> Void) throws(LmctfyError) -> RunOutcome {
         let c = try api.get(name)
@@ -152,10 +161,12 @@ public struct LocalBackend: ContainerBackend {
         return .started(pid: pid)
     }
 
+    /// Moves `tids` (empty: the caller) into the container.
     public func enter(_ name: String, tids: [Int32]) throws(LmctfyError) {
         try api.get(name).enter(tids.isEmpty ? [callerPid] : tids)
     }
 
+    /// Kills every process (D9); `recursive`: subcontainers first, deepest first.
     public func killAll(_ name: String, recursive: Bool) throws(LmctfyError) {
         let c = try api.get(name)
         if recursive {
@@ -166,6 +177,7 @@ public struct LocalBackend: ContainerBackend {
         try c.killAll()
     }
 
+    /// Freezes or thaws, waiting for the kernel; returns the absolute name.
     @discardableResult
     public func setPaused(_ name: String, _ paused: Bool) throws(LmctfyError) -> String {
         let container = try api.get(name)
@@ -173,6 +185,7 @@ public struct LocalBackend: ContainerBackend {
         return container.name.path
     }
 
+    /// Registers a Watch, reports the watched name, then waits (in `pollMs` slices when cancellable).
     public func notify(_ name: String, event: EventSpec, cancellation: NotifyCancellation?,
                        onWatching: (String) throws(LmctfyError) -> Void,
                        onEvent: (Int) throws(LmctfyError) -> Bool) throws(LmctfyError) {
@@ -190,6 +203,7 @@ public struct LocalBackend: ContainerBackend {
         }
     }
 
+    /// Runs the init hook (by default `ContainerApi.initMachine`).
     public func initMachine(_ spec: InitSpec) throws(LmctfyError) {
         try initMachineHook(spec)
     }

@@ -19,18 +19,21 @@ public final class RemoteBackend: ContainerBackend, @unchecked Sendable {
         self.client = client
     }
 
+    /// Create; returns the name as sent.
     @discardableResult
     public func create(_ name: String, spec: ContainerSpec) throws(LmctfyError) -> String {
         _ = try client.call(AgentMethods.create, CreateRequest(name: name, spec: spec))
         return name
     }
 
+    /// Destroy; returns the name as sent.
     @discardableResult
     public func destroy(_ name: String, force: Bool) throws(LmctfyError) -> String {
         _ = try client.call(AgentMethods.destroy, DestroyRequest(name: name, force: force))
         return name
     }
 
+    /// Update; returns the name as sent.
     @discardableResult
     public func update(_ name: String, spec: ContainerSpec, policy: UpdatePolicy) throws(LmctfyError) -> String {
         let p: SpecUpdatePolicy = policy == .diff ? .updateDiff : .updateReplace
@@ -38,19 +41,23 @@ public final class RemoteBackend: ContainerBackend, @unchecked Sendable {
         return name
     }
 
+    /// Spec; `nil`: `/` (the caller is not on the agent's machine).
     public func spec(_ name: String?) throws(LmctfyError) -> ContainerSpec {
         try client.call(AgentMethods.spec, SpecRequest(name: name ?? "/")).spec ?? ContainerSpec()
     }
 
+    /// Stats; `nil`: `/`.
     public func stats(_ name: String?, type: StatsType) throws(LmctfyError) -> ContainerStats {
         let kind: StatsKind = type == .full ? .statsFull : .statsSummary
         return try client.call(AgentMethods.stats, StatsRequest(name: name ?? "/", kind: kind)).stats ?? ContainerStats()
     }
 
+    /// ListContainers; `nil`: `/`.
     public func listContainers(_ name: String?, recursive: Bool) throws(LmctfyError) -> [String] {
         try client.call(AgentMethods.listContainers, ListContainersRequest(name: name ?? "/", recursive: recursive)).names
     }
 
+    /// ListPids or ListTids; `nil`: `/`.
     public func listTasks(_ name: String?, threads: Bool, recursive: Bool) throws(LmctfyError) -> [Int32] {
         if threads {
             return try client.call(AgentMethods.listTids, ListTidsRequest(name: name ?? "/", recursive: recursive)).tids
@@ -58,6 +65,7 @@ public final class RemoteBackend: ContainerBackend, @unchecked Sendable {
         return try client.call(AgentMethods.listPids, ListPidsRequest(name: name ?? "/", recursive: recursive)).pids
     }
 
+    /// Detect; needs a pid (the calling shell is not on the agent's machine).
     public func detect(_ tid: Int32?) throws(LmctfyError) -> String {
         guard let tid else {
             throw .invalidArgument("lmctl detect needs a PID: the calling shell is not on the agent's machine")
@@ -65,6 +73,7 @@ public final class RemoteBackend: ContainerBackend, @unchecked Sendable {
         return try client.call(AgentMethods.detect, DetectRequest(pid: tid)).name ?? ""
     }
 
+    /// Run: `onStarted` at RUN_STARTED; attached runs return at RUN_EXITED.
     public func run(_ name: String, argv: [String], detached: Bool,
                     onStarted: (Int32) throws(LmctfyError) -> Void) throws(LmctfyError) -> RunOutcome {
         var outcome: RunOutcome?
@@ -86,6 +95,7 @@ public final class RemoteBackend: ContainerBackend, @unchecked Sendable {
         return outcome
     }
 
+    /// Enter; needs TIDs.
     public func enter(_ name: String, tids: [Int32]) throws(LmctfyError) {
         guard !tids.isEmpty else {
             throw .invalidArgument("lmctl enter needs TIDs: the calling shell is not on the agent's machine")
@@ -93,10 +103,12 @@ public final class RemoteBackend: ContainerBackend, @unchecked Sendable {
         _ = try client.call(AgentMethods.enter, EnterRequest(name: name, tids: tids))
     }
 
+    /// KillAll.
     public func killAll(_ name: String, recursive: Bool) throws(LmctfyError) {
         _ = try client.call(AgentMethods.killAll, KillAllRequest(name: name, recursive: recursive))
     }
 
+    /// Pause or Resume; returns the name as sent.
     @discardableResult
     public func setPaused(_ name: String, _ paused: Bool) throws(LmctfyError) -> String {
         if paused {
@@ -120,6 +132,7 @@ public final class RemoteBackend: ContainerBackend, @unchecked Sendable {
         }
     }
 
+    /// Init, on the agent's machine.
     public func initMachine(_ spec: InitSpec) throws(LmctfyError) {
         _ = try client.call(AgentMethods.initMachine, InitRequest(spec: spec))
     }
