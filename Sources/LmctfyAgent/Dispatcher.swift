@@ -10,6 +10,7 @@ import LmctfyBackend
 import LmctfyProto
 import LmctfyRPC
 import LmctfySystem
+
 /// One call's link to its stream: cancellation (peer cancel, deadline,
 /// connection closed) and the way back for streamed responses.
 public final class CallContext: @unchecked Sendable {
