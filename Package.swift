@@ -64,10 +64,17 @@ let package = Package(
             name: "LmctfyLoop",
             dependencies: ["CLibUV", "CLmctfyUV", "LmctfySystem"]),
 
-        // CL1: containers, names, cgroup v1/v2 layouts, resource handlers.
+        // The ContainerBackend protocol the verbs and the agent act on, and its
+        // vocabulary; no CL1, so lmctl shares it without linking cgroup code.
+        .target(
+            name: "LmctfyBackend",
+            dependencies: ["LmctfyProto", "LmctfySystem"]),
+
+        // CL1: containers, names, cgroup v1/v2 layouts, resource handlers, and
+        // LocalBackend (the backend over them).
         .target(
             name: "Lmctfy",
-            dependencies: ["LmctfySystem", "LmctfyProto", "CLmctfyShims"]),
+            dependencies: ["LmctfyBackend", "LmctfySystem", "LmctfyProto", "CLmctfyShims"]),
 
         // Fake cgroup trees, the root gate, unique test containers.
         .target(
@@ -75,25 +82,24 @@ let package = Package(
             dependencies: ["Lmctfy", "LmctfySystem"],
             path: "Tests/LmctfyTestSupport"),
 
-        // CLI verbs, one file each; testable without spawning.
+        // CLI verbs, one file each, on any ContainerBackend; testable without spawning.
         .target(
             name: "LmctfyCommands",
-            dependencies: [
-                "Lmctfy", "LmctfySystem", "LmctfyProto",
-            ]),
+            dependencies: ["LmctfyBackend", "LmctfySystem", "LmctfyProto"]),
 
-        .executableTarget(name: "lmctfy", dependencies: ["LmctfyCommands"]),
+        // lmctfy: the verbs on LocalBackend (CL1 on this machine).
+        .executableTarget(name: "lmctfy", dependencies: ["LmctfyCommands", "Lmctfy", "LmctfySystem"]),
 
-        // lmctl: the lmctfy verbs against an agent.
+        // lmctl: the lmctfy verbs against an agent. Never links CL1 (Lmctfy).
         .target(
             name: "LmctlCommands",
-            dependencies: ["Lmctfy", "LmctfyCommands", "LmctfyProto", "LmctfyRPC", "LmctfySystem"]),
+            dependencies: ["LmctfyBackend", "LmctfyCommands", "LmctfyProto", "LmctfyRPC", "LmctfySystem"]),
         .executableTarget(name: "lmctl", dependencies: ["LmctlCommands"], path: "tools/lmctl"),
 
         // The agent: RPC dispatch onto CL1, listeners, config, events.
         .target(
             name: "LmctfyAgent",
-            dependencies: ["Lmctfy", "LmctfyCommands", "LmctfyProto", "LmctfyRPC", "LmctfySystem", "LmctfyLoop",
+            dependencies: ["Lmctfy", "LmctfyBackend", "LmctfyProto", "LmctfyRPC", "LmctfySystem", "LmctfyLoop",
                            .product(name: "Logging", package: "swift-log")]),
         .executableTarget(name: "lmctfy-agent", dependencies: ["LmctfyAgent"]),
 

@@ -10,12 +10,6 @@ import LmctfyProto
 import LmctfyRPC
 import LmctfySystem
 
-/// Methods whose calls last (waiting for events or a process): they get a
-/// thread of their own instead of one of libuv's four pool threads.
-let streamingMethods: Set<String> = ["Run", "Notify"]
-
-/// Methods that never block: run on the loop thread, no hop to a worker.
-let loopMethods: Set<String> = ["Ping"]
 
 final class ConnState {
     let id: Int
@@ -65,7 +59,11 @@ public final class Agent: @unchecked Sendable {
     public init(settings: AgentSettings, api: ContainerApi) {
         self.settings = settings
         self.loop = EventLoop(name: "lmctfy-agent")
-        self.dispatcher = Dispatcher(api: api, events: EventLog(), agentVersion: LmctfyVersion.string)
+        // Names the caller leaves out mean the agent's own container; an
+        // attached run's stdio is /dev/null (the agent's is not the caller's).
+        let backend = LocalBackend(api: api, callerPid: Sys.getpid(), foreground: LocalBackend.spawnAndWait(stdio: .devNull))
+        self.dispatcher = Dispatcher(backend: backend, cgroupVersion: api.version.number,
+                                     events: EventLog(), agentVersion: LmctfyVersion.string)
         self.log = AgentLog(level: settings.logLevel)
     }
 
@@ -236,10 +234,17 @@ public final class Agent: @unchecked Sendable {
 
     // MARK: Calls
 
+    /// Where a call runs: the method table says; an unknown method is
+    /// refused from the pool like any call.
+    static func scheduling(of method: String) -> MethodScheduling {
+        AgentMethods.named(method)?.scheduling ?? .pool
+    }
+
     private func startCall(_ s: ConnState, streamId: UInt32, method: String, payload: [UInt8]) {
         let role = s.role
         let dispatcher = self.dispatcher
-        if loopMethods.contains(method) {
+        let scheduling = Self.scheduling(of: method)
+        if scheduling == .loop {
             // Answered by the loop itself: nothing to block on, and a ping
             // that proves the loop is alive should not wait for a pool thread
             // (nor for two wake-ups of the loop to send its answer).
@@ -268,7 +273,7 @@ public final class Agent: @unchecked Sendable {
                 self.workers.locked { $0 -= 1 }
             }
         }
-        if streamingMethods.contains(method) {
+        if scheduling == .ownThread {
             Threads.detach(work)
         } else if !loop.offload(work, then: { _ in }) {
             workers.locked { $0 -= 1 }

@@ -1,11 +1,12 @@
-// Executes one RPC against CL1 on this machine. It blocks (cgroup writes,
-// waiting for a process, waiting for events), so the agent calls it OFF the
-// loop thread; responses of streaming calls go out through `emit`, which the
-// agent hops back onto the loop. Semantics are the CLI's: the same
-// LocalBackend serves `lmctfy` and the agent.
+// Executes one RPC against a ContainerBackend (CL1 on this machine, a
+// LocalBackend whose attached runs have /dev/null for stdio). It blocks
+// (cgroup writes, waiting for a process, waiting for events), so the agent
+// calls it OFF the loop thread (except what the method table schedules on
+// the loop); responses of streaming calls go out through `emit`, which the
+// agent hops back onto the loop. Semantics are the CLI's: the same backend
+// protocol serves `lmctfy`, `lmctl` and the agent.
 import Glibc
-import Lmctfy
-import LmctfyCommands
+import LmctfyBackend
 import LmctfyProto
 import LmctfyRPC
 import LmctfySystem
@@ -30,48 +31,35 @@ public final class CallContext: @unchecked Sendable {
     }
 }
 
-/// Methods by the role they need (docs/PROTOCOL.md §6).
-public enum MethodRoles {
-    public static let reader: Set<String> = [
-        "Spec", "Stats", "ListContainers", "ListPids", "ListTids", "Detect", "Notify", "MachineInfo", "Ping",
-    ]
-    public static let admin: Set<String> = reader.union([
-        "Create", "Destroy", "Update", "Run", "Enter", "KillAll", "Pause", "Resume", "Init",
-    ])
-
-    public static func allows(_ role: AgentRole, _ method: String) -> Bool {
-        switch role {
-        case .agentRoleAdmin: admin.contains(method)
-        case .agentRoleReader: reader.contains(method)
-        case .agentRoleUnspecified: false
-        }
-    }
-}
-
+/// Turns agent methods into backend calls: one handler per entry of the
+/// method table (AgentMethods), which also decides who may call what.
 public final class Dispatcher: Sendable {
-    let api: ContainerApi
-    let backend: LocalBackend
+    let backend: any ContainerBackend
+    /// The cgroup version MachineInfo reports (1 or 2).
+    let cgroupVersion: Int32
+    /// Where lifecycle calls and notifications are recorded.
     public let events: EventLog
     let agentVersion: String
 
-    public init(api: ContainerApi, events: EventLog, agentVersion: String) {
-        self.api = api
-        // Names the caller leaves out mean the agent's own container.
-        self.backend = LocalBackend(api: api, callerPid: Sys.getpid())
+    /// A dispatcher onto `backend`; names the caller leaves out mean
+    /// whatever the backend's caller is (the agent's own container).
+    public init(backend: any ContainerBackend, cgroupVersion: Int32, events: EventLog, agentVersion: String) {
+        self.backend = backend
+        self.cgroupVersion = cgroupVersion
         self.events = events
         self.agentVersion = agentVersion
     }
 
     /// Runs `method`; the returned status ends the stream.
     public func handle(method: String, payload: [UInt8], role: AgentRole, context: CallContext) -> CallStatus {
-        guard MethodRoles.admin.contains(method) else {
+        guard let info = AgentMethods.named(method), let handler = Self.handlers[method] else {
             return CallStatus(.unimplemented, "Unknown method \"\(method)\"")
         }
-        guard MethodRoles.allows(role, method) else {
+        guard info.role.allows(role) else {
             return CallStatus(.permissionDenied, "Method \(method) needs the admin role")
         }
         do {
-            try run(method, payload, context)
+            try handler(self, payload, context)
             return .ok
         } catch let error as LmctfyError {
             return CallStatus(error)
@@ -82,130 +70,151 @@ public final class Dispatcher: Sendable {
         }
     }
 
-    private func name(_ n: String?) throws(LmctfyError) -> String {
-        guard let n else { throw .invalidArgument("The request names no container") }
-        return n
-    }
+    typealias Handler = @Sendable (Dispatcher, [UInt8], CallContext) throws -> Void
 
-    private func run(_ method: String, _ payload: [UInt8], _ context: CallContext) throws {
-        switch method {
-        case "Create":
-            let r = try CreateRequest(serializedBytes: payload)
-            try backend.create(try name(r.name), spec: r.spec ?? ContainerSpec())
-            events.record(container: try api.resolve(try name(r.name)).path, kind: .containerEventCreated)
-            try context.emit(CreateResponse())
-        case "Destroy":
-            let r = try DestroyRequest(serializedBytes: payload)
-            let path = try api.resolve(try name(r.name)).path
-            try backend.destroy(try name(r.name), force: r.force ?? false)
-            events.record(container: path, kind: .containerEventDestroyed)
-            try context.emit(DestroyResponse())
-        case "Update":
-            let r = try UpdateRequest(serializedBytes: payload)
+    /// The methods that have a handler (a test checks it is the whole table).
+    static var handledMethods: Set<String> { Set(handlers.keys) }
+
+    /// One handler per method of the table, by name.
+    static let handlers: [String: Handler] = {
+        var table: [String: Handler] = [:]
+        /// A unary method: decode the request, answer with one response.
+        func unary<Req, Resp>(_ m: AgentMethod<Req, Resp>, _ body: @escaping @Sendable (Dispatcher, Req) throws -> Resp) {
+            table[m.name] = { d, payload, context in
+                try context.emit(try body(d, try Req(serializedBytes: payload)))
+            }
+        }
+        /// A streaming method: decode the request; the body emits.
+        func streaming<Req, Resp>(_ m: AgentMethod<Req, Resp>, _ body: @escaping @Sendable (Dispatcher, Req, CallContext) throws -> Void) {
+            table[m.name] = { d, payload, context in try body(d, try Req(serializedBytes: payload), context) }
+        }
+        unary(AgentMethods.create) { d, r in
+            let path = try d.backend.create(try Dispatcher.containerName(r.name), spec: r.spec ?? ContainerSpec())
+            d.events.record(container: path, kind: .containerEventCreated)
+            return CreateResponse()
+        }
+        unary(AgentMethods.destroy) { d, r in
+            let path = try d.backend.destroy(try Dispatcher.containerName(r.name), force: r.force ?? false)
+            d.events.record(container: path, kind: .containerEventDestroyed)
+            return DestroyResponse()
+        }
+        unary(AgentMethods.update) { d, r in
             let policy: UpdatePolicy
             switch r.policy {
             case .updateDiff: policy = .diff
             case .updateReplace: policy = .replace
             default: throw LmctfyError.invalidArgument("Update needs a policy (UPDATE_DIFF or UPDATE_REPLACE)")
             }
-            try backend.update(try name(r.name), spec: r.spec ?? ContainerSpec(), policy: policy)
-            events.record(container: try api.resolve(try name(r.name)).path, kind: .containerEventUpdated)
-            try context.emit(UpdateResponse())
-        case "Spec":
-            let r = try SpecRequest(serializedBytes: payload)
-            try context.emit(SpecResponse(spec: try backend.spec(r.name)))
-        case "Stats":
-            let r = try StatsRequest(serializedBytes: payload)
-            try context.emit(StatsResponse(stats: try backend.stats(r.name, type: r.kind == .statsFull ? .full : .summary)))
-        case "ListContainers":
-            let r = try ListContainersRequest(serializedBytes: payload)
-            try context.emit(ListContainersResponse(names: try backend.listContainers(r.name, recursive: r.recursive ?? false)))
-        case "ListPids":
-            let r = try ListPidsRequest(serializedBytes: payload)
-            try context.emit(ListPidsResponse(pids: try backend.listTasks(r.name, threads: false, recursive: r.recursive ?? false)))
-        case "ListTids":
-            let r = try ListTidsRequest(serializedBytes: payload)
-            try context.emit(ListTidsResponse(tids: try backend.listTasks(r.name, threads: true, recursive: r.recursive ?? false)))
-        case "Detect":
-            let r = try DetectRequest(serializedBytes: payload)
-            try context.emit(DetectResponse(name: try backend.detect(r.pid)))
-        case "Run":
-            try runCommand(try RunRequest(serializedBytes: payload), context)
-        case "Enter":
-            let r = try EnterRequest(serializedBytes: payload)
-            guard !r.tids.isEmpty else { throw LmctfyError.invalidArgument("Enter needs the TIDs to move") }
-            try backend.enter(try name(r.name), tids: r.tids)
-            try context.emit(EnterResponse())
-        case "KillAll":
-            let r = try KillAllRequest(serializedBytes: payload)
-            try backend.killAll(try name(r.name), recursive: r.recursive ?? false)
-            try context.emit(KillAllResponse())
-        case "Pause", "Resume":
-            let n = method == "Pause" ? try PauseRequest(serializedBytes: payload).name : try ResumeRequest(serializedBytes: payload).name
-            try backend.setPaused(try name(n), method == "Pause")
-            events.record(container: try api.resolve(try name(n)).path, kind: .containerEventFreezer, frozen: method == "Pause")
-            if method == "Pause" { try context.emit(PauseResponse()) } else { try context.emit(ResumeResponse()) }
-        case "Notify":
-            try notify(try NotifyRequest(serializedBytes: payload), context)
-        case "MachineInfo":
-            try context.emit(MachineInfo.collect(api: api, agentVersion: agentVersion, bootId: events.bootId))
-        case "Init":
-            let r = try InitRequest(serializedBytes: payload)
-            try backend.initMachine(r.spec ?? InitSpec())
-            try context.emit(InitResponse())
-        case "Ping":
-            let r = try PingRequest(serializedBytes: payload)
-            try context.emit(PingResponse(data: r.data ?? []))
-        default:
-            throw LmctfyError.unimplemented("Unknown method \"\(method)\"")
+            let path = try d.backend.update(try Dispatcher.containerName(r.name), spec: r.spec ?? ContainerSpec(), policy: policy)
+            d.events.record(container: path, kind: .containerEventUpdated)
+            return UpdateResponse()
         }
+        unary(AgentMethods.spec) { d, r in SpecResponse(spec: try d.backend.spec(r.name)) }
+        unary(AgentMethods.stats) { d, r in
+            StatsResponse(stats: try d.backend.stats(r.name, type: r.kind == .statsFull ? .full : .summary))
+        }
+        unary(AgentMethods.listContainers) { d, r in
+            ListContainersResponse(names: try d.backend.listContainers(r.name, recursive: r.recursive ?? false))
+        }
+        unary(AgentMethods.listPids) { d, r in
+            ListPidsResponse(pids: try d.backend.listTasks(r.name, threads: false, recursive: r.recursive ?? false))
+        }
+        unary(AgentMethods.listTids) { d, r in
+            ListTidsResponse(tids: try d.backend.listTasks(r.name, threads: true, recursive: r.recursive ?? false))
+        }
+        unary(AgentMethods.detect) { d, r in DetectResponse(name: try d.backend.detect(r.pid)) }
+        streaming(AgentMethods.run) { d, r, context in try d.runCommand(r, context) }
+        unary(AgentMethods.enter) { d, r in
+            guard !r.tids.isEmpty else { throw LmctfyError.invalidArgument("Enter needs the TIDs to move") }
+            try d.backend.enter(try Dispatcher.containerName(r.name), tids: r.tids)
+            return EnterResponse()
+        }
+        unary(AgentMethods.killAll) { d, r in
+            try d.backend.killAll(try Dispatcher.containerName(r.name), recursive: r.recursive ?? false)
+            return KillAllResponse()
+        }
+        unary(AgentMethods.pause) { d, r in
+            try d.setPaused(try Dispatcher.containerName(r.name), true)
+            return PauseResponse()
+        }
+        unary(AgentMethods.resume) { d, r in
+            try d.setPaused(try Dispatcher.containerName(r.name), false)
+            return ResumeResponse()
+        }
+        streaming(AgentMethods.notify) { d, r, context in try d.notify(r, context) }
+        unary(AgentMethods.machineInfo) { d, _ in
+            MachineInfo.collect(cgroupVersion: d.cgroupVersion, agentVersion: d.agentVersion, bootId: d.events.bootId)
+        }
+        unary(AgentMethods.initMachine) { d, r in
+            try d.backend.initMachine(r.spec ?? InitSpec())
+            return InitResponse()
+        }
+        unary(AgentMethods.ping) { _, r in PingResponse(data: r.data ?? []) }
+        return table
+    }()
+
+    private static func containerName(_ n: String?) throws(LmctfyError) -> String {
+        guard let n else { throw .invalidArgument("The request names no container") }
+        return n
+    }
+
+    private func setPaused(_ name: String, _ paused: Bool) throws(LmctfyError) {
+        let path = try backend.setPaused(name, paused)
+        events.record(container: path, kind: .containerEventFreezer, frozen: paused)
     }
 
     /// RUN_STARTED with the pid, then (attached) RUN_EXITED with the status.
-    /// The agent's stdio is not the caller's: an attached run's output goes
-    /// to /dev/null until attached output exists in the protocol.
+    /// The agent's stdio is not the caller's: its backend sends an attached
+    /// run's output to /dev/null until attached output exists in the protocol.
     private func runCommand(_ r: RunRequest, _ context: CallContext) throws {
         guard !r.argv.isEmpty else { throw LmctfyError.invalidArgument("Run needs a command") }
-        let container = try api.get(try name(r.name))
         let detached = r.detached ?? (r.spec?.fdPolicy == .detached)
-        var options = RunOptions(fdPolicy: detached ? .detached : .inherit)
-        if !detached { options.stdin = .devNull; options.stdout = .devNull; options.stderr = .devNull }
-        let pid = try container.run(r.argv, options: options)
-        try context.emit(RunResponse(kind: .runStarted, pid: pid))
-        guard !detached else { return }
-        let status: ExitStatus
-        do { status = try Sys.waitForExit(pid) } catch { throw error.lmctfy(.internal, "Failed to wait for pid \(pid)") }
-        try context.emit(RunResponse(kind: .runExited, pid: pid, exitCode: status.exitCode, termSignal: status.signal))
+        var pid: Int32 = 0
+        let outcome = try backend.run(try Self.containerName(r.name), argv: r.argv, detached: detached) { (started: Int32) throws(LmctfyError) in
+            pid = started
+            try context.emit(RunResponse(kind: .runStarted, pid: started))
+        }
+        switch outcome {
+        case .started:
+            return
+        case .exited(let code):
+            try context.emit(RunResponse(kind: .runExited, pid: pid, exitCode: code))
+        case .killed(let signal):
+            try context.emit(RunResponse(kind: .runExited, pid: pid, termSignal: signal))
+        }
     }
 
     /// Replays what the subscriber missed (or says it cannot: EventGap),
     /// then streams live events until cancelled or the container goes away.
     private func notify(_ r: NotifyRequest, _ context: CallContext) throws {
         guard let spec = r.spec else { throw LmctfyError.invalidArgument("Notify needs an EventSpec") }
-        let container = try api.get(try name(r.name))
         let kind: ContainerEventKind = spec.oom != nil ? .containerEventOom
             : spec.memoryThreshold != nil ? .containerEventMemoryThreshold : .containerEventEmpty
-        let watch = try container.watch(spec)
-        defer { watch.close() }
-        let path = container.name.path
-        if let after = r.afterSequence {
-            let (missed, gap) = events.since(bootId: r.bootId, after: after) { $0.container == path && $0.kind == kind }
-            if let gap { try context.emit(NotifyResponse(gap: gap)) }
-            for e in missed { try context.emit(NotifyResponse(event: e)) }
-        }
-        while !context.cancelled {
-            let n = try watch.wait(timeoutMs: 200)
-            for _ in 0..<n {
-                let e = events.record(container: path, kind: kind, threshold: spec.memoryThreshold?.usage)
-                try context.emit(NotifyResponse(event: e))
-            }
-        }
+        var path = ""
+        let events = self.events
+        try backend.notify(
+            try Self.containerName(r.name), event: spec,
+            cancellation: NotifyCancellation(pollMs: 200) { context.cancelled },
+            onWatching: { (watched: String) throws(LmctfyError) in
+                path = watched
+                guard let after = r.afterSequence else { return }
+                let (missed, gap) = events.since(bootId: r.bootId, after: after) { $0.container == watched && $0.kind == kind }
+                if let gap { try context.emit(NotifyResponse(gap: gap)) }
+                for e in missed { try context.emit(NotifyResponse(event: e)) }
+            },
+            onEvent: { (n: Int) throws(LmctfyError) -> Bool in
+                for _ in 0..<n {
+                    let e = events.record(container: path, kind: kind, threshold: spec.memoryThreshold?.usage)
+                    try context.emit(NotifyResponse(event: e))
+                }
+                return true
+            })
     }
 }
 
 /// The machine, for MachineInfo.
 enum MachineInfo {
-    static func collect(api: ContainerApi, agentVersion: String, bootId: String) -> MachineInfoResponse {
+    static func collect(cgroupVersion: Int32, agentVersion: String, bootId: String) -> MachineInfoResponse {
         var info = MachineInfoResponse()
         var u = utsname()
         uname(&u)
@@ -214,7 +223,7 @@ enum MachineInfo {
         }
         info.hostname = field(u.nodename)
         info.kernel = field(u.release)
-        info.cgroupVersion = api.version == .v1 ? 1 : 2
+        info.cgroupVersion = cgroupVersion
         info.cpus = Int32(sysconf(Int32(_SC_NPROCESSORS_ONLN)))
         if let meminfo = try? Sys.readFile("/proc/meminfo"),
            let line = meminfo.split(separator: "\n").first(where: { $0.hasPrefix("MemTotal:") }),

@@ -8,12 +8,13 @@
 // verb) is not what that library produces, and bending it costs more code
 // than this walk.
 import Glibc
-import Lmctfy
+import LmctfyBackend
 import LmctfySystem
 
 public enum LmctfyCLI {
-    /// The `lmctfy` executable: the process's arguments and streams, then exit.
-    public static func main() -> Never {
+    /// The `lmctfy` executable: the process's arguments and streams, then
+    /// exit. `environment` is the machine (the executable wires CL1 in).
+    public static func main(environment: CLIEnvironment) -> Never {
         // Arguments as bytes: an inline spec may be binary protobuf, which
         // CommandLine.arguments would repair into different bytes.
         var raw: [[UInt8]] = []
@@ -24,7 +25,7 @@ public enum LmctfyCLI {
         }
         let status = run(
             rawArguments: raw, stdout: FileDescriptorSink(fd: 1), stderr: FileDescriptorSink(fd: 2),
-            environment: .live)
+            environment: environment)
         exit(status)
     }
 

@@ -1,7 +1,7 @@
 // The command tree: menus of words leading to verbs (leaves). Dispatch walks
 // it one word at a time (lmctfy-behaviour.md §1.1). Each verb's Leaf lives in
 // the verb's own file; this file only arranges them.
-import Lmctfy
+import LmctfyBackend
 import LmctfySystem
 
 /// A verb: its synopsis and argument count, and what it does.

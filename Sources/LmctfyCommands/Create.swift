@@ -1,5 +1,5 @@
 // `lmctfy create [-c <file>] <name> [<spec>]`
-import Lmctfy
+import LmctfyBackend
 import LmctfyProto
 
 enum CreateCommand {

@@ -1,5 +1,5 @@
 // `lmctfy destroy [-f] <name>`
-import Lmctfy
+import LmctfyBackend
 import LmctfySystem
 
 enum DestroyCommand {

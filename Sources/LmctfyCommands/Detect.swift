@@ -1,6 +1,6 @@
 // `lmctfy detect [<pid/tid>]`
 import Glibc
-import Lmctfy
+import LmctfyBackend
 import LmctfyProto
 import LmctfySystem
 

@@ -1,7 +1,7 @@
 // `lmctfy enter <name> [<tid>...]`: moves the given tasks, or the calling
 // shell (lmctfy's parent), into the container.
 import Glibc
-import Lmctfy
+import LmctfyBackend
 import LmctfySystem
 
 enum EnterCommand {

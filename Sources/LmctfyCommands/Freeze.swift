@@ -1,7 +1,7 @@
 // `lmctfy pause <name>` / `lmctfy resume <name>`: the freezer, waiting until
 // the kernel reports the new state; subcontainers follow (the kernel's
 // freezers are hierarchical). The root is refused (D7).
-import Lmctfy
+import LmctfyBackend
 
 enum FreezeCommand {
     static let pause = leaf("pause", "Freeze every task in a container and its subcontainers.", frozen: true)

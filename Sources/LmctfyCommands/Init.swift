@@ -13,11 +13,7 @@ enum InitCommand {
     static func run(_ call: Invocation) throws -> CommandOutput {
         let spec = try call.spec(InitSpec.self, inlineAt: 0, what: "config", reportTextError: true)
         // Through an agent (lmctl), the agent's machine is the one prepared.
-        if let remote = call.environment.remoteBackend {
-            try remote().initMachine(spec)
-        } else {
-            try call.environment.initMachine(spec)
-        }
+        try call.environment.initMachine(spec)
         return .none
     }
 }

@@ -1,7 +1,7 @@
 // `lmctfy killall [-r] <name>`: kills every process of the container (D9:
 // freeze, kill, thaw, until empty; works when paused); -r also kills the
 // processes of every subcontainer, deepest first.
-import Lmctfy
+import LmctfyBackend
 import LmctfySystem
 
 enum KillAllCommand {

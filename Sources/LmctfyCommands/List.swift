@@ -1,6 +1,6 @@
 // `lmctfy list containers [-r] [<name>]`. `list pids|tids` join this menu
 // with the next issue.
-import Lmctfy
+import LmctfyBackend
 
 enum ListContainersCommand {
     static let leaf = Leaf(

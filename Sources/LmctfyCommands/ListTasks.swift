@@ -1,6 +1,6 @@
 // `lmctfy list pids|tids [-r] [<name>]`: cgroup.procs / tasks, sorted and
 // (with -r) merged over every subcontainer.
-import Lmctfy
+import LmctfyBackend
 
 enum ListTasksCommand {
     static let pids = leaf("pids", key: "pid", threads: false)

@@ -2,7 +2,7 @@
 // `notify container empty <name>`: wait for the event and print
 // notification_status="0". With -f, keep following: one line per event until
 // interrupted or the container goes away (then exit 5, D5).
-import Lmctfy
+import LmctfyBackend
 import LmctfyProto
 import LmctfySystem
 

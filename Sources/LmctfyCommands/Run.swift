@@ -3,7 +3,7 @@
 // (D16). Everything after the container name is the command (D1), flags too.
 // Without -n lmctfy becomes the command (its exit status is the command's);
 // with -n the command runs detached (D6) and its pid is printed.
-import Lmctfy
+import LmctfyBackend
 import LmctfySystem
 
 enum RunCommand {
@@ -22,12 +22,13 @@ enum RunCommand {
     @Sendable
     static func run(_ api: any ContainerBackend, _ call: Invocation) throws -> CommandOutput {
         let command = argv(Array(call.arguments.dropFirst()))
-        switch try api.run(call.arguments[0], argv: command, detached: call.flags.noWait) {
+        let outcome = try api.run(call.arguments[0], argv: command, detached: call.flags.noWait)
+        switch outcome {
         case .started(let pid):
             return CommandOutput(entries: [.pair(key: "pid", value: String(pid))], json: "{\"pid\":\(pid)}")
-        case .exited(let status):
+        case .exited, .killed:
             var out = CommandOutput.none
-            out.exitStatus = status
+            out.exitStatus = outcome.shellStatus ?? 0
             return out
         }
     }

@@ -1,5 +1,5 @@
 // `lmctfy spec [-b] [<name>]`
-import Lmctfy
+import LmctfyBackend
 import LmctfySystem
 
 enum SpecCommand {

@@ -1,5 +1,5 @@
 // `lmctfy stats summary|full [-b] [<name>]`
-import Lmctfy
+import LmctfyBackend
 
 enum StatsCommand {
     static let summary = leaf("summary", .summary, "Print a container's ContainerStats: the usual fields")

@@ -1,5 +1,5 @@
 // `lmctfy update diff|replace [-c <file>] <name> [<spec>]`
-import Lmctfy
+import LmctfyBackend
 import LmctfyProto
 
 enum UpdateCommand {

@@ -48,8 +48,10 @@ public enum LmctlCLI {
         if words.first(where: { !$0.hasPrefix("-") }) == "info" {
             return info(words, connect: connect, stdout: stdout, stderr: stderr)
         }
-        var environment = CLIEnvironment.live
-        environment.remoteBackend = { () throws(LmctfyError) in try connect() }
+        // The agent's machine is the one every verb acts on, `init` included.
+        let environment = CLIEnvironment(
+            makeBackend: { () throws(LmctfyError) in try connect() },
+            initMachine: { (spec: InitSpec) throws(LmctfyError) in try connect().initMachine(spec) })
         return LmctfyCLI.run(arguments: words, stdout: stdout, stderr: stderr, environment: environment)
     }
 

@@ -166,7 +166,7 @@ import Testing
 
     @Test func aLibraryThatCannotStartIsReportedWithItsCode() {
         var env = machine.environment
-        env.makeApi = { () throws(LmctfyError) in throw .notFound("no freezer") }
+        env.makeBackend = { () throws(LmctfyError) -> any ContainerBackend in throw .notFound("no freezer") }
         let r = lmctfy(["list", "containers"], in: env)
         #expect(r.status == 5)
         #expect(r.stderr == "Failed to create a lmctfy instance with error 'no freezer'\n")

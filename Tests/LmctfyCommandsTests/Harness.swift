@@ -76,8 +76,9 @@ final class FakeMachine: @unchecked Sendable {
         let procRoot = tree.root + "/proc"
         let recorder = initSpecs
         return CLIEnvironment(
-            parentPid: Self.parentPid,
-            makeApi: { () throws(LmctfyError) in try ContainerApi(mounts: mounts, procRoot: procRoot) },
+            makeBackend: { () throws(LmctfyError) -> any ContainerBackend in
+                LocalBackend(api: try ContainerApi(mounts: mounts, procRoot: procRoot), callerPid: Self.parentPid)
+            },
             initMachine: { spec throws(LmctfyError) in recorder.append(spec) })
     }
 

@@ -19,9 +19,14 @@ enum Runner: String, CaseIterable, CustomTestStringConvertible {
         switch self {
         case .binary: return try BuiltBinary.run(args)
         case .inProcess:
-            // In-process, a foreground `run` must not replace the test runner.
-            var environment = CLIEnvironment.live
-            environment.runForeground = CLIEnvironment.spawnAndWait
+            // In-process, a foreground `run` must not replace the test runner:
+            // the backend spawns and waits where lmctfy would exec.
+            let parent = Sys.getppid()
+            let environment = CLIEnvironment(
+                makeBackend: { () throws(LmctfyError) -> any ContainerBackend in
+                    try LocalBackend.detect(callerPid: parent, foreground: LocalBackend.spawnAndWait(stdio: .inherit))
+                },
+                initMachine: LocalBackend.prepareMachine)
             return lmctfy(args, in: environment)
         }
     }

@@ -65,6 +65,7 @@ func pipelinedPings(port: UInt16, keyId: String, key: [UInt8], depth: Int, secon
     defer { close(fd) }
     var session = Session(dialler: .sharedKey(keyId: keyId, key: key), name: "bench", now: MonotonicClock.milliseconds())
     let ping = (try? PingRequest(data: Array(repeating: 7, count: 16)).serializedBytes()) ?? []
+    let pingMethod = AgentMethods.ping.name
     var done = 0
     var established = false
     let end = now() + seconds * 1e6
@@ -81,12 +82,12 @@ func pipelinedPings(port: UInt16, keyId: String, key: [UInt8], depth: Int, secon
                 case .established:
                     established = true
                     for _ in 0..<depth {
-                        more += session.openStream(method: "Ping", payload: ping, now: MonotonicClock.milliseconds()).actions
+                        more += session.openStream(method: pingMethod, payload: ping, now: MonotonicClock.milliseconds()).actions
                     }
                 case .deliverStatus(_, let status):
                     if status.code == .ok { done += 1 }
                     if now() < end {
-                        more += session.openStream(method: "Ping", payload: ping, now: MonotonicClock.milliseconds()).actions
+                        more += session.openStream(method: pingMethod, payload: ping, now: MonotonicClock.milliseconds()).actions
                     }
                 default: break
                 }
@@ -238,9 +239,9 @@ do {
         let t0 = now()
         for i in 0..<n {
             let name = "/lmctfy_bench_agent_\(getpid())_\(i)"
-            _ = try client.call("Create", CreateRequest(name: name, spec: spec), as: CreateResponse.self)
-            try client.stream("Run", RunRequest(name: name, argv: ["/bin/true"]), as: RunResponse.self) { _ in true }
-            _ = try client.call("Destroy", DestroyRequest(name: name, force: true), as: DestroyResponse.self)
+            _ = try client.call(AgentMethods.create, CreateRequest(name: name, spec: spec))
+            try client.stream(AgentMethods.run, RunRequest(name: name, argv: ["/bin/true"])) { _ in true }
+            _ = try client.call(AgentMethods.destroy, DestroyRequest(name: name, force: true))
         }
         print("agent lifecycle (create cpu+mem, run /bin/true, exit, destroy) us=\(fmt((now() - t0) / Double(n)))")
 

@@ -14,6 +14,9 @@ public enum Controller: String, CaseIterable, Sendable, Comparable {
 
 public enum CgroupVersion: String, Sendable {
     case v1, v2
+
+    /// 1 or 2, as the agent reports it.
+    public var number: Int32 { self == .v1 ? 1 : 2 }
 }
 
 /// The cgroup filesystems of this machine (or of a fake tree in tests).

@@ -62,18 +62,6 @@ public enum ResourceKind: Int, CaseIterable, Sendable, Comparable, CustomStringC
     }
 }
 
-public enum UpdatePolicy: Sendable {
-    /// Write only the fields the spec gives.
-    case diff
-    /// The spec is the whole new state: fields it leaves out go back to their
-    /// defaults (D3). Create applies the spec with this policy.
-    case replace
-}
-
-public enum StatsType: Sendable {
-    case summary, full
-}
-
 /// One resource's spec slice ↔ kernel files, for both cgroup versions.
 public protocol ResourceHandler: Sendable {
     var kind: ResourceKind { get }

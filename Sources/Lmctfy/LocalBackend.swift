@@ -1,0 +1,213 @@
+// The container backend over CL1 on this machine: what `lmctfy` runs its
+// verbs on and what the agent serves its methods with. Semantics that the
+// CLI and the agent share (D7's refusal of `/`, destroy without -f only when
+// empty, killall -r deepest first) live here, once.
+import Glibc
+import LmctfyProto
+import LmctfySystem
+
+/// CL1 on this machine. A value type holding its `ContainerApi`; safe to use
+/// from any thread (each call blocks the calling thread).
+public struct LocalBackend: ContainerBackend {
+    /// How an attached (foreground) `run` runs the command: given the
+    /// container, the argv and the started-callback, it returns how the
+    /// command ended (or only throws, when it replaces the process).
+    public typealias Foreground = @Sendable (Container, [String], (Int32) throws(LmctfyError) -> Void)
+        throws(LmctfyError) -> RunOutcome
+
+    /// Where a spawned foreground command's stdio goes.
+    public enum ForegroundStdio: Sendable {
+        /// The caller's stdin, stdout and stderr (in-process lmctfy, tests).
+        case inherit
+        /// /dev/null: the agent's stdio is not its caller's, so an attached
+        /// run's output is dropped until the protocol carries it.
+        case devNull
+    }
+
+    /// The library instance every call goes through.
+    public let api: ContainerApi
+    /// Whose container `nil` names mean (lmctfy: its parent, the shell;
+    /// the agent: itself).
+    public let callerPid: pid_t
+    /// How an attached `run` runs its command.
+    public let foreground: Foreground
+    /// What `initMachine` does (tests record the spec instead).
+    public let initMachineHook: @Sendable (InitSpec) throws(LmctfyError) -> Void
+
+    /// A backend over `api` on behalf of `callerPid`. By default an attached
+    /// `run` spawns with the caller's stdio and waits, and `initMachine`
+    /// mounts what the spec asks for.
+    public init(api: ContainerApi, callerPid: pid_t,
+                foreground: @escaping Foreground = LocalBackend.spawnAndWait(stdio: .inherit),
+                initMachine: @escaping @Sendable (InitSpec) throws(LmctfyError) -> Void = LocalBackend.prepareMachine) {
+        self.api = api
+        self.callerPid = callerPid
+        self.foreground = foreground
+        self.initMachineHook = initMachine
+    }
+
+    /// This machine's hierarchies (`ContainerApi.detect`), on behalf of `callerPid`.
+    public static func detect(callerPid: pid_t, foreground: @escaping Foreground) throws(LmctfyError) -> LocalBackend {
+        LocalBackend(api: try ContainerApi.detect(), callerPid: callerPid, foreground: foreground)
+    }
+
+    /// Mounts and prepares what an InitSpec asks for (`ContainerApi.initMachine`).
+    @Sendable
+    public static func prepareMachine(_ spec: InitSpec) throws(LmctfyError) {
+        _ = try ContainerApi.initMachine(spec)
+    }
+
+    /// lmctfy's foreground `run`: the process becomes the command (exec, as
+    /// in the original), so this returns only by throwing.
+    @Sendable
+    public static func execForeground(
+        _ container: Container, _ argv: [String], _ onStarted: (Int32) throws(LmctfyError) -> Void
+    ) throws(LmctfyError) -> RunOutcome {
+        try container.exec(argv)
+    }
+
+    /// Spawns the command (stdio as `stdio` says), reports its pid, and
+    /// waits for it: for in-process use (tests, embedding) and the agent.
+    public static func spawnAndWait(stdio: ForegroundStdio) -> Foreground {
+        { (container: Container, argv: [String], onStarted: (Int32) throws(LmctfyError) -> Void) throws(LmctfyError) -> RunOutcome in
+            var options = RunOptions(fdPolicy: .inherit)
+            if stdio == .devNull { options.stdin = .devNull; options.stdout = .devNull; options.stderr = .devNull }
+            let pid = try container.run(argv, options: options)
+            try onStarted(pid)
+            let status: ExitStatus
+            do throws(SystemError) { status = try Sys.waitForExit(pid) } catch { throw error.lmctfy(.internal, "Failed to wait for pid \(pid)") }
+            switch status {
+            case .exited(let code): return .exited(status: code)
+            case .signaled(let signal): return .killed(signal: signal)
+            }
+        }
+    }
+
+    func container(_ name: String?) throws(LmctfyError) -> Container {
+        if let name { return try api.get(name) }
+        return try api.get(api.detect(pid: callerPid))
+    }
+
+    /// Creates the container (`ContainerApi.create`); returns its absolute name.
+    @discardableResult
+    public func create(_ name: String, spec: ContainerSpec) throws(LmctfyError) -> String {
+        try api.create(name, spec: spec).name.path
+    }
+
+    /// Destroys the container; without `force` only an empty one. `/` is refused (D7).
+    @discardableResult
+    public func destroy(_ name: String, force: Bool) throws(LmctfyError) -> String {
+        let container = try api.get(name)
+        // D7: the root holds every task on the machine; never destroy it.
+        if container.name.isRoot {
+            throw .failedPrecondition("Destroying the root container \"/\" is not allowed")
+        }
+        if !force {
+            // Only an empty container goes: the recursive destroy would
+            // otherwise kill what is running in it.
+            let n = container.name
+            if !(try container.subcontainers(recursive: false)).isEmpty {
+                throw .failedPrecondition("Subcontainers found in \"\(n)\"; use -f to destroy them too")
+            }
+            if !(try container.processes(recursive: false)).isEmpty {
+                throw .failedPrecondition("Processes found in \"\(n)\"; use -f to kill them")
+            }
+            if !(try container.threads(recursive: false)).isEmpty {
+                throw .failedPrecondition("Tourist threads found in \"\(n)\"; use -f to kill them")
+            }
+        }
+        try api.destroy(container.name)
+        return container.name.path
+    }
+
+    /// Applies `spec` with `policy`; returns the absolute name.
+    @discardableResult
+    public func update(_ name: String, spec: ContainerSpec, policy: UpdatePolicy) throws(LmctfyError) -> String {
+        let container = try api.get(name)
+        try container.update(spec, policy: policy)
+        return container.name.path
+    }
+
+    /// The container's spec as the kernel has it; `nil`: the caller's container.
+    public func spec(_ name: String?) throws(LmctfyError) -> ContainerSpec {
+        try container(name).spec()
+    }
+
+    /// The container's statistics; `nil`: the caller's container.
+    public func stats(_ name: String?, type: StatsType) throws(LmctfyError) -> ContainerStats {
+        try container(name).stats(type)
+    }
+
+    /// Absolute names of the subcontainers, sorted.
+    public func listContainers(_ name: String?, recursive: Bool) throws(LmctfyError) -> [String] {
+        try container(name).subcontainers(recursive: recursive).map(\.path)
+    }
+
+    /// Pids or tids of the container, sorted.
+    public func listTasks(_ name: String?, threads: Bool, recursive: Bool) throws(LmctfyError) -> [Int32] {
+        let c = try container(name)
+        return threads ? try c.threads(recursive: recursive) : try c.processes(recursive: recursive)
+    }
+
+    /// The container of a task; `nil`: the caller.
+    public func detect(_ tid: Int32?) throws(LmctfyError) -> String {
+        try api.detect(pid: tid ?? callerPid).path
+    }
+
+    /// Detached: a new session, stdio on /dev/null, not our child (D6). Attached: `foreground`.
+    public func run(_ name: String, argv: [String], detached: Bool,
+                    onStarted: (Int32) throws(LmctfyError) -> Void) throws(LmctfyError) -> RunOutcome {
+        let c = try api.get(name)
+        guard detached else { return try foreground(c, argv, onStarted) }
+        let pid = try c.run(argv, options: RunOptions(fdPolicy: .detached))
+        try onStarted(pid)
+        return .started(pid: pid)
+    }
+
+    /// Moves `tids` (empty: the caller) into the container.
+    public func enter(_ name: String, tids: [Int32]) throws(LmctfyError) {
+        try api.get(name).enter(tids.isEmpty ? [callerPid] : tids)
+    }
+
+    /// Kills every process (D9); `recursive`: subcontainers first, deepest first.
+    public func killAll(_ name: String, recursive: Bool) throws(LmctfyError) {
+        let c = try api.get(name)
+        if recursive {
+            for sub in try c.subcontainers(recursive: true).reversed() {
+                try api.get(sub).killAll()
+            }
+        }
+        try c.killAll()
+    }
+
+    /// Freezes or thaws, waiting for the kernel; returns the absolute name.
+    @discardableResult
+    public func setPaused(_ name: String, _ paused: Bool) throws(LmctfyError) -> String {
+        let container = try api.get(name)
+        try container.setFrozen(paused)
+        return container.name.path
+    }
+
+    /// Registers a Watch, reports the watched name, then waits (in `pollMs` slices when cancellable).
+    public func notify(_ name: String, event: EventSpec, cancellation: NotifyCancellation?,
+                       onWatching: (String) throws(LmctfyError) -> Void,
+                       onEvent: (Int) throws(LmctfyError) -> Bool) throws(LmctfyError) {
+        let container = try api.get(name)
+        let watch = try container.watch(event)
+        defer { watch.close() }
+        try onWatching(container.name.path)
+        guard let cancellation else {
+            while try onEvent(try watch.wait()) {}
+            return
+        }
+        while !cancellation.isCancelled() {
+            let n = try watch.wait(timeoutMs: cancellation.pollMs)
+            if n > 0, !(try onEvent(n)) { return }
+        }
+    }
+
+    /// Runs the init hook (by default `ContainerApi.initMachine`).
+    public func initMachine(_ spec: InitSpec) throws(LmctfyError) {
+        try initMachineHook(spec)
+    }
+}

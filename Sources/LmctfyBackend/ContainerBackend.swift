@@ -1,0 +1,140 @@
+// What the verbs and the agent act on. `lmctfy` runs them on this machine's
+// cgroups (LocalBackend, in CL1); `lmctl` runs the very same verbs against
+// an agent (RemoteBackend, over the RPC); the agent serves its RPCs with a
+// LocalBackend. One set of verb semantics, three front doors.
+//
+// This module is the protocol and its vocabulary only: it links neither the
+// cgroup library nor the RPC, so every front door can depend on it.
+import LmctfyProto
+import LmctfySystem
+
+/// How `update` treats the fields a spec leaves out.
+public enum UpdatePolicy: Sendable {
+    /// Write only the fields the spec gives.
+    case diff
+    /// The spec is the whole new state: fields it leaves out go back to their
+    /// defaults (D3). Create applies the spec with this policy.
+    case replace
+}
+
+/// Which statistics `stats` gathers.
+public enum StatsType: Sendable {
+    /// The usual fields.
+    case summary
+    /// Every field.
+    case full
+}
+
+/// The result of `run`: a detached command's pid, or how a foreground
+/// (attached) command ended.
+public enum RunOutcome: Sendable, Equatable {
+    /// A detached command was started with this pid.
+    case started(pid: Int32)
+    /// A foreground command exited with this code.
+    case exited(status: Int32)
+    /// A foreground command was ended by this signal.
+    case killed(signal: Int32)
+
+    /// The exit status as a shell reports it (the code, or 128 + the
+    /// signal); nil for a detached command.
+    public var shellStatus: Int32? {
+        switch self {
+        case .started: nil
+        case .exited(let status): status
+        case .killed(let signal): 128 + signal
+        }
+    }
+}
+
+/// How a waiting `notify` learns that its caller gave up (the agent: the
+/// peer cancelled, the deadline passed or the connection closed).
+public struct NotifyCancellation: Sendable {
+    /// The longest one wait lasts before `isCancelled` is asked again.
+    public var pollMs: Int32
+    /// Asked before every wait; true ends `notify` normally.
+    public var isCancelled: @Sendable () -> Bool
+
+    /// A cancellation check asked at least every `pollMs` milliseconds.
+    public init(pollMs: Int32, isCancelled: @escaping @Sendable () -> Bool) {
+        self.pollMs = pollMs
+        self.isCancelled = isCancelled
+    }
+}
+
+/// Every operation a verb or an agent method performs. Names are as the
+/// user typed them (relative names resolve against the caller's
+/// container); `nil` means "the caller's container" (the calling shell's,
+/// locally). Where a method returns a container name, it is the absolute
+/// name the backend resolved, so callers never resolve a name a second time.
+///
+/// Implementations are `Sendable`; a call blocks its thread (cgroup writes,
+/// waiting for a process or an event) and must not run on an event loop.
+public protocol ContainerBackend: Sendable {
+    /// Creates a container isolating what `spec` names; returns its
+    /// absolute name.
+    @discardableResult
+    func create(_ name: String, spec: ContainerSpec) throws(LmctfyError) -> String
+    /// Without `force`, refuses (9) a container with subcontainers,
+    /// processes or threads. `/` is always refused (D7). Returns the
+    /// absolute name of the container destroyed.
+    @discardableResult
+    func destroy(_ name: String, force: Bool) throws(LmctfyError) -> String
+    /// Applies `spec` with `policy`; returns the container's absolute name.
+    @discardableResult
+    func update(_ name: String, spec: ContainerSpec, policy: UpdatePolicy) throws(LmctfyError) -> String
+    /// The container's spec as the kernel has it.
+    func spec(_ name: String?) throws(LmctfyError) -> ContainerSpec
+    /// The container's statistics.
+    func stats(_ name: String?, type: StatsType) throws(LmctfyError) -> ContainerStats
+    /// Absolute names of the subcontainers, sorted (`recursive`: every descendant).
+    func listContainers(_ name: String?, recursive: Bool) throws(LmctfyError) -> [String]
+    /// Pids (or, with `threads`, tids) of the container, sorted.
+    func listTasks(_ name: String?, threads: Bool, recursive: Bool) throws(LmctfyError) -> [Int32]
+    /// The container of a task; `nil`: the caller.
+    func detect(_ tid: Int32?) throws(LmctfyError) -> String
+    /// Starts `argv` in the container. `onStarted` gets the pid as soon as
+    /// the command runs. Detached: returns `.started`. Attached: waits for
+    /// the command and returns how it ended (a backend that replaces the
+    /// calling process, lmctfy's foreground `run`, returns only by throwing).
+    func run(_ name: String, argv: [String], detached: Bool,
+             onStarted: (Int32) throws(LmctfyError) -> Void) throws(LmctfyError) -> RunOutcome
+    /// Moves tasks into the container; `tids` empty: the caller.
+    func enter(_ name: String, tids: [Int32]) throws(LmctfyError)
+    /// Kills every process of the container (`recursive`: and of its
+    /// subcontainers, deepest first).
+    func killAll(_ name: String, recursive: Bool) throws(LmctfyError)
+    /// Freezes or thaws the container, waiting until the kernel reports the
+    /// new state; returns its absolute name.
+    @discardableResult
+    func setPaused(_ name: String, _ paused: Bool) throws(LmctfyError) -> String
+    /// Watches for `event`. `onWatching` gets the container's absolute name
+    /// once the registration is in place, before any event; then `onEvent`
+    /// gets the count of each delivery and returns whether to keep waiting.
+    /// Returns when `onEvent` says stop or `cancellation` reports the caller
+    /// gone (nil: wait for as long as it takes); throws NOT_FOUND when the
+    /// container goes away (D5).
+    func notify(_ name: String, event: EventSpec, cancellation: NotifyCancellation?,
+                onWatching: (String) throws(LmctfyError) -> Void,
+                onEvent: (Int) throws(LmctfyError) -> Bool) throws(LmctfyError)
+    /// Mounts and prepares the hierarchies an InitSpec asks for.
+    func initMachine(_ spec: InitSpec) throws(LmctfyError)
+}
+
+extension ContainerBackend {
+    /// `run` for the verbs: nothing to do when the command starts.
+    public func run(_ name: String, argv: [String], detached: Bool) throws(LmctfyError) -> RunOutcome {
+        try run(name, argv: argv, detached: detached) { (_: Int32) throws(LmctfyError) in }
+    }
+
+    /// `notify` for the verbs: calls `onEvent` with the count of each
+    /// delivery; returns after the first unless `follow`, and otherwise ends
+    /// by throwing (NOT_FOUND when the container goes away, D5).
+    public func notify(_ name: String, event: EventSpec, follow: Bool, onEvent: (Int) -> Void) throws(LmctfyError) {
+        try notify(name, event: event, cancellation: nil,
+                   onWatching: { (_: String) throws(LmctfyError) in },
+                   onEvent: { (n: Int) throws(LmctfyError) -> Bool in
+                       onEvent(n)
+                       return follow
+                   })
+    }
+}

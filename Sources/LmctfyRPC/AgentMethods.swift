@@ -1,0 +1,148 @@
+// The agent's methods, once (docs/PROTOCOL.md §6): name, request and
+// response types, the role a caller needs, where the agent runs the call and
+// whether it streams. The agent's dispatcher and scheduler and lmctl's
+// RemoteBackend all read this table; no method name is spelled anywhere else.
+import LmctfyProto
+import LmctfySystem
+
+/// The role a caller needs for a method (`AgentRole`; admin includes reader).
+public enum MethodRole: Sendable, Equatable {
+    /// Reading state: spec, stats, lists, events.
+    case reader
+    /// Changing state: create, destroy, run, ...
+    case admin
+
+    /// Whether a caller holding `role` may call a method needing this one.
+    public func allows(_ role: AgentRole) -> Bool {
+        switch role {
+        case .agentRoleAdmin: true
+        case .agentRoleReader: self == .reader
+        case .agentRoleUnspecified: false
+        }
+    }
+}
+
+/// Where the agent executes a call.
+public enum MethodScheduling: Sendable, Equatable {
+    /// On the loop thread itself: the call never blocks (a ping proves the
+    /// loop is alive without waiting for a pool thread).
+    case loop
+    /// On one of libuv's pool threads: blocking, but bounded.
+    case pool
+    /// On a thread of its own: the call lasts (waiting for events or a
+    /// process) and would otherwise hold a pool thread.
+    case ownThread
+}
+
+/// How many responses a call has.
+public enum MethodShape: Sendable, Equatable {
+    /// One response, then the status.
+    case unary
+    /// Any number of responses, then the status.
+    case serverStreaming
+}
+
+/// One agent method with its message types, for typed calls and handlers.
+public struct AgentMethod<Request: ProtoMessage, Response: ProtoMessage>: Sendable {
+    /// The method's description, as the type-erased table lists it.
+    public let info: AgentMethodInfo
+
+    init(_ name: String, _ role: MethodRole, _ scheduling: MethodScheduling, _ shape: MethodShape) {
+        info = AgentMethodInfo(name: name, role: role, scheduling: scheduling, shape: shape,
+                               request: String(describing: Request.self), response: String(describing: Response.self))
+    }
+
+    /// The name on the wire.
+    public var name: String { info.name }
+}
+
+/// One agent method without its types: what the scheduler and the role
+/// check need, and the message types by name.
+public struct AgentMethodInfo: Sendable {
+    /// The name on the wire: the request message's name without `Request`.
+    public let name: String
+    /// The role a caller needs.
+    public let role: MethodRole
+    /// Where the agent runs the call.
+    public let scheduling: MethodScheduling
+    /// Unary or server streaming.
+    public let shape: MethodShape
+    /// The request message's name (e.g. `CreateRequest`).
+    public let request: String
+    /// The response message's name (e.g. `CreateResponse`).
+    public let response: String
+}
+
+/// The table of agent methods, in the order of docs/PROTOCOL.md §6.
+public enum AgentMethods {
+    /// Creates a container.
+    public static let create = AgentMethod<CreateRequest, CreateResponse>("Create", .admin, .pool, .unary)
+    /// Destroys a container.
+    public static let destroy = AgentMethod<DestroyRequest, DestroyResponse>("Destroy", .admin, .pool, .unary)
+    /// Updates a container's spec.
+    public static let update = AgentMethod<UpdateRequest, UpdateResponse>("Update", .admin, .pool, .unary)
+    /// Reads a container's spec.
+    public static let spec = AgentMethod<SpecRequest, SpecResponse>("Spec", .reader, .pool, .unary)
+    /// Reads a container's statistics.
+    public static let stats = AgentMethod<StatsRequest, StatsResponse>("Stats", .reader, .pool, .unary)
+    /// Lists subcontainers.
+    public static let listContainers = AgentMethod<ListContainersRequest, ListContainersResponse>(
+        "ListContainers", .reader, .pool, .unary)
+    /// Lists a container's processes.
+    public static let listPids = AgentMethod<ListPidsRequest, ListPidsResponse>("ListPids", .reader, .pool, .unary)
+    /// Lists a container's threads.
+    public static let listTids = AgentMethod<ListTidsRequest, ListTidsResponse>("ListTids", .reader, .pool, .unary)
+    /// The container of a task.
+    public static let detect = AgentMethod<DetectRequest, DetectResponse>("Detect", .reader, .pool, .unary)
+    /// Runs a command in a container: RUN_STARTED, then (attached) RUN_EXITED.
+    public static let run = AgentMethod<RunRequest, RunResponse>("Run", .admin, .ownThread, .serverStreaming)
+    /// Moves tasks into a container.
+    public static let enter = AgentMethod<EnterRequest, EnterResponse>("Enter", .admin, .pool, .unary)
+    /// Kills every process of a container.
+    public static let killAll = AgentMethod<KillAllRequest, KillAllResponse>("KillAll", .admin, .pool, .unary)
+    /// Freezes a container.
+    public static let pause = AgentMethod<PauseRequest, PauseResponse>("Pause", .admin, .pool, .unary)
+    /// Thaws a container.
+    public static let resume = AgentMethod<ResumeRequest, ResumeResponse>("Resume", .admin, .pool, .unary)
+    /// Streams a container's events until cancelled.
+    public static let notify = AgentMethod<NotifyRequest, NotifyResponse>("Notify", .reader, .ownThread, .serverStreaming)
+    /// The agent's machine.
+    public static let machineInfo = AgentMethod<MachineInfoRequest, MachineInfoResponse>(
+        "MachineInfo", .reader, .pool, .unary)
+    /// Echoes its data; answered on the loop.
+    public static let ping = AgentMethod<PingRequest, PingResponse>("Ping", .reader, .loop, .unary)
+    /// Prepares the agent's machine (mounts hierarchies).
+    public static let initMachine = AgentMethod<InitRequest, InitResponse>("Init", .admin, .pool, .unary)
+
+    /// Every method, in the order of docs/PROTOCOL.md §6.
+    public static let all: [AgentMethodInfo] = [
+        create.info, destroy.info, update.info, spec.info, stats.info, listContainers.info, listPids.info,
+        listTids.info, detect.info, run.info, enter.info, killAll.info, pause.info, resume.info, notify.info,
+        machineInfo.info, ping.info, initMachine.info,
+    ]
+
+    private static let byName: [String: AgentMethodInfo] = Dictionary(uniqueKeysWithValues: all.map { ($0.name, $0) })
+
+    /// The method called `name`, or nil for an unknown method.
+    public static func named(_ name: String) -> AgentMethodInfo? {
+        byName[name]
+    }
+}
+
+extension RpcClient {
+    /// Calls a unary method of the table.
+    public func call<Request, Response>(
+        _ method: AgentMethod<Request, Response>, _ request: Request, deadlineMs: UInt32? = nil
+    ) throws(LmctfyError) -> Response {
+        try call(method.name, request, as: Response.self, deadlineMs: deadlineMs)
+    }
+
+    /// Calls a streaming method of the table; `onResponse` returns whether
+    /// to keep reading.
+    public func stream<Request, Response>(
+        _ method: AgentMethod<Request, Response>, _ request: Request, deadlineMs: UInt32? = nil,
+        onResponse: (Response) throws(LmctfyError) -> Bool
+    ) throws(LmctfyError) {
+        try stream(method.name, request, as: Response.self, deadlineMs: deadlineMs, onResponse: onResponse)
+    }
+}

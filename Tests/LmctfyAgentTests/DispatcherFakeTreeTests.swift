@@ -1,0 +1,378 @@
+// The agent's dispatcher and method table without root: a Dispatcher over a
+// LocalBackend on a fake v1 cgroup tree (freezer only) and a fake /proc, in
+// which the agent is in /agent. Every method's decoding, role refusal,
+// unknown methods, malformed payloads, status codes of the lifecycle calls
+// and the events they record. The real kernel is AgentIntegrationTests'.
+//
+// What a fake tree cannot show: a destroy that removes the directory (rmdir
+// of a directory holding regular files fails, where cgroupfs allows it), OOM
+// and threshold events (no kernel behind the eventfd), limits enforced.
+import Glibc
+import Lmctfy
+@testable import LmctfyAgent
+import LmctfyProto
+import LmctfyRPC
+import LmctfySystem
+import LmctfyTestSupport
+import Testing
+
+/// A fake machine and a dispatcher onto it.
+final class FakeAgentMachine: @unchecked Sendable {
+    let tree: FakeCgroupTree
+    let dispatcher: Dispatcher
+    /// What Init was asked to do, in order.
+    let initSpecs = Mutexed<[InitSpec]>([])
+    /// The pid whose container is the agent's (nil names, Detect without pid).
+    static let agentPid: pid_t = 4242
+
+    init() throws {
+        tree = try FakeCgroupTree(.v1, controllers: [.freezer])
+        try Sys.mkdir(tree.root + "/proc")
+        try tree.seed("proc", ["self"], files: ["cgroup": "7:freezer:/agent\n"])
+        try tree.seed("proc", ["\(Self.agentPid)"], files: ["cgroup": "7:freezer:/agent\n"])
+        try tree.seed("proc", ["777"], files: ["cgroup": "7:freezer:/agent/busy\n"])
+        let api = try ContainerApi(mounts: tree.mounts, procRoot: tree.root + "/proc")
+        let specs = initSpecs
+        let backend = LocalBackend(api: api, callerPid: Self.agentPid,
+                                   foreground: LocalBackend.spawnAndWait(stdio: .devNull),
+                                   initMachine: { spec throws(LmctfyError) in specs.locked { $0.append(spec) } })
+        dispatcher = Dispatcher(backend: backend, cgroupVersion: 1, events: EventLog(bootId: "fakeboot"), agentVersion: "test")
+        try container(["agent"])
+        try container(["agent", "busy"], procs: "777\n", tasks: "777\n778\n")
+        try container(["agent", "busy", "sub"])
+    }
+
+    /// A container directory with the files cgroupfs would have.
+    func container(_ segments: [String], procs: String = "", tasks: String = "") throws {
+        try tree.seed("freezer", segments, files: ["cgroup.procs": procs, "tasks": tasks, "freezer.state": "THAWED\n"])
+    }
+
+    func exists(_ segments: String...) -> Bool { Sys.isDirectory(tree.root + "/freezer/" + segments.joined(separator: "/")) }
+
+    /// One call by name with raw bytes: its status and every response.
+    func raw(_ method: String, _ payload: [UInt8], role: AgentRole = .agentRoleAdmin,
+             cancelled: Bool = false) -> (CallStatus, [[UInt8]]) {
+        let out = Mutexed<[[UInt8]]>([])
+        let context = CallContext { bytes in out.locked { $0.append(bytes) } }
+        if cancelled { context.cancel() }
+        let status = dispatcher.handle(method: method, payload: payload, role: role, context: context)
+        return (status, out.locked { $0 })
+    }
+
+    /// One typed call of the table.
+    func call<Req, Resp>(_ m: AgentMethod<Req, Resp>, _ request: Req, role: AgentRole = .agentRoleAdmin,
+                         cancelled: Bool = false) throws -> (CallStatus, [Resp]) {
+        let (status, replies) = raw(m.name, try request.serializedBytes(), role: role, cancelled: cancelled)
+        return (status, try replies.map { try Resp(serializedBytes: $0) })
+    }
+
+    /// The status code of one typed call.
+    func code<Req, Resp>(_ m: AgentMethod<Req, Resp>, _ request: Req, role: AgentRole = .agentRoleAdmin) throws -> StatusCode {
+        try call(m, request, role: role).0.code
+    }
+
+    /// Everything the event log holds (bootId is ours: no gap).
+    var events: [ContainerEvent] { dispatcher.events.since(bootId: "fakeboot", after: 0) { _ in true }.0 }
+}
+
+@Suite struct DispatcherFakeTreeTests {
+    // MARK: The table
+
+    @Test func everyMethodOfTheTableHasAHandlerAndNothingElseHasOne() {
+        #expect(Dispatcher.handledMethods == Set(AgentMethods.all.map(\.name)))
+    }
+
+    @Test func schedulingComesFromTheTable() {
+        for m in AgentMethods.all { #expect(Agent.scheduling(of: m.name) == m.scheduling, "\(m.name)") }
+        #expect(Agent.scheduling(of: AgentMethods.ping.name) == .loop)
+        #expect(Agent.scheduling(of: AgentMethods.run.name) == .ownThread)
+        #expect(Agent.scheduling(of: AgentMethods.notify.name) == .ownThread)
+        #expect(Agent.scheduling(of: "NoSuchMethod") == .pool)
+    }
+
+    @Test func rolesComeFromTheTable() throws {
+        let machine = try FakeAgentMachine()
+        for m in AgentMethods.all {
+            // A malformed payload: reaching decoding (3) means the role passed.
+            let asReader = machine.raw(m.name, [0xFF], role: .agentRoleReader).0
+            if m.role == .admin {
+                #expect(asReader == CallStatus(.permissionDenied, "Method \(m.name) needs the admin role"))
+            } else {
+                #expect(asReader.code == .invalidArgument, "\(m.name): \(asReader)")
+            }
+            #expect(machine.raw(m.name, [0xFF], role: .agentRoleUnspecified).0.code == .permissionDenied, "\(m.name)")
+            #expect(machine.raw(m.name, [0xFF], role: .agentRoleAdmin).0.code == .invalidArgument, "\(m.name)")
+        }
+        #expect(machine.events.isEmpty)
+    }
+
+    @Test func unknownMethodsAreUnimplementedWhateverTheRole() throws {
+        let machine = try FakeAgentMachine()
+        for role in AgentRole.allCases {
+            for method in ["Frobnicate", "create", "", "Ping "] {
+                let (status, replies) = machine.raw(method, [], role: role)
+                #expect(status == CallStatus(.unimplemented, "Unknown method \"\(method)\""))
+                #expect(replies.isEmpty)
+            }
+        }
+    }
+
+    @Test func malformedPayloadsAreInvalidArgumentNamingTheMethod() throws {
+        let machine = try FakeAgentMachine()
+        // A truncated varint, and a length-delimited field longer than the payload.
+        for payload: [UInt8] in [[0xFF], [0x0A, 0x05, 0x41]] {
+            for m in AgentMethods.all {
+                let (status, replies) = machine.raw(m.name, payload)
+                #expect(status.code == .invalidArgument, "\(m.name): \(status)")
+                #expect(status.message.hasPrefix("Malformed \(m.name) request"), "\(status.message)")
+                #expect(replies.isEmpty)
+            }
+        }
+        #expect(machine.events.isEmpty)
+    }
+
+    @Test func requestsWithoutAContainerNameAreInvalidArgument() throws {
+        let machine = try FakeAgentMachine()
+        let refusal = CallStatus(.invalidArgument, "The request names no container")
+        #expect(try machine.call(AgentMethods.create, CreateRequest()).0 == refusal)
+        #expect(try machine.call(AgentMethods.destroy, DestroyRequest()).0 == refusal)
+        #expect(try machine.call(AgentMethods.update, UpdateRequest(policy: .updateDiff)).0 == refusal)
+        #expect(try machine.call(AgentMethods.run, RunRequest(argv: ["/bin/true"])).0 == refusal)
+        #expect(try machine.call(AgentMethods.enter, EnterRequest(tids: [1])).0 == refusal)
+        #expect(try machine.call(AgentMethods.killAll, KillAllRequest()).0 == refusal)
+        #expect(try machine.call(AgentMethods.pause, PauseRequest()).0 == refusal)
+        #expect(try machine.call(AgentMethods.resume, ResumeRequest()).0 == refusal)
+        #expect(try machine.call(AgentMethods.notify, NotifyRequest(spec: EventSpec(containerEmpty: .init()))).0 == refusal)
+        #expect(machine.events.isEmpty)
+    }
+
+    // MARK: Lifecycle and events
+
+    @Test func createResolvesAgainstTheAgentsContainerAndRecordsTheAbsoluteName() throws {
+        let machine = try FakeAgentMachine()
+        let (status, replies) = try machine.call(AgentMethods.create, CreateRequest(name: "web"))
+        #expect(status == .ok)
+        #expect(replies == [CreateResponse()])
+        #expect(machine.exists("agent", "web"))
+        #expect(machine.events.map(\.container) == ["/agent/web"])
+        #expect(machine.events.map(\.kind) == [.containerEventCreated])
+        #expect(machine.events.map(\.sequence) == [1])
+        #expect(machine.events.map(\.bootId) == ["fakeboot"])
+
+        #expect(try machine.code(AgentMethods.create, CreateRequest(name: "/agent/web")) == .alreadyExists)
+        #expect(try machine.code(AgentMethods.create, CreateRequest(name: "/no/such")) == .notFound)
+        #expect(try machine.code(AgentMethods.create, CreateRequest(name: "/x", spec: ContainerSpec(childrenLimit: 3))) == .unimplemented)
+        #expect(try machine.code(AgentMethods.create, CreateRequest(name: "/" + String(repeating: "a", count: 256))) == .invalidArgument)
+        #expect(machine.events.count == 1, "failed calls record nothing")
+    }
+
+    @Test func destroyStatusCodesAndItsEvent() throws {
+        let machine = try FakeAgentMachine()
+        #expect(try machine.code(AgentMethods.destroy, DestroyRequest(name: "/")) == .failedPrecondition)     // D7
+        #expect(try machine.code(AgentMethods.destroy, DestroyRequest(name: "/", force: true)) == .failedPrecondition)
+        #expect(try machine.code(AgentMethods.destroy, DestroyRequest(name: "/missing")) == .notFound)
+        let busy = try machine.call(AgentMethods.destroy, DestroyRequest(name: "busy")).0
+        #expect(busy == CallStatus(.failedPrecondition, "Subcontainers found in \"/agent/busy\"; use -f to destroy them too"))
+        let procs = try machine.call(AgentMethods.destroy, DestroyRequest(name: "busy/sub")).0
+        #expect(procs.code == .ok || procs.code == .failedPrecondition)
+        #expect(machine.events.allSatisfy { $0.kind == .containerEventDestroyed && $0.container == "/agent/busy/sub" })
+        // A container whose task files are gone counts as already destroyed
+        // (destroy -f of one the kernel removed under us): OK, and recorded
+        // under the name the backend resolved.
+        try Sys.mkdir(machine.tree.root + "/freezer/agent/gone")
+        let (status, replies) = try machine.call(AgentMethods.destroy, DestroyRequest(name: "gone", force: true))
+        #expect(status == .ok)
+        #expect(replies == [DestroyResponse()])
+        #expect(machine.events.last?.container == "/agent/gone")
+        #expect(machine.events.last?.kind == .containerEventDestroyed)
+    }
+
+    @Test func destroyRefusesProcessesAndTouristThreads() throws {
+        let machine = try FakeAgentMachine()
+        try machine.container(["agent", "procs"], procs: "777\n", tasks: "777\n")
+        try machine.container(["agent", "threads"], tasks: "778\n")
+        #expect(try machine.call(AgentMethods.destroy, DestroyRequest(name: "procs")).0
+            == CallStatus(.failedPrecondition, "Processes found in \"/agent/procs\"; use -f to kill them"))
+        #expect(try machine.call(AgentMethods.destroy, DestroyRequest(name: "threads")).0
+            == CallStatus(.failedPrecondition, "Tourist threads found in \"/agent/threads\"; use -f to kill them"))
+        #expect(machine.events.isEmpty)
+    }
+
+    @Test func updateNeedsAPolicyAndRecordsTheAbsoluteName() throws {
+        let machine = try FakeAgentMachine()
+        #expect(try machine.call(AgentMethods.update, UpdateRequest(name: "busy")).0
+            == CallStatus(.invalidArgument, "Update needs a policy (UPDATE_DIFF or UPDATE_REPLACE)"))
+        #expect(try machine.code(AgentMethods.update, UpdateRequest(name: "/missing", policy: .updateDiff)) == .notFound)
+        let (status, replies) = try machine.call(AgentMethods.update, UpdateRequest(name: "busy", spec: ContainerSpec(), policy: .updateDiff))
+        #expect(status == .ok)
+        #expect(replies == [UpdateResponse()])
+        #expect(try machine.code(AgentMethods.update, UpdateRequest(name: "/agent/busy", policy: .updateReplace)) == .ok)
+        #expect(machine.events.map(\.container) == ["/agent/busy", "/agent/busy"])
+        #expect(machine.events.map(\.kind) == [.containerEventUpdated, .containerEventUpdated])
+    }
+
+    @Test func pauseAndResumeRecordTheFreezerState() throws {
+        let machine = try FakeAgentMachine()
+        var (status, _) = try machine.call(AgentMethods.pause, PauseRequest(name: "busy"))
+        #expect(status == .ok)
+        #expect(try machine.tree.contents("freezer", ["agent", "busy"], "freezer.state").hasPrefix("FROZEN"))
+        let (resumed, replies) = try machine.call(AgentMethods.resume, ResumeRequest(name: "/agent/busy"))
+        #expect(resumed == .ok)
+        #expect(replies == [ResumeResponse()])
+        #expect(try machine.tree.contents("freezer", ["agent", "busy"], "freezer.state").hasPrefix("THAWED"))
+        #expect(machine.events.map(\.container) == ["/agent/busy", "/agent/busy"])
+        #expect(machine.events.map(\.kind) == [.containerEventFreezer, .containerEventFreezer])
+        #expect(machine.events.map(\.frozen) == [true, false])
+        (status, _) = try machine.call(AgentMethods.pause, PauseRequest(name: "/"))
+        #expect(status.code == .failedPrecondition)                                             // D7
+        #expect(try machine.code(AgentMethods.pause, PauseRequest(name: "/missing")) == .notFound)
+        #expect(try machine.code(AgentMethods.resume, ResumeRequest(name: "/missing")) == .notFound)
+        #expect(machine.events.count == 2)
+    }
+
+    // MARK: Reading
+
+    @Test func specListsAndDetectAnswerFromTheTree() throws {
+        let machine = try FakeAgentMachine()
+        var (status, specs) = try machine.call(AgentMethods.spec, SpecRequest(name: "busy"))
+        #expect(status == .ok && specs.count == 1)
+        #expect(try machine.code(AgentMethods.spec, SpecRequest(name: "/missing")) == .notFound)
+        (status, specs) = try machine.call(AgentMethods.spec, SpecRequest(), role: .agentRoleReader)
+        #expect(status == .ok && specs.count == 1, "no name: the agent's own container")
+
+        let (listed, lists) = try machine.call(AgentMethods.listContainers, ListContainersRequest(name: "/", recursive: true),
+                                               role: .agentRoleReader)
+        #expect(listed == .ok)
+        #expect(lists.first?.names == ["/agent", "/agent/busy", "/agent/busy/sub"])
+        #expect(try machine.call(AgentMethods.listContainers, ListContainersRequest()).1.first?.names == ["/agent/busy"])
+        #expect(try machine.code(AgentMethods.listContainers, ListContainersRequest(name: "/missing")) == .notFound)
+
+        #expect(try machine.call(AgentMethods.listPids, ListPidsRequest(name: "busy")).1.first?.pids == [777])
+        #expect(try machine.call(AgentMethods.listTids, ListTidsRequest(name: "busy")).1.first?.tids == [777, 778])
+        #expect(try machine.call(AgentMethods.listPids, ListPidsRequest(name: "/agent", recursive: true)).1.first?.pids == [777])
+
+        #expect(try machine.call(AgentMethods.detect, DetectRequest(pid: 777)).1.first?.name == "/agent/busy")
+        #expect(try machine.call(AgentMethods.detect, DetectRequest()).1.first?.name == "/agent")
+        #expect(try machine.code(AgentMethods.detect, DetectRequest(pid: 999_999)) != .ok)
+        #expect(machine.events.isEmpty, "reading records nothing")
+    }
+
+    @Test func statsOfAMissingContainerIsNotFound() throws {
+        let machine = try FakeAgentMachine()
+        #expect(try machine.code(AgentMethods.stats, StatsRequest(name: "/missing", kind: .statsFull)) == .notFound)
+        #expect(try machine.code(AgentMethods.stats, StatsRequest(name: "/missing")) == .notFound)
+    }
+
+    @Test func machineInfoPingAndInit() throws {
+        let machine = try FakeAgentMachine()
+        let info = try #require(try machine.call(AgentMethods.machineInfo, MachineInfoRequest(), role: .agentRoleReader).1.first)
+        #expect(info.cgroupVersion == 1)
+        #expect(info.agentVersion == "test")
+        #expect(info.bootId == "fakeboot")
+        #expect(try machine.call(AgentMethods.ping, PingRequest(data: [1, 2, 3]), role: .agentRoleReader).1 == [PingResponse(data: [1, 2, 3])])
+        #expect(try machine.call(AgentMethods.ping, PingRequest()).1 == [PingResponse(data: [])])
+        let spec = InitSpec(cgroupMount: [CgroupMount(mountPath: "/x", hierarchy: [.cgroupCpu])])
+        let (status, replies) = try machine.call(AgentMethods.initMachine, InitRequest(spec: spec))
+        #expect(status == .ok)
+        #expect(replies == [InitResponse()])
+        #expect(machine.initSpecs.locked { $0 } == [spec])
+    }
+
+    @Test func enterAndKillAllStatusCodes() throws {
+        let machine = try FakeAgentMachine()
+        #expect(try machine.call(AgentMethods.enter, EnterRequest(name: "busy")).0
+            == CallStatus(.invalidArgument, "Enter needs the TIDs to move"))
+        #expect(try machine.code(AgentMethods.enter, EnterRequest(name: "/missing", tids: [1])) == .notFound)
+        #expect(try machine.code(AgentMethods.killAll, KillAllRequest(name: "/missing")) == .notFound)
+        #expect(try machine.code(AgentMethods.killAll, KillAllRequest(name: "/")) == .failedPrecondition)
+        let (status, replies) = try machine.call(AgentMethods.killAll, KillAllRequest(name: "busy/sub", recursive: true))
+        #expect(status == .ok, "an empty container: nothing to kill")
+        #expect(replies == [KillAllResponse()])
+    }
+
+    // MARK: Run and Notify
+
+    @Test func runChecksItsRequest() throws {
+        let machine = try FakeAgentMachine()
+        #expect(try machine.call(AgentMethods.run, RunRequest(name: "busy")).0 == CallStatus(.invalidArgument, "Run needs a command"))
+        #expect(try machine.code(AgentMethods.run, RunRequest(name: "/missing", argv: ["/bin/true"])) == .notFound)
+        #expect(try machine.code(AgentMethods.run, RunRequest(name: "busy", argv: ["/bin/true"]), role: .agentRoleReader) == .permissionDenied)
+    }
+
+    @Test func attachedRunReportsStartedThenHowItEnded() throws {
+        let machine = try FakeAgentMachine()
+        try machine.container(["agent", "job"])
+        var (status, replies) = try machine.call(AgentMethods.run, RunRequest(name: "job", argv: ["/bin/sh", "-c", "echo hidden; exit 3"], detached: false))
+        #expect(status == .ok)
+        #expect(replies.map(\.kind) == [.runStarted, .runExited])
+        let pid = try #require(replies.first?.pid)
+        #expect(pid > 0 && replies.last?.pid == pid)
+        #expect(replies.last?.exitCode == 3 && replies.last?.termSignal == nil)
+        // The shim joined the (fake) container before exec ("0": the writer itself).
+        #expect(try machine.tree.contents("freezer", ["agent", "job"], "cgroup.procs").hasPrefix("0"))
+        (status, replies) = try machine.call(AgentMethods.run, RunRequest(name: "job", argv: ["/bin/sh", "-c", "kill -9 $$"], detached: false))
+        #expect(status == .ok)
+        #expect(replies.last?.termSignal == 9 && replies.last?.exitCode == nil)
+    }
+
+    @Test func detachedRunReportsOnlyThatItStarted() throws {
+        let machine = try FakeAgentMachine()
+        try machine.container(["agent", "bg"])
+        let (status, replies) = try machine.call(AgentMethods.run, RunRequest(name: "bg", argv: ["/bin/true"], detached: true))
+        #expect(status == .ok)
+        #expect(replies.map(\.kind) == [.runStarted])
+        #expect((replies.first?.pid ?? 0) > 0)
+    }
+
+    @Test func notifyChecksItsRequest() throws {
+        let machine = try FakeAgentMachine()
+        #expect(try machine.call(AgentMethods.notify, NotifyRequest(name: "busy")).0 == CallStatus(.invalidArgument, "Notify needs an EventSpec"))
+        #expect(try machine.code(AgentMethods.notify, NotifyRequest(name: "/missing", spec: EventSpec(containerEmpty: .init()))) == .notFound)
+    }
+
+    @Test func aCancelledNotifyReplaysWhatWasMissedThenEnds() throws {
+        let machine = try FakeAgentMachine()
+        #expect(try machine.code(AgentMethods.update, UpdateRequest(name: "busy", policy: .updateDiff)) == .ok)
+        // Another boot: a gap first, then what the log holds for this container and kind.
+        var (status, replies) = try machine.call(
+            AgentMethods.notify, NotifyRequest(name: "busy", spec: EventSpec(containerEmpty: .init()), bootId: "otherboot", afterSequence: 0),
+            cancelled: true)
+        #expect(status == .ok)
+        #expect(replies.count == 1)
+        #expect(replies.first?.gap?.bootId == "fakeboot")
+        #expect(replies.first?.gap?.requestedBootId == "otherboot")
+        // This boot and nothing missed: nothing to replay.
+        (status, replies) = try machine.call(
+            AgentMethods.notify, NotifyRequest(name: "busy", spec: EventSpec(containerEmpty: .init()), bootId: "fakeboot", afterSequence: 1),
+            cancelled: true)
+        #expect(status == .ok)
+        #expect(replies.isEmpty)
+    }
+
+    @Test func notifyStreamsAnEmptyContainerUntilCancelled() throws {
+        let machine = try FakeAgentMachine()
+        try machine.container(["agent", "emptying"], procs: "777\n", tasks: "777\n")
+        let replies = Mutexed<[NotifyResponse]>([])
+        let context = CallContext { bytes in
+            if let r = try? NotifyResponse(serializedBytes: bytes) { replies.locked { $0.append(r) } }
+        }
+        let request = try NotifyRequest(name: "emptying", spec: EventSpec(containerEmpty: .init())).serializedBytes()
+        let status = Mutexed<CallStatus?>(nil)
+        let dispatcher = machine.dispatcher
+        let thread = Threads.start {
+            let s = dispatcher.handle(method: AgentMethods.notify.name, payload: request, role: .agentRoleReader, context: context)
+            status.locked { $0 = s }
+        }
+        usleep(150_000)
+        try Sys.createFile(machine.tree.root + "/freezer/agent/emptying/cgroup.procs", "")
+        for _ in 0..<500 where replies.locked({ $0.isEmpty }) { usleep(10_000) }
+        context.cancel()
+        pthread_join(thread, nil)
+        #expect(status.locked { $0 } == .ok, "cancelled: the stream ends OK")
+        let events = replies.locked { $0 }.compactMap(\.event)
+        #expect(events.count == 1)
+        #expect(events.first?.container == "/agent/emptying")
+        #expect(events.first?.kind == .containerEventEmpty)
+        #expect(machine.events.map(\.kind) == [.containerEventEmpty], "recorded once, in the agent's log")
+    }
+}
