@@ -12,7 +12,9 @@ public struct Container: Sendable {
     var tasksDir: CgroupDir { driver.tasksDir(name) }
 
     /// The resources this container isolates itself.
-    public var isolatedResources: Set<ResourceKind> { driver.isolated(name) }
+    public var isolatedResources: Set<ResourceKind> {
+        get throws(LmctfyError) { try driver.isolated(name) }
+    }
 
     // MARK: Update, spec, stats
 
@@ -27,7 +29,7 @@ public struct Container: Sendable {
             throw .invalidArgument("owner and owner_group can only be set at create")
         }
         try api.checkSupported(spec, isUpdate: true)
-        let isolated = isolatedResources
+        let isolated = try isolatedResources
         let named = Set(ResourceKind.allCases.filter { $0.isPresent(in: spec) })
         if !named.isSubset(of: isolated) {
             let extra = named.subtracting(isolated).sorted().map(\.description).joined(separator: ", ")
@@ -40,15 +42,32 @@ public struct Container: Sendable {
         let order = named.sorted()
         for kind in order { try api.handler(kind).validate(spec, dirs: dirs) }
         // What the kernel has now, to put back if a write is refused part
-        // way (validation cannot foresee every refusal: EBUSY, ENOSPC, ...).
+        // way (validation cannot foresee every refusal: EBUSY, ENOSPC, ...):
+        // the spec as read back, and the exact text of every one-line file
+        // the update writes (a read-back spec is not always exact: cpu
+        // shares and weights are rounded through milliCPU).
         var before = ContainerSpec()
-        for kind in order { try api.handler(kind).readSpec(into: &before, dirs: dirs) }
+        var saved: [CgroupWrite] = []
+        for kind in order {
+            let h = try api.handler(kind)
+            try h.readSpec(into: &before, dirs: dirs)
+            for w in try h.plannedWrites(spec, policy: policy, dirs: dirs) where !saved.contains(where: { $0.dir == w.dir && $0.file == w.file }) {
+                let text: String
+                do { text = try w.dir.read(w.file).trimmingWhitespace } catch where error.errno == EINVAL {
+                    continue  // a write-only control file (devices.allow): the spec restores it
+                }
+                if !text.isEmpty && !text.contains("\n") { saved.append(CgroupWrite(w.dir, w.file, text)) }
+            }
+        }
         do throws(LmctfyError) {
             for kind in order { try api.handler(kind).apply(spec, policy: policy, dirs: dirs) }
         } catch {
             var restored = true
             for kind in order {
-                do { try api.handler(kind).apply(before, policy: .diff, dirs: dirs) } catch { restored = false }
+                do { try api.handler(kind).apply(before, policy: .replace, dirs: dirs) } catch { restored = false }
+            }
+            for w in saved.reversed() {
+                do { try w.dir.write(w.file, w.value) } catch { restored = false }
             }
             throw LmctfyError(error.code, error.message + (restored ? "" : " (and restoring the previous spec failed too)"),
                               errno: error.errno)
@@ -59,7 +78,7 @@ public struct Container: Sendable {
     public func spec() throws(LmctfyError) -> ContainerSpec {
         var spec = ContainerSpec()
         let dirs = driver.resourceDirs(name)
-        for kind in isolatedResources.sorted() {
+        for kind in try isolatedResources.sorted() {
             guard let h = api.handlers[kind] else { continue }
             do {
                 try h.readSpec(into: &spec, dirs: dirs)
@@ -74,7 +93,7 @@ public struct Container: Sendable {
     public func stats(_ type: StatsType) throws(LmctfyError) -> ContainerStats {
         var stats = ContainerStats()
         let dirs = driver.resourceDirs(name)
-        for kind in isolatedResources.sorted() {
+        for kind in try isolatedResources.sorted() {
             guard let h = api.handlers[kind] else { continue }
             do {
                 try h.stats(into: &stats, type: type, dirs: dirs)

@@ -22,7 +22,7 @@ extension ContainerApi {
         let kinds = ResourceKind.allCases.filter { $0.isPresent(in: spec) }
         // A nested container can only isolate what its parent isolates (v1
         // nests directories; v2 enables controllers parent by parent).
-        let parentIsolates = driver.isolated(parent)
+        let parentIsolates = try driver.isolated(parent)
         for kind in kinds where !parentIsolates.contains(kind) {
             let message = "Container \"\(parent)\" does not isolate \(kind), so \"\(name)\" cannot"
             throw kind == .cpu ? .notFound(message) : .failedPrecondition(message)
@@ -79,7 +79,7 @@ extension ContainerApi {
         }
         if spec.securitySpec != nil { throw .unimplemented("security_spec (AppArmor) is not implemented") }
         for kind in ResourceKind.allCases where kind.isPresent(in: spec) {
-            if !driver.available(kind) {
+            if try !driver.available(kind) {
                 throw .unimplemented("\(kind) cannot be isolated on this machine (its cgroup controller is not available)")
             }
         }

@@ -108,7 +108,7 @@ public final class Watch: @unchecked Sendable {
                 kind = .oom
             }
             // Memory events: the nearest memory-isolating container (or the root).
-            guard let d = driver.memoryEventDir(container.name) else {
+            guard let d = try driver.memoryEventDir(container.name) else {
                 throw .notFound("No memory hierarchy to watch for \"\(container.name)\"")
             }
             dir = d

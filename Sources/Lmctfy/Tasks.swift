@@ -28,15 +28,15 @@ extension Container {
     /// The files a new task writes itself into: cgroup.procs of the nearest
     /// directory per hierarchy, deduplicated (co-mounts), tasks dir first.
     public func joinFiles() throws(LmctfyError) -> [String] {
-        driver.joinDirs(name).map { $0.file("cgroup.procs") }
+        try driver.joinDirs(name).map { $0.file("cgroup.procs") }
     }
 
     /// The eviction priority in force here (D12): the nearest memory-isolating
     /// container's record, mapped onto oom_score_adj; nil when none was set
     /// (or the kernel's memory.oom_score_badness does the job itself).
     func oomScoreAdj() -> Int32? {
-        for candidate in name.selfAndAncestors where !candidate.isRoot && driver.isolated(candidate).contains(.memory) {
-            guard let dir = driver.nearestDir(.memory, candidate) else { continue }
+        for candidate in name.selfAndAncestors where !candidate.isRoot && (try? driver.isolated(candidate).contains(.memory)) == true {
+            guard let dir = try? driver.nearestDir(.memory, candidate) else { continue }
             if dir.has(MemoryHandler.evictionBadnessFile) { return nil }
             guard let text = try? dir.xattr(MemoryHandler.evictionXattr) ?? nil,
                   let priority = Int32(text.trimmingWhitespace) else { return nil }
@@ -93,7 +93,10 @@ extension Container {
 
     static func spawnError(_ e: SpawnError, _ name: ContainerName) -> LmctfyError {
         let code: StatusCode = switch e.stage {
+        // A command that is missing or not executable is NOT_FOUND, as in
+        // the original; EACCES anywhere else is PERMISSION_DENIED.
         case .exec: e.errno == ENOENT || e.errno == EACCES ? .notFound : .failedPrecondition
+        case _ where e.errno == EACCES: .permissionDenied
         case .cgroup: .unavailable
         default: .failedPrecondition
         }
@@ -114,7 +117,7 @@ extension Container {
     /// together in domain cgroups). Not atomic: on failure earlier tids stay moved.
     public func enter(_ tids: [pid_t]) throws(LmctfyError) {
         guard api.exists(name) else { throw .notFound("Container \"\(name)\" does not exist") }
-        let dirs = driver.joinDirs(name)
+        let dirs = try driver.joinDirs(name)
         for (i, tid) in tids.enumerated() {
             for dir in dirs {
                 do {

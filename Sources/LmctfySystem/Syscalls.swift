@@ -193,8 +193,17 @@ public enum Sys {
 
     /// Every entry of a directory but . and .., with whether it is a directory.
     static func entries(_ path: String, faults: FaultPlan? = nil) throws(SystemError) -> [(name: String, isDirectory: Bool)] {
-        if let e = faults?.check(.opendir, path) { throw SystemError("opendir", path, e) }
-        guard let dir = opendir(path) else { throw SystemError("opendir", path, Glibc.errno) }
+        var opened: OpaquePointer?
+        while true {
+            if let e = faults?.check(.opendir, path) {
+                if e == EINTR { continue }
+                throw SystemError("opendir", path, e)
+            }
+            opened = opendir(path)
+            if opened == nil && Glibc.errno == EINTR { continue }
+            break
+        }
+        guard let dir = opened else { throw SystemError("opendir", path, Glibc.errno) }
         defer { closedir(dir) }
         var out: [(name: String, isDirectory: Bool)] = []
         while let entry = readdir(dir) {

@@ -16,6 +16,7 @@ public final class FakeCgroupKernel: FakeFilesystem, @unchecked Sendable {
         self.tree = tree
         switch tree.version {
         case .v1:
+            for h in (try Sys.subdirectories(tree.root)) { try tree.seed(h, files: ["cgroup.procs": "", "tasks": ""]) }
             try tree.seed("cpuset", files: ["cpuset.cpus": "0-7\n", "cpuset.mems": "0\n"])
             try tree.seed("cpu", files: ["cpu.shares": "1024\n"])
         case .v2:

@@ -42,7 +42,7 @@ import Testing
         try tree.seed("cpu", ["batch", "a"], files: [:])
         let api = try ContainerApi(mounts: tree.mounts)
         let c = try api.get("/a")
-        #expect(c.isolatedResources == [.memory, .cpu])
+        #expect(try c.isolatedResources == [.memory, .cpu])
     }
 
     @Test func v1SubcontainersAreSortedAndRecursive() throws {

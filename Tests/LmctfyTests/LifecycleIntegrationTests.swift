@@ -34,7 +34,7 @@ struct LifecycleIntegrationTests {
             try api.create(name, spec: ContainerSpec(pids: PidsSpec(limit: 64)))
             #expect(api.exists(name))
             let c = try api.get(name)
-            #expect(c.isolatedResources == [.pids])
+            #expect(try c.isolatedResources == [.pids])
             #expect(try c.spec() == ContainerSpec(pids: PidsSpec(limit: 64)))
             let dirs = api.resourceDirs(name)
             #expect(try dirs.dir(.pids)!.read("pids.max").trimmingWhitespace == "64")
@@ -197,6 +197,6 @@ struct LifecycleIntegrationTests {
         let root = try api.get(.root)
         _ = try root.spec()
         _ = try root.stats(.full)
-        #expect(!root.isolatedResources.isEmpty)
+        #expect(try !root.isolatedResources.isEmpty)
     }
 }

@@ -22,15 +22,15 @@ protocol CgroupDriver: Sendable {
     /// (v1 freezer, v2 the one unified directory).
     func tasksDir(_ name: ContainerName) -> CgroupDir
     /// Which resources a container isolates.
-    func isolated(_ name: ContainerName) -> Set<ResourceKind>
+    func isolated(_ name: ContainerName) throws(LmctfyError) -> Set<ResourceKind>
     /// Whether this machine can isolate the resource at all.
-    func available(_ kind: ResourceKind) -> Bool
+    func available(_ kind: ResourceKind) throws(LmctfyError) -> Bool
     /// The directories a handler works on for an existing container.
     func resourceDirs(_ name: ContainerName) -> ResourceDirs
     /// The directory holding a controller's files for the container or, if
     /// it does not isolate that resource, for its nearest ancestor that does
     /// (the hierarchy's root at the latest).
-    func nearestDir(_ c: Controller, _ name: ContainerName) -> CgroupDir?
+    func nearestDir(_ c: Controller, _ name: ContainerName) throws(LmctfyError) -> CgroupDir?
     /// Whether a line of /proc/<pid>/cgroup (`hierarchy-id:controllers:path`,
     /// split) names the hierarchy whose path is the task's container.
     func isTasksHierarchy(id: Substring, controllers: Substring) -> Bool
@@ -61,7 +61,7 @@ protocol CgroupDriver: Sendable {
     var enterFile: String { get }
     /// The directories a new task of the container joins: the tasks
     /// directory first, then the nearest directory of every other hierarchy.
-    func joinDirs(_ name: ContainerName) -> [CgroupDir]
+    func joinDirs(_ name: ContainerName) throws(LmctfyError) -> [CgroupDir]
 
     // MARK: Freezer
 
@@ -89,11 +89,11 @@ protocol CgroupDriver: Sendable {
 extension CgroupDriver {
     /// The directory holding memory files for memory events: the nearest
     /// memory-isolating container's (or the root's).
-    func memoryEventDir(_ name: ContainerName) -> CgroupDir? {
-        for c in name.selfAndAncestors where isolated(c).contains(.memory) {
-            return nearestDir(.memory, c)
+    func memoryEventDir(_ name: ContainerName) throws(LmctfyError) -> CgroupDir? {
+        for c in name.selfAndAncestors where try isolated(c).contains(.memory) {
+            return try nearestDir(.memory, c)
         }
-        return nearestDir(.memory, .root)
+        return try nearestDir(.memory, .root)
     }
 }
 

@@ -89,6 +89,11 @@ struct BlockIoHandler: ResourceHandler {
         try plan(spec.blockio ?? BlockIoSpec(), policy: policy, dirs: dirs, dir: dir).perform()
     }
 
+    func plannedWrites(_ spec: ContainerSpec, policy: UpdatePolicy, dirs: ResourceDirs) throws(LmctfyError) -> [CgroupWrite] {
+        guard let dir = dirs.dir(.blkio) else { return [] }
+        return try plan(spec.blockio ?? BlockIoSpec(), policy: policy, dirs: dirs, dir: dir)
+    }
+
     /// The writes for a blockio slice, in order: weights, then throttles.
     func plan(_ b: BlockIoSpec, policy: UpdatePolicy, dirs: ResourceDirs, dir: CgroupDir) throws(LmctfyError) -> [CgroupWrite] {
         let replace = policy == .replace

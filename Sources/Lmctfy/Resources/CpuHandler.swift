@@ -150,6 +150,11 @@ struct CpuHandler: ResourceHandler {
         }
     }
 
+    func plannedWrites(_ spec: ContainerSpec, policy: UpdatePolicy, dirs: ResourceDirs) throws(LmctfyError) -> [CgroupWrite] {
+        guard let dir = ownerDir(dirs) else { return [] }
+        return try plan(spec.cpu ?? CpuSpec(), policy: policy, dirs: dirs, dir: dir)
+    }
+
     /// The writes for a cpu slice, in order.
     func plan(_ cpu: CpuSpec, policy: UpdatePolicy, dirs: ResourceDirs, dir: CgroupDir) throws(LmctfyError) -> [CgroupWrite] {
         try dirs.driver.cpu.plan(cpu, replace: policy == .replace, dirs: dirs, dir: dir)

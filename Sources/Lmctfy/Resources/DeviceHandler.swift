@@ -45,6 +45,11 @@ struct DeviceHandler: ResourceHandler {
         try plan(spec.device ?? DeviceSpec(), policy: policy, dir: dir).perform()
     }
 
+    func plannedWrites(_ spec: ContainerSpec, policy: UpdatePolicy, dirs: ResourceDirs) throws(LmctfyError) -> [CgroupWrite] {
+        guard let dir = dirs.dir(.devices) else { return [] }
+        return try plan(spec.device ?? DeviceSpec(), policy: policy, dir: dir)
+    }
+
     /// One write per rule, in the spec's order. REPLACE starts from nothing
     /// rather than from what the parent allowed (D3): deny everything first.
     func plan(_ d: DeviceSpec, policy: UpdatePolicy, dir: CgroupDir) throws(LmctfyError) -> [CgroupWrite] {

@@ -51,18 +51,18 @@ enum Unlimited {
 /// the current state and refusing what the kernel would refuse), then make
 /// them in order, so a bad spec changes nothing of its resource and the
 /// order the kernel needs is visible (and tested) in one place.
-struct CgroupWrite: Equatable, CustomStringConvertible {
-    let dir: CgroupDir
-    let file: String
-    let value: String
+public struct CgroupWrite: Equatable, Sendable, CustomStringConvertible {
+    public let dir: CgroupDir
+    public let file: String
+    public let value: String
 
-    init(_ dir: CgroupDir, _ file: String, _ value: String) {
+    public init(_ dir: CgroupDir, _ file: String, _ value: String) {
         self.dir = dir
         self.file = file
         self.value = value
     }
 
-    var description: String { "\(file) <- \"\(value)\"" }
+    public var description: String { "\(file) <- \"\(value)\"" }
 }
 
 extension Array where Element == CgroupWrite {

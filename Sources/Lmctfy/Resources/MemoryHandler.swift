@@ -108,6 +108,11 @@ struct MemoryHandler: ResourceHandler {
         try writes.perform()
     }
 
+    func plannedWrites(_ spec: ContainerSpec, policy: UpdatePolicy, dirs: ResourceDirs) throws(LmctfyError) -> [CgroupWrite] {
+        guard let dir = dirs.dir(.memory) else { return [] }
+        return try plan(spec.memory ?? MemorySpec(), policy: policy, dirs: dirs, dir: dir)
+    }
+
     /// The cgroup file writes for a memory slice, in order (the eviction
     /// priority is not a plain file write on vanilla kernels; see below).
     func plan(_ m: MemorySpec, policy: UpdatePolicy, dirs: ResourceDirs, dir: CgroupDir) throws(LmctfyError) -> [CgroupWrite] {

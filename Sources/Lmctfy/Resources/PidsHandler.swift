@@ -13,9 +13,13 @@ struct PidsHandler: ResourceHandler {
     }
 
     func apply(_ spec: ContainerSpec, policy: UpdatePolicy, dirs: ResourceDirs) throws(LmctfyError) {
-        guard let dir = dirs.dir(.pids) else { throw .notFound("Container \"\(dirs.container)\" has no pids cgroup") }
-        let limit = spec.pids?.limit ?? (policy == .replace ? -1 : nil)
-        if let limit { try dir.write("pids.max", limit < 0 ? "max" : String(limit)) }
+        guard dirs.dir(.pids) != nil else { throw .notFound("Container \"\(dirs.container)\" has no pids cgroup") }
+        try plannedWrites(spec, policy: policy, dirs: dirs).perform()
+    }
+
+    func plannedWrites(_ spec: ContainerSpec, policy: UpdatePolicy, dirs: ResourceDirs) throws(LmctfyError) -> [CgroupWrite] {
+        guard let dir = dirs.dir(.pids), let limit = spec.pids?.limit ?? (policy == .replace ? -1 : nil) else { return [] }
+        return [CgroupWrite(dir, "pids.max", limit < 0 ? "max" : String(limit))]
     }
 
     func readSpec(into spec: inout ContainerSpec, dirs: ResourceDirs) throws(LmctfyError) {

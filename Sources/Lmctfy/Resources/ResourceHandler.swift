@@ -77,6 +77,10 @@ public protocol ResourceHandler: Sendable {
     /// Writes the slice with the policy (create uses .replace).
     func apply(_ spec: ContainerSpec, policy: UpdatePolicy, dirs: ResourceDirs) throws(LmctfyError)
 
+    /// The cgroup file writes `apply` would make (besides lmctfy's records),
+    /// so an update can save what they overwrite.
+    func plannedWrites(_ spec: ContainerSpec, policy: UpdatePolicy, dirs: ResourceDirs) throws(LmctfyError) -> [CgroupWrite]
+
     /// Reads the slice back from the kernel into `spec`.
     func readSpec(into spec: inout ContainerSpec, dirs: ResourceDirs) throws(LmctfyError)
 

@@ -83,7 +83,7 @@ struct CgroupV1Driver: CgroupDriver {
         return ResourceDirs(driver: self, container: name, byController: dirs, tasks: dirs[.freezer])
     }
 
-    func nearestDir(_ c: Controller, _ name: ContainerName) -> CgroupDir? {
+    func nearestDir(_ c: Controller, _ name: ContainerName) throws(LmctfyError) -> CgroupDir? {
         for candidate in name.selfAndAncestors {
             if let d = candidate.isRoot ? root(c) : existingDir(c, candidate) { return d }
         }
@@ -161,12 +161,12 @@ struct CgroupV1Driver: CgroupDriver {
     var threadsFile: String { "tasks" }
     var enterFile: String { "tasks" }
 
-    func joinDirs(_ name: ContainerName) -> [CgroupDir] {
+    func joinDirs(_ name: ContainerName) throws(LmctfyError) -> [CgroupDir] {
         let tasks = tasksDir(name)
         var out = [tasks]
         var seen: Set<String> = [tasks.path]
         for c in Controller.allCases where c != .freezer && mounts.v1[c] != nil {
-            if let d = nearestDir(c, name), seen.insert(d.path).inserted { out.append(d) }
+            if let d = try nearestDir(c, name), seen.insert(d.path).inserted { out.append(d) }
         }
         return out
     }

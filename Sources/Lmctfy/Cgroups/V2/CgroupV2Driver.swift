@@ -22,16 +22,23 @@ struct CgroupV2Driver: CgroupDriver {
         CgroupDir(mount: mounts.unified!, segments: name.components, access: mounts.access)
     }
 
-    func isolated(_ name: ContainerName) -> Set<ResourceKind> {
-        let all = Set(ResourceKind.allCases.filter { available($0) })
-        guard !name.isRoot, let record = try? tasksDir(name).xattr(Self.isolatedXattr) else { return all }
+    /// The record written at create; a directory without one (made by
+    /// something else) is taken to isolate whatever the machine can.
+    func isolated(_ name: ContainerName) throws(LmctfyError) -> Set<ResourceKind> {
+        let have = try Self.controllers(unifiedRoot, "cgroup.controllers")
+        let all = Set(ResourceKind.allCases.filter { Self.available($0, have) })
+        guard !name.isRoot, let record = try tasksDir(name).xattr(Self.isolatedXattr) else { return all }
         return Set(record.split(separator: ",").compactMap { s in ResourceKind.allCases.first { $0.description == s } })
     }
 
-    func available(_ kind: ResourceKind) -> Bool {
-        if kind == .device { return false }
-        let have = (try? Self.controllers(unifiedRoot, "cgroup.controllers")) ?? []
-        return kind.v2Controllers.allSatisfy { have.contains($0) }
+    func available(_ kind: ResourceKind) throws(LmctfyError) -> Bool {
+        Self.available(kind, try Self.controllers(unifiedRoot, "cgroup.controllers"))
+    }
+
+    /// Whether the controllers a resource needs are among `have` (device
+    /// rules need eBPF on v2, which lmctfy does not build).
+    static func available(_ kind: ResourceKind, _ have: Set<String>) -> Bool {
+        kind != .device && kind.v2Controllers.allSatisfy { have.contains($0) }
     }
 
     static func controllers(_ dir: CgroupDir, _ file: String) throws(LmctfyError) -> Set<String> {
@@ -47,10 +54,11 @@ struct CgroupV2Driver: CgroupDriver {
 
     func resourceDirs(_ name: ContainerName) -> ResourceDirs { allIn(tasksDir(name), name) }
 
-    func nearestDir(_ c: Controller, _ name: ContainerName) -> CgroupDir? {
+    func nearestDir(_ c: Controller, _ name: ContainerName) throws(LmctfyError) -> CgroupDir? {
         guard let kind = ResourceKind.allCases.first(where: { $0.v1Controllers.contains(c) }) else { return tasksDir(name) }
-        for candidate in name.selfAndAncestors where candidate.isRoot || isolated(candidate).contains(kind) {
-            return tasksDir(candidate)
+        for candidate in name.selfAndAncestors {
+            if candidate.isRoot { return tasksDir(candidate) }
+            if try isolated(candidate).contains(kind) { return tasksDir(candidate) }
         }
         return unifiedRoot
     }
@@ -99,7 +107,8 @@ struct CgroupV2Driver: CgroupDriver {
 
     /// Every available controller enabled at the root.
     func prepareMachine() throws(LmctfyError) {
-        try enableControllers(in: unifiedRoot, for: ResourceKind.allCases.filter { available($0) })
+        let have = try Self.controllers(unifiedRoot, "cgroup.controllers")
+        try enableControllers(in: unifiedRoot, for: ResourceKind.allCases.filter { Self.available($0, have) })
     }
 
     // MARK: Tasks
@@ -107,7 +116,7 @@ struct CgroupV2Driver: CgroupDriver {
     var threadsFile: String { "cgroup.threads" }
     var enterFile: String { "cgroup.procs" }
 
-    func joinDirs(_ name: ContainerName) -> [CgroupDir] { [tasksDir(name)] }
+    func joinDirs(_ name: ContainerName) throws(LmctfyError) -> [CgroupDir] { [tasksDir(name)] }
 
     // MARK: Freezer
 

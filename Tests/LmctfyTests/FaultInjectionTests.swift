@@ -1,0 +1,186 @@
+// Every step of create, update, destroy, run and pause failed in turn, on a
+// fake v1 and a fake v2 tree that act like cgroupfs (FakeCgroupKernel), with
+// each errno the kernel gives such calls. Each operation's promise is
+// checked after every failure:
+//  - create: nothing is left in any hierarchy, and the name can be used again;
+//  - update: the spec read back is the one from before;
+//  - destroy: the container is still destroyable (a second destroy removes
+//    everything);
+//  - run: the error names a cause and the container is unchanged;
+//  - pause: the container can be resumed and ends thawed;
+// and for every operation: an injected EINTR is retried (the operation
+// succeeds as without faults), EACCES is PERMISSION_DENIED (7).
+import Glibc
+@testable import Lmctfy
+import LmctfyProto
+import LmctfySystem
+import LmctfyTestSupport
+import Testing
+
+@Suite struct FaultInjectionTests {
+    static let errnos: [Int32] = [ENOSPC, EBUSY, EINTR, EACCES, ENOENT, EEXIST]
+    static let spec = ContainerSpec(cpu: CpuSpec(limit: 500, maxLimit: 2000), memory: MemorySpec(limit: 100_000_000),
+                                    pids: PidsSpec(limit: 64))
+    static let update = ContainerSpec(cpu: CpuSpec(limit: 250), memory: MemorySpec(limit: 50_000_000),
+                                      pids: PidsSpec(limit: 32))
+
+    /// A fresh fake machine of `version` whose calls go through `plan`
+    /// (nil: the same machine without faults, for setup and checks).
+    final class Machine {
+        let tree: FakeCgroupTree
+        let kernel: FakeCgroupKernel
+        let name: ContainerName
+
+        init(_ version: CgroupVersion) throws {
+            tree = try FakeCgroupTree(version)
+            kernel = try FakeCgroupKernel(tree)
+            try Sys.mkdir(tree.root + "/proc")
+            name = try ContainerName.resolve("/c", relativeTo: .root)
+        }
+
+        func api(_ failAt: Int = 0, _ errno: Int32 = 0) throws -> (ContainerApi, FaultPlan) {
+            let plan = FaultPlan(failAt: failAt, errno: errno, filesystem: kernel)
+            return (try ContainerApi(mounts: tree.mounts(faults: plan), procRoot: tree.root + "/proc"), plan)
+        }
+
+        /// Directories named like the container, in any hierarchy.
+        var leftovers: [String] {
+            var found: [String] = []
+            for h in (try? Sys.subdirectories(tree.root)) ?? [] {
+                for path in [tree.root + "/" + h + "/c", tree.root + "/" + h + "/batch/c"] where Sys.isDirectory(path) {
+                    found.append(path)
+                }
+            }
+            return found
+        }
+    }
+
+    enum Operation: String, CaseIterable, CustomTestStringConvertible {
+        case create, update, destroy, run, pause
+        var testDescription: String { rawValue }
+    }
+
+    static let cases: [(CgroupVersion, Operation)] = [CgroupVersion.v1, .v2].flatMap { v in Operation.allCases.map { (v, $0) } }
+
+    /// Sets the machine up for `op` (without faults).
+    func prepare(_ op: Operation, _ m: Machine) throws {
+        guard op != .create else { return }
+        let (api, _) = try m.api()
+        try api.create(m.name, spec: Self.spec)
+    }
+
+    /// Runs `op` once through `api`.
+    func perform(_ op: Operation, _ api: ContainerApi, _ m: Machine) throws(LmctfyError) {
+        switch op {
+        case .create: try api.create(m.name, spec: Self.spec)
+        case .update: try api.get(m.name).update(Self.update, policy: .diff)
+        case .destroy: try api.destroy(m.name)
+        case .run: _ = try api.get(m.name).run(["/bin/true"])
+        case .pause: try api.get(m.name).setFrozen(true, timeoutMs: 200)
+        }
+    }
+
+    /// What the machine looks like after `op` succeeded, to compare an
+    /// EINTR-injected run with.
+    func outcome(_ op: Operation, _ m: Machine) throws -> String {
+        let (api, _) = try m.api()
+        switch op {
+        case .create, .update, .run: return try api.get(m.name).spec().textFormatString
+        case .destroy: return "exists: \(api.exists(m.name)), left: \(m.leftovers)"
+        case .pause: return "frozen: \(try api.get(m.name).isFrozen())"
+        }
+    }
+
+    /// Checks the promise `op` makes after failing with `error`.
+    func checkPromise(_ op: Operation, _ m: Machine, before: String?, _ comment: Comment) throws {
+        let (api, _) = try m.api()
+        switch op {
+        case .create:
+            #expect(!api.exists(m.name), comment)
+            #expect(m.leftovers.isEmpty, "\(comment): left \(m.leftovers)")
+            try api.create(m.name, spec: Self.spec)
+        case .update, .run:
+            let now = try api.get(m.name).spec().textFormatString
+            #expect(now == before, "\(comment)\nbefore: \(before ?? "")\nnow: \(now)")
+        case .destroy:
+            if api.exists(m.name) { try api.destroy(m.name) }
+            #expect(m.leftovers.isEmpty, "\(comment): left \(m.leftovers)")
+        case .pause:
+            try api.get(m.name).setFrozen(false)
+            #expect(try api.get(m.name).isFrozen() == false, comment)
+        }
+    }
+
+    @Test(arguments: cases)
+    func everyStepFailsCleanly(_ version: CgroupVersion, _ op: Operation) throws {
+        // How many calls the operation makes, and what it leaves, without faults.
+        let reference = try Machine(version)
+        try prepare(op, reference)
+        let (counting, plan) = try reference.api()
+        try perform(op, counting, reference)
+        let steps = plan.count
+        let expected = try outcome(op, reference)
+        #expect(steps > 3, "\(op) on \(version) made only \(steps) calls")
+
+        var failures = 0
+        for n in 1...steps {
+            for e in Self.errnos {
+                let m = try Machine(version)
+                try prepare(op, m)
+                let before = op == .update || op == .run ? try m.api().0.get(m.name).spec().textFormatString : nil
+                let (api, plan) = try m.api(n, e)
+                let what = "\(op) on \(version), call \(n) of \(steps) failing with \(String(cString: strerror(e)))"
+                do throws(LmctfyError) {
+                    try perform(op, api, m)
+                } catch {
+                    let comment: Comment = "\(what): \(plan.seen.first { $0.failed }.map(\.description) ?? "?")"
+
+                    failures += 1
+                    #expect(e != EINTR, "EINTR was not retried: \(comment): \(error)")
+                    let probe = plan.seen.first { $0.failed }?.call == .stat
+                    if e == EACCES && !probe {
+                        #expect(error.code == .permissionDenied, "\(comment): \(error)")
+                    }
+                    #expect(error.code != .ok && error.code != .unknown, "\(comment): \(error)")
+                    try checkPromise(op, m, before: before, comment)
+                    continue
+                }
+                if e == EINTR || !plan.fired {
+                    #expect(try outcome(op, m) == expected, "\(what)")
+                }
+            }
+        }
+        #expect(failures > 0, "no injected fault made \(op) fail")
+    }
+
+    @Test func theSpawnPathGoesThroughTheSeam() throws {
+        let m = try Machine(.v1)
+        try prepare(.run, m)
+        let (api, plan) = try m.api()
+        _ = try api.get(m.name).run(["/bin/true"])
+        #expect(plan.seen.contains { $0.call == .spawn && $0.path == "/bin/true" })
+        let (failing, _) = try m.api(plan.count, EAGAIN)
+        #expect { _ = try failing.get(m.name).run(["/bin/true"]) } throws: {
+            ($0 as? LmctfyError)?.errno == EAGAIN
+        }
+    }
+
+    @Test func aFaultPlanCountsAndFailsOnlyTheChosenCalls() {
+        let plan = FaultPlan(failAt: 2, errno: ENOSPC, times: 2, calls: [.write])
+        #expect(plan.check(.open, "/x") == nil)
+        #expect(plan.check(.write, "/x") == nil)
+        #expect(plan.check(.write, "/y") == ENOSPC)
+        #expect(plan.check(.write, "/z") == ENOSPC)
+        #expect(plan.check(.write, "/w") == nil)
+        #expect(plan.count == 4)
+        #expect(plan.seen.filter(\.failed).map(\.path) == ["/y", "/z"])
+    }
+
+    @Test func anInjectedEINTRIsRetriedByTheRealLoop() throws {
+        let tree = try FakeCgroupTree(.v1)
+        try tree.seed("memory", files: ["x": "1\n"])
+        let plan = FaultPlan(failAt: 1, errno: EINTR, times: 3)
+        #expect(try Sys.readFile(tree.root + "/memory/x", faults: plan) == "1\n")
+        #expect(plan.seen.filter(\.failed).count == 3)
+    }
+}
