@@ -3,6 +3,17 @@
 // Layout and the reason for each target: ../shared/DESIGN.md and README.md.
 import PackageDescription
 
+// The short-lived command-line tools link the Swift runtime statically: a
+// call's wall time is dominated by start-up, and loading libswiftCore and
+// friends dynamically was about half of it. Only the Swift libraries are
+// static; libuv, protobuf-c and OpenSSL stay Debian's shared libraries.
+// The flag is per target, so debug builds (what the tests spawn) and release
+// builds (tools/setup) produce the same kind of binary. LMCTFY_DYNAMIC_STDLIB=1
+// drops it: only tools/bench-startup sets it, with its own --scratch-path,
+// to measure what the static link buys.
+let cliLinkerSettings: [LinkerSetting] =
+    Context.environment["LMCTFY_DYNAMIC_STDLIB"] == "1" ? [] : [.unsafeFlags(["-static-stdlib"])]
+
 let package = Package(
     name: "lmctfy",
     products: [
@@ -79,13 +90,14 @@ let package = Package(
                 "Lmctfy", "LmctfySystem", "LmctfyProto",
             ]),
 
-        .executableTarget(name: "lmctfy", dependencies: ["LmctfyCommands"]),
+        .executableTarget(name: "lmctfy", dependencies: ["LmctfyCommands"], linkerSettings: cliLinkerSettings),
 
         // lmctl: the lmctfy verbs against an agent.
         .target(
             name: "LmctlCommands",
             dependencies: ["Lmctfy", "LmctfyCommands", "LmctfyProto", "LmctfyRPC", "LmctfySystem"]),
-        .executableTarget(name: "lmctl", dependencies: ["LmctlCommands"], path: "tools/lmctl"),
+        .executableTarget(
+            name: "lmctl", dependencies: ["LmctlCommands"], path: "tools/lmctl", linkerSettings: cliLinkerSettings),
 
         // The agent: RPC dispatch onto CL1, listeners, config, events.
         .target(
