@@ -9,9 +9,13 @@
  *                         (timed), then BIN destroy PREFIX<i> (not timed)
  *   startup_timer pause   ROUNDS BATCH NAME LABEL=BIN...   BIN pause NAME (timed),
  *                         then BIN resume NAME (timed, reported as "resume")
- * Any run that fails (exit status not 0) stops the benchmark with status 1. */
+ * Any run that fails (exit status not 0) stops the benchmark with status 1;
+ * SIGTERM or SIGINT stops it with status 2 once the running child is reaped,
+ * so the caller can clean up knowing no child of ours is still at work. */
 #define _GNU_SOURCE
+#include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,6 +26,9 @@
 
 extern char **environ;
 static const char *SPEC = "cpu:{limit:500} memory:{limit:100000000}";
+
+static volatile sig_atomic_t stop;
+static void on_signal(int sig) { (void)sig; stop = 1; }
 
 typedef struct { const char *label, *bin; double *s[2]; int n[2]; } Variant;
 
@@ -41,8 +48,11 @@ static double run(char *const argv[]) {
     int rc = posix_spawn(&pid, argv[0], &fa, NULL, argv, environ);
     if (rc != 0) { fprintf(stderr, "startup_timer: posix_spawn %s: %s\n", argv[0], strerror(rc)); exit(1); }
     int status;
-    if (waitpid(pid, &status, 0) != pid) { perror("waitpid"); exit(1); }
+    pid_t w;
+    while ((w = waitpid(pid, &status, 0)) < 0 && errno == EINTR) {}
+    if (w != pid) { perror("waitpid"); exit(1); }
     double t = now_us() - t0;
+    if (stop) { fprintf(stderr, "startup_timer: stopped by a signal\n"); exit(2); }
     posix_spawn_file_actions_destroy(&fa);
     if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
         fprintf(stderr, "startup_timer: %s %s %s failed (status 0x%x)\n", argv[0], argv[1], argv[2] ? argv[2] : "", status);
@@ -76,6 +86,9 @@ static void report(const char *what, Variant *v, int nv, int k) {
 }
 
 int main(int argc, char **argv) {
+    struct sigaction sa = {.sa_handler = on_signal};
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
     if (argc < 5) { fprintf(stderr, "usage: see the comment in startup_timer.c\n"); return 3; }
     const char *op = argv[1];
     int rounds = atoi(argv[2]), batch = atoi(argv[3]);
