@@ -3,6 +3,19 @@
 // Layout and the reason for each target: ../shared/DESIGN.md and README.md.
 import PackageDescription
 
+// lmctfy, lmctl and lmctfy-agent link the Swift runtime statically. The CLIs
+// are short-lived: loading libswiftCore and friends dynamically was about
+// half of a call's wall time (tools/bench-startup measures it). For the
+// long-lived agent it is free: a smaller RSS (nothing else on the machine
+// shares those libraries now) for a bigger file. Only the Swift libraries are
+// static; libuv, protobuf-c and OpenSSL stay Debian's shared libraries.
+// The flag is per target, so debug builds (what the tests spawn) and release
+// builds (tools/setup) produce the same kind of binary. LMCTFY_DYNAMIC_STDLIB=1
+// drops it: only tools/bench-startup sets it, with its own --scratch-path,
+// to measure what the static link buys.
+let staticSwiftRuntime: [LinkerSetting] =
+    Context.environment["LMCTFY_DYNAMIC_STDLIB"] == "1" ? [] : [.unsafeFlags(["-static-stdlib"])]
+
 let package = Package(
     name: "lmctfy",
     products: [
@@ -88,20 +101,22 @@ let package = Package(
             dependencies: ["LmctfyBackend", "LmctfySystem", "LmctfyProto"]),
 
         // lmctfy: the verbs on LocalBackend (CL1 on this machine).
-        .executableTarget(name: "lmctfy", dependencies: ["LmctfyCommands", "Lmctfy", "LmctfySystem"]),
+        .executableTarget(
+            name: "lmctfy", dependencies: ["LmctfyCommands", "Lmctfy", "LmctfySystem"], linkerSettings: staticSwiftRuntime),
 
         // lmctl: the lmctfy verbs against an agent. Never links CL1 (Lmctfy).
         .target(
             name: "LmctlCommands",
             dependencies: ["LmctfyBackend", "LmctfyCommands", "LmctfyProto", "LmctfyRPC", "LmctfySystem"]),
-        .executableTarget(name: "lmctl", dependencies: ["LmctlCommands"], path: "tools/lmctl"),
+        .executableTarget(
+            name: "lmctl", dependencies: ["LmctlCommands"], path: "tools/lmctl", linkerSettings: staticSwiftRuntime),
 
         // The agent: RPC dispatch onto CL1, listeners, config, events.
         .target(
             name: "LmctfyAgent",
             dependencies: ["Lmctfy", "LmctfyBackend", "LmctfyProto", "LmctfyRPC", "LmctfySystem", "LmctfyLoop",
                            .product(name: "Logging", package: "swift-log")]),
-        .executableTarget(name: "lmctfy-agent", dependencies: ["LmctfyAgent"]),
+        .executableTarget(name: "lmctfy-agent", dependencies: ["LmctfyAgent"], linkerSettings: staticSwiftRuntime),
 
         // tools/run-bench's measuring side (the C baseline is built by the script).
         .executableTarget(

@@ -1,0 +1,90 @@
+/* The C baseline for tools/bench-startup: the kernel work of one lmctfy
+ * create / destroy / pause / resume on cgroup v1, as a whole process, in
+ * plain C with no checks beyond return codes. Same argv as lmctfy, so the
+ * timer runs both the same way:
+ *   startup_c create NAME SPEC   mkdir NAME in freezer, cpu, cpuacct, cpuset,
+ *                                memory; copy the parent's cpuset.mems and
+ *                                cpus; write what lmctfy writes for
+ *                                "cpu:{limit:500} memory:{limit:100000000}"
+ *                                (SPEC is not parsed: shares 512, no CFS
+ *                                quota, memsw -1, limit, soft limit 0)
+ *   startup_c destroy NAME       read cgroup.procs, rmdir in every hierarchy
+ *   startup_c pause NAME         write FROZEN to freezer.state, poll until FROZEN
+ *   startup_c resume NAME        write THAWED, poll until THAWED
+ * lmctfy also reads /proc/self/mounts and sets two xattrs; this does not. */
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static const char *R = "/sys/fs/cgroup";
+static const char *dirs[] = {"freezer", "cpu", "cpuacct", "cpuset", "memory"};
+
+static void put(const char *path, const char *v) {
+    int fd = open(path, O_WRONLY | O_CLOEXEC);
+    if (fd < 0 || write(fd, v, strlen(v)) < 0) { perror(path); exit(1); }
+    close(fd);
+}
+
+static void get(const char *path, char *buf, size_t len) {
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    ssize_t n = fd < 0 ? -1 : read(fd, buf, len - 1);
+    if (n < 0) { perror(path); exit(1); }
+    buf[n] = 0;
+    close(fd);
+}
+
+static void file(char *path, size_t len, const char *h, const char *name, const char *f) {
+    snprintf(path, len, "%s/%s%s/%s", R, h, name, f);
+}
+
+static void freeze(const char *name, const char *to) {
+    char state[512], buf[64];
+    file(state, sizeof state, "freezer", name, "freezer.state");
+    put(state, to);
+    for (;;) {
+        get(state, buf, sizeof buf);
+        if (strncmp(buf, to, strlen(to)) == 0) return;
+        if (to[0] == 'F') put(state, to);   /* FREEZING may fall back to THAWED */
+        usleep(50);
+    }
+}
+
+int main(int argc, char **argv) {
+    if (argc < 3) { fprintf(stderr, "usage: startup_c create|destroy|pause|resume NAME [SPEC]\n"); return 3; }
+    const char *verb = argv[1], *name = argv[2];   /* name starts with '/' */
+    char path[512], buf[256];
+    if (strcmp(verb, "create") == 0) {
+        for (int d = 0; d < 5; d++) {
+            snprintf(path, sizeof path, "%s/%s%s", R, dirs[d], name);
+            if (mkdir(path, 0755) < 0) { perror(path); return 1; }
+        }
+        get("/sys/fs/cgroup/cpuset/cpuset.mems", buf, sizeof buf);
+        file(path, sizeof path, "cpuset", name, "cpuset.mems"); put(path, buf);
+        get("/sys/fs/cgroup/cpuset/cpuset.cpus", buf, sizeof buf);
+        file(path, sizeof path, "cpuset", name, "cpuset.cpus"); put(path, buf);
+        file(path, sizeof path, "cpu", name, "cpu.shares"); put(path, "512");
+        file(path, sizeof path, "cpu", name, "cpu.cfs_quota_us"); put(path, "-1");
+        file(path, sizeof path, "memory", name, "memory.memsw.limit_in_bytes"); put(path, "-1");
+        file(path, sizeof path, "memory", name, "memory.limit_in_bytes"); put(path, "100000000");
+        file(path, sizeof path, "memory", name, "memory.soft_limit_in_bytes"); put(path, "0");
+        return 0;
+    }
+    if (strcmp(verb, "destroy") == 0) {
+        file(path, sizeof path, "freezer", name, "cgroup.procs");
+        get(path, buf, sizeof buf);
+        if (buf[0]) { fprintf(stderr, "%s is not empty\n", name); return 1; }
+        for (int d = 4; d >= 0; d--) {
+            snprintf(path, sizeof path, "%s/%s%s", R, dirs[d], name);
+            if (rmdir(path) < 0) { perror(path); return 1; }
+        }
+        return 0;
+    }
+    if (strcmp(verb, "pause") == 0) { freeze(name, "FROZEN"); return 0; }
+    if (strcmp(verb, "resume") == 0) { freeze(name, "THAWED"); return 0; }
+    fprintf(stderr, "startup_c: unknown verb %s\n", verb);
+    return 3;
+}
