@@ -24,7 +24,7 @@ public struct Container: Sendable {
     /// the first write, and a write the kernel refuses part way puts the
     /// previous values back: a failed update leaves the previous spec.
     public func update(_ spec: ContainerSpec, policy: UpdatePolicy) throws(LmctfyError) {
-        guard api.exists(name) else { throw .notFound("Container \"\(name)\" does not exist") }
+        guard try api.exists(name) else { throw .notFound("Container \"\(name)\" does not exist") }
         if spec.owner != nil || spec.ownerGroup != nil {
             throw .invalidArgument("owner and owner_group can only be set at create")
         }
@@ -38,7 +38,7 @@ public struct Container: Sendable {
         if policy == .replace && named != isolated {
             throw .invalidArgument("A replace update must specify all resources being isolated.")
         }
-        let dirs = driver.resourceDirs(name)
+        let dirs = try driver.resourceDirs(name)
         let order = named.sorted()
         for kind in order { try api.handler(kind).validate(spec, dirs: dirs) }
         // What the kernel has now, to put back if a write is refused part
@@ -77,7 +77,7 @@ public struct Container: Sendable {
     /// The spec as the kernel has it now, for the resources isolated here.
     public func spec() throws(LmctfyError) -> ContainerSpec {
         var spec = ContainerSpec()
-        let dirs = driver.resourceDirs(name)
+        let dirs = try driver.resourceDirs(name)
         for kind in try isolatedResources.sorted() {
             guard let h = api.handlers[kind] else { continue }
             do {
@@ -92,7 +92,7 @@ public struct Container: Sendable {
 
     public func stats(_ type: StatsType) throws(LmctfyError) -> ContainerStats {
         var stats = ContainerStats()
-        let dirs = driver.resourceDirs(name)
+        let dirs = try driver.resourceDirs(name)
         for kind in try isolatedResources.sorted() {
             guard let h = api.handlers[kind] else { continue }
             do {
@@ -149,7 +149,7 @@ public struct Container: Sendable {
     }
 
     private func listTasks(_ file: String, recursive: Bool) throws(LmctfyError) -> [pid_t] {
-        guard api.exists(name) else { throw .notFound("Container \"\(name)\" does not exist") }
+        guard try api.exists(name) else { throw .notFound("Container \"\(name)\" does not exist") }
         var all = Set(try tasksDir.readPids(file))
         if recursive {
             for sub in try subcontainers(recursive: true) {
@@ -192,7 +192,7 @@ public struct Container: Sendable {
     /// afterwards, with nothing left in it). Never signals anything outside.
     public func killAll(rounds: Int = 10) throws(LmctfyError) {
         guard !name.isRoot else { throw .failedPrecondition("Killing every process of the root container \"/\" is not allowed") }
-        guard api.exists(name) else { throw .notFound("Container \"\(name)\" does not exist") }
+        guard try api.exists(name) else { throw .notFound("Container \"\(name)\" does not exist") }
         if try tasksDir.readPids("cgroup.procs").isEmpty { return }
         for _ in 0..<rounds {
             try setFrozen(true)

@@ -14,8 +14,9 @@ extension ContainerApi {
 
     @discardableResult
     public func create(_ name: ContainerName, spec: ContainerSpec) throws(LmctfyError) -> Container {
-        if name.isRoot || exists(name) { throw .alreadyExists("Can't create existing container \"\(name)\"") }
-        guard let parent = name.parent, exists(parent) else {
+        if name.isRoot { throw .alreadyExists("Can't create existing container \"\(name)\"") }
+        if try exists(name) { throw .alreadyExists("Can't create existing container \"\(name)\"") }
+        guard let parent = name.parent, try exists(parent) else {
             throw .notFound("Can't create \"\(name)\": its parent \"\(name.parent!)\" does not exist")
         }
         try checkSupported(spec, isUpdate: false)
@@ -56,11 +57,11 @@ extension ContainerApi {
     func chownContainer(_ name: ContainerName, spec: ContainerSpec) throws(LmctfyError) {
         let uid = spec.owner.map { uid_t(truncatingIfNeeded: $0) } ?? uid_t.max
         let gid = spec.ownerGroup.map { gid_t(truncatingIfNeeded: $0) } ?? gid_t.max
-        let (dirs, files) = driver.delegated(name)
+        let (dirs, files) = try driver.delegated(name)
         do throws(LmctfyError) {
             for d in dirs {
                 try d.chown(uid: uid, gid: gid)
-                for f in files where d.has(f) { try d.chown(f, uid: uid, gid: gid) }
+                for f in files where try d.has(f) { try d.chown(f, uid: uid, gid: gid) }
             }
         } catch {
             throw LmctfyError(error.code, "Failed to chown container \"\(name)\": \(error.message)", errno: error.errno)

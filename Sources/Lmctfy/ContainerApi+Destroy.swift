@@ -30,7 +30,7 @@ extension ContainerApi {
         // not tried once one went. The tasks directory goes last, so a
         // container whose destroy failed part way still exists and can be
         // destroyed again.
-        for candidates in driver.removalGroups(name) {
+        for candidates in try driver.removalGroups(name) {
             for d in candidates {
                 do {
                     if try d.remove() { break }

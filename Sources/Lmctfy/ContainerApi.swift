@@ -44,12 +44,14 @@ public final class ContainerApi: Sendable {
     }
 
     /// The cgroup directories a container has now.
-    public func resourceDirs(_ name: ContainerName) -> ResourceDirs {
-        driver.resourceDirs(name)
+    public func resourceDirs(_ name: ContainerName) throws(LmctfyError) -> ResourceDirs {
+        try driver.resourceDirs(name)
     }
 
-    public func exists(_ name: ContainerName) -> Bool {
-        name.isRoot || driver.tasksDir(name).exists
+    /// Whether the container exists; a failure to look (EACCES) is an error.
+    public func exists(_ name: ContainerName) throws(LmctfyError) -> Bool {
+        if name.isRoot { return true }
+        return try driver.tasksDir(name).exists()
     }
 
     /// The container with this name; NOT_FOUND if it does not exist.
@@ -58,7 +60,7 @@ public final class ContainerApi: Sendable {
     }
 
     public func get(_ name: ContainerName) throws(LmctfyError) -> Container {
-        guard exists(name) else { throw .notFound("Container \"\(name)\" does not exist") }
+        guard try exists(name) else { throw .notFound("Container \"\(name)\" does not exist") }
         return Container(name: name, api: self)
     }
 

@@ -75,7 +75,7 @@ public final class Watch: @unchecked Sendable {
             if ready {
                 let n = try collect()
                 if n > 0 { return n }
-            } else if !watchedDir.exists {
+            } else if try !watchedDir.exists() {
                 throw .notFound("Container \"\(container)\" was destroyed while a notification was registered")
             }
         }
@@ -125,7 +125,7 @@ public final class Watch: @unchecked Sendable {
 extension Container {
     /// Starts watching for one event kind; poll `fd` or call `wait`.
     public func watch(_ spec: EventSpec) throws(LmctfyError) -> Watch {
-        guard api.exists(name) else { throw .notFound("Container \"\(name)\" does not exist") }
+        guard try api.exists(name) else { throw .notFound("Container \"\(name)\" does not exist") }
         return try Watch.make(api: api, container: self, spec: spec)
     }
 }

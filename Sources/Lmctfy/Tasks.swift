@@ -34,11 +34,12 @@ extension Container {
     /// The eviction priority in force here (D12): the nearest memory-isolating
     /// container's record, mapped onto oom_score_adj; nil when none was set
     /// (or the kernel's memory.oom_score_badness does the job itself).
-    func oomScoreAdj() -> Int32? {
-        for candidate in name.selfAndAncestors where !candidate.isRoot && (try? driver.isolated(candidate).contains(.memory)) == true {
-            guard let dir = try? driver.nearestDir(.memory, candidate) else { continue }
-            if dir.has(MemoryHandler.evictionBadnessFile) { return nil }
-            guard let text = try? dir.xattr(MemoryHandler.evictionXattr) ?? nil,
+    func oomScoreAdj() throws(LmctfyError) -> Int32? {
+        for candidate in name.selfAndAncestors where !candidate.isRoot {
+            guard try driver.isolated(candidate).contains(.memory) else { continue }
+            guard let dir = try driver.nearestDir(.memory, candidate) else { continue }
+            if try dir.has(MemoryHandler.evictionBadnessFile) { return nil }
+            guard let text = try dir.xattr(MemoryHandler.evictionXattr),
                   let priority = Int32(text.trimmingWhitespace) else { return nil }
             return Int32(MemoryHandler.oomScoreAdj(priority: priority))
         }
@@ -47,11 +48,11 @@ extension Container {
 
     private func spawnOptions(_ argv: [String], _ options: RunOptions) throws(LmctfyError) -> SpawnOptions {
         guard !argv.isEmpty, !argv[0].isEmpty else { throw .invalidArgument("No command to run") }
-        guard api.exists(name) else { throw .notFound("Container \"\(name)\" does not exist") }
+        guard try api.exists(name) else { throw .notFound("Container \"\(name)\" does not exist") }
         var o = SpawnOptions(argv: argv)
         o.environment = options.environment
         o.cgroupFiles = try joinFiles()
-        o.oomScoreAdj = oomScoreAdj()
+        o.oomScoreAdj = try oomScoreAdj()
         o.ids = options.ids
         o.closeOtherFds = true
         switch options.fdPolicy {
@@ -116,7 +117,7 @@ extension Container {
     /// v2 moves its whole process (cgroup v2 keeps a process's threads
     /// together in domain cgroups). Not atomic: on failure earlier tids stay moved.
     public func enter(_ tids: [pid_t]) throws(LmctfyError) {
-        guard api.exists(name) else { throw .notFound("Container \"\(name)\" does not exist") }
+        guard try api.exists(name) else { throw .notFound("Container \"\(name)\" does not exist") }
         let dirs = try driver.joinDirs(name)
         for (i, tid) in tids.enumerated() {
             for dir in dirs {
@@ -129,7 +130,7 @@ extension Container {
                                       errno: error.errno)
                 }
             }
-            if let adj = oomScoreAdj() {
+            if let adj = try oomScoreAdj() {
                 try? Sys.writeFile(api.procRoot + "/\(tid)/oom_score_adj", String(adj))
             }
         }

@@ -53,7 +53,7 @@ enum Host {
 func withTestName<T>(_ label: String, _ body: (String) throws -> T) throws -> T {
     let name = RealCgroups.uniqueName(label)
     defer {
-        if let api = try? ContainerApi.detect(), let n = try? api.resolve(name), api.exists(n) {
+        if let api = try? ContainerApi.detect(), let n = try? api.resolve(name), (try? api.exists(n)) == true {
             try? api.destroy(n)
         }
         #expect(Host.dirs(of: name).isEmpty, "left behind: \(Host.dirs(of: name))")

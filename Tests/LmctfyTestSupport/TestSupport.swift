@@ -56,7 +56,7 @@ public func withTestContainer<T>(
     _ body: (ContainerName) throws -> T
 ) throws -> T {
     let name = try ContainerName.resolve(RealCgroups.uniqueName(label), relativeTo: .root)
-    defer { if api.exists(name) { try? api.destroy(name) } }
+    defer { if (try? api.exists(name)) == true { try? api.destroy(name) } }
     return try body(name)
 }
 

@@ -74,7 +74,7 @@ import Testing
         // An existing container under /batch is found there.
         try tree.seed("freezer", ["old"], files: [:])
         try tree.seed("cpu", ["batch", "old"], files: [:])
-        let dirs = api.resourceDirs(try ContainerName.resolve("/old", relativeTo: .root))
+        let dirs = try api.resourceDirs(try ContainerName.resolve("/old", relativeTo: .root))
         #expect(dirs.dir(.cpu)?.path == tree.root + "/cpu/batch/old")
     }
 

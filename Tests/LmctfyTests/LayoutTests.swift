@@ -28,7 +28,7 @@ import Testing
         let api = try ContainerApi(mounts: tree.mounts)
         let name = try ContainerName.resolve("/a", relativeTo: .root)
         try api.create(name, spec: ContainerSpec())
-        #expect(api.exists(name))
+        #expect(try api.exists(name))
         let made = Controller.allCases.filter { Sys.exists(tree.root + "/" + $0.rawValue + "/a") }
         #expect(made == [.freezer])
         #expect(try api.get(name).isolatedResources.isEmpty)
@@ -90,7 +90,7 @@ import Testing
                      ContainerSpec(filesystem: FilesystemSpec(fdLimit: 10)), ContainerSpec(securitySpec: SecuritySpec())] {
             #expect { try api.create(name, spec: spec) } throws: { ($0 as? LmctfyError)?.code == .unimplemented }
         }
-        #expect(!api.exists(name))
+        #expect(try !api.exists(name))
     }
 
     @Test func detectReadsTheFreezerLineOrTheV2Line() throws {

@@ -32,11 +32,11 @@ struct LifecycleIntegrationTests {
     @Test func createSpecDestroy() throws {
         try withTestContainer(api) { name in
             try api.create(name, spec: ContainerSpec(pids: PidsSpec(limit: 64)))
-            #expect(api.exists(name))
+            #expect(try api.exists(name))
             let c = try api.get(name)
             #expect(try c.isolatedResources == [.pids])
             #expect(try c.spec() == ContainerSpec(pids: PidsSpec(limit: 64)))
-            let dirs = api.resourceDirs(name)
+            let dirs = try api.resourceDirs(name)
             #expect(try dirs.dir(.pids)!.read("pids.max").trimmingWhitespace == "64")
 
             try c.update(ContainerSpec(pids: PidsSpec(limit: 100)), policy: .diff)
@@ -56,7 +56,7 @@ struct LifecycleIntegrationTests {
             #expect(stats.pids?.limit == -1)
 
             try api.destroy(name)
-            #expect(!api.exists(name))
+            #expect(try !api.exists(name))
             #expect(directories(of: name).isEmpty)
         }
     }
@@ -113,18 +113,18 @@ struct LifecycleIntegrationTests {
             // after every directory was made.
             #expect { try api.create(name, spec: ContainerSpec(pids: PidsSpec(limit: Int64.max))) }
                 throws: { ($0 as? LmctfyError)?.code == .unavailable }
-            #expect(!api.exists(name))
+            #expect(try !api.exists(name))
             #expect(directories(of: name).isEmpty)
             try api.create(name, spec: ContainerSpec(pids: PidsSpec(limit: 5)))
-            #expect(api.exists(name))
+            #expect(try api.exists(name))
         }
     }
 
     @Test func unimplementedSectionsAreRefusedWithTwelve() throws {
-        try withTestContainer(api) { name in
+        try withTestContainer(api) { name throws in
             #expect { try api.create(name, spec: ContainerSpec(network: NetworkSpec())) }
                 throws: { ($0 as? LmctfyError)?.code == .unimplemented }
-            #expect(!api.exists(name))
+            #expect(try !api.exists(name))
         }
     }
 
@@ -134,7 +134,7 @@ struct LifecycleIntegrationTests {
             let c = try api.get(name)
             let pid = try TestProcess.spawn(["/bin/sleep", "300"])
             defer { TestProcess.end(pid) }
-            try TestProcess.move(pid, into: api.resourceDirs(name).allDirs)
+            try TestProcess.move(pid, into: try api.resourceDirs(name).allDirs)
             #expect(try api.detect(pid: pid) == name)
             #expect(try c.processes(recursive: false) == [pid])
             #expect(try c.threads(recursive: true) == [pid])
@@ -151,7 +151,7 @@ struct LifecycleIntegrationTests {
             let c = try api.get(name)
             let pids = try (0..<3).map { _ in try TestProcess.spawn(["/bin/sleep", "300"]) }
             defer { for p in pids { TestProcess.end(p) } }
-            for p in pids { try TestProcess.move(p, into: api.resourceDirs(name).allDirs) }
+            for p in pids { try TestProcess.move(p, into: try api.resourceDirs(name).allDirs) }
             try c.setFrozen(true)
             #expect(try c.isFrozen())
             try c.killAll()
@@ -168,10 +168,10 @@ struct LifecycleIntegrationTests {
             let outer = try TestProcess.spawn(["/bin/sleep", "300"])
             let inner = try TestProcess.spawn(["/bin/sleep", "300"])
             defer { TestProcess.end(outer); TestProcess.end(inner) }
-            try TestProcess.move(outer, into: api.resourceDirs(name).allDirs)
-            try TestProcess.move(inner, into: api.resourceDirs(sub).allDirs)
+            try TestProcess.move(outer, into: try api.resourceDirs(name).allDirs)
+            try TestProcess.move(inner, into: try api.resourceDirs(sub).allDirs)
             try api.destroy(name)
-            #expect(!api.exists(name))
+            #expect(try !api.exists(name))
             _ = try Sys.waitForExit(inner)
             _ = try Sys.waitForExit(outer)
         }
@@ -180,7 +180,7 @@ struct LifecycleIntegrationTests {
     @Test func ownerAndGroupAreDelegated() throws {
         try withTestContainer(api) { name in
             try api.create(name, spec: ContainerSpec(owner: 65534, ownerGroup: 65533, pids: PidsSpec(limit: 7)))
-            let dirs = api.resourceDirs(name).allDirs
+            let dirs = try api.resourceDirs(name).allDirs
             #expect(!dirs.isEmpty)
             for d in dirs {
                 var st = stat()

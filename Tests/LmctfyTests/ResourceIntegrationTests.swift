@@ -25,7 +25,7 @@ struct ResourceIntegrationTests {
 
     /// A container's directory in a v1 hierarchy (tests read files directly).
     func dir(_ c: Controller, _ name: ContainerName) throws -> CgroupDir {
-        try #require((api.driver as! CgroupV1Driver).existingDir(c, name), "\(name) has no \(c) directory")
+        try #require(try (api.driver as! CgroupV1Driver).existingDir(c, name), "\(name) has no \(c) directory")
     }
 
     func value(_ c: Controller, _ name: ContainerName, _ file: String) throws -> String {
@@ -113,12 +113,12 @@ struct ResourceIntegrationTests {
     }
 
     @Test func unenforceableMemoryFieldsAreRefusedAndNothingIsLeft() throws {
-        try withTestContainer(api, label: "memmax") { name in
+        try withTestContainer(api, label: "memmax") { name throws in
             let err = lmctfyError { try api.create(name, spec: spec(memory: MemorySpec(maxLimit: 1 << 30))) }
             #expect(err?.code == .unimplemented)
             #expect(err?.message.contains("max_limit") == true)
-            #expect(!api.exists(name))
-            #expect((api.driver as! CgroupV1Driver).existingDir(.memory, name) == nil)
+            #expect(try !api.exists(name))
+            #expect(try (api.driver as! CgroupV1Driver).existingDir(.memory, name) == nil)
         }
     }
 
@@ -158,11 +158,11 @@ struct ResourceIntegrationTests {
     }
 
     @Test func cpuMaxLimitTooLowLeavesNothing() throws {
-        try withTestContainer(api, label: "cpulow") { name in
+        try withTestContainer(api, label: "cpulow") { name throws in
             let err = lmctfyError { try api.create(name, spec: spec(cpu: CpuSpec(maxLimit: 3))) }
             #expect(err?.code == .invalidArgument)
             #expect(err?.message.contains("too low") == true)
-            #expect(!api.exists(name))
+            #expect(try !api.exists(name))
         }
     }
 

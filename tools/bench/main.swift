@@ -132,7 +132,7 @@ do {
     case "freeze" where args.count == 4:
         try withContainer(api, "") { c in
             _ = try c.run(["/bin/sleep", "300"])
-            let freezer = api.resourceDirs(c.name).allDirs[0].path
+            let freezer = try api.resourceDirs(c.name).allDirs[0].path
             let base = try runBaseline([args[3], "freeze", String(n), freezer])
             let t0 = now()
             for _ in 0..<n {
@@ -163,7 +163,7 @@ do {
         // (the baseline) and a Watch; the difference of their wake-up times
         // is what lmctfy adds on top of the kernel's notification.
         try withContainer(api, "memory { limit: 536870912 }") { c in
-            let memDir = api.resourceDirs(c.name).dir(.memory)!
+            let memDir = try api.resourceDirs(c.name).dir(.memory)!
             let usage = try memDir.readInt("memory.usage_in_bytes") ?? 0
             let threshold = usage + (8 << 20)
             let efd = try EventFds.eventfd()

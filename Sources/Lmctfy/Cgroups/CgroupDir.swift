@@ -90,20 +90,33 @@ public struct CgroupDir: Sendable, Equatable, CustomStringConvertible {
         return path + "/" + name
     }
 
-    public var exists: Bool { Sys.isDirectory(path, faults: faults) }
+    /// Whether this cgroup exists. Only "no such directory" reads as false:
+    /// any other failure to look (EACCES: PERMISSION_DENIED) is an error, so
+    /// a cgroup lmctfy cannot see is never taken for one that is not there.
+    public func exists() throws(LmctfyError) -> Bool {
+        try Self.probe(path, faults) == S_IFDIR
+    }
+
+    /// stat(2) of a path: its type, nil when it does not exist.
+    private static func probe(_ path: String, _ faults: FaultPlan?) throws(LmctfyError) -> mode_t? {
+        do { return try Sys.fileType(path, faults: faults) } catch {
+            throw error.cgroup(.failedPrecondition, "Failed to look for \(path)")
+        }
+    }
 
     /// Whether this cgroup has the file, i.e. whether the kernel has the
     /// feature. Below a hierarchy's root every cgroup has the same files and
     /// the kernel does not change while we run, so on the real cgroupfs the
     /// answer is remembered per hierarchy (fake trees in tests are asked
     /// every time: they add and remove files).
-    public func has(_ name: String) -> Bool {
-        guard !isRoot, access.verifiesFilesystem else { return Sys.exists(file(name), faults: faults) }
+    public func has(_ name: String) throws(LmctfyError) -> Bool {
+        guard !isRoot, access.verifiesFilesystem else { return try Self.probe(file(name), faults) != nil }
         let key = mount + "\u{0}" + name
         if let known = FeatureCache.shared.known.withLock({ $0[key] }) { return known }
         // Only a cgroup that still exists can say "no".
-        let present = Sys.exists(file(name), faults: faults)
-        if present || exists { FeatureCache.shared.known.withLock { $0[key] = present } }
+        let present = try Self.probe(file(name), faults) != nil
+        if present, true { FeatureCache.shared.known.withLock { $0[key] = present }; return present }
+        if try exists() { FeatureCache.shared.known.withLock { $0[key] = present } }
         return present
     }
 

@@ -26,7 +26,7 @@ protocol CgroupDriver: Sendable {
     /// Whether this machine can isolate the resource at all.
     func available(_ kind: ResourceKind) throws(LmctfyError) -> Bool
     /// The directories a handler works on for an existing container.
-    func resourceDirs(_ name: ContainerName) -> ResourceDirs
+    func resourceDirs(_ name: ContainerName) throws(LmctfyError) -> ResourceDirs
     /// The directory holding a controller's files for the container or, if
     /// it does not isolate that resource, for its nearest ancestor that does
     /// (the hierarchy's root at the latest).
@@ -45,10 +45,10 @@ protocol CgroupDriver: Sendable {
     /// The places the container may have a directory, in the order they go:
     /// each group is the candidates of one hierarchy, most likely first (a
     /// group stops at the first directory removed); the tasks directory last.
-    func removalGroups(_ name: ContainerName) -> [[CgroupDir]]
+    func removalGroups(_ name: ContainerName) throws(LmctfyError) -> [[CgroupDir]]
     /// The container's directories and the task files in each that
     /// delegation (owner, owner_group) hands over.
-    func delegated(_ name: ContainerName) -> (dirs: [CgroupDir], files: [String])
+    func delegated(_ name: ContainerName) throws(LmctfyError) -> (dirs: [CgroupDir], files: [String])
     /// Prepares the machine after the hierarchies are mounted (idempotent).
     func prepareMachine() throws(LmctfyError)
 

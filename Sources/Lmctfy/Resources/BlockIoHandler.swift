@@ -38,7 +38,7 @@ struct BlockIoHandler: ResourceHandler {
     func validate(_ spec: ContainerSpec, dirs: ResourceDirs) throws(LmctfyError) {
         guard let b = spec.blockio else { return }
         let dir = dirs.dir(.blkio)
-        let has = { (file: String) in dir?.has(file) == true }
+        let has = { (file: String) throws(LmctfyError) -> Bool in try dir?.has(file) == true }
         if let set = b.deviceLimitSet {
             if let d = set.defaultLimit, !Self.weightRange.contains(UInt64(d)) {
                 throw .invalidArgument("blockio.device_limit_set.default_limit must be within 1..100, not \(d)")
@@ -52,7 +52,7 @@ struct BlockIoHandler: ResourceHandler {
             let files = dirs.driver.blockio
             let needed = Set((set.defaultLimit != nil ? [files.defaultWeightFile] : [])
                 + (set.deviceLimits.isEmpty ? [] : [files.deviceWeightFile]))
-            for file in needed.sorted() where !has(file) {
+            for file in needed.sorted() where try !has(file) {
                 throw .unimplemented("blockio.device_limit_set (I/O weights) is not supported here: \(file) is missing (the block devices' I/O scheduler implements no cgroup weights)")
             }
         }
@@ -68,7 +68,7 @@ struct BlockIoHandler: ResourceHandler {
                     }
                 }
                 let file = dirs.driver.blockio.throttleFile(Throttle(op, type))
-                if !ml.limits.isEmpty && !has(file) {
+                if !ml.limits.isEmpty, try !has(file) {
                     throw .unimplemented("blockio.max_device_limit_set is not supported here: \(file) is missing")
                 }
             }
@@ -112,7 +112,7 @@ struct BlockIoHandler: ResourceHandler {
         let (defaultFile, deviceFile) = (files.defaultWeightFile, files.deviceWeightFile)
         if let d = set?.defaultLimit {
             w.append(CgroupWrite(dir, defaultFile, files.defaultWeightPrefix + String(files.kernelWeight(UInt64(d)))))
-        } else if replace && dir.has(defaultFile) {
+        } else if replace, try dir.has(defaultFile) {
             w.append(CgroupWrite(dir, defaultFile, files.defaultWeightPrefix + String(files.defaultWeight)))
         }
         if replace {
@@ -148,7 +148,7 @@ struct BlockIoHandler: ResourceHandler {
         let files = dirs.driver.blockio
         var b = BlockIoSpec()
 
-        if dir.has(files.defaultWeightFile) {
+        if try dir.has(files.defaultWeightFile) {
             var set = BlockIoSpec.DeviceLimitSet()
             for fields in try dir.readFields(files.defaultWeightFile) where files.isDefaultWeightLine(fields) {
                 if let w = Int64(fields[fields.count - 1]) { set.defaultLimit = files.specWeight(w) }

@@ -168,7 +168,7 @@ struct CpuHandler: ResourceHandler {
     func stats(into stats: inout ContainerStats, type: StatsType, dirs: ResourceDirs) throws(LmctfyError) {
         guard let dir = ownerDir(dirs) else { return }
         var s = try dirs.driver.cpu.stats(dir, dirs: dirs, type: type)
-        if dir.has("cpu.nr_running"), let running = try dir.readInt("cpu.nr_running") {
+        if try dir.has("cpu.nr_running"), let running = try dir.readInt("cpu.nr_running") {
             s.load = Int32(clamping: running)
         }
         stats.cpu = s

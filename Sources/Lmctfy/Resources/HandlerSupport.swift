@@ -9,7 +9,7 @@ extension CgroupDir {
     /// The non-empty lines of a file, each split on blanks; a missing file
     /// reads as no lines, so optional per-device files need no special case.
     func readFields(_ name: String) throws(LmctfyError) -> [[Substring]] {
-        guard has(name) else { return [] }
+        guard try has(name) else { return [] }
         return try read(name).split(separator: "\n").map { $0.split(whereSeparator: { $0 == " " || $0 == "\t" }) }.filter { !$0.isEmpty }
     }
 }

@@ -73,11 +73,12 @@ struct MemoryHandler: ResourceHandler {
             throw .invalidArgument("Cannot set both dirty ratio and limit")
         }
         let dir = dirs.dir(.memory)
-        for knob in Self.knobs(m) where knob.value != nil && dir?.has(knob.file) != true {
+        for knob in Self.knobs(m) where knob.value != nil {
+            guard try dir?.has(knob.file) != true else { continue }
             throw .unimplemented("memory.\(knob.field) is not supported by this kernel (it has no \(knob.file))")
         }
         let files = dirs.driver.memory
-        if m.swapLimit != nil && dir?.has(files.swap) != true {
+        if m.swapLimit != nil, try dir?.has(files.swap) != true {
             throw .notFound("memory.swap_limit needs \(files.swap), which this kernel does not have (swap accounting is off)")
         }
         if let limit = m.limit, let total = m.swapLimit {
@@ -125,7 +126,7 @@ struct MemoryHandler: ResourceHandler {
         for knob in Self.knobs(m) {
             if let v = knob.value {
                 w.append(CgroupWrite(dir, knob.file, String(v)))
-            } else if replace, let d = knob.replaceDefault, dir.has(knob.file) {
+            } else if replace, let d = knob.replaceDefault, try dir.has(knob.file) {
                 w.append(CgroupWrite(dir, knob.file, String(d)))
             }
         }
@@ -135,7 +136,7 @@ struct MemoryHandler: ResourceHandler {
     /// Uses the patched kernel's file when it has one; otherwise records the
     /// priority and sets oom_score_adj of every process now in the container.
     private func setEvictionPriority(_ p: Int32, dir: CgroupDir, dirs: ResourceDirs) throws(LmctfyError) {
-        if dir.has(Self.evictionBadnessFile) {
+        if try dir.has(Self.evictionBadnessFile) {
             try dir.write(Self.evictionBadnessFile, String(p))
             return
         }
@@ -171,10 +172,10 @@ struct MemoryHandler: ResourceHandler {
         // is 9223372036854771712); v2's "max" is -1.
         m.limit = try dir.readInt(files.limit) ?? -1
         m.reservation = try dir.readInt(files.reservation) ?? -1
-        if dir.has(files.swap) {
+        if try dir.has(files.swap) {
             m.swapLimit = files.swapLimit(swapFile: try dir.readInt(files.swap), limit: m.limit)
         }
-        if dir.has(Self.evictionBadnessFile) {
+        if try dir.has(Self.evictionBadnessFile) {
             m.evictionPriority = try dir.readInt(Self.evictionBadnessFile).map { Int32(clamping: $0) }
         } else if let text = try dir.xattr(Self.evictionXattr) {
             guard let p = Int32(text) else {
@@ -182,7 +183,7 @@ struct MemoryHandler: ResourceHandler {
             }
             m.evictionPriority = p
         }
-        for knob in Self.knobs(MemorySpec()) where dir.has(knob.file) && !knob.field.hasPrefix("dirty.") {
+        for knob in Self.knobs(MemorySpec()) where try dir.has(knob.file) && !knob.field.hasPrefix("dirty.") {
             let v = try dir.readInt(knob.file)
             switch knob.field {
             case "compression_sampling_ratio": m.compressionSamplingRatio = v.map { Int32(clamping: $0) }
@@ -199,11 +200,13 @@ struct MemoryHandler: ResourceHandler {
     /// its byte limit is 0 (the kernel uses the ratio then) and the limit
     /// otherwise, as the original does.
     private func readDirty(_ dir: CgroupDir) throws(LmctfyError) -> MemorySpec.Dirty? {
-        guard dir.has("memory.dirty_ratio") || dir.has("memory.dirty_limit_in_bytes") else { return nil }
+        let hasRatio = try dir.has("memory.dirty_ratio")
+        let hasLimit = try dir.has("memory.dirty_limit_in_bytes")
+        guard hasRatio || hasLimit else { return nil }
         func pair(_ ratioFile: String, _ limitFile: String) throws(LmctfyError) -> (ratio: Int32?, limit: Int32?) {
-            let limit = dir.has(limitFile) ? try dir.readInt(limitFile) ?? 0 : 0
+            let limit = try dir.has(limitFile) ? try dir.readInt(limitFile) ?? 0 : 0
             if limit != 0 { return (nil, Int32(clamping: limit)) }
-            return (dir.has(ratioFile) ? try dir.readInt(ratioFile).map { Int32(clamping: $0) } : nil, nil)
+            return (try dir.has(ratioFile) ? try dir.readInt(ratioFile).map { Int32(clamping: $0) } : nil, nil)
         }
         var d = MemorySpec.Dirty()
         (d.ratio, d.limit) = try pair("memory.dirty_ratio", "memory.dirty_limit_in_bytes")
@@ -219,7 +222,7 @@ struct MemoryHandler: ResourceHandler {
         var s = MemoryStats()
         let stat = try dir.readKeyValues("memory.stat")
         s.usage = try dir.readInt(files.usage)
-        if dir.has(files.maxUsage) { s.maxUsage = try dir.readInt(files.maxUsage) }
+        if try dir.has(files.maxUsage) { s.maxUsage = try dir.readInt(files.maxUsage) }
         s.limit = try dir.readInt(files.limit) ?? -1
         s.reservation = try dir.readInt(files.reservation) ?? -1
         try files.stats(dir, stat: stat, into: &s)

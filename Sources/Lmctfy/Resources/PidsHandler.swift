@@ -32,7 +32,7 @@ struct PidsHandler: ResourceHandler {
         var s = PidsStats()
         s.current = try dir.readInt("pids.current")
         s.limit = try dir.readInt("pids.max") ?? -1
-        if dir.has("pids.events") { s.failCount = try dir.readKeyValues("pids.events")["max"] }
+        if try dir.has("pids.events") { s.failCount = try dir.readKeyValues("pids.events")["max"] }
         stats.pids = s
     }
 }

@@ -32,17 +32,18 @@ struct CgroupV1Driver: CgroupDriver {
     }
 
     /// The existing directory of controller c for this container, if any.
-    func existingDir(_ c: Controller, _ name: ContainerName) -> CgroupDir? {
-        candidates(c, name).first { $0.exists }
+    func existingDir(_ c: Controller, _ name: ContainerName) throws(LmctfyError) -> CgroupDir? {
+        for d in try candidates(c, name) where try d.exists() { return d }
+        return nil
     }
 
     /// Where c's directory is or would be, most likely first.
-    func candidates(_ c: Controller, _ name: ContainerName) -> [CgroupDir] {
+    func candidates(_ c: Controller, _ name: ContainerName) throws(LmctfyError) -> [CgroupDir] {
         guard let mount = mounts.v1[c] else { return [] }
         let plain = dir(mount, name.components)
         guard c == .cpu || c == .cpuacct, !name.isRoot else { return [plain] }
         if name.depth == 1 { return [plain, dir(mount, ["batch"] + name.components)] }
-        guard let parent = name.parent, let parentDir = existingDir(c, parent) else { return [plain] }
+        guard let parent = name.parent, let parentDir = try existingDir(c, parent) else { return [plain] }
         return [parentDir.child(name.basename)]
     }
 
@@ -53,39 +54,41 @@ struct CgroupV1Driver: CgroupDriver {
         if name.depth == 1 {
             let latency = spec.cpu?.schedulingLatency
             let batch = latency == .normal || latency == .bestEffort
-            if batch && !dir(mount, ["batch"]).exists {
+            if batch, try !dir(mount, ["batch"]).exists() {
                 throw .failedPrecondition("The cpu /batch cgroup does not exist; run \"lmctfy init\" first")
             }
             return dir(mount, (batch ? ["batch"] : []) + name.components)
         }
-        guard let parent = name.parent, let parentDir = existingDir(c, parent) else {
+        guard let parent = name.parent, let parentDir = try existingDir(c, parent) else {
             throw .notFound("Container \(name.parent!) does not isolate cpu, so \(name) cannot")
         }
         return parentDir.child(name.basename)
     }
 
-    func isolated(_ name: ContainerName) -> Set<ResourceKind> {
-        Set(ResourceKind.allCases.filter { kind in
-            guard let owner = kind.v1Controllers.first, mounts.v1[owner] != nil else { return false }
-            return name.isRoot || existingDir(owner, name) != nil
-        })
+    func isolated(_ name: ContainerName) throws(LmctfyError) -> Set<ResourceKind> {
+        var out = Set<ResourceKind>()
+        for kind in ResourceKind.allCases {
+            guard let owner = kind.v1Controllers.first, mounts.v1[owner] != nil else { continue }
+            if name.isRoot { out.insert(kind) } else if try existingDir(owner, name) != nil { out.insert(kind) }
+        }
+        return out
     }
 
     func available(_ kind: ResourceKind) -> Bool {
         kind.v1Controllers.first.map { mounts.v1[$0] != nil } ?? false
     }
 
-    func resourceDirs(_ name: ContainerName) -> ResourceDirs {
+    func resourceDirs(_ name: ContainerName) throws(LmctfyError) -> ResourceDirs {
         var dirs: [Controller: CgroupDir] = [:]
         for c in Controller.allCases {
-            if let d = existingDir(c, name) { dirs[c] = d }
+            if let d = try existingDir(c, name) { dirs[c] = d }
         }
         return ResourceDirs(driver: self, container: name, byController: dirs, tasks: dirs[.freezer])
     }
 
     func nearestDir(_ c: Controller, _ name: ContainerName) throws(LmctfyError) -> CgroupDir? {
         for candidate in name.selfAndAncestors {
-            if let d = candidate.isRoot ? root(c) : existingDir(c, candidate) { return d }
+            if let d = try candidate.isRoot ? root(c) : existingDir(c, candidate) { return d }
         }
         return nil
     }
@@ -130,16 +133,19 @@ struct CgroupV1Driver: CgroupDriver {
         try d.write("cpuset.mems", value.isEmpty ? "\n" : value)
     }
 
-    func removalGroups(_ name: ContainerName) -> [[CgroupDir]] {
+    func removalGroups(_ name: ContainerName) throws(LmctfyError) -> [[CgroupDir]] {
         var groups: [[CgroupDir]] = []
         for c in Controller.allCases.reversed() where c != .freezer && !isCoMountedFollower(c) {
-            groups.append(candidates(c, name))
+            groups.append(try candidates(c, name))
         }
         return groups + [[tasksDir(name)]]
     }
 
-    func delegated(_ name: ContainerName) -> (dirs: [CgroupDir], files: [String]) {
-        let dirs = Controller.allCases.filter { !isCoMountedFollower($0) }.compactMap { existingDir($0, name) }
+    func delegated(_ name: ContainerName) throws(LmctfyError) -> (dirs: [CgroupDir], files: [String]) {
+        var dirs: [CgroupDir] = []
+        for c in Controller.allCases where !isCoMountedFollower(c) {
+            if let d = try existingDir(c, name) { dirs.append(d) }
+        }
         return (dirs, ["tasks", "cgroup.procs"])
     }
 
@@ -149,7 +155,7 @@ struct CgroupV1Driver: CgroupDriver {
         for c in [Controller.cpu, .cpuacct] where !isCoMountedFollower(c) {
             guard let root = root(c) else { continue }
             let batch = root.child("batch")
-            if !batch.exists {
+            if try !batch.exists() {
                 do { try batch.make() } catch where error.code == .alreadyExists {}
             }
             if c == .cpu { try batch.write("cpu.shares", "2") }
@@ -234,7 +240,7 @@ final class EventfdSource: EventSource {
         let n: UInt64
         do { n = try EventFds.readCounter(fd) } catch { throw error.lmctfy(.cancelled, "Reading the notification failed") }
         // Removing the cgroup also signals the eventfd.
-        if !dir.exists { throw Watch.gone(dir) }
+        if try !dir.exists() { throw Watch.gone(dir) }
         return Int(n)
     }
 }
@@ -256,7 +262,7 @@ final class PolledEmptySource: EventSource {
 
     func collect() throws(LmctfyError) -> Int {
         _ = try? EventFds.readCounter(fd)
-        guard container.api.exists(container.name) else { throw Watch.gone(container.tasksDir) }
+        guard try container.api.exists(container.name) else { throw Watch.gone(container.tasksDir) }
         let empty = (try? container.processes(recursive: true).isEmpty) ?? false
         defer { wasEmpty = empty }
         return empty && !wasEmpty ? 1 : 0

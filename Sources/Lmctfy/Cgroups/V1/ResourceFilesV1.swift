@@ -70,7 +70,7 @@ struct CpuFilesV1: CpuFiles {
         var usage = CpuStats.Usage()
         if let acct = dirs.dir(.cpuacct) {
             if let total = try acct.readInt("cpuacct.usage") { usage.total = UInt64(max(0, total)) }
-            if acct.has("cpuacct.usage_percpu") {
+            if try acct.has("cpuacct.usage_percpu") {
                 usage.perCpu = try acct.read("cpuacct.usage_percpu").split(whereSeparator: { $0 == " " || $0 == "\n" }).compactMap { Int64($0) }
             }
             // cpuacct.stat counts USER_HZ ticks; the original reports ns.
@@ -79,7 +79,7 @@ struct CpuFilesV1: CpuFiles {
             usage.user = ticks["user"].map { $0 * nsPerTick }
             usage.system = ticks["system"].map { $0 * nsPerTick }
         }
-        let cpuStat = dir.has("cpu.stat") ? try dir.readKeyValues("cpu.stat") : [:]
+        let cpuStat = try dir.has("cpu.stat") ? try dir.readKeyValues("cpu.stat") : [:]
         if type == .full, let periods = cpuStat["nr_periods"], let throttled = cpuStat["nr_throttled"],
            let time = cpuStat["throttled_time"] {
             s.throttlingData = ThrottlingData(periods: periods, throttledPeriods: throttled, throttledTime: time)
@@ -103,7 +103,7 @@ struct MemoryFilesV1: MemoryFiles {
     /// otherwise the limit goes first (so a memsw lowered below the old
     /// limit follows it).
     func planLimits(_ m: MemorySpec, replace: Bool, dir: CgroupDir) throws(LmctfyError) -> [CgroupWrite] {
-        let hasSwap = dir.has(swap)
+        let hasSwap = try dir.has(swap)
         let newLimit = m.limit ?? (replace ? -1 : nil)
         let newTotal = m.swapLimit ?? (replace && hasSwap ? -1 : nil)
         let limitWrite = newLimit.map { CgroupWrite(dir, limit, format($0)) }
@@ -131,7 +131,7 @@ struct MemoryFilesV1: MemoryFiles {
         s.containerData = MemoryHandler.memoryData(stat, prefix: "")
         s.hierarchicalData = MemoryHandler.memoryData(stat, prefix: "total_")
         s.workingSet = s.usage.map { max(0, $0 - (stat["total_inactive_file"] ?? 0)) }
-        if dir.has("memory.numa_stat") {
+        if try dir.has("memory.numa_stat") {
             s.numa = try MemoryHandler.numaStats(try dir.read("memory.numa_stat"))
         }
     }

@@ -52,7 +52,7 @@ struct CgroupV2Driver: CgroupDriver {
         return ResourceDirs(driver: self, container: name, byController: dirs, tasks: d)
     }
 
-    func resourceDirs(_ name: ContainerName) -> ResourceDirs { allIn(tasksDir(name), name) }
+    func resourceDirs(_ name: ContainerName) throws(LmctfyError) -> ResourceDirs { allIn(tasksDir(name), name) }
 
     func nearestDir(_ c: Controller, _ name: ContainerName) throws(LmctfyError) -> CgroupDir? {
         guard let kind = ResourceKind.allCases.first(where: { $0.v1Controllers.contains(c) }) else { return tasksDir(name) }
@@ -99,9 +99,9 @@ struct CgroupV2Driver: CgroupDriver {
         }
     }
 
-    func removalGroups(_ name: ContainerName) -> [[CgroupDir]] { [[tasksDir(name)]] }
+    func removalGroups(_ name: ContainerName) throws(LmctfyError) -> [[CgroupDir]] { [[tasksDir(name)]] }
 
-    func delegated(_ name: ContainerName) -> (dirs: [CgroupDir], files: [String]) {
+    func delegated(_ name: ContainerName) throws(LmctfyError) -> (dirs: [CgroupDir], files: [String]) {
         ([tasksDir(name)], ["cgroup.procs", "cgroup.threads", "cgroup.subtree_control"])
     }
 
@@ -166,7 +166,8 @@ final class OomKillSource: EventSource {
 
     func collect() throws(LmctfyError) -> Int {
         let (_, isGone) = EventFds.drainInotify(fd)
-        if isGone || !dir.exists { throw Watch.gone(dir) }
+        if isGone { throw Watch.gone(dir) }
+        if try !dir.exists() { throw Watch.gone(dir) }
         let count = (try? dir.readKeyValues("memory.events")["oom_kill"]) ?? lastCount
         defer { lastCount = count }
         return Int(max(0, count - lastCount))
@@ -196,7 +197,8 @@ final class PopulatedSource: EventSource {
             return 1
         }
         let (_, isGone) = EventFds.drainInotify(fd)
-        if isGone || !dir.exists { throw Watch.gone(dir) }
+        if isGone { throw Watch.gone(dir) }
+        if try !dir.exists() { throw Watch.gone(dir) }
         let empty = (try? dir.readKeyValues("cgroup.events")["populated"]) == 0
         defer { wasEmpty = empty }
         return empty && !wasEmpty ? 1 : 0
@@ -223,7 +225,7 @@ final class PolledThresholdSource: EventSource {
 
     func collect() throws(LmctfyError) -> Int {
         _ = try? EventFds.readCounter(fd)
-        guard dir.exists else { throw Watch.gone(dir) }
+        guard try dir.exists() else { throw Watch.gone(dir) }
         let usage = (try? dir.readInt("memory.current")) ?? nil ?? 0
         let above = usage >= threshold
         defer { wasAbove = above }

@@ -8,13 +8,13 @@ import LmctfySystem
 
 struct CpuFilesV2: CpuFiles {
     func checkMask(_ dirs: ResourceDirs) throws(LmctfyError) {
-        if dirs.dir(.cpuset)?.has("cpuset.cpus") != true {
+        guard let dir = dirs.dir(.cpuset), try dir.has("cpuset.cpus") else {
             throw .unimplemented("cpu.mask needs the cpuset controller, which is not enabled for this container")
         }
     }
 
     func checkLatency(_ latency: SchedulingLatency, dir: CgroupDir, dirs: ResourceDirs) throws(LmctfyError) {
-        if latency == .bestEffort && !dir.has("cpu.idle") {
+        if latency == .bestEffort, try !dir.has("cpu.idle") {
             throw .unimplemented("cpu.scheduling_latency BEST_EFFORT needs cpu.idle (Linux 5.15 or later) on cgroup v2")
         }
     }
@@ -35,7 +35,7 @@ struct CpuFilesV2: CpuFiles {
         }
         if let mask = cpu.mask {
             w.append(CgroupWrite(dir, "cpuset.cpus", CpuHandler.cpuList(mask: mask.data)))
-        } else if replace && dir.has("cpuset.cpus") {
+        } else if replace, try dir.has("cpuset.cpus") {
             // An empty cpuset.cpus on v2 means "whatever the parent has".
             w.append(CgroupWrite(dir, "cpuset.cpus", "\n"))
         }
@@ -46,30 +46,30 @@ struct CpuFilesV2: CpuFiles {
     }
 
     func currentClass(_ dir: CgroupDir) throws(LmctfyError) -> SchedulingLatency {
-        guard dir.has("cpu.idle") else { return .priority }
+        guard try dir.has("cpu.idle") else { return .priority }
         return try dir.readInt("cpu.idle") == 1 ? .bestEffort : .priority
     }
 
     func readSpec(_ dir: CgroupDir, dirs: ResourceDirs) throws(LmctfyError) -> CpuSpec {
         var cpu = CpuSpec()
-        if dir.has("cpu.weight") {
+        if try dir.has("cpu.weight") {
             let weight = try dir.readInt("cpu.weight")
             cpu.limit = CpuHandler.milliCpu(shares: CpuHandler.shares(weight: weight ?? CpuHandler.defaultWeight))
         }
-        if dir.has("cpu.max") {
+        if try dir.has("cpu.max") {
             let fields = try dir.read("cpu.max").trimmingWhitespace.split(separator: " ")
             if fields.count == 2, let quota = Int64(fields[0]), let period = Int64(fields[1]), period > 0 {
                 cpu.maxLimit = UInt64(quota * 1000 / period)
             }
         }
         // An empty list means "inherited from the parent", which is no mask.
-        if dir.has("cpuset.cpus") {
+        if try dir.has("cpuset.cpus") {
             let words = try CpuHandler.mask(cpuList: try dir.read("cpuset.cpus"))
             if !words.isEmpty { cpu.mask = CpuSpec.Mask(data: words) }
         }
         // The one class v2 can show: the original never reports latency,
         // but an idle cgroup is plainly BEST_EFFORT.
-        if dir.has("cpu.idle"), try dir.readInt("cpu.idle") == 1 { cpu.schedulingLatency = .bestEffort }
+        if try dir.has("cpu.idle"), try dir.readInt("cpu.idle") == 1 { cpu.schedulingLatency = .bestEffort }
         return cpu
     }
 
@@ -102,7 +102,7 @@ struct MemoryFilesV2: MemoryFiles {
     /// split: memory.swap.max = swap_limit - limit. A DIFF that changes only
     /// the limit keeps the total, as it stays on v1.
     func planLimits(_ m: MemorySpec, replace: Bool, dir: CgroupDir) throws(LmctfyError) -> [CgroupWrite] {
-        let hasSwap = dir.has(swap)
+        let hasSwap = try dir.has(swap)
         let newLimit = m.limit ?? (replace ? -1 : nil)
         let curLimit = try dir.readInt(limit) ?? -1
         let finalLimit = newLimit ?? curLimit
@@ -130,7 +130,7 @@ struct MemoryFilesV2: MemoryFiles {
 
     func stats(_ dir: CgroupDir, stat: [String: Int64], into s: inout MemoryStats) throws(LmctfyError) {
         s.hierarchicalMemoryLimit = try Self.hierarchicalLimit(dir)
-        if dir.has("memory.events") { s.failCount = try dir.readKeyValues("memory.events")["max"] }
+        if try dir.has("memory.events") { s.failCount = try dir.readKeyValues("memory.events")["max"] }
         // v2 counters already include every descendant.
         s.containerData = Self.memoryData(stat)
         s.hierarchicalData = s.containerData
@@ -154,7 +154,7 @@ struct MemoryFilesV2: MemoryFiles {
     static func hierarchicalLimit(_ dir: CgroupDir) throws(LmctfyError) -> Int64 {
         var tightest: Int64?
         var current: CgroupDir? = dir
-        while let d = current, d.has("memory.max") {
+        while let d = current, try d.has("memory.max") {
             if let v = try d.readInt("memory.max") { tightest = min(tightest ?? v, v) }
             current = d.parent
         }
