@@ -1,0 +1,63 @@
+// Something mounted over a container's cgroup directory is never read or
+// written as if it were the container's: every access checks (fstatfs /
+// statfs) that it lands on cgroupfs or cgroup2fs. Real kernel, root: a tmpfs
+// is mounted over the test container's memory directory (v1) or its one
+// directory (v2, in the guest) and seeded with a look-alike limit file.
+import Glibc
+@testable import Lmctfy
+import LmctfyProto
+import LmctfySystem
+import LmctfyTestSupport
+import Testing
+
+@Suite(.enabled(if: RealCgroups.available, "\(RealCgroups.unavailableReason ?? "")"))
+struct FilesystemCheckIntegrationTests {
+    let api: ContainerApi
+
+    init() throws {
+        api = try ContainerApi.detect()
+    }
+
+    @Test func aFilesystemMountedOverAContainerIsNeitherReadNorWritten() throws {
+        try withTestContainer(api, label: "overmount") { name throws in
+            try api.create(name, spec: ContainerSpec(memory: MemorySpec(limit: 100_000_000)))
+            let dir = try #require(try api.resourceDirs(name).dir(.memory))
+            let limitFile = api.version == .v1 ? "memory.limit_in_bytes" : "memory.max"
+            try Sys.mount(source: "none", target: dir.path, type: "tmpfs", data: "size=64k,mode=0755")
+            var mounted = true
+            defer { if mounted { umount2(dir.path, Int32(MNT_DETACH)) } }
+            // A look-alike of the container's files on the tmpfs.
+            for file in [limitFile, "memory.stat", "cgroup.procs", "tasks", "memory.usage_in_bytes", "memory.current"] {
+                try Sys.createFile(dir.path + "/" + file, file == limitFile ? "7\n" : "")
+            }
+            let c = try api.get(name)
+            let refused = { (e: Error) -> Bool in
+                guard let e = e as? LmctfyError else { return false }
+                return e.code == .failedPrecondition && e.message.contains("is not on a cgroup filesystem")
+            }
+            #expect(throws: LmctfyError.self) { _ = try c.spec() }
+            #expect { _ = try c.spec() } throws: { refused($0) }
+            #expect { _ = try c.stats(.full) } throws: { refused($0) }
+            #expect { try c.update(ContainerSpec(memory: MemorySpec(limit: 50_000_000)), policy: .diff) } throws: { refused($0) }
+            #expect { try api.destroy(name) } throws: { refused($0) }
+            #expect(try Sys.readFile(dir.path + "/" + limitFile) == "7\n", "the look-alike file was written")
+            // Once the mount is gone, the container is whole again.
+            #expect(umount2(dir.path, 0) == 0)
+            mounted = false
+            #expect(try c.spec().memory?.limit ?? 0 >= 99_000_000)
+            try api.destroy(name)
+            #expect(try !api.exists(name))
+        }
+    }
+
+    @Test func theCheckKnowsBothCgroupFilesystems() throws {
+        // The magic numbers are the kernel's CGROUP_SUPER_MAGIC and
+        // CGROUP2_SUPER_MAGIC: this machine's hierarchy root says which.
+        let root = try #require(api.mounts.v1[.freezer] ?? api.mounts.unified)
+        let type = try Sys.filesystemType(root)
+        #expect([CgroupAccess.cgroupMagic, CgroupAccess.cgroup2Magic].contains(type))
+        #expect(throws: Never.self) { try CgroupAccess.kernel.check(type, root) }
+        #expect(throws: LmctfyError.self) { try CgroupAccess.kernel.check(0x0102_1994, "/tmp") }
+        #expect(throws: Never.self) { try CgroupAccess.fake().check(0x0102_1994, "/tmp") }
+    }
+}
