@@ -15,6 +15,7 @@ import CLmctfyShims
 import Glibc
 import LmctfyProto
 import LmctfySystem
+import Synchronization
 
 /// One registration: a pollable descriptor for an event loop, and `wait`
 /// for a blocking caller. The kernel side is the cgroup version's
@@ -81,11 +82,7 @@ public final class Watch: @unchecked Sendable {
         }
     }
 
-    static func nowMs() -> Int64 {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        return Int64(ts.tv_sec) * 1000 + Int64(ts.tv_nsec) / 1_000_000
-    }
+    static func nowMs() -> Int64 { Int64(MonotonicClock.milliseconds()) }
 
     // MARK: Making watches
 
@@ -134,60 +131,59 @@ extension Container {
 /// center's listener thread for every event until unregistered; a destroyed
 /// container delivers NOT_FOUND once and ends the registration (D5).
 /// Thread-safety: register/unregister from any thread; call shutdown() when done.
-public final class NotificationCenter: @unchecked Sendable {
+public final class NotificationCenter: Sendable {
     public typealias Callback = @Sendable (Result<Int, LmctfyError>) -> Void
 
-    private let lock = Lock()
-    private var watches: [Int: (Watch, Callback)] = [:]
-    private var nextId = 1
-    private let epfd: Int32
+    private struct State {
+        var watches: [Int: (Watch, Callback)] = [:]
+        var nextId = 1
+        var thread: pthread_t?
+        var stopping = false
+    }
+
+    private let state = Mutex(State())
+    private let epoll: Epoll
     private let wake: Int32
-    private var thread: pthread_t?
-    private var stopping = false
 
     public init() throws(LmctfyError) {
-        epfd = epoll_create1(Int32(EPOLL_CLOEXEC))
-        guard epfd >= 0 else { throw SystemError("epoll_create1", "", errno).lmctfy(.internal, "Notifications") }
-        do { wake = try EventFds.eventfd() } catch { throw error.lmctfy(.internal, "Notifications") }
-        add(fd: wake, id: 0)
+        do {
+            epoll = try Epoll()
+            wake = try EventFds.eventfd()
+            try epoll.add(wake, key: 0)
+        } catch {
+            throw error.lmctfy(.internal, "Notifications")
+        }
     }
 
     /// The listener thread keeps the center alive until `shutdown()`.
-    deinit {
-        Glibc.close(epfd)
-        Glibc.close(wake)
-    }
+    deinit { Glibc.close(wake) }
 
     /// Stops the listener thread (waiting for a callback in progress) and
     /// drops every registration without calling back.
     public func shutdown() {
-        let t = lock.locked { () -> pthread_t? in
-            stopping = true
-            for (watch, _) in watches.values { watch.close() }
-            watches.removeAll()
-            return thread
+        let t = state.withLock { s -> pthread_t? in
+            s.stopping = true
+            for (watch, _) in s.watches.values { watch.close() }
+            s.watches.removeAll()
+            return s.thread
         }
         EventFds.signal(wake)
         if let t, pthread_self() != t { pthread_join(t, nil) }
     }
 
-    private func add(fd: Int32, id: Int) {
-        var ev = epoll_event()
-        ev.events = EPOLLIN.rawValue
-        ev.data.u64 = UInt64(id)
-        _ = epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev)
-    }
-
     /// Registers for `spec` on `container`; ids start at 1.
     public func register(_ container: Container, _ spec: EventSpec, callback: @escaping Callback) throws(LmctfyError) -> Int {
         let watch = try container.watch(spec)
-        let id = lock.locked { () -> Int in
-            let id = nextId
-            nextId += 1
-            watches[id] = (watch, callback)
+        let id = state.withLock { s -> Int in
+            let id = s.nextId
+            s.nextId += 1
+            s.watches[id] = (watch, callback)
             return id
         }
-        add(fd: watch.fd, id: id)
+        do { try epoll.add(watch.fd, key: UInt64(id)) } catch {
+            _ = state.withLock { $0.watches.removeValue(forKey: id) }
+            throw error.lmctfy(.internal, "Failed to watch for the event")
+        }
         startIfNeeded()
         EventFds.signal(wake)
         return id
@@ -195,52 +191,44 @@ public final class NotificationCenter: @unchecked Sendable {
 
     /// Stops a registration; INVALID_ARGUMENT for an unknown id.
     public func unregister(_ id: Int) throws(LmctfyError) {
-        let removed = lock.locked { watches.removeValue(forKey: id) }
-        guard let (watch, _) = removed else { throw .invalidArgument("No notification is registered with id \(id)") }
-        _ = epoll_ctl(epfd, EPOLL_CTL_DEL, watch.fd, nil)
+        guard let (watch, _) = state.withLock({ $0.watches.removeValue(forKey: id) }) else {
+            throw .invalidArgument("No notification is registered with id \(id)")
+        }
+        epoll.remove(watch.fd)
         watch.close()
     }
 
     private func startIfNeeded() {
-        lock.locked {
-            guard thread == nil else { return }
-            let box = Unmanaged.passRetained(self)
-            var t = pthread_t()
-            pthread_create(&t, nil, { arg in
-                let center = Unmanaged<NotificationCenter>.fromOpaque(arg!).takeRetainedValue()
-                center.listen()
-                return nil
-            }, box.toOpaque())
-            thread = t
+        state.withLock { s in
+            guard s.thread == nil else { return }
+            s.thread = Threads.start { self.listen() }
         }
     }
 
     private func listen() {
-        var events = [epoll_event](repeating: epoll_event(), count: 32)
         while true {
             // Timer-driven watches need no tick here: their fds become readable.
-            let n = epoll_wait(epfd, &events, Int32(events.count), 200)
-            if lock.locked({ stopping }) { return }
-            if n < 0 {
-                if errno == EINTR { continue }
-                let all = lock.locked { () -> [(Watch, Callback)] in
-                    let a = Array(watches.values)
-                    watches.removeAll()
+            let ready: [UInt64]
+            do { ready = try epoll.wait(timeoutMs: 200) } catch {
+                let all = state.withLock { s -> [Callback] in
+                    let a = s.watches.values.map(\.1)
+                    s.watches.removeAll()
                     return a
                 }
-                for (_, cb) in all { cb(.failure(.init(.cancelled, "The notification listener failed"))) }
+                for cb in all { cb(.failure(.init(.cancelled, "The notification listener failed"))) }
                 return
             }
-            for i in 0..<Int(n) {
-                let id = Int(events[i].data.u64)
+            if state.withLock({ $0.stopping }) { return }
+            for key in ready {
+                let id = Int(key)
                 if id == 0 { _ = try? EventFds.readCounter(wake); continue }
-                guard let (watch, callback) = lock.locked({ watches[id] }) else { continue }
+                guard let (watch, callback) = state.withLock({ $0.watches[id] }) else { continue }
                 do {
                     let count = try watch.collect()
                     if count > 0 { callback(.success(count)) }
                 } catch {
-                    _ = lock.locked { watches.removeValue(forKey: id) }
-                    _ = epoll_ctl(epfd, EPOLL_CTL_DEL, watch.fd, nil)
+                    _ = state.withLock { $0.watches.removeValue(forKey: id) }
+                    epoll.remove(watch.fd)
                     watch.close()
                     callback(.failure(error))
                 }
@@ -248,4 +236,3 @@ public final class NotificationCenter: @unchecked Sendable {
         }
     }
 }
-

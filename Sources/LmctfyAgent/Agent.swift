@@ -147,18 +147,18 @@ public final class Agent: @unchecked Sendable {
             let gids: Set<UInt32> = settings.allowedGid.map { [$0] } ?? []
             auth = .peerCredentials(creds, UnixPeerPolicy(allowedUids: [], allowedGids: gids))
         }
-        let now = RpcSocket.monotonicMilliseconds()
+        let now = MonotonicClock.milliseconds()
         let id = nextConnId
         nextConnId += 1
         let state = ConnState(id: id, conn: c, session: Session(acceptor: auth, name: "lmctfy-agent", limits: settings.limits, now: now))
         conns[id] = state
         c.onRead = { [unowned self] _, bytes in
             guard let s = self.conns[id] else { return }
-            self.perform(s, s.session.receive(bytes, now: RpcSocket.monotonicMilliseconds()))
+            self.perform(s, s.session.receive(bytes, now: MonotonicClock.milliseconds()))
         }
         c.onEOF = { [unowned self] _ in
             guard let s = self.conns[id] else { return }
-            self.perform(s, s.session.receiveEOF(now: RpcSocket.monotonicMilliseconds()))
+            self.perform(s, s.session.receiveEOF(now: MonotonicClock.milliseconds()))
             self.drop(s)
         }
         c.onError = { [unowned self] _, _ in
@@ -228,7 +228,7 @@ public final class Agent: @unchecked Sendable {
     }
 
     private func tick() {
-        let now = RpcSocket.monotonicMilliseconds()
+        let now = MonotonicClock.milliseconds()
         for s in Array(conns.values) { perform(s, s.session.tick(now: now)) }
     }
 
@@ -251,7 +251,7 @@ public final class Agent: @unchecked Sendable {
             let replies = Mutexed<[[UInt8]]>([])
             let inline = CallContext { bytes in replies.locked { $0.append(bytes) } }
             let status = dispatcher.handle(method: method, payload: payload, role: role, context: inline)
-            let now = RpcSocket.monotonicMilliseconds()
+            let now = MonotonicClock.milliseconds()
             var actions: [SessionAction] = []
             for r in replies.locked({ $0 }) { actions += s.session.sendResponse(streamId: streamId, payload: r, now: now) }
             actions += s.session.sendStatus(streamId: streamId, status, now: now)
@@ -282,13 +282,13 @@ public final class Agent: @unchecked Sendable {
 
     private func respond(_ connId: Int, _ streamId: UInt32, _ bytes: [UInt8]) {
         guard let s = conns[connId], s.calls[streamId] != nil else { return }
-        perform(s, s.session.sendResponse(streamId: streamId, payload: bytes, now: RpcSocket.monotonicMilliseconds()))
+        perform(s, s.session.sendResponse(streamId: streamId, payload: bytes, now: MonotonicClock.milliseconds()))
     }
 
     private func finish(_ connId: Int, _ streamId: UInt32, _ status: CallStatus) {
         workers.locked { $0 -= 1 }
         if let s = conns[connId], s.calls.removeValue(forKey: streamId) != nil {
-            perform(s, s.session.sendStatus(streamId: streamId, status, now: RpcSocket.monotonicMilliseconds()))
+            perform(s, s.session.sendStatus(streamId: streamId, status, now: MonotonicClock.milliseconds()))
         }
         checkStopped()
     }
@@ -305,7 +305,7 @@ public final class Agent: @unchecked Sendable {
             for l in listeners { l.close() }
             listeners.removeAll()
             for s in Array(conns.values) {
-                perform(s, s.session.goAway(.goawayNormal, message: "lmctfy-agent is shutting down", now: RpcSocket.monotonicMilliseconds()))
+                perform(s, s.session.goAway(.goawayNormal, message: "lmctfy-agent is shutting down", now: MonotonicClock.milliseconds()))
                 for (_, call) in s.calls { call.cancel() }
             }
             _ = try? LoopTimer.once(on: loop, after: .milliseconds(graceMs)) { [self] in finalStop() }

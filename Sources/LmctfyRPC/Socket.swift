@@ -49,13 +49,6 @@ public enum RpcSocket {
         throw lastError.lmctfy(.unavailable, "cannot connect to \(host):\(port)")
     }
 
-    /// Milliseconds on CLOCK_MONOTONIC: `MonotonicClock.milliseconds()`,
-    /// under the name LmctfyAgent still calls it by (new code uses
-    /// MonotonicClock directly).
-    public static func monotonicMilliseconds() -> UInt64 {
-        MonotonicClock.milliseconds()
-    }
-
     /// Writes everything; MSG_NOSIGNAL so a vanished peer is an error, not SIGPIPE.
     static func sendAll(_ fd: Int32, _ bytes: [UInt8]) throws(SystemError) {
         var offset = 0

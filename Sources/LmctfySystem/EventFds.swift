@@ -79,3 +79,43 @@ public enum EventFds {
         return n > 0
     }
 }
+
+/// An epoll instance watching descriptors for readability, each under a
+/// 64-bit key (for a listener thread that multiplexes many watches).
+public final class Epoll: Sendable {
+    public let fd: Int32
+
+    public init() throws(SystemError) {
+        let (r, e) = Sys.retry { epoll_create1(Int32(EPOLL_CLOEXEC)) }
+        if r < 0 { throw SystemError("epoll_create1", "", e) }
+        fd = r
+    }
+
+    deinit { close(fd) }
+
+    /// Watches `watched` for input under `key`.
+    public func add(_ watched: Int32, key: UInt64) throws(SystemError) {
+        var ev = epoll_event()
+        ev.events = EPOLLIN.rawValue
+        ev.data.u64 = key
+        let (r, e) = Sys.retry { epoll_ctl(fd, EPOLL_CTL_ADD, watched, &ev) }
+        if r < 0 { throw SystemError("epoll_ctl(ADD)", "fd \(watched)", e) }
+    }
+
+    /// Stops watching `watched` (a descriptor already closed is not an error).
+    public func remove(_ watched: Int32) {
+        _ = Sys.retry { epoll_ctl(fd, EPOLL_CTL_DEL, watched, nil) }
+    }
+
+    /// Waits up to `timeoutMs` for input; the keys of the ready descriptors
+    /// (empty on timeout or an interrupted wait).
+    public func wait(max: Int = 32, timeoutMs: Int32) throws(SystemError) -> [UInt64] {
+        var events = [epoll_event](repeating: epoll_event(), count: max)
+        let n = epoll_wait(fd, &events, Int32(max), timeoutMs)
+        if n < 0 {
+            if errno == EINTR { return [] }
+            throw SystemError("epoll_wait", "", errno)
+        }
+        return events.prefix(Int(n)).map { $0.data.u64 }
+    }
+}
