@@ -18,19 +18,7 @@
 
 static const char *R = "/sys/fs/cgroup";
 
-static void put(const char *path, const char *value) {
-    int fd = open(path, O_WRONLY | O_CLOEXEC);
-    if (fd < 0 || write(fd, value, strlen(value)) < 0) { perror(path); exit(1); }
-    close(fd);
-}
-
-static void get(const char *path, char *buf, size_t len) {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    ssize_t n = fd < 0 ? -1 : read(fd, buf, len - 1);
-    if (n < 0) { perror(path); exit(1); }
-    buf[n] = 0;
-    close(fd);
-}
+#include "cgfile.h"
 
 static double now_us(void) {
     struct timespec ts;

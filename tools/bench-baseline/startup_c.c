@@ -23,19 +23,7 @@
 static const char *R = "/sys/fs/cgroup";
 static const char *dirs[] = {"freezer", "cpu", "cpuacct", "cpuset", "memory"};
 
-static void put(const char *path, const char *v) {
-    int fd = open(path, O_WRONLY | O_CLOEXEC);
-    if (fd < 0 || write(fd, v, strlen(v)) < 0) { perror(path); exit(1); }
-    close(fd);
-}
-
-static void get(const char *path, char *buf, size_t len) {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    ssize_t n = fd < 0 ? -1 : read(fd, buf, len - 1);
-    if (n < 0) { perror(path); exit(1); }
-    buf[n] = 0;
-    close(fd);
-}
+#include "cgfile.h"
 
 static void file(char *path, size_t len, const char *h, const char *name, const char *f) {
     snprintf(path, len, "%s/%s%s/%s", R, h, name, f);
