@@ -115,8 +115,8 @@ public struct CgroupDir: Sendable, Equatable, CustomStringConvertible {
         if let known = FeatureCache.shared.known.withLock({ $0[key] }) { return known }
         // Only a cgroup that still exists can say "no".
         let present = try Self.probe(file(name), faults) != nil
-        if present, true { FeatureCache.shared.known.withLock { $0[key] = present }; return present }
-        if try exists() { FeatureCache.shared.known.withLock { $0[key] = present } }
+        let answered = present ? true : try exists()
+        if answered { FeatureCache.shared.known.withLock { $0[key] = present } }
         return present
     }
 
