@@ -4,7 +4,12 @@ import Glibc
 import LmctfyProto
 import LmctfySystem
 
+/// A handle on one existing container: its name and the ContainerApi that
+/// made it (from `ContainerApi.get` or `create`). It holds no kernel state,
+/// so it stays valid to pass around; each call looks at cgroupfs afresh and
+/// reports NOT_FOUND once the container is gone. Sendable, like the API.
 public struct Container: Sendable {
+    /// The container's absolute, validated name ("/a/b").
     public let name: ContainerName
     let api: ContainerApi
 
@@ -90,6 +95,9 @@ public struct Container: Sendable {
         return spec
     }
 
+    /// The container's statistics (`type`: SUMMARY or FULL), gathered by each
+    /// resource it isolates, in resource order. The root reports what its fewer
+    /// files allow; NOT_FOUND when the container no longer exists.
     public func stats(_ type: StatsType) throws(LmctfyError) -> ContainerStats {
         var stats = ContainerStats()
         let dirs = try driver.resourceDirs(name)

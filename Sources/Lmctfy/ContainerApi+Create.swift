@@ -12,6 +12,11 @@ extension ContainerApi {
         try create(try resolve(name), spec: spec)
     }
 
+    /// Creates the container `name` (already resolved), all or nothing (D4).
+    /// ALREADY_EXISTS if it (or `/`) exists, NOT_FOUND if its parent does not;
+    /// a resource its parent does not isolate is NOT_FOUND for cpu and
+    /// FAILED_PRECONDITION otherwise; a bad spec is INVALID_ARGUMENT or
+    /// UNIMPLEMENTED (D11). Returns the new container.
     @discardableResult
     public func create(_ name: ContainerName, spec: ContainerSpec) throws(LmctfyError) -> Container {
         if name.isRoot { throw .alreadyExists("Can't create existing container \"\(name)\"") }

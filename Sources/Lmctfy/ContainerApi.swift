@@ -10,6 +10,7 @@ import LmctfySystem
 /// threads. Operations on the same container from several threads or
 /// processes are not serialised (the kernel decides, as in the original).
 public final class ContainerApi: Sendable {
+    /// The cgroup hierarchies this API drives, and how they are reached.
     public let mounts: CgroupMounts
     /// Everything that depends on the cgroup version.
     let driver: any CgroupDriver
@@ -59,6 +60,7 @@ public final class ContainerApi: Sendable {
         try get(resolve(name))
     }
 
+    /// The container with this (resolved) name; NOT_FOUND if it does not exist.
     public func get(_ name: ContainerName) throws(LmctfyError) -> Container {
         guard try exists(name) else { throw .notFound("Container \"\(name)\" does not exist") }
         return Container(name: name, api: self)

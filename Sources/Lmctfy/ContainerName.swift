@@ -9,6 +9,7 @@ public struct ContainerName: Hashable, Sendable, Comparable, CustomStringConvert
     /// The name's segments; empty for the root.
     public let components: [String]
 
+    /// The root container, "/": always exists, never created or destroyed.
     public static let root = ContainerName(trusted: [])
 
     /// The longest segment a cgroup filesystem accepts (NAME_MAX).
@@ -20,12 +21,19 @@ public struct ContainerName: Hashable, Sendable, Comparable, CustomStringConvert
         self.components = components
     }
 
+    /// The name as an absolute path: "/" for the root, otherwise "/" and the
+    /// components joined with "/".
     public var path: String { "/" + components.joined(separator: "/") }
     public var description: String { path }
+    /// Whether this is the root container "/" (no components).
     public var isRoot: Bool { components.isEmpty }
+    /// The last component ("b" for "/a/b"); "/" for the root.
     public var basename: String { components.last ?? "/" }
+    /// How many components the name has: 0 for the root, 2 for "/a/b".
     public var depth: Int { components.count }
 
+    /// The enclosing container's name ("/a" for "/a/b", the root for "/a");
+    /// nil for the root.
     public var parent: ContainerName? {
         isRoot ? nil : ContainerName(trusted: Array(components.dropLast()))
     }
@@ -35,6 +43,8 @@ public struct ContainerName: Hashable, Sendable, Comparable, CustomStringConvert
         (0...components.count).reversed().map { ContainerName(trusted: Array(components.prefix($0))) }
     }
 
+    /// Whether `other` is strictly below this name (a descendant, not the
+    /// name itself): the root is the ancestor of every other name.
     public func isAncestor(of other: ContainerName) -> Bool {
         other.components.count > components.count && Array(other.components.prefix(components.count)) == components
     }

@@ -21,13 +21,19 @@ import Synchronization
 /// for a blocking caller. The kernel side is the cgroup version's
 /// EventSource (see the drivers). Not thread-safe: one thread drives it.
 public final class Watch: @unchecked Sendable {
+    /// What a Watch waits for (one of an EventSpec's events).
     public enum Kind: Sendable, Equatable {
+        /// A process of the container was killed by the OOM killer.
         case oom
+        /// Memory usage reached the threshold, in bytes.
         case memoryThreshold(Int64)
+        /// The container (with its subcontainers) has no processes left.
         case containerEmpty
     }
 
+    /// The container watched (absolute name).
     public let container: ContainerName
+    /// The event watched for.
     public let kind: Kind
     /// Readable when there may be something to collect with `collect()`.
     public var fd: Int32 { source?.fd ?? -1 }
@@ -132,6 +138,10 @@ extension Container {
 /// container delivers NOT_FOUND once and ends the registration (D5).
 /// Thread-safety: register/unregister from any thread; call shutdown() when done.
 public final class NotificationCenter: Sendable {
+    /// Called on the listener thread with the number of events of one
+    /// delivery, or with the error that ended the registration (NOT_FOUND when
+    /// the container was destroyed, D5). Must not block for long: one thread
+    /// delivers every registration's events.
     public typealias Callback = @Sendable (Result<Int, LmctfyError>) -> Void
 
     private struct State {
@@ -145,6 +155,8 @@ public final class NotificationCenter: Sendable {
     private let epoll: Epoll
     private let wake: Int32
 
+    /// A center with no registrations; its listener thread starts with the
+    /// first `register`. INTERNAL if the epoll or wake-up eventfd cannot be made.
     public init() throws(LmctfyError) {
         do {
             epoll = try Epoll()

@@ -12,13 +12,19 @@ public struct RunOptions: Sendable {
     /// other descriptor inherited, not the caller's child (D6). INHERIT:
     /// the caller's stdio, still no other descriptors.
     public var fdPolicy: RunSpec.FdPolicy = .detached
+    /// The command's environment (`KEY=value` entries); nil: the caller's.
     public var environment: [String]?
+    /// Overrides the policy's stdin (nil: as the policy says).
     public var stdin: StdioTarget?
+    /// Overrides the policy's stdout (nil: as the policy says).
     public var stdout: StdioTarget?
+    /// Overrides the policy's stderr (nil: as the policy says).
     public var stderr: StdioTarget?
     /// Drop to this uid/gid before exec.
     public var ids: (uid: uid_t, gid: gid_t)?
 
+    /// Options with the given fd policy (DETACHED unless told), the caller's
+    /// environment and ids, stdio as the policy says.
     public init(fdPolicy: RunSpec.FdPolicy = .detached) {
         self.fdPolicy = fdPolicy
     }

@@ -28,12 +28,21 @@ final class ConnState {
     }
 }
 
+/// lmctfy-agent: serves the agent RPC protocol on a Unix socket (and, if
+/// configured, TCP) from one libuv loop, executing calls on worker threads
+/// off the loop. `start` it, then `waitUntilStopped`, or `stop`. Thread-safe:
+/// its mutable state lives on the loop thread, the worker count behind a lock.
 public final class Agent: @unchecked Sendable {
     // @unchecked: the mutable state below is confined to the loop thread
     // (every access is inside loop.execute / loop callbacks); `workers` is
     // behind its lock.
+    /// The checked configuration the agent runs with.
     public let settings: AgentSettings
+    /// The agent's event loop: listeners, connections, timers and signals all
+    /// run on its one thread.
     public let loop: EventLoop
+    /// Executes the RPC methods against this machine's containers (CL1 through
+    /// a LocalBackend whose attached runs have /dev/null for stdio).
     public let dispatcher: Dispatcher
     let replay = ReplayCache()
     let log: AgentLog
@@ -56,6 +65,8 @@ public final class Agent: @unchecked Sendable {
     /// The TCP port actually bound (tcp_address with port 0 picks one).
     public private(set) var tcpPort: UInt16?
 
+    /// An agent that is not started yet: nothing is bound or running until
+    /// `start`. Names a caller leaves out mean the agent's own container.
     public init(settings: AgentSettings, api: ContainerApi) {
         self.settings = settings
         self.loop = EventLoop(name: "lmctfy-agent")
@@ -352,6 +363,7 @@ public final class Agent: @unchecked Sendable {
 public struct AgentLog: Sendable {
     let logger: Logging.Logger
 
+    /// A logger to stderr at `level` (unspecified: info).
     public init(level: AgentLogLevel) {
         var l = Logging.Logger(label: "lmctfy-agent") { label in StreamLogHandler.standardError(label: label) }
         l.logLevel = switch level {
@@ -364,7 +376,10 @@ public struct AgentLog: Sendable {
         logger = l
     }
 
+    /// Logs `m` at debug level; `m` is not built when debug is off.
     public func debug(_ m: @autoclosure () -> String) { logger.debug("\(m())") }
+    /// Logs `m` at info level; `m` is not built when info is off.
     public func info(_ m: @autoclosure () -> String) { logger.info("\(m())") }
+    /// Logs `m` at warning level; `m` is not built when warnings are off.
     public func warning(_ m: @autoclosure () -> String) { logger.warning("\(m())") }
 }

@@ -4,6 +4,7 @@ import Lmctfy
 import LmctfyProto
 import LmctfySystem
 
+/// The `lmctfy-agent` executable's entry point.
 public enum AgentMain {
     static let usage = """
         usage: lmctfy-agent [--config FILE] [--check-config] [--log-level trace|debug|info|warning|error]
@@ -13,6 +14,9 @@ public enum AgentMain {
 
         """
 
+    /// Parses the arguments, loads the config (exiting with its error's status
+    /// code, 3 for a bad argument), and runs the agent until it stops: exits 0
+    /// after a clean stop, 1 otherwise. With `--check-config` it only checks.
     public static func main() -> Never {
         var configPath = "/etc/lmctfy/agent.conf"
         var checkOnly = false

@@ -6,16 +6,33 @@ import LmctfyProto
 import LmctfyRPC
 import LmctfySystem
 
+/// The agent's configuration: an AgentConfig (protobuf text format) with
+/// its defaults applied and every value checked.
 public struct AgentSettings: Sendable {
+    /// The config as parsed (role bindings are read from it).
     public var config: AgentConfig
+    /// The Unix socket's absolute path (unix_socket_path; default /run/lmctfy/agent.sock).
     public var unixSocketPath: String
+    /// The Unix socket file's mode (unix_socket_mode; default 0660).
     public var unixSocketMode: mode_t
+    /// The group allowed on the Unix socket besides root (allowed_group,
+    /// resolved at load; the socket is chowned to it); nil: none.
     public var allowedGid: gid_t?
+    /// The TCP listener's host and port (tcp_address); nil: no TCP listener.
+    /// Port 0 picks one (see `Agent.tcpPort`).
     public var tcp: (host: String, port: UInt16)?
+    /// The shared keys TCP peers authenticate with, by key id (from key_file,
+    /// which must be private); empty without TCP.
     public var keys: [String: [UInt8]]
+    /// Per-connection session limits (frame size, streams, timeouts).
     public var limits: SessionLimits
+    /// The most connections open at once (limits.max_connections; default
+    /// 256); connections beyond it are refused.
     public var maxConnections: Int
+    /// The log level (log_level; default info; `--log-level` overrides it).
     public var logLevel: AgentLogLevel
+    /// The state directory (state_dir; default /var/lib/lmctfy). Read and kept,
+    /// not yet used by the agent.
     public var stateDir: String
 
     /// Parses and checks a config file's text.
@@ -29,6 +46,8 @@ public struct AgentSettings: Sendable {
         return try AgentSettings(config, source: source)
     }
 
+    /// Reads and parses the config file at `path`; NOT_FOUND when it cannot be
+    /// read, INVALID_ARGUMENT (naming the file and line:column) when it is wrong.
     public static func load(_ path: String) throws(LmctfyError) -> AgentSettings {
         let text: String
         do { text = try Sys.readFile(path) } catch { throw error.lmctfy(.notFound, "Cannot read the agent config") }

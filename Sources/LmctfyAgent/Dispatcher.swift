@@ -18,11 +18,16 @@ public final class CallContext: @unchecked Sendable {
     private var isCancelled = false
     private let emitter: @Sendable ([UInt8]) -> Void
 
+    /// A context that sends streamed responses (serialized) through `emit`,
+    /// which must be safe to call from any thread.
     public init(emit: @escaping @Sendable ([UInt8]) -> Void) {
         emitter = emit
     }
 
+    /// Whether the call was cancelled (peer cancel, deadline, connection
+    /// closed); a handler checks it between steps. Thread-safe.
     public var cancelled: Bool { lock.locked { isCancelled } }
+    /// Marks the call cancelled (idempotent). Thread-safe.
     public func cancel() { lock.locked { isCancelled = true } }
 
     /// Sends one response message of a streaming call (thread-safe).

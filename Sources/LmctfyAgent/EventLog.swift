@@ -6,8 +6,15 @@ import LmctfyProto
 import LmctfyRPC
 import LmctfySystem
 
+/// The agent's event history: container lifecycle events and notifications,
+/// each with the boot id and a sequence number from 1 up, the latest
+/// `capacity` kept for replay. Thread-safe (state behind a lock).
 public final class EventLog: Sendable {
+    /// Identifies this agent start (32 hex digits): sequence numbers are only
+    /// comparable within one boot id.
     public let bootId: String
+    /// How many events the log keeps; older ones are dropped, and a resume
+    /// from before them reports a gap.
     public let capacity: Int
     private let state = Mutexed(State())
 
@@ -16,6 +23,7 @@ public final class EventLog: Sendable {
         var log: [ContainerEvent] = []
     }
 
+    /// An empty log keeping `capacity` events, under `bootId` (nil: a random one).
     public init(capacity: Int = 4096, bootId: String? = nil) {
         self.capacity = capacity
         self.bootId = bootId ?? Crypto.randomBytes(16).map { String($0, radix: 16).leftPadded(2) }.joined()

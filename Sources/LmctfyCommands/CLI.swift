@@ -11,6 +11,9 @@ import Glibc
 import LmctfyBackend
 import LmctfySystem
 
+/// The `lmctfy` command line: flags, the command tree, help, and the mapping
+/// of a verb's result or error onto output and an exit status (the canonical
+/// status code; usage errors 3, an unknown command 5).
 public enum LmctfyCLI {
     /// The `lmctfy` executable: the process's arguments and streams, then
     /// exit. `environment` is the machine (the executable wires CL1 in).
@@ -37,6 +40,9 @@ public enum LmctfyCLI {
         run(rawArguments: arguments.map { Array($0.utf8) }, stdout: stdout, stderr: stderr, environment: environment)
     }
 
+    /// Runs one command line given as raw bytes (without the program name),
+    /// so an inline binary protobuf spec arrives unchanged, and returns the exit
+    /// status. Output goes to `stdout` only on success; diagnostics to `stderr`.
     public static func run(
         rawArguments: [[UInt8]], stdout: any ByteSink, stderr: any ByteSink, environment: CLIEnvironment
     ) -> Int32 {

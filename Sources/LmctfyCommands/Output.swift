@@ -6,6 +6,7 @@ import LmctfySystem
 
 /// Where the CLI writes: bytes, because `-b` prints binary protobuf.
 public protocol ByteSink: AnyObject {
+    /// Writes `bytes` in full (or drops them, if the sink cannot write).
     func write(_ bytes: [UInt8])
 }
 
@@ -15,8 +16,11 @@ extension ByteSink {
 
 /// Collects everything written, for tests.
 public final class BufferSink: ByteSink {
+    /// Everything written so far, in order.
     public private(set) var bytes: [UInt8] = []
+    /// An empty sink.
     public init() {}
+    /// Appends what is written to `bytes` (never fails).
     public func write(_ bytes: [UInt8]) { self.bytes += bytes }
     /// The bytes as UTF-8 text (invalid sequences repaired).
     public var text: String { String(decoding: bytes, as: UTF8.self) }
@@ -26,11 +30,18 @@ public final class BufferSink: ByteSink {
 /// pipe) is ignored: there is nowhere left to report it.
 public final class FileDescriptorSink: ByteSink {
     let fd: Int32
+    /// A sink writing to `fd`, which the caller keeps open and owns.
     public init(fd: Int32) { self.fd = fd }
+    /// Writes all of `bytes` to the descriptor (retrying short writes);
+    /// failures are ignored.
     public func write(_ bytes: [UInt8]) { try? Sys.writeAll(fd, bytes) }
 }
 
+/// How results are printed, chosen with `-o` (default `pairs`); D15.
 public enum OutputStyle: String, Sendable, CaseIterable {
+    /// `pairs`: key="value" (C-escaped) per line; `values`: the values alone;
+    /// `long`: the key padded to 20, " | ", the value, a blank line; `json`:
+    /// the command's JSON document.
     case pairs, values, long, json
 }
 

@@ -20,8 +20,11 @@ public final class Connection: LoopHandle, @unchecked Sendable {
     // @unchecked Sendable: as LoopHandle; all mutable state below is only
     // touched on the loop thread (the public accessors check).
 
+    /// Which kind of socket the connection is: TCP, or a Unix stream socket.
     public enum Transport: Sendable { case tcp, unix }
 
+    /// Whether this is a TCP or a Unix-socket connection (fixed at creation;
+    /// readable from any thread).
     public let transport: Transport
     private var _peerCredentials: PeerCredentials?
     private var _localAddress: SocketAddress?
@@ -77,6 +80,8 @@ public final class Connection: LoopHandle, @unchecked Sendable {
     public var localAddress: SocketAddress? { loop.assertInLoop(); return _localAddress }
     /// TCP: the peer's address; nil for Unix sockets.
     public var remoteAddress: SocketAddress? { loop.assertInLoop(); return _remoteAddress }
+    /// Whether reading is on (between `startReading` and `stopReading`, EOF or
+    /// closing). Loop thread only.
     public var isReading: Bool { loop.assertInLoop(); return reading }
     /// Bytes handed to write() that the kernel has not taken yet.
     public var bytesQueued: Int {
@@ -85,6 +90,7 @@ public final class Connection: LoopHandle, @unchecked Sendable {
     }
     /// Writes whose completion has not been reported yet.
     public var pendingWriteCount: Int { loop.assertInLoop(); return _pendingWrites }
+    /// Bytes read from the peer so far. Loop thread only.
     public var bytesReceived: UInt64 { loop.assertInLoop(); return _bytesReceived }
     /// Bytes of completed writes.
     public var bytesSent: UInt64 { loop.assertInLoop(); return _bytesSent }

@@ -81,6 +81,8 @@ public final class EventLoop: @unchecked Sendable {
     private let _strayHandles = Atomic<Int>(0)
     private let started = Atomic<Bool>(false)
 
+    /// A loop that is set up but not running: no thread until `start()`.
+    /// `name` appears in its messages.
     public init(name: String = "loop") {
         self.name = name
         uvLoop = .allocate(capacity: 1)

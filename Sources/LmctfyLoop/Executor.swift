@@ -9,6 +9,8 @@
 //     }
 
 extension EventLoop: SerialExecutor {
+    /// Runs `job` on the loop thread after the work queued before it. Traps if
+    /// the loop has shut down (the task would otherwise never resume).
     public func enqueue(_ job: consuming ExecutorJob) {
         let job = UnownedJob(job)
         let queued = execute { job.runSynchronously(on: self.asUnownedSerialExecutor()) }
@@ -17,6 +19,7 @@ extension EventLoop: SerialExecutor {
         precondition(queued, "\(name): a task was scheduled on a loop that has shut down")
     }
 
+    /// This loop as the serial executor of an actor that runs on it.
     public func asUnownedSerialExecutor() -> UnownedSerialExecutor {
         UnownedSerialExecutor(ordinary: self)
     }
@@ -24,5 +27,6 @@ extension EventLoop: SerialExecutor {
     /// Lets `assumeIsolated` and the runtime's isolation checks ask the loop.
     public func isIsolatingCurrentContext() -> Bool? { inLoop }
 
+    /// Traps unless called on the loop thread (the runtime's isolation check).
     public func checkIsolated() { assertInLoop() }
 }

@@ -89,6 +89,7 @@ public final class TcpListener: Listener, @unchecked Sendable {
 
     /// The bound address; the port is the real one when 0 was asked for.
     public var address: SocketAddress { loop.assertInLoop(); return _address }
+    /// The bound port (the real one when 0 was asked for). Loop thread only.
     public var port: UInt16 { address.port }
 
     /// Binds `host:port` (numeric; port 0 picks a free port) and listens.
@@ -128,7 +129,9 @@ public final class UnixListener: Listener, @unchecked Sendable {
     // @unchecked Sendable: as LoopHandle; `identity` is only touched on the
     // loop thread.
 
+    /// The socket file's path, as given.
     public let path: String
+    /// The mode the socket file was given after bind (e.g. 0660).
     public let mode: mode_t
     /// The socket file we bound, to tell it from a later one at the path.
     private var identity: FileIdentity?

@@ -13,6 +13,7 @@ public struct LoopError: Error, Sendable, Equatable, CustomStringConvertible {
     /// The negative libuv error code, comparable with `UV_Exxx.rawValue`.
     public let code: Int32
 
+    /// The failure of `call` on `target` with the negative libuv code `code`.
     public init(_ call: String, _ target: String, _ code: Int32) {
         self.call = call
         self.target = target
@@ -30,8 +31,12 @@ public struct LoopError: Error, Sendable, Equatable, CustomStringConvertible {
 
     /// libuv's symbolic name, e.g. "EADDRINUSE".
     public var name: String { String(cString: uv_err_name(code)) }
+    /// uv_strerror's text for the code ("address already in use").
     public var reason: String { String(cString: uv_strerror(code)) }
+    /// Whether the code is UV_ECANCELED: the operation was cancelled, or the
+    /// loop is shutting down.
     public var isCancelled: Bool { code == UV_ECANCELED.rawValue }
+    /// Whether the code is UV_EOF: the peer closed its end.
     public var isEOF: Bool { code == UV_EOF.rawValue }
 
     public var description: String {

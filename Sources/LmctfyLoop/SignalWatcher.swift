@@ -20,6 +20,7 @@ import CLmctfyUV
 /// Thread-safety: loop-affine (see `LoopHandle`).
 public final class SignalWatcher: LoopHandle, @unchecked Sendable {
     // @unchecked Sendable: as LoopHandle; `handler` is only touched on the loop thread.
+    /// The signal watched (SIGTERM, SIGINT, ...).
     public let signal: Int32
     private var handler: ((Int32) -> Void)?
     private var uvSignal: UnsafeMutablePointer<uv_signal_t> { raw.assumingMemoryBound(to: uv_signal_t.self) }

@@ -6,11 +6,14 @@ import Glibc
 /// An IP address and port, as given to bind/connect or read back from a
 /// socket.
 public struct SocketAddress: Sendable, Hashable, CustomStringConvertible {
+    /// IPv4 or IPv6.
     public enum Family: Sendable, Hashable { case ipv4, ipv6 }
 
+    /// Whether `host` is an IPv4 or an IPv6 address.
     public let family: Family
     /// The numeric address, e.g. "127.0.0.1" or "::1".
     public let host: String
+    /// The port, in host byte order (0: any, when binding).
     public let port: UInt16
 
     /// Parses a numeric address; throws EINVAL for anything else (names too).

@@ -6,10 +6,13 @@ import Synchronization
 
 /// The transcript MAC of PROTOCOL.md section 3.
 public enum HandshakeMAC {
+    /// Size of each handshake nonce, client's and server's, in bytes.
     public static let nonceBytes = 32
+    /// The shortest shared key accepted, in bytes.
     public static let minimumKeyBytes = 16
     /// Distinct labels per direction, so a proof can never be reflected.
     public static let acceptorLabel = "lmctfy-v1 acceptor"
+    /// The label of the dialler's proof (the acceptor's is `acceptorLabel`).
     public static let diallerLabel = "lmctfy-v1 dialler"
 
     /// HMAC-SHA256(key, label ‖ 0 ‖ u32be(version) ‖ u16be(len keyId) ‖ keyId ‖ Nc ‖ Ns).
@@ -31,6 +34,7 @@ public enum HandshakeMAC {
 
 /// Shared keys by key id, for an acceptor on TCP.
 public struct Keyring: Sendable {
+    /// The shared keys by key id, each at least `HandshakeMAC.minimumKeyBytes` long.
     public private(set) var keys: [String: [UInt8]]
 
     /// Keys shorter than `HandshakeMAC.minimumKeyBytes` are refused: a short
@@ -42,6 +46,7 @@ public struct Keyring: Sendable {
         self.keys = keys
     }
 
+    /// The key with this id; nil for an unknown id.
     public func key(_ id: String) -> [UInt8]? { keys[id] }
 }
 
@@ -57,6 +62,7 @@ public final class ReplayCache: Sendable {
         var next = 0
     }
     private let state = Mutex(State())
+    /// How many recent nonces are remembered; the oldest is forgotten first.
     public let capacity: Int
 
     /// Remembers the last `capacity` nonces (memory: about 80 bytes each).
@@ -84,14 +90,19 @@ public final class ReplayCache: Sendable {
 
 /// Who may connect over the Unix socket: root always, plus these.
 public struct UnixPeerPolicy: Sendable, Equatable {
+    /// Users allowed besides root.
     public var allowedUids: Set<UInt32>
+    /// Groups allowed: the peer's primary group or any supplementary one.
     public var allowedGids: Set<UInt32>
 
+    /// A policy allowing root and the given users and groups (by default root only).
     public init(allowedUids: Set<UInt32> = [], allowedGids: Set<UInt32> = []) {
         self.allowedUids = allowedUids
         self.allowedGids = allowedGids
     }
 
+    /// Whether the peer may connect: it is root, an allowed user, or in an
+    /// allowed group (primary or supplementary).
     public func allows(_ c: PeerCredentials) -> Bool {
         c.uid == 0 || allowedUids.contains(c.uid) || allowedGids.contains(c.gid)
             || c.groups.contains(where: allowedGids.contains)

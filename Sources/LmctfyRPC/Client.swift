@@ -73,6 +73,8 @@ public final class RpcClient {
         }
     }
 
+    /// Whether the connection is closed (by `close()`, a goaway, or an error);
+    /// calls then fail.
     public var isClosed: Bool { session.isClosed }
 
     /// A unary call with serialized messages. Throws the call's non-OK status.

@@ -3,6 +3,8 @@
 // only: HMAC-SHA256, a constant-time comparison, and the CSPRNG.
 import COpenSSL
 
+/// The handshake's cryptography through OpenSSL's libcrypto: HMAC-SHA256,
+/// constant-time comparison, and the CSPRNG.
 public enum Crypto {
     /// HMAC-SHA256 of `data` under `key` (32 bytes).
     public static func hmacSHA256(key: [UInt8], data: [UInt8]) -> [UInt8] {
@@ -48,11 +50,14 @@ public enum Crypto {
 /// Where a session gets its 32-byte handshake nonces. Injected so tests are
 /// deterministic; production uses `SystemNonceSource`.
 public protocol NonceSource: Sendable {
+    /// A fresh `HandshakeMAC.nonceBytes`-byte nonce; unpredictable in production.
     func nonce() -> [UInt8]
 }
 
 /// Nonces from OpenSSL's CSPRNG.
 public struct SystemNonceSource: NonceSource {
+    /// The system CSPRNG source (stateless).
     public init() {}
+    /// 32 bytes from OpenSSL's CSPRNG.
     public func nonce() -> [UInt8] { Crypto.randomBytes(HandshakeMAC.nonceBytes) }
 }

@@ -28,6 +28,8 @@ public enum FrameError: Error, Sendable, Equatable, CustomStringConvertible {
         }
     }
 
+    /// The goaway reason a session sends for this error: TRUNCATED,
+    /// FRAME_TOO_LARGE, or MALFORMED_FRAME.
     public var goAwayReason: GoAwayReason {
         switch self {
         case .truncated: .goawayTruncated
@@ -37,7 +39,9 @@ public enum FrameError: Error, Sendable, Equatable, CustomStringConvertible {
     }
 }
 
+/// Encoding and decoding of single frames (PROTOCOL.md section 1).
 public enum FrameCodec {
+    /// The length prefix's size: 4 bytes, big-endian.
     public static let headerBytes = 4
     /// The limit before the handshake is done (PROTOCOL.md section 1).
     public static let helloMaxFrameBytes: UInt32 = 65536
@@ -83,6 +87,7 @@ public struct FrameDecoder: Sendable {
     private var buffer: [UInt8] = []
     private var start = 0
 
+    /// An empty decoder accepting frames of up to `maxFrameBytes` bytes.
     public init(maxFrameBytes: UInt32) {
         self.maxFrameBytes = maxFrameBytes
     }
@@ -90,6 +95,7 @@ public struct FrameDecoder: Sendable {
     /// Bytes received but not yet returned as frames.
     public var bufferedBytes: Int { buffer.count - start }
 
+    /// Appends received bytes (any chunking); `next()` takes the frames out.
     public mutating func feed(_ bytes: some Collection<UInt8>) {
         buffer.append(contentsOf: bytes)
     }

@@ -3,6 +3,8 @@
 import Glibc
 import LmctfySystem
 
+/// Shared-key files for TCP authentication: one "key_id base64-key" per
+/// line, `#` comments, blank lines ignored.
 public enum KeyFile {
     /// Reads and parses a key file; with `private`, refuses one that group or
     /// others can read (it holds secrets).
@@ -21,6 +23,9 @@ public enum KeyFile {
         return try parse(text, source: path)
     }
 
+    /// Parses a key file's text (`source` names it in errors). INVALID_ARGUMENT,
+    /// with file:line, for a malformed line or a key shorter than
+    /// `HandshakeMAC.minimumKeyBytes`, and for a file with no key.
     public static func parse(_ text: String, source: String) throws(LmctfyError) -> [String: [UInt8]] {
         var keys: [String: [UInt8]] = [:]
         for (n, raw) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {

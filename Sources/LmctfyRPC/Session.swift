@@ -9,21 +9,28 @@ import LmctfySystem
 
 /// The protocol versions this implementation speaks.
 public enum ProtocolVersion {
+    /// The newest protocol version this implementation speaks (the top of `supported`).
     public static let current: UInt32 = 1
+    /// Every version this side accepts; the handshake picks the highest both speak.
     public static let supported: ClosedRange<UInt32> = 1...1
 }
 
 /// Limits one side applies to what it receives (announced in its hello) and
 /// its timers. Defaults are the agent's (PROTOCOL.md section 7).
 public struct SessionLimits: Sendable, Equatable {
+    /// The largest frame accepted, in bytes (default 4 MiB).
     public var maxFrameBytes: UInt32 = 4 << 20
+    /// The most calls open at once on the connection (default 128).
     public var maxStreams: UInt32 = 128
+    /// Milliseconds the handshake may take before the connection is closed
+    /// (default 10 s).
     public var helloTimeoutMs: UInt64 = 10_000
     /// 0: never.
     public var idleTimeoutMs: UInt64 = 120_000
     /// 0: never.
     public var keepaliveIntervalMs: UInt64 = 30_000
 
+    /// Limits as given; the defaults are the agent's.
     public init(
         maxFrameBytes: UInt32 = 4 << 20, maxStreams: UInt32 = 128, helloTimeoutMs: UInt64 = 10_000,
         idleTimeoutMs: UInt64 = 120_000, keepaliveIntervalMs: UInt64 = 30_000
@@ -38,16 +45,21 @@ public struct SessionLimits: Sendable, Equatable {
 
 /// The end of a call: a canonical code and a message for humans.
 public struct CallStatus: Error, Sendable, Equatable, CustomStringConvertible {
+    /// The call's canonical status code; `.ok` for success.
     public var code: StatusCode
+    /// For humans; may be empty.
     public var message: String
 
+    /// A status with this code and message.
     public init(_ code: StatusCode, _ message: String = "") {
         self.code = code
         self.message = message
     }
 
+    /// Success, with no message.
     public static let ok = CallStatus(.ok)
 
+    /// The status an lmctfy error ends a call with (its errno is dropped).
     public init(_ error: LmctfyError) { self.init(error.code, error.message) }
 
     /// From the wire; a code outside 0...16 becomes UNKNOWN, keeping the number.
@@ -60,8 +72,10 @@ public struct CallStatus: Error, Sendable, Equatable, CustomStringConvertible {
         }
     }
 
+    /// The status as sent on the wire (an empty message is left out).
     public var wire: RpcStatus { RpcStatus(code: code.rawValue, message: message.isEmpty ? nil : message) }
 
+    /// The status as an LmctfyError with the same code and message.
     public var error: LmctfyError { LmctfyError(code, message) }
 
     public var description: String { message.isEmpty ? "\(code)" : "\(code): \(message)" }
@@ -69,11 +83,15 @@ public struct CallStatus: Error, Sendable, Equatable, CustomStringConvertible {
 
 /// Why a connection closed, and which side said so.
 public struct CloseReason: Sendable, Equatable, CustomStringConvertible {
+    /// The goaway reason: sent, received, or chosen locally when the
+    /// connection was lost.
     public var reason: GoAwayReason
+    /// For humans: what went wrong, or why the side closed.
     public var message: String
     /// True when the peer sent the goaway (or just went away).
     public var byPeer: Bool
 
+    /// A close for `reason` with `message`, sent by the peer or by us.
     public init(_ reason: GoAwayReason, _ message: String, byPeer: Bool) {
         self.reason = reason
         self.message = message
@@ -87,7 +105,9 @@ public struct CloseReason: Sendable, Equatable, CustomStringConvertible {
 
 /// The other side, as the handshake established it.
 public struct PeerInfo: Sendable, Equatable {
+    /// The name the peer gave in its hello (e.g. "lmctl", "lmctfy-agent").
     public var name: String
+    /// The protocol version both sides agreed on.
     public var version: UInt32
     /// TCP: the key id the peer proved it holds (the dialler's, on both sides).
     public var keyId: String?
@@ -95,7 +115,9 @@ public struct PeerInfo: Sendable, Equatable {
     public var credentials: PeerCredentials?
     /// What the peer accepts from us.
     public var maxFrameBytes: UInt32
+    /// The most calls the peer accepts open at once (100 when it did not say).
     public var maxStreams: UInt32
+    /// Optional features the peer announced.
     public var capabilities: [String]
 }
 
@@ -120,18 +142,27 @@ public enum SessionAction: Sendable, Equatable {
     case close(CloseReason)
 }
 
+/// Which side of the connection a session is.
 public enum SessionRole: Sendable, Equatable {
+    /// The dialler connected and speaks first; the acceptor answers (the agent).
     case dialler, acceptor
 }
 
 /// One connection. Not thread-safe: one owner (the loop thread) drives it.
 public struct Session: Sendable {
+    /// Which side this session is.
     public let role: SessionRole
+    /// What this side accepts and its timers (announced in its hello).
     public let limits: SessionLimits
+    /// This side's name, sent as `peer_name` in its hello (e.g. "lmctl").
     public let name: String
+    /// The other side, once the handshake succeeded; nil before.
     public private(set) var peer: PeerInfo?
+    /// Whether the session has closed; it then ignores input.
     public private(set) var isClosed = false
+    /// Why the session closed; nil while it is open.
     public private(set) var closeReason: CloseReason?
+    /// Whether the handshake succeeded and the session is not closed: calls may flow.
     public var isEstablished: Bool { peer != nil && !isClosed }
 
     private enum Handshake: Sendable {
@@ -231,16 +262,19 @@ public struct Session: Sendable {
         return [.write(FrameCodec.encode(Frame(kind: .frameHello, hello: hello)))]
     }
 
-    /// Bytes read from the connection.
     // Concrete overloads, so callers in other modules get the specialised code.
+    /// Bytes read from the connection: returns the actions they call for,
+    /// to perform in order. `now` is milliseconds on the session's clock.
     public mutating func receive(_ bytes: [UInt8], now: UInt64) -> [SessionAction] {
         receiveBytes(bytes, now: now)
     }
 
+    /// `receive` for a slice of a read buffer.
     public mutating func receive(_ bytes: ArraySlice<UInt8>, now: UInt64) -> [SessionAction] {
         receiveBytes(bytes, now: now)
     }
 
+    /// `receive` for any collection of bytes.
     public mutating func receive(_ bytes: some Collection<UInt8>, now: UInt64) -> [SessionAction] {
         receiveBytes(bytes, now: now)
     }

@@ -4,6 +4,10 @@
 import Glibc
 import LmctfySystem
 
+/// Blocking socket calls for RpcClient (lmctl, tests): connect, write all,
+/// wait, read (errno read at once, EINTR retried). The descriptors returned
+/// are the caller's to close. A failed connect is UNAVAILABLE (a bad Unix
+/// socket path INVALID_ARGUMENT).
 public enum RpcSocket {
     /// A connected, blocking, close-on-exec Unix stream socket.
     public static func connectUnix(path: String) throws(LmctfyError) -> Int32 {

@@ -4,7 +4,12 @@
 import CLmctfyShims
 import Glibc
 
+/// Wrappers for the descriptors notifications poll: eventfd, inotify,
+/// timerfd, and poll(2). Every descriptor returned is non-blocking and
+/// close-on-exec, and the caller owns it (closes it when done).
 public enum EventFds {
+    /// A new eventfd with its counter at 0 (the caller closes it).
+    /// Throws the SystemError of eventfd(2).
     public static func eventfd() throws(SystemError) -> Int32 {
         let fd = CLmctfyShims.eventfd(0, Int32(EFD_CLOEXEC | EFD_NONBLOCK))
         if fd < 0 { throw SystemError("eventfd", "", Glibc.errno) }
@@ -22,11 +27,17 @@ public enum EventFds {
         return value
     }
 
+    /// Adds 1 to an eventfd's counter, waking whoever polls it. A failed write
+    /// (a counter already at its maximum, a closed fd) is ignored.
     public static func signal(_ fd: Int32) {
         var one: UInt64 = 1
         _ = Glibc.write(fd, &one, 8)
     }
 
+    /// A new inotify descriptor watching the file at `path` for modification
+    /// and removal (IN_MODIFY, IN_DELETE_SELF, IN_IGNORED); the caller closes
+    /// it. Throws the SystemError of inotify_init1 or inotify_add_watch (the
+    /// descriptor is closed first).
     public static func inotify(watching path: String) throws(SystemError) -> Int32 {
         let fd = inotify_init1(Int32(IN_CLOEXEC | IN_NONBLOCK))
         if fd < 0 { throw SystemError("inotify_init1", path, Glibc.errno) }
@@ -83,8 +94,11 @@ public enum EventFds {
 /// An epoll instance watching descriptors for readability, each under a
 /// 64-bit key (for a listener thread that multiplexes many watches).
 public final class Epoll: Sendable {
+    /// The epoll descriptor; owned by this instance and closed on deinit.
     public let fd: Int32
 
+    /// An epoll instance watching nothing yet (close-on-exec). Throws the
+    /// SystemError of epoll_create1.
     public init() throws(SystemError) {
         let (r, e) = Sys.retry { epoll_create1(Int32(EPOLL_CLOEXEC)) }
         if r < 0 { throw SystemError("epoll_create1", "", e) }

@@ -10,6 +10,7 @@ import Synchronization
 
 /// The syscalls a FaultPlan can fail.
 public enum SysCall: String, Sendable, CaseIterable {
+    /// One case per wrapped syscall; `spawn` is a whole process start (failed as a fork).
     case open, read, write, mkdir, rmdir, opendir, stat, statfs, getxattr, setxattr, chown, kill, spawn
 }
 
@@ -33,8 +34,11 @@ public protocol FakeFilesystem: Sendable {
 public final class FaultPlan: Sendable {
     /// One call the plan saw.
     public struct Seen: Sendable, Equatable, CustomStringConvertible {
+        /// The syscall.
         public let call: SysCall
+        /// What it was called on: a path, or a pid for `kill`, a command for `spawn`.
         public let path: String
+        /// Whether the plan made this call fail.
         public let failed: Bool
         public var description: String { "\(call)(\(path))\(failed ? " FAILED" : "")" }
     }
@@ -44,9 +48,14 @@ public final class FaultPlan: Sendable {
         var seen: [Seen] = []
     }
 
+    /// The position (from 1, counting only `calls`) of the first call to fail;
+    /// 0 never fails.
     public let failAt: Int
+    /// The errno a failed call reports.
     public let errno: Int32
+    /// How many consecutive calls fail, from `failAt` on.
     public let times: Int
+    /// The kinds of call the plan counts and fails; others pass untouched.
     public let calls: Set<SysCall>
     /// The fake filesystem the calls act on, if any.
     public let filesystem: (any FakeFilesystem)?

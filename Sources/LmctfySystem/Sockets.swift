@@ -7,13 +7,17 @@ import Glibc
 /// Who is on the other end of a Unix socket (SO_PEERCRED): the process that
 /// called connect() or listen(), as of that call.
 public struct PeerCredentials: Sendable, Equatable, CustomStringConvertible {
+    /// The peer's process id (in the caller's pid namespace).
     public var pid: pid_t
+    /// The peer's effective user id.
     public var uid: uid_t
+    /// The peer's effective (primary) group id.
     public var gid: gid_t
     /// Supplementary groups, where the caller looked them up (SO_PEERCRED
     /// gives only the primary gid).
     public var groups: [gid_t]
 
+    /// Credentials as given (`groups`: the supplementary groups, if looked up).
     public init(pid: pid_t, uid: uid_t, gid: gid_t, groups: [gid_t] = []) {
         self.pid = pid
         self.uid = uid
@@ -71,12 +75,16 @@ public struct UnixSocketAddress: Sendable {
 /// A file's type and identity as lstat(2) sees it; the identity tells "the
 /// socket we bound" from one somebody else bound at the same path later.
 public struct FileIdentity: Sendable, Equatable {
+    /// The file type bits of st_mode (`S_IFSOCK`, `S_IFREG`, ...).
     public var type: mode_t
+    /// The device the file is on (st_dev).
     public var device: UInt64
+    /// The file's inode number on that device (st_ino).
     public var inode: UInt64
 }
 
 extension Sys {
+    /// chmod(2) on `path` (follows symlinks), retrying EINTR; throws the SystemError.
     public static func chmod(_ path: String, _ mode: mode_t) throws(SystemError) {
         let (r, e) = retry { Glibc.chmod(path, mode) }
         if r < 0 { throw SystemError("chmod", path, e) }

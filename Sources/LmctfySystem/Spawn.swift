@@ -6,8 +6,12 @@ import Glibc
 
 /// Where a standard stream of the new process goes.
 public enum StdioTarget: Sendable, Equatable {
+    /// The caller's stream, as it is.
     case inherit
+    /// /dev/null (opened read-write in the child).
     case devNull
+    /// This descriptor of the caller, duplicated onto the stream; the caller
+    /// keeps it and closes it after the spawn.
     case fd(Int32)
 
     var raw: Int32 {
@@ -19,21 +23,40 @@ public enum StdioTarget: Sendable, Equatable {
     }
 }
 
+/// Everything the C shim does between fork and exec, in this order: join
+/// the cgroups, set up stdio, new session, oom_score_adj, drop ids, close
+/// descriptors, exec.
 public struct SpawnOptions: Sendable {
+    /// The command and its arguments; argv[0] without "/" is looked up in PATH.
     public var argv: [String]
     /// nil: inherit this process's environment.
     public var environment: [String]?
     /// cgroup.procs files the child joins before exec.
     public var cgroupFiles: [String] = []
+    /// Where the child's stdin comes from.
     public var stdin: StdioTarget = .inherit
+    /// Where the child's stdout goes.
     public var stdout: StdioTarget = .inherit
+    /// Where the child's stderr goes.
     public var stderr: StdioTarget = .inherit
+    /// Whether the child calls setsid(2): its own session and process group,
+    /// no controlling terminal.
     public var newSession = false
+    /// Written to the child's /proc/self/oom_score_adj (-1000...1000); nil: inherited.
     public var oomScoreAdj: Int32?
+    /// The uid and gid the child drops to (supplementary groups cleared) before
+    /// exec; nil: the caller's.
     public var ids: (uid: uid_t, gid: gid_t)?
+    /// Whether every descriptor above stdio is closed at exec, so nothing of
+    /// the caller leaks into the command.
     public var closeOtherFds = true
+    /// Whether the child is started through an intermediate that exits at once
+    /// (a double fork): the command is then not the caller's child and nobody
+    /// has to reap it.
     public var detach = false
 
+    /// Options to run `argv`: stdio inherited, no cgroups joined, descriptors
+    /// above stdio closed, not detached.
     public init(argv: [String]) {
         self.argv = argv
     }
@@ -41,10 +64,15 @@ public struct SpawnOptions: Sendable {
 
 /// Why a process could not be started: the step that failed and errno.
 public struct SpawnError: Error, Sendable, Equatable, CustomStringConvertible {
+    /// The step of the child's set-up that failed, numbered as in the C shim.
     public enum Stage: Int32, Sendable {
+        /// Unknown (`none`), fork, joining a cgroup, stdio, setsid, oom_score_adj,
+        /// dropping ids, closing descriptors, exec.
         case none = 0, fork, cgroup, stdio, session, oom, ids, fds, exec
     }
+    /// The step that failed.
     public let stage: Stage
+    /// The errno that step failed with.
     public let errno: Int32
     /// What the stage worked on: the command, or the cgroup file.
     public let subject: String
@@ -65,6 +93,8 @@ public struct SpawnError: Error, Sendable, Equatable, CustomStringConvertible {
     }
 }
 
+/// Starting processes through the C shim: `spawn` (a child or a detached
+/// process) and `exec` (replacing the caller).
 public enum Spawn {
     /// Starts a process; returns its pid (with `detach`, the pid of a process
     /// that is not our child).

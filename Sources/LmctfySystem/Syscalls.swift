@@ -7,16 +7,21 @@ import Glibc
 
 /// A failed syscall: which call, on what, and errno.
 public struct SystemError: Error, Sendable, Equatable, CustomStringConvertible {
+    /// The syscall's name ("open", "epoll_ctl(ADD)", ...).
     public let call: String
+    /// What it was called on: a path, or a pid or descriptor as text; may be empty.
     public let path: String
+    /// The errno the call failed with.
     public let errno: Int32
 
+    /// The failure of `call` on `path` with `errno`.
     public init(_ call: String, _ path: String, _ errno: Int32) {
         self.call = call
         self.path = path
         self.errno = errno
     }
 
+    /// strerror(3) of the errno ("No such file or directory").
     public var reason: String { String(cString: strerror(errno)) }
     public var description: String { "\(call)(\(path)): \(reason)" }
 
@@ -26,7 +31,12 @@ public struct SystemError: Error, Sendable, Equatable, CustomStringConvertible {
     }
 }
 
+/// The syscall wrappers: each reads errno at once, retries EINTR, and
+/// throws a SystemError naming the call and its path. Those taking `faults`
+/// let a test's FaultPlan fail them (nil on the real path).
 public enum Sys {
+    /// Calls `body` until it does not fail with EINTR; returns its result and
+    /// the errno (0 unless the result is -1).
     @inline(__always)
     public static func retry<T: FixedWidthInteger>(_ body: () -> T) -> (T, Int32) {
         while true {
@@ -126,12 +136,14 @@ public enum Sys {
         if n < 0 { throw SystemError("write", path, we) }
     }
 
+    /// mkdir(2) with `mode` (the umask applies); tells the plan's fake filesystem.
     public static func mkdir(_ path: String, mode: mode_t = 0o755, faults: FaultPlan? = nil) throws(SystemError) {
         let (r, e) = retry { injected(faults, .mkdir, path) { Glibc.mkdir(path, mode) } }
         if r < 0 { throw SystemError("mkdir", path, e) }
         faults?.filesystem?.made(directory: path)
     }
 
+    /// rmdir(2); tells the plan's fake filesystem first.
     public static func rmdir(_ path: String, faults: FaultPlan? = nil) throws(SystemError) {
         let (r, e) = retry {
             injected(faults, .rmdir, path) {
@@ -142,21 +154,26 @@ public enum Sys {
         if r < 0 { throw SystemError("rmdir", path, e) }
     }
 
+    /// unlink(2) of a file (not a directory).
     public static func unlink(_ path: String) throws(SystemError) {
         let (r, e) = retry { Glibc.unlink(path) }
         if r < 0 { throw SystemError("unlink", path, e) }
     }
 
+    /// chown(2) to `uid`/`gid` (follows symlinks).
     public static func chown(_ path: String, uid: uid_t, gid: gid_t, faults: FaultPlan? = nil) throws(SystemError) {
         let (r, e) = retry { injected(faults, .chown, path) { Glibc.chown(path, uid, gid) } }
         if r < 0 { throw SystemError("chown", path, e) }
     }
 
+    /// mount(2) of `source` with filesystem `type` on `target`; `data` is the
+    /// option string. The error names the target. Needs CAP_SYS_ADMIN.
     public static func mount(source: String, target: String, type: String, flags: UInt = 0, data: String) throws(SystemError) {
         let (r, e) = retry { Glibc.mount(source, target, type, flags, data) }
         if r < 0 { throw SystemError("mount", target, e) }
     }
 
+    /// Sends `signal` to `pid` (kill(2) semantics: 0 or negative pids included).
     public static func kill(_ pid: pid_t, _ signal: Int32, faults: FaultPlan? = nil) throws(SystemError) {
         let (r, e) = retry { injected(faults, .kill, String(pid)) { Glibc.kill(pid, signal) } }
         if r < 0 { throw SystemError("kill", String(pid), e) }
@@ -173,10 +190,14 @@ public enum Sys {
         return st.st_mode & S_IFMT
     }
 
+    /// Whether `path` is a directory (following symlinks); false also when it
+    /// cannot be looked at.
     public static func isDirectory(_ path: String, faults: FaultPlan? = nil) -> Bool {
         (try? fileType(path, faults: faults)) == S_IFDIR
     }
 
+    /// Whether anything is at `path` (following symlinks); false also when it
+    /// cannot be looked at.
     public static func exists(_ path: String, faults: FaultPlan? = nil) -> Bool {
         ((try? fileType(path, faults: faults)) ?? nil) != nil
     }
@@ -215,6 +236,8 @@ public enum Sys {
         return out
     }
 
+    /// The extended attribute `name` of `path` as UTF-8 text (at most 4096
+    /// bytes read); nil when it is not set (ENODATA).
     public static func getxattr(_ path: String, _ name: String, faults: FaultPlan? = nil) throws(SystemError) -> String? {
         var buf = [UInt8](repeating: 0, count: 4096)
         let (n, e) = buf.withUnsafeMutableBytes { b in
@@ -227,6 +250,7 @@ public enum Sys {
         return String(decoding: buf[0..<n], as: UTF8.self)
     }
 
+    /// Sets (creating or replacing) the extended attribute `name` of `path`.
     public static func setxattr(_ path: String, _ name: String, _ value: String, faults: FaultPlan? = nil) throws(SystemError) {
         let bytes = Array(value.utf8)
         let (r, e) = bytes.withUnsafeBytes { b in
@@ -243,6 +267,8 @@ public enum Sys {
         return (fds[0], fds[1])
     }
 
+    /// This process's pid.
     public static func getpid() -> pid_t { Glibc.getpid() }
+    /// The parent's pid (1, or a subreaper, once the parent is gone).
     public static func getppid() -> pid_t { Glibc.getppid() }
 }

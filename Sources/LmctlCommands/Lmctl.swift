@@ -12,15 +12,24 @@ import LmctfyProto
 import LmctfyRPC
 import LmctfySystem
 
+/// The `lmctl` command line: the lmctfy verbs (and `info`) run by an agent
+/// through a RemoteBackend; exits with the status code the agent sent.
 public enum LmctlCLI {
+    /// The agent dialled when `--agent` is not given: the default Unix socket.
     public static let defaultAgent = "unix:///run/lmctfy/agent.sock"
 
+    /// The `lmctl` executable: runs the process's arguments against stdout and
+    /// stderr (file descriptors 1 and 2), then exits with the status.
     public static func main() -> Never {
         let status = run(Array(CommandLine.arguments.dropFirst()),
                          stdout: FileDescriptorSink(fd: 1), stderr: FileDescriptorSink(fd: 2))
         exit(status)
     }
 
+    /// Runs one command line (without the program name): `--agent` and
+    /// `--key-file` first, then an lmctfy verb or `info`. Returns the exit
+    /// status: 3 for a bad flag; otherwise as lmctfy's dispatcher decides, with
+    /// the status code the agent sent for a call that failed.
     public static func run(_ args: [String], stdout: any ByteSink, stderr: any ByteSink) -> Int32 {
         var agent = defaultAgent
         var keyFile: String?

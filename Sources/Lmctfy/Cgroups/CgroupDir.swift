@@ -19,6 +19,7 @@ import Synchronization
 public struct CgroupAccess: Sendable {
     /// statfs f_type of cgroup v1 (CGROUP_SUPER_MAGIC) and v2 (CGROUP2_SUPER_MAGIC).
     public static let cgroupMagic = 0x27e0eb
+    /// statfs f_type of cgroup v2 (CGROUP2_SUPER_MAGIC).
     public static let cgroup2Magic = 0x6367_7270
 
     /// Whether every opened file and directory must be on cgroupfs/cgroup2fs.
@@ -26,6 +27,8 @@ public struct CgroupAccess: Sendable {
     /// Calls to fail, for tests; nil on the real path.
     public let faults: FaultPlan?
 
+    /// Access that checks the filesystem (`verifiesFilesystem`, the real
+    /// kernel) or not (a fake tree), failing the calls `faults` chooses.
     public init(verifiesFilesystem: Bool, faults: FaultPlan? = nil) {
         self.verifiesFilesystem = verifiesFilesystem
         self.faults = faults
@@ -54,6 +57,10 @@ extension SystemError {
     }
 }
 
+/// One cgroup directory: a mount point and validated segments below it.
+/// Every read, write, mkdir and rmdir of cgroupfs goes through one, checked
+/// as `access` says. A value: copying it copies the path, nothing is open.
+/// Equality compares the path only (`mount` and `segments`), not `access`.
 public struct CgroupDir: Sendable, Equatable, CustomStringConvertible {
     /// The hierarchy's mount point (no trailing slash).
     public let mount: String
@@ -62,6 +69,9 @@ public struct CgroupDir: Sendable, Equatable, CustomStringConvertible {
     /// How this tree is reached (checked on the kernel, faults in tests).
     public let access: CgroupAccess
 
+    /// A directory `segments` below `mount` (a trailing slash on the mount is
+    /// dropped). Traps on an unsafe segment (empty, ".", ".." or containing
+    /// "/"): segments must come from validated container names.
     public init(mount: String, segments: [String], access: CgroupAccess = .kernel) {
         precondition(!segments.contains { $0.isEmpty || $0 == "." || $0 == ".." || $0.contains("/") },
                      "unsafe cgroup path segments \(segments)")
@@ -72,19 +82,26 @@ public struct CgroupDir: Sendable, Equatable, CustomStringConvertible {
 
     public static func == (a: CgroupDir, b: CgroupDir) -> Bool { a.mount == b.mount && a.segments == b.segments }
 
+    /// The directory's absolute path: the mount point and the segments.
     public var path: String { segments.isEmpty ? mount : mount + "/" + segments.joined(separator: "/") }
     public var description: String { path }
+    /// Whether this is the hierarchy's root (the mount point itself).
     public var isRoot: Bool { segments.isEmpty }
     var faults: FaultPlan? { access.faults }
 
+    /// The directory one segment below, on the same mount and access (nothing
+    /// is made; traps on an unsafe segment).
     public func child(_ segment: String) -> CgroupDir {
         CgroupDir(mount: mount, segments: segments + [segment], access: access)
     }
 
+    /// The directory one segment up; nil for the hierarchy's root.
     public var parent: CgroupDir? {
         isRoot ? nil : CgroupDir(mount: mount, segments: Array(segments.dropLast()), access: access)
     }
 
+    /// The absolute path of the file `name` in this directory. Traps unless
+    /// `name` is a single path component (no "/", not "..").
     public func file(_ name: String) -> String {
         precondition(!name.isEmpty && !name.contains("/") && name != "..", "unsafe cgroup file name \(name)")
         return path + "/" + name

@@ -125,6 +125,7 @@ protocol EventSource: AnyObject {
 /// The directories of one container that a handler may touch, and where the
 /// container's processes are listed.
 public struct ResourceDirs: Sendable {
+    /// The container these directories belong to.
     public let container: ContainerName
     /// Each controller's directory (on v2 every controller's files are in
     /// the one directory).

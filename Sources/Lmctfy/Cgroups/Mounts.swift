@@ -4,7 +4,9 @@ import LmctfySystem
 
 /// A cgroup v1 controller (hierarchy).
 public enum Controller: String, CaseIterable, Sendable, Comparable {
+    /// The v1 controllers lmctfy knows; they sort in this (declaration) order.
     case cpu, cpuacct, cpuset, freezer, memory, devices, blkio, pids
+    /// perf_event, named as the kernel names it.
     case perfEvent = "perf_event"
 
     public static func < (a: Controller, b: Controller) -> Bool {
@@ -12,7 +14,9 @@ public enum Controller: String, CaseIterable, Sendable, Comparable {
     }
 }
 
+/// Which cgroup version lmctfy drives on this machine.
 public enum CgroupVersion: String, Sendable {
+    /// v1: one hierarchy per (co-mounted) controller; v2: the unified cgroup2 hierarchy.
     case v1, v2
 
     /// 1 or 2, as the agent reports it.
@@ -29,12 +33,15 @@ public struct CgroupMounts: Sendable, Equatable {
     /// checked to be on cgroupfs) unless a test says it is a fake tree.
     public var access: CgroupAccess
 
+    /// Mounts as given (tests and init): no detection, nothing checked until used.
     public init(v1: [Controller: String] = [:], unified: String? = nil, access: CgroupAccess = .kernel) {
         self.v1 = v1
         self.unified = unified
         self.access = access
     }
 
+    /// Equal when the same hierarchies are mounted at the same places; `access`
+    /// (how they are reached) is not compared.
     public static func == (a: CgroupMounts, b: CgroupMounts) -> Bool { a.v1 == b.v1 && a.unified == b.unified }
 
     /// v1 when the freezer hierarchy is mounted (the original's requirement,

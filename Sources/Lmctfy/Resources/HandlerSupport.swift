@@ -52,10 +52,14 @@ enum Unlimited {
 /// them in order, so a bad spec changes nothing of its resource and the
 /// order the kernel needs is visible (and tested) in one place.
 public struct CgroupWrite: Equatable, Sendable, CustomStringConvertible {
+    /// The directory the file is in.
     public let dir: CgroupDir
+    /// The control file's name (a single component, e.g. "memory.max").
     public let file: String
+    /// The exact text written to the file.
     public let value: String
 
+    /// A write of `value` to the file `file` of `dir`.
     public init(_ dir: CgroupDir, _ file: String, _ value: String) {
         self.dir = dir
         self.file = file

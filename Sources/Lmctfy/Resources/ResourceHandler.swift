@@ -8,6 +8,8 @@ import LmctfySystem
 /// The resources a container can isolate, in the order they are created
 /// (and updated); destroy runs in reverse.
 public enum ResourceKind: Int, CaseIterable, Sendable, Comparable, CustomStringConvertible {
+    /// cpu, memory, blockio, device, pids, monitoring: one per ContainerSpec
+    /// slice, in creation order.
     case cpu, memory, blockio, device, pids, monitoring
 
     public static func < (a: ResourceKind, b: ResourceKind) -> Bool { a.rawValue < b.rawValue }
@@ -64,6 +66,7 @@ public enum ResourceKind: Int, CaseIterable, Sendable, Comparable, CustomStringC
 
 /// One resource's spec slice ↔ kernel files, for both cgroup versions.
 public protocol ResourceHandler: Sendable {
+    /// The resource (spec slice) this handler is for.
     var kind: ResourceKind { get }
 
     /// Checks the slice before anything is written: a bad value is
@@ -89,5 +92,6 @@ public protocol ResourceHandler: Sendable {
 }
 
 extension ResourceHandler {
+    /// Most resources need no preparation: does nothing.
     public func prepare(dirs: ResourceDirs) throws(LmctfyError) {}
 }
