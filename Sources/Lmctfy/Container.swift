@@ -29,6 +29,8 @@ public struct Container: Sendable {
     /// the first write, and a write the kernel refuses part way puts the
     /// previous values back: a failed update leaves the previous spec.
     public func update(_ spec: ContainerSpec, policy: UpdatePolicy) throws(LmctfyError) {
+        // D7: the root's limits are the machine's; lmctfy never writes them.
+        guard !name.isRoot else { throw .failedPrecondition("Updating the root container \"/\" is not allowed") }
         guard try api.exists(name) else { throw .notFound("Container \"\(name)\" does not exist") }
         if spec.owner != nil || spec.ownerGroup != nil {
             throw .invalidArgument("owner and owner_group can only be set at create")

@@ -22,7 +22,8 @@ extension ContainerApi {
         if name.isRoot { throw .alreadyExists("Can't create existing container \"\(name)\"") }
         if try exists(name) { throw .alreadyExists("Can't create existing container \"\(name)\"") }
         guard let parent = name.parent, try exists(parent) else {
-            throw .notFound("Can't create \"\(name)\": its parent \"\(name.parent!)\" does not exist")
+            // 9 as in the original (its mkdir failed): 5 would say the new name is missing.
+            throw .failedPrecondition("Can't create \"\(name)\": its parent \"\(name.parent!)\" does not exist")
         }
         try checkSupported(spec, isUpdate: false)
         let kinds = ResourceKind.allCases.filter { $0.isPresent(in: spec) }
@@ -75,6 +76,12 @@ extension ContainerApi {
 
     /// Sections lmctfy cannot enforce are refused, never dropped (D11).
     func checkSupported(_ spec: ContainerSpec, isUpdate: Bool) throws(LmctfyError) {
+        // An id chown(2) takes as itself: not truncated, and not -1 ("unchanged").
+        for (field, id) in [("owner", spec.owner), ("owner_group", spec.ownerGroup)] {
+            if let id, id < 0 || id >= Int64(UInt32.max) {
+                throw .invalidArgument("\(field) \(id) is out of range (a \(field == "owner" ? "uid" : "gid") is 0 to \(UInt32.max - 1))")
+            }
+        }
         if spec.childrenLimit != nil {
             throw .unimplemented("children_limit is not supported by this kernel (it needs cgroup.children_limit)")
         }

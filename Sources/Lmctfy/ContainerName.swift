@@ -1,6 +1,7 @@
 // Container names: validation and resolution, exactly as the original
-// (lmctfy-behaviour.md §2), plus a length limit so a hostile name is refused
-// before anything touches the filesystem.
+// (lmctfy-behaviour.md §2), plus a length limit, control-file names and
+// reserved names, so a hostile name is refused before anything touches the
+// filesystem.
 import LmctfySystem
 
 /// An absolute, cleaned container name: "/" or "/a/b". Every value has been
@@ -85,8 +86,42 @@ public struct ContainerName: Hashable, Sendable, Comparable, CustomStringConvert
                 throw .invalidArgument(
                     "Part of the container name is longer than \(maxSegmentLength) bytes")
             }
+            if let file = controlFileKind(segment) {
+                throw .invalidArgument(
+                    "Part of the container name \"\(segment)\" is the name of a cgroup control file (\(file)); "
+                        + "a container cannot be called that")
+            }
+        }
+        if let top = parts.first, let why = reserved[top] {
+            throw .invalidArgument("Container name \"/\(parts[0])\" is reserved: \(why)")
         }
         return ContainerName(trusted: parts)
+    }
+
+    /// Prefixes of the control files a cgroup directory holds, one per
+    /// controller of v1 or v2 (and v2's pressure files). A static list, not
+    /// the files of the mounted roots: it costs nothing, works on fake trees,
+    /// and a name stays valid or invalid whatever this machine mounts.
+    /// A container with such a name would be made in the hierarchies
+    /// without that file and fail with EEXIST/ENOTDIR in the others, and
+    /// then could never be destroyed (nor its parent).
+    static let controlFilePrefixes = [
+        "cgroup.", "cpu.", "cpuacct.", "cpuset.", "memory.", "blkio.", "io.", "devices.", "freezer.",
+        "pids.", "perf_event.", "hugetlb.", "net_cls.", "net_prio.", "rdma.", "misc.", "irq.",
+    ]
+    /// Control files without a controller prefix (v1).
+    static let controlFileNames: Set<String> = ["tasks", "notify_on_release", "release_agent"]
+
+    /// Top-level names lmctfy uses itself, with why.
+    static let reserved: [String: String] = [
+        "batch": "it is the cpu cgroup lmctfy keeps for NORMAL and BEST_EFFORT containers",
+    ]
+
+    /// Which control file (or family) `segment` names, or nil.
+    static func controlFileKind(_ segment: String) -> String? {
+        if controlFileNames.contains(segment) { return segment }
+        if let p = controlFilePrefixes.first(where: { segment.hasPrefix($0) }) { return p + "*" }
+        return nil
     }
 
     /// For error messages: the input with non-printable bytes escaped.

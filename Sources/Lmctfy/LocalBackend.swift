@@ -1,7 +1,8 @@
 // The container backend over CL1 on this machine: what `lmctfy` runs its
 // verbs on and what the agent serves its methods with. Semantics that the
-// CLI and the agent share (D7's refusal of `/`, destroy without -f only when
-// empty, killall -r deepest first) live here, once.
+// CLI and the agent share (D7: `/` refused by every verb that changes a
+// container, i.e. update, destroy, killall, pause and resume; destroy
+// without -f only when empty; killall -r deepest first) live here, once.
 import Glibc
 import LmctfyProto
 import LmctfySystem
@@ -172,6 +173,11 @@ public struct LocalBackend: ContainerBackend {
     /// Kills every process (D9); `recursive`: subcontainers first, deepest first.
     public func killAll(_ name: String, recursive: Bool) throws(LmctfyError) {
         let c = try api.get(name)
+        // D7, before any subcontainer is touched: `killall -r /` would
+        // otherwise empty every container on the machine and only then refuse.
+        if c.name.isRoot {
+            throw .failedPrecondition("Killing every process of the root container \"/\" is not allowed")
+        }
         if recursive {
             for sub in try c.subcontainers(recursive: true).reversed() {
                 try api.get(sub).killAll()

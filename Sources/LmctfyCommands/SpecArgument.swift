@@ -1,7 +1,7 @@
 // Specs on the command line (lmctfy-behaviour.md §1.3): one argument or the
-// `-c` file, parsed as protobuf text format first and then as the binary
-// wire format, so that `$(cat spec.bin)` and `-c spec.bin` work as well as
-// hand-written text.
+// `-c` file, in protobuf text format or, when it is not printable text, in
+// the binary wire format, so that `$(cat spec.bin)` and `-c spec.bin` work
+// as well as hand-written text.
 import LmctfyProto
 import LmctfySystem
 
@@ -9,8 +9,9 @@ extension Invocation {
     /// The spec given inline at `index` or with `-c`; exactly one of the two.
     /// `what` names it in the error ("container config" / "config").
     /// `reportTextError`: whether a text format error (line:column) is shown
-    /// on stderr when neither format parses; the original shows it for
-    /// create and init and keeps update quiet.
+    /// on stderr when neither format parses a spec that is not printable
+    /// text; the original shows it for create and init and keeps update
+    /// quiet. For printable text the error itself says it (every verb).
     func spec<M: ProtoMessage>(
         _: M.Type, inlineAt index: Int, what: String, reportTextError: Bool
     ) throws(LmctfyError) -> M {
@@ -33,9 +34,13 @@ extension Invocation {
 }
 
 enum SpecParser {
-    /// Text format first, then binary; both failing is INVALID_ARGUMENT.
-    /// `onTextError` sees the text parser's complaint (line:column) only
-    /// when the binary attempt fails too, so a binary spec is not noisy.
+    /// Printable text (UTF-8 without control characters other than
+    /// whitespace) is text format and nothing else: its error is the error.
+    /// The original then tried it as binary, so a typo made another spec
+    /// ("@A" is owner_group 65, "}}}}" an empty spec). Anything else (a
+    /// binary spec always holds control bytes: tags and lengths below 32)
+    /// is tried as text, then as binary; both failing is INVALID_ARGUMENT,
+    /// and `onTextError` sees the text parser's complaint (line:column).
     static func parse<M: ProtoMessage>(
         _: M.Type, _ bytes: [UInt8], what: String, onTextError: (TextFormatError) -> Void = { _ in }
     ) throws(LmctfyError) -> M {
@@ -45,11 +50,19 @@ enum SpecParser {
             do {
                 return try M(textFormat: text)
             } catch {
+                if isPrintable(text) { throw .invalidArgument("Failed to parse the \(what) in text format: \(error)") }
                 textError = error
             }
         }
         if let message = try? M(serializedBytes: bytes) { return message }
         if let textError { onTextError(textError) }
         throw .invalidArgument("Failed to parse the \(what)")
+    }
+
+    /// Whether `text` has no control characters but tab, newline, CR, VT and FF.
+    static func isPrintable(_ text: String) -> Bool {
+        text.unicodeScalars.allSatisfy { u in
+            (u.value >= 0x20 && u.value != 0x7F && !(0x80...0x9F).contains(u.value)) || (0x09...0x0D).contains(u.value)
+        }
     }
 }

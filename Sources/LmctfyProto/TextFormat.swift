@@ -199,7 +199,15 @@ struct TextParser {
             } else if c == 0x20 || c == 0x09 || c == 0x0D || c == 0x0B || c == 0x0C {
                 pos += 1
             } else if c == 0x23 {
-                while pos < src.count && src[pos] != 0x0A { pos += 1 }
+                while pos < src.count && src[pos] != 0x0A {
+                    // protoc refuses NUL even in a comment ("Invalid control characters").
+                    if src[pos] == 0 {
+                        tok = Token(kind: .end, text: "", bytes: [], line: line, column: pos - lineStart + 1)
+                        lexError = error(.invalidCharacter("NUL"), at: tok)
+                        return
+                    }
+                    pos += 1
+                }
             } else {
                 break
             }
@@ -257,6 +265,9 @@ struct TextParser {
         } else if "{}<>:;,[]-/".utf8.contains(c) {
             pos += 1
             tok = Token(kind: .symbol, text: text(start, pos), bytes: [], line: line, column: column)
+        } else if c == 0 {
+            tok = Token(kind: .end, text: "", bytes: [], line: line, column: column)
+            lexError = error(.invalidCharacter("NUL"), at: tok)
         } else {
             // One whole UTF-8 character, for the message.
             pos += 1
@@ -278,6 +289,11 @@ struct TextParser {
             }
             let c = src[pos]
             if c == quote { pos += 1; break }
+            if c == 0 {
+                tok = Token(kind: .end, text: "", bytes: [], line: line, column: pos - lineStart + 1)
+                lexError = error(.invalidCharacter("NUL"), at: tok)
+                return
+            }
             if c != 0x5C { out.append(c); pos += 1; continue }
             // Escape sequence.
             let escStart = pos
@@ -319,6 +335,27 @@ struct TextParser {
                     return
                 }
                 out.append(UInt8(v))
+            case 0x75, 0x55:                     // \uXXXX, \UXXXXXXXX: a code point in UTF-8
+                guard var v = hexDigits(e == 0x75 ? 4 : 8), v <= 0x10FFFF else {
+                    // protoc refuses too few digits; above 10FFFF it keeps the
+                    // escape as text (a bogus string), which we refuse.
+                    tok = here
+                    lexError = error(.invalidEscape(String(decoding: src[escStart..<min(pos, src.count)], as: UTF8.self)), at: here)
+                    return
+                }
+                // A UTF-16 pair written as two \u escapes is one code point,
+                // as in protoc; a lone surrogate stays as protoc writes it
+                // (three bytes, not UTF-8: a string field then refuses it).
+                if (0xD800..<0xDC00).contains(v), pos + 1 < src.count, src[pos] == 0x5C, src[pos + 1] == 0x75 {
+                    let save = pos
+                    pos += 2
+                    if let low = hexDigits(4), (0xDC00..<0xE000).contains(low) {
+                        v = 0x10000 + ((v - 0xD800) << 10 | (low - 0xDC00))
+                    } else {
+                        pos = save
+                    }
+                }
+                Self.appendUTF8(v, to: &out)
             default:
                 tok = here
                 let bad = String(decoding: src[escStart..<min(pos, src.count)], as: UTF8.self)
@@ -327,6 +364,33 @@ struct TextParser {
             }
         }
         tok = Token(kind: .string, text: String(decoding: src[start..<pos], as: UTF8.self), bytes: out, line: here.line, column: column)
+    }
+
+    /// Exactly `count` hex digits at `pos` (consumed), or nil (nothing consumed).
+    mutating func hexDigits(_ count: Int) -> UInt32? {
+        guard pos + count <= src.count else { return nil }
+        var v: UInt32 = 0
+        for i in 0..<count {
+            let c = src[pos + i]
+            guard Self.isHex(c) else { return nil }
+            v = v << 4 | UInt32(c <= 0x39 ? c - 0x30 : (c | 0x20) - 0x61 + 10)
+        }
+        pos += count
+        return v
+    }
+
+    /// UTF-8 of a code point up to 10FFFF, surrogates included (as protoc does).
+    static func appendUTF8(_ v: UInt32, to out: inout [UInt8]) {
+        switch v {
+        case 0..<0x80:
+            out.append(UInt8(v))
+        case 0x80..<0x800:
+            out += [UInt8(0xC0 | v >> 6), UInt8(0x80 | v & 0x3F)]
+        case 0x800..<0x10000:
+            out += [UInt8(0xE0 | v >> 12), UInt8(0x80 | v >> 6 & 0x3F), UInt8(0x80 | v & 0x3F)]
+        default:
+            out += [UInt8(0xF0 | v >> 18), UInt8(0x80 | v >> 12 & 0x3F), UInt8(0x80 | v >> 6 & 0x3F), UInt8(0x80 | v & 0x3F)]
+        }
     }
 
     /// The current token, or the lexical error that stopped the tokenizer.
@@ -513,11 +577,12 @@ struct TextParser {
             case .int64, .sint64, .sfixed64:
                 guard let n = Self.fit(negative, magnitude, min: Int64.min, max: UInt64(Int64.max)) else { throw outOfRange }
                 return .int64(n)
+            // No sign at all for unsigned fields, "-0" included (as protoc).
             case .uint32, .fixed32:
-                guard !negative || magnitude == 0, magnitude <= UInt64(UInt32.max) else { throw outOfRange }
+                guard !negative, magnitude <= UInt64(UInt32.max) else { throw outOfRange }
                 return .uint32(UInt32(magnitude))
             default:
-                guard !negative || magnitude == 0 else { throw outOfRange }
+                guard !negative else { throw outOfRange }
                 return .uint64(magnitude)
             }
         }

@@ -160,7 +160,7 @@ final class FakeAgentMachine: @unchecked Sendable {
         #expect(machine.events.map(\.bootId) == ["fakeboot"])
 
         #expect(try machine.code(AgentMethods.create, CreateRequest(name: "/agent/web")) == .alreadyExists)
-        #expect(try machine.code(AgentMethods.create, CreateRequest(name: "/no/such")) == .notFound)
+        #expect(try machine.code(AgentMethods.create, CreateRequest(name: "/no/such")) == .failedPrecondition)  // as the original
         #expect(try machine.code(AgentMethods.create, CreateRequest(name: "/x", spec: ContainerSpec(childrenLimit: 3))) == .unimplemented)
         #expect(try machine.code(AgentMethods.create, CreateRequest(name: "/" + String(repeating: "a", count: 256))) == .invalidArgument)
         #expect(machine.events.count == 1, "failed calls record nothing")

@@ -66,8 +66,8 @@ struct IntegrationTests {
                 #expect(missing.status == 5, "\(args): \(missing)")
                 #expect(missing.stdout.isEmpty)
             }
-            // A parent that does not exist is NOT_FOUND as well.
-            #expect(try lmctfy("create", name + "/child", "").status == 5)
+            // A parent that does not exist is 9, as the original's failed mkdir.
+            #expect(try lmctfy("create", name + "/child", "").status == 9)
         }
     }
 

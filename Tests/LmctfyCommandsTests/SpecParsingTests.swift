@@ -77,29 +77,62 @@ import Testing
         var r = machine.run("create", "/bad", "pids:{limit:100}\nbogus_field:1")
         #expect(r.status == 3)
         #expect(r.stderr == """
-            Not a valid container config in text format: 2:1: message type "containers.lmctfy.ContainerSpec" has no field named "bogus_field"
-            Command exited with error message: 3: Failed to parse the container config
+            Command exited with error message: 3: Failed to parse the container config in text format: \
+            2:1: message type "containers.lmctfy.ContainerSpec" has no field named "bogus_field"
 
             """)
         #expect(!Sys.exists(machine.freezer + "/bad"))
         r = machine.run("init", "cgroup_mount:{mount_path:")
         #expect(r.status == 3)
-        #expect(r.stderr.hasPrefix("Not a valid config in text format: 1:"))
-        #expect(r.stderr.hasSuffix("Command exited with error message: 3: Failed to parse the config\n"))
+        #expect(r.stderr.hasPrefix("Command exited with error message: 3: Failed to parse the config in text format: 1:"))
     }
 
-    @Test func updateParsesTheSpecFirstAndQuietly() {
+    @Test func updateParsesTheSpecFirst() {
         // The container does not exist, but the spec error comes first.
         let r = machine.run("update", "diff", "/missing", "pids:{limit:")
         #expect(r.status == 3)
-        #expect(r.stderr == "Command exited with error message: 3: Failed to parse the container config\n")
+        #expect(r.stderr == "Command exited with error message: 3: Failed to parse the container config in text format: 1:13: expected a int64 value for field \"limit\", found end of input\n")
         #expect(machine.run("update", "replace", "/missing", "").status == 5)
     }
 
     @Test func specsAfterTheNameAreNeverFlags() {
-        // D1: "-r" after the name is the spec (and not valid text or binary).
+        // D1: "-r" after the name is the spec (and not valid text).
         let r = machine.run("create", "/dash", "-r")
         #expect(r.status == 3)
-        #expect(r.stderr.hasSuffix("Failed to parse the container config\n"))
+        #expect(r.stderr.contains("Failed to parse the container config in text format: 1:1:"), "\(r)")
+    }
+
+    // Issue 9: printable text that is not text format is an error, not a
+    // binary spec ("@A" was owner_group 65, "}}}}" an empty spec).
+    @Test(arguments: ["@A", "}}}}", "cpu:{limit:1}}", "(", "pids:{limit:10} x", "memory {limit: 1}\n\t# ok\n}"])
+    func printableTextIsNeverBinary(_ text: String) throws {
+        for args in [["create", "/typo", text], ["update", "diff", "/parent", text]] {
+            let r = lmctfy(args, in: machine.environment)
+            #expect(r.status == 3, "\(args): \(r)")
+            #expect(r.stderr.hasPrefix("Command exited with error message: 3: Failed to parse the container config in text format: "), "\(r)")
+        }
+        try withTempFile(Array(text.utf8)) { path throws in
+            let r = machine.run("create", "-c", path, "/typo")
+            #expect(r.status == 3, "\(r)")
+        }
+        #expect(!Sys.exists(machine.freezer + "/typo"))
+    }
+
+    @Test func binarySpecsStillWorkInlineAndWithC() throws {
+        // A binary spec has control bytes (tags, lengths below 32).
+        let spec = ContainerSpec(owner: 1000, pids: PidsSpec(limit: 10))
+        let bytes = try spec.serializedBytes()
+        #expect(try SpecParser.parse(ContainerSpec.self, bytes, what: "container config") == spec)
+        #expect(!SpecParser.isPrintable(String(decoding: bytes, as: UTF8.self)))
+        let initBytes = try InitSpec(textFormat: "cgroup_mount:{mount_path:'/b' hierarchy:CGROUP_FREEZER}").serializedBytes()
+        #expect(String(validating: initBytes, as: UTF8.self) != nil)  // UTF-8, but not printable
+        let r = lmctfy(["init", "?"], raw: [Array("init".utf8), initBytes], in: machine.environment)
+        #expect(r.status == 0, "\(r)")
+        try withTempFile(initBytes) { path throws in #expect(machine.run("init", "-c", path).status == 0) }
+        #expect(machine.initSpecs.all.map { $0.cgroupMount.first?.mountPath } == ["/b", "/b"])
+        // Non-printable bytes that are neither: the text error is still shown.
+        let bad = lmctfy(["init", "?"], raw: [Array("init".utf8), Array("cgroup_mount:{\u{1}".utf8)], in: machine.environment)
+        #expect(bad.status == 3)
+        #expect(bad.stderr.hasPrefix("Not a valid config in text format: 1:"), "\(bad)")
     }
 }

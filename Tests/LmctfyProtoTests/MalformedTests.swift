@@ -65,6 +65,25 @@ let malformedCases: [Malformed] = [
               kind: .invalidString(field: "rootfs", reason: "contains a NUL byte"), stricterThanProtoc: true),
     Malformed(text: "filesystem:{rootfs:\"\\377\"}", line: 1, column: 20,
               kind: .invalidString(field: "rootfs", reason: "is not valid UTF-8"), stricterThanProtoc: true),
+    // Issue 9: no sign on an unsigned field, not even "-0" (protoc: "Expected integer, got: -").
+    Malformed(text: "cpu:{limit:-0}", line: 1, column: 12, kind: .outOfRange("-0", field: "limit", type: "uint64")),
+    Malformed(text: "cpu:{max_limit:-0x0}", line: 1, column: 16, kind: .outOfRange("-0x0", field: "max_limit", type: "uint64")),
+    Malformed(text: "pids:{limit:1}\nblockio:{device_limit_set:{default_limit: -0}}",
+              line: 2, column: 43, kind: .outOfRange("-0", field: "default_limit", type: "uint32")),
+    // NUL is a control character protoc refuses everywhere, comments included.
+    Malformed(text: "# a\u{0}b\ncpu:{limit:1}", line: 1, column: 4, kind: .invalidCharacter("NUL")),
+    Malformed(text: "cpu:{limit:1} # x\u{0}", line: 1, column: 18, kind: .invalidCharacter("NUL")),
+    Malformed(text: "cpu:{limit:1}\u{0}", line: 1, column: 14, kind: .invalidCharacter("NUL")),
+    Malformed(text: "filesystem:{rootfs:\"a\u{0}b\"}", line: 1, column: 22, kind: .invalidCharacter("NUL")),
+    // \u needs four hex digits and \U eight, as in protoc.
+    Malformed(text: "filesystem:{rootfs:\"\\u12\"}", line: 1, column: 20, kind: .invalidEscape("\\u")),
+    Malformed(text: "filesystem:{rootfs:\"\\U0001F60\"}", line: 1, column: 20, kind: .invalidEscape("\\U")),
+    // protoc keeps an escape above 10FFFF as its text (a bogus string); we refuse it.
+    Malformed(text: "filesystem:{rootfs:\"\\U00110000\"}", line: 1, column: 20, kind: .invalidEscape("\\U00110000"),
+              stricterThanProtoc: true),
+    // A lone surrogate is three bytes that are not UTF-8, as protoc writes them.
+    Malformed(text: "filesystem:{rootfs:\"\\ud83d\"}", line: 1, column: 20,
+              kind: .invalidString(field: "rootfs", reason: "is not valid UTF-8"), stricterThanProtoc: true),
 ]
 
 @Suite struct MalformedTests {

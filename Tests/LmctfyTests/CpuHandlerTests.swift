@@ -201,8 +201,9 @@ import Testing
         let f = try FakeContainer.v1()
         var s = ContainerSpec()
         try h.readSpec(into: &s, dirs: f.dirs)
-        // A fresh cgroup: 1024 shares, no quota, the parent's CPUs 0-7.
-        #expect(s.cpu == CpuSpec(limit: 1000, mask: CpuSpec.Mask(data: [0xFF])))
+        // A fresh cgroup: 1024 shares, no quota (max_limit -1 in a uint64, as
+        // the original reports it), the parent's CPUs 0-7.
+        #expect(s.cpu == CpuSpec(limit: 1000, maxLimit: UInt64.max, mask: CpuSpec.Mask(data: [0xFF])))
     }
 
     @Test func v1Values() throws {
@@ -223,8 +224,9 @@ import Testing
         var s = ContainerSpec()
         try h.readSpec(into: &s, dirs: f.dirs)
         // weight 100 → shares 2 + ceil(99*262142/9999) = 2598 → 2537 milliCPU;
-        // an empty cpuset.cpus (inherited) is no mask.
-        #expect(s.cpu == CpuSpec(limit: 2537))
+        // an empty cpuset.cpus (inherited) is no mask; "max" is no quota,
+        // reported as the original's -1.
+        #expect(s.cpu == CpuSpec(limit: 2537, maxLimit: UInt64.max))
         try f.seed("unified", ["cpu.weight": "39\n", "cpu.max": "375000 250000\n", "cpuset.cpus": "0-3,8\n", "cpu.idle": "1\n"])
         try h.readSpec(into: &s, dirs: f.dirs)
         // weight 39 → shares 999 → 975 milliCPU (weights are coarser than shares).

@@ -74,12 +74,13 @@ import Testing
         #expect(!Sys.exists(tree.root + "/freezer/p/c"))
     }
 
-    @Test func missingParentIsNotFound() throws {
+    // 9 as in the original, whose mkdir failed (lmctfy-behaviour.md §3.0).
+    @Test func missingParentIsAFailedPrecondition() throws {
         let tree = try FakeCgroupTree(.v1)
         let api = try ContainerApi(mounts: tree.mounts)
         #expect {
             try api.create(ContainerName.resolve("/no/such", relativeTo: .root), spec: ContainerSpec())
-        } throws: { ($0 as? LmctfyError)?.code == .notFound }
+        } throws: { ($0 as? LmctfyError)?.code == .failedPrecondition }
     }
 
     @Test func unenforceableSectionsAreRefusedBeforeAnythingIsMade() throws {

@@ -66,7 +66,7 @@ struct LifecycleIntegrationTests {
             try api.create(name, spec: ContainerSpec())
             #expect { try api.create(name, spec: ContainerSpec()) } throws: { ($0 as? LmctfyError)?.code == .alreadyExists }
             let orphan = try ContainerName.resolve(name.path + "/missing/child", relativeTo: .root)
-            #expect { try api.create(orphan, spec: ContainerSpec()) } throws: { ($0 as? LmctfyError)?.code == .notFound }
+            #expect { try api.create(orphan, spec: ContainerSpec()) } throws: { ($0 as? LmctfyError)?.code == .failedPrecondition }
             #expect { try api.destroy(.root) } throws: { ($0 as? LmctfyError)?.code == .failedPrecondition }
             #expect { try api.create(.root, spec: ContainerSpec()) } throws: { ($0 as? LmctfyError)?.code == .alreadyExists }
             #expect { _ = try api.get(orphan) } throws: { ($0 as? LmctfyError)?.code == .notFound }

@@ -42,6 +42,37 @@ import Testing
         #expect(ContainerName.root.parent == nil)
     }
 
+    // Issue 9: a segment named like a control file would be made where no
+    // such file exists and fail elsewhere, and could never be destroyed.
+    @Test(arguments: ["/cpu.shares", "/memory.limit_in_bytes", "/a/tasks", "/a/cgroup.procs", "/devices.allow",
+                      "/a/b/notify_on_release", "/release_agent", "/memory.max", "/io.weight", "/pids.max",
+                      "/cpuset.cpus", "/blkio.weight", "/freezer.state", "/hugetlb.2MB.limit_in_bytes",
+                      "/net_cls.classid", "/net_prio.ifpriomap", "/perf_event.x", "/rdma.max", "/misc.max",
+                      "/irq.pressure", "/cpuacct.usage", "x/../cgroup.subtree_control"])
+    func refusesControlFileNames(_ input: String) {
+        let segment = String(input.split(separator: "/").last!)
+        let err = #expect(throws: LmctfyError.self) { _ = try ContainerName.resolve(input, relativeTo: .root) }
+        #expect(err?.code == .invalidArgument)
+        #expect(err?.message.contains("\"\(segment)\"") == true && err?.message.contains("control file") == true, "\(String(describing: err))")
+    }
+
+    @Test(arguments: ["/cpu", "/memory", "/task", "/tasks2", "/cpuxshares", "/a/cpu_shares", "/Cpu.shares", "/iox", "/a/batch", "/batch2"])
+    func controllerLikeNamesThatAreNoFileAreFine(_ input: String) throws {
+        #expect(try ContainerName.resolve(input, relativeTo: .root).path == input)
+    }
+
+    // Issue 9: /batch is the cpu cgroup of every NORMAL/BEST_EFFORT container.
+    @Test func batchIsReservedAtTheTopLevel() throws {
+        for input in ["/batch", "batch", "/a/../batch", "//batch/"] {
+            let err = #expect(throws: LmctfyError.self) { _ = try ContainerName.resolve(input, relativeTo: .root) }
+            #expect(err?.code == .invalidArgument)
+            #expect(err?.message.hasPrefix("Container name \"/batch\" is reserved") == true, "\(String(describing: err))")
+        }
+        // Relative to a container it is an ordinary nested name.
+        #expect(try ContainerName.resolve("batch", relativeTo: top).path == "/top/batch")
+        #expect(throws: LmctfyError.self) { _ = try ContainerName.resolve("/batch/x", relativeTo: .root) }
+    }
+
     @Test func errorMessagesNameTheProblem() {
         #expect(throws: LmctfyError(.invalidArgument, "Container name is missing")) {
             _ = try ContainerName.resolve("", relativeTo: .root)

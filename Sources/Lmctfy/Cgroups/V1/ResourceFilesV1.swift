@@ -54,9 +54,14 @@ struct CpuFilesV1: CpuFiles {
         var cpu = CpuSpec()
         let shares = try dir.readInt("cpu.shares")
         cpu.limit = CpuHandler.milliCpu(shares: shares ?? CpuHandler.defaultShares)
-        if let quota = try dir.readInt("cpu.cfs_quota_us"), quota >= 0,
-           let period = try dir.readInt("cpu.cfs_period_us"), period > 0 {
-            cpu.maxLimit = UInt64(quota * 1000 / period)
+        if let quota = try dir.readInt("cpu.cfs_quota_us") {
+            if quota < 0 {
+                // No quota: the original reports -1, which the uint64 field
+                // shows as 18446744073709551615 (and we read back as "none").
+                cpu.maxLimit = CpuHandler.unlimitedMaxLimit
+            } else if let period = try dir.readInt("cpu.cfs_period_us"), period > 0 {
+                cpu.maxLimit = UInt64(quota * 1000 / period)
+            }
         }
         if let cpuset = dirs.dir(.cpuset) {
             let words = try CpuHandler.mask(cpuList: try cpuset.read("cpuset.cpus"))

@@ -58,7 +58,10 @@ struct CpuFilesV2: CpuFiles {
         }
         if try dir.has("cpu.max") {
             let fields = try dir.read("cpu.max").trimmingWhitespace.split(separator: " ")
-            if fields.count == 2, let quota = Int64(fields[0]), let period = Int64(fields[1]), period > 0 {
+            if fields.first == "max" {
+                // No quota: reported as the original did (-1 in a uint64).
+                cpu.maxLimit = CpuHandler.unlimitedMaxLimit
+            } else if fields.count == 2, let quota = Int64(fields[0]), let period = Int64(fields[1]), period > 0 {
                 cpu.maxLimit = UInt64(quota * 1000 / period)
             }
         }
