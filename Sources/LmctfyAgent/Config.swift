@@ -15,6 +15,7 @@ public struct AgentSettings: Sendable {
     public var keys: [String: [UInt8]]
     public var limits: SessionLimits
     public var maxConnections: Int
+    public var flow: FlowLimits
     public var logLevel: AgentLogLevel
     public var stateDir: String
 
@@ -69,6 +70,11 @@ public struct AgentSettings: Sendable {
         if let v = l.idleTimeoutMs { limits.idleTimeoutMs = UInt64(v) }
         if let v = l.keepaliveIntervalMs { limits.keepaliveIntervalMs = UInt64(v) }
         maxConnections = Int(l.maxConnections ?? 256)
+        flow = FlowLimits()
+        if let v = l.maxConnectionBufferedBytes { flow.connectionBytes = Int(max(1, v)) }
+        if let v = l.maxConnectionQueuedCalls { flow.connectionCalls = Int(max(1, v)) }
+        if let v = l.maxAgentBufferedBytes { flow.agentBytes = Int(max(1, v)) }
+        if let v = l.maxAgentQueuedCalls { flow.agentCalls = Int(max(1, v)) }
         logLevel = c.logLevel ?? .logInfo
         stateDir = c.stateDir ?? "/var/lib/lmctfy"
         for binding in c.role where binding.role == nil || binding.role == .agentRoleUnspecified {
@@ -90,4 +96,20 @@ public struct AgentSettings: Sendable {
         if let creds = peer.credentials, creds.uid == 0 { return .agentRoleAdmin }
         return .agentRoleReader
     }
+}
+
+/// What the agent lets its peers make it hold (AgentLimits, PROTOCOL.md
+/// section 7). Past a limit it stops reading from the peers that hold
+/// something, and reads again once they have drained to half of it.
+public struct FlowLimits: Sendable, Equatable {
+    /// Per connection: unsent answers plus requests of queued pool calls.
+    public var connectionBytes = 4 << 20
+    /// Per connection: calls waiting for or running on a pool thread.
+    public var connectionCalls = 32
+    /// The whole agent: the sum of every connection's bytes.
+    public var agentBytes = 64 << 20
+    /// The whole agent: every connection's queued calls.
+    public var agentCalls = 1024
+
+    public init() {}
 }
