@@ -146,8 +146,12 @@ public final class Agent: @unchecked Sendable {
 
     private func accept(_ c: Connection, tcp: Bool) {
         if stopping || conns.count >= settings.maxConnections {
-            log.warning("refusing a connection: \(stopping ? "shutting down" : "max_connections reached")")
-            c.close()
+            // PROTOCOL.md section 7: a goaway saying why, then the close. It
+            // is written before the peer's hello is read, so it needs no session.
+            let why = stopping ? "lmctfy-agent is shutting down" : "too many connections"
+            log.warning("refusing a connection: \(why)")
+            c.write(FrameCodec.encode(Frame(kind: .frameGoaway, goaway: GoAway(reason: .goawayNormal, message: why, lastStreamId: 0))))
+            c.closeAfterWrites()
             return
         }
         let auth: AcceptorAuthentication

@@ -231,8 +231,12 @@ struct AgentIntegrationTests {
         try withAgent("limits { max_connections: 2 hello_timeout_ms: 300 }") { _, socket in
             let a = try RpcClient.connect(unixPath: socket)
             let b = try RpcClient.connect(unixPath: socket)
-            // A third peer is turned away before its handshake.
-            #expect(throws: LmctfyError.self) { _ = try RpcClient.connect(unixPath: socket) }
+            // A third peer is turned away before its handshake, with a goaway
+            // that says why (issue 9 item 13).
+            #expect { _ = try RpcClient.connect(unixPath: socket) } throws: { error in
+                let e = error as? LmctfyError
+                return e?.code == .unavailable && e?.message.contains("GOAWAY_NORMAL: too many connections") == true
+            }
             a.close()
             b.close()
             // A peer that never says hello is sent away after the timeout.

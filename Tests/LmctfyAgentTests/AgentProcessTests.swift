@@ -162,3 +162,35 @@ struct AgentProcessTests {
         #expect(try pingP99(agent.socket, count: 50) < 200_000)
     }
 }
+
+/// `lmctfy-agent --check-config`: exit 0 and "config OK", or exit 3 for
+/// every kind of config error (issue 9 item 13), as --help says.
+@Suite struct AgentCheckConfigTests {
+    func check(_ files: [String: (String, mode_t)], _ config: String) throws -> ChildResult {
+        let dir = "/tmp/lmctfy-check-config-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try Sys.mkdir(dir, mode: 0o700)
+        defer { _ = removeTree(dir) }
+        for (name, (text, mode)) in files {
+            try Sys.createFile(dir + "/" + name, text.split(separator: "DIR", omittingEmptySubsequences: false).joined(separator: dir), mode: mode)
+            chmod(dir + "/" + name, mode)
+        }
+        return try TestProcess.capture([builtTool("lmctfy-agent"), "--check-config", "--config", dir + "/" + config])
+    }
+
+    @Test func everyConfigErrorExits3() throws {
+        let key = "ops " + JSONFormat.base64Encoded((0..<32).map { UInt8($0) }) + "\n"
+        let good = try check(["a.conf": ("unix_socket_path: \"DIR/s\" state_dir: \"DIR/state\"", 0o644)], "a.conf")
+        #expect(good.status == 0 && String(decoding: good.stdout, as: UTF8.self).hasPrefix("config OK"))
+        let cases: [(String, [String: (String, mode_t)])] = [
+            ("missing file", [:]),
+            ("syntax", ["a.conf": ("no_such_key: 1", 0o644)]),
+            ("value", ["a.conf": ("unix_socket_path: \"relative\"", 0o644)]),
+            ("key file others can read", ["a.conf": ("tcp_address: \"127.0.0.1:0\" key_file: \"DIR/keys\"", 0o644), "keys": (key, 0o644)]),
+            ("missing key file", ["a.conf": ("tcp_address: \"127.0.0.1:0\" key_file: \"DIR/nokeys\"", 0o644)]),
+        ]
+        for (what, files) in cases {
+            let r = try check(files, "a.conf")
+            #expect(r.status == 3, "\(what): exit \(r.status), \(String(decoding: r.stderr, as: UTF8.self))")
+        }
+    }
+}
