@@ -82,6 +82,7 @@ public final class Agent: @unchecked Sendable {
 
     /// Starts the loop and the listeners. Throws when a listener cannot bind.
     public func start(handleSignals: Bool = true) throws(LmctfyError) {
+        try settings.checkStateDir(create: true)
         do { try loop.start() } catch { throw error.lmctfy("Starting the event loop") }
         let result: Result<UInt16?, LmctfyError>
         do {

@@ -41,6 +41,8 @@ public enum AgentMain {
         var settings: AgentSettings
         do {
             settings = try AgentSettings.load(configPath)
+            // At start it is made if absent; a check only looks.
+            try settings.checkStateDir(create: !checkOnly)
         } catch {
             // Whatever the cause (missing file, bad key file), it is the
             // operator's config to fix: 3, as the usage says.

@@ -82,6 +82,46 @@ public struct AgentSettings: Sendable {
         }
     }
 
+    /// The state directory must be private to the agent: a directory (not a
+    /// symlink) owned by the agent's user, with no access for group or
+    /// others, since what is kept there decides what the agent re-creates.
+    /// `create`: make it (mode 0700; missing parents 0755) if it is absent.
+    /// Throws FAILED_PRECONDITION naming the directory and what is wrong.
+    public func checkStateDir(create: Bool) throws(LmctfyError) {
+        guard stateDir.hasPrefix("/") else { throw .invalidArgument("state_dir \"\(stateDir)\" must be absolute") }
+        var st = stat()
+        if lstat(stateDir, &st) != 0 {
+            let e = errno
+            guard e == ENOENT, create else {
+                if e == ENOENT { return }  // made at start
+                throw SystemError("lstat", stateDir, e).lmctfy(.failedPrecondition, "Checking state_dir")
+            }
+            var path = ""
+            let parts = stateDir.split(separator: "/")
+            for (i, part) in parts.enumerated() {
+                path += "/" + part
+                guard !Sys.isDirectory(path) else { continue }
+                do {
+                    try Sys.mkdir(path, mode: i == parts.count - 1 ? 0o700 : 0o755)
+                } catch {
+                    throw error.lmctfy(.failedPrecondition, "Creating state_dir")
+                }
+            }
+            guard lstat(stateDir, &st) == 0 else {
+                throw SystemError("lstat", stateDir, errno).lmctfy(.failedPrecondition, "Checking state_dir")
+            }
+        }
+        guard st.st_mode & S_IFMT == S_IFDIR else {
+            throw .failedPrecondition("state_dir \(stateDir) is not a directory (a symlink is refused too)")
+        }
+        guard st.st_uid == geteuid() else {
+            throw .failedPrecondition("state_dir \(stateDir) is owned by uid \(st.st_uid), not the agent's uid \(geteuid())")
+        }
+        guard st.st_mode & 0o077 == 0 else {
+            throw .failedPrecondition("state_dir \(stateDir) has mode \(String(st.st_mode & 0o7777, radix: 8)): group and others must have no access (chmod 700)")
+        }
+    }
+
     /// The role of an authenticated peer: the first binding that names its
     /// uid, gid or key id; otherwise root is admin and everyone else a reader.
     public func role(for peer: PeerInfo) -> AgentRole {

@@ -1,6 +1,7 @@
 // The built lmctfy-agent binary as a process: what only a real process shows
 // (its RSS under a peer that does not read, its exit codes, its state dir).
 import Glibc
+import LmctfyAgent
 import LmctfyProto
 import LmctfyRPC
 import LmctfySystem
@@ -192,5 +193,57 @@ struct AgentProcessTests {
             let r = try check(files, "a.conf")
             #expect(r.status == 3, "\(what): exit \(r.status), \(String(decoding: r.stderr, as: UTF8.self))")
         }
+    }
+}
+
+/// state_dir (issue 9 item 16): made 0700 at start, and the agent refuses to
+/// start (or a config check fails, exit 3) when it is not private.
+@Suite struct AgentStateDirTests {
+    func scratch() throws -> String {
+        let dir = "/tmp/lmctfy-state-dir-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try Sys.mkdir(dir, mode: 0o755)
+        return dir
+    }
+
+    @Test func theStateDirIsMadePrivateWithItsParents() throws {
+        let dir = try scratch()
+        defer { _ = removeTree(dir) }
+        let settings = try AgentSettings.parse("state_dir: \"\(dir)/a/state/\"", source: "test")
+        try settings.checkStateDir(create: true)
+        var st = stat()
+        #expect(lstat(dir + "/a/state", &st) == 0 && st.st_mode & 0o7777 == 0o700)
+        #expect(lstat(dir + "/a", &st) == 0 && st.st_mode & 0o7777 == 0o755)
+        try settings.checkStateDir(create: true)  // an existing private one is fine
+    }
+
+    @Test func aStateDirThatIsNotPrivateIsRefused() throws {
+        let dir = try scratch()
+        defer { _ = removeTree(dir) }
+        try Sys.mkdir(dir + "/open", mode: 0o755)
+        chmod(dir + "/open", 0o750)
+        try Sys.mkdir(dir + "/private", mode: 0o700)
+        symlink(dir + "/private", dir + "/link")
+        try Sys.createFile(dir + "/file", "", mode: 0o600)
+        for (name, why) in [("open", "mode 750"), ("link", "not a directory"), ("file", "not a directory")] {
+            let settings = try AgentSettings.parse("state_dir: \"\(dir)/\(name)\"", source: "test")
+            #expect { try settings.checkStateDir(create: true) } throws: { error in
+                let e = error as? LmctfyError
+                return e?.code == .failedPrecondition && e?.message.contains(why) == true
+            }
+            try Sys.createFile(dir + "/\(name).conf", "unix_socket_path: \"\(dir)/s\" state_dir: \"\(dir)/\(name)\"")
+            let r = try TestProcess.capture([builtTool("lmctfy-agent"), "--check-config", "--config", dir + "/\(name).conf"])
+            #expect(r.status == 3, "\(name): \(String(decoding: r.stderr, as: UTF8.self))")
+            #expect(String(decoding: r.stderr, as: UTF8.self).contains(why))
+            // Started for real, it refuses too (and is ended if it did not).
+            let pid = try TestProcess.spawn([builtTool("lmctfy-agent"), "--config", dir + "/\(name).conf"])
+            var status: LmctfySystem.ExitStatus?
+            for _ in 0..<300 where status == nil {
+                status = TestProcess.reapIfExited(pid)
+                if status == nil { usleep(10_000) }
+            }
+            TestProcess.end(pid)
+            #expect(status == .exited(3), "\(name): the agent started anyway")
+        }
+        #expect(!Sys.exists(dir + "/s"), "the agent did not start")
     }
 }

@@ -1140,7 +1140,8 @@ struct  Containers__Lmctfy__Agent__AgentConfig
   protobuf_c_boolean has_log_level;
   Containers__Lmctfy__Agent__AgentLogLevel log_level;
   /*
-   * /var/lib/lmctfy
+   * /var/lib/lmctfy; made 0700 at start, which is refused unless it is a
+   * directory of the agent's user without group or other access.
    */
   char *state_dir;
   /*
