@@ -162,8 +162,7 @@ public final class Agent: @unchecked Sendable {
         } else {
             guard var creds = c.peerCredentials else { c.close(); return }
             creds.groups = Self.supplementaryGroups(pid: creds.pid)
-            let gids: Set<UInt32> = settings.allowedGid.map { [$0] } ?? []
-            auth = .peerCredentials(creds, UnixPeerPolicy(allowedUids: [], allowedGids: gids))
+            auth = .peerCredentials(creds, settings.unixPeerPolicy)
         }
         let now = MonotonicClock.milliseconds()
         let id = nextConnId

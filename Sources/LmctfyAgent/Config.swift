@@ -122,8 +122,18 @@ public struct AgentSettings: Sendable {
         }
     }
 
+    /// Who the Unix socket admits (PROTOCOL.md section 3): root, the
+    /// allowed_group, and every uid and gid a role binding names.
+    public var unixPeerPolicy: UnixPeerPolicy {
+        var gids = Set(config.role.flatMap(\.gid))
+        if let allowedGid { gids.insert(allowedGid) }
+        return UnixPeerPolicy(allowedUids: Set(config.role.flatMap(\.uid)), allowedGids: gids)
+    }
+
     /// The role of an authenticated peer: the first binding that names its
-    /// uid, gid or key id; otherwise root is admin and everyone else a reader.
+    /// uid, gid (primary or supplementary) or key id; otherwise root is
+    /// admin and everyone else admitted (allowed_group on the Unix socket, any
+    /// key of key_file on TCP) is a reader.
     public func role(for peer: PeerInfo) -> AgentRole {
         for b in config.role {
             if let creds = peer.credentials {

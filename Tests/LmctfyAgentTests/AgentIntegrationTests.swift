@@ -82,6 +82,29 @@ struct AgentIntegrationTests {
         }
     }
 
+    /// Issue 9 item 12: a uid with a role binding is admitted on the Unix
+    /// socket (it was UNAUTHENTICATED unless it was in allowed_group), with
+    /// the role the binding gives.
+    @Test func aRoleBindingAdmitsItsUidOnTheUnixSocket() throws {
+        try withAgent("role { role: AGENT_ROLE_READER uid: 65534 }") { _, socket in
+            func lmctl(_ args: String...) throws -> Int32? {
+                var o = SpawnOptions(argv: [builtTool("lmctl"), "--agent", "unix://" + socket] + args)
+                o.ids = (uid: 65534, gid: 65534)
+                o.stdout = .devNull
+                o.stderr = .devNull
+                if case .exited(let code) = try Sys.waitForExit(try Spawn.spawn(o)) { return code }
+                return nil
+            }
+            let list = try lmctl("list", "containers", "/")
+            #expect(list == 0, "admitted as a reader")
+            let create = try lmctl("create", RealCgroups.uniqueName("ro"), "")
+            #expect(create == 7, "PERMISSION_DENIED, not UNAUTHENTICATED")
+        }
+        // Gids of bindings are admitted too, and allowed_group still is.
+        let s = try AgentSettings.parse("allowed_group: \"root\" role { role: AGENT_ROLE_ADMIN gid: 4242 uid: 17 }", source: "test")
+        #expect(s.unixPeerPolicy == UnixPeerPolicy(allowedUids: [17], allowedGids: [0, 4242]))
+    }
+
     @Test func readersMayReadButNotWrite() throws {
         // Root bound to the reader role.
         try withAgent("role { role: AGENT_ROLE_READER uid: 0 }") { _, socket in

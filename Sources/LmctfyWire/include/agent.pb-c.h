@@ -1015,8 +1015,9 @@ struct  Containers__Lmctfy__Agent__InitResponse
 
 
 /*
- * Who gets a role: any of the listed uids, gids (Unix socket peers) or key
- * ids (TCP peers).
+ * Who gets a role: any of the listed uids, gids (Unix socket peers, who are
+ * thereby admitted to the socket) or key ids (TCP peers). Unbound: root is
+ * admin, other admitted peers and keys are readers.
  */
 struct  Containers__Lmctfy__Agent__RoleBinding
 {
