@@ -137,6 +137,54 @@ struct AgentIntegrationTests {
         }
     }
 
+    /// Issue 9 item 15: a foreground Run whose caller goes away (deadline,
+    /// cancel, dead connection) is killed, not left running unobserved.
+    @Test func aForegroundRunDiesWithItsCaller() throws {
+        try withTestContainer(try ContainerApi.detect()) { name in
+            try ContainerApi.detect().create(name, spec: ContainerSpec(memory: MemorySpec(limit: 64 << 20)))
+            try withAgent { agent, socket in
+                func gone(_ pid: Int32) -> Bool {
+                    for _ in 0..<300 {
+                        if kill(pid, 0) != 0 && errno == ESRCH { return true }
+                        usleep(10_000)
+                    }
+                    return false
+                }
+                let run = RunRequest(name: name.path, argv: ["/bin/sleep", "300"])
+                // Deadline.
+                let client = try RpcClient.connect(unixPath: socket)
+                var pid: Int32 = 0
+                #expect {
+                    try client.stream("Run", run, as: RunResponse.self, deadlineMs: 500) { r in pid = r.pid ?? 0; return true }
+                } throws: { ($0 as? LmctfyError)?.code == .deadlineExceeded }
+                #expect(pid > 0 && gone(pid), "killed after the deadline")
+                // Cancel: the client stops reading after RUN_STARTED.
+                try client.stream("Run", run, as: RunResponse.self) { r in pid = r.pid ?? 0; return false }
+                #expect(pid > 0 && gone(pid), "killed after the cancel")
+                // Dead connection: a raw peer that leaves after RUN_STARTED.
+                var peer = try SlowReader(socket: socket)
+                let fd = peer.fd
+                _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK)
+                let (_, open) = peer.session.openStream(method: "Run", payload: try run.serializedBytes(), now: MonotonicClock.milliseconds())
+                for case .write(let bytes) in open { try Sys.writeAll(fd, bytes) }
+                var buf = [UInt8](repeating: 0, count: 4096)
+                pid = 0
+                while pid == 0 {
+                    let n = read(fd, &buf, buf.count)
+                    guard n > 0 else { break }
+                    for case .deliverResponse(_, let payload) in peer.session.receive(buf[0..<n], now: MonotonicClock.milliseconds()) {
+                        pid = (try? RunResponse(serializedBytes: payload))?.pid ?? 0
+                    }
+                }
+                peer.close()
+                #expect(pid > 0 && gone(pid), "killed when its connection died")
+                client.close()
+                for _ in 0..<100 where agent.activeCalls > 0 { usleep(20_000) }
+                #expect(agent.activeCalls == 0)
+            }
+        }
+    }
+
     @Test func aHundredClientsTimesAHundredCalls() throws {
         try withAgent { _, socket in
             let failures = Mutexed(0)
