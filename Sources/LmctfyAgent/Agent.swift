@@ -20,6 +20,15 @@ final class ConnState {
     /// Frames not yet handed to the connection, and perform's nesting depth.
     var outbox: [UInt8] = []
     var depth = 0
+    /// Flow control (FlowLimits): bytes handed to the connection whose
+    /// write has not completed; request bytes of pool calls by stream id
+    /// (kept until the call's work returns, even if it was cancelled).
+    var unsent = 0
+    var poolCalls: [UInt32: Int] = [:]
+    var poolBytes = 0
+    /// Reading is stopped until this connection (or the agent) drains.
+    var throttled = false
+    var held: Int { unsent + outbox.count + poolBytes }
 
     init(id: Int, conn: Connection, session: Session) {
         self.id = id
@@ -53,6 +62,10 @@ public final class Agent: @unchecked Sendable {
     private var ticker: LoopTimer?
     private var signals: [SignalWatcher] = []
     private var stopping = false
+    /// Sums over every connection still open, for the agent-wide limits.
+    private var totalHeld = 0
+    private var totalPoolCalls = 0
+    private var throttledCount = 0
     private let workers = Mutexed(0)
     private let finished = Latch()
 
@@ -80,6 +93,7 @@ public final class Agent: @unchecked Sendable {
 
     /// Starts the loop and the listeners. Throws when a listener cannot bind.
     public func start(handleSignals: Bool = true) throws(LmctfyError) {
+        try settings.checkStateDir(create: true)
         do { try loop.start() } catch { throw error.lmctfy("Starting the event loop") }
         let result: Result<UInt16?, LmctfyError>
         do {
@@ -144,8 +158,12 @@ public final class Agent: @unchecked Sendable {
 
     private func accept(_ c: Connection, tcp: Bool) {
         if stopping || conns.count >= settings.maxConnections {
-            log.warning("refusing a connection: \(stopping ? "shutting down" : "max_connections reached")")
-            c.close()
+            // PROTOCOL.md section 7: a goaway saying why, then the close. It
+            // is written before the peer's hello is read, so it needs no session.
+            let why = stopping ? "lmctfy-agent is shutting down" : "too many connections"
+            log.warning("refusing a connection: \(why)")
+            c.write(FrameCodec.encode(Frame(kind: .frameGoaway, goaway: GoAway(reason: .goawayNormal, message: why, lastStreamId: 0))))
+            c.closeAfterWrites()
             return
         }
         let auth: AcceptorAuthentication
@@ -155,8 +173,7 @@ public final class Agent: @unchecked Sendable {
         } else {
             guard var creds = c.peerCredentials else { c.close(); return }
             creds.groups = Self.supplementaryGroups(pid: creds.pid)
-            let gids: Set<UInt32> = settings.allowedGid.map { [$0] } ?? []
-            auth = .peerCredentials(creds, UnixPeerPolicy(allowedUids: [], allowedGids: gids))
+            auth = .peerCredentials(creds, settings.unixPeerPolicy)
         }
         let now = MonotonicClock.milliseconds()
         let id = nextConnId
@@ -193,7 +210,10 @@ public final class Agent: @unchecked Sendable {
         s.depth += 1
         defer {
             s.depth -= 1
-            if s.depth == 0 { flush(s) }
+            if s.depth == 0 {
+                flush(s)
+                updateFlow(s)
+            }
         }
         for action in actions {
             if case .write(let bytes) = action {
@@ -226,12 +246,63 @@ public final class Agent: @unchecked Sendable {
 
     private func flush(_ s: ConnState) {
         guard !s.outbox.isEmpty else { return }
-        s.conn.write(s.outbox)
+        let n = s.outbox.count
+        s.unsent += n
+        totalHeld += n
+        // The completion runs once whatever happens (sent, failed, or
+        // cancelled by the close), so the count always comes back down.
+        s.conn.write(s.outbox) { [unowned self] _, _ in
+            s.unsent -= n
+            self.totalHeld -= n
+            self.updateFlow(s)
+        }
         s.outbox.removeAll(keepingCapacity: true)
+        updateFlow(s)
+    }
+
+    // MARK: Flow control (loop thread)
+
+    /// Stops reading from a peer that holds too much, or that holds anything
+    /// while the agent as a whole does; reads again once it (and the agent,
+    /// unless it holds nothing) has drained to half. A peer that does not
+    /// read its answers thus stalls in its own socket buffers, not in ours.
+    private func updateFlow(_ s: ConnState, cascade: Bool = true) {
+        guard conns[s.id] != nil else { return }
+        let f = settings.flow
+        let holds = s.held > 0 || !s.poolCalls.isEmpty
+        let agentDrained = totalHeld <= f.agentBytes / 2 && totalPoolCalls <= f.agentCalls / 2
+        if !s.throttled {
+            let agentOver = totalHeld > f.agentBytes || totalPoolCalls >= f.agentCalls
+            if s.held > f.connectionBytes || s.poolCalls.count >= f.connectionCalls || (agentOver && holds) {
+                s.throttled = true
+                throttledCount += 1
+                s.conn.pauseReading()
+                log.debug("connection \(s.id): holds \(s.held) bytes and \(s.poolCalls.count) calls (agent: \(totalHeld), \(totalPoolCalls)): reading paused")
+            }
+        } else if s.held <= f.connectionBytes / 2, s.poolCalls.count <= f.connectionCalls / 2, agentDrained || !holds {
+            s.throttled = false
+            throttledCount -= 1
+            s.conn.resumeReading()
+            log.debug("connection \(s.id): drained, reading resumed")
+        }
+        // Whoever drained the agent may have freed others paused for it.
+        if cascade && throttledCount > 0 && agentDrained {
+            for other in conns.values where other.throttled && other !== s { updateFlow(other, cascade: false) }
+        }
     }
 
     private func drop(_ s: ConnState) {
         guard conns.removeValue(forKey: s.id) != nil else { return }
+        // Unsent bytes come back through their write completions; the pool
+        // calls' work may outlive the connection, so their share goes now.
+        totalHeld -= s.poolBytes
+        totalPoolCalls -= s.poolCalls.count
+        s.poolBytes = 0
+        s.poolCalls.removeAll()
+        if s.throttled {
+            s.throttled = false
+            throttledCount -= 1
+        }
         for (_, call) in s.calls { call.cancel() }
         s.calls.removeAll()
         if !s.conn.isClosing && !s.conn.isClosed { s.conn.closeAfterWrites() }
@@ -275,6 +346,12 @@ public final class Agent: @unchecked Sendable {
             self?.loop.execute { [weak self] in self?.respond(connId, streamId, bytes) }
         }
         s.calls[streamId] = context
+        if scheduling == .pool {
+            s.poolCalls[streamId] = payload.count
+            s.poolBytes += payload.count
+            totalHeld += payload.count
+            totalPoolCalls += 1
+        }
         workers.locked { $0 += 1 }
         let work: @Sendable () -> Void = { [weak self] in
             let status = dispatcher.handle(method: method, payload: payload, role: role, context: context)
@@ -298,8 +375,17 @@ public final class Agent: @unchecked Sendable {
 
     private func finish(_ connId: Int, _ streamId: UInt32, _ status: CallStatus) {
         workers.locked { $0 -= 1 }
-        if let s = conns[connId], s.calls.removeValue(forKey: streamId) != nil {
-            perform(s, s.session.sendStatus(streamId: streamId, status, now: MonotonicClock.milliseconds()))
+        if let s = conns[connId] {
+            if let bytes = s.poolCalls.removeValue(forKey: streamId) {
+                s.poolBytes -= bytes
+                totalHeld -= bytes
+                totalPoolCalls -= 1
+            }
+            if s.calls.removeValue(forKey: streamId) != nil {
+                perform(s, s.session.sendStatus(streamId: streamId, status, now: MonotonicClock.milliseconds()))
+            } else {
+                updateFlow(s)
+            }
         }
         checkStopped()
     }

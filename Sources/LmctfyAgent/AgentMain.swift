@@ -10,6 +10,8 @@ public enum AgentMain {
         usage: lmctfy-agent [--config FILE] [--check-config] [--log-level trace|debug|info|warning|error]
           --config FILE     AgentConfig in protobuf text format (default /etc/lmctfy/agent.conf)
           --check-config    parse and check the config, print "config OK", exit 0 (or the error, exit 3)
+        A config error (unreadable file, bad syntax or value, key file not private)
+        exits 3, with or without --check-config.
           --log-level L     override the config's log_level
 
         """
@@ -43,8 +45,12 @@ public enum AgentMain {
         var settings: AgentSettings
         do {
             settings = try AgentSettings.load(configPath)
+            // At start it is made if absent; a check only looks.
+            try settings.checkStateDir(create: !checkOnly)
         } catch {
-            fail("\(error.message)", code: error.code.rawValue)
+            // Whatever the cause (missing file, bad key file), it is the
+            // operator's config to fix: 3, as the usage says.
+            fail("\(error.message)", code: 3)
         }
         if let level { settings.logLevel = level }
         if checkOnly {

@@ -29,10 +29,14 @@ public struct AgentSettings: Sendable {
     /// The most connections open at once (limits.max_connections; default
     /// 256); connections beyond it are refused.
     public var maxConnections: Int
+    /// The flow-control bounds: what one connection, and the agent as a
+    /// whole, may hold before the agent stops reading (limits.max_*_buffered_bytes, max_*_queued_calls).
+    public var flow: FlowLimits
     /// The log level (log_level; default info; `--log-level` overrides it).
     public var logLevel: AgentLogLevel
-    /// The state directory (state_dir; default /var/lib/lmctfy). Read and kept,
-    /// not yet used by the agent.
+    /// The state directory (state_dir; default /var/lib/lmctfy): created
+    /// with mode 0700 at start, and the agent refuses to start unless it is
+    /// private (see `checkStateDir`).
     public var stateDir: String
 
     /// Parses and checks a config file's text.
@@ -88,6 +92,11 @@ public struct AgentSettings: Sendable {
         if let v = l.idleTimeoutMs { limits.idleTimeoutMs = UInt64(v) }
         if let v = l.keepaliveIntervalMs { limits.keepaliveIntervalMs = UInt64(v) }
         maxConnections = Int(l.maxConnections ?? 256)
+        flow = FlowLimits()
+        if let v = l.maxConnectionBufferedBytes { flow.connectionBytes = Int(max(1, v)) }
+        if let v = l.maxConnectionQueuedCalls { flow.connectionCalls = Int(max(1, v)) }
+        if let v = l.maxAgentBufferedBytes { flow.agentBytes = Int(max(1, v)) }
+        if let v = l.maxAgentQueuedCalls { flow.agentCalls = Int(max(1, v)) }
         logLevel = c.logLevel ?? .logInfo
         stateDir = c.stateDir ?? "/var/lib/lmctfy"
         for binding in c.role where binding.role == nil || binding.role == .agentRoleUnspecified {
@@ -95,8 +104,58 @@ public struct AgentSettings: Sendable {
         }
     }
 
+    /// The state directory must be private to the agent: a directory (not a
+    /// symlink) owned by the agent's user, with no access for group or
+    /// others, since what is kept there decides what the agent re-creates.
+    /// `create`: make it (mode 0700; missing parents 0755) if it is absent.
+    /// Throws FAILED_PRECONDITION naming the directory and what is wrong.
+    public func checkStateDir(create: Bool) throws(LmctfyError) {
+        guard stateDir.hasPrefix("/") else { throw .invalidArgument("state_dir \"\(stateDir)\" must be absolute") }
+        var st = stat()
+        if lstat(stateDir, &st) != 0 {
+            let e = errno
+            guard e == ENOENT, create else {
+                if e == ENOENT { return }  // made at start
+                throw SystemError("lstat", stateDir, e).lmctfy(.failedPrecondition, "Checking state_dir")
+            }
+            var path = ""
+            let parts = stateDir.split(separator: "/")
+            for (i, part) in parts.enumerated() {
+                path += "/" + part
+                guard !Sys.isDirectory(path) else { continue }
+                do {
+                    try Sys.mkdir(path, mode: i == parts.count - 1 ? 0o700 : 0o755)
+                } catch {
+                    throw error.lmctfy(.failedPrecondition, "Creating state_dir")
+                }
+            }
+            guard lstat(stateDir, &st) == 0 else {
+                throw SystemError("lstat", stateDir, errno).lmctfy(.failedPrecondition, "Checking state_dir")
+            }
+        }
+        guard st.st_mode & S_IFMT == S_IFDIR else {
+            throw .failedPrecondition("state_dir \(stateDir) is not a directory (a symlink is refused too)")
+        }
+        guard st.st_uid == geteuid() else {
+            throw .failedPrecondition("state_dir \(stateDir) is owned by uid \(st.st_uid), not the agent's uid \(geteuid())")
+        }
+        guard st.st_mode & 0o077 == 0 else {
+            throw .failedPrecondition("state_dir \(stateDir) has mode \(String(st.st_mode & 0o7777, radix: 8)): group and others must have no access (chmod 700)")
+        }
+    }
+
+    /// Who the Unix socket admits (PROTOCOL.md section 3): root, the
+    /// allowed_group, and every uid and gid a role binding names.
+    public var unixPeerPolicy: UnixPeerPolicy {
+        var gids = Set(config.role.flatMap(\.gid))
+        if let allowedGid { gids.insert(allowedGid) }
+        return UnixPeerPolicy(allowedUids: Set(config.role.flatMap(\.uid)), allowedGids: gids)
+    }
+
     /// The role of an authenticated peer: the first binding that names its
-    /// uid, gid or key id; otherwise root is admin and everyone else a reader.
+    /// uid, gid (primary or supplementary) or key id; otherwise root is
+    /// admin and everyone else admitted (allowed_group on the Unix socket, any
+    /// key of key_file on TCP) is a reader.
     public func role(for peer: PeerInfo) -> AgentRole {
         for b in config.role {
             if let creds = peer.credentials {
@@ -109,4 +168,20 @@ public struct AgentSettings: Sendable {
         if let creds = peer.credentials, creds.uid == 0 { return .agentRoleAdmin }
         return .agentRoleReader
     }
+}
+
+/// What the agent lets its peers make it hold (AgentLimits, PROTOCOL.md
+/// section 7). Past a limit it stops reading from the peers that hold
+/// something, and reads again once they have drained to half of it.
+public struct FlowLimits: Sendable, Equatable {
+    /// Per connection: unsent answers plus requests of queued pool calls.
+    public var connectionBytes = 4 << 20
+    /// Per connection: calls waiting for or running on a pool thread.
+    public var connectionCalls = 32
+    /// The whole agent: the sum of every connection's bytes.
+    public var agentBytes = 64 << 20
+    /// The whole agent: every connection's queued calls.
+    public var agentCalls = 1024
+
+    public init() {}
 }

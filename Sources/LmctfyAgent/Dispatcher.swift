@@ -16,6 +16,7 @@ import LmctfySystem
 public final class CallContext: @unchecked Sendable {
     private let lock = Lock()
     private var isCancelled = false
+    private var cancelHook: (@Sendable () -> Void)?
     private let emitter: @Sendable ([UInt8]) -> Void
 
     /// A context that sends streamed responses (serialized) through `emit`,
@@ -27,8 +28,27 @@ public final class CallContext: @unchecked Sendable {
     /// Whether the call was cancelled (peer cancel, deadline, connection
     /// closed); a handler checks it between steps. Thread-safe.
     public var cancelled: Bool { lock.locked { isCancelled } }
-    /// Marks the call cancelled (idempotent). Thread-safe.
-    public func cancel() { lock.locked { isCancelled = true } }
+
+    /// Marks the call cancelled and runs the hook set by `onCancel`, once.
+    public func cancel() {
+        let hook: (@Sendable () -> Void)? = lock.locked {
+            isCancelled = true
+            defer { cancelHook = nil }
+            return cancelHook
+        }
+        hook?()
+    }
+
+    /// Runs `hook` when the call is cancelled (at once if it already is);
+    /// `nil` removes it. The hook runs on the cancelling thread.
+    public func onCancel(_ hook: (@Sendable () -> Void)?) {
+        let now: Bool = lock.locked {
+            if isCancelled { return hook != nil }
+            cancelHook = hook
+            return false
+        }
+        if now { hook?() }
+    }
 
     /// Sends one response message of a streaming call (thread-safe).
     public func emit<M: ProtoMessage>(_ message: M) throws(LmctfyError) {
@@ -171,14 +191,25 @@ public final class Dispatcher: Sendable {
     /// RUN_STARTED with the pid, then (attached) RUN_EXITED with the status.
     /// The agent's stdio is not the caller's: its backend sends an attached
     /// run's output to /dev/null until attached output exists in the protocol.
+    ///
+    /// A foreground run belongs to its caller (PROTOCOL.md section 6): when
+    /// the call is cancelled, passes its deadline or loses its connection,
+    /// the command is SIGKILLed, as a shell's job dies with its terminal, so
+    /// nothing runs on whose exit nobody will hear. Detached runs outlive it.
     private func runCommand(_ r: RunRequest, _ context: CallContext) throws {
         guard !r.argv.isEmpty else { throw LmctfyError.invalidArgument("Run needs a command") }
         let detached = r.detached ?? (r.spec?.fdPolicy == .detached)
         var pid: Int32 = 0
+        // The pid stays ours until the backend has reaped it, just before it
+        // returns, and the hook is removed right after: the kill cannot hit
+        // a reused pid unless pids wrap around in between.
+        defer { context.onCancel(nil) }
         let outcome = try backend.run(try Self.containerName(r.name), argv: r.argv, detached: detached) { (started: Int32) throws(LmctfyError) in
             pid = started
+            if !detached { context.onCancel { _ = try? Sys.kill(started, SIGKILL) } }
             try context.emit(RunResponse(kind: .runStarted, pid: started))
         }
+        context.onCancel(nil)
         switch outcome {
         case .started:
             return

@@ -170,7 +170,13 @@ public final class RpcClient {
                 do {
                     try RpcSocket.sendAll(fd, bytes)
                 } catch {
-                    // The peer is gone: end every call now rather than at the next read.
+                    // The peer is gone: end every call now rather than at the
+                    // next read. What it sent before it went (a goaway saying
+                    // why, e.g. "too many connections") is read first.
+                    while !session.isClosed, (try? RpcSocket.waitReadable(fd, timeoutMs: 0)) == true,
+                          let n = try? RpcSocket.receive(fd, into: &readBuffer), n > 0 {
+                        perform(session.receive(readBuffer[0..<n], now: MonotonicClock.milliseconds()))
+                    }
                     perform(session.receiveEOF(now: MonotonicClock.milliseconds()))
                 }
             case .deliverRequest(let id, let method, _, _):

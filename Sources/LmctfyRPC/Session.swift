@@ -431,7 +431,7 @@ public struct Session: Sendable {
         let kind = frame.kind ?? .frameKindUnspecified
         switch kind {
         case .frameGoaway:
-            let g = frame.goaway ?? GoAway()
+            guard let g = frame.goaway else { return closeLocally(.goawayMalformedFrame, "GOAWAY frame without goaway") }
             return shutDown(CloseReason(g.reason ?? .goawayUnspecified, g.message ?? "", byPeer: true), sendGoAway: false)
         case .frameHello:
             guard let hello = frame.hello else { return closeLocally(.goawayMalformedFrame, "HELLO frame without hello") }

@@ -4292,7 +4292,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__role_binding__descri
   (ProtobufCMessageInit) containers__lmctfy__agent__role_binding__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor containers__lmctfy__agent__agent_limits__field_descriptors[6] =
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__agent_limits__field_descriptors[10] =
 {
   {
     "max_frame_bytes",
@@ -4366,11 +4366,63 @@ static const ProtobufCFieldDescriptor containers__lmctfy__agent__agent_limits__f
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "max_connection_buffered_bytes",
+    7,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_UINT32,
+    offsetof(Containers__Lmctfy__Agent__AgentLimits, has_max_connection_buffered_bytes),
+    offsetof(Containers__Lmctfy__Agent__AgentLimits, max_connection_buffered_bytes),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "max_connection_queued_calls",
+    8,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_UINT32,
+    offsetof(Containers__Lmctfy__Agent__AgentLimits, has_max_connection_queued_calls),
+    offsetof(Containers__Lmctfy__Agent__AgentLimits, max_connection_queued_calls),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "max_agent_buffered_bytes",
+    9,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_UINT32,
+    offsetof(Containers__Lmctfy__Agent__AgentLimits, has_max_agent_buffered_bytes),
+    offsetof(Containers__Lmctfy__Agent__AgentLimits, max_agent_buffered_bytes),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "max_agent_queued_calls",
+    10,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_UINT32,
+    offsetof(Containers__Lmctfy__Agent__AgentLimits, has_max_agent_queued_calls),
+    offsetof(Containers__Lmctfy__Agent__AgentLimits, max_agent_queued_calls),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned containers__lmctfy__agent__agent_limits__field_indices_by_name[] = {
   3,   /* field[3] = hello_timeout_ms */
   4,   /* field[4] = idle_timeout_ms */
   5,   /* field[5] = keepalive_interval_ms */
+  8,   /* field[8] = max_agent_buffered_bytes */
+  9,   /* field[9] = max_agent_queued_calls */
+  6,   /* field[6] = max_connection_buffered_bytes */
+  7,   /* field[7] = max_connection_queued_calls */
   2,   /* field[2] = max_connections */
   0,   /* field[0] = max_frame_bytes */
   1,   /* field[1] = max_streams_per_connection */
@@ -4378,7 +4430,7 @@ static const unsigned containers__lmctfy__agent__agent_limits__field_indices_by_
 static const ProtobufCIntRange containers__lmctfy__agent__agent_limits__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 6 }
+  { 0, 10 }
 };
 const ProtobufCMessageDescriptor containers__lmctfy__agent__agent_limits__descriptor =
 {
@@ -4388,7 +4440,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__agent_limits__descri
   "Containers__Lmctfy__Agent__AgentLimits",
   "containers.lmctfy.agent",
   sizeof(Containers__Lmctfy__Agent__AgentLimits),
-  6,
+  10,
   containers__lmctfy__agent__agent_limits__field_descriptors,
   containers__lmctfy__agent__agent_limits__field_indices_by_name,
   1,  containers__lmctfy__agent__agent_limits__number_ranges,

@@ -15,7 +15,7 @@ func withAgent<T>(_ extra: String = "", _ body: (Agent, String) throws -> T) thr
     let dir = "/tmp/lmctfy-agent-test-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
     try Sys.mkdir(dir, mode: 0o755)
     let socket = dir + "/agent.sock"
-    let settings = try AgentSettings.parse("unix_socket_path: \"\(socket)\" unix_socket_mode: 0666 log_level: LOG_WARNING \(extra)", source: "test")
+    let settings = try AgentSettings.parse("unix_socket_path: \"\(socket)\" unix_socket_mode: 0666 log_level: LOG_WARNING state_dir: \"\(dir)/state\" \(extra)", source: "test")
     let agent = Agent(settings: settings, api: try ContainerApi.detect())
     try agent.start(handleSignals: false)
     defer {
@@ -82,6 +82,29 @@ struct AgentIntegrationTests {
         }
     }
 
+    /// Issue 9 item 12: a uid with a role binding is admitted on the Unix
+    /// socket (it was UNAUTHENTICATED unless it was in allowed_group), with
+    /// the role the binding gives.
+    @Test func aRoleBindingAdmitsItsUidOnTheUnixSocket() throws {
+        try withAgent("role { role: AGENT_ROLE_READER uid: 65534 }") { _, socket in
+            func lmctl(_ args: String...) throws -> Int32? {
+                var o = SpawnOptions(argv: [builtTool("lmctl"), "--agent", "unix://" + socket] + args)
+                o.ids = (uid: 65534, gid: 65534)
+                o.stdout = .devNull
+                o.stderr = .devNull
+                if case .exited(let code) = try Sys.waitForExit(try Spawn.spawn(o)) { return code }
+                return nil
+            }
+            let list = try lmctl("list", "containers", "/")
+            #expect(list == 0, "admitted as a reader")
+            let create = try lmctl("create", RealCgroups.uniqueName("ro"), "")
+            #expect(create == 7, "PERMISSION_DENIED, not UNAUTHENTICATED")
+        }
+        // Gids of bindings are admitted too, and allowed_group still is.
+        let s = try AgentSettings.parse("allowed_group: \"root\" role { role: AGENT_ROLE_ADMIN gid: 4242 uid: 17 }", source: "test")
+        #expect(s.unixPeerPolicy == UnixPeerPolicy(allowedUids: [17], allowedGids: [0, 4242]))
+    }
+
     @Test func readersMayReadButNotWrite() throws {
         // Root bound to the reader role.
         try withAgent("role { role: AGENT_ROLE_READER uid: 0 }") { _, socket in
@@ -108,6 +131,54 @@ struct AgentIntegrationTests {
                     try client.stream("Notify", notify, as: NotifyResponse.self, deadlineMs: 300) { _ in true }
                 } throws: { ($0 as? LmctfyError)?.code == .deadlineExceeded }
                 // The agent's notify thread notices the cancellation and ends.
+                for _ in 0..<100 where agent.activeCalls > 0 { usleep(20_000) }
+                #expect(agent.activeCalls == 0)
+            }
+        }
+    }
+
+    /// Issue 9 item 15: a foreground Run whose caller goes away (deadline,
+    /// cancel, dead connection) is killed, not left running unobserved.
+    @Test func aForegroundRunDiesWithItsCaller() throws {
+        try withTestContainer(try ContainerApi.detect()) { name in
+            try ContainerApi.detect().create(name, spec: ContainerSpec(memory: MemorySpec(limit: 64 << 20)))
+            try withAgent { agent, socket in
+                func gone(_ pid: Int32) -> Bool {
+                    for _ in 0..<300 {
+                        if kill(pid, 0) != 0 && errno == ESRCH { return true }
+                        usleep(10_000)
+                    }
+                    return false
+                }
+                let run = RunRequest(name: name.path, argv: ["/bin/sleep", "300"])
+                // Deadline.
+                let client = try RpcClient.connect(unixPath: socket)
+                var pid: Int32 = 0
+                #expect {
+                    try client.stream("Run", run, as: RunResponse.self, deadlineMs: 500) { r in pid = r.pid ?? 0; return true }
+                } throws: { ($0 as? LmctfyError)?.code == .deadlineExceeded }
+                #expect(pid > 0 && gone(pid), "killed after the deadline")
+                // Cancel: the client stops reading after RUN_STARTED.
+                try client.stream("Run", run, as: RunResponse.self) { r in pid = r.pid ?? 0; return false }
+                #expect(pid > 0 && gone(pid), "killed after the cancel")
+                // Dead connection: a raw peer that leaves after RUN_STARTED.
+                var peer = try SlowReader(socket: socket)
+                let fd = peer.fd
+                _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK)
+                let (_, open) = peer.session.openStream(method: "Run", payload: try run.serializedBytes(), now: MonotonicClock.milliseconds())
+                for case .write(let bytes) in open { try Sys.writeAll(fd, bytes) }
+                var buf = [UInt8](repeating: 0, count: 4096)
+                pid = 0
+                while pid == 0 {
+                    let n = read(fd, &buf, buf.count)
+                    guard n > 0 else { break }
+                    for case .deliverResponse(_, let payload) in peer.session.receive(buf[0..<n], now: MonotonicClock.milliseconds()) {
+                        pid = (try? RunResponse(serializedBytes: payload))?.pid ?? 0
+                    }
+                }
+                peer.close()
+                #expect(pid > 0 && gone(pid), "killed when its connection died")
+                client.close()
                 for _ in 0..<100 where agent.activeCalls > 0 { usleep(20_000) }
                 #expect(agent.activeCalls == 0)
             }
@@ -231,8 +302,12 @@ struct AgentIntegrationTests {
         try withAgent("limits { max_connections: 2 hello_timeout_ms: 300 }") { _, socket in
             let a = try RpcClient.connect(unixPath: socket)
             let b = try RpcClient.connect(unixPath: socket)
-            // A third peer is turned away before its handshake.
-            #expect(throws: LmctfyError.self) { _ = try RpcClient.connect(unixPath: socket) }
+            // A third peer is turned away before its handshake, with a goaway
+            // that says why (issue 9 item 13).
+            #expect { _ = try RpcClient.connect(unixPath: socket) } throws: { error in
+                let e = error as? LmctfyError
+                return e?.code == .unavailable && e?.message.contains("GOAWAY_NORMAL: too many connections") == true
+            }
             a.close()
             b.close()
             // A peer that never says hello is sent away after the timeout.

@@ -159,6 +159,13 @@ import Testing
         #expect(goAway(out)?.reason == .goawayProtocolError)
     }
 
+    @Test func goAwayWithoutItsFieldIsMalformed() {
+        var p = Pair.established()
+        let out = p.acceptor.receive(frame(Frame(kind: .frameGoaway)), now: p.now)
+        #expect(goAway(out)?.reason == .goawayMalformedFrame)
+        #expect(closeReason(out) == CloseReason(.goawayMalformedFrame, "GOAWAY frame without goaway", byPeer: false))
+    }
+
     @Test func oversizeBeforeHelloUsesTheSmallLimit() {
         var a = Session(acceptor: .peerCredentials(rootCredentials, UnixPeerPolicy()), name: "agent", now: 0)
         let out = a.receive([0, 1, 0, 1], now: 0)   // 65537

@@ -102,7 +102,8 @@ def main():
     sock = os.path.join(work, "agent.sock")
     conf = os.path.join(work, "agent.conf")
     with open(conf, "w") as f:
-        f.write(f'unix_socket_path: "{sock}"\nlog_level: LOG_WARNING\n')
+        f.write(f'unix_socket_path: "{sock}"\nlog_level: LOG_WARNING\n'
+                f'state_dir: "{os.path.join(work, "state")}"\n')
     agent = subprocess.Popen([agent_bin, "--config", conf])
     name = f"/lmctfy_test_py_{os.getpid()}"
     try:

@@ -2883,6 +2883,14 @@ public struct AgentLimits: ProtoMessage {
     public var idleTimeoutMs: UInt32?
     /// Field 6 `keepalive_interval_ms`.
     public var keepaliveIntervalMs: UInt32?
+    /// Field 7 `max_connection_buffered_bytes`.
+    public var maxConnectionBufferedBytes: UInt32?
+    /// Field 8 `max_connection_queued_calls`.
+    public var maxConnectionQueuedCalls: UInt32?
+    /// Field 9 `max_agent_buffered_bytes`.
+    public var maxAgentBufferedBytes: UInt32?
+    /// Field 10 `max_agent_queued_calls`.
+    public var maxAgentQueuedCalls: UInt32?
 
     public init(
         maxFrameBytes: UInt32? = nil,
@@ -2890,7 +2898,11 @@ public struct AgentLimits: ProtoMessage {
         maxConnections: UInt32? = nil,
         helloTimeoutMs: UInt32? = nil,
         idleTimeoutMs: UInt32? = nil,
-        keepaliveIntervalMs: UInt32? = nil
+        keepaliveIntervalMs: UInt32? = nil,
+        maxConnectionBufferedBytes: UInt32? = nil,
+        maxConnectionQueuedCalls: UInt32? = nil,
+        maxAgentBufferedBytes: UInt32? = nil,
+        maxAgentQueuedCalls: UInt32? = nil
     ) {
         self.maxFrameBytes = maxFrameBytes
         self.maxStreamsPerConnection = maxStreamsPerConnection
@@ -2898,6 +2910,10 @@ public struct AgentLimits: ProtoMessage {
         self.helloTimeoutMs = helloTimeoutMs
         self.idleTimeoutMs = idleTimeoutMs
         self.keepaliveIntervalMs = keepaliveIntervalMs
+        self.maxConnectionBufferedBytes = maxConnectionBufferedBytes
+        self.maxConnectionQueuedCalls = maxConnectionQueuedCalls
+        self.maxAgentBufferedBytes = maxAgentBufferedBytes
+        self.maxAgentQueuedCalls = maxAgentQueuedCalls
     }
 
     public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.AgentLimits")
@@ -2910,6 +2926,10 @@ public struct AgentLimits: ProtoMessage {
         self.helloTimeoutMs = message.get(4)
         self.idleTimeoutMs = message.get(5)
         self.keepaliveIntervalMs = message.get(6)
+        self.maxConnectionBufferedBytes = message.get(7)
+        self.maxConnectionQueuedCalls = message.get(8)
+        self.maxAgentBufferedBytes = message.get(9)
+        self.maxAgentQueuedCalls = message.get(10)
     }
 
     public var dynamic: DynamicMessage {
@@ -2920,6 +2940,10 @@ public struct AgentLimits: ProtoMessage {
         message.set(4, helloTimeoutMs)
         message.set(5, idleTimeoutMs)
         message.set(6, keepaliveIntervalMs)
+        message.set(7, maxConnectionBufferedBytes)
+        message.set(8, maxConnectionQueuedCalls)
+        message.set(9, maxAgentBufferedBytes)
+        message.set(10, maxAgentQueuedCalls)
         return message
     }
 }

@@ -1015,8 +1015,9 @@ struct  Containers__Lmctfy__Agent__InitResponse
 
 
 /*
- * Who gets a role: any of the listed uids, gids (Unix socket peers) or key
- * ids (TCP peers).
+ * Who gets a role: any of the listed uids, gids (Unix socket peers, who are
+ * thereby admitted to the socket) or key ids (TCP peers). Unbound: root is
+ * admin, other admitted peers and keys are readers.
  */
 struct  Containers__Lmctfy__Agent__RoleBinding
 {
@@ -1071,10 +1072,40 @@ struct  Containers__Lmctfy__Agent__AgentLimits
    */
   protobuf_c_boolean has_keepalive_interval_ms;
   uint32_t keepalive_interval_ms;
+  /*
+   * Flow control (PROTOCOL.md section 7). What one connection holds in the
+   * agent: answers not yet taken by the peer's socket plus the requests of
+   * its calls waiting for or running on a pool thread. Past either limit the
+   * agent stops reading from that peer until it has drained to half.
+   */
+  /*
+   * 4194304
+   */
+  protobuf_c_boolean has_max_connection_buffered_bytes;
+  uint32_t max_connection_buffered_bytes;
+  /*
+   * 32
+   */
+  protobuf_c_boolean has_max_connection_queued_calls;
+  uint32_t max_connection_queued_calls;
+  /*
+   * The same for the whole agent: past either, the agent stops reading from
+   * every peer that holds anything, until the total has drained to half.
+   */
+  /*
+   * 67108864
+   */
+  protobuf_c_boolean has_max_agent_buffered_bytes;
+  uint32_t max_agent_buffered_bytes;
+  /*
+   * 1024
+   */
+  protobuf_c_boolean has_max_agent_queued_calls;
+  uint32_t max_agent_queued_calls;
 };
 #define CONTAINERS__LMCTFY__AGENT__AGENT_LIMITS__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__agent_limits__descriptor) \
-    , 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0 }
+    , 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0 }
 
 
 struct  Containers__Lmctfy__Agent__AgentConfig
@@ -1110,7 +1141,8 @@ struct  Containers__Lmctfy__Agent__AgentConfig
   protobuf_c_boolean has_log_level;
   Containers__Lmctfy__Agent__AgentLogLevel log_level;
   /*
-   * /var/lib/lmctfy
+   * /var/lib/lmctfy; made 0700 at start, which is refused unless it is a
+   * directory of the agent's user without group or other access.
    */
   char *state_dir;
   /*

@@ -1,0 +1,249 @@
+// The built lmctfy-agent binary as a process: what only a real process shows
+// (its RSS under a peer that does not read, its exit codes, its state dir).
+import Glibc
+import LmctfyAgent
+import LmctfyProto
+import LmctfyRPC
+import LmctfySystem
+import LmctfyTestSupport
+import Testing
+
+/// A lmctfy-agent process on a private socket and state dir, SIGTERMed and
+/// reaped at the end.
+struct AgentProcess {
+    let dir: String
+    let socket: String
+    let pid: pid_t
+
+    init(config extra: String = "") throws {
+        dir = "/tmp/lmctfy-agent-proc-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try Sys.mkdir(dir, mode: 0o755)
+        socket = dir + "/agent.sock"
+        let config = """
+            unix_socket_path: "\(socket)" unix_socket_mode: 0666 log_level: LOG_WARNING
+            state_dir: "\(dir)/state" \(extra)
+            """
+        try Sys.createFile(dir + "/agent.conf", config)
+        pid = try TestProcess.spawn([builtTool("lmctfy-agent"), "--config", dir + "/agent.conf"])
+        for _ in 0..<500 where !Sys.exists(socket) { usleep(10_000) }
+        guard Sys.exists(socket) else {
+            TestProcess.end(pid)
+            throw LmctfyError(.unavailable, "lmctfy-agent did not create \(socket)")
+        }
+    }
+
+    /// Resident set size in bytes (VmRSS).
+    var rss: Int {
+        guard let status = try? Sys.readFile("/proc/\(pid)/status"),
+              let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") }),
+              let kb = Int(line.split(separator: " ").dropFirst().first ?? "") else { return 0 }
+        return kb * 1024
+    }
+
+    func stop() {
+        kill(pid, SIGTERM)
+        for _ in 0..<500 where TestProcess.reapIfExited(pid) == nil { usleep(10_000) }
+        TestProcess.end(pid)
+        _ = removeTree(dir)
+    }
+}
+
+/// A peer that handshakes, then writes pipelined requests and never reads.
+struct SlowReader {
+    let fd: Int32
+    var session: Session
+    var nextId: UInt32 = 1
+
+    init(socket: String) throws {
+        fd = try RpcSocket.connectUnix(path: socket)
+        session = Session(dialler: .peerCredentials, name: "slow-reader", now: MonotonicClock.milliseconds())
+        var buf = [UInt8](repeating: 0, count: 65536)
+        var actions = session.start(now: MonotonicClock.milliseconds())
+        while true {
+            for case .write(let bytes) in actions { try Sys.writeAll(fd, bytes) }
+            if session.isEstablished { break }
+            guard !session.isClosed else { throw LmctfyError(.unavailable, "handshake failed") }
+            let n = read(fd, &buf, buf.count)
+            guard n > 0 else { throw LmctfyError(.unavailable, "agent closed during the handshake") }
+            actions = session.receive(buf[0..<n], now: MonotonicClock.milliseconds())
+        }
+        _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
+    }
+
+    /// Writes Ping requests of `payload` until `total` bytes are written or
+    /// the agent has taken nothing for `stallMs`. Returns the bytes written.
+    mutating func flood(payload: [UInt8], total: Int, stallMs: UInt64, sample: () -> Void) -> Int {
+        var written = 0
+        var frame: [UInt8] = []
+        var offset = 0
+        var lastProgress = MonotonicClock.milliseconds()
+        while written < total {
+            if offset == frame.count {
+                frame = FrameCodec.encode(Frame(kind: .frameRequest, streamId: nextId, method: "Ping", payload: payload))
+                nextId += 2
+                offset = 0
+            }
+            let n = frame[offset...].withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+            if n > 0 {
+                offset += n
+                written += n
+                lastProgress = MonotonicClock.milliseconds()
+                if written % (16 << 20) < n { sample() }
+                continue
+            }
+            if n < 0 && errno != EAGAIN && errno != EINTR { break }
+            sample()
+            if MonotonicClock.milliseconds() - lastProgress >= stallMs { break }
+            var p = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
+            _ = poll(&p, 1, 50)
+        }
+        return written
+    }
+
+    func close() { _ = Glibc.close(fd) }
+}
+
+/// p99 of `count` small Ping round trips on a fresh connection, in µs.
+func pingP99(_ socket: String, count: Int = 400) throws -> UInt64 {
+    let client = try RpcClient.connect(unixPath: socket)
+    defer { client.close() }
+    var times: [UInt64] = []
+    for i in 0..<count {
+        let t0 = MonotonicClock.nanoseconds()
+        _ = try client.call("Ping", PingRequest(data: Array("\(i)".utf8)), as: PingResponse.self)
+        times.append((MonotonicClock.nanoseconds() - t0) / 1000)
+    }
+    times.sort()
+    return times[times.count * 99 / 100]
+}
+
+@Suite(.enabled(if: RealCgroups.available, "\(RealCgroups.unavailableReason ?? "")"), .serialized)
+struct AgentProcessTests {
+    /// Issue 9 item 11: a client that pipelines 1 GiB of 60 KB Pings and
+    /// never reads must not grow the agent (it stops reading from that peer),
+    /// and must not slow anyone else down.
+    @Test func aSlowReaderIsThrottledNotBuffered() throws {
+        let agent = try AgentProcess()
+        defer { agent.stop() }
+        let rssIdle = agent.rss
+        let p99Before = try pingP99(agent.socket)
+        var reader = try SlowReader(socket: agent.socket)
+        let payload = try PingRequest(data: [UInt8](repeating: 0x5a, count: 60 * 1024)).serializedBytes()
+        var peak = 0
+        let t0 = MonotonicClock.milliseconds()
+        let written = reader.flood(payload: payload, total: 1 << 30, stallMs: 1500) { peak = max(peak, agent.rss) }
+        let floodMs = MonotonicClock.milliseconds() - t0
+        // The reader is still connected, its answers unread.
+        let p99During = try pingP99(agent.socket)
+        peak = max(peak, agent.rss)
+        reader.close()
+        usleep(500_000)
+        let rssAfter = agent.rss
+        print("slow reader: wrote \(written >> 20) MiB in \(floodMs) ms; agent RSS idle \(rssIdle >> 20) MiB, peak \(peak >> 20) MiB, after \(rssAfter >> 20) MiB; ping p99 \(p99Before) µs before, \(p99During) µs during")
+        #expect(peak < 64 << 20, "agent RSS peaked at \(peak >> 20) MiB")
+        #expect(rssAfter < 64 << 20, "agent RSS after the reader left: \(rssAfter >> 20) MiB")
+        #expect(written < 1 << 30, "the agent stopped reading from the slow reader")
+        #expect(p99During <= max(3 * p99Before, p99Before + 20_000), "ping p99 \(p99Before) µs before, \(p99During) µs during")
+    }
+
+    /// The agent-wide limit: two slow readers, each under its own limit,
+    /// together pass the agent's; both are stopped, and a third client that
+    /// reads its answers is still served.
+    @Test func theAgentWideLimitStopsEveryPeerThatHoldsSomething() throws {
+        let agent = try AgentProcess(config: "limits { max_connection_buffered_bytes: 100000000 max_agent_buffered_bytes: 3000000 }")
+        defer { agent.stop() }
+        let payload = try PingRequest(data: [UInt8](repeating: 1, count: 60 * 1024)).serializedBytes()
+        var a = try SlowReader(socket: agent.socket)
+        var b = try SlowReader(socket: agent.socket)
+        defer { a.close(); b.close() }
+        let wroteA = a.flood(payload: payload, total: 64 << 20, stallMs: 1000) {}
+        let wroteB = b.flood(payload: payload, total: 64 << 20, stallMs: 1000) {}
+        print("agent-wide limit: slow readers wrote \(wroteA >> 10) KiB and \(wroteB >> 10) KiB; agent RSS \(agent.rss >> 20) MiB")
+        #expect(wroteA < 8 << 20 && wroteB < 8 << 20)
+        #expect(try pingP99(agent.socket, count: 50) < 200_000)
+    }
+}
+
+/// `lmctfy-agent --check-config`: exit 0 and "config OK", or exit 3 for
+/// every kind of config error (issue 9 item 13), as --help says.
+@Suite struct AgentCheckConfigTests {
+    func check(_ files: [String: (String, mode_t)], _ config: String) throws -> ChildResult {
+        let dir = "/tmp/lmctfy-check-config-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try Sys.mkdir(dir, mode: 0o700)
+        defer { _ = removeTree(dir) }
+        for (name, (text, mode)) in files {
+            try Sys.createFile(dir + "/" + name, text.split(separator: "DIR", omittingEmptySubsequences: false).joined(separator: dir), mode: mode)
+            chmod(dir + "/" + name, mode)
+        }
+        return try TestProcess.capture([builtTool("lmctfy-agent"), "--check-config", "--config", dir + "/" + config])
+    }
+
+    @Test func everyConfigErrorExits3() throws {
+        let key = "ops " + JSONFormat.base64Encoded((0..<32).map { UInt8($0) }) + "\n"
+        let good = try check(["a.conf": ("unix_socket_path: \"DIR/s\" state_dir: \"DIR/state\"", 0o644)], "a.conf")
+        #expect(good.status == 0 && String(decoding: good.stdout, as: UTF8.self).hasPrefix("config OK"))
+        let cases: [(String, [String: (String, mode_t)])] = [
+            ("missing file", [:]),
+            ("syntax", ["a.conf": ("no_such_key: 1", 0o644)]),
+            ("value", ["a.conf": ("unix_socket_path: \"relative\"", 0o644)]),
+            ("key file others can read", ["a.conf": ("tcp_address: \"127.0.0.1:0\" key_file: \"DIR/keys\"", 0o644), "keys": (key, 0o644)]),
+            ("missing key file", ["a.conf": ("tcp_address: \"127.0.0.1:0\" key_file: \"DIR/nokeys\"", 0o644)]),
+        ]
+        for (what, files) in cases {
+            let r = try check(files, "a.conf")
+            #expect(r.status == 3, "\(what): exit \(r.status), \(String(decoding: r.stderr, as: UTF8.self))")
+        }
+    }
+}
+
+/// state_dir (issue 9 item 16): made 0700 at start, and the agent refuses to
+/// start (or a config check fails, exit 3) when it is not private.
+@Suite struct AgentStateDirTests {
+    func scratch() throws -> String {
+        let dir = "/tmp/lmctfy-state-dir-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try Sys.mkdir(dir, mode: 0o755)
+        return dir
+    }
+
+    @Test func theStateDirIsMadePrivateWithItsParents() throws {
+        let dir = try scratch()
+        defer { _ = removeTree(dir) }
+        let settings = try AgentSettings.parse("state_dir: \"\(dir)/a/state/\"", source: "test")
+        try settings.checkStateDir(create: true)
+        var st = stat()
+        #expect(lstat(dir + "/a/state", &st) == 0 && st.st_mode & 0o7777 == 0o700)
+        #expect(lstat(dir + "/a", &st) == 0 && st.st_mode & 0o7777 == 0o755)
+        try settings.checkStateDir(create: true)  // an existing private one is fine
+    }
+
+    @Test func aStateDirThatIsNotPrivateIsRefused() throws {
+        let dir = try scratch()
+        defer { _ = removeTree(dir) }
+        try Sys.mkdir(dir + "/open", mode: 0o755)
+        chmod(dir + "/open", 0o750)
+        try Sys.mkdir(dir + "/private", mode: 0o700)
+        symlink(dir + "/private", dir + "/link")
+        try Sys.createFile(dir + "/file", "", mode: 0o600)
+        for (name, why) in [("open", "mode 750"), ("link", "not a directory"), ("file", "not a directory")] {
+            let settings = try AgentSettings.parse("state_dir: \"\(dir)/\(name)\"", source: "test")
+            #expect { try settings.checkStateDir(create: true) } throws: { error in
+                let e = error as? LmctfyError
+                return e?.code == .failedPrecondition && e?.message.contains(why) == true
+            }
+            try Sys.createFile(dir + "/\(name).conf", "unix_socket_path: \"\(dir)/s\" state_dir: \"\(dir)/\(name)\"")
+            let r = try TestProcess.capture([builtTool("lmctfy-agent"), "--check-config", "--config", dir + "/\(name).conf"])
+            #expect(r.status == 3, "\(name): \(String(decoding: r.stderr, as: UTF8.self))")
+            #expect(String(decoding: r.stderr, as: UTF8.self).contains(why))
+            // Started for real, it refuses too (and is ended if it did not).
+            let pid = try TestProcess.spawn([builtTool("lmctfy-agent"), "--config", dir + "/\(name).conf"])
+            var status: LmctfySystem.ExitStatus?
+            for _ in 0..<300 where status == nil {
+                status = TestProcess.reapIfExited(pid)
+                if status == nil { usleep(10_000) }
+            }
+            TestProcess.end(pid)
+            #expect(status == .exited(3), "\(name): the agent started anyway")
+        }
+        #expect(!Sys.exists(dir + "/s"), "the agent did not start")
+    }
+}
