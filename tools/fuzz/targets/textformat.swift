@@ -22,8 +22,10 @@ public func fuzzTextFormat(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
     do {
         message = try TextFormat.parse(text, as: descriptor)
     } catch {
-        let lines = text.split(separator: "\n", omittingEmptySubsequences: false).count
-        require(error.line >= 1 && error.line <= lines + 1 && error.column >= 1,
+        // Lines as the parser counts them: by "\n" bytes ("\r\n" is one
+        // Character to Swift, so splitting Characters would undercount).
+        let lines = text.utf8.count { $0 == 0x0A } + 1
+        require(error.line >= 1 && error.line <= lines && error.column >= 1,
                 "error \(error) outside the text (\(lines) lines)")
         return 0
     }
