@@ -66,19 +66,22 @@ struct AgentIntegrationTests {
 
     @Test func aNonRootPeerIsRefusedBeforeAnyCommand() throws {
         try withAgent { _, socket in
-            // lmctl as uid 65534 (the spawn shim drops the ids before exec).
-            let (r, w) = try Sys.pipe()
-            var o = SpawnOptions(argv: [builtTool("lmctl"), "--agent", "unix://" + socket, "list", "containers", "/"])
-            o.ids = (uid: 65534, gid: 65534)
-            o.stdout = .devNull
-            o.stderr = .fd(w)
-            let pid = try Spawn.spawn(o)
-            close(w)
-            let status = try Sys.waitForExit(pid)
-            var buf = [UInt8](repeating: 0, count: 4096)
-            let n = read(r, &buf, buf.count)
-            close(r)
-            #expect(status == .exited(16), "exit status is UNAUTHENTICATED: \(String(decoding: buf[0..<max(0, n)], as: UTF8.self))")
+            // lmctl as uid 65534 (the spawn shim drops the ids before exec),
+            // from a copy that uid can reach wherever the checkout lives.
+            try withCopyForOtherUsers(builtTool("lmctl")) { lmctl in
+                let (r, w) = try Sys.pipe()
+                var o = SpawnOptions(argv: [lmctl, "--agent", "unix://" + socket, "list", "containers", "/"])
+                o.ids = (uid: 65534, gid: 65534)
+                o.stdout = .devNull
+                o.stderr = .fd(w)
+                let pid = try Spawn.spawn(o)
+                close(w)
+                let status = try Sys.waitForExit(pid)
+                var buf = [UInt8](repeating: 0, count: 4096)
+                let n = read(r, &buf, buf.count)
+                close(r)
+                #expect(status == .exited(16), "exit status is UNAUTHENTICATED: \(String(decoding: buf[0..<max(0, n)], as: UTF8.self))")
+            }
         }
     }
 
