@@ -92,6 +92,12 @@ public struct ContainerName: Hashable, Sendable, Comparable, CustomStringConvert
                         + "a container cannot be called that")
             }
         }
+        // A relative name joins the base: the resolved path, not only what
+        // was typed, must stay within the limit (cgroup paths under PATH_MAX).
+        let resolvedLength = parts.reduce(0) { $0 + 1 + $1.utf8.count }
+        guard resolvedLength <= maxLength else {
+            throw .invalidArgument("Container name \"\(printable(raw))\" resolves to \(resolvedLength) bytes, longer than \(maxLength)")
+        }
         if let top = parts.first, let why = reserved[top] {
             throw .invalidArgument("Container name \"/\(parts[0])\" is reserved: \(why)")
         }
