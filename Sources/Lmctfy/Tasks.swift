@@ -39,7 +39,7 @@ extension Container {
             guard try driver.isolated(candidate).contains(.memory) else { continue }
             guard let dir = try driver.nearestDir(.memory, candidate) else { continue }
             if try dir.has(MemoryHandler.evictionBadnessFile) { return nil }
-            guard let text = try dir.xattr(MemoryHandler.evictionXattr),
+            guard let text = try dir.record(.evictionPriority),
                   let priority = Int32(text.trimmingWhitespace) else { return nil }
             return Int32(MemoryHandler.oomScoreAdj(priority: priority))
         }
@@ -97,7 +97,7 @@ extension Container {
         // A command that is missing or not executable is NOT_FOUND, as in
         // the original; EACCES anywhere else is PERMISSION_DENIED.
         case .exec: e.errno == ENOENT || e.errno == EACCES ? .notFound : .failedPrecondition
-        case _ where e.errno == EACCES: .permissionDenied
+        case _ where e.errno == EACCES || e.errno == EPERM: .permissionDenied
         case .cgroup: .unavailable
         default: .failedPrecondition
         }

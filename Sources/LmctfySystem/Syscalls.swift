@@ -246,3 +246,13 @@ public enum Sys {
     public static func getpid() -> pid_t { Glibc.getpid() }
     public static func getppid() -> pid_t { Glibc.getppid() }
 }
+
+extension Sys {
+    /// Whether this process may open `path` for writing (access(2) with the
+    /// effective ids): tells a file's permissions from a capability the
+    /// kernel asks for on top of them.
+    public static func canWrite(_ path: String) -> Bool {
+        let (r, _) = retry { Glibc.faccessat(AT_FDCWD, path, W_OK, AT_EACCESS) }
+        return r == 0
+    }
+}

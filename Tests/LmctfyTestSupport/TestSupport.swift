@@ -91,11 +91,11 @@ public final class FakeCgroupTree: @unchecked Sendable {
     public func mounts(faults: FaultPlan?) -> CgroupMounts {
         switch version {
         case .v1:
-            var m = CgroupMounts(access: .fake(faults: faults))
+            var m = CgroupMounts(access: .fake(faults: faults, lockRoot: root + "/locks"))
             for c in Controller.allCases where Sys.isDirectory(root + "/" + c.rawValue) { m.v1[c] = root + "/" + c.rawValue }
             return m
         case .v2:
-            return CgroupMounts(unified: root + "/unified", access: .fake(faults: faults))
+            return CgroupMounts(unified: root + "/unified", access: .fake(faults: faults, lockRoot: root + "/locks"))
         }
     }
 

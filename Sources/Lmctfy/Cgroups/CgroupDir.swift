@@ -26,17 +26,27 @@ public struct CgroupAccess: Sendable {
     /// Calls to fail, for tests; nil on the real path.
     public let faults: FaultPlan?
 
-    public init(verifiesFilesystem: Bool, faults: FaultPlan? = nil) {
+    /// Where the per-tree lock files of create, update and destroy live
+    /// (ContainerLock); nil: no locking (a fake tree no test races on).
+    public let lockRoot: String?
+
+    public init(verifiesFilesystem: Bool, faults: FaultPlan? = nil, lockRoot: String? = nil) {
         self.verifiesFilesystem = verifiesFilesystem
         self.faults = faults
+        self.lockRoot = lockRoot
     }
 
-    /// The real kernel: every access checked, nothing injected.
-    public static let kernel = CgroupAccess(verifiesFilesystem: true)
+    /// The lock files of the real machine (a tmpfs: gone at reboot, as
+    /// every cgroup is).
+    public static let kernelLockRoot = "/run/lmctfy/locks"
 
-    /// A fake tree (regular files in a temp dir), optionally with faults.
-    public static func fake(faults: FaultPlan? = nil) -> CgroupAccess {
-        CgroupAccess(verifiesFilesystem: false, faults: faults)
+    /// The real kernel: every access checked, nothing injected.
+    public static let kernel = CgroupAccess(verifiesFilesystem: true, lockRoot: kernelLockRoot)
+
+    /// A fake tree (regular files in a temp dir), optionally with faults
+    /// and with lock files under `lockRoot`.
+    public static func fake(faults: FaultPlan? = nil, lockRoot: String? = nil) -> CgroupAccess {
+        CgroupAccess(verifiesFilesystem: false, faults: faults, lockRoot: lockRoot)
     }
 
     /// Checks a filesystem type (from statfs) is a cgroup filesystem.
@@ -47,10 +57,10 @@ public struct CgroupAccess: Sendable {
 }
 
 extension SystemError {
-    /// As an LmctfyError: EACCES is PERMISSION_DENIED wherever it comes
-    /// from; other errnos take the code the operation chose.
+    /// As an LmctfyError: EACCES and EPERM are PERMISSION_DENIED wherever
+    /// they come from; other errnos take the code the operation chose.
     func cgroup(_ code: StatusCode, _ context: String) -> LmctfyError {
-        lmctfy(errno == EACCES ? .permissionDenied : code, context)
+        lmctfy(errno == EACCES || errno == EPERM ? .permissionDenied : code, context)
     }
 }
 
