@@ -56,7 +56,9 @@ public func withTestContainer<T>(
     _ body: (ContainerName) throws -> T
 ) throws -> T {
     let name = try ContainerName.resolve(RealCgroups.uniqueName(label), relativeTo: .root)
-    defer { if (try? api.exists(name)) == true { try? api.destroy(name) } }
+    // Destroyed whether or not it is visible: a create that failed part
+    // way may have left lmctfy's leftovers, which destroy removes.
+    defer { try? api.destroy(name) }
     return try body(name)
 }
 
