@@ -214,7 +214,18 @@ public struct Container: Sendable {
         for _ in 0..<rounds {
             try setFrozen(true)
             let pids = try tasksDir.readPids("cgroup.procs")
-            for pid in pids { try? Sys.kill(pid, SIGKILL, faults: api.faults) }
+            for pid in pids {
+                do {
+                    try Sys.kill(pid, SIGKILL, faults: api.faults)
+                } catch where error.errno == EPERM {
+                    // Another user's process (in a delegated container):
+                    // not "unkillable", forbidden. Thaw before saying so.
+                    try? driver.requestFrozen(name, false)
+                    throw error.lmctfy(.permissionDenied, "Not allowed to kill process \(pid) of container \"\(name)\" (\(tasksDir.path))")
+                } catch {
+                    // ESRCH: it exited since the listing.
+                }
+            }
             try setFrozen(false)
             // Wait for the killed tasks to leave the cgroup (bounded).
             for _ in 0..<2000 {

@@ -241,6 +241,16 @@ struct OwnershipIntegrationTests {
                 #expect(enter.status == 0, "\(enter.stderr)")
                 #expect(try lmctfy("list", "pids", sub).stdout.contains("\"\(sleeper)\""))
             }
+            if Self.v1 {
+                // root's process in the owner's container: the owner may not kill it.
+                #expect(try asNobody(["create", sub + "/root", ""]).status == 0)
+                let rootTask = try SleepingTask(into: sub + "/root")
+                defer { rootTask.end() }
+                let killall = try asNobody(["killall", sub + "/root"])
+                #expect(killall.status == 7 && killall.stderr.contains("\(rootTask.pid)"), "\(killall)")
+                #expect(kill(rootTask.pid, 0) == 0)
+                #expect(try lmctfy("killall", sub + "/root").status == 0)
+            }
             let destroy = try asNobody(["destroy", "-f", sub])
             #expect(destroy.status == 0, "\(destroy.stderr)")
             #expect(try lmctfy("destroy", "-f", name).status == 0)
