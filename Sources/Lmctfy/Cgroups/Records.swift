@@ -79,3 +79,13 @@ extension CgroupDir {
         try setRecord(.state, value)
     }
 }
+
+extension CgroupDir {
+    /// Marks this directory as lmctfy's: `complete` makes a tasks
+    /// directory a visible container. For fake trees in tests and for
+    /// tools adopting cgroups lmctfy did not make; create and destroy
+    /// write the marks themselves.
+    public func markAsLmctfys(complete: Bool) throws(LmctfyError) {
+        try setState(complete ? .complete : .creating)
+    }
+}
