@@ -36,11 +36,32 @@ struct OwnershipIntegrationTests {
         return target
     }()
 
-    /// lmctfy as uid/gid 65534 (setpriv drops every privilege).
+    /// argv as uid/gid 65534, no supplementary groups (the spawn shim
+    /// drops the ids before exec; the qemu guest has no setpriv).
+    static func spawnAsNobody(_ argv: [String], stdout: StdioTarget = .devNull, stderr: StdioTarget = .devNull) throws -> pid_t {
+        var o = SpawnOptions(argv: argv)
+        o.ids = (uid: 65534, gid: 65534)
+        o.stdin = .devNull
+        o.stdout = stdout
+        o.stderr = stderr
+        return try Spawn.spawn(o)
+    }
+
+    /// lmctfy as uid/gid 65534, to completion.
     func asNobody(_ args: [String]) throws -> CLIResult {
-        let r = try TestProcess.capture(["/usr/bin/setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups",
-                                         "--inh-caps=-all", Self.publicBinary] + args)
-        return CLIResult(status: r.status, stdoutBytes: r.stdout, stderr: String(decoding: r.stderr, as: UTF8.self))
+        let (outRead, outWrite) = try Sys.pipe()
+        let (errRead, errWrite) = try Sys.pipe()
+        let pid = try Self.spawnAsNobody([Self.publicBinary] + args, stdout: .fd(outWrite), stderr: .fd(errWrite))
+        close(outWrite)
+        close(errWrite)
+        defer { close(outRead); close(errRead) }
+        let out = try Sys.readAll(outRead, path: "stdout")
+        let err = try Sys.readAll(errRead, path: "stderr")
+        guard case .exited(let status) = try Sys.waitForExit(pid) else {
+            Issue.record("lmctfy \(args) was killed")
+            return CLIResult(status: -1, stdoutBytes: out, stderr: String(decoding: err, as: UTF8.self))
+        }
+        return CLIResult(status: status, stdoutBytes: out, stderr: String(decoding: err, as: UTF8.self))
     }
 
     // MARK: 2. Foreign cgroups
@@ -233,8 +254,7 @@ struct OwnershipIntegrationTests {
             #expect(run.status == 0, "\(run.stderr)")
             if Self.v1 {
                 // A task of the owner's, entered by the owner.
-                let sleeper = try TestProcess.spawn(["/usr/bin/setpriv", "--reuid", "65534", "--regid", "65534",
-                                                     "--clear-groups", "/bin/sleep", "300"])
+                let sleeper = try Self.spawnAsNobody(["/bin/sleep", "300"])
                 defer { TestProcess.end(sleeper) }
                 usleep(100_000)
                 let enter = try asNobody(["enter", sub, String(sleeper)])
