@@ -187,16 +187,24 @@ struct OwnershipIntegrationTests {
             let full = "cpu:{limit:500 mask:{data:[1]}} memory:{limit:104857600 reservation:52428800}"
             var rng = SystemRandomNumberGenerator()
             var complete = 0, invisible = 0
+            // Kill anywhere from the start to a little after a whole create
+            // (measured here: the qemu guest is several times slower).
+            let start = MonotonicClock.nanoseconds()
+            #expect(try lmctfy("create", name, full).status == 0)
+            let createUs = UInt32((MonotonicClock.nanoseconds() - start) / 1000)
+            // The whole spec as read back (v2 weights round cpu limits).
+            let whole = try lmctfy("spec", name).stdout
+            #expect(whole.contains("limit: 104857600") && whole.contains("reservation: 52428800"), "\(whole)")
+            #expect(try lmctfy("destroy", "-f", name).status == 0)
             for _ in 0..<60 {
                 let pid = try TestProcess.spawn([BuiltBinary.path!, "create", name, full])
-                usleep(UInt32.random(in: 0...6000, using: &rng))
+                usleep(UInt32.random(in: 0...(createUs + createUs / 5), using: &rng))
                 kill(pid, SIGKILL)
                 _ = try Sys.waitForExit(pid)
                 let spec = try lmctfy("spec", name)
                 if spec.status == 0 {
                     complete += 1
-                    #expect(spec.stdout.contains("limit: 104857600") && spec.stdout.contains("reservation: 52428800")
-                            && spec.stdout.contains("limit: 500"), "a visible container is not whole:\n\(spec.stdout)")
+                    #expect(spec.stdout == whole, "a visible container is not whole:\n\(spec.stdout)")
                     #expect(try lmctfy("create", name, full).status == 6)
                     #expect(try lmctfy("destroy", "-f", name).status == 0)
                 } else {
@@ -226,8 +234,10 @@ struct OwnershipIntegrationTests {
                 ["destroy", "-f", name], ["update", "diff", name, "memory:{limit:1000000}"],
                 ["update", "replace", name, Self.spec], ["pause", name], ["resume", name],
                 ["killall", name], ["enter", name, String(getpid())], ["run", name, "/bin/true"],
-                ["run", "-n", name, "/bin/true"], ["notify", "memory", "oom", name],
-            ]
+                ["run", "-n", name, "/bin/true"],
+                // v1 registers through cgroup.event_control (a write); v2
+                // only reads memory.events, which anyone may watch.
+            ] + (Self.v1 ? [["notify", "memory", "oom", name]] : [])
             for args in calls {
                 let r = try asNobody(args)
                 #expect(r.status == 7, "\(args): \(r.status) \(r.stderr)")
@@ -248,10 +258,18 @@ struct OwnershipIntegrationTests {
             let create = try asNobody(["create", sub, "cpu:{limit:250} memory:{limit:52428800}"])
             #expect(create.status == 0, "\(create.stderr)")
             let spec = try asNobody(["spec", sub])
-            #expect(spec.stdout.contains("limit: 52428800") && spec.stdout.contains("limit: 250"), "\(spec.stdout)")
+            // (v2 weights round cpu limits: 250 reads back near it.)
+            #expect(spec.stdout.contains("limit: 52428800") && spec.stdout.contains(Self.v1 ? "limit: 250" : "cpu"), "\(spec.stdout)")
             #expect(try asNobody(["update", "diff", sub, "memory:{limit:41943040}"]).status == 0)
             let run = try asNobody(["run", sub, "/bin/true"])
-            #expect(run.status == 0, "\(run.stderr)")
+            if Self.v1 {
+                #expect(run.status == 0, "\(run.stderr)")
+            } else {
+                // cgroup v2 lets a delegatee move a process only from inside
+                // the delegated subtree (write access to the common
+                // ancestor's cgroup.procs): from the root cgroup it is 7.
+                #expect(run.status == 7 && run.stderr.contains("cgroup.procs"), "\(run)")
+            }
             if Self.v1 {
                 // A task of the owner's, entered by the owner.
                 let sleeper = try Self.spawnAsNobody(["/bin/sleep", "300"])
