@@ -216,6 +216,8 @@ public struct CgroupDir: Sendable, Equatable, CustomStringConvertible {
 
     /// Checks a path (this directory, or the parent a new one goes in) is on
     /// cgroupfs before a directory operation.
+    func checkFilesystem() throws(LmctfyError) { try checkFilesystem(path) }
+
     private func checkFilesystem(_ path: String) throws(LmctfyError) {
         guard access.verifiesFilesystem else { return }
         let type: Int
@@ -277,8 +279,10 @@ public struct CgroupDir: Sendable, Equatable, CustomStringConvertible {
     // MARK: lmctfy's own records
 
     /// An lmctfy record on this directory; nil when it was never written.
-    func xattr(_ name: String) throws(LmctfyError) -> String? {
-        try checkFilesystem(path)
+    /// `checked: false` skips the cgroupfs check, for a caller that checks
+    /// the answers that lead to an action (see `state()`).
+    func xattr(_ name: String, checked: Bool = true) throws(LmctfyError) -> String? {
+        if checked { try checkFilesystem(path) }
         do {
             return try Sys.getxattr(path, name, faults: faults)
         } catch {
@@ -286,8 +290,10 @@ public struct CgroupDir: Sendable, Equatable, CustomStringConvertible {
         }
     }
 
-    func setXattr(_ name: String, _ value: String) throws(LmctfyError) {
-        try checkFilesystem(path)
+    /// `checked: false` for the directory this process has just made (its
+    /// parent was checked by `make`).
+    func setXattr(_ name: String, _ value: String, checked: Bool = true) throws(LmctfyError) {
+        if checked { try checkFilesystem(path) }
         do {
             try Sys.setxattr(path, name, value, faults: faults)
         } catch {

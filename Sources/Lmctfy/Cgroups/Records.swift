@@ -54,16 +54,21 @@ extension CgroupDir {
     func setRecord(_ r: Record, _ value: String) throws(LmctfyError) { try setXattr(r.xattrName, value) }
 
     /// Whether lmctfy made this directory and how far it got. One
-    /// getxattr: it also says whether the directory exists.
+    /// getxattr: it also says whether the directory exists. The cgroupfs
+    /// check (a statfs) runs only for "no mark", which may be a filesystem
+    /// mounted over the directory: a mark found leads only to reads and
+    /// writes that check their file themselves.
     func state() throws(LmctfyError) -> DirState {
         let value: String?
         do {
-            value = try record(.state)
+            value = try xattr(Record.state.xattrName, checked: false)
         } catch where error.code == .notFound {
             return .absent
         }
         switch value {
-        case nil: return .foreign
+        case nil:
+            try checkFilesystem()
+            return .foreign
         case DirState.completeValue: return .complete
         case DirState.destroyingValue: return .destroying
         default: return .creating
@@ -76,7 +81,8 @@ extension CgroupDir {
         case .destroying: DirState.destroyingValue
         default: DirState.creatingValue
         }
-        try setRecord(.state, value)
+        // `creating` goes on the directory just made (MadeDirs).
+        try setXattr(Record.state.xattrName, value, checked: s != .creating)
     }
 }
 
