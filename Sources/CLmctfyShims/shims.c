@@ -5,6 +5,7 @@
 #include <malloc.h>
 #include <signal.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -14,6 +15,10 @@ size_t lm_heap_in_use(void) {
 
 int lm_pipe_cloexec(int fds[2]) {
     return pipe2(fds, O_CLOEXEC);
+}
+
+int lm_flock_exclusive(int fd) {
+    return flock(fd, LOCK_EX);
 }
 
 int lm_ignore_sigpipe(void) {

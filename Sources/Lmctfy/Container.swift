@@ -31,6 +31,11 @@ public struct Container: Sendable {
     public func update(_ spec: ContainerSpec, policy: UpdatePolicy) throws(LmctfyError) {
         // D7: the root's limits are the machine's; lmctfy never writes them.
         guard !name.isRoot else { throw .failedPrecondition("Updating the root container \"/\" is not allowed") }
+        // Serialised with create and destroy of the same tree.
+        try api.locked(name) { _ throws(LmctfyError) in try updateLocked(spec, policy: policy) }
+    }
+
+    private func updateLocked(_ spec: ContainerSpec, policy: UpdatePolicy) throws(LmctfyError) {
         guard try api.exists(name) else { throw .notFound("Container \"\(name)\" does not exist") }
         if spec.owner != nil || spec.ownerGroup != nil {
             throw .invalidArgument("owner and owner_group can only be set at create")
@@ -135,8 +140,14 @@ public struct Container: Sendable {
             throw LmctfyError(error.code, "Failed to list subcontainers of \"\(name)\": \(error.message)", errno: error.errno)
         }
         for child in children {
-            // The v1 cpu hierarchy's /batch is not a container; nothing else
-            // is skipped: an invalid foreign directory is an error, as in the original.
+            // Only lmctfy's complete containers are listed: a directory
+            // lmctfy did not make, or one a create is still making (or was
+            // killed making), is not a container.
+            do {
+                guard try dir.child(child).state() == .complete else { continue }
+            } catch where error.code == .notFound {
+                continue  // destroyed while we walk
+            }
             let sub: ContainerName
             do {
                 sub = try ContainerName.resolve(child, relativeTo: name)
@@ -203,11 +214,28 @@ public struct Container: Sendable {
     public func killAll(rounds: Int = 10) throws(LmctfyError) {
         guard !name.isRoot else { throw .failedPrecondition("Killing every process of the root container \"/\" is not allowed") }
         guard try api.exists(name) else { throw .notFound("Container \"\(name)\" does not exist") }
+        try killTasks(rounds: rounds)
+    }
+
+    /// killAll on the tasks directory, visible or not (destroy empties what
+    /// an interrupted create or destroy left too).
+    func killTasks(rounds: Int = 10) throws(LmctfyError) {
         if try tasksDir.readPids("cgroup.procs").isEmpty { return }
         for _ in 0..<rounds {
             try setFrozen(true)
             let pids = try tasksDir.readPids("cgroup.procs")
-            for pid in pids { try? Sys.kill(pid, SIGKILL, faults: api.faults) }
+            for pid in pids {
+                do {
+                    try Sys.kill(pid, SIGKILL, faults: api.faults)
+                } catch where error.errno == EPERM {
+                    // Another user's process (in a delegated container):
+                    // not "unkillable", forbidden. Thaw before saying so.
+                    try? driver.requestFrozen(name, false)
+                    throw error.lmctfy(.permissionDenied, "Not allowed to kill process \(pid) of container \"\(name)\" (\(tasksDir.path))")
+                } catch {
+                    // ESRCH: it exited since the listing.
+                }
+            }
             try setFrozen(false)
             // Wait for the killed tasks to leave the cgroup (bounded).
             for _ in 0..<2000 {

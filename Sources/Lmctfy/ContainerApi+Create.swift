@@ -7,6 +7,8 @@ import LmctfySystem
 extension ContainerApi {
     /// Creates a container isolating the resources its spec names. All or
     /// nothing (D4): on any failure every directory made is removed again.
+    /// Every directory is made by this create: one that exists already in
+    /// any hierarchy and is not an lmctfy leftover is ALREADY_EXISTS.
     @discardableResult
     public func create(_ name: String, spec: ContainerSpec) throws(LmctfyError) -> Container {
         try create(try resolve(name), spec: spec)
@@ -20,7 +22,26 @@ extension ContainerApi {
     @discardableResult
     public func create(_ name: ContainerName, spec: ContainerSpec) throws(LmctfyError) -> Container {
         if name.isRoot { throw .alreadyExists("Can't create existing container \"\(name)\"") }
-        if try exists(name) { throw .alreadyExists("Can't create existing container \"\(name)\"") }
+        return try locked(name) { lock throws(LmctfyError) in try create(name, spec: spec, lock: lock) }
+    }
+
+    /// Create, holding the tree's lock. The container becomes visible
+    /// (`exists`, listings) only with its last step, the `complete` mark on
+    /// its tasks directory: killed at any instant, a create leaves either
+    /// nothing visible or the whole container, and what it left is removed
+    /// by the next create or destroy of the tree (the lock's journal, the
+    /// `creating` marks).
+    private func create(_ name: ContainerName, spec: ContainerSpec, lock: FileLock?) throws(LmctfyError) -> Container {
+        let tasks = driver.tasksDir(name)
+        switch try tasks.state() {
+        case .complete: throw .alreadyExists("Can't create existing container \"\(name)\"")
+        case .foreign:
+            throw .alreadyExists("Can't create container \"\(name)\": \(tasks.path) exists and was not made by lmctfy")
+        case .creating, .destroying:
+            try removeLeftovers(name)  // of a failed create or destroy
+        case .absent:
+            break
+        }
         guard let parent = name.parent, try exists(parent) else {
             // 9 as in the original (its mkdir failed): 5 would say the new name is missing.
             throw .failedPrecondition("Can't create \"\(name)\": its parent \"\(name.parent!)\" does not exist")
@@ -34,11 +55,31 @@ extension ContainerApi {
             let message = "Container \"\(parent)\" does not isolate \(kind), so \"\(name)\" cannot"
             throw kind == .cpu ? .notFound(message) : .failedPrecondition(message)
         }
+        do {
+            return try make(name, parent: parent, kinds: kinds, spec: spec, lock: lock)
+        } catch where error.code == .alreadyExists {
+            // A directory of this name in another hierarchy: lmctfy's
+            // leftover (its tasks directory is gone) goes and the create is
+            // tried again; anything else is not lmctfy's to touch (6).
+            guard try removeLeftovers(name) else { throw error }
+            return try make(name, parent: parent, kinds: kinds, spec: spec, lock: lock)
+        }
+    }
 
-        var made: [CgroupDir] = []
+    private func make(_ name: ContainerName, parent: ContainerName, kinds: [ResourceKind], spec: ContainerSpec,
+                      lock: FileLock?) throws(LmctfyError) -> Container {
+        let made = MadeDirs(lock: lock)
         do throws(LmctfyError) {
-            var dirs = try driver.makeDirs(name, parent: parent, kinds: kinds, spec: spec, made: &made)
+            if let lock {
+                do { try lock.append("create \(name)") } catch { throw error.cgroup(.failedPrecondition, "Failed to journal the create") }
+            }
+            var dirs = try driver.makeDirs(name, parent: parent, kinds: kinds, spec: spec, made: made)
             dirs.isNew = true
+            // Every directory is marked `creating` now: the marks, not the
+            // journal, say what a killed create left.
+            if let lock {
+                do { try lock.clear() } catch { throw error.cgroup(.failedPrecondition, "Failed to clear the lock journal") }
+            }
             for kind in kinds {
                 let h = try handler(kind)
                 try h.validate(spec, dirs: dirs)
@@ -46,13 +87,17 @@ extension ContainerApi {
                 try h.apply(spec, policy: .replace, dirs: dirs)
             }
             if spec.owner != nil || spec.ownerGroup != nil {
-                try chownContainer(name, spec: spec)
+                try chownContainer(name, spec: spec, lock: lock)
             }
+            try driver.tasksDir(name).setState(.complete)
         } catch {
             // Undo in reverse. A directory that cannot be removed now (a
-            // fault, a racing process) is left to `destroy`, which the
-            // error says nothing against: the name stays destroyable.
-            for dir in made.reversed() { _ = try? dir.remove() }
+            // fault) keeps its `creating` mark and is removed by the next
+            // create or destroy of the name; the journal stays for one whose
+            // mark could not be written.
+            var undone = true
+            for dir in made.dirs.reversed() where (try? dir.remove()) == nil { undone = false }
+            if undone { try? lock?.clear() }
             throw error
         }
         return Container(name: name, api: self)
@@ -60,11 +105,16 @@ extension ContainerApi {
 
     /// owner / owner_group: hand the container's directories and task files
     /// to a user and group (delegation). An unset id stays as it is.
-    func chownContainer(_ name: ContainerName, spec: ContainerSpec) throws(LmctfyError) {
+    /// A top-level container's lock file goes to the owner too, so that the
+    /// owner's creates and destroys below it are serialised and journaled.
+    func chownContainer(_ name: ContainerName, spec: ContainerSpec, lock: FileLock?) throws(LmctfyError) {
         let uid = spec.owner.map { uid_t(truncatingIfNeeded: $0) } ?? uid_t.max
         let gid = spec.ownerGroup.map { gid_t(truncatingIfNeeded: $0) } ?? gid_t.max
         let (dirs, files) = try driver.delegated(name)
         do throws(LmctfyError) {
+            if name.depth == 1, let lock {
+                do { try lock.chown(uid: uid, gid: gid) } catch { throw error.cgroup(.failedPrecondition, "Failed to chown the lock file") }
+            }
             for d in dirs {
                 try d.chown(uid: uid, gid: gid)
                 for f in files where try d.has(f) { try d.chown(f, uid: uid, gid: gid) }

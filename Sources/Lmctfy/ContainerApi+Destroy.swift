@@ -1,5 +1,5 @@
 // Destroying containers: recursive, children first, processes killed; the
-// root never (D7).
+// root never (D7); nothing lmctfy did not make.
 import Glibc
 import LmctfyProto
 import LmctfySystem
@@ -9,30 +9,82 @@ extension ContainerApi {
     /// their processes. Stops at the first failure; what was destroyed stays
     /// destroyed, and what is left can be destroyed again. The root cannot
     /// be destroyed (D7).
+    ///
+    /// Only directories lmctfy made are removed: a directory below the
+    /// container that lmctfy did not make is FAILED_PRECONDITION before
+    /// anything is touched. A name with no visible container but with
+    /// lmctfy's leftovers (an interrupted create or destroy, in any
+    /// hierarchy, with or without its tasks directory) has them removed;
+    /// NOT_FOUND only when there is nothing of lmctfy's at all.
     public func destroy(_ name: ContainerName) throws(LmctfyError) {
         guard !name.isRoot else { throw .failedPrecondition("Destroying the root container \"/\" is not allowed") }
-        let container = try get(name)
-        for sub in try container.subcontainers(recursive: true).reversed() {
-            try destroyOne(sub)
+        try locked(name) { _ throws(LmctfyError) in
+            let visible = try exists(name)
+            let tasksState = try driver.tasksDir(name).state()
+            if !visible && tasksState == .foreign {
+                throw .notFound("Container \"\(name)\" does not exist (\(driver.tasksDir(name).path) was not made by lmctfy)")
+            }
+            var subs: [ContainerName] = []
+            try collectOwn(name, into: &subs)
+            for sub in subs.reversed() { _ = try destroyOne(sub) }
+            guard try destroyOne(name) || visible else { throw .notFound("Container \"\(name)\" does not exist") }
         }
-        try destroyOne(name)
     }
 
-    private func destroyOne(_ name: ContainerName) throws(LmctfyError) {
-        do {
-            try Container(name: name, api: self).killAll()
-        } catch where error.code == .notFound {
-            return  // already gone
+    /// Removes what lmctfy left of a container that is not visible (see
+    /// `destroy`); true when there was something. The caller holds the lock.
+    @discardableResult
+    func removeLeftovers(_ name: ContainerName) throws(LmctfyError) -> Bool {
+        guard try driver.tasksDir(name).state() != .foreign else { return false }
+        var subs: [ContainerName] = []
+        try collectOwn(name, into: &subs)
+        for sub in subs.reversed() { _ = try destroyOne(sub) }
+        return try destroyOne(name)
+    }
+
+    /// Every directory below `name` in the tasks hierarchy, depth first,
+    /// whatever lmctfy state it is in; one lmctfy did not make is refused.
+    private func collectOwn(_ name: ContainerName, into out: inout [ContainerName]) throws(LmctfyError) {
+        let dir = driver.tasksDir(name)
+        let children: [String]
+        do { children = try dir.subdirectories() } catch where error.code == .notFound { return }
+        for child in children {
+            let d = dir.child(child)
+            guard try d.state().isLmctfy, let sub = try? ContainerName.resolve(child, relativeTo: name) else {
+                if try d.state() == .absent { continue }  // gone meanwhile
+                throw .failedPrecondition("\(d.path) was not made by lmctfy: lmctfy will not destroy \"\(name)\" around it")
+            }
+            out.append(sub)
+            try collectOwn(sub, into: &out)
         }
-        // rmdir every place the container may have a directory and take
-        // ENOENT as "it has none there": one syscall each instead of a stat
-        // and an rmdir; a hierarchy's later candidates (cpu's /batch) are
-        // not tried once one went. The tasks directory goes last, so a
-        // container whose destroy failed part way still exists and can be
-        // destroyed again.
+    }
+
+    /// Kills the tasks of one container and removes its directories that
+    /// lmctfy made (any state); true when it found any.
+    private func destroyOne(_ name: ContainerName) throws(LmctfyError) -> Bool {
+        let tasks = driver.tasksDir(name)
+        let tasksState = try tasks.state()
+        if tasksState.isLmctfy {
+            do {
+                try Container(name: name, api: self).killTasks()
+            } catch where error.code == .notFound {
+                return false  // already gone
+            }
+            // From here the container is invisible: a destroy that stops
+            // part way leaves no half container to list, update or run in.
+            if tasksState != .destroying { try tasks.setState(.destroying) }
+        }
+        // rmdir every place the container may have a directory that lmctfy
+        // made; a hierarchy's later candidates (cpu's /batch) are not tried
+        // once one went. The tasks directory goes last, so a destroy that
+        // failed part way can be repeated.
+        var found = tasksState.isLmctfy
         for candidates in try driver.removalGroups(name) {
             for d in candidates {
                 do {
+                    let state = d == tasks ? tasksState : try d.state()
+                    guard state.isLmctfy else { continue }
+                    found = true
                     if try d.remove() { break }
                 } catch {
                     throw LmctfyError(error.code == .permissionDenied ? .permissionDenied : .failedPrecondition,
@@ -40,5 +92,6 @@ extension ContainerApi {
                 }
             }
         }
+        return found
     }
 }

@@ -7,8 +7,9 @@ import LmctfyProto
 import LmctfySystem
 
 /// Thread-safety: a ContainerApi is immutable and may be shared between
-/// threads. Operations on the same container from several threads or
-/// processes are not serialised (the kernel decides, as in the original).
+/// threads. create, update and destroy of containers in the same top-level
+/// tree are serialised across threads and processes (ContainerLock); the
+/// other operations are not (the kernel decides, as in the original).
 public final class ContainerApi: Sendable {
     /// The cgroup hierarchies this API drives, and how they are reached.
     public let mounts: CgroupMounts
@@ -49,10 +50,13 @@ public final class ContainerApi: Sendable {
         try driver.resourceDirs(name)
     }
 
-    /// Whether the container exists; a failure to look (EACCES) is an error.
+    /// Whether the container exists: its tasks directory carries lmctfy's
+    /// `complete` mark, the last step of create. A directory lmctfy did not
+    /// make, or a create in progress (or killed), is not a container. A
+    /// failure to look (EACCES) is an error.
     public func exists(_ name: ContainerName) throws(LmctfyError) -> Bool {
         if name.isRoot { return true }
-        return try driver.tasksDir(name).exists()
+        return try driver.tasksDir(name).state() == .complete
     }
 
     /// The container with this name; NOT_FOUND if it does not exist.

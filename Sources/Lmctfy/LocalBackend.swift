@@ -98,12 +98,16 @@ public struct LocalBackend: ContainerBackend {
     /// Destroys the container; without `force` only an empty one. `/` is refused (D7).
     @discardableResult
     public func destroy(_ name: String, force: Bool) throws(LmctfyError) -> String {
-        let container = try api.get(name)
+        let resolved = try api.resolve(name)
         // D7: the root holds every task on the machine; never destroy it.
-        if container.name.isRoot {
+        if resolved.isRoot {
             throw .failedPrecondition("Destroying the root container \"/\" is not allowed")
         }
-        if !force {
+        // A name that is not a visible container may still have lmctfy's
+        // leftovers (an interrupted create or destroy): the library
+        // destroy removes them, or says NOT_FOUND.
+        let container = Container(name: resolved, api: api)
+        if !force, try api.exists(resolved) {
             // Only an empty container goes: the recursive destroy would
             // otherwise kill what is running in it.
             let n = container.name

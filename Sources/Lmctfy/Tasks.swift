@@ -34,7 +34,33 @@ extension Container {
     /// The files a new task writes itself into: cgroup.procs of the nearest
     /// directory per hierarchy, deduplicated (co-mounts), tasks dir first.
     public func joinFiles() throws(LmctfyError) -> [String] {
-        try driver.joinDirs(name).map { $0.file("cgroup.procs") }
+        try joinDirs(for: "thread-self").map { $0.file("cgroup.procs") }
+    }
+
+    /// The directories a task joins, less those it is in already: joining
+    /// one of those changes nothing, and the owner of a delegated
+    /// container may not write the files of the cgroups it does not own
+    /// (the root `devices` cgroup when the container does not isolate
+    /// devices). `task` is a pid or tid, or "thread-self" for a child this
+    /// thread spawns (it starts where this thread is).
+    func joinDirs(for task: String) throws(LmctfyError) -> [CgroupDir] {
+        let dirs = try driver.joinDirs(name)
+        guard let text = try? Sys.readFile(api.procRoot + "/" + task + "/cgroup") else { return dirs }
+        var current = Set<String>()
+        for line in text.split(separator: "\n") {
+            let parts = line.split(separator: ":", maxSplits: 2, omittingEmptySubsequences: false)
+            guard parts.count == 3 else { continue }
+            var mountsOfLine: [String] = []
+            if parts[0] == "0" && parts[1].isEmpty {
+                if let u = api.mounts.unified { mountsOfLine.append(u) }
+            } else {
+                for c in parts[1].split(separator: ",") {
+                    if let controller = Controller(rawValue: String(c)), let m = api.mounts.v1[controller] { mountsOfLine.append(m) }
+                }
+            }
+            for m in mountsOfLine { current.insert(parts[2] == "/" ? m : m + parts[2]) }
+        }
+        return dirs.filter { !current.contains($0.path) }
     }
 
     /// The eviction priority in force here (D12): the nearest memory-isolating
@@ -45,7 +71,7 @@ extension Container {
             guard try driver.isolated(candidate).contains(.memory) else { continue }
             guard let dir = try driver.nearestDir(.memory, candidate) else { continue }
             if try dir.has(MemoryHandler.evictionBadnessFile) { return nil }
-            guard let text = try dir.xattr(MemoryHandler.evictionXattr),
+            guard let text = try dir.record(.evictionPriority),
                   let priority = Int32(text.trimmingWhitespace) else { return nil }
             return Int32(MemoryHandler.oomScoreAdj(priority: priority))
         }
@@ -103,7 +129,7 @@ extension Container {
         // A command that is missing or not executable is NOT_FOUND, as in
         // the original; EACCES anywhere else is PERMISSION_DENIED.
         case .exec: e.errno == ENOENT || e.errno == EACCES ? .notFound : .failedPrecondition
-        case _ where e.errno == EACCES: .permissionDenied
+        case _ where e.errno == EACCES || e.errno == EPERM: .permissionDenied
         case .cgroup: .unavailable
         default: .failedPrecondition
         }
@@ -124,9 +150,8 @@ extension Container {
     /// together in domain cgroups). Not atomic: on failure earlier tids stay moved.
     public func enter(_ tids: [pid_t]) throws(LmctfyError) {
         guard try api.exists(name) else { throw .notFound("Container \"\(name)\" does not exist") }
-        let dirs = try driver.joinDirs(name)
         for (i, tid) in tids.enumerated() {
-            for dir in dirs {
+            for dir in try joinDirs(for: String(tid)) {
                 do {
                     try dir.write(driver.enterFile, String(tid))
                 } catch {

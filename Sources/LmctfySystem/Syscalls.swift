@@ -272,3 +272,13 @@ public enum Sys {
     /// The parent's pid (1, or a subreaper, once the parent is gone).
     public static func getppid() -> pid_t { Glibc.getppid() }
 }
+
+extension Sys {
+    /// Whether this process may open `path` for writing (access(2) with the
+    /// effective ids): tells a file's permissions from a capability the
+    /// kernel asks for on top of them.
+    public static func canWrite(_ path: String) -> Bool {
+        let (r, _) = retry { Glibc.faccessat(AT_FDCWD, path, W_OK, AT_EACCESS) }
+        return r == 0
+    }
+}

@@ -45,6 +45,7 @@ final class FakeAgentMachine: @unchecked Sendable {
     /// A container directory with the files cgroupfs would have.
     func container(_ segments: [String], procs: String = "", tasks: String = "") throws {
         try tree.seed("freezer", segments, files: ["cgroup.procs": procs, "tasks": tasks, "freezer.state": "THAWED\n"])
+        try tree.dir("freezer", segments).markAsLmctfys(complete: true)
     }
 
     func exists(_ segments: String...) -> Bool { Sys.isDirectory(tree.root + "/freezer/" + segments.joined(separator: "/")) }
@@ -180,6 +181,7 @@ final class FakeAgentMachine: @unchecked Sendable {
         // (destroy -f of one the kernel removed under us): OK, and recorded
         // under the name the backend resolved.
         try Sys.mkdir(machine.tree.root + "/freezer/agent/gone")
+        try machine.tree.dir("freezer", ["agent", "gone"]).markAsLmctfys(complete: true)
         let (status, replies) = try machine.call(AgentMethods.destroy, DestroyRequest(name: "gone", force: true))
         #expect(status == .ok)
         #expect(replies == [DestroyResponse()])

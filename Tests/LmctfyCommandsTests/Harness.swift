@@ -85,6 +85,7 @@ final class FakeMachine: @unchecked Sendable {
     /// A container directory with the task files cgroupfs would have.
     func container(_ segments: [String], procs: String = "", tasks: String = "") throws {
         try tree.seed("freezer", segments, files: ["cgroup.procs": procs, "tasks": tasks])
+        try tree.dir("freezer", segments).markAsLmctfys(complete: true)
     }
 
     func run(_ args: String...) -> CLIResult { lmctfy(args, in: environment) }

@@ -56,7 +56,9 @@ public func withTestContainer<T>(
     _ body: (ContainerName) throws -> T
 ) throws -> T {
     let name = try ContainerName.resolve(RealCgroups.uniqueName(label), relativeTo: .root)
-    defer { if (try? api.exists(name)) == true { try? api.destroy(name) } }
+    // Destroyed whether or not it is visible: a create that failed part
+    // way may have left lmctfy's leftovers, which destroy removes.
+    defer { try? api.destroy(name) }
     return try body(name)
 }
 
@@ -91,11 +93,11 @@ public final class FakeCgroupTree: @unchecked Sendable {
     public func mounts(faults: FaultPlan?) -> CgroupMounts {
         switch version {
         case .v1:
-            var m = CgroupMounts(access: .fake(faults: faults))
+            var m = CgroupMounts(access: .fake(faults: faults, lockRoot: root + "/locks"))
             for c in Controller.allCases where Sys.isDirectory(root + "/" + c.rawValue) { m.v1[c] = root + "/" + c.rawValue }
             return m
         case .v2:
-            return CgroupMounts(unified: root + "/unified", access: .fake(faults: faults))
+            return CgroupMounts(unified: root + "/unified", access: .fake(faults: faults, lockRoot: root + "/locks"))
         }
     }
 

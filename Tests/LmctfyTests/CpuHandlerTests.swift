@@ -114,7 +114,7 @@ import Testing
     func recordedLatencyCannotChange(_ version: CgroupVersion) throws {
         let f = try version == .v1 ? FakeContainer.v1() : FakeContainer.v2()
         try h.apply(spec(cpu: CpuSpec(schedulingLatency: .priority)), policy: .replace, dirs: f.dirs)
-        #expect(try f.dir(version == .v1 ? "cpu" : "unified").xattr(CpuHandler.latencyXattr) == "PRIORITY")
+        #expect(try f.dir(version == .v1 ? "cpu" : "unified").record(.schedulingLatency) == "PRIORITY")
         let err = lmctfyError { try h.validate(spec(cpu: CpuSpec(schedulingLatency: .premier)), dirs: f.dirs) }
         #expect(err?.code == .invalidArgument)
         #expect(err?.message.contains("cannot be changed") == true)
@@ -165,7 +165,7 @@ import Testing
         #expect(try f.value("cpu", "cpu.cfs_period_us") == "250000")
         #expect(try f.value("cpu", "cpu.cfs_quota_us") == "125000")
         #expect(try f.value("cpuset", "cpuset.cpus") == "0-1")
-        #expect(try f.dir("cpu").xattr(CpuHandler.latencyXattr) == "PRIORITY")
+        #expect(try f.dir("cpu").record(.schedulingLatency) == "PRIORITY")
     }
 
     @Test func v2ReplaceResetsOmittedFields() throws {
@@ -190,7 +190,7 @@ import Testing
         try f.blank("unified", ["cpu.idle"])
         try h.apply(spec(cpu: CpuSpec(schedulingLatency: .bestEffort)), policy: .diff, dirs: f.dirs)
         #expect(try f.value("unified", "cpu.idle") == "1")
-        #expect(try f.dir("unified").xattr(CpuHandler.latencyXattr) == "BEST_EFFORT")
+        #expect(try f.dir("unified").record(.schedulingLatency) == "BEST_EFFORT")
     }
 }
 

@@ -2,7 +2,7 @@
 // accepted, which conflicts are refused, and the machine preparation. Real
 // mounting is not exercised here: it would change the host outside the
 // test's own cgroups.
-import Lmctfy
+@testable import Lmctfy
 import LmctfyProto
 import LmctfySystem
 import LmctfyTestSupport
@@ -74,6 +74,8 @@ import Testing
         // An existing container under /batch is found there.
         try tree.seed("freezer", ["old"], files: [:])
         try tree.seed("cpu", ["batch", "old"], files: [:])
+        try tree.dir("freezer", ["old"]).setState(.complete)
+        try tree.dir("cpu", ["batch", "old"]).setState(.creating)
         let dirs = try api.resourceDirs(try ContainerName.resolve("/old", relativeTo: .root))
         #expect(dirs.dir(.cpu)?.path == tree.root + "/cpu/batch/old")
     }

@@ -1,6 +1,6 @@
 // Mapping and rollback on fake v1 and v2 trees (no root needed).
 import Glibc
-import Lmctfy
+@testable import Lmctfy
 import LmctfyProto
 import LmctfySystem
 import LmctfyTestSupport
@@ -40,6 +40,10 @@ import Testing
         try tree.seed("freezer", ["a"], files: [:])
         try tree.seed("memory", ["a"], files: [:])
         try tree.seed("cpu", ["batch", "a"], files: [:])
+        try tree.seed("pids", ["a"], files: [:])  // not lmctfy's: not isolated
+        try tree.dir("freezer", ["a"]).setState(.complete)
+        try tree.dir("memory", ["a"]).setState(.creating)
+        try tree.dir("cpu", ["batch", "a"]).setState(.creating)
         let api = try ContainerApi(mounts: tree.mounts)
         let c = try api.get("/a")
         #expect(try c.isolatedResources == [.memory, .cpu])
@@ -47,17 +51,27 @@ import Testing
 
     @Test func v1SubcontainersAreSortedAndRecursive() throws {
         let tree = try FakeCgroupTree(.v1)
-        for path in [["b"], ["a"], ["a", "z"], ["a", "c"], ["a", "c", "d"]] { try tree.seed("freezer", path, files: [:]) }
+        for path in [["b"], ["a"], ["a", "z"], ["a", "c"], ["a", "c", "d"]] {
+            try tree.seed("freezer", path, files: [:])
+            try tree.dir("freezer", path).setState(.complete)
+        }
+        // Not containers: another program's directory, a create in progress.
+        try tree.seed("freezer", ["a", "foreign"], files: [:])
+        try tree.seed("freezer", ["a", "making"], files: [:])
+        try tree.dir("freezer", ["a", "making"]).setState(.creating)
         let api = try ContainerApi(mounts: tree.mounts)
         #expect(try api.get("/").subcontainers(recursive: false).map(\.path) == ["/a", "/b"])
         #expect(try api.get("/").subcontainers(recursive: true).map(\.path) == ["/a", "/a/c", "/a/c/d", "/a/z", "/b"])
         #expect(try api.get("/a").subcontainers(recursive: false).map(\.path) == ["/a/c", "/a/z"])
     }
 
-    @Test func foreignDirectoryWithAnInvalidNameFailsTheListing() throws {
+    @Test func foreignDirectoryWithAnInvalidNameIsNotListed() throws {
         let tree = try FakeCgroupTree(.v1)
         try tree.seed("freezer", ["_bad"], files: [:])
         let api = try ContainerApi(mounts: tree.mounts)
+        #expect(try api.get("/").subcontainers(recursive: false).isEmpty)
+        // One lmctfy marked (it could not have made it) fails the listing.
+        try tree.dir("freezer", ["_bad"]).setState(.complete)
         #expect(throws: LmctfyError.self) { _ = try api.get("/").subcontainers(recursive: false) }
     }
 

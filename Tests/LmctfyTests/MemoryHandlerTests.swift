@@ -141,7 +141,7 @@ import Testing
         #expect(try f.value("memory", "memory.memsw.limit_in_bytes") == "200000000")
         #expect(try f.value("memory", "memory.soft_limit_in_bytes") == "50000000")
         // REPLACE's default eviction priority is recorded (no badness file).
-        #expect(try f.dir("memory").xattr(MemoryHandler.evictionXattr) == "5000")
+        #expect(try f.dir("memory").record(.evictionPriority) == "5000")
     }
 
     @Test func v2SplitsTheTotal() throws {
@@ -192,7 +192,7 @@ import Testing
         #expect(try f.oomScoreAdj(111) == "-999")
         #expect(try f.oomScoreAdj(222) == "-999")
         let memDir = f.dir(version == .v1 ? "memory" : "unified")
-        #expect(try memDir.xattr(MemoryHandler.evictionXattr) == "10000")
+        #expect(try memDir.record(.evictionPriority) == "10000")
 
         var s = ContainerSpec()
         try h.readSpec(into: &s, dirs: f.dirs)
@@ -206,7 +206,7 @@ import Testing
         try h.apply(spec(memory: MemorySpec(evictionPriority: 7000)), policy: .diff, dirs: f.dirs)
         #expect(try f.value("memory", "memory.oom_score_badness") == "7000")
         #expect(try f.oomScoreAdj(111) == "0")
-        #expect(try f.dir("memory").xattr(MemoryHandler.evictionXattr) == nil)
+        #expect(try f.dir("memory").record(.evictionPriority) == nil)
     }
 }
 
@@ -223,7 +223,7 @@ import Testing
         #expect(s.memory == MemorySpec(limit: max, reservation: max, swapLimit: max))
         try f.seed("memory", ["memory.limit_in_bytes": "99999744\n", "memory.soft_limit_in_bytes": "0\n",
                               "memory.memsw.limit_in_bytes": "199999488\n"])
-        try f.dir("memory").setXattr(MemoryHandler.evictionXattr, "5000")
+        try f.dir("memory").setRecord(.evictionPriority, "5000")
         try h.readSpec(into: &s, dirs: f.dirs)
         #expect(s.memory == MemorySpec(evictionPriority: 5000, limit: 99_999_744, reservation: 0, swapLimit: 199_999_488))
     }

@@ -80,7 +80,7 @@ struct ResourceIntegrationTests {
     @Test func evictionPriorityReachesRunningProcesses() throws {
         try withTestContainer(api, label: "evict") { name in
             let c = try api.create(name, spec: spec(memory: MemorySpec(evictionPriority: 2000)))
-            #expect(try dir(.memory, name).xattr(MemoryHandler.evictionXattr) == "2000")
+            #expect(try dir(.memory, name).record(.evictionPriority) == "2000")
 
             let pid = try TestProcess.spawn(["/bin/sleep", "60"])
             defer { TestProcess.end(pid) }

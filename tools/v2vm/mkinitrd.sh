@@ -16,6 +16,9 @@ ldd $BB >/dev/null 2>&1 && die "$BB is dynamically linked; the guest needs busyb
 
 R=$(mktemp -d "$(dirname "$OUT")/.rootfs.XXXXXX")
 trap 'rm -rf "$R" "$OUT.tmp"' EXIT
+# mktemp -d makes 0700: the guest's / must let other users (uid 65534 in
+# the permission and delegation tests) reach /tmp and /bin.
+chmod 755 "$R"
 mkdir -p "$R"/{bin,sbin,usr/bin,usr/sbin,proc,sys,dev,tmp,lib/modules,etc,root}
 cp $BB "$R/bin/busybox"
 for a in $("$R/bin/busybox" --list-full); do   # e.g. sbin/poweroff, usr/bin/timeout

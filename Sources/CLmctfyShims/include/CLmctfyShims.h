@@ -27,6 +27,11 @@ size_t lm_heap_in_use(void);
  * module does not define. */
 int lm_pipe_cloexec(int fds[2]);
 
+/* flock(2) with an exclusive lock, waiting (0 or -1 with errno). Swift
+ * imports `flock` as the struct of the same name and cannot call the
+ * function. */
+int lm_flock_exclusive(int fd);
+
 /* Ignores SIGPIPE process-wide (idempotent; returns 0 or -1 with errno).
  * libuv does not, so a write to a peer that went away would kill the
  * process instead of failing with EPIPE. SIG_IGN is a cast macro

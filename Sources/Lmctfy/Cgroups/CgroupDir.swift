@@ -27,19 +27,30 @@ public struct CgroupAccess: Sendable {
     /// Calls to fail, for tests; nil on the real path.
     public let faults: FaultPlan?
 
+    /// Where the per-tree lock files of create, update and destroy live
+    /// (ContainerLock); nil: no locking (a fake tree no test races on).
+    public let lockRoot: String?
+
     /// Access that checks the filesystem (`verifiesFilesystem`, the real
-    /// kernel) or not (a fake tree), failing the calls `faults` chooses.
-    public init(verifiesFilesystem: Bool, faults: FaultPlan? = nil) {
+    /// kernel) or not (a fake tree), failing the calls `faults` chooses,
+    /// with per-tree lock files under `lockRoot`.
+    public init(verifiesFilesystem: Bool, faults: FaultPlan? = nil, lockRoot: String? = nil) {
         self.verifiesFilesystem = verifiesFilesystem
         self.faults = faults
+        self.lockRoot = lockRoot
     }
 
-    /// The real kernel: every access checked, nothing injected.
-    public static let kernel = CgroupAccess(verifiesFilesystem: true)
+    /// The lock files of the real machine (a tmpfs: gone at reboot, as
+    /// every cgroup is).
+    public static let kernelLockRoot = "/run/lmctfy/locks"
 
-    /// A fake tree (regular files in a temp dir), optionally with faults.
-    public static func fake(faults: FaultPlan? = nil) -> CgroupAccess {
-        CgroupAccess(verifiesFilesystem: false, faults: faults)
+    /// The real kernel: every access checked, nothing injected.
+    public static let kernel = CgroupAccess(verifiesFilesystem: true, lockRoot: kernelLockRoot)
+
+    /// A fake tree (regular files in a temp dir), optionally with faults
+    /// and with lock files under `lockRoot`.
+    public static func fake(faults: FaultPlan? = nil, lockRoot: String? = nil) -> CgroupAccess {
+        CgroupAccess(verifiesFilesystem: false, faults: faults, lockRoot: lockRoot)
     }
 
     /// Checks a filesystem type (from statfs) is a cgroup filesystem.
@@ -50,10 +61,10 @@ public struct CgroupAccess: Sendable {
 }
 
 extension SystemError {
-    /// As an LmctfyError: EACCES is PERMISSION_DENIED wherever it comes
-    /// from; other errnos take the code the operation chose.
+    /// As an LmctfyError: EACCES and EPERM are PERMISSION_DENIED wherever
+    /// they come from; other errnos take the code the operation chose.
     func cgroup(_ code: StatusCode, _ context: String) -> LmctfyError {
-        lmctfy(errno == EACCES ? .permissionDenied : code, context)
+        lmctfy(errno == EACCES || errno == EPERM ? .permissionDenied : code, context)
     }
 }
 
@@ -223,6 +234,8 @@ public struct CgroupDir: Sendable, Equatable, CustomStringConvertible {
 
     /// Checks a path (this directory, or the parent a new one goes in) is on
     /// cgroupfs before a directory operation.
+    func checkFilesystem() throws(LmctfyError) { try checkFilesystem(path) }
+
     private func checkFilesystem(_ path: String) throws(LmctfyError) {
         guard access.verifiesFilesystem else { return }
         let type: Int
@@ -284,8 +297,10 @@ public struct CgroupDir: Sendable, Equatable, CustomStringConvertible {
     // MARK: lmctfy's own records
 
     /// An lmctfy record on this directory; nil when it was never written.
-    func xattr(_ name: String) throws(LmctfyError) -> String? {
-        try checkFilesystem(path)
+    /// `checked: false` skips the cgroupfs check, for a caller that checks
+    /// the answers that lead to an action (see `state()`).
+    func xattr(_ name: String, checked: Bool = true) throws(LmctfyError) -> String? {
+        if checked { try checkFilesystem(path) }
         do {
             return try Sys.getxattr(path, name, faults: faults)
         } catch {
@@ -293,8 +308,10 @@ public struct CgroupDir: Sendable, Equatable, CustomStringConvertible {
         }
     }
 
-    func setXattr(_ name: String, _ value: String) throws(LmctfyError) {
-        try checkFilesystem(path)
+    /// `checked: false` for the directory this process has just made (its
+    /// parent was checked by `make`).
+    func setXattr(_ name: String, _ value: String, checked: Bool = true) throws(LmctfyError) {
+        if checked { try checkFilesystem(path) }
         do {
             try Sys.setxattr(path, name, value, faults: faults)
         } catch {

@@ -37,11 +37,11 @@ protocol CgroupDriver: Sendable {
 
     // MARK: Making and removing
 
-    /// Makes the directories of a new container isolating `kinds` (every
-    /// one it makes is appended to `made`, for the caller's rollback), and
-    /// returns the directories its handlers then fill.
+    /// Makes the directories of a new container isolating `kinds`, each
+    /// through `made` (journaled, marked lmctfy's, kept for the caller's
+    /// rollback), and returns the directories its handlers then fill.
     func makeDirs(_ name: ContainerName, parent: ContainerName, kinds: [ResourceKind], spec: ContainerSpec,
-                  made: inout [CgroupDir]) throws(LmctfyError) -> ResourceDirs
+                  made: MadeDirs) throws(LmctfyError) -> ResourceDirs
     /// The places the container may have a directory, in the order they go:
     /// each group is the candidates of one hierarchy, most likely first (a
     /// group stops at the first directory removed); the tasks directory last.

@@ -31,7 +31,6 @@ struct CpuHandler: ResourceHandler {
     /// The latency class is chosen at create (it decides /batch placement on
     /// v1) and cannot change. The kernel cannot tell PRIORITY from PREMIER
     /// or NORMAL from BEST_EFFORT on v1, so lmctfy records the class itself.
-    static let latencyXattr = "trusted.lmctfy.cpu.scheduling_latency"
 
     // MARK: Conversions
 
@@ -133,7 +132,7 @@ struct CpuHandler: ResourceHandler {
     private func ownerDir(_ dirs: ResourceDirs) -> CgroupDir? { dirs.dir(.cpu) }
 
     private func recordedLatency(_ dir: CgroupDir) throws(LmctfyError) -> SchedulingLatency? {
-        guard let text = try dir.xattr(Self.latencyXattr) else { return nil }
+        guard let text = try dir.record(.schedulingLatency) else { return nil }
         return SchedulingLatency.allCases.first { $0.protoName == text }
     }
 
@@ -146,7 +145,7 @@ struct CpuHandler: ResourceHandler {
         if unrecorded {
             let latency: SchedulingLatency
             if let given = cpu.schedulingLatency { latency = given } else { latency = try dirs.driver.cpu.currentClass(dir) }
-            try dir.setXattr(Self.latencyXattr, latency.protoName)
+            try dir.setRecord(.schedulingLatency, latency.protoName)
         }
     }
 

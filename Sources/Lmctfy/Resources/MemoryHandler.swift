@@ -12,7 +12,6 @@ struct MemoryHandler: ResourceHandler {
     /// On a vanilla kernel the eviction priority has no cgroup file, so
     /// lmctfy keeps it on the memory directory and maps it onto the
     /// oom_score_adj of the container's processes (D12).
-    static let evictionXattr = "trusted.lmctfy.eviction_priority"
     static let evictionBadnessFile = "memory.oom_score_badness"
     static let defaultEvictionPriority: Int32 = 5000
     static let maxEvictionPriority: Int32 = 10_000
@@ -143,7 +142,7 @@ struct MemoryHandler: ResourceHandler {
         // Processes first: if the kernel refuses, the record keeps the old
         // priority, which processes entering later would get.
         try Self.setOomScoreAdj(priority: p, pids: dirs.isNew ? [] : try dirs.processes(), procRoot: dirs.procRoot)
-        try dir.setXattr(Self.evictionXattr, String(p))
+        try dir.setRecord(.evictionPriority, String(p))
     }
 
     static func setOomScoreAdj(priority: Int32, pids: [pid_t], procRoot: String) throws(LmctfyError) {
@@ -154,8 +153,15 @@ struct MemoryHandler: ResourceHandler {
             } catch {
                 // A process that exited since the listing has nothing to adjust.
                 if error.errno == ENOENT || error.errno == ESRCH { continue }
+                // Lowering oom_score_adj below its minimum needs
+                // CAP_SYS_RESOURCE (EACCES from the kernel); a process of
+                // another user cannot be adjusted at all (EACCES or EPERM
+                // from the file's permissions). Say which.
                 if error.errno == EACCES || error.errno == EPERM {
-                    throw error.lmctfy(.permissionDenied, "Eviction priority \(priority) needs oom_score_adj \(adj) for process \(pid); going below 0 needs CAP_SYS_RESOURCE")
+                    let why = Int(adj)! < 0 && Sys.canWrite("\(procRoot)/\(pid)/oom_score_adj")
+                        ? "going below 0 needs CAP_SYS_RESOURCE"
+                        : "this user may not change that process's oom_score_adj"
+                    throw error.lmctfy(.permissionDenied, "Eviction priority \(priority) needs oom_score_adj \(adj) for process \(pid); \(why)")
                 }
                 throw error.lmctfy(.unavailable, "Failed to set the eviction priority of process \(pid)")
             }
@@ -177,7 +183,7 @@ struct MemoryHandler: ResourceHandler {
         }
         if try dir.has(Self.evictionBadnessFile) {
             m.evictionPriority = try dir.readInt(Self.evictionBadnessFile).map { Int32(clamping: $0) }
-        } else if let text = try dir.xattr(Self.evictionXattr) {
+        } else if let text = try dir.record(.evictionPriority) {
             guard let p = Int32(text) else {
                 throw .failedPrecondition("Failed to parse the recorded eviction priority \"\(text)\" of \(dir.path)")
             }

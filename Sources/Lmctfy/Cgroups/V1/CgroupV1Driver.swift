@@ -33,7 +33,9 @@ struct CgroupV1Driver: CgroupDriver {
 
     /// The existing directory of controller c for this container, if any.
     func existingDir(_ c: Controller, _ name: ContainerName) throws(LmctfyError) -> CgroupDir? {
-        for d in try candidates(c, name) where try d.exists() { return d }
+        // Only a directory lmctfy made: another program's cgroup of the
+        // same name is never taken for the container's (nor removed).
+        for d in try candidates(c, name) where try d.state().isLmctfy { return d }
         return nil
     }
 
@@ -100,22 +102,20 @@ struct CgroupV1Driver: CgroupDriver {
     // MARK: Making and removing
 
     func makeDirs(_ name: ContainerName, parent: ContainerName, kinds: [ResourceKind], spec: ContainerSpec,
-                  made: inout [CgroupDir]) throws(LmctfyError) -> ResourceDirs {
+                  made: MadeDirs) throws(LmctfyError) -> ResourceDirs {
         let tasks = tasksDir(name)
-        try tasks.make()
-        made.append(tasks)
+        try made.make(tasks)
         for kind in kinds {
             for c in kind.v1Controllers where !isCoMountedFollower(c) {
                 guard let d = try newDir(c, name, spec: spec) else { continue }
-                try d.make()
-                made.append(d)
+                try made.make(d)
                 if c == .cpuset { try inheritCpusetMems(d) }
             }
         }
         // The directories just made are the container's: no need to look
         // for them again (co-mounted followers share their owner's).
         var byMount: [String: CgroupDir] = [:]
-        for d in made { byMount[d.mount] = d }
+        for d in made.dirs { byMount[d.mount] = d }
         var dirs: [Controller: CgroupDir] = [:]
         for (c, mount) in mounts.v1 {
             if let d = byMount[mount] { dirs[c] = d }

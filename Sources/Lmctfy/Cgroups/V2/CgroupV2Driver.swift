@@ -11,9 +11,6 @@ struct CgroupV2Driver: CgroupDriver {
     let procRoot: String
     var version: CgroupVersion { .v2 }
 
-    /// xattr recording which resources a container isolates.
-    static let isolatedXattr = "trusted.lmctfy.resources"
-
     var unifiedRoot: CgroupDir { CgroupDir(mount: mounts.unified!, segments: [], access: mounts.access) }
 
     // MARK: Names → directories
@@ -27,7 +24,7 @@ struct CgroupV2Driver: CgroupDriver {
     func isolated(_ name: ContainerName) throws(LmctfyError) -> Set<ResourceKind> {
         let have = try Self.controllers(unifiedRoot, "cgroup.controllers")
         let all = Set(ResourceKind.allCases.filter { Self.available($0, have) })
-        guard !name.isRoot, let record = try tasksDir(name).xattr(Self.isolatedXattr) else { return all }
+        guard !name.isRoot, let record = try tasksDir(name).record(.resources) else { return all }
         return Set(record.split(separator: ",").compactMap { s in ResourceKind.allCases.first { $0.description == s } })
     }
 
@@ -70,12 +67,11 @@ struct CgroupV2Driver: CgroupDriver {
     // MARK: Making and removing
 
     func makeDirs(_ name: ContainerName, parent: ContainerName, kinds: [ResourceKind], spec: ContainerSpec,
-                  made: inout [CgroupDir]) throws(LmctfyError) -> ResourceDirs {
+                  made: MadeDirs) throws(LmctfyError) -> ResourceDirs {
         try enableControllers(in: tasksDir(parent), for: kinds)
         let d = tasksDir(name)
-        try d.make()
-        made.append(d)
-        try d.setXattr(Self.isolatedXattr, kinds.map(\.description).joined(separator: ","))
+        try made.make(d)
+        try d.setRecord(.resources, kinds.map(\.description).joined(separator: ","))
         return allIn(d, name)
     }
 

@@ -1,0 +1,126 @@
+// Serialising create, update and destroy across processes, and finishing
+// what a killed one left: one flock per top-level container, whose file is
+// also the journal of the create in progress.
+//
+// One lock per top-level container (not per name): a create touches its
+// parent (v2 enables controllers there, v1 nests cpu under it), and a
+// destroy walks every descendant; one lock per tree covers all of that with
+// a single flock and no lock ordering. Trees are independent, so unrelated
+// containers never wait for each other.
+import Glibc
+import LmctfySystem
+
+enum ContainerLock {
+    /// Locks the tree `name` is in (nil for `/`, and for an unprivileged
+    /// caller that may not use the lock file: see below). Waits for the
+    /// holder; released when the FileLock goes, or when the process dies.
+    static func acquire(_ name: ContainerName, access: CgroupAccess) throws(LmctfyError) -> FileLock? {
+        guard let root = access.lockRoot, let top = name.components.first else { return nil }
+        let path = root + "/" + top
+        do {
+            return try FileLock.acquire(path, faults: access.faults)
+        } catch where error.errno == ENOENT {
+            try makeRoot(root, faults: access.faults)
+        } catch where (error.errno == EACCES || error.errno == EPERM) && geteuid() != 0 {
+            // Lock files are root's (0600) except a delegated tree's, which
+            // belongs to its owner. Another user works unlocked: cgroupfs
+            // refuses it anything it was not delegated anyway.
+            return nil
+        } catch {
+            throw error.cgroup(.failedPrecondition, "Failed to lock container tree \"/\(top)\"")
+        }
+        do {
+            return try FileLock.acquire(path, faults: access.faults)
+        } catch {
+            throw error.cgroup(.failedPrecondition, "Failed to lock container tree \"/\(top)\"")
+        }
+    }
+
+    /// mkdir -p of the lock directory (0755: only root makes lock files).
+    private static func makeRoot(_ root: String, faults: FaultPlan?) throws(LmctfyError) {
+        var path = ""
+        for part in root.split(separator: "/") {
+            path += "/" + part
+            do { try Sys.mkdir(path, faults: faults) } catch where error.errno == EEXIST {} catch {
+                throw error.cgroup(.failedPrecondition, "Failed to make the lock directory")
+            }
+        }
+    }
+}
+
+extension ContainerApi {
+    /// Runs `body` holding the lock of `name`'s tree, after undoing what an
+    /// interrupted create in that tree left (its journal).
+    func locked<T>(_ name: ContainerName, _ body: (FileLock?) throws(LmctfyError) -> T) throws(LmctfyError) -> T {
+        let lock = try ContainerLock.acquire(name, access: mounts.access)
+        defer { lock?.release() }
+        try recover(lock)
+        return try body(lock)
+    }
+
+    /// The journal of a create says which container it was making and,
+    /// before each mkdir, the directory. Left non-empty, it belonged to a
+    /// process that died (we hold the lock now): unless that container was
+    /// completed (the process died after its last step), every directory
+    /// listed is removed, last made first.
+    private func recover(_ lock: FileLock?) throws(LmctfyError) {
+        guard let lock else { return }
+        let text: String
+        do { text = try lock.journal() } catch { throw error.cgroup(.failedPrecondition, "Failed to read the lock journal") }
+        if text.isEmpty { return }
+        var dirs: [CgroupDir] = []
+        var complete = false
+        for line in text.split(separator: "\n") {
+            let parts = line.split(separator: " ", maxSplits: 1)
+            guard parts.count == 2 else { continue }
+            if parts[0] == "create", let name = try? ContainerName.resolve(String(parts[1]), relativeTo: .root) {
+                complete = try exists(name)
+            } else if parts[0] == "mkdir", let d = journalDir(String(parts[1])) {
+                dirs.append(d)
+            }
+        }
+        if !complete {
+            for d in dirs.reversed() {
+                do { _ = try d.remove() } catch {
+                    throw LmctfyError(error.code, "Failed to clean up after an interrupted create: \(error.message)", errno: error.errno)
+                }
+            }
+        }
+        do { try lock.clear() } catch { throw error.cgroup(.failedPrecondition, "Failed to clear the lock journal") }
+    }
+
+    /// A journal line naming a directory: "<mount>\t<a/b>", accepted only
+    /// under one of this machine's mounts and with valid name segments.
+    private func journalDir(_ text: String) -> CgroupDir? {
+        let parts = text.split(separator: "\t", maxSplits: 1, omittingEmptySubsequences: false)
+        guard parts.count == 2 else { return nil }
+        let mount = String(parts[0])
+        let known = Set(mounts.v1.values).union(mounts.unified.map { [$0] } ?? [])
+        guard known.contains(mount),
+              let name = try? ContainerName.resolve("/" + parts[1], relativeTo: .root), !name.isRoot,
+              name.path == "/" + parts[1]
+        else { return nil }
+        return CgroupDir(mount: mount, segments: name.components, access: mounts.access)
+    }
+}
+
+/// The directories a create has made so far: each is journaled before its
+/// mkdir and marked lmctfy's (`creating`) right after it. Once all are made
+/// the marks say what is lmctfy's and the journal is cleared.
+final class MadeDirs {
+    private(set) var dirs: [CgroupDir] = []
+    private let lock: FileLock?
+
+    init(lock: FileLock?) { self.lock = lock }
+
+    func make(_ d: CgroupDir) throws(LmctfyError) {
+        if let lock {
+            do { try lock.append("mkdir \(d.mount)\t\(d.segments.joined(separator: "/"))") } catch {
+                throw error.cgroup(.failedPrecondition, "Failed to journal the create")
+            }
+        }
+        try d.make()
+        dirs.append(d)
+        try d.setState(.creating)
+    }
+}

@@ -1,0 +1,92 @@
+// An advisory lock between processes: flock(2) on a file, which the kernel
+// releases when the holder exits, however it exits (kill -9 included). The
+// locked file doubles as a small journal: the holder writes what it is about
+// to do, so the next holder can finish or undo the work of one that died.
+import CLmctfyShims
+import Glibc
+
+/// An exclusive flock on a file, held until `release` (or deinit).
+///
+/// Thread-safety: one thread at a time. Two FileLocks on the same path
+/// exclude each other even within one process (each has its own open file
+/// description).
+public final class FileLock {
+    public let path: String
+    private var fd: Int32
+    private let faults: FaultPlan?
+    /// Where the next journal line goes.
+    private var end: Int
+
+    private init(path: String, fd: Int32, faults: FaultPlan?) {
+        self.path = path
+        self.fd = fd
+        self.faults = faults
+        self.end = 0
+    }
+
+    /// Opens (creating it with `mode`) and locks `path`, waiting for the
+    /// holder to let go. The descriptor is close-on-exec.
+    public static func acquire(_ path: String, mode: mode_t = 0o600, faults: FaultPlan? = nil) throws(SystemError) -> FileLock {
+        let (fd, e) = Sys.retry { Sys.injected(faults, .open, path) { Glibc.open(path, O_RDWR | O_CREAT | O_CLOEXEC, mode) } }
+        if fd < 0 { throw SystemError("open", path, e) }
+        let (r, le) = Sys.retry { Sys.injected(faults, .flock, path) { lm_flock_exclusive(fd) } }
+        if r < 0 {
+            close(fd)
+            throw SystemError("flock", path, le)
+        }
+        let lock = FileLock(path: path, fd: fd, faults: faults)
+        lock.end = Int(lseek(fd, 0, SEEK_END))
+        return lock
+    }
+
+    /// What the journal holds: left by a holder that did not finish (it
+    /// died, or could not undo its work), or "" when the last one finished.
+    public func journal() throws(SystemError) -> String {
+        var out = [UInt8]()
+        var buf = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let offset = out.count
+            let (n, e) = buf.withUnsafeMutableBytes { b in
+                Sys.retry { Sys.injected(faults, .read, path) { pread(fd, b.baseAddress, b.count, off_t(offset)) } }
+            }
+            if n < 0 { throw SystemError("pread", path, e) }
+            if n == 0 { break }
+            out += buf[0..<n]
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    /// Appends a line to the journal.
+    public func append(_ line: String) throws(SystemError) {
+        let bytes = Array((line + "\n").utf8)
+        let offset = end
+        let (n, e) = bytes.withUnsafeBytes { b in
+            Sys.retry { Sys.injected(faults, .write, path) { pwrite(fd, b.baseAddress, b.count, off_t(offset)) } }
+        }
+        if n < 0 { throw SystemError("pwrite", path, e) }
+        if n != bytes.count { throw SystemError("pwrite", path, EIO) }
+        end += n
+    }
+
+    /// Empties the journal: the work it described is done (or undone).
+    public func clear() throws(SystemError) {
+        let (r, e) = Sys.retry { Sys.injected(faults, .write, path) { ftruncate(fd, 0) } }
+        if r < 0 { throw SystemError("ftruncate", path, e) }
+        end = 0
+    }
+
+    /// Hands the lock file to a user and group (the owner of a delegated
+    /// container locks its own tree).
+    public func chown(uid: uid_t, gid: gid_t) throws(SystemError) {
+        let (r, e) = Sys.retry { Sys.injected(faults, .chown, path) { fchown(fd, uid, gid) } }
+        if r < 0 { throw SystemError("fchown", path, e) }
+    }
+
+    /// Lets go of the lock (closing the descriptor does).
+    public func release() {
+        if fd >= 0 { close(fd) }
+        fd = -1
+    }
+
+    deinit { release() }
+}
