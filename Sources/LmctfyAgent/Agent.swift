@@ -60,6 +60,9 @@ public final class Agent: @unchecked Sendable {
     private var conns: [Int: ConnState] = [:]
     private var nextConnId = 1
     private var ticker: LoopTimer?
+    private var sweeper: LoopTimer?
+    /// How often expired request journal entries are removed.
+    static let sweepIntervalMs = 60_000
     private var signals: [SignalWatcher] = []
     private var stopping = false
     /// Sums over every connection still open, for the agent-wide limits.
@@ -86,14 +89,20 @@ public final class Agent: @unchecked Sendable {
         // Names the caller leaves out mean the agent's own container; an
         // attached run's stdio is /dev/null (the agent's is not the caller's).
         let backend = LocalBackend(api: api, callerPid: Sys.getpid(), foreground: LocalBackend.spawnAndWait(stdio: .devNull))
+        let events = EventLog()
+        // PROTOCOL.md section 6.1; opened (and swept) by `start`.
+        let journal = RequestJournal(directory: settings.stateDir + "/requests", bootId: events.bootId)
         self.dispatcher = Dispatcher(backend: backend, cgroupVersion: api.version.number,
-                                     events: EventLog(), agentVersion: LmctfyVersion.string)
+                                     events: events, agentVersion: LmctfyVersion.string, journal: journal,
+                                     testHold: TestHold.fromEnvironment(marker: settings.stateDir + "/test-hold"))
         self.log = AgentLog(level: settings.logLevel)
     }
 
     /// Starts the loop and the listeners. Throws when a listener cannot bind.
     public func start(handleSignals: Bool = true) throws(LmctfyError) {
         try settings.checkStateDir(create: true)
+        let swept = try dispatcher.journal?.open() ?? 0
+        if swept > 0 { log.debug("request journal: \(swept) expired entries removed") }
         do { try loop.start() } catch { throw error.lmctfy("Starting the event loop") }
         let result: Result<UInt16?, LmctfyError>
         do {
@@ -138,6 +147,13 @@ public final class Agent: @unchecked Sendable {
                 listeners.append(l)
             }
             ticker = try LoopTimer.repeating(on: loop, every: .milliseconds(100)) { [unowned self] _ in self.tick() }
+            if let journal = dispatcher.journal {
+                // Expired journal entries go once a minute; the unlinks run
+                // on a pool thread, the loop only keeps time.
+                sweeper = try LoopTimer.repeating(on: loop, every: .milliseconds(Self.sweepIntervalMs)) { [unowned self] _ in
+                    _ = self.loop.offload({ journal.sweep() }, then: { _ in })
+                }
+            }
             if handleSignals {
                 for s in [SIGTERM, SIGINT] {
                     signals.append(try SignalWatcher.watch(on: loop, signal: s) { [unowned self] sig in
@@ -422,6 +438,7 @@ public final class Agent: @unchecked Sendable {
         for s in Array(conns.values) { s.conn.close() }
         conns.removeAll()
         ticker?.cancel()
+        sweeper?.cancel()
         for w in signals { w.cancel() }
         signals.removeAll()
         // The Unix listener removed its socket file when it closed (only if

@@ -54,6 +54,54 @@ public final class CallContext: @unchecked Sendable {
     public func emit<M: ProtoMessage>(_ message: M) throws(LmctfyError) {
         do { emitter(try message.serializedBytes()) } catch { throw .internalError("encoding a response: \(error)") }
     }
+
+    /// Sends one response already serialized (a replayed answer).
+    func emit(serialized bytes: [UInt8]) { emitter(bytes) }
+}
+
+/// A request that may carry an idempotency key (PROTOCOL.md section 6.1).
+protocol IdempotentRequest: ProtoMessage {
+    var requestId: String? { get }
+}
+
+extension CreateRequest: IdempotentRequest {}
+extension DestroyRequest: IdempotentRequest {}
+extension UpdateRequest: IdempotentRequest {}
+extension EnterRequest: IdempotentRequest {}
+extension KillAllRequest: IdempotentRequest {}
+extension PauseRequest: IdempotentRequest {}
+extension ResumeRequest: IdempotentRequest {}
+extension InitRequest: IdempotentRequest {}
+
+/// A test-only fault hook, off unless the agent's environment sets
+/// LMCTFY_AGENT_TEST_HOLD_AFTER to a method name (docs/PROTOCOL.md section
+/// 6.1): after that method's work is done and before its outcome is
+/// journaled and answered, the call writes `marker` and sleeps, so a test can
+/// kill the agent at exactly that point.
+public struct TestHold: Sendable {
+    /// The method to hold.
+    public var method: String
+    /// The file written when a call is being held.
+    public var marker: String
+    /// How long the call is held.
+    public var seconds: UInt32 = 60
+
+    public init(method: String, marker: String) {
+        self.method = method
+        self.marker = marker
+    }
+
+    /// The hook the environment asks for, or nil (the default).
+    public static func fromEnvironment(marker: String) -> TestHold? {
+        guard let v = getenv("LMCTFY_AGENT_TEST_HOLD_AFTER"), v.pointee != 0 else { return nil }
+        return TestHold(method: String(cString: v), marker: marker)
+    }
+
+    func hold(_ method: String) {
+        guard method == self.method else { return }
+        _ = try? Sys.createFile(marker, method + "\n")
+        sleep(seconds)
+    }
 }
 
 /// Turns agent methods into backend calls: one handler per entry of the
@@ -65,14 +113,20 @@ public final class Dispatcher: Sendable {
     /// Where lifecycle calls and notifications are recorded.
     public let events: EventLog
     let agentVersion: String
+    /// Where calls carrying a request_id are journaled; nil: ids are ignored.
+    public let journal: RequestJournal?
+    let testHold: TestHold?
 
     /// A dispatcher onto `backend`; names the caller leaves out mean
     /// whatever the backend's caller is (the agent's own container).
-    public init(backend: any ContainerBackend, cgroupVersion: Int32, events: EventLog, agentVersion: String) {
+    public init(backend: any ContainerBackend, cgroupVersion: Int32, events: EventLog, agentVersion: String,
+                journal: RequestJournal? = nil, testHold: TestHold? = nil) {
         self.backend = backend
         self.cgroupVersion = cgroupVersion
         self.events = events
         self.agentVersion = agentVersion
+        self.journal = journal
+        self.testHold = testHold
     }
 
     /// Runs `method`; the returned status ends the stream.
@@ -86,12 +140,17 @@ public final class Dispatcher: Sendable {
         do {
             try handler(self, payload, context)
             return .ok
-        } catch let error as LmctfyError {
-            return CallStatus(error)
-        } catch let error as ProtoError {
-            return CallStatus(.invalidArgument, "Malformed \(method) request: \(error)")
         } catch {
-            return CallStatus(.unknown, String(describing: error))
+            return Self.status(of: error, method: method)
+        }
+    }
+
+    static func status(of error: any Error, method: String) -> CallStatus {
+        switch error {
+        case let error as LmctfyError: CallStatus(error)
+        case let status as CallStatus: status
+        case let error as ProtoError: CallStatus(.invalidArgument, "Malformed \(method) request: \(error)")
+        default: CallStatus(.unknown, String(describing: error))
         }
     }
 
@@ -109,21 +168,76 @@ public final class Dispatcher: Sendable {
                 try context.emit(try body(d, try Req(serializedBytes: payload)))
             }
         }
+        /// A mutating unary method (PROTOCOL.md section 6.1): with a
+        /// request_id and a journal, a finished call is replayed, a new one
+        /// journaled, and one an earlier agent died under is redone, where
+        /// `recover` may turn "already done" (ALREADY_EXISTS, NOT_FOUND) into
+        /// its response.
+        func mutating<Req: IdempotentRequest, Resp>(
+            _ m: AgentMethod<Req, Resp>,
+            recover: @escaping @Sendable (Dispatcher, Req, LmctfyError) throws -> Resp? = { _, _, _ in nil },
+            _ body: @escaping @Sendable (Dispatcher, Req) throws -> Resp
+        ) {
+            table[m.name] = { d, payload, context in
+                let r = try Req(serializedBytes: payload)
+                guard let id = r.requestId, let journal = d.journal else {
+                    let response = try body(d, r)
+                    d.testHold?.hold(m.name)
+                    try context.emit(response)
+                    return
+                }
+                let mode = try journal.begin(id: id, method: m.name, payload: payload)
+                if case .replay(let status, let bytes) = mode {
+                    guard status.code == .ok else { throw status }
+                    context.emit(serialized: bytes)
+                    return
+                }
+                var status = CallStatus.ok
+                var bytes: [UInt8] = []
+                do {
+                    let response: Resp
+                    do {
+                        response = try body(d, r)
+                    } catch let error as LmctfyError where mode == .redo {
+                        guard let recovered = try recover(d, r, error) else { throw error }
+                        response = recovered
+                    }
+                    bytes = try response.serializedBytes()
+                } catch {
+                    status = Dispatcher.status(of: error, method: m.name)
+                }
+                if status.code == .ok { d.testHold?.hold(m.name) }
+                journal.finish(id: id, method: m.name, payload: payload, status: status, response: bytes)
+                guard status.code == .ok else { throw status }
+                context.emit(serialized: bytes)
+            }
+        }
         /// A streaming method: decode the request; the body emits.
         func streaming<Req, Resp>(_ m: AgentMethod<Req, Resp>, _ body: @escaping @Sendable (Dispatcher, Req, CallContext) throws -> Void) {
             table[m.name] = { d, payload, context in try body(d, try Req(serializedBytes: payload), context) }
         }
-        unary(AgentMethods.create) { d, r in
+        mutating(AgentMethods.create, recover: { d, r, error in
+            // The earlier agent may have made it: OK if what is there has
+            // every value the request asked for (read back, so a value the
+            // kernel rounded, such as a memory limit, does not match).
+            guard error.code == .alreadyExists,
+                  let spec = try? d.backend.spec(try Dispatcher.containerName(r.name)),
+                  Dispatcher.contains(spec.dynamic, r.spec?.dynamic ?? ContainerSpec().dynamic) else { return nil }
+            return CreateResponse()
+        }) { d, r in
             let path = try d.backend.create(try Dispatcher.containerName(r.name), spec: r.spec ?? ContainerSpec())
             d.events.record(container: path, kind: .containerEventCreated)
             return CreateResponse()
         }
-        unary(AgentMethods.destroy) { d, r in
+        mutating(AgentMethods.destroy, recover: { _, _, error in
+            // The earlier agent destroyed it before it died.
+            error.code == .notFound ? DestroyResponse() : nil
+        }) { d, r in
             let path = try d.backend.destroy(try Dispatcher.containerName(r.name), force: r.force ?? false)
             d.events.record(container: path, kind: .containerEventDestroyed)
             return DestroyResponse()
         }
-        unary(AgentMethods.update) { d, r in
+        mutating(AgentMethods.update) { d, r in
             let policy: UpdatePolicy
             switch r.policy {
             case .updateDiff: policy = .diff
@@ -149,20 +263,20 @@ public final class Dispatcher: Sendable {
         }
         unary(AgentMethods.detect) { d, r in DetectResponse(name: try d.backend.detect(r.pid)) }
         streaming(AgentMethods.run) { d, r, context in try d.runCommand(r, context) }
-        unary(AgentMethods.enter) { d, r in
+        mutating(AgentMethods.enter) { d, r in
             guard !r.tids.isEmpty else { throw LmctfyError.invalidArgument("Enter needs the TIDs to move") }
             try d.backend.enter(try Dispatcher.containerName(r.name), tids: r.tids)
             return EnterResponse()
         }
-        unary(AgentMethods.killAll) { d, r in
+        mutating(AgentMethods.killAll) { d, r in
             try d.backend.killAll(try Dispatcher.containerName(r.name), recursive: r.recursive ?? false)
             return KillAllResponse()
         }
-        unary(AgentMethods.pause) { d, r in
+        mutating(AgentMethods.pause) { d, r in
             try d.setPaused(try Dispatcher.containerName(r.name), true)
             return PauseResponse()
         }
-        unary(AgentMethods.resume) { d, r in
+        mutating(AgentMethods.resume) { d, r in
             try d.setPaused(try Dispatcher.containerName(r.name), false)
             return ResumeResponse()
         }
@@ -170,13 +284,25 @@ public final class Dispatcher: Sendable {
         unary(AgentMethods.machineInfo) { d, _ in
             MachineInfo.collect(cgroupVersion: d.cgroupVersion, agentVersion: d.agentVersion, bootId: d.events.bootId)
         }
-        unary(AgentMethods.initMachine) { d, r in
+        mutating(AgentMethods.initMachine) { d, r in
             try d.backend.initMachine(r.spec ?? InitSpec())
             return InitResponse()
         }
         unary(AgentMethods.ping) { _, r in PingResponse(data: r.data ?? []) }
         return table
     }()
+
+    /// Whether `whole` has every field `part` sets, with the same values
+    /// (recursively for single messages; repeated fields must be equal).
+    static func contains(_ whole: DynamicMessage, _ part: DynamicMessage) -> Bool {
+        part.setFieldNumbers.allSatisfy { n in
+            let (a, b) = (whole.values(n), part.values(n))
+            if a.count == 1, b.count == 1, case .message(let x) = a[0], case .message(let y) = b[0] {
+                return contains(x, y)
+            }
+            return a == b
+        }
+    }
 
     private static func containerName(_ n: String?) throws(LmctfyError) -> String {
         guard let n else { throw .invalidArgument("The request names no container") }

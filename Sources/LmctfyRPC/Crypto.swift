@@ -1,6 +1,6 @@
 // The handshake's cryptography, through Debian's libcrypto (DESIGN.md:
-// swift-crypto would rebuild BoringSSL in every CI run). Three primitives
-// only: HMAC-SHA256, a constant-time comparison, and the CSPRNG.
+// swift-crypto would rebuild BoringSSL in every CI run). Four primitives
+// only: HMAC-SHA256, SHA-256, a constant-time comparison, and the CSPRNG.
 import COpenSSL
 
 /// The handshake's cryptography through OpenSSL's libcrypto: HMAC-SHA256,
@@ -25,6 +25,23 @@ public enum Crypto {
         // Only fails on allocation failure inside libcrypto: nothing to recover.
         precondition(ok != nil && length == 32, "HMAC-SHA256 failed in libcrypto")
         return Array(out[0..<32])
+    }
+
+    /// SHA-256 of `data` (32 bytes): the agent's request journal keeps it to
+    /// tell a retried request from a different one under the same id.
+    public static func sha256(_ data: [UInt8]) -> [UInt8] {
+        var out = [UInt8](repeating: 0, count: 32)
+        var length: UInt32 = 0
+        let ok = data.withUnsafeBufferPointer { d in
+            out.withUnsafeMutableBufferPointer { o in
+                var empty: UInt8 = 0
+                return withUnsafePointer(to: &empty) { e in
+                    EVP_Digest(d.baseAddress ?? e, d.count, o.baseAddress, &length, EVP_sha256(), nil)
+                }
+            }
+        }
+        precondition(ok == 1 && length == 32, "SHA-256 failed in libcrypto")
+        return out
     }
 
     /// Equal lengths and equal bytes, in time independent of where they

@@ -1897,6 +1897,51 @@ void   containers__lmctfy__agent__init_response__free_unpacked
   assert(message->base.descriptor == &containers__lmctfy__agent__init_response__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
+void   containers__lmctfy__agent__request_journal_entry__init
+                     (Containers__Lmctfy__Agent__RequestJournalEntry         *message)
+{
+  static const Containers__Lmctfy__Agent__RequestJournalEntry init_value = CONTAINERS__LMCTFY__AGENT__REQUEST_JOURNAL_ENTRY__INIT;
+  *message = init_value;
+}
+size_t containers__lmctfy__agent__request_journal_entry__get_packed_size
+                     (const Containers__Lmctfy__Agent__RequestJournalEntry *message)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__request_journal_entry__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t containers__lmctfy__agent__request_journal_entry__pack
+                     (const Containers__Lmctfy__Agent__RequestJournalEntry *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__request_journal_entry__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t containers__lmctfy__agent__request_journal_entry__pack_to_buffer
+                     (const Containers__Lmctfy__Agent__RequestJournalEntry *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__request_journal_entry__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Containers__Lmctfy__Agent__RequestJournalEntry *
+       containers__lmctfy__agent__request_journal_entry__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Containers__Lmctfy__Agent__RequestJournalEntry *)
+     protobuf_c_message_unpack (&containers__lmctfy__agent__request_journal_entry__descriptor,
+                                allocator, len, data);
+}
+void   containers__lmctfy__agent__request_journal_entry__free_unpacked
+                     (Containers__Lmctfy__Agent__RequestJournalEntry *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &containers__lmctfy__agent__request_journal_entry__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
 void   containers__lmctfy__agent__role_binding__init
                      (Containers__Lmctfy__Agent__RoleBinding         *message)
 {
@@ -2444,7 +2489,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__go_away__descriptor 
   (ProtobufCMessageInit) containers__lmctfy__agent__go_away__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor containers__lmctfy__agent__create_request__field_descriptors[2] =
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__create_request__field_descriptors[3] =
 {
   {
     "name",
@@ -2470,15 +2515,28 @@ static const ProtobufCFieldDescriptor containers__lmctfy__agent__create_request_
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "request_id",
+    3,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__CreateRequest, request_id),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned containers__lmctfy__agent__create_request__field_indices_by_name[] = {
   0,   /* field[0] = name */
+  2,   /* field[2] = request_id */
   1,   /* field[1] = spec */
 };
 static const ProtobufCIntRange containers__lmctfy__agent__create_request__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 2 }
+  { 0, 3 }
 };
 const ProtobufCMessageDescriptor containers__lmctfy__agent__create_request__descriptor =
 {
@@ -2488,7 +2546,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__create_request__desc
   "Containers__Lmctfy__Agent__CreateRequest",
   "containers.lmctfy.agent",
   sizeof(Containers__Lmctfy__Agent__CreateRequest),
-  2,
+  3,
   containers__lmctfy__agent__create_request__field_descriptors,
   containers__lmctfy__agent__create_request__field_indices_by_name,
   1,  containers__lmctfy__agent__create_request__number_ranges,
@@ -2513,7 +2571,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__create_response__des
   (ProtobufCMessageInit) containers__lmctfy__agent__create_response__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor containers__lmctfy__agent__destroy_request__field_descriptors[2] =
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__destroy_request__field_descriptors[3] =
 {
   {
     "name",
@@ -2539,15 +2597,28 @@ static const ProtobufCFieldDescriptor containers__lmctfy__agent__destroy_request
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "request_id",
+    3,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__DestroyRequest, request_id),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned containers__lmctfy__agent__destroy_request__field_indices_by_name[] = {
   1,   /* field[1] = force */
   0,   /* field[0] = name */
+  2,   /* field[2] = request_id */
 };
 static const ProtobufCIntRange containers__lmctfy__agent__destroy_request__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 2 }
+  { 0, 3 }
 };
 const ProtobufCMessageDescriptor containers__lmctfy__agent__destroy_request__descriptor =
 {
@@ -2557,7 +2628,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__destroy_request__des
   "Containers__Lmctfy__Agent__DestroyRequest",
   "containers.lmctfy.agent",
   sizeof(Containers__Lmctfy__Agent__DestroyRequest),
-  2,
+  3,
   containers__lmctfy__agent__destroy_request__field_descriptors,
   containers__lmctfy__agent__destroy_request__field_indices_by_name,
   1,  containers__lmctfy__agent__destroy_request__number_ranges,
@@ -2582,7 +2653,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__destroy_response__de
   (ProtobufCMessageInit) containers__lmctfy__agent__destroy_response__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor containers__lmctfy__agent__update_request__field_descriptors[3] =
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__update_request__field_descriptors[4] =
 {
   {
     "name",
@@ -2620,16 +2691,29 @@ static const ProtobufCFieldDescriptor containers__lmctfy__agent__update_request_
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "request_id",
+    4,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__UpdateRequest, request_id),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned containers__lmctfy__agent__update_request__field_indices_by_name[] = {
   0,   /* field[0] = name */
   2,   /* field[2] = policy */
+  3,   /* field[3] = request_id */
   1,   /* field[1] = spec */
 };
 static const ProtobufCIntRange containers__lmctfy__agent__update_request__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 3 }
+  { 0, 4 }
 };
 const ProtobufCMessageDescriptor containers__lmctfy__agent__update_request__descriptor =
 {
@@ -2639,7 +2723,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__update_request__desc
   "Containers__Lmctfy__Agent__UpdateRequest",
   "containers.lmctfy.agent",
   sizeof(Containers__Lmctfy__Agent__UpdateRequest),
-  3,
+  4,
   containers__lmctfy__agent__update_request__field_descriptors,
   containers__lmctfy__agent__update_request__field_indices_by_name,
   1,  containers__lmctfy__agent__update_request__number_ranges,
@@ -3326,7 +3410,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__run_response__descri
   (ProtobufCMessageInit) containers__lmctfy__agent__run_response__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor containers__lmctfy__agent__enter_request__field_descriptors[2] =
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__enter_request__field_descriptors[3] =
 {
   {
     "name",
@@ -3352,15 +3436,28 @@ static const ProtobufCFieldDescriptor containers__lmctfy__agent__enter_request__
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "request_id",
+    3,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__EnterRequest, request_id),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned containers__lmctfy__agent__enter_request__field_indices_by_name[] = {
   0,   /* field[0] = name */
+  2,   /* field[2] = request_id */
   1,   /* field[1] = tids */
 };
 static const ProtobufCIntRange containers__lmctfy__agent__enter_request__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 2 }
+  { 0, 3 }
 };
 const ProtobufCMessageDescriptor containers__lmctfy__agent__enter_request__descriptor =
 {
@@ -3370,7 +3467,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__enter_request__descr
   "Containers__Lmctfy__Agent__EnterRequest",
   "containers.lmctfy.agent",
   sizeof(Containers__Lmctfy__Agent__EnterRequest),
-  2,
+  3,
   containers__lmctfy__agent__enter_request__field_descriptors,
   containers__lmctfy__agent__enter_request__field_indices_by_name,
   1,  containers__lmctfy__agent__enter_request__number_ranges,
@@ -3395,7 +3492,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__enter_response__desc
   (ProtobufCMessageInit) containers__lmctfy__agent__enter_response__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor containers__lmctfy__agent__kill_all_request__field_descriptors[2] =
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__kill_all_request__field_descriptors[3] =
 {
   {
     "name",
@@ -3421,15 +3518,28 @@ static const ProtobufCFieldDescriptor containers__lmctfy__agent__kill_all_reques
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "request_id",
+    3,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__KillAllRequest, request_id),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned containers__lmctfy__agent__kill_all_request__field_indices_by_name[] = {
   0,   /* field[0] = name */
   1,   /* field[1] = recursive */
+  2,   /* field[2] = request_id */
 };
 static const ProtobufCIntRange containers__lmctfy__agent__kill_all_request__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 2 }
+  { 0, 3 }
 };
 const ProtobufCMessageDescriptor containers__lmctfy__agent__kill_all_request__descriptor =
 {
@@ -3439,7 +3549,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__kill_all_request__de
   "Containers__Lmctfy__Agent__KillAllRequest",
   "containers.lmctfy.agent",
   sizeof(Containers__Lmctfy__Agent__KillAllRequest),
-  2,
+  3,
   containers__lmctfy__agent__kill_all_request__field_descriptors,
   containers__lmctfy__agent__kill_all_request__field_indices_by_name,
   1,  containers__lmctfy__agent__kill_all_request__number_ranges,
@@ -3464,7 +3574,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__kill_all_response__d
   (ProtobufCMessageInit) containers__lmctfy__agent__kill_all_response__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor containers__lmctfy__agent__pause_request__field_descriptors[1] =
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__pause_request__field_descriptors[2] =
 {
   {
     "name",
@@ -3478,14 +3588,27 @@ static const ProtobufCFieldDescriptor containers__lmctfy__agent__pause_request__
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "request_id",
+    2,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__PauseRequest, request_id),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned containers__lmctfy__agent__pause_request__field_indices_by_name[] = {
   0,   /* field[0] = name */
+  1,   /* field[1] = request_id */
 };
 static const ProtobufCIntRange containers__lmctfy__agent__pause_request__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 1 }
+  { 0, 2 }
 };
 const ProtobufCMessageDescriptor containers__lmctfy__agent__pause_request__descriptor =
 {
@@ -3495,7 +3618,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__pause_request__descr
   "Containers__Lmctfy__Agent__PauseRequest",
   "containers.lmctfy.agent",
   sizeof(Containers__Lmctfy__Agent__PauseRequest),
-  1,
+  2,
   containers__lmctfy__agent__pause_request__field_descriptors,
   containers__lmctfy__agent__pause_request__field_indices_by_name,
   1,  containers__lmctfy__agent__pause_request__number_ranges,
@@ -3520,7 +3643,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__pause_response__desc
   (ProtobufCMessageInit) containers__lmctfy__agent__pause_response__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor containers__lmctfy__agent__resume_request__field_descriptors[1] =
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__resume_request__field_descriptors[2] =
 {
   {
     "name",
@@ -3534,14 +3657,27 @@ static const ProtobufCFieldDescriptor containers__lmctfy__agent__resume_request_
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "request_id",
+    2,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__ResumeRequest, request_id),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned containers__lmctfy__agent__resume_request__field_indices_by_name[] = {
   0,   /* field[0] = name */
+  1,   /* field[1] = request_id */
 };
 static const ProtobufCIntRange containers__lmctfy__agent__resume_request__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 1 }
+  { 0, 2 }
 };
 const ProtobufCMessageDescriptor containers__lmctfy__agent__resume_request__descriptor =
 {
@@ -3551,7 +3687,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__resume_request__desc
   "Containers__Lmctfy__Agent__ResumeRequest",
   "containers.lmctfy.agent",
   sizeof(Containers__Lmctfy__Agent__ResumeRequest),
-  1,
+  2,
   containers__lmctfy__agent__resume_request__field_descriptors,
   containers__lmctfy__agent__resume_request__field_indices_by_name,
   1,  containers__lmctfy__agent__resume_request__number_ranges,
@@ -4159,7 +4295,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__ping_response__descr
   (ProtobufCMessageInit) containers__lmctfy__agent__ping_response__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor containers__lmctfy__agent__init_request__field_descriptors[1] =
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__init_request__field_descriptors[2] =
 {
   {
     "spec",
@@ -4173,14 +4309,27 @@ static const ProtobufCFieldDescriptor containers__lmctfy__agent__init_request__f
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "request_id",
+    2,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__InitRequest, request_id),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned containers__lmctfy__agent__init_request__field_indices_by_name[] = {
+  1,   /* field[1] = request_id */
   0,   /* field[0] = spec */
 };
 static const ProtobufCIntRange containers__lmctfy__agent__init_request__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 1 }
+  { 0, 2 }
 };
 const ProtobufCMessageDescriptor containers__lmctfy__agent__init_request__descriptor =
 {
@@ -4190,7 +4339,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__init_request__descri
   "Containers__Lmctfy__Agent__InitRequest",
   "containers.lmctfy.agent",
   sizeof(Containers__Lmctfy__Agent__InitRequest),
-  1,
+  2,
   containers__lmctfy__agent__init_request__field_descriptors,
   containers__lmctfy__agent__init_request__field_indices_by_name,
   1,  containers__lmctfy__agent__init_request__number_ranges,
@@ -4213,6 +4362,148 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__init_response__descr
   containers__lmctfy__agent__init_response__field_indices_by_name,
   0,  containers__lmctfy__agent__init_response__number_ranges,
   (ProtobufCMessageInit) containers__lmctfy__agent__init_response__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__request_journal_entry__field_descriptors[9] =
+{
+  {
+    "request_id",
+    1,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__RequestJournalEntry, request_id),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "method",
+    2,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__RequestJournalEntry, method),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "request_sha256",
+    3,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_BYTES,
+    offsetof(Containers__Lmctfy__Agent__RequestJournalEntry, has_request_sha256),
+    offsetof(Containers__Lmctfy__Agent__RequestJournalEntry, request_sha256),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "started_ns",
+    4,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_UINT64,
+    offsetof(Containers__Lmctfy__Agent__RequestJournalEntry, has_started_ns),
+    offsetof(Containers__Lmctfy__Agent__RequestJournalEntry, started_ns),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "boot_id",
+    5,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__RequestJournalEntry, boot_id),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "finished",
+    6,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_BOOL,
+    offsetof(Containers__Lmctfy__Agent__RequestJournalEntry, has_finished),
+    offsetof(Containers__Lmctfy__Agent__RequestJournalEntry, finished),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "code",
+    7,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_INT32,
+    offsetof(Containers__Lmctfy__Agent__RequestJournalEntry, has_code),
+    offsetof(Containers__Lmctfy__Agent__RequestJournalEntry, code),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "message",
+    8,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__RequestJournalEntry, message),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "response",
+    9,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_BYTES,
+    offsetof(Containers__Lmctfy__Agent__RequestJournalEntry, has_response),
+    offsetof(Containers__Lmctfy__Agent__RequestJournalEntry, response),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned containers__lmctfy__agent__request_journal_entry__field_indices_by_name[] = {
+  4,   /* field[4] = boot_id */
+  6,   /* field[6] = code */
+  5,   /* field[5] = finished */
+  7,   /* field[7] = message */
+  1,   /* field[1] = method */
+  0,   /* field[0] = request_id */
+  2,   /* field[2] = request_sha256 */
+  8,   /* field[8] = response */
+  3,   /* field[3] = started_ns */
+};
+static const ProtobufCIntRange containers__lmctfy__agent__request_journal_entry__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 9 }
+};
+const ProtobufCMessageDescriptor containers__lmctfy__agent__request_journal_entry__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "containers.lmctfy.agent.RequestJournalEntry",
+  "RequestJournalEntry",
+  "Containers__Lmctfy__Agent__RequestJournalEntry",
+  "containers.lmctfy.agent",
+  sizeof(Containers__Lmctfy__Agent__RequestJournalEntry),
+  9,
+  containers__lmctfy__agent__request_journal_entry__field_descriptors,
+  containers__lmctfy__agent__request_journal_entry__field_indices_by_name,
+  1,  containers__lmctfy__agent__request_journal_entry__number_ranges,
+  (ProtobufCMessageInit) containers__lmctfy__agent__request_journal_entry__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
 static const ProtobufCFieldDescriptor containers__lmctfy__agent__role_binding__field_descriptors[4] =

@@ -41,6 +41,7 @@ static const ProtobufCMessageDescriptor *const messages[] = {
     &containers__lmctfy__agent__pause_response__descriptor,
     &containers__lmctfy__agent__ping_request__descriptor,
     &containers__lmctfy__agent__ping_response__descriptor,
+    &containers__lmctfy__agent__request_journal_entry__descriptor,
     &containers__lmctfy__agent__resume_request__descriptor,
     &containers__lmctfy__agent__resume_response__descriptor,
     &containers__lmctfy__agent__role_binding__descriptor,

@@ -50,8 +50,16 @@ public enum LmctlCLI {
             }
         }
         let (agentAddress, keys) = (agent, keyFile)
+        // A call that loses its agent (UNAVAILABLE) is retried once on a new
+        // connection where that is safe (RemoteBackend; PROTOCOL.md 6.1).
+        let dialAgent: @Sendable () throws(LmctfyError) -> RpcClient = { () throws(LmctfyError) in
+            try dial(agentAddress, keyFile: keys)
+        }
+        let warnings = SendableSink(stderr)
         let connect: @Sendable () throws(LmctfyError) -> RemoteBackend = { () throws(LmctfyError) in
-            RemoteBackend(client: try dial(agentAddress, keyFile: keys))
+            RemoteBackend(client: try dialAgent(), reconnect: dialAgent) { why in
+                warnings.sink.write(Array("lmctl: \(why)\n".utf8))
+            }
         }
         let words = Array(rest)
         if words.first(where: { !$0.hasPrefix("-") }) == "info" {
@@ -62,6 +70,13 @@ public enum LmctlCLI {
             makeBackend: { () throws(LmctfyError) in try connect() },
             initMachine: { (spec: InitSpec) throws(LmctfyError) in try connect().initMachine(spec) })
         return LmctfyCLI.run(arguments: words, stdout: stdout, stderr: stderr, environment: environment)
+    }
+
+    /// The caller's stderr, for the retry notice (lmctl runs one verb on one
+    /// thread, so the sink is never written from two at once).
+    struct SendableSink: @unchecked Sendable {
+        let sink: any ByteSink
+        init(_ sink: any ByteSink) { self.sink = sink }
     }
 
     /// unix:///path or tcp://host:port (with a key file: its first key).

@@ -2,6 +2,13 @@
 // docs/PROTOCOL.md and the method table, AgentMethods). Status codes come
 // back as they were sent, so lmctl's exit status is the agent's code (e.g.
 // 16 when it refuses us).
+//
+// Retries (PROTOCOL.md section 6.1): a call that ends with UNAVAILABLE (the
+// connection lost, the agent restarting) is sent once more on a new
+// connection when that is safe: a read always, a mutating call because it
+// carries a request_id, fresh per operation, that the agent journals. A Run
+// is never retried (it carries no id: a second command could start).
+import Glibc
 import LmctfyBackend
 import LmctfyProto
 import LmctfyRPC
@@ -12,24 +19,67 @@ import LmctfySystem
 /// resolved name).
 public final class RemoteBackend: ContainerBackend, @unchecked Sendable {
     // RpcClient is used from one thread at a time: lmctl runs one verb.
-    let client: RpcClient
+    private(set) var client: RpcClient
+    let reconnect: (@Sendable () throws(LmctfyError) -> RpcClient)?
+    let onRetry: (@Sendable (String) -> Void)?
+    /// How long a retry waits for the agent to take connections again.
+    let reconnectWaitMs: UInt64
 
-    /// A backend over an authenticated connection to an agent.
-    public init(client: RpcClient) {
+    /// A backend over an authenticated connection to an agent. With
+    /// `reconnect`, a call that fails with UNAVAILABLE is retried once where
+    /// that is safe, on a connection `reconnect` makes (tried for up to
+    /// `reconnectWaitMs` while it fails with UNAVAILABLE); `onRetry` hears why.
+    public init(client: RpcClient, reconnect: (@Sendable () throws(LmctfyError) -> RpcClient)? = nil,
+                reconnectWaitMs: UInt64 = 2000, onRetry: (@Sendable (String) -> Void)? = nil) {
         self.client = client
+        self.reconnect = reconnect
+        self.reconnectWaitMs = reconnectWaitMs
+        self.onRetry = onRetry
+    }
+
+    /// A fresh idempotency key: 16 random bytes in hex.
+    public static func newRequestId() -> String {
+        Crypto.randomBytes(16).map { String($0 >> 4, radix: 16) + String($0 & 15, radix: 16) }.joined()
+    }
+
+    /// One unary call, sent once more on a new connection if it ends with
+    /// UNAVAILABLE. Only for calls that are safe to repeat: reads, and
+    /// mutating calls carrying a request_id.
+    private func call<Request, Response>(_ method: AgentMethod<Request, Response>, _ request: Request) throws(LmctfyError) -> Response {
+        do {
+            return try client.call(method, request)
+        } catch where error.code == .unavailable && reconnect != nil {
+            onRetry?("\(method.name): \(error.message); retrying once")
+            client = try reconnectWithin()
+            return try client.call(method, request)
+        }
+    }
+
+    /// A new connection, waiting up to reconnectWaitMs for the agent's
+    /// socket to take connections again (it may be restarting).
+    private func reconnectWithin() throws(LmctfyError) -> RpcClient {
+        guard let reconnect else { throw LmctfyError(.unavailable, "no way to reconnect") }
+        let deadline = MonotonicClock.milliseconds() + reconnectWaitMs
+        while true {
+            do {
+                return try reconnect()
+            } catch where error.code == .unavailable && MonotonicClock.milliseconds() < deadline {
+                usleep(50_000)
+            }
+        }
     }
 
     /// Create; returns the name as sent.
     @discardableResult
     public func create(_ name: String, spec: ContainerSpec) throws(LmctfyError) -> String {
-        _ = try client.call(AgentMethods.create, CreateRequest(name: name, spec: spec))
+        _ = try call(AgentMethods.create, CreateRequest(name: name, spec: spec, requestId: Self.newRequestId()))
         return name
     }
 
     /// Destroy; returns the name as sent.
     @discardableResult
     public func destroy(_ name: String, force: Bool) throws(LmctfyError) -> String {
-        _ = try client.call(AgentMethods.destroy, DestroyRequest(name: name, force: force))
+        _ = try call(AgentMethods.destroy, DestroyRequest(name: name, force: force, requestId: Self.newRequestId()))
         return name
     }
 
@@ -37,32 +87,32 @@ public final class RemoteBackend: ContainerBackend, @unchecked Sendable {
     @discardableResult
     public func update(_ name: String, spec: ContainerSpec, policy: UpdatePolicy) throws(LmctfyError) -> String {
         let p: SpecUpdatePolicy = policy == .diff ? .updateDiff : .updateReplace
-        _ = try client.call(AgentMethods.update, UpdateRequest(name: name, spec: spec, policy: p))
+        _ = try call(AgentMethods.update, UpdateRequest(name: name, spec: spec, policy: p, requestId: Self.newRequestId()))
         return name
     }
 
     /// Spec; `nil`: `/` (the caller is not on the agent's machine).
     public func spec(_ name: String?) throws(LmctfyError) -> ContainerSpec {
-        try client.call(AgentMethods.spec, SpecRequest(name: name ?? "/")).spec ?? ContainerSpec()
+        try call(AgentMethods.spec, SpecRequest(name: name ?? "/")).spec ?? ContainerSpec()
     }
 
     /// Stats; `nil`: `/`.
     public func stats(_ name: String?, type: StatsType) throws(LmctfyError) -> ContainerStats {
         let kind: StatsKind = type == .full ? .statsFull : .statsSummary
-        return try client.call(AgentMethods.stats, StatsRequest(name: name ?? "/", kind: kind)).stats ?? ContainerStats()
+        return try call(AgentMethods.stats, StatsRequest(name: name ?? "/", kind: kind)).stats ?? ContainerStats()
     }
 
     /// ListContainers; `nil`: `/`.
     public func listContainers(_ name: String?, recursive: Bool) throws(LmctfyError) -> [String] {
-        try client.call(AgentMethods.listContainers, ListContainersRequest(name: name ?? "/", recursive: recursive)).names
+        try call(AgentMethods.listContainers, ListContainersRequest(name: name ?? "/", recursive: recursive)).names
     }
 
     /// ListPids or ListTids; `nil`: `/`.
     public func listTasks(_ name: String?, threads: Bool, recursive: Bool) throws(LmctfyError) -> [Int32] {
         if threads {
-            return try client.call(AgentMethods.listTids, ListTidsRequest(name: name ?? "/", recursive: recursive)).tids
+            return try call(AgentMethods.listTids, ListTidsRequest(name: name ?? "/", recursive: recursive)).tids
         }
-        return try client.call(AgentMethods.listPids, ListPidsRequest(name: name ?? "/", recursive: recursive)).pids
+        return try call(AgentMethods.listPids, ListPidsRequest(name: name ?? "/", recursive: recursive)).pids
     }
 
     /// Detect; needs a pid (the calling shell is not on the agent's machine).
@@ -70,7 +120,7 @@ public final class RemoteBackend: ContainerBackend, @unchecked Sendable {
         guard let tid else {
             throw .invalidArgument("lmctl detect needs a PID: the calling shell is not on the agent's machine")
         }
-        return try client.call(AgentMethods.detect, DetectRequest(pid: tid)).name ?? ""
+        return try call(AgentMethods.detect, DetectRequest(pid: tid)).name ?? ""
     }
 
     /// Run: `onStarted` at RUN_STARTED; attached runs return at RUN_EXITED.
@@ -100,21 +150,21 @@ public final class RemoteBackend: ContainerBackend, @unchecked Sendable {
         guard !tids.isEmpty else {
             throw .invalidArgument("lmctl enter needs TIDs: the calling shell is not on the agent's machine")
         }
-        _ = try client.call(AgentMethods.enter, EnterRequest(name: name, tids: tids))
+        _ = try call(AgentMethods.enter, EnterRequest(name: name, tids: tids, requestId: Self.newRequestId()))
     }
 
     /// KillAll.
     public func killAll(_ name: String, recursive: Bool) throws(LmctfyError) {
-        _ = try client.call(AgentMethods.killAll, KillAllRequest(name: name, recursive: recursive))
+        _ = try call(AgentMethods.killAll, KillAllRequest(name: name, recursive: recursive, requestId: Self.newRequestId()))
     }
 
     /// Pause or Resume; returns the name as sent.
     @discardableResult
     public func setPaused(_ name: String, _ paused: Bool) throws(LmctfyError) -> String {
         if paused {
-            _ = try client.call(AgentMethods.pause, PauseRequest(name: name))
+            _ = try call(AgentMethods.pause, PauseRequest(name: name, requestId: Self.newRequestId()))
         } else {
-            _ = try client.call(AgentMethods.resume, ResumeRequest(name: name))
+            _ = try call(AgentMethods.resume, ResumeRequest(name: name, requestId: Self.newRequestId()))
         }
         return name
     }
@@ -134,11 +184,11 @@ public final class RemoteBackend: ContainerBackend, @unchecked Sendable {
 
     /// Init, on the agent's machine.
     public func initMachine(_ spec: InitSpec) throws(LmctfyError) {
-        _ = try client.call(AgentMethods.initMachine, InitRequest(spec: spec))
+        _ = try call(AgentMethods.initMachine, InitRequest(spec: spec, requestId: Self.newRequestId()))
     }
 
     /// The agent's machine (`lmctl info`).
     public func machineInfo() throws(LmctfyError) -> MachineInfoResponse {
-        try client.call(AgentMethods.machineInfo, MachineInfoRequest())
+        try call(AgentMethods.machineInfo, MachineInfoRequest())
     }
 }

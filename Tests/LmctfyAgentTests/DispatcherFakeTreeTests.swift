@@ -25,7 +25,7 @@ final class FakeAgentMachine: @unchecked Sendable {
     /// The pid whose container is the agent's (nil names, Detect without pid).
     static let agentPid: pid_t = 4242
 
-    init() throws {
+    init(journal: RequestJournal? = nil) throws {
         tree = try FakeCgroupTree(.v1, controllers: [.freezer])
         try Sys.mkdir(tree.root + "/proc")
         try tree.seed("proc", ["self"], files: ["cgroup": "7:freezer:/agent\n"])
@@ -36,7 +36,8 @@ final class FakeAgentMachine: @unchecked Sendable {
         let backend = LocalBackend(api: api, callerPid: Self.agentPid,
                                    foreground: LocalBackend.spawnAndWait(stdio: .devNull),
                                    initMachine: { spec throws(LmctfyError) in specs.locked { $0.append(spec) } })
-        dispatcher = Dispatcher(backend: backend, cgroupVersion: 1, events: EventLog(bootId: "fakeboot"), agentVersion: "test")
+        dispatcher = Dispatcher(backend: backend, cgroupVersion: 1, events: EventLog(bootId: "fakeboot"), agentVersion: "test",
+                                journal: journal)
         try container(["agent"])
         try container(["agent", "busy"], procs: "777\n", tasks: "777\n778\n")
         try container(["agent", "busy", "sub"])

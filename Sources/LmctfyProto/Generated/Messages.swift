@@ -3104,13 +3104,17 @@ public struct CreateRequest: ProtoMessage {
     public var name: String?
     /// Field 2 `spec`.
     public var spec: ContainerSpec?
+    /// Field 3 `request_id`.
+    public var requestId: String?
 
     public init(
         name: String? = nil,
-        spec: ContainerSpec? = nil
+        spec: ContainerSpec? = nil,
+        requestId: String? = nil
     ) {
         self.name = name
         self.spec = spec
+        self.requestId = requestId
     }
 
     public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.CreateRequest")
@@ -3119,12 +3123,14 @@ public struct CreateRequest: ProtoMessage {
         precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.CreateRequest")
         self.name = message.get(1)
         self.spec = message.get(2)
+        self.requestId = message.get(3)
     }
 
     public var dynamic: DynamicMessage {
         var message = DynamicMessage(Self.protoDescriptor)
         message.set(1, name)
         message.set(2, spec)
+        message.set(3, requestId)
         return message
     }
 }
@@ -3152,13 +3158,17 @@ public struct DestroyRequest: ProtoMessage {
     public var name: String?
     /// Field 2 `force`.
     public var force: Bool?
+    /// Field 3 `request_id`.
+    public var requestId: String?
 
     public init(
         name: String? = nil,
-        force: Bool? = nil
+        force: Bool? = nil,
+        requestId: String? = nil
     ) {
         self.name = name
         self.force = force
+        self.requestId = requestId
     }
 
     public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.DestroyRequest")
@@ -3167,12 +3177,14 @@ public struct DestroyRequest: ProtoMessage {
         precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.DestroyRequest")
         self.name = message.get(1)
         self.force = message.get(2)
+        self.requestId = message.get(3)
     }
 
     public var dynamic: DynamicMessage {
         var message = DynamicMessage(Self.protoDescriptor)
         message.set(1, name)
         message.set(2, force)
+        message.set(3, requestId)
         return message
     }
 }
@@ -3250,13 +3262,17 @@ public struct EnterRequest: ProtoMessage {
     public var name: String?
     /// Field 2 `tids`.
     public var tids: [Int32]
+    /// Field 3 `request_id`.
+    public var requestId: String?
 
     public init(
         name: String? = nil,
-        tids: [Int32] = []
+        tids: [Int32] = [],
+        requestId: String? = nil
     ) {
         self.name = name
         self.tids = tids
+        self.requestId = requestId
     }
 
     public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.EnterRequest")
@@ -3265,12 +3281,14 @@ public struct EnterRequest: ProtoMessage {
         precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.EnterRequest")
         self.name = message.get(1)
         self.tids = message.getRepeated(2)
+        self.requestId = message.get(3)
     }
 
     public var dynamic: DynamicMessage {
         var message = DynamicMessage(Self.protoDescriptor)
         message.set(1, name)
         message.setRepeated(2, tids)
+        message.set(3, requestId)
         return message
     }
 }
@@ -3605,11 +3623,15 @@ public enum HelloStage: Int32, ProtoEnum, CaseIterable {
 public struct InitRequest: ProtoMessage {
     /// Field 1 `spec`.
     public var spec: InitSpec?
+    /// Field 2 `request_id`.
+    public var requestId: String?
 
     public init(
-        spec: InitSpec? = nil
+        spec: InitSpec? = nil,
+        requestId: String? = nil
     ) {
         self.spec = spec
+        self.requestId = requestId
     }
 
     public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.InitRequest")
@@ -3617,11 +3639,13 @@ public struct InitRequest: ProtoMessage {
     public init(dynamic message: DynamicMessage) {
         precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.InitRequest")
         self.spec = message.get(1)
+        self.requestId = message.get(2)
     }
 
     public var dynamic: DynamicMessage {
         var message = DynamicMessage(Self.protoDescriptor)
         message.set(1, spec)
+        message.set(2, requestId)
         return message
     }
 }
@@ -3649,13 +3673,17 @@ public struct KillAllRequest: ProtoMessage {
     public var name: String?
     /// Field 2 `recursive`.
     public var recursive: Bool?
+    /// Field 3 `request_id`.
+    public var requestId: String?
 
     public init(
         name: String? = nil,
-        recursive: Bool? = nil
+        recursive: Bool? = nil,
+        requestId: String? = nil
     ) {
         self.name = name
         self.recursive = recursive
+        self.requestId = requestId
     }
 
     public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.KillAllRequest")
@@ -3664,12 +3692,14 @@ public struct KillAllRequest: ProtoMessage {
         precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.KillAllRequest")
         self.name = message.get(1)
         self.recursive = message.get(2)
+        self.requestId = message.get(3)
     }
 
     public var dynamic: DynamicMessage {
         var message = DynamicMessage(Self.protoDescriptor)
         message.set(1, name)
         message.set(2, recursive)
+        message.set(3, requestId)
         return message
     }
 }
@@ -4015,11 +4045,15 @@ public struct NotifyResponse: ProtoMessage {
 public struct PauseRequest: ProtoMessage {
     /// Field 1 `name`.
     public var name: String?
+    /// Field 2 `request_id`.
+    public var requestId: String?
 
     public init(
-        name: String? = nil
+        name: String? = nil,
+        requestId: String? = nil
     ) {
         self.name = name
+        self.requestId = requestId
     }
 
     public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.PauseRequest")
@@ -4027,11 +4061,13 @@ public struct PauseRequest: ProtoMessage {
     public init(dynamic message: DynamicMessage) {
         precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.PauseRequest")
         self.name = message.get(1)
+        self.requestId = message.get(2)
     }
 
     public var dynamic: DynamicMessage {
         var message = DynamicMessage(Self.protoDescriptor)
         message.set(1, name)
+        message.set(2, requestId)
         return message
     }
 }
@@ -4103,15 +4139,92 @@ public struct PingResponse: ProtoMessage {
     }
 }
 
+/// Protobuf message `containers.lmctfy.agent.RequestJournalEntry`.
+public struct RequestJournalEntry: ProtoMessage {
+    /// Field 1 `request_id`.
+    public var requestId: String?
+    /// Field 2 `method`.
+    public var method: String?
+    /// Field 3 `request_sha256`.
+    public var requestSha256: [UInt8]?
+    /// Field 4 `started_ns`.
+    public var startedNs: UInt64?
+    /// Field 5 `boot_id`.
+    public var bootId: String?
+    /// Field 6 `finished`.
+    public var finished: Bool?
+    /// Field 7 `code`.
+    public var code: Int32?
+    /// Field 8 `message`.
+    public var message: String?
+    /// Field 9 `response`.
+    public var response: [UInt8]?
+
+    public init(
+        requestId: String? = nil,
+        method: String? = nil,
+        requestSha256: [UInt8]? = nil,
+        startedNs: UInt64? = nil,
+        bootId: String? = nil,
+        finished: Bool? = nil,
+        code: Int32? = nil,
+        message: String? = nil,
+        response: [UInt8]? = nil
+    ) {
+        self.requestId = requestId
+        self.method = method
+        self.requestSha256 = requestSha256
+        self.startedNs = startedNs
+        self.bootId = bootId
+        self.finished = finished
+        self.code = code
+        self.message = message
+        self.response = response
+    }
+
+    public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.RequestJournalEntry")
+
+    public init(dynamic message: DynamicMessage) {
+        precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.RequestJournalEntry")
+        self.requestId = message.get(1)
+        self.method = message.get(2)
+        self.requestSha256 = message.get(3)
+        self.startedNs = message.get(4)
+        self.bootId = message.get(5)
+        self.finished = message.get(6)
+        self.code = message.get(7)
+        self.message = message.get(8)
+        self.response = message.get(9)
+    }
+
+    public var dynamic: DynamicMessage {
+        var message = DynamicMessage(Self.protoDescriptor)
+        message.set(1, requestId)
+        message.set(2, method)
+        message.set(3, requestSha256)
+        message.set(4, startedNs)
+        message.set(5, bootId)
+        message.set(6, finished)
+        message.set(7, code)
+        message.set(8, self.message)
+        message.set(9, response)
+        return message
+    }
+}
+
 /// Protobuf message `containers.lmctfy.agent.ResumeRequest`.
 public struct ResumeRequest: ProtoMessage {
     /// Field 1 `name`.
     public var name: String?
+    /// Field 2 `request_id`.
+    public var requestId: String?
 
     public init(
-        name: String? = nil
+        name: String? = nil,
+        requestId: String? = nil
     ) {
         self.name = name
+        self.requestId = requestId
     }
 
     public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.ResumeRequest")
@@ -4119,11 +4232,13 @@ public struct ResumeRequest: ProtoMessage {
     public init(dynamic message: DynamicMessage) {
         precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.ResumeRequest")
         self.name = message.get(1)
+        self.requestId = message.get(2)
     }
 
     public var dynamic: DynamicMessage {
         var message = DynamicMessage(Self.protoDescriptor)
         message.set(1, name)
+        message.set(2, requestId)
         return message
     }
 }
@@ -4464,15 +4579,19 @@ public struct UpdateRequest: ProtoMessage {
     public var spec: ContainerSpec?
     /// Field 3 `policy`.
     public var policy: SpecUpdatePolicy?
+    /// Field 4 `request_id`.
+    public var requestId: String?
 
     public init(
         name: String? = nil,
         spec: ContainerSpec? = nil,
-        policy: SpecUpdatePolicy? = nil
+        policy: SpecUpdatePolicy? = nil,
+        requestId: String? = nil
     ) {
         self.name = name
         self.spec = spec
         self.policy = policy
+        self.requestId = requestId
     }
 
     public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.UpdateRequest")
@@ -4482,6 +4601,7 @@ public struct UpdateRequest: ProtoMessage {
         self.name = message.get(1)
         self.spec = message.get(2)
         self.policy = message.get(3)
+        self.requestId = message.get(4)
     }
 
     public var dynamic: DynamicMessage {
@@ -4489,6 +4609,7 @@ public struct UpdateRequest: ProtoMessage {
         message.set(1, name)
         message.set(2, spec)
         message.set(3, policy)
+        message.set(4, requestId)
         return message
     }
 }

@@ -59,6 +59,7 @@ typedef struct Containers__Lmctfy__Agent__PingRequest Containers__Lmctfy__Agent_
 typedef struct Containers__Lmctfy__Agent__PingResponse Containers__Lmctfy__Agent__PingResponse;
 typedef struct Containers__Lmctfy__Agent__InitRequest Containers__Lmctfy__Agent__InitRequest;
 typedef struct Containers__Lmctfy__Agent__InitResponse Containers__Lmctfy__Agent__InitResponse;
+typedef struct Containers__Lmctfy__Agent__RequestJournalEntry Containers__Lmctfy__Agent__RequestJournalEntry;
 typedef struct Containers__Lmctfy__Agent__RoleBinding Containers__Lmctfy__Agent__RoleBinding;
 typedef struct Containers__Lmctfy__Agent__AgentLimits Containers__Lmctfy__Agent__AgentLimits;
 typedef struct Containers__Lmctfy__Agent__AgentConfig Containers__Lmctfy__Agent__AgentConfig;
@@ -375,14 +376,19 @@ struct  Containers__Lmctfy__Agent__CreateRequest
 {
   ProtobufCMessage base;
   char *name;
-  /*
-   * Next id: 3
-   */
   Containers__Lmctfy__ContainerSpec *spec;
+  /*
+   * Added: the caller's idempotency key (PROTOCOL.md section 6.1): 1 to 64
+   * of [A-Za-z0-9_-], fresh for each operation and the same on its retry.
+   */
+  /*
+   * Next id: 4
+   */
+  char *request_id;
 };
 #define CONTAINERS__LMCTFY__AGENT__CREATE_REQUEST__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__create_request__descriptor) \
-    , NULL, NULL }
+    , NULL, NULL, NULL }
 
 
 struct  Containers__Lmctfy__Agent__CreateResponse
@@ -405,15 +411,20 @@ struct  Containers__Lmctfy__Agent__DestroyRequest
    * Also destroy subcontainers and kill processes (lmctfy destroy -f);
    * without it a non-empty container is refused with FAILED_PRECONDITION.
    */
-  /*
-   * Next id: 3
-   */
   protobuf_c_boolean has_force;
   protobuf_c_boolean force;
+  /*
+   * Added: the caller's idempotency key (PROTOCOL.md section 6.1): 1 to 64
+   * of [A-Za-z0-9_-], fresh for each operation and the same on its retry.
+   */
+  /*
+   * Next id: 4
+   */
+  char *request_id;
 };
 #define CONTAINERS__LMCTFY__AGENT__DESTROY_REQUEST__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__destroy_request__descriptor) \
-    , NULL, 0, 0 }
+    , NULL, 0, 0, NULL }
 
 
 struct  Containers__Lmctfy__Agent__DestroyResponse
@@ -433,15 +444,20 @@ struct  Containers__Lmctfy__Agent__UpdateRequest
   ProtobufCMessage base;
   char *name;
   Containers__Lmctfy__ContainerSpec *spec;
-  /*
-   * Next id: 4
-   */
   protobuf_c_boolean has_policy;
   Containers__Lmctfy__Agent__SpecUpdatePolicy policy;
+  /*
+   * Added: the caller's idempotency key (PROTOCOL.md section 6.1): 1 to 64
+   * of [A-Za-z0-9_-], fresh for each operation and the same on its retry.
+   */
+  /*
+   * Next id: 5
+   */
+  char *request_id;
 };
 #define CONTAINERS__LMCTFY__AGENT__UPDATE_REQUEST__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__update_request__descriptor) \
-    , NULL, NULL, 0, CONTAINERS__LMCTFY__AGENT__SPEC_UPDATE_POLICY__UPDATE_POLICY_UNSPECIFIED }
+    , NULL, NULL, 0, CONTAINERS__LMCTFY__AGENT__SPEC_UPDATE_POLICY__UPDATE_POLICY_UNSPECIFIED, NULL }
 
 
 struct  Containers__Lmctfy__Agent__UpdateResponse
@@ -695,15 +711,20 @@ struct  Containers__Lmctfy__Agent__EnterRequest
 {
   ProtobufCMessage base;
   char *name;
-  /*
-   * Next id: 3
-   */
   size_t n_tids;
   int32_t *tids;
+  /*
+   * Added: the caller's idempotency key (PROTOCOL.md section 6.1): 1 to 64
+   * of [A-Za-z0-9_-], fresh for each operation and the same on its retry.
+   */
+  /*
+   * Next id: 4
+   */
+  char *request_id;
 };
 #define CONTAINERS__LMCTFY__AGENT__ENTER_REQUEST__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__enter_request__descriptor) \
-    , NULL, 0,NULL }
+    , NULL, 0,NULL, NULL }
 
 
 struct  Containers__Lmctfy__Agent__EnterResponse
@@ -727,10 +748,18 @@ struct  Containers__Lmctfy__Agent__KillAllRequest
    */
   protobuf_c_boolean has_recursive;
   protobuf_c_boolean recursive;
+  /*
+   * Added: the caller's idempotency key (PROTOCOL.md section 6.1): 1 to 64
+   * of [A-Za-z0-9_-], fresh for each operation and the same on its retry.
+   */
+  /*
+   * Next id: 4
+   */
+  char *request_id;
 };
 #define CONTAINERS__LMCTFY__AGENT__KILL_ALL_REQUEST__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__kill_all_request__descriptor) \
-    , NULL, 0, 0 }
+    , NULL, 0, 0, NULL }
 
 
 struct  Containers__Lmctfy__Agent__KillAllResponse
@@ -748,14 +777,19 @@ struct  Containers__Lmctfy__Agent__KillAllResponse
 struct  Containers__Lmctfy__Agent__PauseRequest
 {
   ProtobufCMessage base;
-  /*
-   * Next id: 2
-   */
   char *name;
+  /*
+   * Added: the caller's idempotency key (PROTOCOL.md section 6.1): 1 to 64
+   * of [A-Za-z0-9_-], fresh for each operation and the same on its retry.
+   */
+  /*
+   * Next id: 3
+   */
+  char *request_id;
 };
 #define CONTAINERS__LMCTFY__AGENT__PAUSE_REQUEST__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__pause_request__descriptor) \
-    , NULL }
+    , NULL, NULL }
 
 
 struct  Containers__Lmctfy__Agent__PauseResponse
@@ -773,14 +807,19 @@ struct  Containers__Lmctfy__Agent__PauseResponse
 struct  Containers__Lmctfy__Agent__ResumeRequest
 {
   ProtobufCMessage base;
-  /*
-   * Next id: 2
-   */
   char *name;
+  /*
+   * Added: the caller's idempotency key (PROTOCOL.md section 6.1): 1 to 64
+   * of [A-Za-z0-9_-], fresh for each operation and the same on its retry.
+   */
+  /*
+   * Next id: 3
+   */
+  char *request_id;
 };
 #define CONTAINERS__LMCTFY__AGENT__RESUME_REQUEST__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__resume_request__descriptor) \
-    , NULL }
+    , NULL, NULL }
 
 
 struct  Containers__Lmctfy__Agent__ResumeResponse
@@ -995,14 +1034,19 @@ struct  Containers__Lmctfy__Agent__PingResponse
 struct  Containers__Lmctfy__Agent__InitRequest
 {
   ProtobufCMessage base;
-  /*
-   * Next id: 2
-   */
   Containers__InitSpec *spec;
+  /*
+   * Added: the caller's idempotency key (PROTOCOL.md section 6.1): 1 to 64
+   * of [A-Za-z0-9_-], fresh for each operation and the same on its retry.
+   */
+  /*
+   * Next id: 3
+   */
+  char *request_id;
 };
 #define CONTAINERS__LMCTFY__AGENT__INIT_REQUEST__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__init_request__descriptor) \
-    , NULL }
+    , NULL, NULL }
 
 
 struct  Containers__Lmctfy__Agent__InitResponse
@@ -1012,6 +1056,50 @@ struct  Containers__Lmctfy__Agent__InitResponse
 #define CONTAINERS__LMCTFY__AGENT__INIT_RESPONSE__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__init_response__descriptor) \
      }
+
+
+/*
+ * Added: one entry of the request journal, the file state_dir/requests/<id>
+ * (PROTOCOL.md section 6.1). Written atomically when a call carrying a
+ * request_id starts and again when it has its outcome.
+ */
+struct  Containers__Lmctfy__Agent__RequestJournalEntry
+{
+  ProtobufCMessage base;
+  char *request_id;
+  char *method;
+  /*
+   * SHA-256 of the request payload as received: a reused id must come with
+   * the same request.
+   */
+  protobuf_c_boolean has_request_sha256;
+  ProtobufCBinaryData request_sha256;
+  /*
+   * CLOCK_REALTIME when the call started; the entry expires from it.
+   */
+  protobuf_c_boolean has_started_ns;
+  uint64_t started_ns;
+  /*
+   * The agent boot (event boot id) that started the call.
+   */
+  char *boot_id;
+  /*
+   * Set once the call has its outcome; then `code`, `message`, `response`.
+   */
+  protobuf_c_boolean has_finished;
+  protobuf_c_boolean finished;
+  protobuf_c_boolean has_code;
+  int32_t code;
+  char *message;
+  /*
+   * the serialized response of an OK call
+   */
+  protobuf_c_boolean has_response;
+  ProtobufCBinaryData response;
+};
+#define CONTAINERS__LMCTFY__AGENT__REQUEST_JOURNAL_ENTRY__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__request_journal_entry__descriptor) \
+    , NULL, NULL, 0, {0,NULL}, 0, 0, NULL, 0, 0, 0, 0, NULL, 0, {0,NULL} }
 
 
 /*
@@ -1961,6 +2049,25 @@ Containers__Lmctfy__Agent__InitResponse *
 void   containers__lmctfy__agent__init_response__free_unpacked
                      (Containers__Lmctfy__Agent__InitResponse *message,
                       ProtobufCAllocator *allocator);
+/* Containers__Lmctfy__Agent__RequestJournalEntry methods */
+void   containers__lmctfy__agent__request_journal_entry__init
+                     (Containers__Lmctfy__Agent__RequestJournalEntry         *message);
+size_t containers__lmctfy__agent__request_journal_entry__get_packed_size
+                     (const Containers__Lmctfy__Agent__RequestJournalEntry   *message);
+size_t containers__lmctfy__agent__request_journal_entry__pack
+                     (const Containers__Lmctfy__Agent__RequestJournalEntry   *message,
+                      uint8_t             *out);
+size_t containers__lmctfy__agent__request_journal_entry__pack_to_buffer
+                     (const Containers__Lmctfy__Agent__RequestJournalEntry   *message,
+                      ProtobufCBuffer     *buffer);
+Containers__Lmctfy__Agent__RequestJournalEntry *
+       containers__lmctfy__agent__request_journal_entry__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   containers__lmctfy__agent__request_journal_entry__free_unpacked
+                     (Containers__Lmctfy__Agent__RequestJournalEntry *message,
+                      ProtobufCAllocator *allocator);
 /* Containers__Lmctfy__Agent__RoleBinding methods */
 void   containers__lmctfy__agent__role_binding__init
                      (Containers__Lmctfy__Agent__RoleBinding         *message);
@@ -2146,6 +2253,9 @@ typedef void (*Containers__Lmctfy__Agent__InitRequest_Closure)
 typedef void (*Containers__Lmctfy__Agent__InitResponse_Closure)
                  (const Containers__Lmctfy__Agent__InitResponse *message,
                   void *closure_data);
+typedef void (*Containers__Lmctfy__Agent__RequestJournalEntry_Closure)
+                 (const Containers__Lmctfy__Agent__RequestJournalEntry *message,
+                  void *closure_data);
 typedef void (*Containers__Lmctfy__Agent__RoleBinding_Closure)
                  (const Containers__Lmctfy__Agent__RoleBinding *message,
                   void *closure_data);
@@ -2212,6 +2322,7 @@ extern const ProtobufCMessageDescriptor containers__lmctfy__agent__ping_request_
 extern const ProtobufCMessageDescriptor containers__lmctfy__agent__ping_response__descriptor;
 extern const ProtobufCMessageDescriptor containers__lmctfy__agent__init_request__descriptor;
 extern const ProtobufCMessageDescriptor containers__lmctfy__agent__init_response__descriptor;
+extern const ProtobufCMessageDescriptor containers__lmctfy__agent__request_journal_entry__descriptor;
 extern const ProtobufCMessageDescriptor containers__lmctfy__agent__role_binding__descriptor;
 extern const ProtobufCMessageDescriptor containers__lmctfy__agent__agent_limits__descriptor;
 extern const ProtobufCMessageDescriptor containers__lmctfy__agent__agent_config__descriptor;
