@@ -11,7 +11,7 @@ import Synchronization
 /// The syscalls a FaultPlan can fail.
 public enum SysCall: String, Sendable, CaseIterable {
     /// One case per wrapped syscall; `spawn` is a whole process start (failed as a fork).
-    case open, read, write, mkdir, rmdir, opendir, stat, statfs, getxattr, setxattr, chown, kill, spawn, flock
+    case open, read, write, mkdir, rmdir, opendir, stat, statfs, getxattr, setxattr, chown, kill, spawn, flock, unlink
 }
 
 /// What a fake filesystem does where the real one would act by itself:

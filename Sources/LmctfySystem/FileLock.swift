@@ -25,18 +25,41 @@ public final class FileLock {
     }
 
     /// Opens (creating it with `mode`) and locks `path`, waiting for the
-    /// holder to let go. The descriptor is close-on-exec.
+    /// holder to let go. The descriptor is close-on-exec. A holder may
+    /// remove the file (`remove`): whoever was waiting then holds a lock on
+    /// a file no longer at `path`, notices (the inode at `path` differs or
+    /// is gone) and starts again on the file that is there now.
     public static func acquire(_ path: String, mode: mode_t = 0o600, faults: FaultPlan? = nil) throws(SystemError) -> FileLock {
-        let (fd, e) = Sys.retry { Sys.injected(faults, .open, path) { Glibc.open(path, O_RDWR | O_CREAT | O_CLOEXEC, mode) } }
-        if fd < 0 { throw SystemError("open", path, e) }
-        let (r, le) = Sys.retry { Sys.injected(faults, .flock, path) { lm_flock_exclusive(fd) } }
-        if r < 0 {
-            close(fd)
-            throw SystemError("flock", path, le)
+        while true {
+            let (fd, e) = Sys.retry { Sys.injected(faults, .open, path) { Glibc.open(path, O_RDWR | O_CREAT | O_CLOEXEC, mode) } }
+            if fd < 0 { throw SystemError("open", path, e) }
+            let (r, le) = Sys.retry { Sys.injected(faults, .flock, path) { lm_flock_exclusive(fd) } }
+            if r < 0 {
+                close(fd)
+                throw SystemError("flock", path, le)
+            }
+            var held = stat(), there = stat()
+            guard fstat(fd, &held) == 0 else {
+                let e = errno
+                close(fd)
+                throw SystemError("fstat", path, e)
+            }
+            if stat(path, &there) != 0 || there.st_ino != held.st_ino || there.st_dev != held.st_dev {
+                close(fd)  // removed (or replaced) while we waited
+                continue
+            }
+            let lock = FileLock(path: path, fd: fd, faults: faults)
+            lock.end = Int(lseek(fd, 0, SEEK_END))
+            return lock
         }
-        let lock = FileLock(path: path, fd: fd, faults: faults)
-        lock.end = Int(lseek(fd, 0, SEEK_END))
-        return lock
+    }
+
+    /// Removes the lock file while holding it (its tree is gone); the lock
+    /// is released. Waiters start again on a new file (see `acquire`).
+    public func remove() throws(SystemError) {
+        let (r, e) = Sys.retry { Sys.injected(faults, .unlink, path) { unlink(path) } }
+        if r < 0 && e != ENOENT { throw SystemError("unlink", path, e) }
+        release()
     }
 
     /// What the journal holds: left by a holder that did not finish (it

@@ -90,13 +90,17 @@ struct AgentIntegrationTests {
     /// the role the binding gives.
     @Test func aRoleBindingAdmitsItsUidOnTheUnixSocket() throws {
         try withAgent("role { role: AGENT_ROLE_READER uid: 65534 }") { _, socket in
+            // lmctl as uid 65534, from a copy that uid can reach wherever
+            // the checkout lives.
             func lmctl(_ args: String...) throws -> Int32? {
-                var o = SpawnOptions(argv: [builtTool("lmctl"), "--agent", "unix://" + socket] + args)
-                o.ids = (uid: 65534, gid: 65534)
-                o.stdout = .devNull
-                o.stderr = .devNull
-                if case .exited(let code) = try Sys.waitForExit(try Spawn.spawn(o)) { return code }
-                return nil
+                try withCopyForOtherUsers(builtTool("lmctl")) { copy in
+                    var o = SpawnOptions(argv: [copy, "--agent", "unix://" + socket] + args)
+                    o.ids = (uid: 65534, gid: 65534)
+                    o.stdout = .devNull
+                    o.stderr = .devNull
+                    if case .exited(let code) = try Sys.waitForExit(try Spawn.spawn(o)) { return code }
+                    return nil
+                }
             }
             let list = try lmctl("list", "containers", "/")
             #expect(list == 0, "admitted as a reader")

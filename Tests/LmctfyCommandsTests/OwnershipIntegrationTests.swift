@@ -22,20 +22,6 @@ struct OwnershipIntegrationTests {
 
     func lmctfy(_ args: String...) throws -> CLIResult { try BuiltBinary.run(args) }
 
-    /// The built lmctfy copied where another user can run it.
-    static let publicBinary: String = {
-        let dir = "/tmp/lmctfy-public-\(getpid())"
-        _ = try? Sys.mkdir(dir, mode: 0o755)
-        let target = dir + "/lmctfy"
-        if let bytes = try? Sys.readBytes(BuiltBinary.path ?? "") {
-            let fd = open(target, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o755)
-            _ = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
-            close(fd)
-            chmod(target, 0o755)
-        }
-        return target
-    }()
-
     /// argv as uid/gid 65534, no supplementary groups (the spawn shim
     /// drops the ids before exec; the qemu guest has no setpriv).
     static func spawnAsNobody(_ argv: [String], stdout: StdioTarget = .devNull, stderr: StdioTarget = .devNull) throws -> pid_t {
@@ -51,7 +37,10 @@ struct OwnershipIntegrationTests {
     func asNobody(_ args: [String]) throws -> CLIResult {
         let (outRead, outWrite) = try Sys.pipe()
         let (errRead, errWrite) = try Sys.pipe()
-        let pid = try Self.spawnAsNobody([Self.publicBinary] + args, stdout: .fd(outWrite), stderr: .fd(errWrite))
+        // From a copy that uid can reach wherever the checkout lives.
+        let pid = try withCopyForOtherUsers(try #require(BuiltBinary.path)) { lmctfy in
+            try Self.spawnAsNobody([lmctfy] + args, stdout: .fd(outWrite), stderr: .fd(errWrite))
+        }
         close(outWrite)
         close(errWrite)
         defer { close(outRead); close(errRead) }
@@ -158,6 +147,22 @@ struct OwnershipIntegrationTests {
             let status = try Sys.waitForExit(pid)
             #expect(status == .exited(0))
             #expect(try lmctfy("list", "containers", "/").stdout.contains(name))
+        }
+    }
+
+    /// A top-level container's lock file goes with its tree, so /run does
+    /// not fill with one file per name ever used; a waiter on the removed
+    /// file starts again on the new one (the race test below).
+    @Test func theLockFileGoesWithItsTree() throws {
+        try withTestName("lockfile") { name throws in
+            let file = CgroupAccess.kernelLockRoot + name
+            #expect(try lmctfy("create", name, Self.spec).status == 0)
+            #expect(try lmctfy("create", name + "/sub", "").status == 0)
+            #expect(Sys.exists(file))
+            #expect(try lmctfy("destroy", "-f", name + "/sub").status == 0)
+            #expect(Sys.exists(file), "a nested destroy keeps the tree's lock file")
+            #expect(try lmctfy("destroy", "-f", name).status == 0)
+            #expect(!Sys.exists(file), "\(file) was left behind")
         }
     }
 
