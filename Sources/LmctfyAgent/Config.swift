@@ -111,13 +111,10 @@ public struct AgentSettings: Sendable {
     /// Throws FAILED_PRECONDITION naming the directory and what is wrong.
     public func checkStateDir(create: Bool) throws(LmctfyError) {
         guard stateDir.hasPrefix("/") else { throw .invalidArgument("state_dir \"\(stateDir)\" must be absolute") }
-        var st = stat()
-        if lstat(stateDir, &st) != 0 {
-            let e = errno
-            guard e == ENOENT, create else {
-                if e == ENOENT { return }  // made at start
-                throw SystemError("lstat", stateDir, e).lmctfy(.failedPrecondition, "Checking state_dir")
-            }
+        var found: stat?
+        do { found = try Sys.linkStatus(stateDir) } catch { throw error.lmctfy(.failedPrecondition, "Checking state_dir") }
+        if found == nil {
+            guard create else { return }  // made at start
             var path = ""
             let parts = stateDir.split(separator: "/")
             for (i, part) in parts.enumerated() {
@@ -129,10 +126,9 @@ public struct AgentSettings: Sendable {
                     throw error.lmctfy(.failedPrecondition, "Creating state_dir")
                 }
             }
-            guard lstat(stateDir, &st) == 0 else {
-                throw SystemError("lstat", stateDir, errno).lmctfy(.failedPrecondition, "Checking state_dir")
-            }
+            do { found = try Sys.linkStatus(stateDir) } catch { throw error.lmctfy(.failedPrecondition, "Checking state_dir") }
         }
+        guard let st = found else { throw .failedPrecondition("state_dir \(stateDir) vanished while it was made") }
         guard st.st_mode & S_IFMT == S_IFDIR else {
             throw .failedPrecondition("state_dir \(stateDir) is not a directory (a symlink is refused too)")
         }

@@ -203,31 +203,13 @@ public final class RequestJournal: @unchecked Sendable {
     /// Temp file, fsync, rename over the entry, fsync of the directory: a
     /// crash leaves the old entry or the new one, never a torn one.
     private func write(_ entry: RequestJournalEntry) throws(LmctfyError) {
-        let id = entry.requestId ?? ""
-        let path = directory + "/" + id
-        let temp = directory + "/.tmp-" + id
+        let path = directory + "/" + (entry.requestId ?? "")
         let bytes: [UInt8]
         do { bytes = try entry.serializedBytes() } catch { throw .internalError("encoding a journal entry: \(error)") }
-        do throws(SystemError) {
-            // Sys.open takes no mode; the entry is private like its directory.
-            let (fd, oe) = Sys.retry { Glibc.open(temp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0o600) }
-            if fd < 0 { throw SystemError("open", temp, oe) }
-            defer { close(fd) }
-            try Sys.writeAll(fd, bytes)
-            let (r, e) = Sys.retry { fsync(fd) }
-            if r != 0 { throw SystemError("fsync", temp, e) }
+        do {
+            try Sys.writeFileAtomically(path, bytes, mode: 0o600)
         } catch {
-            _ = try? Sys.unlink(temp)
             throw error.lmctfy(.unavailable, "Writing the request journal")
-        }
-        if rename(temp, path) != 0 {
-            let e = errno
-            _ = try? Sys.unlink(temp)
-            throw SystemError("rename", path, e).lmctfy(.unavailable, "Writing the request journal")
-        }
-        if let dfd = try? Sys.open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC) {
-            _ = Sys.retry { fsync(dfd) }
-            close(dfd)
         }
     }
 }

@@ -1,0 +1,48 @@
+// Files that must survive a crash whole: written to a temporary file,
+// fsynced, renamed over the target, and the directory fsynced, so that a
+// crash at any instant leaves the old content or the new, never a torn one.
+// And lstat(2), for checks that must not follow a symlink.
+import Glibc
+
+extension Sys {
+    /// Replaces `path` with `bytes` atomically (temp file beside it, fsync,
+    /// rename, fsync of the directory). The file gets `mode`; it is created
+    /// without following a symlink. On failure the temp file is removed and
+    /// `path` keeps what it had.
+    public static func writeFileAtomically(_ path: String, _ bytes: [UInt8], mode: mode_t = 0o600) throws(SystemError) {
+        let slash = path.lastIndex(of: "/")
+        let directory = slash.map { $0 == path.startIndex ? "/" : String(path[..<$0]) } ?? "."
+        let name = slash.map { String(path[path.index(after: $0)...]) } ?? path
+        let temp = (directory == "/" ? "" : directory) + "/.tmp-" + name
+        do throws(SystemError) {
+            let (fd, oe) = retry { Glibc.open(temp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, mode) }
+            if fd < 0 { throw SystemError("open", temp, oe) }
+            defer { close(fd) }
+            try writeAll(fd, bytes)
+            let (r, e) = retry { fsync(fd) }
+            if r != 0 { throw SystemError("fsync", temp, e) }
+            let (rr, re) = retry { rename(temp, path) }
+            if rr != 0 { throw SystemError("rename", path, re) }
+        } catch {
+            _ = try? unlink(temp)
+            throw error
+        }
+        // The rename is durable once the directory is.
+        let dfd = try open(directory, O_RDONLY | O_DIRECTORY)
+        defer { close(dfd) }
+        let (r, e) = retry { fsync(dfd) }
+        if r != 0 { throw SystemError("fsync", directory, e) }
+    }
+
+    /// lstat(2): what `path` itself is (a symlink is not followed); nil
+    /// when nothing is there.
+    public static func linkStatus(_ path: String) throws(SystemError) -> stat? {
+        var st = stat()
+        let (r, e) = retry { lstat(path, &st) }
+        if r < 0 {
+            if e == ENOENT { return nil }
+            throw SystemError("lstat", path, e)
+        }
+        return st
+    }
+}
