@@ -64,6 +64,11 @@ extension CgroupDir {
             value = try xattr(Record.state.xattrName, checked: false)
         } catch where error.code == .notFound {
             return .absent
+        } catch {
+            // Say so if the failure is something mounted over the directory
+            // (a filesystem without lmctfy's xattrs: EOPNOTSUPP).
+            try checkFilesystem()
+            throw error
         }
         switch value {
         case nil:
