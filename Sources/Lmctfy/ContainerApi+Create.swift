@@ -22,20 +22,7 @@ extension ContainerApi {
     @discardableResult
     public func create(_ name: ContainerName, spec: ContainerSpec) throws(LmctfyError) -> Container {
         if name.isRoot { throw .alreadyExists("Can't create existing container \"\(name)\"") }
-        return try locked(name) { lock throws(LmctfyError) in
-            do throws(LmctfyError) {
-                return try create(name, spec: spec, lock: lock)
-            } catch {
-                // A top-level create that failed and left nothing (no tasks
-                // directory, an empty journal) takes its lock file along, so
-                // /run keeps no file per name ever tried.
-                if name.depth == 1, let lock, (try? driver.tasksDir(name).state()) == .absent,
-                   (try? lock.journal())?.isEmpty == true {
-                    try? lock.remove()
-                }
-                throw error
-            }
-        }
+        return try locked(name) { lock throws(LmctfyError) in try create(name, spec: spec, lock: lock) }
     }
 
     /// Create, holding the tree's lock. The container becomes visible

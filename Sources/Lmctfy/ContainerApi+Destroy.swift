@@ -18,7 +18,7 @@ extension ContainerApi {
     /// NOT_FOUND only when there is nothing of lmctfy's at all.
     public func destroy(_ name: ContainerName) throws(LmctfyError) {
         guard !name.isRoot else { throw .failedPrecondition("Destroying the root container \"/\" is not allowed") }
-        try locked(name) { lock throws(LmctfyError) in
+        try locked(name, destroysTop: true) { _ throws(LmctfyError) in
             let visible = try exists(name)
             let tasksState = try driver.tasksDir(name).state()
             if !visible && tasksState == .foreign {
@@ -28,13 +28,6 @@ extension ContainerApi {
             try collectOwn(name, into: &subs)
             for sub in subs.reversed() { _ = try destroyOne(sub) }
             guard try destroyOne(name) || visible else { throw .notFound("Container \"\(name)\" does not exist") }
-            // A top-level container's lock file goes with its tree (its
-            // journal is empty: no create of this tree is half done).
-            if name.depth == 1, let lock {
-                do throws(SystemError) { try lock.remove() } catch {
-                    throw error.cgroup(.failedPrecondition, "Destroyed \"\(name)\", but failed to remove its lock file")
-                }
-            }
         }
     }
 

@@ -51,11 +51,36 @@ enum ContainerLock {
 extension ContainerApi {
     /// Runs `body` holding the lock of `name`'s tree, after undoing what an
     /// interrupted create in that tree left (its journal).
-    func locked<T>(_ name: ContainerName, _ body: (FileLock?) throws(LmctfyError) -> T) throws(LmctfyError) -> T {
+    /// The lock file goes with its tree, so /run keeps no file per name
+    /// ever used: it is removed while still held when `body` destroyed the
+    /// tree's top container (`destroysTop`), or when `body` failed and the
+    /// top container turns out not to exist (a failed create, a verb on a
+    /// name that never existed) with no interrupted create journaled.
+    /// Waiters start again on a new file (`FileLock.acquire`).
+    func locked<T>(_ name: ContainerName, destroysTop: Bool = false,
+                   _ body: (FileLock?) throws(LmctfyError) -> T) throws(LmctfyError) -> T {
         let lock = try ContainerLock.acquire(name, access: mounts.access)
         defer { lock?.release() }
         try recover(lock)
-        return try body(lock)
+        let result: T
+        do {
+            result = try body(lock)
+        } catch {
+            // Best effort, on a path that reports an error anyway: a probe
+            // that fails keeps the file.
+            if let lock, let top = name.components.first,
+               (try? driver.tasksDir(ContainerName(trusted: [top])).state()) == .absent,
+               (try? lock.journal())?.isEmpty == true {
+                try? lock.remove()
+            }
+            throw error
+        }
+        if destroysTop, name.depth == 1, let lock {
+            do { try lock.remove() } catch {
+                throw error.cgroup(.failedPrecondition, "Destroyed \"\(name)\", but failed to remove its lock file")
+            }
+        }
+        return result
     }
 
     /// The journal of a create says which container it was making and,

@@ -163,6 +163,11 @@ struct OwnershipIntegrationTests {
             #expect(Sys.exists(file), "a nested destroy keeps the tree's lock file")
             #expect(try lmctfy("destroy", "-f", name).status == 0)
             #expect(!Sys.exists(file), "\(file) was left behind")
+            // Nor by a verb on a name that does not exist, or a failed create.
+            #expect(try lmctfy("destroy", name).status == 5)
+            #expect(try lmctfy("update", "diff", name, "cpu:{limit:100}").status == 5)
+            #expect(try lmctfy("create", name, "cpu:{max_limit:3}").status == 3)
+            #expect(!Sys.exists(file), "\(file) was left behind")
         }
     }
 
