@@ -70,7 +70,7 @@ let package = Package(
         // multiplexing as a transport-free state machine, plus a blocking client.
         .target(
             name: "LmctfyRPC",
-            dependencies: ["LmctfyProto", "LmctfySystem", "COpenSSL"]),
+            dependencies: ["LmctfyProto", "LmctfyWire", "CProtobufC", "LmctfySystem", "COpenSSL"]),
         // The libuv wrapper the agent runs on: one loop thread owning every
         // handle, work offloaded to a pool, TCP/Unix streams, timers, signals.
         .target(

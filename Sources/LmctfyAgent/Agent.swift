@@ -341,26 +341,26 @@ public final class Agent: @unchecked Sendable {
     private func startCall(_ s: ConnState, streamId: UInt32, method: String, payload: [UInt8]) {
         let role = s.role
         let dispatcher = self.dispatcher
-        let scheduling = Self.scheduling(of: method)
+        let info = AgentMethods.named(method)
+        let scheduling = info?.scheduling ?? .pool
         if scheduling == .loop {
             // Answered by the loop itself: nothing to block on, and a ping
             // that proves the loop is alive should not wait for a pool thread
             // (nor for two wake-ups of the loop to send its answer).
-            let replies = Mutexed<[[UInt8]]>([])
-            let inline = CallContext { bytes in replies.locked { $0.append(bytes) } }
-            let status = dispatcher.handle(method: method, payload: payload, role: role, context: inline)
-            let now = MonotonicClock.milliseconds()
-            var actions: [SessionAction] = []
-            for r in replies.locked({ $0 }) { actions += s.session.sendResponse(streamId: streamId, payload: r, now: now) }
-            actions += s.session.sendStatus(streamId: streamId, status, now: now)
-            perform(s, actions)
+            let context = CallContext()
+            let status = dispatcher.handle(method: method, payload: payload, role: role, context: context)
+            perform(s, final(s, streamId, context.takeResponses(), status))
             return
         }
         let connId = s.id
-        let context = CallContext { [weak self] bytes in
-            // From the worker: responses keep their order through execute's FIFO.
-            self?.loop.execute { [weak self] in self?.respond(connId, streamId, bytes) }
-        }
+        // A unary call's response waits for its status and leaves with it
+        // (one frame, one wake-up of the loop); a streaming call's responses
+        // go as they come, in order through execute's FIFO.
+        let context = info?.shape == .serverStreaming
+            ? CallContext { [weak self] bytes in
+                self?.loop.execute { [weak self] in self?.respond(connId, streamId, bytes) }
+            }
+            : CallContext()
         s.calls[streamId] = context
         if scheduling == .pool {
             s.poolCalls[streamId] = payload.count
@@ -384,6 +384,16 @@ public final class Agent: @unchecked Sendable {
         }
     }
 
+    /// A call's end: the responses it kept, the last one with the status.
+    private func final(_ s: ConnState, _ streamId: UInt32, _ responses: [[UInt8]], _ status: CallStatus) -> [SessionAction] {
+        let now = MonotonicClock.milliseconds()
+        guard let last = responses.last else { return s.session.sendStatus(streamId: streamId, status, now: now) }
+        var actions: [SessionAction] = []
+        for r in responses.dropLast() { actions += s.session.sendResponse(streamId: streamId, payload: r, now: now) }
+        actions += s.session.sendFinal(streamId: streamId, payload: last, status, now: now)
+        return actions
+    }
+
     private func respond(_ connId: Int, _ streamId: UInt32, _ bytes: [UInt8]) {
         guard let s = conns[connId], s.calls[streamId] != nil else { return }
         perform(s, s.session.sendResponse(streamId: streamId, payload: bytes, now: MonotonicClock.milliseconds()))
@@ -397,8 +407,8 @@ public final class Agent: @unchecked Sendable {
                 totalHeld -= bytes
                 totalPoolCalls -= 1
             }
-            if s.calls.removeValue(forKey: streamId) != nil {
-                perform(s, s.session.sendStatus(streamId: streamId, status, now: MonotonicClock.milliseconds()))
+            if let context = s.calls.removeValue(forKey: streamId) {
+                perform(s, final(s, streamId, context.takeResponses(), status))
             } else {
                 updateFlow(s)
             }

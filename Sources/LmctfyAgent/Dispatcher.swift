@@ -17,12 +17,37 @@ public final class CallContext: @unchecked Sendable {
     private let lock = Lock()
     private var isCancelled = false
     private var cancelHook: (@Sendable () -> Void)?
-    private let emitter: @Sendable ([UInt8]) -> Void
+    private let emitter: (@Sendable ([UInt8]) -> Void)?
+    /// Responses kept for the caller to send with the status (no emitter).
+    private var collected: [[UInt8]] = []
 
     /// A context that sends streamed responses (serialized) through `emit`,
     /// which must be safe to call from any thread.
     public init(emit: @escaping @Sendable ([UInt8]) -> Void) {
         emitter = emit
+    }
+
+    /// A context that keeps the responses until `takeResponses()`: for a
+    /// unary call, whose one response leaves with its status (in one frame
+    /// when the peer speaks protocol version 2).
+    public init() {
+        emitter = nil
+    }
+
+    /// The responses kept so far (collecting contexts), in order; clears them.
+    public func takeResponses() -> [[UInt8]] {
+        lock.locked {
+            defer { collected = [] }
+            return collected
+        }
+    }
+
+    private func send(_ bytes: [UInt8]) {
+        if let emitter {
+            emitter(bytes)
+        } else {
+            lock.locked { collected.append(bytes) }
+        }
     }
 
     /// Whether the call was cancelled (peer cancel, deadline, connection
@@ -52,11 +77,11 @@ public final class CallContext: @unchecked Sendable {
 
     /// Sends one response message of a streaming call (thread-safe).
     public func emit<M: ProtoMessage>(_ message: M) throws(LmctfyError) {
-        do { emitter(try message.serializedBytes()) } catch { throw .internalError("encoding a response: \(error)") }
+        do { send(try message.serializedBytes()) } catch { throw .internalError("encoding a response: \(error)") }
     }
 
     /// Sends one response already serialized (a replayed answer).
-    func emit(serialized bytes: [UInt8]) { emitter(bytes) }
+    func emit(serialized bytes: [UInt8]) { send(bytes) }
 }
 
 /// A request that may carry an idempotency key (PROTOCOL.md section 6.1).

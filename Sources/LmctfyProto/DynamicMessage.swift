@@ -4,7 +4,7 @@
 
 /// One value of a field. Signed 32-bit wire types (int32, sint32, sfixed32)
 /// are all `.int32`, and likewise for the other integer families.
-public indirect enum ProtoValue: Sendable, Equatable {
+public enum ProtoValue: Sendable, Equatable {
     case int32(Int32)
     case int64(Int64)
     case uint32(UInt32)

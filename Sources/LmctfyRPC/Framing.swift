@@ -48,6 +48,24 @@ public enum FrameCodec {
 
     /// The frame's bytes on the wire, length prefix included.
     public static func encode(_ frame: Frame) -> [UInt8] {
+        var out: [UInt8] = []
+        append(frame, to: &out)
+        return out
+    }
+
+    /// Appends the frame's bytes (length prefix included) to `out`: the
+    /// agent builds a whole batch of answers in one buffer this way.
+    public static func append(_ frame: Frame, to out: inout [UInt8]) {
+        if FrameWire.isPlain(frame) {
+            FrameWire.append(frame, to: &out)
+            return
+        }
+        out += encodeGeneric(frame)
+    }
+
+    /// Through the generic (DynamicMessage) codec: every frame, slower. The
+    /// reference the fast path is checked against (tests, fuzzing).
+    public static func encodeGeneric(_ frame: Frame) -> [UInt8] {
         let body: [UInt8]
         do {
             body = try frame.serializedBytes()
@@ -59,12 +77,29 @@ public enum FrameCodec {
         return [UInt8(n >> 24), UInt8(n >> 16 & 0xff), UInt8(n >> 8 & 0xff), UInt8(n & 0xff)] + body
     }
 
-    /// Decodes one frame body (no length prefix). Unknown enum numbers are
-    /// kept by protobuf-c, so the kind is checked on the raw value.
+    /// Decodes one frame body (no length prefix).
     public static func decodeBody(_ body: ArraySlice<UInt8>) throws(FrameError) -> Frame {
+        let result = body.withUnsafeBytes { raw -> Result<Frame, FrameError> in
+            do throws(FrameError) { return .success(try FrameWire.decode(raw)) } catch { return .failure(error) }
+        }
+        return try result.get()
+    }
+
+    /// Through the generic (DynamicMessage) codec: the reference the fast
+    /// path is checked against (tests, fuzzing).
+    public static func decodeGeneric(_ body: [UInt8]) throws(FrameError) -> Frame {
+        let result = body.withUnsafeBytes { raw -> Result<Frame, FrameError> in
+            do throws(FrameError) { return .success(try decodeGeneric(raw)) } catch { return .failure(error) }
+        }
+        return try result.get()
+    }
+
+    /// Unknown enum numbers are kept by protobuf-c, so the kind is checked
+    /// on the raw value.
+    static func decodeGeneric(_ body: UnsafeRawBufferPointer) throws(FrameError) -> Frame {
         let dynamic: DynamicMessage
         do {
-            dynamic = try DynamicMessage(serializedBytes: body, as: Frame.protoDescriptor)
+            dynamic = try DynamicMessage(serializedBytes: Array(body), as: Frame.protoDescriptor)
         } catch {
             throw .garbage(length: body.count)
         }

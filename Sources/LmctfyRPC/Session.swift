@@ -10,9 +10,12 @@ import LmctfySystem
 /// The protocol versions this implementation speaks.
 public enum ProtocolVersion {
     /// The newest protocol version this implementation speaks (the top of `supported`).
-    public static let current: UInt32 = 1
+    public static let current: UInt32 = 2
     /// Every version this side accepts; the handshake picks the highest both speak.
-    public static let supported: ClosedRange<UInt32> = 1...1
+    public static let supported: ClosedRange<UInt32> = 1...2
+    /// From this version on a RESPONSE may carry the call's status and end
+    /// the stream in one frame (PROTOCOL.md section 4).
+    public static let finalResponse: UInt32 = 2
 }
 
 /// Limits one side applies to what it receives (announced in its hello) and
@@ -346,6 +349,28 @@ public struct Session: Sendable {
         return [.write(frame)]
     }
 
+    /// The last response of a call the peer made and its status: one frame
+    /// (a RESPONSE carrying the status) when the peer speaks version 2 or
+    /// later, RESPONSE then STATUS with version 1. Dropped if the call has
+    /// already ended. A response too large for the peer ends the call with
+    /// RESOURCE_EXHAUSTED instead.
+    public mutating func sendFinal(streamId: UInt32, payload: [UInt8], _ status: CallStatus, now: UInt64) -> [SessionAction] {
+        guard !isClosed, incoming[streamId] != nil, let peer else { return [] }
+        guard peer.version >= ProtocolVersion.finalResponse else {
+            var actions = sendResponse(streamId: streamId, payload: payload, now: now)
+            actions += sendStatus(streamId: streamId, status, now: now)
+            return actions
+        }
+        incoming[streamId] = nil
+        var frame: [UInt8] = []
+        FrameCodec.append(Frame(kind: .frameResponse, streamId: streamId, payload: payload, status: status.wire), to: &frame)
+        guard frame.count - FrameCodec.headerBytes <= Int(peer.maxFrameBytes) else {
+            let status = CallStatus(.resourceExhausted, "response of \(frame.count - FrameCodec.headerBytes) bytes exceeds the peer's frame limit of \(peer.maxFrameBytes)")
+            return [.write(statusFrame(streamId, status))]
+        }
+        return [.write(frame)]
+    }
+
     /// Ends a call the peer made. Dropped if it has already ended.
     public mutating func sendStatus(streamId: UInt32, _ status: CallStatus, now: UInt64) -> [SessionAction] {
         guard !isClosed, incoming.removeValue(forKey: streamId) != nil else { return [] }
@@ -455,10 +480,22 @@ public struct Session: Sendable {
             if kind == .frameStatus && frame.status?.code == nil {
                 return closeLocally(.goawayMalformedFrame, "STATUS frame without a code on stream \(id)")
             }
+            // Version 2: a RESPONSE carrying a status is also the end of the
+            // stream (version 1 ignores the field on a RESPONSE).
+            let ends = kind == .frameResponse && frame.status != nil
+                && (peer?.version ?? 0) >= ProtocolVersion.finalResponse
+            if ends && frame.status?.code == nil {
+                return closeLocally(.goawayMalformedFrame, "RESPONSE frame with a status without a code on stream \(id)")
+            }
             guard outgoing[id] != nil else {
                 // Ended locally (deadline, cancel) while this was in flight.
                 if id <= lastLocalId { return [] }
                 return closeLocally(.goawayProtocolError, "\(kind.protoName) on stream \(id), which was never opened")
+            }
+            if ends {
+                outgoing[id] = nil
+                return [.deliverResponse(streamId: id, payload: frame.payload ?? []),
+                        .deliverStatus(streamId: id, CallStatus(wire: frame.status!))]
             }
             if kind == .frameResponse {
                 return [.deliverResponse(streamId: id, payload: frame.payload ?? [])]

@@ -9,7 +9,9 @@
 //    within the limit (bufferedBytes < 4 + max after draining): it never
 //    waits for, and so never buffers, a body it will refuse;
 //  - an oversize length is refused as soon as its 4 header bytes are there;
-//  - a decoded frame re-encodes to bytes that decode to the same frame.
+//  - a decoded frame re-encodes to bytes that decode to the same frame;
+//  - the fast codec (FrameWire) and the generic one agree: same frame or
+//    same error for the stream taken as one body, same bytes on re-encoding.
 import LmctfyProto
 import LmctfyRPC
 
@@ -63,8 +65,13 @@ public func fuzzFrames(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
     let bytewise = decode(stream.indices.map { stream[$0...$0] }, max: max, oneByteAtATime: true)
     require(bytewise == whole, "one byte at a time changed the outcome: \(bytewise) vs \(whole)")
 
+    let fast = Result { () throws(FrameError) in try FrameCodec.decodeBody(stream[...]) }
+    let generic = Result { () throws(FrameError) in try FrameCodec.decodeGeneric(stream) }
+    require(fast == generic, "fast and generic decoders disagree: \(fast) vs \(generic)")
+
     for frame in whole.frames {
         let again = FrameCodec.encode(frame)
+        require(again == FrameCodec.encodeGeneric(frame), "fast and generic encoders disagree on \(frame)")
         var decoder = FrameDecoder(maxFrameBytes: .max)
         decoder.feed(again)
         let back: Frame?

@@ -121,6 +121,10 @@ public func fuzzSession(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
             guard let id = model.incoming.first else { continue }
             if op & 8 != 0 {
                 actions = session.sendResponse(streamId: id, payload: [10, 2, 104, 105], now: now)
+            } else if op & 32 != 0 {
+                // The last response with the status (one frame in version 2).
+                actions = session.sendFinal(streamId: id, payload: [10, 2, 104, 105], .ok, now: now)
+                if !closed { model.incoming.removeFirst() }
             } else {
                 actions = session.sendStatus(streamId: id, .ok, now: now)
                 if !closed { model.incoming.removeFirst() }
