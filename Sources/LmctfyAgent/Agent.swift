@@ -73,7 +73,9 @@ public final class Agent: @unchecked Sendable {
     private let finished = Latch()
 
     /// How much answer the outbox holds before it is written out mid-batch.
-    static let flushBytes = 1024
+    /// A read batch of small calls (64 pings: about 1.2 KB of answers) goes
+    /// out in one write, as the C floor does; only big answers are sliced.
+    static let flushBytes = 65536
 
     /// Calls being executed (pool or own thread), for tests and shutdown.
     public var activeCalls: Int { workers.locked { $0 } }
@@ -348,7 +350,7 @@ public final class Agent: @unchecked Sendable {
             // that proves the loop is alive should not wait for a pool thread
             // (nor for two wake-ups of the loop to send its answer).
             let context = CallContext()
-            let status = dispatcher.handle(method: method, payload: payload, role: role, context: context)
+            let status = dispatcher.handle(method: method, info: info, payload: payload, role: role, context: context)
             perform(s, final(s, streamId, context.takeResponses(), status))
             return
         }
@@ -370,7 +372,7 @@ public final class Agent: @unchecked Sendable {
         }
         workers.locked { $0 += 1 }
         let work: @Sendable () -> Void = { [weak self] in
-            let status = dispatcher.handle(method: method, payload: payload, role: role, context: context)
+            let status = dispatcher.handle(method: method, info: info, payload: payload, role: role, context: context)
             guard let self else { return }
             // Same queue as the responses, so the status comes after them.
             if !self.loop.execute({ [weak self] in self?.finish(connId, streamId, status) }) {

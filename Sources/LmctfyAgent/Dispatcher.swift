@@ -10,16 +10,20 @@ import LmctfyBackend
 import LmctfyProto
 import LmctfyRPC
 import LmctfySystem
+import Synchronization
 
 /// One call's link to its stream: cancellation (peer cancel, deadline,
 /// connection closed) and the way back for streamed responses.
-public final class CallContext: @unchecked Sendable {
-    private let lock = Lock()
-    private var isCancelled = false
-    private var cancelHook: (@Sendable () -> Void)?
+public final class CallContext: Sendable {
+    private struct State {
+        var isCancelled = false
+        var cancelHook: (@Sendable () -> Void)?
+        /// Responses kept for the caller to send with the status (no emitter).
+        var collected: [[UInt8]] = []
+    }
+    // One allocation per call: the state's lock lives inside the object.
+    private let state = Mutex(State())
     private let emitter: (@Sendable ([UInt8]) -> Void)?
-    /// Responses kept for the caller to send with the status (no emitter).
-    private var collected: [[UInt8]] = []
 
     /// A context that sends streamed responses (serialized) through `emit`,
     /// which must be safe to call from any thread.
@@ -36,9 +40,9 @@ public final class CallContext: @unchecked Sendable {
 
     /// The responses kept so far (collecting contexts), in order; clears them.
     public func takeResponses() -> [[UInt8]] {
-        lock.locked {
-            defer { collected = [] }
-            return collected
+        state.withLock { s in
+            defer { s.collected = [] }
+            return s.collected
         }
     }
 
@@ -46,20 +50,20 @@ public final class CallContext: @unchecked Sendable {
         if let emitter {
             emitter(bytes)
         } else {
-            lock.locked { collected.append(bytes) }
+            state.withLock { $0.collected.append(bytes) }
         }
     }
 
     /// Whether the call was cancelled (peer cancel, deadline, connection
     /// closed); a handler checks it between steps. Thread-safe.
-    public var cancelled: Bool { lock.locked { isCancelled } }
+    public var cancelled: Bool { state.withLock { $0.isCancelled } }
 
     /// Marks the call cancelled and runs the hook set by `onCancel`, once.
     public func cancel() {
-        let hook: (@Sendable () -> Void)? = lock.locked {
-            isCancelled = true
-            defer { cancelHook = nil }
-            return cancelHook
+        let hook: (@Sendable () -> Void)? = state.withLock { s in
+            s.isCancelled = true
+            defer { s.cancelHook = nil }
+            return s.cancelHook
         }
         hook?()
     }
@@ -67,9 +71,9 @@ public final class CallContext: @unchecked Sendable {
     /// Runs `hook` when the call is cancelled (at once if it already is);
     /// `nil` removes it. The hook runs on the cancelling thread.
     public func onCancel(_ hook: (@Sendable () -> Void)?) {
-        let now: Bool = lock.locked {
-            if isCancelled { return hook != nil }
-            cancelHook = hook
+        let now: Bool = state.withLock { s in
+            if s.isCancelled { return hook != nil }
+            s.cancelHook = hook
             return false
         }
         if now { hook?() }
@@ -156,7 +160,13 @@ public final class Dispatcher: Sendable {
 
     /// Runs `method`; the returned status ends the stream.
     public func handle(method: String, payload: [UInt8], role: AgentRole, context: CallContext) -> CallStatus {
-        guard let info = AgentMethods.named(method), let handler = Self.handlers[method] else {
+        handle(method: method, info: AgentMethods.named(method), payload: payload, role: role, context: context)
+    }
+
+    /// `handle` with the method's table entry already looked up (the agent
+    /// has it from scheduling the call).
+    func handle(method: String, info: AgentMethodInfo?, payload: [UInt8], role: AgentRole, context: CallContext) -> CallStatus {
+        guard let info, let handler = Self.handlers[method] else {
             return CallStatus(.unimplemented, "Unknown method \"\(method)\"")
         }
         guard info.role.allows(role) else {

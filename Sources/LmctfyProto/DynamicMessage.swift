@@ -200,6 +200,7 @@ extension ProtoMessage {
     public var protoValue: ProtoValue { .message(dynamic) }
 
     /// Encodes to the protobuf binary wire format (through protobuf-c).
+    @inlinable
     public func serializedBytes() throws(ProtoError) -> [UInt8] {
         try dynamic.serializedBytes()
     }
@@ -209,10 +210,12 @@ extension ProtoMessage {
         self.init(dynamic: try DynamicMessage(serializedBytes: bytes, as: Self.protoDescriptor))
     }
 
+    @inlinable
     public init(serializedBytes bytes: [UInt8]) throws(ProtoError) {
         self.init(dynamic: try DynamicMessage(serializedBytes: bytes, as: Self.protoDescriptor))
     }
 
+    @inlinable
     public init(serializedBytes bytes: ArraySlice<UInt8>) throws(ProtoError) {
         self.init(dynamic: try DynamicMessage(serializedBytes: bytes, as: Self.protoDescriptor))
     }

@@ -10,15 +10,12 @@ import Synchronization
 ///
 /// Thread-safety: any thread; not reentrant.
 public final class Lock: Sendable {
-    @usableFromInline let mutex = Mutex(())
+    private let mutex = Mutex(())
 
     /// An unlocked lock.
     public init() {}
 
     /// Runs `body` with the lock held.
-    // @inlinable: callers in other modules get it specialised (no generic
-    // metadata lookups per call on the agent's RPC path).
-    @inlinable
     public func locked<T, E: Error>(_ body: () throws(E) -> T) throws(E) -> T {
         // The result leaves through a local: Mutex.withLock returns `sending`
         // values, which a generic non-Sendable T cannot promise to be.
@@ -33,13 +30,12 @@ public final class Lock: Sendable {
 ///
 /// Thread-safety: any thread; `locked` is not reentrant.
 public final class Mutexed<T: Sendable>: Sendable {
-    @usableFromInline let mutex: Mutex<T>
+    private let mutex: Mutex<T>
 
     /// A lock around `value`.
     public init(_ value: T) { mutex = Mutex(value) }
 
     /// Runs `body` on the value with the lock held.
-    @inlinable
     public func locked<R, E: Error>(_ body: (inout T) throws(E) -> R) throws(E) -> R {
         // As in Lock.locked: the result may not be Sendable, so it leaves
         // through a local rather than as withLock's `sending` result.

@@ -14,16 +14,13 @@ public func withCopyForOtherUsers<T>(_ path: String, _ body: (String) throws -> 
     // The umask may have narrowed the modes asked for.
     guard chmod(dir, 0o755) == 0 else { throw SystemError("chmod", dir, errno) }
     let copy = dir + "/" + (path.split(separator: "/").last.map(String.init) ?? path)
-    let bytes = try Sys.readBytes(path)
-    let fd = open(copy, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o755)
-    guard fd >= 0 else { throw SystemError("open", copy, errno) }
-    do {
-        try Sys.writeAll(fd, bytes)
-    } catch {
-        close(fd)
-        throw error
-    }
-    close(fd)
+    // The copy is written by a child (cp), never through a descriptor of
+    // ours: a test on another thread that forks while we held the file open
+    // for writing would keep it open in its child until that child execs,
+    // and our exec of the copy would fail with ETXTBSY ("Text file busy").
+    let pid = try Spawn.spawn(SpawnOptions(argv: ["/bin/cp", path, copy]))
+    let status = try Sys.waitForExit(pid)
+    guard status == .exited(0) else { throw SystemError("cp", "\(path) -> \(copy): \(status)", EIO) }
     guard chmod(copy, 0o755) == 0 else { throw SystemError("chmod", copy, errno) }
     return try body(copy)
 }
