@@ -351,24 +351,21 @@ public struct Session: Sendable {
 
     /// The last response of a call the peer made and its status: one frame
     /// (a RESPONSE carrying the status) when the peer speaks version 2 or
-    /// later, RESPONSE then STATUS with version 1. Dropped if the call has
-    /// already ended. A response too large for the peer ends the call with
-    /// RESOURCE_EXHAUSTED instead.
+    /// later, RESPONSE then STATUS (in one write) with version 1. Dropped if
+    /// the call has already ended. A response too large for the peer ends
+    /// the call with RESOURCE_EXHAUSTED instead. Either way the call is over.
     public mutating func sendFinal(streamId: UInt32, payload: [UInt8], _ status: CallStatus, now: UInt64) -> [SessionAction] {
-        guard !isClosed, incoming[streamId] != nil, let peer else { return [] }
-        guard peer.version >= ProtocolVersion.finalResponse else {
-            var actions = sendResponse(streamId: streamId, payload: payload, now: now)
-            actions += sendStatus(streamId: streamId, status, now: now)
-            return actions
-        }
-        incoming[streamId] = nil
-        var frame: [UInt8] = []
-        FrameCodec.append(Frame(kind: .frameResponse, streamId: streamId, payload: payload, status: status.wire), to: &frame)
-        guard frame.count - FrameCodec.headerBytes <= Int(peer.maxFrameBytes) else {
-            let status = CallStatus(.resourceExhausted, "response of \(frame.count - FrameCodec.headerBytes) bytes exceeds the peer's frame limit of \(peer.maxFrameBytes)")
+        guard !isClosed, incoming.removeValue(forKey: streamId) != nil, let peer else { return [] }
+        let combined = peer.version >= ProtocolVersion.finalResponse
+        var bytes: [UInt8] = []
+        FrameCodec.append(Frame(kind: .frameResponse, streamId: streamId, payload: payload,
+                                status: combined ? status.wire : nil), to: &bytes)
+        guard bytes.count - FrameCodec.headerBytes <= Int(peer.maxFrameBytes) else {
+            let status = CallStatus(.resourceExhausted, "response of \(bytes.count - FrameCodec.headerBytes) bytes exceeds the peer's frame limit of \(peer.maxFrameBytes)")
             return [.write(statusFrame(streamId, status))]
         }
-        return [.write(frame)]
+        if !combined { bytes += statusFrame(streamId, status) }
+        return [.write(bytes)]
     }
 
     /// Ends a call the peer made. Dropped if it has already ended.

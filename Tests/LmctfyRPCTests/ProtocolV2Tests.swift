@@ -60,6 +60,20 @@ import Testing
         #expect(a.openStreamCount == 0)
     }
 
+    /// Found by the session fuzzer: with version 1 an oversize final
+    /// response must end the call once (a status), not also report it
+    /// cancelled as a lone RESPONSE would.
+    @Test func anOversizeFinalResponseToAVersion1PeerEndsTheCallOnce() {
+        var a = Session(acceptor: .peerCredentials(rootCredentials, UnixPeerPolicy()), name: "agent", now: 0)
+        _ = a.receive(frame(Frame(kind: .frameHello, hello: Hello(stage: .helloOffer, minVersion: 1, maxVersion: 1, maxFrameBytes: 32))), now: 0)
+        _ = a.receive(frame(Frame(kind: .frameRequest, streamId: 1, method: "Ping")), now: 0)
+        let out = a.sendFinal(streamId: 1, payload: Array(repeating: 1, count: 100), .ok, now: 0)
+        #expect(events(out).isEmpty)
+        #expect(writtenFrames(out).map(\.kind) == [.frameStatus])
+        #expect(writtenFrames(out).first?.status?.code == StatusCode.resourceExhausted.rawValue)
+        #expect(a.openStreamCount == 0)
+    }
+
     @Test func aVersion1DiallerIgnoresAStatusOnAResponse() {
         var d = Session(dialler: .peerCredentials, name: "lmctl", now: 0)
         _ = d.start(now: 0)
