@@ -63,16 +63,17 @@ class Client:
                 raise EOFError("agent closed the connection")
             self.buf += chunk
 
-    def hello(self):
+    def hello(self, max_version=1):
         f = agent_pb2.Frame(kind=agent_pb2.FRAME_HELLO, stream_id=0)
         f.hello.stage = agent_pb2.HELLO_OFFER
         f.hello.min_version = 1
-        f.hello.max_version = 1
+        f.hello.max_version = max_version
         f.hello.peer_name = "python-client"
         f.hello.max_frame_bytes = 4 << 20
         f.hello.max_streams = 16
         self.send(f)
         r = self.recv()
+        self.version = r.hello.version
         return r.kind == agent_pb2.FRAME_HELLO and r.hello.stage == agent_pb2.HELLO_ACCEPTED
 
     def call(self, method, request, response_type):
@@ -112,7 +113,21 @@ def main():
                 break
             time.sleep(0.05)
         c = Client(sock)
-        check(c.hello(), "hello: HELLO_OFFER answered by HELLO_ACCEPTED")
+        check(c.hello() and c.version == 1, "hello: a version 1 offer is answered by HELLO_ACCEPTED, version 1")
+
+        # Version 2 (PROTOCOL.md section 4): a unary answer is one RESPONSE
+        # frame carrying the status.
+        c2 = Client(sock)
+        check(c2.hello(max_version=2) and c2.version == 2, "hello: an offer of 1-2 gets version 2")
+        c2.send(agent_pb2.Frame(kind=agent_pb2.FRAME_REQUEST, stream_id=1, method="Ping",
+                                payload=agent_pb2.PingRequest(data=b"py").SerializeToString()))
+        f = c2.recv()
+        pong = agent_pb2.PingResponse()
+        pong.ParseFromString(f.payload)
+        check(f.kind == agent_pb2.FRAME_RESPONSE and f.stream_id == 1 and f.HasField("status")
+              and f.status.code == 0 and pong.data == b"py",
+              "version 2: Ping is answered by one RESPONSE carrying status OK")
+        c2.sock.close()
 
         code, _, rs = c.call("ListContainers", agent_pb2.ListContainersRequest(name="/"), agent_pb2.ListContainersResponse)
         check(code == 0 and len(rs) == 1, "ListContainers / returns OK and one response")
