@@ -9,9 +9,16 @@
  * ("lmctfy 3 calls" is create + run + destroy; "crun pause" and "crun
  * resume" are two rows of one group, so a resume always follows its pause).
  * LABEL "-" runs the command untimed. A line "@ref<TAB>ROW<TAB>REF" (outside
- * any group) compares ROW with row REF instead of the default. Every round runs every group once,
- * the group order rotated by one each round so that none always goes first;
- * a line per round gives each row's time. At the end, per row: the median,
+ * any group) compares ROW with row REF instead of the default.
+ *   process_timer ROUNDS PLAN REF [SETTLE_MS]
+ * Every round runs every group once, in an order shuffled each round (fixed
+ * seed), so that no group always goes first or always follows the same
+ * other; and before each group the timer sleeps SETTLE_MS (default 50), so
+ * every group starts from an idle kernel: on cgroup v1 the first migration
+ * of a task into a cgroup waits for an RCU grace period (the cgroup
+ * threadgroup rwsem), and one that follows another within a grace period or
+ * two waits less, which a fixed order would hand to the same runtime every
+ * round. A line per round gives each row's time. At the end, per row: the median,
  * the 10th-90th percentile range, and the median's ratio to row REF.
  * Any command that fails (exit status not 0) stops the benchmark with
  * status 1; SIGTERM or SIGINT stops it with status 2 once the running child
@@ -133,7 +140,8 @@ int main(int argc, char **argv) {
     struct sigaction sa = {.sa_handler = on_signal};
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
-    if (argc != 4) { fprintf(stderr, "usage: process_timer ROUNDS PLAN REF (see the comment in process_timer.c)\n"); return 3; }
+    if (argc != 4 && argc != 5) { fprintf(stderr, "usage: process_timer ROUNDS PLAN REF [SETTLE_MS] (see the comment in process_timer.c)\n"); return 3; }
+    int settle_ms = argc == 5 ? atoi(argv[4]) : 50;
     int rounds = atoi(argv[1]);
     parse(argv[2]);
     const char *ref = argv[3];
@@ -142,9 +150,21 @@ int main(int argc, char **argv) {
     double *samples[MAX_ROWS];
     for (int i = 0; i < nrows; i++) samples[i] = calloc(rounds, sizeof(double));
     setvbuf(stdout, NULL, _IOLBF, 0);
+    int order[MAX_GROUPS];
+    for (int j = 0; j < ngroups; j++) order[j] = j;
+    unsigned long long seed = 0x9E3779B97F4A7C15ull;
     for (int r = 0; r < rounds; r++) {
+        for (int j = ngroups - 1; j > 0; j--) {   /* Fisher-Yates, xorshift64 */
+            seed ^= seed << 13; seed ^= seed >> 7; seed ^= seed << 17;
+            int k = (int)(seed % (unsigned long long)(j + 1)), t = order[j];
+            order[j] = order[k]; order[k] = t;
+        }
         for (int j = 0; j < ngroups; j++) {
-            Group *g = &groups[(r + j) % ngroups];
+            Group *g = &groups[order[j]];
+            if (settle_ms > 0) {
+                struct timespec ts = {settle_ms / 1000, (settle_ms % 1000) * 1000000L};
+                while (nanosleep(&ts, &ts) < 0 && errno == EINTR && !stop) {}
+            }
             for (int k = 0; k < g->n; k++) {
                 double t = run(g->steps[k].argv);
                 if (g->steps[k].row >= 0) samples[g->steps[k].row][r] += t;
