@@ -1,10 +1,12 @@
 // The handshake's cryptography, through Debian's libcrypto (DESIGN.md:
 // swift-crypto would rebuild BoringSSL in every CI run). Four primitives
-// only: HMAC-SHA256, SHA-256, a constant-time comparison, and the CSPRNG.
+// only: HMAC-SHA256, SHA-256, a constant-time comparison, and the CSPRNG
+// (getrandom(2), through LmctfySystem).
 import COpenSSL
+import LmctfySystem
 
 /// The handshake's cryptography through OpenSSL's libcrypto: HMAC-SHA256,
-/// constant-time comparison, and the CSPRNG.
+/// SHA-256 and constant-time comparison; the CSPRNG is the kernel's.
 public enum Crypto {
     /// HMAC-SHA256 of `data` under `key` (32 bytes).
     public static func hmacSHA256(key: [UInt8], data: [UInt8]) -> [UInt8] {
@@ -54,13 +56,16 @@ public enum Crypto {
         }
     }
 
-    /// `count` bytes from OpenSSL's CSPRNG.
+    /// `count` bytes from the kernel's CSPRNG (getrandom(2)). Not OpenSSL's
+    /// RAND_bytes: its first call loads openssl.cnf and seeds a DRBG, which
+    /// was most of what a request id cost a short-lived `lmctl`.
     public static func randomBytes(_ count: Int) -> [UInt8] {
-        var out = [UInt8](repeating: 0, count: count)
-        let ok = out.withUnsafeMutableBufferPointer { RAND_bytes($0.baseAddress, Int32(count)) }
-        // A nonce we cannot make securely must never be replaced by a weak one.
-        precondition(ok == 1, "RAND_bytes failed: no secure randomness")
-        return out
+        do throws(SystemError) {
+            return try Sys.randomBytes(count)
+        } catch {
+            // A nonce we cannot make securely must never be replaced by a weak one.
+            preconditionFailure("getrandom failed: no secure randomness (\(error))")
+        }
     }
 }
 
@@ -71,10 +76,10 @@ public protocol NonceSource: Sendable {
     func nonce() -> [UInt8]
 }
 
-/// Nonces from OpenSSL's CSPRNG.
+/// Nonces from the kernel's CSPRNG.
 public struct SystemNonceSource: NonceSource {
     /// The system CSPRNG source (stateless).
     public init() {}
-    /// 32 bytes from OpenSSL's CSPRNG.
+    /// 32 bytes from the kernel's CSPRNG.
     public func nonce() -> [UInt8] { Crypto.randomBytes(HandshakeMAC.nonceBytes) }
 }

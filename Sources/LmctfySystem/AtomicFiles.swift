@@ -1,15 +1,19 @@
 // Files that must survive a crash whole: written to a temporary file,
 // fsynced, renamed over the target, and the directory fsynced, so that a
 // crash at any instant leaves the old content or the new, never a torn one.
+// Without `durable` the fsyncs are left out: the rename still makes the
+// replacement atomic for every process (a killed writer leaves the old
+// content or the new), but a machine crash may lose it.
 // And lstat(2), for checks that must not follow a symlink.
 import Glibc
 
 extension Sys {
     /// Replaces `path` with `bytes` atomically (temp file beside it, fsync,
-    /// rename, fsync of the directory). The file gets `mode`; it is created
-    /// without following a symlink. On failure the temp file is removed and
-    /// `path` keeps what it had.
-    public static func writeFileAtomically(_ path: String, _ bytes: [UInt8], mode: mode_t = 0o600) throws(SystemError) {
+    /// rename, fsync of the directory; `durable: false`: no fsync). The file
+    /// gets `mode`; it is created without following a symlink. On failure the
+    /// temp file is removed and `path` keeps what it had.
+    public static func writeFileAtomically(_ path: String, _ bytes: [UInt8], mode: mode_t = 0o600,
+                                           durable: Bool = true) throws(SystemError) {
         let slash = path.lastIndex(of: "/")
         let directory = slash.map { $0 == path.startIndex ? "/" : String(path[..<$0]) } ?? "."
         let name = slash.map { String(path[path.index(after: $0)...]) } ?? path
@@ -19,8 +23,10 @@ extension Sys {
             if fd < 0 { throw SystemError("open", temp, oe) }
             defer { close(fd) }
             try writeAll(fd, bytes)
-            let (r, e) = retry { fsync(fd) }
-            if r != 0 { throw SystemError("fsync", temp, e) }
+            if durable {
+                let (r, e) = retry { fsync(fd) }
+                if r != 0 { throw SystemError("fsync", temp, e) }
+            }
             let (rr, re) = retry { rename(temp, path) }
             if rr != 0 { throw SystemError("rename", path, re) }
         } catch {
@@ -28,6 +34,7 @@ extension Sys {
             throw error
         }
         // The rename is durable once the directory is.
+        guard durable else { return }
         let dfd = try open(directory, O_RDONLY | O_DIRECTORY)
         defer { close(dfd) }
         let (r, e) = retry { fsync(dfd) }

@@ -267,6 +267,20 @@ public enum Sys {
         return (fds[0], fds[1])
     }
 
+    /// `count` bytes from the kernel's CSPRNG (getrandom(2), no flags: it
+    /// blocks only until the pool is seeded at boot). A short read (possible
+    /// past 256 bytes, or on a signal) is continued.
+    public static func randomBytes(_ count: Int) throws(SystemError) -> [UInt8] {
+        var out = [UInt8](repeating: 0, count: count)
+        var filled = 0
+        while filled < count {
+            let (r, e) = out.withUnsafeMutableBytes { b in retry { lm_getrandom(b.baseAddress! + filled, count - filled) } }
+            if r < 0 { throw SystemError("getrandom", "", e) }
+            filled += r
+        }
+        return out
+    }
+
     /// This process's pid.
     public static func getpid() -> pid_t { Glibc.getpid() }
     /// The parent's pid (1, or a subreaper, once the parent is gone).

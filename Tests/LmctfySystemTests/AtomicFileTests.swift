@@ -22,6 +22,16 @@ import Testing
         #expect(st.st_mode & 0o777 == 0o600)
     }
 
+    @Test func withoutDurabilityItStillReplacesWholeAndLeavesNoTempFile() throws {
+        let dir = try tempDir()
+        defer { for f in (try? Sys.subdirectoriesAndFiles(dir)) ?? [] { unlink(dir + "/" + f) }; rmdir(dir) }
+        let path = dir + "/entry"
+        try Sys.writeFileAtomically(path, Array("first, longer".utf8), mode: 0o600, durable: false)
+        try Sys.writeFileAtomically(path, Array("second".utf8), mode: 0o600, durable: false)
+        #expect(try Sys.readFile(path) == "second")
+        #expect(try Sys.subdirectoriesAndFiles(dir) == ["entry"])
+    }
+
     @Test func aFailedWriteKeepsTheOldContent() throws {
         let dir = try tempDir()
         defer { for f in (try? Sys.subdirectoriesAndFiles(dir)) ?? [] { unlink(dir + "/" + f) }; rmdir(dir) }

@@ -43,4 +43,9 @@ int lm_ignore_sigpipe(void);
  * declared under _GNU_SOURCE, which Swift's Glibc module does not define. */
 int lm_peer_credentials(int fd, pid_t *pid, uid_t *uid, gid_t *gid);
 
+/* getrandom(2) with no flags (the kernel CSPRNG; blocks only until it is
+ * seeded at boot): fills up to len bytes, returns how many or -1 with errno.
+ * Swift's Glibc module does not export <sys/random.h>. */
+long lm_getrandom(void *buf, size_t len);
+
 #endif

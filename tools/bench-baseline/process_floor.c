@@ -1,0 +1,72 @@
+/* The C lower bound of tools/bench-process: the kernel work of `lmctfy
+ * create NAME SPEC; lmctfy run NAME /bin/true; lmctfy destroy -f NAME` on
+ * cgroup v1, as ONE process with no checks beyond return codes:
+ *   mkdir NAME in freezer, cpu, cpuacct, cpuset, memory; copy the parent's
+ *   cpuset.cpus and .mems; write what lmctfy writes for
+ *   "cpu:{limit:500 max_limit:500} memory:{limit:104857600}" (shares 512,
+ *   CFS period 250000 and quota 125000, memsw -1, limit, soft limit 0);
+ *   fork; the child joins the five cgroups (cgroup.procs) and execs
+ *   /bin/true; wait for it; read cgroup.procs (nothing to kill); rmdir all.
+ *   process_floor NAME       (NAME starts with '/')
+ * lmctfy also reads /proc/self/mountinfo, keeps a lock file and sets xattrs;
+ * crun and runc also build a mount namespace and pivot into a rootfs; this
+ * does none of that, so no runtime can be faster than this row. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static const char *R = "/sys/fs/cgroup";
+static const char *dirs[] = {"freezer", "cpu", "cpuacct", "cpuset", "memory"};
+
+#include "cgfile.h"
+
+static void file(char *path, size_t len, const char *h, const char *name, const char *f) {
+    snprintf(path, len, "%s/%s%s/%s", R, h, name, f);
+}
+
+int main(int argc, char **argv) {
+    if (argc != 2 || argv[1][0] != '/') { fprintf(stderr, "usage: process_floor /NAME\n"); return 3; }
+    const char *name = argv[1];
+    char path[512], buf[256];
+    for (int d = 0; d < 5; d++) {
+        snprintf(path, sizeof path, "%s/%s%s", R, dirs[d], name);
+        if (mkdir(path, 0755) < 0) { perror(path); return 1; }
+    }
+    get("/sys/fs/cgroup/cpuset/cpuset.mems", buf, sizeof buf);
+    file(path, sizeof path, "cpuset", name, "cpuset.mems"); put(path, buf);
+    get("/sys/fs/cgroup/cpuset/cpuset.cpus", buf, sizeof buf);
+    file(path, sizeof path, "cpuset", name, "cpuset.cpus"); put(path, buf);
+    file(path, sizeof path, "cpu", name, "cpu.shares"); put(path, "512");
+    file(path, sizeof path, "cpu", name, "cpu.cfs_period_us"); put(path, "250000");
+    file(path, sizeof path, "cpu", name, "cpu.cfs_quota_us"); put(path, "125000");
+    file(path, sizeof path, "memory", name, "memory.memsw.limit_in_bytes"); put(path, "-1");
+    file(path, sizeof path, "memory", name, "memory.limit_in_bytes"); put(path, "104857600");
+    file(path, sizeof path, "memory", name, "memory.soft_limit_in_bytes"); put(path, "0");
+    pid_t pid = fork();
+    if (pid < 0) { perror("fork"); return 1; }
+    if (pid == 0) {
+        for (int d = 0; d < 5; d++) {
+            file(path, sizeof path, dirs[d], name, "cgroup.procs");
+            put(path, "0");
+        }
+        execl("/bin/true", "true", (char *)NULL);
+        _exit(127);
+    }
+    int status;
+    while (waitpid(pid, &status, 0) < 0) {
+        if (errno != EINTR) { perror("waitpid"); return 1; }
+    }
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) { fprintf(stderr, "child failed\n"); return 1; }
+    file(path, sizeof path, "freezer", name, "cgroup.procs");
+    get(path, buf, sizeof buf);
+    for (int d = 4; d >= 0; d--) {
+        snprintf(path, sizeof path, "%s/%s%s", R, dirs[d], name);
+        if (rmdir(path) < 0) { perror(path); return 1; }
+    }
+    return 0;
+}
