@@ -34,7 +34,13 @@ extension Container {
     /// The files a new task writes itself into: cgroup.procs of the nearest
     /// directory per hierarchy, deduplicated (co-mounts), tasks dir first.
     public func joinFiles() throws(LmctfyError) -> [String] {
-        try joinDirs(for: "thread-self").map { $0.file("cgroup.procs") }
+        // The spawned child writes "0" (itself) to its driver's enter file:
+        // on v1 `tasks`, which moves the writer alone (it is the whole
+        // process: one thread between fork and exec) without taking the
+        // kernel's threadgroup lock, whose write side waits for an RCU grace
+        // period (10-13 ms per spawn here; cgroup.procs always takes it).
+        let file = driver.enterFile
+        return try joinDirs(for: "thread-self").map { $0.file(file) }
     }
 
     /// The directories a task joins, less those it is in already: joining

@@ -311,8 +311,9 @@ final class FakeAgentMachine: @unchecked Sendable {
         let pid = try #require(replies.first?.pid)
         #expect(pid > 0 && replies.last?.pid == pid)
         #expect(replies.last?.exitCode == 3 && replies.last?.termSignal == nil)
-        // The shim joined the (fake) container before exec ("0": the writer itself).
-        #expect(try machine.tree.contents("freezer", ["agent", "job"], "cgroup.procs").hasPrefix("0"))
+        // The shim joined the (fake, v1) container before exec ("0": the
+        // writer itself, through `tasks`).
+        #expect(try machine.tree.contents("freezer", ["agent", "job"], "tasks").hasPrefix("0"))
         (status, replies) = try machine.call(AgentMethods.run, RunRequest(name: "job", argv: ["/bin/sh", "-c", "kill -9 $$"], detached: false))
         #expect(status == .ok)
         #expect(replies.last?.termSignal == 9 && replies.last?.exitCode == nil)
