@@ -20,13 +20,7 @@ extension DynamicMessage {
         if let missing = firstMissingRequired() {
             throw ProtoError("cannot encode \(descriptor.fullName): required field \(missing) is not set")
         }
-        let c = CBridge.makeC(self)
-        defer { protobuf_c_message_free_unpacked(c, nil) }
-        let size = protobuf_c_message_get_packed_size(c)
-        var out = [UInt8](repeating: 0, count: size)
-        let written = out.withUnsafeMutableBufferPointer { protobuf_c_message_pack(c, $0.baseAddress) }
-        precondition(written == size, "protobuf-c packed \(written) of \(size) bytes")
-        return out
+        return CBridge.pack(UnsafeMutableRawPointer(CBridge.makeC(self)))
     }
 
     /// Decodes through protobuf_c_message_unpack.
@@ -51,9 +45,7 @@ extension DynamicMessage {
     }
 
     init(buffer buf: UnsafeBufferPointer<UInt8>, as descriptor: MessageDescriptor) throws(ProtoError) {
-        guard let c = protobuf_c_message_unpack(descriptor.raw, nil, buf.count, buf.baseAddress) else {
-            throw ProtoError("invalid binary \(descriptor.fullName) (\(buf.count) bytes)")
-        }
+        let c = try CBridge.unpack(buf, descriptor)
         defer { protobuf_c_message_free_unpacked(c, nil) }
         self = CBridge.read(UnsafeRawPointer(c), descriptor)
     }
@@ -225,5 +217,117 @@ enum CBridge {
         case .message(let m):
             p.storeBytes(of: makeC(m), as: UnsafeMutablePointer<ProtobufCMessage>.self)
         }
+    }
+}
+
+// MARK: The direct path (generated code: ProtoMessage.init(cMessage:) and
+// makeC() call these per field, with the field's descriptor)
+
+extension CBridge {
+    /// protobuf_c_message_unpack, or the error every decoder reports.
+    static func unpack(_ buf: UnsafeBufferPointer<UInt8>, _ descriptor: MessageDescriptor) throws(ProtoError) -> UnsafeMutablePointer<ProtobufCMessage> {
+        guard let c = protobuf_c_message_unpack(descriptor.raw, nil, buf.count, buf.baseAddress) else {
+            throw ProtoError("invalid binary \(descriptor.fullName) (\(buf.count) bytes)")
+        }
+        return c
+    }
+
+    /// Packs a malloc'd struct and frees it.
+    static func pack(_ raw: UnsafeMutableRawPointer) -> [UInt8] {
+        let c = raw.assumingMemoryBound(to: ProtobufCMessage.self)
+        defer { protobuf_c_message_free_unpacked(c, nil) }
+        let size = protobuf_c_message_get_packed_size(c)
+        var out = [UInt8](repeating: 0, count: size)
+        let written = out.withUnsafeMutableBufferPointer { protobuf_c_message_pack(c, $0.baseAddress) }
+        precondition(written == size, "protobuf-c packed \(written) of \(size) bytes")
+        return out
+    }
+
+    /// A zeroed, initialised struct for `descriptor` (calloc: freed by
+    /// protobuf_c_message_free_unpacked(_, nil)).
+    static func allocate(_ descriptor: MessageDescriptor) -> UnsafeMutableRawPointer {
+        let d = descriptor.raw
+        let raw = calloc(1, d.pointee.sizeof_message)!
+        d.pointee.message_init!(raw.assumingMemoryBound(to: ProtobufCMessage.self))
+        return raw
+    }
+
+    /// A singular scalar, enum, string or bytes field; nil when not set.
+    static func value<T: ProtoFieldValue>(_ base: UnsafeRawPointer, _ field: FieldDescriptor) -> T? {
+        guard isPresent(base, field) else { return nil }
+        return T(protoValue: readElement(base + field.offset, field))
+    }
+
+    /// A singular message field; nil when not set.
+    static func message<M: ProtoMessage>(_ base: UnsafeRawPointer, _ field: FieldDescriptor) -> M? {
+        guard isPresent(base, field) else { return nil }
+        return M(cMessage: (base + field.offset).load(as: UnsafeRawPointer.self))
+    }
+
+    /// A repeated scalar, enum, string or bytes field (unknown enum numbers
+    /// are dropped, as the DynamicMessage path does).
+    static func repeated<T: ProtoFieldValue>(_ base: UnsafeRawPointer, _ field: FieldDescriptor) -> [T] {
+        let count = base.load(fromByteOffset: field.quantifierOffset, as: Int.self)
+        guard count > 0, let array = (base + field.offset).load(as: UnsafeRawPointer?.self) else { return [] }
+        let size = elementSize(field.rawType)
+        var out: [T] = []
+        out.reserveCapacity(count)
+        for i in 0..<count {
+            if let v = T(protoValue: readElement(array + i * size, field)) { out.append(v) }
+        }
+        return out
+    }
+
+    /// A repeated message field.
+    static func repeatedMessages<M: ProtoMessage>(_ base: UnsafeRawPointer, _ field: FieldDescriptor) -> [M] {
+        let count = base.load(fromByteOffset: field.quantifierOffset, as: Int.self)
+        guard count > 0, let array = (base + field.offset).load(as: UnsafeRawPointer?.self) else { return [] }
+        var out: [M] = []
+        out.reserveCapacity(count)
+        for i in 0..<count {
+            out.append(M(cMessage: array.load(fromByteOffset: i * MemoryLayout<UnsafeRawPointer>.size, as: UnsafeRawPointer.self)))
+        }
+        return out
+    }
+
+    /// Sets a singular scalar, enum, string or bytes field (and its has_
+    /// flag, as makeC(DynamicMessage) does).
+    static func set<T: ProtoFieldValue>(_ raw: UnsafeMutableRawPointer, _ field: FieldDescriptor, _ value: T?) {
+        guard let value else { return }
+        writeElement(raw + field.offset, value.protoValue)
+        switch field.rawType {
+        case PROTOBUF_C_TYPE_STRING, PROTOBUF_C_TYPE_MESSAGE:
+            break
+        default:
+            if field.label == .optional {
+                (raw + field.quantifierOffset).storeBytes(of: 1, as: protobuf_c_boolean.self)
+            }
+        }
+    }
+
+    /// Sets a singular message field.
+    static func setMessage<M: ProtoMessage>(_ raw: UnsafeMutableRawPointer, _ field: FieldDescriptor, _ value: M?) {
+        guard let value else { return }
+        (raw + field.offset).storeBytes(of: value.makeC(), as: UnsafeMutableRawPointer.self)
+    }
+
+    /// Sets a repeated scalar, enum, string or bytes field.
+    static func setRepeated<T: ProtoFieldValue>(_ raw: UnsafeMutableRawPointer, _ field: FieldDescriptor, _ values: [T]) {
+        guard !values.isEmpty else { return }
+        let size = elementSize(field.rawType)
+        let array = malloc(size * values.count)!
+        for (i, v) in values.enumerated() { writeElement(array + i * size, v.protoValue) }
+        (raw + field.quantifierOffset).storeBytes(of: values.count, as: Int.self)
+        (raw + field.offset).storeBytes(of: array, as: UnsafeMutableRawPointer.self)
+    }
+
+    /// Sets a repeated message field.
+    static func setRepeatedMessages<M: ProtoMessage>(_ raw: UnsafeMutableRawPointer, _ field: FieldDescriptor, _ values: [M]) {
+        guard !values.isEmpty else { return }
+        let size = MemoryLayout<UnsafeMutableRawPointer>.size
+        let array = malloc(size * values.count)!
+        for (i, v) in values.enumerated() { (array + i * size).storeBytes(of: v.makeC(), as: UnsafeMutableRawPointer.self) }
+        (raw + field.quantifierOffset).storeBytes(of: values.count, as: Int.self)
+        (raw + field.offset).storeBytes(of: array, as: UnsafeMutableRawPointer.self)
     }
 }

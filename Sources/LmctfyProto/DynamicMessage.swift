@@ -1,6 +1,7 @@
 // A message as data, described by its MessageDescriptor. The codecs (binary
 // through protobuf-c, text format, JSON) work on this; the generated structs
 // convert to and from it.
+import CProtobufC
 
 /// One value of a field. Signed 32-bit wire types (int32, sint32, sfixed32)
 /// are all `.int32`, and likewise for the other integer families.
@@ -190,6 +191,12 @@ public protocol ProtoMessage: ProtoFieldValue, Equatable {
     static var protoDescriptor: MessageDescriptor { get }
     init(dynamic: DynamicMessage)
     var dynamic: DynamicMessage { get }
+    /// Reads protobuf-c's struct of this message (generated code, field by
+    /// field; no DynamicMessage): the binary decoder's fast path.
+    init(cMessage: UnsafeRawPointer)
+    /// A malloc'd protobuf-c struct of this message (free it with
+    /// protobuf_c_message_free_unpacked(_, nil)): the encoder's fast path.
+    func makeC() -> UnsafeMutableRawPointer
 }
 
 extension ProtoMessage {
@@ -199,25 +206,31 @@ extension ProtoMessage {
     }
     public var protoValue: ProtoValue { .message(dynamic) }
 
-    /// Encodes to the protobuf binary wire format (through protobuf-c).
-    @inlinable
+    /// Encodes to the protobuf binary wire format (through protobuf-c,
+    /// straight from the struct; a message with required fields goes
+    /// through DynamicMessage, which checks them).
     public func serializedBytes() throws(ProtoError) -> [UInt8] {
-        try dynamic.serializedBytes()
+        if Self.protoDescriptor.mayNeedRequiredCheck { return try dynamic.serializedBytes() }
+        return CBridge.pack(makeC())
     }
 
     /// Decodes the protobuf binary wire format (through protobuf-c).
     public init(serializedBytes bytes: some Collection<UInt8>) throws(ProtoError) {
-        self.init(dynamic: try DynamicMessage(serializedBytes: bytes, as: Self.protoDescriptor))
+        self = try Array(bytes).withUnsafeBufferPointer { (buf) throws(ProtoError) -> Self in try Self(cBuffer: buf) }
     }
 
-    @inlinable
     public init(serializedBytes bytes: [UInt8]) throws(ProtoError) {
-        self.init(dynamic: try DynamicMessage(serializedBytes: bytes, as: Self.protoDescriptor))
+        self = try bytes.withUnsafeBufferPointer { (buf) throws(ProtoError) -> Self in try Self(cBuffer: buf) }
     }
 
-    @inlinable
     public init(serializedBytes bytes: ArraySlice<UInt8>) throws(ProtoError) {
-        self.init(dynamic: try DynamicMessage(serializedBytes: bytes, as: Self.protoDescriptor))
+        self = try bytes.withUnsafeBufferPointer { (buf) throws(ProtoError) -> Self in try Self(cBuffer: buf) }
+    }
+
+    init(cBuffer buf: UnsafeBufferPointer<UInt8>) throws(ProtoError) {
+        let c = try CBridge.unpack(buf, Self.protoDescriptor)
+        defer { protobuf_c_message_free_unpacked(c, nil) }
+        self.init(cMessage: UnsafeRawPointer(c))
     }
 
     /// Parses protobuf text format, e.g. `memory:{limit:100000000}`.

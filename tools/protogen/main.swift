@@ -11,6 +11,7 @@ struct Field {
     let number: UInt32
     let repeated: Bool
     let swiftType: String   // element type
+    let isMessage: Bool
 }
 
 final class TypeNode {
@@ -144,7 +145,8 @@ for d in messageDescriptors {
         }
         fields.append(Field(
             name: String(cString: fd.name), number: fd.id,
-            repeated: fd.label == PROTOBUF_C_LABEL_REPEATED, swiftType: swiftType))
+            repeated: fd.label == PROTOBUF_C_LABEL_REPEATED, swiftType: swiftType,
+            isMessage: fd.type == PROTOBUF_C_TYPE_MESSAGE))
     }
     node.fields = fields.sorted { $0.number < $1.number }
 }
@@ -216,7 +218,32 @@ func emit(_ node: TypeNode, indent: String, into out: inout String) {
         let value = prop == "message" ? "self.message" : prop
         out += "\(inner)    message.\(f.repeated ? "setRepeated" : "set")(\(f.number), \(value))\n"
     }
-    out += "\(inner)    return message\n\(inner)}\n"
+    out += "\(inner)    return message\n\(inner)}\n\n"
+    // The direct path to and from protobuf-c's struct (CBridge's direct
+    // helpers; fields by position in MessageDescriptor.fields, which is
+    // sorted by number as node.fields is): no DynamicMessage.
+    out += "\(inner)\(access) init(cMessage c: UnsafeRawPointer) {\n"
+    if node.fields.isEmpty {
+        out += "\(inner)    self.init()\n"
+    } else {
+        out += "\(inner)    let f = Self.protoDescriptor.fields\n"
+    }
+    for (position, f) in node.fields.enumerated() {
+        let prop = identifier(camel(f.name, upperFirst: false))
+        let getter = f.isMessage ? (f.repeated ? "repeatedMessages" : "message") : (f.repeated ? "repeated" : "value")
+        out += "\(inner)    self.\(prop) = CBridge.\(getter)(c, f[\(position)])\n"
+    }
+    out += "\(inner)}\n\n"
+    out += "\(inner)\(access) func makeC() -> UnsafeMutableRawPointer {\n"
+    out += "\(inner)    let c = CBridge.allocate(Self.protoDescriptor)\n"
+    if !node.fields.isEmpty { out += "\(inner)    let f = Self.protoDescriptor.fields\n" }
+    for (position, f) in node.fields.enumerated() {
+        let prop = identifier(camel(f.name, upperFirst: false))
+        let value = prop == "c" || prop == "f" ? "self.\(prop)" : prop
+        let setter = f.isMessage ? (f.repeated ? "setRepeatedMessages" : "setMessage") : (f.repeated ? "setRepeated" : "set")
+        out += "\(inner)    CBridge.\(setter)(c, f[\(position)], \(value))\n"
+    }
+    out += "\(inner)    return c\n\(inner)}\n"
     for child in node.children {
         out += "\n"
         emit(child, indent: inner, into: &out)

@@ -16,6 +16,15 @@ public struct BlockIoInitSpec: ProtoMessage {
         let message = DynamicMessage(Self.protoDescriptor)
         return message
     }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        self.init()
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        return c
+    }
 }
 
 /// Protobuf enum `containers.CgroupHierarchy`.
@@ -82,6 +91,20 @@ public struct CgroupMount: ProtoMessage {
         message.setRepeated(2, hierarchy)
         return message
     }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.mountPath = CBridge.value(c, f[0])
+        self.hierarchy = CBridge.repeated(c, f[1])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.set(c, f[0], mountPath)
+        CBridge.setRepeated(c, f[1], hierarchy)
+        return c
+    }
 }
 
 /// Protobuf message `containers.CpuInitSpec`.
@@ -98,6 +121,15 @@ public struct CpuInitSpec: ProtoMessage {
     public var dynamic: DynamicMessage {
         let message = DynamicMessage(Self.protoDescriptor)
         return message
+    }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        self.init()
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        return c
     }
 }
 
@@ -116,6 +148,15 @@ public struct DiskIoInitSpec: ProtoMessage {
         let message = DynamicMessage(Self.protoDescriptor)
         return message
     }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        self.init()
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        return c
+    }
 }
 
 /// Protobuf message `containers.FilesystemInitSpec`.
@@ -132,6 +173,15 @@ public struct FilesystemInitSpec: ProtoMessage {
     public var dynamic: DynamicMessage {
         let message = DynamicMessage(Self.protoDescriptor)
         return message
+    }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        self.init()
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        return c
     }
 }
 
@@ -194,6 +244,30 @@ public struct InitSpec: ProtoMessage {
         message.set(8, blockio)
         return message
     }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.cpu = CBridge.message(c, f[0])
+        self.memory = CBridge.message(c, f[1])
+        self.network = CBridge.message(c, f[2])
+        self.monitoring = CBridge.message(c, f[3])
+        self.filesystem = CBridge.message(c, f[4])
+        self.cgroupMount = CBridge.repeatedMessages(c, f[5])
+        self.blockio = CBridge.message(c, f[6])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.setMessage(c, f[0], cpu)
+        CBridge.setMessage(c, f[1], memory)
+        CBridge.setMessage(c, f[2], network)
+        CBridge.setMessage(c, f[3], monitoring)
+        CBridge.setMessage(c, f[4], filesystem)
+        CBridge.setRepeatedMessages(c, f[5], cgroupMount)
+        CBridge.setMessage(c, f[6], blockio)
+        return c
+    }
 }
 
 /// Protobuf message `containers.MachineSpec`.
@@ -226,6 +300,20 @@ public struct MachineSpec: ProtoMessage {
         return message
     }
 
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.virtualRoot = CBridge.message(c, f[0])
+        self.cgroupMount = CBridge.repeatedMessages(c, f[1])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.setMessage(c, f[0], virtualRoot)
+        CBridge.setRepeatedMessages(c, f[1], cgroupMount)
+        return c
+    }
+
     /// Protobuf message `containers.MachineSpec.VirtualRoot`.
     public struct VirtualRoot: ProtoMessage {
         /// Field 1 `cgroup_virtual_root`.
@@ -248,6 +336,18 @@ public struct MachineSpec: ProtoMessage {
             var message = DynamicMessage(Self.protoDescriptor)
             message.setRepeated(1, cgroupVirtualRoot)
             return message
+        }
+
+        public init(cMessage c: UnsafeRawPointer) {
+            let f = Self.protoDescriptor.fields
+            self.cgroupVirtualRoot = CBridge.repeatedMessages(c, f[0])
+        }
+
+        public func makeC() -> UnsafeMutableRawPointer {
+            let c = CBridge.allocate(Self.protoDescriptor)
+            let f = Self.protoDescriptor.fields
+            CBridge.setRepeatedMessages(c, f[0], cgroupVirtualRoot)
+            return c
         }
 
         /// Protobuf message `containers.MachineSpec.VirtualRoot.CgroupVirtualRoot`.
@@ -279,6 +379,20 @@ public struct MachineSpec: ProtoMessage {
                 message.set(2, root)
                 return message
             }
+
+            public init(cMessage c: UnsafeRawPointer) {
+                let f = Self.protoDescriptor.fields
+                self.hierarchy = CBridge.value(c, f[0])
+                self.root = CBridge.value(c, f[1])
+            }
+
+            public func makeC() -> UnsafeMutableRawPointer {
+                let c = CBridge.allocate(Self.protoDescriptor)
+                let f = Self.protoDescriptor.fields
+                CBridge.set(c, f[0], hierarchy)
+                CBridge.set(c, f[1], root)
+                return c
+            }
         }
     }
 }
@@ -298,6 +412,15 @@ public struct MemoryInitSpec: ProtoMessage {
         let message = DynamicMessage(Self.protoDescriptor)
         return message
     }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        self.init()
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        return c
+    }
 }
 
 /// Protobuf message `containers.MonitoringInitSpec`.
@@ -314,6 +437,15 @@ public struct MonitoringInitSpec: ProtoMessage {
     public var dynamic: DynamicMessage {
         let message = DynamicMessage(Self.protoDescriptor)
         return message
+    }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        self.init()
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        return c
     }
 }
 
@@ -339,6 +471,18 @@ public struct Mounts: ProtoMessage {
         var message = DynamicMessage(Self.protoDescriptor)
         message.setRepeated(1, mount)
         return message
+    }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.mount = CBridge.repeatedMessages(c, f[0])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.setRepeatedMessages(c, f[0], mount)
+        return c
     }
 
     /// Protobuf message `containers.Mounts.Mount`.
@@ -382,6 +526,24 @@ public struct Mounts: ProtoMessage {
             message.set(4, `private`)
             return message
         }
+
+        public init(cMessage c: UnsafeRawPointer) {
+            let f = Self.protoDescriptor.fields
+            self.source = CBridge.value(c, f[0])
+            self.target = CBridge.value(c, f[1])
+            self.readOnly = CBridge.value(c, f[2])
+            self.`private` = CBridge.value(c, f[3])
+        }
+
+        public func makeC() -> UnsafeMutableRawPointer {
+            let c = CBridge.allocate(Self.protoDescriptor)
+            let f = Self.protoDescriptor.fields
+            CBridge.set(c, f[0], source)
+            CBridge.set(c, f[1], target)
+            CBridge.set(c, f[2], readOnly)
+            CBridge.set(c, f[3], `private`)
+            return c
+        }
     }
 }
 
@@ -421,6 +583,22 @@ public struct Network: ProtoMessage {
         return message
     }
 
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.interface = CBridge.value(c, f[0])
+        self.virtualIp = CBridge.message(c, f[1])
+        self.connection = CBridge.message(c, f[2])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.set(c, f[0], interface)
+        CBridge.setMessage(c, f[1], virtualIp)
+        CBridge.setMessage(c, f[2], connection)
+        return c
+    }
+
     /// Protobuf message `containers.Network.Bridge`.
     public struct Bridge: ProtoMessage {
         /// Field 1 `name`.
@@ -449,6 +627,20 @@ public struct Network: ProtoMessage {
             message.set(1, name)
             message.set(2, type)
             return message
+        }
+
+        public init(cMessage c: UnsafeRawPointer) {
+            let f = Self.protoDescriptor.fields
+            self.name = CBridge.value(c, f[0])
+            self.type = CBridge.value(c, f[1])
+        }
+
+        public func makeC() -> UnsafeMutableRawPointer {
+            let c = CBridge.allocate(Self.protoDescriptor)
+            let f = Self.protoDescriptor.fields
+            CBridge.set(c, f[0], name)
+            CBridge.set(c, f[1], type)
+            return c
         }
 
         /// Protobuf enum `containers.Network.Bridge.Type`.
@@ -494,6 +686,20 @@ public struct Network: ProtoMessage {
             message.set(2, bridge)
             return message
         }
+
+        public init(cMessage c: UnsafeRawPointer) {
+            let f = Self.protoDescriptor.fields
+            self.vethPair = CBridge.message(c, f[0])
+            self.bridge = CBridge.message(c, f[1])
+        }
+
+        public func makeC() -> UnsafeMutableRawPointer {
+            let c = CBridge.allocate(Self.protoDescriptor)
+            let f = Self.protoDescriptor.fields
+            CBridge.setMessage(c, f[0], vethPair)
+            CBridge.setMessage(c, f[1], bridge)
+            return c
+        }
     }
 
     /// Protobuf message `containers.Network.VethPair`.
@@ -524,6 +730,20 @@ public struct Network: ProtoMessage {
             message.set(1, outside)
             message.set(2, inside)
             return message
+        }
+
+        public init(cMessage c: UnsafeRawPointer) {
+            let f = Self.protoDescriptor.fields
+            self.outside = CBridge.value(c, f[0])
+            self.inside = CBridge.value(c, f[1])
+        }
+
+        public func makeC() -> UnsafeMutableRawPointer {
+            let c = CBridge.allocate(Self.protoDescriptor)
+            let f = Self.protoDescriptor.fields
+            CBridge.set(c, f[0], outside)
+            CBridge.set(c, f[1], inside)
+            return c
         }
     }
 
@@ -574,6 +794,26 @@ public struct Network: ProtoMessage {
             message.set(5, ipForward)
             return message
         }
+
+        public init(cMessage c: UnsafeRawPointer) {
+            let f = Self.protoDescriptor.fields
+            self.ip = CBridge.value(c, f[0])
+            self.netmask = CBridge.value(c, f[1])
+            self.gateway = CBridge.value(c, f[2])
+            self.mtu = CBridge.value(c, f[3])
+            self.ipForward = CBridge.value(c, f[4])
+        }
+
+        public func makeC() -> UnsafeMutableRawPointer {
+            let c = CBridge.allocate(Self.protoDescriptor)
+            let f = Self.protoDescriptor.fields
+            CBridge.set(c, f[0], ip)
+            CBridge.set(c, f[1], netmask)
+            CBridge.set(c, f[2], gateway)
+            CBridge.set(c, f[3], mtu)
+            CBridge.set(c, f[4], ipForward)
+            return c
+        }
     }
 }
 
@@ -591,6 +831,15 @@ public struct NetworkInitSpec: ProtoMessage {
     public var dynamic: DynamicMessage {
         let message = DynamicMessage(Self.protoDescriptor)
         return message
+    }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        self.init()
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        return c
     }
 }
 
@@ -624,6 +873,20 @@ public struct BlockIoSpec: ProtoMessage {
         return message
     }
 
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.deviceLimitSet = CBridge.message(c, f[0])
+        self.maxDeviceLimitSet = CBridge.message(c, f[1])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.setMessage(c, f[0], deviceLimitSet)
+        CBridge.setMessage(c, f[1], maxDeviceLimitSet)
+        return c
+    }
+
     /// Protobuf message `containers.lmctfy.BlockIoSpec.Device`.
     public struct Device: ProtoMessage {
         /// Field 1 `major`.
@@ -652,6 +915,20 @@ public struct BlockIoSpec: ProtoMessage {
             message.set(1, major)
             message.set(2, minor)
             return message
+        }
+
+        public init(cMessage c: UnsafeRawPointer) {
+            let f = Self.protoDescriptor.fields
+            self.major = CBridge.value(c, f[0])
+            self.minor = CBridge.value(c, f[1])
+        }
+
+        public func makeC() -> UnsafeMutableRawPointer {
+            let c = CBridge.allocate(Self.protoDescriptor)
+            let f = Self.protoDescriptor.fields
+            CBridge.set(c, f[0], major)
+            CBridge.set(c, f[1], minor)
+            return c
         }
     }
 
@@ -684,6 +961,20 @@ public struct BlockIoSpec: ProtoMessage {
             message.set(2, limit)
             return message
         }
+
+        public init(cMessage c: UnsafeRawPointer) {
+            let f = Self.protoDescriptor.fields
+            self.device = CBridge.message(c, f[0])
+            self.limit = CBridge.value(c, f[1])
+        }
+
+        public func makeC() -> UnsafeMutableRawPointer {
+            let c = CBridge.allocate(Self.protoDescriptor)
+            let f = Self.protoDescriptor.fields
+            CBridge.setMessage(c, f[0], device)
+            CBridge.set(c, f[1], limit)
+            return c
+        }
     }
 
     /// Protobuf message `containers.lmctfy.BlockIoSpec.DeviceLimitSet`.
@@ -714,6 +1005,20 @@ public struct BlockIoSpec: ProtoMessage {
             message.set(1, defaultLimit)
             message.setRepeated(2, deviceLimits)
             return message
+        }
+
+        public init(cMessage c: UnsafeRawPointer) {
+            let f = Self.protoDescriptor.fields
+            self.defaultLimit = CBridge.value(c, f[0])
+            self.deviceLimits = CBridge.repeatedMessages(c, f[1])
+        }
+
+        public func makeC() -> UnsafeMutableRawPointer {
+            let c = CBridge.allocate(Self.protoDescriptor)
+            let f = Self.protoDescriptor.fields
+            CBridge.set(c, f[0], defaultLimit)
+            CBridge.setRepeatedMessages(c, f[1], deviceLimits)
+            return c
         }
     }
 
@@ -765,6 +1070,22 @@ public struct BlockIoSpec: ProtoMessage {
             message.set(3, limitType)
             return message
         }
+
+        public init(cMessage c: UnsafeRawPointer) {
+            let f = Self.protoDescriptor.fields
+            self.limits = CBridge.repeatedMessages(c, f[0])
+            self.opType = CBridge.value(c, f[1])
+            self.limitType = CBridge.value(c, f[2])
+        }
+
+        public func makeC() -> UnsafeMutableRawPointer {
+            let c = CBridge.allocate(Self.protoDescriptor)
+            let f = Self.protoDescriptor.fields
+            CBridge.setRepeatedMessages(c, f[0], limits)
+            CBridge.set(c, f[1], opType)
+            CBridge.set(c, f[2], limitType)
+            return c
+        }
     }
 
     /// Protobuf message `containers.lmctfy.BlockIoSpec.MaxLimitSet`.
@@ -789,6 +1110,18 @@ public struct BlockIoSpec: ProtoMessage {
             var message = DynamicMessage(Self.protoDescriptor)
             message.setRepeated(1, maxLimits)
             return message
+        }
+
+        public init(cMessage c: UnsafeRawPointer) {
+            let f = Self.protoDescriptor.fields
+            self.maxLimits = CBridge.repeatedMessages(c, f[0])
+        }
+
+        public func makeC() -> UnsafeMutableRawPointer {
+            let c = CBridge.allocate(Self.protoDescriptor)
+            let f = Self.protoDescriptor.fields
+            CBridge.setRepeatedMessages(c, f[0], maxLimits)
+            return c
         }
     }
 
@@ -828,6 +1161,18 @@ public struct BlockIoStats: ProtoMessage {
         var message = DynamicMessage(Self.protoDescriptor)
         message.setRepeated(1, deviceStats)
         return message
+    }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.deviceStats = CBridge.repeatedMessages(c, f[0])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.setRepeatedMessages(c, f[0], deviceStats)
+        return c
     }
 
     /// Protobuf message `containers.lmctfy.BlockIoStats.DeviceStats`.
@@ -882,6 +1227,28 @@ public struct BlockIoStats: ProtoMessage {
             message.set(5, readIos)
             message.set(6, writeIos)
             return message
+        }
+
+        public init(cMessage c: UnsafeRawPointer) {
+            let f = Self.protoDescriptor.fields
+            self.major = CBridge.value(c, f[0])
+            self.minor = CBridge.value(c, f[1])
+            self.readBytes = CBridge.value(c, f[2])
+            self.writeBytes = CBridge.value(c, f[3])
+            self.readIos = CBridge.value(c, f[4])
+            self.writeIos = CBridge.value(c, f[5])
+        }
+
+        public func makeC() -> UnsafeMutableRawPointer {
+            let c = CBridge.allocate(Self.protoDescriptor)
+            let f = Self.protoDescriptor.fields
+            CBridge.set(c, f[0], major)
+            CBridge.set(c, f[1], minor)
+            CBridge.set(c, f[2], readBytes)
+            CBridge.set(c, f[3], writeBytes)
+            CBridge.set(c, f[4], readIos)
+            CBridge.set(c, f[5], writeIos)
+            return c
         }
     }
 }
@@ -981,6 +1348,42 @@ public struct ContainerSpec: ProtoMessage {
         message.set(14, pids)
         return message
     }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.owner = CBridge.value(c, f[0])
+        self.cpu = CBridge.message(c, f[1])
+        self.memory = CBridge.message(c, f[2])
+        self.network = CBridge.message(c, f[3])
+        self.monitoring = CBridge.message(c, f[4])
+        self.filesystem = CBridge.message(c, f[5])
+        self.ownerGroup = CBridge.value(c, f[6])
+        self.childrenLimit = CBridge.value(c, f[7])
+        self.virtualHost = CBridge.message(c, f[8])
+        self.device = CBridge.message(c, f[9])
+        self.blockio = CBridge.message(c, f[10])
+        self.securitySpec = CBridge.message(c, f[11])
+        self.pids = CBridge.message(c, f[12])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.set(c, f[0], owner)
+        CBridge.setMessage(c, f[1], cpu)
+        CBridge.setMessage(c, f[2], memory)
+        CBridge.setMessage(c, f[3], network)
+        CBridge.setMessage(c, f[4], monitoring)
+        CBridge.setMessage(c, f[5], filesystem)
+        CBridge.set(c, f[6], ownerGroup)
+        CBridge.set(c, f[7], childrenLimit)
+        CBridge.setMessage(c, f[8], virtualHost)
+        CBridge.setMessage(c, f[9], device)
+        CBridge.setMessage(c, f[10], blockio)
+        CBridge.setMessage(c, f[11], securitySpec)
+        CBridge.setMessage(c, f[12], pids)
+        return c
+    }
 }
 
 /// Protobuf message `containers.lmctfy.ContainerStats`.
@@ -1041,6 +1444,30 @@ public struct ContainerStats: ProtoMessage {
         message.set(7, blockio)
         message.set(8, pids)
         return message
+    }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.cpu = CBridge.message(c, f[0])
+        self.memory = CBridge.message(c, f[1])
+        self.network = CBridge.message(c, f[2])
+        self.monitoring = CBridge.message(c, f[3])
+        self.filesystem = CBridge.message(c, f[4])
+        self.blockio = CBridge.message(c, f[5])
+        self.pids = CBridge.message(c, f[6])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.setMessage(c, f[0], cpu)
+        CBridge.setMessage(c, f[1], memory)
+        CBridge.setMessage(c, f[2], network)
+        CBridge.setMessage(c, f[3], monitoring)
+        CBridge.setMessage(c, f[4], filesystem)
+        CBridge.setMessage(c, f[5], blockio)
+        CBridge.setMessage(c, f[6], pids)
+        return c
     }
 }
 
@@ -1105,6 +1532,24 @@ public struct CpuSpec: ProtoMessage {
         return message
     }
 
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.schedulingLatency = CBridge.value(c, f[0])
+        self.limit = CBridge.value(c, f[1])
+        self.maxLimit = CBridge.value(c, f[2])
+        self.mask = CBridge.message(c, f[3])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.set(c, f[0], schedulingLatency)
+        CBridge.set(c, f[1], limit)
+        CBridge.set(c, f[2], maxLimit)
+        CBridge.setMessage(c, f[3], mask)
+        return c
+    }
+
     /// Protobuf message `containers.lmctfy.CpuSpec.Mask`.
     public struct Mask: ProtoMessage {
         /// Field 1 `data`.
@@ -1127,6 +1572,18 @@ public struct CpuSpec: ProtoMessage {
             var message = DynamicMessage(Self.protoDescriptor)
             message.setRepeated(1, data)
             return message
+        }
+
+        public init(cMessage c: UnsafeRawPointer) {
+            let f = Self.protoDescriptor.fields
+            self.data = CBridge.repeated(c, f[0])
+        }
+
+        public func makeC() -> UnsafeMutableRawPointer {
+            let c = CBridge.allocate(Self.protoDescriptor)
+            let f = Self.protoDescriptor.fields
+            CBridge.setRepeated(c, f[0], data)
+            return c
         }
     }
 }
@@ -1173,6 +1630,24 @@ public struct CpuStats: ProtoMessage {
         return message
     }
 
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.usage = CBridge.message(c, f[0])
+        self.load = CBridge.value(c, f[1])
+        self.throttlingData = CBridge.message(c, f[2])
+        self.histograms = CBridge.repeatedMessages(c, f[3])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.setMessage(c, f[0], usage)
+        CBridge.set(c, f[1], load)
+        CBridge.setMessage(c, f[2], throttlingData)
+        CBridge.setRepeatedMessages(c, f[3], histograms)
+        return c
+    }
+
     /// Protobuf message `containers.lmctfy.CpuStats.Usage`.
     public struct Usage: ProtoMessage {
         /// Field 1 `total`.
@@ -1214,6 +1689,24 @@ public struct CpuStats: ProtoMessage {
             message.set(4, system)
             return message
         }
+
+        public init(cMessage c: UnsafeRawPointer) {
+            let f = Self.protoDescriptor.fields
+            self.total = CBridge.value(c, f[0])
+            self.perCpu = CBridge.repeated(c, f[1])
+            self.user = CBridge.value(c, f[2])
+            self.system = CBridge.value(c, f[3])
+        }
+
+        public func makeC() -> UnsafeMutableRawPointer {
+            let c = CBridge.allocate(Self.protoDescriptor)
+            let f = Self.protoDescriptor.fields
+            CBridge.set(c, f[0], total)
+            CBridge.setRepeated(c, f[1], perCpu)
+            CBridge.set(c, f[2], user)
+            CBridge.set(c, f[3], system)
+            return c
+        }
     }
 }
 
@@ -1239,6 +1732,18 @@ public struct DeviceSpec: ProtoMessage {
         var message = DynamicMessage(Self.protoDescriptor)
         message.set(1, restrictionsSet)
         return message
+    }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.restrictionsSet = CBridge.message(c, f[0])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.setMessage(c, f[0], restrictionsSet)
+        return c
     }
 
     /// Protobuf enum `containers.lmctfy.DeviceSpec.DeviceAccess`.
@@ -1316,6 +1821,26 @@ public struct DeviceSpec: ProtoMessage {
             message.set(5, minor)
             return message
         }
+
+        public init(cMessage c: UnsafeRawPointer) {
+            let f = Self.protoDescriptor.fields
+            self.permission = CBridge.value(c, f[0])
+            self.type = CBridge.value(c, f[1])
+            self.access = CBridge.repeated(c, f[2])
+            self.major = CBridge.value(c, f[3])
+            self.minor = CBridge.value(c, f[4])
+        }
+
+        public func makeC() -> UnsafeMutableRawPointer {
+            let c = CBridge.allocate(Self.protoDescriptor)
+            let f = Self.protoDescriptor.fields
+            CBridge.set(c, f[0], permission)
+            CBridge.set(c, f[1], type)
+            CBridge.setRepeated(c, f[2], access)
+            CBridge.set(c, f[3], major)
+            CBridge.set(c, f[4], minor)
+            return c
+        }
     }
 
     /// Protobuf message `containers.lmctfy.DeviceSpec.DeviceRestrictionsSet`.
@@ -1340,6 +1865,18 @@ public struct DeviceSpec: ProtoMessage {
             var message = DynamicMessage(Self.protoDescriptor)
             message.setRepeated(1, restrictions)
             return message
+        }
+
+        public init(cMessage c: UnsafeRawPointer) {
+            let f = Self.protoDescriptor.fields
+            self.restrictions = CBridge.repeatedMessages(c, f[0])
+        }
+
+        public func makeC() -> UnsafeMutableRawPointer {
+            let c = CBridge.allocate(Self.protoDescriptor)
+            let f = Self.protoDescriptor.fields
+            CBridge.setRepeatedMessages(c, f[0], restrictions)
+            return c
         }
     }
 
@@ -1395,6 +1932,22 @@ public struct EventSpec: ProtoMessage {
         return message
     }
 
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.oom = CBridge.message(c, f[0])
+        self.memoryThreshold = CBridge.message(c, f[1])
+        self.containerEmpty = CBridge.message(c, f[2])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.setMessage(c, f[0], oom)
+        CBridge.setMessage(c, f[1], memoryThreshold)
+        CBridge.setMessage(c, f[2], containerEmpty)
+        return c
+    }
+
     /// Protobuf message `containers.lmctfy.EventSpec.ContainerEmpty`.
     public struct ContainerEmpty: ProtoMessage {
         public init() {}
@@ -1409,6 +1962,15 @@ public struct EventSpec: ProtoMessage {
         public var dynamic: DynamicMessage {
             let message = DynamicMessage(Self.protoDescriptor)
             return message
+        }
+
+        public init(cMessage c: UnsafeRawPointer) {
+            self.init()
+        }
+
+        public func makeC() -> UnsafeMutableRawPointer {
+            let c = CBridge.allocate(Self.protoDescriptor)
+            return c
         }
     }
 
@@ -1435,6 +1997,18 @@ public struct EventSpec: ProtoMessage {
             message.set(1, usage)
             return message
         }
+
+        public init(cMessage c: UnsafeRawPointer) {
+            let f = Self.protoDescriptor.fields
+            self.usage = CBridge.value(c, f[0])
+        }
+
+        public func makeC() -> UnsafeMutableRawPointer {
+            let c = CBridge.allocate(Self.protoDescriptor)
+            let f = Self.protoDescriptor.fields
+            CBridge.set(c, f[0], usage)
+            return c
+        }
     }
 
     /// Protobuf message `containers.lmctfy.EventSpec.Oom`.
@@ -1451,6 +2025,15 @@ public struct EventSpec: ProtoMessage {
         public var dynamic: DynamicMessage {
             let message = DynamicMessage(Self.protoDescriptor)
             return message
+        }
+
+        public init(cMessage c: UnsafeRawPointer) {
+            self.init()
+        }
+
+        public func makeC() -> UnsafeMutableRawPointer {
+            let c = CBridge.allocate(Self.protoDescriptor)
+            return c
         }
     }
 }
@@ -1490,6 +2073,22 @@ public struct FilesystemSpec: ProtoMessage {
         message.set(3, mounts)
         return message
     }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.fdLimit = CBridge.value(c, f[0])
+        self.rootfs = CBridge.value(c, f[1])
+        self.mounts = CBridge.message(c, f[2])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.set(c, f[0], fdLimit)
+        CBridge.set(c, f[1], rootfs)
+        CBridge.setMessage(c, f[2], mounts)
+        return c
+    }
 }
 
 /// Protobuf message `containers.lmctfy.FilesystemStats`.
@@ -1527,6 +2126,22 @@ public struct FilesystemStats: ProtoMessage {
         message.set(3, fdFailCount)
         return message
     }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.fdUsage = CBridge.value(c, f[0])
+        self.fdMaxUsage = CBridge.value(c, f[1])
+        self.fdFailCount = CBridge.value(c, f[2])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.set(c, f[0], fdUsage)
+        CBridge.set(c, f[1], fdMaxUsage)
+        CBridge.set(c, f[2], fdFailCount)
+        return c
+    }
 }
 
 /// Protobuf message `containers.lmctfy.HistogramMap`.
@@ -1559,6 +2174,20 @@ public struct HistogramMap: ProtoMessage {
         return message
     }
 
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.type = CBridge.value(c, f[0])
+        self.stat = CBridge.repeatedMessages(c, f[1])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.set(c, f[0], type)
+        CBridge.setRepeatedMessages(c, f[1], stat)
+        return c
+    }
+
     /// Protobuf message `containers.lmctfy.HistogramMap.Bucket`.
     public struct Bucket: ProtoMessage {
         /// Field 1 `bucket`.
@@ -1587,6 +2216,20 @@ public struct HistogramMap: ProtoMessage {
             message.set(1, bucket)
             message.set(2, value)
             return message
+        }
+
+        public init(cMessage c: UnsafeRawPointer) {
+            let f = Self.protoDescriptor.fields
+            self.bucket = CBridge.value(c, f[0])
+            self.value = CBridge.value(c, f[1])
+        }
+
+        public func makeC() -> UnsafeMutableRawPointer {
+            let c = CBridge.allocate(Self.protoDescriptor)
+            let f = Self.protoDescriptor.fields
+            CBridge.set(c, f[0], bucket)
+            CBridge.set(c, f[1], value)
+            return c
         }
     }
 }
@@ -1675,6 +2318,38 @@ public struct MemorySpec: ProtoMessage {
         return message
     }
 
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.evictionPriority = CBridge.value(c, f[0])
+        self.limit = CBridge.value(c, f[1])
+        self.maxLimit = CBridge.value(c, f[2])
+        self.reservation = CBridge.value(c, f[3])
+        self.hugetlbfsPath = CBridge.value(c, f[4])
+        self.tmpfs = CBridge.message(c, f[5])
+        self.swapLimit = CBridge.value(c, f[6])
+        self.compressionSamplingRatio = CBridge.value(c, f[7])
+        self.stalePageAge = CBridge.value(c, f[8])
+        self.dirty = CBridge.message(c, f[9])
+        self.kmemChargeUsage = CBridge.value(c, f[10])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.set(c, f[0], evictionPriority)
+        CBridge.set(c, f[1], limit)
+        CBridge.set(c, f[2], maxLimit)
+        CBridge.set(c, f[3], reservation)
+        CBridge.set(c, f[4], hugetlbfsPath)
+        CBridge.setMessage(c, f[5], tmpfs)
+        CBridge.set(c, f[6], swapLimit)
+        CBridge.set(c, f[7], compressionSamplingRatio)
+        CBridge.set(c, f[8], stalePageAge)
+        CBridge.setMessage(c, f[9], dirty)
+        CBridge.set(c, f[10], kmemChargeUsage)
+        return c
+    }
+
     /// Protobuf message `containers.lmctfy.MemorySpec.Dirty`.
     public struct Dirty: ProtoMessage {
         /// Field 1 `ratio`.
@@ -1716,6 +2391,24 @@ public struct MemorySpec: ProtoMessage {
             message.set(4, backgroundLimit)
             return message
         }
+
+        public init(cMessage c: UnsafeRawPointer) {
+            let f = Self.protoDescriptor.fields
+            self.ratio = CBridge.value(c, f[0])
+            self.limit = CBridge.value(c, f[1])
+            self.backgroundRatio = CBridge.value(c, f[2])
+            self.backgroundLimit = CBridge.value(c, f[3])
+        }
+
+        public func makeC() -> UnsafeMutableRawPointer {
+            let c = CBridge.allocate(Self.protoDescriptor)
+            let f = Self.protoDescriptor.fields
+            CBridge.set(c, f[0], ratio)
+            CBridge.set(c, f[1], limit)
+            CBridge.set(c, f[2], backgroundRatio)
+            CBridge.set(c, f[3], backgroundLimit)
+            return c
+        }
     }
 
     /// Protobuf message `containers.lmctfy.MemorySpec.TmpfsSpec`.
@@ -1740,6 +2433,18 @@ public struct MemorySpec: ProtoMessage {
             var message = DynamicMessage(Self.protoDescriptor)
             message.setRepeated(1, path)
             return message
+        }
+
+        public init(cMessage c: UnsafeRawPointer) {
+            let f = Self.protoDescriptor.fields
+            self.path = CBridge.repeated(c, f[0])
+        }
+
+        public func makeC() -> UnsafeMutableRawPointer {
+            let c = CBridge.allocate(Self.protoDescriptor)
+            let f = Self.protoDescriptor.fields
+            CBridge.setRepeated(c, f[0], path)
+            return c
         }
     }
 }
@@ -1840,6 +2545,42 @@ public struct MemoryStats: ProtoMessage {
         return message
     }
 
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.limit = CBridge.value(c, f[0])
+        self.effectiveLimit = CBridge.value(c, f[1])
+        self.reservation = CBridge.value(c, f[2])
+        self.usage = CBridge.value(c, f[3])
+        self.maxUsage = CBridge.value(c, f[4])
+        self.workingSet = CBridge.value(c, f[5])
+        self.containerData = CBridge.message(c, f[6])
+        self.hierarchicalData = CBridge.message(c, f[7])
+        self.hierarchicalMemoryLimit = CBridge.value(c, f[8])
+        self.numa = CBridge.message(c, f[9])
+        self.idlePage = CBridge.message(c, f[10])
+        self.compressionSampling = CBridge.message(c, f[11])
+        self.failCount = CBridge.value(c, f[12])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.set(c, f[0], limit)
+        CBridge.set(c, f[1], effectiveLimit)
+        CBridge.set(c, f[2], reservation)
+        CBridge.set(c, f[3], usage)
+        CBridge.set(c, f[4], maxUsage)
+        CBridge.set(c, f[5], workingSet)
+        CBridge.setMessage(c, f[6], containerData)
+        CBridge.setMessage(c, f[7], hierarchicalData)
+        CBridge.set(c, f[8], hierarchicalMemoryLimit)
+        CBridge.setMessage(c, f[9], numa)
+        CBridge.setMessage(c, f[10], idlePage)
+        CBridge.setMessage(c, f[11], compressionSampling)
+        CBridge.set(c, f[12], failCount)
+        return c
+    }
+
     /// Protobuf message `containers.lmctfy.MemoryStats.CompressionSamplingStats`.
     public struct CompressionSamplingStats: ProtoMessage {
         /// Field 1 `raw_size`.
@@ -1874,6 +2615,22 @@ public struct MemoryStats: ProtoMessage {
             message.set(2, compressedSize)
             message.set(3, fifoOverflow)
             return message
+        }
+
+        public init(cMessage c: UnsafeRawPointer) {
+            let f = Self.protoDescriptor.fields
+            self.rawSize = CBridge.value(c, f[0])
+            self.compressedSize = CBridge.value(c, f[1])
+            self.fifoOverflow = CBridge.value(c, f[2])
+        }
+
+        public func makeC() -> UnsafeMutableRawPointer {
+            let c = CBridge.allocate(Self.protoDescriptor)
+            let f = Self.protoDescriptor.fields
+            CBridge.set(c, f[0], rawSize)
+            CBridge.set(c, f[1], compressedSize)
+            CBridge.set(c, f[2], fifoOverflow)
+            return c
         }
     }
 
@@ -1911,6 +2668,22 @@ public struct MemoryStats: ProtoMessage {
             message.set(2, scans)
             message.set(3, stale)
             return message
+        }
+
+        public init(cMessage c: UnsafeRawPointer) {
+            let f = Self.protoDescriptor.fields
+            self.stats = CBridge.repeatedMessages(c, f[0])
+            self.scans = CBridge.value(c, f[1])
+            self.stale = CBridge.value(c, f[2])
+        }
+
+        public func makeC() -> UnsafeMutableRawPointer {
+            let c = CBridge.allocate(Self.protoDescriptor)
+            let f = Self.protoDescriptor.fields
+            CBridge.setRepeatedMessages(c, f[0], stats)
+            CBridge.set(c, f[1], scans)
+            CBridge.set(c, f[2], stale)
+            return c
         }
 
         /// Protobuf message `containers.lmctfy.MemoryStats.IdlePageStats.Stats`.
@@ -1953,6 +2726,24 @@ public struct MemoryStats: ProtoMessage {
                 message.set(3, dirtyFile)
                 message.set(4, dirtySwap)
                 return message
+            }
+
+            public init(cMessage c: UnsafeRawPointer) {
+                let f = Self.protoDescriptor.fields
+                self.ageInSecs = CBridge.value(c, f[0])
+                self.clean = CBridge.value(c, f[1])
+                self.dirtyFile = CBridge.value(c, f[2])
+                self.dirtySwap = CBridge.value(c, f[3])
+            }
+
+            public func makeC() -> UnsafeMutableRawPointer {
+                let c = CBridge.allocate(Self.protoDescriptor)
+                let f = Self.protoDescriptor.fields
+                CBridge.set(c, f[0], ageInSecs)
+                CBridge.set(c, f[1], clean)
+                CBridge.set(c, f[2], dirtyFile)
+                CBridge.set(c, f[3], dirtySwap)
+                return c
             }
         }
     }
@@ -2143,6 +2934,72 @@ public struct MemoryStats: ProtoMessage {
             return message
         }
 
+        public init(cMessage c: UnsafeRawPointer) {
+            let f = Self.protoDescriptor.fields
+            self.cache = CBridge.value(c, f[0])
+            self.rss = CBridge.value(c, f[1])
+            self.rssHuge = CBridge.value(c, f[2])
+            self.mappedFile = CBridge.value(c, f[3])
+            self.pgpgin = CBridge.value(c, f[4])
+            self.pgpgout = CBridge.value(c, f[5])
+            self.pgfault = CBridge.value(c, f[6])
+            self.pgmajfault = CBridge.value(c, f[7])
+            self.dirty = CBridge.value(c, f[8])
+            self.writeback = CBridge.value(c, f[9])
+            self.inactiveAnon = CBridge.value(c, f[10])
+            self.activeAnon = CBridge.value(c, f[11])
+            self.inactiveFile = CBridge.value(c, f[12])
+            self.activeFile = CBridge.value(c, f[13])
+            self.unevictable = CBridge.value(c, f[14])
+            self.thp = CBridge.message(c, f[15])
+            self.kernel = CBridge.message(c, f[16])
+            self.kernelNoncharged = CBridge.message(c, f[17])
+            self.compressedPoolPages = CBridge.value(c, f[18])
+            self.compressedStoredPages = CBridge.value(c, f[19])
+            self.compressedRejectCompressPoor = CBridge.value(c, f[20])
+            self.zswapZsmallocFail = CBridge.value(c, f[21])
+            self.zswapKmemcacheFail = CBridge.value(c, f[22])
+            self.zswapDuplicateEntry = CBridge.value(c, f[23])
+            self.zswapCompressedPages = CBridge.value(c, f[24])
+            self.zswapDecompressedPages = CBridge.value(c, f[25])
+            self.zswapCompressionNsec = CBridge.value(c, f[26])
+            self.zswapDecompressionNsec = CBridge.value(c, f[27])
+        }
+
+        public func makeC() -> UnsafeMutableRawPointer {
+            let c = CBridge.allocate(Self.protoDescriptor)
+            let f = Self.protoDescriptor.fields
+            CBridge.set(c, f[0], cache)
+            CBridge.set(c, f[1], rss)
+            CBridge.set(c, f[2], rssHuge)
+            CBridge.set(c, f[3], mappedFile)
+            CBridge.set(c, f[4], pgpgin)
+            CBridge.set(c, f[5], pgpgout)
+            CBridge.set(c, f[6], pgfault)
+            CBridge.set(c, f[7], pgmajfault)
+            CBridge.set(c, f[8], dirty)
+            CBridge.set(c, f[9], writeback)
+            CBridge.set(c, f[10], inactiveAnon)
+            CBridge.set(c, f[11], activeAnon)
+            CBridge.set(c, f[12], inactiveFile)
+            CBridge.set(c, f[13], activeFile)
+            CBridge.set(c, f[14], unevictable)
+            CBridge.setMessage(c, f[15], thp)
+            CBridge.setMessage(c, f[16], kernel)
+            CBridge.setMessage(c, f[17], kernelNoncharged)
+            CBridge.set(c, f[18], compressedPoolPages)
+            CBridge.set(c, f[19], compressedStoredPages)
+            CBridge.set(c, f[20], compressedRejectCompressPoor)
+            CBridge.set(c, f[21], zswapZsmallocFail)
+            CBridge.set(c, f[22], zswapKmemcacheFail)
+            CBridge.set(c, f[23], zswapDuplicateEntry)
+            CBridge.set(c, f[24], zswapCompressedPages)
+            CBridge.set(c, f[25], zswapDecompressedPages)
+            CBridge.set(c, f[26], zswapCompressionNsec)
+            CBridge.set(c, f[27], zswapDecompressionNsec)
+            return c
+        }
+
         /// Protobuf message `containers.lmctfy.MemoryStats.MemoryData.Kernel`.
         public struct Kernel: ProtoMessage {
             /// Field 1 `memory`.
@@ -2208,6 +3065,32 @@ public struct MemoryStats: ProtoMessage {
                 message.set(8, compressedMemory)
                 return message
             }
+
+            public init(cMessage c: UnsafeRawPointer) {
+                let f = Self.protoDescriptor.fields
+                self.memory = CBridge.value(c, f[0])
+                self.slabMemory = CBridge.value(c, f[1])
+                self.stackMemory = CBridge.value(c, f[2])
+                self.pgtableMemory = CBridge.value(c, f[3])
+                self.vmallocMemory = CBridge.value(c, f[4])
+                self.miscMemory = CBridge.value(c, f[5])
+                self.targetedSlabMemory = CBridge.value(c, f[6])
+                self.compressedMemory = CBridge.value(c, f[7])
+            }
+
+            public func makeC() -> UnsafeMutableRawPointer {
+                let c = CBridge.allocate(Self.protoDescriptor)
+                let f = Self.protoDescriptor.fields
+                CBridge.set(c, f[0], memory)
+                CBridge.set(c, f[1], slabMemory)
+                CBridge.set(c, f[2], stackMemory)
+                CBridge.set(c, f[3], pgtableMemory)
+                CBridge.set(c, f[4], vmallocMemory)
+                CBridge.set(c, f[5], miscMemory)
+                CBridge.set(c, f[6], targetedSlabMemory)
+                CBridge.set(c, f[7], compressedMemory)
+                return c
+            }
         }
 
         /// Protobuf message `containers.lmctfy.MemoryStats.MemoryData.THP`.
@@ -2257,6 +3140,26 @@ public struct MemoryStats: ProtoMessage {
                 message.set(5, split)
                 return message
             }
+
+            public init(cMessage c: UnsafeRawPointer) {
+                let f = Self.protoDescriptor.fields
+                self.faultAlloc = CBridge.value(c, f[0])
+                self.faultFallback = CBridge.value(c, f[1])
+                self.collapseAlloc = CBridge.value(c, f[2])
+                self.collapseAllocFailed = CBridge.value(c, f[3])
+                self.split = CBridge.value(c, f[4])
+            }
+
+            public func makeC() -> UnsafeMutableRawPointer {
+                let c = CBridge.allocate(Self.protoDescriptor)
+                let f = Self.protoDescriptor.fields
+                CBridge.set(c, f[0], faultAlloc)
+                CBridge.set(c, f[1], faultFallback)
+                CBridge.set(c, f[2], collapseAlloc)
+                CBridge.set(c, f[3], collapseAllocFailed)
+                CBridge.set(c, f[4], split)
+                return c
+            }
         }
     }
 
@@ -2288,6 +3191,20 @@ public struct MemoryStats: ProtoMessage {
             message.set(1, containerData)
             message.set(2, hierarchicalData)
             return message
+        }
+
+        public init(cMessage c: UnsafeRawPointer) {
+            let f = Self.protoDescriptor.fields
+            self.containerData = CBridge.message(c, f[0])
+            self.hierarchicalData = CBridge.message(c, f[1])
+        }
+
+        public func makeC() -> UnsafeMutableRawPointer {
+            let c = CBridge.allocate(Self.protoDescriptor)
+            let f = Self.protoDescriptor.fields
+            CBridge.setMessage(c, f[0], containerData)
+            CBridge.setMessage(c, f[1], hierarchicalData)
+            return c
         }
 
         /// Protobuf message `containers.lmctfy.MemoryStats.NumaStats.NumaData`.
@@ -2332,6 +3249,24 @@ public struct MemoryStats: ProtoMessage {
                 return message
             }
 
+            public init(cMessage c: UnsafeRawPointer) {
+                let f = Self.protoDescriptor.fields
+                self.total = CBridge.message(c, f[0])
+                self.file = CBridge.message(c, f[1])
+                self.anon = CBridge.message(c, f[2])
+                self.unevictable = CBridge.message(c, f[3])
+            }
+
+            public func makeC() -> UnsafeMutableRawPointer {
+                let c = CBridge.allocate(Self.protoDescriptor)
+                let f = Self.protoDescriptor.fields
+                CBridge.setMessage(c, f[0], total)
+                CBridge.setMessage(c, f[1], file)
+                CBridge.setMessage(c, f[2], anon)
+                CBridge.setMessage(c, f[3], unevictable)
+                return c
+            }
+
             /// Protobuf message `containers.lmctfy.MemoryStats.NumaStats.NumaData.Stat`.
             public struct Stat: ProtoMessage {
                 /// Field 1 `node`.
@@ -2360,6 +3295,20 @@ public struct MemoryStats: ProtoMessage {
                     message.setRepeated(1, node)
                     message.set(2, totalPageCount)
                     return message
+                }
+
+                public init(cMessage c: UnsafeRawPointer) {
+                    let f = Self.protoDescriptor.fields
+                    self.node = CBridge.repeatedMessages(c, f[0])
+                    self.totalPageCount = CBridge.value(c, f[1])
+                }
+
+                public func makeC() -> UnsafeMutableRawPointer {
+                    let c = CBridge.allocate(Self.protoDescriptor)
+                    let f = Self.protoDescriptor.fields
+                    CBridge.setRepeatedMessages(c, f[0], node)
+                    CBridge.set(c, f[1], totalPageCount)
+                    return c
                 }
 
                 /// Protobuf message `containers.lmctfy.MemoryStats.NumaStats.NumaData.Stat.Node`.
@@ -2391,6 +3340,20 @@ public struct MemoryStats: ProtoMessage {
                         message.set(2, pageCount)
                         return message
                     }
+
+                    public init(cMessage c: UnsafeRawPointer) {
+                        let f = Self.protoDescriptor.fields
+                        self.level = CBridge.value(c, f[0])
+                        self.pageCount = CBridge.value(c, f[1])
+                    }
+
+                    public func makeC() -> UnsafeMutableRawPointer {
+                        let c = CBridge.allocate(Self.protoDescriptor)
+                        let f = Self.protoDescriptor.fields
+                        CBridge.set(c, f[0], level)
+                        CBridge.set(c, f[1], pageCount)
+                        return c
+                    }
                 }
             }
         }
@@ -2420,6 +3383,18 @@ public struct MonitoringSpec: ProtoMessage {
         message.set(1, enablePerfCounters)
         return message
     }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.enablePerfCounters = CBridge.value(c, f[0])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.set(c, f[0], enablePerfCounters)
+        return c
+    }
 }
 
 /// Protobuf message `containers.lmctfy.MonitoringStats`.
@@ -2436,6 +3411,15 @@ public struct MonitoringStats: ProtoMessage {
     public var dynamic: DynamicMessage {
         let message = DynamicMessage(Self.protoDescriptor)
         return message
+    }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        self.init()
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        return c
     }
 }
 
@@ -2454,6 +3438,15 @@ public struct NetworkSpec: ProtoMessage {
         let message = DynamicMessage(Self.protoDescriptor)
         return message
     }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        self.init()
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        return c
+    }
 }
 
 /// Protobuf message `containers.lmctfy.NetworkStats`.
@@ -2470,6 +3463,15 @@ public struct NetworkStats: ProtoMessage {
     public var dynamic: DynamicMessage {
         let message = DynamicMessage(Self.protoDescriptor)
         return message
+    }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        self.init()
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        return c
     }
 }
 
@@ -2495,6 +3497,18 @@ public struct PidsSpec: ProtoMessage {
         var message = DynamicMessage(Self.protoDescriptor)
         message.set(1, limit)
         return message
+    }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.limit = CBridge.value(c, f[0])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.set(c, f[0], limit)
+        return c
     }
 }
 
@@ -2532,6 +3546,22 @@ public struct PidsStats: ProtoMessage {
         message.set(2, limit)
         message.set(3, failCount)
         return message
+    }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.current = CBridge.value(c, f[0])
+        self.limit = CBridge.value(c, f[1])
+        self.failCount = CBridge.value(c, f[2])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.set(c, f[0], current)
+        CBridge.set(c, f[1], limit)
+        CBridge.set(c, f[2], failCount)
+        return c
     }
 }
 
@@ -2571,6 +3601,22 @@ public struct RunSpec: ProtoMessage {
         return message
     }
 
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.fdPolicy = CBridge.value(c, f[0])
+        self.console = CBridge.message(c, f[1])
+        self.apparmorProfile = CBridge.value(c, f[2])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.set(c, f[0], fdPolicy)
+        CBridge.setMessage(c, f[1], console)
+        CBridge.set(c, f[2], apparmorProfile)
+        return c
+    }
+
     /// Protobuf message `containers.lmctfy.RunSpec.Console`.
     public struct Console: ProtoMessage {
         /// Field 1 `slave_pty`.
@@ -2593,6 +3639,18 @@ public struct RunSpec: ProtoMessage {
             var message = DynamicMessage(Self.protoDescriptor)
             message.set(1, slavePty)
             return message
+        }
+
+        public init(cMessage c: UnsafeRawPointer) {
+            let f = Self.protoDescriptor.fields
+            self.slavePty = CBridge.value(c, f[0])
+        }
+
+        public func makeC() -> UnsafeMutableRawPointer {
+            let c = CBridge.allocate(Self.protoDescriptor)
+            let f = Self.protoDescriptor.fields
+            CBridge.set(c, f[0], slavePty)
+            return c
         }
     }
 
@@ -2653,6 +3711,18 @@ public struct SecuritySpec: ProtoMessage {
         return message
     }
 
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.apparmorProfile = CBridge.message(c, f[0])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.setMessage(c, f[0], apparmorProfile)
+        return c
+    }
+
     /// Protobuf message `containers.lmctfy.SecuritySpec.AppArmorProfile`.
     public struct AppArmorProfile: ProtoMessage {
         /// Field 1 `name`.
@@ -2675,6 +3745,18 @@ public struct SecuritySpec: ProtoMessage {
             var message = DynamicMessage(Self.protoDescriptor)
             message.set(1, name)
             return message
+        }
+
+        public init(cMessage c: UnsafeRawPointer) {
+            let f = Self.protoDescriptor.fields
+            self.name = CBridge.value(c, f[0])
+        }
+
+        public func makeC() -> UnsafeMutableRawPointer {
+            let c = CBridge.allocate(Self.protoDescriptor)
+            let f = Self.protoDescriptor.fields
+            CBridge.set(c, f[0], name)
+            return c
         }
     }
 }
@@ -2714,6 +3796,22 @@ public struct ThrottlingData: ProtoMessage {
         message.set(3, throttledTime)
         return message
     }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.periods = CBridge.value(c, f[0])
+        self.throttledPeriods = CBridge.value(c, f[1])
+        self.throttledTime = CBridge.value(c, f[2])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.set(c, f[0], periods)
+        CBridge.set(c, f[1], throttledPeriods)
+        CBridge.set(c, f[2], throttledTime)
+        return c
+    }
 }
 
 /// Protobuf message `containers.lmctfy.VirtualHostSpec`.
@@ -2752,6 +3850,22 @@ public struct VirtualHostSpec: ProtoMessage {
         return message
     }
 
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.virtualHostname = CBridge.value(c, f[0])
+        self.init_ = CBridge.message(c, f[1])
+        self.network = CBridge.message(c, f[2])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.set(c, f[0], virtualHostname)
+        CBridge.setMessage(c, f[1], init_)
+        CBridge.setMessage(c, f[2], network)
+        return c
+    }
+
     /// Protobuf message `containers.lmctfy.VirtualHostSpec.Init`.
     public struct Init: ProtoMessage {
         /// Field 1 `init_argv`.
@@ -2780,6 +3894,20 @@ public struct VirtualHostSpec: ProtoMessage {
             message.setRepeated(1, initArgv)
             message.set(2, runSpec)
             return message
+        }
+
+        public init(cMessage c: UnsafeRawPointer) {
+            let f = Self.protoDescriptor.fields
+            self.initArgv = CBridge.repeated(c, f[0])
+            self.runSpec = CBridge.message(c, f[1])
+        }
+
+        public func makeC() -> UnsafeMutableRawPointer {
+            let c = CBridge.allocate(Self.protoDescriptor)
+            let f = Self.protoDescriptor.fields
+            CBridge.setRepeated(c, f[0], initArgv)
+            CBridge.setMessage(c, f[1], runSpec)
+            return c
         }
     }
 }
@@ -2867,6 +3995,38 @@ public struct AgentConfig: ProtoMessage {
         message.set(11, controllerAddress)
         return message
     }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.unixSocketPath = CBridge.value(c, f[0])
+        self.unixSocketMode = CBridge.value(c, f[1])
+        self.allowedGroup = CBridge.value(c, f[2])
+        self.tcpAddress = CBridge.value(c, f[3])
+        self.keyFile = CBridge.value(c, f[4])
+        self.role = CBridge.repeatedMessages(c, f[5])
+        self.limits = CBridge.message(c, f[6])
+        self.logLevel = CBridge.value(c, f[7])
+        self.stateDir = CBridge.value(c, f[8])
+        self.statsIntervalMs = CBridge.value(c, f[9])
+        self.controllerAddress = CBridge.value(c, f[10])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.set(c, f[0], unixSocketPath)
+        CBridge.set(c, f[1], unixSocketMode)
+        CBridge.set(c, f[2], allowedGroup)
+        CBridge.set(c, f[3], tcpAddress)
+        CBridge.set(c, f[4], keyFile)
+        CBridge.setRepeatedMessages(c, f[5], role)
+        CBridge.setMessage(c, f[6], limits)
+        CBridge.set(c, f[7], logLevel)
+        CBridge.set(c, f[8], stateDir)
+        CBridge.set(c, f[9], statsIntervalMs)
+        CBridge.set(c, f[10], controllerAddress)
+        return c
+    }
 }
 
 /// Protobuf message `containers.lmctfy.agent.AgentLimits`.
@@ -2945,6 +4105,36 @@ public struct AgentLimits: ProtoMessage {
         message.set(9, maxAgentBufferedBytes)
         message.set(10, maxAgentQueuedCalls)
         return message
+    }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.maxFrameBytes = CBridge.value(c, f[0])
+        self.maxStreamsPerConnection = CBridge.value(c, f[1])
+        self.maxConnections = CBridge.value(c, f[2])
+        self.helloTimeoutMs = CBridge.value(c, f[3])
+        self.idleTimeoutMs = CBridge.value(c, f[4])
+        self.keepaliveIntervalMs = CBridge.value(c, f[5])
+        self.maxConnectionBufferedBytes = CBridge.value(c, f[6])
+        self.maxConnectionQueuedCalls = CBridge.value(c, f[7])
+        self.maxAgentBufferedBytes = CBridge.value(c, f[8])
+        self.maxAgentQueuedCalls = CBridge.value(c, f[9])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.set(c, f[0], maxFrameBytes)
+        CBridge.set(c, f[1], maxStreamsPerConnection)
+        CBridge.set(c, f[2], maxConnections)
+        CBridge.set(c, f[3], helloTimeoutMs)
+        CBridge.set(c, f[4], idleTimeoutMs)
+        CBridge.set(c, f[5], keepaliveIntervalMs)
+        CBridge.set(c, f[6], maxConnectionBufferedBytes)
+        CBridge.set(c, f[7], maxConnectionQueuedCalls)
+        CBridge.set(c, f[8], maxAgentBufferedBytes)
+        CBridge.set(c, f[9], maxAgentQueuedCalls)
+        return c
     }
 }
 
@@ -3067,6 +4257,38 @@ public struct ContainerEvent: ProtoMessage {
         message.set(11, stats)
         return message
     }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.bootId = CBridge.value(c, f[0])
+        self.sequence = CBridge.value(c, f[1])
+        self.timestampNs = CBridge.value(c, f[2])
+        self.container = CBridge.value(c, f[3])
+        self.kind = CBridge.value(c, f[4])
+        self.memoryThreshold = CBridge.value(c, f[5])
+        self.frozen = CBridge.value(c, f[6])
+        self.pid = CBridge.value(c, f[7])
+        self.exitCode = CBridge.value(c, f[8])
+        self.termSignal = CBridge.value(c, f[9])
+        self.stats = CBridge.message(c, f[10])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.set(c, f[0], bootId)
+        CBridge.set(c, f[1], sequence)
+        CBridge.set(c, f[2], timestampNs)
+        CBridge.set(c, f[3], container)
+        CBridge.set(c, f[4], kind)
+        CBridge.set(c, f[5], memoryThreshold)
+        CBridge.set(c, f[6], frozen)
+        CBridge.set(c, f[7], pid)
+        CBridge.set(c, f[8], exitCode)
+        CBridge.set(c, f[9], termSignal)
+        CBridge.setMessage(c, f[10], stats)
+        return c
+    }
 }
 
 /// Protobuf enum `containers.lmctfy.agent.ContainerEventKind`.
@@ -3133,6 +4355,22 @@ public struct CreateRequest: ProtoMessage {
         message.set(3, requestId)
         return message
     }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.name = CBridge.value(c, f[0])
+        self.spec = CBridge.message(c, f[1])
+        self.requestId = CBridge.value(c, f[2])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.set(c, f[0], name)
+        CBridge.setMessage(c, f[1], spec)
+        CBridge.set(c, f[2], requestId)
+        return c
+    }
 }
 
 /// Protobuf message `containers.lmctfy.agent.CreateResponse`.
@@ -3149,6 +4387,15 @@ public struct CreateResponse: ProtoMessage {
     public var dynamic: DynamicMessage {
         let message = DynamicMessage(Self.protoDescriptor)
         return message
+    }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        self.init()
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        return c
     }
 }
 
@@ -3187,6 +4434,22 @@ public struct DestroyRequest: ProtoMessage {
         message.set(3, requestId)
         return message
     }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.name = CBridge.value(c, f[0])
+        self.force = CBridge.value(c, f[1])
+        self.requestId = CBridge.value(c, f[2])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.set(c, f[0], name)
+        CBridge.set(c, f[1], force)
+        CBridge.set(c, f[2], requestId)
+        return c
+    }
 }
 
 /// Protobuf message `containers.lmctfy.agent.DestroyResponse`.
@@ -3203,6 +4466,15 @@ public struct DestroyResponse: ProtoMessage {
     public var dynamic: DynamicMessage {
         let message = DynamicMessage(Self.protoDescriptor)
         return message
+    }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        self.init()
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        return c
     }
 }
 
@@ -3229,6 +4501,18 @@ public struct DetectRequest: ProtoMessage {
         message.set(1, pid)
         return message
     }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.pid = CBridge.value(c, f[0])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.set(c, f[0], pid)
+        return c
+    }
 }
 
 /// Protobuf message `containers.lmctfy.agent.DetectResponse`.
@@ -3253,6 +4537,18 @@ public struct DetectResponse: ProtoMessage {
         var message = DynamicMessage(Self.protoDescriptor)
         message.set(1, name)
         return message
+    }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.name = CBridge.value(c, f[0])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.set(c, f[0], name)
+        return c
     }
 }
 
@@ -3291,6 +4587,22 @@ public struct EnterRequest: ProtoMessage {
         message.set(3, requestId)
         return message
     }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.name = CBridge.value(c, f[0])
+        self.tids = CBridge.repeated(c, f[1])
+        self.requestId = CBridge.value(c, f[2])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.set(c, f[0], name)
+        CBridge.setRepeated(c, f[1], tids)
+        CBridge.set(c, f[2], requestId)
+        return c
+    }
 }
 
 /// Protobuf message `containers.lmctfy.agent.EnterResponse`.
@@ -3307,6 +4619,15 @@ public struct EnterResponse: ProtoMessage {
     public var dynamic: DynamicMessage {
         let message = DynamicMessage(Self.protoDescriptor)
         return message
+    }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        self.init()
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        return c
     }
 }
 
@@ -3350,6 +4671,24 @@ public struct EventGap: ProtoMessage {
         message.set(3, bootId)
         message.set(4, firstSequence)
         return message
+    }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.requestedBootId = CBridge.value(c, f[0])
+        self.afterSequence = CBridge.value(c, f[1])
+        self.bootId = CBridge.value(c, f[2])
+        self.firstSequence = CBridge.value(c, f[3])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.set(c, f[0], requestedBootId)
+        CBridge.set(c, f[1], afterSequence)
+        CBridge.set(c, f[2], bootId)
+        CBridge.set(c, f[3], firstSequence)
+        return c
     }
 }
 
@@ -3418,6 +4757,32 @@ public struct Frame: ProtoMessage {
         message.set(8, goaway)
         return message
     }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.kind = CBridge.value(c, f[0])
+        self.streamId = CBridge.value(c, f[1])
+        self.method = CBridge.value(c, f[2])
+        self.payload = CBridge.value(c, f[3])
+        self.deadlineMs = CBridge.value(c, f[4])
+        self.status = CBridge.message(c, f[5])
+        self.hello = CBridge.message(c, f[6])
+        self.goaway = CBridge.message(c, f[7])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.set(c, f[0], kind)
+        CBridge.set(c, f[1], streamId)
+        CBridge.set(c, f[2], method)
+        CBridge.set(c, f[3], payload)
+        CBridge.set(c, f[4], deadlineMs)
+        CBridge.setMessage(c, f[5], status)
+        CBridge.setMessage(c, f[6], hello)
+        CBridge.setMessage(c, f[7], goaway)
+        return c
+    }
 }
 
 /// Protobuf enum `containers.lmctfy.agent.FrameKind`.
@@ -3481,6 +4846,22 @@ public struct GoAway: ProtoMessage {
         message.set(2, self.message)
         message.set(3, lastStreamId)
         return message
+    }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.reason = CBridge.value(c, f[0])
+        self.message = CBridge.value(c, f[1])
+        self.lastStreamId = CBridge.value(c, f[2])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.set(c, f[0], reason)
+        CBridge.set(c, f[1], message)
+        CBridge.set(c, f[2], lastStreamId)
+        return c
     }
 }
 
@@ -3598,6 +4979,38 @@ public struct Hello: ProtoMessage {
         message.set(11, maxStreams)
         return message
     }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.stage = CBridge.value(c, f[0])
+        self.minVersion = CBridge.value(c, f[1])
+        self.maxVersion = CBridge.value(c, f[2])
+        self.version = CBridge.value(c, f[3])
+        self.peerName = CBridge.value(c, f[4])
+        self.capabilities = CBridge.repeated(c, f[5])
+        self.keyId = CBridge.value(c, f[6])
+        self.nonce = CBridge.value(c, f[7])
+        self.proof = CBridge.value(c, f[8])
+        self.maxFrameBytes = CBridge.value(c, f[9])
+        self.maxStreams = CBridge.value(c, f[10])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.set(c, f[0], stage)
+        CBridge.set(c, f[1], minVersion)
+        CBridge.set(c, f[2], maxVersion)
+        CBridge.set(c, f[3], version)
+        CBridge.set(c, f[4], peerName)
+        CBridge.setRepeated(c, f[5], capabilities)
+        CBridge.set(c, f[6], keyId)
+        CBridge.set(c, f[7], nonce)
+        CBridge.set(c, f[8], proof)
+        CBridge.set(c, f[9], maxFrameBytes)
+        CBridge.set(c, f[10], maxStreams)
+        return c
+    }
 }
 
 /// Protobuf enum `containers.lmctfy.agent.HelloStage`.
@@ -3648,6 +5061,20 @@ public struct InitRequest: ProtoMessage {
         message.set(2, requestId)
         return message
     }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.spec = CBridge.message(c, f[0])
+        self.requestId = CBridge.value(c, f[1])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.setMessage(c, f[0], spec)
+        CBridge.set(c, f[1], requestId)
+        return c
+    }
 }
 
 /// Protobuf message `containers.lmctfy.agent.InitResponse`.
@@ -3664,6 +5091,15 @@ public struct InitResponse: ProtoMessage {
     public var dynamic: DynamicMessage {
         let message = DynamicMessage(Self.protoDescriptor)
         return message
+    }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        self.init()
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        return c
     }
 }
 
@@ -3702,6 +5138,22 @@ public struct KillAllRequest: ProtoMessage {
         message.set(3, requestId)
         return message
     }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.name = CBridge.value(c, f[0])
+        self.recursive = CBridge.value(c, f[1])
+        self.requestId = CBridge.value(c, f[2])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.set(c, f[0], name)
+        CBridge.set(c, f[1], recursive)
+        CBridge.set(c, f[2], requestId)
+        return c
+    }
 }
 
 /// Protobuf message `containers.lmctfy.agent.KillAllResponse`.
@@ -3718,6 +5170,15 @@ public struct KillAllResponse: ProtoMessage {
     public var dynamic: DynamicMessage {
         let message = DynamicMessage(Self.protoDescriptor)
         return message
+    }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        self.init()
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        return c
     }
 }
 
@@ -3750,6 +5211,20 @@ public struct ListContainersRequest: ProtoMessage {
         message.set(2, recursive)
         return message
     }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.name = CBridge.value(c, f[0])
+        self.recursive = CBridge.value(c, f[1])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.set(c, f[0], name)
+        CBridge.set(c, f[1], recursive)
+        return c
+    }
 }
 
 /// Protobuf message `containers.lmctfy.agent.ListContainersResponse`.
@@ -3774,6 +5249,18 @@ public struct ListContainersResponse: ProtoMessage {
         var message = DynamicMessage(Self.protoDescriptor)
         message.setRepeated(1, names)
         return message
+    }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.names = CBridge.repeated(c, f[0])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.setRepeated(c, f[0], names)
+        return c
     }
 }
 
@@ -3806,6 +5293,20 @@ public struct ListPidsRequest: ProtoMessage {
         message.set(2, recursive)
         return message
     }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.name = CBridge.value(c, f[0])
+        self.recursive = CBridge.value(c, f[1])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.set(c, f[0], name)
+        CBridge.set(c, f[1], recursive)
+        return c
+    }
 }
 
 /// Protobuf message `containers.lmctfy.agent.ListPidsResponse`.
@@ -3830,6 +5331,18 @@ public struct ListPidsResponse: ProtoMessage {
         var message = DynamicMessage(Self.protoDescriptor)
         message.setRepeated(1, pids)
         return message
+    }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.pids = CBridge.repeated(c, f[0])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.setRepeated(c, f[0], pids)
+        return c
     }
 }
 
@@ -3862,6 +5375,20 @@ public struct ListTidsRequest: ProtoMessage {
         message.set(2, recursive)
         return message
     }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.name = CBridge.value(c, f[0])
+        self.recursive = CBridge.value(c, f[1])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.set(c, f[0], name)
+        CBridge.set(c, f[1], recursive)
+        return c
+    }
 }
 
 /// Protobuf message `containers.lmctfy.agent.ListTidsResponse`.
@@ -3887,6 +5414,18 @@ public struct ListTidsResponse: ProtoMessage {
         message.setRepeated(1, tids)
         return message
     }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.tids = CBridge.repeated(c, f[0])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.setRepeated(c, f[0], tids)
+        return c
+    }
 }
 
 /// Protobuf message `containers.lmctfy.agent.MachineInfoRequest`.
@@ -3903,6 +5442,15 @@ public struct MachineInfoRequest: ProtoMessage {
     public var dynamic: DynamicMessage {
         let message = DynamicMessage(Self.protoDescriptor)
         return message
+    }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        self.init()
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        return c
     }
 }
 
@@ -3965,6 +5513,30 @@ public struct MachineInfoResponse: ProtoMessage {
         message.set(7, bootId)
         return message
     }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.hostname = CBridge.value(c, f[0])
+        self.kernel = CBridge.value(c, f[1])
+        self.cgroupVersion = CBridge.value(c, f[2])
+        self.cpus = CBridge.value(c, f[3])
+        self.memoryBytes = CBridge.value(c, f[4])
+        self.agentVersion = CBridge.value(c, f[5])
+        self.bootId = CBridge.value(c, f[6])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.set(c, f[0], hostname)
+        CBridge.set(c, f[1], kernel)
+        CBridge.set(c, f[2], cgroupVersion)
+        CBridge.set(c, f[3], cpus)
+        CBridge.set(c, f[4], memoryBytes)
+        CBridge.set(c, f[5], agentVersion)
+        CBridge.set(c, f[6], bootId)
+        return c
+    }
 }
 
 /// Protobuf message `containers.lmctfy.agent.NotifyRequest`.
@@ -4008,6 +5580,24 @@ public struct NotifyRequest: ProtoMessage {
         message.set(4, afterSequence)
         return message
     }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.name = CBridge.value(c, f[0])
+        self.spec = CBridge.message(c, f[1])
+        self.bootId = CBridge.value(c, f[2])
+        self.afterSequence = CBridge.value(c, f[3])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.set(c, f[0], name)
+        CBridge.setMessage(c, f[1], spec)
+        CBridge.set(c, f[2], bootId)
+        CBridge.set(c, f[3], afterSequence)
+        return c
+    }
 }
 
 /// Protobuf message `containers.lmctfy.agent.NotifyResponse`.
@@ -4038,6 +5628,20 @@ public struct NotifyResponse: ProtoMessage {
         message.set(1, event)
         message.set(2, gap)
         return message
+    }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.event = CBridge.message(c, f[0])
+        self.gap = CBridge.message(c, f[1])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.setMessage(c, f[0], event)
+        CBridge.setMessage(c, f[1], gap)
+        return c
     }
 }
 
@@ -4070,6 +5674,20 @@ public struct PauseRequest: ProtoMessage {
         message.set(2, requestId)
         return message
     }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.name = CBridge.value(c, f[0])
+        self.requestId = CBridge.value(c, f[1])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.set(c, f[0], name)
+        CBridge.set(c, f[1], requestId)
+        return c
+    }
 }
 
 /// Protobuf message `containers.lmctfy.agent.PauseResponse`.
@@ -4086,6 +5704,15 @@ public struct PauseResponse: ProtoMessage {
     public var dynamic: DynamicMessage {
         let message = DynamicMessage(Self.protoDescriptor)
         return message
+    }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        self.init()
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        return c
     }
 }
 
@@ -4112,6 +5739,18 @@ public struct PingRequest: ProtoMessage {
         message.set(1, data)
         return message
     }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.data = CBridge.value(c, f[0])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.set(c, f[0], data)
+        return c
+    }
 }
 
 /// Protobuf message `containers.lmctfy.agent.PingResponse`.
@@ -4136,6 +5775,18 @@ public struct PingResponse: ProtoMessage {
         var message = DynamicMessage(Self.protoDescriptor)
         message.set(1, data)
         return message
+    }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.data = CBridge.value(c, f[0])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.set(c, f[0], data)
+        return c
     }
 }
 
@@ -4210,6 +5861,34 @@ public struct RequestJournalEntry: ProtoMessage {
         message.set(9, response)
         return message
     }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.requestId = CBridge.value(c, f[0])
+        self.method = CBridge.value(c, f[1])
+        self.requestSha256 = CBridge.value(c, f[2])
+        self.startedNs = CBridge.value(c, f[3])
+        self.bootId = CBridge.value(c, f[4])
+        self.finished = CBridge.value(c, f[5])
+        self.code = CBridge.value(c, f[6])
+        self.message = CBridge.value(c, f[7])
+        self.response = CBridge.value(c, f[8])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.set(c, f[0], requestId)
+        CBridge.set(c, f[1], method)
+        CBridge.set(c, f[2], requestSha256)
+        CBridge.set(c, f[3], startedNs)
+        CBridge.set(c, f[4], bootId)
+        CBridge.set(c, f[5], finished)
+        CBridge.set(c, f[6], code)
+        CBridge.set(c, f[7], message)
+        CBridge.set(c, f[8], response)
+        return c
+    }
 }
 
 /// Protobuf message `containers.lmctfy.agent.ResumeRequest`.
@@ -4241,6 +5920,20 @@ public struct ResumeRequest: ProtoMessage {
         message.set(2, requestId)
         return message
     }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.name = CBridge.value(c, f[0])
+        self.requestId = CBridge.value(c, f[1])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.set(c, f[0], name)
+        CBridge.set(c, f[1], requestId)
+        return c
+    }
 }
 
 /// Protobuf message `containers.lmctfy.agent.ResumeResponse`.
@@ -4257,6 +5950,15 @@ public struct ResumeResponse: ProtoMessage {
     public var dynamic: DynamicMessage {
         let message = DynamicMessage(Self.protoDescriptor)
         return message
+    }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        self.init()
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        return c
     }
 }
 
@@ -4301,6 +6003,24 @@ public struct RoleBinding: ProtoMessage {
         message.setRepeated(4, keyId)
         return message
     }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.role = CBridge.value(c, f[0])
+        self.uid = CBridge.repeated(c, f[1])
+        self.gid = CBridge.repeated(c, f[2])
+        self.keyId = CBridge.repeated(c, f[3])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.set(c, f[0], role)
+        CBridge.setRepeated(c, f[1], uid)
+        CBridge.setRepeated(c, f[2], gid)
+        CBridge.setRepeated(c, f[3], keyId)
+        return c
+    }
 }
 
 /// Protobuf message `containers.lmctfy.agent.RpcStatus`.
@@ -4331,6 +6051,20 @@ public struct RpcStatus: ProtoMessage {
         message.set(1, code)
         message.set(2, self.message)
         return message
+    }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.code = CBridge.value(c, f[0])
+        self.message = CBridge.value(c, f[1])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.set(c, f[0], code)
+        CBridge.set(c, f[1], message)
+        return c
     }
 }
 
@@ -4390,6 +6124,24 @@ public struct RunRequest: ProtoMessage {
         message.set(4, detached)
         return message
     }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.name = CBridge.value(c, f[0])
+        self.argv = CBridge.repeated(c, f[1])
+        self.spec = CBridge.message(c, f[2])
+        self.detached = CBridge.value(c, f[3])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.set(c, f[0], name)
+        CBridge.setRepeated(c, f[1], argv)
+        CBridge.setMessage(c, f[2], spec)
+        CBridge.set(c, f[3], detached)
+        return c
+    }
 }
 
 /// Protobuf message `containers.lmctfy.agent.RunResponse`.
@@ -4433,6 +6185,24 @@ public struct RunResponse: ProtoMessage {
         message.set(4, termSignal)
         return message
     }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.kind = CBridge.value(c, f[0])
+        self.pid = CBridge.value(c, f[1])
+        self.exitCode = CBridge.value(c, f[2])
+        self.termSignal = CBridge.value(c, f[3])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.set(c, f[0], kind)
+        CBridge.set(c, f[1], pid)
+        CBridge.set(c, f[2], exitCode)
+        CBridge.set(c, f[3], termSignal)
+        return c
+    }
 }
 
 /// Protobuf message `containers.lmctfy.agent.SpecRequest`.
@@ -4458,6 +6228,18 @@ public struct SpecRequest: ProtoMessage {
         message.set(1, name)
         return message
     }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.name = CBridge.value(c, f[0])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.set(c, f[0], name)
+        return c
+    }
 }
 
 /// Protobuf message `containers.lmctfy.agent.SpecResponse`.
@@ -4482,6 +6264,18 @@ public struct SpecResponse: ProtoMessage {
         var message = DynamicMessage(Self.protoDescriptor)
         message.set(1, spec)
         return message
+    }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.spec = CBridge.message(c, f[0])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.setMessage(c, f[0], spec)
+        return c
     }
 }
 
@@ -4544,6 +6338,20 @@ public struct StatsRequest: ProtoMessage {
         message.set(2, kind)
         return message
     }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.name = CBridge.value(c, f[0])
+        self.kind = CBridge.value(c, f[1])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.set(c, f[0], name)
+        CBridge.set(c, f[1], kind)
+        return c
+    }
 }
 
 /// Protobuf message `containers.lmctfy.agent.StatsResponse`.
@@ -4568,6 +6376,18 @@ public struct StatsResponse: ProtoMessage {
         var message = DynamicMessage(Self.protoDescriptor)
         message.set(1, stats)
         return message
+    }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.stats = CBridge.message(c, f[0])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.setMessage(c, f[0], stats)
+        return c
     }
 }
 
@@ -4612,6 +6432,24 @@ public struct UpdateRequest: ProtoMessage {
         message.set(4, requestId)
         return message
     }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.name = CBridge.value(c, f[0])
+        self.spec = CBridge.message(c, f[1])
+        self.policy = CBridge.value(c, f[2])
+        self.requestId = CBridge.value(c, f[3])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.set(c, f[0], name)
+        CBridge.setMessage(c, f[1], spec)
+        CBridge.set(c, f[2], policy)
+        CBridge.set(c, f[3], requestId)
+        return c
+    }
 }
 
 /// Protobuf message `containers.lmctfy.agent.UpdateResponse`.
@@ -4628,5 +6466,14 @@ public struct UpdateResponse: ProtoMessage {
     public var dynamic: DynamicMessage {
         let message = DynamicMessage(Self.protoDescriptor)
         return message
+    }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        self.init()
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        return c
     }
 }
