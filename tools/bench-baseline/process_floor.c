@@ -5,7 +5,8 @@
  *   cpuset.cpus and .mems; write what lmctfy writes for
  *   "cpu:{limit:500 max_limit:500} memory:{limit:104857600}" (shares 512,
  *   CFS period 250000 and quota 125000, memsw -1, limit, soft limit 0);
- *   fork; the child joins the five cgroups (cgroup.procs) and execs
+ *   fork; the child joins the five cgroups ("0" to tasks, as lmctfy run
+ *   does: no threadgroup lock, so no RCU grace period) and execs
  *   /bin/true; wait for it; read cgroup.procs (nothing to kill); rmdir all.
  *   process_floor NAME       (NAME starts with '/')
  * lmctfy also reads /proc/self/mountinfo, keeps a lock file and sets xattrs;
@@ -51,7 +52,7 @@ int main(int argc, char **argv) {
     if (pid < 0) { perror("fork"); return 1; }
     if (pid == 0) {
         for (int d = 0; d < 5; d++) {
-            file(path, sizeof path, dirs[d], name, "cgroup.procs");
+            file(path, sizeof path, dirs[d], name, "tasks");
             put(path, "0");
         }
         execl("/bin/true", "true", (char *)NULL);

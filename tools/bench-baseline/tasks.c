@@ -1,7 +1,7 @@
 /* Baselines for the task benchmarks of lmctfy-bench, in plain C:
  *   freeze N DIR      N x (write FROZEN to DIR/freezer.state, read it until
  *                     FROZEN; write THAWED, read until THAWED) -- v1 freezer
- *   run N FILE...     N x (fork; child writes 0 to each cgroup.procs FILE and
+ *   run N FILE...     N x (fork; child writes 0 to each join FILE (tasks on v1) and
  *                     execs /bin/true; parent waits)
  * Prints microseconds per operation. */
 #define _GNU_SOURCE
@@ -71,6 +71,6 @@ int main(int argc, char **argv) {
         printf("c     run_true_us=%.1f\n", (now_us() - t0) / n);
         return 0;
     }
-    fprintf(stderr, "usage: tasks freeze N DIR | run N CGROUP_PROCS...\n");
+    fprintf(stderr, "usage: tasks freeze N DIR | run N JOIN_FILE...\n");
     return 64;
 }
