@@ -70,6 +70,8 @@ public final class Agent: @unchecked Sendable {
     private var totalPoolCalls = 0
     private var throttledCount = 0
     private let workers = Mutexed(0)
+    /// Threads for calls that last (Run, Notify), kept for the next call.
+    private let ownThreads = ThreadCache()
     private let finished = Latch()
 
     /// How much answer the outbox holds before it is written out mid-batch.
@@ -380,7 +382,7 @@ public final class Agent: @unchecked Sendable {
             }
         }
         if scheduling == .ownThread {
-            Threads.detach(work)
+            ownThreads.run(work)
         } else if !loop.offload(work, then: { _ in }) {
             workers.locked { $0 -= 1 }
         }

@@ -148,3 +148,90 @@ public enum Threads {
         return t
     }
 }
+
+/// Threads for work that lasts (the agent's Run and Notify calls), reused:
+/// a thread whose work is done waits up to `idleSeconds` for the next piece
+/// instead of exiting, so a burst of calls does not pay a pthread_create
+/// and an exit each. At most `maxIdle` threads wait; work never waits for a
+/// thread (a new one starts when none is idle).
+public final class ThreadCache: @unchecked Sendable {
+    // @unchecked Sendable: `queue` and `idle` are only touched with `mutex`
+    // held; the pthread objects live at stable heap addresses.
+    private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+    private let cond = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
+    private var queue: [@Sendable () -> Void] = []
+    /// Waiting threads not yet handed a piece of work: waiting threads =
+    /// idle + queue.count, always.
+    private var idle = 0
+    private let maxIdle: Int
+    private let idleSeconds: Int
+
+    /// A cache keeping at most `maxIdle` idle threads for `idleSeconds` each.
+    public init(maxIdle: Int = 8, idleSeconds: Int = 10) {
+        self.maxIdle = maxIdle
+        self.idleSeconds = idleSeconds
+        mutex.initialize(to: pthread_mutex_t())
+        cond.initialize(to: pthread_cond_t())
+        pthread_mutex_init(mutex, nil)
+        var attr = pthread_condattr_t()
+        pthread_condattr_init(&attr)
+        pthread_condattr_setclock(&attr, CLOCK_MONOTONIC)
+        pthread_cond_init(cond, &attr)
+        pthread_condattr_destroy(&attr)
+    }
+
+    deinit {
+        pthread_cond_destroy(cond)
+        pthread_mutex_destroy(mutex)
+        cond.deallocate()
+        mutex.deallocate()
+    }
+
+    /// Runs `body` on an idle thread of the cache, or on a new one.
+    public func run(_ body: @escaping @Sendable () -> Void) {
+        pthread_mutex_lock(mutex)
+        if idle > 0 {
+            idle -= 1
+            queue.append(body)
+            pthread_cond_signal(cond)
+            pthread_mutex_unlock(mutex)
+            return
+        }
+        pthread_mutex_unlock(mutex)
+        Threads.detach { [self] in
+            var next: (@Sendable () -> Void)? = body
+            while let work = next {
+                work()
+                next = self.waitForWork()
+            }
+        }
+    }
+
+    /// Threads waiting for work right now (for tests).
+    public var idleThreads: Int {
+        pthread_mutex_lock(mutex)
+        defer { pthread_mutex_unlock(mutex) }
+        return idle + queue.count
+    }
+
+    /// The next piece of work, or nil when none came in time (the thread
+    /// then exits).
+    private func waitForWork() -> (@Sendable () -> Void)? {
+        pthread_mutex_lock(mutex)
+        defer { pthread_mutex_unlock(mutex) }
+        guard idle + queue.count < maxIdle else { return nil }
+        idle += 1
+        var deadline = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &deadline)
+        deadline.tv_sec += idleSeconds
+        while queue.isEmpty {
+            if pthread_cond_timedwait(cond, mutex, &deadline) == ETIMEDOUT { break }
+        }
+        guard !queue.isEmpty else {
+            idle -= 1
+            return nil
+        }
+        // `run` took this thread's idle unit when it queued the work.
+        return queue.removeFirst()
+    }
+}

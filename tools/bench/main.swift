@@ -245,8 +245,23 @@ do {
         }
         print("agent lifecycle (create cpu+mem, run /bin/true, exit, destroy) us=\(fmt((now() - t0) / Double(n)))")
 
+    case "local-lifecycle":
+        // local-lifecycle N: what agent-lifecycle does, through CL1 in this
+        // process (no agent, no RPC): the agent's own share is the difference.
+        let spec = try ContainerSpec(textFormat: "cpu { limit: 500 max_limit: 1000 } memory { limit: 104857600 }")
+        var options = RunOptions(fdPolicy: .inherit)
+        options.stdout = .devNull
+        let t0 = now()
+        for i in 0..<n {
+            let c = try api.create("/lmctfy_bench_local_\(getpid())_\(i)", spec: spec)
+            let pid = try c.run(["/bin/true"], options: options)
+            _ = try Sys.waitForExit(pid)
+            try api.destroy(c.name)
+        }
+        print("local lifecycle (create cpu+mem, run /bin/true, exit, destroy; CL1 in-process) us=\(fmt((now() - t0) / Double(n)))")
+
     default:
-        fail("usage: lmctfy-bench create-destroy N | freeze N BASELINE | run N BASELINE | threshold N HELPER | rpc PORT KEYFILE C D SECONDS | agent-lifecycle N SOCKET")
+        fail("usage: lmctfy-bench create-destroy N | freeze N BASELINE | run N BASELINE | threshold N HELPER | rpc PORT KEYFILE C D SECONDS | agent-lifecycle N SOCKET | local-lifecycle N")
     }
 } catch {
     fail("\(error)")
