@@ -74,7 +74,7 @@ extension Container {
     /// (or the kernel's memory.oom_score_badness does the job itself).
     func oomScoreAdj() throws(LmctfyError) -> Int32? {
         for candidate in name.selfAndAncestors where !candidate.isRoot {
-            guard try driver.isolated(candidate).contains(.memory) else { continue }
+            guard try driver.isolates(.memory, candidate) else { continue }
             guard let dir = try driver.nearestDir(.memory, candidate) else { continue }
             if try dir.has(MemoryHandler.evictionBadnessFile) { return nil }
             guard let text = try dir.record(.evictionPriority),

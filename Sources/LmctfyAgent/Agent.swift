@@ -373,6 +373,18 @@ public final class Agent: @unchecked Sendable {
             totalPoolCalls += 1
         }
         workers.locked { $0 += 1 }
+        if scheduling == .pool && info?.shape != .serverStreaming {
+            // A unary pool call: its response waits in the context, so the
+            // status can come back with the pool's own completion (one
+            // wake-up of the loop, not that and an execute).
+            let started = loop.offload({
+                dispatcher.handle(method: method, info: info, payload: payload, role: role, context: context)
+            }, then: { [weak self] status in
+                self?.finish(connId, streamId, status)
+            })
+            if !started { workers.locked { $0 -= 1 } }
+            return
+        }
         let work: @Sendable () -> Void = { [weak self] in
             let status = dispatcher.handle(method: method, info: info, payload: payload, role: role, context: context)
             guard let self else { return }

@@ -23,6 +23,9 @@ protocol CgroupDriver: Sendable {
     func tasksDir(_ name: ContainerName) -> CgroupDir
     /// Which resources a container isolates.
     func isolated(_ name: ContainerName) throws(LmctfyError) -> Set<ResourceKind>
+    /// Whether a container isolates one resource (v1 probes one hierarchy
+    /// instead of every one).
+    func isolates(_ kind: ResourceKind, _ name: ContainerName) throws(LmctfyError) -> Bool
     /// Whether this machine can isolate the resource at all.
     func available(_ kind: ResourceKind) throws(LmctfyError) -> Bool
     /// The directories a handler works on for an existing container.
@@ -87,6 +90,10 @@ protocol CgroupDriver: Sendable {
 }
 
 extension CgroupDriver {
+    func isolates(_ kind: ResourceKind, _ name: ContainerName) throws(LmctfyError) -> Bool {
+        try isolated(name).contains(kind)
+    }
+
     /// The directory holding memory files for memory events: the nearest
     /// memory-isolating container's (or the root's).
     func memoryEventDir(_ name: ContainerName) throws(LmctfyError) -> CgroupDir? {

@@ -76,6 +76,12 @@ struct CgroupV1Driver: CgroupDriver {
         return out
     }
 
+    func isolates(_ kind: ResourceKind, _ name: ContainerName) throws(LmctfyError) -> Bool {
+        guard let owner = kind.v1Controllers.first, mounts.v1[owner] != nil else { return false }
+        if name.isRoot { return true }
+        return try existingDir(owner, name) != nil
+    }
+
     func available(_ kind: ResourceKind) -> Bool {
         kind.v1Controllers.first.map { mounts.v1[$0] != nil } ?? false
     }
