@@ -183,15 +183,7 @@ enum CBridge {
                 (raw + field.quantifierOffset).storeBytes(of: values.count, as: Int.self)
                 member.storeBytes(of: array, as: UnsafeMutableRawPointer.self)
             case .optional, .required:
-                writeElement(member, values[values.count - 1])
-                switch field.rawType {
-                case PROTOBUF_C_TYPE_STRING, PROTOBUF_C_TYPE_MESSAGE:
-                    break
-                default:
-                    if field.label == .optional {
-                        (raw + field.quantifierOffset).storeBytes(of: 1, as: protobuf_c_boolean.self)
-                    }
-                }
+                writeSingular(raw, field, values[values.count - 1])
             }
         }
         return c
@@ -294,7 +286,13 @@ extension CBridge {
     /// flag, as makeC(DynamicMessage) does).
     static func set<T: ProtoFieldValue>(_ raw: UnsafeMutableRawPointer, _ field: FieldDescriptor, _ value: T?) {
         guard let value else { return }
-        writeElement(raw + field.offset, value.protoValue)
+        writeSingular(raw, field, value.protoValue)
+    }
+
+    /// A singular field's value and, for an optional one without a pointer
+    /// to say it is set, its has_ flag (protobuf-c's rule).
+    static func writeSingular(_ raw: UnsafeMutableRawPointer, _ field: FieldDescriptor, _ value: ProtoValue) {
+        writeElement(raw + field.offset, value)
         switch field.rawType {
         case PROTOBUF_C_TYPE_STRING, PROTOBUF_C_TYPE_MESSAGE:
             break

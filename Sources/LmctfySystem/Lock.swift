@@ -45,32 +45,19 @@ public final class Mutexed<T: Sendable>: Sendable {
     }
 }
 
-/// Counts down from a number; `wait` blocks the calling thread until the
-/// count reaches zero. A one-shot "it has happened" between threads (the
-/// agent has stopped, a loop callback ran).
-///
-/// Hand-rolled on a pthread mutex and condition variable because the
-/// standard library has none: Synchronization offers `Mutex` and `Atomic`,
-/// neither of which can put a thread to sleep until another wakes it, and
-/// Dispatch's semaphores would bring Dispatch's threads (and their blocked
-/// signal masks) into processes that otherwise have none.
-///
-/// Thread-safety: any thread.
-public final class Latch: @unchecked Sendable {
-    // @unchecked Sendable: `remaining` is only touched with `mutex` held;
-    // the pthread objects live at stable heap addresses (class storage).
-    private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
-    private let cond = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
-    private var remaining: Int
+/// A pthread mutex and a condition variable on CLOCK_MONOTONIC (a timed
+/// wait must not stretch or shrink when the wall clock is set), at stable
+/// heap addresses: what Latch and ThreadCache block on. pthread rather than
+/// Synchronization.Mutex because a thread must sleep on the condition.
+final class Monitor: @unchecked Sendable {
+    // @unchecked Sendable: the pthread objects do their own locking.
+    let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+    let cond = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
 
-    /// A latch that opens after `count` calls to `signal`.
-    public init(_ count: Int = 1) {
-        remaining = count
+    init() {
         mutex.initialize(to: pthread_mutex_t())
         cond.initialize(to: pthread_cond_t())
         pthread_mutex_init(mutex, nil)
-        // CLOCK_MONOTONIC: a timed wait must not stretch or shrink when the
-        // wall clock is set.
         var attr = pthread_condattr_t()
         pthread_condattr_init(&attr)
         pthread_condattr_setclock(&attr, CLOCK_MONOTONIC)
@@ -85,19 +72,50 @@ public final class Latch: @unchecked Sendable {
         mutex.deallocate()
     }
 
+    func lock() { pthread_mutex_lock(mutex) }
+    func unlock() { pthread_mutex_unlock(mutex) }
+    func wait() { pthread_cond_wait(cond, mutex) }
+    /// Waits (the mutex held) until signalled or `deadline` (CLOCK_MONOTONIC)
+    /// has passed; false when it timed out.
+    func wait(until deadline: inout timespec) -> Bool { pthread_cond_timedwait(cond, mutex, &deadline) != ETIMEDOUT }
+    func signal() { pthread_cond_signal(cond) }
+    func broadcast() { pthread_cond_broadcast(cond) }
+}
+
+/// Counts down from a number; `wait` blocks the calling thread until the
+/// count reaches zero. A one-shot "it has happened" between threads (the
+/// agent has stopped, a loop callback ran).
+///
+/// Hand-rolled on a pthread mutex and condition variable because the
+/// standard library has none: Synchronization offers `Mutex` and `Atomic`,
+/// neither of which can put a thread to sleep until another wakes it, and
+/// Dispatch's semaphores would bring Dispatch's threads (and their blocked
+/// signal masks) into processes that otherwise have none.
+///
+/// Thread-safety: any thread.
+public final class Latch: @unchecked Sendable {
+    // @unchecked Sendable: `remaining` is only touched with the monitor held.
+    private let monitor = Monitor()
+    private var remaining: Int
+
+    /// A latch that opens after `count` calls to `signal`.
+    public init(_ count: Int = 1) {
+        remaining = count
+    }
+
     /// Counts down by one; at zero every waiter wakes.
     public func signal() {
-        pthread_mutex_lock(mutex)
+        monitor.lock()
         remaining -= 1
-        if remaining <= 0 { pthread_cond_broadcast(cond) }
-        pthread_mutex_unlock(mutex)
+        if remaining <= 0 { monitor.broadcast() }
+        monitor.unlock()
     }
 
     /// Blocks until the count is zero.
     public func wait() {
-        pthread_mutex_lock(mutex)
-        while remaining > 0 { pthread_cond_wait(cond, mutex) }
-        pthread_mutex_unlock(mutex)
+        monitor.lock()
+        while remaining > 0 { monitor.wait() }
+        monitor.unlock()
     }
 
     /// Blocks until the count is zero or `seconds` have passed; true when
@@ -105,10 +123,10 @@ public final class Latch: @unchecked Sendable {
     public func wait(seconds: Int) -> Bool {
         var deadline = MonotonicClock.timespecNow()
         deadline.tv_sec += seconds
-        pthread_mutex_lock(mutex)
-        defer { pthread_mutex_unlock(mutex) }
+        monitor.lock()
+        defer { monitor.unlock() }
         while remaining > 0 {
-            if pthread_cond_timedwait(cond, mutex, &deadline) == ETIMEDOUT { return remaining <= 0 }
+            if !monitor.wait(until: &deadline) { return remaining <= 0 }
         }
         return true
     }
@@ -155,10 +173,9 @@ public enum Threads {
 /// and an exit each. At most `maxIdle` threads wait; work never waits for a
 /// thread (a new one starts when none is idle).
 public final class ThreadCache: @unchecked Sendable {
-    // @unchecked Sendable: `queue` and `idle` are only touched with `mutex`
-    // held; the pthread objects live at stable heap addresses.
-    private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
-    private let cond = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
+    // @unchecked Sendable: `queue` and `idle` are only touched with the
+    // monitor held.
+    private let monitor = Monitor()
     private var queue: [@Sendable () -> Void] = []
     /// Waiting threads not yet handed a piece of work: waiting threads =
     /// idle + queue.count, always.
@@ -170,34 +187,19 @@ public final class ThreadCache: @unchecked Sendable {
     public init(maxIdle: Int = 8, idleSeconds: Int = 10) {
         self.maxIdle = maxIdle
         self.idleSeconds = idleSeconds
-        mutex.initialize(to: pthread_mutex_t())
-        cond.initialize(to: pthread_cond_t())
-        pthread_mutex_init(mutex, nil)
-        var attr = pthread_condattr_t()
-        pthread_condattr_init(&attr)
-        pthread_condattr_setclock(&attr, CLOCK_MONOTONIC)
-        pthread_cond_init(cond, &attr)
-        pthread_condattr_destroy(&attr)
-    }
-
-    deinit {
-        pthread_cond_destroy(cond)
-        pthread_mutex_destroy(mutex)
-        cond.deallocate()
-        mutex.deallocate()
     }
 
     /// Runs `body` on an idle thread of the cache, or on a new one.
     public func run(_ body: @escaping @Sendable () -> Void) {
-        pthread_mutex_lock(mutex)
+        monitor.lock()
         if idle > 0 {
             idle -= 1
             queue.append(body)
-            pthread_cond_signal(cond)
-            pthread_mutex_unlock(mutex)
+            monitor.signal()
+            monitor.unlock()
             return
         }
-        pthread_mutex_unlock(mutex)
+        monitor.unlock()
         Threads.detach { [self] in
             var next: (@Sendable () -> Void)? = body
             while let work = next {
@@ -209,23 +211,22 @@ public final class ThreadCache: @unchecked Sendable {
 
     /// Threads waiting for work right now (for tests).
     public var idleThreads: Int {
-        pthread_mutex_lock(mutex)
-        defer { pthread_mutex_unlock(mutex) }
+        monitor.lock()
+        defer { monitor.unlock() }
         return idle + queue.count
     }
 
     /// The next piece of work, or nil when none came in time (the thread
     /// then exits).
     private func waitForWork() -> (@Sendable () -> Void)? {
-        pthread_mutex_lock(mutex)
-        defer { pthread_mutex_unlock(mutex) }
+        monitor.lock()
+        defer { monitor.unlock() }
         guard idle + queue.count < maxIdle else { return nil }
         idle += 1
-        var deadline = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &deadline)
+        var deadline = MonotonicClock.timespecNow()
         deadline.tv_sec += idleSeconds
         while queue.isEmpty {
-            if pthread_cond_timedwait(cond, mutex, &deadline) == ETIMEDOUT { break }
+            if !monitor.wait(until: &deadline) { break }
         }
         guard !queue.isEmpty else {
             idle -= 1

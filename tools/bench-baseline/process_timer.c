@@ -34,6 +34,7 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+#include "spawn_timer.h"
 
 extern char **environ;
 
@@ -51,36 +52,8 @@ static int ngroups;
 static volatile sig_atomic_t stop;
 static void on_signal(int sig) { (void)sig; stop = 1; }
 
-static double now_us(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1e6 + ts.tv_nsec / 1e3;
-}
-
 /* Runs argv to completion and returns its wall time in microseconds. */
-static double run(char *const argv[]) {
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
-    pid_t pid;
-    double t0 = now_us();
-    int rc = posix_spawn(&pid, argv[0], &fa, NULL, argv, environ);
-    if (rc != 0) { fprintf(stderr, "process_timer: posix_spawn %s: %s\n", argv[0], strerror(rc)); exit(1); }
-    int status;
-    pid_t w;
-    while ((w = waitpid(pid, &status, 0)) < 0 && errno == EINTR) {}
-    if (w != pid) { perror("waitpid"); exit(1); }
-    double t = now_us() - t0;
-    posix_spawn_file_actions_destroy(&fa);
-    if (stop) { fprintf(stderr, "process_timer: stopped by a signal\n"); exit(2); }
-    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-        fprintf(stderr, "process_timer: failed (status 0x%x):", status);
-        for (int i = 0; argv[i]; i++) fprintf(stderr, " %s", argv[i]);
-        fprintf(stderr, "\n");
-        exit(1);
-    }
-    return t;
-}
+static double run(char *const argv[]) { return time_process("process_timer", argv, &stop); }
 
 static int row_index(const char *label) {
     if (strcmp(label, "-") == 0) return -1;

@@ -23,6 +23,7 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+#include "spawn_timer.h"
 
 extern char **environ;
 static const char *SPEC = "cpu:{limit:500} memory:{limit:100000000}";
@@ -32,34 +33,8 @@ static void on_signal(int sig) { (void)sig; stop = 1; }
 
 typedef struct { const char *label, *bin; double *s[2]; int n[2]; } Variant;
 
-static double now_us(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1e6 + ts.tv_nsec / 1e3;
-}
-
 /* Runs argv to completion and returns its wall time in microseconds. */
-static double run(char *const argv[]) {
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
-    pid_t pid;
-    double t0 = now_us();
-    int rc = posix_spawn(&pid, argv[0], &fa, NULL, argv, environ);
-    if (rc != 0) { fprintf(stderr, "startup_timer: posix_spawn %s: %s\n", argv[0], strerror(rc)); exit(1); }
-    int status;
-    pid_t w;
-    while ((w = waitpid(pid, &status, 0)) < 0 && errno == EINTR) {}
-    if (w != pid) { perror("waitpid"); exit(1); }
-    double t = now_us() - t0;
-    if (stop) { fprintf(stderr, "startup_timer: stopped by a signal\n"); exit(2); }
-    posix_spawn_file_actions_destroy(&fa);
-    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-        fprintf(stderr, "startup_timer: %s %s %s failed (status 0x%x)\n", argv[0], argv[1], argv[2] ? argv[2] : "", status);
-        exit(1);
-    }
-    return t;
-}
+static double run(char *const argv[]) { return time_process("startup_timer", argv, &stop); }
 
 static int cmp(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
