@@ -338,29 +338,33 @@ public final class Agent: @unchecked Sendable {
 
     /// Where a call runs: the method table says; an unknown method is
     /// refused from the pool like any call.
-    static func scheduling(of method: String) -> MethodScheduling {
-        AgentMethods.named(method)?.scheduling ?? .pool
+    static func scheduling(of route: Dispatcher.Route?) -> MethodScheduling {
+        route?.info.scheduling ?? .pool
     }
 
     private func startCall(_ s: ConnState, streamId: UInt32, method: String, payload: [UInt8]) {
         let role = s.role
         let dispatcher = self.dispatcher
-        let info = AgentMethods.named(method)
-        let scheduling = info?.scheduling ?? .pool
+        let route = Dispatcher.route(method)
+        let scheduling = Self.scheduling(of: route)
+        let run: @Sendable (CallContext) -> CallStatus = { context in
+            dispatcher.handle(method: method, route: route, payload: payload, role: role, context: context)
+        }
         if scheduling == .loop {
             // Answered by the loop itself: nothing to block on, and a ping
             // that proves the loop is alive should not wait for a pool thread
             // (nor for two wake-ups of the loop to send its answer).
             let context = CallContext()
-            let status = dispatcher.handle(method: method, info: info, payload: payload, role: role, context: context)
+            let status = run(context)
             perform(s, final(s, streamId, context.takeResponses(), status))
             return
         }
         let connId = s.id
+        let streaming = route?.info.shape == .serverStreaming
         // A unary call's response waits for its status and leaves with it
         // (one frame, one wake-up of the loop); a streaming call's responses
         // go as they come, in order through execute's FIFO.
-        let context = info?.shape == .serverStreaming
+        let context = streaming
             ? CallContext { [weak self] bytes in
                 self?.loop.execute { [weak self] in self?.respond(connId, streamId, bytes) }
             }
@@ -373,31 +377,31 @@ public final class Agent: @unchecked Sendable {
             totalPoolCalls += 1
         }
         workers.locked { $0 += 1 }
-        if scheduling == .pool && info?.shape != .serverStreaming {
-            // A unary pool call: its response waits in the context, so the
-            // status can come back with the pool's own completion (one
-            // wake-up of the loop, not that and an execute).
-            let started = loop.offload({
-                dispatcher.handle(method: method, info: info, payload: payload, role: role, context: context)
-            }, then: { [weak self] status in
+        let started: Bool
+        if scheduling == .pool && !streaming {
+            // A unary pool call: its status comes back with the pool's own
+            // completion (one wake-up of the loop, not that and an execute).
+            started = loop.offload({ run(context) }, then: { [weak self] status in
                 self?.finish(connId, streamId, status)
             })
-            if !started { workers.locked { $0 -= 1 } }
-            return
-        }
-        let work: @Sendable () -> Void = { [weak self] in
-            let status = dispatcher.handle(method: method, info: info, payload: payload, role: role, context: context)
-            guard let self else { return }
-            // Same queue as the responses, so the status comes after them.
-            if !self.loop.execute({ [weak self] in self?.finish(connId, streamId, status) }) {
-                self.workers.locked { $0 -= 1 }
+        } else {
+            // Through execute's FIFO, the queue of the responses, so the
+            // status comes after them.
+            let work: @Sendable () -> Void = { [weak self] in
+                let status = run(context)
+                guard let self else { return }
+                if !self.loop.execute({ [weak self] in self?.finish(connId, streamId, status) }) {
+                    self.workers.locked { $0 -= 1 }
+                }
+            }
+            if scheduling == .ownThread {
+                ownThreads.run(work)
+                started = true
+            } else {
+                started = loop.offload(work, then: { _ in })
             }
         }
-        if scheduling == .ownThread {
-            ownThreads.run(work)
-        } else if !loop.offload(work, then: { _ in }) {
-            workers.locked { $0 -= 1 }
-        }
+        if !started { workers.locked { $0 -= 1 } }
     }
 
     /// A call's end: the responses it kept, the last one with the status.

@@ -158,22 +158,41 @@ public final class Dispatcher: Sendable {
         self.testHold = testHold
     }
 
-    /// Runs `method`; the returned status ends the stream.
-    public func handle(method: String, payload: [UInt8], role: AgentRole, context: CallContext) -> CallStatus {
-        handle(method: method, info: AgentMethods.named(method), payload: payload, role: role, context: context)
+    /// A method's table entry with its handler: what a call needs to be
+    /// scheduled and run, looked up once per call.
+    struct Route: Sendable {
+        let info: AgentMethodInfo
+        let handler: Handler
     }
 
-    /// `handle` with the method's table entry already looked up (the agent
-    /// has it from scheduling the call).
-    func handle(method: String, info: AgentMethodInfo?, payload: [UInt8], role: AgentRole, context: CallContext) -> CallStatus {
-        guard let info, let handler = Self.handlers[method] else {
+    /// The route of `method`; nil: no such method (the call is refused).
+    static func route(_ method: String) -> Route? { routes[method] }
+
+    /// Every method of the table with its handler, by name.
+    static let routes: [String: Route] = {
+        var table: [String: Route] = [:]
+        for info in AgentMethods.all {
+            if let handler = handlers[info.name] { table[info.name] = Route(info: info, handler: handler) }
+        }
+        return table
+    }()
+
+    /// Runs `method`; the returned status ends the stream.
+    public func handle(method: String, payload: [UInt8], role: AgentRole, context: CallContext) -> CallStatus {
+        handle(method: method, route: Self.route(method), payload: payload, role: role, context: context)
+    }
+
+    /// `handle` with the method's route already looked up (the agent has it
+    /// from scheduling the call).
+    func handle(method: String, route: Route?, payload: [UInt8], role: AgentRole, context: CallContext) -> CallStatus {
+        guard let route else {
             return CallStatus(.unimplemented, "Unknown method \"\(method)\"")
         }
-        guard info.role.allows(role) else {
+        guard route.info.role.allows(role) else {
             return CallStatus(.permissionDenied, "Method \(method) needs the admin role")
         }
         do {
-            try handler(self, payload, context)
+            try route.handler(self, payload, context)
             return .ok
         } catch {
             return Self.status(of: error, method: method)

@@ -20,7 +20,29 @@ public final class EventLog: Sendable {
 
     struct State {
         var next: UInt64 = 1
-        var log: [ContainerEvent] = []
+        /// The kept events: a ring of at most `capacity`, the oldest at
+        /// `start` once it is full (an append replaces the oldest in place
+        /// instead of shifting the whole history down).
+        var ring: [ContainerEvent] = []
+        var start = 0
+
+        mutating func append(_ e: ContainerEvent, capacity: Int) {
+            guard capacity > 0 else { return }
+            if ring.count < capacity {
+                ring.append(e)
+            } else {
+                ring[start] = e
+                start = (start + 1) % capacity
+            }
+        }
+
+        /// The oldest event kept.
+        var oldest: ContainerEvent? { ring.isEmpty ? nil : ring[start] }
+
+        /// The kept events, oldest first, that match.
+        func kept(where matching: (ContainerEvent) -> Bool) -> [ContainerEvent] {
+            ring[start...].filter(matching) + ring[..<start].filter(matching)
+        }
     }
 
     /// An empty log keeping `capacity` events, under `bootId` (nil: a random one).
@@ -38,8 +60,7 @@ public final class EventLog: Sendable {
                 bootId: bootId, sequence: s.next, timestampNs: now,
                 container: container, kind: kind, memoryThreshold: threshold, frozen: frozen)
             s.next += 1
-            s.log.append(e)
-            if s.log.count > capacity { s.log.removeFirst(s.log.count - capacity) }
+            s.append(e, capacity: capacity)
             return e
         }
     }
@@ -48,12 +69,12 @@ public final class EventLog: Sendable {
     /// may be missing: another boot id, or history already dropped.
     public func since(bootId asked: String?, after: UInt64, matching: (ContainerEvent) -> Bool) -> ([ContainerEvent], EventGap?) {
         state.locked { s in
-            let first = s.log.first?.sequence ?? s.next
+            let first = s.oldest?.sequence ?? s.next
             if asked != bootId || after + 1 < first {
                 let gap = EventGap(requestedBootId: asked, afterSequence: after, bootId: bootId, firstSequence: first)
-                return (s.log.filter(matching), gap)
+                return (s.kept(where: matching), gap)
             }
-            return (s.log.filter { ($0.sequence ?? 0) > after && matching($0) }, nil)
+            return (s.kept { ($0.sequence ?? 0) > after && matching($0) }, nil)
         }
     }
 }

@@ -85,11 +85,11 @@ final class FakeAgentMachine: @unchecked Sendable {
     }
 
     @Test func schedulingComesFromTheTable() {
-        for m in AgentMethods.all { #expect(Agent.scheduling(of: m.name) == m.scheduling, "\(m.name)") }
-        #expect(Agent.scheduling(of: AgentMethods.ping.name) == .loop)
-        #expect(Agent.scheduling(of: AgentMethods.run.name) == .ownThread)
-        #expect(Agent.scheduling(of: AgentMethods.notify.name) == .ownThread)
-        #expect(Agent.scheduling(of: "NoSuchMethod") == .pool)
+        for m in AgentMethods.all { #expect(Agent.scheduling(of: Dispatcher.route(m.name)) == m.scheduling, "\(m.name)") }
+        #expect(Agent.scheduling(of: Dispatcher.route(AgentMethods.ping.name)) == .loop)
+        #expect(Agent.scheduling(of: Dispatcher.route(AgentMethods.run.name)) == .ownThread)
+        #expect(Agent.scheduling(of: Dispatcher.route(AgentMethods.notify.name)) == .ownThread)
+        #expect(Agent.scheduling(of: Dispatcher.route("NoSuchMethod")) == .pool)
     }
 
     @Test func rolesComeFromTheTable() throws {

@@ -67,8 +67,9 @@ int main(int argc, char **argv) {
     atexit(cleanup); /* put() and get() exit(1) on a failure */
     signal(SIGINT, on_signal);
     signal(SIGTERM, on_signal);
-    double t0 = now_us();
+    double t0 = now_us(), ph_create = 0, ph_run = 0, ph_destroy = 0;
     for (int i = 0; i < n; i++) {
+        double a = now_us();
         for (int d = 0; d < NDIRS; d++) {
             snprintf(cg[d], sizeof cg[d], "%s/%s/lmctfy_clife_%d_%d", R, dirs[d], getpid(), i);
             snprintf(tasks[d], sizeof tasks[d], "%s/%s/lmctfy_clife_%d_%d/tasks", R, dirs[d], getpid(), i);
@@ -86,6 +87,7 @@ int main(int argc, char **argv) {
         at(path, sizeof path, 4, "memory.memsw.limit_in_bytes"); put(path, "-1");
         at(path, sizeof path, 4, "memory.soft_limit_in_bytes"); put(path, "0");
 
+        double b = now_us();
         /* Signals stay blocked until `child` names the new process. */
         sigset_t all, old;
         sigemptyset(&all);
@@ -121,14 +123,19 @@ int main(int argc, char **argv) {
             fprintf(stderr, "lifecycle: child exited with status %d (126: joining a cgroup failed)\n", status);
             exit(1);
         }
+        double c = now_us();
         at(path, sizeof path, 0, "cgroup.procs"); get(path, buf, sizeof buf);
         if (buf[0]) { fprintf(stderr, "lifecycle: %s is not empty after the child exited\n", path); exit(1); }
         for (int d = NDIRS - 1; d >= 0; d--) {
             if (rmdir(cg[d]) < 0) { perror(cg[d]); exit(1); }
             made = d;
         }
+        ph_create += b - a;
+        ph_run += c - b;
+        ph_destroy += now_us() - c;
     }
-    printf("c     lifecycle (mkdir 5 hierarchies + limits, fork, join, exec /bin/true, wait, rmdir) us=%.1f\n",
-           (now_us() - t0) / n);
+    printf("c     lifecycle (mkdir 5 hierarchies + limits, fork, join, exec /bin/true, wait, rmdir) "
+           "create=%.1f run=%.1f destroy=%.1f us=%.1f\n",
+           ph_create / n, ph_run / n, ph_destroy / n, (now_us() - t0) / n);
     return 0;
 }

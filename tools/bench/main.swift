@@ -25,6 +25,11 @@ func fmt(_ v: Double) -> String {
     return "\(tenths / 10).\(abs(tenths % 10))"
 }
 
+/// A lifecycle's phases, each its mean in µs over `n` rounds.
+func phaseText(_ phases: [Double], _ n: Int) -> String {
+    zip(["create", "run", "destroy"], phases).map { "\($0)=\(fmt($1 / Double(n)))" }.joined(separator: " ")
+}
+
 /// Runs a baseline program to completion and returns what it printed.
 func runBaseline(_ argv: [String]) throws -> String {
     let (r, w) = try Sys.pipe()
@@ -236,14 +241,20 @@ do {
         let client = try RpcClient.connect(unixPath: args[3], name: "bench")
         defer { client.close() }
         let spec = try ContainerSpec(textFormat: "cpu { limit: 500 max_limit: 1000 } memory { limit: 104857600 }")
+        var phases = [0.0, 0.0, 0.0]
         let t0 = now()
         for i in 0..<n {
             let name = "/lmctfy_bench_agent_\(getpid())_\(i)"
+            let a = now()
             _ = try client.call(AgentMethods.create, CreateRequest(name: name, spec: spec))
+            let b = now()
             try client.stream(AgentMethods.run, RunRequest(name: name, argv: ["/bin/true"])) { _ in true }
+            let c = now()
             _ = try client.call(AgentMethods.destroy, DestroyRequest(name: name, force: true))
+            phases[0] += b - a; phases[1] += c - b; phases[2] += now() - c
         }
-        print("agent lifecycle (create cpu+mem, run /bin/true, exit, destroy) us=\(fmt((now() - t0) / Double(n)))")
+        let total = (now() - t0) / Double(n)
+        print("agent lifecycle (create cpu+mem, run /bin/true, exit, destroy) \(phaseText(phases, n)) us=\(fmt(total))")
 
     case "local-lifecycle":
         // local-lifecycle N: what agent-lifecycle does, through CL1 in this
@@ -251,14 +262,20 @@ do {
         let spec = try ContainerSpec(textFormat: "cpu { limit: 500 max_limit: 1000 } memory { limit: 104857600 }")
         var options = RunOptions(fdPolicy: .inherit)
         options.stdout = .devNull
+        var phases = [0.0, 0.0, 0.0]
         let t0 = now()
         for i in 0..<n {
+            let a = now()
             let c = try api.create("/lmctfy_bench_local_\(getpid())_\(i)", spec: spec)
+            let b = now()
             let pid = try c.run(["/bin/true"], options: options)
             _ = try Sys.waitForExit(pid)
+            let d = now()
             try api.destroy(c.name)
+            phases[0] += b - a; phases[1] += d - b; phases[2] += now() - d
         }
-        print("local lifecycle (create cpu+mem, run /bin/true, exit, destroy; CL1 in-process) us=\(fmt((now() - t0) / Double(n)))")
+        let total = (now() - t0) / Double(n)
+        print("local lifecycle (create cpu+mem, run /bin/true, exit, destroy; CL1 in-process) \(phaseText(phases, n)) us=\(fmt(total))")
 
     default:
         fail("usage: lmctfy-bench create-destroy N | freeze N BASELINE | run N BASELINE | threshold N HELPER | rpc PORT KEYFILE C D SECONDS | agent-lifecycle N SOCKET | local-lifecycle N")
