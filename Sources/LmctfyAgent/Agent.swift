@@ -72,6 +72,8 @@ public final class Agent: @unchecked Sendable {
     private let workers = Mutexed(0)
     /// Threads for calls that last (Run, Notify), kept for the next call.
     private let ownThreads = ThreadCache()
+    /// The context of every call answered on the loop (one at a time).
+    private let loopContext = CallContext()
     private let finished = Latch()
 
     /// How much answer the outbox holds before it is written out mid-batch.
@@ -347,17 +349,18 @@ public final class Agent: @unchecked Sendable {
         let dispatcher = self.dispatcher
         let route = Dispatcher.route(method)
         let scheduling = Self.scheduling(of: route)
-        let run: @Sendable (CallContext) -> CallStatus = { context in
-            dispatcher.handle(method: method, route: route, payload: payload, role: role, context: context)
-        }
         if scheduling == .loop {
             // Answered by the loop itself: nothing to block on, and a ping
             // that proves the loop is alive should not wait for a pool thread
-            // (nor for two wake-ups of the loop to send its answer).
-            let context = CallContext()
-            let status = run(context)
-            perform(s, final(s, streamId, context.takeResponses(), status))
+            // (nor for two wake-ups of the loop to send its answer). The
+            // call ends before the next one starts, so one context serves
+            // them all.
+            let status = dispatcher.handle(method: method, route: route, payload: payload, role: role, context: loopContext)
+            perform(s, final(s, streamId, loopContext.takeResponses(), status))
             return
+        }
+        let run: @Sendable (CallContext) -> CallStatus = { context in
+            dispatcher.handle(method: method, route: route, payload: payload, role: role, context: context)
         }
         let connId = s.id
         let streaming = route?.info.shape == .serverStreaming

@@ -160,9 +160,14 @@ public final class Dispatcher: Sendable {
 
     /// A method's table entry with its handler: what a call needs to be
     /// scheduled and run, looked up once per call.
-    struct Route: Sendable {
+    final class Route: Sendable {
         let info: AgentMethodInfo
         let handler: Handler
+
+        init(info: AgentMethodInfo, handler: @escaping Handler) {
+            self.info = info
+            self.handler = handler
+        }
     }
 
     /// The route of `method`; nil: no such method (the call is refused).
