@@ -8,7 +8,20 @@
  * read the freezer's cgroup.procs (destroy's check for tasks to kill); rmdir all.
  * Names are lmctfy_clife_<pid>_<round>; whatever exists of the current
  * round is removed on a failure or on SIGINT/SIGTERM.
- * usage: lifecycle N      prints microseconds per round (mean over N) */
+ *
+ * With --safety it also makes the syscalls lmctfy adds for its guarantees,
+ * as strace shows them for one lmctfy-bench local-lifecycle round (so the
+ * ratio against this row is what lmctfy's own code costs on top of them):
+ * the create/destroy journal in a lock file under /run (open, flock,
+ * fstat, stat, pwrite per step, ftruncate, unlink), the ownership marks
+ * (setxattr "creating" per directory, the eviction and latency records,
+ * "complete" last; getxattr of the marks in run and destroy, including the
+ * hierarchies the container does not use), the cgroupfs checks (statfs
+ * before every directory operation, fstatfs after every open), the parent's
+ * cpuset re-read per create, the task's current cgroups before joining,
+ * /dev/null on the child's stdout, its oom_score_adj, and the child's reset
+ * of every signal disposition before exec.
+ * usage: lifecycle N [--safety]   prints microseconds per round (mean over N) */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -16,8 +29,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
+#include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 #include <sys/wait.h>
+#include <sys/xattr.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -58,9 +75,79 @@ static void at(char *path, size_t len, int d, const char *file) {
     snprintf(path, len, "%s/%s", cg[d], file);
 }
 
+/* --safety: the syscalls lmctfy adds (see the top of this file). */
+static int safety;
+static const char *unused[] = {"devices", "blkio", "pids"};
+static const char *MARK = "user.lmctfy.state";
+
+static void check_fs(const char *path) {
+    struct statfs sf;
+    if (safety) statfs(path, &sf);
+}
+
+static int lock_open(const char *name) {
+    char path[256];
+    struct stat st;
+    char buf[64];
+    snprintf(path, sizeof path, "/run/lmctfy_clife_lock_%s", name);
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0) { perror(path); exit(1); }
+    flock(fd, LOCK_EX);
+    fstat(fd, &st);
+    stat(path, &st);
+    lseek(fd, 0, SEEK_END);
+    pread(fd, buf, sizeof buf, 0);
+    return fd;
+}
+
+static void lock_close(int fd, const char *name, int remove) {
+    char path[256];
+    snprintf(path, sizeof path, "/run/lmctfy_clife_lock_%s", name);
+    if (remove) unlink(path);
+    close(fd);
+}
+
+/* A cgroup file written or read the way lmctfy does: fstatfs after open. */
+static void put_checked(const char *path, const char *value) {
+    struct statfs sf;
+    int fd = open(path, O_WRONLY | O_CLOEXEC);
+    if (fd < 0) { perror(path); exit(1); }
+    if (safety) fstatfs(fd, &sf);
+    if (write(fd, value, strlen(value)) < 0) { perror(path); exit(1); }
+    close(fd);
+}
+
+static void get_checked(const char *path, char *buf, size_t len) {
+    struct statfs sf;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) { perror(path); exit(1); }
+    if (safety) fstatfs(fd, &sf);
+    ssize_t n = read(fd, buf, len - 1);
+    if (n < 0) { perror(path); exit(1); }
+    buf[n] = 0;
+    if (safety) read(fd, buf + n, 1);  /* lmctfy reads to EOF */
+    close(fd);
+}
+
+static void mark(int d, const char *name, const char *value) {
+    if (!safety) return;
+    check_fs(cg[d]);
+    setxattr(cg[d], name, value, strlen(value), 0);
+}
+
+static void marks_of(int upto) {
+    char buf[64], path[256];
+    for (int d = 0; d < upto; d++) getxattr(cg[d], MARK, buf, sizeof buf);
+    for (int u = 0; u < 3; u++) {
+        snprintf(path, sizeof path, "%s/%s/%s", R, unused[u], strrchr(cg[0], '/') + 1);
+        getxattr(path, MARK, buf, sizeof buf);
+    }
+}
+
 int main(int argc, char **argv) {
     int n = argc > 1 ? atoi(argv[1]) : 100;
-    if (n <= 0) { fprintf(stderr, "usage: lifecycle N\n"); return 64; }
+    safety = argc > 2 && strcmp(argv[2], "--safety") == 0;
+    if (n <= 0 || (argc > 2 && !safety)) { fprintf(stderr, "usage: lifecycle N [--safety]\n"); return 64; }
     char path[512], buf[256], cpus[256], mems[256];
     get("/sys/fs/cgroup/cpuset/cpuset.cpus", cpus, sizeof cpus);
     get("/sys/fs/cgroup/cpuset/cpuset.mems", mems, sizeof mems);
@@ -74,18 +161,55 @@ int main(int argc, char **argv) {
             snprintf(cg[d], sizeof cg[d], "%s/%s/lmctfy_clife_%d_%d", R, dirs[d], getpid(), i);
             snprintf(tasks[d], sizeof tasks[d], "%s/%s/lmctfy_clife_%d_%d/tasks", R, dirs[d], getpid(), i);
         }
+        char name[64], journal[128];
+        int lock = -1;
+        snprintf(name, sizeof name, "lmctfy_clife_%d_%d", getpid(), i);
+        if (safety) {
+            lock = lock_open(name);
+            getxattr(cg[0], MARK, buf, sizeof buf);
+            pwrite(lock, "create /lmctfy_clife\n", 21, 0);
+        }
         for (int d = 0; d < NDIRS; d++) {
+            if (safety) {
+                int len = snprintf(journal, sizeof journal, "mkdir %s/%s\t%s\n", R, dirs[d], name);
+                pwrite(lock, journal, len, 21 + 60 * d);
+                snprintf(path, sizeof path, "%s/%s", R, dirs[d]);
+                check_fs(path);
+            }
             if (mkdir(cg[d], 0755) < 0) { perror(cg[d]); exit(1); }
             made = d + 1;
+            if (safety) setxattr(cg[d], MARK, "creating", 8, 0);  /* just made: unchecked */
+            if (safety && d == 3) {  /* cpuset.mems from the parent, at once */
+                get_checked("/sys/fs/cgroup/cpuset/cpuset.mems", mems, sizeof mems);
+                at(path, sizeof path, 3, "cpuset.mems"); put_checked(path, mems);
+            }
         }
-        at(path, sizeof path, 3, "cpuset.cpus"); put(path, cpus);
-        at(path, sizeof path, 3, "cpuset.mems"); put(path, mems);
-        at(path, sizeof path, 1, "cpu.shares"); put(path, "512");
-        at(path, sizeof path, 1, "cpu.cfs_period_us"); put(path, "250000");
-        at(path, sizeof path, 1, "cpu.cfs_quota_us"); put(path, "250000");
-        at(path, sizeof path, 4, "memory.limit_in_bytes"); put(path, "104857600");
-        at(path, sizeof path, 4, "memory.memsw.limit_in_bytes"); put(path, "-1");
-        at(path, sizeof path, 4, "memory.soft_limit_in_bytes"); put(path, "0");
+        if (safety) {
+            ftruncate(lock, 0);
+            get_checked("/sys/fs/cgroup/cpuset/cpuset.cpus", cpus, sizeof cpus);
+        }
+        if (!safety) { at(path, sizeof path, 3, "cpuset.mems"); put(path, mems); }
+        at(path, sizeof path, 1, "cpu.shares"); put_checked(path, "512");
+        at(path, sizeof path, 1, "cpu.cfs_period_us"); put_checked(path, "250000");
+        at(path, sizeof path, 1, "cpu.cfs_quota_us"); put_checked(path, "250000");
+        at(path, sizeof path, 3, "cpuset.cpus"); put_checked(path, cpus);
+        mark(1, "user.lmctfy.cpu.scheduling_latency", "PRIORITY");
+        mark(4, "user.lmctfy.eviction_priority", "5000");
+        at(path, sizeof path, 4, "memory.memsw.limit_in_bytes"); put_checked(path, "-1");
+        at(path, sizeof path, 4, "memory.limit_in_bytes"); put_checked(path, "104857600");
+        at(path, sizeof path, 4, "memory.soft_limit_in_bytes"); put_checked(path, "0");
+        mark(0, MARK, "complete");
+        if (safety) {
+            lock_close(lock, name, 0);
+            /* run: the marks of every hierarchy, the caller's cgroups, the
+             * memory-isolating container and its eviction record. */
+            marks_of(NDIRS);
+            get("/proc/thread-self/cgroup", buf, sizeof buf);
+            getxattr(cg[4], MARK, buf, sizeof buf);
+            getxattr(cg[4], MARK, buf, sizeof buf);
+            check_fs(cg[4]);
+            getxattr(cg[4], "user.lmctfy.eviction_priority", buf, sizeof buf);
+        }
 
         double b = now_us();
         /* Signals stay blocked until `child` names the new process. */
@@ -104,10 +228,25 @@ int main(int argc, char **argv) {
             /* "0" to tasks: the writer alone, without the threadgroup
              * lock whose write side waits for an RCU grace period (a pid,
              * or cgroup.procs, takes it): the cheapest join v1 offers. */
+            if (safety) {  /* every disposition back to the default */
+                struct sigaction dfl;
+                memset(&dfl, 0, sizeof dfl);
+                dfl.sa_handler = SIG_DFL;
+                for (int sig = 1; sig < NSIG; sig++) {
+                    if (sig != SIGKILL && sig != SIGSTOP && (sig < 32 || sig > 33)) sigaction(sig, &dfl, NULL);
+                }
+            }
             for (int d = 0; d < NDIRS; d++) {
                 int fd = open(tasks[d], O_WRONLY | O_CLOEXEC);
                 if (fd < 0 || write(fd, "0", 1) != 1) _exit(126);
                 close(fd);
+            }
+            if (safety) {
+                int fd = open("/dev/null", O_RDWR | O_CLOEXEC);
+                dup2(fd, 1);
+                close(fd);
+                fd = open("/proc/self/oom_score_adj", O_WRONLY | O_CLOEXEC);
+                if (fd >= 0) { write(fd, "1", 1); close(fd); }
             }
             execl("/bin/true", "true", (char *)NULL);
             _exit(127);
@@ -124,18 +263,33 @@ int main(int argc, char **argv) {
             exit(1);
         }
         double c = now_us();
-        at(path, sizeof path, 0, "cgroup.procs"); get(path, buf, sizeof buf);
+        if (safety) {
+            lock = lock_open(name);
+            getxattr(cg[0], MARK, buf, sizeof buf);
+            getxattr(cg[0], MARK, buf, sizeof buf);
+            check_fs(cg[0]);
+            DIR *dir = opendir(cg[0]);  /* subcontainers */
+            if (dir) { while (readdir(dir)) {} closedir(dir); }
+            getxattr(cg[0], MARK, buf, sizeof buf);
+        }
+        at(path, sizeof path, 0, "cgroup.procs"); get_checked(path, buf, sizeof buf);
         if (buf[0]) { fprintf(stderr, "lifecycle: %s is not empty after the child exited\n", path); exit(1); }
+        mark(0, MARK, "destroying");
+        if (safety) marks_of(0);
         for (int d = NDIRS - 1; d >= 0; d--) {
+            if (safety && d > 0) getxattr(cg[d], MARK, buf, sizeof buf);
+            check_fs(cg[d]);
             if (rmdir(cg[d]) < 0) { perror(cg[d]); exit(1); }
             made = d;
         }
+        if (safety) lock_close(lock, name, 1);
         ph_create += b - a;
         ph_run += c - b;
         ph_destroy += now_us() - c;
     }
-    printf("c     lifecycle (mkdir 5 hierarchies + limits, fork, join, exec /bin/true, wait, rmdir) "
-           "create=%.1f run=%.1f destroy=%.1f us=%.1f\n",
+    printf("%s create=%.1f run=%.1f destroy=%.1f us=%.1f\n",
+           safety ? "c+safety lifecycle (the same plus lmctfy's journal, marks and checks)"
+                  : "c     lifecycle (mkdir 5 hierarchies + limits, fork, join, exec /bin/true, wait, rmdir)",
            ph_create / n, ph_run / n, ph_destroy / n, (now_us() - t0) / n);
     return 0;
 }
