@@ -21,33 +21,13 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-static const char *R = "/sys/fs/cgroup";
-static const char *dirs[] = {"freezer", "cpu", "cpuacct", "cpuset", "memory"};
-
-#include "cgfile.h"
-
-static void file(char *path, size_t len, const char *h, const char *name, const char *f) {
-    snprintf(path, len, "%s/%s%s/%s", R, h, name, f);
-}
+#include "v1create.h"
 
 int main(int argc, char **argv) {
     if (argc != 2 || argv[1][0] != '/') { fprintf(stderr, "usage: process_floor /NAME\n"); return 3; }
     const char *name = argv[1];
     char path[512], buf[256];
-    for (int d = 0; d < 5; d++) {
-        snprintf(path, sizeof path, "%s/%s%s", R, dirs[d], name);
-        if (mkdir(path, 0755) < 0) { perror(path); return 1; }
-    }
-    get("/sys/fs/cgroup/cpuset/cpuset.mems", buf, sizeof buf);
-    file(path, sizeof path, "cpuset", name, "cpuset.mems"); put(path, buf);
-    get("/sys/fs/cgroup/cpuset/cpuset.cpus", buf, sizeof buf);
-    file(path, sizeof path, "cpuset", name, "cpuset.cpus"); put(path, buf);
-    file(path, sizeof path, "cpu", name, "cpu.shares"); put(path, "512");
-    file(path, sizeof path, "cpu", name, "cpu.cfs_period_us"); put(path, "250000");
-    file(path, sizeof path, "cpu", name, "cpu.cfs_quota_us"); put(path, "125000");
-    file(path, sizeof path, "memory", name, "memory.memsw.limit_in_bytes"); put(path, "-1");
-    file(path, sizeof path, "memory", name, "memory.limit_in_bytes"); put(path, "104857600");
-    file(path, sizeof path, "memory", name, "memory.soft_limit_in_bytes"); put(path, "0");
+    create_v1(name, "250000", "125000", "104857600");
     pid_t pid = fork();
     if (pid < 0) { perror("fork"); return 1; }
     if (pid == 0) {

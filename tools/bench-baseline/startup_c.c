@@ -20,14 +20,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-static const char *R = "/sys/fs/cgroup";
-static const char *dirs[] = {"freezer", "cpu", "cpuacct", "cpuset", "memory"};
-
-#include "cgfile.h"
-
-static void file(char *path, size_t len, const char *h, const char *name, const char *f) {
-    snprintf(path, len, "%s/%s%s/%s", R, h, name, f);
-}
+#include "v1create.h"
 
 static void freeze(const char *name, const char *to) {
     char state[512], buf[64];
@@ -46,19 +39,7 @@ int main(int argc, char **argv) {
     const char *verb = argv[1], *name = argv[2];   /* name starts with '/' */
     char path[512], buf[256];
     if (strcmp(verb, "create") == 0) {
-        for (int d = 0; d < 5; d++) {
-            snprintf(path, sizeof path, "%s/%s%s", R, dirs[d], name);
-            if (mkdir(path, 0755) < 0) { perror(path); return 1; }
-        }
-        get("/sys/fs/cgroup/cpuset/cpuset.mems", buf, sizeof buf);
-        file(path, sizeof path, "cpuset", name, "cpuset.mems"); put(path, buf);
-        get("/sys/fs/cgroup/cpuset/cpuset.cpus", buf, sizeof buf);
-        file(path, sizeof path, "cpuset", name, "cpuset.cpus"); put(path, buf);
-        file(path, sizeof path, "cpu", name, "cpu.shares"); put(path, "512");
-        file(path, sizeof path, "cpu", name, "cpu.cfs_quota_us"); put(path, "-1");
-        file(path, sizeof path, "memory", name, "memory.memsw.limit_in_bytes"); put(path, "-1");
-        file(path, sizeof path, "memory", name, "memory.limit_in_bytes"); put(path, "100000000");
-        file(path, sizeof path, "memory", name, "memory.soft_limit_in_bytes"); put(path, "0");
+        create_v1(name, NULL, "-1", "100000000");
         return 0;
     }
     if (strcmp(verb, "destroy") == 0) {
