@@ -6,6 +6,7 @@ import Glibc
 import Lmctfy
 import LmctfyLoop
 import Logging
+import Synchronization
 import LmctfyProto
 import LmctfyRPC
 import LmctfySystem
@@ -74,6 +75,12 @@ public final class Agent: @unchecked Sendable {
     private let ownThreads = ThreadCache()
     /// The context of every call answered on the loop (one at a time).
     private let loopContext = CallContext()
+    /// Subscribe's subscribers (loop thread) and whether a fan-out of newly
+    /// recorded events is already queued on the loop.
+    private let hub: EventHub
+    private let publishQueued = Atomic<Bool>(false)
+    /// The agent's own container: relative names are relative to it.
+    private let ownContainer: ContainerName
     private let finished = Latch()
 
     /// How much answer the outbox holds before it is written out mid-batch.
@@ -95,13 +102,15 @@ public final class Agent: @unchecked Sendable {
         // Names the caller leaves out mean the agent's own container; an
         // attached run's stdio is /dev/null (the agent's is not the caller's).
         let backend = LocalBackend(api: api, callerPid: Sys.getpid(), foreground: LocalBackend.spawnAndWait(stdio: .devNull))
-        let events = EventLog()
+        let events = EventLog(capacity: settings.eventLogCapacity)
         // PROTOCOL.md section 6.1; opened (and swept) by `start`.
         let journal = RequestJournal(directory: settings.stateDir + "/requests", bootId: events.bootId)
         self.dispatcher = Dispatcher(backend: backend, cgroupVersion: api.version.number,
                                      events: events, agentVersion: LmctfyVersion.string, journal: journal,
                                      testHold: TestHold.fromEnvironment(marker: settings.stateDir + "/test-hold"))
         self.log = AgentLog(level: settings.logLevel)
+        self.hub = EventHub(log: events)
+        self.ownContainer = (try? api.detect(pid: 0)) ?? .root
     }
 
     /// Starts the loop and the listeners. Throws when a listener cannot bind.
@@ -126,6 +135,7 @@ public final class Agent: @unchecked Sendable {
         switch result {
         case .success(let port):
             tcpPort = port
+            dispatcher.events.onRecord { [weak self] in self?.queuePublish() }
         case .failure(let error):
             _ = loop.shutdown()
             throw error
@@ -349,6 +359,10 @@ public final class Agent: @unchecked Sendable {
         let dispatcher = self.dispatcher
         let route = Dispatcher.route(method)
         let scheduling = Self.scheduling(of: route)
+        if scheduling == .hub {
+            subscribe(s, streamId: streamId, route: route, payload: payload)
+            return
+        }
         if scheduling == .loop {
             // Answered by the loop itself: nothing to block on, and a ping
             // that proves the loop is alive should not wait for a pool thread
@@ -405,6 +419,72 @@ public final class Agent: @unchecked Sendable {
             }
         }
         if !started { workers.locked { $0 -= 1 } }
+    }
+
+    // MARK: Subscribe (the event hub)
+
+    /// Starts a subscription: the replay goes now, live events as the hub
+    /// publishes them. The stream stays open, holding no thread, until the
+    /// caller cancels it, the connection goes, or the subscriber lags.
+    private func subscribe(_ s: ConnState, streamId: UInt32, route: Dispatcher.Route?, payload: [UInt8]) {
+        let now = MonotonicClock.milliseconds()
+        let key = EventHub.Key(conn: s.id, stream: streamId)
+        let first: [SubscribeResponse]
+        do {
+            guard let route, route.info.role.allows(s.role) else {
+                throw LmctfyError(.permissionDenied, "Method Subscribe needs the reader role")
+            }
+            let r = try SubscribeRequest(serializedBytes: payload)
+            let filter = try EventFilter(r, base: ownContainer)
+            // What was recorded but not yet handed out goes live, after the replay.
+            publishEvents()
+            first = try hub.subscribe(key, r, filter: filter)
+        } catch {
+            perform(s, s.session.sendStatus(streamId: streamId, Dispatcher.status(of: error, method: "Subscribe"), now: now))
+            return
+        }
+        let context = CallContext()
+        context.onCancel { [weak self] in self?.hub.remove(key) }
+        s.calls[streamId] = context
+        var actions: [SessionAction] = []
+        for response in first {
+            guard let bytes = try? response.serializedBytes() else { continue }
+            actions += s.session.sendResponse(streamId: streamId, payload: bytes, now: now)
+        }
+        perform(s, actions)
+    }
+
+    /// How many Subscribe streams the hub serves now (for tests).
+    public var subscriberCount: Int {
+        (try? loop.runAndWait { self.hub.subscribers.count }) ?? 0
+    }
+
+    private func queuePublish() {
+        if publishQueued.exchange(true, ordering: .acquiringAndReleasing) { return }
+        _ = loop.execute { [weak self] in
+            guard let self else { return }
+            self.publishQueued.store(false, ordering: .releasing)
+            self.publishEvents()
+        }
+    }
+
+    /// Hands newly recorded events to the subscribers (loop thread). A
+    /// subscriber whose connection holds more unsent answers than its
+    /// limit is ended with RESOURCE_EXHAUSTED naming where to resume.
+    private func publishEvents() {
+        let now = MonotonicClock.milliseconds()
+        hub.publish { key, bytes, _ in
+            guard let s = conns[key.conn], s.calls[key.stream] != nil else { return false }
+            if s.held > settings.flow.connectionBytes {
+                let last = hub.subscribers[key]?.lastSent ?? 0
+                s.calls[key.stream] = nil
+                perform(s, s.session.sendStatus(streamId: key.stream, CallStatus(
+                    .resourceExhausted, "lagged, resume after \(last) (boot \(hub.log.bootId))"), now: now))
+                return false
+            }
+            perform(s, s.session.sendResponse(streamId: key.stream, payload: bytes, now: now))
+            return true
+        }
     }
 
     /// A call's end: the responses it kept, the last one with the status.

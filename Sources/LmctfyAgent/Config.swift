@@ -38,6 +38,9 @@ public struct AgentSettings: Sendable {
     /// with mode 0700 at start, and the agent refuses to start unless it is
     /// private (see `checkStateDir`).
     public var stateDir: String
+    /// How many events the event log keeps for resuming subscribers
+    /// (event_log_capacity; default 4096).
+    public var eventLogCapacity: Int
 
     /// Parses and checks a config file's text.
     public static func parse(_ text: String, source: String) throws(LmctfyError) -> AgentSettings {
@@ -99,6 +102,11 @@ public struct AgentSettings: Sendable {
         if let v = l.maxAgentQueuedCalls { flow.agentCalls = Int(max(1, v)) }
         logLevel = c.logLevel ?? .logInfo
         stateDir = c.stateDir ?? "/var/lib/lmctfy"
+        let capacity = c.eventLogCapacity ?? 4096
+        guard (1...1_048_576).contains(capacity) else {
+            throw .invalidArgument("\(source): event_log_capacity must be 1 to 1048576, not \(capacity)")
+        }
+        eventLogCapacity = Int(capacity)
         for binding in c.role where binding.role == nil || binding.role == .agentRoleUnspecified {
             throw .invalidArgument("\(source): every role binding needs role: AGENT_ROLE_ADMIN or AGENT_ROLE_READER")
         }

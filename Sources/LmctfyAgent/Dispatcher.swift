@@ -348,6 +348,12 @@ public final class Dispatcher: Sendable {
             return InitResponse()
         }
         unary(AgentMethods.ping) { _, r in PingResponse(data: r.data ?? []) }
+        // Served by the agent's event hub on its loop (Agent.subscribe), which
+        // needs the agent's connections: a dispatcher on its own has none.
+        table[AgentMethods.subscribe.name] = { _, payload, _ in
+            _ = try SubscribeRequest(serializedBytes: payload)
+            throw LmctfyError.unimplemented("Subscribe is served by the agent's event hub, not by a dispatcher alone")
+        }
         return table
     }()
 

@@ -17,6 +17,9 @@ public final class EventLog: Sendable {
     /// from before them reports a gap.
     public let capacity: Int
     private let state = Mutexed(State())
+    /// Called after every record, on the recording thread (the agent's hub
+    /// schedules its fan-out from here).
+    private let observer = Mutexed<(@Sendable () -> Void)?>(nil)
 
     struct State {
         var next: UInt64 = 1
@@ -51,17 +54,37 @@ public final class EventLog: Sendable {
         self.bootId = bootId ?? Crypto.randomBytes(16).map { String($0, radix: 16).leftPadded(2) }.joined()
     }
 
+    /// Runs `observe` after every event recorded from now on (nil: none).
+    public func onRecord(_ observe: (@Sendable () -> Void)?) {
+        observer.locked { $0 = observe }
+    }
+
     /// Appends an event with the next sequence number and returns it.
     @discardableResult
     public func record(container: String, kind: ContainerEventKind, threshold: Int64? = nil, frozen: Bool? = nil) -> ContainerEvent {
         let now = WallClock.nanosecondsSinceEpoch()
-        return state.locked { s in
+        let e = state.locked { s in
             let e = ContainerEvent(
                 bootId: bootId, sequence: s.next, timestampNs: now,
                 container: container, kind: kind, memoryThreshold: threshold, frozen: frozen)
             s.next += 1
             s.append(e, capacity: capacity)
             return e
+        }
+        observer.locked { $0 }?()
+        return e
+    }
+
+    /// The newest sequence number recorded (0: none yet).
+    public var newest: UInt64 { state.locked { $0.next - 1 } }
+
+    /// The kept events with `after` < sequence <= `upTo`, in order, and the
+    /// oldest sequence kept when some after `after` are gone (nil: none are).
+    public func range(after: UInt64, upTo: UInt64) -> (events: [ContainerEvent], droppedBefore: UInt64?) {
+        state.locked { s in
+            let first = s.oldest?.sequence ?? s.next
+            let events = s.kept { let q = $0.sequence ?? 0; return q > after && q <= upTo }
+            return (events, after + 1 < first && after < upTo ? first : nil)
         }
     }
 

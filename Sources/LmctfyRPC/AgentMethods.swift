@@ -32,6 +32,9 @@ public enum MethodScheduling: Sendable, Equatable {
     /// On a thread of its own: the call lasts (waiting for events or a
     /// process) and would otherwise hold a pool thread.
     case ownThread
+    /// Served by the agent's event hub on the loop for as long as the caller
+    /// stays: no thread is held (Subscribe).
+    case hub
 }
 
 /// How many responses a call has.
@@ -106,6 +109,8 @@ public enum AgentMethods {
     public static let resume = AgentMethod<ResumeRequest, ResumeResponse>("Resume", .admin, .pool, .unary)
     /// Streams a container's events until cancelled.
     public static let notify = AgentMethod<NotifyRequest, NotifyResponse>("Notify", .reader, .ownThread, .serverStreaming)
+    /// Streams the agent's event log, filtered, from a resume point, then live.
+    public static let subscribe = AgentMethod<SubscribeRequest, SubscribeResponse>("Subscribe", .reader, .hub, .serverStreaming)
     /// The agent's machine.
     public static let machineInfo = AgentMethod<MachineInfoRequest, MachineInfoResponse>(
         "MachineInfo", .reader, .pool, .unary)
@@ -118,7 +123,7 @@ public enum AgentMethods {
     public static let all: [AgentMethodInfo] = [
         create.info, destroy.info, update.info, spec.info, stats.info, listContainers.info, listPids.info,
         listTids.info, detect.info, run.info, enter.info, killAll.info, pause.info, resume.info, notify.info,
-        machineInfo.info, ping.info, initMachine.info,
+        machineInfo.info, ping.info, initMachine.info, subscribe.info,
     ]
 
     private static let byName: [String: AgentMethodInfo] = Dictionary(uniqueKeysWithValues: all.map { ($0.name, $0) })

@@ -1627,6 +1627,96 @@ void   containers__lmctfy__agent__notify_response__free_unpacked
   assert(message->base.descriptor == &containers__lmctfy__agent__notify_response__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
+void   containers__lmctfy__agent__subscribe_request__init
+                     (Containers__Lmctfy__Agent__SubscribeRequest         *message)
+{
+  static const Containers__Lmctfy__Agent__SubscribeRequest init_value = CONTAINERS__LMCTFY__AGENT__SUBSCRIBE_REQUEST__INIT;
+  *message = init_value;
+}
+size_t containers__lmctfy__agent__subscribe_request__get_packed_size
+                     (const Containers__Lmctfy__Agent__SubscribeRequest *message)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__subscribe_request__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t containers__lmctfy__agent__subscribe_request__pack
+                     (const Containers__Lmctfy__Agent__SubscribeRequest *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__subscribe_request__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t containers__lmctfy__agent__subscribe_request__pack_to_buffer
+                     (const Containers__Lmctfy__Agent__SubscribeRequest *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__subscribe_request__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Containers__Lmctfy__Agent__SubscribeRequest *
+       containers__lmctfy__agent__subscribe_request__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Containers__Lmctfy__Agent__SubscribeRequest *)
+     protobuf_c_message_unpack (&containers__lmctfy__agent__subscribe_request__descriptor,
+                                allocator, len, data);
+}
+void   containers__lmctfy__agent__subscribe_request__free_unpacked
+                     (Containers__Lmctfy__Agent__SubscribeRequest *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &containers__lmctfy__agent__subscribe_request__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   containers__lmctfy__agent__subscribe_response__init
+                     (Containers__Lmctfy__Agent__SubscribeResponse         *message)
+{
+  static const Containers__Lmctfy__Agent__SubscribeResponse init_value = CONTAINERS__LMCTFY__AGENT__SUBSCRIBE_RESPONSE__INIT;
+  *message = init_value;
+}
+size_t containers__lmctfy__agent__subscribe_response__get_packed_size
+                     (const Containers__Lmctfy__Agent__SubscribeResponse *message)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__subscribe_response__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t containers__lmctfy__agent__subscribe_response__pack
+                     (const Containers__Lmctfy__Agent__SubscribeResponse *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__subscribe_response__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t containers__lmctfy__agent__subscribe_response__pack_to_buffer
+                     (const Containers__Lmctfy__Agent__SubscribeResponse *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__subscribe_response__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Containers__Lmctfy__Agent__SubscribeResponse *
+       containers__lmctfy__agent__subscribe_response__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Containers__Lmctfy__Agent__SubscribeResponse *)
+     protobuf_c_message_unpack (&containers__lmctfy__agent__subscribe_response__descriptor,
+                                allocator, len, data);
+}
+void   containers__lmctfy__agent__subscribe_response__free_unpacked
+                     (Containers__Lmctfy__Agent__SubscribeResponse *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &containers__lmctfy__agent__subscribe_response__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
 void   containers__lmctfy__agent__machine_info_request__init
                      (Containers__Lmctfy__Agent__MachineInfoRequest         *message)
 {
@@ -4085,6 +4175,147 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__notify_response__des
   (ProtobufCMessageInit) containers__lmctfy__agent__notify_response__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__subscribe_request__field_descriptors[5] =
+{
+  {
+    "name",
+    1,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__SubscribeRequest, name),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "recursive",
+    2,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_BOOL,
+    offsetof(Containers__Lmctfy__Agent__SubscribeRequest, has_recursive),
+    offsetof(Containers__Lmctfy__Agent__SubscribeRequest, recursive),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "kinds",
+    3,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_ENUM,
+    offsetof(Containers__Lmctfy__Agent__SubscribeRequest, n_kinds),
+    offsetof(Containers__Lmctfy__Agent__SubscribeRequest, kinds),
+    &containers__lmctfy__agent__container_event_kind__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "boot_id",
+    4,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__SubscribeRequest, boot_id),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "after_sequence",
+    5,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_UINT64,
+    offsetof(Containers__Lmctfy__Agent__SubscribeRequest, has_after_sequence),
+    offsetof(Containers__Lmctfy__Agent__SubscribeRequest, after_sequence),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned containers__lmctfy__agent__subscribe_request__field_indices_by_name[] = {
+  4,   /* field[4] = after_sequence */
+  3,   /* field[3] = boot_id */
+  2,   /* field[2] = kinds */
+  0,   /* field[0] = name */
+  1,   /* field[1] = recursive */
+};
+static const ProtobufCIntRange containers__lmctfy__agent__subscribe_request__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 5 }
+};
+const ProtobufCMessageDescriptor containers__lmctfy__agent__subscribe_request__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "containers.lmctfy.agent.SubscribeRequest",
+  "SubscribeRequest",
+  "Containers__Lmctfy__Agent__SubscribeRequest",
+  "containers.lmctfy.agent",
+  sizeof(Containers__Lmctfy__Agent__SubscribeRequest),
+  5,
+  containers__lmctfy__agent__subscribe_request__field_descriptors,
+  containers__lmctfy__agent__subscribe_request__field_indices_by_name,
+  1,  containers__lmctfy__agent__subscribe_request__number_ranges,
+  (ProtobufCMessageInit) containers__lmctfy__agent__subscribe_request__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__subscribe_response__field_descriptors[2] =
+{
+  {
+    "event",
+    1,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_MESSAGE,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__SubscribeResponse, event),
+    &containers__lmctfy__agent__container_event__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "gap",
+    2,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_MESSAGE,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__SubscribeResponse, gap),
+    &containers__lmctfy__agent__event_gap__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned containers__lmctfy__agent__subscribe_response__field_indices_by_name[] = {
+  0,   /* field[0] = event */
+  1,   /* field[1] = gap */
+};
+static const ProtobufCIntRange containers__lmctfy__agent__subscribe_response__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 2 }
+};
+const ProtobufCMessageDescriptor containers__lmctfy__agent__subscribe_response__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "containers.lmctfy.agent.SubscribeResponse",
+  "SubscribeResponse",
+  "Containers__Lmctfy__Agent__SubscribeResponse",
+  "containers.lmctfy.agent",
+  sizeof(Containers__Lmctfy__Agent__SubscribeResponse),
+  2,
+  containers__lmctfy__agent__subscribe_response__field_descriptors,
+  containers__lmctfy__agent__subscribe_response__field_indices_by_name,
+  1,  containers__lmctfy__agent__subscribe_response__number_ranges,
+  (ProtobufCMessageInit) containers__lmctfy__agent__subscribe_response__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
 #define containers__lmctfy__agent__machine_info_request__field_descriptors NULL
 #define containers__lmctfy__agent__machine_info_request__field_indices_by_name NULL
 #define containers__lmctfy__agent__machine_info_request__number_ranges NULL
@@ -4738,7 +4969,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__agent_limits__descri
   (ProtobufCMessageInit) containers__lmctfy__agent__agent_limits__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor containers__lmctfy__agent__agent_config__field_descriptors[11] =
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__agent_config__field_descriptors[12] =
 {
   {
     "unix_socket_path",
@@ -4872,10 +5103,23 @@ static const ProtobufCFieldDescriptor containers__lmctfy__agent__agent_config__f
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "event_log_capacity",
+    12,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_UINT32,
+    offsetof(Containers__Lmctfy__Agent__AgentConfig, has_event_log_capacity),
+    offsetof(Containers__Lmctfy__Agent__AgentConfig, event_log_capacity),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned containers__lmctfy__agent__agent_config__field_indices_by_name[] = {
   2,   /* field[2] = allowed_group */
   10,   /* field[10] = controller_address */
+  11,   /* field[11] = event_log_capacity */
   4,   /* field[4] = key_file */
   6,   /* field[6] = limits */
   7,   /* field[7] = log_level */
@@ -4889,7 +5133,7 @@ static const unsigned containers__lmctfy__agent__agent_config__field_indices_by_
 static const ProtobufCIntRange containers__lmctfy__agent__agent_config__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 11 }
+  { 0, 12 }
 };
 const ProtobufCMessageDescriptor containers__lmctfy__agent__agent_config__descriptor =
 {
@@ -4899,7 +5143,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__agent_config__descri
   "Containers__Lmctfy__Agent__AgentConfig",
   "containers.lmctfy.agent",
   sizeof(Containers__Lmctfy__Agent__AgentConfig),
-  11,
+  12,
   containers__lmctfy__agent__agent_config__field_descriptors,
   containers__lmctfy__agent__agent_config__field_indices_by_name,
   1,  containers__lmctfy__agent__agent_config__number_ranges,

@@ -52,6 +52,8 @@ static const ProtobufCMessageDescriptor *const messages[] = {
     &containers__lmctfy__agent__spec_response__descriptor,
     &containers__lmctfy__agent__stats_request__descriptor,
     &containers__lmctfy__agent__stats_response__descriptor,
+    &containers__lmctfy__agent__subscribe_request__descriptor,
+    &containers__lmctfy__agent__subscribe_response__descriptor,
     &containers__lmctfy__agent__update_request__descriptor,
     &containers__lmctfy__agent__update_response__descriptor,
     &containers__lmctfy__block_io_spec__descriptor,

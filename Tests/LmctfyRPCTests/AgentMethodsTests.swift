@@ -25,6 +25,7 @@ import Testing
         case .loop: "loop"
         case .pool: "pool"
         case .ownThread: "own thread"
+        case .hub: "hub"
         }
     }
 
@@ -47,10 +48,11 @@ import Testing
         #expect(AgentMethods.named("create") == nil)
     }
 
-    @Test func streamingMethodsGetTheirOwnThreadAndOnlyPingRunsOnTheLoop() {
+    @Test func streamingMethodsGetTheirOwnThreadOrTheHubAndOnlyPingRunsOnTheLoop() {
         for m in AgentMethods.all {
-            #expect((m.shape == .serverStreaming) == (m.scheduling == .ownThread), "\(m.name)")
+            #expect((m.shape == .serverStreaming) == (m.scheduling == .ownThread || m.scheduling == .hub), "\(m.name)")
         }
+        #expect(AgentMethods.all.filter { $0.scheduling == .hub }.map(\.name) == [AgentMethods.subscribe.name])
         #expect(AgentMethods.all.filter { $0.scheduling == .loop }.map(\.name) == [AgentMethods.ping.name])
     }
 

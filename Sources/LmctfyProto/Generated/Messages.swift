@@ -3936,6 +3936,8 @@ public struct AgentConfig: ProtoMessage {
     public var statsIntervalMs: UInt32?
     /// Field 11 `controller_address`.
     public var controllerAddress: String?
+    /// Field 12 `event_log_capacity`.
+    public var eventLogCapacity: UInt32?
 
     public init(
         unixSocketPath: String? = nil,
@@ -3948,7 +3950,8 @@ public struct AgentConfig: ProtoMessage {
         logLevel: AgentLogLevel? = nil,
         stateDir: String? = nil,
         statsIntervalMs: UInt32? = nil,
-        controllerAddress: String? = nil
+        controllerAddress: String? = nil,
+        eventLogCapacity: UInt32? = nil
     ) {
         self.unixSocketPath = unixSocketPath
         self.unixSocketMode = unixSocketMode
@@ -3961,6 +3964,7 @@ public struct AgentConfig: ProtoMessage {
         self.stateDir = stateDir
         self.statsIntervalMs = statsIntervalMs
         self.controllerAddress = controllerAddress
+        self.eventLogCapacity = eventLogCapacity
     }
 
     public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.AgentConfig")
@@ -3978,6 +3982,7 @@ public struct AgentConfig: ProtoMessage {
         self.stateDir = message.get(9)
         self.statsIntervalMs = message.get(10)
         self.controllerAddress = message.get(11)
+        self.eventLogCapacity = message.get(12)
     }
 
     public var dynamic: DynamicMessage {
@@ -3993,6 +3998,7 @@ public struct AgentConfig: ProtoMessage {
         message.set(9, stateDir)
         message.set(10, statsIntervalMs)
         message.set(11, controllerAddress)
+        message.set(12, eventLogCapacity)
         return message
     }
 
@@ -4009,6 +4015,7 @@ public struct AgentConfig: ProtoMessage {
         self.stateDir = CBridge.value(c, f[8])
         self.statsIntervalMs = CBridge.value(c, f[9])
         self.controllerAddress = CBridge.value(c, f[10])
+        self.eventLogCapacity = CBridge.value(c, f[11])
     }
 
     public func makeC() -> UnsafeMutableRawPointer {
@@ -4025,6 +4032,7 @@ public struct AgentConfig: ProtoMessage {
         CBridge.set(c, f[8], stateDir)
         CBridge.set(c, f[9], statsIntervalMs)
         CBridge.set(c, f[10], controllerAddress)
+        CBridge.set(c, f[11], eventLogCapacity)
         return c
     }
 }
@@ -6387,6 +6395,120 @@ public struct StatsResponse: ProtoMessage {
         let c = CBridge.allocate(Self.protoDescriptor)
         let f = Self.protoDescriptor.fields
         CBridge.setMessage(c, f[0], stats)
+        return c
+    }
+}
+
+/// Protobuf message `containers.lmctfy.agent.SubscribeRequest`.
+public struct SubscribeRequest: ProtoMessage {
+    /// Field 1 `name`.
+    public var name: String?
+    /// Field 2 `recursive`.
+    public var recursive: Bool?
+    /// Field 3 `kinds`.
+    public var kinds: [ContainerEventKind]
+    /// Field 4 `boot_id`.
+    public var bootId: String?
+    /// Field 5 `after_sequence`.
+    public var afterSequence: UInt64?
+
+    public init(
+        name: String? = nil,
+        recursive: Bool? = nil,
+        kinds: [ContainerEventKind] = [],
+        bootId: String? = nil,
+        afterSequence: UInt64? = nil
+    ) {
+        self.name = name
+        self.recursive = recursive
+        self.kinds = kinds
+        self.bootId = bootId
+        self.afterSequence = afterSequence
+    }
+
+    public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.SubscribeRequest")
+
+    public init(dynamic message: DynamicMessage) {
+        precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.SubscribeRequest")
+        self.name = message.get(1)
+        self.recursive = message.get(2)
+        self.kinds = message.getRepeated(3)
+        self.bootId = message.get(4)
+        self.afterSequence = message.get(5)
+    }
+
+    public var dynamic: DynamicMessage {
+        var message = DynamicMessage(Self.protoDescriptor)
+        message.set(1, name)
+        message.set(2, recursive)
+        message.setRepeated(3, kinds)
+        message.set(4, bootId)
+        message.set(5, afterSequence)
+        return message
+    }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.name = CBridge.value(c, f[0])
+        self.recursive = CBridge.value(c, f[1])
+        self.kinds = CBridge.repeated(c, f[2])
+        self.bootId = CBridge.value(c, f[3])
+        self.afterSequence = CBridge.value(c, f[4])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.set(c, f[0], name)
+        CBridge.set(c, f[1], recursive)
+        CBridge.setRepeated(c, f[2], kinds)
+        CBridge.set(c, f[3], bootId)
+        CBridge.set(c, f[4], afterSequence)
+        return c
+    }
+}
+
+/// Protobuf message `containers.lmctfy.agent.SubscribeResponse`.
+public struct SubscribeResponse: ProtoMessage {
+    /// Field 1 `event`.
+    public var event: ContainerEvent?
+    /// Field 2 `gap`.
+    public var gap: EventGap?
+
+    public init(
+        event: ContainerEvent? = nil,
+        gap: EventGap? = nil
+    ) {
+        self.event = event
+        self.gap = gap
+    }
+
+    public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.SubscribeResponse")
+
+    public init(dynamic message: DynamicMessage) {
+        precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.SubscribeResponse")
+        self.event = message.get(1)
+        self.gap = message.get(2)
+    }
+
+    public var dynamic: DynamicMessage {
+        var message = DynamicMessage(Self.protoDescriptor)
+        message.set(1, event)
+        message.set(2, gap)
+        return message
+    }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.event = CBridge.message(c, f[0])
+        self.gap = CBridge.message(c, f[1])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.setMessage(c, f[0], event)
+        CBridge.setMessage(c, f[1], gap)
         return c
     }
 }

@@ -53,6 +53,8 @@ typedef struct Containers__Lmctfy__Agent__NotifyRequest Containers__Lmctfy__Agen
 typedef struct Containers__Lmctfy__Agent__ContainerEvent Containers__Lmctfy__Agent__ContainerEvent;
 typedef struct Containers__Lmctfy__Agent__EventGap Containers__Lmctfy__Agent__EventGap;
 typedef struct Containers__Lmctfy__Agent__NotifyResponse Containers__Lmctfy__Agent__NotifyResponse;
+typedef struct Containers__Lmctfy__Agent__SubscribeRequest Containers__Lmctfy__Agent__SubscribeRequest;
+typedef struct Containers__Lmctfy__Agent__SubscribeResponse Containers__Lmctfy__Agent__SubscribeResponse;
 typedef struct Containers__Lmctfy__Agent__MachineInfoRequest Containers__Lmctfy__Agent__MachineInfoRequest;
 typedef struct Containers__Lmctfy__Agent__MachineInfoResponse Containers__Lmctfy__Agent__MachineInfoResponse;
 typedef struct Containers__Lmctfy__Agent__PingRequest Containers__Lmctfy__Agent__PingRequest;
@@ -950,6 +952,65 @@ struct  Containers__Lmctfy__Agent__NotifyResponse
 
 
 /*
+ * Subscribe (server streaming): the agent's one event log (PROTOCOL.md
+ * section 6.2), filtered, from a resume point and then live, until the caller
+ * cancels. Each event reaches every matching subscriber with the same
+ * (boot_id, sequence).
+ */
+struct  Containers__Lmctfy__Agent__SubscribeRequest
+{
+  ProtobufCMessage base;
+  /*
+   * A container (absolute, or relative to the agent's own); absent: every
+   * container.
+   */
+  char *name;
+  /*
+   * With `name`: also every container below it.
+   */
+  protobuf_c_boolean has_recursive;
+  protobuf_c_boolean recursive;
+  /*
+   * Only these kinds; empty: every kind.
+   */
+  size_t n_kinds;
+  Containers__Lmctfy__Agent__ContainerEventKind *kinds;
+  /*
+   * Resume: events with sequence > `after_sequence` of boot `boot_id` that
+   * are still kept come first (an EventGap first if some are not). Absent:
+   * only events recorded from now on. An `after_sequence` beyond the newest
+   * event of this boot is OUT_OF_RANGE.
+   */
+  char *boot_id;
+  /*
+   * Next id: 6
+   */
+  protobuf_c_boolean has_after_sequence;
+  uint64_t after_sequence;
+};
+#define CONTAINERS__LMCTFY__AGENT__SUBSCRIBE_REQUEST__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__subscribe_request__descriptor) \
+    , NULL, 0, 0, 0,NULL, NULL, 0, 0 }
+
+
+/*
+ * Exactly one of `event` and `gap` is set; a gap, if any, comes first.
+ */
+struct  Containers__Lmctfy__Agent__SubscribeResponse
+{
+  ProtobufCMessage base;
+  Containers__Lmctfy__Agent__ContainerEvent *event;
+  /*
+   * Next id: 3
+   */
+  Containers__Lmctfy__Agent__EventGap *gap;
+};
+#define CONTAINERS__LMCTFY__AGENT__SUBSCRIBE_RESPONSE__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__subscribe_response__descriptor) \
+    , NULL, NULL }
+
+
+/*
  * MachineInfo: facts about the agent's host.
  */
 struct  Containers__Lmctfy__Agent__MachineInfoRequest
@@ -1241,14 +1302,21 @@ struct  Containers__Lmctfy__Agent__AgentConfig
   /*
    * The controller the agent dials home to ("host:port"); absent: none.
    */
-  /*
-   * Next id: 12
-   */
   char *controller_address;
+  /*
+   * How many events the agent keeps in memory for subscribers to resume
+   * from (Subscribe, Notify); older ones are reported as a gap. 1 to
+   * 1048576; absent: 4096.
+   */
+  /*
+   * Next id: 13
+   */
+  protobuf_c_boolean has_event_log_capacity;
+  uint32_t event_log_capacity;
 };
 #define CONTAINERS__LMCTFY__AGENT__AGENT_CONFIG__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__agent_config__descriptor) \
-    , NULL, 0, 0, NULL, NULL, NULL, 0,NULL, NULL, 0, CONTAINERS__LMCTFY__AGENT__AGENT_LOG_LEVEL__LOG_LEVEL_UNSPECIFIED, NULL, 0, 0, NULL }
+    , NULL, 0, 0, NULL, NULL, NULL, 0,NULL, NULL, 0, CONTAINERS__LMCTFY__AGENT__AGENT_LOG_LEVEL__LOG_LEVEL_UNSPECIFIED, NULL, 0, 0, NULL, 0, 0 }
 
 
 /* Containers__Lmctfy__Agent__Frame methods */
@@ -1935,6 +2003,44 @@ Containers__Lmctfy__Agent__NotifyResponse *
 void   containers__lmctfy__agent__notify_response__free_unpacked
                      (Containers__Lmctfy__Agent__NotifyResponse *message,
                       ProtobufCAllocator *allocator);
+/* Containers__Lmctfy__Agent__SubscribeRequest methods */
+void   containers__lmctfy__agent__subscribe_request__init
+                     (Containers__Lmctfy__Agent__SubscribeRequest         *message);
+size_t containers__lmctfy__agent__subscribe_request__get_packed_size
+                     (const Containers__Lmctfy__Agent__SubscribeRequest   *message);
+size_t containers__lmctfy__agent__subscribe_request__pack
+                     (const Containers__Lmctfy__Agent__SubscribeRequest   *message,
+                      uint8_t             *out);
+size_t containers__lmctfy__agent__subscribe_request__pack_to_buffer
+                     (const Containers__Lmctfy__Agent__SubscribeRequest   *message,
+                      ProtobufCBuffer     *buffer);
+Containers__Lmctfy__Agent__SubscribeRequest *
+       containers__lmctfy__agent__subscribe_request__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   containers__lmctfy__agent__subscribe_request__free_unpacked
+                     (Containers__Lmctfy__Agent__SubscribeRequest *message,
+                      ProtobufCAllocator *allocator);
+/* Containers__Lmctfy__Agent__SubscribeResponse methods */
+void   containers__lmctfy__agent__subscribe_response__init
+                     (Containers__Lmctfy__Agent__SubscribeResponse         *message);
+size_t containers__lmctfy__agent__subscribe_response__get_packed_size
+                     (const Containers__Lmctfy__Agent__SubscribeResponse   *message);
+size_t containers__lmctfy__agent__subscribe_response__pack
+                     (const Containers__Lmctfy__Agent__SubscribeResponse   *message,
+                      uint8_t             *out);
+size_t containers__lmctfy__agent__subscribe_response__pack_to_buffer
+                     (const Containers__Lmctfy__Agent__SubscribeResponse   *message,
+                      ProtobufCBuffer     *buffer);
+Containers__Lmctfy__Agent__SubscribeResponse *
+       containers__lmctfy__agent__subscribe_response__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   containers__lmctfy__agent__subscribe_response__free_unpacked
+                     (Containers__Lmctfy__Agent__SubscribeResponse *message,
+                      ProtobufCAllocator *allocator);
 /* Containers__Lmctfy__Agent__MachineInfoRequest methods */
 void   containers__lmctfy__agent__machine_info_request__init
                      (Containers__Lmctfy__Agent__MachineInfoRequest         *message);
@@ -2235,6 +2341,12 @@ typedef void (*Containers__Lmctfy__Agent__EventGap_Closure)
 typedef void (*Containers__Lmctfy__Agent__NotifyResponse_Closure)
                  (const Containers__Lmctfy__Agent__NotifyResponse *message,
                   void *closure_data);
+typedef void (*Containers__Lmctfy__Agent__SubscribeRequest_Closure)
+                 (const Containers__Lmctfy__Agent__SubscribeRequest *message,
+                  void *closure_data);
+typedef void (*Containers__Lmctfy__Agent__SubscribeResponse_Closure)
+                 (const Containers__Lmctfy__Agent__SubscribeResponse *message,
+                  void *closure_data);
 typedef void (*Containers__Lmctfy__Agent__MachineInfoRequest_Closure)
                  (const Containers__Lmctfy__Agent__MachineInfoRequest *message,
                   void *closure_data);
@@ -2316,6 +2428,8 @@ extern const ProtobufCMessageDescriptor containers__lmctfy__agent__notify_reques
 extern const ProtobufCMessageDescriptor containers__lmctfy__agent__container_event__descriptor;
 extern const ProtobufCMessageDescriptor containers__lmctfy__agent__event_gap__descriptor;
 extern const ProtobufCMessageDescriptor containers__lmctfy__agent__notify_response__descriptor;
+extern const ProtobufCMessageDescriptor containers__lmctfy__agent__subscribe_request__descriptor;
+extern const ProtobufCMessageDescriptor containers__lmctfy__agent__subscribe_response__descriptor;
 extern const ProtobufCMessageDescriptor containers__lmctfy__agent__machine_info_request__descriptor;
 extern const ProtobufCMessageDescriptor containers__lmctfy__agent__machine_info_response__descriptor;
 extern const ProtobufCMessageDescriptor containers__lmctfy__agent__ping_request__descriptor;

@@ -1,0 +1,165 @@
+// Subscribe against a real agent on the real kernel (PROTOCOL.md section
+// 6.2): one log, each event to every matching subscriber with the same
+// sequence, resume without gap or duplicate, explicit gaps, OUT_OF_RANGE for
+// a resume point from the future, filters, cancel and lag.
+import Foundation
+import Glibc
+import Lmctfy
+import LmctfyAgent
+import LmctfyProto
+import LmctfyRPC
+import LmctfySystem
+import LmctfyTestSupport
+import Testing
+
+/// A subscriber on a thread of its own: collects responses until `until`
+/// says stop (then cancels) or the deadline ends the call.
+final class Subscriber: @unchecked Sendable {
+    private let lock = NSLock()
+    private var got: [SubscribeResponse] = []
+    private var ended: LmctfyError?
+    private let done = DispatchSemaphore(value: 0)
+
+    init(_ socket: String, _ request: SubscribeRequest, deadlineMs: UInt32 = 10_000,
+         until: @escaping @Sendable ([SubscribeResponse]) -> Bool) {
+        let thread = Thread { [self] in
+            do {
+                let client = try RpcClient.connect(unixPath: socket, name: "subscriber")
+                defer { client.close() }
+                try client.stream(AgentMethods.subscribe, request, deadlineMs: deadlineMs) { (r: SubscribeResponse) in
+                    let all: [SubscribeResponse] = lock.withLock { got.append(r); return got }
+                    return !until(all)
+                }
+            } catch {
+                lock.withLock { ended = error as? LmctfyError ?? LmctfyError(.unknown, "\(error)") }
+            }
+            done.signal()
+        }
+        thread.start()
+    }
+
+    /// Waits for the call to end; its responses and the error that ended it, if any.
+    func wait() -> ([SubscribeResponse], LmctfyError?) {
+        done.wait()
+        return lock.withLock { (got, ended) }
+    }
+}
+
+func events(_ rs: [SubscribeResponse]) -> [ContainerEvent] { rs.compactMap(\.event) }
+
+@Suite(.enabled(if: RealCgroups.available, "\(RealCgroups.unavailableReason ?? "")"), .serialized)
+struct SubscribeTests {
+    @Test func everySubscriberGetsEachEventOnceWithOneSequenceAndResumesWithoutGapOrDuplicate() throws {
+        try withAgent { agent, socket in
+            let name = RealCgroups.uniqueName("sub")
+            let admin = try RpcClient.connect(unixPath: socket)
+            defer {
+                _ = try? admin.call(AgentMethods.destroy, DestroyRequest(name: name, force: true))
+                admin.close()
+            }
+            let info = try admin.call(AgentMethods.machineInfo, MachineInfoRequest())
+            let boot = try #require(info.bootId)
+            // Two live subscribers on this container, each until destroyed.
+            let filter = SubscribeRequest(name: name)
+            let untilDestroyed: @Sendable ([SubscribeResponse]) -> Bool = {
+                events($0).contains { $0.kind == .containerEventDestroyed }
+            }
+            let a = Subscriber(socket, filter, until: untilDestroyed)
+            let b = Subscriber(socket, filter, until: untilDestroyed)
+            // A third on every container, to see that others' events flow too.
+            let all = Subscriber(socket, SubscribeRequest(), until: untilDestroyed)
+            usleep(200_000)  // the subscriptions are accepted before the events
+            _ = try admin.call(AgentMethods.create, CreateRequest(name: name, spec: ContainerSpec(textFormat: "memory { limit: 100000000 }")))
+            _ = try admin.call(AgentMethods.pause, PauseRequest(name: name))
+            _ = try admin.call(AgentMethods.resume, ResumeRequest(name: name))
+            _ = try admin.call(AgentMethods.destroy, DestroyRequest(name: name, force: true))
+            let (ra, ea) = a.wait(), (rb, eb) = b.wait(), (rall, eall) = all.wait()
+            #expect(ea == nil && eb == nil && eall == nil, "\(String(describing: ea)) \(String(describing: eb)) \(String(describing: eall))")
+            let seqA = events(ra).map(\.sequence), seqB = events(rb).map(\.sequence)
+            #expect(events(ra).map(\.kind) == [.containerEventCreated, .containerEventFreezer, .containerEventFreezer, .containerEventDestroyed])
+            #expect(seqA == seqB, "one event, one sequence number, for every subscriber")
+            #expect(events(ra).allSatisfy { $0.bootId == boot && $0.container == name })
+            let numbers = seqA.compactMap { $0 }
+            #expect(numbers == Array(numbers[0]...numbers[0] + 3), "nothing else happened to this container in between")
+            #expect(events(rall).map(\.sequence).suffix(4) == seqA.suffix(4))
+            #expect(ra.allSatisfy { $0.gap == nil })
+
+            // Resume after the first event: the rest, no gap, no duplicate.
+            let resumed = Subscriber(socket, SubscribeRequest(name: name, bootId: boot, afterSequence: numbers[0]), until: untilDestroyed)
+            let (rr, er) = resumed.wait()
+            #expect(er == nil)
+            #expect(events(rr).map(\.sequence) == Array(seqA.dropFirst()))
+            #expect(rr.allSatisfy { $0.gap == nil })
+
+            // Kinds filter, and a resume from the future is refused.
+            let kinds = Subscriber(socket, SubscribeRequest(name: name, kinds: [.containerEventFreezer], bootId: boot, afterSequence: numbers[0] - 1),
+                                   until: { events($0).count == 2 })
+            #expect(events(kinds.wait().0).map(\.frozen) == [true, false])
+            let future = Subscriber(socket, SubscribeRequest(bootId: boot, afterSequence: numbers[3] + 1_000), until: { _ in true })
+            let (rf, ef) = future.wait()
+            #expect(rf.isEmpty && ef?.code == .outOfRange, "\(String(describing: ef))")
+            _ = agent
+        }
+    }
+
+    @Test func aResumePointNoLongerKeptOrOfAnotherBootIsAGapThenTheKeptEvents() throws {
+        // A log of 3: the 4 events of a container's life push the first out.
+        try withAgent("event_log_capacity: 3") { _, socket in
+            let name = RealCgroups.uniqueName("subgap")
+            let admin = try RpcClient.connect(unixPath: socket)
+            defer {
+                _ = try? admin.call(AgentMethods.destroy, DestroyRequest(name: name, force: true))
+                admin.close()
+            }
+            let boot = try #require(try admin.call(AgentMethods.machineInfo, MachineInfoRequest()).bootId)
+            _ = try admin.call(AgentMethods.create, CreateRequest(name: name, spec: ContainerSpec()))
+            _ = try admin.call(AgentMethods.pause, PauseRequest(name: name))
+            _ = try admin.call(AgentMethods.resume, ResumeRequest(name: name))
+            _ = try admin.call(AgentMethods.destroy, DestroyRequest(name: name, force: true))
+            // Sequences 1..4 (a fresh agent); 2, 3, 4 are kept.
+            let old = Subscriber(socket, SubscribeRequest(bootId: boot, afterSequence: 0), until: { events($0).count == 3 })
+            let (r, e) = old.wait()
+            #expect(e == nil)
+            #expect(r.first?.gap?.firstSequence == 2 && r.first?.gap?.afterSequence == 0 && r.first?.gap?.bootId == boot)
+            #expect(events(r).map(\.sequence) == [2, 3, 4])
+            let other = Subscriber(socket, SubscribeRequest(bootId: "0123456789abcdef0123456789abcdef", afterSequence: 3),
+                                   until: { events($0).count == 3 })
+            let (ro, _) = other.wait()
+            #expect(ro.first?.gap?.requestedBootId == "0123456789abcdef0123456789abcdef" && ro.first?.gap?.bootId == boot)
+            #expect(events(ro).map(\.sequence) == [2, 3, 4], "another boot's resume point: everything kept, after the gap")
+        }
+    }
+
+    @Test func badRequestsAreRefusedAndACancelledSubscriptionIsGone() throws {
+        try withAgent { agent, socket in
+            let client = try RpcClient.connect(unixPath: socket)
+            defer { client.close() }
+            for (request, code) in [(SubscribeRequest(recursive: true), StatusCode.invalidArgument),
+                                    (SubscribeRequest(name: "not a name!"), .invalidArgument),
+                                    (SubscribeRequest(name: "/a/cgroup.procs"), .invalidArgument),
+                                    (SubscribeRequest(name: ""), .invalidArgument)] {
+                #expect(throws: LmctfyError.self) { try client.stream(AgentMethods.subscribe, request, deadlineMs: 5000) { _ in true } }
+                do { try client.stream(AgentMethods.subscribe, request, deadlineMs: 5000) { _ in true } } catch {
+                    #expect((error as? LmctfyError)?.code == code, "\(request): \(error)")
+                }
+            }
+            #expect(throws: LmctfyError.self) { try client.stream("Subscribe", [0xff, 0xff], deadlineMs: 5000) { _ in true } }
+            // A subscription with a deadline ends with DEADLINE_EXCEEDED
+            // when nothing matches (the hub holds it only while it lasts).
+            let quiet = Subscriber(socket, SubscribeRequest(name: "/nothing/here"), deadlineMs: 300, until: { _ in false })
+            let (none, why) = quiet.wait()
+            #expect(none.isEmpty && why?.code == .deadlineExceeded, "\(String(describing: why))")
+            // A subscriber that cancels after its first event: the agent keeps
+            // serving the others (the hub drops it; this connection goes on).
+            let s = Subscriber(socket, SubscribeRequest(), until: { !$0.isEmpty })
+            usleep(100_000)
+            let name = RealCgroups.uniqueName("subcancel")
+            _ = try client.call(AgentMethods.create, CreateRequest(name: name, spec: ContainerSpec()))
+            _ = try client.call(AgentMethods.destroy, DestroyRequest(name: name, force: true))
+            #expect(events(s.wait().0).first?.kind == .containerEventCreated)
+            #expect(try client.call(AgentMethods.ping, PingRequest(data: [1])).data == [1])
+            // Cancelled, timed out and refused subscriptions hold nothing.
+            #expect(agent.subscriberCount == 0)
+        }
+    }
+}
