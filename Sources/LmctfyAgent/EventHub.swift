@@ -89,6 +89,7 @@ final class EventHub {
         }
         if let last = first.last?.event?.sequence { lastSent = last }
         subscribers[key] = Subscriber(filter: filter, lastSent: lastSent)
+        first.append(SubscribeResponse(caughtUp: published))
         return first
     }
 

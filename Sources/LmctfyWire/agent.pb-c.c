@@ -4265,7 +4265,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__subscribe_request__d
   (ProtobufCMessageInit) containers__lmctfy__agent__subscribe_request__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor containers__lmctfy__agent__subscribe_response__field_descriptors[2] =
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__subscribe_response__field_descriptors[3] =
 {
   {
     "event",
@@ -4291,15 +4291,28 @@ static const ProtobufCFieldDescriptor containers__lmctfy__agent__subscribe_respo
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "caught_up",
+    3,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_UINT64,
+    offsetof(Containers__Lmctfy__Agent__SubscribeResponse, has_caught_up),
+    offsetof(Containers__Lmctfy__Agent__SubscribeResponse, caught_up),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned containers__lmctfy__agent__subscribe_response__field_indices_by_name[] = {
+  2,   /* field[2] = caught_up */
   0,   /* field[0] = event */
   1,   /* field[1] = gap */
 };
 static const ProtobufCIntRange containers__lmctfy__agent__subscribe_response__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 2 }
+  { 0, 3 }
 };
 const ProtobufCMessageDescriptor containers__lmctfy__agent__subscribe_response__descriptor =
 {
@@ -4309,7 +4322,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__subscribe_response__
   "Containers__Lmctfy__Agent__SubscribeResponse",
   "containers.lmctfy.agent",
   sizeof(Containers__Lmctfy__Agent__SubscribeResponse),
-  2,
+  3,
   containers__lmctfy__agent__subscribe_response__field_descriptors,
   containers__lmctfy__agent__subscribe_response__field_indices_by_name,
   1,  containers__lmctfy__agent__subscribe_response__number_ranges,

@@ -65,6 +65,9 @@ public enum LmctlCLI {
         if words.first(where: { !$0.hasPrefix("-") }) == "info" {
             return info(words, connect: connect, stdout: stdout, stderr: stderr)
         }
+        if words.first == "events" {
+            return EventsCommand.run(Array(words.dropFirst()), dial: dialAgent, stdout: stdout, stderr: stderr)
+        }
         // The agent's machine is the one every verb acts on, `init` included.
         let environment = CLIEnvironment(
             makeBackend: { () throws(LmctfyError) in try connect() },

@@ -117,9 +117,10 @@ struct SubscribeTests {
             _ = try admin.call(AgentMethods.resume, ResumeRequest(name: name))
             _ = try admin.call(AgentMethods.destroy, DestroyRequest(name: name, force: true))
             // Sequences 1..4 (a fresh agent); 2, 3, 4 are kept.
-            let old = Subscriber(socket, SubscribeRequest(bootId: boot, afterSequence: 0), until: { events($0).count == 3 })
+            let old = Subscriber(socket, SubscribeRequest(bootId: boot, afterSequence: 0), until: { $0.last?.caughtUp != nil })
             let (r, e) = old.wait()
             #expect(e == nil)
+            #expect(r.count == 5 && r.last?.caughtUp == 4, "gap, the 3 kept events, then caught up at the newest: \(r)")
             #expect(r.first?.gap?.firstSequence == 2 && r.first?.gap?.afterSequence == 0 && r.first?.gap?.bootId == boot)
             #expect(events(r).map(\.sequence) == [2, 3, 4])
             let other = Subscriber(socket, SubscribeRequest(bootId: "0123456789abcdef0123456789abcdef", afterSequence: 3),
@@ -148,10 +149,10 @@ struct SubscribeTests {
             // when nothing matches (the hub holds it only while it lasts).
             let quiet = Subscriber(socket, SubscribeRequest(name: "/nothing/here"), deadlineMs: 300, until: { _ in false })
             let (none, why) = quiet.wait()
-            #expect(none.isEmpty && why?.code == .deadlineExceeded, "\(String(describing: why))")
+            #expect(none.map(\.caughtUp) == [0] && why?.code == .deadlineExceeded, "\(none) \(String(describing: why))")
             // A subscriber that cancels after its first event: the agent keeps
             // serving the others (the hub drops it; this connection goes on).
-            let s = Subscriber(socket, SubscribeRequest(), until: { !$0.isEmpty })
+            let s = Subscriber(socket, SubscribeRequest(), until: { !events($0).isEmpty })
             usleep(100_000)
             let name = RealCgroups.uniqueName("subcancel")
             _ = try client.call(AgentMethods.create, CreateRequest(name: name, spec: ContainerSpec()))
@@ -160,6 +161,48 @@ struct SubscribeTests {
             #expect(try client.call(AgentMethods.ping, PingRequest(data: [1])).data == [1])
             // Cancelled, timed out and refused subscriptions hold nothing.
             #expect(agent.subscriberCount == 0)
+        }
+    }
+
+    @Test func lmctlEventsPrintsTheLogAsLinesOrJSONAndResumes() throws {
+        try withAgent { _, socket in
+            let name = RealCgroups.uniqueName("subcli")
+            let lmctl = [builtTool("lmctl"), "--agent", "unix://" + socket]
+            func run(_ args: String...) throws -> (Int32, String, String) {
+                let r = try TestProcess.capture(lmctl + args)
+                return (r.status, String(decoding: r.stdout, as: UTF8.self), String(decoding: r.stderr, as: UTF8.self))
+            }
+            defer { _ = try? run("destroy", "-f", name) }
+            #expect(try run("create", name, "memory:{limit:100000000}").0 == 0)
+            #expect(try run("pause", name).0 == 0)
+            #expect(try run("destroy", "-f", name).0 == 0)
+            let boot = try #require(try run("info", "-o", "json").1.split(separator: "\"").drop { $0 != "bootId" }.dropFirst(2).first)
+
+            // Without -f: what is kept, one line each, then exit.
+            var (status, out, err) = try run("events", name)
+            #expect(status == 0, "\(err)")
+            let lines = out.split(separator: "\n")
+            #expect(lines.count == 3, "\(out)")
+            #expect(lines.map { $0.split(separator: " ")[2] } == ["CREATED", "FREEZER", "DESTROYED"])
+            #expect(lines.allSatisfy { $0.hasPrefix("\(boot):") && $0.split(separator: " ")[3] == name })
+            #expect(lines[1].hasSuffix("frozen=true"))
+
+            // JSON: the proto3 mapping, enum names included.
+            (status, out, _) = try run("events", "-o", "json", "--kind", "destroyed", name)
+            #expect(status == 0)
+            #expect(out.contains("\"kind\":\"CONTAINER_EVENT_DESTROYED\"") && out.contains("\"bootId\":\"\(boot)\""), "\(out)")
+            #expect(out.split(separator: "\n").count == 1)
+
+            // Resume after the first: the other two.
+            let first = String(lines[0].split(separator: " ")[0])
+            (status, out, _) = try run("events", "--after", first, name)
+            #expect(out.split(separator: "\n").map { $0.split(separator: " ")[2] } == ["FREEZER", "DESTROYED"])
+
+            // Bad input: a clear error and exit 3; a future resume point is 11.
+            #expect(try run("events", "--after", "nonsense").0 == 3)
+            #expect(try run("events", "--kind", "NOPE").0 == 3)
+            (status, _, err) = try run("events", "--after", "\(boot):999999")
+            #expect(status == 11, "\(err)")
         }
     }
 }

@@ -6474,13 +6474,17 @@ public struct SubscribeResponse: ProtoMessage {
     public var event: ContainerEvent?
     /// Field 2 `gap`.
     public var gap: EventGap?
+    /// Field 3 `caught_up`.
+    public var caughtUp: UInt64?
 
     public init(
         event: ContainerEvent? = nil,
-        gap: EventGap? = nil
+        gap: EventGap? = nil,
+        caughtUp: UInt64? = nil
     ) {
         self.event = event
         self.gap = gap
+        self.caughtUp = caughtUp
     }
 
     public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.SubscribeResponse")
@@ -6489,12 +6493,14 @@ public struct SubscribeResponse: ProtoMessage {
         precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.SubscribeResponse")
         self.event = message.get(1)
         self.gap = message.get(2)
+        self.caughtUp = message.get(3)
     }
 
     public var dynamic: DynamicMessage {
         var message = DynamicMessage(Self.protoDescriptor)
         message.set(1, event)
         message.set(2, gap)
+        message.set(3, caughtUp)
         return message
     }
 
@@ -6502,6 +6508,7 @@ public struct SubscribeResponse: ProtoMessage {
         let f = Self.protoDescriptor.fields
         self.event = CBridge.message(c, f[0])
         self.gap = CBridge.message(c, f[1])
+        self.caughtUp = CBridge.value(c, f[2])
     }
 
     public func makeC() -> UnsafeMutableRawPointer {
@@ -6509,6 +6516,7 @@ public struct SubscribeResponse: ProtoMessage {
         let f = Self.protoDescriptor.fields
         CBridge.setMessage(c, f[0], event)
         CBridge.setMessage(c, f[1], gap)
+        CBridge.set(c, f[2], caughtUp)
         return c
     }
 }

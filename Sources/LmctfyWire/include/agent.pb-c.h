@@ -994,20 +994,24 @@ struct  Containers__Lmctfy__Agent__SubscribeRequest
 
 
 /*
- * Exactly one of `event` and `gap` is set; a gap, if any, comes first.
+ * Exactly one field is set. A gap, if any, comes first; `caught_up` comes
+ * once, after the replay of a resume (right away without one): every event
+ * up to that sequence that matches has been sent, and what follows is live.
  */
 struct  Containers__Lmctfy__Agent__SubscribeResponse
 {
   ProtobufCMessage base;
   Containers__Lmctfy__Agent__ContainerEvent *event;
-  /*
-   * Next id: 3
-   */
   Containers__Lmctfy__Agent__EventGap *gap;
+  /*
+   * Next id: 4
+   */
+  protobuf_c_boolean has_caught_up;
+  uint64_t caught_up;
 };
 #define CONTAINERS__LMCTFY__AGENT__SUBSCRIBE_RESPONSE__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__subscribe_response__descriptor) \
-    , NULL, NULL }
+    , NULL, NULL, 0, 0 }
 
 
 /*

@@ -1,0 +1,134 @@
+// lmctl events: the agent's event log through Subscribe (PROTOCOL.md 6.2),
+// one line per event, or one JSON object per line (the proto3 JSON mapping
+// of ContainerEvent; a gap as {"gap": {...}}).
+//
+//   lmctl events [-f] [--after BOOT:SEQ] [--kind K ...] [-r] [-o json] [NAME]
+//
+// Without -f it prints what the agent keeps (after the resume point, if
+// given) and exits; with -f it goes on with the live events until killed.
+import Glibc
+import LmctfyCommands
+import LmctfyProto
+import LmctfyRPC
+import LmctfySystem
+
+enum EventsCommand {
+    static let usage = "usage: lmctl events [-f] [--after BOOT:SEQ] [--kind KIND ...] [-r] [-o json] [NAME]"
+
+    /// The request and how to print, from the words after `events`.
+    struct Options {
+        var request = SubscribeRequest()
+        var follow = false
+        var json = false
+    }
+
+    static func parse(_ words: [String]) throws(LmctfyError) -> Options {
+        var o = Options()
+        var i = 0
+        func value(_ flag: String) throws(LmctfyError) -> String {
+            i += 1
+            guard i < words.count else { throw .invalidArgument("\(flag) needs a value\n\(usage)") }
+            return words[i]
+        }
+        while i < words.count {
+            let w = words[i]
+            switch w {
+            case "-f", "--follow": o.follow = true
+            case "-r", "--recursive": o.request.recursive = true
+            case "-o":
+                let format = try value(w)
+                guard format == "json" || format == "text" else { throw .invalidArgument("-o takes json or text, not \"\(format)\"") }
+                o.json = format == "json"
+            case "--after":
+                let v = try value(w)
+                guard let colon = v.lastIndex(of: ":"), let seq = UInt64(v[v.index(after: colon)...]) else {
+                    throw .invalidArgument("--after takes BOOT:SEQUENCE (as events print them), not \"\(v)\"")
+                }
+                let boot = String(v[..<colon])
+                if !boot.isEmpty { o.request.bootId = boot }
+                o.request.afterSequence = seq
+            case "--kind":
+                o.request.kinds.append(try kind(try value(w)))
+            default:
+                guard !w.hasPrefix("-") || w == "-" else { throw .invalidArgument("Unknown flag \"\(w)\"\n\(usage)") }
+                guard o.request.name == nil else { throw .invalidArgument("events takes one container name\n\(usage)") }
+                o.request.name = w
+            }
+            i += 1
+        }
+        // Without -f: what is kept, so from the start of this boot's log.
+        if !o.follow && o.request.afterSequence == nil { o.request.afterSequence = 0 }
+        return o
+    }
+
+    /// A kind by its short name (OOM, memory_threshold) or its full one.
+    static func kind(_ text: String) throws(LmctfyError) -> ContainerEventKind {
+        let upper = text.uppercased()
+        for k in ContainerEventKind.allCases where k != .containerEventUnspecified {
+            if k.protoName == upper || k.protoName == "CONTAINER_EVENT_" + upper { return k }
+        }
+        let names = ContainerEventKind.allCases.dropFirst().map { $0.protoName.replacingPrefix("CONTAINER_EVENT_") }
+        throw .invalidArgument("Unknown event kind \"\(text)\" (one of \(names.joined(separator: ", ")))")
+    }
+
+    /// One line for an event: BOOT:SEQ, the time, the kind, the container and
+    /// what the kind carries.
+    static func line(_ e: ContainerEvent) -> String {
+        var parts = ["\(e.bootId ?? ""):\(e.sequence ?? 0)", timestamp(e.timestampNs ?? 0),
+                     (e.kind ?? .containerEventUnspecified).protoName.replacingPrefix("CONTAINER_EVENT_"), e.container ?? ""]
+        if let v = e.memoryThreshold { parts.append("threshold=\(v)") }
+        if let v = e.frozen { parts.append("frozen=\(v)") }
+        if let v = e.pid { parts.append("pid=\(v)") }
+        if let v = e.exitCode { parts.append("exit_code=\(v)") }
+        if let v = e.termSignal { parts.append("signal=\(v)") }
+        return parts.joined(separator: " ")
+    }
+
+    static func gapLine(_ g: EventGap) -> String {
+        "gap: events after \(g.requestedBootId ?? ""):\(g.afterSequence ?? 0) are not kept; "
+            + "continuing from \(g.bootId ?? ""):\(g.firstSequence ?? 0)"
+    }
+
+    /// UTC, to the millisecond, ISO 8601.
+    static func timestamp(_ ns: UInt64) -> String {
+        var t = time_t(ns / 1_000_000_000)
+        var tm = Glibc.tm()
+        gmtime_r(&t, &tm)
+        func pad(_ v: Int32, _ w: Int) -> String { String(repeating: "0", count: max(0, w - String(v).count)) + String(v) }
+        return "\(pad(tm.tm_year + 1900, 4))-\(pad(tm.tm_mon + 1, 2))-\(pad(tm.tm_mday, 2))T"
+            + "\(pad(tm.tm_hour, 2)):\(pad(tm.tm_min, 2)):\(pad(tm.tm_sec, 2)).\(pad(Int32(ns / 1_000_000 % 1000), 3))Z"
+    }
+
+    static func run(_ words: [String], dial: () throws(LmctfyError) -> RpcClient,
+                    stdout: any ByteSink, stderr: any ByteSink) -> Int32 {
+        do {
+            let o = try parse(words)
+            let client = try dial()
+            defer { client.close() }
+            try client.stream(AgentMethods.subscribe, o.request) { (r: SubscribeResponse) throws(LmctfyError) -> Bool in
+                if r.caughtUp != nil { return o.follow }
+                var text: String
+                if let e = r.event {
+                    text = o.json ? e.jsonString() : line(e)
+                } else if let g = r.gap {
+                    text = o.json ? "{\"gap\":\(g.jsonString())}" : gapLine(g)
+                } else {
+                    return true
+                }
+                text += "\n"
+                stdout.write(Array(text.utf8))
+                return true
+            }
+            return 0
+        } catch {
+            stderr.write(Array("Command exited with error message: \(error.code.rawValue): \(error.message)\n".utf8))
+            return error.code.rawValue
+        }
+    }
+}
+
+extension String {
+    func replacingPrefix(_ prefix: String) -> String {
+        hasPrefix(prefix) ? String(dropFirst(prefix.count)) : self
+    }
+}
