@@ -71,7 +71,9 @@ extension ContainerApi {
         let made = MadeDirs(lock: lock)
         do throws(LmctfyError) {
             if let lock {
-                do { try lock.append("create \(name)") } catch { throw error.cgroup(.failedPrecondition, "Failed to journal the create") }
+                do { try lock.append("boot \(ContainerLock.bootId)\ncreate \(name)") } catch {
+                    throw error.cgroup(.failedPrecondition, "Failed to journal the create")
+                }
             }
             var dirs = try driver.makeDirs(name, parent: parent, kinds: kinds, spec: spec, made: made)
             dirs.isNew = true

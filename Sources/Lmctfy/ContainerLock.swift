@@ -11,6 +11,16 @@ import Glibc
 import LmctfySystem
 
 enum ContainerLock {
+    /// This boot of the machine (the kernel's random boot id), written at the
+    /// head of every create's journal. A journal of another boot (kept where
+    /// /run is on a disk) describes directories that went with that boot,
+    /// cgroupfs keeping nothing across a reboot: it is discarded without
+    /// undoing anything, since a cgroup of the same name now is someone
+    /// else's. "" when the kernel does not say.
+    static let bootId: String = {
+        ((try? Sys.readFile("/proc/sys/kernel/random/boot_id")) ?? "").trimmingWhitespace
+    }()
+
     /// Locks the tree `name` is in (nil for `/`, and for an unprivileged
     /// caller that may not use the lock file: see below). Waits for the
     /// holder; released when the FileLock goes, or when the process dies.
@@ -98,6 +108,13 @@ extension ContainerApi {
         for line in text.split(separator: "\n") {
             let parts = line.split(separator: " ", maxSplits: 1)
             guard parts.count == 2 else { continue }
+            if parts[0] == "boot" && parts[1] != ContainerLock.bootId {
+                // Left before a reboot: what it made is gone, and a cgroup of
+                // the same name now is someone else's.
+                dirs = []
+                complete = true
+                break
+            }
             if parts[0] == "create", let name = try? ContainerName.resolve(String(parts[1]), relativeTo: .root) {
                 complete = try exists(name)
             } else if parts[0] == "mkdir", let d = journalDir(String(parts[1])) {

@@ -150,6 +150,35 @@ struct OwnershipIntegrationTests {
         }
     }
 
+    /// Where /run is on a disk a journal outlives a reboot; one of another
+    /// boot undoes nothing (the cgroups it names went with that boot, and
+    /// one of the same name now is someone else's), one of this boot is an
+    /// interrupted create of ours and is undone.
+    @Test func aJournalOfAnotherBootUndoesNothing() throws {
+        try withTestName("reboot") { name in
+            let top = String(name.dropFirst())
+            let dir = Self.resourceRoot + name
+            try Sys.mkdir(dir, mode: 0o755)
+            defer { rmdir(dir) }
+            _ = try? Sys.mkdir("/run/lmctfy")
+            _ = try? Sys.mkdir(CgroupAccess.kernelLockRoot)
+            let file = CgroupAccess.kernelLockRoot + "/" + top
+            defer { unlink(file) }
+            func journal(boot: String) throws {
+                try Sys.createFile(file, "boot \(boot)\ncreate \(name)\nmkdir \(Self.resourceRoot)\t\(top)\n", mode: 0o600)
+            }
+            try journal(boot: "00000000-0000-0000-0000-000000000000")
+            // Any verb on the tree replays its journal first: here a create,
+            // refused because of the other program's cgroup.
+            #expect(try lmctfy("create", name, Self.spec).status == 6)
+            #expect(Sys.exists(dir), "a journal of another boot removed a cgroup")
+            let boot = String(try Sys.readFile("/proc/sys/kernel/random/boot_id").dropLast())
+            try journal(boot: boot)
+            #expect(try lmctfy("destroy", name).status == 5)
+            #expect(!Sys.exists(dir), "this boot's journal of an interrupted create is undone")
+        }
+    }
+
     /// A top-level container's lock file goes with its tree, so /run does
     /// not fill with one file per name ever used; a waiter on the removed
     /// file starts again on the new one (the race test below).
