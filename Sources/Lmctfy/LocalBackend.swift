@@ -155,6 +155,10 @@ public struct LocalBackend: ContainerBackend {
     }
 
     /// The container of a task; `nil`: the caller.
+    public func resolve(_ name: String) throws(LmctfyError) -> String {
+        try api.resolve(name).path
+    }
+
     public func detect(_ tid: Int32?) throws(LmctfyError) -> String {
         try api.detect(pid: tid ?? callerPid).path
     }

@@ -395,18 +395,24 @@ public final class Dispatcher: Sendable {
         // returns, and the hook is removed right after: the kill cannot hit
         // a reused pid unless pids wrap around in between.
         defer { context.onCancel(nil) }
-        let outcome = try backend.run(try Self.containerName(r.name), argv: r.argv, detached: detached) { (started: Int32) throws(LmctfyError) in
+        let name = try Self.containerName(r.name)
+        let path = try backend.resolve(name)
+        let outcome = try backend.run(name, argv: r.argv, detached: detached) { (started: Int32) throws(LmctfyError) in
             pid = started
             if !detached { context.onCancel { _ = try? Sys.kill(started, SIGKILL) } }
             try context.emit(RunResponse(kind: .runStarted, pid: started))
         }
         context.onCancel(nil)
+        // The exit is an event whoever is still listening: the caller may be
+        // gone (its cancel killed the command) and still learn it later.
         switch outcome {
         case .started:
             return
         case .exited(let code):
+            events.record(container: path, kind: .containerEventProcessExited, pid: pid, exitCode: code)
             try context.emit(RunResponse(kind: .runExited, pid: pid, exitCode: code))
         case .killed(let signal):
+            events.record(container: path, kind: .containerEventProcessExited, pid: pid, termSignal: signal)
             try context.emit(RunResponse(kind: .runExited, pid: pid, termSignal: signal))
         }
     }

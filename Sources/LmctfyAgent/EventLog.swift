@@ -61,12 +61,14 @@ public final class EventLog: Sendable {
 
     /// Appends an event with the next sequence number and returns it.
     @discardableResult
-    public func record(container: String, kind: ContainerEventKind, threshold: Int64? = nil, frozen: Bool? = nil) -> ContainerEvent {
+    public func record(container: String, kind: ContainerEventKind, threshold: Int64? = nil, frozen: Bool? = nil,
+                       pid: Int32? = nil, exitCode: Int32? = nil, termSignal: Int32? = nil) -> ContainerEvent {
         let now = WallClock.nanosecondsSinceEpoch()
         let e = state.locked { s in
             let e = ContainerEvent(
                 bootId: bootId, sequence: s.next, timestampNs: now,
-                container: container, kind: kind, memoryThreshold: threshold, frozen: frozen)
+                container: container, kind: kind, memoryThreshold: threshold, frozen: frozen,
+                pid: pid, exitCode: exitCode, termSignal: termSignal)
             s.next += 1
             s.append(e, capacity: capacity)
             return e

@@ -92,6 +92,9 @@ public protocol ContainerBackend: Sendable {
     func listTasks(_ name: String?, threads: Bool, recursive: Bool) throws(LmctfyError) -> [Int32]
     /// The container of a task; `nil`: the caller.
     func detect(_ tid: Int32?) throws(LmctfyError) -> String
+    /// The absolute name `name` stands for, resolved as every other method
+    /// resolves it (relative names against the caller's container).
+    func resolve(_ name: String) throws(LmctfyError) -> String
     /// Starts `argv` in the container. `onStarted` gets the pid as soon as
     /// the command runs. Detached: returns `.started`. Attached: waits for
     /// the command and returns how it ended (a backend that replaces the

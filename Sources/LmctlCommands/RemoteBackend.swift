@@ -116,6 +116,13 @@ public final class RemoteBackend: ContainerBackend, @unchecked Sendable {
     }
 
     /// Detect; needs a pid (the calling shell is not on the agent's machine).
+    /// Names are the agent's to resolve (against its own container); only
+    /// an absolute one is known here.
+    public func resolve(_ name: String) throws(LmctfyError) -> String {
+        guard name.hasPrefix("/") else { throw .unimplemented("A relative name is resolved by the agent") }
+        return name
+    }
+
     public func detect(_ tid: Int32?) throws(LmctfyError) -> String {
         guard let tid else {
             throw .invalidArgument("lmctl detect needs a PID: the calling shell is not on the agent's machine")

@@ -205,4 +205,38 @@ struct SubscribeTests {
             #expect(status == 11, "\(err)")
         }
     }
+
+    @Test func aProcessTheAgentRanIsAnExitEventEvenWhenItsCallerLeft() throws {
+        try withAgent { _, socket in
+            let name = RealCgroups.uniqueName("subrun")
+            let admin = try RpcClient.connect(unixPath: socket)
+            defer {
+                _ = try? admin.call(AgentMethods.destroy, DestroyRequest(name: name, force: true))
+                admin.close()
+            }
+            _ = try admin.call(AgentMethods.create, CreateRequest(name: name, spec: ContainerSpec()))
+            let boot = try #require(try admin.call(AgentMethods.machineInfo, MachineInfoRequest()).bootId)
+            let now = Subscriber(socket, SubscribeRequest(bootId: boot, afterSequence: 0), until: { $0.last?.caughtUp != nil })
+            let base = try #require(now.wait().0.last?.caughtUp)
+            try admin.stream(AgentMethods.run, RunRequest(name: name, argv: ["/bin/sh", "-c", "exit 3"])) { _ in true }
+            // A caller that leaves once its command started: the agent kills
+            // the command (PROTOCOL.md 6), and its exit is still an event.
+            let leaver = try RpcClient.connect(unixPath: socket)
+            var pid: Int32 = 0
+            try leaver.stream(AgentMethods.run, RunRequest(name: name, argv: ["/bin/sleep", "30"])) { r in
+                pid = r.pid ?? 0
+                return false
+            }
+            leaver.close()
+            let exits = Subscriber(socket, SubscribeRequest(name: name, kinds: [.containerEventProcessExited], bootId: boot, afterSequence: base),
+                                   until: { events($0).count == 2 })
+            let (r, e) = exits.wait()
+            #expect(e == nil)
+            let got = events(r)
+            #expect(got.count == 2)
+            #expect(got.first?.exitCode == 3 && got.first?.termSignal == nil)
+            #expect(got.last?.termSignal == SIGKILL && got.last?.pid == pid && pid > 0)
+            #expect(got.allSatisfy { $0.container == name })
+        }
+    }
 }
