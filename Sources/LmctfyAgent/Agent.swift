@@ -62,6 +62,10 @@ public final class Agent: @unchecked Sendable {
     private var nextConnId = 1
     private var ticker: LoopTimer?
     private var sweeper: LoopTimer?
+    private var reconciler: LoopTimer?
+    private var reconciling = false
+    /// Every container and whether it is frozen; nil when the listing failed.
+    private let listContainers: @Sendable () -> [String: Bool]?
     /// How often expired request journal entries are removed.
     static let sweepIntervalMs = 60_000
     private var signals: [SignalWatcher] = []
@@ -111,11 +115,44 @@ public final class Agent: @unchecked Sendable {
         self.log = AgentLog(level: settings.logLevel)
         self.hub = EventHub(log: events)
         self.ownContainer = (try? api.detect(pid: 0)) ?? .root
+        self.listContainers = {
+            var out: [String: Bool] = [:]
+            do throws(LmctfyError) {
+                for name in try api.get(ContainerName.root).subcontainers(recursive: true) {
+                    do throws(LmctfyError) {
+                        out[name.path] = try api.get(name).isFrozen()
+                    } catch where error.code == .notFound {
+                        // Destroyed while listed: absent from this round.
+                    }
+                }
+            } catch {
+                return nil
+            }
+            return out
+        }
+    }
+
+    /// One round of the reconcile (loop thread): the listing runs on a pool
+    /// thread, one round at a time.
+    private func reconcile() {
+        guard !reconciling else { return }
+        reconciling = true
+        let inventory = dispatcher.inventory
+        let list = listContainers
+        let started = loop.offload({
+            let since = inventory.generation
+            if let listed = list() { inventory.reconcile(listed, since: since) }
+        }, then: { [weak self] _ in self?.reconciling = false })
+        if !started { reconciling = false }
     }
 
     /// Starts the loop and the listeners. Throws when a listener cannot bind.
     public func start(handleSignals: Bool = true) throws(LmctfyError) {
         try settings.checkStateDir(create: true)
+        // What exists now is known, not new: the first listing seeds it.
+        if settings.reconcileIntervalMs > 0, let listed = listContainers() {
+            dispatcher.inventory.reconcile(listed, since: 0)
+        }
         let swept = try dispatcher.journal?.open() ?? 0
         if swept > 0 { log.debug("request journal: \(swept) expired entries removed") }
         do { try loop.start() } catch { throw error.lmctfy("Starting the event loop") }
@@ -163,6 +200,11 @@ public final class Agent: @unchecked Sendable {
                 listeners.append(l)
             }
             ticker = try LoopTimer.repeating(on: loop, every: .milliseconds(100)) { [unowned self] _ in self.tick() }
+            if settings.reconcileIntervalMs > 0 {
+                reconciler = try LoopTimer.repeating(on: loop, every: .milliseconds(settings.reconcileIntervalMs)) { [unowned self] _ in
+                    self.reconcile()
+                }
+            }
             if let journal = dispatcher.journal {
                 // Expired journal entries go once a minute; the unlinks run
                 // on a pool thread, the loop only keeps time.
@@ -552,6 +594,7 @@ public final class Agent: @unchecked Sendable {
         conns.removeAll()
         ticker?.cancel()
         sweeper?.cancel()
+        reconciler?.cancel()
         for w in signals { w.cancel() }
         signals.removeAll()
         // The Unix listener removed its socket file when it closed (only if

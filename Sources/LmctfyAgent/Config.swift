@@ -41,6 +41,9 @@ public struct AgentSettings: Sendable {
     /// How many events the event log keeps for resuming subscribers
     /// (event_log_capacity; default 4096).
     public var eventLogCapacity: Int
+    /// How often containers are listed to catch changes made without the
+    /// agent (reconcile_interval_ms; default 1000; 0: never).
+    public var reconcileIntervalMs: Int
 
     /// Parses and checks a config file's text.
     public static func parse(_ text: String, source: String) throws(LmctfyError) -> AgentSettings {
@@ -107,6 +110,7 @@ public struct AgentSettings: Sendable {
             throw .invalidArgument("\(source): event_log_capacity must be 1 to 1048576, not \(capacity)")
         }
         eventLogCapacity = Int(capacity)
+        reconcileIntervalMs = Int(c.reconcileIntervalMs ?? 1000)
         for binding in c.role where binding.role == nil || binding.role == .agentRoleUnspecified {
             throw .invalidArgument("\(source): every role binding needs role: AGENT_ROLE_ADMIN or AGENT_ROLE_READER")
         }

@@ -144,6 +144,9 @@ public final class Dispatcher: Sendable {
     let agentVersion: String
     /// Where calls carrying a request_id are journaled; nil: ids are ignored.
     public let journal: RequestJournal?
+    /// The containers known, so changes made behind the agent's back are
+    /// events too (the agent's reconcile feeds it).
+    let inventory: Inventory
     let testHold: TestHold?
 
     /// A dispatcher onto `backend`; names the caller leaves out mean
@@ -156,6 +159,7 @@ public final class Dispatcher: Sendable {
         self.agentVersion = agentVersion
         self.journal = journal
         self.testHold = testHold
+        self.inventory = Inventory(events: events)
     }
 
     /// A method's table entry with its handler: what a call needs to be
@@ -284,17 +288,26 @@ public final class Dispatcher: Sendable {
                   Dispatcher.contains(spec.dynamic, r.spec?.dynamic ?? ContainerSpec().dynamic) else { return nil }
             return CreateResponse()
         }) { d, r in
-            let path = try d.backend.create(try Dispatcher.containerName(r.name), spec: r.spec ?? ContainerSpec())
-            d.events.record(container: path, kind: .containerEventCreated)
-            return CreateResponse()
+            let name = try Dispatcher.containerName(r.name)
+            return try d.inventory.change(try d.backend.resolve(name)) {
+                let path = try d.backend.create(name, spec: r.spec ?? ContainerSpec())
+                d.events.record(container: path, kind: .containerEventCreated)
+                return (CreateResponse(), { $0[path] = false })
+            }
         }
         mutating(AgentMethods.destroy, recover: { _, _, error in
             // The earlier agent destroyed it before it died.
             error.code == .notFound ? DestroyResponse() : nil
         }) { d, r in
-            let path = try d.backend.destroy(try Dispatcher.containerName(r.name), force: r.force ?? false)
-            d.events.record(container: path, kind: .containerEventDestroyed)
-            return DestroyResponse()
+            let name = try Dispatcher.containerName(r.name)
+            return try d.inventory.change(try d.backend.resolve(name)) {
+                let path = try d.backend.destroy(name, force: r.force ?? false)
+                d.events.record(container: path, kind: .containerEventDestroyed)
+                // Its subcontainers went with it (one event, for the name destroyed).
+                return (DestroyResponse(), { known in
+                    for k in known.keys where k == path || k.hasPrefix(path + "/") { known[k] = nil }
+                })
+            }
         }
         mutating(AgentMethods.update) { d, r in
             let policy: UpdatePolicy
@@ -374,9 +387,12 @@ public final class Dispatcher: Sendable {
         return n
     }
 
-    private func setPaused(_ name: String, _ paused: Bool) throws(LmctfyError) {
-        let path = try backend.setPaused(name, paused)
-        events.record(container: path, kind: .containerEventFreezer, frozen: paused)
+    private func setPaused(_ name: String, _ paused: Bool) throws {
+        try inventory.change(try backend.resolve(name)) {
+            let path = try backend.setPaused(name, paused)
+            events.record(container: path, kind: .containerEventFreezer, frozen: paused)
+            return ((), { $0[path] = paused })
+        }
     }
 
     /// RUN_STARTED with the pid, then (attached) RUN_EXITED with the status.

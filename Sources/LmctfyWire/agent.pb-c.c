@@ -4982,7 +4982,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__agent_limits__descri
   (ProtobufCMessageInit) containers__lmctfy__agent__agent_limits__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor containers__lmctfy__agent__agent_config__field_descriptors[12] =
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__agent_config__field_descriptors[13] =
 {
   {
     "unix_socket_path",
@@ -5128,6 +5128,18 @@ static const ProtobufCFieldDescriptor containers__lmctfy__agent__agent_config__f
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "reconcile_interval_ms",
+    13,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_UINT32,
+    offsetof(Containers__Lmctfy__Agent__AgentConfig, has_reconcile_interval_ms),
+    offsetof(Containers__Lmctfy__Agent__AgentConfig, reconcile_interval_ms),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned containers__lmctfy__agent__agent_config__field_indices_by_name[] = {
   2,   /* field[2] = allowed_group */
@@ -5136,6 +5148,7 @@ static const unsigned containers__lmctfy__agent__agent_config__field_indices_by_
   4,   /* field[4] = key_file */
   6,   /* field[6] = limits */
   7,   /* field[7] = log_level */
+  12,   /* field[12] = reconcile_interval_ms */
   5,   /* field[5] = role */
   8,   /* field[8] = state_dir */
   9,   /* field[9] = stats_interval_ms */
@@ -5146,7 +5159,7 @@ static const unsigned containers__lmctfy__agent__agent_config__field_indices_by_
 static const ProtobufCIntRange containers__lmctfy__agent__agent_config__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 12 }
+  { 0, 13 }
 };
 const ProtobufCMessageDescriptor containers__lmctfy__agent__agent_config__descriptor =
 {
@@ -5156,7 +5169,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__agent_config__descri
   "Containers__Lmctfy__Agent__AgentConfig",
   "containers.lmctfy.agent",
   sizeof(Containers__Lmctfy__Agent__AgentConfig),
-  12,
+  13,
   containers__lmctfy__agent__agent_config__field_descriptors,
   containers__lmctfy__agent__agent_config__field_indices_by_name,
   1,  containers__lmctfy__agent__agent_config__number_ranges,

@@ -50,7 +50,8 @@ func events(_ rs: [SubscribeResponse]) -> [ContainerEvent] { rs.compactMap(\.eve
 @Suite(.enabled(if: RealCgroups.available, "\(RealCgroups.unavailableReason ?? "")"), .serialized)
 struct SubscribeTests {
     @Test func everySubscriberGetsEachEventOnceWithOneSequenceAndResumesWithoutGapOrDuplicate() throws {
-        try withAgent { agent, socket in
+        // No reconcile: other tests' containers would take sequence numbers.
+        try withAgent("reconcile_interval_ms: 0") { agent, socket in
             let name = RealCgroups.uniqueName("sub")
             let admin = try RpcClient.connect(unixPath: socket)
             defer {
@@ -104,7 +105,7 @@ struct SubscribeTests {
 
     @Test func aResumePointNoLongerKeptOrOfAnotherBootIsAGapThenTheKeptEvents() throws {
         // A log of 3: the 4 events of a container's life push the first out.
-        try withAgent("event_log_capacity: 3") { _, socket in
+        try withAgent("event_log_capacity: 3 reconcile_interval_ms: 0") { _, socket in
             let name = RealCgroups.uniqueName("subgap")
             let admin = try RpcClient.connect(unixPath: socket)
             defer {
@@ -237,6 +238,45 @@ struct SubscribeTests {
             #expect(got.first?.exitCode == 3 && got.first?.termSignal == nil)
             #expect(got.last?.termSignal == SIGKILL && got.last?.pid == pid && pid > 0)
             #expect(got.allSatisfy { $0.container == name })
+        }
+    }
+
+    @Test func changesMadeWithTheCLIBehindTheAgentsBackAreEventsOnce() throws {
+        try withAgent("reconcile_interval_ms: 100") { _, socket in
+            let name = RealCgroups.uniqueName("subcli2")
+            let lmctfy = builtTool("lmctfy")
+            func run(_ args: String...) throws -> Int32 { try TestProcess.capture([lmctfy] + args).status }
+            defer { _ = try? run("destroy", "-f", name) }
+            let watcher = Subscriber(socket, SubscribeRequest(name: name), until: {
+                events($0).contains { $0.kind == .containerEventDestroyed }
+            })
+            usleep(150_000)
+            // Each state lasts a few reconcile rounds (a change undone within
+            // one round is not seen: README).
+            #expect(try run("create", name, "memory:{limit:100000000}") == 0)
+            usleep(350_000)
+            #expect(try run("pause", name) == 0)
+            usleep(350_000)
+            #expect(try run("resume", name) == 0)
+            usleep(350_000)
+            #expect(try run("destroy", "-f", name) == 0)
+            let (r, e) = watcher.wait()
+            #expect(e == nil)
+            let got = events(r)
+            #expect(got.map(\.kind) == [.containerEventCreated, .containerEventFreezer, .containerEventFreezer, .containerEventDestroyed])
+            #expect(got.map(\.frozen) == [nil, true, false, nil])
+            // The agent's own changes are not reported a second time by the reconcile.
+            let admin = try RpcClient.connect(unixPath: socket)
+            defer { admin.close() }
+            let boot = try #require(try admin.call(AgentMethods.machineInfo, MachineInfoRequest()).bootId)
+            let base = try #require(got.last?.sequence)
+            _ = try admin.call(AgentMethods.create, CreateRequest(name: name, spec: ContainerSpec()))
+            _ = try admin.call(AgentMethods.pause, PauseRequest(name: name))
+            usleep(400_000)
+            _ = try admin.call(AgentMethods.destroy, DestroyRequest(name: name, force: true))
+            usleep(400_000)
+            let again = Subscriber(socket, SubscribeRequest(name: name, bootId: boot, afterSequence: base), until: { $0.last?.caughtUp != nil })
+            #expect(events(again.wait().0).map(\.kind) == [.containerEventCreated, .containerEventFreezer, .containerEventDestroyed])
         }
     }
 }

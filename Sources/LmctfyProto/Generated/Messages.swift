@@ -3938,6 +3938,8 @@ public struct AgentConfig: ProtoMessage {
     public var controllerAddress: String?
     /// Field 12 `event_log_capacity`.
     public var eventLogCapacity: UInt32?
+    /// Field 13 `reconcile_interval_ms`.
+    public var reconcileIntervalMs: UInt32?
 
     public init(
         unixSocketPath: String? = nil,
@@ -3951,7 +3953,8 @@ public struct AgentConfig: ProtoMessage {
         stateDir: String? = nil,
         statsIntervalMs: UInt32? = nil,
         controllerAddress: String? = nil,
-        eventLogCapacity: UInt32? = nil
+        eventLogCapacity: UInt32? = nil,
+        reconcileIntervalMs: UInt32? = nil
     ) {
         self.unixSocketPath = unixSocketPath
         self.unixSocketMode = unixSocketMode
@@ -3965,6 +3968,7 @@ public struct AgentConfig: ProtoMessage {
         self.statsIntervalMs = statsIntervalMs
         self.controllerAddress = controllerAddress
         self.eventLogCapacity = eventLogCapacity
+        self.reconcileIntervalMs = reconcileIntervalMs
     }
 
     public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.AgentConfig")
@@ -3983,6 +3987,7 @@ public struct AgentConfig: ProtoMessage {
         self.statsIntervalMs = message.get(10)
         self.controllerAddress = message.get(11)
         self.eventLogCapacity = message.get(12)
+        self.reconcileIntervalMs = message.get(13)
     }
 
     public var dynamic: DynamicMessage {
@@ -3999,6 +4004,7 @@ public struct AgentConfig: ProtoMessage {
         message.set(10, statsIntervalMs)
         message.set(11, controllerAddress)
         message.set(12, eventLogCapacity)
+        message.set(13, reconcileIntervalMs)
         return message
     }
 
@@ -4016,6 +4022,7 @@ public struct AgentConfig: ProtoMessage {
         self.statsIntervalMs = CBridge.value(c, f[9])
         self.controllerAddress = CBridge.value(c, f[10])
         self.eventLogCapacity = CBridge.value(c, f[11])
+        self.reconcileIntervalMs = CBridge.value(c, f[12])
     }
 
     public func makeC() -> UnsafeMutableRawPointer {
@@ -4033,6 +4040,7 @@ public struct AgentConfig: ProtoMessage {
         CBridge.set(c, f[9], statsIntervalMs)
         CBridge.set(c, f[10], controllerAddress)
         CBridge.set(c, f[11], eventLogCapacity)
+        CBridge.set(c, f[12], reconcileIntervalMs)
         return c
     }
 }

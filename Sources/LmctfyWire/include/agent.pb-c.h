@@ -1312,15 +1312,22 @@ struct  Containers__Lmctfy__Agent__AgentConfig
    * from (Subscribe, Notify); older ones are reported as a gap. 1 to
    * 1048576; absent: 4096.
    */
-  /*
-   * Next id: 13
-   */
   protobuf_c_boolean has_event_log_capacity;
   uint32_t event_log_capacity;
+  /*
+   * How often the agent lists every container (and its freezer state) to
+   * record, as events, the creates, destroys, pauses and resumes made
+   * without it (the lmctfy CLI). 0: never. Absent: 1000.
+   */
+  /*
+   * Next id: 14
+   */
+  protobuf_c_boolean has_reconcile_interval_ms;
+  uint32_t reconcile_interval_ms;
 };
 #define CONTAINERS__LMCTFY__AGENT__AGENT_CONFIG__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__agent_config__descriptor) \
-    , NULL, 0, 0, NULL, NULL, NULL, 0,NULL, NULL, 0, CONTAINERS__LMCTFY__AGENT__AGENT_LOG_LEVEL__LOG_LEVEL_UNSPECIFIED, NULL, 0, 0, NULL, 0, 0 }
+    , NULL, 0, 0, NULL, NULL, NULL, 0,NULL, NULL, 0, CONTAINERS__LMCTFY__AGENT__AGENT_LOG_LEVEL__LOG_LEVEL_UNSPECIFIED, NULL, 0, 0, NULL, 0, 0, 0, 0 }
 
 
 /* Containers__Lmctfy__Agent__Frame methods */
