@@ -88,6 +88,9 @@ final class EventHub {
             first += events.filter(filter.matches).map { SubscribeResponse(event: $0) }
         }
         if let last = first.last?.event?.sequence { lastSent = last }
+        // A caller resuming after an event recorded but not yet handed out
+        // (seen through Notify) gets what follows it only.
+        if let after = r.afterSequence, r.bootId == nil || r.bootId == log.bootId { lastSent = max(lastSent, after) }
         subscribers[key] = Subscriber(filter: filter, lastSent: lastSent)
         first.append(SubscribeResponse(caughtUp: published))
         return first
@@ -114,9 +117,9 @@ final class EventHub {
         }
         published = newest
         for e in events {
-            let keys = subscribers.filter { $0.value.filter.matches(e) }.map(\.key)
-            guard !keys.isEmpty, let bytes = try? SubscribeResponse(event: e).serializedBytes() else { continue }
             let sequence = e.sequence ?? 0
+            let keys = subscribers.filter { $0.value.lastSent < sequence && $0.value.filter.matches(e) }.map(\.key)
+            guard !keys.isEmpty, let bytes = try? SubscribeResponse(event: e).serializedBytes() else { continue }
             for key in keys {
                 if send(key, bytes, sequence) {
                     subscribers[key]?.lastSent = sequence
