@@ -279,4 +279,64 @@ struct SubscribeTests {
             #expect(events(again.wait().0).map(\.kind) == [.containerEventCreated, .containerEventFreezer, .containerEventDestroyed])
         }
     }
+
+    /// A subscriber that stops reading: once its connection holds more than
+    /// the limit the agent ends its stream with RESOURCE_EXHAUSTED naming
+    /// where to resume, and drops it; the others go on.
+    @Test func aSubscriberThatDoesNotReadIsEndedWithWhereToResume() throws {
+        try withAgent("limits { max_connection_buffered_bytes: 4096 } reconcile_interval_ms: 0") { agent, socket in
+            let name = RealCgroups.uniqueName("sublag")
+            let admin = try RpcClient.connect(unixPath: socket)
+            defer {
+                _ = try? admin.call(AgentMethods.destroy, DestroyRequest(name: name, force: true))
+                admin.close()
+            }
+            _ = try admin.call(AgentMethods.create, CreateRequest(name: name, spec: ContainerSpec()))
+            // The slow one: a hand-driven session that subscribes, then reads nothing.
+            let fd = try RpcSocket.connectUnix(path: socket)
+            defer { close(fd) }
+            var session = Session(dialler: .peerCredentials, name: "slow", now: MonotonicClock.milliseconds())
+            var buffer = [UInt8](repeating: 0, count: 65536)
+            var statuses: [CallStatus] = []
+            func send(_ actions: [SessionAction]) {
+                for case .write(let bytes) in actions {
+                    _ = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+                }
+                for case .deliverStatus(_, let status) in actions { statuses.append(status) }
+            }
+            func pump(untilMs: UInt64, _ done: () -> Bool) {
+                while !done() && MonotonicClock.milliseconds() < untilMs {
+                    var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+                    guard poll(&p, 1, 100) > 0 else { continue }
+                    let n = recv(fd, &buffer, buffer.count, 0)
+                    guard n > 0 else { return }
+                    send(session.receive(buffer[0..<n], now: MonotonicClock.milliseconds()))
+                }
+            }
+            send(session.start(now: MonotonicClock.milliseconds()))
+            pump(untilMs: MonotonicClock.milliseconds() + 5000) { session.isEstablished }
+            #expect(session.isEstablished)
+            let payload = try SubscribeRequest(name: name).serializedBytes()
+            let (_, opened) = session.openStream(method: "Subscribe", payload: payload, deadlineMs: nil, now: MonotonicClock.milliseconds())
+            send(opened)
+            let keeper = Subscriber(socket, SubscribeRequest(name: name), deadlineMs: 60_000, until: {
+                events($0).count == 2000
+            })
+            usleep(200_000)
+            #expect(agent.subscriberCount == 2)
+            // ~230 KB of events: more than the socket buffers hold.
+            for _ in 0..<1000 {
+                _ = try admin.call(AgentMethods.pause, PauseRequest(name: name))
+                _ = try admin.call(AgentMethods.resume, ResumeRequest(name: name))
+            }
+            let (kept, keptError) = keeper.wait()
+            #expect(keptError == nil && events(kept).count == 2000, "the reading subscriber got everything")
+            #expect(agent.subscriberCount == 0, "the one that did not read was dropped (and the other finished)")
+            // Now read what the slow one was sent: events, then the status.
+            pump(untilMs: MonotonicClock.milliseconds() + 10_000) { !statuses.isEmpty }
+            let status = try #require(statuses.first)
+            #expect(status.code == .resourceExhausted)
+            #expect(status.message.hasPrefix("lagged, resume after "), "\(status.message)")
+        }
+    }
 }
