@@ -472,11 +472,12 @@ public final class Agent: @unchecked Sendable {
         let now = MonotonicClock.milliseconds()
         let key = EventHub.Key(conn: s.id, stream: streamId)
         let first: [SubscribeResponse]
+        let r: SubscribeRequest
         do {
             guard let route, route.info.role.allows(s.role) else {
                 throw LmctfyError(.permissionDenied, "Method Subscribe needs the reader role")
             }
-            let r = try SubscribeRequest(serializedBytes: payload)
+            r = try SubscribeRequest(serializedBytes: payload)
             let filter = try EventFilter(r, base: ownContainer)
             // What was recorded but not yet handed out goes live, after the replay.
             publishEvents()
@@ -488,12 +489,24 @@ public final class Agent: @unchecked Sendable {
         let context = CallContext()
         context.onCancel { [weak self] in self?.hub.remove(key) }
         s.calls[streamId] = context
-        var actions: [SessionAction] = []
+        // The replay is bounded like any answer: past the connection's limit
+        // the stream ends, naming where to resume (the caller asks again for
+        // the rest), rather than the whole log waiting in memory.
+        // Where the caller would resume: after its own point, or after the
+        // gap's start when the first answer is a gap (another boot).
+        var lastSent: UInt64 = first.first?.gap.map { max(1, $0.firstSequence ?? 1) - 1 } ?? (r.afterSequence ?? 0)
         for response in first {
             guard let bytes = try? response.serializedBytes() else { continue }
-            actions += s.session.sendResponse(streamId: streamId, payload: bytes, now: now)
+            if s.held > settings.flow.connectionBytes {
+                hub.remove(key)
+                s.calls[streamId] = nil
+                perform(s, s.session.sendStatus(streamId: streamId, CallStatus(
+                    .resourceExhausted, "lagged, resume after \(lastSent) (boot \(hub.log.bootId))"), now: now))
+                return
+            }
+            perform(s, s.session.sendResponse(streamId: streamId, payload: bytes, now: now))
+            if let q = response.event?.sequence { lastSent = q }
         }
-        perform(s, actions)
     }
 
     /// How many Subscribe streams the hub serves now (for tests).

@@ -47,6 +47,61 @@ final class Subscriber: @unchecked Sendable {
 
 func events(_ rs: [SubscribeResponse]) -> [ContainerEvent] { rs.compactMap(\.event) }
 
+/// Waits (up to 10 s) until the agent serves `n` subscriptions, so that
+/// events made next reach them live.
+func waitForSubscribers(_ agent: Agent, _ n: Int) {
+    var tries = 0
+    while agent.subscriberCount < n && tries < 1000 {
+        usleep(10_000)
+        tries += 1
+    }
+    #expect(agent.subscriberCount >= n, "the subscriptions were not accepted in time")
+}
+
+/// Waits (up to 10 s) until the log holds `n` events of `name`.
+func waitForEvents(_ socket: String, _ name: String, _ n: Int) {
+    for _ in 0..<200 {
+        let replay = Subscriber(socket, SubscribeRequest(name: name, afterSequence: 0), until: { $0.last?.caughtUp != nil })
+        if events(replay.wait().0).count >= n { return }
+        usleep(50_000)
+    }
+    Issue.record("the log never held \(n) events of \(name)")
+}
+
+/// A subscriber that resumes where it was cut off when it lags (as a real
+/// client does), on a thread of its own, until it has `count` events.
+final class ResumingSubscriber: @unchecked Sendable {
+    private let lock = NSLock()
+    private var got: [ContainerEvent] = []
+    private var cuts = 0
+    private let done = DispatchSemaphore(value: 0)
+
+    init(_ socket: String, _ request: SubscribeRequest, count: Int) {
+        let thread = Thread { [self] in
+            var r = request
+            for _ in 0..<1000 {
+                let have = lock.withLock { got.count }
+                let part = Subscriber(socket, r, deadlineMs: 30_000, until: { events($0).count >= count - have })
+                let (rs, error) = part.wait()
+                let new = events(rs)
+                lock.withLock { got += new }
+                guard error?.code == .resourceExhausted, let last = lock.withLock({ got.last }) else { break }
+                lock.withLock { cuts += 1 }
+                r.bootId = last.bootId
+                r.afterSequence = last.sequence
+            }
+            done.signal()
+        }
+        thread.start()
+    }
+
+    /// The events and how many times the stream was cut for lagging.
+    func wait() -> ([ContainerEvent], Int) {
+        done.wait()
+        return lock.withLock { (got, cuts) }
+    }
+}
+
 @Suite(.enabled(if: RealCgroups.available, "\(RealCgroups.unavailableReason ?? "")"), .serialized)
 struct SubscribeTests {
     @Test func everySubscriberGetsEachEventOnceWithOneSequenceAndResumesWithoutGapOrDuplicate() throws {
@@ -69,7 +124,7 @@ struct SubscribeTests {
             let b = Subscriber(socket, filter, until: untilDestroyed)
             // A third on every container, to see that others' events flow too.
             let all = Subscriber(socket, SubscribeRequest(), until: untilDestroyed)
-            usleep(200_000)  // the subscriptions are accepted before the events
+            waitForSubscribers(agent, 3)
             _ = try admin.call(AgentMethods.create, CreateRequest(name: name, spec: ContainerSpec(textFormat: "memory { limit: 100000000 }")))
             _ = try admin.call(AgentMethods.pause, PauseRequest(name: name))
             _ = try admin.call(AgentMethods.resume, ResumeRequest(name: name))
@@ -154,7 +209,7 @@ struct SubscribeTests {
             // A subscriber that cancels after its first event: the agent keeps
             // serving the others (the hub drops it; this connection goes on).
             let s = Subscriber(socket, SubscribeRequest(), until: { !events($0).isEmpty })
-            usleep(100_000)
+            waitForSubscribers(agent, 1)
             let name = RealCgroups.uniqueName("subcancel")
             _ = try client.call(AgentMethods.create, CreateRequest(name: name, spec: ContainerSpec()))
             _ = try client.call(AgentMethods.destroy, DestroyRequest(name: name, force: true))
@@ -242,7 +297,7 @@ struct SubscribeTests {
     }
 
     @Test func changesMadeWithTheCLIBehindTheAgentsBackAreEventsOnce() throws {
-        try withAgent("reconcile_interval_ms: 100") { _, socket in
+        try withAgent("reconcile_interval_ms: 100") { agent, socket in
             let name = RealCgroups.uniqueName("subcli2")
             let lmctfy = builtTool("lmctfy")
             func run(_ args: String...) throws -> Int32 { try TestProcess.capture([lmctfy] + args).status }
@@ -250,15 +305,15 @@ struct SubscribeTests {
             let watcher = Subscriber(socket, SubscribeRequest(name: name), until: {
                 events($0).contains { $0.kind == .containerEventDestroyed }
             })
-            usleep(150_000)
+            waitForSubscribers(agent, 1)
             // Each state lasts a few reconcile rounds (a change undone within
             // one round is not seen: README).
             #expect(try run("create", name, "memory:{limit:100000000}") == 0)
-            usleep(350_000)
+            waitForEvents(socket, name, 1)
             #expect(try run("pause", name) == 0)
-            usleep(350_000)
+            waitForEvents(socket, name, 2)
             #expect(try run("resume", name) == 0)
-            usleep(350_000)
+            waitForEvents(socket, name, 3)
             #expect(try run("destroy", "-f", name) == 0)
             let (r, e) = watcher.wait()
             #expect(e == nil)
@@ -272,7 +327,7 @@ struct SubscribeTests {
             let base = try #require(got.last?.sequence)
             _ = try admin.call(AgentMethods.create, CreateRequest(name: name, spec: ContainerSpec()))
             _ = try admin.call(AgentMethods.pause, PauseRequest(name: name))
-            usleep(400_000)
+            usleep(400_000)  // reconcile rounds that must not report these again
             _ = try admin.call(AgentMethods.destroy, DestroyRequest(name: name, force: true))
             usleep(400_000)
             let again = Subscriber(socket, SubscribeRequest(name: name, bootId: boot, afterSequence: base), until: { $0.last?.caughtUp != nil })
@@ -319,24 +374,44 @@ struct SubscribeTests {
             let payload = try SubscribeRequest(name: name).serializedBytes()
             let (_, opened) = session.openStream(method: "Subscribe", payload: payload, deadlineMs: nil, now: MonotonicClock.milliseconds())
             send(opened)
-            let keeper = Subscriber(socket, SubscribeRequest(name: name), deadlineMs: 60_000, until: {
-                events($0).count == 2000
-            })
-            usleep(200_000)
-            #expect(agent.subscriberCount == 2)
+            let keeper = ResumingSubscriber(socket, SubscribeRequest(name: name), count: 2000)
+            waitForSubscribers(agent, 2)
             // ~230 KB of events: more than the socket buffers hold.
             for _ in 0..<1000 {
                 _ = try admin.call(AgentMethods.pause, PauseRequest(name: name))
                 _ = try admin.call(AgentMethods.resume, ResumeRequest(name: name))
             }
-            let (kept, keptError) = keeper.wait()
-            #expect(keptError == nil && events(kept).count == 2000, "the reading subscriber got everything")
+            let (kept, _) = keeper.wait()
+            let keptSeq = kept.compactMap(\.sequence)
+            #expect(keptSeq.count == 2000 && Set(keptSeq).count == 2000 && keptSeq == keptSeq.sorted(),
+                    "the reading subscriber got every event once, in order (resuming if it lagged itself)")
             #expect(agent.subscriberCount == 0, "the one that did not read was dropped (and the other finished)")
             // Now read what the slow one was sent: events, then the status.
             pump(untilMs: MonotonicClock.milliseconds() + 10_000) { !statuses.isEmpty }
             let status = try #require(statuses.first)
             #expect(status.code == .resourceExhausted)
             #expect(status.message.hasPrefix("lagged, resume after "), "\(status.message)")
+
+            // A replay is bounded the same way: it stops at the limit, says
+            // where to resume, and resuming there goes on without a gap.
+            let boot = try #require(try admin.call(AgentMethods.machineInfo, MachineInfoRequest()).bootId)
+            var after: UInt64 = 0
+            var seen: [UInt64] = []
+            var parts = 0
+            for _ in 0..<200 {
+                parts += 1
+                let part = Subscriber(socket, SubscribeRequest(name: name, bootId: boot, afterSequence: after), until: { $0.last?.caughtUp != nil })
+                let (rs, err) = part.wait()
+                seen += events(rs).compactMap(\.sequence)
+                guard let err else { break }
+                #expect(err.code == .resourceExhausted)
+                let number = try #require(UInt64(err.message.dropFirst("lagged, resume after ".count).prefix { $0.isNumber }))
+                #expect(number == seen.last, "resume after the last event sent")
+                after = number
+            }
+            #expect(seen.count == 2001, "create, then 2000 pause/resume events, each once")
+            #expect(parts > 10, "a 4 KiB limit cuts a 2001-event replay into many parts (\(parts))")
+            #expect(seen == seen.sorted() && Set(seen).count == seen.count)
         }
     }
 }
