@@ -149,6 +149,7 @@ public final class Agent: @unchecked Sendable {
     /// Starts the loop and the listeners. Throws when a listener cannot bind.
     public func start(handleSignals: Bool = true) throws(LmctfyError) {
         try settings.checkStateDir(create: true)
+        try dispatcher.events.attachJournal(directory: settings.stateDir + "/events")
         // What exists now is known, not new: the first listing seeds it.
         if settings.reconcileIntervalMs > 0, let listed = listContainers() {
             dispatcher.inventory.reconcile(listed, since: 0)
@@ -494,18 +495,26 @@ public final class Agent: @unchecked Sendable {
         // the rest), rather than the whole log waiting in memory.
         // Where the caller would resume: after its own point, or after the
         // gap's start when the first answer is a gap (another boot).
-        var lastSent: UInt64 = first.first?.gap.map { max(1, $0.firstSequence ?? 1) - 1 } ?? (r.afterSequence ?? 0)
+        var lastSent: UInt64 = r.afterSequence ?? 0
+        var lastBoot = r.bootId ?? hub.log.bootId
         for response in first {
             guard let bytes = try? response.serializedBytes() else { continue }
             if s.held > settings.flow.connectionBytes {
                 hub.remove(key)
                 s.calls[streamId] = nil
                 perform(s, s.session.sendStatus(streamId: streamId, CallStatus(
-                    .resourceExhausted, "lagged, resume after \(lastSent) (boot \(hub.log.bootId))"), now: now))
+                    .resourceExhausted, "lagged, resume after \(lastSent) (boot \(lastBoot))"), now: now))
                 return
             }
             perform(s, s.session.sendResponse(streamId: streamId, payload: bytes, now: now))
-            if let q = response.event?.sequence { lastSent = q }
+            if let e = response.event {
+                lastSent = e.sequence ?? lastSent
+                lastBoot = e.bootId ?? lastBoot
+            } else if let g = response.gap {
+                // Past a gap the stream goes on in this boot from its start.
+                lastSent = max(1, g.firstSequence ?? 1) - 1
+                lastBoot = g.bootId ?? lastBoot
+            }
         }
     }
 

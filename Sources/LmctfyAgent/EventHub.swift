@@ -78,16 +78,24 @@ final class EventHub {
             if ownBoot && after > log.newest {
                 throw LmctfyError(.outOfRange, "after_sequence \(after) is beyond the newest event \(log.newest) of boot \(log.bootId)")
             }
+            // A subscriber of the boot before this one: what the journal kept
+            // of it after its point first; the gap then says through which
+            // sequence that boot's events survived.
+            var gapAfter = after
+            if !ownBoot, let previous = log.previousBoot, previous.id == r.bootId {
+                first += previous.events.filter { ($0.sequence ?? 0) > after && filter.matches($0) }.map { SubscribeResponse(event: $0) }
+                gapAfter = max(after, previous.events.last?.sequence ?? 0)
+            }
             let from: UInt64 = ownBoot ? after : 0
             let (events, dropped) = log.range(after: from, upTo: published)
             if !ownBoot || dropped != nil {
                 first.append(SubscribeResponse(gap: EventGap(
-                    requestedBootId: r.bootId, afterSequence: after, bootId: log.bootId,
+                    requestedBootId: r.bootId, afterSequence: gapAfter, bootId: log.bootId,
                     firstSequence: events.first?.sequence ?? dropped ?? published + 1)))
             }
             first += events.filter(filter.matches).map { SubscribeResponse(event: $0) }
         }
-        if let last = first.last?.event?.sequence { lastSent = last }
+        if let last = first.last(where: { $0.event?.bootId == log.bootId })?.event?.sequence { lastSent = last }
         // A caller resuming after an event recorded but not yet handed out
         // (seen through Notify) gets what follows it only.
         if let after = r.afterSequence, r.bootId == nil || r.bootId == log.bootId { lastSent = max(lastSent, after) }

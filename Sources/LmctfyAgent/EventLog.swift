@@ -23,6 +23,10 @@ public final class EventLog: Sendable {
 
     struct State {
         var next: UInt64 = 1
+        /// Where events are also written (state_dir/events), once attached.
+        var journal: EventJournal?
+        /// The last boot before this one whose events the journal kept.
+        var previous: (id: String, events: [ContainerEvent])?
         /// The kept events: a ring of at most `capacity`, the oldest at
         /// `start` once it is full (an append replaces the oldest in place
         /// instead of shifting the whole history down).
@@ -71,11 +75,31 @@ public final class EventLog: Sendable {
                 pid: pid, exitCode: exitCode, termSignal: termSignal)
             s.next += 1
             s.append(e, capacity: capacity)
+            s.journal?.append(e)
             return e
         }
         observer.locked { $0 }?()
         return e
     }
+
+    /// Keeps the log on disk from now on, in `directory` (made 0700), after
+    /// reading what the last boot before this one left there: its events are
+    /// served to a subscriber of that boot (`previousBoot`).
+    public func attachJournal(directory: String) throws(LmctfyError) {
+        let journal = try EventJournal(directory: directory, capacity: capacity)
+        let stored = journal.stored()
+        let previous = stored.last(where: { $0.bootId != bootId })?.bootId
+        state.locked { s in
+            s.journal = journal
+            if let previous {
+                s.previous = (previous, stored.filter { $0.bootId == previous })
+            }
+        }
+    }
+
+    /// The last boot before this one and its events as the journal kept
+    /// them (oldest first); nil without a journal or before any.
+    public var previousBoot: (id: String, events: [ContainerEvent])? { state.locked { $0.previous } }
 
     /// The newest sequence number recorded (0: none yet).
     public var newest: UInt64 { state.locked { $0.next - 1 } }

@@ -1,7 +1,9 @@
 // The agent's event history on its own: sequence numbers, the bounded
 // replay ring (the oldest event replaced in place once it is full) and the
 // gap a resume from dropped history reports.
+import Glibc
 @testable import LmctfyAgent
+import LmctfyTestSupport
 import LmctfyProto
 import Testing
 
@@ -40,5 +42,41 @@ import Testing
         let (events, gap) = log.since(bootId: "boot", after: 0) { _ in true }
         #expect(events.isEmpty)
         #expect(gap?.firstSequence == 3)
+    }
+
+    @Test func theJournalKeepsTwoFilesOfCapacityAndStopsAtATornRecord() throws {
+        let dir = "/tmp/lmctfy-eventjournal-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        defer { _ = removeTree(dir) }
+        let journal = try EventJournal(directory: dir, capacity: 3)
+        for i in 1...7 {
+            #expect(journal.append(ContainerEvent(bootId: "b", sequence: UInt64(i), container: "/c", kind: .containerEventCreated)))
+        }
+        // 1-3 rotated out with 4-6's rotation: previous 4,5,6, current 7.
+        #expect(journal.stored().map(\.sequence) == [4, 5, 6, 7])
+        // The agent killed mid-write: a record's length without its body.
+        let fd = open(journal.currentPath, O_WRONLY | O_APPEND)
+        _ = [UInt8]([0, 0, 0, 40, 1, 2]).withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        close(fd)
+        #expect(journal.stored().map(\.sequence) == [4, 5, 6, 7], "a torn last record ends the reading")
+        // A new journal on the same files (the next agent) reads the same.
+        #expect(try EventJournal(directory: dir, capacity: 3).stored().map(\.sequence) == [4, 5, 6, 7])
+    }
+
+    @Test func aLogAttachedToAJournalServesTheBootBeforeIt() throws {
+        let dir = "/tmp/lmctfy-eventjournal-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        defer { _ = removeTree(dir) }
+        let old = EventLog(capacity: 10, bootId: "old")
+        try old.attachJournal(directory: dir)
+        old.record(container: "/a", kind: .containerEventCreated)
+        old.record(container: "/a", kind: .containerEventDestroyed)
+        let new = EventLog(capacity: 10, bootId: "new")
+        try new.attachJournal(directory: dir)
+        #expect(new.previousBoot?.id == "old")
+        #expect(new.previousBoot?.events.map(\.sequence) == [1, 2])
+        new.record(container: "/b", kind: .containerEventCreated)
+        // A third boot sees the second as the one before it.
+        let third = EventLog(capacity: 10, bootId: "third")
+        try third.attachJournal(directory: dir)
+        #expect(third.previousBoot?.id == "new" && third.previousBoot?.events.map(\.container) == ["/b"])
     }
 }

@@ -414,4 +414,55 @@ struct SubscribeTests {
             #expect(seen == seen.sorted() && Set(seen).count == seen.count)
         }
     }
+
+    /// The journal in state_dir/events: after a restart a subscriber of the
+    /// old boot gets what survived of it, then the boot change as a gap
+    /// saying through which sequence the old boot's events survived, then
+    /// the new boot's.
+    @Test func afterARestartASubscriberOfTheOldBootGetsWhatSurvivedThenTheBootChange() throws {
+        let dir = "/tmp/lmctfy-agent-test-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try Sys.mkdir(dir, mode: 0o755)
+        defer { _ = removeTree(dir) }
+        let socket = dir + "/agent.sock"
+        func start() throws -> Agent {
+            let settings = try AgentSettings.parse(
+                "unix_socket_path: \"\(socket)\" unix_socket_mode: 0666 log_level: LOG_WARNING state_dir: \"\(dir)/state\" reconcile_interval_ms: 0",
+                source: "test")
+            let agent = Agent(settings: settings, api: try ContainerApi.detect())
+            try agent.start(handleSignals: false)
+            return agent
+        }
+        let name = RealCgroups.uniqueName("subboot")
+        defer { _ = try? ContainerApi.detect().destroy(ContainerName.resolve(name, relativeTo: .root)) }
+        let first = try start()
+        var client = try RpcClient.connect(unixPath: socket)
+        let oldBoot = try #require(try client.call(AgentMethods.machineInfo, MachineInfoRequest()).bootId)
+        _ = try client.call(AgentMethods.create, CreateRequest(name: name, spec: ContainerSpec()))
+        _ = try client.call(AgentMethods.pause, PauseRequest(name: name))
+        client.close()
+        #expect(first.stop(graceMs: 2000) == 0)
+
+        let second = try start()
+        defer { #expect(second.stop(graceMs: 2000) == 0) }
+        client = try RpcClient.connect(unixPath: socket)
+        defer { client.close() }
+        let newBoot = try #require(try client.call(AgentMethods.machineInfo, MachineInfoRequest()).bootId)
+        #expect(newBoot != oldBoot)
+        _ = try client.call(AgentMethods.resume, ResumeRequest(name: name))
+        let sub = Subscriber(socket, SubscribeRequest(name: name, bootId: oldBoot, afterSequence: 1), until: { $0.last?.caughtUp != nil })
+        let (r, e) = sub.wait()
+        #expect(e == nil)
+        #expect(r.count == 4, "\(r)")
+        #expect(r.first?.event?.bootId == oldBoot && r.first?.event?.sequence == 2 && r.first?.event?.frozen == true,
+                "the old boot's pause, from the journal")
+        let gap = try #require(r.dropFirst().first?.gap)
+        #expect(gap.requestedBootId == oldBoot && gap.afterSequence == 2 && gap.bootId == newBoot && gap.firstSequence == 1,
+                "the old boot's events survived through 2; the new boot starts at 1")
+        #expect(r.dropFirst(2).first?.event?.bootId == newBoot && r.dropFirst(2).first?.event?.frozen == false)
+        #expect(r.last?.caughtUp == 1)
+        // A subscriber that had seen everything of the old boot: only the gap.
+        let caught = Subscriber(socket, SubscribeRequest(name: name, bootId: oldBoot, afterSequence: 2), until: { $0.last?.caughtUp != nil })
+        let (rc, _) = caught.wait()
+        #expect(rc.first?.gap?.afterSequence == 2 && events(rc).map(\.bootId) == [newBoot])
+    }
 }
