@@ -45,7 +45,16 @@ final class Inventory: Sendable {
                 s.generation += 1
                 s.touched[path] = s.generation
                 if let n = s.busy[path], n > 1 { s.busy[path] = n - 1 } else { s.busy[path] = nil }
-                update?(&s.known)
+                if let update {
+                    // Every name the change touched (a destroy takes the
+                    // subcontainers with it): a listing from before it must
+                    // not bring them back.
+                    let before = s.known
+                    update(&s.known)
+                    for name in Set(before.keys).union(s.known.keys) where before[name] != s.known[name] {
+                        s.touched[name] = s.generation
+                    }
+                }
             }
         }
         let (result, apply) = try body()
