@@ -518,6 +518,9 @@ public final class Agent: @unchecked Sendable {
         }
     }
 
+    /// How many kernel watches Notify calls share now (for tests).
+    public var notifyWatchCount: Int { dispatcher.notifyWatches.count }
+
     /// How many Subscribe streams the hub serves now (for tests).
     public var subscriberCount: Int {
         (try? loop.runAndWait { self.hub.subscribers.count }) ?? 0

@@ -147,6 +147,8 @@ public final class Dispatcher: Sendable {
     /// The containers known, so changes made behind the agent's back are
     /// events too (the agent's reconcile feeds it).
     let inventory: Inventory
+    /// Notify's kernel watches, one per (container, event).
+    let notifyWatches = NotifyWatches()
     let testHold: TestHold?
 
     /// A dispatcher onto `backend`; names the caller leaves out mean
@@ -439,25 +441,70 @@ public final class Dispatcher: Sendable {
         guard let spec = r.spec else { throw LmctfyError.invalidArgument("Notify needs an EventSpec") }
         let kind: ContainerEventKind = spec.oom != nil ? .containerEventOom
             : spec.memoryThreshold != nil ? .containerEventMemoryThreshold : .containerEventEmpty
-        var path = ""
+        let threshold = spec.memoryThreshold?.usage
+        let path = try backend.resolve(try Self.containerName(r.name))
         let events = self.events
-        try backend.notify(
-            try Self.containerName(r.name), event: spec,
-            cancellation: NotifyCancellation(pollMs: 200) { context.cancelled },
-            onWatching: { (watched: String) throws(LmctfyError) in
-                path = watched
-                guard let after = r.afterSequence else { return }
-                let (missed, gap) = events.since(bootId: r.bootId, after: after) { $0.container == watched && $0.kind == kind }
-                if let gap { try context.emit(NotifyResponse(gap: gap)) }
-                for e in missed { try context.emit(NotifyResponse(event: e)) }
-            },
-            onEvent: { (n: Int) throws(LmctfyError) -> Bool in
-                for _ in 0..<n {
-                    let e = events.record(container: path, kind: kind, threshold: spec.memoryThreshold?.usage)
-                    try context.emit(NotifyResponse(event: e))
+        let backend = self.backend
+        let watches = self.notifyWatches
+        func matches(_ e: ContainerEvent) -> Bool {
+            e.container == path && e.kind == kind && (threshold == nil || e.memoryThreshold == threshold)
+        }
+        // Live events are those recorded from now on.
+        var cursor = events.newest
+        // One watch per (container, event) however many listen: its thread
+        // records each event once; every listener streams it from the log.
+        let watch = watches.join(NotifyWatches.Key(container: path, kind: kind, threshold: threshold)) { w in
+            do throws(LmctfyError) {
+                try backend.notify(
+                    path, event: spec,
+                    cancellation: NotifyCancellation(pollMs: 200) { !watches.keepWatching(w) },
+                    onWatching: { (_: String) throws(LmctfyError) in w.set(.watching) },
+                    onEvent: { (n: Int) throws(LmctfyError) -> Bool in
+                        for _ in 0..<n { events.record(container: path, kind: kind, threshold: threshold) }
+                        w.changes.bump()
+                        return true
+                    })
+                watches.end(w, nil)
+            } catch {
+                watches.end(w, error)
+            }
+        }
+        defer { watches.leave(watch) }
+        // The watch is made in a moment (a few syscalls); what was missed is
+        // replayed even to a call cancelled meanwhile, as before.
+        var seen: UInt64 = 0
+        var waited = 0
+        while case .starting = watch.state.locked({ $0 }) {
+            guard waited < 50 else { throw LmctfyError(.unavailable, "The watch of \(path) was not made in 10 s") }
+            seen = watch.changes.wait(past: seen, timeoutMs: 200)
+            waited += 1
+        }
+        if case .ended(let error?) = watch.state.locked({ $0 }) { throw error }
+        if let after = r.afterSequence {
+            cursor = events.newest
+            let (missed, gap) = events.since(bootId: r.bootId, after: after, matching: matches)
+            if let gap { try context.emit(NotifyResponse(gap: gap)) }
+            for e in missed where (e.sequence ?? 0) <= cursor { try context.emit(NotifyResponse(event: e)) }
+        }
+        while !context.cancelled {
+            let newest = events.newest
+            if newest > cursor {
+                let (fresh, dropped) = events.range(after: cursor, upTo: newest)
+                if let dropped {
+                    // More events than the log keeps went by since the last look.
+                    try context.emit(NotifyResponse(gap: EventGap(
+                        requestedBootId: events.bootId, afterSequence: cursor, bootId: events.bootId, firstSequence: dropped)))
                 }
-                return true
-            })
+                for e in fresh where matches(e) { try context.emit(NotifyResponse(event: e)) }
+                cursor = newest
+                continue
+            }
+            if case .ended(let error) = watch.state.locked({ $0 }) {
+                // The container went (NOT_FOUND, D5), or the watch failed.
+                throw error ?? LmctfyError(.unavailable, "The watch of \(path) ended")
+            }
+            seen = watch.changes.wait(past: seen, timeoutMs: 200)
+        }
     }
 }
 

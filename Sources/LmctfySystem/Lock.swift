@@ -132,6 +132,49 @@ public final class Latch: @unchecked Sendable {
     }
 }
 
+/// A count that only grows, and a way for threads to sleep until it has
+/// grown past what they saw (or a timeout): "something changed, look again"
+/// between threads, without missing a change that came before the wait.
+///
+/// Thread-safety: any thread.
+public final class ChangeCounter: @unchecked Sendable {
+    // @unchecked Sendable: `count` is only touched with the monitor held.
+    private let monitor = Monitor()
+    private var count: UInt64 = 0
+
+    public init() {}
+
+    /// The count now.
+    public var value: UInt64 {
+        monitor.lock()
+        defer { monitor.unlock() }
+        return count
+    }
+
+    /// Counts one change and wakes every waiter.
+    public func bump() {
+        monitor.lock()
+        count += 1
+        monitor.broadcast()
+        monitor.unlock()
+    }
+
+    /// Blocks until the count exceeds `seen` or `timeoutMs` have passed;
+    /// returns the count then.
+    public func wait(past seen: UInt64, timeoutMs: Int) -> UInt64 {
+        var deadline = MonotonicClock.timespecNow()
+        let ns = Int(deadline.tv_nsec) + (timeoutMs % 1000) * 1_000_000
+        deadline.tv_sec += timeoutMs / 1000 + ns / 1_000_000_000
+        deadline.tv_nsec = ns % 1_000_000_000
+        monitor.lock()
+        defer { monitor.unlock() }
+        while count <= seen {
+            if !monitor.wait(until: &deadline) { break }
+        }
+        return count
+    }
+}
+
 /// Plain threads, for work that must not sit on a pool (waiting on events or
 /// processes) and for tests that need a second actor. Hand-rolled because
 /// Swift on Linux has no thread API below Foundation's `Thread`, and the

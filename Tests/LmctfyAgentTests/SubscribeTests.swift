@@ -465,4 +465,53 @@ struct SubscribeTests {
         let (rc, _) = caught.wait()
         #expect(rc.first?.gap?.afterSequence == 2 && events(rc).map(\.bootId) == [newBoot])
     }
+
+    /// Two Notify calls on one container share one kernel watch: the event
+    /// is recorded once and both see it with the same sequence number.
+    @Test func twoNotifyListenersShareOneWatchAndOneSequence() throws {
+        try withAgent("reconcile_interval_ms: 0") { agent, socket in
+            let name = RealCgroups.uniqueName("subnotify")
+            let admin = try RpcClient.connect(unixPath: socket)
+            defer {
+                _ = try? admin.call(AgentMethods.destroy, DestroyRequest(name: name, force: true))
+                admin.close()
+            }
+            _ = try admin.call(AgentMethods.create, CreateRequest(name: name, spec: ContainerSpec()))
+            try admin.stream(AgentMethods.run, RunRequest(name: name, argv: ["/bin/sleep", "300"], detached: true)) { _ in true }
+            let boot = try #require(try admin.call(AgentMethods.machineInfo, MachineInfoRequest()).bootId)
+            let base = try #require(Subscriber(socket, SubscribeRequest(bootId: boot, afterSequence: 0), until: { $0.last?.caughtUp != nil })
+                .wait().0.last?.caughtUp)
+            let seen = Mutexed<[[ContainerEvent]]>([[], []])
+            let done = [DispatchSemaphore(value: 0), DispatchSemaphore(value: 0)]
+            for i in 0..<2 {
+                Thread {
+                    if let client = try? RpcClient.connect(unixPath: socket) {
+                        // Until the deadline: neither leaves before the other has its event.
+                        try? client.stream(AgentMethods.notify, NotifyRequest(
+                            name: name, spec: EventSpec(containerEmpty: .init()), bootId: boot, afterSequence: base),
+                                           deadlineMs: 3000) { (r: NotifyResponse) in
+                            if let e = r.event { seen.locked { $0[i].append(e) } }
+                            return true
+                        }
+                        client.close()
+                    }
+                    done[i].signal()
+                }.start()
+            }
+            usleep(500_000)
+            #expect(agent.notifyWatchCount == 1, "one watch for two listeners")
+            _ = try admin.call(AgentMethods.killAll, KillAllRequest(name: name))
+            done.forEach { $0.wait() }
+            let got = seen.locked { $0 }
+            #expect(got[0].count == 1 && got[1].count == 1, "\(got)")
+            #expect(got[0].first?.sequence == got[1].first?.sequence, "one event, one sequence number")
+            let log = Subscriber(socket, SubscribeRequest(name: name, kinds: [.containerEventEmpty], bootId: boot, afterSequence: base),
+                                 until: { $0.last?.caughtUp != nil })
+            #expect(events(log.wait().0).count == 1, "recorded once")
+            // Both gone: the watch goes too (at the watcher's next check).
+            var tries = 0
+            while agent.notifyWatchCount > 0 && tries < 100 { usleep(20_000); tries += 1 }
+            #expect(agent.notifyWatchCount == 0)
+        }
+    }
 }
