@@ -37,6 +37,36 @@ import Testing
     }
 }
 
+@Suite struct ChangeCounterTests {
+    @Test func aWaiterWakesForAChangeMadeAfterWhatItSawAndNotBefore() {
+        let changes = ChangeCounter()
+        let seen = changes.value
+        // A change made before the wait starts is not missed.
+        changes.bump()
+        #expect(changes.wait(past: seen, timeoutMs: 5000) == seen + 1)
+        // One made while it sleeps wakes it.
+        let t = Threads.start {
+            usleep(100_000)
+            changes.bump()
+        }
+        let start = MonotonicClock.milliseconds()
+        #expect(changes.wait(past: seen + 1, timeoutMs: 10_000) == seen + 2)
+        #expect(MonotonicClock.milliseconds() - start < 5000)
+        pthread_join(t, nil)
+    }
+
+    @Test func withoutAChangeTheWaitTimesOut() {
+        let changes = ChangeCounter()
+        let start = MonotonicClock.milliseconds()
+        #expect(changes.wait(past: 0, timeoutMs: 300) == 0)
+        #expect(MonotonicClock.milliseconds() - start >= 250)
+        // Sub-second and over-a-second timeouts both carry into the deadline.
+        let start2 = MonotonicClock.milliseconds()
+        #expect(changes.wait(past: 0, timeoutMs: 1_250) == 0)
+        #expect(MonotonicClock.milliseconds() - start2 >= 1_200)
+    }
+}
+
 @Suite struct VersionTests {
     @Test func oneVersionStringWithoutSpaces() {
         // `lmctfy version` and MachineInfo print it; their tests compare
