@@ -83,6 +83,8 @@ public final class Agent: @unchecked Sendable {
     /// recorded events is already queued on the loop.
     private let hub: EventHub
     private let publishQueued = Atomic<Bool>(false)
+    /// Whether the hub has a subscriber (set on the loop, read by recorders).
+    private let hubHasSubscribers = Atomic<Bool>(false)
     /// The agent's own container: relative names are relative to it.
     private let ownContainer: ContainerName
     private let finished = Latch()
@@ -480,15 +482,20 @@ public final class Agent: @unchecked Sendable {
             }
             r = try SubscribeRequest(serializedBytes: payload)
             let filter = try EventFilter(r, base: ownContainer)
-            // What was recorded but not yet handed out goes live, after the replay.
+            // Recorders queue a fan-out from now on; what was recorded before
+            // is handed out first, so the new subscriber's replay ends where
+            // its live events begin.
+            hubHasSubscribers.store(true, ordering: .releasing)
             publishEvents()
             first = try hub.subscribe(key, r, filter: filter)
+            hubHasSubscribers.store(true, ordering: .releasing)
         } catch {
+            hubHasSubscribers.store(!hub.subscribers.isEmpty, ordering: .releasing)
             perform(s, s.session.sendStatus(streamId: streamId, Dispatcher.status(of: error, method: "Subscribe"), now: now))
             return
         }
         let context = CallContext()
-        context.onCancel { [weak self] in self?.hub.remove(key) }
+        context.onCancel { [weak self] in self?.unsubscribe(key) }
         s.calls[streamId] = context
         // The replay is bounded like any answer: past the connection's limit
         // the stream ends, naming where to resume (the caller asks again for
@@ -500,7 +507,7 @@ public final class Agent: @unchecked Sendable {
         for response in first {
             guard let bytes = try? response.serializedBytes() else { continue }
             if s.held > settings.flow.connectionBytes {
-                hub.remove(key)
+                unsubscribe(key)
                 s.calls[streamId] = nil
                 perform(s, s.session.sendStatus(streamId: streamId, CallStatus(
                     .resourceExhausted, "lagged, resume after \(lastSent) (boot \(lastBoot))"), now: now))
@@ -516,6 +523,9 @@ public final class Agent: @unchecked Sendable {
                 lastBoot = g.bootId ?? lastBoot
             }
         }
+        // Anything recorded while the flag above was being settled goes out
+        // now, after the replay.
+        publishEvents()
     }
 
     /// How many kernel watches Notify calls share now (for tests).
@@ -526,7 +536,16 @@ public final class Agent: @unchecked Sendable {
         (try? loop.runAndWait { self.hub.subscribers.count }) ?? 0
     }
 
+    /// Drops a subscriber (loop thread).
+    private func unsubscribe(_ key: EventHub.Key) {
+        hub.remove(key)
+        if hub.subscribers.isEmpty { hubHasSubscribers.store(false, ordering: .releasing) }
+    }
+
     private func queuePublish() {
+        // Nobody subscribed: no wake-up of the loop per event (a subscriber
+        // that comes catches up first, see `subscribe`).
+        guard hubHasSubscribers.load(ordering: .acquiring) else { return }
         if publishQueued.exchange(true, ordering: .acquiringAndReleasing) { return }
         _ = loop.execute { [weak self] in
             guard let self else { return }
@@ -552,6 +571,7 @@ public final class Agent: @unchecked Sendable {
             perform(s, s.session.sendResponse(streamId: key.stream, payload: bytes, now: now))
             return true
         }
+        if hub.subscribers.isEmpty { hubHasSubscribers.store(false, ordering: .releasing) }
     }
 
     /// A call's end: the responses it kept, the last one with the status.
