@@ -6,7 +6,9 @@ ListContainers, Create, Spec and Destroy, and checks a bad call's status.
 
 usage: agent_client_test.py AGENT_BINARY   (root; prints "N passed, N failed")
 """
+import atexit
 import os
+import shutil
 import socket
 import struct
 import subprocess
@@ -16,6 +18,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 GEN = tempfile.mkdtemp(prefix="lmctfy-py-")
+atexit.register(shutil.rmtree, GEN, True)
 subprocess.run(["protoc", "-I", os.path.join(ROOT, "proto"), "--python_out", GEN]
                + [f for f in os.listdir(os.path.join(ROOT, "proto")) if f.endswith(".proto")],
                check=True, cwd=os.path.join(ROOT, "proto"))
@@ -100,6 +103,7 @@ class Client:
 def main():
     agent_bin = sys.argv[1]
     work = tempfile.mkdtemp(prefix="lmctfy-py-agent-")
+    atexit.register(shutil.rmtree, work, True)
     sock = os.path.join(work, "agent.sock")
     conf = os.path.join(work, "agent.conf")
     with open(conf, "w") as f:
