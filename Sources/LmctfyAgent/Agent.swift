@@ -83,10 +83,6 @@ public final class Agent: @unchecked Sendable {
     /// recorded events is already queued on the loop.
     private let hub: EventHub
     private let publishQueued = Atomic<Bool>(false)
-    /// Whether the hub has a subscriber (set on the loop, read by recorders).
-    private let hubHasSubscribers = Atomic<Bool>(false)
-    /// The agent's own container: relative names are relative to it.
-    private let ownContainer: ContainerName
     private let finished = Latch()
 
     /// How much answer the outbox holds before it is written out mid-batch.
@@ -116,7 +112,6 @@ public final class Agent: @unchecked Sendable {
                                      testHold: TestHold.fromEnvironment(marker: settings.stateDir + "/test-hold"))
         self.log = AgentLog(level: settings.logLevel)
         self.hub = EventHub(log: events)
-        self.ownContainer = (try? api.detect(pid: 0)) ?? .root
         self.listContainers = {
             var out: [String: Bool] = [:]
             do throws(LmctfyError) {
@@ -481,36 +476,30 @@ public final class Agent: @unchecked Sendable {
                 throw LmctfyError(.permissionDenied, "Method Subscribe needs the reader role")
             }
             r = try SubscribeRequest(serializedBytes: payload)
-            let filter = try EventFilter(r, base: ownContainer)
-            // Recorders queue a fan-out from now on; what was recorded before
-            // is handed out first, so the new subscriber's replay ends where
-            // its live events begin.
-            hubHasSubscribers.store(true, ordering: .releasing)
+            let filter = try EventFilter(r, resolve: dispatcher.backend.resolve)
+            // What was recorded before is handed out first, so the new
+            // subscriber's replay ends where its live events begin.
             publishEvents()
             first = try hub.subscribe(key, r, filter: filter)
-            hubHasSubscribers.store(true, ordering: .releasing)
         } catch {
-            hubHasSubscribers.store(!hub.subscribers.isEmpty, ordering: .releasing)
             perform(s, s.session.sendStatus(streamId: streamId, Dispatcher.status(of: error, method: "Subscribe"), now: now))
             return
         }
         let context = CallContext()
-        context.onCancel { [weak self] in self?.unsubscribe(key) }
+        context.onCancel { [weak self] in self?.hub.remove(key) }
         s.calls[streamId] = context
         // The replay is bounded like any answer: past the connection's limit
         // the stream ends, naming where to resume (the caller asks again for
-        // the rest), rather than the whole log waiting in memory.
-        // Where the caller would resume: after its own point, or after the
-        // gap's start when the first answer is a gap (another boot).
+        // the rest), rather than the whole log waiting in memory. Where the
+        // caller resumes: after its own point, after the last event sent, or
+        // after a gap's start (the stream goes on in that boot from there).
         var lastSent: UInt64 = r.afterSequence ?? 0
         var lastBoot = r.bootId ?? hub.log.bootId
         for response in first {
             guard let bytes = try? response.serializedBytes() else { continue }
             if s.held > settings.flow.connectionBytes {
-                unsubscribe(key)
-                s.calls[streamId] = nil
-                perform(s, s.session.sendStatus(streamId: streamId, CallStatus(
-                    .resourceExhausted, "lagged, resume after \(lastSent) (boot \(lastBoot))"), now: now))
+                hub.remove(key)
+                endLagged(s, streamId, after: lastSent, boot: lastBoot, now: now)
                 return
             }
             perform(s, s.session.sendResponse(streamId: streamId, payload: bytes, now: now))
@@ -518,14 +507,21 @@ public final class Agent: @unchecked Sendable {
                 lastSent = e.sequence ?? lastSent
                 lastBoot = e.bootId ?? lastBoot
             } else if let g = response.gap {
-                // Past a gap the stream goes on in this boot from its start.
                 lastSent = max(1, g.firstSequence ?? 1) - 1
                 lastBoot = g.bootId ?? lastBoot
             }
         }
-        // Anything recorded while the flag above was being settled goes out
-        // now, after the replay.
+        // Anything recorded while it joined (the hub had no subscriber, so
+        // no fan-out was queued for it) goes out now, after the replay.
         publishEvents()
+    }
+
+    /// Ends a subscription that fell behind its connection's limit, saying
+    /// where to resume (the subscriber is already out of the hub).
+    private func endLagged(_ s: ConnState, _ streamId: UInt32, after: UInt64, boot: String, now: UInt64) {
+        s.calls[streamId] = nil
+        perform(s, s.session.sendStatus(streamId: streamId, CallStatus(
+            .resourceExhausted, "lagged, resume after \(after) (boot \(boot))"), now: now))
     }
 
     /// How many kernel watches Notify calls share now (for tests).
@@ -536,16 +532,10 @@ public final class Agent: @unchecked Sendable {
         (try? loop.runAndWait { self.hub.subscribers.count }) ?? 0
     }
 
-    /// Drops a subscriber (loop thread).
-    private func unsubscribe(_ key: EventHub.Key) {
-        hub.remove(key)
-        if hub.subscribers.isEmpty { hubHasSubscribers.store(false, ordering: .releasing) }
-    }
-
     private func queuePublish() {
         // Nobody subscribed: no wake-up of the loop per event (a subscriber
         // that comes catches up first, see `subscribe`).
-        guard hubHasSubscribers.load(ordering: .acquiring) else { return }
+        guard hub.active.load(ordering: .acquiring) else { return }
         if publishQueued.exchange(true, ordering: .acquiringAndReleasing) { return }
         _ = loop.execute { [weak self] in
             guard let self else { return }
@@ -562,16 +552,12 @@ public final class Agent: @unchecked Sendable {
         hub.publish { key, bytes, _ in
             guard let s = conns[key.conn], s.calls[key.stream] != nil else { return false }
             if s.held > settings.flow.connectionBytes {
-                let last = hub.subscribers[key]?.lastSent ?? 0
-                s.calls[key.stream] = nil
-                perform(s, s.session.sendStatus(streamId: key.stream, CallStatus(
-                    .resourceExhausted, "lagged, resume after \(last) (boot \(hub.log.bootId))"), now: now))
+                endLagged(s, key.stream, after: hub.subscribers[key]?.lastSent ?? 0, boot: hub.log.bootId, now: now)
                 return false
             }
             perform(s, s.session.sendResponse(streamId: key.stream, payload: bytes, now: now))
             return true
         }
-        if hub.subscribers.isEmpty { hubHasSubscribers.store(false, ordering: .releasing) }
     }
 
     /// A call's end: the responses it kept, the last one with the status.

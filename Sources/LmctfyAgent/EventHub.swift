@@ -3,10 +3,10 @@
 // in sequence order (whatever thread recorded them, in whatever order their
 // notifications arrive) and handed to every matching subscriber, so each
 // event reaches each subscriber once, with the log's (boot id, sequence).
-import Lmctfy
 import LmctfyProto
 import LmctfyRPC
 import LmctfySystem
+import Synchronization
 
 /// Which events a subscriber wants.
 struct EventFilter: Equatable {
@@ -20,14 +20,14 @@ struct EventFilter: Equatable {
     /// Every event of every container.
     init() {}
 
-    /// A Subscribe request's filter, its name resolved against `base` (the
-    /// agent's own container). INVALID_ARGUMENT for a bad name, or for
-    /// `recursive` without one.
-    init(_ r: SubscribeRequest, base: ContainerName) throws(LmctfyError) {
+    /// A Subscribe request's filter, its name resolved by `resolve` as every
+    /// other method resolves names (the backend's). INVALID_ARGUMENT for a
+    /// bad name, or for `recursive` without one.
+    init(_ r: SubscribeRequest, resolve: (String) throws(LmctfyError) -> String) throws(LmctfyError) {
         recursive = r.recursive ?? false
         kinds = Set(r.kinds)
         if let name = r.name {
-            container = try ContainerName.resolve(name, relativeTo: name.hasPrefix("/") ? .root : base).path
+            container = try resolve(name)
         } else if recursive {
             throw .invalidArgument("recursive needs a container name")
         }
@@ -57,7 +57,12 @@ final class EventHub {
     }
 
     let log: EventLog
-    private(set) var subscribers: [Key: Subscriber] = [:]
+    private(set) var subscribers: [Key: Subscriber] = [:] {
+        didSet { active.store(!subscribers.isEmpty, ordering: .releasing) }
+    }
+    /// Whether anyone subscribes: read by recording threads, so that an
+    /// event wakes the loop only when someone will get it.
+    let active = Atomic<Bool>(false)
     /// Every event up to this sequence has been handed to the subscribers
     /// that were there when it was.
     private(set) var published: UInt64

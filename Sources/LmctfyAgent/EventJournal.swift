@@ -19,18 +19,25 @@ final class EventJournal: @unchecked Sendable {
     let capacity: Int
     private var fd: Int32 = -1
     private var count = 0
+    /// What the files held when they were opened (`previous`, then
+    /// `current`): what earlier boots left.
+    let opened: [ContainerEvent]
 
-    var currentPath: String { directory + "/current" }
-    var previousPath: String { directory + "/previous" }
+    let currentPath: String
+    let previousPath: String
 
     /// Opens (making the directory, 0700) and reads what earlier boots left.
     init(directory: String, capacity: Int) throws(LmctfyError) {
         self.directory = directory
         self.capacity = max(1, capacity)
+        currentPath = directory + "/current"
+        previousPath = directory + "/previous"
         if mkdir(directory, 0o700) != 0 && errno != EEXIST {
             throw SystemError("mkdir", directory, errno).lmctfy(.failedPrecondition, "Making the event journal directory")
         }
-        count = Self.read(currentPath).count
+        let current = Self.read(currentPath)
+        count = current.count
+        opened = Self.read(previousPath) + current
         try open()
     }
 

@@ -87,7 +87,7 @@ public final class EventLog: Sendable {
     /// served to a subscriber of that boot (`previousBoot`).
     public func attachJournal(directory: String) throws(LmctfyError) {
         let journal = try EventJournal(directory: directory, capacity: capacity)
-        let stored = journal.stored()
+        let stored = journal.opened
         let previous = stored.last(where: { $0.bootId != bootId })?.bootId
         state.locked { s in
             s.journal = journal

@@ -43,9 +43,9 @@ public struct CgroupAccess: Sendable {
     /// The lock files of the real machine: under /run, a tmpfs on a
     /// systemd host, so they go at reboot as every cgroup does. Where /run
     /// is on a disk (as on this project's build machines) they persist, and
-    /// a journal left by a create that a reboot interrupted is replayed at
-    /// the tree's next lock: it only removes directories carrying lmctfy's
-    /// marks, so it finds nothing to undo. lmctfy does not mount a tmpfs
+    /// a journal left by a create that a reboot interrupted carries that
+    /// boot's id: the tree's next lock discards it without undoing anything
+    /// (`ContainerLock.bootId`). lmctfy does not mount a tmpfs
     /// there itself: a process in a private mount namespace would then lock
     /// a different directory from one outside it.
     public static let kernelLockRoot = "/run/lmctfy/locks"
