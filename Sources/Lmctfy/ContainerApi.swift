@@ -59,6 +59,14 @@ public final class ContainerApi: Sendable {
         return try driver.tasksDir(name).state() == .complete
     }
 
+    /// The container whose memory events a container's processes cause:
+    /// itself if it isolates memory, else its nearest ancestor that does
+    /// (the root at the latest).
+    public func memoryOwner(_ name: ContainerName) throws(LmctfyError) -> ContainerName {
+        for c in name.selfAndAncestors where !c.isRoot { if try driver.isolates(.memory, c) { return c } }
+        return .root
+    }
+
     /// The container with this name; NOT_FOUND if it does not exist.
     public func get(_ name: String) throws(LmctfyError) -> Container {
         try get(resolve(name))

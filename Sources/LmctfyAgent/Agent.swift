@@ -64,8 +64,14 @@ public final class Agent: @unchecked Sendable {
     private var sweeper: LoopTimer?
     private var reconciler: LoopTimer?
     private var reconciling = false
-    /// Every container and whether it is frozen; nil when the listing failed.
-    private let listContainers: @Sendable () -> [String: Bool]?
+    /// Every container, whether it is frozen and whether it has no
+    /// processes (itself and below); nil when the listing failed.
+    private let listContainers: @Sendable () -> (frozen: [String: Bool], empty: [String: Bool])?
+    private let api: ContainerApi
+    /// Every container watched from the loop (watch_containers).
+    private var watcher: MachineWatcher?
+    /// STATS events every stats_interval_ms (a thread of its own).
+    private var statsPublisher: StatsPublisher?
     /// How often expired request journal entries are removed.
     static let sweepIntervalMs = 60_000
     private var signals: [SignalWatcher] = []
@@ -111,13 +117,19 @@ public final class Agent: @unchecked Sendable {
                                      events: events, agentVersion: LmctfyVersion.string, journal: journal,
                                      testHold: TestHold.fromEnvironment(marker: settings.stateDir + "/test-hold"))
         self.log = AgentLog(level: settings.logLevel)
-        self.hub = EventHub(log: events)
+        self.hub = EventHub(log: events, buffer: settings.subscriberBuffer)
+        self.api = api
         self.listContainers = {
             var out: [String: Bool] = [:]
+            var hasOwn: [String: Bool] = [:]
+            let names: [ContainerName]
             do throws(LmctfyError) {
-                for name in try api.get(ContainerName.root).subcontainers(recursive: true) {
+                names = try api.get(ContainerName.root).subcontainers(recursive: true)
+                for name in names {
                     do throws(LmctfyError) {
-                        out[name.path] = try api.get(name).isFrozen()
+                        let c = try api.get(name)
+                        out[name.path] = try c.isFrozen()
+                        hasOwn[name.path] = !(try c.processes(recursive: false).isEmpty)
                     } catch where error.code == .notFound {
                         // Destroyed while listed: absent from this round.
                     }
@@ -125,7 +137,12 @@ public final class Agent: @unchecked Sendable {
             } catch {
                 return nil
             }
-            return out
+            // Empty: no process in it nor below it (deepest first).
+            var busy = hasOwn
+            for name in names.reversed() where busy[name.path] == true {
+                if let parent = name.parent, !parent.isRoot { busy[parent.path] = true }
+            }
+            return (out, busy.mapValues { !$0 })
         }
     }
 
@@ -138,7 +155,7 @@ public final class Agent: @unchecked Sendable {
         let list = listContainers
         let started = loop.offload({
             let since = inventory.generation
-            if let listed = list() { inventory.reconcile(listed, since: since) }
+            if let listed = list() { inventory.reconcile(listed.frozen, empties: listed.empty, since: since) }
         }, then: { [weak self] _ in self?.reconciling = false })
         if !started { reconciling = false }
     }
@@ -148,8 +165,8 @@ public final class Agent: @unchecked Sendable {
         try settings.checkStateDir(create: true)
         try dispatcher.events.attachJournal(directory: settings.stateDir + "/events")
         // What exists now is known, not new: the first listing seeds it.
-        if settings.reconcileIntervalMs > 0, let listed = listContainers() {
-            dispatcher.inventory.reconcile(listed, since: 0)
+        if settings.reconcileIntervalMs > 0 || settings.watchContainers, let listed = listContainers() {
+            dispatcher.inventory.reconcile(listed.frozen, empties: listed.empty, since: 0)
         }
         let swept = try dispatcher.journal?.open() ?? 0
         if swept > 0 { log.debug("request journal: \(swept) expired entries removed") }
@@ -179,6 +196,23 @@ public final class Agent: @unchecked Sendable {
     }
 
     private func startListeners(handleSignals: Bool) throws(LmctfyError) -> UInt16? {
+        if settings.watchContainers {
+            let w = try MachineWatcher(loop: loop, api: api, inventory: dispatcher.inventory, events: dispatcher.events)
+            try w.start()
+            watcher = w
+            let api = self.api
+            dispatcher.memoryOwner.locked { $0 = { (path: String) throws(LmctfyError) -> String in
+                let name = try ContainerName.resolve(path, relativeTo: .root)
+                guard try api.exists(name) else { throw .notFound("Container \"\(path)\" does not exist") }
+                return try api.memoryOwner(name).path
+            } }
+        }
+        if settings.statsIntervalMs > 0 {
+            let p = StatsPublisher(api: api, inventory: dispatcher.inventory, events: dispatcher.events,
+                                   intervalMs: settings.statsIntervalMs)
+            p.start()
+            statsPublisher = p
+        }
         let dir = String(settings.unixSocketPath[..<(settings.unixSocketPath.lastIndex(of: "/")!)])
         if !dir.isEmpty && !Sys.isDirectory(dir) {
             do { try Sys.mkdir(dir, mode: 0o755) } catch { throw error.lmctfy(.failedPrecondition, "Creating the socket directory") }
@@ -305,6 +339,8 @@ public final class Agent: @unchecked Sendable {
                 startCall(s, streamId: streamId, method: method, payload: payload)
             case .cancelled(let streamId, _):
                 s.calls.removeValue(forKey: streamId)?.cancel()
+            case .credit(let streamId, let credit):
+                hub.grant(EventHub.Key(conn: s.id, stream: streamId), credit, deliver: deliver, lagged: lagged)
             case .deliverResponse, .deliverStatus:
                 break  // the agent opens no calls of its own yet
             case .close(let reason):
@@ -477,10 +513,13 @@ public final class Agent: @unchecked Sendable {
             }
             r = try SubscribeRequest(serializedBytes: payload)
             let filter = try EventFilter(r, resolve: dispatcher.backend.resolve)
+            if r.credit != nil, (s.session.peer?.version ?? 0) < ProtocolVersion.credit {
+                throw LmctfyError.invalidArgument("credit needs protocol version \(ProtocolVersion.credit) (this connection speaks \(s.session.peer?.version ?? 0))")
+            }
             // What was recorded before is handed out first, so the new
             // subscriber's replay ends where its live events begin.
             publishEvents()
-            first = try hub.subscribe(key, r, filter: filter)
+            first = try hub.subscribe(key, r, filter: filter, credit: r.credit.map { Int($0) })
         } catch {
             perform(s, s.session.sendStatus(streamId: streamId, Dispatcher.status(of: error, method: "Subscribe"), now: now))
             return
@@ -488,6 +527,13 @@ public final class Agent: @unchecked Sendable {
         let context = CallContext()
         context.onCancel { [weak self] in self?.hub.remove(key) }
         s.calls[streamId] = context
+        if r.credit != nil {
+            // Flow-controlled: the replay waits for credit like any event.
+            hub.hold(key, first.compactMap { try? $0.serializedBytes() })
+            hub.drain(key, deliver: deliver, lagged: lagged)
+            publishEvents()
+            return
+        }
         // The replay is bounded like any answer: past the connection's limit
         // the stream ends, naming where to resume (the caller asks again for
         // the rest), rather than the whole log waiting in memory. Where the
@@ -548,16 +594,23 @@ public final class Agent: @unchecked Sendable {
     /// subscriber whose connection holds more unsent answers than its
     /// limit is ended with RESOURCE_EXHAUSTED naming where to resume.
     private func publishEvents() {
-        let now = MonotonicClock.milliseconds()
-        hub.publish { key, bytes, _ in
-            guard let s = conns[key.conn], s.calls[key.stream] != nil else { return false }
-            if s.held > settings.flow.connectionBytes {
-                endLagged(s, key.stream, after: hub.subscribers[key]?.lastSent ?? 0, boot: hub.log.bootId, now: now)
-                return false
-            }
-            perform(s, s.session.sendResponse(streamId: key.stream, payload: bytes, now: now))
-            return true
-        }
+        hub.publish(deliver: deliver, lagged: lagged)
+    }
+
+    /// One response on a subscriber's stream; false if its connection holds
+    /// more unsent answers than its limit (or the stream is gone).
+    private func deliver(_ key: EventHub.Key, _ bytes: [UInt8]) -> Bool {
+        guard let s = conns[key.conn], s.calls[key.stream] != nil else { return false }
+        if s.held > settings.flow.connectionBytes { return false }
+        perform(s, s.session.sendResponse(streamId: key.stream, payload: bytes, now: MonotonicClock.milliseconds()))
+        return true
+    }
+
+    /// A subscriber the hub dropped for lagging: its stream ends naming
+    /// where to resume (nothing, if the stream is already gone).
+    private func lagged(_ key: EventHub.Key, _ lastSent: UInt64) {
+        guard let s = conns[key.conn], s.calls[key.stream] != nil else { return }
+        endLagged(s, key.stream, after: lastSent, boot: hub.log.bootId, now: MonotonicClock.milliseconds())
     }
 
     /// A call's end: the responses it kept, the last one with the status.
@@ -626,6 +679,8 @@ public final class Agent: @unchecked Sendable {
         ticker?.cancel()
         sweeper?.cancel()
         reconciler?.cancel()
+        watcher?.stop()
+        statsPublisher?.requestStop()
         for w in signals { w.cancel() }
         signals.removeAll()
         // The Unix listener removed its socket file when it closed (only if
@@ -637,6 +692,7 @@ public final class Agent: @unchecked Sendable {
     public func waitUntilStopped() -> Int32 {
         finished.wait()
         let rc = loop.shutdown()
+        statsPublisher?.stop()
         log.info("lmctfy-agent stopped (uv_loop_close \(rc))")
         return rc
     }

@@ -44,6 +44,14 @@ public struct AgentSettings: Sendable {
     /// How often containers are listed to catch changes made without the
     /// agent (reconcile_interval_ms; default 1000; 0: never).
     public var reconcileIntervalMs: Int
+    /// Whether every container is watched (watch_containers; default true).
+    public var watchContainers: Bool
+    /// How often a STATS event is published per container
+    /// (stats_interval_ms; default 10000; 0: never).
+    public var statsIntervalMs: Int
+    /// Events held for a flow-controlled subscriber without credit
+    /// (subscriber_buffer; default 1024).
+    public var subscriberBuffer: Int
 
     /// Parses and checks a config file's text.
     public static func parse(_ text: String, source: String) throws(LmctfyError) -> AgentSettings {
@@ -111,6 +119,12 @@ public struct AgentSettings: Sendable {
         }
         eventLogCapacity = Int(capacity)
         reconcileIntervalMs = Int(c.reconcileIntervalMs ?? 1000)
+        watchContainers = c.watchContainers ?? true
+        statsIntervalMs = Int(c.statsIntervalMs ?? 10000)
+        guard statsIntervalMs == 0 || statsIntervalMs >= 100 else {
+            throw .invalidArgument("\(source): stats_interval_ms must be 0 (off) or at least 100, not \(statsIntervalMs)")
+        }
+        subscriberBuffer = Int(max(1, c.subscriberBuffer ?? 1024))
         for binding in c.role where binding.role == nil || binding.role == .agentRoleUnspecified {
             throw .invalidArgument("\(source): every role binding needs role: AGENT_ROLE_ADMIN or AGENT_ROLE_READER")
         }

@@ -149,6 +149,11 @@ public final class Dispatcher: Sendable {
     let inventory: Inventory
     /// Notify's kernel watches, one per (container, event).
     let notifyWatches = NotifyWatches()
+    /// Set by the agent while its machine watcher records every
+    /// container's OOMs: Notify for OOM then needs no kernel watch of its
+    /// own, and streams the OOMs of the container this gives (the one whose
+    /// memory the named container uses; NOT_FOUND if it does not exist).
+    let memoryOwner = Mutexed<(@Sendable (String) throws(LmctfyError) -> String)?>(nil)
     let testHold: TestHold?
 
     /// A dispatcher onto `backend`; names the caller leaves out mean
@@ -318,9 +323,12 @@ public final class Dispatcher: Sendable {
             case .updateReplace: policy = .replace
             default: throw LmctfyError.invalidArgument("Update needs a policy (UPDATE_DIFF or UPDATE_REPLACE)")
             }
-            let path = try d.backend.update(try Dispatcher.containerName(r.name), spec: r.spec ?? ContainerSpec(), policy: policy)
-            d.events.record(container: path, kind: .containerEventUpdated)
-            return UpdateResponse()
+            let name = try Dispatcher.containerName(r.name)
+            return try d.inventory.change(try d.backend.resolve(name)) {
+                let path = try d.backend.update(name, spec: r.spec ?? ContainerSpec(), policy: policy)
+                d.events.record(container: path, kind: .containerEventUpdated)
+                return (UpdateResponse(), { _ in })
+            }
         }
         unary(AgentMethods.spec) { d, r in SpecResponse(spec: try d.backend.spec(r.name)) }
         unary(AgentMethods.stats) { d, r in
@@ -444,42 +452,39 @@ public final class Dispatcher: Sendable {
         let threshold = spec.memoryThreshold?.usage
         let path = try backend.resolve(try Self.containerName(r.name))
         let events = self.events
-        let backend = self.backend
         let watches = self.notifyWatches
+        // OOMs of every container are recorded by the agent's machine
+        // watcher: the call only streams them from the log, and ends when
+        // the container's DESTROYED is recorded.
+        let owner = kind == .containerEventOom ? memoryOwner.locked({ $0 }) : nil
+        let fedByHub = owner != nil
+        // NOT_FOUND if it is not there; the events are the memory owner's.
+        let ownerPath = try owner?(path)
         func matches(_ e: ContainerEvent) -> Bool {
-            e.container == path && e.kind == kind && (threshold == nil || e.memoryThreshold == threshold)
+            if let ownerPath { return e.kind == kind && e.container == ownerPath }
+            return e.container == path && e.kind == kind && (threshold == nil || e.memoryThreshold == threshold)
+        }
+        func destroyed(_ e: ContainerEvent) -> Bool {
+            guard fedByHub, e.kind == .containerEventDestroyed, let c = e.container else { return false }
+            return c == path || path.hasPrefix(c == "/" ? "/" : c + "/")
         }
         // Live events are those recorded from now on.
         var cursor = events.newest
-        // One watch per (container, event) however many listen: its thread
-        // records each event once; every listener streams it from the log.
-        let watch = watches.join(NotifyWatches.Key(container: path, kind: kind, threshold: threshold)) { w in
-            do throws(LmctfyError) {
-                try backend.notify(
-                    path, event: spec,
-                    cancellation: NotifyCancellation(pollMs: 200) { !watches.keepWatching(w) },
-                    onWatching: { (_: String) throws(LmctfyError) in w.set(.watching) },
-                    onEvent: { (n: Int) throws(LmctfyError) -> Bool in
-                        for _ in 0..<n { events.record(container: path, kind: kind, threshold: threshold) }
-                        w.changes.bump()
-                        return true
-                    })
-                watches.end(w, nil)
-            } catch {
-                watches.end(w, error)
-            }
-        }
-        defer { watches.leave(watch) }
+        let watch = fedByHub ? nil : joinWatch(path: path, spec: spec, kind: kind, threshold: threshold)
+        defer { if let watch { watches.leave(watch) } }
         // The watch is made in a moment (a few syscalls); what was missed is
         // replayed even to a call cancelled meanwhile, as before.
         var seen: UInt64 = 0
-        var waited = 0
-        while case .starting = watch.state.locked({ $0 }) {
-            guard waited < 50 else { throw LmctfyError(.unavailable, "The watch of \(path) was not made in 10 s") }
-            seen = watch.changes.wait(past: seen, timeoutMs: 200)
-            waited += 1
+        var seenLog = events.changes.value
+        if let watch {
+            var waited = 0
+            while case .starting = watch.state.locked({ $0 }) {
+                guard waited < 50 else { throw LmctfyError(.unavailable, "The watch of \(path) was not made in 10 s") }
+                seen = watch.changes.wait(past: seen, timeoutMs: 200)
+                waited += 1
+            }
+            if case .ended(let error?) = watch.state.locked({ $0 }) { throw error }
         }
-        if case .ended(let error?) = watch.state.locked({ $0 }) { throw error }
         if let after = r.afterSequence {
             cursor = events.newest
             let (missed, gap) = events.since(bootId: r.bootId, after: after, matching: matches)
@@ -495,15 +500,48 @@ public final class Dispatcher: Sendable {
                     try context.emit(NotifyResponse(gap: EventGap(
                         requestedBootId: events.bootId, afterSequence: cursor, bootId: events.bootId, firstSequence: dropped)))
                 }
-                for e in fresh where matches(e) { try context.emit(NotifyResponse(event: e)) }
+                for e in fresh {
+                    if matches(e) { try context.emit(NotifyResponse(event: e)) }
+                    if destroyed(e) {
+                        throw LmctfyError.notFound("Container \"\(path)\" was destroyed while a notification was registered")
+                    }
+                }
                 cursor = newest
                 continue
             }
-            if case .ended(let error) = watch.state.locked({ $0 }) {
+            if let watch, case .ended(let error) = watch.state.locked({ $0 }) {
                 // The container went (NOT_FOUND, D5), or the watch failed.
                 throw error ?? LmctfyError(.unavailable, "The watch of \(path) ended")
             }
-            seen = watch.changes.wait(past: seen, timeoutMs: 200)
+            if let watch {
+                seen = watch.changes.wait(past: seen, timeoutMs: 200)
+            } else {
+                seenLog = events.changes.wait(past: seenLog, timeoutMs: 200)
+            }
+        }
+    }
+
+    /// One kernel watch per (container, event) however many listen: its
+    /// thread records each event once; every listener streams it from the log.
+    private func joinWatch(path: String, spec: EventSpec, kind: ContainerEventKind, threshold: Int64?) -> NotifyWatches.Watch {
+        let events = self.events
+        let backend = self.backend
+        let watches = self.notifyWatches
+        return watches.join(NotifyWatches.Key(container: path, kind: kind, threshold: threshold)) { w in
+            do throws(LmctfyError) {
+                try backend.notify(
+                    path, event: spec,
+                    cancellation: NotifyCancellation(pollMs: 200) { !watches.keepWatching(w) },
+                    onWatching: { (_: String) throws(LmctfyError) in w.set(.watching) },
+                    onEvent: { (n: Int) throws(LmctfyError) -> Bool in
+                        for _ in 0..<n { events.record(container: path, kind: kind, threshold: threshold) }
+                        w.changes.bump()
+                        return true
+                    })
+                watches.end(w, nil)
+            } catch {
+                watches.end(w, error)
+            }
         }
     }
 }

@@ -44,19 +44,51 @@ struct EventFilter: Equatable {
 }
 
 /// The subscribers and how far the log has been handed out. Loop thread only.
+///
+/// A subscriber with credit (protocol version 3, PROTOCOL.md section 4.4)
+/// is sent only what it granted; the rest waits in its own queue: stats
+/// samples coalesce to the latest per container, other events queue up to
+/// `buffer`, past which the subscription ends "lagged". A subscriber without
+/// credit is sent everything as it comes, bounded by its connection.
 final class EventHub {
     struct Key: Hashable {
         let conn: Int
         let stream: UInt32
     }
 
+    /// One response waiting for credit: its sequence (0 for a gap or the
+    /// caught-up marker, which keep their place) and bytes.
+    struct Waiting {
+        let sequence: UInt64
+        let bytes: [UInt8]
+    }
+
     struct Subscriber {
         let filter: EventFilter
         /// The sequence of the last event sent on this stream (0: none yet).
         var lastSent: UInt64
+        /// Responses it may still be sent; nil: not flow-controlled.
+        var credit: Int?
+        /// What waits for credit, in order (no stats samples).
+        var queue: [Waiting] = []
+        var queueHead = 0
+        /// Stats samples waiting: the latest of each container.
+        var samples: [String: Waiting] = [:]
+        /// How many responses may wait (the buffer, plus the replay).
+        var allowance: Int
+
+        var waiting: Int { queue.count - queueHead }
     }
 
+    /// Sends one response on a subscriber's stream; false when it cannot
+    /// take it (its connection is past its limit: it lags).
+    typealias Deliver = (Key, [UInt8]) -> Bool
+    /// Ends a subscription that lags, naming the last event sent.
+    typealias Lagged = (Key, UInt64) -> Void
+
     let log: EventLog
+    /// Events held for one flow-controlled subscriber without credit.
+    let buffer: Int
     private(set) var subscribers: [Key: Subscriber] = [:] {
         didSet { active.store(!subscribers.isEmpty, ordering: .releasing) }
     }
@@ -67,15 +99,17 @@ final class EventHub {
     /// that were there when it was.
     private(set) var published: UInt64
 
-    init(log: EventLog) {
+    init(log: EventLog, buffer: Int = 1024) {
         self.log = log
+        self.buffer = buffer
         published = log.newest
     }
 
     /// A new subscription: checks the request and returns what to send
     /// first (a gap, then the kept events after the resume point up to what
-    /// has been published; the rest comes live). The subscriber is added.
-    func subscribe(_ key: Key, _ r: SubscribeRequest, filter: EventFilter) throws(LmctfyError) -> [SubscribeResponse] {
+    /// has been published, then `caught_up`; the rest comes live). The
+    /// subscriber is added; `credit` (nil: none) says how many it takes.
+    func subscribe(_ key: Key, _ r: SubscribeRequest, filter: EventFilter, credit: Int? = nil) throws(LmctfyError) -> [SubscribeResponse] {
         var first: [SubscribeResponse] = []
         var lastSent = published
         if let after = r.afterSequence {
@@ -104,8 +138,8 @@ final class EventHub {
         // A caller resuming after an event recorded but not yet handed out
         // (seen through Notify) gets what follows it only.
         if let after = r.afterSequence, r.bootId == nil || r.bootId == log.bootId { lastSent = max(lastSent, after) }
-        subscribers[key] = Subscriber(filter: filter, lastSent: lastSent)
         first.append(SubscribeResponse(caughtUp: published))
+        subscribers[key] = Subscriber(filter: filter, lastSent: lastSent, credit: credit, allowance: buffer + first.count)
         return first
     }
 
@@ -113,10 +147,57 @@ final class EventHub {
         subscribers[key] = nil
     }
 
-    /// Hands out what the log has recorded since the last call, in order:
-    /// `send` gets each subscriber's responses (encoded once per event) and
-    /// returns false to end that subscription (it is then removed).
-    func publish(_ send: (Key, [UInt8], UInt64) -> Bool) {
+    /// The responses `subscribe` returned, for a flow-controlled subscriber:
+    /// they wait for its credit like any event.
+    func hold(_ key: Key, _ responses: [[UInt8]]) {
+        for bytes in responses { subscribers[key]?.queue.append(Waiting(sequence: 0, bytes: bytes)) }
+    }
+
+    /// More credit from a subscriber; sends what waited for it.
+    func grant(_ key: Key, _ credit: UInt32, deliver: Deliver, lagged: Lagged) {
+        guard var sub = subscribers[key], let have = sub.credit else { return }
+        sub.credit = have + Int(credit)
+        subscribers[key] = sub
+        drain(key, deliver: deliver, lagged: lagged)
+    }
+
+    /// Sends what waits while the subscriber has credit, oldest first (a
+    /// coalesced sample goes in its sequence's place).
+    func drain(_ key: Key, deliver: Deliver, lagged: Lagged) {
+        guard var sub = subscribers[key], sub.credit != nil else { return }
+        while sub.credit! > 0 {
+            let head: Waiting? = sub.queueHead < sub.queue.count ? sub.queue[sub.queueHead] : nil
+            let sample = sub.samples.min { $0.value.sequence < $1.value.sequence }
+            let next: Waiting
+            if let sample, head == nil || (head!.sequence != 0 && sample.value.sequence < head!.sequence) {
+                next = sample.value
+                sub.samples[sample.key] = nil
+            } else if let head {
+                next = head
+                sub.queueHead += 1
+            } else {
+                break
+            }
+            guard deliver(key, next.bytes) else {
+                subscribers[key] = nil
+                lagged(key, sub.lastSent)
+                return
+            }
+            sub.credit! -= 1
+            if next.sequence > 0 { sub.lastSent = next.sequence }
+        }
+        if sub.queueHead > 64 && sub.queueHead * 2 > sub.queue.count {
+            sub.queue.removeFirst(sub.queueHead)
+            sub.queueHead = 0
+        }
+        subscribers[key] = sub
+    }
+
+    /// Hands out what the log has recorded since the last call, in order,
+    /// each event encoded once. A subscriber that cannot take it (its
+    /// connection, or its queue without credit, is full) is removed and
+    /// `lagged` says where it got to.
+    func publish(deliver: Deliver, lagged: Lagged) {
         let newest = log.newest
         guard newest > published else { return }
         let (events, dropped) = log.range(after: published, upTo: newest)
@@ -126,20 +207,53 @@ final class EventHub {
             let gap = SubscribeResponse(gap: EventGap(
                 requestedBootId: log.bootId, afterSequence: published, bootId: log.bootId, firstSequence: dropped))
             let bytes = (try? gap.serializedBytes()) ?? []
-            for key in Array(subscribers.keys) where !send(key, bytes, published) { subscribers[key] = nil }
+            for key in Array(subscribers.keys) { offer(key, Waiting(sequence: 0, bytes: bytes), sample: nil, deliver: deliver, lagged: lagged) }
         }
         published = newest
         for e in events {
             let sequence = e.sequence ?? 0
             let keys = subscribers.filter { $0.value.lastSent < sequence && $0.value.filter.matches(e) }.map(\.key)
             guard !keys.isEmpty, let bytes = try? SubscribeResponse(event: e).serializedBytes() else { continue }
-            for key in keys {
-                if send(key, bytes, sequence) {
-                    subscribers[key]?.lastSent = sequence
-                } else {
-                    subscribers[key] = nil
-                }
+            let sample = e.kind == .containerEventStats ? e.container ?? "" : nil
+            for key in keys { offer(key, Waiting(sequence: sequence, bytes: bytes), sample: sample, deliver: deliver, lagged: lagged) }
+        }
+    }
+
+    /// One response for one subscriber: sent now if it can take it, else
+    /// queued (a sample replacing the one of its container that waits).
+    private func offer(_ key: Key, _ w: Waiting, sample: String?, deliver: Deliver, lagged: Lagged) {
+        guard var sub = subscribers[key] else { return }
+        guard let credit = sub.credit else {
+            if deliver(key, w.bytes) {
+                if w.sequence > 0 { subscribers[key]?.lastSent = w.sequence }
+            } else {
+                subscribers[key] = nil
+                lagged(key, sub.lastSent)
+            }
+            return
+        }
+        if credit > 0 && sub.waiting == 0 && sub.samples.isEmpty {
+            guard deliver(key, w.bytes) else {
+                subscribers[key] = nil
+                lagged(key, sub.lastSent)
+                return
+            }
+            sub.credit = credit - 1
+            if w.sequence > 0 { sub.lastSent = w.sequence }
+            subscribers[key] = sub
+            return
+        }
+        if let sample {
+            sub.samples[sample] = w
+        } else {
+            sub.queue.append(w)
+            if sub.waiting > sub.allowance {
+                subscribers[key] = nil
+                lagged(key, sub.lastSent)
+                return
             }
         }
+        subscribers[key] = sub
+        if credit > 0 { drain(key, deliver: deliver, lagged: lagged) }
     }
 }

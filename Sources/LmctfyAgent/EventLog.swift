@@ -20,6 +20,50 @@ public final class EventLog: Sendable {
     /// Called after every record, on the recording thread (the agent's hub
     /// schedules its fan-out from here).
     private let observer = Mutexed<(@Sendable () -> Void)?>(nil)
+    /// Bumped after every record, for threads that wait for the next event.
+    public let changes = ChangeCounter()
+
+    /// Events in sequence order, at most `capacity`: once full, an append
+    /// replaces the oldest in place instead of shifting the history down.
+    struct Ring {
+        var items: [ContainerEvent] = []
+        var start = 0
+
+        /// Appends; returns the event it pushed out, if any.
+        mutating func append(_ e: ContainerEvent, capacity: Int) -> ContainerEvent? {
+            guard capacity > 0 else { return e }
+            if items.count < capacity {
+                items.append(e)
+                return nil
+            }
+            let out = items[start]
+            items[start] = e
+            start = (start + 1) % capacity
+            return out
+        }
+
+        /// The oldest event kept.
+        var oldest: ContainerEvent? { items.isEmpty ? nil : items[start] }
+
+        private func at(_ i: Int) -> ContainerEvent { items[(start + i) % items.count] }
+
+        /// The kept events with `after` < sequence <= `upTo`, oldest first
+        /// (found by binary search: the ring is in sequence order).
+        func range(after: UInt64, upTo: UInt64) -> [ContainerEvent] {
+            var lo = 0, hi = items.count
+            while lo < hi {
+                let mid = (lo + hi) / 2
+                if (at(mid).sequence ?? 0) <= after { lo = mid + 1 } else { hi = mid }
+            }
+            var out: [ContainerEvent] = []
+            var i = lo
+            while i < items.count, (at(i).sequence ?? 0) <= upTo {
+                out.append(at(i))
+                i += 1
+            }
+            return out
+        }
+    }
 
     struct State {
         var next: UInt64 = 1
@@ -27,29 +71,38 @@ public final class EventLog: Sendable {
         var journal: EventJournal?
         /// The last boot before this one whose events the journal kept.
         var previous: (id: String, events: [ContainerEvent])?
-        /// The kept events: a ring of at most `capacity`, the oldest at
-        /// `start` once it is full (an append replaces the oldest in place
-        /// instead of shifting the whole history down).
-        var ring: [ContainerEvent] = []
-        var start = 0
+        /// Every event but stats samples, the latest `capacity`.
+        var events = Ring()
+        /// Stats samples, the latest `capacity`, apart: a sweep of a
+        /// thousand containers must not push the other events out. An older
+        /// sample is superseded by a newer one of its container, so one that
+        /// is gone is no gap.
+        var stats = Ring()
+        /// The newest sequence of an event (not a sample) pushed out: a
+        /// resume from before it has missed something.
+        var evictedThrough: UInt64 = 0
 
-        mutating func append(_ e: ContainerEvent, capacity: Int) {
-            guard capacity > 0 else { return }
-            if ring.count < capacity {
-                ring.append(e)
-            } else {
-                ring[start] = e
-                start = (start + 1) % capacity
+        /// Both rings' events in (after, upTo], merged in sequence order.
+        func range(after: UInt64, upTo: UInt64) -> [ContainerEvent] {
+            let a = events.range(after: after, upTo: upTo)
+            let b = stats.range(after: after, upTo: upTo)
+            if b.isEmpty { return a }
+            if a.isEmpty { return b }
+            var out: [ContainerEvent] = []
+            out.reserveCapacity(a.count + b.count)
+            var i = 0, j = 0
+            while i < a.count || j < b.count {
+                if j == b.count || (i < a.count && (a[i].sequence ?? 0) < (b[j].sequence ?? 0)) {
+                    out.append(a[i]); i += 1
+                } else {
+                    out.append(b[j]); j += 1
+                }
             }
+            return out
         }
 
-        /// The oldest event kept.
-        var oldest: ContainerEvent? { ring.isEmpty ? nil : ring[start] }
-
-        /// The kept events, oldest first, that match.
-        func kept(where matching: (ContainerEvent) -> Bool) -> [ContainerEvent] {
-            ring[start...].filter(matching) + ring[..<start].filter(matching)
-        }
+        /// The first sequence a resume can still get without a gap.
+        var firstAvailable: UInt64 { evictedThrough + 1 }
     }
 
     /// An empty log keeping `capacity` events, under `bootId` (nil: a random one).
@@ -74,10 +127,28 @@ public final class EventLog: Sendable {
                 container: container, kind: kind, memoryThreshold: threshold, frozen: frozen,
                 pid: pid, exitCode: exitCode, termSignal: termSignal)
             s.next += 1
-            s.append(e, capacity: capacity)
+            if let out = s.events.append(e, capacity: capacity) { s.evictedThrough = out.sequence ?? s.evictedThrough }
             s.journal?.append(e)
             return e
         }
+        changes.bump()
+        observer.locked { $0 }?()
+        return e
+    }
+
+    /// Appends a stats sample of one container (kept apart from the other
+    /// events and not journaled: a sample is superseded by the next).
+    @discardableResult
+    public func recordStats(container: String, _ stats: ContainerStats) -> ContainerEvent {
+        let now = WallClock.nanosecondsSinceEpoch()
+        let e = state.locked { s in
+            let e = ContainerEvent(bootId: bootId, sequence: s.next, timestampNs: now,
+                                   container: container, kind: .containerEventStats, stats: stats)
+            s.next += 1
+            _ = s.stats.append(e, capacity: capacity)
+            return e
+        }
+        changes.bump()
         observer.locked { $0 }?()
         return e
     }
@@ -108,9 +179,8 @@ public final class EventLog: Sendable {
     /// oldest sequence kept when some after `after` are gone (nil: none are).
     public func range(after: UInt64, upTo: UInt64) -> (events: [ContainerEvent], droppedBefore: UInt64?) {
         state.locked { s in
-            let first = s.oldest?.sequence ?? s.next
-            let events = s.kept { let q = $0.sequence ?? 0; return q > after && q <= upTo }
-            return (events, after + 1 < first && after < upTo ? first : nil)
+            let first = s.firstAvailable
+            return (s.range(after: after, upTo: upTo), after + 1 < first && after < upTo ? first : nil)
         }
     }
 
@@ -118,12 +188,12 @@ public final class EventLog: Sendable {
     /// may be missing: another boot id, or history already dropped.
     public func since(bootId asked: String?, after: UInt64, matching: (ContainerEvent) -> Bool) -> ([ContainerEvent], EventGap?) {
         state.locked { s in
-            let first = s.oldest?.sequence ?? s.next
+            let first = s.firstAvailable
             if asked != bootId || after + 1 < first {
                 let gap = EventGap(requestedBootId: asked, afterSequence: after, bootId: bootId, firstSequence: first)
-                return (s.kept(where: matching), gap)
+                return (s.range(after: 0, upTo: s.next).filter(matching), gap)
             }
-            return (s.kept { ($0.sequence ?? 0) > after && matching($0) }, nil)
+            return (s.range(after: after, upTo: s.next).filter(matching), nil)
         }
     }
 }

@@ -2,7 +2,10 @@
 // behind its back (the lmctfy CLI, another agent client's lmctfy) become
 // events too: a periodic reconcile lists every container and its freezer
 // state and records CREATED, DESTROYED and FREEZER for what differs from
-// what the agent knew (issue #11; inotify is the faster next step).
+// what the agent knew (issue #11). The machine watcher's inotify
+// observations of single containers (`observe`) go through the same rules,
+// within milliseconds of the change; the reconcile stays as the backstop
+// (and is what sees a v1 container go empty).
 //
 // The agent's own create, destroy, pause and resume go through `change`,
 // which records their event and updates what is known under one lock; a
@@ -21,6 +24,11 @@ final class Inventory: Sendable {
         var touched: [String: UInt64] = [:]
         var generation: UInt64 = 0
         var seeded = false
+        /// Whether each container had no processes when last looked at.
+        var empty: [String: Bool] = [:]
+        /// Each container's spec (serialized) when last read; a change of
+        /// the agent's own forgets it (read again without an event).
+        var specs: [String: [UInt8]] = [:]
     }
 
     private let state = Mutexed(State())
@@ -44,6 +52,9 @@ final class Inventory: Sendable {
             state.locked { s in
                 s.generation += 1
                 s.touched[path] = s.generation
+                // Its spec is read again, without an event (the change
+                // recorded its own).
+                s.specs[path] = nil
                 if let n = s.busy[path], n > 1 { s.busy[path] = n - 1 } else { s.busy[path] = nil }
                 if let update {
                     // Every name the change touched (a destroy takes the
@@ -53,6 +64,10 @@ final class Inventory: Sendable {
                     update(&s.known)
                     for name in Set(before.keys).union(s.known.keys) where before[name] != s.known[name] {
                         s.touched[name] = s.generation
+                    }
+                    for name in before.keys where s.known[name] == nil {
+                        s.empty[name] = nil
+                        s.specs[name] = nil
                     }
                 }
             }
@@ -70,14 +85,20 @@ final class Inventory: Sendable {
     /// FREEZER; names the agent changed meanwhile are left for the next
     /// round. The first listing only seeds what is known (what existed
     /// before the agent started is no event).
-    func reconcile(_ listed: [String: Bool], since: UInt64) {
+    /// `empties`: whether each container listed has no processes (EMPTY
+    /// when one that had some has none).
+    func reconcile(_ listed: [String: Bool], empties: [String: Bool] = [:], since: UInt64) {
         state.locked { s in
             guard s.seeded else {
                 s.known = listed
+                s.empty = empties
                 s.seeded = true
                 return
             }
             func settled(_ name: String) -> Bool { s.busy[name] == nil && (s.touched[name] ?? 0) <= since }
+            for (name, isEmpty) in empties.sorted(by: { $0.key < $1.key }) where settled(name) && s.known[name] != nil {
+                Self.setEmpty(&s, name, isEmpty, events)
+            }
             for (name, frozen) in listed.sorted(by: { $0.key < $1.key }) where settled(name) {
                 if let was = s.known[name] {
                     if was != frozen {
@@ -90,11 +111,82 @@ final class Inventory: Sendable {
                 }
             }
             for name in s.known.keys.sorted(by: >) where listed[name] == nil && settled(name) {
-                events.record(container: name, kind: .containerEventDestroyed)
-                s.known[name] = nil
+                Self.forget(&s, name, events)
             }
             // What no change is in progress for needs no generation any more.
             s.touched = s.touched.filter { s.busy[$0.key] != nil || $0.value > since }
         }
+    }
+
+    /// One container looked at after `since` (the watcher's inotify): it
+    /// exists (and is frozen or not) or it does not. What is news is
+    /// recorded, as a reconcile would; a name the agent changed meanwhile
+    /// is left alone.
+    func observe(_ name: String, exists: Bool, frozen: Bool?, since: UInt64) {
+        state.locked { s in
+            guard s.seeded, s.busy[name] == nil, (s.touched[name] ?? 0) <= since else { return }
+            if !exists {
+                // What is below it went first (or with it).
+                for k in s.known.keys.sorted(by: >) where k.hasPrefix(name + "/") { Self.forget(&s, k, events) }
+                if s.known[name] != nil { Self.forget(&s, name, events) }
+                return
+            }
+            guard let frozen else { return }
+            if let was = s.known[name] {
+                if was != frozen {
+                    events.record(container: name, kind: .containerEventFreezer, frozen: frozen)
+                    s.known[name] = frozen
+                }
+            } else {
+                events.record(container: name, kind: .containerEventCreated)
+                s.known[name] = frozen
+            }
+        }
+    }
+
+    /// Whether a known container has processes, looked at after `since`:
+    /// EMPTY when it had some and has none now.
+    func observeEmpty(_ name: String, _ isEmpty: Bool, since: UInt64) {
+        state.locked { s in
+            guard s.known[name] != nil, s.busy[name] == nil, (s.touched[name] ?? 0) <= since else { return }
+            Self.setEmpty(&s, name, isEmpty, events)
+        }
+    }
+
+    /// A known container's spec, read after `since` (serialized): UPDATED
+    /// when it differs from the one read before; the first read only
+    /// remembers it.
+    func observeSpec(_ name: String, _ spec: [UInt8], since: UInt64) {
+        state.locked { s in
+            guard s.known[name] != nil, s.busy[name] == nil, (s.touched[name] ?? 0) <= since else { return }
+            if let was = s.specs[name], was != spec {
+                events.record(container: name, kind: .containerEventUpdated)
+            }
+            s.specs[name] = spec
+        }
+    }
+
+    /// Every container known to exist.
+    func names() -> [String] { state.locked { Array($0.known.keys) } }
+
+    /// Whether `name` is known to exist.
+    func knows(_ name: String) -> Bool { state.locked { $0.known[name] != nil } }
+
+    /// Whether `name` is known but its spec was not read since it appeared
+    /// or the agent last changed it (a write of it could not be told).
+    func needsSpec(_ name: String) -> Bool { state.locked { $0.known[name] != nil && $0.specs[name] == nil } }
+
+    private static func setEmpty(_ s: inout State, _ name: String, _ isEmpty: Bool, _ events: EventLog) {
+        if s.empty[name] == false && isEmpty {
+            events.record(container: name, kind: .containerEventEmpty)
+        }
+        s.empty[name] = isEmpty
+    }
+
+    private static func forget(_ s: inout State, _ name: String, _ events: EventLog) {
+        events.record(container: name, kind: .containerEventDestroyed)
+        s.known[name] = nil
+        s.empty[name] = nil
+        s.specs[name] = nil
     }
 }

@@ -146,8 +146,8 @@ extension RpcClient {
     /// to keep reading.
     public func stream<Request, Response>(
         _ method: AgentMethod<Request, Response>, _ request: Request, deadlineMs: UInt32? = nil,
-        onResponse: (Response) throws(LmctfyError) -> Bool
+        window: UInt32? = nil, onResponse: (Response) throws(LmctfyError) -> Bool
     ) throws(LmctfyError) {
-        try stream(method.name, request, as: Response.self, deadlineMs: deadlineMs, onResponse: onResponse)
+        try stream(method.name, request, as: Response.self, deadlineMs: deadlineMs, window: window, onResponse: onResponse)
     }
 }

@@ -77,6 +77,9 @@ public final class RpcClient {
     /// calls then fail.
     public var isClosed: Bool { session.isClosed }
 
+    /// The protocol version agreed in the handshake.
+    public var version: UInt32? { session.peer?.version }
+
     /// A unary call with serialized messages. Throws the call's non-OK status.
     public func call(_ method: String, _ request: [UInt8], deadlineMs: UInt32? = nil) throws(LmctfyError) -> [UInt8] {
         var last: [UInt8] = []
@@ -98,12 +101,16 @@ public final class RpcClient {
     /// A server-streaming call: `onResponse` sees each response in order and
     /// returns false to cancel the call (then this returns normally). Returns
     /// when the call ends with OK; throws its status otherwise.
+    /// `window`: the call is flow-controlled (protocol version 3) and its
+    /// request granted this many responses; each one handled is granted
+    /// again, half a window at a time, so at most `window` wait here.
     public func stream(
-        _ method: String, _ request: [UInt8], deadlineMs: UInt32? = nil,
+        _ method: String, _ request: [UInt8], deadlineMs: UInt32? = nil, window: UInt32? = nil,
         onResponse: ([UInt8]) throws(LmctfyError) -> Bool
     ) throws(LmctfyError) {
         let (id, actions) = session.openStream(method: method, payload: request, deadlineMs: deadlineMs, now: MonotonicClock.milliseconds())
         perform(actions)
+        var handled: UInt32 = 0
         while true {
             while let event = inbox[id]?.first {
                 inbox[id]!.removeFirst()
@@ -113,6 +120,13 @@ public final class RpcClient {
                         inbox[id] = nil
                         perform(session.cancel(streamId: id, now: MonotonicClock.milliseconds()))
                         return
+                    }
+                    if let window {
+                        handled += 1
+                        if handled >= max(1, window / 2) {
+                            perform(session.sendCredit(streamId: id, handled, now: MonotonicClock.milliseconds()))
+                            handled = 0
+                        }
                     }
                 case .status(let status):
                     inbox[id] = nil
@@ -133,9 +147,9 @@ public final class RpcClient {
     /// A server-streaming call with typed messages.
     public func stream<Request: ProtoMessage, Response: ProtoMessage>(
         _ method: String, _ request: Request, as: Response.Type = Response.self, deadlineMs: UInt32? = nil,
-        onResponse: (Response) throws(LmctfyError) -> Bool
+        window: UInt32? = nil, onResponse: (Response) throws(LmctfyError) -> Bool
     ) throws(LmctfyError) {
-        try stream(method, try encode(request), deadlineMs: deadlineMs) { (payload: [UInt8]) throws(LmctfyError) -> Bool in
+        try stream(method, try encode(request), deadlineMs: deadlineMs, window: window) { (payload: [UInt8]) throws(LmctfyError) -> Bool in
             try onResponse(try decode(payload))
         }
     }
@@ -187,7 +201,7 @@ public final class RpcClient {
                 inbox[id, default: []].append(.response(payload))
             case .deliverStatus(let id, let status):
                 inbox[id, default: []].append(.status(status))
-            case .established, .cancelled, .close:
+            case .established, .cancelled, .close, .credit:
                 break
             }
         }

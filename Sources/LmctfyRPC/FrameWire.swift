@@ -28,6 +28,7 @@ enum FrameWire {
         }
         if let id = frame.streamId { f.has_stream_id = 1; f.stream_id = id }
         if let ms = frame.deadlineMs { f.has_deadline_ms = 1; f.deadline_ms = ms }
+        if let credit = frame.credit { f.has_credit = 1; f.credit = credit }
         withOptionalCString(frame.method) { method in
             f.method = UnsafeMutablePointer(mutating: method)
             withOptionalBytes(frame.payload) { payload in
@@ -96,6 +97,7 @@ enum FrameWire {
             }
         }
         if f.has_deadline_ms != 0 { frame.deadlineMs = f.deadline_ms }
+        if f.has_credit != 0 { frame.credit = f.credit }
         if let s = f.status {
             frame.status = RpcStatus(code: s.pointee.has_code != 0 ? s.pointee.code : nil,
                                      message: s.pointee.message.map { String(cString: $0) })

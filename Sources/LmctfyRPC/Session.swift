@@ -10,12 +10,15 @@ import LmctfySystem
 /// The protocol versions this implementation speaks.
 public enum ProtocolVersion {
     /// The newest protocol version this implementation speaks (the top of `supported`).
-    public static let current: UInt32 = 2
+    public static let current: UInt32 = 3
     /// Every version this side accepts; the handshake picks the highest both speak.
-    public static let supported: ClosedRange<UInt32> = 1...2
+    public static let supported: ClosedRange<UInt32> = 1...3
     /// From this version on a RESPONSE may carry the call's status and end
     /// the stream in one frame (PROTOCOL.md section 4).
     public static let finalResponse: UInt32 = 2
+    /// From this version on the caller of a flow-controlled stream grants
+    /// its responses with CREDIT frames (PROTOCOL.md section 4.4).
+    public static let credit: UInt32 = 3
 }
 
 /// Limits one side applies to what it receives (announced in its hello) and
@@ -141,6 +144,9 @@ public enum SessionAction: Sendable, Equatable {
     /// Stop working on a call the peer made: it cancelled, its deadline
     /// passed, or the connection is closing. Anything sent on it is dropped.
     case cancelled(streamId: UInt32, CallStatus)
+    /// The caller of a call the peer made grants `credit` more responses
+    /// (version 3; only flow-controlled calls use it).
+    case credit(streamId: UInt32, UInt32)
     /// Close the connection after performing the actions before this one.
     case close(CloseReason)
 }
@@ -384,6 +390,13 @@ public struct Session: Sendable {
         return [.write(FrameCodec.encode(Frame(kind: .frameCancel, streamId: streamId)))]
     }
 
+    /// Grants `credit` more responses on a call we made (version 3; dropped
+    /// for an older peer, a call already over, or 0).
+    public mutating func sendCredit(streamId: UInt32, _ credit: UInt32, now: UInt64) -> [SessionAction] {
+        guard !isClosed, credit > 0, outgoing[streamId] != nil, let peer, peer.version >= ProtocolVersion.credit else { return [] }
+        return [.write(FrameCodec.encode(Frame(kind: .frameCredit, streamId: streamId, credit: credit)))]
+    }
+
     /// Closes the connection in order: goaway, then every open call ends.
     public mutating func goAway(_ reason: GoAwayReason = .goawayNormal, message: String, now: UInt64) -> [SessionAction] {
         guard !isClosed else { return [] }
@@ -516,6 +529,22 @@ public struct Session: Sendable {
             return [.write(FrameCodec.encode(Frame(kind: .framePong, payload: payload)))]
         case .framePong:
             return []
+        case .frameCredit:
+            let version = peer?.version ?? 0
+            guard version >= ProtocolVersion.credit else {
+                return closeLocally(.goawayMalformedFrame, "CREDIT frame in protocol version \(version)")
+            }
+            guard id != 0, !isLocal(id) else {
+                return closeLocally(.goawayProtocolError, "CREDIT on stream \(id), which the peer did not open")
+            }
+            guard let credit = frame.credit, credit > 0 else {
+                return closeLocally(.goawayMalformedFrame, "CREDIT frame without a credit on stream \(id)")
+            }
+            guard incoming[id] != nil else {
+                if id <= lastPeerId { return [] }  // the call is over
+                return closeLocally(.goawayProtocolError, "CREDIT on stream \(id), which was never opened")
+            }
+            return [.credit(streamId: id, credit)]
         case .frameHello, .frameGoaway, .frameKindUnspecified:
             return []
         }

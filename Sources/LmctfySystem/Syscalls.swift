@@ -84,6 +84,14 @@ public enum Sys {
 
     /// One write(2) of all of `bytes`, as cgroupfs expects a value: a short
     /// write is EIO.
+    /// pread(2) from offset 0 into `buffer`: the bytes read (a cgroup file
+    /// read again through a descriptor kept open gives its value now).
+    public static func preadStart(_ fd: Int32, into buffer: UnsafeMutableRawBufferPointer) throws(SystemError) -> Int {
+        let (n, e) = retry { Glibc.pread(fd, buffer.baseAddress, buffer.count, 0) }
+        if n < 0 { throw SystemError("pread", "fd \(fd)", e) }
+        return n
+    }
+
     public static func writeOnce(_ fd: Int32, _ bytes: [UInt8], path: String, faults: FaultPlan? = nil) throws(SystemError) {
         let (n, e) = bytes.withUnsafeBytes { b in retry { injected(faults, .write, path) { write(fd, b.baseAddress, b.count) } } }
         if n < 0 { throw SystemError("write", path, e) }

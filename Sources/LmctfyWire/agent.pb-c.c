@@ -2167,7 +2167,7 @@ void   containers__lmctfy__agent__agent_config__free_unpacked
   assert(message->base.descriptor == &containers__lmctfy__agent__agent_config__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
-static const ProtobufCFieldDescriptor containers__lmctfy__agent__frame__field_descriptors[8] =
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__frame__field_descriptors[9] =
 {
   {
     "kind",
@@ -2265,8 +2265,21 @@ static const ProtobufCFieldDescriptor containers__lmctfy__agent__frame__field_de
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "credit",
+    9,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_UINT32,
+    offsetof(Containers__Lmctfy__Agent__Frame, has_credit),
+    offsetof(Containers__Lmctfy__Agent__Frame, credit),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned containers__lmctfy__agent__frame__field_indices_by_name[] = {
+  8,   /* field[8] = credit */
   4,   /* field[4] = deadline_ms */
   7,   /* field[7] = goaway */
   6,   /* field[6] = hello */
@@ -2279,7 +2292,7 @@ static const unsigned containers__lmctfy__agent__frame__field_indices_by_name[] 
 static const ProtobufCIntRange containers__lmctfy__agent__frame__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 8 }
+  { 0, 9 }
 };
 const ProtobufCMessageDescriptor containers__lmctfy__agent__frame__descriptor =
 {
@@ -2289,7 +2302,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__frame__descriptor =
   "Containers__Lmctfy__Agent__Frame",
   "containers.lmctfy.agent",
   sizeof(Containers__Lmctfy__Agent__Frame),
-  8,
+  9,
   containers__lmctfy__agent__frame__field_descriptors,
   containers__lmctfy__agent__frame__field_indices_by_name,
   1,  containers__lmctfy__agent__frame__number_ranges,
@@ -4175,7 +4188,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__notify_response__des
   (ProtobufCMessageInit) containers__lmctfy__agent__notify_response__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor containers__lmctfy__agent__subscribe_request__field_descriptors[5] =
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__subscribe_request__field_descriptors[6] =
 {
   {
     "name",
@@ -4237,10 +4250,23 @@ static const ProtobufCFieldDescriptor containers__lmctfy__agent__subscribe_reque
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "credit",
+    6,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_UINT32,
+    offsetof(Containers__Lmctfy__Agent__SubscribeRequest, has_credit),
+    offsetof(Containers__Lmctfy__Agent__SubscribeRequest, credit),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned containers__lmctfy__agent__subscribe_request__field_indices_by_name[] = {
   4,   /* field[4] = after_sequence */
   3,   /* field[3] = boot_id */
+  5,   /* field[5] = credit */
   2,   /* field[2] = kinds */
   0,   /* field[0] = name */
   1,   /* field[1] = recursive */
@@ -4248,7 +4274,7 @@ static const unsigned containers__lmctfy__agent__subscribe_request__field_indice
 static const ProtobufCIntRange containers__lmctfy__agent__subscribe_request__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 5 }
+  { 0, 6 }
 };
 const ProtobufCMessageDescriptor containers__lmctfy__agent__subscribe_request__descriptor =
 {
@@ -4258,7 +4284,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__subscribe_request__d
   "Containers__Lmctfy__Agent__SubscribeRequest",
   "containers.lmctfy.agent",
   sizeof(Containers__Lmctfy__Agent__SubscribeRequest),
-  5,
+  6,
   containers__lmctfy__agent__subscribe_request__field_descriptors,
   containers__lmctfy__agent__subscribe_request__field_indices_by_name,
   1,  containers__lmctfy__agent__subscribe_request__number_ranges,
@@ -4982,7 +5008,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__agent_limits__descri
   (ProtobufCMessageInit) containers__lmctfy__agent__agent_limits__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor containers__lmctfy__agent__agent_config__field_descriptors[13] =
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__agent_config__field_descriptors[15] =
 {
   {
     "unix_socket_path",
@@ -5140,6 +5166,30 @@ static const ProtobufCFieldDescriptor containers__lmctfy__agent__agent_config__f
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "watch_containers",
+    14,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_BOOL,
+    offsetof(Containers__Lmctfy__Agent__AgentConfig, has_watch_containers),
+    offsetof(Containers__Lmctfy__Agent__AgentConfig, watch_containers),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "subscriber_buffer",
+    15,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_UINT32,
+    offsetof(Containers__Lmctfy__Agent__AgentConfig, has_subscriber_buffer),
+    offsetof(Containers__Lmctfy__Agent__AgentConfig, subscriber_buffer),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned containers__lmctfy__agent__agent_config__field_indices_by_name[] = {
   2,   /* field[2] = allowed_group */
@@ -5152,14 +5202,16 @@ static const unsigned containers__lmctfy__agent__agent_config__field_indices_by_
   5,   /* field[5] = role */
   8,   /* field[8] = state_dir */
   9,   /* field[9] = stats_interval_ms */
+  14,   /* field[14] = subscriber_buffer */
   3,   /* field[3] = tcp_address */
   1,   /* field[1] = unix_socket_mode */
   0,   /* field[0] = unix_socket_path */
+  13,   /* field[13] = watch_containers */
 };
 static const ProtobufCIntRange containers__lmctfy__agent__agent_config__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 13 }
+  { 0, 15 }
 };
 const ProtobufCMessageDescriptor containers__lmctfy__agent__agent_config__descriptor =
 {
@@ -5169,14 +5221,14 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__agent_config__descri
   "Containers__Lmctfy__Agent__AgentConfig",
   "containers.lmctfy.agent",
   sizeof(Containers__Lmctfy__Agent__AgentConfig),
-  13,
+  15,
   containers__lmctfy__agent__agent_config__field_descriptors,
   containers__lmctfy__agent__agent_config__field_indices_by_name,
   1,  containers__lmctfy__agent__agent_config__number_ranges,
   (ProtobufCMessageInit) containers__lmctfy__agent__agent_config__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCEnumValue containers__lmctfy__agent__frame_kind__enum_values_by_number[9] =
+static const ProtobufCEnumValue containers__lmctfy__agent__frame_kind__enum_values_by_number[10] =
 {
   { "FRAME_KIND_UNSPECIFIED", "CONTAINERS__LMCTFY__AGENT__FRAME_KIND__FRAME_KIND_UNSPECIFIED", 0 },
   { "FRAME_HELLO", "CONTAINERS__LMCTFY__AGENT__FRAME_KIND__FRAME_HELLO", 1 },
@@ -5187,13 +5239,15 @@ static const ProtobufCEnumValue containers__lmctfy__agent__frame_kind__enum_valu
   { "FRAME_PING", "CONTAINERS__LMCTFY__AGENT__FRAME_KIND__FRAME_PING", 6 },
   { "FRAME_PONG", "CONTAINERS__LMCTFY__AGENT__FRAME_KIND__FRAME_PONG", 7 },
   { "FRAME_GOAWAY", "CONTAINERS__LMCTFY__AGENT__FRAME_KIND__FRAME_GOAWAY", 8 },
+  { "FRAME_CREDIT", "CONTAINERS__LMCTFY__AGENT__FRAME_KIND__FRAME_CREDIT", 9 },
 };
 static const ProtobufCIntRange containers__lmctfy__agent__frame_kind__value_ranges[] = {
-{0, 0},{0, 9}
+{0, 0},{0, 10}
 };
-static const ProtobufCEnumValueIndex containers__lmctfy__agent__frame_kind__enum_values_by_name[9] =
+static const ProtobufCEnumValueIndex containers__lmctfy__agent__frame_kind__enum_values_by_name[10] =
 {
   { "FRAME_CANCEL", 5 },
+  { "FRAME_CREDIT", 9 },
   { "FRAME_GOAWAY", 8 },
   { "FRAME_HELLO", 1 },
   { "FRAME_KIND_UNSPECIFIED", 0 },
@@ -5210,9 +5264,9 @@ const ProtobufCEnumDescriptor containers__lmctfy__agent__frame_kind__descriptor 
   "FrameKind",
   "Containers__Lmctfy__Agent__FrameKind",
   "containers.lmctfy.agent",
-  9,
+  10,
   containers__lmctfy__agent__frame_kind__enum_values_by_number,
-  9,
+  10,
   containers__lmctfy__agent__frame_kind__enum_values_by_name,
   1,
   containers__lmctfy__agent__frame_kind__value_ranges,
@@ -5388,7 +5442,7 @@ const ProtobufCEnumDescriptor containers__lmctfy__agent__run_event_kind__descrip
   containers__lmctfy__agent__run_event_kind__value_ranges,
   NULL,NULL,NULL,NULL   /* reserved[1234] */
 };
-static const ProtobufCEnumValue containers__lmctfy__agent__container_event_kind__enum_values_by_number[10] =
+static const ProtobufCEnumValue containers__lmctfy__agent__container_event_kind__enum_values_by_number[11] =
 {
   { "CONTAINER_EVENT_UNSPECIFIED", "CONTAINERS__LMCTFY__AGENT__CONTAINER_EVENT_KIND__CONTAINER_EVENT_UNSPECIFIED", 0 },
   { "CONTAINER_EVENT_OOM", "CONTAINERS__LMCTFY__AGENT__CONTAINER_EVENT_KIND__CONTAINER_EVENT_OOM", 1 },
@@ -5400,16 +5454,18 @@ static const ProtobufCEnumValue containers__lmctfy__agent__container_event_kind_
   { "CONTAINER_EVENT_DESTROYED", "CONTAINERS__LMCTFY__AGENT__CONTAINER_EVENT_KIND__CONTAINER_EVENT_DESTROYED", 7 },
   { "CONTAINER_EVENT_PROCESS_EXITED", "CONTAINERS__LMCTFY__AGENT__CONTAINER_EVENT_KIND__CONTAINER_EVENT_PROCESS_EXITED", 8 },
   { "CONTAINER_EVENT_STATS", "CONTAINERS__LMCTFY__AGENT__CONTAINER_EVENT_KIND__CONTAINER_EVENT_STATS", 9 },
+  { "CONTAINER_EVENT_MEMORY_PRESSURE", "CONTAINERS__LMCTFY__AGENT__CONTAINER_EVENT_KIND__CONTAINER_EVENT_MEMORY_PRESSURE", 10 },
 };
 static const ProtobufCIntRange containers__lmctfy__agent__container_event_kind__value_ranges[] = {
-{0, 0},{0, 10}
+{0, 0},{0, 11}
 };
-static const ProtobufCEnumValueIndex containers__lmctfy__agent__container_event_kind__enum_values_by_name[10] =
+static const ProtobufCEnumValueIndex containers__lmctfy__agent__container_event_kind__enum_values_by_name[11] =
 {
   { "CONTAINER_EVENT_CREATED", 5 },
   { "CONTAINER_EVENT_DESTROYED", 7 },
   { "CONTAINER_EVENT_EMPTY", 3 },
   { "CONTAINER_EVENT_FREEZER", 4 },
+  { "CONTAINER_EVENT_MEMORY_PRESSURE", 10 },
   { "CONTAINER_EVENT_MEMORY_THRESHOLD", 2 },
   { "CONTAINER_EVENT_OOM", 1 },
   { "CONTAINER_EVENT_PROCESS_EXITED", 8 },
@@ -5424,9 +5480,9 @@ const ProtobufCEnumDescriptor containers__lmctfy__agent__container_event_kind__d
   "ContainerEventKind",
   "Containers__Lmctfy__Agent__ContainerEventKind",
   "containers.lmctfy.agent",
-  10,
+  11,
   containers__lmctfy__agent__container_event_kind__enum_values_by_number,
-  10,
+  11,
   containers__lmctfy__agent__container_event_kind__enum_values_by_name,
   1,
   containers__lmctfy__agent__container_event_kind__value_ranges,

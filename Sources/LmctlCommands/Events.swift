@@ -3,6 +3,7 @@
 // of ContainerEvent; a gap as {"gap": {...}}).
 //
 //   lmctl events [-f] [--after BOOT:SEQ] [--kind K ...] [-r] [-o json] [NAME]
+//   lmctl stats -f [-o json] [NAME]     (events --kind STATS -f: the samples)
 //
 // Without -f it prints what the agent keeps (after the resume point, if
 // given) and exits; with -f it goes on with the live events until killed.
@@ -14,6 +15,8 @@ import LmctfySystem
 
 enum EventsCommand {
     static let usage = "usage: lmctl events [-f] [--after BOOT:SEQ] [--kind KIND ...] [-r] [-o json] [NAME]"
+    /// Events a follower lets the agent send ahead of what it has printed.
+    static let window: UInt32 = 256
 
     /// The request and how to print, from the words after `events`.
     struct Options {
@@ -81,6 +84,12 @@ enum EventsCommand {
         if let v = e.pid { parts.append("pid=\(v)") }
         if let v = e.exitCode { parts.append("exit_code=\(v)") }
         if let v = e.termSignal { parts.append("signal=\(v)") }
+        if let st = e.stats {
+            if let v = st.cpu?.usage?.total { parts.append("cpu_ns=\(v)") }
+            if let v = st.memory?.usage { parts.append("memory=\(v)") }
+            if let v = st.memory?.workingSet { parts.append("working_set=\(v)") }
+            if let v = st.pids?.current { parts.append("pids=\(v)") }
+        }
         return parts.joined(separator: " ")
     }
 
@@ -102,10 +111,17 @@ enum EventsCommand {
     static func run(_ words: [String], dial: () throws(LmctfyError) -> RpcClient,
                     stdout: any ByteSink, stderr: any ByteSink) -> Int32 {
         do {
-            let o = try parse(words)
+            var o = try parse(words)
             let client = try dial()
             defer { client.close() }
-            try client.stream(AgentMethods.subscribe, o.request) { (r: SubscribeResponse) throws(LmctfyError) -> Bool in
+            // Flow control where the agent speaks it: at most `window`
+            // events in flight, granted again as they are printed.
+            var window: UInt32?
+            if (client.version ?? 0) >= ProtocolVersion.credit {
+                window = Self.window
+                o.request.credit = Self.window
+            }
+            try client.stream(AgentMethods.subscribe, o.request, window: window) { (r: SubscribeResponse) throws(LmctfyError) -> Bool in
                 if r.caughtUp != nil { return o.follow }
                 var text: String
                 if let e = r.event {

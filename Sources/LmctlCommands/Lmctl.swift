@@ -68,6 +68,11 @@ public enum LmctlCLI {
         if words.first == "events" {
             return EventsCommand.run(Array(words.dropFirst()), dial: dialAgent, stdout: stdout, stderr: stderr)
         }
+        if words.first == "stats", words.contains("-f") || words.contains("--follow") {
+            // Following a container's stats: its STATS events.
+            let rest = words.dropFirst().filter { $0 != "-f" && $0 != "--follow" }
+            return EventsCommand.run(["-f", "--kind", "STATS"] + rest, dial: dialAgent, stdout: stdout, stderr: stderr)
+        }
         // The agent's machine is the one every verb acts on, `init` included.
         let environment = CLIEnvironment(
             makeBackend: { () throws(LmctfyError) in try connect() },

@@ -15,7 +15,9 @@ func withAgent<T>(_ extra: String = "", _ body: (Agent, String) throws -> T) thr
     let dir = "/tmp/lmctfy-agent-test-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
     try Sys.mkdir(dir, mode: 0o755)
     let socket = dir + "/agent.sock"
-    let settings = try AgentSettings.parse("unix_socket_path: \"\(socket)\" unix_socket_mode: 0666 log_level: LOG_WARNING state_dir: \"\(dir)/state\" \(extra)", source: "test")
+    // No STATS events unless a test asks for them (they take sequence numbers).
+    let stats = extra.contains("stats_interval_ms") ? "" : "stats_interval_ms: 0"
+    let settings = try AgentSettings.parse("unix_socket_path: \"\(socket)\" unix_socket_mode: 0666 log_level: LOG_WARNING state_dir: \"\(dir)/state\" \(stats) \(extra)", source: "test")
     let agent = Agent(settings: settings, api: try ContainerApi.detect())
     try agent.start(handleSignals: false)
     defer {

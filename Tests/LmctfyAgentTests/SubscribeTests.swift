@@ -105,8 +105,8 @@ final class ResumingSubscriber: @unchecked Sendable {
 @Suite(.enabled(if: RealCgroups.available, "\(RealCgroups.unavailableReason ?? "")"), .serialized)
 struct SubscribeTests {
     @Test func everySubscriberGetsEachEventOnceWithOneSequenceAndResumesWithoutGapOrDuplicate() throws {
-        // No reconcile: other tests' containers would take sequence numbers.
-        try withAgent("reconcile_interval_ms: 0") { agent, socket in
+        // No reconcile, no watcher: other tests' containers would take sequence numbers.
+        try withAgent("reconcile_interval_ms: 0 watch_containers: false") { agent, socket in
             let name = RealCgroups.uniqueName("sub")
             let admin = try RpcClient.connect(unixPath: socket)
             defer {
@@ -160,7 +160,7 @@ struct SubscribeTests {
 
     @Test func aResumePointNoLongerKeptOrOfAnotherBootIsAGapThenTheKeptEvents() throws {
         // A log of 3: the 4 events of a container's life push the first out.
-        try withAgent("event_log_capacity: 3 reconcile_interval_ms: 0") { _, socket in
+        try withAgent("event_log_capacity: 3 reconcile_interval_ms: 0 watch_containers: false") { _, socket in
             let name = RealCgroups.uniqueName("subgap")
             let admin = try RpcClient.connect(unixPath: socket)
             defer {
@@ -339,7 +339,7 @@ struct SubscribeTests {
     /// the limit the agent ends its stream with RESOURCE_EXHAUSTED naming
     /// where to resume, and drops it; the others go on.
     @Test func aSubscriberThatDoesNotReadIsEndedWithWhereToResume() throws {
-        try withAgent("limits { max_connection_buffered_bytes: 4096 } reconcile_interval_ms: 0") { agent, socket in
+        try withAgent("limits { max_connection_buffered_bytes: 4096 } reconcile_interval_ms: 0 watch_containers: false") { agent, socket in
             let name = RealCgroups.uniqueName("sublag")
             let admin = try RpcClient.connect(unixPath: socket)
             defer {
@@ -426,7 +426,7 @@ struct SubscribeTests {
         let socket = dir + "/agent.sock"
         func start() throws -> Agent {
             let settings = try AgentSettings.parse(
-                "unix_socket_path: \"\(socket)\" unix_socket_mode: 0666 log_level: LOG_WARNING state_dir: \"\(dir)/state\" reconcile_interval_ms: 0",
+                "unix_socket_path: \"\(socket)\" unix_socket_mode: 0666 log_level: LOG_WARNING state_dir: \"\(dir)/state\" reconcile_interval_ms: 0 stats_interval_ms: 0",
                 source: "test")
             let agent = Agent(settings: settings, api: try ContainerApi.detect())
             try agent.start(handleSignals: false)
@@ -469,7 +469,7 @@ struct SubscribeTests {
     /// Two Notify calls on one container share one kernel watch: the event
     /// is recorded once and both see it with the same sequence number.
     @Test func twoNotifyListenersShareOneWatchAndOneSequence() throws {
-        try withAgent("reconcile_interval_ms: 0") { agent, socket in
+        try withAgent("reconcile_interval_ms: 0 watch_containers: false") { agent, socket in
             let name = RealCgroups.uniqueName("subnotify")
             let admin = try RpcClient.connect(unixPath: socket)
             defer {

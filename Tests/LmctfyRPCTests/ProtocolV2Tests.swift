@@ -8,10 +8,10 @@ import LmctfySystem
 import Testing
 
 @Suite struct ProtocolV2Tests {
-    @Test func bothSidesOfThisImplementationSpeakVersion2() {
+    @Test func bothSidesOfThisImplementationSpeakTheCurrentVersion() {
         for tcp in [false, true] {
             let p = Pair.established(tcp: tcp)
-            #expect(p.dialler.peer?.version == 2 && p.acceptor.peer?.version == 2)
+            #expect(p.dialler.peer?.version == ProtocolVersion.current && p.acceptor.peer?.version == ProtocolVersion.current)
         }
     }
 

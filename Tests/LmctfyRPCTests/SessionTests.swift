@@ -12,7 +12,7 @@ import Testing
         #expect(p.dialler.peer?.name == "agent")
         #expect(p.acceptor.peer?.name == "lmctl")
         #expect(p.acceptor.peer?.credentials == rootCredentials)
-        #expect(p.dialler.peer?.version == 2 && p.acceptor.peer?.version == 2)
+        #expect(p.dialler.peer?.version == ProtocolVersion.current && p.acceptor.peer?.version == ProtocolVersion.current)
         #expect(p.dialler.peer?.maxFrameBytes == 4 << 20)
     }
 
@@ -139,7 +139,7 @@ import Testing
 
     @Test func versionMismatch() {
         var a = Session(acceptor: .peerCredentials(rootCredentials, UnixPeerPolicy()), name: "agent", now: 0)
-        let out = a.receive(frame(Frame(kind: .frameHello, hello: Hello(stage: .helloOffer, minVersion: 3, maxVersion: 5))), now: 0)
+        let out = a.receive(frame(Frame(kind: .frameHello, hello: Hello(stage: .helloOffer, minVersion: 4, maxVersion: 5))), now: 0)
         #expect(goAway(out)?.reason == .goawayVersionMismatch)
         var d = Session(dialler: .peerCredentials, name: "lmctl", now: 0)
         _ = d.start(now: 0)

@@ -117,6 +117,45 @@ func pipelinedPings(port: UInt16, keyId: String, key: [UInt8], depth: Int, secon
 }
 
 let args = CommandLine.arguments
+
+// stats-sweep --containers N --sweeps S --prefix P: the agent's sampler
+// (CL1's StatsSampler, files kept open) over containers P_0 .. P_{N-1},
+// which the caller made; the same work as tools/bench-baseline/stats_sweep.c.
+if args.count >= 2 && args[1] == "stats-sweep" {
+    var opts: [String: String] = [:]
+    var i = 2
+    while i < args.count {
+        if args[i] == "--help" { print("usage: lmctfy-bench stats-sweep --containers N --sweeps S --prefix P"); exit(0) }
+        guard i + 1 < args.count else { fail("stats-sweep: \(args[i]) needs a value") }
+        opts[args[i]] = args[i + 1]
+        i += 2
+    }
+    guard let n = opts["--containers"].flatMap({ Int($0) }), let sweeps = opts["--sweeps"].flatMap({ Int($0) }),
+          let prefix = opts["--prefix"], n > 0, sweeps > 0 else {
+        fail("usage: lmctfy-bench stats-sweep --containers N --sweeps S --prefix P")
+    }
+    do {
+        let api = try ContainerApi.detect()
+        let names = try (0..<n).map { try ContainerName.resolve("\(prefix)_\($0)", relativeTo: .root) }
+        let sampler = StatsSampler(api: api)
+        var perContainer: [Double] = []
+        var sampled = 0
+        for round in 0...sweeps {
+            let t0 = now()
+            sampled = 0
+            for name in names where sampler.sample(name) != nil { sampled += 1 }
+            // Round 0 opens the files; the sweeps after it are what is timed.
+            if round > 0 { perContainer.append((now() - t0) / Double(n)) }
+        }
+        guard sampled == n else { fail("stats-sweep: sampled \(sampled) of \(n) containers") }
+        perContainer.sort()
+        print("RESULT containers=\(n) sweeps=\(sweeps) us_per_container_p50=\(fmt(perContainer[perContainer.count / 2])) us_per_container_min=\(fmt(perContainer[0]))")
+    } catch {
+        fail("\(error)")
+    }
+    exit(0)
+}
+
 guard args.count >= 3, let n = Int(args[2]), n > 0 else {
     fail("usage: lmctfy-bench create-destroy N | freeze N BASELINE | run N BASELINE | threshold N HELPER")
 }

@@ -81,6 +81,12 @@ protocol CgroupDriver: Sendable {
     /// The kernel side of a watch on `dir` (the container's, or for memory
     /// events its nearest memory-isolating container's).
     func eventSource(_ kind: Watch.Kind, dir: CgroupDir, container: Container) throws(LmctfyError) -> any EventSource
+    /// How a ContainerMonitor learns of a container's kernel events: its
+    /// eventfd registrations and what a write to each of its files means.
+    func monitorPlan(_ name: ContainerName) throws(LmctfyError) -> MonitorPlan
+    /// The files a StatsSampler reads for the container (its own
+    /// directories only: a resource it does not isolate is not sampled).
+    func sampleFiles(_ name: ContainerName) throws(LmctfyError) -> SampleFiles
 
     // MARK: Resources
 
@@ -127,6 +133,34 @@ protocol EventSource: AnyObject {
     /// After `fd` was readable: how many events happened (0: none yet).
     /// Throws NOT_FOUND once the watched directory is gone (D5).
     func collect() throws(LmctfyError) -> Int
+}
+
+/// The files of a stats sample (see StatsSampler); nil: not sampled.
+struct SampleFiles {
+    /// CPU time used: v1 cpuacct.usage (ns), v2 cpu.stat's usage_usec.
+    var cpuUsage: String?
+    var cpuUsageKey: String?
+    var cpuUsageScale: Int64 = 1
+    /// Memory in use: v1 memory.usage_in_bytes, v2 memory.current.
+    var memoryUsage: String?
+    /// memory.stat, for the working set (usage minus inactive file pages).
+    var memoryStat: String?
+    var inactiveFileKey = "total_inactive_file"
+    /// pids.current.
+    var pids: String?
+}
+
+/// What the monitor watches on one container (see ContainerMonitor).
+struct MonitorPlan {
+    /// eventfd registrations through cgroup.event_control: what each
+    /// reports, the directory, the file and the arguments written after it.
+    var eventfds: [(kind: ContainerMonitor.Pressure, dir: CgroupDir, file: String, args: String)] = []
+    /// Files whose change (IN_MODIFY on their directory) is a state the
+    /// monitor reads again.
+    var stateFiles: [String: ContainerMonitor.StateFile] = [:]
+    /// Files written by tasks and lmctfy's bookkeeping: a write to them is
+    /// not a spec change. Any other file written is.
+    var notSpec: Set<String> = []
 }
 
 /// The directories of one container that a handler may touch, and where the

@@ -3940,6 +3940,10 @@ public struct AgentConfig: ProtoMessage {
     public var eventLogCapacity: UInt32?
     /// Field 13 `reconcile_interval_ms`.
     public var reconcileIntervalMs: UInt32?
+    /// Field 14 `watch_containers`.
+    public var watchContainers: Bool?
+    /// Field 15 `subscriber_buffer`.
+    public var subscriberBuffer: UInt32?
 
     public init(
         unixSocketPath: String? = nil,
@@ -3954,7 +3958,9 @@ public struct AgentConfig: ProtoMessage {
         statsIntervalMs: UInt32? = nil,
         controllerAddress: String? = nil,
         eventLogCapacity: UInt32? = nil,
-        reconcileIntervalMs: UInt32? = nil
+        reconcileIntervalMs: UInt32? = nil,
+        watchContainers: Bool? = nil,
+        subscriberBuffer: UInt32? = nil
     ) {
         self.unixSocketPath = unixSocketPath
         self.unixSocketMode = unixSocketMode
@@ -3969,6 +3975,8 @@ public struct AgentConfig: ProtoMessage {
         self.controllerAddress = controllerAddress
         self.eventLogCapacity = eventLogCapacity
         self.reconcileIntervalMs = reconcileIntervalMs
+        self.watchContainers = watchContainers
+        self.subscriberBuffer = subscriberBuffer
     }
 
     public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.AgentConfig")
@@ -3988,6 +3996,8 @@ public struct AgentConfig: ProtoMessage {
         self.controllerAddress = message.get(11)
         self.eventLogCapacity = message.get(12)
         self.reconcileIntervalMs = message.get(13)
+        self.watchContainers = message.get(14)
+        self.subscriberBuffer = message.get(15)
     }
 
     public var dynamic: DynamicMessage {
@@ -4005,6 +4015,8 @@ public struct AgentConfig: ProtoMessage {
         message.set(11, controllerAddress)
         message.set(12, eventLogCapacity)
         message.set(13, reconcileIntervalMs)
+        message.set(14, watchContainers)
+        message.set(15, subscriberBuffer)
         return message
     }
 
@@ -4023,6 +4035,8 @@ public struct AgentConfig: ProtoMessage {
         self.controllerAddress = CBridge.value(c, f[10])
         self.eventLogCapacity = CBridge.value(c, f[11])
         self.reconcileIntervalMs = CBridge.value(c, f[12])
+        self.watchContainers = CBridge.value(c, f[13])
+        self.subscriberBuffer = CBridge.value(c, f[14])
     }
 
     public func makeC() -> UnsafeMutableRawPointer {
@@ -4041,6 +4055,8 @@ public struct AgentConfig: ProtoMessage {
         CBridge.set(c, f[10], controllerAddress)
         CBridge.set(c, f[11], eventLogCapacity)
         CBridge.set(c, f[12], reconcileIntervalMs)
+        CBridge.set(c, f[13], watchContainers)
+        CBridge.set(c, f[14], subscriberBuffer)
         return c
     }
 }
@@ -4319,6 +4335,7 @@ public enum ContainerEventKind: Int32, ProtoEnum, CaseIterable {
     case containerEventDestroyed = 7
     case containerEventProcessExited = 8
     case containerEventStats = 9
+    case containerEventMemoryPressure = 10
 
     public var protoName: String {
         switch self {
@@ -4332,6 +4349,7 @@ public enum ContainerEventKind: Int32, ProtoEnum, CaseIterable {
         case .containerEventDestroyed: return "CONTAINER_EVENT_DESTROYED"
         case .containerEventProcessExited: return "CONTAINER_EVENT_PROCESS_EXITED"
         case .containerEventStats: return "CONTAINER_EVENT_STATS"
+        case .containerEventMemoryPressure: return "CONTAINER_EVENT_MEMORY_PRESSURE"
         }
     }
 }
@@ -4726,6 +4744,8 @@ public struct Frame: ProtoMessage {
     public var hello: Hello?
     /// Field 8 `goaway`.
     public var goaway: GoAway?
+    /// Field 9 `credit`.
+    public var credit: UInt32?
 
     public init(
         kind: FrameKind? = nil,
@@ -4735,7 +4755,8 @@ public struct Frame: ProtoMessage {
         deadlineMs: UInt32? = nil,
         status: RpcStatus? = nil,
         hello: Hello? = nil,
-        goaway: GoAway? = nil
+        goaway: GoAway? = nil,
+        credit: UInt32? = nil
     ) {
         self.kind = kind
         self.streamId = streamId
@@ -4745,6 +4766,7 @@ public struct Frame: ProtoMessage {
         self.status = status
         self.hello = hello
         self.goaway = goaway
+        self.credit = credit
     }
 
     public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.Frame")
@@ -4759,6 +4781,7 @@ public struct Frame: ProtoMessage {
         self.status = message.get(6)
         self.hello = message.get(7)
         self.goaway = message.get(8)
+        self.credit = message.get(9)
     }
 
     public var dynamic: DynamicMessage {
@@ -4771,6 +4794,7 @@ public struct Frame: ProtoMessage {
         message.set(6, status)
         message.set(7, hello)
         message.set(8, goaway)
+        message.set(9, credit)
         return message
     }
 
@@ -4784,6 +4808,7 @@ public struct Frame: ProtoMessage {
         self.status = CBridge.message(c, f[5])
         self.hello = CBridge.message(c, f[6])
         self.goaway = CBridge.message(c, f[7])
+        self.credit = CBridge.value(c, f[8])
     }
 
     public func makeC() -> UnsafeMutableRawPointer {
@@ -4797,6 +4822,7 @@ public struct Frame: ProtoMessage {
         CBridge.setMessage(c, f[5], status)
         CBridge.setMessage(c, f[6], hello)
         CBridge.setMessage(c, f[7], goaway)
+        CBridge.set(c, f[8], credit)
         return c
     }
 }
@@ -4812,6 +4838,7 @@ public enum FrameKind: Int32, ProtoEnum, CaseIterable {
     case framePing = 6
     case framePong = 7
     case frameGoaway = 8
+    case frameCredit = 9
 
     public var protoName: String {
         switch self {
@@ -4824,6 +4851,7 @@ public enum FrameKind: Int32, ProtoEnum, CaseIterable {
         case .framePing: return "FRAME_PING"
         case .framePong: return "FRAME_PONG"
         case .frameGoaway: return "FRAME_GOAWAY"
+        case .frameCredit: return "FRAME_CREDIT"
         }
     }
 }
@@ -6419,19 +6447,23 @@ public struct SubscribeRequest: ProtoMessage {
     public var bootId: String?
     /// Field 5 `after_sequence`.
     public var afterSequence: UInt64?
+    /// Field 6 `credit`.
+    public var credit: UInt32?
 
     public init(
         name: String? = nil,
         recursive: Bool? = nil,
         kinds: [ContainerEventKind] = [],
         bootId: String? = nil,
-        afterSequence: UInt64? = nil
+        afterSequence: UInt64? = nil,
+        credit: UInt32? = nil
     ) {
         self.name = name
         self.recursive = recursive
         self.kinds = kinds
         self.bootId = bootId
         self.afterSequence = afterSequence
+        self.credit = credit
     }
 
     public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.SubscribeRequest")
@@ -6443,6 +6475,7 @@ public struct SubscribeRequest: ProtoMessage {
         self.kinds = message.getRepeated(3)
         self.bootId = message.get(4)
         self.afterSequence = message.get(5)
+        self.credit = message.get(6)
     }
 
     public var dynamic: DynamicMessage {
@@ -6452,6 +6485,7 @@ public struct SubscribeRequest: ProtoMessage {
         message.setRepeated(3, kinds)
         message.set(4, bootId)
         message.set(5, afterSequence)
+        message.set(6, credit)
         return message
     }
 
@@ -6462,6 +6496,7 @@ public struct SubscribeRequest: ProtoMessage {
         self.kinds = CBridge.repeated(c, f[2])
         self.bootId = CBridge.value(c, f[3])
         self.afterSequence = CBridge.value(c, f[4])
+        self.credit = CBridge.value(c, f[5])
     }
 
     public func makeC() -> UnsafeMutableRawPointer {
@@ -6472,6 +6507,7 @@ public struct SubscribeRequest: ProtoMessage {
         CBridge.setRepeated(c, f[2], kinds)
         CBridge.set(c, f[3], bootId)
         CBridge.set(c, f[4], afterSequence)
+        CBridge.set(c, f[5], credit)
         return c
     }
 }

@@ -107,7 +107,12 @@ typedef enum _Containers__Lmctfy__Agent__FrameKind {
   /*
    * the sender closes the connection after this frame
    */
-  CONTAINERS__LMCTFY__AGENT__FRAME_KIND__FRAME_GOAWAY = 8
+  CONTAINERS__LMCTFY__AGENT__FRAME_KIND__FRAME_GOAWAY = 8,
+  /*
+   * Version 3: the receiver of a flow-controlled stream's responses will take
+   * `credit` more of them on `stream_id` (PROTOCOL.md section 4.4).
+   */
+  CONTAINERS__LMCTFY__AGENT__FRAME_KIND__FRAME_CREDIT = 9
     PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(CONTAINERS__LMCTFY__AGENT__FRAME_KIND)
 } Containers__Lmctfy__Agent__FrameKind;
 /*
@@ -215,7 +220,12 @@ typedef enum _Containers__Lmctfy__Agent__ContainerEventKind {
   CONTAINERS__LMCTFY__AGENT__CONTAINER_EVENT_KIND__CONTAINER_EVENT_UPDATED = 6,
   CONTAINERS__LMCTFY__AGENT__CONTAINER_EVENT_KIND__CONTAINER_EVENT_DESTROYED = 7,
   CONTAINERS__LMCTFY__AGENT__CONTAINER_EVENT_KIND__CONTAINER_EVENT_PROCESS_EXITED = 8,
-  CONTAINERS__LMCTFY__AGENT__CONTAINER_EVENT_KIND__CONTAINER_EVENT_STATS = 9
+  CONTAINERS__LMCTFY__AGENT__CONTAINER_EVENT_KIND__CONTAINER_EVENT_STATS = 9,
+  /*
+   * Added: memory pressure (v1 memory.pressure_level at "medium", v2
+   * memory.events "high" growing).
+   */
+  CONTAINERS__LMCTFY__AGENT__CONTAINER_EVENT_KIND__CONTAINER_EVENT_MEMORY_PRESSURE = 10
     PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(CONTAINERS__LMCTFY__AGENT__CONTAINER_EVENT_KIND)
 } Containers__Lmctfy__Agent__ContainerEventKind;
 typedef enum _Containers__Lmctfy__Agent__AgentRole {
@@ -263,14 +273,19 @@ struct  Containers__Lmctfy__Agent__Frame
   uint32_t deadline_ms;
   Containers__Lmctfy__Agent__RpcStatus *status;
   Containers__Lmctfy__Agent__Hello *hello;
-  /*
-   * Next id: 9
-   */
   Containers__Lmctfy__Agent__GoAway *goaway;
+  /*
+   * CREDIT: how many more responses (1 or more).
+   */
+  /*
+   * Next id: 10
+   */
+  protobuf_c_boolean has_credit;
+  uint32_t credit;
 };
 #define CONTAINERS__LMCTFY__AGENT__FRAME__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__frame__descriptor) \
-    , 0, CONTAINERS__LMCTFY__AGENT__FRAME_KIND__FRAME_KIND_UNSPECIFIED, 0, 0, NULL, 0, {0,NULL}, 0, 0, NULL, NULL, NULL }
+    , 0, CONTAINERS__LMCTFY__AGENT__FRAME_KIND__FRAME_KIND_UNSPECIFIED, 0, 0, NULL, 0, {0,NULL}, 0, 0, NULL, NULL, NULL, 0, 0 }
 
 
 /*
@@ -982,15 +997,23 @@ struct  Containers__Lmctfy__Agent__SubscribeRequest
    * event of this boot is OUT_OF_RANGE.
    */
   char *boot_id;
-  /*
-   * Next id: 6
-   */
   protobuf_c_boolean has_after_sequence;
   uint64_t after_sequence;
+  /*
+   * Flow control (protocol version 3): the responses the caller will take
+   * before it grants more with CREDIT frames. Absent: the stream is not
+   * flow-controlled (only the connection's limits apply). 0: nothing is sent
+   * until credit comes.
+   */
+  /*
+   * Next id: 7
+   */
+  protobuf_c_boolean has_credit;
+  uint32_t credit;
 };
 #define CONTAINERS__LMCTFY__AGENT__SUBSCRIBE_REQUEST__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__subscribe_request__descriptor) \
-    , NULL, 0, 0, 0,NULL, NULL, 0, 0 }
+    , NULL, 0, 0, 0,NULL, NULL, 0, 0, 0, 0 }
 
 
 /*
@@ -1299,7 +1322,7 @@ struct  Containers__Lmctfy__Agent__AgentConfig
    */
   char *state_dir;
   /*
-   * 10000
+   * 10000; 0: no STATS events
    */
   protobuf_c_boolean has_stats_interval_ms;
   uint32_t stats_interval_ms;
@@ -1319,15 +1342,30 @@ struct  Containers__Lmctfy__Agent__AgentConfig
    * record, as events, the creates, destroys, pauses and resumes made
    * without it (the lmctfy CLI). 0: never. Absent: 1000.
    */
-  /*
-   * Next id: 14
-   */
   protobuf_c_boolean has_reconcile_interval_ms;
   uint32_t reconcile_interval_ms;
+  /*
+   * Watch every container from the moment the agent sees it (inotify, and on
+   * v1 OOM and pressure eventfds): creates, destroys, freezer and spec
+   * changes, OOMs, memory pressure and (v2) containers going empty become
+   * events within milliseconds. Absent: true.
+   */
+  protobuf_c_boolean has_watch_containers;
+  protobuf_c_boolean watch_containers;
+  /*
+   * Events held for one flow-controlled subscriber that has no credit left
+   * (stats samples coalesce and do not count); past it the subscription ends
+   * "lagged". Absent: 1024.
+   */
+  /*
+   * Next id: 16
+   */
+  protobuf_c_boolean has_subscriber_buffer;
+  uint32_t subscriber_buffer;
 };
 #define CONTAINERS__LMCTFY__AGENT__AGENT_CONFIG__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__agent_config__descriptor) \
-    , NULL, 0, 0, NULL, NULL, NULL, 0,NULL, NULL, 0, CONTAINERS__LMCTFY__AGENT__AGENT_LOG_LEVEL__LOG_LEVEL_UNSPECIFIED, NULL, 0, 0, NULL, 0, 0, 0, 0 }
+    , NULL, 0, 0, NULL, NULL, NULL, 0,NULL, NULL, 0, CONTAINERS__LMCTFY__AGENT__AGENT_LOG_LEVEL__LOG_LEVEL_UNSPECIFIED, NULL, 0, 0, NULL, 0, 0, 0, 0, 0, 0, 0, 0 }
 
 
 /* Containers__Lmctfy__Agent__Frame methods */

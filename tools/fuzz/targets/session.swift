@@ -76,6 +76,9 @@ struct Model {
             case .cancelled(let id, _):
                 require(incoming.contains(id), "\(what): cancel of stream \(id), not an open call of the peer's")
                 incoming.removeAll { $0 == id }
+            case .credit(let id, let n):
+                require(incoming.contains(id), "\(what): credit for stream \(id), not an open call of the peer's")
+                require(n > 0, "\(what): a credit of 0 delivered")
             case .close:
                 closes += 1
             }

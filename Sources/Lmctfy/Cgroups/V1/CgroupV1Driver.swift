@@ -207,6 +207,33 @@ struct CgroupV1Driver: CgroupDriver {
         }
     }
 
+    /// cpuacct.usage, memory.usage_in_bytes and memory.stat, pids.current,
+    /// each from the container's own directory.
+    func sampleFiles(_ name: ContainerName) throws(LmctfyError) -> SampleFiles {
+        var f = SampleFiles()
+        if let d = try existingDir(.cpuacct, name) { f.cpuUsage = d.file("cpuacct.usage") }
+        if let d = try existingDir(.memory, name) {
+            f.memoryUsage = d.file("memory.usage_in_bytes")
+            f.memoryStat = d.file("memory.stat")
+        }
+        if let d = try existingDir(.pids, name) { f.pids = d.file("pids.current") }
+        return f
+    }
+
+    /// OOM and memory pressure (level `medium`) through eventfds on the
+    /// container's own memory directory; the freezer's state file. Nothing
+    /// tells of a container going empty (the agent's reconcile does).
+    func monitorPlan(_ name: ContainerName) throws(LmctfyError) -> MonitorPlan {
+        var plan = MonitorPlan()
+        if !name.isRoot, let memory = try existingDir(.memory, name) {
+            plan.eventfds = [(.oom, memory, "memory.oom_control", ""), (.pressure, memory, "memory.pressure_level", " medium")]
+        }
+        plan.stateFiles = ["freezer.state": .freezer]
+        plan.notSpec = ["tasks", "cgroup.procs", "cgroup.event_control", "freezer.state", "memory.force_empty",
+                        "notify_on_release", "cgroup.clone_children", "memory.max_usage_in_bytes", "memory.failcnt"]
+        return plan
+    }
+
     // MARK: Resources
 
     var cpu: any CpuFiles { CpuFilesV1() }

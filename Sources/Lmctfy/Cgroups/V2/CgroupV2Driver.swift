@@ -136,6 +136,34 @@ struct CgroupV2Driver: CgroupDriver {
         }
     }
 
+    /// cpu.stat (usage_usec, always there), memory.current and memory.stat,
+    /// pids.current, where the controllers are enabled.
+    func sampleFiles(_ name: ContainerName) throws(LmctfyError) -> SampleFiles {
+        let d = tasksDir(name)
+        var f = SampleFiles()
+        f.cpuUsage = d.file("cpu.stat")
+        f.cpuUsageKey = "usage_usec"
+        f.cpuUsageScale = 1000
+        if try d.has("memory.current") {
+            f.memoryUsage = d.file("memory.current")
+            f.memoryStat = d.file("memory.stat")
+            f.inactiveFileKey = "inactive_file"
+        }
+        if try d.has("pids.current") { f.pids = d.file("pids.current") }
+        return f
+    }
+
+    /// Everything through the one directory's inotify: cgroup.events
+    /// (populated, frozen) and memory.events (oom_kill, high).
+    func monitorPlan(_ name: ContainerName) throws(LmctfyError) -> MonitorPlan {
+        var plan = MonitorPlan()
+        plan.stateFiles = ["cgroup.events": .cgroupEvents, "memory.events": .memoryEvents]
+        plan.notSpec = ["cgroup.procs", "cgroup.threads", "cgroup.freeze", "cgroup.kill", "cgroup.events",
+                        "memory.events", "memory.events.local", "cgroup.subtree_control", "cgroup.type",
+                        "memory.reclaim", "memory.peak"]
+        return plan
+    }
+
     // MARK: Resources
 
     var cpu: any CpuFiles { CpuFilesV2() }

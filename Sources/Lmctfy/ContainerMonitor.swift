@@ -1,0 +1,269 @@
+// Watching every container of the machine through few descriptors, for an
+// event loop (the agent's hub, issue #11). One inotify descriptor carries
+// every directory watch; on v1 each container with its own memory cgroup
+// adds two eventfds (OOM and pressure), the only v1 notifications that
+// inotify cannot give.
+//
+//                  v1                                    v2
+//  created         IN_CREATE + IN_ATTRIB (lmctfy's        the same
+//  destroyed       `complete` record) on the tasks dir,
+//                  IN_DELETE on its parent
+//  freezer         IN_MODIFY freezer.state (a write)      IN_MODIFY cgroup.events (frozen)
+//  empty           -- (the agent's reconcile)             IN_MODIFY cgroup.events (populated)
+//  OOM             eventfd on memory.oom_control          IN_MODIFY memory.events (oom_kill)
+//  pressure        eventfd on memory.pressure_level       IN_MODIFY memory.events (high)
+//                  (medium)
+//  spec written    IN_MODIFY on any other file of any of the container's
+//                  directories (the caller compares the spec it knew)
+//
+// The monitor reports what may have changed; the caller reads the state
+// (exists? frozen? the spec?) and decides whether it is news. Watches are
+// added from the directories found, so a directory made before its parent's
+// watch saw it is found by the scan that follows the parent's watch.
+import CLmctfyShims
+import Glibc
+import LmctfySystem
+
+/// Not thread-safe: one thread (the agent's loop) drives it.
+public final class ContainerMonitor {
+    /// What one of the monitor's eventfds reports.
+    public enum Pressure: Sendable {
+        case oom
+        case pressure
+    }
+
+    /// What a change of a state file means.
+    public enum StateFile: Sendable {
+        /// v1 freezer.state.
+        case freezer
+        /// v2 cgroup.events: populated and frozen.
+        case cgroupEvents
+        /// v2 memory.events: oom_kill and high.
+        case memoryEvents
+    }
+
+    /// Something that may have changed; the caller looks.
+    public enum Change: Equatable, Sendable {
+        /// A directory appeared or its lmctfy record changed: does the
+        /// container exist now?
+        case present(ContainerName)
+        /// Its tasks directory is gone.
+        case gone(ContainerName)
+        /// Its freezer state may have changed.
+        case freezer(ContainerName)
+        /// Whether it has processes may have changed.
+        case populated(ContainerName)
+        /// One of its resource files was written.
+        case spec(ContainerName)
+        /// The kernel's OOM killer killed in it (count: how many events).
+        case oom(ContainerName, Int)
+        /// Its memory is under pressure.
+        case memoryPressure(ContainerName, Int)
+    }
+
+    /// One eventfd registration; the caller polls `fd` and calls `collect`
+    /// when it is readable, and drops the object (closing the fd) only once
+    /// it no longer polls it.
+    public final class EventFd {
+        public let container: ContainerName
+        public let kind: Pressure
+        private let source: EventfdSource
+        public var fd: Int32 { source.fd }
+
+        init(container: ContainerName, kind: Pressure, source: EventfdSource) {
+            self.container = container
+            self.kind = kind
+            self.source = source
+        }
+
+        /// The change it reports, or nil (nothing pending, or the container
+        /// went: its removal signals the eventfd too).
+        public func collect() -> Change? {
+            guard let n = try? source.collect(), n > 0 else { return nil }
+            return kind == .oom ? .oom(container, n) : .memoryPressure(container, n)
+        }
+    }
+
+    private struct Entry {
+        var wds: [Int32] = []
+        var eventfds: [EventFd] = []
+        var plan: MonitorPlan
+        /// The container existed when last watched: its other directories
+        /// and eventfds are watched too.
+        var complete = false
+        /// v2 memory.events counters last seen.
+        var oomKills: Int64 = 0
+        var high: Int64 = 0
+    }
+
+    private let api: ContainerApi
+    /// The one inotify descriptor: poll it, then call `readInotify`.
+    public let inotifyFd: Int32
+    private var entries: [ContainerName: Entry] = [:]
+    /// Watch descriptor → (container, whether it is the tasks directory).
+    private var byWd: [Int32: (name: ContainerName, tasks: Bool)] = [:]
+    private var buffer = [UInt8](repeating: 0, count: 65536)
+
+    /// INTERNAL when no inotify descriptor can be had (the per-user limit).
+    public init(api: ContainerApi) throws(LmctfyError) {
+        self.api = api
+        let fd = inotify_init1(Int32(IN_CLOEXEC | IN_NONBLOCK))
+        if fd < 0 {
+            throw SystemError("inotify_init1", "", Glibc.errno).lmctfy(.internal, "Failed to watch the containers")
+        }
+        inotifyFd = fd
+    }
+
+    deinit { Glibc.close(inotifyFd) }
+
+    /// Containers watched now.
+    public var count: Int { entries.count }
+
+    /// Whether `name` is watched.
+    public func isWatched(_ name: ContainerName) -> Bool { entries[name] != nil }
+
+    /// Watches a container's directories (the root: its tasks hierarchy's
+    /// root, for the top-level containers) and, once it exists, its memory
+    /// eventfds. Idempotent: a second call adds what the first could not
+    /// (a container still being made has no memory directory yet). Returns
+    /// the new eventfds to poll and what the scan of its directory found
+    /// (subdirectories made before the watch: `.present`).
+    public func watch(_ name: ContainerName) -> (eventfds: [EventFd], found: [Change]) {
+        var entry = entries[name] ?? Entry(plan: (try? api.driver.monitorPlan(name)) ?? MonitorPlan())
+        var found: [Change] = []
+        let tasks = api.driver.tasksDir(name)
+        if entry.wds.isEmpty {
+            let taskMask = UInt32(IN_CREATE | IN_DELETE | IN_ATTRIB | IN_MODIFY | IN_ONLYDIR)
+            let wd = inotify_add_watch(inotifyFd, tasks.path, taskMask)
+            guard wd >= 0 else { return ([], []) }  // gone already, or not there yet
+            entry.wds.append(wd)
+            byWd[wd] = (name, true)
+            // Subdirectories made before this watch saw them.
+            for child in (try? tasks.subdirectories()) ?? [] {
+                if let c = try? ContainerName.resolve(child, relativeTo: name), c.parent == name {
+                    found.append(.present(c))
+                }
+            }
+            if !name.isRoot {
+                // The state files, as they are when the watch begins.
+                if entry.plan.stateFiles.values.contains(.memoryEvents) {
+                    let counters = (try? tasks.readKeyValues("memory.events")) ?? [:]
+                    entry.oomKills = counters["oom_kill"] ?? 0
+                    entry.high = counters["high"] ?? 0
+                }
+            }
+        }
+        if !name.isRoot, !entry.complete, (try? api.exists(name)) == true {
+            entry.complete = true
+            // Every other directory of the container, for spec writes.
+            let plan = (try? api.driver.monitorPlan(name)) ?? entry.plan
+            entry.plan = plan
+            for dir in (try? api.driver.delegated(name).dirs) ?? [] where dir != tasks {
+                let wd = inotify_add_watch(inotifyFd, dir.path, UInt32(IN_MODIFY | IN_ONLYDIR))
+                if wd >= 0 {
+                    entry.wds.append(wd)
+                    byWd[wd] = (name, false)
+                }
+            }
+            var fds: [EventFd] = []
+            for r in plan.eventfds {
+                if let source = try? EventfdSource(r.dir, target: r.file, args: r.args) {
+                    fds.append(EventFd(container: name, kind: r.kind, source: source))
+                }
+            }
+            entry.eventfds = fds
+            entries[name] = entry
+            return (fds, found)
+        }
+        entries[name] = entry
+        return ([], found)
+    }
+
+    /// Stops watching a container and every container below it; returns
+    /// their eventfds, which the caller stops polling before dropping.
+    public func unwatch(_ name: ContainerName) -> [EventFd] {
+        var out: [EventFd] = []
+        for key in entries.keys where key == name || name.isAncestor(of: key) {
+            guard let entry = entries.removeValue(forKey: key) else { continue }
+            for wd in entry.wds {
+                byWd[wd] = nil
+                inotify_rm_watch(inotifyFd, wd)
+            }
+            out += entry.eventfds
+        }
+        return out
+    }
+
+    /// Reads what the inotify descriptor has (non-blocking) and says what
+    /// may have changed, in order, each change once per read.
+    public func readInotify() -> [Change] {
+        var changes: [Change] = []
+        func add(_ c: Change) { if changes.last != c { changes.append(c) } }
+        while true {
+            let n = buffer.withUnsafeMutableBytes { Glibc.read(inotifyFd, $0.baseAddress, $0.count) }
+            if n <= 0 { break }
+            var offset = 0
+            let header = MemoryLayout<inotify_event>.size
+            while offset + header <= n {
+                let (e, name) = buffer.withUnsafeBytes { raw -> (inotify_event, String) in
+                    let e = raw.load(fromByteOffset: offset, as: inotify_event.self)
+                    let start = offset + header
+                    let bytes = raw[start ..< min(n, start + Int(e.len))]
+                    return (e, String(decoding: bytes.prefix { $0 != 0 }, as: UTF8.self))
+                }
+                offset += header + Int(e.len)
+                if e.mask & UInt32(IN_Q_OVERFLOW) != 0 {
+                    // Events were lost: every container may have changed.
+                    for c in entries.keys where !c.isRoot { add(.present(c)) }
+                    continue
+                }
+                guard let (container, isTasks) = byWd[e.wd] else { continue }
+                if e.mask & UInt32(IN_IGNORED) != 0 {
+                    // The directory went (or the watch was removed).
+                    byWd[e.wd] = nil
+                    if isTasks && !container.isRoot { add(.gone(container)) }
+                    continue
+                }
+                let isDir = e.mask & UInt32(IN_ISDIR) != 0
+                if isTasks && isDir && !name.isEmpty {
+                    guard let child = try? ContainerName.resolve(name, relativeTo: container), child.parent == container else {
+                        continue
+                    }
+                    if e.mask & UInt32(IN_DELETE) != 0 { add(.gone(child)) } else { add(.present(child)) }
+                    continue
+                }
+                if name.isEmpty {
+                    if e.mask & UInt32(IN_ATTRIB) != 0 && isTasks && !container.isRoot { add(.present(container)) }
+                    continue
+                }
+                guard e.mask & UInt32(IN_MODIFY) != 0, !container.isRoot, let entry = entries[container] else { continue }
+                if let role = entry.plan.stateFiles[name] {
+                    switch role {
+                    case .freezer: add(.freezer(container))
+                    case .cgroupEvents:
+                        add(.populated(container))
+                        add(.freezer(container))
+                    case .memoryEvents:
+                        memoryEvents(container, into: &changes)
+                    }
+                } else if !entry.plan.notSpec.contains(name) {
+                    add(.spec(container))
+                }
+            }
+        }
+        return changes
+    }
+
+    /// v2 memory.events: oom_kill and high grew since last seen.
+    private func memoryEvents(_ name: ContainerName, into changes: inout [Change]) {
+        guard var entry = entries[name],
+              let counters = try? api.driver.tasksDir(name).readKeyValues("memory.events") else { return }
+        let kills = counters["oom_kill"] ?? entry.oomKills
+        let high = counters["high"] ?? entry.high
+        if kills > entry.oomKills { changes.append(.oom(name, Int(kills - entry.oomKills))) }
+        if high > entry.high { changes.append(.memoryPressure(name, Int(high - entry.high))) }
+        entry.oomKills = kills
+        entry.high = high
+        entries[name] = entry
+    }
+}

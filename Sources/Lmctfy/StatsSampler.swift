@@ -1,0 +1,132 @@
+// The usual numbers of many containers, sampled again and again (the
+// agent's STATS events, issue #11): each file is opened once and read with
+// pread from offset 0 on every sweep (a cgroup file gives its value at the
+// time of the read), parsed without building strings. Per container: CPU
+// time used, memory in use and the working set, the process count.
+import Glibc
+import LmctfyProto
+import LmctfySystem
+
+/// Not thread-safe: one thread (the agent's sampler) drives it.
+public final class StatsSampler {
+    private struct Open {
+        var cpu: Int32 = -1
+        var memory: Int32 = -1
+        var memoryStat: Int32 = -1
+        var pids: Int32 = -1
+        var files: SampleFiles
+
+        var fds: [Int32] { [cpu, memory, memoryStat, pids].filter { $0 >= 0 } }
+    }
+
+    private let api: ContainerApi
+    private var open: [ContainerName: Open] = [:]
+    private let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 16384, alignment: 8)
+
+    public init(api: ContainerApi) {
+        self.api = api
+    }
+
+    deinit {
+        for o in open.values { for fd in o.fds { Glibc.close(fd) } }
+        buffer.deallocate()
+    }
+
+    /// Containers whose files are open.
+    public var count: Int { open.count }
+
+    /// One sample of `name`, its files opened on first use and kept open.
+    /// nil when the container is gone (its files are closed then).
+    public func sample(_ name: ContainerName) -> ContainerStats? {
+        guard let o = open[name] ?? opened(name) else { return nil }
+        var stats = ContainerStats()
+        var ok = true
+        if o.cpu >= 0 {
+            if let v = o.files.cpuUsageKey.map({ key in value(o.cpu, key: key) }) ?? value(o.cpu) {
+                stats.cpu = CpuStats(usage: CpuStats.Usage(total: UInt64(max(0, v * o.files.cpuUsageScale))))
+            } else {
+                ok = false
+            }
+        }
+        if o.memory >= 0 {
+            if let usage = value(o.memory) {
+                var m = MemoryStats(usage: usage)
+                if o.memoryStat >= 0, let inactive = value(o.memoryStat, key: o.files.inactiveFileKey) {
+                    m.workingSet = max(0, usage - inactive)
+                }
+                stats.memory = m
+            } else {
+                ok = false
+            }
+        }
+        if o.pids >= 0, let current = value(o.pids) { stats.pids = PidsStats(current: current) }
+        guard ok else {
+            // A read failed: the container went (ENODEV) or is going.
+            forget(name)
+            return nil
+        }
+        return stats
+    }
+
+    /// Closes the files of `name`.
+    public func forget(_ name: ContainerName) {
+        guard let o = open.removeValue(forKey: name) else { return }
+        for fd in o.fds { Glibc.close(fd) }
+    }
+
+    /// Closes the files of every container not in `names`.
+    public func keep(only names: Set<ContainerName>) {
+        for name in open.keys where !names.contains(name) { forget(name) }
+    }
+
+    private func opened(_ name: ContainerName) -> Open? {
+        guard (try? api.exists(name)) == true, let files = try? api.driver.sampleFiles(name) else { return nil }
+        var o = Open(files: files)
+        func fd(_ path: String?) -> Int32 {
+            guard let path else { return -1 }
+            return (try? Sys.open(path, O_RDONLY | O_CLOEXEC)) ?? -1
+        }
+        o.cpu = fd(files.cpuUsage)
+        o.memory = fd(files.memoryUsage)
+        o.memoryStat = fd(files.memoryStat)
+        o.pids = fd(files.pids)
+        open[name] = o
+        return o
+    }
+
+    /// The file's first number ("max" reads as nil).
+    private func value(_ fd: Int32) -> Int64? {
+        guard let n = try? Sys.preadStart(fd, into: buffer), n > 0 else { return nil }
+        return Self.number(buffer, from: 0, to: n)
+    }
+
+    /// The number after `key ` at the start of a line of a flat-keyed file.
+    private func value(_ fd: Int32, key: String) -> Int64? {
+        guard let n = try? Sys.preadStart(fd, into: buffer), n > 0 else { return nil }
+        var k = Array(key.utf8)
+        k.append(0x20)
+        var line = 0
+        while line < n {
+            if line + k.count <= n {
+                var match = true
+                for (i, b) in k.enumerated() where buffer[line + i] != b { match = false; break }
+                if match { return Self.number(buffer, from: line + k.count, to: n) }
+            }
+            while line < n && buffer[line] != 0x0A { line += 1 }
+            line += 1
+        }
+        return nil
+    }
+
+    static func number(_ b: UnsafeMutableRawBufferPointer, from: Int, to: Int) -> Int64? {
+        var i = from
+        var v: Int64 = 0
+        var digits = 0
+        while i < to, b[i] >= 0x30, b[i] <= 0x39 {
+            v = v &* 10 &+ Int64(b[i] - 0x30)
+            digits += 1
+            i += 1
+        }
+        return digits > 0 ? v : nil
+    }
+}

@@ -1,0 +1,184 @@
+// Every container of the machine watched once, from the loop (issue #11):
+// CL1's ContainerMonitor gives one inotify descriptor (and on v1 two
+// eventfds per memory container), each polled with uv_poll; what they say
+// is looked at on the loop and recorded in the one event log, whether or
+// not anyone subscribes. Whether a container exists, is frozen or empty is
+// decided through the Inventory, so the agent's own changes (already
+// recorded by the dispatcher) are not reported twice. A spec that may have
+// been written is read on a pool thread, a few milliseconds later, and
+// compared with the one read before.
+import Lmctfy
+import LmctfyLoop
+import LmctfyProto
+import LmctfySystem
+
+/// Loop thread only.
+final class MachineWatcher: @unchecked Sendable {
+    // @unchecked Sendable: a reference travels into the pool's completion,
+    // which runs on the loop thread like everything else here.
+    private let loop: EventLoop
+    private let api: ContainerApi
+    private let monitor: ContainerMonitor
+    private let inventory: Inventory
+    private let events: EventLog
+    private var inotifyPoll: LoopPoll?
+    /// Each eventfd's poll, by fd (the EventFd object lives until its
+    /// poll is closed, so the fd is never closed while libuv watches it).
+    private var polls: [Int32: (poll: LoopPoll, source: ContainerMonitor.EventFd)] = [:]
+    /// Containers whose spec may have been written, read together soon.
+    private var specsDue: Set<ContainerName> = []
+    private var specTimer: LoopTimer?
+    private var specReading = false
+    /// When each container's last MEMORY_PRESSURE was recorded.
+    private var lastPressure: [ContainerName: UInt64] = [:]
+    static let pressureIntervalMs: UInt64 = 1000
+
+    init(loop: EventLoop, api: ContainerApi, inventory: Inventory, events: EventLog) throws(LmctfyError) {
+        self.loop = loop
+        self.api = api
+        self.inventory = inventory
+        self.events = events
+        monitor = try ContainerMonitor(api: api)
+    }
+
+    /// Watches the root and, through the scans that follow, every container
+    /// below it. Loop thread.
+    func start() throws(LmctfyError) {
+        do {
+            inotifyPoll = try LoopPoll(on: loop, fd: monitor.inotifyFd) { [unowned self] error in
+                if error == nil { self.handle(self.monitor.readInotify()) }
+            }
+        } catch {
+            throw error.lmctfy("Watching the containers")
+        }
+        add(.root)
+    }
+
+    /// Stops every poll (loop thread); the descriptors close once their
+    /// polls are closed.
+    func stop() {
+        inotifyPoll?.close()
+        specTimer?.cancel()
+        for (fd, entry) in polls {
+            entry.poll.onClose = { _ = entry.source }  // keeps the fd open until then
+            entry.poll.close()
+            polls[fd] = nil
+        }
+    }
+
+    /// How many containers are watched (the root included).
+    var watchedCount: Int { monitor.count }
+
+    private func add(_ name: ContainerName) {
+        var queue = [name]
+        while let next = queue.popLast() {
+            let (fds, found) = monitor.watch(next)
+            for source in fds { poll(source) }
+            for case .present(let child) in found where !monitor.isWatched(child) || !inventory.knows(child.path) {
+                look(child, queue: &queue)
+            }
+        }
+    }
+
+    private func poll(_ source: ContainerMonitor.EventFd) {
+        do {
+            let p = try LoopPoll(on: loop, fd: source.fd) { [unowned self] error in
+                if error == nil, let change = source.collect() { self.handle([change]) }
+            }
+            polls[source.fd] = (p, source)
+        } catch {
+            // Too many descriptors: this container's memory events are not
+            // watched; the rest goes on.
+        }
+    }
+
+    private func drop(_ sources: [ContainerMonitor.EventFd]) {
+        for source in sources {
+            guard let entry = polls.removeValue(forKey: source.fd) else { continue }
+            entry.poll.onClose = { _ = entry.source }
+            entry.poll.close()
+        }
+    }
+
+    /// A container that may have appeared: recorded if it exists and is
+    /// new, and watched either way (a container still being made is
+    /// watched so that its `complete` record is seen).
+    private func look(_ name: ContainerName, queue: inout [ContainerName]) {
+        let since = inventory.generation
+        let exists = (try? api.exists(name)) ?? false
+        if exists {
+            let frozen = try? api.get(name).isFrozen()
+            inventory.observe(name.path, exists: true, frozen: frozen, since: since)
+            // The spec as it is now, so that a later write is told from it.
+            if inventory.needsSpec(name.path) { specsDue.insert(name) }
+        }
+        queue.append(name)
+    }
+
+    private func handle(_ changes: [ContainerMonitor.Change]) {
+        var queue: [ContainerName] = []
+        for change in changes {
+            switch change {
+            case .present(let name):
+                look(name, queue: &queue)
+            case .gone(let name):
+                let since = inventory.generation
+                if (try? api.exists(name)) != true {
+                    drop(monitor.unwatch(name))
+                    lastPressure = lastPressure.filter { $0.key != name && !name.isAncestor(of: $0.key) }
+                    inventory.observe(name.path, exists: false, frozen: nil, since: since)
+                }
+            case .freezer(let name):
+                let since = inventory.generation
+                if let frozen = try? api.get(name).isFrozen() {
+                    inventory.observe(name.path, exists: true, frozen: frozen, since: since)
+                }
+            case .populated(let name):
+                let since = inventory.generation
+                if let pids = try? api.get(name).processes(recursive: true) {
+                    inventory.observeEmpty(name.path, pids.isEmpty, since: since)
+                }
+            case .spec(let name):
+                if inventory.knows(name.path) { specsDue.insert(name) }
+            case .oom(let name, _):
+                events.record(container: name.path, kind: .containerEventOom)
+            case .memoryPressure(let name, _):
+                // The kernel signals pressure in bursts (each reclaim
+                // round): one event per container per second says it.
+                let now = MonotonicClock.milliseconds()
+                if let last = lastPressure[name], now - last < Self.pressureIntervalMs { continue }
+                lastPressure[name] = now
+                events.record(container: name.path, kind: .containerEventMemoryPressure)
+            }
+        }
+        for name in queue { add(name) }
+        if !specsDue.isEmpty && specTimer == nil && !specReading {
+            specTimer = try? LoopTimer.once(on: loop, after: .milliseconds(20)) { [unowned self] in
+                self.specTimer = nil
+                self.readSpecs()
+            }
+        }
+    }
+
+    /// Reads the specs that may have been written, on a pool thread, one
+    /// round at a time.
+    private func readSpecs() {
+        let names = specsDue
+        specsDue = []
+        specReading = true
+        let api = self.api
+        let inventory = self.inventory
+        let started = loop.offload({
+            for name in names {
+                let since = inventory.generation
+                guard let spec = try? api.get(name).spec(), let bytes = try? spec.serializedBytes() else { continue }
+                inventory.observeSpec(name.path, bytes, since: since)
+            }
+        }, then: { [weak self] _ in
+            guard let self else { return }
+            self.specReading = false
+            if !self.specsDue.isEmpty { self.handle([]) }
+        })
+        if !started { specReading = false }
+    }
+}

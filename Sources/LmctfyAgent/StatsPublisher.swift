@@ -1,0 +1,81 @@
+// STATS events (issue #11): a thread of its own sweeps every known
+// container each `stats_interval_ms` with CL1's StatsSampler (files kept
+// open between sweeps, closed when the container goes) and records one
+// sample per container in the event log, off the loop. A sweep is bounded
+// in time: past half the interval (at most 500 ms) it stops, and the next
+// sweep begins where it stopped, so a slow machine samples less often
+// instead of falling behind.
+import Lmctfy
+import LmctfyProto
+import LmctfySystem
+
+final class StatsPublisher: Sendable {
+    private let api: ContainerApi
+    private let inventory: Inventory
+    private let events: EventLog
+    private let intervalMs: Int
+    private let stopping = ChangeCounter()
+    private let done = Latch()
+    /// Sweeps made and samples recorded (for tests).
+    private let counters = Mutexed((sweeps: 0, sampled: 0))
+
+    init(api: ContainerApi, inventory: Inventory, events: EventLog, intervalMs: Int) {
+        self.api = api
+        self.inventory = inventory
+        self.events = events
+        self.intervalMs = intervalMs
+    }
+
+    /// Sweeps made so far, and samples recorded.
+    var progress: (sweeps: Int, sampled: Int) { counters.locked { $0 } }
+
+    func start() {
+        Threads.detach { [self] in
+            run()
+            done.signal()
+        }
+    }
+
+    /// Ends the sweeps and waits for the thread (the sweep in progress
+    /// finishes first: it is bounded).
+    func stop() {
+        requestStop()
+        done.wait()
+    }
+
+    /// Ends the sweeps without waiting (the loop thread asks; the thread
+    /// is waited for once the loop is down).
+    func requestStop() { stopping.bump() }
+
+    private func run() {
+        let sampler = StatsSampler(api: api)
+        let budgetUs = Double(min(intervalMs / 2, 500)) * 1000
+        var cursor = 0
+        var seen: UInt64 = 0
+        while true {
+            let start = MonotonicClock.microseconds()
+            let names = inventory.names().sorted().compactMap { try? ContainerName.resolve($0, relativeTo: .root) }
+            sampler.keep(only: Set(names))
+            var sampled = 0
+            if !names.isEmpty {
+                cursor %= names.count
+                for i in 0..<names.count {
+                    let name = names[(cursor + i) % names.count]
+                    if let stats = sampler.sample(name) {
+                        events.recordStats(container: name.path, stats)
+                        sampled += 1
+                    }
+                    if MonotonicClock.microseconds() - start > budgetUs {
+                        cursor = (cursor + i + 1) % names.count
+                        break
+                    }
+                }
+            }
+            counters.locked { $0.sweeps += 1; $0.sampled += sampled }
+            let elapsedMs = Int((MonotonicClock.microseconds() - start) / 1000)
+            let next = stopping.wait(past: seen, timeoutMs: max(1, intervalMs - elapsedMs))
+            if next > seen { return }
+            seen = next
+        }
+    }
+}
