@@ -122,25 +122,28 @@ final class Inventory: Sendable {
     /// exists (and is frozen or not) or it does not. What is news is
     /// recorded, as a reconcile would; a name the agent changed meanwhile
     /// is left alone.
-    func observe(_ name: String, exists: Bool, frozen: Bool?, since: UInt64) {
+    /// Returns whether it recorded the container's CREATED.
+    @discardableResult
+    func observe(_ name: String, exists: Bool, frozen: Bool?, since: UInt64) -> Bool {
         state.locked { s in
-            guard s.seeded, s.busy[name] == nil, (s.touched[name] ?? 0) <= since else { return }
+            guard s.seeded, s.busy[name] == nil, (s.touched[name] ?? 0) <= since else { return false }
             if !exists {
                 // What is below it went first (or with it).
                 for k in s.known.keys.sorted(by: >) where k.hasPrefix(name + "/") { Self.forget(&s, k, events) }
                 if s.known[name] != nil { Self.forget(&s, name, events) }
-                return
+                return false
             }
-            guard let frozen else { return }
+            guard let frozen else { return false }
             if let was = s.known[name] {
                 if was != frozen {
                     events.record(container: name, kind: .containerEventFreezer, frozen: frozen)
                     s.known[name] = frozen
                 }
-            } else {
-                events.record(container: name, kind: .containerEventCreated)
-                s.known[name] = frozen
+                return false
             }
+            events.record(container: name, kind: .containerEventCreated)
+            s.known[name] = frozen
+            return true
         }
     }
 

@@ -108,9 +108,15 @@ final class MachineWatcher: @unchecked Sendable {
         let exists = (try? api.exists(name)) ?? false
         if exists {
             let frozen = try? api.get(name).isFrozen()
-            inventory.observe(name.path, exists: true, frozen: frozen, since: since)
-            // The spec as it is now, so that a later write is told from it.
-            if inventory.needsSpec(name.path) { specsDue.insert(name) }
+            let created = inventory.observe(name.path, exists: true, frozen: frozen, since: since)
+            // The spec as it is now, so that a later write is told from it:
+            // read at once for a container made behind the agent's back (its
+            // maker may update it a moment later), soon for the others.
+            if created, let spec = try? api.get(name).spec(), let bytes = try? spec.serializedBytes() {
+                inventory.observeSpec(name.path, bytes, since: since)
+            } else if inventory.needsSpec(name.path) {
+                specsDue.insert(name)
+            }
         }
         queue.append(name)
     }

@@ -1,0 +1,260 @@
+// The event hub on the real kernel (issue #11): every container watched
+// once from the loop whether or not anyone subscribes (OOM, changes made
+// with the CLI, stats samples), and per-subscriber flow control (protocol
+// version 3: credit, coalesced stats, lagged). The first suite runs in the
+// v2 guest too (tools/test-v2 runs the suites named *Integration*).
+import Foundation
+import Glibc
+import Lmctfy
+import LmctfyAgent
+import LmctfyProto
+import LmctfyRPC
+import LmctfySystem
+import LmctfyTestSupport
+import Testing
+
+/// A subscriber driven by hand on the test's thread: a raw session over the
+/// Unix socket, so a test decides when to read and how much credit to grant.
+final class RawPeer {
+    let fd: Int32
+    var session: Session
+    var responses: [SubscribeResponse] = []
+    var statuses: [CallStatus] = []
+    var stream: UInt32 = 0
+    private var buffer = [UInt8](repeating: 0, count: 65536)
+
+    init(_ socket: String) throws {
+        fd = try RpcSocket.connectUnix(path: socket)
+        session = Session(dialler: .peerCredentials, name: "raw", now: MonotonicClock.milliseconds())
+        send(session.start(now: MonotonicClock.milliseconds()))
+        pump(ms: 5000) { self.session.isEstablished }
+    }
+
+    deinit { close(fd) }
+
+    func send(_ actions: [SessionAction]) {
+        for action in actions {
+            switch action {
+            case .write(let bytes):
+                _ = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+            case .deliverResponse(_, let payload):
+                if let r = try? SubscribeResponse(serializedBytes: payload) { responses.append(r) }
+            case .deliverStatus(_, let status):
+                statuses.append(status)
+            default:
+                break
+            }
+        }
+    }
+
+    /// Reads for up to `ms`, or until `done`.
+    func pump(ms: UInt64, _ done: () -> Bool = { false }) {
+        let end = MonotonicClock.milliseconds() + ms
+        while !done() && MonotonicClock.milliseconds() < end {
+            var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            guard poll(&p, 1, 20) > 0 else { continue }
+            let n = recv(fd, &buffer, buffer.count, 0)
+            guard n > 0 else { return }
+            send(session.receive(buffer[0..<n], now: MonotonicClock.milliseconds()))
+        }
+    }
+
+    func subscribe(_ r: SubscribeRequest) throws {
+        let (id, opened) = session.openStream(method: "Subscribe", payload: try r.serializedBytes(), deadlineMs: nil,
+                                              now: MonotonicClock.milliseconds())
+        stream = id
+        send(opened)
+    }
+
+    func grant(_ n: UInt32) {
+        send(session.sendCredit(streamId: stream, n, now: MonotonicClock.milliseconds()))
+    }
+}
+
+/// Runs `args` (the CLI's words) with the built lmctfy; its exit status must be 0.
+func lmctfyCLI(_ args: String...) throws {
+    let r = try TestProcess.capture([builtTool("lmctfy")] + args)
+    #expect(r.status == 0, "lmctfy \(args.joined(separator: " ")): \(String(decoding: r.stderr, as: UTF8.self))")
+}
+
+@Suite(.enabled(if: RealCgroups.available, "\(RealCgroups.unavailableReason ?? "")"), .serialized)
+struct EventHubIntegrationTests {
+    /// An OOM nobody listens for is recorded (a subscriber that comes later
+    /// finds it in the log), and a live one reaches two subscribers with one
+    /// and the same sequence number. The container is made behind the
+    /// agent's back, so the agent learns of it by watching.
+    @Test func anOOMIsRecordedOnceWhetherOrNotAnyoneListens() throws {
+        try withAgent("reconcile_interval_ms: 0") { agent, socket in
+            let name = RealCgroups.uniqueName("hub-oom")
+            let api = try ContainerApi.detect()
+            let c = try api.create(name, spec: try ContainerSpec(textFormat: "memory { limit: 33554432 }"))
+            defer { try? api.destroy(c.name) }
+            func oom() throws {
+                let pid = try c.run([testHelperPath, "alloc", "200"])
+                for _ in 0..<10_000 where kill(pid, 0) == 0 { usleep(1000) }  // killed by the OOM killer
+            }
+            @Sendable func ooms(_ rs: [SubscribeResponse]) -> [ContainerEvent] { events(rs).filter { $0.kind == .containerEventOom } }
+            // Nobody subscribes yet.
+            waitForEvents(socket, name, 1)  // the watcher saw the container (CREATED)
+            try oom()
+            var logged: [ContainerEvent] = []
+            for _ in 0..<100 where logged.isEmpty {
+                let later = Subscriber(socket, SubscribeRequest(name: name, kinds: [.containerEventOom], afterSequence: 0),
+                                       until: { $0.last?.caughtUp != nil })
+                logged = ooms(later.wait().0)
+                if logged.isEmpty { usleep(50_000) }
+            }
+            #expect(!logged.isEmpty, "the OOM with no subscriber is in the log")
+            #expect(logged.allSatisfy { $0.container == name })
+
+            // Two live subscribers: one OOM, one sequence number.
+            let filter = SubscribeRequest(name: name, kinds: [.containerEventOom])
+            let a = Subscriber(socket, filter, until: { !ooms($0).isEmpty })
+            let b = Subscriber(socket, filter, until: { !ooms($0).isEmpty })
+            waitForSubscribers(agent, 2)
+            try oom()
+            let (ra, ea) = a.wait(), (rb, eb) = b.wait()
+            #expect(ea == nil && eb == nil)
+            let sa = ooms(ra).first?.sequence, sb = ooms(rb).first?.sequence
+            #expect(sa != nil && sa == sb, "both see the OOM under one sequence number")
+            #expect((sa ?? 0) > (logged.last?.sequence ?? 0))
+        }
+    }
+
+    /// Create, pause, resume, update and destroy with the lmctfy CLI, with
+    /// no periodic reconcile: inotify alone makes each one event, once.
+    @Test func changesMadeWithTheCLIAreEventsWithoutAReconcile() throws {
+        try withAgent("reconcile_interval_ms: 0") { agent, socket in
+            let name = RealCgroups.uniqueName("hub-cli")
+            defer { _ = try? TestProcess.capture([builtTool("lmctfy"), "destroy", "-f", name]) }
+            let sub = Subscriber(socket, SubscribeRequest(name: name, recursive: true),
+                                 until: { events($0).contains { $0.kind == .containerEventDestroyed && $0.container == name } })
+            waitForSubscribers(agent, 1)
+            let started = MonotonicClock.milliseconds()
+            try lmctfyCLI("create", name, "cpu:{limit:100} memory:{limit:100000000}")
+            try lmctfyCLI("create", name + "/sub", "cpu:{limit:100}")
+            try lmctfyCLI("pause", name)
+            try lmctfyCLI("resume", name)
+            try lmctfyCLI("update", "diff", name, "memory:{limit:90000000}")
+            usleep(200_000)  // the spec is read a moment after the write
+            try lmctfyCLI("destroy", "-f", name)
+            let (r, e) = sub.wait()
+            #expect(e == nil)
+            let seen = events(r).map { "\($0.kind!.protoName.replacingOccurrences(of: "CONTAINER_EVENT_", with: "")) \($0.container == name ? "." : "sub")\($0.frozen.map { " \($0)" } ?? "")" }
+            #expect(seen == ["CREATED .", "CREATED sub", "FREEZER . true", "FREEZER . false", "UPDATED .", "DESTROYED sub", "DESTROYED ."],
+                    "\(seen)")
+            #expect(MonotonicClock.milliseconds() - started < 10_000)
+        }
+    }
+
+    /// STATS every stats_interval_ms for each container, from kept-open
+    /// files: a container with a process shows its memory and process count.
+    @Test func statsSamplesArriveEveryIntervalForEachContainer() throws {
+        try withAgent("reconcile_interval_ms: 0 stats_interval_ms: 200") { agent, socket in
+            let name = RealCgroups.uniqueName("hub-stats")
+            let api = try ContainerApi.detect()
+            let c = try api.create(name, spec: try ContainerSpec(textFormat: "memory { limit: 100000000 } pids { limit: 10 }"))
+            defer { try? api.destroy(c.name) }
+            _ = try c.run(["/bin/sleep", "30"])
+            let sub = Subscriber(socket, SubscribeRequest(name: name, kinds: [.containerEventStats]), until: { events($0).count >= 3 })
+            let (r, e) = sub.wait()
+            #expect(e == nil)
+            let samples = events(r)
+            #expect(samples.count == 3)
+            #expect(samples.allSatisfy { $0.container == name && ($0.stats?.memory?.usage ?? 0) > 0 && $0.stats?.pids?.current == 1 })
+            #expect(samples.compactMap(\.sequence) == samples.compactMap(\.sequence).sorted())
+            let ts = samples.compactMap(\.timestampNs)
+            #expect(ts.count == 3 && ts[2] - ts[0] >= 300_000_000, "one sample per interval, not a burst")
+        }
+    }
+}
+
+@Suite(.enabled(if: RealCgroups.available, "\(RealCgroups.unavailableReason ?? "")"), .serialized)
+struct FlowControlTests {
+    /// A subscriber that grants no credit is sent nothing (not even the
+    /// caught-up marker); another subscriber is not slowed by it; credit
+    /// granted later brings what waited, in order.
+    @Test func noCreditNothingSentAndOthersUnaffected() throws {
+        try withAgent("reconcile_interval_ms: 0 watch_containers: false") { agent, socket in
+            let name = RealCgroups.uniqueName("hub-credit")
+            let admin = try RpcClient.connect(unixPath: socket)
+            defer {
+                _ = try? admin.call(AgentMethods.destroy, DestroyRequest(name: name, force: true))
+                admin.close()
+            }
+            let stingy = try RawPeer(socket)
+            #expect(stingy.session.peer?.version == ProtocolVersion.credit)
+            try stingy.subscribe(SubscribeRequest(name: name, credit: 0))
+            let other = Subscriber(socket, SubscribeRequest(name: name),
+                                   until: { events($0).contains { $0.kind == .containerEventDestroyed } })
+            waitForSubscribers(agent, 2)
+            _ = try admin.call(AgentMethods.create, CreateRequest(name: name, spec: ContainerSpec()))
+            _ = try admin.call(AgentMethods.pause, PauseRequest(name: name))
+            _ = try admin.call(AgentMethods.resume, ResumeRequest(name: name))
+            _ = try admin.call(AgentMethods.destroy, DestroyRequest(name: name, force: true))
+            let (r, e) = other.wait()
+            #expect(e == nil && events(r).count == 4, "the other subscriber got everything")
+            stingy.pump(ms: 500)
+            #expect(stingy.responses.isEmpty && stingy.statuses.isEmpty, "no credit, nothing sent")
+            stingy.grant(3)
+            stingy.pump(ms: 5000) { stingy.responses.count >= 3 }
+            #expect(stingy.responses.count == 3)
+            #expect(stingy.responses.first?.caughtUp != nil, "the marker first")
+            #expect(events(stingy.responses).map(\.kind) == [.containerEventCreated, .containerEventFreezer])
+            stingy.pump(ms: 300)
+            #expect(stingy.responses.count == 3, "no more than granted")
+            stingy.grant(10)
+            stingy.pump(ms: 5000) { stingy.responses.count >= 5 }
+            #expect(events(stingy.responses).map(\.kind).suffix(2) == [.containerEventFreezer, .containerEventDestroyed])
+            #expect(events(stingy.responses).compactMap(\.sequence) == events(r).compactMap(\.sequence))
+        }
+    }
+
+    /// A subscriber short of credit: its stats samples coalesce to the
+    /// latest per container; other events queue up to subscriber_buffer,
+    /// past which the stream ends "lagged, resume after N".
+    @Test func aSlowSubscriberGetsCoalescedStatsThenLagged() throws {
+        try withAgent("reconcile_interval_ms: 0 stats_interval_ms: 100 subscriber_buffer: 3") { agent, socket in
+            let name = RealCgroups.uniqueName("hub-slow")
+            let admin = try RpcClient.connect(unixPath: socket)
+            defer {
+                _ = try? admin.call(AgentMethods.destroy, DestroyRequest(name: name, force: true))
+                admin.close()
+            }
+            _ = try admin.call(AgentMethods.create, CreateRequest(name: name, spec: try ContainerSpec(textFormat: "memory { limit: 100000000 }")))
+            let slow = try RawPeer(socket)
+            try slow.subscribe(SubscribeRequest(name: name, kinds: [.containerEventStats], credit: 1))
+            slow.pump(ms: 5000) { !slow.responses.isEmpty }
+            #expect(slow.responses.first?.caughtUp != nil)
+            usleep(1_000_000)  // about ten samples recorded meanwhile
+            slow.pump(ms: 100)
+            #expect(slow.responses.count == 1, "no credit left: nothing more sent")
+            slow.grant(100)
+            slow.pump(ms: 30)
+            let samples = events(slow.responses)
+            #expect((1...2).contains(samples.count),
+                    "the ten samples that waited coalesced to the latest (and perhaps one new one): \(samples.count)")
+            slow.pump(ms: 1000)
+            #expect(events(slow.responses).count >= 5, "with credit, each new sample comes")
+
+            // Lifecycle events do not coalesce: past the buffer, lagged.
+            let lagging = try RawPeer(socket)
+            try lagging.subscribe(SubscribeRequest(name: name, kinds: [.containerEventFreezer], credit: 0))
+            waitForSubscribers(agent, 2)
+            for _ in 0..<4 {
+                _ = try admin.call(AgentMethods.pause, PauseRequest(name: name))
+                _ = try admin.call(AgentMethods.resume, ResumeRequest(name: name))
+            }
+            lagging.pump(ms: 5000) { !lagging.statuses.isEmpty }
+            let status = try #require(lagging.statuses.first)
+            #expect(status.code == .resourceExhausted)
+            #expect(status.message.hasPrefix("lagged, resume after "), "\(status.message)")
+            #expect(lagging.responses.isEmpty, "nothing was sent without credit")
+            // Resuming where it says loses nothing: all eight freezer changes.
+            let after = try #require(UInt64(status.message.dropFirst("lagged, resume after ".count).prefix { $0.isNumber }))
+            let resumed = Subscriber(socket, SubscribeRequest(name: name, kinds: [.containerEventFreezer], afterSequence: after),
+                                     until: { $0.last?.caughtUp != nil })
+            #expect(events(resumed.wait().0).count == 8)
+        }
+    }
+}
