@@ -1,20 +1,24 @@
 /* event_latency: how much the lmctfy agent adds to an OOM notification
  * (issue #11: "OOM -> subscriber, Unix socket").
  *
- *   event_latency --unix SOCKET --cgroup NAME --rounds N [--limit-mb 32] [--notify] [--verbose]
+ *   event_latency --unix SOCKET --cgroup NAME --rounds N [--limit-mb 32] [--notify] [--no-rt] [--verbose]
  *
  * NAME is an existing container with a memory limit (run-bench makes it with
  * `lmctfy create NAME "memory:{limit:33554432}"`); --limit-mb only bounds
  * how much a child allocates before it gives up (it should be killed long
  * before). The program
- *   - registers its own eventfd for OOM on /sys/fs/cgroup/memory/NAME
- *     (memory.oom_control through cgroup.event_control), the same kernel
- *     notification the agent registers: the kernel signals every eventfd on
- *     that list in one call, before it kills anything, so the raw side is the
- *     earliest moment anyone in user space can know of the OOM;
  *   - connects to the agent's Unix socket, does the hello (OFFER/ACCEPTED,
  *     versions 1-2), calls Subscribe{name: NAME, kinds: [OOM]} and reads up
  *     to its `caught_up` response (docs/PROTOCOL.md sections 1-4 and 6.2);
+ *   - then registers its own eventfd for OOM on /sys/fs/cgroup/memory/NAME
+ *     (memory.oom_control through cgroup.event_control), the same kernel
+ *     notification the agent registers: the kernel signals every eventfd on
+ *     that list in one call, before it kills anything, newest registration
+ *     first, so the raw side is woken first and is the earliest moment
+ *     anyone in user space can know of the OOM (registered before the
+ *     agent's, the agent's thread would be woken first and often take the
+ *     free CPU: both sides then look ready in the same wake-up, a 0 that
+ *     hides the agent's cost);
  *   - per round forks a child that joins the memory cgroup (its pid to
  *     cgroup.procs) and mallocs and memsets 1 MiB chunks until the kernel's
  *     OOM killer kills it. One poll loop waits on the eventfd and the socket
@@ -38,6 +42,14 @@
  * exactly what lies between the kernel's notification and a subscriber
  * holding the event: the agent's wake-up, recording the event in its log,
  * its event hub, the frame's write and our read and protobuf-c decode of it.
+ * The measuring process runs its rounds at the lowest real-time priority
+ * (SCHED_FIFO 1, not inherited by the children; --no-rt: normal priority):
+ * on a 2-CPU machine one CPU is busy with the dying child for milliseconds
+ * after an OOM, and at normal priority our own wake-up often waited behind
+ * it or behind the agent, so both sides looked ready in the same wake-up, a
+ * 0 that hid the agent's cost. It wakes for microseconds and sleeps again,
+ * so it takes nothing measurable from the agent, which runs as it always
+ * does.
  *
  * --notify also opens a second connection with a Notify{NAME, oom} call that
  * is read and discarded: an agent that only watches a container's OOM while
@@ -47,6 +59,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -308,17 +321,18 @@ static int cmp_i64(const void *a, const void *b) {
 }
 
 static void usage(void) {
-    fprintf(stderr, "usage: event_latency --unix SOCKET --cgroup NAME --rounds N [--limit-mb 32] [--notify] [--verbose]\n");
+    fprintf(stderr, "usage: event_latency --unix SOCKET --cgroup NAME --rounds N [--limit-mb 32] [--notify] [--no-rt] [--verbose]\n");
     exit(2);
 }
 
 int main(int argc, char **argv) {
     long rounds = 0, limit_mb = 32;
-    int with_notify = 0;
+    int with_notify = 0, rt = 1;
     for (int i = 1; i < argc; i++) {
         const char *k = argv[i];
         if (!strcmp(k, "--notify")) { with_notify = 1; continue; }
         if (!strcmp(k, "--verbose")) { verbose = 1; continue; }
+        if (!strcmp(k, "--no-rt")) { rt = 0; continue; }
         if (i + 1 >= argc) usage();
         const char *v = argv[++i];
         if (!strcmp(k, "--unix")) sock_path = v;
@@ -339,10 +353,8 @@ int main(int argc, char **argv) {
     int efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (efd < 0) die("eventfd: %s", strerror(errno));
     snprintf(path, sizeof path, "%s/cgroup.event_control", dir);
-    int n = snprintf(reg, sizeof reg, "%d %d", efd, ofd);
     int cfd = open(path, O_WRONLY | O_CLOEXEC);
-    if (cfd < 0 || write(cfd, reg, (size_t)n) != n) die("%s: %s", path, strerror(errno));
-    close(cfd);
+    if (cfd < 0) die("%s: %s", path, strerror(errno));
     char procs[600];
     snprintf(procs, sizeof procs, "%s/cgroup.procs", dir);
 
@@ -374,6 +386,19 @@ int main(int argc, char **argv) {
         containers__lmctfy__agent__frame__free_unpacked(f, NULL);
     }
     if (with_notify) usleep(300000); /* the Notify call starts its kernel watch on a thread of its own */
+    if (rt) {
+        /* Lowest real-time priority, not inherited by the children. */
+        struct sched_param sp = {.sched_priority = 1};
+        if (sched_setscheduler(0, SCHED_FIFO | SCHED_RESET_ON_FORK, &sp) < 0) {
+            fprintf(stderr, "event_latency: SCHED_FIFO: %s; timing at normal priority\n", strerror(errno));
+            rt = 0;
+        }
+    }
+    /* Registered now, after the agent's watch: the kernel signals the newest
+     * registration first, so the raw side is never woken after the agent. */
+    int n = snprintf(reg, sizeof reg, "%d %d", efd, ofd);
+    if (write(cfd, reg, (size_t)n) != n) die("%s: %s", path, strerror(errno));
+    close(cfd);
 
     /* (c) the rounds */
     int64_t *lat = calloc((size_t)rounds, sizeof *lat);
