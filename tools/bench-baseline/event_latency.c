@@ -14,11 +14,9 @@
  *     (memory.oom_control through cgroup.event_control), the same kernel
  *     notification the agent registers: the kernel signals every eventfd on
  *     that list in one call, before it kills anything, newest registration
- *     first, so the raw side is woken first and is the earliest moment
- *     anyone in user space can know of the OOM (registered before the
- *     agent's, the agent's thread would be woken first and often take the
- *     free CPU: both sides then look ready in the same wake-up, a 0 that
- *     hides the agent's cost);
+ *     first: registered after the agent's watch exists, the raw side is
+ *     woken first and is the earliest moment anyone in user space can know
+ *     of the OOM;
  *   - per round forks a child that joins the memory cgroup (its pid to
  *     cgroup.procs) and mallocs and memsets 1 MiB chunks until the kernel's
  *     OOM killer kills it. One poll loop waits on the eventfd and the socket
@@ -344,7 +342,7 @@ int main(int argc, char **argv) {
     if (!sock_path || !name || rounds <= 0 || limit_mb <= 0) usage();
     signal(SIGPIPE, SIG_IGN);
 
-    /* (a) the raw eventfd on memory.oom_control */
+    /* (a) the raw eventfd on memory.oom_control: opened here, registered after (b) */
     char dir[512], path[600], reg[64];
     snprintf(dir, sizeof dir, "/sys/fs/cgroup/memory%s%s", name[0] == '/' ? "" : "/", name);
     snprintf(path, sizeof path, "%s/memory.oom_control", dir);
