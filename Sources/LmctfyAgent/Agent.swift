@@ -163,6 +163,8 @@ public final class Agent: @unchecked Sendable {
     /// Starts the loop and the listeners. Throws when a listener cannot bind.
     public func start(handleSignals: Bool = true) throws(LmctfyError) {
         try settings.checkStateDir(create: true)
+        // Watching and sampling keep a few descriptors per container open.
+        Sys.raiseFileLimit()
         try dispatcher.events.attachJournal(directory: settings.stateDir + "/events")
         // What exists now is known, not new: the first listing seeds it.
         if settings.reconcileIntervalMs > 0 || settings.watchContainers, let listed = listContainers() {

@@ -293,6 +293,21 @@ public enum Sys {
     public static func getpid() -> pid_t { Glibc.getpid() }
     /// The parent's pid (1, or a subreaper, once the parent is gone).
     public static func getppid() -> pid_t { Glibc.getppid() }
+
+    /// Raises the soft limit on open descriptors to the hard limit (a
+    /// process that keeps a few files open per container needs thousands);
+    /// returns the soft limit in force afterwards.
+    @discardableResult
+    public static func raiseFileLimit() -> UInt64 {
+        var r = rlimit()
+        guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &r) == 0 else { return 0 }
+        if r.rlim_cur < r.rlim_max {
+            var raised = r
+            raised.rlim_cur = r.rlim_max
+            if setrlimit(Int32(RLIMIT_NOFILE.rawValue), &raised) == 0 { return UInt64(raised.rlim_cur) }
+        }
+        return UInt64(r.rlim_cur)
+    }
 }
 
 extension Sys {
