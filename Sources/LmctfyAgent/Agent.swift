@@ -203,7 +203,7 @@ public final class Agent: @unchecked Sendable {
             try w.start()
             watcher = w
             let api = self.api
-            dispatcher.memoryOwner.locked { $0 = { (path: String) throws(LmctfyError) -> String in
+            dispatcher.memoryOwner.locked { $0 = Dispatcher.MemoryOwner { (path: String) throws(LmctfyError) -> String in
                 let name = try ContainerName.resolve(path, relativeTo: .root)
                 guard try api.exists(name) else { throw .notFound("Container \"\(path)\" does not exist") }
                 return try api.memoryOwner(name).path

@@ -153,7 +153,13 @@ public final class Dispatcher: Sendable {
     /// container's OOMs: Notify for OOM then needs no kernel watch of its
     /// own, and streams the OOMs of the container this gives (the one whose
     /// memory the named container uses; NOT_FOUND if it does not exist).
-    let memoryOwner = Mutexed<(@Sendable (String) throws(LmctfyError) -> String)?>(nil)
+    /// (In a class: see EventLog.observer.)
+    let memoryOwner = Mutexed<MemoryOwner?>(nil)
+
+    final class MemoryOwner: Sendable {
+        let find: @Sendable (String) throws(LmctfyError) -> String
+        init(_ find: @escaping @Sendable (String) throws(LmctfyError) -> String) { self.find = find }
+    }
     let testHold: TestHold?
 
     /// A dispatcher onto `backend`; names the caller leaves out mean
@@ -459,7 +465,7 @@ public final class Dispatcher: Sendable {
         let owner = kind == .containerEventOom ? memoryOwner.locked({ $0 }) : nil
         let fedByHub = owner != nil
         // NOT_FOUND if it is not there; the events are the memory owner's.
-        let ownerPath = try owner?(path)
+        let ownerPath = try owner?.find(path)
         func matches(_ e: ContainerEvent) -> Bool {
             if let ownerPath { return e.kind == kind && e.container == ownerPath }
             return e.container == path && e.kind == kind && (threshold == nil || e.memoryThreshold == threshold)

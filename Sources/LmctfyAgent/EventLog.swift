@@ -19,7 +19,13 @@ public final class EventLog: Sendable {
     private let state = Mutexed(State())
     /// Called after every record, on the recording thread (the agent's hub
     /// schedules its fan-out from here).
-    private let observer = Mutexed<(@Sendable () -> Void)?>(nil)
+    ///
+    /// The closure sits in a class: read through `Mutexed.locked`'s generic
+    /// `inout`, a closure value is converted to the generic representation
+    /// and back on the way in and out, and written back wrapped in two more
+    /// thunks each time, so it grew by two calls with every event recorded
+    /// (found by profiling an agent recording 1,000 samples a second).
+    private let observer = Mutexed<CallbackBox?>(nil)
     /// Bumped after every record, for threads that wait for the next event.
     public let changes = ChangeCounter()
 
@@ -113,7 +119,7 @@ public final class EventLog: Sendable {
 
     /// Runs `observe` after every event recorded from now on (nil: none).
     public func onRecord(_ observe: (@Sendable () -> Void)?) {
-        observer.locked { $0 = observe }
+        observer.locked { $0 = observe.map(CallbackBox.init) }
     }
 
     /// Appends an event with the next sequence number and returns it.
@@ -132,7 +138,7 @@ public final class EventLog: Sendable {
             return e
         }
         changes.bump()
-        observer.locked { $0 }?()
+        observer.locked { $0 }?.call()
         return e
     }
 
@@ -149,7 +155,7 @@ public final class EventLog: Sendable {
             return e
         }
         changes.bump()
-        observer.locked { $0 }?()
+        observer.locked { $0 }?.call()
         return e
     }
 
@@ -202,4 +208,10 @@ extension String {
     func leftPadded(_ width: Int) -> String {
         count >= width ? self : String(repeating: "0", count: width - count) + self
     }
+}
+
+/// A closure held by reference (see EventLog.observer).
+final class CallbackBox: Sendable {
+    let call: @Sendable () -> Void
+    init(_ call: @escaping @Sendable () -> Void) { self.call = call }
 }

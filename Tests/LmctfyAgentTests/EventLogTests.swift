@@ -5,6 +5,7 @@ import Glibc
 @testable import LmctfyAgent
 import LmctfyTestSupport
 import LmctfyProto
+import LmctfySystem
 import Testing
 
 @Suite struct EventLogTests {
@@ -78,5 +79,41 @@ import Testing
         let third = EventLog(capacity: 10, bootId: "third")
         try third.attachJournal(directory: dir)
         #expect(third.previousBoot?.id == "new" && third.previousBoot?.events.map(\.container) == ["/b"])
+    }
+
+    /// The observer is called once per event however many events there
+    /// were. Its closure used to be rewrapped in two thunks by every call
+    /// (read back through a generic inout), so each call walked a chain two
+    /// frames longer than the last: 200,000 events overflowed the stack.
+    @Test func theObserverStaysOneCallAfterManyEvents() {
+        let log = EventLog(capacity: 16, bootId: "b")
+        let calls = Mutexed(0)
+        log.onRecord { calls.locked { $0 += 1 } }
+        for i in 0..<200_000 {
+            if i % 2 == 0 {
+                log.record(container: "/a", kind: .containerEventFreezer, frozen: true)
+            } else {
+                log.recordStats(container: "/a", ContainerStats())
+            }
+        }
+        #expect(calls.locked { $0 } == 200_000)
+        #expect(log.newest == 200_000)
+        // Stats samples are kept apart: the other events were not pushed out by them.
+        let (kept, dropped) = log.range(after: 199_968, upTo: 200_000)
+        #expect(kept.count == 32 && dropped == nil)
+    }
+
+    /// Samples do not count as lost: a resume from before the oldest kept
+    /// sample but after the last event pushed out has no gap.
+    @Test func statsSamplesKeptApartAreNoGap() {
+        let log = EventLog(capacity: 2, bootId: "b")
+        log.record(container: "/a", kind: .containerEventCreated)  // 1
+        for _ in 0..<5 { log.recordStats(container: "/a", ContainerStats()) }  // 2...6
+        log.record(container: "/a", kind: .containerEventDestroyed)  // 7
+        let (events, dropped) = log.range(after: 0, upTo: 7)
+        #expect(dropped == nil, "nothing but superseded samples is gone")
+        #expect(events.compactMap(\.sequence) == [1, 5, 6, 7], "the two events and the two newest samples, in order")
+        log.record(container: "/b", kind: .containerEventCreated)  // 8: pushes 1 out
+        #expect(log.range(after: 0, upTo: 8).droppedBefore == 2)
     }
 }
