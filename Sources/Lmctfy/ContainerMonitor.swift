@@ -129,9 +129,19 @@ public final class ContainerMonitor {
     /// the new eventfds to poll and what the scan of its directory found
     /// (subdirectories made before the watch: `.present`).
     public func watch(_ name: ContainerName) -> (eventfds: [EventFd], found: [Change]) {
+        let tasks = api.driver.tasksDir(name)
+        if entries[name] == nil && !name.isRoot {
+            // Only lmctfy's directories: another program's cgroup tree (a
+            // service manager's slices) is not watched. A create marks its
+            // directory right after making it, and that mark (IN_ATTRIB on
+            // the parent's watch) brings the directory here again.
+            switch try? tasks.state() {
+            case .creating?, .complete?, .destroying?: break
+            default: return ([], [])
+            }
+        }
         var entry = entries[name] ?? Entry(plan: (try? api.driver.monitorPlan(name)) ?? MonitorPlan())
         var found: [Change] = []
-        let tasks = api.driver.tasksDir(name)
         if entry.wds.isEmpty {
             let taskMask = UInt32(IN_CREATE | IN_DELETE | IN_ATTRIB | IN_MODIFY | IN_ONLYDIR)
             let wd = inotify_add_watch(inotifyFd, tasks.path, taskMask)
@@ -226,6 +236,7 @@ public final class ContainerMonitor {
                 }
                 let isDir = e.mask & UInt32(IN_ISDIR) != 0
                 if isTasks && isDir && !name.isEmpty {
+                    // A subdirectory made, removed, or marked (IN_ATTRIB).
                     guard let child = try? ContainerName.resolve(name, relativeTo: container), child.parent == container else {
                         continue
                     }
