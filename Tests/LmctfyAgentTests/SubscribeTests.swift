@@ -188,7 +188,7 @@ struct SubscribeTests {
     }
 
     @Test func badRequestsAreRefusedAndACancelledSubscriptionIsGone() throws {
-        try withAgent { agent, socket in
+        try withAgent("watch_containers: false") { agent, socket in
             let client = try RpcClient.connect(unixPath: socket)
             defer { client.close() }
             for (request, code) in [(SubscribeRequest(recursive: true), StatusCode.invalidArgument),
@@ -426,7 +426,7 @@ struct SubscribeTests {
         let socket = dir + "/agent.sock"
         func start() throws -> Agent {
             let settings = try AgentSettings.parse(
-                "unix_socket_path: \"\(socket)\" unix_socket_mode: 0666 log_level: LOG_WARNING state_dir: \"\(dir)/state\" reconcile_interval_ms: 0 stats_interval_ms: 0",
+                "unix_socket_path: \"\(socket)\" unix_socket_mode: 0666 log_level: LOG_WARNING state_dir: \"\(dir)/state\" reconcile_interval_ms: 0 stats_interval_ms: 0 watch_containers: false",
                 source: "test")
             let agent = Agent(settings: settings, api: try ContainerApi.detect())
             try agent.start(handleSignals: false)
