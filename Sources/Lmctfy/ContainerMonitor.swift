@@ -122,6 +122,9 @@ public final class ContainerMonitor {
     /// Whether `name` is watched.
     public func isWatched(_ name: ContainerName) -> Bool { entries[name] != nil }
 
+    /// Whether `name` is watched fully (its other directories and eventfds).
+    public func isFullyWatched(_ name: ContainerName) -> Bool { entries[name]?.complete == true }
+
     /// Watches a container's directories (the root: its tasks hierarchy's
     /// root, for the top-level containers) and, once it exists, its memory
     /// eventfds. Idempotent: a second call adds what the first could not

@@ -29,6 +29,8 @@ final class MachineWatcher: @unchecked Sendable {
     private var specsDue: Set<ContainerName> = []
     private var specTimer: LoopTimer?
     private var specReading = false
+    private var batchTimer: LoopTimer?
+    static let batchMs = 2
     /// When each container's last MEMORY_PRESSURE was recorded.
     private var lastPressure: [ContainerName: UInt64] = [:]
     static let pressureIntervalMs: UInt64 = 1000
@@ -46,12 +48,12 @@ final class MachineWatcher: @unchecked Sendable {
     func start() throws(LmctfyError) {
         do {
             inotifyPoll = try LoopPoll(on: loop, fd: monitor.inotifyFd) { [unowned self] error in
-                if error == nil { self.handle(self.monitor.readInotify()) }
+                if error == nil { self.inotifyReadable() }
             }
         } catch {
             throw error.lmctfy("Watching the containers")
         }
-        add(.root)
+        add(.root, now: true)
     }
 
     /// Stops every poll (loop thread); the descriptors close once their
@@ -59,6 +61,7 @@ final class MachineWatcher: @unchecked Sendable {
     func stop() {
         inotifyPoll?.close()
         specTimer?.cancel()
+        batchTimer?.cancel()
         for (fd, entry) in polls {
             entry.poll.onClose = { _ = entry.source }  // keeps the fd open until then
             entry.poll.close()
@@ -66,14 +69,41 @@ final class MachineWatcher: @unchecked Sendable {
         }
     }
 
+    /// The inotify descriptor has something: it is read `batchMs` later, in
+    /// one go, so that the burst one create or destroy makes (a directory
+    /// in each hierarchy, its marks, its tasks joining) wakes the loop once
+    /// or twice rather than for each event.
+    private func inotifyReadable() {
+        guard batchTimer == nil else { return }
+        inotifyPoll?.pause()
+        batchTimer = try? LoopTimer.once(on: loop, after: .milliseconds(Self.batchMs)) { [unowned self] in
+            self.batchTimer = nil
+            self.handle(self.monitor.readInotify())
+            self.inotifyPoll?.resume()
+        }
+        if batchTimer == nil {
+            // No timer to be had: read now.
+            inotifyPoll?.resume()
+            handle(monitor.readInotify())
+        }
+    }
+
     /// How many containers are watched (the root included).
     var watchedCount: Int { monitor.count }
 
-    private func add(_ name: ContainerName) {
+    /// Watches `name` and what its scan finds: its tasks directory while it
+    /// is being made, everything (its other directories, its memory
+    /// eventfds) once it exists. `now`: the containers there when the agent
+    /// starts, whose specs are read anyway.
+    private func add(_ name: ContainerName, now: Bool = false) {
         var queue = [name]
         while let next = queue.popLast() {
+            let wasFull = monitor.isFullyWatched(next)
             let (fds, found) = monitor.watch(next)
             for source in fds { poll(source) }
+            // A write made before its directories were watched (a CLI update
+            // right after the create) is found by reading the spec again.
+            if !now && !wasFull && monitor.isFullyWatched(next) && inventory.knows(next.path) { specsDue.insert(next) }
             for case .present(let child) in found where !monitor.isWatched(child) || !inventory.knows(child.path) {
                 look(child, queue: &queue)
             }

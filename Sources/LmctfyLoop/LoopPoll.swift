@@ -25,12 +25,34 @@ public final class LoopPoll: LoopHandle, @unchecked Sendable {
         raw.bindMemory(to: uv_poll_t.self, capacity: 1)
         try check(uv_poll_init(loop.uvLoop, poll, fd), "uv_poll_init", "fd \(fd)")
         adopt()
-        let rc = uv_poll_start(poll, Int32(UV_READABLE.rawValue)) { handle, status, _ in
-            handleObject(handle, as: LoopPoll.self)?.fired(status)
-        }
+        let rc = start()
         if rc < 0 {
             close()
             throw LoopError("uv_poll_start", "fd \(fd)", rc)
+        }
+    }
+
+    /// Stops calling back until `resume` (the descriptor stays registered
+    /// with libuv). Idempotent.
+    public func pause() {
+        loop.assertInLoop()
+        guard isOpen, watching else { return }
+        uv_poll_stop(poll)
+        watching = false
+    }
+
+    /// Calls back again when the descriptor is readable. Idempotent.
+    public func resume() {
+        loop.assertInLoop()
+        guard isOpen, !watching else { return }
+        if start() == 0 { watching = true }
+    }
+
+    private var watching = true
+
+    private func start() -> Int32 {
+        uv_poll_start(poll, Int32(UV_READABLE.rawValue)) { handle, status, _ in
+            handleObject(handle, as: LoopPoll.self)?.fired(status)
         }
     }
 
