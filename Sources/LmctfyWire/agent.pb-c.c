@@ -2167,7 +2167,52 @@ void   containers__lmctfy__agent__agent_config__free_unpacked
   assert(message->base.descriptor == &containers__lmctfy__agent__agent_config__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
-static const ProtobufCFieldDescriptor containers__lmctfy__agent__frame__field_descriptors[9] =
+void   containers__lmctfy__agent__host_label__init
+                     (Containers__Lmctfy__Agent__HostLabel         *message)
+{
+  static const Containers__Lmctfy__Agent__HostLabel init_value = CONTAINERS__LMCTFY__AGENT__HOST_LABEL__INIT;
+  *message = init_value;
+}
+size_t containers__lmctfy__agent__host_label__get_packed_size
+                     (const Containers__Lmctfy__Agent__HostLabel *message)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__host_label__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t containers__lmctfy__agent__host_label__pack
+                     (const Containers__Lmctfy__Agent__HostLabel *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__host_label__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t containers__lmctfy__agent__host_label__pack_to_buffer
+                     (const Containers__Lmctfy__Agent__HostLabel *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__host_label__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Containers__Lmctfy__Agent__HostLabel *
+       containers__lmctfy__agent__host_label__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Containers__Lmctfy__Agent__HostLabel *)
+     protobuf_c_message_unpack (&containers__lmctfy__agent__host_label__descriptor,
+                                allocator, len, data);
+}
+void   containers__lmctfy__agent__host_label__free_unpacked
+                     (Containers__Lmctfy__Agent__HostLabel *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &containers__lmctfy__agent__host_label__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__frame__field_descriptors[10] =
 {
   {
     "kind",
@@ -2277,12 +2322,25 @@ static const ProtobufCFieldDescriptor containers__lmctfy__agent__frame__field_de
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "host",
+    10,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__Frame, host),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned containers__lmctfy__agent__frame__field_indices_by_name[] = {
   8,   /* field[8] = credit */
   4,   /* field[4] = deadline_ms */
   7,   /* field[7] = goaway */
   6,   /* field[6] = hello */
+  9,   /* field[9] = host */
   0,   /* field[0] = kind */
   2,   /* field[2] = method */
   3,   /* field[3] = payload */
@@ -2292,7 +2350,7 @@ static const unsigned containers__lmctfy__agent__frame__field_indices_by_name[] 
 static const ProtobufCIntRange containers__lmctfy__agent__frame__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 9 }
+  { 0, 10 }
 };
 const ProtobufCMessageDescriptor containers__lmctfy__agent__frame__descriptor =
 {
@@ -2302,7 +2360,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__frame__descriptor =
   "Containers__Lmctfy__Agent__Frame",
   "containers.lmctfy.agent",
   sizeof(Containers__Lmctfy__Agent__Frame),
-  9,
+  10,
   containers__lmctfy__agent__frame__field_descriptors,
   containers__lmctfy__agent__frame__field_indices_by_name,
   1,  containers__lmctfy__agent__frame__number_ranges,
@@ -5008,7 +5066,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__agent_limits__descri
   (ProtobufCMessageInit) containers__lmctfy__agent__agent_limits__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor containers__lmctfy__agent__agent_config__field_descriptors[15] =
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__agent_config__field_descriptors[21] =
 {
   {
     "unix_socket_path",
@@ -5190,16 +5248,94 @@ static const ProtobufCFieldDescriptor containers__lmctfy__agent__agent_config__f
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "controller_key_id",
+    16,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__AgentConfig, controller_key_id),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "host_name",
+    17,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__AgentConfig, host_name),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "label",
+    18,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Containers__Lmctfy__Agent__AgentConfig, n_label),
+    offsetof(Containers__Lmctfy__Agent__AgentConfig, label),
+    &containers__lmctfy__agent__host_label__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "reconnect_base_ms",
+    19,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_UINT32,
+    offsetof(Containers__Lmctfy__Agent__AgentConfig, has_reconnect_base_ms),
+    offsetof(Containers__Lmctfy__Agent__AgentConfig, reconnect_base_ms),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "reconnect_max_ms",
+    20,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_UINT32,
+    offsetof(Containers__Lmctfy__Agent__AgentConfig, has_reconnect_max_ms),
+    offsetof(Containers__Lmctfy__Agent__AgentConfig, reconnect_max_ms),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "root_container",
+    21,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__AgentConfig, root_container),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned containers__lmctfy__agent__agent_config__field_indices_by_name[] = {
   2,   /* field[2] = allowed_group */
   10,   /* field[10] = controller_address */
+  15,   /* field[15] = controller_key_id */
   11,   /* field[11] = event_log_capacity */
+  16,   /* field[16] = host_name */
   4,   /* field[4] = key_file */
+  17,   /* field[17] = label */
   6,   /* field[6] = limits */
   7,   /* field[7] = log_level */
   12,   /* field[12] = reconcile_interval_ms */
+  18,   /* field[18] = reconnect_base_ms */
+  19,   /* field[19] = reconnect_max_ms */
   5,   /* field[5] = role */
+  20,   /* field[20] = root_container */
   8,   /* field[8] = state_dir */
   9,   /* field[9] = stats_interval_ms */
   14,   /* field[14] = subscriber_buffer */
@@ -5211,7 +5347,7 @@ static const unsigned containers__lmctfy__agent__agent_config__field_indices_by_
 static const ProtobufCIntRange containers__lmctfy__agent__agent_config__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 15 }
+  { 0, 21 }
 };
 const ProtobufCMessageDescriptor containers__lmctfy__agent__agent_config__descriptor =
 {
@@ -5221,11 +5357,62 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__agent_config__descri
   "Containers__Lmctfy__Agent__AgentConfig",
   "containers.lmctfy.agent",
   sizeof(Containers__Lmctfy__Agent__AgentConfig),
-  15,
+  21,
   containers__lmctfy__agent__agent_config__field_descriptors,
   containers__lmctfy__agent__agent_config__field_indices_by_name,
   1,  containers__lmctfy__agent__agent_config__number_ranges,
   (ProtobufCMessageInit) containers__lmctfy__agent__agent_config__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__host_label__field_descriptors[2] =
+{
+  {
+    "key",
+    1,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__HostLabel, key),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "value",
+    2,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__HostLabel, value),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned containers__lmctfy__agent__host_label__field_indices_by_name[] = {
+  0,   /* field[0] = key */
+  1,   /* field[1] = value */
+};
+static const ProtobufCIntRange containers__lmctfy__agent__host_label__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 2 }
+};
+const ProtobufCMessageDescriptor containers__lmctfy__agent__host_label__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "containers.lmctfy.agent.HostLabel",
+  "HostLabel",
+  "Containers__Lmctfy__Agent__HostLabel",
+  "containers.lmctfy.agent",
+  sizeof(Containers__Lmctfy__Agent__HostLabel),
+  2,
+  containers__lmctfy__agent__host_label__field_descriptors,
+  containers__lmctfy__agent__host_label__field_indices_by_name,
+  1,  containers__lmctfy__agent__host_label__number_ranges,
+  (ProtobufCMessageInit) containers__lmctfy__agent__host_label__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
 static const ProtobufCEnumValue containers__lmctfy__agent__frame_kind__enum_values_by_number[10] =

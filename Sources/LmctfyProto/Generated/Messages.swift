@@ -3944,6 +3944,18 @@ public struct AgentConfig: ProtoMessage {
     public var watchContainers: Bool?
     /// Field 15 `subscriber_buffer`.
     public var subscriberBuffer: UInt32?
+    /// Field 16 `controller_key_id`.
+    public var controllerKeyId: String?
+    /// Field 17 `host_name`.
+    public var hostName: String?
+    /// Field 18 `label`.
+    public var label: [HostLabel]
+    /// Field 19 `reconnect_base_ms`.
+    public var reconnectBaseMs: UInt32?
+    /// Field 20 `reconnect_max_ms`.
+    public var reconnectMaxMs: UInt32?
+    /// Field 21 `root_container`.
+    public var rootContainer: String?
 
     public init(
         unixSocketPath: String? = nil,
@@ -3960,7 +3972,13 @@ public struct AgentConfig: ProtoMessage {
         eventLogCapacity: UInt32? = nil,
         reconcileIntervalMs: UInt32? = nil,
         watchContainers: Bool? = nil,
-        subscriberBuffer: UInt32? = nil
+        subscriberBuffer: UInt32? = nil,
+        controllerKeyId: String? = nil,
+        hostName: String? = nil,
+        label: [HostLabel] = [],
+        reconnectBaseMs: UInt32? = nil,
+        reconnectMaxMs: UInt32? = nil,
+        rootContainer: String? = nil
     ) {
         self.unixSocketPath = unixSocketPath
         self.unixSocketMode = unixSocketMode
@@ -3977,6 +3995,12 @@ public struct AgentConfig: ProtoMessage {
         self.reconcileIntervalMs = reconcileIntervalMs
         self.watchContainers = watchContainers
         self.subscriberBuffer = subscriberBuffer
+        self.controllerKeyId = controllerKeyId
+        self.hostName = hostName
+        self.label = label
+        self.reconnectBaseMs = reconnectBaseMs
+        self.reconnectMaxMs = reconnectMaxMs
+        self.rootContainer = rootContainer
     }
 
     public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.AgentConfig")
@@ -3998,6 +4022,12 @@ public struct AgentConfig: ProtoMessage {
         self.reconcileIntervalMs = message.get(13)
         self.watchContainers = message.get(14)
         self.subscriberBuffer = message.get(15)
+        self.controllerKeyId = message.get(16)
+        self.hostName = message.get(17)
+        self.label = message.getRepeated(18)
+        self.reconnectBaseMs = message.get(19)
+        self.reconnectMaxMs = message.get(20)
+        self.rootContainer = message.get(21)
     }
 
     public var dynamic: DynamicMessage {
@@ -4017,6 +4047,12 @@ public struct AgentConfig: ProtoMessage {
         message.set(13, reconcileIntervalMs)
         message.set(14, watchContainers)
         message.set(15, subscriberBuffer)
+        message.set(16, controllerKeyId)
+        message.set(17, hostName)
+        message.setRepeated(18, label)
+        message.set(19, reconnectBaseMs)
+        message.set(20, reconnectMaxMs)
+        message.set(21, rootContainer)
         return message
     }
 
@@ -4037,6 +4073,12 @@ public struct AgentConfig: ProtoMessage {
         self.reconcileIntervalMs = CBridge.value(c, f[12])
         self.watchContainers = CBridge.value(c, f[13])
         self.subscriberBuffer = CBridge.value(c, f[14])
+        self.controllerKeyId = CBridge.value(c, f[15])
+        self.hostName = CBridge.value(c, f[16])
+        self.label = CBridge.repeatedMessages(c, f[17])
+        self.reconnectBaseMs = CBridge.value(c, f[18])
+        self.reconnectMaxMs = CBridge.value(c, f[19])
+        self.rootContainer = CBridge.value(c, f[20])
     }
 
     public func makeC() -> UnsafeMutableRawPointer {
@@ -4057,6 +4099,12 @@ public struct AgentConfig: ProtoMessage {
         CBridge.set(c, f[12], reconcileIntervalMs)
         CBridge.set(c, f[13], watchContainers)
         CBridge.set(c, f[14], subscriberBuffer)
+        CBridge.set(c, f[15], controllerKeyId)
+        CBridge.set(c, f[16], hostName)
+        CBridge.setRepeatedMessages(c, f[17], label)
+        CBridge.set(c, f[18], reconnectBaseMs)
+        CBridge.set(c, f[19], reconnectMaxMs)
+        CBridge.set(c, f[20], rootContainer)
         return c
     }
 }
@@ -4351,6 +4399,115 @@ public enum ContainerEventKind: Int32, ProtoEnum, CaseIterable {
         case .containerEventStats: return "CONTAINER_EVENT_STATS"
         case .containerEventMemoryPressure: return "CONTAINER_EVENT_MEMORY_PRESSURE"
         }
+    }
+}
+
+/// Protobuf message `containers.lmctfy.agent.ControllerConfig`.
+public struct ControllerConfig: ProtoMessage {
+    /// Field 1 `unix_socket_path`.
+    public var unixSocketPath: String?
+    /// Field 2 `unix_socket_mode`.
+    public var unixSocketMode: UInt32?
+    /// Field 3 `allowed_group`.
+    public var allowedGroup: String?
+    /// Field 4 `tcp_address`.
+    public var tcpAddress: String?
+    /// Field 5 `agent_address`.
+    public var agentAddress: String?
+    /// Field 6 `key_file`.
+    public var keyFile: String?
+    /// Field 7 `role`.
+    public var role: [RoleBinding]
+    /// Field 8 `limits`.
+    public var limits: AgentLimits?
+    /// Field 9 `log_level`.
+    public var logLevel: AgentLogLevel?
+    /// Field 10 `state_dir`.
+    public var stateDir: String?
+
+    public init(
+        unixSocketPath: String? = nil,
+        unixSocketMode: UInt32? = nil,
+        allowedGroup: String? = nil,
+        tcpAddress: String? = nil,
+        agentAddress: String? = nil,
+        keyFile: String? = nil,
+        role: [RoleBinding] = [],
+        limits: AgentLimits? = nil,
+        logLevel: AgentLogLevel? = nil,
+        stateDir: String? = nil
+    ) {
+        self.unixSocketPath = unixSocketPath
+        self.unixSocketMode = unixSocketMode
+        self.allowedGroup = allowedGroup
+        self.tcpAddress = tcpAddress
+        self.agentAddress = agentAddress
+        self.keyFile = keyFile
+        self.role = role
+        self.limits = limits
+        self.logLevel = logLevel
+        self.stateDir = stateDir
+    }
+
+    public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.ControllerConfig")
+
+    public init(dynamic message: DynamicMessage) {
+        precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.ControllerConfig")
+        self.unixSocketPath = message.get(1)
+        self.unixSocketMode = message.get(2)
+        self.allowedGroup = message.get(3)
+        self.tcpAddress = message.get(4)
+        self.agentAddress = message.get(5)
+        self.keyFile = message.get(6)
+        self.role = message.getRepeated(7)
+        self.limits = message.get(8)
+        self.logLevel = message.get(9)
+        self.stateDir = message.get(10)
+    }
+
+    public var dynamic: DynamicMessage {
+        var message = DynamicMessage(Self.protoDescriptor)
+        message.set(1, unixSocketPath)
+        message.set(2, unixSocketMode)
+        message.set(3, allowedGroup)
+        message.set(4, tcpAddress)
+        message.set(5, agentAddress)
+        message.set(6, keyFile)
+        message.setRepeated(7, role)
+        message.set(8, limits)
+        message.set(9, logLevel)
+        message.set(10, stateDir)
+        return message
+    }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.unixSocketPath = CBridge.value(c, f[0])
+        self.unixSocketMode = CBridge.value(c, f[1])
+        self.allowedGroup = CBridge.value(c, f[2])
+        self.tcpAddress = CBridge.value(c, f[3])
+        self.agentAddress = CBridge.value(c, f[4])
+        self.keyFile = CBridge.value(c, f[5])
+        self.role = CBridge.repeatedMessages(c, f[6])
+        self.limits = CBridge.message(c, f[7])
+        self.logLevel = CBridge.value(c, f[8])
+        self.stateDir = CBridge.value(c, f[9])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.set(c, f[0], unixSocketPath)
+        CBridge.set(c, f[1], unixSocketMode)
+        CBridge.set(c, f[2], allowedGroup)
+        CBridge.set(c, f[3], tcpAddress)
+        CBridge.set(c, f[4], agentAddress)
+        CBridge.set(c, f[5], keyFile)
+        CBridge.setRepeatedMessages(c, f[6], role)
+        CBridge.setMessage(c, f[7], limits)
+        CBridge.set(c, f[8], logLevel)
+        CBridge.set(c, f[9], stateDir)
+        return c
     }
 }
 
@@ -4746,6 +4903,8 @@ public struct Frame: ProtoMessage {
     public var goaway: GoAway?
     /// Field 9 `credit`.
     public var credit: UInt32?
+    /// Field 10 `host`.
+    public var host: String?
 
     public init(
         kind: FrameKind? = nil,
@@ -4756,7 +4915,8 @@ public struct Frame: ProtoMessage {
         status: RpcStatus? = nil,
         hello: Hello? = nil,
         goaway: GoAway? = nil,
-        credit: UInt32? = nil
+        credit: UInt32? = nil,
+        host: String? = nil
     ) {
         self.kind = kind
         self.streamId = streamId
@@ -4767,6 +4927,7 @@ public struct Frame: ProtoMessage {
         self.hello = hello
         self.goaway = goaway
         self.credit = credit
+        self.host = host
     }
 
     public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.Frame")
@@ -4782,6 +4943,7 @@ public struct Frame: ProtoMessage {
         self.hello = message.get(7)
         self.goaway = message.get(8)
         self.credit = message.get(9)
+        self.host = message.get(10)
     }
 
     public var dynamic: DynamicMessage {
@@ -4795,6 +4957,7 @@ public struct Frame: ProtoMessage {
         message.set(7, hello)
         message.set(8, goaway)
         message.set(9, credit)
+        message.set(10, host)
         return message
     }
 
@@ -4809,6 +4972,7 @@ public struct Frame: ProtoMessage {
         self.hello = CBridge.message(c, f[6])
         self.goaway = CBridge.message(c, f[7])
         self.credit = CBridge.value(c, f[8])
+        self.host = CBridge.value(c, f[9])
     }
 
     public func makeC() -> UnsafeMutableRawPointer {
@@ -4823,6 +4987,7 @@ public struct Frame: ProtoMessage {
         CBridge.setMessage(c, f[6], hello)
         CBridge.setMessage(c, f[7], goaway)
         CBridge.set(c, f[8], credit)
+        CBridge.set(c, f[9], host)
         return c
     }
 }
@@ -5076,6 +5241,236 @@ public enum HelloStage: Int32, ProtoEnum, CaseIterable {
     }
 }
 
+/// Protobuf message `containers.lmctfy.agent.HostIdentity`.
+public struct HostIdentity: ProtoMessage {
+    /// Field 1 `host_name`.
+    public var hostName: String?
+    /// Field 2 `machine_id`.
+    public var machineId: String?
+    /// Field 3 `boot_id`.
+    public var bootId: String?
+    /// Field 4 `agent_version`.
+    public var agentVersion: String?
+    /// Field 5 `cgroup_version`.
+    public var cgroupVersion: Int32?
+    /// Field 6 `cpus`.
+    public var cpus: Int32?
+    /// Field 7 `memory_bytes`.
+    public var memoryBytes: UInt64?
+    /// Field 8 `label`.
+    public var label: [HostLabel]
+    /// Field 9 `root_container`.
+    public var rootContainer: String?
+
+    public init(
+        hostName: String? = nil,
+        machineId: String? = nil,
+        bootId: String? = nil,
+        agentVersion: String? = nil,
+        cgroupVersion: Int32? = nil,
+        cpus: Int32? = nil,
+        memoryBytes: UInt64? = nil,
+        label: [HostLabel] = [],
+        rootContainer: String? = nil
+    ) {
+        self.hostName = hostName
+        self.machineId = machineId
+        self.bootId = bootId
+        self.agentVersion = agentVersion
+        self.cgroupVersion = cgroupVersion
+        self.cpus = cpus
+        self.memoryBytes = memoryBytes
+        self.label = label
+        self.rootContainer = rootContainer
+    }
+
+    public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.HostIdentity")
+
+    public init(dynamic message: DynamicMessage) {
+        precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.HostIdentity")
+        self.hostName = message.get(1)
+        self.machineId = message.get(2)
+        self.bootId = message.get(3)
+        self.agentVersion = message.get(4)
+        self.cgroupVersion = message.get(5)
+        self.cpus = message.get(6)
+        self.memoryBytes = message.get(7)
+        self.label = message.getRepeated(8)
+        self.rootContainer = message.get(9)
+    }
+
+    public var dynamic: DynamicMessage {
+        var message = DynamicMessage(Self.protoDescriptor)
+        message.set(1, hostName)
+        message.set(2, machineId)
+        message.set(3, bootId)
+        message.set(4, agentVersion)
+        message.set(5, cgroupVersion)
+        message.set(6, cpus)
+        message.set(7, memoryBytes)
+        message.setRepeated(8, label)
+        message.set(9, rootContainer)
+        return message
+    }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.hostName = CBridge.value(c, f[0])
+        self.machineId = CBridge.value(c, f[1])
+        self.bootId = CBridge.value(c, f[2])
+        self.agentVersion = CBridge.value(c, f[3])
+        self.cgroupVersion = CBridge.value(c, f[4])
+        self.cpus = CBridge.value(c, f[5])
+        self.memoryBytes = CBridge.value(c, f[6])
+        self.label = CBridge.repeatedMessages(c, f[7])
+        self.rootContainer = CBridge.value(c, f[8])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.set(c, f[0], hostName)
+        CBridge.set(c, f[1], machineId)
+        CBridge.set(c, f[2], bootId)
+        CBridge.set(c, f[3], agentVersion)
+        CBridge.set(c, f[4], cgroupVersion)
+        CBridge.set(c, f[5], cpus)
+        CBridge.set(c, f[6], memoryBytes)
+        CBridge.setRepeatedMessages(c, f[7], label)
+        CBridge.set(c, f[8], rootContainer)
+        return c
+    }
+}
+
+/// Protobuf message `containers.lmctfy.agent.HostInfo`.
+public struct HostInfo: ProtoMessage {
+    /// Field 1 `identity`.
+    public var identity: HostIdentity?
+    /// Field 2 `state`.
+    public var state: HostState?
+    /// Field 3 `state_since_ns`.
+    public var stateSinceNs: UInt64?
+    /// Field 4 `last_heard_ns`.
+    public var lastHeardNs: UInt64?
+    /// Field 5 `key_id`.
+    public var keyId: String?
+
+    public init(
+        identity: HostIdentity? = nil,
+        state: HostState? = nil,
+        stateSinceNs: UInt64? = nil,
+        lastHeardNs: UInt64? = nil,
+        keyId: String? = nil
+    ) {
+        self.identity = identity
+        self.state = state
+        self.stateSinceNs = stateSinceNs
+        self.lastHeardNs = lastHeardNs
+        self.keyId = keyId
+    }
+
+    public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.HostInfo")
+
+    public init(dynamic message: DynamicMessage) {
+        precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.HostInfo")
+        self.identity = message.get(1)
+        self.state = message.get(2)
+        self.stateSinceNs = message.get(3)
+        self.lastHeardNs = message.get(4)
+        self.keyId = message.get(5)
+    }
+
+    public var dynamic: DynamicMessage {
+        var message = DynamicMessage(Self.protoDescriptor)
+        message.set(1, identity)
+        message.set(2, state)
+        message.set(3, stateSinceNs)
+        message.set(4, lastHeardNs)
+        message.set(5, keyId)
+        return message
+    }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.identity = CBridge.message(c, f[0])
+        self.state = CBridge.value(c, f[1])
+        self.stateSinceNs = CBridge.value(c, f[2])
+        self.lastHeardNs = CBridge.value(c, f[3])
+        self.keyId = CBridge.value(c, f[4])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.setMessage(c, f[0], identity)
+        CBridge.set(c, f[1], state)
+        CBridge.set(c, f[2], stateSinceNs)
+        CBridge.set(c, f[3], lastHeardNs)
+        CBridge.set(c, f[4], keyId)
+        return c
+    }
+}
+
+/// Protobuf message `containers.lmctfy.agent.HostLabel`.
+public struct HostLabel: ProtoMessage {
+    /// Field 1 `key`.
+    public var key: String?
+    /// Field 2 `value`.
+    public var value: String?
+
+    public init(
+        key: String? = nil,
+        value: String? = nil
+    ) {
+        self.key = key
+        self.value = value
+    }
+
+    public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.HostLabel")
+
+    public init(dynamic message: DynamicMessage) {
+        precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.HostLabel")
+        self.key = message.get(1)
+        self.value = message.get(2)
+    }
+
+    public var dynamic: DynamicMessage {
+        var message = DynamicMessage(Self.protoDescriptor)
+        message.set(1, key)
+        message.set(2, value)
+        return message
+    }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.key = CBridge.value(c, f[0])
+        self.value = CBridge.value(c, f[1])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.set(c, f[0], key)
+        CBridge.set(c, f[1], value)
+        return c
+    }
+}
+
+/// Protobuf enum `containers.lmctfy.agent.HostState`.
+public enum HostState: Int32, ProtoEnum, CaseIterable {
+    case hostStateUnspecified = 0
+    case hostConnected = 1
+    case hostDisconnected = 2
+
+    public var protoName: String {
+        switch self {
+        case .hostStateUnspecified: return "HOST_STATE_UNSPECIFIED"
+        case .hostConnected: return "HOST_CONNECTED"
+        case .hostDisconnected: return "HOST_DISCONNECTED"
+        }
+    }
+}
+
 /// Protobuf message `containers.lmctfy.agent.InitRequest`.
 public struct InitRequest: ProtoMessage {
     /// Field 1 `spec`.
@@ -5304,6 +5699,80 @@ public struct ListContainersResponse: ProtoMessage {
         let c = CBridge.allocate(Self.protoDescriptor)
         let f = Self.protoDescriptor.fields
         CBridge.setRepeated(c, f[0], names)
+        return c
+    }
+}
+
+/// Protobuf message `containers.lmctfy.agent.ListHostsRequest`.
+public struct ListHostsRequest: ProtoMessage {
+    /// Field 1 `selector`.
+    public var selector: String?
+
+    public init(
+        selector: String? = nil
+    ) {
+        self.selector = selector
+    }
+
+    public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.ListHostsRequest")
+
+    public init(dynamic message: DynamicMessage) {
+        precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.ListHostsRequest")
+        self.selector = message.get(1)
+    }
+
+    public var dynamic: DynamicMessage {
+        var message = DynamicMessage(Self.protoDescriptor)
+        message.set(1, selector)
+        return message
+    }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.selector = CBridge.value(c, f[0])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.set(c, f[0], selector)
+        return c
+    }
+}
+
+/// Protobuf message `containers.lmctfy.agent.ListHostsResponse`.
+public struct ListHostsResponse: ProtoMessage {
+    /// Field 1 `hosts`.
+    public var hosts: [HostInfo]
+
+    public init(
+        hosts: [HostInfo] = []
+    ) {
+        self.hosts = hosts
+    }
+
+    public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.ListHostsResponse")
+
+    public init(dynamic message: DynamicMessage) {
+        precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.ListHostsResponse")
+        self.hosts = message.getRepeated(1)
+    }
+
+    public var dynamic: DynamicMessage {
+        var message = DynamicMessage(Self.protoDescriptor)
+        message.setRepeated(1, hosts)
+        return message
+    }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.hosts = CBridge.repeatedMessages(c, f[0])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.setRepeatedMessages(c, f[0], hosts)
         return c
     }
 }
@@ -5830,6 +6299,69 @@ public struct PingResponse: ProtoMessage {
         let c = CBridge.allocate(Self.protoDescriptor)
         let f = Self.protoDescriptor.fields
         CBridge.set(c, f[0], data)
+        return c
+    }
+}
+
+/// Protobuf message `containers.lmctfy.agent.RegisterRequest`.
+public struct RegisterRequest: ProtoMessage {
+    /// Field 1 `identity`.
+    public var identity: HostIdentity?
+
+    public init(
+        identity: HostIdentity? = nil
+    ) {
+        self.identity = identity
+    }
+
+    public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.RegisterRequest")
+
+    public init(dynamic message: DynamicMessage) {
+        precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.RegisterRequest")
+        self.identity = message.get(1)
+    }
+
+    public var dynamic: DynamicMessage {
+        var message = DynamicMessage(Self.protoDescriptor)
+        message.set(1, identity)
+        return message
+    }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.identity = CBridge.message(c, f[0])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.setMessage(c, f[0], identity)
+        return c
+    }
+}
+
+/// Protobuf message `containers.lmctfy.agent.RegisterResponse`.
+public struct RegisterResponse: ProtoMessage {
+    public init() {}
+
+    public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.RegisterResponse")
+
+    public init(dynamic message: DynamicMessage) {
+        precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.RegisterResponse")
+        self.init()
+    }
+
+    public var dynamic: DynamicMessage {
+        let message = DynamicMessage(Self.protoDescriptor)
+        return message
+    }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        self.init()
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
         return c
     }
 }

@@ -4,6 +4,7 @@
 #include <stddef.h>
 #include "agent.pb-c.h"
 #include "config.pb-c.h"
+#include "controller.pb-c.h"
 #include "lmctfy.pb-c.h"
 #include "virtual_host.pb-c.h"
 

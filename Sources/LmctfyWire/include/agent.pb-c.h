@@ -65,6 +65,7 @@ typedef struct Containers__Lmctfy__Agent__RequestJournalEntry Containers__Lmctfy
 typedef struct Containers__Lmctfy__Agent__RoleBinding Containers__Lmctfy__Agent__RoleBinding;
 typedef struct Containers__Lmctfy__Agent__AgentLimits Containers__Lmctfy__Agent__AgentLimits;
 typedef struct Containers__Lmctfy__Agent__AgentConfig Containers__Lmctfy__Agent__AgentConfig;
+typedef struct Containers__Lmctfy__Agent__HostLabel Containers__Lmctfy__Agent__HostLabel;
 
 
 /* --- enums --- */
@@ -277,15 +278,21 @@ struct  Containers__Lmctfy__Agent__Frame
   /*
    * CREDIT: how many more responses (1 or more).
    */
-  /*
-   * Next id: 10
-   */
   protobuf_c_boolean has_credit;
   uint32_t credit;
+  /*
+   * REQUEST to a controller: the host (agent) the call is for; the
+   * controller forwards it over that host's link (PROTOCOL.md section 9).
+   * Ignored by an agent.
+   */
+  /*
+   * Next id: 11
+   */
+  char *host;
 };
 #define CONTAINERS__LMCTFY__AGENT__FRAME__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__frame__descriptor) \
-    , 0, CONTAINERS__LMCTFY__AGENT__FRAME_KIND__FRAME_KIND_UNSPECIFIED, 0, 0, NULL, 0, {0,NULL}, 0, 0, NULL, NULL, NULL, 0, 0 }
+    , 0, CONTAINERS__LMCTFY__AGENT__FRAME_KIND__FRAME_KIND_UNSPECIFIED, 0, 0, NULL, 0, {0,NULL}, 0, 0, NULL, NULL, NULL, 0, 0, NULL }
 
 
 /*
@@ -1357,15 +1364,62 @@ struct  Containers__Lmctfy__Agent__AgentConfig
    * (stats samples coalesce and do not count); past it the subscription ends
    * "lagged". Absent: 1024.
    */
-  /*
-   * Next id: 16
-   */
   protobuf_c_boolean has_subscriber_buffer;
   uint32_t subscriber_buffer;
+  /*
+   * Dialling home (PROTOCOL.md section 9), with `controller_address`: the key
+   * of `key_file` to authenticate with (the controller holds the same key).
+   */
+  char *controller_key_id;
+  /*
+   * The name this agent registers under; absent: the machine's hostname.
+   */
+  char *host_name;
+  /*
+   * Labels the controller selects hosts by ("zone" = "a", ...).
+   */
+  size_t n_label;
+  Containers__Lmctfy__Agent__HostLabel **label;
+  /*
+   * Reconnect backoff, exponential with full jitter: the first wait is
+   * random in [0, base], each next cap doubled, never above `max`.
+   */
+  /*
+   * 500
+   */
+  protobuf_c_boolean has_reconnect_base_ms;
+  uint32_t reconnect_base_ms;
+  /*
+   * 30000
+   */
+  protobuf_c_boolean has_reconnect_max_ms;
+  uint32_t reconnect_max_ms;
+  /*
+   * Every name the agent serves and every event it reports is inside this
+   * container, names relative to it (as for a delegated container). Absent: /.
+   */
+  /*
+   * Next id: 22
+   */
+  char *root_container;
 };
 #define CONTAINERS__LMCTFY__AGENT__AGENT_CONFIG__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__agent_config__descriptor) \
-    , NULL, 0, 0, NULL, NULL, NULL, 0,NULL, NULL, 0, CONTAINERS__LMCTFY__AGENT__AGENT_LOG_LEVEL__LOG_LEVEL_UNSPECIFIED, NULL, 0, 0, NULL, 0, 0, 0, 0, 0, 0, 0, 0 }
+    , NULL, 0, 0, NULL, NULL, NULL, 0,NULL, NULL, 0, CONTAINERS__LMCTFY__AGENT__AGENT_LOG_LEVEL__LOG_LEVEL_UNSPECIFIED, NULL, 0, 0, NULL, 0, 0, 0, 0, 0, 0, 0, 0, NULL, NULL, 0,NULL, 0, 0, 0, 0, NULL }
+
+
+struct  Containers__Lmctfy__Agent__HostLabel
+{
+  ProtobufCMessage base;
+  char *key;
+  /*
+   * Next id: 3
+   */
+  char *value;
+};
+#define CONTAINERS__LMCTFY__AGENT__HOST_LABEL__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__host_label__descriptor) \
+    , NULL, NULL }
 
 
 /* Containers__Lmctfy__Agent__Frame methods */
@@ -2280,6 +2334,25 @@ Containers__Lmctfy__Agent__AgentConfig *
 void   containers__lmctfy__agent__agent_config__free_unpacked
                      (Containers__Lmctfy__Agent__AgentConfig *message,
                       ProtobufCAllocator *allocator);
+/* Containers__Lmctfy__Agent__HostLabel methods */
+void   containers__lmctfy__agent__host_label__init
+                     (Containers__Lmctfy__Agent__HostLabel         *message);
+size_t containers__lmctfy__agent__host_label__get_packed_size
+                     (const Containers__Lmctfy__Agent__HostLabel   *message);
+size_t containers__lmctfy__agent__host_label__pack
+                     (const Containers__Lmctfy__Agent__HostLabel   *message,
+                      uint8_t             *out);
+size_t containers__lmctfy__agent__host_label__pack_to_buffer
+                     (const Containers__Lmctfy__Agent__HostLabel   *message,
+                      ProtobufCBuffer     *buffer);
+Containers__Lmctfy__Agent__HostLabel *
+       containers__lmctfy__agent__host_label__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   containers__lmctfy__agent__host_label__free_unpacked
+                     (Containers__Lmctfy__Agent__HostLabel *message,
+                      ProtobufCAllocator *allocator);
 /* --- per-message closures --- */
 
 typedef void (*Containers__Lmctfy__Agent__Frame_Closure)
@@ -2426,6 +2499,9 @@ typedef void (*Containers__Lmctfy__Agent__AgentLimits_Closure)
 typedef void (*Containers__Lmctfy__Agent__AgentConfig_Closure)
                  (const Containers__Lmctfy__Agent__AgentConfig *message,
                   void *closure_data);
+typedef void (*Containers__Lmctfy__Agent__HostLabel_Closure)
+                 (const Containers__Lmctfy__Agent__HostLabel *message,
+                  void *closure_data);
 
 /* --- services --- */
 
@@ -2489,6 +2565,7 @@ extern const ProtobufCMessageDescriptor containers__lmctfy__agent__request_journ
 extern const ProtobufCMessageDescriptor containers__lmctfy__agent__role_binding__descriptor;
 extern const ProtobufCMessageDescriptor containers__lmctfy__agent__agent_limits__descriptor;
 extern const ProtobufCMessageDescriptor containers__lmctfy__agent__agent_config__descriptor;
+extern const ProtobufCMessageDescriptor containers__lmctfy__agent__host_label__descriptor;
 
 PROTOBUF_C__END_DECLS
 
