@@ -22,6 +22,7 @@ let package = Package(
         .executable(name: "lmctfy", targets: ["lmctfy"]),
         .executable(name: "lmctl", targets: ["lmctl"]),
         .executable(name: "lmctfy-agent", targets: ["lmctfy-agent"]),
+        .executable(name: "lmctfy-controller", targets: ["lmctfy-controller"]),
         .executable(name: "lmctfy-protogen", targets: ["lmctfy-protogen"]),
         .executable(name: "lmctfy-bench", targets: ["lmctfy-bench"]),
         .executable(name: "lmctfy-test-helper", targets: ["lmctfy-test-helper"]),
@@ -117,6 +118,13 @@ let package = Package(
             dependencies: ["Lmctfy", "LmctfyBackend", "LmctfyProto", "LmctfyRPC", "LmctfySystem", "LmctfyLoop",
                            .product(name: "Logging", package: "swift-log")]),
         .executableTarget(name: "lmctfy-agent", dependencies: ["LmctfyAgent"], linkerSettings: staticSwiftRuntime),
+        // The controller: agents dial home to it; it routes clients' calls to
+        // hosts. Loop and RPC as the agent's; never CL1 (it touches no cgroup).
+        .target(
+            name: "LmctfyController",
+            dependencies: ["LmctfyProto", "LmctfyRPC", "LmctfySystem", "LmctfyLoop",
+                           .product(name: "Logging", package: "swift-log")]),
+        .executableTarget(name: "lmctfy-controller", dependencies: ["LmctfyController"], linkerSettings: staticSwiftRuntime),
 
         // tools/run-bench's measuring side (the C baseline is built by the script).
         .executableTarget(
@@ -145,6 +153,10 @@ let package = Package(
         .testTarget(
             name: "LmctfyAgentTests",
             dependencies: ["LmctfyAgent", "LmctlCommands", "LmctfyCommands", "LmctfyRPC", "Lmctfy", "LmctfyProto",
+                           "LmctfySystem", "LmctfyTestSupport"]),
+        .testTarget(
+            name: "LmctfyControllerTests",
+            dependencies: ["LmctfyController", "LmctfyAgent", "LmctlCommands", "LmctfyRPC", "Lmctfy", "LmctfyProto",
                            "LmctfySystem", "LmctfyTestSupport"]),
         .testTarget(
             name: "LmctfyLoopTests",
