@@ -50,6 +50,8 @@ public final class Controller: @unchecked Sendable {
     private var signals: [SignalWatcher] = []
     private var stopping = false
     private let finished = Latch()
+    /// WatchHosts callers: (connection, stream) and their selector.
+    private var watchers: [(conn: Int, stream: UInt32, selector: [String: String])] = []
 
     /// The TCP ports actually bound (a port of 0 in the config picks one).
     public private(set) var agentPort: UInt16 = 0
@@ -206,6 +208,7 @@ public final class Controller: @unchecked Sendable {
                 client.routedIn[to.stream] = nil
                 perform(client, client.session.sendStatus(streamId: to.stream, status, now: MonotonicClock.milliseconds()))
             case .cancelled(let stream, _):
+                watchers.removeAll { $0.conn == p.id && $0.stream == stream }
                 // A client cancelled (or its deadline passed): so does the agent's call.
                 guard let to = p.routedIn.removeValue(forKey: stream), let link = peers[to.agent] else { continue }
                 link.routedOut[to.stream] = nil
@@ -228,8 +231,10 @@ public final class Controller: @unchecked Sendable {
     private func drop(_ p: ControllerPeer) {
         guard peers.removeValue(forKey: p.id) != nil else { return }
         let now = MonotonicClock.milliseconds()
+        watchers.removeAll { $0.conn == p.id }
         if p.kind == .agent, let host = registry.disconnected(conn: p.id) {
             logger.info("host \(host) disconnected")
+            hostChanged(host, .hostDown)
         }
         // Calls forwarded over a lost link end for their callers; calls of a
         // lost client end at their agents.
@@ -280,6 +285,7 @@ public final class Controller: @unchecked Sendable {
             guard let identity = request.identity, let keyId = p.keyId else {
                 throw LmctfyError.invalidArgument("Register needs an identity")
             }
+            let before = registry.hosts[identity.hostName ?? ""]
             let previous = try registry.register(identity, keyId: keyId, conn: p.id)
             if let previous, let old = peers[previous] {
                 // The same host again (it reconnected before the old link was
@@ -289,6 +295,8 @@ public final class Controller: @unchecked Sendable {
             }
             logger.info("host \(identity.hostName ?? "") registered (key \(keyId), cgroup v\(identity.cgroupVersion ?? 0), \(identity.cpus ?? 0) cpus)")
             answer(p, stream, .success(try RegisterResponse().serializedBytes()))
+            let changed = before?.state == .hostConnected && before?.identity != identity
+            hostChanged(identity.hostName ?? "", changed ? .hostChanged : .hostUp)
         } catch {
             logger.warning("connection \(p.id): registration refused: \(error)")
             answer(p, stream, .failure(error))
@@ -296,8 +304,39 @@ public final class Controller: @unchecked Sendable {
         }
     }
 
+    /// Tells every WatchHosts caller whose selector matches.
+    private func hostChanged(_ name: String, _ change: HostChange) {
+        guard let info = registry.hosts[name], !watchers.isEmpty,
+              let bytes = try? WatchHostsResponse(change: change, host: info).serializedBytes() else { return }
+        let now = MonotonicClock.milliseconds()
+        for w in watchers where HostRegistry.matches(info, w.selector) {
+            guard let p = peers[w.conn] else { continue }
+            perform(p, p.session.sendResponse(streamId: w.stream, payload: bytes, now: now))
+        }
+    }
+
+    /// WatchHosts: every matching host now, then the changes (the stream
+    /// stays open, holding no thread, until the caller cancels).
+    private func watchHosts(_ p: ControllerPeer, _ stream: UInt32, _ payload: [UInt8]) {
+        let now = MonotonicClock.milliseconds()
+        do {
+            let r = try WatchHostsRequest(serializedBytes: payload)
+            let selector = try HostRegistry.parse(r.selector)
+            for h in try registry.list(selector: r.selector) {
+                perform(p, p.session.sendResponse(streamId: stream, payload: try WatchHostsResponse(change: .hostListed, host: h).serializedBytes(), now: now))
+            }
+            watchers.append((p.id, stream, selector))
+        } catch {
+            answer(p, stream, .failure(error))
+        }
+    }
+
     /// A client's call for the controller itself.
     private func localCall(_ p: ControllerPeer, _ stream: UInt32, _ method: String, _ payload: [UInt8]) {
+        if method == ControllerMethods.watchHosts.name {
+            watchHosts(p, stream, payload)
+            return
+        }
         let result: Result<[UInt8], Error>
         do {
             switch method {

@@ -96,10 +96,13 @@ final class HostRegistry {
     /// The hosts whose labels match `selector` ("k=v,k2=v2"), sorted by name.
     func list(selector: String?) throws(LmctfyError) -> [HostInfo] {
         let wanted = try Self.parse(selector)
-        return hosts.keys.sorted().compactMap { hosts[$0] }.filter { h in
-            let labels = Dictionary((h.identity?.label ?? []).map { ($0.key ?? "", $0.value ?? "") }, uniquingKeysWith: { a, _ in a })
-            return wanted.allSatisfy { labels[$0.key] == $0.value }
-        }
+        return hosts.keys.sorted().compactMap { hosts[$0] }.filter { Self.matches($0, wanted) }
+    }
+
+    /// Whether a host's labels have every pair of a parsed selector.
+    static func matches(_ h: HostInfo, _ wanted: [String: String]) -> Bool {
+        let labels = Dictionary((h.identity?.label ?? []).map { ($0.key ?? "", $0.value ?? "") }, uniquingKeysWith: { a, _ in a })
+        return wanted.allSatisfy { labels[$0.key] == $0.value }
     }
 
     static func parse(_ selector: String?) throws(LmctfyError) -> [String: String] {

@@ -160,6 +160,45 @@ struct ControllerIntegrationTests {
         #expect(try client.call(ControllerMethods.listHosts, ListHostsRequest()).hosts.first { $0.identity?.hostName == "beta" }?.state == .hostDisconnected)
     }
 
+    @Test func watchHostsListsThenReportsEachChange() throws {
+        let fleet = try Fleet()
+        try fleet.startController()
+        try fleet.startAgent("a", host: "alpha", keyId: "host-a", labels: ["zone": "z1"])
+        fleet.waitForHosts(1)
+        let seen = Mutexed<[String]>([])
+        let done = DispatchSemaphore(value: 0)
+        let socket = fleet.dir + "/controller.sock"
+        let watcher = Thread {
+            defer { done.signal() }
+            guard let client = try? RpcClient.connect(unixPath: socket) else { return }
+            defer { client.close() }
+            try? client.stream(ControllerMethods.watchHosts, WatchHostsRequest(), deadlineMs: 20_000) { (r: WatchHostsResponse) in
+                let line = "\(r.change?.protoName ?? "") \(r.host?.identity?.hostName ?? "") \(r.host?.state?.protoName ?? "")"
+                let all = seen.locked { $0.append(line); return $0 }
+                return all.count < 3
+            }
+        }
+        watcher.start()
+        for _ in 0..<500 where seen.locked({ $0.isEmpty }) { usleep(10_000) }
+        try fleet.startAgent("b", host: "beta", keyId: "host-b", labels: ["zone": "z2"])
+        fleet.waitForHosts(2)
+        fleet.stopAgent("b")
+        fleet.waitForHosts(1)
+        done.wait()
+        #expect(seen.locked { $0 } == ["HOST_LISTED alpha HOST_CONNECTED", "HOST_UP beta HOST_CONNECTED", "HOST_DOWN beta HOST_DISCONNECTED"])
+        // A selector keeps only the matching hosts; a bad one is refused.
+        let client = try fleet.client()
+        defer { client.close() }
+        var listed: [String] = []
+        try client.stream(ControllerMethods.watchHosts, WatchHostsRequest(selector: "zone=z2")) { (r: WatchHostsResponse) in
+            listed.append(r.host?.identity?.hostName ?? "")
+            return false
+        }
+        #expect(listed == ["beta"])
+        #expect { try client.stream(ControllerMethods.watchHosts, WatchHostsRequest(selector: "=x")) { (_: WatchHostsResponse) in true } }
+            throws: { ($0 as? LmctfyError)?.code == .invalidArgument }
+    }
+
     @Test func aReaderAtTheControllerCannotCreate() throws {
         let fleet = try Fleet()
         try fleet.startController()
