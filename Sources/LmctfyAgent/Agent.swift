@@ -7,6 +7,7 @@ import Lmctfy
 import LmctfyLoop
 import Logging
 import Synchronization
+import LmctfyEvents
 import LmctfyProto
 import LmctfyRPC
 import LmctfySystem

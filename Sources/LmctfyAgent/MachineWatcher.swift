@@ -9,6 +9,7 @@
 // compared with the one read before.
 import Lmctfy
 import LmctfyLoop
+import LmctfyEvents
 import LmctfyProto
 import LmctfySystem
 

@@ -6,6 +6,7 @@
 // sweep begins where it stopped, so a slow machine samples less often
 // instead of falling behind.
 import Lmctfy
+import LmctfyEvents
 import LmctfyProto
 import LmctfySystem
 
