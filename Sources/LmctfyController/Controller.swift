@@ -6,6 +6,7 @@
 // responses and status come back on the client's stream. Everything here
 // runs on one libuv loop thread (PROTOCOL.md section 9).
 import Glibc
+import LmctfyEvents
 import LmctfyLoop
 import LmctfyProto
 import LmctfyRPC
@@ -26,6 +27,15 @@ final class ControllerPeer {
     var routedOut: [UInt32: (client: Int, stream: UInt32)] = [:]
     /// Client: its calls → the agent link and stream each was forwarded to.
     var routedIn: [UInt32: (agent: Int, stream: UInt32)] = [:]
+    /// Agent link: the controller's Subscribe to the host's events (0: none)
+    /// and the responses taken since credit was last granted.
+    var subscription: UInt32 = 0
+    var taken: UInt32 = 0
+    var host: String?
+    /// Client: its Subscribe streams at the fleet log.
+    var fleetStreams: Set<UInt32> = []
+    /// Bytes handed to the connection whose write has not completed.
+    var unsent = 0
 
     init(id: Int, conn: Connection, kind: Kind, session: Session) {
         self.id = id
@@ -43,6 +53,10 @@ public final class Controller: @unchecked Sendable {
     private let logger: Logging.Logger
     private let replay = ReplayCache()
     private var registry: HostRegistry
+    private let fleet: FleetEvents
+    /// Credit the controller grants each host's event stream.
+    static let hostWindow: UInt32 = 1024
+    private var ticks = 0
     private var listeners: [Listener] = []
     private var peers: [Int: ControllerPeer] = [:]
     private var nextId = 1
@@ -71,6 +85,7 @@ public final class Controller: @unchecked Sendable {
         logger = l
         try settings.prepareStateDir()
         registry = try HostRegistry(store: FileHostStore(path: settings.stateDir + "/hosts"))
+        fleet = try FleetEvents(stateDir: settings.stateDir, capacity: Int(settings.config.eventLogCapacity ?? 65536))
     }
 
     public func start(handleSignals: Bool = true) throws(LmctfyError) {
@@ -178,10 +193,7 @@ public final class Controller: @unchecked Sendable {
         p.depth += 1
         defer {
             p.depth -= 1
-            if p.depth == 0 && !p.outbox.isEmpty && !p.conn.isClosing {
-                p.conn.write(p.outbox)
-                p.outbox = []
-            }
+            if p.depth == 0 { flush(p) }
         }
         for action in actions {
             switch action {
@@ -200,38 +212,65 @@ public final class Controller: @unchecked Sendable {
                     localCall(p, stream, method, payload)
                 }
             case .deliverResponse(let stream, let payload):
+                if p.kind == .agent && stream == p.subscription && stream != 0 {
+                    hostEvent(p, payload)
+                    continue
+                }
                 guard let to = p.routedOut[stream], let client = peers[to.client] else { continue }
                 perform(client, client.session.sendResponse(streamId: to.stream, payload: payload, now: MonotonicClock.milliseconds()))
             case .deliverStatus(let stream, let status):
+                if p.kind == .agent && stream == p.subscription && stream != 0 {
+                    // The host's stream ended (it lagged, or its agent is
+                    // stopping): subscribe again from the cursor, shortly.
+                    p.subscription = 0
+                    logger.debug("host \(p.host ?? ""): event stream ended: \(status)")
+                    let id = p.id
+                    _ = try? LoopTimer.once(on: loop, after: .milliseconds(100)) { [unowned self] in
+                        if let link = self.peers[id], link.subscription == 0 { self.subscribeHost(link) }
+                    }
+                    continue
+                }
                 guard let to = p.routedOut.removeValue(forKey: stream) else { continue }
                 guard let client = peers[to.client] else { continue }
                 client.routedIn[to.stream] = nil
                 perform(client, client.session.sendStatus(streamId: to.stream, status, now: MonotonicClock.milliseconds()))
             case .cancelled(let stream, _):
                 watchers.removeAll { $0.conn == p.id && $0.stream == stream }
+                if p.fleetStreams.remove(stream) != nil { fleet.hub.remove(EventHub.Key(conn: p.id, stream: stream)) }
                 // A client cancelled (or its deadline passed): so does the agent's call.
                 guard let to = p.routedIn.removeValue(forKey: stream), let link = peers[to.agent] else { continue }
                 link.routedOut[to.stream] = nil
                 perform(link, link.session.cancel(streamId: to.stream, now: MonotonicClock.milliseconds()))
             case .credit(let stream, let credit):
+                if p.fleetStreams.contains(stream) {
+                    fleet.hub.grant(EventHub.Key(conn: p.id, stream: stream), credit, deliver: deliver, lagged: lagged)
+                    continue
+                }
                 guard let to = p.routedIn[stream], let link = peers[to.agent] else { continue }
                 perform(link, link.session.sendCredit(streamId: to.stream, credit, now: MonotonicClock.milliseconds()))
             case .close(let reason):
                 logger.debug("connection \(p.id) closed: \(reason)")
-                if !p.outbox.isEmpty && !p.conn.isClosing {
-                    p.conn.write(p.outbox)
-                    p.outbox = []
-                }
+                flush(p)
                 p.conn.closeAfterWrites()
                 drop(p)
             }
         }
     }
 
+    private func flush(_ p: ControllerPeer) {
+        guard !p.outbox.isEmpty, !p.conn.isClosing else { return }
+        let bytes = p.outbox
+        p.outbox = []
+        p.unsent += bytes.count
+        p.conn.write(bytes) { _, _ in p.unsent -= bytes.count }
+    }
+
     private func drop(_ p: ControllerPeer) {
         guard peers.removeValue(forKey: p.id) != nil else { return }
         let now = MonotonicClock.milliseconds()
         watchers.removeAll { $0.conn == p.id }
+        for stream in p.fleetStreams { fleet.hub.remove(EventHub.Key(conn: p.id, stream: stream)) }
+        p.fleetStreams.removeAll()
         if p.kind == .agent, let host = registry.disconnected(conn: p.id) {
             logger.info("host \(host) disconnected")
             hostChanged(host, .hostDown)
@@ -257,6 +296,93 @@ public final class Controller: @unchecked Sendable {
     private func tick() {
         let now = MonotonicClock.milliseconds()
         for p in Array(peers.values) { perform(p, p.session.tick(now: now)) }
+        ticks += 1
+        if ticks % 10 == 0 { fleet.flushCursors() }
+    }
+
+    // MARK: The fleet's events
+
+    /// Subscribes to a registered host's events from its cursor, with credit
+    /// where the agent speaks version 3.
+    private func subscribeHost(_ link: ControllerPeer) {
+        guard let host = link.host, link.subscription == 0, peers[link.id] != nil else { return }
+        let credit: UInt32? = (link.session.peer?.version ?? 0) >= ProtocolVersion.credit ? Self.hostWindow : nil
+        let r = fleet.subscribeRequest(for: host, credit: credit)
+        guard let payload = try? r.serializedBytes() else { return }
+        let (stream, actions) = link.session.openStream(method: AgentMethods.subscribe.name, payload: payload, now: MonotonicClock.milliseconds())
+        link.subscription = stream
+        link.taken = 0
+        perform(link, actions)
+    }
+
+    /// One response of a host's event stream: stored (once), handed to the
+    /// fleet's subscribers, and granted again half a window at a time.
+    private func hostEvent(_ link: ControllerPeer, _ payload: [UInt8]) {
+        guard let host = link.host, let r = try? SubscribeResponse(serializedBytes: payload) else { return }
+        fleet.take(r, from: host)
+        fleet.hub.publish(deliver: deliver, lagged: lagged)
+        link.taken += 1
+        if link.taken >= Self.hostWindow / 2 {
+            perform(link, link.session.sendCredit(streamId: link.subscription, link.taken, now: MonotonicClock.milliseconds()))
+            link.taken = 0
+        }
+    }
+
+    /// A client's Subscribe at the controller: the fleet log, filtered by
+    /// host, container and kind, from its cursor, with credit (version 3).
+    private func subscribeFleet(_ p: ControllerPeer, _ stream: UInt32, _ payload: [UInt8]) {
+        let now = MonotonicClock.milliseconds()
+        let key = EventHub.Key(conn: p.id, stream: stream)
+        let r: SubscribeRequest
+        let first: [SubscribeResponse]
+        do {
+            r = try SubscribeRequest(serializedBytes: payload)
+            let filter = try EventFilter(r) { (name: String) throws(LmctfyError) -> String in
+                // Names are each host's own: absolute, as its agent reports them.
+                guard name.hasPrefix("/") else { throw .invalidArgument("at the controller a container name is absolute, not \"\(name)\"") }
+                return name
+            }
+            if r.credit != nil, (p.session.peer?.version ?? 0) < ProtocolVersion.credit {
+                throw LmctfyError.invalidArgument("credit needs protocol version \(ProtocolVersion.credit)")
+            }
+            first = try fleet.hub.subscribe(key, r, filter: filter, credit: r.credit.map { Int($0) })
+        } catch {
+            answer(p, stream, .failure(error))
+            return
+        }
+        p.fleetStreams.insert(stream)
+        if r.credit != nil {
+            fleet.hub.hold(key, first.compactMap { try? $0.serializedBytes() })
+            fleet.hub.drain(key, deliver: deliver, lagged: lagged)
+            return
+        }
+        for response in first {
+            guard let bytes = try? response.serializedBytes() else { continue }
+            if !deliver(key, bytes) {
+                fleet.hub.remove(key)
+                lagged(key, r.afterSequence ?? 0)
+                return
+            }
+        }
+        _ = now
+    }
+
+    /// One response on a fleet subscriber's stream; false when its
+    /// connection holds more unsent than its limit (it lags).
+    private func deliver(_ key: EventHub.Key, _ bytes: [UInt8]) -> Bool {
+        guard let p = peers[key.conn], p.fleetStreams.contains(key.stream) else { return false }
+        if p.unsent + p.outbox.count > Self.subscriberBytes { return false }
+        perform(p, p.session.sendResponse(streamId: key.stream, payload: bytes, now: MonotonicClock.milliseconds()))
+        return true
+    }
+
+    /// How much a fleet subscriber's connection may hold unsent.
+    static let subscriberBytes = 4 << 20
+
+    private func lagged(_ key: EventHub.Key, _ lastSent: UInt64) {
+        guard let p = peers[key.conn], p.fleetStreams.remove(key.stream) != nil else { return }
+        perform(p, p.session.sendStatus(streamId: key.stream, CallStatus(
+            .resourceExhausted, "lagged, resume after \(lastSent) (boot \(fleet.log.bootId))"), now: MonotonicClock.milliseconds()))
     }
 
     // MARK: Calls
@@ -295,6 +421,8 @@ public final class Controller: @unchecked Sendable {
             }
             logger.info("host \(identity.hostName ?? "") registered (key \(keyId), cgroup v\(identity.cgroupVersion ?? 0), \(identity.cpus ?? 0) cpus)")
             answer(p, stream, .success(try RegisterResponse().serializedBytes()))
+            p.host = identity.hostName
+            subscribeHost(p)
             let changed = before?.state == .hostConnected && before?.identity != identity
             hostChanged(identity.hostName ?? "", changed ? .hostChanged : .hostUp)
         } catch {
@@ -335,6 +463,10 @@ public final class Controller: @unchecked Sendable {
     private func localCall(_ p: ControllerPeer, _ stream: UInt32, _ method: String, _ payload: [UInt8]) {
         if method == ControllerMethods.watchHosts.name {
             watchHosts(p, stream, payload)
+            return
+        }
+        if method == AgentMethods.subscribe.name {
+            subscribeFleet(p, stream, payload)
             return
         }
         let result: Result<[UInt8], Error>
@@ -404,6 +536,7 @@ public final class Controller: @unchecked Sendable {
     private func checkStopped() {
         guard stopping, peers.isEmpty, !finalized else { return }
         finalized = true
+        fleet.flushCursors()
         ticker?.cancel()
         for s in signals { s.cancel() }
         signals.removeAll()
@@ -422,4 +555,9 @@ public final class Controller: @unchecked Sendable {
 
     /// The hosts and their state (tests).
     public var hostCount: Int { (try? loop.runAndWait { self.registry.links.count }) ?? 0 }
+
+    /// The fleet log's id and newest sequence (tests).
+    public var fleetLog: (id: String, newest: UInt64) {
+        (fleet.log.bootId, (try? loop.runAndWait { self.fleet.log.newest }) ?? 0)
+    }
 }

@@ -16,6 +16,8 @@ public struct EventFilter: Equatable, Sendable {
     public var recursive = false
     /// Empty: every kind.
     public var kinds: Set<ContainerEventKind> = []
+    /// At a controller: only these hosts (empty: every host).
+    public var hosts: Set<String> = []
 
     /// Every event of every container.
     public init() {}
@@ -26,6 +28,7 @@ public struct EventFilter: Equatable, Sendable {
     public init(_ r: SubscribeRequest, resolve: (String) throws(LmctfyError) -> String) throws(LmctfyError) {
         recursive = r.recursive ?? false
         kinds = Set(r.kinds)
+        hosts = Set(r.hosts)
         if let name = r.name {
             container = try resolve(name)
         } else if recursive {
@@ -35,6 +38,7 @@ public struct EventFilter: Equatable, Sendable {
 
     public func matches(_ e: ContainerEvent) -> Bool {
         if !kinds.isEmpty && !kinds.contains(e.kind ?? .containerEventUnspecified) { return false }
+        if !hosts.isEmpty && !hosts.contains(e.host ?? "") { return false }
         guard let container else { return true }
         let name = e.container ?? ""
         if name == container { return true }

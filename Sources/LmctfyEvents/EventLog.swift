@@ -162,16 +162,52 @@ public final class EventLog: Sendable {
     /// Keeps the log on disk from now on, in `directory` (made 0700), after
     /// reading what the last boot before this one left there: its events are
     /// served to a subscriber of that boot (`previousBoot`).
+    ///
+    /// A log whose id outlives the process (the controller's fleet log,
+    /// whose id is kept in its state directory) finds its own events there
+    /// instead: they are kept again, and its sequence goes on after them.
     public func attachJournal(directory: String) throws(LmctfyError) {
         let journal = try EventJournal(directory: directory, capacity: capacity)
         let stored = journal.opened
+        let own = stored.filter { $0.bootId == bootId }
         let previous = stored.last(where: { $0.bootId != bootId })?.bootId
         state.locked { s in
             s.journal = journal
             if let previous {
                 s.previous = (previous, stored.filter { $0.bootId == previous })
             }
+            // What rotated out of the journal before the oldest kept is gone.
+            if let first = own.first?.sequence, first > 1 { s.evictedThrough = max(s.evictedThrough, first - 1) }
+            for e in own where (e.sequence ?? 0) >= s.next {
+                if let out = s.events.append(e, capacity: capacity) { s.evictedThrough = out.sequence ?? s.evictedThrough }
+                s.next = (e.sequence ?? 0) + 1
+            }
         }
+    }
+
+    /// Appends an event made elsewhere (a host's, at the controller) with
+    /// this log's boot id and next sequence number; its other fields (host,
+    /// the host's own numbering, the time it happened) are kept.
+    @discardableResult
+    public func append(_ event: ContainerEvent) -> ContainerEvent {
+        let e = state.locked { s in
+            var e = event
+            e.bootId = bootId
+            e.sequence = s.next
+            if e.timestampNs == nil { e.timestampNs = WallClock.nanosecondsSinceEpoch() }
+            s.next += 1
+            if e.kind == .containerEventStats {
+                // Kept apart and not journaled, as `recordStats`.
+                _ = s.stats.append(e, capacity: capacity)
+            } else {
+                if let out = s.events.append(e, capacity: capacity) { s.evictedThrough = out.sequence ?? s.evictedThrough }
+                s.journal?.append(e)
+            }
+            return e
+        }
+        changes.bump()
+        observer.locked { $0 }?.call()
+        return e
     }
 
     /// The last boot before this one and its events as the journal kept

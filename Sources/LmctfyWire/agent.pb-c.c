@@ -3950,7 +3950,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__notify_request__desc
   (ProtobufCMessageInit) containers__lmctfy__agent__notify_request__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor containers__lmctfy__agent__container_event__field_descriptors[11] =
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__container_event__field_descriptors[14] =
 {
   {
     "boot_id",
@@ -4084,12 +4084,51 @@ static const ProtobufCFieldDescriptor containers__lmctfy__agent__container_event
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "host",
+    12,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__ContainerEvent, host),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "host_boot_id",
+    13,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__ContainerEvent, host_boot_id),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "host_sequence",
+    14,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_UINT64,
+    offsetof(Containers__Lmctfy__Agent__ContainerEvent, has_host_sequence),
+    offsetof(Containers__Lmctfy__Agent__ContainerEvent, host_sequence),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned containers__lmctfy__agent__container_event__field_indices_by_name[] = {
   0,   /* field[0] = boot_id */
   3,   /* field[3] = container */
   8,   /* field[8] = exit_code */
   6,   /* field[6] = frozen */
+  11,   /* field[11] = host */
+  12,   /* field[12] = host_boot_id */
+  13,   /* field[13] = host_sequence */
   4,   /* field[4] = kind */
   5,   /* field[5] = memory_threshold */
   7,   /* field[7] = pid */
@@ -4101,7 +4140,7 @@ static const unsigned containers__lmctfy__agent__container_event__field_indices_
 static const ProtobufCIntRange containers__lmctfy__agent__container_event__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 11 }
+  { 0, 14 }
 };
 const ProtobufCMessageDescriptor containers__lmctfy__agent__container_event__descriptor =
 {
@@ -4111,7 +4150,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__container_event__des
   "Containers__Lmctfy__Agent__ContainerEvent",
   "containers.lmctfy.agent",
   sizeof(Containers__Lmctfy__Agent__ContainerEvent),
-  11,
+  14,
   containers__lmctfy__agent__container_event__field_descriptors,
   containers__lmctfy__agent__container_event__field_indices_by_name,
   1,  containers__lmctfy__agent__container_event__number_ranges,
@@ -4246,7 +4285,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__notify_response__des
   (ProtobufCMessageInit) containers__lmctfy__agent__notify_response__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor containers__lmctfy__agent__subscribe_request__field_descriptors[6] =
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__subscribe_request__field_descriptors[7] =
 {
   {
     "name",
@@ -4320,11 +4359,24 @@ static const ProtobufCFieldDescriptor containers__lmctfy__agent__subscribe_reque
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "hosts",
+    7,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_STRING,
+    offsetof(Containers__Lmctfy__Agent__SubscribeRequest, n_hosts),
+    offsetof(Containers__Lmctfy__Agent__SubscribeRequest, hosts),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned containers__lmctfy__agent__subscribe_request__field_indices_by_name[] = {
   4,   /* field[4] = after_sequence */
   3,   /* field[3] = boot_id */
   5,   /* field[5] = credit */
+  6,   /* field[6] = hosts */
   2,   /* field[2] = kinds */
   0,   /* field[0] = name */
   1,   /* field[1] = recursive */
@@ -4332,7 +4384,7 @@ static const unsigned containers__lmctfy__agent__subscribe_request__field_indice
 static const ProtobufCIntRange containers__lmctfy__agent__subscribe_request__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 6 }
+  { 0, 7 }
 };
 const ProtobufCMessageDescriptor containers__lmctfy__agent__subscribe_request__descriptor =
 {
@@ -4342,7 +4394,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__subscribe_request__d
   "Containers__Lmctfy__Agent__SubscribeRequest",
   "containers.lmctfy.agent",
   sizeof(Containers__Lmctfy__Agent__SubscribeRequest),
-  6,
+  7,
   containers__lmctfy__agent__subscribe_request__field_descriptors,
   containers__lmctfy__agent__subscribe_request__field_indices_by_name,
   1,  containers__lmctfy__agent__subscribe_request__number_ranges,
@@ -5629,7 +5681,7 @@ const ProtobufCEnumDescriptor containers__lmctfy__agent__run_event_kind__descrip
   containers__lmctfy__agent__run_event_kind__value_ranges,
   NULL,NULL,NULL,NULL   /* reserved[1234] */
 };
-static const ProtobufCEnumValue containers__lmctfy__agent__container_event_kind__enum_values_by_number[11] =
+static const ProtobufCEnumValue containers__lmctfy__agent__container_event_kind__enum_values_by_number[12] =
 {
   { "CONTAINER_EVENT_UNSPECIFIED", "CONTAINERS__LMCTFY__AGENT__CONTAINER_EVENT_KIND__CONTAINER_EVENT_UNSPECIFIED", 0 },
   { "CONTAINER_EVENT_OOM", "CONTAINERS__LMCTFY__AGENT__CONTAINER_EVENT_KIND__CONTAINER_EVENT_OOM", 1 },
@@ -5642,16 +5694,18 @@ static const ProtobufCEnumValue containers__lmctfy__agent__container_event_kind_
   { "CONTAINER_EVENT_PROCESS_EXITED", "CONTAINERS__LMCTFY__AGENT__CONTAINER_EVENT_KIND__CONTAINER_EVENT_PROCESS_EXITED", 8 },
   { "CONTAINER_EVENT_STATS", "CONTAINERS__LMCTFY__AGENT__CONTAINER_EVENT_KIND__CONTAINER_EVENT_STATS", 9 },
   { "CONTAINER_EVENT_MEMORY_PRESSURE", "CONTAINERS__LMCTFY__AGENT__CONTAINER_EVENT_KIND__CONTAINER_EVENT_MEMORY_PRESSURE", 10 },
+  { "CONTAINER_EVENT_HOST_GAP", "CONTAINERS__LMCTFY__AGENT__CONTAINER_EVENT_KIND__CONTAINER_EVENT_HOST_GAP", 11 },
 };
 static const ProtobufCIntRange containers__lmctfy__agent__container_event_kind__value_ranges[] = {
-{0, 0},{0, 11}
+{0, 0},{0, 12}
 };
-static const ProtobufCEnumValueIndex containers__lmctfy__agent__container_event_kind__enum_values_by_name[11] =
+static const ProtobufCEnumValueIndex containers__lmctfy__agent__container_event_kind__enum_values_by_name[12] =
 {
   { "CONTAINER_EVENT_CREATED", 5 },
   { "CONTAINER_EVENT_DESTROYED", 7 },
   { "CONTAINER_EVENT_EMPTY", 3 },
   { "CONTAINER_EVENT_FREEZER", 4 },
+  { "CONTAINER_EVENT_HOST_GAP", 11 },
   { "CONTAINER_EVENT_MEMORY_PRESSURE", 10 },
   { "CONTAINER_EVENT_MEMORY_THRESHOLD", 2 },
   { "CONTAINER_EVENT_OOM", 1 },
@@ -5667,9 +5721,9 @@ const ProtobufCEnumDescriptor containers__lmctfy__agent__container_event_kind__d
   "ContainerEventKind",
   "Containers__Lmctfy__Agent__ContainerEventKind",
   "containers.lmctfy.agent",
-  11,
+  12,
   containers__lmctfy__agent__container_event_kind__enum_values_by_number,
-  11,
+  12,
   containers__lmctfy__agent__container_event_kind__enum_values_by_name,
   1,
   containers__lmctfy__agent__container_event_kind__value_ranges,

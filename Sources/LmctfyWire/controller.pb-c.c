@@ -367,6 +367,96 @@ void   containers__lmctfy__agent__watch_hosts_response__free_unpacked
   assert(message->base.descriptor == &containers__lmctfy__agent__watch_hosts_response__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
+void   containers__lmctfy__agent__fleet_cursor__init
+                     (Containers__Lmctfy__Agent__FleetCursor         *message)
+{
+  static const Containers__Lmctfy__Agent__FleetCursor init_value = CONTAINERS__LMCTFY__AGENT__FLEET_CURSOR__INIT;
+  *message = init_value;
+}
+size_t containers__lmctfy__agent__fleet_cursor__get_packed_size
+                     (const Containers__Lmctfy__Agent__FleetCursor *message)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__fleet_cursor__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t containers__lmctfy__agent__fleet_cursor__pack
+                     (const Containers__Lmctfy__Agent__FleetCursor *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__fleet_cursor__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t containers__lmctfy__agent__fleet_cursor__pack_to_buffer
+                     (const Containers__Lmctfy__Agent__FleetCursor *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__fleet_cursor__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Containers__Lmctfy__Agent__FleetCursor *
+       containers__lmctfy__agent__fleet_cursor__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Containers__Lmctfy__Agent__FleetCursor *)
+     protobuf_c_message_unpack (&containers__lmctfy__agent__fleet_cursor__descriptor,
+                                allocator, len, data);
+}
+void   containers__lmctfy__agent__fleet_cursor__free_unpacked
+                     (Containers__Lmctfy__Agent__FleetCursor *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &containers__lmctfy__agent__fleet_cursor__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   containers__lmctfy__agent__fleet_cursors__init
+                     (Containers__Lmctfy__Agent__FleetCursors         *message)
+{
+  static const Containers__Lmctfy__Agent__FleetCursors init_value = CONTAINERS__LMCTFY__AGENT__FLEET_CURSORS__INIT;
+  *message = init_value;
+}
+size_t containers__lmctfy__agent__fleet_cursors__get_packed_size
+                     (const Containers__Lmctfy__Agent__FleetCursors *message)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__fleet_cursors__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t containers__lmctfy__agent__fleet_cursors__pack
+                     (const Containers__Lmctfy__Agent__FleetCursors *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__fleet_cursors__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t containers__lmctfy__agent__fleet_cursors__pack_to_buffer
+                     (const Containers__Lmctfy__Agent__FleetCursors *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__fleet_cursors__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Containers__Lmctfy__Agent__FleetCursors *
+       containers__lmctfy__agent__fleet_cursors__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Containers__Lmctfy__Agent__FleetCursors *)
+     protobuf_c_message_unpack (&containers__lmctfy__agent__fleet_cursors__descriptor,
+                                allocator, len, data);
+}
+void   containers__lmctfy__agent__fleet_cursors__free_unpacked
+                     (Containers__Lmctfy__Agent__FleetCursors *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &containers__lmctfy__agent__fleet_cursors__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
 void   containers__lmctfy__agent__controller_config__init
                      (Containers__Lmctfy__Agent__ControllerConfig         *message)
 {
@@ -865,7 +955,109 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__watch_hosts_response
   (ProtobufCMessageInit) containers__lmctfy__agent__watch_hosts_response__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor containers__lmctfy__agent__controller_config__field_descriptors[10] =
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__fleet_cursor__field_descriptors[3] =
+{
+  {
+    "host",
+    1,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__FleetCursor, host),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "boot_id",
+    2,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__FleetCursor, boot_id),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "sequence",
+    3,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_UINT64,
+    offsetof(Containers__Lmctfy__Agent__FleetCursor, has_sequence),
+    offsetof(Containers__Lmctfy__Agent__FleetCursor, sequence),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned containers__lmctfy__agent__fleet_cursor__field_indices_by_name[] = {
+  1,   /* field[1] = boot_id */
+  0,   /* field[0] = host */
+  2,   /* field[2] = sequence */
+};
+static const ProtobufCIntRange containers__lmctfy__agent__fleet_cursor__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 3 }
+};
+const ProtobufCMessageDescriptor containers__lmctfy__agent__fleet_cursor__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "containers.lmctfy.agent.FleetCursor",
+  "FleetCursor",
+  "Containers__Lmctfy__Agent__FleetCursor",
+  "containers.lmctfy.agent",
+  sizeof(Containers__Lmctfy__Agent__FleetCursor),
+  3,
+  containers__lmctfy__agent__fleet_cursor__field_descriptors,
+  containers__lmctfy__agent__fleet_cursor__field_indices_by_name,
+  1,  containers__lmctfy__agent__fleet_cursor__number_ranges,
+  (ProtobufCMessageInit) containers__lmctfy__agent__fleet_cursor__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__fleet_cursors__field_descriptors[1] =
+{
+  {
+    "cursor",
+    1,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Containers__Lmctfy__Agent__FleetCursors, n_cursor),
+    offsetof(Containers__Lmctfy__Agent__FleetCursors, cursor),
+    &containers__lmctfy__agent__fleet_cursor__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned containers__lmctfy__agent__fleet_cursors__field_indices_by_name[] = {
+  0,   /* field[0] = cursor */
+};
+static const ProtobufCIntRange containers__lmctfy__agent__fleet_cursors__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 1 }
+};
+const ProtobufCMessageDescriptor containers__lmctfy__agent__fleet_cursors__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "containers.lmctfy.agent.FleetCursors",
+  "FleetCursors",
+  "Containers__Lmctfy__Agent__FleetCursors",
+  "containers.lmctfy.agent",
+  sizeof(Containers__Lmctfy__Agent__FleetCursors),
+  1,
+  containers__lmctfy__agent__fleet_cursors__field_descriptors,
+  containers__lmctfy__agent__fleet_cursors__field_indices_by_name,
+  1,  containers__lmctfy__agent__fleet_cursors__number_ranges,
+  (ProtobufCMessageInit) containers__lmctfy__agent__fleet_cursors__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__controller_config__field_descriptors[11] =
 {
   {
     "unix_socket_path",
@@ -987,10 +1179,23 @@ static const ProtobufCFieldDescriptor containers__lmctfy__agent__controller_conf
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "event_log_capacity",
+    11,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_UINT32,
+    offsetof(Containers__Lmctfy__Agent__ControllerConfig, has_event_log_capacity),
+    offsetof(Containers__Lmctfy__Agent__ControllerConfig, event_log_capacity),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned containers__lmctfy__agent__controller_config__field_indices_by_name[] = {
   4,   /* field[4] = agent_address */
   2,   /* field[2] = allowed_group */
+  10,   /* field[10] = event_log_capacity */
   5,   /* field[5] = key_file */
   7,   /* field[7] = limits */
   8,   /* field[8] = log_level */
@@ -1003,7 +1208,7 @@ static const unsigned containers__lmctfy__agent__controller_config__field_indice
 static const ProtobufCIntRange containers__lmctfy__agent__controller_config__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 10 }
+  { 0, 11 }
 };
 const ProtobufCMessageDescriptor containers__lmctfy__agent__controller_config__descriptor =
 {
@@ -1013,7 +1218,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__controller_config__d
   "Containers__Lmctfy__Agent__ControllerConfig",
   "containers.lmctfy.agent",
   sizeof(Containers__Lmctfy__Agent__ControllerConfig),
-  10,
+  11,
   containers__lmctfy__agent__controller_config__field_descriptors,
   containers__lmctfy__agent__controller_config__field_indices_by_name,
   1,  containers__lmctfy__agent__controller_config__number_ranges,

@@ -199,6 +199,73 @@ struct ControllerIntegrationTests {
             throws: { ($0 as? LmctfyError)?.code == .invalidArgument }
     }
 
+    /// Events of a host reach a scheduler subscribed at the controller,
+    /// with the host and the agent's own numbering; the fleet log's own
+    /// numbering resumes without gap or duplicate.
+    @Test func aHostsEventsReachASchedulerAtTheController() throws {
+        let fleet = try Fleet()
+        try fleet.startController()
+        let alpha = try fleet.startAgent("a", host: "alpha", keyId: "host-a")
+        fleet.waitForHosts(1)
+        let name = RealCgroups.uniqueName("fleet")
+        let scheduler = try fleet.client()
+        defer { scheduler.close() }
+        let admin = try fleet.client()
+        defer { admin.close() }
+        admin.host = "alpha"
+        defer { _ = try? admin.call(AgentMethods.destroy, DestroyRequest(name: name, force: true)) }
+        _ = try admin.call(AgentMethods.create, CreateRequest(name: name, spec: ContainerSpec()))
+        _ = try admin.call(AgentMethods.pause, PauseRequest(name: name))
+        _ = try admin.call(AgentMethods.resume, ResumeRequest(name: name))
+        var got: [ContainerEvent] = []
+        // Everything the fleet log keeps, with credit as lmctl grants it.
+        try scheduler.stream(AgentMethods.subscribe, SubscribeRequest(name: name, afterSequence: 0, credit: 64, hosts: ["alpha"]), window: 64) { (r: SubscribeResponse) in
+            if let e = r.event { got.append(e) }
+            return got.count < 3
+        }
+        #expect(got.map(\.kind) == [.containerEventCreated, .containerEventFreezer, .containerEventFreezer])
+        #expect(got.allSatisfy { $0.host == "alpha" && $0.hostBootId == alpha.dispatcher.events.bootId && $0.bootId == fleet.controller?.fleetLog.id })
+        let agentSeqs = alpha.dispatcher.events.range(after: 0, upTo: .max).events.filter { $0.container == name }.compactMap(\.sequence)
+        #expect(got.compactMap(\.hostSequence) == agentSeqs, "the agent's own numbering")
+        let fleetSeqs = got.compactMap(\.sequence)
+        #expect(fleetSeqs == fleetSeqs.sorted() && Set(fleetSeqs).count == 3)
+        // Resume after the first: the other two, no gap, no duplicate.
+        var resumed: [ContainerEvent] = []
+        try scheduler.stream(AgentMethods.subscribe, SubscribeRequest(name: name, bootId: got[0].bootId, afterSequence: got[0].sequence)) { (r: SubscribeResponse) in
+            #expect(r.gap == nil)
+            if let e = r.event { resumed.append(e) }
+            return r.caughtUp == nil
+        }
+        #expect(resumed.compactMap(\.sequence) == Array(fleetSeqs.dropFirst()))
+        // Another host's filter sees none of it.
+        var none = 0
+        try scheduler.stream(AgentMethods.subscribe, SubscribeRequest(name: name, afterSequence: 0, hosts: ["beta"])) { (r: SubscribeResponse) in
+            if r.event != nil { none += 1 }
+            return r.caughtUp == nil
+        }
+        #expect(none == 0)
+        // A controller restart: the fleet log keeps its id and numbering,
+        // and the host's stream resumes from the cursor (nothing twice).
+        fleet.stopController()
+        try fleet.startController()
+        fleet.waitForHosts(1)
+        _ = try? admin.call(AgentMethods.ping, PingRequest())  // the old connection is gone
+        let admin2 = try fleet.client()
+        defer { admin2.close() }
+        admin2.host = "alpha"
+        _ = try admin2.call(AgentMethods.pause, PauseRequest(name: name))
+        let scheduler2 = try fleet.client()
+        defer { scheduler2.close() }
+        var after: [ContainerEvent] = []
+        try scheduler2.stream(AgentMethods.subscribe, SubscribeRequest(name: name, bootId: got[0].bootId, afterSequence: got[2].sequence)) { (r: SubscribeResponse) in
+            #expect(r.gap == nil)
+            if let e = r.event { after.append(e) }
+            return after.isEmpty
+        }
+        #expect(after.map(\.kind) == [.containerEventFreezer] && after.first?.frozen == true)
+        #expect((after.first?.sequence ?? 0) > (got[2].sequence ?? 0))
+    }
+
     @Test func aReaderAtTheControllerCannotCreate() throws {
         let fleet = try Fleet()
         try fleet.startController()

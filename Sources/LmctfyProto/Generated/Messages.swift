@@ -4278,6 +4278,12 @@ public struct ContainerEvent: ProtoMessage {
     public var termSignal: Int32?
     /// Field 11 `stats`.
     public var stats: ContainerStats?
+    /// Field 12 `host`.
+    public var host: String?
+    /// Field 13 `host_boot_id`.
+    public var hostBootId: String?
+    /// Field 14 `host_sequence`.
+    public var hostSequence: UInt64?
 
     public init(
         bootId: String? = nil,
@@ -4290,7 +4296,10 @@ public struct ContainerEvent: ProtoMessage {
         pid: Int32? = nil,
         exitCode: Int32? = nil,
         termSignal: Int32? = nil,
-        stats: ContainerStats? = nil
+        stats: ContainerStats? = nil,
+        host: String? = nil,
+        hostBootId: String? = nil,
+        hostSequence: UInt64? = nil
     ) {
         self.bootId = bootId
         self.sequence = sequence
@@ -4303,6 +4312,9 @@ public struct ContainerEvent: ProtoMessage {
         self.exitCode = exitCode
         self.termSignal = termSignal
         self.stats = stats
+        self.host = host
+        self.hostBootId = hostBootId
+        self.hostSequence = hostSequence
     }
 
     public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.ContainerEvent")
@@ -4320,6 +4332,9 @@ public struct ContainerEvent: ProtoMessage {
         self.exitCode = message.get(9)
         self.termSignal = message.get(10)
         self.stats = message.get(11)
+        self.host = message.get(12)
+        self.hostBootId = message.get(13)
+        self.hostSequence = message.get(14)
     }
 
     public var dynamic: DynamicMessage {
@@ -4335,6 +4350,9 @@ public struct ContainerEvent: ProtoMessage {
         message.set(9, exitCode)
         message.set(10, termSignal)
         message.set(11, stats)
+        message.set(12, host)
+        message.set(13, hostBootId)
+        message.set(14, hostSequence)
         return message
     }
 
@@ -4351,6 +4369,9 @@ public struct ContainerEvent: ProtoMessage {
         self.exitCode = CBridge.value(c, f[8])
         self.termSignal = CBridge.value(c, f[9])
         self.stats = CBridge.message(c, f[10])
+        self.host = CBridge.value(c, f[11])
+        self.hostBootId = CBridge.value(c, f[12])
+        self.hostSequence = CBridge.value(c, f[13])
     }
 
     public func makeC() -> UnsafeMutableRawPointer {
@@ -4367,6 +4388,9 @@ public struct ContainerEvent: ProtoMessage {
         CBridge.set(c, f[8], exitCode)
         CBridge.set(c, f[9], termSignal)
         CBridge.setMessage(c, f[10], stats)
+        CBridge.set(c, f[11], host)
+        CBridge.set(c, f[12], hostBootId)
+        CBridge.set(c, f[13], hostSequence)
         return c
     }
 }
@@ -4384,6 +4408,7 @@ public enum ContainerEventKind: Int32, ProtoEnum, CaseIterable {
     case containerEventProcessExited = 8
     case containerEventStats = 9
     case containerEventMemoryPressure = 10
+    case containerEventHostGap = 11
 
     public var protoName: String {
         switch self {
@@ -4398,6 +4423,7 @@ public enum ContainerEventKind: Int32, ProtoEnum, CaseIterable {
         case .containerEventProcessExited: return "CONTAINER_EVENT_PROCESS_EXITED"
         case .containerEventStats: return "CONTAINER_EVENT_STATS"
         case .containerEventMemoryPressure: return "CONTAINER_EVENT_MEMORY_PRESSURE"
+        case .containerEventHostGap: return "CONTAINER_EVENT_HOST_GAP"
         }
     }
 }
@@ -4424,6 +4450,8 @@ public struct ControllerConfig: ProtoMessage {
     public var logLevel: AgentLogLevel?
     /// Field 10 `state_dir`.
     public var stateDir: String?
+    /// Field 11 `event_log_capacity`.
+    public var eventLogCapacity: UInt32?
 
     public init(
         unixSocketPath: String? = nil,
@@ -4435,7 +4463,8 @@ public struct ControllerConfig: ProtoMessage {
         role: [RoleBinding] = [],
         limits: AgentLimits? = nil,
         logLevel: AgentLogLevel? = nil,
-        stateDir: String? = nil
+        stateDir: String? = nil,
+        eventLogCapacity: UInt32? = nil
     ) {
         self.unixSocketPath = unixSocketPath
         self.unixSocketMode = unixSocketMode
@@ -4447,6 +4476,7 @@ public struct ControllerConfig: ProtoMessage {
         self.limits = limits
         self.logLevel = logLevel
         self.stateDir = stateDir
+        self.eventLogCapacity = eventLogCapacity
     }
 
     public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.ControllerConfig")
@@ -4463,6 +4493,7 @@ public struct ControllerConfig: ProtoMessage {
         self.limits = message.get(8)
         self.logLevel = message.get(9)
         self.stateDir = message.get(10)
+        self.eventLogCapacity = message.get(11)
     }
 
     public var dynamic: DynamicMessage {
@@ -4477,6 +4508,7 @@ public struct ControllerConfig: ProtoMessage {
         message.set(8, limits)
         message.set(9, logLevel)
         message.set(10, stateDir)
+        message.set(11, eventLogCapacity)
         return message
     }
 
@@ -4492,6 +4524,7 @@ public struct ControllerConfig: ProtoMessage {
         self.limits = CBridge.message(c, f[7])
         self.logLevel = CBridge.value(c, f[8])
         self.stateDir = CBridge.value(c, f[9])
+        self.eventLogCapacity = CBridge.value(c, f[10])
     }
 
     public func makeC() -> UnsafeMutableRawPointer {
@@ -4507,6 +4540,7 @@ public struct ControllerConfig: ProtoMessage {
         CBridge.setMessage(c, f[7], limits)
         CBridge.set(c, f[8], logLevel)
         CBridge.set(c, f[9], stateDir)
+        CBridge.set(c, f[10], eventLogCapacity)
         return c
     }
 }
@@ -4879,6 +4913,96 @@ public struct EventGap: ProtoMessage {
         CBridge.set(c, f[1], afterSequence)
         CBridge.set(c, f[2], bootId)
         CBridge.set(c, f[3], firstSequence)
+        return c
+    }
+}
+
+/// Protobuf message `containers.lmctfy.agent.FleetCursor`.
+public struct FleetCursor: ProtoMessage {
+    /// Field 1 `host`.
+    public var host: String?
+    /// Field 2 `boot_id`.
+    public var bootId: String?
+    /// Field 3 `sequence`.
+    public var sequence: UInt64?
+
+    public init(
+        host: String? = nil,
+        bootId: String? = nil,
+        sequence: UInt64? = nil
+    ) {
+        self.host = host
+        self.bootId = bootId
+        self.sequence = sequence
+    }
+
+    public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.FleetCursor")
+
+    public init(dynamic message: DynamicMessage) {
+        precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.FleetCursor")
+        self.host = message.get(1)
+        self.bootId = message.get(2)
+        self.sequence = message.get(3)
+    }
+
+    public var dynamic: DynamicMessage {
+        var message = DynamicMessage(Self.protoDescriptor)
+        message.set(1, host)
+        message.set(2, bootId)
+        message.set(3, sequence)
+        return message
+    }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.host = CBridge.value(c, f[0])
+        self.bootId = CBridge.value(c, f[1])
+        self.sequence = CBridge.value(c, f[2])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.set(c, f[0], host)
+        CBridge.set(c, f[1], bootId)
+        CBridge.set(c, f[2], sequence)
+        return c
+    }
+}
+
+/// Protobuf message `containers.lmctfy.agent.FleetCursors`.
+public struct FleetCursors: ProtoMessage {
+    /// Field 1 `cursor`.
+    public var cursor: [FleetCursor]
+
+    public init(
+        cursor: [FleetCursor] = []
+    ) {
+        self.cursor = cursor
+    }
+
+    public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.FleetCursors")
+
+    public init(dynamic message: DynamicMessage) {
+        precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.FleetCursors")
+        self.cursor = message.getRepeated(1)
+    }
+
+    public var dynamic: DynamicMessage {
+        var message = DynamicMessage(Self.protoDescriptor)
+        message.setRepeated(1, cursor)
+        return message
+    }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.cursor = CBridge.repeatedMessages(c, f[0])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.setRepeatedMessages(c, f[0], cursor)
         return c
     }
 }
@@ -7000,6 +7124,8 @@ public struct SubscribeRequest: ProtoMessage {
     public var afterSequence: UInt64?
     /// Field 6 `credit`.
     public var credit: UInt32?
+    /// Field 7 `hosts`.
+    public var hosts: [String]
 
     public init(
         name: String? = nil,
@@ -7007,7 +7133,8 @@ public struct SubscribeRequest: ProtoMessage {
         kinds: [ContainerEventKind] = [],
         bootId: String? = nil,
         afterSequence: UInt64? = nil,
-        credit: UInt32? = nil
+        credit: UInt32? = nil,
+        hosts: [String] = []
     ) {
         self.name = name
         self.recursive = recursive
@@ -7015,6 +7142,7 @@ public struct SubscribeRequest: ProtoMessage {
         self.bootId = bootId
         self.afterSequence = afterSequence
         self.credit = credit
+        self.hosts = hosts
     }
 
     public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.SubscribeRequest")
@@ -7027,6 +7155,7 @@ public struct SubscribeRequest: ProtoMessage {
         self.bootId = message.get(4)
         self.afterSequence = message.get(5)
         self.credit = message.get(6)
+        self.hosts = message.getRepeated(7)
     }
 
     public var dynamic: DynamicMessage {
@@ -7037,6 +7166,7 @@ public struct SubscribeRequest: ProtoMessage {
         message.set(4, bootId)
         message.set(5, afterSequence)
         message.set(6, credit)
+        message.setRepeated(7, hosts)
         return message
     }
 
@@ -7048,6 +7178,7 @@ public struct SubscribeRequest: ProtoMessage {
         self.bootId = CBridge.value(c, f[3])
         self.afterSequence = CBridge.value(c, f[4])
         self.credit = CBridge.value(c, f[5])
+        self.hosts = CBridge.repeated(c, f[6])
     }
 
     public func makeC() -> UnsafeMutableRawPointer {
@@ -7059,6 +7190,7 @@ public struct SubscribeRequest: ProtoMessage {
         CBridge.set(c, f[3], bootId)
         CBridge.set(c, f[4], afterSequence)
         CBridge.set(c, f[5], credit)
+        CBridge.setRepeated(c, f[6], hosts)
         return c
     }
 }

@@ -226,7 +226,13 @@ typedef enum _Containers__Lmctfy__Agent__ContainerEventKind {
    * Added: memory pressure (v1 memory.pressure_level at "medium", v2
    * memory.events "high" growing).
    */
-  CONTAINERS__LMCTFY__AGENT__CONTAINER_EVENT_KIND__CONTAINER_EVENT_MEMORY_PRESSURE = 10
+  CONTAINERS__LMCTFY__AGENT__CONTAINER_EVENT_KIND__CONTAINER_EVENT_MEMORY_PRESSURE = 10,
+  /*
+   * At a controller: events of `host` were lost before the controller got
+   * them (its agent no longer kept them); `host_boot_id` and `host_sequence`
+   * say where that host's events go on.
+   */
+  CONTAINERS__LMCTFY__AGENT__CONTAINER_EVENT_KIND__CONTAINER_EVENT_HOST_GAP = 11
     PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(CONTAINERS__LMCTFY__AGENT__CONTAINER_EVENT_KIND)
 } Containers__Lmctfy__Agent__ContainerEventKind;
 typedef enum _Containers__Lmctfy__Agent__AgentRole {
@@ -927,10 +933,22 @@ struct  Containers__Lmctfy__Agent__ContainerEvent
    * STATS
    */
   Containers__Lmctfy__ContainerStats *stats;
+  /*
+   * At a controller (PROTOCOL.md section 9): the host the event happened on,
+   * and its agent's own boot id and sequence for it; `boot_id` and
+   * `sequence` are then the controller's fleet log's.
+   */
+  char *host;
+  char *host_boot_id;
+  /*
+   * Next id: 15
+   */
+  protobuf_c_boolean has_host_sequence;
+  uint64_t host_sequence;
 };
 #define CONTAINERS__LMCTFY__AGENT__CONTAINER_EVENT__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__container_event__descriptor) \
-    , NULL, 0, 0, 0, 0, NULL, 0, CONTAINERS__LMCTFY__AGENT__CONTAINER_EVENT_KIND__CONTAINER_EVENT_UNSPECIFIED, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, NULL }
+    , NULL, 0, 0, 0, 0, NULL, 0, CONTAINERS__LMCTFY__AGENT__CONTAINER_EVENT_KIND__CONTAINER_EVENT_UNSPECIFIED, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, NULL, NULL, NULL, 0, 0 }
 
 
 /*
@@ -1012,15 +1030,20 @@ struct  Containers__Lmctfy__Agent__SubscribeRequest
    * flow-controlled (only the connection's limits apply). 0: nothing is sent
    * until credit comes.
    */
-  /*
-   * Next id: 7
-   */
   protobuf_c_boolean has_credit;
   uint32_t credit;
+  /*
+   * At a controller: only the events of these hosts; empty: every host.
+   */
+  /*
+   * Next id: 8
+   */
+  size_t n_hosts;
+  char **hosts;
 };
 #define CONTAINERS__LMCTFY__AGENT__SUBSCRIBE_REQUEST__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__subscribe_request__descriptor) \
-    , NULL, 0, 0, 0,NULL, NULL, 0, 0, 0, 0 }
+    , NULL, 0, 0, 0,NULL, NULL, 0, 0, 0, 0, 0,NULL }
 
 
 /*

@@ -24,6 +24,8 @@ typedef struct Containers__Lmctfy__Agent__ListHostsRequest Containers__Lmctfy__A
 typedef struct Containers__Lmctfy__Agent__ListHostsResponse Containers__Lmctfy__Agent__ListHostsResponse;
 typedef struct Containers__Lmctfy__Agent__WatchHostsRequest Containers__Lmctfy__Agent__WatchHostsRequest;
 typedef struct Containers__Lmctfy__Agent__WatchHostsResponse Containers__Lmctfy__Agent__WatchHostsResponse;
+typedef struct Containers__Lmctfy__Agent__FleetCursor Containers__Lmctfy__Agent__FleetCursor;
+typedef struct Containers__Lmctfy__Agent__FleetCursors Containers__Lmctfy__Agent__FleetCursors;
 typedef struct Containers__Lmctfy__Agent__ControllerConfig Containers__Lmctfy__Agent__ControllerConfig;
 
 
@@ -218,6 +220,39 @@ struct  Containers__Lmctfy__Agent__WatchHostsResponse
     , 0, CONTAINERS__LMCTFY__AGENT__HOST_CHANGE__HOST_CHANGE_UNSPECIFIED, NULL }
 
 
+/*
+ * state_dir/fleet-cursors: each host's last event the controller stored.
+ */
+struct  Containers__Lmctfy__Agent__FleetCursor
+{
+  ProtobufCMessage base;
+  char *host;
+  char *boot_id;
+  /*
+   * Next id: 4
+   */
+  protobuf_c_boolean has_sequence;
+  uint64_t sequence;
+};
+#define CONTAINERS__LMCTFY__AGENT__FLEET_CURSOR__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__fleet_cursor__descriptor) \
+    , NULL, NULL, 0, 0 }
+
+
+struct  Containers__Lmctfy__Agent__FleetCursors
+{
+  ProtobufCMessage base;
+  /*
+   * Next id: 2
+   */
+  size_t n_cursor;
+  Containers__Lmctfy__Agent__FleetCursor **cursor;
+};
+#define CONTAINERS__LMCTFY__AGENT__FLEET_CURSORS__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__fleet_cursors__descriptor) \
+    , 0,NULL }
+
+
 struct  Containers__Lmctfy__Agent__ControllerConfig
 {
   ProtobufCMessage base;
@@ -262,10 +297,19 @@ struct  Containers__Lmctfy__Agent__ControllerConfig
    * /var/lib/lmctfy-controller
    */
   char *state_dir;
+  /*
+   * The fleet's events kept for subscribers to resume from, in memory and
+   * (twice that) in state_dir/fleet. Absent: 65536.
+   */
+  /*
+   * Next id: 12
+   */
+  protobuf_c_boolean has_event_log_capacity;
+  uint32_t event_log_capacity;
 };
 #define CONTAINERS__LMCTFY__AGENT__CONTROLLER_CONFIG__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__controller_config__descriptor) \
-    , NULL, 0, 0, NULL, NULL, NULL, NULL, 0,NULL, NULL, 0, CONTAINERS__LMCTFY__AGENT__AGENT_LOG_LEVEL__LOG_LEVEL_UNSPECIFIED, NULL }
+    , NULL, 0, 0, NULL, NULL, NULL, NULL, 0,NULL, NULL, 0, CONTAINERS__LMCTFY__AGENT__AGENT_LOG_LEVEL__LOG_LEVEL_UNSPECIFIED, NULL, 0, 0 }
 
 
 /* Containers__Lmctfy__Agent__HostIdentity methods */
@@ -420,6 +464,44 @@ Containers__Lmctfy__Agent__WatchHostsResponse *
 void   containers__lmctfy__agent__watch_hosts_response__free_unpacked
                      (Containers__Lmctfy__Agent__WatchHostsResponse *message,
                       ProtobufCAllocator *allocator);
+/* Containers__Lmctfy__Agent__FleetCursor methods */
+void   containers__lmctfy__agent__fleet_cursor__init
+                     (Containers__Lmctfy__Agent__FleetCursor         *message);
+size_t containers__lmctfy__agent__fleet_cursor__get_packed_size
+                     (const Containers__Lmctfy__Agent__FleetCursor   *message);
+size_t containers__lmctfy__agent__fleet_cursor__pack
+                     (const Containers__Lmctfy__Agent__FleetCursor   *message,
+                      uint8_t             *out);
+size_t containers__lmctfy__agent__fleet_cursor__pack_to_buffer
+                     (const Containers__Lmctfy__Agent__FleetCursor   *message,
+                      ProtobufCBuffer     *buffer);
+Containers__Lmctfy__Agent__FleetCursor *
+       containers__lmctfy__agent__fleet_cursor__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   containers__lmctfy__agent__fleet_cursor__free_unpacked
+                     (Containers__Lmctfy__Agent__FleetCursor *message,
+                      ProtobufCAllocator *allocator);
+/* Containers__Lmctfy__Agent__FleetCursors methods */
+void   containers__lmctfy__agent__fleet_cursors__init
+                     (Containers__Lmctfy__Agent__FleetCursors         *message);
+size_t containers__lmctfy__agent__fleet_cursors__get_packed_size
+                     (const Containers__Lmctfy__Agent__FleetCursors   *message);
+size_t containers__lmctfy__agent__fleet_cursors__pack
+                     (const Containers__Lmctfy__Agent__FleetCursors   *message,
+                      uint8_t             *out);
+size_t containers__lmctfy__agent__fleet_cursors__pack_to_buffer
+                     (const Containers__Lmctfy__Agent__FleetCursors   *message,
+                      ProtobufCBuffer     *buffer);
+Containers__Lmctfy__Agent__FleetCursors *
+       containers__lmctfy__agent__fleet_cursors__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   containers__lmctfy__agent__fleet_cursors__free_unpacked
+                     (Containers__Lmctfy__Agent__FleetCursors *message,
+                      ProtobufCAllocator *allocator);
 /* Containers__Lmctfy__Agent__ControllerConfig methods */
 void   containers__lmctfy__agent__controller_config__init
                      (Containers__Lmctfy__Agent__ControllerConfig         *message);
@@ -465,6 +547,12 @@ typedef void (*Containers__Lmctfy__Agent__WatchHostsRequest_Closure)
 typedef void (*Containers__Lmctfy__Agent__WatchHostsResponse_Closure)
                  (const Containers__Lmctfy__Agent__WatchHostsResponse *message,
                   void *closure_data);
+typedef void (*Containers__Lmctfy__Agent__FleetCursor_Closure)
+                 (const Containers__Lmctfy__Agent__FleetCursor *message,
+                  void *closure_data);
+typedef void (*Containers__Lmctfy__Agent__FleetCursors_Closure)
+                 (const Containers__Lmctfy__Agent__FleetCursors *message,
+                  void *closure_data);
 typedef void (*Containers__Lmctfy__Agent__ControllerConfig_Closure)
                  (const Containers__Lmctfy__Agent__ControllerConfig *message,
                   void *closure_data);
@@ -484,6 +572,8 @@ extern const ProtobufCMessageDescriptor containers__lmctfy__agent__list_hosts_re
 extern const ProtobufCMessageDescriptor containers__lmctfy__agent__list_hosts_response__descriptor;
 extern const ProtobufCMessageDescriptor containers__lmctfy__agent__watch_hosts_request__descriptor;
 extern const ProtobufCMessageDescriptor containers__lmctfy__agent__watch_hosts_response__descriptor;
+extern const ProtobufCMessageDescriptor containers__lmctfy__agent__fleet_cursor__descriptor;
+extern const ProtobufCMessageDescriptor containers__lmctfy__agent__fleet_cursors__descriptor;
 extern const ProtobufCMessageDescriptor containers__lmctfy__agent__controller_config__descriptor;
 
 PROTOBUF_C__END_DECLS

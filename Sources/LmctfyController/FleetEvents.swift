@@ -1,0 +1,106 @@
+// The fleet's event log (issue #12): every connected host's events, taken
+// from its agent's Subscribe stream, stored once in one log of the
+// controller's own (an id kept in state_dir, so its sequence numbers go on
+// across restarts), journaled in state_dir/fleet, and served to schedulers
+// by the same hub, resume, gap and credit rules as an agent's (PROTOCOL.md
+// section 9). Each host's last stored (boot id, sequence) is its cursor: a
+// link that comes back (or a controller that restarts) subscribes again
+// from there, and anything at or before it is a duplicate and dropped.
+import Glibc
+import LmctfyEvents
+import LmctfyProto
+import LmctfyRPC
+import LmctfySystem
+
+final class FleetEvents {
+    struct Cursor: Equatable {
+        var boot: String
+        var sequence: UInt64
+    }
+
+    let log: EventLog
+    let hub: EventHub
+    private(set) var cursors: [String: Cursor] = [:]
+    private let cursorsPath: String
+    private var cursorsDirty = false
+
+    /// Opens (or starts) the fleet log in `stateDir`.
+    init(stateDir: String, capacity: Int, subscriberBuffer: Int = 1024) throws(LmctfyError) {
+        let idPath = stateDir + "/fleet-id"
+        var id = (try? Sys.readFile(idPath))?.trimmingWhitespace ?? ""
+        if id.count != 32 {
+            id = Crypto.randomBytes(16).map { String($0, radix: 16) }.map { $0.count == 1 ? "0" + $0 : $0 }.joined()
+            do { try Sys.writeFileAtomically(idPath, Array((id + "\n").utf8)) } catch {
+                throw error.lmctfy(.failedPrecondition, "Writing the fleet log's id")
+            }
+        }
+        log = EventLog(capacity: capacity, bootId: id)
+        try log.attachJournal(directory: stateDir + "/fleet")
+        hub = EventHub(log: log, buffer: subscriberBuffer)
+        cursorsPath = stateDir + "/fleet-cursors"
+        // Cursors: what was written at the last flush, then what the journal
+        // holds after it (the journal is written first, so it is never behind).
+        if let bytes = try? Sys.readBytes(cursorsPath), let saved = try? FleetCursors(serializedBytes: bytes) {
+            for c in saved.cursor {
+                if let host = c.host, let boot = c.bootId, let seq = c.sequence { cursors[host] = Cursor(boot: boot, sequence: seq) }
+            }
+        }
+        for e in log.range(after: 0, upTo: log.newest).events {
+            guard let host = e.host, let boot = e.hostBootId, let seq = e.hostSequence else { continue }
+            cursors[host] = Cursor(boot: boot, sequence: seq)
+        }
+    }
+
+    /// The request that resumes a host's events after its cursor (all
+    /// the agent keeps, for a host never heard of).
+    func subscribeRequest(for host: String, credit: UInt32?) -> SubscribeRequest {
+        var r = SubscribeRequest()
+        if let c = cursors[host] {
+            r.bootId = c.boot
+            r.afterSequence = c.sequence
+        } else {
+            r.afterSequence = 0
+        }
+        r.credit = credit
+        return r
+    }
+
+    /// One response of a host's stream: an event is stored unless it is at
+    /// or before the host's cursor; a gap is stored as a HOST_GAP event.
+    func take(_ r: SubscribeResponse, from host: String) {
+        if let e = r.event, let boot = e.bootId, let seq = e.sequence {
+            if let c = cursors[host], c.boot == boot, seq <= c.sequence { return }  // already stored
+            var fleet = e
+            fleet.host = host
+            fleet.hostBootId = boot
+            fleet.hostSequence = seq
+            log.append(fleet)
+            cursors[host] = Cursor(boot: boot, sequence: seq)
+            cursorsDirty = true
+        } else if let g = r.gap {
+            // The agent no longer has what followed the cursor: said once,
+            // then the host's stream goes on from the gap's first sequence.
+            var e = ContainerEvent()
+            e.kind = .containerEventHostGap
+            e.host = host
+            e.hostBootId = g.bootId
+            e.hostSequence = g.firstSequence
+            log.append(e)
+            if let boot = g.bootId, let first = g.firstSequence {
+                cursors[host] = Cursor(boot: boot, sequence: first > 0 ? first - 1 : 0)
+                cursorsDirty = true
+            }
+        }
+    }
+
+    /// Writes the cursors if they moved (a timer calls it): what scrolled
+    /// out of the journal still has its cursor after a restart.
+    func flushCursors() {
+        guard cursorsDirty else { return }
+        cursorsDirty = false
+        let saved = FleetCursors(cursor: cursors.keys.sorted().map { FleetCursor(host: $0, bootId: cursors[$0]!.boot, sequence: cursors[$0]!.sequence) })
+        if let bytes = try? saved.serializedBytes() {
+            try? Sys.writeFileAtomically(cursorsPath, bytes, durable: false)
+        }
+    }
+}
