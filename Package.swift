@@ -22,6 +22,7 @@ let package = Package(
         .executable(name: "lmctfy", targets: ["lmctfy"]),
         .executable(name: "lmctl", targets: ["lmctl"]),
         .executable(name: "lmctfy-agent", targets: ["lmctfy-agent"]),
+        .executable(name: "lmctfy-controller", targets: ["lmctfy-controller"]),
         .executable(name: "lmctfy-protogen", targets: ["lmctfy-protogen"]),
         .executable(name: "lmctfy-bench", targets: ["lmctfy-bench"]),
         .executable(name: "lmctfy-test-helper", targets: ["lmctfy-test-helper"]),
@@ -112,11 +113,24 @@ let package = Package(
             name: "lmctl", dependencies: ["LmctlCommands"], path: "tools/lmctl", linkerSettings: staticSwiftRuntime),
 
         // The agent: RPC dispatch onto CL1, listeners, config, events.
+        // One event log and its subscribers, for the agent and the
+        // controller alike: numbered events, a bounded ring, a journal on
+        // disk, and the hub that serves Subscribe with credit.
+        .target(
+            name: "LmctfyEvents",
+            dependencies: ["LmctfyProto", "LmctfyRPC", "LmctfySystem"]),
         .target(
             name: "LmctfyAgent",
-            dependencies: ["Lmctfy", "LmctfyBackend", "LmctfyProto", "LmctfyRPC", "LmctfySystem", "LmctfyLoop",
+            dependencies: ["Lmctfy", "LmctfyBackend", "LmctfyProto", "LmctfyRPC", "LmctfySystem", "LmctfyLoop", "LmctfyEvents",
                            .product(name: "Logging", package: "swift-log")]),
         .executableTarget(name: "lmctfy-agent", dependencies: ["LmctfyAgent"], linkerSettings: staticSwiftRuntime),
+        // The controller: agents dial home to it; it routes clients' calls to
+        // hosts. Loop and RPC as the agent's; never CL1 (it touches no cgroup).
+        .target(
+            name: "LmctfyController",
+            dependencies: ["LmctfyProto", "LmctfyRPC", "LmctfySystem", "LmctfyLoop", "LmctfyEvents",
+                           .product(name: "Logging", package: "swift-log")]),
+        .executableTarget(name: "lmctfy-controller", dependencies: ["LmctfyController"], linkerSettings: staticSwiftRuntime),
 
         // tools/run-bench's measuring side (the C baseline is built by the script).
         .executableTarget(
@@ -144,7 +158,11 @@ let package = Package(
             dependencies: ["LmctfyRPC", "LmctfyProto", "LmctfySystem", "LmctfyTestSupport"]),
         .testTarget(
             name: "LmctfyAgentTests",
-            dependencies: ["LmctfyAgent", "LmctlCommands", "LmctfyCommands", "LmctfyRPC", "Lmctfy", "LmctfyProto",
+            dependencies: ["LmctfyAgent", "LmctfyEvents", "LmctlCommands", "LmctfyCommands", "LmctfyRPC", "Lmctfy", "LmctfyProto",
+                           "LmctfySystem", "LmctfyTestSupport"]),
+        .testTarget(
+            name: "LmctfyControllerTests",
+            dependencies: ["LmctfyController", "LmctfyAgent", "LmctfyEvents", "LmctlCommands", "LmctfyRPC", "Lmctfy", "LmctfyProto",
                            "LmctfySystem", "LmctfyTestSupport"]),
         .testTarget(
             name: "LmctfyLoopTests",

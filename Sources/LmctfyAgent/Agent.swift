@@ -7,6 +7,7 @@ import Lmctfy
 import LmctfyLoop
 import Logging
 import Synchronization
+import LmctfyEvents
 import LmctfyProto
 import LmctfyRPC
 import LmctfySystem
@@ -60,6 +61,7 @@ public final class Agent: @unchecked Sendable {
     private var listeners: [Listener] = []
     private var conns: [Int: ConnState] = [:]
     private var nextConnId = 1
+    private var home = HomeLink()
     private var ticker: LoopTimer?
     private var sweeper: LoopTimer?
     private var reconciler: LoopTimer?
@@ -252,6 +254,7 @@ public final class Agent: @unchecked Sendable {
                 listeners.append(l)
             }
             ticker = try LoopTimer.repeating(on: loop, every: .milliseconds(100)) { [unowned self] _ in self.tick() }
+            if settings.controller != nil { dialHome() }
             if settings.reconcileIntervalMs > 0 {
                 reconciler = try LoopTimer.repeating(on: loop, every: .milliseconds(settings.reconcileIntervalMs)) { [unowned self] _ in
                     self.reconcile()
@@ -353,16 +356,24 @@ public final class Agent: @unchecked Sendable {
             case .write:
                 break
             case .established(let peer):
-                s.role = settings.role(for: peer)
+                if s.id == home.connId {
+                    // The controller: it drives this host (PROTOCOL.md section 9).
+                    s.role = .agentRoleAdmin
+                    register(s, controller: peer)
+                } else {
+                    s.role = settings.role(for: peer)
+                }
                 log.debug("connection \(s.id): \(peer.name) authenticated as \(s.role.protoName)")
-            case .deliverRequest(let streamId, let method, let payload, _):
+            case .deliverRequest(let streamId, let method, let payload, _, _):
                 startCall(s, streamId: streamId, method: method, payload: payload)
             case .cancelled(let streamId, _):
                 s.calls.removeValue(forKey: streamId)?.cancel()
             case .credit(let streamId, let credit):
                 hub.grant(EventHub.Key(conn: s.id, stream: streamId), credit, deliver: deliver, lagged: lagged)
-            case .deliverResponse, .deliverStatus:
-                break  // the agent opens no calls of its own yet
+            case .deliverResponse:
+                break  // Register's answer is empty; its status says it all
+            case .deliverStatus(let streamId, let status):
+                if s.id == home.connId && streamId == home.registerStream { registered(s, status) }
             case .close(let reason):
                 log.debug("connection \(s.id) closed: \(reason)")
                 flush(s)
@@ -421,6 +432,7 @@ public final class Agent: @unchecked Sendable {
 
     private func drop(_ s: ConnState) {
         guard conns.removeValue(forKey: s.id) != nil else { return }
+        if s.id == home.connId { homeLinkLost() }
         // Unsent bytes come back through their write completions; the pool
         // calls' work may outlive the connection, so their share goes now.
         totalHeld -= s.poolBytes
@@ -440,6 +452,124 @@ public final class Agent: @unchecked Sendable {
     private func tick() {
         let now = MonotonicClock.milliseconds()
         for s in Array(conns.values) { perform(s, s.session.tick(now: now)) }
+    }
+
+    // MARK: Dialling home (PROTOCOL.md section 9)
+
+    /// The link to the controller: the connection's id while there is one,
+    /// the Register call on it, and how many attempts failed in a row.
+    struct HomeLink {
+        var connId = -1
+        var registerStream: UInt32 = 0
+        var failures = 0
+        var timer: LoopTimer?
+        var dialling: Connection?
+    }
+
+    /// Dials the controller (loop thread). A failure schedules the next try.
+    private func dialHome() {
+        guard let c = settings.controller, !stopping, home.connId < 0, home.dialling == nil else { return }
+        do {
+            home.dialling = try Connection.dialTCP(on: loop, host: c.host, port: c.port) { [unowned self] result in
+                self.home.dialling = nil
+                switch result {
+                case .success(let conn):
+                    self.homeConnected(conn, c)
+                case .failure(let error):
+                    self.log.debug("controller \(c.host):\(c.port): \(error)")
+                    self.redialHome()
+                }
+            }
+        } catch {
+            log.warning("controller \(c.host):\(c.port): \(error)")
+            redialHome()
+        }
+    }
+
+    private func homeConnected(_ conn: Connection, _ c: AgentSettings.ControllerLink) {
+        guard !stopping else { conn.close(); return }
+        let now = MonotonicClock.milliseconds()
+        let id = nextConnId
+        nextConnId += 1
+        let session = Session(dialler: .sharedKey(keyId: c.keyId, key: c.key), name: c.hostName, limits: settings.limits, now: now)
+        let state = ConnState(id: id, conn: conn, session: session)
+        conns[id] = state
+        home.connId = id
+        conn.onRead = { [unowned self] _, bytes in
+            guard let s = self.conns[id] else { return }
+            self.perform(s, s.session.receive(bytes, now: MonotonicClock.milliseconds()))
+        }
+        conn.onEOF = { [unowned self] _ in
+            guard let s = self.conns[id] else { return }
+            self.perform(s, s.session.receiveEOF(now: MonotonicClock.milliseconds()))
+            self.drop(s)
+        }
+        conn.onError = { [unowned self] _, _ in
+            if let s = self.conns[id] { self.drop(s) }
+        }
+        conn.resumeReading()
+        perform(state, state.session.start(now: now))
+    }
+
+    /// The first call on the link: who this host is.
+    private func register(_ s: ConnState, controller: PeerInfo) {
+        guard let c = settings.controller else { return }
+        let info = MachineInfo.collect(cgroupVersion: dispatcher.cgroupVersion, agentVersion: dispatcher.agentVersion,
+                                       bootId: dispatcher.events.bootId)
+        let identity = HostIdentity(
+            hostName: c.hostName, machineId: Self.machineId(), bootId: info.bootId, agentVersion: info.agentVersion,
+            cgroupVersion: info.cgroupVersion, cpus: info.cpus, memoryBytes: info.memoryBytes, label: c.labels,
+            rootContainer: "/")
+        let payload = (try? RegisterRequest(identity: identity).serializedBytes()) ?? []
+        let (id, actions) = s.session.openStream(method: "Register", payload: payload, deadlineMs: 10_000, now: MonotonicClock.milliseconds())
+        home.registerStream = id
+        perform(s, actions)
+    }
+
+    private func registered(_ s: ConnState, _ status: CallStatus) {
+        guard let c = settings.controller else { return }
+        if status.code == .ok {
+            home.failures = 0
+            log.info("registered with the controller \(c.host):\(c.port) as \(c.hostName)")
+        } else {
+            log.warning("the controller \(c.host):\(c.port) refused host \(c.hostName): \(status.code): \(status.message)")
+            perform(s, s.session.goAway(.goawayNormal, message: "registration refused", now: MonotonicClock.milliseconds()))
+            s.conn.closeAfterWrites()
+            drop(s)
+        }
+    }
+
+    private func homeLinkLost() {
+        home.connId = -1
+        home.registerStream = 0
+        redialHome()
+    }
+
+    /// The next attempt after a random wait in [0, min(max, base * 2^failures)]
+    /// ("full jitter"): agents that lost their controller together do not
+    /// all come back at once.
+    private func redialHome() {
+        guard let c = settings.controller, !stopping else { return }
+        let ceiling = min(c.reconnectMaxMs, c.reconnectBaseMs << min(home.failures, 20))
+        home.failures += 1
+        let wait = Int.random(in: 0...max(1, ceiling))
+        home.timer?.cancel()
+        home.timer = try? LoopTimer.once(on: loop, after: .milliseconds(wait)) { [unowned self] in
+            self.home.timer = nil
+            self.dialHome()
+        }
+    }
+
+    /// /etc/machine-id, when there is one.
+    static func machineId() -> String? {
+        guard let text = try? Sys.readFile("/etc/machine-id") else { return nil }
+        let id = text.trimmingWhitespace
+        return id.isEmpty ? nil : id
+    }
+
+    /// Whether the link to the controller is up and registered (tests).
+    public var isRegisteredWithController: Bool {
+        (try? loop.runAndWait { self.home.connId >= 0 && self.home.failures == 0 && self.home.registerStream != 0 }) ?? false
     }
 
     // MARK: Calls
@@ -701,6 +831,8 @@ public final class Agent: @unchecked Sendable {
         reconciler?.cancel()
         watcher?.stop()
         statsPublisher?.requestStop()
+        home.timer?.cancel()
+        home.dialling?.close()
         for w in signals { w.cancel() }
         signals.removeAll()
         // The Unix listener removed its socket file when it closed (only if

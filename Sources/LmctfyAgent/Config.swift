@@ -49,6 +49,60 @@ public struct AgentSettings: Sendable {
     /// How often containers are listed to catch changes made without the
     /// agent (reconcile_interval_ms; default 1000; 0: never).
     public var reconcileIntervalMs: Int
+    /// The controller to dial home to (controller_address); nil: none.
+    public var controller: ControllerLink?
+
+    /// Dialling home (PROTOCOL.md section 9): where, with which key, as whom.
+    public struct ControllerLink: Sendable {
+        public var host: String
+        public var port: UInt16
+        public var keyId: String
+        public var key: [UInt8]
+        /// host_name; default the machine's hostname.
+        public var hostName: String
+        public var labels: [HostLabel]
+        public var reconnectBaseMs: Int
+        public var reconnectMaxMs: Int
+    }
+
+    static func controllerLink(_ c: AgentConfig, keys: [String: [UInt8]], source: String) throws(LmctfyError) -> ControllerLink? {
+        guard let address = c.controllerAddress else {
+            if c.controllerKeyId != nil { throw .invalidArgument("\(source): controller_key_id without controller_address") }
+            return nil
+        }
+        guard let colon = address.lastIndex(of: ":"), let port = UInt16(address[address.index(after: colon)...]), port > 0 else {
+            throw .invalidArgument("\(source): controller_address must be host:port, not \"\(address)\"")
+        }
+        guard c.keyFile != nil else {
+            throw .invalidArgument("\(source): controller_address needs key_file (the agent authenticates with a shared key)")
+        }
+        guard let keyId = c.controllerKeyId else {
+            throw .invalidArgument("\(source): controller_address needs controller_key_id (which key of key_file to use)")
+        }
+        guard let key = keys[keyId] else {
+            throw .invalidArgument("\(source): controller_key_id \"\(keyId)\" is not in key_file")
+        }
+        var hostName = c.hostName ?? ""
+        if hostName.isEmpty {
+            var u = utsname()
+            uname(&u)
+            hostName = withUnsafeBytes(of: u.nodename) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        }
+        guard !hostName.isEmpty, hostName.utf8.count <= 253,
+              hostName.utf8.allSatisfy({ ($0 >= 0x61 && $0 <= 0x7A) || ($0 >= 0x41 && $0 <= 0x5A) || ($0 >= 0x30 && $0 <= 0x39) || $0 == 0x2D || $0 == 0x2E || $0 == 0x5F }) else {
+            throw .invalidArgument("\(source): host_name \"\(hostName)\" must be 1 to 253 of [A-Za-z0-9._-]")
+        }
+        for l in c.label where (l.key ?? "").isEmpty || (l.key ?? "").contains(",") || (l.key ?? "").contains("=") || (l.value ?? "").contains(",") {
+            throw .invalidArgument("\(source): a label needs a key, and neither may hold \",\" or \"=\" (\(l.key ?? "")=\(l.value ?? ""))")
+        }
+        let base = Int(c.reconnectBaseMs ?? 500), cap = Int(c.reconnectMaxMs ?? 30_000)
+        guard base >= 1, cap >= base else {
+            throw .invalidArgument("\(source): reconnect_base_ms must be at least 1 and reconnect_max_ms at least reconnect_base_ms")
+        }
+        return ControllerLink(host: String(address[..<colon]), port: port, keyId: keyId, key: key, hostName: hostName,
+                              labels: c.label, reconnectBaseMs: base, reconnectMaxMs: cap)
+    }
+
     /// Whether every container is watched (watch_containers; default true).
     public var watchContainers: Bool
     /// How often a STATS event is published per container
@@ -97,9 +151,12 @@ public struct AgentSettings: Sendable {
                 throw .invalidArgument("\(source): tcp_address needs key_file (TCP peers authenticate with a shared key)")
             }
             keys = try KeyFile.load(keyFile, requirePrivate: true)
+        } else if let keyFile = c.keyFile, c.controllerAddress != nil {
+            keys = try KeyFile.load(keyFile, requirePrivate: true)
         } else {
             keys = [:]
         }
+        controller = try Self.controllerLink(c, keys: keys, source: source)
         let l = c.limits ?? AgentLimits()
         limits = SessionLimits()
         if let v = l.maxFrameBytes {
@@ -188,28 +245,12 @@ public struct AgentSettings: Sendable {
 
     /// Who the Unix socket admits (PROTOCOL.md section 3): root, the
     /// allowed_group, and every uid and gid a role binding names.
-    public var unixPeerPolicy: UnixPeerPolicy {
-        var gids = Set(config.role.flatMap(\.gid))
-        if let allowedGid { gids.insert(allowedGid) }
-        return UnixPeerPolicy(allowedUids: Set(config.role.flatMap(\.uid)), allowedGids: gids)
-    }
+    public var unixPeerPolicy: UnixPeerPolicy { rolePolicy.unixPeerPolicy }
 
-    /// The role of an authenticated peer: the first binding that names its
-    /// uid, gid (primary or supplementary) or key id; otherwise root is
-    /// admin and everyone else admitted (allowed_group on the Unix socket, any
-    /// key of key_file on TCP) is a reader.
-    public func role(for peer: PeerInfo) -> AgentRole {
-        for b in config.role {
-            if let creds = peer.credentials {
-                if b.uid.contains(creds.uid) || b.gid.contains(creds.gid) || creds.groups.contains(where: b.gid.contains) {
-                    return b.role ?? .agentRoleReader
-                }
-            }
-            if let key = peer.keyId, b.keyId.contains(key) { return b.role ?? .agentRoleReader }
-        }
-        if let creds = peer.credentials, creds.uid == 0 { return .agentRoleAdmin }
-        return .agentRoleReader
-    }
+    /// The role of an authenticated peer (RolePolicy).
+    public func role(for peer: PeerInfo) -> AgentRole { rolePolicy.role(for: peer) }
+
+    var rolePolicy: RolePolicy { RolePolicy(bindings: config.role, allowedGid: allowedGid) }
 }
 
 /// What the agent lets its peers make it hold (AgentLimits, PROTOCOL.md

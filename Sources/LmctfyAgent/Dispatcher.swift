@@ -7,6 +7,7 @@
 // protocol serves `lmctfy`, `lmctl` and the agent.
 import Glibc
 import LmctfyBackend
+import LmctfyEvents
 import LmctfyProto
 import LmctfyRPC
 import LmctfySystem

@@ -11,6 +11,7 @@
 // which records their event and updates what is known under one lock; a
 // reconcile whose listing overlapped such a change leaves that name alone
 // (it saw the container half way), so no change is reported twice.
+import LmctfyEvents
 import LmctfyProto
 import LmctfySystem
 

@@ -11,6 +11,7 @@
 // clients know (relative to that root, ContainerScope).
 import Lmctfy
 import LmctfyLoop
+import LmctfyEvents
 import LmctfyProto
 import LmctfySystem
 

@@ -7,6 +7,7 @@
 // instead of falling behind. The known containers are the inventory's,
 // named as the agent's clients name them (relative to its root_container).
 import Lmctfy
+import LmctfyEvents
 import LmctfyProto
 import LmctfySystem
 

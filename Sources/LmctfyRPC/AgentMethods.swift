@@ -134,6 +134,17 @@ public enum AgentMethods {
     }
 }
 
+/// The controller's own methods (PROTOCOL.md section 9). Every agent
+/// method is also served by the controller, for the host a request names.
+public enum ControllerMethods {
+    /// The first call of an agent on its dial-home connection: who it is.
+    public static let register = AgentMethod<RegisterRequest, RegisterResponse>("Register", .admin, .loop, .unary)
+    /// Every host the controller knows.
+    public static let listHosts = AgentMethod<ListHostsRequest, ListHostsResponse>("ListHosts", .reader, .loop, .unary)
+    /// The hosts, then every change.
+    public static let watchHosts = AgentMethod<WatchHostsRequest, WatchHostsResponse>("WatchHosts", .reader, .hub, .serverStreaming)
+}
+
 extension RpcClient {
     /// Calls a unary method of the table.
     public func call<Request, Response>(

@@ -23,6 +23,10 @@ public final class RpcClient {
     /// The acceptor, as the handshake established it.
     public private(set) var peer: PeerInfo
 
+    /// Talking to a controller: the host every call from now on is for
+    /// (Frame.host; PROTOCOL.md section 9). nil: the peer itself.
+    public var host: String?
+
     /// Performs the handshake on a connected socket `fd` (taking ownership of
     /// it) and returns once it succeeded. Throws UNAUTHENTICATED,
     /// PERMISSION_DENIED, DEADLINE_EXCEEDED (hello timeout) or UNAVAILABLE.
@@ -108,7 +112,8 @@ public final class RpcClient {
         _ method: String, _ request: [UInt8], deadlineMs: UInt32? = nil, window: UInt32? = nil,
         onResponse: ([UInt8]) throws(LmctfyError) -> Bool
     ) throws(LmctfyError) {
-        let (id, actions) = session.openStream(method: method, payload: request, deadlineMs: deadlineMs, now: MonotonicClock.milliseconds())
+        let (id, actions) = session.openStream(method: method, payload: request, deadlineMs: deadlineMs, host: host,
+                                               now: MonotonicClock.milliseconds())
         perform(actions)
         var handled: UInt32 = 0
         while true {
@@ -193,7 +198,7 @@ public final class RpcClient {
                     }
                     perform(session.receiveEOF(now: MonotonicClock.milliseconds()))
                 }
-            case .deliverRequest(let id, let method, _, _):
+            case .deliverRequest(let id, let method, _, _, _):
                 // The acceptor may call us (both sides may open streams), but
                 // this client serves nothing.
                 perform(session.sendStatus(streamId: id, CallStatus(.unimplemented, "\(method): this client serves no methods"), now: MonotonicClock.milliseconds()))

@@ -29,6 +29,8 @@ enum FrameWire {
         if let id = frame.streamId { f.has_stream_id = 1; f.stream_id = id }
         if let ms = frame.deadlineMs { f.has_deadline_ms = 1; f.deadline_ms = ms }
         if let credit = frame.credit { f.has_credit = 1; f.credit = credit }
+        withOptionalCString(frame.host) { host in
+        f.host = UnsafeMutablePointer(mutating: host)
         withOptionalCString(frame.method) { method in
             f.method = UnsafeMutablePointer(mutating: method)
             withOptionalBytes(frame.payload) { payload in
@@ -50,6 +52,7 @@ enum FrameWire {
                     }
                 }
             }
+        }
         }
     }
 
@@ -89,6 +92,7 @@ enum FrameWire {
         var frame = Frame(kind: kind)
         if f.has_stream_id != 0 { frame.streamId = f.stream_id }
         if let m = f.method { frame.method = String(cString: m) }
+        if let h = f.host { frame.host = String(cString: h) }
         if f.has_payload != 0 {
             if f.payload.len > 0, let data = f.payload.data {
                 frame.payload = Array(UnsafeBufferPointer(start: data, count: f.payload.len))

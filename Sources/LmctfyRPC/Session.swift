@@ -135,7 +135,8 @@ public enum SessionAction: Sendable, Equatable {
     case established(PeerInfo)
     /// The peer called us. `deadline` is absolute on the session's clock.
     /// Answer with `sendResponse` / `sendStatus`.
-    case deliverRequest(streamId: UInt32, method: String, payload: [UInt8], deadline: UInt64?)
+    /// `host`: at a controller, the host the call is for (Frame.host).
+    case deliverRequest(streamId: UInt32, method: String, payload: [UInt8], deadline: UInt64?, host: String? = nil)
     /// One response message for a call we made.
     case deliverResponse(streamId: UInt32, payload: [UInt8])
     /// A call we made has ended (from the peer, or locally: deadline,
@@ -199,6 +200,7 @@ public struct Session: Sendable {
         var payload: [UInt8]
         var deadlineMs: UInt32?
         var deadline: UInt64?
+        var host: String?
     }
 
     private var handshake: Handshake
@@ -322,7 +324,7 @@ public struct Session: Sendable {
     /// `.deliverResponse` / `.deliverStatus` actions (possibly among these).
     /// Calls made before the handshake is done are sent when it is.
     public mutating func openStream(
-        method: String, payload: [UInt8], deadlineMs: UInt32? = nil, now: UInt64
+        method: String, payload: [UInt8], deadlineMs: UInt32? = nil, host: String? = nil, now: UInt64
     ) -> (streamId: UInt32, actions: [SessionAction]) {
         let base: UInt32 = role == .dialler ? 1 : 2
         guard lastLocalId <= UInt32.max - 2 else {
@@ -334,7 +336,7 @@ public struct Session: Sendable {
             return (id, [.deliverStatus(streamId: id, CallStatus(.unavailable, "connection closed: \(closeReason?.description ?? "")"))])
         }
         let deadline = deadlineMs.flatMap { $0 > 0 ? now + UInt64($0) : nil }
-        let call = PendingCall(streamId: id, method: method, payload: payload, deadlineMs: deadlineMs, deadline: deadline)
+        let call = PendingCall(streamId: id, method: method, payload: payload, deadlineMs: deadlineMs, deadline: deadline, host: host)
         if peer == nil {
             pending.append(call)
             return (id, [])
@@ -566,7 +568,7 @@ public struct Session: Sendable {
         }
         let deadline = frame.deadlineMs.flatMap { $0 > 0 ? now + UInt64($0) : nil }
         incoming[id] = .some(deadline)
-        return [.deliverRequest(streamId: id, method: method, payload: frame.payload ?? [], deadline: deadline)]
+        return [.deliverRequest(streamId: id, method: method, payload: frame.payload ?? [], deadline: deadline, host: frame.host)]
     }
 
     // MARK: Handshake
@@ -699,7 +701,7 @@ public struct Session: Sendable {
         }
         let frame = FrameCodec.encode(Frame(
             kind: .frameRequest, streamId: call.streamId, method: call.method, payload: call.payload,
-            deadlineMs: call.deadlineMs.flatMap { $0 > 0 ? $0 : nil }))
+            deadlineMs: call.deadlineMs.flatMap { $0 > 0 ? $0 : nil }, host: call.host))
         guard frame.count - FrameCodec.headerBytes <= Int(peer.maxFrameBytes) else {
             return [.deliverStatus(streamId: call.streamId, CallStatus(.resourceExhausted, "request of \(frame.count - FrameCodec.headerBytes) bytes exceeds the peer's frame limit of \(peer.maxFrameBytes)"))]
         }

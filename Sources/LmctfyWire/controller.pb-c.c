@@ -277,6 +277,96 @@ void   containers__lmctfy__agent__list_hosts_response__free_unpacked
   assert(message->base.descriptor == &containers__lmctfy__agent__list_hosts_response__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
+void   containers__lmctfy__agent__watch_hosts_request__init
+                     (Containers__Lmctfy__Agent__WatchHostsRequest         *message)
+{
+  static const Containers__Lmctfy__Agent__WatchHostsRequest init_value = CONTAINERS__LMCTFY__AGENT__WATCH_HOSTS_REQUEST__INIT;
+  *message = init_value;
+}
+size_t containers__lmctfy__agent__watch_hosts_request__get_packed_size
+                     (const Containers__Lmctfy__Agent__WatchHostsRequest *message)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__watch_hosts_request__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t containers__lmctfy__agent__watch_hosts_request__pack
+                     (const Containers__Lmctfy__Agent__WatchHostsRequest *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__watch_hosts_request__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t containers__lmctfy__agent__watch_hosts_request__pack_to_buffer
+                     (const Containers__Lmctfy__Agent__WatchHostsRequest *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__watch_hosts_request__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Containers__Lmctfy__Agent__WatchHostsRequest *
+       containers__lmctfy__agent__watch_hosts_request__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Containers__Lmctfy__Agent__WatchHostsRequest *)
+     protobuf_c_message_unpack (&containers__lmctfy__agent__watch_hosts_request__descriptor,
+                                allocator, len, data);
+}
+void   containers__lmctfy__agent__watch_hosts_request__free_unpacked
+                     (Containers__Lmctfy__Agent__WatchHostsRequest *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &containers__lmctfy__agent__watch_hosts_request__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   containers__lmctfy__agent__watch_hosts_response__init
+                     (Containers__Lmctfy__Agent__WatchHostsResponse         *message)
+{
+  static const Containers__Lmctfy__Agent__WatchHostsResponse init_value = CONTAINERS__LMCTFY__AGENT__WATCH_HOSTS_RESPONSE__INIT;
+  *message = init_value;
+}
+size_t containers__lmctfy__agent__watch_hosts_response__get_packed_size
+                     (const Containers__Lmctfy__Agent__WatchHostsResponse *message)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__watch_hosts_response__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t containers__lmctfy__agent__watch_hosts_response__pack
+                     (const Containers__Lmctfy__Agent__WatchHostsResponse *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__watch_hosts_response__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t containers__lmctfy__agent__watch_hosts_response__pack_to_buffer
+                     (const Containers__Lmctfy__Agent__WatchHostsResponse *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__watch_hosts_response__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Containers__Lmctfy__Agent__WatchHostsResponse *
+       containers__lmctfy__agent__watch_hosts_response__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Containers__Lmctfy__Agent__WatchHostsResponse *)
+     protobuf_c_message_unpack (&containers__lmctfy__agent__watch_hosts_response__descriptor,
+                                allocator, len, data);
+}
+void   containers__lmctfy__agent__watch_hosts_response__free_unpacked
+                     (Containers__Lmctfy__Agent__WatchHostsResponse *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &containers__lmctfy__agent__watch_hosts_response__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
 void   containers__lmctfy__agent__controller_config__init
                      (Containers__Lmctfy__Agent__ControllerConfig         *message)
 {
@@ -686,6 +776,95 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__list_hosts_response_
   (ProtobufCMessageInit) containers__lmctfy__agent__list_hosts_response__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__watch_hosts_request__field_descriptors[1] =
+{
+  {
+    "selector",
+    1,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__WatchHostsRequest, selector),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned containers__lmctfy__agent__watch_hosts_request__field_indices_by_name[] = {
+  0,   /* field[0] = selector */
+};
+static const ProtobufCIntRange containers__lmctfy__agent__watch_hosts_request__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 1 }
+};
+const ProtobufCMessageDescriptor containers__lmctfy__agent__watch_hosts_request__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "containers.lmctfy.agent.WatchHostsRequest",
+  "WatchHostsRequest",
+  "Containers__Lmctfy__Agent__WatchHostsRequest",
+  "containers.lmctfy.agent",
+  sizeof(Containers__Lmctfy__Agent__WatchHostsRequest),
+  1,
+  containers__lmctfy__agent__watch_hosts_request__field_descriptors,
+  containers__lmctfy__agent__watch_hosts_request__field_indices_by_name,
+  1,  containers__lmctfy__agent__watch_hosts_request__number_ranges,
+  (ProtobufCMessageInit) containers__lmctfy__agent__watch_hosts_request__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__watch_hosts_response__field_descriptors[2] =
+{
+  {
+    "change",
+    1,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_ENUM,
+    offsetof(Containers__Lmctfy__Agent__WatchHostsResponse, has_change),
+    offsetof(Containers__Lmctfy__Agent__WatchHostsResponse, change),
+    &containers__lmctfy__agent__host_change__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "host",
+    2,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_MESSAGE,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__WatchHostsResponse, host),
+    &containers__lmctfy__agent__host_info__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned containers__lmctfy__agent__watch_hosts_response__field_indices_by_name[] = {
+  0,   /* field[0] = change */
+  1,   /* field[1] = host */
+};
+static const ProtobufCIntRange containers__lmctfy__agent__watch_hosts_response__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 2 }
+};
+const ProtobufCMessageDescriptor containers__lmctfy__agent__watch_hosts_response__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "containers.lmctfy.agent.WatchHostsResponse",
+  "WatchHostsResponse",
+  "Containers__Lmctfy__Agent__WatchHostsResponse",
+  "containers.lmctfy.agent",
+  sizeof(Containers__Lmctfy__Agent__WatchHostsResponse),
+  2,
+  containers__lmctfy__agent__watch_hosts_response__field_descriptors,
+  containers__lmctfy__agent__watch_hosts_response__field_indices_by_name,
+  1,  containers__lmctfy__agent__watch_hosts_response__number_ranges,
+  (ProtobufCMessageInit) containers__lmctfy__agent__watch_hosts_response__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
 static const ProtobufCFieldDescriptor containers__lmctfy__agent__controller_config__field_descriptors[10] =
 {
   {
@@ -869,5 +1048,39 @@ const ProtobufCEnumDescriptor containers__lmctfy__agent__host_state__descriptor 
   containers__lmctfy__agent__host_state__enum_values_by_name,
   1,
   containers__lmctfy__agent__host_state__value_ranges,
+  NULL,NULL,NULL,NULL   /* reserved[1234] */
+};
+static const ProtobufCEnumValue containers__lmctfy__agent__host_change__enum_values_by_number[5] =
+{
+  { "HOST_CHANGE_UNSPECIFIED", "CONTAINERS__LMCTFY__AGENT__HOST_CHANGE__HOST_CHANGE_UNSPECIFIED", 0 },
+  { "HOST_LISTED", "CONTAINERS__LMCTFY__AGENT__HOST_CHANGE__HOST_LISTED", 1 },
+  { "HOST_UP", "CONTAINERS__LMCTFY__AGENT__HOST_CHANGE__HOST_UP", 2 },
+  { "HOST_DOWN", "CONTAINERS__LMCTFY__AGENT__HOST_CHANGE__HOST_DOWN", 3 },
+  { "HOST_CHANGED", "CONTAINERS__LMCTFY__AGENT__HOST_CHANGE__HOST_CHANGED", 4 },
+};
+static const ProtobufCIntRange containers__lmctfy__agent__host_change__value_ranges[] = {
+{0, 0},{0, 5}
+};
+static const ProtobufCEnumValueIndex containers__lmctfy__agent__host_change__enum_values_by_name[5] =
+{
+  { "HOST_CHANGED", 4 },
+  { "HOST_CHANGE_UNSPECIFIED", 0 },
+  { "HOST_DOWN", 3 },
+  { "HOST_LISTED", 1 },
+  { "HOST_UP", 2 },
+};
+const ProtobufCEnumDescriptor containers__lmctfy__agent__host_change__descriptor =
+{
+  PROTOBUF_C__ENUM_DESCRIPTOR_MAGIC,
+  "containers.lmctfy.agent.HostChange",
+  "HostChange",
+  "Containers__Lmctfy__Agent__HostChange",
+  "containers.lmctfy.agent",
+  5,
+  containers__lmctfy__agent__host_change__enum_values_by_number,
+  5,
+  containers__lmctfy__agent__host_change__enum_values_by_name,
+  1,
+  containers__lmctfy__agent__host_change__value_ranges,
   NULL,NULL,NULL,NULL   /* reserved[1234] */
 };

@@ -10,6 +10,7 @@
 import Glibc
 import Lmctfy
 @testable import LmctfyAgent
+@testable import LmctfyEvents
 import LmctfyProto
 import LmctfyRPC
 import LmctfySystem

@@ -7,6 +7,7 @@ import Foundation
 import Glibc
 import Lmctfy
 import LmctfyAgent
+import LmctfyEvents
 import LmctfyProto
 import LmctfyRPC
 import LmctfySystem

@@ -3,6 +3,7 @@
 // gap a resume from dropped history reports.
 import Glibc
 @testable import LmctfyAgent
+@testable import LmctfyEvents
 import LmctfyTestSupport
 import LmctfyProto
 import LmctfySystem

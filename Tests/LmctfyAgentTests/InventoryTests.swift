@@ -2,6 +2,7 @@
 // of changes done without the agent, and that the agent's own changes are
 // never reported again, even by a listing taken before or during them.
 @testable import LmctfyAgent
+@testable import LmctfyEvents
 import LmctfyProto
 import Testing
 

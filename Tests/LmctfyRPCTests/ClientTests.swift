@@ -17,7 +17,7 @@ func serve(fd: Int32, auth: AcceptorAuthentication) {
             switch action {
             case .write(let bytes):
                 _ = bytes.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
-            case .deliverRequest(let id, let method, let payload, _):
+            case .deliverRequest(let id, let method, let payload, _, _):
                 let now = MonotonicClock.milliseconds()
                 switch method {
                 case "Ping":

@@ -5241,6 +5241,25 @@ public enum HelloStage: Int32, ProtoEnum, CaseIterable {
     }
 }
 
+/// Protobuf enum `containers.lmctfy.agent.HostChange`.
+public enum HostChange: Int32, ProtoEnum, CaseIterable {
+    case hostChangeUnspecified = 0
+    case hostListed = 1
+    case hostUp = 2
+    case hostDown = 3
+    case hostChanged = 4
+
+    public var protoName: String {
+        switch self {
+        case .hostChangeUnspecified: return "HOST_CHANGE_UNSPECIFIED"
+        case .hostListed: return "HOST_LISTED"
+        case .hostUp: return "HOST_UP"
+        case .hostDown: return "HOST_DOWN"
+        case .hostChanged: return "HOST_CHANGED"
+        }
+    }
+}
+
 /// Protobuf message `containers.lmctfy.agent.HostIdentity`.
 public struct HostIdentity: ProtoMessage {
     /// Field 1 `host_name`.
@@ -7180,6 +7199,88 @@ public struct UpdateResponse: ProtoMessage {
 
     public func makeC() -> UnsafeMutableRawPointer {
         let c = CBridge.allocate(Self.protoDescriptor)
+        return c
+    }
+}
+
+/// Protobuf message `containers.lmctfy.agent.WatchHostsRequest`.
+public struct WatchHostsRequest: ProtoMessage {
+    /// Field 1 `selector`.
+    public var selector: String?
+
+    public init(
+        selector: String? = nil
+    ) {
+        self.selector = selector
+    }
+
+    public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.WatchHostsRequest")
+
+    public init(dynamic message: DynamicMessage) {
+        precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.WatchHostsRequest")
+        self.selector = message.get(1)
+    }
+
+    public var dynamic: DynamicMessage {
+        var message = DynamicMessage(Self.protoDescriptor)
+        message.set(1, selector)
+        return message
+    }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.selector = CBridge.value(c, f[0])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.set(c, f[0], selector)
+        return c
+    }
+}
+
+/// Protobuf message `containers.lmctfy.agent.WatchHostsResponse`.
+public struct WatchHostsResponse: ProtoMessage {
+    /// Field 1 `change`.
+    public var change: HostChange?
+    /// Field 2 `host`.
+    public var host: HostInfo?
+
+    public init(
+        change: HostChange? = nil,
+        host: HostInfo? = nil
+    ) {
+        self.change = change
+        self.host = host
+    }
+
+    public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.WatchHostsResponse")
+
+    public init(dynamic message: DynamicMessage) {
+        precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.WatchHostsResponse")
+        self.change = message.get(1)
+        self.host = message.get(2)
+    }
+
+    public var dynamic: DynamicMessage {
+        var message = DynamicMessage(Self.protoDescriptor)
+        message.set(1, change)
+        message.set(2, host)
+        return message
+    }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.change = CBridge.value(c, f[0])
+        self.host = CBridge.message(c, f[1])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.set(c, f[0], change)
+        CBridge.setMessage(c, f[1], host)
         return c
     }
 }

@@ -22,6 +22,8 @@ typedef struct Containers__Lmctfy__Agent__RegisterResponse Containers__Lmctfy__A
 typedef struct Containers__Lmctfy__Agent__HostInfo Containers__Lmctfy__Agent__HostInfo;
 typedef struct Containers__Lmctfy__Agent__ListHostsRequest Containers__Lmctfy__Agent__ListHostsRequest;
 typedef struct Containers__Lmctfy__Agent__ListHostsResponse Containers__Lmctfy__Agent__ListHostsResponse;
+typedef struct Containers__Lmctfy__Agent__WatchHostsRequest Containers__Lmctfy__Agent__WatchHostsRequest;
+typedef struct Containers__Lmctfy__Agent__WatchHostsResponse Containers__Lmctfy__Agent__WatchHostsResponse;
 typedef struct Containers__Lmctfy__Agent__ControllerConfig Containers__Lmctfy__Agent__ControllerConfig;
 
 
@@ -33,6 +35,26 @@ typedef enum _Containers__Lmctfy__Agent__HostState {
   CONTAINERS__LMCTFY__AGENT__HOST_STATE__HOST_DISCONNECTED = 2
     PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(CONTAINERS__LMCTFY__AGENT__HOST_STATE)
 } Containers__Lmctfy__Agent__HostState;
+typedef enum _Containers__Lmctfy__Agent__HostChange {
+  CONTAINERS__LMCTFY__AGENT__HOST_CHANGE__HOST_CHANGE_UNSPECIFIED = 0,
+  /*
+   * the state when the watch began
+   */
+  CONTAINERS__LMCTFY__AGENT__HOST_CHANGE__HOST_LISTED = 1,
+  /*
+   * registered (again)
+   */
+  CONTAINERS__LMCTFY__AGENT__HOST_CHANGE__HOST_UP = 2,
+  /*
+   * its link was lost
+   */
+  CONTAINERS__LMCTFY__AGENT__HOST_CHANGE__HOST_DOWN = 3,
+  /*
+   * registered again with a different identity (a new boot, labels)
+   */
+  CONTAINERS__LMCTFY__AGENT__HOST_CHANGE__HOST_CHANGED = 4
+    PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(CONTAINERS__LMCTFY__AGENT__HOST_CHANGE)
+} Containers__Lmctfy__Agent__HostChange;
 
 /* --- messages --- */
 
@@ -162,6 +184,38 @@ struct  Containers__Lmctfy__Agent__ListHostsResponse
 #define CONTAINERS__LMCTFY__AGENT__LIST_HOSTS_RESPONSE__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__list_hosts_response__descriptor) \
     , 0,NULL }
+
+
+/*
+ * WatchHosts (server streaming, reader): every host first (as ListHosts),
+ * then each change as it happens, until the caller cancels.
+ */
+struct  Containers__Lmctfy__Agent__WatchHostsRequest
+{
+  ProtobufCMessage base;
+  /*
+   * Next id: 2
+   */
+  char *selector;
+};
+#define CONTAINERS__LMCTFY__AGENT__WATCH_HOSTS_REQUEST__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__watch_hosts_request__descriptor) \
+    , NULL }
+
+
+struct  Containers__Lmctfy__Agent__WatchHostsResponse
+{
+  ProtobufCMessage base;
+  protobuf_c_boolean has_change;
+  Containers__Lmctfy__Agent__HostChange change;
+  /*
+   * Next id: 3
+   */
+  Containers__Lmctfy__Agent__HostInfo *host;
+};
+#define CONTAINERS__LMCTFY__AGENT__WATCH_HOSTS_RESPONSE__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__watch_hosts_response__descriptor) \
+    , 0, CONTAINERS__LMCTFY__AGENT__HOST_CHANGE__HOST_CHANGE_UNSPECIFIED, NULL }
 
 
 struct  Containers__Lmctfy__Agent__ControllerConfig
@@ -328,6 +382,44 @@ Containers__Lmctfy__Agent__ListHostsResponse *
 void   containers__lmctfy__agent__list_hosts_response__free_unpacked
                      (Containers__Lmctfy__Agent__ListHostsResponse *message,
                       ProtobufCAllocator *allocator);
+/* Containers__Lmctfy__Agent__WatchHostsRequest methods */
+void   containers__lmctfy__agent__watch_hosts_request__init
+                     (Containers__Lmctfy__Agent__WatchHostsRequest         *message);
+size_t containers__lmctfy__agent__watch_hosts_request__get_packed_size
+                     (const Containers__Lmctfy__Agent__WatchHostsRequest   *message);
+size_t containers__lmctfy__agent__watch_hosts_request__pack
+                     (const Containers__Lmctfy__Agent__WatchHostsRequest   *message,
+                      uint8_t             *out);
+size_t containers__lmctfy__agent__watch_hosts_request__pack_to_buffer
+                     (const Containers__Lmctfy__Agent__WatchHostsRequest   *message,
+                      ProtobufCBuffer     *buffer);
+Containers__Lmctfy__Agent__WatchHostsRequest *
+       containers__lmctfy__agent__watch_hosts_request__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   containers__lmctfy__agent__watch_hosts_request__free_unpacked
+                     (Containers__Lmctfy__Agent__WatchHostsRequest *message,
+                      ProtobufCAllocator *allocator);
+/* Containers__Lmctfy__Agent__WatchHostsResponse methods */
+void   containers__lmctfy__agent__watch_hosts_response__init
+                     (Containers__Lmctfy__Agent__WatchHostsResponse         *message);
+size_t containers__lmctfy__agent__watch_hosts_response__get_packed_size
+                     (const Containers__Lmctfy__Agent__WatchHostsResponse   *message);
+size_t containers__lmctfy__agent__watch_hosts_response__pack
+                     (const Containers__Lmctfy__Agent__WatchHostsResponse   *message,
+                      uint8_t             *out);
+size_t containers__lmctfy__agent__watch_hosts_response__pack_to_buffer
+                     (const Containers__Lmctfy__Agent__WatchHostsResponse   *message,
+                      ProtobufCBuffer     *buffer);
+Containers__Lmctfy__Agent__WatchHostsResponse *
+       containers__lmctfy__agent__watch_hosts_response__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   containers__lmctfy__agent__watch_hosts_response__free_unpacked
+                     (Containers__Lmctfy__Agent__WatchHostsResponse *message,
+                      ProtobufCAllocator *allocator);
 /* Containers__Lmctfy__Agent__ControllerConfig methods */
 void   containers__lmctfy__agent__controller_config__init
                      (Containers__Lmctfy__Agent__ControllerConfig         *message);
@@ -367,6 +459,12 @@ typedef void (*Containers__Lmctfy__Agent__ListHostsRequest_Closure)
 typedef void (*Containers__Lmctfy__Agent__ListHostsResponse_Closure)
                  (const Containers__Lmctfy__Agent__ListHostsResponse *message,
                   void *closure_data);
+typedef void (*Containers__Lmctfy__Agent__WatchHostsRequest_Closure)
+                 (const Containers__Lmctfy__Agent__WatchHostsRequest *message,
+                  void *closure_data);
+typedef void (*Containers__Lmctfy__Agent__WatchHostsResponse_Closure)
+                 (const Containers__Lmctfy__Agent__WatchHostsResponse *message,
+                  void *closure_data);
 typedef void (*Containers__Lmctfy__Agent__ControllerConfig_Closure)
                  (const Containers__Lmctfy__Agent__ControllerConfig *message,
                   void *closure_data);
@@ -377,12 +475,15 @@ typedef void (*Containers__Lmctfy__Agent__ControllerConfig_Closure)
 /* --- descriptors --- */
 
 extern const ProtobufCEnumDescriptor    containers__lmctfy__agent__host_state__descriptor;
+extern const ProtobufCEnumDescriptor    containers__lmctfy__agent__host_change__descriptor;
 extern const ProtobufCMessageDescriptor containers__lmctfy__agent__host_identity__descriptor;
 extern const ProtobufCMessageDescriptor containers__lmctfy__agent__register_request__descriptor;
 extern const ProtobufCMessageDescriptor containers__lmctfy__agent__register_response__descriptor;
 extern const ProtobufCMessageDescriptor containers__lmctfy__agent__host_info__descriptor;
 extern const ProtobufCMessageDescriptor containers__lmctfy__agent__list_hosts_request__descriptor;
 extern const ProtobufCMessageDescriptor containers__lmctfy__agent__list_hosts_response__descriptor;
+extern const ProtobufCMessageDescriptor containers__lmctfy__agent__watch_hosts_request__descriptor;
+extern const ProtobufCMessageDescriptor containers__lmctfy__agent__watch_hosts_response__descriptor;
 extern const ProtobufCMessageDescriptor containers__lmctfy__agent__controller_config__descriptor;
 
 PROTOBUF_C__END_DECLS

@@ -63,7 +63,7 @@ struct Model {
                 require(!established, "\(what): established twice")
                 established = true
                 peerMax = info.maxFrameBytes
-            case .deliverRequest(let id, _, _, _):
+            case .deliverRequest(let id, _, _, _, _):
                 require(peerOpened(id), "\(what): request on stream \(id) with our parity")
                 require(!incoming.contains(id), "\(what): stream \(id) delivered twice")
                 incoming.append(id)

@@ -9,21 +9,21 @@ import LmctfySystem
 import Synchronization
 
 /// Which events a subscriber wants.
-struct EventFilter: Equatable {
+public struct EventFilter: Equatable, Sendable {
     /// An absolute container name; nil: every container.
-    var container: String?
+    public var container: String?
     /// With `container`: everything below it too.
-    var recursive = false
+    public var recursive = false
     /// Empty: every kind.
-    var kinds: Set<ContainerEventKind> = []
+    public var kinds: Set<ContainerEventKind> = []
 
     /// Every event of every container.
-    init() {}
+    public init() {}
 
     /// A Subscribe request's filter, its name resolved by `resolve` as every
     /// other method resolves names (the backend's). INVALID_ARGUMENT for a
     /// bad name, or for `recursive` without one.
-    init(_ r: SubscribeRequest, resolve: (String) throws(LmctfyError) -> String) throws(LmctfyError) {
+    public init(_ r: SubscribeRequest, resolve: (String) throws(LmctfyError) -> String) throws(LmctfyError) {
         recursive = r.recursive ?? false
         kinds = Set(r.kinds)
         if let name = r.name {
@@ -33,7 +33,7 @@ struct EventFilter: Equatable {
         }
     }
 
-    func matches(_ e: ContainerEvent) -> Bool {
+    public func matches(_ e: ContainerEvent) -> Bool {
         if !kinds.isEmpty && !kinds.contains(e.kind ?? .containerEventUnspecified) { return false }
         guard let container else { return true }
         let name = e.container ?? ""
@@ -50,20 +50,24 @@ struct EventFilter: Equatable {
 /// samples coalesce to the latest per container, other events queue up to
 /// `buffer`, past which the subscription ends "lagged". A subscriber without
 /// credit is sent everything as it comes, bounded by its connection.
-final class EventHub {
-    struct Key: Hashable {
-        let conn: Int
-        let stream: UInt32
+public final class EventHub {
+    public struct Key: Hashable, Sendable {
+        public let conn: Int
+        public let stream: UInt32
+        public init(conn: Int, stream: UInt32) {
+            self.conn = conn
+            self.stream = stream
+        }
     }
 
     /// One response waiting for credit: its sequence (0 for a gap or the
     /// caught-up marker, which keep their place) and bytes.
-    struct Waiting {
+    public struct Waiting {
         let sequence: UInt64
         let bytes: [UInt8]
     }
 
-    struct Subscriber {
+    public struct Subscriber {
         let filter: EventFilter
         /// The sequence of the last event sent on this stream (0: none yet).
         var lastSent: UInt64
@@ -82,24 +86,24 @@ final class EventHub {
 
     /// Sends one response on a subscriber's stream; false when it cannot
     /// take it (its connection is past its limit: it lags).
-    typealias Deliver = (Key, [UInt8]) -> Bool
+    public typealias Deliver = (Key, [UInt8]) -> Bool
     /// Ends a subscription that lags, naming the last event sent.
-    typealias Lagged = (Key, UInt64) -> Void
+    public typealias Lagged = (Key, UInt64) -> Void
 
-    let log: EventLog
+    public let log: EventLog
     /// Events held for one flow-controlled subscriber without credit.
     let buffer: Int
-    private(set) var subscribers: [Key: Subscriber] = [:] {
+    public private(set) var subscribers: [Key: Subscriber] = [:] {
         didSet { active.store(!subscribers.isEmpty, ordering: .releasing) }
     }
     /// Whether anyone subscribes: read by recording threads, so that an
     /// event wakes the loop only when someone will get it.
-    let active = Atomic<Bool>(false)
+    public let active = Atomic<Bool>(false)
     /// Every event up to this sequence has been handed to the subscribers
     /// that were there when it was.
     private(set) var published: UInt64
 
-    init(log: EventLog, buffer: Int = 1024) {
+    public init(log: EventLog, buffer: Int = 1024) {
         self.log = log
         self.buffer = buffer
         published = log.newest
@@ -109,7 +113,7 @@ final class EventHub {
     /// first (a gap, then the kept events after the resume point up to what
     /// has been published, then `caught_up`; the rest comes live). The
     /// subscriber is added; `credit` (nil: none) says how many it takes.
-    func subscribe(_ key: Key, _ r: SubscribeRequest, filter: EventFilter, credit: Int? = nil) throws(LmctfyError) -> [SubscribeResponse] {
+    public func subscribe(_ key: Key, _ r: SubscribeRequest, filter: EventFilter, credit: Int? = nil) throws(LmctfyError) -> [SubscribeResponse] {
         var first: [SubscribeResponse] = []
         var lastSent = published
         if let after = r.afterSequence {
@@ -143,18 +147,18 @@ final class EventHub {
         return first
     }
 
-    func remove(_ key: Key) {
+    public func remove(_ key: Key) {
         subscribers[key] = nil
     }
 
     /// The responses `subscribe` returned, for a flow-controlled subscriber:
     /// they wait for its credit like any event.
-    func hold(_ key: Key, _ responses: [[UInt8]]) {
+    public func hold(_ key: Key, _ responses: [[UInt8]]) {
         for bytes in responses { subscribers[key]?.queue.append(Waiting(sequence: 0, bytes: bytes)) }
     }
 
     /// More credit from a subscriber; sends what waited for it.
-    func grant(_ key: Key, _ credit: UInt32, deliver: Deliver, lagged: Lagged) {
+    public func grant(_ key: Key, _ credit: UInt32, deliver: Deliver, lagged: Lagged) {
         guard var sub = subscribers[key], let have = sub.credit else { return }
         sub.credit = have + Int(credit)
         subscribers[key] = sub
@@ -163,7 +167,7 @@ final class EventHub {
 
     /// Sends what waits while the subscriber has credit, oldest first (a
     /// coalesced sample goes in its sequence's place).
-    func drain(_ key: Key, deliver: Deliver, lagged: Lagged) {
+    public func drain(_ key: Key, deliver: Deliver, lagged: Lagged) {
         guard var sub = subscribers[key], sub.credit != nil else { return }
         while sub.credit! > 0 {
             let head: Waiting? = sub.queueHead < sub.queue.count ? sub.queue[sub.queueHead] : nil
@@ -197,7 +201,7 @@ final class EventHub {
     /// each event encoded once. A subscriber that cannot take it (its
     /// connection, or its queue without credit, is full) is removed and
     /// `lagged` says where it got to.
-    func publish(deliver: Deliver, lagged: Lagged) {
+    public func publish(deliver: Deliver, lagged: Lagged) {
         let newest = log.newest
         guard newest > published else { return }
         let (events, dropped) = log.range(after: published, upTo: newest)

@@ -1,0 +1,425 @@
+// lmctfy-controller: agents dial in and register; clients (operators,
+// schedulers) call it on a Unix socket or TCP. A client's call that names a
+// host (Frame.host) is forwarded over that host's link as a call the
+// controller opens on the agent's connection (even stream ids), with the
+// caller's remaining deadline, its cancellation and its credit; the agent's
+// responses and status come back on the client's stream. Everything here
+// runs on one libuv loop thread (PROTOCOL.md section 9).
+import Glibc
+import LmctfyLoop
+import LmctfyProto
+import LmctfyRPC
+import LmctfySystem
+import Logging
+
+final class ControllerPeer {
+    enum Kind { case client, agent }
+    let id: Int
+    let conn: Connection
+    let kind: Kind
+    var session: Session
+    var role: AgentRole = .agentRoleUnspecified
+    var keyId: String?
+    var outbox: [UInt8] = []
+    var depth = 0
+    /// Agent link: the controller's calls on it → the client stream each serves.
+    var routedOut: [UInt32: (client: Int, stream: UInt32)] = [:]
+    /// Client: its calls → the agent link and stream each was forwarded to.
+    var routedIn: [UInt32: (agent: Int, stream: UInt32)] = [:]
+
+    init(id: Int, conn: Connection, kind: Kind, session: Session) {
+        self.id = id
+        self.conn = conn
+        self.kind = kind
+        self.session = session
+    }
+}
+
+/// The controller. `start` it, then `waitUntilStopped`, or `stop`.
+public final class Controller: @unchecked Sendable {
+    // @unchecked: the mutable state is confined to the loop thread.
+    public let settings: ControllerSettings
+    public let loop: EventLoop
+    private let logger: Logging.Logger
+    private let replay = ReplayCache()
+    private var registry: HostRegistry
+    private var listeners: [Listener] = []
+    private var peers: [Int: ControllerPeer] = [:]
+    private var nextId = 1
+    private var ticker: LoopTimer?
+    private var signals: [SignalWatcher] = []
+    private var stopping = false
+    private let finished = Latch()
+    /// WatchHosts callers: (connection, stream) and their selector.
+    private var watchers: [(conn: Int, stream: UInt32, selector: [String: String])] = []
+
+    /// The TCP ports actually bound (a port of 0 in the config picks one).
+    public private(set) var agentPort: UInt16 = 0
+    public private(set) var clientPort: UInt16?
+
+    public init(settings: ControllerSettings) throws(LmctfyError) {
+        self.settings = settings
+        loop = EventLoop(name: "lmctfy-controller")
+        var l = Logging.Logger(label: "lmctfy-controller") { label in StreamLogHandler.standardError(label: label) }
+        l.logLevel = switch settings.logLevel {
+        case .logTrace: .trace
+        case .logDebug: .debug
+        case .logWarning: .warning
+        case .logError: .error
+        default: .info
+        }
+        logger = l
+        try settings.prepareStateDir()
+        registry = try HostRegistry(store: FileHostStore(path: settings.stateDir + "/hosts"))
+    }
+
+    public func start(handleSignals: Bool = true) throws(LmctfyError) {
+        do { try loop.start() } catch { throw error.lmctfy("Starting the event loop") }
+        let result: Result<(UInt16, UInt16?), LmctfyError>
+        do {
+            result = try loop.runAndWait { () -> Result<(UInt16, UInt16?), LmctfyError> in
+                do throws(LoopError) {
+                    return .success(try self.startListeners(handleSignals: handleSignals))
+                } catch {
+                    return .failure(error.lmctfy("Starting the listeners"))
+                }
+            }
+        } catch {
+            _ = loop.shutdown()
+            throw .internalError("Starting the controller: \(error)")
+        }
+        switch result {
+        case .success(let (agents, clients)):
+            agentPort = agents
+            clientPort = clients
+        case .failure(let error):
+            _ = loop.shutdown()
+            throw error
+        }
+        logger.info("lmctfy-controller listening: clients on unix:\(settings.unixSocketPath)\(clientPort.map { " and tcp port \($0)" } ?? ""), agents on tcp port \(agentPort)")
+    }
+
+    private func startListeners(handleSignals: Bool) throws(LoopError) -> (UInt16, UInt16?) {
+        let dir = String(settings.unixSocketPath[..<(settings.unixSocketPath.lastIndex(of: "/")!)])
+        if !dir.isEmpty && !Sys.isDirectory(dir) { _ = try? Sys.mkdir(dir, mode: 0o755) }
+        do {
+            listeners.append(try UnixListener.bind(on: loop, path: settings.unixSocketPath, mode: settings.unixSocketMode) { [unowned self] c in
+                self.accept(c, kind: .client, tcp: false)
+            })
+            if let gid = settings.allowedGid { _ = chown(settings.unixSocketPath, uid_t.max, gid) }
+            var clients: UInt16?
+            if let t = settings.clientTcp {
+                let l = try TcpListener.bind(on: loop, host: t.host, port: t.port) { [unowned self] c in
+                    self.accept(c, kind: .client, tcp: true)
+                }
+                clients = l.port
+                listeners.append(l)
+            }
+            let agents = try TcpListener.bind(on: loop, host: settings.agentTcp.host, port: settings.agentTcp.port) { [unowned self] c in
+                self.accept(c, kind: .agent, tcp: true)
+            }
+            listeners.append(agents)
+            ticker = try LoopTimer.repeating(on: loop, every: .milliseconds(100)) { [unowned self] _ in self.tick() }
+            if handleSignals {
+                for s in [SIGTERM, SIGINT] {
+                    signals.append(try SignalWatcher.watch(on: loop, signal: s) { [unowned self] sig in
+                        self.logger.info("signal \(sig): shutting down")
+                        self.beginStop()
+                    })
+                }
+            }
+            return (agents.port, clients)
+        } catch {
+            for l in listeners { l.close() }
+            listeners.removeAll()
+            throw error
+        }
+    }
+
+    // MARK: Connections
+
+    private func accept(_ c: Connection, kind: ControllerPeer.Kind, tcp: Bool) {
+        if stopping {
+            c.close()
+            return
+        }
+        let auth: AcceptorAuthentication
+        if tcp {
+            guard let ring = try? Keyring(settings.keys) else { c.close(); return }
+            auth = .sharedKey(ring, replay)
+        } else {
+            guard let creds = c.peerCredentials else { c.close(); return }
+            auth = .peerCredentials(creds, settings.rolePolicy.unixPeerPolicy)
+        }
+        let now = MonotonicClock.milliseconds()
+        let id = nextId
+        nextId += 1
+        let p = ControllerPeer(id: id, conn: c, kind: kind,
+                               session: Session(acceptor: auth, name: "lmctfy-controller", limits: settings.limits, now: now))
+        peers[id] = p
+        c.onRead = { [unowned self] _, bytes in
+            guard let p = self.peers[id] else { return }
+            if p.kind == .agent { self.registry.heard(conn: id) }
+            self.perform(p, p.session.receive(bytes, now: MonotonicClock.milliseconds()))
+        }
+        c.onEOF = { [unowned self] _ in
+            guard let p = self.peers[id] else { return }
+            self.perform(p, p.session.receiveEOF(now: MonotonicClock.milliseconds()))
+            self.drop(p)
+        }
+        c.onError = { [unowned self] _, _ in
+            if let p = self.peers[id] { self.drop(p) }
+        }
+        c.resumeReading()
+        perform(p, p.session.start(now: now))
+    }
+
+    private func perform(_ p: ControllerPeer, _ actions: [SessionAction]) {
+        p.depth += 1
+        defer {
+            p.depth -= 1
+            if p.depth == 0 && !p.outbox.isEmpty && !p.conn.isClosing {
+                p.conn.write(p.outbox)
+                p.outbox = []
+            }
+        }
+        for action in actions {
+            switch action {
+            case .write(let bytes):
+                p.outbox += bytes
+            case .established(let info):
+                p.keyId = info.keyId
+                p.role = p.kind == .client ? settings.rolePolicy.role(for: info) : .agentRoleAdmin
+                logger.debug("connection \(p.id): \(info.name) (\(p.kind)) authenticated")
+            case .deliverRequest(let stream, let method, let payload, let deadline, let host):
+                if p.kind == .agent {
+                    agentCalled(p, stream, method, payload)
+                } else if let host {
+                    route(p, stream, method, payload, deadline, host)
+                } else {
+                    localCall(p, stream, method, payload)
+                }
+            case .deliverResponse(let stream, let payload):
+                guard let to = p.routedOut[stream], let client = peers[to.client] else { continue }
+                perform(client, client.session.sendResponse(streamId: to.stream, payload: payload, now: MonotonicClock.milliseconds()))
+            case .deliverStatus(let stream, let status):
+                guard let to = p.routedOut.removeValue(forKey: stream) else { continue }
+                guard let client = peers[to.client] else { continue }
+                client.routedIn[to.stream] = nil
+                perform(client, client.session.sendStatus(streamId: to.stream, status, now: MonotonicClock.milliseconds()))
+            case .cancelled(let stream, _):
+                watchers.removeAll { $0.conn == p.id && $0.stream == stream }
+                // A client cancelled (or its deadline passed): so does the agent's call.
+                guard let to = p.routedIn.removeValue(forKey: stream), let link = peers[to.agent] else { continue }
+                link.routedOut[to.stream] = nil
+                perform(link, link.session.cancel(streamId: to.stream, now: MonotonicClock.milliseconds()))
+            case .credit(let stream, let credit):
+                guard let to = p.routedIn[stream], let link = peers[to.agent] else { continue }
+                perform(link, link.session.sendCredit(streamId: to.stream, credit, now: MonotonicClock.milliseconds()))
+            case .close(let reason):
+                logger.debug("connection \(p.id) closed: \(reason)")
+                if !p.outbox.isEmpty && !p.conn.isClosing {
+                    p.conn.write(p.outbox)
+                    p.outbox = []
+                }
+                p.conn.closeAfterWrites()
+                drop(p)
+            }
+        }
+    }
+
+    private func drop(_ p: ControllerPeer) {
+        guard peers.removeValue(forKey: p.id) != nil else { return }
+        let now = MonotonicClock.milliseconds()
+        watchers.removeAll { $0.conn == p.id }
+        if p.kind == .agent, let host = registry.disconnected(conn: p.id) {
+            logger.info("host \(host) disconnected")
+            hostChanged(host, .hostDown)
+        }
+        // Calls forwarded over a lost link end for their callers; calls of a
+        // lost client end at their agents.
+        for (_, to) in p.routedOut {
+            guard let client = peers[to.client] else { continue }
+            client.routedIn[to.stream] = nil
+            perform(client, client.session.sendStatus(streamId: to.stream, CallStatus(.unavailable, "the host's link to the controller was lost"), now: now))
+        }
+        for (_, to) in p.routedIn {
+            guard let link = peers[to.agent] else { continue }
+            link.routedOut[to.stream] = nil
+            perform(link, link.session.cancel(streamId: to.stream, now: now))
+        }
+        p.routedOut.removeAll()
+        p.routedIn.removeAll()
+        if !p.conn.isClosing && !p.conn.isClosed { p.conn.closeAfterWrites() }
+        checkStopped()
+    }
+
+    private func tick() {
+        let now = MonotonicClock.milliseconds()
+        for p in Array(peers.values) { perform(p, p.session.tick(now: now)) }
+    }
+
+    // MARK: Calls
+
+    private func status(_ error: Error) -> CallStatus {
+        if let e = error as? LmctfyError { return CallStatus(e.code, e.message) }
+        return CallStatus(.invalidArgument, "\(error)")
+    }
+
+    private func answer(_ p: ControllerPeer, _ stream: UInt32, _ response: Result<[UInt8], Error>) {
+        let now = MonotonicClock.milliseconds()
+        switch response {
+        case .success(let bytes): perform(p, p.session.sendFinal(streamId: stream, payload: bytes, .ok, now: now))
+        case .failure(let error): perform(p, p.session.sendStatus(streamId: stream, status(error), now: now))
+        }
+    }
+
+    /// A call an agent makes on its link: Register only.
+    private func agentCalled(_ p: ControllerPeer, _ stream: UInt32, _ method: String, _ payload: [UInt8]) {
+        guard method == ControllerMethods.register.name else {
+            answer(p, stream, .failure(LmctfyError(.unimplemented, "an agent link may call only Register, not \(method)")))
+            return
+        }
+        do {
+            let request = try RegisterRequest(serializedBytes: payload)
+            guard let identity = request.identity, let keyId = p.keyId else {
+                throw LmctfyError.invalidArgument("Register needs an identity")
+            }
+            let before = registry.hosts[identity.hostName ?? ""]
+            let previous = try registry.register(identity, keyId: keyId, conn: p.id)
+            if let previous, let old = peers[previous] {
+                // The same host again (it reconnected before the old link was
+                // seen to drop): the new link replaces the old one.
+                perform(old, old.session.goAway(.goawayNormal, message: "replaced by a newer connection of the same host", now: MonotonicClock.milliseconds()))
+                drop(old)
+            }
+            logger.info("host \(identity.hostName ?? "") registered (key \(keyId), cgroup v\(identity.cgroupVersion ?? 0), \(identity.cpus ?? 0) cpus)")
+            answer(p, stream, .success(try RegisterResponse().serializedBytes()))
+            let changed = before?.state == .hostConnected && before?.identity != identity
+            hostChanged(identity.hostName ?? "", changed ? .hostChanged : .hostUp)
+        } catch {
+            logger.warning("connection \(p.id): registration refused: \(error)")
+            answer(p, stream, .failure(error))
+            perform(p, p.session.goAway(.goawayPermissionDenied, message: "registration refused", now: MonotonicClock.milliseconds()))
+        }
+    }
+
+    /// Tells every WatchHosts caller whose selector matches.
+    private func hostChanged(_ name: String, _ change: HostChange) {
+        guard let info = registry.hosts[name], !watchers.isEmpty,
+              let bytes = try? WatchHostsResponse(change: change, host: info).serializedBytes() else { return }
+        let now = MonotonicClock.milliseconds()
+        for w in watchers where HostRegistry.matches(info, w.selector) {
+            guard let p = peers[w.conn] else { continue }
+            perform(p, p.session.sendResponse(streamId: w.stream, payload: bytes, now: now))
+        }
+    }
+
+    /// WatchHosts: every matching host now, then the changes (the stream
+    /// stays open, holding no thread, until the caller cancels).
+    private func watchHosts(_ p: ControllerPeer, _ stream: UInt32, _ payload: [UInt8]) {
+        let now = MonotonicClock.milliseconds()
+        do {
+            let r = try WatchHostsRequest(serializedBytes: payload)
+            let selector = try HostRegistry.parse(r.selector)
+            for h in try registry.list(selector: r.selector) {
+                perform(p, p.session.sendResponse(streamId: stream, payload: try WatchHostsResponse(change: .hostListed, host: h).serializedBytes(), now: now))
+            }
+            watchers.append((p.id, stream, selector))
+        } catch {
+            answer(p, stream, .failure(error))
+        }
+    }
+
+    /// A client's call for the controller itself.
+    private func localCall(_ p: ControllerPeer, _ stream: UInt32, _ method: String, _ payload: [UInt8]) {
+        if method == ControllerMethods.watchHosts.name {
+            watchHosts(p, stream, payload)
+            return
+        }
+        let result: Result<[UInt8], Error>
+        do {
+            switch method {
+            case ControllerMethods.listHosts.name:
+                let r = try ListHostsRequest(serializedBytes: payload)
+                result = .success(try ListHostsResponse(hosts: try registry.list(selector: r.selector)).serializedBytes())
+            case AgentMethods.ping.name:
+                let r = try PingRequest(serializedBytes: payload)
+                result = .success(try PingResponse(data: r.data).serializedBytes())
+            default:
+                if AgentMethods.named(method) != nil {
+                    throw LmctfyError.invalidArgument("\(method) is an agent's method: name the host the call is for (Frame.host; lmctl --host)")
+                }
+                throw LmctfyError(.unimplemented, "unknown method \(method)")
+            }
+        } catch {
+            result = .failure(error)
+        }
+        answer(p, stream, result)
+    }
+
+    /// A client's call for a host: forwarded over the host's link.
+    private func route(_ p: ControllerPeer, _ stream: UInt32, _ method: String, _ payload: [UInt8], _ deadline: UInt64?, _ host: String) {
+        guard let info = AgentMethods.named(method) else {
+            answer(p, stream, .failure(LmctfyError(.unimplemented, "unknown method \(method)")))
+            return
+        }
+        guard info.role.allows(p.role) else {
+            answer(p, stream, .failure(LmctfyError(.permissionDenied, "Method \(method) needs the admin role")))
+            return
+        }
+        guard let linkId = registry.links[host], let link = peers[linkId] else {
+            let known = registry.hosts[host] != nil
+            answer(p, stream, .failure(LmctfyError(known ? .unavailable : .notFound,
+                                                   known ? "host \(host) is not connected" : "no host named \(host)")))
+            return
+        }
+        let now = MonotonicClock.milliseconds()
+        // What is left of the caller's deadline goes with the call.
+        let remaining: UInt32? = deadline.map { $0 > now ? UInt32(clamping: $0 - now) : 1 }
+        let (agentStream, actions) = link.session.openStream(method: method, payload: payload, deadlineMs: remaining, now: now)
+        link.routedOut[agentStream] = (p.id, stream)
+        p.routedIn[stream] = (link.id, agentStream)
+        perform(link, actions)
+    }
+
+    // MARK: Stopping
+
+    public func beginStop() {
+        _ = loop.execute { [self] in
+            guard !stopping else { return }
+            stopping = true
+            for l in listeners { l.close() }
+            listeners.removeAll()
+            for p in Array(peers.values) {
+                perform(p, p.session.goAway(.goawayNormal, message: "lmctfy-controller is shutting down", now: MonotonicClock.milliseconds()))
+                drop(p)
+            }
+            checkStopped()
+        }
+    }
+
+    private var finalized = false
+
+    private func checkStopped() {
+        guard stopping, peers.isEmpty, !finalized else { return }
+        finalized = true
+        ticker?.cancel()
+        for s in signals { s.cancel() }
+        signals.removeAll()
+        finished.signal()
+    }
+
+    public func waitUntilStopped() -> Int32 {
+        finished.wait()
+        return loop.shutdown()
+    }
+
+    public func stop() -> Int32 {
+        beginStop()
+        return waitUntilStopped()
+    }
+
+    /// The hosts and their state (tests).
+    public var hostCount: Int { (try? loop.runAndWait { self.registry.links.count }) ?? 0 }
+}

@@ -1,0 +1,65 @@
+// `lmctfy-controller [--config FILE] [--check-config] [--log-level LEVEL]`
+import Glibc
+import LmctfyProto
+import LmctfySystem
+
+/// The `lmctfy-controller` executable's entry point.
+public enum ControllerMain {
+    static let usage = """
+        usage: lmctfy-controller [--config FILE] [--check-config] [--log-level trace|debug|info|warning|error]
+          --config FILE     ControllerConfig in protobuf text format (default /etc/lmctfy/controller.conf)
+          --check-config    parse and check the config, print "config OK", exit 0 (or the error, exit 3)
+          --log-level L     override the config's log_level
+
+        """
+
+    public static func main() -> Never {
+        var configPath = "/etc/lmctfy/controller.conf"
+        var checkOnly = false
+        var level: AgentLogLevel?
+        var args = CommandLine.arguments.dropFirst()
+        while let a = args.popFirst() {
+            switch a {
+            case "--config":
+                guard let v = args.popFirst() else { fail("--config needs a file") }
+                configPath = v
+            case "--check-config": checkOnly = true
+            case "--log-level":
+                guard let v = args.popFirst() else { fail("--log-level needs a level") }
+                guard let l = ["trace": AgentLogLevel.logTrace, "debug": .logDebug, "info": .logInfo,
+                               "warning": .logWarning, "error": .logError][v] else { fail("unknown log level \"\(v)\"") }
+                level = l
+            case "-h", "--help":
+                print(usage, terminator: "")
+                exit(0)
+            default:
+                fail("unknown argument \"\(a)\"\n\(usage)")
+            }
+        }
+        var settings: ControllerSettings
+        do {
+            settings = try ControllerSettings.load(configPath)
+        } catch {
+            fail("\(error.message)", code: 3)
+        }
+        if let level { settings.logLevel = level }
+        if checkOnly {
+            print("config OK: \(configPath)")
+            exit(0)
+        }
+        Sys.ignoreSIGPIPE()
+        do {
+            let controller = try Controller(settings: settings)
+            try controller.start()
+            exit(controller.waitUntilStopped() == 0 ? 0 : 1)
+        } catch {
+            fail("\(error.message)", code: error.code.rawValue)
+        }
+    }
+
+    static func fail(_ message: String, code: Int32 = 3) -> Never {
+        let line = "lmctfy-controller: \(message)\n"
+        _ = line.withCString { write(2, $0, strlen($0)) }
+        exit(code)
+    }
+}

@@ -1,0 +1,101 @@
+// lmctfy-controller's config (ControllerConfig in proto/controller.proto,
+// protobuf text format): where clients and agents connect, the keys, roles,
+// limits and the state directory.
+import Glibc
+import LmctfyProto
+import LmctfyRPC
+import LmctfySystem
+
+public struct ControllerSettings: Sendable {
+    public var config: ControllerConfig
+    public var unixSocketPath: String
+    public var unixSocketMode: mode_t
+    public var allowedGid: UInt32?
+    /// Clients on TCP; nil: none.
+    public var clientTcp: (host: String, port: UInt16)?
+    /// Where agents dial in.
+    public var agentTcp: (host: String, port: UInt16)
+    public var keys: [String: [UInt8]]
+    public var limits: SessionLimits
+    public var logLevel: AgentLogLevel
+    public var stateDir: String
+
+    /// Parses and checks a config file's text.
+    public static func parse(_ text: String, source: String) throws(LmctfyError) -> ControllerSettings {
+        let config: ControllerConfig
+        do {
+            config = try ControllerConfig(textFormat: text)
+        } catch {
+            throw .invalidArgument("\(source):\(error.description)")
+        }
+        return try ControllerSettings(config, source: source)
+    }
+
+    /// Reads and parses the config file at `path`.
+    public static func load(_ path: String) throws(LmctfyError) -> ControllerSettings {
+        let text: String
+        do { text = try Sys.readFile(path) } catch { throw error.lmctfy(.notFound, "Reading the controller config") }
+        return try parse(text, source: path)
+    }
+
+    static func address(_ text: String, _ field: String, _ source: String) throws(LmctfyError) -> (String, UInt16) {
+        guard let colon = text.lastIndex(of: ":"), let port = UInt16(text[text.index(after: colon)...]) else {
+            throw .invalidArgument("\(source): \(field) must be host:port, not \"\(text)\"")
+        }
+        return (String(text[..<colon]), port)
+    }
+
+    init(_ c: ControllerConfig, source: String) throws(LmctfyError) {
+        config = c
+        unixSocketPath = c.unixSocketPath ?? "/run/lmctfy/controller.sock"
+        guard unixSocketPath.hasPrefix("/") else {
+            throw .invalidArgument("\(source): unix_socket_path \"\(unixSocketPath)\" must be absolute")
+        }
+        let mode = c.unixSocketMode ?? 0o660
+        guard mode <= 0o777 else { throw .invalidArgument("\(source): unix_socket_mode \(String(mode, radix: 8)) is not a file mode") }
+        unixSocketMode = mode_t(mode)
+        if let group = c.allowedGroup {
+            guard let g = getgrnam(group) else { throw .invalidArgument("\(source): allowed_group \"\(group)\" does not exist") }
+            allowedGid = g.pointee.gr_gid
+        }
+        guard let agents = c.agentAddress else {
+            throw .invalidArgument("\(source): agent_address is required (where agents dial in, host:port)")
+        }
+        agentTcp = try Self.address(agents, "agent_address", source)
+        if let t = c.tcpAddress { clientTcp = try Self.address(t, "tcp_address", source) }
+        guard let keyFile = c.keyFile else {
+            throw .invalidArgument("\(source): key_file is required (agents authenticate with a shared key)")
+        }
+        keys = try KeyFile.load(keyFile, requirePrivate: true)
+        let l = c.limits ?? AgentLimits()
+        limits = SessionLimits()
+        if let v = l.maxFrameBytes { limits.maxFrameBytes = max(1024, v) }
+        if let v = l.maxStreamsPerConnection { limits.maxStreams = max(1, v) }
+        if let v = l.helloTimeoutMs { limits.helloTimeoutMs = UInt64(max(1, v)) }
+        if let v = l.idleTimeoutMs { limits.idleTimeoutMs = UInt64(v) }
+        if let v = l.keepaliveIntervalMs { limits.keepaliveIntervalMs = UInt64(v) }
+        logLevel = c.logLevel ?? .logInfo
+        stateDir = c.stateDir ?? "/var/lib/lmctfy-controller"
+        guard stateDir.hasPrefix("/") else { throw .invalidArgument("\(source): state_dir \"\(stateDir)\" must be absolute") }
+        for binding in c.role where binding.role == nil || binding.role == .agentRoleUnspecified {
+            throw .invalidArgument("\(source): every role binding needs role: AGENT_ROLE_ADMIN or AGENT_ROLE_READER")
+        }
+    }
+
+    var rolePolicy: RolePolicy { RolePolicy(bindings: config.role, allowedGid: allowedGid) }
+
+    /// Makes the state directory (0700) if absent; refuses one that is not
+    /// a private directory of this user.
+    func prepareStateDir() throws(LmctfyError) {
+        if !Sys.isDirectory(stateDir) {
+            do { try Sys.mkdir(stateDir, mode: 0o700) } catch { throw error.lmctfy(.failedPrecondition, "Creating state_dir") }
+        }
+        var st = stat()
+        guard lstat(stateDir, &st) == 0, st.st_mode & S_IFMT == S_IFDIR, st.st_uid == geteuid() else {
+            throw .failedPrecondition("state_dir \(stateDir) must be a directory owned by the controller's user")
+        }
+        guard st.st_mode & 0o077 == 0 else {
+            throw .failedPrecondition("state_dir \(stateDir) has mode \(String(st.st_mode & 0o7777, radix: 8)): group and others must have no access (chmod 700)")
+        }
+    }
+}

@@ -1,0 +1,4 @@
+// Thin entry point: everything lives in LmctfyController.
+import LmctfyController
+
+ControllerMain.main()
