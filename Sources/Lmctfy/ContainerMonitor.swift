@@ -20,6 +20,8 @@
 // (exists? frozen? the spec?) and decides whether it is news. Watches are
 // added from the directories found, so a directory made before its parent's
 // watch saw it is found by the scan that follows the parent's watch.
+// The monitor watches from a root (the machine's, or a ContainerScope's):
+// that root's own directories give only its subcontainers, as "/" does.
 import CLmctfyShims
 import Glibc
 import LmctfySystem
@@ -59,6 +61,14 @@ public final class ContainerMonitor {
         case oom(ContainerName, Int)
         /// Its memory is under pressure.
         case memoryPressure(ContainerName, Int)
+
+        /// The container the change is about.
+        public var container: ContainerName {
+            switch self {
+            case .present(let n), .gone(let n), .freezer(let n), .populated(let n), .spec(let n): n
+            case .oom(let n, _), .memoryPressure(let n, _): n
+            }
+        }
     }
 
     /// One eventfd registration; the caller polls `fd` and calls `collect`
@@ -97,6 +107,8 @@ public final class ContainerMonitor {
     }
 
     private let api: ContainerApi
+    /// Where watching starts: only its subcontainers are reported.
+    public let root: ContainerName
     /// The one inotify descriptor: poll it, then call `readInotify`.
     public let inotifyFd: Int32
     private var entries: [ContainerName: Entry] = [:]
@@ -104,9 +116,11 @@ public final class ContainerMonitor {
     private var byWd: [Int32: (name: ContainerName, tasks: Bool)] = [:]
     private var buffer = [UInt8](repeating: 0, count: 65536)
 
+    /// A monitor of what is below `root` (the machine's root by default).
     /// INTERNAL when no inotify descriptor can be had (the per-user limit).
-    public init(api: ContainerApi) throws(LmctfyError) {
+    public init(api: ContainerApi, root: ContainerName = .root) throws(LmctfyError) {
         self.api = api
+        self.root = root
         let fd = inotify_init1(Int32(IN_CLOEXEC | IN_NONBLOCK))
         if fd < 0 {
             throw SystemError("inotify_init1", "", Glibc.errno).lmctfy(.internal, "Failed to watch the containers")
@@ -125,15 +139,15 @@ public final class ContainerMonitor {
     /// Whether `name` is watched fully (its other directories and eventfds).
     public func isFullyWatched(_ name: ContainerName) -> Bool { entries[name]?.complete == true }
 
-    /// Watches a container's directories (the root: its tasks hierarchy's
-    /// root, for the top-level containers) and, once it exists, its memory
+    /// Watches a container's directories (the monitor's root: its tasks
+    /// directory, for the containers just below it) and, once it exists, its memory
     /// eventfds. Idempotent: a second call adds what the first could not
     /// (a container still being made has no memory directory yet). Returns
     /// the new eventfds to poll and what the scan of its directory found
     /// (subdirectories made before the watch: `.present`).
     public func watch(_ name: ContainerName) -> (eventfds: [EventFd], found: [Change]) {
         let tasks = api.driver.tasksDir(name)
-        if entries[name] == nil && !name.isRoot {
+        if entries[name] == nil && name != root {
             // Only lmctfy's directories: another program's cgroup tree (a
             // service manager's slices) is not watched. A create marks its
             // directory right after making it, and that mark (IN_ATTRIB on
@@ -157,7 +171,7 @@ public final class ContainerMonitor {
                     found.append(.present(c))
                 }
             }
-            if !name.isRoot {
+            if name != root {
                 // The state files, as they are when the watch begins.
                 if entry.plan.stateFiles.values.contains(.memoryEvents) {
                     let counters = (try? tasks.readKeyValues("memory.events")) ?? [:]
@@ -166,7 +180,7 @@ public final class ContainerMonitor {
                 }
             }
         }
-        if !name.isRoot, !entry.complete, (try? api.exists(name)) == true {
+        if name != root, !entry.complete, (try? api.exists(name)) == true {
             entry.complete = true
             // Every other directory of the container, for spec writes.
             let plan = (try? api.driver.monitorPlan(name)) ?? entry.plan
@@ -227,14 +241,14 @@ public final class ContainerMonitor {
                 offset += header + Int(e.len)
                 if e.mask & UInt32(IN_Q_OVERFLOW) != 0 {
                     // Events were lost: every container may have changed.
-                    for c in entries.keys where !c.isRoot { add(.present(c)) }
+                    for c in entries.keys where c != root { add(.present(c)) }
                     continue
                 }
                 guard let (container, isTasks) = byWd[e.wd] else { continue }
                 if e.mask & UInt32(IN_IGNORED) != 0 {
                     // The directory went (or the watch was removed).
                     byWd[e.wd] = nil
-                    if isTasks && !container.isRoot { add(.gone(container)) }
+                    if isTasks && container != root { add(.gone(container)) }
                     continue
                 }
                 let isDir = e.mask & UInt32(IN_ISDIR) != 0
@@ -247,10 +261,10 @@ public final class ContainerMonitor {
                     continue
                 }
                 if name.isEmpty {
-                    if e.mask & UInt32(IN_ATTRIB) != 0 && isTasks && !container.isRoot { add(.present(container)) }
+                    if e.mask & UInt32(IN_ATTRIB) != 0 && isTasks && container != root { add(.present(container)) }
                     continue
                 }
-                guard e.mask & UInt32(IN_MODIFY) != 0, !container.isRoot, let entry = entries[container] else { continue }
+                guard e.mask & UInt32(IN_MODIFY) != 0, container != root, let entry = entries[container] else { continue }
                 if let role = entry.plan.stateFiles[name] {
                     switch role {
                     case .freezer: add(.freezer(container))

@@ -55,7 +55,11 @@ public struct ContainerName: Hashable, Sendable, Comparable, CustomStringConvert
     /// Resolves user input: checks the characters, joins a relative name onto
     /// `base` (the caller's own container), cleans `.`/`..`/`//` Plan 9 style
     /// (`..` at the root stays at the root), and checks every segment.
-    public static func resolve(_ raw: String, relativeTo base: ContainerName) throws(LmctfyError) -> ContainerName {
+    /// `within`: the container that plays the root's part (ContainerScope):
+    /// an absolute name starts there, and `..` never leaves it; `base` must
+    /// be it or below it (otherwise `within` is the base).
+    public static func resolve(_ raw: String, relativeTo base: ContainerName,
+                               within root: ContainerName = .root) throws(LmctfyError) -> ContainerName {
         guard !raw.isEmpty else { throw .invalidArgument("Container name is missing") }
         for u in raw.utf8 {
             let ok = (u >= 0x61 && u <= 0x7A) || (u >= 0x41 && u <= 0x5A) || (u >= 0x30 && u <= 0x39)
@@ -67,11 +71,13 @@ public struct ContainerName: Hashable, Sendable, Comparable, CustomStringConvert
         guard raw.utf8.count <= maxLength else {
             throw .invalidArgument("Container name is longer than \(maxLength) bytes")
         }
-        var parts = raw.hasPrefix("/") ? [] : base.components
+        let floor = root.components.count
+        let start = root.isRoot || base == root || root.isAncestor(of: base) ? base : root
+        var parts = raw.hasPrefix("/") ? root.components : start.components
         for segment in raw.split(separator: "/", omittingEmptySubsequences: true) {
             switch segment {
             case ".": continue
-            case "..": if !parts.isEmpty { parts.removeLast() }
+            case "..": if parts.count > floor { parts.removeLast() }
             default: parts.append(String(segment))
             }
         }

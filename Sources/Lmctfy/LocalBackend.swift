@@ -3,6 +3,9 @@
 // CLI and the agent share (D7: `/` refused by every verb that changes a
 // container, i.e. update, destroy, killall, pause and resume; destroy
 // without -f only when empty; killall -r deepest first) live here, once.
+// So does the mapping of names when the backend serves a part of the
+// machine (ContainerScope, the agent's root_container): every name in is
+// resolved inside its root and every name out is relative to it.
 import Glibc
 import LmctfyProto
 import LmctfySystem
@@ -28,21 +31,28 @@ public struct LocalBackend: ContainerBackend {
     /// The library instance every call goes through.
     public let api: ContainerApi
     /// Whose container `nil` names mean (lmctfy: its parent, the shell;
-    /// the agent: itself).
+    /// the agent: itself), in the machine scope.
     public let callerPid: pid_t
+    /// The part of the machine served. The machine scope: names are the
+    /// machine's, relative ones against this process's container. Another
+    /// root: names are relative to it, as the owner of a delegated
+    /// container names its subtree (its root is "/", plays the part of the
+    /// caller's container, and is refused where "/" is, D7).
+    public let scope: ContainerScope
     /// How an attached `run` runs its command.
     public let foreground: Foreground
     /// What `initMachine` does (tests record the spec instead).
     public let initMachineHook: @Sendable (InitSpec) throws(LmctfyError) -> Void
 
-    /// A backend over `api` on behalf of `callerPid`. By default an attached
-    /// `run` spawns with the caller's stdio and waits, and `initMachine`
-    /// mounts what the spec asks for.
-    public init(api: ContainerApi, callerPid: pid_t,
+    /// A backend over `api` on behalf of `callerPid`, serving `scope`. By
+    /// default an attached `run` spawns with the caller's stdio and waits,
+    /// and `initMachine` mounts what the spec asks for.
+    public init(api: ContainerApi, callerPid: pid_t, scope: ContainerScope = .machine,
                 foreground: @escaping Foreground = LocalBackend.spawnAndWait(stdio: .inherit),
                 initMachine: @escaping @Sendable (InitSpec) throws(LmctfyError) -> Void = LocalBackend.prepareMachine) {
         self.api = api
         self.callerPid = callerPid
+        self.scope = scope
         self.foreground = foreground
         self.initMachineHook = initMachine
     }
@@ -84,33 +94,66 @@ public struct LocalBackend: ContainerBackend {
         }
     }
 
-    func container(_ name: String?) throws(LmctfyError) -> Container {
-        if let name { return try api.get(name) }
-        return try api.get(api.detect(pid: callerPid))
+    // MARK: Names (the scope's mapping, both ways)
+
+    /// The machine's name for a caller's name: in the machine scope as the
+    /// library resolves it, otherwise inside the scope's root.
+    func machineName(_ name: String) throws(LmctfyError) -> ContainerName {
+        scope.isMachine ? try api.resolve(name) : try scope.resolve(name)
     }
+
+    /// The caller's name for a machine name (every name returned).
+    func callerPath(_ name: ContainerName) throws(LmctfyError) -> String {
+        guard let path = scope.path(name) else {
+            throw .internalError("Container \"\(name)\" is outside the root container \"\(scope.root)\"")
+        }
+        return path
+    }
+
+    /// The container a caller's name names; NOT_FOUND (naming it as the
+    /// caller does) if it does not exist.
+    func get(_ name: String) throws(LmctfyError) -> Container {
+        let resolved = try machineName(name)
+        guard try api.exists(resolved) else { throw .notFound("Container \"\(try callerPath(resolved))\" does not exist") }
+        return Container(name: resolved, api: api)
+    }
+
+    func container(_ name: String?) throws(LmctfyError) -> Container {
+        if let name { return try get(name) }
+        // The caller's container: the scope's root plays its part.
+        return scope.isMachine ? try api.get(api.detect(pid: callerPid)) : try get("/")
+    }
+
+    /// D7 for the scope's root as for the machine's: `message` if `name` is it.
+    func refuseRoot(_ name: ContainerName, _ message: String) throws(LmctfyError) {
+        if name == scope.root { throw .failedPrecondition(message) }
+    }
+
+    // MARK: Verbs
 
     /// Creates the container (`ContainerApi.create`); returns its absolute name.
     @discardableResult
     public func create(_ name: String, spec: ContainerSpec) throws(LmctfyError) -> String {
-        try api.create(name, spec: spec).name.path
+        let resolved = try machineName(name)
+        if resolved == scope.root { throw .alreadyExists("Can't create existing container \"/\"") }
+        return try callerPath(api.create(resolved, spec: spec).name)
     }
 
     /// Destroys the container; without `force` only an empty one. `/` is refused (D7).
     @discardableResult
     public func destroy(_ name: String, force: Bool) throws(LmctfyError) -> String {
-        let resolved = try api.resolve(name)
-        // D7: the root holds every task on the machine; never destroy it.
-        if resolved.isRoot {
-            throw .failedPrecondition("Destroying the root container \"/\" is not allowed")
-        }
+        let resolved = try machineName(name)
+        // D7: the root holds every task on the machine (or in the scope);
+        // never destroy it.
+        try refuseRoot(resolved, "Destroying the root container \"/\" is not allowed")
         // A name that is not a visible container may still have lmctfy's
         // leftovers (an interrupted create or destroy): the library
         // destroy removes them, or says NOT_FOUND.
         let container = Container(name: resolved, api: api)
+        let n = try callerPath(resolved)
         if !force, try api.exists(resolved) {
             // Only an empty container goes: the recursive destroy would
             // otherwise kill what is running in it.
-            let n = container.name
             if !(try container.subcontainers(recursive: false)).isEmpty {
                 throw .failedPrecondition("Subcontainers found in \"\(n)\"; use -f to destroy them too")
             }
@@ -122,15 +165,16 @@ public struct LocalBackend: ContainerBackend {
             }
         }
         try api.destroy(container.name)
-        return container.name.path
+        return n
     }
 
     /// Applies `spec` with `policy`; returns the absolute name.
     @discardableResult
     public func update(_ name: String, spec: ContainerSpec, policy: UpdatePolicy) throws(LmctfyError) -> String {
-        let container = try api.get(name)
+        let container = try get(name)
+        try refuseRoot(container.name, "Updating the root container \"/\" is not allowed")
         try container.update(spec, policy: policy)
-        return container.name.path
+        return try callerPath(container.name)
     }
 
     /// The container's spec as the kernel has it; `nil`: the caller's container.
@@ -145,7 +189,7 @@ public struct LocalBackend: ContainerBackend {
 
     /// Absolute names of the subcontainers, sorted.
     public func listContainers(_ name: String?, recursive: Bool) throws(LmctfyError) -> [String] {
-        try container(name).subcontainers(recursive: recursive).map(\.path)
+        try container(name).subcontainers(recursive: recursive).map { (n: ContainerName) throws(LmctfyError) in try callerPath(n) }
     }
 
     /// Pids or tids of the container, sorted.
@@ -154,19 +198,27 @@ public struct LocalBackend: ContainerBackend {
         return threads ? try c.threads(recursive: recursive) : try c.processes(recursive: recursive)
     }
 
-    /// The container of a task; `nil`: the caller.
+    /// The absolute name `name` stands for (the caller's).
     public func resolve(_ name: String) throws(LmctfyError) -> String {
-        try api.resolve(name).path
+        try callerPath(machineName(name))
     }
 
+    /// The container of a task; `nil`: the caller (the scope's root, "/").
+    /// NOT_FOUND for a task outside the scope's root.
     public func detect(_ tid: Int32?) throws(LmctfyError) -> String {
-        try api.detect(pid: tid ?? callerPid).path
+        if tid == nil && !scope.isMachine { return "/" }
+        let pid = tid ?? callerPid
+        let name = try api.detect(pid: pid)
+        guard let path = scope.path(name) else {
+            throw .notFound("TID \(pid) is outside the root container \"\(scope.root)\" that names here are relative to")
+        }
+        return path
     }
 
     /// Detached: a new session, stdio on /dev/null, not our child (D6). Attached: `foreground`.
     public func run(_ name: String, argv: [String], detached: Bool,
                     onStarted: (Int32) throws(LmctfyError) -> Void) throws(LmctfyError) -> RunOutcome {
-        let c = try api.get(name)
+        let c = try get(name)
         guard detached else { return try foreground(c, argv, onStarted) }
         let pid = try c.run(argv, options: RunOptions(fdPolicy: .detached))
         try onStarted(pid)
@@ -175,17 +227,15 @@ public struct LocalBackend: ContainerBackend {
 
     /// Moves `tids` (empty: the caller) into the container.
     public func enter(_ name: String, tids: [Int32]) throws(LmctfyError) {
-        try api.get(name).enter(tids.isEmpty ? [callerPid] : tids)
+        try get(name).enter(tids.isEmpty ? [callerPid] : tids)
     }
 
     /// Kills every process (D9); `recursive`: subcontainers first, deepest first.
     public func killAll(_ name: String, recursive: Bool) throws(LmctfyError) {
-        let c = try api.get(name)
+        let c = try get(name)
         // D7, before any subcontainer is touched: `killall -r /` would
         // otherwise empty every container on the machine and only then refuse.
-        if c.name.isRoot {
-            throw .failedPrecondition("Killing every process of the root container \"/\" is not allowed")
-        }
+        try refuseRoot(c.name, "Killing every process of the root container \"/\" is not allowed")
         if recursive {
             for sub in try c.subcontainers(recursive: true).reversed() {
                 try api.get(sub).killAll()
@@ -197,19 +247,20 @@ public struct LocalBackend: ContainerBackend {
     /// Freezes or thaws, waiting for the kernel; returns the absolute name.
     @discardableResult
     public func setPaused(_ name: String, _ paused: Bool) throws(LmctfyError) -> String {
-        let container = try api.get(name)
+        let container = try get(name)
+        try refuseRoot(container.name, "The root container \"/\" cannot be paused")
         try container.setFrozen(paused)
-        return container.name.path
+        return try callerPath(container.name)
     }
 
     /// Registers a Watch, reports the watched name, then waits (in `pollMs` slices when cancellable).
     public func notify(_ name: String, event: EventSpec, cancellation: NotifyCancellation?,
                        onWatching: (String) throws(LmctfyError) -> Void,
                        onEvent: (Int) throws(LmctfyError) -> Bool) throws(LmctfyError) {
-        let container = try api.get(name)
+        let container = try get(name)
         let watch = try container.watch(event)
         defer { watch.close() }
-        try onWatching(container.name.path)
+        try onWatching(try callerPath(container.name))
         guard let cancellation else {
             while try onEvent(try watch.wait()) {}
             return

@@ -70,6 +70,9 @@ public final class Agent: @unchecked Sendable {
     /// processes (itself and below); nil when the listing failed.
     private let listContainers: @Sendable () -> (frozen: [String: Bool], empty: [String: Bool])?
     private let api: ContainerApi
+    /// The part of the machine served (root_container): every name in a
+    /// call, a listing or an event is relative to its root.
+    private let scope: ContainerScope
     /// Every container watched from the loop (watch_containers).
     private var watcher: MachineWatcher?
     /// STATS events every stats_interval_ms (a thread of its own).
@@ -105,13 +108,17 @@ public final class Agent: @unchecked Sendable {
     public private(set) var tcpPort: UInt16?
 
     /// An agent that is not started yet: nothing is bound or running until
-    /// `start`. Names a caller leaves out mean the agent's own container.
+    /// `start`. Names a caller leaves out mean the agent's own container
+    /// (with a root_container: that root).
     public init(settings: AgentSettings, api: ContainerApi) {
         self.settings = settings
         self.loop = EventLoop(name: "lmctfy-agent")
-        // Names the caller leaves out mean the agent's own container; an
-        // attached run's stdio is /dev/null (the agent's is not the caller's).
-        let backend = LocalBackend(api: api, callerPid: Sys.getpid(), foreground: LocalBackend.spawnAndWait(stdio: .devNull))
+        let scope = ContainerScope(root: settings.rootContainer)
+        // Names the caller leaves out mean the agent's own container (or its
+        // root_container); an attached run's stdio is /dev/null (the
+        // agent's is not the caller's).
+        let backend = LocalBackend(api: api, callerPid: Sys.getpid(), scope: scope,
+                                   foreground: LocalBackend.spawnAndWait(stdio: .devNull))
         let events = EventLog(capacity: settings.eventLogCapacity)
         // PROTOCOL.md section 6.1; opened (and swept) by `start`.
         let journal = RequestJournal(directory: settings.stateDir + "/requests", bootId: events.bootId)
@@ -121,17 +128,21 @@ public final class Agent: @unchecked Sendable {
         self.log = AgentLog(level: settings.logLevel)
         self.hub = EventHub(log: events, buffer: settings.subscriberBuffer)
         self.api = api
+        self.scope = scope
         self.listContainers = {
+            // Every container below the root, by the name the agent's
+            // clients know it by.
             var out: [String: Bool] = [:]
             var hasOwn: [String: Bool] = [:]
-            let names: [ContainerName]
+            var names: [(name: ContainerName, path: String)] = []
             do throws(LmctfyError) {
-                names = try api.get(ContainerName.root).subcontainers(recursive: true)
-                for name in names {
+                for name in try api.get(scope.root).subcontainers(recursive: true) {
+                    guard let path = scope.path(name) else { continue }
+                    names.append((name, path))
                     do throws(LmctfyError) {
                         let c = try api.get(name)
-                        out[name.path] = try c.isFrozen()
-                        hasOwn[name.path] = !(try c.processes(recursive: false).isEmpty)
+                        out[path] = try c.isFrozen()
+                        hasOwn[path] = !(try c.processes(recursive: false).isEmpty)
                     } catch where error.code == .notFound {
                         // Destroyed while listed: absent from this round.
                     }
@@ -141,8 +152,8 @@ public final class Agent: @unchecked Sendable {
             }
             // Empty: no process in it nor below it (deepest first).
             var busy = hasOwn
-            for name in names.reversed() where busy[name.path] == true {
-                if let parent = name.parent, !parent.isRoot { busy[parent.path] = true }
+            for (name, path) in names.reversed() where busy[path] == true {
+                if let parent = name.parent, parent != scope.root, let p = scope.path(parent) { busy[p] = true }
             }
             return (out, busy.mapValues { !$0 })
         }
@@ -164,6 +175,11 @@ public final class Agent: @unchecked Sendable {
 
     /// Starts the loop and the listeners. Throws when a listener cannot bind.
     public func start(handleSignals: Bool = true) throws(LmctfyError) {
+        // The root_container is the agent's "/": it must be there (the agent
+        // does not make it; whoever delegates it does).
+        guard try api.exists(scope.root) else {
+            throw .failedPrecondition("root_container \(scope.root) does not exist")
+        }
         try settings.checkStateDir(create: true)
         // Watching and sampling keep a few descriptors per container open.
         Sys.raiseFileLimit()
@@ -201,18 +217,20 @@ public final class Agent: @unchecked Sendable {
 
     private func startListeners(handleSignals: Bool) throws(LmctfyError) -> UInt16? {
         if settings.watchContainers {
-            let w = try MachineWatcher(loop: loop, api: api, inventory: dispatcher.inventory, events: dispatcher.events)
+            let w = try MachineWatcher(loop: loop, api: api, scope: scope, inventory: dispatcher.inventory, events: dispatcher.events)
             try w.start()
             watcher = w
-            let api = self.api
+            let (api, scope) = (self.api, self.scope)
             dispatcher.memoryOwner.locked { $0 = Dispatcher.MemoryOwner { (path: String) throws(LmctfyError) -> String in
-                let name = try ContainerName.resolve(path, relativeTo: .root)
+                let name = try scope.resolve(path)
                 guard try api.exists(name) else { throw .notFound("Container \"\(path)\" does not exist") }
-                return try api.memoryOwner(name).path
+                // An owner at or above the root is "/" here, whose OOMs are
+                // not watched (as the machine's root's are not).
+                return scope.path(try api.memoryOwner(name)) ?? "/"
             } }
         }
         if settings.statsIntervalMs > 0 {
-            let p = StatsPublisher(api: api, inventory: dispatcher.inventory, events: dispatcher.events,
+            let p = StatsPublisher(api: api, scope: scope, inventory: dispatcher.inventory, events: dispatcher.events,
                                    intervalMs: settings.statsIntervalMs)
             p.start()
             statsPublisher = p
@@ -501,7 +519,7 @@ public final class Agent: @unchecked Sendable {
         let identity = HostIdentity(
             hostName: c.hostName, machineId: Self.machineId(), bootId: info.bootId, agentVersion: info.agentVersion,
             cgroupVersion: info.cgroupVersion, cpus: info.cpus, memoryBytes: info.memoryBytes, label: c.labels,
-            rootContainer: "/")
+            rootContainer: settings.rootContainer.path)
         let payload = (try? RegisterRequest(identity: identity).serializedBytes()) ?? []
         let (id, actions) = s.session.openStream(method: "Register", payload: payload, deadlineMs: 10_000, now: MonotonicClock.milliseconds())
         home.registerStream = id

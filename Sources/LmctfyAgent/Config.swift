@@ -2,6 +2,7 @@
 // text format. Unknown keys and bad values are errors with line:column (the
 // text format parser's); the rest is checked here, before anything starts.
 import Glibc
+import Lmctfy
 import LmctfyProto
 import LmctfyRPC
 import LmctfySystem
@@ -38,6 +39,10 @@ public struct AgentSettings: Sendable {
     /// with mode 0700 at start, and the agent refuses to start unless it is
     /// private (see `checkStateDir`).
     public var stateDir: String
+    /// The container the agent serves as "/" (root_container; default /):
+    /// every name in its calls and events is relative to it. It must exist
+    /// when the agent starts.
+    public var rootContainer: ContainerName
     /// How many events the event log keeps for resuming subscribers
     /// (event_log_capacity; default 4096).
     public var eventLogCapacity: Int
@@ -170,6 +175,7 @@ public struct AgentSettings: Sendable {
         if let v = l.maxAgentQueuedCalls { flow.agentCalls = Int(max(1, v)) }
         logLevel = c.logLevel ?? .logInfo
         stateDir = c.stateDir ?? "/var/lib/lmctfy"
+        rootContainer = try Self.rootContainer(c.rootContainer, source: source)
         let capacity = c.eventLogCapacity ?? 4096
         guard (1...1_048_576).contains(capacity) else {
             throw .invalidArgument("\(source): event_log_capacity must be 1 to 1048576, not \(capacity)")
@@ -184,6 +190,20 @@ public struct AgentSettings: Sendable {
         subscriberBuffer = Int(max(1, c.subscriberBuffer ?? 1024))
         for binding in c.role where binding.role == nil || binding.role == .agentRoleUnspecified {
             throw .invalidArgument("\(source): every role binding needs role: AGENT_ROLE_ADMIN or AGENT_ROLE_READER")
+        }
+    }
+
+    /// root_container: an absolute container name (absent: /). Whether it
+    /// exists is the agent's start's to check (it may be made later).
+    static func rootContainer(_ value: String?, source: String) throws(LmctfyError) -> ContainerName {
+        guard let value else { return .root }
+        guard value.hasPrefix("/") else {
+            throw .invalidArgument("\(source): root_container must be an absolute container name, not \"\(value)\"")
+        }
+        do {
+            return try ContainerName.resolve(value, relativeTo: .root)
+        } catch {
+            throw .invalidArgument("\(source): root_container \"\(value)\": \(error.message)")
         }
     }
 

@@ -6,7 +6,9 @@
 // decided through the Inventory, so the agent's own changes (already
 // recorded by the dispatcher) are not reported twice. A spec that may have
 // been written is read on a pool thread, a few milliseconds later, and
-// compared with the one read before.
+// compared with the one read before. Only the containers below the agent's
+// root_container are watched, and they are recorded by the names its
+// clients know (relative to that root, ContainerScope).
 import Lmctfy
 import LmctfyLoop
 import LmctfyEvents
@@ -19,6 +21,7 @@ final class MachineWatcher: @unchecked Sendable {
     // which runs on the loop thread like everything else here.
     private let loop: EventLoop
     private let api: ContainerApi
+    private let scope: ContainerScope
     private let monitor: ContainerMonitor
     private let inventory: Inventory
     private let events: EventLog
@@ -36,16 +39,17 @@ final class MachineWatcher: @unchecked Sendable {
     private var lastPressure: [ContainerName: UInt64] = [:]
     static let pressureIntervalMs: UInt64 = 1000
 
-    init(loop: EventLoop, api: ContainerApi, inventory: Inventory, events: EventLog) throws(LmctfyError) {
+    init(loop: EventLoop, api: ContainerApi, scope: ContainerScope, inventory: Inventory, events: EventLog) throws(LmctfyError) {
         self.loop = loop
         self.api = api
+        self.scope = scope
         self.inventory = inventory
         self.events = events
-        monitor = try ContainerMonitor(api: api)
+        monitor = try ContainerMonitor(api: api, root: scope.root)
     }
 
-    /// Watches the root and, through the scans that follow, every container
-    /// below it. Loop thread.
+    /// Watches the scope's root and, through the scans that follow, every
+    /// container below it. Loop thread.
     func start() throws(LmctfyError) {
         do {
             inotifyPoll = try LoopPoll(on: loop, fd: monitor.inotifyFd) { [unowned self] error in
@@ -54,7 +58,7 @@ final class MachineWatcher: @unchecked Sendable {
         } catch {
             throw error.lmctfy("Watching the containers")
         }
-        add(.root, now: true)
+        add(scope.root, now: true)
     }
 
     /// Stops every poll (loop thread); the descriptors close once their
@@ -89,7 +93,7 @@ final class MachineWatcher: @unchecked Sendable {
         }
     }
 
-    /// How many containers are watched (the root included).
+    /// How many containers are watched (the scope's root included).
     var watchedCount: Int { monitor.count }
 
     /// Watches `name` and what its scan finds: its tasks directory while it
@@ -104,9 +108,12 @@ final class MachineWatcher: @unchecked Sendable {
             for source in fds { poll(source) }
             // A write made before its directories were watched (a CLI update
             // right after the create) is found by reading the spec again.
-            if !now && !wasFull && monitor.isFullyWatched(next) && inventory.knows(next.path) { specsDue.insert(next) }
-            for case .present(let child) in found where !monitor.isWatched(child) || !inventory.knows(child.path) {
-                look(child, queue: &queue)
+            if !now && !wasFull && monitor.isFullyWatched(next), let path = scope.path(next), inventory.knows(path) {
+                specsDue.insert(next)
+            }
+            for case .present(let child) in found {
+                guard let path = scope.path(child), !monitor.isWatched(child) || !inventory.knows(path) else { continue }
+                look(child, path, queue: &queue)
             }
         }
     }
@@ -131,21 +138,22 @@ final class MachineWatcher: @unchecked Sendable {
         }
     }
 
-    /// A container that may have appeared: recorded if it exists and is
-    /// new, and watched either way (a container still being made is
-    /// watched so that its `complete` record is seen).
-    private func look(_ name: ContainerName, queue: inout [ContainerName]) {
+    /// A container that may have appeared (`path`: the clients' name for
+    /// it): recorded if it exists and is new, and watched either way (a
+    /// container still being made is watched so that its `complete` record
+    /// is seen).
+    private func look(_ name: ContainerName, _ path: String, queue: inout [ContainerName]) {
         let since = inventory.generation
         let exists = (try? api.exists(name)) ?? false
         if exists {
             let frozen = try? api.get(name).isFrozen()
-            let created = inventory.observe(name.path, exists: true, frozen: frozen, since: since)
+            let created = inventory.observe(path, exists: true, frozen: frozen, since: since)
             // The spec as it is now, so that a later write is told from it:
             // read at once for a container made behind the agent's back (its
             // maker may update it a moment later), soon for the others.
             if created, let spec = try? api.get(name).spec(), let bytes = try? spec.serializedBytes() {
-                inventory.observeSpec(name.path, bytes, since: since)
-            } else if inventory.needsSpec(name.path) {
+                inventory.observeSpec(path, bytes, since: since)
+            } else if inventory.needsSpec(path) {
                 specsDue.insert(name)
             }
         }
@@ -155,37 +163,40 @@ final class MachineWatcher: @unchecked Sendable {
     private func handle(_ changes: [ContainerMonitor.Change]) {
         var queue: [ContainerName] = []
         for change in changes {
+            // The monitor watches nothing outside the root, and never
+            // reports the root itself: every change has a client's name.
+            guard let path = scope.path(change.container), change.container != scope.root else { continue }
             switch change {
             case .present(let name):
-                look(name, queue: &queue)
+                look(name, path, queue: &queue)
             case .gone(let name):
                 let since = inventory.generation
                 if (try? api.exists(name)) != true {
                     drop(monitor.unwatch(name))
                     lastPressure = lastPressure.filter { $0.key != name && !name.isAncestor(of: $0.key) }
-                    inventory.observe(name.path, exists: false, frozen: nil, since: since)
+                    inventory.observe(path, exists: false, frozen: nil, since: since)
                 }
             case .freezer(let name):
                 let since = inventory.generation
                 if let frozen = try? api.get(name).isFrozen() {
-                    inventory.observe(name.path, exists: true, frozen: frozen, since: since)
+                    inventory.observe(path, exists: true, frozen: frozen, since: since)
                 }
             case .populated(let name):
                 let since = inventory.generation
                 if let pids = try? api.get(name).processes(recursive: true) {
-                    inventory.observeEmpty(name.path, pids.isEmpty, since: since)
+                    inventory.observeEmpty(path, pids.isEmpty, since: since)
                 }
             case .spec(let name):
-                if inventory.knows(name.path) { specsDue.insert(name) }
-            case .oom(let name, _):
-                events.record(container: name.path, kind: .containerEventOom)
+                if inventory.knows(path) { specsDue.insert(name) }
+            case .oom:
+                events.record(container: path, kind: .containerEventOom)
             case .memoryPressure(let name, _):
                 // The kernel signals pressure in bursts (each reclaim
                 // round): one event per container per second says it.
                 let now = MonotonicClock.milliseconds()
                 if let last = lastPressure[name], now - last < Self.pressureIntervalMs { continue }
                 lastPressure[name] = now
-                events.record(container: name.path, kind: .containerEventMemoryPressure)
+                events.record(container: path, kind: .containerEventMemoryPressure)
             }
         }
         for name in queue { add(name) }
@@ -203,13 +214,14 @@ final class MachineWatcher: @unchecked Sendable {
         let names = specsDue
         specsDue = []
         specReading = true
-        let api = self.api
+        let (api, scope) = (self.api, self.scope)
         let inventory = self.inventory
         let started = loop.offload({
             for name in names {
                 let since = inventory.generation
-                guard let spec = try? api.get(name).spec(), let bytes = try? spec.serializedBytes() else { continue }
-                inventory.observeSpec(name.path, bytes, since: since)
+                guard let path = scope.path(name), let spec = try? api.get(name).spec(),
+                      let bytes = try? spec.serializedBytes() else { continue }
+                inventory.observeSpec(path, bytes, since: since)
             }
         }, then: { [weak self] _ in
             guard let self else { return }

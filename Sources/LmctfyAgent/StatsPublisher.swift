@@ -4,7 +4,8 @@
 // sample per container in the event log, off the loop. A sweep is bounded
 // in time: past half the interval (at most 500 ms) it stops, and the next
 // sweep begins where it stopped, so a slow machine samples less often
-// instead of falling behind.
+// instead of falling behind. The known containers are the inventory's,
+// named as the agent's clients name them (relative to its root_container).
 import Lmctfy
 import LmctfyEvents
 import LmctfyProto
@@ -12,6 +13,7 @@ import LmctfySystem
 
 final class StatsPublisher: Sendable {
     private let api: ContainerApi
+    private let scope: ContainerScope
     private let inventory: Inventory
     private let events: EventLog
     private let intervalMs: Int
@@ -20,8 +22,9 @@ final class StatsPublisher: Sendable {
     /// Sweeps made and samples recorded (for tests).
     private let counters = Mutexed((sweeps: 0, sampled: 0))
 
-    init(api: ContainerApi, inventory: Inventory, events: EventLog, intervalMs: Int) {
+    init(api: ContainerApi, scope: ContainerScope, inventory: Inventory, events: EventLog, intervalMs: Int) {
         self.api = api
+        self.scope = scope
         self.inventory = inventory
         self.events = events
         self.intervalMs = intervalMs
@@ -55,15 +58,16 @@ final class StatsPublisher: Sendable {
         var seen: UInt64 = 0
         while true {
             let start = MonotonicClock.microseconds()
-            let names = inventory.names().sorted().compactMap { try? ContainerName.resolve($0, relativeTo: .root) }
-            sampler.keep(only: Set(names))
+            // The clients' names, and the machine's that CL1 samples.
+            let names = inventory.names().sorted().compactMap { path in (try? scope.resolve(path)).map { (path, $0) } }
+            sampler.keep(only: Set(names.map(\.1)))
             var sampled = 0
             if !names.isEmpty {
                 cursor %= names.count
                 for i in 0..<names.count {
-                    let name = names[(cursor + i) % names.count]
+                    let (path, name) = names[(cursor + i) % names.count]
                     if let stats = sampler.sample(name) {
-                        events.recordStats(container: name.path, stats)
+                        events.recordStats(container: path, stats)
                         sampled += 1
                     }
                     if MonotonicClock.microseconds() - start > budgetUs {

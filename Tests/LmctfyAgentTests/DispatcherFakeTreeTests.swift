@@ -26,7 +26,8 @@ final class FakeAgentMachine: @unchecked Sendable {
     /// The pid whose container is the agent's (nil names, Detect without pid).
     static let agentPid: pid_t = 4242
 
-    init(journal: RequestJournal? = nil) throws {
+    /// `scope`: the part of the tree the backend serves (root_container).
+    init(journal: RequestJournal? = nil, scope: ContainerScope = .machine) throws {
         tree = try FakeCgroupTree(.v1, controllers: [.freezer])
         try Sys.mkdir(tree.root + "/proc")
         try tree.seed("proc", ["self"], files: ["cgroup": "7:freezer:/agent\n"])
@@ -34,7 +35,7 @@ final class FakeAgentMachine: @unchecked Sendable {
         try tree.seed("proc", ["777"], files: ["cgroup": "7:freezer:/agent/busy\n"])
         let api = try ContainerApi(mounts: tree.mounts, procRoot: tree.root + "/proc")
         let specs = initSpecs
-        let backend = LocalBackend(api: api, callerPid: Self.agentPid,
+        let backend = LocalBackend(api: api, callerPid: Self.agentPid, scope: scope,
                                    foreground: LocalBackend.spawnAndWait(stdio: .devNull),
                                    initMachine: { spec throws(LmctfyError) in specs.locked { $0.append(spec) } })
         dispatcher = Dispatcher(backend: backend, cgroupVersion: 1, events: EventLog(bootId: "fakeboot"), agentVersion: "test",
