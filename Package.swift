@@ -162,7 +162,7 @@ let package = Package(
                            "LmctfySystem", "LmctfyTestSupport"]),
         .testTarget(
             name: "LmctfyControllerTests",
-            dependencies: ["LmctfyController", "LmctfyAgent", "LmctfyEvents", "LmctlCommands", "LmctfyRPC", "Lmctfy", "LmctfyProto",
+            dependencies: ["LmctfyController", "LmctfyAgent", "LmctfyEvents", "LmctlCommands", "LmctfyCommands", "LmctfyRPC", "Lmctfy", "LmctfyProto",
                            "LmctfySystem", "LmctfyTestSupport"]),
         .testTarget(
             name: "LmctfyLoopTests",

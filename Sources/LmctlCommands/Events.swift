@@ -4,9 +4,12 @@
 //
 //   lmctl events [-f] [--after BOOT:SEQ] [--kind K ...] [-r] [-o json] [NAME]
 //   lmctl stats -f [-o json] [NAME]     (events --kind STATS -f: the samples)
+//   lmctl --controller ADDRESS events --host NAME ...   (a host's, through a controller)
 //
 // Without -f it prints what the agent keeps (after the resume point, if
 // given) and exits; with -f it goes on with the live events until killed.
+// A host's events (through a controller) name it: each text line starts
+// with the host name, each JSON object has "host" beside the event fields.
 import Glibc
 import LmctfyCommands
 import LmctfyProto
@@ -14,7 +17,7 @@ import LmctfyRPC
 import LmctfySystem
 
 enum EventsCommand {
-    static let usage = "usage: lmctl events [-f] [--after BOOT:SEQ] [--kind KIND ...] [-r] [-o json] [NAME]"
+    static let usage = "usage: lmctl events [-f] [--after BOOT:SEQ] [--kind KIND ...] [-r] [-o json] [--host NAME | --hosts SELECTOR] [NAME]"
     /// Events a follower lets the agent send ahead of what it has printed.
     static let window: UInt32 = 256
 
@@ -108,7 +111,9 @@ enum EventsCommand {
             + "\(pad(tm.tm_hour, 2)):\(pad(tm.tm_min, 2)):\(pad(tm.tm_sec, 2)).\(pad(Int32(ns / 1_000_000 % 1000), 3))Z"
     }
 
-    static func run(_ words: [String], dial: () throws(LmctfyError) -> RpcClient,
+    /// Subscribes and prints; `host`: the events are that host's (through a
+    /// controller) and every line says so.
+    static func run(_ words: [String], dial: () throws(LmctfyError) -> RpcClient, host: String? = nil,
                     stdout: any ByteSink, stderr: any ByteSink) -> Int32 {
         do {
             var o = try parse(words)
@@ -130,6 +135,9 @@ enum EventsCommand {
                     text = o.json ? "{\"gap\":\(g.jsonString())}" : gapLine(g)
                 } else {
                     return true
+                }
+                if let host {
+                    text = o.json ? String(decoding: LmctlCLI.withHost(Array(text.utf8), host), as: UTF8.self) : host + " " + text
                 }
                 text += "\n"
                 stdout.write(Array(text.utf8))

@@ -1,11 +1,26 @@
 // `lmctl`: the lmctfy verbs, run by an agent. The same argument syntax,
 // output styles and exit codes as lmctfy (it is the same dispatcher with a
 // RemoteBackend), plus `info`; the exit status is the status code the agent
-// sent (16 when it refuses to authenticate us).
+// sent (16 when it refuses us).
 //
 //   lmctl [--agent unix:///run/lmctfy/agent.sock | tcp://HOST:PORT]
 //         [--key-file FILE] <lmctfy verb> ...
 //   lmctl [--agent ...] info
+//
+// At a controller (lmctfy-controller; PROTOCOL.md section 9) the same verbs
+// run on the host a call names (Frame.host):
+//
+//   lmctl --controller unix://PATH|tcp://HOST:PORT [--key-file FILE] hosts [-o json] [SELECTOR]
+//   lmctl --controller ... --host NAME <verb> ...        that host
+//   lmctl --controller ... --hosts SELECTOR <verb> ...   every host ListHosts(SELECTOR) returns
+//
+// With --hosts the verb runs on each host in turn (sorted by name): its
+// output follows a line `== NAME` (with -o json each JSON object gains a
+// "host" field instead), its diagnostics on stderr start with `NAME: `, and
+// the exit status is the highest of the hosts' statuses (0 when all
+// succeeded). `events -f` (and `stats -f`) follow every host at once
+// instead. `events` lines name their host wherever one is named: text lines
+// start with it, JSON lines carry "host".
 import Glibc
 import LmctfyCommands
 import LmctfyProto
@@ -13,10 +28,18 @@ import LmctfyRPC
 import LmctfySystem
 
 /// The `lmctl` command line: the lmctfy verbs (and `info`) run by an agent
-/// through a RemoteBackend; exits with the status code the agent sent.
+/// through a RemoteBackend, directly or routed by a controller; exits with
+/// the status code the agent (or the controller) sent.
 public enum LmctlCLI {
-    /// The agent dialled when `--agent` is not given: the default Unix socket.
+    /// The agent dialled when neither `--agent` nor `--controller` is given:
+    /// the default Unix socket.
     public static let defaultAgent = "unix:///run/lmctfy/agent.sock"
+
+    static let usage = """
+        usage: lmctl [--agent unix://PATH|tcp://HOST:PORT] [--key-file FILE] <lmctfy verb> ... | info | events ...
+               lmctl --controller unix://PATH|tcp://HOST:PORT [--key-file FILE] hosts [-o json] [SELECTOR]
+               lmctl --controller ... (--host NAME | --hosts SELECTOR) <lmctfy verb> ... | info | events ...
+        """
 
     /// The `lmctl` executable: runs the process's arguments against stdout and
     /// stderr (file descriptors 1 and 2), then exits with the status.
@@ -26,58 +49,285 @@ public enum LmctlCLI {
         exit(status)
     }
 
-    /// Runs one command line (without the program name): `--agent` and
-    /// `--key-file` first, then an lmctfy verb or `info`. Returns the exit
-    /// status: 3 for a bad flag; otherwise as lmctfy's dispatcher decides, with
-    /// the status code the agent sent for a call that failed.
-    public static func run(_ args: [String], stdout: any ByteSink, stderr: any ByteSink) -> Int32 {
-        var agent = defaultAgent
+    /// lmctl's own flags, read before the verb (and, for `events`, among its
+    /// words too), and the words left for the verb.
+    struct Options {
+        var agent: String?
+        var controller: String?
         var keyFile: String?
+        var host: String?
+        var hosts: String?
+        var words: [String] = []
+    }
+
+    static let ownFlags: Set<String> = ["--agent", "--controller", "--key-file", "--host", "--hosts"]
+
+    /// Reads `--agent`, `--controller`, `--key-file`, `--host` and `--hosts`
+    /// (each `--flag VALUE` or `--flag=VALUE`) from the front of `args`.
+    static func parseOptions(_ args: [String]) throws(LmctfyError) -> Options {
+        var o = Options()
         var rest = args[...]
-        while let first = rest.first, first.hasPrefix("--agent") || first.hasPrefix("--key-file") {
-            let (flag, inline) = first.contains("=")
-                ? (String(first.prefix { $0 != "=" }), String(first.drop { $0 != "=" }.dropFirst()))
-                : (first, nil)
-            rest = rest.dropFirst()
-            guard let value = inline ?? rest.first.map({ String($0) }) else {
-                stderr.write(Array("\(flag) needs a value\n".utf8))
-                return StatusCode.invalidArgument.rawValue
-            }
-            if inline == nil { rest = rest.dropFirst() }
-            if flag == "--agent" { agent = value } else if flag == "--key-file" { keyFile = value } else {
-                stderr.write(Array("Unknown flag \"\(flag)\"\n".utf8))
-                return StatusCode.invalidArgument.rawValue
+        func take(_ flag: String, _ value: String) throws(LmctfyError) {
+            switch flag {
+            case "--agent": o.agent = value
+            case "--controller": o.controller = value
+            case "--key-file": o.keyFile = value
+            case "--host":
+                guard !value.isEmpty else { throw .invalidArgument("--host needs a host name") }
+                o.host = value
+            default: o.hosts = value
             }
         }
-        let (agentAddress, keys) = (agent, keyFile)
+        // Splits `--flag=value`; nil when `word` is not one of lmctl's flags.
+        func split(_ word: String) -> (String, String?)? {
+            let flag = word.contains("=") ? String(word.prefix { $0 != "=" }) : word
+            guard ownFlags.contains(flag) else { return nil }
+            return (flag, word.contains("=") ? String(word.drop { $0 != "=" }.dropFirst()) : nil)
+        }
+        while let first = rest.first, let (flag, inline) = split(first) {
+            rest = rest.dropFirst()
+            guard let value = inline ?? rest.first else { throw .invalidArgument("\(flag) needs a value") }
+            if inline == nil { rest = rest.dropFirst() }
+            try take(flag, value)
+        }
+        o.words = Array(rest)
+        // `events` takes --host and --hosts among its own words too (it has
+        // no free-form arguments that could look like them).
+        if commandWord(o.words) == "events" {
+            var kept: [String] = []
+            var i = 0
+            while i < o.words.count {
+                let w = o.words[i]
+                if let (flag, inline) = split(w), flag == "--host" || flag == "--hosts" {
+                    guard let value = inline ?? (i + 1 < o.words.count ? o.words[i + 1] : nil) else {
+                        throw .invalidArgument("\(flag) needs a value")
+                    }
+                    if inline == nil { i += 1 }
+                    try take(flag, value)
+                } else {
+                    kept.append(w)
+                }
+                i += 1
+            }
+            o.words = kept
+        }
+        if o.agent != nil && o.controller != nil {
+            throw .invalidArgument("--agent and --controller cannot be used together")
+        }
+        if o.host != nil && o.hosts != nil {
+            throw .invalidArgument("--host and --hosts cannot be used together")
+        }
+        if o.controller == nil, let flag = o.host != nil ? "--host" : o.hosts != nil ? "--hosts" : nil {
+            throw .invalidArgument("\(flag) names hosts of a controller: give --controller unix://PATH|tcp://HOST:PORT")
+        }
+        return o
+    }
+
+    /// Runs one command line (without the program name): lmctl's flags
+    /// first, then an lmctfy verb, `info`, `events` or (at a controller)
+    /// `hosts`. Returns the exit status: 3 for a bad flag; otherwise as
+    /// lmctfy's dispatcher decides, with the status code the agent (or the
+    /// controller) sent for a call that failed.
+    public static func run(_ args: [String], stdout: any ByteSink, stderr: any ByteSink) -> Int32 {
+        let o: Options
+        do {
+            o = try parseOptions(args)
+        } catch {
+            stderr.write(Array("lmctl: \(error.message)\n\(usage)\n".utf8))
+            return StatusCode.invalidArgument.rawValue
+        }
+        let (address, keys) = (o.controller ?? o.agent ?? defaultAgent, o.keyFile)
+        let flag = o.controller != nil ? "--controller" : "--agent"
+        let dialPeer: @Sendable () throws(LmctfyError) -> RpcClient = { () throws(LmctfyError) in
+            try dial(address, keyFile: keys, flag: flag)
+        }
+        let verb = commandWord(o.words)
+        guard o.controller != nil else {
+            if verb == "hosts" {
+                return usageError("hosts lists a controller's hosts: give --controller unix://PATH|tcp://HOST:PORT", stderr)
+            }
+            return runVerb(o.words, dial: dialPeer, host: nil, stdout: stdout, stderr: stderr)
+        }
+        if verb == "hosts" {
+            if o.host != nil { return usageError("hosts takes a selector (--hosts SELECTOR or hosts SELECTOR), not --host", stderr) }
+            return HostsCommand.run(o.words, selector: o.hosts, dial: dialPeer, stdout: stdout, stderr: stderr)
+        }
+        if let host = o.host {
+            return runVerb(o.words, dial: routed(dialPeer, to: host), host: host, stdout: stdout, stderr: stderr)
+        }
+        if let selector = o.hosts {
+            return fanOut(o.words, selector: selector, dial: dialPeer, stdout: stdout, stderr: stderr)
+        }
+        // Help and version never call anyone; every other verb is a host's.
+        let helpWords: Set<String> = ["help", "-h", "--help", "-V", "--version"]
+        if verb == nil || o.words.contains(where: { helpWords.contains($0) }) {
+            return runVerb(o.words, dial: dialPeer, host: nil, stdout: stdout, stderr: stderr)
+        }
+        return usageError("\(verb!) at a controller runs on a host: give --host NAME or --hosts SELECTOR "
+                              + "(`lmctl --controller \(address) hosts` lists them)", stderr)
+    }
+
+    static func usageError(_ message: String, _ stderr: any ByteSink) -> Int32 {
+        stderr.write(Array("lmctl: \(message)\n".utf8))
+        return StatusCode.invalidArgument.rawValue
+    }
+
+    /// The verb: the first word that is neither a flag nor a flag's value.
+    static func commandWord(_ words: [String]) -> String? {
+        var i = 0
+        while i < words.count {
+            let w = words[i]
+            if w == "--" { return i + 1 < words.count ? words[i + 1] : nil }
+            if ["-o", "-c", "--lmctfy_output_style", "--lmctfy_config"].contains(w) {
+                i += 2
+                continue
+            }
+            if w.hasPrefix("-") && w.count > 1 {
+                i += 1
+                continue
+            }
+            return w
+        }
+        return nil
+    }
+
+    /// Whether the words ask for JSON output (`-o json`, `--lmctfy_output_style[=]json`).
+    static func wantsJSON(_ words: [String]) -> Bool {
+        for (i, w) in words.enumerated() {
+            if w == "--lmctfy_output_style=json" { return true }
+            if (w == "-o" || w == "--lmctfy_output_style") && i + 1 < words.count && words[i + 1] == "json" { return true }
+        }
+        return false
+    }
+
+    /// The words of `events`, or of `stats -f` as the events it follows
+    /// (its STATS samples); nil for any other verb.
+    static func eventsWords(_ words: [String]) -> [String]? {
+        switch commandWord(words) {
+        case "events":
+            var w = words
+            w.remove(at: w.firstIndex(of: "events")!)
+            return w
+        case "stats" where words.contains("-f") || words.contains("--follow"):
+            var w = words.filter { $0 != "-f" && $0 != "--follow" }
+            w.remove(at: w.firstIndex(of: "stats")!)
+            return ["-f", "--kind", "STATS"] + w
+        default:
+            return nil
+        }
+    }
+
+    /// A dialler whose connections send every call to `host`.
+    static func routed(_ dial: @escaping @Sendable () throws(LmctfyError) -> RpcClient, to host: String)
+        -> @Sendable () throws(LmctfyError) -> RpcClient {
+        { () throws(LmctfyError) in
+            let client = try dial()
+            client.host = host
+            return client
+        }
+    }
+
+    /// One verb on one peer: an agent, or the host `host` through a
+    /// controller (then `events` lines name it).
+    static func runVerb(_ words: [String], dial: @escaping @Sendable () throws(LmctfyError) -> RpcClient, host: String?,
+                        stdout: any ByteSink, stderr: any ByteSink) -> Int32 {
+        let warnings = SendableSink(stderr)
         // A call that loses its agent (UNAVAILABLE) is retried once on a new
         // connection where that is safe (RemoteBackend; PROTOCOL.md 6.1).
-        let dialAgent: @Sendable () throws(LmctfyError) -> RpcClient = { () throws(LmctfyError) in
-            try dial(agentAddress, keyFile: keys)
-        }
-        let warnings = SendableSink(stderr)
         let connect: @Sendable () throws(LmctfyError) -> RemoteBackend = { () throws(LmctfyError) in
-            RemoteBackend(client: try dialAgent(), reconnect: dialAgent) { why in
+            RemoteBackend(client: try dial(), reconnect: dial) { why in
                 warnings.sink.write(Array("lmctl: \(why)\n".utf8))
             }
         }
-        let words = Array(rest)
-        if words.first(where: { !$0.hasPrefix("-") }) == "info" {
+        if let events = eventsWords(words) {
+            return EventsCommand.run(events, dial: dial, host: host, stdout: stdout, stderr: stderr)
+        }
+        if commandWord(words) == "info" {
             return info(words, connect: connect, stdout: stdout, stderr: stderr)
-        }
-        if words.first == "events" {
-            return EventsCommand.run(Array(words.dropFirst()), dial: dialAgent, stdout: stdout, stderr: stderr)
-        }
-        if words.first == "stats", words.contains("-f") || words.contains("--follow") {
-            // Following a container's stats: its STATS events.
-            let rest = words.dropFirst().filter { $0 != "-f" && $0 != "--follow" }
-            return EventsCommand.run(["-f", "--kind", "STATS"] + rest, dial: dialAgent, stdout: stdout, stderr: stderr)
         }
         // The agent's machine is the one every verb acts on, `init` included.
         let environment = CLIEnvironment(
             makeBackend: { () throws(LmctfyError) in try connect() },
             initMachine: { (spec: InitSpec) throws(LmctfyError) in try connect().initMachine(spec) })
         return LmctfyCLI.run(arguments: words, stdout: stdout, stderr: stderr, environment: environment)
+    }
+
+    /// `--hosts SELECTOR`: the verb on every matching host in turn, or, for
+    /// `events -f`, on all of them at once.
+    static func fanOut(_ words: [String], selector: String, dial: @escaping @Sendable () throws(LmctfyError) -> RpcClient,
+                       stdout: any ByteSink, stderr: any ByteSink) -> Int32 {
+        let names: [String]
+        do {
+            let client = try dial()
+            defer { client.close() }
+            let request = ListHostsRequest(selector: selector.isEmpty ? nil : selector)
+            names = try client.call(ControllerMethods.listHosts, request).hosts.compactMap { $0.identity?.hostName }
+        } catch {
+            stderr.write(Array("Command exited with error message: \(error.code.rawValue): ListHosts: \(error.message)\n".utf8))
+            return error.code.rawValue
+        }
+        guard !names.isEmpty else {
+            stderr.write(Array("Command exited with error message: \(StatusCode.notFound.rawValue): no host matches \"\(selector)\"\n".utf8))
+            return StatusCode.notFound.rawValue
+        }
+        let events = eventsWords(words)
+        if let events {
+            // Events name their host on every line: no header lines. Bad
+            // arguments are reported once, not once per host.
+            let options: EventsCommand.Options
+            do { options = try EventsCommand.parse(events) } catch {
+                stderr.write(Array("Command exited with error message: \(error.code.rawValue): \(error.message)\n".utf8))
+                return error.code.rawValue
+            }
+            if options.follow {
+                return followAll(events, names: names, dial: dial, stdout: stdout, stderr: stderr)
+            }
+        }
+        let json = wantsJSON(words)
+        var worst: Int32 = 0
+        for name in names {
+            let err = LinePrefixSink(stderr) { Array("\(name): ".utf8) + $0 }
+            let out: LinePrefixSink?
+            if events == nil && json {
+                out = LinePrefixSink(stdout) { Array(withHost($0, name)) }
+            } else {
+                if events == nil { stdout.write(Array("== \(name)\n".utf8)) }
+                out = nil
+            }
+            let status = runVerb(words, dial: routed(dial, to: name), host: name, stdout: out ?? stdout, stderr: err)
+            out?.flush()
+            err.flush()
+            worst = max(worst, status)
+        }
+        return worst
+    }
+
+    /// `events -f` on several hosts: one connection and thread per host,
+    /// lines interleaved as they come (each names its host). Returns when
+    /// every host's stream has ended: the highest of their statuses.
+    static func followAll(_ words: [String], names: [String], dial: @escaping @Sendable () throws(LmctfyError) -> RpcClient,
+                          stdout: any ByteSink, stderr: any ByteSink) -> Int32 {
+        let out = LockedSink(stdout), err = LockedSink(stderr)
+        let statuses = StatusBox()
+        let threads = names.map { name in
+            Threads.start {
+                let prefixed = LinePrefixSink(err) { Array("\(name): ".utf8) + $0 }
+                let status = EventsCommand.run(words, dial: routed(dial, to: name), host: name, stdout: out, stderr: prefixed)
+                prefixed.flush()
+                statuses.add(status)
+            }
+        }
+        for t in threads { pthread_join(t, nil) }
+        return statuses.worst
+    }
+
+    /// A JSON object line (`{...}`, with or without its newline) with a
+    /// "host" field first; other lines as they are.
+    static func withHost(_ line: [UInt8], _ host: String) -> [UInt8] {
+        guard line.first == UInt8(ascii: "{") else { return line }
+        let rest = line.dropFirst()
+        let empty = rest.first == UInt8(ascii: "}")
+        return Array("{\"host\":\(JSONFormat.quote(host))\(empty ? "" : ",")".utf8) + rest
     }
 
     /// The caller's stderr, for the retry notice (lmctl runs one verb on one
@@ -87,27 +337,71 @@ public enum LmctlCLI {
         init(_ sink: any ByteSink) { self.sink = sink }
     }
 
-    /// unix:///path or tcp://host:port (with a key file: its first key).
-    static func dial(_ agent: String, keyFile: String?) throws(LmctfyError) -> RpcClient {
-        if agent.hasPrefix("unix://") {
-            return try RpcClient.connect(unixPath: String(agent.dropFirst("unix://".count)), name: "lmctl")
+    /// A sink several threads write whole lines to.
+    final class LockedSink: ByteSink, @unchecked Sendable {
+        // @unchecked: `sink` is only written with `lock` held.
+        private let sink: any ByteSink
+        private let lock = Lock()
+        init(_ sink: any ByteSink) { self.sink = sink }
+        func write(_ bytes: [UInt8]) { lock.locked { sink.write(bytes) } }
+    }
+
+    /// The statuses of several threads.
+    final class StatusBox: @unchecked Sendable {
+        // @unchecked: `value` is only touched with `lock` held.
+        private let lock = Lock()
+        private var value: Int32 = 0
+        func add(_ status: Int32) { lock.locked { value = max(value, status) } }
+        var worst: Int32 { lock.locked { value } }
+    }
+
+    /// Rewrites what is written line by line (a line is written once it is
+    /// whole; `flush` writes a last unterminated one).
+    final class LinePrefixSink: ByteSink {
+        private let sink: any ByteSink
+        private let transform: ([UInt8]) -> [UInt8]
+        private var pending: [UInt8] = []
+        init(_ sink: any ByteSink, _ transform: @escaping ([UInt8]) -> [UInt8]) {
+            self.sink = sink
+            self.transform = transform
         }
-        if agent.hasPrefix("tcp://") {
-            let hostPort = agent.dropFirst("tcp://".count)
-            guard let colon = hostPort.lastIndex(of: ":"), let port = UInt16(hostPort[hostPort.index(after: colon)...]) else {
-                throw .invalidArgument("--agent \(agent): expected tcp://HOST:PORT")
+        func write(_ bytes: [UInt8]) {
+            pending += bytes
+            var out: [UInt8] = []
+            while let nl = pending.firstIndex(of: 10) {
+                out += transform(Array(pending[...nl]))
+                pending.removeSubrange(...nl)
             }
-            guard let keyFile else { throw .invalidArgument("--agent \(agent) needs --key-file") }
+            if !out.isEmpty { sink.write(out) }
+        }
+        func flush() {
+            guard !pending.isEmpty else { return }
+            sink.write(transform(pending))
+            pending = []
+        }
+    }
+
+    /// unix:///path or tcp://host:port (with a key file: its first key by id).
+    static func dial(_ address: String, keyFile: String?, flag: String = "--agent") throws(LmctfyError) -> RpcClient {
+        if address.hasPrefix("unix://") {
+            return try RpcClient.connect(unixPath: String(address.dropFirst("unix://".count)), name: "lmctl")
+        }
+        if address.hasPrefix("tcp://") {
+            let hostPort = address.dropFirst("tcp://".count)
+            guard let colon = hostPort.lastIndex(of: ":"), let port = UInt16(hostPort[hostPort.index(after: colon)...]) else {
+                throw .invalidArgument("\(flag) \(address): expected tcp://HOST:PORT")
+            }
+            guard let keyFile else { throw .invalidArgument("\(flag) \(address) needs --key-file") }
             let keys = try KeyFile.load(keyFile, requirePrivate: false)
             let (id, key) = keys.sorted { $0.key < $1.key }[0]
             return try RpcClient.connect(host: String(hostPort[..<colon]), port: port, keyId: id, key: key, name: "lmctl")
         }
-        throw .invalidArgument("--agent \(agent): expected unix:///PATH or tcp://HOST:PORT")
+        throw .invalidArgument("\(flag) \(address): expected unix:///PATH or tcp://HOST:PORT")
     }
 
     static func info(_ words: [String], connect: () throws(LmctfyError) -> RemoteBackend,
                      stdout: any ByteSink, stderr: any ByteSink) -> Int32 {
-        let json = words.contains("json") && words.contains("-o")
+        let json = wantsJSON(words)
         do {
             let i = try connect().machineInfo()
             if json {

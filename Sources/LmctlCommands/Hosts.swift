@@ -1,0 +1,78 @@
+// lmctl hosts: the controller's inventory (ListHosts, PROTOCOL.md section 9),
+// one line per host, sorted by name:
+//
+//   lmctl --controller ADDRESS hosts [-o json] [SELECTOR]
+//   lmctl --controller ADDRESS --hosts SELECTOR hosts [-o json]
+//
+// A line is key="value" pairs as `info` prints them: name, state
+// (connected or disconnected), since (when it last changed, UTC), cgroup
+// version, cpus, memory_bytes and labels (k=v,k=v). With -o json each line
+// is the proto3 JSON of a HostInfo. SELECTOR ("k=v,k2=v2") keeps the hosts
+// whose labels match every pair.
+import LmctfyCommands
+import LmctfyProto
+import LmctfyRPC
+import LmctfySystem
+
+enum HostsCommand {
+    static let usage = "usage: lmctl --controller ADDRESS hosts [-o json] [SELECTOR]"
+
+    static func run(_ words: [String], selector: String?, dial: () throws(LmctfyError) -> RpcClient,
+                    stdout: any ByteSink, stderr: any ByteSink) -> Int32 {
+        do throws(LmctfyError) {
+            var json = false
+            var selector = selector
+            var positional = false
+            var i = 0
+            while i < words.count {
+                let w = words[i]
+                switch w {
+                case "hosts" where !positional:
+                    positional = true
+                case "-o", "--lmctfy_output_style":
+                    i += 1
+                    guard i < words.count, ["json", "text", "pairs"].contains(words[i]) else {
+                        throw LmctfyError.invalidArgument("\(w) takes json or text\n\(usage)")
+                    }
+                    json = words[i] == "json"
+                case "--lmctfy_output_style=json": json = true
+                default:
+                    guard !w.hasPrefix("-") else { throw LmctfyError.invalidArgument("Unknown flag \"\(w)\"\n\(usage)") }
+                    guard selector == nil else { throw LmctfyError.invalidArgument("hosts takes one selector\n\(usage)") }
+                    selector = w
+                }
+                i += 1
+            }
+            let client = try dial()
+            defer { client.close() }
+            let hosts = try client.call(ControllerMethods.listHosts, ListHostsRequest(selector: selector)).hosts
+            var text = ""
+            for h in hosts {
+                text += (json ? h.jsonString() : line(h)) + "\n"
+            }
+            stdout.write(Array(text.utf8))
+            return 0
+        } catch {
+            stderr.write(Array("Command exited with error message: \(error.code.rawValue): \(error.message)\n".utf8))
+            return error.code.rawValue
+        }
+    }
+
+    /// One host as key="value" pairs.
+    static func line(_ h: HostInfo) -> String {
+        let id = h.identity ?? HostIdentity()
+        let state = switch h.state ?? .hostStateUnspecified {
+        case .hostConnected: "connected"
+        case .hostDisconnected: "disconnected"
+        default: "unknown"
+        }
+        let pairs: [(String, String)] = [
+            ("name", id.hostName ?? ""), ("state", state),
+            ("since", h.stateSinceNs.map { EventsCommand.timestamp($0) } ?? ""),
+            ("cgroup_version", String(id.cgroupVersion ?? 0)), ("cpus", String(id.cpus ?? 0)),
+            ("memory_bytes", String(id.memoryBytes ?? 0)),
+            ("labels", id.label.map { "\($0.key ?? "")=\($0.value ?? "")" }.joined(separator: ",")),
+        ]
+        return pairs.map { "\($0.0)=\"\(TextFormat.cEscape(Array($0.1.utf8)))\"" }.joined(separator: " ")
+    }
+}

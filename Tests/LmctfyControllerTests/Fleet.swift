@@ -1,0 +1,88 @@
+// The test fleet: a controller and in-process agents dialling home to it,
+// in one temp directory (used by the controller's and lmctl's tests).
+import Glibc
+import Lmctfy
+import LmctfyAgent
+import LmctfyController
+import LmctfyProto
+import LmctfyRPC
+import LmctfySystem
+import LmctfyTestSupport
+import Testing
+
+/// A controller and agents in one temp directory, all stopped and removed
+/// at the end.
+final class Fleet {
+    let dir: String
+    let keys: [String: [UInt8]]
+    var controller: LmctfyController.Controller?
+    var agents: [String: Agent] = [:]
+    private(set) var agentPort: UInt16 = 0
+    private(set) var clientPort: UInt16 = 0
+
+    init() throws {
+        dir = "/tmp/lmctfy-fleet-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try Sys.mkdir(dir, mode: 0o700)
+        var k: [String: [UInt8]] = [:]
+        for id in ["host-a", "host-b", "other", "reader", "ops"] { k[id] = Crypto.randomBytes(32) }
+        keys = k
+        let lines = k.keys.sorted().map { "\($0) \(JSONFormat.base64Encoded(k[$0]!))" }.joined(separator: "\n") + "\n"
+        try Sys.createFile(dir + "/keys", lines, mode: 0o600)
+    }
+
+    deinit {
+        for a in agents.values { _ = a.stop(graceMs: 1000) }
+        _ = controller?.stop()
+        _ = removeTree(dir)
+    }
+
+    /// Starts the controller (on the agent port it had, after a restart).
+    func startController() throws {
+        let settings = try ControllerSettings.parse("""
+            unix_socket_path: "\(dir)/controller.sock" unix_socket_mode: 0666
+            agent_address: "127.0.0.1:\(agentPort)" tcp_address: "127.0.0.1:\(clientPort)"
+            key_file: "\(dir)/keys" state_dir: "\(dir)/controller" log_level: LOG_WARNING
+            role { role: AGENT_ROLE_READER key_id: "reader" }
+            role { role: AGENT_ROLE_ADMIN key_id: "ops" }
+            """, source: "test")
+        let c = try LmctfyController.Controller(settings: settings)
+        try c.start(handleSignals: false)
+        agentPort = c.agentPort
+        clientPort = c.clientPort ?? 0
+        controller = c
+    }
+
+    func stopController() {
+        #expect(controller?.stop() == 0)
+        controller = nil
+    }
+
+    /// Starts an agent registering as `host` with key `keyId`.
+    @discardableResult
+    func startAgent(_ name: String, host: String, keyId: String, labels: [String: String] = [:]) throws -> Agent {
+        let state = "\(dir)/agent-\(name)"
+        let labelText = labels.sorted { $0.key < $1.key }.map { "label { key: \"\($0.key)\" value: \"\($0.value)\" }" }.joined(separator: " ")
+        let settings = try AgentSettings.parse("""
+            unix_socket_path: "\(state).sock" unix_socket_mode: 0666 state_dir: "\(state)" log_level: LOG_WARNING
+            stats_interval_ms: 0 reconcile_interval_ms: 0 watch_containers: false
+            key_file: "\(dir)/keys" controller_address: "127.0.0.1:\(agentPort)" controller_key_id: "\(keyId)"
+            host_name: "\(host)" reconnect_base_ms: 20 reconnect_max_ms: 200 \(labelText)
+            """, source: "test")
+        let agent = Agent(settings: settings, api: try ContainerApi.detect())
+        try agent.start(handleSignals: false)
+        agents[name] = agent
+        return agent
+    }
+
+    func stopAgent(_ name: String) {
+        #expect(agents.removeValue(forKey: name)?.stop(graceMs: 1000) == 0)
+    }
+
+    /// Waits (up to 10 s) until `n` hosts are connected.
+    func waitForHosts(_ n: Int) {
+        for _ in 0..<1000 where (controller?.hostCount ?? -1) != n { usleep(10_000) }
+        #expect(controller?.hostCount == n, "\(n) hosts connected")
+    }
+
+    func client() throws -> RpcClient { try RpcClient.connect(unixPath: dir + "/controller.sock") }
+}

@@ -1,0 +1,284 @@
+// lmctl at a controller (issue #12), the built executable against a Fleet
+// (a controller and two in-process agents, alpha in zone z1 and beta in
+// zone z2): `hosts` in text and JSON, a verb run on the host `--host`
+// names, `--hosts SELECTOR` reaching the matching hosts only, `events
+// --host` naming its host, and the errors (unknown host, host not
+// connected, a verb without a host, flags that do not go together, a
+// reader that may not create).
+import Foundation
+import Glibc
+import Lmctfy
+import LmctfyAgent
+import LmctfyCommands
+import LmctfyProto
+import LmctfyRPC
+import LmctfySystem
+import LmctfyTestSupport
+@testable import LmctlCommands
+import Testing
+
+extension Fleet {
+    /// `lmctl --controller unix://<the controller's socket> ARGS...`.
+    func lmctl(_ args: [String]) throws -> ChildResult {
+        try TestProcess.capture([builtTool("lmctl"), "--controller", "unix://\(dir)/controller.sock"] + args)
+    }
+
+    /// alpha (zone z1, tier web) and beta (zone z2), both connected.
+    static func twoHosts() throws -> Fleet {
+        let fleet = try Fleet()
+        try fleet.startController()
+        try fleet.startAgent("a", host: "alpha", keyId: "host-a", labels: ["zone": "z1", "tier": "web"])
+        try fleet.startAgent("b", host: "beta", keyId: "host-b", labels: ["zone": "z2"])
+        fleet.waitForHosts(2)
+        return fleet
+    }
+
+    /// Whether host `agent`'s event log has an event of `kind` for `name`.
+    func recorded(_ agent: String, _ kind: ContainerEventKind, _ name: String) -> Bool {
+        agents[agent]?.dispatcher.events.range(after: 0, upTo: .max).events.contains { $0.container == name && $0.kind == kind } ?? false
+    }
+}
+
+extension ChildResult {
+    var out: String { String(decoding: stdout, as: UTF8.self) }
+    var err: String { String(decoding: stderr, as: UTF8.self) }
+    var lines: [String] { out.split(separator: "\n").map(String.init) }
+}
+
+/// One line of JSON as an object.
+private func object(_ line: String) throws -> [String: Any] {
+    try #require(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any], "not a JSON object: \(line)")
+}
+
+@Suite(.enabled(if: RealCgroups.available, "\(RealCgroups.unavailableReason ?? "")"), .serialized)
+struct LmctlControllerTests {
+    @Test func hostsListsEveryHostInTextAndJSON() throws {
+        let fleet = try Fleet.twoHosts()
+        let text = try fleet.lmctl(["hosts"])
+        #expect(text.status == 0, "\(text.err)")
+        #expect(text.lines.count == 2)
+        let alpha = try #require(text.lines.first)
+        #expect(alpha.hasPrefix("name=\"alpha\" state=\"connected\" since=\""), "\(alpha)")
+        #expect(alpha.contains("labels=\"tier=web,zone=z1\""), "\(alpha)")
+        #expect(alpha.contains(" cgroup_version=\"") && !alpha.contains("cgroup_version=\"0\""), "\(alpha)")
+        #expect(alpha.contains(" cpus=\"") && !alpha.contains("cpus=\"0\""), "\(alpha)")
+        #expect(alpha.contains(" memory_bytes=\"") && !alpha.contains("memory_bytes=\"0\""), "\(alpha)")
+        #expect(text.lines.last?.hasPrefix("name=\"beta\" state=\"connected\"") == true)
+
+        // -o json (before or after the verb): one HostInfo per line.
+        for args in [["hosts", "-o", "json"], ["-o", "json", "hosts"]] {
+            let json = try fleet.lmctl(args)
+            #expect(json.status == 0, "\(json.err)")
+            let hosts = try json.lines.map(object)
+            #expect(hosts.count == 2)
+            let identity = try #require(hosts.first?["identity"] as? [String: Any])
+            #expect(identity["hostName"] as? String == "alpha")
+            #expect((identity["cpus"] as? Int ?? 0) > 0)
+            #expect(hosts.first?["state"] as? String == "HOST_CONNECTED")
+            #expect(hosts.first?["keyId"] as? String == "host-a")
+            let labels = identity["label"] as? [[String: Any]] ?? []
+            #expect(labels.contains { $0["key"] as? String == "zone" && $0["value"] as? String == "z1" })
+        }
+
+        // A selector, as an argument or with --hosts.
+        for args in [["hosts", "zone=z2"], ["--hosts", "zone=z2", "hosts"]] {
+            let z2 = try fleet.lmctl(args)
+            #expect(z2.status == 0 && z2.lines.count == 1 && z2.lines.first?.hasPrefix("name=\"beta\"") == true, "\(z2.out)\(z2.err)")
+        }
+        #expect(try fleet.lmctl(["hosts", "zone=none"]).out.isEmpty)
+
+        // A stopped host is listed as disconnected.
+        fleet.stopAgent("b")
+        fleet.waitForHosts(1)
+        #expect(try fleet.lmctl(["hosts", "zone=z2"]).lines.first?.hasPrefix("name=\"beta\" state=\"disconnected\"") == true)
+
+        // Over TCP with a key (the first of the key file): an admin key here.
+        let opsKeys = fleet.dir + "/ops.keys"
+        try Sys.createFile(opsKeys, "ops \(JSONFormat.base64Encoded(fleet.keys["ops"]!))\n", mode: 0o600)
+        let tcp = try TestProcess.capture([builtTool("lmctl"), "--controller", "tcp://127.0.0.1:\(fleet.clientPort)",
+                                           "--key-file", opsKeys, "hosts"])
+        #expect(tcp.status == 0 && tcp.lines.count == 2, "\(tcp.err)")
+    }
+
+    @Test func hostRunsTheVerbOnThatHost() throws {
+        let fleet = try Fleet.twoHosts()
+        let name = RealCgroups.uniqueName("lmctl_host")
+        defer { _ = try? ContainerApi.detect().destroy(ContainerName.resolve(name, relativeTo: .root)) }
+        let created = try fleet.lmctl(["--host", "alpha", "create", name, "cpu:{limit:500}"])
+        #expect(created.status == 0, "\(created.err)")
+        #expect(try ContainerApi.detect().exists(ContainerName.resolve(name, relativeTo: .root)))
+        // alpha made it; beta was not asked (both manage this machine, so
+        // only their event logs tell who did the work).
+        #expect(fleet.recorded("a", .containerEventCreated, name))
+        #expect(!fleet.recorded("b", .containerEventCreated, name))
+
+        let listed = try fleet.lmctl(["--host", "alpha", "list", "containers"])
+        #expect(listed.status == 0 && listed.lines.contains("name=\"\(name)\""), "\(listed.out)\(listed.err)")
+        let spec = try fleet.lmctl(["--host=alpha", "-o", "json", "spec", name])
+        #expect(spec.status == 0 && spec.out.contains("\"limit\""), "\(spec.out)\(spec.err)")
+        let info = try fleet.lmctl(["--host", "beta", "info"])
+        #expect(info.lines.contains("boot_id=\"\(fleet.agents["b"]!.dispatcher.events.bootId)\""), "\(info.out)\(info.err)")
+
+        // events: that host's, each line naming it.
+        let json = try fleet.lmctl(["--host", "alpha", "events", "-o", "json", name])
+        #expect(json.status == 0, "\(json.err)")
+        let events = try json.lines.map(object)
+        #expect(events.contains { $0["kind"] as? String == "CONTAINER_EVENT_CREATED" })
+        #expect(events.allSatisfy { $0["host"] as? String == "alpha" && $0["container"] as? String == name })
+        #expect(events.first?["bootId"] as? String == fleet.agents["a"]!.dispatcher.events.bootId)
+        // --host among events' own words; text lines start with the host.
+        let text = try fleet.lmctl(["events", "--host", "alpha", "--kind", "CREATED", name])
+        #expect(text.status == 0 && text.lines.count == 1, "\(text.out)\(text.err)")
+        #expect(text.lines.first?.hasPrefix("alpha \(fleet.agents["a"]!.dispatcher.events.bootId):") == true)
+        #expect(text.lines.first?.hasSuffix(" CREATED \(name)") == true)
+
+        let destroyed = try fleet.lmctl(["--host", "alpha", "destroy", name])
+        #expect(destroyed.status == 0, "\(destroyed.err)")
+        #expect(try !ContainerApi.detect().exists(ContainerName.resolve(name, relativeTo: .root)))
+        #expect(fleet.recorded("a", .containerEventDestroyed, name) && !fleet.recorded("b", .containerEventDestroyed, name))
+    }
+
+    @Test func hostsRunsTheVerbOnEveryMatchingHost() throws {
+        let fleet = try Fleet.twoHosts()
+        let name = RealCgroups.uniqueName("lmctl_hosts")
+        defer { _ = try? ContainerApi.detect().destroy(ContainerName.resolve(name, relativeTo: .root)) }
+        // zone=z1 is alpha alone.
+        let created = try fleet.lmctl(["--hosts", "zone=z1", "create", name, "cpu:{limit:500}"])
+        #expect(created.status == 0, "\(created.err)")
+        #expect(created.lines == ["== alpha"])
+        #expect(fleet.recorded("a", .containerEventCreated, name) && !fleet.recorded("b", .containerEventCreated, name))
+        // Every host ('' selects all), in text: a header per host.
+        let listed = try fleet.lmctl(["--hosts", "", "list", "containers"])
+        #expect(listed.status == 0, "\(listed.err)")
+        let alphaAt = try #require(listed.lines.firstIndex(of: "== alpha")), betaAt = try #require(listed.lines.firstIndex(of: "== beta"))
+        #expect(alphaAt == 0 && betaAt > alphaAt)
+        #expect(listed.lines[1..<betaAt].contains("name=\"\(name)\"") && listed.lines[betaAt...].contains("name=\"\(name)\""))
+        // In JSON: each host's document gains "host".
+        let json = try fleet.lmctl(["--hosts=", "-o", "json", "list", "containers"])
+        #expect(json.status == 0, "\(json.err)")
+        let docs = try json.lines.map(object)
+        #expect(docs.map { $0["host"] as? String } == ["alpha", "beta"])
+        #expect(docs.allSatisfy { ($0["containers"] as? [String] ?? []).contains(name) })
+        // events without -f: each host's kept events, lines naming it, no headers.
+        let events = try fleet.lmctl(["--hosts", "zone=z1", "events", "-o", "json", name])
+        #expect(events.status == 0, "\(events.err)")
+        #expect(try events.lines.map(object).allSatisfy { $0["host"] as? String == "alpha" } && !events.lines.isEmpty)
+        let destroyed = try fleet.lmctl(["--hosts", "zone=z1", "destroy", name])
+        #expect(destroyed.status == 0 && destroyed.lines == ["== alpha"], "\(destroyed.err)")
+        #expect(fleet.recorded("a", .containerEventDestroyed, name) && !fleet.recorded("b", .containerEventDestroyed, name))
+
+        // No host matches: NOT_FOUND; a bad selector: the controller's INVALID_ARGUMENT.
+        let none = try fleet.lmctl(["--hosts", "zone=none", "info"])
+        #expect(none.status == 5 && none.err.contains("no host matches \"zone=none\""), "\(none.err)")
+        let bad = try fleet.lmctl(["--hosts", "zone", "info"])
+        #expect(bad.status == 3 && bad.err.contains("key=value"), "\(bad.err)")
+
+        // One host down: the others still run, the status is the worst one,
+        // and the failing host's diagnostics name it.
+        fleet.stopAgent("b")
+        fleet.waitForHosts(1)
+        let info = try fleet.lmctl(["--hosts", "", "info"])
+        #expect(info.status == 14, "\(info.out)\(info.err)")
+        #expect(info.lines.first == "== alpha" && info.lines.contains("== beta"))
+        #expect(info.lines.contains("boot_id=\"\(fleet.agents["a"]!.dispatcher.events.bootId)\""))
+        #expect(info.err.contains("beta: Command exited with error message: 14: host beta is not connected"), "\(info.err)")
+    }
+
+    @Test func errorsAreClear() throws {
+        let fleet = try Fleet.twoHosts()
+        // The controller's answers: no such host, a host not connected.
+        let unknown = try fleet.lmctl(["--host", "gamma", "list", "containers"])
+        #expect(unknown.status == 5 && unknown.err.contains("no host named gamma"), "\(unknown.err)")
+        fleet.stopAgent("b")
+        fleet.waitForHosts(1)
+        let away = try fleet.lmctl(["--host", "beta", "list", "containers"])
+        #expect(away.status == 14 && away.err.contains("host beta is not connected"), "\(away.err)")
+        let awayEvents = try fleet.lmctl(["--host", "beta", "events"])
+        #expect(awayEvents.status == 14 && awayEvents.err.contains("host beta is not connected"), "\(awayEvents.err)")
+
+        // lmctl's own: a verb without a host at a controller, flags that do
+        // not go together, `hosts` at an agent.
+        for verb in [["list", "containers"], ["info"], ["events"]] {
+            let r = try fleet.lmctl(verb)
+            #expect(r.status == 3 && r.err.contains("give --host NAME or --hosts SELECTOR"), "\(verb): \(r.err)")
+        }
+        let both = try fleet.lmctl(["--agent", "unix://\(fleet.dir)/agent-a.sock", "hosts"])
+        #expect(both.status == 3 && both.err.contains("--agent and --controller cannot be used together"), "\(both.err)")
+        let twoWays = try fleet.lmctl(["--host", "alpha", "--hosts", "zone=z1", "info"])
+        #expect(twoWays.status == 3 && twoWays.err.contains("--host and --hosts cannot be used together"), "\(twoWays.err)")
+        let noController = try TestProcess.capture([builtTool("lmctl"), "--agent", "unix://\(fleet.dir)/agent-a.sock", "--host", "alpha", "info"])
+        #expect(noController.status == 3 && noController.err.contains("give --controller"), "\(noController.err)")
+        let atAgent = try TestProcess.capture([builtTool("lmctl"), "--agent", "unix://\(fleet.dir)/agent-a.sock", "hosts"])
+        #expect(atAgent.status == 3 && atAgent.err.contains("hosts lists a controller's hosts"), "\(atAgent.err)")
+
+        // A reader at the controller (TCP, key "reader") may list and read, not create.
+        let readerKeys = fleet.dir + "/reader.keys"
+        try Sys.createFile(readerKeys, "reader \(JSONFormat.base64Encoded(fleet.keys["reader"]!))\n", mode: 0o600)
+        let reader = [builtTool("lmctl"), "--controller", "tcp://127.0.0.1:\(fleet.clientPort)", "--key-file", readerKeys]
+        #expect(try TestProcess.capture(reader + ["--host", "alpha", "list", "containers"]).status == 0)
+        let name = RealCgroups.uniqueName("lmctl_reader")
+        defer { _ = try? ContainerApi.detect().destroy(ContainerName.resolve(name, relativeTo: .root)) }
+        let denied = try TestProcess.capture(reader + ["--host", "alpha", "create", name, "cpu:{limit:500}"])
+        #expect(denied.status == 7 && denied.err.contains("admin"), "\(denied.err)")
+    }
+}
+
+/// lmctl's own flags and output rewriting, without a controller (no root).
+struct LmctlOptionsTests {
+    @Test func flagsBeforeTheVerbAndHostAmongEventsWords() throws {
+        var o = try LmctlCLI.parseOptions(["--controller", "unix:///c.sock", "--host=alpha", "-o", "json", "spec", "/x"])
+        #expect(o.controller == "unix:///c.sock" && o.host == "alpha" && o.words == ["-o", "json", "spec", "/x"])
+        o = try LmctlCLI.parseOptions(["--controller=tcp://h:1", "--key-file", "k", "--hosts=", "info"])
+        #expect(o.hosts == "" && o.keyFile == "k" && o.words == ["info"])
+        // After the verb, --host is an argument (run's command), except for events.
+        o = try LmctlCLI.parseOptions(["--controller", "unix:///c", "--host", "a", "run", "/x", "cmd", "--host", "b"])
+        #expect(o.host == "a" && o.words == ["run", "/x", "cmd", "--host", "b"])
+        o = try LmctlCLI.parseOptions(["--controller", "unix:///c", "events", "-f", "--host", "beta", "/x"])
+        #expect(o.host == "beta" && o.words == ["events", "-f", "/x"])
+        o = try LmctlCLI.parseOptions(["--controller", "unix:///c", "-o", "json", "events", "--hosts=zone=z1"])
+        #expect(o.hosts == "zone=z1" && LmctlCLI.eventsWords(o.words) == ["-o", "json"])
+        #expect(LmctlCLI.eventsWords(["stats", "-f", "/x"]) == ["-f", "--kind", "STATS", "/x"])
+        #expect(LmctlCLI.commandWord(["-o", "json", "-r", "list", "containers"]) == "list")
+        #expect(LmctlCLI.wantsJSON(["-o", "json", "list"]) && LmctlCLI.wantsJSON(["--lmctfy_output_style=json"]) && !LmctlCLI.wantsJSON(["list", "json"]))
+
+        for (args, message) in [
+            (["--agent", "unix:///a", "--controller", "unix:///c", "hosts"], "--agent and --controller cannot be used together"),
+            (["--controller", "unix:///c", "--host", "a", "--hosts", "z=1", "info"], "--host and --hosts cannot be used together"),
+            (["--host", "a", "info"], "give --controller"),
+            (["--controller", "unix:///c", "--host"], "--host needs a value"),
+            (["--controller", "unix:///c", "--host", "", "info"], "--host needs a host name"),
+        ] {
+            #expect(throws: LmctfyError.self, "\(args)") { _ = try LmctlCLI.parseOptions(args) }
+            let (out, err) = (BufferSink(), BufferSink())
+            #expect(LmctlCLI.run(args, stdout: out, stderr: err) == 3)
+            #expect(err.text.contains(message) && out.bytes.isEmpty, "\(args): \(err.text)")
+        }
+        // A verb at a controller needs a host before anything is dialled.
+        let err = BufferSink()
+        #expect(LmctlCLI.run(["--controller", "unix:///nonexistent.sock", "list", "containers"], stdout: BufferSink(), stderr: err) == 3)
+        #expect(err.text.contains("list at a controller runs on a host: give --host NAME or --hosts SELECTOR"))
+    }
+
+    @Test func aHostIsAddedToEveryJSONObjectLine() {
+        func tagged(_ s: String) -> String { String(decoding: LmctlCLI.withHost(Array(s.utf8), "al\"pha"), as: UTF8.self) }
+        #expect(tagged("{\"a\":1}\n") == "{\"host\":\"al\\\"pha\",\"a\":1}\n")
+        #expect(tagged("{}") == "{\"host\":\"al\\\"pha\"}")
+        #expect(tagged("name=\"x\"\n") == "name=\"x\"\n")
+        // Lines are rewritten whole, however they are written.
+        let out = BufferSink()
+        let sink = LmctlCLI.LinePrefixSink(out) { Array("h: ".utf8) + $0 }
+        sink.write(Array("one\ntw".utf8))
+        sink.write(Array("o\nthree".utf8))
+        #expect(out.text == "h: one\nh: two\n")
+        sink.flush()
+        #expect(out.text == "h: one\nh: two\nh: three")
+    }
+
+    @Test func aHostLineHasItsStateCapacityAndLabels() {
+        let h = HostInfo(identity: HostIdentity(hostName: "alpha", cgroupVersion: 2, cpus: 4, memoryBytes: 1 << 30,
+                                                label: [HostLabel(key: "zone", value: "z1"), HostLabel(key: "tier", value: "web")]),
+                         state: .hostDisconnected, stateSinceNs: 1_796_002_346_757_290_745)
+        #expect(HostsCommand.line(h) == "name=\"alpha\" state=\"disconnected\" since=\"2026-11-30T01:32:26.757Z\" "
+            + "cgroup_version=\"2\" cpus=\"4\" memory_bytes=\"1073741824\" labels=\"zone=z1,tier=web\"")
+    }
+}
