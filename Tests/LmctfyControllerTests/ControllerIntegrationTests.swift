@@ -138,7 +138,7 @@ struct ControllerIntegrationTests {
         let admin = try fleet.client()
         defer { admin.close() }
         admin.host = "alpha"
-        defer { _ = try? admin.call(AgentMethods.destroy, DestroyRequest(name: name, force: true)) }
+        defer { _ = try? ContainerApi.detect().destroy(ContainerName.resolve(name, relativeTo: .root)) }
         _ = try admin.call(AgentMethods.create, CreateRequest(name: name, spec: ContainerSpec()))
         _ = try admin.call(AgentMethods.pause, PauseRequest(name: name))
         _ = try admin.call(AgentMethods.resume, ResumeRequest(name: name))

@@ -52,6 +52,9 @@ final class Fleet {
         controller = c
     }
 
+    /// Agents dial `port` (a controller process the test runs itself).
+    func agentPortOverride(_ port: UInt16) { agentPort = port }
+
     func stopController() {
         #expect(controller?.stop() == 0)
         controller = nil
