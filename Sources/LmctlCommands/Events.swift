@@ -82,6 +82,11 @@ enum EventsCommand {
     static func line(_ e: ContainerEvent) -> String {
         var parts = ["\(e.bootId ?? ""):\(e.sequence ?? 0)", timestamp(e.timestampNs ?? 0),
                      (e.kind ?? .containerEventUnspecified).protoName.replacingPrefix("CONTAINER_EVENT_"), e.container ?? ""]
+        // From a controller's fleet log: the host, and the host's own numbering.
+        if let host = e.host {
+            parts.insert(host, at: 2)
+            parts.append("host_event=\(e.hostBootId ?? ""):\(e.hostSequence ?? 0)")
+        }
         if let v = e.memoryThreshold { parts.append("threshold=\(v)") }
         if let v = e.frozen { parts.append("frozen=\(v)") }
         if let v = e.pid { parts.append("pid=\(v)") }

@@ -158,6 +158,11 @@ public enum LmctlCLI {
         if let selector = o.hosts {
             return fanOut(o.words, selector: selector, dial: dialPeer, stdout: stdout, stderr: stderr)
         }
+        // `events` without a host: the fleet's event stream, every host's
+        // events stored once by the controller (each line names its host).
+        if let events = eventsWords(o.words) {
+            return EventsCommand.run(events, dial: dialPeer, host: nil, stdout: stdout, stderr: stderr)
+        }
         // Help and version never call anyone; every other verb is a host's.
         let helpWords: Set<String> = ["help", "-h", "--help", "-V", "--version"]
         if verb == nil || o.words.contains(where: { helpWords.contains($0) }) {

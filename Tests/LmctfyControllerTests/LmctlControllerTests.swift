@@ -132,6 +132,22 @@ struct LmctlControllerTests {
         #expect(text.lines.first?.hasPrefix("alpha \(fleet.agents["a"]!.dispatcher.events.bootId):") == true)
         #expect(text.lines.first?.hasSuffix(" CREATED \(name)") == true)
 
+        // events without a host: the fleet log, every event once per host
+        // that recorded it, numbered by the controller, each naming its host.
+        var fleetEvents: [[String: Any]] = []
+        for _ in 0..<100 {
+            let all = try fleet.lmctl(["events", "-o", "json", "--kind", "CREATED", name])
+            #expect(all.status == 0, "\(all.err)")
+            fleetEvents = try all.lines.map(object)
+            if !fleetEvents.isEmpty { break }
+            usleep(50_000)
+        }
+        // Only alpha recorded it (these agents do not watch the machine).
+        #expect(fleetEvents.compactMap { $0["host"] as? String } == ["alpha"], "\(fleetEvents)")
+        #expect(fleetEvents.allSatisfy { $0["bootId"] as? String == fleet.controller?.fleetLog.id })
+        let fleetText = try fleet.lmctl(["events", "--kind", "CREATED", name])
+        #expect(fleetText.lines.contains { $0.contains(" alpha CREATED \(name) host_event=") }, "\(fleetText.out)")
+
         let destroyed = try fleet.lmctl(["--host", "alpha", "destroy", name])
         #expect(destroyed.status == 0, "\(destroyed.err)")
         #expect(try !ContainerApi.detect().exists(ContainerName.resolve(name, relativeTo: .root)))
@@ -196,9 +212,10 @@ struct LmctlControllerTests {
         let awayEvents = try fleet.lmctl(["--host", "beta", "events"])
         #expect(awayEvents.status == 14 && awayEvents.err.contains("host beta is not connected"), "\(awayEvents.err)")
 
-        // lmctl's own: a verb without a host at a controller, flags that do
-        // not go together, `hosts` at an agent.
-        for verb in [["list", "containers"], ["info"], ["events"]] {
+        // lmctl's own: a verb without a host at a controller (`events`
+        // without one is the fleet's stream), flags that do not go together,
+        // `hosts` at an agent.
+        for verb in [["list", "containers"], ["info"]] {
             let r = try fleet.lmctl(verb)
             #expect(r.status == 3 && r.err.contains("give --host NAME or --hosts SELECTOR"), "\(verb): \(r.err)")
         }
