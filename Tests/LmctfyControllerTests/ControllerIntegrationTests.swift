@@ -191,6 +191,35 @@ struct ControllerIntegrationTests {
         #expect((after.first?.sequence ?? 0) > (got[2].sequence ?? 0))
     }
 
+    /// While the controller is away the agent keeps its containers and
+    /// records events; it dials again with backoff, and the events of the
+    /// outage reach the fleet log once it is back.
+    @Test func theEventsOfAnOutageArriveWhenTheAgentIsBack() throws {
+        let fleet = try Fleet()
+        try fleet.startController()
+        try fleet.startAgent("a", host: "alpha", keyId: "host-a")
+        fleet.waitForHosts(1)
+        let name = RealCgroups.uniqueName("outage")
+        defer { _ = try? ContainerApi.detect().destroy(ContainerName.resolve(name, relativeTo: .root)) }
+        fleet.stopController()
+        let local = try RpcClient.connect(unixPath: fleet.dir + "/agent-a.sock")
+        defer { local.close() }
+        _ = try local.call(AgentMethods.create, CreateRequest(name: name, spec: ContainerSpec()))
+        _ = try local.call(AgentMethods.pause, PauseRequest(name: name))
+        usleep(3_000_000)  // away for a while: the agent retries, backing off
+        #expect(try ContainerApi.detect().exists(ContainerName.resolve(name, relativeTo: .root)), "the container is kept")
+        try fleet.startController()
+        fleet.waitForHosts(1)
+        let scheduler = try fleet.client()
+        defer { scheduler.close() }
+        var got: [ContainerEvent] = []
+        try scheduler.stream(AgentMethods.subscribe, SubscribeRequest(name: name, afterSequence: 0), deadlineMs: 10_000) { (r: SubscribeResponse) in
+            if let e = r.event { got.append(e) }
+            return got.count < 2
+        }
+        #expect(got.map(\.kind) == [.containerEventCreated, .containerEventFreezer] && got.allSatisfy { $0.host == "alpha" })
+    }
+
     @Test func aReaderAtTheControllerCannotCreate() throws {
         let fleet = try Fleet()
         try fleet.startController()
