@@ -25,6 +25,9 @@ final class ControllerPeer {
     var depth = 0
     /// Agent link: the controller's calls on it → the client stream each serves.
     var routedOut: [UInt32: (client: Int, stream: UInt32)] = [:]
+    /// Agent link: its share of FanOut calls → the fan-out and the response
+    /// kept until the status comes.
+    var fanned: [UInt32: (fan: Int, response: [UInt8]?)] = [:]
     /// Client: its calls → the agent link and stream each was forwarded to.
     var routedIn: [UInt32: (agent: Int, stream: UInt32)] = [:]
     /// Agent link: the controller's Subscribe to the host's events (0: none)
@@ -64,6 +67,14 @@ public final class Controller: @unchecked Sendable {
     private var signals: [SignalWatcher] = []
     private var stopping = false
     private let finished = Latch()
+    /// FanOut calls in progress: the caller's stream and the hosts still to answer.
+    private struct Fan {
+        let client: Int
+        let stream: UInt32
+        var waiting: [String: (link: Int, stream: UInt32)]
+    }
+    private var fans: [Int: Fan] = [:]
+    private var nextFan = 1
     /// WatchHosts callers: (connection, stream) and their selector.
     private var watchers: [(conn: Int, stream: UInt32, selector: [String: String])] = []
 
@@ -209,11 +220,15 @@ public final class Controller: @unchecked Sendable {
                 } else if let host {
                     route(p, stream, method, payload, deadline, host)
                 } else {
-                    localCall(p, stream, method, payload)
+                    localCall(p, stream, method, payload, deadline)
                 }
             case .deliverResponse(let stream, let payload):
                 if p.kind == .agent && stream == p.subscription && stream != 0 {
                     hostEvent(p, payload)
+                    continue
+                }
+                if p.fanned[stream] != nil {
+                    p.fanned[stream]?.response = payload
                     continue
                 }
                 guard let to = p.routedOut[stream], let client = peers[to.client] else { continue }
@@ -230,12 +245,17 @@ public final class Controller: @unchecked Sendable {
                     }
                     continue
                 }
+                if let f = p.fanned.removeValue(forKey: stream) {
+                    fanAnswered(f.fan, host: p.host ?? "", response: f.response, status)
+                    continue
+                }
                 guard let to = p.routedOut.removeValue(forKey: stream) else { continue }
                 guard let client = peers[to.client] else { continue }
                 client.routedIn[to.stream] = nil
                 perform(client, client.session.sendStatus(streamId: to.stream, status, now: MonotonicClock.milliseconds()))
             case .cancelled(let stream, _):
                 watchers.removeAll { $0.conn == p.id && $0.stream == stream }
+                if let id = fans.first(where: { $0.value.client == p.id && $0.value.stream == stream })?.key { cancelFan(id) }
                 if p.fleetStreams.remove(stream) != nil { fleet.hub.remove(EventHub.Key(conn: p.id, stream: stream)) }
                 // A client cancelled (or its deadline passed): so does the agent's call.
                 guard let to = p.routedIn.removeValue(forKey: stream), let link = peers[to.agent] else { continue }
@@ -289,6 +309,13 @@ public final class Controller: @unchecked Sendable {
         }
         p.routedOut.removeAll()
         p.routedIn.removeAll()
+        // A lost link: its hosts' shares of fan-outs end UNAVAILABLE; a lost
+        // client: its fan-outs are cancelled at the hosts.
+        for (_, f) in p.fanned {
+            fanAnswered(f.fan, host: p.host ?? "", response: nil, CallStatus(.unavailable, "the host's link to the controller was lost"))
+        }
+        p.fanned.removeAll()
+        for id in fans.filter({ $0.value.client == p.id }).map(\.key) { cancelFan(id) }
         if !p.conn.isClosing && !p.conn.isClosed { p.conn.closeAfterWrites() }
         checkStopped()
     }
@@ -460,13 +487,17 @@ public final class Controller: @unchecked Sendable {
     }
 
     /// A client's call for the controller itself.
-    private func localCall(_ p: ControllerPeer, _ stream: UInt32, _ method: String, _ payload: [UInt8]) {
+    private func localCall(_ p: ControllerPeer, _ stream: UInt32, _ method: String, _ payload: [UInt8], _ deadline: UInt64?) {
         if method == ControllerMethods.watchHosts.name {
             watchHosts(p, stream, payload)
             return
         }
         if method == AgentMethods.subscribe.name {
             subscribeFleet(p, stream, payload)
+            return
+        }
+        if method == ControllerMethods.fanOut.name {
+            fanOut(p, stream, payload, deadline)
             return
         }
         let result: Result<[UInt8], Error>
@@ -513,6 +544,82 @@ public final class Controller: @unchecked Sendable {
         link.routedOut[agentStream] = (p.id, stream)
         p.routedIn[stream] = (link.id, agentStream)
         perform(link, actions)
+    }
+
+    // MARK: Fan-out
+
+    /// FanOut: a unary agent method on every matching host at once; each
+    /// host's answer goes back as it comes, then OK.
+    private func fanOut(_ p: ControllerPeer, _ stream: UInt32, _ payload: [UInt8], _ deadline: UInt64?) {
+        let now = MonotonicClock.milliseconds()
+        let r: FanOutRequest
+        let hosts: [HostInfo]
+        do {
+            r = try FanOutRequest(serializedBytes: payload)
+            guard let method = r.method, let info = AgentMethods.named(method) else {
+                throw LmctfyError(.unimplemented, "FanOut: unknown method \(r.method ?? "(none)")")
+            }
+            guard info.shape == .unary else { throw LmctfyError.invalidArgument("FanOut takes unary methods only, not \(method)") }
+            guard info.role.allows(p.role) else { throw LmctfyError(.permissionDenied, "Method \(method) needs the admin role") }
+            hosts = try registry.list(selector: r.selector)
+        } catch {
+            answer(p, stream, .failure(error))
+            return
+        }
+        let id = nextFan
+        nextFan += 1
+        var fan = Fan(client: p.id, stream: stream, waiting: [:])
+        let remaining: UInt32? = deadline.map { $0 > now ? UInt32(clamping: $0 - now) : 1 }
+        var down: [String] = []
+        for h in hosts {
+            guard let name = h.identity?.hostName else { continue }
+            guard let linkId = registry.links[name], let link = peers[linkId] else {
+                down.append(name)
+                continue
+            }
+            let (agentStream, actions) = link.session.openStream(method: r.method!, payload: r.payload ?? [], deadlineMs: remaining, now: now)
+            link.fanned[agentStream] = (id, nil)
+            fan.waiting[name] = (link.id, agentStream)
+            fans[id] = fan
+            perform(link, actions)
+            fan = fans[id] ?? fan
+        }
+        fans[id] = fan
+        for name in down {
+            send(fan, FanOutResponse(host: name, status: CallStatus(.unavailable, "host \(name) is not connected").wire))
+        }
+        finishFanIfDone(id)
+    }
+
+    private func send(_ fan: Fan, _ response: FanOutResponse) {
+        guard let p = peers[fan.client], let bytes = try? response.serializedBytes() else { return }
+        perform(p, p.session.sendResponse(streamId: fan.stream, payload: bytes, now: MonotonicClock.milliseconds()))
+    }
+
+    /// One host's share of a fan-out is over.
+    private func fanAnswered(_ id: Int, host: String, response: [UInt8]?, _ status: CallStatus) {
+        guard var fan = fans[id], fan.waiting.removeValue(forKey: host) != nil else { return }
+        fans[id] = fan
+        send(fan, FanOutResponse(host: host, payload: status.code == .ok ? (response ?? []) : nil, status: status.wire))
+        finishFanIfDone(id)
+    }
+
+    private func finishFanIfDone(_ id: Int) {
+        guard let fan = fans[id], fan.waiting.isEmpty else { return }
+        fans[id] = nil
+        guard let p = peers[fan.client] else { return }
+        perform(p, p.session.sendStatus(streamId: fan.stream, .ok, now: MonotonicClock.milliseconds()))
+    }
+
+    /// The caller went: every host's share is cancelled.
+    private func cancelFan(_ id: Int) {
+        guard let fan = fans.removeValue(forKey: id) else { return }
+        let now = MonotonicClock.milliseconds()
+        for (_, w) in fan.waiting {
+            guard let link = peers[w.link] else { continue }
+            link.fanned[w.stream] = nil
+            perform(link, link.session.cancel(streamId: w.stream, now: now))
+        }
     }
 
     // MARK: Stopping

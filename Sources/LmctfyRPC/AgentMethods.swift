@@ -141,6 +141,8 @@ public enum ControllerMethods {
     public static let register = AgentMethod<RegisterRequest, RegisterResponse>("Register", .admin, .loop, .unary)
     /// Every host the controller knows.
     public static let listHosts = AgentMethod<ListHostsRequest, ListHostsResponse>("ListHosts", .reader, .loop, .unary)
+    /// One unary agent method on every host a selector matches.
+    public static let fanOut = AgentMethod<FanOutRequest, FanOutResponse>("FanOut", .reader, .hub, .serverStreaming)
     /// The hosts, then every change.
     public static let watchHosts = AgentMethod<WatchHostsRequest, WatchHostsResponse>("WatchHosts", .reader, .hub, .serverStreaming)
 }

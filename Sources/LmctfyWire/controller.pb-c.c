@@ -367,6 +367,96 @@ void   containers__lmctfy__agent__watch_hosts_response__free_unpacked
   assert(message->base.descriptor == &containers__lmctfy__agent__watch_hosts_response__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
+void   containers__lmctfy__agent__fan_out_request__init
+                     (Containers__Lmctfy__Agent__FanOutRequest         *message)
+{
+  static const Containers__Lmctfy__Agent__FanOutRequest init_value = CONTAINERS__LMCTFY__AGENT__FAN_OUT_REQUEST__INIT;
+  *message = init_value;
+}
+size_t containers__lmctfy__agent__fan_out_request__get_packed_size
+                     (const Containers__Lmctfy__Agent__FanOutRequest *message)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__fan_out_request__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t containers__lmctfy__agent__fan_out_request__pack
+                     (const Containers__Lmctfy__Agent__FanOutRequest *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__fan_out_request__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t containers__lmctfy__agent__fan_out_request__pack_to_buffer
+                     (const Containers__Lmctfy__Agent__FanOutRequest *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__fan_out_request__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Containers__Lmctfy__Agent__FanOutRequest *
+       containers__lmctfy__agent__fan_out_request__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Containers__Lmctfy__Agent__FanOutRequest *)
+     protobuf_c_message_unpack (&containers__lmctfy__agent__fan_out_request__descriptor,
+                                allocator, len, data);
+}
+void   containers__lmctfy__agent__fan_out_request__free_unpacked
+                     (Containers__Lmctfy__Agent__FanOutRequest *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &containers__lmctfy__agent__fan_out_request__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   containers__lmctfy__agent__fan_out_response__init
+                     (Containers__Lmctfy__Agent__FanOutResponse         *message)
+{
+  static const Containers__Lmctfy__Agent__FanOutResponse init_value = CONTAINERS__LMCTFY__AGENT__FAN_OUT_RESPONSE__INIT;
+  *message = init_value;
+}
+size_t containers__lmctfy__agent__fan_out_response__get_packed_size
+                     (const Containers__Lmctfy__Agent__FanOutResponse *message)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__fan_out_response__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t containers__lmctfy__agent__fan_out_response__pack
+                     (const Containers__Lmctfy__Agent__FanOutResponse *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__fan_out_response__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t containers__lmctfy__agent__fan_out_response__pack_to_buffer
+                     (const Containers__Lmctfy__Agent__FanOutResponse *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__fan_out_response__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Containers__Lmctfy__Agent__FanOutResponse *
+       containers__lmctfy__agent__fan_out_response__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Containers__Lmctfy__Agent__FanOutResponse *)
+     protobuf_c_message_unpack (&containers__lmctfy__agent__fan_out_response__descriptor,
+                                allocator, len, data);
+}
+void   containers__lmctfy__agent__fan_out_response__free_unpacked
+                     (Containers__Lmctfy__Agent__FanOutResponse *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &containers__lmctfy__agent__fan_out_response__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
 void   containers__lmctfy__agent__fleet_cursor__init
                      (Containers__Lmctfy__Agent__FleetCursor         *message)
 {
@@ -953,6 +1043,134 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__watch_hosts_response
   containers__lmctfy__agent__watch_hosts_response__field_indices_by_name,
   1,  containers__lmctfy__agent__watch_hosts_response__number_ranges,
   (ProtobufCMessageInit) containers__lmctfy__agent__watch_hosts_response__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__fan_out_request__field_descriptors[3] =
+{
+  {
+    "selector",
+    1,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__FanOutRequest, selector),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "method",
+    2,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__FanOutRequest, method),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "payload",
+    3,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_BYTES,
+    offsetof(Containers__Lmctfy__Agent__FanOutRequest, has_payload),
+    offsetof(Containers__Lmctfy__Agent__FanOutRequest, payload),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned containers__lmctfy__agent__fan_out_request__field_indices_by_name[] = {
+  1,   /* field[1] = method */
+  2,   /* field[2] = payload */
+  0,   /* field[0] = selector */
+};
+static const ProtobufCIntRange containers__lmctfy__agent__fan_out_request__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 3 }
+};
+const ProtobufCMessageDescriptor containers__lmctfy__agent__fan_out_request__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "containers.lmctfy.agent.FanOutRequest",
+  "FanOutRequest",
+  "Containers__Lmctfy__Agent__FanOutRequest",
+  "containers.lmctfy.agent",
+  sizeof(Containers__Lmctfy__Agent__FanOutRequest),
+  3,
+  containers__lmctfy__agent__fan_out_request__field_descriptors,
+  containers__lmctfy__agent__fan_out_request__field_indices_by_name,
+  1,  containers__lmctfy__agent__fan_out_request__number_ranges,
+  (ProtobufCMessageInit) containers__lmctfy__agent__fan_out_request__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__fan_out_response__field_descriptors[3] =
+{
+  {
+    "host",
+    1,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__FanOutResponse, host),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "payload",
+    2,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_BYTES,
+    offsetof(Containers__Lmctfy__Agent__FanOutResponse, has_payload),
+    offsetof(Containers__Lmctfy__Agent__FanOutResponse, payload),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "status",
+    3,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_MESSAGE,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__FanOutResponse, status),
+    &containers__lmctfy__agent__rpc_status__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned containers__lmctfy__agent__fan_out_response__field_indices_by_name[] = {
+  0,   /* field[0] = host */
+  1,   /* field[1] = payload */
+  2,   /* field[2] = status */
+};
+static const ProtobufCIntRange containers__lmctfy__agent__fan_out_response__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 3 }
+};
+const ProtobufCMessageDescriptor containers__lmctfy__agent__fan_out_response__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "containers.lmctfy.agent.FanOutResponse",
+  "FanOutResponse",
+  "Containers__Lmctfy__Agent__FanOutResponse",
+  "containers.lmctfy.agent",
+  sizeof(Containers__Lmctfy__Agent__FanOutResponse),
+  3,
+  containers__lmctfy__agent__fan_out_response__field_descriptors,
+  containers__lmctfy__agent__fan_out_response__field_indices_by_name,
+  1,  containers__lmctfy__agent__fan_out_response__number_ranges,
+  (ProtobufCMessageInit) containers__lmctfy__agent__fan_out_response__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
 static const ProtobufCFieldDescriptor containers__lmctfy__agent__fleet_cursor__field_descriptors[3] =

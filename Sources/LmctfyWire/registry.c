@@ -21,6 +21,8 @@ static const ProtobufCMessageDescriptor *const messages[] = {
     &containers__lmctfy__agent__enter_request__descriptor,
     &containers__lmctfy__agent__enter_response__descriptor,
     &containers__lmctfy__agent__event_gap__descriptor,
+    &containers__lmctfy__agent__fan_out_request__descriptor,
+    &containers__lmctfy__agent__fan_out_response__descriptor,
     &containers__lmctfy__agent__fleet_cursor__descriptor,
     &containers__lmctfy__agent__fleet_cursors__descriptor,
     &containers__lmctfy__agent__frame__descriptor,

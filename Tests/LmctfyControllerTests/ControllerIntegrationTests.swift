@@ -220,6 +220,47 @@ struct ControllerIntegrationTests {
         #expect(got.map(\.kind) == [.containerEventCreated, .containerEventFreezer] && got.allSatisfy { $0.host == "alpha" })
     }
 
+    /// FanOut: one unary method on every host a selector matches, one
+    /// answer per host (a host that is away answers UNAVAILABLE).
+    @Test func fanOutAsksEveryMatchingHostOnce() throws {
+        let fleet = try Fleet()
+        try fleet.startController()
+        let alpha = try fleet.startAgent("a", host: "alpha", keyId: "host-a", labels: ["tier": "web"])
+        let beta = try fleet.startAgent("b", host: "beta", keyId: "host-b", labels: ["tier": "web"])
+        try fleet.startAgent("c", host: "gamma", keyId: "other", labels: ["tier": "db"])
+        fleet.waitForHosts(3)
+        fleet.stopAgent("c")
+        fleet.waitForHosts(2)
+        let client = try fleet.client()
+        defer { client.close() }
+        func fan(_ selector: String, _ method: String) throws -> [String: FanOutResponse] {
+            var out: [String: FanOutResponse] = [:]
+            try client.stream(ControllerMethods.fanOut, FanOutRequest(selector: selector, method: method,
+                                                                       payload: try MachineInfoRequest().serializedBytes())) { (r: FanOutResponse) in
+                #expect(out[r.host ?? ""] == nil, "one answer per host")
+                out[r.host ?? ""] = r
+                return true
+            }
+            return out
+        }
+        let web = try fan("tier=web", AgentMethods.machineInfo.name)
+        #expect(web.keys.sorted() == ["alpha", "beta"])
+        #expect(try MachineInfoResponse(serializedBytes: web["alpha"]?.payload ?? []).bootId == alpha.dispatcher.events.bootId)
+        #expect(try MachineInfoResponse(serializedBytes: web["beta"]?.payload ?? []).bootId == beta.dispatcher.events.bootId)
+        #expect(web.values.allSatisfy { $0.status?.code == 0 })
+        let all = try fan("", AgentMethods.machineInfo.name)
+        #expect(all.keys.sorted() == ["alpha", "beta", "gamma"])
+        #expect(all["gamma"]?.status?.code == StatusCode.unavailable.rawValue && all["gamma"]?.payload == nil)
+        #expect { _ = try fan("", AgentMethods.subscribe.name) } throws: { ($0 as? LmctfyError)?.code == .invalidArgument }
+        #expect { _ = try fan("", "NoSuchMethod") } throws: { ($0 as? LmctfyError)?.code == .unimplemented }
+        // A reader may fan out what a reader may call, nothing else.
+        let reader = try RpcClient.connect(host: "127.0.0.1", port: fleet.clientPort, keyId: "reader", key: fleet.keys["reader"]!)
+        defer { reader.close() }
+        #expect {
+            try reader.stream(ControllerMethods.fanOut, FanOutRequest(method: AgentMethods.killAll.name)) { (_: FanOutResponse) in true }
+        } throws: { ($0 as? LmctfyError)?.code == .permissionDenied }
+    }
+
     @Test func aReaderAtTheControllerCannotCreate() throws {
         let fleet = try Fleet()
         try fleet.startController()

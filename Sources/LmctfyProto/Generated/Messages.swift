@@ -4917,6 +4917,112 @@ public struct EventGap: ProtoMessage {
     }
 }
 
+/// Protobuf message `containers.lmctfy.agent.FanOutRequest`.
+public struct FanOutRequest: ProtoMessage {
+    /// Field 1 `selector`.
+    public var selector: String?
+    /// Field 2 `method`.
+    public var method: String?
+    /// Field 3 `payload`.
+    public var payload: [UInt8]?
+
+    public init(
+        selector: String? = nil,
+        method: String? = nil,
+        payload: [UInt8]? = nil
+    ) {
+        self.selector = selector
+        self.method = method
+        self.payload = payload
+    }
+
+    public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.FanOutRequest")
+
+    public init(dynamic message: DynamicMessage) {
+        precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.FanOutRequest")
+        self.selector = message.get(1)
+        self.method = message.get(2)
+        self.payload = message.get(3)
+    }
+
+    public var dynamic: DynamicMessage {
+        var message = DynamicMessage(Self.protoDescriptor)
+        message.set(1, selector)
+        message.set(2, method)
+        message.set(3, payload)
+        return message
+    }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.selector = CBridge.value(c, f[0])
+        self.method = CBridge.value(c, f[1])
+        self.payload = CBridge.value(c, f[2])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.set(c, f[0], selector)
+        CBridge.set(c, f[1], method)
+        CBridge.set(c, f[2], payload)
+        return c
+    }
+}
+
+/// Protobuf message `containers.lmctfy.agent.FanOutResponse`.
+public struct FanOutResponse: ProtoMessage {
+    /// Field 1 `host`.
+    public var host: String?
+    /// Field 2 `payload`.
+    public var payload: [UInt8]?
+    /// Field 3 `status`.
+    public var status: RpcStatus?
+
+    public init(
+        host: String? = nil,
+        payload: [UInt8]? = nil,
+        status: RpcStatus? = nil
+    ) {
+        self.host = host
+        self.payload = payload
+        self.status = status
+    }
+
+    public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.FanOutResponse")
+
+    public init(dynamic message: DynamicMessage) {
+        precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.FanOutResponse")
+        self.host = message.get(1)
+        self.payload = message.get(2)
+        self.status = message.get(3)
+    }
+
+    public var dynamic: DynamicMessage {
+        var message = DynamicMessage(Self.protoDescriptor)
+        message.set(1, host)
+        message.set(2, payload)
+        message.set(3, status)
+        return message
+    }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.host = CBridge.value(c, f[0])
+        self.payload = CBridge.value(c, f[1])
+        self.status = CBridge.message(c, f[2])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.set(c, f[0], host)
+        CBridge.set(c, f[1], payload)
+        CBridge.setMessage(c, f[2], status)
+        return c
+    }
+}
+
 /// Protobuf message `containers.lmctfy.agent.FleetCursor`.
 public struct FleetCursor: ProtoMessage {
     /// Field 1 `host`.

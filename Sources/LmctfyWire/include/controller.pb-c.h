@@ -24,6 +24,8 @@ typedef struct Containers__Lmctfy__Agent__ListHostsRequest Containers__Lmctfy__A
 typedef struct Containers__Lmctfy__Agent__ListHostsResponse Containers__Lmctfy__Agent__ListHostsResponse;
 typedef struct Containers__Lmctfy__Agent__WatchHostsRequest Containers__Lmctfy__Agent__WatchHostsRequest;
 typedef struct Containers__Lmctfy__Agent__WatchHostsResponse Containers__Lmctfy__Agent__WatchHostsResponse;
+typedef struct Containers__Lmctfy__Agent__FanOutRequest Containers__Lmctfy__Agent__FanOutRequest;
+typedef struct Containers__Lmctfy__Agent__FanOutResponse Containers__Lmctfy__Agent__FanOutResponse;
 typedef struct Containers__Lmctfy__Agent__FleetCursor Containers__Lmctfy__Agent__FleetCursor;
 typedef struct Containers__Lmctfy__Agent__FleetCursors Containers__Lmctfy__Agent__FleetCursors;
 typedef struct Containers__Lmctfy__Agent__ControllerConfig Containers__Lmctfy__Agent__ControllerConfig;
@@ -218,6 +220,47 @@ struct  Containers__Lmctfy__Agent__WatchHostsResponse
 #define CONTAINERS__LMCTFY__AGENT__WATCH_HOSTS_RESPONSE__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__watch_hosts_response__descriptor) \
     , 0, CONTAINERS__LMCTFY__AGENT__HOST_CHANGE__HOST_CHANGE_UNSPECIFIED, NULL }
+
+
+/*
+ * FanOut (server streaming; the role of `method`): the unary agent method
+ * `method` with `payload` on every host whose labels match `selector`; one
+ * FanOutResponse per host as each answers (a host not connected: its status
+ * is UNAVAILABLE), then the stream ends OK.
+ */
+struct  Containers__Lmctfy__Agent__FanOutRequest
+{
+  ProtobufCMessage base;
+  char *selector;
+  char *method;
+  /*
+   * Next id: 4
+   */
+  protobuf_c_boolean has_payload;
+  ProtobufCBinaryData payload;
+};
+#define CONTAINERS__LMCTFY__AGENT__FAN_OUT_REQUEST__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__fan_out_request__descriptor) \
+    , NULL, NULL, 0, {0,NULL} }
+
+
+struct  Containers__Lmctfy__Agent__FanOutResponse
+{
+  ProtobufCMessage base;
+  char *host;
+  /*
+   * The method's response (absent when `status` is not OK).
+   */
+  protobuf_c_boolean has_payload;
+  ProtobufCBinaryData payload;
+  /*
+   * Next id: 4
+   */
+  Containers__Lmctfy__Agent__RpcStatus *status;
+};
+#define CONTAINERS__LMCTFY__AGENT__FAN_OUT_RESPONSE__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__fan_out_response__descriptor) \
+    , NULL, 0, {0,NULL}, NULL }
 
 
 /*
@@ -464,6 +507,44 @@ Containers__Lmctfy__Agent__WatchHostsResponse *
 void   containers__lmctfy__agent__watch_hosts_response__free_unpacked
                      (Containers__Lmctfy__Agent__WatchHostsResponse *message,
                       ProtobufCAllocator *allocator);
+/* Containers__Lmctfy__Agent__FanOutRequest methods */
+void   containers__lmctfy__agent__fan_out_request__init
+                     (Containers__Lmctfy__Agent__FanOutRequest         *message);
+size_t containers__lmctfy__agent__fan_out_request__get_packed_size
+                     (const Containers__Lmctfy__Agent__FanOutRequest   *message);
+size_t containers__lmctfy__agent__fan_out_request__pack
+                     (const Containers__Lmctfy__Agent__FanOutRequest   *message,
+                      uint8_t             *out);
+size_t containers__lmctfy__agent__fan_out_request__pack_to_buffer
+                     (const Containers__Lmctfy__Agent__FanOutRequest   *message,
+                      ProtobufCBuffer     *buffer);
+Containers__Lmctfy__Agent__FanOutRequest *
+       containers__lmctfy__agent__fan_out_request__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   containers__lmctfy__agent__fan_out_request__free_unpacked
+                     (Containers__Lmctfy__Agent__FanOutRequest *message,
+                      ProtobufCAllocator *allocator);
+/* Containers__Lmctfy__Agent__FanOutResponse methods */
+void   containers__lmctfy__agent__fan_out_response__init
+                     (Containers__Lmctfy__Agent__FanOutResponse         *message);
+size_t containers__lmctfy__agent__fan_out_response__get_packed_size
+                     (const Containers__Lmctfy__Agent__FanOutResponse   *message);
+size_t containers__lmctfy__agent__fan_out_response__pack
+                     (const Containers__Lmctfy__Agent__FanOutResponse   *message,
+                      uint8_t             *out);
+size_t containers__lmctfy__agent__fan_out_response__pack_to_buffer
+                     (const Containers__Lmctfy__Agent__FanOutResponse   *message,
+                      ProtobufCBuffer     *buffer);
+Containers__Lmctfy__Agent__FanOutResponse *
+       containers__lmctfy__agent__fan_out_response__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   containers__lmctfy__agent__fan_out_response__free_unpacked
+                     (Containers__Lmctfy__Agent__FanOutResponse *message,
+                      ProtobufCAllocator *allocator);
 /* Containers__Lmctfy__Agent__FleetCursor methods */
 void   containers__lmctfy__agent__fleet_cursor__init
                      (Containers__Lmctfy__Agent__FleetCursor         *message);
@@ -547,6 +628,12 @@ typedef void (*Containers__Lmctfy__Agent__WatchHostsRequest_Closure)
 typedef void (*Containers__Lmctfy__Agent__WatchHostsResponse_Closure)
                  (const Containers__Lmctfy__Agent__WatchHostsResponse *message,
                   void *closure_data);
+typedef void (*Containers__Lmctfy__Agent__FanOutRequest_Closure)
+                 (const Containers__Lmctfy__Agent__FanOutRequest *message,
+                  void *closure_data);
+typedef void (*Containers__Lmctfy__Agent__FanOutResponse_Closure)
+                 (const Containers__Lmctfy__Agent__FanOutResponse *message,
+                  void *closure_data);
 typedef void (*Containers__Lmctfy__Agent__FleetCursor_Closure)
                  (const Containers__Lmctfy__Agent__FleetCursor *message,
                   void *closure_data);
@@ -572,6 +659,8 @@ extern const ProtobufCMessageDescriptor containers__lmctfy__agent__list_hosts_re
 extern const ProtobufCMessageDescriptor containers__lmctfy__agent__list_hosts_response__descriptor;
 extern const ProtobufCMessageDescriptor containers__lmctfy__agent__watch_hosts_request__descriptor;
 extern const ProtobufCMessageDescriptor containers__lmctfy__agent__watch_hosts_response__descriptor;
+extern const ProtobufCMessageDescriptor containers__lmctfy__agent__fan_out_request__descriptor;
+extern const ProtobufCMessageDescriptor containers__lmctfy__agent__fan_out_response__descriptor;
 extern const ProtobufCMessageDescriptor containers__lmctfy__agent__fleet_cursor__descriptor;
 extern const ProtobufCMessageDescriptor containers__lmctfy__agent__fleet_cursors__descriptor;
 extern const ProtobufCMessageDescriptor containers__lmctfy__agent__controller_config__descriptor;
