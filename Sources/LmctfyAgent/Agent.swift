@@ -519,7 +519,7 @@ public final class Agent: @unchecked Sendable {
         let identity = HostIdentity(
             hostName: c.hostName, machineId: Self.machineId(), bootId: info.bootId, agentVersion: info.agentVersion,
             cgroupVersion: info.cgroupVersion, cpus: info.cpus, memoryBytes: info.memoryBytes, label: c.labels,
-            rootContainer: settings.rootContainer.path)
+            rootContainer: settings.rootContainer.path, containerCount: dispatcher.inventory.count.map { UInt32($0) })
         let payload = (try? RegisterRequest(identity: identity).serializedBytes()) ?? []
         let (id, actions) = s.session.openStream(method: "Register", payload: payload, deadlineMs: 10_000, now: MonotonicClock.milliseconds())
         home.registerStream = id

@@ -173,6 +173,9 @@ final class Inventory: Sendable {
     /// Every container known to exist.
     func names() -> [String] { state.locked { Array($0.known.keys) } }
 
+    /// How many containers are known; nil before the first listing.
+    var count: Int? { state.locked { $0.seeded ? $0.known.count : nil } }
+
     /// Whether `name` is known to exist.
     func knows(_ name: String) -> Bool { state.locked { $0.known[name] != nil } }
 

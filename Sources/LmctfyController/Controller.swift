@@ -34,6 +34,10 @@ final class ControllerPeer {
     /// and the responses taken since credit was last granted.
     var subscription: UInt32 = 0
     var taken: UInt32 = 0
+    /// Agent link: its containers changed since they were last counted, and
+    /// the ListContainers call that counts them (0: none).
+    var countDue = false
+    var counting: UInt32 = 0
     var host: String?
     /// Client: its Subscribe streams at the fleet log.
     var fleetStreams: Set<UInt32> = []
@@ -231,6 +235,12 @@ public final class Controller: @unchecked Sendable {
                     p.fanned[stream]?.response = payload
                     continue
                 }
+                if p.kind == .agent && stream == p.counting && stream != 0 {
+                    if let host = p.host, let r = try? ListContainersResponse(serializedBytes: payload) {
+                        registry.setContainerCount(host, r.names.count)
+                    }
+                    continue
+                }
                 guard let to = p.routedOut[stream], let client = peers[to.client] else { continue }
                 perform(client, client.session.sendResponse(streamId: to.stream, payload: payload, now: MonotonicClock.milliseconds()))
             case .deliverStatus(let stream, let status):
@@ -243,6 +253,10 @@ public final class Controller: @unchecked Sendable {
                     _ = try? LoopTimer.once(on: loop, after: .milliseconds(100)) { [unowned self] in
                         if let link = self.peers[id], link.subscription == 0 { self.subscribeHost(link) }
                     }
+                    continue
+                }
+                if p.kind == .agent && stream == p.counting && stream != 0 {
+                    p.counting = 0
                     continue
                 }
                 if let f = p.fanned.removeValue(forKey: stream) {
@@ -324,7 +338,10 @@ public final class Controller: @unchecked Sendable {
         let now = MonotonicClock.milliseconds()
         for p in Array(peers.values) { perform(p, p.session.tick(now: now)) }
         ticks += 1
-        if ticks % 10 == 0 { fleet.flushCursors() }
+        if ticks % 10 == 0 {
+            fleet.flushCursors()
+            for p in peers.values where p.kind == .agent && p.countDue && p.counting == 0 { countContainers(p) }
+        }
     }
 
     // MARK: The fleet's events
@@ -342,11 +359,24 @@ public final class Controller: @unchecked Sendable {
         perform(link, actions)
     }
 
+    /// Asks a host how many containers it has now (after it reported some
+    /// made or destroyed), for the inventory.
+    private func countContainers(_ link: ControllerPeer) {
+        link.countDue = false
+        guard let payload = try? ListContainersRequest(name: "/", recursive: true).serializedBytes() else { return }
+        let (stream, actions) = link.session.openStream(method: AgentMethods.listContainers.name, payload: payload,
+                                                        deadlineMs: 10_000, now: MonotonicClock.milliseconds())
+        link.counting = stream
+        perform(link, actions)
+    }
+
     /// One response of a host's event stream: stored (once), handed to the
     /// fleet's subscribers, and granted again half a window at a time.
     private func hostEvent(_ link: ControllerPeer, _ payload: [UInt8]) {
         guard let host = link.host, let r = try? SubscribeResponse(serializedBytes: payload) else { return }
-        fleet.take(r, from: host)
+        if let e = fleet.take(r, from: host), e.kind == .containerEventCreated || e.kind == .containerEventDestroyed {
+            link.countDue = true
+        }
         fleet.hub.publish(deliver: deliver, lagged: lagged)
         link.taken += 1
         if link.taken >= Self.hostWindow / 2 {

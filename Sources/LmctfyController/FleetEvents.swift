@@ -67,16 +67,18 @@ final class FleetEvents {
 
     /// One response of a host's stream: an event is stored unless it is at
     /// or before the host's cursor; a gap is stored as a HOST_GAP event.
-    func take(_ r: SubscribeResponse, from host: String) {
+    /// Returns the event stored (nil: a duplicate, a gap or a marker).
+    @discardableResult
+    func take(_ r: SubscribeResponse, from host: String) -> ContainerEvent? {
         if let e = r.event, let boot = e.bootId, let seq = e.sequence {
-            if let c = cursors[host], c.boot == boot, seq <= c.sequence { return }  // already stored
+            if let c = cursors[host], c.boot == boot, seq <= c.sequence { return nil }  // already stored
             var fleet = e
             fleet.host = host
             fleet.hostBootId = boot
             fleet.hostSequence = seq
-            log.append(fleet)
             cursors[host] = Cursor(boot: boot, sequence: seq)
             cursorsDirty = true
+            return log.append(fleet)
         } else if let g = r.gap {
             // The agent no longer has what followed the cursor: said once,
             // then the host's stream goes on from the gap's first sequence.
@@ -91,6 +93,7 @@ final class FleetEvents {
                 cursorsDirty = true
             }
         }
+        return nil
     }
 
     /// Writes the cursors if they moved (a timer calls it): what scrolled

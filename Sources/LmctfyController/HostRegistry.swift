@@ -70,7 +70,8 @@ final class HostRegistry {
         }
         let now = WallClock.nanosecondsSinceEpoch()
         let previous = links[name]
-        hosts[name] = HostInfo(identity: identity, state: .hostConnected, stateSinceNs: now, lastHeardNs: now, keyId: keyId)
+        hosts[name] = HostInfo(identity: identity, state: .hostConnected, stateSinceNs: now, lastHeardNs: now, keyId: keyId,
+                               containerCount: identity.containerCount)
         links[name] = conn
         persist()
         return previous == conn ? nil : previous
@@ -85,6 +86,13 @@ final class HostRegistry {
         hosts[name]?.stateSinceNs = WallClock.nanosecondsSinceEpoch()
         persist()
         return name
+    }
+
+    /// The host's container count, as its agent just listed them.
+    func setContainerCount(_ name: String, _ count: Int) {
+        guard hosts[name] != nil, hosts[name]?.containerCount != UInt32(count) else { return }
+        hosts[name]?.containerCount = UInt32(count)
+        persist()
     }
 
     /// Something arrived from the host on `conn`.

@@ -592,7 +592,7 @@ void   containers__lmctfy__agent__controller_config__free_unpacked
   assert(message->base.descriptor == &containers__lmctfy__agent__controller_config__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
-static const ProtobufCFieldDescriptor containers__lmctfy__agent__host_identity__field_descriptors[9] =
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__host_identity__field_descriptors[10] =
 {
   {
     "host_name",
@@ -702,11 +702,24 @@ static const ProtobufCFieldDescriptor containers__lmctfy__agent__host_identity__
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "container_count",
+    10,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_UINT32,
+    offsetof(Containers__Lmctfy__Agent__HostIdentity, has_container_count),
+    offsetof(Containers__Lmctfy__Agent__HostIdentity, container_count),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned containers__lmctfy__agent__host_identity__field_indices_by_name[] = {
   3,   /* field[3] = agent_version */
   2,   /* field[2] = boot_id */
   4,   /* field[4] = cgroup_version */
+  9,   /* field[9] = container_count */
   5,   /* field[5] = cpus */
   0,   /* field[0] = host_name */
   7,   /* field[7] = label */
@@ -717,7 +730,7 @@ static const unsigned containers__lmctfy__agent__host_identity__field_indices_by
 static const ProtobufCIntRange containers__lmctfy__agent__host_identity__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 9 }
+  { 0, 10 }
 };
 const ProtobufCMessageDescriptor containers__lmctfy__agent__host_identity__descriptor =
 {
@@ -727,7 +740,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__host_identity__descr
   "Containers__Lmctfy__Agent__HostIdentity",
   "containers.lmctfy.agent",
   sizeof(Containers__Lmctfy__Agent__HostIdentity),
-  9,
+  10,
   containers__lmctfy__agent__host_identity__field_descriptors,
   containers__lmctfy__agent__host_identity__field_indices_by_name,
   1,  containers__lmctfy__agent__host_identity__number_ranges,
@@ -790,7 +803,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__register_response__d
   (ProtobufCMessageInit) containers__lmctfy__agent__register_response__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor containers__lmctfy__agent__host_info__field_descriptors[5] =
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__host_info__field_descriptors[6] =
 {
   {
     "identity",
@@ -852,8 +865,21 @@ static const ProtobufCFieldDescriptor containers__lmctfy__agent__host_info__fiel
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "container_count",
+    6,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_UINT32,
+    offsetof(Containers__Lmctfy__Agent__HostInfo, has_container_count),
+    offsetof(Containers__Lmctfy__Agent__HostInfo, container_count),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned containers__lmctfy__agent__host_info__field_indices_by_name[] = {
+  5,   /* field[5] = container_count */
   0,   /* field[0] = identity */
   4,   /* field[4] = key_id */
   3,   /* field[3] = last_heard_ns */
@@ -863,7 +889,7 @@ static const unsigned containers__lmctfy__agent__host_info__field_indices_by_nam
 static const ProtobufCIntRange containers__lmctfy__agent__host_info__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 5 }
+  { 0, 6 }
 };
 const ProtobufCMessageDescriptor containers__lmctfy__agent__host_info__descriptor =
 {
@@ -873,7 +899,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__host_info__descripto
   "Containers__Lmctfy__Agent__HostInfo",
   "containers.lmctfy.agent",
   sizeof(Containers__Lmctfy__Agent__HostInfo),
-  5,
+  6,
   containers__lmctfy__agent__host_info__field_descriptors,
   containers__lmctfy__agent__host_info__field_indices_by_name,
   1,  containers__lmctfy__agent__host_info__number_ranges,

@@ -59,4 +59,38 @@ struct RootContainerControllerTests {
                 throws: { ($0 as? LmctfyError)?.code == .notFound }
         }
     }
+
+    /// The inventory counts each host's containers: as it registered, then
+    /// again after each CREATED or DESTROYED it reports.
+    @Test func theInventoryCountsAHostsContainers() throws {
+        let api = try ContainerApi.detect()
+        let root = try ContainerName.resolve(RealCgroups.uniqueName("countroot"), relativeTo: .root)
+        defer { _ = try? api.destroy(root) }
+        try api.create(root, spec: ContainerSpec())
+        try api.create(root.path + "/before", spec: ContainerSpec())
+        let fleet = try Fleet()
+        try fleet.startController()
+        try fleet.startAgent("a", host: "alpha", keyId: "host-a", root: root)
+        fleet.waitForHosts(1)
+        let client = try fleet.client()
+        defer { client.close() }
+        func count(until wanted: UInt32) throws -> UInt32? {
+            var c: UInt32?
+            for _ in 0..<300 {
+                client.host = nil
+                c = try client.call(ControllerMethods.listHosts, ListHostsRequest()).hosts.first?.containerCount
+                if c == wanted { break }
+                usleep(10_000)
+            }
+            return c
+        }
+        #expect(try count(until: 1) == 1, "as it registered: one container below its root")
+        client.host = "alpha"
+        _ = try client.call(AgentMethods.create, CreateRequest(name: "/one", spec: ContainerSpec()))
+        _ = try client.call(AgentMethods.create, CreateRequest(name: "/two", spec: ContainerSpec()))
+        #expect(try count(until: 3) == 3)
+        client.host = "alpha"
+        _ = try client.call(AgentMethods.destroy, DestroyRequest(name: "/one"))
+        #expect(try count(until: 2) == 2)
+    }
 }

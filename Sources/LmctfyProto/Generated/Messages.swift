@@ -5510,6 +5510,8 @@ public struct HostIdentity: ProtoMessage {
     public var label: [HostLabel]
     /// Field 9 `root_container`.
     public var rootContainer: String?
+    /// Field 10 `container_count`.
+    public var containerCount: UInt32?
 
     public init(
         hostName: String? = nil,
@@ -5520,7 +5522,8 @@ public struct HostIdentity: ProtoMessage {
         cpus: Int32? = nil,
         memoryBytes: UInt64? = nil,
         label: [HostLabel] = [],
-        rootContainer: String? = nil
+        rootContainer: String? = nil,
+        containerCount: UInt32? = nil
     ) {
         self.hostName = hostName
         self.machineId = machineId
@@ -5531,6 +5534,7 @@ public struct HostIdentity: ProtoMessage {
         self.memoryBytes = memoryBytes
         self.label = label
         self.rootContainer = rootContainer
+        self.containerCount = containerCount
     }
 
     public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.HostIdentity")
@@ -5546,6 +5550,7 @@ public struct HostIdentity: ProtoMessage {
         self.memoryBytes = message.get(7)
         self.label = message.getRepeated(8)
         self.rootContainer = message.get(9)
+        self.containerCount = message.get(10)
     }
 
     public var dynamic: DynamicMessage {
@@ -5559,6 +5564,7 @@ public struct HostIdentity: ProtoMessage {
         message.set(7, memoryBytes)
         message.setRepeated(8, label)
         message.set(9, rootContainer)
+        message.set(10, containerCount)
         return message
     }
 
@@ -5573,6 +5579,7 @@ public struct HostIdentity: ProtoMessage {
         self.memoryBytes = CBridge.value(c, f[6])
         self.label = CBridge.repeatedMessages(c, f[7])
         self.rootContainer = CBridge.value(c, f[8])
+        self.containerCount = CBridge.value(c, f[9])
     }
 
     public func makeC() -> UnsafeMutableRawPointer {
@@ -5587,6 +5594,7 @@ public struct HostIdentity: ProtoMessage {
         CBridge.set(c, f[6], memoryBytes)
         CBridge.setRepeatedMessages(c, f[7], label)
         CBridge.set(c, f[8], rootContainer)
+        CBridge.set(c, f[9], containerCount)
         return c
     }
 }
@@ -5603,19 +5611,23 @@ public struct HostInfo: ProtoMessage {
     public var lastHeardNs: UInt64?
     /// Field 5 `key_id`.
     public var keyId: String?
+    /// Field 6 `container_count`.
+    public var containerCount: UInt32?
 
     public init(
         identity: HostIdentity? = nil,
         state: HostState? = nil,
         stateSinceNs: UInt64? = nil,
         lastHeardNs: UInt64? = nil,
-        keyId: String? = nil
+        keyId: String? = nil,
+        containerCount: UInt32? = nil
     ) {
         self.identity = identity
         self.state = state
         self.stateSinceNs = stateSinceNs
         self.lastHeardNs = lastHeardNs
         self.keyId = keyId
+        self.containerCount = containerCount
     }
 
     public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.HostInfo")
@@ -5627,6 +5639,7 @@ public struct HostInfo: ProtoMessage {
         self.stateSinceNs = message.get(3)
         self.lastHeardNs = message.get(4)
         self.keyId = message.get(5)
+        self.containerCount = message.get(6)
     }
 
     public var dynamic: DynamicMessage {
@@ -5636,6 +5649,7 @@ public struct HostInfo: ProtoMessage {
         message.set(3, stateSinceNs)
         message.set(4, lastHeardNs)
         message.set(5, keyId)
+        message.set(6, containerCount)
         return message
     }
 
@@ -5646,6 +5660,7 @@ public struct HostInfo: ProtoMessage {
         self.stateSinceNs = CBridge.value(c, f[2])
         self.lastHeardNs = CBridge.value(c, f[3])
         self.keyId = CBridge.value(c, f[4])
+        self.containerCount = CBridge.value(c, f[5])
     }
 
     public func makeC() -> UnsafeMutableRawPointer {
@@ -5656,6 +5671,7 @@ public struct HostInfo: ProtoMessage {
         CBridge.set(c, f[2], stateSinceNs)
         CBridge.set(c, f[3], lastHeardNs)
         CBridge.set(c, f[4], keyId)
+        CBridge.set(c, f[5], containerCount)
         return c
     }
 }

@@ -89,14 +89,19 @@ struct  Containers__Lmctfy__Agent__HostIdentity
   /*
    * The agent's root_container (names it serves are relative to it).
    */
-  /*
-   * Next id: 10
-   */
   char *root_container;
+  /*
+   * How many containers it has (below its root) when it registers.
+   */
+  /*
+   * Next id: 11
+   */
+  protobuf_c_boolean has_container_count;
+  uint32_t container_count;
 };
 #define CONTAINERS__LMCTFY__AGENT__HOST_IDENTITY__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__host_identity__descriptor) \
-    , NULL, NULL, NULL, NULL, 0, 0, 0, 0, 0, 0, 0,NULL, NULL }
+    , NULL, NULL, NULL, NULL, 0, 0, 0, 0, 0, 0, 0,NULL, NULL, 0, 0 }
 
 
 /*
@@ -146,14 +151,20 @@ struct  Containers__Lmctfy__Agent__HostInfo
   /*
    * The key id the host name is bound to.
    */
-  /*
-   * Next id: 6
-   */
   char *key_id;
+  /*
+   * Containers on the host: as it registered, then kept up to date from
+   * its CREATED and DESTROYED events.
+   */
+  /*
+   * Next id: 7
+   */
+  protobuf_c_boolean has_container_count;
+  uint32_t container_count;
 };
 #define CONTAINERS__LMCTFY__AGENT__HOST_INFO__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__host_info__descriptor) \
-    , NULL, 0, CONTAINERS__LMCTFY__AGENT__HOST_STATE__HOST_STATE_UNSPECIFIED, 0, 0, 0, 0, NULL }
+    , NULL, 0, CONTAINERS__LMCTFY__AGENT__HOST_STATE__HOST_STATE_UNSPECIFIED, 0, 0, 0, 0, NULL, 0, 0 }
 
 
 /*
