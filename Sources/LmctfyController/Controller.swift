@@ -242,7 +242,18 @@ public final class Controller: @unchecked Sendable {
                     continue
                 }
                 guard let to = p.routedOut[stream], let client = peers[to.client] else { continue }
-                perform(client, client.session.sendResponse(streamId: to.stream, payload: payload, now: MonotonicClock.milliseconds()))
+                let now = MonotonicClock.milliseconds()
+                if client.unsent + client.outbox.count > Self.subscriberBytes {
+                    // The caller does not read what its host sends: the call
+                    // ends rather than pile up here (credit avoids this).
+                    p.routedOut[stream] = nil
+                    client.routedIn[to.stream] = nil
+                    perform(p, p.session.cancel(streamId: stream, now: now))
+                    perform(client, client.session.sendStatus(streamId: to.stream, CallStatus(
+                        .resourceExhausted, "the caller holds more than \(Self.subscriberBytes) bytes unread; the call was cancelled at the host"), now: now))
+                    continue
+                }
+                perform(client, client.session.sendResponse(streamId: to.stream, payload: payload, now: now))
             case .deliverStatus(let stream, let status):
                 if p.kind == .agent && stream == p.subscription && stream != 0 {
                     // The host's stream ended (it lagged, or its agent is
