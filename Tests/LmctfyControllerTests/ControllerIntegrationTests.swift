@@ -261,6 +261,44 @@ struct ControllerIntegrationTests {
         } throws: { ($0 as? LmctfyError)?.code == .permissionDenied }
     }
 
+    /// Peers that are not what they claim, or send nonsense, get a clear
+    /// error and change nothing.
+    @Test func badPeersAndBadRequestsAreRefused() throws {
+        let fleet = try Fleet()
+        try fleet.startController()
+        try fleet.startAgent("a", host: "alpha", keyId: "host-a")
+        fleet.waitForHosts(1)
+        // The agent port with a key the controller does not hold, or a wrong one.
+        #expect { _ = try RpcClient.connect(host: "127.0.0.1", port: fleet.agentPort, keyId: "nobody", key: fleet.keys["host-a"]!) }
+            throws: { ($0 as? LmctfyError)?.code == .unauthenticated }
+        #expect { _ = try RpcClient.connect(host: "127.0.0.1", port: fleet.agentPort, keyId: "host-a", key: fleet.keys["host-b"]!) }
+            throws: { ($0 as? LmctfyError)?.code == .unauthenticated }
+        // An authenticated agent link: Register must name a host and decode;
+        // it may call nothing else.
+        let link = try RpcClient.connect(host: "127.0.0.1", port: fleet.agentPort, keyId: "host-b", key: fleet.keys["host-b"]!)
+        #expect { _ = try link.call(ControllerMethods.listHosts, ListHostsRequest()) } throws: { ($0 as? LmctfyError)?.code == .unimplemented }
+        #expect { _ = try link.call("Register", [0xff, 0xff, 0xff]) } throws: { ($0 as? LmctfyError)?.code == .invalidArgument }
+        link.close()
+        let link2 = try RpcClient.connect(host: "127.0.0.1", port: fleet.agentPort, keyId: "host-b", key: fleet.keys["host-b"]!)
+        #expect { _ = try link2.call(ControllerMethods.register, RegisterRequest(identity: HostIdentity())) }
+            throws: { ($0 as? LmctfyError)?.code == .invalidArgument }
+        link2.close()
+        // A client cannot Register, and garbage in a known method is refused.
+        let client = try fleet.client()
+        defer { client.close() }
+        #expect { _ = try client.call(ControllerMethods.register, RegisterRequest(identity: HostIdentity(hostName: "evil"))) }
+            throws: { ($0 as? LmctfyError)?.code == .unimplemented }
+        #expect { _ = try client.call("ListHosts", [0xff, 0xff]) } throws: { ($0 as? LmctfyError)?.code == .invalidArgument }
+        #expect { try client.stream("Subscribe", [0xff, 0xff]) { _ in true } } throws: { ($0 as? LmctfyError)?.code == .invalidArgument }
+        #expect { try client.stream(AgentMethods.subscribe, SubscribeRequest(name: "relative")) { _ in true } }
+            throws: { ($0 as? LmctfyError)?.code == .invalidArgument }
+        // Nothing changed: one host, alpha, still serving.
+        let hosts = try client.call(ControllerMethods.listHosts, ListHostsRequest()).hosts
+        #expect(hosts.map { $0.identity?.hostName } == ["alpha"] && hosts.first?.state == .hostConnected)
+        client.host = "alpha"
+        _ = try client.call(AgentMethods.ping, PingRequest())
+    }
+
     @Test func aReaderAtTheControllerCannotCreate() throws {
         let fleet = try Fleet()
         try fleet.startController()
