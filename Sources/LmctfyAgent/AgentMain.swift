@@ -2,6 +2,7 @@
 import Glibc
 import Lmctfy
 import LmctfyProto
+import LmctfyRPC
 import LmctfySystem
 
 /// The `lmctfy-agent` executable's entry point.
@@ -20,28 +21,11 @@ public enum AgentMain {
     /// code, 3 for a bad argument), and runs the agent until it stops: exits 0
     /// after a clean stop, 1 otherwise. With `--check-config` it only checks.
     public static func main() -> Never {
-        var configPath = "/etc/lmctfy/agent.conf"
-        var checkOnly = false
-        var level: AgentLogLevel?
-        var args = CommandLine.arguments.dropFirst()
-        while let a = args.popFirst() {
-            switch a {
-            case "--config":
-                guard let v = args.popFirst() else { fail("--config needs a file") }
-                configPath = v
-            case "--check-config": checkOnly = true
-            case "--log-level":
-                guard let v = args.popFirst() else { fail("--log-level needs a level") }
-                guard let l = ["trace": AgentLogLevel.logTrace, "debug": .logDebug, "info": .logInfo,
-                               "warning": .logWarning, "error": .logError][v] else { fail("unknown log level \"\(v)\"") }
-                level = l
-            case "-h", "--help":
-                print(usage, terminator: "")
-                exit(0)
-            default:
-                fail("unknown argument \"\(a)\"\n\(usage)")
-            }
-        }
+        let line = DaemonCommandLine.parse(Array(CommandLine.arguments.dropFirst()), defaultConfig: "/etc/lmctfy/agent.conf",
+                                           usage: usage, fail: { fail($0) })
+        let configPath = line.configPath
+        let checkOnly = line.checkOnly
+        let level = line.logLevel
         var settings: AgentSettings
         do {
             settings = try AgentSettings.load(configPath)

@@ -158,15 +158,7 @@ public struct AgentSettings: Sendable {
         }
         controller = try Self.controllerLink(c, keys: keys, source: source)
         let l = c.limits ?? AgentLimits()
-        limits = SessionLimits()
-        if let v = l.maxFrameBytes {
-            guard v >= 1024 else { throw .invalidArgument("\(source): limits.max_frame_bytes must be at least 1024") }
-            limits.maxFrameBytes = v
-        }
-        if let v = l.maxStreamsPerConnection { limits.maxStreams = max(1, v) }
-        if let v = l.helloTimeoutMs { limits.helloTimeoutMs = UInt64(v) }
-        if let v = l.idleTimeoutMs { limits.idleTimeoutMs = UInt64(v) }
-        if let v = l.keepaliveIntervalMs { limits.keepaliveIntervalMs = UInt64(v) }
+        limits = try SessionLimits(l, source: source)
         maxConnections = Int(l.maxConnections ?? 256)
         flow = FlowLimits()
         if let v = l.maxConnectionBufferedBytes { flow.connectionBytes = Int(max(1, v)) }

@@ -1,6 +1,7 @@
 // `lmctfy-controller [--config FILE] [--check-config] [--log-level LEVEL]`
 import Glibc
 import LmctfyProto
+import LmctfyRPC
 import LmctfySystem
 
 /// The `lmctfy-controller` executable's entry point.
@@ -14,28 +15,11 @@ public enum ControllerMain {
         """
 
     public static func main() -> Never {
-        var configPath = "/etc/lmctfy/controller.conf"
-        var checkOnly = false
-        var level: AgentLogLevel?
-        var args = CommandLine.arguments.dropFirst()
-        while let a = args.popFirst() {
-            switch a {
-            case "--config":
-                guard let v = args.popFirst() else { fail("--config needs a file") }
-                configPath = v
-            case "--check-config": checkOnly = true
-            case "--log-level":
-                guard let v = args.popFirst() else { fail("--log-level needs a level") }
-                guard let l = ["trace": AgentLogLevel.logTrace, "debug": .logDebug, "info": .logInfo,
-                               "warning": .logWarning, "error": .logError][v] else { fail("unknown log level \"\(v)\"") }
-                level = l
-            case "-h", "--help":
-                print(usage, terminator: "")
-                exit(0)
-            default:
-                fail("unknown argument \"\(a)\"\n\(usage)")
-            }
-        }
+        let line = DaemonCommandLine.parse(Array(CommandLine.arguments.dropFirst()), defaultConfig: "/etc/lmctfy/controller.conf",
+                                           usage: usage, fail: { fail($0) })
+        let configPath = line.configPath
+        let checkOnly = line.checkOnly
+        let level = line.logLevel
         var settings: ControllerSettings
         do {
             settings = try ControllerSettings.load(configPath)

@@ -67,13 +67,7 @@ public struct ControllerSettings: Sendable {
             throw .invalidArgument("\(source): key_file is required (agents authenticate with a shared key)")
         }
         keys = try KeyFile.load(keyFile, requirePrivate: true)
-        let l = c.limits ?? AgentLimits()
-        limits = SessionLimits()
-        if let v = l.maxFrameBytes { limits.maxFrameBytes = max(1024, v) }
-        if let v = l.maxStreamsPerConnection { limits.maxStreams = max(1, v) }
-        if let v = l.helloTimeoutMs { limits.helloTimeoutMs = UInt64(max(1, v)) }
-        if let v = l.idleTimeoutMs { limits.idleTimeoutMs = UInt64(v) }
-        if let v = l.keepaliveIntervalMs { limits.keepaliveIntervalMs = UInt64(v) }
+        limits = try SessionLimits(c.limits ?? AgentLimits(), source: source)
         logLevel = c.logLevel ?? .logInfo
         stateDir = c.stateDir ?? "/var/lib/lmctfy-controller"
         guard stateDir.hasPrefix("/") else { throw .invalidArgument("\(source): state_dir \"\(stateDir)\" must be absolute") }

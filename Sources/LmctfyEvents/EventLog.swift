@@ -126,37 +126,15 @@ public final class EventLog: Sendable {
     @discardableResult
     public func record(container: String, kind: ContainerEventKind, threshold: Int64? = nil, frozen: Bool? = nil,
                        pid: Int32? = nil, exitCode: Int32? = nil, termSignal: Int32? = nil) -> ContainerEvent {
-        let now = WallClock.nanosecondsSinceEpoch()
-        let e = state.locked { s in
-            let e = ContainerEvent(
-                bootId: bootId, sequence: s.next, timestampNs: now,
-                container: container, kind: kind, memoryThreshold: threshold, frozen: frozen,
-                pid: pid, exitCode: exitCode, termSignal: termSignal)
-            s.next += 1
-            if let out = s.events.append(e, capacity: capacity) { s.evictedThrough = out.sequence ?? s.evictedThrough }
-            s.journal?.append(e)
-            return e
-        }
-        changes.bump()
-        observer.locked { $0 }?.call()
-        return e
+        append(ContainerEvent(container: container, kind: kind, memoryThreshold: threshold, frozen: frozen,
+                              pid: pid, exitCode: exitCode, termSignal: termSignal))
     }
 
     /// Appends a stats sample of one container (kept apart from the other
     /// events and not journaled: a sample is superseded by the next).
     @discardableResult
     public func recordStats(container: String, _ stats: ContainerStats) -> ContainerEvent {
-        let now = WallClock.nanosecondsSinceEpoch()
-        let e = state.locked { s in
-            let e = ContainerEvent(bootId: bootId, sequence: s.next, timestampNs: now,
-                                   container: container, kind: .containerEventStats, stats: stats)
-            s.next += 1
-            _ = s.stats.append(e, capacity: capacity)
-            return e
-        }
-        changes.bump()
-        observer.locked { $0 }?.call()
-        return e
+        append(ContainerEvent(container: container, kind: .containerEventStats, stats: stats))
     }
 
     /// Keeps the log on disk from now on, in `directory` (made 0700), after
@@ -185,9 +163,11 @@ public final class EventLog: Sendable {
         }
     }
 
-    /// Appends an event made elsewhere (a host's, at the controller) with
-    /// this log's boot id and next sequence number; its other fields (host,
-    /// the host's own numbering, the time it happened) are kept.
+    /// Appends an event with this log's boot id and next sequence number
+    /// (the time now, unless it has one); its other fields are kept (an
+    /// event made elsewhere, at the controller: the host, the host's own
+    /// numbering, the time it happened). A STATS sample is kept apart from
+    /// the other events and not journaled.
     @discardableResult
     public func append(_ event: ContainerEvent) -> ContainerEvent {
         let e = state.locked { s in
@@ -197,7 +177,6 @@ public final class EventLog: Sendable {
             if e.timestampNs == nil { e.timestampNs = WallClock.nanosecondsSinceEpoch() }
             s.next += 1
             if e.kind == .containerEventStats {
-                // Kept apart and not journaled, as `recordStats`.
                 _ = s.stats.append(e, capacity: capacity)
             } else {
                 if let out = s.events.append(e, capacity: capacity) { s.evictedThrough = out.sequence ?? s.evictedThrough }

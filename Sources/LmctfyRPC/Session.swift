@@ -152,6 +152,23 @@ public enum SessionAction: Sendable, Equatable {
     case close(CloseReason)
 }
 
+extension SessionLimits {
+    /// The session limits of a config's AgentLimits (the agent's and the
+    /// controller's); INVALID_ARGUMENT naming `source` for a frame limit
+    /// under 1024 bytes.
+    public init(_ l: AgentLimits, source: String) throws(LmctfyError) {
+        self.init()
+        if let v = l.maxFrameBytes {
+            guard v >= 1024 else { throw .invalidArgument("\(source): limits.max_frame_bytes must be at least 1024") }
+            maxFrameBytes = v
+        }
+        if let v = l.maxStreamsPerConnection { maxStreams = max(1, v) }
+        if let v = l.helloTimeoutMs { helloTimeoutMs = UInt64(v) }
+        if let v = l.idleTimeoutMs { idleTimeoutMs = UInt64(v) }
+        if let v = l.keepaliveIntervalMs { keepaliveIntervalMs = UInt64(v) }
+    }
+}
+
 /// Which side of the connection a session is.
 public enum SessionRole: Sendable, Equatable {
     /// The dialler connected and speaks first; the acceptor answers (the agent).
