@@ -206,7 +206,7 @@ struct ControllerIntegrationTests {
         defer { local.close() }
         _ = try local.call(AgentMethods.create, CreateRequest(name: name, spec: ContainerSpec()))
         _ = try local.call(AgentMethods.pause, PauseRequest(name: name))
-        usleep(3_000_000)  // away for a while: the agent retries, backing off
+        usleep(10_000_000)  // away for 10 s: the agent retries, backing off
         #expect(try ContainerApi.detect().exists(ContainerName.resolve(name, relativeTo: .root)), "the container is kept")
         try fleet.startController()
         fleet.waitForHosts(1)
