@@ -550,7 +550,7 @@ public final class Agent: @unchecked Sendable {
     /// all come back at once.
     private func redialHome() {
         guard let c = settings.controller, !stopping else { return }
-        let ceiling = min(c.reconnectMaxMs, c.reconnectBaseMs << min(home.failures, 20))
+        let ceiling = Self.reconnectCeiling(baseMs: c.reconnectBaseMs, maxMs: c.reconnectMaxMs, failures: home.failures)
         home.failures += 1
         let wait = Int.random(in: 0...max(1, ceiling))
         home.timer?.cancel()
@@ -558,6 +558,12 @@ public final class Agent: @unchecked Sendable {
             self.home.timer = nil
             self.dialHome()
         }
+    }
+
+    /// The longest wait before the next dial after `failures` failed in a
+    /// row: base, then doubled each time, never above max.
+    static func reconnectCeiling(baseMs: Int, maxMs: Int, failures: Int) -> Int {
+        min(maxMs, baseMs << min(failures, 20))
     }
 
     /// /etc/machine-id, when there is one.

@@ -61,3 +61,13 @@ import Testing
         #expect(kinds(log) == ["CREATED /x"])
     }
 }
+
+@Suite struct ReconnectBackoffTests {
+    /// Full jitter: the wait is random below a ceiling that doubles from
+    /// the base with each failure in a row, up to the maximum.
+    @Test func theCeilingDoublesFromTheBaseUpToTheMaximum() {
+        let ceilings = (0..<8).map { Agent.reconnectCeiling(baseMs: 500, maxMs: 30_000, failures: $0) }
+        #expect(ceilings == [500, 1000, 2000, 4000, 8000, 16_000, 30_000, 30_000])
+        #expect(Agent.reconnectCeiling(baseMs: 500, maxMs: 30_000, failures: 10_000) == 30_000, "no overflow after many failures")
+    }
+}
