@@ -476,14 +476,19 @@ public final class Agent: @unchecked Sendable {
                 case .success(let conn):
                     self.homeConnected(conn, c)
                 case .failure(let error):
-                    self.log.debug("controller \(c.host):\(c.port): \(error)")
-                    self.redialHome()
+                    self.dialFailed(c, error)
                 }
             }
         } catch {
-            log.warning("controller \(c.host):\(c.port): \(error)")
-            redialHome()
+            dialFailed(c, error)
         }
+    }
+
+    /// Said once at warning level, then (while it keeps failing) at debug.
+    private func dialFailed(_ c: AgentSettings.ControllerLink, _ error: LoopError) {
+        let line = "controller \(c.host):\(c.port): \(error) (dialling again with backoff)"
+        if home.failures == 0 { log.warning(line) } else { log.debug(line) }
+        redialHome()
     }
 
     private func homeConnected(_ conn: Connection, _ c: AgentSettings.ControllerLink) {
