@@ -40,8 +40,9 @@ struct FileHostStore: HostStore {
 
 final class HostRegistry {
     private(set) var hosts: [String: HostInfo] = [:]
-    /// The connection of each connected host.
+    /// The connection of each connected host, and the other way round.
     private(set) var links: [String: Int] = [:]
+    private var hostOfLink: [Int: String] = [:]
     private let store: any HostStore
 
     init(store: any HostStore) throws(LmctfyError) {
@@ -72,7 +73,9 @@ final class HostRegistry {
         let previous = links[name]
         hosts[name] = HostInfo(identity: identity, state: .hostConnected, stateSinceNs: now, lastHeardNs: now, keyId: keyId,
                                containerCount: identity.containerCount)
+        if let previous { hostOfLink[previous] = nil }
         links[name] = conn
+        hostOfLink[conn] = name
         persist()
         return previous == conn ? nil : previous
     }
@@ -80,7 +83,7 @@ final class HostRegistry {
     /// The connection `conn` is gone: its host (if it registered over it)
     /// is disconnected from now.
     func disconnected(conn: Int) -> String? {
-        guard let name = links.first(where: { $0.value == conn })?.key else { return nil }
+        guard let name = hostOfLink.removeValue(forKey: conn) else { return nil }
         links[name] = nil
         hosts[name]?.state = .hostDisconnected
         hosts[name]?.stateSinceNs = WallClock.nanosecondsSinceEpoch()
@@ -97,7 +100,7 @@ final class HostRegistry {
 
     /// Something arrived from the host on `conn`.
     func heard(conn: Int) {
-        guard let name = links.first(where: { $0.value == conn })?.key else { return }
+        guard let name = hostOfLink[conn] else { return }
         hosts[name]?.lastHeardNs = WallClock.nanosecondsSinceEpoch()
     }
 

@@ -433,18 +433,23 @@ public struct Session: Sendable {
             return closeLocally(.goawayIdleTimeout, "nothing received for \(limits.idleTimeoutMs) ms")
         }
         var actions: [SessionAction] = []
-        for call in pending where call.deadline.map({ now >= $0 }) ?? false {
-            actions.append(.deliverStatus(streamId: call.streamId, deadlineStatus(call.deadlineMs)))
+        if !pending.isEmpty {
+            for call in pending where call.deadline.map({ now >= $0 }) ?? false {
+                actions.append(.deliverStatus(streamId: call.streamId, deadlineStatus(call.deadlineMs)))
+            }
+            pending.removeAll { $0.deadline.map { now >= $0 } ?? false }
         }
-        pending.removeAll { $0.deadline.map { now >= $0 } ?? false }
-        for (id, deadline) in outgoing.sorted(by: { $0.key < $1.key }) {
-            guard let deadline, now >= deadline else { continue }
+        // Only the streams past their deadline, in id order (a controller
+        // ticks thousands of sessions: nothing is copied or sorted for a
+        // session with nothing due).
+        let dueOut = outgoing.compactMap { id, d in d.map { now >= $0 } == true ? id : nil }
+        for id in dueOut.sorted() {
             outgoing[id] = nil
             actions.append(.write(FrameCodec.encode(Frame(kind: .frameCancel, streamId: id))))
             actions.append(.deliverStatus(streamId: id, CallStatus(.deadlineExceeded, "deadline exceeded")))
         }
-        for (id, deadline) in incoming.sorted(by: { $0.key < $1.key }) {
-            guard let deadline, now >= deadline else { continue }
+        let dueIn = incoming.compactMap { id, d in d.map { now >= $0 } == true ? id : nil }
+        for id in dueIn.sorted() {
             incoming[id] = nil
             let status = CallStatus(.deadlineExceeded, "deadline exceeded")
             actions.append(.write(statusFrame(id, status)))
