@@ -14,9 +14,13 @@
  * measured window (after --warmup) it records CLOCK_REALTIME now minus the
  * event's timestamp_ns (the simulated agent's CLOCK_REALTIME when it
  * recorded the sample: both clocks are this machine's). It checks that each
- * event carries `host` and that the fleet log's sequence increases, and
- * counts the distinct hosts seen. Prints
- *   RESULT events=.. secs=.. rate=.. p50_us=.. p90_us=.. p99_us=.. max_us=.. hosts_seen=.. errors=..
+ * event carries `host` and that the fleet log's sequence increases, counts
+ * the distinct hosts seen, and counts host_seq_skips: an event whose
+ * host_sequence is not its host's previous one + 1 (legal when an agent
+ * coalesced STATS samples for lack of credit, otherwise an event lost on the
+ * way). Prints
+ *   RESULT events=.. secs=.. rate=.. p50_us=.. p90_us=.. p99_us=.. max_us=.. hosts_seen=..
+ *          events_total=.. host_seq_skips=.. negative=.. errors=..
  * (a stream that ends, e.g. RESOURCE_EXHAUSTED "lagged", is an error).
  *
  * --count-hosts calls `ListHosts` instead and prints
@@ -62,8 +66,10 @@ static void report(const char *fmt, ...) {
 
 /* ---- distinct host names (open addressing) ---- */
 
-static char **hset;
+typedef struct { char *name; uint64_t last; } host_t;
+static host_t *hset;
 static size_t hcap, hcount;
+static uint64_t host_seq_skips;
 
 static uint64_t fnv(const char *s) {
     uint64_t h = 1469598103934665603ull;
@@ -71,15 +77,16 @@ static uint64_t fnv(const char *s) {
     return h;
 }
 
-static void hset_add(const char *name) {
+/* The host's entry (made on first sight). */
+static host_t *hset_get(const char *name) {
     if (hcount * 2 >= hcap) {
         size_t ncap = hcap ? hcap * 2 : 4096;
-        char **n = calloc(ncap, sizeof *n);
+        host_t *n = calloc(ncap, sizeof *n);
         if (!n) { perror("calloc"); exit(3); }
         for (size_t i = 0; i < hcap; i++) {
-            if (!hset[i]) continue;
-            size_t j = fnv(hset[i]) & (ncap - 1);
-            while (n[j]) j = (j + 1) & (ncap - 1);
+            if (!hset[i].name) continue;
+            size_t j = fnv(hset[i].name) & (ncap - 1);
+            while (n[j].name) j = (j + 1) & (ncap - 1);
             n[j] = hset[i];
         }
         free(hset);
@@ -87,12 +94,13 @@ static void hset_add(const char *name) {
         hcap = ncap;
     }
     size_t j = fnv(name) & (hcap - 1);
-    while (hset[j]) {
-        if (!strcmp(hset[j], name)) return;
+    while (hset[j].name) {
+        if (!strcmp(hset[j].name, name)) return &hset[j];
         j = (j + 1) & (hcap - 1);
     }
-    hset[j] = strdup(name);
+    hset[j].name = strdup(name);
     hcount++;
+    return &hset[j];
 }
 
 /* ---- the connection ---- */
@@ -183,7 +191,11 @@ static void on_event(const Frame *f, uint64_t now_ns) {
     if (!e) { report("SubscribeResponse without event, gap or caught_up"); return; }
     events_total++;
     if (!e->host || !*e->host) report("event %llu without host", (unsigned long long)e->sequence);
-    else hset_add(e->host);
+    else if (e->has_host_sequence) {
+        host_t *h = hset_get(e->host);
+        if (h->last && e->host_sequence != h->last + 1) host_seq_skips++;
+        h->last = e->host_sequence;
+    }
     if (e->has_sequence) {
         if (e->sequence <= last_seq) report("fleet sequence %llu after %llu", (unsigned long long)e->sequence,
                                             (unsigned long long)last_seq);
@@ -343,9 +355,9 @@ int main(int argc, char **argv) {
     qsort(lat, nlat, sizeof *lat, cmp_u32);
 #define PCT(p) (nlat ? lat[(size_t)((double)nlat * (p)) < nlat ? (size_t)((double)nlat * (p)) : nlat - 1] : 0)
     printf("RESULT events=%zu secs=%.3f rate=%.1f p50_us=%u p90_us=%u p99_us=%u max_us=%u hosts_seen=%zu "
-           "events_total=%llu negative=%llu errors=%llu\n",
+           "events_total=%llu host_seq_skips=%llu negative=%llu errors=%llu\n",
            nlat, secs, secs > 0 ? nlat / secs : 0.0, PCT(0.50), PCT(0.90), PCT(0.99), nlat ? lat[nlat - 1] : 0,
-           hcount, (unsigned long long)events_total, (unsigned long long)negative, (unsigned long long)errors);
+           hcount, (unsigned long long)events_total, (unsigned long long)host_seq_skips, (unsigned long long)negative, (unsigned long long)errors);
     fflush(stdout);
     return errors == 0 && nlat > 0 ? 0 : 1;
 }
