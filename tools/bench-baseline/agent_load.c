@@ -6,7 +6,7 @@
  *
  *   agent_load (--unix PATH | --port P [--host 127.0.0.1] --key-file F [--key-id ID])
  *              --conns C --depth D --seconds T [--warmup W] [--payload 16]
- *              [--versions 1-2] [--server-pid PID]
+ *              [--versions 1-2] [--server-pid PID] [--route-host NAME]
  *   agent_load --self-test        checks the HMAC proofs against PROTOCOL.md's golden vectors
  *
  * Each of C connections does the handshake (Unix: OFFER/ACCEPTED; TCP:
@@ -21,7 +21,12 @@
  * GOAWAY, an unknown stream, a closed connection) is an error. Calls whose
  * end arrives inside [warmup, warmup+T] count. Prints
  *   RESULT rps=.. n=.. secs=.. p50_us=.. p99_us=.. srv_cpu_s=.. cli_cpu_s=.. errors=..
- * and exits non-zero if there were errors or nothing completed. */
+ * and exits non-zero if there were errors or nothing completed.
+ *
+ * --route-host NAME sets Frame.host on every request: pointed at a
+ * lmctfy-controller's socket, each Ping is routed to the agent registered
+ * as NAME (PROTOCOL.md section 9), so the same client measures a direct and
+ * a routed Ping. (--host is the TCP address to connect to.) */
 #define _GNU_SOURCE
 #include <signal.h>
 #include <stdarg.h>
@@ -139,6 +144,7 @@ static ProtobufCAllocator arena_allocator = {arena_alloc, arena_free, NULL};
 
 static uv_loop_t *loop;
 static const char *unix_path, *host = "127.0.0.1", *key_file, *key_id;
+static const char *route_host; /* Frame.host of every request (a controller routes it) */
 static int port;
 static unsigned char key[256];
 static size_t key_len;
@@ -292,6 +298,7 @@ static void enqueue(conn_t *c, buf_t *out, uint64_t now) {
     f.has_kind = 1; f.kind = K(REQUEST);
     f.has_stream_id = 1; f.stream_id = call->id;
     f.method = (char *)"Ping";
+    f.host = (char *)route_host;
     f.has_payload = 1; f.payload.data = ping_req; f.payload.len = ping_req_len;
     size_t before = out->len;
     append_frame(out, &f);
@@ -627,6 +634,7 @@ static int self_test(void) {
 static void usage(void) {
     fprintf(stderr, "usage: agent_load (--unix PATH | --port P [--host H] --key-file F [--key-id ID]) --conns C "
                     "--depth D --seconds T [--warmup W] [--payload N] [--versions LO-HI] [--server-pid PID]\n"
+                    "                  [--route-host NAME]\n"
                     "       agent_load --self-test\n");
     exit(2);
 }
@@ -648,6 +656,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(k, "--warmup")) warmup = atof(v);
         else if (!strcmp(k, "--payload")) psize = (size_t)atol(v);
         else if (!strcmp(k, "--server-pid")) server_pid = atol(v);
+        else if (!strcmp(k, "--route-host")) route_host = v;
         else if (!strcmp(k, "--versions")) {
             if (sscanf(v, "%u-%u", &ver_lo, &ver_hi) != 2) {
                 if (sscanf(v, "%u", &ver_lo) != 1) usage();
