@@ -351,6 +351,7 @@ public final class Controller: @unchecked Sendable {
         ticks += 1
         if ticks % 10 == 0 {
             fleet.flushCursors()
+            registry.flush()
             for p in peers.values where p.kind == .agent && p.countDue && p.counting == 0 { countContainers(p) }
         }
     }
@@ -685,6 +686,7 @@ public final class Controller: @unchecked Sendable {
         guard stopping, peers.isEmpty, !finalized else { return }
         finalized = true
         fleet.flushCursors()
+        registry.flush()
         ticker?.cancel()
         for s in signals { s.cancel() }
         signals.removeAll()

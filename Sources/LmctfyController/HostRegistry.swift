@@ -3,6 +3,7 @@
 // registered it. Kept in state_dir/hosts (a serialized ListHostsResponse,
 // replaced atomically on every change), behind a small store interface that
 // a distributed store could implement later. Loop thread only.
+import Glibc
 import LmctfyProto
 import LmctfySystem
 
@@ -10,20 +11,44 @@ import LmctfySystem
 protocol HostStore {
     func load() throws(LmctfyError) -> [HostInfo]
     func save(_ hosts: [HostInfo]) throws(LmctfyError)
+    /// A new name-to-key binding, kept at once (cheaply: one append).
+    func bind(_ name: String, keyId: String) throws(LmctfyError)
 }
 
-/// The inventory in one file, replaced atomically.
+/// The inventory in one file, replaced atomically (once a second at most),
+/// and the bindings made since in a file of appended lines beside it
+/// ("name key-id"), emptied by each save. A killed controller loses
+/// neither (the appends are in the page cache); the save is fsynced.
 struct FileHostStore: HostStore {
     let path: String
+    var bindingsPath: String { path + ".bindings" }
 
     func load() throws(LmctfyError) -> [HostInfo] {
-        guard Sys.exists(path) else { return [] }
-        let bytes: [UInt8]
-        do { bytes = try Sys.readBytes(path) } catch { throw error.lmctfy(.dataLoss, "Reading the host inventory") }
-        do {
-            return try ListHostsResponse(serializedBytes: bytes).hosts
-        } catch {
-            throw LmctfyError(.dataLoss, "The host inventory \(path) is damaged: \(error)")
+        var hosts: [HostInfo] = []
+        if Sys.exists(path) {
+            let bytes: [UInt8]
+            do { bytes = try Sys.readBytes(path) } catch { throw error.lmctfy(.dataLoss, "Reading the host inventory") }
+            do {
+                hosts = try ListHostsResponse(serializedBytes: bytes).hosts
+            } catch {
+                throw LmctfyError(.dataLoss, "The host inventory \(path) is damaged: \(error)")
+            }
+        }
+        let known = Set(hosts.compactMap { $0.identity?.hostName })
+        for line in ((try? Sys.readFile(bindingsPath)) ?? "").split(separator: "\n") {
+            let parts = line.split(separator: " ")
+            guard parts.count == 2, !known.contains(String(parts[0])) else { continue }  // a torn last line, or saved since
+            hosts.append(HostInfo(identity: HostIdentity(hostName: String(parts[0])), state: .hostDisconnected, keyId: String(parts[1])))
+        }
+        return hosts
+    }
+
+    func bind(_ name: String, keyId: String) throws(LmctfyError) {
+        let fd = Glibc.open(bindingsPath, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw SystemError("open", bindingsPath, errno).lmctfy(.internal, "Keeping the host binding") }
+        defer { Glibc.close(fd) }
+        do { try Sys.writeAll(fd, Array("\(name) \(keyId)\n".utf8)) } catch {
+            throw error.lmctfy(.internal, "Keeping the host binding")
         }
     }
 
@@ -35,6 +60,8 @@ struct FileHostStore: HostStore {
         do { try Sys.writeFileAtomically(path, bytes) } catch {
             throw error.lmctfy(.internal, "Writing the host inventory")
         }
+        // Every binding is in the inventory now.
+        _ = truncate(bindingsPath, 0)
     }
 }
 
@@ -43,6 +70,9 @@ final class HostRegistry {
     /// The connection of each connected host, and the other way round.
     private(set) var links: [String: Int] = [:]
     private var hostOfLink: [Int: String] = [:]
+    /// Changed since the last save (state, identity, counts): saved by
+    /// `flush`, once a second. A new name-to-key binding is saved at once.
+    private var dirty = false
     private let store: any HostStore
 
     init(store: any HostStore) throws(LmctfyError) {
@@ -69,6 +99,10 @@ final class HostRegistry {
         if let bound = hosts[name]?.keyId, bound != keyId {
             throw LmctfyError(.permissionDenied, "host \(name) is registered with another key")
         }
+        if hosts[name] == nil {
+            // The binding is kept before the host is admitted.
+            try store.bind(name, keyId: keyId)
+        }
         let now = WallClock.nanosecondsSinceEpoch()
         let previous = links[name]
         hosts[name] = HostInfo(identity: identity, state: .hostConnected, stateSinceNs: now, lastHeardNs: now, keyId: keyId,
@@ -76,7 +110,7 @@ final class HostRegistry {
         if let previous { hostOfLink[previous] = nil }
         links[name] = conn
         hostOfLink[conn] = name
-        persist()
+        dirty = true
         return previous == conn ? nil : previous
     }
 
@@ -87,7 +121,7 @@ final class HostRegistry {
         links[name] = nil
         hosts[name]?.state = .hostDisconnected
         hosts[name]?.stateSinceNs = WallClock.nanosecondsSinceEpoch()
-        persist()
+        dirty = true
         return name
     }
 
@@ -95,7 +129,7 @@ final class HostRegistry {
     func setContainerCount(_ name: String, _ count: Int) {
         guard hosts[name] != nil, hosts[name]?.containerCount != UInt32(count) else { return }
         hosts[name]?.containerCount = UInt32(count)
-        persist()
+        dirty = true
     }
 
     /// Something arrived from the host on `conn`.
@@ -129,7 +163,15 @@ final class HostRegistry {
         return out
     }
 
+    /// Saves what changed since the last save (the controller's tick, once a
+    /// second, and at stop).
+    func flush() {
+        guard dirty else { return }
+        persist()
+    }
+
     private func persist() {
+        dirty = false
         // A write that fails keeps the controller serving; the inventory on
         // disk is then one change behind (said in the log by the caller).
         try? store.save(hosts.keys.sorted().compactMap { hosts[$0] })
