@@ -145,7 +145,12 @@ public final class ContainerMonitor {
     /// (a container still being made has no memory directory yet). Returns
     /// the new eventfds to poll and what the scan of its directory found
     /// (subdirectories made before the watch: `.present`).
-    public func watch(_ name: ContainerName) -> (eventfds: [EventFd], found: [Change]) {
+    ///
+    /// `earlier`: a container that appeared while the agent runs (not one
+    /// that was there when it started): OOM kills the kernel counted before
+    /// its watch began are reported too (`.oom`), so that a process killed
+    /// a moment after its container was made is not missed.
+    public func watch(_ name: ContainerName, earlier: Bool = false) -> (eventfds: [EventFd], found: [Change]) {
         let tasks = api.driver.tasksDir(name)
         if entries[name] == nil && name != root {
             // Only lmctfy's directories: another program's cgroup tree (a
@@ -175,7 +180,9 @@ public final class ContainerMonitor {
                 // The state files, as they are when the watch begins.
                 if entry.plan.stateFiles.values.contains(.memoryEvents) {
                     let counters = (try? tasks.readKeyValues("memory.events")) ?? [:]
-                    entry.oomKills = counters["oom_kill"] ?? 0
+                    // Counted from 0 for a new container: the first look
+                    // reports what happened before (see `earlier`).
+                    entry.oomKills = earlier ? 0 : counters["oom_kill"] ?? 0
                     entry.high = counters["high"] ?? 0
                 }
             }
@@ -196,6 +203,17 @@ public final class ContainerMonitor {
             for r in plan.eventfds {
                 if let source = try? EventfdSource(r.dir, target: r.file, args: r.args) {
                     fds.append(EventFd(container: name, kind: r.kind, source: source))
+                }
+            }
+            // Kills before the eventfds were there (registered just above, so
+            // a later kill is theirs, not counted twice).
+            if earlier, let counter = plan.oomCounter {
+                let kills = (try? counter.dir.readKeyValues(counter.file))?[counter.key] ?? 0
+                if entry.plan.stateFiles.values.contains(.memoryEvents) {
+                    if kills > entry.oomKills { found.append(.oom(name, Int(kills - entry.oomKills))) }
+                    entry.oomKills = max(entry.oomKills, kills)
+                } else if kills > 0 {
+                    found.append(.oom(name, Int(kills)))
                 }
             }
             entry.eventfds = fds

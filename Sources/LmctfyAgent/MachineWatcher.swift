@@ -104,7 +104,7 @@ final class MachineWatcher: @unchecked Sendable {
         var queue = [name]
         while let next = queue.popLast() {
             let wasFull = monitor.isFullyWatched(next)
-            let (fds, found) = monitor.watch(next)
+            let (fds, found) = monitor.watch(next, earlier: !now)
             for source in fds { poll(source) }
             // A write made before its directories were watched (a CLI update
             // right after the create) is found by reading the spec again.
@@ -115,6 +115,9 @@ final class MachineWatcher: @unchecked Sendable {
                 guard let path = scope.path(child), !monitor.isWatched(child) || !inventory.knows(path) else { continue }
                 look(child, path, queue: &queue)
             }
+            // OOM kills before the watch began (a container just made).
+            let earlier = found.filter { if case .oom = $0 { true } else { false } }
+            if !earlier.isEmpty { handle(earlier) }
         }
     }
 

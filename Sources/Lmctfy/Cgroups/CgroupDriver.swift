@@ -161,6 +161,10 @@ struct MonitorPlan {
     /// Files written by tasks and lmctfy's bookkeeping: a write to them is
     /// not a spec change. Any other file written is.
     var notSpec: Set<String> = []
+    /// Where the kernel counts the container's OOM kills (a file of the
+    /// container's own memory directory and its key): read when the watch
+    /// begins, so that kills before it are not lost.
+    var oomCounter: (dir: CgroupDir, file: String, key: String)?
 }
 
 /// The directories of one container that a handler may touch, and where the

@@ -227,6 +227,7 @@ struct CgroupV1Driver: CgroupDriver {
         var plan = MonitorPlan()
         if !name.isRoot, let memory = try existingDir(.memory, name) {
             plan.eventfds = [(.oom, memory, "memory.oom_control", ""), (.pressure, memory, "memory.pressure_level", " medium")]
+            plan.oomCounter = (memory, "memory.oom_control", "oom_kill")
         }
         plan.stateFiles = ["freezer.state": .freezer]
         plan.notSpec = ["tasks", "cgroup.procs", "cgroup.event_control", "freezer.state", "memory.force_empty",

@@ -158,6 +158,7 @@ struct CgroupV2Driver: CgroupDriver {
     func monitorPlan(_ name: ContainerName) throws(LmctfyError) -> MonitorPlan {
         var plan = MonitorPlan()
         plan.stateFiles = ["cgroup.events": .cgroupEvents, "memory.events": .memoryEvents]
+        if !name.isRoot { plan.oomCounter = (tasksDir(name), "memory.events", "oom_kill") }
         plan.notSpec = ["cgroup.procs", "cgroup.threads", "cgroup.freeze", "cgroup.kill", "cgroup.events",
                         "memory.events", "memory.events.local", "cgroup.subtree_control", "cgroup.type",
                         "memory.reclaim", "memory.peak"]

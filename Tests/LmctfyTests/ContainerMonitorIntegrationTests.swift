@@ -1,0 +1,32 @@
+// CL1's ContainerMonitor on the real kernel (v1 here, v2 in the guest):
+// OOM kills made before a container's watch began are reported when it
+// begins for a container that is new, and not for one that was already
+// there when the watcher started.
+import Glibc
+import Lmctfy
+import LmctfyProto
+import LmctfySystem
+import LmctfyTestSupport
+import Testing
+
+@Suite(.enabled(if: RealCgroups.available, "\(RealCgroups.unavailableReason ?? "")"))
+struct ContainerMonitorIntegrationTests {
+    @Test func killsBeforeTheWatchAreReportedForANewContainerOnly() throws {
+        let api = try ContainerApi.detect()
+        try withTestContainer(api, label: "monitor") { name in
+            let c = try api.create(name, spec: try ContainerSpec(textFormat: "memory { limit: 16777216 }"))
+            // The kill happens before anything watches the container.
+            let pid = try c.run([testHelperPath, "alloc", "200"])
+            for _ in 0..<10_000 where TestProcess.reapIfExited(pid) == nil && kill(pid, 0) == 0 { usleep(1000) }
+            let fresh = try ContainerMonitor(api: api)
+            let (fds, found) = fresh.watch(name, earlier: true)
+            #expect(found.contains { if case .oom(name, let n) = $0 { n >= 1 } else { false } }, "\(found)")
+            let old = try ContainerMonitor(api: api)
+            let (_, foundOld) = old.watch(name, earlier: false)
+            #expect(!foundOld.contains { if case .oom = $0 { true } else { false } }, "a container already there: its past is not news")
+            // Either way the watch is made: a later kill comes through it.
+            #expect(fresh.isFullyWatched(name))
+            _ = fds
+        }
+    }
+}
