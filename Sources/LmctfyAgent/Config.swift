@@ -205,34 +205,7 @@ public struct AgentSettings: Sendable {
     /// `create`: make it (mode 0700; missing parents 0755) if it is absent.
     /// Throws FAILED_PRECONDITION naming the directory and what is wrong.
     public func checkStateDir(create: Bool) throws(LmctfyError) {
-        guard stateDir.hasPrefix("/") else { throw .invalidArgument("state_dir \"\(stateDir)\" must be absolute") }
-        var found: stat?
-        do { found = try Sys.linkStatus(stateDir) } catch { throw error.lmctfy(.failedPrecondition, "Checking state_dir") }
-        if found == nil {
-            guard create else { return }  // made at start
-            var path = ""
-            let parts = stateDir.split(separator: "/")
-            for (i, part) in parts.enumerated() {
-                path += "/" + part
-                guard !Sys.isDirectory(path) else { continue }
-                do {
-                    try Sys.mkdir(path, mode: i == parts.count - 1 ? 0o700 : 0o755)
-                } catch {
-                    throw error.lmctfy(.failedPrecondition, "Creating state_dir")
-                }
-            }
-            do { found = try Sys.linkStatus(stateDir) } catch { throw error.lmctfy(.failedPrecondition, "Checking state_dir") }
-        }
-        guard let st = found else { throw .failedPrecondition("state_dir \(stateDir) vanished while it was made") }
-        guard st.st_mode & S_IFMT == S_IFDIR else {
-            throw .failedPrecondition("state_dir \(stateDir) is not a directory (a symlink is refused too)")
-        }
-        guard st.st_uid == geteuid() else {
-            throw .failedPrecondition("state_dir \(stateDir) is owned by uid \(st.st_uid), not the agent's uid \(geteuid())")
-        }
-        guard st.st_mode & 0o077 == 0 else {
-            throw .failedPrecondition("state_dir \(stateDir) has mode \(String(st.st_mode & 0o7777, radix: 8)): group and others must have no access (chmod 700)")
-        }
+        try Sys.checkPrivateDirectory(stateDir, create: create, what: "state_dir")
     }
 
     /// Who the Unix socket admits (PROTOCOL.md section 3): root, the

@@ -400,7 +400,6 @@ public final class Controller: @unchecked Sendable {
     /// A client's Subscribe at the controller: the fleet log, filtered by
     /// host, container and kind, from its cursor, with credit (version 3).
     private func subscribeFleet(_ p: ControllerPeer, _ stream: UInt32, _ payload: [UInt8]) {
-        let now = MonotonicClock.milliseconds()
         let key = EventHub.Key(conn: p.id, stream: stream)
         let r: SubscribeRequest
         let first: [SubscribeResponse]
@@ -433,7 +432,6 @@ public final class Controller: @unchecked Sendable {
                 return
             }
         }
-        _ = now
     }
 
     /// One response on a fleet subscriber's stream; false when its

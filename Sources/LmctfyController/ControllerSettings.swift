@@ -78,18 +78,9 @@ public struct ControllerSettings: Sendable {
 
     var rolePolicy: RolePolicy { RolePolicy(bindings: config.role, allowedGid: allowedGid) }
 
-    /// Makes the state directory (0700) if absent; refuses one that is not
-    /// a private directory of this user.
+    /// Makes the state directory (0700; parents 0755) if absent; refuses
+    /// one that is not a private directory of this user (as the agent's).
     func prepareStateDir() throws(LmctfyError) {
-        if !Sys.isDirectory(stateDir) {
-            do { try Sys.mkdir(stateDir, mode: 0o700) } catch { throw error.lmctfy(.failedPrecondition, "Creating state_dir") }
-        }
-        var st = stat()
-        guard lstat(stateDir, &st) == 0, st.st_mode & S_IFMT == S_IFDIR, st.st_uid == geteuid() else {
-            throw .failedPrecondition("state_dir \(stateDir) must be a directory owned by the controller's user")
-        }
-        guard st.st_mode & 0o077 == 0 else {
-            throw .failedPrecondition("state_dir \(stateDir) has mode \(String(st.st_mode & 0o7777, radix: 8)): group and others must have no access (chmod 700)")
-        }
+        try Sys.checkPrivateDirectory(stateDir, create: true, what: "state_dir")
     }
 }

@@ -53,3 +53,43 @@ extension Sys {
         return st
     }
 }
+
+extension Sys {
+    /// A directory that must be private to this process's user (a state
+    /// directory: what is kept there decides what the process does): an
+    /// absolute path to a directory (not a symlink) owned by the effective
+    /// uid, with no access for group or others. `create`: made if absent
+    /// (0700; missing parents 0755). `what` names it in errors (the config
+    /// key). Throws INVALID_ARGUMENT for a relative path, FAILED_PRECONDITION
+    /// naming the directory and what is wrong otherwise.
+    public static func checkPrivateDirectory(_ path: String, create: Bool, what: String) throws(LmctfyError) {
+        guard path.hasPrefix("/") else { throw .invalidArgument("\(what) \"\(path)\" must be absolute") }
+        var found: stat?
+        do { found = try Sys.linkStatus(path) } catch { throw error.lmctfy(.failedPrecondition, "Checking \(what)") }
+        if found == nil {
+            guard create else { return }  // made at start
+            var prefix = ""
+            let parts = path.split(separator: "/")
+            for (i, part) in parts.enumerated() {
+                prefix += "/" + part
+                guard !Sys.isDirectory(prefix) else { continue }
+                do {
+                    try Sys.mkdir(prefix, mode: i == parts.count - 1 ? 0o700 : 0o755)
+                } catch {
+                    throw error.lmctfy(.failedPrecondition, "Creating \(what)")
+                }
+            }
+            do { found = try Sys.linkStatus(path) } catch { throw error.lmctfy(.failedPrecondition, "Checking \(what)") }
+        }
+        guard let st = found else { throw .failedPrecondition("\(what) \(path) vanished while it was made") }
+        guard st.st_mode & S_IFMT == S_IFDIR else {
+            throw .failedPrecondition("\(what) \(path) is not a directory (a symlink is refused too)")
+        }
+        guard st.st_uid == geteuid() else {
+            throw .failedPrecondition("\(what) \(path) is owned by uid \(st.st_uid), not this process's uid \(geteuid())")
+        }
+        guard st.st_mode & 0o077 == 0 else {
+            throw .failedPrecondition("\(what) \(path) has mode \(String(st.st_mode & 0o7777, radix: 8)): group and others must have no access (chmod 700)")
+        }
+    }
+}
