@@ -39,6 +39,21 @@ final class ConnState {
     }
 }
 
+/// Ping is answered inside the session's receive (InlineCalls.swift): it
+/// proves the loop is alive and echoes its data; the dispatcher's handler
+/// gives the same answer (tests compare them). Refusals (a connection
+/// without a role) take the normal path, which says why.
+extension ConnState: InlineResponder {
+    private static let ping = Array(AgentMethods.ping.name.utf8)
+    private static let pingRole = AgentMethods.ping.info.role
+
+    func answerInline(method: UnsafeRawBufferPointer, request: UnsafeRawBufferPointer,
+                      response: inout [UInt8]) -> Bool {
+        guard method.elementsEqual(Self.ping), Self.pingRole.allows(role) else { return false }
+        return PingWire.answer(request, to: &response)
+    }
+}
+
 /// lmctfy-agent: serves the agent RPC protocol on a Unix socket (and, if
 /// configured, TCP) from one libuv loop, executing calls on worker threads
 /// off the loop. `start` it, then `waitUntilStopped`, or `stop`. Thread-safe:
@@ -311,7 +326,7 @@ public final class Agent: @unchecked Sendable {
         conns[id] = state
         c.onRead = { [unowned self] _, bytes in
             guard let s = self.conns[id] else { return }
-            self.perform(s, s.session.receive(bytes, now: MonotonicClock.milliseconds()))
+            self.perform(s, s.session.receive(bytes, now: MonotonicClock.milliseconds(), inline: s))
         }
         c.onEOF = { [unowned self] _ in
             guard let s = self.conns[id] else { return }
@@ -502,7 +517,7 @@ public final class Agent: @unchecked Sendable {
         home.connId = id
         conn.onRead = { [unowned self] _, bytes in
             guard let s = self.conns[id] else { return }
-            self.perform(s, s.session.receive(bytes, now: MonotonicClock.milliseconds()))
+            self.perform(s, s.session.receive(bytes, now: MonotonicClock.milliseconds(), inline: s))
         }
         conn.onEOF = { [unowned self] _ in
             guard let s = self.conns[id] else { return }

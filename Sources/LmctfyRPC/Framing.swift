@@ -152,6 +152,38 @@ public struct FrameDecoder: Sendable {
         return try FrameCodec.decodeBody(body)
     }
 
+    /// The next whole frame's body as offsets into the buffer (for
+    /// `withBody`), or nil if more bytes are needed; same checks as `next()`.
+    /// Call `decode(_:)` or `skip()` for it before the next one.
+    mutating func nextBody() throws(FrameError) -> Range<Int>? {
+        let available = buffer.count - start
+        guard available >= FrameCodec.headerBytes else { return nil }
+        let length = UInt32(buffer[start]) << 24 | UInt32(buffer[start + 1]) << 16
+            | UInt32(buffer[start + 2]) << 8 | UInt32(buffer[start + 3])
+        guard length <= maxFrameBytes else { throw .oversize(length: length, max: maxFrameBytes) }
+        let total = FrameCodec.headerBytes + Int(length)
+        guard available >= total else { return nil }
+        return (start + FrameCodec.headerBytes)..<(start + total)
+    }
+
+    /// Reads the bytes of a body `nextBody` returned.
+    func withBody<R>(_ body: Range<Int>, _ f: (UnsafeRawBufferPointer) -> R) -> R {
+        buffer.withUnsafeBytes { f(UnsafeRawBufferPointer(rebasing: $0[body])) }
+    }
+
+    /// Consumes the body `nextBody` returned and decodes it.
+    mutating func decode(_ body: Range<Int>) throws(FrameError) -> Frame {
+        start = body.upperBound
+        defer { compact() }
+        return try FrameCodec.decodeBody(buffer[body])
+    }
+
+    /// Consumes the body `nextBody` returned without decoding it.
+    mutating func skip(_ body: Range<Int>) {
+        start = body.upperBound
+        compact()
+    }
+
     /// At end of stream: an error if a frame was left incomplete.
     public func finish() throws(FrameError) {
         let available = buffer.count - start

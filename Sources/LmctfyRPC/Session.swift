@@ -227,6 +227,8 @@ public struct Session: Sendable {
     private var lastReceived: UInt64
     private var lastPingSent: UInt64
     private var pingCounter: UInt64 = 0
+    /// The inline lane's response message, reused from call to call.
+    private var inlineScratch: [UInt8] = []
 
     /// Calls we made: stream id -> absolute deadline.
     private var outgoing: [UInt32: UInt64?] = [:]
@@ -307,23 +309,77 @@ public struct Session: Sendable {
         receiveBytes(bytes, now: now)
     }
 
-    private mutating func receiveBytes(_ bytes: some Collection<UInt8>, now: UInt64) -> [SessionAction] {
+    /// `receive`, answering the plainest unary requests for the methods
+    /// `inline` takes at once (InlineCalls.swift): their answers come back
+    /// as `.write` actions, in order with the rest, one per run of them.
+    public mutating func receive(_ bytes: [UInt8], now: UInt64, inline: any InlineResponder) -> [SessionAction] {
+        receiveBytes(bytes, now: now, inline: inline)
+    }
+
+    private mutating func receiveBytes(_ bytes: some Collection<UInt8>, now: UInt64,
+                                       inline: (any InlineResponder)? = nil) -> [SessionAction] {
         guard !isClosed else { return [] }
         lastReceived = now
         decoder.feed(bytes)
         var actions: [SessionAction] = []
+        var answers: [UInt8] = []
         while !isClosed {
-            let frame: Frame?
+            let body: Range<Int>?
             do {
-                frame = try decoder.next()
+                body = try decoder.nextBody()
+            } catch {
+                if !answers.isEmpty { actions.append(.write(answers)); answers = [] }
+                actions += closeLocally(error.goAwayReason, error.description)
+                break
+            }
+            guard let body else { break }
+            if let inline, answerInline(body, inline, into: &answers) {
+                decoder.skip(body)
+                continue
+            }
+            if !answers.isEmpty { actions.append(.write(answers)); answers = [] }
+            let frame: Frame
+            do {
+                frame = try decoder.decode(body)
             } catch {
                 actions += closeLocally(error.goAwayReason, error.description)
                 break
             }
-            guard let frame else { break }
             actions += handle(frame, now: now)
         }
+        if !answers.isEmpty { actions.append(.write(answers)) }
         return actions
+    }
+
+    /// The inline lane: true when the frame was a plain request `inline`
+    /// answered (its answer appended to `out`), false when it takes the
+    /// normal path -- also for every request the normal path would refuse,
+    /// which then refuses it exactly as before.
+    private mutating func answerInline(_ body: Range<Int>, _ inline: any InlineResponder,
+                                       into out: inout [UInt8]) -> Bool {
+        guard let version = peer?.version, let maxFrame = peer?.maxFrameBytes, !isClosed,
+              incoming.count < Int(limits.maxStreams) else { return false }
+        let lastPeer = lastPeerId
+        let dialler = role == .dialler
+        let combined = version >= ProtocolVersion.finalResponse
+        var scratch: [UInt8] = []
+        swap(&scratch, &inlineScratch)
+        defer { swap(&scratch, &inlineScratch) }
+        let answered: UInt32? = decoder.withBody(body) { p in
+            guard let r = InlineWire.scanRequest(p) else { return nil }
+            // The normal path's stream-id rules: the peer's parity, rising.
+            guard r.streamId != 0, (r.streamId % 2 == 1) != dialler, r.streamId > lastPeer else { return nil }
+            scratch.removeAll(keepingCapacity: true)
+            guard inline.answerInline(method: UnsafeRawBufferPointer(rebasing: p[r.method]),
+                                      request: UnsafeRawBufferPointer(rebasing: p[r.payload]),
+                                      response: &scratch) else { return nil }
+            guard InlineWire.appendResponse(id: r.streamId, message: scratch, combined: combined,
+                                            maxFrameBytes: maxFrame, to: &out) else { return nil }
+            return r.streamId
+        }
+        guard let answered else { return false }
+        lastPeerId = answered
+        return true
     }
 
     /// The peer closed its side (read returned 0) or the connection broke.

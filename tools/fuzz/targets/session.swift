@@ -3,7 +3,8 @@
 // ticks, answers to the peer's calls, calls of our own and cancels.
 //
 // Input: 1 byte of mode (bit 0: dialler, else acceptor; bit 1: shared key,
-// else Unix peer credentials), then operations, each one byte `op`:
+// else Unix peer credentials; bit 2: Ping answered in the inline lane, as
+// the agent does), then operations, each one byte `op`:
 //   op%8 in 0...3: receive the next 1 + (next byte) input bytes
 //   op%8 == 4: advance the clock by 10 * (next 2 bytes) ms and tick
 //   op%8 == 5: answer the oldest open incoming call (response if op&8, else status)
@@ -30,6 +31,13 @@ struct FixedNonces: NonceSource {
 /// The key of docs/PROTOCOL.md's golden vectors, so seeds can carry a valid proof.
 let goldenKey = Array("lmctfy-golden-key".utf8)
 let limits = SessionLimits(maxFrameBytes: 4096, maxStreams: 4)
+
+/// The agent's inline Ping (InlineCalls.swift).
+final class InlinePing: InlineResponder {
+    func answerInline(method: UnsafeRawBufferPointer, request: UnsafeRawBufferPointer, response: inout [UInt8]) -> Bool {
+        method.elementsEqual("Ping".utf8) && PingWire.answer(request, to: &response)
+    }
+}
 
 struct Model {
     let role: SessionRole
@@ -101,6 +109,7 @@ public func fuzzSession(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
         let auth: DiallerAuthentication = sharedKey ? .sharedKey(keyId: "ops", key: goldenKey) : .peerCredentials
         session = Session(dialler: auth, name: "lmctl", limits: limits, nonces: FixedNonces(first: 0), now: 0)
     }
+    let inline: InlinePing? = mode & 4 != 0 ? InlinePing() : nil
     var model = Model(role: session.role)
     var now: UInt64 = 0
     model.absorb(session.start(now: now), "start")
@@ -116,7 +125,7 @@ public func fuzzSession(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
             let n = 1 + Int(input.byte())
             var chunk: [UInt8] = []
             for _ in 0..<n where !input.isAtEnd { chunk.append(input.byte()) }
-            actions = session.receive(chunk, now: now)
+            actions = inline.map { session.receive(chunk, now: now, inline: $0) } ?? session.receive(chunk, now: now)
         case 4:
             now += 10 * UInt64(input.uint16())
             actions = session.tick(now: now)
