@@ -188,8 +188,12 @@ final class Inventory: Sendable {
             guard s.known[name] != nil, s.busy[name] == nil, (s.touched[name] ?? 0) <= since else { return }
             if let was = s.specs[name], was != spec {
                 events.record(container: name, kind: .containerEventUpdated)
-                changed(name)
             }
+            // Every read, the first too: a write made between the snapshot
+            // keeper's last read and this first one (just after the agent
+            // started) is no UPDATED here, but the keeper compares with
+            // what it wrote (and writes nothing when that is the same).
+            changed(name)
             s.specs[name] = spec
         }
     }

@@ -302,7 +302,7 @@ public final class SnapshotKeeper: Sendable {
 
     /// /proc/<pid>/stat field 22, the start time in clock ticks after boot;
     /// nil when there is no such process.
-    static func startTime(_ pid: Int32) -> UInt64? {
+    public static func startTime(_ pid: Int32) -> UInt64? {
         statFields(pid).flatMap { $0.count > 19 ? UInt64($0[19]) : nil }
     }
 
@@ -314,7 +314,7 @@ public final class SnapshotKeeper: Sendable {
 
     /// Whether the recorded process still runs: its pid is there, with the
     /// start time recorded, and it is not a zombie.
-    static func isAlive(_ p: SnapshotProcess) -> Bool {
+    public static func isAlive(_ p: SnapshotProcess) -> Bool {
         guard let pid = p.pid, let fields = statFields(pid), fields.count > 19 else { return false }
         if fields[0] == "Z" || fields[0] == "X" { return false }
         guard let recorded = p.startTime else { return true }
