@@ -137,10 +137,28 @@ public final class Agent: @unchecked Sendable {
         let events = EventLog(capacity: settings.eventLogCapacity)
         // PROTOCOL.md section 6.1; opened (and swept) by `start`.
         let journal = RequestJournal(directory: settings.stateDir + "/requests", bootId: events.bootId)
+        let log = AgentLog(level: settings.logLevel)
+        // Snapshots (README "Snapshots and restart recovery"): what is
+        // written is read from the kernel, by the clients' names.
+        let snapshots = SnapshotKeeper(
+            store: SnapshotStore(directory: settings.stateDir + "/snapshots", crash: SnapshotCrashPoint.fromEnvironment()),
+            events: events,
+            read: { (path: String) throws(LmctfyError) -> (spec: ContainerSpec, frozen: Bool)? in
+                let name = try scope.resolve(path)
+                do throws(LmctfyError) {
+                    guard try api.exists(name) else { return nil }
+                    let c = try api.get(name)
+                    return (try c.spec(), try c.isFrozen())
+                } catch where error.code == .notFound {
+                    return nil  // destroyed while it was read
+                }
+            },
+            warn: { log.warning($0) })
         self.dispatcher = Dispatcher(backend: backend, cgroupVersion: api.version.number,
                                      events: events, agentVersion: LmctfyVersion.string, journal: journal,
-                                     testHold: TestHold.fromEnvironment(marker: settings.stateDir + "/test-hold"))
-        self.log = AgentLog(level: settings.logLevel)
+                                     testHold: TestHold.fromEnvironment(marker: settings.stateDir + "/test-hold"),
+                                     snapshots: snapshots)
+        self.log = log
         self.hub = EventHub(log: events, buffer: settings.subscriberBuffer)
         self.api = api
         self.scope = scope
@@ -200,8 +218,18 @@ public final class Agent: @unchecked Sendable {
         Sys.raiseFileLimit()
         try dispatcher.events.attachJournal(directory: settings.stateDir + "/events")
         // What exists now is known, not new: the first listing seeds it.
-        if settings.reconcileIntervalMs > 0 || settings.watchContainers, let listed = listContainers() {
+        let listed = listContainers()
+        if settings.reconcileIntervalMs > 0 || settings.watchContainers, let listed {
             dispatcher.inventory.reconcile(listed.frozen, empties: listed.empty, since: 0)
+        }
+        // Restart recovery: the snapshots against that same listing, before
+        // anything is served (the journal above already has the new boot id).
+        if let snapshots = dispatcher.snapshots {
+            guard let listed else { throw .unavailable("Listing the containers for the snapshots' recovery failed") }
+            let t0 = MonotonicClock.milliseconds()
+            let found = try snapshots.recover(listed: Array(listed.frozen.keys))
+            log.info("snapshots: \(found) in \(MonotonicClock.milliseconds() - t0) ms")
+            snapshots.start()
         }
         let swept = try dispatcher.journal?.open() ?? 0
         if swept > 0 { log.debug("request journal: \(swept) expired entries removed") }
@@ -856,6 +884,7 @@ public final class Agent: @unchecked Sendable {
         sweeper?.cancel()
         reconciler?.cancel()
         watcher?.stop()
+        dispatcher.snapshots?.stop()
         statsPublisher?.requestStop()
         home.timer?.cancel()
         home.dialling?.close()

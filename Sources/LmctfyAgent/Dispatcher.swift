@@ -162,18 +162,25 @@ public final class Dispatcher: Sendable {
         init(_ find: @escaping @Sendable (String) throws(LmctfyError) -> String) { self.find = find }
     }
     let testHold: TestHold?
+    /// The containers' snapshots (state_dir/snapshots); nil: none kept.
+    /// Written by each change before its answer (SnapshotKeeper).
+    public let snapshots: SnapshotKeeper?
 
     /// A dispatcher onto `backend`; names the caller leaves out mean
     /// whatever the backend's caller is (the agent's own container).
     public init(backend: any ContainerBackend, cgroupVersion: Int32, events: EventLog, agentVersion: String,
-                journal: RequestJournal? = nil, testHold: TestHold? = nil) {
+                journal: RequestJournal? = nil, testHold: TestHold? = nil, snapshots: SnapshotKeeper? = nil) {
         self.backend = backend
         self.cgroupVersion = cgroupVersion
         self.events = events
         self.agentVersion = agentVersion
         self.journal = journal
         self.testHold = testHold
+        self.snapshots = snapshots
         self.inventory = Inventory(events: events)
+        if let snapshots {
+            inventory.observer.locked { $0 = Inventory.Observer { snapshots.observed($0) } }
+        }
     }
 
     /// A method's table entry with its handler: what a call needs to be
@@ -306,6 +313,7 @@ public final class Dispatcher: Sendable {
             return try d.inventory.change(try d.backend.resolve(name)) {
                 let path = try d.backend.create(name, spec: r.spec ?? ContainerSpec())
                 d.events.record(container: path, kind: .containerEventCreated)
+                d.snapshots?.syncOrWarn(path)
                 return (CreateResponse(), { $0[path] = false })
             }
         }
@@ -317,6 +325,7 @@ public final class Dispatcher: Sendable {
             return try d.inventory.change(try d.backend.resolve(name)) {
                 let path = try d.backend.destroy(name, force: r.force ?? false)
                 d.events.record(container: path, kind: .containerEventDestroyed)
+                d.snapshots?.removeTree(path)
                 // Its subcontainers went with it (one event, for the name destroyed).
                 return (DestroyResponse(), { known in
                     for k in known.keys where k == path || k.hasPrefix(path + "/") { known[k] = nil }
@@ -334,6 +343,7 @@ public final class Dispatcher: Sendable {
             return try d.inventory.change(try d.backend.resolve(name)) {
                 let path = try d.backend.update(name, spec: r.spec ?? ContainerSpec(), policy: policy)
                 d.events.record(container: path, kind: .containerEventUpdated)
+                d.snapshots?.syncOrWarn(path)
                 return (UpdateResponse(), { _ in })
             }
         }
@@ -358,7 +368,10 @@ public final class Dispatcher: Sendable {
             return EnterResponse()
         }
         mutating(AgentMethods.killAll) { d, r in
-            try d.backend.killAll(try Dispatcher.containerName(r.name), recursive: r.recursive ?? false)
+            let name = try Dispatcher.containerName(r.name)
+            try d.backend.killAll(name, recursive: r.recursive ?? false)
+            // The processes it recorded that died leave its snapshot.
+            if let snapshots = d.snapshots, let path = try? d.backend.resolve(name) { snapshots.syncOrWarn(path) }
             return KillAllResponse()
         }
         mutating(AgentMethods.pause) { d, r in
@@ -408,6 +421,7 @@ public final class Dispatcher: Sendable {
         try inventory.change(try backend.resolve(name)) {
             let path = try backend.setPaused(name, paused)
             events.record(container: path, kind: .containerEventFreezer, frozen: paused)
+            snapshots?.syncOrWarn(path)
             return ((), { $0[path] = paused })
         }
     }
@@ -430,12 +444,16 @@ public final class Dispatcher: Sendable {
         defer { context.onCancel(nil) }
         let name = try Self.containerName(r.name)
         let path = try backend.resolve(name)
+        let snapshots = self.snapshots
         let outcome = try backend.run(name, argv: r.argv, detached: detached) { (started: Int32) throws(LmctfyError) in
             pid = started
             if !detached { context.onCancel { _ = try? Sys.kill(started, SIGKILL) } }
+            // Recorded (and on disk) before the caller hears of it.
+            snapshots?.started(path, pid: started, argv: r.argv, detached: detached, policy: r.restartPolicy)
             try context.emit(RunResponse(kind: .runStarted, pid: started))
         }
         context.onCancel(nil)
+        if case .started = outcome {} else { snapshots?.exited(path, pid: pid) }
         // The exit is an event whoever is still listening: the caller may be
         // gone (its cancel killed the command) and still learn it later.
         switch outcome {

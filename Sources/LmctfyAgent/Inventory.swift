@@ -35,6 +35,18 @@ final class Inventory: Sendable {
     private let state = Mutexed(State())
     let events: EventLog
 
+    /// Told of every name whose existence, freezer state or spec changed
+    /// without the agent, as it is recorded (the snapshot keeper: it only
+    /// queues the name; called with the inventory's lock held). In a
+    /// class: see EventLog.observer.
+    final class Observer: Sendable {
+        let call: @Sendable (String) -> Void
+        init(_ call: @escaping @Sendable (String) -> Void) { self.call = call }
+    }
+    let observer = Mutexed<Observer?>(nil)
+
+    private func changed(_ name: String) { observer.locked { $0 }?.call(name) }
+
     init(events: EventLog) {
         self.events = events
     }
@@ -105,14 +117,17 @@ final class Inventory: Sendable {
                     if was != frozen {
                         events.record(container: name, kind: .containerEventFreezer, frozen: frozen)
                         s.known[name] = frozen
+                        changed(name)
                     }
                 } else {
                     events.record(container: name, kind: .containerEventCreated)
                     s.known[name] = frozen
+                    changed(name)
                 }
             }
             for name in s.known.keys.sorted(by: >) where listed[name] == nil && settled(name) {
                 Self.forget(&s, name, events)
+                changed(name)
             }
             // What no change is in progress for needs no generation any more.
             s.touched = s.touched.filter { s.busy[$0.key] != nil || $0.value > since }
@@ -130,8 +145,14 @@ final class Inventory: Sendable {
             guard s.seeded, s.busy[name] == nil, (s.touched[name] ?? 0) <= since else { return false }
             if !exists {
                 // What is below it went first (or with it).
-                for k in s.known.keys.sorted(by: >) where k.hasPrefix(name + "/") { Self.forget(&s, k, events) }
-                if s.known[name] != nil { Self.forget(&s, name, events) }
+                for k in s.known.keys.sorted(by: >) where k.hasPrefix(name + "/") {
+                    Self.forget(&s, k, events)
+                    changed(k)
+                }
+                if s.known[name] != nil {
+                    Self.forget(&s, name, events)
+                    changed(name)
+                }
                 return false
             }
             guard let frozen else { return false }
@@ -139,11 +160,13 @@ final class Inventory: Sendable {
                 if was != frozen {
                     events.record(container: name, kind: .containerEventFreezer, frozen: frozen)
                     s.known[name] = frozen
+                    changed(name)
                 }
                 return false
             }
             events.record(container: name, kind: .containerEventCreated)
             s.known[name] = frozen
+            changed(name)
             return true
         }
     }
@@ -166,6 +189,11 @@ final class Inventory: Sendable {
             if let was = s.specs[name], was != spec {
                 events.record(container: name, kind: .containerEventUpdated)
             }
+            // Every read, the first too: a write made between the snapshot
+            // keeper's last read and this first one (just after the agent
+            // started) is no UPDATED here, but the keeper compares with
+            // what it wrote (and writes nothing when that is the same).
+            changed(name)
             s.specs[name] = spec
         }
     }

@@ -59,6 +59,11 @@ final class MachineWatcher: @unchecked Sendable {
             throw error.lmctfy("Watching the containers")
         }
         add(scope.root, now: true)
+        // The specs of the containers there now are read soon, so that the
+        // first write of one (a CLI update) is told from them: without this
+        // they waited for the next inotify event, and that first write was
+        // taken for the spec they had (no UPDATED, a stale snapshot).
+        handle([])
     }
 
     /// Stops every poll (loop thread); the descriptors close once their

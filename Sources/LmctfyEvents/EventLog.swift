@@ -189,6 +189,19 @@ public final class EventLog: Sendable {
         return e
     }
 
+    /// The newest STATS sample kept of `container` (nil: none kept).
+    public func latestStats(container: String) -> ContainerStats? {
+        state.locked { s in
+            var i = s.stats.items.count
+            while i > 0 {
+                i -= 1
+                let e = s.stats.items[(s.stats.start + i) % s.stats.items.count]
+                if e.container == container { return e.stats }
+            }
+            return nil
+        }
+    }
+
     /// The last boot before this one and its events as the journal kept
     /// them (oldest first); nil without a journal or before any.
     public var previousBoot: (id: String, events: [ContainerEvent])? { state.locked { $0.previous } }

@@ -2032,6 +2032,96 @@ void   containers__lmctfy__agent__request_journal_entry__free_unpacked
   assert(message->base.descriptor == &containers__lmctfy__agent__request_journal_entry__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
+void   containers__lmctfy__agent__container_snapshot__init
+                     (Containers__Lmctfy__Agent__ContainerSnapshot         *message)
+{
+  static const Containers__Lmctfy__Agent__ContainerSnapshot init_value = CONTAINERS__LMCTFY__AGENT__CONTAINER_SNAPSHOT__INIT;
+  *message = init_value;
+}
+size_t containers__lmctfy__agent__container_snapshot__get_packed_size
+                     (const Containers__Lmctfy__Agent__ContainerSnapshot *message)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__container_snapshot__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t containers__lmctfy__agent__container_snapshot__pack
+                     (const Containers__Lmctfy__Agent__ContainerSnapshot *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__container_snapshot__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t containers__lmctfy__agent__container_snapshot__pack_to_buffer
+                     (const Containers__Lmctfy__Agent__ContainerSnapshot *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__container_snapshot__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Containers__Lmctfy__Agent__ContainerSnapshot *
+       containers__lmctfy__agent__container_snapshot__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Containers__Lmctfy__Agent__ContainerSnapshot *)
+     protobuf_c_message_unpack (&containers__lmctfy__agent__container_snapshot__descriptor,
+                                allocator, len, data);
+}
+void   containers__lmctfy__agent__container_snapshot__free_unpacked
+                     (Containers__Lmctfy__Agent__ContainerSnapshot *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &containers__lmctfy__agent__container_snapshot__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   containers__lmctfy__agent__snapshot_process__init
+                     (Containers__Lmctfy__Agent__SnapshotProcess         *message)
+{
+  static const Containers__Lmctfy__Agent__SnapshotProcess init_value = CONTAINERS__LMCTFY__AGENT__SNAPSHOT_PROCESS__INIT;
+  *message = init_value;
+}
+size_t containers__lmctfy__agent__snapshot_process__get_packed_size
+                     (const Containers__Lmctfy__Agent__SnapshotProcess *message)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__snapshot_process__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t containers__lmctfy__agent__snapshot_process__pack
+                     (const Containers__Lmctfy__Agent__SnapshotProcess *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__snapshot_process__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t containers__lmctfy__agent__snapshot_process__pack_to_buffer
+                     (const Containers__Lmctfy__Agent__SnapshotProcess *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__snapshot_process__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Containers__Lmctfy__Agent__SnapshotProcess *
+       containers__lmctfy__agent__snapshot_process__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Containers__Lmctfy__Agent__SnapshotProcess *)
+     protobuf_c_message_unpack (&containers__lmctfy__agent__snapshot_process__descriptor,
+                                allocator, len, data);
+}
+void   containers__lmctfy__agent__snapshot_process__free_unpacked
+                     (Containers__Lmctfy__Agent__SnapshotProcess *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &containers__lmctfy__agent__snapshot_process__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
 void   containers__lmctfy__agent__role_binding__init
                      (Containers__Lmctfy__Agent__RoleBinding         *message)
 {
@@ -3417,7 +3507,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__detect_response__des
   (ProtobufCMessageInit) containers__lmctfy__agent__detect_response__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor containers__lmctfy__agent__run_request__field_descriptors[4] =
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__run_request__field_descriptors[5] =
 {
   {
     "name",
@@ -3467,17 +3557,30 @@ static const ProtobufCFieldDescriptor containers__lmctfy__agent__run_request__fi
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "restart_policy",
+    5,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_ENUM,
+    offsetof(Containers__Lmctfy__Agent__RunRequest, has_restart_policy),
+    offsetof(Containers__Lmctfy__Agent__RunRequest, restart_policy),
+    &containers__lmctfy__agent__restart_policy__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned containers__lmctfy__agent__run_request__field_indices_by_name[] = {
   1,   /* field[1] = argv */
   3,   /* field[3] = detached */
   0,   /* field[0] = name */
+  4,   /* field[4] = restart_policy */
   2,   /* field[2] = spec */
 };
 static const ProtobufCIntRange containers__lmctfy__agent__run_request__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 4 }
+  { 0, 5 }
 };
 const ProtobufCMessageDescriptor containers__lmctfy__agent__run_request__descriptor =
 {
@@ -3487,7 +3590,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__run_request__descrip
   "Containers__Lmctfy__Agent__RunRequest",
   "containers.lmctfy.agent",
   sizeof(Containers__Lmctfy__Agent__RunRequest),
-  4,
+  5,
   containers__lmctfy__agent__run_request__field_descriptors,
   containers__lmctfy__agent__run_request__field_indices_by_name,
   1,  containers__lmctfy__agent__run_request__number_ranges,
@@ -3950,7 +4053,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__notify_request__desc
   (ProtobufCMessageInit) containers__lmctfy__agent__notify_request__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor containers__lmctfy__agent__container_event__field_descriptors[14] =
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__container_event__field_descriptors[15] =
 {
   {
     "boot_id",
@@ -4120,6 +4223,18 @@ static const ProtobufCFieldDescriptor containers__lmctfy__agent__container_event
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "reason",
+    15,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__ContainerEvent, reason),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned containers__lmctfy__agent__container_event__field_indices_by_name[] = {
   0,   /* field[0] = boot_id */
@@ -4132,6 +4247,7 @@ static const unsigned containers__lmctfy__agent__container_event__field_indices_
   4,   /* field[4] = kind */
   5,   /* field[5] = memory_threshold */
   7,   /* field[7] = pid */
+  14,   /* field[14] = reason */
   1,   /* field[1] = sequence */
   10,   /* field[10] = stats */
   9,   /* field[9] = term_signal */
@@ -4140,7 +4256,7 @@ static const unsigned containers__lmctfy__agent__container_event__field_indices_
 static const ProtobufCIntRange containers__lmctfy__agent__container_event__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 14 }
+  { 0, 15 }
 };
 const ProtobufCMessageDescriptor containers__lmctfy__agent__container_event__descriptor =
 {
@@ -4150,7 +4266,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__container_event__des
   "Containers__Lmctfy__Agent__ContainerEvent",
   "containers.lmctfy.agent",
   sizeof(Containers__Lmctfy__Agent__ContainerEvent),
-  14,
+  15,
   containers__lmctfy__agent__container_event__field_descriptors,
   containers__lmctfy__agent__container_event__field_indices_by_name,
   1,  containers__lmctfy__agent__container_event__number_ranges,
@@ -4884,6 +5000,342 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__request_journal_entr
   containers__lmctfy__agent__request_journal_entry__field_indices_by_name,
   1,  containers__lmctfy__agent__request_journal_entry__number_ranges,
   (ProtobufCMessageInit) containers__lmctfy__agent__request_journal_entry__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__container_snapshot__field_descriptors[12] =
+{
+  {
+    "format_version",
+    1,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_UINT32,
+    offsetof(Containers__Lmctfy__Agent__ContainerSnapshot, has_format_version),
+    offsetof(Containers__Lmctfy__Agent__ContainerSnapshot, format_version),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "name",
+    2,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__ContainerSnapshot, name),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "spec",
+    3,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_MESSAGE,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__ContainerSnapshot, spec),
+    &containers__lmctfy__container_spec__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "owner",
+    4,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_INT64,
+    offsetof(Containers__Lmctfy__Agent__ContainerSnapshot, has_owner),
+    offsetof(Containers__Lmctfy__Agent__ContainerSnapshot, owner),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "owner_group",
+    5,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_INT64,
+    offsetof(Containers__Lmctfy__Agent__ContainerSnapshot, has_owner_group),
+    offsetof(Containers__Lmctfy__Agent__ContainerSnapshot, owner_group),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "frozen",
+    6,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_BOOL,
+    offsetof(Containers__Lmctfy__Agent__ContainerSnapshot, has_frozen),
+    offsetof(Containers__Lmctfy__Agent__ContainerSnapshot, frozen),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "created_ns",
+    7,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_UINT64,
+    offsetof(Containers__Lmctfy__Agent__ContainerSnapshot, has_created_ns),
+    offsetof(Containers__Lmctfy__Agent__ContainerSnapshot, created_ns),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "boot_id",
+    8,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__ContainerSnapshot, boot_id),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "process",
+    9,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Containers__Lmctfy__Agent__ContainerSnapshot, n_process),
+    offsetof(Containers__Lmctfy__Agent__ContainerSnapshot, process),
+    &containers__lmctfy__agent__snapshot_process__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "last_stats",
+    10,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_MESSAGE,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__ContainerSnapshot, last_stats),
+    &containers__lmctfy__container_stats__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "adopted",
+    11,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_BOOL,
+    offsetof(Containers__Lmctfy__Agent__ContainerSnapshot, has_adopted),
+    offsetof(Containers__Lmctfy__Agent__ContainerSnapshot, adopted),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "written_ns",
+    12,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_UINT64,
+    offsetof(Containers__Lmctfy__Agent__ContainerSnapshot, has_written_ns),
+    offsetof(Containers__Lmctfy__Agent__ContainerSnapshot, written_ns),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned containers__lmctfy__agent__container_snapshot__field_indices_by_name[] = {
+  10,   /* field[10] = adopted */
+  7,   /* field[7] = boot_id */
+  6,   /* field[6] = created_ns */
+  0,   /* field[0] = format_version */
+  5,   /* field[5] = frozen */
+  9,   /* field[9] = last_stats */
+  1,   /* field[1] = name */
+  3,   /* field[3] = owner */
+  4,   /* field[4] = owner_group */
+  8,   /* field[8] = process */
+  2,   /* field[2] = spec */
+  11,   /* field[11] = written_ns */
+};
+static const ProtobufCIntRange containers__lmctfy__agent__container_snapshot__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 12 }
+};
+const ProtobufCMessageDescriptor containers__lmctfy__agent__container_snapshot__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "containers.lmctfy.agent.ContainerSnapshot",
+  "ContainerSnapshot",
+  "Containers__Lmctfy__Agent__ContainerSnapshot",
+  "containers.lmctfy.agent",
+  sizeof(Containers__Lmctfy__Agent__ContainerSnapshot),
+  12,
+  containers__lmctfy__agent__container_snapshot__field_descriptors,
+  containers__lmctfy__agent__container_snapshot__field_indices_by_name,
+  1,  containers__lmctfy__agent__container_snapshot__number_ranges,
+  (ProtobufCMessageInit) containers__lmctfy__agent__container_snapshot__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__snapshot_process__field_descriptors[10] =
+{
+  {
+    "pid",
+    1,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_INT32,
+    offsetof(Containers__Lmctfy__Agent__SnapshotProcess, has_pid),
+    offsetof(Containers__Lmctfy__Agent__SnapshotProcess, pid),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "start_time",
+    2,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_UINT64,
+    offsetof(Containers__Lmctfy__Agent__SnapshotProcess, has_start_time),
+    offsetof(Containers__Lmctfy__Agent__SnapshotProcess, start_time),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "argv",
+    3,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_STRING,
+    offsetof(Containers__Lmctfy__Agent__SnapshotProcess, n_argv),
+    offsetof(Containers__Lmctfy__Agent__SnapshotProcess, argv),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "env",
+    4,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_STRING,
+    offsetof(Containers__Lmctfy__Agent__SnapshotProcess, n_env),
+    offsetof(Containers__Lmctfy__Agent__SnapshotProcess, env),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "cwd",
+    5,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__SnapshotProcess, cwd),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "uid",
+    6,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_UINT32,
+    offsetof(Containers__Lmctfy__Agent__SnapshotProcess, has_uid),
+    offsetof(Containers__Lmctfy__Agent__SnapshotProcess, uid),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "gid",
+    7,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_UINT32,
+    offsetof(Containers__Lmctfy__Agent__SnapshotProcess, has_gid),
+    offsetof(Containers__Lmctfy__Agent__SnapshotProcess, gid),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "detached",
+    8,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_BOOL,
+    offsetof(Containers__Lmctfy__Agent__SnapshotProcess, has_detached),
+    offsetof(Containers__Lmctfy__Agent__SnapshotProcess, detached),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "restart_policy",
+    9,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_ENUM,
+    offsetof(Containers__Lmctfy__Agent__SnapshotProcess, has_restart_policy),
+    offsetof(Containers__Lmctfy__Agent__SnapshotProcess, restart_policy),
+    &containers__lmctfy__agent__restart_policy__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "started_ns",
+    10,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_UINT64,
+    offsetof(Containers__Lmctfy__Agent__SnapshotProcess, has_started_ns),
+    offsetof(Containers__Lmctfy__Agent__SnapshotProcess, started_ns),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned containers__lmctfy__agent__snapshot_process__field_indices_by_name[] = {
+  2,   /* field[2] = argv */
+  4,   /* field[4] = cwd */
+  7,   /* field[7] = detached */
+  3,   /* field[3] = env */
+  6,   /* field[6] = gid */
+  0,   /* field[0] = pid */
+  8,   /* field[8] = restart_policy */
+  1,   /* field[1] = start_time */
+  9,   /* field[9] = started_ns */
+  5,   /* field[5] = uid */
+};
+static const ProtobufCIntRange containers__lmctfy__agent__snapshot_process__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 10 }
+};
+const ProtobufCMessageDescriptor containers__lmctfy__agent__snapshot_process__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "containers.lmctfy.agent.SnapshotProcess",
+  "SnapshotProcess",
+  "Containers__Lmctfy__Agent__SnapshotProcess",
+  "containers.lmctfy.agent",
+  sizeof(Containers__Lmctfy__Agent__SnapshotProcess),
+  10,
+  containers__lmctfy__agent__snapshot_process__field_descriptors,
+  containers__lmctfy__agent__snapshot_process__field_indices_by_name,
+  1,  containers__lmctfy__agent__snapshot_process__number_ranges,
+  (ProtobufCMessageInit) containers__lmctfy__agent__snapshot_process__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
 static const ProtobufCFieldDescriptor containers__lmctfy__agent__role_binding__field_descriptors[4] =
@@ -5649,6 +6101,38 @@ const ProtobufCEnumDescriptor containers__lmctfy__agent__stats_kind__descriptor 
   containers__lmctfy__agent__stats_kind__enum_values_by_name,
   1,
   containers__lmctfy__agent__stats_kind__value_ranges,
+  NULL,NULL,NULL,NULL   /* reserved[1234] */
+};
+static const ProtobufCEnumValue containers__lmctfy__agent__restart_policy__enum_values_by_number[4] =
+{
+  { "RESTART_POLICY_UNSPECIFIED", "CONTAINERS__LMCTFY__AGENT__RESTART_POLICY__RESTART_POLICY_UNSPECIFIED", 0 },
+  { "RESTART_NEVER", "CONTAINERS__LMCTFY__AGENT__RESTART_POLICY__RESTART_NEVER", 1 },
+  { "RESTART_ON_FAILURE", "CONTAINERS__LMCTFY__AGENT__RESTART_POLICY__RESTART_ON_FAILURE", 2 },
+  { "RESTART_ALWAYS", "CONTAINERS__LMCTFY__AGENT__RESTART_POLICY__RESTART_ALWAYS", 3 },
+};
+static const ProtobufCIntRange containers__lmctfy__agent__restart_policy__value_ranges[] = {
+{0, 0},{0, 4}
+};
+static const ProtobufCEnumValueIndex containers__lmctfy__agent__restart_policy__enum_values_by_name[4] =
+{
+  { "RESTART_ALWAYS", 3 },
+  { "RESTART_NEVER", 1 },
+  { "RESTART_ON_FAILURE", 2 },
+  { "RESTART_POLICY_UNSPECIFIED", 0 },
+};
+const ProtobufCEnumDescriptor containers__lmctfy__agent__restart_policy__descriptor =
+{
+  PROTOBUF_C__ENUM_DESCRIPTOR_MAGIC,
+  "containers.lmctfy.agent.RestartPolicy",
+  "RestartPolicy",
+  "Containers__Lmctfy__Agent__RestartPolicy",
+  "containers.lmctfy.agent",
+  4,
+  containers__lmctfy__agent__restart_policy__enum_values_by_number,
+  4,
+  containers__lmctfy__agent__restart_policy__enum_values_by_name,
+  1,
+  containers__lmctfy__agent__restart_policy__value_ranges,
   NULL,NULL,NULL,NULL   /* reserved[1234] */
 };
 static const ProtobufCEnumValue containers__lmctfy__agent__run_event_kind__enum_values_by_number[3] =

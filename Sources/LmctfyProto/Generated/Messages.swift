@@ -4284,6 +4284,8 @@ public struct ContainerEvent: ProtoMessage {
     public var hostBootId: String?
     /// Field 14 `host_sequence`.
     public var hostSequence: UInt64?
+    /// Field 15 `reason`.
+    public var reason: String?
 
     public init(
         bootId: String? = nil,
@@ -4299,7 +4301,8 @@ public struct ContainerEvent: ProtoMessage {
         stats: ContainerStats? = nil,
         host: String? = nil,
         hostBootId: String? = nil,
-        hostSequence: UInt64? = nil
+        hostSequence: UInt64? = nil,
+        reason: String? = nil
     ) {
         self.bootId = bootId
         self.sequence = sequence
@@ -4315,6 +4318,7 @@ public struct ContainerEvent: ProtoMessage {
         self.host = host
         self.hostBootId = hostBootId
         self.hostSequence = hostSequence
+        self.reason = reason
     }
 
     public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.ContainerEvent")
@@ -4335,6 +4339,7 @@ public struct ContainerEvent: ProtoMessage {
         self.host = message.get(12)
         self.hostBootId = message.get(13)
         self.hostSequence = message.get(14)
+        self.reason = message.get(15)
     }
 
     public var dynamic: DynamicMessage {
@@ -4353,6 +4358,7 @@ public struct ContainerEvent: ProtoMessage {
         message.set(12, host)
         message.set(13, hostBootId)
         message.set(14, hostSequence)
+        message.set(15, reason)
         return message
     }
 
@@ -4372,6 +4378,7 @@ public struct ContainerEvent: ProtoMessage {
         self.host = CBridge.value(c, f[11])
         self.hostBootId = CBridge.value(c, f[12])
         self.hostSequence = CBridge.value(c, f[13])
+        self.reason = CBridge.value(c, f[14])
     }
 
     public func makeC() -> UnsafeMutableRawPointer {
@@ -4391,6 +4398,7 @@ public struct ContainerEvent: ProtoMessage {
         CBridge.set(c, f[11], host)
         CBridge.set(c, f[12], hostBootId)
         CBridge.set(c, f[13], hostSequence)
+        CBridge.set(c, f[14], reason)
         return c
     }
 }
@@ -4425,6 +4433,131 @@ public enum ContainerEventKind: Int32, ProtoEnum, CaseIterable {
         case .containerEventMemoryPressure: return "CONTAINER_EVENT_MEMORY_PRESSURE"
         case .containerEventHostGap: return "CONTAINER_EVENT_HOST_GAP"
         }
+    }
+}
+
+/// Protobuf message `containers.lmctfy.agent.ContainerSnapshot`.
+public struct ContainerSnapshot: ProtoMessage {
+    /// Field 1 `format_version`.
+    public var formatVersion: UInt32?
+    /// Field 2 `name`.
+    public var name: String?
+    /// Field 3 `spec`.
+    public var spec: ContainerSpec?
+    /// Field 4 `owner`.
+    public var owner: Int64?
+    /// Field 5 `owner_group`.
+    public var ownerGroup: Int64?
+    /// Field 6 `frozen`.
+    public var frozen: Bool?
+    /// Field 7 `created_ns`.
+    public var createdNs: UInt64?
+    /// Field 8 `boot_id`.
+    public var bootId: String?
+    /// Field 9 `process`.
+    public var process: [SnapshotProcess]
+    /// Field 10 `last_stats`.
+    public var lastStats: ContainerStats?
+    /// Field 11 `adopted`.
+    public var adopted: Bool?
+    /// Field 12 `written_ns`.
+    public var writtenNs: UInt64?
+
+    public init(
+        formatVersion: UInt32? = nil,
+        name: String? = nil,
+        spec: ContainerSpec? = nil,
+        owner: Int64? = nil,
+        ownerGroup: Int64? = nil,
+        frozen: Bool? = nil,
+        createdNs: UInt64? = nil,
+        bootId: String? = nil,
+        process: [SnapshotProcess] = [],
+        lastStats: ContainerStats? = nil,
+        adopted: Bool? = nil,
+        writtenNs: UInt64? = nil
+    ) {
+        self.formatVersion = formatVersion
+        self.name = name
+        self.spec = spec
+        self.owner = owner
+        self.ownerGroup = ownerGroup
+        self.frozen = frozen
+        self.createdNs = createdNs
+        self.bootId = bootId
+        self.process = process
+        self.lastStats = lastStats
+        self.adopted = adopted
+        self.writtenNs = writtenNs
+    }
+
+    public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.ContainerSnapshot")
+
+    public init(dynamic message: DynamicMessage) {
+        precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.ContainerSnapshot")
+        self.formatVersion = message.get(1)
+        self.name = message.get(2)
+        self.spec = message.get(3)
+        self.owner = message.get(4)
+        self.ownerGroup = message.get(5)
+        self.frozen = message.get(6)
+        self.createdNs = message.get(7)
+        self.bootId = message.get(8)
+        self.process = message.getRepeated(9)
+        self.lastStats = message.get(10)
+        self.adopted = message.get(11)
+        self.writtenNs = message.get(12)
+    }
+
+    public var dynamic: DynamicMessage {
+        var message = DynamicMessage(Self.protoDescriptor)
+        message.set(1, formatVersion)
+        message.set(2, name)
+        message.set(3, spec)
+        message.set(4, owner)
+        message.set(5, ownerGroup)
+        message.set(6, frozen)
+        message.set(7, createdNs)
+        message.set(8, bootId)
+        message.setRepeated(9, process)
+        message.set(10, lastStats)
+        message.set(11, adopted)
+        message.set(12, writtenNs)
+        return message
+    }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.formatVersion = CBridge.value(c, f[0])
+        self.name = CBridge.value(c, f[1])
+        self.spec = CBridge.message(c, f[2])
+        self.owner = CBridge.value(c, f[3])
+        self.ownerGroup = CBridge.value(c, f[4])
+        self.frozen = CBridge.value(c, f[5])
+        self.createdNs = CBridge.value(c, f[6])
+        self.bootId = CBridge.value(c, f[7])
+        self.process = CBridge.repeatedMessages(c, f[8])
+        self.lastStats = CBridge.message(c, f[9])
+        self.adopted = CBridge.value(c, f[10])
+        self.writtenNs = CBridge.value(c, f[11])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.set(c, f[0], formatVersion)
+        CBridge.set(c, f[1], name)
+        CBridge.setMessage(c, f[2], spec)
+        CBridge.set(c, f[3], owner)
+        CBridge.set(c, f[4], ownerGroup)
+        CBridge.set(c, f[5], frozen)
+        CBridge.set(c, f[6], createdNs)
+        CBridge.set(c, f[7], bootId)
+        CBridge.setRepeatedMessages(c, f[8], process)
+        CBridge.setMessage(c, f[9], lastStats)
+        CBridge.set(c, f[10], adopted)
+        CBridge.set(c, f[11], writtenNs)
+        return c
     }
 }
 
@@ -6732,6 +6865,23 @@ public struct RequestJournalEntry: ProtoMessage {
     }
 }
 
+/// Protobuf enum `containers.lmctfy.agent.RestartPolicy`.
+public enum RestartPolicy: Int32, ProtoEnum, CaseIterable {
+    case restartPolicyUnspecified = 0
+    case restartNever = 1
+    case restartOnFailure = 2
+    case restartAlways = 3
+
+    public var protoName: String {
+        switch self {
+        case .restartPolicyUnspecified: return "RESTART_POLICY_UNSPECIFIED"
+        case .restartNever: return "RESTART_NEVER"
+        case .restartOnFailure: return "RESTART_ON_FAILURE"
+        case .restartAlways: return "RESTART_ALWAYS"
+        }
+    }
+}
+
 /// Protobuf message `containers.lmctfy.agent.ResumeRequest`.
 public struct ResumeRequest: ProtoMessage {
     /// Field 1 `name`.
@@ -6934,17 +7084,21 @@ public struct RunRequest: ProtoMessage {
     public var spec: RunSpec?
     /// Field 4 `detached`.
     public var detached: Bool?
+    /// Field 5 `restart_policy`.
+    public var restartPolicy: RestartPolicy?
 
     public init(
         name: String? = nil,
         argv: [String] = [],
         spec: RunSpec? = nil,
-        detached: Bool? = nil
+        detached: Bool? = nil,
+        restartPolicy: RestartPolicy? = nil
     ) {
         self.name = name
         self.argv = argv
         self.spec = spec
         self.detached = detached
+        self.restartPolicy = restartPolicy
     }
 
     public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.RunRequest")
@@ -6955,6 +7109,7 @@ public struct RunRequest: ProtoMessage {
         self.argv = message.getRepeated(2)
         self.spec = message.get(3)
         self.detached = message.get(4)
+        self.restartPolicy = message.get(5)
     }
 
     public var dynamic: DynamicMessage {
@@ -6963,6 +7118,7 @@ public struct RunRequest: ProtoMessage {
         message.setRepeated(2, argv)
         message.set(3, spec)
         message.set(4, detached)
+        message.set(5, restartPolicy)
         return message
     }
 
@@ -6972,6 +7128,7 @@ public struct RunRequest: ProtoMessage {
         self.argv = CBridge.repeated(c, f[1])
         self.spec = CBridge.message(c, f[2])
         self.detached = CBridge.value(c, f[3])
+        self.restartPolicy = CBridge.value(c, f[4])
     }
 
     public func makeC() -> UnsafeMutableRawPointer {
@@ -6981,6 +7138,7 @@ public struct RunRequest: ProtoMessage {
         CBridge.setRepeated(c, f[1], argv)
         CBridge.setMessage(c, f[2], spec)
         CBridge.set(c, f[3], detached)
+        CBridge.set(c, f[4], restartPolicy)
         return c
     }
 }
@@ -7042,6 +7200,115 @@ public struct RunResponse: ProtoMessage {
         CBridge.set(c, f[1], pid)
         CBridge.set(c, f[2], exitCode)
         CBridge.set(c, f[3], termSignal)
+        return c
+    }
+}
+
+/// Protobuf message `containers.lmctfy.agent.SnapshotProcess`.
+public struct SnapshotProcess: ProtoMessage {
+    /// Field 1 `pid`.
+    public var pid: Int32?
+    /// Field 2 `start_time`.
+    public var startTime: UInt64?
+    /// Field 3 `argv`.
+    public var argv: [String]
+    /// Field 4 `env`.
+    public var env: [String]
+    /// Field 5 `cwd`.
+    public var cwd: String?
+    /// Field 6 `uid`.
+    public var uid: UInt32?
+    /// Field 7 `gid`.
+    public var gid: UInt32?
+    /// Field 8 `detached`.
+    public var detached: Bool?
+    /// Field 9 `restart_policy`.
+    public var restartPolicy: RestartPolicy?
+    /// Field 10 `started_ns`.
+    public var startedNs: UInt64?
+
+    public init(
+        pid: Int32? = nil,
+        startTime: UInt64? = nil,
+        argv: [String] = [],
+        env: [String] = [],
+        cwd: String? = nil,
+        uid: UInt32? = nil,
+        gid: UInt32? = nil,
+        detached: Bool? = nil,
+        restartPolicy: RestartPolicy? = nil,
+        startedNs: UInt64? = nil
+    ) {
+        self.pid = pid
+        self.startTime = startTime
+        self.argv = argv
+        self.env = env
+        self.cwd = cwd
+        self.uid = uid
+        self.gid = gid
+        self.detached = detached
+        self.restartPolicy = restartPolicy
+        self.startedNs = startedNs
+    }
+
+    public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.SnapshotProcess")
+
+    public init(dynamic message: DynamicMessage) {
+        precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.SnapshotProcess")
+        self.pid = message.get(1)
+        self.startTime = message.get(2)
+        self.argv = message.getRepeated(3)
+        self.env = message.getRepeated(4)
+        self.cwd = message.get(5)
+        self.uid = message.get(6)
+        self.gid = message.get(7)
+        self.detached = message.get(8)
+        self.restartPolicy = message.get(9)
+        self.startedNs = message.get(10)
+    }
+
+    public var dynamic: DynamicMessage {
+        var message = DynamicMessage(Self.protoDescriptor)
+        message.set(1, pid)
+        message.set(2, startTime)
+        message.setRepeated(3, argv)
+        message.setRepeated(4, env)
+        message.set(5, cwd)
+        message.set(6, uid)
+        message.set(7, gid)
+        message.set(8, detached)
+        message.set(9, restartPolicy)
+        message.set(10, startedNs)
+        return message
+    }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.pid = CBridge.value(c, f[0])
+        self.startTime = CBridge.value(c, f[1])
+        self.argv = CBridge.repeated(c, f[2])
+        self.env = CBridge.repeated(c, f[3])
+        self.cwd = CBridge.value(c, f[4])
+        self.uid = CBridge.value(c, f[5])
+        self.gid = CBridge.value(c, f[6])
+        self.detached = CBridge.value(c, f[7])
+        self.restartPolicy = CBridge.value(c, f[8])
+        self.startedNs = CBridge.value(c, f[9])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.set(c, f[0], pid)
+        CBridge.set(c, f[1], startTime)
+        CBridge.setRepeated(c, f[2], argv)
+        CBridge.setRepeated(c, f[3], env)
+        CBridge.set(c, f[4], cwd)
+        CBridge.set(c, f[5], uid)
+        CBridge.set(c, f[6], gid)
+        CBridge.set(c, f[7], detached)
+        CBridge.set(c, f[8], restartPolicy)
+        CBridge.set(c, f[9], startedNs)
         return c
     }
 }

@@ -62,6 +62,8 @@ typedef struct Containers__Lmctfy__Agent__PingResponse Containers__Lmctfy__Agent
 typedef struct Containers__Lmctfy__Agent__InitRequest Containers__Lmctfy__Agent__InitRequest;
 typedef struct Containers__Lmctfy__Agent__InitResponse Containers__Lmctfy__Agent__InitResponse;
 typedef struct Containers__Lmctfy__Agent__RequestJournalEntry Containers__Lmctfy__Agent__RequestJournalEntry;
+typedef struct Containers__Lmctfy__Agent__ContainerSnapshot Containers__Lmctfy__Agent__ContainerSnapshot;
+typedef struct Containers__Lmctfy__Agent__SnapshotProcess Containers__Lmctfy__Agent__SnapshotProcess;
 typedef struct Containers__Lmctfy__Agent__RoleBinding Containers__Lmctfy__Agent__RoleBinding;
 typedef struct Containers__Lmctfy__Agent__AgentLimits Containers__Lmctfy__Agent__AgentLimits;
 typedef struct Containers__Lmctfy__Agent__AgentConfig Containers__Lmctfy__Agent__AgentConfig;
@@ -205,6 +207,19 @@ typedef enum _Containers__Lmctfy__Agent__StatsKind {
   CONTAINERS__LMCTFY__AGENT__STATS_KIND__STATS_FULL = 2
     PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(CONTAINERS__LMCTFY__AGENT__STATS_KIND)
 } Containers__Lmctfy__Agent__StatsKind;
+/*
+ * Added: a run's restart policy (recorded, not yet acted on).
+ */
+typedef enum _Containers__Lmctfy__Agent__RestartPolicy {
+  /*
+   * NEVER
+   */
+  CONTAINERS__LMCTFY__AGENT__RESTART_POLICY__RESTART_POLICY_UNSPECIFIED = 0,
+  CONTAINERS__LMCTFY__AGENT__RESTART_POLICY__RESTART_NEVER = 1,
+  CONTAINERS__LMCTFY__AGENT__RESTART_POLICY__RESTART_ON_FAILURE = 2,
+  CONTAINERS__LMCTFY__AGENT__RESTART_POLICY__RESTART_ALWAYS = 3
+    PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(CONTAINERS__LMCTFY__AGENT__RESTART_POLICY)
+} Containers__Lmctfy__Agent__RestartPolicy;
 typedef enum _Containers__Lmctfy__Agent__RunEventKind {
   CONTAINERS__LMCTFY__AGENT__RUN_EVENT_KIND__RUN_EVENT_UNSPECIFIED = 0,
   CONTAINERS__LMCTFY__AGENT__RUN_EVENT_KIND__RUN_STARTED = 1,
@@ -697,15 +712,22 @@ struct  Containers__Lmctfy__Agent__RunRequest
   size_t n_argv;
   char **argv;
   Containers__Lmctfy__RunSpec *spec;
-  /*
-   * Next id: 5
-   */
   protobuf_c_boolean has_detached;
   protobuf_c_boolean detached;
+  /*
+   * Added: what the agent should do when the command ends. Recorded in the
+   * container's snapshot (ContainerSnapshot); the agent does not relaunch
+   * anything yet (README "Snapshots and restart recovery"). Absent: NEVER.
+   */
+  /*
+   * Next id: 6
+   */
+  protobuf_c_boolean has_restart_policy;
+  Containers__Lmctfy__Agent__RestartPolicy restart_policy;
 };
 #define CONTAINERS__LMCTFY__AGENT__RUN_REQUEST__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__run_request__descriptor) \
-    , NULL, 0,NULL, NULL, 0, 0 }
+    , NULL, 0,NULL, NULL, 0, 0, 0, CONTAINERS__LMCTFY__AGENT__RESTART_POLICY__RESTART_POLICY_UNSPECIFIED }
 
 
 struct  Containers__Lmctfy__Agent__RunResponse
@@ -940,15 +962,23 @@ struct  Containers__Lmctfy__Agent__ContainerEvent
    */
   char *host;
   char *host_boot_id;
-  /*
-   * Next id: 15
-   */
   protobuf_c_boolean has_host_sequence;
   uint64_t host_sequence;
+  /*
+   * Added: why, when the kind alone does not say it. DESTROYED "destroyed
+   * while the agent was down" (a container of a snapshot gone at the agent's
+   * start); PROCESS_EXITED "exited while the agent was down" (a process the
+   * agent ran, gone at its start: no exit status is known) or "exited; its
+   * status is unknown" (one an earlier agent ran, whose exit the new one saw).
+   */
+  /*
+   * Next id: 16
+   */
+  char *reason;
 };
 #define CONTAINERS__LMCTFY__AGENT__CONTAINER_EVENT__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__container_event__descriptor) \
-    , NULL, 0, 0, 0, 0, NULL, 0, CONTAINERS__LMCTFY__AGENT__CONTAINER_EVENT_KIND__CONTAINER_EVENT_UNSPECIFIED, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, NULL, NULL, NULL, 0, 0 }
+    , NULL, 0, 0, 0, 0, NULL, 0, CONTAINERS__LMCTFY__AGENT__CONTAINER_EVENT_KIND__CONTAINER_EVENT_UNSPECIFIED, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, NULL, NULL, NULL, 0, 0, NULL }
 
 
 /*
@@ -1218,6 +1248,121 @@ struct  Containers__Lmctfy__Agent__RequestJournalEntry
 #define CONTAINERS__LMCTFY__AGENT__REQUEST_JOURNAL_ENTRY__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__request_journal_entry__descriptor) \
     , NULL, NULL, 0, {0,NULL}, 0, 0, NULL, 0, 0, 0, 0, NULL, 0, {0,NULL} }
+
+
+/*
+ * Added: the agent's snapshot of one container, the file
+ * state_dir/snapshots/<escaped name> (README "Snapshots and restart
+ * recovery"). Written atomically (temp file, fsync, rename, fsync of the
+ * directory) after every create, update, run, pause and resume through the
+ * agent, and for containers made behind its back once it sees them; removed
+ * on destroy. At start the agent reconciles these with cgroupfs.
+ */
+struct  Containers__Lmctfy__Agent__ContainerSnapshot
+{
+  ProtobufCMessage base;
+  /*
+   * 1 for this layout; a reader refuses a snapshot of a newer version.
+   */
+  protobuf_c_boolean has_format_version;
+  uint32_t format_version;
+  /*
+   * As the agent's clients name it (relative to root_container).
+   */
+  char *name;
+  /*
+   * The spec as read back from the kernel (the `spec` verb's answer).
+   */
+  Containers__Lmctfy__ContainerSpec *spec;
+  /*
+   * Owner and group of the container (the spec's owner, owner_group).
+   */
+  protobuf_c_boolean has_owner;
+  int64_t owner;
+  protobuf_c_boolean has_owner_group;
+  int64_t owner_group;
+  protobuf_c_boolean has_frozen;
+  protobuf_c_boolean frozen;
+  /*
+   * CLOCK_REALTIME when the agent made or first saw the container.
+   */
+  protobuf_c_boolean has_created_ns;
+  uint64_t created_ns;
+  /*
+   * The boot id of the agent that wrote this snapshot.
+   */
+  char *boot_id;
+  /*
+   * The processes the agent started in it that may still run.
+   */
+  size_t n_process;
+  Containers__Lmctfy__Agent__SnapshotProcess **process;
+  /*
+   * The latest STATS sample the agent had when it wrote this.
+   */
+  Containers__Lmctfy__ContainerStats *last_stats;
+  /*
+   * True when the container was not made through the agent (adopted).
+   */
+  protobuf_c_boolean has_adopted;
+  protobuf_c_boolean adopted;
+  /*
+   * CLOCK_REALTIME of this write.
+   */
+  /*
+   * Next id: 13
+   */
+  protobuf_c_boolean has_written_ns;
+  uint64_t written_ns;
+};
+#define CONTAINERS__LMCTFY__AGENT__CONTAINER_SNAPSHOT__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__container_snapshot__descriptor) \
+    , 0, 0, NULL, NULL, 0, 0, 0, 0, 0, 0, 0, 0, NULL, 0,NULL, NULL, 0, 0, 0, 0 }
+
+
+/*
+ * One process the agent started (Run), as it was started.
+ */
+struct  Containers__Lmctfy__Agent__SnapshotProcess
+{
+  ProtobufCMessage base;
+  protobuf_c_boolean has_pid;
+  int32_t pid;
+  /*
+   * /proc/<pid>/stat field 22 (clock ticks after boot): with the pid, tells
+   * the process from a later one that got its pid.
+   */
+  protobuf_c_boolean has_start_time;
+  uint64_t start_time;
+  size_t n_argv;
+  char **argv;
+  /*
+   * The environment, working directory and ids it was started with (the
+   * agent's own: a Run inherits them).
+   */
+  size_t n_env;
+  char **env;
+  char *cwd;
+  protobuf_c_boolean has_uid;
+  uint32_t uid;
+  protobuf_c_boolean has_gid;
+  uint32_t gid;
+  protobuf_c_boolean has_detached;
+  protobuf_c_boolean detached;
+  protobuf_c_boolean has_restart_policy;
+  Containers__Lmctfy__Agent__RestartPolicy restart_policy;
+  /*
+   * CLOCK_REALTIME when it was started.
+   */
+  /*
+   * Next id: 11
+   */
+  protobuf_c_boolean has_started_ns;
+  uint64_t started_ns;
+};
+#define CONTAINERS__LMCTFY__AGENT__SNAPSHOT_PROCESS__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__snapshot_process__descriptor) \
+    , 0, 0, 0, 0, 0,NULL, 0,NULL, NULL, 0, 0, 0, 0, 0, 0, 0, CONTAINERS__LMCTFY__AGENT__RESTART_POLICY__RESTART_POLICY_UNSPECIFIED, 0, 0 }
 
 
 /*
@@ -2300,6 +2445,44 @@ Containers__Lmctfy__Agent__RequestJournalEntry *
 void   containers__lmctfy__agent__request_journal_entry__free_unpacked
                      (Containers__Lmctfy__Agent__RequestJournalEntry *message,
                       ProtobufCAllocator *allocator);
+/* Containers__Lmctfy__Agent__ContainerSnapshot methods */
+void   containers__lmctfy__agent__container_snapshot__init
+                     (Containers__Lmctfy__Agent__ContainerSnapshot         *message);
+size_t containers__lmctfy__agent__container_snapshot__get_packed_size
+                     (const Containers__Lmctfy__Agent__ContainerSnapshot   *message);
+size_t containers__lmctfy__agent__container_snapshot__pack
+                     (const Containers__Lmctfy__Agent__ContainerSnapshot   *message,
+                      uint8_t             *out);
+size_t containers__lmctfy__agent__container_snapshot__pack_to_buffer
+                     (const Containers__Lmctfy__Agent__ContainerSnapshot   *message,
+                      ProtobufCBuffer     *buffer);
+Containers__Lmctfy__Agent__ContainerSnapshot *
+       containers__lmctfy__agent__container_snapshot__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   containers__lmctfy__agent__container_snapshot__free_unpacked
+                     (Containers__Lmctfy__Agent__ContainerSnapshot *message,
+                      ProtobufCAllocator *allocator);
+/* Containers__Lmctfy__Agent__SnapshotProcess methods */
+void   containers__lmctfy__agent__snapshot_process__init
+                     (Containers__Lmctfy__Agent__SnapshotProcess         *message);
+size_t containers__lmctfy__agent__snapshot_process__get_packed_size
+                     (const Containers__Lmctfy__Agent__SnapshotProcess   *message);
+size_t containers__lmctfy__agent__snapshot_process__pack
+                     (const Containers__Lmctfy__Agent__SnapshotProcess   *message,
+                      uint8_t             *out);
+size_t containers__lmctfy__agent__snapshot_process__pack_to_buffer
+                     (const Containers__Lmctfy__Agent__SnapshotProcess   *message,
+                      ProtobufCBuffer     *buffer);
+Containers__Lmctfy__Agent__SnapshotProcess *
+       containers__lmctfy__agent__snapshot_process__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   containers__lmctfy__agent__snapshot_process__free_unpacked
+                     (Containers__Lmctfy__Agent__SnapshotProcess *message,
+                      ProtobufCAllocator *allocator);
 /* Containers__Lmctfy__Agent__RoleBinding methods */
 void   containers__lmctfy__agent__role_binding__init
                      (Containers__Lmctfy__Agent__RoleBinding         *message);
@@ -2513,6 +2696,12 @@ typedef void (*Containers__Lmctfy__Agent__InitResponse_Closure)
 typedef void (*Containers__Lmctfy__Agent__RequestJournalEntry_Closure)
                  (const Containers__Lmctfy__Agent__RequestJournalEntry *message,
                   void *closure_data);
+typedef void (*Containers__Lmctfy__Agent__ContainerSnapshot_Closure)
+                 (const Containers__Lmctfy__Agent__ContainerSnapshot *message,
+                  void *closure_data);
+typedef void (*Containers__Lmctfy__Agent__SnapshotProcess_Closure)
+                 (const Containers__Lmctfy__Agent__SnapshotProcess *message,
+                  void *closure_data);
 typedef void (*Containers__Lmctfy__Agent__RoleBinding_Closure)
                  (const Containers__Lmctfy__Agent__RoleBinding *message,
                   void *closure_data);
@@ -2536,6 +2725,7 @@ extern const ProtobufCEnumDescriptor    containers__lmctfy__agent__hello_stage__
 extern const ProtobufCEnumDescriptor    containers__lmctfy__agent__go_away_reason__descriptor;
 extern const ProtobufCEnumDescriptor    containers__lmctfy__agent__spec_update_policy__descriptor;
 extern const ProtobufCEnumDescriptor    containers__lmctfy__agent__stats_kind__descriptor;
+extern const ProtobufCEnumDescriptor    containers__lmctfy__agent__restart_policy__descriptor;
 extern const ProtobufCEnumDescriptor    containers__lmctfy__agent__run_event_kind__descriptor;
 extern const ProtobufCEnumDescriptor    containers__lmctfy__agent__container_event_kind__descriptor;
 extern const ProtobufCEnumDescriptor    containers__lmctfy__agent__agent_role__descriptor;
@@ -2585,6 +2775,8 @@ extern const ProtobufCMessageDescriptor containers__lmctfy__agent__ping_response
 extern const ProtobufCMessageDescriptor containers__lmctfy__agent__init_request__descriptor;
 extern const ProtobufCMessageDescriptor containers__lmctfy__agent__init_response__descriptor;
 extern const ProtobufCMessageDescriptor containers__lmctfy__agent__request_journal_entry__descriptor;
+extern const ProtobufCMessageDescriptor containers__lmctfy__agent__container_snapshot__descriptor;
+extern const ProtobufCMessageDescriptor containers__lmctfy__agent__snapshot_process__descriptor;
 extern const ProtobufCMessageDescriptor containers__lmctfy__agent__role_binding__descriptor;
 extern const ProtobufCMessageDescriptor containers__lmctfy__agent__agent_limits__descriptor;
 extern const ProtobufCMessageDescriptor containers__lmctfy__agent__agent_config__descriptor;

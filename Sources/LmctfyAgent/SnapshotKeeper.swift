@@ -1,0 +1,339 @@
+// Keeps one snapshot per container (SnapshotStore) equal to what the kernel
+// has, and reconciles them with cgroupfs when the agent starts (issue #13,
+// README "Snapshots and restart recovery").
+//
+// When snapshots are written:
+// - the agent's own create, update, run, pause, resume and killall: by the
+//   call, after the kernel work and before the answer, so a change a client
+//   saw succeed is on disk (fsynced) before it is told. Destroy removes the
+//   container's snapshot and its subcontainers'.
+// - changes made behind the agent's back (the lmctfy CLI, another tool):
+//   the Inventory tells us of every name whose existence, freezer state or
+//   spec it saw change, and a thread of ours writes (or removes) the
+//   snapshot soon after. A container first seen that way is "adopted".
+// What is written is always read from the kernel when the write starts (the
+// spec as the `spec` verb reads it back, the freezer state), never taken
+// from the request: a write that starts after a change has that change, so
+// requests that pile up while one write runs share the next one (Coalescer),
+// and a snapshot equal to the last one written is not written again.
+//
+// Processes: a Run through the agent is recorded (argv, the environment,
+// cwd and ids it inherited from the agent, detached or not, the restart
+// policy) with its pid and start time (/proc/<pid>/stat field 22), so a pid
+// the kernel gave to another process later is not taken for it. A recorded
+// process found dead when a snapshot is written is dropped from it.
+import Glibc
+import LmctfyEvents
+import LmctfyProto
+import LmctfySystem
+
+/// Thread-safe.
+public final class SnapshotKeeper: Sendable {
+    /// What the kernel has of a container: its spec as read back and its
+    /// freezer state; nil when it does not exist.
+    public typealias Read = @Sendable (String) throws(LmctfyError) -> (spec: ContainerSpec, frozen: Bool)?
+
+    let store: SnapshotStore
+    let events: EventLog
+    let read: Read
+    let warn: @Sendable (String) -> Void
+
+    struct Record {
+        var createdNs: UInt64
+        var adopted: Bool
+        var processes: [SnapshotProcess] = []
+        /// The last snapshot written, serialized without its boot id, time
+        /// and stats (what is compared to skip an unchanged write).
+        var written: [UInt8]?
+    }
+
+    private let records = Mutexed<[String: Record]>([:])
+    private let syncs = Coalescer<String>()
+
+    /// Names the Inventory saw change, for the background thread.
+    private let pending = Mutexed<(names: Set<String>, stopping: Bool)>(([], false))
+    private let wake = ChangeCounter()
+    private let stopped = Latch()
+    private let running = Mutexed(false)
+
+    /// What the writes cost (for the measurements in the README).
+    public struct Costs: Sendable {
+        public var writes = 0
+        public var skipped = 0
+        public var removes = 0
+        public var writeNs: UInt64 = 0
+    }
+    public let costs = Mutexed(Costs())
+
+    public init(store: SnapshotStore, events: EventLog, read: @escaping Read,
+                warn: @escaping @Sendable (String) -> Void = { _ in }) {
+        self.store = store
+        self.events = events
+        self.read = read
+        self.warn = warn
+    }
+
+    // MARK: Writes
+
+    /// Writes `path`'s snapshot from what the kernel has now (or removes it
+    /// if the container is gone), unless it is unchanged. Returns once a
+    /// write that started after this call has finished. `adopted`: a
+    /// container not made through this agent, if it has no record yet.
+    public func sync(_ path: String, adopted: Bool = false) throws(LmctfyError) {
+        do {
+            try syncs.run(path) { try syncNow(path, adopted: adopted) }
+        } catch let error as LmctfyError {
+            throw error
+        } catch {
+            throw .internalError("Snapshot of \(path): \(error)")
+        }
+    }
+
+    /// `sync`, but a failure is only logged: the kernel work of the call is
+    /// done and stays done (nothing is half-made), and the background
+    /// thread tries again.
+    func syncOrWarn(_ path: String) {
+        do throws(LmctfyError) { try sync(path) } catch {
+            warn("snapshot of \(path) not written (tried again later): \(error)")
+            observed(path)
+        }
+    }
+
+    private func syncNow(_ path: String, adopted: Bool) throws(LmctfyError) {
+        let t0 = MonotonicClock.nanoseconds()
+        guard let kernel = try read(path) else {
+            records.locked { $0[path] = nil }
+            try store.remove(path)
+            costs.locked { $0.removes += 1 }
+            return
+        }
+        let now = WallClock.nanosecondsSinceEpoch()
+        let rec = records.locked { r in
+            if r[path] == nil { r[path] = Record(createdNs: now, adopted: adopted) }
+            return r[path]!
+        }
+        let alive = rec.processes.filter { Self.isAlive($0) }
+        var s = ContainerSnapshot(
+            formatVersion: SnapshotStore.formatVersion, name: path, spec: kernel.spec,
+            owner: kernel.spec.owner, ownerGroup: kernel.spec.ownerGroup, frozen: kernel.frozen,
+            createdNs: rec.createdNs, process: alive, adopted: rec.adopted)
+        let key = (try? s.serializedBytes()) ?? []
+        if key == rec.written && alive.count == rec.processes.count {
+            costs.locked { $0.skipped += 1 }
+            return
+        }
+        s.bootId = events.bootId
+        s.lastStats = events.latestStats(container: path)
+        s.writtenNs = now
+        try store.write(s)
+        let dead = Set(rec.processes.filter { p in !alive.contains { $0.pid == p.pid } }.compactMap(\.pid))
+        records.locked { r in
+            r[path]?.written = key
+            r[path]?.processes.removeAll { dead.contains($0.pid ?? 0) }
+        }
+        let ns = MonotonicClock.nanoseconds() - t0
+        costs.locked { $0.writes += 1; $0.writeNs += ns }
+    }
+
+    /// Removes the snapshots of `path` and of every container below it (a
+    /// destroy through the agent).
+    public func removeTree(_ path: String) {
+        let names = records.locked { r in r.keys.filter { $0 == path || $0.hasPrefix(path + "/") } }
+        for name in Set(names + [path]).sorted(by: >) {
+            do {
+                try syncs.run(name) {
+                    records.locked { $0[name] = nil }
+                    try store.remove(name)
+                }
+                costs.locked { $0.removes += 1 }
+            } catch {
+                warn("snapshot of \(name) not removed: \(error)")
+            }
+        }
+    }
+
+    /// A process the agent started in `path` (Run): recorded, then the
+    /// snapshot written before the caller hears of it.
+    func started(_ path: String, pid: Int32, argv: [String], detached: Bool, policy: RestartPolicy?) {
+        let p = SnapshotProcess(
+            pid: pid, startTime: Self.startTime(pid), argv: argv, env: Self.environment(), cwd: Self.cwd(),
+            uid: geteuid(), gid: getegid(), detached: detached, restartPolicy: policy ?? .restartNever,
+            startedNs: WallClock.nanosecondsSinceEpoch())
+        let now = WallClock.nanosecondsSinceEpoch()
+        records.locked { r in
+            if r[path] == nil { r[path] = Record(createdNs: now, adopted: false) }
+            r[path]?.processes.append(p)
+        }
+        syncOrWarn(path)
+    }
+
+    /// A process the agent ran in the foreground ended (its status went to
+    /// the caller and the event log): dropped from the snapshot.
+    func exited(_ path: String, pid: Int32) {
+        let had = records.locked { r in
+            let n = r[path]?.processes.count ?? 0
+            r[path]?.processes.removeAll { $0.pid == pid }
+            return n != (r[path]?.processes.count ?? 0)
+        }
+        if had { syncOrWarn(path) }
+    }
+
+    // MARK: Changes behind the agent's back
+
+    /// A container whose existence, freezer state or spec changed without
+    /// the agent (the Inventory's hook; called under its lock: only queues).
+    func observed(_ path: String) {
+        _ = pending.locked { $0.names.insert(path) }
+        wake.bump()
+    }
+
+    /// Starts the thread that writes what `observed` queues.
+    public func start() {
+        guard !running.locked({ r in defer { r = true }; return r }) else { return }
+        Threads.detach { [self] in
+            var seen: UInt64 = 0
+            while true {
+                let (names, stopping) = pending.locked { p in
+                    defer { p.names = [] }
+                    return (p.names, p.stopping)
+                }
+                if stopping { break }
+                // Parents first: a subcontainer's snapshot after its parent's.
+                for name in names.sorted() {
+                    do throws(LmctfyError) { try sync(name, adopted: true) } catch {
+                        warn("snapshot of \(name) not written: \(error)")
+                    }
+                }
+                if names.isEmpty { seen = wake.wait(past: seen, timeoutMs: 1000) }
+            }
+            stopped.signal()
+        }
+    }
+
+    /// Stops the thread (what it had queued is left to the next start's
+    /// recovery).
+    public func stop() {
+        guard running.locked({ $0 }) else { return }
+        pending.locked { $0.stopping = true }
+        wake.bump()
+        stopped.wait()
+    }
+
+    // MARK: Recovery at start
+
+    /// What `recover` found.
+    public struct Recovery: Sendable, CustomStringConvertible {
+        public var reattached = 0
+        public var vanished: [String] = []
+        public var adopted: [String] = []
+        public var rewritten = 0
+        public var damaged: [String] = []
+        public var processesAlive = 0
+        public var processesGone = 0
+        public var description: String {
+            "\(reattached) re-attached (\(rewritten) rewritten from the kernel), \(vanished.count) destroyed while the agent was down, \(adopted.count) adopted, \(damaged.count) damaged files set aside; recorded processes: \(processesAlive) alive, \(processesGone) gone"
+        }
+    }
+
+    /// Reconciles the snapshots on disk with `listed`, every container there
+    /// is now: a snapshot whose container is gone is recorded as DESTROYED
+    /// ("destroyed while the agent was down") and removed; a container with
+    /// a snapshot is re-attached (its record loaded, its recorded processes
+    /// that died recorded as PROCESS_EXITED "exited while the agent was
+    /// down", its snapshot rewritten if the kernel differs); a container
+    /// without one is adopted (written). Damaged files are reported and
+    /// set aside. Before the agent serves anything.
+    @discardableResult
+    public func recover(listed: [String]) throws(LmctfyError) -> Recovery {
+        var out = Recovery()
+        _ = try store.open()
+        let (snapshots, damaged) = store.loadAll()
+        for (file, why) in damaged {
+            warn("snapshot file \(store.directory)/\(file) is damaged (\(why)); set aside as damaged-\(file)")
+            store.setAside(file)
+            out.damaged.append(file)
+        }
+        let present = Set(listed)
+        for (name, _) in snapshots.sorted(by: { $0.key > $1.key }) where !present.contains(name) {
+            events.append(ContainerEvent(container: name, kind: .containerEventDestroyed,
+                                         reason: "destroyed while the agent was down"))
+            try store.remove(name)
+            out.vanished.append(name)
+        }
+        for (name, s) in snapshots where present.contains(name) {
+            var processes: [SnapshotProcess] = []
+            for p in s.process {
+                if Self.isAlive(p) {
+                    processes.append(p)
+                    out.processesAlive += 1
+                } else {
+                    events.append(ContainerEvent(container: name, kind: .containerEventProcessExited, pid: p.pid,
+                                                 reason: "exited while the agent was down"))
+                    out.processesGone += 1
+                }
+            }
+            var key = s
+            key.process = processes
+            key.bootId = nil
+            key.lastStats = nil
+            key.writtenNs = nil
+            records.locked { r in
+                r[name] = Record(createdNs: s.createdNs ?? WallClock.nanosecondsSinceEpoch(), adopted: s.adopted ?? false,
+                                 processes: processes, written: processes.count == s.process.count ? try? key.serializedBytes() : nil)
+            }
+            out.reattached += 1
+        }
+        for name in listed.sorted() {
+            let before = costs.locked { $0.writes }
+            do throws(LmctfyError) { try sync(name, adopted: true) } catch {
+                warn("snapshot of \(name) not written at start: \(error)")
+                continue
+            }
+            let wrote = costs.locked { $0.writes } > before
+            if snapshots[name] == nil { out.adopted.append(name) } else if wrote { out.rewritten += 1 }
+        }
+        return out
+    }
+
+    /// The names with a record (a snapshot written or loaded).
+    public var names: [String] { records.locked { Array($0.keys) } }
+
+    // MARK: Processes
+
+    /// /proc/<pid>/stat field 22, the start time in clock ticks after boot;
+    /// nil when there is no such process.
+    public static func startTime(_ pid: Int32) -> UInt64? {
+        statFields(pid).flatMap { $0.count > 19 ? UInt64($0[19]) : nil }
+    }
+
+    /// The fields of /proc/<pid>/stat after the command (field 3 first).
+    private static func statFields(_ pid: Int32) -> [Substring]? {
+        guard let text = try? Sys.readFile("/proc/\(pid)/stat"), let close = text.lastIndex(of: ")") else { return nil }
+        return text[text.index(after: close)...].split(separator: " ")
+    }
+
+    /// Whether the recorded process still runs: its pid is there, with the
+    /// start time recorded, and it is not a zombie.
+    public static func isAlive(_ p: SnapshotProcess) -> Bool {
+        guard let pid = p.pid, let fields = statFields(pid), fields.count > 19 else { return false }
+        if fields[0] == "Z" || fields[0] == "X" { return false }
+        guard let recorded = p.startTime else { return true }
+        return UInt64(fields[19]) == recorded
+    }
+
+    private static func environment() -> [String] {
+        var out: [String] = []
+        var p = environ
+        while let e = p.pointee {
+            out.append(String(cString: e))
+            p += 1
+        }
+        return out
+    }
+
+    private static func cwd() -> String? {
+        var buf = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+        guard getcwd(&buf, buf.count) != nil else { return nil }
+        return String(decoding: buf.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+}

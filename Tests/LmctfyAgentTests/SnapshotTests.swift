@@ -1,0 +1,329 @@
+// Snapshots and restart recovery (issue #13): the store on its own (no
+// root), then the real agent binary on the real kernel: killed inside a
+// snapshot write, restarted after changes made while it was down, and the
+// chaos run (several clients, 1,000 operations, the agent SIGKILLed at random
+// points and restarted).
+import Glibc
+import Lmctfy
+import LmctfyAgent
+import LmctfyEvents
+import LmctfyProto
+import LmctfyRPC
+import LmctfySystem
+import LmctfyTestSupport
+import LmctlCommands
+import Testing
+
+private func scratchDir(_ label: String) throws -> String {
+    let dir = "/tmp/lmctfy-snap-\(label)-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+    try Sys.mkdir(dir, mode: 0o700)
+    return dir
+}
+
+private func snapshot(_ name: String, limit: Int64 = 1 << 20, frozen: Bool = false) -> ContainerSnapshot {
+    ContainerSnapshot(formatVersion: 1, name: name, spec: ContainerSpec(memory: MemorySpec(limit: limit)), frozen: frozen,
+                      createdNs: 1, bootId: "b")
+}
+
+@Suite struct SnapshotStoreTests {
+    @Test func fileNamesAreReversibleAndNeverLeaveTheDirectory() throws {
+        for name in ["/a", "/a/b", "/a.b/c-d_e", "/..", "/a/../b", "/%2F", "/x y", "/ü"] {
+            let file = SnapshotStore.fileName(name)
+            #expect(!file.contains("/") && file != "." && file != ".." && !file.hasPrefix(".tmp-"), "\(name) -> \(file)")
+            #expect(SnapshotStore.name(ofFile: file) == name, "\(name) -> \(file)")
+        }
+        #expect(SnapshotStore.fileName("/a/b") == "%2Fa%2Fb")
+        let long = "/" + Array(repeating: String(repeating: "x", count: 60), count: 8).joined(separator: "/")
+        let file = SnapshotStore.fileName(long)
+        #expect(file.hasPrefix("~") && file.utf8.count == 65 && SnapshotStore.name(ofFile: file) == nil)
+        #expect(SnapshotStore.name(ofFile: ".tmp-%2Fa") == nil && SnapshotStore.name(ofFile: "damaged-%2Fa") == nil)
+    }
+
+    @Test func writeLoadRemoveAndLongNames() throws {
+        let dir = try scratchDir("store")
+        defer { _ = removeTree(dir) }
+        let store = SnapshotStore(directory: dir + "/snapshots")
+        try store.open()
+        let long = "/" + Array(repeating: String(repeating: "y", count: 60), count: 8).joined(separator: "/")
+        try store.write(snapshot("/a"))
+        try store.write(snapshot("/a/b", frozen: true))
+        try store.write(snapshot(long))
+        try store.write(snapshot("/a", limit: 2 << 20))
+        let (all, damaged) = store.loadAll()
+        #expect(damaged.isEmpty)
+        #expect(Set(all.keys) == ["/a", "/a/b", long])
+        #expect(all["/a"]?.spec?.memory?.limit == 2 << 20 && all["/a/b"]?.frozen == true)
+        #expect(store.load("/a/b")?.name == "/a/b")
+        try store.remove("/a/b")
+        try store.remove("/never")  // nothing there: fine
+        #expect(Set(store.loadAll().snapshots.keys) == ["/a", long])
+        var st = stat()
+        #expect(stat(dir + "/snapshots/%2Fa", &st) == 0 && st.st_mode & 0o777 == 0o600)
+    }
+
+    @Test func tempFilesACrashLeftAreRemovedAndDamagedFilesReportedNotRead() throws {
+        let dir = try scratchDir("damaged")
+        defer { _ = removeTree(dir) }
+        let store = SnapshotStore(directory: dir + "/snapshots")
+        try store.open()
+        try store.write(snapshot("/good"))
+        try store.write(snapshot("/flipped"))
+        try store.write(snapshot("/short"))
+        try store.write(snapshot("/moved"))
+        let d = dir + "/snapshots/"
+        // A torn temp file, as a crash before the rename leaves it.
+        try Sys.createFile(d + ".tmp-%2Fgood", "LMSNAP01 torn")
+        // One byte flipped, a truncated file, garbage, a file under another name.
+        var bytes = try Sys.readBytes(d + "%2Fflipped")
+        bytes[12] ^= 0x40
+        try Sys.writeFileAtomically(d + "%2Fflipped", bytes)
+        bytes = try Sys.readBytes(d + "%2Fshort")
+        try Sys.writeFileAtomically(d + "%2Fshort", Array(bytes.prefix(bytes.count - 5)))
+        try Sys.writeFileAtomically(d + "%2Fgarbage", Array("not a snapshot at all, no".utf8))
+        #expect(rename(d + "%2Fmoved", d + "%2Fother") == 0)
+
+        #expect(try store.open() == 1, "the temp file is removed")
+        #expect(!Sys.exists(d + ".tmp-%2Fgood"))
+        let (all, damaged) = store.loadAll()
+        #expect(Set(all.keys) == ["/good"])
+        #expect(Set(damaged.map(\.file)) == ["%2Fflipped", "%2Fshort", "%2Fgarbage", "%2Fother"], "\(damaged)")
+        #expect(damaged.first { $0.file == "%2Fflipped" }?.why.contains("checksum") == true)
+        #expect(store.load("/flipped") == nil)
+        for (file, _) in damaged { store.setAside(file) }
+        #expect(store.loadAll().damaged.isEmpty, "set aside, not reported again")
+        #expect(Sys.exists(d + "damaged-%2Fflipped"), "kept for a human")
+    }
+
+    @Test func aSnapshotOfANewerFormatIsRefused() throws {
+        let dir = try scratchDir("format")
+        defer { _ = removeTree(dir) }
+        let store = SnapshotStore(directory: dir)
+        var s = snapshot("/n")
+        s.formatVersion = SnapshotStore.formatVersion + 1
+        try store.write(s)
+        let (all, damaged) = store.loadAll()
+        #expect(all.isEmpty && damaged.first?.why.contains("newer") == true)
+    }
+
+    /// Concurrent writes of one name coalesce: requests made while a write
+    /// runs share the next one, and every writer returns only after a write
+    /// that started after its request.
+    @Test func concurrentWritesOfOneNameShareTheNextWrite() throws {
+        let dir = try scratchDir("coalesce")
+        defer { _ = removeTree(dir) }
+        let events = EventLog(capacity: 16)
+        let store = SnapshotStore(directory: dir)
+        let version = Mutexed<Int64>(1)
+        let reads = Mutexed(0)
+        let keeper = SnapshotKeeper(store: store, events: events, read: { (_: String) throws(LmctfyError) -> (spec: ContainerSpec, frozen: Bool)? in
+            reads.locked { $0 += 1 }
+            usleep(20_000)  // a slow kernel read: others pile up meanwhile
+            return (ContainerSpec(memory: MemorySpec(limit: version.locked { $0 })), false)
+        })
+        _ = try keeper.recover(listed: [])
+        let done = Latch(16)
+        for i in 0..<16 {
+            Threads.detach {
+                version.locked { $0 = max($0, Int64(i + 2)) }
+                try? keeper.sync("/c")
+                done.signal()
+            }
+        }
+        #expect(done.wait(seconds: 30))
+        let newest = version.locked { $0 }
+        #expect(store.load("/c")?.spec?.memory?.limit == newest, "the last write has every change")
+        let n = reads.locked { $0 }
+        print("16 concurrent syncs of one container: \(n) kernel reads, \(keeper.costs.locked { $0.writes }) writes")
+        #expect(n < 16)
+    }
+}
+
+// MARK: - The real agent
+
+/// A root container made with CL1 for an agent to serve (root_container), so
+/// the agent sees only the test's containers; destroyed with everything
+/// below it at the end.
+private struct TestRoot {
+    let name: String
+    let api: ContainerApi
+
+    init(_ label: String) throws {
+        api = try ContainerApi.detect()
+        name = RealCgroups.uniqueName(label)
+        _ = try api.create(name, spec: ContainerSpec(memory: MemorySpec(limit: 1 << 30)))
+    }
+
+    func destroy() {
+        _ = try? TestProcess.capture([builtTool("lmctfy"), "destroy", "-f", name])
+    }
+
+    func machine(_ path: String) throws -> ContainerName { try ContainerName.resolve(name + path, relativeTo: .root) }
+
+    /// Every container below the root, by the agent's names.
+    func containers() throws -> [String] {
+        try api.get(try ContainerName.resolve(name, relativeTo: .root)).subcontainers(recursive: true)
+            .map { String($0.description.dropFirst(name.count)) }
+    }
+
+    func kernel(_ path: String) throws -> (spec: ContainerSpec, frozen: Bool) {
+        let c = try api.get(try machine(path))
+        return (try c.spec(), try c.isFrozen())
+    }
+}
+
+private func agentConfig(_ root: TestRoot) -> String { "root_container: \"\(root.name)\" stats_interval_ms: 0" }
+
+private func snapshots(_ agent: AgentProcess) -> SnapshotStore { SnapshotStore(directory: agent.dir + "/state/snapshots") }
+
+/// Every snapshot equals what the kernel has (spec read back, freezer
+/// state), and there is one per container; returns what differs.
+private func compare(_ store: SnapshotStore, _ root: TestRoot) throws -> [String] {
+    var problems: [String] = []
+    let (all, damaged) = store.loadAll()
+    if !damaged.isEmpty { problems.append("damaged: \(damaged)") }
+    let names = Set(try root.containers())
+    if Set(all.keys) != names {
+        problems.append("snapshots \(all.keys.sorted()) but containers \(names.sorted())")
+    }
+    for (name, s) in all where names.contains(name) {
+        let k = try root.kernel(name)
+        if try s.spec?.serializedBytes() != k.spec.serializedBytes() { problems.append("\(name): spec \(String(describing: s.spec)) vs kernel \(k.spec)") }
+        if s.frozen != k.frozen { problems.append("\(name): frozen \(String(describing: s.frozen)) vs kernel \(k.frozen)") }
+        let pids = Set(try root.api.get(try root.machine(name)).processes(recursive: false))
+        for p in s.process where SnapshotKeeper.isAlive(p) && !pids.contains(p.pid ?? 0) {
+            problems.append("\(name): recorded process \(p.pid ?? 0) is alive but not in it")
+        }
+    }
+    let temps = ((try? Sys.subdirectoriesAndFiles(store.directory)) ?? []).filter { $0.hasPrefix(".tmp-") }
+    if !temps.isEmpty { problems.append("temp files left: \(temps)") }
+    return problems
+}
+
+/// Every event the agent at `socket` keeps (its boot).
+private func allEvents(_ socket: String) -> [ContainerEvent] {
+    events(Subscriber(socket, SubscribeRequest(afterSequence: 0), until: { $0.last?.caughtUp != nil }).wait().0)
+}
+
+@Suite(.enabled(if: RealCgroups.available, "\(RealCgroups.unavailableReason ?? "")"), .serialized)
+struct SnapshotAgentTests {
+    /// The agent is killed (_exit) inside a snapshot write, after the temp
+    /// file is written and before the rename, then after the rename and
+    /// before the directory's fsync: the snapshot on disk is the old one or
+    /// the new one, whole, never torn; the restarted agent removes the temp
+    /// file and makes the snapshot equal to the kernel.
+    @Test(arguments: ["temp", "rename"])
+    func aCrashInsideASnapshotWriteLeavesTheOldOrTheNew(step: String) throws {
+        let root = try TestRoot("snapcrash")
+        defer { root.destroy() }
+        // Write 1: the create; write 2 (the update) dies at `step`.
+        let first = try AgentProcess(config: agentConfig(root), environment: ["LMCTFY_AGENT_TEST_SNAPSHOT_CRASH=\(step):2"])
+        var firstAlive = true
+        defer { if firstAlive { first.stop() } }
+        let client = try RpcClient.connect(unixPath: first.socket)
+        _ = try client.call(AgentMethods.create, CreateRequest(name: "/c", spec: ContainerSpec(memory: MemorySpec(limit: 100 << 20))))
+        #expect(throws: LmctfyError.self, "the agent died under the update") {
+            _ = try client.call(AgentMethods.update, UpdateRequest(name: "/c", spec: ContainerSpec(memory: MemorySpec(limit: 200 << 20)),
+                                                                  policy: .updateDiff), deadlineMs: 10_000)
+        }
+        client.close()
+        for _ in 0..<200 where TestProcess.reapIfExited(first.pid) == nil { usleep(10_000) }
+        firstAlive = false
+        let store = snapshots(first)
+        let onDisk = try #require(store.load("/c"), "a whole snapshot is there")
+        let temp = Sys.exists(store.directory + "/.tmp-%2Fc")
+        if step == "temp" {
+            #expect(onDisk.spec?.memory?.limit == 100 << 20, "the old snapshot")
+            #expect(temp, "the new one only in the temp file")
+        } else {
+            #expect(onDisk.spec?.memory?.limit == 200 << 20, "the new snapshot")
+            #expect(!temp)
+        }
+        #expect(try root.kernel("/c").spec.memory?.limit == 200 << 20, "the update itself was done")
+
+        let second = try AgentProcess(reusing: first.dir)
+        defer { second.stop() }
+        #expect(!Sys.exists(store.directory + "/.tmp-%2Fc"), "the temp file is removed at start")
+        #expect(try compare(store, root) == [])
+    }
+
+    /// Restart recovery: while the agent is down a container with a snapshot
+    /// is destroyed, one is made with the CLI, a recorded process dies and a
+    /// paused container is resumed. The new agent (a new boot id) reports the
+    /// destroyed one and the dead process, adopts the new one, re-attaches
+    /// the rest with snapshots equal to the kernel, and still watches them.
+    @Test func theRestartedAgentReconcilesSnapshotsWithTheKernel() throws {
+        let root = try TestRoot("recover")
+        defer { root.destroy() }
+        let first = try AgentProcess(config: agentConfig(root))
+        var firstAlive = true
+        defer { if firstAlive { first.stop() } }
+        var client = try RpcClient.connect(unixPath: first.socket)
+        let memory = ContainerSpec(memory: MemorySpec(limit: 64 << 20))
+        for n in ["/a", "/b", "/p", "/a/sub"] { _ = try client.call(AgentMethods.create, CreateRequest(name: n, spec: memory)) }
+        var pids: [Int32] = []
+        for _ in 0..<2 {
+            try client.stream(AgentMethods.run, RunRequest(name: "/a", argv: ["sleep", "1000"], detached: true,
+                                                           restartPolicy: .restartOnFailure)) { (r: RunResponse) in
+                if let pid = r.pid { pids.append(pid) }
+                return true
+            }
+        }
+        _ = try client.call(AgentMethods.pause, PauseRequest(name: "/p"))
+        let firstBoot = try client.call(AgentMethods.machineInfo, MachineInfoRequest()).bootId
+        client.close()
+        let a = try #require(snapshots(first).load("/a"))
+        #expect(a.process.count == 2 && a.process.allSatisfy { $0.restartPolicy == .restartOnFailure && $0.detached == true
+            && $0.argv == ["sleep", "1000"] && $0.startTime != nil && $0.uid == 0 && !$0.env.isEmpty && $0.cwd != nil })
+        #expect(snapshots(first).load("/p")?.frozen == true)
+        #expect(try compare(snapshots(first), root) == [])
+
+        first.crash()
+        firstAlive = false
+        // While it is down.
+        let lmctfy = builtTool("lmctfy")
+        #expect(try TestProcess.capture([lmctfy, "destroy", "-f", root.name + "/b"]).status == 0)
+        #expect(try TestProcess.capture([lmctfy, "create", root.name + "/cli", "memory:{limit:33554432}"]).status == 0)
+        #expect(try TestProcess.capture([lmctfy, "resume", root.name + "/p"]).status == 0)
+        let killed = SnapshotProcess(pid: pids[0], startTime: SnapshotKeeper.startTime(pids[0]))
+        kill(pids[0], SIGKILL)
+        for _ in 0..<200 where SnapshotKeeper.isAlive(killed) { usleep(10_000) }
+
+        let second = try AgentProcess(reusing: first.dir)
+        defer { second.stop() }
+        client = try RpcClient.connect(unixPath: second.socket)
+        defer { client.close() }
+        let boot = try client.call(AgentMethods.machineInfo, MachineInfoRequest()).bootId
+        #expect(boot != nil && boot != firstBoot)
+        let store = snapshots(second)
+        #expect(try compare(store, root) == [])
+        #expect(store.load("/b") == nil)
+        #expect(store.load("/cli")?.adopted == true)
+        #expect(store.load("/a")?.adopted == false)
+        #expect(store.load("/p")?.frozen == false)
+        #expect(store.load("/a")?.process.map(\.pid) == [pids[1]], "the dead process left the snapshot")
+        let es = allEvents(second.socket)
+        #expect(es.allSatisfy { $0.bootId == boot })
+        #expect(es.contains { $0.container == "/b" && $0.kind == .containerEventDestroyed && $0.reason == "destroyed while the agent was down" },
+                "\(es)")
+        #expect(es.contains { $0.container == "/a" && $0.kind == .containerEventProcessExited && $0.pid == pids[0]
+            && $0.reason == "exited while the agent was down" })
+        #expect(!es.contains { $0.kind == .containerEventCreated }, "re-attached and adopted containers are no news")
+        // The old boot's events are still served, after the restart.
+        let old = Subscriber(second.socket, SubscribeRequest(bootId: firstBoot, afterSequence: 0), until: { $0.last?.caughtUp != nil }).wait().0
+        #expect(events(old).contains { $0.bootId == firstBoot && $0.container == "/b" && $0.kind == .containerEventCreated })
+
+        // Still watched: a CLI update and destroy behind the new agent's back
+        // reach the snapshots.
+        #expect(try TestProcess.capture([lmctfy, "update", "diff", root.name + "/cli", "memory:{limit:67108864}"]).status == 0)
+        #expect(try TestProcess.capture([lmctfy, "destroy", "-f", root.name + "/a"]).status == 0)
+        var problems: [String] = []
+        for _ in 0..<100 {
+            problems = try compare(store, root)
+            if problems.isEmpty { break }
+            usleep(50_000)
+        }
+        #expect(problems == [], "\(allEvents(second.socket).filter { $0.kind != .containerEventStats })")
+        #expect(store.load("/cli")?.spec?.memory?.limit == 64 << 20)
+        kill(pids[1], SIGKILL)
+    }
+}
