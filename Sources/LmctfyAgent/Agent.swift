@@ -140,6 +140,10 @@ public final class Agent: @unchecked Sendable {
         let log = AgentLog(level: settings.logLevel)
         // Snapshots (README "Snapshots and restart recovery"): what is
         // written is read from the kernel, by the clients' names.
+        // CRIU's check takes a while: it runs on a thread of its own from
+        // now, and MachineInfo, Checkpoint and Restore wait for it.
+        let criu = CriuProbe()
+        criu.start()
         let snapshots = SnapshotKeeper(
             store: SnapshotStore(directory: settings.stateDir + "/snapshots", crash: SnapshotCrashPoint.fromEnvironment()),
             events: events,
@@ -157,7 +161,7 @@ public final class Agent: @unchecked Sendable {
         self.dispatcher = Dispatcher(backend: backend, cgroupVersion: api.version.number,
                                      events: events, agentVersion: LmctfyVersion.string, journal: journal,
                                      testHold: TestHold.fromEnvironment(marker: settings.stateDir + "/test-hold"),
-                                     snapshots: snapshots)
+                                     snapshots: snapshots, criu: criu)
         self.log = log
         self.hub = EventHub(log: events, buffer: settings.subscriberBuffer)
         self.api = api

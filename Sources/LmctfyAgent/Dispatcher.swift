@@ -102,6 +102,9 @@ extension KillAllRequest: IdempotentRequest {}
 extension PauseRequest: IdempotentRequest {}
 extension ResumeRequest: IdempotentRequest {}
 extension InitRequest: IdempotentRequest {}
+extension ImportSnapshotRequest: IdempotentRequest {}
+extension CheckpointRequest: IdempotentRequest {}
+extension RestoreRequest: IdempotentRequest {}
 
 /// A test-only fault hook, off unless the agent's environment sets
 /// LMCTFY_AGENT_TEST_HOLD_AFTER to a method name (docs/PROTOCOL.md section
@@ -165,11 +168,16 @@ public final class Dispatcher: Sendable {
     /// The containers' snapshots (state_dir/snapshots); nil: none kept.
     /// Written by each change before its answer (SnapshotKeeper).
     public let snapshots: SnapshotKeeper?
+    /// Whether CRIU can checkpoint here (Criu.swift); nil: not probed, and
+    /// Checkpoint and Restore refuse.
+    let criu: CriuProbe?
 
     /// A dispatcher onto `backend`; names the caller leaves out mean
     /// whatever the backend's caller is (the agent's own container).
     public init(backend: any ContainerBackend, cgroupVersion: Int32, events: EventLog, agentVersion: String,
-                journal: RequestJournal? = nil, testHold: TestHold? = nil, snapshots: SnapshotKeeper? = nil) {
+                journal: RequestJournal? = nil, testHold: TestHold? = nil, snapshots: SnapshotKeeper? = nil,
+                criu: CriuProbe? = nil) {
+        self.criu = criu
         self.backend = backend
         self.cgroupVersion = cgroupVersion
         self.events = events
@@ -309,28 +317,15 @@ public final class Dispatcher: Sendable {
                   Dispatcher.contains(spec.dynamic, r.spec?.dynamic ?? ContainerSpec().dynamic) else { return nil }
             return CreateResponse()
         }) { d, r in
-            let name = try Dispatcher.containerName(r.name)
-            return try d.inventory.change(try d.backend.resolve(name)) {
-                let path = try d.backend.create(name, spec: r.spec ?? ContainerSpec())
-                d.events.record(container: path, kind: .containerEventCreated)
-                d.snapshots?.syncOrWarn(path)
-                return (CreateResponse(), { $0[path] = false })
-            }
+            _ = try d.createContainer(try Dispatcher.containerName(r.name), spec: r.spec ?? ContainerSpec())
+            return CreateResponse()
         }
         mutating(AgentMethods.destroy, recover: { _, _, error in
             // The earlier agent destroyed it before it died.
             error.code == .notFound ? DestroyResponse() : nil
         }) { d, r in
-            let name = try Dispatcher.containerName(r.name)
-            return try d.inventory.change(try d.backend.resolve(name)) {
-                let path = try d.backend.destroy(name, force: r.force ?? false)
-                d.events.record(container: path, kind: .containerEventDestroyed)
-                d.snapshots?.removeTree(path)
-                // Its subcontainers went with it (one event, for the name destroyed).
-                return (DestroyResponse(), { known in
-                    for k in known.keys where k == path || k.hasPrefix(path + "/") { known[k] = nil }
-                })
-            }
+            _ = try d.destroyContainer(try Dispatcher.containerName(r.name), force: r.force ?? false)
+            return DestroyResponse()
         }
         mutating(AgentMethods.update) { d, r in
             let policy: UpdatePolicy
@@ -384,8 +379,14 @@ public final class Dispatcher: Sendable {
         }
         streaming(AgentMethods.notify) { d, r, context in try d.notify(r, context) }
         unary(AgentMethods.machineInfo) { d, _ in
-            MachineInfo.collect(cgroupVersion: d.cgroupVersion, agentVersion: d.agentVersion, bootId: d.events.bootId)
+            var info = MachineInfo.collect(cgroupVersion: d.cgroupVersion, agentVersion: d.agentVersion, bootId: d.events.bootId)
+            info.criu = d.criu?.status
+            return info
         }
+        unary(AgentMethods.exportSnapshot) { d, r in try d.exportSnapshot(r) }
+        mutating(AgentMethods.importSnapshot) { d, r in try d.importSnapshot(r) }
+        mutating(AgentMethods.checkpoint) { d, r in try d.checkpoint(r) }
+        mutating(AgentMethods.restore) { d, r in try d.restore(r) }
         mutating(AgentMethods.initMachine) { d, r in
             try d.backend.initMachine(r.spec ?? InitSpec())
             return InitResponse()
@@ -412,12 +413,36 @@ public final class Dispatcher: Sendable {
         }
     }
 
-    private static func containerName(_ n: String?) throws(LmctfyError) -> String {
+    static func containerName(_ n: String?) throws(LmctfyError) -> String {
         guard let n else { throw .invalidArgument("The request names no container") }
         return n
     }
 
-    private func setPaused(_ name: String, _ paused: Bool) throws {
+    /// Creates `name` as Create does: recorded, snapshot written. Returns
+    /// its path.
+    func createContainer(_ name: String, spec: ContainerSpec) throws -> String {
+        try inventory.change(try backend.resolve(name)) {
+            let path = try backend.create(name, spec: spec)
+            events.record(container: path, kind: .containerEventCreated)
+            snapshots?.syncOrWarn(path)
+            return (path, { $0[path] = false })
+        }
+    }
+
+    /// Destroys `name` as Destroy does. Returns its path.
+    func destroyContainer(_ name: String, force: Bool) throws -> String {
+        try inventory.change(try backend.resolve(name)) {
+            let path = try backend.destroy(name, force: force)
+            events.record(container: path, kind: .containerEventDestroyed)
+            snapshots?.removeTree(path)
+            // Its subcontainers went with it (one event, for the name destroyed).
+            return (path, { known in
+                for k in known.keys where k == path || k.hasPrefix(path + "/") { known[k] = nil }
+            })
+        }
+    }
+
+    func setPaused(_ name: String, _ paused: Bool) throws {
         try inventory.change(try backend.resolve(name)) {
             let path = try backend.setPaused(name, paused)
             events.record(container: path, kind: .containerEventFreezer, frozen: paused)

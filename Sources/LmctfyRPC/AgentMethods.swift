@@ -118,12 +118,24 @@ public enum AgentMethods {
     public static let ping = AgentMethod<PingRequest, PingResponse>("Ping", .reader, .loop, .unary)
     /// Prepares the agent's machine (mounts hierarchies).
     public static let initMachine = AgentMethod<InitRequest, InitResponse>("Init", .admin, .pool, .unary)
+    /// A container's snapshot, written afresh (admin: it holds the recorded
+    /// processes' environments).
+    public static let exportSnapshot = AgentMethod<ExportSnapshotRequest, ExportSnapshotResponse>(
+        "ExportSnapshot", .admin, .pool, .unary)
+    /// Re-creates a container from a snapshot.
+    public static let importSnapshot = AgentMethod<ImportSnapshotRequest, ImportSnapshotResponse>(
+        "ImportSnapshot", .admin, .pool, .unary)
+    /// Dumps a container's processes with CRIU.
+    public static let checkpoint = AgentMethod<CheckpointRequest, CheckpointResponse>("Checkpoint", .admin, .pool, .unary)
+    /// Restores a checkpoint with CRIU.
+    public static let restore = AgentMethod<RestoreRequest, RestoreResponse>("Restore", .admin, .pool, .unary)
 
     /// Every method, in the order of docs/PROTOCOL.md §6.
     public static let all: [AgentMethodInfo] = [
         create.info, destroy.info, update.info, spec.info, stats.info, listContainers.info, listPids.info,
         listTids.info, detect.info, run.info, enter.info, killAll.info, pause.info, resume.info, notify.info,
-        machineInfo.info, ping.info, initMachine.info, subscribe.info,
+        machineInfo.info, ping.info, initMachine.info, subscribe.info, exportSnapshot.info, importSnapshot.info,
+        checkpoint.info, restore.info,
     ]
 
     private static let byName: [String: AgentMethodInfo] = Dictionary(uniqueKeysWithValues: all.map { ($0.name, $0) })

@@ -1807,6 +1807,51 @@ void   containers__lmctfy__agent__machine_info_response__free_unpacked
   assert(message->base.descriptor == &containers__lmctfy__agent__machine_info_response__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
+void   containers__lmctfy__agent__criu_status__init
+                     (Containers__Lmctfy__Agent__CriuStatus         *message)
+{
+  static const Containers__Lmctfy__Agent__CriuStatus init_value = CONTAINERS__LMCTFY__AGENT__CRIU_STATUS__INIT;
+  *message = init_value;
+}
+size_t containers__lmctfy__agent__criu_status__get_packed_size
+                     (const Containers__Lmctfy__Agent__CriuStatus *message)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__criu_status__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t containers__lmctfy__agent__criu_status__pack
+                     (const Containers__Lmctfy__Agent__CriuStatus *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__criu_status__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t containers__lmctfy__agent__criu_status__pack_to_buffer
+                     (const Containers__Lmctfy__Agent__CriuStatus *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__criu_status__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Containers__Lmctfy__Agent__CriuStatus *
+       containers__lmctfy__agent__criu_status__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Containers__Lmctfy__Agent__CriuStatus *)
+     protobuf_c_message_unpack (&containers__lmctfy__agent__criu_status__descriptor,
+                                allocator, len, data);
+}
+void   containers__lmctfy__agent__criu_status__free_unpacked
+                     (Containers__Lmctfy__Agent__CriuStatus *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &containers__lmctfy__agent__criu_status__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
 void   containers__lmctfy__agent__ping_request__init
                      (Containers__Lmctfy__Agent__PingRequest         *message)
 {
@@ -2120,6 +2165,366 @@ void   containers__lmctfy__agent__snapshot_process__free_unpacked
   if(!message)
     return;
   assert(message->base.descriptor == &containers__lmctfy__agent__snapshot_process__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   containers__lmctfy__agent__export_snapshot_request__init
+                     (Containers__Lmctfy__Agent__ExportSnapshotRequest         *message)
+{
+  static const Containers__Lmctfy__Agent__ExportSnapshotRequest init_value = CONTAINERS__LMCTFY__AGENT__EXPORT_SNAPSHOT_REQUEST__INIT;
+  *message = init_value;
+}
+size_t containers__lmctfy__agent__export_snapshot_request__get_packed_size
+                     (const Containers__Lmctfy__Agent__ExportSnapshotRequest *message)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__export_snapshot_request__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t containers__lmctfy__agent__export_snapshot_request__pack
+                     (const Containers__Lmctfy__Agent__ExportSnapshotRequest *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__export_snapshot_request__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t containers__lmctfy__agent__export_snapshot_request__pack_to_buffer
+                     (const Containers__Lmctfy__Agent__ExportSnapshotRequest *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__export_snapshot_request__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Containers__Lmctfy__Agent__ExportSnapshotRequest *
+       containers__lmctfy__agent__export_snapshot_request__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Containers__Lmctfy__Agent__ExportSnapshotRequest *)
+     protobuf_c_message_unpack (&containers__lmctfy__agent__export_snapshot_request__descriptor,
+                                allocator, len, data);
+}
+void   containers__lmctfy__agent__export_snapshot_request__free_unpacked
+                     (Containers__Lmctfy__Agent__ExportSnapshotRequest *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &containers__lmctfy__agent__export_snapshot_request__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   containers__lmctfy__agent__export_snapshot_response__init
+                     (Containers__Lmctfy__Agent__ExportSnapshotResponse         *message)
+{
+  static const Containers__Lmctfy__Agent__ExportSnapshotResponse init_value = CONTAINERS__LMCTFY__AGENT__EXPORT_SNAPSHOT_RESPONSE__INIT;
+  *message = init_value;
+}
+size_t containers__lmctfy__agent__export_snapshot_response__get_packed_size
+                     (const Containers__Lmctfy__Agent__ExportSnapshotResponse *message)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__export_snapshot_response__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t containers__lmctfy__agent__export_snapshot_response__pack
+                     (const Containers__Lmctfy__Agent__ExportSnapshotResponse *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__export_snapshot_response__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t containers__lmctfy__agent__export_snapshot_response__pack_to_buffer
+                     (const Containers__Lmctfy__Agent__ExportSnapshotResponse *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__export_snapshot_response__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Containers__Lmctfy__Agent__ExportSnapshotResponse *
+       containers__lmctfy__agent__export_snapshot_response__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Containers__Lmctfy__Agent__ExportSnapshotResponse *)
+     protobuf_c_message_unpack (&containers__lmctfy__agent__export_snapshot_response__descriptor,
+                                allocator, len, data);
+}
+void   containers__lmctfy__agent__export_snapshot_response__free_unpacked
+                     (Containers__Lmctfy__Agent__ExportSnapshotResponse *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &containers__lmctfy__agent__export_snapshot_response__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   containers__lmctfy__agent__import_snapshot_request__init
+                     (Containers__Lmctfy__Agent__ImportSnapshotRequest         *message)
+{
+  static const Containers__Lmctfy__Agent__ImportSnapshotRequest init_value = CONTAINERS__LMCTFY__AGENT__IMPORT_SNAPSHOT_REQUEST__INIT;
+  *message = init_value;
+}
+size_t containers__lmctfy__agent__import_snapshot_request__get_packed_size
+                     (const Containers__Lmctfy__Agent__ImportSnapshotRequest *message)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__import_snapshot_request__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t containers__lmctfy__agent__import_snapshot_request__pack
+                     (const Containers__Lmctfy__Agent__ImportSnapshotRequest *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__import_snapshot_request__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t containers__lmctfy__agent__import_snapshot_request__pack_to_buffer
+                     (const Containers__Lmctfy__Agent__ImportSnapshotRequest *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__import_snapshot_request__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Containers__Lmctfy__Agent__ImportSnapshotRequest *
+       containers__lmctfy__agent__import_snapshot_request__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Containers__Lmctfy__Agent__ImportSnapshotRequest *)
+     protobuf_c_message_unpack (&containers__lmctfy__agent__import_snapshot_request__descriptor,
+                                allocator, len, data);
+}
+void   containers__lmctfy__agent__import_snapshot_request__free_unpacked
+                     (Containers__Lmctfy__Agent__ImportSnapshotRequest *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &containers__lmctfy__agent__import_snapshot_request__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   containers__lmctfy__agent__import_snapshot_response__init
+                     (Containers__Lmctfy__Agent__ImportSnapshotResponse         *message)
+{
+  static const Containers__Lmctfy__Agent__ImportSnapshotResponse init_value = CONTAINERS__LMCTFY__AGENT__IMPORT_SNAPSHOT_RESPONSE__INIT;
+  *message = init_value;
+}
+size_t containers__lmctfy__agent__import_snapshot_response__get_packed_size
+                     (const Containers__Lmctfy__Agent__ImportSnapshotResponse *message)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__import_snapshot_response__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t containers__lmctfy__agent__import_snapshot_response__pack
+                     (const Containers__Lmctfy__Agent__ImportSnapshotResponse *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__import_snapshot_response__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t containers__lmctfy__agent__import_snapshot_response__pack_to_buffer
+                     (const Containers__Lmctfy__Agent__ImportSnapshotResponse *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__import_snapshot_response__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Containers__Lmctfy__Agent__ImportSnapshotResponse *
+       containers__lmctfy__agent__import_snapshot_response__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Containers__Lmctfy__Agent__ImportSnapshotResponse *)
+     protobuf_c_message_unpack (&containers__lmctfy__agent__import_snapshot_response__descriptor,
+                                allocator, len, data);
+}
+void   containers__lmctfy__agent__import_snapshot_response__free_unpacked
+                     (Containers__Lmctfy__Agent__ImportSnapshotResponse *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &containers__lmctfy__agent__import_snapshot_response__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   containers__lmctfy__agent__checkpoint_request__init
+                     (Containers__Lmctfy__Agent__CheckpointRequest         *message)
+{
+  static const Containers__Lmctfy__Agent__CheckpointRequest init_value = CONTAINERS__LMCTFY__AGENT__CHECKPOINT_REQUEST__INIT;
+  *message = init_value;
+}
+size_t containers__lmctfy__agent__checkpoint_request__get_packed_size
+                     (const Containers__Lmctfy__Agent__CheckpointRequest *message)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__checkpoint_request__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t containers__lmctfy__agent__checkpoint_request__pack
+                     (const Containers__Lmctfy__Agent__CheckpointRequest *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__checkpoint_request__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t containers__lmctfy__agent__checkpoint_request__pack_to_buffer
+                     (const Containers__Lmctfy__Agent__CheckpointRequest *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__checkpoint_request__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Containers__Lmctfy__Agent__CheckpointRequest *
+       containers__lmctfy__agent__checkpoint_request__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Containers__Lmctfy__Agent__CheckpointRequest *)
+     protobuf_c_message_unpack (&containers__lmctfy__agent__checkpoint_request__descriptor,
+                                allocator, len, data);
+}
+void   containers__lmctfy__agent__checkpoint_request__free_unpacked
+                     (Containers__Lmctfy__Agent__CheckpointRequest *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &containers__lmctfy__agent__checkpoint_request__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   containers__lmctfy__agent__checkpoint_response__init
+                     (Containers__Lmctfy__Agent__CheckpointResponse         *message)
+{
+  static const Containers__Lmctfy__Agent__CheckpointResponse init_value = CONTAINERS__LMCTFY__AGENT__CHECKPOINT_RESPONSE__INIT;
+  *message = init_value;
+}
+size_t containers__lmctfy__agent__checkpoint_response__get_packed_size
+                     (const Containers__Lmctfy__Agent__CheckpointResponse *message)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__checkpoint_response__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t containers__lmctfy__agent__checkpoint_response__pack
+                     (const Containers__Lmctfy__Agent__CheckpointResponse *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__checkpoint_response__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t containers__lmctfy__agent__checkpoint_response__pack_to_buffer
+                     (const Containers__Lmctfy__Agent__CheckpointResponse *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__checkpoint_response__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Containers__Lmctfy__Agent__CheckpointResponse *
+       containers__lmctfy__agent__checkpoint_response__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Containers__Lmctfy__Agent__CheckpointResponse *)
+     protobuf_c_message_unpack (&containers__lmctfy__agent__checkpoint_response__descriptor,
+                                allocator, len, data);
+}
+void   containers__lmctfy__agent__checkpoint_response__free_unpacked
+                     (Containers__Lmctfy__Agent__CheckpointResponse *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &containers__lmctfy__agent__checkpoint_response__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   containers__lmctfy__agent__restore_request__init
+                     (Containers__Lmctfy__Agent__RestoreRequest         *message)
+{
+  static const Containers__Lmctfy__Agent__RestoreRequest init_value = CONTAINERS__LMCTFY__AGENT__RESTORE_REQUEST__INIT;
+  *message = init_value;
+}
+size_t containers__lmctfy__agent__restore_request__get_packed_size
+                     (const Containers__Lmctfy__Agent__RestoreRequest *message)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__restore_request__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t containers__lmctfy__agent__restore_request__pack
+                     (const Containers__Lmctfy__Agent__RestoreRequest *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__restore_request__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t containers__lmctfy__agent__restore_request__pack_to_buffer
+                     (const Containers__Lmctfy__Agent__RestoreRequest *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__restore_request__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Containers__Lmctfy__Agent__RestoreRequest *
+       containers__lmctfy__agent__restore_request__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Containers__Lmctfy__Agent__RestoreRequest *)
+     protobuf_c_message_unpack (&containers__lmctfy__agent__restore_request__descriptor,
+                                allocator, len, data);
+}
+void   containers__lmctfy__agent__restore_request__free_unpacked
+                     (Containers__Lmctfy__Agent__RestoreRequest *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &containers__lmctfy__agent__restore_request__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   containers__lmctfy__agent__restore_response__init
+                     (Containers__Lmctfy__Agent__RestoreResponse         *message)
+{
+  static const Containers__Lmctfy__Agent__RestoreResponse init_value = CONTAINERS__LMCTFY__AGENT__RESTORE_RESPONSE__INIT;
+  *message = init_value;
+}
+size_t containers__lmctfy__agent__restore_response__get_packed_size
+                     (const Containers__Lmctfy__Agent__RestoreResponse *message)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__restore_response__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t containers__lmctfy__agent__restore_response__pack
+                     (const Containers__Lmctfy__Agent__RestoreResponse *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__restore_response__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t containers__lmctfy__agent__restore_response__pack_to_buffer
+                     (const Containers__Lmctfy__Agent__RestoreResponse *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__restore_response__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Containers__Lmctfy__Agent__RestoreResponse *
+       containers__lmctfy__agent__restore_response__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Containers__Lmctfy__Agent__RestoreResponse *)
+     protobuf_c_message_unpack (&containers__lmctfy__agent__restore_response__descriptor,
+                                allocator, len, data);
+}
+void   containers__lmctfy__agent__restore_response__free_unpacked
+                     (Containers__Lmctfy__Agent__RestoreResponse *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &containers__lmctfy__agent__restore_response__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
 void   containers__lmctfy__agent__role_binding__init
@@ -4599,7 +5004,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__machine_info_request
   (ProtobufCMessageInit) containers__lmctfy__agent__machine_info_request__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor containers__lmctfy__agent__machine_info_response__field_descriptors[7] =
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__machine_info_response__field_descriptors[8] =
 {
   {
     "hostname",
@@ -4685,12 +5090,25 @@ static const ProtobufCFieldDescriptor containers__lmctfy__agent__machine_info_re
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "criu",
+    8,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_MESSAGE,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__MachineInfoResponse, criu),
+    &containers__lmctfy__agent__criu_status__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned containers__lmctfy__agent__machine_info_response__field_indices_by_name[] = {
   5,   /* field[5] = agent_version */
   6,   /* field[6] = boot_id */
   2,   /* field[2] = cgroup_version */
   3,   /* field[3] = cpus */
+  7,   /* field[7] = criu */
   0,   /* field[0] = hostname */
   1,   /* field[1] = kernel */
   4,   /* field[4] = memory_bytes */
@@ -4698,7 +5116,7 @@ static const unsigned containers__lmctfy__agent__machine_info_response__field_in
 static const ProtobufCIntRange containers__lmctfy__agent__machine_info_response__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 7 }
+  { 0, 8 }
 };
 const ProtobufCMessageDescriptor containers__lmctfy__agent__machine_info_response__descriptor =
 {
@@ -4708,11 +5126,75 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__machine_info_respons
   "Containers__Lmctfy__Agent__MachineInfoResponse",
   "containers.lmctfy.agent",
   sizeof(Containers__Lmctfy__Agent__MachineInfoResponse),
-  7,
+  8,
   containers__lmctfy__agent__machine_info_response__field_descriptors,
   containers__lmctfy__agent__machine_info_response__field_indices_by_name,
   1,  containers__lmctfy__agent__machine_info_response__number_ranges,
   (ProtobufCMessageInit) containers__lmctfy__agent__machine_info_response__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__criu_status__field_descriptors[3] =
+{
+  {
+    "usable",
+    1,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_BOOL,
+    offsetof(Containers__Lmctfy__Agent__CriuStatus, has_usable),
+    offsetof(Containers__Lmctfy__Agent__CriuStatus, usable),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "version",
+    2,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__CriuStatus, version),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "reason",
+    3,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__CriuStatus, reason),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned containers__lmctfy__agent__criu_status__field_indices_by_name[] = {
+  2,   /* field[2] = reason */
+  0,   /* field[0] = usable */
+  1,   /* field[1] = version */
+};
+static const ProtobufCIntRange containers__lmctfy__agent__criu_status__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 3 }
+};
+const ProtobufCMessageDescriptor containers__lmctfy__agent__criu_status__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "containers.lmctfy.agent.CriuStatus",
+  "CriuStatus",
+  "Containers__Lmctfy__Agent__CriuStatus",
+  "containers.lmctfy.agent",
+  sizeof(Containers__Lmctfy__Agent__CriuStatus),
+  3,
+  containers__lmctfy__agent__criu_status__field_descriptors,
+  containers__lmctfy__agent__criu_status__field_indices_by_name,
+  1,  containers__lmctfy__agent__criu_status__number_ranges,
+  (ProtobufCMessageInit) containers__lmctfy__agent__criu_status__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
 static const ProtobufCFieldDescriptor containers__lmctfy__agent__ping_request__field_descriptors[1] =
@@ -5336,6 +5818,427 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__snapshot_process__de
   containers__lmctfy__agent__snapshot_process__field_indices_by_name,
   1,  containers__lmctfy__agent__snapshot_process__number_ranges,
   (ProtobufCMessageInit) containers__lmctfy__agent__snapshot_process__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__export_snapshot_request__field_descriptors[1] =
+{
+  {
+    "name",
+    1,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__ExportSnapshotRequest, name),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned containers__lmctfy__agent__export_snapshot_request__field_indices_by_name[] = {
+  0,   /* field[0] = name */
+};
+static const ProtobufCIntRange containers__lmctfy__agent__export_snapshot_request__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 1 }
+};
+const ProtobufCMessageDescriptor containers__lmctfy__agent__export_snapshot_request__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "containers.lmctfy.agent.ExportSnapshotRequest",
+  "ExportSnapshotRequest",
+  "Containers__Lmctfy__Agent__ExportSnapshotRequest",
+  "containers.lmctfy.agent",
+  sizeof(Containers__Lmctfy__Agent__ExportSnapshotRequest),
+  1,
+  containers__lmctfy__agent__export_snapshot_request__field_descriptors,
+  containers__lmctfy__agent__export_snapshot_request__field_indices_by_name,
+  1,  containers__lmctfy__agent__export_snapshot_request__number_ranges,
+  (ProtobufCMessageInit) containers__lmctfy__agent__export_snapshot_request__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__export_snapshot_response__field_descriptors[1] =
+{
+  {
+    "snapshot",
+    1,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_MESSAGE,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__ExportSnapshotResponse, snapshot),
+    &containers__lmctfy__agent__container_snapshot__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned containers__lmctfy__agent__export_snapshot_response__field_indices_by_name[] = {
+  0,   /* field[0] = snapshot */
+};
+static const ProtobufCIntRange containers__lmctfy__agent__export_snapshot_response__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 1 }
+};
+const ProtobufCMessageDescriptor containers__lmctfy__agent__export_snapshot_response__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "containers.lmctfy.agent.ExportSnapshotResponse",
+  "ExportSnapshotResponse",
+  "Containers__Lmctfy__Agent__ExportSnapshotResponse",
+  "containers.lmctfy.agent",
+  sizeof(Containers__Lmctfy__Agent__ExportSnapshotResponse),
+  1,
+  containers__lmctfy__agent__export_snapshot_response__field_descriptors,
+  containers__lmctfy__agent__export_snapshot_response__field_indices_by_name,
+  1,  containers__lmctfy__agent__export_snapshot_response__number_ranges,
+  (ProtobufCMessageInit) containers__lmctfy__agent__export_snapshot_response__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__import_snapshot_request__field_descriptors[4] =
+{
+  {
+    "snapshot",
+    1,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_MESSAGE,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__ImportSnapshotRequest, snapshot),
+    &containers__lmctfy__agent__container_snapshot__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "name",
+    2,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__ImportSnapshotRequest, name),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "start",
+    3,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_BOOL,
+    offsetof(Containers__Lmctfy__Agent__ImportSnapshotRequest, has_start),
+    offsetof(Containers__Lmctfy__Agent__ImportSnapshotRequest, start),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "request_id",
+    4,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__ImportSnapshotRequest, request_id),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned containers__lmctfy__agent__import_snapshot_request__field_indices_by_name[] = {
+  1,   /* field[1] = name */
+  3,   /* field[3] = request_id */
+  0,   /* field[0] = snapshot */
+  2,   /* field[2] = start */
+};
+static const ProtobufCIntRange containers__lmctfy__agent__import_snapshot_request__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 4 }
+};
+const ProtobufCMessageDescriptor containers__lmctfy__agent__import_snapshot_request__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "containers.lmctfy.agent.ImportSnapshotRequest",
+  "ImportSnapshotRequest",
+  "Containers__Lmctfy__Agent__ImportSnapshotRequest",
+  "containers.lmctfy.agent",
+  sizeof(Containers__Lmctfy__Agent__ImportSnapshotRequest),
+  4,
+  containers__lmctfy__agent__import_snapshot_request__field_descriptors,
+  containers__lmctfy__agent__import_snapshot_request__field_indices_by_name,
+  1,  containers__lmctfy__agent__import_snapshot_request__number_ranges,
+  (ProtobufCMessageInit) containers__lmctfy__agent__import_snapshot_request__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__import_snapshot_response__field_descriptors[2] =
+{
+  {
+    "name",
+    1,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__ImportSnapshotResponse, name),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "started_pid",
+    2,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_INT32,
+    offsetof(Containers__Lmctfy__Agent__ImportSnapshotResponse, n_started_pid),
+    offsetof(Containers__Lmctfy__Agent__ImportSnapshotResponse, started_pid),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned containers__lmctfy__agent__import_snapshot_response__field_indices_by_name[] = {
+  0,   /* field[0] = name */
+  1,   /* field[1] = started_pid */
+};
+static const ProtobufCIntRange containers__lmctfy__agent__import_snapshot_response__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 2 }
+};
+const ProtobufCMessageDescriptor containers__lmctfy__agent__import_snapshot_response__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "containers.lmctfy.agent.ImportSnapshotResponse",
+  "ImportSnapshotResponse",
+  "Containers__Lmctfy__Agent__ImportSnapshotResponse",
+  "containers.lmctfy.agent",
+  sizeof(Containers__Lmctfy__Agent__ImportSnapshotResponse),
+  2,
+  containers__lmctfy__agent__import_snapshot_response__field_descriptors,
+  containers__lmctfy__agent__import_snapshot_response__field_indices_by_name,
+  1,  containers__lmctfy__agent__import_snapshot_response__number_ranges,
+  (ProtobufCMessageInit) containers__lmctfy__agent__import_snapshot_response__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__checkpoint_request__field_descriptors[4] =
+{
+  {
+    "name",
+    1,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__CheckpointRequest, name),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "images_dir",
+    2,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__CheckpointRequest, images_dir),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "leave_running",
+    3,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_BOOL,
+    offsetof(Containers__Lmctfy__Agent__CheckpointRequest, has_leave_running),
+    offsetof(Containers__Lmctfy__Agent__CheckpointRequest, leave_running),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "request_id",
+    4,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__CheckpointRequest, request_id),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned containers__lmctfy__agent__checkpoint_request__field_indices_by_name[] = {
+  1,   /* field[1] = images_dir */
+  2,   /* field[2] = leave_running */
+  0,   /* field[0] = name */
+  3,   /* field[3] = request_id */
+};
+static const ProtobufCIntRange containers__lmctfy__agent__checkpoint_request__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 4 }
+};
+const ProtobufCMessageDescriptor containers__lmctfy__agent__checkpoint_request__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "containers.lmctfy.agent.CheckpointRequest",
+  "CheckpointRequest",
+  "Containers__Lmctfy__Agent__CheckpointRequest",
+  "containers.lmctfy.agent",
+  sizeof(Containers__Lmctfy__Agent__CheckpointRequest),
+  4,
+  containers__lmctfy__agent__checkpoint_request__field_descriptors,
+  containers__lmctfy__agent__checkpoint_request__field_indices_by_name,
+  1,  containers__lmctfy__agent__checkpoint_request__number_ranges,
+  (ProtobufCMessageInit) containers__lmctfy__agent__checkpoint_request__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__checkpoint_response__field_descriptors[1] =
+{
+  {
+    "images_dir",
+    1,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__CheckpointResponse, images_dir),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned containers__lmctfy__agent__checkpoint_response__field_indices_by_name[] = {
+  0,   /* field[0] = images_dir */
+};
+static const ProtobufCIntRange containers__lmctfy__agent__checkpoint_response__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 1 }
+};
+const ProtobufCMessageDescriptor containers__lmctfy__agent__checkpoint_response__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "containers.lmctfy.agent.CheckpointResponse",
+  "CheckpointResponse",
+  "Containers__Lmctfy__Agent__CheckpointResponse",
+  "containers.lmctfy.agent",
+  sizeof(Containers__Lmctfy__Agent__CheckpointResponse),
+  1,
+  containers__lmctfy__agent__checkpoint_response__field_descriptors,
+  containers__lmctfy__agent__checkpoint_response__field_indices_by_name,
+  1,  containers__lmctfy__agent__checkpoint_response__number_ranges,
+  (ProtobufCMessageInit) containers__lmctfy__agent__checkpoint_response__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__restore_request__field_descriptors[3] =
+{
+  {
+    "images_dir",
+    1,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__RestoreRequest, images_dir),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "name",
+    2,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__RestoreRequest, name),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "request_id",
+    3,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__RestoreRequest, request_id),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned containers__lmctfy__agent__restore_request__field_indices_by_name[] = {
+  0,   /* field[0] = images_dir */
+  1,   /* field[1] = name */
+  2,   /* field[2] = request_id */
+};
+static const ProtobufCIntRange containers__lmctfy__agent__restore_request__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 3 }
+};
+const ProtobufCMessageDescriptor containers__lmctfy__agent__restore_request__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "containers.lmctfy.agent.RestoreRequest",
+  "RestoreRequest",
+  "Containers__Lmctfy__Agent__RestoreRequest",
+  "containers.lmctfy.agent",
+  sizeof(Containers__Lmctfy__Agent__RestoreRequest),
+  3,
+  containers__lmctfy__agent__restore_request__field_descriptors,
+  containers__lmctfy__agent__restore_request__field_indices_by_name,
+  1,  containers__lmctfy__agent__restore_request__number_ranges,
+  (ProtobufCMessageInit) containers__lmctfy__agent__restore_request__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__restore_response__field_descriptors[1] =
+{
+  {
+    "name",
+    1,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__RestoreResponse, name),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned containers__lmctfy__agent__restore_response__field_indices_by_name[] = {
+  0,   /* field[0] = name */
+};
+static const ProtobufCIntRange containers__lmctfy__agent__restore_response__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 1 }
+};
+const ProtobufCMessageDescriptor containers__lmctfy__agent__restore_response__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "containers.lmctfy.agent.RestoreResponse",
+  "RestoreResponse",
+  "Containers__Lmctfy__Agent__RestoreResponse",
+  "containers.lmctfy.agent",
+  sizeof(Containers__Lmctfy__Agent__RestoreResponse),
+  1,
+  containers__lmctfy__agent__restore_response__field_descriptors,
+  containers__lmctfy__agent__restore_response__field_indices_by_name,
+  1,  containers__lmctfy__agent__restore_response__number_ranges,
+  (ProtobufCMessageInit) containers__lmctfy__agent__restore_response__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
 static const ProtobufCFieldDescriptor containers__lmctfy__agent__role_binding__field_descriptors[4] =

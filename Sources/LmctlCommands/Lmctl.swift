@@ -37,6 +37,10 @@ public enum LmctlCLI {
 
     static let usage = """
         usage: lmctl [--agent unix://PATH|tcp://HOST:PORT] [--key-file FILE] <lmctfy verb> ... | info | events ...
+               lmctl [--agent ...] snapshot export NAME [-o FILE] [--text] | snapshot import FILE [--name N] [--start]
+               lmctl [--agent ...] migrate NAME --to unix://PATH|tcp://HOST:PORT [--to-key-file FILE]
+               lmctl [--agent ...] checkpoint NAME DIR [--leave-running] | restore DIR [--name N]
+               lmctl --controller ... migrate NAME --from HOST --to HOST
                lmctl --controller unix://PATH|tcp://HOST:PORT [--key-file FILE] hosts [-o json] [SELECTOR]
                lmctl --controller ... (--host NAME | --hosts SELECTOR) <lmctfy verb> ... | info | events ...
         """
@@ -163,6 +167,10 @@ public enum LmctlCLI {
         if let events = eventsWords(o.words) {
             return EventsCommand.run(events, dial: dialPeer, host: nil, stdout: stdout, stderr: stderr)
         }
+        // Migration between two hosts: lmctl drives it through the controller.
+        if verb == "migrate" && o.host == nil && o.hosts == nil {
+            return MovingCommands.migrateThroughController(o.words, dial: dialPeer, stdout: stdout, stderr: stderr)
+        }
         // Help and version never call anyone; every other verb is a host's.
         let helpWords: Set<String> = ["help", "-h", "--help", "-V", "--version"]
         if verb == nil || o.words.contains(where: { helpWords.contains($0) }) {
@@ -249,6 +257,9 @@ public enum LmctlCLI {
         }
         if commandWord(words) == "info" {
             return info(words, connect: connect, stdout: stdout, stderr: stderr)
+        }
+        if let verb = commandWord(words), MovingCommands.verbs.contains(verb) {
+            return MovingCommands.run(words, dial: dial, stdout: stdout, stderr: stderr)
         }
         // The agent's machine is the one every verb acts on, `init` included.
         let environment = CLIEnvironment(
@@ -417,7 +428,10 @@ public enum LmctlCLI {
                     ("cgroup_version", String(i.cgroupVersion ?? 0)), ("cpus", String(i.cpus ?? 0)),
                     ("memory_bytes", String(i.memoryBytes ?? 0)), ("agent_version", i.agentVersion ?? ""),
                     ("boot_id", i.bootId ?? ""),
-                ]
+                ] + (i.criu.map { c in
+                    [("criu_usable", c.usable == true ? "true" : "false"), ("criu_version", c.version ?? ""),
+                     ("criu_reason", c.reason ?? "")]
+                } ?? [])
                 stdout.write(Array(pairs.map { "\($0.0)=\"\(TextFormat.cEscape(Array($0.1.utf8)))\"\n" }.joined().utf8))
             }
             return 0

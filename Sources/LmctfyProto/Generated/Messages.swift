@@ -4254,6 +4254,104 @@ public enum AgentRole: Int32, ProtoEnum, CaseIterable {
     }
 }
 
+/// Protobuf message `containers.lmctfy.agent.CheckpointRequest`.
+public struct CheckpointRequest: ProtoMessage {
+    /// Field 1 `name`.
+    public var name: String?
+    /// Field 2 `images_dir`.
+    public var imagesDir: String?
+    /// Field 3 `leave_running`.
+    public var leaveRunning: Bool?
+    /// Field 4 `request_id`.
+    public var requestId: String?
+
+    public init(
+        name: String? = nil,
+        imagesDir: String? = nil,
+        leaveRunning: Bool? = nil,
+        requestId: String? = nil
+    ) {
+        self.name = name
+        self.imagesDir = imagesDir
+        self.leaveRunning = leaveRunning
+        self.requestId = requestId
+    }
+
+    public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.CheckpointRequest")
+
+    public init(dynamic message: DynamicMessage) {
+        precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.CheckpointRequest")
+        self.name = message.get(1)
+        self.imagesDir = message.get(2)
+        self.leaveRunning = message.get(3)
+        self.requestId = message.get(4)
+    }
+
+    public var dynamic: DynamicMessage {
+        var message = DynamicMessage(Self.protoDescriptor)
+        message.set(1, name)
+        message.set(2, imagesDir)
+        message.set(3, leaveRunning)
+        message.set(4, requestId)
+        return message
+    }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.name = CBridge.value(c, f[0])
+        self.imagesDir = CBridge.value(c, f[1])
+        self.leaveRunning = CBridge.value(c, f[2])
+        self.requestId = CBridge.value(c, f[3])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.set(c, f[0], name)
+        CBridge.set(c, f[1], imagesDir)
+        CBridge.set(c, f[2], leaveRunning)
+        CBridge.set(c, f[3], requestId)
+        return c
+    }
+}
+
+/// Protobuf message `containers.lmctfy.agent.CheckpointResponse`.
+public struct CheckpointResponse: ProtoMessage {
+    /// Field 1 `images_dir`.
+    public var imagesDir: String?
+
+    public init(
+        imagesDir: String? = nil
+    ) {
+        self.imagesDir = imagesDir
+    }
+
+    public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.CheckpointResponse")
+
+    public init(dynamic message: DynamicMessage) {
+        precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.CheckpointResponse")
+        self.imagesDir = message.get(1)
+    }
+
+    public var dynamic: DynamicMessage {
+        var message = DynamicMessage(Self.protoDescriptor)
+        message.set(1, imagesDir)
+        return message
+    }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.imagesDir = CBridge.value(c, f[0])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.set(c, f[0], imagesDir)
+        return c
+    }
+}
+
 /// Protobuf message `containers.lmctfy.agent.ContainerEvent`.
 public struct ContainerEvent: ProtoMessage {
     /// Field 1 `boot_id`.
@@ -4757,6 +4855,59 @@ public struct CreateResponse: ProtoMessage {
     }
 }
 
+/// Protobuf message `containers.lmctfy.agent.CriuStatus`.
+public struct CriuStatus: ProtoMessage {
+    /// Field 1 `usable`.
+    public var usable: Bool?
+    /// Field 2 `version`.
+    public var version: String?
+    /// Field 3 `reason`.
+    public var reason: String?
+
+    public init(
+        usable: Bool? = nil,
+        version: String? = nil,
+        reason: String? = nil
+    ) {
+        self.usable = usable
+        self.version = version
+        self.reason = reason
+    }
+
+    public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.CriuStatus")
+
+    public init(dynamic message: DynamicMessage) {
+        precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.CriuStatus")
+        self.usable = message.get(1)
+        self.version = message.get(2)
+        self.reason = message.get(3)
+    }
+
+    public var dynamic: DynamicMessage {
+        var message = DynamicMessage(Self.protoDescriptor)
+        message.set(1, usable)
+        message.set(2, version)
+        message.set(3, reason)
+        return message
+    }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.usable = CBridge.value(c, f[0])
+        self.version = CBridge.value(c, f[1])
+        self.reason = CBridge.value(c, f[2])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.set(c, f[0], usable)
+        CBridge.set(c, f[1], version)
+        CBridge.set(c, f[2], reason)
+        return c
+    }
+}
+
 /// Protobuf message `containers.lmctfy.agent.DestroyRequest`.
 public struct DestroyRequest: ProtoMessage {
     /// Field 1 `name`.
@@ -5046,6 +5197,80 @@ public struct EventGap: ProtoMessage {
         CBridge.set(c, f[1], afterSequence)
         CBridge.set(c, f[2], bootId)
         CBridge.set(c, f[3], firstSequence)
+        return c
+    }
+}
+
+/// Protobuf message `containers.lmctfy.agent.ExportSnapshotRequest`.
+public struct ExportSnapshotRequest: ProtoMessage {
+    /// Field 1 `name`.
+    public var name: String?
+
+    public init(
+        name: String? = nil
+    ) {
+        self.name = name
+    }
+
+    public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.ExportSnapshotRequest")
+
+    public init(dynamic message: DynamicMessage) {
+        precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.ExportSnapshotRequest")
+        self.name = message.get(1)
+    }
+
+    public var dynamic: DynamicMessage {
+        var message = DynamicMessage(Self.protoDescriptor)
+        message.set(1, name)
+        return message
+    }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.name = CBridge.value(c, f[0])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.set(c, f[0], name)
+        return c
+    }
+}
+
+/// Protobuf message `containers.lmctfy.agent.ExportSnapshotResponse`.
+public struct ExportSnapshotResponse: ProtoMessage {
+    /// Field 1 `snapshot`.
+    public var snapshot: ContainerSnapshot?
+
+    public init(
+        snapshot: ContainerSnapshot? = nil
+    ) {
+        self.snapshot = snapshot
+    }
+
+    public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.ExportSnapshotResponse")
+
+    public init(dynamic message: DynamicMessage) {
+        precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.ExportSnapshotResponse")
+        self.snapshot = message.get(1)
+    }
+
+    public var dynamic: DynamicMessage {
+        var message = DynamicMessage(Self.protoDescriptor)
+        message.set(1, snapshot)
+        return message
+    }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.snapshot = CBridge.message(c, f[0])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.setMessage(c, f[0], snapshot)
         return c
     }
 }
@@ -5869,6 +6094,112 @@ public enum HostState: Int32, ProtoEnum, CaseIterable {
     }
 }
 
+/// Protobuf message `containers.lmctfy.agent.ImportSnapshotRequest`.
+public struct ImportSnapshotRequest: ProtoMessage {
+    /// Field 1 `snapshot`.
+    public var snapshot: ContainerSnapshot?
+    /// Field 2 `name`.
+    public var name: String?
+    /// Field 3 `start`.
+    public var start: Bool?
+    /// Field 4 `request_id`.
+    public var requestId: String?
+
+    public init(
+        snapshot: ContainerSnapshot? = nil,
+        name: String? = nil,
+        start: Bool? = nil,
+        requestId: String? = nil
+    ) {
+        self.snapshot = snapshot
+        self.name = name
+        self.start = start
+        self.requestId = requestId
+    }
+
+    public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.ImportSnapshotRequest")
+
+    public init(dynamic message: DynamicMessage) {
+        precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.ImportSnapshotRequest")
+        self.snapshot = message.get(1)
+        self.name = message.get(2)
+        self.start = message.get(3)
+        self.requestId = message.get(4)
+    }
+
+    public var dynamic: DynamicMessage {
+        var message = DynamicMessage(Self.protoDescriptor)
+        message.set(1, snapshot)
+        message.set(2, name)
+        message.set(3, start)
+        message.set(4, requestId)
+        return message
+    }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.snapshot = CBridge.message(c, f[0])
+        self.name = CBridge.value(c, f[1])
+        self.start = CBridge.value(c, f[2])
+        self.requestId = CBridge.value(c, f[3])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.setMessage(c, f[0], snapshot)
+        CBridge.set(c, f[1], name)
+        CBridge.set(c, f[2], start)
+        CBridge.set(c, f[3], requestId)
+        return c
+    }
+}
+
+/// Protobuf message `containers.lmctfy.agent.ImportSnapshotResponse`.
+public struct ImportSnapshotResponse: ProtoMessage {
+    /// Field 1 `name`.
+    public var name: String?
+    /// Field 2 `started_pid`.
+    public var startedPid: [Int32]
+
+    public init(
+        name: String? = nil,
+        startedPid: [Int32] = []
+    ) {
+        self.name = name
+        self.startedPid = startedPid
+    }
+
+    public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.ImportSnapshotResponse")
+
+    public init(dynamic message: DynamicMessage) {
+        precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.ImportSnapshotResponse")
+        self.name = message.get(1)
+        self.startedPid = message.getRepeated(2)
+    }
+
+    public var dynamic: DynamicMessage {
+        var message = DynamicMessage(Self.protoDescriptor)
+        message.set(1, name)
+        message.setRepeated(2, startedPid)
+        return message
+    }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.name = CBridge.value(c, f[0])
+        self.startedPid = CBridge.repeated(c, f[1])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.set(c, f[0], name)
+        CBridge.setRepeated(c, f[1], startedPid)
+        return c
+    }
+}
+
 /// Protobuf message `containers.lmctfy.agent.InitRequest`.
 public struct InitRequest: ProtoMessage {
     /// Field 1 `spec`.
@@ -6381,6 +6712,8 @@ public struct MachineInfoResponse: ProtoMessage {
     public var agentVersion: String?
     /// Field 7 `boot_id`.
     public var bootId: String?
+    /// Field 8 `criu`.
+    public var criu: CriuStatus?
 
     public init(
         hostname: String? = nil,
@@ -6389,7 +6722,8 @@ public struct MachineInfoResponse: ProtoMessage {
         cpus: Int32? = nil,
         memoryBytes: UInt64? = nil,
         agentVersion: String? = nil,
-        bootId: String? = nil
+        bootId: String? = nil,
+        criu: CriuStatus? = nil
     ) {
         self.hostname = hostname
         self.kernel = kernel
@@ -6398,6 +6732,7 @@ public struct MachineInfoResponse: ProtoMessage {
         self.memoryBytes = memoryBytes
         self.agentVersion = agentVersion
         self.bootId = bootId
+        self.criu = criu
     }
 
     public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.MachineInfoResponse")
@@ -6411,6 +6746,7 @@ public struct MachineInfoResponse: ProtoMessage {
         self.memoryBytes = message.get(5)
         self.agentVersion = message.get(6)
         self.bootId = message.get(7)
+        self.criu = message.get(8)
     }
 
     public var dynamic: DynamicMessage {
@@ -6422,6 +6758,7 @@ public struct MachineInfoResponse: ProtoMessage {
         message.set(5, memoryBytes)
         message.set(6, agentVersion)
         message.set(7, bootId)
+        message.set(8, criu)
         return message
     }
 
@@ -6434,6 +6771,7 @@ public struct MachineInfoResponse: ProtoMessage {
         self.memoryBytes = CBridge.value(c, f[4])
         self.agentVersion = CBridge.value(c, f[5])
         self.bootId = CBridge.value(c, f[6])
+        self.criu = CBridge.message(c, f[7])
     }
 
     public func makeC() -> UnsafeMutableRawPointer {
@@ -6446,6 +6784,7 @@ public struct MachineInfoResponse: ProtoMessage {
         CBridge.set(c, f[4], memoryBytes)
         CBridge.set(c, f[5], agentVersion)
         CBridge.set(c, f[6], bootId)
+        CBridge.setMessage(c, f[7], criu)
         return c
     }
 }
@@ -6879,6 +7218,96 @@ public enum RestartPolicy: Int32, ProtoEnum, CaseIterable {
         case .restartOnFailure: return "RESTART_ON_FAILURE"
         case .restartAlways: return "RESTART_ALWAYS"
         }
+    }
+}
+
+/// Protobuf message `containers.lmctfy.agent.RestoreRequest`.
+public struct RestoreRequest: ProtoMessage {
+    /// Field 1 `images_dir`.
+    public var imagesDir: String?
+    /// Field 2 `name`.
+    public var name: String?
+    /// Field 3 `request_id`.
+    public var requestId: String?
+
+    public init(
+        imagesDir: String? = nil,
+        name: String? = nil,
+        requestId: String? = nil
+    ) {
+        self.imagesDir = imagesDir
+        self.name = name
+        self.requestId = requestId
+    }
+
+    public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.RestoreRequest")
+
+    public init(dynamic message: DynamicMessage) {
+        precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.RestoreRequest")
+        self.imagesDir = message.get(1)
+        self.name = message.get(2)
+        self.requestId = message.get(3)
+    }
+
+    public var dynamic: DynamicMessage {
+        var message = DynamicMessage(Self.protoDescriptor)
+        message.set(1, imagesDir)
+        message.set(2, name)
+        message.set(3, requestId)
+        return message
+    }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.imagesDir = CBridge.value(c, f[0])
+        self.name = CBridge.value(c, f[1])
+        self.requestId = CBridge.value(c, f[2])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.set(c, f[0], imagesDir)
+        CBridge.set(c, f[1], name)
+        CBridge.set(c, f[2], requestId)
+        return c
+    }
+}
+
+/// Protobuf message `containers.lmctfy.agent.RestoreResponse`.
+public struct RestoreResponse: ProtoMessage {
+    /// Field 1 `name`.
+    public var name: String?
+
+    public init(
+        name: String? = nil
+    ) {
+        self.name = name
+    }
+
+    public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.RestoreResponse")
+
+    public init(dynamic message: DynamicMessage) {
+        precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.RestoreResponse")
+        self.name = message.get(1)
+    }
+
+    public var dynamic: DynamicMessage {
+        var message = DynamicMessage(Self.protoDescriptor)
+        message.set(1, name)
+        return message
+    }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.name = CBridge.value(c, f[0])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.set(c, f[0], name)
+        return c
     }
 }
 

@@ -57,6 +57,7 @@ typedef struct Containers__Lmctfy__Agent__SubscribeRequest Containers__Lmctfy__A
 typedef struct Containers__Lmctfy__Agent__SubscribeResponse Containers__Lmctfy__Agent__SubscribeResponse;
 typedef struct Containers__Lmctfy__Agent__MachineInfoRequest Containers__Lmctfy__Agent__MachineInfoRequest;
 typedef struct Containers__Lmctfy__Agent__MachineInfoResponse Containers__Lmctfy__Agent__MachineInfoResponse;
+typedef struct Containers__Lmctfy__Agent__CriuStatus Containers__Lmctfy__Agent__CriuStatus;
 typedef struct Containers__Lmctfy__Agent__PingRequest Containers__Lmctfy__Agent__PingRequest;
 typedef struct Containers__Lmctfy__Agent__PingResponse Containers__Lmctfy__Agent__PingResponse;
 typedef struct Containers__Lmctfy__Agent__InitRequest Containers__Lmctfy__Agent__InitRequest;
@@ -64,6 +65,14 @@ typedef struct Containers__Lmctfy__Agent__InitResponse Containers__Lmctfy__Agent
 typedef struct Containers__Lmctfy__Agent__RequestJournalEntry Containers__Lmctfy__Agent__RequestJournalEntry;
 typedef struct Containers__Lmctfy__Agent__ContainerSnapshot Containers__Lmctfy__Agent__ContainerSnapshot;
 typedef struct Containers__Lmctfy__Agent__SnapshotProcess Containers__Lmctfy__Agent__SnapshotProcess;
+typedef struct Containers__Lmctfy__Agent__ExportSnapshotRequest Containers__Lmctfy__Agent__ExportSnapshotRequest;
+typedef struct Containers__Lmctfy__Agent__ExportSnapshotResponse Containers__Lmctfy__Agent__ExportSnapshotResponse;
+typedef struct Containers__Lmctfy__Agent__ImportSnapshotRequest Containers__Lmctfy__Agent__ImportSnapshotRequest;
+typedef struct Containers__Lmctfy__Agent__ImportSnapshotResponse Containers__Lmctfy__Agent__ImportSnapshotResponse;
+typedef struct Containers__Lmctfy__Agent__CheckpointRequest Containers__Lmctfy__Agent__CheckpointRequest;
+typedef struct Containers__Lmctfy__Agent__CheckpointResponse Containers__Lmctfy__Agent__CheckpointResponse;
+typedef struct Containers__Lmctfy__Agent__RestoreRequest Containers__Lmctfy__Agent__RestoreRequest;
+typedef struct Containers__Lmctfy__Agent__RestoreResponse Containers__Lmctfy__Agent__RestoreResponse;
 typedef struct Containers__Lmctfy__Agent__RoleBinding Containers__Lmctfy__Agent__RoleBinding;
 typedef struct Containers__Lmctfy__Agent__AgentLimits Containers__Lmctfy__Agent__AgentLimits;
 typedef struct Containers__Lmctfy__Agent__AgentConfig Containers__Lmctfy__Agent__AgentConfig;
@@ -1137,10 +1146,43 @@ struct  Containers__Lmctfy__Agent__MachineInfoResponse
    * the agent's event boot id
    */
   char *boot_id;
+  /*
+   * Added: whether Checkpoint and Restore can use CRIU here (`criu check`,
+   * run once when the agent starts).
+   */
+  /*
+   * Next id: 9
+   */
+  Containers__Lmctfy__Agent__CriuStatus *criu;
 };
 #define CONTAINERS__LMCTFY__AGENT__MACHINE_INFO_RESPONSE__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__machine_info_response__descriptor) \
-    , NULL, NULL, 0, 0, 0, 0, 0, 0, NULL, NULL }
+    , NULL, NULL, 0, 0, 0, 0, 0, 0, NULL, NULL, NULL }
+
+
+/*
+ * Added: the agent's CRIU probe.
+ */
+struct  Containers__Lmctfy__Agent__CriuStatus
+{
+  ProtobufCMessage base;
+  /*
+   * `criu check` passed
+   */
+  protobuf_c_boolean has_usable;
+  protobuf_c_boolean usable;
+  /*
+   * `criu --version`, when CRIU is installed
+   */
+  char *version;
+  /*
+   * why not, when not usable
+   */
+  char *reason;
+};
+#define CONTAINERS__LMCTFY__AGENT__CRIU_STATUS__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__criu_status__descriptor) \
+    , 0, 0, NULL, NULL }
 
 
 /*
@@ -1363,6 +1405,157 @@ struct  Containers__Lmctfy__Agent__SnapshotProcess
 #define CONTAINERS__LMCTFY__AGENT__SNAPSHOT_PROCESS__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__snapshot_process__descriptor) \
     , 0, 0, 0, 0, 0,NULL, 0,NULL, NULL, 0, 0, 0, 0, 0, 0, 0, CONTAINERS__LMCTFY__AGENT__RESTART_POLICY__RESTART_POLICY_UNSPECIFIED, 0, 0 }
+
+
+/*
+ * Added: export, import and live checkpoint (README "Moving containers").
+ * ExportSnapshot: the container's snapshot, written afresh from the kernel.
+ */
+struct  Containers__Lmctfy__Agent__ExportSnapshotRequest
+{
+  ProtobufCMessage base;
+  /*
+   * Next id: 2
+   */
+  char *name;
+};
+#define CONTAINERS__LMCTFY__AGENT__EXPORT_SNAPSHOT_REQUEST__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__export_snapshot_request__descriptor) \
+    , NULL }
+
+
+struct  Containers__Lmctfy__Agent__ExportSnapshotResponse
+{
+  ProtobufCMessage base;
+  /*
+   * Next id: 2
+   */
+  Containers__Lmctfy__Agent__ContainerSnapshot *snapshot;
+};
+#define CONTAINERS__LMCTFY__AGENT__EXPORT_SNAPSHOT_RESPONSE__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__export_snapshot_response__descriptor) \
+    , NULL }
+
+
+/*
+ * ImportSnapshot: re-creates a container from a snapshot (another agent's):
+ * the same spec and freezer state, and with `start` the recorded processes
+ * launched again, detached (a cold restore). Refused, with nothing made, when
+ * it does not fit: a name in use (ALREADY_EXISTS), a cpuset this machine
+ * lacks or a resource it cannot give (FAILED_PRECONDITION), a snapshot of a
+ * newer format. A failure after the container was made removes it again.
+ */
+struct  Containers__Lmctfy__Agent__ImportSnapshotRequest
+{
+  ProtobufCMessage base;
+  Containers__Lmctfy__Agent__ContainerSnapshot *snapshot;
+  /*
+   * default: the snapshot's name
+   */
+  char *name;
+  protobuf_c_boolean has_start;
+  protobuf_c_boolean start;
+  /*
+   * The caller's idempotency key (PROTOCOL.md section 6.1).
+   */
+  /*
+   * Next id: 5
+   */
+  char *request_id;
+};
+#define CONTAINERS__LMCTFY__AGENT__IMPORT_SNAPSHOT_REQUEST__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__import_snapshot_request__descriptor) \
+    , NULL, NULL, 0, 0, NULL }
+
+
+struct  Containers__Lmctfy__Agent__ImportSnapshotResponse
+{
+  ProtobufCMessage base;
+  /*
+   * the container made
+   */
+  char *name;
+  /*
+   * with `start`, in the snapshot's order
+   */
+  size_t n_started_pid;
+  int32_t *started_pid;
+};
+#define CONTAINERS__LMCTFY__AGENT__IMPORT_SNAPSHOT_RESPONSE__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__import_snapshot_response__descriptor) \
+    , NULL, 0,NULL }
+
+
+/*
+ * Checkpoint: the container's processes dumped by CRIU into `images_dir`
+ * (on the agent's machine) with the container's snapshot beside them
+ * (lmctfy-snapshot.pb); UNIMPLEMENTED saying why when MachineInfo's
+ * `criu` is not usable. The container is left running with `leave_running`,
+ * otherwise destroyed once the dump succeeded.
+ */
+struct  Containers__Lmctfy__Agent__CheckpointRequest
+{
+  ProtobufCMessage base;
+  char *name;
+  char *images_dir;
+  protobuf_c_boolean has_leave_running;
+  protobuf_c_boolean leave_running;
+  /*
+   * Next id: 5
+   */
+  char *request_id;
+};
+#define CONTAINERS__LMCTFY__AGENT__CHECKPOINT_REQUEST__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__checkpoint_request__descriptor) \
+    , NULL, NULL, 0, 0, NULL }
+
+
+struct  Containers__Lmctfy__Agent__CheckpointResponse
+{
+  ProtobufCMessage base;
+  /*
+   * Next id: 2
+   */
+  char *images_dir;
+};
+#define CONTAINERS__LMCTFY__AGENT__CHECKPOINT_RESPONSE__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__checkpoint_response__descriptor) \
+    , NULL }
+
+
+/*
+ * Restore: the container of a checkpoint made again (ImportSnapshot's
+ * rules) and its processes restored by CRIU into it.
+ */
+struct  Containers__Lmctfy__Agent__RestoreRequest
+{
+  ProtobufCMessage base;
+  char *images_dir;
+  /*
+   * default: the checkpointed name
+   */
+  char *name;
+  /*
+   * Next id: 4
+   */
+  char *request_id;
+};
+#define CONTAINERS__LMCTFY__AGENT__RESTORE_REQUEST__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__restore_request__descriptor) \
+    , NULL, NULL, NULL }
+
+
+struct  Containers__Lmctfy__Agent__RestoreResponse
+{
+  ProtobufCMessage base;
+  /*
+   * Next id: 2
+   */
+  char *name;
+};
+#define CONTAINERS__LMCTFY__AGENT__RESTORE_RESPONSE__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__restore_response__descriptor) \
+    , NULL }
 
 
 /*
@@ -2350,6 +2543,25 @@ Containers__Lmctfy__Agent__MachineInfoResponse *
 void   containers__lmctfy__agent__machine_info_response__free_unpacked
                      (Containers__Lmctfy__Agent__MachineInfoResponse *message,
                       ProtobufCAllocator *allocator);
+/* Containers__Lmctfy__Agent__CriuStatus methods */
+void   containers__lmctfy__agent__criu_status__init
+                     (Containers__Lmctfy__Agent__CriuStatus         *message);
+size_t containers__lmctfy__agent__criu_status__get_packed_size
+                     (const Containers__Lmctfy__Agent__CriuStatus   *message);
+size_t containers__lmctfy__agent__criu_status__pack
+                     (const Containers__Lmctfy__Agent__CriuStatus   *message,
+                      uint8_t             *out);
+size_t containers__lmctfy__agent__criu_status__pack_to_buffer
+                     (const Containers__Lmctfy__Agent__CriuStatus   *message,
+                      ProtobufCBuffer     *buffer);
+Containers__Lmctfy__Agent__CriuStatus *
+       containers__lmctfy__agent__criu_status__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   containers__lmctfy__agent__criu_status__free_unpacked
+                     (Containers__Lmctfy__Agent__CriuStatus *message,
+                      ProtobufCAllocator *allocator);
 /* Containers__Lmctfy__Agent__PingRequest methods */
 void   containers__lmctfy__agent__ping_request__init
                      (Containers__Lmctfy__Agent__PingRequest         *message);
@@ -2482,6 +2694,158 @@ Containers__Lmctfy__Agent__SnapshotProcess *
                       const uint8_t       *data);
 void   containers__lmctfy__agent__snapshot_process__free_unpacked
                      (Containers__Lmctfy__Agent__SnapshotProcess *message,
+                      ProtobufCAllocator *allocator);
+/* Containers__Lmctfy__Agent__ExportSnapshotRequest methods */
+void   containers__lmctfy__agent__export_snapshot_request__init
+                     (Containers__Lmctfy__Agent__ExportSnapshotRequest         *message);
+size_t containers__lmctfy__agent__export_snapshot_request__get_packed_size
+                     (const Containers__Lmctfy__Agent__ExportSnapshotRequest   *message);
+size_t containers__lmctfy__agent__export_snapshot_request__pack
+                     (const Containers__Lmctfy__Agent__ExportSnapshotRequest   *message,
+                      uint8_t             *out);
+size_t containers__lmctfy__agent__export_snapshot_request__pack_to_buffer
+                     (const Containers__Lmctfy__Agent__ExportSnapshotRequest   *message,
+                      ProtobufCBuffer     *buffer);
+Containers__Lmctfy__Agent__ExportSnapshotRequest *
+       containers__lmctfy__agent__export_snapshot_request__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   containers__lmctfy__agent__export_snapshot_request__free_unpacked
+                     (Containers__Lmctfy__Agent__ExportSnapshotRequest *message,
+                      ProtobufCAllocator *allocator);
+/* Containers__Lmctfy__Agent__ExportSnapshotResponse methods */
+void   containers__lmctfy__agent__export_snapshot_response__init
+                     (Containers__Lmctfy__Agent__ExportSnapshotResponse         *message);
+size_t containers__lmctfy__agent__export_snapshot_response__get_packed_size
+                     (const Containers__Lmctfy__Agent__ExportSnapshotResponse   *message);
+size_t containers__lmctfy__agent__export_snapshot_response__pack
+                     (const Containers__Lmctfy__Agent__ExportSnapshotResponse   *message,
+                      uint8_t             *out);
+size_t containers__lmctfy__agent__export_snapshot_response__pack_to_buffer
+                     (const Containers__Lmctfy__Agent__ExportSnapshotResponse   *message,
+                      ProtobufCBuffer     *buffer);
+Containers__Lmctfy__Agent__ExportSnapshotResponse *
+       containers__lmctfy__agent__export_snapshot_response__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   containers__lmctfy__agent__export_snapshot_response__free_unpacked
+                     (Containers__Lmctfy__Agent__ExportSnapshotResponse *message,
+                      ProtobufCAllocator *allocator);
+/* Containers__Lmctfy__Agent__ImportSnapshotRequest methods */
+void   containers__lmctfy__agent__import_snapshot_request__init
+                     (Containers__Lmctfy__Agent__ImportSnapshotRequest         *message);
+size_t containers__lmctfy__agent__import_snapshot_request__get_packed_size
+                     (const Containers__Lmctfy__Agent__ImportSnapshotRequest   *message);
+size_t containers__lmctfy__agent__import_snapshot_request__pack
+                     (const Containers__Lmctfy__Agent__ImportSnapshotRequest   *message,
+                      uint8_t             *out);
+size_t containers__lmctfy__agent__import_snapshot_request__pack_to_buffer
+                     (const Containers__Lmctfy__Agent__ImportSnapshotRequest   *message,
+                      ProtobufCBuffer     *buffer);
+Containers__Lmctfy__Agent__ImportSnapshotRequest *
+       containers__lmctfy__agent__import_snapshot_request__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   containers__lmctfy__agent__import_snapshot_request__free_unpacked
+                     (Containers__Lmctfy__Agent__ImportSnapshotRequest *message,
+                      ProtobufCAllocator *allocator);
+/* Containers__Lmctfy__Agent__ImportSnapshotResponse methods */
+void   containers__lmctfy__agent__import_snapshot_response__init
+                     (Containers__Lmctfy__Agent__ImportSnapshotResponse         *message);
+size_t containers__lmctfy__agent__import_snapshot_response__get_packed_size
+                     (const Containers__Lmctfy__Agent__ImportSnapshotResponse   *message);
+size_t containers__lmctfy__agent__import_snapshot_response__pack
+                     (const Containers__Lmctfy__Agent__ImportSnapshotResponse   *message,
+                      uint8_t             *out);
+size_t containers__lmctfy__agent__import_snapshot_response__pack_to_buffer
+                     (const Containers__Lmctfy__Agent__ImportSnapshotResponse   *message,
+                      ProtobufCBuffer     *buffer);
+Containers__Lmctfy__Agent__ImportSnapshotResponse *
+       containers__lmctfy__agent__import_snapshot_response__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   containers__lmctfy__agent__import_snapshot_response__free_unpacked
+                     (Containers__Lmctfy__Agent__ImportSnapshotResponse *message,
+                      ProtobufCAllocator *allocator);
+/* Containers__Lmctfy__Agent__CheckpointRequest methods */
+void   containers__lmctfy__agent__checkpoint_request__init
+                     (Containers__Lmctfy__Agent__CheckpointRequest         *message);
+size_t containers__lmctfy__agent__checkpoint_request__get_packed_size
+                     (const Containers__Lmctfy__Agent__CheckpointRequest   *message);
+size_t containers__lmctfy__agent__checkpoint_request__pack
+                     (const Containers__Lmctfy__Agent__CheckpointRequest   *message,
+                      uint8_t             *out);
+size_t containers__lmctfy__agent__checkpoint_request__pack_to_buffer
+                     (const Containers__Lmctfy__Agent__CheckpointRequest   *message,
+                      ProtobufCBuffer     *buffer);
+Containers__Lmctfy__Agent__CheckpointRequest *
+       containers__lmctfy__agent__checkpoint_request__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   containers__lmctfy__agent__checkpoint_request__free_unpacked
+                     (Containers__Lmctfy__Agent__CheckpointRequest *message,
+                      ProtobufCAllocator *allocator);
+/* Containers__Lmctfy__Agent__CheckpointResponse methods */
+void   containers__lmctfy__agent__checkpoint_response__init
+                     (Containers__Lmctfy__Agent__CheckpointResponse         *message);
+size_t containers__lmctfy__agent__checkpoint_response__get_packed_size
+                     (const Containers__Lmctfy__Agent__CheckpointResponse   *message);
+size_t containers__lmctfy__agent__checkpoint_response__pack
+                     (const Containers__Lmctfy__Agent__CheckpointResponse   *message,
+                      uint8_t             *out);
+size_t containers__lmctfy__agent__checkpoint_response__pack_to_buffer
+                     (const Containers__Lmctfy__Agent__CheckpointResponse   *message,
+                      ProtobufCBuffer     *buffer);
+Containers__Lmctfy__Agent__CheckpointResponse *
+       containers__lmctfy__agent__checkpoint_response__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   containers__lmctfy__agent__checkpoint_response__free_unpacked
+                     (Containers__Lmctfy__Agent__CheckpointResponse *message,
+                      ProtobufCAllocator *allocator);
+/* Containers__Lmctfy__Agent__RestoreRequest methods */
+void   containers__lmctfy__agent__restore_request__init
+                     (Containers__Lmctfy__Agent__RestoreRequest         *message);
+size_t containers__lmctfy__agent__restore_request__get_packed_size
+                     (const Containers__Lmctfy__Agent__RestoreRequest   *message);
+size_t containers__lmctfy__agent__restore_request__pack
+                     (const Containers__Lmctfy__Agent__RestoreRequest   *message,
+                      uint8_t             *out);
+size_t containers__lmctfy__agent__restore_request__pack_to_buffer
+                     (const Containers__Lmctfy__Agent__RestoreRequest   *message,
+                      ProtobufCBuffer     *buffer);
+Containers__Lmctfy__Agent__RestoreRequest *
+       containers__lmctfy__agent__restore_request__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   containers__lmctfy__agent__restore_request__free_unpacked
+                     (Containers__Lmctfy__Agent__RestoreRequest *message,
+                      ProtobufCAllocator *allocator);
+/* Containers__Lmctfy__Agent__RestoreResponse methods */
+void   containers__lmctfy__agent__restore_response__init
+                     (Containers__Lmctfy__Agent__RestoreResponse         *message);
+size_t containers__lmctfy__agent__restore_response__get_packed_size
+                     (const Containers__Lmctfy__Agent__RestoreResponse   *message);
+size_t containers__lmctfy__agent__restore_response__pack
+                     (const Containers__Lmctfy__Agent__RestoreResponse   *message,
+                      uint8_t             *out);
+size_t containers__lmctfy__agent__restore_response__pack_to_buffer
+                     (const Containers__Lmctfy__Agent__RestoreResponse   *message,
+                      ProtobufCBuffer     *buffer);
+Containers__Lmctfy__Agent__RestoreResponse *
+       containers__lmctfy__agent__restore_response__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   containers__lmctfy__agent__restore_response__free_unpacked
+                     (Containers__Lmctfy__Agent__RestoreResponse *message,
                       ProtobufCAllocator *allocator);
 /* Containers__Lmctfy__Agent__RoleBinding methods */
 void   containers__lmctfy__agent__role_binding__init
@@ -2681,6 +3045,9 @@ typedef void (*Containers__Lmctfy__Agent__MachineInfoRequest_Closure)
 typedef void (*Containers__Lmctfy__Agent__MachineInfoResponse_Closure)
                  (const Containers__Lmctfy__Agent__MachineInfoResponse *message,
                   void *closure_data);
+typedef void (*Containers__Lmctfy__Agent__CriuStatus_Closure)
+                 (const Containers__Lmctfy__Agent__CriuStatus *message,
+                  void *closure_data);
 typedef void (*Containers__Lmctfy__Agent__PingRequest_Closure)
                  (const Containers__Lmctfy__Agent__PingRequest *message,
                   void *closure_data);
@@ -2701,6 +3068,30 @@ typedef void (*Containers__Lmctfy__Agent__ContainerSnapshot_Closure)
                   void *closure_data);
 typedef void (*Containers__Lmctfy__Agent__SnapshotProcess_Closure)
                  (const Containers__Lmctfy__Agent__SnapshotProcess *message,
+                  void *closure_data);
+typedef void (*Containers__Lmctfy__Agent__ExportSnapshotRequest_Closure)
+                 (const Containers__Lmctfy__Agent__ExportSnapshotRequest *message,
+                  void *closure_data);
+typedef void (*Containers__Lmctfy__Agent__ExportSnapshotResponse_Closure)
+                 (const Containers__Lmctfy__Agent__ExportSnapshotResponse *message,
+                  void *closure_data);
+typedef void (*Containers__Lmctfy__Agent__ImportSnapshotRequest_Closure)
+                 (const Containers__Lmctfy__Agent__ImportSnapshotRequest *message,
+                  void *closure_data);
+typedef void (*Containers__Lmctfy__Agent__ImportSnapshotResponse_Closure)
+                 (const Containers__Lmctfy__Agent__ImportSnapshotResponse *message,
+                  void *closure_data);
+typedef void (*Containers__Lmctfy__Agent__CheckpointRequest_Closure)
+                 (const Containers__Lmctfy__Agent__CheckpointRequest *message,
+                  void *closure_data);
+typedef void (*Containers__Lmctfy__Agent__CheckpointResponse_Closure)
+                 (const Containers__Lmctfy__Agent__CheckpointResponse *message,
+                  void *closure_data);
+typedef void (*Containers__Lmctfy__Agent__RestoreRequest_Closure)
+                 (const Containers__Lmctfy__Agent__RestoreRequest *message,
+                  void *closure_data);
+typedef void (*Containers__Lmctfy__Agent__RestoreResponse_Closure)
+                 (const Containers__Lmctfy__Agent__RestoreResponse *message,
                   void *closure_data);
 typedef void (*Containers__Lmctfy__Agent__RoleBinding_Closure)
                  (const Containers__Lmctfy__Agent__RoleBinding *message,
@@ -2770,6 +3161,7 @@ extern const ProtobufCMessageDescriptor containers__lmctfy__agent__subscribe_req
 extern const ProtobufCMessageDescriptor containers__lmctfy__agent__subscribe_response__descriptor;
 extern const ProtobufCMessageDescriptor containers__lmctfy__agent__machine_info_request__descriptor;
 extern const ProtobufCMessageDescriptor containers__lmctfy__agent__machine_info_response__descriptor;
+extern const ProtobufCMessageDescriptor containers__lmctfy__agent__criu_status__descriptor;
 extern const ProtobufCMessageDescriptor containers__lmctfy__agent__ping_request__descriptor;
 extern const ProtobufCMessageDescriptor containers__lmctfy__agent__ping_response__descriptor;
 extern const ProtobufCMessageDescriptor containers__lmctfy__agent__init_request__descriptor;
@@ -2777,6 +3169,14 @@ extern const ProtobufCMessageDescriptor containers__lmctfy__agent__init_response
 extern const ProtobufCMessageDescriptor containers__lmctfy__agent__request_journal_entry__descriptor;
 extern const ProtobufCMessageDescriptor containers__lmctfy__agent__container_snapshot__descriptor;
 extern const ProtobufCMessageDescriptor containers__lmctfy__agent__snapshot_process__descriptor;
+extern const ProtobufCMessageDescriptor containers__lmctfy__agent__export_snapshot_request__descriptor;
+extern const ProtobufCMessageDescriptor containers__lmctfy__agent__export_snapshot_response__descriptor;
+extern const ProtobufCMessageDescriptor containers__lmctfy__agent__import_snapshot_request__descriptor;
+extern const ProtobufCMessageDescriptor containers__lmctfy__agent__import_snapshot_response__descriptor;
+extern const ProtobufCMessageDescriptor containers__lmctfy__agent__checkpoint_request__descriptor;
+extern const ProtobufCMessageDescriptor containers__lmctfy__agent__checkpoint_response__descriptor;
+extern const ProtobufCMessageDescriptor containers__lmctfy__agent__restore_request__descriptor;
+extern const ProtobufCMessageDescriptor containers__lmctfy__agent__restore_response__descriptor;
 extern const ProtobufCMessageDescriptor containers__lmctfy__agent__role_binding__descriptor;
 extern const ProtobufCMessageDescriptor containers__lmctfy__agent__agent_limits__descriptor;
 extern const ProtobufCMessageDescriptor containers__lmctfy__agent__agent_config__descriptor;

@@ -1,0 +1,221 @@
+// Containers leaving and arriving (issue #13; README "Moving containers"):
+// ExportSnapshot, ImportSnapshot (the cold path every agent has) and
+// Checkpoint/Restore (CRIU, where the host's CRIU passes its check).
+// Migration is driven by the caller (lmctl migrate) with these and Pause,
+// Resume and Destroy, directly between two agents or through a controller.
+import Glibc
+import LmctfyProto
+import LmctfySystem
+
+extension Dispatcher {
+    /// The file a checkpoint keeps the container's snapshot in, beside CRIU's images.
+    static let checkpointSnapshotFile = "lmctfy-snapshot.pb"
+
+    func exportSnapshot(_ r: ExportSnapshotRequest) throws -> ExportSnapshotResponse {
+        ExportSnapshotResponse(snapshot: try currentSnapshot(try Self.containerName(r.name)))
+    }
+
+    /// The snapshot of `name`, written afresh from the kernel first.
+    func currentSnapshot(_ name: String) throws -> ContainerSnapshot {
+        guard let keeper = snapshots else {
+            throw LmctfyError.failedPrecondition("This agent keeps no snapshots")
+        }
+        let path = try backend.resolve(name)
+        try keeper.sync(path)
+        guard let s = keeper.store.load(path) else {
+            throw LmctfyError.notFound("Container \(path) does not exist")
+        }
+        return s
+    }
+
+    /// ImportSnapshot: checks that the snapshot fits, makes the container,
+    /// starts its recorded processes (with `start`), freezes it if it was
+    /// frozen. Nothing is left behind when a step fails.
+    func importSnapshot(_ r: ImportSnapshotRequest) throws -> ImportSnapshotResponse {
+        guard let s = r.snapshot else { throw LmctfyError.invalidArgument("ImportSnapshot needs a snapshot") }
+        let (name, spec) = try Self.fit(s, name: r.name)
+        let path = try makeImported(name, spec: spec)
+        do {
+            var pids: [Int32] = []
+            if r.start == true {
+                for p in s.process { pids.append(try launch(name, path: path, p)) }
+            }
+            if s.frozen == true { try setPaused(name, true) }
+            return ImportSnapshotResponse(name: path, startedPid: pids)
+        } catch {
+            undoImport(name, path: path)
+            throw error
+        }
+    }
+
+    /// The name to import as and the spec to create, or why the snapshot
+    /// does not fit this machine (nothing is made then).
+    static func fit(_ s: ContainerSnapshot, name: String?) throws(LmctfyError) -> (String, ContainerSpec) {
+        if let v = s.formatVersion, v > SnapshotStore.formatVersion {
+            throw .failedPrecondition("The snapshot's format \(v) is newer than this agent's (\(SnapshotStore.formatVersion))")
+        }
+        guard let name = name ?? s.name, !name.isEmpty else {
+            throw .invalidArgument("The snapshot names no container: give a name")
+        }
+        let spec = s.spec ?? ContainerSpec()
+        if let mask = spec.cpu?.mask, !mask.data.isEmpty {
+            let online = onlineCpus()
+            let words = mask.data.count
+            for (i, word) in mask.data.enumerated() where word != 0 {
+                let base = (words - 1 - i) * 64
+                for bit in 0..<64 where word & (1 << UInt64(bit)) != 0 && !online.contains(base + bit) {
+                    throw .failedPrecondition(
+                        "The snapshot's cpuset has CPU \(base + bit), which this machine does not have online (\(online.isEmpty ? "none" : describe(online)))")
+                }
+            }
+        }
+        return (name, spec)
+    }
+
+    /// Creates the imported container; errors say why it does not fit.
+    private func makeImported(_ name: String, spec: ContainerSpec) throws -> String {
+        do {
+            return try createContainer(name, spec: spec)
+        } catch let e as LmctfyError where e.code == .alreadyExists {
+            throw LmctfyError(.alreadyExists, "Cannot import: \(e.message)")
+        } catch let e as LmctfyError where [.failedPrecondition, .invalidArgument, .unimplemented, .outOfRange].contains(e.code) {
+            throw LmctfyError(.failedPrecondition, "The snapshot does not fit this agent: \(e.message)")
+        }
+    }
+
+    private func undoImport(_ name: String, path: String) {
+        do { _ = try destroyContainer(name, force: true) } catch {
+            events.record(container: path, kind: .containerEventDestroyed)
+        }
+    }
+
+    /// Starts a recorded process again, detached (nobody is attached to a
+    /// restored container's processes), recorded with its restart policy.
+    private func launch(_ name: String, path: String, _ p: SnapshotProcess) throws -> Int32 {
+        guard !p.argv.isEmpty else { throw LmctfyError.invalidArgument("A recorded process of the snapshot has no command") }
+        var pid: Int32 = 0
+        let snapshots = self.snapshots
+        _ = try backend.run(name, argv: p.argv, detached: true) { (started: Int32) throws(LmctfyError) in
+            pid = started
+            snapshots?.started(path, pid: started, argv: p.argv, detached: true, policy: p.restartPolicy)
+        }
+        return pid
+    }
+
+    // MARK: CRIU
+
+    private func usableCriu(_ what: String) throws -> CriuProbe {
+        guard let criu else { throw LmctfyError.unimplemented("\(what) needs CRIU, and this agent did not probe for it") }
+        let status = criu.status
+        guard status.usable == true else {
+            throw LmctfyError.unimplemented("\(what) needs CRIU, which cannot be used here: \(status.reason ?? "unknown")")
+        }
+        return criu
+    }
+
+    /// Checkpoint: the snapshot beside CRIU's images of the container's one
+    /// process tree; the container destroyed afterwards unless `leave_running`.
+    func checkpoint(_ r: CheckpointRequest) throws -> CheckpointResponse {
+        let criu = try usableCriu("Checkpoint")
+        let name = try Self.containerName(r.name)
+        let dir = try Self.imagesDir(r.imagesDir, create: true)
+        let snapshot = try currentSnapshot(name)
+        let pids = try backend.listTasks(name, threads: false, recursive: true)
+        let roots = pids.filter { !pids.contains(Self.parent(of: $0) ?? 0) }
+        guard roots.count == 1, let root = roots.first else {
+            throw LmctfyError.failedPrecondition(
+                "CRIU dumps one process tree; container \(name) has \(roots.count) (pids \(roots.map(String.init).joined(separator: ", ")))")
+        }
+        try Sys.writeFileAtomically(dir + "/" + Self.checkpointSnapshotFile, try snapshot.serializedBytes())
+        var argv = [criu.binary, "dump", "--tree", String(root), "--images-dir", dir, "--shell-job",
+                    "--manage-cgroups", "--tcp-established", "--file-locks", "--ext-unix-sk"]
+        if r.leaveRunning == true { argv.append("--leave-running") }
+        let out = Tool.run(argv, timeoutMs: 600_000)
+        guard out.ok else {
+            throw LmctfyError.internalError("criu dump of \(name) (pid \(root)) failed: \(CriuProbe.firstLine(out.output))")
+        }
+        if r.leaveRunning != true { _ = try destroyContainer(name, force: true) }
+        return CheckpointResponse(imagesDir: dir)
+    }
+
+    /// Restore: the container made again from the checkpoint's snapshot
+    /// (ImportSnapshot's checks), its processes restored by CRIU and moved
+    /// into it, frozen again if it was.
+    func restore(_ r: RestoreRequest) throws -> RestoreResponse {
+        let criu = try usableCriu("Restore")
+        let dir = try Self.imagesDir(r.imagesDir, create: false)
+        let bytes: [UInt8]
+        do { bytes = try Sys.readBytes(dir + "/" + Self.checkpointSnapshotFile) } catch {
+            throw LmctfyError.notFound("\(dir) holds no checkpoint of lmctfy (\(Self.checkpointSnapshotFile)): \(error)")
+        }
+        let s = try ContainerSnapshot(serializedBytes: bytes)
+        let (name, spec) = try Self.fit(s, name: r.name)
+        let path = try makeImported(name, spec: spec)
+        do {
+            let pidFile = dir + "/restored.pid"
+            unlink(pidFile)
+            let out = Tool.run([criu.binary, "restore", "--images-dir", dir, "--restore-detached", "--shell-job",
+                                "--manage-cgroups=ignore", "--tcp-established", "--file-locks", "--ext-unix-sk",
+                                "--pidfile", pidFile], timeoutMs: 600_000)
+            guard out.ok, let text = try? Sys.readFile(pidFile), let root = Int32(text.trimmingWhitespace) else {
+                throw LmctfyError.internalError("criu restore from \(dir) failed: \(CriuProbe.firstLine(out.output))")
+            }
+            try backend.enter(name, tids: Self.tree(root))
+            if s.frozen == true { try setPaused(name, true) }
+            return RestoreResponse(name: path)
+        } catch {
+            undoImport(name, path: path)
+            throw error
+        }
+    }
+
+    private static func imagesDir(_ dir: String?, create: Bool) throws(LmctfyError) -> String {
+        guard let dir, dir.hasPrefix("/"), !dir.split(separator: "/").contains("..") else {
+            throw .invalidArgument("The images directory must be an absolute path without \"..\"")
+        }
+        if create {
+            if mkdir(dir, 0o700) != 0 && errno != EEXIST {
+                throw .failedPrecondition("Cannot make \(dir): \(String(cString: strerror(errno)))")
+            }
+        }
+        var st = stat()
+        guard stat(dir, &st) == 0, st.st_mode & S_IFMT == S_IFDIR else { throw .notFound("\(dir) is not a directory") }
+        return dir
+    }
+
+    /// The parent pid of `pid` (/proc/<pid>/stat field 4).
+    static func parent(of pid: Int32) -> Int32? {
+        guard let text = try? Sys.readFile("/proc/\(pid)/stat"), let close = text.lastIndex(of: ")") else { return nil }
+        let fields = text[text.index(after: close)...].split(separator: " ")
+        return fields.count > 1 ? Int32(fields[1]) : nil
+    }
+
+    /// Every thread of `root` and of the processes below it.
+    static func tree(_ root: Int32) -> [Int32] {
+        var children: [Int32: [Int32]] = [:]
+        let pids = ((try? Sys.subdirectoriesAndFiles("/proc")) ?? []).compactMap { Int32($0) }
+        for pid in pids { if let p = parent(of: pid) { children[p, default: []].append(pid) } }
+        var out: [Int32] = []
+        var queue = [root]
+        while let pid = queue.popLast() {
+            out += ((try? Sys.subdirectoriesAndFiles("/proc/\(pid)/task")) ?? []).compactMap { Int32($0) }
+            queue += children[pid] ?? []
+        }
+        return out
+    }
+
+    /// The CPUs online (/sys/devices/system/cpu/online, e.g. "0-3,6").
+    static func onlineCpus() -> Set<Int> {
+        guard let text = try? Sys.readFile("/sys/devices/system/cpu/online") else { return [] }
+        var out = Set<Int>()
+        for part in text.trimmingWhitespace.split(separator: ",") {
+            let ends = part.split(separator: "-").compactMap { Int($0) }
+            if ends.count == 2, ends[0] <= ends[1] { out.formUnion(ends[0]...ends[1]) } else if ends.count == 1 { out.insert(ends[0]) }
+        }
+        return out
+    }
+
+    static func describe(_ cpus: Set<Int>) -> String {
+        cpus.sorted().map(String.init).joined(separator: ",")
+    }
+}
