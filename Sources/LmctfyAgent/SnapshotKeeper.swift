@@ -45,6 +45,12 @@ public final class SnapshotKeeper: Sendable {
         /// The last snapshot written, serialized without its boot id, time
         /// and stats (what is compared to skip an unchanged write).
         var written: [UInt8]?
+        /// The kernel's state as last read, good while `readFor` is still
+        /// `asked`: every sync but a process-only one bumps `asked` before
+        /// it queues, so a read that may have missed its change is not used.
+        var kernel: (spec: ContainerSpec, frozen: Bool)?
+        var readFor: UInt64 = 0
+        var asked: UInt64 = 1
     }
 
     private let records = Mutexed<[String: Record]>([:])
@@ -79,7 +85,12 @@ public final class SnapshotKeeper: Sendable {
     /// if the container is gone), unless it is unchanged. Returns once a
     /// write that started after this call has finished. `adopted`: a
     /// container not made through this agent, if it has no record yet.
-    public func sync(_ path: String, adopted: Bool = false) throws(LmctfyError) {
+    /// `processesOnly`: only the recorded processes changed (a Run through
+    /// the agent started or ended), so the spec and freezer state last read
+    /// are used again unless another sync has been asked for since (a change
+    /// behind the agent's back reaches us through `observed`, which asks).
+    public func sync(_ path: String, adopted: Bool = false, processesOnly: Bool = false) throws(LmctfyError) {
+        if !processesOnly { records.locked { $0[path]?.asked += 1 } }
         do {
             try syncs.run(path) { try syncNow(path, adopted: adopted) }
         } catch let error as LmctfyError {
@@ -92,8 +103,8 @@ public final class SnapshotKeeper: Sendable {
     /// `sync`, but a failure is only logged: the kernel work of the call is
     /// done and stays done (nothing is half-made), and the background
     /// thread tries again.
-    func syncOrWarn(_ path: String) {
-        do throws(LmctfyError) { try sync(path) } catch {
+    func syncOrWarn(_ path: String, processesOnly: Bool = false) {
+        do throws(LmctfyError) { try sync(path, processesOnly: processesOnly) } catch {
             warn("snapshot of \(path) not written (tried again later): \(error)")
             observed(path)
         }
@@ -101,7 +112,12 @@ public final class SnapshotKeeper: Sendable {
 
     private func syncNow(_ path: String, adopted: Bool) throws(LmctfyError) {
         let t0 = MonotonicClock.nanoseconds()
-        guard let kernel = try read(path) else {
+        let (cached, generation) = records.locked { r in
+            (r[path].flatMap { $0.readFor == $0.asked ? $0.kernel : nil }, r[path]?.asked ?? 1)
+        }
+        let current: (spec: ContainerSpec, frozen: Bool)?
+        if let cached { current = cached } else { current = try read(path) }
+        guard let kernel = current else {
             records.locked { $0[path] = nil }
             try store.remove(path)
             costs.locked { $0.removes += 1 }
@@ -110,6 +126,10 @@ public final class SnapshotKeeper: Sendable {
         let now = WallClock.nanosecondsSinceEpoch()
         let rec = records.locked { r in
             if r[path] == nil { r[path] = Record(createdNs: now, adopted: adopted) }
+            if cached == nil {
+                r[path]?.kernel = kernel
+                r[path]?.readFor = generation
+            }
             return r[path]!
         }
         let alive = rec.processes.filter { Self.isAlive($0) }
@@ -164,7 +184,7 @@ public final class SnapshotKeeper: Sendable {
             if r[path] == nil { r[path] = Record(createdNs: now, adopted: false) }
             r[path]?.processes.append(p)
         }
-        syncOrWarn(path)
+        syncOrWarn(path, processesOnly: true)
     }
 
     /// A process the agent ran in the foreground ended (its status went to
@@ -175,7 +195,7 @@ public final class SnapshotKeeper: Sendable {
             r[path]?.processes.removeAll { $0.pid == pid }
             return n != (r[path]?.processes.count ?? 0)
         }
-        if had { syncOrWarn(path) }
+        if had { syncOrWarn(path, processesOnly: true) }
     }
 
     // MARK: Changes behind the agent's back
@@ -213,6 +233,7 @@ public final class SnapshotKeeper: Sendable {
     /// Stops the thread (what it had queued is left to the next start's
     /// recovery).
     public func stop() {
+        defer { store.close() }
         guard running.locked({ $0 }) else { return }
         pending.locked { $0.stopping = true }
         wake.bump()
