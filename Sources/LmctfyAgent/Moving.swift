@@ -12,7 +12,24 @@ extension Dispatcher {
     static let checkpointSnapshotFile = "lmctfy-snapshot.pb"
 
     func exportSnapshot(_ r: ExportSnapshotRequest) throws -> ExportSnapshotResponse {
-        ExportSnapshotResponse(snapshot: try currentSnapshot(try Self.containerName(r.name)))
+        let name = try Self.containerName(r.name)
+        let s = try currentSnapshot(name)
+        // What an import would not bring back, for the caller to weigh (lmctl
+        // migrate refuses to leave either behind unless told to).
+        let pids = try backend.listTasks(name, threads: false, recursive: true)
+        let recorded = Set(s.process.compactMap(\.pid))
+        let unrecorded = pids.filter { pid in
+            var p: Int32? = pid
+            var hops = 0
+            while let q = p, q > 1, hops < 64 {
+                if recorded.contains(q) { return false }
+                p = Self.parent(of: q)
+                hops += 1
+            }
+            return true
+        }
+        let children = try backend.listContainers(name, recursive: false)
+        return ExportSnapshotResponse(snapshot: s, unrecordedPid: unrecorded, subcontainer: children)
     }
 
     /// The snapshot of `name`, written afresh from the kernel first.

@@ -5858,7 +5858,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__export_snapshot_requ
   (ProtobufCMessageInit) containers__lmctfy__agent__export_snapshot_request__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor containers__lmctfy__agent__export_snapshot_response__field_descriptors[1] =
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__export_snapshot_response__field_descriptors[3] =
 {
   {
     "snapshot",
@@ -5872,14 +5872,40 @@ static const ProtobufCFieldDescriptor containers__lmctfy__agent__export_snapshot
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "unrecorded_pid",
+    2,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_INT32,
+    offsetof(Containers__Lmctfy__Agent__ExportSnapshotResponse, n_unrecorded_pid),
+    offsetof(Containers__Lmctfy__Agent__ExportSnapshotResponse, unrecorded_pid),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "subcontainer",
+    3,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_STRING,
+    offsetof(Containers__Lmctfy__Agent__ExportSnapshotResponse, n_subcontainer),
+    offsetof(Containers__Lmctfy__Agent__ExportSnapshotResponse, subcontainer),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned containers__lmctfy__agent__export_snapshot_response__field_indices_by_name[] = {
   0,   /* field[0] = snapshot */
+  2,   /* field[2] = subcontainer */
+  1,   /* field[1] = unrecorded_pid */
 };
 static const ProtobufCIntRange containers__lmctfy__agent__export_snapshot_response__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 1 }
+  { 0, 3 }
 };
 const ProtobufCMessageDescriptor containers__lmctfy__agent__export_snapshot_response__descriptor =
 {
@@ -5889,7 +5915,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__export_snapshot_resp
   "Containers__Lmctfy__Agent__ExportSnapshotResponse",
   "containers.lmctfy.agent",
   sizeof(Containers__Lmctfy__Agent__ExportSnapshotResponse),
-  1,
+  3,
   containers__lmctfy__agent__export_snapshot_response__field_descriptors,
   containers__lmctfy__agent__export_snapshot_response__field_indices_by_name,
   1,  containers__lmctfy__agent__export_snapshot_response__number_ranges,

@@ -3,10 +3,14 @@
 //
 //   snapshot export NAME [-o FILE] [--text]     the snapshot (binary, or protobuf text)
 //   snapshot import FILE [--name N] [--start]   re-create it here (FILE "-": stdin)
-//   migrate NAME --to unix://PATH|tcp://HOST:PORT [--to-key-file FILE]
+//   migrate NAME --to unix://PATH|tcp://HOST:PORT [--to-key-file FILE] [--force]
 //   checkpoint NAME DIR [--leave-running]       CRIU, where the agent can use it
 //   restore DIR [--name N]
-//   (at a controller) migrate NAME --from HOST --to HOST
+//   (at a controller) migrate NAME --from HOST --to HOST [--force]
+//
+// A container with subcontainers is refused (a snapshot is of one
+// container), and so, without --force, is one running processes the agent
+// did not start (they would die with the source and not start again).
 //
 // A migration is driven from here, one step at a time, and undone when a
 // step fails: the source is frozen (unless it already was), its snapshot
@@ -175,13 +179,14 @@ enum MovingCommands {
     // MARK: migrate
 
     static func migrateDirect(_ args: [String], dial: @escaping Dial, stdout: any ByteSink) throws -> Int32 {
-        let w = try Words(args, values: ["--to", "--to-key-file"], flags: [])
+        let w = try Words(args, values: ["--to", "--to-key-file"], flags: ["--force"])
         guard w.positional.count == 1, let to = w.values["--to"] else {
-            throw LmctfyError.invalidArgument("usage: migrate NAME --to unix://PATH|tcp://HOST:PORT [--to-key-file FILE]")
+            throw LmctfyError.invalidArgument("usage: migrate NAME --to unix://PATH|tcp://HOST:PORT [--to-key-file FILE] [--force]")
         }
         let keyFile = w.values["--to-key-file"]
         let target: Dial = { () throws(LmctfyError) in try LmctlCLI.dial(to, keyFile: keyFile, flag: "--to") }
-        return try migrate(w.positional[0], from: dial, to: target, toName: to, stdout: stdout)
+        return try migrate(w.positional[0], from: dial, to: target, toName: to, force: w.flags.contains("--force"),
+                           stdout: stdout)
     }
 
     /// `--controller ... migrate NAME --from HOST --to HOST`: both sides
@@ -191,13 +196,13 @@ enum MovingCommands {
         do {
             var args = words
             args.removeFirst()
-            let w = try Words(args, values: ["--from", "--to"], flags: [])
+            let w = try Words(args, values: ["--from", "--to"], flags: ["--force"])
             guard w.positional.count == 1, let from = w.values["--from"], let to = w.values["--to"] else {
-                throw LmctfyError.invalidArgument("usage: lmctl --controller ... migrate NAME --from HOST --to HOST")
+                throw LmctfyError.invalidArgument("usage: lmctl --controller ... migrate NAME --from HOST --to HOST [--force]")
             }
             guard from != to else { throw LmctfyError.invalidArgument("--from and --to name the same host") }
             return try migrate(w.positional[0], from: LmctlCLI.routed(dial, to: from), to: LmctlCLI.routed(dial, to: to),
-                               toName: "host \(to)", stdout: stdout)
+                               toName: "host \(to)", force: w.flags.contains("--force"), stdout: stdout)
         } catch {
             return fail(error, stderr)
         }
@@ -210,7 +215,7 @@ enum MovingCommands {
         throw .unavailable("failure injected after \(step.rawValue) (LMCTL_TEST_MIGRATE_FAIL_AFTER)")
     }
 
-    static func migrate(_ name: String, from source: Dial, to target: Dial, toName: String,
+    static func migrate(_ name: String, from source: Dial, to target: Dial, toName: String, force: Bool,
                         stdout: any ByteSink) throws -> Int32 {
         let t0 = MonotonicClock.nanoseconds()
         let src = try source()
@@ -219,6 +224,17 @@ enum MovingCommands {
         defer { dst.close() }
         let before = try src.call(AgentMethods.exportSnapshot, ExportSnapshotRequest(name: name))
         guard var snapshot = before.snapshot else { throw LmctfyError.internalError("the source sent no snapshot") }
+        // A snapshot is of one container, and brings back only the processes
+        // the agent started: what else would be destroyed with the source
+        // is refused first, nothing touched.
+        if !before.subcontainer.isEmpty {
+            throw LmctfyError.failedPrecondition(
+                "\(name) has subcontainers (\(before.subcontainer.joined(separator: ", "))): a snapshot is of one container; move or destroy them first")
+        }
+        if !before.unrecordedPid.isEmpty && !force {
+            throw LmctfyError.failedPrecondition(
+                "\(name) runs processes the agent did not start (pids \(before.unrecordedPid.map(String.init).joined(separator: " "))): they would be killed with the source and not started on the target; --force to migrate anyway")
+        }
         let wasFrozen = snapshot.frozen == true
         var frozeIt = false
         var made: String?

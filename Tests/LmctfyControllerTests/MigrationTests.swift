@@ -186,6 +186,31 @@ struct MigrationTests {
         #expect(try t.kernel("a", "/web")?.frozen == false)
     }
 
+    /// What a migration would destroy without bringing it back is refused
+    /// before anything is touched: subcontainers always, processes the agent
+    /// did not start unless --force.
+    @Test func aMigrationThatWouldLoseSomethingIsRefusedFirst() throws {
+        let t = try TwoAgents("migl")
+        defer { t.close() }
+        let pid = try makeWorkload(t, "/web")
+        #expect(try t.lmctl("a", ["create", "/web/sub", "cpu:{limit:100}"]).status == 0)
+        let sub = try t.lmctl("a", ["migrate", "/web", "--to", t.socket("b")])
+        #expect(sub.status == StatusCode.failedPrecondition.rawValue && sub.err.contains("subcontainers"), "\(sub.err)")
+        #expect(try t.kernel("a", "/web")?.frozen == false && t.kernel("b", "/web") == nil)
+        #expect(try t.lmctl("a", ["destroy", "/web/sub"]).status == 0)
+        // A process moved in from outside (not started through the agent).
+        let stranger = try TestProcess.spawn(["/bin/sleep", "600"])
+        defer { TestProcess.end(stranger) }
+        #expect(try t.lmctl("a", ["enter", "/web", String(stranger)]).status == 0)
+        let refused = try t.lmctl("a", ["migrate", "/web", "--to", t.socket("b")])
+        #expect(refused.status == StatusCode.failedPrecondition.rawValue, "\(refused.err)")
+        #expect(refused.err.contains("pids \(stranger)") && !refused.err.contains("pids \(pid)"), "\(refused.err)")
+        #expect(try alive(stranger) && alive(pid) && t.kernel("b", "/web") == nil)
+        let forced = try t.lmctl("a", ["migrate", "/web", "--to", t.socket("b"), "--force"])
+        #expect(forced.status == 0, "\(forced.err)")
+        #expect(try t.kernel("b", "/web")?.pids.isEmpty == false)
+    }
+
     @Test func migrateThroughTheController() throws {
         let t = try TwoAgents("migc")
         defer { t.close() }

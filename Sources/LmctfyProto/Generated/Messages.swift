@@ -5242,11 +5242,19 @@ public struct ExportSnapshotRequest: ProtoMessage {
 public struct ExportSnapshotResponse: ProtoMessage {
     /// Field 1 `snapshot`.
     public var snapshot: ContainerSnapshot?
+    /// Field 2 `unrecorded_pid`.
+    public var unrecordedPid: [Int32]
+    /// Field 3 `subcontainer`.
+    public var subcontainer: [String]
 
     public init(
-        snapshot: ContainerSnapshot? = nil
+        snapshot: ContainerSnapshot? = nil,
+        unrecordedPid: [Int32] = [],
+        subcontainer: [String] = []
     ) {
         self.snapshot = snapshot
+        self.unrecordedPid = unrecordedPid
+        self.subcontainer = subcontainer
     }
 
     public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.ExportSnapshotResponse")
@@ -5254,23 +5262,31 @@ public struct ExportSnapshotResponse: ProtoMessage {
     public init(dynamic message: DynamicMessage) {
         precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.ExportSnapshotResponse")
         self.snapshot = message.get(1)
+        self.unrecordedPid = message.getRepeated(2)
+        self.subcontainer = message.getRepeated(3)
     }
 
     public var dynamic: DynamicMessage {
         var message = DynamicMessage(Self.protoDescriptor)
         message.set(1, snapshot)
+        message.setRepeated(2, unrecordedPid)
+        message.setRepeated(3, subcontainer)
         return message
     }
 
     public init(cMessage c: UnsafeRawPointer) {
         let f = Self.protoDescriptor.fields
         self.snapshot = CBridge.message(c, f[0])
+        self.unrecordedPid = CBridge.repeated(c, f[1])
+        self.subcontainer = CBridge.repeated(c, f[2])
     }
 
     public func makeC() -> UnsafeMutableRawPointer {
         let c = CBridge.allocate(Self.protoDescriptor)
         let f = Self.protoDescriptor.fields
         CBridge.setMessage(c, f[0], snapshot)
+        CBridge.setRepeated(c, f[1], unrecordedPid)
+        CBridge.setRepeated(c, f[2], subcontainer)
         return c
     }
 }

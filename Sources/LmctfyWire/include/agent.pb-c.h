@@ -1427,14 +1427,25 @@ struct  Containers__Lmctfy__Agent__ExportSnapshotRequest
 struct  Containers__Lmctfy__Agent__ExportSnapshotResponse
 {
   ProtobufCMessage base;
-  /*
-   * Next id: 2
-   */
   Containers__Lmctfy__Agent__ContainerSnapshot *snapshot;
+  /*
+   * Processes in the container (and its subcontainers) that are neither a
+   * recorded process nor below one: an import does not start them again.
+   */
+  size_t n_unrecorded_pid;
+  int32_t *unrecorded_pid;
+  /*
+   * The container's direct subcontainers: a snapshot is of one container.
+   */
+  /*
+   * Next id: 4
+   */
+  size_t n_subcontainer;
+  char **subcontainer;
 };
 #define CONTAINERS__LMCTFY__AGENT__EXPORT_SNAPSHOT_RESPONSE__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__export_snapshot_response__descriptor) \
-    , NULL }
+    , NULL, 0,NULL, 0,NULL }
 
 
 /*
