@@ -90,7 +90,9 @@ public final class TlsContext: @unchecked Sendable {
         }
         var mode = SSL_VERIFY_PEER
         if side == .server {
-            if requirePeerCertificate { mode |= SSL_VERIFY_FAIL_IF_NO_PEER_CERT }
+            // Not requiring one: not asking for one either (the hello's
+            // shared key is then who the client is).
+            mode = requirePeerCertificate ? SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT : SSL_VERIFY_NONE
             if let names = SSL_load_client_CA_file(caFile) { SSL_CTX_set_client_CA_list(ctx, names) }
             // No session tickets: each handshake is a full one with the
             // client's certificate (nothing to resume, nothing to revoke late).
