@@ -31,11 +31,22 @@ final class ConnState {
     /// Reading is stopped until this connection (or the agent) drains.
     var throttled = false
     var held: Int { unsent + outbox.count + poolBytes }
+    /// TLS under the framing (PROTOCOL.md section 3.1): every byte read goes
+    /// through it before the session, every byte written after.
+    var tls: TlsChannel?
+    /// The session is a stand-in until the TLS handshake names the peer's
+    /// certificate; then it is replaced by one authenticating by it.
+    var awaitingCertificate = false
+    /// Whether any byte was read yet (the first tells TLS from plaintext).
+    var readAny = false
+    /// When the connection began: the hello timeout counts from here.
+    let startedAt: UInt64
 
-    init(id: Int, conn: Connection, session: Session) {
+    init(id: Int, conn: Connection, session: Session, startedAt: UInt64 = MonotonicClock.milliseconds()) {
         self.id = id
         self.conn = conn
         self.session = session
+        self.startedAt = startedAt
     }
 }
 
@@ -259,7 +270,10 @@ public final class Agent: @unchecked Sendable {
             _ = loop.shutdown()
             throw error
         }
-        log.info("lmctfy-agent \(LmctfyVersion.string) listening on unix:\(settings.unixSocketPath)\(tcpPort.map { " and tcp port \($0)" } ?? "") (boot id \(dispatcher.events.bootId))")
+        log.info("lmctfy-agent \(LmctfyVersion.string) listening on unix:\(settings.unixSocketPath)\(tcpPort.map { " and tcp port \($0)\(settings.tlsServer != nil ? " (TLS 1.3)" : "")" } ?? "") (boot id \(dispatcher.events.bootId))")
+        if settings.plaintextTcp {
+            log.warning("PLAINTEXT TCP (allow_plaintext_tcp): frames on TCP are neither encrypted nor integrity-protected; configure tls")
+        }
     }
 
     private func startListeners(handleSignals: Bool) throws(LmctfyError) -> UInt16? {
@@ -338,12 +352,26 @@ public final class Agent: @unchecked Sendable {
             // is written before the peer's hello is read, so it needs no session.
             let why = stopping ? "lmctfy-agent is shutting down" : "too many connections"
             log.warning("refusing a connection: \(why)")
-            c.write(FrameCodec.encode(Frame(kind: .frameGoaway, goaway: GoAway(reason: .goawayNormal, message: why, lastStreamId: 0))))
+            // (A TLS port gets no plaintext goaway: its peer could not read it.)
+            if !(tcp && settings.tlsServer != nil) {
+                c.write(FrameCodec.encode(Frame(kind: .frameGoaway, goaway: GoAway(reason: .goawayNormal, message: why, lastStreamId: 0))))
+            }
             c.closeAfterWrites()
             return
         }
         let auth: AcceptorAuthentication
-        if tcp {
+        var tls: TlsChannel?
+        if tcp, let server = settings.tlsServer {
+            guard let channel = try? TlsChannel(context: server) else { c.close(); return }
+            tls = channel
+            if server.requirePeerCertificate {
+                // Replaced once the handshake has verified the certificate.
+                auth = .certificate(CertIdentity())
+            } else {
+                guard let ring = try? Keyring(settings.keys) else { c.close(); return }
+                auth = .sharedKey(ring, replay)
+            }
+        } else if tcp {
             guard let ring = try? Keyring(settings.keys) else { c.close(); return }
             auth = .sharedKey(ring, replay)
         } else {
@@ -354,11 +382,18 @@ public final class Agent: @unchecked Sendable {
         let now = MonotonicClock.milliseconds()
         let id = nextConnId
         nextConnId += 1
-        let state = ConnState(id: id, conn: c, session: Session(acceptor: auth, name: "lmctfy-agent", limits: settings.limits, now: now))
+        let state = ConnState(id: id, conn: c, session: Session(acceptor: auth, name: "lmctfy-agent", limits: settings.limits, now: now),
+                              startedAt: now)
+        state.tls = tls
+        state.awaitingCertificate = tls != nil && settings.tlsServer?.requirePeerCertificate == true
         conns[id] = state
         c.onRead = { [unowned self] _, bytes in
             guard let s = self.conns[id] else { return }
-            self.perform(s, s.session.receive(bytes, now: MonotonicClock.milliseconds(), inline: s))
+            if let tls = s.tls {
+                self.receiveTls(s, tls, bytes)
+            } else {
+                self.perform(s, s.session.receive(bytes, now: MonotonicClock.milliseconds(), inline: s))
+            }
         }
         c.onEOF = { [unowned self] _ in
             guard let s = self.conns[id] else { return }
@@ -370,6 +405,52 @@ public final class Agent: @unchecked Sendable {
         }
         c.resumeReading()
         perform(state, state.session.start(now: now))
+    }
+
+    /// Ciphertext from a TLS peer (PROTOCOL.md section 3.1): the handshake's
+    /// answers go back at once; the plaintext goes to the session, which is
+    /// made only now, authenticating by certificate, when the listener
+    /// requires client certificates. Plaintext on a TLS port is answered by
+    /// a plaintext GOAWAY_UNAUTHENTICATED; a failed handshake by OpenSSL's
+    /// alert. Either way nothing reaches the session.
+    private func receiveTls(_ s: ConnState, _ tls: TlsChannel, _ bytes: [UInt8]) {
+        let now = MonotonicClock.milliseconds()
+        if !s.readAny {
+            s.readAny = true
+            // Every TLS connection starts with a handshake record (type 22).
+            if bytes.first != 0x16 && s.session.role == .acceptor {
+                log.warning("connection \(s.id) from \(s.conn.remoteAddress?.description ?? "tcp"): plaintext on a TLS port: refused")
+                let g = GoAway(reason: .goawayUnauthenticated, message: "this port requires TLS 1.3 (PROTOCOL.md section 3.1)", lastStreamId: 0)
+                s.conn.write(FrameCodec.encode(Frame(kind: .frameGoaway, goaway: g)))
+                s.conn.closeAfterWrites()
+                drop(s)
+                return
+            }
+        }
+        let out = tls.feed(bytes)
+        send(s, out.send)
+        if let failure = tls.failure {
+            log.warning("connection \(s.id) from \(s.conn.remoteAddress?.description ?? "tcp"): TLS handshake or record failed: \(failure)")
+            s.conn.closeAfterWrites()
+            drop(s)
+            return
+        }
+        if out.handshakeCompleted && s.awaitingCertificate {
+            s.awaitingCertificate = false
+            guard let identity = tls.peerIdentity else {
+                s.conn.closeAfterWrites()
+                drop(s)
+                return
+            }
+            s.session = Session(acceptor: .certificate(identity), name: "lmctfy-agent", limits: settings.limits, now: s.startedAt)
+        }
+        if !out.plaintext.isEmpty {
+            perform(s, s.session.receive(out.plaintext, now: now, inline: s))
+        }
+        if tls.peerClosed, conns[s.id] != nil {
+            perform(s, s.session.receiveEOF(now: MonotonicClock.milliseconds()))
+            drop(s)
+        }
     }
 
     /// Supplementary groups of a Unix peer, for allowed_group / role gids.
@@ -424,6 +505,9 @@ public final class Agent: @unchecked Sendable {
             case .close(let reason):
                 log.debug("connection \(s.id) closed: \(reason)")
                 flush(s)
+                // After the goaway, TLS's close_notify (a truncation can
+                // then be told from an orderly close).
+                if let tls = s.tls { send(s, tls.shutdown()) }
                 s.conn.closeAfterWrites()
                 drop(s)
             }
@@ -432,17 +516,30 @@ public final class Agent: @unchecked Sendable {
 
     private func flush(_ s: ConnState) {
         guard !s.outbox.isEmpty else { return }
-        let n = s.outbox.count
+        if let tls = s.tls {
+            let sealed = tls.seal(s.outbox)
+            s.outbox.removeAll(keepingCapacity: true)
+            send(s, sealed)
+            return
+        }
+        send(s, s.outbox)
+        s.outbox.removeAll(keepingCapacity: true)
+    }
+
+    /// Writes bytes as they go on the wire (ciphertext under TLS), counted
+    /// as the connection's unsent bytes until the write completes.
+    private func send(_ s: ConnState, _ bytes: [UInt8]) {
+        guard !bytes.isEmpty else { return }
+        let n = bytes.count
         s.unsent += n
         totalHeld += n
         // The completion runs once whatever happens (sent, failed, or
         // cancelled by the close), so the count always comes back down.
-        s.conn.write(s.outbox) { [unowned self] _, _ in
+        s.conn.write(bytes) { [unowned self] _, _ in
             s.unsent -= n
             self.totalHeld -= n
             self.updateFlow(s)
         }
-        s.outbox.removeAll(keepingCapacity: true)
         updateFlow(s)
     }
 
@@ -543,13 +640,29 @@ public final class Agent: @unchecked Sendable {
         let now = MonotonicClock.milliseconds()
         let id = nextConnId
         nextConnId += 1
-        let session = Session(dialler: .sharedKey(keyId: c.keyId, key: c.key), name: c.hostName, limits: settings.limits, now: now)
-        let state = ConnState(id: id, conn: conn, session: session)
+        var tls: TlsChannel?
+        let auth: DiallerAuthentication
+        if let context = c.tls {
+            // The controller's certificate must name the address dialled.
+            guard let channel = try? TlsChannel(context: context, serverName: c.host) else { conn.close(); redialHome(); return }
+            tls = channel
+            auth = .certificate
+        } else {
+            auth = .sharedKey(keyId: c.keyId ?? "", key: c.key ?? [])
+        }
+        let session = Session(dialler: auth, name: c.hostName, limits: settings.limits, now: now)
+        let state = ConnState(id: id, conn: conn, session: session, startedAt: now)
+        state.tls = tls
+        state.readAny = true
         conns[id] = state
         home.connId = id
         conn.onRead = { [unowned self] _, bytes in
             guard let s = self.conns[id] else { return }
-            self.perform(s, s.session.receive(bytes, now: MonotonicClock.milliseconds(), inline: s))
+            if let tls = s.tls {
+                self.receiveTls(s, tls, bytes)
+            } else {
+                self.perform(s, s.session.receive(bytes, now: MonotonicClock.milliseconds(), inline: s))
+            }
         }
         conn.onEOF = { [unowned self] _ in
             guard let s = self.conns[id] else { return }
@@ -560,6 +673,7 @@ public final class Agent: @unchecked Sendable {
             if let s = self.conns[id] { self.drop(s) }
         }
         conn.resumeReading()
+        if let tls { send(state, tls.start()) }
         perform(state, state.session.start(now: now))
     }
 

@@ -25,6 +25,14 @@ public struct AgentSettings: Sendable {
     /// The shared keys TCP peers authenticate with, by key id (from key_file,
     /// which must be private); empty without TCP.
     public var keys: [String: [UInt8]]
+    /// TLS on the TCP listener (tls): the server side, its files loaded and
+    /// checked at load; nil: TCP in the clear (allow_plaintext_tcp) or no TCP.
+    public var tlsServer: TlsContext?
+    /// TLS on the link to the controller: our certificate as a client.
+    public var tlsClient: TlsContext?
+    /// Whether a TCP link runs without TLS (allowed only by
+    /// allow_plaintext_tcp; logged loudly at start and by lmctl).
+    public var plaintextTcp: Bool
     /// Per-connection session limits (frame size, streams, timeouts).
     public var limits: SessionLimits
     /// The most connections open at once (limits.max_connections; default
@@ -56,8 +64,12 @@ public struct AgentSettings: Sendable {
     public struct ControllerLink: Sendable {
         public var host: String
         public var port: UInt16
-        public var keyId: String
-        public var key: [UInt8]
+        /// The shared key (controller_key_id of key_file); nil under TLS,
+        /// where the agent's certificate authenticates it.
+        public var keyId: String?
+        public var key: [UInt8]?
+        /// TLS to the controller (tls): our certificate, the CA it must chain to.
+        public var tls: TlsContext?
         /// host_name; default the machine's hostname.
         public var hostName: String
         public var labels: [HostLabel]
@@ -65,7 +77,7 @@ public struct AgentSettings: Sendable {
         public var reconnectMaxMs: Int
     }
 
-    static func controllerLink(_ c: AgentConfig, keys: [String: [UInt8]], source: String) throws(LmctfyError) -> ControllerLink? {
+    static func controllerLink(_ c: AgentConfig, keys: [String: [UInt8]], tls: TlsContext?, source: String) throws(LmctfyError) -> ControllerLink? {
         guard let address = c.controllerAddress else {
             if c.controllerKeyId != nil { throw .invalidArgument("\(source): controller_key_id without controller_address") }
             return nil
@@ -73,14 +85,23 @@ public struct AgentSettings: Sendable {
         guard let colon = address.lastIndex(of: ":"), let port = UInt16(address[address.index(after: colon)...]), port > 0 else {
             throw .invalidArgument("\(source): controller_address must be host:port, not \"\(address)\"")
         }
-        guard c.keyFile != nil else {
-            throw .invalidArgument("\(source): controller_address needs key_file (the agent authenticates with a shared key)")
-        }
-        guard let keyId = c.controllerKeyId else {
-            throw .invalidArgument("\(source): controller_address needs controller_key_id (which key of key_file to use)")
-        }
-        guard let key = keys[keyId] else {
-            throw .invalidArgument("\(source): controller_key_id \"\(keyId)\" is not in key_file")
+        var keyId: String?
+        var key: [UInt8]?
+        if tls == nil {
+            guard c.allowPlaintextTcp == true else {
+                throw .invalidArgument("\(source): controller_address without tls would carry frames in the clear; configure tls { ... } or set allow_plaintext_tcp: true")
+            }
+            guard c.keyFile != nil else {
+                throw .invalidArgument("\(source): controller_address needs key_file (the agent authenticates with a shared key)")
+            }
+            guard let id = c.controllerKeyId else {
+                throw .invalidArgument("\(source): controller_address needs controller_key_id (which key of key_file to use)")
+            }
+            guard let k = keys[id] else {
+                throw .invalidArgument("\(source): controller_key_id \"\(id)\" is not in key_file")
+            }
+            keyId = id
+            key = k
         }
         var hostName = c.hostName ?? ""
         if hostName.isEmpty {
@@ -99,7 +120,7 @@ public struct AgentSettings: Sendable {
         guard base >= 1, cap >= base else {
             throw .invalidArgument("\(source): reconnect_base_ms must be at least 1 and reconnect_max_ms at least reconnect_base_ms")
         }
-        return ControllerLink(host: String(address[..<colon]), port: port, keyId: keyId, key: key, hostName: hostName,
+        return ControllerLink(host: String(address[..<colon]), port: port, keyId: keyId, key: key, tls: tls, hostName: hostName,
                               labels: c.label, reconnectBaseMs: base, reconnectMaxMs: cap)
     }
 
@@ -142,21 +163,35 @@ public struct AgentSettings: Sendable {
             guard let g = getgrnam(group) else { throw .invalidArgument("\(source): allowed_group \"\(group)\" does not exist") }
             allowedGid = g.pointee.gr_gid
         }
+        var tlsFiles: TlsFiles?
+        if let t = c.tls { tlsFiles = try TlsFiles(t, source: source) }
         if let address = c.tcpAddress {
             guard let colon = address.lastIndex(of: ":"), let port = UInt16(address[address.index(after: colon)...]) else {
                 throw .invalidArgument("\(source): tcp_address must be host:port, not \"\(address)\"")
             }
             tcp = (String(address[..<colon]), port)
-            guard let keyFile = c.keyFile else {
-                throw .invalidArgument("\(source): tcp_address needs key_file (TCP peers authenticate with a shared key)")
+            if let tlsFiles {
+                tlsServer = try tlsFiles.context(.server)
+            } else if c.allowPlaintextTcp != true {
+                throw .invalidArgument("\(source): tcp_address without tls would carry frames in the clear; configure tls { ... } or set allow_plaintext_tcp: true")
             }
-            keys = try KeyFile.load(keyFile, requirePrivate: true)
-        } else if let keyFile = c.keyFile, c.controllerAddress != nil {
+            if tlsServer?.requirePeerCertificate != true {
+                // Without client certificates peers prove a shared key.
+                guard let keyFile = c.keyFile else {
+                    throw .invalidArgument("\(source): tcp_address needs key_file (TCP peers authenticate with a shared key) unless tls requires client certificates")
+                }
+                keys = try KeyFile.load(keyFile, requirePrivate: true)
+            } else {
+                keys = [:]
+            }
+        } else if let keyFile = c.keyFile, c.controllerAddress != nil, c.tls == nil {
             keys = try KeyFile.load(keyFile, requirePrivate: true)
         } else {
             keys = [:]
         }
-        controller = try Self.controllerLink(c, keys: keys, source: source)
+        plaintextTcp = (c.tcpAddress != nil || c.controllerAddress != nil) && c.tls == nil
+        if c.controllerAddress != nil, let tlsFiles { tlsClient = try tlsFiles.context(.client) }
+        controller = try Self.controllerLink(c, keys: keys, tls: tlsClient, source: source)
         let l = c.limits ?? AgentLimits()
         limits = try SessionLimits(l, source: source)
         maxConnections = Int(l.maxConnections ?? 256)
@@ -216,6 +251,32 @@ public struct AgentSettings: Sendable {
     public func role(for peer: PeerInfo) -> AgentRole { rolePolicy.role(for: peer) }
 
     var rolePolicy: RolePolicy { RolePolicy(bindings: config.role, allowedGid: allowedGid) }
+}
+
+/// The files of a `tls` block, checked to be all there; `context` loads them.
+public struct TlsFiles: Sendable {
+    public var certificateFile: String
+    public var keyFile: String
+    public var caFile: String
+    public var requireClientCertificate: Bool
+
+    /// INVALID_ARGUMENT naming `source` when a file is not given.
+    public init(_ t: TlsConfig, source: String) throws(LmctfyError) {
+        guard let cert = t.certificateFile, let key = t.keyFile, let ca = t.caFile else {
+            throw .invalidArgument("\(source): tls needs certificate_file, key_file and ca_file")
+        }
+        certificateFile = cert
+        keyFile = key
+        caFile = ca
+        requireClientCertificate = t.requireClientCertificate ?? true
+    }
+
+    /// The files loaded for one side (a bad or unreadable file, or a key
+    /// others can read, is an error naming it).
+    public func context(_ side: TlsContext.Side) throws(LmctfyError) -> TlsContext {
+        try TlsContext(side: side, certificateFile: certificateFile, keyFile: keyFile, caFile: caFile,
+                       requirePeerCertificate: requireClientCertificate)
+    }
 }
 
 /// What the agent lets its peers make it hold (AgentLimits, PROTOCOL.md

@@ -21,6 +21,13 @@ final class ControllerPeer {
     var session: Session
     var role: AgentRole = .agentRoleUnspecified
     var keyId: String?
+    /// TLS under the framing (PROTOCOL.md section 3.1), and whether the
+    /// session waits for the handshake to name the peer's certificate.
+    var tls: TlsChannel?
+    var awaitingCertificate = false
+    var readAny = false
+    var certificate: CertIdentity?
+    var startedAt: UInt64 = 0
     var outbox: [UInt8] = []
     var depth = 0
     /// Agent link: the controller's calls on it → the client stream each serves.
@@ -174,7 +181,17 @@ public final class Controller: @unchecked Sendable {
             return
         }
         let auth: AcceptorAuthentication
-        if tcp {
+        var tls: TlsChannel?
+        if tcp, let server = settings.tlsServer {
+            guard let channel = try? TlsChannel(context: server) else { c.close(); return }
+            tls = channel
+            if server.requirePeerCertificate {
+                auth = .certificate(CertIdentity())  // replaced after the handshake
+            } else {
+                guard let ring = try? Keyring(settings.keys) else { c.close(); return }
+                auth = .sharedKey(ring, replay)
+            }
+        } else if tcp {
             guard let ring = try? Keyring(settings.keys) else { c.close(); return }
             auth = .sharedKey(ring, replay)
         } else {
@@ -186,11 +203,18 @@ public final class Controller: @unchecked Sendable {
         nextId += 1
         let p = ControllerPeer(id: id, conn: c, kind: kind,
                                session: Session(acceptor: auth, name: "lmctfy-controller", limits: settings.limits, now: now))
+        p.tls = tls
+        p.awaitingCertificate = tls != nil && settings.tlsServer?.requirePeerCertificate == true
+        p.startedAt = now
         peers[id] = p
         c.onRead = { [unowned self] _, bytes in
             guard let p = self.peers[id] else { return }
             if p.kind == .agent { self.registry.heard(conn: id) }
-            self.perform(p, p.session.receive(bytes, now: MonotonicClock.milliseconds()))
+            if let tls = p.tls {
+                self.receiveTls(p, tls, bytes)
+            } else {
+                self.perform(p, p.session.receive(bytes, now: MonotonicClock.milliseconds()))
+            }
         }
         c.onEOF = { [unowned self] _ in
             guard let p = self.peers[id] else { return }
@@ -202,6 +226,46 @@ public final class Controller: @unchecked Sendable {
         }
         c.resumeReading()
         perform(p, p.session.start(now: now))
+    }
+
+    /// Ciphertext from a TLS peer: as the agent's (Agent.receiveTls).
+    private func receiveTls(_ p: ControllerPeer, _ tls: TlsChannel, _ bytes: [UInt8]) {
+        if !p.readAny {
+            p.readAny = true
+            if bytes.first != 0x16 {
+                logger.warning("connection \(p.id): plaintext on a TLS port: refused")
+                let g = GoAway(reason: .goawayUnauthenticated, message: "this port requires TLS 1.3 (PROTOCOL.md section 3.1)", lastStreamId: 0)
+                p.conn.write(FrameCodec.encode(Frame(kind: .frameGoaway, goaway: g)))
+                p.conn.closeAfterWrites()
+                drop(p)
+                return
+            }
+        }
+        let out = tls.feed(bytes)
+        sendRaw(p, out.send)
+        if let failure = tls.failure {
+            logger.warning("connection \(p.id): TLS handshake or record failed: \(failure)")
+            p.conn.closeAfterWrites()
+            drop(p)
+            return
+        }
+        if out.handshakeCompleted && p.awaitingCertificate {
+            p.awaitingCertificate = false
+            guard let identity = tls.peerIdentity else { p.conn.closeAfterWrites(); drop(p); return }
+            p.certificate = identity
+            p.session = Session(acceptor: .certificate(identity), name: "lmctfy-controller", limits: settings.limits, now: p.startedAt)
+        }
+        if !out.plaintext.isEmpty { perform(p, p.session.receive(out.plaintext, now: MonotonicClock.milliseconds())) }
+        if tls.peerClosed, peers[p.id] != nil {
+            perform(p, p.session.receiveEOF(now: MonotonicClock.milliseconds()))
+            drop(p)
+        }
+    }
+
+    private func sendRaw(_ p: ControllerPeer, _ bytes: [UInt8]) {
+        guard !bytes.isEmpty, !p.conn.isClosing else { return }
+        p.unsent += bytes.count
+        p.conn.write(bytes) { _, _ in p.unsent -= bytes.count }
     }
 
     private func perform(_ p: ControllerPeer, _ actions: [SessionAction]) {
@@ -296,6 +360,7 @@ public final class Controller: @unchecked Sendable {
             case .close(let reason):
                 logger.debug("connection \(p.id) closed: \(reason)")
                 flush(p)
+                if let tls = p.tls { sendRaw(p, tls.shutdown()) }
                 p.conn.closeAfterWrites()
                 drop(p)
             }
@@ -304,8 +369,10 @@ public final class Controller: @unchecked Sendable {
 
     private func flush(_ p: ControllerPeer) {
         guard !p.outbox.isEmpty, !p.conn.isClosing else { return }
-        let bytes = p.outbox
+        var bytes = p.outbox
         p.outbox = []
+        if let tls = p.tls { bytes = tls.seal(bytes) }
+        guard !bytes.isEmpty else { return }
         p.unsent += bytes.count
         p.conn.write(bytes) { _, _ in p.unsent -= bytes.count }
     }
@@ -475,8 +542,15 @@ public final class Controller: @unchecked Sendable {
         }
         do {
             let request = try RegisterRequest(serializedBytes: payload)
-            guard let identity = request.identity, let keyId = p.keyId else {
+            guard let identity = request.identity, let keyId = p.keyId ?? p.certificate.map({ _ in "x509" }) else {
                 throw LmctfyError.invalidArgument("Register needs an identity")
+            }
+            if let cert = p.certificate {
+                // PROTOCOL.md 3.1: the certificate names the host; a host's
+                // certificate cannot register another host.
+                guard let name = identity.hostName, cert.dnsNames.contains(name) else {
+                    throw LmctfyError(.permissionDenied, "host name \"\(identity.hostName ?? "")\" is not in the certificate (\(cert))")
+                }
             }
             let before = registry.hosts[identity.hostName ?? ""]
             let previous = try registry.register(identity, keyId: keyId, conn: p.id)

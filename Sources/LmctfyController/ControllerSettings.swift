@@ -16,6 +16,8 @@ public struct ControllerSettings: Sendable {
     /// Where agents dial in.
     public var agentTcp: (host: String, port: UInt16)
     public var keys: [String: [UInt8]]
+    /// TLS on both TCP listeners (tls); nil: plaintext (allow_plaintext_tcp).
+    public var tlsServer: TlsContext?
     public var limits: SessionLimits
     public var logLevel: AgentLogLevel
     public var stateDir: String
@@ -63,10 +65,22 @@ public struct ControllerSettings: Sendable {
         }
         agentTcp = try Self.address(agents, "agent_address", source)
         if let t = c.tcpAddress { clientTcp = try Self.address(t, "tcp_address", source) }
-        guard let keyFile = c.keyFile else {
-            throw .invalidArgument("\(source): key_file is required (agents authenticate with a shared key)")
+        if let t = c.tls {
+            guard let cert = t.certificateFile, let key = t.keyFile, let ca = t.caFile else {
+                throw .invalidArgument("\(source): tls needs certificate_file, key_file and ca_file")
+            }
+            tlsServer = try TlsContext(side: .server, certificateFile: cert, keyFile: key, caFile: ca,
+                                       requirePeerCertificate: t.requireClientCertificate ?? true)
+        } else if c.allowPlaintextTcp != true {
+            throw .invalidArgument("\(source): TCP listeners without tls would carry frames in the clear; configure tls { ... } or set allow_plaintext_tcp: true")
         }
-        keys = try KeyFile.load(keyFile, requirePrivate: true)
+        if let keyFile = c.keyFile {
+            keys = try KeyFile.load(keyFile, requirePrivate: true)
+        } else if tlsServer?.requirePeerCertificate == true {
+            keys = [:]
+        } else {
+            throw .invalidArgument("\(source): key_file is required (agents authenticate with a shared key) unless tls requires client certificates")
+        }
         limits = try SessionLimits(c.limits ?? AgentLimits(), source: source)
         logLevel = c.logLevel ?? .logInfo
         stateDir = c.stateDir ?? "/var/lib/lmctfy-controller"

@@ -115,6 +115,10 @@ public enum DiallerAuthentication: Sendable {
     case peerCredentials
     /// TCP: HMAC-SHA256 challenge–response with a shared key.
     case sharedKey(keyId: String, key: [UInt8])
+    /// TCP under TLS with a client certificate: the acceptor knows us from
+    /// the certificate the TLS handshake verified, so the hello carries no
+    /// key (PROTOCOL.md section 3.1).
+    case certificate
 }
 
 /// How an acceptor checks the dialler.
@@ -123,4 +127,7 @@ public enum AcceptorAuthentication: Sendable {
     case peerCredentials(PeerCredentials, UnixPeerPolicy)
     /// TCP: shared keys, and the listener's replay cache.
     case sharedKey(Keyring, ReplayCache)
+    /// TCP under TLS: the dialler's certificate, verified by the TLS
+    /// handshake against the configured CA before the hello was read.
+    case certificate(CertIdentity)
 }

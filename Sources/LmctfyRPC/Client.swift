@@ -19,6 +19,12 @@ public final class RpcClient {
     private var inbox: [UInt32: [Event]] = [:]
     private var fdClosed = false
     private var readBuffer = [UInt8](repeating: 0, count: 65536)
+    /// TLS under the framing (PROTOCOL.md section 3.1): what the session
+    /// writes is sealed, what is read is opened, before anything else.
+    private let tls: TlsChannel?
+    /// Why TLS failed (a certificate the other side refused, or that we
+    /// refused); the handshake's error is then UNAUTHENTICATED.
+    private var tlsFailure: String?
 
     /// The acceptor, as the handshake established it.
     public private(set) var peer: PeerInfo
@@ -32,18 +38,22 @@ public final class RpcClient {
     /// PERMISSION_DENIED, DEADLINE_EXCEEDED (hello timeout) or UNAVAILABLE.
     public init(
         fd: Int32, authentication: DiallerAuthentication = .peerCredentials, name: String = "lmctfy-client",
-        limits: SessionLimits = SessionLimits(), nonces: any NonceSource = SystemNonceSource()
+        limits: SessionLimits = SessionLimits(), nonces: any NonceSource = SystemNonceSource(), tls: TlsChannel? = nil
     ) throws(LmctfyError) {
         self.fd = fd
+        self.tls = tls
+        if tls == nil, case .sharedKey = authentication { isPlaintextTcp = true }
         // A blocking client makes no background progress between calls, so
         // keepalive and idle timers only run while it waits for a call.
         self.session = Session(dialler: authentication, name: name, limits: limits, nonces: nonces, now: MonotonicClock.milliseconds())
         self.peer = PeerInfo(name: "", version: 0, keyId: nil, credentials: nil, maxFrameBytes: 0, maxStreams: 0, capabilities: [])
+        if let tls { sendRaw(tls.start()) }
         perform(session.start(now: MonotonicClock.milliseconds()))
         while !session.isEstablished {
             if session.isClosed {
                 let reason = session.closeReason
                 close()
+                if let tlsFailure { throw LmctfyError(.unauthenticated, "TLS: \(tlsFailure)") }
                 throw Self.error(for: reason)
             }
             pumpOnce()
@@ -66,11 +76,35 @@ public final class RpcClient {
         return try RpcClient(fd: fd, authentication: .sharedKey(keyId: keyId, key: key), name: name, limits: limits)
     }
 
+    /// Connects over TCP under TLS 1.3 (PROTOCOL.md section 3.1), verifying
+    /// that the agent's certificate chains to `tls`'s CA and names
+    /// `serverName` (default: `host`). With `keyId` and `key` the hello
+    /// proves that shared key inside TLS (a listener not requiring client
+    /// certificates); without, `tls`'s certificate is who we are.
+    public static func connect(
+        host: String, port: UInt16, tls context: TlsContext, serverName: String? = nil,
+        keyId: String? = nil, key: [UInt8]? = nil, name: String = "lmctfy-client",
+        limits: SessionLimits = SessionLimits()
+    ) throws(LmctfyError) -> RpcClient {
+        let channel = try TlsChannel(context: context, serverName: serverName ?? host)
+        let fd = try RpcSocket.connectTCP(host: host, port: port)
+        let auth: DiallerAuthentication
+        if let keyId, let key { auth = .sharedKey(keyId: keyId, key: key) } else { auth = .certificate }
+        return try RpcClient(fd: fd, authentication: auth, name: name, limits: limits, tls: channel)
+    }
+
+    /// Whether the connection runs under TLS.
+    public var isTls: Bool { tls != nil }
+    /// Whether this is TCP without TLS (a shared-key hello, then frames in the clear).
+    public private(set) var isPlaintextTcp = false
+
     deinit { close() }
 
-    /// Sends GOAWAY_NORMAL (if the connection is still up) and closes the socket.
+    /// Sends GOAWAY_NORMAL (if the connection is still up) and closes the
+    /// socket (under TLS, after our close_notify).
     public func close() {
         perform(session.goAway(.goawayNormal, message: "client closing", now: MonotonicClock.milliseconds()))
+        if let tls, !fdClosed { sendRaw(tls.shutdown()) }
         if !fdClosed {
             fdClosed = true
             Glibc.close(fd)
@@ -172,8 +206,7 @@ public final class RpcClient {
         do {
             if try RpcSocket.waitReadable(fd, timeoutMs: timeout) {
                 let n = try RpcSocket.receive(fd, into: &readBuffer)
-                let at = MonotonicClock.milliseconds()
-                perform(n == 0 ? session.receiveEOF(now: at) : session.receive(readBuffer[0..<n], now: at))
+                ingest(n)
             }
         } catch {
             perform(session.receiveEOF(now: MonotonicClock.milliseconds()))
@@ -184,8 +217,10 @@ public final class RpcClient {
     private func perform(_ actions: [SessionAction]) {
         for action in actions {
             switch action {
-            case .write(let bytes):
+            case .write(let plain):
                 guard !fdClosed else { continue }
+                let bytes = tls.map { $0.seal(plain) } ?? plain
+                if bytes.isEmpty { continue }  // under TLS: waits for the handshake
                 do {
                     try RpcSocket.sendAll(fd, bytes)
                 } catch {
@@ -194,7 +229,7 @@ public final class RpcClient {
                     // why, e.g. "too many connections") is read first.
                     while !session.isClosed, (try? RpcSocket.waitReadable(fd, timeoutMs: 0)) == true,
                           let n = try? RpcSocket.receive(fd, into: &readBuffer), n > 0 {
-                        perform(session.receive(readBuffer[0..<n], now: MonotonicClock.milliseconds()))
+                        ingest(n)
                     }
                     perform(session.receiveEOF(now: MonotonicClock.milliseconds()))
                 }
@@ -210,6 +245,35 @@ public final class RpcClient {
                 break
             }
         }
+    }
+
+    /// `n` bytes just read into readBuffer (0: end of stream): through TLS
+    /// if there is one, then to the session.
+    private func ingest(_ n: Int) {
+        let at = MonotonicClock.milliseconds()
+        guard n > 0 else {
+            perform(session.receiveEOF(now: at))
+            return
+        }
+        guard let tls else {
+            perform(session.receive(readBuffer[0..<n], now: at))
+            return
+        }
+        let out = tls.feed(Array(readBuffer[0..<n]))
+        sendRaw(out.send)
+        if !out.plaintext.isEmpty { perform(session.receive(out.plaintext, now: at)) }
+        if let failure = tls.failure {
+            if tlsFailure == nil { tlsFailure = failure }
+            perform(session.receiveEOF(now: at))
+        } else if tls.peerClosed {
+            perform(session.receiveEOF(now: at))
+        }
+    }
+
+    /// Bytes as they go on the wire (TLS handshake records, close_notify).
+    private func sendRaw(_ bytes: [UInt8]) {
+        guard !bytes.isEmpty, !fdClosed else { return }
+        try? RpcSocket.sendAll(fd, bytes)
     }
 
     private static func error(for reason: CloseReason?) -> LmctfyError {

@@ -21,9 +21,10 @@ public struct RolePolicy: Sendable {
     }
 
     /// The role of an authenticated peer: the first binding that names its
-    /// uid, gid (primary or supplementary) or key id; otherwise root is
+    /// uid, gid (primary or supplementary), key id, or (TLS) one of its
+    /// certificate's subject OUs or subjectAltName URIs; otherwise root is
     /// admin and everyone else admitted (allowed_group on the Unix socket, any
-    /// key of key_file on TCP) is a reader.
+    /// key of key_file or any certificate of the CA on TCP) is a reader.
     public func role(for peer: PeerInfo) -> AgentRole {
         for b in bindings {
             if let creds = peer.credentials {
@@ -32,6 +33,10 @@ public struct RolePolicy: Sendable {
                 }
             }
             if let key = peer.keyId, b.keyId.contains(key) { return b.role ?? .agentRoleReader }
+            if let cert = peer.certificate,
+               cert.organizationalUnits.contains(where: b.certificateOu.contains) || cert.uris.contains(where: b.certificateUri.contains) {
+                return b.role ?? .agentRoleReader
+            }
         }
         if let creds = peer.credentials, creds.uid == 0 { return .agentRoleAdmin }
         return .agentRoleReader

@@ -119,6 +119,9 @@ public struct PeerInfo: Sendable, Equatable {
     public var keyId: String?
     /// Unix socket, acceptor side: the peer's kernel credentials.
     public var credentials: PeerCredentials?
+    /// TLS with a client certificate, acceptor side: who the certificate
+    /// says the peer is (the chain was verified against the CA).
+    public var certificate: CertIdentity? = nil
     /// What the peer accepts from us.
     public var maxFrameBytes: UInt32
     /// The most calls the peer accepts open at once (100 when it did not say).
@@ -683,7 +686,8 @@ public struct Session: Sendable {
                 clientNonce: clientNonce, serverNonce: serverNonce)
             handshake = .diallerProved(keyId: keyId, versions: versions)
             return [.write(FrameCodec.encode(Frame(kind: .frameHello, hello: Hello(stage: .helloProof, proof: proof))))]
-        case (.diallerOffered(.peerCredentials, _, let versions), .helloAccepted?):
+        case (.diallerOffered(.peerCredentials, _, let versions), .helloAccepted?),
+             (.diallerOffered(.certificate, _, let versions), .helloAccepted?):
             return established(by: hello, versions: versions, keyId: nil)
         case (.diallerProved(let keyId, let versions), .helloAccepted?):
             return established(by: hello, versions: versions, keyId: keyId)
@@ -710,6 +714,10 @@ public struct Session: Sendable {
                 return closeLocally(.goawayUnauthenticated, "uid \(credentials.uid) gid \(credentials.gid) may not use this socket")
             }
             return accept(offer, version: version, keyId: nil, credentials: credentials)
+        case .certificate(let identity):
+            // The TLS handshake verified the chain; the certificate is the
+            // identity (a key id in the offer proves nothing here and is ignored).
+            return accept(offer, version: version, keyId: nil, credentials: nil, certificate: identity)
         case .sharedKey(let keyring, let replays):
             guard let keyId = offer.keyId, let key = keyring.key(keyId) else {
                 return closeLocally(.goawayUnauthenticated, "unknown or missing key id \(offer.keyId ?? "")")
@@ -735,12 +743,13 @@ public struct Session: Sendable {
     }
 
     /// Acceptor: the dialler passed; send ACCEPTED and open for business.
-    private mutating func accept(_ offer: Hello, version: UInt32, keyId: String?, credentials: PeerCredentials?) -> [SessionAction] {
+    private mutating func accept(_ offer: Hello, version: UInt32, keyId: String?, credentials: PeerCredentials?,
+                                 certificate: CertIdentity? = nil) -> [SessionAction] {
         let reply = Hello(
             stage: .helloAccepted, version: version, peerName: name,
             maxFrameBytes: limits.maxFrameBytes, maxStreams: limits.maxStreams)
         let info = PeerInfo(
-            name: offer.peerName ?? "", version: version, keyId: keyId, credentials: credentials,
+            name: offer.peerName ?? "", version: version, keyId: keyId, credentials: credentials, certificate: certificate,
             maxFrameBytes: offer.maxFrameBytes ?? UInt32(FrameCodec.helloMaxFrameBytes),
             maxStreams: offer.maxStreams ?? 100, capabilities: offer.capabilities)
         return [.write(FrameCodec.encode(Frame(kind: .frameHello, hello: reply)))] + becomeEstablished(info)

@@ -2662,6 +2662,51 @@ void   containers__lmctfy__agent__agent_config__free_unpacked
   assert(message->base.descriptor == &containers__lmctfy__agent__agent_config__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
+void   containers__lmctfy__agent__tls_config__init
+                     (Containers__Lmctfy__Agent__TlsConfig         *message)
+{
+  static const Containers__Lmctfy__Agent__TlsConfig init_value = CONTAINERS__LMCTFY__AGENT__TLS_CONFIG__INIT;
+  *message = init_value;
+}
+size_t containers__lmctfy__agent__tls_config__get_packed_size
+                     (const Containers__Lmctfy__Agent__TlsConfig *message)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__tls_config__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t containers__lmctfy__agent__tls_config__pack
+                     (const Containers__Lmctfy__Agent__TlsConfig *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__tls_config__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t containers__lmctfy__agent__tls_config__pack_to_buffer
+                     (const Containers__Lmctfy__Agent__TlsConfig *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__tls_config__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Containers__Lmctfy__Agent__TlsConfig *
+       containers__lmctfy__agent__tls_config__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Containers__Lmctfy__Agent__TlsConfig *)
+     protobuf_c_message_unpack (&containers__lmctfy__agent__tls_config__descriptor,
+                                allocator, len, data);
+}
+void   containers__lmctfy__agent__tls_config__free_unpacked
+                     (Containers__Lmctfy__Agent__TlsConfig *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &containers__lmctfy__agent__tls_config__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
 void   containers__lmctfy__agent__host_label__init
                      (Containers__Lmctfy__Agent__HostLabel         *message)
 {
@@ -6267,7 +6312,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__restore_response__de
   (ProtobufCMessageInit) containers__lmctfy__agent__restore_response__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor containers__lmctfy__agent__role_binding__field_descriptors[4] =
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__role_binding__field_descriptors[6] =
 {
   {
     "role",
@@ -6317,8 +6362,34 @@ static const ProtobufCFieldDescriptor containers__lmctfy__agent__role_binding__f
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "certificate_ou",
+    5,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_STRING,
+    offsetof(Containers__Lmctfy__Agent__RoleBinding, n_certificate_ou),
+    offsetof(Containers__Lmctfy__Agent__RoleBinding, certificate_ou),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "certificate_uri",
+    6,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_STRING,
+    offsetof(Containers__Lmctfy__Agent__RoleBinding, n_certificate_uri),
+    offsetof(Containers__Lmctfy__Agent__RoleBinding, certificate_uri),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned containers__lmctfy__agent__role_binding__field_indices_by_name[] = {
+  4,   /* field[4] = certificate_ou */
+  5,   /* field[5] = certificate_uri */
   2,   /* field[2] = gid */
   3,   /* field[3] = key_id */
   0,   /* field[0] = role */
@@ -6327,7 +6398,7 @@ static const unsigned containers__lmctfy__agent__role_binding__field_indices_by_
 static const ProtobufCIntRange containers__lmctfy__agent__role_binding__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 4 }
+  { 0, 6 }
 };
 const ProtobufCMessageDescriptor containers__lmctfy__agent__role_binding__descriptor =
 {
@@ -6337,7 +6408,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__role_binding__descri
   "Containers__Lmctfy__Agent__RoleBinding",
   "containers.lmctfy.agent",
   sizeof(Containers__Lmctfy__Agent__RoleBinding),
-  4,
+  6,
   containers__lmctfy__agent__role_binding__field_descriptors,
   containers__lmctfy__agent__role_binding__field_indices_by_name,
   1,  containers__lmctfy__agent__role_binding__number_ranges,
@@ -6499,7 +6570,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__agent_limits__descri
   (ProtobufCMessageInit) containers__lmctfy__agent__agent_limits__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor containers__lmctfy__agent__agent_config__field_descriptors[21] =
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__agent_config__field_descriptors[23] =
 {
   {
     "unix_socket_path",
@@ -6753,8 +6824,33 @@ static const ProtobufCFieldDescriptor containers__lmctfy__agent__agent_config__f
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "tls",
+    22,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_MESSAGE,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__AgentConfig, tls),
+    &containers__lmctfy__agent__tls_config__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "allow_plaintext_tcp",
+    23,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_BOOL,
+    offsetof(Containers__Lmctfy__Agent__AgentConfig, has_allow_plaintext_tcp),
+    offsetof(Containers__Lmctfy__Agent__AgentConfig, allow_plaintext_tcp),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned containers__lmctfy__agent__agent_config__field_indices_by_name[] = {
+  22,   /* field[22] = allow_plaintext_tcp */
   2,   /* field[2] = allowed_group */
   10,   /* field[10] = controller_address */
   15,   /* field[15] = controller_key_id */
@@ -6773,6 +6869,7 @@ static const unsigned containers__lmctfy__agent__agent_config__field_indices_by_
   9,   /* field[9] = stats_interval_ms */
   14,   /* field[14] = subscriber_buffer */
   3,   /* field[3] = tcp_address */
+  21,   /* field[21] = tls */
   1,   /* field[1] = unix_socket_mode */
   0,   /* field[0] = unix_socket_path */
   13,   /* field[13] = watch_containers */
@@ -6780,7 +6877,7 @@ static const unsigned containers__lmctfy__agent__agent_config__field_indices_by_
 static const ProtobufCIntRange containers__lmctfy__agent__agent_config__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 21 }
+  { 0, 23 }
 };
 const ProtobufCMessageDescriptor containers__lmctfy__agent__agent_config__descriptor =
 {
@@ -6790,11 +6887,88 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__agent_config__descri
   "Containers__Lmctfy__Agent__AgentConfig",
   "containers.lmctfy.agent",
   sizeof(Containers__Lmctfy__Agent__AgentConfig),
-  21,
+  23,
   containers__lmctfy__agent__agent_config__field_descriptors,
   containers__lmctfy__agent__agent_config__field_indices_by_name,
   1,  containers__lmctfy__agent__agent_config__number_ranges,
   (ProtobufCMessageInit) containers__lmctfy__agent__agent_config__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__tls_config__field_descriptors[4] =
+{
+  {
+    "certificate_file",
+    1,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__TlsConfig, certificate_file),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "key_file",
+    2,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__TlsConfig, key_file),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "ca_file",
+    3,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__TlsConfig, ca_file),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "require_client_certificate",
+    4,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_BOOL,
+    offsetof(Containers__Lmctfy__Agent__TlsConfig, has_require_client_certificate),
+    offsetof(Containers__Lmctfy__Agent__TlsConfig, require_client_certificate),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned containers__lmctfy__agent__tls_config__field_indices_by_name[] = {
+  2,   /* field[2] = ca_file */
+  0,   /* field[0] = certificate_file */
+  1,   /* field[1] = key_file */
+  3,   /* field[3] = require_client_certificate */
+};
+static const ProtobufCIntRange containers__lmctfy__agent__tls_config__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 4 }
+};
+const ProtobufCMessageDescriptor containers__lmctfy__agent__tls_config__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "containers.lmctfy.agent.TlsConfig",
+  "TlsConfig",
+  "Containers__Lmctfy__Agent__TlsConfig",
+  "containers.lmctfy.agent",
+  sizeof(Containers__Lmctfy__Agent__TlsConfig),
+  4,
+  containers__lmctfy__agent__tls_config__field_descriptors,
+  containers__lmctfy__agent__tls_config__field_indices_by_name,
+  1,  containers__lmctfy__agent__tls_config__number_ranges,
+  (ProtobufCMessageInit) containers__lmctfy__agent__tls_config__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
 static const ProtobufCFieldDescriptor containers__lmctfy__agent__host_label__field_descriptors[2] =

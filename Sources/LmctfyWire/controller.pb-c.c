@@ -1301,7 +1301,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__fleet_cursors__descr
   (ProtobufCMessageInit) containers__lmctfy__agent__fleet_cursors__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor containers__lmctfy__agent__controller_config__field_descriptors[11] =
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__controller_config__field_descriptors[13] =
 {
   {
     "unix_socket_path",
@@ -1435,9 +1435,34 @@ static const ProtobufCFieldDescriptor containers__lmctfy__agent__controller_conf
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "tls",
+    12,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_MESSAGE,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__ControllerConfig, tls),
+    &containers__lmctfy__agent__tls_config__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "allow_plaintext_tcp",
+    13,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_BOOL,
+    offsetof(Containers__Lmctfy__Agent__ControllerConfig, has_allow_plaintext_tcp),
+    offsetof(Containers__Lmctfy__Agent__ControllerConfig, allow_plaintext_tcp),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned containers__lmctfy__agent__controller_config__field_indices_by_name[] = {
   4,   /* field[4] = agent_address */
+  12,   /* field[12] = allow_plaintext_tcp */
   2,   /* field[2] = allowed_group */
   10,   /* field[10] = event_log_capacity */
   5,   /* field[5] = key_file */
@@ -1446,13 +1471,14 @@ static const unsigned containers__lmctfy__agent__controller_config__field_indice
   6,   /* field[6] = role */
   9,   /* field[9] = state_dir */
   3,   /* field[3] = tcp_address */
+  11,   /* field[11] = tls */
   1,   /* field[1] = unix_socket_mode */
   0,   /* field[0] = unix_socket_path */
 };
 static const ProtobufCIntRange containers__lmctfy__agent__controller_config__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 11 }
+  { 0, 13 }
 };
 const ProtobufCMessageDescriptor containers__lmctfy__agent__controller_config__descriptor =
 {
@@ -1462,7 +1488,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__controller_config__d
   "Containers__Lmctfy__Agent__ControllerConfig",
   "containers.lmctfy.agent",
   sizeof(Containers__Lmctfy__Agent__ControllerConfig),
-  11,
+  13,
   containers__lmctfy__agent__controller_config__field_descriptors,
   containers__lmctfy__agent__controller_config__field_indices_by_name,
   1,  containers__lmctfy__agent__controller_config__number_ranges,

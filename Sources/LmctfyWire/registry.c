@@ -77,6 +77,7 @@ static const ProtobufCMessageDescriptor *const messages[] = {
     &containers__lmctfy__agent__stats_response__descriptor,
     &containers__lmctfy__agent__subscribe_request__descriptor,
     &containers__lmctfy__agent__subscribe_response__descriptor,
+    &containers__lmctfy__agent__tls_config__descriptor,
     &containers__lmctfy__agent__update_request__descriptor,
     &containers__lmctfy__agent__update_response__descriptor,
     &containers__lmctfy__agent__watch_hosts_request__descriptor,

@@ -4,7 +4,12 @@
 // sent (16 when it refuses us).
 //
 //   lmctl [--agent unix:///run/lmctfy/agent.sock | tcp://HOST:PORT]
-//         [--key-file FILE] <lmctfy verb> ...
+//         [--key-file FILE] [--cert FILE --key FILE] [--ca FILE] <lmctfy verb> ...
+//
+// On TCP, --ca (with --cert and --key: mutual certificates; with --key-file
+// alone: a shared key inside TLS) makes the connection TLS 1.3 (PROTOCOL.md
+// section 3.1); without --ca it is plaintext, which agents refuse unless
+// their config allows it (`info` then warns).
 //   lmctl [--agent ...] info
 //
 // At a controller (lmctfy-controller; PROTOCOL.md section 9) the same verbs
@@ -36,7 +41,8 @@ public enum LmctlCLI {
     public static let defaultAgent = "unix:///run/lmctfy/agent.sock"
 
     static let usage = """
-        usage: lmctl [--agent unix://PATH|tcp://HOST:PORT] [--key-file FILE] <lmctfy verb> ... | info | events ...
+        usage: lmctl [--agent unix://PATH|tcp://HOST:PORT] [--key-file FILE] [--cert FILE --key FILE] [--ca FILE]
+                     <lmctfy verb> ... | info | events ...
                lmctl [--agent ...] snapshot export NAME [-o FILE] [--text] | snapshot import FILE [--name N] [--start]
                lmctl [--agent ...] migrate NAME --to unix://PATH|tcp://HOST:PORT [--to-key-file FILE]
                lmctl [--agent ...] checkpoint NAME DIR [--leave-running] | restore DIR [--name N]
@@ -59,12 +65,16 @@ public enum LmctlCLI {
         var agent: String?
         var controller: String?
         var keyFile: String?
+        /// TLS (tcp:// only): our certificate and key, and the CA the peer's must chain to.
+        var cert: String?
+        var key: String?
+        var ca: String?
         var host: String?
         var hosts: String?
         var words: [String] = []
     }
 
-    static let ownFlags: Set<String> = ["--agent", "--controller", "--key-file", "--host", "--hosts"]
+    static let ownFlags: Set<String> = ["--agent", "--controller", "--key-file", "--cert", "--key", "--ca", "--host", "--hosts"]
 
     /// Reads `--agent`, `--controller`, `--key-file`, `--host` and `--hosts`
     /// (each `--flag VALUE` or `--flag=VALUE`) from the front of `args`.
@@ -76,6 +86,9 @@ public enum LmctlCLI {
             case "--agent": o.agent = value
             case "--controller": o.controller = value
             case "--key-file": o.keyFile = value
+            case "--cert": o.cert = value
+            case "--key": o.key = value
+            case "--ca": o.ca = value
             case "--host":
                 guard !value.isEmpty else { throw .invalidArgument("--host needs a host name") }
                 o.host = value
@@ -118,6 +131,12 @@ public enum LmctlCLI {
         if o.agent != nil && o.controller != nil {
             throw .invalidArgument("--agent and --controller cannot be used together")
         }
+        if (o.cert == nil) != (o.key == nil) {
+            throw .invalidArgument("--cert and --key go together")
+        }
+        if o.cert != nil && o.ca == nil {
+            throw .invalidArgument("--cert needs --ca (the CA the peer's certificate must chain to)")
+        }
         if o.host != nil && o.hosts != nil {
             throw .invalidArgument("--host and --hosts cannot be used together")
         }
@@ -142,8 +161,9 @@ public enum LmctlCLI {
         }
         let (address, keys) = (o.controller ?? o.agent ?? defaultAgent, o.keyFile)
         let flag = o.controller != nil ? "--controller" : "--agent"
+        let tls = o.ca.map { TlsFlags(cert: o.cert, key: o.key, ca: $0) }
         let dialPeer: @Sendable () throws(LmctfyError) -> RpcClient = { () throws(LmctfyError) in
-            try dial(address, keyFile: keys, flag: flag)
+            try dial(address, keyFile: keys, tls: tls, flag: flag)
         }
         let verb = commandWord(o.words)
         guard o.controller != nil else {
@@ -398,7 +418,14 @@ public enum LmctlCLI {
     }
 
     /// unix:///path or tcp://host:port (with a key file: its first key by id).
-    static func dial(_ address: String, keyFile: String?, flag: String = "--agent") throws(LmctfyError) -> RpcClient {
+    /// --cert, --key and --ca: TLS on a tcp:// address.
+    struct TlsFlags: Sendable {
+        var cert: String?
+        var key: String?
+        var ca: String
+    }
+
+    static func dial(_ address: String, keyFile: String?, tls: TlsFlags? = nil, flag: String = "--agent") throws(LmctfyError) -> RpcClient {
         if address.hasPrefix("unix://") {
             return try RpcClient.connect(unixPath: String(address.dropFirst("unix://".count)), name: "lmctl")
         }
@@ -407,7 +434,19 @@ public enum LmctlCLI {
             guard let colon = hostPort.lastIndex(of: ":"), let port = UInt16(hostPort[hostPort.index(after: colon)...]) else {
                 throw .invalidArgument("\(flag) \(address): expected tcp://HOST:PORT")
             }
-            guard let keyFile else { throw .invalidArgument("\(flag) \(address) needs --key-file") }
+            if let tls {
+                let context = try TlsContext(side: .client, certificateFile: tls.cert, keyFile: tls.key, caFile: tls.ca)
+                var keyId: String?
+                var key: [UInt8]?
+                if tls.cert == nil {
+                    // No certificate of ours: a shared key, inside TLS.
+                    guard let keyFile else { throw .invalidArgument("\(flag) \(address) with --ca needs --cert and --key, or --key-file") }
+                    (keyId, key) = try KeyFile.load(keyFile, requirePrivate: false).sorted { $0.key < $1.key }[0]
+                }
+                return try RpcClient.connect(host: String(hostPort[..<colon]), port: port, tls: context,
+                                             keyId: keyId, key: key, name: "lmctl")
+            }
+            guard let keyFile else { throw .invalidArgument("\(flag) \(address) needs --key-file (or --cert, --key and --ca for TLS)") }
             let keys = try KeyFile.load(keyFile, requirePrivate: false)
             let (id, key) = keys.sorted { $0.key < $1.key }[0]
             return try RpcClient.connect(host: String(hostPort[..<colon]), port: port, keyId: id, key: key, name: "lmctl")
@@ -419,7 +458,11 @@ public enum LmctlCLI {
                      stdout: any ByteSink, stderr: any ByteSink) -> Int32 {
         let json = wantsJSON(words)
         do {
-            let i = try connect().machineInfo()
+            let backend = try connect()
+            let i = try backend.machineInfo()
+            if backend.client.isPlaintextTcp {
+                stderr.write(Array("lmctl: WARNING: PLAINTEXT TCP: this connection has no TLS; its frames are neither encrypted nor integrity-protected (the agent's allow_plaintext_tcp)\n".utf8))
+            }
             if json {
                 stdout.write(Array((i.jsonString() + "\n").utf8))
             } else {

@@ -263,7 +263,7 @@ struct AgentIntegrationTests {
         let key = (0..<32).map { UInt8($0) }
         try Sys.createFile(dir + "/keys", "ops \(JSONFormat.base64Encoded(key))\n", mode: 0o600)
         try Sys.createFile(dir + "/wrong", "ops \(JSONFormat.base64Encoded(key.reversed()))\n", mode: 0o600)
-        try withAgent("tcp_address: \"127.0.0.1:0\" key_file: \"\(dir)/keys\"") { agent, _ in
+        try withAgent("tcp_address: \"127.0.0.1:0\" allow_plaintext_tcp: true key_file: \"\(dir)/keys\"") { agent, _ in
             let port = try #require(agent.tcpPort)
             let client = try RpcClient.connect(host: "127.0.0.1", port: port, keyId: "ops", key: key)
             let pong = try client.call("Ping", PingRequest(data: [9]), as: PingResponse.self)
@@ -279,7 +279,7 @@ struct AgentIntegrationTests {
         }
         // A key file others can read: the agent refuses to start.
         chmod(dir + "/keys", 0o644)
-        #expect { _ = try AgentSettings.parse("tcp_address: \"127.0.0.1:0\" key_file: \"\(dir)/keys\"", source: "test") }
+        #expect { _ = try AgentSettings.parse("tcp_address: \"127.0.0.1:0\" allow_plaintext_tcp: true key_file: \"\(dir)/keys\"", source: "test") }
             throws: { ($0 as? LmctfyError)?.code == .failedPrecondition }
     }
 

@@ -67,8 +67,9 @@ struct ExampleConfigTests {
         #expect(plain.unixSocketPath == dir + "/run/lmctfy/agent.sock")
 
         // Switch on key_file and the dial-home keys (the commented lines of
-        // the dial-home block, and key_file, which it needs).
-        let keys = ["key_file", "controller_address", "controller_key_id", "host_name", "label", "reconnect_base_ms", "reconnect_max_ms"]
+        // the dial-home block, and key_file and allow_plaintext_tcp, which
+        // it needs without tls).
+        let keys = ["key_file", "allow_plaintext_tcp", "controller_address", "controller_key_id", "host_name", "label", "reconnect_base_ms", "reconnect_max_ms"]
         var switched = 0
         let dialling = text.split(separator: "\n", omittingEmptySubsequences: false).map { line -> String in
             guard line.hasPrefix("# "), let word = line.dropFirst(2).split(whereSeparator: { $0 == ":" || $0 == " " }).first,
@@ -76,7 +77,7 @@ struct ExampleConfigTests {
             switched += 1
             return String(line.dropFirst(2))
         }.joined(separator: "\n")
-        #expect(switched == 8)
+        #expect(switched == 9)
         try Self.writeKeys(dir + "/etc/lmctfy/agent.keys", ["alpha"])
         let s = try AgentSettings.parse(dialling, source: "agent.conf")
         let link = try #require(s.controller)

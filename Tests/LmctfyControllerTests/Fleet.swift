@@ -41,7 +41,7 @@ final class Fleet {
         let settings = try ControllerSettings.parse("""
             unix_socket_path: "\(dir)/controller.sock" unix_socket_mode: 0666
             agent_address: "127.0.0.1:\(agentPort)" tcp_address: "127.0.0.1:\(clientPort)"
-            key_file: "\(dir)/keys" state_dir: "\(dir)/controller" log_level: LOG_WARNING
+            key_file: "\(dir)/keys" allow_plaintext_tcp: true state_dir: "\(dir)/controller" log_level: LOG_WARNING
             role { role: AGENT_ROLE_READER key_id: "reader" }
             role { role: AGENT_ROLE_ADMIN key_id: "ops" }
             """, source: "test")
@@ -68,7 +68,7 @@ final class Fleet {
         let settings = try AgentSettings.parse("""
             unix_socket_path: "\(state).sock" unix_socket_mode: 0666 state_dir: "\(state)" log_level: LOG_WARNING
             stats_interval_ms: 0 reconcile_interval_ms: 0 watch_containers: false
-            key_file: "\(dir)/keys" controller_address: "127.0.0.1:\(agentPort)" controller_key_id: "\(keyId)"
+            key_file: "\(dir)/keys" allow_plaintext_tcp: true controller_address: "127.0.0.1:\(agentPort)" controller_key_id: "\(keyId)"
             host_name: "\(host)" reconnect_base_ms: 20 reconnect_max_ms: 200 \(labelText)
             """, source: "test")
         let agent = Agent(settings: settings, api: try ContainerApi.detect())

@@ -87,7 +87,7 @@ struct FleetSurvivalTests {
         let port = try freePort()
         let config = """
             unix_socket_path: "\(fleet.dir)/controller.sock" unix_socket_mode: 0666
-            agent_address: "127.0.0.1:\(port)" key_file: "\(fleet.dir)/keys" state_dir: "\(fleet.dir)/controller"
+            agent_address: "127.0.0.1:\(port)" key_file: "\(fleet.dir)/keys" allow_plaintext_tcp: true state_dir: "\(fleet.dir)/controller"
             log_level: LOG_WARNING
             """
         try Sys.createFile(fleet.dir + "/controller.conf", config, mode: 0o600)

@@ -20,7 +20,7 @@ extension Fleet {
         let settings = try AgentSettings.parse("""
             unix_socket_path: "\(state).sock" unix_socket_mode: 0666 state_dir: "\(state)" log_level: LOG_WARNING
             stats_interval_ms: 0 reconcile_interval_ms: 0
-            key_file: "\(dir)/keys" controller_address: "127.0.0.1:\(agentPort)" controller_key_id: "\(keyId)"
+            key_file: "\(dir)/keys" allow_plaintext_tcp: true controller_address: "127.0.0.1:\(agentPort)" controller_key_id: "\(keyId)"
             host_name: "\(host)" reconnect_base_ms: 20 reconnect_max_ms: 200 root_container: "\(root)"
             """, source: "test")
         let agent = Agent(settings: settings, api: try ContainerApi.detect())

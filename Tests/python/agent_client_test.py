@@ -2,7 +2,9 @@
 """Anyone with protoc can talk to the agent: this client is generated from
 proto/ with `protoc --python_out` and written from docs/PROTOCOL.md alone (no
 Swift code). It starts lmctfy-agent on a private socket, then does the hello,
-ListContainers, Create, Spec and Destroy, and checks a bad call's status.
+ListContainers, Create, Spec and Destroy, and checks a bad call's status; and
+on the agent's TLS-only TCP port (PROTOCOL.md section 3.1), with Python's ssl
+module and certificates from tools/make-test-pki, the hello and a Ping.
 
 usage: agent_client_test.py AGENT_BINARY   (root; prints "N passed, N failed")
 """
@@ -10,6 +12,7 @@ import atexit
 import os
 import shutil
 import socket
+import ssl
 import struct
 import subprocess
 import sys
@@ -42,9 +45,11 @@ def check(cond, what):
 class Client:
     """Framing: 4-byte big-endian length + one Frame (PROTOCOL.md §1)."""
 
-    def __init__(self, path):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.connect(path)
+    def __init__(self, path, sock=None):
+        if sock is None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.connect(path)
+        self.sock = sock
         self.buf = b""
         self.next_id = 1  # the dialler's stream ids are odd
 
@@ -106,9 +111,18 @@ def main():
     atexit.register(shutil.rmtree, work, True)
     sock = os.path.join(work, "agent.sock")
     conf = os.path.join(work, "agent.conf")
+    pki = os.path.join(work, "pki")
+    subprocess.run([os.path.join(ROOT, "tools", "make-test-pki"), pki], check=True, stdout=subprocess.DEVNULL)
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
     with open(conf, "w") as f:
         f.write(f'unix_socket_path: "{sock}"\nlog_level: LOG_WARNING\n'
-                f'state_dir: "{os.path.join(work, "state")}"\n')
+                f'state_dir: "{os.path.join(work, "state")}"\n'
+                f'tcp_address: "127.0.0.1:{port}"\n'
+                f'tls {{ certificate_file: "{pki}/agent.pem" key_file: "{pki}/agent.key" ca_file: "{pki}/ca.pem" }}\n'
+                f'role {{ role: AGENT_ROLE_ADMIN certificate_ou: "admins" }}\n')
     agent = subprocess.Popen([agent_bin, "--config", conf])
     name = f"/lmctfy_test_py_{os.getpid()}"
     try:
@@ -157,6 +171,30 @@ def main():
         code, _, _ = c.call("Spec", agent_pb2.SpecRequest(name=name), agent_pb2.SpecResponse)
         check(code == 5, "Spec of the destroyed container is NOT_FOUND (5)")
         c.sock.close()
+
+        # TLS 1.3 with mutual certificates (PROTOCOL.md section 3.1): the
+        # hello without a key, then a Ping; the agent's certificate names 127.0.0.1.
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+        ctx.load_verify_locations(os.path.join(pki, "ca.pem"))
+        ctx.load_cert_chain(os.path.join(pki, "admin.pem"), os.path.join(pki, "admin.key"))
+        tls = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port)), server_hostname="127.0.0.1")
+        check(tls.version() == "TLSv1.3", f"TLS: Python's ssl module negotiates TLSv1.3 ({tls.version()})")
+        t = Client(None, sock=tls)
+        check(t.hello() and t.version == 1, "TLS: a hello without a key is ACCEPTED (the certificate authenticates)")
+        code, _, rs = t.call("Ping", agent_pb2.PingRequest(data=b"tls"), agent_pb2.PingResponse)
+        check(code == 0 and rs and rs[0].data == b"tls", "TLS: Ping is answered")
+        tls.close()
+        # Plaintext on the TLS port: the answer to the offer is a GOAWAY.
+        raw = Client(None, sock=socket.create_connection(("127.0.0.1", port)))
+        o = agent_pb2.Frame(kind=agent_pb2.FRAME_HELLO, stream_id=0)
+        o.hello.stage = agent_pb2.HELLO_OFFER
+        o.hello.min_version = 1
+        raw.send(o)
+        g = raw.recv()
+        check(g.kind == agent_pb2.FRAME_GOAWAY and g.goaway.reason == agent_pb2.GOAWAY_UNAUTHENTICATED,
+              "TLS: plaintext on the TLS port is GOAWAY_UNAUTHENTICATED")
+        raw.sock.close()
     finally:
         subprocess.run([agent_bin.replace("lmctfy-agent", "lmctfy"), "destroy", "-f", name],
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -65,10 +65,23 @@ final class Stamp: @unchecked Sendable {
 
 /// One connection driving a Session by hand, keeping `depth` Pings in
 /// flight (RpcClient does one call at a time). Returns completed calls.
-func pipelinedPings(port: UInt16, keyId: String, key: [UInt8], depth: Int, seconds: Double) -> Int {
+func pipelinedPings(port: UInt16, keyId: String, key: [UInt8], depth: Int, seconds: Double, tls: TlsContext? = nil) -> Int {
     guard let fd = try? RpcSocket.connectTCP(host: "127.0.0.1", port: port) else { return 0 }
     defer { close(fd) }
-    var session = Session(dialler: .sharedKey(keyId: keyId, key: key), name: "bench", now: MonotonicClock.milliseconds())
+    // Under TLS (tools/bench-tls): the same Session over a TlsChannel, the
+    // certificate authenticating the hello.
+    let channel = tls.flatMap { try? TlsChannel(context: $0, serverName: "127.0.0.1") }
+    var session = Session(dialler: channel != nil ? .certificate : .sharedKey(keyId: keyId, key: key), name: "bench",
+                          now: MonotonicClock.milliseconds())
+    func send(_ out: [UInt8]) {
+        var off = 0
+        while off < out.count {
+            let n = out[off...].withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+            if n <= 0 { return }
+            off += n
+        }
+    }
+    if let channel { send(channel.start()) }
     let ping = (try? PingRequest(data: Array(repeating: 7, count: 16)).serializedBytes()) ?? []
     let pingMethod = AgentMethods.ping.name
     var done = 0
@@ -99,19 +112,21 @@ func pipelinedPings(port: UInt16, keyId: String, key: [UInt8], depth: Int, secon
             }
             queue = more
         }
-        var off = 0
-        while off < out.count {
-            let n = out[off...].withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
-            if n <= 0 { return }
-            off += n
-        }
+        send(channel.map { $0.seal(out) } ?? out)
     }
     perform(session.start(now: MonotonicClock.milliseconds()))
     var buf = [UInt8](repeating: 0, count: 65536)
     while now() < end || (established && session.openStreamCount > 0 && now() < end + 1e6) {
         let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
         if n <= 0 { break }
-        perform(session.receive(buf[0..<n], now: MonotonicClock.milliseconds()))
+        if let channel {
+            let o = channel.feed(Array(buf[0..<n]))
+            send(o.send)
+            if channel.failure != nil { break }
+            if !o.plaintext.isEmpty { perform(session.receive(o.plaintext, now: MonotonicClock.milliseconds())) }
+        } else {
+            perform(session.receive(buf[0..<n], now: MonotonicClock.milliseconds()))
+        }
     }
     return done
 }
@@ -256,6 +271,38 @@ do {
         }
         for t in threads { pthread_join(t, nil) }
         print("swift rps=\(Int(Double(total.locked { $0 }) / secs))")
+
+    case "rpc-tls" where args.count == 7:
+        // rpc-tls PORT PKIDIR C D SECONDS: as rpc, under TLS 1.3 with
+        // PKIDIR's admin certificate (tools/make-test-pki).
+        guard let port = UInt16(args[2]), let c = Int(args[4]), let d = Int(args[5]), let secs = Double(args[6]) else {
+            fail("usage: lmctfy-bench rpc-tls PORT PKIDIR C D SECONDS")
+        }
+        let pki = args[3]
+        let context = try TlsContext(side: .client, certificateFile: pki + "/admin.pem", keyFile: pki + "/admin.key", caFile: pki + "/ca.pem")
+        let total = Mutexed(0)
+        let threads = (0..<c).map { _ in
+            Threads.start {
+                let k = pipelinedPings(port: port, keyId: "", key: [], depth: d, seconds: secs, tls: context)
+                total.locked { $0 += k }
+            }
+        }
+        for t in threads { pthread_join(t, nil) }
+        print("swift-tls rps=\(Int(Double(total.locked { $0 }) / secs))")
+
+    case "tls-handshake" where args.count == 5:
+        // tls-handshake PORT PKIDIR N: N connections, each a full TLS 1.3
+        // handshake with client certificates plus the hello (RpcClient),
+        // one at a time; prints the mean in ms.
+        guard let port = UInt16(args[2]), let n = Int(args[4]), n > 0 else { fail("usage: lmctfy-bench tls-handshake PORT PKIDIR N") }
+        let pki = args[3]
+        let context = try TlsContext(side: .client, certificateFile: pki + "/admin.pem", keyFile: pki + "/admin.key", caFile: pki + "/ca.pem")
+        let t0 = now()
+        for _ in 0..<n {
+            let client = try RpcClient.connect(host: "127.0.0.1", port: port, tls: context, name: "bench")
+            client.close()
+        }
+        print("tls handshake+hello ms=\(fmt((now() - t0) / Double(n) / 1000)) (n=\(n))")
 
     case "codec":
         // codec N: µs per Frame encode+decode of a Ping response, the unit

@@ -3956,6 +3956,10 @@ public struct AgentConfig: ProtoMessage {
     public var reconnectMaxMs: UInt32?
     /// Field 21 `root_container`.
     public var rootContainer: String?
+    /// Field 22 `tls`.
+    public var tls: TlsConfig?
+    /// Field 23 `allow_plaintext_tcp`.
+    public var allowPlaintextTcp: Bool?
 
     public init(
         unixSocketPath: String? = nil,
@@ -3978,7 +3982,9 @@ public struct AgentConfig: ProtoMessage {
         label: [HostLabel] = [],
         reconnectBaseMs: UInt32? = nil,
         reconnectMaxMs: UInt32? = nil,
-        rootContainer: String? = nil
+        rootContainer: String? = nil,
+        tls: TlsConfig? = nil,
+        allowPlaintextTcp: Bool? = nil
     ) {
         self.unixSocketPath = unixSocketPath
         self.unixSocketMode = unixSocketMode
@@ -4001,6 +4007,8 @@ public struct AgentConfig: ProtoMessage {
         self.reconnectBaseMs = reconnectBaseMs
         self.reconnectMaxMs = reconnectMaxMs
         self.rootContainer = rootContainer
+        self.tls = tls
+        self.allowPlaintextTcp = allowPlaintextTcp
     }
 
     public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.AgentConfig")
@@ -4028,6 +4036,8 @@ public struct AgentConfig: ProtoMessage {
         self.reconnectBaseMs = message.get(19)
         self.reconnectMaxMs = message.get(20)
         self.rootContainer = message.get(21)
+        self.tls = message.get(22)
+        self.allowPlaintextTcp = message.get(23)
     }
 
     public var dynamic: DynamicMessage {
@@ -4053,6 +4063,8 @@ public struct AgentConfig: ProtoMessage {
         message.set(19, reconnectBaseMs)
         message.set(20, reconnectMaxMs)
         message.set(21, rootContainer)
+        message.set(22, tls)
+        message.set(23, allowPlaintextTcp)
         return message
     }
 
@@ -4079,6 +4091,8 @@ public struct AgentConfig: ProtoMessage {
         self.reconnectBaseMs = CBridge.value(c, f[18])
         self.reconnectMaxMs = CBridge.value(c, f[19])
         self.rootContainer = CBridge.value(c, f[20])
+        self.tls = CBridge.message(c, f[21])
+        self.allowPlaintextTcp = CBridge.value(c, f[22])
     }
 
     public func makeC() -> UnsafeMutableRawPointer {
@@ -4105,6 +4119,8 @@ public struct AgentConfig: ProtoMessage {
         CBridge.set(c, f[18], reconnectBaseMs)
         CBridge.set(c, f[19], reconnectMaxMs)
         CBridge.set(c, f[20], rootContainer)
+        CBridge.setMessage(c, f[21], tls)
+        CBridge.set(c, f[22], allowPlaintextTcp)
         return c
     }
 }
@@ -4683,6 +4699,10 @@ public struct ControllerConfig: ProtoMessage {
     public var stateDir: String?
     /// Field 11 `event_log_capacity`.
     public var eventLogCapacity: UInt32?
+    /// Field 12 `tls`.
+    public var tls: TlsConfig?
+    /// Field 13 `allow_plaintext_tcp`.
+    public var allowPlaintextTcp: Bool?
 
     public init(
         unixSocketPath: String? = nil,
@@ -4695,7 +4715,9 @@ public struct ControllerConfig: ProtoMessage {
         limits: AgentLimits? = nil,
         logLevel: AgentLogLevel? = nil,
         stateDir: String? = nil,
-        eventLogCapacity: UInt32? = nil
+        eventLogCapacity: UInt32? = nil,
+        tls: TlsConfig? = nil,
+        allowPlaintextTcp: Bool? = nil
     ) {
         self.unixSocketPath = unixSocketPath
         self.unixSocketMode = unixSocketMode
@@ -4708,6 +4730,8 @@ public struct ControllerConfig: ProtoMessage {
         self.logLevel = logLevel
         self.stateDir = stateDir
         self.eventLogCapacity = eventLogCapacity
+        self.tls = tls
+        self.allowPlaintextTcp = allowPlaintextTcp
     }
 
     public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.ControllerConfig")
@@ -4725,6 +4749,8 @@ public struct ControllerConfig: ProtoMessage {
         self.logLevel = message.get(9)
         self.stateDir = message.get(10)
         self.eventLogCapacity = message.get(11)
+        self.tls = message.get(12)
+        self.allowPlaintextTcp = message.get(13)
     }
 
     public var dynamic: DynamicMessage {
@@ -4740,6 +4766,8 @@ public struct ControllerConfig: ProtoMessage {
         message.set(9, logLevel)
         message.set(10, stateDir)
         message.set(11, eventLogCapacity)
+        message.set(12, tls)
+        message.set(13, allowPlaintextTcp)
         return message
     }
 
@@ -4756,6 +4784,8 @@ public struct ControllerConfig: ProtoMessage {
         self.logLevel = CBridge.value(c, f[8])
         self.stateDir = CBridge.value(c, f[9])
         self.eventLogCapacity = CBridge.value(c, f[10])
+        self.tls = CBridge.message(c, f[11])
+        self.allowPlaintextTcp = CBridge.value(c, f[12])
     }
 
     public func makeC() -> UnsafeMutableRawPointer {
@@ -4772,6 +4802,8 @@ public struct ControllerConfig: ProtoMessage {
         CBridge.set(c, f[8], logLevel)
         CBridge.set(c, f[9], stateDir)
         CBridge.set(c, f[10], eventLogCapacity)
+        CBridge.setMessage(c, f[11], tls)
+        CBridge.set(c, f[12], allowPlaintextTcp)
         return c
     }
 }
@@ -7408,17 +7440,25 @@ public struct RoleBinding: ProtoMessage {
     public var gid: [UInt32]
     /// Field 4 `key_id`.
     public var keyId: [String]
+    /// Field 5 `certificate_ou`.
+    public var certificateOu: [String]
+    /// Field 6 `certificate_uri`.
+    public var certificateUri: [String]
 
     public init(
         role: AgentRole? = nil,
         uid: [UInt32] = [],
         gid: [UInt32] = [],
-        keyId: [String] = []
+        keyId: [String] = [],
+        certificateOu: [String] = [],
+        certificateUri: [String] = []
     ) {
         self.role = role
         self.uid = uid
         self.gid = gid
         self.keyId = keyId
+        self.certificateOu = certificateOu
+        self.certificateUri = certificateUri
     }
 
     public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.RoleBinding")
@@ -7429,6 +7469,8 @@ public struct RoleBinding: ProtoMessage {
         self.uid = message.getRepeated(2)
         self.gid = message.getRepeated(3)
         self.keyId = message.getRepeated(4)
+        self.certificateOu = message.getRepeated(5)
+        self.certificateUri = message.getRepeated(6)
     }
 
     public var dynamic: DynamicMessage {
@@ -7437,6 +7479,8 @@ public struct RoleBinding: ProtoMessage {
         message.setRepeated(2, uid)
         message.setRepeated(3, gid)
         message.setRepeated(4, keyId)
+        message.setRepeated(5, certificateOu)
+        message.setRepeated(6, certificateUri)
         return message
     }
 
@@ -7446,6 +7490,8 @@ public struct RoleBinding: ProtoMessage {
         self.uid = CBridge.repeated(c, f[1])
         self.gid = CBridge.repeated(c, f[2])
         self.keyId = CBridge.repeated(c, f[3])
+        self.certificateOu = CBridge.repeated(c, f[4])
+        self.certificateUri = CBridge.repeated(c, f[5])
     }
 
     public func makeC() -> UnsafeMutableRawPointer {
@@ -7455,6 +7501,8 @@ public struct RoleBinding: ProtoMessage {
         CBridge.setRepeated(c, f[1], uid)
         CBridge.setRepeated(c, f[2], gid)
         CBridge.setRepeated(c, f[3], keyId)
+        CBridge.setRepeated(c, f[4], certificateOu)
+        CBridge.setRepeated(c, f[5], certificateUri)
         return c
     }
 }
@@ -8078,6 +8126,67 @@ public struct SubscribeResponse: ProtoMessage {
         CBridge.setMessage(c, f[0], event)
         CBridge.setMessage(c, f[1], gap)
         CBridge.set(c, f[2], caughtUp)
+        return c
+    }
+}
+
+/// Protobuf message `containers.lmctfy.agent.TlsConfig`.
+public struct TlsConfig: ProtoMessage {
+    /// Field 1 `certificate_file`.
+    public var certificateFile: String?
+    /// Field 2 `key_file`.
+    public var keyFile: String?
+    /// Field 3 `ca_file`.
+    public var caFile: String?
+    /// Field 4 `require_client_certificate`.
+    public var requireClientCertificate: Bool?
+
+    public init(
+        certificateFile: String? = nil,
+        keyFile: String? = nil,
+        caFile: String? = nil,
+        requireClientCertificate: Bool? = nil
+    ) {
+        self.certificateFile = certificateFile
+        self.keyFile = keyFile
+        self.caFile = caFile
+        self.requireClientCertificate = requireClientCertificate
+    }
+
+    public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.TlsConfig")
+
+    public init(dynamic message: DynamicMessage) {
+        precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.TlsConfig")
+        self.certificateFile = message.get(1)
+        self.keyFile = message.get(2)
+        self.caFile = message.get(3)
+        self.requireClientCertificate = message.get(4)
+    }
+
+    public var dynamic: DynamicMessage {
+        var message = DynamicMessage(Self.protoDescriptor)
+        message.set(1, certificateFile)
+        message.set(2, keyFile)
+        message.set(3, caFile)
+        message.set(4, requireClientCertificate)
+        return message
+    }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.certificateFile = CBridge.value(c, f[0])
+        self.keyFile = CBridge.value(c, f[1])
+        self.caFile = CBridge.value(c, f[2])
+        self.requireClientCertificate = CBridge.value(c, f[3])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.set(c, f[0], certificateFile)
+        CBridge.set(c, f[1], keyFile)
+        CBridge.set(c, f[2], caFile)
+        CBridge.set(c, f[3], requireClientCertificate)
         return c
     }
 }

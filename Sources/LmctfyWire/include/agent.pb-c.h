@@ -76,6 +76,7 @@ typedef struct Containers__Lmctfy__Agent__RestoreResponse Containers__Lmctfy__Ag
 typedef struct Containers__Lmctfy__Agent__RoleBinding Containers__Lmctfy__Agent__RoleBinding;
 typedef struct Containers__Lmctfy__Agent__AgentLimits Containers__Lmctfy__Agent__AgentLimits;
 typedef struct Containers__Lmctfy__Agent__AgentConfig Containers__Lmctfy__Agent__AgentConfig;
+typedef struct Containers__Lmctfy__Agent__TlsConfig Containers__Lmctfy__Agent__TlsConfig;
 typedef struct Containers__Lmctfy__Agent__HostLabel Containers__Lmctfy__Agent__HostLabel;
 
 
@@ -1583,15 +1584,24 @@ struct  Containers__Lmctfy__Agent__RoleBinding
   uint32_t *uid;
   size_t n_gid;
   uint32_t *gid;
-  /*
-   * Next id: 5
-   */
   size_t n_key_id;
   char **key_id;
+  /*
+   * TCP under TLS with client certificates: a peer whose verified
+   * certificate has one of these subject OUs, or one of these subjectAltName
+   * URIs (e.g. "lmctfy:role:admin").
+   */
+  size_t n_certificate_ou;
+  char **certificate_ou;
+  /*
+   * Next id: 7
+   */
+  size_t n_certificate_uri;
+  char **certificate_uri;
 };
 #define CONTAINERS__LMCTFY__AGENT__ROLE_BINDING__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__role_binding__descriptor) \
-    , 0, CONTAINERS__LMCTFY__AGENT__AGENT_ROLE__AGENT_ROLE_UNSPECIFIED, 0,NULL, 0,NULL, 0,NULL }
+    , 0, CONTAINERS__LMCTFY__AGENT__AGENT_ROLE__AGENT_ROLE_UNSPECIFIED, 0,NULL, 0,NULL, 0,NULL, 0,NULL, 0,NULL }
 
 
 struct  Containers__Lmctfy__Agent__AgentLimits
@@ -1770,14 +1780,61 @@ struct  Containers__Lmctfy__Agent__AgentConfig
    * Every name the agent serves and every event it reports is inside this
    * container, names relative to it (as for a delegated container). Absent: /.
    */
-  /*
-   * Next id: 22
-   */
   char *root_container;
+  /*
+   * TLS 1.3 on the TCP listener (tcp_address) and on the link to the
+   * controller (controller_address). PROTOCOL.md section 3.1.
+   */
+  Containers__Lmctfy__Agent__TlsConfig *tls;
+  /*
+   * A TCP listener without `tls` carries every frame in the clear (only the
+   * shared-key hello is authenticated): the agent refuses to start with one
+   * unless this is true, and `info` then says so. Absent: false.
+   */
+  /*
+   * Next id: 24
+   */
+  protobuf_c_boolean has_allow_plaintext_tcp;
+  protobuf_c_boolean allow_plaintext_tcp;
 };
 #define CONTAINERS__LMCTFY__AGENT__AGENT_CONFIG__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__agent_config__descriptor) \
-    , NULL, 0, 0, NULL, NULL, NULL, 0,NULL, NULL, 0, CONTAINERS__LMCTFY__AGENT__AGENT_LOG_LEVEL__LOG_LEVEL_UNSPECIFIED, NULL, 0, 0, NULL, 0, 0, 0, 0, 0, 0, 0, 0, NULL, NULL, 0,NULL, 0, 0, 0, 0, NULL }
+    , NULL, 0, 0, NULL, NULL, NULL, 0,NULL, NULL, 0, CONTAINERS__LMCTFY__AGENT__AGENT_LOG_LEVEL__LOG_LEVEL_UNSPECIFIED, NULL, 0, 0, NULL, 0, 0, 0, 0, 0, 0, 0, 0, NULL, NULL, 0,NULL, 0, 0, 0, 0, NULL, NULL, 0, 0 }
+
+
+/*
+ * TLS 1.3 (only) for a TCP listener or dialler, with X.509 certificates.
+ */
+struct  Containers__Lmctfy__Agent__TlsConfig
+{
+  ProtobufCMessage base;
+  /*
+   * Our certificate (PEM, leaf first, then any intermediates).
+   */
+  char *certificate_file;
+  /*
+   * Its private key (PEM); refused unless only its owner can read it.
+   */
+  char *key_file;
+  /*
+   * The CA (PEM) every peer's certificate must chain to.
+   */
+  char *ca_file;
+  /*
+   * true (the default): a listener asks every client for a certificate
+   * chaining to ca_file and refuses one without (a TLS alert); the peer's
+   * identity and role come from it. false: clients need no certificate and
+   * prove a shared key of key_file in the hello, inside TLS.
+   */
+  /*
+   * Next id: 5
+   */
+  protobuf_c_boolean has_require_client_certificate;
+  protobuf_c_boolean require_client_certificate;
+};
+#define CONTAINERS__LMCTFY__AGENT__TLS_CONFIG__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__tls_config__descriptor) \
+    , NULL, NULL, NULL, 0, 0 }
 
 
 struct  Containers__Lmctfy__Agent__HostLabel
@@ -2915,6 +2972,25 @@ Containers__Lmctfy__Agent__AgentConfig *
 void   containers__lmctfy__agent__agent_config__free_unpacked
                      (Containers__Lmctfy__Agent__AgentConfig *message,
                       ProtobufCAllocator *allocator);
+/* Containers__Lmctfy__Agent__TlsConfig methods */
+void   containers__lmctfy__agent__tls_config__init
+                     (Containers__Lmctfy__Agent__TlsConfig         *message);
+size_t containers__lmctfy__agent__tls_config__get_packed_size
+                     (const Containers__Lmctfy__Agent__TlsConfig   *message);
+size_t containers__lmctfy__agent__tls_config__pack
+                     (const Containers__Lmctfy__Agent__TlsConfig   *message,
+                      uint8_t             *out);
+size_t containers__lmctfy__agent__tls_config__pack_to_buffer
+                     (const Containers__Lmctfy__Agent__TlsConfig   *message,
+                      ProtobufCBuffer     *buffer);
+Containers__Lmctfy__Agent__TlsConfig *
+       containers__lmctfy__agent__tls_config__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   containers__lmctfy__agent__tls_config__free_unpacked
+                     (Containers__Lmctfy__Agent__TlsConfig *message,
+                      ProtobufCAllocator *allocator);
 /* Containers__Lmctfy__Agent__HostLabel methods */
 void   containers__lmctfy__agent__host_label__init
                      (Containers__Lmctfy__Agent__HostLabel         *message);
@@ -3113,6 +3189,9 @@ typedef void (*Containers__Lmctfy__Agent__AgentLimits_Closure)
 typedef void (*Containers__Lmctfy__Agent__AgentConfig_Closure)
                  (const Containers__Lmctfy__Agent__AgentConfig *message,
                   void *closure_data);
+typedef void (*Containers__Lmctfy__Agent__TlsConfig_Closure)
+                 (const Containers__Lmctfy__Agent__TlsConfig *message,
+                  void *closure_data);
 typedef void (*Containers__Lmctfy__Agent__HostLabel_Closure)
                  (const Containers__Lmctfy__Agent__HostLabel *message,
                   void *closure_data);
@@ -3191,6 +3270,7 @@ extern const ProtobufCMessageDescriptor containers__lmctfy__agent__restore_respo
 extern const ProtobufCMessageDescriptor containers__lmctfy__agent__role_binding__descriptor;
 extern const ProtobufCMessageDescriptor containers__lmctfy__agent__agent_limits__descriptor;
 extern const ProtobufCMessageDescriptor containers__lmctfy__agent__agent_config__descriptor;
+extern const ProtobufCMessageDescriptor containers__lmctfy__agent__tls_config__descriptor;
 extern const ProtobufCMessageDescriptor containers__lmctfy__agent__host_label__descriptor;
 
 PROTOBUF_C__END_DECLS

@@ -355,15 +355,26 @@ struct  Containers__Lmctfy__Agent__ControllerConfig
    * The fleet's events kept for subscribers to resume from, in memory and
    * (twice that) in state_dir/fleet. Absent: 65536.
    */
-  /*
-   * Next id: 12
-   */
   protobuf_c_boolean has_event_log_capacity;
   uint32_t event_log_capacity;
+  /*
+   * TLS 1.3 on both TCP listeners (tcp_address and agent_address), as the
+   * agent's `tls` (PROTOCOL.md section 3.1). An agent's certificate must
+   * name (subjectAltName DNS) the host it registers as.
+   */
+  Containers__Lmctfy__Agent__TlsConfig *tls;
+  /*
+   * TCP listeners without `tls` are refused unless this is true.
+   */
+  /*
+   * Next id: 14
+   */
+  protobuf_c_boolean has_allow_plaintext_tcp;
+  protobuf_c_boolean allow_plaintext_tcp;
 };
 #define CONTAINERS__LMCTFY__AGENT__CONTROLLER_CONFIG__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__controller_config__descriptor) \
-    , NULL, 0, 0, NULL, NULL, NULL, NULL, 0,NULL, NULL, 0, CONTAINERS__LMCTFY__AGENT__AGENT_LOG_LEVEL__LOG_LEVEL_UNSPECIFIED, NULL, 0, 0 }
+    , NULL, 0, 0, NULL, NULL, NULL, NULL, 0,NULL, NULL, 0, CONTAINERS__LMCTFY__AGENT__AGENT_LOG_LEVEL__LOG_LEVEL_UNSPECIFIED, NULL, 0, 0, NULL, 0, 0 }
 
 
 /* Containers__Lmctfy__Agent__HostIdentity methods */

@@ -1,0 +1,79 @@
+// The controller over TLS (issue #14, PROTOCOL.md section 3.1): agents dial
+// home with their certificates, the host name each registers under must be
+// a DNS name of its certificate, and operators reach the controller's TCP
+// port with theirs.
+import Glibc
+import LmctfyAgent
+import LmctfyController
+import LmctfyProto
+import LmctfyRPC
+import LmctfySystem
+import Lmctfy
+import LmctfyTestSupport
+import Testing
+
+@Suite(.enabled(if: RealCgroups.available, "\(RealCgroups.unavailableReason ?? "")"))
+struct ControllerTlsTests {
+    static var repo: String {
+        var path = #filePath
+        for _ in 0..<3 { path = String(path[..<path.lastIndex(of: "/")!]) }
+        return path
+    }
+
+    @Test func agentsDialHomeOverTlsAndCannotClaimAnotherHostName() throws {
+        let dir = "/tmp/lmctfy-ctls-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try Sys.mkdir(dir, mode: 0o755)
+        defer { _ = removeTree(dir) }
+        let pki = dir + "/pki"
+        let made = try TestProcess.capture([Self.repo + "/tools/make-test-pki", pki])
+        try #require(made.status == 0)
+        let tls = { (name: String) in
+            "tls { certificate_file: \"\(pki)/\(name).pem\" key_file: \"\(pki)/\(name).key\" ca_file: \"\(pki)/ca.pem\" }"
+        }
+        let settings = try ControllerSettings.parse("""
+            unix_socket_path: "\(dir)/controller.sock" agent_address: "127.0.0.1:0" tcp_address: "127.0.0.1:0"
+            state_dir: "\(dir)/controller" log_level: LOG_ERROR \(tls("controller"))
+            role { role: AGENT_ROLE_ADMIN certificate_ou: "admins" }
+            """, source: "test")
+        #expect(settings.keys.isEmpty, "no key_file needed with client certificates")
+        let controller = try LmctfyController.Controller(settings: settings)
+        try controller.start(handleSignals: false)
+        defer { #expect(controller.stop() == 0) }
+        func agent(_ name: String, _ hostName: String, _ cert: String) throws -> Agent {
+            let s = try AgentSettings.parse("""
+                unix_socket_path: "\(dir)/\(name).sock" state_dir: "\(dir)/\(name)" log_level: LOG_ERROR
+                stats_interval_ms: 0 watch_containers: false reconcile_interval_ms: 0
+                controller_address: "127.0.0.1:\(controller.agentPort)" host_name: "\(hostName)" \(tls(cert))
+                reconnect_base_ms: 50 reconnect_max_ms: 200
+                """, source: name)
+            #expect(!s.plaintextTcp && s.controller?.keyId == nil)
+            let a = Agent(settings: s, api: try ContainerApi.detect())
+            try a.start(handleSignals: false)
+            return a
+        }
+        // agent2's certificate claiming host agent1: refused at Register.
+        let impostor = try agent("impostor", "agent1", "agent2")
+        defer { #expect(impostor.stop(graceMs: 1000) == 0) }
+        let good = try agent("good", "agent1", "agent")
+        defer { #expect(good.stop(graceMs: 1000) == 0) }
+        let t0 = MonotonicClock.milliseconds()
+        while !good.isRegisteredWithController && MonotonicClock.milliseconds() - t0 < 10_000 { usleep(20_000) }
+        #expect(good.isRegisteredWithController)
+        usleep(300_000)
+        #expect(!impostor.isRegisteredWithController)
+        #expect(controller.hostCount == 1)
+
+        // An operator with the admin certificate, through the controller's TCP port.
+        let port = try #require(controller.clientPort)
+        let lmctl = [builtTool("lmctl"), "--controller", "tcp://127.0.0.1:\(port)", "--cert", "\(pki)/admin.pem",
+                     "--key", "\(pki)/admin.key", "--ca", "\(pki)/ca.pem"]
+        var r = try TestProcess.capture(lmctl + ["hosts"])
+        let out = String(decoding: r.stdout, as: UTF8.self)
+        #expect(r.status == 0 && out.contains("name=\"agent1\"") && out.split(separator: "\n").count == 1, "\(out)")
+        r = try TestProcess.capture(lmctl + ["--host", "agent1", "info"])
+        #expect(r.status == 0 && String(decoding: r.stdout, as: UTF8.self).contains("agent_version="))
+        // Plaintext on the controller's TLS port: GOAWAY_UNAUTHENTICATED.
+        #expect { _ = try RpcClient.connect(host: "127.0.0.1", port: port, keyId: "x", key: Array(repeating: 1, count: 32)) }
+            throws: { ($0 as? LmctfyError)?.code == .unauthenticated }
+    }
+}
