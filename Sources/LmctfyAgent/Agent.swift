@@ -418,10 +418,9 @@ public final class Agent: @unchecked Sendable {
         if !s.readAny {
             s.readAny = true
             // Every TLS connection starts with a handshake record (type 22).
-            if bytes.first != 0x16 && s.session.role == .acceptor {
+            if !TlsChannel.opensHandshake(bytes) && s.session.role == .acceptor {
                 log.warning("connection \(s.id) from \(s.conn.remoteAddress?.description ?? "tcp"): plaintext on a TLS port: refused")
-                let g = GoAway(reason: .goawayUnauthenticated, message: "this port requires TLS 1.3 (PROTOCOL.md section 3.1)", lastStreamId: 0)
-                s.conn.write(FrameCodec.encode(Frame(kind: .frameGoaway, goaway: g)))
+                s.conn.write(TlsChannel.plaintextRefusal)
                 s.conn.closeAfterWrites()
                 drop(s)
                 return

@@ -232,10 +232,9 @@ public final class Controller: @unchecked Sendable {
     private func receiveTls(_ p: ControllerPeer, _ tls: TlsChannel, _ bytes: [UInt8]) {
         if !p.readAny {
             p.readAny = true
-            if bytes.first != 0x16 {
+            if !TlsChannel.opensHandshake(bytes) {
                 logger.warning("connection \(p.id): plaintext on a TLS port: refused")
-                let g = GoAway(reason: .goawayUnauthenticated, message: "this port requires TLS 1.3 (PROTOCOL.md section 3.1)", lastStreamId: 0)
-                p.conn.write(FrameCodec.encode(Frame(kind: .frameGoaway, goaway: g)))
+                p.conn.write(TlsChannel.plaintextRefusal)
                 p.conn.closeAfterWrites()
                 drop(p)
                 return

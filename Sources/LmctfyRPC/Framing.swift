@@ -138,18 +138,8 @@ public struct FrameDecoder: Sendable {
     /// The next whole frame, or nil if more bytes are needed. After an error
     /// the decoder is unusable (the connection must close).
     public mutating func next() throws(FrameError) -> Frame? {
-        let available = buffer.count - start
-        guard available >= FrameCodec.headerBytes else { return nil }
-        let length = UInt32(buffer[start]) << 24 | UInt32(buffer[start + 1]) << 16
-            | UInt32(buffer[start + 2]) << 8 | UInt32(buffer[start + 3])
-        // The check comes before we wait for (and so buffer) the body.
-        guard length <= maxFrameBytes else { throw .oversize(length: length, max: maxFrameBytes) }
-        let total = FrameCodec.headerBytes + Int(length)
-        guard available >= total else { return nil }
-        let body = buffer[(start + FrameCodec.headerBytes)..<(start + total)]
-        start += total
-        defer { compact() }
-        return try FrameCodec.decodeBody(body)
+        guard let body = try nextBody() else { return nil }
+        return try decode(body)
     }
 
     /// The next whole frame's body as offsets into the buffer (for
@@ -160,6 +150,7 @@ public struct FrameDecoder: Sendable {
         guard available >= FrameCodec.headerBytes else { return nil }
         let length = UInt32(buffer[start]) << 24 | UInt32(buffer[start + 1]) << 16
             | UInt32(buffer[start + 2]) << 8 | UInt32(buffer[start + 3])
+        // The check comes before we wait for (and so buffer) the body.
         guard length <= maxFrameBytes else { throw .oversize(length: length, max: maxFrameBytes) }
         let total = FrameCodec.headerBytes + Int(length)
         guard available >= total else { return nil }

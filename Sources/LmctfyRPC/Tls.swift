@@ -4,6 +4,7 @@
 // of its own. The agent and the controller drive a channel from their libuv
 // callbacks on the loop thread; RpcClient from its poll loop.
 import COpenSSL
+import LmctfyProto
 import Glibc
 import LmctfySystem
 
@@ -346,4 +347,16 @@ public final class TlsChannel {
         id.uris = strings { lm_x509_san(cert, 1, $0, $1, $2) }
         return id
     }
+}
+
+extension TlsChannel {
+    /// Whether the first bytes read on a TLS port can open a TLS connection:
+    /// every one starts with a handshake record (content type 22).
+    public static func opensHandshake(_ firstBytes: [UInt8]) -> Bool { firstBytes.first == 0x16 }
+
+    /// What a TLS port answers plaintext with, before closing (PROTOCOL.md
+    /// section 3.1): a plaintext GOAWAY_UNAUTHENTICATED saying why.
+    public static let plaintextRefusal: [UInt8] = FrameCodec.encode(Frame(
+        kind: .frameGoaway,
+        goaway: GoAway(reason: .goawayUnauthenticated, message: "this port requires TLS 1.3 (PROTOCOL.md section 3.1)", lastStreamId: 0)))
 }
