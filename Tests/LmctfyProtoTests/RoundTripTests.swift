@@ -146,9 +146,11 @@ enum RandomMessage {
         try cycle(2_000)  // warm up caches
         // Other tests run in parallel in this process and allocate too; their
         // noise comes and goes, a leak grows every time. Take the least growth
-        // of three rounds.
+        // of six rounds (with three, the in-process agents and controllers of
+        // other suites, whose event logs grow meanwhile, once made all three
+        // exceed the bound).
         var least = Int.max
-        for _ in 0..<3 {
+        for _ in 0..<6 {
             let before = lm_heap_in_use()
             try cycle(60_000)
             let after = lm_heap_in_use()
