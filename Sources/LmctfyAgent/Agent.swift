@@ -125,8 +125,13 @@ public final class Agent: @unchecked Sendable {
         let log = AgentLog(level: settings.logLevel)
         // Snapshots (README "Snapshots and restart recovery"): what is
         // written is read from the kernel, by the clients' names.
-        let snapshots = SnapshotKeeper(
-            store: SnapshotStore(directory: settings.stateDir + "/snapshots", crash: SnapshotCrashPoint.fromEnvironment()),
+        // LMCTFY_AGENT_BENCH_SNAPSHOTS (tools/bench-snapshots only): "off"
+        // keeps none, "volatile" writes them without fsync, to measure what
+        // snapshots cost a create.
+        let bench = getenv("LMCTFY_AGENT_BENCH_SNAPSHOTS").map { String(cString: $0) }
+        let snapshots = bench == "off" ? nil : SnapshotKeeper(
+            store: SnapshotStore(directory: settings.stateDir + "/snapshots", durable: bench != "volatile",
+                                 crash: SnapshotCrashPoint.fromEnvironment()),
             events: events,
             read: { (path: String) throws(LmctfyError) -> (spec: ContainerSpec, frozen: Bool)? in
                 let name = try scope.resolve(path)
@@ -885,6 +890,7 @@ public final class Agent: @unchecked Sendable {
         finished.wait()
         let rc = loop.shutdown()
         statsPublisher?.stop()
+        if let snapshots = dispatcher.snapshots { log.info("snapshots: \(snapshots.costs.locked { $0 })") }
         log.info("lmctfy-agent stopped (uv_loop_close \(rc))")
         return rc
     }

@@ -57,11 +57,22 @@ public final class SnapshotKeeper: Sendable {
     private let running = Mutexed(false)
 
     /// What the writes cost (for the measurements in the README).
-    public struct Costs: Sendable {
+    public struct Costs: Sendable, CustomStringConvertible {
         public var writes = 0
         public var skipped = 0
         public var removes = 0
+        /// Reading the kernel's state and writing the file, per write.
         public var writeNs: UInt64 = 0
+        /// The file alone (encode, temp file, fsync, rename, directory fsync).
+        public var fileNs: UInt64 = 0
+        public var description: String {
+            let n = Double(max(writes, 1))
+            return "\(writes) written (\(fmt(Double(writeNs) / n / 1000)) µs each: kernel read-back \(fmt(Double(writeNs - fileNs) / n / 1000)) µs, file \(fmt(Double(fileNs) / n / 1000)) µs), \(skipped) unchanged, \(removes) removed"
+        }
+        private func fmt(_ v: Double) -> String {
+            let t = Int((v * 10).rounded())
+            return "\(t / 10).\(t % 10)"
+        }
     }
     public let costs = Mutexed(Costs())
 
@@ -125,14 +136,16 @@ public final class SnapshotKeeper: Sendable {
         s.bootId = events.bootId
         s.lastStats = events.latestStats(container: path)
         s.writtenNs = now
+        let f0 = MonotonicClock.nanoseconds()
         try store.write(s)
+        let fileNs = MonotonicClock.nanoseconds() - f0
         let dead = Set(rec.processes.filter { p in !alive.contains { $0.pid == p.pid } }.compactMap(\.pid))
         records.locked { r in
             r[path]?.written = key
             r[path]?.processes.removeAll { dead.contains($0.pid ?? 0) }
         }
         let ns = MonotonicClock.nanoseconds() - t0
-        costs.locked { $0.writes += 1; $0.writeNs += ns }
+        costs.locked { $0.writes += 1; $0.writeNs += ns; $0.fileNs += fileNs }
     }
 
     /// Removes the snapshots of `path` and of every container below it (a
