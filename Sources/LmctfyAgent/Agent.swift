@@ -890,7 +890,7 @@ public final class Agent: @unchecked Sendable {
         finished.wait()
         let rc = loop.shutdown()
         statsPublisher?.stop()
-        if let snapshots = dispatcher.snapshots { log.info("snapshots: \(snapshots.costs.locked { $0 })") }
+        if let snapshots = dispatcher.snapshots { log.info("snapshots: \(snapshots.costs)") }
         log.info("lmctfy-agent stopped (uv_loop_close \(rc))")
         return rc
     }

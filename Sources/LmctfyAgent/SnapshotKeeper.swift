@@ -45,6 +45,9 @@ public final class SnapshotKeeper: Sendable {
         /// The last snapshot written, serialized without its boot id, time
         /// and stats (what is compared to skip an unchanged write).
         var written: [UInt8]?
+        /// Its spec as last written (serialized), so that the watcher's
+        /// read of the same spec needs no second read here.
+        var spec: [UInt8]?
     }
 
     private let records = Mutexed<[String: Record]>([:])
@@ -63,18 +66,29 @@ public final class SnapshotKeeper: Sendable {
         public var removes = 0
         /// Reading the kernel's state and writing the file, per write.
         public var writeNs: UInt64 = 0
-        /// The file alone (encode, temp file, fsync, rename, directory fsync).
+        /// The file alone, before the answer (encode, the temp file written).
         public var fileNs: UInt64 = 0
+        /// The flusher's (after the answer): passes, snapshots renamed,
+        /// time (fdatasync of the batch, renames, the directory's fsync).
+        public var flush = SnapshotStore.FlushCosts()
         public var description: String {
             let n = Double(max(writes, 1))
-            return "\(writes) written (\(fmt(Double(writeNs) / n / 1000)) µs each: kernel read-back \(fmt(Double(writeNs - fileNs) / n / 1000)) µs, file \(fmt(Double(fileNs) / n / 1000)) µs), \(skipped) unchanged, \(removes) removed"
+            let p = Double(max(flush.passes, 1))
+            return "\(writes) written (\(fmt(Double(writeNs) / n / 1000)) µs each before the answer: kernel read-back \(fmt(Double(writeNs - fileNs) / n / 1000)) µs, temp file \(fmt(Double(fileNs) / n / 1000)) µs), \(skipped) unchanged, \(removes) removed; flushed in \(flush.passes) passes (\(fmt(Double(flush.renamed) / p)) snapshots and \(fmt(Double(flush.ns) / p / 1000)) µs a pass)"
         }
         private func fmt(_ v: Double) -> String {
             let t = Int((v * 10).rounded())
             return "\(t / 10).\(t % 10)"
         }
     }
-    public let costs = Mutexed(Costs())
+    private let counts = Mutexed(Costs())
+
+    /// What the writes cost so far.
+    public var costs: Costs {
+        var c = counts.locked { $0 }
+        c.flush = store.flushCosts.locked { $0 }
+        return c
+    }
 
     public init(store: SnapshotStore, events: EventLog, read: @escaping Read,
                 warn: @escaping @Sendable (String) -> Void = { _ in }) {
@@ -115,7 +129,7 @@ public final class SnapshotKeeper: Sendable {
         guard let kernel = try read(path) else {
             records.locked { $0[path] = nil }
             try store.remove(path)
-            costs.locked { $0.removes += 1 }
+            counts.locked { $0.removes += 1 }
             return
         }
         let now = WallClock.nanosecondsSinceEpoch()
@@ -130,7 +144,7 @@ public final class SnapshotKeeper: Sendable {
             createdNs: rec.createdNs, process: alive, adopted: rec.adopted)
         let key = (try? s.serializedBytes()) ?? []
         if key == rec.written && alive.count == rec.processes.count {
-            costs.locked { $0.skipped += 1 }
+            counts.locked { $0.skipped += 1 }
             return
         }
         s.bootId = events.bootId
@@ -140,12 +154,14 @@ public final class SnapshotKeeper: Sendable {
         try store.write(s)
         let fileNs = MonotonicClock.nanoseconds() - f0
         let dead = Set(rec.processes.filter { p in !alive.contains { $0.pid == p.pid } }.compactMap(\.pid))
+        let specBytes = try? kernel.spec.serializedBytes()
         records.locked { r in
             r[path]?.written = key
+            r[path]?.spec = specBytes
             r[path]?.processes.removeAll { dead.contains($0.pid ?? 0) }
         }
         let ns = MonotonicClock.nanoseconds() - t0
-        costs.locked { $0.writes += 1; $0.writeNs += ns; $0.fileNs += fileNs }
+        counts.locked { $0.writes += 1; $0.writeNs += ns; $0.fileNs += fileNs }
     }
 
     /// Removes the snapshots of `path` and of every container below it (a
@@ -158,7 +174,7 @@ public final class SnapshotKeeper: Sendable {
                     records.locked { $0[name] = nil }
                     try store.remove(name)
                 }
-                costs.locked { $0.removes += 1 }
+                counts.locked { $0.removes += 1 }
             } catch {
                 warn("snapshot of \(name) not removed: \(error)")
             }
@@ -195,7 +211,10 @@ public final class SnapshotKeeper: Sendable {
 
     /// A container whose existence, freezer state or spec changed without
     /// the agent (the Inventory's hook; called under its lock: only queues).
-    func observed(_ path: String) {
+    /// `spec`: the spec the watcher has just read (serialized); nothing is
+    /// queued when it is the one last written.
+    func observed(_ path: String, spec: [UInt8]? = nil) {
+        if let spec, records.locked({ $0[path]?.spec == spec }) { return }
         _ = pending.locked { $0.names.insert(path) }
         wake.bump()
     }
@@ -203,6 +222,7 @@ public final class SnapshotKeeper: Sendable {
     /// Starts the thread that writes what `observed` queues.
     public func start() {
         guard !running.locked({ r in defer { r = true }; return r }) else { return }
+        store.startFlusher()
         Threads.detach { [self] in
             var seen: UInt64 = 0
             while true {
@@ -230,6 +250,7 @@ public final class SnapshotKeeper: Sendable {
         pending.locked { $0.stopping = true }
         wake.bump()
         stopped.wait()
+        store.stopFlusher()
     }
 
     // MARK: Recovery at start
@@ -243,8 +264,10 @@ public final class SnapshotKeeper: Sendable {
         public var damaged: [String] = []
         public var processesAlive = 0
         public var processesGone = 0
+        /// Snapshots whose newest version was still in a temp file.
+        public var rolledForward = 0
         public var description: String {
-            "\(reattached) re-attached (\(rewritten) rewritten from the kernel), \(vanished.count) destroyed while the agent was down, \(adopted.count) adopted, \(damaged.count) damaged files set aside; recorded processes: \(processesAlive) alive, \(processesGone) gone"
+            "\(rolledForward) rolled forward from temp files, \(reattached) re-attached (\(rewritten) rewritten from the kernel), \(vanished.count) destroyed while the agent was down, \(adopted.count) adopted, \(damaged.count) damaged files set aside; recorded processes: \(processesAlive) alive, \(processesGone) gone"
         }
     }
 
@@ -259,7 +282,8 @@ public final class SnapshotKeeper: Sendable {
     @discardableResult
     public func recover(listed: [String]) throws(LmctfyError) -> Recovery {
         var out = Recovery()
-        _ = try store.open()
+        let settled = try store.open()
+        out.rolledForward = settled.rolledForward
         let (snapshots, damaged) = store.loadAll()
         for (file, why) in damaged {
             warn("snapshot file \(store.directory)/\(file) is damaged (\(why)); set aside as damaged-\(file)")
@@ -297,12 +321,12 @@ public final class SnapshotKeeper: Sendable {
             out.reattached += 1
         }
         for name in listed.sorted() {
-            let before = costs.locked { $0.writes }
+            let before = counts.locked { $0.writes }
             do throws(LmctfyError) { try sync(name, adopted: true) } catch {
                 warn("snapshot of \(name) not written at start: \(error)")
                 continue
             }
-            let wrote = costs.locked { $0.writes } > before
+            let wrote = counts.locked { $0.writes } > before
             if snapshots[name] == nil { out.adopted.append(name) } else if wrote { out.rewritten += 1 }
         }
         return out
