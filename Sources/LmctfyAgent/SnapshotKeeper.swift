@@ -329,6 +329,8 @@ public final class SnapshotKeeper: Sendable {
             let wrote = counts.locked { $0.writes } > before
             if snapshots[name] == nil { out.adopted.append(name) } else if wrote { out.rewritten += 1 }
         }
+        // Every file the recovery changed, in one pass, before anything is served.
+        store.flush()
         return out
     }
 

@@ -7,27 +7,33 @@
 // so a file cut short or damaged is told from a good one rather than
 // half-parsed (protobuf parses many truncations).
 //
-// A write goes through the whole sequence temp file, fsync, rename, fsync of
-// the directory, split in two so that a create does not wait for the disk:
+// Each snapshot file is written with the whole sequence temp file, fsync,
+// rename, fsync of the directory, but not while a client waits:
 //
-// 1. `write` (the caller, before it answers): the new snapshot is written
-//    whole to a temp file of its own, `.tmp-<file>.<seq>`, seq increasing.
-//    From here a killed agent keeps it (the page cache does), and the next
-//    start rolls it forward (3).
-// 2. The flusher thread, at once and for every temp file written meanwhile
-//    (group commit: while it waits for the disk the next batch forms):
-//    fdatasync of each temp file, then, per file, unlink of the older temp
-//    files and the rename of the newest over the snapshot, then one fsync
-//    of the directory.
-// 3. `open` (at start): for each snapshot, the newest temp file that checks
-//    out is renamed over it (it is newer than the snapshot: a temp file is
-//    only ever renamed or removed, newest last), the others removed.
+// 1. `write` and `remove` (the call, before it answers) append one record
+//    to an intent log, state_dir/snapshots/log.a or log.b: the framed
+//    snapshot (or the name removed) with a sequence number and a SHA-256.
+//    One write(2), no file made, no fsync: a killed agent keeps it (the
+//    page cache does), and the next start replays it (3).
+// 2. The flusher thread, at once, for everything logged meanwhile (group
+//    commit: while it waits for the disk the next batch forms; a container
+//    changed five times meanwhile is written once): it switches appends to
+//    the other log, then writes each changed snapshot to `.tmp-<file>`,
+//    fdatasyncs those, renames each over its snapshot (or unlinks a removed
+//    one), fsyncs the directory once, and only then empties the log it
+//    covered.
+// 3. `open` (at start): the records of both logs, in sequence order, are
+//    applied the same way (the newest state of each snapshot wins), then
+//    both logs are emptied and stray temp files removed.
 //
-// A crash at any instant (the agent killed, or the machine) therefore
-// leaves the old snapshot or the new one, never a torn one: a temp file
-// the machine lost part of fails its checksum and the old snapshot stays;
-// one that is whole was fsynced or survived in the page cache, and is the
-// new one. `load` and `loadAll` see what `open` would make of the files.
+// A crash at any instant (the agent killed, or the machine) therefore leaves
+// each snapshot old or new, never torn: a snapshot file only ever changes by
+// a rename of a whole, fsynced temp file; a log record cut short fails its
+// checksum and ends that log's replay (the records before it stand). What a
+// killed agent logged is never lost; what a machine crash lost from the page
+// cache is at most the changes of the last moments, whose containers (cgroups)
+// did not survive the crash either. `load` and `loadAll` see what `open`
+// would make of the files.
 //
 // Names are container names as the agent's clients know them ("/a/b"). The
 // file name is reversible: every byte outside [A-Za-z0-9_-] is %XX, so "/"
@@ -147,13 +153,13 @@ public final class SnapshotStore: @unchecked Sendable {
 
     private let lock = Lock()
     private let passLock = Lock()
+    /// The logs (see the top): `active` takes the appends.
+    private var logFds: [Int32] = [-1, -1]
+    private var active = 0
     private var seq: UInt64 = 0
-    /// Temp files written and not yet renamed or removed: by snapshot
-    /// file, their seqs in increasing order.
-    private var live: [String: [UInt64]] = [:]
-    /// Snapshot files with a temp file to flush (or a removal to make durable).
-    private var pending: Set<String> = []
-    private var directoryDirty = false
+    /// What was logged since the last pass: each snapshot file's newest
+    /// framed bytes, nil for a removal.
+    private var pending: [String: [UInt8]?] = [:]
     private var flusherRunning = false
     private var flusherStopping = false
     private let wake = ChangeCounter()
@@ -171,6 +177,10 @@ public final class SnapshotStore: @unchecked Sendable {
         self.directory = directory
         self.durable = durable
         self.crash = crash
+    }
+
+    deinit {
+        for fd in logFds where fd >= 0 { close(fd) }
     }
 
     // MARK: Names
@@ -212,18 +222,7 @@ public final class SnapshotStore: @unchecked Sendable {
     }
 
     func path(_ file: String) -> String { directory + "/" + file }
-    func tempPath(_ file: String, _ seq: UInt64) -> String { directory + "/.tmp-" + file + "." + String(seq) }
-
-    /// A temp file's snapshot file and seq (`.tmp-<file>.<seq>`; the
-    /// `.tmp-<file>` of Sys.writeFileAtomically is seq 0).
-    static func parseTemp(_ entry: String) -> (file: String, seq: UInt64)? {
-        guard entry.hasPrefix(".tmp-") else { return nil }
-        let rest = entry.dropFirst(5)
-        if let dot = rest.lastIndex(of: "."), let n = UInt64(rest[rest.index(after: dot)...]) {
-            return (String(rest[..<dot]), n)
-        }
-        return (String(rest), 0)
-    }
+    func logPath(_ i: Int) -> String { directory + (i == 0 ? "/log.a" : "/log.b") }
 
     // MARK: Encoding
 
@@ -259,170 +258,190 @@ public final class SnapshotStore: @unchecked Sendable {
         return s
     }
 
+    // MARK: The intent log
+
+    /// One log record: length (4 bytes, big-endian, of what follows), kind
+    /// ("S" a snapshot, "R" a removal), seq (8 bytes), the snapshot file's
+    /// name (2-byte length, then the name), the payload (a framed snapshot;
+    /// nothing for a removal), SHA-256 of everything after the length.
+    static func record(kind: UInt8, seq: UInt64, file: String, payload: [UInt8]) -> [UInt8] {
+        var body: [UInt8] = [kind]
+        for i in (0..<8).reversed() { body.append(UInt8((seq >> (8 * UInt64(i))) & 0xff)) }
+        let f = Array(file.utf8)
+        body += [UInt8(f.count >> 8), UInt8(f.count & 0xff)] + f + payload
+        body += Crypto.sha256(body)
+        let n = UInt32(body.count)
+        return [UInt8(n >> 24), UInt8((n >> 16) & 0xff), UInt8((n >> 8) & 0xff), UInt8(n & 0xff)] + body
+    }
+
+    /// The records of one log, in order; stops at the first one cut short
+    /// or damaged (a crash mid-append).
+    static func records(_ bytes: [UInt8]) -> [(seq: UInt64, file: String, payload: [UInt8]?)] {
+        var out: [(UInt64, String, [UInt8]?)] = []
+        var i = 0
+        while i + 4 <= bytes.count {
+            let n = Int(bytes[i]) << 24 | Int(bytes[i + 1]) << 16 | Int(bytes[i + 2]) << 8 | Int(bytes[i + 3])
+            guard n >= 1 + 8 + 2 + 32, i + 4 + n <= bytes.count else { break }
+            let body = Array(bytes[(i + 4)..<(i + 4 + n - 32)])
+            guard Crypto.sha256(body) == Array(bytes[(i + 4 + n - 32)..<(i + 4 + n)]) else { break }
+            let seq = body[1..<9].reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
+            let fl = Int(body[9]) << 8 | Int(body[10])
+            guard 11 + fl <= body.count else { break }
+            let file = String(decoding: body[11..<(11 + fl)], as: UTF8.self)
+            let payload = Array(body[(11 + fl)...])
+            out.append((seq, file, body[0] == UInt8(ascii: "S") ? payload : nil))
+            i += 4 + n
+        }
+        return out
+    }
+
+    /// Every snapshot file's newest logged state (nil: removed), from both
+    /// logs in sequence order, and the highest seq.
+    private func replay() -> (state: [String: [UInt8]?], seq: UInt64) {
+        var all: [(seq: UInt64, file: String, payload: [UInt8]?)] = []
+        for i in 0..<2 {
+            all += Self.records((try? Sys.readBytes(logPath(i))) ?? [])
+        }
+        var state: [String: [UInt8]?] = [:]
+        for r in all.sorted(by: { $0.seq < $1.seq }) { state[r.file] = .some(r.payload) }
+        return (state, all.map(\.seq).max() ?? 0)
+    }
+
+    /// Appends a record to the active log (the caller holds `lock`).
+    private func append(kind: UInt8, file: String, payload: [UInt8]) throws(SystemError) {
+        seq += 1
+        let r = Self.record(kind: kind, seq: seq, file: file, payload: payload)
+        try Sys.writeAll(logFds[active], r)
+    }
+
     // MARK: Files
 
-    /// What is on disk: each snapshot file, with the seqs of its temp files
-    /// (which may exist without it).
-    private func scan() -> (files: Set<String>, temps: [String: [UInt64]]) {
-        var files = Set<String>()
-        var temps: [String: [UInt64]] = [:]
-        for f in (try? Sys.subdirectoriesAndFiles(directory)) ?? [] {
-            if let (file, n) = Self.parseTemp(f) {
-                temps[file, default: []].append(n)
-            } else if f.hasPrefix("%") || f.hasPrefix("~") {
-                files.insert(f)
-            }
-        }
-        return (files, temps.mapValues { $0.sorted() })
-    }
-
-    private func tempName(_ file: String, _ n: UInt64) -> String {
-        n == 0 ? directory + "/.tmp-" + file : tempPath(file, n)
-    }
-
-    /// The newest temp file of `file` that checks out, if any.
-    private func newestTemp(_ file: String, _ seqs: [UInt64]) -> (seq: UInt64, snapshot: ContainerSnapshot)? {
-        for n in seqs.reversed() {
-            if let s = Self.decodeFile(tempName(file, n)) { return (n, s) }
-        }
-        return nil
-    }
-
-    /// Makes the directory (0700) if absent and settles what a crash left:
-    /// each snapshot's newest whole temp file is renamed over it, the other
-    /// temp files are removed. Returns how many it rolled forward and how
-    /// many it removed. Before any write.
+    /// Makes the directory (0700) if absent, applies what the logs hold
+    /// (a crash's unflushed changes), removes stray temp files, empties the
+    /// logs and opens them. Returns how many snapshots it rolled forward
+    /// from the logs and how many stray files it removed. Before any write.
     @discardableResult
     public func open() throws(LmctfyError) -> (rolledForward: Int, removed: Int) {
         if !Sys.isDirectory(directory) {
             do { try Sys.mkdir(directory, mode: 0o700) } catch { throw error.lmctfy(.failedPrecondition, "Creating the snapshot directory") }
         }
-        let (_, temps) = scan()
-        var rolled = 0, removed = 0
-        for (file, seqs) in temps {
-            let newest = newestTemp(file, seqs)
-            for n in seqs where n != newest?.seq {
-                if (try? Sys.unlink(tempName(file, n))) != nil { removed += 1 }
-            }
-            if let newest {
-                let (r, e) = Sys.retry { rename(tempName(file, newest.seq), path(file)) }
-                if r != 0 { throw SystemError("rename", path(file), e).lmctfy(.internal, "Rolling a snapshot forward") }
-                rolled += 1
-            }
+        var removed = 0
+        for f in (try? Sys.subdirectoriesAndFiles(directory)) ?? [] where f.hasPrefix(".tmp-") {
+            if (try? Sys.unlink(path(f))) != nil { removed += 1 }
         }
-        if rolled + removed > 0 && durable {
-            do { try Sys.syncDirectory(directory) } catch { throw error.lmctfy(.internal, "Syncing the snapshot directory") }
+        let (state, _) = replay()
+        do throws(SystemError) {
+            try materialize(state)
+            for i in 0..<2 {
+                let (fd, e) = Sys.retry { Glibc.open(logPath(i), O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC | O_NOFOLLOW, 0o600) }
+                if fd < 0 { throw SystemError("open", logPath(i), e) }
+                lock.locked { logFds[i] = fd }
+            }
+            if durable { try Sys.syncDirectory(directory) }
+        } catch {
+            throw error.lmctfy(.internal, "Settling the snapshots")
         }
-        return (rolled, removed)
+        lock.locked { active = 0; seq = 0 }
+        return (state.count, removed)
     }
 
-    /// Writes `s` as its name's newest snapshot: whole, in a temp file of
-    /// its own, before returning (a killed agent keeps it); the flusher
-    /// makes it durable and renames it soon after (see the top). Writes of
-    /// one name must not run concurrently (the keeper serialises them).
+    /// Writes each file's state the safe way: temp files written and
+    /// fdatasynced, renamed (removals unlinked), the directory fsynced.
+    private func materialize(_ state: [String: [UInt8]?]) throws(SystemError) {
+        guard !state.isEmpty else { return }
+        for (file, bytes) in state {
+            guard let bytes else { continue }
+            let temp = directory + "/.tmp-" + file
+            let (fd, e) = Sys.retry { Glibc.open(temp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0o600) }
+            if fd < 0 { throw SystemError("open", temp, e) }
+            defer { close(fd) }
+            try Sys.writeAll(fd, bytes)
+            if durable {
+                let (r, se) = Sys.retry { fdatasync(fd) }
+                if r != 0 { throw SystemError("fdatasync", temp, se) }
+            }
+        }
+        crash?.reached(.temp)
+        for (file, bytes) in state {
+            if bytes == nil {
+                do { try Sys.unlink(path(file)) } catch where error.errno == ENOENT {}
+            } else {
+                let (r, e) = Sys.retry { rename(directory + "/.tmp-" + file, path(file)) }
+                if r != 0 { throw SystemError("rename", path(file), e) }
+            }
+        }
+        crash?.reached(.rename)
+        if durable { try Sys.syncDirectory(directory) }
+    }
+
+    /// Logs `s` as its name's newest snapshot before returning (a killed
+    /// agent keeps it); the flusher (or a `flush`) writes its file.
     public func write(_ s: ContainerSnapshot) throws(LmctfyError) {
         guard let name = s.name else { throw .internalError("A snapshot without a name") }
-        let bytes = try Self.encode(s)
-        let file = Self.fileName(name)
-        let n = lock.locked { seq += 1; return seq }
-        let temp = tempPath(file, n)
-        do throws(SystemError) {
-            let (fd, oe) = Sys.retry { Glibc.open(temp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0o600) }
-            if fd < 0 { throw SystemError("open", temp, oe) }
-            defer { close(fd) }
-            do throws(SystemError) { try Sys.writeAll(fd, bytes) } catch {
-                _ = try? Sys.unlink(temp)
-                throw error
-            }
-        } catch {
-            throw error.lmctfy(.internal, "Writing the snapshot of \(name)")
-        }
-        let flushNow = lock.locked { () -> Bool in
-            live[file, default: []].append(n)
-            pending.insert(file)
-            return !flusherRunning
-        }
-        crash?.reached(.written)
-        if flushNow { flush() } else { wake.bump() }
+        try log(file: Self.fileName(name), bytes: try Self.encode(s), what: "Writing the snapshot of \(name)")
     }
 
-    /// Removes `name`'s snapshot and its temp files (nothing if there are
-    /// none). Not fsynced here: the flusher's next directory fsync makes it
-    /// durable.
+    /// Logs the removal of `name`'s snapshot (nothing if there is none);
+    /// the flusher unlinks its file soon after.
     public func remove(_ name: String) throws(LmctfyError) {
-        let file = Self.fileName(name)
+        try log(file: Self.fileName(name), bytes: nil, what: "Removing the snapshot of \(name)")
+    }
+
+    private func log(file: String, bytes: [UInt8]?, what: String) throws(LmctfyError) {
         do throws(SystemError) {
             try lock.locked { () throws(SystemError) in
-                for n in live[file] ?? [] { _ = try? Sys.unlink(tempPath(file, n)) }
-                live[file] = nil
-                _ = pending.remove(file)
-                do throws(SystemError) { try Sys.unlink(path(file)) } catch { if error.errno != ENOENT { throw error } }
-                directoryDirty = true
+                guard logFds[active] >= 0 else { throw SystemError("write", logPath(active), EBADF) }
+                try append(kind: bytes == nil ? UInt8(ascii: "R") : UInt8(ascii: "S"), file: file, payload: bytes ?? [])
+                pending[file] = .some(bytes)
             }
         } catch {
-            throw error.lmctfy(.internal, "Removing the snapshot of \(name)")
+            throw error.lmctfy(.internal, what + " (the store is not open?)")
         }
+        crash?.reached(.written)
         wake.bump()
     }
 
-    /// One flush pass (see the top): every temp file written before it
-    /// starts is fsynced and renamed over its snapshot, then the directory
-    /// is fsynced. Errors are kept for the next pass (the temp files stay).
-    /// Returns how many snapshots it renamed.
+    /// One flush pass (see the top): what was logged before it starts is
+    /// written to the snapshot files the safe way, then the log that held
+    /// it is emptied. A failure keeps that log (the next pass, or the next
+    /// start, tries again). Returns how many files it wrote or removed.
     @discardableResult
     public func flush() -> Int {
         passLock.locked {
-            let (batch, dirty): ([(file: String, newest: UInt64)], Bool) = lock.locked {
-                defer { pending = []; directoryDirty = false }
-                return (pending.compactMap { f in live[f]?.last.map { (f, $0) } }, directoryDirty)
+            let (batch, covered): ([String: [UInt8]?], Int) = lock.locked {
+                defer { pending = [:] }
+                let covered = active
+                if !pending.isEmpty { active = 1 - active }
+                return (pending, covered)
             }
-            guard !batch.isEmpty || dirty else { return 0 }
+            guard !batch.isEmpty else { return 0 }
             let t0 = MonotonicClock.nanoseconds()
             defer {
                 let ns = MonotonicClock.nanoseconds() - t0
-                flushCosts.locked { $0.passes += 1; $0.ns += ns }
+                flushCosts.locked { $0.passes += 1; $0.ns += ns; $0.renamed += batch.count }
             }
-            var synced: [(file: String, newest: UInt64)] = []
-            for entry in batch {
-                let temp = tempPath(entry.file, entry.newest)
-                guard durable else { synced.append(entry); continue }
-                let fd = Glibc.open(temp, O_RDONLY | O_CLOEXEC)
-                guard fd >= 0 else { continue }  // removed meanwhile
-                let (r, _) = Sys.retry { fdatasync(fd) }
-                close(fd)
-                if r == 0 { synced.append(entry) } else { lock.locked { _ = pending.insert(entry.file) } }
-            }
-            crash?.reached(.temp)
-            var renamed = 0
-            lock.locked {
-                for (file, newest) in synced {
-                    // Still there (not removed, not renamed by a pass before).
-                    guard let seqs = live[file], seqs.contains(newest) else { continue }
-                    // The older ones go first: a crash in between leaves
-                    // only temp files newer than the snapshot.
-                    for n in seqs where n < newest { _ = try? Sys.unlink(tempPath(file, n)) }
-                    let (r, _) = Sys.retry { rename(tempPath(file, newest), path(file)) }
-                    live[file] = seqs.filter { $0 > newest }
-                    if r != 0 {
-                        pending.insert(file)
-                        live[file]?.insert(newest, at: 0)
-                        continue
+            do throws(SystemError) {
+                try materialize(batch)
+                // Everything the covered log held is in the files now.
+                let fd = lock.locked { logFds[covered] }
+                if ftruncate(fd, 0) != 0 { throw SystemError("ftruncate", logPath(covered), errno) }
+            } catch {
+                // Logged again into the active log, so that nothing waits
+                // on the covered one and the next pass tries again.
+                lock.locked {
+                    for (file, bytes) in batch where pending[file] == nil {
+                        try? append(kind: bytes == nil ? UInt8(ascii: "R") : UInt8(ascii: "S"), file: file, payload: bytes ?? [])
+                        pending[file] = .some(bytes)
                     }
-                    if live[file]?.isEmpty == true { live[file] = nil }
-                    renamed += 1
                 }
+                return 0
             }
-            crash?.reached(.rename)
-            flushCosts.locked { [renamed] in $0.renamed += renamed }
-            if durable {
-                do throws(SystemError) { try Sys.syncDirectory(directory) } catch { lock.locked { directoryDirty = true } }
-            }
-            return renamed
+            return batch.count
         }
     }
 
-    /// Starts the flusher thread: a pass as soon as something is written,
-    /// and the next one as soon as it ends if more was written meanwhile.
+    /// Starts the flusher thread: a pass as soon as something is logged,
+    /// and the next one as soon as it ends if more was logged meanwhile.
     public func startFlusher() {
         let start = lock.locked { () -> Bool in
             defer { flusherRunning = true }
@@ -432,7 +451,7 @@ public final class SnapshotStore: @unchecked Sendable {
         Threads.detach { [self] in
             var seen: UInt64 = 0
             while true {
-                let (work, stopping) = lock.locked { (!pending.isEmpty || directoryDirty, flusherStopping) }
+                let (work, stopping) = lock.locked { (!pending.isEmpty, flusherStopping) }
                 if work {
                     flush()
                     continue
@@ -454,46 +473,47 @@ public final class SnapshotStore: @unchecked Sendable {
         if running { flusherDone.wait() } else { flush() }
     }
 
-    /// `name`'s snapshot as `open` would leave it (its newest whole temp
-    /// file, else the file); nil when there is none or it is damaged.
+    /// `name`'s snapshot as `open` would leave it; nil when there is none
+    /// or it is damaged.
     public func load(_ name: String) -> ContainerSnapshot? {
         let file = Self.fileName(name)
-        let seqs = scan().temps[file] ?? []
-        return newestTemp(file, seqs)?.snapshot ?? Self.decodeFile(path(file))
+        if let logged = replay().state[file] {
+            guard let bytes = logged, case .success(let s) = Self.decode(bytes) else { return nil }
+            return s
+        }
+        return Self.decodeFile(path(file))
     }
 
     /// Every snapshot as `open` would leave them, by container name, and
-    /// the snapshot files that are damaged (with why; a temp file that does
-    /// not check out is no damage: a crash cut it short, the snapshot it
-    /// would have replaced stands).
+    /// the snapshot files that are damaged (with why).
     public func loadAll() -> (snapshots: [String: ContainerSnapshot], damaged: [(file: String, why: String)]) {
         var out: [String: ContainerSnapshot] = [:]
         var damaged: [(String, String)] = []
-        let (files, temps) = scan()
-        for f in files.union(temps.keys).sorted() {
-            let found: ContainerSnapshot
-            if let t = newestTemp(f, temps[f] ?? []) {
-                found = t.snapshot
+        let logged = replay().state
+        var files = Set(((try? Sys.subdirectoriesAndFiles(directory)) ?? []).filter { $0.hasPrefix("%") || $0.hasPrefix("~") })
+        files.formUnion(logged.keys)
+        for f in files.sorted() {
+            let bytes: [UInt8]
+            if let l = logged[f] {
+                guard let l else { continue }  // removed
+                bytes = l
             } else {
-                guard files.contains(f) else { continue }
-                let bytes: [UInt8]
                 do { bytes = try Sys.readBytes(path(f)) } catch {
                     damaged.append((f, "\(error)"))
                     continue
                 }
-                switch Self.decode(bytes) {
-                case .success(let s): found = s
-                case .failure(let e):
-                    damaged.append((f, e.message))
+            }
+            switch Self.decode(bytes) {
+            case .success(let found):
+                // A file must be where its name says: one renamed by hand is damaged.
+                guard let name = found.name, Self.fileName(name) == f else {
+                    damaged.append((f, "holds the snapshot of \(found.name ?? "?"), whose file is \(Self.fileName(found.name ?? ""))"))
                     continue
                 }
+                out[name] = found
+            case .failure(let e):
+                damaged.append((f, e.message))
             }
-            // A file must be where its name says: one renamed by hand is damaged.
-            guard let name = found.name, Self.fileName(name) == f else {
-                damaged.append((f, "holds the snapshot of \(found.name ?? "?"), whose file is \(Self.fileName(found.name ?? ""))"))
-                continue
-            }
-            out[name] = found
         }
         return (out, damaged)
     }
