@@ -66,7 +66,7 @@ public final class SnapshotKeeper: Sendable {
         public var removes = 0
         /// Reading the kernel's state and writing the file, per write.
         public var writeNs: UInt64 = 0
-        /// The file alone, before the answer (encode, the temp file written).
+        /// Logging it, before the answer (encode, one append to the log).
         public var fileNs: UInt64 = 0
         /// The flusher's (after the answer): passes, snapshots renamed,
         /// time (fdatasync of the batch, renames, the directory's fsync).
@@ -74,7 +74,7 @@ public final class SnapshotKeeper: Sendable {
         public var description: String {
             let n = Double(max(writes, 1))
             let p = Double(max(flush.passes, 1))
-            return "\(writes) written (\(fmt(Double(writeNs) / n / 1000)) µs each before the answer: kernel read-back \(fmt(Double(writeNs - fileNs) / n / 1000)) µs, temp file \(fmt(Double(fileNs) / n / 1000)) µs), \(skipped) unchanged, \(removes) removed; flushed in \(flush.passes) passes (\(fmt(Double(flush.renamed) / p)) snapshots and \(fmt(Double(flush.ns) / p / 1000)) µs a pass)"
+            return "\(writes) written (\(fmt(Double(writeNs) / n / 1000)) µs each before the answer: kernel read-back \(fmt(Double(writeNs - fileNs) / n / 1000)) µs, logged \(fmt(Double(fileNs) / n / 1000)) µs), \(skipped) unchanged, \(removes) removed; flushed in \(flush.passes) passes (\(fmt(Double(flush.renamed) / p)) snapshots and \(fmt(Double(flush.ns) / p / 1000)) µs a pass)"
         }
         private func fmt(_ v: Double) -> String {
             let t = Int((v * 10).rounded())

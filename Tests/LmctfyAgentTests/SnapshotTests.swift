@@ -244,6 +244,8 @@ struct SnapshotAgentTests {
         defer { if firstAlive { first.stop() } }
         let client = try RpcClient.connect(unixPath: first.socket)
         _ = try client.call(AgentMethods.create, CreateRequest(name: "/c", spec: ContainerSpec(memory: MemorySpec(limit: 100 << 20))))
+        // The create's pass has written its file (so the update's is pass 2).
+        for _ in 0..<500 where !Sys.exists(first.dir + "/state/snapshots/%2Fc") { usleep(10_000) }
         // Answered or not (the later steps run after the answer).
         _ = try? client.call(AgentMethods.update, UpdateRequest(name: "/c", spec: ContainerSpec(memory: MemorySpec(limit: 200 << 20)),
                                                                policy: .updateDiff), deadlineMs: 10_000)
