@@ -5,8 +5,10 @@
 // When snapshots are written:
 // - the agent's own create, update, run, pause, resume and killall: by the
 //   call, after the kernel work and before the answer, so a change a client
-//   saw succeed is on disk (fsynced) before it is told. Destroy removes the
-//   container's snapshot and its subcontainers'.
+//   saw succeed survives the agent being killed (it is in the store's
+//   intent log; the store's flusher makes the file durable moments later,
+//   see SnapshotStore). Destroy removes the container's snapshot and its
+//   subcontainers'.
 // - changes made behind the agent's back (the lmctfy CLI, another tool):
 //   the Inventory tells us of every name whose existence, freezer state or
 //   spec it saw change, and a thread of ours writes (or removes) the
@@ -223,6 +225,13 @@ public final class SnapshotKeeper: Sendable {
     public func start() {
         guard !running.locked({ r in defer { r = true }; return r }) else { return }
         store.startFlusher()
+        startProcessWatch()
+        for (path, p) in survivors.locked({ s in defer { s = [] }; return s }) where !watchExit(path, p) {
+            // Gone since the recovery looked: dropped at once.
+            events.append(ContainerEvent(container: path, kind: .containerEventProcessExited, pid: p.pid,
+                                         reason: "exited while the agent was down"))
+            exited(path, pid: p.pid ?? 0)
+        }
         Threads.detach { [self] in
             var seen: UInt64 = 0
             while true {
@@ -250,7 +259,110 @@ public final class SnapshotKeeper: Sendable {
         pending.locked { $0.stopping = true }
         wake.bump()
         stopped.wait()
+        stopProcessWatch()
         store.stopFlusher()
+    }
+
+    // MARK: Processes an earlier agent started
+
+    /// Watches the recorded processes that outlived the agent that started
+    /// them: each has a pidfd (pidfd_open, opened and then checked against
+    /// the recorded start time, so it is that process and not a later one
+    /// with its pid) polled by one thread. When one exits, PROCESS_EXITED
+    /// is recorded with its pid and no status (waitid on the pidfd of a
+    /// process that is not our child fails with ECHILD: the status went to
+    /// whoever reaped it), and it leaves the snapshot.
+    final class ProcessWatch: @unchecked Sendable {
+        // @unchecked: `entries`, `next` and `stopping` only under `lock`.
+        let epoll: Epoll
+        let wakeFd: Int32
+        let lock = Lock()
+        var entries: [UInt64: (fd: Int32, path: String, pid: Int32)] = [:]
+        var next: UInt64 = 1
+        var stopping = false
+        let done = Latch()
+
+        init() throws(SystemError) {
+            epoll = try Epoll()
+            wakeFd = try EventFds.eventfd()
+            try epoll.add(wakeFd, key: 0)
+        }
+
+        deinit {
+            for (_, e) in entries { close(e.fd) }
+            close(wakeFd)
+        }
+    }
+    private let processWatch = Mutexed<ProcessWatch?>(nil)
+    /// The recorded processes the recovery found alive, watched from `start`.
+    private let survivors = Mutexed<[(String, SnapshotProcess)]>([])
+
+    /// Watches `p` (recorded in `path`) until it exits; false if it is gone
+    /// already (or cannot be watched: then it is only dropped at a write).
+    @discardableResult
+    func watchExit(_ path: String, _ p: SnapshotProcess) -> Bool {
+        guard let pid = p.pid, let w = processWatch.locked({ $0 }) else { return false }
+        guard let fd = try? Sys.pidfdOpen(pid) else { return false }
+        // Opened first, checked second: the descriptor now pins the
+        // process, and the start time says it is the one recorded.
+        guard Self.isAlive(p) else {
+            close(fd)
+            return false
+        }
+        let added = w.lock.locked { () -> Bool in
+            guard !w.stopping else { return false }
+            let key = w.next
+            w.next += 1
+            guard (try? w.epoll.add(fd, key: key)) != nil else { return false }
+            w.entries[key] = (fd, path, pid)
+            return true
+        }
+        if !added { close(fd) }
+        return added
+    }
+
+    private func startProcessWatch() {
+        guard let w = try? ProcessWatch() else {
+            warn("processes of an earlier agent are not watched (no epoll or eventfd)")
+            return
+        }
+        processWatch.locked { $0 = w }
+        Threads.detach { [self] in
+            while true {
+                let keys = (try? w.epoll.wait(timeoutMs: 1000)) ?? []
+                var gone: [(path: String, pid: Int32)] = []
+                let stop = w.lock.locked { () -> Bool in
+                    for key in keys where key != 0 {
+                        guard let e = w.entries.removeValue(forKey: key) else { continue }
+                        w.epoll.remove(e.fd)
+                        close(e.fd)
+                        gone.append((e.path, e.pid))
+                    }
+                    return w.stopping
+                }
+                if keys.contains(0) { _ = try? EventFds.readCounter(w.wakeFd) }
+                if stop { break }
+                for (path, pid) in gone {
+                    events.append(ContainerEvent(container: path, kind: .containerEventProcessExited, pid: pid,
+                                                 reason: "exited; its status is unknown (started by an earlier agent)"))
+                    exited(path, pid: pid)
+                }
+            }
+            w.done.signal()
+        }
+    }
+
+    private func stopProcessWatch() {
+        guard let w = processWatch.locked({ p in defer { p = nil }; return p }) else { return }
+        w.lock.locked { w.stopping = true }
+        EventFds.signal(w.wakeFd)
+        w.done.wait()
+    }
+
+    /// How many processes of an earlier agent are watched (tests).
+    public var watchedProcesses: Int {
+        guard let w = processWatch.locked({ $0 }) else { return 0 }
+        return w.lock.locked { w.entries.count }
     }
 
     // MARK: Recovery at start
@@ -302,6 +414,7 @@ public final class SnapshotKeeper: Sendable {
             for p in s.process {
                 if Self.isAlive(p) {
                     processes.append(p)
+                    survivors.locked { $0.append((name, p)) }
                     out.processesAlive += 1
                 } else {
                     events.append(ContainerEvent(container: name, kind: .containerEventProcessExited, pid: p.pid,

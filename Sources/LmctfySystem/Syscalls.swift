@@ -289,6 +289,14 @@ public enum Sys {
         return out
     }
 
+    /// pidfd_open(2): a descriptor (close-on-exec; the caller closes it)
+    /// that polls readable once process `pid` has exited, child or not.
+    public static func pidfdOpen(_ pid: pid_t) throws(SystemError) -> Int32 {
+        let (fd, e) = retry { lm_pidfd_open(pid) }
+        if fd < 0 { throw SystemError("pidfd_open", String(pid), e) }
+        return fd
+    }
+
     /// This process's pid.
     public static func getpid() -> pid_t { Glibc.getpid() }
     /// The parent's pid (1, or a subreaper, once the parent is gone).
