@@ -333,8 +333,7 @@ public final class SnapshotStore: @unchecked Sendable {
         do throws(SystemError) {
             try materialize(state)
             for i in 0..<2 {
-                let (fd, e) = Sys.retry { Glibc.open(logPath(i), O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC | O_NOFOLLOW, 0o600) }
-                if fd < 0 { throw SystemError("open", logPath(i), e) }
+                let fd = try Sys.open(logPath(i), O_WRONLY | O_CREAT | O_TRUNC | O_APPEND, mode: 0o600)
                 lock.locked { logFds[i] = fd }
             }
             if durable { try Sys.syncDirectory(directory) }
@@ -352,22 +351,17 @@ public final class SnapshotStore: @unchecked Sendable {
         for (file, bytes) in state {
             guard let bytes else { continue }
             let temp = directory + "/.tmp-" + file
-            let (fd, e) = Sys.retry { Glibc.open(temp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0o600) }
-            if fd < 0 { throw SystemError("open", temp, e) }
+            let fd = try Sys.open(temp, O_WRONLY | O_CREAT | O_TRUNC, mode: 0o600)
             defer { close(fd) }
             try Sys.writeAll(fd, bytes)
-            if durable {
-                let (r, se) = Sys.retry { fdatasync(fd) }
-                if r != 0 { throw SystemError("fdatasync", temp, se) }
-            }
+            if durable { try Sys.syncData(fd, path: temp) }
         }
         crash?.reached(.temp)
         for (file, bytes) in state {
             if bytes == nil {
                 do { try Sys.unlink(path(file)) } catch where error.errno == ENOENT {}
             } else {
-                let (r, e) = Sys.retry { rename(directory + "/.tmp-" + file, path(file)) }
-                if r != 0 { throw SystemError("rename", path(file), e) }
+                try Sys.rename(directory + "/.tmp-" + file, path(file))
             }
         }
         crash?.reached(.rename)
@@ -424,7 +418,7 @@ public final class SnapshotStore: @unchecked Sendable {
                 try materialize(batch)
                 // Everything the covered log held is in the files now.
                 let fd = lock.locked { logFds[covered] }
-                if ftruncate(fd, 0) != 0 { throw SystemError("ftruncate", logPath(covered), errno) }
+                try Sys.truncate(fd, to: 0, path: logPath(covered))
             } catch {
                 // Logged again into the active log, so that nothing waits
                 // on the covered one and the next pass tries again.
@@ -521,6 +515,6 @@ public final class SnapshotStore: @unchecked Sendable {
     /// Moves a damaged file aside (`damaged-<file>`), so it is reported once
     /// and kept for a human, not read again.
     public func setAside(_ file: String) {
-        _ = rename(path(file), directory + "/damaged-" + file)
+        _ = try? Sys.rename(path(file), directory + "/damaged-" + file)
     }
 }
