@@ -523,27 +523,34 @@ struct SnapshotChaosTests {
                 done.signal()
             }
         }
-        // The killer: SIGKILL at a random point 5-100 ms after each start.
-        let kills = Mutexed(0)
+        // The killer: SIGKILL at a random point 5-100 ms after each start;
+        // one restart in four is itself killed 0-30 ms after its exec,
+        // during its start-up (the snapshots' replay and recovery).
+        let kills = Mutexed((serving: 0, starting: 0))
         let killer = Latch()
         Threads.detach {
             var rng = SplitMix64(seed: 1313)
-            var n = 0
             while !stop.locked({ $0 }) {
                 usleep(UInt32(5_000 + rng.next() % 95_000))
                 if stop.locked({ $0 }) { break }
                 current.lock.locked {
                     current.agent.crash()
+                    let dir = current.agent.dir
+                    if rng.next() % 4 == 0, let pid = try? spawnWithEnvironment(
+                        [builtTool("lmctfy-agent"), "--config", dir + "/agent.conf"], []) {
+                        usleep(UInt32(rng.next() % 30_000))
+                        TestProcess.end(pid)
+                        kills.locked { $0.starting += 1 }
+                    }
                     while true {
-                        if let next = try? AgentProcess(reusing: current.agent.dir) {
+                        if let next = try? AgentProcess(reusing: dir) {
                             current.agent = next
                             break
                         }
                     }
                 }
-                n += 1
+                kills.locked { $0.serving += 1 }
             }
-            kills.locked { $0 = n }
             killer.signal()
         }
         let finished = done.wait(seconds: 600)
@@ -596,6 +603,6 @@ struct SnapshotChaosTests {
         // Every snapshot equal to what the kernel reports.
         #expect(try compare(store, root, stopped: true) == [])
         let c = counts.locked { $0 }
-        print("chaos: \(c.values.reduce(0, +)) operations (\(c.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", "))) by \(clients) clients in \(opsMs) ms; agent killed and restarted \(kills.locked { $0 }) times; \(retried.locked { $0 }) calls sent again; \(kernel.count) containers at the end")
+        print("chaos: \(c.values.reduce(0, +)) operations (\(c.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", "))) by \(clients) clients in \(opsMs) ms; agent killed and restarted \(kills.locked { $0.serving }) times (and \(kills.locked { $0.starting }) times more during its start-up); \(retried.locked { $0 }) calls sent again; \(kernel.count) containers at the end")
     }
 }
