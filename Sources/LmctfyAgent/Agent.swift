@@ -219,7 +219,6 @@ public final class Agent: @unchecked Sendable {
             let t0 = MonotonicClock.milliseconds()
             let found = try snapshots.recover(listed: Array(listed.frozen.keys))
             log.info("snapshots: \(found) in \(MonotonicClock.milliseconds() - t0) ms")
-            snapshots.start()
         }
         let swept = try dispatcher.journal?.open() ?? 0
         if swept > 0 { log.debug("request journal: \(swept) expired entries removed") }
@@ -241,6 +240,9 @@ public final class Agent: @unchecked Sendable {
         case .success(let port):
             tcpPort = port
             dispatcher.events.onRecord { [weak self] in self?.queuePublish() }
+            // Its threads (the flusher, changes behind the agent's back,
+            // processes of an earlier agent) once nothing can fail any more.
+            dispatcher.snapshots?.start()
         case .failure(let error):
             _ = loop.shutdown()
             throw error

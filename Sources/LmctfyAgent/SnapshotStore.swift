@@ -288,11 +288,23 @@ public final class SnapshotStore: @unchecked Sendable {
             let fl = Int(body[9]) << 8 | Int(body[10])
             guard 11 + fl <= body.count else { break }
             let file = String(decoding: body[11..<(11 + fl)], as: UTF8.self)
+            // Only names fileName makes: nothing a path could be built from.
+            guard isFileName(file) else { break }
             let payload = Array(body[(11 + fl)...])
             out.append((seq, file, body[0] == UInt8(ascii: "S") ? payload : nil))
             i += 4 + n
         }
         return out
+    }
+
+    /// Whether `f` is a name `fileName` makes (so it stays in the directory).
+    public static func isFileName(_ f: String) -> Bool {
+        guard let first = f.utf8.first, first == UInt8(ascii: "%") || first == UInt8(ascii: "~") else { return false }
+        return f.utf8.allSatisfy { b in
+            (UInt8(ascii: "a")...UInt8(ascii: "z")).contains(b) || (UInt8(ascii: "A")...UInt8(ascii: "Z")).contains(b)
+                || (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(b) || b == UInt8(ascii: "_") || b == UInt8(ascii: "-")
+                || b == UInt8(ascii: "%") || b == UInt8(ascii: "~")
+        }
     }
 
     /// Every snapshot file's newest logged state (nil: removed), from both

@@ -37,6 +37,8 @@ private func snapshot(_ name: String, limit: Int64 = 1 << 20, frozen: Bool = fal
         let file = SnapshotStore.fileName(long)
         #expect(file.hasPrefix("~") && file.utf8.count == 65 && SnapshotStore.name(ofFile: file) == nil)
         #expect(SnapshotStore.name(ofFile: ".tmp-%2Fa") == nil && SnapshotStore.name(ofFile: "damaged-%2Fa") == nil)
+        #expect(SnapshotStore.isFileName("%2Fa%2Fb") && SnapshotStore.isFileName(file))
+        #expect(!SnapshotStore.isFileName("%2F../x") && !SnapshotStore.isFileName("..") && !SnapshotStore.isFileName("log.a"))
     }
 
     @Test func writeLoadRemoveAndLongNames() throws {
