@@ -254,6 +254,7 @@ struct SnapshotAgentTests {
         // Write 1 (flush pass 1): the create; write 2 (pass 2), the update,
         // dies at `step`.
         let first = try AgentProcess(config: agentConfig(root), environment: ["LMCTFY_AGENT_TEST_SNAPSHOT_CRASH=\(step):2"])
+        defer { _ = removeTree(first.dir) }  // also when a check fails before the restart
         var firstAlive = true
         defer { if firstAlive { first.stop() } }
         let client = try connect(first)
@@ -298,6 +299,7 @@ struct SnapshotAgentTests {
         let root = try TestRoot("recover")
         defer { root.destroy() }
         let first = try AgentProcess(config: agentConfig(root))
+        defer { _ = removeTree(first.dir) }  // also when a check fails before the restart
         var firstAlive = true
         defer { if firstAlive { first.stop() } }
         var client = try connect(first)
