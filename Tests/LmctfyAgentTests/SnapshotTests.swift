@@ -313,6 +313,14 @@ struct SnapshotAgentTests {
                 return true
             }
         }
+        // A foreground run is recorded while it runs and leaves the
+        // snapshot when it has exited (its exit went to its caller).
+        var exited = false
+        try client.stream(AgentMethods.run, RunRequest(name: "/a", argv: ["true"])) { (r: RunResponse) in
+            if r.kind == .runExited { exited = r.exitCode == 0 }
+            return true
+        }
+        #expect(exited)
         _ = try client.call(AgentMethods.pause, PauseRequest(name: "/p"))
         let firstBoot = try client.call(AgentMethods.machineInfo, MachineInfoRequest()).bootId
         client.close()
@@ -384,6 +392,11 @@ struct SnapshotAgentTests {
         }
         #expect(problems == [], "\(allEvents(second.socket).filter { $0.kind != .containerEventStats })")
         #expect(store.load("/cli")?.spec?.memory?.limit == 64 << 20)
+        // A container made with the CLI while the agent runs is adopted.
+        #expect(try TestProcess.capture([lmctfy, "create", root.name + "/cli2", "memory:{limit:33554432}"]).status == 0)
+        for _ in 0..<100 where store.load("/cli2") == nil { usleep(20_000) }
+        #expect(store.load("/cli2")?.adopted == true)
+        #expect(try compare(store, root) == [])
     }
 }
 
