@@ -27,6 +27,7 @@
 import Glibc
 import LmctfyEvents
 import LmctfyProto
+import LmctfyRPC
 import LmctfySystem
 
 /// Thread-safe.
@@ -44,11 +45,12 @@ public final class SnapshotKeeper: Sendable {
         var createdNs: UInt64
         var adopted: Bool
         var processes: [SnapshotProcess] = []
-        /// The last snapshot written, serialized without its boot id, time
-        /// and stats (what is compared to skip an unchanged write).
+        /// SHA-256 of the last snapshot written, serialized without its
+        /// boot id, time and stats (compared to skip an unchanged write; a
+        /// hash, not the bytes: 32 bytes a container, not kilobytes).
         var written: [UInt8]?
-        /// Its spec as last written (serialized), so that the watcher's
-        /// read of the same spec needs no second read here.
+        /// SHA-256 of its spec as last written (serialized), so that the
+        /// watcher's read of the same spec needs no second read here.
         var spec: [UInt8]?
     }
 
@@ -144,7 +146,7 @@ public final class SnapshotKeeper: Sendable {
             formatVersion: SnapshotStore.formatVersion, name: path, spec: kernel.spec,
             owner: kernel.spec.owner, ownerGroup: kernel.spec.ownerGroup, frozen: kernel.frozen,
             createdNs: rec.createdNs, process: alive, adopted: rec.adopted)
-        let key = (try? s.serializedBytes()) ?? []
+        let key = Crypto.sha256((try? s.serializedBytes()) ?? [])
         if key == rec.written && alive.count == rec.processes.count {
             counts.locked { $0.skipped += 1 }
             return
@@ -156,7 +158,7 @@ public final class SnapshotKeeper: Sendable {
         try store.write(s)
         let fileNs = MonotonicClock.nanoseconds() - f0
         let dead = Set(rec.processes.filter { p in !alive.contains { $0.pid == p.pid } }.compactMap(\.pid))
-        let specBytes = try? kernel.spec.serializedBytes()
+        let specBytes = (try? kernel.spec.serializedBytes()).map(Crypto.sha256)
         records.locked { r in
             r[path]?.written = key
             r[path]?.spec = specBytes
@@ -216,7 +218,7 @@ public final class SnapshotKeeper: Sendable {
     /// `spec`: the spec the watcher has just read (serialized); nothing is
     /// queued when it is the one last written.
     func observed(_ path: String, spec: [UInt8]? = nil) {
-        if let spec, records.locked({ $0[path]?.spec == spec }) { return }
+        if let spec, case let hash = Crypto.sha256(spec), records.locked({ $0[path]?.spec == hash }) { return }
         _ = pending.locked { $0.names.insert(path) }
         wake.bump()
     }
@@ -429,7 +431,9 @@ public final class SnapshotKeeper: Sendable {
             key.writtenNs = nil
             records.locked { r in
                 r[name] = Record(createdNs: s.createdNs ?? WallClock.nanosecondsSinceEpoch(), adopted: s.adopted ?? false,
-                                 processes: processes, written: processes.count == s.process.count ? try? key.serializedBytes() : nil)
+                                 processes: processes,
+                                 written: processes.count == s.process.count ? (try? key.serializedBytes()).map(Crypto.sha256) : nil,
+                                 spec: (try? s.spec?.serializedBytes()).flatMap { $0 }.map(Crypto.sha256))
             }
             out.reattached += 1
         }

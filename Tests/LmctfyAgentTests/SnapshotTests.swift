@@ -127,6 +127,20 @@ private func snapshot(_ name: String, limit: Int64 = 1 << 20, frozen: Bool = fal
         #expect(all.isEmpty && damaged.first?.why.contains("newer") == true)
     }
 
+    /// The stats sample a snapshot carries: each container's newest, until
+    /// it (or a container above it) is destroyed.
+    @Test func theLatestStatsSampleOfEachContainer() {
+        let events = EventLog(capacity: 4)
+        for (c, n) in [("/a", 1), ("/a/b", 2), ("/c", 3), ("/a", 4), ("/ab", 5)] {
+            events.recordStats(container: c, ContainerStats(memory: MemoryStats(usage: Int64(n))))
+        }
+        #expect(events.latestStats(container: "/a")?.memory?.usage == 4)
+        #expect(events.latestStats(container: "/a/b")?.memory?.usage == 2, "kept though the ring has wrapped")
+        events.record(container: "/a", kind: .containerEventDestroyed)
+        #expect(events.latestStats(container: "/a") == nil && events.latestStats(container: "/a/b") == nil)
+        #expect(events.latestStats(container: "/c")?.memory?.usage == 3 && events.latestStats(container: "/ab")?.memory?.usage == 5)
+    }
+
     /// Concurrent writes of one name coalesce: requests made while a write
     /// runs share the next one, and every writer returns only after a write
     /// that started after its request.
