@@ -198,7 +198,16 @@ public final class SnapshotKeeper: Sendable {
             r[path]?.processes.append(p)
         }
         syncOrWarn(path)
+        // A detached process is not our child (D6): its pidfd says when it
+        // exits, not how. (A foreground one is waited for by its call.)
+        if detached, watchExit(path, p, reason: Self.detachedExit) == false {
+            events.append(ContainerEvent(container: path, kind: .containerEventProcessExited, pid: pid, reason: Self.detachedExit))
+            exited(path, pid: pid)
+        }
     }
+
+    static let detachedExit = "exited; its status is unknown (detached)"
+    static let earlierAgentExit = "exited; its status is unknown (started by an earlier agent)"
 
     /// A process the agent ran in the foreground ended (its status went to
     /// the caller and the event log): dropped from the snapshot.
@@ -228,7 +237,8 @@ public final class SnapshotKeeper: Sendable {
         guard !running.locked({ r in defer { r = true }; return r }) else { return }
         store.startFlusher()
         startProcessWatch()
-        for (path, p) in survivors.locked({ s in defer { s = [] }; return s }) where !watchExit(path, p) {
+        for (path, p) in survivors.locked({ s in defer { s = [] }; return s })
+        where watchExit(path, p, reason: Self.earlierAgentExit) == false {
             // Gone since the recovery looked: dropped at once.
             events.append(ContainerEvent(container: path, kind: .containerEventProcessExited, pid: p.pid,
                                          reason: "exited while the agent was down"))
@@ -267,8 +277,9 @@ public final class SnapshotKeeper: Sendable {
 
     // MARK: Processes an earlier agent started
 
-    /// Watches the recorded processes that outlived the agent that started
-    /// them: each has a pidfd (pidfd_open, opened and then checked against
+    /// Watches the recorded processes that are not the agent's children
+    /// (detached ones, and those that outlived the agent that started
+    /// them): each has a pidfd (pidfd_open, opened and then checked against
     /// the recorded start time, so it is that process and not a later one
     /// with its pid) polled by one thread. When one exits, PROCESS_EXITED
     /// is recorded with its pid and no status (waitid on the pidfd of a
@@ -279,7 +290,7 @@ public final class SnapshotKeeper: Sendable {
         let epoll: Epoll
         let wakeFd: Int32
         let lock = Lock()
-        var entries: [UInt64: (fd: Int32, path: String, pid: Int32)] = [:]
+        var entries: [UInt64: (fd: Int32, path: String, pid: Int32, reason: String)] = [:]
         var next: UInt64 = 1
         var stopping = false
         let done = Latch()
@@ -299,12 +310,17 @@ public final class SnapshotKeeper: Sendable {
     /// The recorded processes the recovery found alive, watched from `start`.
     private let survivors = Mutexed<[(String, SnapshotProcess)]>([])
 
-    /// Watches `p` (recorded in `path`) until it exits; false if it is gone
-    /// already (or cannot be watched: then it is only dropped at a write).
+    /// Watches `p` (recorded in `path`) until it exits, then records
+    /// PROCESS_EXITED with `reason`. True: watched; false: it is gone
+    /// already; nil: it cannot be watched (no watch thread, out of
+    /// descriptors): it is only dropped at a write.
     @discardableResult
-    func watchExit(_ path: String, _ p: SnapshotProcess) -> Bool {
-        guard let pid = p.pid, let w = processWatch.locked({ $0 }) else { return false }
-        guard let fd = try? Sys.pidfdOpen(pid) else { return false }
+    func watchExit(_ path: String, _ p: SnapshotProcess, reason: String) -> Bool? {
+        guard let pid = p.pid, let w = processWatch.locked({ $0 }) else { return nil }
+        let fd: Int32
+        do throws(SystemError) { fd = try Sys.pidfdOpen(pid) } catch {
+            return error.errno == ESRCH ? false : nil
+        }
         // Opened first, checked second: the descriptor now pins the
         // process, and the start time says it is the one recorded.
         guard Self.isAlive(p) else {
@@ -316,11 +332,11 @@ public final class SnapshotKeeper: Sendable {
             let key = w.next
             w.next += 1
             guard (try? w.epoll.add(fd, key: key)) != nil else { return false }
-            w.entries[key] = (fd, path, pid)
+            w.entries[key] = (fd, path, pid, reason)
             return true
         }
         if !added { close(fd) }
-        return added
+        return added ? true : nil
     }
 
     private func startProcessWatch() {
@@ -332,21 +348,20 @@ public final class SnapshotKeeper: Sendable {
         Threads.detach { [self] in
             while true {
                 let keys = (try? w.epoll.wait(timeoutMs: 1000)) ?? []
-                var gone: [(path: String, pid: Int32)] = []
+                var gone: [(path: String, pid: Int32, reason: String)] = []
                 let stop = w.lock.locked { () -> Bool in
                     for key in keys where key != 0 {
                         guard let e = w.entries.removeValue(forKey: key) else { continue }
                         w.epoll.remove(e.fd)
                         close(e.fd)
-                        gone.append((e.path, e.pid))
+                        gone.append((e.path, e.pid, e.reason))
                     }
                     return w.stopping
                 }
                 if keys.contains(0) { _ = try? EventFds.readCounter(w.wakeFd) }
                 if stop { break }
-                for (path, pid) in gone {
-                    events.append(ContainerEvent(container: path, kind: .containerEventProcessExited, pid: pid,
-                                                 reason: "exited; its status is unknown (started by an earlier agent)"))
+                for (path, pid, reason) in gone {
+                    events.append(ContainerEvent(container: path, kind: .containerEventProcessExited, pid: pid, reason: reason))
                     exited(path, pid: pid)
                 }
             }

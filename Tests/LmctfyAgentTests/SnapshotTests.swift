@@ -304,6 +304,34 @@ struct SnapshotAgentTests {
         #expect(try compare(store, root) == [])
     }
 
+    /// A detached run is recorded in its container's snapshot; it is not
+    /// the agent's child, so its exit comes through its pidfd: an event
+    /// without a status, and it leaves the snapshot.
+    @Test func aDetachedRunsExitIsAnEventWithoutAStatus() throws {
+        let root = try TestRoot("snapdetached")
+        defer { root.destroy() }
+        let agent = try AgentProcess(config: agentConfig(root))
+        defer { agent.stop() }
+        let client = try connect(agent)
+        defer { client.close() }
+        _ = try client.call(AgentMethods.create, CreateRequest(name: "/d", spec: ContainerSpec(memory: MemorySpec(limit: 64 << 20))))
+        var pid: Int32 = 0
+        try client.stream(AgentMethods.run, RunRequest(name: "/d", argv: ["sleep", "0.3"], detached: true)) { (r: RunResponse) in
+            pid = r.pid ?? pid
+            return true
+        }
+        #expect(snapshots(agent).load("/d")?.process.map(\.pid) == [pid], "recorded before RUN_STARTED")
+        var seen = false
+        for _ in 0..<150 where !seen {
+            seen = allEvents(agent.socket).contains { $0.container == "/d" && $0.kind == .containerEventProcessExited && $0.pid == pid
+                && $0.exitCode == nil && $0.termSignal == nil && $0.reason == "exited; its status is unknown (detached)" }
+            if !seen { usleep(20_000) }
+        }
+        #expect(seen)
+        for _ in 0..<100 where snapshots(agent).load("/d")?.process.isEmpty != true { usleep(20_000) }
+        #expect(snapshots(agent).load("/d")?.process.isEmpty == true)
+    }
+
     /// Restart recovery: while the agent is down a container with a snapshot
     /// is destroyed, one is made with the CLI, a recorded process dies and a
     /// paused container is resumed. The new agent (a new boot id) reports the

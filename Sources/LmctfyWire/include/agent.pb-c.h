@@ -970,7 +970,8 @@ struct  Containers__Lmctfy__Agent__ContainerEvent
    * start); PROCESS_EXITED "exited while the agent was down" (a process an
    * earlier agent ran, gone at this one's start) or "exited; its status is
    * unknown (started by an earlier agent)" (one still running at the start,
-   * whose exit this agent saw): neither has an exit code or signal.
+   * whose exit this agent saw) or "exited; its status is unknown (detached)"
+   * (a detached run's): none has an exit code or signal.
    */
   /*
    * Next id: 16
