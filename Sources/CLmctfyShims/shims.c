@@ -8,6 +8,7 @@
 #include <sys/file.h>
 #include <sys/random.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 size_t lm_heap_in_use(void) {
@@ -43,4 +44,12 @@ int lm_peer_credentials(int fd, pid_t *pid, uid_t *uid, gid_t *gid) {
 
 long lm_getrandom(void *buf, size_t len) {
     return getrandom(buf, len, 0);
+}
+
+#ifndef SYS_pidfd_open
+#define SYS_pidfd_open 434
+#endif
+
+int lm_pidfd_open(pid_t pid) {
+    return (int)syscall(SYS_pidfd_open, pid, 0);
 }

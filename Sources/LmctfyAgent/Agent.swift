@@ -155,8 +155,13 @@ public final class Agent: @unchecked Sendable {
         // now, and MachineInfo, Checkpoint and Restore wait for it.
         let criu = CriuProbe()
         criu.start()
-        let snapshots = SnapshotKeeper(
-            store: SnapshotStore(directory: settings.stateDir + "/snapshots", crash: SnapshotCrashPoint.fromEnvironment()),
+        // LMCTFY_AGENT_BENCH_SNAPSHOTS (tools/bench-snapshots only): "off"
+        // keeps none, "volatile" writes them without fsync, to measure what
+        // snapshots cost a create.
+        let bench = getenv("LMCTFY_AGENT_BENCH_SNAPSHOTS").map { String(cString: $0) }
+        let snapshots = bench == "off" ? nil : SnapshotKeeper(
+            store: SnapshotStore(directory: settings.stateDir + "/snapshots", durable: bench != "volatile",
+                                 crash: SnapshotCrashPoint.fromEnvironment()),
             events: events,
             read: { (path: String) throws(LmctfyError) -> (spec: ContainerSpec, frozen: Bool)? in
                 let name = try scope.resolve(path)
@@ -244,7 +249,6 @@ public final class Agent: @unchecked Sendable {
             let t0 = MonotonicClock.milliseconds()
             let found = try snapshots.recover(listed: Array(listed.frozen.keys))
             log.info("snapshots: \(found) in \(MonotonicClock.milliseconds() - t0) ms")
-            snapshots.start()
         }
         let swept = try dispatcher.journal?.open() ?? 0
         if swept > 0 { log.debug("request journal: \(swept) expired entries removed") }
@@ -266,6 +270,9 @@ public final class Agent: @unchecked Sendable {
         case .success(let port):
             tcpPort = port
             dispatcher.events.onRecord { [weak self] in self?.queuePublish() }
+            // Its threads (the flusher, changes behind the agent's back,
+            // processes of an earlier agent) once nothing can fail any more.
+            dispatcher.snapshots?.start()
         case .failure(let error):
             _ = loop.shutdown()
             throw error
@@ -1017,6 +1024,7 @@ public final class Agent: @unchecked Sendable {
         finished.wait()
         let rc = loop.shutdown()
         statsPublisher?.stop()
+        if let snapshots = dispatcher.snapshots { log.info("snapshots: \(snapshots.costs)") }
         log.info("lmctfy-agent stopped (uv_loop_close \(rc))")
         return rc
     }

@@ -187,7 +187,7 @@ public final class Dispatcher: Sendable {
         self.snapshots = snapshots
         self.inventory = Inventory(events: events)
         if let snapshots {
-            inventory.observer.locked { $0 = Inventory.Observer { snapshots.observed($0) } }
+            inventory.observer.locked { $0 = Inventory.Observer { snapshots.observed($0, spec: $1) } }
         }
     }
 

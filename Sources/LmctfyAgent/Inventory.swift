@@ -39,13 +39,14 @@ final class Inventory: Sendable {
     /// without the agent, as it is recorded (the snapshot keeper: it only
     /// queues the name; called with the inventory's lock held). In a
     /// class: see EventLog.observer.
+    /// With the spec just read (serialized), when that is why.
     final class Observer: Sendable {
-        let call: @Sendable (String) -> Void
-        init(_ call: @escaping @Sendable (String) -> Void) { self.call = call }
+        let call: @Sendable (String, [UInt8]?) -> Void
+        init(_ call: @escaping @Sendable (String, [UInt8]?) -> Void) { self.call = call }
     }
     let observer = Mutexed<Observer?>(nil)
 
-    private func changed(_ name: String) { observer.locked { $0 }?.call(name) }
+    private func changed(_ name: String, spec: [UInt8]? = nil) { observer.locked { $0 }?.call(name, spec) }
 
     init(events: EventLog) {
         self.events = events
@@ -193,7 +194,7 @@ final class Inventory: Sendable {
             // keeper's last read and this first one (just after the agent
             // started) is no UPDATED here, but the keeper compares with
             // what it wrote (and writes nothing when that is the same).
-            changed(name)
+            changed(name, spec: spec)
             s.specs[name] = spec
         }
     }

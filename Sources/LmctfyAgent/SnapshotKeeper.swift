@@ -5,8 +5,10 @@
 // When snapshots are written:
 // - the agent's own create, update, run, pause, resume and killall: by the
 //   call, after the kernel work and before the answer, so a change a client
-//   saw succeed is on disk (fsynced) before it is told. Destroy removes the
-//   container's snapshot and its subcontainers'.
+//   saw succeed survives the agent being killed (it is in the store's
+//   intent log; the store's flusher makes the file durable moments later,
+//   see SnapshotStore). Destroy removes the container's snapshot and its
+//   subcontainers'.
 // - changes made behind the agent's back (the lmctfy CLI, another tool):
 //   the Inventory tells us of every name whose existence, freezer state or
 //   spec it saw change, and a thread of ours writes (or removes) the
@@ -25,6 +27,7 @@
 import Glibc
 import LmctfyEvents
 import LmctfyProto
+import LmctfyRPC
 import LmctfySystem
 
 /// Thread-safe.
@@ -42,15 +45,13 @@ public final class SnapshotKeeper: Sendable {
         var createdNs: UInt64
         var adopted: Bool
         var processes: [SnapshotProcess] = []
-        /// The last snapshot written, serialized without its boot id, time
-        /// and stats (what is compared to skip an unchanged write).
+        /// SHA-256 of the last snapshot written, serialized without its
+        /// boot id, time and stats (compared to skip an unchanged write; a
+        /// hash, not the bytes: 32 bytes a container, not kilobytes).
         var written: [UInt8]?
-        /// The kernel's state as last read, good while `readFor` is still
-        /// `asked`: every sync but a process-only one bumps `asked` before
-        /// it queues, so a read that may have missed its change is not used.
-        var kernel: (spec: ContainerSpec, frozen: Bool)?
-        var readFor: UInt64 = 0
-        var asked: UInt64 = 1
+        /// SHA-256 of its spec as last written (serialized), so that the
+        /// watcher's read of the same spec needs no second read here.
+        var spec: [UInt8]?
     }
 
     private let records = Mutexed<[String: Record]>([:])
@@ -63,13 +64,35 @@ public final class SnapshotKeeper: Sendable {
     private let running = Mutexed(false)
 
     /// What the writes cost (for the measurements in the README).
-    public struct Costs: Sendable {
+    public struct Costs: Sendable, CustomStringConvertible {
         public var writes = 0
         public var skipped = 0
         public var removes = 0
+        /// Reading the kernel's state and writing the file, per write.
         public var writeNs: UInt64 = 0
+        /// Logging it, before the answer (encode, one append to the log).
+        public var fileNs: UInt64 = 0
+        /// The flusher's (after the answer): passes, snapshots renamed,
+        /// time (fdatasync of the batch, renames, the directory's fsync).
+        public var flush = SnapshotStore.FlushCosts()
+        public var description: String {
+            let n = Double(max(writes, 1))
+            let p = Double(max(flush.passes, 1))
+            return "\(writes) written (\(fmt(Double(writeNs) / n / 1000)) µs each before the answer: kernel read-back \(fmt(Double(writeNs - fileNs) / n / 1000)) µs, logged \(fmt(Double(fileNs) / n / 1000)) µs), \(skipped) unchanged, \(removes) removed; flushed in \(flush.passes) passes (\(fmt(Double(flush.renamed) / p)) snapshots and \(fmt(Double(flush.ns) / p / 1000)) µs a pass)"
+        }
+        private func fmt(_ v: Double) -> String {
+            let t = Int((v * 10).rounded())
+            return "\(t / 10).\(t % 10)"
+        }
     }
-    public let costs = Mutexed(Costs())
+    private let counts = Mutexed(Costs())
+
+    /// What the writes cost so far.
+    public var costs: Costs {
+        var c = counts.locked { $0 }
+        c.flush = store.flushCosts.locked { $0 }
+        return c
+    }
 
     public init(store: SnapshotStore, events: EventLog, read: @escaping Read,
                 warn: @escaping @Sendable (String) -> Void = { _ in }) {
@@ -85,12 +108,7 @@ public final class SnapshotKeeper: Sendable {
     /// if the container is gone), unless it is unchanged. Returns once a
     /// write that started after this call has finished. `adopted`: a
     /// container not made through this agent, if it has no record yet.
-    /// `processesOnly`: only the recorded processes changed (a Run through
-    /// the agent started or ended), so the spec and freezer state last read
-    /// are used again unless another sync has been asked for since (a change
-    /// behind the agent's back reaches us through `observed`, which asks).
-    public func sync(_ path: String, adopted: Bool = false, processesOnly: Bool = false) throws(LmctfyError) {
-        if !processesOnly { records.locked { $0[path]?.asked += 1 } }
+    public func sync(_ path: String, adopted: Bool = false) throws(LmctfyError) {
         do {
             try syncs.run(path) { try syncNow(path, adopted: adopted) }
         } catch let error as LmctfyError {
@@ -103,8 +121,8 @@ public final class SnapshotKeeper: Sendable {
     /// `sync`, but a failure is only logged: the kernel work of the call is
     /// done and stays done (nothing is half-made), and the background
     /// thread tries again.
-    func syncOrWarn(_ path: String, processesOnly: Bool = false) {
-        do throws(LmctfyError) { try sync(path, processesOnly: processesOnly) } catch {
+    func syncOrWarn(_ path: String) {
+        do throws(LmctfyError) { try sync(path) } catch {
             warn("snapshot of \(path) not written (tried again later): \(error)")
             observed(path)
         }
@@ -112,24 +130,15 @@ public final class SnapshotKeeper: Sendable {
 
     private func syncNow(_ path: String, adopted: Bool) throws(LmctfyError) {
         let t0 = MonotonicClock.nanoseconds()
-        let (cached, generation) = records.locked { r in
-            (r[path].flatMap { $0.readFor == $0.asked ? $0.kernel : nil }, r[path]?.asked ?? 1)
-        }
-        let current: (spec: ContainerSpec, frozen: Bool)?
-        if let cached { current = cached } else { current = try read(path) }
-        guard let kernel = current else {
+        guard let kernel = try read(path) else {
             records.locked { $0[path] = nil }
             try store.remove(path)
-            costs.locked { $0.removes += 1 }
+            counts.locked { $0.removes += 1 }
             return
         }
         let now = WallClock.nanosecondsSinceEpoch()
         let rec = records.locked { r in
             if r[path] == nil { r[path] = Record(createdNs: now, adopted: adopted) }
-            if cached == nil {
-                r[path]?.kernel = kernel
-                r[path]?.readFor = generation
-            }
             return r[path]!
         }
         let alive = rec.processes.filter { Self.isAlive($0) }
@@ -137,22 +146,26 @@ public final class SnapshotKeeper: Sendable {
             formatVersion: SnapshotStore.formatVersion, name: path, spec: kernel.spec,
             owner: kernel.spec.owner, ownerGroup: kernel.spec.ownerGroup, frozen: kernel.frozen,
             createdNs: rec.createdNs, process: alive, adopted: rec.adopted)
-        let key = (try? s.serializedBytes()) ?? []
+        let key = Crypto.sha256((try? s.serializedBytes()) ?? [])
         if key == rec.written && alive.count == rec.processes.count {
-            costs.locked { $0.skipped += 1 }
+            counts.locked { $0.skipped += 1 }
             return
         }
         s.bootId = events.bootId
         s.lastStats = events.latestStats(container: path)
         s.writtenNs = now
+        let f0 = MonotonicClock.nanoseconds()
         try store.write(s)
+        let fileNs = MonotonicClock.nanoseconds() - f0
         let dead = Set(rec.processes.filter { p in !alive.contains { $0.pid == p.pid } }.compactMap(\.pid))
+        let specBytes = (try? kernel.spec.serializedBytes()).map(Crypto.sha256)
         records.locked { r in
             r[path]?.written = key
+            r[path]?.spec = specBytes
             r[path]?.processes.removeAll { dead.contains($0.pid ?? 0) }
         }
         let ns = MonotonicClock.nanoseconds() - t0
-        costs.locked { $0.writes += 1; $0.writeNs += ns }
+        counts.locked { $0.writes += 1; $0.writeNs += ns; $0.fileNs += fileNs }
     }
 
     /// Removes the snapshots of `path` and of every container below it (a
@@ -165,7 +178,7 @@ public final class SnapshotKeeper: Sendable {
                     records.locked { $0[name] = nil }
                     try store.remove(name)
                 }
-                costs.locked { $0.removes += 1 }
+                counts.locked { $0.removes += 1 }
             } catch {
                 warn("snapshot of \(name) not removed: \(error)")
             }
@@ -184,8 +197,17 @@ public final class SnapshotKeeper: Sendable {
             if r[path] == nil { r[path] = Record(createdNs: now, adopted: false) }
             r[path]?.processes.append(p)
         }
-        syncOrWarn(path, processesOnly: true)
+        syncOrWarn(path)
+        // A detached process is not our child (D6): its pidfd says when it
+        // exits, not how. (A foreground one is waited for by its call.)
+        if detached, watchExit(path, p, reason: Self.detachedExit) == false {
+            events.append(ContainerEvent(container: path, kind: .containerEventProcessExited, pid: pid, reason: Self.detachedExit))
+            exited(path, pid: pid)
+        }
     }
+
+    static let detachedExit = "exited; its status is unknown (detached)"
+    static let earlierAgentExit = "exited; its status is unknown (started by an earlier agent)"
 
     /// A process the agent ran in the foreground ended (its status went to
     /// the caller and the event log): dropped from the snapshot.
@@ -195,14 +217,17 @@ public final class SnapshotKeeper: Sendable {
             r[path]?.processes.removeAll { $0.pid == pid }
             return n != (r[path]?.processes.count ?? 0)
         }
-        if had { syncOrWarn(path, processesOnly: true) }
+        if had { syncOrWarn(path) }
     }
 
     // MARK: Changes behind the agent's back
 
     /// A container whose existence, freezer state or spec changed without
     /// the agent (the Inventory's hook; called under its lock: only queues).
-    func observed(_ path: String) {
+    /// `spec`: the spec the watcher has just read (serialized); nothing is
+    /// queued when it is the one last written.
+    func observed(_ path: String, spec: [UInt8]? = nil) {
+        if let spec, case let hash = Crypto.sha256(spec), records.locked({ $0[path]?.spec == hash }) { return }
         _ = pending.locked { $0.names.insert(path) }
         wake.bump()
     }
@@ -210,6 +235,15 @@ public final class SnapshotKeeper: Sendable {
     /// Starts the thread that writes what `observed` queues.
     public func start() {
         guard !running.locked({ r in defer { r = true }; return r }) else { return }
+        store.startFlusher()
+        startProcessWatch()
+        for (path, p) in survivors.locked({ s in defer { s = [] }; return s })
+        where watchExit(path, p, reason: Self.earlierAgentExit) == false {
+            // Gone since the recovery looked: dropped at once.
+            events.append(ContainerEvent(container: path, kind: .containerEventProcessExited, pid: p.pid,
+                                         reason: "exited while the agent was down"))
+            exited(path, pid: p.pid ?? 0)
+        }
         Threads.detach { [self] in
             var seen: UInt64 = 0
             while true {
@@ -233,11 +267,119 @@ public final class SnapshotKeeper: Sendable {
     /// Stops the thread (what it had queued is left to the next start's
     /// recovery).
     public func stop() {
-        defer { store.close() }
         guard running.locked({ $0 }) else { return }
         pending.locked { $0.stopping = true }
         wake.bump()
         stopped.wait()
+        stopProcessWatch()
+        store.stopFlusher()
+    }
+
+    // MARK: Processes an earlier agent started
+
+    /// Watches the recorded processes that are not the agent's children
+    /// (detached ones, and those that outlived the agent that started
+    /// them): each has a pidfd (pidfd_open, opened and then checked against
+    /// the recorded start time, so it is that process and not a later one
+    /// with its pid) polled by one thread. When one exits, PROCESS_EXITED
+    /// is recorded with its pid and no status (waitid on the pidfd of a
+    /// process that is not our child fails with ECHILD: the status went to
+    /// whoever reaped it), and it leaves the snapshot.
+    final class ProcessWatch: @unchecked Sendable {
+        // @unchecked: `entries`, `next` and `stopping` only under `lock`.
+        let epoll: Epoll
+        let wakeFd: Int32
+        let lock = Lock()
+        var entries: [UInt64: (fd: Int32, path: String, pid: Int32, reason: String)] = [:]
+        var next: UInt64 = 1
+        var stopping = false
+        let done = Latch()
+
+        init() throws(SystemError) {
+            epoll = try Epoll()
+            wakeFd = try EventFds.eventfd()
+            try epoll.add(wakeFd, key: 0)
+        }
+
+        deinit {
+            for (_, e) in entries { close(e.fd) }
+            close(wakeFd)
+        }
+    }
+    private let processWatch = Mutexed<ProcessWatch?>(nil)
+    /// The recorded processes the recovery found alive, watched from `start`.
+    private let survivors = Mutexed<[(String, SnapshotProcess)]>([])
+
+    /// Watches `p` (recorded in `path`) until it exits, then records
+    /// PROCESS_EXITED with `reason`. True: watched; false: it is gone
+    /// already; nil: it cannot be watched (no watch thread, out of
+    /// descriptors): it is only dropped at a write.
+    @discardableResult
+    func watchExit(_ path: String, _ p: SnapshotProcess, reason: String) -> Bool? {
+        guard let pid = p.pid, let w = processWatch.locked({ $0 }) else { return nil }
+        let fd: Int32
+        do throws(SystemError) { fd = try Sys.pidfdOpen(pid) } catch {
+            return error.errno == ESRCH ? false : nil
+        }
+        // Opened first, checked second: the descriptor now pins the
+        // process, and the start time says it is the one recorded.
+        guard Self.isAlive(p) else {
+            close(fd)
+            return false
+        }
+        let added = w.lock.locked { () -> Bool in
+            guard !w.stopping else { return false }
+            let key = w.next
+            w.next += 1
+            guard (try? w.epoll.add(fd, key: key)) != nil else { return false }
+            w.entries[key] = (fd, path, pid, reason)
+            return true
+        }
+        if !added { close(fd) }
+        return added ? true : nil
+    }
+
+    private func startProcessWatch() {
+        guard let w = try? ProcessWatch() else {
+            warn("processes of an earlier agent are not watched (no epoll or eventfd)")
+            return
+        }
+        processWatch.locked { $0 = w }
+        Threads.detach { [self] in
+            while true {
+                let keys = (try? w.epoll.wait(timeoutMs: 1000)) ?? []
+                var gone: [(path: String, pid: Int32, reason: String)] = []
+                let stop = w.lock.locked { () -> Bool in
+                    for key in keys where key != 0 {
+                        guard let e = w.entries.removeValue(forKey: key) else { continue }
+                        w.epoll.remove(e.fd)
+                        close(e.fd)
+                        gone.append((e.path, e.pid, e.reason))
+                    }
+                    return w.stopping
+                }
+                if keys.contains(0) { _ = try? EventFds.readCounter(w.wakeFd) }
+                if stop { break }
+                for (path, pid, reason) in gone {
+                    events.append(ContainerEvent(container: path, kind: .containerEventProcessExited, pid: pid, reason: reason))
+                    exited(path, pid: pid)
+                }
+            }
+            w.done.signal()
+        }
+    }
+
+    private func stopProcessWatch() {
+        guard let w = processWatch.locked({ p in defer { p = nil }; return p }) else { return }
+        w.lock.locked { w.stopping = true }
+        EventFds.signal(w.wakeFd)
+        w.done.wait()
+    }
+
+    /// How many processes of an earlier agent are watched (tests).
+    public var watchedProcesses: Int {
+        guard let w = processWatch.locked({ $0 }) else { return 0 }
+        return w.lock.locked { w.entries.count }
     }
 
     // MARK: Recovery at start
@@ -251,8 +393,10 @@ public final class SnapshotKeeper: Sendable {
         public var damaged: [String] = []
         public var processesAlive = 0
         public var processesGone = 0
+        /// Snapshots whose newest version was still in a temp file.
+        public var rolledForward = 0
         public var description: String {
-            "\(reattached) re-attached (\(rewritten) rewritten from the kernel), \(vanished.count) destroyed while the agent was down, \(adopted.count) adopted, \(damaged.count) damaged files set aside; recorded processes: \(processesAlive) alive, \(processesGone) gone"
+            "\(rolledForward) rolled forward from temp files, \(reattached) re-attached (\(rewritten) rewritten from the kernel), \(vanished.count) destroyed while the agent was down, \(adopted.count) adopted, \(damaged.count) damaged files set aside; recorded processes: \(processesAlive) alive, \(processesGone) gone"
         }
     }
 
@@ -267,7 +411,8 @@ public final class SnapshotKeeper: Sendable {
     @discardableResult
     public func recover(listed: [String]) throws(LmctfyError) -> Recovery {
         var out = Recovery()
-        _ = try store.open()
+        let settled = try store.open()
+        out.rolledForward = settled.rolledForward
         let (snapshots, damaged) = store.loadAll()
         for (file, why) in damaged {
             warn("snapshot file \(store.directory)/\(file) is damaged (\(why)); set aside as damaged-\(file)")
@@ -286,6 +431,7 @@ public final class SnapshotKeeper: Sendable {
             for p in s.process {
                 if Self.isAlive(p) {
                     processes.append(p)
+                    survivors.locked { $0.append((name, p)) }
                     out.processesAlive += 1
                 } else {
                     events.append(ContainerEvent(container: name, kind: .containerEventProcessExited, pid: p.pid,
@@ -300,19 +446,23 @@ public final class SnapshotKeeper: Sendable {
             key.writtenNs = nil
             records.locked { r in
                 r[name] = Record(createdNs: s.createdNs ?? WallClock.nanosecondsSinceEpoch(), adopted: s.adopted ?? false,
-                                 processes: processes, written: processes.count == s.process.count ? try? key.serializedBytes() : nil)
+                                 processes: processes,
+                                 written: processes.count == s.process.count ? (try? key.serializedBytes()).map(Crypto.sha256) : nil,
+                                 spec: (try? s.spec?.serializedBytes()).flatMap { $0 }.map(Crypto.sha256))
             }
             out.reattached += 1
         }
         for name in listed.sorted() {
-            let before = costs.locked { $0.writes }
+            let before = counts.locked { $0.writes }
             do throws(LmctfyError) { try sync(name, adopted: true) } catch {
                 warn("snapshot of \(name) not written at start: \(error)")
                 continue
             }
-            let wrote = costs.locked { $0.writes } > before
+            let wrote = counts.locked { $0.writes } > before
             if snapshots[name] == nil { out.adopted.append(name) } else if wrote { out.rewritten += 1 }
         }
+        // Every file the recovery changed, in one pass, before anything is served.
+        store.flush()
         return out
     }
 

@@ -4,28 +4,36 @@
 //
 //     "LMSNAP01" | serialized ContainerSnapshot | SHA-256 of the serialized bytes
 //
-// so a file damaged after it was written (a disk, a hand edit) is told from a
-// good one rather than half-parsed (protobuf parses many truncations).
+// so a file cut short or damaged is told from a good one rather than
+// half-parsed (protobuf parses many truncations).
 //
-// Every write is atomic: a temp file beside the target (`.tmp-<file>`),
-// written, renamed over the target. An agent that dies at any instant
-// leaves the old snapshot or the new one (the page cache keeps what it
-// wrote); a temp file it left is removed when the store is opened. Writes
-// of one name are serialised (their temp file is shared).
+// Each snapshot file is written with the whole sequence temp file, fsync,
+// rename, fsync of the directory, but not while a client waits:
 //
-// Durability against a machine crash comes after the answer (issue #13 asks
-// that snapshot writes not make create slow): the files written and the
-// directory are fsynced by a flusher thread at most `syncDelayMs` (50 ms)
-// after the first write of a batch, once for the whole batch (group
-// commit). A call that changed a container is answered once its snapshot is
-// renamed into place, which is what an agent crash or restart needs; a
-// machine crash in the window may lose the last changes or leave a torn file
-// (the checksum below tells it, and recovery sets it aside and reports it).
-// That window is safe to give up: every container a snapshot describes dies
-// with the machine too. Measured: a create through the agent paid ~0.6 ms
-// more with the fsyncs before the answer, a create+run+destroy ~2 ms
-// (README). `syncDelayMs: 0` fsyncs before returning (file, then
-// directory), as a store that must be durable at once would.
+// 1. `write` and `remove` (the call, before it answers) append one record
+//    to an intent log, state_dir/snapshots/log.a or log.b: the framed
+//    snapshot (or the name removed) with a sequence number and a SHA-256.
+//    One write(2), no file made, no fsync: a killed agent keeps it (the
+//    page cache does), and the next start replays it (3).
+// 2. The flusher thread, at once, for everything logged meanwhile (group
+//    commit: while it waits for the disk the next batch forms; a container
+//    changed five times meanwhile is written once): it switches appends to
+//    the other log, then writes each changed snapshot to `.tmp-<file>`,
+//    fdatasyncs those, renames each over its snapshot (or unlinks a removed
+//    one), fsyncs the directory once, and only then empties the log it
+//    covered.
+// 3. `open` (at start): the records of both logs, in sequence order, are
+//    applied the same way (the newest state of each snapshot wins), then
+//    both logs are emptied and stray temp files removed.
+//
+// A crash at any instant (the agent killed, or the machine) therefore leaves
+// each snapshot old or new, never torn: a snapshot file only ever changes by
+// a rename of a whole, fsynced temp file; a log record cut short fails its
+// checksum and ends that log's replay (the records before it stand). What a
+// killed agent logged is never lost; what a machine crash lost from the page
+// cache is at most the changes of the last moments, whose containers (cgroups)
+// did not survive the crash either. `load` and `loadAll` see what `open`
+// would make of the files.
 //
 // Names are container names as the agent's clients know them ("/a/b"). The
 // file name is reversible: every byte outside [A-Za-z0-9_-] is %XX, so "/"
@@ -39,15 +47,20 @@ import LmctfyRPC
 import LmctfySystem
 
 /// Where a test makes the agent die inside a snapshot write (the environment
-/// variable LMCTFY_AGENT_TEST_SNAPSHOT_CRASH="<step>:<n>", step `temp` or
-/// `rename`): at the `n`th write that reaches that step the process calls
-/// _exit(86). Off unless the environment asks for it.
+/// variable LMCTFY_AGENT_TEST_SNAPSHOT_CRASH="<step>:<n>"): at the `n`th
+/// time that step is reached the process calls _exit(86). Steps: `written`
+/// (a temp file written, before the call answers), `temp` (the flusher has
+/// fsynced a batch of temp files, before any rename), `rename` (renamed,
+/// before the directory's fsync). Off unless the environment asks for it.
 public struct SnapshotCrashPoint: Sendable {
-    public var step: AtomicWriteStep
+    public enum Step: String, Sendable {
+        case written, temp, rename
+    }
+    public var step: Step
     public var nth: Int
     let count = Mutexed(0)
 
-    public init(step: AtomicWriteStep, nth: Int) {
+    public init(step: Step, nth: Int) {
         self.step = step
         self.nth = nth
     }
@@ -56,11 +69,11 @@ public struct SnapshotCrashPoint: Sendable {
     public static func fromEnvironment() -> SnapshotCrashPoint? {
         guard let v = getenv("LMCTFY_AGENT_TEST_SNAPSHOT_CRASH"), v.pointee != 0 else { return nil }
         let parts = String(cString: v).split(separator: ":")
-        guard let first = parts.first, let step = AtomicWriteStep(rawValue: String(first)) else { return nil }
+        guard let first = parts.first, let step = Step(rawValue: String(first)) else { return nil }
         return SnapshotCrashPoint(step: step, nth: parts.count > 1 ? Int(parts[1]) ?? 1 : 1)
     }
 
-    func reached(_ s: AtomicWriteStep) {
+    func reached(_ s: Step) {
         guard s == step else { return }
         if count.locked({ c in c += 1; return c }) == nth { _exit(86) }
     }
@@ -124,33 +137,50 @@ final class Coalescer<Key: Hashable & Sendable>: @unchecked Sendable {
 }
 
 /// The snapshot files. Thread-safe.
-public final class SnapshotStore: Sendable {
+public final class SnapshotStore: @unchecked Sendable {
+    // @unchecked: `seq`, `live`, `pending`, `flusher*` only under `lock`;
+    // a flush pass at a time (`passLock`).
+
     /// The format this agent writes; a snapshot of a later one is refused.
     public static let formatVersion: UInt32 = 1
     static let magic = Array("LMSNAP01".utf8)
 
     /// state_dir/snapshots.
     public let directory: String
-    /// fsync the file and the directory (false only for measurements).
+    /// fsync the temp files and the directory (false only for measurements).
     public let durable: Bool
-    /// How long after a batch's first write its fsyncs run (0: before the
-    /// write returns).
-    public let syncDelayMs: Int
     let crash: SnapshotCrashPoint?
-    private let writes = Coalescer<String>()
-    private let directorySyncs = Coalescer<Int>()
-    /// Files renamed into place whose data and name are not yet fsynced,
-    /// and whether the flusher thread runs.
-    private let unsynced = Mutexed<(files: Set<String>, directory: Bool, flusher: Bool, stopping: Bool)>(([], false, false, false))
-    private let wake = ChangeCounter()
-    /// The fsync batches done, for the measurements.
-    public let syncBatches = Mutexed(0)
 
-    public init(directory: String, durable: Bool = true, syncDelayMs: Int = 50, crash: SnapshotCrashPoint? = nil) {
+    private let lock = Lock()
+    private let passLock = Lock()
+    /// The logs (see the top): `active` takes the appends.
+    private var logFds: [Int32] = [-1, -1]
+    private var active = 0
+    private var seq: UInt64 = 0
+    /// What was logged since the last pass: each snapshot file's newest
+    /// framed bytes, nil for a removal.
+    private var pending: [String: [UInt8]?] = [:]
+    private var flusherRunning = false
+    private var flusherStopping = false
+    private let wake = ChangeCounter()
+    private let flusherDone = Latch()
+
+    /// The flusher's work so far (for the cost figures).
+    public struct FlushCosts: Sendable {
+        public var passes = 0
+        public var renamed = 0
+        public var ns: UInt64 = 0
+    }
+    public let flushCosts = Mutexed(FlushCosts())
+
+    public init(directory: String, durable: Bool = true, crash: SnapshotCrashPoint? = nil) {
         self.directory = directory
         self.durable = durable
-        self.syncDelayMs = syncDelayMs
         self.crash = crash
+    }
+
+    deinit {
+        for fd in logFds where fd >= 0 { close(fd) }
     }
 
     // MARK: Names
@@ -191,7 +221,8 @@ public final class SnapshotStore: Sendable {
         return String(decoding: bytes, as: UTF8.self)
     }
 
-    func path(_ name: String) -> String { directory + "/" + Self.fileName(name) }
+    func path(_ file: String) -> String { directory + "/" + file }
+    func logPath(_ i: Int) -> String { directory + (i == 0 ? "/log.a" : "/log.b") }
 
     // MARK: Encoding
 
@@ -220,147 +251,272 @@ public final class SnapshotStore: Sendable {
         return .success(s)
     }
 
+    /// The snapshot in one file, nil if there is none or it does not check
+    /// out (for tests that look at a file itself).
+    public static func decodeFile(_ path: String) -> ContainerSnapshot? {
+        guard let bytes = try? Sys.readBytes(path), case .success(let s) = decode(bytes) else { return nil }
+        return s
+    }
+
+    // MARK: The intent log
+
+    /// One log record: length (4 bytes, big-endian, of what follows), kind
+    /// ("S" a snapshot, "R" a removal), seq (8 bytes), the snapshot file's
+    /// name (2-byte length, then the name), the payload (a framed snapshot;
+    /// nothing for a removal), SHA-256 of everything after the length.
+    static func record(kind: UInt8, seq: UInt64, file: String, payload: [UInt8]) -> [UInt8] {
+        var body: [UInt8] = [kind]
+        for i in (0..<8).reversed() { body.append(UInt8((seq >> (8 * UInt64(i))) & 0xff)) }
+        let f = Array(file.utf8)
+        body += [UInt8(f.count >> 8), UInt8(f.count & 0xff)] + f + payload
+        body += Crypto.sha256(body)
+        let n = UInt32(body.count)
+        return [UInt8(n >> 24), UInt8((n >> 16) & 0xff), UInt8((n >> 8) & 0xff), UInt8(n & 0xff)] + body
+    }
+
+    /// The records of one log, in order; stops at the first one cut short
+    /// or damaged (a crash mid-append).
+    static func records(_ bytes: [UInt8]) -> [(seq: UInt64, file: String, payload: [UInt8]?)] {
+        var out: [(UInt64, String, [UInt8]?)] = []
+        var i = 0
+        while i + 4 <= bytes.count {
+            let n = Int(bytes[i]) << 24 | Int(bytes[i + 1]) << 16 | Int(bytes[i + 2]) << 8 | Int(bytes[i + 3])
+            guard n >= 1 + 8 + 2 + 32, i + 4 + n <= bytes.count else { break }
+            let body = Array(bytes[(i + 4)..<(i + 4 + n - 32)])
+            guard Crypto.sha256(body) == Array(bytes[(i + 4 + n - 32)..<(i + 4 + n)]) else { break }
+            let seq = body[1..<9].reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
+            let fl = Int(body[9]) << 8 | Int(body[10])
+            guard 11 + fl <= body.count else { break }
+            let file = String(decoding: body[11..<(11 + fl)], as: UTF8.self)
+            // Only names fileName makes: nothing a path could be built from.
+            guard isFileName(file) else { break }
+            let payload = Array(body[(11 + fl)...])
+            out.append((seq, file, body[0] == UInt8(ascii: "S") ? payload : nil))
+            i += 4 + n
+        }
+        return out
+    }
+
+    /// Whether `f` is a name `fileName` makes (so it stays in the directory).
+    public static func isFileName(_ f: String) -> Bool {
+        guard let first = f.utf8.first, first == UInt8(ascii: "%") || first == UInt8(ascii: "~") else { return false }
+        return f.utf8.allSatisfy { b in
+            (UInt8(ascii: "a")...UInt8(ascii: "z")).contains(b) || (UInt8(ascii: "A")...UInt8(ascii: "Z")).contains(b)
+                || (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(b) || b == UInt8(ascii: "_") || b == UInt8(ascii: "-")
+                || b == UInt8(ascii: "%") || b == UInt8(ascii: "~")
+        }
+    }
+
+    /// Every snapshot file's newest logged state (nil: removed), from both
+    /// logs in sequence order, and the highest seq.
+    private func replay() -> (state: [String: [UInt8]?], seq: UInt64) {
+        var all: [(seq: UInt64, file: String, payload: [UInt8]?)] = []
+        for i in 0..<2 {
+            all += Self.records((try? Sys.readBytes(logPath(i))) ?? [])
+        }
+        var state: [String: [UInt8]?] = [:]
+        for r in all.sorted(by: { $0.seq < $1.seq }) { state[r.file] = .some(r.payload) }
+        return (state, all.map(\.seq).max() ?? 0)
+    }
+
+    /// Appends a record to the active log (the caller holds `lock`).
+    private func append(kind: UInt8, file: String, payload: [UInt8]) throws(SystemError) {
+        seq += 1
+        let r = Self.record(kind: kind, seq: seq, file: file, payload: payload)
+        try Sys.writeAll(logFds[active], r)
+    }
+
     // MARK: Files
 
-    /// Makes the directory (0700) if absent and removes the temp files a
-    /// crash left. Returns how many it removed.
+    /// Makes the directory (0700) if absent, applies what the logs hold
+    /// (a crash's unflushed changes), removes stray temp files, empties the
+    /// logs and opens them. Returns how many snapshots it rolled forward
+    /// from the logs and how many stray files it removed. Before any write.
     @discardableResult
-    public func open() throws(LmctfyError) -> Int {
+    public func open() throws(LmctfyError) -> (rolledForward: Int, removed: Int) {
         if !Sys.isDirectory(directory) {
             do { try Sys.mkdir(directory, mode: 0o700) } catch { throw error.lmctfy(.failedPrecondition, "Creating the snapshot directory") }
         }
         var removed = 0
-        let files: [String]
-        do { files = try Sys.subdirectoriesAndFiles(directory) } catch { throw error.lmctfy(.failedPrecondition, "Listing the snapshots") }
-        for f in files where f.hasPrefix(".tmp-") {
-            if (try? Sys.unlink(directory + "/" + f)) != nil { removed += 1 }
+        for f in (try? Sys.subdirectoriesAndFiles(directory)) ?? [] where f.hasPrefix(".tmp-") {
+            if (try? Sys.unlink(path(f))) != nil { removed += 1 }
         }
-        return removed
+        let (state, _) = replay()
+        do throws(SystemError) {
+            try materialize(state)
+            for i in 0..<2 {
+                let fd = try Sys.open(logPath(i), O_WRONLY | O_CREAT | O_TRUNC | O_APPEND, mode: 0o600)
+                lock.locked { logFds[i] = fd }
+            }
+            if durable { try Sys.syncDirectory(directory) }
+        } catch {
+            throw error.lmctfy(.internal, "Settling the snapshots")
+        }
+        lock.locked { active = 0; seq = 0 }
+        return (state.count, removed)
     }
 
-    /// Replaces `s.name`'s snapshot atomically and durably (see the top).
+    /// Writes each file's state the safe way: temp files written and
+    /// fdatasynced, renamed (removals unlinked), the directory fsynced.
+    private func materialize(_ state: [String: [UInt8]?]) throws(SystemError) {
+        guard !state.isEmpty else { return }
+        for (file, bytes) in state {
+            guard let bytes else { continue }
+            let temp = directory + "/.tmp-" + file
+            let fd = try Sys.open(temp, O_WRONLY | O_CREAT | O_TRUNC, mode: 0o600)
+            defer { close(fd) }
+            try Sys.writeAll(fd, bytes)
+            if durable { try Sys.syncData(fd, path: temp) }
+        }
+        crash?.reached(.temp)
+        for (file, bytes) in state {
+            if bytes == nil {
+                do { try Sys.unlink(path(file)) } catch where error.errno == ENOENT {}
+            } else {
+                try Sys.rename(directory + "/.tmp-" + file, path(file))
+            }
+        }
+        crash?.reached(.rename)
+        if durable { try Sys.syncDirectory(directory) }
+    }
+
+    /// Logs `s` as its name's newest snapshot before returning (a killed
+    /// agent keeps it); the flusher (or a `flush`) writes its file.
     public func write(_ s: ContainerSnapshot) throws(LmctfyError) {
         guard let name = s.name else { throw .internalError("A snapshot without a name") }
-        let bytes = try Self.encode(s)
-        let target = path(name)
-        do {
-            let now = durable && syncDelayMs == 0
-            try writes.run(target) {
-                try Sys.writeFileAtomically(target, bytes, mode: 0o600, durable: now, syncDirectory: false,
-                                            step: crash.map { c in { c.reached($0) } })
-            }
-            if now { try syncDirectory() } else { unsyncedChange(file: target) }
-        } catch let error as SystemError {
-            throw error.lmctfy(.internal, "Writing the snapshot of \(name)")
-        } catch {
-            throw .internalError("Writing the snapshot of \(name): \(error)")
-        }
+        try log(file: Self.fileName(name), bytes: try Self.encode(s), what: "Writing the snapshot of \(name)")
     }
 
-    /// Removes `name`'s snapshot (nothing if there is none).
+    /// Logs the removal of `name`'s snapshot (nothing if there is none);
+    /// the flusher unlinks its file soon after.
     public func remove(_ name: String) throws(LmctfyError) {
-        let target = path(name)
-        do {
-            try writes.run(target) {
-                do throws(SystemError) { try Sys.unlink(target) } catch { if error.errno != ENOENT { throw error } }
+        try log(file: Self.fileName(name), bytes: nil, what: "Removing the snapshot of \(name)")
+    }
+
+    private func log(file: String, bytes: [UInt8]?, what: String) throws(LmctfyError) {
+        do throws(SystemError) {
+            try lock.locked { () throws(SystemError) in
+                guard logFds[active] >= 0 else { throw SystemError("write", logPath(active), EBADF) }
+                try append(kind: bytes == nil ? UInt8(ascii: "R") : UInt8(ascii: "S"), file: file, payload: bytes ?? [])
+                pending[file] = .some(bytes)
             }
-            if durable && syncDelayMs == 0 { try syncDirectory() } else { unsyncedChange(file: nil) }
-        } catch let error as SystemError {
-            throw error.lmctfy(.internal, "Removing the snapshot of \(name)")
         } catch {
-            throw .internalError("Removing the snapshot of \(name): \(error)")
+            throw error.lmctfy(.internal, what + " (the store is not open?)")
         }
-    }
-
-    /// One fsync of the directory for every rename and unlink made before it
-    /// started.
-    private func syncDirectory() throws {
-        guard durable else { return }
-        try directorySyncs.run(0) { try Sys.syncDirectory(directory) }
-    }
-
-    /// A rename or unlink to make durable later (the flusher's batch).
-    private func unsyncedChange(file: String?) {
-        guard durable else { return }
-        let start = unsynced.locked { u -> Bool in
-            if let file { u.files.insert(file) }
-            u.directory = true
-            defer { u.flusher = true }
-            return !u.flusher
-        }
-        if start {
-            Threads.detach { [self] in flusher() }
-        } else {
-            wake.bump()
-        }
-    }
-
-    private func flusher() {
-        var seen: UInt64 = 0
-        while true {
-            let (pending, stopping) = unsynced.locked { ($0.directory, $0.stopping) }
-            if stopping { return }
-            if pending {
-                // Let the batch gather, then make all of it durable at once.
-                usleep(UInt32(syncDelayMs) * 1000)
-                flush()
-            }
-            seen = wake.wait(past: seen, timeoutMs: 1000)
-        }
-    }
-
-    /// Makes every write and removal so far durable now: each file written
-    /// fsynced, then the directory (the flusher calls it; so do the agent's
-    /// stop and tests).
-    public func flush() {
-        let (files, directory) = unsynced.locked { u in
-            defer { u.files = []; u.directory = false }
-            return (u.files, u.directory)
-        }
-        guard directory else { return }
-        for f in files {
-            let fd = Glibc.open(f, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)
-            guard fd >= 0 else { continue }  // replaced or removed since: its successor is in the batch
-            _ = fdatasync(fd)
-            Glibc.close(fd)
-        }
-        _ = try? syncDirectory()
-        syncBatches.locked { $0 += 1 }
-    }
-
-    /// Stops the flusher after a last flush.
-    public func close() {
-        flush()
-        unsynced.locked { $0.stopping = true }
+        crash?.reached(.written)
         wake.bump()
     }
 
-    /// `name`'s snapshot; nil when there is none or it is damaged.
-    public func load(_ name: String) -> ContainerSnapshot? {
-        guard let bytes = try? Sys.readBytes(path(name)), case .success(let s) = Self.decode(bytes) else { return nil }
-        return s
+    /// One flush pass (see the top): what was logged before it starts is
+    /// written to the snapshot files the safe way, then the log that held
+    /// it is emptied. A failure keeps that log (the next pass, or the next
+    /// start, tries again). Returns how many files it wrote or removed.
+    @discardableResult
+    public func flush() -> Int {
+        passLock.locked {
+            let (batch, covered): ([String: [UInt8]?], Int) = lock.locked {
+                defer { pending = [:] }
+                let covered = active
+                if !pending.isEmpty { active = 1 - active }
+                return (pending, covered)
+            }
+            guard !batch.isEmpty else { return 0 }
+            let t0 = MonotonicClock.nanoseconds()
+            defer {
+                let ns = MonotonicClock.nanoseconds() - t0
+                flushCosts.locked { $0.passes += 1; $0.ns += ns; $0.renamed += batch.count }
+            }
+            do throws(SystemError) {
+                try materialize(batch)
+                // Everything the covered log held is in the files now.
+                let fd = lock.locked { logFds[covered] }
+                try Sys.truncate(fd, to: 0, path: logPath(covered))
+            } catch {
+                // Logged again into the active log, so that nothing waits
+                // on the covered one and the next pass tries again.
+                lock.locked {
+                    for (file, bytes) in batch where pending[file] == nil {
+                        try? append(kind: bytes == nil ? UInt8(ascii: "R") : UInt8(ascii: "S"), file: file, payload: bytes ?? [])
+                        pending[file] = .some(bytes)
+                    }
+                }
+                return 0
+            }
+            return batch.count
+        }
     }
 
-    /// Every snapshot, by container name, and the files that are damaged
-    /// (with why). Temp files are skipped (`open` removes them).
+    /// Starts the flusher thread: a pass as soon as something is logged,
+    /// and the next one as soon as it ends if more was logged meanwhile.
+    public func startFlusher() {
+        let start = lock.locked { () -> Bool in
+            defer { flusherRunning = true }
+            return !flusherRunning
+        }
+        guard start else { return }
+        Threads.detach { [self] in
+            var seen: UInt64 = 0
+            while true {
+                let (work, stopping) = lock.locked { (!pending.isEmpty, flusherStopping) }
+                if work {
+                    flush()
+                    continue
+                }
+                if stopping { break }
+                seen = wake.wait(past: seen, timeoutMs: 1000)
+            }
+            flusherDone.signal()
+        }
+    }
+
+    /// Flushes what is left and stops the flusher thread.
+    public func stopFlusher() {
+        let running = lock.locked { () -> Bool in
+            flusherStopping = true
+            return flusherRunning
+        }
+        wake.bump()
+        if running { flusherDone.wait() } else { flush() }
+    }
+
+    /// `name`'s snapshot as `open` would leave it; nil when there is none
+    /// or it is damaged.
+    public func load(_ name: String) -> ContainerSnapshot? {
+        let file = Self.fileName(name)
+        if let logged = replay().state[file] {
+            guard let bytes = logged, case .success(let s) = Self.decode(bytes) else { return nil }
+            return s
+        }
+        return Self.decodeFile(path(file))
+    }
+
+    /// Every snapshot as `open` would leave them, by container name, and
+    /// the snapshot files that are damaged (with why).
     public func loadAll() -> (snapshots: [String: ContainerSnapshot], damaged: [(file: String, why: String)]) {
         var out: [String: ContainerSnapshot] = [:]
         var damaged: [(String, String)] = []
-        for f in ((try? Sys.subdirectoriesAndFiles(directory)) ?? []).sorted()
-        where f.hasPrefix("%") || f.hasPrefix("~") {
+        let logged = replay().state
+        var files = Set(((try? Sys.subdirectoriesAndFiles(directory)) ?? []).filter { $0.hasPrefix("%") || $0.hasPrefix("~") })
+        files.formUnion(logged.keys)
+        for f in files.sorted() {
             let bytes: [UInt8]
-            do { bytes = try Sys.readBytes(directory + "/" + f) } catch {
-                damaged.append((f, "\(error)"))
-                continue
-            }
-            switch Self.decode(bytes) {
-            case .success(let s):
-                // A file must be where its name says: one renamed by hand is damaged.
-                guard let name = s.name, Self.fileName(name) == f else {
-                    damaged.append((f, "holds the snapshot of \(s.name ?? "?"), whose file is \(Self.fileName(s.name ?? ""))"))
+            if let l = logged[f] {
+                guard let l else { continue }  // removed
+                bytes = l
+            } else {
+                do { bytes = try Sys.readBytes(path(f)) } catch {
+                    damaged.append((f, "\(error)"))
                     continue
                 }
-                out[name] = s
+            }
+            switch Self.decode(bytes) {
+            case .success(let found):
+                // A file must be where its name says: one renamed by hand is damaged.
+                guard let name = found.name, Self.fileName(name) == f else {
+                    damaged.append((f, "holds the snapshot of \(found.name ?? "?"), whose file is \(Self.fileName(found.name ?? ""))"))
+                    continue
+                }
+                out[name] = found
             case .failure(let e):
                 damaged.append((f, e.message))
             }
@@ -371,6 +527,6 @@ public final class SnapshotStore: Sendable {
     /// Moves a damaged file aside (`damaged-<file>`), so it is reported once
     /// and kept for a human, not read again.
     public func setAside(_ file: String) {
-        _ = rename(directory + "/" + file, directory + "/damaged-" + file)
+        _ = try? Sys.rename(path(file), directory + "/damaged-" + file)
     }
 }

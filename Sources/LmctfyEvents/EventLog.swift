@@ -87,6 +87,9 @@ public final class EventLog: Sendable {
         /// The newest sequence of an event (not a sample) pushed out: a
         /// resume from before it has missed something.
         var evictedThrough: UInt64 = 0
+        /// Each container's newest STATS sample (for its snapshot), until
+        /// its DESTROYED.
+        var latestStats: [String: ContainerStats] = [:]
 
         /// Both rings' events in (after, upTo], merged in sequence order.
         func range(after: UInt64, upTo: UInt64) -> [ContainerEvent] {
@@ -178,7 +181,12 @@ public final class EventLog: Sendable {
             s.next += 1
             if e.kind == .containerEventStats {
                 _ = s.stats.append(e, capacity: capacity)
+                if let c = e.container, let stats = e.stats { s.latestStats[c] = stats }
             } else {
+                if e.kind == .containerEventDestroyed, let c = e.container, !s.latestStats.isEmpty {
+                    // It and what was below it.
+                    s.latestStats = s.latestStats.filter { $0.key != c && !$0.key.hasPrefix(c == "/" ? "/" : c + "/") }
+                }
                 if let out = s.events.append(e, capacity: capacity) { s.evictedThrough = out.sequence ?? s.evictedThrough }
                 s.journal?.append(e)
             }
@@ -189,17 +197,10 @@ public final class EventLog: Sendable {
         return e
     }
 
-    /// The newest STATS sample kept of `container` (nil: none kept).
+    /// The newest STATS sample of `container` since it was last destroyed
+    /// (nil: none).
     public func latestStats(container: String) -> ContainerStats? {
-        state.locked { s in
-            var i = s.stats.items.count
-            while i > 0 {
-                i -= 1
-                let e = s.stats.items[(s.stats.start + i) % s.stats.items.count]
-                if e.container == container { return e.stats }
-            }
-            return nil
-        }
+        state.locked { $0.latestStats[container] }
     }
 
     /// The last boot before this one and its events as the journal kept

@@ -7,27 +7,13 @@
 // And lstat(2), for checks that must not follow a symlink.
 import Glibc
 
-/// A step of `Sys.writeFileAtomically`, for a test's fault injection: the
-/// hook runs after it, so a process that dies there shows what a crash at
-/// that instant leaves.
-public enum AtomicWriteStep: String, Sendable {
-    /// The temp file is written (and fsynced when durable), not yet renamed.
-    case tempWritten = "temp"
-    /// The temp file is renamed over the target; the directory is not yet fsynced.
-    case renamed = "rename"
-}
-
 extension Sys {
     /// Replaces `path` with `bytes` atomically (temp file beside it, fsync,
     /// rename, fsync of the directory; `durable: false`: no fsync). The file
     /// gets `mode`; it is created without following a symlink. On failure the
     /// temp file is removed and `path` keeps what it had.
-    /// `syncDirectory: false` leaves the directory's fsync to the caller (who
-    /// may do one for many renames: `syncDirectory(_:)`). `step` runs after
-    /// each step (tests only).
     public static func writeFileAtomically(_ path: String, _ bytes: [UInt8], mode: mode_t = 0o600,
-                                           durable: Bool = true, syncDirectory: Bool = true,
-                                           step: ((AtomicWriteStep) -> Void)? = nil) throws(SystemError) {
+                                           durable: Bool = true) throws(SystemError) {
         let slash = path.lastIndex(of: "/")
         let directory = slash.map { $0 == path.startIndex ? "/" : String(path[..<$0]) } ?? "."
         let name = slash.map { String(path[path.index(after: $0)...]) } ?? path
@@ -41,16 +27,14 @@ extension Sys {
                 let (r, e) = retry { fsync(fd) }
                 if r != 0 { throw SystemError("fsync", temp, e) }
             }
-            step?(.tempWritten)
-            let (rr, re) = retry { rename(temp, path) }
+            let (rr, re) = retry { Glibc.rename(temp, path) }
             if rr != 0 { throw SystemError("rename", path, re) }
         } catch {
             _ = try? unlink(temp)
             throw error
         }
-        step?(.renamed)
         // The rename is durable once the directory is.
-        guard durable && syncDirectory else { return }
+        guard durable else { return }
         try Sys.syncDirectory(directory)
     }
 

@@ -162,6 +162,33 @@ public enum Sys {
         if r < 0 { throw SystemError("rmdir", path, e) }
     }
 
+    /// open(2) creating the file if asked (`mode`), O_CLOEXEC and
+    /// O_NOFOLLOW added: a symlink at `path` is refused (ELOOP). The caller
+    /// closes the descriptor.
+    public static func open(_ path: String, _ flags: Int32, mode: mode_t) throws(SystemError) -> Int32 {
+        let (fd, e) = retry { Glibc.open(path, flags | O_CLOEXEC | O_NOFOLLOW, mode) }
+        if fd < 0 { throw SystemError("open", path, e) }
+        return fd
+    }
+
+    /// rename(2).
+    public static func rename(_ from: String, _ to: String) throws(SystemError) {
+        let (r, e) = retry { Glibc.rename(from, to) }
+        if r < 0 { throw SystemError("rename", from + " to " + to, e) }
+    }
+
+    /// fdatasync(2) of an open file (`path` names it in errors).
+    public static func syncData(_ fd: Int32, path: String) throws(SystemError) {
+        let (r, e) = retry { fdatasync(fd) }
+        if r < 0 { throw SystemError("fdatasync", path, e) }
+    }
+
+    /// ftruncate(2) of an open file to `length` bytes.
+    public static func truncate(_ fd: Int32, to length: Int, path: String) throws(SystemError) {
+        let (r, e) = retry { ftruncate(fd, off_t(length)) }
+        if r < 0 { throw SystemError("ftruncate", path, e) }
+    }
+
     /// unlink(2) of a file (not a directory).
     public static func unlink(_ path: String) throws(SystemError) {
         let (r, e) = retry { Glibc.unlink(path) }
@@ -287,6 +314,14 @@ public enum Sys {
             filled += r
         }
         return out
+    }
+
+    /// pidfd_open(2): a descriptor (close-on-exec; the caller closes it)
+    /// that polls readable once process `pid` has exited, child or not.
+    public static func pidfdOpen(_ pid: pid_t) throws(SystemError) -> Int32 {
+        let (fd, e) = retry { lm_pidfd_open(pid) }
+        if fd < 0 { throw SystemError("pidfd_open", String(pid), e) }
+        return fd
     }
 
     /// This process's pid.

@@ -5,6 +5,7 @@
 //   lmctfy-bench freeze N BASELINE       freeze+thaw of a one-task container
 //   lmctfy-bench run N BASELINE          run /bin/true in an existing container
 //   lmctfy-bench threshold N HELPER      threshold event: our Watch vs a raw eventfd
+//   lmctfy-bench agent-create N SOCKET CLIENTS  creates through an agent (tools/bench-snapshots)
 import Glibc
 import Lmctfy
 import LmctfyProto
@@ -342,6 +343,49 @@ do {
         let total = (now() - t0) / Double(n)
         print("agent lifecycle (create cpu+mem, run /bin/true, exit, destroy) \(phaseText(phases, n)) us=\(fmt(total))")
 
+    case "agent-create" where args.count == 5:
+        // agent-create N SOCKET CLIENTS: N creates (cpu+memory), then N
+        // destroys, through the agent, from CLIENTS threads at once; the
+        // mean and median create (tools/bench-snapshots runs it against
+        // agents with and without snapshots).
+        let clients = max(1, Int(args[4]) ?? 1)
+        let spec = try ContainerSpec(textFormat: "cpu { limit: 500 max_limit: 1000 } memory { limit: 104857600 }")
+        let creates = Mutexed<[Double]>([])
+        let destroys = Mutexed<[Double]>([])
+        let errors = Mutexed<[String]>([])
+        let done = Latch(clients)
+        let t0 = now()
+        for k in 0..<clients {
+            let socket = args[3]
+            Threads.detach {
+                do {
+                    let client = try RpcClient.connect(unixPath: socket, name: "bench")
+                    defer { client.close() }
+                    let names = stride(from: k, to: n, by: clients).map { "/lmctfy_bench_snap_\(getpid())_\($0)" }
+                    for name in names {
+                        let a = now()
+                        _ = try client.call(AgentMethods.create, CreateRequest(name: name, spec: spec))
+                        let t = now() - a
+                        creates.locked { $0.append(t) }
+                    }
+                    for name in names {
+                        let a = now()
+                        _ = try client.call(AgentMethods.destroy, DestroyRequest(name: name, force: true))
+                        let t = now() - a
+                        destroys.locked { $0.append(t) }
+                    }
+                } catch {
+                    errors.locked { $0.append("\(error)") }
+                }
+                done.signal()
+            }
+        }
+        done.wait()
+        let wall = now() - t0
+        if let e = errors.locked({ $0.first }) { fail(e) }
+        let c = creates.locked { $0 }.sorted(), d = destroys.locked { $0 }.sorted()
+        print("agent create (cpu+mem) x\(n), \(clients) client(s): create mean us=\(fmt(c.reduce(0, +) / Double(c.count))) p50 us=\(fmt(c[c.count / 2])) p99 us=\(fmt(c[c.count * 99 / 100])); destroy mean us=\(fmt(d.reduce(0, +) / Double(d.count))); creates+destroys per second=\(fmt(Double(2 * n) / wall * 1_000_000))")
+
     case "local-lifecycle":
         // local-lifecycle N: what agent-lifecycle does, through CL1 in this
         // process (no agent, no RPC): the agent's own share is the difference.
@@ -364,7 +408,7 @@ do {
         print("local lifecycle (create cpu+mem, run /bin/true, exit, destroy; CL1 in-process) \(phaseText(phases, n)) us=\(fmt(total))")
 
     default:
-        fail("usage: lmctfy-bench create-destroy N | freeze N BASELINE | run N BASELINE | threshold N HELPER | rpc PORT KEYFILE C D SECONDS | agent-lifecycle N SOCKET | local-lifecycle N")
+        fail("usage: lmctfy-bench create-destroy N | freeze N BASELINE | run N BASELINE | threshold N HELPER | rpc PORT KEYFILE C D SECONDS | agent-lifecycle N SOCKET | agent-create N SOCKET CLIENTS | local-lifecycle N")
     }
 } catch {
     fail("\(error)")

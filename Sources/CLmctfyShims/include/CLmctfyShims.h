@@ -48,4 +48,10 @@ int lm_peer_credentials(int fd, pid_t *pid, uid_t *uid, gid_t *gid);
  * Swift's Glibc module does not export <sys/random.h>. */
 long lm_getrandom(void *buf, size_t len);
 
+/* pidfd_open(2) with no flags: a descriptor (close-on-exec) that polls
+ * readable once the process has exited, also for a process that is not our
+ * child (whose exit status waitid would refuse us: ECHILD). Returns it, or
+ * -1 with errno. Swift cannot call the variadic syscall(2). */
+int lm_pidfd_open(pid_t pid);
+
 #endif

@@ -977,9 +977,11 @@ struct  Containers__Lmctfy__Agent__ContainerEvent
   /*
    * Added: why, when the kind alone does not say it. DESTROYED "destroyed
    * while the agent was down" (a container of a snapshot gone at the agent's
-   * start); PROCESS_EXITED "exited while the agent was down" (a process the
-   * agent ran, gone at its start: no exit status is known) or "exited; its
-   * status is unknown" (one an earlier agent ran, whose exit the new one saw).
+   * start); PROCESS_EXITED "exited while the agent was down" (a process an
+   * earlier agent ran, gone at this one's start) or "exited; its status is
+   * unknown (started by an earlier agent)" (one still running at the start,
+   * whose exit this agent saw) or "exited; its status is unknown (detached)"
+   * (a detached run's): none has an exit code or signal.
    */
   /*
    * Next id: 16
