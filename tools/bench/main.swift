@@ -6,6 +6,8 @@
 //   lmctfy-bench run N BASELINE          run /bin/true in an existing container
 //   lmctfy-bench threshold N HELPER      threshold event: our Watch vs a raw eventfd
 //   lmctfy-bench agent-create N SOCKET CLIENTS  creates through an agent (tools/bench-snapshots)
+//   lmctfy-bench agent-populate N SOCKET PREFIX  N containers left behind (tools/bench-recovery)
+//   lmctfy-bench agent-wait MS SOCKET           time until the agent answers (tools/bench-recovery)
 import Glibc
 import Lmctfy
 import LmctfyProto
@@ -386,6 +388,28 @@ do {
         let c = creates.locked { $0 }.sorted(), d = destroys.locked { $0 }.sorted()
         print("agent create (cpu+mem) x\(n), \(clients) client(s): create mean us=\(fmt(c.reduce(0, +) / Double(c.count))) p50 us=\(fmt(c[c.count / 2])) p99 us=\(fmt(c[c.count * 99 / 100])); destroy mean us=\(fmt(d.reduce(0, +) / Double(d.count))); creates+destroys per second=\(fmt(Double(2 * n) / wall * 1_000_000))")
 
+    case "agent-populate" where args.count == 5:
+        // agent-populate N SOCKET PREFIX: N containers (cpu+memory) made
+        // through the agent and left there, /PREFIX_0 ... (tools/bench-recovery).
+        let spec = try ContainerSpec(textFormat: "cpu { limit: 500 max_limit: 1000 } memory { limit: 104857600 }")
+        let client = try RpcClient.connect(unixPath: args[3], name: "bench")
+        defer { client.close() }
+        for i in 0..<n { _ = try client.call(AgentMethods.create, CreateRequest(name: "/\(args[4])_\(i)", spec: spec)) }
+
+    case "agent-wait" where args.count == 4:
+        // agent-wait MS SOCKET: polls SOCKET every 0.5 ms until a Ping is
+        // answered (at most MS ms); prints how long that took.
+        let t0 = now()
+        while true {
+            if let client = try? RpcClient.connect(unixPath: args[3], name: "bench") {
+                defer { client.close() }
+                if (try? client.call(AgentMethods.ping, PingRequest(data: [1]))) != nil { break }
+            }
+            if now() - t0 > Double(n) * 1000 { fail("no answer from \(args[3]) within \(n) ms") }
+            usleep(500)
+        }
+        print("first Ping answered after us=\(fmt(now() - t0))")
+
     case "local-lifecycle":
         // local-lifecycle N: what agent-lifecycle does, through CL1 in this
         // process (no agent, no RPC): the agent's own share is the difference.
@@ -408,7 +432,7 @@ do {
         print("local lifecycle (create cpu+mem, run /bin/true, exit, destroy; CL1 in-process) \(phaseText(phases, n)) us=\(fmt(total))")
 
     default:
-        fail("usage: lmctfy-bench create-destroy N | freeze N BASELINE | run N BASELINE | threshold N HELPER | rpc PORT KEYFILE C D SECONDS | agent-lifecycle N SOCKET | agent-create N SOCKET CLIENTS | local-lifecycle N")
+        fail("usage: lmctfy-bench create-destroy N | freeze N BASELINE | run N BASELINE | threshold N HELPER | rpc PORT KEYFILE C D SECONDS | agent-lifecycle N SOCKET | agent-create N SOCKET CLIENTS | agent-populate N SOCKET PREFIX | agent-wait MS SOCKET | local-lifecycle N")
     }
 } catch {
     fail("\(error)")
