@@ -95,7 +95,9 @@ extension Dispatcher {
             return try createContainer(name, spec: spec)
         } catch let e as LmctfyError where e.code == .alreadyExists {
             throw LmctfyError(.alreadyExists, "Cannot import: \(e.message)")
-        } catch let e as LmctfyError where [.failedPrecondition, .invalidArgument, .unimplemented, .outOfRange].contains(e.code) {
+        } catch let e as LmctfyError where [.failedPrecondition, .invalidArgument, .unimplemented, .outOfRange, .notFound].contains(e.code) {
+            // NOT_FOUND from a create: a resource (cpu) the parent here does
+            // not isolate (a missing parent is FAILED_PRECONDITION already).
             throw LmctfyError(.failedPrecondition, "The snapshot does not fit this agent: \(e.message)")
         }
     }

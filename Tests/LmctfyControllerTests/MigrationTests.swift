@@ -124,6 +124,13 @@ struct MigrationTests {
         var cpus = s
         cpus.spec?.cpu?.mask = CpuSpec.Mask(data: [1 << 63])
         try attempt(cpus, "/cpus", code: .failedPrecondition, mentions: "CPU 63")
+        // Resources the target's container does not isolate (its root here
+        // isolates cpu and memory only): blkio, and cpu under a root without it.
+        var blkio = s
+        blkio.spec?.blockio = try ContainerSpec(textFormat: "blockio { }").blockio
+        try attempt(blkio, "/blkio", code: .failedPrecondition, mentions: "does not isolate")
+        #expect(try t.lmctl("b", ["create", "/nocpu", "memory:{limit:50000000}"]).status == 0)
+        try attempt(s, "/nocpu/web", code: .failedPrecondition, mentions: "does not isolate cpu")
         var newer = s
         newer.formatVersion = 99
         try attempt(newer, "/newer", code: .failedPrecondition, mentions: "format 99")
