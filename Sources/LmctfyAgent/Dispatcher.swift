@@ -424,7 +424,7 @@ public final class Dispatcher: Sendable {
         try inventory.change(try backend.resolve(name)) {
             let path = try backend.create(name, spec: spec)
             events.record(container: path, kind: .containerEventCreated)
-            snapshots?.syncOrWarn(path)
+            snapshots?.created(path, spec: spec)
             return (path, { $0[path] = false })
         }
     }
