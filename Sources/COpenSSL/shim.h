@@ -15,7 +15,9 @@
 #include <openssl/err.h>
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
+#include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 /* SSL_CTX_set_min_proto_version is a macro over SSL_CTX_ctrl. */
 static inline int lm_ssl_ctx_require_tls13(SSL_CTX *ctx) {
@@ -81,6 +83,43 @@ static inline int lm_x509_subject_entry(X509 *cert, int nid, int index, char *ou
     }
     OPENSSL_free(utf8);
     return result;
+}
+
+/* Loads every CRL of the PEM file `path` into `ctx`'s store and turns on
+ * revocation checking of the peer's (leaf) certificate (X509_V_FLAG_CRL_CHECK:
+ * a peer whose issuer has no CRL loaded then fails too). Returns how many
+ * CRLs were loaded, 0 or less on failure (an OpenSSL error is queued). */
+static inline int lm_ssl_ctx_load_crl(SSL_CTX *ctx, const char *path) {
+    X509_STORE *store = SSL_CTX_get_cert_store(ctx);
+    X509_LOOKUP *lookup = X509_STORE_add_lookup(store, X509_LOOKUP_file());
+    if (lookup == NULL) return -1;
+    int n = X509_load_crl_file(lookup, path, X509_FILETYPE_PEM);
+    if (n <= 0) return n;
+    X509_STORE_set_flags(store, X509_V_FLAG_CRL_CHECK);
+    return n;
+}
+
+/* Verifies again, against `ctx`'s store (its CA, its CRLs and flags) and at
+ * `at` (seconds since the epoch; 0: now), the certificate the peer of `ssl`
+ * presented in its handshake. Returns 1 when it still verifies, 0 when it no
+ * longer does (the reason into `out`), -1 when there is no peer
+ * certificate. */
+static inline int lm_ssl_recheck_peer(SSL *ssl, SSL_CTX *ctx, long long at, char *out, size_t cap) {
+    if (cap) out[0] = 0;
+    X509 *cert = SSL_get0_peer_certificate(ssl);
+    if (cert == NULL) return -1;
+    X509_STORE_CTX *v = X509_STORE_CTX_new();
+    if (v == NULL) { if (cap) snprintf(out, cap, "X509_STORE_CTX_new failed"); return 0; }
+    int ok = 0;
+    if (X509_STORE_CTX_init(v, SSL_CTX_get_cert_store(ctx), cert, SSL_get_peer_cert_chain(ssl)) == 1) {
+        if (at > 0) X509_STORE_CTX_set_time(v, 0, (time_t)at);
+        ok = X509_verify_cert(v) == 1;
+        if (!ok && cap) snprintf(out, cap, "%s", X509_verify_cert_error_string(X509_STORE_CTX_get_error(v)));
+    } else if (cap) {
+        snprintf(out, cap, "X509_STORE_CTX_init failed");
+    }
+    X509_STORE_CTX_free(v);
+    return ok;
 }
 
 /* The oldest error on this thread's OpenSSL error queue as text (empty when

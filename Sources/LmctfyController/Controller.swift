@@ -76,6 +76,11 @@ public final class Controller: @unchecked Sendable {
     private var nextId = 1
     private var ticker: LoopTimer?
     private var signals: [SignalWatcher] = []
+    /// The TLS context new connections get (loop thread): the settings' at
+    /// start, replaced by `reloadTls` (SIGHUP); a connection keeps its own.
+    private var tlsServer: TlsContext?
+    /// Ticks (100 ms) between two checks of every TLS peer's certificate.
+    static let certCheckTicks = 600
     private var stopping = false
     private let finished = Latch()
     /// FanOut calls in progress: the caller's stream and the hosts still to answer.
@@ -95,6 +100,7 @@ public final class Controller: @unchecked Sendable {
 
     public init(settings: ControllerSettings) throws(LmctfyError) {
         self.settings = settings
+        self.tlsServer = settings.tlsServer
         loop = EventLoop(name: "lmctfy-controller")
         var l = Logging.Logger(label: "lmctfy-controller") { label in StreamLogHandler.standardError(label: label) }
         l.logLevel = switch settings.logLevel {
@@ -164,6 +170,10 @@ public final class Controller: @unchecked Sendable {
                         self.beginStop()
                     })
                 }
+                signals.append(try SignalWatcher.watch(on: loop, signal: SIGHUP) { [unowned self] _ in
+                    self.logger.info("signal SIGHUP: re-reading the TLS files")
+                    _ = try? self.reloadTlsOnLoop()
+                })
             }
             return (agents.port, clients)
         } catch {
@@ -182,7 +192,7 @@ public final class Controller: @unchecked Sendable {
         }
         let auth: AcceptorAuthentication
         var tls: TlsChannel?
-        if tcp, let server = settings.tlsServer {
+        if tcp, let server = tlsServer {
             guard let channel = try? TlsChannel(context: server) else { c.close(); return }
             tls = channel
             if server.requirePeerCertificate {
@@ -204,7 +214,7 @@ public final class Controller: @unchecked Sendable {
         let p = ControllerPeer(id: id, conn: c, kind: kind,
                                session: Session(acceptor: auth, name: "lmctfy-controller", limits: settings.limits, now: now))
         p.tls = tls
-        p.awaitingCertificate = tls != nil && settings.tlsServer?.requirePeerCertificate == true
+        p.awaitingCertificate = tls != nil && tlsServer?.requirePeerCertificate == true
         p.startedAt = now
         peers[id] = p
         c.onRead = { [unowned self] _, bytes in
@@ -412,10 +422,73 @@ public final class Controller: @unchecked Sendable {
         checkStopped()
     }
 
+    // MARK: Certificate rotation and revocation (PROTOCOL.md section 3.1)
+
+    /// Re-reads the tls block's files (certificate, key, CA, CRL) into a
+    /// new context for the connections made from now on; established ones
+    /// keep theirs, but those whose peer's certificate no longer verifies
+    /// against the new files (revoked, expired, another CA) get
+    /// GOAWAY_UNAUTHENTICATED and are closed. Files that do not load are
+    /// refused (logged, thrown) and the context in use is kept. What SIGHUP
+    /// does; callable from any thread. Returns how many connections closed.
+    @discardableResult
+    public func reloadTls() throws(LmctfyError) -> Int {
+        let result: Result<Int, LmctfyError>
+        do {
+            result = try loop.runAndWait { () -> Result<Int, LmctfyError> in
+                do throws(LmctfyError) { return .success(try self.reloadTlsOnLoop()) } catch { return .failure(error) }
+            }
+        } catch {
+            throw .unavailable("The controller's loop is not running: \(error)")
+        }
+        return try result.get()
+    }
+
+    /// Closes, with GOAWAY_UNAUTHENTICATED, the TLS connections whose peer
+    /// certificate fails verification at `unixTime` (nil: now); what the
+    /// minute check does. Returns how many closed. Any thread.
+    @discardableResult
+    public func checkPeerCertificates(unixTime: Int64? = nil) -> Int {
+        (try? loop.runAndWait { self.closePeersFailingVerification(unixTime: unixTime) }) ?? 0
+    }
+
+    private func reloadTlsOnLoop() throws(LmctfyError) -> Int {
+        guard let t = settings.config.tls, settings.tlsServer != nil else {
+            throw .failedPrecondition("No tls block in the config: nothing to reload")
+        }
+        do throws(LmctfyError) {
+            tlsServer = try ControllerSettings.tlsContext(t, source: "tls")
+        } catch {
+            logger.error("TLS reload refused, the files in use are kept: \(error.message)")
+            throw error
+        }
+        let closed = closePeersFailingVerification(unixTime: nil)
+        logger.info("TLS files reloaded; \(closed) connection(s) closed whose peer certificate no longer verifies")
+        return closed
+    }
+
+    @discardableResult
+    private func closePeersFailingVerification(unixTime: Int64?) -> Int {
+        guard let context = tlsServer else { return 0 }
+        var closed = 0
+        for p in Array(peers.values) {
+            guard let tls = p.tls, let why = tls.recheckPeer(against: context, unixTime: unixTime) else { continue }
+            logger.warning("connection \(p.id) (\(p.host ?? "\(p.kind)")): the peer's certificate no longer verifies (\(why)): closing it")
+            perform(p, p.session.goAway(.goawayUnauthenticated, message: "certificate no longer valid: \(why)", now: MonotonicClock.milliseconds()))
+            closed += 1
+            guard peers[p.id] != nil else { continue }
+            sendRaw(p, tls.shutdown())
+            p.conn.closeAfterWrites()
+            drop(p)
+        }
+        return closed
+    }
+
     private func tick() {
         let now = MonotonicClock.milliseconds()
         for p in Array(peers.values) { perform(p, p.session.tick(now: now)) }
         ticks += 1
+        if ticks % Self.certCheckTicks == 0 { closePeersFailingVerification(unixTime: nil) }
         if ticks % 10 == 0 {
             fleet.flushCursors()
             registry.flush()

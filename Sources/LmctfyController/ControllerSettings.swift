@@ -66,11 +66,7 @@ public struct ControllerSettings: Sendable {
         agentTcp = try Self.address(agents, "agent_address", source)
         if let t = c.tcpAddress { clientTcp = try Self.address(t, "tcp_address", source) }
         if let t = c.tls {
-            guard let cert = t.certificateFile, let key = t.keyFile, let ca = t.caFile else {
-                throw .invalidArgument("\(source): tls needs certificate_file, key_file and ca_file")
-            }
-            tlsServer = try TlsContext(side: .server, certificateFile: cert, keyFile: key, caFile: ca,
-                                       requirePeerCertificate: t.requireClientCertificate ?? true)
+            tlsServer = try Self.tlsContext(t, source: source)
         } else if c.allowPlaintextTcp != true {
             throw .invalidArgument("\(source): TCP listeners without tls would carry frames in the clear; configure tls { ... } or set allow_plaintext_tcp: true")
         }
@@ -88,6 +84,16 @@ public struct ControllerSettings: Sendable {
         for binding in c.role where binding.role == nil || binding.role == .agentRoleUnspecified {
             throw .invalidArgument("\(source): every role binding needs role: AGENT_ROLE_ADMIN or AGENT_ROLE_READER")
         }
+    }
+
+    /// The server context of a tls block (its files read now): at start,
+    /// and again on SIGHUP (Controller.reloadTls).
+    static func tlsContext(_ t: TlsConfig, source: String) throws(LmctfyError) -> TlsContext {
+        guard let cert = t.certificateFile, let key = t.keyFile, let ca = t.caFile else {
+            throw .invalidArgument("\(source): tls needs certificate_file, key_file and ca_file")
+        }
+        return try TlsContext(side: .server, certificateFile: cert, keyFile: key, caFile: ca,
+                              requirePeerCertificate: t.requireClientCertificate ?? true, crlFile: t.crlFile)
     }
 
     var rolePolicy: RolePolicy { RolePolicy(bindings: config.role, allowedGid: allowedGid) }
