@@ -114,8 +114,9 @@ public final class TlsContext: @unchecked Sendable {
 
     deinit { SSL_CTX_free(ctx) }
 
-    /// A private key others can read is refused, as a key file is.
-    static func checkPrivate(_ path: String) throws(LmctfyError) {
+    /// A private file (a key, a token file) others can read is refused:
+    /// FAILED_PRECONDITION; NOT_FOUND when it cannot be stat()ed.
+    public static func checkPrivate(_ path: String) throws(LmctfyError) {
         var st = stat()
         guard stat(path, &st) == 0 else {
             throw SystemError("stat", path, errno).lmctfy(.notFound, "Cannot read the private key")
