@@ -134,3 +134,70 @@ struct EnrolmentTests {
             throws: { ($0 as? LmctfyError)?.code == .failedPrecondition }  // the token file is readable by others
     }
 }
+
+/// The built lmctfy-agent enrolling on its first start (what an operator
+/// runs): it registers over mutual TLS with the certificate it got; started
+/// again with a spent token and no certificate, it exits 3 saying why.
+@Suite(.enabled(if: RealCgroups.available, "\(RealCgroups.unavailableReason ?? "")"))
+struct EnrolmentProcessTests {
+    @Test func theAgentBinaryEnrolsOnItsFirstStartAndRefusesASpentToken() throws {
+        let dir = "/tmp/lmctfy-enrolp-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try Sys.mkdir(dir, mode: 0o755)
+        defer { _ = removeTree(dir) }
+        let pki = dir + "/pki"
+        try #require(try TestProcess.capture([ControllerTlsTests.repo + "/tools/make-test-pki", pki]).status == 0)
+        try Sys.createFile(dir + "/tokens", "tok-p1 \(Int(time(nil)) + 600) procagent1\n", mode: 0o600)
+        let controller = try LmctfyController.Controller(settings: try ControllerSettings.parse("""
+            unix_socket_path: "\(dir)/controller.sock" agent_address: "127.0.0.1:0" enroll_address: "127.0.0.1:0"
+            state_dir: "\(dir)/controller" log_level: LOG_ERROR
+            tls { certificate_file: "\(pki)/controller.pem" key_file: "\(pki)/controller.key" ca_file: "\(pki)/ca.pem" }
+            signing_ca_certificate_file: "\(pki)/ca.pem" signing_ca_key_file: "\(pki)/ca.key" bootstrap_token_file: "\(dir)/tokens"
+            """, source: "test"))
+        try controller.start(handleSignals: false)
+        defer { #expect(controller.stop() == 0) }
+        let enrollPort = try #require(controller.enrollPort)
+        try Sys.mkdir(dir + "/agent", mode: 0o700)
+        try Sys.createFile(dir + "/agent/token", "tok-p1\n", mode: 0o600)
+        try Sys.createFile(dir + "/agent.conf", """
+            unix_socket_path: "\(dir)/agent.sock" state_dir: "\(dir)/agent/state" log_level: LOG_WARNING
+            stats_interval_ms: 0 watch_containers: false reconcile_interval_ms: 0
+            controller_address: "127.0.0.1:\(controller.agentPort)" host_name: "procagent1"
+            tls { certificate_file: "\(dir)/agent/cert.pem" key_file: "\(dir)/agent/key.pem" ca_file: "\(pki)/ca.pem" }
+            bootstrap_token_file: "\(dir)/agent/token" controller_enroll_address: "127.0.0.1:\(enrollPort)"
+            reconnect_base_ms: 50 reconnect_max_ms: 200
+            """)
+        let check = try TestProcess.capture([builtTool("lmctfy-agent"), "--check-config", "--config", dir + "/agent.conf"])
+        #expect(check.status == 0 && String(decoding: check.stdout, as: UTF8.self).contains("it will enrol"))
+        let pid = try TestProcess.spawn([builtTool("lmctfy-agent"), "--config", dir + "/agent.conf"])
+        var exited = false
+        defer {
+            if !exited {
+                kill(pid, SIGTERM)
+                var done = false
+                for _ in 0..<500 where !done {
+                    done = TestProcess.reapIfExited(pid) != nil
+                    if !done { usleep(10_000) }
+                }
+                if !done { TestProcess.end(pid) }
+            }
+        }
+        let t0 = MonotonicClock.milliseconds()
+        while controller.hostCount == 0 && MonotonicClock.milliseconds() - t0 < 10_000 { usleep(20_000) }
+        #expect(controller.hostCount == 1, "the agent enrolled and registered")
+        #expect(Sys.exists(dir + "/agent/cert.pem") && Sys.exists(dir + "/agent/key.pem"))
+        kill(pid, SIGTERM)
+        var status: LmctfySystem.ExitStatus?
+        for _ in 0..<500 where status == nil {
+            status = TestProcess.reapIfExited(pid)
+            if status == nil { usleep(10_000) }
+        }
+        exited = status != nil
+        #expect(status == .exited(0))
+
+        // Its certificate gone, the same token: exit 3, UNAUTHENTICATED's message.
+        _ = unlink(dir + "/agent/cert.pem")
+        let r = try TestProcess.capture([builtTool("lmctfy-agent"), "--config", dir + "/agent.conf"])
+        #expect(r.status == 3 && String(decoding: r.stderr, as: UTF8.self).contains("already used"),
+                "\(r.status): \(String(decoding: r.stderr, as: UTF8.self))")
+    }
+}
