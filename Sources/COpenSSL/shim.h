@@ -124,6 +124,19 @@ static inline int lm_ssl_recheck_peer(SSL *ssl, SSL_CTX *ctx, long long at, char
     return ok;
 }
 
+/* The notAfter of the peer's certificate of `ssl` as seconds since the
+ * epoch into *out: 1, or 0 when there is no peer certificate or the time
+ * does not convert. */
+static inline int lm_ssl_peer_not_after(SSL *ssl, long long *out) {
+    X509 *cert = SSL_get0_peer_certificate(ssl);
+    if (cert == NULL) return 0;
+    struct tm tm;
+    memset(&tm, 0, sizeof tm);
+    if (ASN1_TIME_to_tm(X509_get0_notAfter(cert), &tm) != 1) return 0;
+    *out = (long long)timegm(&tm);
+    return 1;
+}
+
 /* Enrolment (PROTOCOL.md section 3.2). A host name fit for a subjectAltName
  * DNS entry and a subject CN: letters, digits, '-' and '.', 1 to 253. */
 static inline int lm_is_dns_name(const char *host) {

@@ -349,7 +349,7 @@ public final class Agent: @unchecked Sendable {
             }
             if settings.tlsFiles != nil {
                 certChecker = try LoopTimer.repeating(on: loop, every: .milliseconds(Self.certCheckIntervalMs)) { [unowned self] _ in
-                    _ = self.closePeersFailingVerification(unixTime: nil)
+                    _ = self.closePeersWithExpiredCertificates(unixTime: Int64(time(nil)))
                 }
             }
             if handleSignals {
@@ -643,13 +643,14 @@ public final class Agent: @unchecked Sendable {
         return try result.get()
     }
 
-    /// Checks every established TLS peer's certificate against the contexts
-    /// in use at `unixTime` (nil: now) and closes, with
-    /// GOAWAY_UNAUTHENTICATED, the connections whose certificate fails (what
-    /// the minute timer does, at now). Returns how many closed. Any thread.
+    /// What the minute timer does, at `unixTime` (nil: now): closes, with
+    /// GOAWAY_UNAUTHENTICATED, the TLS connections whose peer certificate's
+    /// notAfter has passed (a comparison per connection; nothing is
+    /// verified again). Returns how many closed. Any thread.
     @discardableResult
     public func checkPeerCertificates(unixTime: Int64? = nil) -> Int {
-        (try? loop.runAndWait { self.closePeersFailingVerification(unixTime: unixTime) }) ?? 0
+        let now = unixTime ?? Int64(time(nil))
+        return (try? loop.runAndWait { self.closePeersWithExpiredCertificates(unixTime: now) }) ?? 0
     }
 
     private func reloadTlsOnLoop() throws(LmctfyError) -> Int {
@@ -673,10 +674,24 @@ public final class Agent: @unchecked Sendable {
     }
 
     private func closePeersFailingVerification(unixTime: Int64?) -> Int {
+        closePeers { tls, role in
+            guard let context = role == .acceptor ? self.tlsServer : self.tlsClient else { return nil }
+            return tls.recheckPeer(against: context, unixTime: unixTime)
+        }
+    }
+
+    private func closePeersWithExpiredCertificates(unixTime: Int64) -> Int {
+        closePeers { tls, _ in
+            guard let notAfter = tls.peerNotAfter, notAfter < unixTime else { return nil }
+            return "certificate has expired"
+        }
+    }
+
+    /// Closes every TLS connection for which `failing` says why.
+    private func closePeers(_ failing: (TlsChannel, SessionRole) -> String?) -> Int {
         var closed = 0
         for s in Array(conns.values) {
-            guard let tls = s.tls, let context = s.session.role == .acceptor ? tlsServer : tlsClient else { continue }
-            guard let why = tls.recheckPeer(against: context, unixTime: unixTime) else { continue }
+            guard let tls = s.tls, let why = failing(tls, s.session.role) else { continue }
             log.warning("connection \(s.id) from \(s.conn.remoteAddress?.description ?? "tcp"): the peer's certificate no longer verifies (\(why)): closing it")
             perform(s, s.session.goAway(.goawayUnauthenticated, message: "certificate no longer valid: \(why)", now: MonotonicClock.milliseconds()))
             guard conns[s.id] != nil else { closed += 1; continue }

@@ -471,12 +471,14 @@ public final class Controller: @unchecked Sendable {
         return try result.get()
     }
 
-    /// Closes, with GOAWAY_UNAUTHENTICATED, the TLS connections whose peer
-    /// certificate fails verification at `unixTime` (nil: now); what the
-    /// minute check does. Returns how many closed. Any thread.
+    /// What the minute check does, at `unixTime` (nil: now): closes, with
+    /// GOAWAY_UNAUTHENTICATED, the TLS connections whose peer certificate's
+    /// notAfter has passed (nothing is verified again). Returns how many
+    /// closed. Any thread.
     @discardableResult
     public func checkPeerCertificates(unixTime: Int64? = nil) -> Int {
-        (try? loop.runAndWait { self.closePeersFailingVerification(unixTime: unixTime) }) ?? 0
+        let now = unixTime ?? Int64(time(nil))
+        return (try? loop.runAndWait { self.closePeersWithExpiredCertificates(unixTime: now) }) ?? 0
     }
 
     private func reloadTlsOnLoop() throws(LmctfyError) -> Int {
@@ -503,9 +505,22 @@ public final class Controller: @unchecked Sendable {
     @discardableResult
     private func closePeersFailingVerification(unixTime: Int64?) -> Int {
         guard let context = tlsServer else { return 0 }
+        return closePeers { $0.recheckPeer(against: context, unixTime: unixTime) }
+    }
+
+    @discardableResult
+    private func closePeersWithExpiredCertificates(unixTime: Int64) -> Int {
+        closePeers { tls in
+            guard let notAfter = tls.peerNotAfter, notAfter < unixTime else { return nil }
+            return "certificate has expired"
+        }
+    }
+
+    /// Closes every TLS connection for which `failing` says why.
+    private func closePeers(_ failing: (TlsChannel) -> String?) -> Int {
         var closed = 0
         for p in Array(peers.values) {
-            guard let tls = p.tls, let why = tls.recheckPeer(against: context, unixTime: unixTime) else { continue }
+            guard let tls = p.tls, let why = failing(tls) else { continue }
             logger.warning("connection \(p.id) (\(p.host ?? "\(p.kind)")): the peer's certificate no longer verifies (\(why)): closing it")
             perform(p, p.session.goAway(.goawayUnauthenticated, message: "certificate no longer valid: \(why)", now: MonotonicClock.milliseconds()))
             closed += 1
@@ -521,7 +536,7 @@ public final class Controller: @unchecked Sendable {
         let now = MonotonicClock.milliseconds()
         for p in Array(peers.values) { perform(p, p.session.tick(now: now)) }
         ticks += 1
-        if ticks % Self.certCheckTicks == 0 { closePeersFailingVerification(unixTime: nil) }
+        if ticks % Self.certCheckTicks == 0 { closePeersWithExpiredCertificates(unixTime: Int64(time(nil))) }
         if ticks % 10 == 0 {
             fleet.flushCursors()
             registry.flush()

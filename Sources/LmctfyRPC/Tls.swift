@@ -171,6 +171,10 @@ public final class TlsChannel {
     /// The peer's verified certificate, once the handshake is done (nil
     /// when it sent none, which only a server not requiring one allows).
     public private(set) var peerIdentity: CertIdentity?
+    /// The peer certificate's notAfter (seconds since the epoch), once the
+    /// handshake is done; nil without a peer certificate. The periodic
+    /// expiry check compares it, without verifying anything again.
+    public private(set) var peerNotAfter: Int64?
 
     /// A channel of `context`'s side. A client verifies that the server's
     /// certificate names `serverName` (a DNS name, or an IP address when it
@@ -293,6 +297,8 @@ public final class TlsChannel {
             isHandshakeDone = true
             out.handshakeCompleted = true
             peerIdentity = readPeerIdentity()
+            var notAfter: Int64 = 0
+            if lm_ssl_peer_not_after(ssl, &notAfter) == 1 { peerNotAfter = notAfter }
             if !waiting.isEmpty {
                 let w = waiting
                 waiting = []
