@@ -62,7 +62,7 @@ public enum AgentEnrolment {
         // Checked before they replace anything: the pair loads and chains
         // to ca_file.
         let keyTemp = keyFile + ".enrol", certTemp = certFile + ".enrol"
-        defer { _ = unlink(keyTemp); _ = unlink(certTemp) }
+        defer { try? Sys.unlink(keyTemp); try? Sys.unlink(certTemp) }
         do {
             try Sys.writeFileAtomically(keyTemp, Array(keyPem.utf8), mode: 0o600)
             try Sys.writeFileAtomically(certTemp, Array(certPem.utf8), mode: 0o644)
@@ -70,12 +70,13 @@ public enum AgentEnrolment {
             throw error.lmctfy(.failedPrecondition, "Writing the enrolled key and certificate")
         }
         _ = try TlsContext(side: .client, certificateFile: certTemp, keyFile: keyTemp, caFile: caFile)
-        // The key first: the certificate's presence is what says "enrolled".
-        guard rename(keyTemp, keyFile) == 0 else {
-            throw SystemError("rename", keyFile, errno).lmctfy(.failedPrecondition, "Installing the enrolled key")
-        }
-        guard rename(certTemp, certFile) == 0 else {
-            throw SystemError("rename", certFile, errno).lmctfy(.failedPrecondition, "Installing the enrolled certificate")
+        // Each atomically (temp, fsync, rename), the key first: the
+        // certificate's presence is what says "enrolled".
+        do {
+            try Sys.writeFileAtomically(keyFile, Array(keyPem.utf8), mode: 0o600)
+            try Sys.writeFileAtomically(certFile, Array(certPem.utf8), mode: 0o644)
+        } catch {
+            throw error.lmctfy(.failedPrecondition, "Installing the enrolled key and certificate")
         }
         return true
     }
