@@ -141,4 +141,46 @@ struct ControllerTlsTests {
         #expect(!agent.isRegisteredWithController && controller.hostCount == 0, "and it cannot register again")
         #expect(try before.call(ControllerMethods.listHosts, ListHostsRequest()).hosts.first?.state == .hostDisconnected)
     }
+
+    /// The built lmctfy-controller: a real SIGHUP rotates its certificate
+    /// without dropping an established client, and does not stop it.
+    @Test func sighupRotatesTheCertificateOfARunningController() throws {
+        let dir = "/tmp/lmctfy-ctls-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try Sys.mkdir(dir, mode: 0o755)
+        defer { _ = removeTree(dir) }
+        let pki = dir + "/pki"
+        try #require(try TestProcess.capture([Self.repo + "/tools/make-test-pki", pki]).status == 0)
+        let port = try freePort()
+        try Sys.createFile(dir + "/controller.conf", """
+            unix_socket_path: "\(dir)/controller.sock" agent_address: "127.0.0.1:0" tcp_address: "127.0.0.1:\(port)"
+            state_dir: "\(dir)/controller" log_level: LOG_WARNING
+            tls { certificate_file: "\(pki)/controller.pem" key_file: "\(pki)/controller.key" ca_file: "\(pki)/ca.pem" }
+            role { role: AGENT_ROLE_ADMIN certificate_ou: "admins" }
+            """, mode: 0o600)
+        let pid = try TestProcess.spawn([builtTool("lmctfy-controller"), "--config", dir + "/controller.conf"])
+        defer { TestProcess.end(pid) }
+        let context = try TlsContext(side: .client, certificateFile: "\(pki)/admin.pem", keyFile: "\(pki)/admin.key", caFile: "\(pki)/ca.pem")
+        var first: RpcClient?
+        for _ in 0..<250 where first == nil {
+            first = try? RpcClient.connect(host: "127.0.0.1", port: port, tls: context)
+            if first == nil { usleep(20_000) }
+        }
+        let old = try #require(first)
+        defer { old.close() }
+        #expect(old.peerCertificate?.commonName == "controller")
+        try Sys.createFile(pki + "/controller.pem", try Sys.readFile(pki + "/agent2.pem"), mode: 0o600)
+        try Sys.createFile(pki + "/controller.key", try Sys.readFile(pki + "/agent2.key"), mode: 0o600)
+        #expect(kill(pid, SIGHUP) == 0)
+        var seen: String?
+        let t0 = MonotonicClock.milliseconds()
+        while seen != "agent2" && MonotonicClock.milliseconds() - t0 < 5000 {
+            let c = try RpcClient.connect(host: "127.0.0.1", port: port, tls: context)
+            seen = c.peerCertificate?.commonName
+            c.close()
+            if seen != "agent2" { usleep(20_000) }
+        }
+        #expect(seen == "agent2", "after SIGHUP new connections get the new certificate")
+        #expect(try old.call(ControllerMethods.listHosts, ListHostsRequest()).hosts.isEmpty, "the old connection survived")
+        #expect(TestProcess.reapIfExited(pid) == nil, "the controller is still running")
+    }
 }
