@@ -116,7 +116,11 @@ struct AgentTlsRotationTests {
             admin.close()
         }
     }
+}
 
+/// MachineInfo's warnings through the built lmctl (spawns it: ROOT_ONLY in tools/test).
+@Suite(.enabled(if: RealCgroups.available, "\(RealCgroups.unavailableReason ?? "")"))
+struct AgentInfoWarningTests {
     @Test func infoWarnsAboutAPlaintextTcpListener() throws {
         let pki = try makeTestPKI()
         defer { _ = removeTree(pki) }
