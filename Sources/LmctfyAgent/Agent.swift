@@ -92,6 +92,15 @@ public final class Agent: @unchecked Sendable {
     private var sweeper: LoopTimer?
     private var reconciler: LoopTimer?
     private var reconciling = false
+    /// The TLS contexts new connections get (loop thread): the settings'
+    /// at start, replaced by `reloadTls` (SIGHUP). A connection keeps the
+    /// context it was made with.
+    private var tlsServer: TlsContext?
+    private var tlsClient: TlsContext?
+    /// Each minute, every TLS peer's certificate is checked again (expiry).
+    private var certChecker: LoopTimer?
+    /// How often established TLS peers' certificates are checked again.
+    static let certCheckIntervalMs = 60_000
     /// Every container, whether it is frozen and whether it has no
     /// processes (itself and below); nil when the listing failed.
     private let listContainers: @Sendable () -> (frozen: [String: Bool], empty: [String: Bool])?
@@ -174,10 +183,20 @@ public final class Agent: @unchecked Sendable {
                 }
             },
             warn: { log.warning($0) })
+        // MachineInfo's warnings (what `lmctl info` shouts about).
+        var warnings: [String] = []
+        if settings.plaintextTcp, let tcp = settings.tcp {
+            warnings.append("PLAINTEXT TCP: the TCP listener \(tcp.host):\(tcp.port) has no TLS (allow_plaintext_tcp); its frames are neither encrypted nor integrity-protected")
+        }
+        if settings.plaintextTcp, let address = settings.config.controllerAddress {
+            warnings.append("PLAINTEXT TCP: the link to the controller \(address) has no TLS (allow_plaintext_tcp); its frames are neither encrypted nor integrity-protected")
+        }
         self.dispatcher = Dispatcher(backend: backend, cgroupVersion: api.version.number,
                                      events: events, agentVersion: LmctfyVersion.string, journal: journal,
                                      testHold: TestHold.fromEnvironment(marker: settings.stateDir + "/test-hold"),
-                                     snapshots: snapshots, criu: criu)
+                                     snapshots: snapshots, criu: criu, warnings: warnings)
+        self.tlsServer = settings.tlsServer
+        self.tlsClient = settings.tlsClient
         self.log = log
         self.hub = EventHub(log: events, buffer: settings.subscriberBuffer)
         self.api = api
@@ -335,6 +354,11 @@ public final class Agent: @unchecked Sendable {
                     _ = self.loop.offload({ journal.sweep() }, then: { _ in })
                 }
             }
+            if settings.tlsFiles != nil {
+                certChecker = try LoopTimer.repeating(on: loop, every: .milliseconds(Self.certCheckIntervalMs)) { [unowned self] _ in
+                    _ = self.closePeersWithExpiredCertificates(unixTime: Int64(time(nil)))
+                }
+            }
             if handleSignals {
                 for s in [SIGTERM, SIGINT] {
                     signals.append(try SignalWatcher.watch(on: loop, signal: s) { [unowned self] sig in
@@ -342,6 +366,10 @@ public final class Agent: @unchecked Sendable {
                         self.beginStop(graceMs: 5000)
                     })
                 }
+                signals.append(try SignalWatcher.watch(on: loop, signal: SIGHUP) { [unowned self] _ in
+                    self.log.info("signal SIGHUP: re-reading the TLS files")
+                    _ = try? self.reloadTlsOnLoop()
+                })
             }
             return port
         } catch {
@@ -368,7 +396,7 @@ public final class Agent: @unchecked Sendable {
         }
         let auth: AcceptorAuthentication
         var tls: TlsChannel?
-        if tcp, let server = settings.tlsServer {
+        if tcp, let server = tlsServer {
             guard let channel = try? TlsChannel(context: server) else { c.close(); return }
             tls = channel
             if server.requirePeerCertificate {
@@ -392,7 +420,7 @@ public final class Agent: @unchecked Sendable {
         let state = ConnState(id: id, conn: c, session: Session(acceptor: auth, name: "lmctfy-agent", limits: settings.limits, now: now),
                               startedAt: now)
         state.tls = tls
-        state.awaitingCertificate = tls != nil && settings.tlsServer?.requirePeerCertificate == true
+        state.awaitingCertificate = tls != nil && tlsServer?.requirePeerCertificate == true
         conns[id] = state
         c.onRead = { [unowned self] _, bytes in
             guard let s = self.conns[id] else { return }
@@ -599,6 +627,88 @@ public final class Agent: @unchecked Sendable {
         checkStopped()
     }
 
+    // MARK: Certificate rotation and revocation (PROTOCOL.md section 3.1)
+
+    /// Re-reads the tls block's files (certificate, key, CA, CRL) into new
+    /// contexts for the connections made from now on; established ones keep
+    /// theirs, but those whose peer's certificate no longer verifies against
+    /// the new files (revoked by the CRL, expired, of another CA) are sent
+    /// GOAWAY_UNAUTHENTICATED and closed. A file set that does not load is
+    /// refused (logged, thrown) and the contexts in use are kept. What SIGHUP
+    /// does; callable from any thread. Returns how many connections closed.
+    @discardableResult
+    public func reloadTls() throws(LmctfyError) -> Int {
+        let result: Result<Int, LmctfyError>
+        do {
+            result = try loop.runAndWait { () -> Result<Int, LmctfyError> in
+                do throws(LmctfyError) { return .success(try self.reloadTlsOnLoop()) } catch { return .failure(error) }
+            }
+        } catch {
+            throw .unavailable("The agent's loop is not running: \(error)")
+        }
+        return try result.get()
+    }
+
+    /// What the minute timer does, at `unixTime` (nil: now): closes, with
+    /// GOAWAY_UNAUTHENTICATED, the TLS connections whose peer certificate's
+    /// notAfter has passed (a comparison per connection; nothing is
+    /// verified again). Returns how many closed. Any thread.
+    @discardableResult
+    public func checkPeerCertificates(unixTime: Int64? = nil) -> Int {
+        let now = unixTime ?? Int64(time(nil))
+        return (try? loop.runAndWait { self.closePeersWithExpiredCertificates(unixTime: now) }) ?? 0
+    }
+
+    private func reloadTlsOnLoop() throws(LmctfyError) -> Int {
+        guard let files = settings.tlsFiles else {
+            throw .failedPrecondition("No tls block in the config: nothing to reload")
+        }
+        let server: TlsContext?
+        let client: TlsContext?
+        do throws(LmctfyError) {
+            server = settings.tlsServer != nil ? try files.context(.server) : nil
+            client = settings.tlsClient != nil ? try files.context(.client) : nil
+        } catch {
+            log.error("TLS reload refused, the files in use are kept: \(error.message)")
+            throw error
+        }
+        tlsServer = server
+        tlsClient = client
+        let closed = closePeersFailingVerification(unixTime: nil)
+        log.info("TLS files reloaded (\(files.certificateFile)\(files.crlFile.map { ", CRL \($0)" } ?? "")); \(closed) connection(s) closed whose peer certificate no longer verifies")
+        return closed
+    }
+
+    private func closePeersFailingVerification(unixTime: Int64?) -> Int {
+        closePeers { tls, role in
+            guard let context = role == .acceptor ? self.tlsServer : self.tlsClient else { return nil }
+            return tls.recheckPeer(against: context, unixTime: unixTime)
+        }
+    }
+
+    private func closePeersWithExpiredCertificates(unixTime: Int64) -> Int {
+        closePeers { tls, _ in
+            guard let notAfter = tls.peerNotAfter, notAfter < unixTime else { return nil }
+            return "certificate has expired"
+        }
+    }
+
+    /// Closes every TLS connection for which `failing` says why.
+    private func closePeers(_ failing: (TlsChannel, SessionRole) -> String?) -> Int {
+        var closed = 0
+        for s in Array(conns.values) {
+            guard let tls = s.tls, let why = failing(tls, s.session.role) else { continue }
+            log.warning("connection \(s.id) from \(s.conn.remoteAddress?.description ?? "tcp"): the peer's certificate no longer verifies (\(why)): closing it")
+            perform(s, s.session.goAway(.goawayUnauthenticated, message: "certificate no longer valid: \(why)", now: MonotonicClock.milliseconds()))
+            guard conns[s.id] != nil else { closed += 1; continue }
+            send(s, tls.shutdown())
+            s.conn.closeAfterWrites()
+            drop(s)
+            closed += 1
+        }
+        return closed
+    }
+
     private func tick() {
         let now = MonotonicClock.milliseconds()
         for s in Array(conns.values) { perform(s, s.session.tick(now: now)) }
@@ -648,7 +758,7 @@ public final class Agent: @unchecked Sendable {
         nextConnId += 1
         var tls: TlsChannel?
         let auth: DiallerAuthentication
-        if let context = c.tls {
+        if c.tls != nil, let context = tlsClient {
             // The controller's certificate must name the address dialled.
             guard let channel = try? TlsChannel(context: context, serverName: c.host) else { conn.close(); redialHome(); return }
             tls = channel
@@ -1005,6 +1115,7 @@ public final class Agent: @unchecked Sendable {
         for s in Array(conns.values) { s.conn.close() }
         conns.removeAll()
         ticker?.cancel()
+        certChecker?.cancel()
         sweeper?.cancel()
         reconciler?.cancel()
         watcher?.stop()
@@ -1060,4 +1171,6 @@ public struct AgentLog: Sendable {
     public func info(_ m: @autoclosure () -> String) { logger.info("\(m())") }
     /// Logs `m` at warning level; `m` is not built when warnings are off.
     public func warning(_ m: @autoclosure () -> String) { logger.warning("\(m())") }
+    /// Logs `m` at error level.
+    public func error(_ m: @autoclosure () -> String) { logger.error("\(m())") }
 }

@@ -28,6 +28,16 @@ public enum AgentMain {
         let level = line.logLevel
         var settings: AgentSettings
         do {
+            // Enrolment first (PROTOCOL.md section 3.2): the certificate the
+            // settings load may not exist yet. A check only says so.
+            if let text = try? Sys.readFile(configPath), let config = try? AgentConfig(textFormat: text),
+               AgentEnrolment.isPending(config) {
+                if checkOnly {
+                    print("config OK: \(configPath) (no certificate yet: it will enrol at \(config.controllerEnrollAddress ?? "?") first)")
+                    exit(0)
+                }
+                try AgentEnrolment.enrollIfNeeded(config, source: configPath)
+            }
             settings = try AgentSettings.load(configPath)
             // At start it is made if absent; a check only looks.
             try settings.checkStateDir(create: !checkOnly)

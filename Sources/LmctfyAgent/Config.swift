@@ -30,6 +30,8 @@ public struct AgentSettings: Sendable {
     public var tlsServer: TlsContext?
     /// TLS on the link to the controller: our certificate as a client.
     public var tlsClient: TlsContext?
+    /// The tls block's files: what SIGHUP re-reads (Agent.reloadTls).
+    public var tlsFiles: TlsFiles?
     /// Whether a TCP link runs without TLS (allowed only by
     /// allow_plaintext_tcp; logged loudly at start and by lmctl).
     public var plaintextTcp: Bool
@@ -165,6 +167,7 @@ public struct AgentSettings: Sendable {
         }
         var tlsFiles: TlsFiles?
         if let t = c.tls { tlsFiles = try TlsFiles(t, source: source) }
+        self.tlsFiles = tlsFiles
         if let address = c.tcpAddress {
             guard let colon = address.lastIndex(of: ":"), let port = UInt16(address[address.index(after: colon)...]) else {
                 throw .invalidArgument("\(source): tcp_address must be host:port, not \"\(address)\"")
@@ -259,6 +262,8 @@ public struct TlsFiles: Sendable {
     public var keyFile: String
     public var caFile: String
     public var requireClientCertificate: Bool
+    /// crl_file: revoked certificates (PEM CRL); nil: none checked.
+    public var crlFile: String?
 
     /// INVALID_ARGUMENT naming `source` when a file is not given.
     public init(_ t: TlsConfig, source: String) throws(LmctfyError) {
@@ -269,13 +274,14 @@ public struct TlsFiles: Sendable {
         keyFile = key
         caFile = ca
         requireClientCertificate = t.requireClientCertificate ?? true
+        crlFile = t.crlFile
     }
 
     /// The files loaded for one side (a bad or unreadable file, or a key
     /// others can read, is an error naming it).
     public func context(_ side: TlsContext.Side) throws(LmctfyError) -> TlsContext {
         try TlsContext(side: side, certificateFile: certificateFile, keyFile: keyFile, caFile: caFile,
-                       requirePeerCertificate: requireClientCertificate)
+                       requirePeerCertificate: requireClientCertificate, crlFile: crlFile)
     }
 }
 

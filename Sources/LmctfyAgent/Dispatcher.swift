@@ -171,13 +171,16 @@ public final class Dispatcher: Sendable {
     /// Whether CRIU can checkpoint here (Criu.swift); nil: not probed, and
     /// Checkpoint and Restore refuse.
     let criu: CriuProbe?
+    /// What MachineInfo warns about (the agent's plaintext TCP links).
+    let warnings: [String]
 
     /// A dispatcher onto `backend`; names the caller leaves out mean
     /// whatever the backend's caller is (the agent's own container).
     public init(backend: any ContainerBackend, cgroupVersion: Int32, events: EventLog, agentVersion: String,
                 journal: RequestJournal? = nil, testHold: TestHold? = nil, snapshots: SnapshotKeeper? = nil,
-                criu: CriuProbe? = nil) {
+                criu: CriuProbe? = nil, warnings: [String] = []) {
         self.criu = criu
+        self.warnings = warnings
         self.backend = backend
         self.cgroupVersion = cgroupVersion
         self.events = events
@@ -381,6 +384,7 @@ public final class Dispatcher: Sendable {
         unary(AgentMethods.machineInfo) { d, _ in
             var info = MachineInfo.collect(cgroupVersion: d.cgroupVersion, agentVersion: d.agentVersion, bootId: d.events.bootId)
             info.criu = d.criu?.status
+            info.warnings = d.warnings
             return info
         }
         unary(AgentMethods.exportSnapshot) { d, r in try d.exportSnapshot(r) }

@@ -14,7 +14,8 @@ import LmctfySystem
 import Logging
 
 final class ControllerPeer {
-    enum Kind { case client, agent }
+    /// `enroll`: a connection to enroll_address, which may call Enroll only.
+    enum Kind { case client, agent, enroll }
     let id: Int
     let conn: Connection
     let kind: Kind
@@ -76,6 +77,14 @@ public final class Controller: @unchecked Sendable {
     private var nextId = 1
     private var ticker: LoopTimer?
     private var signals: [SignalWatcher] = []
+    /// The TLS context new connections get (loop thread): the settings' at
+    /// start, replaced by `reloadTls` (SIGHUP); a connection keeps its own.
+    private var tlsServer: TlsContext?
+    /// enroll_address's server-only context (reloaded with `tlsServer`).
+    private var enrollTls: TlsContext?
+    private let enroller: Enroller?
+    /// Ticks (100 ms) between two checks of every TLS peer's certificate.
+    static let certCheckTicks = 600
     private var stopping = false
     private let finished = Latch()
     /// FanOut calls in progress: the caller's stream and the hosts still to answer.
@@ -92,9 +101,14 @@ public final class Controller: @unchecked Sendable {
     /// The TCP ports actually bound (a port of 0 in the config picks one).
     public private(set) var agentPort: UInt16 = 0
     public private(set) var clientPort: UInt16?
+    /// enroll_address's port as bound; nil: no enrolment listener.
+    public private(set) var enrollPort: UInt16?
 
     public init(settings: ControllerSettings) throws(LmctfyError) {
         self.settings = settings
+        self.tlsServer = settings.tlsServer
+        self.enrollTls = settings.enroll?.tls
+        self.enroller = settings.enroll.map { Enroller($0, stateDir: settings.stateDir) }
         loop = EventLoop(name: "lmctfy-controller")
         var l = Logging.Logger(label: "lmctfy-controller") { label in StreamLogHandler.standardError(label: label) }
         l.logLevel = switch settings.logLevel {
@@ -156,6 +170,13 @@ public final class Controller: @unchecked Sendable {
                 self.accept(c, kind: .agent, tcp: true)
             }
             listeners.append(agents)
+            if let e = settings.enroll {
+                let l = try TcpListener.bind(on: loop, host: e.tcp.host, port: e.tcp.port) { [unowned self] c in
+                    self.accept(c, kind: .enroll, tcp: true)
+                }
+                enrollPort = l.port
+                listeners.append(l)
+            }
             ticker = try LoopTimer.repeating(on: loop, every: .milliseconds(100)) { [unowned self] _ in self.tick() }
             if handleSignals {
                 for s in [SIGTERM, SIGINT] {
@@ -164,6 +185,10 @@ public final class Controller: @unchecked Sendable {
                         self.beginStop()
                     })
                 }
+                signals.append(try SignalWatcher.watch(on: loop, signal: SIGHUP) { [unowned self] _ in
+                    self.logger.info("signal SIGHUP: re-reading the TLS files")
+                    _ = try? self.reloadTlsOnLoop()
+                })
             }
             return (agents.port, clients)
         } catch {
@@ -182,7 +207,13 @@ public final class Controller: @unchecked Sendable {
         }
         let auth: AcceptorAuthentication
         var tls: TlsChannel?
-        if tcp, let server = settings.tlsServer {
+        if kind == .enroll {
+            // Server-only TLS; the hello names no one: the token in Enroll
+            // is what authenticates (PROTOCOL.md section 3.2).
+            guard let context = enrollTls, let channel = try? TlsChannel(context: context) else { c.close(); return }
+            tls = channel
+            auth = .certificate(CertIdentity())
+        } else if tcp, let server = tlsServer {
             guard let channel = try? TlsChannel(context: server) else { c.close(); return }
             tls = channel
             if server.requirePeerCertificate {
@@ -204,7 +235,7 @@ public final class Controller: @unchecked Sendable {
         let p = ControllerPeer(id: id, conn: c, kind: kind,
                                session: Session(acceptor: auth, name: "lmctfy-controller", limits: settings.limits, now: now))
         p.tls = tls
-        p.awaitingCertificate = tls != nil && settings.tlsServer?.requirePeerCertificate == true
+        p.awaitingCertificate = kind != .enroll && tls != nil && tlsServer?.requirePeerCertificate == true
         p.startedAt = now
         peers[id] = p
         c.onRead = { [unowned self] _, bytes in
@@ -279,11 +310,17 @@ public final class Controller: @unchecked Sendable {
                 p.outbox += bytes
             case .established(let info):
                 p.keyId = info.keyId
-                p.role = p.kind == .client ? settings.rolePolicy.role(for: info) : .agentRoleAdmin
+                p.role = switch p.kind {
+                case .client: settings.rolePolicy.role(for: info)
+                case .agent: .agentRoleAdmin
+                case .enroll: .agentRoleUnspecified
+                }
                 logger.debug("connection \(p.id): \(info.name) (\(p.kind)) authenticated")
             case .deliverRequest(let stream, let method, let payload, let deadline, let host):
                 if p.kind == .agent {
                     agentCalled(p, stream, method, payload)
+                } else if p.kind == .enroll {
+                    enrollCalled(p, stream, method, payload)
                 } else if let host {
                     route(p, stream, method, payload, deadline, host)
                 } else {
@@ -411,10 +448,94 @@ public final class Controller: @unchecked Sendable {
         checkStopped()
     }
 
+    // MARK: Certificate rotation and revocation (PROTOCOL.md section 3.1)
+
+    /// Re-reads the tls block's files (certificate, key, CA, CRL) into a
+    /// new context for the connections made from now on; established ones
+    /// keep theirs, but those whose peer's certificate no longer verifies
+    /// against the new files (revoked, expired, another CA) get
+    /// GOAWAY_UNAUTHENTICATED and are closed. Files that do not load are
+    /// refused (logged, thrown) and the context in use is kept. What SIGHUP
+    /// does; callable from any thread. Returns how many connections closed.
+    @discardableResult
+    public func reloadTls() throws(LmctfyError) -> Int {
+        let result: Result<Int, LmctfyError>
+        do {
+            result = try loop.runAndWait { () -> Result<Int, LmctfyError> in
+                do throws(LmctfyError) { return .success(try self.reloadTlsOnLoop()) } catch { return .failure(error) }
+            }
+        } catch {
+            throw .unavailable("The controller's loop is not running: \(error)")
+        }
+        return try result.get()
+    }
+
+    /// What the minute check does, at `unixTime` (nil: now): closes, with
+    /// GOAWAY_UNAUTHENTICATED, the TLS connections whose peer certificate's
+    /// notAfter has passed (nothing is verified again). Returns how many
+    /// closed. Any thread.
+    @discardableResult
+    public func checkPeerCertificates(unixTime: Int64? = nil) -> Int {
+        let now = unixTime ?? Int64(time(nil))
+        return (try? loop.runAndWait { self.closePeersWithExpiredCertificates(unixTime: now) }) ?? 0
+    }
+
+    private func reloadTlsOnLoop() throws(LmctfyError) -> Int {
+        guard let t = settings.config.tls, settings.tlsServer != nil else {
+            throw .failedPrecondition("No tls block in the config: nothing to reload")
+        }
+        do throws(LmctfyError) {
+            let server = try ControllerSettings.tlsContext(t, source: "tls")
+            if settings.enroll != nil {
+                var serverOnly = t
+                serverOnly.requireClientCertificate = false
+                enrollTls = try ControllerSettings.tlsContext(serverOnly, source: "tls")
+            }
+            tlsServer = server
+        } catch {
+            logger.error("TLS reload refused, the files in use are kept: \(error.message)")
+            throw error
+        }
+        let closed = closePeersFailingVerification(unixTime: nil)
+        logger.info("TLS files reloaded; \(closed) connection(s) closed whose peer certificate no longer verifies")
+        return closed
+    }
+
+    @discardableResult
+    private func closePeersFailingVerification(unixTime: Int64?) -> Int {
+        guard let context = tlsServer else { return 0 }
+        return closePeers { $0.recheckPeer(against: context, unixTime: unixTime) }
+    }
+
+    @discardableResult
+    private func closePeersWithExpiredCertificates(unixTime: Int64) -> Int {
+        closePeers { tls in
+            guard let notAfter = tls.peerNotAfter, notAfter < unixTime else { return nil }
+            return "certificate has expired"
+        }
+    }
+
+    /// Closes every TLS connection for which `failing` says why.
+    private func closePeers(_ failing: (TlsChannel) -> String?) -> Int {
+        var closed = 0
+        for p in Array(peers.values) {
+            guard let tls = p.tls, let why = failing(tls) else { continue }
+            logger.warning("connection \(p.id) (\(p.host ?? "\(p.kind)")): the peer's certificate no longer verifies (\(why)): closing it")
+            perform(p, p.session.goAway(.goawayUnauthenticated, message: "certificate no longer valid: \(why)", now: MonotonicClock.milliseconds()))
+            closed += 1
+            guard peers[p.id] != nil else { continue }
+            sendRaw(p, tls.shutdown())
+            p.conn.closeAfterWrites()
+            drop(p)
+        }
+        return closed
+    }
+
     private func tick() {
         let now = MonotonicClock.milliseconds()
         for p in Array(peers.values) { perform(p, p.session.tick(now: now)) }
         ticks += 1
+        if ticks % Self.certCheckTicks == 0 { closePeersWithExpiredCertificates(unixTime: Int64(time(nil))) }
         if ticks % 10 == 0 {
             fleet.flushCursors()
             registry.flush()
@@ -569,6 +690,23 @@ public final class Controller: @unchecked Sendable {
             logger.warning("connection \(p.id): registration refused: \(error)")
             answer(p, stream, .failure(error))
             perform(p, p.session.goAway(.goawayPermissionDenied, message: "registration refused", now: MonotonicClock.milliseconds()))
+        }
+    }
+
+    /// A call on enroll_address: Enroll only (PROTOCOL.md section 3.2).
+    private func enrollCalled(_ p: ControllerPeer, _ stream: UInt32, _ method: String, _ payload: [UInt8]) {
+        guard method == ControllerMethods.enroll.name, let enroller else {
+            answer(p, stream, .failure(LmctfyError(.permissionDenied, "only Enroll may be called on the enrolment port, not \(method)")))
+            return
+        }
+        do {
+            let request = try EnrollRequest(serializedBytes: payload)
+            let response = try enroller.enroll(request)
+            logger.info("connection \(p.id): enrolled host \(request.hostName ?? "") (certificate valid \(enroller.settings.days) days)")
+            answer(p, stream, .success(try response.serializedBytes()))
+        } catch {
+            logger.warning("connection \(p.id) from \(p.conn.remoteAddress?.description ?? "tcp"): Enroll refused: \(error)")
+            answer(p, stream, .failure(error))
         }
     }
 

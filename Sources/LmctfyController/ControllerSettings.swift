@@ -18,6 +18,9 @@ public struct ControllerSettings: Sendable {
     public var keys: [String: [UInt8]]
     /// TLS on both TCP listeners (tls); nil: plaintext (allow_plaintext_tcp).
     public var tlsServer: TlsContext?
+    /// Enrolment (PROTOCOL.md section 3.2): the listener agents without a
+    /// certificate call Enroll on, its TLS (server-only), and who signs.
+    public var enroll: EnrollSettings?
     public var limits: SessionLimits
     public var logLevel: AgentLogLevel
     public var stateDir: String
@@ -66,13 +69,26 @@ public struct ControllerSettings: Sendable {
         agentTcp = try Self.address(agents, "agent_address", source)
         if let t = c.tcpAddress { clientTcp = try Self.address(t, "tcp_address", source) }
         if let t = c.tls {
-            guard let cert = t.certificateFile, let key = t.keyFile, let ca = t.caFile else {
-                throw .invalidArgument("\(source): tls needs certificate_file, key_file and ca_file")
-            }
-            tlsServer = try TlsContext(side: .server, certificateFile: cert, keyFile: key, caFile: ca,
-                                       requirePeerCertificate: t.requireClientCertificate ?? true)
+            tlsServer = try Self.tlsContext(t, source: source)
         } else if c.allowPlaintextTcp != true {
             throw .invalidArgument("\(source): TCP listeners without tls would carry frames in the clear; configure tls { ... } or set allow_plaintext_tcp: true")
+        }
+        if let address = c.enrollAddress {
+            guard let t = c.tls, tlsServer != nil else {
+                throw .invalidArgument("\(source): enroll_address needs tls (agents check the controller's certificate before sending a token)")
+            }
+            guard let caCert = c.signingCaCertificateFile, let caKey = c.signingCaKeyFile, let tokens = c.bootstrapTokenFile else {
+                throw .invalidArgument("\(source): enroll_address needs signing_ca_certificate_file, signing_ca_key_file and bootstrap_token_file")
+            }
+            try TlsContext.checkPrivate(caKey)
+            try TlsContext.checkPrivate(tokens)
+            let days = Int(c.enrolledCertificateDays ?? 30)
+            guard (1...3650).contains(days) else { throw .invalidArgument("\(source): enrolled_certificate_days must be 1 to 3650, not \(days)") }
+            var serverOnly = t
+            serverOnly.requireClientCertificate = false
+            enroll = EnrollSettings(tcp: try Self.address(address, "enroll_address", source),
+                                    tls: try Self.tlsContext(serverOnly, source: source),
+                                    caCertificateFile: caCert, caKeyFile: caKey, tokenFile: tokens, days: days)
         }
         if let keyFile = c.keyFile {
             keys = try KeyFile.load(keyFile, requirePrivate: true)
@@ -88,6 +104,28 @@ public struct ControllerSettings: Sendable {
         for binding in c.role where binding.role == nil || binding.role == .agentRoleUnspecified {
             throw .invalidArgument("\(source): every role binding needs role: AGENT_ROLE_ADMIN or AGENT_ROLE_READER")
         }
+    }
+
+    /// The server context of a tls block (its files read now): at start,
+    /// and again on SIGHUP (Controller.reloadTls).
+    static func tlsContext(_ t: TlsConfig, source: String) throws(LmctfyError) -> TlsContext {
+        guard let cert = t.certificateFile, let key = t.keyFile, let ca = t.caFile else {
+            throw .invalidArgument("\(source): tls needs certificate_file, key_file and ca_file")
+        }
+        return try TlsContext(side: .server, certificateFile: cert, keyFile: key, caFile: ca,
+                              requirePeerCertificate: t.requireClientCertificate ?? true, crlFile: t.crlFile)
+    }
+
+    /// The enrolment listener's settings (enroll_address and its fields).
+    public struct EnrollSettings: Sendable {
+        public var tcp: (host: String, port: UInt16)
+        /// Server-only TLS: the controller's certificate, no client's.
+        public var tls: TlsContext
+        public var caCertificateFile: String
+        public var caKeyFile: String
+        public var tokenFile: String
+        /// How long an enrolled certificate is valid.
+        public var days: Int
     }
 
     var rolePolicy: RolePolicy { RolePolicy(bindings: config.role, allowedGid: allowedGid) }

@@ -157,6 +157,10 @@ public enum ControllerMethods {
     public static let fanOut = AgentMethod<FanOutRequest, FanOutResponse>("FanOut", .reader, .hub, .serverStreaming)
     /// The hosts, then every change.
     public static let watchHosts = AgentMethod<WatchHostsRequest, WatchHostsResponse>("WatchHosts", .reader, .hub, .serverStreaming)
+    /// A bootstrap token and a certificate request: the agent's certificate
+    /// (PROTOCOL.md section 3.2). Served on enroll_address only, to anyone
+    /// holding a token (the role is not what authorizes it there).
+    public static let enroll = AgentMethod<EnrollRequest, EnrollResponse>("Enroll", .admin, .loop, .unary)
 }
 
 extension RpcClient {

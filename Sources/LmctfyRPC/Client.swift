@@ -95,6 +95,8 @@ public final class RpcClient {
 
     /// Whether the connection runs under TLS.
     public var isTls: Bool { tls != nil }
+    /// Under TLS: who the acceptor's certificate says it is.
+    public var peerCertificate: CertIdentity? { tls?.peerIdentity }
     /// Whether this is TCP without TLS (a shared-key hello, then frames in the clear).
     public private(set) var isPlaintextTcp = false
 

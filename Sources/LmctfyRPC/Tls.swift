@@ -55,6 +55,8 @@ public final class TlsContext: @unchecked Sendable {
     public let side: Side
     /// Server: whether a client without a certificate is refused.
     public let requirePeerCertificate: Bool
+    /// The CRL file (PEM) peers' certificates are checked against, if any.
+    public let crlFile: String?
 
     /// Loads `certificateFile` (PEM; a chain, leaf first) and `keyFile` (PEM,
     /// refused unless only its owner can read it) when given, and trusts only
@@ -62,15 +64,19 @@ public final class TlsContext: @unchecked Sendable {
     /// `requirePeerCertificate` refuses clients without one (a TLS alert,
     /// before any frame); a client always verifies the server's.
     /// Throws INVALID_ARGUMENT or NOT_FOUND naming the file and OpenSSL's reason,
-    /// FAILED_PRECONDITION for a key others can read.
+    /// FAILED_PRECONDITION for a key others can read. With `crlFile` (PEM,
+    /// one or more CRLs of the CA), a peer whose certificate it revokes is
+    /// refused in the handshake (X509_V_FLAG_CRL_CHECK; a CRL past its
+    /// nextUpdate fails every peer, so it must be renewed and reloaded).
     public init(side: Side, certificateFile: String?, keyFile: String?, caFile: String,
-                requirePeerCertificate: Bool = true) throws(LmctfyError) {
+                requirePeerCertificate: Bool = true, crlFile: String? = nil) throws(LmctfyError) {
         guard let ctx = SSL_CTX_new(side == .server ? TLS_server_method() : TLS_client_method()) else {
             throw .internalError("SSL_CTX_new failed: \(Self.takeError())")
         }
         self.ctx = ctx
         self.side = side
         self.requirePeerCertificate = requirePeerCertificate
+        self.crlFile = crlFile
         guard lm_ssl_ctx_require_tls13(ctx) == 1 else { throw .internalError("TLS 1.3 unavailable: \(Self.takeError())") }
         if let certificateFile {
             guard SSL_CTX_use_certificate_chain_file(ctx, certificateFile) == 1 else {
@@ -89,6 +95,11 @@ public final class TlsContext: @unchecked Sendable {
         guard SSL_CTX_load_verify_locations(ctx, caFile, nil) == 1 else {
             throw .invalidArgument("Cannot load the CA file \(caFile): \(Self.takeError())")
         }
+        if let crlFile {
+            guard lm_ssl_ctx_load_crl(ctx, crlFile) > 0 else {
+                throw .invalidArgument("Cannot load the CRL file \(crlFile): \(Self.takeError())")
+            }
+        }
         var mode = SSL_VERIFY_PEER
         if side == .server {
             // Not requiring one: not asking for one either (the hello's
@@ -104,8 +115,9 @@ public final class TlsContext: @unchecked Sendable {
 
     deinit { SSL_CTX_free(ctx) }
 
-    /// A private key others can read is refused, as a key file is.
-    static func checkPrivate(_ path: String) throws(LmctfyError) {
+    /// A private file (a key, a token file) others can read is refused:
+    /// FAILED_PRECONDITION; NOT_FOUND when it cannot be stat()ed.
+    public static func checkPrivate(_ path: String) throws(LmctfyError) {
         var st = stat()
         guard stat(path, &st) == 0 else {
             throw SystemError("stat", path, errno).lmctfy(.notFound, "Cannot read the private key")
@@ -160,6 +172,10 @@ public final class TlsChannel {
     /// The peer's verified certificate, once the handshake is done (nil
     /// when it sent none, which only a server not requiring one allows).
     public private(set) var peerIdentity: CertIdentity?
+    /// The peer certificate's notAfter (seconds since the epoch), once the
+    /// handshake is done; nil without a peer certificate. The periodic
+    /// expiry check compares it, without verifying anything again.
+    public private(set) var peerNotAfter: Int64?
 
     /// A channel of `context`'s side. A client verifies that the server's
     /// certificate names `serverName` (a DNS name, or an IP address when it
@@ -255,6 +271,21 @@ public final class TlsChannel {
         return out
     }
 
+    /// Verifies the peer's certificate (the one of the handshake) again,
+    /// against `context`'s CA and CRLs (a context reloaded since: see
+    /// PROTOCOL.md section 3.1, rotation) at `unixTime` (nil: now). Returns
+    /// why it no longer verifies (revoked, expired, another CA), or nil when
+    /// it still does, or when there is nothing to check (no handshake yet,
+    /// no peer certificate, a context of the other side).
+    public func recheckPeer(against context: TlsContext, unixTime: Int64? = nil) -> String? {
+        guard isHandshakeDone, failure == nil, context.side == self.context.side else { return nil }
+        var buf = [CChar](repeating: 0, count: 256)
+        let rc = lm_ssl_recheck_peer(ssl, context.ctx, unixTime ?? 0, &buf, buf.count)
+        guard rc == 0 else { return nil }
+        let text = String(decoding: buf.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        return text.isEmpty ? "the certificate no longer verifies" : text
+    }
+
     /// The negotiated protocol ("TLSv1.3").
     public var protocolVersion: String { String(cString: SSL_get_version(ssl)) }
 
@@ -267,6 +298,8 @@ public final class TlsChannel {
             isHandshakeDone = true
             out.handshakeCompleted = true
             peerIdentity = readPeerIdentity()
+            var notAfter: Int64 = 0
+            if lm_ssl_peer_not_after(ssl, &notAfter) == 1 { peerNotAfter = notAfter }
             if !waiting.isEmpty {
                 let w = waiting
                 waiting = []

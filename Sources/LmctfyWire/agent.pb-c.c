@@ -5049,7 +5049,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__machine_info_request
   (ProtobufCMessageInit) containers__lmctfy__agent__machine_info_request__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor containers__lmctfy__agent__machine_info_response__field_descriptors[8] =
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__machine_info_response__field_descriptors[9] =
 {
   {
     "hostname",
@@ -5147,6 +5147,18 @@ static const ProtobufCFieldDescriptor containers__lmctfy__agent__machine_info_re
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "warnings",
+    9,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_STRING,
+    offsetof(Containers__Lmctfy__Agent__MachineInfoResponse, n_warnings),
+    offsetof(Containers__Lmctfy__Agent__MachineInfoResponse, warnings),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned containers__lmctfy__agent__machine_info_response__field_indices_by_name[] = {
   5,   /* field[5] = agent_version */
@@ -5157,11 +5169,12 @@ static const unsigned containers__lmctfy__agent__machine_info_response__field_in
   0,   /* field[0] = hostname */
   1,   /* field[1] = kernel */
   4,   /* field[4] = memory_bytes */
+  8,   /* field[8] = warnings */
 };
 static const ProtobufCIntRange containers__lmctfy__agent__machine_info_response__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 8 }
+  { 0, 9 }
 };
 const ProtobufCMessageDescriptor containers__lmctfy__agent__machine_info_response__descriptor =
 {
@@ -5171,7 +5184,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__machine_info_respons
   "Containers__Lmctfy__Agent__MachineInfoResponse",
   "containers.lmctfy.agent",
   sizeof(Containers__Lmctfy__Agent__MachineInfoResponse),
-  8,
+  9,
   containers__lmctfy__agent__machine_info_response__field_descriptors,
   containers__lmctfy__agent__machine_info_response__field_indices_by_name,
   1,  containers__lmctfy__agent__machine_info_response__number_ranges,
@@ -6570,7 +6583,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__agent_limits__descri
   (ProtobufCMessageInit) containers__lmctfy__agent__agent_limits__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor containers__lmctfy__agent__agent_config__field_descriptors[23] =
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__agent_config__field_descriptors[25] =
 {
   {
     "unix_socket_path",
@@ -6848,11 +6861,37 @@ static const ProtobufCFieldDescriptor containers__lmctfy__agent__agent_config__f
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "bootstrap_token_file",
+    24,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__AgentConfig, bootstrap_token_file),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "controller_enroll_address",
+    25,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__AgentConfig, controller_enroll_address),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned containers__lmctfy__agent__agent_config__field_indices_by_name[] = {
   22,   /* field[22] = allow_plaintext_tcp */
   2,   /* field[2] = allowed_group */
+  23,   /* field[23] = bootstrap_token_file */
   10,   /* field[10] = controller_address */
+  24,   /* field[24] = controller_enroll_address */
   15,   /* field[15] = controller_key_id */
   11,   /* field[11] = event_log_capacity */
   16,   /* field[16] = host_name */
@@ -6877,7 +6916,7 @@ static const unsigned containers__lmctfy__agent__agent_config__field_indices_by_
 static const ProtobufCIntRange containers__lmctfy__agent__agent_config__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 23 }
+  { 0, 25 }
 };
 const ProtobufCMessageDescriptor containers__lmctfy__agent__agent_config__descriptor =
 {
@@ -6887,14 +6926,14 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__agent_config__descri
   "Containers__Lmctfy__Agent__AgentConfig",
   "containers.lmctfy.agent",
   sizeof(Containers__Lmctfy__Agent__AgentConfig),
-  23,
+  25,
   containers__lmctfy__agent__agent_config__field_descriptors,
   containers__lmctfy__agent__agent_config__field_indices_by_name,
   1,  containers__lmctfy__agent__agent_config__number_ranges,
   (ProtobufCMessageInit) containers__lmctfy__agent__agent_config__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor containers__lmctfy__agent__tls_config__field_descriptors[4] =
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__tls_config__field_descriptors[5] =
 {
   {
     "certificate_file",
@@ -6944,17 +6983,30 @@ static const ProtobufCFieldDescriptor containers__lmctfy__agent__tls_config__fie
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "crl_file",
+    5,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__TlsConfig, crl_file),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned containers__lmctfy__agent__tls_config__field_indices_by_name[] = {
   2,   /* field[2] = ca_file */
   0,   /* field[0] = certificate_file */
+  4,   /* field[4] = crl_file */
   1,   /* field[1] = key_file */
   3,   /* field[3] = require_client_certificate */
 };
 static const ProtobufCIntRange containers__lmctfy__agent__tls_config__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 4 }
+  { 0, 5 }
 };
 const ProtobufCMessageDescriptor containers__lmctfy__agent__tls_config__descriptor =
 {
@@ -6964,7 +7016,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__tls_config__descript
   "Containers__Lmctfy__Agent__TlsConfig",
   "containers.lmctfy.agent",
   sizeof(Containers__Lmctfy__Agent__TlsConfig),
-  4,
+  5,
   containers__lmctfy__agent__tls_config__field_descriptors,
   containers__lmctfy__agent__tls_config__field_indices_by_name,
   1,  containers__lmctfy__agent__tls_config__number_ranges,

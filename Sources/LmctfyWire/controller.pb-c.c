@@ -592,6 +592,96 @@ void   containers__lmctfy__agent__controller_config__free_unpacked
   assert(message->base.descriptor == &containers__lmctfy__agent__controller_config__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
+void   containers__lmctfy__agent__enroll_request__init
+                     (Containers__Lmctfy__Agent__EnrollRequest         *message)
+{
+  static const Containers__Lmctfy__Agent__EnrollRequest init_value = CONTAINERS__LMCTFY__AGENT__ENROLL_REQUEST__INIT;
+  *message = init_value;
+}
+size_t containers__lmctfy__agent__enroll_request__get_packed_size
+                     (const Containers__Lmctfy__Agent__EnrollRequest *message)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__enroll_request__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t containers__lmctfy__agent__enroll_request__pack
+                     (const Containers__Lmctfy__Agent__EnrollRequest *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__enroll_request__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t containers__lmctfy__agent__enroll_request__pack_to_buffer
+                     (const Containers__Lmctfy__Agent__EnrollRequest *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__enroll_request__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Containers__Lmctfy__Agent__EnrollRequest *
+       containers__lmctfy__agent__enroll_request__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Containers__Lmctfy__Agent__EnrollRequest *)
+     protobuf_c_message_unpack (&containers__lmctfy__agent__enroll_request__descriptor,
+                                allocator, len, data);
+}
+void   containers__lmctfy__agent__enroll_request__free_unpacked
+                     (Containers__Lmctfy__Agent__EnrollRequest *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &containers__lmctfy__agent__enroll_request__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   containers__lmctfy__agent__enroll_response__init
+                     (Containers__Lmctfy__Agent__EnrollResponse         *message)
+{
+  static const Containers__Lmctfy__Agent__EnrollResponse init_value = CONTAINERS__LMCTFY__AGENT__ENROLL_RESPONSE__INIT;
+  *message = init_value;
+}
+size_t containers__lmctfy__agent__enroll_response__get_packed_size
+                     (const Containers__Lmctfy__Agent__EnrollResponse *message)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__enroll_response__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t containers__lmctfy__agent__enroll_response__pack
+                     (const Containers__Lmctfy__Agent__EnrollResponse *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__enroll_response__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t containers__lmctfy__agent__enroll_response__pack_to_buffer
+                     (const Containers__Lmctfy__Agent__EnrollResponse *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__enroll_response__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Containers__Lmctfy__Agent__EnrollResponse *
+       containers__lmctfy__agent__enroll_response__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Containers__Lmctfy__Agent__EnrollResponse *)
+     protobuf_c_message_unpack (&containers__lmctfy__agent__enroll_response__descriptor,
+                                allocator, len, data);
+}
+void   containers__lmctfy__agent__enroll_response__free_unpacked
+                     (Containers__Lmctfy__Agent__EnrollResponse *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &containers__lmctfy__agent__enroll_response__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
 static const ProtobufCFieldDescriptor containers__lmctfy__agent__host_identity__field_descriptors[10] =
 {
   {
@@ -1301,7 +1391,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__fleet_cursors__descr
   (ProtobufCMessageInit) containers__lmctfy__agent__fleet_cursors__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor containers__lmctfy__agent__controller_config__field_descriptors[13] =
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__controller_config__field_descriptors[18] =
 {
   {
     "unix_socket_path",
@@ -1459,16 +1549,81 @@ static const ProtobufCFieldDescriptor containers__lmctfy__agent__controller_conf
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "enroll_address",
+    14,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__ControllerConfig, enroll_address),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "signing_ca_certificate_file",
+    15,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__ControllerConfig, signing_ca_certificate_file),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "signing_ca_key_file",
+    16,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__ControllerConfig, signing_ca_key_file),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "bootstrap_token_file",
+    17,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__ControllerConfig, bootstrap_token_file),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "enrolled_certificate_days",
+    18,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_UINT32,
+    offsetof(Containers__Lmctfy__Agent__ControllerConfig, has_enrolled_certificate_days),
+    offsetof(Containers__Lmctfy__Agent__ControllerConfig, enrolled_certificate_days),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned containers__lmctfy__agent__controller_config__field_indices_by_name[] = {
   4,   /* field[4] = agent_address */
   12,   /* field[12] = allow_plaintext_tcp */
   2,   /* field[2] = allowed_group */
+  16,   /* field[16] = bootstrap_token_file */
+  13,   /* field[13] = enroll_address */
+  17,   /* field[17] = enrolled_certificate_days */
   10,   /* field[10] = event_log_capacity */
   5,   /* field[5] = key_file */
   7,   /* field[7] = limits */
   8,   /* field[8] = log_level */
   6,   /* field[6] = role */
+  14,   /* field[14] = signing_ca_certificate_file */
+  15,   /* field[15] = signing_ca_key_file */
   9,   /* field[9] = state_dir */
   3,   /* field[3] = tcp_address */
   11,   /* field[11] = tls */
@@ -1478,7 +1633,7 @@ static const unsigned containers__lmctfy__agent__controller_config__field_indice
 static const ProtobufCIntRange containers__lmctfy__agent__controller_config__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 13 }
+  { 0, 18 }
 };
 const ProtobufCMessageDescriptor containers__lmctfy__agent__controller_config__descriptor =
 {
@@ -1488,11 +1643,113 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__controller_config__d
   "Containers__Lmctfy__Agent__ControllerConfig",
   "containers.lmctfy.agent",
   sizeof(Containers__Lmctfy__Agent__ControllerConfig),
-  13,
+  18,
   containers__lmctfy__agent__controller_config__field_descriptors,
   containers__lmctfy__agent__controller_config__field_indices_by_name,
   1,  containers__lmctfy__agent__controller_config__number_ranges,
   (ProtobufCMessageInit) containers__lmctfy__agent__controller_config__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__enroll_request__field_descriptors[3] =
+{
+  {
+    "token",
+    1,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__EnrollRequest, token),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "host_name",
+    2,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__EnrollRequest, host_name),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "csr_pem",
+    3,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__EnrollRequest, csr_pem),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned containers__lmctfy__agent__enroll_request__field_indices_by_name[] = {
+  2,   /* field[2] = csr_pem */
+  1,   /* field[1] = host_name */
+  0,   /* field[0] = token */
+};
+static const ProtobufCIntRange containers__lmctfy__agent__enroll_request__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 3 }
+};
+const ProtobufCMessageDescriptor containers__lmctfy__agent__enroll_request__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "containers.lmctfy.agent.EnrollRequest",
+  "EnrollRequest",
+  "Containers__Lmctfy__Agent__EnrollRequest",
+  "containers.lmctfy.agent",
+  sizeof(Containers__Lmctfy__Agent__EnrollRequest),
+  3,
+  containers__lmctfy__agent__enroll_request__field_descriptors,
+  containers__lmctfy__agent__enroll_request__field_indices_by_name,
+  1,  containers__lmctfy__agent__enroll_request__number_ranges,
+  (ProtobufCMessageInit) containers__lmctfy__agent__enroll_request__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__enroll_response__field_descriptors[1] =
+{
+  {
+    "certificate_pem",
+    1,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__EnrollResponse, certificate_pem),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned containers__lmctfy__agent__enroll_response__field_indices_by_name[] = {
+  0,   /* field[0] = certificate_pem */
+};
+static const ProtobufCIntRange containers__lmctfy__agent__enroll_response__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 1 }
+};
+const ProtobufCMessageDescriptor containers__lmctfy__agent__enroll_response__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "containers.lmctfy.agent.EnrollResponse",
+  "EnrollResponse",
+  "Containers__Lmctfy__Agent__EnrollResponse",
+  "containers.lmctfy.agent",
+  sizeof(Containers__Lmctfy__Agent__EnrollResponse),
+  1,
+  containers__lmctfy__agent__enroll_response__field_descriptors,
+  containers__lmctfy__agent__enroll_response__field_indices_by_name,
+  1,  containers__lmctfy__agent__enroll_response__number_ranges,
+  (ProtobufCMessageInit) containers__lmctfy__agent__enroll_response__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
 static const ProtobufCEnumValue containers__lmctfy__agent__host_state__enum_values_by_number[3] =

@@ -22,6 +22,8 @@ static const ProtobufCMessageDescriptor *const messages[] = {
     &containers__lmctfy__agent__destroy_response__descriptor,
     &containers__lmctfy__agent__detect_request__descriptor,
     &containers__lmctfy__agent__detect_response__descriptor,
+    &containers__lmctfy__agent__enroll_request__descriptor,
+    &containers__lmctfy__agent__enroll_response__descriptor,
     &containers__lmctfy__agent__enter_request__descriptor,
     &containers__lmctfy__agent__enter_response__descriptor,
     &containers__lmctfy__agent__event_gap__descriptor,

@@ -463,6 +463,11 @@ public enum LmctlCLI {
             if backend.client.isPlaintextTcp {
                 stderr.write(Array("lmctl: WARNING: PLAINTEXT TCP: this connection has no TLS; its frames are neither encrypted nor integrity-protected (the agent's allow_plaintext_tcp)\n".utf8))
             }
+            // The agent's own warnings (its plaintext links), whatever this
+            // connection is.
+            for w in i.warnings {
+                stderr.write(Array("lmctl: WARNING: agent: \(w)\n".utf8))
+            }
             if json {
                 stdout.write(Array((i.jsonString() + "\n").utf8))
             } else {
@@ -474,7 +479,7 @@ public enum LmctlCLI {
                 ] + (i.criu.map { c in
                     [("criu_usable", c.usable == true ? "true" : "false"), ("criu_version", c.version ?? ""),
                      ("criu_reason", c.reason ?? "")]
-                } ?? [])
+                } ?? []) + i.warnings.map { ("warning", $0) }
                 stdout.write(Array(pairs.map { "\($0.0)=\"\(TextFormat.cEscape(Array($0.1.utf8)))\"\n" }.joined().utf8))
             }
             return 0

@@ -128,7 +128,7 @@ func clientContext(_ pki: String, _ name: String?, ca: String = "ca.pem") throws
 }
 
 extension String {
-    fileprivate func replacingOccurrences(of a: String, with b: String) -> String {
+    func replacingOccurrences(of a: String, with b: String) -> String {
         var out = ""
         var rest = self[...]
         while let r = rest.firstRange(of: a) {

@@ -3960,6 +3960,10 @@ public struct AgentConfig: ProtoMessage {
     public var tls: TlsConfig?
     /// Field 23 `allow_plaintext_tcp`.
     public var allowPlaintextTcp: Bool?
+    /// Field 24 `bootstrap_token_file`.
+    public var bootstrapTokenFile: String?
+    /// Field 25 `controller_enroll_address`.
+    public var controllerEnrollAddress: String?
 
     public init(
         unixSocketPath: String? = nil,
@@ -3984,7 +3988,9 @@ public struct AgentConfig: ProtoMessage {
         reconnectMaxMs: UInt32? = nil,
         rootContainer: String? = nil,
         tls: TlsConfig? = nil,
-        allowPlaintextTcp: Bool? = nil
+        allowPlaintextTcp: Bool? = nil,
+        bootstrapTokenFile: String? = nil,
+        controllerEnrollAddress: String? = nil
     ) {
         self.unixSocketPath = unixSocketPath
         self.unixSocketMode = unixSocketMode
@@ -4009,6 +4015,8 @@ public struct AgentConfig: ProtoMessage {
         self.rootContainer = rootContainer
         self.tls = tls
         self.allowPlaintextTcp = allowPlaintextTcp
+        self.bootstrapTokenFile = bootstrapTokenFile
+        self.controllerEnrollAddress = controllerEnrollAddress
     }
 
     public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.AgentConfig")
@@ -4038,6 +4046,8 @@ public struct AgentConfig: ProtoMessage {
         self.rootContainer = message.get(21)
         self.tls = message.get(22)
         self.allowPlaintextTcp = message.get(23)
+        self.bootstrapTokenFile = message.get(24)
+        self.controllerEnrollAddress = message.get(25)
     }
 
     public var dynamic: DynamicMessage {
@@ -4065,6 +4075,8 @@ public struct AgentConfig: ProtoMessage {
         message.set(21, rootContainer)
         message.set(22, tls)
         message.set(23, allowPlaintextTcp)
+        message.set(24, bootstrapTokenFile)
+        message.set(25, controllerEnrollAddress)
         return message
     }
 
@@ -4093,6 +4105,8 @@ public struct AgentConfig: ProtoMessage {
         self.rootContainer = CBridge.value(c, f[20])
         self.tls = CBridge.message(c, f[21])
         self.allowPlaintextTcp = CBridge.value(c, f[22])
+        self.bootstrapTokenFile = CBridge.value(c, f[23])
+        self.controllerEnrollAddress = CBridge.value(c, f[24])
     }
 
     public func makeC() -> UnsafeMutableRawPointer {
@@ -4121,6 +4135,8 @@ public struct AgentConfig: ProtoMessage {
         CBridge.set(c, f[20], rootContainer)
         CBridge.setMessage(c, f[21], tls)
         CBridge.set(c, f[22], allowPlaintextTcp)
+        CBridge.set(c, f[23], bootstrapTokenFile)
+        CBridge.set(c, f[24], controllerEnrollAddress)
         return c
     }
 }
@@ -4703,6 +4719,16 @@ public struct ControllerConfig: ProtoMessage {
     public var tls: TlsConfig?
     /// Field 13 `allow_plaintext_tcp`.
     public var allowPlaintextTcp: Bool?
+    /// Field 14 `enroll_address`.
+    public var enrollAddress: String?
+    /// Field 15 `signing_ca_certificate_file`.
+    public var signingCaCertificateFile: String?
+    /// Field 16 `signing_ca_key_file`.
+    public var signingCaKeyFile: String?
+    /// Field 17 `bootstrap_token_file`.
+    public var bootstrapTokenFile: String?
+    /// Field 18 `enrolled_certificate_days`.
+    public var enrolledCertificateDays: UInt32?
 
     public init(
         unixSocketPath: String? = nil,
@@ -4717,7 +4743,12 @@ public struct ControllerConfig: ProtoMessage {
         stateDir: String? = nil,
         eventLogCapacity: UInt32? = nil,
         tls: TlsConfig? = nil,
-        allowPlaintextTcp: Bool? = nil
+        allowPlaintextTcp: Bool? = nil,
+        enrollAddress: String? = nil,
+        signingCaCertificateFile: String? = nil,
+        signingCaKeyFile: String? = nil,
+        bootstrapTokenFile: String? = nil,
+        enrolledCertificateDays: UInt32? = nil
     ) {
         self.unixSocketPath = unixSocketPath
         self.unixSocketMode = unixSocketMode
@@ -4732,6 +4763,11 @@ public struct ControllerConfig: ProtoMessage {
         self.eventLogCapacity = eventLogCapacity
         self.tls = tls
         self.allowPlaintextTcp = allowPlaintextTcp
+        self.enrollAddress = enrollAddress
+        self.signingCaCertificateFile = signingCaCertificateFile
+        self.signingCaKeyFile = signingCaKeyFile
+        self.bootstrapTokenFile = bootstrapTokenFile
+        self.enrolledCertificateDays = enrolledCertificateDays
     }
 
     public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.ControllerConfig")
@@ -4751,6 +4787,11 @@ public struct ControllerConfig: ProtoMessage {
         self.eventLogCapacity = message.get(11)
         self.tls = message.get(12)
         self.allowPlaintextTcp = message.get(13)
+        self.enrollAddress = message.get(14)
+        self.signingCaCertificateFile = message.get(15)
+        self.signingCaKeyFile = message.get(16)
+        self.bootstrapTokenFile = message.get(17)
+        self.enrolledCertificateDays = message.get(18)
     }
 
     public var dynamic: DynamicMessage {
@@ -4768,6 +4809,11 @@ public struct ControllerConfig: ProtoMessage {
         message.set(11, eventLogCapacity)
         message.set(12, tls)
         message.set(13, allowPlaintextTcp)
+        message.set(14, enrollAddress)
+        message.set(15, signingCaCertificateFile)
+        message.set(16, signingCaKeyFile)
+        message.set(17, bootstrapTokenFile)
+        message.set(18, enrolledCertificateDays)
         return message
     }
 
@@ -4786,6 +4832,11 @@ public struct ControllerConfig: ProtoMessage {
         self.eventLogCapacity = CBridge.value(c, f[10])
         self.tls = CBridge.message(c, f[11])
         self.allowPlaintextTcp = CBridge.value(c, f[12])
+        self.enrollAddress = CBridge.value(c, f[13])
+        self.signingCaCertificateFile = CBridge.value(c, f[14])
+        self.signingCaKeyFile = CBridge.value(c, f[15])
+        self.bootstrapTokenFile = CBridge.value(c, f[16])
+        self.enrolledCertificateDays = CBridge.value(c, f[17])
     }
 
     public func makeC() -> UnsafeMutableRawPointer {
@@ -4804,6 +4855,11 @@ public struct ControllerConfig: ProtoMessage {
         CBridge.set(c, f[10], eventLogCapacity)
         CBridge.setMessage(c, f[11], tls)
         CBridge.set(c, f[12], allowPlaintextTcp)
+        CBridge.set(c, f[13], enrollAddress)
+        CBridge.set(c, f[14], signingCaCertificateFile)
+        CBridge.set(c, f[15], signingCaKeyFile)
+        CBridge.set(c, f[16], bootstrapTokenFile)
+        CBridge.set(c, f[17], enrolledCertificateDays)
         return c
     }
 }
@@ -5089,6 +5145,96 @@ public struct DetectResponse: ProtoMessage {
         let c = CBridge.allocate(Self.protoDescriptor)
         let f = Self.protoDescriptor.fields
         CBridge.set(c, f[0], name)
+        return c
+    }
+}
+
+/// Protobuf message `containers.lmctfy.agent.EnrollRequest`.
+public struct EnrollRequest: ProtoMessage {
+    /// Field 1 `token`.
+    public var token: String?
+    /// Field 2 `host_name`.
+    public var hostName: String?
+    /// Field 3 `csr_pem`.
+    public var csrPem: String?
+
+    public init(
+        token: String? = nil,
+        hostName: String? = nil,
+        csrPem: String? = nil
+    ) {
+        self.token = token
+        self.hostName = hostName
+        self.csrPem = csrPem
+    }
+
+    public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.EnrollRequest")
+
+    public init(dynamic message: DynamicMessage) {
+        precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.EnrollRequest")
+        self.token = message.get(1)
+        self.hostName = message.get(2)
+        self.csrPem = message.get(3)
+    }
+
+    public var dynamic: DynamicMessage {
+        var message = DynamicMessage(Self.protoDescriptor)
+        message.set(1, token)
+        message.set(2, hostName)
+        message.set(3, csrPem)
+        return message
+    }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.token = CBridge.value(c, f[0])
+        self.hostName = CBridge.value(c, f[1])
+        self.csrPem = CBridge.value(c, f[2])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.set(c, f[0], token)
+        CBridge.set(c, f[1], hostName)
+        CBridge.set(c, f[2], csrPem)
+        return c
+    }
+}
+
+/// Protobuf message `containers.lmctfy.agent.EnrollResponse`.
+public struct EnrollResponse: ProtoMessage {
+    /// Field 1 `certificate_pem`.
+    public var certificatePem: String?
+
+    public init(
+        certificatePem: String? = nil
+    ) {
+        self.certificatePem = certificatePem
+    }
+
+    public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.EnrollResponse")
+
+    public init(dynamic message: DynamicMessage) {
+        precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.EnrollResponse")
+        self.certificatePem = message.get(1)
+    }
+
+    public var dynamic: DynamicMessage {
+        var message = DynamicMessage(Self.protoDescriptor)
+        message.set(1, certificatePem)
+        return message
+    }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.certificatePem = CBridge.value(c, f[0])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.set(c, f[0], certificatePem)
         return c
     }
 }
@@ -6762,6 +6908,8 @@ public struct MachineInfoResponse: ProtoMessage {
     public var bootId: String?
     /// Field 8 `criu`.
     public var criu: CriuStatus?
+    /// Field 9 `warnings`.
+    public var warnings: [String]
 
     public init(
         hostname: String? = nil,
@@ -6771,7 +6919,8 @@ public struct MachineInfoResponse: ProtoMessage {
         memoryBytes: UInt64? = nil,
         agentVersion: String? = nil,
         bootId: String? = nil,
-        criu: CriuStatus? = nil
+        criu: CriuStatus? = nil,
+        warnings: [String] = []
     ) {
         self.hostname = hostname
         self.kernel = kernel
@@ -6781,6 +6930,7 @@ public struct MachineInfoResponse: ProtoMessage {
         self.agentVersion = agentVersion
         self.bootId = bootId
         self.criu = criu
+        self.warnings = warnings
     }
 
     public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.MachineInfoResponse")
@@ -6795,6 +6945,7 @@ public struct MachineInfoResponse: ProtoMessage {
         self.agentVersion = message.get(6)
         self.bootId = message.get(7)
         self.criu = message.get(8)
+        self.warnings = message.getRepeated(9)
     }
 
     public var dynamic: DynamicMessage {
@@ -6807,6 +6958,7 @@ public struct MachineInfoResponse: ProtoMessage {
         message.set(6, agentVersion)
         message.set(7, bootId)
         message.set(8, criu)
+        message.setRepeated(9, warnings)
         return message
     }
 
@@ -6820,6 +6972,7 @@ public struct MachineInfoResponse: ProtoMessage {
         self.agentVersion = CBridge.value(c, f[5])
         self.bootId = CBridge.value(c, f[6])
         self.criu = CBridge.message(c, f[7])
+        self.warnings = CBridge.repeated(c, f[8])
     }
 
     public func makeC() -> UnsafeMutableRawPointer {
@@ -6833,6 +6986,7 @@ public struct MachineInfoResponse: ProtoMessage {
         CBridge.set(c, f[5], agentVersion)
         CBridge.set(c, f[6], bootId)
         CBridge.setMessage(c, f[7], criu)
+        CBridge.setRepeated(c, f[8], warnings)
         return c
     }
 }
@@ -8140,17 +8294,21 @@ public struct TlsConfig: ProtoMessage {
     public var caFile: String?
     /// Field 4 `require_client_certificate`.
     public var requireClientCertificate: Bool?
+    /// Field 5 `crl_file`.
+    public var crlFile: String?
 
     public init(
         certificateFile: String? = nil,
         keyFile: String? = nil,
         caFile: String? = nil,
-        requireClientCertificate: Bool? = nil
+        requireClientCertificate: Bool? = nil,
+        crlFile: String? = nil
     ) {
         self.certificateFile = certificateFile
         self.keyFile = keyFile
         self.caFile = caFile
         self.requireClientCertificate = requireClientCertificate
+        self.crlFile = crlFile
     }
 
     public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.TlsConfig")
@@ -8161,6 +8319,7 @@ public struct TlsConfig: ProtoMessage {
         self.keyFile = message.get(2)
         self.caFile = message.get(3)
         self.requireClientCertificate = message.get(4)
+        self.crlFile = message.get(5)
     }
 
     public var dynamic: DynamicMessage {
@@ -8169,6 +8328,7 @@ public struct TlsConfig: ProtoMessage {
         message.set(2, keyFile)
         message.set(3, caFile)
         message.set(4, requireClientCertificate)
+        message.set(5, crlFile)
         return message
     }
 
@@ -8178,6 +8338,7 @@ public struct TlsConfig: ProtoMessage {
         self.keyFile = CBridge.value(c, f[1])
         self.caFile = CBridge.value(c, f[2])
         self.requireClientCertificate = CBridge.value(c, f[3])
+        self.crlFile = CBridge.value(c, f[4])
     }
 
     public func makeC() -> UnsafeMutableRawPointer {
@@ -8187,6 +8348,7 @@ public struct TlsConfig: ProtoMessage {
         CBridge.set(c, f[1], keyFile)
         CBridge.set(c, f[2], caFile)
         CBridge.set(c, f[3], requireClientCertificate)
+        CBridge.set(c, f[4], crlFile)
         return c
     }
 }

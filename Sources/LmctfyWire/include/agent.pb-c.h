@@ -1153,14 +1153,21 @@ struct  Containers__Lmctfy__Agent__MachineInfoResponse
    * Added: whether Checkpoint and Restore can use CRIU here (`criu check`,
    * run once when the agent starts).
    */
-  /*
-   * Next id: 9
-   */
   Containers__Lmctfy__Agent__CriuStatus *criu;
+  /*
+   * Added: what the operator should know is unsafe in the agent's setup,
+   * one sentence each (a TCP listener or controller link in plaintext,
+   * allowed by allow_plaintext_tcp). `lmctl info` prints them as warnings.
+   */
+  /*
+   * Next id: 10
+   */
+  size_t n_warnings;
+  char **warnings;
 };
 #define CONTAINERS__LMCTFY__AGENT__MACHINE_INFO_RESPONSE__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__machine_info_response__descriptor) \
-    , NULL, NULL, 0, 0, 0, 0, 0, 0, NULL, NULL, NULL }
+    , NULL, NULL, 0, 0, 0, 0, 0, 0, NULL, NULL, NULL, 0,NULL }
 
 
 /*
@@ -1793,15 +1800,26 @@ struct  Containers__Lmctfy__Agent__AgentConfig
    * shared-key hello is authenticated): the agent refuses to start with one
    * unless this is true, and `info` then says so. Absent: false.
    */
-  /*
-   * Next id: 24
-   */
   protobuf_c_boolean has_allow_plaintext_tcp;
   protobuf_c_boolean allow_plaintext_tcp;
+  /*
+   * Enrolment (PROTOCOL.md section 3.2): when tls.certificate_file does not
+   * exist yet, the agent makes a key (EC P-256) and a certificate request
+   * for its host_name, sends them with the one-time token of this file (its
+   * first word; the file is private, mode 0600) to the controller's
+   * enroll_address ("host:port", verified against tls.ca_file), and writes
+   * the key (0600) and the signed certificate to tls.key_file and
+   * tls.certificate_file before starting.
+   */
+  char *bootstrap_token_file;
+  /*
+   * Next id: 26
+   */
+  char *controller_enroll_address;
 };
 #define CONTAINERS__LMCTFY__AGENT__AGENT_CONFIG__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__agent_config__descriptor) \
-    , NULL, 0, 0, NULL, NULL, NULL, 0,NULL, NULL, 0, CONTAINERS__LMCTFY__AGENT__AGENT_LOG_LEVEL__LOG_LEVEL_UNSPECIFIED, NULL, 0, 0, NULL, 0, 0, 0, 0, 0, 0, 0, 0, NULL, NULL, 0,NULL, 0, 0, 0, 0, NULL, NULL, 0, 0 }
+    , NULL, 0, 0, NULL, NULL, NULL, 0,NULL, NULL, 0, CONTAINERS__LMCTFY__AGENT__AGENT_LOG_LEVEL__LOG_LEVEL_UNSPECIFIED, NULL, 0, 0, NULL, 0, 0, 0, 0, 0, 0, 0, 0, NULL, NULL, 0,NULL, 0, 0, 0, 0, NULL, NULL, 0, 0, NULL, NULL }
 
 
 /*
@@ -1828,15 +1846,23 @@ struct  Containers__Lmctfy__Agent__TlsConfig
    * identity and role come from it. false: clients need no certificate and
    * prove a shared key of key_file in the hello, inside TLS.
    */
-  /*
-   * Next id: 5
-   */
   protobuf_c_boolean has_require_client_certificate;
   protobuf_c_boolean require_client_certificate;
+  /*
+   * A certificate revocation list (PEM, of ca_file's CA): a peer whose
+   * certificate it lists is refused in the handshake. Re-read, with the
+   * three files above, on SIGHUP; established connections whose peer's
+   * certificate is then revoked (or has expired) get GOAWAY_UNAUTHENTICATED.
+   * A CRL past its nextUpdate fails every peer: renew it and send SIGHUP.
+   */
+  /*
+   * Next id: 6
+   */
+  char *crl_file;
 };
 #define CONTAINERS__LMCTFY__AGENT__TLS_CONFIG__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__tls_config__descriptor) \
-    , NULL, NULL, NULL, 0, 0 }
+    , NULL, NULL, NULL, 0, 0, NULL }
 
 
 struct  Containers__Lmctfy__Agent__HostLabel

@@ -29,6 +29,8 @@ typedef struct Containers__Lmctfy__Agent__FanOutResponse Containers__Lmctfy__Age
 typedef struct Containers__Lmctfy__Agent__FleetCursor Containers__Lmctfy__Agent__FleetCursor;
 typedef struct Containers__Lmctfy__Agent__FleetCursors Containers__Lmctfy__Agent__FleetCursors;
 typedef struct Containers__Lmctfy__Agent__ControllerConfig Containers__Lmctfy__Agent__ControllerConfig;
+typedef struct Containers__Lmctfy__Agent__EnrollRequest Containers__Lmctfy__Agent__EnrollRequest;
+typedef struct Containers__Lmctfy__Agent__EnrollResponse Containers__Lmctfy__Agent__EnrollResponse;
 
 
 /* --- enums --- */
@@ -366,15 +368,79 @@ struct  Containers__Lmctfy__Agent__ControllerConfig
   /*
    * TCP listeners without `tls` are refused unless this is true.
    */
-  /*
-   * Next id: 14
-   */
   protobuf_c_boolean has_allow_plaintext_tcp;
   protobuf_c_boolean allow_plaintext_tcp;
+  /*
+   * Enrolment (PROTOCOL.md section 3.2): agents without a certificate
+   * connect here ("host:port"; TLS with the server certificate of `tls`,
+   * no client certificate) and may call Enroll only. Needs tls and the
+   * four fields below.
+   */
+  char *enroll_address;
+  /*
+   * The CA that signs enrolled agents' certificates (PEM; the key private,
+   * mode 0600). Usually tls.ca_file's CA.
+   */
+  char *signing_ca_certificate_file;
+  char *signing_ca_key_file;
+  /*
+   * One-time tokens, one per line: "TOKEN EXPIRY_UNIX_SECONDS [HOST_NAME]"
+   * ('#' starts a comment). A token is spent (state_dir/enroll-spent) by
+   * its first Enroll that is answered; one with a host name enrols only it.
+   * Mode 0600.
+   */
+  char *bootstrap_token_file;
+  /*
+   * Days an enrolled certificate is valid. Absent: 30.
+   */
+  /*
+   * Next id: 19
+   */
+  protobuf_c_boolean has_enrolled_certificate_days;
+  uint32_t enrolled_certificate_days;
 };
 #define CONTAINERS__LMCTFY__AGENT__CONTROLLER_CONFIG__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__controller_config__descriptor) \
-    , NULL, 0, 0, NULL, NULL, NULL, NULL, 0,NULL, NULL, 0, CONTAINERS__LMCTFY__AGENT__AGENT_LOG_LEVEL__LOG_LEVEL_UNSPECIFIED, NULL, 0, 0, NULL, 0, 0 }
+    , NULL, 0, 0, NULL, NULL, NULL, NULL, 0,NULL, NULL, 0, CONTAINERS__LMCTFY__AGENT__AGENT_LOG_LEVEL__LOG_LEVEL_UNSPECIFIED, NULL, 0, 0, NULL, 0, 0, NULL, NULL, NULL, NULL, 0, 0 }
+
+
+/*
+ * Enroll (unary, on enroll_address only; PROTOCOL.md section 3.2): a
+ * bootstrap token and a certificate request (PEM PKCS#10) for the agent's
+ * host name, which must be the request's only subjectAltName (DNS). An
+ * unknown, spent or expired token is UNAUTHENTICATED; a request for another
+ * host than the token's is PERMISSION_DENIED; a bad request
+ * INVALID_ARGUMENT.
+ */
+struct  Containers__Lmctfy__Agent__EnrollRequest
+{
+  ProtobufCMessage base;
+  char *token;
+  char *host_name;
+  /*
+   * Next id: 4
+   */
+  char *csr_pem;
+};
+#define CONTAINERS__LMCTFY__AGENT__ENROLL_REQUEST__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__enroll_request__descriptor) \
+    , NULL, NULL, NULL }
+
+
+struct  Containers__Lmctfy__Agent__EnrollResponse
+{
+  ProtobufCMessage base;
+  /*
+   * The signed certificate (PEM), then the signing CA's.
+   */
+  /*
+   * Next id: 2
+   */
+  char *certificate_pem;
+};
+#define CONTAINERS__LMCTFY__AGENT__ENROLL_RESPONSE__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__enroll_response__descriptor) \
+    , NULL }
 
 
 /* Containers__Lmctfy__Agent__HostIdentity methods */
@@ -624,6 +690,44 @@ Containers__Lmctfy__Agent__ControllerConfig *
 void   containers__lmctfy__agent__controller_config__free_unpacked
                      (Containers__Lmctfy__Agent__ControllerConfig *message,
                       ProtobufCAllocator *allocator);
+/* Containers__Lmctfy__Agent__EnrollRequest methods */
+void   containers__lmctfy__agent__enroll_request__init
+                     (Containers__Lmctfy__Agent__EnrollRequest         *message);
+size_t containers__lmctfy__agent__enroll_request__get_packed_size
+                     (const Containers__Lmctfy__Agent__EnrollRequest   *message);
+size_t containers__lmctfy__agent__enroll_request__pack
+                     (const Containers__Lmctfy__Agent__EnrollRequest   *message,
+                      uint8_t             *out);
+size_t containers__lmctfy__agent__enroll_request__pack_to_buffer
+                     (const Containers__Lmctfy__Agent__EnrollRequest   *message,
+                      ProtobufCBuffer     *buffer);
+Containers__Lmctfy__Agent__EnrollRequest *
+       containers__lmctfy__agent__enroll_request__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   containers__lmctfy__agent__enroll_request__free_unpacked
+                     (Containers__Lmctfy__Agent__EnrollRequest *message,
+                      ProtobufCAllocator *allocator);
+/* Containers__Lmctfy__Agent__EnrollResponse methods */
+void   containers__lmctfy__agent__enroll_response__init
+                     (Containers__Lmctfy__Agent__EnrollResponse         *message);
+size_t containers__lmctfy__agent__enroll_response__get_packed_size
+                     (const Containers__Lmctfy__Agent__EnrollResponse   *message);
+size_t containers__lmctfy__agent__enroll_response__pack
+                     (const Containers__Lmctfy__Agent__EnrollResponse   *message,
+                      uint8_t             *out);
+size_t containers__lmctfy__agent__enroll_response__pack_to_buffer
+                     (const Containers__Lmctfy__Agent__EnrollResponse   *message,
+                      ProtobufCBuffer     *buffer);
+Containers__Lmctfy__Agent__EnrollResponse *
+       containers__lmctfy__agent__enroll_response__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   containers__lmctfy__agent__enroll_response__free_unpacked
+                     (Containers__Lmctfy__Agent__EnrollResponse *message,
+                      ProtobufCAllocator *allocator);
 /* --- per-message closures --- */
 
 typedef void (*Containers__Lmctfy__Agent__HostIdentity_Closure)
@@ -665,6 +769,12 @@ typedef void (*Containers__Lmctfy__Agent__FleetCursors_Closure)
 typedef void (*Containers__Lmctfy__Agent__ControllerConfig_Closure)
                  (const Containers__Lmctfy__Agent__ControllerConfig *message,
                   void *closure_data);
+typedef void (*Containers__Lmctfy__Agent__EnrollRequest_Closure)
+                 (const Containers__Lmctfy__Agent__EnrollRequest *message,
+                  void *closure_data);
+typedef void (*Containers__Lmctfy__Agent__EnrollResponse_Closure)
+                 (const Containers__Lmctfy__Agent__EnrollResponse *message,
+                  void *closure_data);
 
 /* --- services --- */
 
@@ -686,6 +796,8 @@ extern const ProtobufCMessageDescriptor containers__lmctfy__agent__fan_out_respo
 extern const ProtobufCMessageDescriptor containers__lmctfy__agent__fleet_cursor__descriptor;
 extern const ProtobufCMessageDescriptor containers__lmctfy__agent__fleet_cursors__descriptor;
 extern const ProtobufCMessageDescriptor containers__lmctfy__agent__controller_config__descriptor;
+extern const ProtobufCMessageDescriptor containers__lmctfy__agent__enroll_request__descriptor;
+extern const ProtobufCMessageDescriptor containers__lmctfy__agent__enroll_response__descriptor;
 
 PROTOBUF_C__END_DECLS
 

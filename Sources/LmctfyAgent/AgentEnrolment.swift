@@ -1,0 +1,83 @@
+// Enrolment, the agent's side (PROTOCOL.md section 3.2; kubelet's TLS
+// bootstrap is the model): started with a one-time bootstrap token and the
+// CA's certificate but no certificate of its own, the agent makes its key,
+// asks the controller's enroll_address to sign a request for its host name,
+// and writes the key and the certificate where tls { } says, before the
+// settings (which load them) are made.
+import Glibc
+import LmctfyProto
+import LmctfyRPC
+import LmctfySystem
+
+public enum AgentEnrolment {
+    /// Whether `c` asks to enrol now: bootstrap_token_file is set and
+    /// tls.certificate_file does not exist yet.
+    public static func isPending(_ c: AgentConfig) -> Bool {
+        guard c.bootstrapTokenFile != nil, let cert = c.tls?.certificateFile else { return false }
+        return !Sys.exists(cert)
+    }
+
+    /// Enrols when `isPending`: a new EC P-256 key, a certificate request
+    /// for host_name (default: the machine's), Enroll on
+    /// controller_enroll_address over TLS verified against tls.ca_file with
+    /// the token (the first word of bootstrap_token_file, which must be
+    /// private), then the key (0600) and the certificate written atomically
+    /// to tls.key_file and tls.certificate_file. Returns whether it enrolled.
+    /// Throws INVALID_ARGUMENT for a config lacking what enrolment needs, and
+    /// the controller's refusal (UNAUTHENTICATED for a bad token,
+    /// PERMISSION_DENIED for another host's) as it comes.
+    @discardableResult
+    public static func enrollIfNeeded(_ c: AgentConfig, source: String) throws(LmctfyError) -> Bool {
+        guard isPending(c), let tokenFile = c.bootstrapTokenFile else { return false }
+        guard let t = c.tls, let certFile = t.certificateFile, let keyFile = t.keyFile, let caFile = t.caFile else {
+            throw .invalidArgument("\(source): bootstrap_token_file needs tls { certificate_file key_file ca_file }")
+        }
+        guard let address = c.controllerEnrollAddress, let colon = address.lastIndex(of: ":"),
+              let port = UInt16(address[address.index(after: colon)...]) else {
+            throw .invalidArgument("\(source): bootstrap_token_file needs controller_enroll_address (host:port)")
+        }
+        let host = String(address[..<colon])
+        try TlsContext.checkPrivate(tokenFile)
+        let text: String
+        do { text = try Sys.readFile(tokenFile) } catch { throw error.lmctfy(.notFound, "Reading bootstrap_token_file") }
+        guard let token = text.split(whereSeparator: { $0 == " " || $0 == "\n" || $0 == "\t" }).first.map(String.init) else {
+            throw .invalidArgument("\(source): bootstrap_token_file \(tokenFile) holds no token")
+        }
+        var hostName = c.hostName ?? ""
+        if hostName.isEmpty {
+            var u = utsname()
+            uname(&u)
+            hostName = withUnsafeBytes(of: u.nodename) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        }
+        let (keyPem, csrPem) = try Enrolment.makeKeyAndRequest(hostName: hostName)
+        let client = try RpcClient.connect(host: host, port: port,
+                                           tls: TlsContext(side: .client, certificateFile: nil, keyFile: nil, caFile: caFile),
+                                           name: "lmctfy-agent-enrol")
+        defer { client.close() }
+        let response = try client.call(ControllerMethods.enroll, EnrollRequest(token: token, hostName: hostName, csrPem: csrPem),
+                                       deadlineMs: 30_000)
+        guard let certPem = response.certificatePem, !certPem.isEmpty else {
+            throw .internalError("The controller's Enroll answer holds no certificate")
+        }
+        // Checked before they replace anything: the pair loads and chains
+        // to ca_file.
+        let keyTemp = keyFile + ".enrol", certTemp = certFile + ".enrol"
+        defer { try? Sys.unlink(keyTemp); try? Sys.unlink(certTemp) }
+        do {
+            try Sys.writeFileAtomically(keyTemp, Array(keyPem.utf8), mode: 0o600)
+            try Sys.writeFileAtomically(certTemp, Array(certPem.utf8), mode: 0o644)
+        } catch {
+            throw error.lmctfy(.failedPrecondition, "Writing the enrolled key and certificate")
+        }
+        _ = try TlsContext(side: .client, certificateFile: certTemp, keyFile: keyTemp, caFile: caFile)
+        // Each atomically (temp, fsync, rename), the key first: the
+        // certificate's presence is what says "enrolled".
+        do {
+            try Sys.writeFileAtomically(keyFile, Array(keyPem.utf8), mode: 0o600)
+            try Sys.writeFileAtomically(certFile, Array(certPem.utf8), mode: 0o644)
+        } catch {
+            throw error.lmctfy(.failedPrecondition, "Installing the enrolled key and certificate")
+        }
+        return true
+    }
+}

@@ -1,0 +1,82 @@
+// Enrolment (PROTOCOL.md section 3.2): an agent without a certificate
+// presents a one-time bootstrap token and a certificate request on the
+// controller's enroll_address; the token is checked (known, unspent,
+// unexpired, bound to the host asked for), spent durably, and the request
+// signed by the controller's CA. Loop thread only.
+import Glibc
+import LmctfyProto
+import LmctfyRPC
+import LmctfySystem
+
+/// The bootstrap tokens and the CA that signs for them.
+final class Enroller {
+    let settings: ControllerSettings.EnrollSettings
+    /// state_dir/enroll-spent: SHA-256 (hex) of every token spent, a line each.
+    let spentPath: String
+
+    init(_ settings: ControllerSettings.EnrollSettings, stateDir: String) {
+        self.settings = settings
+        spentPath = stateDir + "/enroll-spent"
+    }
+
+    /// One line of the token file: "TOKEN EXPIRY_UNIX_SECONDS [HOST_NAME]".
+    struct Token {
+        var expiry: Int64
+        var hostName: String?
+    }
+
+    /// The token file as it is now (re-read at each Enroll: tokens are
+    /// added without a restart). A line that does not parse is skipped.
+    func tokens() throws(LmctfyError) -> [String: Token] {
+        try TlsContext.checkPrivate(settings.tokenFile)
+        let text: String
+        do { text = try Sys.readFile(settings.tokenFile) } catch { throw error.lmctfy(.failedPrecondition, "Reading bootstrap_token_file") }
+        var out: [String: Token] = [:]
+        for line in text.split(separator: "\n") {
+            let words = line.split(separator: "#", maxSplits: 1, omittingEmptySubsequences: false)[0].split(separator: " ")
+            guard words.count == 2 || words.count == 3, let expiry = Int64(words[1]) else { continue }
+            out[String(words[0])] = Token(expiry: expiry, hostName: words.count == 3 ? String(words[2]) : nil)
+        }
+        return out
+    }
+
+    static func digest(_ token: String) -> String {
+        Crypto.sha256(Array(token.utf8)).map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined()
+    }
+
+    func spent() -> Set<String> {
+        guard let text = try? Sys.readFile(spentPath) else { return [] }
+        return Set(text.split(separator: "\n").map(String.init))
+    }
+
+    /// Enroll: UNAUTHENTICATED for an unknown, spent or expired token,
+    /// PERMISSION_DENIED for a host other than the token's (or a request
+    /// for another name than the host's), INVALID_ARGUMENT for a bad
+    /// request. The token is spent (fsynced) before the certificate is
+    /// returned; a refused request leaves it unspent.
+    func enroll(_ r: EnrollRequest, now: Int64 = Int64(time(nil))) throws(LmctfyError) -> EnrollResponse {
+        guard let token = r.token, !token.isEmpty else { throw LmctfyError(.unauthenticated, "Enroll needs a bootstrap token") }
+        let known = try tokens()
+        let digest = Self.digest(token)
+        // Unknown and spent look the same from outside.
+        guard let t = known[token], !spent().contains(digest) else {
+            throw LmctfyError(.unauthenticated, "unknown or already used bootstrap token")
+        }
+        guard t.expiry > now else { throw LmctfyError(.unauthenticated, "the bootstrap token expired") }
+        guard let host = r.hostName, Enrolment.isDnsName(host) else {
+            throw LmctfyError.invalidArgument("Enroll needs host_name, a DNS name")
+        }
+        if let bound = t.hostName, bound != host {
+            throw LmctfyError(.permissionDenied, "this bootstrap token is for host \(bound), not \(host)")
+        }
+        let pem = try Enrolment.sign(csrPem: r.csrPem ?? "", hostName: host, caCertificateFile: settings.caCertificateFile,
+                                     caKeyFile: settings.caKeyFile, days: settings.days)
+        let lines = (spent().sorted() + [digest]).joined(separator: "\n") + "\n"
+        do {
+            try Sys.writeFileAtomically(spentPath, Array(lines.utf8), mode: 0o600)
+        } catch {
+            throw error.lmctfy(.unavailable, "Recording the spent bootstrap token")
+        }
+        return EnrollResponse(certificatePem: pem)
+    }
+}

@@ -1,0 +1,57 @@
+// Enrolment (PROTOCOL.md section 3.2): an agent's key and certificate
+// request, and the controller's CA signing it, through OpenSSL 3 (the
+// COpenSSL shim's lm_make_key_and_csr and lm_sign_csr).
+import COpenSSL
+import Glibc
+import LmctfySystem
+
+/// Certificates issued to enrolling agents.
+public enum Enrolment {
+    /// Whether `name` can be a certificate's DNS name (letters, digits,
+    /// '-' and '.', at most 253).
+    public static func isDnsName(_ name: String) -> Bool { lm_is_dns_name(name) == 1 }
+
+    /// A new EC P-256 private key (PEM) and a certificate request (PEM) for
+    /// CN=`hostName` whose only subjectAltName is DNS:`hostName`.
+    public static func makeKeyAndRequest(hostName: String) throws(LmctfyError) -> (keyPem: String, csrPem: String) {
+        guard isDnsName(hostName) else { throw .invalidArgument("host name \"\(hostName)\" is not a DNS name") }
+        var key = [CChar](repeating: 0, count: 4096)
+        var csr = [CChar](repeating: 0, count: 8192)
+        guard lm_make_key_and_csr(hostName, &key, key.count, &csr, csr.count) == 1 else {
+            throw .internalError("Making a key and certificate request failed: \(TlsContext.takeError())")
+        }
+        return (text(key), text(csr))
+    }
+
+    /// Signs `csrPem` for `hostName` with the CA of `caCertificateFile` and
+    /// `caKeyFile` (which only its owner may read), valid `days` days.
+    /// Returns the certificate then the CA's (PEM). PERMISSION_DENIED when
+    /// the request is for another name than `hostName` (or names more than
+    /// it), INVALID_ARGUMENT for a request that does not parse or verify,
+    /// FAILED_PRECONDITION for a CA that does not load.
+    public static func sign(csrPem: String, hostName: String, caCertificateFile: String, caKeyFile: String,
+                            days: Int) throws(LmctfyError) -> String {
+        try TlsContext.checkPrivate(caKeyFile)
+        var out = [CChar](repeating: 0, count: 16384)
+        var err = [CChar](repeating: 0, count: 256)
+        let csr = Array(csrPem.utf8)
+        let n = csr.withUnsafeBufferPointer { c in
+            c.withMemoryRebound(to: CChar.self) {
+                lm_sign_csr($0.baseAddress, $0.count, caCertificateFile, caKeyFile, hostName, Int32(clamping: days),
+                            &out, out.count, &err, err.count)
+            }
+        }
+        ERR_clear_error()
+        if n == -2 { throw LmctfyError(.permissionDenied, "Certificate request refused: \(text(err))") }
+        if n < 0 {
+            let why = text(err)
+            if why.hasPrefix("cannot load the signing CA") { throw .failedPrecondition(why) }
+            throw .invalidArgument("Certificate request refused: \(why)")
+        }
+        return text(out)
+    }
+
+    private static func text(_ buf: [CChar]) -> String {
+        String(decoding: buf.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+}

@@ -1,0 +1,197 @@
+// Certificate rotation and revocation (issue #14, PROTOCOL.md section 3.1):
+// the agent re-reads its TLS files on SIGHUP (Agent.reloadTls) for new
+// connections while established ones keep working; a CRL (tls { crl_file })
+// refuses a revoked peer in the handshake and, on reload, closes its
+// established connection with GOAWAY_UNAUTHENTICATED; the periodic check
+// closes a connection whose peer certificate has expired. And MachineInfo's
+// warnings for a plaintext TCP listener (`lmctl info` prints them).
+import Glibc
+import Lmctfy
+import LmctfyAgent
+import LmctfyProto
+import LmctfyRPC
+import LmctfySystem
+import LmctfyTestSupport
+import Testing
+
+/// Copies `from` over `to` (mode 0600): a certificate or key rotated in place.
+func replaceFile(_ from: String, _ to: String) throws {
+    try Sys.createFile(to + ".new", try Sys.readFile(from), mode: 0o600)
+    guard rename(to + ".new", to) == 0 else { throw LmctfyError.internalError("rename \(to): errno \(errno)") }
+}
+
+/// tools/make-test-pki --crl: a CRL of `pki`'s CA revoking `names`.
+func makeCRL(_ pki: String, _ out: String, revoking names: [String]) throws {
+    let r = try TestProcess.capture([tlsTestRepo + "/tools/make-test-pki", "--crl", pki, out] + names)
+    try #require(r.status == 0, "make-test-pki --crl: \(String(decoding: r.stderr, as: UTF8.self))")
+}
+
+@Suite(.enabled(if: RealCgroups.available, "\(RealCgroups.unavailableReason ?? "")"))
+struct AgentTlsRotationTests {
+    @Test func aReloadKeepsEstablishedConnectionsAndNewOnesSeeTheNewCertificate() throws {
+        let pki = try makeTestPKI()
+        defer { _ = removeTree(pki) }
+        try withAgent(tlsBlock(pki)) { agent, _ in
+            let port = try #require(agent.tcpPort)
+            let before = try RpcClient.connect(host: "127.0.0.1", port: port, tls: clientContext(pki, "admin"))
+            defer { before.close() }
+            #expect(before.peerCertificate?.commonName == "agent1")
+            #expect(try before.call("Ping", PingRequest(data: [1]), as: PingResponse.self).data == [1])
+
+            // A bad file set is refused and the context in use is kept.
+            try Sys.createFile(pki + "/broken.pem", "not a certificate\n", mode: 0o600)
+            try replaceFile(pki + "/agent.pem", pki + "/agent1.pem.saved")
+            try replaceFile(pki + "/broken.pem", pki + "/agent.pem")
+            #expect { try agent.reloadTls() } throws: { ($0 as? LmctfyError)?.code == .invalidArgument }
+            let stillOld = try RpcClient.connect(host: "127.0.0.1", port: port, tls: clientContext(pki, "admin"))
+            #expect(stillOld.peerCertificate?.commonName == "agent1", "the old context is kept after a refused reload")
+            stillOld.close()
+
+            // Rotated: agent2's certificate and key in agent.pem/agent.key.
+            try replaceFile(pki + "/agent2.pem", pki + "/agent.pem")
+            try replaceFile(pki + "/agent2.key", pki + "/agent.key")
+            #expect(try agent.reloadTls() == 0, "no established connection is closed by a rotation")
+            #expect(try before.call("Ping", PingRequest(data: [2]), as: PingResponse.self).data == [2],
+                    "the connection established before the reload still works")
+            let after = try RpcClient.connect(host: "127.0.0.1", port: port, tls: clientContext(pki, "admin"))
+            #expect(after.peerCertificate?.commonName == "agent2", "a new connection gets the new certificate")
+            #expect(try after.call("Ping", PingRequest(data: [3]), as: PingResponse.self).data == [3])
+            after.close()
+            #expect(try before.call("Ping", PingRequest(data: [4]), as: PingResponse.self).data == [4])
+        }
+    }
+
+    @Test func aRevokedClientIsClosedWithGoawayUnauthenticatedAndRefusedAfterwards() throws {
+        let pki = try makeTestPKI()
+        defer { _ = removeTree(pki) }
+        try makeCRL(pki, pki + "/crl.pem", revoking: [])
+        let config = tlsBlock(pki).replacingOccurrences(of: "ca_file: \"\(pki)/ca.pem\"",
+                                                        with: "ca_file: \"\(pki)/ca.pem\" crl_file: \"\(pki)/crl.pem\"")
+        try withAgent(config) { agent, _ in
+            let port = try #require(agent.tcpPort)
+            let admin = try RpcClient.connect(host: "127.0.0.1", port: port, tls: clientContext(pki, "admin"))
+            let reader = try RpcClient.connect(host: "127.0.0.1", port: port, tls: clientContext(pki, "reader"))
+            defer { reader.close() }
+            #expect(try admin.call("Ping", PingRequest(data: [1]), as: PingResponse.self).data == [1])
+            #expect(try reader.call("Ping", PingRequest(data: [1]), as: PingResponse.self).data == [1])
+
+            try makeCRL(pki, pki + "/crl.pem", revoking: ["admin"])
+            #expect(try agent.reloadTls() == 1, "the admin's connection is closed")
+            // The call in flight when the goaway arrives ends as every call
+            // cut by a goaway does (UNAVAILABLE), naming the goaway's reason.
+            #expect { _ = try admin.call("Ping", PingRequest(data: [2]), as: PingResponse.self) }
+                throws: { "\($0)".contains("GOAWAY_UNAUTHENTICATED: certificate no longer valid: certificate revoked") }
+            #expect(admin.isClosed)
+            admin.close()
+            #expect(try reader.call("Ping", PingRequest(data: [3]), as: PingResponse.self).data == [3], "a peer not revoked keeps its connection")
+            // A new handshake with the revoked certificate is refused.
+            #expect(throws: LmctfyError.self) {
+                let c = try RpcClient.connect(host: "127.0.0.1", port: port, tls: clientContext(pki, "admin"))
+                _ = try c.call("Ping", PingRequest(data: [4]), as: PingResponse.self)
+            }
+            let again = try RpcClient.connect(host: "127.0.0.1", port: port, tls: clientContext(pki, "reader"))
+            #expect(try again.call("Ping", PingRequest(data: [5]), as: PingResponse.self).data == [5])
+            again.close()
+            // A CRL that does not load is refused; the one in use stays.
+            try Sys.createFile(pki + "/crl.pem", "garbage\n", mode: 0o600)
+            #expect { try agent.reloadTls() } throws: { ($0 as? LmctfyError)?.message.contains("CRL") == true }
+            #expect(try reader.call("Ping", PingRequest(data: [6]), as: PingResponse.self).data == [6])
+        }
+    }
+
+    @Test func thePeriodicCheckClosesAConnectionWhosePeerCertificateExpired() throws {
+        let pki = try makeTestPKI()
+        defer { _ = removeTree(pki) }
+        try withAgent(tlsBlock(pki)) { agent, _ in
+            let port = try #require(agent.tcpPort)
+            let admin = try RpcClient.connect(host: "127.0.0.1", port: port, tls: clientContext(pki, "admin"))
+            #expect(try admin.call("Ping", PingRequest(data: [1]), as: PingResponse.self).data == [1])
+            #expect(agent.checkPeerCertificates() == 0, "valid now")
+            // 400 days from now every make-test-pki leaf (365 days) has expired.
+            let later = Int64(time(nil)) + 400 * 86400
+            #expect(agent.checkPeerCertificates(unixTime: later) == 1)
+            #expect { _ = try admin.call("Ping", PingRequest(data: [2]), as: PingResponse.self) }
+                throws: { "\($0)".contains("GOAWAY_UNAUTHENTICATED: certificate no longer valid: certificate has expired") }
+            #expect(admin.isClosed)
+            admin.close()
+        }
+    }
+}
+
+/// MachineInfo's warnings through the built lmctl (spawns it: ROOT_ONLY in tools/test).
+@Suite(.enabled(if: RealCgroups.available, "\(RealCgroups.unavailableReason ?? "")"))
+struct AgentInfoWarningTests {
+    @Test func infoWarnsAboutAPlaintextTcpListener() throws {
+        let pki = try makeTestPKI()
+        defer { _ = removeTree(pki) }
+        let key = (0..<32).map { UInt8($0) }
+        try Sys.createFile(pki + "/keys", "ops \(JSONFormat.base64Encoded(key))\n", mode: 0o600)
+        try withAgent("tcp_address: \"127.0.0.1:0\" allow_plaintext_tcp: true key_file: \"\(pki)/keys\"") { agent, socket in
+            let local = try RpcClient.connect(unixPath: socket)
+            let info = try local.call("MachineInfo", MachineInfoRequest(), as: MachineInfoResponse.self)
+            local.close()
+            #expect(info.warnings.count == 1 && info.warnings[0].contains("PLAINTEXT TCP") && info.warnings[0].contains("127.0.0.1"))
+            // lmctl over the Unix socket: its connection is not plaintext TCP,
+            // but the agent's listener is, and it says so loudly.
+            let r = try TestProcess.capture([builtTool("lmctl"), "--agent", "unix://" + socket, "info"])
+            let out = String(decoding: r.stdout, as: UTF8.self), err = String(decoding: r.stderr, as: UTF8.self)
+            #expect(r.status == 0 && out.contains("warning=\"PLAINTEXT TCP: the TCP listener"), "\(out)")
+            #expect(err.contains("WARNING: agent: PLAINTEXT TCP"), "\(err)")
+        }
+        // With TLS: no warning.
+        try withAgent(tlsBlock(pki)) { _, socket in
+            let local = try RpcClient.connect(unixPath: socket)
+            #expect(try local.call("MachineInfo", MachineInfoRequest(), as: MachineInfoResponse.self).warnings.isEmpty)
+            local.close()
+        }
+    }
+}
+
+/// The built lmctfy-agent as a process: a real SIGHUP rotates its certificate.
+@Suite(.enabled(if: RealCgroups.available, "\(RealCgroups.unavailableReason ?? "")"))
+struct AgentTlsSighupTests {
+    /// A TCP port free right now (bound, read, released).
+    static func freePort() throws -> UInt16 {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { Glibc.close(fd) }
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &addr) { p in
+            p.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) == 0 && getsockname(fd, $0, &len) == 0 }
+        }
+        try #require(bound)
+        return UInt16(bigEndian: addr.sin_port)
+    }
+
+    @Test func sighupRotatesTheCertificateOfARunningAgent() throws {
+        let pki = try makeTestPKI()
+        defer { _ = removeTree(pki) }
+        let port = try Self.freePort()
+        let agent = try AgentProcess(config: tlsBlock(pki).replacingOccurrences(of: "127.0.0.1:0", with: "127.0.0.1:\(port)"))
+        defer { agent.stop() }
+        var before: RpcClient?
+        for _ in 0..<100 where before == nil {
+            before = try? RpcClient.connect(host: "127.0.0.1", port: port, tls: clientContext(pki, "admin"))
+            if before == nil { usleep(20_000) }
+        }
+        let old = try #require(before)
+        defer { old.close() }
+        #expect(old.peerCertificate?.commonName == "agent1")
+        try replaceFile(pki + "/agent2.pem", pki + "/agent.pem")
+        try replaceFile(pki + "/agent2.key", pki + "/agent.key")
+        #expect(kill(agent.pid, SIGHUP) == 0)
+        var seen: String?
+        let t0 = MonotonicClock.milliseconds()
+        while seen != "agent2" && MonotonicClock.milliseconds() - t0 < 5000 {
+            let c = try RpcClient.connect(host: "127.0.0.1", port: port, tls: clientContext(pki, "admin"))
+            seen = c.peerCertificate?.commonName
+            c.close()
+            if seen != "agent2" { usleep(20_000) }
+        }
+        #expect(seen == "agent2", "after SIGHUP new connections get the new certificate")
+        #expect(try old.call("Ping", PingRequest(data: [9]), as: PingResponse.self).data == [9], "the old connection survived the SIGHUP")
+        #expect(TestProcess.reapIfExited(agent.pid) == nil, "the agent is still running")
+    }
+}

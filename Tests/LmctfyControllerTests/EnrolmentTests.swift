@@ -1,0 +1,203 @@
+// Enrolment (issue #14, PROTOCOL.md section 3.2): an agent with a one-time
+// bootstrap token and the CA's certificate gets its certificate signed by
+// the controller's CA on enroll_address, then registers over mutual TLS;
+// tokens are single-use and expire, and one cannot enrol another host.
+import Glibc
+import LmctfyAgent
+import LmctfyController
+import LmctfyProto
+import LmctfyRPC
+import LmctfySystem
+import Lmctfy
+import LmctfyTestSupport
+import Testing
+
+@Suite(.enabled(if: RealCgroups.available, "\(RealCgroups.unavailableReason ?? "")"))
+struct EnrolmentTests {
+    @Test func anAgentEnrolsOnceWithItsTokenAndThenRegistersOverMutualTls() throws {
+        let dir = "/tmp/lmctfy-enrol-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try Sys.mkdir(dir, mode: 0o755)
+        defer { _ = removeTree(dir) }
+        let pki = dir + "/pki"
+        try #require(try TestProcess.capture([ControllerTlsTests.repo + "/tools/make-test-pki", pki]).status == 0)
+        let now = Int(time(nil))
+        try Sys.createFile(dir + "/tokens", """
+            # token expiry host
+            tok-agent7 \(now + 3600) agent7
+            tok-old \(now - 10) agent7
+            tok-any \(now + 3600)
+            """, mode: 0o600)
+        let settings = try ControllerSettings.parse("""
+            unix_socket_path: "\(dir)/controller.sock" agent_address: "127.0.0.1:0" enroll_address: "127.0.0.1:0"
+            state_dir: "\(dir)/controller" log_level: LOG_ERROR
+            tls { certificate_file: "\(pki)/controller.pem" key_file: "\(pki)/controller.key" ca_file: "\(pki)/ca.pem" }
+            signing_ca_certificate_file: "\(pki)/ca.pem" signing_ca_key_file: "\(pki)/ca.key"
+            bootstrap_token_file: "\(dir)/tokens" enrolled_certificate_days: 7
+            """, source: "test")
+        let controller = try LmctfyController.Controller(settings: settings)
+        try controller.start(handleSignals: false)
+        defer { #expect(controller.stop() == 0) }
+        let enrollPort = try #require(controller.enrollPort)
+
+        func agentText(_ name: String, token: String, host: String) throws -> String {
+            try Sys.mkdir(dir + "/" + name, mode: 0o700)
+            try Sys.createFile("\(dir)/\(name)/token", token + "\n", mode: 0o600)
+            return """
+                unix_socket_path: "\(dir)/\(name).sock" state_dir: "\(dir)/\(name)/state" log_level: LOG_ERROR
+                stats_interval_ms: 0 watch_containers: false reconcile_interval_ms: 0
+                controller_address: "127.0.0.1:\(controller.agentPort)" host_name: "\(host)"
+                tls { certificate_file: "\(dir)/\(name)/cert.pem" key_file: "\(dir)/\(name)/key.pem" ca_file: "\(pki)/ca.pem" }
+                bootstrap_token_file: "\(dir)/\(name)/token" controller_enroll_address: "127.0.0.1:\(enrollPort)"
+                reconnect_base_ms: 50 reconnect_max_ms: 200
+                """
+        }
+        func agentConfig(_ name: String, token: String, host: String) throws -> AgentConfig {
+            try AgentConfig(textFormat: try agentText(name, token: token, host: host))
+        }
+
+        // Enrols: a key (0600) and a certificate for agent7 signed by the CA.
+        let configText = try agentText("a7", token: "tok-agent7", host: "agent7")
+        let config = try AgentConfig(textFormat: configText)
+        #expect(AgentEnrolment.isPending(config))
+        #expect(try AgentEnrolment.enrollIfNeeded(config, source: "a7"))
+        #expect(!AgentEnrolment.isPending(config))
+        var st = stat()
+        #expect(stat("\(dir)/a7/key.pem", &st) == 0 && st.st_mode & 0o777 == 0o600)
+        let text = try TestProcess.capture(["/usr/bin/openssl", "x509", "-in", "\(dir)/a7/cert.pem", "-noout", "-text"])
+        let out = String(decoding: text.stdout, as: UTF8.self)
+        #expect(out.contains("CN = agent7") && out.contains("DNS:agent7") && out.contains("CA:FALSE")
+                && out.contains("TLS Web Client Authentication") && out.contains("Issuer: CN = lmctfy test CA"), "\(out)")
+        #expect(try TestProcess.capture(["/usr/bin/openssl", "verify", "-CAfile", "\(pki)/ca.pem", "\(dir)/a7/cert.pem"]).status == 0)
+        #expect(try Sys.readFile("\(dir)/controller/enroll-spent").split(separator: "\n").count == 1, "spent durably")
+
+        // Then it starts and registers over mutual TLS with that certificate.
+        let agent = Agent(settings: try AgentSettings.parse(configText, source: "a7"), api: try ContainerApi.detect())
+        try agent.start(handleSignals: false)
+        defer { #expect(agent.stop(graceMs: 1000) == 0) }
+        let t0 = MonotonicClock.milliseconds()
+        while !agent.isRegisteredWithController && MonotonicClock.milliseconds() - t0 < 10_000 { usleep(20_000) }
+        #expect(agent.isRegisteredWithController && controller.hostCount == 1)
+
+        // The same token again (the certificate gone): UNAUTHENTICATED.
+        let again = try agentConfig("a7b", token: "tok-agent7", host: "agent7")
+        #expect { try AgentEnrolment.enrollIfNeeded(again, source: "a7b") }
+            throws: { ($0 as? LmctfyError)?.code == .unauthenticated && "\($0)".contains("already used") }
+        // An expired token: UNAUTHENTICATED.
+        let old = try agentConfig("old", token: "tok-old", host: "agent7")
+        #expect { try AgentEnrolment.enrollIfNeeded(old, source: "old") }
+            throws: { ($0 as? LmctfyError)?.code == .unauthenticated && "\($0)".contains("expired") }
+        // A token bound to agent7 cannot enrol agent8: PERMISSION_DENIED.
+        try Sys.createFile(dir + "/tokens", try Sys.readFile(dir + "/tokens") + "\ntok-7b \(now + 3600) agent7\n", mode: 0o600)
+        let other = try agentConfig("a8", token: "tok-7b", host: "agent8")
+        #expect { try AgentEnrolment.enrollIfNeeded(other, source: "a8") }
+            throws: { ($0 as? LmctfyError)?.code == .permissionDenied }
+        #expect(!Sys.exists("\(dir)/a8/cert.pem") && !Sys.exists("\(dir)/a8/key.pem"))
+
+        // A certificate request for another name than the host asked for:
+        // PERMISSION_DENIED, and the token stays unspent.
+        let client = try RpcClient.connect(host: "127.0.0.1", port: enrollPort,
+                                           tls: TlsContext(side: .client, certificateFile: nil, keyFile: nil, caFile: "\(pki)/ca.pem"))
+        defer { client.close() }
+        let forOther = try Enrolment.makeKeyAndRequest(hostName: "agent10")
+        #expect { _ = try client.call(ControllerMethods.enroll, EnrollRequest(token: "tok-any", hostName: "agent9", csrPem: forOther.csrPem)) }
+            throws: { ($0 as? LmctfyError)?.code == .permissionDenied && "\($0)".contains("another host") }
+        #expect { _ = try client.call(ControllerMethods.enroll, EnrollRequest(token: "tok-any", hostName: "agent9", csrPem: "junk")) }
+            throws: { ($0 as? LmctfyError)?.code == .invalidArgument }
+        // Nothing but Enroll on the enrolment port.
+        #expect { _ = try client.call(ControllerMethods.listHosts, ListHostsRequest()) }
+            throws: { ($0 as? LmctfyError)?.code == .permissionDenied }
+        let mine = try Enrolment.makeKeyAndRequest(hostName: "agent9")
+        let r = try client.call(ControllerMethods.enroll, EnrollRequest(token: "tok-any", hostName: "agent9", csrPem: mine.csrPem))
+        #expect(r.certificatePem?.contains("BEGIN CERTIFICATE") == true)
+        // And no one without a certificate gets onto the agent port.
+        #expect(throws: LmctfyError.self) {
+            let c = try RpcClient.connect(host: "127.0.0.1", port: controller.agentPort,
+                                          tls: TlsContext(side: .client, certificateFile: nil, keyFile: nil, caFile: "\(pki)/ca.pem"))
+            _ = try c.call(ControllerMethods.listHosts, ListHostsRequest())
+        }
+    }
+
+    @Test func enrolmentConfigIsChecked() throws {
+        let dir = "/tmp/lmctfy-enrol-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try Sys.mkdir(dir, mode: 0o755)
+        defer { _ = removeTree(dir) }
+        let pki = dir + "/pki"
+        try #require(try TestProcess.capture([ControllerTlsTests.repo + "/tools/make-test-pki", pki]).status == 0)
+        try Sys.createFile(dir + "/tokens", "t 1\n", mode: 0o644)
+        let base = """
+            unix_socket_path: "\(dir)/c.sock" agent_address: "127.0.0.1:0" enroll_address: "127.0.0.1:0" state_dir: "\(dir)/c"
+            tls { certificate_file: "\(pki)/controller.pem" key_file: "\(pki)/controller.key" ca_file: "\(pki)/ca.pem" }
+            """
+        #expect { _ = try ControllerSettings.parse(base, source: "t") }
+            throws: { ($0 as? LmctfyError)?.message.contains("signing_ca_certificate_file") == true }
+        #expect { _ = try ControllerSettings.parse(base + " signing_ca_certificate_file: \"\(pki)/ca.pem\" signing_ca_key_file: \"\(pki)/ca.key\" bootstrap_token_file: \"\(dir)/tokens\"", source: "t") }
+            throws: { ($0 as? LmctfyError)?.code == .failedPrecondition }  // the token file is readable by others
+    }
+}
+
+/// The built lmctfy-agent enrolling on its first start (what an operator
+/// runs): it registers over mutual TLS with the certificate it got; started
+/// again with a spent token and no certificate, it exits 3 saying why.
+@Suite(.enabled(if: RealCgroups.available, "\(RealCgroups.unavailableReason ?? "")"))
+struct EnrolmentProcessTests {
+    @Test func theAgentBinaryEnrolsOnItsFirstStartAndRefusesASpentToken() throws {
+        let dir = "/tmp/lmctfy-enrolp-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try Sys.mkdir(dir, mode: 0o755)
+        defer { _ = removeTree(dir) }
+        let pki = dir + "/pki"
+        try #require(try TestProcess.capture([ControllerTlsTests.repo + "/tools/make-test-pki", pki]).status == 0)
+        try Sys.createFile(dir + "/tokens", "tok-p1 \(Int(time(nil)) + 600) procagent1\n", mode: 0o600)
+        let controller = try LmctfyController.Controller(settings: try ControllerSettings.parse("""
+            unix_socket_path: "\(dir)/controller.sock" agent_address: "127.0.0.1:0" enroll_address: "127.0.0.1:0"
+            state_dir: "\(dir)/controller" log_level: LOG_ERROR
+            tls { certificate_file: "\(pki)/controller.pem" key_file: "\(pki)/controller.key" ca_file: "\(pki)/ca.pem" }
+            signing_ca_certificate_file: "\(pki)/ca.pem" signing_ca_key_file: "\(pki)/ca.key" bootstrap_token_file: "\(dir)/tokens"
+            """, source: "test"))
+        try controller.start(handleSignals: false)
+        defer { #expect(controller.stop() == 0) }
+        let enrollPort = try #require(controller.enrollPort)
+        try Sys.mkdir(dir + "/agent", mode: 0o700)
+        try Sys.createFile(dir + "/agent/token", "tok-p1\n", mode: 0o600)
+        try Sys.createFile(dir + "/agent.conf", """
+            unix_socket_path: "\(dir)/agent.sock" state_dir: "\(dir)/agent/state" log_level: LOG_WARNING
+            stats_interval_ms: 0 watch_containers: false reconcile_interval_ms: 0
+            controller_address: "127.0.0.1:\(controller.agentPort)" host_name: "procagent1"
+            tls { certificate_file: "\(dir)/agent/cert.pem" key_file: "\(dir)/agent/key.pem" ca_file: "\(pki)/ca.pem" }
+            bootstrap_token_file: "\(dir)/agent/token" controller_enroll_address: "127.0.0.1:\(enrollPort)"
+            reconnect_base_ms: 50 reconnect_max_ms: 200
+            """)
+        let check = try TestProcess.capture([builtTool("lmctfy-agent"), "--check-config", "--config", dir + "/agent.conf"])
+        #expect(check.status == 0 && String(decoding: check.stdout, as: UTF8.self).contains("it will enrol"))
+        let pid = try TestProcess.spawn([builtTool("lmctfy-agent"), "--config", dir + "/agent.conf"])
+        var exited = false
+        defer {
+            if !exited {
+                kill(pid, SIGTERM)
+                var done = false
+                for _ in 0..<500 where !done {
+                    done = TestProcess.reapIfExited(pid) != nil
+                    if !done { usleep(10_000) }
+                }
+                if !done { TestProcess.end(pid) }
+            }
+        }
+        let t0 = MonotonicClock.milliseconds()
+        while controller.hostCount == 0 && MonotonicClock.milliseconds() - t0 < 10_000 { usleep(20_000) }
+        #expect(controller.hostCount == 1, "the agent enrolled and registered")
+        #expect(Sys.exists(dir + "/agent/cert.pem") && Sys.exists(dir + "/agent/key.pem"))
+        kill(pid, SIGTERM)
+        var status: LmctfySystem.ExitStatus?
+        for _ in 0..<500 where status == nil {
+            status = TestProcess.reapIfExited(pid)
+            if status == nil { usleep(10_000) }
+        }
+        exited = status != nil
+        #expect(status == .exited(0))
+
+        // Its certificate gone, the same token: exit 3, UNAUTHENTICATED's message.
+        _ = unlink(dir + "/agent/cert.pem")
+        let r = try TestProcess.capture([builtTool("lmctfy-agent"), "--config", dir + "/agent.conf"])
+        #expect(r.status == 3 && String(decoding: r.stderr, as: UTF8.self).contains("already used"),
+                "\(r.status): \(String(decoding: r.stderr, as: UTF8.self))")
+    }
+}
