@@ -428,7 +428,7 @@ public final class Dispatcher: Sendable {
         try inventory.change(try backend.resolve(name)) {
             let path = try backend.create(name, spec: spec)
             events.record(container: path, kind: .containerEventCreated)
-            snapshots?.created(path, spec: spec)
+            snapshots?.syncOrWarn(path)
             return (path, { $0[path] = false })
         }
     }

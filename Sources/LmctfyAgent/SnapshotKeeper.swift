@@ -191,27 +191,6 @@ public final class SnapshotKeeper: Sendable {
         counts.locked { $0.writes += 1; $0.writeNs += ns; $0.fileNs += fileNs }
     }
 
-    /// A container the agent has just made with `spec`: recorded at once
-    /// (one log append) from the spec it was made with, and read back from
-    /// the kernel by the keeper's thread right after, off the create's
-    /// answer (the read-back is 175-290 µs, most of what a snapshot cost a
-    /// create). If the agent dies in between, its restart rewrites the
-    /// snapshot from the kernel, as it does for any that differs.
-    func created(_ path: String, spec: ContainerSpec) {
-        let now = WallClock.nanosecondsSinceEpoch()
-        records.locked { $0[path] = Record(createdNs: now, adopted: false) }
-        let s = ContainerSnapshot(
-            formatVersion: SnapshotStore.formatVersion, name: path, spec: spec, owner: spec.owner,
-            ownerGroup: spec.ownerGroup, frozen: false, createdNs: now, bootId: events.bootId, adopted: false,
-            writtenNs: now)
-        do {
-            try syncs.run(path) { try store.write(s) }
-        } catch {
-            warn("snapshot of \(path) not written (tried again later): \(error)")
-        }
-        observed(path)
-    }
-
     /// Removes the snapshots of `path` and of every container below it (a
     /// destroy through the agent).
     public func removeTree(_ path: String) {

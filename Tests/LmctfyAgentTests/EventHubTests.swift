@@ -179,6 +179,10 @@ struct EventHubIntegrationTests {
             try lmctfyCLI("create", name, "cpu:{limit:100} memory:{limit:100000000}")
             try lmctfyCLI("create", name + "/sub", "cpu:{limit:100}")
             try lmctfyCLI("pause", name)
+            // The watcher reads the freezer state a moment after the write
+            // (README: a change undone before then is not seen); under load
+            // a resume right after the pause came before that read.
+            usleep(200_000)
             try lmctfyCLI("resume", name)
             try lmctfyCLI("update", "diff", name, "memory:{limit:90000000}")
             usleep(200_000)  // the spec is read a moment after the write
