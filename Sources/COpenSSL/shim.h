@@ -137,6 +137,46 @@ static inline int lm_ssl_peer_not_after(SSL *ssl, long long *out) {
     return 1;
 }
 
+/* A certificate's serial as upper-case hex into out (cap bytes,
+ * NUL-terminated): 1, or 0. */
+static inline int lm_x509_serial_hex(X509 *cert, char *out, size_t cap) {
+    if (cert == NULL || cap == 0) return 0;
+    BIGNUM *bn = ASN1_INTEGER_to_BN(X509_get0_serialNumber(cert), NULL);
+    char *hex = bn ? BN_bn2hex(bn) : NULL;
+    int ok = hex != NULL && strlen(hex) + 1 <= cap;
+    if (ok) memcpy(out, hex, strlen(hex) + 1);
+    OPENSSL_free(hex);
+    BN_free(bn);
+    return ok;
+}
+
+/* The serial (hex) of the peer's certificate of `ssl`: 1, or 0. */
+static inline int lm_ssl_peer_serial(SSL *ssl, char *out, size_t cap) {
+    return lm_x509_serial_hex(SSL_get0_peer_certificate(ssl), out, cap);
+}
+
+/* The first certificate of the PEM file `path`: its notBefore and notAfter
+ * (seconds since the epoch) and its serial (hex, into serial_out). 1, or 0
+ * when the file does not hold a certificate. */
+static inline int lm_cert_file_info(const char *path, long long *not_before, long long *not_after,
+                                    char *serial_out, size_t cap) {
+    BIO *f = BIO_new_file(path, "r");
+    X509 *cert = f ? PEM_read_bio_X509(f, NULL, NULL, NULL) : NULL;
+    int ok = 0;
+    struct tm a, b;
+    memset(&a, 0, sizeof a);
+    memset(&b, 0, sizeof b);
+    if (cert != NULL && ASN1_TIME_to_tm(X509_get0_notBefore(cert), &a) == 1
+        && ASN1_TIME_to_tm(X509_get0_notAfter(cert), &b) == 1 && lm_x509_serial_hex(cert, serial_out, cap) == 1) {
+        *not_before = (long long)timegm(&a);
+        *not_after = (long long)timegm(&b);
+        ok = 1;
+    }
+    X509_free(cert);
+    BIO_free(f);
+    return ok;
+}
+
 /* Enrolment (PROTOCOL.md section 3.2). A host name fit for a subjectAltName
  * DNS entry and a subject CN: letters, digits, '-' and '.', 1 to 253. */
 static inline int lm_is_dns_name(const char *host) {

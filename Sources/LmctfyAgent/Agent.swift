@@ -129,6 +129,8 @@ public final class Agent: @unchecked Sendable {
     /// recorded events is already queued on the loop.
     private let hub: EventHub
     private let publishQueued = Atomic<Bool>(false)
+    /// A renewal is under way (renewCertificateIfDue).
+    private let renewing = Atomic<Bool>(false)
     private let finished = Latch()
 
     /// How much answer the outbox holds before it is written out mid-batch.
@@ -357,6 +359,12 @@ public final class Agent: @unchecked Sendable {
             if settings.tlsFiles != nil {
                 certChecker = try LoopTimer.repeating(on: loop, every: .milliseconds(Self.certCheckIntervalMs)) { [unowned self] _ in
                     _ = self.closePeersWithExpiredCertificates(unixTime: Int64(time(nil)))
+                    // Renewal blocks (a TLS call to the controller): on a
+                    // pool thread; a failure is logged and tried again at
+                    // the next check.
+                    if self.settings.renewBeforeExpiryPercent > 0 && !self.stopping {
+                        _ = self.loop.offload({ [self] in _ = try? self.renewCertificateIfDue() }, then: { _ in })
+                    }
                 }
             }
             if handleSignals {
@@ -647,6 +655,36 @@ public final class Agent: @unchecked Sendable {
             throw .unavailable("The agent's loop is not running: \(error)")
         }
         return try result.get()
+    }
+
+    /// Renewal (PROTOCOL.md section 3.2), what the minute timer does for an
+    /// enrolled agent (renew_before_expiry_percent > 0): when less than that
+    /// share of the certificate's lifetime remains at `unixTime` (nil: now),
+    /// a new key and certificate from the controller's Renew (on a fresh TLS
+    /// connection with the current certificate), written atomically, then
+    /// `reloadTls`: connections made from now on present the new
+    /// certificate, established ones (the dial-home link among them) are
+    /// kept. Returns the new certificate's serial, or nil when not due (or
+    /// renewal is off, or one is already under way). Failures are logged
+    /// and thrown; the files in use are kept. Blocking: not on the loop
+    /// thread.
+    @discardableResult
+    public func renewCertificateIfDue(unixTime: Int64? = nil) throws(LmctfyError) -> String? {
+        let percent = settings.renewBeforeExpiryPercent
+        guard percent > 0 else { return nil }
+        guard renewing.compareExchange(expected: false, desired: true, ordering: .acquiringAndReleasing).exchanged else { return nil }
+        defer { renewing.store(false, ordering: .releasing) }
+        do throws(LmctfyError) {
+            guard let serial = try AgentEnrolment.renewIfDue(settings.config, percent: percent, now: unixTime ?? Int64(time(nil))) else {
+                return nil
+            }
+            log.info("certificate renewed (serial \(serial)); reloading the TLS files")
+            _ = try reloadTls()
+            return serial
+        } catch {
+            log.error("certificate renewal failed (tried again at the next check): \(error)")
+            throw error
+        }
     }
 
     /// What the minute timer does, at `unixTime` (nil: now): closes, with

@@ -43,12 +43,7 @@ public enum AgentEnrolment {
         guard let token = text.split(whereSeparator: { $0 == " " || $0 == "\n" || $0 == "\t" }).first.map(String.init) else {
             throw .invalidArgument("\(source): bootstrap_token_file \(tokenFile) holds no token")
         }
-        var hostName = c.hostName ?? ""
-        if hostName.isEmpty {
-            var u = utsname()
-            uname(&u)
-            hostName = withUnsafeBytes(of: u.nodename) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-        }
+        let hostName = Self.hostName(c)
         let (keyPem, csrPem) = try Enrolment.makeKeyAndRequest(hostName: hostName)
         let client = try RpcClient.connect(host: host, port: port,
                                            tls: TlsContext(side: .client, certificateFile: nil, keyFile: nil, caFile: caFile),
@@ -59,25 +54,74 @@ public enum AgentEnrolment {
         guard let certPem = response.certificatePem, !certPem.isEmpty else {
             throw .internalError("The controller's Enroll answer holds no certificate")
         }
-        // Checked before they replace anything: the pair loads and chains
-        // to ca_file.
+        try install(keyPem: keyPem, certPem: certPem, keyFile: keyFile, certFile: certFile, caFile: caFile, what: "enrolled")
+        return true
+    }
+
+    /// host_name, default the machine's.
+    static func hostName(_ c: AgentConfig) -> String {
+        var hostName = c.hostName ?? ""
+        if hostName.isEmpty {
+            var u = utsname()
+            uname(&u)
+            hostName = withUnsafeBytes(of: u.nodename) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        }
+        return hostName
+    }
+
+    /// Writes a new key and certificate: checked first (as temp files: the
+    /// pair loads and chains to ca_file), then each atomically (temp, fsync,
+    /// rename), the key first: the certificate's presence is what says
+    /// "enrolled".
+    static func install(keyPem: String, certPem: String, keyFile: String, certFile: String, caFile: String,
+                        what: String) throws(LmctfyError) {
         let keyTemp = keyFile + ".enrol", certTemp = certFile + ".enrol"
         defer { try? Sys.unlink(keyTemp); try? Sys.unlink(certTemp) }
         do {
             try Sys.writeFileAtomically(keyTemp, Array(keyPem.utf8), mode: 0o600)
             try Sys.writeFileAtomically(certTemp, Array(certPem.utf8), mode: 0o644)
         } catch {
-            throw error.lmctfy(.failedPrecondition, "Writing the enrolled key and certificate")
+            throw error.lmctfy(.failedPrecondition, "Writing the \(what) key and certificate")
         }
         _ = try TlsContext(side: .client, certificateFile: certTemp, keyFile: keyTemp, caFile: caFile)
-        // Each atomically (temp, fsync, rename), the key first: the
-        // certificate's presence is what says "enrolled".
         do {
             try Sys.writeFileAtomically(keyFile, Array(keyPem.utf8), mode: 0o600)
             try Sys.writeFileAtomically(certFile, Array(certPem.utf8), mode: 0o644)
         } catch {
-            throw error.lmctfy(.failedPrecondition, "Installing the enrolled key and certificate")
+            throw error.lmctfy(.failedPrecondition, "Installing the \(what) key and certificate")
         }
-        return true
+    }
+
+    /// Renewal (PROTOCOL.md section 3.2), blocking: when less than
+    /// `percent` percent of tls.certificate_file's lifetime remains at
+    /// `now`, a new EC P-256 key and a request for host_name, Renew on
+    /// controller_address over TLS with the current certificate and key,
+    /// then the new key (0600) and certificate written as enrolment writes
+    /// them. Returns the new certificate's serial, or nil when not due.
+    /// The caller reloads the TLS contexts. Throws the controller's refusal
+    /// or the connection's failure as it comes; nothing is written then.
+    public static func renewIfDue(_ c: AgentConfig, percent: Int, now: Int64) throws(LmctfyError) -> String? {
+        guard let t = c.tls, let certFile = t.certificateFile, let keyFile = t.keyFile, let caFile = t.caFile else {
+            throw .invalidArgument("renewal needs tls { certificate_file key_file ca_file }")
+        }
+        guard let address = c.controllerAddress, let colon = address.lastIndex(of: ":"),
+              let port = UInt16(address[address.index(after: colon)...]) else {
+            throw .invalidArgument("renewal needs controller_address (host:port)")
+        }
+        let current = try Enrolment.certificateInfo(file: certFile)
+        guard Enrolment.isRenewalDue(notBefore: current.notBefore, notAfter: current.notAfter, now: now, percent: percent) else {
+            return nil
+        }
+        let (keyPem, csrPem) = try Enrolment.makeKeyAndRequest(hostName: hostName(c))
+        let client = try RpcClient.connect(host: String(address[..<colon]), port: port,
+                                           tls: TlsContext(side: .client, certificateFile: certFile, keyFile: keyFile, caFile: caFile),
+                                           name: "lmctfy-agent-renew")
+        defer { client.close() }
+        let response = try client.call(ControllerMethods.renew, RenewRequest(csrPem: csrPem), deadlineMs: 30_000)
+        guard let certPem = response.certificatePem, !certPem.isEmpty else {
+            throw .internalError("The controller's Renew answer holds no certificate")
+        }
+        try install(keyPem: keyPem, certPem: certPem, keyFile: keyFile, certFile: certFile, caFile: caFile, what: "renewed")
+        return try Enrolment.certificateInfo(file: certFile).serial
     }
 }

@@ -61,6 +61,12 @@ public struct AgentSettings: Sendable {
     public var reconcileIntervalMs: Int
     /// The controller to dial home to (controller_address); nil: none.
     public var controller: ControllerLink?
+    /// Certificate renewal (PROTOCOL.md section 3.2): renew once less than
+    /// this percentage of the certificate's lifetime remains
+    /// (renew_before_expiry_percent; default 33). 0: never, which is also
+    /// what an agent without bootstrap_token_file (a certificate not
+    /// obtained by enrolment) or without a TLS controller_address gets.
+    public var renewBeforeExpiryPercent: Int
 
     /// Dialling home (PROTOCOL.md section 9): where, with which key, as whom.
     public struct ControllerLink: Sendable {
@@ -195,6 +201,11 @@ public struct AgentSettings: Sendable {
         plaintextTcp = (c.tcpAddress != nil || c.controllerAddress != nil) && c.tls == nil
         if c.controllerAddress != nil, let tlsFiles { tlsClient = try tlsFiles.context(.client) }
         controller = try Self.controllerLink(c, keys: keys, tls: tlsClient, source: source)
+        let percent = c.renewBeforeExpiryPercent ?? 33
+        guard percent <= 100 else {
+            throw .invalidArgument("\(source): renew_before_expiry_percent must be 0 to 100, not \(percent)")
+        }
+        renewBeforeExpiryPercent = c.bootstrapTokenFile != nil && controller?.tls != nil ? Int(percent) : 0
         let l = c.limits ?? AgentLimits()
         limits = try SessionLimits(l, source: source)
         maxConnections = Int(l.maxConnections ?? 256)

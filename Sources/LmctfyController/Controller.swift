@@ -654,10 +654,14 @@ public final class Controller: @unchecked Sendable {
         }
     }
 
-    /// A call an agent makes on its link: Register only.
+    /// A call an agent makes on its link: Register, or Renew.
     private func agentCalled(_ p: ControllerPeer, _ stream: UInt32, _ method: String, _ payload: [UInt8]) {
+        if method == ControllerMethods.renew.name {
+            renewCalled(p, stream, payload)
+            return
+        }
         guard method == ControllerMethods.register.name else {
-            answer(p, stream, .failure(LmctfyError(.unimplemented, "an agent link may call only Register, not \(method)")))
+            answer(p, stream, .failure(LmctfyError(.unimplemented, "an agent link may call only Register and Renew, not \(method)")))
             return
         }
         do {
@@ -690,6 +694,24 @@ public final class Controller: @unchecked Sendable {
             logger.warning("connection \(p.id): registration refused: \(error)")
             answer(p, stream, .failure(error))
             perform(p, p.session.goAway(.goawayPermissionDenied, message: "registration refused", now: MonotonicClock.milliseconds()))
+        }
+    }
+
+    /// Renew on agent_address (PROTOCOL.md section 3.2): the certificate
+    /// the connection's handshake verified is what authenticates it; a
+    /// connection that authenticated otherwise (a shared key) is refused.
+    private func renewCalled(_ p: ControllerPeer, _ stream: UInt32, _ payload: [UInt8]) {
+        do {
+            guard let enroller else {
+                throw LmctfyError.failedPrecondition("this controller does not sign certificates (no enroll_address and signing CA)")
+            }
+            let request = try RenewRequest(serializedBytes: payload)
+            let (host, response) = try enroller.renew(request, identity: p.certificate)
+            logger.info("connection \(p.id): renewed the certificate of host \(host) (valid \(enroller.settings.days) days)")
+            answer(p, stream, .success(try response.serializedBytes()))
+        } catch {
+            logger.warning("connection \(p.id) from \(p.conn.remoteAddress?.description ?? "tcp"): Renew refused: \(error)")
+            answer(p, stream, .failure(error))
         }
     }
 

@@ -79,4 +79,20 @@ final class Enroller {
         }
         return EnrollResponse(certificatePem: pem)
     }
+
+    /// Renew (PROTOCOL.md section 3.2): `identity` is the certificate the
+    /// caller presented on agent_address (verified by the handshake, so
+    /// still valid); the request must be for the one host it names.
+    /// UNAUTHENTICATED without a certificate, PERMISSION_DENIED for a
+    /// certificate naming no host or several, or a request for another
+    /// host, INVALID_ARGUMENT for a bad request.
+    func renew(_ r: RenewRequest, identity: CertIdentity?) throws(LmctfyError) -> (host: String, response: RenewResponse) {
+        guard let identity else { throw LmctfyError(.unauthenticated, "Renew needs the caller's certificate (mutual TLS on agent_address)") }
+        guard identity.dnsNames.count == 1, let host = identity.dnsNames.first, Enrolment.isDnsName(host) else {
+            throw LmctfyError(.permissionDenied, "Renew needs a certificate naming exactly one host (subjectAltName DNS), not \(identity)")
+        }
+        let pem = try Enrolment.sign(csrPem: r.csrPem ?? "", hostName: host, caCertificateFile: settings.caCertificateFile,
+                                     caKeyFile: settings.caKeyFile, days: settings.days)
+        return (host, RenewResponse(certificatePem: pem))
+    }
 }

@@ -161,6 +161,10 @@ public enum ControllerMethods {
     /// (PROTOCOL.md section 3.2). Served on enroll_address only, to anyone
     /// holding a token (the role is not what authorizes it there).
     public static let enroll = AgentMethod<EnrollRequest, EnrollResponse>("Enroll", .admin, .loop, .unary)
+    /// A certificate request for the host the caller's (still valid)
+    /// certificate names: a new certificate (PROTOCOL.md section 3.2).
+    /// Served on agent_address only, to the certificate presented there.
+    public static let renew = AgentMethod<RenewRequest, RenewResponse>("Renew", .admin, .loop, .unary)
 }
 
 extension RpcClient {

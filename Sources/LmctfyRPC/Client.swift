@@ -97,6 +97,8 @@ public final class RpcClient {
     public var isTls: Bool { tls != nil }
     /// Under TLS: who the acceptor's certificate says it is.
     public var peerCertificate: CertIdentity? { tls?.peerIdentity }
+    /// Under TLS: the acceptor's certificate's serial (upper-case hex).
+    public var peerCertificateSerial: String? { tls?.peerSerial }
     /// Whether this is TCP without TLS (a shared-key hello, then frames in the clear).
     public private(set) var isPlaintextTcp = false
 

@@ -51,6 +51,36 @@ public enum Enrolment {
         return text(out)
     }
 
+    /// What renewal needs of a certificate file (its first certificate).
+    public struct CertificateInfo: Sendable, Equatable {
+        /// The serial, upper-case hex.
+        public var serial: String
+        /// Validity, seconds since the epoch.
+        public var notBefore: Int64
+        public var notAfter: Int64
+    }
+
+    /// The first certificate of the PEM file at `path`; NOT_FOUND when it
+    /// does not hold one.
+    public static func certificateInfo(file path: String) throws(LmctfyError) -> CertificateInfo {
+        var notBefore: Int64 = 0, notAfter: Int64 = 0
+        var serial = [CChar](repeating: 0, count: 128)
+        let ok = lm_cert_file_info(path, &notBefore, &notAfter, &serial, serial.count)
+        ERR_clear_error()
+        guard ok == 1 else { throw LmctfyError(.notFound, "\(path) holds no PEM certificate") }
+        return CertificateInfo(serial: text(serial), notBefore: notBefore, notAfter: notAfter)
+    }
+
+    /// Whether a certificate valid from `notBefore` to `notAfter` is due
+    /// for renewal at `now`: less than `percent` percent of its lifetime
+    /// remains (100: always, once valid; 0: never). An expired one is due.
+    public static func isRenewalDue(notBefore: Int64, notAfter: Int64, now: Int64, percent: Int) -> Bool {
+        guard percent > 0 else { return false }
+        let lifetime = max(notAfter - notBefore, 1)
+        let remaining = notAfter - now
+        return remaining * 100 < lifetime * Int64(min(percent, 100))
+    }
+
     private static func text(_ buf: [CChar]) -> String {
         String(decoding: buf.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }

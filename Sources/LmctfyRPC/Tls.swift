@@ -176,6 +176,9 @@ public final class TlsChannel {
     /// handshake is done; nil without a peer certificate. The periodic
     /// expiry check compares it, without verifying anything again.
     public private(set) var peerNotAfter: Int64?
+    /// The peer certificate's serial (upper-case hex), once the handshake
+    /// is done; nil without a peer certificate.
+    public private(set) var peerSerial: String?
 
     /// A channel of `context`'s side. A client verifies that the server's
     /// certificate names `serverName` (a DNS name, or an IP address when it
@@ -300,6 +303,10 @@ public final class TlsChannel {
             peerIdentity = readPeerIdentity()
             var notAfter: Int64 = 0
             if lm_ssl_peer_not_after(ssl, &notAfter) == 1 { peerNotAfter = notAfter }
+            var serial = [CChar](repeating: 0, count: 128)
+            if lm_ssl_peer_serial(ssl, &serial, serial.count) == 1 {
+                peerSerial = String(decoding: serial.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            }
             if !waiting.isEmpty {
                 let w = waiting
                 waiting = []

@@ -6583,7 +6583,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__agent_limits__descri
   (ProtobufCMessageInit) containers__lmctfy__agent__agent_limits__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor containers__lmctfy__agent__agent_config__field_descriptors[25] =
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__agent_config__field_descriptors[26] =
 {
   {
     "unix_socket_path",
@@ -6885,6 +6885,18 @@ static const ProtobufCFieldDescriptor containers__lmctfy__agent__agent_config__f
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "renew_before_expiry_percent",
+    26,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_UINT32,
+    offsetof(Containers__Lmctfy__Agent__AgentConfig, has_renew_before_expiry_percent),
+    offsetof(Containers__Lmctfy__Agent__AgentConfig, renew_before_expiry_percent),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned containers__lmctfy__agent__agent_config__field_indices_by_name[] = {
   22,   /* field[22] = allow_plaintext_tcp */
@@ -6902,6 +6914,7 @@ static const unsigned containers__lmctfy__agent__agent_config__field_indices_by_
   12,   /* field[12] = reconcile_interval_ms */
   18,   /* field[18] = reconnect_base_ms */
   19,   /* field[19] = reconnect_max_ms */
+  25,   /* field[25] = renew_before_expiry_percent */
   5,   /* field[5] = role */
   20,   /* field[20] = root_container */
   8,   /* field[8] = state_dir */
@@ -6916,7 +6929,7 @@ static const unsigned containers__lmctfy__agent__agent_config__field_indices_by_
 static const ProtobufCIntRange containers__lmctfy__agent__agent_config__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 25 }
+  { 0, 26 }
 };
 const ProtobufCMessageDescriptor containers__lmctfy__agent__agent_config__descriptor =
 {
@@ -6926,7 +6939,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__agent_config__descri
   "Containers__Lmctfy__Agent__AgentConfig",
   "containers.lmctfy.agent",
   sizeof(Containers__Lmctfy__Agent__AgentConfig),
-  25,
+  26,
   containers__lmctfy__agent__agent_config__field_descriptors,
   containers__lmctfy__agent__agent_config__field_indices_by_name,
   1,  containers__lmctfy__agent__agent_config__number_ranges,

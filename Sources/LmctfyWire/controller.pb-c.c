@@ -682,6 +682,96 @@ void   containers__lmctfy__agent__enroll_response__free_unpacked
   assert(message->base.descriptor == &containers__lmctfy__agent__enroll_response__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
+void   containers__lmctfy__agent__renew_request__init
+                     (Containers__Lmctfy__Agent__RenewRequest         *message)
+{
+  static const Containers__Lmctfy__Agent__RenewRequest init_value = CONTAINERS__LMCTFY__AGENT__RENEW_REQUEST__INIT;
+  *message = init_value;
+}
+size_t containers__lmctfy__agent__renew_request__get_packed_size
+                     (const Containers__Lmctfy__Agent__RenewRequest *message)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__renew_request__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t containers__lmctfy__agent__renew_request__pack
+                     (const Containers__Lmctfy__Agent__RenewRequest *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__renew_request__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t containers__lmctfy__agent__renew_request__pack_to_buffer
+                     (const Containers__Lmctfy__Agent__RenewRequest *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__renew_request__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Containers__Lmctfy__Agent__RenewRequest *
+       containers__lmctfy__agent__renew_request__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Containers__Lmctfy__Agent__RenewRequest *)
+     protobuf_c_message_unpack (&containers__lmctfy__agent__renew_request__descriptor,
+                                allocator, len, data);
+}
+void   containers__lmctfy__agent__renew_request__free_unpacked
+                     (Containers__Lmctfy__Agent__RenewRequest *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &containers__lmctfy__agent__renew_request__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   containers__lmctfy__agent__renew_response__init
+                     (Containers__Lmctfy__Agent__RenewResponse         *message)
+{
+  static const Containers__Lmctfy__Agent__RenewResponse init_value = CONTAINERS__LMCTFY__AGENT__RENEW_RESPONSE__INIT;
+  *message = init_value;
+}
+size_t containers__lmctfy__agent__renew_response__get_packed_size
+                     (const Containers__Lmctfy__Agent__RenewResponse *message)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__renew_response__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t containers__lmctfy__agent__renew_response__pack
+                     (const Containers__Lmctfy__Agent__RenewResponse *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__renew_response__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t containers__lmctfy__agent__renew_response__pack_to_buffer
+                     (const Containers__Lmctfy__Agent__RenewResponse *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__renew_response__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Containers__Lmctfy__Agent__RenewResponse *
+       containers__lmctfy__agent__renew_response__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Containers__Lmctfy__Agent__RenewResponse *)
+     protobuf_c_message_unpack (&containers__lmctfy__agent__renew_response__descriptor,
+                                allocator, len, data);
+}
+void   containers__lmctfy__agent__renew_response__free_unpacked
+                     (Containers__Lmctfy__Agent__RenewResponse *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &containers__lmctfy__agent__renew_response__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
 static const ProtobufCFieldDescriptor containers__lmctfy__agent__host_identity__field_descriptors[10] =
 {
   {
@@ -1750,6 +1840,82 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__enroll_response__des
   containers__lmctfy__agent__enroll_response__field_indices_by_name,
   1,  containers__lmctfy__agent__enroll_response__number_ranges,
   (ProtobufCMessageInit) containers__lmctfy__agent__enroll_response__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__renew_request__field_descriptors[1] =
+{
+  {
+    "csr_pem",
+    1,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__RenewRequest, csr_pem),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned containers__lmctfy__agent__renew_request__field_indices_by_name[] = {
+  0,   /* field[0] = csr_pem */
+};
+static const ProtobufCIntRange containers__lmctfy__agent__renew_request__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 1 }
+};
+const ProtobufCMessageDescriptor containers__lmctfy__agent__renew_request__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "containers.lmctfy.agent.RenewRequest",
+  "RenewRequest",
+  "Containers__Lmctfy__Agent__RenewRequest",
+  "containers.lmctfy.agent",
+  sizeof(Containers__Lmctfy__Agent__RenewRequest),
+  1,
+  containers__lmctfy__agent__renew_request__field_descriptors,
+  containers__lmctfy__agent__renew_request__field_indices_by_name,
+  1,  containers__lmctfy__agent__renew_request__number_ranges,
+  (ProtobufCMessageInit) containers__lmctfy__agent__renew_request__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__renew_response__field_descriptors[1] =
+{
+  {
+    "certificate_pem",
+    1,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__RenewResponse, certificate_pem),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned containers__lmctfy__agent__renew_response__field_indices_by_name[] = {
+  0,   /* field[0] = certificate_pem */
+};
+static const ProtobufCIntRange containers__lmctfy__agent__renew_response__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 1 }
+};
+const ProtobufCMessageDescriptor containers__lmctfy__agent__renew_response__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "containers.lmctfy.agent.RenewResponse",
+  "RenewResponse",
+  "Containers__Lmctfy__Agent__RenewResponse",
+  "containers.lmctfy.agent",
+  sizeof(Containers__Lmctfy__Agent__RenewResponse),
+  1,
+  containers__lmctfy__agent__renew_response__field_descriptors,
+  containers__lmctfy__agent__renew_response__field_indices_by_name,
+  1,  containers__lmctfy__agent__renew_response__number_ranges,
+  (ProtobufCMessageInit) containers__lmctfy__agent__renew_response__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
 static const ProtobufCEnumValue containers__lmctfy__agent__host_state__enum_values_by_number[3] =

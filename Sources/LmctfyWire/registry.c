@@ -63,6 +63,8 @@ static const ProtobufCMessageDescriptor *const messages[] = {
     &containers__lmctfy__agent__ping_response__descriptor,
     &containers__lmctfy__agent__register_request__descriptor,
     &containers__lmctfy__agent__register_response__descriptor,
+    &containers__lmctfy__agent__renew_request__descriptor,
+    &containers__lmctfy__agent__renew_response__descriptor,
     &containers__lmctfy__agent__request_journal_entry__descriptor,
     &containers__lmctfy__agent__restore_request__descriptor,
     &containers__lmctfy__agent__restore_response__descriptor,

@@ -3964,6 +3964,8 @@ public struct AgentConfig: ProtoMessage {
     public var bootstrapTokenFile: String?
     /// Field 25 `controller_enroll_address`.
     public var controllerEnrollAddress: String?
+    /// Field 26 `renew_before_expiry_percent`.
+    public var renewBeforeExpiryPercent: UInt32?
 
     public init(
         unixSocketPath: String? = nil,
@@ -3990,7 +3992,8 @@ public struct AgentConfig: ProtoMessage {
         tls: TlsConfig? = nil,
         allowPlaintextTcp: Bool? = nil,
         bootstrapTokenFile: String? = nil,
-        controllerEnrollAddress: String? = nil
+        controllerEnrollAddress: String? = nil,
+        renewBeforeExpiryPercent: UInt32? = nil
     ) {
         self.unixSocketPath = unixSocketPath
         self.unixSocketMode = unixSocketMode
@@ -4017,6 +4020,7 @@ public struct AgentConfig: ProtoMessage {
         self.allowPlaintextTcp = allowPlaintextTcp
         self.bootstrapTokenFile = bootstrapTokenFile
         self.controllerEnrollAddress = controllerEnrollAddress
+        self.renewBeforeExpiryPercent = renewBeforeExpiryPercent
     }
 
     public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.AgentConfig")
@@ -4048,6 +4052,7 @@ public struct AgentConfig: ProtoMessage {
         self.allowPlaintextTcp = message.get(23)
         self.bootstrapTokenFile = message.get(24)
         self.controllerEnrollAddress = message.get(25)
+        self.renewBeforeExpiryPercent = message.get(26)
     }
 
     public var dynamic: DynamicMessage {
@@ -4077,6 +4082,7 @@ public struct AgentConfig: ProtoMessage {
         message.set(23, allowPlaintextTcp)
         message.set(24, bootstrapTokenFile)
         message.set(25, controllerEnrollAddress)
+        message.set(26, renewBeforeExpiryPercent)
         return message
     }
 
@@ -4107,6 +4113,7 @@ public struct AgentConfig: ProtoMessage {
         self.allowPlaintextTcp = CBridge.value(c, f[22])
         self.bootstrapTokenFile = CBridge.value(c, f[23])
         self.controllerEnrollAddress = CBridge.value(c, f[24])
+        self.renewBeforeExpiryPercent = CBridge.value(c, f[25])
     }
 
     public func makeC() -> UnsafeMutableRawPointer {
@@ -4137,6 +4144,7 @@ public struct AgentConfig: ProtoMessage {
         CBridge.set(c, f[22], allowPlaintextTcp)
         CBridge.set(c, f[23], bootstrapTokenFile)
         CBridge.set(c, f[24], controllerEnrollAddress)
+        CBridge.set(c, f[25], renewBeforeExpiryPercent)
         return c
     }
 }
@@ -7301,6 +7309,80 @@ public struct RegisterResponse: ProtoMessage {
 
     public func makeC() -> UnsafeMutableRawPointer {
         let c = CBridge.allocate(Self.protoDescriptor)
+        return c
+    }
+}
+
+/// Protobuf message `containers.lmctfy.agent.RenewRequest`.
+public struct RenewRequest: ProtoMessage {
+    /// Field 1 `csr_pem`.
+    public var csrPem: String?
+
+    public init(
+        csrPem: String? = nil
+    ) {
+        self.csrPem = csrPem
+    }
+
+    public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.RenewRequest")
+
+    public init(dynamic message: DynamicMessage) {
+        precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.RenewRequest")
+        self.csrPem = message.get(1)
+    }
+
+    public var dynamic: DynamicMessage {
+        var message = DynamicMessage(Self.protoDescriptor)
+        message.set(1, csrPem)
+        return message
+    }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.csrPem = CBridge.value(c, f[0])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.set(c, f[0], csrPem)
+        return c
+    }
+}
+
+/// Protobuf message `containers.lmctfy.agent.RenewResponse`.
+public struct RenewResponse: ProtoMessage {
+    /// Field 1 `certificate_pem`.
+    public var certificatePem: String?
+
+    public init(
+        certificatePem: String? = nil
+    ) {
+        self.certificatePem = certificatePem
+    }
+
+    public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.RenewResponse")
+
+    public init(dynamic message: DynamicMessage) {
+        precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.RenewResponse")
+        self.certificatePem = message.get(1)
+    }
+
+    public var dynamic: DynamicMessage {
+        var message = DynamicMessage(Self.protoDescriptor)
+        message.set(1, certificatePem)
+        return message
+    }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.certificatePem = CBridge.value(c, f[0])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.set(c, f[0], certificatePem)
         return c
     }
 }

@@ -1812,14 +1812,26 @@ struct  Containers__Lmctfy__Agent__AgentConfig
    * tls.certificate_file before starting.
    */
   char *bootstrap_token_file;
-  /*
-   * Next id: 26
-   */
   char *controller_enroll_address;
+  /*
+   * Renewal (PROTOCOL.md section 3.2): an agent with bootstrap_token_file
+   * (its certificate was obtained by enrolment) checks its certificate's
+   * notAfter each minute; once less than this percentage of the
+   * certificate's lifetime remains, it makes a new key and request, calls
+   * Renew on controller_address with its current certificate, writes the
+   * key (0600) and the certificate atomically and reloads them (as SIGHUP
+   * does: established connections are kept). A failure is logged and
+   * retried at the next check. 1 to 100; absent: 33; 0: never renew.
+   */
+  /*
+   * Next id: 27
+   */
+  protobuf_c_boolean has_renew_before_expiry_percent;
+  uint32_t renew_before_expiry_percent;
 };
 #define CONTAINERS__LMCTFY__AGENT__AGENT_CONFIG__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__agent_config__descriptor) \
-    , NULL, 0, 0, NULL, NULL, NULL, 0,NULL, NULL, 0, CONTAINERS__LMCTFY__AGENT__AGENT_LOG_LEVEL__LOG_LEVEL_UNSPECIFIED, NULL, 0, 0, NULL, 0, 0, 0, 0, 0, 0, 0, 0, NULL, NULL, 0,NULL, 0, 0, 0, 0, NULL, NULL, 0, 0, NULL, NULL }
+    , NULL, 0, 0, NULL, NULL, NULL, 0,NULL, NULL, 0, CONTAINERS__LMCTFY__AGENT__AGENT_LOG_LEVEL__LOG_LEVEL_UNSPECIFIED, NULL, 0, 0, NULL, 0, 0, 0, 0, 0, 0, 0, 0, NULL, NULL, 0,NULL, 0, 0, 0, 0, NULL, NULL, 0, 0, NULL, NULL, 0, 0 }
 
 
 /*

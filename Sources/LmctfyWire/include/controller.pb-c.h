@@ -31,6 +31,8 @@ typedef struct Containers__Lmctfy__Agent__FleetCursors Containers__Lmctfy__Agent
 typedef struct Containers__Lmctfy__Agent__ControllerConfig Containers__Lmctfy__Agent__ControllerConfig;
 typedef struct Containers__Lmctfy__Agent__EnrollRequest Containers__Lmctfy__Agent__EnrollRequest;
 typedef struct Containers__Lmctfy__Agent__EnrollResponse Containers__Lmctfy__Agent__EnrollResponse;
+typedef struct Containers__Lmctfy__Agent__RenewRequest Containers__Lmctfy__Agent__RenewRequest;
+typedef struct Containers__Lmctfy__Agent__RenewResponse Containers__Lmctfy__Agent__RenewResponse;
 
 
 /* --- enums --- */
@@ -443,6 +445,46 @@ struct  Containers__Lmctfy__Agent__EnrollResponse
     , NULL }
 
 
+/*
+ * Renew (unary, on agent_address only: the mutual-TLS port agents dial home
+ * on; PROTOCOL.md section 3.2): an agent's certificate, still valid and
+ * presented in the TLS handshake, is what authenticates it; no token. The
+ * request (PEM PKCS#10) must name, as its only subjectAltName (DNS), the
+ * host name of the presented certificate (which must name exactly one),
+ * else PERMISSION_DENIED; it is signed by the controller's signing CA as
+ * Enroll's are (enrolled_certificate_days). Needs enroll_address's signing
+ * CA (FAILED_PRECONDITION without). It may be the first call on a
+ * connection (no Register needed) or made on a registered link.
+ */
+struct  Containers__Lmctfy__Agent__RenewRequest
+{
+  ProtobufCMessage base;
+  /*
+   * Next id: 2
+   */
+  char *csr_pem;
+};
+#define CONTAINERS__LMCTFY__AGENT__RENEW_REQUEST__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__renew_request__descriptor) \
+    , NULL }
+
+
+struct  Containers__Lmctfy__Agent__RenewResponse
+{
+  ProtobufCMessage base;
+  /*
+   * The signed certificate (PEM), then the signing CA's.
+   */
+  /*
+   * Next id: 2
+   */
+  char *certificate_pem;
+};
+#define CONTAINERS__LMCTFY__AGENT__RENEW_RESPONSE__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__renew_response__descriptor) \
+    , NULL }
+
+
 /* Containers__Lmctfy__Agent__HostIdentity methods */
 void   containers__lmctfy__agent__host_identity__init
                      (Containers__Lmctfy__Agent__HostIdentity         *message);
@@ -728,6 +770,44 @@ Containers__Lmctfy__Agent__EnrollResponse *
 void   containers__lmctfy__agent__enroll_response__free_unpacked
                      (Containers__Lmctfy__Agent__EnrollResponse *message,
                       ProtobufCAllocator *allocator);
+/* Containers__Lmctfy__Agent__RenewRequest methods */
+void   containers__lmctfy__agent__renew_request__init
+                     (Containers__Lmctfy__Agent__RenewRequest         *message);
+size_t containers__lmctfy__agent__renew_request__get_packed_size
+                     (const Containers__Lmctfy__Agent__RenewRequest   *message);
+size_t containers__lmctfy__agent__renew_request__pack
+                     (const Containers__Lmctfy__Agent__RenewRequest   *message,
+                      uint8_t             *out);
+size_t containers__lmctfy__agent__renew_request__pack_to_buffer
+                     (const Containers__Lmctfy__Agent__RenewRequest   *message,
+                      ProtobufCBuffer     *buffer);
+Containers__Lmctfy__Agent__RenewRequest *
+       containers__lmctfy__agent__renew_request__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   containers__lmctfy__agent__renew_request__free_unpacked
+                     (Containers__Lmctfy__Agent__RenewRequest *message,
+                      ProtobufCAllocator *allocator);
+/* Containers__Lmctfy__Agent__RenewResponse methods */
+void   containers__lmctfy__agent__renew_response__init
+                     (Containers__Lmctfy__Agent__RenewResponse         *message);
+size_t containers__lmctfy__agent__renew_response__get_packed_size
+                     (const Containers__Lmctfy__Agent__RenewResponse   *message);
+size_t containers__lmctfy__agent__renew_response__pack
+                     (const Containers__Lmctfy__Agent__RenewResponse   *message,
+                      uint8_t             *out);
+size_t containers__lmctfy__agent__renew_response__pack_to_buffer
+                     (const Containers__Lmctfy__Agent__RenewResponse   *message,
+                      ProtobufCBuffer     *buffer);
+Containers__Lmctfy__Agent__RenewResponse *
+       containers__lmctfy__agent__renew_response__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   containers__lmctfy__agent__renew_response__free_unpacked
+                     (Containers__Lmctfy__Agent__RenewResponse *message,
+                      ProtobufCAllocator *allocator);
 /* --- per-message closures --- */
 
 typedef void (*Containers__Lmctfy__Agent__HostIdentity_Closure)
@@ -775,6 +855,12 @@ typedef void (*Containers__Lmctfy__Agent__EnrollRequest_Closure)
 typedef void (*Containers__Lmctfy__Agent__EnrollResponse_Closure)
                  (const Containers__Lmctfy__Agent__EnrollResponse *message,
                   void *closure_data);
+typedef void (*Containers__Lmctfy__Agent__RenewRequest_Closure)
+                 (const Containers__Lmctfy__Agent__RenewRequest *message,
+                  void *closure_data);
+typedef void (*Containers__Lmctfy__Agent__RenewResponse_Closure)
+                 (const Containers__Lmctfy__Agent__RenewResponse *message,
+                  void *closure_data);
 
 /* --- services --- */
 
@@ -798,6 +884,8 @@ extern const ProtobufCMessageDescriptor containers__lmctfy__agent__fleet_cursors
 extern const ProtobufCMessageDescriptor containers__lmctfy__agent__controller_config__descriptor;
 extern const ProtobufCMessageDescriptor containers__lmctfy__agent__enroll_request__descriptor;
 extern const ProtobufCMessageDescriptor containers__lmctfy__agent__enroll_response__descriptor;
+extern const ProtobufCMessageDescriptor containers__lmctfy__agent__renew_request__descriptor;
+extern const ProtobufCMessageDescriptor containers__lmctfy__agent__renew_response__descriptor;
 
 PROTOBUF_C__END_DECLS
 
