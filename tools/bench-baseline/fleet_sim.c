@@ -4,6 +4,18 @@
  *   fleet_sim --port P [--addr 127.0.0.1] --key-id ID --key-file F --hosts N
  *             [--prefix sim] [--first 0] [--seconds T] [--batch 256]
  *             [--interval-ms 1000] [--keepalive-s 30] [--versions 1-3]
+ *             [--ca CA.pem --cert CERT.pem --key KEY.pem [--cert-group G]]
+ *
+ * With --ca (issue #14) every connection runs TLS 1.3 under the framing
+ * (PROTOCOL.md section 3.1): OpenSSL through two memory BIOs per
+ * connection, driven from the libuv callbacks (tls_wire.h; no blocking, the
+ * sockets stay libuv's). The controller's certificate must chain to CA.pem
+ * and name --addr; each host shows a client certificate with its host name
+ * as a subjectAltName DNS name (the controller refuses Register otherwise):
+ * CERT.pem, or with --cert-group G the file CERT.pem with "%u" replaced by
+ * i / G for host i (tools/make-test-pki --hosts makes such files, one key
+ * KEY.pem for all). The hello is then OFFER/ACCEPTED without key or nonce,
+ * and --key-id/--key-file are not needed.
  *
  * Each of N connections does what an agent with controller_address does
  * (docs/PROTOCOL.md sections 3, 4, 6.2 and 9): the TCP hello as the dialler
