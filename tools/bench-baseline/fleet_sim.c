@@ -4,6 +4,18 @@
  *   fleet_sim --port P [--addr 127.0.0.1] --key-id ID --key-file F --hosts N
  *             [--prefix sim] [--first 0] [--seconds T] [--batch 256]
  *             [--interval-ms 1000] [--keepalive-s 30] [--versions 1-3]
+ *             [--ca CA.pem --cert CERT.pem --key KEY.pem [--cert-group G]]
+ *
+ * With --ca (issue #14) every connection runs TLS 1.3 under the framing
+ * (PROTOCOL.md section 3.1): OpenSSL through two memory BIOs per
+ * connection, driven from the libuv callbacks (tls_wire.h; no blocking, the
+ * sockets stay libuv's). The controller's certificate must chain to CA.pem
+ * and name --addr; each host shows a client certificate with its host name
+ * as a subjectAltName DNS name (the controller refuses Register otherwise):
+ * CERT.pem, or with --cert-group G the file CERT.pem with "%u" replaced by
+ * i / G for host i (tools/make-test-pki --hosts makes such files, one key
+ * KEY.pem for all). The hello is then OFFER/ACCEPTED without key or nonce,
+ * and --key-id/--key-file are not needed.
  *
  * Each of N connections does what an agent with controller_address does
  * (docs/PROTOCOL.md sections 3, 4, 6.2 and 9): the TCP hello as the dialler
@@ -52,6 +64,7 @@
 #include <openssl/crypto.h>
 #include <openssl/rand.h>
 #include "fleet_wire.h"
+#include "tls_wire.h"
 
 typedef Containers__Lmctfy__Agent__PingRequest PingRequest;
 typedef Containers__Lmctfy__Agent__PingResponse PingResponse;
@@ -74,6 +87,15 @@ static uint32_t ver_lo = 1, ver_hi = 3;
 static double seconds;
 static unsigned interval_ms = 1000, keepalive_s = 30;
 static struct sockaddr_in addr;
+/* TLS (--ca): one client context per certificate file; --cert-group G: host
+ * i's certificate is --cert with "%u" replaced by i / G. */
+static const char *ca_file, *cert_file, *tls_key_file;
+static unsigned cert_group;
+static SSL_CTX **tls_ctxs;
+static unsigned n_tls_ctxs;
+static uint64_t n_tls_done;
+static buf_t cout;                /* ciphertext being written to one connection */
+static buf_t plain;               /* plaintext decrypted from one read */
 
 static unsigned next_idx, inflight;
 static uint64_t n_connected, n_established, n_registered, n_live, n_subscribed, n_closed;
@@ -100,6 +122,7 @@ enum { C_IDLE, C_CONNECTING, C_OFFERED, C_PROVED, C_REGISTERING, C_READY, C_CLOS
 typedef struct conn {
     uv_tcp_t tcp;                 /* first: the handle is the connection */
     uv_connect_t creq;
+    tlsw_t tls;
     buf_t in;
     unsigned idx;
     uint8_t state;
@@ -127,6 +150,24 @@ static char rbuf[65536];          /* shared read buffer (copied out only when a 
 
 static void close_conn(conn_t *c);
 static void start_more(void);
+static void send_offer(conn_t *c);
+
+/* The client context of host i's certificate (--cert, or its group's file). */
+static SSL_CTX *host_ctx(unsigned i) {
+    unsigned g = cert_group ? i / cert_group : 0;
+    if (g >= n_tls_ctxs) {
+        tls_ctxs = xrealloc(tls_ctxs, (g + 1) * sizeof *tls_ctxs);
+        memset(tls_ctxs + n_tls_ctxs, 0, (g + 1 - n_tls_ctxs) * sizeof *tls_ctxs);
+        n_tls_ctxs = g + 1;
+    }
+    if (!tls_ctxs[g]) {
+        char path[4096];
+        if (cert_group) snprintf(path, sizeof path, cert_file, g);
+        else snprintf(path, sizeof path, "%s", cert_file);
+        tls_ctxs[g] = tlsw_client_ctx("fleet_sim", ca_file, path, tls_key_file);
+    }
+    return tls_ctxs[g];
+}
 
 typedef struct { uv_write_t req; char data[]; } wreq_t;
 
@@ -139,16 +180,16 @@ static void on_write(uv_write_t *r, int status) {
     }
 }
 
-/* Sends what `out` holds to c (uv_try_write, the rest queued), empties out. */
-static void send_out(conn_t *c) {
-    if (!out.len) return;
-    if (c->state == C_CLOSED) { out.len = 0; return; }
+/* Writes what `o` holds to c's socket (uv_try_write, the rest queued), empties o. */
+static void write_raw(conn_t *c, buf_t *o) {
+    buf_t out = *o;
+    o->len = 0;
+    if (!out.len || c->state == C_CLOSED) return;
     uv_buf_t b = uv_buf_init(out.p, (unsigned)out.len);
     int n = uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
     if (n == UV_EAGAIN || n == UV_ENOSYS) n = 0;
     if (n < 0) {
         report("%s-%u: write: %s", prefix, first + c->idx, uv_strerror(n));
-        out.len = 0;
         close_conn(c);
         return;
     }
@@ -163,17 +204,28 @@ static void send_out(conn_t *c) {
         if (r < 0) {
             free(w);
             report("%s-%u: uv_write: %s", prefix, first + c->idx, uv_strerror(r));
-            out.len = 0;
             close_conn(c);
             return;
         }
     }
+}
+
+/* Sends what `out` holds to c (through TLS when c has it), empties out. */
+static void send_out(conn_t *c) {
+    if (!out.len) return;
+    if (c->state == C_CLOSED) { out.len = 0; return; }
+    if (!c->tls.ssl) { write_raw(c, &out); return; }
+    char err[512];
+    int r = tlsw_encrypt(&c->tls, out.p, out.len, &cout, err, sizeof err);
     out.len = 0;
+    if (r < 0) { cout.len = 0; report("%s-%u: %s", prefix, first + c->idx, err); close_conn(c); return; }
+    write_raw(c, &cout);
 }
 
 static void on_close(uv_handle_t *h) {
     conn_t *c = (conn_t *)h;
     buf_free(&c->in);
+    tlsw_free(&c->tls);
     free(c->gap_boot);
     c->gap_boot = NULL;
 }
@@ -185,6 +237,11 @@ static void close_conn(conn_t *c) {
     n_closed++;
     if (was == C_READY) n_live--;
     if (c->sub) { c->sub = 0; n_subscribed--; }
+    if (c->tls.ssl && stopping) {
+        tlsw_shutdown(&c->tls, &cout); /* close_notify, best effort */
+        if (cout.len) { uv_buf_t b = uv_buf_init(cout.p, (unsigned)cout.len); uv_try_write((uv_stream_t *)&c->tcp, &b, 1); }
+        cout.len = 0;
+    }
     uv_close((uv_handle_t *)&c->tcp, on_close);
     if (was != C_READY && was != C_IDLE) { inflight--; if (!stopping) start_more(); }
 }
@@ -409,6 +466,16 @@ static void on_hello(conn_t *c, const Hello *h) {
         c->state = C_PROVED;
         return;
     }
+    if (c->tls.ssl && c->state == C_OFFERED && stage == S(ACCEPTED)) {
+        /* inside TLS with our certificate: OFFER then ACCEPTED (section 3.1) */
+        if (!h->has_version || h->version < ver_lo || h->version > ver_hi) {
+            report("ACCEPTED names version %u, outside %u-%u", h->version, ver_lo, ver_hi);
+            close_conn(c);
+            return;
+        }
+        c->version = h->version;
+        c->state = C_PROVED;
+    }
     if (c->state == C_PROVED && stage == S(ACCEPTED)) {
         if (!h->has_version || h->version != c->version) {
             report("ACCEPTED names version %u, not the challenge's %u", h->version, c->version);
@@ -519,7 +586,7 @@ static size_t parse(conn_t *c, const char *p, size_t n) {
 static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *b) {
     (void)hint;
     conn_t *c = (conn_t *)h;
-    if (!c->in.len) { *b = uv_buf_init(rbuf, sizeof rbuf); return; }
+    if (!c->in.len || c->tls.ssl) { *b = uv_buf_init(rbuf, sizeof rbuf); return; }
     char *p = buf_reserve(&c->in, 16384);
     *b = uv_buf_init(p, (unsigned)(c->in.cap - c->in.len));
 }
@@ -535,7 +602,35 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b) {
     }
     if (nread == 0) return;
     c->last_rx_ms = uv_now(loop);
-    if (b->base == rbuf) {
+    if (c->tls.ssl) {
+        char err[512];
+        plain.len = 0;
+        int r = tlsw_input(&c->tls, b->base, (size_t)nread, &plain, &cout, err, sizeof err);
+        write_raw(c, &cout);
+        if (r < 0) {
+            if (!stopping && c->state != C_CLOSED) { report("%s-%u: %s", prefix, first + c->idx, err); close_conn(c); }
+            return;
+        }
+        if (r == 1) { n_tls_done++; send_offer(c); }
+        if (c->state == C_CLOSED) return;
+        if (!c->in.len) {
+            size_t used = parse(c, plain.p, plain.len);
+            if (used < plain.len && c->state != C_CLOSED) {
+                memcpy(buf_reserve(&c->in, plain.len - used), plain.p + used, plain.len - used);
+                c->in.len += plain.len - used;
+            }
+        } else {
+            memcpy(buf_reserve(&c->in, plain.len), plain.p, plain.len);
+            c->in.len += plain.len;
+            size_t used = parse(c, c->in.p, c->in.len);
+            if (c->state != C_CLOSED) {
+                memmove(c->in.p, c->in.p + used, c->in.len - used);
+                c->in.len -= used;
+                if (!c->in.len && c->in.cap > 65536) buf_free(&c->in);
+            }
+        }
+        if (plain.cap > (1u << 20)) buf_free(&plain);
+    } else if (b->base == rbuf) {
         size_t used = parse(c, rbuf, (size_t)nread);
         if (used < (size_t)nread && c->state != C_CLOSED) {
             memcpy(buf_reserve(&c->in, (size_t)nread - used), rbuf + used, (size_t)nread - used);
@@ -566,6 +661,24 @@ static void on_connect(uv_connect_t *req, int status) {
     uv_tcp_nodelay(&c->tcp, 1);
     c->last_rx_ms = uv_now(loop);
     uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+    if (ca_file) {
+        /* TLS first; the OFFER once the handshake is done (on_read) */
+        char err[512];
+        if (tlsw_start(&c->tls, host_ctx(first + c->idx), addr_s, &cout, err, sizeof err) < 0) {
+            cout.len = 0;
+            report("%s-%u: %s", prefix, first + c->idx, err);
+            close_conn(c);
+            return;
+        }
+        write_raw(c, &cout);
+        return;
+    }
+    send_offer(c);
+}
+
+/* The hello's OFFER: with the shared key's nonce on plain TCP; inside TLS
+ * with our certificate, that of a Unix socket (no key id, no nonce). */
+static void send_offer(conn_t *c) {
     Hello h = CONTAINERS__LMCTFY__AGENT__HELLO__INIT;
     h.has_stage = 1; h.stage = S(OFFER);
     h.has_min_version = 1; h.min_version = ver_lo;
@@ -573,9 +686,11 @@ static void on_connect(uv_connect_t *req, int status) {
     h.peer_name = (char *)"fleet_sim";
     h.has_max_frame_bytes = 1; h.max_frame_bytes = MAX_IN_FRAME;
     h.has_max_streams = 1; h.max_streams = 128;
-    if (RAND_bytes(c->nc, NONCE) != 1) { fprintf(stderr, "fleet_sim: RAND_bytes failed\n"); exit(3); }
-    h.key_id = (char *)key_id;
-    h.has_nonce = 1; h.nonce.data = c->nc; h.nonce.len = NONCE;
+    if (!c->tls.ssl) {
+        if (RAND_bytes(c->nc, NONCE) != 1) { fprintf(stderr, "fleet_sim: RAND_bytes failed\n"); exit(3); }
+        h.key_id = (char *)key_id;
+        h.has_nonce = 1; h.nonce.data = c->nc; h.nonce.len = NONCE;
+    }
     append_hello(&out, &h);
     c->state = C_OFFERED;
     send_out(c);
@@ -673,17 +788,20 @@ static void on_signal(uv_signal_t *s, int sig) {
 
 static void print_result(void) {
     printf("RESULT hosts=%u connected=%llu registered=%llu live=%llu subscribed=%llu events_sent=%llu "
-           "events_recorded=%llu pings_answered=%llu keepalives=%llu pongs=%llu ramp_s=%.2f errors=%llu\n",
+           "events_recorded=%llu pings_answered=%llu keepalives=%llu pongs=%llu ramp_s=%.2f tls=%s tls_handshakes=%llu errors=%llu\n",
            hosts_n, (unsigned long long)n_connected, (unsigned long long)n_registered, (unsigned long long)n_live,
            (unsigned long long)n_subscribed, (unsigned long long)events_sent, (unsigned long long)events_recorded,
            (unsigned long long)pings_answered, (unsigned long long)keepalives, (unsigned long long)pongs,
-           ramp_done ? (double)(t_ramp_ms - t_start_ms) / 1e3 : -1.0, (unsigned long long)errors);
+           ramp_done ? (double)(t_ramp_ms - t_start_ms) / 1e3 : -1.0, ca_file ? "1.3" : "off",
+           (unsigned long long)n_tls_done, (unsigned long long)errors);
     fflush(stdout);
 }
 
 static void usage(void) {
     fprintf(stderr, "usage: fleet_sim --port P [--addr 127.0.0.1] --key-id ID --key-file F --hosts N [--prefix sim]\n"
-                    "                 [--first 0] [--seconds T] [--batch 256] [--interval-ms 1000] [--keepalive-s 30] [--versions 1-3]\n");
+                    "                 [--first 0] [--seconds T] [--batch 256] [--interval-ms 1000] [--keepalive-s 30] [--versions 1-3]\n"
+                    "       (TLS 1.3: --ca CA.pem --cert CERT.pem --key KEY.pem [--cert-group G], no --key-file needed;\n"
+                    "        with --cert-group, CERT.pem contains %%u, replaced by host index / G)\n");
     exit(2);
 }
 
@@ -702,6 +820,10 @@ int main(int argc, char **argv) {
         else if (!strcmp(k, "--batch")) batch = (unsigned)atoi(v);
         else if (!strcmp(k, "--interval-ms")) interval_ms = (unsigned)atoi(v);
         else if (!strcmp(k, "--keepalive-s")) keepalive_s = (unsigned)atoi(v);
+        else if (!strcmp(k, "--ca")) ca_file = v;
+        else if (!strcmp(k, "--cert")) cert_file = v;
+        else if (!strcmp(k, "--key")) tls_key_file = v;
+        else if (!strcmp(k, "--cert-group")) cert_group = (unsigned)atoi(v);
         else if (!strcmp(k, "--versions")) {
             if (sscanf(v, "%u-%u", &ver_lo, &ver_hi) != 2) {
                 if (sscanf(v, "%u", &ver_lo) != 1) usage();
@@ -709,8 +831,10 @@ int main(int argc, char **argv) {
             }
         } else { fprintf(stderr, "fleet_sim: unknown option %s\n", k); usage(); }
     }
-    if (!port || !key_file || !hosts_n || !batch || !interval_ms || !ver_lo || ver_lo > ver_hi || seconds < 0) usage();
-    key_len = load_key(key_file, &key_id, key, sizeof key);
+    if (!ca_file != !cert_file || !cert_file != !tls_key_file) usage();
+    if (cert_group && !strstr(cert_file, "%u")) usage();
+    if (!port || (!key_file && !ca_file) || !hosts_n || !batch || !interval_ms || !ver_lo || ver_lo > ver_hi || seconds < 0) usage();
+    if (key_file) key_len = load_key(key_file, &key_id, key, sizeof key);
     if (uv_ip4_addr(addr_s, port, &addr)) { fprintf(stderr, "fleet_sim: bad address %s\n", addr_s); return 2; }
     signal(SIGPIPE, SIG_IGN);
     setvbuf(stdout, NULL, _IOLBF, 0);
@@ -744,9 +868,10 @@ int main(int argc, char **argv) {
     uv_signal_init(loop, &sint);
     uv_signal_start(&sterm, on_signal, SIGTERM);
     uv_signal_start(&sint, on_signal, SIGINT);
-    printf("fleet_sim: %u hosts %s-%u..%s-%u dialling %s:%d with key %s, at most %u connecting at once, "
+    printf("fleet_sim: %u hosts %s-%u..%s-%u dialling %s:%d %s %s, at most %u connecting at once, "
            "a STATS sample every %u ms each, keepalive %u s\n",
-           hosts_n, prefix, first, prefix, first + hosts_n - 1, addr_s, port, key_id, batch, interval_ms, keepalive_s);
+           hosts_n, prefix, first, prefix, first + hosts_n - 1, addr_s, port,
+           ca_file ? "over TLS 1.3 with certificate" : "in plaintext with key", ca_file ? cert_file : key_id, batch, interval_ms, keepalive_s);
     start_more();
     uv_run(loop, UV_RUN_DEFAULT);
     print_result();

@@ -3,9 +3,14 @@
  *
  *   fleet_sub --unix PATH [--seconds 10] [--warmup 1] [--credit 4096] [--all-kinds] [--versions 1-3]
  *   fleet_sub --unix PATH --count-hosts [--prefix P]
+ *   fleet_sub --tcp HOST:PORT --ca CA.pem --cert CERT.pem --key KEY.pem [the options above]
  *
  * Connects to the controller's Unix socket (the peer-credentials hello,
- * docs/PROTOCOL.md section 3) and calls `Subscribe` with no host (the
+ * docs/PROTOCOL.md section 3), or with --tcp to its TCP client port
+ * (tcp_address) over TLS 1.3 with a client certificate (section 3.1: the
+ * same OFFER/ACCEPTED hello inside TLS; the controller's certificate must
+ * chain to --ca and name HOST; OpenSSL driven through memory BIOs from the
+ * libuv callbacks, tls_wire.h), and calls `Subscribe` with no host (the
  * fleet's log, section 9), kinds [STATS] (--all-kinds: every kind), live
  * events only (no resume point). With protocol version 3 the stream is
  * flow-controlled: --credit responses to begin with, and a CREDIT of what
@@ -32,6 +37,7 @@
 #include <unistd.h>
 #include <uv.h>
 #include "fleet_wire.h"
+#include "tls_wire.h"
 
 typedef Containers__Lmctfy__Agent__SubscribeRequest SubscribeRequest;
 typedef Containers__Lmctfy__Agent__SubscribeResponse SubscribeResponse;
@@ -40,9 +46,13 @@ typedef Containers__Lmctfy__Agent__SubscribeResponse SubscribeResponse;
 
 static uv_loop_t *loop;
 static uv_pipe_t pipe_h;
+static uv_tcp_t tcp_h;
+static uv_stream_t *stream;
 static uv_connect_t creq;
-static buf_t in, out;
-static const char *path, *prefix;
+static buf_t in, out, cout, raw;
+static const char *path, *prefix, *tcp_s, *ca_file, *cert_file, *key_file;
+static char tcp_host[256];
+static tlsw_t tls;
 static uint32_t ver_lo = 1, ver_hi = 3, version;
 static int count_hosts, all_kinds, established, phase, done;
 static uint32_t credit = 4096, taken;
@@ -118,16 +128,27 @@ static void on_write(uv_write_t *r, int status) {
     free(r);
 }
 
-static void flush(void) {
-    if (!out.len) return;
-    uv_write_t *w = malloc(sizeof *w + out.len);
+/* Writes o's bytes to the socket, empties o. */
+static void write_raw(buf_t *o) {
+    if (!o->len) return;
+    uv_write_t *w = malloc(sizeof *w + o->len);
     if (!w) { perror("malloc"); exit(3); }
     char *data = (char *)(w + 1);
-    memcpy(data, out.p, out.len);
-    uv_buf_t b = uv_buf_init(data, (unsigned)out.len);
-    int r = uv_write(w, (uv_stream_t *)&pipe_h, &b, 1, on_write);
+    memcpy(data, o->p, o->len);
+    uv_buf_t b = uv_buf_init(data, (unsigned)o->len);
+    int r = uv_write(w, stream, &b, 1, on_write);
     if (r < 0) { free(w); report("uv_write: %s", uv_strerror(r)); finish(); }
+    o->len = 0;
+}
+
+/* Sends the frames in out (encrypted first over TLS). */
+static void flush(void) {
+    if (!out.len) return;
+    if (!tls.ssl) { write_raw(&out); return; }
+    char err[512];
+    if (tlsw_encrypt(&tls, out.p, out.len, &cout, err, sizeof err) < 0) { report("%s", err); finish(); }
     out.len = 0;
+    write_raw(&cout);
 }
 
 static void call(const char *method, const uint8_t *payload, size_t n) {
@@ -262,9 +283,13 @@ static void on_frame(const uint8_t *p, uint32_t len, uint64_t now_ns) {
 
 static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *b) {
     (void)h; (void)hint;
-    char *p = buf_reserve(&in, 65536);
-    *b = uv_buf_init(p, (unsigned)(in.cap - in.len));
+    buf_t *t = tls.ssl ? &raw : &in;
+    if (tls.ssl) raw.len = 0;
+    char *p = buf_reserve(t, 65536);
+    *b = uv_buf_init(p, (unsigned)(t->cap - t->len));
 }
+
+static void send_offer(void);
 
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b) {
     (void)s; (void)b;
@@ -273,7 +298,15 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b) {
         return;
     }
     uint64_t now_ns = realtime_ns();
-    in.len += (size_t)nread;
+    if (tls.ssl) {
+        char err[512];
+        int r = tlsw_input(&tls, b->base, (size_t)nread, &in, &cout, err, sizeof err);
+        write_raw(&cout);
+        if (r < 0) { if (!done) { report("%s", err); finish(); } return; }
+        if (r == 1) send_offer();
+    } else {
+        in.len += (size_t)nread;
+    }
     size_t off = 0;
     while (in.len - off >= 4 && !done) {
         uint32_t len = get_be32(in.p + off);
@@ -290,8 +323,21 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b) {
 
 static void on_connect(uv_connect_t *r, int status) {
     (void)r;
-    if (status < 0) { report("connect %s: %s", path, uv_strerror(status)); finish(); return; }
-    uv_read_start((uv_stream_t *)&pipe_h, on_alloc, on_read);
+    if (status < 0) { report("connect %s: %s", path ? path : tcp_s, uv_strerror(status)); finish(); return; }
+    uv_read_start(stream, on_alloc, on_read);
+    if (tcp_s) {
+        /* TLS first; the OFFER once the handshake is done (on_read) */
+        SSL_CTX *ctx = tlsw_client_ctx("fleet_sub", ca_file, cert_file, key_file);
+        char err[512];
+        if (tlsw_start(&tls, ctx, tcp_host, &cout, err, sizeof err) < 0) { report("%s", err); finish(); return; }
+        SSL_CTX_free(ctx); /* the SSL holds a reference */
+        write_raw(&cout);
+        return;
+    }
+    send_offer();
+}
+
+static void send_offer(void) {
     Hello h = CONTAINERS__LMCTFY__AGENT__HELLO__INIT;
     h.has_stage = 1; h.stage = S(OFFER);
     h.has_min_version = 1; h.min_version = ver_lo;
@@ -308,7 +354,8 @@ static void on_end(uv_timer_t *t) { (void)t; finish(); }
 
 static void usage(void) {
     fprintf(stderr, "usage: fleet_sub --unix PATH [--seconds 10] [--warmup 1] [--credit 4096] [--all-kinds] [--versions 1-3]\n"
-                    "       fleet_sub --unix PATH --count-hosts [--prefix P]\n");
+                    "       fleet_sub --unix PATH --count-hosts [--prefix P]\n"
+                    "       (instead of --unix: --tcp HOST:PORT --ca CA.pem --cert CERT.pem --key KEY.pem, TLS 1.3)\n");
     exit(2);
 }
 
@@ -320,6 +367,10 @@ int main(int argc, char **argv) {
         if (i + 1 >= argc) usage();
         const char *v = argv[++i];
         if (!strcmp(k, "--unix")) path = v;
+        else if (!strcmp(k, "--tcp")) tcp_s = v;
+        else if (!strcmp(k, "--ca")) ca_file = v;
+        else if (!strcmp(k, "--cert")) cert_file = v;
+        else if (!strcmp(k, "--key")) key_file = v;
         else if (!strcmp(k, "--seconds")) seconds = atof(v);
         else if (!strcmp(k, "--warmup")) warmup = atof(v);
         else if (!strcmp(k, "--credit")) credit = (uint32_t)atoi(v);
@@ -331,11 +382,25 @@ int main(int argc, char **argv) {
             }
         } else { fprintf(stderr, "fleet_sub: unknown option %s\n", k); usage(); }
     }
-    if (!path || seconds <= 0 || warmup < 0 || credit < 2 || !ver_lo || ver_lo > ver_hi) usage();
+    if (!path == !tcp_s || (tcp_s && (!ca_file || !cert_file || !key_file)) || seconds <= 0 || warmup < 0 || credit < 2 || !ver_lo || ver_lo > ver_hi) usage();
     signal(SIGPIPE, SIG_IGN);
     loop = uv_default_loop();
-    uv_pipe_init(loop, &pipe_h, 0);
-    uv_pipe_connect(&creq, &pipe_h, path, on_connect);
+    if (path) {
+        uv_pipe_init(loop, &pipe_h, 0);
+        stream = (uv_stream_t *)&pipe_h;
+        uv_pipe_connect(&creq, &pipe_h, path, on_connect);
+    } else {
+        const char *colon = strrchr(tcp_s, ':');
+        struct sockaddr_in sa;
+        if (!colon || (size_t)(colon - tcp_s) >= sizeof tcp_host) usage();
+        memcpy(tcp_host, tcp_s, (size_t)(colon - tcp_s));
+        tcp_host[colon - tcp_s] = 0;
+        if (uv_ip4_addr(tcp_host, atoi(colon + 1), &sa)) { fprintf(stderr, "fleet_sub: bad address %s (IPv4 HOST:PORT)\n", tcp_s); return 2; }
+        uv_tcp_init(loop, &tcp_h);
+        uv_tcp_nodelay(&tcp_h, 1);
+        stream = (uv_stream_t *)&tcp_h;
+        uv_tcp_connect(&creq, &tcp_h, (const struct sockaddr *)&sa, on_connect);
+    }
     uv_timer_t tw, te;
     if (!count_hosts) {
         uv_timer_init(loop, &tw);
