@@ -87,6 +87,13 @@ extension Container {
     private func spawnOptions(_ argv: [String], _ options: RunOptions) throws(LmctfyError) -> SpawnOptions {
         guard !argv.isEmpty, !argv[0].isEmpty else { throw .invalidArgument("No command to run") }
         guard try api.exists(name) else { throw .notFound("Container \"\(name)\" does not exist") }
+        // A process that joins a frozen container freezes there before it
+        // starts: before exec, holding the caller's descriptors, its start
+        // never reported (a Run through the agent hung until its deadline,
+        // the CLI's own `run` froze itself). Refused with the reason instead.
+        if (try? isFrozen()) == true {
+            throw .failedPrecondition("Container \"\(name)\" is paused: resume it before running a command in it")
+        }
         var o = SpawnOptions(argv: argv)
         o.environment = options.environment
         o.cgroupFiles = try joinFiles()

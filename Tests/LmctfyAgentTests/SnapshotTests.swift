@@ -316,13 +316,14 @@ struct SnapshotAgentTests {
         defer { client.close() }
         _ = try client.call(AgentMethods.create, CreateRequest(name: "/d", spec: ContainerSpec(memory: MemorySpec(limit: 64 << 20))))
         var pid: Int32 = 0
-        try client.stream(AgentMethods.run, RunRequest(name: "/d", argv: ["sleep", "0.3"], detached: true)) { (r: RunResponse) in
+        // Long enough to be read back before it exits on a loaded machine.
+        try client.stream(AgentMethods.run, RunRequest(name: "/d", argv: ["sleep", "1.5"], detached: true)) { (r: RunResponse) in
             pid = r.pid ?? pid
             return true
         }
         #expect(snapshots(agent).load("/d")?.process.map(\.pid) == [pid], "recorded before RUN_STARTED")
         var seen = false
-        for _ in 0..<150 where !seen {
+        for _ in 0..<400 where !seen {
             seen = allEvents(agent.socket).contains { $0.container == "/d" && $0.kind == .containerEventProcessExited && $0.pid == pid
                 && $0.exitCode == nil && $0.termSignal == nil && $0.reason == "exited; its status is unknown (detached)" }
             if !seen { usleep(20_000) }

@@ -132,6 +132,30 @@ struct TasksIntegrationTests {
         }
     }
 
+    /// A command started in a paused container (or one whose parent is
+    /// paused) would freeze before its exec, holding its caller's
+    /// descriptors: refused with the reason, nothing started; it runs once
+    /// the container is resumed.
+    @Test func runningInAPausedContainerIsRefused() throws {
+        try withTestContainer(api) { name in
+            try api.create(name, spec: ContainerSpec())
+            let sub = try ContainerName.resolve("leaf", relativeTo: name)
+            try api.create(sub, spec: ContainerSpec())
+            let parent = try api.get(name)
+            try parent.setFrozen(true)
+            for target in [name, sub] {
+                #expect { _ = try api.get(target).run(["sleep", "300"]) } throws: { error in
+                    let e = error as? LmctfyError
+                    return e?.code == .failedPrecondition && e?.message.contains("paused") == true
+                }
+                #expect(try api.get(target).processes(recursive: false).isEmpty)
+            }
+            try parent.setFrozen(false)
+            let pid = try api.get(sub).run(["sleep", "300"])
+            #expect(try api.get(sub).processes(recursive: false) == [pid])
+        }
+    }
+
     /// D12: a process started in (or entering) a container gets the
     /// oom_score_adj of its eviction priority. Priority 0 maps to 1000,
     /// which needs no capability (values below 0 need CAP_SYS_RESOURCE).
