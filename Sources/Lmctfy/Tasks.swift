@@ -91,7 +91,7 @@ extension Container {
         // starts: before exec, holding the caller's descriptors, its start
         // never reported (a Run through the agent hung until its deadline,
         // the CLI's own `run` froze itself). Refused with the reason instead.
-        if (try? isFrozen()) == true {
+        if !name.isRoot, try isFrozen() {
             throw .failedPrecondition("Container \"\(name)\" is paused: resume it before running a command in it")
         }
         var o = SpawnOptions(argv: argv)
