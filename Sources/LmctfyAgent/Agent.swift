@@ -8,6 +8,7 @@ import LmctfyLoop
 import Logging
 import Synchronization
 import LmctfyEvents
+import LmctfyPolicy
 import LmctfyProto
 import LmctfyRPC
 import LmctfySystem
@@ -193,10 +194,17 @@ public final class Agent: @unchecked Sendable {
         if settings.plaintextTcp, let address = settings.config.controllerAddress {
             warnings.append("PLAINTEXT TCP: the link to the controller \(address) has no TLS (allow_plaintext_tcp); its frames are neither encrypted nor integrity-protected")
         }
+        // CL2 (README "Policy"): admission against the root container's
+        // capacity; the ledger is rebuilt from what exists on first use.
+        let machine = MachineInfo.collect(cgroupVersion: api.version.number, agentVersion: "", bootId: "")
+        let policy = PolicyKeeper(
+            policy: settings.policy, backend: backend,
+            host: Amount(memory: Int64(clamping: machine.memoryBytes ?? 0), milliCpu: Int64(machine.cpus ?? 0) * 1000),
+            machineRoot: scope.isMachine)
         self.dispatcher = Dispatcher(backend: backend, cgroupVersion: api.version.number,
                                      events: events, agentVersion: LmctfyVersion.string, journal: journal,
                                      testHold: TestHold.fromEnvironment(marker: settings.stateDir + "/test-hold"),
-                                     snapshots: snapshots, criu: criu, warnings: warnings)
+                                     snapshots: snapshots, criu: criu, warnings: warnings, policy: policy)
         self.tlsServer = settings.tlsServer
         self.tlsClient = settings.tlsClient
         self.log = log
