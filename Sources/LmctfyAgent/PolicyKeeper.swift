@@ -65,7 +65,11 @@ public final class PolicyKeeper: Sendable {
     func planCreate(path: String, spec: ContainerSpec, tier name: String?) throws(LmctfyError) -> (Tier, ContainerSpec) {
         guard let name else { return (policy.tier(of: spec), spec) }
         let tier = try policy.tier(named: name)
-        return (tier, try policy.apply(tier, to: spec, topLevel: machineRoot && Self.isTopLevel(path)))
+        // The tier's CPU share only where the parent isolates cpu (below a
+        // root without it, a container cannot).
+        let parent = path.lastIndex(of: "/").map { i in i == path.startIndex ? "/" : String(path[..<i]) } ?? "/"
+        let cpuIsolated = machineRoot && Self.isTopLevel(path) ? true : ((try? backend.spec(parent))?.cpu != nil)
+        return (tier, try policy.apply(tier, to: spec, topLevel: machineRoot && Self.isTopLevel(path), cpuIsolated: cpuIsolated))
     }
 
     /// Runs `body` (the create of `path` with `spec`) once admitted; admission

@@ -131,8 +131,9 @@ public struct Policy: Sendable, Equatable {
     /// The spec a Create with `tier` applies: what the spec leaves out is
     /// filled from the tier. `topLevel`: the container is a top-level one
     /// of the machine, where its scheduling latency may be chosen (a nested
-    /// v1 container has its top-level container's class).
-    public func apply(_ tier: Tier, to spec: ContainerSpec, topLevel: Bool) throws(LmctfyError) -> ContainerSpec {
+    /// v1 container has its top-level container's class). `cpuIsolated`:
+    /// its parent isolates cpu, so that it may too (the tier's CPU share).
+    public func apply(_ tier: Tier, to spec: ContainerSpec, topLevel: Bool, cpuIsolated: Bool = true) throws(LmctfyError) -> ContainerSpec {
         var s = spec
         var memory = s.memory ?? MemorySpec()
         if let p = memory.evictionPriority, p != tier.evictionPriority {
@@ -148,7 +149,7 @@ public struct Policy: Sendable, Equatable {
         s.memory = memory
         var cpu = s.cpu ?? CpuSpec()
         if topLevel, cpu.schedulingLatency == nil, let latency = tier.schedulingLatency { cpu.schedulingLatency = latency }
-        if cpu.limit == nil, tier.cpuMilli > 0 { cpu.limit = tier.cpuMilli }
+        if cpuIsolated, cpu.limit == nil, tier.cpuMilli > 0 { cpu.limit = tier.cpuMilli }
         s.cpu = cpu.schedulingLatency == nil && cpu.limit == nil && cpu.maxLimit == nil && cpu.mask == nil && s.cpu == nil ? nil : cpu
         return s
     }

@@ -88,6 +88,8 @@ private func spec(_ text: String) throws -> ContainerSpec { try ContainerSpec(te
         #expect(nested.memory?.reservation == 1_048_576, "a reservation given stays")
         let be = try policy.apply(.bestEffort, to: ContainerSpec(), topLevel: false)
         #expect(be.memory?.evictionPriority == 1000 && be.cpu?.limit == 10 && be.memory?.reservation == nil)
+        #expect(try policy.apply(.bestEffort, to: ContainerSpec(), topLevel: false, cpuIsolated: false).cpu == nil,
+                "no CPU share where the parent does not isolate cpu")
         let keep = try policy.apply(.bestEffort, to: try spec("cpu { limit: 300 }"), topLevel: true)
         #expect(keep.cpu?.limit == 300 && keep.cpu?.schedulingLatency == .bestEffort)
         let batch = try policy.apply(.batch, to: ContainerSpec(), topLevel: false)

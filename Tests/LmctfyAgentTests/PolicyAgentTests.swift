@@ -1,0 +1,161 @@
+// CL2 in a real agent (README "Policy"): an agent whose root container has
+// a 256 MiB memory limit admits two prod containers of 100 MiB, refuses a
+// third with RESOURCE_EXHAUSTED and the arithmetic (nothing made), admits a
+// best-effort one only thanks to overcommit, polices updates, answers
+// CheckAdmission and `lmctl create --dry-run` without making anything, and a
+// restarted agent counts what exists (its own containers and the CLI's).
+import Glibc
+import Lmctfy
+@testable import LmctfyAgent
+import LmctfyProto
+import LmctfyRPC
+import LmctfySystem
+import LmctfyTestSupport
+import Testing
+
+private func name(_ path: String) throws -> ContainerName { try ContainerName.resolve(path, relativeTo: .root) }
+
+/// A container made with CL1 to be an agent's root, with `spec`; destroyed
+/// with everything below it at the end.
+func withPolicyRoot<T>(_ label: String, spec: String, _ body: (ContainerName) throws -> T) throws -> T {
+    let api = try ContainerApi.detect()
+    let root = try name(RealCgroups.uniqueName(label))
+    try api.create(root, spec: try ContainerSpec(textFormat: spec))
+    defer { _ = try? api.destroy(root) }
+    return try body(root)
+}
+
+/// The status a call ends with.
+private func status(_ body: () throws -> Void) -> (StatusCode, String) {
+    do {
+        try body()
+        return (.ok, "")
+    } catch let e as LmctfyError {
+        return (e.code, e.message)
+    } catch {
+        return (.unknown, "\(error)")
+    }
+}
+
+private let mib: Int64 = 1 << 20
+
+@Suite(.enabled(if: RealCgroups.available, "\(RealCgroups.unavailableReason ?? "")"))
+struct PolicyAgentTests {
+    @Test func admissionOnA256MiBRootWithTiersOvercommitUpdatesAndARestart() throws {
+        try withPolicyRoot("policy", spec: "memory { limit: 268435456 }") { root in
+            let api = try ContainerApi.detect()
+            let config = "root_container: \"\(root)\" policy { overcommit_percent: 25 }"
+            let hundred = try ContainerSpec(textFormat: "memory { limit: 104857600 }")
+            try withAgent(config) { _, socket in
+                let client = try RpcClient.connect(unixPath: socket)
+                defer { client.close() }
+                for n in ["/p1", "/p2"] {
+                    let r = try client.call(AgentMethods.create, CreateRequest(name: n, spec: hundred, tier: "prod"))
+                    #expect(r.tier == "prod")
+                }
+                // The tier's mapping onto CL1, read back from the kernel.
+                let p1 = try api.get(name(root.path + "/p1")).spec()
+                #expect(p1.memory?.evictionPriority == 9000 && p1.memory?.reservation == 100 * mib, "\(p1.textFormatString)")
+
+                // Would a third fit? No, and nothing is made by asking.
+                let check = try client.call(AgentMethods.checkAdmission, CheckAdmissionRequest(name: "/p3", spec: hundred, tier: "prod"))
+                #expect(check.admitted == false && check.tier == "prod")
+                #expect(check.policy?.capacityMemory == 256 * mib)
+                #expect(check.policy?.tier.first?.memory == 200 * mib && check.policy?.tier.first?.containers == 2)
+                let (code, message) = status { _ = try client.call(AgentMethods.create, CreateRequest(name: "/p3", spec: hundred, tier: "prod")) }
+                #expect(code == .resourceExhausted, "\(message)")
+                #expect(code.rawValue == 8)
+                for part in ["asked 104857600 B (100.0 MiB)", "guaranteed tiers would commit 314572800 B (300.0 MiB) of 268435456 B (256.0 MiB)",
+                             "prod 209715200 B (200.0 MiB) 0 milliCPU (2)", "free (capacity minus guaranteed) 58720256 B (56.0 MiB)"] {
+                    #expect(message.contains(part), "\(part) in \(message)")
+                }
+                #expect(check.message.map { message.hasSuffix($0) } == true, "CheckAdmission gives the same arithmetic")
+                #expect(try !api.exists(name(root.path + "/p3")), "a refused create makes nothing")
+
+                // best-effort reserving 100 MiB: 300 of 256 MiB only with overcommit (25%: 320 MiB).
+                let beSpec = try ContainerSpec(textFormat: "memory { limit: 104857600 reservation: 104857600 }")
+                #expect(try client.call(AgentMethods.create, CreateRequest(name: "/be1", spec: beSpec, tier: "best-effort")).tier == "best-effort")
+                let be1 = try api.get(name(root.path + "/be1")).spec()
+                #expect(be1.memory?.evictionPriority == 1000 && be1.cpu == nil, "\(be1.textFormatString)")
+                let (beCode, beMessage) = status { _ = try client.call(AgentMethods.create, CreateRequest(name: "/be2", spec: beSpec, tier: "best-effort")) }
+                #expect(beCode == .resourceExhausted && beMessage.contains("above 125% of 268435456 B"), "\(beMessage)")
+
+                // Updates: growing p1 past the room is refused and changes nothing; shrinking passes.
+                let grow = try ContainerSpec(textFormat: "memory { limit: 167772160 }")  // 160 + 100 > 256
+                let (upCode, upMessage) = status {
+                    _ = try client.call(AgentMethods.update, UpdateRequest(name: "/p1", spec: grow, policy: .updateDiff))
+                }
+                #expect(upCode == .resourceExhausted && upMessage.contains("(now 104857600 B (100.0 MiB)"), "\(upMessage)")
+                #expect(try api.get(name(root.path + "/p1")).spec().memory?.limit == 100 * mib, "unchanged")
+                let shrink = try ContainerSpec(textFormat: "memory { limit: 52428800 }")
+                _ = try client.call(AgentMethods.update, UpdateRequest(name: "/p1", spec: shrink, policy: .updateDiff))
+                // 50 + 100 + 100 = 250 MiB of 256: the third prod fits now.
+                #expect(try client.call(AgentMethods.checkAdmission, CheckAdmissionRequest(name: "/p3", spec: hundred, tier: "prod")).admitted == true)
+                _ = try client.call(AgentMethods.create, CreateRequest(name: "/p3", spec: hundred, tier: "prod"))
+
+                // A tier that does not exist, and a prod without a limit: INVALID_ARGUMENT, nothing made.
+                #expect(status { _ = try client.call(AgentMethods.create, CreateRequest(name: "/x", spec: hundred, tier: "gold")) }.0 == .invalidArgument)
+                #expect(status { _ = try client.call(AgentMethods.create, CreateRequest(name: "/y", spec: ContainerSpec(), tier: "prod")) }.0 == .invalidArgument)
+                #expect(try !api.exists(name(root.path + "/x")) && !api.exists(name(root.path + "/y")))
+
+                // A nested container is inside its parent's commitment: not policed.
+                _ = try client.call(AgentMethods.create, CreateRequest(name: "/p3/inner", spec: hundred))
+
+                // MachineInfo reports it all.
+                let info = try client.call(AgentMethods.machineInfo, MachineInfoRequest())
+                #expect(info.policy?.tier.map(\.tier) == ["prod", "batch", "best-effort"])
+                #expect(info.policy?.tier.map { $0.memory ?? -1 } == [250 * mib, 0, 100 * mib])
+                #expect(info.policy?.freeMemory == 6 * mib && info.policy?.overcommitPercent == 25)
+                // Destroying gives the room back.
+                _ = try client.call(AgentMethods.destroy, DestroyRequest(name: "/p3", force: true))
+                #expect(try client.call(AgentMethods.machineInfo, MachineInfoRequest()).policy?.tier.first?.memory == 150 * mib)
+            }
+            // Behind the agents' backs: a batch container reserving 50 MiB, made with CL1.
+            try api.create(name(root.path + "/cli"), spec: try ContainerSpec(textFormat: "memory { reservation: 52428800 }"))
+            // A new agent on the same root recomputes every commitment from what exists.
+            try withAgent(config) { _, socket in
+                let client = try RpcClient.connect(unixPath: socket)
+                defer { client.close() }
+                let report = try client.call(AgentMethods.machineInfo, MachineInfoRequest()).policy
+                #expect(report?.tier.map { $0.memory ?? -1 } == [150 * mib, 50 * mib, 100 * mib], "\(String(describing: report))")
+                #expect(report?.tier.map { $0.containers ?? 0 } == [2, 1, 1])
+                let big = try ContainerSpec(textFormat: "memory { limit: 115343360 }")  // 110 MiB: 260 > 256
+                let (code, message) = status { _ = try client.call(AgentMethods.create, CreateRequest(name: "/p4", spec: big, tier: "prod")) }
+                #expect(code == .resourceExhausted && message.contains("prod 157286400 B (150.0 MiB) 0 milliCPU (2)"), "\(message)")
+                _ = try client.call(AgentMethods.create, CreateRequest(name: "/p4", spec: hundred, tier: "prod"))
+            }
+        }
+    }
+
+    @Test func lmctlCreateWithATierAndADryRun() throws {
+        try withPolicyRoot("policylmctl", spec: "memory { limit: 268435456 }") { root in
+            let api = try ContainerApi.detect()
+            try withAgent("root_container: \"\(root)\"") { _, socket in
+                let lmctl = [builtTool("lmctl"), "--agent", "unix://" + socket]
+                func run(_ args: String...) throws -> (Int32, String, String) {
+                    let r = try TestProcess.capture(lmctl + args)
+                    return (r.status, String(decoding: r.stdout, as: UTF8.self), String(decoding: r.stderr, as: UTF8.self))
+                }
+                var r = try run("create", "--tier", "prod", "--dry-run", "/a", "memory { limit: 209715200 }")
+                #expect(r.0 == 0 && r.1.hasPrefix("admitted=\"true\" tier=\"prod\" message=\"admitted"), "\(r)")
+                #expect(try !api.exists(name(root.path + "/a")), "a dry run makes nothing")
+                r = try run("create", "--tier=prod", "/a", "memory { limit: 209715200 }")
+                #expect(r.0 == 0, "\(r)")
+                #expect(try api.get(name(root.path + "/a")).spec().memory?.evictionPriority == 9000)
+                r = try run("create", "--tier", "prod", "--dry-run", "/b", "memory { limit: 104857600 }")
+                #expect(r.0 == 8 && r.1.hasPrefix("admitted=\"false\" tier=\"prod\" message=\"refused"), "\(r)")
+                r = try run("create", "--tier", "prod", "/b", "memory { limit: 104857600 }")
+                #expect(r.0 == 8 && r.2.contains("8: Create: refused \"/b\" in tier prod"), "\(r)")
+                #expect(try !api.exists(name(root.path + "/b")))
+                r = try run("create", "--tier", "prod", "--bogus", "/b", "memory { limit: 104857600 }")
+                #expect(r.0 == 3 && r.2.contains("Unknown flag \"--bogus\""), "\(r)")
+                r = try run("info")
+                #expect(r.0 == 0 && r.1.contains("capacity_memory=\"268435456\"") && r.1.contains("committed_prod=\"209715200 bytes"), "\(r)")
+                // Without a policy flag, create is lmctfy's own verb, as before (a batch container).
+                r = try run("create", "/c", "memory { limit: 104857600 }")
+                #expect(r.0 == 0, "\(r)")
+                #expect(try api.get(name(root.path + "/c")).spec().memory?.evictionPriority == 5000)
+            }
+        }
+    }
+}
