@@ -113,6 +113,9 @@ public final class Agent: @unchecked Sendable {
     private var watcher: MachineWatcher?
     /// STATS events every stats_interval_ms (a thread of its own).
     private var statsPublisher: StatsPublisher?
+    /// Eviction under memory pressure (policy.evict_above_percent; a
+    /// thread of its own). Set once by `start`.
+    private(set) var evictor: PolicyEvictor?
     /// How often expired request journal entries are removed.
     static let sweepIntervalMs = 60_000
     private var signals: [SignalWatcher] = []
@@ -302,6 +305,11 @@ public final class Agent: @unchecked Sendable {
             // Its threads (the flusher, changes behind the agent's back,
             // processes of an earlier agent) once nothing can fail any more.
             dispatcher.snapshots?.start()
+            if settings.policy.evictAbovePercent > 0, let keeper = dispatcher.policy {
+                let e = PolicyEvictor(api: api, scope: scope, dispatcher: dispatcher, keeper: keeper, log: log)
+                e.start()
+                evictor = e
+            }
         case .failure(let error):
             _ = loop.shutdown()
             throw error
@@ -1167,6 +1175,7 @@ public final class Agent: @unchecked Sendable {
         watcher?.stop()
         dispatcher.snapshots?.stop()
         statsPublisher?.requestStop()
+        evictor?.requestStop()
         home.timer?.cancel()
         home.dialling?.close()
         for w in signals { w.cancel() }
@@ -1181,6 +1190,7 @@ public final class Agent: @unchecked Sendable {
         finished.wait()
         let rc = loop.shutdown()
         statsPublisher?.stop()
+        evictor?.stop()
         if let snapshots = dispatcher.snapshots { log.info("snapshots: \(snapshots.costs)") }
         log.info("lmctfy-agent stopped (uv_loop_close \(rc))")
         return rc

@@ -48,18 +48,22 @@ public struct Tier: Sendable, Equatable {
         self.eviction = eviction
     }
 
-    /// prod: guaranteed, PRIORITY, evicted last (never).
+    // Default eviction priorities map (CL1, D12) onto oom_score_adj 0 (prod:
+    // the kernel's default; anything lower needs CAP_SYS_RESOURCE, which
+    // many container hosts drop), 501 (batch) and 1000 (best-effort). A
+    // container made with the CLI (CL1's default 5000) matches none and is
+    // of the default tier, batch.
+
+    /// prod: guaranteed, PRIORITY, never evicted.
     public static let prod = Tier(name: "prod", guaranteed: true, overcommit: false, schedulingLatency: .priority,
-                                  evictionPriority: 9000, eviction: .never)
+                                  evictionPriority: 5003, eviction: .never)
     /// batch: reservation committed, NORMAL (in /batch), killed under pressure.
-    /// Its eviction priority is CL1's default, so a container made with the
-    /// CLI is batch unless its spec says otherwise.
     public static let batch = Tier(name: "batch", guaranteed: false, overcommit: true, schedulingLatency: .normal,
-                                   evictionPriority: 5000, eviction: .kill)
+                                   evictionPriority: 2500, eviction: .kill)
     /// best-effort: nothing guaranteed, BEST_EFFORT, a token CPU share,
     /// destroyed first under pressure.
     public static let bestEffort = Tier(name: "best-effort", guaranteed: false, overcommit: true,
-                                        schedulingLatency: .bestEffort, evictionPriority: 1000, cpuMilli: 10,
+                                        schedulingLatency: .bestEffort, evictionPriority: 0, cpuMilli: 10,
                                         eviction: .destroy)
 }
 

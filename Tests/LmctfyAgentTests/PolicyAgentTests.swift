@@ -55,7 +55,7 @@ struct PolicyAgentTests {
                 }
                 // The tier's mapping onto CL1, read back from the kernel.
                 let p1 = try api.get(name(root.path + "/p1")).spec()
-                #expect(p1.memory?.evictionPriority == 9000 && p1.memory?.reservation == 100 * mib, "\(p1.textFormatString)")
+                #expect(p1.memory?.evictionPriority == 5003 && p1.memory?.reservation == 100 * mib, "\(p1.textFormatString)")
 
                 // Would a third fit? No, and nothing is made by asking.
                 let check = try client.call(AgentMethods.checkAdmission, CheckAdmissionRequest(name: "/p3", spec: hundred, tier: "prod"))
@@ -76,7 +76,7 @@ struct PolicyAgentTests {
                 let beSpec = try ContainerSpec(textFormat: "memory { limit: 104857600 reservation: 104857600 }")
                 #expect(try client.call(AgentMethods.create, CreateRequest(name: "/be1", spec: beSpec, tier: "best-effort")).tier == "best-effort")
                 let be1 = try api.get(name(root.path + "/be1")).spec()
-                #expect(be1.memory?.evictionPriority == 1000 && be1.cpu == nil, "\(be1.textFormatString)")
+                #expect(be1.memory?.evictionPriority == 0 && be1.cpu == nil, "\(be1.textFormatString)")
                 let (beCode, beMessage) = status { _ = try client.call(AgentMethods.create, CreateRequest(name: "/be2", spec: beSpec, tier: "best-effort")) }
                 #expect(beCode == .resourceExhausted && beMessage.contains("above 125% of 268435456 B"), "\(beMessage)")
 
@@ -141,7 +141,7 @@ struct PolicyAgentTests {
                 #expect(try !api.exists(name(root.path + "/a")), "a dry run makes nothing")
                 r = try run("create", "--tier=prod", "/a", "memory { limit: 209715200 }")
                 #expect(r.0 == 0, "\(r)")
-                #expect(try api.get(name(root.path + "/a")).spec().memory?.evictionPriority == 9000)
+                #expect(try api.get(name(root.path + "/a")).spec().memory?.evictionPriority == 5003)
                 r = try run("create", "--tier", "prod", "--dry-run", "/b", "memory { limit: 104857600 }")
                 #expect(r.0 == 8 && r.1.hasPrefix("admitted=\"false\" tier=\"prod\" message=\"refused"), "\(r)")
                 r = try run("create", "--tier", "prod", "/b", "memory { limit: 104857600 }")
@@ -155,6 +155,71 @@ struct PolicyAgentTests {
                 r = try run("create", "/c", "memory { limit: 104857600 }")
                 #expect(r.0 == 0, "\(r)")
                 #expect(try api.get(name(root.path + "/c")).spec().memory?.evictionPriority == 5000)
+            }
+        }
+    }
+}
+
+/// Eviction on real memory pressure: processes allocating inside a root
+/// container of 256 MiB push its usage past the policy's high mark; the
+/// agent evicts best-effort first (newest first), then batch, never prod,
+/// each with an EVICTED event, and stops once below the low mark.
+@Suite(.enabled(if: RealCgroups.available, "\(RealCgroups.unavailableReason ?? "")"))
+struct PolicyEvictionTests {
+    @Test func realPressureEvictsBestEffortThenBatchNeverProd() throws {
+        // High mark 60% of 256 MiB (153.6 MiB), low mark 20% (51.2 MiB).
+        try withPolicyRoot("policyevict", spec: "memory { limit: 268435456 }") { root in
+            let api = try ContainerApi.detect()
+            let config = "root_container: \"\(root)\" policy { overcommit_percent: 100 evict_above_percent: 60 evict_until_percent: 20 }"
+            try withAgent(config) { agent, socket in
+                let client = try RpcClient.connect(unixPath: socket)
+                defer { client.close() }
+                let evicted = Subscriber(socket, SubscribeRequest(kinds: [.containerEventEvicted]), deadlineMs: 60_000, until: { rs in
+                    events(rs).count >= 3
+                })
+                waitForSubscribers(agent, 1)
+                func usage() throws -> Int64 { try client.call(AgentMethods.stats, StatsRequest(name: "/")).stats?.memory?.usage ?? 0 }
+                /// Starts `mb` MiB of allocation in `name` and waits until the root's usage shows it.
+                func load(_ name: String, tier: String, mb: Int64) throws -> Int32 {
+                    let limit = (mb + 30) * mib
+                    _ = try client.call(AgentMethods.create, CreateRequest(
+                        name: name, spec: try ContainerSpec(textFormat: "memory { limit: \(limit) }"), tier: tier))
+                    let before = try usage()
+                    var pid: Int32 = 0
+                    try client.stream(AgentMethods.run, RunRequest(name: name, argv: [testHelperPath, "alloc", "\(mb)"], detached: true)) {
+                        (r: RunResponse) in
+                        pid = r.pid ?? 0
+                        return true
+                    }
+                    for _ in 0..<300 where try usage() < before + (mb - 5) * mib { usleep(10_000) }
+                    return pid
+                }
+                let prod = try load("/p", tier: "prod", mb: 40)
+                let batch = try load("/b", tier: "batch", mb: 50)
+                _ = try load("/e", tier: "best-effort", mb: 50)
+                usleep(600_000)
+                let calm = try usage()
+                #expect(agent.evictor?.evictions.locked({ $0 }) == 0, "below the high mark (usage \(calm)): nothing evicted")
+                // The last 50 MiB crosses 153.6 MiB.
+                _ = try load("/e2", tier: "best-effort", mb: 50)
+                let (got, error) = evicted.wait()
+                #expect(error == nil, "\(String(describing: error))")
+                let es = events(got)
+                #expect(es.map { $0.container ?? "" } == ["/e2", "/e", "/b"], "\(es.map(\.reason))")
+                #expect(es.prefix(2).allSatisfy { $0.reason?.contains("tier best-effort: destroyed it") == true })
+                #expect(es.last?.reason?.contains("tier batch: killed its processes") == true, "\(String(describing: es.last?.reason))")
+                let high = 268_435_456 / 100 * 60
+                #expect(es.allSatisfy { $0.memoryThreshold == Int64(high) && ($0.memoryUsage ?? 0) > 51 * mib })
+                #expect((es.first?.memoryUsage ?? 0) > Int64(high), "the first eviction happened above the high mark")
+                // Bounded: below the low mark, no more evictions; prod untouched.
+                usleep(1_000_000)
+                #expect(agent.evictor?.evictions.locked({ $0 }) == 3)
+                #expect(kill(prod, 0) == 0, "the prod process lives")
+                #expect(kill(batch, 0) != 0, "the batch process was killed")
+                #expect(try api.exists(name(root.path + "/b")), "a killed batch container stays")
+                #expect(try !api.exists(name(root.path + "/e")) && !api.exists(name(root.path + "/e2")))
+                let left = try usage()
+                #expect(left < 51 * mib, "about the prod container's 40 MiB left: \(left)")
             }
         }
     }

@@ -70,9 +70,10 @@ private func spec(_ text: String) throws -> ContainerSpec { try ContainerSpec(te
     let policy = Policy()
 
     @Test func aSpecsTierIsItsEvictionPriorityElseTheDefault() throws {
-        #expect(policy.tier(of: try spec("memory { eviction_priority: 9000 }")).name == "prod")
-        #expect(policy.tier(of: try spec("memory { eviction_priority: 1000 }")).name == "best-effort")
-        #expect(policy.tier(of: try spec("memory { eviction_priority: 5000 }")).name == "batch")
+        #expect(policy.tier(of: try spec("memory { eviction_priority: 5003 }")).name == "prod")
+        #expect(policy.tier(of: try spec("memory { eviction_priority: 0 }")).name == "best-effort")
+        #expect(policy.tier(of: try spec("memory { eviction_priority: 2500 }")).name == "batch")
+        #expect(policy.tier(of: try spec("memory { eviction_priority: 5000 }")).name == "batch", "CL1's default: the default tier")
         #expect(policy.tier(of: try spec("memory { eviction_priority: 4242 }")).name == "batch")
         #expect(policy.tier(of: ContainerSpec()).name == "batch", "a CLI container is batch")
         #expect(throws: LmctfyError.self) { try policy.tier(named: "gold") }
@@ -81,30 +82,30 @@ private func spec(_ text: String) throws -> ContainerSpec { try ContainerSpec(te
 
     @Test func aTierFillsWhatTheSpecLeavesOut() throws {
         let prod = try policy.apply(.prod, to: try spec("memory { limit: 104857600 }"), topLevel: true)
-        #expect(prod.memory?.evictionPriority == 9000 && prod.memory?.reservation == 104_857_600)
+        #expect(prod.memory?.evictionPriority == 5003 && prod.memory?.reservation == 104_857_600)
         #expect(prod.cpu?.schedulingLatency == .priority)
         let nested = try policy.apply(.prod, to: try spec("memory { limit: 104857600 reservation: 1048576 }"), topLevel: false)
         #expect(nested.cpu == nil, "no latency below the top (it is the top-level container's)")
         #expect(nested.memory?.reservation == 1_048_576, "a reservation given stays")
         let be = try policy.apply(.bestEffort, to: ContainerSpec(), topLevel: false)
-        #expect(be.memory?.evictionPriority == 1000 && be.cpu?.limit == 10 && be.memory?.reservation == nil)
+        #expect(be.memory?.evictionPriority == 0 && be.cpu?.limit == 10 && be.memory?.reservation == nil)
         #expect(try policy.apply(.bestEffort, to: ContainerSpec(), topLevel: false, cpuIsolated: false).cpu == nil,
                 "no CPU share where the parent does not isolate cpu")
         let keep = try policy.apply(.bestEffort, to: try spec("cpu { limit: 300 }"), topLevel: true)
         #expect(keep.cpu?.limit == 300 && keep.cpu?.schedulingLatency == .bestEffort)
         let batch = try policy.apply(.batch, to: ContainerSpec(), topLevel: false)
-        #expect(batch.memory?.evictionPriority == 5000 && batch.cpu == nil)
+        #expect(batch.memory?.evictionPriority == 2500 && batch.cpu == nil)
     }
 
     @Test func aTierRefusesWhatContradictsIt() throws {
         #expect(throws: LmctfyError.self) { try policy.apply(.prod, to: ContainerSpec(), topLevel: true) }
         #expect(throws: LmctfyError.self) { try policy.apply(.prod, to: try spec("memory { limit: -1 }"), topLevel: true) }
-        let asked = try spec("memory { eviction_priority: 9000 }")
+        let asked = try spec("memory { eviction_priority: 5003 }")
         do throws(LmctfyError) {
             _ = try policy.apply(.batch, to: asked, topLevel: true)
             Issue.record("a batch container with prod's eviction priority")
         } catch {
-            #expect(error.code == .invalidArgument && error.message.contains("eviction priority 5000"), "\(error.message)")
+            #expect(error.code == .invalidArgument && error.message.contains("eviction priority 2500"), "\(error.message)")
         }
     }
 
