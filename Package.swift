@@ -140,7 +140,7 @@ let package = Package(
         // tools/run-bench's measuring side (the C baseline is built by the script).
         .executableTarget(
             name: "lmctfy-bench",
-            dependencies: ["Lmctfy", "LmctfyProto", "LmctfySystem", "LmctfyRPC"],
+            dependencies: ["Lmctfy", "LmctfyProto", "LmctfySystem", "LmctfyRPC", "LmctfyPolicy"],
             path: "tools/bench"),
 
         // Workloads for the integration tests (OOM, fork loops), in C.
