@@ -168,7 +168,7 @@ let package = Package(
         .testTarget(
             name: "LmctfyControllerTests",
             dependencies: ["LmctfyController", "LmctfyAgent", "LmctfyEvents", "LmctlCommands", "LmctfyCommands", "LmctfyRPC", "Lmctfy", "LmctfyProto",
-                           "LmctfySystem", "LmctfyTestSupport"]),
+                           "LmctfySystem", "LmctfyTestSupport", "LmctfyPolicy"]),
         .testTarget(
             name: "LmctfyPolicyTests",
             dependencies: ["LmctfyPolicy", "LmctfyProto", "LmctfySystem"]),

@@ -282,6 +282,13 @@ public final class Agent: @unchecked Sendable {
             let found = try snapshots.recover(listed: Array(listed.frozen.keys))
             log.info("snapshots: \(found) in \(MonotonicClock.milliseconds() - t0) ms")
         }
+        // CL2: every commitment recomputed from what exists (the containers'
+        // specs as the kernel has them), before the first create is admitted.
+        if let policy = dispatcher.policy {
+            let t0 = MonotonicClock.milliseconds()
+            policy.sync()
+            log.info("policy: \(policy.admitter.snapshot().entries.count) commitments in \(MonotonicClock.milliseconds() - t0) ms")
+        }
         let swept = try dispatcher.journal?.open() ?? 0
         if swept > 0 { log.debug("request journal: \(swept) expired entries removed") }
         do { try loop.start() } catch { throw error.lmctfy("Starting the event loop") }

@@ -160,8 +160,11 @@ public struct Policy: Sendable, Equatable {
 
     /// What a container of `tier` with `spec` commits: memory is its limit
     /// for a guaranteed tier (its reservation when it has no limit), its
-    /// reservation otherwise; CPU is its cpu.limit. Values read back as
-    /// "unlimited" (-1, or the kernel's huge defaults) commit nothing.
+    /// reservation otherwise; CPU is its hard cap, cpu.max_limit. Not
+    /// cpu.limit: that is a relative weight (shares) every container has,
+    /// the kernel's default reading back as 1000 milliCPU, so it cannot
+    /// tell a commitment from none. Values read back as "unlimited" (-1,
+    /// the kernel's huge defaults, max_limit's UInt64.max) commit nothing.
     public static func committed(_ spec: ContainerSpec, tier: Tier) -> Amount {
         func bytes(_ v: Int64?) -> Int64? {
             guard let v, v > 0, v < Self.unlimitedBytes else { return nil }
@@ -169,7 +172,7 @@ public struct Policy: Sendable, Equatable {
         }
         let m = spec.memory
         let memory = tier.guaranteed ? (bytes(m?.limit) ?? bytes(m?.reservation) ?? 0) : (bytes(m?.reservation) ?? 0)
-        let cpu = spec.cpu?.limit.map { Int64(clamping: $0) } ?? 0
+        let cpu = spec.cpu?.maxLimit.flatMap { $0 > 0 && $0 < UInt64(Int64.max) ? Int64($0) : nil } ?? 0
         return Amount(memory: memory, milliCpu: cpu)
     }
 

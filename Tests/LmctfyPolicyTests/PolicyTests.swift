@@ -110,7 +110,7 @@ private func spec(_ text: String) throws -> ContainerSpec { try ContainerSpec(te
     }
 
     @Test func whatASpecCommits() throws {
-        let both = try spec("memory { limit: 209715200 reservation: 52428800 } cpu { limit: 1500 }")
+        let both = try spec("memory { limit: 209715200 reservation: 52428800 } cpu { limit: 300 max_limit: 1500 }")
         #expect(Policy.committed(both, tier: .prod) == Amount(memory: 200 * mib, milliCpu: 1500))
         #expect(Policy.committed(both, tier: .batch) == Amount(memory: 50 * mib, milliCpu: 1500))
         #expect(Policy.committed(try spec("memory { reservation: 52428800 }"), tier: .prod).memory == 50 * mib,
@@ -120,6 +120,8 @@ private func spec(_ text: String) throws -> ContainerSpec { try ContainerSpec(te
         #expect(Policy.committed(unlimited, tier: .prod) == .zero)
         #expect(Policy.committed(unlimited, tier: .batch) == .zero)
         #expect(Policy.committed(ContainerSpec(), tier: .bestEffort) == .zero)
+        // The weight alone (every container has one; 1024 shares read back as 1000) commits no CPU.
+        #expect(Policy.committed(try spec("cpu { limit: 1000 max_limit: 18446744073709551615 }"), tier: .prod) == .zero)
     }
 
     @Test func capacityIsTheRootsLimitElseTheHostsMinusTheReserve() throws {

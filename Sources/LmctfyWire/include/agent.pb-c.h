@@ -2000,7 +2000,9 @@ struct  Containers__Lmctfy__Agent__AgentConfig
 /*
  * Added (CL2 policy, README "Policy"). Capacity is the root_container's
  * memory limit and CPU (max_limit, else its cpuset) when set, otherwise the
- * host's, minus the reserved amounts.
+ * host's, minus the reserved amounts. A container commits memory (its limit
+ * in a guaranteed tier, else its reservation) and CPU (its max_limit, the
+ * hard cap; cpu.limit is a weight every container has).
  */
 struct  Containers__Lmctfy__Agent__PolicyConfig
 {
