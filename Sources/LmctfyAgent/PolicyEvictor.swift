@@ -1,8 +1,9 @@
 // Eviction under memory pressure (README "Policy"): a thread of its own
-// waits on a kernel memory threshold of the agent's root container (v1: an
-// eventfd on memory.usage_in_bytes through cgroup.event_control; v2: CL1's
-// polled memory.current source) set at the policy's high mark, and looks
-// again every `recheckMs` while it is above it. Past the mark it evicts one
+// waits (one epoll) on three kernel watches of the agent's root container: a
+// memory usage threshold at the policy's high mark (v1: an eventfd on
+// memory.usage_in_bytes; v2: CL1's polled memory.current), memory pressure
+// (v1: memory.pressure_level "medium" eventfd; v2: memory.events "high") and
+// OOM, and reads the usage again every `recheckMs` in any case. Past the mark it evicts one
 // container at a time (LmctfyPolicy's order: lowest tier first, newest first
 // within a tier, prod never), waits for the memory to come back, reads the
 // usage again, and stops once usage is below the low mark (hysteresis).
@@ -60,40 +61,81 @@ final class PolicyEvictor: Sendable {
         return u
     }
 
+    /// What woke the evictor, for the EVICTED reason.
+    enum Wake: String {
+        case threshold = "usage threshold"
+        case pressure = "memory pressure"
+        case oom = "OOM"
+        case recheck = "periodic check"
+    }
+
+    /// The root container's watches, polled together (one epoll): usage at
+    /// the high mark, memory pressure, OOM. Made again when the mark moves.
+    private final class Watches {
+        let epoll: Epoll
+        var all: [UInt64: (Watch, Wake)] = [:]
+        let high: Int64
+
+        init(root: Container, high: Int64, log: AgentLog) throws(LmctfyError) {
+            do { epoll = try Epoll() } catch { throw error.lmctfy(.internal, "Making the eviction's epoll") }
+            self.high = high
+            let makers: [(Wake, () throws(LmctfyError) -> Watch)] = [
+                (.threshold, { () throws(LmctfyError) in try root.watch(EventSpec(memoryThreshold: EventSpec.MemoryThreshold(usage: high))) }),
+                (.pressure, { () throws(LmctfyError) in try root.watchMemoryPressure() }),
+                (.oom, { () throws(LmctfyError) in try root.watch(EventSpec(oom: EventSpec.Oom())) }),
+            ]
+            for (i, (wake, make)) in makers.enumerated() {
+                do throws(LmctfyError) {
+                    let w = try make()
+                    try? epoll.add(w.fd, key: UInt64(i + 1))
+                    all[UInt64(i + 1)] = (w, wake)
+                } catch {
+                    log.warning("policy: no \(wake.rawValue) watch on the root container (\(error.message)); its usage is read every \(PolicyEvictor.recheckMs) ms")
+                }
+            }
+        }
+
+        deinit { for (w, _) in all.values { w.close() } }
+
+        /// Waits up to `ms`; what woke it (nil: the time ran out).
+        func wait(_ ms: Int32) -> Wake? {
+            guard let keys = try? epoll.wait(timeoutMs: ms) else { return nil }
+            var woke: Wake?
+            for k in keys {
+                guard let (w, wake) = all[k] else { continue }
+                if ((try? w.collect()) ?? 0) > 0, woke == nil { woke = wake }
+            }
+            return woke ?? (keys.isEmpty ? nil : .recheck)
+        }
+    }
+
     private func run() {
-        var watch: Watch?
-        var watchedHigh: Int64 = -1
-        defer { watch?.close() }
+        var watches: Watches?
         while !stopping.load(ordering: .relaxed) {
             guard let capacity = try? keeper.capacity(), var gate = PressureGate(policy: keeper.policy, capacity: capacity.memory) else {
                 usleep(UInt32(Self.recheckMs) * 1000)
                 continue
             }
-            // The kernel's threshold at the high mark (made again when the
-            // capacity changed).
-            if watchedHigh != gate.high {
-                watch?.close()
-                watch = try? api.get(scope.root).watch(EventSpec(memoryThreshold: EventSpec.MemoryThreshold(usage: gate.high)))
-                watchedHigh = gate.high
-                if watch == nil { log.warning("policy: no memory threshold watch on the root container; reading its usage every \(Self.recheckMs) ms") }
-            }
-            if let w = watch {
-                do throws(LmctfyError) {
-                    _ = try w.wait(timeoutMs: Self.recheckMs)
-                } catch {
-                    watch = nil
-                    usleep(UInt32(Self.recheckMs) * 1000)
+            if watches?.high != gate.high {
+                watches = nil
+                if let root = try? api.get(scope.root) {
+                    watches = try? Watches(root: root, high: gate.high, log: log)
                 }
+            }
+            let wake: Wake
+            if let w = watches {
+                wake = w.wait(Self.recheckMs) ?? .recheck
             } else {
                 usleep(UInt32(Self.recheckMs) * 1000)
+                wake = .recheck
             }
             guard let u = usage(), gate.update(usage: u) else { continue }
-            relieve(&gate, usage: u)
+            relieve(&gate, usage: u, wake: wake)
         }
     }
 
     /// Evicts until the gate closes or nothing more may be evicted.
-    private func relieve(_ gate: inout PressureGate, usage first: Int64) {
+    private func relieve(_ gate: inout PressureGate, usage first: Int64, wake: Wake) {
         var u = first
         while gate.active, !stopping.load(ordering: .relaxed) {
             keeper.sync()
@@ -109,7 +151,7 @@ final class PolicyEvictor: Sendable {
                 log.warning("policy: memory usage \(u) B is above \(gate.high) B and nothing more may be evicted")
                 return
             }
-            act(victim, action, usage: u, gate: gate)
+            act(victim, action, usage: u, gate: gate, wake: wake)
             usleep(UInt32(Self.settleMs) * 1000)
             guard let next = usage() else { return }
             u = next
@@ -117,7 +159,7 @@ final class PolicyEvictor: Sendable {
         }
     }
 
-    private func act(_ victim: EvictionCandidate, _ action: EvictionAction, usage: Int64, gate: PressureGate) {
+    private func act(_ victim: EvictionCandidate, _ action: EvictionAction, usage: Int64, gate: PressureGate, wake: Wake) {
         let verb: String
         do {
             switch action {
@@ -136,7 +178,7 @@ final class PolicyEvictor: Sendable {
             log.warning("policy: evicting \(victim.name) (\(action.rawValue)) failed: \(error)")
             return
         }
-        let reason = "memory pressure: the root container uses \(usage) B (eviction starts above \(gate.high) B and goes on until below \(gate.low) B); tier \(victim.tier): \(verb)"
+        let reason = "memory pressure (woken by: \(wake.rawValue)): the root container uses \(usage) B (eviction starts above \(gate.high) B and goes on until below \(gate.low) B); tier \(victim.tier): \(verb)"
         dispatcher.events.append(ContainerEvent(container: victim.name, kind: .containerEventEvicted, memoryThreshold: gate.high,
                                                 reason: reason, memoryUsage: usage))
         evictions.locked { $0 += 1 }
