@@ -127,6 +127,43 @@ struct PolicyAgentTests {
         }
     }
 
+    /// Admission and create are one step: eight clients racing to create a
+    /// prod container of 100 MiB in a 256 MiB root get exactly two in.
+    @Test func concurrentCreatesRaceForTheLastRoom() throws {
+        try withPolicyRoot("policyrace", spec: "memory { limit: 268435456 }") { root in
+            let api = try ContainerApi.detect()
+            try withAgent("root_container: \"\(root)\"") { _, socket in
+                let codes = Mutexed<[StatusCode]>([])
+                let done = Latch()
+                let hundred = try ContainerSpec(textFormat: "memory { limit: 104857600 }")
+                let go = Latch()
+                for i in 0..<8 {
+                    Threads.detach {
+                        var code = StatusCode.unknown
+                        do {
+                            let client = try RpcClient.connect(unixPath: socket)
+                            defer { client.close() }
+                            go.wait()
+                            _ = try client.call(AgentMethods.create, CreateRequest(name: "/r\(i)", spec: hundred, tier: "prod"))
+                            code = .ok
+                        } catch let e as LmctfyError {
+                            code = e.code
+                        } catch {}
+                        let n = codes.locked { $0.append(code); return $0.count }
+                        if n == 8 { done.signal() }
+                    }
+                }
+                usleep(100_000)
+                go.signal()
+                done.wait()
+                let got = codes.locked { $0 }
+                #expect(got.filter { $0 == .ok }.count == 2, "\(got)")
+                #expect(got.filter { $0 == .resourceExhausted }.count == 6, "\(got)")
+                #expect(try api.get(root).subcontainers(recursive: false).count == 2)
+            }
+        }
+    }
+
     @Test func lmctlCreateWithATierAndADryRun() throws {
         try withPolicyRoot("policylmctl", spec: "memory { limit: 268435456 }") { root in
             let api = try ContainerApi.detect()
