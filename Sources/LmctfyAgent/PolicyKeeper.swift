@@ -52,9 +52,8 @@ public final class PolicyKeeper: Sendable {
     /// ones (the CLI's, or all of them after a restart) are read, gone ones
     /// forgotten.
     func sync() {
-        guard let names = try? backend.listContainers("/", recursive: false) else { return }
         let backend = self.backend
-        admitter.sync(present: names) { name in
+        admitter.sync(list: { try? backend.listContainers("/", recursive: false) }) { name in
             guard let spec = try? backend.spec(name) else { return nil }
             let c = commitment(of: spec)
             return (c.tier.name, c.amount)
@@ -78,9 +77,15 @@ public final class PolicyKeeper: Sendable {
     func admitCreate<T>(path: String, tier: Tier, spec: ContainerSpec, _ body: () throws -> T) throws -> T {
         guard Self.isTopLevel(path) else { return try body() }
         sync()
-        // Known and made: the create fails on its own (ALREADY_EXISTS).
-        if let c = admitter.commitment(path), !c.pending { return try body() }
-        let d = admitter.admit(path, tier: tier, amount: Policy.committed(spec, tier: tier), capacity: try capacity())
+        let cap = try capacity()
+        guard let d = admitter.admit(path, tier: tier, amount: Policy.committed(spec, tier: tier), capacity: cap, new: true) else {
+            // Known and made: the create fails on its own (ALREADY_EXISTS);
+            // a create of it under way: this one conflicts with it.
+            if admitter.commitment(path)?.pending == true {
+                throw LmctfyError(.aborted, "Create of \"\(path)\" is already under way")
+            }
+            return try body()
+        }
         guard d.admitted else { throw LmctfyError(.resourceExhausted, "Create: \(d.message)") }
         do {
             let result = try body()

@@ -16,9 +16,23 @@ public final class Admitter: Sendable {
     public var policy: Policy { ledger.withLock { $0.policy } }
 
     /// Checks `name` and, when it fits, records it (pending until
-    /// `confirm`) in the same step. Returns the decision either way.
-    public func admit(_ name: String, tier: Tier, amount: Amount, capacity: Amount) -> Decision {
+    /// `confirm`) in the same step. Returns the decision either way; nil
+    /// when `new` and `name` already has an entry (made, or a create of it
+    /// under way): the caller's create would conflict.
+    public func admit(_ name: String, tier: Tier, amount: Amount, capacity: Amount, new: Bool) -> Decision? {
         ledger.withLock { l in
+            if new, l.entries[name] != nil { return nil }
+            return Self.admit(&l, name, tier, amount, capacity)
+        }
+    }
+
+    /// `admit` of an update (or a create that may replace): never nil.
+    public func admit(_ name: String, tier: Tier, amount: Amount, capacity: Amount) -> Decision {
+        ledger.withLock { l in Self.admit(&l, name, tier, amount, capacity) }
+    }
+
+    private static func admit(_ l: inout Ledger, _ name: String, _ tier: Tier, _ amount: Amount, _ capacity: Amount) -> Decision {
+        do {
             let d = l.check(name, tier: tier, amount: amount, capacity: capacity)
             if d.admitted {
                 let order = l.entries[name]?.order
@@ -60,19 +74,27 @@ public final class Admitter: Sendable {
     /// Forgets a container gone.
     public func forget(_ name: String) { ledger.withLock { _ = $0.remove(name) } }
 
-    /// Brings the ledger in line with the containers that exist: `present`
-    /// lists them; those not yet known are read with `read` (nil: gone
-    /// meanwhile) and recorded; those gone are forgotten, except entries of
-    /// creates under way. Reading happens outside the lock.
-    public func sync(present: [String], read: (String) -> (tier: String, amount: Amount)?) {
+    /// Brings the ledger in line with the containers that exist: `list`
+    /// lists them (nil: the listing failed, nothing changes); those not yet
+    /// known are read with `read` (nil: gone meanwhile) and recorded; those
+    /// gone are forgotten, except creates under way. What the ledger holds
+    /// is looked at before the listing, so a create that completes while
+    /// the listing runs (absent from it) is not forgotten. Listing and
+    /// reading happen outside the lock.
+    public func sync(list: () -> [String]?, read: (String) -> (tier: String, amount: Amount)?) {
         let known = ledger.withLock { l in l.entries }
+        guard let present = list() else { return }
         let here = Set(present)
         var fresh: [(String, String, Amount)] = []
         for name in present.sorted() where known[name] == nil {
             if let r = read(name) { fresh.append((name, r.tier, r.amount)) }
         }
         ledger.withLock { l in
-            for (name, c) in l.entries where !here.contains(name) && !c.pending && known[name] != nil { l.remove(name) }
+            // Forgotten only if it was settled before the listing and is
+            // still that same entry (a create of the name since has another order).
+            for (name, c) in l.entries where !here.contains(name) && !c.pending {
+                if let k = known[name], !k.pending, k.order == c.order { l.remove(name) }
+            }
             for (name, tier, amount) in fresh where l.entries[name] == nil { l.set(name, tier: tier, amount: amount) }
         }
     }

@@ -293,7 +293,7 @@ private func oracle(_ policy: Policy, existing: [(String, String, Amount)], name
         a.record("/gone", tier: "prod", amount: Amount(memory: 100 * mib))
         #expect(a.admit("/making", tier: .prod, amount: Amount(memory: 50 * mib), capacity: capacity).admitted)
         var reads: [String] = []
-        a.sync(present: ["/cli", "/prod1"]) { name in
+        a.sync(list: { ["/cli", "/prod1"] }) { name in
             reads.append(name)
             return name == "/cli" ? ("batch", Amount(memory: 10 * mib)) : ("prod", Amount(memory: 64 * mib))
         }
@@ -302,10 +302,34 @@ private func oracle(_ policy: Policy, existing: [(String, String, Amount)], name
         #expect(Set(l.entries.keys) == ["/cli", "/prod1", "/making"])
         #expect(l.guaranteedSum.memory == 114 * mib && l.sums["batch"]?.memory == 10 * mib)
         reads = []
-        a.sync(present: ["/cli", "/prod1"]) { reads.append($0); return nil }
+        a.sync(list: { ["/cli", "/prod1"] }) { reads.append($0); return nil }
         #expect(reads.isEmpty, "what is known is not read again")
-        a.sync(present: []) { _ in nil }
+        a.sync(list: { nil }) { _ in nil }
+        #expect(a.snapshot().entries.count == 3, "a failed listing changes nothing")
+        a.sync(list: { [] }) { _ in nil }
         #expect(Set(a.snapshot().entries.keys) == ["/making"])
+    }
+
+    /// A create that completes while the listing runs is absent from it,
+    /// and must not be forgotten; one that was settled before is.
+    @Test func syncKeepsACreateThatCompletedDuringTheListing() {
+        let a = Admitter(policy: Policy())
+        a.record("/old", tier: "batch", amount: Amount(memory: mib))
+        a.sync(list: {
+            #expect(a.admit("/racer", tier: .prod, amount: Amount(memory: mib), capacity: capacity, new: true)?.admitted == true)
+            a.confirm("/racer")
+            return []
+        }) { _ in nil }
+        #expect(Set(a.snapshot().entries.keys) == ["/racer"], "/old was settled and is gone; /racer came during the listing")
+    }
+
+    @Test func aNewCreateOfAKnownNameGetsNoDecision() {
+        let a = Admitter(policy: Policy())
+        #expect(a.admit("/x", tier: .prod, amount: Amount(memory: mib), capacity: capacity, new: true)?.admitted == true)
+        #expect(a.admit("/x", tier: .prod, amount: Amount(memory: mib), capacity: capacity, new: true) == nil, "under way")
+        a.confirm("/x")
+        #expect(a.admit("/x", tier: .prod, amount: Amount(memory: mib), capacity: capacity, new: true) == nil, "made")
+        #expect(a.admit("/x", tier: .prod, amount: Amount(memory: 2 * mib), capacity: capacity).admitted, "an update")
     }
 }
 
