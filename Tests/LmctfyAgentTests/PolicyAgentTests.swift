@@ -164,6 +164,30 @@ struct PolicyAgentTests {
         }
     }
 
+    /// An imported snapshot (a migration's target) is admitted as a create
+    /// in the tier its spec says.
+    @Test func anImportIsAdmittedLikeACreate() throws {
+        try withPolicyRoot("policyimport", spec: "memory { limit: 268435456 }") { root in
+            let api = try ContainerApi.detect()
+            try withAgent("root_container: \"\(root)\"") { _, socket in
+                let client = try RpcClient.connect(unixPath: socket)
+                defer { client.close() }
+                _ = try client.call(AgentMethods.create, CreateRequest(
+                    name: "/p1", spec: try ContainerSpec(textFormat: "memory { limit: 167772160 }"), tier: "prod"))
+                let snapshot = try client.call(AgentMethods.exportSnapshot, ExportSnapshotRequest(name: "/p1")).snapshot
+                let (code, message) = status { _ = try client.call(AgentMethods.importSnapshot, ImportSnapshotRequest(snapshot: snapshot, name: "/copy")) }
+                #expect(code == .resourceExhausted && message.contains("refused \"/copy\" in tier prod"), "\(message)")
+                #expect(try !api.exists(name(root.path + "/copy")))
+                _ = try client.call(AgentMethods.update, UpdateRequest(
+                    name: "/p1", spec: try ContainerSpec(textFormat: "memory { limit: 104857600 }"), policy: .updateDiff))
+                // 100 + 160 > 256 still; 100 + 100 fits: import a copy of the smaller one.
+                let smaller = try client.call(AgentMethods.exportSnapshot, ExportSnapshotRequest(name: "/p1")).snapshot
+                _ = try client.call(AgentMethods.importSnapshot, ImportSnapshotRequest(snapshot: smaller, name: "/copy"))
+                #expect(try api.get(name(root.path + "/copy")).spec().memory?.evictionPriority == 5003)
+            }
+        }
+    }
+
     @Test func lmctlCreateWithATierAndADryRun() throws {
         try withPolicyRoot("policylmctl", spec: "memory { limit: 268435456 }") { root in
             let api = try ContainerApi.detect()
