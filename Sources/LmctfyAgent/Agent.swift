@@ -285,6 +285,9 @@ public final class Agent: @unchecked Sendable {
         // CL2: every commitment recomputed from what exists (the containers'
         // specs as the kernel has them), before the first create is admitted.
         if let policy = dispatcher.policy {
+            if let snapshots = dispatcher.snapshots {
+                policy.created.locked { $0 = PolicyKeeper.CreatedClock { snapshots.createdNs($0) } }
+            }
             let t0 = MonotonicClock.milliseconds()
             policy.sync()
             log.info("policy: \(policy.admitter.snapshot().entries.count) commitments in \(MonotonicClock.milliseconds() - t0) ms")

@@ -53,11 +53,22 @@ public final class PolicyKeeper: Sendable {
     /// forgotten.
     func sync() {
         let backend = self.backend
-        admitter.sync(list: { try? backend.listContainers("/", recursive: false) }) { name in
+        let created = self.created.locked { $0 }
+        admitter.sync(list: { try? backend.listContainers("/", recursive: false) }, readOrdered: { (name: String) -> (tier: String, amount: Amount, order: UInt64?)? in
             guard let spec = try? backend.spec(name) else { return nil }
             let c = commitment(of: spec)
-            return (c.tier.name, c.amount)
-        }
+            return (c.tier.name, c.amount, created?.when(name))
+        })
+    }
+
+    /// When each container was made (the snapshots'), for the eviction
+    /// order of containers found by a sync (after a restart); set by the
+    /// agent when it keeps snapshots.
+    let created = Mutexed<CreatedClock?>(nil)
+
+    final class CreatedClock: Sendable {
+        let when: @Sendable (String) -> UInt64?
+        init(_ when: @escaping @Sendable (String) -> UInt64?) { self.when = when }
     }
 
     /// The tier a Create names (or its spec says) and the spec it applies.

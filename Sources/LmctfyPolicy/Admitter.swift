@@ -82,12 +82,27 @@ public final class Admitter: Sendable {
     /// the listing runs (absent from it) is not forgotten. Listing and
     /// reading happen outside the lock.
     public func sync(list: () -> [String]?, read: (String) -> (tier: String, amount: Amount)?) {
+        sync(list: list, readOrdered: { name in read(name).map { ($0.tier, $0.amount, nil) } })
+    }
+
+    /// `sync` where `read` may also give a container's arrival order (its
+    /// creation time, say) for the eviction order; nil: now (newest).
+    public func sync(list: () -> [String]?, readOrdered read: (String) -> (tier: String, amount: Amount, order: UInt64?)?) {
         let known = ledger.withLock { l in l.entries }
         guard let present = list() else { return }
         let here = Set(present)
-        var fresh: [(String, String, Amount)] = []
+        var fresh: [(String, String, Amount, UInt64?)] = []
         for name in present.sorted() where known[name] == nil {
-            if let r = read(name) { fresh.append((name, r.tier, r.amount)) }
+            if let r = read(name) { fresh.append((name, r.tier, r.amount, r.order)) }
+        }
+        // Known arrival orders first, oldest first, then the rest by name.
+        fresh.sort { a, b in
+            switch (a.3, b.3) {
+            case let (x?, y?): x != y ? x < y : a.0 < b.0
+            case (.some, nil): true
+            case (nil, .some): false
+            case (nil, nil): a.0 < b.0
+            }
         }
         ledger.withLock { l in
             // Forgotten only if it was settled before the listing and is
@@ -95,7 +110,7 @@ public final class Admitter: Sendable {
             for (name, c) in l.entries where !here.contains(name) && !c.pending {
                 if let k = known[name], !k.pending, k.order == c.order { l.remove(name) }
             }
-            for (name, tier, amount) in fresh where l.entries[name] == nil { l.set(name, tier: tier, amount: amount) }
+            for (name, tier, amount, order) in fresh where l.entries[name] == nil { l.set(name, tier: tier, amount: amount, order: order) }
         }
     }
 

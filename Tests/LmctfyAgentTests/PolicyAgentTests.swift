@@ -39,6 +39,17 @@ private func status(_ body: () throws -> Void) -> (StatusCode, String) {
 
 private let mib: Int64 = 1 << 20
 
+/// An agent whose state (snapshots, journal) lives in `dir`, which outlives
+/// it: a second one on the same `dir` is the first one restarted.
+private func withAgent<T>(state dir: String, _ extra: String, _ body: (Agent, String) throws -> T) throws -> T {
+    let socket = dir + "/agent.sock"
+    let settings = try AgentSettings.parse("unix_socket_path: \"\(socket)\" unix_socket_mode: 0666 log_level: LOG_WARNING state_dir: \"\(dir)/state\" stats_interval_ms: 0 \(extra)", source: "test")
+    let agent = Agent(settings: settings, api: try ContainerApi.detect())
+    try agent.start(handleSignals: false)
+    defer { #expect(agent.stop(graceMs: 2000) == 0, "uv_loop_close must return 0") }
+    return try body(agent, socket)
+}
+
 @Suite(.enabled(if: RealCgroups.available, "\(RealCgroups.unavailableReason ?? "")"))
 struct PolicyAgentTests {
     @Test func admissionOnA256MiBRootWithTiersOvercommitUpdatesAndARestart() throws {
@@ -46,7 +57,10 @@ struct PolicyAgentTests {
             let api = try ContainerApi.detect()
             let config = "root_container: \"\(root)\" policy { overcommit_percent: 25 }"
             let hundred = try ContainerSpec(textFormat: "memory { limit: 104857600 }")
-            try withAgent(config) { _, socket in
+            let dir = "/tmp/lmctfy-agent-test-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+            try Sys.mkdir(dir, mode: 0o755)
+            defer { _ = removeTree(dir) }
+            try withAgent(state: dir, config) { _, socket in
                 let client = try RpcClient.connect(unixPath: socket)
                 defer { client.close() }
                 for n in ["/p1", "/p2"] {
@@ -113,7 +127,11 @@ struct PolicyAgentTests {
             // Behind the agents' backs: a batch container reserving 50 MiB, made with CL1.
             try api.create(name(root.path + "/cli"), spec: try ContainerSpec(textFormat: "memory { reservation: 52428800 }"))
             // A new agent on the same root recomputes every commitment from what exists.
-            try withAgent(config) { _, socket in
+            try withAgent(state: dir, config) { agent, socket in
+                // The eviction order (newest first) survives too: the snapshots'
+                // creation times; /cli, made while no agent ran, is adopted now (newest).
+                let ledger = try #require(agent.dispatcher.policy).admitter.snapshot()
+                #expect(ledger.entries.sorted { $0.value.order < $1.value.order }.map(\.key) == ["/p1", "/p2", "/be1", "/cli"])
                 let client = try RpcClient.connect(unixPath: socket)
                 defer { client.close() }
                 let report = try client.call(AgentMethods.machineInfo, MachineInfoRequest()).policy

@@ -302,11 +302,11 @@ private func oracle(_ policy: Policy, existing: [(String, String, Amount)], name
         #expect(Set(l.entries.keys) == ["/cli", "/prod1", "/making"])
         #expect(l.guaranteedSum.memory == 114 * mib && l.sums["batch"]?.memory == 10 * mib)
         reads = []
-        a.sync(list: { ["/cli", "/prod1"] }) { reads.append($0); return nil }
+        a.sync(list: { ["/cli", "/prod1"] }, read: { reads.append($0); return nil })
         #expect(reads.isEmpty, "what is known is not read again")
-        a.sync(list: { nil }) { _ in nil }
+        a.sync(list: { nil }, read: { _ in nil })
         #expect(a.snapshot().entries.count == 3, "a failed listing changes nothing")
-        a.sync(list: { [] }) { _ in nil }
+        a.sync(list: { [] }, read: { _ in nil })
         #expect(Set(a.snapshot().entries.keys) == ["/making"])
     }
 
@@ -319,8 +319,22 @@ private func oracle(_ policy: Policy, existing: [(String, String, Amount)], name
             #expect(a.admit("/racer", tier: .prod, amount: Amount(memory: mib), capacity: capacity, new: true)?.admitted == true)
             a.confirm("/racer")
             return []
-        }) { _ in nil }
+        }, read: { _ in nil })
         #expect(Set(a.snapshot().entries.keys) == ["/racer"], "/old was settled and is gone; /racer came during the listing")
+    }
+
+    /// After a restart the eviction order comes from when each container
+    /// was made (the snapshots' times), oldest first; unknown ones after.
+    @Test func syncOrdersWhatItFindsByTheirCreationTimes() {
+        let a = Admitter(policy: Policy())
+        let made: [String: UInt64] = ["/a": 3_000, "/b": 1_000, "/c": 2_000]
+        a.sync(list: { ["/a", "/b", "/c", "/d"] }, readOrdered: { ("batch", .zero, made[$0]) })
+        let order = a.snapshot().entries.sorted { $0.value.order < $1.value.order }.map(\.key)
+        #expect(order == ["/b", "/c", "/a", "/d"])
+        #expect(a.admit("/e", tier: .batch, amount: .zero, capacity: capacity, new: true)?.admitted == true)
+        #expect(a.commitment("/e")!.order > a.commitment("/d")!.order, "a new create is the newest")
+        let victims = Policy().nextVictim(a.snapshot().entries.map { EvictionCandidate(name: $0.key, tier: $0.value.tier, order: $0.value.order, hasProcesses: true, frozen: false) })
+        #expect(victims?.0.name == "/e")
     }
 
     @Test func aNewCreateOfAKnownNameGetsNoDecision() {
