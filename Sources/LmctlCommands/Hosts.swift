@@ -52,13 +52,13 @@ enum HostsCommand {
             for h in hosts {
                 // Each connected host's policy (capacity, commitment per
                 // tier, free), asked of the host through the controller.
-                var policy: PolicyReport?
-                if !json, h.state == .hostConnected, let name = h.identity?.hostName {
+                var h = h
+                if h.state == .hostConnected, let name = h.identity?.hostName {
                     client.host = name
-                    policy = try? client.call(AgentMethods.machineInfo, MachineInfoRequest()).policy
+                    h.policy = try? client.call(AgentMethods.machineInfo, MachineInfoRequest()).policy
                     client.host = nil
                 }
-                text += (json ? h.jsonString() : line(h, policy: policy)) + "\n"
+                text += (json ? h.jsonString() : line(h, policy: h.policy)) + "\n"
             }
             stdout.write(Array(text.utf8))
             return 0

@@ -11,6 +11,7 @@ import LmctfyProto
 import LmctfyRPC
 import LmctfySystem
 import LmctfyTestSupport
+@testable import LmctlCommands
 import Testing
 
 @Suite(.enabled(if: RealCgroups.available, "\(RealCgroups.unavailableReason ?? "")"), .serialized)
@@ -70,7 +71,36 @@ struct PolicyControllerTests {
                     "\(lines)")
             #expect(lines.last?.contains("committed_prod=\"220200960 bytes 0 milliCPU 3 containers\"") == true
                     && lines.last?.contains("free_memory=\"48234496\"") == true, "\(lines)")
+            // -o json: each HostInfo with its policy filled in by lmctl.
+            let json = try fleet.lmctl(["hosts", "-o", "json"])
+            let docs = String(decoding: json.stdout, as: UTF8.self).split(separator: "\n")
+            #expect(json.status == 0 && docs.count == 2)
+            #expect(docs.allSatisfy { $0.contains("\"capacityMemory\":\"268435456\"") || $0.contains("\"capacityMemory\": \"268435456\"") },
+                    "\(docs)")
         }
+    }
+}
+
+/// lmctl's lines for what CL2 adds, without root.
+@Suite struct PolicyLineTests {
+    @Test func aHostLineEndsWithItsPolicy() {
+        let h = HostInfo(identity: HostIdentity(hostName: "alpha", cgroupVersion: 1, cpus: 2, memoryBytes: 1 << 30),
+                         state: .hostConnected, stateSinceNs: 1_796_002_346_757_290_745)
+        let p = PolicyReport(capacityMemory: 268_435_456, capacityMilliCpu: 2000,
+                             tier: [TierCommitment(tier: "prod", memory: 209_715_200, milliCpu: 0, containers: 2),
+                                    TierCommitment(tier: "batch", memory: 0, milliCpu: 0, containers: 0)],
+                             freeMemory: 58_720_256, freeMilliCpu: 2000, overcommitPercent: 25)
+        #expect(HostsCommand.line(h, policy: p) == "name=\"alpha\" state=\"connected\" since=\"2026-11-30T01:32:26.757Z\" "
+            + "cgroup_version=\"1\" cpus=\"2\" memory_bytes=\"1073741824\" labels=\"\" capacity_memory=\"268435456\" "
+            + "capacity_milli_cpu=\"2000\" committed_memory=\"209715200\" committed_prod=\"209715200 bytes 0 milliCPU 2 containers\" "
+            + "committed_batch=\"0 bytes 0 milliCPU 0 containers\" free_memory=\"58720256\" free_milli_cpu=\"2000\" overcommit_percent=\"25\"")
+    }
+
+    @Test func anEvictedLineHasItsFigures() {
+        let e = ContainerEvent(bootId: "b", sequence: 7, timestampNs: 1_796_002_346_757_290_745, container: "/e2",
+                               kind: .containerEventEvicted, memoryThreshold: 161_061_240, reason: "memory pressure: \"x\"",
+                               memoryUsage: 161_546_240)
+        #expect(EventsCommand.line(e) == "b:7 2026-11-30T01:32:26.757Z EVICTED /e2 threshold=161061240 memory_usage=161546240 reason=\"memory pressure: \\\"x\\\"\"")
     }
 }
 

@@ -6340,6 +6340,8 @@ public struct HostInfo: ProtoMessage {
     public var keyId: String?
     /// Field 6 `container_count`.
     public var containerCount: UInt32?
+    /// Field 7 `policy`.
+    public var policy: PolicyReport?
 
     public init(
         identity: HostIdentity? = nil,
@@ -6347,7 +6349,8 @@ public struct HostInfo: ProtoMessage {
         stateSinceNs: UInt64? = nil,
         lastHeardNs: UInt64? = nil,
         keyId: String? = nil,
-        containerCount: UInt32? = nil
+        containerCount: UInt32? = nil,
+        policy: PolicyReport? = nil
     ) {
         self.identity = identity
         self.state = state
@@ -6355,6 +6358,7 @@ public struct HostInfo: ProtoMessage {
         self.lastHeardNs = lastHeardNs
         self.keyId = keyId
         self.containerCount = containerCount
+        self.policy = policy
     }
 
     public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.HostInfo")
@@ -6367,6 +6371,7 @@ public struct HostInfo: ProtoMessage {
         self.lastHeardNs = message.get(4)
         self.keyId = message.get(5)
         self.containerCount = message.get(6)
+        self.policy = message.get(7)
     }
 
     public var dynamic: DynamicMessage {
@@ -6377,6 +6382,7 @@ public struct HostInfo: ProtoMessage {
         message.set(4, lastHeardNs)
         message.set(5, keyId)
         message.set(6, containerCount)
+        message.set(7, policy)
         return message
     }
 
@@ -6388,6 +6394,7 @@ public struct HostInfo: ProtoMessage {
         self.lastHeardNs = CBridge.value(c, f[3])
         self.keyId = CBridge.value(c, f[4])
         self.containerCount = CBridge.value(c, f[5])
+        self.policy = CBridge.message(c, f[6])
     }
 
     public func makeC() -> UnsafeMutableRawPointer {
@@ -6399,6 +6406,7 @@ public struct HostInfo: ProtoMessage {
         CBridge.set(c, f[3], lastHeardNs)
         CBridge.set(c, f[4], keyId)
         CBridge.set(c, f[5], containerCount)
+        CBridge.setMessage(c, f[6], policy)
         return c
     }
 }
