@@ -119,9 +119,14 @@ let package = Package(
         .target(
             name: "LmctfyEvents",
             dependencies: ["LmctfyProto", "LmctfyRPC", "LmctfySystem"]),
+        // CL2: tiers, admission against capacity, overcommit, eviction order.
+        // Arithmetic over values only (no sockets, no cgroupfs).
+        .target(
+            name: "LmctfyPolicy",
+            dependencies: ["LmctfyProto", "LmctfySystem"]),
         .target(
             name: "LmctfyAgent",
-            dependencies: ["Lmctfy", "LmctfyBackend", "LmctfyProto", "LmctfyRPC", "LmctfySystem", "LmctfyLoop", "LmctfyEvents",
+            dependencies: ["Lmctfy", "LmctfyBackend", "LmctfyPolicy", "LmctfyProto", "LmctfyRPC", "LmctfySystem", "LmctfyLoop", "LmctfyEvents",
                            .product(name: "Logging", package: "swift-log")]),
         .executableTarget(name: "lmctfy-agent", dependencies: ["LmctfyAgent"], linkerSettings: staticSwiftRuntime),
         // The controller: agents dial home to it; it routes clients' calls to
@@ -135,7 +140,7 @@ let package = Package(
         // tools/run-bench's measuring side (the C baseline is built by the script).
         .executableTarget(
             name: "lmctfy-bench",
-            dependencies: ["Lmctfy", "LmctfyProto", "LmctfySystem", "LmctfyRPC"],
+            dependencies: ["Lmctfy", "LmctfyProto", "LmctfySystem", "LmctfyRPC", "LmctfyPolicy"],
             path: "tools/bench"),
 
         // Workloads for the integration tests (OOM, fork loops), in C.
@@ -159,11 +164,14 @@ let package = Package(
         .testTarget(
             name: "LmctfyAgentTests",
             dependencies: ["LmctfyAgent", "LmctfyEvents", "LmctlCommands", "LmctfyCommands", "LmctfyRPC", "Lmctfy", "LmctfyProto",
-                           "LmctfySystem", "LmctfyTestSupport"]),
+                           "LmctfySystem", "LmctfyTestSupport", "LmctfyPolicy"]),
         .testTarget(
             name: "LmctfyControllerTests",
             dependencies: ["LmctfyController", "LmctfyAgent", "LmctfyEvents", "LmctlCommands", "LmctfyCommands", "LmctfyRPC", "Lmctfy", "LmctfyProto",
-                           "LmctfySystem", "LmctfyTestSupport"]),
+                           "LmctfySystem", "LmctfyTestSupport", "LmctfyPolicy"]),
+        .testTarget(
+            name: "LmctfyPolicyTests",
+            dependencies: ["LmctfyPolicy", "LmctfyProto", "LmctfySystem"]),
         .testTarget(
             name: "LmctfyLoopTests",
             dependencies: ["LmctfyLoop", "LmctfySystem", "CLibUV", "CLmctfyShims", "LmctfyTestSupport"]),

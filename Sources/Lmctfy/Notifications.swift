@@ -29,6 +29,10 @@ public final class Watch: @unchecked Sendable {
         case memoryThreshold(Int64)
         /// The container (with its subcontainers) has no processes left.
         case containerEmpty
+        /// Its memory is under pressure (v1: memory.pressure_level at
+        /// "medium"; v2: memory.events "high" growing). Not an EventSpec
+        /// event: `Container.watchMemoryPressure()` makes it.
+        case memoryPressure
     }
 
     /// The container watched (absolute name).
@@ -130,6 +134,18 @@ extension Container {
     public func watch(_ spec: EventSpec) throws(LmctfyError) -> Watch {
         guard try api.exists(name) else { throw .notFound("Container \"\(name)\" does not exist") }
         return try Watch.make(api: api, container: self, spec: spec)
+    }
+
+    /// Starts watching for memory pressure on the memory this container
+    /// uses (its own memory cgroup or the nearest above): the agent's
+    /// eviction (CL2) wakes on it.
+    public func watchMemoryPressure() throws(LmctfyError) -> Watch {
+        guard try api.exists(name) else { throw .notFound("Container \"\(name)\" does not exist") }
+        guard let dir = try api.driver.memoryEventDir(name) else {
+            throw .notFound("No memory hierarchy to watch for \"\(name)\"")
+        }
+        let source = try api.driver.eventSource(.memoryPressure, dir: dir, container: self)
+        return Watch(container: name, kind: .memoryPressure, source: source, watchedDir: dir)
     }
 }
 

@@ -8,6 +8,7 @@ import LmctfyLoop
 import Logging
 import Synchronization
 import LmctfyEvents
+import LmctfyPolicy
 import LmctfyProto
 import LmctfyRPC
 import LmctfySystem
@@ -112,6 +113,9 @@ public final class Agent: @unchecked Sendable {
     private var watcher: MachineWatcher?
     /// STATS events every stats_interval_ms (a thread of its own).
     private var statsPublisher: StatsPublisher?
+    /// Eviction under memory pressure (policy.evict_above_percent; a
+    /// thread of its own). Set once by `start`.
+    private(set) var evictor: PolicyEvictor?
     /// How often expired request journal entries are removed.
     static let sweepIntervalMs = 60_000
     private var signals: [SignalWatcher] = []
@@ -193,10 +197,17 @@ public final class Agent: @unchecked Sendable {
         if settings.plaintextTcp, let address = settings.config.controllerAddress {
             warnings.append("PLAINTEXT TCP: the link to the controller \(address) has no TLS (allow_plaintext_tcp); its frames are neither encrypted nor integrity-protected")
         }
+        // CL2 (README "Policy"): admission against the root container's
+        // capacity; the ledger is rebuilt from what exists on first use.
+        let machine = MachineInfo.collect(cgroupVersion: api.version.number, agentVersion: "", bootId: "")
+        let policy = PolicyKeeper(
+            policy: settings.policy, backend: backend,
+            host: Amount(memory: Int64(clamping: machine.memoryBytes ?? 0), milliCpu: Int64(machine.cpus ?? 0) * 1000),
+            machineRoot: scope.isMachine)
         self.dispatcher = Dispatcher(backend: backend, cgroupVersion: api.version.number,
                                      events: events, agentVersion: LmctfyVersion.string, journal: journal,
                                      testHold: TestHold.fromEnvironment(marker: settings.stateDir + "/test-hold"),
-                                     snapshots: snapshots, criu: criu, warnings: warnings)
+                                     snapshots: snapshots, criu: criu, warnings: warnings, policy: policy)
         self.tlsServer = settings.tlsServer
         self.tlsClient = settings.tlsClient
         self.log = log
@@ -271,6 +282,16 @@ public final class Agent: @unchecked Sendable {
             let found = try snapshots.recover(listed: Array(listed.frozen.keys))
             log.info("snapshots: \(found) in \(MonotonicClock.milliseconds() - t0) ms")
         }
+        // CL2: every commitment recomputed from what exists (the containers'
+        // specs as the kernel has them), before the first create is admitted.
+        if let policy = dispatcher.policy {
+            if let snapshots = dispatcher.snapshots {
+                policy.created.locked { $0 = PolicyKeeper.CreatedClock { snapshots.createdNs($0) } }
+            }
+            let t0 = MonotonicClock.milliseconds()
+            policy.sync()
+            log.info("policy: \(policy.admitter.snapshot().entries.count) commitments in \(MonotonicClock.milliseconds() - t0) ms")
+        }
         let swept = try dispatcher.journal?.open() ?? 0
         if swept > 0 { log.debug("request journal: \(swept) expired entries removed") }
         do { try loop.start() } catch { throw error.lmctfy("Starting the event loop") }
@@ -294,6 +315,11 @@ public final class Agent: @unchecked Sendable {
             // Its threads (the flusher, changes behind the agent's back,
             // processes of an earlier agent) once nothing can fail any more.
             dispatcher.snapshots?.start()
+            if settings.policy.evictAbovePercent > 0, let keeper = dispatcher.policy {
+                let e = PolicyEvictor(api: api, scope: scope, dispatcher: dispatcher, keeper: keeper, log: log)
+                e.start()
+                evictor = e
+            }
         case .failure(let error):
             _ = loop.shutdown()
             throw error
@@ -1159,6 +1185,7 @@ public final class Agent: @unchecked Sendable {
         watcher?.stop()
         dispatcher.snapshots?.stop()
         statsPublisher?.requestStop()
+        evictor?.requestStop()
         home.timer?.cancel()
         home.dialling?.close()
         for w in signals { w.cancel() }
@@ -1173,6 +1200,7 @@ public final class Agent: @unchecked Sendable {
         finished.wait()
         let rc = loop.shutdown()
         statsPublisher?.stop()
+        evictor?.stop()
         if let snapshots = dispatcher.snapshots { log.info("snapshots: \(snapshots.costs)") }
         log.info("lmctfy-agent stopped (uv_loop_close \(rc))")
         return rc

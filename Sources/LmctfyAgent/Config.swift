@@ -3,6 +3,7 @@
 // text format parser's); the rest is checked here, before anything starts.
 import Glibc
 import Lmctfy
+import LmctfyPolicy
 import LmctfyProto
 import LmctfyRPC
 import LmctfySystem
@@ -140,6 +141,10 @@ public struct AgentSettings: Sendable {
     /// Events held for a flow-controlled subscriber without credit
     /// (subscriber_buffer; default 1024).
     public var subscriberBuffer: Int
+    /// CL2: tiers, admission, overcommit, eviction (`policy { }`; README
+    /// "Policy"). Absent: the defaults (admission on, no overcommit, no
+    /// eviction).
+    public var policy: Policy
 
     /// Parses and checks a config file's text.
     public static func parse(_ text: String, source: String) throws(LmctfyError) -> AgentSettings {
@@ -229,6 +234,11 @@ public struct AgentSettings: Sendable {
             throw .invalidArgument("\(source): stats_interval_ms must be 0 (off) or at least 100, not \(statsIntervalMs)")
         }
         subscriberBuffer = Int(max(1, c.subscriberBuffer ?? 1024))
+        do {
+            policy = try Policy(config: c.policy)
+        } catch {
+            throw .invalidArgument("\(source): \(error.message)")
+        }
         for binding in c.role where binding.role == nil || binding.role == .agentRoleUnspecified {
             throw .invalidArgument("\(source): every role binding needs role: AGENT_ROLE_ADMIN or AGENT_ROLE_READER")
         }

@@ -173,12 +173,15 @@ public final class Dispatcher: Sendable {
     let criu: CriuProbe?
     /// What MachineInfo warns about (the agent's plaintext TCP links).
     let warnings: [String]
+    /// CL2 admission (PolicyKeeper.swift); nil: none (every create fits).
+    let policy: PolicyKeeper?
 
     /// A dispatcher onto `backend`; names the caller leaves out mean
     /// whatever the backend's caller is (the agent's own container).
     public init(backend: any ContainerBackend, cgroupVersion: Int32, events: EventLog, agentVersion: String,
                 journal: RequestJournal? = nil, testHold: TestHold? = nil, snapshots: SnapshotKeeper? = nil,
-                criu: CriuProbe? = nil, warnings: [String] = []) {
+                criu: CriuProbe? = nil, warnings: [String] = [], policy: PolicyKeeper? = nil) {
+        self.policy = policy
         self.criu = criu
         self.warnings = warnings
         self.backend = backend
@@ -320,8 +323,16 @@ public final class Dispatcher: Sendable {
                   Dispatcher.contains(spec.dynamic, r.spec?.dynamic ?? ContainerSpec().dynamic) else { return nil }
             return CreateResponse()
         }) { d, r in
-            _ = try d.createContainer(try Dispatcher.containerName(r.name), spec: r.spec ?? ContainerSpec())
-            return CreateResponse()
+            let name = try Dispatcher.containerName(r.name)
+            guard let policy = d.policy else {
+                if r.tier != nil { throw LmctfyError.failedPrecondition("This agent has no policy: a create cannot name a tier") }
+                _ = try d.createContainer(name, spec: r.spec ?? ContainerSpec())
+                return CreateResponse()
+            }
+            let path = try d.backend.resolve(name)
+            let (tier, spec) = try policy.planCreate(path: path, spec: r.spec ?? ContainerSpec(), tier: r.tier)
+            _ = try policy.admitCreate(path: path, tier: tier, spec: spec) { try d.createContainer(name, spec: spec) }
+            return CreateResponse(tier: tier.name)
         }
         mutating(AgentMethods.destroy, recover: { _, _, error in
             // The earlier agent destroyed it before it died.
@@ -338,12 +349,15 @@ public final class Dispatcher: Sendable {
             default: throw LmctfyError.invalidArgument("Update needs a policy (UPDATE_DIFF or UPDATE_REPLACE)")
             }
             let name = try Dispatcher.containerName(r.name)
-            return try d.inventory.change(try d.backend.resolve(name)) {
+            let target = try d.backend.resolve(name)
+            let update = { () throws -> UpdateResponse in try d.inventory.change(target) {
                 let path = try d.backend.update(name, spec: r.spec ?? ContainerSpec(), policy: policy)
                 d.events.record(container: path, kind: .containerEventUpdated)
                 d.snapshots?.syncOrWarn(path)
                 return (UpdateResponse(), { _ in })
-            }
+            } }
+            guard let keeper = d.policy else { return try update() }
+            return try keeper.admitUpdate(path: target, spec: r.spec ?? ContainerSpec(), replace: policy == .replace, update)
         }
         unary(AgentMethods.spec) { d, r in SpecResponse(spec: try d.backend.spec(r.name)) }
         unary(AgentMethods.stats) { d, r in
@@ -385,7 +399,12 @@ public final class Dispatcher: Sendable {
             var info = MachineInfo.collect(cgroupVersion: d.cgroupVersion, agentVersion: d.agentVersion, bootId: d.events.bootId)
             info.criu = d.criu?.status
             info.warnings = d.warnings
+            info.policy = d.policy?.report()
             return info
+        }
+        unary(AgentMethods.checkAdmission) { d, r in
+            guard let policy = d.policy else { throw LmctfyError.failedPrecondition("This agent has no policy") }
+            return try policy.check(r)
         }
         unary(AgentMethods.exportSnapshot) { d, r in try d.exportSnapshot(r) }
         mutating(AgentMethods.importSnapshot) { d, r in try d.importSnapshot(r) }
@@ -439,6 +458,7 @@ public final class Dispatcher: Sendable {
             let path = try backend.destroy(name, force: force)
             events.record(container: path, kind: .containerEventDestroyed)
             snapshots?.removeTree(path)
+            policy?.destroyed(path)
             // Its subcontainers went with it (one event, for the name destroyed).
             return (path, { known in
                 for k in known.keys where k == path || k.hasPrefix(path + "/") { known[k] = nil }

@@ -92,7 +92,13 @@ extension Dispatcher {
     /// Creates the imported container; errors say why it does not fit.
     private func makeImported(_ name: String, spec: ContainerSpec) throws -> String {
         do {
-            return try createContainer(name, spec: spec)
+            // Admitted by this agent's policy like a Create, in the tier its
+            // spec says (RESOURCE_EXHAUSTED with the arithmetic otherwise).
+            guard let policy else { return try createContainer(name, spec: spec) }
+            let path = try backend.resolve(name)
+            return try policy.admitCreate(path: path, tier: policy.policy.tier(of: spec), spec: spec) {
+                try createContainer(name, spec: spec)
+            }
         } catch let e as LmctfyError where e.code == .alreadyExists {
             throw LmctfyError(.alreadyExists, "Cannot import: \(e.message)")
         } catch let e as LmctfyError where [.failedPrecondition, .invalidArgument, .unimplemented, .outOfRange, .notFound].contains(e.code) {

@@ -193,6 +193,11 @@ public final class SnapshotKeeper: Sendable {
 
     /// Removes the snapshots of `path` and of every container below it (a
     /// destroy through the agent).
+    /// When the agent made or first saw `path` (CLOCK_REALTIME ns; kept
+    /// across restarts in its snapshot); nil: unknown. CL2's eviction
+    /// order within a tier (newest first) after a restart.
+    func createdNs(_ path: String) -> UInt64? { records.locked { $0[path]?.createdNs } }
+
     public func removeTree(_ path: String) {
         let names = records.locked { r in r.keys.filter { $0 == path || $0.hasPrefix(path + "/") } }
         for name in Set(names + [path]).sorted(by: >) {

@@ -129,13 +129,17 @@ public enum AgentMethods {
     public static let checkpoint = AgentMethod<CheckpointRequest, CheckpointResponse>("Checkpoint", .admin, .pool, .unary)
     /// Restores a checkpoint with CRIU.
     public static let restore = AgentMethod<RestoreRequest, RestoreResponse>("Restore", .admin, .pool, .unary)
+    /// Whether a create (or update) would be admitted by the agent's policy
+    /// now; changes nothing.
+    public static let checkAdmission = AgentMethod<CheckAdmissionRequest, CheckAdmissionResponse>(
+        "CheckAdmission", .reader, .pool, .unary)
 
     /// Every method, in the order of docs/PROTOCOL.md §6.
     public static let all: [AgentMethodInfo] = [
         create.info, destroy.info, update.info, spec.info, stats.info, listContainers.info, listPids.info,
         listTids.info, detect.info, run.info, enter.info, killAll.info, pause.info, resume.info, notify.info,
         machineInfo.info, ping.info, initMachine.info, subscribe.info, exportSnapshot.info, importSnapshot.info,
-        checkpoint.info, restore.info,
+        checkpoint.info, restore.info, checkAdmission.info,
     ]
 
     private static let byName: [String: AgentMethodInfo] = Dictionary(uniqueKeysWithValues: all.map { ($0.name, $0) })

@@ -1807,6 +1807,186 @@ void   containers__lmctfy__agent__machine_info_response__free_unpacked
   assert(message->base.descriptor == &containers__lmctfy__agent__machine_info_response__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
+void   containers__lmctfy__agent__policy_report__init
+                     (Containers__Lmctfy__Agent__PolicyReport         *message)
+{
+  static const Containers__Lmctfy__Agent__PolicyReport init_value = CONTAINERS__LMCTFY__AGENT__POLICY_REPORT__INIT;
+  *message = init_value;
+}
+size_t containers__lmctfy__agent__policy_report__get_packed_size
+                     (const Containers__Lmctfy__Agent__PolicyReport *message)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__policy_report__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t containers__lmctfy__agent__policy_report__pack
+                     (const Containers__Lmctfy__Agent__PolicyReport *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__policy_report__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t containers__lmctfy__agent__policy_report__pack_to_buffer
+                     (const Containers__Lmctfy__Agent__PolicyReport *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__policy_report__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Containers__Lmctfy__Agent__PolicyReport *
+       containers__lmctfy__agent__policy_report__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Containers__Lmctfy__Agent__PolicyReport *)
+     protobuf_c_message_unpack (&containers__lmctfy__agent__policy_report__descriptor,
+                                allocator, len, data);
+}
+void   containers__lmctfy__agent__policy_report__free_unpacked
+                     (Containers__Lmctfy__Agent__PolicyReport *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &containers__lmctfy__agent__policy_report__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   containers__lmctfy__agent__tier_commitment__init
+                     (Containers__Lmctfy__Agent__TierCommitment         *message)
+{
+  static const Containers__Lmctfy__Agent__TierCommitment init_value = CONTAINERS__LMCTFY__AGENT__TIER_COMMITMENT__INIT;
+  *message = init_value;
+}
+size_t containers__lmctfy__agent__tier_commitment__get_packed_size
+                     (const Containers__Lmctfy__Agent__TierCommitment *message)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__tier_commitment__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t containers__lmctfy__agent__tier_commitment__pack
+                     (const Containers__Lmctfy__Agent__TierCommitment *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__tier_commitment__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t containers__lmctfy__agent__tier_commitment__pack_to_buffer
+                     (const Containers__Lmctfy__Agent__TierCommitment *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__tier_commitment__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Containers__Lmctfy__Agent__TierCommitment *
+       containers__lmctfy__agent__tier_commitment__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Containers__Lmctfy__Agent__TierCommitment *)
+     protobuf_c_message_unpack (&containers__lmctfy__agent__tier_commitment__descriptor,
+                                allocator, len, data);
+}
+void   containers__lmctfy__agent__tier_commitment__free_unpacked
+                     (Containers__Lmctfy__Agent__TierCommitment *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &containers__lmctfy__agent__tier_commitment__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   containers__lmctfy__agent__check_admission_request__init
+                     (Containers__Lmctfy__Agent__CheckAdmissionRequest         *message)
+{
+  static const Containers__Lmctfy__Agent__CheckAdmissionRequest init_value = CONTAINERS__LMCTFY__AGENT__CHECK_ADMISSION_REQUEST__INIT;
+  *message = init_value;
+}
+size_t containers__lmctfy__agent__check_admission_request__get_packed_size
+                     (const Containers__Lmctfy__Agent__CheckAdmissionRequest *message)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__check_admission_request__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t containers__lmctfy__agent__check_admission_request__pack
+                     (const Containers__Lmctfy__Agent__CheckAdmissionRequest *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__check_admission_request__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t containers__lmctfy__agent__check_admission_request__pack_to_buffer
+                     (const Containers__Lmctfy__Agent__CheckAdmissionRequest *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__check_admission_request__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Containers__Lmctfy__Agent__CheckAdmissionRequest *
+       containers__lmctfy__agent__check_admission_request__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Containers__Lmctfy__Agent__CheckAdmissionRequest *)
+     protobuf_c_message_unpack (&containers__lmctfy__agent__check_admission_request__descriptor,
+                                allocator, len, data);
+}
+void   containers__lmctfy__agent__check_admission_request__free_unpacked
+                     (Containers__Lmctfy__Agent__CheckAdmissionRequest *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &containers__lmctfy__agent__check_admission_request__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   containers__lmctfy__agent__check_admission_response__init
+                     (Containers__Lmctfy__Agent__CheckAdmissionResponse         *message)
+{
+  static const Containers__Lmctfy__Agent__CheckAdmissionResponse init_value = CONTAINERS__LMCTFY__AGENT__CHECK_ADMISSION_RESPONSE__INIT;
+  *message = init_value;
+}
+size_t containers__lmctfy__agent__check_admission_response__get_packed_size
+                     (const Containers__Lmctfy__Agent__CheckAdmissionResponse *message)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__check_admission_response__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t containers__lmctfy__agent__check_admission_response__pack
+                     (const Containers__Lmctfy__Agent__CheckAdmissionResponse *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__check_admission_response__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t containers__lmctfy__agent__check_admission_response__pack_to_buffer
+                     (const Containers__Lmctfy__Agent__CheckAdmissionResponse *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__check_admission_response__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Containers__Lmctfy__Agent__CheckAdmissionResponse *
+       containers__lmctfy__agent__check_admission_response__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Containers__Lmctfy__Agent__CheckAdmissionResponse *)
+     protobuf_c_message_unpack (&containers__lmctfy__agent__check_admission_response__descriptor,
+                                allocator, len, data);
+}
+void   containers__lmctfy__agent__check_admission_response__free_unpacked
+                     (Containers__Lmctfy__Agent__CheckAdmissionResponse *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &containers__lmctfy__agent__check_admission_response__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
 void   containers__lmctfy__agent__criu_status__init
                      (Containers__Lmctfy__Agent__CriuStatus         *message)
 {
@@ -2662,6 +2842,96 @@ void   containers__lmctfy__agent__agent_config__free_unpacked
   assert(message->base.descriptor == &containers__lmctfy__agent__agent_config__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
+void   containers__lmctfy__agent__policy_config__init
+                     (Containers__Lmctfy__Agent__PolicyConfig         *message)
+{
+  static const Containers__Lmctfy__Agent__PolicyConfig init_value = CONTAINERS__LMCTFY__AGENT__POLICY_CONFIG__INIT;
+  *message = init_value;
+}
+size_t containers__lmctfy__agent__policy_config__get_packed_size
+                     (const Containers__Lmctfy__Agent__PolicyConfig *message)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__policy_config__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t containers__lmctfy__agent__policy_config__pack
+                     (const Containers__Lmctfy__Agent__PolicyConfig *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__policy_config__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t containers__lmctfy__agent__policy_config__pack_to_buffer
+                     (const Containers__Lmctfy__Agent__PolicyConfig *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__policy_config__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Containers__Lmctfy__Agent__PolicyConfig *
+       containers__lmctfy__agent__policy_config__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Containers__Lmctfy__Agent__PolicyConfig *)
+     protobuf_c_message_unpack (&containers__lmctfy__agent__policy_config__descriptor,
+                                allocator, len, data);
+}
+void   containers__lmctfy__agent__policy_config__free_unpacked
+                     (Containers__Lmctfy__Agent__PolicyConfig *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &containers__lmctfy__agent__policy_config__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   containers__lmctfy__agent__policy_tier__init
+                     (Containers__Lmctfy__Agent__PolicyTier         *message)
+{
+  static const Containers__Lmctfy__Agent__PolicyTier init_value = CONTAINERS__LMCTFY__AGENT__POLICY_TIER__INIT;
+  *message = init_value;
+}
+size_t containers__lmctfy__agent__policy_tier__get_packed_size
+                     (const Containers__Lmctfy__Agent__PolicyTier *message)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__policy_tier__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t containers__lmctfy__agent__policy_tier__pack
+                     (const Containers__Lmctfy__Agent__PolicyTier *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__policy_tier__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t containers__lmctfy__agent__policy_tier__pack_to_buffer
+                     (const Containers__Lmctfy__Agent__PolicyTier *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__policy_tier__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Containers__Lmctfy__Agent__PolicyTier *
+       containers__lmctfy__agent__policy_tier__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Containers__Lmctfy__Agent__PolicyTier *)
+     protobuf_c_message_unpack (&containers__lmctfy__agent__policy_tier__descriptor,
+                                allocator, len, data);
+}
+void   containers__lmctfy__agent__policy_tier__free_unpacked
+                     (Containers__Lmctfy__Agent__PolicyTier *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &containers__lmctfy__agent__policy_tier__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
 void   containers__lmctfy__agent__tls_config__init
                      (Containers__Lmctfy__Agent__TlsConfig         *message)
 {
@@ -3190,7 +3460,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__go_away__descriptor 
   (ProtobufCMessageInit) containers__lmctfy__agent__go_away__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor containers__lmctfy__agent__create_request__field_descriptors[3] =
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__create_request__field_descriptors[4] =
 {
   {
     "name",
@@ -3228,16 +3498,29 @@ static const ProtobufCFieldDescriptor containers__lmctfy__agent__create_request_
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "tier",
+    4,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__CreateRequest, tier),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned containers__lmctfy__agent__create_request__field_indices_by_name[] = {
   0,   /* field[0] = name */
   2,   /* field[2] = request_id */
   1,   /* field[1] = spec */
+  3,   /* field[3] = tier */
 };
 static const ProtobufCIntRange containers__lmctfy__agent__create_request__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 3 }
+  { 0, 4 }
 };
 const ProtobufCMessageDescriptor containers__lmctfy__agent__create_request__descriptor =
 {
@@ -3247,16 +3530,49 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__create_request__desc
   "Containers__Lmctfy__Agent__CreateRequest",
   "containers.lmctfy.agent",
   sizeof(Containers__Lmctfy__Agent__CreateRequest),
-  3,
+  4,
   containers__lmctfy__agent__create_request__field_descriptors,
   containers__lmctfy__agent__create_request__field_indices_by_name,
   1,  containers__lmctfy__agent__create_request__number_ranges,
   (ProtobufCMessageInit) containers__lmctfy__agent__create_request__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-#define containers__lmctfy__agent__create_response__field_descriptors NULL
-#define containers__lmctfy__agent__create_response__field_indices_by_name NULL
-#define containers__lmctfy__agent__create_response__number_ranges NULL
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__create_response__field_descriptors[2] =
+{
+  {
+    "tier",
+    1,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__CreateResponse, tier),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "host",
+    2,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__CreateResponse, host),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned containers__lmctfy__agent__create_response__field_indices_by_name[] = {
+  1,   /* field[1] = host */
+  0,   /* field[0] = tier */
+};
+static const ProtobufCIntRange containers__lmctfy__agent__create_response__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 2 }
+};
 const ProtobufCMessageDescriptor containers__lmctfy__agent__create_response__descriptor =
 {
   PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
@@ -3265,10 +3581,10 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__create_response__des
   "Containers__Lmctfy__Agent__CreateResponse",
   "containers.lmctfy.agent",
   sizeof(Containers__Lmctfy__Agent__CreateResponse),
-  0,
+  2,
   containers__lmctfy__agent__create_response__field_descriptors,
   containers__lmctfy__agent__create_response__field_indices_by_name,
-  0,  containers__lmctfy__agent__create_response__number_ranges,
+  1,  containers__lmctfy__agent__create_response__number_ranges,
   (ProtobufCMessageInit) containers__lmctfy__agent__create_response__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
@@ -4503,7 +4819,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__notify_request__desc
   (ProtobufCMessageInit) containers__lmctfy__agent__notify_request__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor containers__lmctfy__agent__container_event__field_descriptors[15] =
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__container_event__field_descriptors[16] =
 {
   {
     "boot_id",
@@ -4685,6 +5001,18 @@ static const ProtobufCFieldDescriptor containers__lmctfy__agent__container_event
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "memory_usage",
+    16,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_INT64,
+    offsetof(Containers__Lmctfy__Agent__ContainerEvent, has_memory_usage),
+    offsetof(Containers__Lmctfy__Agent__ContainerEvent, memory_usage),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned containers__lmctfy__agent__container_event__field_indices_by_name[] = {
   0,   /* field[0] = boot_id */
@@ -4696,6 +5024,7 @@ static const unsigned containers__lmctfy__agent__container_event__field_indices_
   13,   /* field[13] = host_sequence */
   4,   /* field[4] = kind */
   5,   /* field[5] = memory_threshold */
+  15,   /* field[15] = memory_usage */
   7,   /* field[7] = pid */
   14,   /* field[14] = reason */
   1,   /* field[1] = sequence */
@@ -4706,7 +5035,7 @@ static const unsigned containers__lmctfy__agent__container_event__field_indices_
 static const ProtobufCIntRange containers__lmctfy__agent__container_event__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 15 }
+  { 0, 16 }
 };
 const ProtobufCMessageDescriptor containers__lmctfy__agent__container_event__descriptor =
 {
@@ -4716,7 +5045,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__container_event__des
   "Containers__Lmctfy__Agent__ContainerEvent",
   "containers.lmctfy.agent",
   sizeof(Containers__Lmctfy__Agent__ContainerEvent),
-  15,
+  16,
   containers__lmctfy__agent__container_event__field_descriptors,
   containers__lmctfy__agent__container_event__field_indices_by_name,
   1,  containers__lmctfy__agent__container_event__number_ranges,
@@ -5049,7 +5378,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__machine_info_request
   (ProtobufCMessageInit) containers__lmctfy__agent__machine_info_request__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor containers__lmctfy__agent__machine_info_response__field_descriptors[9] =
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__machine_info_response__field_descriptors[10] =
 {
   {
     "hostname",
@@ -5159,6 +5488,18 @@ static const ProtobufCFieldDescriptor containers__lmctfy__agent__machine_info_re
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "policy",
+    10,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_MESSAGE,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__MachineInfoResponse, policy),
+    &containers__lmctfy__agent__policy_report__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned containers__lmctfy__agent__machine_info_response__field_indices_by_name[] = {
   5,   /* field[5] = agent_version */
@@ -5169,12 +5510,13 @@ static const unsigned containers__lmctfy__agent__machine_info_response__field_in
   0,   /* field[0] = hostname */
   1,   /* field[1] = kernel */
   4,   /* field[4] = memory_bytes */
+  9,   /* field[9] = policy */
   8,   /* field[8] = warnings */
 };
 static const ProtobufCIntRange containers__lmctfy__agent__machine_info_response__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 9 }
+  { 0, 10 }
 };
 const ProtobufCMessageDescriptor containers__lmctfy__agent__machine_info_response__descriptor =
 {
@@ -5184,11 +5526,345 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__machine_info_respons
   "Containers__Lmctfy__Agent__MachineInfoResponse",
   "containers.lmctfy.agent",
   sizeof(Containers__Lmctfy__Agent__MachineInfoResponse),
-  9,
+  10,
   containers__lmctfy__agent__machine_info_response__field_descriptors,
   containers__lmctfy__agent__machine_info_response__field_indices_by_name,
   1,  containers__lmctfy__agent__machine_info_response__number_ranges,
   (ProtobufCMessageInit) containers__lmctfy__agent__machine_info_response__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__policy_report__field_descriptors[6] =
+{
+  {
+    "capacity_memory",
+    1,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_INT64,
+    offsetof(Containers__Lmctfy__Agent__PolicyReport, has_capacity_memory),
+    offsetof(Containers__Lmctfy__Agent__PolicyReport, capacity_memory),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "capacity_milli_cpu",
+    2,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_INT64,
+    offsetof(Containers__Lmctfy__Agent__PolicyReport, has_capacity_milli_cpu),
+    offsetof(Containers__Lmctfy__Agent__PolicyReport, capacity_milli_cpu),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "tier",
+    3,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Containers__Lmctfy__Agent__PolicyReport, n_tier),
+    offsetof(Containers__Lmctfy__Agent__PolicyReport, tier),
+    &containers__lmctfy__agent__tier_commitment__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "free_memory",
+    4,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_INT64,
+    offsetof(Containers__Lmctfy__Agent__PolicyReport, has_free_memory),
+    offsetof(Containers__Lmctfy__Agent__PolicyReport, free_memory),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "free_milli_cpu",
+    5,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_INT64,
+    offsetof(Containers__Lmctfy__Agent__PolicyReport, has_free_milli_cpu),
+    offsetof(Containers__Lmctfy__Agent__PolicyReport, free_milli_cpu),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "overcommit_percent",
+    6,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_UINT32,
+    offsetof(Containers__Lmctfy__Agent__PolicyReport, has_overcommit_percent),
+    offsetof(Containers__Lmctfy__Agent__PolicyReport, overcommit_percent),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned containers__lmctfy__agent__policy_report__field_indices_by_name[] = {
+  0,   /* field[0] = capacity_memory */
+  1,   /* field[1] = capacity_milli_cpu */
+  3,   /* field[3] = free_memory */
+  4,   /* field[4] = free_milli_cpu */
+  5,   /* field[5] = overcommit_percent */
+  2,   /* field[2] = tier */
+};
+static const ProtobufCIntRange containers__lmctfy__agent__policy_report__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 6 }
+};
+const ProtobufCMessageDescriptor containers__lmctfy__agent__policy_report__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "containers.lmctfy.agent.PolicyReport",
+  "PolicyReport",
+  "Containers__Lmctfy__Agent__PolicyReport",
+  "containers.lmctfy.agent",
+  sizeof(Containers__Lmctfy__Agent__PolicyReport),
+  6,
+  containers__lmctfy__agent__policy_report__field_descriptors,
+  containers__lmctfy__agent__policy_report__field_indices_by_name,
+  1,  containers__lmctfy__agent__policy_report__number_ranges,
+  (ProtobufCMessageInit) containers__lmctfy__agent__policy_report__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__tier_commitment__field_descriptors[4] =
+{
+  {
+    "tier",
+    1,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__TierCommitment, tier),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "memory",
+    2,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_INT64,
+    offsetof(Containers__Lmctfy__Agent__TierCommitment, has_memory),
+    offsetof(Containers__Lmctfy__Agent__TierCommitment, memory),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "milli_cpu",
+    3,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_INT64,
+    offsetof(Containers__Lmctfy__Agent__TierCommitment, has_milli_cpu),
+    offsetof(Containers__Lmctfy__Agent__TierCommitment, milli_cpu),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "containers",
+    4,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_UINT32,
+    offsetof(Containers__Lmctfy__Agent__TierCommitment, has_containers),
+    offsetof(Containers__Lmctfy__Agent__TierCommitment, containers),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned containers__lmctfy__agent__tier_commitment__field_indices_by_name[] = {
+  3,   /* field[3] = containers */
+  1,   /* field[1] = memory */
+  2,   /* field[2] = milli_cpu */
+  0,   /* field[0] = tier */
+};
+static const ProtobufCIntRange containers__lmctfy__agent__tier_commitment__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 4 }
+};
+const ProtobufCMessageDescriptor containers__lmctfy__agent__tier_commitment__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "containers.lmctfy.agent.TierCommitment",
+  "TierCommitment",
+  "Containers__Lmctfy__Agent__TierCommitment",
+  "containers.lmctfy.agent",
+  sizeof(Containers__Lmctfy__Agent__TierCommitment),
+  4,
+  containers__lmctfy__agent__tier_commitment__field_descriptors,
+  containers__lmctfy__agent__tier_commitment__field_indices_by_name,
+  1,  containers__lmctfy__agent__tier_commitment__number_ranges,
+  (ProtobufCMessageInit) containers__lmctfy__agent__tier_commitment__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__check_admission_request__field_descriptors[4] =
+{
+  {
+    "name",
+    1,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__CheckAdmissionRequest, name),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "spec",
+    2,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_MESSAGE,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__CheckAdmissionRequest, spec),
+    &containers__lmctfy__container_spec__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "tier",
+    3,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__CheckAdmissionRequest, tier),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "update",
+    4,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_ENUM,
+    offsetof(Containers__Lmctfy__Agent__CheckAdmissionRequest, has_update),
+    offsetof(Containers__Lmctfy__Agent__CheckAdmissionRequest, update),
+    &containers__lmctfy__agent__spec_update_policy__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned containers__lmctfy__agent__check_admission_request__field_indices_by_name[] = {
+  0,   /* field[0] = name */
+  1,   /* field[1] = spec */
+  2,   /* field[2] = tier */
+  3,   /* field[3] = update */
+};
+static const ProtobufCIntRange containers__lmctfy__agent__check_admission_request__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 4 }
+};
+const ProtobufCMessageDescriptor containers__lmctfy__agent__check_admission_request__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "containers.lmctfy.agent.CheckAdmissionRequest",
+  "CheckAdmissionRequest",
+  "Containers__Lmctfy__Agent__CheckAdmissionRequest",
+  "containers.lmctfy.agent",
+  sizeof(Containers__Lmctfy__Agent__CheckAdmissionRequest),
+  4,
+  containers__lmctfy__agent__check_admission_request__field_descriptors,
+  containers__lmctfy__agent__check_admission_request__field_indices_by_name,
+  1,  containers__lmctfy__agent__check_admission_request__number_ranges,
+  (ProtobufCMessageInit) containers__lmctfy__agent__check_admission_request__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__check_admission_response__field_descriptors[4] =
+{
+  {
+    "admitted",
+    1,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_BOOL,
+    offsetof(Containers__Lmctfy__Agent__CheckAdmissionResponse, has_admitted),
+    offsetof(Containers__Lmctfy__Agent__CheckAdmissionResponse, admitted),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "tier",
+    2,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__CheckAdmissionResponse, tier),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "message",
+    3,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__CheckAdmissionResponse, message),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "policy",
+    4,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_MESSAGE,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__CheckAdmissionResponse, policy),
+    &containers__lmctfy__agent__policy_report__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned containers__lmctfy__agent__check_admission_response__field_indices_by_name[] = {
+  0,   /* field[0] = admitted */
+  2,   /* field[2] = message */
+  3,   /* field[3] = policy */
+  1,   /* field[1] = tier */
+};
+static const ProtobufCIntRange containers__lmctfy__agent__check_admission_response__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 4 }
+};
+const ProtobufCMessageDescriptor containers__lmctfy__agent__check_admission_response__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "containers.lmctfy.agent.CheckAdmissionResponse",
+  "CheckAdmissionResponse",
+  "Containers__Lmctfy__Agent__CheckAdmissionResponse",
+  "containers.lmctfy.agent",
+  sizeof(Containers__Lmctfy__Agent__CheckAdmissionResponse),
+  4,
+  containers__lmctfy__agent__check_admission_response__field_descriptors,
+  containers__lmctfy__agent__check_admission_response__field_indices_by_name,
+  1,  containers__lmctfy__agent__check_admission_response__number_ranges,
+  (ProtobufCMessageInit) containers__lmctfy__agent__check_admission_response__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
 static const ProtobufCFieldDescriptor containers__lmctfy__agent__criu_status__field_descriptors[3] =
@@ -6583,7 +7259,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__agent_limits__descri
   (ProtobufCMessageInit) containers__lmctfy__agent__agent_limits__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor containers__lmctfy__agent__agent_config__field_descriptors[26] =
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__agent_config__field_descriptors[27] =
 {
   {
     "unix_socket_path",
@@ -6897,6 +7573,18 @@ static const ProtobufCFieldDescriptor containers__lmctfy__agent__agent_config__f
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "policy",
+    27,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_MESSAGE,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__AgentConfig, policy),
+    &containers__lmctfy__agent__policy_config__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned containers__lmctfy__agent__agent_config__field_indices_by_name[] = {
   22,   /* field[22] = allow_plaintext_tcp */
@@ -6911,6 +7599,7 @@ static const unsigned containers__lmctfy__agent__agent_config__field_indices_by_
   17,   /* field[17] = label */
   6,   /* field[6] = limits */
   7,   /* field[7] = log_level */
+  26,   /* field[26] = policy */
   12,   /* field[12] = reconcile_interval_ms */
   18,   /* field[18] = reconnect_base_ms */
   19,   /* field[19] = reconnect_max_ms */
@@ -6929,7 +7618,7 @@ static const unsigned containers__lmctfy__agent__agent_config__field_indices_by_
 static const ProtobufCIntRange containers__lmctfy__agent__agent_config__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 26 }
+  { 0, 27 }
 };
 const ProtobufCMessageDescriptor containers__lmctfy__agent__agent_config__descriptor =
 {
@@ -6939,11 +7628,243 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__agent_config__descri
   "Containers__Lmctfy__Agent__AgentConfig",
   "containers.lmctfy.agent",
   sizeof(Containers__Lmctfy__Agent__AgentConfig),
-  26,
+  27,
   containers__lmctfy__agent__agent_config__field_descriptors,
   containers__lmctfy__agent__agent_config__field_indices_by_name,
   1,  containers__lmctfy__agent__agent_config__number_ranges,
   (ProtobufCMessageInit) containers__lmctfy__agent__agent_config__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__policy_config__field_descriptors[7] =
+{
+  {
+    "overcommit_percent",
+    1,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_UINT32,
+    offsetof(Containers__Lmctfy__Agent__PolicyConfig, has_overcommit_percent),
+    offsetof(Containers__Lmctfy__Agent__PolicyConfig, overcommit_percent),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "reserved_memory_bytes",
+    2,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_UINT64,
+    offsetof(Containers__Lmctfy__Agent__PolicyConfig, has_reserved_memory_bytes),
+    offsetof(Containers__Lmctfy__Agent__PolicyConfig, reserved_memory_bytes),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "reserved_milli_cpu",
+    3,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_UINT64,
+    offsetof(Containers__Lmctfy__Agent__PolicyConfig, has_reserved_milli_cpu),
+    offsetof(Containers__Lmctfy__Agent__PolicyConfig, reserved_milli_cpu),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "tier",
+    4,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Containers__Lmctfy__Agent__PolicyConfig, n_tier),
+    offsetof(Containers__Lmctfy__Agent__PolicyConfig, tier),
+    &containers__lmctfy__agent__policy_tier__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "default_tier",
+    5,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__PolicyConfig, default_tier),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "evict_above_percent",
+    6,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_UINT32,
+    offsetof(Containers__Lmctfy__Agent__PolicyConfig, has_evict_above_percent),
+    offsetof(Containers__Lmctfy__Agent__PolicyConfig, evict_above_percent),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "evict_until_percent",
+    7,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_UINT32,
+    offsetof(Containers__Lmctfy__Agent__PolicyConfig, has_evict_until_percent),
+    offsetof(Containers__Lmctfy__Agent__PolicyConfig, evict_until_percent),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned containers__lmctfy__agent__policy_config__field_indices_by_name[] = {
+  4,   /* field[4] = default_tier */
+  5,   /* field[5] = evict_above_percent */
+  6,   /* field[6] = evict_until_percent */
+  0,   /* field[0] = overcommit_percent */
+  1,   /* field[1] = reserved_memory_bytes */
+  2,   /* field[2] = reserved_milli_cpu */
+  3,   /* field[3] = tier */
+};
+static const ProtobufCIntRange containers__lmctfy__agent__policy_config__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 7 }
+};
+const ProtobufCMessageDescriptor containers__lmctfy__agent__policy_config__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "containers.lmctfy.agent.PolicyConfig",
+  "PolicyConfig",
+  "Containers__Lmctfy__Agent__PolicyConfig",
+  "containers.lmctfy.agent",
+  sizeof(Containers__Lmctfy__Agent__PolicyConfig),
+  7,
+  containers__lmctfy__agent__policy_config__field_descriptors,
+  containers__lmctfy__agent__policy_config__field_indices_by_name,
+  1,  containers__lmctfy__agent__policy_config__number_ranges,
+  (ProtobufCMessageInit) containers__lmctfy__agent__policy_config__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__policy_tier__field_descriptors[7] =
+{
+  {
+    "name",
+    1,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__PolicyTier, name),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "guaranteed",
+    2,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_BOOL,
+    offsetof(Containers__Lmctfy__Agent__PolicyTier, has_guaranteed),
+    offsetof(Containers__Lmctfy__Agent__PolicyTier, guaranteed),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "overcommit",
+    3,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_BOOL,
+    offsetof(Containers__Lmctfy__Agent__PolicyTier, has_overcommit),
+    offsetof(Containers__Lmctfy__Agent__PolicyTier, overcommit),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "scheduling_latency",
+    4,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_ENUM,
+    offsetof(Containers__Lmctfy__Agent__PolicyTier, has_scheduling_latency),
+    offsetof(Containers__Lmctfy__Agent__PolicyTier, scheduling_latency),
+    &containers__lmctfy__scheduling_latency__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "eviction_priority",
+    5,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_INT32,
+    offsetof(Containers__Lmctfy__Agent__PolicyTier, has_eviction_priority),
+    offsetof(Containers__Lmctfy__Agent__PolicyTier, eviction_priority),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "cpu_milli",
+    6,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_UINT64,
+    offsetof(Containers__Lmctfy__Agent__PolicyTier, has_cpu_milli),
+    offsetof(Containers__Lmctfy__Agent__PolicyTier, cpu_milli),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "eviction",
+    7,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_ENUM,
+    offsetof(Containers__Lmctfy__Agent__PolicyTier, has_eviction),
+    offsetof(Containers__Lmctfy__Agent__PolicyTier, eviction),
+    &containers__lmctfy__agent__policy_eviction_action__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned containers__lmctfy__agent__policy_tier__field_indices_by_name[] = {
+  5,   /* field[5] = cpu_milli */
+  6,   /* field[6] = eviction */
+  4,   /* field[4] = eviction_priority */
+  1,   /* field[1] = guaranteed */
+  0,   /* field[0] = name */
+  2,   /* field[2] = overcommit */
+  3,   /* field[3] = scheduling_latency */
+};
+static const ProtobufCIntRange containers__lmctfy__agent__policy_tier__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 7 }
+};
+const ProtobufCMessageDescriptor containers__lmctfy__agent__policy_tier__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "containers.lmctfy.agent.PolicyTier",
+  "PolicyTier",
+  "Containers__Lmctfy__Agent__PolicyTier",
+  "containers.lmctfy.agent",
+  sizeof(Containers__Lmctfy__Agent__PolicyTier),
+  7,
+  containers__lmctfy__agent__policy_tier__field_descriptors,
+  containers__lmctfy__agent__policy_tier__field_indices_by_name,
+  1,  containers__lmctfy__agent__policy_tier__number_ranges,
+  (ProtobufCMessageInit) containers__lmctfy__agent__policy_tier__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
 static const ProtobufCFieldDescriptor containers__lmctfy__agent__tls_config__field_descriptors[5] =
@@ -7333,7 +8254,7 @@ const ProtobufCEnumDescriptor containers__lmctfy__agent__run_event_kind__descrip
   containers__lmctfy__agent__run_event_kind__value_ranges,
   NULL,NULL,NULL,NULL   /* reserved[1234] */
 };
-static const ProtobufCEnumValue containers__lmctfy__agent__container_event_kind__enum_values_by_number[12] =
+static const ProtobufCEnumValue containers__lmctfy__agent__container_event_kind__enum_values_by_number[13] =
 {
   { "CONTAINER_EVENT_UNSPECIFIED", "CONTAINERS__LMCTFY__AGENT__CONTAINER_EVENT_KIND__CONTAINER_EVENT_UNSPECIFIED", 0 },
   { "CONTAINER_EVENT_OOM", "CONTAINERS__LMCTFY__AGENT__CONTAINER_EVENT_KIND__CONTAINER_EVENT_OOM", 1 },
@@ -7347,15 +8268,17 @@ static const ProtobufCEnumValue containers__lmctfy__agent__container_event_kind_
   { "CONTAINER_EVENT_STATS", "CONTAINERS__LMCTFY__AGENT__CONTAINER_EVENT_KIND__CONTAINER_EVENT_STATS", 9 },
   { "CONTAINER_EVENT_MEMORY_PRESSURE", "CONTAINERS__LMCTFY__AGENT__CONTAINER_EVENT_KIND__CONTAINER_EVENT_MEMORY_PRESSURE", 10 },
   { "CONTAINER_EVENT_HOST_GAP", "CONTAINERS__LMCTFY__AGENT__CONTAINER_EVENT_KIND__CONTAINER_EVENT_HOST_GAP", 11 },
+  { "CONTAINER_EVENT_EVICTED", "CONTAINERS__LMCTFY__AGENT__CONTAINER_EVENT_KIND__CONTAINER_EVENT_EVICTED", 12 },
 };
 static const ProtobufCIntRange containers__lmctfy__agent__container_event_kind__value_ranges[] = {
-{0, 0},{0, 12}
+{0, 0},{0, 13}
 };
-static const ProtobufCEnumValueIndex containers__lmctfy__agent__container_event_kind__enum_values_by_name[12] =
+static const ProtobufCEnumValueIndex containers__lmctfy__agent__container_event_kind__enum_values_by_name[13] =
 {
   { "CONTAINER_EVENT_CREATED", 5 },
   { "CONTAINER_EVENT_DESTROYED", 7 },
   { "CONTAINER_EVENT_EMPTY", 3 },
+  { "CONTAINER_EVENT_EVICTED", 12 },
   { "CONTAINER_EVENT_FREEZER", 4 },
   { "CONTAINER_EVENT_HOST_GAP", 11 },
   { "CONTAINER_EVENT_MEMORY_PRESSURE", 10 },
@@ -7373,9 +8296,9 @@ const ProtobufCEnumDescriptor containers__lmctfy__agent__container_event_kind__d
   "ContainerEventKind",
   "Containers__Lmctfy__Agent__ContainerEventKind",
   "containers.lmctfy.agent",
-  12,
+  13,
   containers__lmctfy__agent__container_event_kind__enum_values_by_number,
-  12,
+  13,
   containers__lmctfy__agent__container_event_kind__enum_values_by_name,
   1,
   containers__lmctfy__agent__container_event_kind__value_ranges,
@@ -7445,5 +8368,39 @@ const ProtobufCEnumDescriptor containers__lmctfy__agent__agent_log_level__descri
   containers__lmctfy__agent__agent_log_level__enum_values_by_name,
   1,
   containers__lmctfy__agent__agent_log_level__value_ranges,
+  NULL,NULL,NULL,NULL   /* reserved[1234] */
+};
+static const ProtobufCEnumValue containers__lmctfy__agent__policy_eviction_action__enum_values_by_number[5] =
+{
+  { "POLICY_EVICTION_UNSPECIFIED", "CONTAINERS__LMCTFY__AGENT__POLICY_EVICTION_ACTION__POLICY_EVICTION_UNSPECIFIED", 0 },
+  { "EVICT_NEVER", "CONTAINERS__LMCTFY__AGENT__POLICY_EVICTION_ACTION__EVICT_NEVER", 1 },
+  { "EVICT_FREEZE", "CONTAINERS__LMCTFY__AGENT__POLICY_EVICTION_ACTION__EVICT_FREEZE", 2 },
+  { "EVICT_KILL", "CONTAINERS__LMCTFY__AGENT__POLICY_EVICTION_ACTION__EVICT_KILL", 3 },
+  { "EVICT_DESTROY", "CONTAINERS__LMCTFY__AGENT__POLICY_EVICTION_ACTION__EVICT_DESTROY", 4 },
+};
+static const ProtobufCIntRange containers__lmctfy__agent__policy_eviction_action__value_ranges[] = {
+{0, 0},{0, 5}
+};
+static const ProtobufCEnumValueIndex containers__lmctfy__agent__policy_eviction_action__enum_values_by_name[5] =
+{
+  { "EVICT_DESTROY", 4 },
+  { "EVICT_FREEZE", 2 },
+  { "EVICT_KILL", 3 },
+  { "EVICT_NEVER", 1 },
+  { "POLICY_EVICTION_UNSPECIFIED", 0 },
+};
+const ProtobufCEnumDescriptor containers__lmctfy__agent__policy_eviction_action__descriptor =
+{
+  PROTOBUF_C__ENUM_DESCRIPTOR_MAGIC,
+  "containers.lmctfy.agent.PolicyEvictionAction",
+  "PolicyEvictionAction",
+  "Containers__Lmctfy__Agent__PolicyEvictionAction",
+  "containers.lmctfy.agent",
+  5,
+  containers__lmctfy__agent__policy_eviction_action__enum_values_by_number,
+  5,
+  containers__lmctfy__agent__policy_eviction_action__enum_values_by_name,
+  1,
+  containers__lmctfy__agent__policy_eviction_action__value_ranges,
   NULL,NULL,NULL,NULL   /* reserved[1234] */
 };

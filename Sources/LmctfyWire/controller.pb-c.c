@@ -983,7 +983,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__register_response__d
   (ProtobufCMessageInit) containers__lmctfy__agent__register_response__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor containers__lmctfy__agent__host_info__field_descriptors[6] =
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__host_info__field_descriptors[7] =
 {
   {
     "identity",
@@ -1057,19 +1057,32 @@ static const ProtobufCFieldDescriptor containers__lmctfy__agent__host_info__fiel
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "policy",
+    7,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_MESSAGE,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__HostInfo, policy),
+    &containers__lmctfy__agent__policy_report__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned containers__lmctfy__agent__host_info__field_indices_by_name[] = {
   5,   /* field[5] = container_count */
   0,   /* field[0] = identity */
   4,   /* field[4] = key_id */
   3,   /* field[3] = last_heard_ns */
+  6,   /* field[6] = policy */
   1,   /* field[1] = state */
   2,   /* field[2] = state_since_ns */
 };
 static const ProtobufCIntRange containers__lmctfy__agent__host_info__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 6 }
+  { 0, 7 }
 };
 const ProtobufCMessageDescriptor containers__lmctfy__agent__host_info__descriptor =
 {
@@ -1079,7 +1092,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__host_info__descripto
   "Containers__Lmctfy__Agent__HostInfo",
   "containers.lmctfy.agent",
   sizeof(Containers__Lmctfy__Agent__HostInfo),
-  6,
+  7,
   containers__lmctfy__agent__host_info__field_descriptors,
   containers__lmctfy__agent__host_info__field_indices_by_name,
   1,  containers__lmctfy__agent__host_info__number_ranges,

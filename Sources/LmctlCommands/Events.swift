@@ -92,6 +92,10 @@ enum EventsCommand {
         if let v = e.pid { parts.append("pid=\(v)") }
         if let v = e.exitCode { parts.append("exit_code=\(v)") }
         if let v = e.termSignal { parts.append("signal=\(v)") }
+        if e.kind == .containerEventEvicted {
+            if let v = e.memoryUsage { parts.append("memory_usage=\(v)") }
+            if let v = e.reason { parts.append("reason=\"\(TextFormat.cEscape(Array(v.utf8)))\"") }
+        }
         if let st = e.stats {
             if let v = st.cpu?.usage?.total { parts.append("cpu_ns=\(v)") }
             if let v = st.memory?.usage { parts.append("memory=\(v)") }

@@ -6,7 +6,9 @@
 //
 // A line is key="value" pairs as `info` prints them: name, state
 // (connected or disconnected), since (when it last changed, UTC), cgroup
-// version, cpus, memory_bytes and labels (k=v,k=v). With -o json each line
+// version, cpus, memory_bytes and labels (k=v,k=v), then, for a connected
+// host, its policy: capacity, committed memory, each tier's commitment and
+// what is free (asked of the host with MachineInfo). With -o json each line
 // is the proto3 JSON of a HostInfo. SELECTOR ("k=v,k2=v2") keeps the hosts
 // whose labels match every pair.
 import LmctfyCommands
@@ -48,7 +50,15 @@ enum HostsCommand {
             let hosts = try client.call(ControllerMethods.listHosts, ListHostsRequest(selector: selector)).hosts
             var text = ""
             for h in hosts {
-                text += (json ? h.jsonString() : line(h)) + "\n"
+                // Each connected host's policy (capacity, commitment per
+                // tier, free), asked of the host through the controller.
+                var h = h
+                if h.state == .hostConnected, let name = h.identity?.hostName {
+                    client.host = name
+                    h.policy = try? client.call(AgentMethods.machineInfo, MachineInfoRequest()).policy
+                    client.host = nil
+                }
+                text += (json ? h.jsonString() : line(h, policy: h.policy)) + "\n"
             }
             stdout.write(Array(text.utf8))
             return 0
@@ -59,7 +69,7 @@ enum HostsCommand {
     }
 
     /// One host as key="value" pairs.
-    static func line(_ h: HostInfo) -> String {
+    static func line(_ h: HostInfo, policy: PolicyReport? = nil) -> String {
         let id = h.identity ?? HostIdentity()
         let state = switch h.state ?? .hostStateUnspecified {
         case .hostConnected: "connected"
@@ -72,7 +82,7 @@ enum HostsCommand {
             ("cgroup_version", String(id.cgroupVersion ?? 0)), ("cpus", String(id.cpus ?? 0)),
             ("memory_bytes", String(id.memoryBytes ?? 0)),
             ("labels", id.label.map { "\($0.key ?? "")=\($0.value ?? "")" }.joined(separator: ",")),
-        ]
+        ] + LmctlCLI.policyPairs(policy)
         return pairs.map { "\($0.0)=\"\(TextFormat.cEscape(Array($0.1.utf8)))\"" }.joined(separator: " ")
     }
 }

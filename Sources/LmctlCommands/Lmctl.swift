@@ -18,6 +18,7 @@
 //   lmctl --controller unix://PATH|tcp://HOST:PORT [--key-file FILE] hosts [-o json] [SELECTOR]
 //   lmctl --controller ... --host NAME <verb> ...        that host
 //   lmctl --controller ... --hosts SELECTOR <verb> ...   every host ListHosts(SELECTOR) returns
+//   lmctl --controller ... create --anywhere [--tier T] NAME SPEC   the least committed host that admits it
 //
 // With --hosts the verb runs on each host in turn (sorted by name): its
 // output follows a line `== NAME` (with -o json each JSON object gains a
@@ -187,6 +188,10 @@ public enum LmctlCLI {
         if let events = eventsWords(o.words) {
             return EventsCommand.run(events, dial: dialPeer, host: nil, stdout: stdout, stderr: stderr)
         }
+        // Placement by the hosts' policies (README "Policy").
+        if verb == "create" && o.words.contains("--anywhere") {
+            return PolicyCommands.createAnywhere(o.words, dial: dialPeer, stdout: stdout, stderr: stderr)
+        }
         // Migration between two hosts: lmctl drives it through the controller.
         if verb == "migrate" && o.host == nil && o.hosts == nil {
             return MovingCommands.migrateThroughController(o.words, dial: dialPeer, stdout: stdout, stderr: stderr)
@@ -277,6 +282,9 @@ public enum LmctlCLI {
         }
         if commandWord(words) == "info" {
             return info(words, connect: connect, stdout: stdout, stderr: stderr)
+        }
+        if PolicyCommands.handles(words) {
+            return PolicyCommands.create(words, dial: dial, stdout: stdout, stderr: stderr)
         }
         if let verb = commandWord(words), MovingCommands.verbs.contains(verb) {
             return MovingCommands.run(words, dial: dial, stdout: stdout, stderr: stderr)
@@ -454,6 +462,18 @@ public enum LmctlCLI {
         throw .invalidArgument("\(flag) \(address): expected unix:///PATH or tcp://HOST:PORT")
     }
 
+    /// The policy's capacity, commitment per tier and what is free, as
+    /// `info` and `hosts` print them.
+    static func policyPairs(_ p: PolicyReport?) -> [(String, String)] {
+        guard let p else { return [] }
+        let committed = p.tier.reduce(Int64(0)) { $0 + ($1.memory ?? 0) }
+        return [("capacity_memory", String(p.capacityMemory ?? 0)), ("capacity_milli_cpu", String(p.capacityMilliCpu ?? 0)),
+                ("committed_memory", String(committed))]
+            + p.tier.map { ("committed_\($0.tier ?? "")", "\($0.memory ?? 0) bytes \($0.milliCpu ?? 0) milliCPU \($0.containers ?? 0) containers") }
+            + [("free_memory", String(p.freeMemory ?? 0)), ("free_milli_cpu", String(p.freeMilliCpu ?? 0)),
+               ("overcommit_percent", String(p.overcommitPercent ?? 0))]
+    }
+
     static func info(_ words: [String], connect: () throws(LmctfyError) -> RemoteBackend,
                      stdout: any ByteSink, stderr: any ByteSink) -> Int32 {
         let json = wantsJSON(words)
@@ -479,7 +499,7 @@ public enum LmctlCLI {
                 ] + (i.criu.map { c in
                     [("criu_usable", c.usable == true ? "true" : "false"), ("criu_version", c.version ?? ""),
                      ("criu_reason", c.reason ?? "")]
-                } ?? []) + i.warnings.map { ("warning", $0) }
+                } ?? []) + policyPairs(i.policy) + i.warnings.map { ("warning", $0) }
                 stdout.write(Array(pairs.map { "\($0.0)=\"\(TextFormat.cEscape(Array($0.1.utf8)))\"\n" }.joined().utf8))
             }
             return 0

@@ -7,6 +7,7 @@ import Foundation
 import Glibc
 import LmctfyAgent
 import LmctfyController
+import LmctfyPolicy
 import LmctfyProto
 import LmctfyRPC
 import LmctfySystem
@@ -65,6 +66,7 @@ struct ExampleConfigTests {
         let plain = try AgentSettings.parse(text, source: "agent.conf")
         #expect(plain.controller == nil)
         #expect(plain.unixSocketPath == dir + "/run/lmctfy/agent.sock")
+        #expect(plain.policy == Policy(), "the example's policy block spells out the defaults")
 
         // Switch on key_file and the dial-home keys (the commented lines of
         // the dial-home block, and key_file and allow_plaintext_tcp, which

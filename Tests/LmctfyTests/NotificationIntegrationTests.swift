@@ -80,6 +80,21 @@ struct NotificationIntegrationTests {
         }
     }
 
+    /// What CL2's eviction wakes on besides its usage threshold: memory
+    /// pressure on the container's memory (v1 pressure_level "medium").
+    @Test func memoryPressureIsDelivered() throws {
+        try withTestContainer(api) { name in
+            try api.create(name, spec: ContainerSpec(memory: MemorySpec(limit: 32 << 20)))
+            let c = try api.get(name)
+            let watch = try c.watchMemoryPressure()
+            #expect(watch.kind == .memoryPressure)
+            #expect(try watch.wait(timeoutMs: 100) == 0, "no pressure while idle")
+            // 64 MiB in 32: reclaim (pressure) before the OOM killer ends it.
+            _ = try c.run([testHelperPath, "alloc", "64", "30"])
+            #expect(try watch.wait(timeoutMs: 30_000) >= 1)
+        }
+    }
+
     @Test func callbacksFireThroughTheCenterUntilUnregistered() throws {
         try withTestContainer(api) { name in
             try api.create(name, spec: ContainerSpec())

@@ -8,6 +8,8 @@
 //   lmctfy-bench agent-create N SOCKET CLIENTS  creates through an agent (tools/bench-snapshots)
 //   lmctfy-bench agent-populate N SOCKET PREFIX  N containers left behind (tools/bench-recovery)
 //   lmctfy-bench agent-wait MS SOCKET           time until the agent answers (tools/bench-recovery)
+//   lmctfy-bench policy-admit N                 admission decision cost at N containers (tools/bench-policy)
+//   lmctfy-bench policy-evict ROUNDS SOCKET USAGE_FILE HIGH HELPER MB   pressure to first eviction (tools/bench-policy)
 import Glibc
 import Lmctfy
 import LmctfyProto
@@ -171,6 +173,16 @@ if args.count >= 2 && args[1] == "stats-sweep" {
     } catch {
         fail("\(error)")
     }
+    exit(0)
+}
+
+// CL2 (tools/bench-policy): no cgroup of its own, so before the CL1 setup.
+if args.count == 3 && args[1] == "policy-admit", let n = Int(args[2]), n > 0 {
+    policyAdmit(n)
+    exit(0)
+}
+if args.count == 8 && args[1] == "policy-evict", let rounds = Int(args[2]), let high = Int64(args[5]), let mb = Int(args[7]) {
+    do { try policyEvict(rounds: rounds, socket: args[3], usageFile: args[4], high: high, helper: args[6], mb: mb) } catch { fail("\(error)") }
     exit(0)
 }
 

@@ -3966,6 +3966,8 @@ public struct AgentConfig: ProtoMessage {
     public var controllerEnrollAddress: String?
     /// Field 26 `renew_before_expiry_percent`.
     public var renewBeforeExpiryPercent: UInt32?
+    /// Field 27 `policy`.
+    public var policy: PolicyConfig?
 
     public init(
         unixSocketPath: String? = nil,
@@ -3993,7 +3995,8 @@ public struct AgentConfig: ProtoMessage {
         allowPlaintextTcp: Bool? = nil,
         bootstrapTokenFile: String? = nil,
         controllerEnrollAddress: String? = nil,
-        renewBeforeExpiryPercent: UInt32? = nil
+        renewBeforeExpiryPercent: UInt32? = nil,
+        policy: PolicyConfig? = nil
     ) {
         self.unixSocketPath = unixSocketPath
         self.unixSocketMode = unixSocketMode
@@ -4021,6 +4024,7 @@ public struct AgentConfig: ProtoMessage {
         self.bootstrapTokenFile = bootstrapTokenFile
         self.controllerEnrollAddress = controllerEnrollAddress
         self.renewBeforeExpiryPercent = renewBeforeExpiryPercent
+        self.policy = policy
     }
 
     public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.AgentConfig")
@@ -4053,6 +4057,7 @@ public struct AgentConfig: ProtoMessage {
         self.bootstrapTokenFile = message.get(24)
         self.controllerEnrollAddress = message.get(25)
         self.renewBeforeExpiryPercent = message.get(26)
+        self.policy = message.get(27)
     }
 
     public var dynamic: DynamicMessage {
@@ -4083,6 +4088,7 @@ public struct AgentConfig: ProtoMessage {
         message.set(24, bootstrapTokenFile)
         message.set(25, controllerEnrollAddress)
         message.set(26, renewBeforeExpiryPercent)
+        message.set(27, policy)
         return message
     }
 
@@ -4114,6 +4120,7 @@ public struct AgentConfig: ProtoMessage {
         self.bootstrapTokenFile = CBridge.value(c, f[23])
         self.controllerEnrollAddress = CBridge.value(c, f[24])
         self.renewBeforeExpiryPercent = CBridge.value(c, f[25])
+        self.policy = CBridge.message(c, f[26])
     }
 
     public func makeC() -> UnsafeMutableRawPointer {
@@ -4145,6 +4152,7 @@ public struct AgentConfig: ProtoMessage {
         CBridge.set(c, f[23], bootstrapTokenFile)
         CBridge.set(c, f[24], controllerEnrollAddress)
         CBridge.set(c, f[25], renewBeforeExpiryPercent)
+        CBridge.setMessage(c, f[26], policy)
         return c
     }
 }
@@ -4294,6 +4302,128 @@ public enum AgentRole: Int32, ProtoEnum, CaseIterable {
     }
 }
 
+/// Protobuf message `containers.lmctfy.agent.CheckAdmissionRequest`.
+public struct CheckAdmissionRequest: ProtoMessage {
+    /// Field 1 `name`.
+    public var name: String?
+    /// Field 2 `spec`.
+    public var spec: ContainerSpec?
+    /// Field 3 `tier`.
+    public var tier: String?
+    /// Field 4 `update`.
+    public var update: SpecUpdatePolicy?
+
+    public init(
+        name: String? = nil,
+        spec: ContainerSpec? = nil,
+        tier: String? = nil,
+        update: SpecUpdatePolicy? = nil
+    ) {
+        self.name = name
+        self.spec = spec
+        self.tier = tier
+        self.update = update
+    }
+
+    public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.CheckAdmissionRequest")
+
+    public init(dynamic message: DynamicMessage) {
+        precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.CheckAdmissionRequest")
+        self.name = message.get(1)
+        self.spec = message.get(2)
+        self.tier = message.get(3)
+        self.update = message.get(4)
+    }
+
+    public var dynamic: DynamicMessage {
+        var message = DynamicMessage(Self.protoDescriptor)
+        message.set(1, name)
+        message.set(2, spec)
+        message.set(3, tier)
+        message.set(4, update)
+        return message
+    }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.name = CBridge.value(c, f[0])
+        self.spec = CBridge.message(c, f[1])
+        self.tier = CBridge.value(c, f[2])
+        self.update = CBridge.value(c, f[3])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.set(c, f[0], name)
+        CBridge.setMessage(c, f[1], spec)
+        CBridge.set(c, f[2], tier)
+        CBridge.set(c, f[3], update)
+        return c
+    }
+}
+
+/// Protobuf message `containers.lmctfy.agent.CheckAdmissionResponse`.
+public struct CheckAdmissionResponse: ProtoMessage {
+    /// Field 1 `admitted`.
+    public var admitted: Bool?
+    /// Field 2 `tier`.
+    public var tier: String?
+    /// Field 3 `message`.
+    public var message: String?
+    /// Field 4 `policy`.
+    public var policy: PolicyReport?
+
+    public init(
+        admitted: Bool? = nil,
+        tier: String? = nil,
+        message: String? = nil,
+        policy: PolicyReport? = nil
+    ) {
+        self.admitted = admitted
+        self.tier = tier
+        self.message = message
+        self.policy = policy
+    }
+
+    public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.CheckAdmissionResponse")
+
+    public init(dynamic message: DynamicMessage) {
+        precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.CheckAdmissionResponse")
+        self.admitted = message.get(1)
+        self.tier = message.get(2)
+        self.message = message.get(3)
+        self.policy = message.get(4)
+    }
+
+    public var dynamic: DynamicMessage {
+        var message = DynamicMessage(Self.protoDescriptor)
+        message.set(1, admitted)
+        message.set(2, tier)
+        message.set(3, self.message)
+        message.set(4, policy)
+        return message
+    }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.admitted = CBridge.value(c, f[0])
+        self.tier = CBridge.value(c, f[1])
+        self.message = CBridge.value(c, f[2])
+        self.policy = CBridge.message(c, f[3])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.set(c, f[0], admitted)
+        CBridge.set(c, f[1], tier)
+        CBridge.set(c, f[2], message)
+        CBridge.setMessage(c, f[3], policy)
+        return c
+    }
+}
+
 /// Protobuf message `containers.lmctfy.agent.CheckpointRequest`.
 public struct CheckpointRequest: ProtoMessage {
     /// Field 1 `name`.
@@ -4424,6 +4554,8 @@ public struct ContainerEvent: ProtoMessage {
     public var hostSequence: UInt64?
     /// Field 15 `reason`.
     public var reason: String?
+    /// Field 16 `memory_usage`.
+    public var memoryUsage: Int64?
 
     public init(
         bootId: String? = nil,
@@ -4440,7 +4572,8 @@ public struct ContainerEvent: ProtoMessage {
         host: String? = nil,
         hostBootId: String? = nil,
         hostSequence: UInt64? = nil,
-        reason: String? = nil
+        reason: String? = nil,
+        memoryUsage: Int64? = nil
     ) {
         self.bootId = bootId
         self.sequence = sequence
@@ -4457,6 +4590,7 @@ public struct ContainerEvent: ProtoMessage {
         self.hostBootId = hostBootId
         self.hostSequence = hostSequence
         self.reason = reason
+        self.memoryUsage = memoryUsage
     }
 
     public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.ContainerEvent")
@@ -4478,6 +4612,7 @@ public struct ContainerEvent: ProtoMessage {
         self.hostBootId = message.get(13)
         self.hostSequence = message.get(14)
         self.reason = message.get(15)
+        self.memoryUsage = message.get(16)
     }
 
     public var dynamic: DynamicMessage {
@@ -4497,6 +4632,7 @@ public struct ContainerEvent: ProtoMessage {
         message.set(13, hostBootId)
         message.set(14, hostSequence)
         message.set(15, reason)
+        message.set(16, memoryUsage)
         return message
     }
 
@@ -4517,6 +4653,7 @@ public struct ContainerEvent: ProtoMessage {
         self.hostBootId = CBridge.value(c, f[12])
         self.hostSequence = CBridge.value(c, f[13])
         self.reason = CBridge.value(c, f[14])
+        self.memoryUsage = CBridge.value(c, f[15])
     }
 
     public func makeC() -> UnsafeMutableRawPointer {
@@ -4537,6 +4674,7 @@ public struct ContainerEvent: ProtoMessage {
         CBridge.set(c, f[12], hostBootId)
         CBridge.set(c, f[13], hostSequence)
         CBridge.set(c, f[14], reason)
+        CBridge.set(c, f[15], memoryUsage)
         return c
     }
 }
@@ -4555,6 +4693,7 @@ public enum ContainerEventKind: Int32, ProtoEnum, CaseIterable {
     case containerEventStats = 9
     case containerEventMemoryPressure = 10
     case containerEventHostGap = 11
+    case containerEventEvicted = 12
 
     public var protoName: String {
         switch self {
@@ -4570,6 +4709,7 @@ public enum ContainerEventKind: Int32, ProtoEnum, CaseIterable {
         case .containerEventStats: return "CONTAINER_EVENT_STATS"
         case .containerEventMemoryPressure: return "CONTAINER_EVENT_MEMORY_PRESSURE"
         case .containerEventHostGap: return "CONTAINER_EVENT_HOST_GAP"
+        case .containerEventEvicted: return "CONTAINER_EVENT_EVICTED"
         }
     }
 }
@@ -4880,15 +5020,19 @@ public struct CreateRequest: ProtoMessage {
     public var spec: ContainerSpec?
     /// Field 3 `request_id`.
     public var requestId: String?
+    /// Field 4 `tier`.
+    public var tier: String?
 
     public init(
         name: String? = nil,
         spec: ContainerSpec? = nil,
-        requestId: String? = nil
+        requestId: String? = nil,
+        tier: String? = nil
     ) {
         self.name = name
         self.spec = spec
         self.requestId = requestId
+        self.tier = tier
     }
 
     public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.CreateRequest")
@@ -4898,6 +5042,7 @@ public struct CreateRequest: ProtoMessage {
         self.name = message.get(1)
         self.spec = message.get(2)
         self.requestId = message.get(3)
+        self.tier = message.get(4)
     }
 
     public var dynamic: DynamicMessage {
@@ -4905,6 +5050,7 @@ public struct CreateRequest: ProtoMessage {
         message.set(1, name)
         message.set(2, spec)
         message.set(3, requestId)
+        message.set(4, tier)
         return message
     }
 
@@ -4913,6 +5059,7 @@ public struct CreateRequest: ProtoMessage {
         self.name = CBridge.value(c, f[0])
         self.spec = CBridge.message(c, f[1])
         self.requestId = CBridge.value(c, f[2])
+        self.tier = CBridge.value(c, f[3])
     }
 
     public func makeC() -> UnsafeMutableRawPointer {
@@ -4921,32 +5068,52 @@ public struct CreateRequest: ProtoMessage {
         CBridge.set(c, f[0], name)
         CBridge.setMessage(c, f[1], spec)
         CBridge.set(c, f[2], requestId)
+        CBridge.set(c, f[3], tier)
         return c
     }
 }
 
 /// Protobuf message `containers.lmctfy.agent.CreateResponse`.
 public struct CreateResponse: ProtoMessage {
-    public init() {}
+    /// Field 1 `tier`.
+    public var tier: String?
+    /// Field 2 `host`.
+    public var host: String?
+
+    public init(
+        tier: String? = nil,
+        host: String? = nil
+    ) {
+        self.tier = tier
+        self.host = host
+    }
 
     public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.CreateResponse")
 
     public init(dynamic message: DynamicMessage) {
         precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.CreateResponse")
-        self.init()
+        self.tier = message.get(1)
+        self.host = message.get(2)
     }
 
     public var dynamic: DynamicMessage {
-        let message = DynamicMessage(Self.protoDescriptor)
+        var message = DynamicMessage(Self.protoDescriptor)
+        message.set(1, tier)
+        message.set(2, host)
         return message
     }
 
     public init(cMessage c: UnsafeRawPointer) {
-        self.init()
+        let f = Self.protoDescriptor.fields
+        self.tier = CBridge.value(c, f[0])
+        self.host = CBridge.value(c, f[1])
     }
 
     public func makeC() -> UnsafeMutableRawPointer {
         let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.set(c, f[0], tier)
+        CBridge.set(c, f[1], host)
         return c
     }
 }
@@ -6173,6 +6340,8 @@ public struct HostInfo: ProtoMessage {
     public var keyId: String?
     /// Field 6 `container_count`.
     public var containerCount: UInt32?
+    /// Field 7 `policy`.
+    public var policy: PolicyReport?
 
     public init(
         identity: HostIdentity? = nil,
@@ -6180,7 +6349,8 @@ public struct HostInfo: ProtoMessage {
         stateSinceNs: UInt64? = nil,
         lastHeardNs: UInt64? = nil,
         keyId: String? = nil,
-        containerCount: UInt32? = nil
+        containerCount: UInt32? = nil,
+        policy: PolicyReport? = nil
     ) {
         self.identity = identity
         self.state = state
@@ -6188,6 +6358,7 @@ public struct HostInfo: ProtoMessage {
         self.lastHeardNs = lastHeardNs
         self.keyId = keyId
         self.containerCount = containerCount
+        self.policy = policy
     }
 
     public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.HostInfo")
@@ -6200,6 +6371,7 @@ public struct HostInfo: ProtoMessage {
         self.lastHeardNs = message.get(4)
         self.keyId = message.get(5)
         self.containerCount = message.get(6)
+        self.policy = message.get(7)
     }
 
     public var dynamic: DynamicMessage {
@@ -6210,6 +6382,7 @@ public struct HostInfo: ProtoMessage {
         message.set(4, lastHeardNs)
         message.set(5, keyId)
         message.set(6, containerCount)
+        message.set(7, policy)
         return message
     }
 
@@ -6221,6 +6394,7 @@ public struct HostInfo: ProtoMessage {
         self.lastHeardNs = CBridge.value(c, f[3])
         self.keyId = CBridge.value(c, f[4])
         self.containerCount = CBridge.value(c, f[5])
+        self.policy = CBridge.message(c, f[6])
     }
 
     public func makeC() -> UnsafeMutableRawPointer {
@@ -6232,6 +6406,7 @@ public struct HostInfo: ProtoMessage {
         CBridge.set(c, f[3], lastHeardNs)
         CBridge.set(c, f[4], keyId)
         CBridge.set(c, f[5], containerCount)
+        CBridge.setMessage(c, f[6], policy)
         return c
     }
 }
@@ -6918,6 +7093,8 @@ public struct MachineInfoResponse: ProtoMessage {
     public var criu: CriuStatus?
     /// Field 9 `warnings`.
     public var warnings: [String]
+    /// Field 10 `policy`.
+    public var policy: PolicyReport?
 
     public init(
         hostname: String? = nil,
@@ -6928,7 +7105,8 @@ public struct MachineInfoResponse: ProtoMessage {
         agentVersion: String? = nil,
         bootId: String? = nil,
         criu: CriuStatus? = nil,
-        warnings: [String] = []
+        warnings: [String] = [],
+        policy: PolicyReport? = nil
     ) {
         self.hostname = hostname
         self.kernel = kernel
@@ -6939,6 +7117,7 @@ public struct MachineInfoResponse: ProtoMessage {
         self.bootId = bootId
         self.criu = criu
         self.warnings = warnings
+        self.policy = policy
     }
 
     public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.MachineInfoResponse")
@@ -6954,6 +7133,7 @@ public struct MachineInfoResponse: ProtoMessage {
         self.bootId = message.get(7)
         self.criu = message.get(8)
         self.warnings = message.getRepeated(9)
+        self.policy = message.get(10)
     }
 
     public var dynamic: DynamicMessage {
@@ -6967,6 +7147,7 @@ public struct MachineInfoResponse: ProtoMessage {
         message.set(7, bootId)
         message.set(8, criu)
         message.setRepeated(9, warnings)
+        message.set(10, policy)
         return message
     }
 
@@ -6981,6 +7162,7 @@ public struct MachineInfoResponse: ProtoMessage {
         self.bootId = CBridge.value(c, f[6])
         self.criu = CBridge.message(c, f[7])
         self.warnings = CBridge.repeated(c, f[8])
+        self.policy = CBridge.message(c, f[9])
     }
 
     public func makeC() -> UnsafeMutableRawPointer {
@@ -6995,6 +7177,7 @@ public struct MachineInfoResponse: ProtoMessage {
         CBridge.set(c, f[6], bootId)
         CBridge.setMessage(c, f[7], criu)
         CBridge.setRepeated(c, f[8], warnings)
+        CBridge.setMessage(c, f[9], policy)
         return c
     }
 }
@@ -7246,6 +7429,272 @@ public struct PingResponse: ProtoMessage {
         let c = CBridge.allocate(Self.protoDescriptor)
         let f = Self.protoDescriptor.fields
         CBridge.set(c, f[0], data)
+        return c
+    }
+}
+
+/// Protobuf message `containers.lmctfy.agent.PolicyConfig`.
+public struct PolicyConfig: ProtoMessage {
+    /// Field 1 `overcommit_percent`.
+    public var overcommitPercent: UInt32?
+    /// Field 2 `reserved_memory_bytes`.
+    public var reservedMemoryBytes: UInt64?
+    /// Field 3 `reserved_milli_cpu`.
+    public var reservedMilliCpu: UInt64?
+    /// Field 4 `tier`.
+    public var tier: [PolicyTier]
+    /// Field 5 `default_tier`.
+    public var defaultTier: String?
+    /// Field 6 `evict_above_percent`.
+    public var evictAbovePercent: UInt32?
+    /// Field 7 `evict_until_percent`.
+    public var evictUntilPercent: UInt32?
+
+    public init(
+        overcommitPercent: UInt32? = nil,
+        reservedMemoryBytes: UInt64? = nil,
+        reservedMilliCpu: UInt64? = nil,
+        tier: [PolicyTier] = [],
+        defaultTier: String? = nil,
+        evictAbovePercent: UInt32? = nil,
+        evictUntilPercent: UInt32? = nil
+    ) {
+        self.overcommitPercent = overcommitPercent
+        self.reservedMemoryBytes = reservedMemoryBytes
+        self.reservedMilliCpu = reservedMilliCpu
+        self.tier = tier
+        self.defaultTier = defaultTier
+        self.evictAbovePercent = evictAbovePercent
+        self.evictUntilPercent = evictUntilPercent
+    }
+
+    public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.PolicyConfig")
+
+    public init(dynamic message: DynamicMessage) {
+        precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.PolicyConfig")
+        self.overcommitPercent = message.get(1)
+        self.reservedMemoryBytes = message.get(2)
+        self.reservedMilliCpu = message.get(3)
+        self.tier = message.getRepeated(4)
+        self.defaultTier = message.get(5)
+        self.evictAbovePercent = message.get(6)
+        self.evictUntilPercent = message.get(7)
+    }
+
+    public var dynamic: DynamicMessage {
+        var message = DynamicMessage(Self.protoDescriptor)
+        message.set(1, overcommitPercent)
+        message.set(2, reservedMemoryBytes)
+        message.set(3, reservedMilliCpu)
+        message.setRepeated(4, tier)
+        message.set(5, defaultTier)
+        message.set(6, evictAbovePercent)
+        message.set(7, evictUntilPercent)
+        return message
+    }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.overcommitPercent = CBridge.value(c, f[0])
+        self.reservedMemoryBytes = CBridge.value(c, f[1])
+        self.reservedMilliCpu = CBridge.value(c, f[2])
+        self.tier = CBridge.repeatedMessages(c, f[3])
+        self.defaultTier = CBridge.value(c, f[4])
+        self.evictAbovePercent = CBridge.value(c, f[5])
+        self.evictUntilPercent = CBridge.value(c, f[6])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.set(c, f[0], overcommitPercent)
+        CBridge.set(c, f[1], reservedMemoryBytes)
+        CBridge.set(c, f[2], reservedMilliCpu)
+        CBridge.setRepeatedMessages(c, f[3], tier)
+        CBridge.set(c, f[4], defaultTier)
+        CBridge.set(c, f[5], evictAbovePercent)
+        CBridge.set(c, f[6], evictUntilPercent)
+        return c
+    }
+}
+
+/// Protobuf enum `containers.lmctfy.agent.PolicyEvictionAction`.
+public enum PolicyEvictionAction: Int32, ProtoEnum, CaseIterable {
+    case policyEvictionUnspecified = 0
+    case evictNever = 1
+    case evictFreeze = 2
+    case evictKill = 3
+    case evictDestroy = 4
+
+    public var protoName: String {
+        switch self {
+        case .policyEvictionUnspecified: return "POLICY_EVICTION_UNSPECIFIED"
+        case .evictNever: return "EVICT_NEVER"
+        case .evictFreeze: return "EVICT_FREEZE"
+        case .evictKill: return "EVICT_KILL"
+        case .evictDestroy: return "EVICT_DESTROY"
+        }
+    }
+}
+
+/// Protobuf message `containers.lmctfy.agent.PolicyReport`.
+public struct PolicyReport: ProtoMessage {
+    /// Field 1 `capacity_memory`.
+    public var capacityMemory: Int64?
+    /// Field 2 `capacity_milli_cpu`.
+    public var capacityMilliCpu: Int64?
+    /// Field 3 `tier`.
+    public var tier: [TierCommitment]
+    /// Field 4 `free_memory`.
+    public var freeMemory: Int64?
+    /// Field 5 `free_milli_cpu`.
+    public var freeMilliCpu: Int64?
+    /// Field 6 `overcommit_percent`.
+    public var overcommitPercent: UInt32?
+
+    public init(
+        capacityMemory: Int64? = nil,
+        capacityMilliCpu: Int64? = nil,
+        tier: [TierCommitment] = [],
+        freeMemory: Int64? = nil,
+        freeMilliCpu: Int64? = nil,
+        overcommitPercent: UInt32? = nil
+    ) {
+        self.capacityMemory = capacityMemory
+        self.capacityMilliCpu = capacityMilliCpu
+        self.tier = tier
+        self.freeMemory = freeMemory
+        self.freeMilliCpu = freeMilliCpu
+        self.overcommitPercent = overcommitPercent
+    }
+
+    public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.PolicyReport")
+
+    public init(dynamic message: DynamicMessage) {
+        precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.PolicyReport")
+        self.capacityMemory = message.get(1)
+        self.capacityMilliCpu = message.get(2)
+        self.tier = message.getRepeated(3)
+        self.freeMemory = message.get(4)
+        self.freeMilliCpu = message.get(5)
+        self.overcommitPercent = message.get(6)
+    }
+
+    public var dynamic: DynamicMessage {
+        var message = DynamicMessage(Self.protoDescriptor)
+        message.set(1, capacityMemory)
+        message.set(2, capacityMilliCpu)
+        message.setRepeated(3, tier)
+        message.set(4, freeMemory)
+        message.set(5, freeMilliCpu)
+        message.set(6, overcommitPercent)
+        return message
+    }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.capacityMemory = CBridge.value(c, f[0])
+        self.capacityMilliCpu = CBridge.value(c, f[1])
+        self.tier = CBridge.repeatedMessages(c, f[2])
+        self.freeMemory = CBridge.value(c, f[3])
+        self.freeMilliCpu = CBridge.value(c, f[4])
+        self.overcommitPercent = CBridge.value(c, f[5])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.set(c, f[0], capacityMemory)
+        CBridge.set(c, f[1], capacityMilliCpu)
+        CBridge.setRepeatedMessages(c, f[2], tier)
+        CBridge.set(c, f[3], freeMemory)
+        CBridge.set(c, f[4], freeMilliCpu)
+        CBridge.set(c, f[5], overcommitPercent)
+        return c
+    }
+}
+
+/// Protobuf message `containers.lmctfy.agent.PolicyTier`.
+public struct PolicyTier: ProtoMessage {
+    /// Field 1 `name`.
+    public var name: String?
+    /// Field 2 `guaranteed`.
+    public var guaranteed: Bool?
+    /// Field 3 `overcommit`.
+    public var overcommit: Bool?
+    /// Field 4 `scheduling_latency`.
+    public var schedulingLatency: SchedulingLatency?
+    /// Field 5 `eviction_priority`.
+    public var evictionPriority: Int32?
+    /// Field 6 `cpu_milli`.
+    public var cpuMilli: UInt64?
+    /// Field 7 `eviction`.
+    public var eviction: PolicyEvictionAction?
+
+    public init(
+        name: String? = nil,
+        guaranteed: Bool? = nil,
+        overcommit: Bool? = nil,
+        schedulingLatency: SchedulingLatency? = nil,
+        evictionPriority: Int32? = nil,
+        cpuMilli: UInt64? = nil,
+        eviction: PolicyEvictionAction? = nil
+    ) {
+        self.name = name
+        self.guaranteed = guaranteed
+        self.overcommit = overcommit
+        self.schedulingLatency = schedulingLatency
+        self.evictionPriority = evictionPriority
+        self.cpuMilli = cpuMilli
+        self.eviction = eviction
+    }
+
+    public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.PolicyTier")
+
+    public init(dynamic message: DynamicMessage) {
+        precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.PolicyTier")
+        self.name = message.get(1)
+        self.guaranteed = message.get(2)
+        self.overcommit = message.get(3)
+        self.schedulingLatency = message.get(4)
+        self.evictionPriority = message.get(5)
+        self.cpuMilli = message.get(6)
+        self.eviction = message.get(7)
+    }
+
+    public var dynamic: DynamicMessage {
+        var message = DynamicMessage(Self.protoDescriptor)
+        message.set(1, name)
+        message.set(2, guaranteed)
+        message.set(3, overcommit)
+        message.set(4, schedulingLatency)
+        message.set(5, evictionPriority)
+        message.set(6, cpuMilli)
+        message.set(7, eviction)
+        return message
+    }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.name = CBridge.value(c, f[0])
+        self.guaranteed = CBridge.value(c, f[1])
+        self.overcommit = CBridge.value(c, f[2])
+        self.schedulingLatency = CBridge.value(c, f[3])
+        self.evictionPriority = CBridge.value(c, f[4])
+        self.cpuMilli = CBridge.value(c, f[5])
+        self.eviction = CBridge.value(c, f[6])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.set(c, f[0], name)
+        CBridge.set(c, f[1], guaranteed)
+        CBridge.set(c, f[2], overcommit)
+        CBridge.set(c, f[3], schedulingLatency)
+        CBridge.set(c, f[4], evictionPriority)
+        CBridge.set(c, f[5], cpuMilli)
+        CBridge.set(c, f[6], eviction)
         return c
     }
 }
@@ -8362,6 +8811,67 @@ public struct SubscribeResponse: ProtoMessage {
         CBridge.setMessage(c, f[0], event)
         CBridge.setMessage(c, f[1], gap)
         CBridge.set(c, f[2], caughtUp)
+        return c
+    }
+}
+
+/// Protobuf message `containers.lmctfy.agent.TierCommitment`.
+public struct TierCommitment: ProtoMessage {
+    /// Field 1 `tier`.
+    public var tier: String?
+    /// Field 2 `memory`.
+    public var memory: Int64?
+    /// Field 3 `milli_cpu`.
+    public var milliCpu: Int64?
+    /// Field 4 `containers`.
+    public var containers: UInt32?
+
+    public init(
+        tier: String? = nil,
+        memory: Int64? = nil,
+        milliCpu: Int64? = nil,
+        containers: UInt32? = nil
+    ) {
+        self.tier = tier
+        self.memory = memory
+        self.milliCpu = milliCpu
+        self.containers = containers
+    }
+
+    public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.TierCommitment")
+
+    public init(dynamic message: DynamicMessage) {
+        precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.TierCommitment")
+        self.tier = message.get(1)
+        self.memory = message.get(2)
+        self.milliCpu = message.get(3)
+        self.containers = message.get(4)
+    }
+
+    public var dynamic: DynamicMessage {
+        var message = DynamicMessage(Self.protoDescriptor)
+        message.set(1, tier)
+        message.set(2, memory)
+        message.set(3, milliCpu)
+        message.set(4, containers)
+        return message
+    }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.tier = CBridge.value(c, f[0])
+        self.memory = CBridge.value(c, f[1])
+        self.milliCpu = CBridge.value(c, f[2])
+        self.containers = CBridge.value(c, f[3])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.set(c, f[0], tier)
+        CBridge.set(c, f[1], memory)
+        CBridge.set(c, f[2], milliCpu)
+        CBridge.set(c, f[3], containers)
         return c
     }
 }

@@ -57,6 +57,10 @@ typedef struct Containers__Lmctfy__Agent__SubscribeRequest Containers__Lmctfy__A
 typedef struct Containers__Lmctfy__Agent__SubscribeResponse Containers__Lmctfy__Agent__SubscribeResponse;
 typedef struct Containers__Lmctfy__Agent__MachineInfoRequest Containers__Lmctfy__Agent__MachineInfoRequest;
 typedef struct Containers__Lmctfy__Agent__MachineInfoResponse Containers__Lmctfy__Agent__MachineInfoResponse;
+typedef struct Containers__Lmctfy__Agent__PolicyReport Containers__Lmctfy__Agent__PolicyReport;
+typedef struct Containers__Lmctfy__Agent__TierCommitment Containers__Lmctfy__Agent__TierCommitment;
+typedef struct Containers__Lmctfy__Agent__CheckAdmissionRequest Containers__Lmctfy__Agent__CheckAdmissionRequest;
+typedef struct Containers__Lmctfy__Agent__CheckAdmissionResponse Containers__Lmctfy__Agent__CheckAdmissionResponse;
 typedef struct Containers__Lmctfy__Agent__CriuStatus Containers__Lmctfy__Agent__CriuStatus;
 typedef struct Containers__Lmctfy__Agent__PingRequest Containers__Lmctfy__Agent__PingRequest;
 typedef struct Containers__Lmctfy__Agent__PingResponse Containers__Lmctfy__Agent__PingResponse;
@@ -76,6 +80,8 @@ typedef struct Containers__Lmctfy__Agent__RestoreResponse Containers__Lmctfy__Ag
 typedef struct Containers__Lmctfy__Agent__RoleBinding Containers__Lmctfy__Agent__RoleBinding;
 typedef struct Containers__Lmctfy__Agent__AgentLimits Containers__Lmctfy__Agent__AgentLimits;
 typedef struct Containers__Lmctfy__Agent__AgentConfig Containers__Lmctfy__Agent__AgentConfig;
+typedef struct Containers__Lmctfy__Agent__PolicyConfig Containers__Lmctfy__Agent__PolicyConfig;
+typedef struct Containers__Lmctfy__Agent__PolicyTier Containers__Lmctfy__Agent__PolicyTier;
 typedef struct Containers__Lmctfy__Agent__TlsConfig Containers__Lmctfy__Agent__TlsConfig;
 typedef struct Containers__Lmctfy__Agent__HostLabel Containers__Lmctfy__Agent__HostLabel;
 
@@ -257,7 +263,13 @@ typedef enum _Containers__Lmctfy__Agent__ContainerEventKind {
    * them (its agent no longer kept them); `host_boot_id` and `host_sequence`
    * say where that host's events go on.
    */
-  CONTAINERS__LMCTFY__AGENT__CONTAINER_EVENT_KIND__CONTAINER_EVENT_HOST_GAP = 11
+  CONTAINERS__LMCTFY__AGENT__CONTAINER_EVENT_KIND__CONTAINER_EVENT_HOST_GAP = 11,
+  /*
+   * Added (CL2 policy): the agent evicted the container to relieve memory
+   * pressure on its root container; `reason` says what it did (killed its
+   * processes, froze or destroyed it), why, and the figures.
+   */
+  CONTAINERS__LMCTFY__AGENT__CONTAINER_EVENT_KIND__CONTAINER_EVENT_EVICTED = 12
     PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(CONTAINERS__LMCTFY__AGENT__CONTAINER_EVENT_KIND)
 } Containers__Lmctfy__Agent__ContainerEventKind;
 typedef enum _Containers__Lmctfy__Agent__AgentRole {
@@ -281,6 +293,26 @@ typedef enum _Containers__Lmctfy__Agent__AgentLogLevel {
   CONTAINERS__LMCTFY__AGENT__AGENT_LOG_LEVEL__LOG_ERROR = 5
     PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(CONTAINERS__LMCTFY__AGENT__AGENT_LOG_LEVEL)
 } Containers__Lmctfy__Agent__AgentLogLevel;
+typedef enum _Containers__Lmctfy__Agent__PolicyEvictionAction {
+  CONTAINERS__LMCTFY__AGENT__POLICY_EVICTION_ACTION__POLICY_EVICTION_UNSPECIFIED = 0,
+  /*
+   * never evicted
+   */
+  CONTAINERS__LMCTFY__AGENT__POLICY_EVICTION_ACTION__EVICT_NEVER = 1,
+  /*
+   * frozen (its memory stays; it stops growing)
+   */
+  CONTAINERS__LMCTFY__AGENT__POLICY_EVICTION_ACTION__EVICT_FREEZE = 2,
+  /*
+   * its processes killed; the container stays
+   */
+  CONTAINERS__LMCTFY__AGENT__POLICY_EVICTION_ACTION__EVICT_KILL = 3,
+  /*
+   * destroyed
+   */
+  CONTAINERS__LMCTFY__AGENT__POLICY_EVICTION_ACTION__EVICT_DESTROY = 4
+    PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(CONTAINERS__LMCTFY__AGENT__POLICY_EVICTION_ACTION)
+} Containers__Lmctfy__Agent__PolicyEvictionAction;
 
 /* --- messages --- */
 
@@ -436,23 +468,41 @@ struct  Containers__Lmctfy__Agent__CreateRequest
    * Added: the caller's idempotency key (PROTOCOL.md section 6.1): 1 to 64
    * of [A-Za-z0-9_-], fresh for each operation and the same on its retry.
    */
-  /*
-   * Next id: 4
-   */
   char *request_id;
+  /*
+   * Added (CL2 policy, README "Policy"): the container's quality-of-service
+   * tier, one of the agent's policy tiers ("prod", "batch", "best-effort"
+   * unless its config names others). The tier fills in what the spec leaves
+   * out (eviction priority, scheduling latency, reservation, CPU) and
+   * decides how the container is admitted and evicted. Absent: the spec's
+   * eviction_priority says which tier (the default tier when none matches).
+   */
+  /*
+   * Next id: 5
+   */
+  char *tier;
 };
 #define CONTAINERS__LMCTFY__AGENT__CREATE_REQUEST__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__create_request__descriptor) \
-    , NULL, NULL, NULL }
+    , NULL, NULL, NULL, NULL }
 
 
 struct  Containers__Lmctfy__Agent__CreateResponse
 {
   ProtobufCMessage base;
+  /*
+   * Added: where the policy put it (the tier) and, through a controller
+   * with `anywhere`, the host it went to.
+   */
+  char *tier;
+  /*
+   * Next id: 3
+   */
+  char *host;
 };
 #define CONTAINERS__LMCTFY__AGENT__CREATE_RESPONSE__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__create_response__descriptor) \
-     }
+    , NULL, NULL }
 
 
 /*
@@ -983,14 +1033,20 @@ struct  Containers__Lmctfy__Agent__ContainerEvent
    * whose exit this agent saw) or "exited; its status is unknown (detached)"
    * (a detached run's): none has an exit code or signal.
    */
-  /*
-   * Next id: 16
-   */
   char *reason;
+  /*
+   * EVICTED: the root container's memory usage when the agent acted, and
+   * the threshold it had crossed (bytes).
+   */
+  /*
+   * Next id: 17
+   */
+  protobuf_c_boolean has_memory_usage;
+  int64_t memory_usage;
 };
 #define CONTAINERS__LMCTFY__AGENT__CONTAINER_EVENT__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__container_event__descriptor) \
-    , NULL, 0, 0, 0, 0, NULL, 0, CONTAINERS__LMCTFY__AGENT__CONTAINER_EVENT_KIND__CONTAINER_EVENT_UNSPECIFIED, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, NULL, NULL, NULL, 0, 0, NULL }
+    , NULL, 0, 0, 0, 0, NULL, 0, CONTAINERS__LMCTFY__AGENT__CONTAINER_EVENT_KIND__CONTAINER_EVENT_UNSPECIFIED, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, NULL, NULL, NULL, 0, 0, NULL, 0, 0 }
 
 
 /*
@@ -1159,15 +1215,117 @@ struct  Containers__Lmctfy__Agent__MachineInfoResponse
    * one sentence each (a TCP listener or controller link in plaintext,
    * allowed by allow_plaintext_tcp). `lmctl info` prints them as warnings.
    */
-  /*
-   * Next id: 10
-   */
   size_t n_warnings;
   char **warnings;
+  /*
+   * Added (CL2 policy): capacity, what is committed per tier and what is free.
+   */
+  /*
+   * Next id: 11
+   */
+  Containers__Lmctfy__Agent__PolicyReport *policy;
 };
 #define CONTAINERS__LMCTFY__AGENT__MACHINE_INFO_RESPONSE__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__machine_info_response__descriptor) \
-    , NULL, NULL, 0, 0, 0, 0, 0, 0, NULL, NULL, NULL, 0,NULL }
+    , NULL, NULL, 0, 0, 0, 0, 0, 0, NULL, NULL, NULL, 0,NULL, NULL }
+
+
+/*
+ * Added (CL2 policy, README "Policy"): the agent's machine as its policy
+ * sees it. Memory in bytes, CPU in milliCPU.
+ */
+struct  Containers__Lmctfy__Agent__PolicyReport
+{
+  ProtobufCMessage base;
+  protobuf_c_boolean has_capacity_memory;
+  int64_t capacity_memory;
+  protobuf_c_boolean has_capacity_milli_cpu;
+  int64_t capacity_milli_cpu;
+  /*
+   * Per tier, in the config's order (most protected first).
+   */
+  size_t n_tier;
+  Containers__Lmctfy__Agent__TierCommitment **tier;
+  /*
+   * Capacity minus what the guaranteed tiers commit.
+   */
+  protobuf_c_boolean has_free_memory;
+  int64_t free_memory;
+  protobuf_c_boolean has_free_milli_cpu;
+  int64_t free_milli_cpu;
+  /*
+   * Next id: 7
+   */
+  protobuf_c_boolean has_overcommit_percent;
+  uint32_t overcommit_percent;
+};
+#define CONTAINERS__LMCTFY__AGENT__POLICY_REPORT__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__policy_report__descriptor) \
+    , 0, 0, 0, 0, 0,NULL, 0, 0, 0, 0, 0, 0 }
+
+
+struct  Containers__Lmctfy__Agent__TierCommitment
+{
+  ProtobufCMessage base;
+  char *tier;
+  protobuf_c_boolean has_memory;
+  int64_t memory;
+  protobuf_c_boolean has_milli_cpu;
+  int64_t milli_cpu;
+  /*
+   * Next id: 5
+   */
+  protobuf_c_boolean has_containers;
+  uint32_t containers;
+};
+#define CONTAINERS__LMCTFY__AGENT__TIER_COMMITMENT__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__tier_commitment__descriptor) \
+    , NULL, 0, 0, 0, 0, 0, 0 }
+
+
+/*
+ * Added: CheckAdmission: would a Create (or, with `update`, an Update of an
+ * existing container) be admitted now? Nothing is made or changed.
+ */
+struct  Containers__Lmctfy__Agent__CheckAdmissionRequest
+{
+  ProtobufCMessage base;
+  char *name;
+  Containers__Lmctfy__ContainerSpec *spec;
+  char *tier;
+  /*
+   * Check an update of `name` to `spec` with this policy instead of a create.
+   */
+  /*
+   * Next id: 5
+   */
+  protobuf_c_boolean has_update;
+  Containers__Lmctfy__Agent__SpecUpdatePolicy update;
+};
+#define CONTAINERS__LMCTFY__AGENT__CHECK_ADMISSION_REQUEST__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__check_admission_request__descriptor) \
+    , NULL, NULL, NULL, 0, CONTAINERS__LMCTFY__AGENT__SPEC_UPDATE_POLICY__UPDATE_POLICY_UNSPECIFIED }
+
+
+struct  Containers__Lmctfy__Agent__CheckAdmissionResponse
+{
+  ProtobufCMessage base;
+  protobuf_c_boolean has_admitted;
+  protobuf_c_boolean admitted;
+  char *tier;
+  /*
+   * The arithmetic: what is asked, committed and free, by tier (the
+   * message a refused Create carries).
+   */
+  char *message;
+  /*
+   * Next id: 5
+   */
+  Containers__Lmctfy__Agent__PolicyReport *policy;
+};
+#define CONTAINERS__LMCTFY__AGENT__CHECK_ADMISSION_RESPONSE__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__check_admission_response__descriptor) \
+    , 0, 0, NULL, NULL, NULL }
 
 
 /*
@@ -1823,15 +1981,118 @@ struct  Containers__Lmctfy__Agent__AgentConfig
    * does: established connections are kept). A failure is logged and
    * retried at the next check. 1 to 100; absent: 33; 0: never renew.
    */
-  /*
-   * Next id: 27
-   */
   protobuf_c_boolean has_renew_before_expiry_percent;
   uint32_t renew_before_expiry_percent;
+  /*
+   * Admission control, tiers and eviction (README "Policy"). Absent: the
+   * defaults of PolicyConfig (admission on, no overcommit, no eviction).
+   */
+  /*
+   * Next id: 28
+   */
+  Containers__Lmctfy__Agent__PolicyConfig *policy;
 };
 #define CONTAINERS__LMCTFY__AGENT__AGENT_CONFIG__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__agent_config__descriptor) \
-    , NULL, 0, 0, NULL, NULL, NULL, 0,NULL, NULL, 0, CONTAINERS__LMCTFY__AGENT__AGENT_LOG_LEVEL__LOG_LEVEL_UNSPECIFIED, NULL, 0, 0, NULL, 0, 0, 0, 0, 0, 0, 0, 0, NULL, NULL, 0,NULL, 0, 0, 0, 0, NULL, NULL, 0, 0, NULL, NULL, 0, 0 }
+    , NULL, 0, 0, NULL, NULL, NULL, 0,NULL, NULL, 0, CONTAINERS__LMCTFY__AGENT__AGENT_LOG_LEVEL__LOG_LEVEL_UNSPECIFIED, NULL, 0, 0, NULL, 0, 0, 0, 0, 0, 0, 0, 0, NULL, NULL, 0,NULL, 0, 0, 0, 0, NULL, NULL, 0, 0, NULL, NULL, 0, 0, NULL }
+
+
+/*
+ * Added (CL2 policy, README "Policy"). Capacity is the root_container's
+ * memory limit and CPU (max_limit, else its cpuset) when set, otherwise the
+ * host's, minus the reserved amounts. A container commits memory (its limit
+ * in a guaranteed tier, else its reservation) and CPU (its max_limit, the
+ * hard cap; cpu.limit is a weight every container has).
+ */
+struct  Containers__Lmctfy__Agent__PolicyConfig
+{
+  ProtobufCMessage base;
+  /*
+   * Tiers that allow it may commit memory up to (100 + this)% of capacity.
+   * 0 to 1000; absent: 0.
+   */
+  protobuf_c_boolean has_overcommit_percent;
+  uint32_t overcommit_percent;
+  /*
+   * Kept for the system, off the capacity. Absent: 0.
+   */
+  protobuf_c_boolean has_reserved_memory_bytes;
+  uint64_t reserved_memory_bytes;
+  protobuf_c_boolean has_reserved_milli_cpu;
+  uint64_t reserved_milli_cpu;
+  /*
+   * The tiers, most protected first; absent: prod, batch, best-effort.
+   */
+  size_t n_tier;
+  Containers__Lmctfy__Agent__PolicyTier **tier;
+  /*
+   * The tier of a container created without one whose eviction priority
+   * matches none. Absent: "batch".
+   */
+  char *default_tier;
+  /*
+   * Eviction: when the root container's memory usage goes above this
+   * percentage of capacity, the agent evicts (lowest tier first, newest
+   * first within it) until usage is below evict_until_percent. 0 to 100;
+   * absent or 0: no eviction.
+   */
+  protobuf_c_boolean has_evict_above_percent;
+  uint32_t evict_above_percent;
+  /*
+   * Below evict_above_percent; absent: evict_above_percent - 10.
+   */
+  /*
+   * Next id: 8
+   */
+  protobuf_c_boolean has_evict_until_percent;
+  uint32_t evict_until_percent;
+};
+#define CONTAINERS__LMCTFY__AGENT__POLICY_CONFIG__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__policy_config__descriptor) \
+    , 0, 0, 0, 0, 0, 0, 0,NULL, NULL, 0, 0, 0, 0 }
+
+
+struct  Containers__Lmctfy__Agent__PolicyTier
+{
+  ProtobufCMessage base;
+  char *name;
+  /*
+   * Its committed memory is its limit (not its reservation), and the
+   * guaranteed tiers together never commit more than capacity.
+   */
+  protobuf_c_boolean has_guaranteed;
+  protobuf_c_boolean guaranteed;
+  /*
+   * It may use overcommit_percent (a guaranteed tier never does).
+   */
+  protobuf_c_boolean has_overcommit;
+  protobuf_c_boolean overcommit;
+  /*
+   * Given to a container created with this tier when its spec sets none
+   * (only where CL1 allows it: a top-level container of the machine).
+   */
+  protobuf_c_boolean has_scheduling_latency;
+  Containers__Lmctfy__SchedulingLatency scheduling_latency;
+  /*
+   * Given when the spec sets none; also how a container's tier is told
+   * from its spec (an equal eviction_priority). 0 to 10000, distinct.
+   */
+  protobuf_c_boolean has_eviction_priority;
+  int32_t eviction_priority;
+  /*
+   * cpu.limit (milliCPU shares) given when the spec sets none; 0: none.
+   */
+  protobuf_c_boolean has_cpu_milli;
+  uint64_t cpu_milli;
+  /*
+   * Next id: 8
+   */
+  protobuf_c_boolean has_eviction;
+  Containers__Lmctfy__Agent__PolicyEvictionAction eviction;
+};
+#define CONTAINERS__LMCTFY__AGENT__POLICY_TIER__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__policy_tier__descriptor) \
+    , NULL, 0, 0, 0, 0, 0, CONTAINERS__LMCTFY__SCHEDULING_LATENCY__BEST_EFFORT, 0, 0, 0, 0, 0, CONTAINERS__LMCTFY__AGENT__POLICY_EVICTION_ACTION__POLICY_EVICTION_UNSPECIFIED }
 
 
 /*
@@ -2651,6 +2912,82 @@ Containers__Lmctfy__Agent__MachineInfoResponse *
 void   containers__lmctfy__agent__machine_info_response__free_unpacked
                      (Containers__Lmctfy__Agent__MachineInfoResponse *message,
                       ProtobufCAllocator *allocator);
+/* Containers__Lmctfy__Agent__PolicyReport methods */
+void   containers__lmctfy__agent__policy_report__init
+                     (Containers__Lmctfy__Agent__PolicyReport         *message);
+size_t containers__lmctfy__agent__policy_report__get_packed_size
+                     (const Containers__Lmctfy__Agent__PolicyReport   *message);
+size_t containers__lmctfy__agent__policy_report__pack
+                     (const Containers__Lmctfy__Agent__PolicyReport   *message,
+                      uint8_t             *out);
+size_t containers__lmctfy__agent__policy_report__pack_to_buffer
+                     (const Containers__Lmctfy__Agent__PolicyReport   *message,
+                      ProtobufCBuffer     *buffer);
+Containers__Lmctfy__Agent__PolicyReport *
+       containers__lmctfy__agent__policy_report__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   containers__lmctfy__agent__policy_report__free_unpacked
+                     (Containers__Lmctfy__Agent__PolicyReport *message,
+                      ProtobufCAllocator *allocator);
+/* Containers__Lmctfy__Agent__TierCommitment methods */
+void   containers__lmctfy__agent__tier_commitment__init
+                     (Containers__Lmctfy__Agent__TierCommitment         *message);
+size_t containers__lmctfy__agent__tier_commitment__get_packed_size
+                     (const Containers__Lmctfy__Agent__TierCommitment   *message);
+size_t containers__lmctfy__agent__tier_commitment__pack
+                     (const Containers__Lmctfy__Agent__TierCommitment   *message,
+                      uint8_t             *out);
+size_t containers__lmctfy__agent__tier_commitment__pack_to_buffer
+                     (const Containers__Lmctfy__Agent__TierCommitment   *message,
+                      ProtobufCBuffer     *buffer);
+Containers__Lmctfy__Agent__TierCommitment *
+       containers__lmctfy__agent__tier_commitment__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   containers__lmctfy__agent__tier_commitment__free_unpacked
+                     (Containers__Lmctfy__Agent__TierCommitment *message,
+                      ProtobufCAllocator *allocator);
+/* Containers__Lmctfy__Agent__CheckAdmissionRequest methods */
+void   containers__lmctfy__agent__check_admission_request__init
+                     (Containers__Lmctfy__Agent__CheckAdmissionRequest         *message);
+size_t containers__lmctfy__agent__check_admission_request__get_packed_size
+                     (const Containers__Lmctfy__Agent__CheckAdmissionRequest   *message);
+size_t containers__lmctfy__agent__check_admission_request__pack
+                     (const Containers__Lmctfy__Agent__CheckAdmissionRequest   *message,
+                      uint8_t             *out);
+size_t containers__lmctfy__agent__check_admission_request__pack_to_buffer
+                     (const Containers__Lmctfy__Agent__CheckAdmissionRequest   *message,
+                      ProtobufCBuffer     *buffer);
+Containers__Lmctfy__Agent__CheckAdmissionRequest *
+       containers__lmctfy__agent__check_admission_request__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   containers__lmctfy__agent__check_admission_request__free_unpacked
+                     (Containers__Lmctfy__Agent__CheckAdmissionRequest *message,
+                      ProtobufCAllocator *allocator);
+/* Containers__Lmctfy__Agent__CheckAdmissionResponse methods */
+void   containers__lmctfy__agent__check_admission_response__init
+                     (Containers__Lmctfy__Agent__CheckAdmissionResponse         *message);
+size_t containers__lmctfy__agent__check_admission_response__get_packed_size
+                     (const Containers__Lmctfy__Agent__CheckAdmissionResponse   *message);
+size_t containers__lmctfy__agent__check_admission_response__pack
+                     (const Containers__Lmctfy__Agent__CheckAdmissionResponse   *message,
+                      uint8_t             *out);
+size_t containers__lmctfy__agent__check_admission_response__pack_to_buffer
+                     (const Containers__Lmctfy__Agent__CheckAdmissionResponse   *message,
+                      ProtobufCBuffer     *buffer);
+Containers__Lmctfy__Agent__CheckAdmissionResponse *
+       containers__lmctfy__agent__check_admission_response__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   containers__lmctfy__agent__check_admission_response__free_unpacked
+                     (Containers__Lmctfy__Agent__CheckAdmissionResponse *message,
+                      ProtobufCAllocator *allocator);
 /* Containers__Lmctfy__Agent__CriuStatus methods */
 void   containers__lmctfy__agent__criu_status__init
                      (Containers__Lmctfy__Agent__CriuStatus         *message);
@@ -3012,6 +3349,44 @@ Containers__Lmctfy__Agent__AgentConfig *
 void   containers__lmctfy__agent__agent_config__free_unpacked
                      (Containers__Lmctfy__Agent__AgentConfig *message,
                       ProtobufCAllocator *allocator);
+/* Containers__Lmctfy__Agent__PolicyConfig methods */
+void   containers__lmctfy__agent__policy_config__init
+                     (Containers__Lmctfy__Agent__PolicyConfig         *message);
+size_t containers__lmctfy__agent__policy_config__get_packed_size
+                     (const Containers__Lmctfy__Agent__PolicyConfig   *message);
+size_t containers__lmctfy__agent__policy_config__pack
+                     (const Containers__Lmctfy__Agent__PolicyConfig   *message,
+                      uint8_t             *out);
+size_t containers__lmctfy__agent__policy_config__pack_to_buffer
+                     (const Containers__Lmctfy__Agent__PolicyConfig   *message,
+                      ProtobufCBuffer     *buffer);
+Containers__Lmctfy__Agent__PolicyConfig *
+       containers__lmctfy__agent__policy_config__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   containers__lmctfy__agent__policy_config__free_unpacked
+                     (Containers__Lmctfy__Agent__PolicyConfig *message,
+                      ProtobufCAllocator *allocator);
+/* Containers__Lmctfy__Agent__PolicyTier methods */
+void   containers__lmctfy__agent__policy_tier__init
+                     (Containers__Lmctfy__Agent__PolicyTier         *message);
+size_t containers__lmctfy__agent__policy_tier__get_packed_size
+                     (const Containers__Lmctfy__Agent__PolicyTier   *message);
+size_t containers__lmctfy__agent__policy_tier__pack
+                     (const Containers__Lmctfy__Agent__PolicyTier   *message,
+                      uint8_t             *out);
+size_t containers__lmctfy__agent__policy_tier__pack_to_buffer
+                     (const Containers__Lmctfy__Agent__PolicyTier   *message,
+                      ProtobufCBuffer     *buffer);
+Containers__Lmctfy__Agent__PolicyTier *
+       containers__lmctfy__agent__policy_tier__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   containers__lmctfy__agent__policy_tier__free_unpacked
+                     (Containers__Lmctfy__Agent__PolicyTier *message,
+                      ProtobufCAllocator *allocator);
 /* Containers__Lmctfy__Agent__TlsConfig methods */
 void   containers__lmctfy__agent__tls_config__init
                      (Containers__Lmctfy__Agent__TlsConfig         *message);
@@ -3172,6 +3547,18 @@ typedef void (*Containers__Lmctfy__Agent__MachineInfoRequest_Closure)
 typedef void (*Containers__Lmctfy__Agent__MachineInfoResponse_Closure)
                  (const Containers__Lmctfy__Agent__MachineInfoResponse *message,
                   void *closure_data);
+typedef void (*Containers__Lmctfy__Agent__PolicyReport_Closure)
+                 (const Containers__Lmctfy__Agent__PolicyReport *message,
+                  void *closure_data);
+typedef void (*Containers__Lmctfy__Agent__TierCommitment_Closure)
+                 (const Containers__Lmctfy__Agent__TierCommitment *message,
+                  void *closure_data);
+typedef void (*Containers__Lmctfy__Agent__CheckAdmissionRequest_Closure)
+                 (const Containers__Lmctfy__Agent__CheckAdmissionRequest *message,
+                  void *closure_data);
+typedef void (*Containers__Lmctfy__Agent__CheckAdmissionResponse_Closure)
+                 (const Containers__Lmctfy__Agent__CheckAdmissionResponse *message,
+                  void *closure_data);
 typedef void (*Containers__Lmctfy__Agent__CriuStatus_Closure)
                  (const Containers__Lmctfy__Agent__CriuStatus *message,
                   void *closure_data);
@@ -3229,6 +3616,12 @@ typedef void (*Containers__Lmctfy__Agent__AgentLimits_Closure)
 typedef void (*Containers__Lmctfy__Agent__AgentConfig_Closure)
                  (const Containers__Lmctfy__Agent__AgentConfig *message,
                   void *closure_data);
+typedef void (*Containers__Lmctfy__Agent__PolicyConfig_Closure)
+                 (const Containers__Lmctfy__Agent__PolicyConfig *message,
+                  void *closure_data);
+typedef void (*Containers__Lmctfy__Agent__PolicyTier_Closure)
+                 (const Containers__Lmctfy__Agent__PolicyTier *message,
+                  void *closure_data);
 typedef void (*Containers__Lmctfy__Agent__TlsConfig_Closure)
                  (const Containers__Lmctfy__Agent__TlsConfig *message,
                   void *closure_data);
@@ -3251,6 +3644,7 @@ extern const ProtobufCEnumDescriptor    containers__lmctfy__agent__run_event_kin
 extern const ProtobufCEnumDescriptor    containers__lmctfy__agent__container_event_kind__descriptor;
 extern const ProtobufCEnumDescriptor    containers__lmctfy__agent__agent_role__descriptor;
 extern const ProtobufCEnumDescriptor    containers__lmctfy__agent__agent_log_level__descriptor;
+extern const ProtobufCEnumDescriptor    containers__lmctfy__agent__policy_eviction_action__descriptor;
 extern const ProtobufCMessageDescriptor containers__lmctfy__agent__frame__descriptor;
 extern const ProtobufCMessageDescriptor containers__lmctfy__agent__rpc_status__descriptor;
 extern const ProtobufCMessageDescriptor containers__lmctfy__agent__hello__descriptor;
@@ -3291,6 +3685,10 @@ extern const ProtobufCMessageDescriptor containers__lmctfy__agent__subscribe_req
 extern const ProtobufCMessageDescriptor containers__lmctfy__agent__subscribe_response__descriptor;
 extern const ProtobufCMessageDescriptor containers__lmctfy__agent__machine_info_request__descriptor;
 extern const ProtobufCMessageDescriptor containers__lmctfy__agent__machine_info_response__descriptor;
+extern const ProtobufCMessageDescriptor containers__lmctfy__agent__policy_report__descriptor;
+extern const ProtobufCMessageDescriptor containers__lmctfy__agent__tier_commitment__descriptor;
+extern const ProtobufCMessageDescriptor containers__lmctfy__agent__check_admission_request__descriptor;
+extern const ProtobufCMessageDescriptor containers__lmctfy__agent__check_admission_response__descriptor;
 extern const ProtobufCMessageDescriptor containers__lmctfy__agent__criu_status__descriptor;
 extern const ProtobufCMessageDescriptor containers__lmctfy__agent__ping_request__descriptor;
 extern const ProtobufCMessageDescriptor containers__lmctfy__agent__ping_response__descriptor;
@@ -3310,6 +3708,8 @@ extern const ProtobufCMessageDescriptor containers__lmctfy__agent__restore_respo
 extern const ProtobufCMessageDescriptor containers__lmctfy__agent__role_binding__descriptor;
 extern const ProtobufCMessageDescriptor containers__lmctfy__agent__agent_limits__descriptor;
 extern const ProtobufCMessageDescriptor containers__lmctfy__agent__agent_config__descriptor;
+extern const ProtobufCMessageDescriptor containers__lmctfy__agent__policy_config__descriptor;
+extern const ProtobufCMessageDescriptor containers__lmctfy__agent__policy_tier__descriptor;
 extern const ProtobufCMessageDescriptor containers__lmctfy__agent__tls_config__descriptor;
 extern const ProtobufCMessageDescriptor containers__lmctfy__agent__host_label__descriptor;
 

@@ -160,15 +160,21 @@ struct  Containers__Lmctfy__Agent__HostInfo
    * Containers on the host: as it registered, then kept up to date from
    * its CREATED and DESTROYED events.
    */
-  /*
-   * Next id: 7
-   */
   protobuf_c_boolean has_container_count;
   uint32_t container_count;
+  /*
+   * Added (CL2 policy): the host's capacity and commitment per tier, as its
+   * MachineInfo says. The controller does not fill it; `lmctl hosts` asks
+   * each connected host and fills it in its output.
+   */
+  /*
+   * Next id: 8
+   */
+  Containers__Lmctfy__Agent__PolicyReport *policy;
 };
 #define CONTAINERS__LMCTFY__AGENT__HOST_INFO__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__host_info__descriptor) \
-    , NULL, 0, CONTAINERS__LMCTFY__AGENT__HOST_STATE__HOST_STATE_UNSPECIFIED, 0, 0, 0, 0, NULL, 0, 0 }
+    , NULL, 0, CONTAINERS__LMCTFY__AGENT__HOST_STATE__HOST_STATE_UNSPECIFIED, 0, 0, 0, 0, NULL, 0, 0, NULL }
 
 
 /*

@@ -203,6 +203,7 @@ struct CgroupV1Driver: CgroupDriver {
         switch kind {
         case .oom: try EventfdSource(dir, target: "memory.oom_control", args: "")
         case .memoryThreshold(let usage): try EventfdSource(dir, target: "memory.usage_in_bytes", args: " \(usage)")
+        case .memoryPressure: try EventfdSource(dir, target: "memory.pressure_level", args: " medium")
         case .containerEmpty: try PolledEmptySource(container)
         }
     }

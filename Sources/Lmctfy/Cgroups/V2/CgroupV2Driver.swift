@@ -132,6 +132,7 @@ struct CgroupV2Driver: CgroupDriver {
         switch kind {
         case .oom: try OomKillSource(dir)
         case .memoryThreshold(let usage): try PolledThresholdSource(dir, usage)
+        case .memoryPressure: try OomKillSource(dir, key: "high")
         case .containerEmpty: try PopulatedSource(dir)
         }
     }
@@ -174,17 +175,21 @@ struct CgroupV2Driver: CgroupDriver {
 
 // MARK: - v2 event sources
 
-/// OOM: inotify on memory.events; an event is oom_kill growing.
+/// OOM: inotify on memory.events; an event is oom_kill growing. With key
+/// "high": memory pressure (the count of reclaims forced by memory.high,
+/// the v2 counterpart of v1's pressure_level the machine watcher uses too).
 final class OomKillSource: EventSource {
     let fd: Int32
     private let dir: CgroupDir
+    private let key: String
     private var lastCount: Int64
     var pendingImmediately: Bool { false }
 
-    init(_ dir: CgroupDir) throws(LmctfyError) {
+    init(_ dir: CgroupDir, key: String = "oom_kill") throws(LmctfyError) {
         self.dir = dir
+        self.key = key
         fd = try dir.inotify("memory.events")
-        lastCount = (try? dir.readKeyValues("memory.events")["oom_kill"]) ?? 0
+        lastCount = (try? dir.readKeyValues("memory.events")[key]) ?? 0
     }
 
     deinit { close(fd) }
@@ -193,7 +198,7 @@ final class OomKillSource: EventSource {
         let (_, isGone) = EventFds.drainInotify(fd)
         if isGone { throw Watch.gone(dir) }
         if try !dir.exists() { throw Watch.gone(dir) }
-        let count = (try? dir.readKeyValues("memory.events")["oom_kill"]) ?? lastCount
+        let count = (try? dir.readKeyValues("memory.events")[key]) ?? lastCount
         defer { lastCount = count }
         return Int(max(0, count - lastCount))
     }

@@ -1,0 +1,187 @@
+// Eviction under memory pressure (README "Policy"): a thread of its own
+// waits (one epoll) on three kernel watches of the agent's root container: a
+// memory usage threshold at the policy's high mark (v1: an eventfd on
+// memory.usage_in_bytes; v2: CL1's polled memory.current), memory pressure
+// (v1: memory.pressure_level "medium" eventfd; v2: memory.events "high") and
+// OOM, and reads the usage again every `recheckMs` in any case. Past the mark it evicts one
+// container at a time (LmctfyPolicy's order: lowest tier first, newest first
+// within a tier, prod never), waits for the memory to come back, reads the
+// usage again, and stops once usage is below the low mark (hysteresis).
+// Each eviction is an EVICTED event with the figures, and a log line.
+import Glibc
+import Lmctfy
+import LmctfyBackend
+import LmctfyEvents
+import LmctfyPolicy
+import LmctfyProto
+import LmctfySystem
+import Synchronization
+
+final class PolicyEvictor: Sendable {
+    private let api: ContainerApi
+    private let scope: ContainerScope
+    private let dispatcher: Dispatcher
+    private let keeper: PolicyKeeper
+    private let log: AgentLog
+    private let stopping = Atomic<Bool>(false)
+    private let done = Latch()
+    /// How often the usage is read again while the gate is open or the
+    /// threshold's watch could not be made.
+    static let recheckMs: Int32 = 250
+    /// After an eviction: how long the memory of what was killed may take
+    /// to be uncharged before the usage is read again.
+    static let settleMs = 100
+    /// Evictions made (for tests and the benchmark).
+    let evictions = Mutexed(0)
+
+    init(api: ContainerApi, scope: ContainerScope, dispatcher: Dispatcher, keeper: PolicyKeeper, log: AgentLog) {
+        self.api = api
+        self.scope = scope
+        self.dispatcher = dispatcher
+        self.keeper = keeper
+        self.log = log
+    }
+
+    func start() {
+        Threads.detach { [self] in
+            run()
+            done.signal()
+        }
+    }
+
+    func requestStop() { stopping.store(true, ordering: .relaxed) }
+
+    func stop() {
+        requestStop()
+        done.wait()
+    }
+
+    private func usage() -> Int64? {
+        guard let u = (try? dispatcher.backend.stats("/", type: .summary))?.memory?.usage else { return nil }
+        return u
+    }
+
+    /// What woke the evictor, for the EVICTED reason.
+    enum Wake: String {
+        case threshold = "usage threshold"
+        case pressure = "memory pressure"
+        case oom = "OOM"
+        case recheck = "periodic check"
+    }
+
+    /// The root container's watches, polled together (one epoll): usage at
+    /// the high mark, memory pressure, OOM. Made again when the mark moves.
+    private final class Watches {
+        let epoll: Epoll
+        var all: [UInt64: (Watch, Wake)] = [:]
+        let high: Int64
+
+        init(root: Container, high: Int64, log: AgentLog) throws(LmctfyError) {
+            do { epoll = try Epoll() } catch { throw error.lmctfy(.internal, "Making the eviction's epoll") }
+            self.high = high
+            let makers: [(Wake, () throws(LmctfyError) -> Watch)] = [
+                (.threshold, { () throws(LmctfyError) in try root.watch(EventSpec(memoryThreshold: EventSpec.MemoryThreshold(usage: high))) }),
+                (.pressure, { () throws(LmctfyError) in try root.watchMemoryPressure() }),
+                (.oom, { () throws(LmctfyError) in try root.watch(EventSpec(oom: EventSpec.Oom())) }),
+            ]
+            for (i, (wake, make)) in makers.enumerated() {
+                do throws(LmctfyError) {
+                    let w = try make()
+                    try? epoll.add(w.fd, key: UInt64(i + 1))
+                    all[UInt64(i + 1)] = (w, wake)
+                } catch {
+                    log.warning("policy: no \(wake.rawValue) watch on the root container (\(error.message)); its usage is read every \(PolicyEvictor.recheckMs) ms")
+                }
+            }
+        }
+
+        deinit { for (w, _) in all.values { w.close() } }
+
+        /// Waits up to `ms`; what woke it (nil: the time ran out).
+        func wait(_ ms: Int32) -> Wake? {
+            guard let keys = try? epoll.wait(timeoutMs: ms) else { return nil }
+            var woke: Wake?
+            for k in keys {
+                guard let (w, wake) = all[k] else { continue }
+                if ((try? w.collect()) ?? 0) > 0, woke == nil { woke = wake }
+            }
+            return woke ?? (keys.isEmpty ? nil : .recheck)
+        }
+    }
+
+    private func run() {
+        var watches: Watches?
+        while !stopping.load(ordering: .relaxed) {
+            guard let capacity = try? keeper.capacity(), var gate = PressureGate(policy: keeper.policy, capacity: capacity.memory) else {
+                usleep(UInt32(Self.recheckMs) * 1000)
+                continue
+            }
+            if watches?.high != gate.high {
+                watches = nil
+                if let root = try? api.get(scope.root) {
+                    watches = try? Watches(root: root, high: gate.high, log: log)
+                }
+            }
+            let wake: Wake
+            if let w = watches {
+                wake = w.wait(Self.recheckMs) ?? .recheck
+            } else {
+                usleep(UInt32(Self.recheckMs) * 1000)
+                wake = .recheck
+            }
+            guard let u = usage(), gate.update(usage: u) else { continue }
+            relieve(&gate, usage: u, wake: wake)
+        }
+    }
+
+    /// Evicts until the gate closes or nothing more may be evicted.
+    private func relieve(_ gate: inout PressureGate, usage first: Int64, wake: Wake) {
+        var u = first
+        while gate.active, !stopping.load(ordering: .relaxed) {
+            keeper.sync()
+            let ledger = keeper.admitter.snapshot()
+            var candidates: [EvictionCandidate] = []
+            for (path, c) in ledger.entries where !c.pending {
+                guard let name = try? scope.resolve(path), let container = try? api.get(name) else { continue }
+                let busy = !((try? container.processes(recursive: true)) ?? []).isEmpty
+                let frozen = (try? container.isFrozen()) ?? false
+                candidates.append(EvictionCandidate(name: path, tier: c.tier, order: c.order, hasProcesses: busy, frozen: frozen))
+            }
+            guard let (victim, action) = keeper.policy.nextVictim(candidates) else {
+                log.warning("policy: memory usage \(u) B is above \(gate.high) B and nothing more may be evicted")
+                return
+            }
+            act(victim, action, usage: u, gate: gate, wake: wake)
+            usleep(UInt32(Self.settleMs) * 1000)
+            guard let next = usage() else { return }
+            u = next
+            _ = gate.update(usage: u)
+        }
+    }
+
+    private func act(_ victim: EvictionCandidate, _ action: EvictionAction, usage: Int64, gate: PressureGate, wake: Wake) {
+        let verb: String
+        do {
+            switch action {
+            case .never: return
+            case .kill:
+                verb = "killed its processes"
+                try dispatcher.backend.killAll(victim.name, recursive: true)
+            case .freeze:
+                verb = "froze it"
+                try dispatcher.setPaused(victim.name, true)
+            case .destroy:
+                verb = "destroyed it"
+                _ = try dispatcher.destroyContainer(victim.name, force: true)
+            }
+        } catch {
+            log.warning("policy: evicting \(victim.name) (\(action.rawValue)) failed: \(error)")
+            return
+        }
+        let reason = "memory pressure (woken by: \(wake.rawValue)): the root container uses \(usage) B (eviction starts above \(gate.high) B and goes on until below \(gate.low) B); tier \(victim.tier): \(verb)"
+        dispatcher.events.append(ContainerEvent(container: victim.name, kind: .containerEventEvicted, memoryThreshold: gate.high,
+                                                reason: reason, memoryUsage: usage))
+        evictions.locked { $0 += 1 }
+        log.warning("policy: evicted \(victim.name): \(reason)")
+    }
+}

@@ -1,0 +1,190 @@
+// The agent's side of CL2 (README "Policy"): the ledger of what the
+// containers directly below the root commit, kept in line with what exists
+// (recomputed from the containers' specs, so a restarted agent, or one whose
+// containers were made with the CLI, counts them all), capacity read from
+// the root container, and admission wrapped around Create and Update. The
+// arithmetic is LmctfyPolicy's; this file only feeds it and acts.
+import LmctfyBackend
+import LmctfyPolicy
+import LmctfyProto
+import LmctfySystem
+
+/// Admission for one agent. Thread-safe (the Admitter's lock); calls run on
+/// pool threads.
+public final class PolicyKeeper: Sendable {
+    let policy: Policy
+    let admitter: Admitter
+    let backend: any ContainerBackend
+    /// The host's CPUs and memory (before the root container's limits).
+    let host: Amount
+    /// Whether the agent's root is the machine's: a container directly below
+    /// it is top-level on the machine, where its scheduling latency may be
+    /// chosen (a nested v1 container has its top-level container's class).
+    let machineRoot: Bool
+
+    init(policy: Policy, backend: any ContainerBackend, host: Amount, machineRoot: Bool) {
+        self.policy = policy
+        self.admitter = Admitter(policy: policy)
+        self.backend = backend
+        self.host = host
+        self.machineRoot = machineRoot
+    }
+
+    /// Only the root's direct subcontainers commit: a nested container lives
+    /// inside its parent's limits and commitment.
+    static func isTopLevel(_ path: String) -> Bool {
+        path.count > 1 && path.hasPrefix("/") && !path.dropFirst().contains("/")
+    }
+
+    /// Capacity now: the root container's memory limit and CPU, else the host's.
+    func capacity() throws(LmctfyError) -> Amount {
+        let root = try backend.spec("/")
+        return policy.capacity(host: host, rootMemoryLimit: root.memory?.limit, rootMilliCpu: Policy.milliCpu(of: root))
+    }
+
+    /// What `spec` commits and in which tier.
+    func commitment(of spec: ContainerSpec) -> (tier: Tier, amount: Amount) {
+        let tier = policy.tier(of: spec)
+        return (tier, Policy.committed(spec, tier: tier))
+    }
+
+    /// Brings the ledger in line with the containers below the root: new
+    /// ones (the CLI's, or all of them after a restart) are read, gone ones
+    /// forgotten.
+    func sync() {
+        let backend = self.backend
+        let created = self.created.locked { $0 }
+        admitter.sync(list: { try? backend.listContainers("/", recursive: false) }, readOrdered: { (name: String) -> (tier: String, amount: Amount, order: UInt64?)? in
+            guard let spec = try? backend.spec(name) else { return nil }
+            let c = commitment(of: spec)
+            return (c.tier.name, c.amount, created?.when(name))
+        })
+    }
+
+    /// When each container was made (the snapshots'), for the eviction
+    /// order of containers found by a sync (after a restart); set by the
+    /// agent when it keeps snapshots.
+    let created = Mutexed<CreatedClock?>(nil)
+
+    final class CreatedClock: Sendable {
+        let when: @Sendable (String) -> UInt64?
+        init(_ when: @escaping @Sendable (String) -> UInt64?) { self.when = when }
+    }
+
+    /// The tier a Create names (or its spec says) and the spec it applies.
+    func planCreate(path: String, spec: ContainerSpec, tier name: String?) throws(LmctfyError) -> (Tier, ContainerSpec) {
+        guard let name else { return (policy.tier(of: spec), spec) }
+        let tier = try policy.tier(named: name)
+        // The tier's CPU share only where the parent isolates cpu (below a
+        // root without it, a container cannot).
+        let parent = path.lastIndex(of: "/").map { i in i == path.startIndex ? "/" : String(path[..<i]) } ?? "/"
+        let cpuIsolated = machineRoot && Self.isTopLevel(path) ? true : ((try? backend.spec(parent))?.cpu != nil)
+        return (tier, try policy.apply(tier, to: spec, topLevel: machineRoot && Self.isTopLevel(path), cpuIsolated: cpuIsolated))
+    }
+
+    /// Runs `body` (the create of `path` with `spec`) once admitted; admission
+    /// and the reservation are one step, released if the create fails.
+    /// Refused: RESOURCE_EXHAUSTED with the arithmetic, nothing made.
+    func admitCreate<T>(path: String, tier: Tier, spec: ContainerSpec, _ body: () throws -> T) throws -> T {
+        guard Self.isTopLevel(path) else { return try body() }
+        sync()
+        let cap = try capacity()
+        guard let d = admitter.admit(path, tier: tier, amount: Policy.committed(spec, tier: tier), capacity: cap, new: true) else {
+            // Known and made: the create fails on its own (ALREADY_EXISTS);
+            // a create of it under way: this one conflicts with it.
+            if admitter.commitment(path)?.pending == true {
+                throw LmctfyError(.aborted, "Create of \"\(path)\" is already under way")
+            }
+            return try body()
+        }
+        guard d.admitted else { throw LmctfyError(.resourceExhausted, "Create: \(d.message)") }
+        do {
+            let result = try body()
+            admitter.confirm(path)
+            return result
+        } catch {
+            admitter.release(path, previous: nil)
+            throw error
+        }
+    }
+
+    /// The spec an update leads to, for what the policy counts (memory
+    /// limit, reservation, eviction priority, CPU limit): REPLACE is the new
+    /// spec alone; DIFF is the current spec with what the update sets.
+    static func merged(_ current: ContainerSpec, _ update: ContainerSpec, replace: Bool) -> ContainerSpec {
+        if replace { return update }
+        var m = current
+        if let u = update.memory {
+            var memory = m.memory ?? MemorySpec()
+            if let v = u.limit { memory.limit = v }
+            if let v = u.reservation { memory.reservation = v }
+            if let v = u.evictionPriority { memory.evictionPriority = v }
+            m.memory = memory
+        }
+        if let v = update.cpu?.limit {
+            var cpu = m.cpu ?? CpuSpec()
+            cpu.limit = v
+            m.cpu = cpu
+        }
+        return m
+    }
+
+    /// Runs `body` (an update of `path`) once its new commitment is
+    /// admitted; a failed update gets its old commitment back.
+    func admitUpdate<T>(path: String, spec: ContainerSpec, replace: Bool, _ body: () throws -> T) throws -> T {
+        guard Self.isTopLevel(path) else { return try body() }
+        sync()
+        let next = commitment(of: Self.merged(try backend.spec(path), spec, replace: replace))
+        let previous = admitter.commitment(path)
+        let d = admitter.admit(path, tier: next.tier, amount: next.amount, capacity: try capacity())
+        guard d.admitted else { throw LmctfyError(.resourceExhausted, "Update: \(d.message)") }
+        do {
+            let result = try body()
+            admitter.confirm(path)
+            return result
+        } catch {
+            admitter.release(path, previous: previous)
+            throw error
+        }
+    }
+
+    /// A container destroyed through the agent.
+    func destroyed(_ path: String) {
+        if Self.isTopLevel(path) { admitter.forget(path) }
+    }
+
+    /// CheckAdmission: the decision a Create or Update would get now.
+    func check(_ r: CheckAdmissionRequest) throws(LmctfyError) -> CheckAdmissionResponse {
+        guard let name = r.name else { throw .invalidArgument("CheckAdmission names no container") }
+        let path = try backend.resolve(name)
+        let spec = r.spec ?? ContainerSpec()
+        sync()
+        let cap = try capacity()
+        let tier: Tier
+        let amount: Amount
+        switch r.update {
+        case nil, .updatePolicyUnspecified?:
+            let (t, applied) = try planCreate(path: path, spec: spec, tier: r.tier)
+            (tier, amount) = (t, Policy.committed(applied, tier: t))
+        case .updateDiff?, .updateReplace?:
+            let next = commitment(of: Self.merged(try backend.spec(path), spec, replace: r.update == .updateReplace))
+            (tier, amount) = (next.tier, next.amount)
+        }
+        let report = admitter.snapshot().report(capacity: cap)
+        guard Self.isTopLevel(path) else {
+            return CheckAdmissionResponse(
+                admitted: true, tier: tier.name,
+                message: "admitted \"\(path)\": a nested container lives inside its top-level container's commitment",
+                policy: report)
+        }
+        let d = admitter.check(path, tier: tier, amount: amount, capacity: cap)
+        return CheckAdmissionResponse(admitted: d.admitted, tier: d.tier, message: d.message, policy: report)
+    }
+
+    /// MachineInfo's policy report.
+    func report() -> PolicyReport? {
+        sync()
+        guard let cap = try? capacity() else { return nil }
+        return admitter.snapshot().report(capacity: cap)
+    }
+}

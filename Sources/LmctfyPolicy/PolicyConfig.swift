@@ -1,0 +1,65 @@
+// The agent config's `policy { ... }` block as a Policy, checked: a bad
+// value is INVALID_ARGUMENT naming the key, and nothing starts.
+import LmctfyProto
+import LmctfySystem
+
+extension Policy {
+    /// The policy `config` describes (absent: the defaults).
+    public init(config: PolicyConfig?) throws(LmctfyError) {
+        let c = config ?? PolicyConfig()
+        var tiers: [Tier] = []
+        for t in c.tier {
+            guard let name = t.name, !name.isEmpty,
+                  name.utf8.allSatisfy({ ($0 >= 0x61 && $0 <= 0x7a) || ($0 >= 0x30 && $0 <= 0x39) || $0 == 0x2d || $0 == 0x5f }) else {
+                throw .invalidArgument("policy.tier: a tier needs a name of [a-z0-9_-] (got \"\(t.name ?? "")\")")
+            }
+            guard !tiers.contains(where: { $0.name == name }) else {
+                throw .invalidArgument("policy.tier: \"\(name)\" is named twice")
+            }
+            let priority = t.evictionPriority ?? 5000
+            guard (0...10_000).contains(priority) else {
+                throw .invalidArgument("policy.tier \"\(name)\": eviction_priority \(priority) is not in 0..10000")
+            }
+            if let other = tiers.first(where: { $0.evictionPriority == priority }) {
+                throw .invalidArgument("policy.tier \"\(name)\": eviction_priority \(priority) is also \"\(other.name)\"'s (a container's tier is told by it)")
+            }
+            if t.guaranteed == true, t.overcommit == true {
+                throw .invalidArgument("policy.tier \"\(name)\": a guaranteed tier cannot overcommit")
+            }
+            let action: EvictionAction
+            switch t.eviction {
+            case nil, .policyEvictionUnspecified: action = t.guaranteed == true ? .never : .kill
+            case .evictNever: action = .never
+            case .evictFreeze: action = .freeze
+            case .evictKill: action = .kill
+            case .evictDestroy: action = .destroy
+            }
+            tiers.append(Tier(name: name, guaranteed: t.guaranteed ?? false, overcommit: t.overcommit ?? false,
+                              schedulingLatency: t.schedulingLatency, evictionPriority: priority,
+                              cpuMilli: t.cpuMilli ?? 0, eviction: action))
+        }
+        if tiers.isEmpty { tiers = [.prod, .batch, .bestEffort] }
+        let overcommit = Int(c.overcommitPercent ?? 0)
+        guard overcommit <= 1000 else {
+            throw .invalidArgument("policy.overcommit_percent \(overcommit) is above 1000")
+        }
+        let above = Int(c.evictAbovePercent ?? 0)
+        guard above <= 100 else { throw .invalidArgument("policy.evict_above_percent \(above) is above 100") }
+        let until = c.evictUntilPercent.map(Int.init)
+        if let until, above > 0, until >= above {
+            throw .invalidArgument("policy.evict_until_percent \(until) must be below evict_above_percent \(above)")
+        }
+        let reservedMemory = c.reservedMemoryBytes ?? 0
+        let reservedCpu = c.reservedMilliCpu ?? 0
+        guard reservedMemory < UInt64(Policy.unlimitedBytes), reservedCpu < 1 << 40 else {
+            throw .invalidArgument("policy.reserved_memory_bytes or reserved_milli_cpu is too large")
+        }
+        let defaultTier = c.defaultTier ?? (tiers.contains { $0.name == "batch" } ? "batch" : tiers[tiers.count - 1].name)
+        guard tiers.contains(where: { $0.name == defaultTier }) else {
+            throw .invalidArgument("policy.default_tier \"\(defaultTier)\" is not a tier (\(tiers.map(\.name).joined(separator: ", ")))")
+        }
+        self.init(tiers: tiers, defaultTier: defaultTier, overcommitPercent: overcommit,
+                  reserved: Amount(memory: Int64(reservedMemory), milliCpu: Int64(reservedCpu)),
+                  evictAbovePercent: above, evictUntilPercent: until)
+    }
+}

@@ -1,0 +1,175 @@
+// lmctl create with the agent's policy (README "Policy"):
+//
+//   lmctl ... create [--tier TIER] [--dry-run] [-c FILE] NAME [SPEC]
+//   lmctl --controller ADDRESS create --anywhere [--tier TIER] [--dry-run] [-c FILE] NAME [SPEC]
+//
+// --tier puts the container in a tier of the agent's policy; --dry-run asks
+// CheckAdmission instead of creating (prints admitted, tier and the
+// arithmetic; exit 0 when it would be admitted, 8 when not). --anywhere asks
+// every connected host of the controller, creates on the least committed
+// one that admits it (memory committed over capacity), tries the next if
+// that one refuses after all (another create won the room), and prints
+// host="NAME". No host with room: exit 8 with each host's answer.
+import LmctfyCommands
+import LmctfyProto
+import LmctfyRPC
+import LmctfySystem
+
+enum PolicyCommands {
+    static let usage = "usage: lmctl ... create [--tier TIER] [--dry-run] [--anywhere] [-c FILE] NAME [SPEC]"
+
+    /// Whether `words` are a create this file handles (one with a policy flag).
+    static func handles(_ words: [String]) -> Bool {
+        LmctlCLI.commandWord(words) == "create"
+            && words.contains { $0 == "--tier" || $0.hasPrefix("--tier=") || $0 == "--dry-run" || $0 == "--anywhere" }
+    }
+
+    struct CreateArguments {
+        var name = ""
+        var spec = ContainerSpec()
+        var tier: String?
+        var dryRun = false
+        var anywhere = false
+    }
+
+    static func parse(_ words: [String], readFile: (String) throws(LmctfyError) -> [UInt8]) throws(LmctfyError) -> CreateArguments {
+        var a = CreateArguments()
+        var positional: [String] = []
+        var configFile: String?
+        var seenVerb = false
+        var i = 0
+        while i < words.count {
+            let w = words[i]
+            switch w {
+            case "create" where !seenVerb: seenVerb = true
+            case "--dry-run": a.dryRun = true
+            case "--anywhere": a.anywhere = true
+            case "--tier", "-c":
+                i += 1
+                guard i < words.count, !words[i].isEmpty else { throw .invalidArgument("\(w) needs a value\n\(usage)") }
+                if w == "-c" { configFile = words[i] } else { a.tier = words[i] }
+            default:
+                if w.hasPrefix("--tier=") {
+                    let v = String(w.dropFirst("--tier=".count))
+                    guard !v.isEmpty else { throw .invalidArgument("--tier needs a value\n\(usage)") }
+                    a.tier = v
+                } else if w.hasPrefix("-") && w.count > 1 {
+                    throw .invalidArgument("Unknown flag \"\(w)\" for create\n\(usage)")
+                } else {
+                    positional.append(w)
+                }
+            }
+            i += 1
+        }
+        guard (1...2).contains(positional.count) else { throw .invalidArgument("create takes a name and a spec\n\(usage)") }
+        a.name = positional[0]
+        let bytes: [UInt8]
+        switch (positional.count == 2 ? positional[1] : nil, configFile) {
+        case (let inline?, nil): bytes = Array(inline.utf8)
+        case (nil, let file?): bytes = try readFile(file)
+        case (.some, .some): throw .invalidArgument("Both an inline container config and a config file (-c) were given; use one")
+        case (nil, nil): throw .invalidArgument("No container config given: pass it as an argument or with -c <file>")
+        }
+        if let text = String(validating: bytes, as: UTF8.self), let spec = try? ContainerSpec(textFormat: text) {
+            a.spec = spec
+        } else if let spec = try? ContainerSpec(serializedBytes: bytes) {
+            a.spec = spec
+        } else {
+            throw .invalidArgument("Failed to parse the container config")
+        }
+        return a
+    }
+
+    static func readFile(_ path: String) throws(LmctfyError) -> [UInt8] {
+        do { return Array(try Sys.readFile(path).utf8) } catch { throw .invalidArgument("Reading \(path): \(error)") }
+    }
+
+    static func fail(_ error: LmctfyError, _ stderr: any ByteSink) -> Int32 {
+        stderr.write(Array("Command exited with error message: \(error.code.rawValue): \(error.message)\n".utf8))
+        return error.code.rawValue
+    }
+
+    static func pairs(_ p: [(String, String)]) -> String {
+        p.map { "\($0.0)=\"\(TextFormat.cEscape(Array($0.1.utf8)))\"" }.joined(separator: " ") + "\n"
+    }
+
+    /// create --tier / --dry-run on one agent (or one host through a controller).
+    static func create(_ words: [String], dial: () throws(LmctfyError) -> RpcClient, stdout: any ByteSink, stderr: any ByteSink) -> Int32 {
+        do throws(LmctfyError) {
+            let a = try parse(words, readFile: readFile)
+            if a.anywhere { throw .invalidArgument("--anywhere places a container through a controller: give --controller") }
+            let client = try dial()
+            defer { client.close() }
+            if a.dryRun {
+                let r = try client.call(AgentMethods.checkAdmission, CheckAdmissionRequest(name: a.name, spec: a.spec, tier: a.tier))
+                stdout.write(Array(pairs([("admitted", r.admitted == true ? "true" : "false"), ("tier", r.tier ?? ""),
+                                          ("message", r.message ?? "")]).utf8))
+                return r.admitted == true ? 0 : StatusCode.resourceExhausted.rawValue
+            }
+            _ = try client.call(AgentMethods.create, CreateRequest(name: a.name, spec: a.spec, requestId: RemoteBackend.newRequestId(),
+                                                                   tier: a.tier))
+            return 0
+        } catch {
+            return fail(error, stderr)
+        }
+    }
+
+    /// create --anywhere through a controller.
+    static func createAnywhere(_ words: [String], dial: () throws(LmctfyError) -> RpcClient, stdout: any ByteSink,
+                               stderr: any ByteSink) -> Int32 {
+        do throws(LmctfyError) {
+            let a = try parse(words, readFile: readFile)
+            let client = try dial()
+            defer { client.close() }
+            let hosts = try client.call(ControllerMethods.listHosts, ListHostsRequest()).hosts
+                .filter { $0.state == .hostConnected }.compactMap { $0.identity?.hostName }
+            guard !hosts.isEmpty else { throw .unavailable("The controller has no connected host") }
+            var admitted: [(host: String, load: Double)] = []
+            var refusals: [String] = []
+            for h in hosts {
+                client.host = h
+                do throws(LmctfyError) {
+                    let r = try client.call(AgentMethods.checkAdmission, CheckAdmissionRequest(name: a.name, spec: a.spec, tier: a.tier))
+                    if r.admitted == true {
+                        admitted.append((h, load(r.policy)))
+                    } else {
+                        refusals.append("\(h): \(r.message ?? "refused")")
+                    }
+                } catch {
+                    refusals.append("\(h): \(error.code.rawValue): \(error.message)")
+                }
+            }
+            // Least committed first; the name breaks ties (stable output).
+            admitted.sort { ($0.load, $0.host) < ($1.load, $1.host) }
+            if a.dryRun {
+                client.host = nil
+                guard let best = admitted.first else {
+                    throw LmctfyError(.resourceExhausted, "No host admits \"\(a.name)\": " + refusals.joined(separator: " | "))
+                }
+                stdout.write(Array(pairs([("admitted", "true"), ("host", best.host)]).utf8))
+                return 0
+            }
+            for candidate in admitted {
+                client.host = candidate.host
+                do throws(LmctfyError) {
+                    _ = try client.call(AgentMethods.create, CreateRequest(
+                        name: a.name, spec: a.spec, requestId: RemoteBackend.newRequestId(), tier: a.tier))
+                    stdout.write(Array(pairs([("host", candidate.host)]).utf8))
+                    return 0
+                } catch where error.code == .resourceExhausted {
+                    refusals.append("\(candidate.host): \(error.message)")
+                }
+            }
+            throw LmctfyError(.resourceExhausted, "No host admits \"\(a.name)\": " + refusals.joined(separator: " | "))
+        } catch {
+            return fail(error, stderr)
+        }
+    }
+
+    /// How full a host is: memory committed (every tier) over capacity.
+    static func load(_ p: PolicyReport?) -> Double {
+        guard let p, let cap = p.capacityMemory, cap > 0 else { return .infinity }
+        let committed = p.tier.reduce(Int64(0)) { $0 + ($1.memory ?? 0) }
+        return Double(committed) / Double(cap)
+    }
+}

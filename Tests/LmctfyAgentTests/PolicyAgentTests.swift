@@ -1,0 +1,305 @@
+// CL2 in a real agent (README "Policy"): an agent whose root container has
+// a 256 MiB memory limit admits two prod containers of 100 MiB, refuses a
+// third with RESOURCE_EXHAUSTED and the arithmetic (nothing made), admits a
+// best-effort one only thanks to overcommit, polices updates, answers
+// CheckAdmission and `lmctl create --dry-run` without making anything, and a
+// restarted agent counts what exists (its own containers and the CLI's).
+import Glibc
+import Lmctfy
+@testable import LmctfyAgent
+import LmctfyProto
+import LmctfyRPC
+import LmctfySystem
+import LmctfyTestSupport
+import Testing
+
+private func name(_ path: String) throws -> ContainerName { try ContainerName.resolve(path, relativeTo: .root) }
+
+/// A container made with CL1 to be an agent's root, with `spec`; destroyed
+/// with everything below it at the end.
+func withPolicyRoot<T>(_ label: String, spec: String, _ body: (ContainerName) throws -> T) throws -> T {
+    let api = try ContainerApi.detect()
+    let root = try name(RealCgroups.uniqueName(label))
+    try api.create(root, spec: try ContainerSpec(textFormat: spec))
+    defer { _ = try? api.destroy(root) }
+    return try body(root)
+}
+
+/// The status a call ends with.
+private func status(_ body: () throws -> Void) -> (StatusCode, String) {
+    do {
+        try body()
+        return (.ok, "")
+    } catch let e as LmctfyError {
+        return (e.code, e.message)
+    } catch {
+        return (.unknown, "\(error)")
+    }
+}
+
+private let mib: Int64 = 1 << 20
+
+/// An agent whose state (snapshots, journal) lives in `dir`, which outlives
+/// it: a second one on the same `dir` is the first one restarted.
+private func withAgent<T>(state dir: String, _ extra: String, _ body: (Agent, String) throws -> T) throws -> T {
+    let socket = dir + "/agent.sock"
+    let settings = try AgentSettings.parse("unix_socket_path: \"\(socket)\" unix_socket_mode: 0666 log_level: LOG_WARNING state_dir: \"\(dir)/state\" stats_interval_ms: 0 \(extra)", source: "test")
+    let agent = Agent(settings: settings, api: try ContainerApi.detect())
+    try agent.start(handleSignals: false)
+    defer { #expect(agent.stop(graceMs: 2000) == 0, "uv_loop_close must return 0") }
+    return try body(agent, socket)
+}
+
+@Suite(.enabled(if: RealCgroups.available, "\(RealCgroups.unavailableReason ?? "")"))
+struct PolicyAgentTests {
+    @Test func admissionOnA256MiBRootWithTiersOvercommitUpdatesAndARestart() throws {
+        try withPolicyRoot("policy", spec: "memory { limit: 268435456 }") { root in
+            let api = try ContainerApi.detect()
+            let config = "root_container: \"\(root)\" policy { overcommit_percent: 25 }"
+            let hundred = try ContainerSpec(textFormat: "memory { limit: 104857600 }")
+            let dir = "/tmp/lmctfy-agent-test-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+            try Sys.mkdir(dir, mode: 0o755)
+            defer { _ = removeTree(dir) }
+            try withAgent(state: dir, config) { _, socket in
+                let client = try RpcClient.connect(unixPath: socket)
+                defer { client.close() }
+                for n in ["/p1", "/p2"] {
+                    let r = try client.call(AgentMethods.create, CreateRequest(name: n, spec: hundred, tier: "prod"))
+                    #expect(r.tier == "prod")
+                }
+                // The tier's mapping onto CL1, read back from the kernel.
+                let p1 = try api.get(name(root.path + "/p1")).spec()
+                #expect(p1.memory?.evictionPriority == 5003 && p1.memory?.reservation == 100 * mib, "\(p1.textFormatString)")
+
+                // Would a third fit? No, and nothing is made by asking.
+                let check = try client.call(AgentMethods.checkAdmission, CheckAdmissionRequest(name: "/p3", spec: hundred, tier: "prod"))
+                #expect(check.admitted == false && check.tier == "prod")
+                #expect(check.policy?.capacityMemory == 256 * mib)
+                #expect(check.policy?.tier.first?.memory == 200 * mib && check.policy?.tier.first?.containers == 2)
+                let (code, message) = status { _ = try client.call(AgentMethods.create, CreateRequest(name: "/p3", spec: hundred, tier: "prod")) }
+                #expect(code == .resourceExhausted, "\(message)")
+                #expect(code.rawValue == 8)
+                for part in ["asked 104857600 B (100.0 MiB)", "guaranteed tiers would commit 314572800 B (300.0 MiB) of 268435456 B (256.0 MiB)",
+                             "prod 209715200 B (200.0 MiB) 0 milliCPU (2)", "free (capacity minus guaranteed) 58720256 B (56.0 MiB)"] {
+                    #expect(message.contains(part), "\(part) in \(message)")
+                }
+                #expect(check.message.map { message.hasSuffix($0) } == true, "CheckAdmission gives the same arithmetic")
+                #expect(try !api.exists(name(root.path + "/p3")), "a refused create makes nothing")
+
+                // best-effort reserving 100 MiB: 300 of 256 MiB only with overcommit (25%: 320 MiB).
+                let beSpec = try ContainerSpec(textFormat: "memory { limit: 104857600 reservation: 104857600 }")
+                #expect(try client.call(AgentMethods.create, CreateRequest(name: "/be1", spec: beSpec, tier: "best-effort")).tier == "best-effort")
+                let be1 = try api.get(name(root.path + "/be1")).spec()
+                #expect(be1.memory?.evictionPriority == 0 && be1.cpu == nil, "\(be1.textFormatString)")
+                let (beCode, beMessage) = status { _ = try client.call(AgentMethods.create, CreateRequest(name: "/be2", spec: beSpec, tier: "best-effort")) }
+                #expect(beCode == .resourceExhausted && beMessage.contains("above 125% of 268435456 B"), "\(beMessage)")
+
+                // Updates: growing p1 past the room is refused and changes nothing; shrinking passes.
+                let grow = try ContainerSpec(textFormat: "memory { limit: 167772160 }")  // 160 + 100 > 256
+                let (upCode, upMessage) = status {
+                    _ = try client.call(AgentMethods.update, UpdateRequest(name: "/p1", spec: grow, policy: .updateDiff))
+                }
+                #expect(upCode == .resourceExhausted && upMessage.contains("(now 104857600 B (100.0 MiB)"), "\(upMessage)")
+                #expect(try api.get(name(root.path + "/p1")).spec().memory?.limit == 100 * mib, "unchanged")
+                let shrink = try ContainerSpec(textFormat: "memory { limit: 52428800 }")
+                _ = try client.call(AgentMethods.update, UpdateRequest(name: "/p1", spec: shrink, policy: .updateDiff))
+                // 50 + 100 + 100 = 250 MiB of 256: the third prod fits now.
+                #expect(try client.call(AgentMethods.checkAdmission, CheckAdmissionRequest(name: "/p3", spec: hundred, tier: "prod")).admitted == true)
+                _ = try client.call(AgentMethods.create, CreateRequest(name: "/p3", spec: hundred, tier: "prod"))
+
+                // A tier that does not exist, and a prod without a limit: INVALID_ARGUMENT, nothing made.
+                #expect(status { _ = try client.call(AgentMethods.create, CreateRequest(name: "/x", spec: hundred, tier: "gold")) }.0 == .invalidArgument)
+                #expect(status { _ = try client.call(AgentMethods.create, CreateRequest(name: "/y", spec: ContainerSpec(), tier: "prod")) }.0 == .invalidArgument)
+                #expect(try !api.exists(name(root.path + "/x")) && !api.exists(name(root.path + "/y")))
+
+                // A nested container is inside its parent's commitment: not policed.
+                _ = try client.call(AgentMethods.create, CreateRequest(name: "/p3/inner", spec: hundred))
+
+                // MachineInfo reports it all.
+                let info = try client.call(AgentMethods.machineInfo, MachineInfoRequest())
+                #expect(info.policy?.tier.map(\.tier) == ["prod", "batch", "best-effort"])
+                #expect(info.policy?.tier.map { $0.memory ?? -1 } == [250 * mib, 0, 100 * mib])
+                #expect(info.policy?.freeMemory == 6 * mib && info.policy?.overcommitPercent == 25)
+                // Destroying gives the room back.
+                _ = try client.call(AgentMethods.destroy, DestroyRequest(name: "/p3", force: true))
+                #expect(try client.call(AgentMethods.machineInfo, MachineInfoRequest()).policy?.tier.first?.memory == 150 * mib)
+            }
+            // Behind the agents' backs: a batch container reserving 50 MiB, made with CL1.
+            try api.create(name(root.path + "/cli"), spec: try ContainerSpec(textFormat: "memory { reservation: 52428800 }"))
+            // A new agent on the same root recomputes every commitment from what exists.
+            try withAgent(state: dir, config) { agent, socket in
+                // The eviction order (newest first) survives too: the snapshots'
+                // creation times; /cli, made while no agent ran, is adopted now (newest).
+                let ledger = try #require(agent.dispatcher.policy).admitter.snapshot()
+                #expect(ledger.entries.sorted { $0.value.order < $1.value.order }.map(\.key) == ["/p1", "/p2", "/be1", "/cli"])
+                let client = try RpcClient.connect(unixPath: socket)
+                defer { client.close() }
+                let report = try client.call(AgentMethods.machineInfo, MachineInfoRequest()).policy
+                #expect(report?.tier.map { $0.memory ?? -1 } == [150 * mib, 50 * mib, 100 * mib], "\(String(describing: report))")
+                #expect(report?.tier.map { $0.containers ?? 0 } == [2, 1, 1])
+                let big = try ContainerSpec(textFormat: "memory { limit: 115343360 }")  // 110 MiB: 260 > 256
+                let (code, message) = status { _ = try client.call(AgentMethods.create, CreateRequest(name: "/p4", spec: big, tier: "prod")) }
+                #expect(code == .resourceExhausted && message.contains("prod 157286400 B (150.0 MiB) 0 milliCPU (2)"), "\(message)")
+                _ = try client.call(AgentMethods.create, CreateRequest(name: "/p4", spec: hundred, tier: "prod"))
+            }
+        }
+    }
+
+    /// Admission and create are one step: eight clients racing to create a
+    /// prod container of 100 MiB in a 256 MiB root get exactly two in.
+    @Test func concurrentCreatesRaceForTheLastRoom() throws {
+        try withPolicyRoot("policyrace", spec: "memory { limit: 268435456 }") { root in
+            let api = try ContainerApi.detect()
+            try withAgent("root_container: \"\(root)\"") { _, socket in
+                let codes = Mutexed<[StatusCode]>([])
+                let done = Latch()
+                let hundred = try ContainerSpec(textFormat: "memory { limit: 104857600 }")
+                let go = Latch()
+                for i in 0..<8 {
+                    Threads.detach {
+                        var code = StatusCode.unknown
+                        do {
+                            let client = try RpcClient.connect(unixPath: socket)
+                            defer { client.close() }
+                            go.wait()
+                            _ = try client.call(AgentMethods.create, CreateRequest(name: "/r\(i)", spec: hundred, tier: "prod"))
+                            code = .ok
+                        } catch let e as LmctfyError {
+                            code = e.code
+                        } catch {}
+                        let n = codes.locked { $0.append(code); return $0.count }
+                        if n == 8 { done.signal() }
+                    }
+                }
+                usleep(100_000)
+                go.signal()
+                done.wait()
+                let got = codes.locked { $0 }
+                #expect(got.filter { $0 == .ok }.count == 2, "\(got)")
+                #expect(got.filter { $0 == .resourceExhausted }.count == 6, "\(got)")
+                #expect(try api.get(root).subcontainers(recursive: false).count == 2)
+            }
+        }
+    }
+
+    /// An imported snapshot (a migration's target) is admitted as a create
+    /// in the tier its spec says.
+    @Test func anImportIsAdmittedLikeACreate() throws {
+        try withPolicyRoot("policyimport", spec: "memory { limit: 268435456 }") { root in
+            let api = try ContainerApi.detect()
+            try withAgent("root_container: \"\(root)\"") { _, socket in
+                let client = try RpcClient.connect(unixPath: socket)
+                defer { client.close() }
+                _ = try client.call(AgentMethods.create, CreateRequest(
+                    name: "/p1", spec: try ContainerSpec(textFormat: "memory { limit: 167772160 }"), tier: "prod"))
+                let snapshot = try client.call(AgentMethods.exportSnapshot, ExportSnapshotRequest(name: "/p1")).snapshot
+                let (code, message) = status { _ = try client.call(AgentMethods.importSnapshot, ImportSnapshotRequest(snapshot: snapshot, name: "/copy")) }
+                #expect(code == .resourceExhausted && message.contains("refused \"/copy\" in tier prod"), "\(message)")
+                #expect(try !api.exists(name(root.path + "/copy")))
+                _ = try client.call(AgentMethods.update, UpdateRequest(
+                    name: "/p1", spec: try ContainerSpec(textFormat: "memory { limit: 104857600 }"), policy: .updateDiff))
+                // 100 + 160 > 256 still; 100 + 100 fits: import a copy of the smaller one.
+                let smaller = try client.call(AgentMethods.exportSnapshot, ExportSnapshotRequest(name: "/p1")).snapshot
+                _ = try client.call(AgentMethods.importSnapshot, ImportSnapshotRequest(snapshot: smaller, name: "/copy"))
+                #expect(try api.get(name(root.path + "/copy")).spec().memory?.evictionPriority == 5003)
+            }
+        }
+    }
+
+    @Test func lmctlCreateWithATierAndADryRun() throws {
+        try withPolicyRoot("policylmctl", spec: "memory { limit: 268435456 }") { root in
+            let api = try ContainerApi.detect()
+            try withAgent("root_container: \"\(root)\"") { _, socket in
+                let lmctl = [builtTool("lmctl"), "--agent", "unix://" + socket]
+                func run(_ args: String...) throws -> (Int32, String, String) {
+                    let r = try TestProcess.capture(lmctl + args)
+                    return (r.status, String(decoding: r.stdout, as: UTF8.self), String(decoding: r.stderr, as: UTF8.self))
+                }
+                var r = try run("create", "--tier", "prod", "--dry-run", "/a", "memory { limit: 209715200 }")
+                #expect(r.0 == 0 && r.1.hasPrefix("admitted=\"true\" tier=\"prod\" message=\"admitted"), "\(r)")
+                #expect(try !api.exists(name(root.path + "/a")), "a dry run makes nothing")
+                r = try run("create", "--tier=prod", "/a", "memory { limit: 209715200 }")
+                #expect(r.0 == 0, "\(r)")
+                #expect(try api.get(name(root.path + "/a")).spec().memory?.evictionPriority == 5003)
+                r = try run("create", "--tier", "prod", "--dry-run", "/b", "memory { limit: 104857600 }")
+                #expect(r.0 == 8 && r.1.hasPrefix("admitted=\"false\" tier=\"prod\" message=\"refused"), "\(r)")
+                r = try run("create", "--tier", "prod", "/b", "memory { limit: 104857600 }")
+                #expect(r.0 == 8 && r.2.contains("8: Create: refused \"/b\" in tier prod"), "\(r)")
+                #expect(try !api.exists(name(root.path + "/b")))
+                r = try run("create", "--tier", "prod", "--bogus", "/b", "memory { limit: 104857600 }")
+                #expect(r.0 == 3 && r.2.contains("Unknown flag \"--bogus\""), "\(r)")
+                r = try run("info")
+                #expect(r.0 == 0 && r.1.contains("capacity_memory=\"268435456\"") && r.1.contains("committed_prod=\"209715200 bytes"), "\(r)")
+                // Without a policy flag, create is lmctfy's own verb, as before (a batch container).
+                r = try run("create", "/c", "memory { limit: 104857600 }")
+                #expect(r.0 == 0, "\(r)")
+                #expect(try api.get(name(root.path + "/c")).spec().memory?.evictionPriority == 5000)
+            }
+        }
+    }
+}
+
+/// Eviction on real memory pressure: processes allocating inside a root
+/// container of 256 MiB push its usage past the policy's high mark; the
+/// agent evicts best-effort first (newest first), then batch, never prod,
+/// each with an EVICTED event, and stops once below the low mark.
+@Suite(.enabled(if: RealCgroups.available, "\(RealCgroups.unavailableReason ?? "")"))
+struct PolicyEvictionTests {
+    @Test func realPressureEvictsBestEffortThenBatchNeverProd() throws {
+        // High mark 60% of 256 MiB (153.6 MiB), low mark 20% (51.2 MiB).
+        try withPolicyRoot("policyevict", spec: "memory { limit: 268435456 }") { root in
+            let api = try ContainerApi.detect()
+            let config = "root_container: \"\(root)\" policy { overcommit_percent: 100 evict_above_percent: 60 evict_until_percent: 20 }"
+            try withAgent(config) { agent, socket in
+                let client = try RpcClient.connect(unixPath: socket)
+                defer { client.close() }
+                let evicted = Subscriber(socket, SubscribeRequest(kinds: [.containerEventEvicted]), deadlineMs: 60_000, until: { rs in
+                    events(rs).count >= 3
+                })
+                waitForSubscribers(agent, 1)
+                func usage() throws -> Int64 { try client.call(AgentMethods.stats, StatsRequest(name: "/")).stats?.memory?.usage ?? 0 }
+                /// Starts `mb` MiB of allocation in `name` and waits until the root's usage shows it.
+                func load(_ name: String, tier: String, mb: Int64) throws -> Int32 {
+                    let limit = (mb + 30) * mib
+                    _ = try client.call(AgentMethods.create, CreateRequest(
+                        name: name, spec: try ContainerSpec(textFormat: "memory { limit: \(limit) }"), tier: tier))
+                    let before = try usage()
+                    var pid: Int32 = 0
+                    try client.stream(AgentMethods.run, RunRequest(name: name, argv: [testHelperPath, "alloc", "\(mb)"], detached: true)) {
+                        (r: RunResponse) in
+                        pid = r.pid ?? 0
+                        return true
+                    }
+                    for _ in 0..<300 where try usage() < before + (mb - 5) * mib { usleep(10_000) }
+                    return pid
+                }
+                let prod = try load("/p", tier: "prod", mb: 40)
+                let batch = try load("/b", tier: "batch", mb: 50)
+                _ = try load("/e", tier: "best-effort", mb: 50)
+                usleep(600_000)
+                let calm = try usage()
+                #expect(agent.evictor?.evictions.locked({ $0 }) == 0, "below the high mark (usage \(calm)): nothing evicted")
+                // The last 50 MiB crosses 153.6 MiB.
+                _ = try load("/e2", tier: "best-effort", mb: 50)
+                let (got, error) = evicted.wait()
+                #expect(error == nil, "\(String(describing: error))")
+                let es = events(got)
+                #expect(es.map { $0.container ?? "" } == ["/e2", "/e", "/b"], "\(es.map(\.reason))")
+                #expect(es.prefix(2).allSatisfy { $0.reason?.contains("tier best-effort: destroyed it") == true && $0.reason?.contains("(woken by: ") == true })
+                #expect(es.last?.reason?.contains("tier batch: killed its processes") == true, "\(String(describing: es.last?.reason))")
+                let high = 268_435_456 / 100 * 60
+                #expect(es.allSatisfy { $0.memoryThreshold == Int64(high) && ($0.memoryUsage ?? 0) > 51 * mib })
+                #expect((es.first?.memoryUsage ?? 0) > Int64(high), "the first eviction happened above the high mark")
+                // Bounded: below the low mark, no more evictions; prod untouched.
+                usleep(1_000_000)
+                #expect(agent.evictor?.evictions.locked({ $0 }) == 3)
+                #expect(kill(prod, 0) == 0, "the prod process lives")
+                #expect(kill(batch, 0) != 0, "the batch process was killed")
+                #expect(try api.exists(name(root.path + "/b")), "a killed batch container stays")
+                #expect(try !api.exists(name(root.path + "/e")) && !api.exists(name(root.path + "/e2")))
+                let left = try usage()
+                #expect(left < 51 * mib, "about the prod container's 40 MiB left: \(left)")
+            }
+        }
+    }
+}
