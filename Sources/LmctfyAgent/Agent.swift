@@ -1130,6 +1130,7 @@ public final class Agent: @unchecked Sendable {
         _ = loop.execute { [self] in
             guard !stopping else { return }
             stopping = true
+            SdNotify.notify("STOPPING=1")
             for l in listeners { l.close() }
             listeners.removeAll()
             for s in Array(conns.values) {

@@ -1,0 +1,101 @@
+// sd_notify (tools/systemd units are Type=notify): the datagram itself on a
+// socket the test binds, and the built agent saying READY=1 only once it
+// listens, then STOPPING=1 on SIGTERM.
+import Glibc
+import LmctfyRPC
+import LmctfySystem
+import LmctfyTestSupport
+import Testing
+
+/// A bound Unix datagram socket standing in for systemd's notify socket.
+final class NotifySocket {
+    let fd: Int32
+    let path: String
+
+    /// `abstract`: bound in the abstract namespace; `path` is then "@name".
+    init(abstract: Bool = false) throws {
+        let name = "/tmp/lmctfy-notify-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).sock"
+        path = abstract ? "@" + name.dropFirst(5) : name
+        fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { throw SystemError("socket", path, errno) }
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        var bytes = Array(path.utf8)
+        if abstract { bytes[0] = 0 }
+        withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: bytes) }
+        let length = socklen_t(MemoryLayout<sa_family_t>.size + bytes.count + (abstract ? 0 : 1))
+        let r = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) } }
+        guard r == 0 else {
+            let e = errno
+            close(fd)
+            throw SystemError("bind", path, e)
+        }
+    }
+
+    /// The next datagram, or nil after `timeoutMs`.
+    func receive(timeoutMs: Int32) -> String? {
+        var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        guard poll(&p, 1, timeoutMs) == 1 else { return nil }
+        var buf = [UInt8](repeating: 0, count: 4096)
+        let n = recv(fd, &buf, buf.count, 0)
+        return n < 0 ? nil : String(decoding: buf[..<n], as: UTF8.self)
+    }
+
+    deinit {
+        close(fd)
+        if path.hasPrefix("/") { unlink(path) }
+    }
+}
+
+@Suite struct SdNotifyTests {
+    @Test func sendsOneDatagramToAFileOrAbstractSocket() throws {
+        for abstract in [false, true] {
+            let s = try NotifySocket(abstract: abstract)
+            #expect(SdNotify.send("READY=1", to: s.path) == nil)
+            #expect(s.receive(timeoutMs: 1000) == "READY=1", "\(s.path)")
+            #expect(SdNotify.send("STATUS=serving 3 containers\nSTOPPING=1", to: s.path) == nil)
+            #expect(s.receive(timeoutMs: 1000) == "STATUS=serving 3 containers\nSTOPPING=1")
+        }
+    }
+
+    @Test func badSocketPathsAreErrorsNotCrashes() {
+        // Relative, empty, too long: refused before any socket is made.
+        for bad in ["", "relative.sock", "/" + String(repeating: "x", count: 200)] {
+            let e = SdNotify.send("READY=1", to: bad)
+            #expect(e?.errno == EINVAL, "\(bad): \(String(describing: e))")
+        }
+        // Nobody bound there: the sendto error, named.
+        let e = SdNotify.send("READY=1", to: "/tmp/lmctfy-notify-nobody-\(getpid()).sock")
+        #expect(e?.call == "sendto" && e?.errno == ENOENT, "\(String(describing: e))")
+    }
+
+    @Test func withoutNotifySocketNothingIsSent() {
+        // The test process has no NOTIFY_SOCKET (and capture was never called):
+        // notify is a no-op, not an error.
+        #expect(getenv("NOTIFY_SOCKET") == nil)
+        #expect(SdNotify.notify("READY=1") == nil)
+    }
+}
+
+@Suite(.enabled(if: RealCgroups.available, "\(RealCgroups.unavailableReason ?? "")"), .serialized)
+struct SdNotifyAgentTests {
+    /// The built agent under a NOTIFY_SOCKET: READY=1 arrives, and by then
+    /// the agent answers on its socket; STOPPING=1 follows SIGTERM.
+    @Test func agentSaysReadyOnceItListensAndStoppingOnSigterm() throws {
+        let notify = try NotifySocket()
+        let agent = try AgentProcess(environment: ["NOTIFY_SOCKET=\(notify.path)"])
+        var stopped = false
+        defer { if !stopped { agent.stop() } }
+        let ready = notify.receive(timeoutMs: 10_000)
+        #expect(ready == "READY=1")
+        // READY=1 is sent after the listeners are bound: a call succeeds now.
+        let client = try RpcClient.connect(unixPath: agent.socket, name: "sd-notify-test")
+        _ = try client.call(AgentMethods.ping, PingRequest())
+        client.close()
+        // Nothing else was said while running.
+        #expect(notify.receive(timeoutMs: 200) == nil)
+        agent.stop()
+        stopped = true
+        #expect(notify.receive(timeoutMs: 5000) == "STOPPING=1")
+    }
+}
