@@ -76,6 +76,11 @@ public enum LmctlCLI {
 
     static let ownFlags: Set<String> = ["--agent", "--controller", "--key-file", "--cert", "--key", "--ca", "--host", "--hosts"]
 
+    /// lmctl's verbs besides lmctfy's command tree. The manual (lmctl.1)
+    /// and the shell completion are checked against this list and
+    /// `ownFlags` by the tests, so a verb added here must be added there.
+    static let ownVerbs: [String] = ["info", "events", "hosts", "top"] + MovingCommands.verbs.sorted()
+
     /// Reads `--agent`, `--controller`, `--key-file`, `--host` and `--hosts`
     /// (each `--flag VALUE` or `--flag=VALUE`) from the front of `args`.
     static func parseOptions(_ args: [String]) throws(LmctfyError) -> Options {

@@ -2,6 +2,7 @@
 // socket the test binds, and the built agent saying READY=1 only once it
 // listens, then STOPPING=1 on SIGTERM.
 import Glibc
+import LmctfyProto
 import LmctfyRPC
 import LmctfySystem
 import LmctfyTestSupport
@@ -83,19 +84,43 @@ struct SdNotifyAgentTests {
     /// the agent answers on its socket; STOPPING=1 follows SIGTERM.
     @Test func agentSaysReadyOnceItListensAndStoppingOnSigterm() throws {
         let notify = try NotifySocket()
-        let agent = try AgentProcess(environment: ["NOTIFY_SOCKET=\(notify.path)"])
-        var stopped = false
-        defer { if !stopped { agent.stop() } }
+        // Spawned here rather than by AgentProcess, which waits for the
+        // socket file: READY=1 itself must be what says the agent listens.
+        let dir = "/tmp/lmctfy-agent-notify-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try Sys.mkdir(dir, mode: 0o755)
+        defer { _ = removeTree(dir) }
+        let socket = dir + "/agent.sock"
+        try Sys.createFile(dir + "/agent.conf", """
+            unix_socket_path: "\(socket)" unix_socket_mode: 0666 log_level: LOG_WARNING state_dir: "\(dir)/state"
+            """)
+        let pid = try spawnWithEnvironment([builtTool("lmctfy-agent"), "--config", dir + "/agent.conf"],
+                                           ["NOTIFY_SOCKET=\(notify.path)"])
+        var reaped = false
+        defer { if !reaped { TestProcess.end(pid) } }
         let ready = notify.receive(timeoutMs: 10_000)
         #expect(ready == "READY=1")
-        // READY=1 is sent after the listeners are bound: a call succeeds now.
+        // At the moment READY=1 arrives the socket accepts, and a call works.
+        #expect(try Sys.unixSocketAccepts(socket), "READY=1 came before the agent listened")
+        let client = try RpcClient.connect(unixPath: socket, name: "sd-notify-test")
+        _ = try client.call(AgentMethods.ping, PingRequest())
+        client.close()
+        // Nothing else is said while it runs.
+        #expect(notify.receive(timeoutMs: 200) == nil)
+        kill(pid, SIGTERM)
+        #expect(notify.receive(timeoutMs: 5000) == "STOPPING=1")
+        for _ in 0..<500 where !reaped {
+            reaped = TestProcess.reapIfExited(pid) != nil
+            if !reaped { usleep(10_000) }
+        }
+        #expect(reaped, "the agent did not exit after SIGTERM")
+    }
+
+    /// Without NOTIFY_SOCKET the agent starts and serves as before.
+    @Test func agentWithoutNotifySocketStartsAsBefore() throws {
+        let agent = try AgentProcess()
+        defer { agent.stop() }
         let client = try RpcClient.connect(unixPath: agent.socket, name: "sd-notify-test")
         _ = try client.call(AgentMethods.ping, PingRequest())
         client.close()
-        // Nothing else was said while running.
-        #expect(notify.receive(timeoutMs: 200) == nil)
-        agent.stop()
-        stopped = true
-        #expect(notify.receive(timeoutMs: 5000) == "STOPPING=1")
     }
 }
