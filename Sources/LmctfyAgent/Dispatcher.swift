@@ -350,7 +350,8 @@ public final class Dispatcher: Sendable {
             StatsResponse(stats: try d.backend.stats(r.name, type: r.kind == .statsFull ? .full : .summary))
         }
         unary(AgentMethods.listContainers) { d, r in
-            ListContainersResponse(names: try d.backend.listContainers(r.name, recursive: r.recursive ?? false))
+            let names = try d.backend.listContainers(r.name, recursive: r.recursive ?? false)
+            return ListContainersResponse(names: names, frozen: r.withFrozen == true ? d.inventory.frozen(among: names) : [])
         }
         unary(AgentMethods.listPids) { d, r in
             ListPidsResponse(pids: try d.backend.listTasks(r.name, threads: false, recursive: r.recursive ?? false))

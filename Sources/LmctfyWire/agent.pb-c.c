@@ -3614,7 +3614,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__stats_response__desc
   (ProtobufCMessageInit) containers__lmctfy__agent__stats_response__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor containers__lmctfy__agent__list_containers_request__field_descriptors[2] =
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__list_containers_request__field_descriptors[3] =
 {
   {
     "name",
@@ -3640,15 +3640,28 @@ static const ProtobufCFieldDescriptor containers__lmctfy__agent__list_containers
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "with_frozen",
+    3,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_BOOL,
+    offsetof(Containers__Lmctfy__Agent__ListContainersRequest, has_with_frozen),
+    offsetof(Containers__Lmctfy__Agent__ListContainersRequest, with_frozen),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned containers__lmctfy__agent__list_containers_request__field_indices_by_name[] = {
   0,   /* field[0] = name */
   1,   /* field[1] = recursive */
+  2,   /* field[2] = with_frozen */
 };
 static const ProtobufCIntRange containers__lmctfy__agent__list_containers_request__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 2 }
+  { 0, 3 }
 };
 const ProtobufCMessageDescriptor containers__lmctfy__agent__list_containers_request__descriptor =
 {
@@ -3658,14 +3671,14 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__list_containers_requ
   "Containers__Lmctfy__Agent__ListContainersRequest",
   "containers.lmctfy.agent",
   sizeof(Containers__Lmctfy__Agent__ListContainersRequest),
-  2,
+  3,
   containers__lmctfy__agent__list_containers_request__field_descriptors,
   containers__lmctfy__agent__list_containers_request__field_indices_by_name,
   1,  containers__lmctfy__agent__list_containers_request__number_ranges,
   (ProtobufCMessageInit) containers__lmctfy__agent__list_containers_request__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor containers__lmctfy__agent__list_containers_response__field_descriptors[1] =
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__list_containers_response__field_descriptors[2] =
 {
   {
     "names",
@@ -3679,14 +3692,27 @@ static const ProtobufCFieldDescriptor containers__lmctfy__agent__list_containers
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "frozen",
+    2,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_STRING,
+    offsetof(Containers__Lmctfy__Agent__ListContainersResponse, n_frozen),
+    offsetof(Containers__Lmctfy__Agent__ListContainersResponse, frozen),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned containers__lmctfy__agent__list_containers_response__field_indices_by_name[] = {
+  1,   /* field[1] = frozen */
   0,   /* field[0] = names */
 };
 static const ProtobufCIntRange containers__lmctfy__agent__list_containers_response__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 1 }
+  { 0, 2 }
 };
 const ProtobufCMessageDescriptor containers__lmctfy__agent__list_containers_response__descriptor =
 {
@@ -3696,7 +3722,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__list_containers_resp
   "Containers__Lmctfy__Agent__ListContainersResponse",
   "containers.lmctfy.agent",
   sizeof(Containers__Lmctfy__Agent__ListContainersResponse),
-  1,
+  2,
   containers__lmctfy__agent__list_containers_response__field_descriptors,
   containers__lmctfy__agent__list_containers_response__field_indices_by_name,
   1,  containers__lmctfy__agent__list_containers_response__number_ranges,

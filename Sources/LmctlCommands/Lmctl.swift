@@ -46,6 +46,7 @@ public enum LmctlCLI {
                lmctl [--agent ...] snapshot export NAME [-o FILE] [--text] | snapshot import FILE [--name N] [--start]
                lmctl [--agent ...] migrate NAME --to unix://PATH|tcp://HOST:PORT [--to-key-file FILE]
                lmctl [--agent ...] checkpoint NAME DIR [--leave-running] | restore DIR [--name N]
+               lmctl [--agent ...] top [--once] [-r] [--sort cpu|mem|procs|name] [NAME]
                lmctl --controller ... migrate NAME --from HOST --to HOST
                lmctl --controller unix://PATH|tcp://HOST:PORT [--key-file FILE] hosts [-o json] [SELECTOR]
                lmctl --controller ... (--host NAME | --hosts SELECTOR) <lmctfy verb> ... | info | events ...
@@ -282,6 +283,11 @@ public enum LmctlCLI {
         }
         if commandWord(words) == "info" {
             return info(words, connect: connect, stdout: stdout, stderr: stderr)
+        }
+        if commandWord(words) == "top" {
+            var w = words
+            w.remove(at: w.firstIndex(of: "top")!)
+            return TopCommand.run(w, dial: dial, stdout: stdout, stderr: stderr)
         }
         if let verb = commandWord(words), MovingCommands.verbs.contains(verb) {
             return MovingCommands.run(words, dial: dial, stdout: stdout, stderr: stderr)

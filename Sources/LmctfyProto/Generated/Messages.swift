@@ -6558,13 +6558,17 @@ public struct ListContainersRequest: ProtoMessage {
     public var name: String?
     /// Field 2 `recursive`.
     public var recursive: Bool?
+    /// Field 3 `with_frozen`.
+    public var withFrozen: Bool?
 
     public init(
         name: String? = nil,
-        recursive: Bool? = nil
+        recursive: Bool? = nil,
+        withFrozen: Bool? = nil
     ) {
         self.name = name
         self.recursive = recursive
+        self.withFrozen = withFrozen
     }
 
     public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.ListContainersRequest")
@@ -6573,12 +6577,14 @@ public struct ListContainersRequest: ProtoMessage {
         precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.ListContainersRequest")
         self.name = message.get(1)
         self.recursive = message.get(2)
+        self.withFrozen = message.get(3)
     }
 
     public var dynamic: DynamicMessage {
         var message = DynamicMessage(Self.protoDescriptor)
         message.set(1, name)
         message.set(2, recursive)
+        message.set(3, withFrozen)
         return message
     }
 
@@ -6586,6 +6592,7 @@ public struct ListContainersRequest: ProtoMessage {
         let f = Self.protoDescriptor.fields
         self.name = CBridge.value(c, f[0])
         self.recursive = CBridge.value(c, f[1])
+        self.withFrozen = CBridge.value(c, f[2])
     }
 
     public func makeC() -> UnsafeMutableRawPointer {
@@ -6593,6 +6600,7 @@ public struct ListContainersRequest: ProtoMessage {
         let f = Self.protoDescriptor.fields
         CBridge.set(c, f[0], name)
         CBridge.set(c, f[1], recursive)
+        CBridge.set(c, f[2], withFrozen)
         return c
     }
 }
@@ -6601,11 +6609,15 @@ public struct ListContainersRequest: ProtoMessage {
 public struct ListContainersResponse: ProtoMessage {
     /// Field 1 `names`.
     public var names: [String]
+    /// Field 2 `frozen`.
+    public var frozen: [String]
 
     public init(
-        names: [String] = []
+        names: [String] = [],
+        frozen: [String] = []
     ) {
         self.names = names
+        self.frozen = frozen
     }
 
     public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.ListContainersResponse")
@@ -6613,23 +6625,27 @@ public struct ListContainersResponse: ProtoMessage {
     public init(dynamic message: DynamicMessage) {
         precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.ListContainersResponse")
         self.names = message.getRepeated(1)
+        self.frozen = message.getRepeated(2)
     }
 
     public var dynamic: DynamicMessage {
         var message = DynamicMessage(Self.protoDescriptor)
         message.setRepeated(1, names)
+        message.setRepeated(2, frozen)
         return message
     }
 
     public init(cMessage c: UnsafeRawPointer) {
         let f = Self.protoDescriptor.fields
         self.names = CBridge.repeated(c, f[0])
+        self.frozen = CBridge.repeated(c, f[1])
     }
 
     public func makeC() -> UnsafeMutableRawPointer {
         let c = CBridge.allocate(Self.protoDescriptor)
         let f = Self.protoDescriptor.fields
         CBridge.setRepeated(c, f[0], names)
+        CBridge.setRepeated(c, f[1], frozen)
         return c
     }
 }

@@ -591,29 +591,40 @@ struct  Containers__Lmctfy__Agent__ListContainersRequest
 {
   ProtobufCMessage base;
   char *name;
-  /*
-   * Next id: 3
-   */
   protobuf_c_boolean has_recursive;
   protobuf_c_boolean recursive;
+  /*
+   * Added (lmctl top): also say which of the names are frozen.
+   */
+  /*
+   * Next id: 4
+   */
+  protobuf_c_boolean has_with_frozen;
+  protobuf_c_boolean with_frozen;
 };
 #define CONTAINERS__LMCTFY__AGENT__LIST_CONTAINERS_REQUEST__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__list_containers_request__descriptor) \
-    , NULL, 0, 0 }
+    , NULL, 0, 0, 0, 0 }
 
 
 struct  Containers__Lmctfy__Agent__ListContainersResponse
 {
   ProtobufCMessage base;
-  /*
-   * Next id: 2
-   */
   size_t n_names;
   char **names;
+  /*
+   * With `with_frozen`: the names among `names` that are frozen, as the
+   * agent's inventory (its watcher and reconcile) last saw them.
+   */
+  /*
+   * Next id: 3
+   */
+  size_t n_frozen;
+  char **frozen;
 };
 #define CONTAINERS__LMCTFY__AGENT__LIST_CONTAINERS_RESPONSE__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__list_containers_response__descriptor) \
-    , 0,NULL }
+    , 0,NULL, 0,NULL }
 
 
 /*
