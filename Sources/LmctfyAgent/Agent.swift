@@ -937,7 +937,11 @@ public final class Agent: @unchecked Sendable {
             ? CallContext { [weak self] bytes in
                 self?.loop.execute { [weak self] in self?.respond(connId, streamId, bytes) }
             }
-            : CallContext()
+            : CallContext(early: { [weak self] bytes in
+                // Progress (Destroy, KillAll): ahead of the final response;
+                // one that comes after the call ended is dropped by respond.
+                _ = self?.loop.execute { [weak self] in self?.respond(connId, streamId, bytes) }
+            })
         s.calls[streamId] = context
         if scheduling == .pool {
             s.poolCalls[streamId] = payload.count

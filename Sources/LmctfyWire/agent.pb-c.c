@@ -3272,7 +3272,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__create_response__des
   (ProtobufCMessageInit) containers__lmctfy__agent__create_response__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor containers__lmctfy__agent__destroy_request__field_descriptors[3] =
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__destroy_request__field_descriptors[4] =
 {
   {
     "name",
@@ -3310,16 +3310,29 @@ static const ProtobufCFieldDescriptor containers__lmctfy__agent__destroy_request
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "want_progress",
+    4,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_BOOL,
+    offsetof(Containers__Lmctfy__Agent__DestroyRequest, has_want_progress),
+    offsetof(Containers__Lmctfy__Agent__DestroyRequest, want_progress),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned containers__lmctfy__agent__destroy_request__field_indices_by_name[] = {
   1,   /* field[1] = force */
   0,   /* field[0] = name */
   2,   /* field[2] = request_id */
+  3,   /* field[3] = want_progress */
 };
 static const ProtobufCIntRange containers__lmctfy__agent__destroy_request__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 3 }
+  { 0, 4 }
 };
 const ProtobufCMessageDescriptor containers__lmctfy__agent__destroy_request__descriptor =
 {
@@ -3329,16 +3342,36 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__destroy_request__des
   "Containers__Lmctfy__Agent__DestroyRequest",
   "containers.lmctfy.agent",
   sizeof(Containers__Lmctfy__Agent__DestroyRequest),
-  3,
+  4,
   containers__lmctfy__agent__destroy_request__field_descriptors,
   containers__lmctfy__agent__destroy_request__field_indices_by_name,
   1,  containers__lmctfy__agent__destroy_request__number_ranges,
   (ProtobufCMessageInit) containers__lmctfy__agent__destroy_request__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-#define containers__lmctfy__agent__destroy_response__field_descriptors NULL
-#define containers__lmctfy__agent__destroy_response__field_indices_by_name NULL
-#define containers__lmctfy__agent__destroy_response__number_ranges NULL
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__destroy_response__field_descriptors[1] =
+{
+  {
+    "progress",
+    1,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__DestroyResponse, progress),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned containers__lmctfy__agent__destroy_response__field_indices_by_name[] = {
+  0,   /* field[0] = progress */
+};
+static const ProtobufCIntRange containers__lmctfy__agent__destroy_response__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 1 }
+};
 const ProtobufCMessageDescriptor containers__lmctfy__agent__destroy_response__descriptor =
 {
   PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
@@ -3347,10 +3380,10 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__destroy_response__de
   "Containers__Lmctfy__Agent__DestroyResponse",
   "containers.lmctfy.agent",
   sizeof(Containers__Lmctfy__Agent__DestroyResponse),
-  0,
+  1,
   containers__lmctfy__agent__destroy_response__field_descriptors,
   containers__lmctfy__agent__destroy_response__field_indices_by_name,
-  0,  containers__lmctfy__agent__destroy_response__number_ranges,
+  1,  containers__lmctfy__agent__destroy_response__number_ranges,
   (ProtobufCMessageInit) containers__lmctfy__agent__destroy_response__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
@@ -4232,7 +4265,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__enter_response__desc
   (ProtobufCMessageInit) containers__lmctfy__agent__enter_response__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor containers__lmctfy__agent__kill_all_request__field_descriptors[3] =
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__kill_all_request__field_descriptors[4] =
 {
   {
     "name",
@@ -4270,16 +4303,29 @@ static const ProtobufCFieldDescriptor containers__lmctfy__agent__kill_all_reques
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "want_progress",
+    4,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_BOOL,
+    offsetof(Containers__Lmctfy__Agent__KillAllRequest, has_want_progress),
+    offsetof(Containers__Lmctfy__Agent__KillAllRequest, want_progress),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned containers__lmctfy__agent__kill_all_request__field_indices_by_name[] = {
   0,   /* field[0] = name */
   1,   /* field[1] = recursive */
   2,   /* field[2] = request_id */
+  3,   /* field[3] = want_progress */
 };
 static const ProtobufCIntRange containers__lmctfy__agent__kill_all_request__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 3 }
+  { 0, 4 }
 };
 const ProtobufCMessageDescriptor containers__lmctfy__agent__kill_all_request__descriptor =
 {
@@ -4289,16 +4335,36 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__kill_all_request__de
   "Containers__Lmctfy__Agent__KillAllRequest",
   "containers.lmctfy.agent",
   sizeof(Containers__Lmctfy__Agent__KillAllRequest),
-  3,
+  4,
   containers__lmctfy__agent__kill_all_request__field_descriptors,
   containers__lmctfy__agent__kill_all_request__field_indices_by_name,
   1,  containers__lmctfy__agent__kill_all_request__number_ranges,
   (ProtobufCMessageInit) containers__lmctfy__agent__kill_all_request__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-#define containers__lmctfy__agent__kill_all_response__field_descriptors NULL
-#define containers__lmctfy__agent__kill_all_response__field_indices_by_name NULL
-#define containers__lmctfy__agent__kill_all_response__number_ranges NULL
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__kill_all_response__field_descriptors[1] =
+{
+  {
+    "progress",
+    1,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__KillAllResponse, progress),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned containers__lmctfy__agent__kill_all_response__field_indices_by_name[] = {
+  0,   /* field[0] = progress */
+};
+static const ProtobufCIntRange containers__lmctfy__agent__kill_all_response__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 1 }
+};
 const ProtobufCMessageDescriptor containers__lmctfy__agent__kill_all_response__descriptor =
 {
   PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
@@ -4307,10 +4373,10 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__kill_all_response__d
   "Containers__Lmctfy__Agent__KillAllResponse",
   "containers.lmctfy.agent",
   sizeof(Containers__Lmctfy__Agent__KillAllResponse),
-  0,
+  1,
   containers__lmctfy__agent__kill_all_response__field_descriptors,
   containers__lmctfy__agent__kill_all_response__field_indices_by_name,
-  0,  containers__lmctfy__agent__kill_all_response__number_ranges,
+  1,  containers__lmctfy__agent__kill_all_response__number_ranges,
   (ProtobufCMessageInit) containers__lmctfy__agent__kill_all_response__init,
   NULL,NULL,NULL    /* reserved[123] */
 };

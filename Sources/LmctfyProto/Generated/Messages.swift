@@ -5012,15 +5012,19 @@ public struct DestroyRequest: ProtoMessage {
     public var force: Bool?
     /// Field 3 `request_id`.
     public var requestId: String?
+    /// Field 4 `want_progress`.
+    public var wantProgress: Bool?
 
     public init(
         name: String? = nil,
         force: Bool? = nil,
-        requestId: String? = nil
+        requestId: String? = nil,
+        wantProgress: Bool? = nil
     ) {
         self.name = name
         self.force = force
         self.requestId = requestId
+        self.wantProgress = wantProgress
     }
 
     public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.DestroyRequest")
@@ -5030,6 +5034,7 @@ public struct DestroyRequest: ProtoMessage {
         self.name = message.get(1)
         self.force = message.get(2)
         self.requestId = message.get(3)
+        self.wantProgress = message.get(4)
     }
 
     public var dynamic: DynamicMessage {
@@ -5037,6 +5042,7 @@ public struct DestroyRequest: ProtoMessage {
         message.set(1, name)
         message.set(2, force)
         message.set(3, requestId)
+        message.set(4, wantProgress)
         return message
     }
 
@@ -5045,6 +5051,7 @@ public struct DestroyRequest: ProtoMessage {
         self.name = CBridge.value(c, f[0])
         self.force = CBridge.value(c, f[1])
         self.requestId = CBridge.value(c, f[2])
+        self.wantProgress = CBridge.value(c, f[3])
     }
 
     public func makeC() -> UnsafeMutableRawPointer {
@@ -5053,32 +5060,44 @@ public struct DestroyRequest: ProtoMessage {
         CBridge.set(c, f[0], name)
         CBridge.set(c, f[1], force)
         CBridge.set(c, f[2], requestId)
+        CBridge.set(c, f[3], wantProgress)
         return c
     }
 }
 
 /// Protobuf message `containers.lmctfy.agent.DestroyResponse`.
 public struct DestroyResponse: ProtoMessage {
-    public init() {}
+    /// Field 1 `progress`.
+    public var progress: String?
+
+    public init(
+        progress: String? = nil
+    ) {
+        self.progress = progress
+    }
 
     public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.DestroyResponse")
 
     public init(dynamic message: DynamicMessage) {
         precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.DestroyResponse")
-        self.init()
+        self.progress = message.get(1)
     }
 
     public var dynamic: DynamicMessage {
-        let message = DynamicMessage(Self.protoDescriptor)
+        var message = DynamicMessage(Self.protoDescriptor)
+        message.set(1, progress)
         return message
     }
 
     public init(cMessage c: UnsafeRawPointer) {
-        self.init()
+        let f = Self.protoDescriptor.fields
+        self.progress = CBridge.value(c, f[0])
     }
 
     public func makeC() -> UnsafeMutableRawPointer {
         let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.set(c, f[0], progress)
         return c
     }
 }
@@ -6481,15 +6500,19 @@ public struct KillAllRequest: ProtoMessage {
     public var recursive: Bool?
     /// Field 3 `request_id`.
     public var requestId: String?
+    /// Field 4 `want_progress`.
+    public var wantProgress: Bool?
 
     public init(
         name: String? = nil,
         recursive: Bool? = nil,
-        requestId: String? = nil
+        requestId: String? = nil,
+        wantProgress: Bool? = nil
     ) {
         self.name = name
         self.recursive = recursive
         self.requestId = requestId
+        self.wantProgress = wantProgress
     }
 
     public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.KillAllRequest")
@@ -6499,6 +6522,7 @@ public struct KillAllRequest: ProtoMessage {
         self.name = message.get(1)
         self.recursive = message.get(2)
         self.requestId = message.get(3)
+        self.wantProgress = message.get(4)
     }
 
     public var dynamic: DynamicMessage {
@@ -6506,6 +6530,7 @@ public struct KillAllRequest: ProtoMessage {
         message.set(1, name)
         message.set(2, recursive)
         message.set(3, requestId)
+        message.set(4, wantProgress)
         return message
     }
 
@@ -6514,6 +6539,7 @@ public struct KillAllRequest: ProtoMessage {
         self.name = CBridge.value(c, f[0])
         self.recursive = CBridge.value(c, f[1])
         self.requestId = CBridge.value(c, f[2])
+        self.wantProgress = CBridge.value(c, f[3])
     }
 
     public func makeC() -> UnsafeMutableRawPointer {
@@ -6522,32 +6548,44 @@ public struct KillAllRequest: ProtoMessage {
         CBridge.set(c, f[0], name)
         CBridge.set(c, f[1], recursive)
         CBridge.set(c, f[2], requestId)
+        CBridge.set(c, f[3], wantProgress)
         return c
     }
 }
 
 /// Protobuf message `containers.lmctfy.agent.KillAllResponse`.
 public struct KillAllResponse: ProtoMessage {
-    public init() {}
+    /// Field 1 `progress`.
+    public var progress: String?
+
+    public init(
+        progress: String? = nil
+    ) {
+        self.progress = progress
+    }
 
     public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.KillAllResponse")
 
     public init(dynamic message: DynamicMessage) {
         precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.KillAllResponse")
-        self.init()
+        self.progress = message.get(1)
     }
 
     public var dynamic: DynamicMessage {
-        let message = DynamicMessage(Self.protoDescriptor)
+        var message = DynamicMessage(Self.protoDescriptor)
+        message.set(1, progress)
         return message
     }
 
     public init(cMessage c: UnsafeRawPointer) {
-        self.init()
+        let f = Self.protoDescriptor.fields
+        self.progress = CBridge.value(c, f[0])
     }
 
     public func makeC() -> UnsafeMutableRawPointer {
         let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.set(c, f[0], progress)
         return c
     }
 }
