@@ -182,6 +182,12 @@ public enum LmctlCLI {
             if o.host != nil { return usageError("hosts takes a selector (--hosts SELECTOR or hosts SELECTOR), not --host", stderr) }
             return HostsCommand.run(o.words, selector: o.hosts, dial: dialPeer, stdout: stdout, stderr: stderr)
         }
+        // top without --host: every (matching) host's containers at once.
+        if verb == "top" && o.host == nil {
+            var w = o.words
+            w.remove(at: w.firstIndex(of: "top")!)
+            return TopCommand.run(w, dial: dialPeer, fleet: o.hosts ?? "", stdout: stdout, stderr: stderr)
+        }
         if let host = o.host {
             return runVerb(o.words, dial: routed(dialPeer, to: host), host: host, stdout: stdout, stderr: stderr)
         }

@@ -3,6 +3,7 @@
 // stream (its STATS samples, every stats_interval_ms), sorted.
 //
 //   lmctl top [--once] [-r] [--sort cpu|mem|procs|name] [NAME]
+//   lmctl --controller ADDRESS [--hosts SELECTOR] top ...   every (matching) host
 //
 // What it asks the agent: ListContainers(NAME, recursive, with_frozen) for
 // the names and their freezer state, Spec of each container for its memory
@@ -10,6 +11,9 @@
 // start of what the agent keeps (STATS, OOM, FREEZER, CREATED, UPDATED,
 // DESTROYED), then live. CPU % is of one CPU, between a container's last two
 // samples; OOM counts the OOM events the agent's log has for it.
+//
+// At a controller without --host: every connected host (that SELECTOR
+// matches), each container named HOST:NAME, from the fleet's event log.
 //
 // On a terminal (standard input and output both) it is a live view: the
 // alternate screen, raw keys (c m p n: sort by cpu, memory, processes,
@@ -87,29 +91,40 @@ enum TopCommand {
             self.base = base == "/" ? "/" : String(base.reversed().drop { $0 == "/" }.reversed())
         }
 
-        /// Whether `name` is below the base.
-        func isBelow(_ name: String) -> Bool {
-            base == "/" ? name != "/" && name.hasPrefix("/") : name.hasPrefix(base + "/")
+        /// A row's key: the name, or HOST:NAME for a host's (at a controller).
+        static func key(_ host: String?, _ name: String) -> String { host.map { $0 + ":" + name } ?? name }
+
+        /// A key's host (nil at an agent) and container name.
+        static func parts(_ key: String) -> (host: String?, name: String) {
+            guard !key.hasPrefix("/"), let colon = key.firstIndex(of: ":") else { return (nil, key) }
+            return (String(key[..<colon]), String(key[key.index(after: colon)...]))
         }
 
-        /// Whether `name` is a child of the base (not deeper).
-        func isChild(_ name: String) -> Bool {
-            guard isBelow(name) else { return false }
-            let rest = name.dropFirst(base == "/" ? 1 : base.count + 1)
+        /// Whether the container of `key` is below the base.
+        func isBelow(_ key: String) -> Bool {
+            let name = Self.parts(key).name
+            return base == "/" ? name != "/" && name.hasPrefix("/") : name.hasPrefix(base + "/")
+        }
+
+        /// Whether the container of `key` is a child of the base (not deeper).
+        func isChild(_ key: String) -> Bool {
+            guard isBelow(key) else { return false }
+            let rest = Self.parts(key).name.dropFirst(base == "/" ? 1 : base.count + 1)
             return !rest.contains("/")
         }
 
-        mutating func list(_ names: [String], frozen: [String]) {
+        mutating func list(_ names: [String], frozen: [String], host: String? = nil) {
             let frozenSet = Set(frozen)
             for n in names where isBelow(n) {
-                entries[n, default: Entry()].frozen = frozenSet.contains(n)
+                entries[Self.key(host, n), default: Entry()].frozen = frozenSet.contains(n)
             }
         }
 
         /// Applies one event; returns whether anything top shows changed.
         @discardableResult
         mutating func apply(_ e: ContainerEvent) -> Bool {
-            guard let name = e.container, isBelow(name) else { return false }
+            guard let container = e.container, isBelow(container) else { return false }
+            let name = Self.key(e.host, container)
             lastEventNs = max(lastEventNs, e.timestampNs ?? 0)
             switch e.kind ?? .containerEventUnspecified {
             case .containerEventStats:
@@ -214,25 +229,33 @@ enum TopCommand {
                                               .containerEventCreated, .containerEventUpdated, .containerEventDestroyed]
 
     /// `lmctl top ...`: `words` without the verb.
-    static func run(_ words: [String], dial: @escaping @Sendable () throws(LmctfyError) -> RpcClient,
+    /// `fleet`: at a controller, the hosts' selector ("" for every host).
+    static func run(_ words: [String], dial: @escaping @Sendable () throws(LmctfyError) -> RpcClient, fleet: String? = nil,
                     stdout: any ByteSink, stderr: any ByteSink) -> Int32 {
-        do {
+        do throws(LmctfyError) {
             let o = try parse(words)
             let live = !o.once && stdout is FileDescriptorSink && Terminal.isTerminal(0) && Terminal.isTerminal(1)
-            let calls = try dial()
+            let calls = try Calls(dial: dial, fleet: fleet != nil)
             defer { calls.close() }
             var model = Model(base: o.name ?? "/")
-            try load(&model, client: calls)
+            if let fleet {
+                let hosts = try calls.main.call(ControllerMethods.listHosts, ListHostsRequest(selector: fleet.isEmpty ? nil : fleet)).hosts
+                calls.hosts = hosts.filter { $0.state == .hostConnected }.compactMap { $0.identity?.hostName }.sorted()
+                guard !calls.hosts.isEmpty else {
+                    throw LmctfyError.notFound(fleet.isEmpty ? "no host is connected" : "no connected host matches \"\(fleet)\"")
+                }
+            }
+            try load(&model, calls: calls)
             if live { return try runLive(o, model: model, calls: calls, dial: dial, stdout: stdout) }
             // Once: what the agent keeps, up to now.
             let stream = try dial()
             defer { stream.close() }
-            try stream.stream(AgentMethods.subscribe, request(model, afterStart: true)) { (r: SubscribeResponse) throws(LmctfyError) -> Bool in
+            try stream.stream(AgentMethods.subscribe, request(model, afterStart: true, hosts: calls.selectedHosts)) { (r: SubscribeResponse) throws(LmctfyError) -> Bool in
                 if r.caughtUp != nil { return false }
                 if let e = r.event { model.apply(e) }
                 return true
             }
-            try fetchSpecs(&model, client: calls, limit: .max)
+            try fetchSpecs(&model, calls: calls, limit: .max)
             let width = Terminal.size(1)?.columns ?? 100
             stdout.write(Array(model.table(recursive: o.recursive, sort: o.sort, width: width).map { $0 + "\n" }.joined().utf8))
             return 0
@@ -242,29 +265,73 @@ enum TopCommand {
         }
     }
 
-    /// The names and freezer states below the base, and their limits.
-    static func load(_ model: inout Model, client: RpcClient) throws(LmctfyError) {
-        let listed = try client.call(AgentMethods.listContainers,
-                                     ListContainersRequest(name: model.base, recursive: true, withFrozen: true))
-        model.list(listed.names, frozen: listed.frozen)
-        try fetchSpecs(&model, client: client, limit: .max)
+    /// The connections for unary calls: one to the agent, or at a
+    /// controller one routed to each host (made when first needed).
+    final class Calls {
+        let main: RpcClient
+        let dial: @Sendable () throws(LmctfyError) -> RpcClient
+        let fleet: Bool
+        /// At a controller: the hosts shown.
+        var hosts: [String] = []
+        private var routed: [String: RpcClient] = [:]
+
+        init(dial: @escaping @Sendable () throws(LmctfyError) -> RpcClient, fleet: Bool) throws(LmctfyError) {
+            self.dial = dial
+            self.fleet = fleet
+            main = try dial()
+        }
+
+        /// The hosts a fleet subscription keeps to (every host: none named).
+        var selectedHosts: [String] { fleet ? hosts : [] }
+
+        func client(_ host: String?) throws(LmctfyError) -> RpcClient {
+            guard let host else { return main }
+            if let c = routed[host] { return c }
+            let c = try dial()
+            c.host = host
+            routed[host] = c
+            return c
+        }
+
+        func close() {
+            main.close()
+            for c in routed.values { c.close() }
+        }
+    }
+
+    /// The names and freezer states below the base (on every host), and
+    /// their limits.
+    static func load(_ model: inout Model, calls: Calls) throws(LmctfyError) {
+        for host in calls.fleet ? calls.hosts.map(Optional.some) : [nil] {
+            let listed: ListContainersResponse
+            do {
+                listed = try calls.client(host).call(AgentMethods.listContainers,
+                                                     ListContainersRequest(name: model.base, recursive: true, withFrozen: true))
+            } catch where host != nil && error.code == .notFound {
+                continue  // this host has no such container
+            }
+            model.list(listed.names, frozen: listed.frozen, host: host)
+        }
+        try fetchSpecs(&model, calls: calls, limit: .max)
     }
 
     /// Reads the memory limit of (at most `limit`) containers that want it;
     /// one gone meanwhile is skipped.
-    static func fetchSpecs(_ model: inout Model, client: RpcClient, limit: Int) throws(LmctfyError) {
-        for name in model.wantingSpec(limit) {
+    static func fetchSpecs(_ model: inout Model, calls: Calls, limit: Int) throws(LmctfyError) {
+        for key in model.wantingSpec(limit) {
+            let (host, name) = Model.parts(key)
             do {
-                let spec = try client.call(AgentMethods.spec, SpecRequest(name: name)).spec
-                model.setLimit(name, spec?.memory?.limit)
-            } catch where error.code == .notFound {
-                model.setLimit(name, nil)
+                let spec = try calls.client(host).call(AgentMethods.spec, SpecRequest(name: name)).spec
+                model.setLimit(key, spec?.memory?.limit)
+            } catch where error.code == .notFound || error.code == .unavailable {
+                model.setLimit(key, nil)
             }
         }
     }
 
-    static func request(_ model: Model, afterStart: Bool) -> SubscribeRequest {
+    static func request(_ model: Model, afterStart: Bool, hosts: [String] = []) -> SubscribeRequest {
         var r = SubscribeRequest()
+        r.hosts = hosts
         if model.base != "/" {
             r.name = model.base
             r.recursive = true
@@ -298,10 +365,10 @@ enum TopCommand {
         }
     }
 
-    static func runLive(_ o: Options, model: Model, calls: RpcClient, dial: @escaping @Sendable () throws(LmctfyError) -> RpcClient,
+    static func runLive(_ o: Options, model: Model, calls: Calls, dial: @escaping @Sendable () throws(LmctfyError) -> RpcClient,
                         stdout: any ByteSink) throws(LmctfyError) -> Int32 {
         let shared = try Shared(model)
-        let subscribe = request(model, afterStart: true)
+        let subscribe = request(model, afterStart: true, hosts: calls.selectedHosts)
         // The reader, on a connection of its own (a client is one thread's):
         // events into the model, a byte into the pipe. It ends with the
         // process (lmctl exits after top returns).
@@ -342,7 +409,7 @@ enum TopCommand {
                 // keys stay answered.
                 var m = shared.lock.locked { shared.model }
                 if !m.wantingSpec(1).isEmpty {
-                    try fetchSpecs(&m, client: calls, limit: 200)
+                    try fetchSpecs(&m, calls: calls, limit: 200)
                     let fetched = m
                     shared.lock.locked {
                         for (name, e) in fetched.entries where !e.specWanted { shared.model.setLimit(name, e.limit) }
