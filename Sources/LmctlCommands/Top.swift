@@ -240,6 +240,7 @@ enum TopCommand {
             var model = Model(base: o.name ?? "/")
             if let fleet {
                 let hosts = try calls.main.call(ControllerMethods.listHosts, ListHostsRequest(selector: fleet.isEmpty ? nil : fleet)).hosts
+                calls.selector = fleet
                 calls.hosts = hosts.filter { $0.state == .hostConnected }.compactMap { $0.identity?.hostName }.sorted()
                 guard !calls.hosts.isEmpty else {
                     throw LmctfyError.notFound(fleet.isEmpty ? "no host is connected" : "no connected host matches \"\(fleet)\"")
@@ -281,8 +282,11 @@ enum TopCommand {
             main = try dial()
         }
 
-        /// The hosts a fleet subscription keeps to (every host: none named).
-        var selectedHosts: [String] { fleet ? hosts : [] }
+        /// At a controller: the selector ("": every host).
+        var selector = ""
+        /// The hosts a fleet subscription keeps to: those selected, or none
+        /// named (every host, one that connects later too).
+        var selectedHosts: [String] { fleet && !selector.isEmpty ? hosts : [] }
 
         func client(_ host: String?) throws(LmctfyError) -> RpcClient {
             guard let host else { return main }
