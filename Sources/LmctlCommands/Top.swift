@@ -381,12 +381,15 @@ enum TopCommand {
                 let stream = try dial()
                 try stream.stream(AgentMethods.subscribe, subscribe, window: (stream.version ?? 0) >= ProtocolVersion.credit ? 256 : nil) {
                     (r: SubscribeResponse) throws(LmctfyError) -> Bool in
-                    let quit = shared.lock.locked { () -> Bool in
+                    // The screen is woken once per batch: when the model
+                    // turns dirty, not for every event.
+                    let (quit, wake) = shared.lock.locked { () -> (Bool, Bool) in
+                        let was = shared.dirty
                         if let e = r.event, shared.model.apply(e) { shared.dirty = true }
                         if r.caughtUp != nil { shared.dirty = true }
-                        return shared.quit
+                        return (shared.quit, !was && shared.dirty)
                     }
-                    shared.poke()
+                    if wake { shared.poke() }
                     return !quit
                 }
                 shared.lock.locked { shared.failure = LmctfyError(.unavailable, "the agent ended the event stream") }
@@ -407,7 +410,16 @@ enum TopCommand {
         var sort = o.sort
         var recursive = o.recursive
         var redraw = true
+        // Events are drawn at most every `minFrameMs` (a sweep of 1,000
+        // STATS events arrives over a few milliseconds: one frame, not 1,000).
+        let minFrameMs: UInt64 = 100
+        var lastDraw: UInt64 = 0
+        var eventsPending = false
         while true {
+            if eventsPending && MonotonicClock.milliseconds() - lastDraw >= minFrameMs {
+                eventsPending = false
+                redraw = true
+            }
             if redraw {
                 // Limits of new or updated containers, a few per round so
                 // keys stay answered.
@@ -420,21 +432,25 @@ enum TopCommand {
                     }
                 }
                 draw(shared, sort: sort, recursive: recursive, stdout: stdout)
+                lastDraw = MonotonicClock.milliseconds()
                 redraw = false
             }
             if let failure = shared.lock.locked({ shared.failure }) { throw failure }
-            let ready = Terminal.waitReadable([0, shared.wake.read], timeoutMs: 1000)
+            let timeout = eventsPending ? Int32(minFrameMs - min(minFrameMs, MonotonicClock.milliseconds() - lastDraw)) : 1000
+            let ready = Terminal.waitReadable([0, shared.wake.read], timeoutMs: timeout)
             if ready.isEmpty {
-                redraw = true  // the clock, and a resized window
+                if !eventsPending { redraw = true }  // the clock, and a resized window
                 continue
             }
             if ready.contains(shared.wake.read) {
                 var buf = [UInt8](repeating: 0, count: 256)
                 _ = Glibc.read(shared.wake.read, &buf, buf.count)
-                redraw = shared.lock.locked { () -> Bool in
+                let (dirty, failed) = shared.lock.locked { () -> (Bool, Bool) in
                     defer { shared.dirty = false }
-                    return shared.dirty
-                } || shared.lock.locked { shared.failure != nil }
+                    return (shared.dirty, shared.failure != nil)
+                }
+                if dirty { eventsPending = true }
+                if failed { redraw = true }
             }
             if ready.contains(0) {
                 var keys = [UInt8](repeating: 0, count: 64)
