@@ -3,7 +3,7 @@
 # Sourced or run by tools/setup and tools/test; safe to run again.
 set -euo pipefail
 PKGS=(pkg-config libuv1-dev libprotobuf-c-dev protobuf-c-compiler protobuf-compiler
-      mandoc zsh)  # mandoc, zsh: the man page lint and the zsh completion test (issue #16)
+      mandoc zsh tmux)  # the man page lint, the zsh completion and lmctl top tests (issue #16)
 missing=()
 for p in "${PKGS[@]}" "$@"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -85,7 +85,7 @@ func containerWithProcesses(_ count: Int, label: String) throws -> String {
 @Suite(.enabled(if: RealCgroups.available, "\(RealCgroups.unavailableReason ?? "")"),
        .enabled(if: access("/usr/bin/script", X_OK) == 0, "SKIPPED LOUDLY: script(1) (util-linux) is not installed"),
        .serialized)
-struct ProgressCLITests {
+struct ProgressTerminalTests {
     /// lmctfy destroy -f on a terminal draws its progress on one line of
     /// stderr and erases it; off a terminal it prints nothing.
     @Test func lmctfyDestroyShowsProgressOnATerminalOnly() throws {
