@@ -4,10 +4,10 @@
 // when the verb ends, so that stdout and the error line stay as they were.
 import LmctfySystem
 
-enum ProgressLine {
+public enum ProgressLine {
     /// Runs `body` with a progress line on `stderr` when it is a terminal
     /// (file descriptor 2); otherwise just runs it.
-    static func around<T>(stderr: any ByteSink, _ body: () throws -> T) throws -> T {
+    public static func around<T>(stderr: any ByteSink, _ body: () throws -> T) throws -> T {
         guard stderr is FileDescriptorSink, Terminal.isTerminal(2) else { return try body() }
         let columns = Terminal.size(2)?.columns ?? 80
         let line = ThrottledProgress { message in
