@@ -115,6 +115,33 @@ struct SdNotifyAgentTests {
         #expect(reaped, "the agent did not exit after SIGTERM")
     }
 
+    /// The built controller likewise: READY=1 once it listens, STOPPING=1 on SIGTERM.
+    @Test func controllerSaysReadyOnceItListensAndStoppingOnSigterm() throws {
+        let notify = try NotifySocket()
+        let dir = "/tmp/lmctfy-controller-notify-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try Sys.mkdir(dir, mode: 0o700)
+        defer { _ = removeTree(dir) }
+        try Sys.createFile(dir + "/keys", "host-a \(JSONFormat.base64Encoded(Crypto.randomBytes(32)))\n", mode: 0o600)
+        let socket = dir + "/controller.sock"
+        try Sys.createFile(dir + "/controller.conf", """
+            unix_socket_path: "\(socket)" unix_socket_mode: 0666 agent_address: "127.0.0.1:0" key_file: "\(dir)/keys"
+            allow_plaintext_tcp: true state_dir: "\(dir)/state" log_level: LOG_WARNING
+            """)
+        let pid = try spawnWithEnvironment([builtTool("lmctfy-controller"), "--config", dir + "/controller.conf"],
+                                           ["NOTIFY_SOCKET=\(notify.path)"])
+        var reaped = false
+        defer { if !reaped { TestProcess.end(pid) } }
+        #expect(notify.receive(timeoutMs: 10_000) == "READY=1")
+        #expect(try Sys.unixSocketAccepts(socket), "READY=1 came before the controller listened")
+        kill(pid, SIGTERM)
+        #expect(notify.receive(timeoutMs: 5000) == "STOPPING=1")
+        for _ in 0..<500 where !reaped {
+            reaped = TestProcess.reapIfExited(pid) != nil
+            if !reaped { usleep(10_000) }
+        }
+        #expect(reaped, "the controller did not exit after SIGTERM")
+    }
+
     /// Without NOTIFY_SOCKET the agent starts and serves as before.
     @Test func agentWithoutNotifySocketStartsAsBefore() throws {
         let agent = try AgentProcess()
