@@ -281,6 +281,35 @@ struct LmctlTopTests {
     }
 }
 
+extension LmctlTopTests {
+    /// The agent going away under the live view: top gives the terminal
+    /// back and exits with UNAVAILABLE (14), saying why.
+    @Test(.enabled(if: access("/usr/bin/tmux", X_OK) == 0, "SKIPPED LOUDLY: tmux is not installed"))
+    func liveViewEndsCleanlyWhenTheAgentGoes() throws {
+        let t = try TopAgent()
+        var stopped = false
+        defer { if !stopped { t.stop() } }
+        try t.must(["create", "/x", "memory:{limit:1048576}"])
+        let tmux = Tmux()
+        defer { tmux.kill() }
+        let exitFile = t.agent.dir + ".top-exit"
+        defer { _ = try? Sys.unlink(exitFile) }
+        try tmux.start("\(builtTool("lmctl")) --agent \(t.address) top 2>&1; echo status=$? > \(exitFile)")
+        _ = try tmux.waitFor { $0.contains { $0.hasPrefix("/x ") } }
+        t.stop()
+        stopped = true
+        var status: String?
+        for _ in 0..<500 where status == nil {
+            status = try? Sys.readFile(exitFile)
+            if status == nil { usleep(10_000) }
+        }
+        #expect(status == "status=14\n", "\(String(describing: status))")
+        let screen = tmux.capture()
+        #expect(screen.contains { $0.contains("Command exited with error message: 14") }, "\(screen)")
+        #expect(!screen.contains { $0.hasPrefix("NAME ") }, "the table stayed: \(screen)")
+    }
+}
+
 /// A tmux server of this test's own (-L), one window of 120x30.
 final class Tmux {
     let socketName = "lmctfy-top-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
