@@ -35,3 +35,45 @@ struct TopControllerTests {
         #expect(none.status == 5, "\(none.err)")
     }
 }
+
+extension TopControllerTests {
+    /// The live view at a controller, in tmux: a container made on one host
+    /// while it runs appears as HOST:NAME (from the fleet's event log), and
+    /// goes when destroyed; q quits with 0.
+    @Test(.enabled(if: access("/usr/bin/tmux", X_OK) == 0, "SKIPPED LOUDLY: tmux is not installed"))
+    func liveFleetViewFollowsTheHostsEvents() throws {
+        let fleet = try Fleet.twoHosts()
+        let base = RealCgroups.uniqueName("fleetlive")
+        defer { _ = try? fleet.lmctl(["--host", "alpha", "destroy", "-f", base]) }
+        #expect(try fleet.lmctl(["--host", "alpha", "create", base, "memory:{limit:209715200}"]).status == 0)
+        let socket = "lmctfy-fleettop-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        func tmux(_ args: [String]) -> ChildResult? { try? TestProcess.capture(["/usr/bin/tmux", "-L", socket, "-f", "/dev/null"] + args) }
+        defer { _ = tmux(["kill-server"]) }
+        let exitFile = fleet.dir + "/top.exit"
+        let command = "\(builtTool("lmctl")) --controller unix://\(fleet.dir)/controller.sock top -r \(base); echo $? > \(exitFile); sleep 1000"
+        #expect(tmux(["new-session", "-d", "-s", "top", "-x", "160", "-y", "30", "sh", "-c", command])?.status == 0)
+        func screen() -> [String] {
+            String(decoding: tmux(["capture-pane", "-p", "-t", "top"])?.stdout ?? [], as: UTF8.self).split(separator: "\n").map(String.init)
+        }
+        func waitFor(_ what: String, _ ok: ([String]) -> Bool) -> Bool {
+            for _ in 0..<200 {
+                if ok(screen()) { return true }
+                usleep(50_000)
+            }
+            Issue.record("\(what); the screen:\n\(screen().joined(separator: "\n"))")
+            return false
+        }
+        guard waitFor("no status line", { $0.first?.contains("lmctl top \(base) (all below)") == true }) else { return }
+        #expect(try fleet.lmctl(["--host", "alpha", "create", base + "/late", "memory:{limit:1048576}"]).status == 0)
+        _ = waitFor("alpha:\(base)/late never showed") { $0.contains { $0.hasPrefix("alpha:\(base)/late ") && $0.contains(" 1.0M ") } }
+        #expect(try fleet.lmctl(["--host", "alpha", "destroy", base + "/late"]).status == 0)
+        _ = waitFor("alpha:\(base)/late stayed") { !$0.contains { $0.hasPrefix("alpha:\(base)/late ") } }
+        _ = tmux(["send-keys", "-t", "top", "q"])
+        var status: String?
+        for _ in 0..<300 where status == nil {
+            status = try? Sys.readFile(exitFile)
+            if status == nil { usleep(10_000) }
+        }
+        #expect(status == "0\n")
+    }
+}
