@@ -77,3 +77,36 @@ extension TopControllerTests {
         #expect(status == "0\n")
     }
 }
+
+/// Shell completion at a controller: `--host` completes the controller's
+/// host names (from `lmctl hosts` over the line's connection options).
+@Suite(.enabled(if: RealCgroups.available, "\(RealCgroups.unavailableReason ?? "")"), .serialized)
+struct HostCompletionTests {
+    static let script: String = {
+        var path = #filePath
+        for _ in 0..<3 { path = String(path[..<path.lastIndex(of: "/")!]) }
+        return path + "/tools/completion/lmctfy.bash"
+    }()
+
+    func complete(_ words: [String]) throws -> [String] {
+        let quoted = words.map { "'" + $0 + "'" }.joined(separator: " ")
+        var bin = String(builtTool("lmctl")[..<builtTool("lmctl").lastIndex(of: "/")!])
+        if !bin.hasPrefix("/") {
+            var buf = [CChar](repeating: 0, count: 4096)
+            bin = String(cString: getcwd(&buf, buf.count)) + "/" + bin
+        }
+        let program = "source '\(Self.script)'; COMP_WORDS=(\(quoted)); COMP_CWORD=\(words.count - 1); _lmctfy_complete; printf '%s\\n' \"${COMPREPLY[@]}\" | sort -u"
+        let r = try TestProcess.capture(["/usr/bin/env", "PATH=\(bin):/usr/bin:/bin", "bash", "--norc", "--noprofile", "-c", program])
+        return String(decoding: r.stdout, as: UTF8.self).split(separator: "\n").map(String.init)
+    }
+
+    @Test func hostNamesComeFromTheController() throws {
+        let fleet = try Fleet.twoHosts()
+        let controller = "unix://\(fleet.dir)/controller.sock"
+        #expect(try complete(["lmctl", "--controller", controller, "--host", ""]) == ["alpha", "beta"])
+        #expect(try complete(["lmctl", "--controller", controller, "--host", "b"]) == ["beta"])
+        #expect(try complete(["lmctl", "--controller", controller, "migrate", "/x", "--from", ""]) == ["alpha", "beta"])
+        // No controller there: nothing, quickly.
+        #expect(try complete(["lmctl", "--controller", "unix:///nonexistent/c.sock", "--host", ""]) == [])
+    }
+}

@@ -100,7 +100,23 @@ _lmctfy_complete() {
             COMPREPLY=($(compgen -W "cpu mem procs name" -- "$cur")); return ;;
         --agent|--controller|--to)
             COMPREPLY=($(compgen -W "unix:// tcp://" -- "$cur")); return ;;
-        --host|--hosts|--from|--after|--name) return ;;
+        --host|--from)
+            # The controller's hosts (`hosts` prints name="..." first), over
+            # the connection options on the line but --host/--hosts.
+            local -a ctl=()
+            local j=0
+            while (( j < ${#conn[@]} )); do
+                case ${conn[j]} in
+                    --host|--hosts) ((j++)) ;;
+                    --host=*|--hosts=*) ;;
+                    *) ctl+=("${conn[j]}") ;;
+                esac
+                ((j++))
+            done
+            local hosts
+            hosts=$(timeout 2 "$prog" "${ctl[@]}" hosts 2>/dev/null | sed -n 's/^name="\([^"]*\)".*/\1/p')
+            COMPREPLY=($(compgen -W "$hosts" -- "$cur")); return ;;
+        --hosts|--after|--name) return ;;
     esac
 
     if [[ $ownverb == snapshot ]]; then
