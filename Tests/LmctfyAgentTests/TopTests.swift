@@ -321,8 +321,11 @@ final class Tmux {
     /// Runs `command` (through sh) in a new detached session; the shell
     /// stays after it so the screen can be read.
     func start(_ command: String) throws {
-        guard let r = tmux(["new-session", "-d", "-s", "top", "-x", "120", "-y", "30", "sh", "-c", command + "; sleep 1000"]),
-              r.status == 0 else { throw LmctfyError(.internal, "tmux new-session failed") }
+        // The server must get signals (its panes' exits, kill-server's SIGHUPs).
+        let status = try TestProcess.runWithSignalsUnblocked(
+            ["/usr/bin/tmux", "-L", socketName, "-f", "/dev/null", "new-session", "-d", "-s", "top", "-x", "120", "-y", "30",
+             "sh", "-c", command + "; sleep 1000"])
+        guard status == 0 else { throw LmctfyError(.internal, "tmux new-session failed: \(status)") }
     }
 
     func keys(_ k: String) { _ = tmux(["send-keys", "-t", "top", k]) }
@@ -346,5 +349,9 @@ final class Tmux {
         throw LmctfyError(.deadlineExceeded, "screen never matched:\n\(screen.joined(separator: "\n"))")
     }
 
-    func kill() { _ = tmux(["kill-server"]) }
+    /// Ends the server (SIGHUP to its panes) and removes its socket file.
+    func kill() {
+        _ = tmux(["kill-server"])
+        _ = try? Sys.unlink("/tmp/tmux-\(getuid())/\(socketName)")
+    }
 }

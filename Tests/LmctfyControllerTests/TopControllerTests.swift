@@ -48,10 +48,15 @@ extension TopControllerTests {
         #expect(try fleet.lmctl(["--host", "alpha", "create", base, "memory:{limit:209715200}"]).status == 0)
         let socket = "lmctfy-fleettop-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
         func tmux(_ args: [String]) -> ChildResult? { try? TestProcess.capture(["/usr/bin/tmux", "-L", socket, "-f", "/dev/null"] + args) }
-        defer { _ = tmux(["kill-server"]) }
+        defer {
+            _ = tmux(["kill-server"])
+            _ = try? Sys.unlink("/tmp/tmux-\(getuid())/\(socket)")
+        }
         let exitFile = fleet.dir + "/top.exit"
         let command = "\(builtTool("lmctl")) --controller unix://\(fleet.dir)/controller.sock top -r \(base); echo $? > \(exitFile); sleep 1000"
-        #expect(tmux(["new-session", "-d", "-s", "top", "-x", "160", "-y", "30", "sh", "-c", command])?.status == 0)
+        // The server must get signals (its panes' exits, kill-server's SIGHUPs).
+        #expect(try TestProcess.runWithSignalsUnblocked(["/usr/bin/tmux", "-L", socket, "-f", "/dev/null", "new-session", "-d",
+                                                         "-s", "top", "-x", "160", "-y", "30", "sh", "-c", command]) == 0)
         func screen() -> [String] {
             String(decoding: tmux(["capture-pane", "-p", "-t", "top"])?.stdout ?? [], as: UTF8.self).split(separator: "\n").map(String.init)
         }
