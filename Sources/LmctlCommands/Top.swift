@@ -87,8 +87,12 @@ enum TopCommand {
         /// The newest event applied (its timestamp), for the header.
         var lastEventNs: UInt64 = 0
 
+        /// `base` as given: relative names are relative to the agent's `/`
+        /// (as every lmctl verb resolves them); trailing slashes dropped.
         init(base: String) {
-            self.base = base == "/" ? "/" : String(base.reversed().drop { $0 == "/" }.reversed())
+            let absolute = base.hasPrefix("/") ? base : "/" + base
+            let trimmed = String(absolute.reversed().drop { $0 == "/" }.reversed())
+            self.base = trimmed.isEmpty ? "/" : trimmed
         }
 
         /// A row's key: the name, or HOST:NAME for a host's (at a controller).

@@ -48,6 +48,8 @@ private func event(_ name: String, _ kind: ContainerEventKind, frozen: Bool? = n
     }
 
     @Test func childrenOrEveryDescendantAndOnlyBelowTheBase() {
+        #expect(TopCommand.Model(base: "web").base == "/web")
+        #expect(TopCommand.Model(base: "//").base == "/")
         var m = TopCommand.Model(base: "/web/")
         #expect(m.base == "/web")
         m.list(["/web/a", "/web/a/x", "/web/b", "/webby", "/db"], frozen: [])
