@@ -284,6 +284,28 @@ struct LmctlTopTests {
 }
 
 extension LmctlTopTests {
+    /// Enough containers that the limits are read on several connections at
+    /// once (64 and more): every row has its own limit.
+    @Test func manyContainersEachWithItsLimit() throws {
+        let t = try TopAgent()
+        defer { t.stop() }
+        let client = try RpcClient.connect(unixPath: t.agent.socket, name: "top-test")
+        defer { client.close() }
+        let count = 80
+        for i in 1...count {
+            var spec = ContainerSpec()
+            spec.memory = MemorySpec(limit: Int64(i) * 1_048_576)
+            _ = try client.call(AgentMethods.create, CreateRequest(name: "/m\(i)", spec: spec))
+        }
+        let out = try t.must(["top", "--once", "--sort", "name"])
+        let rows = out.split(separator: "\n").dropFirst().map { $0.split(separator: " ").map(String.init) }
+        #expect(rows.count == count, "\(out)")
+        for row in rows {
+            guard let i = Int(row[0].dropFirst(2)) else { Issue.record("row \(row)"); continue }
+            #expect(row[3] == "\(i).0M", "\(row)")
+        }
+    }
+
     /// The agent going away under the live view: top gives the terminal
     /// back and exits with UNAVAILABLE (14), saying why.
     @Test(.enabled(if: access("/usr/bin/tmux", X_OK) == 0, "SKIPPED LOUDLY: tmux is not installed"))
