@@ -327,12 +327,6 @@ enum TopCommand {
     /// one gone meanwhile is skipped.
     static func fetchSpecs(_ model: inout Model, calls: Calls, limit: Int) throws(LmctfyError) {
         let keys = model.wantingSpec(limit)
-        // Many (the first load of a big machine): on `parallel` connections
-        // at once, one thread each; the agent answers them on its pool.
-        if keys.count >= 64 {
-            for (key, limit) in try fetchInParallel(keys, dial: calls.dial) { model.setLimit(key, limit) }
-            return
-        }
         for key in keys {
             let (host, name) = Model.parts(key)
             do {
@@ -342,47 +336,6 @@ enum TopCommand {
                 model.setLimit(key, nil)
             }
         }
-    }
-
-    static let parallel = 4
-
-    /// The memory limit of each key's container, `parallel` connections at
-    /// a time (each to the key's host, at a controller).
-    static func fetchInParallel(_ keys: [String], dial: @escaping @Sendable () throws(LmctfyError) -> RpcClient)
-        throws(LmctfyError) -> [String: Int64?] {
-        let results = Mutexed<[String: Int64?]>([:])
-        let failure = Mutexed<LmctfyError?>(nil)
-        var chunks = [[String]](repeating: [], count: parallel)
-        for (i, key) in keys.enumerated() { chunks[i % parallel].append(key) }
-        let threads = chunks.map { chunk in
-            Threads.start {
-                var clients: [String: RpcClient] = [:]
-                defer { for c in clients.values { c.close() } }
-                for key in chunk {
-                    let (host, name) = Model.parts(key)
-                    do throws(LmctfyError) {
-                        let client: RpcClient
-                        if let c = clients[host ?? ""] {
-                            client = c
-                        } else {
-                            client = try dial()
-                            client.host = host
-                            clients[host ?? ""] = client
-                        }
-                        let limit = try client.call(AgentMethods.spec, SpecRequest(name: name)).spec?.memory?.limit
-                        results.locked { $0[key] = .some(limit) }
-                    } catch where error.code == .notFound || error.code == .unavailable {
-                        results.locked { $0[key] = .some(nil) }
-                    } catch {
-                        failure.locked { if $0 == nil { $0 = error } }
-                        return
-                    }
-                }
-            }
-        }
-        for t in threads { pthread_join(t, nil) }
-        if let error = failure.locked({ $0 }) { throw error }
-        return results.locked { $0 }
     }
 
     static func request(_ model: Model, afterStart: Bool, hosts: [String] = []) -> SubscribeRequest {

@@ -284,8 +284,7 @@ struct LmctlTopTests {
 }
 
 extension LmctlTopTests {
-    /// Enough containers that the limits are read on several connections at
-    /// once (64 and more): every row has its own limit.
+    /// Many containers: every row has its own limit.
     @Test func manyContainersEachWithItsLimit() throws {
         let t = try TopAgent()
         defer { t.stop() }
