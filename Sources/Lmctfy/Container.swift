@@ -221,9 +221,10 @@ public struct Container: Sendable {
     /// an interrupted create or destroy left too).
     func killTasks(rounds: Int = 10) throws(LmctfyError) {
         if try tasksDir.readPids("cgroup.procs").isEmpty { return }
-        for _ in 0..<rounds {
+        for round in 0..<rounds {
             try setFrozen(true)
             let pids = try tasksDir.readPids("cgroup.procs")
+            Progress.report("\(name): killing \(pids.count) process\(pids.count == 1 ? "" : "es")\(round > 0 ? " (round \(round + 1))" : "")")
             for pid in pids {
                 do {
                     try Sys.kill(pid, SIGKILL, faults: api.faults)

@@ -26,7 +26,11 @@ extension ContainerApi {
             }
             var subs: [ContainerName] = []
             try collectOwn(name, into: &subs)
-            for sub in subs.reversed() { _ = try destroyOne(sub) }
+            for (i, sub) in subs.reversed().enumerated() {
+                Progress.report("\(name): destroying \(sub) (\(i + 1) of \(subs.count + 1) containers)")
+                _ = try destroyOne(sub)
+            }
+            Progress.report("\(name): destroying \(name)\(subs.isEmpty ? "" : " (\(subs.count + 1) of \(subs.count + 1) containers)")")
             guard try destroyOne(name) || visible else { throw .notFound("Container \"\(name)\" does not exist") }
         }
     }

@@ -932,6 +932,10 @@ public final class Agent: @unchecked Sendable {
         route?.info.scheduling ?? .pool
     }
 
+    /// Unary methods that may send progress responses before their final
+    /// one (want_progress; PROTOCOL.md "Progress").
+    static let reportsProgress: Set<String> = [AgentMethods.destroy.name, AgentMethods.killAll.name]
+
     private func startCall(_ s: ConnState, streamId: UInt32, method: String, payload: [UInt8]) {
         let role = s.role
         let dispatcher = self.dispatcher
@@ -963,7 +967,13 @@ public final class Agent: @unchecked Sendable {
             ? CallContext { [weak self] bytes in
                 self?.loop.execute { [weak self] in self?.respond(connId, streamId, bytes) }
             }
-            : CallContext()
+            : Self.reportsProgress.contains(method)
+                ? CallContext(early: { [weak self] bytes in
+                    // Progress: ahead of the final response; one that comes
+                    // after the call ended is dropped by respond.
+                    _ = self?.loop.execute { [weak self] in self?.respond(connId, streamId, bytes) }
+                })
+                : CallContext()
         s.calls[streamId] = context
         if scheduling == .pool {
             s.poolCalls[streamId] = payload.count
@@ -1156,6 +1166,7 @@ public final class Agent: @unchecked Sendable {
         _ = loop.execute { [self] in
             guard !stopping else { return }
             stopping = true
+            SdNotify.notify("STOPPING=1")
             for l in listeners { l.close() }
             listeners.removeAll()
             for s in Array(conns.values) {

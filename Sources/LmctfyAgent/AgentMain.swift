@@ -21,6 +21,9 @@ public enum AgentMain {
     /// code, 3 for a bad argument), and runs the agent until it stops: exits 0
     /// after a clean stop, 1 otherwise. With `--check-config` it only checks.
     public static func main() -> Never {
+        // systemd's Type=notify socket, kept and taken out of the environment
+        // before anything can be spawned (SdNotify).
+        SdNotify.captureFromEnvironment()
         let line = DaemonCommandLine.parse(Array(CommandLine.arguments.dropFirst()), defaultConfig: "/etc/lmctfy/agent.conf",
                                            usage: usage, fail: { fail($0) })
         let configPath = line.configPath
@@ -57,6 +60,8 @@ public enum AgentMain {
             let api = try ContainerApi.detect()
             let agent = Agent(settings: settings, api: api)
             try agent.start()
+            // Listening: a Type=notify unit is now started (dependents may dial us).
+            SdNotify.notify("READY=1")
             let rc = agent.waitUntilStopped()
             exit(rc == 0 ? 0 : 1)
         } catch {

@@ -25,18 +25,30 @@ public final class CallContext: Sendable {
     // One allocation per call: the state's lock lives inside the object.
     private let state = Mutex(State())
     private let emitter: (@Sendable ([UInt8]) -> Void)?
+    /// A collecting (unary) call's way to send a progress response before
+    /// its final one (DestroyRequest.want_progress); nil: progress is dropped.
+    private let early: (@Sendable ([UInt8]) -> Void)?
 
     /// A context that sends streamed responses (serialized) through `emit`,
     /// which must be safe to call from any thread.
     public init(emit: @escaping @Sendable ([UInt8]) -> Void) {
         emitter = emit
+        early = nil
     }
 
     /// A context that keeps the responses until `takeResponses()`: for a
     /// unary call, whose one response leaves with its status (in one frame
     /// when the peer speaks protocol version 2).
-    public init() {
+    public init(early: (@Sendable ([UInt8]) -> Void)? = nil) {
         emitter = nil
+        self.early = early
+    }
+
+    /// Sends a progress response now, ahead of the final one, where the
+    /// call can (a streaming call, or a unary one given `early`).
+    public func emitProgress<M: ProtoMessage>(_ message: M) {
+        guard let bytes = try? message.serializedBytes() else { return }
+        if let emitter { emitter(bytes) } else { early?(bytes) }
     }
 
     /// The responses kept so far (collecting contexts), in order; clears them.
@@ -274,10 +286,17 @@ public final class Dispatcher: Sendable {
         func mutating<Req: IdempotentRequest, Resp>(
             _ m: AgentMethod<Req, Resp>,
             recover: @escaping @Sendable (Dispatcher, Req, LmctfyError) throws -> Resp? = { _, _, _ in nil },
-            _ body: @escaping @Sendable (Dispatcher, Req) throws -> Resp
+            progress: (@Sendable (Req, String) -> Resp?)? = nil,
+            _ rawBody: @escaping @Sendable (Dispatcher, Req) throws -> Resp
         ) {
             table[m.name] = { d, payload, context in
                 let r = try Req(serializedBytes: payload)
+                // A caller that asked for progress gets the library's reports
+                // as responses ahead of the final one (ProgressReporting).
+                let body: @Sendable (Dispatcher, Req) throws -> Resp = { d, r in
+                    guard let progress, progress(r, "") != nil else { return try rawBody(d, r) }
+                    return try d.withProgress(context, make: { progress(r, $0) }, body: { try rawBody(d, r) })
+                }
                 guard let id = r.requestId, let journal = d.journal else {
                     let response = try body(d, r)
                     d.testHold?.hold(m.name)
@@ -337,7 +356,7 @@ public final class Dispatcher: Sendable {
         mutating(AgentMethods.destroy, recover: { _, _, error in
             // The earlier agent destroyed it before it died.
             error.code == .notFound ? DestroyResponse() : nil
-        }) { d, r in
+        }, progress: { r, message in r.wantProgress == true ? DestroyResponse(progress: message) : nil }) { d, r in
             _ = try d.destroyContainer(try Dispatcher.containerName(r.name), force: r.force ?? false)
             return DestroyResponse()
         }
@@ -364,7 +383,8 @@ public final class Dispatcher: Sendable {
             StatsResponse(stats: try d.backend.stats(r.name, type: r.kind == .statsFull ? .full : .summary))
         }
         unary(AgentMethods.listContainers) { d, r in
-            ListContainersResponse(names: try d.backend.listContainers(r.name, recursive: r.recursive ?? false))
+            let names = try d.backend.listContainers(r.name, recursive: r.recursive ?? false)
+            return ListContainersResponse(names: names, frozen: r.withFrozen == true ? d.inventory.frozen(among: names) : [])
         }
         unary(AgentMethods.listPids) { d, r in
             ListPidsResponse(pids: try d.backend.listTasks(r.name, threads: false, recursive: r.recursive ?? false))
@@ -379,7 +399,7 @@ public final class Dispatcher: Sendable {
             try d.backend.enter(try Dispatcher.containerName(r.name), tids: r.tids)
             return EnterResponse()
         }
-        mutating(AgentMethods.killAll) { d, r in
+        mutating(AgentMethods.killAll, progress: { r, message in r.wantProgress == true ? KillAllResponse(progress: message) : nil }) { d, r in
             let name = try Dispatcher.containerName(r.name)
             try d.backend.killAll(name, recursive: r.recursive ?? false)
             // The processes it recorded that died leave its snapshot.

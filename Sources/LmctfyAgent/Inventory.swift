@@ -208,6 +208,11 @@ final class Inventory: Sendable {
     /// Whether `name` is known to exist.
     func knows(_ name: String) -> Bool { state.locked { $0.known[name] != nil } }
 
+    /// The names of `names` known to be frozen (ListContainers with_frozen).
+    func frozen(among names: [String]) -> [String] {
+        state.locked { s in names.filter { s.known[$0] == true } }
+    }
+
     /// Whether `name` is known but its spec was not read since it appeared
     /// or the agent last changed it (a write of it could not be told).
     func needsSpec(_ name: String) -> Bool { state.locked { $0.known[name] != nil && $0.specs[name] == nil } }

@@ -144,7 +144,7 @@ public enum LmctfyCLI {
                     stderr.write("Failed to create a lmctfy instance with error '\(error.message)'\n")
                     return error.code.rawValue
                 }
-                output = try body(api, call)
+                output = try ProgressLine.around(stderr: stderr) { try body(api, call) }
             }
         } catch {
             let failure = statusError(error)

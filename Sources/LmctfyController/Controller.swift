@@ -901,6 +901,7 @@ public final class Controller: @unchecked Sendable {
         _ = loop.execute { [self] in
             guard !stopping else { return }
             stopping = true
+            SdNotify.notify("STOPPING=1")
             for l in listeners { l.close() }
             listeners.removeAll()
             for p in Array(peers.values) {

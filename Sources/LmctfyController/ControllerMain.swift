@@ -15,6 +15,7 @@ public enum ControllerMain {
         """
 
     public static func main() -> Never {
+        SdNotify.captureFromEnvironment()
         let line = DaemonCommandLine.parse(Array(CommandLine.arguments.dropFirst()), defaultConfig: "/etc/lmctfy/controller.conf",
                                            usage: usage, fail: { fail($0) })
         let configPath = line.configPath
@@ -35,6 +36,7 @@ public enum ControllerMain {
         do {
             let controller = try Controller(settings: settings)
             try controller.start()
+            SdNotify.notify("READY=1")
             exit(controller.waitUntilStopped() == 0 ? 0 : 1)
         } catch {
             fail("\(error.message)", code: error.code.rawValue)

@@ -3588,7 +3588,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__create_response__des
   (ProtobufCMessageInit) containers__lmctfy__agent__create_response__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor containers__lmctfy__agent__destroy_request__field_descriptors[3] =
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__destroy_request__field_descriptors[4] =
 {
   {
     "name",
@@ -3626,16 +3626,29 @@ static const ProtobufCFieldDescriptor containers__lmctfy__agent__destroy_request
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "want_progress",
+    4,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_BOOL,
+    offsetof(Containers__Lmctfy__Agent__DestroyRequest, has_want_progress),
+    offsetof(Containers__Lmctfy__Agent__DestroyRequest, want_progress),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned containers__lmctfy__agent__destroy_request__field_indices_by_name[] = {
   1,   /* field[1] = force */
   0,   /* field[0] = name */
   2,   /* field[2] = request_id */
+  3,   /* field[3] = want_progress */
 };
 static const ProtobufCIntRange containers__lmctfy__agent__destroy_request__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 3 }
+  { 0, 4 }
 };
 const ProtobufCMessageDescriptor containers__lmctfy__agent__destroy_request__descriptor =
 {
@@ -3645,16 +3658,36 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__destroy_request__des
   "Containers__Lmctfy__Agent__DestroyRequest",
   "containers.lmctfy.agent",
   sizeof(Containers__Lmctfy__Agent__DestroyRequest),
-  3,
+  4,
   containers__lmctfy__agent__destroy_request__field_descriptors,
   containers__lmctfy__agent__destroy_request__field_indices_by_name,
   1,  containers__lmctfy__agent__destroy_request__number_ranges,
   (ProtobufCMessageInit) containers__lmctfy__agent__destroy_request__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-#define containers__lmctfy__agent__destroy_response__field_descriptors NULL
-#define containers__lmctfy__agent__destroy_response__field_indices_by_name NULL
-#define containers__lmctfy__agent__destroy_response__number_ranges NULL
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__destroy_response__field_descriptors[1] =
+{
+  {
+    "progress",
+    1,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__DestroyResponse, progress),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned containers__lmctfy__agent__destroy_response__field_indices_by_name[] = {
+  0,   /* field[0] = progress */
+};
+static const ProtobufCIntRange containers__lmctfy__agent__destroy_response__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 1 }
+};
 const ProtobufCMessageDescriptor containers__lmctfy__agent__destroy_response__descriptor =
 {
   PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
@@ -3663,10 +3696,10 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__destroy_response__de
   "Containers__Lmctfy__Agent__DestroyResponse",
   "containers.lmctfy.agent",
   sizeof(Containers__Lmctfy__Agent__DestroyResponse),
-  0,
+  1,
   containers__lmctfy__agent__destroy_response__field_descriptors,
   containers__lmctfy__agent__destroy_response__field_indices_by_name,
-  0,  containers__lmctfy__agent__destroy_response__number_ranges,
+  1,  containers__lmctfy__agent__destroy_response__number_ranges,
   (ProtobufCMessageInit) containers__lmctfy__agent__destroy_response__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
@@ -3930,7 +3963,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__stats_response__desc
   (ProtobufCMessageInit) containers__lmctfy__agent__stats_response__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor containers__lmctfy__agent__list_containers_request__field_descriptors[2] =
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__list_containers_request__field_descriptors[3] =
 {
   {
     "name",
@@ -3956,15 +3989,28 @@ static const ProtobufCFieldDescriptor containers__lmctfy__agent__list_containers
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "with_frozen",
+    3,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_BOOL,
+    offsetof(Containers__Lmctfy__Agent__ListContainersRequest, has_with_frozen),
+    offsetof(Containers__Lmctfy__Agent__ListContainersRequest, with_frozen),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned containers__lmctfy__agent__list_containers_request__field_indices_by_name[] = {
   0,   /* field[0] = name */
   1,   /* field[1] = recursive */
+  2,   /* field[2] = with_frozen */
 };
 static const ProtobufCIntRange containers__lmctfy__agent__list_containers_request__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 2 }
+  { 0, 3 }
 };
 const ProtobufCMessageDescriptor containers__lmctfy__agent__list_containers_request__descriptor =
 {
@@ -3974,14 +4020,14 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__list_containers_requ
   "Containers__Lmctfy__Agent__ListContainersRequest",
   "containers.lmctfy.agent",
   sizeof(Containers__Lmctfy__Agent__ListContainersRequest),
-  2,
+  3,
   containers__lmctfy__agent__list_containers_request__field_descriptors,
   containers__lmctfy__agent__list_containers_request__field_indices_by_name,
   1,  containers__lmctfy__agent__list_containers_request__number_ranges,
   (ProtobufCMessageInit) containers__lmctfy__agent__list_containers_request__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor containers__lmctfy__agent__list_containers_response__field_descriptors[1] =
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__list_containers_response__field_descriptors[2] =
 {
   {
     "names",
@@ -3995,14 +4041,27 @@ static const ProtobufCFieldDescriptor containers__lmctfy__agent__list_containers
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "frozen",
+    2,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_STRING,
+    offsetof(Containers__Lmctfy__Agent__ListContainersResponse, n_frozen),
+    offsetof(Containers__Lmctfy__Agent__ListContainersResponse, frozen),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned containers__lmctfy__agent__list_containers_response__field_indices_by_name[] = {
+  1,   /* field[1] = frozen */
   0,   /* field[0] = names */
 };
 static const ProtobufCIntRange containers__lmctfy__agent__list_containers_response__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 1 }
+  { 0, 2 }
 };
 const ProtobufCMessageDescriptor containers__lmctfy__agent__list_containers_response__descriptor =
 {
@@ -4012,7 +4071,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__list_containers_resp
   "Containers__Lmctfy__Agent__ListContainersResponse",
   "containers.lmctfy.agent",
   sizeof(Containers__Lmctfy__Agent__ListContainersResponse),
-  1,
+  2,
   containers__lmctfy__agent__list_containers_response__field_descriptors,
   containers__lmctfy__agent__list_containers_response__field_indices_by_name,
   1,  containers__lmctfy__agent__list_containers_response__number_ranges,
@@ -4522,7 +4581,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__enter_response__desc
   (ProtobufCMessageInit) containers__lmctfy__agent__enter_response__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor containers__lmctfy__agent__kill_all_request__field_descriptors[3] =
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__kill_all_request__field_descriptors[4] =
 {
   {
     "name",
@@ -4560,16 +4619,29 @@ static const ProtobufCFieldDescriptor containers__lmctfy__agent__kill_all_reques
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "want_progress",
+    4,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_BOOL,
+    offsetof(Containers__Lmctfy__Agent__KillAllRequest, has_want_progress),
+    offsetof(Containers__Lmctfy__Agent__KillAllRequest, want_progress),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned containers__lmctfy__agent__kill_all_request__field_indices_by_name[] = {
   0,   /* field[0] = name */
   1,   /* field[1] = recursive */
   2,   /* field[2] = request_id */
+  3,   /* field[3] = want_progress */
 };
 static const ProtobufCIntRange containers__lmctfy__agent__kill_all_request__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 3 }
+  { 0, 4 }
 };
 const ProtobufCMessageDescriptor containers__lmctfy__agent__kill_all_request__descriptor =
 {
@@ -4579,16 +4651,36 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__kill_all_request__de
   "Containers__Lmctfy__Agent__KillAllRequest",
   "containers.lmctfy.agent",
   sizeof(Containers__Lmctfy__Agent__KillAllRequest),
-  3,
+  4,
   containers__lmctfy__agent__kill_all_request__field_descriptors,
   containers__lmctfy__agent__kill_all_request__field_indices_by_name,
   1,  containers__lmctfy__agent__kill_all_request__number_ranges,
   (ProtobufCMessageInit) containers__lmctfy__agent__kill_all_request__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-#define containers__lmctfy__agent__kill_all_response__field_descriptors NULL
-#define containers__lmctfy__agent__kill_all_response__field_indices_by_name NULL
-#define containers__lmctfy__agent__kill_all_response__number_ranges NULL
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__kill_all_response__field_descriptors[1] =
+{
+  {
+    "progress",
+    1,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__KillAllResponse, progress),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned containers__lmctfy__agent__kill_all_response__field_indices_by_name[] = {
+  0,   /* field[0] = progress */
+};
+static const ProtobufCIntRange containers__lmctfy__agent__kill_all_response__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 1 }
+};
 const ProtobufCMessageDescriptor containers__lmctfy__agent__kill_all_response__descriptor =
 {
   PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
@@ -4597,10 +4689,10 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__kill_all_response__d
   "Containers__Lmctfy__Agent__KillAllResponse",
   "containers.lmctfy.agent",
   sizeof(Containers__Lmctfy__Agent__KillAllResponse),
-  0,
+  1,
   containers__lmctfy__agent__kill_all_response__field_descriptors,
   containers__lmctfy__agent__kill_all_response__field_indices_by_name,
-  0,  containers__lmctfy__agent__kill_all_response__number_ranges,
+  1,  containers__lmctfy__agent__kill_all_response__number_ranges,
   (ProtobufCMessageInit) containers__lmctfy__agent__kill_all_response__init,
   NULL,NULL,NULL    /* reserved[123] */
 };

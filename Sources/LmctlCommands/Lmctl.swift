@@ -47,6 +47,7 @@ public enum LmctlCLI {
                lmctl [--agent ...] snapshot export NAME [-o FILE] [--text] | snapshot import FILE [--name N] [--start]
                lmctl [--agent ...] migrate NAME --to unix://PATH|tcp://HOST:PORT [--to-key-file FILE]
                lmctl [--agent ...] checkpoint NAME DIR [--leave-running] | restore DIR [--name N]
+               lmctl [--agent ...] top [--once] [-r] [--sort cpu|mem|procs|name] [NAME]
                lmctl --controller ... migrate NAME --from HOST --to HOST
                lmctl --controller unix://PATH|tcp://HOST:PORT [--key-file FILE] hosts [-o json] [SELECTOR]
                lmctl --controller ... (--host NAME | --hosts SELECTOR) <lmctfy verb> ... | info | events ...
@@ -76,6 +77,11 @@ public enum LmctlCLI {
     }
 
     static let ownFlags: Set<String> = ["--agent", "--controller", "--key-file", "--cert", "--key", "--ca", "--host", "--hosts"]
+
+    /// lmctl's verbs besides lmctfy's command tree. The manual (lmctl.1)
+    /// and the shell completion are checked against this list and
+    /// `ownFlags` by the tests, so a verb added here must be added there.
+    static let ownVerbs: [String] = ["info", "events", "hosts", "top"] + MovingCommands.verbs.sorted()
 
     /// Reads `--agent`, `--controller`, `--key-file`, `--host` and `--hosts`
     /// (each `--flag VALUE` or `--flag=VALUE`) from the front of `args`.
@@ -176,6 +182,12 @@ public enum LmctlCLI {
         if verb == "hosts" {
             if o.host != nil { return usageError("hosts takes a selector (--hosts SELECTOR or hosts SELECTOR), not --host", stderr) }
             return HostsCommand.run(o.words, selector: o.hosts, dial: dialPeer, stdout: stdout, stderr: stderr)
+        }
+        // top without --host: every (matching) host's containers at once.
+        if verb == "top" && o.host == nil {
+            var w = o.words
+            w.remove(at: w.firstIndex(of: "top")!)
+            return TopCommand.run(w, dial: dialPeer, fleet: o.hosts ?? "", stdout: stdout, stderr: stderr)
         }
         if let host = o.host {
             return runVerb(o.words, dial: routed(dialPeer, to: host), host: host, stdout: stdout, stderr: stderr)
@@ -285,6 +297,11 @@ public enum LmctlCLI {
         }
         if PolicyCommands.handles(words) {
             return PolicyCommands.create(words, dial: dial, stdout: stdout, stderr: stderr)
+        }
+        if commandWord(words) == "top" {
+            var w = words
+            w.remove(at: w.firstIndex(of: "top")!)
+            return TopCommand.run(w, dial: dial, stdout: stdout, stderr: stderr)
         }
         if let verb = commandWord(words), MovingCommands.verbs.contains(verb) {
             return MovingCommands.run(words, dial: dial, stdout: stdout, stderr: stderr)

@@ -45,7 +45,7 @@ enum MovingCommands {
                 if sub == "import" { return try importFile(args, dial: dial, stdout: stdout) }
                 throw LmctfyError.invalidArgument("snapshot \(sub): expected export or import")
             case "migrate":
-                return try migrateDirect(args, dial: dial, stdout: stdout)
+                return try ProgressLine.around(stderr: stderr) { try migrateDirect(args, dial: dial, stdout: stdout) }
             case "checkpoint":
                 return try checkpoint(args, dial: dial, stdout: stdout)
             default:
@@ -201,8 +201,10 @@ enum MovingCommands {
                 throw LmctfyError.invalidArgument("usage: lmctl --controller ... migrate NAME --from HOST --to HOST [--force]")
             }
             guard from != to else { throw LmctfyError.invalidArgument("--from and --to name the same host") }
-            return try migrate(w.positional[0], from: LmctlCLI.routed(dial, to: from), to: LmctlCLI.routed(dial, to: to),
-                               toName: "host \(to)", force: w.flags.contains("--force"), stdout: stdout)
+            return try ProgressLine.around(stderr: stderr) {
+                try migrate(w.positional[0], from: LmctlCLI.routed(dial, to: from), to: LmctlCLI.routed(dial, to: to),
+                            toName: "host \(to)", force: w.flags.contains("--force"), stdout: stdout)
+            }
         } catch {
             return fail(error, stderr)
         }
@@ -222,6 +224,8 @@ enum MovingCommands {
         defer { src.close() }
         let dst = try target()
         defer { dst.close() }
+        // On a terminal, each step on stderr's progress line (ProgressLine).
+        Progress.report("migrate \(name): taking its snapshot")
         let before = try src.call(AgentMethods.exportSnapshot, ExportSnapshotRequest(name: name))
         guard var snapshot = before.snapshot else { throw LmctfyError.internalError("the source sent no snapshot") }
         // A snapshot is of one container, and brings back only the processes
@@ -240,6 +244,7 @@ enum MovingCommands {
         var made: String?
         do {
             if !wasFrozen {
+                Progress.report("migrate \(name): freezing it")
                 _ = try src.call(AgentMethods.pause, PauseRequest(name: name, requestId: requestId()))
                 frozeIt = true
                 try injected(after: .pause)
@@ -252,11 +257,13 @@ enum MovingCommands {
             try injected(after: .export)
             // Arrives as it was before we froze it.
             snapshot.frozen = wasFrozen
+            Progress.report("migrate \(name): importing it on \(toName)")
             let r = try dst.call(AgentMethods.importSnapshot, ImportSnapshotRequest(
                 snapshot: snapshot, name: name, start: true, requestId: requestId()))
             made = r.name ?? name
             try injected(after: .import)
             try injected(after: .destroy)
+            Progress.report("migrate \(name): destroying the source")
             _ = try src.call(AgentMethods.destroy, DestroyRequest(name: name, force: true, requestId: requestId()))
             let us = (MonotonicClock.nanoseconds() - t0) / 1000
             var text = "migrated \(name) to \(toName) in \(us / 1000).\(us % 1000 / 100) ms"
@@ -265,6 +272,7 @@ enum MovingCommands {
             return 0
         } catch {
             // Undo: the target clean, the source running as it was.
+            Progress.report("migrate \(name): failed; undoing")
             var notes: [String] = []
             if made != nil {
                 do { _ = try dst.call(AgentMethods.destroy, DestroyRequest(name: name, force: true, requestId: requestId())) } catch {

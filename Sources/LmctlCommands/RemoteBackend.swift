@@ -55,6 +55,30 @@ public final class RemoteBackend: ContainerBackend, @unchecked Sendable {
         }
     }
 
+    /// `call`, with the agent's progress responses (those `progress` finds
+    /// a message in) passed to this thread's Progress reporter; the final
+    /// response is the one without. Used when a reporter listens (a
+    /// terminal), so the request asked for progress.
+    private func callReporting<Request, Response>(_ method: AgentMethod<Request, Response>, _ request: Request,
+                                                  progress: (Response) -> String?) throws(LmctfyError) -> Response {
+        func once() throws(LmctfyError) -> Response {
+            var last: Response?
+            try client.stream(method, request) { (r: Response) throws(LmctfyError) -> Bool in
+                if let message = progress(r) { Progress.report(message) } else { last = r }
+                return true
+            }
+            guard let last else { throw LmctfyError(.internal, "\(method.name): the agent sent no final response") }
+            return last
+        }
+        do {
+            return try once()
+        } catch where error.code == .unavailable && reconnect != nil {
+            onRetry?("\(method.name): \(error.message); retrying once")
+            client = try reconnectWithin()
+            return try once()
+        }
+    }
+
     /// A new connection, waiting up to reconnectWaitMs for the agent's
     /// socket to take connections again (it may be restarting).
     private func reconnectWithin() throws(LmctfyError) -> RpcClient {
@@ -79,7 +103,13 @@ public final class RemoteBackend: ContainerBackend, @unchecked Sendable {
     /// Destroy; returns the name as sent.
     @discardableResult
     public func destroy(_ name: String, force: Bool) throws(LmctfyError) -> String {
-        _ = try call(AgentMethods.destroy, DestroyRequest(name: name, force: force, requestId: Self.newRequestId()))
+        var request = DestroyRequest(name: name, force: force, requestId: Self.newRequestId())
+        if Progress.isActive {
+            request.wantProgress = true
+            _ = try callReporting(AgentMethods.destroy, request) { $0.progress }
+        } else {
+            _ = try call(AgentMethods.destroy, request)
+        }
         return name
     }
 
@@ -162,7 +192,13 @@ public final class RemoteBackend: ContainerBackend, @unchecked Sendable {
 
     /// KillAll.
     public func killAll(_ name: String, recursive: Bool) throws(LmctfyError) {
-        _ = try call(AgentMethods.killAll, KillAllRequest(name: name, recursive: recursive, requestId: Self.newRequestId()))
+        var request = KillAllRequest(name: name, recursive: recursive, requestId: Self.newRequestId())
+        if Progress.isActive {
+            request.wantProgress = true
+            _ = try callReporting(AgentMethods.killAll, request) { $0.progress }
+        } else {
+            _ = try call(AgentMethods.killAll, request)
+        }
     }
 
     /// Pause or Resume; returns the name as sent.

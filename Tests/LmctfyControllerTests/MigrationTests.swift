@@ -257,3 +257,24 @@ struct MigrationTests {
         #expect(r.status == StatusCode.unimplemented.rawValue, "\(r.err)")
     }
 }
+
+extension MigrationTests {
+    /// On a terminal (script(1) gives lmctl a pty) a migration shows each
+    /// step on stderr's progress line, erased at the end (issue #16).
+    @Test(.enabled(if: access("/usr/bin/script", X_OK) == 0, "SKIPPED LOUDLY: script(1) (util-linux) is not installed"))
+    func migrateShowsItsStepsOnATerminal() throws {
+        let t = try TwoAgents("migp")
+        defer { t.close() }
+        _ = try makeWorkload(t, "/web")
+        let typescript = t.fleet.dir + "/typescript"
+        let line = "LMCTFY_TEST_PROGRESS_DELAY_MS=0 \(builtTool("lmctl")) --agent \(t.socket("a")) migrate /web --to \(t.socket("b"))"
+        let r = try TestProcess.capture(["/usr/bin/script", "-q", "-e", "-c", line, typescript])
+        let screen = try Sys.readFile(typescript)
+        #expect(r.status == 0, "\(screen)")
+        for step in ["taking its snapshot", "freezing it", "importing it on", "destroying the source"] {
+            #expect(screen.contains("\rmigrate /web: \(step)"), "no \"\(step)\" step in: \(screen)")
+        }
+        #expect(screen.contains("\r\u{1b}[K") && screen.contains("migrated /web to "), "\(screen)")
+        #expect(try t.kernel("b", "/web") != nil)
+    }
+}

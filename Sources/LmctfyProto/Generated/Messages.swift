@@ -5179,15 +5179,19 @@ public struct DestroyRequest: ProtoMessage {
     public var force: Bool?
     /// Field 3 `request_id`.
     public var requestId: String?
+    /// Field 4 `want_progress`.
+    public var wantProgress: Bool?
 
     public init(
         name: String? = nil,
         force: Bool? = nil,
-        requestId: String? = nil
+        requestId: String? = nil,
+        wantProgress: Bool? = nil
     ) {
         self.name = name
         self.force = force
         self.requestId = requestId
+        self.wantProgress = wantProgress
     }
 
     public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.DestroyRequest")
@@ -5197,6 +5201,7 @@ public struct DestroyRequest: ProtoMessage {
         self.name = message.get(1)
         self.force = message.get(2)
         self.requestId = message.get(3)
+        self.wantProgress = message.get(4)
     }
 
     public var dynamic: DynamicMessage {
@@ -5204,6 +5209,7 @@ public struct DestroyRequest: ProtoMessage {
         message.set(1, name)
         message.set(2, force)
         message.set(3, requestId)
+        message.set(4, wantProgress)
         return message
     }
 
@@ -5212,6 +5218,7 @@ public struct DestroyRequest: ProtoMessage {
         self.name = CBridge.value(c, f[0])
         self.force = CBridge.value(c, f[1])
         self.requestId = CBridge.value(c, f[2])
+        self.wantProgress = CBridge.value(c, f[3])
     }
 
     public func makeC() -> UnsafeMutableRawPointer {
@@ -5220,32 +5227,44 @@ public struct DestroyRequest: ProtoMessage {
         CBridge.set(c, f[0], name)
         CBridge.set(c, f[1], force)
         CBridge.set(c, f[2], requestId)
+        CBridge.set(c, f[3], wantProgress)
         return c
     }
 }
 
 /// Protobuf message `containers.lmctfy.agent.DestroyResponse`.
 public struct DestroyResponse: ProtoMessage {
-    public init() {}
+    /// Field 1 `progress`.
+    public var progress: String?
+
+    public init(
+        progress: String? = nil
+    ) {
+        self.progress = progress
+    }
 
     public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.DestroyResponse")
 
     public init(dynamic message: DynamicMessage) {
         precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.DestroyResponse")
-        self.init()
+        self.progress = message.get(1)
     }
 
     public var dynamic: DynamicMessage {
-        let message = DynamicMessage(Self.protoDescriptor)
+        var message = DynamicMessage(Self.protoDescriptor)
+        message.set(1, progress)
         return message
     }
 
     public init(cMessage c: UnsafeRawPointer) {
-        self.init()
+        let f = Self.protoDescriptor.fields
+        self.progress = CBridge.value(c, f[0])
     }
 
     public func makeC() -> UnsafeMutableRawPointer {
         let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.set(c, f[0], progress)
         return c
     }
 }
@@ -6656,15 +6675,19 @@ public struct KillAllRequest: ProtoMessage {
     public var recursive: Bool?
     /// Field 3 `request_id`.
     public var requestId: String?
+    /// Field 4 `want_progress`.
+    public var wantProgress: Bool?
 
     public init(
         name: String? = nil,
         recursive: Bool? = nil,
-        requestId: String? = nil
+        requestId: String? = nil,
+        wantProgress: Bool? = nil
     ) {
         self.name = name
         self.recursive = recursive
         self.requestId = requestId
+        self.wantProgress = wantProgress
     }
 
     public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.KillAllRequest")
@@ -6674,6 +6697,7 @@ public struct KillAllRequest: ProtoMessage {
         self.name = message.get(1)
         self.recursive = message.get(2)
         self.requestId = message.get(3)
+        self.wantProgress = message.get(4)
     }
 
     public var dynamic: DynamicMessage {
@@ -6681,6 +6705,7 @@ public struct KillAllRequest: ProtoMessage {
         message.set(1, name)
         message.set(2, recursive)
         message.set(3, requestId)
+        message.set(4, wantProgress)
         return message
     }
 
@@ -6689,6 +6714,7 @@ public struct KillAllRequest: ProtoMessage {
         self.name = CBridge.value(c, f[0])
         self.recursive = CBridge.value(c, f[1])
         self.requestId = CBridge.value(c, f[2])
+        self.wantProgress = CBridge.value(c, f[3])
     }
 
     public func makeC() -> UnsafeMutableRawPointer {
@@ -6697,32 +6723,44 @@ public struct KillAllRequest: ProtoMessage {
         CBridge.set(c, f[0], name)
         CBridge.set(c, f[1], recursive)
         CBridge.set(c, f[2], requestId)
+        CBridge.set(c, f[3], wantProgress)
         return c
     }
 }
 
 /// Protobuf message `containers.lmctfy.agent.KillAllResponse`.
 public struct KillAllResponse: ProtoMessage {
-    public init() {}
+    /// Field 1 `progress`.
+    public var progress: String?
+
+    public init(
+        progress: String? = nil
+    ) {
+        self.progress = progress
+    }
 
     public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.KillAllResponse")
 
     public init(dynamic message: DynamicMessage) {
         precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.KillAllResponse")
-        self.init()
+        self.progress = message.get(1)
     }
 
     public var dynamic: DynamicMessage {
-        let message = DynamicMessage(Self.protoDescriptor)
+        var message = DynamicMessage(Self.protoDescriptor)
+        message.set(1, progress)
         return message
     }
 
     public init(cMessage c: UnsafeRawPointer) {
-        self.init()
+        let f = Self.protoDescriptor.fields
+        self.progress = CBridge.value(c, f[0])
     }
 
     public func makeC() -> UnsafeMutableRawPointer {
         let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.set(c, f[0], progress)
         return c
     }
 }
@@ -6733,13 +6771,17 @@ public struct ListContainersRequest: ProtoMessage {
     public var name: String?
     /// Field 2 `recursive`.
     public var recursive: Bool?
+    /// Field 3 `with_frozen`.
+    public var withFrozen: Bool?
 
     public init(
         name: String? = nil,
-        recursive: Bool? = nil
+        recursive: Bool? = nil,
+        withFrozen: Bool? = nil
     ) {
         self.name = name
         self.recursive = recursive
+        self.withFrozen = withFrozen
     }
 
     public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.ListContainersRequest")
@@ -6748,12 +6790,14 @@ public struct ListContainersRequest: ProtoMessage {
         precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.ListContainersRequest")
         self.name = message.get(1)
         self.recursive = message.get(2)
+        self.withFrozen = message.get(3)
     }
 
     public var dynamic: DynamicMessage {
         var message = DynamicMessage(Self.protoDescriptor)
         message.set(1, name)
         message.set(2, recursive)
+        message.set(3, withFrozen)
         return message
     }
 
@@ -6761,6 +6805,7 @@ public struct ListContainersRequest: ProtoMessage {
         let f = Self.protoDescriptor.fields
         self.name = CBridge.value(c, f[0])
         self.recursive = CBridge.value(c, f[1])
+        self.withFrozen = CBridge.value(c, f[2])
     }
 
     public func makeC() -> UnsafeMutableRawPointer {
@@ -6768,6 +6813,7 @@ public struct ListContainersRequest: ProtoMessage {
         let f = Self.protoDescriptor.fields
         CBridge.set(c, f[0], name)
         CBridge.set(c, f[1], recursive)
+        CBridge.set(c, f[2], withFrozen)
         return c
     }
 }
@@ -6776,11 +6822,15 @@ public struct ListContainersRequest: ProtoMessage {
 public struct ListContainersResponse: ProtoMessage {
     /// Field 1 `names`.
     public var names: [String]
+    /// Field 2 `frozen`.
+    public var frozen: [String]
 
     public init(
-        names: [String] = []
+        names: [String] = [],
+        frozen: [String] = []
     ) {
         self.names = names
+        self.frozen = frozen
     }
 
     public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.ListContainersResponse")
@@ -6788,23 +6838,27 @@ public struct ListContainersResponse: ProtoMessage {
     public init(dynamic message: DynamicMessage) {
         precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.ListContainersResponse")
         self.names = message.getRepeated(1)
+        self.frozen = message.getRepeated(2)
     }
 
     public var dynamic: DynamicMessage {
         var message = DynamicMessage(Self.protoDescriptor)
         message.setRepeated(1, names)
+        message.setRepeated(2, frozen)
         return message
     }
 
     public init(cMessage c: UnsafeRawPointer) {
         let f = Self.protoDescriptor.fields
         self.names = CBridge.repeated(c, f[0])
+        self.frozen = CBridge.repeated(c, f[1])
     }
 
     public func makeC() -> UnsafeMutableRawPointer {
         let c = CBridge.allocate(Self.protoDescriptor)
         let f = Self.protoDescriptor.fields
         CBridge.setRepeated(c, f[0], names)
+        CBridge.setRepeated(c, f[1], frozen)
         return c
     }
 }

@@ -522,23 +522,38 @@ struct  Containers__Lmctfy__Agent__DestroyRequest
    * Added: the caller's idempotency key (PROTOCOL.md section 6.1): 1 to 64
    * of [A-Za-z0-9_-], fresh for each operation and the same on its retry.
    */
-  /*
-   * Next id: 4
-   */
   char *request_id;
+  /*
+   * Added: stream progress. The agent may send responses with `progress`
+   * set while the work goes on (at most a few a second, none for work that
+   * ends within 300 ms), then the final response without it.
+   */
+  /*
+   * Next id: 5
+   */
+  protobuf_c_boolean has_want_progress;
+  protobuf_c_boolean want_progress;
 };
 #define CONTAINERS__LMCTFY__AGENT__DESTROY_REQUEST__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__destroy_request__descriptor) \
-    , NULL, 0, 0, NULL }
+    , NULL, 0, 0, NULL, 0, 0 }
 
 
 struct  Containers__Lmctfy__Agent__DestroyResponse
 {
   ProtobufCMessage base;
+  /*
+   * Added: with want_progress, what is being done (e.g. "/web: killing
+   * 3000 processes"); absent in the final response.
+   */
+  /*
+   * Next id: 2
+   */
+  char *progress;
 };
 #define CONTAINERS__LMCTFY__AGENT__DESTROY_RESPONSE__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__destroy_response__descriptor) \
-     }
+    , NULL }
 
 
 /*
@@ -641,29 +656,40 @@ struct  Containers__Lmctfy__Agent__ListContainersRequest
 {
   ProtobufCMessage base;
   char *name;
-  /*
-   * Next id: 3
-   */
   protobuf_c_boolean has_recursive;
   protobuf_c_boolean recursive;
+  /*
+   * Added (lmctl top): also say which of the names are frozen.
+   */
+  /*
+   * Next id: 4
+   */
+  protobuf_c_boolean has_with_frozen;
+  protobuf_c_boolean with_frozen;
 };
 #define CONTAINERS__LMCTFY__AGENT__LIST_CONTAINERS_REQUEST__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__list_containers_request__descriptor) \
-    , NULL, 0, 0 }
+    , NULL, 0, 0, 0, 0 }
 
 
 struct  Containers__Lmctfy__Agent__ListContainersResponse
 {
   ProtobufCMessage base;
-  /*
-   * Next id: 2
-   */
   size_t n_names;
   char **names;
+  /*
+   * With `with_frozen`: the names among `names` that are frozen, as the
+   * agent's inventory (its watcher and reconcile) last saw them.
+   */
+  /*
+   * Next id: 3
+   */
+  size_t n_frozen;
+  char **frozen;
 };
 #define CONTAINERS__LMCTFY__AGENT__LIST_CONTAINERS_RESPONSE__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__list_containers_response__descriptor) \
-    , 0,NULL }
+    , 0,NULL, 0,NULL }
 
 
 /*
@@ -864,23 +890,38 @@ struct  Containers__Lmctfy__Agent__KillAllRequest
    * Added: the caller's idempotency key (PROTOCOL.md section 6.1): 1 to 64
    * of [A-Za-z0-9_-], fresh for each operation and the same on its retry.
    */
-  /*
-   * Next id: 4
-   */
   char *request_id;
+  /*
+   * Added: stream progress. The agent may send responses with `progress`
+   * set while the work goes on (at most a few a second, none for work that
+   * ends within 300 ms), then the final response without it.
+   */
+  /*
+   * Next id: 5
+   */
+  protobuf_c_boolean has_want_progress;
+  protobuf_c_boolean want_progress;
 };
 #define CONTAINERS__LMCTFY__AGENT__KILL_ALL_REQUEST__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__kill_all_request__descriptor) \
-    , NULL, 0, 0, NULL }
+    , NULL, 0, 0, NULL, 0, 0 }
 
 
 struct  Containers__Lmctfy__Agent__KillAllResponse
 {
   ProtobufCMessage base;
+  /*
+   * Added: with want_progress, what is being done (e.g. "/web: killing
+   * 3000 processes"); absent in the final response.
+   */
+  /*
+   * Next id: 2
+   */
+  char *progress;
 };
 #define CONTAINERS__LMCTFY__AGENT__KILL_ALL_RESPONSE__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__kill_all_response__descriptor) \
-     }
+    , NULL }
 
 
 /*
