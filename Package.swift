@@ -46,6 +46,11 @@ let package = Package(
             name: "COpenSSL", pkgConfig: "libcrypto",
             providers: [.apt(["libssl-dev"])]),
 
+        // Rootfs tarballs for the image store (LmctfyImages).
+        .systemLibrary(
+            name: "CArchive", pkgConfig: "libarchive",
+            providers: [.apt(["libarchive-dev"])]),
+
         // protoc-c output for proto/*.proto plus a descriptor registry.
         // Written only by tools/gen-proto; never edit by hand.
         .target(
@@ -88,7 +93,13 @@ let package = Package(
         // LocalBackend (the backend over them).
         .target(
             name: "Lmctfy",
-            dependencies: ["LmctfyBackend", "LmctfySystem", "LmctfyProto", "CLmctfyShims"]),
+            dependencies: ["LmctfyBackend", "LmctfySystem", "LmctfyProto", "CLmctfyShims", "LmctfyImages"]),
+
+        // The image store: rootfs tarballs unpacked (hostile ones refused)
+        // for virtual hosts, and packed back. CL1 resolves image names with it.
+        .target(
+            name: "LmctfyImages",
+            dependencies: ["CArchive", "CLmctfyShims", "LmctfyBackend", "LmctfySystem"]),
 
         // Fake cgroup trees, the root gate, unique test containers.
         .target(
@@ -103,7 +114,7 @@ let package = Package(
 
         // lmctfy: the verbs on LocalBackend (CL1 on this machine).
         .executableTarget(
-            name: "lmctfy", dependencies: ["LmctfyCommands", "Lmctfy", "LmctfySystem"], linkerSettings: staticSwiftRuntime),
+            name: "lmctfy", dependencies: ["LmctfyCommands", "Lmctfy", "LmctfyImages", "LmctfySystem"], linkerSettings: staticSwiftRuntime),
 
         // lmctl: the lmctfy verbs against an agent. Never links CL1 (Lmctfy).
         .target(
@@ -150,7 +161,7 @@ let package = Package(
 
         .testTarget(
             name: "LmctfyTests",
-            dependencies: ["Lmctfy", "LmctfySystem", "LmctfyProto", "LmctfyTestSupport"]),
+            dependencies: ["Lmctfy", "LmctfyImages", "LmctfySystem", "LmctfyProto", "LmctfyTestSupport"]),
         .testTarget(
             name: "LmctfyCommandsTests",
             dependencies: ["LmctfyCommands", "Lmctfy", "LmctfySystem", "LmctfyProto", "LmctfyTestSupport"]),

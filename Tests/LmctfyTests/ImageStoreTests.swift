@@ -1,0 +1,306 @@
+// The image store: round trips, and hostile archives refused with 3 leaving
+// nothing behind. Archives are built here byte by byte (ustar), not with
+// libarchive, so the reader is not tested against its own writer's ideas.
+import Glibc
+import LmctfyBackend
+import LmctfyImages
+import LmctfySystem
+import Testing
+
+/// A ustar archive built by hand: whatever names, types and link targets a
+/// test wants, hostile ones included.
+struct TarBuilder {
+    enum EntryType: UInt8 {
+        case file = 0x30, hardlink = 0x31, symlink = 0x32, char = 0x33, block = 0x34, directory = 0x35, fifo = 0x36
+    }
+
+    private(set) var bytes: [UInt8] = []
+
+    mutating func add(_ name: String, _ type: EntryType, mode: Int = 0o644, uid: Int = 0, gid: Int = 0,
+                      link: String = "", content: [UInt8] = [], mtime: Int = 1_700_000_000) {
+        var h = [UInt8](repeating: 0, count: 512)
+        func put(_ offset: Int, _ width: Int, _ text: String) {
+            for (i, b) in text.utf8.prefix(width).enumerated() { h[offset + i] = b }
+        }
+        func octal(_ offset: Int, _ width: Int, _ value: Int) {
+            let digits = String(value, radix: 8)
+            put(offset, width - 1, String(repeating: "0", count: max(0, width - 1 - digits.count)) + digits)
+        }
+        put(0, 100, name)
+        octal(100, 8, mode)
+        octal(108, 8, uid)
+        octal(116, 8, gid)
+        octal(124, 12, type == .file ? content.count : 0)
+        octal(136, 12, mtime)
+        h[156] = type.rawValue
+        put(157, 100, link)
+        put(257, 6, "ustar")
+        put(263, 2, "00")
+        octal(329, 8, 1)  // devmajor/devminor for the device entries
+        octal(337, 8, 3)
+        for i in 148..<156 { h[i] = 0x20 }
+        let sum = h.reduce(0) { $0 + Int($1) }
+        let digits = String(sum, radix: 8)
+        put(148, 7, String(repeating: "0", count: 6 - digits.count) + digits)
+        bytes += h
+        if type == .file {
+            bytes += content
+            bytes += [UInt8](repeating: 0, count: (512 - content.count % 512) % 512)
+        }
+    }
+
+    var archive: [UInt8] { bytes + [UInt8](repeating: 0, count: 1024) }
+}
+
+/// A scratch directory: <tmp>/store (the image store) and <tmp>/in (archives).
+final class ImageScratch {
+    let dir: String
+    let store: ImageStore
+
+    init() throws {
+        var template = Array("/tmp/lmctfy_images_XXXXXX".utf8CString)
+        guard let made = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {
+            throw SystemError("mkdtemp", "/tmp", errno)
+        }
+        dir = String(cString: made)
+        try Sys.mkdir(dir + "/in")
+        store = ImageStore(root: dir + "/store")
+    }
+
+    deinit { try? Sys.removeTree(dir) }
+
+    func write(_ name: String, _ bytes: [UInt8]) throws -> String {
+        let path = dir + "/in/" + name
+        try Sys.writeFileAtomically(path, bytes, mode: 0o644)
+        return path
+    }
+
+    /// Everything in the store's directory (hidden temp dirs included).
+    func storeEntries() -> [String] { (try? Sys.directoryEntries(store.root)) ?? [] }
+}
+
+/// A tree as lstat sees it: path → type, mode, owner, size, content or target, mtime.
+func snapshot(_ root: String) throws -> [String: String] {
+    var out: [String: String] = [:]
+    func walk(_ rel: String) throws {
+        for name in try Sys.directoryEntries(rel.isEmpty ? root : root + "/" + rel) {
+            let child = rel.isEmpty ? name : rel + "/" + name
+            let full = root + "/" + child
+            guard let st = try Sys.linkStatus(full) else { continue }
+            var what = "mode=\(String(st.st_mode, radix: 8)) uid=\(st.st_uid) gid=\(st.st_gid) nlink=\(st.st_nlink)"
+            switch st.st_mode & S_IFMT {
+            case S_IFDIR:
+                what += " dir mtime=\(st.st_mtim.tv_sec)"
+                out[child] = what
+                try walk(child)
+                continue
+            case S_IFLNK:
+                var buf = [CChar](repeating: 0, count: 4096)
+                let n = readlink(full, &buf, buf.count)
+                what += " -> " + String(decoding: buf[0..<max(n, 0)].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            case S_IFREG:
+                what += " size=\(st.st_size) mtime=\(st.st_mtim.tv_sec) data=" + String(decoding: try Sys.readBytes(full), as: UTF8.self)
+            case S_IFIFO:
+                what += " fifo"
+            default:
+                what += " other"
+            }
+            out[child] = what
+        }
+    }
+    try walk("")
+    return out
+}
+
+private func code(_ body: () throws(LmctfyError) -> Void) -> StatusCode? {
+    do {
+        try body()
+        return nil
+    } catch {
+        return error.code
+    }
+}
+
+@Suite(.serialized) struct ImageStoreTests {
+    /// A small but complete rootfs: nested directories, a setuid binary, an
+    /// absolute and a relative symlink, a hard link, a FIFO, owners.
+    static func goodArchive() -> [UInt8] {
+        var t = TarBuilder()
+        t.add("./", .directory, mode: 0o755)
+        t.add("./bin/", .directory, mode: 0o755)
+        t.add("./bin/tool", .file, mode: 0o4755, content: Array("#!/bin/sh\necho tool\n".utf8))
+        t.add("./bin/tool-again", .hardlink, link: "./bin/tool")
+        t.add("./etc/", .directory, mode: 0o755, mtime: 1_600_000_000)
+        t.add("./etc/hostname", .file, mode: 0o644, content: Array("vhost\n".utf8))
+        t.add("./etc/localtime", .symlink, mode: 0o777, link: "/usr/share/zoneinfo/UTC")
+        t.add("./etc/name", .symlink, mode: 0o777, link: "hostname")
+        t.add("./home/", .directory, mode: 0o700, uid: 1234, gid: 1234)
+        t.add("./home/notes", .file, mode: 0o600, uid: 1234, gid: 1234, content: Array("private\n".utf8))
+        t.add("./run/", .directory, mode: 0o755)
+        t.add("./run/pipe", .fifo, mode: 0o600)
+        t.add("./usr/", .directory, mode: 0o755)
+        t.add("./usr/lib/", .directory, mode: 0o755)
+        t.add("./usr/lib/up", .symlink, mode: 0o777, link: "../../etc/hostname")
+        return t.archive
+    }
+
+    @Test func roundTripGivesTheSameTreeAndTheSameBytes() throws {
+        let s = try ImageScratch()
+        let archive = try s.write("good.tar", Self.goodArchive())
+        let summary = try s.store.importImage(archive, as: "good")
+        #expect(summary.name == "good")
+        #expect(summary.entries == 14)
+        #expect(summary.bytes == UInt64("#!/bin/sh\necho tool\n".utf8.count + "vhost\n".utf8.count + "private\n".utf8.count))
+
+        let rootfs = try s.store.rootfsPath(forImage: "good")
+        #expect(rootfs == s.store.root + "/good/rootfs")
+        let tree = try snapshot(rootfs)
+        #expect(tree["bin/tool"]?.hasPrefix("mode=104755") == true)
+        #expect(tree["bin/tool"]?.contains("nlink=2") == true)
+        #expect(tree["etc/localtime"]?.hasSuffix("-> /usr/share/zoneinfo/UTC") == true)
+        #expect(tree["usr/lib/up"]?.hasSuffix("-> ../../etc/hostname") == true)
+        #expect(tree["run/pipe"]?.hasSuffix("fifo") == true)
+        #expect(tree["etc"]?.contains("mtime=1600000000") == true)
+        if geteuid() == 0 {
+            #expect(tree["home/notes"]?.contains("uid=1234 gid=1234") == true)
+        }
+        let ino1 = try Sys.linkStatus(rootfs + "/bin/tool")?.st_ino, ino2 = try Sys.linkStatus(rootfs + "/bin/tool-again")?.st_ino
+        #expect(ino1 != nil && ino1 == ino2)
+
+        // Export (gzip), import again: the same tree.
+        let exported = s.dir + "/in/out.tar.gz"
+        try s.store.exportImage("good", to: exported)
+        #expect(Array(try Sys.readBytes(exported).prefix(2)) == [0x1f, 0x8b])
+        try s.store.importImage(exported, as: "again")
+        #expect(try snapshot(try s.store.rootfsPath(forImage: "again")) == tree)
+
+        // Plain tar exports of both are byte for byte the same (fixed order,
+        // no atime/ctime, numeric owners).
+        try s.store.exportImage("good", to: s.dir + "/in/a.tar")
+        try s.store.exportImage("again", to: s.dir + "/in/b.tar")
+        let a = try Sys.readBytes(s.dir + "/in/a.tar"), b = try Sys.readBytes(s.dir + "/in/b.tar")
+        #expect(a == b)
+        #expect(!a.isEmpty)
+
+        let listed = try s.store.listImages()
+        #expect(listed.map(\.name) == ["again", "good"])
+        #expect(listed.allSatisfy { $0.entries == 14 && $0.created > 0 })
+
+        try s.store.removeImage("good")
+        try s.store.removeImage("again")
+        #expect(try s.store.listImages().isEmpty)
+        #expect(s.storeEntries().isEmpty)
+        #expect(code { () throws(LmctfyError) in try s.store.removeImage("good") } == .notFound)
+        #expect(code { () throws(LmctfyError) in _ = try s.store.rootfsPath(forImage: "good") } == .notFound)
+    }
+
+    /// Each hostile archive: refused with 3, the store has nothing new (no
+    /// image, no temp directory) and nothing was written outside it.
+    @Test(arguments: [
+        "dotdot", "dotdot-inside", "absolute", "through-symlink", "through-absolute-symlink",
+        "symlink-escape", "symlink-escape-deep", "hardlink-absolute", "hardlink-dotdot", "hardlink-missing",
+        "hardlink-to-symlink", "char-device", "block-device", "symlink-replaces-file", "file-replaces-symlink",
+        "dir-replaced-by-symlink", "not-an-archive",
+    ])
+    func hostileArchiveIsRefusedAndLeavesNothing(_ kind: String) throws {
+        let s = try ImageScratch()
+        // An image already there must survive untouched.
+        try s.store.importImage(try s.write("good.tar", Self.goodArchive()), as: "existing")
+        let before = try snapshot(s.store.root)
+        let marker = "lmctfy_escape_\(getpid())_\(kind)"
+        let outsideTargets = ["/tmp/" + marker, s.dir + "/" + marker, s.dir + "/in/" + marker]
+        var t = TarBuilder()
+        t.add("ok/", .directory, mode: 0o755)
+        t.add("ok/first", .file, content: Array("unpacked before the bad entry\n".utf8))
+        switch kind {
+        case "dotdot": t.add("../../../" + marker, .file, content: [0x41])
+        case "dotdot-inside": t.add("ok/../../../" + marker, .file, content: [0x41])
+        case "absolute": t.add("/tmp/" + marker, .file, content: [0x41])
+        case "through-symlink":
+            t.add("escape", .symlink, link: "../../..")
+            t.add("escape/" + marker, .file, content: [0x41])
+        case "through-absolute-symlink":
+            t.add("tmp", .symlink, link: "/tmp")
+            t.add("tmp/" + marker, .file, content: [0x41])
+        case "symlink-escape": t.add("up", .symlink, link: "../" + marker)
+        case "symlink-escape-deep": t.add("ok/up", .symlink, link: "../x/../../" + marker)
+        case "hardlink-absolute": t.add("h", .hardlink, link: "/etc/passwd")
+        case "hardlink-dotdot": t.add("h", .hardlink, link: "../../../etc/passwd")
+        case "hardlink-missing": t.add("h", .hardlink, link: "not/there")
+        case "hardlink-to-symlink":
+            t.add("shadow", .symlink, link: "/etc/shadow")
+            t.add("h", .hardlink, link: "shadow")
+        case "char-device": t.add("null", .char, mode: 0o666)
+        case "block-device": t.add("sda", .block, mode: 0o660)
+        case "symlink-replaces-file":
+            t.add("f", .file, content: [0x41])
+            t.add("f", .symlink, link: "/etc")
+        case "file-replaces-symlink":
+            t.add("f", .symlink, link: "/etc/passwd")
+            t.add("f", .file, content: [0x41])
+        case "dir-replaced-by-symlink":
+            t.add("d/", .directory)
+            t.add("d", .symlink, link: "/tmp")
+            t.add("d/" + marker, .file, content: [0x41])
+        case "not-an-archive": break
+        default: Issue.record("unknown case \(kind)")
+        }
+        let bytes = kind == "not-an-archive" ? Array(repeating: 0x5a, count: 4096) : t.archive
+        let archive = try s.write("hostile.tar", bytes)
+
+        var error: LmctfyError?
+        do {
+            try s.store.importImage(archive, as: "hostile")
+        } catch let e {
+            error = e
+        }
+        #expect(error?.code == .invalidArgument, "\(kind): \(error.map { "\($0)" } ?? "accepted")")
+        #expect(s.storeEntries() == ["existing"], "\(kind) left \(s.storeEntries())")
+        #expect(try snapshot(s.store.root) == before, "\(kind) changed the existing image")
+        for path in outsideTargets {
+            #expect(!Sys.exists(path), "\(kind) wrote \(path)")
+            try? Sys.unlink(path)
+        }
+        #expect(try Sys.directoryEntries(s.dir) == ["in", "store"])
+    }
+
+    @Test func namesAreCheckedBeforeAnythingIsMade() throws {
+        let s = try ImageScratch()
+        let archive = try s.write("good.tar", Self.goodArchive())
+        for bad in ["", ".", "..", ".hidden", "-dash", "a/b", "../x", "a b", "é", String(repeating: "a", count: 129)] {
+            #expect(code { () throws(LmctfyError) in try s.store.importImage(archive, as: bad) } == .invalidArgument, "'\(bad)'")
+            #expect(code { () throws(LmctfyError) in _ = try s.store.rootfsPath(forImage: bad) } == .invalidArgument, "'\(bad)'")
+            #expect(code { () throws(LmctfyError) in try s.store.removeImage(bad) } == .invalidArgument, "'\(bad)'")
+        }
+        #expect(!Sys.exists(s.store.root), "a refused name created the store")
+        for good in ["debian", "debian-12.5", "a_b", "9", String(repeating: "a", count: 128)] {
+            #expect(code { () throws(LmctfyError) in try ImageName.check(good) } == nil, "'\(good)'")
+        }
+        try s.store.importImage(archive, as: "dup")
+        #expect(code { () throws(LmctfyError) in try s.store.importImage(archive, as: "dup") } == .alreadyExists)
+        #expect(code { () throws(LmctfyError) in try s.store.importImage(s.dir + "/in/missing.tar", as: "x") } == .notFound)
+        #expect(code { () throws(LmctfyError) in try s.store.exportImage("missing", to: s.dir + "/in/x.tar") } == .notFound)
+        #expect(!Sys.exists(s.dir + "/in/x.tar"))
+        #expect(s.storeEntries() == ["dup"])
+    }
+
+    @Test func policyRules() throws {
+        #expect(try ArchivePolicy.components("./a//b/./c/") == ["a", "b", "c"])
+        #expect(try ArchivePolicy.components("./") == nil)
+        #expect(code { () throws(LmctfyError) in _ = try ArchivePolicy.components("a/../b") } == .invalidArgument)
+        #expect(code { () throws(LmctfyError) in _ = try ArchivePolicy.components("/a") } == .invalidArgument)
+        #expect(code { () throws(LmctfyError) in _ = try ArchivePolicy.components("") } == .invalidArgument)
+        #expect(ArchivePolicy.targetStaysInside("../b", parent: ["a"]))
+        #expect(!ArchivePolicy.targetStaysInside("../../b", parent: ["a"]))
+        #expect(ArchivePolicy.targetStaysInside("/anything/../..", parent: []))
+        #expect(!ArchivePolicy.targetStaysInside("x/../../y", parent: []))
+        #expect(ArchivePolicy.targetStaysInside("./x/./y", parent: []))
+    }
+
+    @Test func defaultRootAndEnvironmentOverride() {
+        #expect(ImageStore.chooseRoot(nil, environment: nil) == "/var/lib/lmctfy/images")
+        #expect(ImageStore.chooseRoot(nil, environment: "") == "/var/lib/lmctfy/images")
+        #expect(ImageStore.chooseRoot(nil, environment: "/tmp/elsewhere") == "/tmp/elsewhere")
+        #expect(ImageStore.chooseRoot("/x", environment: "/tmp/elsewhere") == "/x")
+    }
+}
