@@ -164,7 +164,7 @@ let package = Package(
             dependencies: ["Lmctfy", "LmctfyImages", "LmctfySystem", "LmctfyProto", "LmctfyTestSupport"]),
         .testTarget(
             name: "LmctfyCommandsTests",
-            dependencies: ["LmctfyCommands", "Lmctfy", "LmctfySystem", "LmctfyProto", "LmctfyTestSupport"]),
+            dependencies: ["LmctfyCommands", "Lmctfy", "LmctfyImages", "LmctfySystem", "LmctfyProto", "LmctfyTestSupport"]),
         .testTarget(
             name: "LmctfyRPCTests",
             dependencies: ["LmctfyRPC", "LmctfyProto", "LmctfySystem", "LmctfyTestSupport"]),

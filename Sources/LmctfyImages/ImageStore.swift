@@ -152,8 +152,18 @@ public struct ImageStore: ImageBackend {
     @discardableResult
     public func importImage(_ archivePath: String, as name: String) throws(LmctfyError) -> ImageSummary {
         try ImageName.check(name)
-        guard Sys.exists(archivePath) else { throw .notFound("Archive \"\(archivePath)\" does not exist") }
         guard !Sys.exists(imageDir(name)) else { throw .alreadyExists("Image \"\(name)\" exists already") }
+        // Opened here: the unpacking thread works in another directory, where
+        // a relative path would name something else.
+        let archiveFd: Int32
+        do {
+            archiveFd = try Sys.open(archivePath, O_RDONLY)
+        } catch where error.errno == ENOENT {
+            throw .notFound("Archive \"\(archivePath)\" does not exist")
+        } catch {
+            throw error.lmctfy(.invalidArgument, "Cannot open the archive")
+        }
+        defer { Glibc.close(archiveFd) }
         try prepareRoot()
         let token = try uniqueToken()
         let temp = root + "/.tmp-\(name)-\(token)"
@@ -164,7 +174,7 @@ public struct ImageStore: ImageBackend {
             throw error.lmctfy(.failedPrecondition, "Cannot create a directory for image \"\(name)\"")
         }
         do throws(LmctfyError) {
-            let counts = try unpackOnOwnThread(archivePath, into: temp + "/rootfs")
+            let counts = try unpackOnOwnThread(archivePath, fd: archiveFd, into: temp + "/rootfs")
             let summary = ImageSummary(name: name, entries: counts.entries, bytes: counts.bytes, created: Int64(time(nil)))
             do {
                 try Sys.writeFileAtomically(temp + "/info", Array(Self.infoText(summary).utf8), mode: 0o600)
@@ -217,7 +227,7 @@ public struct ImageStore: ImageBackend {
 
     /// Unpacks on a thread of its own whose working directory is `dir`, so
     /// libarchive gets relative paths (its secure flags refuse absolute ones).
-    private func unpackOnOwnThread(_ archivePath: String, into dir: String) throws(LmctfyError) -> (entries: UInt64, bytes: UInt64) {
+    private func unpackOnOwnThread(_ archivePath: String, fd: Int32, into dir: String) throws(LmctfyError) -> (entries: UInt64, bytes: UInt64) {
         let outcome = Outcome()
         let thread = Threads.start {
             do throws(SystemError) {
@@ -227,7 +237,7 @@ public struct ImageStore: ImageBackend {
                 return
             }
             do throws(LmctfyError) {
-                outcome.result = .success(try Self.unpack(archivePath))
+                outcome.result = .success(try Self.unpack(archivePath, fd: fd))
             } catch {
                 outcome.result = .failure(error)
             }
@@ -241,13 +251,14 @@ public struct ImageStore: ImageBackend {
         return what
     }
 
-    /// Reads `archivePath` and writes it below the working directory.
-    private static func unpack(_ archivePath: String) throws(LmctfyError) -> (entries: UInt64, bytes: UInt64) {
+    /// Reads the archive open at `fd` (`archivePath` names it in errors) and
+    /// writes it below the working directory.
+    private static func unpack(_ archivePath: String, fd: Int32) throws(LmctfyError) -> (entries: UInt64, bytes: UInt64) {
         guard let reader = archive_read_new() else { throw .internalError("archive_read_new failed") }
         defer { archive_read_free(reader) }
         archive_read_support_filter_all(reader)
         archive_read_support_format_tar(reader)
-        guard archive_read_open_filename(reader, archivePath, 65536) == ARCHIVE_OK else {
+        guard archive_read_open_fd(reader, fd, 65536) == ARCHIVE_OK else {
             throw .invalidArgument(archiveError(reader, "Cannot read \"\(archivePath)\" as an archive"))
         }
         guard let writer = archive_write_disk_new() else { throw .internalError("archive_write_disk_new failed") }

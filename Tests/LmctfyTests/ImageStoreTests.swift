@@ -5,52 +5,8 @@ import Glibc
 import LmctfyBackend
 import LmctfyImages
 import LmctfySystem
+import LmctfyTestSupport
 import Testing
-
-/// A ustar archive built by hand: whatever names, types and link targets a
-/// test wants, hostile ones included.
-struct TarBuilder {
-    enum EntryType: UInt8 {
-        case file = 0x30, hardlink = 0x31, symlink = 0x32, char = 0x33, block = 0x34, directory = 0x35, fifo = 0x36
-    }
-
-    private(set) var bytes: [UInt8] = []
-
-    mutating func add(_ name: String, _ type: EntryType, mode: Int = 0o644, uid: Int = 0, gid: Int = 0,
-                      link: String = "", content: [UInt8] = [], mtime: Int = 1_700_000_000) {
-        var h = [UInt8](repeating: 0, count: 512)
-        func put(_ offset: Int, _ width: Int, _ text: String) {
-            for (i, b) in text.utf8.prefix(width).enumerated() { h[offset + i] = b }
-        }
-        func octal(_ offset: Int, _ width: Int, _ value: Int) {
-            let digits = String(value, radix: 8)
-            put(offset, width - 1, String(repeating: "0", count: max(0, width - 1 - digits.count)) + digits)
-        }
-        put(0, 100, name)
-        octal(100, 8, mode)
-        octal(108, 8, uid)
-        octal(116, 8, gid)
-        octal(124, 12, type == .file ? content.count : 0)
-        octal(136, 12, mtime)
-        h[156] = type.rawValue
-        put(157, 100, link)
-        put(257, 6, "ustar")
-        put(263, 2, "00")
-        octal(329, 8, 1)  // devmajor/devminor for the device entries
-        octal(337, 8, 3)
-        for i in 148..<156 { h[i] = 0x20 }
-        let sum = h.reduce(0) { $0 + Int($1) }
-        let digits = String(sum, radix: 8)
-        put(148, 7, String(repeating: "0", count: 6 - digits.count) + digits)
-        bytes += h
-        if type == .file {
-            bytes += content
-            bytes += [UInt8](repeating: 0, count: (512 - content.count % 512) % 512)
-        }
-    }
-
-    var archive: [UInt8] { bytes + [UInt8](repeating: 0, count: 1024) }
-}
 
 /// A scratch directory: <tmp>/store (the image store) and <tmp>/in (archives).
 final class ImageScratch {
@@ -79,39 +35,6 @@ final class ImageScratch {
     func storeEntries() -> [String] { (try? Sys.directoryEntries(store.root)) ?? [] }
 }
 
-/// A tree as lstat sees it: path → type, mode, owner, size, content or target, mtime.
-func snapshot(_ root: String) throws -> [String: String] {
-    var out: [String: String] = [:]
-    func walk(_ rel: String) throws {
-        for name in try Sys.directoryEntries(rel.isEmpty ? root : root + "/" + rel) {
-            let child = rel.isEmpty ? name : rel + "/" + name
-            let full = root + "/" + child
-            guard let st = try Sys.linkStatus(full) else { continue }
-            var what = "mode=\(String(st.st_mode, radix: 8)) uid=\(st.st_uid) gid=\(st.st_gid) nlink=\(st.st_nlink)"
-            switch st.st_mode & S_IFMT {
-            case S_IFDIR:
-                what += " dir mtime=\(st.st_mtim.tv_sec)"
-                out[child] = what
-                try walk(child)
-                continue
-            case S_IFLNK:
-                var buf = [CChar](repeating: 0, count: 4096)
-                let n = readlink(full, &buf, buf.count)
-                what += " -> " + String(decoding: buf[0..<max(n, 0)].map { UInt8(bitPattern: $0) }, as: UTF8.self)
-            case S_IFREG:
-                what += " size=\(st.st_size) mtime=\(st.st_mtim.tv_sec) data=" + String(decoding: try Sys.readBytes(full), as: UTF8.self)
-            case S_IFIFO:
-                what += " fifo"
-            default:
-                what += " other"
-            }
-            out[child] = what
-        }
-    }
-    try walk("")
-    return out
-}
-
 private func code(_ body: () throws(LmctfyError) -> Void) -> StatusCode? {
     do {
         try body()
@@ -122,31 +45,9 @@ private func code(_ body: () throws(LmctfyError) -> Void) -> StatusCode? {
 }
 
 @Suite(.serialized) struct ImageStoreTests {
-    /// A small but complete rootfs: nested directories, a setuid binary, an
-    /// absolute and a relative symlink, a hard link, a FIFO, owners.
-    static func goodArchive() -> [UInt8] {
-        var t = TarBuilder()
-        t.add("./", .directory, mode: 0o755)
-        t.add("./bin/", .directory, mode: 0o755)
-        t.add("./bin/tool", .file, mode: 0o4755, content: Array("#!/bin/sh\necho tool\n".utf8))
-        t.add("./bin/tool-again", .hardlink, link: "./bin/tool")
-        t.add("./etc/", .directory, mode: 0o755, mtime: 1_600_000_000)
-        t.add("./etc/hostname", .file, mode: 0o644, content: Array("vhost\n".utf8))
-        t.add("./etc/localtime", .symlink, mode: 0o777, link: "/usr/share/zoneinfo/UTC")
-        t.add("./etc/name", .symlink, mode: 0o777, link: "hostname")
-        t.add("./home/", .directory, mode: 0o700, uid: 1234, gid: 1234)
-        t.add("./home/notes", .file, mode: 0o600, uid: 1234, gid: 1234, content: Array("private\n".utf8))
-        t.add("./run/", .directory, mode: 0o755)
-        t.add("./run/pipe", .fifo, mode: 0o600)
-        t.add("./usr/", .directory, mode: 0o755)
-        t.add("./usr/lib/", .directory, mode: 0o755)
-        t.add("./usr/lib/up", .symlink, mode: 0o777, link: "../../etc/hostname")
-        return t.archive
-    }
-
     @Test func roundTripGivesTheSameTreeAndTheSameBytes() throws {
         let s = try ImageScratch()
-        let archive = try s.write("good.tar", Self.goodArchive())
+        let archive = try s.write("good.tar", TarBuilder.sampleRootfs())
         let summary = try s.store.importImage(archive, as: "good")
         #expect(summary.name == "good")
         #expect(summary.entries == 14)
@@ -154,7 +55,7 @@ private func code(_ body: () throws(LmctfyError) -> Void) -> StatusCode? {
 
         let rootfs = try s.store.rootfsPath(forImage: "good")
         #expect(rootfs == s.store.root + "/good/rootfs")
-        let tree = try snapshot(rootfs)
+        let tree = try treeSnapshot(rootfs)
         #expect(tree["bin/tool"]?.hasPrefix("mode=104755") == true)
         #expect(tree["bin/tool"]?.contains("nlink=2") == true)
         #expect(tree["etc/localtime"]?.hasSuffix("-> /usr/share/zoneinfo/UTC") == true)
@@ -172,7 +73,7 @@ private func code(_ body: () throws(LmctfyError) -> Void) -> StatusCode? {
         try s.store.exportImage("good", to: exported)
         #expect(Array(try Sys.readBytes(exported).prefix(2)) == [0x1f, 0x8b])
         try s.store.importImage(exported, as: "again")
-        #expect(try snapshot(try s.store.rootfsPath(forImage: "again")) == tree)
+        #expect(try treeSnapshot(try s.store.rootfsPath(forImage: "again")) == tree)
 
         // Plain tar exports of both are byte for byte the same (fixed order,
         // no atime/ctime, numeric owners).
@@ -205,8 +106,8 @@ private func code(_ body: () throws(LmctfyError) -> Void) -> StatusCode? {
     func hostileArchiveIsRefusedAndLeavesNothing(_ kind: String) throws {
         let s = try ImageScratch()
         // An image already there must survive untouched.
-        try s.store.importImage(try s.write("good.tar", Self.goodArchive()), as: "existing")
-        let before = try snapshot(s.store.root)
+        try s.store.importImage(try s.write("good.tar", TarBuilder.sampleRootfs()), as: "existing")
+        let before = try treeSnapshot(s.store.root)
         let marker = "lmctfy_escape_\(getpid())_\(kind)"
         let outsideTargets = ["/tmp/" + marker, s.dir + "/" + marker, s.dir + "/in/" + marker]
         var t = TarBuilder()
@@ -256,7 +157,7 @@ private func code(_ body: () throws(LmctfyError) -> Void) -> StatusCode? {
         }
         #expect(error?.code == .invalidArgument, "\(kind): \(error.map { "\($0)" } ?? "accepted")")
         #expect(s.storeEntries() == ["existing"], "\(kind) left \(s.storeEntries())")
-        #expect(try snapshot(s.store.root) == before, "\(kind) changed the existing image")
+        #expect(try treeSnapshot(s.store.root) == before, "\(kind) changed the existing image")
         for path in outsideTargets {
             #expect(!Sys.exists(path), "\(kind) wrote \(path)")
             try? Sys.unlink(path)
@@ -266,7 +167,7 @@ private func code(_ body: () throws(LmctfyError) -> Void) -> StatusCode? {
 
     @Test func namesAreCheckedBeforeAnythingIsMade() throws {
         let s = try ImageScratch()
-        let archive = try s.write("good.tar", Self.goodArchive())
+        let archive = try s.write("good.tar", TarBuilder.sampleRootfs())
         for bad in ["", ".", "..", ".hidden", "-dash", "a/b", "../x", "a b", "é", String(repeating: "a", count: 129)] {
             #expect(code { () throws(LmctfyError) in try s.store.importImage(archive, as: bad) } == .invalidArgument, "'\(bad)'")
             #expect(code { () throws(LmctfyError) in _ = try s.store.rootfsPath(forImage: bad) } == .invalidArgument, "'\(bad)'")
