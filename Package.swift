@@ -132,7 +132,7 @@ let package = Package(
             dependencies: ["LmctfyProto", "LmctfyRPC", "LmctfySystem"]),
         .target(
             name: "LmctfyAgent",
-            dependencies: ["Lmctfy", "LmctfyBackend", "LmctfyProto", "LmctfyRPC", "LmctfySystem", "LmctfyLoop", "LmctfyEvents",
+            dependencies: ["Lmctfy", "LmctfyBackend", "LmctfyImages", "LmctfyProto", "LmctfyRPC", "LmctfySystem", "LmctfyLoop", "LmctfyEvents",
                            .product(name: "Logging", package: "swift-log")]),
         .executableTarget(name: "lmctfy-agent", dependencies: ["LmctfyAgent"], linkerSettings: staticSwiftRuntime),
         // The controller: agents dial home to it; it routes clients' calls to
@@ -170,7 +170,7 @@ let package = Package(
             dependencies: ["LmctfyRPC", "LmctfyProto", "LmctfySystem", "LmctfyTestSupport"]),
         .testTarget(
             name: "LmctfyAgentTests",
-            dependencies: ["LmctfyAgent", "LmctfyEvents", "LmctlCommands", "LmctfyCommands", "LmctfyRPC", "Lmctfy", "LmctfyProto",
+            dependencies: ["LmctfyAgent", "LmctfyEvents", "LmctfyImages", "LmctlCommands", "LmctfyCommands", "LmctfyRPC", "Lmctfy", "LmctfyProto",
                            "LmctfySystem", "LmctfyTestSupport"]),
         .testTarget(
             name: "LmctfyControllerTests",

@@ -447,7 +447,6 @@ public struct ImageStore: ImageBackend {
         defer { archive_entry_linkresolver_free(resolver) }
         archive_entry_linkresolver_set_strategy(resolver, archive_format(writer))
 
-        var buffer = [UInt8](repeating: 0, count: 65536)
         func write(_ rel: String) throws(LmctfyError) {
             let full = rootfs + "/" + rel
             guard var st = try? Sys.linkStatus(full) else { throw .failedPrecondition("Cannot stat \(full)") }
@@ -484,13 +483,17 @@ public struct ImageStore: ImageBackend {
                 defer { Glibc.close(fd) }
                 var left = archive_entry_size(e)
                 while left > 0 {
-                    let n = buffer.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, min($0.count, Int(left))) }
-                    if n < 0 && errno == EINTR { continue }
-                    guard n > 0 else { throw .failedPrecondition("Cannot read \(sourcePath) (it changed while exporting)") }
-                    guard buffer.withUnsafeBytes({ archive_write_data(writer, $0.baseAddress, n) }) == n else {
+                    let chunk: [UInt8]
+                    do {
+                        chunk = try Sys.readChunk(fd, upTo: Int(min(left, 65536)), path: sourcePath)
+                    } catch {
+                        throw error.lmctfy(.failedPrecondition, "Cannot read \(sourcePath)")
+                    }
+                    guard !chunk.isEmpty else { throw .failedPrecondition("Cannot read \(sourcePath) (it shrank while exporting)") }
+                    guard chunk.withUnsafeBytes({ archive_write_data(writer, $0.baseAddress, $0.count) }) == chunk.count else {
                         throw .failedPrecondition(archiveError(writer, "Cannot write \(rel)"))
                     }
-                    left -= Int64(n)
+                    left -= Int64(chunk.count)
                 }
             }
         }

@@ -98,3 +98,32 @@ extension Sys {
         if c != 0 { throw SystemError("chdir", path, e) }
     }
 }
+
+extension Sys {
+    /// read(2) once into a new buffer of at most `max` bytes (EINTR
+    /// retried): the bytes read, empty at the end of the file.
+    public static func readChunk(_ fd: Int32, upTo max: Int, path: String) throws(SystemError) -> [UInt8] {
+        var buf = [UInt8](repeating: 0, count: max)
+        let (n, e) = buf.withUnsafeMutableBytes { b in retry { Glibc.read(fd, b.baseAddress, b.count) } }
+        if n < 0 { throw SystemError("read", path, e) }
+        buf.removeSubrange(n...)
+        return buf
+    }
+
+    /// pread(2) until `count` bytes from `offset` are read (EINTR retried);
+    /// fewer only at the end of the file.
+    public static func pread(_ fd: Int32, count: Int, at offset: UInt64, path: String) throws(SystemError) -> [UInt8] {
+        var buf = [UInt8](repeating: 0, count: count)
+        var got = 0
+        while got < count {
+            let (n, e) = buf.withUnsafeMutableBytes { b in
+                retry { Glibc.pread(fd, b.baseAddress! + got, count - got, off_t(offset) + off_t(got)) }
+            }
+            if n < 0 { throw SystemError("pread", path, e) }
+            if n == 0 { break }
+            got += n
+        }
+        buf.removeSubrange(got...)
+        return buf
+    }
+}

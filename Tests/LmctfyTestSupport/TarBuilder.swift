@@ -73,7 +73,7 @@ public struct TarBuilder {
     }
 }
 
-/// A tree as lstat sees it: path → type, mode, owner, size, content or target, mtime.
+/// A tree as lstat sees it: path → type, mode, owner, size, content hash or target, mtime.
 public func treeSnapshot(_ root: String) throws -> [String: String] {
     var out: [String: String] = [:]
     func walk(_ rel: String) throws {
@@ -93,7 +93,11 @@ public func treeSnapshot(_ root: String) throws -> [String: String] {
                 let n = readlink(full, &buf, buf.count)
                 what += " -> " + String(decoding: buf[0..<max(n, 0)].map { UInt8(bitPattern: $0) }, as: UTF8.self)
             case S_IFREG:
-                what += " size=\(st.st_size) mtime=\(st.st_mtim.tv_sec) data=" + String(decoding: try Sys.readBytes(full), as: UTF8.self)
+                // FNV-1a of the content: big files compare cheaply.
+                let hash = try Sys.readBytes(full).withUnsafeBufferPointer { b in
+                    b.reduce(UInt64(0xcbf2_9ce4_8422_2325)) { ($0 ^ UInt64($1)) &* 0x100_0000_01b3 }
+                }
+                what += " size=\(st.st_size) mtime=\(st.st_mtim.tv_sec) fnv=\(String(hash, radix: 16))"
             case S_IFIFO:
                 what += " fifo"
             default:

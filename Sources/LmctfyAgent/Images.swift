@@ -1,0 +1,211 @@
+// The agent's image methods (PROTOCOL.md section 6.3): the image store,
+// with archives moved in and out in chunks of at most 1 MiB through
+// transfers, files under <image_root>/.transfers that outlive no agent (the
+// directory is emptied at start) and no caller for long (10 idle minutes).
+import Glibc
+import LmctfyBackend
+import LmctfyImages
+import LmctfyProto
+import LmctfyRPC
+import LmctfySystem
+import Synchronization
+
+/// The image store behind ImportImage, ExportImage, ListImages and RemoveImage.
+public final class ImageService: Sendable {
+    /// The largest chunk a call carries.
+    public static let maxChunk = 1 << 20
+    /// Transfers open at once.
+    public static let maxTransfers = 4
+    /// A transfer untouched for this long is dropped.
+    public static let idleMs: UInt64 = 10 * 60 * 1000
+
+    public let store: ImageStore
+    private let transferDir: String
+
+    private struct Transfer {
+        var path: String
+        var size: UInt64
+        var lastUsedMs: UInt64
+        var export: Bool
+    }
+    private let transfers = Mutex<[String: Transfer]>([:])
+
+    /// The service over the store at `root`; leftover transfers of an
+    /// earlier agent are deleted.
+    public init(root: String) {
+        store = ImageStore(root: root)
+        transferDir = root + "/.transfers"
+        try? Sys.removeTree(transferDir)
+    }
+
+    private func newTransfer(export: Bool) throws(LmctfyError) -> (String, String) {
+        let now = MonotonicClock.milliseconds()
+        // Drop the idle ones first.
+        let stale: [String] = transfers.withLock { t in
+            let old = t.filter { now - $0.value.lastUsedMs > Self.idleMs }
+            for k in old.keys { t[k] = nil }
+            return old.values.map(\.path)
+        }
+        for p in stale { try? Sys.unlink(p) }
+        let id = RemoteIds.newId()
+        let path = transferDir + "/" + id
+        let admitted = transfers.withLock { t -> Bool in
+            guard t.count < Self.maxTransfers else { return false }
+            t[id] = Transfer(path: path, size: 0, lastUsedMs: now, export: export)
+            return true
+        }
+        guard admitted else {
+            throw .init(.resourceExhausted, "\(Self.maxTransfers) image transfers are open already; try again later")
+        }
+        do {
+            if !Sys.isDirectory(store.root) { try Sys.mkdir(store.root, mode: 0o700) }
+            if !Sys.isDirectory(transferDir) { try Sys.mkdir(transferDir, mode: 0o700) }
+        } catch where error.errno == EEXIST {
+        } catch {
+            end(id)
+            throw error.lmctfy(.failedPrecondition, "Cannot make the transfer directory")
+        }
+        return (id, path)
+    }
+
+    private func end(_ id: String) {
+        if let t = transfers.withLock({ $0.removeValue(forKey: id) }) { try? Sys.unlink(t.path) }
+    }
+
+    private func lookup(_ id: String, export: Bool) throws(LmctfyError) -> Transfer {
+        let now = MonotonicClock.milliseconds()
+        let t: Transfer? = transfers.withLock { all in
+            guard var t = all[id], t.export == export else { return nil }
+            t.lastUsedMs = now
+            all[id] = t
+            return t
+        }
+        guard let t else { throw .notFound("No image transfer \"\(id)\" (it ended, expired or never existed)") }
+        return t
+    }
+
+    static func info(_ s: ImageSummary) -> ImageInfo {
+        ImageInfo(name: s.name, entries: s.entries, bytes: s.bytes, created: s.created)
+    }
+
+    func importImage(_ r: ImportImageRequest) throws(LmctfyError) -> ImportImageResponse {
+        let data = r.data ?? []
+        guard data.count <= Self.maxChunk else {
+            throw .invalidArgument("ImportImage chunks are at most \(Self.maxChunk) bytes, not \(data.count)")
+        }
+        if r.commit == true { try ImageName.check(r.name ?? "") }
+        var transfer: Transfer
+        let id: String
+        if let given = r.transferId, !given.isEmpty {
+            id = given
+            transfer = try lookup(given, export: false)
+            if r.abort == true {
+                end(id)
+                return ImportImageResponse(transferId: id, received: transfer.size)
+            }
+        } else {
+            let (newId, path) = try newTransfer(export: false)
+            id = newId
+            transfer = Transfer(path: path, size: 0, lastUsedMs: 0, export: false)
+        }
+        do throws(LmctfyError) {
+            guard (r.offset ?? 0) == transfer.size else {
+                throw .failedPrecondition("ImportImage offset \(r.offset ?? 0) is not where the upload is: received \(transfer.size)")
+            }
+            if !data.isEmpty {
+                do {
+                    let fd = try Sys.open(transfer.path, O_WRONLY | O_CREAT | O_APPEND, mode: 0o600)
+                    defer { close(fd) }
+                    try Sys.writeAll(fd, data)
+                } catch {
+                    throw error.lmctfy(.failedPrecondition, "Cannot store the upload")
+                }
+                transfer.size += UInt64(data.count)
+                let size = transfer.size
+                transfers.withLock { $0[id]?.size = size }
+            }
+        } catch {
+            // A wrong offset keeps the transfer (the caller may go on from
+            // `received`); anything else ends it.
+            if error.code != .failedPrecondition || r.commit == true { end(id) }
+            throw error
+        }
+        guard r.commit == true else { return ImportImageResponse(transferId: id, received: transfer.size) }
+        defer { end(id) }
+        if !Sys.exists(transfer.path) { _ = try? Sys.createFile(transfer.path, "", mode: 0o600) }
+        let summary = try store.importImage(transfer.path, as: r.name ?? "")
+        return ImportImageResponse(transferId: id, received: transfer.size, image: Self.info(summary))
+    }
+
+    func exportImage(_ r: ExportImageRequest) throws(LmctfyError) -> ExportImageResponse {
+        let max = Int(min(UInt32(Self.maxChunk), r.maxBytes.map { $0 == 0 ? UInt32(Self.maxChunk) : $0 } ?? UInt32(Self.maxChunk)))
+        let id: String
+        let transfer: Transfer
+        if let given = r.transferId, !given.isEmpty {
+            id = given
+            transfer = try lookup(given, export: true)
+        } else {
+            let suffix: String
+            switch r.compression ?? "" {
+            case "", "tar": suffix = ".tar"
+            case "gzip": suffix = ".tar.gz"
+            case "xz": suffix = ".tar.xz"
+            case let other: throw .invalidArgument("ExportImage compression \"\(other)\" is not \"\", \"gzip\" or \"xz\"")
+            }
+            _ = try store.rootfsPath(forImage: r.name ?? "")
+            let (newId, base) = try newTransfer(export: true)
+            id = newId
+            let path = base + suffix
+            do throws(LmctfyError) {
+                try store.exportImage(r.name ?? "", to: path)
+                guard let st = try? Sys.linkStatus(path) else { throw .internalError("the exported archive vanished") }
+                let size = UInt64(st.st_size)
+                transfers.withLock { $0[id]?.path = path; $0[id]?.size = size }
+                transfer = Transfer(path: path, size: size, lastUsedMs: 0, export: true)
+            } catch {
+                try? Sys.unlink(path)
+                end(id)
+                throw error
+            }
+        }
+        let offset = r.offset ?? 0
+        guard offset <= transfer.size else {
+            throw LmctfyError(.outOfRange, "ExportImage offset \(offset) is past the end (\(transfer.size) bytes)")
+        }
+        let count = Int(min(UInt64(max), transfer.size - offset))
+        var chunk: [UInt8] = []
+        if count > 0 {
+            do throws(SystemError) {
+                let fd = try Sys.open(transfer.path, O_RDONLY)
+                defer { close(fd) }
+                chunk = try Sys.pread(fd, count: count, at: offset, path: transfer.path)
+            } catch {
+                end(id)
+                throw error.lmctfy(.internal, "Cannot read the exported archive")
+            }
+            guard chunk.count == count else {
+                end(id)
+                throw LmctfyError.internalError("The exported archive \(transfer.path) shrank")
+            }
+        }
+        let done = offset + UInt64(count) == transfer.size
+        if done { end(id) }
+        return ExportImageResponse(transferId: id, size: transfer.size, offset: offset, data: chunk, done: done)
+    }
+
+    func listImages() throws(LmctfyError) -> ListImagesResponse {
+        ListImagesResponse(images: try store.listImages().map(Self.info))
+    }
+
+    func removeImage(_ r: RemoveImageRequest) throws(LmctfyError) -> RemoveImageResponse {
+        try store.removeImage(r.name ?? "")
+        return RemoveImageResponse()
+    }
+}
+
+/// Transfer ids: 16 random bytes in hex.
+enum RemoteIds {
+    static func newId() -> String {
+        Crypto.randomBytes(16).map { String($0 >> 4, radix: 16) + String($0 & 15, radix: 16) }.joined()
+    }
+}
