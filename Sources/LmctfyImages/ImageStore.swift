@@ -165,6 +165,7 @@ public struct ImageStore: ImageBackend {
         }
         defer { Glibc.close(archiveFd) }
         try prepareRoot()
+        sweepLeftovers()
         let token = try uniqueToken()
         let temp = root + "/.tmp-\(name)-\(token)"
         do {
@@ -202,12 +203,30 @@ public struct ImageStore: ImageBackend {
             path += "/" + part
             if Sys.isDirectory(path) { continue }
             do {
-                try Sys.mkdir(path, mode: path == root ? 0o700 : 0o755)
+                // 0700 all the way: the parent may be the agent's state_dir,
+                // which the agent refuses unless it is private.
+                try Sys.mkdir(path, mode: 0o700)
             } catch where error.errno == EEXIST {
                 continue
             } catch {
                 throw error.lmctfy(.failedPrecondition, "Cannot create the image store \(root)")
             }
+        }
+    }
+
+    /// Removes the temporary directories (`.tmp-NAME-PID-RANDOM` of an
+    /// import, `.rm-NAME-PID-RANDOM` of a removal) of processes that are
+    /// gone: what a crash part way leaves. Best effort.
+    public func sweepLeftovers() {
+        guard let names = try? Sys.directoryEntries(root) else { return }
+        for name in names where name.hasPrefix(".tmp-") || name.hasPrefix(".rm-") {
+            let parts = name.split(separator: "-")
+            guard parts.count >= 4, let pid = Int32(parts[parts.count - 2]), pid > 0 else { continue }
+            do {
+                try Sys.kill(pid, 0)
+            } catch where error.errno == ESRCH {
+                try? Sys.removeTree(root + "/" + name)
+            } catch {}
         }
     }
 

@@ -185,6 +185,19 @@ private func code(_ body: () throws(LmctfyError) -> Void) -> StatusCode? {
         #expect(s.storeEntries() == ["dup"])
     }
 
+    @Test func leftoversOfDeadImportsAreSwept() throws {
+        let s = try ImageScratch()
+        try s.store.importImage(try s.write("good.tar", TarBuilder.sampleRootfs()), as: "first")
+        // pid 999999999 cannot exist (pid_max is at most 4194304); ours does.
+        for name in [".tmp-dead-999999999-ab", ".rm-gone-x-999999999-cd", ".tmp-mine-\(getpid())-ef"] {
+            try Sys.mkdir(s.store.root + "/" + name)
+            try Sys.mkdir(s.store.root + "/" + name + "/rootfs")
+        }
+        try s.store.importImage(try s.write("good2.tar", TarBuilder.sampleRootfs()), as: "second")
+        #expect(s.storeEntries() == [".tmp-mine-\(getpid())-ef", "first", "second"])
+        #expect(try s.store.listImages().map(\.name) == ["first", "second"])
+    }
+
     @Test func policyRules() throws {
         #expect(try ArchivePolicy.components("./a//b/./c/") == ["a", "b", "c"])
         #expect(try ArchivePolicy.components("./") == nil)
