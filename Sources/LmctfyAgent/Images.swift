@@ -27,6 +27,10 @@ public final class ImageService: Sendable {
         var size: UInt64
         var lastUsedMs: UInt64
         var export: Bool
+        /// A call is working on it: another call on the same transfer is
+        /// refused (ABORTED) rather than interleaved, and the idle sweep
+        /// leaves it alone.
+        var busy: Bool
     }
     private let transfers = Mutex<[String: Transfer]>([:])
 
@@ -38,11 +42,12 @@ public final class ImageService: Sendable {
         try? Sys.removeTree(transferDir)
     }
 
+    /// Opens a transfer, claimed by the caller (busy) until `release` or `end`.
     private func newTransfer(export: Bool) throws(LmctfyError) -> (String, String) {
         let now = MonotonicClock.milliseconds()
         // Drop the idle ones first.
         let stale: [String] = transfers.withLock { t in
-            let old = t.filter { now - $0.value.lastUsedMs > Self.idleMs }
+            let old = t.filter { !$0.value.busy && now - $0.value.lastUsedMs > Self.idleMs }
             for k in old.keys { t[k] = nil }
             return old.values.map(\.path)
         }
@@ -51,7 +56,7 @@ public final class ImageService: Sendable {
         let path = transferDir + "/" + id
         let admitted = transfers.withLock { t -> Bool in
             guard t.count < Self.maxTransfers else { return false }
-            t[id] = Transfer(path: path, size: 0, lastUsedMs: now, export: export)
+            t[id] = Transfer(path: path, size: 0, lastUsedMs: now, export: export, busy: true)
             return true
         }
         guard admitted else {
@@ -68,20 +73,35 @@ public final class ImageService: Sendable {
         return (id, path)
     }
 
+    /// Ends a transfer and deletes its file.
     private func end(_ id: String) {
         if let t = transfers.withLock({ $0.removeValue(forKey: id) }) { try? Sys.unlink(t.path) }
     }
 
-    private func lookup(_ id: String, export: Bool) throws(LmctfyError) -> Transfer {
+    /// Lets the next call at a transfer (`size`: what it holds now).
+    private func release(_ id: String, size: UInt64? = nil) {
         let now = MonotonicClock.milliseconds()
-        let t: Transfer? = transfers.withLock { all in
-            guard var t = all[id], t.export == export else { return nil }
+        transfers.withLock { t in
+            t[id]?.busy = false
+            t[id]?.lastUsedMs = now
+            if let size { t[id]?.size = size }
+        }
+    }
+
+    /// Claims an open transfer for one call.
+    private func claim(_ id: String, export: Bool) throws(LmctfyError) -> Transfer {
+        let now = MonotonicClock.milliseconds()
+        let result: Result<Transfer, LmctfyError> = transfers.withLock { all in
+            guard var t = all[id], t.export == export else {
+                return .failure(.notFound("No image transfer \"\(id)\" (it ended, expired or never existed)"))
+            }
+            guard !t.busy else { return .failure(LmctfyError(.aborted, "Another call is working on image transfer \"\(id)\"")) }
+            t.busy = true
             t.lastUsedMs = now
             all[id] = t
-            return t
+            return .success(t)
         }
-        guard let t else { throw .notFound("No image transfer \"\(id)\" (it ended, expired or never existed)") }
-        return t
+        return try result.get()
     }
 
     static func info(_ s: ImageSummary) -> ImageInfo {
@@ -93,23 +113,28 @@ public final class ImageService: Sendable {
         guard data.count <= Self.maxChunk else {
             throw .invalidArgument("ImportImage chunks are at most \(Self.maxChunk) bytes, not \(data.count)")
         }
-        if r.commit == true { try ImageName.check(r.name ?? "") }
         var transfer: Transfer
         let id: String
         if let given = r.transferId, !given.isEmpty {
             id = given
-            transfer = try lookup(given, export: false)
+            transfer = try claim(given, export: false)
             if r.abort == true {
                 end(id)
                 return ImportImageResponse(transferId: id, received: transfer.size)
             }
         } else {
+            guard r.abort != true else { throw .invalidArgument("ImportImage abort needs a transfer_id") }
+            if r.commit == true { try ImageName.check(r.name ?? "") }  // before opening anything
             let (newId, path) = try newTransfer(export: false)
             id = newId
-            transfer = Transfer(path: path, size: 0, lastUsedMs: 0, export: false)
+            transfer = Transfer(path: path, size: 0, lastUsedMs: 0, export: false, busy: true)
         }
+        // The transfer is ours until release or end.
+        var offsetMismatch = false
         do throws(LmctfyError) {
+            if r.commit == true { try ImageName.check(r.name ?? "") }
             guard (r.offset ?? 0) == transfer.size else {
+                offsetMismatch = true
                 throw .failedPrecondition("ImportImage offset \(r.offset ?? 0) is not where the upload is: received \(transfer.size)")
             }
             if !data.isEmpty {
@@ -121,16 +146,17 @@ public final class ImageService: Sendable {
                     throw error.lmctfy(.failedPrecondition, "Cannot store the upload")
                 }
                 transfer.size += UInt64(data.count)
-                let size = transfer.size
-                transfers.withLock { $0[id]?.size = size }
             }
         } catch {
             // A wrong offset keeps the transfer (the caller may go on from
-            // `received`); anything else ends it.
-            if error.code != .failedPrecondition || r.commit == true { end(id) }
+            // `received`); anything else, or any commit, ends it.
+            if offsetMismatch && r.commit != true { release(id) } else { end(id) }
             throw error
         }
-        guard r.commit == true else { return ImportImageResponse(transferId: id, received: transfer.size) }
+        guard r.commit == true else {
+            release(id, size: transfer.size)
+            return ImportImageResponse(transferId: id, received: transfer.size)
+        }
         defer { end(id) }
         if !Sys.exists(transfer.path) { _ = try? Sys.createFile(transfer.path, "", mode: 0o600) }
         let summary = try store.importImage(transfer.path, as: r.name ?? "")
@@ -143,7 +169,7 @@ public final class ImageService: Sendable {
         let transfer: Transfer
         if let given = r.transferId, !given.isEmpty {
             id = given
-            transfer = try lookup(given, export: true)
+            transfer = try claim(given, export: true)
         } else {
             let suffix: String
             switch r.compression ?? "" {
@@ -156,20 +182,19 @@ public final class ImageService: Sendable {
             let (newId, base) = try newTransfer(export: true)
             id = newId
             let path = base + suffix
+            transfers.withLock { $0[id]?.path = path }
             do throws(LmctfyError) {
                 try store.exportImage(r.name ?? "", to: path)
                 guard let st = try? Sys.linkStatus(path) else { throw .internalError("the exported archive vanished") }
-                let size = UInt64(st.st_size)
-                transfers.withLock { $0[id]?.path = path; $0[id]?.size = size }
-                transfer = Transfer(path: path, size: size, lastUsedMs: 0, export: true)
+                transfer = Transfer(path: path, size: UInt64(st.st_size), lastUsedMs: 0, export: true, busy: true)
             } catch {
-                try? Sys.unlink(path)
                 end(id)
                 throw error
             }
         }
         let offset = r.offset ?? 0
         guard offset <= transfer.size else {
+            release(id, size: transfer.size)
             throw LmctfyError(.outOfRange, "ExportImage offset \(offset) is past the end (\(transfer.size) bytes)")
         }
         let count = Int(min(UInt64(max), transfer.size - offset))
@@ -189,7 +214,7 @@ public final class ImageService: Sendable {
             }
         }
         let done = offset + UInt64(count) == transfer.size
-        if done { end(id) }
+        if done { end(id) } else { release(id, size: transfer.size) }
         return ExportImageResponse(transferId: id, size: transfer.size, offset: offset, data: chunk, done: done)
     }
 

@@ -122,6 +122,15 @@ private func code(_ body: () throws(LmctfyError) -> Void) -> StatusCode? {
         #expect(code { () throws(LmctfyError) in
             _ = try service.importImage(ImportImageRequest(name: "../x", data: [1], commit: true))
         } == .invalidArgument)
+        #expect(code { () throws(LmctfyError) in _ = try service.importImage(ImportImageRequest(abort: true)) } == .invalidArgument)
+        // A commit with a bad name ends its transfer too.
+        let named = try service.importImage(ImportImageRequest(data: [1]))
+        #expect(code { () throws(LmctfyError) in
+            _ = try service.importImage(ImportImageRequest(name: ".bad", transferId: named.transferId, offset: 1, commit: true))
+        } == .invalidArgument)
+        #expect(code { () throws(LmctfyError) in
+            _ = try service.importImage(ImportImageRequest(transferId: named.transferId, offset: 1, data: [2]))
+        } == .notFound)
         #expect(code { () throws(LmctfyError) in _ = try service.exportImage(ExportImageRequest(name: "big", compression: "zip")) } == .invalidArgument)
         #expect(code { () throws(LmctfyError) in _ = try service.exportImage(ExportImageRequest(name: "nothere")) } == .notFound)
         #expect(try service.listImages().images.map(\.name) == ["big"])
