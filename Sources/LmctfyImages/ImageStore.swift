@@ -297,15 +297,12 @@ public struct ImageStore: ImageBackend {
             guard r >= ARCHIVE_WARN, let entry else {
                 throw .invalidArgument(archiveError(reader, "Cannot read \"\(archivePath)\""))
             }
-            guard let rawPtr = archive_entry_pathname(entry) else {
-                throw .invalidArgument("archive entry with an unreadable path in \"\(archivePath)\"")
-            }
-            let raw = String(cString: rawPtr)
+            let raw = try Self.text(archive_entry_pathname(entry), "an entry's path")
             guard let path = try ArchivePolicy.components(raw) else { continue }  // the root itself
             let kind: ArchivePolicy.Kind
             var target: String?
             if let hard = archive_entry_hardlink(entry) {
-                let hardRaw = String(cString: hard)
+                let hardRaw = try Self.text(hard, "the hard link target of \"\(raw)\"")
                 guard let t = try ArchivePolicy.components(hardRaw) else {
                     throw .invalidArgument("archive entry \"\(raw)\" is a hard link to the root")
                 }
@@ -318,7 +315,7 @@ public struct ImageStore: ImageBackend {
                 case S_IFREG: kind = .regular
                 case S_IFLNK:
                     kind = .symlink
-                    target = archive_entry_symlink(entry).map { String(cString: $0) }
+                    target = try Self.text(archive_entry_symlink(entry), "the symlink target of \"\(raw)\"")
                 case S_IFIFO: kind = .fifo
                 case S_IFCHR, S_IFBLK: kind = .device
                 case S_IFSOCK: kind = .socket
@@ -354,6 +351,17 @@ public struct ImageStore: ImageBackend {
             throw .failedPrecondition(archiveError(writer, "Cannot finish unpacking \"\(archivePath)\""))
         }
         return (entries, bytes)
+    }
+
+    /// A name from the archive as text: refused (3) unless it is valid
+    /// UTF-8, so that nothing is unpacked under a name other than its own
+    /// (String(cString:) would replace bad bytes with U+FFFD).
+    static func text(_ p: UnsafePointer<CChar>?, _ what: String) throws(LmctfyError) -> String {
+        guard let p else { throw .invalidArgument("archive entry without \(what)") }
+        guard let s = String(validatingCString: p) else {
+            throw .invalidArgument("\(what) is not valid UTF-8 (\(String(cString: p)))")
+        }
+        return s
     }
 
     static func infoText(_ s: ImageSummary) -> String {

@@ -185,6 +185,30 @@ private func code(_ body: () throws(LmctfyError) -> Void) -> StatusCode? {
         #expect(s.storeEntries() == ["dup"])
     }
 
+    @Test func namesThatAreNotUTF8AreRefusedNotRenamed() throws {
+        let s = try ImageScratch()
+        var t = TarBuilder()
+        t.add("caf\u{e9}.txt", .file, content: [0x41])  // valid: kept as is
+        let good = try s.store.importImage(try s.write("utf8.tar", t.archive), as: "utf8")
+        #expect(good.entries == 1)
+        #expect(try Sys.directoryEntries(s.store.rootfsPath(forImage: "utf8")) == ["caf\u{e9}.txt"])
+        // A Latin-1 name (0xe9 alone) would become "caf\u{fffd}.txt": refused.
+        var bytes = TarBuilder()
+        bytes.add("cafX.txt", .file, content: [0x41])
+        var archive = bytes.archive
+        archive[3] = 0xe9
+        // Fix the header checksum for the changed byte (X = 0x58 -> 0xe9).
+        let sum = archive[0..<512].enumerated().reduce(0) { $0 + (148..<156 ~= $1.offset ? 0x20 : Int($1.element)) }
+        let digits = String(sum, radix: 8)
+        for (i, b) in (String(repeating: "0", count: 6 - digits.count) + digits).utf8.enumerated() { archive[148 + i] = b }
+        let path = try s.write("latin1.tar", archive)
+        var refusal: LmctfyError?
+        do { try s.store.importImage(path, as: "latin1") } catch { refusal = error }
+        #expect(refusal?.code == .invalidArgument)
+        #expect(refusal?.message.contains("not valid UTF-8") == true, "\(String(describing: refusal))")
+        #expect(s.storeEntries() == ["utf8"])
+    }
+
     @Test func leftoversOfDeadImportsAreSwept() throws {
         let s = try ImageScratch()
         try s.store.importImage(try s.write("good.tar", TarBuilder.sampleRootfs()), as: "first")
