@@ -46,10 +46,10 @@ let package = Package(
             name: "COpenSSL", pkgConfig: "libcrypto",
             providers: [.apt(["libssl-dev"])]),
 
-        // Rootfs tarballs for the image store (LmctfyImages).
-        .systemLibrary(
-            name: "CArchive", pkgConfig: "libarchive",
-            providers: [.apt(["libarchive-dev"])]),
+        // Rootfs tarballs for the image store (LmctfyImages): Debian's
+        // libarchive (libarchive-dev for the headers), dlopened on first use
+        // so that programs pay for loading it (and libxml2, ICU) only then.
+        .target(name: "CArchiveLoader"),
 
         // protoc-c output for proto/*.proto plus a descriptor registry.
         // Written only by tools/gen-proto; never edit by hand.
@@ -99,7 +99,7 @@ let package = Package(
         // for virtual hosts, and packed back. CL1 resolves image names with it.
         .target(
             name: "LmctfyImages",
-            dependencies: ["CArchive", "CLmctfyShims", "LmctfyBackend", "LmctfySystem"]),
+            dependencies: ["CArchiveLoader", "CLmctfyShims", "LmctfyBackend", "LmctfySystem"]),
 
         // Fake cgroup trees, the root gate, unique test containers.
         .target(

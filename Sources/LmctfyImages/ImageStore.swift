@@ -20,7 +20,7 @@
 // as given (setuid included: images are root's; the store root is 0700).
 // Import is atomic: it unpacks into <root>/.tmp-..., then renames that into
 // place; a failure removes it, so a refused archive leaves nothing.
-import CArchive
+import CArchiveLoader
 import CLmctfyShims
 import Glibc
 import LmctfyBackend
@@ -153,6 +153,7 @@ public struct ImageStore: ImageBackend {
     public func importImage(_ archivePath: String, as name: String) throws(LmctfyError) -> ImageSummary {
         try ImageName.check(name)
         guard !Sys.exists(imageDir(name)) else { throw .alreadyExists("Image \"\(name)\" exists already") }
+        try Self.loadArchiveLibrary()
         // Opened here: the unpacking thread works in another directory, where
         // a relative path would name something else.
         let archiveFd: Int32
@@ -193,6 +194,15 @@ public struct ImageStore: ImageBackend {
         } catch {
             try? Sys.removeTree(temp)
             throw error
+        }
+    }
+
+    /// Loads libarchive (on first use: see lm_archive.h). Without it the
+    /// store cannot unpack or pack: UNIMPLEMENTED naming the library.
+    static func loadArchiveLibrary() throws(LmctfyError) {
+        var err = [CChar](repeating: 0, count: 256)
+        guard lm_archive_load(&err, err.count) == 0 else {
+            throw .unimplemented(String(decoding: err.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))
         }
     }
 
@@ -266,56 +276,56 @@ public struct ImageStore: ImageBackend {
     }
 
     private static func archiveError(_ a: OpaquePointer?, _ what: String) -> String {
-        if let a, let s = archive_error_string(a) { return "\(what): \(String(cString: s))" }
+        if let a, let s = lm_archive_error_string(a) { return "\(what): \(String(cString: s))" }
         return what
     }
 
     /// Reads the archive open at `fd` (`archivePath` names it in errors) and
     /// writes it below the working directory.
     private static func unpack(_ archivePath: String, fd: Int32) throws(LmctfyError) -> (entries: UInt64, bytes: UInt64) {
-        guard let reader = archive_read_new() else { throw .internalError("archive_read_new failed") }
-        defer { archive_read_free(reader) }
-        archive_read_support_filter_all(reader)
-        archive_read_support_format_tar(reader)
-        guard archive_read_open_fd(reader, fd, 65536) == ARCHIVE_OK else {
+        guard let reader = lm_archive_read_new() else { throw .internalError("lm_archive_read_new failed") }
+        defer { lm_archive_read_free(reader) }
+        lm_archive_read_support_filter_all(reader)
+        lm_archive_read_support_format_tar(reader)
+        guard lm_archive_read_open_fd(reader, fd, 65536) == ARCHIVE_OK else {
             throw .invalidArgument(archiveError(reader, "Cannot read \"\(archivePath)\" as an archive"))
         }
-        guard let writer = archive_write_disk_new() else { throw .internalError("archive_write_disk_new failed") }
-        defer { archive_write_free(writer) }
+        guard let writer = lm_archive_write_disk_new() else { throw .internalError("lm_archive_write_disk_new failed") }
+        defer { lm_archive_write_free(writer) }
         let flags = ARCHIVE_EXTRACT_OWNER | ARCHIVE_EXTRACT_PERM | ARCHIVE_EXTRACT_TIME
             | ARCHIVE_EXTRACT_SECURE_SYMLINKS | ARCHIVE_EXTRACT_SECURE_NODOTDOT | ARCHIVE_EXTRACT_SECURE_NOABSOLUTEPATHS
-        archive_write_disk_set_options(writer, flags)
-        // No archive_write_disk_set_standard_lookup: owners stay numeric.
+        lm_archive_write_disk_set_options(writer, flags)
+        // No lm_archive_write_disk_set_standard_lookup: owners stay numeric.
 
         var policy = ArchivePolicy()
         var entries: UInt64 = 0, bytes: UInt64 = 0
         var entry: OpaquePointer?
         var buffer = [UInt8](repeating: 0, count: 65536)
         while true {
-            let r = archive_read_next_header(reader, &entry)
+            let r = lm_archive_read_next_header(reader, &entry)
             if r == ARCHIVE_EOF { break }
             guard r >= ARCHIVE_WARN, let entry else {
                 throw .invalidArgument(archiveError(reader, "Cannot read \"\(archivePath)\""))
             }
-            let raw = try Self.text(archive_entry_pathname(entry), "an entry's path")
+            let raw = try Self.text(lm_archive_entry_pathname(entry), "an entry's path")
             guard let path = try ArchivePolicy.components(raw) else { continue }  // the root itself
             let kind: ArchivePolicy.Kind
             var target: String?
-            if let hard = archive_entry_hardlink(entry) {
+            if let hard = lm_archive_entry_hardlink(entry) {
                 let hardRaw = try Self.text(hard, "the hard link target of \"\(raw)\"")
                 guard let t = try ArchivePolicy.components(hardRaw) else {
                     throw .invalidArgument("archive entry \"\(raw)\" is a hard link to the root")
                 }
                 kind = .hardlink
                 target = t.joined(separator: "/")
-                archive_entry_copy_hardlink(entry, target)
+                lm_archive_entry_copy_hardlink(entry, target)
             } else {
-                switch archive_entry_filetype(entry) & S_IFMT {
+                switch lm_archive_entry_filetype(entry) & S_IFMT {
                 case S_IFDIR: kind = .directory
                 case S_IFREG: kind = .regular
                 case S_IFLNK:
                     kind = .symlink
-                    target = try Self.text(archive_entry_symlink(entry), "the symlink target of \"\(raw)\"")
+                    target = try Self.text(lm_archive_entry_symlink(entry), "the symlink target of \"\(raw)\"")
                 case S_IFIFO: kind = .fifo
                 case S_IFCHR, S_IFBLK: kind = .device
                 case S_IFSOCK: kind = .socket
@@ -323,31 +333,31 @@ public struct ImageStore: ImageBackend {
                 }
             }
             try policy.admit(path, kind: kind, raw: raw, linkTarget: target)
-            archive_entry_copy_pathname(entry, path.joined(separator: "/"))
+            lm_archive_entry_copy_pathname(entry, path.joined(separator: "/"))
 
-            let w = archive_write_header(writer, entry)
+            let w = lm_archive_write_header(writer, entry)
             guard w >= ARCHIVE_WARN else {
                 throw .invalidArgument(archiveError(writer, "Cannot unpack \"\(raw)\""))
             }
-            if kind == .regular && archive_entry_size(entry) > 0 {
+            if kind == .regular && lm_archive_entry_size(entry) > 0 {
                 while true {
-                    let n = buffer.withUnsafeMutableBytes { archive_read_data(reader, $0.baseAddress, $0.count) }
+                    let n = buffer.withUnsafeMutableBytes { lm_archive_read_data(reader, $0.baseAddress, $0.count) }
                     if n == 0 { break }
                     guard n > 0 else { throw .invalidArgument(archiveError(reader, "Cannot read \"\(raw)\" from the archive")) }
-                    let written = buffer.withUnsafeBytes { archive_write_data(writer, $0.baseAddress, n) }
+                    let written = buffer.withUnsafeBytes { lm_archive_write_data(writer, $0.baseAddress, n) }
                     guard written == n else {
                         throw .failedPrecondition(archiveError(writer, "Cannot write \"\(raw)\""))
                     }
                     bytes += UInt64(n)
                 }
             }
-            guard archive_write_finish_entry(writer) >= ARCHIVE_WARN else {
+            guard lm_archive_write_finish_entry(writer) >= ARCHIVE_WARN else {
                 throw .failedPrecondition(archiveError(writer, "Cannot finish \"\(raw)\""))
             }
             entries += 1
         }
         // Directory modes and times are set here, still in this thread's directory.
-        guard archive_write_close(writer) == ARCHIVE_OK else {
+        guard lm_archive_write_close(writer) == ARCHIVE_OK else {
             throw .failedPrecondition(archiveError(writer, "Cannot finish unpacking \"\(archivePath)\""))
         }
         return (entries, bytes)
@@ -421,6 +431,7 @@ public struct ImageStore: ImageBackend {
 
     public func exportImage(_ name: String, to archivePath: String) throws(LmctfyError) {
         let rootfs = try rootfsPath(forImage: name)
+        try Self.loadArchiveLibrary()
         let temp = archivePath + ".tmp-\(try uniqueToken())"
         do throws(LmctfyError) {
             try Self.pack(rootfs, to: temp, compression: Compression(forPath: archivePath))
@@ -454,52 +465,52 @@ public struct ImageStore: ImageBackend {
     /// order of their paths, owners as numbers, no atime/ctime (so the same
     /// tree gives the same bytes), hard links as links.
     static func pack(_ rootfs: String, to path: String, compression: Compression) throws(LmctfyError) {
-        guard let writer = archive_write_new() else { throw .internalError("archive_write_new failed") }
-        defer { archive_write_free(writer) }
-        archive_write_set_format_pax_restricted(writer)
+        guard let writer = lm_archive_write_new() else { throw .internalError("lm_archive_write_new failed") }
+        defer { lm_archive_write_free(writer) }
+        lm_archive_write_set_format_pax_restricted(writer)
         switch compression {
         case .none: break
         case .gzip:
-            archive_write_add_filter_gzip(writer)
-            archive_write_set_filter_option(writer, "gzip", "timestamp", nil)  // no time in the header
-        case .xz: archive_write_add_filter_xz(writer)
+            lm_archive_write_add_filter_gzip(writer)
+            lm_archive_write_set_filter_option(writer, "gzip", "timestamp", nil)  // no time in the header
+        case .xz: lm_archive_write_add_filter_xz(writer)
         }
-        guard archive_write_open_filename(writer, path) == ARCHIVE_OK else {
+        guard lm_archive_write_open_filename(writer, path) == ARCHIVE_OK else {
             throw .failedPrecondition(archiveError(writer, "Cannot create \"\(path)\""))
         }
-        guard let disk = archive_read_disk_new() else { throw .internalError("archive_read_disk_new failed") }
-        defer { archive_read_free(disk) }
-        archive_read_disk_set_behavior(disk, ARCHIVE_READDISK_NO_XATTR | ARCHIVE_READDISK_NO_ACL | ARCHIVE_READDISK_NO_FFLAGS)
-        guard let resolver = archive_entry_linkresolver_new() else { throw .internalError("archive_entry_linkresolver_new failed") }
-        defer { archive_entry_linkresolver_free(resolver) }
-        archive_entry_linkresolver_set_strategy(resolver, archive_format(writer))
+        guard let disk = lm_archive_read_disk_new() else { throw .internalError("lm_archive_read_disk_new failed") }
+        defer { lm_archive_read_free(disk) }
+        lm_archive_read_disk_set_behavior(disk, ARCHIVE_READDISK_NO_XATTR | ARCHIVE_READDISK_NO_ACL | ARCHIVE_READDISK_NO_FFLAGS)
+        guard let resolver = lm_archive_entry_linkresolver_new() else { throw .internalError("lm_archive_entry_linkresolver_new failed") }
+        defer { lm_archive_entry_linkresolver_free(resolver) }
+        lm_archive_entry_linkresolver_set_strategy(resolver, lm_archive_format(writer))
 
         func write(_ rel: String) throws(LmctfyError) {
             let full = rootfs + "/" + rel
             guard var st = try? Sys.linkStatus(full) else { throw .failedPrecondition("Cannot stat \(full)") }
-            guard let created = archive_entry_new() else { throw .internalError("archive_entry_new failed") }
+            guard let created = lm_archive_entry_new() else { throw .internalError("lm_archive_entry_new failed") }
             var entry: OpaquePointer? = created
-            archive_entry_copy_sourcepath(entry, full)
-            guard archive_read_disk_entry_from_file(disk, entry, -1, &st) >= ARCHIVE_WARN else {
-                archive_entry_free(entry)
+            lm_archive_entry_copy_sourcepath(entry, full)
+            guard lm_archive_read_disk_entry_from_file(disk, entry, -1, &st) >= ARCHIVE_WARN else {
+                lm_archive_entry_free(entry)
                 throw .failedPrecondition(archiveError(disk, "Cannot read \(full)"))
             }
-            archive_entry_copy_pathname(entry, rel)
-            archive_entry_set_uname(entry, nil)
-            archive_entry_set_gname(entry, nil)
-            archive_entry_unset_atime(entry)
-            archive_entry_unset_ctime(entry)
-            archive_entry_unset_birthtime(entry)
+            lm_archive_entry_copy_pathname(entry, rel)
+            lm_archive_entry_set_uname(entry, nil)
+            lm_archive_entry_set_gname(entry, nil)
+            lm_archive_entry_unset_atime(entry)
+            lm_archive_entry_unset_ctime(entry)
+            lm_archive_entry_unset_birthtime(entry)
             var spare: OpaquePointer?
-            archive_entry_linkify(resolver, &entry, &spare)
+            lm_archive_entry_linkify(resolver, &entry, &spare)
             for e in [entry, spare] {
                 guard let e else { continue }
-                defer { archive_entry_free(e) }
-                guard archive_write_header(writer, e) >= ARCHIVE_WARN else {
+                defer { lm_archive_entry_free(e) }
+                guard lm_archive_write_header(writer, e) >= ARCHIVE_WARN else {
                     throw .failedPrecondition(archiveError(writer, "Cannot write the header of \(rel)"))
                 }
-                guard archive_entry_filetype(e) & S_IFMT == S_IFREG, archive_entry_size(e) > 0,
-                      let source = archive_entry_sourcepath(e) else { continue }
+                guard lm_archive_entry_filetype(e) & S_IFMT == S_IFREG, lm_archive_entry_size(e) > 0,
+                      let source = lm_archive_entry_sourcepath(e) else { continue }
                 let sourcePath = String(cString: source)
                 let fd: Int32
                 do {
@@ -508,7 +519,7 @@ public struct ImageStore: ImageBackend {
                     throw error.lmctfy(.failedPrecondition, "Cannot open \(sourcePath)")
                 }
                 defer { Glibc.close(fd) }
-                var left = archive_entry_size(e)
+                var left = lm_archive_entry_size(e)
                 while left > 0 {
                     let chunk: [UInt8]
                     do {
@@ -517,7 +528,7 @@ public struct ImageStore: ImageBackend {
                         throw error.lmctfy(.failedPrecondition, "Cannot read \(sourcePath)")
                     }
                     guard !chunk.isEmpty else { throw .failedPrecondition("Cannot read \(sourcePath) (it shrank while exporting)") }
-                    guard chunk.withUnsafeBytes({ archive_write_data(writer, $0.baseAddress, $0.count) }) == chunk.count else {
+                    guard chunk.withUnsafeBytes({ lm_archive_write_data(writer, $0.baseAddress, $0.count) }) == chunk.count else {
                         throw .failedPrecondition(archiveError(writer, "Cannot write \(rel)"))
                     }
                     left -= Int64(chunk.count)
@@ -547,13 +558,13 @@ public struct ImageStore: ImageBackend {
         var entry: OpaquePointer?
         var spare: OpaquePointer?
         while true {
-            archive_entry_linkify(resolver, &entry, &spare)
+            lm_archive_entry_linkify(resolver, &entry, &spare)
             guard let e = entry else { break }
-            archive_write_header(writer, e)
-            archive_entry_free(e)
+            lm_archive_write_header(writer, e)
+            lm_archive_entry_free(e)
             entry = nil
         }
-        guard archive_write_close(writer) == ARCHIVE_OK else {
+        guard lm_archive_write_close(writer) == ARCHIVE_OK else {
             throw .failedPrecondition(archiveError(writer, "Cannot finish \"\(path)\""))
         }
     }
