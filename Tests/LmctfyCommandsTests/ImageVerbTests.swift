@@ -1,5 +1,8 @@
 // `lmctfy image ...`: in-process against a store in a temp directory, and
 // once through the built binary with LMCTFY_IMAGE_ROOT (spawns: ROOT_ONLY).
+// Not called *CLITests on purpose: tools/test-v2 runs those in a qemu guest,
+// which has no libarchive (it is dlopened, so the guest's library copying
+// does not see it), and images do not depend on the cgroup version.
 import Glibc
 import LmctfyBackend
 @testable import LmctfyCommands
@@ -20,7 +23,7 @@ private final class Scratch {
     deinit { try? Sys.removeTree(dir) }
 }
 
-@Suite(.serialized) struct ImageCLITests {
+@Suite(.serialized) struct ImageVerbTests {
     @Test func verbsInProcess() throws {
         let s = try Scratch()
         let archive = s.dir + "/root.tar"
