@@ -147,6 +147,15 @@ public struct ImageStore: ImageBackend {
         return path
     }
 
+    /// A virtual host's `filesystem.rootfs` as a directory: an absolute
+    /// path as it is, anything else an image of this store (resolved as
+    /// `rootfsPath(forImage:)` does). The directory is the image itself,
+    /// shared by every host booted from it: a host that must not change the
+    /// image mounts it read-only or under an overlay of its own.
+    public func resolveRootfs(_ rootfs: String) throws(LmctfyError) -> String {
+        rootfs.hasPrefix("/") ? rootfs : try rootfsPath(forImage: rootfs)
+    }
+
     // MARK: Import
 
     @discardableResult

@@ -55,6 +55,10 @@ private func code(_ body: () throws(LmctfyError) -> Void) -> StatusCode? {
 
         let rootfs = try s.store.rootfsPath(forImage: "good")
         #expect(rootfs == s.store.root + "/good/rootfs")
+        #expect(try s.store.resolveRootfs("good") == rootfs)
+        #expect(try s.store.resolveRootfs("/srv/rootfs") == "/srv/rootfs")
+        #expect(code { () throws(LmctfyError) in _ = try s.store.resolveRootfs("missing") } == .notFound)
+        #expect(code { () throws(LmctfyError) in _ = try s.store.resolveRootfs("../etc") } == .invalidArgument)
         let tree = try treeSnapshot(rootfs)
         #expect(tree["bin/tool"]?.hasPrefix("mode=104755") == true)
         #expect(tree["bin/tool"]?.contains("nlink=2") == true)
