@@ -46,6 +46,11 @@ let package = Package(
             name: "COpenSSL", pkgConfig: "libcrypto",
             providers: [.apt(["libssl-dev"])]),
 
+        // Rootfs tarballs for the image store (LmctfyImages): Debian's
+        // libarchive (libarchive-dev for the headers), dlopened on first use
+        // so that programs pay for loading it (and libxml2, ICU) only then.
+        .target(name: "CArchiveLoader"),
+
         // protoc-c output for proto/*.proto plus a descriptor registry.
         // Written only by tools/gen-proto; never edit by hand.
         .target(
@@ -88,7 +93,13 @@ let package = Package(
         // LocalBackend (the backend over them).
         .target(
             name: "Lmctfy",
-            dependencies: ["LmctfyBackend", "LmctfySystem", "LmctfyProto", "CLmctfyShims"]),
+            dependencies: ["LmctfyBackend", "LmctfySystem", "LmctfyProto", "CLmctfyShims", "LmctfyImages"]),
+
+        // The image store: rootfs tarballs unpacked (hostile ones refused)
+        // for virtual hosts, and packed back. CL1 resolves image names with it.
+        .target(
+            name: "LmctfyImages",
+            dependencies: ["CArchiveLoader", "CLmctfyShims", "LmctfyBackend", "LmctfySystem"]),
 
         // Fake cgroup trees, the root gate, unique test containers.
         .target(
@@ -103,7 +114,7 @@ let package = Package(
 
         // lmctfy: the verbs on LocalBackend (CL1 on this machine).
         .executableTarget(
-            name: "lmctfy", dependencies: ["LmctfyCommands", "Lmctfy", "LmctfySystem"], linkerSettings: staticSwiftRuntime),
+            name: "lmctfy", dependencies: ["LmctfyCommands", "Lmctfy", "LmctfyImages", "LmctfySystem"], linkerSettings: staticSwiftRuntime),
 
         // lmctl: the lmctfy verbs against an agent. Never links CL1 (Lmctfy).
         .target(
@@ -126,7 +137,7 @@ let package = Package(
             dependencies: ["LmctfyProto", "LmctfySystem"]),
         .target(
             name: "LmctfyAgent",
-            dependencies: ["Lmctfy", "LmctfyBackend", "LmctfyPolicy", "LmctfyProto", "LmctfyRPC", "LmctfySystem", "LmctfyLoop", "LmctfyEvents",
+            dependencies: ["Lmctfy", "LmctfyBackend", "LmctfyPolicy", "LmctfyImages", "LmctfyProto", "LmctfyRPC", "LmctfySystem", "LmctfyLoop", "LmctfyEvents",
                            .product(name: "Logging", package: "swift-log")]),
         .executableTarget(name: "lmctfy-agent", dependencies: ["LmctfyAgent"], linkerSettings: staticSwiftRuntime),
         // The controller: agents dial home to it; it routes clients' calls to
@@ -144,7 +155,8 @@ let package = Package(
             path: "tools/bench"),
 
         // Workloads for the integration tests (OOM, fork loops), in C.
-        .executableTarget(name: "lmctfy-test-helper", path: "tools/test-helper"),
+        // `netns` mode: the inside of a virtual host for the lm_net tests.
+        .executableTarget(name: "lmctfy-test-helper", dependencies: ["CLmctfyShims"], path: "tools/test-helper"),
 
         // Generates Sources/LmctfyProto/Generated from the protobuf-c descriptors.
         .executableTarget(
@@ -154,16 +166,16 @@ let package = Package(
 
         .testTarget(
             name: "LmctfyTests",
-            dependencies: ["Lmctfy", "LmctfySystem", "LmctfyProto", "LmctfyTestSupport"]),
+            dependencies: ["Lmctfy", "LmctfyImages", "LmctfySystem", "LmctfyProto", "LmctfyTestSupport"]),
         .testTarget(
             name: "LmctfyCommandsTests",
-            dependencies: ["LmctfyCommands", "Lmctfy", "LmctfySystem", "LmctfyProto", "LmctfyTestSupport"]),
+            dependencies: ["LmctfyCommands", "Lmctfy", "LmctfyImages", "LmctfySystem", "LmctfyProto", "LmctfyTestSupport"]),
         .testTarget(
             name: "LmctfyRPCTests",
             dependencies: ["LmctfyRPC", "LmctfyProto", "LmctfySystem", "LmctfyTestSupport"]),
         .testTarget(
             name: "LmctfyAgentTests",
-            dependencies: ["LmctfyAgent", "LmctfyEvents", "LmctlCommands", "LmctfyCommands", "LmctfyRPC", "Lmctfy", "LmctfyProto",
+            dependencies: ["LmctfyAgent", "LmctfyEvents", "LmctfyImages", "LmctlCommands", "LmctfyCommands", "LmctfyRPC", "Lmctfy", "LmctfyProto",
                            "LmctfySystem", "LmctfyTestSupport", "LmctfyPolicy"]),
         .testTarget(
             name: "LmctfyControllerTests",

@@ -2,7 +2,7 @@
 # Installs the Debian packages lmctfy needs to build and test, if missing.
 # Sourced or run by tools/setup and tools/test; safe to run again.
 set -euo pipefail
-PKGS=(pkg-config libuv1-dev libprotobuf-c-dev protobuf-c-compiler protobuf-compiler
+PKGS=(pkg-config libuv1-dev libprotobuf-c-dev protobuf-c-compiler protobuf-compiler libarchive-dev
       mandoc zsh tmux)  # the man page lint, the zsh completion and lmctl top tests (issue #16)
 missing=()
 for p in "${PKGS[@]}" "$@"; do

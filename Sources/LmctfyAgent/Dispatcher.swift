@@ -187,13 +187,17 @@ public final class Dispatcher: Sendable {
     let warnings: [String]
     /// CL2 admission (PolicyKeeper.swift); nil: none (every create fits).
     let policy: PolicyKeeper?
+    /// The image store (Images.swift); nil: the image methods are UNIMPLEMENTED.
+    let images: ImageService?
 
     /// A dispatcher onto `backend`; names the caller leaves out mean
     /// whatever the backend's caller is (the agent's own container).
     public init(backend: any ContainerBackend, cgroupVersion: Int32, events: EventLog, agentVersion: String,
                 journal: RequestJournal? = nil, testHold: TestHold? = nil, snapshots: SnapshotKeeper? = nil,
-                criu: CriuProbe? = nil, warnings: [String] = [], policy: PolicyKeeper? = nil) {
+                criu: CriuProbe? = nil, warnings: [String] = [], policy: PolicyKeeper? = nil,
+                images: ImageService? = nil) {
         self.policy = policy
+        self.images = images
         self.criu = criu
         self.warnings = warnings
         self.backend = backend
@@ -435,6 +439,10 @@ public final class Dispatcher: Sendable {
             return InitResponse()
         }
         unary(AgentMethods.ping) { _, r in PingResponse(data: r.data ?? []) }
+        unary(AgentMethods.importImage) { d, r in try d.imageService().importImage(r) }
+        unary(AgentMethods.exportImage) { d, r in try d.imageService().exportImage(r) }
+        unary(AgentMethods.listImages) { d, _ in try d.imageService().listImages() }
+        unary(AgentMethods.removeImage) { d, r in try d.imageService().removeImage(r) }
         // Served by the agent's event hub on its loop (Agent.subscribe), which
         // needs the agent's connections: a dispatcher on its own has none.
         table[AgentMethods.subscribe.name] = { _, payload, _ in
@@ -454,6 +462,11 @@ public final class Dispatcher: Sendable {
             }
             return a == b
         }
+    }
+
+    func imageService() throws(LmctfyError) -> ImageService {
+        guard let images else { throw .unimplemented("This agent has no image store") }
+        return images
     }
 
     static func containerName(_ n: String?) throws(LmctfyError) -> String {

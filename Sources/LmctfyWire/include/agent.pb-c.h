@@ -2028,14 +2028,20 @@ struct  Containers__Lmctfy__Agent__AgentConfig
    * Admission control, tiers and eviction (README "Policy"). Absent: the
    * defaults of PolicyConfig (admission on, no overcommit, no eviction).
    */
-  /*
-   * Next id: 28
-   */
   Containers__Lmctfy__Agent__PolicyConfig *policy;
+  /*
+   * The image store (rootfs tarballs for virtual hosts; ImportImage and
+   * friends, `lmctl image`). Default: <state_dir>/images, which is
+   * /var/lib/lmctfy/images, the store `lmctfy image` uses.
+   */
+  /*
+   * Next id: 29
+   */
+  char *image_root;
 };
 #define CONTAINERS__LMCTFY__AGENT__AGENT_CONFIG__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__agent_config__descriptor) \
-    , NULL, 0, 0, NULL, NULL, NULL, 0,NULL, NULL, 0, CONTAINERS__LMCTFY__AGENT__AGENT_LOG_LEVEL__LOG_LEVEL_UNSPECIFIED, NULL, 0, 0, NULL, 0, 0, 0, 0, 0, 0, 0, 0, NULL, NULL, 0,NULL, 0, 0, 0, 0, NULL, NULL, 0, 0, NULL, NULL, 0, 0, NULL }
+    , NULL, 0, 0, NULL, NULL, NULL, 0,NULL, NULL, 0, CONTAINERS__LMCTFY__AGENT__AGENT_LOG_LEVEL__LOG_LEVEL_UNSPECIFIED, NULL, 0, 0, NULL, 0, 0, 0, 0, 0, 0, 0, 0, NULL, NULL, 0,NULL, 0, 0, 0, 0, NULL, NULL, 0, 0, NULL, NULL, 0, 0, NULL, NULL }
 
 
 /*
