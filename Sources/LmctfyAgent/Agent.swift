@@ -8,6 +8,7 @@ import LmctfyLoop
 import Logging
 import Synchronization
 import LmctfyEvents
+import LmctfyHTTP
 import LmctfyProto
 import LmctfyRPC
 import LmctfySystem
@@ -112,6 +113,11 @@ public final class Agent: @unchecked Sendable {
     private var watcher: MachineWatcher?
     /// STATS events every stats_interval_ms (a thread of its own).
     private var statsPublisher: StatsPublisher?
+    /// The Prometheus endpoint (metrics { address }) and its figures.
+    private var metricsServer: HttpServer?
+    let metrics = AgentMetrics()
+    /// The metrics endpoint's TCP port (a port of 0 picks one); nil: none or Unix.
+    public private(set) var metricsPort: UInt16?
     /// How often expired request journal entries are removed.
     static let sweepIntervalMs = 60_000
     private var signals: [SignalWatcher] = []
@@ -305,6 +311,13 @@ public final class Agent: @unchecked Sendable {
     }
 
     private func startListeners(handleSignals: Bool) throws(LmctfyError) -> UInt16? {
+        // First: a bad metrics address fails the start before anything runs.
+        if let address = settings.metrics {
+            metricsServer = try HttpServer(on: loop, address: address) { [unowned self] method, path in
+                self.answerMetrics(method, path)
+            }
+            metricsPort = metricsServer?.port
+        }
         if settings.watchContainers {
             let w = try MachineWatcher(loop: loop, api: api, scope: scope, inventory: dispatcher.inventory, events: dispatcher.events)
             try w.start()
@@ -394,6 +407,7 @@ public final class Agent: @unchecked Sendable {
             // PROTOCOL.md section 7: a goaway saying why, then the close. It
             // is written before the peer's hello is read, so it needs no session.
             let why = stopping ? "lmctfy-agent is shutting down" : "too many connections"
+            metrics.connectionRefused()
             log.warning("refusing a connection: \(why)")
             // (A TLS port gets no plaintext goaway: its peer could not read it.)
             if !(tcp && settings.tlsServer != nil) {
@@ -425,6 +439,7 @@ public final class Agent: @unchecked Sendable {
         let now = MonotonicClock.milliseconds()
         let id = nextConnId
         nextConnId += 1
+        metrics.connectionAccepted(transport: tcp ? "tcp" : "unix")
         let state = ConnState(id: id, conn: c, session: Session(acceptor: auth, name: "lmctfy-agent", limits: settings.limits, now: now),
                               startedAt: now)
         state.tls = tls
@@ -537,6 +552,7 @@ public final class Agent: @unchecked Sendable {
             case .deliverRequest(let streamId, let method, let payload, _, _):
                 startCall(s, streamId: streamId, method: method, payload: payload)
             case .cancelled(let streamId, _):
+                metrics.callEnded(conn: s.id, stream: streamId, .cancelled)
                 s.calls.removeValue(forKey: streamId)?.cancel()
             case .credit(let streamId, let credit):
                 hub.grant(EventHub.Key(conn: s.id, stream: streamId), credit, deliver: deliver, lagged: lagged)
@@ -618,6 +634,7 @@ public final class Agent: @unchecked Sendable {
 
     private func drop(_ s: ConnState) {
         guard conns.removeValue(forKey: s.id) != nil else { return }
+        metrics.connectionClosed(conn: s.id)
         if s.id == home.connId { homeLinkLost() }
         // Unsent bytes come back through their write completions; the pool
         // calls' work may outlive the connection, so their share goes now.
@@ -911,6 +928,7 @@ public final class Agent: @unchecked Sendable {
         let dispatcher = self.dispatcher
         let route = Dispatcher.route(method)
         let scheduling = Self.scheduling(of: route)
+        metrics.callStarted(conn: s.id, stream: streamId, method: route == nil ? "unknown" : method)
         if scheduling == .hub {
             subscribe(s, streamId: streamId, route: route, payload: payload)
             return
@@ -997,7 +1015,9 @@ public final class Agent: @unchecked Sendable {
             publishEvents()
             first = try hub.subscribe(key, r, filter: filter, credit: r.credit.map { Int($0) })
         } catch {
-            perform(s, s.session.sendStatus(streamId: streamId, Dispatcher.status(of: error, method: "Subscribe"), now: now))
+            let status = Dispatcher.status(of: error, method: "Subscribe")
+            metrics.callEnded(conn: s.id, stream: streamId, status.code)
+            perform(s, s.session.sendStatus(streamId: streamId, status, now: now))
             return
         }
         let context = CallContext()
@@ -1042,12 +1062,23 @@ public final class Agent: @unchecked Sendable {
     /// where to resume (the subscriber is already out of the hub).
     private func endLagged(_ s: ConnState, _ streamId: UInt32, after: UInt64, boot: String, now: UInt64) {
         s.calls[streamId] = nil
+        metrics.streamLagged()
+        metrics.callEnded(conn: s.id, stream: streamId, .resourceExhausted)
         perform(s, s.session.sendStatus(streamId: streamId, CallStatus(
             .resourceExhausted, "lagged, resume after \(after) (boot \(boot))"), now: now))
     }
 
     /// How many kernel watches Notify calls share now (for tests).
     public var notifyWatchCount: Int { dispatcher.notifyWatches.count }
+
+    /// The metrics endpoint's answer (loop thread): GET or HEAD /metrics.
+    private func answerMetrics(_ method: String, _ path: String) -> HttpReply {
+        guard method == "GET" || method == "HEAD" else { return HttpReply(status: 405, text: "only GET and HEAD\n") }
+        guard path == "/metrics" else { return HttpReply(status: 404, text: "not found: try /metrics\n") }
+        return HttpReply(status: 200, contentType: MetricsText.contentType,
+                         body: metrics.render(openConnections: conns.count, subscribers: hub.subscribers.count,
+                                              events: dispatcher.events, sweeps: statsPublisher?.sweepTiming))
+    }
 
     /// How many Subscribe streams the hub serves now (for tests).
     public var subscriberCount: Int {
@@ -1092,6 +1123,7 @@ public final class Agent: @unchecked Sendable {
     /// A call's end: the responses it kept, the last one with the status.
     private func final(_ s: ConnState, _ streamId: UInt32, _ responses: [[UInt8]], _ status: CallStatus) -> [SessionAction] {
         let now = MonotonicClock.milliseconds()
+        metrics.callEnded(conn: s.id, stream: streamId, status.code)
         guard let last = responses.last else { return s.session.sendStatus(streamId: streamId, status, now: now) }
         var actions: [SessionAction] = []
         for r in responses.dropLast() { actions += s.session.sendResponse(streamId: streamId, payload: r, now: now) }
@@ -1153,6 +1185,7 @@ public final class Agent: @unchecked Sendable {
         for s in Array(conns.values) { s.conn.close() }
         conns.removeAll()
         ticker?.cancel()
+        metricsServer?.stop()
         certChecker?.cancel()
         sweeper?.cancel()
         reconciler?.cancel()

@@ -3,6 +3,7 @@
 // text format parser's); the rest is checked here, before anything starts.
 import Glibc
 import Lmctfy
+import LmctfyHTTP
 import LmctfyProto
 import LmctfyRPC
 import LmctfySystem
@@ -67,6 +68,8 @@ public struct AgentSettings: Sendable {
     /// what an agent without bootstrap_token_file (a certificate not
     /// obtained by enrolment) or without a TLS controller_address gets.
     public var renewBeforeExpiryPercent: Int
+    /// The Prometheus endpoint (metrics { address }); nil: none (the default).
+    public var metrics: HttpAddress?
 
     /// Dialling home (PROTOCOL.md section 9): where, with which key, as whom.
     public struct ControllerLink: Sendable {
@@ -229,6 +232,7 @@ public struct AgentSettings: Sendable {
             throw .invalidArgument("\(source): stats_interval_ms must be 0 (off) or at least 100, not \(statsIntervalMs)")
         }
         subscriberBuffer = Int(max(1, c.subscriberBuffer ?? 1024))
+        metrics = try Self.metricsAddress(c.metrics, source: source)
         for binding in c.role where binding.role == nil || binding.role == .agentRoleUnspecified {
             throw .invalidArgument("\(source): every role binding needs role: AGENT_ROLE_ADMIN or AGENT_ROLE_READER")
         }

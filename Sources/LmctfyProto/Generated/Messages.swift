@@ -3966,6 +3966,8 @@ public struct AgentConfig: ProtoMessage {
     public var controllerEnrollAddress: String?
     /// Field 26 `renew_before_expiry_percent`.
     public var renewBeforeExpiryPercent: UInt32?
+    /// Field 27 `metrics`.
+    public var metrics: MetricsEndpointConfig?
 
     public init(
         unixSocketPath: String? = nil,
@@ -3993,7 +3995,8 @@ public struct AgentConfig: ProtoMessage {
         allowPlaintextTcp: Bool? = nil,
         bootstrapTokenFile: String? = nil,
         controllerEnrollAddress: String? = nil,
-        renewBeforeExpiryPercent: UInt32? = nil
+        renewBeforeExpiryPercent: UInt32? = nil,
+        metrics: MetricsEndpointConfig? = nil
     ) {
         self.unixSocketPath = unixSocketPath
         self.unixSocketMode = unixSocketMode
@@ -4021,6 +4024,7 @@ public struct AgentConfig: ProtoMessage {
         self.bootstrapTokenFile = bootstrapTokenFile
         self.controllerEnrollAddress = controllerEnrollAddress
         self.renewBeforeExpiryPercent = renewBeforeExpiryPercent
+        self.metrics = metrics
     }
 
     public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.AgentConfig")
@@ -4053,6 +4057,7 @@ public struct AgentConfig: ProtoMessage {
         self.bootstrapTokenFile = message.get(24)
         self.controllerEnrollAddress = message.get(25)
         self.renewBeforeExpiryPercent = message.get(26)
+        self.metrics = message.get(27)
     }
 
     public var dynamic: DynamicMessage {
@@ -4083,6 +4088,7 @@ public struct AgentConfig: ProtoMessage {
         message.set(24, bootstrapTokenFile)
         message.set(25, controllerEnrollAddress)
         message.set(26, renewBeforeExpiryPercent)
+        message.set(27, metrics)
         return message
     }
 
@@ -4114,6 +4120,7 @@ public struct AgentConfig: ProtoMessage {
         self.bootstrapTokenFile = CBridge.value(c, f[23])
         self.controllerEnrollAddress = CBridge.value(c, f[24])
         self.renewBeforeExpiryPercent = CBridge.value(c, f[25])
+        self.metrics = CBridge.message(c, f[26])
     }
 
     public func makeC() -> UnsafeMutableRawPointer {
@@ -4145,6 +4152,7 @@ public struct AgentConfig: ProtoMessage {
         CBridge.set(c, f[23], bootstrapTokenFile)
         CBridge.set(c, f[24], controllerEnrollAddress)
         CBridge.set(c, f[25], renewBeforeExpiryPercent)
+        CBridge.setMessage(c, f[26], metrics)
         return c
     }
 }
@@ -6995,6 +7003,59 @@ public struct MachineInfoResponse: ProtoMessage {
         CBridge.set(c, f[6], bootId)
         CBridge.setMessage(c, f[7], criu)
         CBridge.setRepeated(c, f[8], warnings)
+        return c
+    }
+}
+
+/// Protobuf message `containers.lmctfy.agent.MetricsEndpointConfig`.
+public struct MetricsEndpointConfig: ProtoMessage {
+    /// Field 1 `address`.
+    public var address: String?
+    /// Field 2 `unix_socket_mode`.
+    public var unixSocketMode: UInt32?
+    /// Field 3 `allow_non_loopback`.
+    public var allowNonLoopback: Bool?
+
+    public init(
+        address: String? = nil,
+        unixSocketMode: UInt32? = nil,
+        allowNonLoopback: Bool? = nil
+    ) {
+        self.address = address
+        self.unixSocketMode = unixSocketMode
+        self.allowNonLoopback = allowNonLoopback
+    }
+
+    public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.MetricsEndpointConfig")
+
+    public init(dynamic message: DynamicMessage) {
+        precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.MetricsEndpointConfig")
+        self.address = message.get(1)
+        self.unixSocketMode = message.get(2)
+        self.allowNonLoopback = message.get(3)
+    }
+
+    public var dynamic: DynamicMessage {
+        var message = DynamicMessage(Self.protoDescriptor)
+        message.set(1, address)
+        message.set(2, unixSocketMode)
+        message.set(3, allowNonLoopback)
+        return message
+    }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.address = CBridge.value(c, f[0])
+        self.unixSocketMode = CBridge.value(c, f[1])
+        self.allowNonLoopback = CBridge.value(c, f[2])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.set(c, f[0], address)
+        CBridge.set(c, f[1], unixSocketMode)
+        CBridge.set(c, f[2], allowNonLoopback)
         return c
     }
 }
