@@ -76,6 +76,9 @@ lm_http_server *lm_http_start(int listen_fd, unsigned connection_limit, unsigned
                                       MHD_OPTION_CONNECTION_TIMEOUT, timeout_s,
                                       MHD_OPTION_CONNECTION_MEMORY_LIMIT, memory_limit,
                                       MHD_OPTION_EXTERNAL_LOGGER, lm_http_quiet, NULL,
+                                      // HTTP/1.1 by the letter (a Host header, no stray
+                                      // whitespace): a scraper sends that, junk gets 400.
+                                      MHD_OPTION_STRICT_FOR_CLIENT, (int)1,
                                       MHD_OPTION_END);
     if (server->daemon == NULL) {
         close(listen_fd);

@@ -42,6 +42,8 @@ final class ConnState {
     var readAny = false
     /// When the connection began: the hello timeout counts from here.
     let startedAt: UInt64
+    /// Where pings answered inline are counted (the agent's metrics).
+    var metrics: AgentMetrics?
 
     init(id: Int, conn: Connection, session: Session, startedAt: UInt64 = MonotonicClock.milliseconds()) {
         self.id = id
@@ -62,7 +64,11 @@ extension ConnState: InlineResponder {
     func answerInline(method: UnsafeRawBufferPointer, request: UnsafeRawBufferPointer,
                       response: inout [UInt8]) -> Bool {
         guard method.elementsEqual(Self.ping), Self.pingRole.allows(role) else { return false }
-        return PingWire.answer(request, to: &response)
+        guard let metrics else { return PingWire.answer(request, to: &response) }
+        let start = MonotonicClock.microseconds()
+        let answered = PingWire.answer(request, to: &response)
+        if answered { metrics.callAnswered(method: "Ping", .ok, seconds: (MonotonicClock.microseconds() - start) / 1e6) }
+        return answered
     }
 }
 
@@ -443,6 +449,7 @@ public final class Agent: @unchecked Sendable {
         let state = ConnState(id: id, conn: c, session: Session(acceptor: auth, name: "lmctfy-agent", limits: settings.limits, now: now),
                               startedAt: now)
         state.tls = tls
+        state.metrics = metrics
         state.awaitingCertificate = tls != nil && tlsServer?.requirePeerCertificate == true
         conns[id] = state
         c.onRead = { [unowned self] _, bytes in

@@ -40,6 +40,12 @@ final class AgentMetrics {
             .observe((MonotonicClock.microseconds() - p.start) / 1e6)
     }
 
+    /// A call answered in one go (a ping answered inline by the session).
+    func callAnswered(method: String, _ code: StatusCode, seconds: Double) {
+        calls[method, default: [:]][code, default: 0] += 1
+        latency[method, default: Histogram(bounds: Histogram.latencyBounds)].observe(seconds)
+    }
+
     /// A connection went: its calls still open end CANCELLED.
     func connectionClosed(conn: Int) {
         for key in pending.keys where key.conn == conn { callEnded(conn: conn, stream: key.stream, .cancelled) }
