@@ -26,6 +26,7 @@ final class AgentMetrics {
     private var refused: UInt64 = 0
     private var lagged: UInt64 = 0
     private var scrapes: UInt64 = 0
+    private var renderTimes = Histogram(bounds: [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25])
 
     /// A call began (`method`: its name if the table knows it, else "unknown").
     func callStarted(conn: Int, stream: UInt32, method: String) {
@@ -60,6 +61,7 @@ final class AgentMetrics {
     func render(openConnections: Int, subscribers: Int, events: EventLog,
                 sweeps: (durations: Histogram, lastSampled: Int)?) -> [UInt8] {
         scrapes += 1
+        let start = MonotonicClock.microseconds()
         let snapshot = events.metricsSnapshot
         var t = MetricsText(reserving: 4096 + snapshot.stats.count * 1400)
 
@@ -100,28 +102,35 @@ final class AgentMetrics {
         }
         t.family("lmctfy_agent_metrics_scrapes_total", .counter, "Requests for /metrics answered (this one included).")
         t.sample("lmctfy_agent_metrics_scrapes_total", scrapes)
+        t.family("lmctfy_agent_metrics_render_seconds", .histogram, "How long writing /metrics took (the scrapes before this one).")
+        t.histogram("lmctfy_agent_metrics_render_seconds", [:], renderTimes)
 
         Self.containers(&t, snapshot.stats, ooms: snapshot.ooms)
+        renderTimes.observe((MonotonicClock.microseconds() - start) / 1e6)
         return t.bytes
     }
 
-    /// The cAdvisor families, from each container's newest sample.
+    /// The cAdvisor families, from each container's newest sample: the
+    /// containers sorted once and their labels written once, then each
+    /// family walks them.
     static func containers(_ t: inout MetricsText, _ stats: [String: ContainerStats], ooms: [String: UInt64]) {
-        let names = stats.keys.sorted()
-        func family(_ name: String, _ type: MetricType, _ help: String, _ value: (ContainerStats) -> Double?) {
-            t.family(name, type, help)
-            for c in names {
-                if let v = value(stats[c]!) { t.sample(name, ["id": c, "name": c], v) }
+        let rows = stats.sorted { $0.key < $1.key }.map { c in
+            (labels: MetricsText.labels(["id": c.key, "name": c.key]), stats: c.value, ooms: ooms[c.key] ?? 0)
+        }
+        func seconds(_ name: String, _ help: String, _ value: (ContainerStats) -> Int64?) {
+            t.family(name, .counter, help)
+            for r in rows {
+                if let v = value(r.stats) { t.sample(name, rendered: r.labels, Double(v) / 1e9) }
             }
         }
         func integer(_ name: String, _ type: MetricType, _ help: String, _ value: (ContainerStats) -> Int64?) {
             t.family(name, type, help)
-            for c in names {
-                if let v = value(stats[c]!) { t.sample(name, ["id": c, "name": c], v) }
+            for r in rows {
+                if let v = value(r.stats) { t.sample(name, rendered: r.labels, v) }
             }
         }
-        family("container_cpu_usage_seconds_total", .counter, "Cumulative CPU time consumed, in seconds.") {
-            $0.cpu?.usage?.total.map { Double($0) / 1e9 }
+        seconds("container_cpu_usage_seconds_total", "Cumulative CPU time consumed, in seconds.") {
+            $0.cpu?.usage?.total.map { Int64(clamping: $0) }
         }
         integer("container_memory_usage_bytes", .gauge, "Current memory usage, in bytes (page cache included).") { $0.memory?.usage }
         integer("container_memory_working_set_bytes", .gauge, "Current working set, in bytes (usage less inactive file pages).") {
@@ -129,14 +138,14 @@ final class AgentMetrics {
         }
         integer("container_memory_failcnt", .counter, "Times memory usage hit the limit.") { $0.memory?.failCount }
         t.family("container_oom_events_total", .counter, "OOM kills the agent saw in the container since it saw the container.")
-        for c in names { t.sample("container_oom_events_total", ["id": c, "name": c], ooms[c] ?? 0) }
+        for r in rows { t.sample("container_oom_events_total", rendered: r.labels, r.ooms) }
         integer("container_processes", .gauge, "Processes (tasks counted by pids.current) in the container.") { $0.pids?.current }
         integer("container_cpu_cfs_periods_total", .counter, "Elapsed CFS enforcement periods.") { $0.cpu?.throttlingData?.periods }
         integer("container_cpu_cfs_throttled_periods_total", .counter, "CFS periods in which the container was throttled.") {
             $0.cpu?.throttlingData?.throttledPeriods
         }
-        family("container_cpu_cfs_throttled_seconds_total", .counter, "Total time the container was throttled, in seconds.") {
-            $0.cpu?.throttlingData?.throttledTime.map { Double($0) / 1e9 }
+        seconds("container_cpu_cfs_throttled_seconds_total", "Total time the container was throttled, in seconds.") {
+            $0.cpu?.throttlingData?.throttledTime
         }
     }
 

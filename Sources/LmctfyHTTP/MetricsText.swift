@@ -104,6 +104,59 @@ public struct MetricsText: Sendable {
     public mutating func sample(_ name: String, _ value: UInt64) { sample(name, [:], value) }
     public mutating func sample(_ name: String, _ value: Double) { sample(name, [:], value) }
 
+    /// A label set written once (`{k="v",...}`, values escaped) for the
+    /// many samples that share it: see `sample(_:rendered:_:)`.
+    public static func labels(_ labels: KeyValuePairs<String, String>) -> [UInt8] {
+        var t = MetricsText(reserving: 64)
+        t.writeLabels(labels, extra: nil)
+        return t.bytes
+    }
+
+    /// One sample line with labels written by `labels(_:)`.
+    public mutating func sample(_ name: String, rendered labels: [UInt8], _ value: Int64) {
+        put(name)
+        bytes.append(contentsOf: labels)
+        bytes.append(0x20)
+        if value < 0 { bytes.append(0x2D) }
+        writeDigits(value.magnitude)
+        bytes.append(0x0A)
+    }
+
+    public mutating func sample(_ name: String, rendered labels: [UInt8], _ value: UInt64) {
+        put(name)
+        bytes.append(contentsOf: labels)
+        bytes.append(0x20)
+        writeDigits(value)
+        bytes.append(0x0A)
+    }
+
+    public mutating func sample(_ name: String, rendered labels: [UInt8], _ value: Double) {
+        put(name)
+        bytes.append(contentsOf: labels)
+        bytes.append(0x20)
+        writeValue(value)
+        bytes.append(0x0A)
+    }
+
+    /// Decimal digits without a String in between (a scrape of a thousand
+    /// containers writes some ten thousand numbers).
+    private mutating func writeDigits(_ v: UInt64) {
+        if v < 10 {
+            bytes.append(0x30 + UInt8(v))
+            return
+        }
+        withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 20) { buf in
+            var n = v
+            var i = 20
+            while n > 0 {
+                i -= 1
+                buf[i] = 0x30 + UInt8(n % 10)
+                n /= 10
+            }
+            bytes.append(contentsOf: buf[i..<20])
+        }
+    }
+
     /// A histogram's series: cumulative buckets, +Inf, _sum, _count.
     public mutating func histogram(_ name: String, _ labels: KeyValuePairs<String, String> = [:], _ h: Histogram) {
         var cumulative: UInt64 = 0
