@@ -110,43 +110,60 @@ final class AgentMetrics {
         return t.bytes
     }
 
+    /// One container's figures, taken out of its sample once per scrape
+    /// (walking the samples themselves family after family would copy
+    /// each nested message nine times).
+    struct Row {
+        var labels: [UInt8]
+        var cpuNs: Int64?
+        var usage: Int64?
+        var workingSet: Int64?
+        var failcnt: Int64?
+        var ooms: UInt64
+        var processes: Int64?
+        var periods: Int64?
+        var throttled: Int64?
+        var throttledNs: Int64?
+    }
+
     /// The cAdvisor families, from each container's newest sample: the
     /// containers sorted once and their labels written once, then each
     /// family walks them.
     static func containers(_ t: inout MetricsText, _ stats: [String: ContainerStats], ooms: [String: UInt64]) {
-        let rows = stats.sorted { $0.key < $1.key }.map { c in
-            (labels: MetricsText.labels(["id": c.key, "name": c.key]), stats: c.value, ooms: ooms[c.key] ?? 0)
+        var rows: [Row] = []
+        rows.reserveCapacity(stats.count)
+        for (name, s) in stats {
+            let throttling = s.cpu?.throttlingData
+            rows.append(Row(labels: MetricsText.labels(["id": name, "name": name]),
+                            cpuNs: s.cpu?.usage?.total.map { Int64(clamping: $0) }, usage: s.memory?.usage,
+                            workingSet: s.memory?.workingSet, failcnt: s.memory?.failCount, ooms: ooms[name] ?? 0,
+                            processes: s.pids?.current, periods: throttling?.periods, throttled: throttling?.throttledPeriods,
+                            throttledNs: throttling?.throttledTime))
         }
-        func seconds(_ name: String, _ help: String, _ value: (ContainerStats) -> Int64?) {
+        // A stable order, by the label bytes (the escaped name).
+        rows.sort { $0.labels.lexicographicallyPrecedes($1.labels) }
+        func seconds(_ name: String, _ help: String, _ value: (Row) -> Int64?) {
             t.family(name, .counter, help)
             for r in rows {
-                if let v = value(r.stats) { t.sample(name, rendered: r.labels, Double(v) / 1e9) }
+                if let v = value(r) { t.sample(name, rendered: r.labels, Double(v) / 1e9) }
             }
         }
-        func integer(_ name: String, _ type: MetricType, _ help: String, _ value: (ContainerStats) -> Int64?) {
+        func integer(_ name: String, _ type: MetricType, _ help: String, _ value: (Row) -> Int64?) {
             t.family(name, type, help)
             for r in rows {
-                if let v = value(r.stats) { t.sample(name, rendered: r.labels, v) }
+                if let v = value(r) { t.sample(name, rendered: r.labels, v) }
             }
         }
-        seconds("container_cpu_usage_seconds_total", "Cumulative CPU time consumed, in seconds.") {
-            $0.cpu?.usage?.total.map { Int64(clamping: $0) }
-        }
-        integer("container_memory_usage_bytes", .gauge, "Current memory usage, in bytes (page cache included).") { $0.memory?.usage }
-        integer("container_memory_working_set_bytes", .gauge, "Current working set, in bytes (usage less inactive file pages).") {
-            $0.memory?.workingSet
-        }
-        integer("container_memory_failcnt", .counter, "Times memory usage hit the limit.") { $0.memory?.failCount }
+        seconds("container_cpu_usage_seconds_total", "Cumulative CPU time consumed, in seconds.") { $0.cpuNs }
+        integer("container_memory_usage_bytes", .gauge, "Current memory usage, in bytes (page cache included).") { $0.usage }
+        integer("container_memory_working_set_bytes", .gauge, "Current working set, in bytes (usage less inactive file pages).") { $0.workingSet }
+        integer("container_memory_failcnt", .counter, "Times memory usage hit the limit.") { $0.failcnt }
         t.family("container_oom_events_total", .counter, "OOM kills the agent saw in the container since it saw the container.")
         for r in rows { t.sample("container_oom_events_total", rendered: r.labels, r.ooms) }
-        integer("container_processes", .gauge, "Processes (tasks counted by pids.current) in the container.") { $0.pids?.current }
-        integer("container_cpu_cfs_periods_total", .counter, "Elapsed CFS enforcement periods.") { $0.cpu?.throttlingData?.periods }
-        integer("container_cpu_cfs_throttled_periods_total", .counter, "CFS periods in which the container was throttled.") {
-            $0.cpu?.throttlingData?.throttledPeriods
-        }
-        seconds("container_cpu_cfs_throttled_seconds_total", "Total time the container was throttled, in seconds.") {
-            $0.cpu?.throttlingData?.throttledTime
-        }
+        integer("container_processes", .gauge, "Processes (tasks counted by pids.current) in the container.") { $0.processes }
+        integer("container_cpu_cfs_periods_total", .counter, "Elapsed CFS enforcement periods.") { $0.periods }
+        integer("container_cpu_cfs_throttled_periods_total", .counter, "CFS periods in which the container was throttled.") { $0.throttled }
+        seconds("container_cpu_cfs_throttled_seconds_total", "Total time the container was throttled, in seconds.") { $0.throttledNs }
     }
 
     /// "CONTAINER_EVENT_OOM" -> "oom".
