@@ -134,7 +134,7 @@ let package = Package(
         // hosts. Loop and RPC as the agent's; never CL1 (it touches no cgroup).
         .target(
             name: "LmctfyController",
-            dependencies: ["LmctfyProto", "LmctfyRPC", "LmctfySystem", "LmctfyLoop", "LmctfyEvents",
+            dependencies: ["LmctfyProto", "LmctfyRPC", "LmctfySystem", "LmctfyLoop", "LmctfyEvents", "LmctfyHTTP",
                            .product(name: "Logging", package: "swift-log")]),
         .executableTarget(name: "lmctfy-controller", dependencies: ["LmctfyController"], linkerSettings: staticSwiftRuntime),
 
@@ -168,7 +168,7 @@ let package = Package(
                            "LmctfySystem", "LmctfyTestSupport", "LmctfyHTTP"]),
         .testTarget(
             name: "LmctfyControllerTests",
-            dependencies: ["LmctfyController", "LmctfyAgent", "LmctfyEvents", "LmctlCommands", "LmctfyCommands", "LmctfyRPC", "Lmctfy", "LmctfyProto",
+            dependencies: ["LmctfyController", "LmctfyAgent", "LmctfyEvents", "LmctlCommands", "LmctfyCommands", "LmctfyRPC", "Lmctfy", "LmctfyProto", "LmctfyHTTP",
                            "LmctfySystem", "LmctfyTestSupport"]),
         .testTarget(
             name: "LmctfyLoopTests",

@@ -4745,6 +4745,8 @@ public struct ControllerConfig: ProtoMessage {
     public var bootstrapTokenFile: String?
     /// Field 18 `enrolled_certificate_days`.
     public var enrolledCertificateDays: UInt32?
+    /// Field 19 `metrics`.
+    public var metrics: MetricsEndpointConfig?
 
     public init(
         unixSocketPath: String? = nil,
@@ -4764,7 +4766,8 @@ public struct ControllerConfig: ProtoMessage {
         signingCaCertificateFile: String? = nil,
         signingCaKeyFile: String? = nil,
         bootstrapTokenFile: String? = nil,
-        enrolledCertificateDays: UInt32? = nil
+        enrolledCertificateDays: UInt32? = nil,
+        metrics: MetricsEndpointConfig? = nil
     ) {
         self.unixSocketPath = unixSocketPath
         self.unixSocketMode = unixSocketMode
@@ -4784,6 +4787,7 @@ public struct ControllerConfig: ProtoMessage {
         self.signingCaKeyFile = signingCaKeyFile
         self.bootstrapTokenFile = bootstrapTokenFile
         self.enrolledCertificateDays = enrolledCertificateDays
+        self.metrics = metrics
     }
 
     public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.ControllerConfig")
@@ -4808,6 +4812,7 @@ public struct ControllerConfig: ProtoMessage {
         self.signingCaKeyFile = message.get(16)
         self.bootstrapTokenFile = message.get(17)
         self.enrolledCertificateDays = message.get(18)
+        self.metrics = message.get(19)
     }
 
     public var dynamic: DynamicMessage {
@@ -4830,6 +4835,7 @@ public struct ControllerConfig: ProtoMessage {
         message.set(16, signingCaKeyFile)
         message.set(17, bootstrapTokenFile)
         message.set(18, enrolledCertificateDays)
+        message.set(19, metrics)
         return message
     }
 
@@ -4853,6 +4859,7 @@ public struct ControllerConfig: ProtoMessage {
         self.signingCaKeyFile = CBridge.value(c, f[15])
         self.bootstrapTokenFile = CBridge.value(c, f[16])
         self.enrolledCertificateDays = CBridge.value(c, f[17])
+        self.metrics = CBridge.message(c, f[18])
     }
 
     public func makeC() -> UnsafeMutableRawPointer {
@@ -4876,6 +4883,7 @@ public struct ControllerConfig: ProtoMessage {
         CBridge.set(c, f[15], signingCaKeyFile)
         CBridge.set(c, f[16], bootstrapTokenFile)
         CBridge.set(c, f[17], enrolledCertificateDays)
+        CBridge.setMessage(c, f[18], metrics)
         return c
     }
 }
