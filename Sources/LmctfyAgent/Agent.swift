@@ -307,6 +307,8 @@ public final class Agent: @unchecked Sendable {
             // processes of an earlier agent) once nothing can fail any more.
             dispatcher.snapshots?.start()
         case .failure(let error):
+            // The metrics endpoint is bound first: a later failure closes it.
+            _ = try? loop.runAndWait { self.metricsServer?.stop() }
             _ = loop.shutdown()
             throw error
         }

@@ -264,6 +264,22 @@ struct MetricsEndpointTests {
         }
     }
 
+    @Test func aStartThatFailsLaterReleasesTheMetricsPort() throws {
+        try withAgent(Self.config) { _, socket in
+            // A second agent on the same (live) RPC socket fails to start,
+            // after binding its metrics port: the port must be free again.
+            let dir = "/tmp/lmctfy-metrics-test-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+            try Sys.mkdir(dir, mode: 0o755)
+            defer { _ = removeTree(dir) }
+            let probe = try withAgent("metrics { address: \"127.0.0.1:0\" }") { a, _ in try #require(a.metricsPort) }
+            let settings = try AgentSettings.parse("unix_socket_path: \"\(socket)\" state_dir: \"\(dir)/state\" stats_interval_ms: 0 log_level: LOG_ERROR metrics { address: \"127.0.0.1:\(probe)\" }", source: "test")
+            let second = Agent(settings: settings, api: try ContainerApi.detect())
+            #expect(throws: LmctfyError.self) { try second.start(handleSignals: false) }
+            let third = try withAgent("metrics { address: \"127.0.0.1:\(probe)\" }") { a, _ in a.metricsPort }
+            #expect(third == probe, "the failed agent left the metrics port bound")
+        }
+    }
+
     /// A real Prometheus (Debian's) scraping the agent every second: its
     /// API reports the target up and has the container's series.
     @Test(.enabled(if: access("/usr/bin/prometheus", X_OK) == 0, "prometheus is not installed (Debian package prometheus, in tools/deps.sh)"))
