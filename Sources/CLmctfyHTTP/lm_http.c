@@ -21,17 +21,29 @@ struct lm_http_server {
     void *context;
 };
 
-// Every request is answered on its first call: MHD has read the request
-// line and the headers by then. A request with a body (a POST) is answered
-// before the body is read; MHD then closes the connection rather than read
-// it. Nothing a client sends is kept.
+// MHD calls this first once the request line and headers are in, then
+// once per piece of body, then once more. GET and HEAD are answered on the
+// second call (a response queued on the first counts as "early" and MHD
+// then closes the connection, which would cost a scraper a TCP handshake
+// per scrape); any other method is answered on the first, before its body
+// is read, and MHD closes that connection rather than read it. Nothing a
+// client sends is kept.
+static int lm_http_seen;
 static enum MHD_Result lm_http_access(void *cls, struct MHD_Connection *connection, const char *url,
                                       const char *method, const char *version, const char *upload_data,
                                       size_t *upload_data_size, void **request_state) {
     (void)version;
     (void)upload_data;
-    (void)upload_data_size;
-    (void)request_state;
+    int quiet = strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0;
+    if (*request_state == NULL && quiet) {
+        *request_state = &lm_http_seen;
+        return MHD_YES;
+    }
+    if (*upload_data_size != 0) {
+        // A GET with a body: dropped, answered at the end.
+        *upload_data_size = 0;
+        return MHD_YES;
+    }
     struct lm_http_server *server = cls;
     lm_http_reply reply = {500, "text/plain; charset=utf-8", NULL, 0};
     server->handler(server->context, method, url, &reply);

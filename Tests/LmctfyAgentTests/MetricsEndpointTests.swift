@@ -213,6 +213,14 @@ struct MetricsEndpointTests {
             a.sin_addr.s_addr = UInt32(0x7F00_0001).bigEndian
             _ = withUnsafePointer(to: &a) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(idle, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
             defer { close(idle) }
+            // Keep-alive: two requests on one connection (as Prometheus
+            // reuses its connection), a GET's stray body ignored.
+            let two = try httpExchange(port: port, Array(("GET /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello" +
+                                                          "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").utf8))
+            #expect(two.status == 200)
+            #expect(!two.headers.contains("Connection: close"), "the first answer must keep the connection: \(two.headers)")
+            #expect(String(decoding: two.body, as: UTF8.self).components(separatedBy: "HTTP/1.1 200 OK").count == 2,
+                    "a second answer on the same connection")
             // Still serving, and the RPC side is unharmed.
             let ok = try get("/metrics", port: port)
             #expect(ok.status == 200)

@@ -81,9 +81,13 @@ static char *render(size_t *length) {
     return o.p;
 }
 
+static int seen;
 static enum MHD_Result answer(void *cls, struct MHD_Connection *c, const char *url, const char *method,
                               const char *version, const char *data, size_t *size, void **state) {
-    (void)cls; (void)version; (void)data; (void)size; (void)state;
+    (void)cls; (void)version; (void)data;
+    // As the agent does: answered on the second call, so keep-alive holds.
+    if (*state == NULL) { *state = &seen; return MHD_YES; }
+    if (*size) { *size = 0; return MHD_YES; }
     if (strcmp(method, "GET") != 0 || strcmp(url, "/metrics") != 0) {
         struct MHD_Response *r = MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
         enum MHD_Result q = MHD_queue_response(c, 404, r);
