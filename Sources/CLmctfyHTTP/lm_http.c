@@ -156,7 +156,7 @@ int lm_http_listen_tcp(const char *host, uint16_t port, uint16_t *bound, const c
     return fd;
 }
 
-int lm_http_listen_unix(const char *path, unsigned mode, const char **step) {
+int lm_http_listen_unix(const char *path, unsigned mode, unsigned gid, const char **step) {
     struct sockaddr_un addr;
     memset(&addr, 0, sizeof addr);
     addr.sun_family = AF_UNIX;
@@ -168,6 +168,11 @@ int lm_http_listen_unix(const char *path, unsigned mode, const char **step) {
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) return lm_http_fail(fd, "socket", step);
     if (bind(fd, (struct sockaddr *)&addr, sizeof addr) < 0) return lm_http_fail(fd, "bind", step);
+    if (gid != (unsigned)-1 && chown(path, (uid_t)-1, (gid_t)gid) < 0) {
+        int r = lm_http_fail(fd, "chown", step);
+        unlink(path);
+        return r;
+    }
     if (chmod(path, mode) < 0) {
         int r = lm_http_fail(fd, "chmod", step);
         unlink(path);

@@ -175,12 +175,12 @@ final class AgentMetrics {
 extension AgentSettings {
     /// metrics { address unix_socket_mode allow_non_loopback }: nil when
     /// there is no block or no address.
-    static func metricsAddress(_ m: MetricsEndpointConfig?, source: String) throws(LmctfyError) -> HttpAddress? {
+    static func metricsAddress(_ m: MetricsEndpointConfig?, group: gid_t?, source: String) throws(LmctfyError) -> HttpAddress? {
         guard let m else { return nil }
         guard let address = m.address else {
             throw .invalidArgument("\(source): metrics needs an address (\"127.0.0.1:9102\" or \"unix:/path\")")
         }
-        return try HttpAddress.parse(address, unixMode: mode_t(m.unixSocketMode ?? 0o660),
+        return try HttpAddress.parse(address, unixMode: mode_t(m.unixSocketMode ?? 0o660), unixGroup: group,
                                      allowNonLoopback: m.allowNonLoopback == true, what: "\(source): metrics address")
     }
 }

@@ -232,7 +232,7 @@ public struct AgentSettings: Sendable {
             throw .invalidArgument("\(source): stats_interval_ms must be 0 (off) or at least 100, not \(statsIntervalMs)")
         }
         subscriberBuffer = Int(max(1, c.subscriberBuffer ?? 1024))
-        metrics = try Self.metricsAddress(c.metrics, source: source)
+        metrics = try Self.metricsAddress(c.metrics, group: allowedGid, source: source)
         for binding in c.role where binding.role == nil || binding.role == .agentRoleUnspecified {
             throw .invalidArgument("\(source): every role binding needs role: AGENT_ROLE_ADMIN or AGENT_ROLE_READER")
         }

@@ -107,7 +107,7 @@ public struct ControllerSettings: Sendable {
             guard let address = m.address else {
                 throw .invalidArgument("\(source): metrics needs an address (\"127.0.0.1:9103\" or \"unix:/path\")")
             }
-            metrics = try HttpAddress.parse(address, unixMode: mode_t(m.unixSocketMode ?? 0o660),
+            metrics = try HttpAddress.parse(address, unixMode: mode_t(m.unixSocketMode ?? 0o660), unixGroup: allowedGid,
                                             allowNonLoopback: m.allowNonLoopback == true, what: "\(source): metrics address")
         }
         guard stateDir.hasPrefix("/") else { throw .invalidArgument("\(source): state_dir \"\(stateDir)\" must be absolute") }

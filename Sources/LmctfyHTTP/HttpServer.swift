@@ -30,12 +30,13 @@ public struct HttpReply: Sendable {
 /// Where an HTTP server listens.
 public enum HttpAddress: Sendable, Equatable, CustomStringConvertible {
     case tcp(host: String, port: UInt16)
-    case unix(path: String, mode: mode_t)
+    /// `group`: the socket file's group (nil: the process's).
+    case unix(path: String, mode: mode_t, group: gid_t? = nil)
 
     public var description: String {
         switch self {
         case .tcp(let host, let port): host.contains(":") ? "tcp:[\(host)]:\(port)" : "tcp:\(host):\(port)"
-        case .unix(let path, _): "unix:\(path)"
+        case .unix(let path, _, _): "unix:\(path)"
         }
     }
 }
@@ -75,9 +76,9 @@ public final class HttpServer: @unchecked Sendable {
             fd = lm_http_listen_tcp(host, port, &bound, &step)
             self.port = bound
             self.unixPath = nil
-        case .unix(let path, let mode):
+        case .unix(let path, let mode, let group):
             try Self.removeStaleSocket(path)
-            fd = lm_http_listen_unix(path, UInt32(mode), &step)
+            fd = lm_http_listen_unix(path, UInt32(mode), group ?? UInt32.max, &step)
             self.port = nil
             self.unixPath = path
         }
@@ -197,7 +198,7 @@ extension HttpAddress {
     /// loopback (127.0.0.0/8, ::1) is refused unless `allowNonLoopback`:
     /// the endpoint has neither authentication nor TLS of its own.
     /// `what` names the setting in errors.
-    public static func parse(_ text: String, unixMode: mode_t, allowNonLoopback: Bool,
+    public static func parse(_ text: String, unixMode: mode_t, unixGroup: gid_t? = nil, allowNonLoopback: Bool,
                              what: String) throws(LmctfyError) -> HttpAddress {
         if text.hasPrefix("unix:") {
             let path = String(text.dropFirst(5))
@@ -205,7 +206,7 @@ extension HttpAddress {
                 throw .invalidArgument("\(what): a Unix socket path must be absolute and under 108 bytes, not \"\(path)\"")
             }
             guard unixMode <= 0o777 else { throw .invalidArgument("\(what): \(String(unixMode, radix: 8)) is not a file mode") }
-            return .unix(path: path, mode: unixMode)
+            return .unix(path: path, mode: unixMode, group: unixGroup)
         }
         guard let colon = text.lastIndex(of: ":"), let port = UInt16(text[text.index(after: colon)...]) else {
             throw .invalidArgument("\(what) must be host:port or unix:/path, not \"\(text)\"")

@@ -237,12 +237,15 @@ struct MetricsEndpointTests {
         try Sys.mkdir(dir, mode: 0o755)
         defer { _ = removeTree(dir) }
         let path = dir + "/metrics.sock"
-        try withAgent("stats_interval_ms: 200 metrics { address: \"unix:\(path)\" unix_socket_mode: 0600 }") { agent, _ in
+        // The group of allowed_group, as the RPC socket's.
+        let group = try #require(getgrnam("daemon"), "the test needs the group daemon").pointee.gr_gid
+        try withAgent("allowed_group: \"daemon\" stats_interval_ms: 200 metrics { address: \"unix:\(path)\" unix_socket_mode: 0640 }") { agent, _ in
             #expect(agent.metricsPort == nil)
             var st = stat()
             #expect(lstat(path, &st) == 0)
             #expect(st.st_mode & S_IFMT == S_IFSOCK)
-            #expect(st.st_mode & 0o777 == 0o600)
+            #expect(st.st_mode & 0o777 == 0o640)
+            #expect(st.st_gid == group)
             let r = try get("/metrics", unixPath: path)
             #expect(r.status == 200)
             #expect(String(decoding: r.body, as: UTF8.self).contains("lmctfy_agent_info{"))

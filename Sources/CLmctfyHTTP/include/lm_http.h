@@ -54,10 +54,11 @@ void lm_http_stop(lm_http_server *server);
 /// and `port` (0: any free one, reported in *bound). Returns the fd, or
 /// -errno with *step naming the call that failed.
 int lm_http_listen_tcp(const char *host, uint16_t port, uint16_t *bound, const char **step);
-/// A listening, non-blocking Unix socket bound at `path`, given `mode`
-/// before listen() (so that nobody connects under the umask's mode).
-/// Returns the fd, or -errno with *step naming the failed call.
-int lm_http_listen_unix(const char *path, unsigned mode, const char **step);
+/// A listening, non-blocking Unix socket bound at `path`, given group `gid`
+/// (unless it is (unsigned)-1) and `mode` before listen() (so that nobody
+/// connects under the umask's mode or the wrong group). Returns the fd, or
+/// -errno with *step naming the failed call.
+int lm_http_listen_unix(const char *path, unsigned mode, unsigned gid, const char **step);
 
 #ifdef __cplusplus
 }
