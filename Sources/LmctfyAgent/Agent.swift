@@ -67,7 +67,7 @@ extension ConnState: InlineResponder {
         guard let metrics else { return PingWire.answer(request, to: &response) }
         let start = MonotonicClock.microseconds()
         let answered = PingWire.answer(request, to: &response)
-        if answered { metrics.callAnswered(method: "Ping", .ok, seconds: (MonotonicClock.microseconds() - start) / 1e6) }
+        if answered { metrics.inlinePing(seconds: (MonotonicClock.microseconds() - start) / 1e6) }
         return answered
     }
 }

@@ -41,11 +41,14 @@ final class AgentMetrics {
             .observe((MonotonicClock.microseconds() - p.start) / 1e6)
     }
 
-    /// A call answered in one go (a ping answered inline by the session).
-    func callAnswered(method: String, _ code: StatusCode, seconds: Double) {
-        calls[method, default: [:]][code, default: 0] += 1
-        latency[method, default: Histogram(bounds: Histogram.latencyBounds)].observe(seconds)
+    /// A ping answered inline by the session (the RPC hot path: two plain
+    /// fields, merged into the Ping series when rendered).
+    func inlinePing(seconds: Double) {
+        inlinePings &+= 1
+        inlinePingLatency.observe(seconds)
     }
+    private var inlinePings: UInt64 = 0
+    private var inlinePingLatency = Histogram(bounds: Histogram.latencyBounds)
 
     /// A connection went: its calls still open end CANCELLED.
     func connectionClosed(conn: Int) {
@@ -75,6 +78,12 @@ final class AgentMetrics {
         }
         t.family("lmctfy_agent_connections_refused_total", .counter, "RPC connections refused (too many, or the agent stopping).")
         t.sample("lmctfy_agent_connections_refused_total", refused)
+        var calls = self.calls
+        var latency = self.latency
+        if inlinePings > 0 {
+            calls["Ping", default: [:]][.ok, default: 0] += inlinePings
+            latency["Ping", default: Histogram(bounds: Histogram.latencyBounds)].merge(inlinePingLatency)
+        }
         t.family("lmctfy_agent_calls_total", .counter, "RPC calls ended, by method and status code.")
         for method in calls.keys.sorted() {
             for (code, n) in calls[method]!.sorted(by: { $0.key.rawValue < $1.key.rawValue }) {

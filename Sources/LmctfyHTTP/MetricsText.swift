@@ -34,6 +34,14 @@ public struct Histogram: Sendable, Equatable {
         count &+= 1
     }
 
+    /// Adds `other`'s observations (same bounds).
+    public mutating func merge(_ other: Histogram) {
+        precondition(bounds == other.bounds, "merging histograms of different bounds")
+        for i in counts.indices { counts[i] &+= other.counts[i] }
+        sum += other.sum
+        count &+= other.count
+    }
+
     /// Latencies from 100 µs to 10 s.
     public static let latencyBounds: [Double] = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
                                                  0.1, 0.25, 0.5, 1, 2.5, 5, 10]

@@ -54,6 +54,16 @@ func promtoolCheck(_ text: [UInt8]) throws -> (status: Int32, output: String) {
         ])
     }
 
+    @Test func histogramsMerge() {
+        var a = Histogram(bounds: [1, 2])
+        var b = Histogram(bounds: [1, 2])
+        a.observe(0.5)
+        b.observe(1.5)
+        b.observe(9)
+        a.merge(b)
+        #expect(a.counts == [1, 1, 1] && a.count == 3 && a.sum == 11)
+    }
+
     @Test func valuesAreWrittenSoThatGoParsesThem() {
         var t = MetricsText()
         t.sample("a", Double.infinity)
