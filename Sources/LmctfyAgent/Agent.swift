@@ -205,6 +205,9 @@ public final class Agent: @unchecked Sendable {
         if settings.plaintextTcp, let address = settings.config.controllerAddress {
             warnings.append("PLAINTEXT TCP: the link to the controller \(address) has no TLS (allow_plaintext_tcp); its frames are neither encrypted nor integrity-protected")
         }
+        if let m = settings.metrics, !m.isLocal {
+            warnings.append("METRICS EXPOSED: the metrics endpoint \(m) is not loopback (allow_non_loopback); anyone who can reach it reads every container's figures, unauthenticated and in the clear")
+        }
         self.dispatcher = Dispatcher(backend: backend, cgroupVersion: api.version.number,
                                      events: events, agentVersion: LmctfyVersion.string, journal: journal,
                                      testHold: TestHold.fromEnvironment(marker: settings.stateDir + "/test-hold"),
@@ -315,6 +318,10 @@ public final class Agent: @unchecked Sendable {
         log.info("lmctfy-agent \(LmctfyVersion.string) listening on unix:\(settings.unixSocketPath)\(tcpPort.map { " and tcp port \($0)\(settings.tlsServer != nil ? " (TLS 1.3)" : "")" } ?? "") (boot id \(dispatcher.events.bootId))")
         if settings.plaintextTcp {
             log.warning("PLAINTEXT TCP (allow_plaintext_tcp): frames on TCP are neither encrypted nor integrity-protected; configure tls")
+        }
+        if let m = settings.metrics {
+            log.info("metrics on \(m)\(metricsPort.map { " (port \($0))" } ?? "")")
+            if !m.isLocal { log.warning("METRICS EXPOSED (allow_non_loopback): \(m) serves every container's figures to anyone who can reach it") }
         }
     }
 

@@ -254,6 +254,23 @@ struct MetricsEndpointTests {
         #expect(lstat(path, &st) != 0, "the socket file is removed when the agent stops")
     }
 
+    @Test func anExposedEndpointIsAWarningInMachineInfo() throws {
+        try withAgent("metrics { address: \"0.0.0.0:0\" allow_non_loopback: true }") { agent, socket in
+            let port = try #require(agent.metricsPort)
+            #expect(try get("/metrics", port: port).status == 200)
+            let client = try RpcClient.connect(unixPath: socket)
+            defer { client.close() }
+            let info = try client.call(AgentMethods.machineInfo, MachineInfoRequest())
+            #expect(info.warnings.contains { $0.hasPrefix("METRICS EXPOSED") }, "\(info.warnings)")
+        }
+        try withAgent("metrics { address: \"127.0.0.1:0\" }") { _, socket in
+            let client = try RpcClient.connect(unixPath: socket)
+            defer { client.close() }
+            let info = try client.call(AgentMethods.machineInfo, MachineInfoRequest())
+            #expect(!info.warnings.contains { $0.hasPrefix("METRICS EXPOSED") })
+        }
+    }
+
     @Test func withoutTheBlockThereIsNoEndpoint() throws {
         try withAgent("stats_interval_ms: 200") { agent, _ in
             #expect(agent.settings.metrics == nil)
