@@ -4,10 +4,11 @@
 import Glibc
 import LmctfySystem
 
-/// One HTTP exchange on a fresh connection: sends `request` as is, reads
-/// until the server closes (or 5 s pass). nil status when the server closed
+/// One HTTP exchange on a fresh connection: sends `request` as is (then,
+/// with `halfClose`, shuts the sending side), reads until the server closes
+/// (or 5 s pass). nil status when the server closed
 /// without an answer.
-public func httpExchange(port: UInt16? = nil, unixPath: String? = nil, _ request: [UInt8]) throws -> (status: Int?, headers: String, body: [UInt8]) {
+public func httpExchange(port: UInt16? = nil, unixPath: String? = nil, _ request: [UInt8], halfClose: Bool = false) throws -> (status: Int?, headers: String, body: [UInt8]) {
     let fd: Int32
     if let unixPath {
         fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
@@ -32,6 +33,8 @@ public func httpExchange(port: UInt16? = nil, unixPath: String? = nil, _ request
         if n <= 0 { break }  // the server may answer and close before reading it all
         sent += n
     }
+    // The request is all there is: the server sees EOF after it.
+    if halfClose { shutdown(fd, Int32(SHUT_WR)) }
     var got: [UInt8] = []
     var buffer = [UInt8](repeating: 0, count: 65536)
     while true {
