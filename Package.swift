@@ -64,6 +64,12 @@ let package = Package(
         // CLmctfyShims so that importing CL1 does not expose libuv.
         .target(name: "CLmctfyUV", dependencies: ["CLibUV"]),
 
+        // libmicrohttpd (Debian libmicrohttpd-dev) behind plain C calls, and
+        // the HTTP server on the loop plus Prometheus's text format over it:
+        // the agent's and the controller's metrics endpoints.
+        .target(name: "CLmctfyHTTP", linkerSettings: [.linkedLibrary("microhttpd")]),
+        .target(name: "LmctfyHTTP", dependencies: ["CLmctfyHTTP", "LmctfyLoop", "LmctfySystem"]),
+
         // Swift value types for every message, binary/text/JSON codecs.
         .target(
             name: "LmctfyProto",
@@ -138,13 +144,13 @@ let package = Package(
         .target(
             name: "LmctfyAgent",
             dependencies: ["Lmctfy", "LmctfyBackend", "LmctfyPolicy", "LmctfyImages", "LmctfyProto", "LmctfyRPC", "LmctfySystem", "LmctfyLoop", "LmctfyEvents",
-                           .product(name: "Logging", package: "swift-log")]),
+                           "LmctfyHTTP", .product(name: "Logging", package: "swift-log")]),
         .executableTarget(name: "lmctfy-agent", dependencies: ["LmctfyAgent"], linkerSettings: staticSwiftRuntime),
         // The controller: agents dial home to it; it routes clients' calls to
         // hosts. Loop and RPC as the agent's; never CL1 (it touches no cgroup).
         .target(
             name: "LmctfyController",
-            dependencies: ["LmctfyProto", "LmctfyRPC", "LmctfySystem", "LmctfyLoop", "LmctfyEvents",
+            dependencies: ["LmctfyProto", "LmctfyRPC", "LmctfySystem", "LmctfyLoop", "LmctfyEvents", "LmctfyHTTP",
                            .product(name: "Logging", package: "swift-log")]),
         .executableTarget(name: "lmctfy-controller", dependencies: ["LmctfyController"], linkerSettings: staticSwiftRuntime),
 
@@ -176,11 +182,11 @@ let package = Package(
         .testTarget(
             name: "LmctfyAgentTests",
             dependencies: ["LmctfyAgent", "LmctfyEvents", "LmctfyImages", "LmctlCommands", "LmctfyCommands", "LmctfyRPC", "Lmctfy", "LmctfyProto",
-                           "LmctfySystem", "LmctfyTestSupport", "LmctfyPolicy"]),
+                           "LmctfySystem", "LmctfyTestSupport", "LmctfyPolicy", "LmctfyHTTP"]),
         .testTarget(
             name: "LmctfyControllerTests",
             dependencies: ["LmctfyController", "LmctfyAgent", "LmctfyEvents", "LmctlCommands", "LmctfyCommands", "LmctfyRPC", "Lmctfy", "LmctfyProto",
-                           "LmctfySystem", "LmctfyTestSupport", "LmctfyPolicy"]),
+                           "LmctfySystem", "LmctfyTestSupport", "LmctfyPolicy", "LmctfyHTTP"]),
         .testTarget(
             name: "LmctfyPolicyTests",
             dependencies: ["LmctfyPolicy", "LmctfyProto", "LmctfySystem"]),

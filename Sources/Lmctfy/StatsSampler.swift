@@ -2,7 +2,8 @@
 // agent's STATS events, issue #11): each file is opened once and read with
 // pread from offset 0 on every sweep (a cgroup file gives its value at the
 // time of the read), parsed without building strings. Per container: CPU
-// time used, memory in use and the working set, the process count.
+// time used, memory in use and the working set, the process count, how
+// often the memory limit was hit, CFS throttling.
 import Glibc
 import LmctfyProto
 import LmctfySystem
@@ -14,9 +15,11 @@ public final class StatsSampler {
         var memory: Int32 = -1
         var memoryStat: Int32 = -1
         var pids: Int32 = -1
+        var failcnt: Int32 = -1
+        var cpuStat: Int32 = -1
         var files: SampleFiles
 
-        var fds: [Int32] { [cpu, memory, memoryStat, pids].filter { $0 >= 0 } }
+        var fds: [Int32] { [cpu, memory, memoryStat, pids, failcnt, cpuStat].filter { $0 >= 0 } }
     }
 
     private let api: ContainerApi
@@ -54,12 +57,22 @@ public final class StatsSampler {
                 if o.memoryStat >= 0, let inactive = value(o.memoryStat, key: o.files.inactiveFileKey) {
                     m.workingSet = max(0, usage - inactive)
                 }
+                if o.failcnt >= 0 {
+                    let f = o.files.memoryFailcntKey.map { key in value(o.failcnt, key: key) } ?? value(o.failcnt)
+                    if let f { m.failCount = f }
+                }
                 stats.memory = m
             } else {
                 ok = false
             }
         }
         if o.pids >= 0, let current = value(o.pids) { stats.pids = PidsStats(current: current) }
+        if o.cpuStat >= 0, let n = read(o.cpuStat), let periods = find(key: "nr_periods", n),
+           let throttled = find(key: "nr_throttled", n) {
+            let time = find(key: o.files.throttledTimeKey, n).map { $0 * o.files.throttledTimeScale }
+            if stats.cpu == nil { stats.cpu = CpuStats() }
+            stats.cpu?.throttlingData = ThrottlingData(periods: periods, throttledPeriods: throttled, throttledTime: time)
+        }
         guard ok else {
             // A read failed: the container went (ENODEV) or is going.
             forget(name)
@@ -90,6 +103,8 @@ public final class StatsSampler {
         o.memory = fd(files.memoryUsage)
         o.memoryStat = fd(files.memoryStat)
         o.pids = fd(files.pids)
+        o.failcnt = fd(files.memoryFailcnt)
+        o.cpuStat = fd(files.cpuStat)
         open[name] = o
         return o
     }
@@ -102,7 +117,18 @@ public final class StatsSampler {
 
     /// The number after `key ` at the start of a line of a flat-keyed file.
     private func value(_ fd: Int32, key: String) -> Int64? {
+        guard let n = read(fd) else { return nil }
+        return find(key: key, n)
+    }
+
+    /// The file's bytes in `buffer` (their count), nil when unreadable.
+    private func read(_ fd: Int32) -> Int? {
         guard let n = try? Sys.preadStart(fd, into: buffer), n > 0 else { return nil }
+        return n
+    }
+
+    /// In the first `n` bytes of `buffer`: the number after `key `.
+    private func find(key: String, _ n: Int) -> Int64? {
         var k = Array(key.utf8)
         k.append(0x20)
         var line = 0

@@ -9,6 +9,7 @@ import Logging
 import Synchronization
 import LmctfyEvents
 import LmctfyPolicy
+import LmctfyHTTP
 import LmctfyProto
 import LmctfyRPC
 import LmctfySystem
@@ -42,6 +43,8 @@ final class ConnState {
     var readAny = false
     /// When the connection began: the hello timeout counts from here.
     let startedAt: UInt64
+    /// Where pings answered inline are counted (the agent's metrics).
+    var metrics: AgentMetrics?
 
     init(id: Int, conn: Connection, session: Session, startedAt: UInt64 = MonotonicClock.milliseconds()) {
         self.id = id
@@ -62,7 +65,11 @@ extension ConnState: InlineResponder {
     func answerInline(method: UnsafeRawBufferPointer, request: UnsafeRawBufferPointer,
                       response: inout [UInt8]) -> Bool {
         guard method.elementsEqual(Self.ping), Self.pingRole.allows(role) else { return false }
-        return PingWire.answer(request, to: &response)
+        guard let metrics else { return PingWire.answer(request, to: &response) }
+        let start = MonotonicClock.microseconds()
+        let answered = PingWire.answer(request, to: &response)
+        if answered { metrics.inlinePing(seconds: (MonotonicClock.microseconds() - start) / 1e6) }
+        return answered
     }
 }
 
@@ -116,6 +123,11 @@ public final class Agent: @unchecked Sendable {
     /// Eviction under memory pressure (policy.evict_above_percent; a
     /// thread of its own). Set once by `start`.
     private(set) var evictor: PolicyEvictor?
+    /// The Prometheus endpoint (metrics { address }) and its figures.
+    private var metricsServer: HttpServer?
+    let metrics = AgentMetrics()
+    /// The metrics endpoint's TCP port (a port of 0 picks one); nil: none or Unix.
+    public private(set) var metricsPort: UInt16?
     /// How often expired request journal entries are removed.
     static let sweepIntervalMs = 60_000
     private var signals: [SignalWatcher] = []
@@ -204,6 +216,9 @@ public final class Agent: @unchecked Sendable {
             policy: settings.policy, backend: backend,
             host: Amount(memory: Int64(clamping: machine.memoryBytes ?? 0), milliCpu: Int64(machine.cpus ?? 0) * 1000),
             machineRoot: scope.isMachine)
+        if let m = settings.metrics, !m.isLocal {
+            warnings.append("METRICS EXPOSED: the metrics endpoint \(m) is not loopback (allow_non_loopback); anyone who can reach it reads every container's figures, unauthenticated and in the clear")
+        }
         self.dispatcher = Dispatcher(backend: backend, cgroupVersion: api.version.number,
                                      events: events, agentVersion: LmctfyVersion.string, journal: journal,
                                      testHold: TestHold.fromEnvironment(marker: settings.stateDir + "/test-hold"),
@@ -322,6 +337,8 @@ public final class Agent: @unchecked Sendable {
                 evictor = e
             }
         case .failure(let error):
+            // The metrics endpoint is bound first: a later failure closes it.
+            _ = try? loop.runAndWait { self.metricsServer?.stop() }
             _ = loop.shutdown()
             throw error
         }
@@ -329,9 +346,20 @@ public final class Agent: @unchecked Sendable {
         if settings.plaintextTcp {
             log.warning("PLAINTEXT TCP (allow_plaintext_tcp): frames on TCP are neither encrypted nor integrity-protected; configure tls")
         }
+        if let m = settings.metrics {
+            log.info("metrics on \(m)\(metricsPort.map { " (port \($0))" } ?? "")")
+            if !m.isLocal { log.warning("METRICS EXPOSED (allow_non_loopback): \(m) serves every container's figures to anyone who can reach it") }
+        }
     }
 
     private func startListeners(handleSignals: Bool) throws(LmctfyError) -> UInt16? {
+        // First: a bad metrics address fails the start before anything runs.
+        if let address = settings.metrics {
+            metricsServer = try HttpServer(on: loop, address: address) { [unowned self] method, path in
+                self.answerMetrics(method, path)
+            }
+            metricsPort = metricsServer?.port
+        }
         if settings.watchContainers {
             let w = try MachineWatcher(loop: loop, api: api, scope: scope, inventory: dispatcher.inventory, events: dispatcher.events)
             try w.start()
@@ -421,6 +449,7 @@ public final class Agent: @unchecked Sendable {
             // PROTOCOL.md section 7: a goaway saying why, then the close. It
             // is written before the peer's hello is read, so it needs no session.
             let why = stopping ? "lmctfy-agent is shutting down" : "too many connections"
+            metrics.connectionRefused()
             log.warning("refusing a connection: \(why)")
             // (A TLS port gets no plaintext goaway: its peer could not read it.)
             if !(tcp && settings.tlsServer != nil) {
@@ -452,9 +481,11 @@ public final class Agent: @unchecked Sendable {
         let now = MonotonicClock.milliseconds()
         let id = nextConnId
         nextConnId += 1
+        metrics.connectionAccepted(transport: tcp ? "tcp" : "unix")
         let state = ConnState(id: id, conn: c, session: Session(acceptor: auth, name: "lmctfy-agent", limits: settings.limits, now: now),
                               startedAt: now)
         state.tls = tls
+        state.metrics = metrics
         state.awaitingCertificate = tls != nil && tlsServer?.requirePeerCertificate == true
         conns[id] = state
         c.onRead = { [unowned self] _, bytes in
@@ -564,6 +595,7 @@ public final class Agent: @unchecked Sendable {
             case .deliverRequest(let streamId, let method, let payload, _, _):
                 startCall(s, streamId: streamId, method: method, payload: payload)
             case .cancelled(let streamId, _):
+                metrics.callEnded(conn: s.id, stream: streamId, .cancelled)
                 s.calls.removeValue(forKey: streamId)?.cancel()
             case .credit(let streamId, let credit):
                 hub.grant(EventHub.Key(conn: s.id, stream: streamId), credit, deliver: deliver, lagged: lagged)
@@ -645,6 +677,7 @@ public final class Agent: @unchecked Sendable {
 
     private func drop(_ s: ConnState) {
         guard conns.removeValue(forKey: s.id) != nil else { return }
+        metrics.connectionClosed(conn: s.id)
         if s.id == home.connId { homeLinkLost() }
         // Unsent bytes come back through their write completions; the pool
         // calls' work may outlive the connection, so their share goes now.
@@ -942,6 +975,7 @@ public final class Agent: @unchecked Sendable {
         let dispatcher = self.dispatcher
         let route = Dispatcher.route(method)
         let scheduling = Self.scheduling(of: route)
+        metrics.callStarted(conn: s.id, stream: streamId, method: route == nil ? "unknown" : method)
         if scheduling == .hub {
             subscribe(s, streamId: streamId, route: route, payload: payload)
             return
@@ -1034,7 +1068,9 @@ public final class Agent: @unchecked Sendable {
             publishEvents()
             first = try hub.subscribe(key, r, filter: filter, credit: r.credit.map { Int($0) })
         } catch {
-            perform(s, s.session.sendStatus(streamId: streamId, Dispatcher.status(of: error, method: "Subscribe"), now: now))
+            let status = Dispatcher.status(of: error, method: "Subscribe")
+            metrics.callEnded(conn: s.id, stream: streamId, status.code)
+            perform(s, s.session.sendStatus(streamId: streamId, status, now: now))
             return
         }
         let context = CallContext()
@@ -1079,12 +1115,23 @@ public final class Agent: @unchecked Sendable {
     /// where to resume (the subscriber is already out of the hub).
     private func endLagged(_ s: ConnState, _ streamId: UInt32, after: UInt64, boot: String, now: UInt64) {
         s.calls[streamId] = nil
+        metrics.streamLagged()
+        metrics.callEnded(conn: s.id, stream: streamId, .resourceExhausted)
         perform(s, s.session.sendStatus(streamId: streamId, CallStatus(
             .resourceExhausted, "lagged, resume after \(after) (boot \(boot))"), now: now))
     }
 
     /// How many kernel watches Notify calls share now (for tests).
     public var notifyWatchCount: Int { dispatcher.notifyWatches.count }
+
+    /// The metrics endpoint's answer (loop thread): GET or HEAD /metrics.
+    private func answerMetrics(_ method: String, _ path: String) -> HttpReply {
+        guard method == "GET" || method == "HEAD" else { return HttpReply(status: 405, text: "only GET and HEAD\n") }
+        guard path == "/metrics" else { return HttpReply(status: 404, text: "not found: try /metrics\n") }
+        return HttpReply(status: 200, contentType: MetricsText.contentType,
+                         body: metrics.render(openConnections: conns.count, subscribers: hub.subscribers.count,
+                                              events: dispatcher.events, sweeps: statsPublisher?.sweepTiming))
+    }
 
     /// How many Subscribe streams the hub serves now (for tests).
     public var subscriberCount: Int {
@@ -1129,6 +1176,7 @@ public final class Agent: @unchecked Sendable {
     /// A call's end: the responses it kept, the last one with the status.
     private func final(_ s: ConnState, _ streamId: UInt32, _ responses: [[UInt8]], _ status: CallStatus) -> [SessionAction] {
         let now = MonotonicClock.milliseconds()
+        metrics.callEnded(conn: s.id, stream: streamId, status.code)
         guard let last = responses.last else { return s.session.sendStatus(streamId: streamId, status, now: now) }
         var actions: [SessionAction] = []
         for r in responses.dropLast() { actions += s.session.sendResponse(streamId: streamId, payload: r, now: now) }
@@ -1191,6 +1239,7 @@ public final class Agent: @unchecked Sendable {
         for s in Array(conns.values) { s.conn.close() }
         conns.removeAll()
         ticker?.cancel()
+        metricsServer?.stop()
         certChecker?.cancel()
         sweeper?.cancel()
         reconciler?.cancel()

@@ -4,6 +4,7 @@
 import Glibc
 import Lmctfy
 import LmctfyPolicy
+import LmctfyHTTP
 import LmctfyProto
 import LmctfyRPC
 import LmctfySystem
@@ -70,6 +71,8 @@ public struct AgentSettings: Sendable {
     /// what an agent without bootstrap_token_file (a certificate not
     /// obtained by enrolment) or without a TLS controller_address gets.
     public var renewBeforeExpiryPercent: Int
+    /// The Prometheus endpoint (metrics { address }); nil: none (the default).
+    public var metrics: HttpAddress?
 
     /// Dialling home (PROTOCOL.md section 9): where, with which key, as whom.
     public struct ControllerLink: Sendable {
@@ -242,6 +245,7 @@ public struct AgentSettings: Sendable {
         } catch {
             throw .invalidArgument("\(source): \(error.message)")
         }
+        metrics = try Self.metricsAddress(c.metrics, group: allowedGid, source: source)
         for binding in c.role where binding.role == nil || binding.role == .agentRoleUnspecified {
             throw .invalidArgument("\(source): every role binding needs role: AGENT_ROLE_ADMIN or AGENT_ROLE_READER")
         }

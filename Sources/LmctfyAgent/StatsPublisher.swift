@@ -8,6 +8,7 @@
 // named as the agent's clients name them (relative to its root_container).
 import Lmctfy
 import LmctfyEvents
+import LmctfyHTTP
 import LmctfyProto
 import LmctfySystem
 
@@ -21,6 +22,10 @@ final class StatsPublisher: Sendable {
     private let done = Latch()
     /// Sweeps made and samples recorded (for tests).
     private let counters = Mutexed((sweeps: 0, sampled: 0))
+    /// How long sweeps took, and how many containers the last one sampled
+    /// (the metrics endpoint).
+    private let timing = Mutexed((durations: Histogram(bounds: StatsPublisher.sweepBounds), lastSampled: 0))
+    static let sweepBounds: [Double] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5]
 
     init(api: ContainerApi, scope: ContainerScope, inventory: Inventory, events: EventLog, intervalMs: Int) {
         self.api = api
@@ -32,6 +37,9 @@ final class StatsPublisher: Sendable {
 
     /// Sweeps made so far, and samples recorded.
     var progress: (sweeps: Int, sampled: Int) { counters.locked { $0 } }
+
+    /// Sweep durations (seconds) and the last sweep's sample count.
+    var sweepTiming: (durations: Histogram, lastSampled: Int) { timing.locked { $0 } }
 
     func start() {
         Threads.detach { [self] in
@@ -77,6 +85,8 @@ final class StatsPublisher: Sendable {
                 }
             }
             counters.locked { $0.sweeps += 1; $0.sampled += sampled }
+            let took = Double(MonotonicClock.microseconds() - start) / 1e6
+            timing.locked { $0.durations.observe(took); $0.lastSampled = sampled }
             let elapsedMs = Int((MonotonicClock.microseconds() - start) / 1000)
             let next = stopping.wait(past: seen, timeoutMs: max(1, intervalMs - elapsedMs))
             if next > seen { return }

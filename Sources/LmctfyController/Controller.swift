@@ -7,6 +7,7 @@
 // runs on one libuv loop thread (PROTOCOL.md section 9).
 import Glibc
 import LmctfyEvents
+import LmctfyHTTP
 import LmctfyLoop
 import LmctfyProto
 import LmctfyRPC
@@ -103,6 +104,11 @@ public final class Controller: @unchecked Sendable {
     public private(set) var clientPort: UInt16?
     /// enroll_address's port as bound; nil: no enrolment listener.
     public private(set) var enrollPort: UInt16?
+    /// The metrics endpoint (metrics { address }), its figures, and its TCP
+    /// port as bound (nil: none, or a Unix socket).
+    private var metricsServer: HttpServer?
+    let metrics = ControllerMetrics()
+    public private(set) var metricsPort: UInt16?
 
     public init(settings: ControllerSettings) throws(LmctfyError) {
         self.settings = settings
@@ -129,9 +135,22 @@ public final class Controller: @unchecked Sendable {
         let result: Result<(UInt16, UInt16?), LmctfyError>
         do {
             result = try loop.runAndWait { () -> Result<(UInt16, UInt16?), LmctfyError> in
+                // First: a bad metrics address fails the start before anything runs.
+                if let address = self.settings.metrics {
+                    do throws(LmctfyError) {
+                        let server = try HttpServer(on: self.loop, address: address) { [unowned self] method, path in
+                            self.answerMetrics(method, path)
+                        }
+                        self.metricsServer = server
+                        self.metricsPort = server.port
+                    } catch {
+                        return .failure(error)
+                    }
+                }
                 do throws(LoopError) {
                     return .success(try self.startListeners(handleSignals: handleSignals))
                 } catch {
+                    self.metricsServer?.stop()
                     return .failure(error.lmctfy("Starting the listeners"))
                 }
             }
@@ -375,6 +394,7 @@ public final class Controller: @unchecked Sendable {
                     continue
                 }
                 guard let to = p.routedOut.removeValue(forKey: stream) else { continue }
+                metrics.routedEnded[status.code, default: 0] += 1
                 guard let client = peers[to.client] else { continue }
                 client.routedIn[to.stream] = nil
                 perform(client, client.session.sendStatus(streamId: to.stream, status, now: MonotonicClock.milliseconds()))
@@ -426,6 +446,7 @@ public final class Controller: @unchecked Sendable {
         // Calls forwarded over a lost link end for their callers; calls of a
         // lost client end at their agents.
         for (_, to) in p.routedOut {
+            metrics.routedEnded[.unavailable, default: 0] += 1
             guard let client = peers[to.client] else { continue }
             client.routedIn[to.stream] = nil
             perform(client, client.session.sendStatus(streamId: to.stream, CallStatus(.unavailable, "the host's link to the controller was lost"), now: now))
@@ -573,7 +594,9 @@ public final class Controller: @unchecked Sendable {
     /// fleet's subscribers, and granted again half a window at a time.
     private func hostEvent(_ link: ControllerPeer, _ payload: [UInt8]) {
         guard let host = link.host, let r = try? SubscribeResponse(serializedBytes: payload) else { return }
-        if let e = fleet.take(r, from: host), e.kind == .containerEventCreated || e.kind == .containerEventDestroyed {
+        let taken = fleet.take(r, from: host)
+        if taken != nil { metrics.eventsRelayed += 1 }
+        if let e = taken, e.kind == .containerEventCreated || e.kind == .containerEventDestroyed {
             link.countDue = true
         }
         fleet.hub.publish(deliver: deliver, lagged: lagged)
@@ -816,6 +839,7 @@ public final class Controller: @unchecked Sendable {
         let (agentStream, actions) = link.session.openStream(method: method, payload: payload, deadlineMs: remaining, now: now)
         link.routedOut[agentStream] = (p.id, stream)
         p.routedIn[stream] = (link.id, agentStream)
+        metrics.routed[method, default: 0] += 1
         perform(link, actions)
     }
 
@@ -895,6 +919,17 @@ public final class Controller: @unchecked Sendable {
         }
     }
 
+    /// The metrics endpoint's answer (loop thread): GET or HEAD /metrics.
+    private func answerMetrics(_ method: String, _ path: String) -> HttpReply {
+        guard method == "GET" || method == "HEAD" else { return HttpReply(status: 405, text: "only GET and HEAD\n") }
+        guard path == "/metrics" else { return HttpReply(status: 404, text: "not found: try /metrics\n") }
+        var kinds: [String: Int] = [:]
+        for p in peers.values { kinds["\(p.kind)", default: 0] += 1 }
+        return HttpReply(status: 200, contentType: MetricsText.contentType,
+                         body: metrics.render(knownHosts: registry.hosts.count, connectedHosts: registry.links.count,
+                                              connections: kinds, subscribers: fleet.hub.subscribers.count, log: fleet.log))
+    }
+
     // MARK: Stopping
 
     public func beginStop() {
@@ -917,6 +952,7 @@ public final class Controller: @unchecked Sendable {
     private func checkStopped() {
         guard stopping, peers.isEmpty, !finalized else { return }
         finalized = true
+        metricsServer?.stop()
         fleet.flushCursors()
         registry.flush()
         ticker?.cancel()

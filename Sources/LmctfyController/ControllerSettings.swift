@@ -2,6 +2,7 @@
 // protobuf text format): where clients and agents connect, the keys, roles,
 // limits and the state directory.
 import Glibc
+import LmctfyHTTP
 import LmctfyProto
 import LmctfyRPC
 import LmctfySystem
@@ -24,6 +25,8 @@ public struct ControllerSettings: Sendable {
     public var limits: SessionLimits
     public var logLevel: AgentLogLevel
     public var stateDir: String
+    /// The Prometheus endpoint (metrics { address }); nil: none (the default).
+    public var metrics: HttpAddress?
 
     /// Parses and checks a config file's text.
     public static func parse(_ text: String, source: String) throws(LmctfyError) -> ControllerSettings {
@@ -100,6 +103,13 @@ public struct ControllerSettings: Sendable {
         limits = try SessionLimits(c.limits ?? AgentLimits(), source: source)
         logLevel = c.logLevel ?? .logInfo
         stateDir = c.stateDir ?? "/var/lib/lmctfy-controller"
+        if let m = c.metrics {
+            guard let address = m.address else {
+                throw .invalidArgument("\(source): metrics needs an address (\"127.0.0.1:9103\" or \"unix:/path\")")
+            }
+            metrics = try HttpAddress.parse(address, unixMode: mode_t(m.unixSocketMode ?? 0o660), unixGroup: allowedGid,
+                                            allowNonLoopback: m.allowNonLoopback == true, what: "\(source): metrics address")
+        }
         guard stateDir.hasPrefix("/") else { throw .invalidArgument("\(source): state_dir \"\(stateDir)\" must be absolute") }
         for binding in c.role where binding.role == nil || binding.role == .agentRoleUnspecified {
             throw .invalidArgument("\(source): every role binding needs role: AGENT_ROLE_ADMIN or AGENT_ROLE_READER")

@@ -90,6 +90,10 @@ public final class EventLog: Sendable {
         /// Each container's newest STATS sample (for its snapshot), until
         /// its DESTROYED.
         var latestStats: [String: ContainerStats] = [:]
+        /// Events recorded by kind since the log began (metrics), and each
+        /// container's OOMs until its DESTROYED.
+        var kindCounts: [ContainerEventKind: UInt64] = [:]
+        var ooms: [String: UInt64] = [:]
 
         /// Both rings' events in (after, upTo], merged in sequence order.
         func range(after: UInt64, upTo: UInt64) -> [ContainerEvent] {
@@ -179,13 +183,17 @@ public final class EventLog: Sendable {
             e.sequence = s.next
             if e.timestampNs == nil { e.timestampNs = WallClock.nanosecondsSinceEpoch() }
             s.next += 1
+            s.kindCounts[e.kind ?? .containerEventUnspecified, default: 0] += 1
+            if e.kind == .containerEventOom, let c = e.container { s.ooms[c, default: 0] += 1 }
             if e.kind == .containerEventStats {
                 _ = s.stats.append(e, capacity: capacity)
                 if let c = e.container, let stats = e.stats { s.latestStats[c] = stats }
             } else {
-                if e.kind == .containerEventDestroyed, let c = e.container, !s.latestStats.isEmpty {
+                if e.kind == .containerEventDestroyed, let c = e.container, !s.latestStats.isEmpty || !s.ooms.isEmpty {
                     // It and what was below it.
-                    s.latestStats = s.latestStats.filter { $0.key != c && !$0.key.hasPrefix(c == "/" ? "/" : c + "/") }
+                    let gone: (String) -> Bool = { $0 == c || $0.hasPrefix(c == "/" ? "/" : c + "/") }
+                    s.latestStats = s.latestStats.filter { !gone($0.key) }
+                    s.ooms = s.ooms.filter { !gone($0.key) }
                 }
                 if let out = s.events.append(e, capacity: capacity) { s.evictedThrough = out.sequence ?? s.evictedThrough }
                 s.journal?.append(e)
@@ -201,6 +209,14 @@ public final class EventLog: Sendable {
     /// (nil: none).
     public func latestStats(container: String) -> ContainerStats? {
         state.locked { $0.latestStats[container] }
+    }
+
+    /// What the metrics endpoint serves, taken in one go under the lock
+    /// (the dictionaries are copied on write, so this is cheap): every
+    /// container's newest STATS sample and OOM count, and the events
+    /// recorded by kind since the log began.
+    public var metricsSnapshot: (stats: [String: ContainerStats], ooms: [String: UInt64], kinds: [ContainerEventKind: UInt64]) {
+        state.locked { ($0.latestStats, $0.ooms, $0.kindCounts) }
     }
 
     /// The last boot before this one and its events as the journal kept

@@ -2842,6 +2842,51 @@ void   containers__lmctfy__agent__agent_config__free_unpacked
   assert(message->base.descriptor == &containers__lmctfy__agent__agent_config__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
+void   containers__lmctfy__agent__metrics_endpoint_config__init
+                     (Containers__Lmctfy__Agent__MetricsEndpointConfig         *message)
+{
+  static const Containers__Lmctfy__Agent__MetricsEndpointConfig init_value = CONTAINERS__LMCTFY__AGENT__METRICS_ENDPOINT_CONFIG__INIT;
+  *message = init_value;
+}
+size_t containers__lmctfy__agent__metrics_endpoint_config__get_packed_size
+                     (const Containers__Lmctfy__Agent__MetricsEndpointConfig *message)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__metrics_endpoint_config__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t containers__lmctfy__agent__metrics_endpoint_config__pack
+                     (const Containers__Lmctfy__Agent__MetricsEndpointConfig *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__metrics_endpoint_config__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t containers__lmctfy__agent__metrics_endpoint_config__pack_to_buffer
+                     (const Containers__Lmctfy__Agent__MetricsEndpointConfig *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__metrics_endpoint_config__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Containers__Lmctfy__Agent__MetricsEndpointConfig *
+       containers__lmctfy__agent__metrics_endpoint_config__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Containers__Lmctfy__Agent__MetricsEndpointConfig *)
+     protobuf_c_message_unpack (&containers__lmctfy__agent__metrics_endpoint_config__descriptor,
+                                allocator, len, data);
+}
+void   containers__lmctfy__agent__metrics_endpoint_config__free_unpacked
+                     (Containers__Lmctfy__Agent__MetricsEndpointConfig *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &containers__lmctfy__agent__metrics_endpoint_config__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
 void   containers__lmctfy__agent__policy_config__init
                      (Containers__Lmctfy__Agent__PolicyConfig         *message)
 {
@@ -7351,7 +7396,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__agent_limits__descri
   (ProtobufCMessageInit) containers__lmctfy__agent__agent_limits__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor containers__lmctfy__agent__agent_config__field_descriptors[28] =
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__agent_config__field_descriptors[29] =
 {
   {
     "unix_socket_path",
@@ -7689,6 +7734,18 @@ static const ProtobufCFieldDescriptor containers__lmctfy__agent__agent_config__f
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "metrics",
+    29,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_MESSAGE,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__AgentConfig, metrics),
+    &containers__lmctfy__agent__metrics_endpoint_config__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned containers__lmctfy__agent__agent_config__field_indices_by_name[] = {
   22,   /* field[22] = allow_plaintext_tcp */
@@ -7704,6 +7761,7 @@ static const unsigned containers__lmctfy__agent__agent_config__field_indices_by_
   17,   /* field[17] = label */
   6,   /* field[6] = limits */
   7,   /* field[7] = log_level */
+  28,   /* field[28] = metrics */
   26,   /* field[26] = policy */
   12,   /* field[12] = reconcile_interval_ms */
   18,   /* field[18] = reconnect_base_ms */
@@ -7723,7 +7781,7 @@ static const unsigned containers__lmctfy__agent__agent_config__field_indices_by_
 static const ProtobufCIntRange containers__lmctfy__agent__agent_config__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 28 }
+  { 0, 29 }
 };
 const ProtobufCMessageDescriptor containers__lmctfy__agent__agent_config__descriptor =
 {
@@ -7733,11 +7791,75 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__agent_config__descri
   "Containers__Lmctfy__Agent__AgentConfig",
   "containers.lmctfy.agent",
   sizeof(Containers__Lmctfy__Agent__AgentConfig),
-  28,
+  29,
   containers__lmctfy__agent__agent_config__field_descriptors,
   containers__lmctfy__agent__agent_config__field_indices_by_name,
   1,  containers__lmctfy__agent__agent_config__number_ranges,
   (ProtobufCMessageInit) containers__lmctfy__agent__agent_config__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__metrics_endpoint_config__field_descriptors[3] =
+{
+  {
+    "address",
+    1,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__MetricsEndpointConfig, address),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "unix_socket_mode",
+    2,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_UINT32,
+    offsetof(Containers__Lmctfy__Agent__MetricsEndpointConfig, has_unix_socket_mode),
+    offsetof(Containers__Lmctfy__Agent__MetricsEndpointConfig, unix_socket_mode),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "allow_non_loopback",
+    3,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_BOOL,
+    offsetof(Containers__Lmctfy__Agent__MetricsEndpointConfig, has_allow_non_loopback),
+    offsetof(Containers__Lmctfy__Agent__MetricsEndpointConfig, allow_non_loopback),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned containers__lmctfy__agent__metrics_endpoint_config__field_indices_by_name[] = {
+  0,   /* field[0] = address */
+  2,   /* field[2] = allow_non_loopback */
+  1,   /* field[1] = unix_socket_mode */
+};
+static const ProtobufCIntRange containers__lmctfy__agent__metrics_endpoint_config__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 3 }
+};
+const ProtobufCMessageDescriptor containers__lmctfy__agent__metrics_endpoint_config__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "containers.lmctfy.agent.MetricsEndpointConfig",
+  "MetricsEndpointConfig",
+  "Containers__Lmctfy__Agent__MetricsEndpointConfig",
+  "containers.lmctfy.agent",
+  sizeof(Containers__Lmctfy__Agent__MetricsEndpointConfig),
+  3,
+  containers__lmctfy__agent__metrics_endpoint_config__field_descriptors,
+  containers__lmctfy__agent__metrics_endpoint_config__field_indices_by_name,
+  1,  containers__lmctfy__agent__metrics_endpoint_config__number_ranges,
+  (ProtobufCMessageInit) containers__lmctfy__agent__metrics_endpoint_config__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
 static const ProtobufCFieldDescriptor containers__lmctfy__agent__policy_config__field_descriptors[7] =

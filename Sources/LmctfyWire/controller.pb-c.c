@@ -1494,7 +1494,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__fleet_cursors__descr
   (ProtobufCMessageInit) containers__lmctfy__agent__fleet_cursors__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor containers__lmctfy__agent__controller_config__field_descriptors[18] =
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__controller_config__field_descriptors[19] =
 {
   {
     "unix_socket_path",
@@ -1712,6 +1712,18 @@ static const ProtobufCFieldDescriptor containers__lmctfy__agent__controller_conf
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "metrics",
+    19,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_MESSAGE,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__ControllerConfig, metrics),
+    &containers__lmctfy__agent__metrics_endpoint_config__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned containers__lmctfy__agent__controller_config__field_indices_by_name[] = {
   4,   /* field[4] = agent_address */
@@ -1724,6 +1736,7 @@ static const unsigned containers__lmctfy__agent__controller_config__field_indice
   5,   /* field[5] = key_file */
   7,   /* field[7] = limits */
   8,   /* field[8] = log_level */
+  18,   /* field[18] = metrics */
   6,   /* field[6] = role */
   14,   /* field[14] = signing_ca_certificate_file */
   15,   /* field[15] = signing_ca_key_file */
@@ -1736,7 +1749,7 @@ static const unsigned containers__lmctfy__agent__controller_config__field_indice
 static const ProtobufCIntRange containers__lmctfy__agent__controller_config__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 18 }
+  { 0, 19 }
 };
 const ProtobufCMessageDescriptor containers__lmctfy__agent__controller_config__descriptor =
 {
@@ -1746,7 +1759,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__controller_config__d
   "Containers__Lmctfy__Agent__ControllerConfig",
   "containers.lmctfy.agent",
   sizeof(Containers__Lmctfy__Agent__ControllerConfig),
-  18,
+  19,
   containers__lmctfy__agent__controller_config__field_descriptors,
   containers__lmctfy__agent__controller_config__field_indices_by_name,
   1,  containers__lmctfy__agent__controller_config__number_ranges,

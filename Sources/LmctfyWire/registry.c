@@ -64,6 +64,7 @@ static const ProtobufCMessageDescriptor *const messages[] = {
     &containers__lmctfy__agent__list_tids_response__descriptor,
     &containers__lmctfy__agent__machine_info_request__descriptor,
     &containers__lmctfy__agent__machine_info_response__descriptor,
+    &containers__lmctfy__agent__metrics_endpoint_config__descriptor,
     &containers__lmctfy__agent__notify_request__descriptor,
     &containers__lmctfy__agent__notify_response__descriptor,
     &containers__lmctfy__agent__pause_request__descriptor,

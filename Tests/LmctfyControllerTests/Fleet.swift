@@ -37,13 +37,14 @@ final class Fleet {
     }
 
     /// Starts the controller (on the agent port it had, after a restart).
-    func startController() throws {
+    func startController(extra: String = "") throws {
         let settings = try ControllerSettings.parse("""
             unix_socket_path: "\(dir)/controller.sock" unix_socket_mode: 0666
             agent_address: "127.0.0.1:\(agentPort)" tcp_address: "127.0.0.1:\(clientPort)"
             key_file: "\(dir)/keys" allow_plaintext_tcp: true state_dir: "\(dir)/controller" log_level: LOG_WARNING
             role { role: AGENT_ROLE_READER key_id: "reader" }
             role { role: AGENT_ROLE_ADMIN key_id: "ops" }
+            \(extra)
             """, source: "test")
         let c = try LmctfyController.Controller(settings: settings)
         try c.start(handleSignals: false)

@@ -37,6 +37,45 @@ struct StatsSamplerIntegrationTests {
         }
     }
 
+    /// memory.failcnt and cpu.stat's CFS figures (issue #16's
+    /// container_memory_failcnt and container_cpu_cfs_*): a container that
+    /// hits its memory limit and its CPU quota, sampled once its processes
+    /// are gone, has the kernel's numbers exactly.
+    @Test(.enabled(if: (try? CgroupMounts.detect())?.version == .v1, "compares with v1's memory.failcnt and cpu/cpu.stat (v2 reads memory.events and cpu.stat's throttled_usec)"))
+    func failcntAndThrottlingAreTheKernels() throws {
+        let api = try ContainerApi.detect()
+        let mounts = try CgroupMounts.detect()
+        let sampler = StatsSampler(api: api)
+        try withTestContainer(api, label: "sampler-limits") { name in
+            let c = try api.create(name, spec: try ContainerSpec(textFormat: "cpu { limit: 1000 max_limit: 100 } memory { limit: 16000000 }"))
+            // tail buffers /dev/zero's lines (there are none) until the
+            // limit stops it; the loop runs into the 10% quota.
+            _ = try c.run(["/bin/sh", "-c", "head -c 40000000 /dev/zero | tail > /dev/null"])
+            _ = try c.run(["/bin/sh", "-c", "i=0; while [ $i -lt 30000 ]; do i=$((i+1)); done"])
+            var s = try #require(sampler.sample(name))
+            var waits = 0
+            while try !c.processes(recursive: true).isEmpty && waits < 200 {
+                usleep(50_000)
+                waits += 1
+            }
+            #expect(try c.processes(recursive: true).isEmpty, "the workloads should have ended")
+            s = try #require(sampler.sample(name))
+            let memory = try #require(mounts.v1[.memory]) + name.description
+            let cpu = try #require(mounts.v1[.cpu]) + name.description
+            let failcnt = Int64(try Sys.readFile(memory + "/memory.failcnt").trimmingWhitespace)
+            #expect(s.memory?.failCount == failcnt)
+            #expect((failcnt ?? 0) > 0, "the 16 MB limit was hit")
+            var stat: [String: Int64] = [:]
+            for line in try Sys.readFile(cpu + "/cpu.stat").split(separator: "\n") {
+                let kv = line.split(separator: " ")
+                if kv.count == 2 { stat[String(kv[0])] = Int64(kv[1]) }
+            }
+            let t = try #require(s.cpu?.throttlingData)
+            #expect(t.periods == stat["nr_periods"] && t.throttledPeriods == stat["nr_throttled"] && t.throttledTime == stat["throttled_time"])
+            #expect((t.throttledPeriods ?? 0) > 0, "the 10% quota throttled the loop")
+        }
+    }
+
     @Test func aContainerThatIsolatesNothingSampledHasOnlyWhatItIsolates() throws {
         let api = try ContainerApi.detect()
         let sampler = StatsSampler(api: api)

@@ -1,5 +1,5 @@
 /* stats_sweep: the C floor for the agent's stats sampler (issue #11): one
- * sweep reads, for every container, the four numbers a periodic sample needs
+ * sweep reads, for every container, the numbers a periodic sample needs
  * and nothing else.
  *
  *   stats_sweep --containers N --sweeps S --prefix /lmctfy_bench_stats [--reopen]
@@ -11,7 +11,9 @@
  *   memory/NAME/memory.usage_in_bytes usage
  *   memory/NAME/memory.stat           its total_inactive_file line
  *   pids/NAME/pids.current            tasks
- * A sweep preads (offset 0, one call each, into a stack buffer) all four of
+ *   memory/NAME/memory.failcnt        times the limit was hit (issue #16)
+ *   cpu/NAME/cpu.stat                 nr_periods, nr_throttled, throttled_time (issue #16)
+ * A sweep preads (offset 0, one call each, into a stack buffer) all six of
  * every container and parses them: the integers, and working set = usage -
  * total_inactive_file (0 if negative), as lmctfy's v1 stats do. Each sweep is
  * timed with CLOCK_MONOTONIC; prints
@@ -37,12 +39,14 @@
 #include <time.h>
 #include <unistd.h>
 
-#define NFILES 4
+#define NFILES 6
 static const char *files[NFILES][2] = {
     {"cpuacct", "cpuacct.usage"},
     {"memory", "memory.usage_in_bytes"},
     {"memory", "memory.stat"},
     {"pids", "pids.current"},
+    {"memory", "memory.failcnt"},
+    {"cpu", "cpu.stat"},
 };
 
 typedef struct {
@@ -103,7 +107,18 @@ static void sample(ctr_t *c, int reopen) {
     uint64_t working_set = usage > inactive ? usage - inactive : 0;
     read_file(c, 3, reopen, buf, sizeof buf);
     uint64_t pids = parse_u64(buf, c->path[3]);
-    sink += cpu + working_set + pids;
+    read_file(c, 4, reopen, buf, sizeof buf);
+    uint64_t failcnt = parse_u64(buf, c->path[4]);
+    read_file(c, 5, reopen, buf, sizeof buf);
+    uint64_t cfs = 0;
+    static const char *keys[] = {"nr_periods ", "nr_throttled ", "throttled_time "};
+    for (int k = 0; k < 3; k++) {
+        char *q = strstr(buf, keys[k]);
+        while (q && q != buf && q[-1] != '\n') q = strstr(q + 1, keys[k]);
+        if (!q) fail(c->path[5], keys[k]);
+        cfs += parse_u64(q + strlen(keys[k]), c->path[5]);
+    }
+    sink += cpu + working_set + pids + failcnt + cfs;
 }
 
 static int cmp_i64(const void *a, const void *b) {

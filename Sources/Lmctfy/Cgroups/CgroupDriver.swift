@@ -148,6 +148,15 @@ struct SampleFiles {
     var inactiveFileKey = "total_inactive_file"
     /// pids.current.
     var pids: String?
+    /// Times the memory limit was hit: v1 memory.failcnt, v2 memory.events'
+    /// `max` (what cAdvisor reports as container_memory_failcnt).
+    var memoryFailcnt: String?
+    var memoryFailcntKey: String?
+    /// CFS throttling: cpu.stat's nr_periods, nr_throttled and the time
+    /// throttled (v1 throttled_time in ns, v2 throttled_usec).
+    var cpuStat: String?
+    var throttledTimeKey = "throttled_time"
+    var throttledTimeScale: Int64 = 1
 }
 
 /// What the monitor watches on one container (see ContainerMonitor).

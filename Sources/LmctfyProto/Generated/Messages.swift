@@ -3970,6 +3970,8 @@ public struct AgentConfig: ProtoMessage {
     public var policy: PolicyConfig?
     /// Field 28 `image_root`.
     public var imageRoot: String?
+    /// Field 29 `metrics`.
+    public var metrics: MetricsEndpointConfig?
 
     public init(
         unixSocketPath: String? = nil,
@@ -3999,7 +4001,8 @@ public struct AgentConfig: ProtoMessage {
         controllerEnrollAddress: String? = nil,
         renewBeforeExpiryPercent: UInt32? = nil,
         policy: PolicyConfig? = nil,
-        imageRoot: String? = nil
+        imageRoot: String? = nil,
+        metrics: MetricsEndpointConfig? = nil
     ) {
         self.unixSocketPath = unixSocketPath
         self.unixSocketMode = unixSocketMode
@@ -4029,6 +4032,7 @@ public struct AgentConfig: ProtoMessage {
         self.renewBeforeExpiryPercent = renewBeforeExpiryPercent
         self.policy = policy
         self.imageRoot = imageRoot
+        self.metrics = metrics
     }
 
     public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.AgentConfig")
@@ -4063,6 +4067,7 @@ public struct AgentConfig: ProtoMessage {
         self.renewBeforeExpiryPercent = message.get(26)
         self.policy = message.get(27)
         self.imageRoot = message.get(28)
+        self.metrics = message.get(29)
     }
 
     public var dynamic: DynamicMessage {
@@ -4095,6 +4100,7 @@ public struct AgentConfig: ProtoMessage {
         message.set(26, renewBeforeExpiryPercent)
         message.set(27, policy)
         message.set(28, imageRoot)
+        message.set(29, metrics)
         return message
     }
 
@@ -4128,6 +4134,7 @@ public struct AgentConfig: ProtoMessage {
         self.renewBeforeExpiryPercent = CBridge.value(c, f[25])
         self.policy = CBridge.message(c, f[26])
         self.imageRoot = CBridge.value(c, f[27])
+        self.metrics = CBridge.message(c, f[28])
     }
 
     public func makeC() -> UnsafeMutableRawPointer {
@@ -4161,6 +4168,7 @@ public struct AgentConfig: ProtoMessage {
         CBridge.set(c, f[25], renewBeforeExpiryPercent)
         CBridge.setMessage(c, f[26], policy)
         CBridge.set(c, f[27], imageRoot)
+        CBridge.setMessage(c, f[28], metrics)
         return c
     }
 }
@@ -4885,6 +4893,8 @@ public struct ControllerConfig: ProtoMessage {
     public var bootstrapTokenFile: String?
     /// Field 18 `enrolled_certificate_days`.
     public var enrolledCertificateDays: UInt32?
+    /// Field 19 `metrics`.
+    public var metrics: MetricsEndpointConfig?
 
     public init(
         unixSocketPath: String? = nil,
@@ -4904,7 +4914,8 @@ public struct ControllerConfig: ProtoMessage {
         signingCaCertificateFile: String? = nil,
         signingCaKeyFile: String? = nil,
         bootstrapTokenFile: String? = nil,
-        enrolledCertificateDays: UInt32? = nil
+        enrolledCertificateDays: UInt32? = nil,
+        metrics: MetricsEndpointConfig? = nil
     ) {
         self.unixSocketPath = unixSocketPath
         self.unixSocketMode = unixSocketMode
@@ -4924,6 +4935,7 @@ public struct ControllerConfig: ProtoMessage {
         self.signingCaKeyFile = signingCaKeyFile
         self.bootstrapTokenFile = bootstrapTokenFile
         self.enrolledCertificateDays = enrolledCertificateDays
+        self.metrics = metrics
     }
 
     public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.ControllerConfig")
@@ -4948,6 +4960,7 @@ public struct ControllerConfig: ProtoMessage {
         self.signingCaKeyFile = message.get(16)
         self.bootstrapTokenFile = message.get(17)
         self.enrolledCertificateDays = message.get(18)
+        self.metrics = message.get(19)
     }
 
     public var dynamic: DynamicMessage {
@@ -4970,6 +4983,7 @@ public struct ControllerConfig: ProtoMessage {
         message.set(16, signingCaKeyFile)
         message.set(17, bootstrapTokenFile)
         message.set(18, enrolledCertificateDays)
+        message.set(19, metrics)
         return message
     }
 
@@ -4993,6 +5007,7 @@ public struct ControllerConfig: ProtoMessage {
         self.signingCaKeyFile = CBridge.value(c, f[15])
         self.bootstrapTokenFile = CBridge.value(c, f[16])
         self.enrolledCertificateDays = CBridge.value(c, f[17])
+        self.metrics = CBridge.message(c, f[18])
     }
 
     public func makeC() -> UnsafeMutableRawPointer {
@@ -5016,6 +5031,7 @@ public struct ControllerConfig: ProtoMessage {
         CBridge.set(c, f[15], signingCaKeyFile)
         CBridge.set(c, f[16], bootstrapTokenFile)
         CBridge.set(c, f[17], enrolledCertificateDays)
+        CBridge.setMessage(c, f[18], metrics)
         return c
     }
 }
@@ -7632,6 +7648,59 @@ public struct MachineInfoResponse: ProtoMessage {
         CBridge.setMessage(c, f[7], criu)
         CBridge.setRepeated(c, f[8], warnings)
         CBridge.setMessage(c, f[9], policy)
+        return c
+    }
+}
+
+/// Protobuf message `containers.lmctfy.agent.MetricsEndpointConfig`.
+public struct MetricsEndpointConfig: ProtoMessage {
+    /// Field 1 `address`.
+    public var address: String?
+    /// Field 2 `unix_socket_mode`.
+    public var unixSocketMode: UInt32?
+    /// Field 3 `allow_non_loopback`.
+    public var allowNonLoopback: Bool?
+
+    public init(
+        address: String? = nil,
+        unixSocketMode: UInt32? = nil,
+        allowNonLoopback: Bool? = nil
+    ) {
+        self.address = address
+        self.unixSocketMode = unixSocketMode
+        self.allowNonLoopback = allowNonLoopback
+    }
+
+    public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.MetricsEndpointConfig")
+
+    public init(dynamic message: DynamicMessage) {
+        precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.MetricsEndpointConfig")
+        self.address = message.get(1)
+        self.unixSocketMode = message.get(2)
+        self.allowNonLoopback = message.get(3)
+    }
+
+    public var dynamic: DynamicMessage {
+        var message = DynamicMessage(Self.protoDescriptor)
+        message.set(1, address)
+        message.set(2, unixSocketMode)
+        message.set(3, allowNonLoopback)
+        return message
+    }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.address = CBridge.value(c, f[0])
+        self.unixSocketMode = CBridge.value(c, f[1])
+        self.allowNonLoopback = CBridge.value(c, f[2])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.set(c, f[0], address)
+        CBridge.set(c, f[1], unixSocketMode)
+        CBridge.set(c, f[2], allowNonLoopback)
         return c
     }
 }

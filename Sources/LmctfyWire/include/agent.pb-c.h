@@ -80,6 +80,7 @@ typedef struct Containers__Lmctfy__Agent__RestoreResponse Containers__Lmctfy__Ag
 typedef struct Containers__Lmctfy__Agent__RoleBinding Containers__Lmctfy__Agent__RoleBinding;
 typedef struct Containers__Lmctfy__Agent__AgentLimits Containers__Lmctfy__Agent__AgentLimits;
 typedef struct Containers__Lmctfy__Agent__AgentConfig Containers__Lmctfy__Agent__AgentConfig;
+typedef struct Containers__Lmctfy__Agent__MetricsEndpointConfig Containers__Lmctfy__Agent__MetricsEndpointConfig;
 typedef struct Containers__Lmctfy__Agent__PolicyConfig Containers__Lmctfy__Agent__PolicyConfig;
 typedef struct Containers__Lmctfy__Agent__PolicyTier Containers__Lmctfy__Agent__PolicyTier;
 typedef struct Containers__Lmctfy__Agent__TlsConfig Containers__Lmctfy__Agent__TlsConfig;
@@ -2034,14 +2035,51 @@ struct  Containers__Lmctfy__Agent__AgentConfig
    * friends, `lmctl image`). Default: <state_dir>/images, which is
    * /var/lib/lmctfy/images, the store `lmctfy image` uses.
    */
-  /*
-   * Next id: 29
-   */
   char *image_root;
+  /*
+   * Prometheus exposition (README "Prometheus metrics"); absent: no endpoint.
+   */
+  /*
+   * Next id: 30
+   */
+  Containers__Lmctfy__Agent__MetricsEndpointConfig *metrics;
 };
 #define CONTAINERS__LMCTFY__AGENT__AGENT_CONFIG__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__agent_config__descriptor) \
-    , NULL, 0, 0, NULL, NULL, NULL, 0,NULL, NULL, 0, CONTAINERS__LMCTFY__AGENT__AGENT_LOG_LEVEL__LOG_LEVEL_UNSPECIFIED, NULL, 0, 0, NULL, 0, 0, 0, 0, 0, 0, 0, 0, NULL, NULL, 0,NULL, 0, 0, 0, 0, NULL, NULL, 0, 0, NULL, NULL, 0, 0, NULL, NULL }
+    , NULL, 0, 0, NULL, NULL, NULL, 0,NULL, NULL, 0, CONTAINERS__LMCTFY__AGENT__AGENT_LOG_LEVEL__LOG_LEVEL_UNSPECIFIED, NULL, 0, 0, NULL, 0, 0, 0, 0, 0, 0, 0, 0, NULL, NULL, 0,NULL, 0, 0, 0, 0, NULL, NULL, 0, 0, NULL, NULL, 0, 0, NULL, NULL, NULL }
+
+
+/*
+ * An HTTP endpoint serving GET /metrics in Prometheus's text format, from the
+ * latest stats sweep and the daemon's own counters (nothing is read from
+ * cgroupfs in a request).
+ */
+struct  Containers__Lmctfy__Agent__MetricsEndpointConfig
+{
+  ProtobufCMessage base;
+  /*
+   * "host:port" (numeric IPv4 or [IPv6]; port 0 picks one) or "unix:/path".
+   */
+  char *address;
+  /*
+   * The Unix socket file's mode (its group: allowed_group). Absent: 0660.
+   */
+  protobuf_c_boolean has_unix_socket_mode;
+  uint32_t unix_socket_mode;
+  /*
+   * The endpoint has no authentication of its own and no TLS: a TCP address
+   * that is not loopback is refused at start unless this is true (then the
+   * figures are readable by anyone who can reach the port). Absent: false.
+   */
+  /*
+   * Next id: 4
+   */
+  protobuf_c_boolean has_allow_non_loopback;
+  protobuf_c_boolean allow_non_loopback;
+};
+#define CONTAINERS__LMCTFY__AGENT__METRICS_ENDPOINT_CONFIG__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__metrics_endpoint_config__descriptor) \
+    , NULL, 0, 0, 0, 0 }
 
 
 /*
@@ -3396,6 +3434,25 @@ Containers__Lmctfy__Agent__AgentConfig *
 void   containers__lmctfy__agent__agent_config__free_unpacked
                      (Containers__Lmctfy__Agent__AgentConfig *message,
                       ProtobufCAllocator *allocator);
+/* Containers__Lmctfy__Agent__MetricsEndpointConfig methods */
+void   containers__lmctfy__agent__metrics_endpoint_config__init
+                     (Containers__Lmctfy__Agent__MetricsEndpointConfig         *message);
+size_t containers__lmctfy__agent__metrics_endpoint_config__get_packed_size
+                     (const Containers__Lmctfy__Agent__MetricsEndpointConfig   *message);
+size_t containers__lmctfy__agent__metrics_endpoint_config__pack
+                     (const Containers__Lmctfy__Agent__MetricsEndpointConfig   *message,
+                      uint8_t             *out);
+size_t containers__lmctfy__agent__metrics_endpoint_config__pack_to_buffer
+                     (const Containers__Lmctfy__Agent__MetricsEndpointConfig   *message,
+                      ProtobufCBuffer     *buffer);
+Containers__Lmctfy__Agent__MetricsEndpointConfig *
+       containers__lmctfy__agent__metrics_endpoint_config__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   containers__lmctfy__agent__metrics_endpoint_config__free_unpacked
+                     (Containers__Lmctfy__Agent__MetricsEndpointConfig *message,
+                      ProtobufCAllocator *allocator);
 /* Containers__Lmctfy__Agent__PolicyConfig methods */
 void   containers__lmctfy__agent__policy_config__init
                      (Containers__Lmctfy__Agent__PolicyConfig         *message);
@@ -3663,6 +3720,9 @@ typedef void (*Containers__Lmctfy__Agent__AgentLimits_Closure)
 typedef void (*Containers__Lmctfy__Agent__AgentConfig_Closure)
                  (const Containers__Lmctfy__Agent__AgentConfig *message,
                   void *closure_data);
+typedef void (*Containers__Lmctfy__Agent__MetricsEndpointConfig_Closure)
+                 (const Containers__Lmctfy__Agent__MetricsEndpointConfig *message,
+                  void *closure_data);
 typedef void (*Containers__Lmctfy__Agent__PolicyConfig_Closure)
                  (const Containers__Lmctfy__Agent__PolicyConfig *message,
                   void *closure_data);
@@ -3755,6 +3815,7 @@ extern const ProtobufCMessageDescriptor containers__lmctfy__agent__restore_respo
 extern const ProtobufCMessageDescriptor containers__lmctfy__agent__role_binding__descriptor;
 extern const ProtobufCMessageDescriptor containers__lmctfy__agent__agent_limits__descriptor;
 extern const ProtobufCMessageDescriptor containers__lmctfy__agent__agent_config__descriptor;
+extern const ProtobufCMessageDescriptor containers__lmctfy__agent__metrics_endpoint_config__descriptor;
 extern const ProtobufCMessageDescriptor containers__lmctfy__agent__policy_config__descriptor;
 extern const ProtobufCMessageDescriptor containers__lmctfy__agent__policy_tier__descriptor;
 extern const ProtobufCMessageDescriptor containers__lmctfy__agent__tls_config__descriptor;

@@ -401,15 +401,20 @@ struct  Containers__Lmctfy__Agent__ControllerConfig
   /*
    * Days an enrolled certificate is valid. Absent: 30.
    */
-  /*
-   * Next id: 19
-   */
   protobuf_c_boolean has_enrolled_certificate_days;
   uint32_t enrolled_certificate_days;
+  /*
+   * Prometheus exposition of the fleet's figures (hosts, routed calls,
+   * relayed events), as the agent's `metrics` block; absent: none.
+   */
+  /*
+   * Next id: 20
+   */
+  Containers__Lmctfy__Agent__MetricsEndpointConfig *metrics;
 };
 #define CONTAINERS__LMCTFY__AGENT__CONTROLLER_CONFIG__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__controller_config__descriptor) \
-    , NULL, 0, 0, NULL, NULL, NULL, NULL, 0,NULL, NULL, 0, CONTAINERS__LMCTFY__AGENT__AGENT_LOG_LEVEL__LOG_LEVEL_UNSPECIFIED, NULL, 0, 0, NULL, 0, 0, NULL, NULL, NULL, NULL, 0, 0 }
+    , NULL, 0, 0, NULL, NULL, NULL, NULL, 0,NULL, NULL, 0, CONTAINERS__LMCTFY__AGENT__AGENT_LOG_LEVEL__LOG_LEVEL_UNSPECIFIED, NULL, 0, 0, NULL, 0, 0, NULL, NULL, NULL, NULL, 0, 0, NULL }
 
 
 /*

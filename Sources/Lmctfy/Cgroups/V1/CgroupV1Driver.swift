@@ -216,8 +216,10 @@ struct CgroupV1Driver: CgroupDriver {
         if let d = try existingDir(.memory, name) {
             f.memoryUsage = d.file("memory.usage_in_bytes")
             f.memoryStat = d.file("memory.stat")
+            f.memoryFailcnt = d.file("memory.failcnt")
         }
         if let d = try existingDir(.pids, name) { f.pids = d.file("pids.current") }
+        if let d = try existingDir(.cpu, name) { f.cpuStat = d.file("cpu.stat") }
         return f
     }
 

@@ -149,7 +149,12 @@ struct CgroupV2Driver: CgroupDriver {
             f.memoryUsage = d.file("memory.current")
             f.memoryStat = d.file("memory.stat")
             f.inactiveFileKey = "inactive_file"
+            f.memoryFailcnt = d.file("memory.events")
+            f.memoryFailcntKey = "max"
         }
+        f.cpuStat = d.file("cpu.stat")
+        f.throttledTimeKey = "throttled_usec"
+        f.throttledTimeScale = 1000
         if try d.has("pids.current") { f.pids = d.file("pids.current") }
         return f
     }

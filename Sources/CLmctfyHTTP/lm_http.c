@@ -1,0 +1,187 @@
+// See include/lm_http.h.
+#define _GNU_SOURCE
+#include "lm_http.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <fcntl.h>
+#include <microhttpd.h>
+#include <netinet/in.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+struct lm_http_server {
+    struct MHD_Daemon *daemon;
+    lm_http_handler handler;
+    void *context;
+};
+
+// MHD calls this first once the request line and headers are in, then
+// once per piece of body, then once more. GET and HEAD are answered on the
+// second call (a response queued on the first counts as "early" and MHD
+// then closes the connection, which would cost a scraper a TCP handshake
+// per scrape); any other method is answered on the first, before its body
+// is read, and MHD closes that connection rather than read it. Nothing a
+// client sends is kept.
+static int lm_http_seen;
+static enum MHD_Result lm_http_access(void *cls, struct MHD_Connection *connection, const char *url,
+                                      const char *method, const char *version, const char *upload_data,
+                                      size_t *upload_data_size, void **request_state) {
+    (void)version;
+    (void)upload_data;
+    int quiet = strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0;
+    if (*request_state == NULL && quiet) {
+        *request_state = &lm_http_seen;
+        return MHD_YES;
+    }
+    if (*upload_data_size != 0) {
+        // A GET with a body: dropped, answered at the end.
+        *upload_data_size = 0;
+        return MHD_YES;
+    }
+    struct lm_http_server *server = cls;
+    lm_http_reply reply = {500, "text/plain; charset=utf-8", NULL, 0};
+    server->handler(server->context, method, url, &reply);
+    struct MHD_Response *response;
+    if (reply.body != NULL) {
+        response = MHD_create_response_from_buffer(reply.length, reply.body, MHD_RESPMEM_MUST_FREE);
+    } else {
+        response = MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
+    }
+    if (response == NULL) {
+        free(reply.body);
+        return MHD_NO;
+    }
+    if (reply.content_type != NULL) MHD_add_response_header(response, MHD_HTTP_HEADER_CONTENT_TYPE, reply.content_type);
+    if (reply.status == MHD_HTTP_METHOD_NOT_ALLOWED) MHD_add_response_header(response, MHD_HTTP_HEADER_ALLOW, "GET, HEAD");
+    enum MHD_Result queued = MHD_queue_response(connection, reply.status, response);
+    MHD_destroy_response(response);
+    return queued;
+}
+
+// MHD's own log lines are not wanted on the agent's stderr (a malformed
+// request is the client's problem; the client gets the status).
+static void lm_http_quiet(void *cls, const char *fmt, va_list ap) {
+    (void)cls;
+    (void)fmt;
+    (void)ap;
+}
+
+lm_http_server *lm_http_start(int listen_fd, unsigned connection_limit, unsigned timeout_s, size_t memory_limit,
+                              lm_http_handler handler, void *context) {
+    struct lm_http_server *server = calloc(1, sizeof *server);
+    if (server == NULL) {
+        close(listen_fd);
+        return NULL;
+    }
+    server->handler = handler;
+    server->context = context;
+    // No MHD_USE_INTERNAL_POLLING_THREAD: MHD runs only inside lm_http_run.
+    server->daemon = MHD_start_daemon(MHD_USE_EPOLL | MHD_USE_ERROR_LOG, 0, NULL, NULL, lm_http_access, server,
+                                      MHD_OPTION_LISTEN_SOCKET, (MHD_socket)listen_fd,
+                                      MHD_OPTION_CONNECTION_LIMIT, connection_limit,
+                                      MHD_OPTION_CONNECTION_TIMEOUT, timeout_s,
+                                      MHD_OPTION_CONNECTION_MEMORY_LIMIT, memory_limit,
+                                      MHD_OPTION_EXTERNAL_LOGGER, lm_http_quiet, NULL,
+                                      // HTTP/1.1 by the letter (a Host header, no stray
+                                      // whitespace): a scraper sends that, junk gets 400.
+                                      MHD_OPTION_STRICT_FOR_CLIENT, (int)1,
+                                      MHD_OPTION_END);
+    if (server->daemon == NULL) {
+        close(listen_fd);
+        free(server);
+        return NULL;
+    }
+    return server;
+}
+
+int lm_http_epoll_fd(lm_http_server *server) {
+    const union MHD_DaemonInfo *info = MHD_get_daemon_info(server->daemon, MHD_DAEMON_INFO_EPOLL_FD);
+    return info == NULL ? -1 : info->epoll_fd;
+}
+
+int lm_http_run(lm_http_server *server) { return MHD_run(server->daemon) == MHD_YES ? 0 : -1; }
+
+int64_t lm_http_timeout_ms(lm_http_server *server) {
+    MHD_UNSIGNED_LONG_LONG ms = 0;
+    if (MHD_get_timeout(server->daemon, &ms) != MHD_YES) return -1;
+    return ms > INT64_MAX ? INT64_MAX : (int64_t)ms;
+}
+
+void lm_http_stop(lm_http_server *server) {
+    if (server == NULL) return;
+    MHD_stop_daemon(server->daemon);
+    free(server);
+}
+
+static int lm_http_fail(int fd, const char *call, const char **step) {
+    int e = errno;
+    if (fd >= 0) close(fd);
+    *step = call;
+    return -e;
+}
+
+int lm_http_listen_tcp(const char *host, uint16_t port, uint16_t *bound, const char **step) {
+    struct sockaddr_storage storage;
+    memset(&storage, 0, sizeof storage);
+    socklen_t length;
+    struct sockaddr_in *v4 = (struct sockaddr_in *)&storage;
+    struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)&storage;
+    if (inet_pton(AF_INET, host, &v4->sin_addr) == 1) {
+        v4->sin_family = AF_INET;
+        v4->sin_port = htons(port);
+        length = sizeof *v4;
+    } else if (inet_pton(AF_INET6, host, &v6->sin6_addr) == 1) {
+        v6->sin6_family = AF_INET6;
+        v6->sin6_port = htons(port);
+        length = sizeof *v6;
+    } else {
+        *step = "inet_pton";
+        return -EINVAL;
+    }
+    int fd = socket(storage.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) return lm_http_fail(fd, "socket", step);
+    int one = 1;
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0) return lm_http_fail(fd, "setsockopt", step);
+    if (bind(fd, (struct sockaddr *)&storage, length) < 0) return lm_http_fail(fd, "bind", step);
+    if (listen(fd, 128) < 0) return lm_http_fail(fd, "listen", step);
+    length = sizeof storage;
+    if (getsockname(fd, (struct sockaddr *)&storage, &length) < 0) return lm_http_fail(fd, "getsockname", step);
+    *bound = ntohs(storage.ss_family == AF_INET ? v4->sin_port : v6->sin6_port);
+    return fd;
+}
+
+int lm_http_listen_unix(const char *path, unsigned mode, unsigned gid, const char **step) {
+    struct sockaddr_un addr;
+    memset(&addr, 0, sizeof addr);
+    addr.sun_family = AF_UNIX;
+    if (strlen(path) == 0 || strlen(path) >= sizeof addr.sun_path) {
+        *step = "bind";
+        return -ENAMETOOLONG;
+    }
+    strcpy(addr.sun_path, path);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) return lm_http_fail(fd, "socket", step);
+    if (bind(fd, (struct sockaddr *)&addr, sizeof addr) < 0) return lm_http_fail(fd, "bind", step);
+    if (gid != (unsigned)-1 && chown(path, (uid_t)-1, (gid_t)gid) < 0) {
+        int r = lm_http_fail(fd, "chown", step);
+        unlink(path);
+        return r;
+    }
+    if (chmod(path, mode) < 0) {
+        int r = lm_http_fail(fd, "chmod", step);
+        unlink(path);
+        return r;
+    }
+    if (listen(fd, 128) < 0) {
+        int r = lm_http_fail(fd, "listen", step);
+        unlink(path);
+        return r;
+    }
+    return fd;
+}
