@@ -7,7 +7,8 @@
 
 # Menus and the words below them ("_" is the top).
 declare -gA _lmctfy_menus=(
-    [_]="create destroy detect enter init killall list notify pause resume run spec stats update"
+    [_]="create destroy detect enter image init killall list notify pause resume run spec stats update"
+    [image]="export import list remove"
     [list]="containers pids tids"
     [notify]="container memory"
     ["notify container"]="empty"
@@ -15,7 +16,8 @@ declare -gA _lmctfy_menus=(
     [stats]="summary full"
     [update]="diff replace"
 )
-# Verbs whose first argument is a container name.
+# Verbs whose first argument is a container name (the image verbs take
+# image names and archive files: see the end of _lmctfy_complete).
 _lmctfy_named=" create destroy enter killall list_containers list_pids list_tids notify_container_empty notify_memory_oom notify_memory_threshold pause resume run spec stats_summary stats_full update_diff update_replace "
 _lmctfy_flags="-b -c -f -r -n -p -v -l -o -h -V --help --version --lmctfy_binary --lmctfy_config= --lmctfy_force --lmctfy_recursive --lmctfy_no_wait --lmctfy_output_style= --lmctfy_print_help --lmctfy_version"
 _lmctfy_styles="pairs values long json"
@@ -34,7 +36,21 @@ declare -gA _lmctl_verb_flags=(
     [restore]="--name"
     [info]="-o"
 )
-_lmctl_event_kinds="OOM MEMORY_THRESHOLD EMPTY FREEZER CREATED UPDATED DESTROYED PROCESS_EXITED STATS MEMORY_PRESSURE"
+_lmctl_event_kinds="OOM MEMORY_THRESHOLD EMPTY FREEZER CREATED UPDATED DESTROYED PROCESS_EXITED STATS MEMORY_PRESSURE HOST_GAP EVICTED"
+# lmctl create's policy flags (PolicyCommands), besides lmctfy's.
+_lmctl_create_flags="--tier --dry-run --anywhere"
+
+# Image names, one per line, from the CLI itself ($1...: the command and its
+# connection options), at most 2 s.
+_lmctfy_image_names() {
+    timeout 2 "$@" -v image list 2>/dev/null
+}
+
+# The tiers of the agent's policy (lmctl info prints committed_TIER="..."),
+# at most 2 s.
+_lmctl_tiers() {
+    timeout 2 "$@" info 2>/dev/null | sed -n 's/^committed_\([^=]*\)=.*/\1/p' | grep -vx memory
+}
 
 # Container names, one per line, from the CLI itself ($1...: the command
 # and its connection options). At most 2 s: a missing agent must not hang
@@ -63,6 +79,8 @@ _lmctfy_complete() {
             ((i++))
         elif [[ $w == --* && -n $ownverb ]]; then
             case $w in --after|--kind|--sort|--name|--to|--to-key-file|--from|--host|--hosts) ((i++)) ;; esac
+        elif (( lmctl )) && [[ $leaf == create && $w == --tier ]] && (( positional == 0 )); then
+            ((i++))
         elif [[ $w == -* ]] && (( positional == 0 )); then
             :
         elif [[ -n $leaf || -n $ownverb ]]; then
@@ -116,6 +134,11 @@ _lmctfy_complete() {
             local hosts
             hosts=$(timeout 2 "$prog" "${ctl[@]}" hosts 2>/dev/null | sed -n 's/^name="\([^"]*\)".*/\1/p')
             COMPREPLY=($(compgen -W "$hosts" -- "$cur")); return ;;
+        --tier)
+            if (( lmctl )) && [[ $leaf == create ]]; then
+                COMPREPLY=($(compgen -W "$(_lmctl_tiers "$prog" "${conn[@]}")" -- "$cur"))
+                return
+            fi ;;
         --hosts|--after|--name) return ;;
     esac
 
@@ -128,6 +151,8 @@ _lmctfy_complete() {
             COMPREPLY=($(compgen -W "${_lmctl_verb_flags[$ownverb]}" -- "$cur"))
         elif (( lmctl )) && [[ -z $menu && -z $leaf ]]; then
             COMPREPLY=($(compgen -W "$_lmctl_options $_lmctfy_flags" -- "$cur"))
+        elif (( lmctl )) && [[ $leaf == create ]]; then
+            COMPREPLY=($(compgen -W "$_lmctl_create_flags $_lmctfy_flags" -- "$cur"))
         else
             COMPREPLY=($(compgen -W "$_lmctfy_flags" -- "$cur"))
         fi
@@ -155,6 +180,10 @@ _lmctfy_complete() {
         COMPREPLY=($(compgen -W "$names" -- "$cur"))
     elif [[ $leaf == run ]] && (( positional == 1 )); then
         COMPREPLY=($(compgen -c -- "$cur"))
+    elif [[ ( $leaf == "image export" || $leaf == "image remove" ) ]] && (( positional == 0 )); then
+        COMPREPLY=($(compgen -W "$(_lmctfy_image_names "$prog" "${conn[@]}")" -- "$cur"))
+    elif [[ ( $leaf == "image import" && positional -eq 0 ) || ( $leaf == "image export" && positional -eq 1 ) ]]; then
+        COMPREPLY=($(compgen -f -- "$cur"))
     fi
 }
 
