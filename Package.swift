@@ -26,6 +26,7 @@ let package = Package(
         .executable(name: "lmctfy-protogen", targets: ["lmctfy-protogen"]),
         .executable(name: "lmctfy-bench", targets: ["lmctfy-bench"]),
         .executable(name: "lmctfy-test-helper", targets: ["lmctfy-test-helper"]),
+        .executable(name: "lmctfy-init", targets: ["lmctfy-init"]),
         .library(name: "LmctfyProto", targets: ["LmctfyProto"]),
         .library(name: "LmctfyRPC", targets: ["LmctfyRPC"]),
         .library(name: "LmctfyLoop", targets: ["LmctfyLoop"]),
@@ -137,6 +138,12 @@ let package = Package(
             name: "lmctfy-bench",
             dependencies: ["Lmctfy", "LmctfyProto", "LmctfySystem", "LmctfyRPC"],
             path: "tools/bench"),
+
+        // The default init of a virtual host (C, linked statically: it runs
+        // after pivot_root in a root filesystem that may have no libc).
+        .executableTarget(
+            name: "lmctfy-init", path: "Sources/lmctfy-init",
+            linkerSettings: [.unsafeFlags(["-static-executable"])]),
 
         // Workloads for the integration tests (OOM, fork loops), in C.
         .executableTarget(name: "lmctfy-test-helper", path: "tools/test-helper"),

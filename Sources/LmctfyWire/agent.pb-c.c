@@ -3254,9 +3254,29 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__create_request__desc
   (ProtobufCMessageInit) containers__lmctfy__agent__create_request__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-#define containers__lmctfy__agent__create_response__field_descriptors NULL
-#define containers__lmctfy__agent__create_response__field_indices_by_name NULL
-#define containers__lmctfy__agent__create_response__number_ranges NULL
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__create_response__field_descriptors[1] =
+{
+  {
+    "init_pid",
+    1,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_INT32,
+    offsetof(Containers__Lmctfy__Agent__CreateResponse, has_init_pid),
+    offsetof(Containers__Lmctfy__Agent__CreateResponse, init_pid),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned containers__lmctfy__agent__create_response__field_indices_by_name[] = {
+  0,   /* field[0] = init_pid */
+};
+static const ProtobufCIntRange containers__lmctfy__agent__create_response__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 1 }
+};
 const ProtobufCMessageDescriptor containers__lmctfy__agent__create_response__descriptor =
 {
   PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
@@ -3265,10 +3285,10 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__create_response__des
   "Containers__Lmctfy__Agent__CreateResponse",
   "containers.lmctfy.agent",
   sizeof(Containers__Lmctfy__Agent__CreateResponse),
-  0,
+  1,
   containers__lmctfy__agent__create_response__field_descriptors,
   containers__lmctfy__agent__create_response__field_indices_by_name,
-  0,  containers__lmctfy__agent__create_response__number_ranges,
+  1,  containers__lmctfy__agent__create_response__number_ranges,
   (ProtobufCMessageInit) containers__lmctfy__agent__create_response__init,
   NULL,NULL,NULL    /* reserved[123] */
 };

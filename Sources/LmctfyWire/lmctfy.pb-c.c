@@ -1617,7 +1617,7 @@ const ProtobufCEnumDescriptor containers__lmctfy__run_spec__fd_policy__descripto
   containers__lmctfy__run_spec__fd_policy__value_ranges,
   NULL,NULL,NULL,NULL   /* reserved[1234] */
 };
-static const ProtobufCFieldDescriptor containers__lmctfy__run_spec__field_descriptors[3] =
+static const ProtobufCFieldDescriptor containers__lmctfy__run_spec__field_descriptors[7] =
 {
   {
     "fd_policy",
@@ -1655,16 +1655,68 @@ static const ProtobufCFieldDescriptor containers__lmctfy__run_spec__field_descri
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "uid",
+    4,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_UINT32,
+    offsetof(Containers__Lmctfy__RunSpec, has_uid),
+    offsetof(Containers__Lmctfy__RunSpec, uid),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "gid",
+    5,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_UINT32,
+    offsetof(Containers__Lmctfy__RunSpec, has_gid),
+    offsetof(Containers__Lmctfy__RunSpec, gid),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "groups",
+    6,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_UINT32,
+    offsetof(Containers__Lmctfy__RunSpec, n_groups),
+    offsetof(Containers__Lmctfy__RunSpec, groups),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "no_new_privs",
+    7,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_BOOL,
+    offsetof(Containers__Lmctfy__RunSpec, has_no_new_privs),
+    offsetof(Containers__Lmctfy__RunSpec, no_new_privs),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned containers__lmctfy__run_spec__field_indices_by_name[] = {
   2,   /* field[2] = apparmor_profile */
   1,   /* field[1] = console */
   0,   /* field[0] = fd_policy */
+  4,   /* field[4] = gid */
+  5,   /* field[5] = groups */
+  6,   /* field[6] = no_new_privs */
+  3,   /* field[3] = uid */
 };
 static const ProtobufCIntRange containers__lmctfy__run_spec__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 3 }
+  { 0, 7 }
 };
 const ProtobufCMessageDescriptor containers__lmctfy__run_spec__descriptor =
 {
@@ -1674,7 +1726,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__run_spec__descriptor =
   "Containers__Lmctfy__RunSpec",
   "containers.lmctfy",
   sizeof(Containers__Lmctfy__RunSpec),
-  3,
+  7,
   containers__lmctfy__run_spec__field_descriptors,
   containers__lmctfy__run_spec__field_indices_by_name,
   1,  containers__lmctfy__run_spec__number_ranges,

@@ -14,6 +14,8 @@
 #include <sys/xattr.h>
 /* Signal-safe process spawning into containers (spawn.c). */
 #include "lm_spawn.h"
+/* Virtual hosts: init in new namespaces and its own root (vhost.c). */
+#include "lm_vhost.h"
 /* The libuv casts live in CLmctfyUV (lm_uv.h), not here: every importer
  * of this module (CL1, the CLI) would otherwise see libuv. */
 

@@ -3573,15 +3573,31 @@ public struct RunSpec: ProtoMessage {
     public var console: RunSpec.Console?
     /// Field 3 `apparmor_profile`.
     public var apparmorProfile: String?
+    /// Field 4 `uid`.
+    public var uid: UInt32?
+    /// Field 5 `gid`.
+    public var gid: UInt32?
+    /// Field 6 `groups`.
+    public var groups: [UInt32]
+    /// Field 7 `no_new_privs`.
+    public var noNewPrivs: Bool?
 
     public init(
         fdPolicy: RunSpec.FdPolicy? = nil,
         console: RunSpec.Console? = nil,
-        apparmorProfile: String? = nil
+        apparmorProfile: String? = nil,
+        uid: UInt32? = nil,
+        gid: UInt32? = nil,
+        groups: [UInt32] = [],
+        noNewPrivs: Bool? = nil
     ) {
         self.fdPolicy = fdPolicy
         self.console = console
         self.apparmorProfile = apparmorProfile
+        self.uid = uid
+        self.gid = gid
+        self.groups = groups
+        self.noNewPrivs = noNewPrivs
     }
 
     public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.RunSpec")
@@ -3591,6 +3607,10 @@ public struct RunSpec: ProtoMessage {
         self.fdPolicy = message.get(1)
         self.console = message.get(2)
         self.apparmorProfile = message.get(3)
+        self.uid = message.get(4)
+        self.gid = message.get(5)
+        self.groups = message.getRepeated(6)
+        self.noNewPrivs = message.get(7)
     }
 
     public var dynamic: DynamicMessage {
@@ -3598,6 +3618,10 @@ public struct RunSpec: ProtoMessage {
         message.set(1, fdPolicy)
         message.set(2, console)
         message.set(3, apparmorProfile)
+        message.set(4, uid)
+        message.set(5, gid)
+        message.setRepeated(6, groups)
+        message.set(7, noNewPrivs)
         return message
     }
 
@@ -3606,6 +3630,10 @@ public struct RunSpec: ProtoMessage {
         self.fdPolicy = CBridge.value(c, f[0])
         self.console = CBridge.message(c, f[1])
         self.apparmorProfile = CBridge.value(c, f[2])
+        self.uid = CBridge.value(c, f[3])
+        self.gid = CBridge.value(c, f[4])
+        self.groups = CBridge.repeated(c, f[5])
+        self.noNewPrivs = CBridge.value(c, f[6])
     }
 
     public func makeC() -> UnsafeMutableRawPointer {
@@ -3614,6 +3642,10 @@ public struct RunSpec: ProtoMessage {
         CBridge.set(c, f[0], fdPolicy)
         CBridge.setMessage(c, f[1], console)
         CBridge.set(c, f[2], apparmorProfile)
+        CBridge.set(c, f[3], uid)
+        CBridge.set(c, f[4], gid)
+        CBridge.setRepeated(c, f[5], groups)
+        CBridge.set(c, f[6], noNewPrivs)
         return c
     }
 
@@ -4927,26 +4959,37 @@ public struct CreateRequest: ProtoMessage {
 
 /// Protobuf message `containers.lmctfy.agent.CreateResponse`.
 public struct CreateResponse: ProtoMessage {
-    public init() {}
+    /// Field 1 `init_pid`.
+    public var initPid: Int32?
+
+    public init(
+        initPid: Int32? = nil
+    ) {
+        self.initPid = initPid
+    }
 
     public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.CreateResponse")
 
     public init(dynamic message: DynamicMessage) {
         precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.CreateResponse")
-        self.init()
+        self.initPid = message.get(1)
     }
 
     public var dynamic: DynamicMessage {
-        let message = DynamicMessage(Self.protoDescriptor)
+        var message = DynamicMessage(Self.protoDescriptor)
+        message.set(1, initPid)
         return message
     }
 
     public init(cMessage c: UnsafeRawPointer) {
-        self.init()
+        let f = Self.protoDescriptor.fields
+        self.initPid = CBridge.value(c, f[0])
     }
 
     public func makeC() -> UnsafeMutableRawPointer {
         let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.set(c, f[0], initPid)
         return c
     }
 }

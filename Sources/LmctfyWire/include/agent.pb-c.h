@@ -449,10 +449,19 @@ struct  Containers__Lmctfy__Agent__CreateRequest
 struct  Containers__Lmctfy__Agent__CreateResponse
 {
   ProtobufCMessage base;
+  /*
+   * Added: a virtual host's init, as the agent's machine sees it (absent
+   * for any other container).
+   */
+  /*
+   * Next id: 2
+   */
+  protobuf_c_boolean has_init_pid;
+  int32_t init_pid;
 };
 #define CONTAINERS__LMCTFY__AGENT__CREATE_RESPONSE__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__create_response__descriptor) \
-     }
+    , 0, 0 }
 
 
 /*

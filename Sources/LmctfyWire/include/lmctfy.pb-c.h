@@ -245,14 +245,29 @@ struct  Containers__Lmctfy__RunSpec
   protobuf_c_boolean has_fd_policy;
   Containers__Lmctfy__RunSpec__FdPolicy fd_policy;
   Containers__Lmctfy__RunSpec__Console *console;
-  /*
-   * Next id: 4
-   */
   char *apparmor_profile;
+  /*
+   * Added: the ids a virtual host's init runs as (init.run_spec); absent:
+   * root. `groups` are the supplementary groups (none when absent).
+   */
+  protobuf_c_boolean has_uid;
+  uint32_t uid;
+  protobuf_c_boolean has_gid;
+  uint32_t gid;
+  size_t n_groups;
+  uint32_t *groups;
+  /*
+   * Added: PR_SET_NO_NEW_PRIVS before the exec.
+   */
+  /*
+   * Next id: 8
+   */
+  protobuf_c_boolean has_no_new_privs;
+  protobuf_c_boolean no_new_privs;
 };
 #define CONTAINERS__LMCTFY__RUN_SPEC__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__run_spec__descriptor) \
-    , 0, CONTAINERS__LMCTFY__RUN_SPEC__FD_POLICY__UNKNOWN, NULL, NULL }
+    , 0, CONTAINERS__LMCTFY__RUN_SPEC__FD_POLICY__UNKNOWN, NULL, NULL, 0, 0, 0, 0, 0,NULL, 0, 0 }
 
 
 struct  Containers__Lmctfy__VirtualHostSpec__Init
