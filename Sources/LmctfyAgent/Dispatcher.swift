@@ -320,8 +320,8 @@ public final class Dispatcher: Sendable {
                   Dispatcher.contains(spec.dynamic, r.spec?.dynamic ?? ContainerSpec().dynamic) else { return nil }
             return CreateResponse()
         }) { d, r in
-            _ = try d.createContainer(try Dispatcher.containerName(r.name), spec: r.spec ?? ContainerSpec())
-            return CreateResponse()
+            let made = try d.createContainer(try Dispatcher.containerName(r.name), spec: r.spec ?? ContainerSpec())
+            return CreateResponse(initPid: made.initPid)
         }
         mutating(AgentMethods.destroy, recover: { _, _, error in
             // The earlier agent destroyed it before it died.
@@ -424,12 +424,13 @@ public final class Dispatcher: Sendable {
 
     /// Creates `name` as Create does: recorded, snapshot written. Returns
     /// its path.
-    func createContainer(_ name: String, spec: ContainerSpec) throws -> String {
+    func createContainer(_ name: String, spec: ContainerSpec) throws -> CreateOutcome {
         try inventory.change(try backend.resolve(name)) {
-            let path = try backend.create(name, spec: spec)
+            let made = try backend.createReportingInit(name, spec: spec)
+            let path = made.name
             events.record(container: path, kind: .containerEventCreated)
             snapshots?.syncOrWarn(path)
-            return (path, { $0[path] = false })
+            return (made, { $0[path] = false })
         }
     }
 

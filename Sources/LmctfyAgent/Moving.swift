@@ -92,7 +92,7 @@ extension Dispatcher {
     /// Creates the imported container; errors say why it does not fit.
     private func makeImported(_ name: String, spec: ContainerSpec) throws -> String {
         do {
-            return try createContainer(name, spec: spec)
+            return try createContainer(name, spec: spec).name
         } catch let e as LmctfyError where e.code == .alreadyExists {
             throw LmctfyError(.alreadyExists, "Cannot import: \(e.message)")
         } catch let e as LmctfyError where [.failedPrecondition, .invalidArgument, .unimplemented, .outOfRange, .notFound].contains(e.code) {
