@@ -146,7 +146,8 @@ let package = Package(
             linkerSettings: [.unsafeFlags(["-static-executable"])]),
 
         // Workloads for the integration tests (OOM, fork loops), in C.
-        .executableTarget(name: "lmctfy-test-helper", path: "tools/test-helper"),
+        // `netns` mode: the inside of a virtual host for the lm_net tests.
+        .executableTarget(name: "lmctfy-test-helper", dependencies: ["CLmctfyShims"], path: "tools/test-helper"),
 
         // Generates Sources/LmctfyProto/Generated from the protobuf-c descriptors.
         .executableTarget(

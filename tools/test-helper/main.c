@@ -13,6 +13,8 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+int netns_main(void);
+
 int main(int argc, char **argv) {
     if (argc >= 3 && strcmp(argv[1], "alloc") == 0) {
         long mb = atol(argv[2]);
@@ -46,6 +48,7 @@ int main(int argc, char **argv) {
         }
         return 0;
     }
-    fprintf(stderr, "usage: lmctfy-test-helper alloc MB [HOLD_S] | forkloop | oscillate MB MS N\n");
+    if (argc >= 2 && strcmp(argv[1], "netns") == 0) return netns_main();
+    fprintf(stderr, "usage: lmctfy-test-helper alloc MB [HOLD_S] | forkloop | oscillate MB MS N | netns\n");
     return 64;
 }

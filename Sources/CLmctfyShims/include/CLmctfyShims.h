@@ -16,6 +16,8 @@
 #include "lm_spawn.h"
 /* Virtual hosts: init in new namespaces and its own root (vhost.c). */
 #include "lm_vhost.h"
+/* Virtual host networking over rtnetlink, no ip/brctl (netlink.c). */
+#include "lm_net.h"
 /* The libuv casts live in CLmctfyUV (lm_uv.h), not here: every importer
  * of this module (CL1, the CLI) would otherwise see libuv. */
 
