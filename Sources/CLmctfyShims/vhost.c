@@ -4,23 +4,17 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
-#include <net/if.h>
 #include <sched.h>
 #include <signal.h>
 #include <string.h>
-#include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
-#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include <linux/mount.h>
 
-#ifdef LM_HAVE_NET
-#include "lm_net.h"
-#endif
 
 /* The failure record the child writes on the status pipe. */
 struct vh_failure {
@@ -68,24 +62,6 @@ static int vh_is_mountpoint(const char *path) {
     struct stat a, b;
     if (stat(path, &a) < 0 || stat("/", &b) < 0) return 0;
     return a.st_dev != b.st_dev;
-}
-
-/* Loopback up with an ioctl: every new network namespace has `lo` down. */
-static int vh_loopback_up(void) {
-    int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-    if (s < 0) return -1;
-    struct ifreq ifr;
-    memset(&ifr, 0, sizeof ifr);
-    memcpy(ifr.ifr_name, "lo", 3);
-    int rc = ioctl(s, SIOCGIFFLAGS, &ifr);
-    if (rc == 0) {
-        ifr.ifr_flags |= IFF_UP;
-        rc = ioctl(s, SIOCSIFFLAGS, &ifr);
-    }
-    int e = errno;
-    close(s);
-    errno = e;
-    return rc;
 }
 
 #define FAIL(st, i) do { f->err = errno; f->stage = (st); f->index = (i); return; } while (0)
@@ -175,15 +151,9 @@ static void vh_child_setup(const struct lm_vh_opts *o, int status_fd, struct vh_
     if (o->hostname && sethostname(o->hostname, strlen(o->hostname)) < 0) FAIL(LM_VH_HOSTNAME, -1);
 
     if (o->new_net) {
-        if (vh_loopback_up() < 0) FAIL(LM_VH_NETWORK, 0);
-#ifdef LM_HAVE_NET
-        if (o->net && o->net->ifname) {
-            if (lm_net_configure_inside(o->net->ifname, o->net->addr, o->net->prefixlen, o->net->gateway, o->net->mtu) < 0)
-                FAIL(LM_VH_NETWORK, 1);
-        }
-#else
-        if (o->net && o->net->ifname) { errno = ENOSYS; FAIL(LM_VH_NETWORK, 1); }
-#endif
+        int step = LM_NET_STEP_LOOPBACK;
+        int rc = o->net ? lm_net_apply_inside(o->net, &step) : lm_net_loopback_up();
+        if (rc < 0) { errno = -rc; FAIL(LM_VH_NETWORK, step); }
     }
 
     if (o->set_ids) {

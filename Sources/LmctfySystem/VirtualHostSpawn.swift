@@ -22,23 +22,24 @@ public struct VirtualHostMount: Sendable, Equatable {
     }
 }
 
-/// The network set up inside a virtual host's network namespace.
+/// The network set up inside a virtual host's network namespace
+/// (lm_net_apply_inside): loopback up, then the interface's mtu, up,
+/// address and default route, then ip_forward.
 public struct VirtualHostNetwork: Sendable, Equatable {
-    /// The interface to configure inside (it is moved in by the parent).
-    public var interface: String
-    /// IPv4 address and prefix length; nil: the interface only goes up.
-    public var address: (ip: String, prefixLength: Int32)?
+    /// The interface to configure inside (moved in by the parent); nil:
+    /// loopback only.
+    public var interface: String?
+    /// The address and its prefix length; nil: none.
+    public var ip: String?
+    public var prefixLength: UInt32 = 0
     /// Default route via this address.
     public var gateway: String?
     /// 0: leave the MTU.
-    public var mtu: Int32 = 0
+    public var mtu: UInt32 = 0
+    /// net.ipv4.ip_forward; nil: leave it.
+    public var ipForward: Bool?
 
-    public init(interface: String) { self.interface = interface }
-
-    public static func == (a: Self, b: Self) -> Bool {
-        a.interface == b.interface && a.address?.ip == b.address?.ip && a.address?.prefixLength == b.address?.prefixLength
-            && a.gateway == b.gateway && a.mtu == b.mtu
-    }
+    public init() {}
 }
 
 /// Everything the shim's child does between clone and exec, in this order:
@@ -90,11 +91,14 @@ public struct VirtualHostError: Error, Sendable, Equatable, CustomStringConverti
     public let errno: Int32
     /// What the step worked on (a path, the mount, the init).
     public let subject: String
+    /// The step's index (a mount's, or lm_net_step for the network).
+    public let index: Int32
 
-    public init(stage: Stage, errno: Int32, subject: String) {
+    public init(stage: Stage, errno: Int32, subject: String, index: Int32 = -1) {
         self.stage = stage
         self.errno = errno
         self.subject = subject
+        self.index = index
     }
 
     public var description: String {
@@ -112,7 +116,7 @@ public struct VirtualHostError: Error, Sendable, Equatable, CustomStringConverti
         case .proc: "mounting /proc"
         case .sys: "mounting /sys"
         case .hostname: "sethostname \(subject)"
-        case .network: "setting up the network (\(subject))"
+        case .network: "setting up the network: \(subject)"
         case .ids: "dropping to uid/gid"
         case .noNewPrivs: "setting no_new_privs"
         case .exec: "exec of init \(subject)"
@@ -230,11 +234,16 @@ public enum VirtualHost {
         a.opts.machine_spec = o.machineSpec.map { a.string($0) }
         a.opts.hostname = o.hostname.map { a.string($0) }
         if let n = o.network {
-            let p = UnsafeMutablePointer<lm_vh_net>.allocate(capacity: 1)
+            let p = UnsafeMutablePointer<lm_net_inside>.allocate(capacity: 1)
             a.allocations.append(UnsafeMutableRawPointer(p))
-            p.pointee = lm_vh_net(ifname: a.string(n.interface), addr: n.address.map { a.string($0.ip) },
-                                  prefixlen: n.address?.prefixLength ?? 0, gateway: n.gateway.map { a.string($0) },
-                                  mtu: n.mtu)
+            var inside = lm_net_inside()
+            inside.ifname = n.interface.map { a.string($0) }
+            inside.ip = n.ip.map { a.string($0) }
+            inside.prefixlen = n.prefixLength
+            inside.gateway = n.gateway.map { a.string($0) }
+            inside.mtu = n.mtu
+            inside.ip_forward = n.ipForward.map { $0 ? 1 : 0 } ?? -1
+            p.pointee = inside
             a.opts.net = UnsafePointer(p)
         }
         a.opts.stdin_fd = o.stdin.raw
@@ -275,11 +284,11 @@ public enum VirtualHost {
         case .mountTarget where i >= 0 && i < o.mounts.count: o.mounts[i].target
         case .rootfs, .pivot: o.rootfs
         case .hostname: o.hostname ?? ""
-        case .network: i == 0 ? "loopback" : (o.network?.interface ?? "")
+        case .network: "step \(index)"
         case .exec: o.initPath ?? o.argv[0]
         default: ""
         }
-        return VirtualHostError(stage: s, errno: err, subject: subject)
+        return VirtualHostError(stage: s, errno: err, subject: subject, index: index)
     }
 }
 

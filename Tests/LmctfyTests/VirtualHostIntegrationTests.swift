@@ -9,7 +9,7 @@ import LmctfyTestSupport
 import Testing
 
 /// A busybox rootfs in a temp directory, with a host directory to share.
-final class BusyboxRoot {
+final class BusyboxRoot: Sendable {
     let base: String
     var rootfs: String { base + "/rootfs" }
     /// A host directory the tests bind into the virtual host (writable).
@@ -33,7 +33,7 @@ final class BusyboxRoot {
         // busybox-static: no libc needed inside.
         let cp = try TestProcess.capture(["/bin/cp", Self.busybox, rootfs + "/bin/busybox"])
         guard cp.status == 0 else { throw SystemError("cp", Self.busybox, EIO) }
-        for applet in ["sh", "cat", "hostname", "ls", "sleep", "true", "echo", "readlink", "touch", "grep"] {
+        for applet in ["sh", "cat", "hostname", "ls", "sleep", "true", "echo", "readlink", "touch", "grep", "nc"] {
             guard symlink("busybox", rootfs + "/bin/" + applet) == 0 else { throw SystemError("symlink", applet, errno) }
         }
     }
@@ -212,8 +212,12 @@ struct VirtualHostIntegrationTests {
         s = vhSpec(root, mounts: [Mounts.Mount(source: root.share, target: "/../etc")])
         try refused(s, .invalidArgument, "..")
         try refused(vhSpec(root, hostname: String(repeating: "h", count: 65)), .invalidArgument, "not a valid host name")
-        s = vhSpec(root); s.virtualHost?.network = Network()
-        try refused(s, .unimplemented, "network")
+        s = vhSpec(root); s.virtualHost?.network = Network(interface: "eth9", connection: Network.Connection())
+        try refused(s, .invalidArgument, "exclusive")
+        s = vhSpec(root)
+        s.virtualHost?.network = Network(virtualIp: Network.VirtualIp(ip: "10.0.0.2"),
+                                         connection: Network.Connection(vethPair: Network.VethPair(outside: "bad/name", inside: "eth0")))
+        try refused(s, .invalidArgument, "not a valid interface name")
         s = vhSpec(root); s.filesystem?.fdLimit = 10
         try refused(s, .unimplemented, "fd_limit")
         #expect(try root.hostMounts().isEmpty)
@@ -266,6 +270,100 @@ struct VirtualHostIntegrationTests {
                     && (e as? LmctfyError)?.message.contains("different Virtual Host") == true
             }
             #expect(try c.processes(recursive: false) == [initPid])
+        }
+    }
+
+    /// Runs `body` on a thread of its own inside a new network namespace
+    /// (the machine's is never touched; what is left dies with the thread).
+    func inOwnNetworkNamespace(_ body: @escaping @Sendable () throws -> Void) throws {
+        final class Box: @unchecked Sendable { var error: (any Error)? }
+        let box = Box()
+        let t = Threads.start {
+            do {
+                try Net.enterNewNamespace()
+                try body()
+            } catch {
+                box.error = error
+            }
+        }
+        pthread_join(t, nil)
+        if let e = box.error { throw e }
+    }
+
+    @Test func aNetworkedVirtualHostHasItsVethAddressAndRoute() throws {
+        let root = try BusyboxRoot("net")
+        let api = self.api
+        let spec = vhSpec(root, hostname: nil)
+        try inOwnNetworkNamespace {
+            let name = try ContainerName.resolve(RealCgroups.uniqueName("net"), relativeTo: .root)
+            defer { try? api.destroy(name) }
+            let outside = "lmvh\(getpid() % 100000)"
+            var s = spec
+            s.virtualHost?.network = Network(
+                virtualIp: Network.VirtualIp(ip: "10.200.0.2", netmask: "255.255.255.0", gateway: "10.200.0.1", mtu: 1400),
+                connection: Network.Connection(vethPair: Network.VethPair(outside: outside, inside: "eth0")))
+            let c = try api.create(name, spec: s)
+            let initPid = try c.initPid()
+            guard Sys.inode("/proc/\(initPid)/ns/net")?.ino != Sys.inode("/proc/thread-self/ns/net")?.ino else {
+                throw SystemError("netns", "init shares our network namespace", EINVAL)
+            }
+            // The host side (our namespace): the outside end is up; give it the gateway's address.
+            guard let link = try Net.link(outside), link.kind == "veth", link.isUp, link.mtu == 1400 else {
+                throw SystemError("link", outside, ENODEV)
+            }
+            try Net.addAddress(outside, "10.200.0.1", prefixLength: 24)
+            // A listener on the host side; the virtual host dials it.
+            let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            defer { close(listener) }
+            var addr = sockaddr_in()
+            addr.sin_family = sa_family_t(AF_INET)
+            addr.sin_port = 0
+            inet_pton(AF_INET, "10.200.0.1", &addr.sin_addr)
+            var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+            let bound = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(listener, $0, len) } }
+            guard bound == 0, listen(listener, 1) == 0 else { throw SystemError("bind", "10.200.0.1", errno) }
+            _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(listener, $0, &len) } }
+            let port = UInt16(bigEndian: addr.sin_port)
+            // Detached: busybox nc waits for our side to close after its stdin ends.
+            _ = try c.run(["/bin/sh", "-c", """
+                cat /sys/class/net/eth0/mtu > /share/mtu; ls /sys/class/net > /share/links; \
+                cat /proc/net/route > /share/route; echo hello | nc 10.200.0.1 \(port)
+                """])
+            var pfd = pollfd(fd: listener, events: Int16(POLLIN), revents: 0)
+            guard poll(&pfd, 1, 5000) == 1 else { throw SystemError("poll", "no connection from the virtual host", ETIMEDOUT) }
+            let conn = accept(listener, nil, nil)
+            defer { close(conn) }
+            var buf = [UInt8](repeating: 0, count: 64)
+            var pr = pollfd(fd: conn, events: Int16(POLLIN), revents: 0)
+            _ = poll(&pr, 1, 5000)
+            let n = read(conn, &buf, buf.count)
+            let got = n > 0 ? String(decoding: buf[0..<n], as: UTF8.self) : ""
+            guard got == "hello\n" else { throw SystemError("read", "got \(got)", EIO) }
+            guard try self.shared(root, "mtu") == "1400",
+                  try self.shared(root, "links").split(separator: "\n").sorted() == ["eth0", "lo"] else {
+                throw SystemError("inside", "mtu/links: \(try self.shared(root, "mtu")) \(try self.shared(root, "links"))", EIO)
+            }
+            // The default route via 10.200.0.1 (0100C80A in /proc/net/route's hex).
+            let route = try self.shared(root, "route")
+            guard route.split(separator: "\n").contains(where: { $0.hasPrefix("eth0\t00000000\t0100C80A") }) else {
+                throw SystemError("route", route, EIO)
+            }
+            // Destroy leaves no veth and no process.
+            try api.destroy(name)
+            guard try Net.link(outside) == nil else { throw SystemError("destroy", "\(outside) is left", EEXIST) }
+            guard self.gone(initPid) else { throw SystemError("destroy", "init \(initPid) is left", EEXIST) }
+        }
+    }
+
+    @Test func anEmptyNetworkGivesOnlyALoopback() throws {
+        let root = try BusyboxRoot("lo")
+        var s = vhSpec(root, hostname: nil)
+        s.virtualHost?.network = Network()
+        try withTestContainer(api) { name in
+            let c = try api.create(name, spec: s)
+            #expect(try runInside(c, "ls /sys/class/net > /share/links; cat /sys/class/net/lo/operstate > /share/lo") == 0)
+            #expect(try shared(root, "links") == "lo")
+            #expect(try shared(root, "lo") == "unknown")  // up (loopback reports "unknown", down is "down")
         }
     }
 }

@@ -18,21 +18,14 @@
 
 #include <sys/types.h>
 
+#include "lm_net.h"
+
 /* A bind mount from the host into the virtual host. */
 struct lm_vh_mount {
     const char *source;   /* host path, resolved before pivot_root */
     const char *target;   /* path inside the new root, resolved after pivot_root */
     int read_only;
     int private_;         /* private propagation (else a slave of the source) */
-};
-
-/* Inside network set-up (the child, after its filesystem). */
-struct lm_vh_net {
-    const char *ifname;   /* the interface to configure (NULL: loopback only) */
-    const char *addr;     /* IPv4 address, dotted (NULL: none) */
-    int prefixlen;        /* 0..32 */
-    const char *gateway;  /* default route via (NULL: none) */
-    int mtu;              /* 0: leave */
 };
 
 struct lm_vh_opts {
@@ -51,9 +44,9 @@ struct lm_vh_opts {
     const char *machine_spec;
     /* sethostname (needs CLONE_NEWUTS); NULL: keep. */
     const char *hostname;
-    /* Network inside (needs CLONE_NEWNET); NULL: none. Loopback is brought
-     * up in every new network namespace. */
-    const struct lm_vh_net *net;
+    /* Network inside (needs new_net; lm_net_apply_inside); NULL: loopback
+     * only. Loopback is brought up in every new network namespace. */
+    const struct lm_net_inside *net;
     /* stdio, as lm_spawn: a descriptor, -1 for /dev/null, -2 to keep. */
     int stdin_fd, stdout_fd, stderr_fd;
     /* Drop to these ids (groups: the supplementary groups, may be empty). */

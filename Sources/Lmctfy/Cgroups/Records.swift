@@ -19,6 +19,8 @@ enum Record: String, CaseIterable {
     case schedulingLatency = "cpu.scheduling_latency"
     /// The eviction priority (D12) where the kernel has no file for it.
     case evictionPriority = "eviction_priority"
+    /// A virtual host's outside veth end (destroy deletes it).
+    case vethOutside = "network.veth_outside"
 
     /// The namespace of every lmctfy record.
     static let namespace = "user.lmctfy."

@@ -22,9 +22,7 @@ extension ContainerApi {
         guard let vh = spec.virtualHost else { return }
         if isUpdate { throw .unimplemented("Updating virtual_host is not supported") }
         if let name, name.depth > 1 { throw .unimplemented("Nested Virtual Hosts are not yet supported.") }
-        if vh.network != nil {
-            throw .unimplemented("virtual_host.network is not implemented yet")
-        }
+        if let network = vh.network { _ = try NetworkPlan(network) }
         if let h = vh.virtualHostname {
             // What sethostname(2) and a resolver accept: 1..64 bytes, no NUL or '/'.
             if h.isEmpty || h.utf8.count > 64 || h.utf8.contains(0) || h.contains("/") {
@@ -96,15 +94,56 @@ extension ContainerApi {
         if let stdio {
             o.stdin = stdio.stdin; o.stdout = stdio.stdout; o.stderr = stdio.stderr
         }
-        do throws(VirtualHostError) {
-            let child = try VirtualHost.clone(o)
-            let pid = child.pid
-            try child.release()
-            return pid
-        } catch {
-            // 13 as in the original (nscon's failure), with the step and errno.
-            throw LmctfyError(.internal, "Failed to start the init of virtual host \"\(name)\": \(error)", errno: error.errno)
+        let plan = try vh.network.map { (n: Network) throws(LmctfyError) in try NetworkPlan(n) }
+        if let plan {
+            o.newNetwork = true
+            var inside = VirtualHostNetwork()
+            inside.interface = plan.insideInterface
+            inside.ip = plan.address?.ip
+            inside.prefixLength = UInt32(plan.address?.prefixLength ?? 0)
+            inside.gateway = plan.gateway
+            inside.mtu = plan.mtu ?? 0
+            inside.ipForward = plan.ipForward
+            o.network = inside
         }
+        let failed = { (error: VirtualHostError) -> LmctfyError in
+            // 13 as in the original (nscon's failure), with the step and errno.
+            var text = error.description
+            if error.stage == .network, let plan {
+                text = "setting up the network: \(plan.describeInsideStep(error.index)): \(String(cString: strerror(error.errno)))"
+            }
+            return LmctfyError(.internal, "Failed to start the init of virtual host \"\(name)\": \(text)", errno: error.errno)
+        }
+        let child: VirtualHostChild
+        do throws(VirtualHostError) { child = try VirtualHost.clone(o) } catch { throw failed(error) }
+        // The outside of the network, while the child waits in its new
+        // namespace: the veth pair (peer moved in), the bridge port.
+        if let plan {
+            do throws(LmctfyError) {
+                try plan.applyOutside(childPid: child.pid)
+                if case .veth(let outside, _, _) = plan.outside {
+                    try driver.tasksDir(name).setRecord(.vethOutside, outside)
+                }
+            } catch {
+                child.abort()
+                plan.rollbackOutside()
+                throw error
+            }
+        }
+        let pid = child.pid
+        do throws(VirtualHostError) { try child.release() } catch {
+            plan?.rollbackOutside()
+            throw failed(error)
+        }
+        return pid
+    }
+
+    /// Destroy's part for a virtual host: the outside veth end it made
+    /// (its peer went with the namespace, or goes with it now). Missing,
+    /// or no longer a veth: nothing to do.
+    func removeVirtualHostLinks(_ name: ContainerName) {
+        guard let outside = (try? driver.tasksDir(name).record(.vethOutside)) ?? nil else { return }
+        if let link = try? Net.link(outside), link.kind == "veth" { try? Net.deleteLink(outside) }
     }
 
     /// The init's environment (nothing of the caller's leaks in).
