@@ -8,44 +8,6 @@ import LmctfySystem
 import LmctfyTestSupport
 import Testing
 
-/// A busybox rootfs in a temp directory, with a host directory to share.
-final class BusyboxRoot: Sendable {
-    let base: String
-    var rootfs: String { base + "/rootfs" }
-    /// A host directory the tests bind into the virtual host (writable).
-    var share: String { base + "/share" }
-
-    static let busybox = "/bin/busybox"
-    static var unavailableReason: String? {
-        if let r = RealCgroups.unavailableReason { return r }
-        if !Sys.exists(busybox) { return "virtual host tests need busybox-static at /bin/busybox (tools/deps.sh)" }
-        if !Sys.exists(builtTool("lmctfy-init")) { return "lmctfy-init was not built beside the tests (\(builtTool("lmctfy-init")))" }
-        return nil
-    }
-
-    init(_ label: String) throws {
-        base = "/tmp/\(RealCgroups.prefix)vh_\(getpid())_\(label)"
-        _ = removeTree(base)
-        for d in ["", "/rootfs", "/share", "/rootfs/bin", "/rootfs/proc", "/rootfs/sys", "/rootfs/dev", "/rootfs/etc",
-                  "/rootfs/tmp", "/rootfs/share", "/rootfs/ro"] {
-            guard mkdir(base + d, 0o755) == 0 else { throw SystemError("mkdir", base + d, errno) }
-        }
-        // busybox-static: no libc needed inside.
-        let cp = try TestProcess.capture(["/bin/cp", Self.busybox, rootfs + "/bin/busybox"])
-        guard cp.status == 0 else { throw SystemError("cp", Self.busybox, EIO) }
-        for applet in ["sh", "cat", "hostname", "ls", "sleep", "true", "echo", "readlink", "touch", "grep", "nc"] {
-            guard symlink("busybox", rootfs + "/bin/" + applet) == 0 else { throw SystemError("symlink", applet, errno) }
-        }
-    }
-
-    deinit { _ = removeTree(base) }
-
-    /// What the host's mount table says about this tree (should be nothing).
-    func hostMounts() throws -> [String] {
-        try Sys.readFile("/proc/self/mountinfo").split(separator: "\n").map(String.init).filter { $0.contains(base) }
-    }
-}
-
 @Suite(.enabled(if: BusyboxRoot.unavailableReason == nil, "\(BusyboxRoot.unavailableReason ?? "")"))
 struct VirtualHostIntegrationTests {
     let api: ContainerApi
