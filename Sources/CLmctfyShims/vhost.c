@@ -106,8 +106,16 @@ static void vh_child_setup(const struct lm_vh_opts *o, int status_fd, struct vh_
         if (chdir(o->rootfs) < 0) FAIL(LM_VH_ROOTFS, -1);
         /* pivot_root(".", "."): the old root ends up stacked on the new one
          * and is detached at once, with every host mount below it. */
-        if (syscall(SYS_pivot_root, ".", ".") < 0) FAIL(LM_VH_PIVOT, -1);
-        if (umount2(".", MNT_DETACH) < 0) FAIL(LM_VH_PIVOT, -1);
+        if (syscall(SYS_pivot_root, ".", ".") == 0) {
+            if (umount2(".", MNT_DETACH) < 0) FAIL(LM_VH_PIVOT, -1);
+        } else if (errno == EINVAL) {
+            /* The machine's root is the initramfs (rootfs), which cannot be
+             * pivoted away from (the v2 test guest): move the new root over
+             * it and chroot, as crun and runc do there. */
+            if (mount(".", "/", NULL, MS_MOVE, NULL) < 0 || chroot(".") < 0) FAIL(LM_VH_PIVOT, -1);
+        } else {
+            FAIL(LM_VH_PIVOT, -1);
+        }
         if (chdir("/") < 0) FAIL(LM_VH_PIVOT, -1);
         pivoted = 1;
     }

@@ -133,8 +133,8 @@ struct VirtualHostIntegrationTests {
             let c = try api.create(name, spec: vhSpec(root, hostname: nil))
             let initPid = try c.initPid()
             // A child that records the SIGTERM it gets from init.
-            _ = try c.run(["/bin/sh", "-c", "trap 'echo term > /share/got; exit 0' TERM; while true; do sleep 0.05; done"])
-            usleep(100_000)
+            _ = try c.run(["/bin/sh", "-c", "trap 'echo term > /share/got; exit 0' TERM; touch /share/ready; while true; do sleep 0.05; done"])
+            for _ in 0..<5000 where !Sys.exists(root.share + "/ready") { usleep(1000) }  // its trap is set
             #expect(kill(initPid, SIGTERM) == 0)
             var left = try c.processes(recursive: false)
             for _ in 0..<4000 where !left.isEmpty {
