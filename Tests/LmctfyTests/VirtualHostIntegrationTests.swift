@@ -77,6 +77,7 @@ struct VirtualHostIntegrationTests {
             let rc = try runInside(c, """
                 hostname > /share/hostname; cat /proc/1/comm > /share/comm1; echo $$ > /share/pid; \
                 ls / > /share/ls; cat /run/lmctfy/.machine.spec > /share/machine; \
+                [ -f /run/lmctfy/.machine.spec ] && echo present > /share/machinefile; \
                 touch /ro/x 2>/dev/null && echo writable > /share/ro || echo readonly > /share/ro; \
                 cat /proc/self/mountinfo > /share/mountinfo
                 """)
@@ -87,7 +88,9 @@ struct VirtualHostIntegrationTests {
             #expect(try shared(root, "ls").split(separator: "\n").sorted() ==
                     ["bin", "dev", "etc", "proc", "ro", "run", "share", "sys", "tmp"])
             #expect(try shared(root, "ro") == "readonly")
-            #expect(try shared(root, "machine").contains("cgroup_mount"))
+            // The machine file lists the v1 hierarchies (MachineSpec has none for v2: empty there).
+            if api.version == .v1 { #expect(try shared(root, "machine").contains("cgroup_mount")) }
+            #expect(try shared(root, "machinefile") == "present")
             // Nothing of the host's mount table inside but what was asked.
             let inside = try shared(root, "mountinfo")
             #expect(!inside.contains(" /sys/fs/cgroup"), "\(inside)")
@@ -254,8 +257,15 @@ struct VirtualHostIntegrationTests {
 
     @Test func aNetworkedVirtualHostHasItsVethAddressAndRoute() throws {
         let root = try BusyboxRoot("net")
-        let api = self.api
         let spec = vhSpec(root, hostname: nil)
+        do { try networkedVirtualHost(root, spec) } catch let e as LmctfyError where e.errno == EOPNOTSUPP && e.message.contains("veth") {
+            // The qemu v2 guest's kernel has no veth (it is a module there).
+            try Test.cancel("veth pairs are not available on this kernel: \(e.message)")
+        }
+    }
+
+    func networkedVirtualHost(_ root: BusyboxRoot, _ spec: ContainerSpec) throws {
+        let api = self.api
         try inOwnNetworkNamespace {
             let name = try ContainerName.resolve(RealCgroups.uniqueName("net"), relativeTo: .root)
             defer { try? api.destroy(name) }
