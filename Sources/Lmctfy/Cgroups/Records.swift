@@ -19,6 +19,9 @@ enum Record: String, CaseIterable {
     case schedulingLatency = "cpu.scheduling_latency"
     /// The eviction priority (D12) where the kernel has no file for it.
     case evictionPriority = "eviction_priority"
+    /// On a virtual host's tasks directory, from before its init starts:
+    /// only such a container is searched for an init (run, enter).
+    case virtualHost = "virtual_host"
     /// A virtual host's outside veth end (destroy deletes it).
     case vethOutside = "network.veth_outside"
 

@@ -114,6 +114,7 @@ extension ContainerApi {
             }
             return LmctfyError(.internal, "Failed to start the init of virtual host \"\(name)\": \(text)", errno: error.errno)
         }
+        try driver.tasksDir(name).setRecord(.virtualHost, "1")
         let child: VirtualHostChild
         do throws(VirtualHostError) { child = try VirtualHost.clone(o) } catch { throw failed(error) }
         // The outside of the network, while the child waits in its new
@@ -141,8 +142,8 @@ extension ContainerApi {
     /// Destroy's part for a virtual host: the outside veth end it made
     /// (its peer went with the namespace, or goes with it now). Missing,
     /// or no longer a veth: nothing to do.
-    func removeVirtualHostLinks(_ name: ContainerName) {
-        guard let outside = (try? driver.tasksDir(name).record(.vethOutside)) ?? nil else { return }
+    func removeVirtualHostLinks(_ name: ContainerName) throws(LmctfyError) {
+        guard name.depth == 1, let outside = try driver.tasksDir(name).record(.vethOutside) else { return }
         if let link = try? Net.link(outside), link.kind == "veth" { try? Net.deleteLink(outside) }
     }
 
@@ -251,6 +252,8 @@ extension Container {
     /// The virtual host's init, nil for any other container.
     func virtualHostInit() throws(LmctfyError) -> pid_t? {
         guard let top = name.selfAndAncestors.first(where: { $0.depth == 1 }) else { return nil }
+        // One getxattr for an ordinary container: no /proc scan on its runs.
+        guard try driver.tasksDir(top).record(.virtualHost) != nil else { return nil }
         let ourDepth = Namespaces.nsPids(api.procRoot, getpid())?.count ?? 1
         let topContainer = Container(name: top, api: api)
         // The init is started in the top container and never leaves it.
