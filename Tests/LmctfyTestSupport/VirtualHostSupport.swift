@@ -27,7 +27,7 @@ public final class BusyboxRoot: Sendable {
         // busybox-static: no libc needed inside.
         let cp = try TestProcess.capture(["/bin/cp", Self.busybox, rootfs + "/bin/busybox"])
         guard cp.status == 0 else { throw SystemError("cp", Self.busybox, EIO) }
-        for applet in ["sh", "cat", "hostname", "ls", "sleep", "true", "echo", "readlink", "touch", "grep", "nc"] {
+        for applet in ["sh", "cat", "hostname", "ls", "sleep", "true", "echo", "readlink", "touch", "grep", "nc", "mv"] {
             guard symlink("busybox", rootfs + "/bin/" + applet) == 0 else { throw SystemError("symlink", applet, errno) }
         }
     }

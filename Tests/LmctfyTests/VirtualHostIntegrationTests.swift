@@ -338,4 +338,26 @@ struct VirtualHostIntegrationTests {
             #expect(try shared(root, "lo") == "unknown")  // up (loopback reports "unknown", down is "down")
         }
     }
+
+    @Test func initRunsWithTheRunSpecsIdsAndNoNewPrivs() throws {
+        let root = try BusyboxRoot("ids")
+        #expect(chmod(root.share, 0o777) == 0)
+        try withTestContainer(api) { name in
+            var s = vhSpec(root, hostname: nil, argv: ["/bin/sh", "-c",
+                "grep -E '^(Uid|Gid|Groups|NoNewPrivs):' /proc/self/status > /share/status.tmp; mv /share/status.tmp /share/status; exec sleep 300"])
+            s.virtualHost?.init_?.runSpec = RunSpec(uid: 65534, gid: 65533, groups: [65532], noNewPrivs: true)
+            let c = try api.create(name, spec: s)
+            var status = ""
+            for _ in 0..<3000 where status.isEmpty {
+                usleep(1000)
+                status = (try? shared(root, "status")) ?? ""
+            }
+            let lines = status.split(separator: "\n").map { $0.split(whereSeparator: { $0 == "\t" || $0 == " " }).map(String.init) }
+            #expect(lines.first { $0.first == "Uid:" }?.dropFirst().allSatisfy { $0 == "65534" } == true, "\(status)")
+            #expect(lines.first { $0.first == "Gid:" }?.dropFirst().allSatisfy { $0 == "65533" } == true, "\(status)")
+            #expect(lines.first { $0.first == "Groups:" }.map { Array($0.dropFirst()) } == ["65532"], "\(status)")
+            #expect(lines.first { $0.first == "NoNewPrivs:" }?.last == "1", "\(status)")
+            #expect(try c.initPid() > 1)
+        }
+    }
 }
