@@ -62,6 +62,9 @@ struct VirtualHostIntegrationTests {
         try withTestContainer(api) { name in
             let c = try api.create(name, spec: vhSpec(root))
             initPid = try c.initPid()
+            // spec reads the virtual host back as it was created.
+            #expect(try c.spec().virtualHost == vhSpec(root).virtualHost)
+            #expect(try c.spec().filesystem == vhSpec(root).filesystem)
             #expect(initPid > 1)
             // Our init, by descriptor, as pid 1 of a pid namespace one below ours.
             #expect(try Sys.readFile("/proc/\(initPid)/comm").trimmingWhitespace == "lmctfy-init")

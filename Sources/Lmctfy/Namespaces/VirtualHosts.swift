@@ -114,7 +114,8 @@ extension ContainerApi {
             }
             return LmctfyError(.internal, "Failed to start the init of virtual host \"\(name)\": \(text)", errno: error.errno)
         }
-        try driver.tasksDir(name).setRecord(.virtualHost, "1")
+        // The record marks a virtual host and keeps what `spec` reads back.
+        try driver.tasksDir(name).setRecord(.virtualHost, ContainerSpec(filesystem: spec.filesystem, virtualHost: vh).textFormatString)
         let child: VirtualHostChild
         do throws(VirtualHostError) { child = try VirtualHost.clone(o) } catch { throw failed(error) }
         // The outside of the network, while the child waits in its new
@@ -236,6 +237,18 @@ enum Namespaces {
 }
 
 extension Container {
+    /// A virtual host's `virtual_host` and `filesystem`, as created (its
+    /// record), into `spec`; nothing for any other container.
+    func readVirtualHostSpec(into spec: inout ContainerSpec) throws(LmctfyError) {
+        guard name.depth == 1, let text = try tasksDir.record(.virtualHost) else { return }
+        let kept: ContainerSpec
+        do { kept = try ContainerSpec(textFormat: text) } catch {
+            throw LmctfyError(.dataLoss, "The virtual host record of \"\(name)\" does not parse: \(error)")
+        }
+        spec.virtualHost = kept.virtualHost
+        spec.filesystem = kept.filesystem
+    }
+
     /// The init of the virtual host this container belongs to (its
     /// top-level ancestor's), as the caller's pid namespace sees it; 1 when
     /// it is no virtual host (GetInitPid). Found exactly, from NSpid: the
