@@ -92,6 +92,10 @@ static void apply_and_exec(const struct lm_spawn_opts *o, int keep_fd, struct fa
             return;
         }
     }
+    if (o->enter_user_root && (setresgid(0, 0, 0) < 0 || setresuid(0, 0, 0) < 0)) {
+        f->err = errno; f->stage = LM_STAGE_NAMESPACE; f->index = 0;
+        return;
+    }
     if (o->n_ns_fds > 0 && chdir("/") < 0) {
         f->err = errno; f->stage = LM_STAGE_NAMESPACE; f->index = o->n_ns_fds;
         return;

@@ -64,10 +64,33 @@ static int vh_is_mountpoint(const char *path) {
     return a.st_dev != b.st_dev;
 }
 
+/* A new, detached mount of a kernel filesystem (proc, sysfs): made while
+ * the host's are still visible (the kernel lets a user namespace mount proc
+ * or sysfs only then), attached after pivot_root like the binds. */
+static int vh_fs_mount(const char *type) {
+    int fs = (int)syscall(SYS_fsopen, type, FSOPEN_CLOEXEC);
+    if (fs < 0) return -1;
+    if (syscall(SYS_fsconfig, fs, FSCONFIG_CMD_CREATE, NULL, NULL, 0) < 0) {
+        int e = errno;
+        close(fs);
+        errno = e;
+        return -1;
+    }
+    int m = (int)syscall(SYS_fsmount, fs, FSMOUNT_CLOEXEC,
+                         MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC | MOUNT_ATTR_RELATIME);
+    int e = errno;
+    close(fs);
+    errno = e;
+    return m;
+}
+
 #define FAIL(st, i) do { f->err = errno; f->stage = (st); f->index = (i); return; } while (0)
 
 /* The child's set-up after the parent said go; returns only on failure. */
 static void vh_child_setup(const struct lm_vh_opts *o, int status_fd, struct vh_failure *f) {
+    /* The maps are written (the parent did before the go): become root of
+     * the new user namespace, keeping its capabilities across exec. */
+    if (o->new_user && (setresgid(0, 0, 0) < 0 || setresuid(0, 0, 0) < 0)) FAIL(LM_VH_USERNS, -1);
     if (vh_dup(o->stdin_fd, 0) < 0 || vh_dup(o->stdout_fd, 1) < 0 || vh_dup(o->stderr_fd, 2) < 0) FAIL(LM_VH_STDIO, -1);
     if (setsid() < 0) FAIL(LM_VH_SESSION, -1);
 
@@ -99,6 +122,11 @@ static void vh_child_setup(const struct lm_vh_opts *o, int status_fd, struct vh_
         tree_fds[i] = fd;
     }
 
+    int proc_fd = vh_fs_mount("proc");
+    if (proc_fd < 0) FAIL(LM_VH_PROC, -1);
+    int sys_fd = vh_fs_mount("sysfs");
+    if (sys_fd < 0) FAIL(LM_VH_SYS, -1);
+
     int pivoted = 0;
     if (o->rootfs && strcmp(o->rootfs, "/") != 0) {
         /* pivot_root needs the new root to be a mount point. */
@@ -128,11 +156,13 @@ static void vh_child_setup(const struct lm_vh_opts *o, int status_fd, struct vh_
     }
 
     if (vh_mkdir("/proc", 0555) < 0 ||
-        mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RELATIME, NULL) < 0)
+        syscall(SYS_move_mount, proc_fd, "", AT_FDCWD, "/proc", MOVE_MOUNT_F_EMPTY_PATH) < 0)
         FAIL(LM_VH_PROC, -1);
+    close(proc_fd);
     if (vh_mkdir("/sys", 0555) < 0 ||
-        mount("sysfs", "/sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RELATIME, NULL) < 0)
+        syscall(SYS_move_mount, sys_fd, "", AT_FDCWD, "/sys", MOVE_MOUNT_F_EMPTY_PATH) < 0)
         FAIL(LM_VH_SYS, -1);
+    close(sys_fd);
     /* A devpts of its own; best effort, as in the original (no console is
      * requested here). */
     if (access("/dev", F_OK) == 0 && vh_mkdir("/dev/pts", 0755) == 0 &&
@@ -255,6 +285,7 @@ int lm_vh_clone(const struct lm_vh_opts *o, struct lm_vh_child *c, int *err, int
         int flags = CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWIPC;
         if (o->new_uts) flags |= CLONE_NEWUTS;
         if (o->new_net) flags |= CLONE_NEWNET;
+        if (o->new_user) flags |= CLONE_NEWUSER;
         long pid = syscall(SYS_clone, (unsigned long)(flags | SIGCHLD), NULL, NULL, NULL, NULL);
         if (pid == 0) {
             close(go[1]);

@@ -61,6 +61,8 @@ public struct SpawnOptions: Sendable {
     /// The pid namespace the command is born in, and the caller's own (both
     /// descriptors, owned by the caller); nil: ours.
     public var pidNamespace: (target: Int32, own: Int32)?
+    /// namespaceFds[0] is a user namespace: become root inside after entering.
+    public var enterUserAsRoot = false
 
     /// Options to run `argv`: stdio inherited, no cgroups joined, descriptors
     /// above stdio closed, not detached.
@@ -168,6 +170,7 @@ public enum Spawn {
         c.pidns_fd = o.pidNamespace?.target ?? -1
         c.self_pidns_fd = o.pidNamespace?.own ?? -1
         c.n_ns_fds = Int32(o.namespaceFds.count)
+        c.enter_user_root = o.enterUserAsRoot ? 1 : 0
         return o.namespaceFds.withUnsafeBufferPointer { fds in
             c.ns_fds = fds.baseAddress
             return withUnsafePointer(to: &c) { body($0) }

@@ -60,6 +60,8 @@ public struct VirtualHostOptions: Sendable {
     public var hostname: String?
     /// New network namespace.
     public var newNetwork = false
+    /// New user namespace; the caller writes its maps (`VirtualHostChild.writeIdMaps`) before release.
+    public var newUser = false
     /// The inside network (needs newNetwork).
     public var network: VirtualHostNetwork?
     /// The new root ("/" keeps the host's).
@@ -85,7 +87,7 @@ public struct VirtualHostError: Error, Sendable, Equatable, CustomStringConverti
     /// The child's step, numbered as in lm_vhost.h.
     public enum Stage: Int32, Sendable {
         case none = 0, clone, cgroup, stdio, session, propagation, rootfs, mountSource, pivot, mountTarget,
-             proc, sys, hostname, network, ids, noNewPrivs, exec, wait, openInit
+             proc, sys, hostname, network, ids, noNewPrivs, exec, wait, openInit, userns
     }
     public let stage: Stage
     public let errno: Int32
@@ -122,6 +124,7 @@ public struct VirtualHostError: Error, Sendable, Equatable, CustomStringConverti
         case .exec: "exec of init \(subject)"
         case .wait: "waiting for the child"
         case .openInit: "opening init \(subject)"
+        case .userns: "becoming root of the user namespace \(subject)"
         }
         return "\(what): \(String(cString: strerror(errno)))"
     }
@@ -157,6 +160,13 @@ public final class VirtualHostChild {
         storage?.free()
         storage = nil
         if rc != 0 { throw VirtualHost.failure(options, err, stage, index) }
+    }
+
+    /// Writes the child's uid_map and gid_map ("inside outside count" lines),
+    /// before `release`.
+    public func writeIdMaps(uid: String, gid: String) throws(SystemError) {
+        try Sys.writeFile("/proc/\(pid)/uid_map", uid)
+        try Sys.writeFile("/proc/\(pid)/gid_map", gid)
     }
 
     /// Kills and reaps the child.
@@ -217,6 +227,7 @@ public enum VirtualHost {
         }
         a.opts.new_uts = o.hostname != nil ? 1 : 0
         a.opts.new_net = o.newNetwork ? 1 : 0
+        a.opts.new_user = o.newUser ? 1 : 0
         let files = a.strings(o.cgroupFiles)
         a.opts.cgroup_files = UnsafeRawPointer(files).assumingMemoryBound(to: UnsafePointer<CChar>?.self)
         a.opts.n_cgroup_files = Int32(o.cgroupFiles.count)

@@ -363,4 +363,36 @@ struct VirtualHostIntegrationTests {
             #expect(try c.initPid() > 1)
         }
     }
+
+    @Test func aUserNamespaceMapsRootInside() throws {
+        let root = try BusyboxRoot("userns")
+        #expect(chmod(root.share, 0o777) == 0)
+        var s = vhSpec(root)
+        let map = [VirtualHostSpec.IdMap(inside: 0, outside: 200_000, count: 65536)]
+        s.virtualHost?.network = Network()
+        s.virtualHost?.userNamespace = VirtualHostSpec.UserNamespace(uidMap: map, gidMap: map)
+        try withTestContainer(api) { name in
+            let c = try api.create(name, spec: s)
+            let initPid = try c.initPid()
+            // Outside, init is the mapped id; inside, root with its capabilities.
+            let status = try Sys.readFile("/proc/\(initPid)/status")
+            #expect(status.contains("Uid:\t200000\t200000\t200000\t200000"), "\(status)")
+            #expect(nsInode(String(initPid), "user") != nsInode("self", "user"))
+            #expect(try runInside(c, "grep -E '^Uid:' /proc/self/status > /share/uid; cat /proc/self/uid_map > /share/map; hostname > /share/host") == 0)
+            #expect(try shared(root, "uid").split(whereSeparator: { $0 == "\t" || $0 == " " }).dropFirst().allSatisfy { $0 == "0" })
+            #expect(try shared(root, "map").split(whereSeparator: { $0 == " " || $0 == "\t" }) == ["0", "200000", "65536"])
+            #expect(try shared(root, "host") == "vhtest")
+        }
+        // Bad maps are refused before anything is made.
+        var bad = s
+        bad.virtualHost?.userNamespace = VirtualHostSpec.UserNamespace(uidMap: [VirtualHostSpec.IdMap(inside: 1, outside: 5, count: 1)], gidMap: map)
+        _ = try withTestContainer(api) { name in
+            #expect { try api.create(name, spec: bad) } throws: { ($0 as? LmctfyError)?.code == .invalidArgument }
+        }
+        bad = s
+        bad.virtualHost?.network = nil
+        _ = try withTestContainer(api) { name in
+            #expect { try api.create(name, spec: bad) } throws: { ($0 as? LmctfyError)?.message.contains("needs virtual_host.network") == true }
+        }
+    }
 }

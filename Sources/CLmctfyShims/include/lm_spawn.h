@@ -39,6 +39,9 @@ struct lm_spawn_opts {
      * status. */
     int pidns_fd;
     int self_pidns_fd;
+    /* ns_fds[0] is a user namespace: become its root (setresgid and
+     * setresuid 0) after entering, so the command keeps root there. */
+    int enter_user_root;
 };
 
 /* Stages reported on failure, so the error can say what failed. */

@@ -36,6 +36,9 @@ struct lm_vh_opts {
      * CLONE_ constants need _GNU_SOURCE, which Swift's Glibc lacks). */
     int new_uts;
     int new_net;
+    /* A user namespace too: the parent writes its uid/gid maps before the
+     * go, and the child then becomes root inside (setresuid/setresgid 0). */
+    int new_user;
     /* Absolute host path of the new root; "/" keeps the host's (no pivot). */
     const char *rootfs;
     const struct lm_vh_mount *mounts;
@@ -84,6 +87,8 @@ enum lm_vh_stage {
     LM_VH_NO_NEW_PRIVS = 15,
     LM_VH_EXEC = 16,
     LM_VH_WAIT = 17,
+    /* 18 is the Swift side's (opening the init) */
+    LM_VH_USERNS = 19,
 };
 
 /* A child between clone and release. */

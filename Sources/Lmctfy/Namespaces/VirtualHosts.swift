@@ -23,6 +23,20 @@ extension ContainerApi {
         if isUpdate { throw .unimplemented("Updating virtual_host is not supported") }
         if let name, name.depth > 1 { throw .unimplemented("Nested Virtual Hosts are not yet supported.") }
         if let network = vh.network { _ = try NetworkPlan(network) }
+        if let userns = vh.userNamespace {
+            guard vh.network != nil else {
+                throw .invalidArgument("virtual_host.user_namespace needs virtual_host.network (sysfs is mounted only by the owner of the network namespace)")
+            }
+            for (what, maps) in [("uid_map", userns.uidMap), ("gid_map", userns.gidMap)] {
+                guard !maps.isEmpty, maps.count <= 340 else { throw .invalidArgument("virtual_host.user_namespace.\(what) needs 1 to 340 ranges") }
+                guard maps.contains(where: { ($0.inside ?? 0) == 0 }) else {
+                    throw .invalidArgument("virtual_host.user_namespace.\(what) must map inside id 0 (root of the virtual host)")
+                }
+                for m in maps where (m.count ?? 0) == 0 || m.inside == nil || m.outside == nil {
+                    throw .invalidArgument("virtual_host.user_namespace.\(what) ranges need inside, outside and a non-zero count")
+                }
+            }
+        }
         if let h = vh.virtualHostname {
             // What sethostname(2) and a resolver accept: 1..64 bytes, no NUL or '/'.
             if h.isEmpty || h.utf8.count > 64 || h.utf8.contains(0) || h.contains("/") {
@@ -116,8 +130,18 @@ extension ContainerApi {
         }
         // The record marks a virtual host and keeps what `spec` reads back.
         try driver.tasksDir(name).setRecord(.virtualHost, ContainerSpec(filesystem: spec.filesystem, virtualHost: vh).textFormatString)
+        o.newUser = vh.userNamespace != nil
         let child: VirtualHostChild
         do throws(VirtualHostError) { child = try VirtualHost.clone(o) } catch { throw failed(error) }
+        if let userns = vh.userNamespace {
+            func lines(_ maps: [VirtualHostSpec.IdMap]) -> String {
+                maps.map { "\($0.inside ?? 0) \($0.outside ?? 0) \($0.count ?? 0)\n" }.joined()
+            }
+            do throws(SystemError) { try child.writeIdMaps(uid: lines(userns.uidMap), gid: lines(userns.gidMap)) } catch {
+                child.abort()
+                throw error.lmctfy(.invalidArgument, "Failed to write the id maps of virtual host \"\(name)\"")
+            }
+        }
         // The outside of the network, while the child waits in its new
         // namespace: the veth pair (peer moved in), the bridge port.
         if let plan {
@@ -299,11 +323,13 @@ extension Container {
 final class VirtualHostEntry {
     private var fds: [Int32] = []
     private var pidFds: (target: Int32, own: Int32)?
+    private var entersUser = false
 
     /// nil for an ordinary container (nothing to enter).
     init?(_ container: Container) throws(LmctfyError) {
         guard let target = try container.namespaceTargets() else { return nil }
         let proc = container.api.procRoot
+        entersUser = target.kinds.first == "user"
         do throws(SystemError) {
             for kind in target.kinds {
                 fds.append(try Sys.open(proc + "/\(target.pid)/ns/\(kind)", O_RDONLY | O_CLOEXEC))
@@ -331,6 +357,7 @@ final class VirtualHostEntry {
     func apply(to o: inout SpawnOptions) {
         o.namespaceFds = fds
         o.pidNamespace = pidFds
+        o.enterUserAsRoot = entersUser
     }
 
     func close() {

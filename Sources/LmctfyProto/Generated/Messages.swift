@@ -3854,15 +3854,19 @@ public struct VirtualHostSpec: ProtoMessage {
     public var init_: VirtualHostSpec.Init?
     /// Field 3 `network`.
     public var network: Network?
+    /// Field 4 `user_namespace`.
+    public var userNamespace: VirtualHostSpec.UserNamespace?
 
     public init(
         virtualHostname: String? = nil,
         init_: VirtualHostSpec.Init? = nil,
-        network: Network? = nil
+        network: Network? = nil,
+        userNamespace: VirtualHostSpec.UserNamespace? = nil
     ) {
         self.virtualHostname = virtualHostname
         self.init_ = init_
         self.network = network
+        self.userNamespace = userNamespace
     }
 
     public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.VirtualHostSpec")
@@ -3872,6 +3876,7 @@ public struct VirtualHostSpec: ProtoMessage {
         self.virtualHostname = message.get(1)
         self.init_ = message.get(2)
         self.network = message.get(3)
+        self.userNamespace = message.get(4)
     }
 
     public var dynamic: DynamicMessage {
@@ -3879,6 +3884,7 @@ public struct VirtualHostSpec: ProtoMessage {
         message.set(1, virtualHostname)
         message.set(2, init_)
         message.set(3, network)
+        message.set(4, userNamespace)
         return message
     }
 
@@ -3887,6 +3893,7 @@ public struct VirtualHostSpec: ProtoMessage {
         self.virtualHostname = CBridge.value(c, f[0])
         self.init_ = CBridge.message(c, f[1])
         self.network = CBridge.message(c, f[2])
+        self.userNamespace = CBridge.message(c, f[3])
     }
 
     public func makeC() -> UnsafeMutableRawPointer {
@@ -3895,7 +3902,61 @@ public struct VirtualHostSpec: ProtoMessage {
         CBridge.set(c, f[0], virtualHostname)
         CBridge.setMessage(c, f[1], init_)
         CBridge.setMessage(c, f[2], network)
+        CBridge.setMessage(c, f[3], userNamespace)
         return c
+    }
+
+    /// Protobuf message `containers.lmctfy.VirtualHostSpec.IdMap`.
+    public struct IdMap: ProtoMessage {
+        /// Field 1 `inside`.
+        public var inside: UInt32?
+        /// Field 2 `outside`.
+        public var outside: UInt32?
+        /// Field 3 `count`.
+        public var count: UInt32?
+
+        public init(
+            inside: UInt32? = nil,
+            outside: UInt32? = nil,
+            count: UInt32? = nil
+        ) {
+            self.inside = inside
+            self.outside = outside
+            self.count = count
+        }
+
+        public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.VirtualHostSpec.IdMap")
+
+        public init(dynamic message: DynamicMessage) {
+            precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.VirtualHostSpec.IdMap")
+            self.inside = message.get(1)
+            self.outside = message.get(2)
+            self.count = message.get(3)
+        }
+
+        public var dynamic: DynamicMessage {
+            var message = DynamicMessage(Self.protoDescriptor)
+            message.set(1, inside)
+            message.set(2, outside)
+            message.set(3, count)
+            return message
+        }
+
+        public init(cMessage c: UnsafeRawPointer) {
+            let f = Self.protoDescriptor.fields
+            self.inside = CBridge.value(c, f[0])
+            self.outside = CBridge.value(c, f[1])
+            self.count = CBridge.value(c, f[2])
+        }
+
+        public func makeC() -> UnsafeMutableRawPointer {
+            let c = CBridge.allocate(Self.protoDescriptor)
+            let f = Self.protoDescriptor.fields
+            CBridge.set(c, f[0], inside)
+            CBridge.set(c, f[1], outside)
+            CBridge.set(c, f[2], count)
+            return c
+        }
     }
 
     /// Protobuf message `containers.lmctfy.VirtualHostSpec.Init`.
@@ -3939,6 +4000,51 @@ public struct VirtualHostSpec: ProtoMessage {
             let f = Self.protoDescriptor.fields
             CBridge.setRepeated(c, f[0], initArgv)
             CBridge.setMessage(c, f[1], runSpec)
+            return c
+        }
+    }
+
+    /// Protobuf message `containers.lmctfy.VirtualHostSpec.UserNamespace`.
+    public struct UserNamespace: ProtoMessage {
+        /// Field 1 `uid_map`.
+        public var uidMap: [VirtualHostSpec.IdMap]
+        /// Field 2 `gid_map`.
+        public var gidMap: [VirtualHostSpec.IdMap]
+
+        public init(
+            uidMap: [VirtualHostSpec.IdMap] = [],
+            gidMap: [VirtualHostSpec.IdMap] = []
+        ) {
+            self.uidMap = uidMap
+            self.gidMap = gidMap
+        }
+
+        public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.VirtualHostSpec.UserNamespace")
+
+        public init(dynamic message: DynamicMessage) {
+            precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.VirtualHostSpec.UserNamespace")
+            self.uidMap = message.getRepeated(1)
+            self.gidMap = message.getRepeated(2)
+        }
+
+        public var dynamic: DynamicMessage {
+            var message = DynamicMessage(Self.protoDescriptor)
+            message.setRepeated(1, uidMap)
+            message.setRepeated(2, gidMap)
+            return message
+        }
+
+        public init(cMessage c: UnsafeRawPointer) {
+            let f = Self.protoDescriptor.fields
+            self.uidMap = CBridge.repeatedMessages(c, f[0])
+            self.gidMap = CBridge.repeatedMessages(c, f[1])
+        }
+
+        public func makeC() -> UnsafeMutableRawPointer {
+            let c = CBridge.allocate(Self.protoDescriptor)
+            let f = Self.protoDescriptor.fields
+            CBridge.setRepeatedMessages(c, f[0], uidMap)
+            CBridge.setRepeatedMessages(c, f[1], gidMap)
             return c
         }
     }
