@@ -54,6 +54,11 @@ let package = Package(
             name: "COpenSSL", pkgConfig: "libcrypto",
             providers: [.apt(["libssl-dev"])]),
 
+        // Rootfs tarballs for the image store (LmctfyImages): Debian's
+        // libarchive (libarchive-dev for the headers), dlopened on first use
+        // so that programs pay for loading it (and libxml2, ICU) only then.
+        .target(name: "CArchiveLoader"),
+
         // protoc-c output for proto/*.proto plus a descriptor registry.
         // Written only by tools/gen-proto; never edit by hand.
         .target(
@@ -96,7 +101,13 @@ let package = Package(
         // LocalBackend (the backend over them).
         .target(
             name: "Lmctfy",
-            dependencies: ["LmctfyBackend", "LmctfySystem", "LmctfyProto", "CLmctfyShims"]),
+            dependencies: ["LmctfyBackend", "LmctfySystem", "LmctfyProto", "CLmctfyShims", "LmctfyImages"]),
+
+        // The image store: rootfs tarballs unpacked (hostile ones refused)
+        // for virtual hosts, and packed back. CL1 resolves image names with it.
+        .target(
+            name: "LmctfyImages",
+            dependencies: ["CArchiveLoader", "CLmctfyShims", "LmctfyBackend", "LmctfySystem"]),
 
         // Fake cgroup trees, the root gate, unique test containers.
         .target(
@@ -111,7 +122,7 @@ let package = Package(
 
         // lmctfy: the verbs on LocalBackend (CL1 on this machine).
         .executableTarget(
-            name: "lmctfy", dependencies: ["LmctfyCommands", "Lmctfy", "LmctfySystem"], linkerSettings: staticSwiftRuntime),
+            name: "lmctfy", dependencies: ["LmctfyCommands", "Lmctfy", "LmctfyImages", "LmctfySystem"], linkerSettings: staticSwiftRuntime),
 
         // lmctl: the lmctfy verbs against an agent. Never links CL1 (Lmctfy).
         .target(
@@ -129,7 +140,7 @@ let package = Package(
             dependencies: ["LmctfyProto", "LmctfyRPC", "LmctfySystem"]),
         .target(
             name: "LmctfyAgent",
-            dependencies: ["Lmctfy", "LmctfyBackend", "LmctfyProto", "LmctfyRPC", "LmctfySystem", "LmctfyLoop", "LmctfyEvents",
+            dependencies: ["Lmctfy", "LmctfyBackend", "LmctfyImages", "LmctfyProto", "LmctfyRPC", "LmctfySystem", "LmctfyLoop", "LmctfyEvents",
                            .product(name: "Logging", package: "swift-log")]),
         .executableTarget(name: "lmctfy-agent", dependencies: ["LmctfyAgent"], linkerSettings: staticSwiftRuntime),
         // The controller: agents dial home to it; it routes clients' calls to
@@ -164,16 +175,16 @@ let package = Package(
 
         .testTarget(
             name: "LmctfyTests",
-            dependencies: ["Lmctfy", "LmctfySystem", "LmctfyProto", "LmctfyTestSupport"]),
+            dependencies: ["Lmctfy", "LmctfyImages", "LmctfySystem", "LmctfyProto", "LmctfyTestSupport"]),
         .testTarget(
             name: "LmctfyCommandsTests",
-            dependencies: ["LmctfyCommands", "Lmctfy", "LmctfySystem", "LmctfyProto", "LmctfyTestSupport"]),
+            dependencies: ["LmctfyCommands", "Lmctfy", "LmctfyImages", "LmctfySystem", "LmctfyProto", "LmctfyTestSupport"]),
         .testTarget(
             name: "LmctfyRPCTests",
             dependencies: ["LmctfyRPC", "LmctfyProto", "LmctfySystem", "LmctfyTestSupport"]),
         .testTarget(
             name: "LmctfyAgentTests",
-            dependencies: ["LmctfyAgent", "LmctfyEvents", "LmctlCommands", "LmctfyCommands", "LmctfyRPC", "Lmctfy", "LmctfyProto",
+            dependencies: ["LmctfyAgent", "LmctfyEvents", "LmctfyImages", "LmctlCommands", "LmctfyCommands", "LmctfyRPC", "Lmctfy", "LmctfyProto",
                            "LmctfySystem", "LmctfyTestSupport"]),
         .testTarget(
             name: "LmctfyControllerTests",

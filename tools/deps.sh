@@ -2,7 +2,7 @@
 # Installs the Debian packages lmctfy needs to build and test, if missing.
 # Sourced or run by tools/setup and tools/test; safe to run again.
 set -euo pipefail
-PKGS=(pkg-config libuv1-dev libprotobuf-c-dev protobuf-c-compiler protobuf-compiler busybox-static)
+PKGS=(pkg-config libuv1-dev libprotobuf-c-dev protobuf-c-compiler protobuf-compiler libarchive-dev busybox-static)
 missing=()
 for p in "${PKGS[@]}" "$@"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -196,7 +196,8 @@ public final class Agent: @unchecked Sendable {
         self.dispatcher = Dispatcher(backend: backend, cgroupVersion: api.version.number,
                                      events: events, agentVersion: LmctfyVersion.string, journal: journal,
                                      testHold: TestHold.fromEnvironment(marker: settings.stateDir + "/test-hold"),
-                                     snapshots: snapshots, criu: criu, warnings: warnings)
+                                     snapshots: snapshots, criu: criu, warnings: warnings,
+                                     images: ImageService(root: settings.imageRoot))
         self.tlsServer = settings.tlsServer
         self.tlsClient = settings.tlsClient
         self.log = log

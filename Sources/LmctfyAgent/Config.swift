@@ -49,6 +49,8 @@ public struct AgentSettings: Sendable {
     /// with mode 0700 at start, and the agent refuses to start unless it is
     /// private (see `checkStateDir`).
     public var stateDir: String
+    /// The image store (image_root; default <state_dir>/images).
+    public var imageRoot: String
     /// The container the agent serves as "/" (root_container; default /):
     /// every name in its calls and events is relative to it. It must exist
     /// when the agent starts.
@@ -216,6 +218,7 @@ public struct AgentSettings: Sendable {
         if let v = l.maxAgentQueuedCalls { flow.agentCalls = Int(max(1, v)) }
         logLevel = c.logLevel ?? .logInfo
         stateDir = c.stateDir ?? "/var/lib/lmctfy"
+        imageRoot = c.imageRoot ?? stateDir + "/images"
         rootContainer = try Self.rootContainer(c.rootContainer, source: source)
         let capacity = c.eventLogCapacity ?? 4096
         guard (1...1_048_576).contains(capacity) else {

@@ -173,12 +173,15 @@ public final class Dispatcher: Sendable {
     let criu: CriuProbe?
     /// What MachineInfo warns about (the agent's plaintext TCP links).
     let warnings: [String]
+    /// The image store (Images.swift); nil: the image methods are UNIMPLEMENTED.
+    let images: ImageService?
 
     /// A dispatcher onto `backend`; names the caller leaves out mean
     /// whatever the backend's caller is (the agent's own container).
     public init(backend: any ContainerBackend, cgroupVersion: Int32, events: EventLog, agentVersion: String,
                 journal: RequestJournal? = nil, testHold: TestHold? = nil, snapshots: SnapshotKeeper? = nil,
-                criu: CriuProbe? = nil, warnings: [String] = []) {
+                criu: CriuProbe? = nil, warnings: [String] = [], images: ImageService? = nil) {
+        self.images = images
         self.criu = criu
         self.warnings = warnings
         self.backend = backend
@@ -396,6 +399,10 @@ public final class Dispatcher: Sendable {
             return InitResponse()
         }
         unary(AgentMethods.ping) { _, r in PingResponse(data: r.data ?? []) }
+        unary(AgentMethods.importImage) { d, r in try d.imageService().importImage(r) }
+        unary(AgentMethods.exportImage) { d, r in try d.imageService().exportImage(r) }
+        unary(AgentMethods.listImages) { d, _ in try d.imageService().listImages() }
+        unary(AgentMethods.removeImage) { d, r in try d.imageService().removeImage(r) }
         // Served by the agent's event hub on its loop (Agent.subscribe), which
         // needs the agent's connections: a dispatcher on its own has none.
         table[AgentMethods.subscribe.name] = { _, payload, _ in
@@ -415,6 +422,11 @@ public final class Dispatcher: Sendable {
             }
             return a == b
         }
+    }
+
+    func imageService() throws(LmctfyError) -> ImageService {
+        guard let images else { throw .unimplemented("This agent has no image store") }
+        return images
     }
 
     static func containerName(_ n: String?) throws(LmctfyError) -> String {

@@ -53,6 +53,7 @@ enum CommandTree {
         .leaf(DestroyCommand.leaf),
         .leaf(DetectCommand.leaf),
         .leaf(EnterCommand.leaf),
+        .menu(ImageCommand.menu),
         .leaf(InitCommand.leaf),
         .leaf(KillAllCommand.leaf),
         .menu(Menu(name: "list", children: [

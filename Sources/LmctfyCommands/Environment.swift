@@ -18,6 +18,11 @@ public struct CLIEnvironment: Sendable {
     public var initMachine: @Sendable (InitSpec) throws(LmctfyError) -> Void
     /// Reads a `-c` config file.
     public var readFile: @Sendable (String) throws(LmctfyError) -> [UInt8]
+    /// The image store the `image` verbs act on (lmctfy: this machine's;
+    /// lmctl: the agent's). Without one, they are refused with UNIMPLEMENTED.
+    public var makeImages: @Sendable () throws(LmctfyError) -> any ImageBackend = { () throws(LmctfyError) in
+        throw .unimplemented("images are not available in this environment")
+    }
 
     /// An environment over `makeBackend`; without `initMachine`, `init` is
     /// refused with UNIMPLEMENTED.

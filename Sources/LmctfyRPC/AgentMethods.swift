@@ -130,12 +130,25 @@ public enum AgentMethods {
     /// Restores a checkpoint with CRIU.
     public static let restore = AgentMethod<RestoreRequest, RestoreResponse>("Restore", .admin, .pool, .unary)
 
+    /// Uploads an archive in chunks and unpacks it into the image store
+    /// (PROTOCOL.md section 6.3). Each call is bounded: a 1 MiB chunk, or the
+    /// commit's unpacking of what was uploaded.
+    public static let importImage = AgentMethod<ImportImageRequest, ImportImageResponse>(
+        "ImportImage", .admin, .pool, .unary)
+    /// Packs an image (first call) and hands it out in 1 MiB chunks.
+    public static let exportImage = AgentMethod<ExportImageRequest, ExportImageResponse>(
+        "ExportImage", .admin, .pool, .unary)
+    /// The images of the store.
+    public static let listImages = AgentMethod<ListImagesRequest, ListImagesResponse>("ListImages", .reader, .pool, .unary)
+    /// Removes an image.
+    public static let removeImage = AgentMethod<RemoveImageRequest, RemoveImageResponse>("RemoveImage", .admin, .pool, .unary)
+
     /// Every method, in the order of docs/PROTOCOL.md §6.
     public static let all: [AgentMethodInfo] = [
         create.info, destroy.info, update.info, spec.info, stats.info, listContainers.info, listPids.info,
         listTids.info, detect.info, run.info, enter.info, killAll.info, pause.info, resume.info, notify.info,
         machineInfo.info, ping.info, initMachine.info, subscribe.info, exportSnapshot.info, importSnapshot.info,
-        checkpoint.info, restore.info,
+        checkpoint.info, restore.info, importImage.info, exportImage.info, listImages.info, removeImage.info,
     ]
 
     private static let byName: [String: AgentMethodInfo] = Dictionary(uniqueKeysWithValues: all.map { ($0.name, $0) })

@@ -6603,7 +6603,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__agent_limits__descri
   (ProtobufCMessageInit) containers__lmctfy__agent__agent_limits__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor containers__lmctfy__agent__agent_config__field_descriptors[26] =
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__agent_config__field_descriptors[27] =
 {
   {
     "unix_socket_path",
@@ -6917,6 +6917,18 @@ static const ProtobufCFieldDescriptor containers__lmctfy__agent__agent_config__f
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "image_root",
+    27,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__AgentConfig, image_root),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned containers__lmctfy__agent__agent_config__field_indices_by_name[] = {
   22,   /* field[22] = allow_plaintext_tcp */
@@ -6927,6 +6939,7 @@ static const unsigned containers__lmctfy__agent__agent_config__field_indices_by_
   15,   /* field[15] = controller_key_id */
   11,   /* field[11] = event_log_capacity */
   16,   /* field[16] = host_name */
+  26,   /* field[26] = image_root */
   4,   /* field[4] = key_file */
   17,   /* field[17] = label */
   6,   /* field[6] = limits */
@@ -6949,7 +6962,7 @@ static const unsigned containers__lmctfy__agent__agent_config__field_indices_by_
 static const ProtobufCIntRange containers__lmctfy__agent__agent_config__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 26 }
+  { 0, 27 }
 };
 const ProtobufCMessageDescriptor containers__lmctfy__agent__agent_config__descriptor =
 {
@@ -6959,7 +6972,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__agent_config__descri
   "Containers__Lmctfy__Agent__AgentConfig",
   "containers.lmctfy.agent",
   sizeof(Containers__Lmctfy__Agent__AgentConfig),
-  26,
+  27,
   containers__lmctfy__agent__agent_config__field_descriptors,
   containers__lmctfy__agent__agent_config__field_indices_by_name,
   1,  containers__lmctfy__agent__agent_config__number_ranges,

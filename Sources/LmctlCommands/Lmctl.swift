@@ -282,9 +282,11 @@ public enum LmctlCLI {
             return MovingCommands.run(words, dial: dial, stdout: stdout, stderr: stderr)
         }
         // The agent's machine is the one every verb acts on, `init` included.
-        let environment = CLIEnvironment(
+        var environment = CLIEnvironment(
             makeBackend: { () throws(LmctfyError) in try connect() },
             initMachine: { (spec: InitSpec) throws(LmctfyError) in try connect().initMachine(spec) })
+        // `image ...`: the agent's image store, archives streamed in chunks.
+        environment.makeImages = { () throws(LmctfyError) in RemoteImages(client: try dial()) }
         return LmctfyCLI.run(arguments: words, stdout: stdout, stderr: stderr, environment: environment)
     }
 

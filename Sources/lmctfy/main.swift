@@ -2,13 +2,17 @@
 // machine in as their backend.
 import Lmctfy
 import LmctfyCommands
+import LmctfyImages
 import LmctfySystem
 
 // `nil` names mean the process that ran lmctfy (the calling shell), as in the
 // original; a foreground `run` replaces lmctfy with the command.
 let callerPid = Sys.getppid()
-LmctfyCLI.main(environment: CLIEnvironment(
+var environment = CLIEnvironment(
     makeBackend: { () throws(LmctfyError) in
         try LocalBackend.detect(callerPid: callerPid, foreground: LocalBackend.execForeground)
     },
-    initMachine: LocalBackend.prepareMachine))
+    initMachine: LocalBackend.prepareMachine)
+// The image store at $LMCTFY_IMAGE_ROOT or /var/lib/lmctfy/images.
+environment.makeImages = { () throws(LmctfyError) in ImageStore() }
+LmctfyCLI.main(environment: environment)

@@ -1,4 +1,5 @@
 // NetworkPlan: checking containers.Network before anything is created (no root).
+import CLmctfyShims
 import Glibc
 import Lmctfy
 import LmctfyProto
@@ -106,6 +107,24 @@ private func refusal(_ text: String) throws -> LmctfyError? {
         #expect(try plan(base + #"ip: "198.18.0.2" mtu: 0 }"#).mtu == nil)
         #expect(try plan(base + #"mtu: 9000 ip_forward: false }"#).mtu == 9000)
         #expect(try plan(base + #"mtu: 9000 ip_forward: false }"#).ipForward == false)
+    }
+
+    /// The C side refuses bad arguments before opening a socket (no root needed).
+    @Test func cLibraryRefusesBadArgumentsItself() {
+        #expect(lm_net_link_up("a/b") == -EINVAL)
+        #expect(lm_net_link_up("") == -EINVAL)
+        #expect(lm_net_link_up("sixteen-chars-xx") == -EINVAL)
+        #expect(lm_net_link_up("..") == -EINVAL)
+        #expect(lm_net_veth_create("o", "i", 0, 0) == -EINVAL)
+        #expect(lm_net_link_to_netns("eth0", -1) == -EINVAL)
+        #expect(lm_net_link_set_mtu("eth0", 0) == -EINVAL)
+        #expect(lm_net_addr_add("eth0", "300.1.1.1", 24) == -EINVAL)
+        #expect(lm_net_addr_add("eth0", "198.18.0.1", 33) == -EINVAL)
+        #expect(lm_net_addr_add("eth0", "fd00::1", 129) == -EINVAL)
+        #expect(lm_net_route_add_default("eth0", "nonsense") == -EINVAL)
+        #expect(Net.isValidName("eth0") && Net.isValidName("fifteen-chars-x"))
+        #expect(!Net.isValidName("tab\there"))
+        #expect(!Net.isValidName("a:b"))
     }
 
     @Test func insideArgumentsReachC() throws {

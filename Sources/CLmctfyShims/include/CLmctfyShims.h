@@ -18,6 +18,8 @@
 #include "lm_vhost.h"
 /* Virtual host networking over rtnetlink, no ip/brctl (netlink.c). */
 #include "lm_net.h"
+/* Per-thread working directory for archive extraction (fs.c). */
+#include "lm_fs.h"
 /* The libuv casts live in CLmctfyUV (lm_uv.h), not here: every importer
  * of this module (CL1, the CLI) would otherwise see libuv. */
 

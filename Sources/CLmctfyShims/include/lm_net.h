@@ -11,7 +11,9 @@
  *
  * All of them are async-signal-safe: no malloc, no stdio, no locks, only
  * stack buffers and syscalls, so a child of a multi-threaded process may
- * call them between fork/clone and exec. Interface names are 1..15 bytes
+ * call them between fork/clone and exec. They need about 24 KiB of stack
+ * (a 16 KiB buffer for the kernel's link description), which a clone child
+ * given its own stack must allow for. Interface names are 1..15 bytes
  * (IFNAMSIZ - 1), without '/', ':' or white space, and not "." or "..". */
 #ifndef LM_NET_H
 #define LM_NET_H

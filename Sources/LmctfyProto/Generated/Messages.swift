@@ -4104,6 +4104,8 @@ public struct AgentConfig: ProtoMessage {
     public var controllerEnrollAddress: String?
     /// Field 26 `renew_before_expiry_percent`.
     public var renewBeforeExpiryPercent: UInt32?
+    /// Field 27 `image_root`.
+    public var imageRoot: String?
 
     public init(
         unixSocketPath: String? = nil,
@@ -4131,7 +4133,8 @@ public struct AgentConfig: ProtoMessage {
         allowPlaintextTcp: Bool? = nil,
         bootstrapTokenFile: String? = nil,
         controllerEnrollAddress: String? = nil,
-        renewBeforeExpiryPercent: UInt32? = nil
+        renewBeforeExpiryPercent: UInt32? = nil,
+        imageRoot: String? = nil
     ) {
         self.unixSocketPath = unixSocketPath
         self.unixSocketMode = unixSocketMode
@@ -4159,6 +4162,7 @@ public struct AgentConfig: ProtoMessage {
         self.bootstrapTokenFile = bootstrapTokenFile
         self.controllerEnrollAddress = controllerEnrollAddress
         self.renewBeforeExpiryPercent = renewBeforeExpiryPercent
+        self.imageRoot = imageRoot
     }
 
     public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.AgentConfig")
@@ -4191,6 +4195,7 @@ public struct AgentConfig: ProtoMessage {
         self.bootstrapTokenFile = message.get(24)
         self.controllerEnrollAddress = message.get(25)
         self.renewBeforeExpiryPercent = message.get(26)
+        self.imageRoot = message.get(27)
     }
 
     public var dynamic: DynamicMessage {
@@ -4221,6 +4226,7 @@ public struct AgentConfig: ProtoMessage {
         message.set(24, bootstrapTokenFile)
         message.set(25, controllerEnrollAddress)
         message.set(26, renewBeforeExpiryPercent)
+        message.set(27, imageRoot)
         return message
     }
 
@@ -4252,6 +4258,7 @@ public struct AgentConfig: ProtoMessage {
         self.bootstrapTokenFile = CBridge.value(c, f[23])
         self.controllerEnrollAddress = CBridge.value(c, f[24])
         self.renewBeforeExpiryPercent = CBridge.value(c, f[25])
+        self.imageRoot = CBridge.value(c, f[26])
     }
 
     public func makeC() -> UnsafeMutableRawPointer {
@@ -4283,6 +4290,7 @@ public struct AgentConfig: ProtoMessage {
         CBridge.set(c, f[23], bootstrapTokenFile)
         CBridge.set(c, f[24], controllerEnrollAddress)
         CBridge.set(c, f[25], renewBeforeExpiryPercent)
+        CBridge.set(c, f[26], imageRoot)
         return c
     }
 }
@@ -5536,6 +5544,144 @@ public struct EventGap: ProtoMessage {
     }
 }
 
+/// Protobuf message `containers.lmctfy.agent.ExportImageRequest`.
+public struct ExportImageRequest: ProtoMessage {
+    /// Field 1 `name`.
+    public var name: String?
+    /// Field 2 `transfer_id`.
+    public var transferId: String?
+    /// Field 3 `offset`.
+    public var offset: UInt64?
+    /// Field 4 `max_bytes`.
+    public var maxBytes: UInt32?
+    /// Field 5 `compression`.
+    public var compression: String?
+
+    public init(
+        name: String? = nil,
+        transferId: String? = nil,
+        offset: UInt64? = nil,
+        maxBytes: UInt32? = nil,
+        compression: String? = nil
+    ) {
+        self.name = name
+        self.transferId = transferId
+        self.offset = offset
+        self.maxBytes = maxBytes
+        self.compression = compression
+    }
+
+    public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.ExportImageRequest")
+
+    public init(dynamic message: DynamicMessage) {
+        precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.ExportImageRequest")
+        self.name = message.get(1)
+        self.transferId = message.get(2)
+        self.offset = message.get(3)
+        self.maxBytes = message.get(4)
+        self.compression = message.get(5)
+    }
+
+    public var dynamic: DynamicMessage {
+        var message = DynamicMessage(Self.protoDescriptor)
+        message.set(1, name)
+        message.set(2, transferId)
+        message.set(3, offset)
+        message.set(4, maxBytes)
+        message.set(5, compression)
+        return message
+    }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.name = CBridge.value(c, f[0])
+        self.transferId = CBridge.value(c, f[1])
+        self.offset = CBridge.value(c, f[2])
+        self.maxBytes = CBridge.value(c, f[3])
+        self.compression = CBridge.value(c, f[4])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.set(c, f[0], name)
+        CBridge.set(c, f[1], transferId)
+        CBridge.set(c, f[2], offset)
+        CBridge.set(c, f[3], maxBytes)
+        CBridge.set(c, f[4], compression)
+        return c
+    }
+}
+
+/// Protobuf message `containers.lmctfy.agent.ExportImageResponse`.
+public struct ExportImageResponse: ProtoMessage {
+    /// Field 1 `transfer_id`.
+    public var transferId: String?
+    /// Field 2 `size`.
+    public var size: UInt64?
+    /// Field 3 `offset`.
+    public var offset: UInt64?
+    /// Field 4 `data`.
+    public var data: [UInt8]?
+    /// Field 5 `done`.
+    public var done: Bool?
+
+    public init(
+        transferId: String? = nil,
+        size: UInt64? = nil,
+        offset: UInt64? = nil,
+        data: [UInt8]? = nil,
+        done: Bool? = nil
+    ) {
+        self.transferId = transferId
+        self.size = size
+        self.offset = offset
+        self.data = data
+        self.done = done
+    }
+
+    public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.ExportImageResponse")
+
+    public init(dynamic message: DynamicMessage) {
+        precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.ExportImageResponse")
+        self.transferId = message.get(1)
+        self.size = message.get(2)
+        self.offset = message.get(3)
+        self.data = message.get(4)
+        self.done = message.get(5)
+    }
+
+    public var dynamic: DynamicMessage {
+        var message = DynamicMessage(Self.protoDescriptor)
+        message.set(1, transferId)
+        message.set(2, size)
+        message.set(3, offset)
+        message.set(4, data)
+        message.set(5, done)
+        return message
+    }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.transferId = CBridge.value(c, f[0])
+        self.size = CBridge.value(c, f[1])
+        self.offset = CBridge.value(c, f[2])
+        self.data = CBridge.value(c, f[3])
+        self.done = CBridge.value(c, f[4])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.set(c, f[0], transferId)
+        CBridge.set(c, f[1], size)
+        CBridge.set(c, f[2], offset)
+        CBridge.set(c, f[3], data)
+        CBridge.set(c, f[4], done)
+        return c
+    }
+}
+
 /// Protobuf message `containers.lmctfy.agent.ExportSnapshotRequest`.
 public struct ExportSnapshotRequest: ProtoMessage {
     /// Field 1 `name`.
@@ -6445,6 +6591,197 @@ public enum HostState: Int32, ProtoEnum, CaseIterable {
     }
 }
 
+/// Protobuf message `containers.lmctfy.agent.ImageInfo`.
+public struct ImageInfo: ProtoMessage {
+    /// Field 1 `name`.
+    public var name: String?
+    /// Field 2 `entries`.
+    public var entries: UInt64?
+    /// Field 3 `bytes`.
+    public var bytes: UInt64?
+    /// Field 4 `created`.
+    public var created: Int64?
+
+    public init(
+        name: String? = nil,
+        entries: UInt64? = nil,
+        bytes: UInt64? = nil,
+        created: Int64? = nil
+    ) {
+        self.name = name
+        self.entries = entries
+        self.bytes = bytes
+        self.created = created
+    }
+
+    public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.ImageInfo")
+
+    public init(dynamic message: DynamicMessage) {
+        precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.ImageInfo")
+        self.name = message.get(1)
+        self.entries = message.get(2)
+        self.bytes = message.get(3)
+        self.created = message.get(4)
+    }
+
+    public var dynamic: DynamicMessage {
+        var message = DynamicMessage(Self.protoDescriptor)
+        message.set(1, name)
+        message.set(2, entries)
+        message.set(3, bytes)
+        message.set(4, created)
+        return message
+    }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.name = CBridge.value(c, f[0])
+        self.entries = CBridge.value(c, f[1])
+        self.bytes = CBridge.value(c, f[2])
+        self.created = CBridge.value(c, f[3])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.set(c, f[0], name)
+        CBridge.set(c, f[1], entries)
+        CBridge.set(c, f[2], bytes)
+        CBridge.set(c, f[3], created)
+        return c
+    }
+}
+
+/// Protobuf message `containers.lmctfy.agent.ImportImageRequest`.
+public struct ImportImageRequest: ProtoMessage {
+    /// Field 1 `name`.
+    public var name: String?
+    /// Field 2 `transfer_id`.
+    public var transferId: String?
+    /// Field 3 `offset`.
+    public var offset: UInt64?
+    /// Field 4 `data`.
+    public var data: [UInt8]?
+    /// Field 5 `commit`.
+    public var commit: Bool?
+    /// Field 6 `abort`.
+    public var abort: Bool?
+
+    public init(
+        name: String? = nil,
+        transferId: String? = nil,
+        offset: UInt64? = nil,
+        data: [UInt8]? = nil,
+        commit: Bool? = nil,
+        abort: Bool? = nil
+    ) {
+        self.name = name
+        self.transferId = transferId
+        self.offset = offset
+        self.data = data
+        self.commit = commit
+        self.abort = abort
+    }
+
+    public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.ImportImageRequest")
+
+    public init(dynamic message: DynamicMessage) {
+        precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.ImportImageRequest")
+        self.name = message.get(1)
+        self.transferId = message.get(2)
+        self.offset = message.get(3)
+        self.data = message.get(4)
+        self.commit = message.get(5)
+        self.abort = message.get(6)
+    }
+
+    public var dynamic: DynamicMessage {
+        var message = DynamicMessage(Self.protoDescriptor)
+        message.set(1, name)
+        message.set(2, transferId)
+        message.set(3, offset)
+        message.set(4, data)
+        message.set(5, commit)
+        message.set(6, abort)
+        return message
+    }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.name = CBridge.value(c, f[0])
+        self.transferId = CBridge.value(c, f[1])
+        self.offset = CBridge.value(c, f[2])
+        self.data = CBridge.value(c, f[3])
+        self.commit = CBridge.value(c, f[4])
+        self.abort = CBridge.value(c, f[5])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.set(c, f[0], name)
+        CBridge.set(c, f[1], transferId)
+        CBridge.set(c, f[2], offset)
+        CBridge.set(c, f[3], data)
+        CBridge.set(c, f[4], commit)
+        CBridge.set(c, f[5], abort)
+        return c
+    }
+}
+
+/// Protobuf message `containers.lmctfy.agent.ImportImageResponse`.
+public struct ImportImageResponse: ProtoMessage {
+    /// Field 1 `transfer_id`.
+    public var transferId: String?
+    /// Field 2 `received`.
+    public var received: UInt64?
+    /// Field 3 `image`.
+    public var image: ImageInfo?
+
+    public init(
+        transferId: String? = nil,
+        received: UInt64? = nil,
+        image: ImageInfo? = nil
+    ) {
+        self.transferId = transferId
+        self.received = received
+        self.image = image
+    }
+
+    public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.ImportImageResponse")
+
+    public init(dynamic message: DynamicMessage) {
+        precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.ImportImageResponse")
+        self.transferId = message.get(1)
+        self.received = message.get(2)
+        self.image = message.get(3)
+    }
+
+    public var dynamic: DynamicMessage {
+        var message = DynamicMessage(Self.protoDescriptor)
+        message.set(1, transferId)
+        message.set(2, received)
+        message.set(3, image)
+        return message
+    }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.transferId = CBridge.value(c, f[0])
+        self.received = CBridge.value(c, f[1])
+        self.image = CBridge.message(c, f[2])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.set(c, f[0], transferId)
+        CBridge.set(c, f[1], received)
+        CBridge.setMessage(c, f[2], image)
+        return c
+    }
+}
+
 /// Protobuf message `containers.lmctfy.agent.ImportSnapshotRequest`.
 public struct ImportSnapshotRequest: ProtoMessage {
     /// Field 1 `snapshot`.
@@ -6853,6 +7190,69 @@ public struct ListHostsResponse: ProtoMessage {
         let c = CBridge.allocate(Self.protoDescriptor)
         let f = Self.protoDescriptor.fields
         CBridge.setRepeatedMessages(c, f[0], hosts)
+        return c
+    }
+}
+
+/// Protobuf message `containers.lmctfy.agent.ListImagesRequest`.
+public struct ListImagesRequest: ProtoMessage {
+    public init() {}
+
+    public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.ListImagesRequest")
+
+    public init(dynamic message: DynamicMessage) {
+        precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.ListImagesRequest")
+        self.init()
+    }
+
+    public var dynamic: DynamicMessage {
+        let message = DynamicMessage(Self.protoDescriptor)
+        return message
+    }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        self.init()
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        return c
+    }
+}
+
+/// Protobuf message `containers.lmctfy.agent.ListImagesResponse`.
+public struct ListImagesResponse: ProtoMessage {
+    /// Field 1 `images`.
+    public var images: [ImageInfo]
+
+    public init(
+        images: [ImageInfo] = []
+    ) {
+        self.images = images
+    }
+
+    public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.ListImagesResponse")
+
+    public init(dynamic message: DynamicMessage) {
+        precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.ListImagesResponse")
+        self.images = message.getRepeated(1)
+    }
+
+    public var dynamic: DynamicMessage {
+        var message = DynamicMessage(Self.protoDescriptor)
+        message.setRepeated(1, images)
+        return message
+    }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.images = CBridge.repeatedMessages(c, f[0])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.setRepeatedMessages(c, f[0], images)
         return c
     }
 }
@@ -7444,6 +7844,69 @@ public struct RegisterResponse: ProtoMessage {
 
     public init(dynamic message: DynamicMessage) {
         precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.RegisterResponse")
+        self.init()
+    }
+
+    public var dynamic: DynamicMessage {
+        let message = DynamicMessage(Self.protoDescriptor)
+        return message
+    }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        self.init()
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        return c
+    }
+}
+
+/// Protobuf message `containers.lmctfy.agent.RemoveImageRequest`.
+public struct RemoveImageRequest: ProtoMessage {
+    /// Field 1 `name`.
+    public var name: String?
+
+    public init(
+        name: String? = nil
+    ) {
+        self.name = name
+    }
+
+    public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.RemoveImageRequest")
+
+    public init(dynamic message: DynamicMessage) {
+        precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.RemoveImageRequest")
+        self.name = message.get(1)
+    }
+
+    public var dynamic: DynamicMessage {
+        var message = DynamicMessage(Self.protoDescriptor)
+        message.set(1, name)
+        return message
+    }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.name = CBridge.value(c, f[0])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.set(c, f[0], name)
+        return c
+    }
+}
+
+/// Protobuf message `containers.lmctfy.agent.RemoveImageResponse`.
+public struct RemoveImageResponse: ProtoMessage {
+    public init() {}
+
+    public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.RemoveImageResponse")
+
+    public init(dynamic message: DynamicMessage) {
+        precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.RemoveImageResponse")
         self.init()
     }
 

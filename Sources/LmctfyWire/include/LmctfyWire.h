@@ -5,6 +5,7 @@
 #include "agent.pb-c.h"
 #include "config.pb-c.h"
 #include "controller.pb-c.h"
+#include "images.pb-c.h"
 #include "lmctfy.pb-c.h"
 #include "virtual_host.pb-c.h"
 

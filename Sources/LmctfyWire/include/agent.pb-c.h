@@ -1832,15 +1832,21 @@ struct  Containers__Lmctfy__Agent__AgentConfig
    * does: established connections are kept). A failure is logged and
    * retried at the next check. 1 to 100; absent: 33; 0: never renew.
    */
-  /*
-   * Next id: 27
-   */
   protobuf_c_boolean has_renew_before_expiry_percent;
   uint32_t renew_before_expiry_percent;
+  /*
+   * The image store (rootfs tarballs for virtual hosts; ImportImage and
+   * friends, `lmctl image`). Default: <state_dir>/images, which is
+   * /var/lib/lmctfy/images, the store `lmctfy image` uses.
+   */
+  /*
+   * Next id: 28
+   */
+  char *image_root;
 };
 #define CONTAINERS__LMCTFY__AGENT__AGENT_CONFIG__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__agent_config__descriptor) \
-    , NULL, 0, 0, NULL, NULL, NULL, 0,NULL, NULL, 0, CONTAINERS__LMCTFY__AGENT__AGENT_LOG_LEVEL__LOG_LEVEL_UNSPECIFIED, NULL, 0, 0, NULL, 0, 0, 0, 0, 0, 0, 0, 0, NULL, NULL, 0,NULL, 0, 0, 0, 0, NULL, NULL, 0, 0, NULL, NULL, 0, 0 }
+    , NULL, 0, 0, NULL, NULL, NULL, 0,NULL, NULL, 0, CONTAINERS__LMCTFY__AGENT__AGENT_LOG_LEVEL__LOG_LEVEL_UNSPECIFIED, NULL, 0, 0, NULL, 0, 0, 0, 0, 0, 0, 0, 0, NULL, NULL, 0,NULL, 0, 0, 0, 0, NULL, NULL, 0, 0, NULL, NULL, 0, 0, NULL }
 
 
 /*

@@ -4,6 +4,10 @@
 // touched, and everything left in it dies with the thread), the "virtual
 // host" side is lmctfy-test-helper in `netns` mode, which unshares another
 // and runs lm_net_apply_inside and socket commands on request.
+//
+// Not called *IntegrationTests on purpose: tools/test-v2 runs those in a
+// qemu guest whose initramfs has no veth or bridge modules, and nothing
+// here depends on the cgroup version.
 import Glibc
 import Lmctfy
 import LmctfyProto
@@ -212,7 +216,7 @@ private func plan(_ text: String) throws -> NetworkPlan {
 }
 
 @Suite(.serialized, .enabled(if: rootReason == nil, "\(rootReason ?? "")"))
-struct NetlinkIntegrationTests {
+struct NetlinkRootTests {
     /// The whole path of a bridged virtual host: veth pair with the peer in
     /// the child, bridge port, mtu, up; inside address, route, mtu and
     /// ip_forward; TCP both ways (the inside dials an address reachable only

@@ -1,0 +1,236 @@
+// The agent's image methods (PROTOCOL.md section 6.3): the image store,
+// with archives moved in and out in chunks of at most 1 MiB through
+// transfers, files under <image_root>/.transfers that outlive no agent (the
+// directory is emptied at start) and no caller for long (10 idle minutes).
+import Glibc
+import LmctfyBackend
+import LmctfyImages
+import LmctfyProto
+import LmctfyRPC
+import LmctfySystem
+import Synchronization
+
+/// The image store behind ImportImage, ExportImage, ListImages and RemoveImage.
+public final class ImageService: Sendable {
+    /// The largest chunk a call carries.
+    public static let maxChunk = 1 << 20
+    /// Transfers open at once.
+    public static let maxTransfers = 4
+    /// A transfer untouched for this long is dropped.
+    public static let idleMs: UInt64 = 10 * 60 * 1000
+
+    public let store: ImageStore
+    private let transferDir: String
+
+    private struct Transfer {
+        var path: String
+        var size: UInt64
+        var lastUsedMs: UInt64
+        var export: Bool
+        /// A call is working on it: another call on the same transfer is
+        /// refused (ABORTED) rather than interleaved, and the idle sweep
+        /// leaves it alone.
+        var busy: Bool
+    }
+    private let transfers = Mutex<[String: Transfer]>([:])
+
+    /// The service over the store at `root`; leftover transfers of an
+    /// earlier agent are deleted.
+    public init(root: String) {
+        store = ImageStore(root: root)
+        transferDir = root + "/.transfers"
+        try? Sys.removeTree(transferDir)
+    }
+
+    /// Opens a transfer, claimed by the caller (busy) until `release` or `end`.
+    private func newTransfer(export: Bool) throws(LmctfyError) -> (String, String) {
+        let now = MonotonicClock.milliseconds()
+        // Drop the idle ones first.
+        let stale: [String] = transfers.withLock { t in
+            let old = t.filter { !$0.value.busy && now - $0.value.lastUsedMs > Self.idleMs }
+            for k in old.keys { t[k] = nil }
+            return old.values.map(\.path)
+        }
+        for p in stale { try? Sys.unlink(p) }
+        let id = RemoteIds.newId()
+        let path = transferDir + "/" + id
+        let admitted = transfers.withLock { t -> Bool in
+            guard t.count < Self.maxTransfers else { return false }
+            t[id] = Transfer(path: path, size: 0, lastUsedMs: now, export: export, busy: true)
+            return true
+        }
+        guard admitted else {
+            throw .init(.resourceExhausted, "\(Self.maxTransfers) image transfers are open already; try again later")
+        }
+        do {
+            if !Sys.isDirectory(store.root) { try Sys.mkdir(store.root, mode: 0o700) }
+            if !Sys.isDirectory(transferDir) { try Sys.mkdir(transferDir, mode: 0o700) }
+        } catch where error.errno == EEXIST {
+        } catch {
+            end(id)
+            throw error.lmctfy(.failedPrecondition, "Cannot make the transfer directory")
+        }
+        return (id, path)
+    }
+
+    /// Ends a transfer and deletes its file.
+    private func end(_ id: String) {
+        if let t = transfers.withLock({ $0.removeValue(forKey: id) }) { try? Sys.unlink(t.path) }
+    }
+
+    /// Lets the next call at a transfer (`size`: what it holds now).
+    private func release(_ id: String, size: UInt64? = nil) {
+        let now = MonotonicClock.milliseconds()
+        transfers.withLock { t in
+            t[id]?.busy = false
+            t[id]?.lastUsedMs = now
+            if let size { t[id]?.size = size }
+        }
+    }
+
+    /// Claims an open transfer for one call.
+    private func claim(_ id: String, export: Bool) throws(LmctfyError) -> Transfer {
+        let now = MonotonicClock.milliseconds()
+        let result: Result<Transfer, LmctfyError> = transfers.withLock { all in
+            guard var t = all[id], t.export == export else {
+                return .failure(.notFound("No image transfer \"\(id)\" (it ended, expired or never existed)"))
+            }
+            guard !t.busy else { return .failure(LmctfyError(.aborted, "Another call is working on image transfer \"\(id)\"")) }
+            t.busy = true
+            t.lastUsedMs = now
+            all[id] = t
+            return .success(t)
+        }
+        return try result.get()
+    }
+
+    static func info(_ s: ImageSummary) -> ImageInfo {
+        ImageInfo(name: s.name, entries: s.entries, bytes: s.bytes, created: s.created)
+    }
+
+    func importImage(_ r: ImportImageRequest) throws(LmctfyError) -> ImportImageResponse {
+        let data = r.data ?? []
+        guard data.count <= Self.maxChunk else {
+            throw .invalidArgument("ImportImage chunks are at most \(Self.maxChunk) bytes, not \(data.count)")
+        }
+        var transfer: Transfer
+        let id: String
+        if let given = r.transferId, !given.isEmpty {
+            id = given
+            transfer = try claim(given, export: false)
+            if r.abort == true {
+                end(id)
+                return ImportImageResponse(transferId: id, received: transfer.size)
+            }
+        } else {
+            guard r.abort != true else { throw .invalidArgument("ImportImage abort needs a transfer_id") }
+            if r.commit == true { try ImageName.check(r.name ?? "") }  // before opening anything
+            let (newId, path) = try newTransfer(export: false)
+            id = newId
+            transfer = Transfer(path: path, size: 0, lastUsedMs: 0, export: false, busy: true)
+        }
+        // The transfer is ours until release or end.
+        var offsetMismatch = false
+        do throws(LmctfyError) {
+            if r.commit == true { try ImageName.check(r.name ?? "") }
+            guard (r.offset ?? 0) == transfer.size else {
+                offsetMismatch = true
+                throw .failedPrecondition("ImportImage offset \(r.offset ?? 0) is not where the upload is: received \(transfer.size)")
+            }
+            if !data.isEmpty {
+                do {
+                    let fd = try Sys.open(transfer.path, O_WRONLY | O_CREAT | O_APPEND, mode: 0o600)
+                    defer { close(fd) }
+                    try Sys.writeAll(fd, data)
+                } catch {
+                    throw error.lmctfy(.failedPrecondition, "Cannot store the upload")
+                }
+                transfer.size += UInt64(data.count)
+            }
+        } catch {
+            // A wrong offset keeps the transfer (the caller may go on from
+            // `received`); anything else, or any commit, ends it.
+            if offsetMismatch && r.commit != true { release(id) } else { end(id) }
+            throw error
+        }
+        guard r.commit == true else {
+            release(id, size: transfer.size)
+            return ImportImageResponse(transferId: id, received: transfer.size)
+        }
+        defer { end(id) }
+        if !Sys.exists(transfer.path) { _ = try? Sys.createFile(transfer.path, "", mode: 0o600) }
+        let summary = try store.importImage(transfer.path, as: r.name ?? "")
+        return ImportImageResponse(transferId: id, received: transfer.size, image: Self.info(summary))
+    }
+
+    func exportImage(_ r: ExportImageRequest) throws(LmctfyError) -> ExportImageResponse {
+        let max = Int(min(UInt32(Self.maxChunk), r.maxBytes.map { $0 == 0 ? UInt32(Self.maxChunk) : $0 } ?? UInt32(Self.maxChunk)))
+        let id: String
+        let transfer: Transfer
+        if let given = r.transferId, !given.isEmpty {
+            id = given
+            transfer = try claim(given, export: true)
+        } else {
+            let suffix: String
+            switch r.compression ?? "" {
+            case "", "tar": suffix = ".tar"
+            case "gzip": suffix = ".tar.gz"
+            case "xz": suffix = ".tar.xz"
+            case let other: throw .invalidArgument("ExportImage compression \"\(other)\" is not \"\", \"gzip\" or \"xz\"")
+            }
+            _ = try store.rootfsPath(forImage: r.name ?? "")
+            let (newId, base) = try newTransfer(export: true)
+            id = newId
+            let path = base + suffix
+            transfers.withLock { $0[id]?.path = path }
+            do throws(LmctfyError) {
+                try store.exportImage(r.name ?? "", to: path)
+                guard let st = try? Sys.linkStatus(path) else { throw .internalError("the exported archive vanished") }
+                transfer = Transfer(path: path, size: UInt64(st.st_size), lastUsedMs: 0, export: true, busy: true)
+            } catch {
+                end(id)
+                throw error
+            }
+        }
+        let offset = r.offset ?? 0
+        guard offset <= transfer.size else {
+            release(id, size: transfer.size)
+            throw LmctfyError(.outOfRange, "ExportImage offset \(offset) is past the end (\(transfer.size) bytes)")
+        }
+        let count = Int(min(UInt64(max), transfer.size - offset))
+        var chunk: [UInt8] = []
+        if count > 0 {
+            do throws(SystemError) {
+                let fd = try Sys.open(transfer.path, O_RDONLY)
+                defer { close(fd) }
+                chunk = try Sys.pread(fd, count: count, at: offset, path: transfer.path)
+            } catch {
+                end(id)
+                throw error.lmctfy(.internal, "Cannot read the exported archive")
+            }
+            guard chunk.count == count else {
+                end(id)
+                throw LmctfyError.internalError("The exported archive \(transfer.path) shrank")
+            }
+        }
+        let done = offset + UInt64(count) == transfer.size
+        if done { end(id) } else { release(id, size: transfer.size) }
+        return ExportImageResponse(transferId: id, size: transfer.size, offset: offset, data: chunk, done: done)
+    }
+
+    func listImages() throws(LmctfyError) -> ListImagesResponse {
+        ListImagesResponse(images: try store.listImages().map(Self.info))
+    }
+
+    func removeImage(_ r: RemoveImageRequest) throws(LmctfyError) -> RemoveImageResponse {
+        try store.removeImage(r.name ?? "")
+        return RemoveImageResponse()
+    }
+}
+
+/// Transfer ids: 16 random bytes in hex.
+enum RemoteIds {
+    static func newId() -> String {
+        Crypto.randomBytes(16).map { String($0 >> 4, radix: 16) + String($0 & 15, radix: 16) }.joined()
+    }
+}

@@ -1,0 +1,580 @@
+// The image store: root filesystems for virtual hosts, unpacked from
+// tarballs with libarchive into <root>/<name>/rootfs.
+//
+// An archive is hostile until proven otherwise. Every entry is checked
+// before libarchive sees it (ArchivePolicy), and extraction then runs with
+// libarchive's secure flags as a second line, on a thread whose working
+// directory is the new image (so every path libarchive gets is relative):
+// - absolute paths and ".." components: INVALID_ARGUMENT (3);
+// - an entry whose path goes through a symlink the archive made (the
+//   "link -> /etc, then link/passwd" trick), or that replaces a symlink or
+//   is a symlink replacing something: 3;
+// - a relative symlink target that climbs above the image root: 3.
+//   Absolute targets are kept: inside the virtual host they resolve against
+//   its own root, as the kernel does after pivot_root. Host-side code never
+//   follows a symlink inside an image (the store itself does not);
+// - a hard link whose target is not a regular file already unpacked: 3;
+// - character and block devices and sockets: 3 (a virtual host's /dev is
+//   made by the runtime, not shipped in an image); FIFOs are allowed.
+// Owners are kept as numbers (never looked up by name on this host), modes
+// as given (setuid included: images are root's; the store root is 0700).
+// Import is atomic: it unpacks into <root>/.tmp-..., then renames that into
+// place; a failure removes it, so a refused archive leaves nothing.
+import CArchiveLoader
+import CLmctfyShims
+import Glibc
+import LmctfyBackend
+import LmctfySystem
+
+/// The decisions about one archive entry, separated from libarchive so the
+/// rules are testable on their own.
+public struct ArchivePolicy: Sendable {
+    /// What an entry is.
+    public enum Kind: Sendable, Equatable {
+        case directory, regular, symlink, hardlink, fifo, device, socket
+    }
+
+    /// Kinds of the paths accepted so far (relative, "/"-joined).
+    private var seen: [String: Kind] = [:]
+
+    public init() {}
+
+    /// The path's components relative to the image root: no leading "/",
+    /// no "..", "." and empty components dropped. nil for the root itself.
+    public static func components(_ raw: String) throws(LmctfyError) -> [String]? {
+        guard !raw.isEmpty else { throw .invalidArgument("archive entry with an empty path") }
+        guard !raw.hasPrefix("/") else { throw .invalidArgument("archive entry \"\(raw)\" has an absolute path") }
+        var out: [String] = []
+        for part in raw.split(separator: "/", omittingEmptySubsequences: true) {
+            if part == "." { continue }
+            if part == ".." { throw .invalidArgument("archive entry \"\(raw)\" has a \"..\" component") }
+            out.append(String(part))
+        }
+        return out.isEmpty ? nil : out
+    }
+
+    /// Whether a relative symlink target, resolved from the link's
+    /// directory `parent` by its text alone, stays inside the root.
+    public static func targetStaysInside(_ target: String, parent: [String]) -> Bool {
+        if target.hasPrefix("/") { return true }
+        var depth = parent.count
+        for part in target.split(separator: "/", omittingEmptySubsequences: true) {
+            if part == "." { continue }
+            if part == ".." {
+                depth -= 1
+                if depth < 0 { return false }
+            } else {
+                depth += 1
+            }
+        }
+        return true
+    }
+
+    /// Checks one entry and records it. `path` is its cleaned relative
+    /// path; `linkTarget` the symlink's target text or the hard link's
+    /// (cleaned, relative) target path.
+    public mutating func admit(_ path: [String], kind: Kind, raw: String, linkTarget: String? = nil) throws(LmctfyError) {
+        let joined = path.joined(separator: "/")
+        for i in 1..<max(path.count, 1) where path.count > 1 {
+            let prefix = path[0..<i].joined(separator: "/")
+            if seen[prefix] == .symlink {
+                throw .invalidArgument("archive entry \"\(raw)\" goes through the symlink \"\(prefix)\"")
+            }
+        }
+        switch kind {
+        case .device:
+            throw .invalidArgument("archive entry \"\(raw)\" is a device node (images may not carry devices)")
+        case .socket:
+            throw .invalidArgument("archive entry \"\(raw)\" is a socket")
+        case .symlink:
+            guard let target = linkTarget, !target.isEmpty else {
+                throw .invalidArgument("archive entry \"\(raw)\" is a symlink without a target")
+            }
+            guard Self.targetStaysInside(target, parent: Array(path.dropLast())) else {
+                throw .invalidArgument("archive entry \"\(raw)\" is a symlink to \"\(target)\", outside the image")
+            }
+        case .hardlink:
+            guard let target = linkTarget else {
+                throw .invalidArgument("archive entry \"\(raw)\" is a hard link without a target")
+            }
+            guard seen[target] == .regular || seen[target] == .hardlink else {
+                throw .invalidArgument("archive entry \"\(raw)\" is a hard link to \"\(target)\", which is not a file unpacked before it")
+            }
+        case .directory, .regular, .fifo:
+            break
+        }
+        if let before = seen[joined] {
+            if before == .symlink || kind == .symlink || (before == .directory) != (kind == .directory) {
+                throw .invalidArgument("archive entry \"\(raw)\" replaces an earlier entry of another kind")
+            }
+        }
+        seen[joined] = kind
+    }
+}
+
+/// Root filesystems for virtual hosts, at `root` (one directory per image).
+public struct ImageStore: ImageBackend {
+    /// Where images live unless configured otherwise.
+    public static let defaultRoot = "/var/lib/lmctfy/images"
+    /// Overrides the default root (tests, a second store).
+    public static let rootEnvironmentVariable = "LMCTFY_IMAGE_ROOT"
+
+    /// The store's directory.
+    public let root: String
+
+    /// A store at `root`, or at $LMCTFY_IMAGE_ROOT, or at the default.
+    /// Nothing is created until an import.
+    public init(root: String? = nil) {
+        self.root = Self.chooseRoot(root, environment: getenv(Self.rootEnvironmentVariable).map { String(cString: $0) })
+    }
+
+    /// The explicit root, else a non-empty environment value, else the default.
+    public static func chooseRoot(_ explicit: String?, environment: String?) -> String {
+        if let explicit { return explicit }
+        if let environment, !environment.isEmpty { return environment }
+        return defaultRoot
+    }
+
+    private func imageDir(_ name: String) -> String { root + "/" + name }
+
+    /// The directory a virtual host uses as its root for image `name`
+    /// (a `filesystem.rootfs` that is not an absolute path names an image).
+    /// INVALID_ARGUMENT for a bad name, NOT_FOUND if there is no such image.
+    public func rootfsPath(forImage name: String) throws(LmctfyError) -> String {
+        try ImageName.check(name)
+        let path = imageDir(name) + "/rootfs"
+        guard Sys.isDirectory(path) else { throw .notFound("No image \"\(name)\" in \(root)") }
+        return path
+    }
+
+    /// A virtual host's `filesystem.rootfs` as a directory: an absolute
+    /// path as it is, anything else an image of this store (resolved as
+    /// `rootfsPath(forImage:)` does). The directory is the image itself,
+    /// shared by every host booted from it: a host that must not change the
+    /// image mounts it read-only or under an overlay of its own.
+    public func resolveRootfs(_ rootfs: String) throws(LmctfyError) -> String {
+        rootfs.hasPrefix("/") ? rootfs : try rootfsPath(forImage: rootfs)
+    }
+
+    // MARK: Import
+
+    @discardableResult
+    public func importImage(_ archivePath: String, as name: String) throws(LmctfyError) -> ImageSummary {
+        try ImageName.check(name)
+        guard !Sys.exists(imageDir(name)) else { throw .alreadyExists("Image \"\(name)\" exists already") }
+        try Self.loadArchiveLibrary()
+        // Opened here: the unpacking thread works in another directory, where
+        // a relative path would name something else.
+        let archiveFd: Int32
+        do {
+            archiveFd = try Sys.open(archivePath, O_RDONLY)
+        } catch where error.errno == ENOENT {
+            throw .notFound("Archive \"\(archivePath)\" does not exist")
+        } catch {
+            throw error.lmctfy(.invalidArgument, "Cannot open the archive")
+        }
+        defer { Glibc.close(archiveFd) }
+        try prepareRoot()
+        sweepLeftovers()
+        let token = try uniqueToken()
+        let temp = root + "/.tmp-\(name)-\(token)"
+        do {
+            try Sys.mkdir(temp, mode: 0o700)
+            try Sys.mkdir(temp + "/rootfs", mode: 0o755)
+        } catch {
+            throw error.lmctfy(.failedPrecondition, "Cannot create a directory for image \"\(name)\"")
+        }
+        do throws(LmctfyError) {
+            let counts = try unpackOnOwnThread(archivePath, fd: archiveFd, into: temp + "/rootfs")
+            let summary = ImageSummary(name: name, entries: counts.entries, bytes: counts.bytes, created: Int64(time(nil)))
+            do {
+                try Sys.writeFileAtomically(temp + "/info", Array(Self.infoText(summary).utf8), mode: 0o600)
+            } catch {
+                throw error.lmctfy(.internal, "Cannot write the description of image \"\(name)\"")
+            }
+            do {
+                try Sys.rename(temp, imageDir(name))
+            } catch where error.errno == EEXIST || error.errno == ENOTEMPTY {
+                throw .alreadyExists("Image \"\(name)\" exists already")
+            } catch {
+                throw error.lmctfy(.internal, "Cannot move image \"\(name)\" into place")
+            }
+            return summary
+        } catch {
+            try? Sys.removeTree(temp)
+            throw error
+        }
+    }
+
+    /// Loads libarchive (on first use: see lm_archive.h). Without it the
+    /// store cannot unpack or pack: UNIMPLEMENTED naming the library.
+    static func loadArchiveLibrary() throws(LmctfyError) {
+        var err = [CChar](repeating: 0, count: 256)
+        guard lm_archive_load(&err, err.count) == 0 else {
+            throw .unimplemented(String(decoding: err.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))
+        }
+    }
+
+    private func prepareRoot() throws(LmctfyError) {
+        if Sys.isDirectory(root) { return }
+        var path = ""
+        for part in root.split(separator: "/") {
+            path += "/" + part
+            if Sys.isDirectory(path) { continue }
+            do {
+                // 0700 all the way: the parent may be the agent's state_dir,
+                // which the agent refuses unless it is private.
+                try Sys.mkdir(path, mode: 0o700)
+            } catch where error.errno == EEXIST {
+                continue
+            } catch {
+                throw error.lmctfy(.failedPrecondition, "Cannot create the image store \(root)")
+            }
+        }
+    }
+
+    /// Removes the temporary directories (`.tmp-NAME-PID-RANDOM` of an
+    /// import, `.rm-NAME-PID-RANDOM` of a removal) of processes that are
+    /// gone: what a crash part way leaves. Best effort.
+    public func sweepLeftovers() {
+        guard let names = try? Sys.directoryEntries(root) else { return }
+        for name in names where name.hasPrefix(".tmp-") || name.hasPrefix(".rm-") {
+            let parts = name.split(separator: "-")
+            guard parts.count >= 4, let pid = Int32(parts[parts.count - 2]), pid > 0 else { continue }
+            do {
+                try Sys.kill(pid, 0)
+            } catch where error.errno == ESRCH {
+                try? Sys.removeTree(root + "/" + name)
+            } catch {}
+        }
+    }
+
+    private func uniqueToken() throws(LmctfyError) -> String {
+        do {
+            let bytes = try Sys.randomBytes(6)
+            return "\(getpid())-" + bytes.map { String($0, radix: 16) }.joined()
+        } catch {
+            throw error.lmctfy(.internal, "Cannot draw a random name")
+        }
+    }
+
+    private final class Outcome: @unchecked Sendable {
+        // Written by the unpacking thread before it ends; read after pthread_join.
+        var result: Result<(entries: UInt64, bytes: UInt64), LmctfyError> = .failure(.internalError("the unpacking thread did not run"))
+    }
+
+    /// Unpacks on a thread of its own whose working directory is `dir`, so
+    /// libarchive gets relative paths (its secure flags refuse absolute ones).
+    private func unpackOnOwnThread(_ archivePath: String, fd: Int32, into dir: String) throws(LmctfyError) -> (entries: UInt64, bytes: UInt64) {
+        let outcome = Outcome()
+        let thread = Threads.start {
+            do throws(SystemError) {
+                try Sys.chdirThisThreadOnly(dir)
+            } catch {
+                outcome.result = .failure(error.lmctfy(.internal, "Cannot enter the new image's directory"))
+                return
+            }
+            do throws(LmctfyError) {
+                outcome.result = .success(try Self.unpack(archivePath, fd: fd))
+            } catch {
+                outcome.result = .failure(error)
+            }
+        }
+        pthread_join(thread, nil)
+        return try outcome.result.get()
+    }
+
+    private static func archiveError(_ a: OpaquePointer?, _ what: String) -> String {
+        if let a, let s = lm_archive_error_string(a) { return "\(what): \(String(cString: s))" }
+        return what
+    }
+
+    /// Reads the archive open at `fd` (`archivePath` names it in errors) and
+    /// writes it below the working directory.
+    private static func unpack(_ archivePath: String, fd: Int32) throws(LmctfyError) -> (entries: UInt64, bytes: UInt64) {
+        guard let reader = lm_archive_read_new() else { throw .internalError("lm_archive_read_new failed") }
+        defer { lm_archive_read_free(reader) }
+        lm_archive_read_support_filter_all(reader)
+        lm_archive_read_support_format_tar(reader)
+        guard lm_archive_read_open_fd(reader, fd, 65536) == ARCHIVE_OK else {
+            throw .invalidArgument(archiveError(reader, "Cannot read \"\(archivePath)\" as an archive"))
+        }
+        guard let writer = lm_archive_write_disk_new() else { throw .internalError("lm_archive_write_disk_new failed") }
+        defer { lm_archive_write_free(writer) }
+        let flags = ARCHIVE_EXTRACT_OWNER | ARCHIVE_EXTRACT_PERM | ARCHIVE_EXTRACT_TIME
+            | ARCHIVE_EXTRACT_SECURE_SYMLINKS | ARCHIVE_EXTRACT_SECURE_NODOTDOT | ARCHIVE_EXTRACT_SECURE_NOABSOLUTEPATHS
+        lm_archive_write_disk_set_options(writer, flags)
+        // No lm_archive_write_disk_set_standard_lookup: owners stay numeric.
+
+        var policy = ArchivePolicy()
+        var entries: UInt64 = 0, bytes: UInt64 = 0
+        var entry: OpaquePointer?
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let r = lm_archive_read_next_header(reader, &entry)
+            if r == ARCHIVE_EOF { break }
+            guard r >= ARCHIVE_WARN, let entry else {
+                throw .invalidArgument(archiveError(reader, "Cannot read \"\(archivePath)\""))
+            }
+            let raw = try Self.text(lm_archive_entry_pathname(entry), "an entry's path")
+            guard let path = try ArchivePolicy.components(raw) else { continue }  // the root itself
+            let kind: ArchivePolicy.Kind
+            var target: String?
+            if let hard = lm_archive_entry_hardlink(entry) {
+                let hardRaw = try Self.text(hard, "the hard link target of \"\(raw)\"")
+                guard let t = try ArchivePolicy.components(hardRaw) else {
+                    throw .invalidArgument("archive entry \"\(raw)\" is a hard link to the root")
+                }
+                kind = .hardlink
+                target = t.joined(separator: "/")
+                lm_archive_entry_copy_hardlink(entry, target)
+            } else {
+                switch lm_archive_entry_filetype(entry) & S_IFMT {
+                case S_IFDIR: kind = .directory
+                case S_IFREG: kind = .regular
+                case S_IFLNK:
+                    kind = .symlink
+                    target = try Self.text(lm_archive_entry_symlink(entry), "the symlink target of \"\(raw)\"")
+                case S_IFIFO: kind = .fifo
+                case S_IFCHR, S_IFBLK: kind = .device
+                case S_IFSOCK: kind = .socket
+                default: throw .invalidArgument("archive entry \"\(raw)\" has an unknown file type")
+                }
+            }
+            try policy.admit(path, kind: kind, raw: raw, linkTarget: target)
+            lm_archive_entry_copy_pathname(entry, path.joined(separator: "/"))
+
+            let w = lm_archive_write_header(writer, entry)
+            guard w >= ARCHIVE_WARN else {
+                throw .invalidArgument(archiveError(writer, "Cannot unpack \"\(raw)\""))
+            }
+            if kind == .regular && lm_archive_entry_size(entry) > 0 {
+                while true {
+                    let n = buffer.withUnsafeMutableBytes { lm_archive_read_data(reader, $0.baseAddress, $0.count) }
+                    if n == 0 { break }
+                    guard n > 0 else { throw .invalidArgument(archiveError(reader, "Cannot read \"\(raw)\" from the archive")) }
+                    let written = buffer.withUnsafeBytes { lm_archive_write_data(writer, $0.baseAddress, n) }
+                    guard written == n else {
+                        throw .failedPrecondition(archiveError(writer, "Cannot write \"\(raw)\""))
+                    }
+                    bytes += UInt64(n)
+                }
+            }
+            guard lm_archive_write_finish_entry(writer) >= ARCHIVE_WARN else {
+                throw .failedPrecondition(archiveError(writer, "Cannot finish \"\(raw)\""))
+            }
+            entries += 1
+        }
+        // Directory modes and times are set here, still in this thread's directory.
+        guard lm_archive_write_close(writer) == ARCHIVE_OK else {
+            throw .failedPrecondition(archiveError(writer, "Cannot finish unpacking \"\(archivePath)\""))
+        }
+        return (entries, bytes)
+    }
+
+    /// A name from the archive as text: refused (3) unless it is valid
+    /// UTF-8, so that nothing is unpacked under a name other than its own
+    /// (String(cString:) would replace bad bytes with U+FFFD).
+    static func text(_ p: UnsafePointer<CChar>?, _ what: String) throws(LmctfyError) -> String {
+        guard let p else { throw .invalidArgument("archive entry without \(what)") }
+        guard let s = String(validatingCString: p) else {
+            throw .invalidArgument("\(what) is not valid UTF-8 (\(String(cString: p)))")
+        }
+        return s
+    }
+
+    static func infoText(_ s: ImageSummary) -> String {
+        "entries \(s.entries)\nbytes \(s.bytes)\ncreated \(s.created)\n"
+    }
+
+    static func parseInfo(_ name: String, _ text: String) -> ImageSummary {
+        var s = ImageSummary(name: name, entries: 0, bytes: 0, created: 0)
+        for line in text.split(separator: "\n") {
+            let parts = line.split(separator: " ", maxSplits: 1)
+            guard parts.count == 2 else { continue }
+            switch parts[0] {
+            case "entries": s.entries = UInt64(parts[1]) ?? 0
+            case "bytes": s.bytes = UInt64(parts[1]) ?? 0
+            case "created": s.created = Int64(parts[1]) ?? 0
+            default: break
+            }
+        }
+        return s
+    }
+
+    // MARK: List and remove
+
+    public func listImages() throws(LmctfyError) -> [ImageSummary] {
+        guard Sys.isDirectory(root) else { return [] }
+        let names: [String]
+        do {
+            names = try Sys.directoryEntries(root)
+        } catch {
+            throw error.lmctfy(.failedPrecondition, "Cannot list the image store")
+        }
+        return names.filter { !$0.hasPrefix(".") && Sys.isDirectory(imageDir($0) + "/rootfs") }.map { name in
+            Self.parseInfo(name, (try? Sys.readFile(imageDir(name) + "/info")) ?? "")
+        }
+    }
+
+    public func removeImage(_ name: String) throws(LmctfyError) {
+        try ImageName.check(name)
+        guard Sys.isDirectory(imageDir(name)) else { throw .notFound("No image \"\(name)\" in \(root)") }
+        // Out of sight first (atomic), then deleted.
+        let doomed = root + "/.rm-\(name)-\(try uniqueToken())"
+        do {
+            try Sys.rename(imageDir(name), doomed)
+        } catch where error.errno == ENOENT {
+            throw .notFound("No image \"\(name)\" in \(root)")
+        } catch {
+            throw error.lmctfy(.failedPrecondition, "Cannot remove image \"\(name)\"")
+        }
+        do {
+            try Sys.removeTree(doomed)
+        } catch {
+            throw error.lmctfy(.failedPrecondition, "Image \"\(name)\" is gone from the store but not all of \(doomed) could be deleted")
+        }
+    }
+
+    // MARK: Export
+
+    public func exportImage(_ name: String, to archivePath: String) throws(LmctfyError) {
+        let rootfs = try rootfsPath(forImage: name)
+        try Self.loadArchiveLibrary()
+        let temp = archivePath + ".tmp-\(try uniqueToken())"
+        do throws(LmctfyError) {
+            try Self.pack(rootfs, to: temp, compression: Compression(forPath: archivePath))
+            do {
+                try Sys.rename(temp, archivePath)
+            } catch {
+                throw error.lmctfy(.failedPrecondition, "Cannot write \"\(archivePath)\"")
+            }
+        } catch {
+            try? Sys.unlink(temp)
+            throw error
+        }
+    }
+
+    /// Output compression, chosen by the file name.
+    enum Compression {
+        case none, gzip, xz
+
+        init(forPath path: String) {
+            if path.hasSuffix(".gz") || path.hasSuffix(".tgz") {
+                self = .gzip
+            } else if path.hasSuffix(".xz") || path.hasSuffix(".txz") {
+                self = .xz
+            } else {
+                self = .none
+            }
+        }
+    }
+
+    /// Writes the tree at `rootfs` as a pax tar to `path`: entries in byte
+    /// order of their paths, owners as numbers, no atime/ctime (so the same
+    /// tree gives the same bytes), hard links as links.
+    static func pack(_ rootfs: String, to path: String, compression: Compression) throws(LmctfyError) {
+        guard let writer = lm_archive_write_new() else { throw .internalError("lm_archive_write_new failed") }
+        defer { lm_archive_write_free(writer) }
+        lm_archive_write_set_format_pax_restricted(writer)
+        switch compression {
+        case .none: break
+        case .gzip:
+            lm_archive_write_add_filter_gzip(writer)
+            lm_archive_write_set_filter_option(writer, "gzip", "timestamp", nil)  // no time in the header
+        case .xz: lm_archive_write_add_filter_xz(writer)
+        }
+        guard lm_archive_write_open_filename(writer, path) == ARCHIVE_OK else {
+            throw .failedPrecondition(archiveError(writer, "Cannot create \"\(path)\""))
+        }
+        guard let disk = lm_archive_read_disk_new() else { throw .internalError("lm_archive_read_disk_new failed") }
+        defer { lm_archive_read_free(disk) }
+        lm_archive_read_disk_set_behavior(disk, ARCHIVE_READDISK_NO_XATTR | ARCHIVE_READDISK_NO_ACL | ARCHIVE_READDISK_NO_FFLAGS)
+        guard let resolver = lm_archive_entry_linkresolver_new() else { throw .internalError("lm_archive_entry_linkresolver_new failed") }
+        defer { lm_archive_entry_linkresolver_free(resolver) }
+        lm_archive_entry_linkresolver_set_strategy(resolver, lm_archive_format(writer))
+
+        func write(_ rel: String) throws(LmctfyError) {
+            let full = rootfs + "/" + rel
+            guard var st = try? Sys.linkStatus(full) else { throw .failedPrecondition("Cannot stat \(full)") }
+            guard let created = lm_archive_entry_new() else { throw .internalError("lm_archive_entry_new failed") }
+            var entry: OpaquePointer? = created
+            lm_archive_entry_copy_sourcepath(entry, full)
+            guard lm_archive_read_disk_entry_from_file(disk, entry, -1, &st) >= ARCHIVE_WARN else {
+                lm_archive_entry_free(entry)
+                throw .failedPrecondition(archiveError(disk, "Cannot read \(full)"))
+            }
+            lm_archive_entry_copy_pathname(entry, rel)
+            lm_archive_entry_set_uname(entry, nil)
+            lm_archive_entry_set_gname(entry, nil)
+            lm_archive_entry_unset_atime(entry)
+            lm_archive_entry_unset_ctime(entry)
+            lm_archive_entry_unset_birthtime(entry)
+            var spare: OpaquePointer?
+            lm_archive_entry_linkify(resolver, &entry, &spare)
+            for e in [entry, spare] {
+                guard let e else { continue }
+                defer { lm_archive_entry_free(e) }
+                guard lm_archive_write_header(writer, e) >= ARCHIVE_WARN else {
+                    throw .failedPrecondition(archiveError(writer, "Cannot write the header of \(rel)"))
+                }
+                guard lm_archive_entry_filetype(e) & S_IFMT == S_IFREG, lm_archive_entry_size(e) > 0,
+                      let source = lm_archive_entry_sourcepath(e) else { continue }
+                let sourcePath = String(cString: source)
+                let fd: Int32
+                do {
+                    fd = try Sys.open(sourcePath, O_RDONLY | O_NOFOLLOW)
+                } catch {
+                    throw error.lmctfy(.failedPrecondition, "Cannot open \(sourcePath)")
+                }
+                defer { Glibc.close(fd) }
+                var left = lm_archive_entry_size(e)
+                while left > 0 {
+                    let chunk: [UInt8]
+                    do {
+                        chunk = try Sys.readChunk(fd, upTo: Int(min(left, 65536)), path: sourcePath)
+                    } catch {
+                        throw error.lmctfy(.failedPrecondition, "Cannot read \(sourcePath)")
+                    }
+                    guard !chunk.isEmpty else { throw .failedPrecondition("Cannot read \(sourcePath) (it shrank while exporting)") }
+                    guard chunk.withUnsafeBytes({ lm_archive_write_data(writer, $0.baseAddress, $0.count) }) == chunk.count else {
+                        throw .failedPrecondition(archiveError(writer, "Cannot write \(rel)"))
+                    }
+                    left -= Int64(chunk.count)
+                }
+            }
+        }
+        func walk(_ rel: String) throws(LmctfyError) {
+            let dir = rel.isEmpty ? rootfs : rootfs + "/" + rel
+            let names: [String]
+            do {
+                names = try Sys.directoryEntries(dir)
+            } catch {
+                throw error.lmctfy(.failedPrecondition, "Cannot list \(dir)")
+            }
+            for name in names {
+                let child = rel.isEmpty ? name : rel + "/" + name
+                try write(child)
+                // Never through a symlink: only real directories are walked.
+                if let st = try? Sys.linkStatus(rootfs + "/" + child), st.st_mode & S_IFMT == S_IFDIR {
+                    try walk(child)
+                }
+            }
+        }
+        try walk("")
+        // Hard links whose other names were never seen (none in a whole tree,
+        // but the resolver may still hold entries).
+        var entry: OpaquePointer?
+        var spare: OpaquePointer?
+        while true {
+            lm_archive_entry_linkify(resolver, &entry, &spare)
+            guard let e = entry else { break }
+            lm_archive_write_header(writer, e)
+            lm_archive_entry_free(e)
+            entry = nil
+        }
+        guard lm_archive_write_close(writer) == ARCHIVE_OK else {
+            throw .failedPrecondition(archiveError(writer, "Cannot finish \"\(path)\""))
+        }
+    }
+}

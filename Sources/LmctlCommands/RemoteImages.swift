@@ -1,0 +1,120 @@
+// `lmctl image ...`: the agent's image store (PROTOCOL.md section 6.3). The
+// archive is on lmctl's machine and moves in 1 MiB chunks of unary calls,
+// so neither side holds it whole; an export is written beside its target
+// and renamed into place at the end.
+import Glibc
+import LmctfyBackend
+import LmctfyProto
+import LmctfyRPC
+import LmctfySystem
+
+/// An ImageBackend whose every call is an RPC to one agent.
+public final class RemoteImages: ImageBackend, @unchecked Sendable {
+    // RpcClient is used from one thread at a time: lmctl runs one verb.
+    let client: RpcClient
+    /// Bytes per ImportImage/ExportImage call.
+    static let chunk = 1 << 20
+
+    public init(client: RpcClient) {
+        self.client = client
+    }
+
+    static func summary(_ i: ImageInfo?) -> ImageSummary {
+        ImageSummary(name: i?.name ?? "", entries: i?.entries ?? 0, bytes: i?.bytes ?? 0, created: i?.created ?? 0)
+    }
+
+    @discardableResult
+    public func importImage(_ archivePath: String, as name: String) throws(LmctfyError) -> ImageSummary {
+        try ImageName.check(name)  // before sending anything
+        let fd: Int32
+        do {
+            fd = try Sys.open(archivePath, O_RDONLY)
+        } catch where error.errno == ENOENT {
+            throw .notFound("Archive \"\(archivePath)\" does not exist")
+        } catch {
+            throw error.lmctfy(.invalidArgument, "Cannot open the archive")
+        }
+        defer { close(fd) }
+        var transfer: String?
+        var offset: UInt64 = 0
+        var next: [UInt8]
+        do {
+            next = try Sys.readChunk(fd, upTo: Self.chunk, path: archivePath)
+        } catch {
+            throw error.lmctfy(.invalidArgument, "Cannot read the archive")
+        }
+        while true {
+            let data = next
+            // Read ahead, so the last chunk carries the commit.
+            let following: [UInt8]
+            do {
+                following = data.isEmpty ? [] : try Sys.readChunk(fd, upTo: Self.chunk, path: archivePath)
+            } catch {
+                if let transfer { _ = try? client.call(AgentMethods.importImage, ImportImageRequest(transferId: transfer, abort: true)) }
+                throw error.lmctfy(.invalidArgument, "Cannot read the archive")
+            }
+            let last = following.isEmpty
+            let request = ImportImageRequest(name: name, transferId: transfer, offset: offset, data: data, commit: last)
+            let response: ImportImageResponse
+            do {
+                response = try client.call(AgentMethods.importImage, request)
+            } catch {
+                if let transfer, !last { _ = try? client.call(AgentMethods.importImage, ImportImageRequest(transferId: transfer, abort: true)) }
+                throw error
+            }
+            if last { return Self.summary(response.image) }
+            transfer = response.transferId
+            offset += UInt64(data.count)
+            next = following
+        }
+    }
+
+    public func exportImage(_ name: String, to archivePath: String) throws(LmctfyError) {
+        try ImageName.check(name)
+        let compression = archivePath.hasSuffix(".gz") || archivePath.hasSuffix(".tgz") ? "gzip"
+            : archivePath.hasSuffix(".xz") || archivePath.hasSuffix(".txz") ? "xz" : ""
+        let temp = archivePath + ".tmp-\(getpid())"
+        let fd: Int32
+        do {
+            fd = try Sys.open(temp, O_WRONLY | O_CREAT | O_TRUNC, mode: 0o644)
+        } catch {
+            throw error.lmctfy(.failedPrecondition, "Cannot create \"\(archivePath)\"")
+        }
+        var transfer: String?
+        do throws(LmctfyError) {
+            var offset: UInt64 = 0
+            while true {
+                let r = try client.call(AgentMethods.exportImage, ExportImageRequest(
+                    name: name, transferId: transfer, offset: offset, maxBytes: UInt32(Self.chunk), compression: compression))
+                transfer = r.transferId
+                guard r.offset ?? 0 == offset else { throw .internalError("the agent sent offset \(r.offset ?? 0), not \(offset)") }
+                do {
+                    try Sys.writeAll(fd, r.data ?? [])
+                } catch {
+                    throw error.lmctfy(.failedPrecondition, "Cannot write \"\(archivePath)\"")
+                }
+                offset += UInt64(r.data?.count ?? 0)
+                if r.done == true { break }
+                guard !(r.data ?? []).isEmpty else { throw .internalError("the agent sent an empty chunk before the end") }
+            }
+            close(fd)
+            do {
+                try Sys.rename(temp, archivePath)
+            } catch {
+                throw error.lmctfy(.failedPrecondition, "Cannot write \"\(archivePath)\"")
+            }
+        } catch {
+            close(fd)
+            try? Sys.unlink(temp)
+            throw error
+        }
+    }
+
+    public func listImages() throws(LmctfyError) -> [ImageSummary] {
+        try client.call(AgentMethods.listImages, ListImagesRequest()).images.map { Self.summary($0) }
+    }
+
+    public func removeImage(_ name: String) throws(LmctfyError) {
+        _ = try client.call(AgentMethods.removeImage, RemoveImageRequest(name: name))
+    }
+}

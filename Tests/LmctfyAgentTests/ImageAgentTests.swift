@@ -1,0 +1,192 @@
+// The agent's image methods: the transfer rules on ImageService directly
+// (no root), and `lmctl image ...` against a real agent process (root:
+// ROOT_ONLY), with an archive big enough to take several chunks.
+import Glibc
+import LmctfyBackend
+import LmctfyImages
+@testable import LmctfyAgent
+import LmctfyProto
+import LmctfyRPC
+import LmctfySystem
+import LmctfyTestSupport
+import Testing
+
+private final class Scratch {
+    let dir: String
+    init() throws {
+        var template = Array("/tmp/lmctfy_imageagent_XXXXXX".utf8CString)
+        guard let made = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {
+            throw SystemError("mkdtemp", "/tmp", errno)
+        }
+        dir = String(cString: made)
+    }
+    deinit { try? Sys.removeTree(dir) }
+}
+
+/// The sample rootfs plus a 2.5 MiB file: three 1 MiB chunks.
+private func bigArchive() -> [UInt8] {
+    var t = TarBuilder()
+    let big = (0..<(5 << 19)).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ $0 >> 11) }
+    t.add("big/", .directory)
+    t.add("big/blob", .file, content: big)
+    let sample = TarBuilder.sampleRootfs()
+    return t.bytes + sample  // the sample ends with the two zero blocks
+}
+
+private func code(_ body: () throws(LmctfyError) -> Void) -> StatusCode? {
+    do {
+        try body()
+        return nil
+    } catch {
+        return error.code
+    }
+}
+
+@Suite(.serialized) struct ImageServiceTests {
+    @Test func chunkedImportAndExportFollowTheRules() throws {
+        let s = try Scratch()
+        let service = ImageService(root: s.dir + "/store")
+        let archive = bigArchive()
+        let chunk = ImageService.maxChunk
+
+        // Too big a chunk: 3, and no transfer is left open.
+        #expect(code { () throws(LmctfyError) in
+            _ = try service.importImage(ImportImageRequest(data: [UInt8](repeating: 0, count: chunk + 1)))
+        } == .invalidArgument)
+
+        // Upload in chunks; a wrong offset is 9 and keeps the transfer.
+        let first = try service.importImage(ImportImageRequest(offset: 0, data: Array(archive[0..<chunk])))
+        let id = try #require(first.transferId)
+        #expect(first.received == UInt64(chunk))
+        #expect(code { () throws(LmctfyError) in
+            _ = try service.importImage(ImportImageRequest(transferId: id, offset: 7, data: [1]))
+        } == .failedPrecondition)
+        var offset = chunk
+        while archive.count - offset > chunk {
+            let r = try service.importImage(ImportImageRequest(transferId: id, offset: UInt64(offset), data: Array(archive[offset..<offset + chunk])))
+            offset += chunk
+            #expect(r.received == UInt64(offset))
+        }
+        let done = try service.importImage(ImportImageRequest(
+            name: "big", transferId: id, offset: UInt64(offset), data: Array(archive[offset...]), commit: true))
+        #expect(done.image?.name == "big")
+        #expect(done.image?.entries == 16)
+        // The transfer ended with the commit.
+        #expect(code { () throws(LmctfyError) in
+            _ = try service.importImage(ImportImageRequest(transferId: id, offset: UInt64(archive.count), data: [1]))
+        } == .notFound)
+        #expect(try Sys.directoryEntries(s.dir + "/store/.transfers") == [])
+
+        // Export in chunks of 1 MiB reassembles a tar that imports to the same tree.
+        var got: [UInt8] = []
+        var exportId: String?
+        var calls = 0
+        while true {
+            let r = try service.exportImage(ExportImageRequest(name: "big", transferId: exportId, offset: UInt64(got.count), compression: "gzip"))
+            exportId = r.transferId
+            got += r.data ?? []
+            calls += 1
+            #expect((r.data ?? []).count <= chunk)
+            if r.done == true {
+                #expect(r.size == UInt64(got.count))
+                break
+            }
+        }
+        #expect(calls >= 1)
+        #expect(Array(got.prefix(2)) == [0x1f, 0x8b])
+        #expect(try Sys.directoryEntries(s.dir + "/store/.transfers") == [])
+        try Sys.writeFileAtomically(s.dir + "/back.tar.gz", got, mode: 0o644)
+        let local = ImageStore(root: s.dir + "/local")
+        try local.importImage(s.dir + "/back.tar.gz", as: "back")
+        #expect(try treeSnapshot(local.rootfsPath(forImage: "back")) == treeSnapshot(service.store.rootfsPath(forImage: "big")))
+
+        // A hostile archive through the service: 3, nothing left.
+        var t = TarBuilder()
+        t.add("../../evil", .file, content: [0x41])
+        #expect(code { () throws(LmctfyError) in
+            _ = try service.importImage(ImportImageRequest(name: "evil", data: t.archive, commit: true))
+        } == .invalidArgument)
+        #expect(try Sys.directoryEntries(s.dir + "/store") == [".transfers", "big"])
+        #expect(try Sys.directoryEntries(s.dir + "/store/.transfers") == [])
+        #expect(!Sys.exists(s.dir + "/evil"))
+
+        // Abort, unknown ids, the transfer limit, bad names and compression.
+        let open = try service.importImage(ImportImageRequest(data: [1, 2, 3]))
+        _ = try service.importImage(ImportImageRequest(transferId: open.transferId, abort: true))
+        #expect(try Sys.directoryEntries(s.dir + "/store/.transfers") == [])
+        #expect(code { () throws(LmctfyError) in _ = try service.exportImage(ExportImageRequest(transferId: "nope")) } == .notFound)
+        var ids: [String] = []
+        for _ in 0..<ImageService.maxTransfers { ids.append(try service.importImage(ImportImageRequest(data: [1])).transferId ?? "") }
+        #expect(code { () throws(LmctfyError) in _ = try service.importImage(ImportImageRequest(data: [1])) } == .resourceExhausted)
+        for i in ids { _ = try service.importImage(ImportImageRequest(transferId: i, abort: true)) }
+        #expect(code { () throws(LmctfyError) in
+            _ = try service.importImage(ImportImageRequest(name: "../x", data: [1], commit: true))
+        } == .invalidArgument)
+        #expect(code { () throws(LmctfyError) in _ = try service.importImage(ImportImageRequest(abort: true)) } == .invalidArgument)
+        // A commit with a bad name ends its transfer too.
+        let named = try service.importImage(ImportImageRequest(data: [1]))
+        #expect(code { () throws(LmctfyError) in
+            _ = try service.importImage(ImportImageRequest(name: ".bad", transferId: named.transferId, offset: 1, commit: true))
+        } == .invalidArgument)
+        #expect(code { () throws(LmctfyError) in
+            _ = try service.importImage(ImportImageRequest(transferId: named.transferId, offset: 1, data: [2]))
+        } == .notFound)
+        #expect(code { () throws(LmctfyError) in _ = try service.exportImage(ExportImageRequest(name: "big", compression: "zip")) } == .invalidArgument)
+        #expect(code { () throws(LmctfyError) in _ = try service.exportImage(ExportImageRequest(name: "nothere")) } == .notFound)
+        #expect(try service.listImages().images.map(\.name) == ["big"])
+        _ = try service.removeImage(RemoveImageRequest(name: "big"))
+        #expect(try service.listImages().images.isEmpty)
+        #expect(try Sys.directoryEntries(s.dir + "/store/.transfers") == [])
+    }
+}
+
+@Suite(.enabled(if: RealCgroups.available, "\(RealCgroups.unavailableReason ?? "")"), .serialized)
+struct ImageLmctlTests {
+    @Test func lmctlImageRoundTripThroughTheAgent() throws {
+        let s = try Scratch()
+        let agent = try AgentProcess()
+        defer { agent.stop() }
+        let storeRoot = agent.dir + "/state/images"
+        func lmctl(_ args: [String]) throws -> ChildResult {
+            try TestProcess.capture([builtTool("lmctl"), "--agent", "unix://" + agent.socket] + args)
+        }
+        let archive = s.dir + "/big.tar"
+        try Sys.writeFileAtomically(archive, bigArchive(), mode: 0o644)
+
+        let imported = try lmctl(["image", "import", archive, "base"])
+        #expect(imported.status == 0, "\(String(decoding: imported.stderr, as: UTF8.self))")
+        #expect(String(decoding: imported.stdout, as: UTF8.self).hasPrefix("image=\"base\"\nentries=\"16\"\n"))
+        #expect(String(decoding: try lmctl(["image", "list"]).stdout, as: UTF8.self) == "image=\"base\"\n")
+
+        // What the agent unpacked is what a local import of the same file gives.
+        let local = ImageStore(root: s.dir + "/local")
+        try local.importImage(archive, as: "base")
+        let want = try treeSnapshot(local.rootfsPath(forImage: "base"))
+        #expect(try treeSnapshot(storeRoot + "/base/rootfs") == want)
+
+        // Export through lmctl (xz), import locally: the same tree again.
+        let out = s.dir + "/out.tar.xz"
+        let exported = try lmctl(["image", "export", "base", out])
+        #expect(exported.status == 0, "\(String(decoding: exported.stderr, as: UTF8.self))")
+        try local.importImage(out, as: "again")
+        #expect(try treeSnapshot(local.rootfsPath(forImage: "again")) == want)
+
+        // Hostile: 3, and the agent's store holds only "base".
+        var t = TarBuilder()
+        t.add("ok", .file, content: [0x41])
+        t.add("link", .symlink, link: "/")
+        t.add("link/tmp/lmctfy_agent_escape_\(getpid())", .file, content: [0x41])
+        try Sys.writeFileAtomically(s.dir + "/evil.tar", t.archive, mode: 0o644)
+        let refused = try lmctl(["image", "import", s.dir + "/evil.tar", "evil"])
+        #expect(refused.status == 3)
+        #expect(String(decoding: refused.stderr, as: UTF8.self).contains("goes through the symlink"))
+        #expect(!Sys.exists("/tmp/lmctfy_agent_escape_\(getpid())"))
+        #expect(try Sys.directoryEntries(storeRoot).filter { !$0.hasPrefix(".") } == ["base"])
+        #expect(try Sys.directoryEntries(storeRoot + "/.transfers") == [])
+
+        #expect(try lmctl(["image", "import", archive, "base"]).status == 6)
+        #expect(try lmctl(["image", "remove", "base"]).status == 0)
+        #expect(try lmctl(["image", "remove", "base"]).status == 5)
+        #expect(String(decoding: try lmctl(["image", "list"]).stdout, as: UTF8.self) == "")
+    }
+}
