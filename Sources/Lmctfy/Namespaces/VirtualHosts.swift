@@ -56,7 +56,8 @@ extension ContainerApi {
         let rootfs = spec.filesystem?.rootfs ?? "/"
         guard rootfs.hasPrefix("/") else {
             // A non-absolute rootfs names an image of the image store.
-            throw .unimplemented("filesystem.rootfs \"\(rootfs)\" names an image, and images are not available in this build")
+            // (ImageStore.resolveRootfs is to be wired in here and in startVirtualHost.)
+            throw .unimplemented("filesystem.rootfs \"\(rootfs)\" names an image; creating a virtual host from an image is not wired in yet (give an absolute rootfs path)")
         }
         guard let st = Sys.inode(rootfs), (st.mode & S_IFMT) == S_IFDIR else {
             throw .invalidArgument("filesystem.rootfs \"\(rootfs)\" is not a directory")
