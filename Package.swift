@@ -16,6 +16,13 @@ import PackageDescription
 let staticSwiftRuntime: [LinkerSetting] =
     Context.environment["LMCTFY_DYNAMIC_STDLIB"] == "1" ? [] : [.unsafeFlags(["-static-stdlib"])]
 
+// lmctfy-init is linked statically (it runs in a rootfs without a libc).
+// The sanitizer builds of tools/test set LMCTFY_SANITIZE=1: a sanitizer
+// runtime cannot be linked into a static executable, and those builds run no
+// virtual host (the virtual host suites need root and are skipped there).
+let staticInit: [LinkerSetting] =
+    Context.environment["LMCTFY_SANITIZE"] == "1" ? [] : [.unsafeFlags(["-static-executable"])]
+
 let package = Package(
     name: "lmctfy",
     products: [
@@ -26,6 +33,7 @@ let package = Package(
         .executable(name: "lmctfy-protogen", targets: ["lmctfy-protogen"]),
         .executable(name: "lmctfy-bench", targets: ["lmctfy-bench"]),
         .executable(name: "lmctfy-test-helper", targets: ["lmctfy-test-helper"]),
+        .executable(name: "lmctfy-init", targets: ["lmctfy-init"]),
         .library(name: "LmctfyProto", targets: ["LmctfyProto"]),
         .library(name: "LmctfyRPC", targets: ["LmctfyRPC"]),
         .library(name: "LmctfyLoop", targets: ["LmctfyLoop"]),
@@ -159,6 +167,12 @@ let package = Package(
             name: "lmctfy-bench",
             dependencies: ["Lmctfy", "LmctfyProto", "LmctfySystem", "LmctfyRPC", "LmctfyPolicy"],
             path: "tools/bench"),
+
+        // The default init of a virtual host (C, linked statically: it runs
+        // after pivot_root in a root filesystem that may have no libc).
+        .executableTarget(
+            name: "lmctfy-init", path: "Sources/lmctfy-init",
+            linkerSettings: staticInit),
 
         // Workloads for the integration tests (OOM, fork loops), in C.
         // `netns` mode: the inside of a virtual host for the lm_net tests.

@@ -2,7 +2,7 @@
 # Installs the Debian packages lmctfy needs to build and test, if missing.
 # Sourced or run by tools/setup and tools/test; safe to run again.
 set -euo pipefail
-PKGS=(pkg-config libuv1-dev libprotobuf-c-dev protobuf-c-compiler protobuf-compiler libarchive-dev
+PKGS=(pkg-config libuv1-dev libprotobuf-c-dev protobuf-c-compiler protobuf-compiler libarchive-dev busybox-static
       libmicrohttpd-dev prometheus  # the metrics endpoint and its scrape tests (issue #16)
       mandoc zsh tmux)  # the man page lint, the zsh completion and lmctl top tests (issue #16)
 missing=()

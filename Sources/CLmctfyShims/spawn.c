@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -85,6 +86,20 @@ static void apply_and_exec(const struct lm_spawn_opts *o, int keep_fd, struct fa
         }
         close(fd);
     }
+    for (int i = 0; i < o->n_ns_fds; i++) {
+        if (setns(o->ns_fds[i], 0) < 0) {
+            f->err = errno; f->stage = LM_STAGE_NAMESPACE; f->index = i;
+            return;
+        }
+    }
+    if (o->enter_user_root && (setresgid(0, 0, 0) < 0 || setresuid(0, 0, 0) < 0)) {
+        f->err = errno; f->stage = LM_STAGE_NAMESPACE; f->index = 0;
+        return;
+    }
+    if (o->n_ns_fds > 0 && chdir("/") < 0) {
+        f->err = errno; f->stage = LM_STAGE_NAMESPACE; f->index = o->n_ns_fds;
+        return;
+    }
     if (o->set_ids) {
         if (setgroups(0, NULL) < 0 || setgid(o->gid) < 0 || setuid(o->uid) < 0) {
             f->err = errno; f->stage = LM_STAGE_IDS;
@@ -146,6 +161,18 @@ int lm_spawn(const struct lm_spawn_opts *o, pid_t *pid, int *err, int *stage, in
      * uses vfork: the child borrows our memory until exec, so nothing is
      * copied; everything it does is async-signal-safe and stays in this
      * frame. A detached run forks twice, which a vfork child may not do. */
+    /* Attached into a virtual host: this thread's children are born in its
+     * pid namespace until we come back (other threads are not affected). */
+    int in_pidns = 0;
+    if (!o->detach && o->pidns_fd >= 0) {
+        if (setns(o->pidns_fd, CLONE_NEWPID) < 0) {
+            *err = errno; *stage = LM_STAGE_NAMESPACE;
+            pthread_sigmask(SIG_SETMASK, &old, NULL);
+            close(pipefd[0]); close(pipefd[1]);
+            return -1;
+        }
+        in_pidns = 1;
+    }
     pid_t child = o->detach ? fork() : vfork();
     if (child == 0) {
         close(pipefd[0]);
@@ -158,6 +185,11 @@ int lm_spawn(const struct lm_spawn_opts *o, pid_t *pid, int *err, int *stage, in
             int inner[2];
             if (pipe2(inner, O_CLOEXEC) < 0) {
                 struct message m = {2, errno, LM_STAGE_FORK, -1};
+                write_all(pipefd[1], (const char *)&m, sizeof m);
+                _exit(0);
+            }
+            if (o->pidns_fd >= 0 && setns(o->pidns_fd, CLONE_NEWPID) < 0) {
+                struct message m = {2, errno, LM_STAGE_NAMESPACE, -1};
                 write_all(pipefd[1], (const char *)&m, sizeof m);
                 _exit(0);
             }
@@ -188,6 +220,7 @@ int lm_spawn(const struct lm_spawn_opts *o, pid_t *pid, int *err, int *stage, in
         child_main(o, pipefd[1]);
     }
     int fork_errno = errno;
+    if (in_pidns) setns(o->self_pidns_fd, CLONE_NEWPID);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     close(pipefd[1]);
     if (child < 0) {
@@ -223,7 +256,64 @@ int lm_spawn(const struct lm_spawn_opts *o, pid_t *pid, int *err, int *stage, in
     return 0;
 }
 
+/* lm_exec into a virtual host: the caller cannot enter a pid namespace
+ * itself, so it forks the command into it and becomes its stand-in: it
+ * exits with the command's status (or dies of its signal). */
+static int exec_in_pidns(const struct lm_spawn_opts *o, int *err, int *stage, int *cgroup_index) {
+    if (setns(o->pidns_fd, CLONE_NEWPID) < 0) {
+        *err = errno; *stage = LM_STAGE_NAMESPACE; *cgroup_index = -1;
+        return -1;
+    }
+    int pipefd[2];
+    if (pipe2(pipefd, O_CLOEXEC) < 0) {
+        *err = errno; *stage = LM_STAGE_FORK;
+        return -1;
+    }
+    sigset_t all, old;
+    sigfillset(&all);
+    sigprocmask(SIG_SETMASK, &all, &old);
+    pid_t child = fork();
+    if (child == 0) {
+        close(pipefd[0]);
+        child_main(o, pipefd[1]);
+    }
+    int fork_errno = errno;
+    close(pipefd[1]);
+    if (child < 0) {
+        sigprocmask(SIG_SETMASK, &old, NULL);
+        close(pipefd[0]);
+        *err = fork_errno; *stage = LM_STAGE_FORK;
+        return -1;
+    }
+    struct message m;
+    ssize_t n;
+    do {
+        n = read(pipefd[0], &m, sizeof m);
+    } while (n < 0 && errno == EINTR);
+    close(pipefd[0]);
+    int status;
+    if (n == (ssize_t)sizeof m) {
+        while (waitpid(child, &status, 0) < 0 && errno == EINTR) {}
+        sigprocmask(SIG_SETMASK, &old, NULL);
+        *err = m.a; *stage = m.b; *cgroup_index = m.c;
+        return -1;
+    }
+    /* The terminal's SIGINT/SIGQUIT reach the command (same process
+     * group); everything else stays blocked until it is gone. */
+    while (waitpid(child, &status, 0) < 0 && errno == EINTR) {}
+    if (WIFEXITED(status)) _exit(WEXITSTATUS(status));
+    int sig = WTERMSIG(status);
+    signal(sig, SIG_DFL);
+    sigset_t one;
+    sigemptyset(&one);
+    sigaddset(&one, sig);
+    sigprocmask(SIG_UNBLOCK, &one, NULL);
+    kill(getpid(), sig);
+    _exit(128 + sig);
+}
+
 int lm_exec(const struct lm_spawn_opts *o, int *err, int *stage, int *cgroup_index) {
+    if (o->pidns_fd >= 0) return exec_in_pidns(o, err, stage, cgroup_index);
     struct failure f = {0, 0, -1};
     apply_and_exec(o, -1, &f);
     *err = f.err; *stage = f.stage; *cgroup_index = f.index;

@@ -99,6 +99,7 @@ public struct Container: Sendable {
                 // on v2): it has no limits to report.
             }
         }
+        try readVirtualHostSpec(into: &spec)
         return spec
     }
 

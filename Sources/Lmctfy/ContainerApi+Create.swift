@@ -21,8 +21,29 @@ extension ContainerApi {
     /// UNIMPLEMENTED (D11). Returns the new container.
     @discardableResult
     public func create(_ name: ContainerName, spec: ContainerSpec) throws(LmctfyError) -> Container {
+        try create(name, spec: spec, virtualHostStdio: nil)
+    }
+
+    /// Create, with the stdio of a virtual host's init given (tests and
+    /// embedding; by default /dev/null, or the caller's with run_spec
+    /// fd_policy INHERIT). A virtual host's init is started after its
+    /// cgroups are made; if it cannot start, the container is removed again
+    /// and the error (13, INTERNAL, as in the original) names the step and
+    /// errno of the failure.
+    @discardableResult
+    public func create(_ name: ContainerName, spec: ContainerSpec, virtualHostStdio: VirtualHostStdio?) throws(LmctfyError) -> Container {
         if name.isRoot { throw .alreadyExists("Can't create existing container \"\(name)\"") }
-        return try locked(name) { lock throws(LmctfyError) in try create(name, spec: spec, lock: lock) }
+        return try locked(name) { lock throws(LmctfyError) in
+            let container = try create(name, spec: spec, lock: lock)
+            guard spec.virtualHost != nil else { return container }
+            do throws(LmctfyError) {
+                _ = try startVirtualHost(name, spec: spec, stdio: virtualHostStdio)
+            } catch {
+                _ = try? removeLeftovers(name)
+                throw error
+            }
+            return container
+        }
     }
 
     /// Create, holding the tree's lock. The container becomes visible
@@ -46,6 +67,7 @@ extension ContainerApi {
             // 9 as in the original (its mkdir failed): 5 would say the new name is missing.
             throw .failedPrecondition("Can't create \"\(name)\": its parent \"\(name.parent!)\" does not exist")
         }
+        if spec.virtualHost != nil && name.depth > 1 { throw .unimplemented("Nested Virtual Hosts are not yet supported.") }
         try checkSupported(spec, isUpdate: false)
         let kinds = ResourceKind.allCases.filter { $0.isPresent(in: spec) }
         // A nested container can only isolate what its parent isolates (v1
@@ -138,10 +160,7 @@ extension ContainerApi {
             throw .unimplemented("children_limit is not supported by this kernel (it needs cgroup.children_limit)")
         }
         if spec.network != nil { throw .unimplemented("network isolation is not implemented yet") }
-        if spec.filesystem != nil { throw .unimplemented("filesystem (fd_limit, rootfs, mounts) is not implemented yet") }
-        if spec.virtualHost != nil {
-            throw .unimplemented(isUpdate ? "Updating virtual_host is not supported" : "virtual_host is not implemented yet")
-        }
+        try checkVirtualHost(nil, spec, isUpdate: isUpdate)
         if spec.securitySpec != nil { throw .unimplemented("security_spec (AppArmor) is not implemented") }
         for kind in ResourceKind.allCases where kind.isPresent(in: spec) {
             if try !driver.available(kind) {

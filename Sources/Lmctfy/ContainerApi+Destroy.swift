@@ -74,6 +74,7 @@ extension ContainerApi {
             } catch where error.code == .notFound {
                 return false  // already gone
             }
+            try removeVirtualHostLinks(name)
             // From here the container is invisible: a destroy that stops
             // part way leaves no half container to list, update or run in.
             if tasksState != .destroying { try tasks.setState(.destroying) }

@@ -139,6 +139,15 @@ public struct LocalBackend: ContainerBackend {
         return try callerPath(api.create(resolved, spec: spec).name)
     }
 
+    /// Creates the container and, for a virtual host, reports its init's pid.
+    public func createReportingInit(_ name: String, spec: ContainerSpec) throws(LmctfyError) -> CreateOutcome {
+        let resolved = try machineName(name)
+        if resolved == scope.root { throw .alreadyExists("Can't create existing container \"/\"") }
+        let container = try api.create(resolved, spec: spec)
+        let initPid = spec.virtualHost != nil ? try container.initPid() : nil
+        return CreateOutcome(name: try callerPath(container.name), initPid: initPid)
+    }
+
     /// Destroys the container; without `force` only an empty one. `/` is refused (D7).
     @discardableResult
     public func destroy(_ name: String, force: Bool) throws(LmctfyError) -> String {

@@ -120,7 +120,10 @@ extension Container {
     /// its first instruction. Returns its pid. "Command not found" and every
     /// other failure before exec is an error here, not a silent exit 127.
     public func run(_ argv: [String], options: RunOptions = RunOptions()) throws(LmctfyError) -> pid_t {
-        let o = try spawnOptions(argv, options)
+        var o = try spawnOptions(argv, options)
+        let entry = try VirtualHostEntry(self)
+        defer { entry?.close() }
+        entry?.apply(to: &o)
         do {
             return try Spawn.spawn(o, faults: api.faults)
         } catch {
@@ -133,8 +136,13 @@ extension Container {
     public func exec(_ argv: [String], environment: [String]? = nil) throws(LmctfyError) -> Never {
         var options = RunOptions(fdPolicy: .inherit)
         options.environment = environment
-        let o = try spawnOptions(argv, options)  // INHERIT: not detached
-        throw Self.spawnError(Spawn.exec(o), name)
+        var o = try spawnOptions(argv, options)  // INHERIT: not detached
+        // The descriptors stay open (close-on-exec) until the exec.
+        let entry = try VirtualHostEntry(self)
+        entry?.apply(to: &o)
+        let error = Spawn.exec(o)
+        entry?.close()
+        throw Self.spawnError(error, name)
     }
 
     static func spawnError(_ e: SpawnError, _ name: ContainerName) -> LmctfyError {
@@ -163,6 +171,17 @@ extension Container {
     /// together in domain cgroups). Not atomic: on failure earlier tids stay moved.
     public func enter(_ tids: [pid_t]) throws(LmctfyError) {
         guard try api.exists(name) else { throw .notFound("Container \"\(name)\" does not exist") }
+        // As the original: a task may only enter a container of its own
+        // virtual host (its pid namespace is that of the container's init,
+        // which is ours for an ordinary container). A tid whose namespace
+        // cannot be read (gone, another user's) is left to the cgroup write
+        // below, which says why (5, 7) instead of the original's 13.
+        let initPid = try virtualHostInit()
+        let initNs = Namespaces.inode(api.procRoot, initPid.map { String($0) } ?? "self", "pid")
+        for tid in tids {
+            guard let ns = Namespaces.inode(api.procRoot, String(tid), "pid") else { continue }
+            if ns != initNs { throw .failedPrecondition("Container in a different Virtual Host can't be entered.") }
+        }
         for (i, tid) in tids.enumerated() {
             for dir in try joinDirs(for: String(tid)) {
                 do {

@@ -349,13 +349,13 @@ public final class Dispatcher: Sendable {
             let name = try Dispatcher.containerName(r.name)
             guard let policy = d.policy else {
                 if r.tier != nil { throw LmctfyError.failedPrecondition("This agent has no policy: a create cannot name a tier") }
-                _ = try d.createContainer(name, spec: r.spec ?? ContainerSpec())
-                return CreateResponse()
+                let made = try d.createContainer(name, spec: r.spec ?? ContainerSpec())
+                return CreateResponse(initPid: made.initPid)
             }
             let path = try d.backend.resolve(name)
             let (tier, spec) = try policy.planCreate(path: path, spec: r.spec ?? ContainerSpec(), tier: r.tier)
-            _ = try policy.admitCreate(path: path, tier: tier, spec: spec) { try d.createContainer(name, spec: spec) }
-            return CreateResponse(tier: tier.name)
+            let made = try policy.admitCreate(path: path, tier: tier, spec: spec) { try d.createContainer(name, spec: spec) }
+            return CreateResponse(tier: tier.name, initPid: made.initPid)
         }
         mutating(AgentMethods.destroy, recover: { _, _, error in
             // The earlier agent destroyed it before it died.
@@ -476,12 +476,13 @@ public final class Dispatcher: Sendable {
 
     /// Creates `name` as Create does: recorded, snapshot written. Returns
     /// its path.
-    func createContainer(_ name: String, spec: ContainerSpec) throws -> String {
+    func createContainer(_ name: String, spec: ContainerSpec) throws -> CreateOutcome {
         try inventory.change(try backend.resolve(name)) {
-            let path = try backend.create(name, spec: spec)
+            let made = try backend.createReportingInit(name, spec: spec)
+            let path = made.name
             events.record(container: path, kind: .containerEventCreated)
             snapshots?.syncOrWarn(path)
-            return (path, { $0[path] = false })
+            return (made, { $0[path] = false })
         }
     }
 

@@ -94,10 +94,10 @@ extension Dispatcher {
         do {
             // Admitted by this agent's policy like a Create, in the tier its
             // spec says (RESOURCE_EXHAUSTED with the arithmetic otherwise).
-            guard let policy else { return try createContainer(name, spec: spec) }
+            guard let policy else { return try createContainer(name, spec: spec).name }
             let path = try backend.resolve(name)
             return try policy.admitCreate(path: path, tier: policy.policy.tier(of: spec), spec: spec) {
-                try createContainer(name, spec: spec)
+                try createContainer(name, spec: spec).name
             }
         } catch let e as LmctfyError where e.code == .alreadyExists {
             throw LmctfyError(.alreadyExists, "Cannot import: \(e.message)")

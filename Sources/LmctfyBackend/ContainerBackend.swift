@@ -74,6 +74,10 @@ public protocol ContainerBackend: Sendable {
     /// absolute name.
     @discardableResult
     func create(_ name: String, spec: ContainerSpec) throws(LmctfyError) -> String
+    /// `create`, also reporting a virtual host's init pid (as the
+    /// backend's machine sees it; nil for any other container), which
+    /// `lmctfy create` prints as `init_pid`.
+    func createReportingInit(_ name: String, spec: ContainerSpec) throws(LmctfyError) -> CreateOutcome
     /// Without `force`, refuses (9) a container with subcontainers,
     /// processes or threads. `/` is always refused (D7). Returns the
     /// absolute name of the container destroyed.
@@ -123,7 +127,25 @@ public protocol ContainerBackend: Sendable {
     func initMachine(_ spec: InitSpec) throws(LmctfyError)
 }
 
+/// What `createReportingInit` made.
+public struct CreateOutcome: Sendable, Equatable {
+    /// The container's absolute name.
+    public var name: String
+    /// A virtual host's init (nil for any other container).
+    public var initPid: Int32?
+
+    public init(name: String, initPid: Int32?) {
+        self.name = name
+        self.initPid = initPid
+    }
+}
+
 extension ContainerBackend {
+    /// By default: `create`, with no init to report.
+    public func createReportingInit(_ name: String, spec: ContainerSpec) throws(LmctfyError) -> CreateOutcome {
+        CreateOutcome(name: try create(name, spec: spec), initPid: nil)
+    }
+
     /// `run` for the verbs: nothing to do when the command starts.
     public func run(_ name: String, argv: [String], detached: Bool) throws(LmctfyError) -> RunOutcome {
         try run(name, argv: argv, detached: detached) { (_: Int32) throws(LmctfyError) in }

@@ -13,9 +13,9 @@ enum CreateCommand {
     @Sendable
     static func run(_ api: any ContainerBackend, _ call: Invocation) throws -> CommandOutput {
         let spec = try call.spec(ContainerSpec.self, inlineAt: 1, what: "container config", reportTextError: true)
-        try api.create(call.arguments[0], spec: spec)
-        // The original printed init_pid for virtual hosts; the library
-        // refuses virtual_host until it is implemented, so there is none yet.
-        return .none
+        let outcome = try api.createReportingInit(call.arguments[0], spec: spec)
+        // As the original: a virtual host's init pid, nothing otherwise.
+        guard let pid = outcome.initPid else { return .none }
+        return CommandOutput(entries: [.pair(key: "init_pid", value: String(pid))], json: "{\"init_pid\":\(pid)}")
     }
 }

@@ -54,6 +54,15 @@ public struct SpawnOptions: Sendable {
     /// (a double fork): the command is then not the caller's child and nobody
     /// has to reap it.
     public var detach = false
+    /// Namespaces to enter (descriptors of /proc/<pid>/ns/<kind>, user
+    /// first, mnt last), for a command inside a virtual host. The caller
+    /// owns and closes them.
+    public var namespaceFds: [Int32] = []
+    /// The pid namespace the command is born in, and the caller's own (both
+    /// descriptors, owned by the caller); nil: ours.
+    public var pidNamespace: (target: Int32, own: Int32)?
+    /// namespaceFds[0] is a user namespace: become root inside after entering.
+    public var enterUserAsRoot = false
 
     /// Options to run `argv`: stdio inherited, no cgroups joined, descriptors
     /// above stdio closed, not detached.
@@ -67,8 +76,8 @@ public struct SpawnError: Error, Sendable, Equatable, CustomStringConvertible {
     /// The step of the child's set-up that failed, numbered as in the C shim.
     public enum Stage: Int32, Sendable {
         /// Unknown (`none`), fork, joining a cgroup, stdio, setsid, oom_score_adj,
-        /// dropping ids, closing descriptors, exec.
-        case none = 0, fork, cgroup, stdio, session, oom, ids, fds, exec
+        /// dropping ids, closing descriptors, exec, entering a namespace.
+        case none = 0, fork, cgroup, stdio, session, oom, ids, fds, exec, namespace
     }
     /// The step that failed.
     public let stage: Stage
@@ -88,6 +97,7 @@ public struct SpawnError: Error, Sendable, Equatable, CustomStringConvertible {
         case .ids: "dropping to uid/gid"
         case .fds: "closing descriptors"
         case .exec: "exec \(subject)"
+        case .namespace: "entering the virtual host's namespaces for \(subject)"
         }
         return "\(what): \(String(cString: strerror(errno)))"
     }
@@ -157,7 +167,14 @@ public enum Spawn {
         c.gid = o.ids?.gid ?? 0
         c.close_fds = o.closeOtherFds ? 1 : 0
         c.detach = o.detach ? 1 : 0
-        return withUnsafePointer(to: &c) { body($0) }
+        c.pidns_fd = o.pidNamespace?.target ?? -1
+        c.self_pidns_fd = o.pidNamespace?.own ?? -1
+        c.n_ns_fds = Int32(o.namespaceFds.count)
+        c.enter_user_root = o.enterUserAsRoot ? 1 : 0
+        return o.namespaceFds.withUnsafeBufferPointer { fds in
+            c.ns_fds = fds.baseAddress
+            return withUnsafePointer(to: &c) { body($0) }
+        }
     }
 
     /// A NULL-terminated malloc'd array of strdup'd strings, freed by free()

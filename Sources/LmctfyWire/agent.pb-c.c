@@ -3582,7 +3582,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__create_request__desc
   (ProtobufCMessageInit) containers__lmctfy__agent__create_request__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor containers__lmctfy__agent__create_response__field_descriptors[2] =
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__create_response__field_descriptors[3] =
 {
   {
     "tier",
@@ -3608,15 +3608,28 @@ static const ProtobufCFieldDescriptor containers__lmctfy__agent__create_response
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "init_pid",
+    3,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_INT32,
+    offsetof(Containers__Lmctfy__Agent__CreateResponse, has_init_pid),
+    offsetof(Containers__Lmctfy__Agent__CreateResponse, init_pid),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned containers__lmctfy__agent__create_response__field_indices_by_name[] = {
   1,   /* field[1] = host */
+  2,   /* field[2] = init_pid */
   0,   /* field[0] = tier */
 };
 static const ProtobufCIntRange containers__lmctfy__agent__create_response__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 2 }
+  { 0, 3 }
 };
 const ProtobufCMessageDescriptor containers__lmctfy__agent__create_response__descriptor =
 {
@@ -3626,7 +3639,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__create_response__des
   "Containers__Lmctfy__Agent__CreateResponse",
   "containers.lmctfy.agent",
   sizeof(Containers__Lmctfy__Agent__CreateResponse),
-  2,
+  3,
   containers__lmctfy__agent__create_response__field_descriptors,
   containers__lmctfy__agent__create_response__field_indices_by_name,
   1,  containers__lmctfy__agent__create_response__number_ranges,

@@ -172,6 +172,18 @@ void   containers__lmctfy__virtual_host_spec__init__init
   static const Containers__Lmctfy__VirtualHostSpec__Init init_value = CONTAINERS__LMCTFY__VIRTUAL_HOST_SPEC__INIT__INIT;
   *message = init_value;
 }
+void   containers__lmctfy__virtual_host_spec__id_map__init
+                     (Containers__Lmctfy__VirtualHostSpec__IdMap         *message)
+{
+  static const Containers__Lmctfy__VirtualHostSpec__IdMap init_value = CONTAINERS__LMCTFY__VIRTUAL_HOST_SPEC__ID_MAP__INIT;
+  *message = init_value;
+}
+void   containers__lmctfy__virtual_host_spec__user_namespace__init
+                     (Containers__Lmctfy__VirtualHostSpec__UserNamespace         *message)
+{
+  static const Containers__Lmctfy__VirtualHostSpec__UserNamespace init_value = CONTAINERS__LMCTFY__VIRTUAL_HOST_SPEC__USER_NAMESPACE__INIT;
+  *message = init_value;
+}
 void   containers__lmctfy__virtual_host_spec__init
                      (Containers__Lmctfy__VirtualHostSpec         *message)
 {
@@ -1617,7 +1629,7 @@ const ProtobufCEnumDescriptor containers__lmctfy__run_spec__fd_policy__descripto
   containers__lmctfy__run_spec__fd_policy__value_ranges,
   NULL,NULL,NULL,NULL   /* reserved[1234] */
 };
-static const ProtobufCFieldDescriptor containers__lmctfy__run_spec__field_descriptors[3] =
+static const ProtobufCFieldDescriptor containers__lmctfy__run_spec__field_descriptors[7] =
 {
   {
     "fd_policy",
@@ -1655,16 +1667,68 @@ static const ProtobufCFieldDescriptor containers__lmctfy__run_spec__field_descri
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "uid",
+    4,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_UINT32,
+    offsetof(Containers__Lmctfy__RunSpec, has_uid),
+    offsetof(Containers__Lmctfy__RunSpec, uid),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "gid",
+    5,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_UINT32,
+    offsetof(Containers__Lmctfy__RunSpec, has_gid),
+    offsetof(Containers__Lmctfy__RunSpec, gid),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "groups",
+    6,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_UINT32,
+    offsetof(Containers__Lmctfy__RunSpec, n_groups),
+    offsetof(Containers__Lmctfy__RunSpec, groups),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "no_new_privs",
+    7,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_BOOL,
+    offsetof(Containers__Lmctfy__RunSpec, has_no_new_privs),
+    offsetof(Containers__Lmctfy__RunSpec, no_new_privs),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned containers__lmctfy__run_spec__field_indices_by_name[] = {
   2,   /* field[2] = apparmor_profile */
   1,   /* field[1] = console */
   0,   /* field[0] = fd_policy */
+  4,   /* field[4] = gid */
+  5,   /* field[5] = groups */
+  6,   /* field[6] = no_new_privs */
+  3,   /* field[3] = uid */
 };
 static const ProtobufCIntRange containers__lmctfy__run_spec__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 3 }
+  { 0, 7 }
 };
 const ProtobufCMessageDescriptor containers__lmctfy__run_spec__descriptor =
 {
@@ -1674,7 +1738,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__run_spec__descriptor =
   "Containers__Lmctfy__RunSpec",
   "containers.lmctfy",
   sizeof(Containers__Lmctfy__RunSpec),
-  3,
+  7,
   containers__lmctfy__run_spec__field_descriptors,
   containers__lmctfy__run_spec__field_indices_by_name,
   1,  containers__lmctfy__run_spec__number_ranges,
@@ -1732,7 +1796,122 @@ const ProtobufCMessageDescriptor containers__lmctfy__virtual_host_spec__init__de
   (ProtobufCMessageInit) containers__lmctfy__virtual_host_spec__init__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor containers__lmctfy__virtual_host_spec__field_descriptors[3] =
+static const ProtobufCFieldDescriptor containers__lmctfy__virtual_host_spec__id_map__field_descriptors[3] =
+{
+  {
+    "inside",
+    1,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_UINT32,
+    offsetof(Containers__Lmctfy__VirtualHostSpec__IdMap, has_inside),
+    offsetof(Containers__Lmctfy__VirtualHostSpec__IdMap, inside),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "outside",
+    2,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_UINT32,
+    offsetof(Containers__Lmctfy__VirtualHostSpec__IdMap, has_outside),
+    offsetof(Containers__Lmctfy__VirtualHostSpec__IdMap, outside),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "count",
+    3,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_UINT32,
+    offsetof(Containers__Lmctfy__VirtualHostSpec__IdMap, has_count),
+    offsetof(Containers__Lmctfy__VirtualHostSpec__IdMap, count),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned containers__lmctfy__virtual_host_spec__id_map__field_indices_by_name[] = {
+  2,   /* field[2] = count */
+  0,   /* field[0] = inside */
+  1,   /* field[1] = outside */
+};
+static const ProtobufCIntRange containers__lmctfy__virtual_host_spec__id_map__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 3 }
+};
+const ProtobufCMessageDescriptor containers__lmctfy__virtual_host_spec__id_map__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "containers.lmctfy.VirtualHostSpec.IdMap",
+  "IdMap",
+  "Containers__Lmctfy__VirtualHostSpec__IdMap",
+  "containers.lmctfy",
+  sizeof(Containers__Lmctfy__VirtualHostSpec__IdMap),
+  3,
+  containers__lmctfy__virtual_host_spec__id_map__field_descriptors,
+  containers__lmctfy__virtual_host_spec__id_map__field_indices_by_name,
+  1,  containers__lmctfy__virtual_host_spec__id_map__number_ranges,
+  (ProtobufCMessageInit) containers__lmctfy__virtual_host_spec__id_map__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor containers__lmctfy__virtual_host_spec__user_namespace__field_descriptors[2] =
+{
+  {
+    "uid_map",
+    1,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Containers__Lmctfy__VirtualHostSpec__UserNamespace, n_uid_map),
+    offsetof(Containers__Lmctfy__VirtualHostSpec__UserNamespace, uid_map),
+    &containers__lmctfy__virtual_host_spec__id_map__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "gid_map",
+    2,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Containers__Lmctfy__VirtualHostSpec__UserNamespace, n_gid_map),
+    offsetof(Containers__Lmctfy__VirtualHostSpec__UserNamespace, gid_map),
+    &containers__lmctfy__virtual_host_spec__id_map__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned containers__lmctfy__virtual_host_spec__user_namespace__field_indices_by_name[] = {
+  1,   /* field[1] = gid_map */
+  0,   /* field[0] = uid_map */
+};
+static const ProtobufCIntRange containers__lmctfy__virtual_host_spec__user_namespace__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 2 }
+};
+const ProtobufCMessageDescriptor containers__lmctfy__virtual_host_spec__user_namespace__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "containers.lmctfy.VirtualHostSpec.UserNamespace",
+  "UserNamespace",
+  "Containers__Lmctfy__VirtualHostSpec__UserNamespace",
+  "containers.lmctfy",
+  sizeof(Containers__Lmctfy__VirtualHostSpec__UserNamespace),
+  2,
+  containers__lmctfy__virtual_host_spec__user_namespace__field_descriptors,
+  containers__lmctfy__virtual_host_spec__user_namespace__field_indices_by_name,
+  1,  containers__lmctfy__virtual_host_spec__user_namespace__number_ranges,
+  (ProtobufCMessageInit) containers__lmctfy__virtual_host_spec__user_namespace__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor containers__lmctfy__virtual_host_spec__field_descriptors[4] =
 {
   {
     "virtual_hostname",
@@ -1770,16 +1949,29 @@ static const ProtobufCFieldDescriptor containers__lmctfy__virtual_host_spec__fie
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "user_namespace",
+    4,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_MESSAGE,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__VirtualHostSpec, user_namespace),
+    &containers__lmctfy__virtual_host_spec__user_namespace__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned containers__lmctfy__virtual_host_spec__field_indices_by_name[] = {
   1,   /* field[1] = init */
   2,   /* field[2] = network */
+  3,   /* field[3] = user_namespace */
   0,   /* field[0] = virtual_hostname */
 };
 static const ProtobufCIntRange containers__lmctfy__virtual_host_spec__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 3 }
+  { 0, 4 }
 };
 const ProtobufCMessageDescriptor containers__lmctfy__virtual_host_spec__descriptor =
 {
@@ -1789,7 +1981,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__virtual_host_spec__descript
   "Containers__Lmctfy__VirtualHostSpec",
   "containers.lmctfy",
   sizeof(Containers__Lmctfy__VirtualHostSpec),
-  3,
+  4,
   containers__lmctfy__virtual_host_spec__field_descriptors,
   containers__lmctfy__virtual_host_spec__field_indices_by_name,
   1,  containers__lmctfy__virtual_host_spec__number_ranges,

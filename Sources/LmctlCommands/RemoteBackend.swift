@@ -100,6 +100,12 @@ public final class RemoteBackend: ContainerBackend, @unchecked Sendable {
         return name
     }
 
+    /// Create; the agent reports a virtual host's init pid.
+    public func createReportingInit(_ name: String, spec: ContainerSpec) throws(LmctfyError) -> CreateOutcome {
+        let r = try call(AgentMethods.create, CreateRequest(name: name, spec: spec, requestId: Self.newRequestId()))
+        return CreateOutcome(name: name, initPid: r.initPid)
+    }
+
     /// Destroy; returns the name as sent.
     @discardableResult
     public func destroy(_ name: String, force: Bool) throws(LmctfyError) -> String {

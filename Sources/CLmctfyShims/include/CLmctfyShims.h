@@ -14,6 +14,8 @@
 #include <sys/xattr.h>
 /* Signal-safe process spawning into containers (spawn.c). */
 #include "lm_spawn.h"
+/* Virtual hosts: init in new namespaces and its own root (vhost.c). */
+#include "lm_vhost.h"
 /* Virtual host networking over rtnetlink, no ip/brctl (netlink.c). */
 #include "lm_net.h"
 /* Per-thread working directory for archive extraction (fs.c). */

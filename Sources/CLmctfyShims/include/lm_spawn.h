@@ -27,6 +27,21 @@ struct lm_spawn_opts {
     /* Double fork: the command is not the caller's child (nothing to reap;
      * used for detached runs). */
     int detach;
+    /* A virtual host's namespaces (descriptors of /proc/<init>/ns/<kind>),
+     * entered by the child in this order after oom_score_adj (user first,
+     * mnt last, then chdir("/")). */
+    const int *ns_fds;
+    int n_ns_fds;
+    /* Its pid namespace (-1: none) and ours, to come back to: the child is
+     * born in it (setns only changes where the caller's children go), so
+     * the pid returned is still the caller's view and the child the
+     * caller's. lm_exec forks once more for it and exits with the child's
+     * status. */
+    int pidns_fd;
+    int self_pidns_fd;
+    /* ns_fds[0] is a user namespace: become its root (setresgid and
+     * setresuid 0) after entering, so the command keeps root there. */
+    int enter_user_root;
 };
 
 /* Stages reported on failure, so the error can say what failed. */
@@ -40,6 +55,7 @@ enum lm_spawn_stage {
     LM_STAGE_IDS = 6,
     LM_STAGE_FDS = 7,
     LM_STAGE_EXEC = 8,
+    LM_STAGE_NAMESPACE = 9,
 };
 
 /* Forks a child that applies opts and execs. Returns 0 and the child's pid,

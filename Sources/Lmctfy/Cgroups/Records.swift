@@ -19,6 +19,12 @@ enum Record: String, CaseIterable {
     case schedulingLatency = "cpu.scheduling_latency"
     /// The eviction priority (D12) where the kernel has no file for it.
     case evictionPriority = "eviction_priority"
+    /// On a virtual host's tasks directory, from before its init starts:
+    /// its `virtual_host` and `filesystem` as text (what `spec` reads
+    /// back). Only such a container is searched for an init (run, enter).
+    case virtualHost = "virtual_host"
+    /// A virtual host's outside veth end (destroy deletes it).
+    case vethOutside = "network.veth_outside"
 
     /// The namespace of every lmctfy record.
     static let namespace = "user.lmctfy."

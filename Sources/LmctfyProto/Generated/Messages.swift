@@ -3573,15 +3573,31 @@ public struct RunSpec: ProtoMessage {
     public var console: RunSpec.Console?
     /// Field 3 `apparmor_profile`.
     public var apparmorProfile: String?
+    /// Field 4 `uid`.
+    public var uid: UInt32?
+    /// Field 5 `gid`.
+    public var gid: UInt32?
+    /// Field 6 `groups`.
+    public var groups: [UInt32]
+    /// Field 7 `no_new_privs`.
+    public var noNewPrivs: Bool?
 
     public init(
         fdPolicy: RunSpec.FdPolicy? = nil,
         console: RunSpec.Console? = nil,
-        apparmorProfile: String? = nil
+        apparmorProfile: String? = nil,
+        uid: UInt32? = nil,
+        gid: UInt32? = nil,
+        groups: [UInt32] = [],
+        noNewPrivs: Bool? = nil
     ) {
         self.fdPolicy = fdPolicy
         self.console = console
         self.apparmorProfile = apparmorProfile
+        self.uid = uid
+        self.gid = gid
+        self.groups = groups
+        self.noNewPrivs = noNewPrivs
     }
 
     public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.RunSpec")
@@ -3591,6 +3607,10 @@ public struct RunSpec: ProtoMessage {
         self.fdPolicy = message.get(1)
         self.console = message.get(2)
         self.apparmorProfile = message.get(3)
+        self.uid = message.get(4)
+        self.gid = message.get(5)
+        self.groups = message.getRepeated(6)
+        self.noNewPrivs = message.get(7)
     }
 
     public var dynamic: DynamicMessage {
@@ -3598,6 +3618,10 @@ public struct RunSpec: ProtoMessage {
         message.set(1, fdPolicy)
         message.set(2, console)
         message.set(3, apparmorProfile)
+        message.set(4, uid)
+        message.set(5, gid)
+        message.setRepeated(6, groups)
+        message.set(7, noNewPrivs)
         return message
     }
 
@@ -3606,6 +3630,10 @@ public struct RunSpec: ProtoMessage {
         self.fdPolicy = CBridge.value(c, f[0])
         self.console = CBridge.message(c, f[1])
         self.apparmorProfile = CBridge.value(c, f[2])
+        self.uid = CBridge.value(c, f[3])
+        self.gid = CBridge.value(c, f[4])
+        self.groups = CBridge.repeated(c, f[5])
+        self.noNewPrivs = CBridge.value(c, f[6])
     }
 
     public func makeC() -> UnsafeMutableRawPointer {
@@ -3614,6 +3642,10 @@ public struct RunSpec: ProtoMessage {
         CBridge.set(c, f[0], fdPolicy)
         CBridge.setMessage(c, f[1], console)
         CBridge.set(c, f[2], apparmorProfile)
+        CBridge.set(c, f[3], uid)
+        CBridge.set(c, f[4], gid)
+        CBridge.setRepeated(c, f[5], groups)
+        CBridge.set(c, f[6], noNewPrivs)
         return c
     }
 
@@ -3822,15 +3854,19 @@ public struct VirtualHostSpec: ProtoMessage {
     public var init_: VirtualHostSpec.Init?
     /// Field 3 `network`.
     public var network: Network?
+    /// Field 4 `user_namespace`.
+    public var userNamespace: VirtualHostSpec.UserNamespace?
 
     public init(
         virtualHostname: String? = nil,
         init_: VirtualHostSpec.Init? = nil,
-        network: Network? = nil
+        network: Network? = nil,
+        userNamespace: VirtualHostSpec.UserNamespace? = nil
     ) {
         self.virtualHostname = virtualHostname
         self.init_ = init_
         self.network = network
+        self.userNamespace = userNamespace
     }
 
     public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.VirtualHostSpec")
@@ -3840,6 +3876,7 @@ public struct VirtualHostSpec: ProtoMessage {
         self.virtualHostname = message.get(1)
         self.init_ = message.get(2)
         self.network = message.get(3)
+        self.userNamespace = message.get(4)
     }
 
     public var dynamic: DynamicMessage {
@@ -3847,6 +3884,7 @@ public struct VirtualHostSpec: ProtoMessage {
         message.set(1, virtualHostname)
         message.set(2, init_)
         message.set(3, network)
+        message.set(4, userNamespace)
         return message
     }
 
@@ -3855,6 +3893,7 @@ public struct VirtualHostSpec: ProtoMessage {
         self.virtualHostname = CBridge.value(c, f[0])
         self.init_ = CBridge.message(c, f[1])
         self.network = CBridge.message(c, f[2])
+        self.userNamespace = CBridge.message(c, f[3])
     }
 
     public func makeC() -> UnsafeMutableRawPointer {
@@ -3863,7 +3902,61 @@ public struct VirtualHostSpec: ProtoMessage {
         CBridge.set(c, f[0], virtualHostname)
         CBridge.setMessage(c, f[1], init_)
         CBridge.setMessage(c, f[2], network)
+        CBridge.setMessage(c, f[3], userNamespace)
         return c
+    }
+
+    /// Protobuf message `containers.lmctfy.VirtualHostSpec.IdMap`.
+    public struct IdMap: ProtoMessage {
+        /// Field 1 `inside`.
+        public var inside: UInt32?
+        /// Field 2 `outside`.
+        public var outside: UInt32?
+        /// Field 3 `count`.
+        public var count: UInt32?
+
+        public init(
+            inside: UInt32? = nil,
+            outside: UInt32? = nil,
+            count: UInt32? = nil
+        ) {
+            self.inside = inside
+            self.outside = outside
+            self.count = count
+        }
+
+        public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.VirtualHostSpec.IdMap")
+
+        public init(dynamic message: DynamicMessage) {
+            precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.VirtualHostSpec.IdMap")
+            self.inside = message.get(1)
+            self.outside = message.get(2)
+            self.count = message.get(3)
+        }
+
+        public var dynamic: DynamicMessage {
+            var message = DynamicMessage(Self.protoDescriptor)
+            message.set(1, inside)
+            message.set(2, outside)
+            message.set(3, count)
+            return message
+        }
+
+        public init(cMessage c: UnsafeRawPointer) {
+            let f = Self.protoDescriptor.fields
+            self.inside = CBridge.value(c, f[0])
+            self.outside = CBridge.value(c, f[1])
+            self.count = CBridge.value(c, f[2])
+        }
+
+        public func makeC() -> UnsafeMutableRawPointer {
+            let c = CBridge.allocate(Self.protoDescriptor)
+            let f = Self.protoDescriptor.fields
+            CBridge.set(c, f[0], inside)
+            CBridge.set(c, f[1], outside)
+            CBridge.set(c, f[2], count)
+            return c
+        }
     }
 
     /// Protobuf message `containers.lmctfy.VirtualHostSpec.Init`.
@@ -3907,6 +4000,51 @@ public struct VirtualHostSpec: ProtoMessage {
             let f = Self.protoDescriptor.fields
             CBridge.setRepeated(c, f[0], initArgv)
             CBridge.setMessage(c, f[1], runSpec)
+            return c
+        }
+    }
+
+    /// Protobuf message `containers.lmctfy.VirtualHostSpec.UserNamespace`.
+    public struct UserNamespace: ProtoMessage {
+        /// Field 1 `uid_map`.
+        public var uidMap: [VirtualHostSpec.IdMap]
+        /// Field 2 `gid_map`.
+        public var gidMap: [VirtualHostSpec.IdMap]
+
+        public init(
+            uidMap: [VirtualHostSpec.IdMap] = [],
+            gidMap: [VirtualHostSpec.IdMap] = []
+        ) {
+            self.uidMap = uidMap
+            self.gidMap = gidMap
+        }
+
+        public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.VirtualHostSpec.UserNamespace")
+
+        public init(dynamic message: DynamicMessage) {
+            precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.VirtualHostSpec.UserNamespace")
+            self.uidMap = message.getRepeated(1)
+            self.gidMap = message.getRepeated(2)
+        }
+
+        public var dynamic: DynamicMessage {
+            var message = DynamicMessage(Self.protoDescriptor)
+            message.setRepeated(1, uidMap)
+            message.setRepeated(2, gidMap)
+            return message
+        }
+
+        public init(cMessage c: UnsafeRawPointer) {
+            let f = Self.protoDescriptor.fields
+            self.uidMap = CBridge.repeatedMessages(c, f[0])
+            self.gidMap = CBridge.repeatedMessages(c, f[1])
+        }
+
+        public func makeC() -> UnsafeMutableRawPointer {
+            let c = CBridge.allocate(Self.protoDescriptor)
+            let f = Self.protoDescriptor.fields
+            CBridge.setRepeatedMessages(c, f[0], uidMap)
+            CBridge.setRepeatedMessages(c, f[1], gidMap)
             return c
         }
     }
@@ -5103,13 +5241,17 @@ public struct CreateResponse: ProtoMessage {
     public var tier: String?
     /// Field 2 `host`.
     public var host: String?
+    /// Field 3 `init_pid`.
+    public var initPid: Int32?
 
     public init(
         tier: String? = nil,
-        host: String? = nil
+        host: String? = nil,
+        initPid: Int32? = nil
     ) {
         self.tier = tier
         self.host = host
+        self.initPid = initPid
     }
 
     public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.CreateResponse")
@@ -5118,12 +5260,14 @@ public struct CreateResponse: ProtoMessage {
         precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.CreateResponse")
         self.tier = message.get(1)
         self.host = message.get(2)
+        self.initPid = message.get(3)
     }
 
     public var dynamic: DynamicMessage {
         var message = DynamicMessage(Self.protoDescriptor)
         message.set(1, tier)
         message.set(2, host)
+        message.set(3, initPid)
         return message
     }
 
@@ -5131,6 +5275,7 @@ public struct CreateResponse: ProtoMessage {
         let f = Self.protoDescriptor.fields
         self.tier = CBridge.value(c, f[0])
         self.host = CBridge.value(c, f[1])
+        self.initPid = CBridge.value(c, f[2])
     }
 
     public func makeC() -> UnsafeMutableRawPointer {
@@ -5138,6 +5283,7 @@ public struct CreateResponse: ProtoMessage {
         let f = Self.protoDescriptor.fields
         CBridge.set(c, f[0], tier)
         CBridge.set(c, f[1], host)
+        CBridge.set(c, f[2], initPid)
         return c
     }
 }

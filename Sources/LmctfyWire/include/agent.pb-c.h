@@ -496,14 +496,20 @@ struct  Containers__Lmctfy__Agent__CreateResponse
    * with `anywhere`, the host it went to.
    */
   char *tier;
-  /*
-   * Next id: 3
-   */
   char *host;
+  /*
+   * Added: a virtual host's init, as the agent's machine sees it (absent
+   * for any other container).
+   */
+  /*
+   * Next id: 4
+   */
+  protobuf_c_boolean has_init_pid;
+  int32_t init_pid;
 };
 #define CONTAINERS__LMCTFY__AGENT__CREATE_RESPONSE__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__create_response__descriptor) \
-    , NULL, NULL }
+    , NULL, NULL, 0, 0 }
 
 
 /*

@@ -25,6 +25,8 @@ typedef struct Containers__Lmctfy__RunSpec Containers__Lmctfy__RunSpec;
 typedef struct Containers__Lmctfy__RunSpec__Console Containers__Lmctfy__RunSpec__Console;
 typedef struct Containers__Lmctfy__VirtualHostSpec Containers__Lmctfy__VirtualHostSpec;
 typedef struct Containers__Lmctfy__VirtualHostSpec__Init Containers__Lmctfy__VirtualHostSpec__Init;
+typedef struct Containers__Lmctfy__VirtualHostSpec__IdMap Containers__Lmctfy__VirtualHostSpec__IdMap;
+typedef struct Containers__Lmctfy__VirtualHostSpec__UserNamespace Containers__Lmctfy__VirtualHostSpec__UserNamespace;
 typedef struct Containers__Lmctfy__CpuSpec Containers__Lmctfy__CpuSpec;
 typedef struct Containers__Lmctfy__CpuSpec__Mask Containers__Lmctfy__CpuSpec__Mask;
 typedef struct Containers__Lmctfy__MemorySpec Containers__Lmctfy__MemorySpec;
@@ -245,14 +247,29 @@ struct  Containers__Lmctfy__RunSpec
   protobuf_c_boolean has_fd_policy;
   Containers__Lmctfy__RunSpec__FdPolicy fd_policy;
   Containers__Lmctfy__RunSpec__Console *console;
-  /*
-   * Next id: 4
-   */
   char *apparmor_profile;
+  /*
+   * Added: the ids a virtual host's init runs as (init.run_spec); absent:
+   * root. `groups` are the supplementary groups (none when absent).
+   */
+  protobuf_c_boolean has_uid;
+  uint32_t uid;
+  protobuf_c_boolean has_gid;
+  uint32_t gid;
+  size_t n_groups;
+  uint32_t *groups;
+  /*
+   * Added: PR_SET_NO_NEW_PRIVS before the exec.
+   */
+  /*
+   * Next id: 8
+   */
+  protobuf_c_boolean has_no_new_privs;
+  protobuf_c_boolean no_new_privs;
 };
 #define CONTAINERS__LMCTFY__RUN_SPEC__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__run_spec__descriptor) \
-    , 0, CONTAINERS__LMCTFY__RUN_SPEC__FD_POLICY__UNKNOWN, NULL, NULL }
+    , 0, CONTAINERS__LMCTFY__RUN_SPEC__FD_POLICY__UNKNOWN, NULL, NULL, 0, 0, 0, 0, 0,NULL, 0, 0 }
 
 
 struct  Containers__Lmctfy__VirtualHostSpec__Init
@@ -270,19 +287,65 @@ struct  Containers__Lmctfy__VirtualHostSpec__Init
     , 0,NULL, NULL }
 
 
+/*
+ * Added: a user namespace (opt-in). Root inside is the first id of a
+ * mapping whose inside id is 0. Needs `network` (sysfs can only be mounted
+ * by the owner of the network namespace).
+ */
+struct  Containers__Lmctfy__VirtualHostSpec__IdMap
+{
+  ProtobufCMessage base;
+  /*
+   * first id inside
+   */
+  protobuf_c_boolean has_inside;
+  uint32_t inside;
+  /*
+   * first id on the host
+   */
+  protobuf_c_boolean has_outside;
+  uint32_t outside;
+  /*
+   * Next id: 4
+   */
+  protobuf_c_boolean has_count;
+  uint32_t count;
+};
+#define CONTAINERS__LMCTFY__VIRTUAL_HOST_SPEC__ID_MAP__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__virtual_host_spec__id_map__descriptor) \
+    , 0, 0, 0, 0, 0, 0 }
+
+
+struct  Containers__Lmctfy__VirtualHostSpec__UserNamespace
+{
+  ProtobufCMessage base;
+  size_t n_uid_map;
+  Containers__Lmctfy__VirtualHostSpec__IdMap **uid_map;
+  /*
+   * Next id: 3
+   */
+  size_t n_gid_map;
+  Containers__Lmctfy__VirtualHostSpec__IdMap **gid_map;
+};
+#define CONTAINERS__LMCTFY__VIRTUAL_HOST_SPEC__USER_NAMESPACE__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__virtual_host_spec__user_namespace__descriptor) \
+    , 0,NULL, 0,NULL }
+
+
 struct  Containers__Lmctfy__VirtualHostSpec
 {
   ProtobufCMessage base;
   char *virtual_hostname;
   Containers__Lmctfy__VirtualHostSpec__Init *init;
-  /*
-   * Next id: 4
-   */
   Containers__Network *network;
+  /*
+   * Next id: 5
+   */
+  Containers__Lmctfy__VirtualHostSpec__UserNamespace *user_namespace;
 };
 #define CONTAINERS__LMCTFY__VIRTUAL_HOST_SPEC__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__virtual_host_spec__descriptor) \
-    , NULL, NULL, NULL }
+    , NULL, NULL, NULL, NULL }
 
 
 /*
@@ -1202,6 +1265,12 @@ void   containers__lmctfy__run_spec__free_unpacked
 /* Containers__Lmctfy__VirtualHostSpec__Init methods */
 void   containers__lmctfy__virtual_host_spec__init__init
                      (Containers__Lmctfy__VirtualHostSpec__Init         *message);
+/* Containers__Lmctfy__VirtualHostSpec__IdMap methods */
+void   containers__lmctfy__virtual_host_spec__id_map__init
+                     (Containers__Lmctfy__VirtualHostSpec__IdMap         *message);
+/* Containers__Lmctfy__VirtualHostSpec__UserNamespace methods */
+void   containers__lmctfy__virtual_host_spec__user_namespace__init
+                     (Containers__Lmctfy__VirtualHostSpec__UserNamespace         *message);
 /* Containers__Lmctfy__VirtualHostSpec methods */
 void   containers__lmctfy__virtual_host_spec__init
                      (Containers__Lmctfy__VirtualHostSpec         *message);
@@ -1680,6 +1749,12 @@ typedef void (*Containers__Lmctfy__RunSpec_Closure)
 typedef void (*Containers__Lmctfy__VirtualHostSpec__Init_Closure)
                  (const Containers__Lmctfy__VirtualHostSpec__Init *message,
                   void *closure_data);
+typedef void (*Containers__Lmctfy__VirtualHostSpec__IdMap_Closure)
+                 (const Containers__Lmctfy__VirtualHostSpec__IdMap *message,
+                  void *closure_data);
+typedef void (*Containers__Lmctfy__VirtualHostSpec__UserNamespace_Closure)
+                 (const Containers__Lmctfy__VirtualHostSpec__UserNamespace *message,
+                  void *closure_data);
 typedef void (*Containers__Lmctfy__VirtualHostSpec_Closure)
                  (const Containers__Lmctfy__VirtualHostSpec *message,
                   void *closure_data);
@@ -1830,6 +1905,8 @@ extern const ProtobufCMessageDescriptor containers__lmctfy__run_spec__console__d
 extern const ProtobufCEnumDescriptor    containers__lmctfy__run_spec__fd_policy__descriptor;
 extern const ProtobufCMessageDescriptor containers__lmctfy__virtual_host_spec__descriptor;
 extern const ProtobufCMessageDescriptor containers__lmctfy__virtual_host_spec__init__descriptor;
+extern const ProtobufCMessageDescriptor containers__lmctfy__virtual_host_spec__id_map__descriptor;
+extern const ProtobufCMessageDescriptor containers__lmctfy__virtual_host_spec__user_namespace__descriptor;
 extern const ProtobufCMessageDescriptor containers__lmctfy__cpu_spec__descriptor;
 extern const ProtobufCMessageDescriptor containers__lmctfy__cpu_spec__mask__descriptor;
 extern const ProtobufCMessageDescriptor containers__lmctfy__memory_spec__descriptor;

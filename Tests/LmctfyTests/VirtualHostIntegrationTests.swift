@@ -1,0 +1,398 @@
+// Virtual hosts on the real kernel: a busybox-static rootfs built here, the
+// init started in new pid/ipc/mnt/uts namespaces by the C shim, commands
+// run inside, and nothing left behind (process, mount) after destroy.
+import Glibc
+import Lmctfy
+import LmctfyProto
+import LmctfySystem
+import LmctfyTestSupport
+import Testing
+
+@Suite(.enabled(if: BusyboxRoot.unavailableReason == nil, "\(BusyboxRoot.unavailableReason ?? "")"))
+struct VirtualHostIntegrationTests {
+    let api: ContainerApi
+
+    init() throws {
+        setenv("LMCTFY_INIT", builtTool("lmctfy-init"), 1)
+        api = try ContainerApi.detect()
+    }
+
+    func vhSpec(_ root: BusyboxRoot, hostname: String? = "vhtest", argv: [String] = [],
+                mounts: [Mounts.Mount]? = nil) -> ContainerSpec {
+        var vh = VirtualHostSpec(virtualHostname: hostname)
+        if !argv.isEmpty { vh.init_ = VirtualHostSpec.Init(initArgv: argv) }
+        let m = mounts ?? [Mounts.Mount(source: root.share, target: "/share"),
+                           Mounts.Mount(source: root.share, target: "/ro", readOnly: true)]
+        return ContainerSpec(filesystem: FilesystemSpec(rootfs: root.rootfs, mounts: Mounts(mount: m)), virtualHost: vh)
+    }
+
+    /// Whether pid has died (gone, or a zombie: it is not our child, and the
+    /// machine's reaper may take its time), waiting up to 2 s.
+    func gone(_ pid: pid_t) -> Bool {
+        for _ in 0..<2000 {
+            if kill(pid, 0) == -1 && errno == ESRCH { return true }
+            if let stat = try? Sys.readFile("/proc/\(pid)/stat"), let close = stat.lastIndex(of: ")"),
+               stat[stat.index(close, offsetBy: 2)] == "Z" { return true }
+            usleep(1000)
+        }
+        return false
+    }
+
+    func nsInode(_ pid: String, _ kind: String) -> UInt64? { Sys.inode("/proc/\(pid)/ns/\(kind)")?.ino }
+
+    /// Runs a shell line inside and waits; its output goes to /share/<file>.
+    func runInside(_ c: Container, _ script: String) throws -> Int32 {
+        var o = RunOptions(fdPolicy: .inherit)
+        o.stdin = .devNull; o.stdout = .devNull; o.stderr = .devNull
+        let pid = try c.run(["/bin/sh", "-c", script], options: o)
+        switch try Sys.waitForExit(pid) {
+        case .exited(let code): return code
+        case .signaled(let s): return 128 + s
+        }
+    }
+
+    func shared(_ root: BusyboxRoot, _ file: String) throws -> String {
+        try Sys.readFile(root.share + "/" + file).trimmingWhitespace
+    }
+
+    @Test func aVirtualHostHasItsNamespacesHostnameRootAndInit() throws {
+        let root = try BusyboxRoot("world")
+        var initPid: pid_t = 0
+        let hostHostname = try Sys.readFile("/proc/sys/kernel/hostname")
+        try withTestContainer(api) { name in
+            let c = try api.create(name, spec: vhSpec(root))
+            initPid = try c.initPid()
+            // spec reads the virtual host back as it was created.
+            #expect(try c.spec().virtualHost == vhSpec(root).virtualHost)
+            #expect(try c.spec().filesystem == vhSpec(root).filesystem)
+            #expect(initPid > 1)
+            // Our init, by descriptor, as pid 1 of a pid namespace one below ours.
+            #expect(try Sys.readFile("/proc/\(initPid)/comm").trimmingWhitespace == "lmctfy-init")
+            let status = try Sys.readFile("/proc/\(initPid)/status")
+            #expect(status.contains("NSpid:\t\(initPid)\t1"), "\(status)")
+            #expect(try c.processes(recursive: false) == [initPid])
+            #expect(try api.detect(pid: initPid) == name)
+            // New pid, ipc, mnt and uts namespaces; the network is ours (none asked).
+            for kind in ["pid", "ipc", "mnt", "uts"] { #expect(nsInode(String(initPid), kind) != nsInode("self", kind), "\(kind)") }
+            #expect(nsInode(String(initPid), "net") == nsInode("self", "net"))
+            // A command inside: its own hostname, pid 1 is our init, it is init's
+            // child's pid namespace, it sees only the rootfs and its mounts.
+            let rc = try runInside(c, """
+                hostname > /share/hostname; cat /proc/1/comm > /share/comm1; echo $$ > /share/pid; \
+                ls / > /share/ls; cat /run/lmctfy/.machine.spec > /share/machine; \
+                [ -f /run/lmctfy/.machine.spec ] && echo present > /share/machinefile; \
+                touch /ro/x 2>/dev/null && echo writable > /share/ro || echo readonly > /share/ro; \
+                cat /proc/self/mountinfo > /share/mountinfo
+                """)
+            #expect(rc == 0)
+            #expect(try shared(root, "hostname") == "vhtest")
+            #expect(try shared(root, "comm1") == "lmctfy-init")
+            #expect(Int(try shared(root, "pid")).map { $0 > 1 } == true)
+            #expect(try shared(root, "ls").split(separator: "\n").sorted() ==
+                    ["bin", "dev", "etc", "proc", "ro", "run", "share", "sys", "tmp"])
+            #expect(try shared(root, "ro") == "readonly")
+            // The machine file lists the v1 hierarchies (MachineSpec has none for v2: empty there).
+            if api.version == .v1 { #expect(try shared(root, "machine").contains("cgroup_mount")) }
+            #expect(try shared(root, "machinefile") == "present")
+            // Nothing of the host's mount table inside but what was asked.
+            let inside = try shared(root, "mountinfo")
+            #expect(!inside.contains(" /sys/fs/cgroup"), "\(inside)")
+            // The host's hostname and mounts are untouched.
+            #expect(try Sys.readFile("/proc/sys/kernel/hostname") == hostHostname)
+            let hostMounts = try root.hostMounts()
+            #expect(hostMounts.isEmpty, "\(hostMounts)")
+            // A detached run lands inside too, and is killed with the rest.
+            let sleeper = try c.run(["/bin/sleep", "300"])
+            #expect(nsInode(String(sleeper), "pid") == nsInode(String(initPid), "pid"))
+            #expect(nsInode(String(sleeper), "mnt") == nsInode(String(initPid), "mnt"))
+            #expect(try c.processes(recursive: false).sorted() == [initPid, sleeper].sorted())
+            try api.destroy(name)
+            // Dead (not our children: the machine's reaper reaps them).
+            #expect(gone(initPid))
+            #expect(gone(sleeper))
+            #expect(try root.hostMounts().isEmpty)
+        }
+    }
+
+    @Test func killingInitEndsTheVirtualHost() throws {
+        let root = try BusyboxRoot("kill")
+        try withTestContainer(api) { name in
+            let c = try api.create(name, spec: vhSpec(root, hostname: nil))
+            let initPid = try c.initPid()
+            let sleeper = try c.run(["/bin/sleep", "300"])
+            #expect(try c.processes(recursive: false).count == 2)
+            #expect(kill(initPid, SIGKILL) == 0)
+            var left = try c.processes(recursive: false)
+            for _ in 0..<2000 where !left.isEmpty {
+                usleep(1000)
+                left = try c.processes(recursive: false)
+            }
+            #expect(left.isEmpty, "init's death must end every process of the virtual host, left: \(left)")
+            #expect(gone(sleeper))
+            #expect(try c.initPid() == 1)  // no init: no longer a virtual host
+        }
+    }
+
+    @Test func initForwardsSigtermAndExits() throws {
+        let root = try BusyboxRoot("term")
+        try withTestContainer(api) { name in
+            let c = try api.create(name, spec: vhSpec(root, hostname: nil))
+            let initPid = try c.initPid()
+            // A child that records the SIGTERM it gets from init.
+            _ = try c.run(["/bin/sh", "-c", "trap 'echo term > /share/got; exit 0' TERM; touch /share/ready; while true; do sleep 0.05; done"])
+            for _ in 0..<5000 where !Sys.exists(root.share + "/ready") { usleep(1000) }  // its trap is set
+            #expect(kill(initPid, SIGTERM) == 0)
+            var left = try c.processes(recursive: false)
+            for _ in 0..<4000 where !left.isEmpty {
+                usleep(1000)
+                left = try c.processes(recursive: false)
+            }
+            #expect(left.isEmpty)
+            #expect((try? shared(root, "got")) == "term")
+        }
+    }
+
+    @Test func badSpecsAreRefusedAndChangeNothing() throws {
+        let root = try BusyboxRoot("bad")
+        func refused(_ spec: ContainerSpec, _ code: StatusCode, _ text: String, nested: Bool = false) throws {
+            try withTestContainer(api) { name in
+                var target = name
+                if nested {
+                    try api.create(name, spec: ContainerSpec())
+                    target = try ContainerName.resolve("sub", relativeTo: name)
+                }
+                #expect { try api.create(target, spec: spec) } throws: { e in
+                    let e = e as? LmctfyError
+                    return e?.code == code && e?.message.contains(text) == true
+                }
+                let exists = try api.exists(target)
+                #expect(!exists)
+            }
+        }
+        try refused(vhSpec(root), .unimplemented, "Nested Virtual Hosts", nested: true)
+        var s = vhSpec(root); s.filesystem?.rootfs = root.base + "/missing"
+        try refused(s, .invalidArgument, "is not a directory")
+        s = vhSpec(root); s.filesystem?.rootfs = "busybox:latest"
+        try refused(s, .unimplemented, "names an image")
+        try refused(ContainerSpec(filesystem: FilesystemSpec(rootfs: root.rootfs)), .invalidArgument, "needs virtual_host")
+        s = vhSpec(root, mounts: [Mounts.Mount(source: root.base + "/nope", target: "/share")])
+        try refused(s, .invalidArgument, "does not exist")
+        s = vhSpec(root, mounts: [Mounts.Mount(source: root.share, target: "/../etc")])
+        try refused(s, .invalidArgument, "..")
+        try refused(vhSpec(root, hostname: String(repeating: "h", count: 65)), .invalidArgument, "not a valid host name")
+        s = vhSpec(root); s.virtualHost?.network = Network(interface: "eth9", connection: Network.Connection())
+        try refused(s, .invalidArgument, "exclusive")
+        s = vhSpec(root)
+        s.virtualHost?.network = Network(virtualIp: Network.VirtualIp(ip: "10.0.0.2"),
+                                         connection: Network.Connection(vethPair: Network.VethPair(outside: "bad/name", inside: "eth0")))
+        try refused(s, .invalidArgument, "not a valid interface name")
+        s = vhSpec(root); s.filesystem?.fdLimit = 10
+        try refused(s, .unimplemented, "fd_limit")
+        #expect(try root.hostMounts().isEmpty)
+    }
+
+    @Test func failuresInsideTheChildNameTheStepAndErrno() throws {
+        let root = try BusyboxRoot("fail")
+        func failsInside(_ spec: ContainerSpec, _ text: String) throws {
+            try withTestContainer(api) { name in
+                #expect { try api.create(name, spec: spec) } throws: { e in
+                    let e = e as? LmctfyError
+                    return e?.code == .internal && e?.message.contains(text) == true
+                }
+                let exists = try api.exists(name)
+                #expect(!exists)  // removed again: all or nothing
+            }
+        }
+        // The target must exist inside the rootfs.
+        try failsInside(vhSpec(root, mounts: [Mounts.Mount(source: root.share, target: "/nowhere")]),
+                        "mounting on /nowhere: No such file or directory")
+        try failsInside(vhSpec(root, argv: ["/no/such/init"]), "exec of init /no/such/init: No such file or directory")
+        // A hostile rootfs: a symlink pointing at a host directory. The bind
+        // resolves inside the new root, where that path does not exist: it is
+        // refused, and nothing is mounted on the host's directory.
+        let victim = root.base + "/victim"
+        #expect(mkdir(victim, 0o755) == 0)
+        #expect(symlink(victim, root.rootfs + "/escape") == 0)
+        try failsInside(vhSpec(root, mounts: [Mounts.Mount(source: root.share, target: "/escape")]), "mounting on /escape")
+        #expect(try root.hostMounts().isEmpty)
+        #expect(try Sys.subdirectoriesAndFiles(victim).isEmpty)
+    }
+
+    @Test func anInitFromTheRootfsAndEnterChecks() throws {
+        let root = try BusyboxRoot("argv")
+        try withTestContainer(api) { name in
+            // init_argv: a shell from the rootfs is pid 1.
+            let c = try api.create(name, spec: vhSpec(root, argv: ["/bin/sh", "-c", "echo $$ > /share/initpid; exec sleep 300"]))
+            let initPid = try c.initPid()
+            var got = (try? shared(root, "initpid")) ?? ""
+            for _ in 0..<2000 where got.isEmpty {
+                usleep(1000)
+                got = (try? shared(root, "initpid")) ?? ""
+            }
+            #expect(got == "1")
+            // A task outside may not enter a virtual host (9), as in the original.
+            let outsider = try TestProcess.spawn(["/bin/sleep", "300"])
+            defer { TestProcess.end(outsider) }
+            #expect { try c.enter([outsider]) } throws: { e in
+                (e as? LmctfyError)?.code == .failedPrecondition
+                    && (e as? LmctfyError)?.message.contains("different Virtual Host") == true
+            }
+            #expect(try c.processes(recursive: false) == [initPid])
+        }
+    }
+
+    /// Runs `body` on a thread of its own inside a new network namespace
+    /// (the machine's is never touched; what is left dies with the thread).
+    func inOwnNetworkNamespace(_ body: @escaping @Sendable () throws -> Void) throws {
+        final class Box: @unchecked Sendable { var error: (any Error)? }
+        let box = Box()
+        let t = Threads.start {
+            do {
+                try Net.enterNewNamespace()
+                try body()
+            } catch {
+                box.error = error
+            }
+        }
+        pthread_join(t, nil)
+        if let e = box.error { throw e }
+    }
+
+    @Test func aNetworkedVirtualHostHasItsVethAddressAndRoute() throws {
+        let root = try BusyboxRoot("net")
+        let spec = vhSpec(root, hostname: nil)
+        do { try networkedVirtualHost(root, spec) } catch let e as LmctfyError where e.errno == EOPNOTSUPP && e.message.contains("veth") {
+            // The qemu v2 guest's kernel has no veth (it is a module there).
+            try Test.cancel("veth pairs are not available on this kernel: \(e.message)")
+        }
+    }
+
+    func networkedVirtualHost(_ root: BusyboxRoot, _ spec: ContainerSpec) throws {
+        let api = self.api
+        try inOwnNetworkNamespace {
+            let name = try ContainerName.resolve(RealCgroups.uniqueName("net"), relativeTo: .root)
+            defer { try? api.destroy(name) }
+            let outside = "lmvh\(getpid() % 100000)"
+            var s = spec
+            s.virtualHost?.network = Network(
+                virtualIp: Network.VirtualIp(ip: "10.200.0.2", netmask: "255.255.255.0", gateway: "10.200.0.1", mtu: 1400),
+                connection: Network.Connection(vethPair: Network.VethPair(outside: outside, inside: "eth0")))
+            let c = try api.create(name, spec: s)
+            let initPid = try c.initPid()
+            guard Sys.inode("/proc/\(initPid)/ns/net")?.ino != Sys.inode("/proc/thread-self/ns/net")?.ino else {
+                throw SystemError("netns", "init shares our network namespace", EINVAL)
+            }
+            // The host side (our namespace): the outside end is up; give it the gateway's address.
+            guard let link = try Net.link(outside), link.kind == "veth", link.isUp, link.mtu == 1400 else {
+                throw SystemError("link", outside, ENODEV)
+            }
+            try Net.addAddress(outside, "10.200.0.1", prefixLength: 24)
+            // A listener on the host side; the virtual host dials it.
+            let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            defer { close(listener) }
+            var addr = sockaddr_in()
+            addr.sin_family = sa_family_t(AF_INET)
+            addr.sin_port = 0
+            inet_pton(AF_INET, "10.200.0.1", &addr.sin_addr)
+            var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+            let bound = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(listener, $0, len) } }
+            guard bound == 0, listen(listener, 1) == 0 else { throw SystemError("bind", "10.200.0.1", errno) }
+            _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(listener, $0, &len) } }
+            let port = UInt16(bigEndian: addr.sin_port)
+            // Detached: busybox nc waits for our side to close after its stdin ends.
+            _ = try c.run(["/bin/sh", "-c", """
+                cat /sys/class/net/eth0/mtu > /share/mtu; ls /sys/class/net > /share/links; \
+                cat /proc/net/route > /share/route; echo hello | nc 10.200.0.1 \(port)
+                """])
+            var pfd = pollfd(fd: listener, events: Int16(POLLIN), revents: 0)
+            guard poll(&pfd, 1, 5000) == 1 else { throw SystemError("poll", "no connection from the virtual host", ETIMEDOUT) }
+            let conn = accept(listener, nil, nil)
+            defer { close(conn) }
+            var buf = [UInt8](repeating: 0, count: 64)
+            var pr = pollfd(fd: conn, events: Int16(POLLIN), revents: 0)
+            _ = poll(&pr, 1, 5000)
+            let n = read(conn, &buf, buf.count)
+            let got = n > 0 ? String(decoding: buf[0..<n], as: UTF8.self) : ""
+            guard got == "hello\n" else { throw SystemError("read", "got \(got)", EIO) }
+            guard try self.shared(root, "mtu") == "1400",
+                  try self.shared(root, "links").split(separator: "\n").sorted() == ["eth0", "lo"] else {
+                throw SystemError("inside", "mtu/links: \(try self.shared(root, "mtu")) \(try self.shared(root, "links"))", EIO)
+            }
+            // The default route via 10.200.0.1 (0100C80A in /proc/net/route's hex).
+            let route = try self.shared(root, "route")
+            guard route.split(separator: "\n").contains(where: { $0.hasPrefix("eth0\t00000000\t0100C80A") }) else {
+                throw SystemError("route", route, EIO)
+            }
+            // Destroy leaves no veth and no process.
+            try api.destroy(name)
+            guard try Net.link(outside) == nil else { throw SystemError("destroy", "\(outside) is left", EEXIST) }
+            guard self.gone(initPid) else { throw SystemError("destroy", "init \(initPid) is left", EEXIST) }
+        }
+    }
+
+    @Test func anEmptyNetworkGivesOnlyALoopback() throws {
+        let root = try BusyboxRoot("lo")
+        var s = vhSpec(root, hostname: nil)
+        s.virtualHost?.network = Network()
+        try withTestContainer(api) { name in
+            let c = try api.create(name, spec: s)
+            #expect(try runInside(c, "ls /sys/class/net > /share/links; cat /sys/class/net/lo/operstate > /share/lo") == 0)
+            #expect(try shared(root, "links") == "lo")
+            #expect(try shared(root, "lo") == "unknown")  // up (loopback reports "unknown", down is "down")
+        }
+    }
+
+    @Test func initRunsWithTheRunSpecsIdsAndNoNewPrivs() throws {
+        let root = try BusyboxRoot("ids")
+        #expect(chmod(root.share, 0o777) == 0)
+        try withTestContainer(api) { name in
+            var s = vhSpec(root, hostname: nil, argv: ["/bin/sh", "-c",
+                "grep -E '^(Uid|Gid|Groups|NoNewPrivs):' /proc/self/status > /share/status.tmp; mv /share/status.tmp /share/status; exec sleep 300"])
+            s.virtualHost?.init_?.runSpec = RunSpec(uid: 65534, gid: 65533, groups: [65532], noNewPrivs: true)
+            let c = try api.create(name, spec: s)
+            var status = ""
+            for _ in 0..<3000 where status.isEmpty {
+                usleep(1000)
+                status = (try? shared(root, "status")) ?? ""
+            }
+            let lines = status.split(separator: "\n").map { $0.split(whereSeparator: { $0 == "\t" || $0 == " " }).map(String.init) }
+            #expect(lines.first { $0.first == "Uid:" }?.dropFirst().allSatisfy { $0 == "65534" } == true, "\(status)")
+            #expect(lines.first { $0.first == "Gid:" }?.dropFirst().allSatisfy { $0 == "65533" } == true, "\(status)")
+            #expect(lines.first { $0.first == "Groups:" }.map { Array($0.dropFirst()) } == ["65532"], "\(status)")
+            #expect(lines.first { $0.first == "NoNewPrivs:" }?.last == "1", "\(status)")
+            #expect(try c.initPid() > 1)
+        }
+    }
+
+    @Test func aUserNamespaceMapsRootInside() throws {
+        let root = try BusyboxRoot("userns")
+        #expect(chmod(root.share, 0o777) == 0)
+        var s = vhSpec(root)
+        let map = [VirtualHostSpec.IdMap(inside: 0, outside: 200_000, count: 65536)]
+        s.virtualHost?.network = Network()
+        s.virtualHost?.userNamespace = VirtualHostSpec.UserNamespace(uidMap: map, gidMap: map)
+        try withTestContainer(api) { name in
+            let c = try api.create(name, spec: s)
+            let initPid = try c.initPid()
+            // Outside, init is the mapped id; inside, root with its capabilities.
+            let status = try Sys.readFile("/proc/\(initPid)/status")
+            #expect(status.contains("Uid:\t200000\t200000\t200000\t200000"), "\(status)")
+            #expect(nsInode(String(initPid), "user") != nsInode("self", "user"))
+            #expect(try runInside(c, "grep -E '^Uid:' /proc/self/status > /share/uid; cat /proc/self/uid_map > /share/map; hostname > /share/host") == 0)
+            #expect(try shared(root, "uid").split(whereSeparator: { $0 == "\t" || $0 == " " }).dropFirst().allSatisfy { $0 == "0" })
+            #expect(try shared(root, "map").split(whereSeparator: { $0 == " " || $0 == "\t" }) == ["0", "200000", "65536"])
+            #expect(try shared(root, "host") == "vhtest")
+        }
+        // Bad maps are refused before anything is made.
+        var bad = s
+        bad.virtualHost?.userNamespace = VirtualHostSpec.UserNamespace(uidMap: [VirtualHostSpec.IdMap(inside: 1, outside: 5, count: 1)], gidMap: map)
+        _ = try withTestContainer(api) { name in
+            #expect { try api.create(name, spec: bad) } throws: { ($0 as? LmctfyError)?.code == .invalidArgument }
+        }
+        bad = s
+        bad.virtualHost?.network = nil
+        _ = try withTestContainer(api) { name in
+            #expect { try api.create(name, spec: bad) } throws: { ($0 as? LmctfyError)?.message.contains("needs virtual_host.network") == true }
+        }
+    }
+}
