@@ -147,7 +147,11 @@ static void vh_child_setup(const struct lm_vh_opts *o, int status_fd, struct vh_
         if (chdir("/") < 0) FAIL(LM_VH_PIVOT, -1);
         pivoted = 1;
     }
-    (void)pivoted;
+    /* A shared root (an image): read-only from here on, before anything is
+     * made in it; its mount points (proc, sys, run) must exist already. */
+    if (pivoted && o->rootfs_read_only &&
+        mount(NULL, "/", NULL, MS_REMOUNT | MS_BIND | MS_RDONLY, NULL) < 0)
+        FAIL(LM_VH_ROOTFS, -1);
 
     for (int i = 0; i < n; i++) {
         if (syscall(SYS_move_mount, tree_fds[i], "", AT_FDCWD, o->mounts[i].target, MOVE_MOUNT_F_EMPTY_PATH) < 0)

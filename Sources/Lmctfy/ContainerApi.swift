@@ -17,10 +17,15 @@ public final class ContainerApi: Sendable {
     let driver: any CgroupDriver
     let handlers: [ResourceKind: any ResourceHandler]
     let procRoot: String
+    /// The image store a virtual host's non-absolute `filesystem.rootfs`
+    /// names an image of (nil: ImageStore's default, $LMCTFY_IMAGE_ROOT or
+    /// /var/lib/lmctfy/images; the agent passes its image_root).
+    public let imageRoot: String?
 
     /// An API over the given hierarchies. `procRoot` is /proc, or a fake in tests.
-    public init(mounts: CgroupMounts, procRoot: String = "/proc") throws(LmctfyError) {
+    public init(mounts: CgroupMounts, procRoot: String = "/proc", imageRoot: String? = nil) throws(LmctfyError) {
         self.mounts = mounts
+        self.imageRoot = imageRoot
         self.driver = try CgroupDrivers.make(mounts: mounts, procRoot: procRoot)
         self.procRoot = procRoot
         self.handlers = ResourceHandlers.all
@@ -33,8 +38,8 @@ public final class ContainerApi: Sendable {
     var faults: FaultPlan? { mounts.access.faults }
 
     /// An API over this machine's mounted hierarchies (from /proc/self/mountinfo).
-    public static func detect(procRoot: String = "/proc") throws(LmctfyError) -> ContainerApi {
-        try ContainerApi(mounts: try CgroupMounts.detect(procRoot: procRoot), procRoot: procRoot)
+    public static func detect(procRoot: String = "/proc", imageRoot: String? = nil) throws(LmctfyError) -> ContainerApi {
+        try ContainerApi(mounts: try CgroupMounts.detect(procRoot: procRoot), procRoot: procRoot, imageRoot: imageRoot)
     }
 
     // MARK: Names

@@ -57,7 +57,8 @@ public enum AgentMain {
         // libuv does not ignore SIGPIPE: a peer that leaves must not kill us.
         Sys.ignoreSIGPIPE()
         do {
-            let api = try ContainerApi.detect()
+            // A virtual host naming an image finds it in the agent's store.
+            let api = try ContainerApi.detect(imageRoot: settings.imageRoot)
             let agent = Agent(settings: settings, api: api)
             try agent.start()
             // Listening: a Type=notify unit is now started (dependents may dial us).

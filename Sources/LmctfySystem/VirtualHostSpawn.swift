@@ -66,6 +66,9 @@ public struct VirtualHostOptions: Sendable {
     public var network: VirtualHostNetwork?
     /// The new root ("/" keeps the host's).
     public var rootfs: String = "/"
+    /// The root is remounted read-only once everything is mounted in it
+    /// (a rootfs shared by several virtual hosts: an image's).
+    public var rootfsReadOnly = false
     public var mounts: [VirtualHostMount] = []
     /// Written to /run/lmctfy/.machine.spec.
     public var machineSpec: String?
@@ -232,6 +235,7 @@ public enum VirtualHost {
         a.opts.cgroup_files = UnsafeRawPointer(files).assumingMemoryBound(to: UnsafePointer<CChar>?.self)
         a.opts.n_cgroup_files = Int32(o.cgroupFiles.count)
         a.opts.rootfs = a.string(o.rootfs)
+        a.opts.rootfs_read_only = o.rootfsReadOnly ? 1 : 0
         if !o.mounts.isEmpty {
             let m = UnsafeMutablePointer<lm_vh_mount>.allocate(capacity: o.mounts.count)
             a.allocations.append(UnsafeMutableRawPointer(m))

@@ -3,6 +3,7 @@
 // run inside, and nothing left behind (process, mount) after destroy.
 import Glibc
 import Lmctfy
+import LmctfyImages
 import LmctfyProto
 import LmctfySystem
 import LmctfyTestSupport
@@ -114,6 +115,40 @@ struct VirtualHostIntegrationTests {
         }
     }
 
+    /// A non-absolute rootfs names an image of the store: the virtual host
+    /// runs in it, sees it read-only (it is shared), and leaves it unchanged.
+    @Test func aVirtualHostFromAnImageSeesItReadOnly() throws {
+        let root = try BusyboxRoot("image")
+        let store = root.base + "/images"
+        let archive = root.base + "/busybox.tar"
+        // An image's root is read-only inside: its mount points must be in it.
+        try Sys.mkdir(root.rootfs + "/run", mode: 0o755)
+        let tar = try TestProcess.capture(["/bin/tar", "-C", root.rootfs, "-cf", archive, "."])
+        #expect(tar.status == 0, "\(String(decoding: tar.stderr, as: UTF8.self))")
+        let image = "bb-\(getpid())"
+        _ = try ImageStore(root: store).importImage(archive, as: image)
+        let imageApi = try ContainerApi.detect(imageRoot: store)
+        let before = try Sys.subdirectoriesAndFiles(store + "/" + image + "/rootfs").sorted()
+        try withTestContainer(imageApi) { name in
+            var spec = vhSpec(root)
+            spec.filesystem?.rootfs = image
+            let c = try imageApi.create(name, spec: spec)
+            #expect(try c.initPid() > 1)
+            let rc = try runInside(c, """
+                touch /written 2>/dev/null && echo writable > /share/root || echo readonly > /share/root; \
+                echo x > /run/x && echo ok > /share/run; hostname > /share/hostname
+                """)
+            #expect(rc == 0)
+            #expect(try shared(root, "root") == "readonly")
+            #expect(try shared(root, "run") == "ok")
+            #expect(try shared(root, "hostname") == "vhtest")
+            try imageApi.destroy(name)
+        }
+        let after = try Sys.subdirectoriesAndFiles(store + "/" + image + "/rootfs").sorted()
+        #expect(after == before, "\(before) -> \(after)")
+        #expect(try root.hostMounts().isEmpty)
+    }
+
     @Test func killingInitEndsTheVirtualHost() throws {
         let root = try BusyboxRoot("kill")
         try withTestContainer(api) { name in
@@ -173,7 +208,9 @@ struct VirtualHostIntegrationTests {
         var s = vhSpec(root); s.filesystem?.rootfs = root.base + "/missing"
         try refused(s, .invalidArgument, "is not a directory")
         s = vhSpec(root); s.filesystem?.rootfs = "busybox:latest"
-        try refused(s, .unimplemented, "names an image")
+        try refused(s, .invalidArgument, "busybox:latest")
+        s = vhSpec(root); s.filesystem?.rootfs = "no-such-image-\(getpid())"
+        try refused(s, .notFound, "No image")
         try refused(ContainerSpec(filesystem: FilesystemSpec(rootfs: root.rootfs)), .invalidArgument, "needs virtual_host")
         s = vhSpec(root, mounts: [Mounts.Mount(source: root.base + "/nope", target: "/share")])
         try refused(s, .invalidArgument, "does not exist")

@@ -20,7 +20,7 @@ struct VirtualHostSpecTests {
         let cases: [(ContainerSpec, StatusCode, String)] = [
             (ContainerSpec(filesystem: FilesystemSpec(rootfs: rootfs)), .invalidArgument, "needs virtual_host"),
             (vh(FilesystemSpec(fdLimit: 5)), .unimplemented, "fd_limit"),
-            (vh(FilesystemSpec(rootfs: "relative/image")), .unimplemented, "names an image"),
+            (vh(FilesystemSpec(rootfs: "relative/image")), .invalidArgument, "Invalid characters in image name"),
             (vh(FilesystemSpec(rootfs: tree.root + "/none")), .invalidArgument, "is not a directory"),
             (vh(FilesystemSpec(rootfs: rootfs, mounts: Mounts(mount: [Mounts.Mount(source: "rel", target: "/x")]))),
              .invalidArgument, "absolute source"),

@@ -41,6 +41,9 @@ struct lm_vh_opts {
     int new_user;
     /* Absolute host path of the new root; "/" keeps the host's (no pivot). */
     const char *rootfs;
+    /* Remount the new root read-only once proc, sys, devpts, /run and the
+     * mounts are in place (an image shared by several virtual hosts). */
+    int rootfs_read_only;
     const struct lm_vh_mount *mounts;
     int n_mounts;
     /* Text written to /run/lmctfy/.machine.spec (best effort); NULL: none. */

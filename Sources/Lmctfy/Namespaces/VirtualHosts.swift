@@ -4,6 +4,7 @@
 // init started through the C shim (LmctfySystem/VirtualHostSpawn), and an
 // existing virtual host's init found again from /proc.
 import Glibc
+import LmctfyImages
 import LmctfyProto
 import LmctfySystem
 
@@ -53,12 +54,7 @@ extension ContainerApi {
             if (rs.uid == nil) != (rs.gid == nil) { throw .invalidArgument("virtual_host.init.run_spec needs both uid and gid, or neither") }
             if !rs.groups.isEmpty && rs.uid == nil { throw .invalidArgument("virtual_host.init.run_spec.groups needs uid and gid") }
         }
-        let rootfs = spec.filesystem?.rootfs ?? "/"
-        guard rootfs.hasPrefix("/") else {
-            // A non-absolute rootfs names an image of the image store.
-            // (ImageStore.resolveRootfs is to be wired in here and in startVirtualHost.)
-            throw .unimplemented("filesystem.rootfs \"\(rootfs)\" names an image; creating a virtual host from an image is not wired in yet (give an absolute rootfs path)")
-        }
+        let rootfs = try virtualHostRoot(spec).path
         guard let st = Sys.inode(rootfs), (st.mode & S_IFMT) == S_IFDIR else {
             throw .invalidArgument("filesystem.rootfs \"\(rootfs)\" is not a directory")
         }
@@ -79,6 +75,18 @@ extension ContainerApi {
         }
     }
 
+    /// Where a virtual host's root is: `filesystem.rootfs` when absolute
+    /// ("/" when absent); any other value names an image of the store
+    /// (`lmctfy image import`), whose rootfs the virtual host then sees
+    /// read-only (shared by every host made from it; its writable places
+    /// are its mounts and /run). NOT_FOUND (5) for an image not there,
+    /// INVALID_ARGUMENT (3) for a name no image can have.
+    func virtualHostRoot(_ spec: ContainerSpec) throws(LmctfyError) -> (path: String, image: Bool) {
+        let rootfs = spec.filesystem?.rootfs ?? "/"
+        if rootfs.hasPrefix("/") { return (rootfs, false) }
+        return (try ImageStore(root: imageRoot).rootfsPath(forImage: rootfs), true)
+    }
+
     /// Starts the init of the virtual host `name` (made already; the caller
     /// holds its lock and removes it if this throws). Returns init's pid.
     func startVirtualHost(_ name: ContainerName, spec: ContainerSpec, stdio: VirtualHostStdio?) throws(LmctfyError) -> pid_t {
@@ -94,7 +102,9 @@ extension ContainerApi {
             o = VirtualHostOptions(argv: argv, environment: Self.initEnvironment)
         }
         o.cgroupFiles = try container.joinFiles()
-        o.rootfs = spec.filesystem?.rootfs ?? "/"
+        let root = try virtualHostRoot(spec)
+        o.rootfs = root.path
+        o.rootfsReadOnly = root.image
         o.mounts = (spec.filesystem?.mounts?.mount ?? []).map {
             VirtualHostMount(source: $0.source ?? "", target: $0.target ?? "", readOnly: $0.readOnly ?? false,
                              isPrivate: $0.private ?? false)
