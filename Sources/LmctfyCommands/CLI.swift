@@ -135,7 +135,8 @@ public enum LmctfyCLI {
         do {
             switch leaf.action {
             case .withoutApi(let body):
-                output = try body(call)
+                // (image import and export report progress too)
+                output = try ProgressLine.around(stderr: stderr) { try body(call) }
             case .withApi(let body):
                 let api: any ContainerBackend
                 do {

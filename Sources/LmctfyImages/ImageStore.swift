@@ -185,7 +185,7 @@ public struct ImageStore: ImageBackend {
             throw error.lmctfy(.failedPrecondition, "Cannot create a directory for image \"\(name)\"")
         }
         do throws(LmctfyError) {
-            let counts = try unpackOnOwnThread(archivePath, fd: archiveFd, into: temp + "/rootfs")
+            let counts = try unpackOnOwnThread(archivePath, fd: archiveFd, into: temp + "/rootfs", name: name)
             let summary = ImageSummary(name: name, entries: counts.entries, bytes: counts.bytes, created: Int64(time(nil)))
             do {
                 try Sys.writeFileAtomically(temp + "/info", Array(Self.infoText(summary).utf8), mode: 0o600)
@@ -265,8 +265,10 @@ public struct ImageStore: ImageBackend {
 
     /// Unpacks on a thread of its own whose working directory is `dir`, so
     /// libarchive gets relative paths (its secure flags refuse absolute ones).
-    private func unpackOnOwnThread(_ archivePath: String, fd: Int32, into dir: String) throws(LmctfyError) -> (entries: UInt64, bytes: UInt64) {
+    private func unpackOnOwnThread(_ archivePath: String, fd: Int32, into dir: String, name: String) throws(LmctfyError) -> (entries: UInt64, bytes: UInt64) {
         let outcome = Outcome()
+        // The caller's progress line (a terminal's, Progress) follows the unpacking.
+        let report = Progress.current
         let thread = Threads.start {
             do throws(SystemError) {
                 try Sys.chdirThisThreadOnly(dir)
@@ -275,7 +277,9 @@ public struct ImageStore: ImageBackend {
                 return
             }
             do throws(LmctfyError) {
-                outcome.result = .success(try Self.unpack(archivePath, fd: fd))
+                outcome.result = .success(try Self.unpack(archivePath, fd: fd) { entries, bytes in
+                    report?("importing \(name): \(entries) entries, \(Progress.mib(bytes)) unpacked")
+                })
             } catch {
                 outcome.result = .failure(error)
             }
@@ -290,8 +294,10 @@ public struct ImageStore: ImageBackend {
     }
 
     /// Reads the archive open at `fd` (`archivePath` names it in errors) and
-    /// writes it below the working directory.
-    private static func unpack(_ archivePath: String, fd: Int32) throws(LmctfyError) -> (entries: UInt64, bytes: UInt64) {
+    /// writes it below the working directory; `progress` hears the entries
+    /// and bytes unpacked so far after each entry.
+    private static func unpack(_ archivePath: String, fd: Int32,
+                               progress: (UInt64, UInt64) -> Void = { _, _ in }) throws(LmctfyError) -> (entries: UInt64, bytes: UInt64) {
         guard let reader = lm_archive_read_new() else { throw .internalError("lm_archive_read_new failed") }
         defer { lm_archive_read_free(reader) }
         lm_archive_read_support_filter_all(reader)
@@ -364,6 +370,7 @@ public struct ImageStore: ImageBackend {
                 throw .failedPrecondition(archiveError(writer, "Cannot finish \"\(raw)\""))
             }
             entries += 1
+            progress(entries, bytes)
         }
         // Directory modes and times are set here, still in this thread's directory.
         guard lm_archive_write_close(writer) == ARCHIVE_OK else {

@@ -39,6 +39,29 @@ public enum Progress {
         return reporters.locked { $0[me] != nil }
     }
 
+    /// This thread's reporter, for work it hands to a thread of its own and
+    /// waits for (the image store's unpacking thread): that thread's
+    /// reports then go where this thread's would. nil: nobody listens.
+    public static var current: (@Sendable (String) -> Void)? {
+        let me = UInt(pthread_self())
+        guard let box = reporters.locked({ $0[me] }) else { return nil }
+        // The installing thread waits for the work: one reporter at a time.
+        let forward = Forward(box)
+        return { forward.box.report($0) }
+    }
+
+    final class Forward: @unchecked Sendable {
+        // @unchecked: called only while the installing thread waits.
+        let box: Box
+        init(_ box: Box) { self.box = box }
+    }
+
+    /// Bytes as MiB with one decimal, for progress lines.
+    public static func mib(_ bytes: UInt64) -> String {
+        let tenths = bytes * 10 / (1 << 20)
+        return "\(tenths / 10).\(tenths % 10) MiB"
+    }
+
     /// Tells this thread's reporter, if any, what is being done now;
     /// `message` is not built when nobody listens.
     public static func report(_ message: @autoclosure () -> String) {

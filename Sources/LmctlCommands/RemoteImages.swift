@@ -54,6 +54,9 @@ public final class RemoteImages: ImageBackend, @unchecked Sendable {
                 throw error.lmctfy(.invalidArgument, "Cannot read the archive")
             }
             let last = following.isEmpty
+            // On a terminal: how much went up; the last call also unpacks.
+            Progress.report(last ? "importing \(name): sent \(Progress.mib(offset + UInt64(data.count))), unpacking on the agent"
+                                 : "importing \(name): sent \(Progress.mib(offset + UInt64(data.count)))")
             let request = ImportImageRequest(name: name, transferId: transfer, offset: offset, data: data, commit: last)
             let response: ImportImageResponse
             do {
@@ -94,6 +97,7 @@ public final class RemoteImages: ImageBackend, @unchecked Sendable {
                     throw error.lmctfy(.failedPrecondition, "Cannot write \"\(archivePath)\"")
                 }
                 offset += UInt64(r.data?.count ?? 0)
+                Progress.report("exporting \(name): received \(Progress.mib(offset))")
                 if r.done == true { break }
                 guard !(r.data ?? []).isEmpty else { throw .internalError("the agent sent an empty chunk before the end") }
             }

@@ -177,4 +177,41 @@ struct ProgressTerminalTests {
         #expect(tty.screen.contains("\r/c: killing 101 processes\u{1b}[K"), "\(tty.screen)")
         #expect(tty.screen.contains("\r\u{1b}[K"))
     }
+
+    /// Image import and export (lmctfy's own store, and lmctl through an
+    /// agent) show how far they are on a terminal, and nothing elsewhere.
+    @Test func imageImportAndExportShowProgressOnATerminal() throws {
+        let dir = try scratchDirectory("imgprogress")
+        defer { _ = removeTree(dir) }
+        // A tree of a few MiB, so that the upload takes several calls.
+        try Sys.mkdir(dir + "/tree", mode: 0o755)
+        for i in 0..<5 {
+            try Sys.writeFileAtomically(dir + "/tree/f\(i)", (0..<(700 << 10)).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ i) }, mode: 0o644)
+        }
+        let tar = try TestProcess.capture(["/bin/tar", "-C", dir + "/tree", "-cf", dir + "/tree.tar", "."])
+        #expect(tar.status == 0)
+        let lmctfy = builtTool("lmctfy")
+        let env = "LMCTFY_TEST_PROGRESS_DELAY_MS=0 LMCTFY_IMAGE_ROOT=\(dir)/store"
+        let tty = try onTerminal("\(env) \(lmctfy) image import \(dir)/tree.tar local")
+        #expect(tty.status == 0, "\(tty.screen)")
+        #expect(tty.screen.contains("\rimporting local: "), "\(tty.screen)")
+        #expect(tty.screen.contains(" entries, 3.4 MiB unpacked\u{1b}[K"), "\(tty.screen)")
+        #expect(tty.screen.contains("\r\u{1b}[K"), "the line is erased at the end")
+        // Not a terminal: nothing on stderr.
+        let plain = try TestProcess.capture(["/usr/bin/env", "LMCTFY_TEST_PROGRESS_DELAY_MS=0", "LMCTFY_IMAGE_ROOT=\(dir)/store",
+                                             lmctfy, "image", "import", dir + "/tree.tar", "quiet"])
+        #expect(plain.status == 0 && plain.stderr.isEmpty, "\(String(decoding: plain.stderr, as: UTF8.self))")
+
+        let agent = try AgentProcess(config: "image_root: \"\(dir)/agent-images\"", environment: ["LMCTFY_TEST_PROGRESS_DELAY_MS=0"])
+        defer { agent.stop() }
+        let lmctl = "\(builtTool("lmctl")) --agent unix://\(agent.socket)"
+        let up = try onTerminal("LMCTFY_TEST_PROGRESS_DELAY_MS=0 \(lmctl) image import \(dir)/tree.tar remote")
+        #expect(up.status == 0, "\(up.screen)")
+        #expect(up.screen.contains("\rimporting remote: sent 1.0 MiB\u{1b}[K"), "\(up.screen)")
+        #expect(up.screen.contains("unpacking on the agent\u{1b}[K"), "\(up.screen)")
+        let down = try onTerminal("LMCTFY_TEST_PROGRESS_DELAY_MS=0 \(lmctl) image export remote \(dir)/back.tar")
+        #expect(down.status == 0, "\(down.screen)")
+        #expect(down.screen.contains("\rexporting remote: received "), "\(down.screen)")
+        #expect(Sys.exists(dir + "/back.tar"))
+    }
 }
