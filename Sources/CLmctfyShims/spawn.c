@@ -1,6 +1,8 @@
 #define _GNU_SOURCE
 #include "lm_spawn.h"
 
+#include "child_io.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
@@ -20,48 +22,18 @@ struct failure {
     int index;
 };
 
-static int write_all(int fd, const char *s, size_t n) {
-    while (n > 0) {
-        ssize_t w = write(fd, s, n);
-        if (w < 0) {
-            if (errno == EINTR) continue;
-            return -1;
-        }
-        s += w;
-        n -= (size_t)w;
-    }
-    return 0;
-}
-
-static int put_dup(int from, int to) {
-    if (from == -2) return 0;
-    int fd = from;
-    if (from == -1) {
-        fd = open("/dev/null", O_RDWR | O_CLOEXEC);
-        if (fd < 0) return -1;
-    }
-    if (fd == to) {
-        /* dup2 onto itself keeps CLOEXEC; clear it. */
-        int flags = fcntl(fd, F_GETFD);
-        return flags < 0 ? -1 : fcntl(fd, F_SETFD, flags & ~FD_CLOEXEC);
-    }
-    if (dup2(fd, to) < 0) return -1;
-    if (from == -1) close(fd);
-    return 0;
-}
-
 /* Everything between fork and exec; async-signal-safe calls only. Returns
  * only on failure. keep_fd is the error pipe (CLOEXEC), or -1. */
 static void apply_and_exec(const struct lm_spawn_opts *o, int keep_fd, struct failure *f) {
     for (int i = 0; i < o->n_cgroup_files; i++) {
         int fd = open(o->cgroup_files[i], O_WRONLY | O_CLOEXEC);
-        if (fd < 0 || write_all(fd, "0", 1) < 0) {
+        if (fd < 0 || lm_child_write_all(fd, "0", 1) < 0) {
             f->err = errno; f->stage = LM_STAGE_CGROUP; f->index = i;
             return;
         }
         close(fd);
     }
-    if (put_dup(o->stdin_fd, 0) < 0 || put_dup(o->stdout_fd, 1) < 0 || put_dup(o->stderr_fd, 2) < 0) {
+    if (lm_child_dup(o->stdin_fd, 0) < 0 || lm_child_dup(o->stdout_fd, 1) < 0 || lm_child_dup(o->stderr_fd, 2) < 0) {
         f->err = errno; f->stage = LM_STAGE_STDIO;
         return;
     }
@@ -80,7 +52,7 @@ static void apply_and_exec(const struct lm_spawn_opts *o, int keep_fd, struct fa
         if (neg) buf[len++] = '-';
         while (n) buf[len++] = tmp[--n];
         int fd = open("/proc/self/oom_score_adj", O_WRONLY | O_CLOEXEC);
-        if (fd < 0 || write_all(fd, buf, (size_t)len) < 0) {
+        if (fd < 0 || lm_child_write_all(fd, buf, (size_t)len) < 0) {
             f->err = errno; f->stage = LM_STAGE_OOM;
             return;
         }
@@ -141,7 +113,7 @@ static void child_main(const struct lm_spawn_opts *o, int pipe_w) {
     struct failure f = {0, 0, -1};
     apply_and_exec(o, pipe_w, &f);
     struct message m = {2, f.err, f.stage, f.index};
-    write_all(pipe_w, (const char *)&m, sizeof m);
+    lm_child_write_all(pipe_w, (const char *)&m, sizeof m);
     _exit(127);
 }
 
@@ -185,12 +157,12 @@ int lm_spawn(const struct lm_spawn_opts *o, pid_t *pid, int *err, int *stage, in
             int inner[2];
             if (pipe2(inner, O_CLOEXEC) < 0) {
                 struct message m = {2, errno, LM_STAGE_FORK, -1};
-                write_all(pipefd[1], (const char *)&m, sizeof m);
+                lm_child_write_all(pipefd[1], (const char *)&m, sizeof m);
                 _exit(0);
             }
             if (o->pidns_fd >= 0 && setns(o->pidns_fd, CLONE_NEWPID) < 0) {
                 struct message m = {2, errno, LM_STAGE_NAMESPACE, -1};
-                write_all(pipefd[1], (const char *)&m, sizeof m);
+                lm_child_write_all(pipefd[1], (const char *)&m, sizeof m);
                 _exit(0);
             }
             pid_t grandchild = fork();
@@ -214,7 +186,7 @@ int lm_spawn(const struct lm_spawn_opts *o, pid_t *pid, int *err, int *stage, in
                     m.kind = 1; m.a = grandchild; m.b = 0; m.c = -1;
                 }
             }
-            write_all(pipefd[1], (const char *)&m, sizeof m);
+            lm_child_write_all(pipefd[1], (const char *)&m, sizeof m);
             _exit(0);
         }
         child_main(o, pipefd[1]);

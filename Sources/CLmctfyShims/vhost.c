@@ -1,6 +1,8 @@
 #define _GNU_SOURCE
 #include "lm_vhost.h"
 
+#include "child_io.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
@@ -20,35 +22,6 @@
 struct vh_failure {
     int err, stage, index;
 };
-
-static int vh_write_all(int fd, const char *s, size_t n) {
-    while (n > 0) {
-        ssize_t w = write(fd, s, n);
-        if (w < 0) {
-            if (errno == EINTR) continue;
-            return -1;
-        }
-        s += w;
-        n -= (size_t)w;
-    }
-    return 0;
-}
-
-static int vh_dup(int from, int to) {
-    if (from == -2) return 0;
-    int fd = from;
-    if (from == -1) {
-        fd = open("/dev/null", O_RDWR | O_CLOEXEC);
-        if (fd < 0) return -1;
-    }
-    if (fd == to) {
-        int flags = fcntl(fd, F_GETFD);
-        return flags < 0 ? -1 : fcntl(fd, F_SETFD, flags & ~FD_CLOEXEC);
-    }
-    if (dup2(fd, to) < 0) return -1;
-    if (from == -1) close(fd);
-    return 0;
-}
 
 /* mkdir -p of one level, for the mount points the kernel's own filesystems
  * need in a rootfs that lacks them; an existing one is fine. */
@@ -91,7 +64,7 @@ static void vh_child_setup(const struct lm_vh_opts *o, int status_fd, struct vh_
     /* The maps are written (the parent did before the go): become root of
      * the new user namespace, keeping its capabilities across exec. */
     if (o->new_user && (setresgid(0, 0, 0) < 0 || setresuid(0, 0, 0) < 0)) FAIL(LM_VH_USERNS, -1);
-    if (vh_dup(o->stdin_fd, 0) < 0 || vh_dup(o->stdout_fd, 1) < 0 || vh_dup(o->stderr_fd, 2) < 0) FAIL(LM_VH_STDIO, -1);
+    if (lm_child_dup(o->stdin_fd, 0) < 0 || lm_child_dup(o->stdout_fd, 1) < 0 || lm_child_dup(o->stderr_fd, 2) < 0) FAIL(LM_VH_STDIO, -1);
     if (setsid() < 0) FAIL(LM_VH_SESSION, -1);
 
     /* Nothing mounted from here on reaches the host: the whole tree becomes
@@ -183,7 +156,7 @@ static void vh_child_setup(const struct lm_vh_opts *o, int status_fd, struct vh_
             if (vh_mkdir("/run/lmctfy", 0755) == 0) {
                 int fd = open("/run/lmctfy/.machine.spec", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0644);
                 if (fd >= 0) {
-                    vh_write_all(fd, o->machine_spec, strlen(o->machine_spec));
+                    lm_child_write_all(fd, o->machine_spec, strlen(o->machine_spec));
                     close(fd);
                 }
             }
@@ -236,7 +209,7 @@ static void vh_child_main(const struct lm_vh_opts *o, int go_fd, int status_fd) 
     struct vh_failure f = {0, LM_VH_NONE, -1};
     for (int i = 0; i < o->n_cgroup_files; i++) {
         int fd = open(o->cgroup_files[i], O_WRONLY | O_CLOEXEC);
-        if (fd < 0 || vh_write_all(fd, "0", 1) < 0) {
+        if (fd < 0 || lm_child_write_all(fd, "0", 1) < 0) {
             f.err = errno; f.stage = LM_VH_CGROUP; f.index = i;
             break;
         }
@@ -252,11 +225,11 @@ static void vh_child_main(const struct lm_vh_opts *o, int go_fd, int status_fd) 
     if (r != 1) _exit(127);  /* the parent gave up */
     close(go_fd);
     if (f.stage != LM_VH_NONE) {
-        vh_write_all(status_fd, (const char *)&f, sizeof f);
+        lm_child_write_all(status_fd, (const char *)&f, sizeof f);
         _exit(127);
     }
     vh_child_setup(o, status_fd, &f);
-    vh_write_all(status_fd, (const char *)&f, sizeof f);
+    lm_child_write_all(status_fd, (const char *)&f, sizeof f);
     _exit(127);
 }
 
@@ -298,7 +271,7 @@ int lm_vh_clone(const struct lm_vh_opts *o, struct lm_vh_child *c, int *err, int
         }
         struct vh_failure rec = {errno, LM_VH_CLONE, -1};
         if (pid > 0) { rec.err = (int)pid; rec.stage = LM_VH_NONE; rec.index = -2; }
-        vh_write_all(st[1], (const char *)&rec, sizeof rec);
+        lm_child_write_all(st[1], (const char *)&rec, sizeof rec);
         _exit(0);
     }
     int fork_errno = errno;
@@ -353,7 +326,7 @@ static int vh_read_status(struct lm_vh_child *c, int *err, int *stage, int *inde
 int lm_vh_release(struct lm_vh_child *c, int *err, int *stage, int *index) {
     *err = 0; *stage = LM_VH_NONE; *index = -1;
     char go = 1;
-    if (vh_write_all(c->go_fd, &go, 1) < 0) {
+    if (lm_child_write_all(c->go_fd, &go, 1) < 0) {
         *err = errno; *stage = LM_VH_WAIT;
         lm_vh_abort(c);
         return -1;
