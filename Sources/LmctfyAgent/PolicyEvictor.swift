@@ -2,7 +2,7 @@
 // waits (one epoll) on three kernel watches of the agent's root container: a
 // memory usage threshold at the policy's high mark (v1: an eventfd on
 // memory.usage_in_bytes; v2: CL1's polled memory.current), memory pressure
-// (v1: memory.pressure_level "medium" eventfd; v2: memory.events "high") and
+// (v1: memory.pressure_level "medium" eventfd; v2: memory.events "high" and "max") and
 // OOM, and reads the usage again every `recheckMs` in any case. Past the mark it evicts one
 // container at a time (LmctfyPolicy's order: lowest tier first, newest first
 // within a tier, prod never), waits for the memory to come back, reads the

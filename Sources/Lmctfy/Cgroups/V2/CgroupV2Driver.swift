@@ -132,7 +132,9 @@ struct CgroupV2Driver: CgroupDriver {
         switch kind {
         case .oom: try OomKillSource(dir)
         case .memoryThreshold(let usage): try PolledThresholdSource(dir, usage)
-        case .memoryPressure: try OomKillSource(dir, key: "high")
+        // Reclaim forced by memory.high or at memory.max (the limit): the
+        // counters memory.events keeps for both (no PSI trigger needed).
+        case .memoryPressure: try OomKillSource(dir, keys: ["high", "max"])
         case .containerEmpty: try PopulatedSource(dir)
         }
     }
@@ -186,15 +188,21 @@ struct CgroupV2Driver: CgroupDriver {
 final class OomKillSource: EventSource {
     let fd: Int32
     private let dir: CgroupDir
-    private let key: String
+    /// The memory.events counters whose sum is watched.
+    private let keys: [String]
     private var lastCount: Int64
     var pendingImmediately: Bool { false }
 
-    init(_ dir: CgroupDir, key: String = "oom_kill") throws(LmctfyError) {
+    init(_ dir: CgroupDir, keys: [String] = ["oom_kill"]) throws(LmctfyError) {
         self.dir = dir
-        self.key = key
+        self.keys = keys
         fd = try dir.inotify("memory.events")
-        lastCount = (try? dir.readKeyValues("memory.events")[key]) ?? 0
+        lastCount = (try? Self.sum(dir, keys)) ?? 0
+    }
+
+    private static func sum(_ dir: CgroupDir, _ keys: [String]) throws(LmctfyError) -> Int64 {
+        let values = try dir.readKeyValues("memory.events")
+        return keys.reduce(0) { $0 + (values[$1] ?? 0) }
     }
 
     deinit { close(fd) }
@@ -203,7 +211,7 @@ final class OomKillSource: EventSource {
         let (_, isGone) = EventFds.drainInotify(fd)
         if isGone { throw Watch.gone(dir) }
         if try !dir.exists() { throw Watch.gone(dir) }
-        let count = (try? dir.readKeyValues("memory.events")[key]) ?? lastCount
+        let count = (try? Self.sum(dir, keys)) ?? lastCount
         defer { lastCount = count }
         return Int(max(0, count - lastCount))
     }
