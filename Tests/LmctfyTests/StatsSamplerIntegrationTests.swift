@@ -48,13 +48,15 @@ struct StatsSamplerIntegrationTests {
         let sampler = StatsSampler(api: api)
         try withTestContainer(api, label: "sampler-limits") { name in
             let c = try api.create(name, spec: try ContainerSpec(textFormat: "cpu { limit: 1000 max_limit: 100 } memory { limit: 16000000 }"))
-            // tail buffers /dev/zero's lines (there are none) until the
-            // limit stops it; the loop runs into the 10% quota.
-            _ = try c.run(["/bin/sh", "-c", "head -c 40000000 /dev/zero | tail > /dev/null"])
+            // The allocator runs into the 16 MB limit (the OOM killer ends
+            // it, as in the notification tests); the loop into the 10% quota.
+            _ = try c.run([testHelperPath, "alloc", "64"])
             _ = try c.run(["/bin/sh", "-c", "i=0; while [ $i -lt 30000 ]; do i=$((i+1)); done"])
             var s = try #require(sampler.sample(name))
             var waits = 0
-            while try !c.processes(recursive: true).isEmpty && waits < 200 {
+            // (Up to a minute: at 10 % of a CPU on a machine busy with the
+            // other suites the loop can take many seconds.)
+            while try !c.processes(recursive: true).isEmpty && waits < 1200 {
                 usleep(50_000)
                 waits += 1
             }
