@@ -223,7 +223,16 @@ public struct Container: Sendable {
     func killTasks(rounds: Int = 10) throws(LmctfyError) {
         if try tasksDir.readPids("cgroup.procs").isEmpty { return }
         for round in 0..<rounds {
-            try setFrozen(true)
+            // Frozen, nothing forks while the kills go out. A task the
+            // freezer cannot stop in time (uninterruptible, in reclaim at a
+            // memory limit) is killed all the same, and the container is
+            // thawed below either way: a kill that does not finish never
+            // leaves it frozen (or half-way, FREEZING) behind.
+            do {
+                try setFrozen(true)
+            } catch where error.code == .unavailable {
+                // Not frozen within the bound: kill what is there now.
+            }
             let pids = try tasksDir.readPids("cgroup.procs")
             Progress.report("\(name): killing \(pids.count) process\(pids.count == 1 ? "" : "es")\(round > 0 ? " (round \(round + 1))" : "")")
             for pid in pids {
