@@ -160,6 +160,34 @@ struct LifecycleIntegrationTests {
         }
     }
 
+    /// A task the freezer cannot stop (v1: waiting at its memory limit with
+    /// the OOM killer off sleeps killable, not freezable) keeps the freeze
+    /// from completing: killAll kills it all the same once the freeze's
+    /// bound passes, and leaves the container thawed, not FREEZING.
+    @Test(.enabled(if: (try? CgroupMounts.detect())?.version == .v1, "v1's memory.oom_control (v2 has no OOM-killer switch)"))
+    func killAllEndsATaskTheFreezerCannotStop() throws {
+        try withTestContainer(api) { name in
+            try api.create(name, spec: ContainerSpec(memory: MemorySpec(limit: 16 << 20)))
+            let c = try api.get(name)
+            let memory = try #require(try CgroupMounts.detect().v1[.memory]) + name.description
+            try Sys.writeFile(memory + "/memory.oom_control", "1")
+            let pid = try c.run([testHelperPath, "alloc", "64"])
+            // Stuck at the limit (under_oom), not dead.
+            var stuck = false
+            for _ in 0..<5000 where !stuck {
+                stuck = (try? Sys.readFile(memory + "/memory.oom_control"))?.contains("under_oom 1") == true
+                if !stuck { usleep(1000) }
+            }
+            #expect(stuck, "the allocator waits at its limit")
+            try c.killAll()
+            #expect(try c.processes(recursive: false).isEmpty)
+            #expect(try !c.isFrozen())
+            let freezer = try #require(try CgroupMounts.detect().v1[.freezer]) + name.description
+            #expect(try Sys.readFile(freezer + "/freezer.state").trimmingWhitespace == "THAWED")
+            _ = try? Sys.waitForExit(pid)
+        }
+    }
+
     @Test func destroyKillsTheProcessesOfEveryLevel() throws {
         try withTestContainer(api) { name in
             try api.create(name, spec: ContainerSpec())
