@@ -35,10 +35,20 @@ struct AgentProcess {
             _ = try? Sys.unlink(socket)
         }
         pid = try spawnWithEnvironment([builtTool("lmctfy-agent"), "--config", dir + "/agent.conf"], environment)
-        for _ in 0..<500 where !Sys.exists(socket) { usleep(10_000) }
-        guard Sys.exists(socket) else {
+        // Listening, not only bound: the file exists a moment before the
+        // agent listens on it (a connect then is refused; seen under load).
+        var listening = false
+        for _ in 0..<500 where !listening {
+            if Sys.exists(socket), let fd = try? RpcSocket.connectUnix(path: socket) {
+                close(fd)
+                listening = true
+            } else {
+                usleep(10_000)
+            }
+        }
+        guard listening else {
             TestProcess.end(pid)
-            throw LmctfyError(.unavailable, "lmctfy-agent did not create \(socket)")
+            throw LmctfyError(.unavailable, "lmctfy-agent did not listen on \(socket)")
         }
     }
 
