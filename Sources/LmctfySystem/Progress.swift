@@ -13,7 +13,8 @@ import Glibc
 
 public enum Progress {
     final class Box: @unchecked Sendable {
-        // @unchecked: only the installing thread calls `report`.
+        // @unchecked: only the installing thread calls `report` (or, through
+        // `current`, a thread it waits for meanwhile).
         let report: (String) -> Void
         init(_ report: @escaping (String) -> Void) { self.report = report }
     }
@@ -46,14 +47,7 @@ public enum Progress {
         let me = UInt(pthread_self())
         guard let box = reporters.locked({ $0[me] }) else { return nil }
         // The installing thread waits for the work: one reporter at a time.
-        let forward = Forward(box)
-        return { forward.box.report($0) }
-    }
-
-    final class Forward: @unchecked Sendable {
-        // @unchecked: called only while the installing thread waits.
-        let box: Box
-        init(_ box: Box) { self.box = box }
+        return { box.report($0) }
     }
 
     /// Bytes as MiB with one decimal, for progress lines.
