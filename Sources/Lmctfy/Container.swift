@@ -41,7 +41,7 @@ public struct Container: Sendable {
             throw .invalidArgument("owner and owner_group can only be set at create")
         }
         try api.checkSupported(spec, isUpdate: true)
-        let isolated = try isolatedResources
+        let (dirs, isolated) = try driver.resolved(name)
         let named = Set(ResourceKind.allCases.filter { $0.isPresent(in: spec) })
         if !named.isSubset(of: isolated) {
             let extra = named.subtracting(isolated).sorted().map(\.description).joined(separator: ", ")
@@ -50,7 +50,6 @@ public struct Container: Sendable {
         if policy == .replace && named != isolated {
             throw .invalidArgument("A replace update must specify all resources being isolated.")
         }
-        let dirs = try driver.resourceDirs(name)
         let order = named.sorted()
         for kind in order { try api.handler(kind).validate(spec, dirs: dirs) }
         // What the kernel has now, to put back if a write is refused part
@@ -88,9 +87,14 @@ public struct Container: Sendable {
 
     /// The spec as the kernel has it now, for the resources isolated here.
     public func spec() throws(LmctfyError) -> ContainerSpec {
+        let (dirs, isolated) = try driver.resolved(name)
+        return try spec(dirs: dirs, isolated: isolated)
+    }
+
+    /// `spec()` from directories already looked up.
+    func spec(dirs: ResourceDirs, isolated: Set<ResourceKind>) throws(LmctfyError) -> ContainerSpec {
         var spec = ContainerSpec()
-        let dirs = try driver.resourceDirs(name)
-        for kind in try isolatedResources.sorted() {
+        for kind in isolated.sorted() {
             guard let h = api.handlers[kind] else { continue }
             do {
                 try h.readSpec(into: &spec, dirs: dirs)
@@ -108,8 +112,8 @@ public struct Container: Sendable {
     /// files allow; NOT_FOUND when the container no longer exists.
     public func stats(_ type: StatsType) throws(LmctfyError) -> ContainerStats {
         var stats = ContainerStats()
-        let dirs = try driver.resourceDirs(name)
-        for kind in try isolatedResources.sorted() {
+        let (dirs, isolated) = try driver.resolved(name)
+        for kind in isolated.sorted() {
             guard let h = api.handlers[kind] else { continue }
             do {
                 try h.stats(into: &stats, type: type, dirs: dirs)

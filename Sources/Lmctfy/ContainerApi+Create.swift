@@ -32,17 +32,39 @@ extension ContainerApi {
     /// errno of the failure.
     @discardableResult
     public func create(_ name: ContainerName, spec: ContainerSpec, virtualHostStdio: VirtualHostStdio?) throws(LmctfyError) -> Container {
+        try create(name, spec: spec, virtualHostStdio: virtualHostStdio, readBack: false).container
+    }
+
+    /// Create, then the new container's spec as the kernel has it, read
+    /// while the create still holds the tree's lock (no other create,
+    /// update or destroy of the tree in between) from the directories it
+    /// made, which are therefore not looked up again (what the agent's
+    /// snapshot of a new container records).
+    public func createReadingBack(_ name: ContainerName, spec: ContainerSpec) throws(LmctfyError) -> (Container, ContainerSpec, frozen: Bool) {
+        let made = try create(name, spec: spec, virtualHostStdio: nil, readBack: true)
+        guard let back = made.readBack else { throw .internalError("Create of \"\(name)\" read nothing back") }
+        return (made.container, back.spec, back.frozen)
+    }
+
+    private func create(_ name: ContainerName, spec: ContainerSpec, virtualHostStdio: VirtualHostStdio?, readBack: Bool)
+        throws(LmctfyError) -> (container: Container, readBack: (spec: ContainerSpec, frozen: Bool)?) {
         if name.isRoot { throw .alreadyExists("Can't create existing container \"\(name)\"") }
         return try locked(name) { lock throws(LmctfyError) in
-            let container = try create(name, spec: spec, lock: lock)
-            guard spec.virtualHost != nil else { return container }
-            do throws(LmctfyError) {
-                _ = try startVirtualHost(name, spec: spec, stdio: virtualHostStdio)
-            } catch {
-                _ = try? removeLeftovers(name)
-                throw error
+            let (container, madeDirs, kinds) = try create(name, spec: spec, lock: lock)
+            if spec.virtualHost != nil {
+                do throws(LmctfyError) {
+                    _ = try startVirtualHost(name, spec: spec, stdio: virtualHostStdio)
+                } catch {
+                    _ = try? removeLeftovers(name)
+                    throw error
+                }
             }
-            return container
+            guard readBack else { return (container, nil) }
+            // Read as `spec()` reads: the handlers look at what they find
+            // (records, processes), not at what a new container must have.
+            var dirs = madeDirs
+            dirs.isNew = false
+            return (container, (try container.spec(dirs: dirs, isolated: Set(kinds)), try container.isFrozen()))
         }
     }
 
@@ -52,7 +74,7 @@ extension ContainerApi {
     /// nothing visible or the whole container, and what it left is removed
     /// by the next create or destroy of the tree (the lock's journal, the
     /// `creating` marks).
-    private func create(_ name: ContainerName, spec: ContainerSpec, lock: FileLock?) throws(LmctfyError) -> Container {
+    private func create(_ name: ContainerName, spec: ContainerSpec, lock: FileLock?) throws(LmctfyError) -> (Container, ResourceDirs, [ResourceKind]) {
         let tasks = driver.tasksDir(name)
         switch try tasks.state() {
         case .complete: throw .alreadyExists("Can't create existing container \"\(name)\"")
@@ -78,18 +100,19 @@ extension ContainerApi {
             throw kind == .cpu ? .notFound(message) : .failedPrecondition(message)
         }
         do {
-            return try make(name, parent: parent, kinds: kinds, spec: spec, lock: lock)
+            return (Container(name: name, api: self), try make(name, parent: parent, kinds: kinds, spec: spec, lock: lock), kinds)
         } catch where error.code == .alreadyExists {
             // A directory of this name in another hierarchy: lmctfy's
             // leftover (its tasks directory is gone) goes and the create is
             // tried again; anything else is not lmctfy's to touch (6).
             guard try removeLeftovers(name) else { throw error }
-            return try make(name, parent: parent, kinds: kinds, spec: spec, lock: lock)
+            return (Container(name: name, api: self), try make(name, parent: parent, kinds: kinds, spec: spec, lock: lock), kinds)
         }
     }
 
+    /// Makes the container; returns the directories it made.
     private func make(_ name: ContainerName, parent: ContainerName, kinds: [ResourceKind], spec: ContainerSpec,
-                      lock: FileLock?) throws(LmctfyError) -> Container {
+                      lock: FileLock?) throws(LmctfyError) -> ResourceDirs {
         let made = MadeDirs(lock: lock)
         do throws(LmctfyError) {
             if let lock {
@@ -114,6 +137,7 @@ extension ContainerApi {
                 try chownContainer(name, spec: spec, lock: lock)
             }
             try driver.tasksDir(name).setState(.complete)
+            return dirs
         } catch {
             // Undo in reverse. A directory that cannot be removed now (a
             // fault) keeps its `creating` mark and is removed by the next
@@ -124,7 +148,6 @@ extension ContainerApi {
             if undone { try? lock?.clear() }
             throw error
         }
-        return Container(name: name, api: self)
     }
 
     /// owner / owner_group: hand the container's directories and task files

@@ -148,6 +148,14 @@ public struct LocalBackend: ContainerBackend {
         return CreateOutcome(name: try callerPath(container.name), initPid: initPid)
     }
 
+    public func createReadingBack(_ name: String, spec: ContainerSpec) throws(LmctfyError) -> CreateOutcome {
+        let resolved = try machineName(name)
+        if resolved == scope.root { throw .alreadyExists("Can't create existing container \"/\"") }
+        let (container, kernel, frozen) = try api.createReadingBack(resolved, spec: spec)
+        let initPid = spec.virtualHost != nil ? try container.initPid() : nil
+        return CreateOutcome(name: try callerPath(container.name), initPid: initPid, spec: kernel, frozen: frozen)
+    }
+
     /// Destroys the container; without `force` only an empty one. `/` is refused (D7).
     @discardableResult
     public func destroy(_ name: String, force: Bool) throws(LmctfyError) -> String {

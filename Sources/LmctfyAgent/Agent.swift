@@ -193,8 +193,7 @@ public final class Agent: @unchecked Sendable {
             read: { (path: String) throws(LmctfyError) -> (spec: ContainerSpec, frozen: Bool)? in
                 let name = try scope.resolve(path)
                 do throws(LmctfyError) {
-                    guard try api.exists(name) else { return nil }
-                    let c = try api.get(name)
+                    let c = try api.get(name)  // NOT_FOUND when it does not exist
                     return (try c.spec(), try c.isFrozen())
                 } catch where error.code == .notFound {
                     return nil  // destroyed while it was read

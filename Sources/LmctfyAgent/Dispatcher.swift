@@ -478,10 +478,13 @@ public final class Dispatcher: Sendable {
     /// its path.
     func createContainer(_ name: String, spec: ContainerSpec) throws -> CreateOutcome {
         try inventory.change(try backend.resolve(name)) {
-            let made = try backend.createReportingInit(name, spec: spec)
+            // With snapshots, the spec is read back by the create itself,
+            // under its lock and from the directories it made.
+            let made = snapshots == nil ? try backend.createReportingInit(name, spec: spec)
+                                        : try backend.createReadingBack(name, spec: spec)
             let path = made.name
             events.record(container: path, kind: .containerEventCreated)
-            snapshots?.syncOrWarn(path)
+            snapshots?.created(path, kernel: made.spec.map { ($0, made.frozen ?? false) })
             return (made, { $0[path] = false })
         }
     }

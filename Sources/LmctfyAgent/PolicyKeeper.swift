@@ -36,11 +36,21 @@ public final class PolicyKeeper: Sendable {
         path.count > 1 && path.hasPrefix("/") && !path.dropFirst().contains("/")
     }
 
-    /// Capacity now: the root container's memory limit and CPU, else the host's.
+    /// Capacity: the root container's memory limit and CPU, else the host's.
+    /// Read from the root at most every `capacityTtlMs` (a root's spec is a
+    /// dozen file reads, and it changes rarely: reading it at every create
+    /// was a tenth of a create's time through the agent); a change of the
+    /// root's limits therefore counts within that time (README "Policy").
     func capacity() throws(LmctfyError) -> Amount {
+        let now = MonotonicClock.milliseconds()
+        if let c = capacityRead.locked({ $0 }), now &- c.atMs < Self.capacityTtlMs { return c.amount }
         let root = try backend.spec("/")
-        return policy.capacity(host: host, rootMemoryLimit: root.memory?.limit, rootMilliCpu: Policy.milliCpu(of: root))
+        let amount = policy.capacity(host: host, rootMemoryLimit: root.memory?.limit, rootMilliCpu: Policy.milliCpu(of: root))
+        capacityRead.locked { $0 = (amount, now) }
+        return amount
     }
+    private let capacityRead = Mutexed<(amount: Amount, atMs: UInt64)?>(nil)
+    static let capacityTtlMs: UInt64 = 1000
 
     /// What `spec` commits and in which tier.
     func commitment(of spec: ContainerSpec) -> (tier: Tier, amount: Amount) {

@@ -15,7 +15,8 @@
 //   snapshot soon after. A container first seen that way is "adopted".
 // What is written is always read from the kernel when the write starts (the
 // spec as the `spec` verb reads it back, the freezer state), never taken
-// from the request: a write that starts after a change has that change, so
+// from the request (a create's is read back by the create itself, under its
+// lock, from the directories it made: `created`): a write that starts after a change has that change, so
 // requests that pile up while one write runs share the next one (Coalescer),
 // and a snapshot equal to the last one written is not written again.
 //
@@ -189,6 +190,31 @@ public final class SnapshotKeeper: Sendable {
         }
         let ns = MonotonicClock.nanoseconds() - t0
         counts.locked { $0.writes += 1; $0.writeNs += ns; $0.fileNs += fileNs }
+    }
+
+    /// A container the agent has just made: its snapshot written, from
+    /// `kernel` (the spec and freezer state the create read back under its
+    /// lock) when given, so that no second read of what was just written
+    /// is needed; otherwise read as any sync does.
+    func created(_ path: String, kernel: (spec: ContainerSpec, frozen: Bool)?) {
+        if let kernel {
+            let now = WallClock.nanosecondsSinceEpoch()
+            records.locked { r in
+                var rec = r[path] ?? Record(createdNs: now, adopted: false)
+                // A record the watcher made first (it saw the directories
+                // before the create answered) is the agent's own.
+                rec.adopted = false
+                rec.asked += 1
+                rec.kernel = kernel
+                rec.readFor = rec.asked
+                r[path] = rec
+            }
+            // Written from what was just read (a change behind the agent's
+            // back since then bumps `asked`, and the sync reads again).
+            syncOrWarn(path, processesOnly: true)
+        } else {
+            syncOrWarn(path)
+        }
     }
 
     /// Removes the snapshots of `path` and of every container below it (a

@@ -30,6 +30,9 @@ protocol CgroupDriver: Sendable {
     func available(_ kind: ResourceKind) throws(LmctfyError) -> Bool
     /// The directories a handler works on for an existing container.
     func resourceDirs(_ name: ContainerName) throws(LmctfyError) -> ResourceDirs
+    /// `resourceDirs` and `isolated` together, each directory looked for
+    /// once (a spec or stats read needs both).
+    func resolved(_ name: ContainerName) throws(LmctfyError) -> (dirs: ResourceDirs, isolated: Set<ResourceKind>)
     /// The directory holding a controller's files for the container or, if
     /// it does not isolate that resource, for its nearest ancestor that does
     /// (the hierarchy's root at the latest).
@@ -96,6 +99,10 @@ protocol CgroupDriver: Sendable {
 }
 
 extension CgroupDriver {
+    func resolved(_ name: ContainerName) throws(LmctfyError) -> (dirs: ResourceDirs, isolated: Set<ResourceKind>) {
+        (try resourceDirs(name), try isolated(name))
+    }
+
     func isolates(_ kind: ResourceKind, _ name: ContainerName) throws(LmctfyError) -> Bool {
         try isolated(name).contains(kind)
     }

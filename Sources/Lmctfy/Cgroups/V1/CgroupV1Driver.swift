@@ -94,6 +94,19 @@ struct CgroupV1Driver: CgroupDriver {
         return ResourceDirs(driver: self, container: name, byController: dirs, tasks: dirs[.freezer])
     }
 
+    /// One lookup per hierarchy: a resource is isolated when its owning
+    /// controller's directory was found (what `isolated` asks again).
+    func resolved(_ name: ContainerName) throws(LmctfyError) -> (dirs: ResourceDirs, isolated: Set<ResourceKind>) {
+        let dirs = try resourceDirs(name)
+        guard !name.isRoot else { return (dirs, try isolated(name)) }
+        var out = Set<ResourceKind>()
+        for kind in ResourceKind.allCases {
+            guard let owner = kind.v1Controllers.first, mounts.v1[owner] != nil else { continue }
+            if dirs.byController[owner] != nil { out.insert(kind) }
+        }
+        return (dirs, out)
+    }
+
     func nearestDir(_ c: Controller, _ name: ContainerName) throws(LmctfyError) -> CgroupDir? {
         for candidate in name.selfAndAncestors {
             if let d = try candidate.isRoot ? root(c) : existingDir(c, candidate) { return d }
