@@ -17,7 +17,8 @@
  * (setxattr "creating" per directory, the eviction and latency records,
  * "complete" last; getxattr of the marks in run and destroy, including the
  * hierarchies the container does not use), the cgroupfs checks (statfs
- * before every directory operation, fstatfs after every open), the parent's
+ * before every directory operation, every file opened with openat2 from its
+ * hierarchy's kept mount-point descriptor, refusing mount crossings), the parent's
  * cpuset re-read per create, the task's current cgroups before joining,
  * /dev/null on the child's stdout, its oom_score_adj, and the child's reset
  * of every signal disposition before exec.
@@ -30,7 +31,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <dirent.h>
+#include <linux/openat2.h>
 #include <sys/file.h>
+#include <sys/syscall.h>
 #include <sys/stat.h>
 #include <sys/vfs.h>
 #include <sys/wait.h>
@@ -107,21 +110,42 @@ static void lock_close(int fd, const char *name, int remove) {
     close(fd);
 }
 
-/* A cgroup file written or read the way lmctfy does: fstatfs after open. */
+/* A cgroup file opened the way lmctfy opens one: openat2 from its
+ * hierarchy's mount point (opened and fstatfs-checked once, then kept),
+ * refusing to cross a mount point. Without --safety a plain open. */
+static int open_checked(const char *path, int flags) {
+    static char roots[16][64];
+    static int rootfds[16], nroots;
+    const char *rel = path + strlen(R) + 1, *slash = strchr(rel, '/');
+    if (!safety || !slash || (size_t)(slash - rel) >= sizeof roots[0]) return open(path, flags | O_CLOEXEC);
+    char h[64];
+    snprintf(h, sizeof h, "%.*s", (int)(slash - rel), rel);
+    int root = -1;
+    for (int i = 0; i < nroots; i++) if (strcmp(roots[i], h) == 0) root = rootfds[i];
+    if (root < 0 && nroots < 16) {
+        char mount[128];
+        struct statfs sf;
+        snprintf(mount, sizeof mount, "%s/%s", R, h);
+        root = open(mount, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (root < 0 || fstatfs(root, &sf) < 0) { perror(mount); exit(1); }
+        snprintf(roots[nroots], sizeof roots[0], "%s", h);
+        rootfds[nroots++] = root;
+    }
+    struct open_how how = {.flags = (unsigned long long)(flags | O_CLOEXEC),
+                           .resolve = RESOLVE_BENEATH | RESOLVE_NO_XDEV | RESOLVE_NO_SYMLINKS};
+    return (int)syscall(SYS_openat2, root, slash + 1, &how, sizeof how);
+}
+
 static void put_checked(const char *path, const char *value) {
-    struct statfs sf;
-    int fd = open(path, O_WRONLY | O_CLOEXEC);
+    int fd = open_checked(path, O_WRONLY);
     if (fd < 0) { perror(path); exit(1); }
-    if (safety) fstatfs(fd, &sf);
     if (write(fd, value, strlen(value)) < 0) { perror(path); exit(1); }
     close(fd);
 }
 
 static void get_checked(const char *path, char *buf, size_t len) {
-    struct statfs sf;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int fd = open_checked(path, O_RDONLY);
     if (fd < 0) { perror(path); exit(1); }
-    if (safety) fstatfs(fd, &sf);
     ssize_t n = read(fd, buf, len - 1);
     if (n < 0) { perror(path); exit(1); }
     buf[n] = 0;

@@ -10,4 +10,12 @@
  * under _GNU_SOURCE). Returns 0 or -errno. */
 int lm_unshare_fs(void);
 
+/* openat2(2) of `path` (relative, no "..") below `dirfd` with
+ * RESOLVE_BENEATH | RESOLVE_NO_XDEV | RESOLVE_NO_SYMLINKS: the kernel
+ * refuses (EXDEV) a path that crosses a mount point, so a file opened from a
+ * cgroup hierarchy's mount point is on that hierarchy's filesystem without
+ * an fstatfs. `flags` gets O_CLOEXEC. Swift cannot call syscall(2) (it is
+ * variadic). Returns the descriptor or -errno (-ENOSYS: no openat2). */
+int lm_open_beneath(int dirfd, const char *path, int flags);
+
 #endif

@@ -6,9 +6,17 @@
 // Every access (read, write, mkdir, rmdir, readdir, xattrs, chown, the
 // descriptors handed to event registration) goes through here, so that
 //  - on the real kernel, what is opened is checked to be on cgroupfs or
-//    cgroup2fs (fstatfs): a filesystem mounted over a container's directory
-//    is never read or written as if it were the container's;
+//    cgroup2fs: a filesystem mounted over a container's directory is never
+//    read or written as if it were the container's. A file is opened with
+//    openat2 from its hierarchy's mount point (a descriptor opened and
+//    checked with fstatfs once per process, then kept), refusing to cross a
+//    mount point (RESOLVE_NO_XDEV): one syscall where open + fstatfs took
+//    two. Where openat2 is missing (before Linux 5.6, or a seccomp filter
+//    refusing it) every open is followed by an fstatfs, as before. A kept
+//    descriptor keeps pointing at the hierarchy it was opened on even if
+//    something is later mounted over the mount point itself;
 //  - tests can hand in a FaultPlan and fail any of these calls.
+import CLmctfyShims
 import Glibc
 import LmctfySystem
 import Synchronization
@@ -164,6 +172,19 @@ public struct CgroupDir: Sendable, Equatable, CustomStringConvertible {
     func open(_ name: String, _ flags: Int32, failing code: StatusCode = .failedPrecondition,
               _ context: @autoclosure () -> String = "Failed to open cgroup file") throws(LmctfyError) -> Int32 {
         let path = file(name)
+        if access.verifiesFilesystem, faults == nil, let root = MountRoots.shared.fd(mount, access) {
+            let relative = segments.isEmpty ? name : segments.joined(separator: "/") + "/" + name
+            let r = lm_open_beneath(root, relative, flags)
+            if r >= 0 { return r }
+            switch -r {
+            case EXDEV:
+                throw .failedPrecondition("\(path) is not on a cgroup filesystem (a mount point is in its path): something is mounted over it, and lmctfy will not use it")
+            case ENOSYS, EPERM, E2BIG:
+                MountRoots.shared.noOpenat2()  // as below, from now on
+            default:
+                throw SystemError("openat2", path, -r).cgroup(-r == ENOENT ? .notFound : code, context())
+            }
+        }
         let fd: Int32
         // A fake tree's regular file takes a written value whole, as a
         // cgroup file does (a shorter value must not leave a tail behind).
@@ -345,4 +366,37 @@ public struct CgroupDir: Sendable, Equatable, CustomStringConvertible {
 final class FeatureCache: Sendable {
     static let shared = FeatureCache()
     let known = Mutex<[String: Bool]>([:])
+}
+
+/// The hierarchies' mount points, each opened and checked to be a
+/// cgroup filesystem once per process, for `CgroupDir.open` (see the top of
+/// this file). Never closed: one descriptor per hierarchy.
+final class MountRoots: Sendable {
+    static let shared = MountRoots()
+    private let state = Mutex<(fds: [String: Int32], openat2: Bool)>(([:], true))
+
+    /// The descriptor of `mount`, or nil: no openat2, or the mount point
+    /// cannot be opened or is not a cgroup filesystem (the caller's plain
+    /// open then finds out and says so).
+    func fd(_ mount: String, _ access: CgroupAccess) -> Int32? {
+        if let known = state.withLock({ s in s.openat2 ? s.fds[mount] : -1 }) { return known >= 0 ? known : nil }
+        let fd = Glibc.open(mount, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        var st = statfs()
+        guard fstatfs(fd, &st) == 0, (try? access.check(Int(st.f_type), mount)) != nil else {
+            close(fd)
+            return nil
+        }
+        return state.withLock { s in
+            if let raced = s.fds[mount] {
+                close(fd)
+                return raced
+            }
+            s.fds[mount] = fd
+            return fd
+        }
+    }
+
+    /// openat2 is refused here: plain opens from now on.
+    func noOpenat2() { state.withLock { $0.openat2 = false } }
 }
