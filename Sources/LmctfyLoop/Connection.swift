@@ -183,12 +183,13 @@ public final class Connection: LoopHandle, @unchecked Sendable {
 
     // MARK: Writing
 
-    /// Queues `bytes` (copied) for sending. `completion` runs exactly once on
-    /// the loop thread: with nil once the kernel took every byte, with
-    /// ECANCELED when the connection closed first, or with the error (the
-    /// connection then closes and `onError` runs too). When the connection is
-    /// not open, or `closeAfterWrites()` was called, it fails at once, before
-    /// write returns.
+    /// Sends `bytes`, queueing (a copy of) what the kernel does not take at
+    /// once. `completion` runs exactly once on the loop thread: with nil once
+    /// the kernel took every byte (before write returns when it took them
+    /// at once), with ECANCELED when the connection closed first, or with the
+    /// error (the connection then closes and `onError` runs too). When the
+    /// connection is not open, or `closeAfterWrites()` was called, it fails
+    /// at once, before write returns.
     public func write(_ bytes: [UInt8], completion: ((Connection, LoopError?) -> Void)? = nil) {
         loop.assertInLoop()
         guard isOpen, !closeWhenFlushed else {
@@ -199,8 +200,32 @@ public final class Connection: LoopHandle, @unchecked Sendable {
             completion?(self, LoopError("uv_write", "\(bytes.count) bytes in one write", UV_EINVAL.rawValue))
             return
         }
-        let request = WriteRequest(connection: self, bytes: bytes, completion: completion)
-        var buf = uv_buf_init(request.bytes.assumingMemoryBound(to: CChar.self), UInt32(bytes.count))
+        // Nothing queued (so nothing is overtaken): hand the bytes to the
+        // kernel now. Most writes go whole this way, without a request, a
+        // copy, or the EPOLL_CTL_MOD libuv makes after every uv_write.
+        var taken = 0
+        if _pendingWrites == 0 {
+            let n = bytes.withUnsafeBytes { raw -> Int32 in
+                var buf = uv_buf_init(UnsafeMutablePointer(mutating: raw.baseAddress?.assumingMemoryBound(to: CChar.self)),
+                                      UInt32(raw.count))
+                return uv_try_write(stream, &buf, 1)
+            }
+            if n >= 0 {
+                taken = Int(n)
+                _bytesSent += UInt64(taken)
+                if taken == bytes.count {
+                    completion?(self, nil)
+                    return
+                }
+            } else if n != UV_EAGAIN.rawValue {
+                let error = LoopError("uv_try_write", peerName, n)
+                completion?(self, error)
+                fail(error)
+                return
+            }
+        }
+        let request = WriteRequest(connection: self, bytes: taken == 0 ? bytes : Array(bytes[taken...]), completion: completion)
+        var buf = uv_buf_init(request.bytes.assumingMemoryBound(to: CChar.self), UInt32(request.count))
         // libuv copies the uv_buf_t array itself; only the bytes must live
         // until the callback, and the request owns them.
         let rc = uv_write(request.req, stream, &buf, 1) { req, status in
