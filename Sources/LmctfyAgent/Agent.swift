@@ -363,6 +363,10 @@ public final class Agent: @unchecked Sendable {
             let w = try MachineWatcher(loop: loop, api: api, scope: scope, inventory: dispatcher.inventory, events: dispatcher.events)
             try w.start()
             watcher = w
+            // What the watcher sees appear or go is what the policy's
+            // ledger needs a listing for (PolicyKeeper.syncIfChanged).
+            let inventory = dispatcher.inventory
+            dispatcher.policy?.outsideChanges.locked { $0 = PolicyKeeper.OutsideChanges { inventory.outsideChanges } }
             let (api, scope) = (self.api, self.scope)
             dispatcher.memoryOwner.locked { $0 = Dispatcher.MemoryOwner { (path: String) throws(LmctfyError) -> String in
                 let name = try scope.resolve(path)

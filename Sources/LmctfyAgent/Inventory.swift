@@ -30,6 +30,11 @@ final class Inventory: Sendable {
         /// Each container's spec (serialized) when last read; a change of
         /// the agent's own forgets it (read again without an event).
         var specs: [String: [UInt8]] = [:]
+        /// Bumped whenever a container appeared or went without the agent
+        /// (seen by the watcher or a reconcile): the policy's ledger, which
+        /// the agent's own creates and destroys keep, needs a new listing
+        /// only then.
+        var outsideChanges: UInt64 = 0
     }
 
     private let state = Mutexed(State())
@@ -123,6 +128,7 @@ final class Inventory: Sendable {
                 } else {
                     events.record(container: name, kind: .containerEventCreated)
                     s.known[name] = frozen
+                    s.outsideChanges &+= 1
                     changed(name)
                 }
             }
@@ -167,6 +173,7 @@ final class Inventory: Sendable {
             }
             events.record(container: name, kind: .containerEventCreated)
             s.known[name] = frozen
+            s.outsideChanges &+= 1
             changed(name)
             return true
         }
@@ -224,7 +231,11 @@ final class Inventory: Sendable {
         s.empty[name] = isEmpty
     }
 
+    /// How many times containers appeared or went without the agent.
+    var outsideChanges: UInt64 { state.locked { $0.outsideChanges } }
+
     private static func forget(_ s: inout State, _ name: String, _ events: EventLog) {
+        s.outsideChanges &+= 1
         events.record(container: name, kind: .containerEventDestroyed)
         s.known[name] = nil
         s.empty[name] = nil

@@ -71,6 +71,33 @@ public final class PolicyKeeper: Sendable {
         })
     }
 
+    /// Set by the agent when its watcher follows the machine: how many
+    /// times containers appeared or went without it (Inventory). A create
+    /// then lists the root again only when that moved since the last
+    /// listing: the agent's own creates and destroys keep the ledger, so a
+    /// listing per create was a directory read (and a spec read of every
+    /// name not yet known) for nothing. A container made behind the agent's
+    /// back counts from the moment the watcher has seen it (milliseconds).
+    let outsideChanges = Mutexed<OutsideChanges?>(nil)
+    private let syncedAt = Mutexed<UInt64?>(nil)
+
+    final class OutsideChanges: Sendable {
+        let count: @Sendable () -> UInt64
+        init(_ count: @escaping @Sendable () -> UInt64) { self.count = count }
+    }
+
+    /// `sync`, unless nothing appeared or went behind the agent's back
+    /// since the last one (when the agent watches; otherwise always).
+    func syncIfChanged() {
+        guard let changes = outsideChanges.locked({ $0 }) else { return sync() }
+        // Read before the listing: a change during it moves the count past
+        // this value, so the next create lists again.
+        let now = changes.count()
+        if syncedAt.locked({ $0 }) == now { return }
+        sync()
+        syncedAt.locked { $0 = now }
+    }
+
     /// When each container was made (the snapshots'), for the eviction
     /// order of containers found by a sync (after a restart); set by the
     /// agent when it keeps snapshots.
@@ -97,7 +124,7 @@ public final class PolicyKeeper: Sendable {
     /// Refused: RESOURCE_EXHAUSTED with the arithmetic, nothing made.
     func admitCreate<T>(path: String, tier: Tier, spec: ContainerSpec, _ body: () throws -> T) throws -> T {
         guard Self.isTopLevel(path) else { return try body() }
-        sync()
+        syncIfChanged()
         let cap = try capacity()
         guard let d = admitter.admit(path, tier: tier, amount: Policy.committed(spec, tier: tier), capacity: cap, new: true) else {
             // Known and made: the create fails on its own (ALREADY_EXISTS);

@@ -145,6 +145,42 @@ struct PolicyAgentTests {
         }
     }
 
+    /// A running agent lists its root again before a create only when its
+    /// watcher saw something appear or go behind its back: a container made
+    /// with CL1 meanwhile is counted by the next admission, and one
+    /// destroyed with CL1 gives its room back.
+    @Test func aContainerMadeBehindARunningAgentsBackIsCounted() throws {
+        try withPolicyRoot("policyw", spec: "memory { limit: 268435456 }") { root in
+            let api = try ContainerApi.detect()
+            let dir = "/tmp/lmctfy-agent-test-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+            try Sys.mkdir(dir, mode: 0o755)
+            defer { _ = removeTree(dir) }
+            try withAgent(state: dir, "root_container: \"\(root)\"") { agent, socket in
+                let client = try RpcClient.connect(unixPath: socket)
+                defer { client.close() }
+                let batch = try ContainerSpec(textFormat: "memory { reservation: 104857600 }")
+                // One create through the agent first: its ledger is in line.
+                _ = try client.call(AgentMethods.create, CreateRequest(name: "/a1", spec: batch, tier: "batch"))
+                _ = try client.call(AgentMethods.destroy, DestroyRequest(name: "/a1", force: true))
+                // 200 MiB reserved behind its back (a batch container, 5000).
+                try api.create(name(root.path + "/cli"), spec: try ContainerSpec(textFormat: "memory { reservation: 209715200 }"))
+                let seen = { (present: Bool) -> Bool in
+                    for _ in 0..<500 {
+                        if agent.dispatcher.inventory.knows("/cli") == present { return true }
+                        usleep(10_000)
+                    }
+                    return false
+                }
+                try #require(seen(true), "the watcher did not see /cli")
+                let (code, message) = status { _ = try client.call(AgentMethods.create, CreateRequest(name: "/a2", spec: batch, tier: "batch")) }
+                #expect(code == .resourceExhausted && message.contains("314572800"), "\(message)")
+                try api.destroy(name(root.path + "/cli"))
+                try #require(seen(false), "the watcher did not see /cli go")
+                _ = try client.call(AgentMethods.create, CreateRequest(name: "/a2", spec: batch, tier: "batch"))
+            }
+        }
+    }
+
     /// Admission and create are one step: eight clients racing to create a
     /// prod container of 100 MiB in a 256 MiB root get exactly two in.
     @Test func concurrentCreatesRaceForTheLastRoom() throws {
