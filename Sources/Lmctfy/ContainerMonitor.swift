@@ -150,7 +150,12 @@ public final class ContainerMonitor {
     /// that was there when it started): OOM kills the kernel counted before
     /// its watch began are reported too (`.oom`), so that a process killed
     /// a moment after its container was made is not missed.
-    public func watch(_ name: ContainerName, earlier: Bool = false) -> (eventfds: [EventFd], found: [Change]) {
+    ///
+    /// `full: false`: only its tasks directory (existence, freezer, its
+    /// subcontainers) for now; a later call with `full` adds the rest. What
+    /// happened in between is not lost: OOM kills are counted (`earlier`)
+    /// and the caller reads the spec once the watch is full.
+    public func watch(_ name: ContainerName, earlier: Bool = false, full: Bool = true) -> (eventfds: [EventFd], found: [Change]) {
         let tasks = api.driver.tasksDir(name)
         if entries[name] == nil && name != root {
             // Only lmctfy's directories: another program's cgroup tree (a
@@ -187,7 +192,7 @@ public final class ContainerMonitor {
                 }
             }
         }
-        if name != root, !entry.complete, (try? api.exists(name)) == true {
+        if full, name != root, !entry.complete, (try? api.exists(name)) == true {
             entry.complete = true
             // Every other directory of the container, for spec writes.
             let plan = (try? api.driver.monitorPlan(name)) ?? entry.plan

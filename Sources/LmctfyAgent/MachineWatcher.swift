@@ -38,6 +38,19 @@ final class MachineWatcher: @unchecked Sendable {
     /// When each container's last MEMORY_PRESSURE was recorded.
     private var lastPressure: [ContainerName: UInt64] = [:]
     static let pressureIntervalMs: UInt64 = 1000
+    /// Containers that appeared, watched by their tasks directory only until
+    /// `fullWatchMs` later, when the rest of the watch (their other
+    /// directories, the memory eventfds) is added if they still exist. A
+    /// short-lived container (a job, a test, a create-run-destroy) is gone
+    /// by then and costs its watch a fifth of the syscalls; one that stays
+    /// loses nothing: OOM kills before the full watch are counted then, and
+    /// its spec is read again once the watch is full (as after any new
+    /// watch), so a write made meanwhile is an UPDATED. Only a memory
+    /// pressure notification of its first milliseconds can be missed (it
+    /// repeats while the pressure lasts).
+    private var fullSoon: Set<ContainerName> = []
+    private var fullTimer: LoopTimer?
+    static let fullWatchMs = 10
 
     init(loop: EventLoop, api: ContainerApi, scope: ContainerScope, inventory: Inventory, events: EventLog) throws(LmctfyError) {
         self.loop = loop
@@ -72,6 +85,7 @@ final class MachineWatcher: @unchecked Sendable {
         inotifyPoll?.close()
         specTimer?.cancel()
         batchTimer?.cancel()
+        fullTimer?.cancel()
         for (fd, entry) in polls {
             entry.poll.onClose = { _ = entry.source }  // keeps the fd open until then
             entry.poll.close()
@@ -105,11 +119,13 @@ final class MachineWatcher: @unchecked Sendable {
     /// is being made, everything (its other directories, its memory
     /// eventfds) once it exists. `now`: the containers there when the agent
     /// starts, whose specs are read anyway.
-    private func add(_ name: ContainerName, now: Bool = false) {
+    private func add(_ name: ContainerName, now: Bool = false, full: Bool = false) {
         var queue = [name]
         while let next = queue.popLast() {
             let wasFull = monitor.isFullyWatched(next)
-            let (fds, found) = monitor.watch(next, earlier: !now)
+            let fullNow = now || (full && next == name)
+            let (fds, found) = monitor.watch(next, earlier: !now, full: fullNow)
+            if !fullNow && monitor.isWatched(next) && !monitor.isFullyWatched(next) { completeSoon(next) }
             for source in fds { poll(source) }
             // A write made before its directories were watched (a CLI update
             // right after the create) is found by reading the spec again.
@@ -123,6 +139,28 @@ final class MachineWatcher: @unchecked Sendable {
             // OOM kills before the watch began (a container just made).
             let earlier = found.filter { if case .oom = $0 { true } else { false } }
             if !earlier.isEmpty { handle(earlier) }
+        }
+    }
+
+    /// Completes the watch of `name` `fullWatchMs` from now (see `fullSoon`).
+    private func completeSoon(_ name: ContainerName) {
+        fullSoon.insert(name)
+        guard fullTimer == nil else { return }
+        fullTimer = try? LoopTimer.once(on: loop, after: .milliseconds(Self.fullWatchMs)) { [unowned self] in
+            self.fullTimer = nil
+            let names = self.fullSoon
+            self.fullSoon = []
+            // Parents first; one gone meanwhile is no longer watched (or
+            // no longer exists, which its full watch finds).
+            for name in names.sorted() where self.monitor.isWatched(name) && !self.monitor.isFullyWatched(name) {
+                self.add(name, full: true)
+            }
+            self.handle([])  // the specs of those now fully watched, soon
+        }
+        if fullTimer == nil {
+            // No timer to be had: complete now.
+            fullSoon.remove(name)
+            add(name, full: true)
         }
     }
 

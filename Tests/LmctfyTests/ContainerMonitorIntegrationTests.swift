@@ -29,4 +29,23 @@ struct ContainerMonitorIntegrationTests {
             _ = fds
         }
     }
+
+    /// A watch begun by the tasks directory alone (`full: false`, the
+    /// agent's first look at a container that appeared) registers nothing
+    /// else; completed later, it reports the kills made in between.
+    @Test func aWatchCompletedLaterReportsTheKillsMadeMeanwhile() throws {
+        let api = try ContainerApi.detect()
+        try withTestContainer(api, label: "monitor2") { name in
+            let c = try api.create(name, spec: try ContainerSpec(textFormat: "memory { limit: 16777216 }"))
+            let monitor = try ContainerMonitor(api: api)
+            let (first, _) = monitor.watch(name, earlier: true, full: false)
+            #expect(first.isEmpty && monitor.isWatched(name) && !monitor.isFullyWatched(name))
+            let pid = try c.run([testHelperPath, "alloc", "200"])
+            for _ in 0..<10_000 where TestProcess.reapIfExited(pid) == nil && kill(pid, 0) == 0 { usleep(1000) }
+            let (fds, found) = monitor.watch(name, earlier: true)
+            #expect(monitor.isFullyWatched(name))
+            #expect(found.contains { if case .oom(name, let n) = $0 { n >= 1 } else { false } }, "\(found)")
+            _ = fds
+        }
+    }
 }
