@@ -94,6 +94,8 @@ public final class Agent: @unchecked Sendable {
 
     private var listeners: [Listener] = []
     private var conns: [Int: ConnState] = [:]
+    /// Connections whose answers wait for the end of the loop's batch.
+    private var unflushed: [Int: ConnState] = [:]
     private var nextConnId = 1
     private var home = HomeLink()
     private var ticker: LoopTimer?
@@ -309,6 +311,15 @@ public final class Agent: @unchecked Sendable {
         }
         let swept = try dispatcher.journal?.open() ?? 0
         if swept > 0 { log.debug("request journal: \(swept) expired entries removed") }
+        loop.afterBatch = { [unowned self] in
+            guard !unflushed.isEmpty else { return }
+            let batch = unflushed
+            unflushed = [:]
+            for s in batch.values where conns[s.id] != nil {
+                flush(s)
+                updateFlow(s)
+            }
+        }
         do { try loop.start() } catch { throw error.lmctfy("Starting the event loop") }
         let result: Result<UInt16?, LmctfyError>
         do {
@@ -566,13 +577,22 @@ public final class Agent: @unchecked Sendable {
     /// Runs a session's actions. Frames collect in the connection's outbox
     /// and leave in one write when the outermost perform returns, so a
     /// batch of requests read together is answered with one syscall.
-    private func perform(_ s: ConnState, _ actions: [SessionAction]) {
+    /// `batched`: answers a pool or call thread handed the loop (a streamed
+    /// response, a call's status): when the loop runs them in one batch of
+    /// such work they leave in one write, after it (any other perform or
+    /// a drop of the connection writes them out first, in order).
+    private func perform(_ s: ConnState, _ actions: [SessionAction], batched: Bool = false) {
         s.depth += 1
         defer {
             s.depth -= 1
             if s.depth == 0 {
-                flush(s)
-                updateFlow(s)
+                if batched && loop.inBatch {
+                    unflushed[s.id] = s
+                } else {
+                    unflushed[s.id] = nil
+                    flush(s)
+                    updateFlow(s)
+                }
             }
         }
         for action in actions {
@@ -679,6 +699,7 @@ public final class Agent: @unchecked Sendable {
     }
 
     private func drop(_ s: ConnState) {
+        if unflushed.removeValue(forKey: s.id) != nil { flush(s) }
         guard conns.removeValue(forKey: s.id) != nil else { return }
         metrics.connectionClosed(conn: s.id)
         if s.id == home.connId { homeLinkLost() }
@@ -1189,7 +1210,7 @@ public final class Agent: @unchecked Sendable {
 
     private func respond(_ connId: Int, _ streamId: UInt32, _ bytes: [UInt8]) {
         guard let s = conns[connId], s.calls[streamId] != nil else { return }
-        perform(s, s.session.sendResponse(streamId: streamId, payload: bytes, now: MonotonicClock.milliseconds()))
+        perform(s, s.session.sendResponse(streamId: streamId, payload: bytes, now: MonotonicClock.milliseconds()), batched: true)
     }
 
     private func finish(_ connId: Int, _ streamId: UInt32, _ status: CallStatus) {
@@ -1201,7 +1222,7 @@ public final class Agent: @unchecked Sendable {
                 totalPoolCalls -= 1
             }
             if let context = s.calls.removeValue(forKey: streamId) {
-                perform(s, final(s, streamId, context.takeResponses(), status))
+                perform(s, final(s, streamId, context.takeResponses(), status), batched: true)
             } else {
                 updateFlow(s)
             }

@@ -190,14 +190,14 @@ final class MachineWatcher: @unchecked Sendable {
     /// is seen).
     private func look(_ name: ContainerName, _ path: String, queue: inout [ContainerName]) {
         let since = inventory.generation
-        let exists = (try? api.exists(name)) ?? false
-        if exists {
-            let frozen = try? api.get(name).isFrozen()
+        // nil: it does not exist (or cannot be looked at).
+        if let container = try? api.get(name) {
+            let frozen = try? container.isFrozen()
             let created = inventory.observe(path, exists: true, frozen: frozen, since: since)
             // The spec as it is now, so that a later write is told from it:
             // read at once for a container made behind the agent's back (its
             // maker may update it a moment later), soon for the others.
-            if created, let spec = try? api.get(name).spec(), let bytes = try? spec.serializedBytes() {
+            if created, let spec = try? container.spec(), let bytes = try? spec.serializedBytes() {
                 inventory.observeSpec(path, bytes, since: since)
             } else if inventory.needsSpec(path) {
                 specsDue.insert(name)

@@ -122,10 +122,10 @@ public final class SnapshotKeeper: Sendable {
     /// used again, unless another sync has been asked for since (a change
     /// behind the agent's back reaches us through `observed`, which asks).
     /// That saves a read-back (175-290 µs) at each start and end of a Run.
-    public func sync(_ path: String, adopted: Bool = false, processesOnly: Bool = false) throws(LmctfyError) {
+    public func sync(_ path: String, adopted: Bool = false, processesOnly: Bool = false, fresh: Int32? = nil) throws(LmctfyError) {
         if !processesOnly { records.locked { $0[path]?.asked += 1 } }
         do {
-            try syncs.run(path) { try syncNow(path, adopted: adopted) }
+            try syncs.run(path) { try syncNow(path, adopted: adopted, fresh: fresh) }
         } catch let error as LmctfyError {
             throw error
         } catch {
@@ -136,14 +136,14 @@ public final class SnapshotKeeper: Sendable {
     /// `sync`, but a failure is only logged: the kernel work of the call is
     /// done and stays done (nothing is half-made), and the background
     /// thread tries again.
-    func syncOrWarn(_ path: String, processesOnly: Bool = false) {
-        do throws(LmctfyError) { try sync(path, processesOnly: processesOnly) } catch {
+    func syncOrWarn(_ path: String, processesOnly: Bool = false, fresh: Int32? = nil) {
+        do throws(LmctfyError) { try sync(path, processesOnly: processesOnly, fresh: fresh) } catch {
             warn("snapshot of \(path) not written (tried again later): \(error)")
             observed(path)
         }
     }
 
-    private func syncNow(_ path: String, adopted: Bool) throws(LmctfyError) {
+    private func syncNow(_ path: String, adopted: Bool, fresh: Int32? = nil) throws(LmctfyError) {
         let t0 = MonotonicClock.nanoseconds()
         let (cached, generation) = records.locked { r in
             (r[path].flatMap { $0.readFor == $0.asked ? $0.kernel : nil }, r[path]?.asked ?? 1)
@@ -165,7 +165,9 @@ public final class SnapshotKeeper: Sendable {
             }
             return r[path]!
         }
-        let alive = rec.processes.filter { Self.isAlive($0) }
+        // A process recorded a moment ago (`started` read its start time)
+        // is not looked up again.
+        let alive = rec.processes.filter { p in p.pid == fresh || Self.isAlive(p) }
         var s = ContainerSnapshot(
             formatVersion: SnapshotStore.formatVersion, name: path, spec: kernel.spec,
             owner: kernel.spec.owner, ownerGroup: kernel.spec.ownerGroup, frozen: kernel.frozen,
@@ -182,7 +184,9 @@ public final class SnapshotKeeper: Sendable {
         try store.write(s)
         let fileNs = MonotonicClock.nanoseconds() - f0
         let dead = Set(rec.processes.filter { p in !alive.contains { $0.pid == p.pid } }.compactMap(\.pid))
-        let specBytes = (try? kernel.spec.serializedBytes()).map(Crypto.sha256)
+        // The spec's hash again only when it was read again (a process-only
+        // write reuses the spec it last wrote, and its hash).
+        let specBytes = cached != nil && rec.spec != nil ? rec.spec : (try? kernel.spec.serializedBytes()).map(Crypto.sha256)
         records.locked { r in
             r[path]?.written = key
             r[path]?.spec = specBytes
@@ -207,6 +211,7 @@ public final class SnapshotKeeper: Sendable {
                 rec.asked += 1
                 rec.kernel = kernel
                 rec.readFor = rec.asked
+                rec.spec = nil  // hashed again at this write
                 r[path] = rec
             }
             // Written from what was just read (a change behind the agent's
@@ -251,7 +256,7 @@ public final class SnapshotKeeper: Sendable {
             if r[path] == nil { r[path] = Record(createdNs: now, adopted: false) }
             r[path]?.processes.append(p)
         }
-        syncOrWarn(path, processesOnly: true)
+        syncOrWarn(path, processesOnly: true, fresh: p.startTime != nil ? pid : nil)
         // A detached process is not our child (D6): its pidfd says when it
         // exits, not how. (A foreground one is waited for by its call.)
         if detached, watchExit(path, p, reason: Self.detachedExit) == false {

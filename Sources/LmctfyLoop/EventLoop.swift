@@ -209,9 +209,21 @@ public final class EventLoop: @unchecked Sendable {
             defer { queue.removeAll() }
             return (queue, phase == .stopping)
         }
+        inBatch = true
         for item in work { item() }
+        inBatch = false
+        afterBatch?()
         if stopping && !isClosing { beginClosing() }
     }
+
+    /// Whether the loop is running a batch of `execute`d work (loop thread
+    /// only): what it writes may wait for `afterBatch`, so that answers
+    /// queued together (a streamed response and the call's status, say)
+    /// leave in one write.
+    public private(set) var inBatch = false
+    /// Runs on the loop thread after each batch of `execute`d work. Set it
+    /// on the loop thread (or before `start`).
+    public var afterBatch: (() -> Void)?
 
     // MARK: Thread checks
 
