@@ -730,15 +730,7 @@ public final class Agent: @unchecked Sendable {
     /// does; callable from any thread. Returns how many connections closed.
     @discardableResult
     public func reloadTls() throws(LmctfyError) -> Int {
-        let result: Result<Int, LmctfyError>
-        do {
-            result = try loop.runAndWait { () -> Result<Int, LmctfyError> in
-                do throws(LmctfyError) { return .success(try self.reloadTlsOnLoop()) } catch { return .failure(error) }
-            }
-        } catch {
-            throw .unavailable("The agent's loop is not running: \(error)")
-        }
-        return try result.get()
+        try loop.runAndWait("The agent") { () throws(LmctfyError) -> Int in try self.reloadTlsOnLoop() }
     }
 
     /// Renewal (PROTOCOL.md section 3.2), what the minute timer does for an

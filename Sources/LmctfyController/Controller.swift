@@ -480,15 +480,7 @@ public final class Controller: @unchecked Sendable {
     /// does; callable from any thread. Returns how many connections closed.
     @discardableResult
     public func reloadTls() throws(LmctfyError) -> Int {
-        let result: Result<Int, LmctfyError>
-        do {
-            result = try loop.runAndWait { () -> Result<Int, LmctfyError> in
-                do throws(LmctfyError) { return .success(try self.reloadTlsOnLoop()) } catch { return .failure(error) }
-            }
-        } catch {
-            throw .unavailable("The controller's loop is not running: \(error)")
-        }
-        return try result.get()
+        try loop.runAndWait("The controller") { () throws(LmctfyError) -> Int in try self.reloadTlsOnLoop() }
     }
 
     /// What the minute check does, at `unixTime` (nil: now): closes, with

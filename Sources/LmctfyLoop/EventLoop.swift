@@ -201,6 +201,21 @@ public final class EventLoop: @unchecked Sendable {
         return try mailbox.take().get()
     }
 
+    /// `runAndWait` for a body whose errors are LmctfyErrors: they come back
+    /// as they were; a loop that is not running is UNAVAILABLE ("`owner`'s
+    /// loop is not running").
+    public func runAndWait<T: Sendable>(_ owner: String, _ body: @Sendable @escaping () throws(LmctfyError) -> T) throws(LmctfyError) -> T {
+        let result: Result<T, LmctfyError>
+        do {
+            result = try runAndWait { () -> Result<T, LmctfyError> in
+                do throws(LmctfyError) { return .success(try body()) } catch { return .failure(error) }
+            }
+        } catch {
+            throw .unavailable("\(owner)'s loop is not running: \(error)")
+        }
+        return try result.get()
+    }
+
     /// Runs the queued work, on the loop thread, in order. Work it queues runs
     /// on the next wakeup, so a closure that keeps re-queueing itself cannot
     /// starve I/O.
