@@ -14,7 +14,9 @@
 //    two. Where openat2 is missing (before Linux 5.6, or a seccomp filter
 //    refusing it) every open is followed by an fstatfs, as before. A kept
 //    descriptor keeps pointing at the hierarchy it was opened on even if
-//    something is later mounted over the mount point itself;
+//    something is later mounted over the mount point itself, and keeps that
+//    mount busy while the process runs (a plain umount of a hierarchy under
+//    a running agent is EBUSY; `umount -l` detaches it);
 //  - tests can hand in a FaultPlan and fail any of these calls.
 import CLmctfyShims
 import Glibc
