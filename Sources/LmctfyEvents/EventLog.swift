@@ -29,14 +29,14 @@ public final class EventLog: Sendable {
     /// Bumped after every record, for threads that wait for the next event.
     public let changes = ChangeCounter()
 
-    /// Events in sequence order, at most `capacity`: once full, an append
+    /// Items in sequence order, at most `capacity`: once full, an append
     /// replaces the oldest in place instead of shifting the history down.
-    struct Ring {
-        var items: [ContainerEvent] = []
+    struct Ring<Item: Sequenced>: Sendable {
+        var items: [Item] = []
         var start = 0
 
-        /// Appends; returns the event it pushed out, if any.
-        mutating func append(_ e: ContainerEvent, capacity: Int) -> ContainerEvent? {
+        /// Appends; returns the item it pushed out, if any.
+        mutating func append(_ e: Item, capacity: Int) -> Item? {
             guard capacity > 0 else { return e }
             if items.count < capacity {
                 items.append(e)
@@ -48,27 +48,37 @@ public final class EventLog: Sendable {
             return out
         }
 
-        /// The oldest event kept.
-        var oldest: ContainerEvent? { items.isEmpty ? nil : items[start] }
+        /// The oldest item kept.
+        var oldest: Item? { items.isEmpty ? nil : items[start] }
 
-        private func at(_ i: Int) -> ContainerEvent { items[(start + i) % items.count] }
+        private func at(_ i: Int) -> Item { items[(start + i) % items.count] }
 
-        /// The kept events with `after` < sequence <= `upTo`, oldest first
+        /// The kept items with `after` < sequence <= `upTo`, oldest first
         /// (found by binary search: the ring is in sequence order).
-        func range(after: UInt64, upTo: UInt64) -> [ContainerEvent] {
+        func range(after: UInt64, upTo: UInt64) -> [Item] {
             var lo = 0, hi = items.count
             while lo < hi {
                 let mid = (lo + hi) / 2
-                if (at(mid).sequence ?? 0) <= after { lo = mid + 1 } else { hi = mid }
+                if at(mid).seq <= after { lo = mid + 1 } else { hi = mid }
             }
-            var out: [ContainerEvent] = []
+            var out: [Item] = []
             var i = lo
-            while i < items.count, (at(i).sequence ?? 0) <= upTo {
+            while i < items.count, at(i).seq <= upTo {
                 out.append(at(i))
                 i += 1
             }
             return out
         }
+    }
+
+    /// A STATS sample as the ring keeps it: serialized. A `ContainerStats`
+    /// value holds every field of the message inline (a few KB, though a
+    /// summary sets a handful), so `capacity` samples of a thousand
+    /// containers' sweeps held ~11 MB as values and a few hundred KB so.
+    /// Decoded only when replayed or published.
+    struct PackedEvent: Sequenced, Sendable {
+        let seq: UInt64
+        let bytes: [UInt8]
     }
 
     struct State {
@@ -78,12 +88,12 @@ public final class EventLog: Sendable {
         /// The last boot before this one whose events the journal kept.
         var previous: (id: String, events: [ContainerEvent])?
         /// Every event but stats samples, the latest `capacity`.
-        var events = Ring()
+        var events = Ring<ContainerEvent>()
         /// Stats samples, the latest `capacity`, apart: a sweep of a
         /// thousand containers must not push the other events out. An older
         /// sample is superseded by a newer one of its container, so one that
         /// is gone is no gap.
-        var stats = Ring()
+        var stats = Ring<PackedEvent>()
         /// The newest sequence of an event (not a sample) pushed out: a
         /// resume from before it has missed something.
         var evictedThrough: UInt64 = 0
@@ -98,7 +108,7 @@ public final class EventLog: Sendable {
         /// Both rings' events in (after, upTo], merged in sequence order.
         func range(after: UInt64, upTo: UInt64) -> [ContainerEvent] {
             let a = events.range(after: after, upTo: upTo)
-            let b = stats.range(after: after, upTo: upTo)
+            let b = stats.range(after: after, upTo: upTo).compactMap { try? ContainerEvent(serializedBytes: $0.bytes) }
             if b.isEmpty { return a }
             if a.isEmpty { return b }
             var out: [ContainerEvent] = []
@@ -186,7 +196,7 @@ public final class EventLog: Sendable {
             s.kindCounts[e.kind ?? .containerEventUnspecified, default: 0] += 1
             if e.kind == .containerEventOom, let c = e.container { s.ooms[c, default: 0] += 1 }
             if e.kind == .containerEventStats {
-                _ = s.stats.append(e, capacity: capacity)
+                if let bytes = try? e.serializedBytes() { _ = s.stats.append(PackedEvent(seq: e.sequence ?? 0, bytes: bytes), capacity: capacity) }
                 if let c = e.container, let stats = e.stats { s.latestStats[c] = stats }
             } else {
                 if e.kind == .containerEventDestroyed, let c = e.container, !s.latestStats.isEmpty || !s.ooms.isEmpty {
@@ -247,6 +257,15 @@ public final class EventLog: Sendable {
             return (s.range(after: after, upTo: s.next).filter(matching), nil)
         }
     }
+}
+
+/// What a Ring keeps: an item with its sequence number.
+protocol Sequenced: Sendable {
+    var seq: UInt64 { get }
+}
+
+extension ContainerEvent: Sequenced {
+    var seq: UInt64 { sequence ?? 0 }
 }
 
 extension String {

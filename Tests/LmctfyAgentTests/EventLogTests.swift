@@ -117,4 +117,17 @@ import Testing
         log.record(container: "/b", kind: .containerEventCreated)  // 8: pushes 1 out
         #expect(log.range(after: 0, upTo: 8).droppedBefore == 2)
     }
+
+    /// Samples are kept serialized (a `ContainerStats` value is a few KB
+    /// inline): what a replay gives back is the event recorded, whole.
+    @Test func aReplayedSampleIsTheSampleRecorded() throws {
+        let log = EventLog(capacity: 8, bootId: "b")
+        let stats = try ContainerStats(textFormat: "cpu { usage { total: 123456789 per_cpu: 1 per_cpu: 2 } } memory { usage: 4096 working_set: 2048 }")
+        let recorded = log.recordStats(container: "/a/b", stats)
+        let (kept, _) = log.range(after: 0, upTo: 1)
+        #expect(kept == [recorded])
+        #expect(kept.first?.stats?.cpu?.usage?.total == 123_456_789 && kept.first?.stats?.memory?.workingSet == 2048)
+        #expect(kept.first?.timestampNs != nil && kept.first?.bootId == "b" && kept.first?.container == "/a/b")
+        #expect(log.latestStats(container: "/a/b") == stats)
+    }
 }
