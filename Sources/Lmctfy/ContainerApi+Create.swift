@@ -46,11 +46,14 @@ extension ContainerApi {
         return (made.container, back.spec, back.frozen)
     }
 
-    private func create(_ name: ContainerName, spec: ContainerSpec, virtualHostStdio: VirtualHostStdio?, readBack: Bool)
+    /// Create; with `readBack`, also the spec and freezer state read back
+    /// as `createReadingBack` says.
+    func create(_ name: ContainerName, spec: ContainerSpec, virtualHostStdio: VirtualHostStdio?, readBack: Bool)
         throws(LmctfyError) -> (container: Container, readBack: (spec: ContainerSpec, frozen: Bool)?) {
         if name.isRoot { throw .alreadyExists("Can't create existing container \"\(name)\"") }
         return try locked(name) { lock throws(LmctfyError) in
-            let (container, madeDirs, kinds) = try create(name, spec: spec, lock: lock)
+            let (madeDirs, kinds) = try create(name, spec: spec, lock: lock)
+            let container = Container(name: name, api: self)
             if spec.virtualHost != nil {
                 do throws(LmctfyError) {
                     _ = try startVirtualHost(name, spec: spec, stdio: virtualHostStdio)
@@ -74,7 +77,8 @@ extension ContainerApi {
     /// nothing visible or the whole container, and what it left is removed
     /// by the next create or destroy of the tree (the lock's journal, the
     /// `creating` marks).
-    private func create(_ name: ContainerName, spec: ContainerSpec, lock: FileLock?) throws(LmctfyError) -> (Container, ResourceDirs, [ResourceKind]) {
+    /// Returns the directories made and the resources they isolate.
+    private func create(_ name: ContainerName, spec: ContainerSpec, lock: FileLock?) throws(LmctfyError) -> (ResourceDirs, [ResourceKind]) {
         let tasks = driver.tasksDir(name)
         switch try tasks.state() {
         case .complete: throw .alreadyExists("Can't create existing container \"\(name)\"")
@@ -100,13 +104,13 @@ extension ContainerApi {
             throw kind == .cpu ? .notFound(message) : .failedPrecondition(message)
         }
         do {
-            return (Container(name: name, api: self), try make(name, parent: parent, kinds: kinds, spec: spec, lock: lock), kinds)
+            return (try make(name, parent: parent, kinds: kinds, spec: spec, lock: lock), kinds)
         } catch where error.code == .alreadyExists {
             // A directory of this name in another hierarchy: lmctfy's
             // leftover (its tasks directory is gone) goes and the create is
             // tried again; anything else is not lmctfy's to touch (6).
             guard try removeLeftovers(name) else { throw error }
-            return (Container(name: name, api: self), try make(name, parent: parent, kinds: kinds, spec: spec, lock: lock), kinds)
+            return (try make(name, parent: parent, kinds: kinds, spec: spec, lock: lock), kinds)
         }
     }
 
