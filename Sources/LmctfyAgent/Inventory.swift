@@ -126,9 +126,7 @@ final class Inventory: Sendable {
                         changed(name)
                     }
                 } else {
-                    events.record(container: name, kind: .containerEventCreated)
-                    s.known[name] = frozen
-                    s.outsideChanges &+= 1
+                    Self.appear(&s, name, frozen, events)
                     changed(name)
                 }
             }
@@ -171,9 +169,7 @@ final class Inventory: Sendable {
                 }
                 return false
             }
-            events.record(container: name, kind: .containerEventCreated)
-            s.known[name] = frozen
-            s.outsideChanges &+= 1
+            Self.appear(&s, name, frozen, events)
             changed(name)
             return true
         }
@@ -234,6 +230,14 @@ final class Inventory: Sendable {
     /// How many times containers appeared or went without the agent.
     var outsideChanges: UInt64 { state.locked { $0.outsideChanges } }
 
+    /// A container that appeared without the agent: CREATED.
+    private static func appear(_ s: inout State, _ name: String, _ frozen: Bool, _ events: EventLog) {
+        s.outsideChanges &+= 1
+        events.record(container: name, kind: .containerEventCreated)
+        s.known[name] = frozen
+    }
+
+    /// A container that went without the agent: DESTROYED.
     private static func forget(_ s: inout State, _ name: String, _ events: EventLog) {
         s.outsideChanges &+= 1
         events.record(container: name, kind: .containerEventDestroyed)
