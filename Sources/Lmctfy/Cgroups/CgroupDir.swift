@@ -173,7 +173,7 @@ public struct CgroupDir: Sendable, Equatable, CustomStringConvertible {
     /// EACCES, `code` otherwise.
     func open(_ name: String, _ flags: Int32, failing code: StatusCode = .failedPrecondition,
               _ context: @autoclosure () -> String = "Failed to open cgroup file") throws(LmctfyError) -> Int32 {
-        let path = file(name)
+        let path = file(name)  // also checks `name` is one component
         if access.verifiesFilesystem, faults == nil, let root = MountRoots.shared.fd(mount, access) {
             let relative = segments.isEmpty ? name : segments.joined(separator: "/") + "/" + name
             let r = lm_open_beneath(root, relative, flags)
@@ -381,7 +381,9 @@ final class MountRoots: Sendable {
     /// cannot be opened or is not a cgroup filesystem (the caller's plain
     /// open then finds out and says so).
     func fd(_ mount: String, _ access: CgroupAccess) -> Int32? {
-        if let known = state.withLock({ s in s.openat2 ? s.fds[mount] : -1 }) { return known >= 0 ? known : nil }
+        let (enabled, known) = state.withLock { ($0.openat2, $0.fds[mount]) }
+        guard enabled else { return nil }
+        if let known { return known }
         let fd = Glibc.open(mount, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
         guard fd >= 0 else { return nil }
         var st = statfs()
