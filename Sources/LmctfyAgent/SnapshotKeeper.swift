@@ -172,16 +172,25 @@ public final class SnapshotKeeper: Sendable {
             formatVersion: SnapshotStore.formatVersion, name: path, spec: kernel.spec,
             owner: kernel.spec.owner, ownerGroup: kernel.spec.ownerGroup, frozen: kernel.frozen,
             createdNs: rec.createdNs, process: alive, adopted: rec.adopted)
-        let key = Crypto.sha256((try? s.serializedBytes()) ?? [])
+        let base = try? s.serializedBytes()
+        let key = Crypto.sha256(base ?? [])
         if key == rec.written && alive.count == rec.processes.count {
             counts.locked { $0.skipped += 1 }
             return
         }
-        s.bootId = events.bootId
-        s.lastStats = events.latestStats(container: path)
-        s.writtenNs = now
+        // What the key leaves out, appended to the bytes the key was made
+        // from (a protobuf message's fields may come in any order, and
+        // these are not in `base`): the snapshot is serialized once.
+        let extras = ContainerSnapshot(bootId: events.bootId, lastStats: events.latestStats(container: path), writtenNs: now)
         let f0 = MonotonicClock.nanoseconds()
-        try store.write(s)
+        if let base, let more = try? extras.serializedBytes() {
+            try store.write(name: path, body: base + more)
+        } else {
+            s.bootId = extras.bootId
+            s.lastStats = extras.lastStats
+            s.writtenNs = now
+            try store.write(s)
+        }
         let fileNs = MonotonicClock.nanoseconds() - f0
         let dead = Set(rec.processes.filter { p in !alive.contains { $0.pid == p.pid } }.compactMap(\.pid))
         // The spec's hash again only when it was read again (a process-only
@@ -248,8 +257,8 @@ public final class SnapshotKeeper: Sendable {
     /// snapshot written before the caller hears of it.
     func started(_ path: String, pid: Int32, argv: [String], detached: Bool, policy: RestartPolicy?) {
         let p = SnapshotProcess(
-            pid: pid, startTime: Self.startTime(pid), argv: argv, env: Self.environment(), cwd: Self.cwd(),
-            uid: geteuid(), gid: getegid(), detached: detached, restartPolicy: policy ?? .restartNever,
+            pid: pid, startTime: Self.startTime(pid), argv: argv, env: Self.inherited.env, cwd: Self.inherited.cwd,
+            uid: Self.inherited.uid, gid: Self.inherited.gid, detached: detached, restartPolicy: policy ?? .restartNever,
             startedNs: WallClock.nanosecondsSinceEpoch())
         let now = WallClock.nanosecondsSinceEpoch()
         records.locked { r in
@@ -553,19 +562,20 @@ public final class SnapshotKeeper: Sendable {
         return UInt64(fields[19]) == recorded
     }
 
-    private static func environment() -> [String] {
-        var out: [String] = []
+    /// What a Run's process inherits from the agent (environment, working
+    /// directory, ids): read once. The agent changes none of them after it
+    /// starts (NOTIFY_SOCKET is unset first thing in main; a thread that
+    /// moves does so with a working directory of its own, never a Run's).
+    private static let inherited: (env: [String], cwd: String?, uid: uid_t, gid: gid_t) = {
+        var env: [String] = []
         var p = environ
         while let e = p.pointee {
-            out.append(String(cString: e))
+            env.append(String(cString: e))
             p += 1
         }
-        return out
-    }
-
-    private static func cwd() -> String? {
         var buf = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
-        guard getcwd(&buf, buf.count) != nil else { return nil }
-        return String(decoding: buf.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-    }
+        let cwd = getcwd(&buf, buf.count) != nil
+            ? String(decoding: buf.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self) : nil
+        return (env, cwd, geteuid(), getegid())
+    }()
 }

@@ -233,7 +233,12 @@ public final class SnapshotStore: @unchecked Sendable {
     static func encode(_ s: ContainerSnapshot) throws(LmctfyError) -> [UInt8] {
         let body: [UInt8]
         do { body = try s.serializedBytes() } catch { throw .internalError("Encoding the snapshot of \(s.name ?? "?"): \(error)") }
-        return magic + body + Crypto.sha256(body)
+        return encode(body: body)
+    }
+
+    /// A file's bytes around a serialized ContainerSnapshot.
+    static func encode(body: [UInt8]) -> [UInt8] {
+        magic + body + Crypto.sha256(body)
     }
 
     /// The snapshot in a file's bytes, or why it is not one.
@@ -389,6 +394,13 @@ public final class SnapshotStore: @unchecked Sendable {
     public func write(_ s: ContainerSnapshot) throws(LmctfyError) {
         guard let name = s.name else { throw .internalError("A snapshot without a name") }
         try log(file: Self.fileName(name), bytes: try Self.encode(s), what: "Writing the snapshot of \(name)")
+    }
+
+    /// Writes `name`'s snapshot already serialized (`body`: a
+    /// ContainerSnapshot's bytes, naming `name`), for a caller that has
+    /// serialized it anyway.
+    public func write(name: String, body: [UInt8]) throws(LmctfyError) {
+        try log(file: Self.fileName(name), bytes: Self.encode(body: body), what: "Writing the snapshot of \(name)")
     }
 
     /// Logs the removal of `name`'s snapshot (nothing if there is none);

@@ -371,6 +371,9 @@ struct SnapshotAgentTests {
         #expect(a.process.count == 2 && a.process.allSatisfy { $0.restartPolicy == .restartOnFailure && $0.detached == true
             && $0.argv == ["sleep", "1000"] && $0.startTime != nil && $0.uid == 0 && !$0.env.isEmpty && $0.cwd != nil })
         #expect(snapshots(first).load("/p")?.frozen == true)
+        // What the keeper adds to the bytes it compares (the boot id, the
+        // time of the write) is in what it wrote, whole.
+        #expect(a.bootId == firstBoot && a.writtenNs != nil && a.name == "/a" && a.spec?.memory?.limit == 64 << 20)
         let before = try compare(snapshots(first), root)
         #expect(before == [], "\(before)")
 
