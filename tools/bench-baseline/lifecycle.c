@@ -17,8 +17,10 @@
  * (setxattr "creating" per directory, the eviction and latency records,
  * "complete" last; getxattr of the marks in run and destroy, including the
  * hierarchies the container does not use), the cgroupfs checks (statfs
- * before every directory operation, every file opened with openat2 from its
- * hierarchy's kept mount-point descriptor, refusing mount crossings), the parent's
+ * before a directory's records are read or written, the top-level
+ * directories made and removed from their hierarchy's kept mount-point
+ * descriptor, every file opened with openat2 from it, refusing mount
+ * crossings), the parent's
  * cpuset re-read per create, the task's current cgroups before joining,
  * /dev/null on the child's stdout, its oom_score_adj, and the child's reset
  * of every signal disposition before exec.
@@ -113,24 +115,26 @@ static void lock_close(int fd, const char *name, int remove) {
 /* A cgroup file opened the way lmctfy opens one: openat2 from its
  * hierarchy's mount point (opened and fstatfs-checked once, then kept),
  * refusing to cross a mount point. Without --safety a plain open. */
-static int open_checked(const char *path, int flags) {
+static int root_fd(const char *h) {
     static char roots[16][64];
     static int rootfds[16], nroots;
+    for (int i = 0; i < nroots; i++) if (strcmp(roots[i], h) == 0) return rootfds[i];
+    char mount[128];
+    struct statfs sf;
+    snprintf(mount, sizeof mount, "%s/%s", R, h);
+    int root = open(mount, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (root < 0 || fstatfs(root, &sf) < 0 || nroots == 16) { perror(mount); exit(1); }
+    snprintf(roots[nroots], sizeof roots[0], "%s", h);
+    rootfds[nroots++] = root;
+    return root;
+}
+
+static int open_checked(const char *path, int flags) {
     const char *rel = path + strlen(R) + 1, *slash = strchr(rel, '/');
-    if (!safety || !slash || (size_t)(slash - rel) >= sizeof roots[0]) return open(path, flags | O_CLOEXEC);
+    if (!safety || !slash || slash - rel >= 64) return open(path, flags | O_CLOEXEC);
     char h[64];
     snprintf(h, sizeof h, "%.*s", (int)(slash - rel), rel);
-    int root = -1;
-    for (int i = 0; i < nroots; i++) if (strcmp(roots[i], h) == 0) root = rootfds[i];
-    if (root < 0 && nroots < 16) {
-        char mount[128];
-        struct statfs sf;
-        snprintf(mount, sizeof mount, "%s/%s", R, h);
-        root = open(mount, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        if (root < 0 || fstatfs(root, &sf) < 0) { perror(mount); exit(1); }
-        snprintf(roots[nroots], sizeof roots[0], "%s", h);
-        rootfds[nroots++] = root;
-    }
+    int root = root_fd(h);
     struct open_how how = {.flags = (unsigned long long)(flags | O_CLOEXEC),
                            .resolve = RESOLVE_BENEATH | RESOLVE_NO_XDEV | RESOLVE_NO_SYMLINKS};
     return (int)syscall(SYS_openat2, root, slash + 1, &how, sizeof how);
@@ -197,10 +201,10 @@ int main(int argc, char **argv) {
             if (safety) {
                 int len = snprintf(journal, sizeof journal, "mkdir %s/%s\t%s\n", R, dirs[d], name);
                 pwrite(lock, journal, len, 21 + 60 * d);
-                snprintf(path, sizeof path, "%s/%s", R, dirs[d]);
-                check_fs(path);
             }
-            if (mkdir(cg[d], 0755) < 0) { perror(cg[d]); exit(1); }
+            /* --safety: a top-level directory from its hierarchy's kept
+             * mount-point descriptor (no mount can be crossed: no statfs). */
+            if ((safety ? mkdirat(root_fd(dirs[d]), name, 0755) : mkdir(cg[d], 0755)) < 0) { perror(cg[d]); exit(1); }
             made = d + 1;
             if (safety) setxattr(cg[d], MARK, "creating", 8, 0);  /* just made: unchecked */
             if (safety && d == 3) {  /* cpuset.mems from the parent, at once */
@@ -302,8 +306,7 @@ int main(int argc, char **argv) {
         if (safety) marks_of(0);
         for (int d = NDIRS - 1; d >= 0; d--) {
             if (safety && d > 0) getxattr(cg[d], MARK, buf, sizeof buf);
-            check_fs(cg[d]);
-            if (rmdir(cg[d]) < 0) { perror(cg[d]); exit(1); }
+            if ((safety ? unlinkat(root_fd(dirs[d]), name, AT_REMOVEDIR) : rmdir(cg[d])) < 0) { perror(cg[d]); exit(1); }
             made = d;
         }
         if (safety) lock_close(lock, name, 1);

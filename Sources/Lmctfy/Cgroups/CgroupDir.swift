@@ -274,9 +274,26 @@ public struct CgroupDir: Sendable, Equatable, CustomStringConvertible {
         try access.check(type, path)
     }
 
+    /// The kept descriptor of the hierarchy's root when this directory is
+    /// one segment below it (a top-level container) on the real kernel:
+    /// mkdirat/unlinkat of that one name from it cannot cross a mount
+    /// point (the kernel refuses to remove a directory something is
+    /// mounted on), so the statfs check a path needs is not needed.
+    private var topLevelRoot: Int32? {
+        guard segments.count == 1, access.verifiesFilesystem, faults == nil else { return nil }
+        return MountRoots.shared.fd(mount, access)
+    }
+
     /// Makes this cgroup. EEXIST is ALREADY_EXISTS, EACCES PERMISSION_DENIED,
     /// anything else FAILED_PRECONDITION.
     func make() throws(LmctfyError) {
+        if let root = topLevelRoot {
+            let (r, e) = Sys.retry { mkdirat(root, segments[0], 0o755) }
+            if r < 0 {
+                throw SystemError("mkdir", path, e).cgroup(e == EEXIST ? .alreadyExists : .failedPrecondition, "Failed to create cgroup")
+            }
+            return
+        }
         if let parent { try checkFilesystem(parent.path) }
         do {
             try Sys.mkdir(path, faults: faults)
@@ -287,6 +304,12 @@ public struct CgroupDir: Sendable, Equatable, CustomStringConvertible {
 
     /// Removes this cgroup; false when it did not exist (ENOENT).
     func remove() throws(LmctfyError) -> Bool {
+        if let root = topLevelRoot {
+            let (r, e) = Sys.retry { unlinkat(root, segments[0], AT_REMOVEDIR) }
+            if r == 0 { return true }
+            if e == ENOENT { return false }
+            throw SystemError("rmdir", path, e).cgroup(.failedPrecondition, "Failed to remove cgroup")
+        }
         do {
             try checkFilesystem(path)
         } catch where error.code == .notFound {
