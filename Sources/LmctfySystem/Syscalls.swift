@@ -71,14 +71,18 @@ public enum Sys {
 
     /// Reads an open descriptor to its end (`path` names it in errors).
     public static func readAll(_ fd: Int32, path: String, faults: FaultPlan? = nil) throws(SystemError) -> [UInt8] {
-        var out = [UInt8]()
-        var buf = [UInt8](repeating: 0, count: 16384)
-        while true {
-            let (n, e) = buf.withUnsafeMutableBytes { b in retry { injected(faults, .read, path) { read(fd, b.baseAddress, b.count) } } }
-            if n < 0 { throw SystemError("read", path, e) }
-            if n == 0 { break }
-            out += buf[0..<n]
+        // Read into scratch space that is neither zeroed nor kept (most
+        // files read are a few bytes of cgroupfs), then copied out.
+        let (out, failed) = withUnsafeTemporaryAllocation(byteCount: 16384, alignment: 16) { b -> ([UInt8], Int32) in
+            var out = [UInt8]()
+            while true {
+                let (n, e) = retry { injected(faults, .read, path) { read(fd, b.baseAddress, b.count) } }
+                if n < 0 { return (out, e) }
+                if n == 0 { return (out, 0) }
+                out.append(contentsOf: UnsafeRawBufferPointer(rebasing: b[0..<n]))
+            }
         }
+        if failed != 0 { throw SystemError("read", path, failed) }
         return out
     }
 
@@ -274,15 +278,25 @@ public enum Sys {
     /// The extended attribute `name` of `path` as UTF-8 text (at most 4096
     /// bytes read); nil when it is not set (ENODATA).
     public static func getxattr(_ path: String, _ name: String, faults: FaultPlan? = nil) throws(SystemError) -> String? {
-        var buf = [UInt8](repeating: 0, count: 4096)
-        let (n, e) = buf.withUnsafeMutableBytes { b in
-            retry { injected(faults, .getxattr, path) { CLmctfyShims.getxattr(path, name, b.baseAddress, b.count) } }
-        }
-        if n < 0 {
+        // lmctfy's records are short: a small buffer first (the kernel
+        // allocates and zeroes as much as it is offered), the value's own
+        // size when it is longer (ERANGE).
+        var size = 256
+        while true {
+            let (value, e) = withUnsafeTemporaryAllocation(byteCount: size, alignment: 1) { b -> (String?, Int32) in
+                let (n, e) = retry { injected(faults, .getxattr, path) { CLmctfyShims.getxattr(path, name, b.baseAddress, b.count) } }
+                return n < 0 ? (nil, e) : (String(decoding: UnsafeRawBufferPointer(rebasing: b[0..<n]), as: UTF8.self), 0)
+            }
+            if e == 0 { return value }
             if e == ENODATA { return nil }
+            if e == ERANGE {
+                let (needed, e2) = retry { injected(faults, .getxattr, path) { CLmctfyShims.getxattr(path, name, nil, 0) } }
+                if needed < 0 { throw SystemError("getxattr", "\(path) \(name)", e2) }
+                size = max(needed, size) + 1  // it may grow meanwhile: try again
+                continue
+            }
             throw SystemError("getxattr", "\(path) \(name)", e)
         }
-        return String(decoding: buf[0..<n], as: UTF8.self)
     }
 
     /// Sets (creating or replacing) the extended attribute `name` of `path`.
