@@ -40,14 +40,16 @@ final class MachineWatcher: @unchecked Sendable {
     static let pressureIntervalMs: UInt64 = 1000
     /// Containers that appeared, watched by their tasks directory only until
     /// `fullWatchMs` later, when the rest of the watch (their other
-    /// directories, the memory eventfds) is added if they still exist. A
-    /// short-lived container (a job, a test, a create-run-destroy) is gone
-    /// by then and costs its watch a fifth of the syscalls; one that stays
-    /// loses nothing: OOM kills before the full watch are counted then, and
-    /// its spec is read again once the watch is full (as after any new
-    /// watch), so a write made meanwhile is an UPDATED. Only a memory
-    /// pressure notification of its first milliseconds can be missed (it
-    /// repeats while the pressure lasts).
+    /// directories, the memory eventfds) is added if they still exist; one
+    /// the agent made itself is not watched at all until then (`handle`).
+    /// A short-lived container (a job, a test, a create-run-destroy) is
+    /// gone by then and costs the watcher next to nothing; one that stays
+    /// loses nothing: OOM kills before the full watch are counted then, it
+    /// is looked at (frozen, subcontainers) and its spec read again once
+    /// the watch is full (as after any new watch), so a write made
+    /// meanwhile is an UPDATED. Only a memory pressure notification of its
+    /// first milliseconds can be missed (it repeats while the pressure
+    /// lasts).
     private var fullSoon: Set<ContainerName> = []
     private var fullTimer: LoopTimer?
     static let fullWatchMs = 10
@@ -152,14 +154,29 @@ final class MachineWatcher: @unchecked Sendable {
             self.fullSoon = []
             // Parents first; one gone meanwhile is no longer watched (or
             // no longer exists, which its full watch finds).
-            for name in names.sorted() where self.monitor.isWatched(name) && !self.monitor.isFullyWatched(name) {
-                self.add(name, full: true)
-            }
+            for name in names.sorted() { self.complete(name) }
             self.handle([])  // the specs of those now fully watched, soon
         }
         if fullTimer == nil {
             // No timer to be had: complete now.
             fullSoon.remove(name)
+            complete(name)
+            handle([])
+        }
+    }
+
+    /// The full watch of `name`, due now. One the agent made and nothing
+    /// watches yet (`handle`) is looked at first, if the agent still knows
+    /// it (it did not destroy it meanwhile): what was done to it behind
+    /// the agent's back since it was made (paused, updated, given
+    /// subcontainers, OOM kills) is found then, as for any new watch.
+    private func complete(_ name: ContainerName) {
+        if !monitor.isWatched(name) {
+            guard let path = scope.path(name), inventory.knows(path) else { return }
+            var queue: [ContainerName] = []
+            look(name, path, queue: &queue)
+            add(name, full: true)
+        } else if !monitor.isFullyWatched(name) {
             add(name, full: true)
         }
     }
@@ -213,6 +230,13 @@ final class MachineWatcher: @unchecked Sendable {
             // reports the root itself: every change has a client's name.
             guard let path = scope.path(change.container), change.container != scope.root else { continue }
             switch change {
+            case .present(let name) where !monitor.isWatched(name) && inventory.knows(path):
+                // Made through the agent (which recorded it and its
+                // events): watched, whole, `fullWatchMs` from now if it
+                // is still there. A container that lives less (a job, a
+                // test, a create-run-destroy) costs the watcher nothing
+                // more than this event.
+                completeSoon(name)
             case .present(let name):
                 look(name, path, queue: &queue)
             case .gone(let name):

@@ -335,6 +335,44 @@ struct SubscribeTests {
         }
     }
 
+    /// A container the agent made is watched only some milliseconds later
+    /// (a short-lived one never is): what is done to it behind the agent's
+    /// back in between (paused, given a subcontainer, here a few
+    /// microseconds after the create answered) is still reported, once.
+    @Test func changesBehindTheAgentsBackJustAfterItsCreateAreEvents() throws {
+        try withAgent("reconcile_interval_ms: 0") { agent, socket in
+            let name = RealCgroups.uniqueName("subearly")
+            let api = try ContainerApi.detect()
+            let admin = try RpcClient.connect(unixPath: socket)
+            defer {
+                _ = try? admin.call(AgentMethods.destroy, DestroyRequest(name: name, force: true))
+                admin.close()
+            }
+            let watcher = Subscriber(socket, SubscribeRequest(name: name, recursive: true), until: {
+                events($0).contains { $0.kind == .containerEventDestroyed && $0.container == name }
+            })
+            waitForSubscribers(agent, 1)
+            _ = try admin.call(AgentMethods.create, CreateRequest(name: name, spec: ContainerSpec(memory: MemorySpec(limit: 64 << 20))))
+            _ = try api.create(try api.resolve(name + "/sub"), spec: ContainerSpec())
+            try api.get(name).setFrozen(true)
+            var seen: [ContainerEvent] = []
+            for _ in 0..<300 {
+                let replay = Subscriber(socket, SubscribeRequest(name: name, recursive: true, afterSequence: 0), until: { $0.last?.caughtUp != nil })
+                seen = events(replay.wait().0)
+                if seen.contains(where: { $0.kind == .containerEventFreezer }) && seen.contains(where: { $0.container == name + "/sub" }) { break }
+                usleep(10_000)
+            }
+            _ = try admin.call(AgentMethods.destroy, DestroyRequest(name: name, force: true))
+            let (r, e) = watcher.wait()
+            #expect(e == nil)
+            let got = events(r).map { "\($0.kind!.protoName) \($0.container == name ? "." : $0.container ?? "?")\($0.frozen == true ? " frozen" : "")" }
+            #expect(got.first == "CONTAINER_EVENT_CREATED .")
+            #expect(got.filter { $0 == "CONTAINER_EVENT_FREEZER . frozen" }.count == 1, "\(got)")
+            #expect(got.filter { $0.hasPrefix("CONTAINER_EVENT_CREATED \(name)/sub") }.count == 1, "\(got)")
+            #expect(got.last == "CONTAINER_EVENT_DESTROYED .", "\(got)")
+        }
+    }
+
     /// A subscriber that stops reading: once its connection holds more than
     /// the limit the agent ends its stream with RESOURCE_EXHAUSTED naming
     /// where to resume, and drops it; the others go on.
