@@ -239,6 +239,8 @@ final class MachineWatcher: @unchecked Sendable {
                 completeSoon(name)
             case .present(let name):
                 look(name, path, queue: &queue)
+            case .gone(let name) where !monitor.isWatched(name) && !inventory.knows(path):
+                break  // nothing to forget (the agent destroyed it, or never saw it)
             case .gone(let name):
                 let since = inventory.generation
                 if (try? api.exists(name)) != true {
