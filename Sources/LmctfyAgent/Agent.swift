@@ -198,7 +198,11 @@ public final class Agent: @unchecked Sendable {
                     let c = try api.get(name)  // NOT_FOUND when it does not exist
                     return (try c.spec(), try c.isFrozen())
                 } catch where error.code == .notFound {
-                    return nil  // destroyed while it was read
+                    // Destroyed while it was read (its files are then
+                    // ENOENT or ENODEV); one still there lacks a file,
+                    // which is an error, not a reason to drop its snapshot.
+                    if (try? api.exists(name)) == true { throw error }
+                    return nil
                 }
             },
             warn: { log.warning($0) })

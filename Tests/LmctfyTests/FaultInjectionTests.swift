@@ -189,6 +189,20 @@ import Testing
         #expect(plan.seen.filter(\.failed).map(\.path) == ["/y", "/z"])
     }
 
+    /// kernfs answers ENODEV for a file of a cgroup removed meanwhile (a
+    /// container destroyed while it is read): NOT_FOUND, as a missing file.
+    @Test(arguments: [SysCall.open, .read, .write])
+    func aFileOfACgroupRemovedMeanwhileIsNotFound(call: SysCall) throws {
+        let tree = try FakeCgroupTree(.v1)
+        try tree.seed("memory", files: ["memory.limit_in_bytes": "1\n"])
+        let plan = FaultPlan(failAt: 1, errno: ENODEV, calls: [call])
+        let dir = CgroupDir(mount: tree.root + "/memory", segments: [], access: .fake(faults: plan))
+        #expect {
+            if call == .write { try dir.write("memory.limit_in_bytes", "2") } else { _ = try dir.read("memory.limit_in_bytes") }
+        } throws: { ($0 as? LmctfyError)?.code == .notFound && ($0 as? LmctfyError)?.errno == ENODEV }
+        #expect(plan.seen.contains { $0.failed && $0.call == call })
+    }
+
     @Test func anInjectedEINTRIsRetriedByTheRealLoop() throws {
         let tree = try FakeCgroupTree(.v1)
         try tree.seed("memory", files: ["x": "1\n"])

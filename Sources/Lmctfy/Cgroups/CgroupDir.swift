@@ -184,7 +184,7 @@ public struct CgroupDir: Sendable, Equatable, CustomStringConvertible {
             case ENOSYS, EPERM, E2BIG:
                 MountRoots.shared.noOpenat2()  // as below, from now on
             default:
-                throw SystemError("openat2", path, -r).cgroup(-r == ENOENT ? .notFound : code, context())
+                throw SystemError("openat2", path, -r).cgroup(Self.gone(-r) ? .notFound : code, context())
             }
         }
         let fd: Int32
@@ -192,7 +192,7 @@ public struct CgroupDir: Sendable, Equatable, CustomStringConvertible {
         // cgroup file does (a shorter value must not leave a tail behind).
         let truncate = !access.verifiesFilesystem && flags & O_ACCMODE != O_RDONLY ? O_TRUNC : 0
         do { fd = try Sys.open(path, flags | truncate, faults: faults) } catch {
-            throw error.cgroup(error.errno == ENOENT ? .notFound : code, context())
+            throw error.cgroup(Self.gone(error.errno) ? .notFound : code, context())
         }
         if access.verifiesFilesystem {
             do {
@@ -208,15 +208,21 @@ public struct CgroupDir: Sendable, Equatable, CustomStringConvertible {
         return fd
     }
 
+    /// errno of a file that is not there, or whose cgroup was removed
+    /// (ENODEV: kernfs refuses an open, read or write of a removed cgroup's
+    /// file, as when a container is destroyed while it is read).
+    static func gone(_ errno: Int32) -> Bool { errno == ENOENT || errno == ENODEV }
+
     /// Reads a cgroup file. A missing file is NOT_FOUND (the kernel lacks the
-    /// feature), EACCES is PERMISSION_DENIED; any other failure is FAILED_PRECONDITION.
+    /// feature, or the cgroup was removed meanwhile), EACCES is
+    /// PERMISSION_DENIED; any other failure is FAILED_PRECONDITION.
     public func read(_ name: String) throws(LmctfyError) -> String {
         let fd = try open(name, O_RDONLY, "Failed to read cgroup file")
         defer { close(fd) }
         do {
             return String(decoding: try Sys.readAll(fd, path: file(name), faults: faults), as: UTF8.self)
         } catch {
-            throw error.cgroup(.failedPrecondition, "Failed to read cgroup file")
+            throw error.cgroup(Self.gone(error.errno) ? .notFound : .failedPrecondition, "Failed to read cgroup file")
         }
     }
 
@@ -229,7 +235,7 @@ public struct CgroupDir: Sendable, Equatable, CustomStringConvertible {
         do {
             try Sys.writeOnce(fd, Array(value.utf8), path: file(name), faults: faults)
         } catch {
-            throw error.cgroup(error.errno == ENOENT ? .notFound : .unavailable, "Failed to write \"\(value)\" to cgroup file")
+            throw error.cgroup(Self.gone(error.errno) ? .notFound : .unavailable, "Failed to write \"\(value)\" to cgroup file")
         }
     }
 
