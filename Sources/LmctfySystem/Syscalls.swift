@@ -70,7 +70,12 @@ public enum Sys {
     }
 
     /// Reads an open descriptor to its end (`path` names it in errors).
-    public static func readAll(_ fd: Int32, path: String, faults: FaultPlan? = nil) throws(SystemError) -> [UInt8] {
+    /// `shortReadEnds`: a read that fills less than the buffer was the
+    /// last (no read of the end itself): true of a regular file and of a
+    /// cgroup file the kernel shows as one record (every value file; not
+    /// a list such as cgroup.procs, which the kernel hands out a page of
+    /// records at a time).
+    public static func readAll(_ fd: Int32, path: String, faults: FaultPlan? = nil, shortReadEnds: Bool = false) throws(SystemError) -> [UInt8] {
         // Read into scratch space that is neither zeroed nor kept (most
         // files read are a few bytes of cgroupfs), then copied out.
         let (out, failed) = withUnsafeTemporaryAllocation(byteCount: 16384, alignment: 16) { b -> ([UInt8], Int32) in
@@ -80,6 +85,7 @@ public enum Sys {
                 if n < 0 { return (out, e) }
                 if n == 0 { return (out, 0) }
                 out.append(contentsOf: UnsafeRawBufferPointer(rebasing: b[0..<n]))
+                if shortReadEnds && n < b.count { return (out, 0) }
             }
         }
         if failed != 0 { throw SystemError("read", path, failed) }

@@ -19,9 +19,30 @@ import Testing
         defer { unlink(path) }
         let bytes = (0..<size).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ 7) }
         try Sys.writeFileAtomically(path, bytes, mode: 0o600, durable: false)
-        let fd = try Sys.open(path, O_RDONLY)
-        defer { close(fd) }
-        #expect(try Sys.readAll(fd, path: path) == bytes)
+        for shortReadEnds in [false, true] {
+            let fd = try Sys.open(path, O_RDONLY)
+            defer { close(fd) }
+            #expect(try Sys.readAll(fd, path: path, shortReadEnds: shortReadEnds) == bytes)
+        }
+    }
+
+    /// After a read that filled less than the buffer, `readAll` reads
+    /// again (to the end) unless told a short read is the last: here a
+    /// non-blocking pipe holding "first" whose writer is still open, so a
+    /// second read is EAGAIN.
+    @Test func aShortReadEndsTheReadOnlyWhenAsked() throws {
+        for shortReadEnds in [false, true] {
+            let (r, w) = try Sys.pipe()
+            defer { close(r); close(w) }
+            _ = fcntl(r, F_SETFL, fcntl(r, F_GETFL) | O_NONBLOCK)
+            _ = "first".withCString { write(w, $0, 5) }
+            let got = Result { () throws(SystemError) in try Sys.readAll(r, path: "pipe", shortReadEnds: shortReadEnds) }
+            if shortReadEnds {
+                #expect((try? got.get()).map { String(decoding: $0, as: UTF8.self) } == "first")
+            } else {
+                #expect(throws: SystemError.self) { try got.get() }
+            }
+        }
     }
 
     /// A record longer than the first buffer is read whole (ERANGE, then

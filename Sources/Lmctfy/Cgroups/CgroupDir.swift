@@ -208,6 +208,11 @@ public struct CgroupDir: Sendable, Equatable, CustomStringConvertible {
         return fd
     }
 
+    /// The files the kernel shows as a list of records (pids), a page of
+    /// them per read: read to their end. Every other cgroup file is one
+    /// record, whole in the first read that does not fill the buffer.
+    static let listFiles: Set<String> = ["cgroup.procs", "tasks", "cgroup.threads"]
+
     /// errno of a file that is not there, or whose cgroup was removed
     /// (ENODEV: kernfs refuses an open, read or write of a removed cgroup's
     /// file, as when a container is destroyed while it is read).
@@ -220,7 +225,8 @@ public struct CgroupDir: Sendable, Equatable, CustomStringConvertible {
         let fd = try open(name, O_RDONLY, "Failed to read cgroup file")
         defer { close(fd) }
         do {
-            return String(decoding: try Sys.readAll(fd, path: file(name), faults: faults), as: UTF8.self)
+            let bytes = try Sys.readAll(fd, path: file(name), faults: faults, shortReadEnds: !Self.listFiles.contains(name))
+            return String(decoding: bytes, as: UTF8.self)
         } catch {
             throw error.cgroup(Self.gone(error.errno) ? .notFound : .failedPrecondition, "Failed to read cgroup file")
         }
