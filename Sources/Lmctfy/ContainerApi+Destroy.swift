@@ -19,8 +19,9 @@ extension ContainerApi {
     public func destroy(_ name: ContainerName) throws(LmctfyError) {
         guard !name.isRoot else { throw .failedPrecondition("Destroying the root container \"/\" is not allowed") }
         try locked(name, destroysTop: true) { _ throws(LmctfyError) in
-            let visible = try exists(name)
+            // `exists` is this very record being `complete` (one read).
             let tasksState = try driver.tasksDir(name).state()
+            let visible = tasksState == .complete
             if !visible && tasksState == .foreign {
                 throw .notFound("Container \"\(name)\" does not exist (\(driver.tasksDir(name).path) was not made by lmctfy)")
             }

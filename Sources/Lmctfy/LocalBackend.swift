@@ -14,8 +14,9 @@ import LmctfySystem
 /// from any thread (each call blocks the calling thread).
 public struct LocalBackend: ContainerBackend {
     /// How an attached (foreground) `run` runs the command: given the
-    /// container, the argv and the started-callback, it returns how the
-    /// command ended (or only throws, when it replaces the process).
+    /// container (which `run` has just found to exist), the argv and the
+    /// started-callback, it returns how the command ended (or only throws,
+    /// when it replaces the process).
     public typealias Foreground = @Sendable (Container, [String], (Int32) throws(LmctfyError) -> Void)
         throws(LmctfyError) -> RunOutcome
 
@@ -82,6 +83,7 @@ public struct LocalBackend: ContainerBackend {
     public static func spawnAndWait(stdio: ForegroundStdio) -> Foreground {
         { (container: Container, argv: [String], onStarted: (Int32) throws(LmctfyError) -> Void) throws(LmctfyError) -> RunOutcome in
             var options = RunOptions(fdPolicy: .inherit)
+            options.existenceChecked = true  // the container `run` got from `get`
             if stdio == .devNull { options.stdin = .devNull; options.stdout = .devNull; options.stderr = .devNull }
             let pid = try container.run(argv, options: options)
             try onStarted(pid)
@@ -238,7 +240,9 @@ public struct LocalBackend: ContainerBackend {
                     onStarted: (Int32) throws(LmctfyError) -> Void) throws(LmctfyError) -> RunOutcome {
         let c = try get(name)
         guard detached else { return try foreground(c, argv, onStarted) }
-        let pid = try c.run(argv, options: RunOptions(fdPolicy: .detached))
+        var options = RunOptions(fdPolicy: .detached)
+        options.existenceChecked = true  // `get` just looked
+        let pid = try c.run(argv, options: options)
         try onStarted(pid)
         return .started(pid: pid)
     }

@@ -22,6 +22,9 @@ public struct RunOptions: Sendable {
     public var stderr: StdioTarget?
     /// Drop to this uid/gid before exec.
     public var ids: (uid: uid_t, gid: gid_t)?
+    /// The caller has just found the container to exist (LocalBackend's
+    /// `get`): `run` does not look again.
+    var existenceChecked = false
 
     /// Options with the given fd policy (DETACHED unless told), the caller's
     /// environment and ids, stdio as the policy says.
@@ -86,7 +89,7 @@ extension Container {
 
     private func spawnOptions(_ argv: [String], _ options: RunOptions) throws(LmctfyError) -> SpawnOptions {
         guard !argv.isEmpty, !argv[0].isEmpty else { throw .invalidArgument("No command to run") }
-        guard try api.exists(name) else { throw .notFound("Container \"\(name)\" does not exist") }
+        if !options.existenceChecked, try !api.exists(name) { throw .notFound("Container \"\(name)\" does not exist") }
         // A process that joins a frozen container freezes there before it
         // starts: before exec, holding the caller's descriptors, its start
         // never reported (a Run through the agent hung until its deadline,
