@@ -144,6 +144,10 @@ public final class EventLoop: @unchecked Sendable {
     }
 
     private func runThread() {
+        // Named for `top -H`, `ps -L` and tools/run-bench: "agent-loop",
+        // "controller-loop" (the kernel keeps 15 bytes).
+        let short = name.hasPrefix("lmctfy-") ? String(name.dropFirst("lmctfy-".count)) : name
+        _ = lm_uv_name_thread(short == "loop" ? short : short + "-loop")
         pthread_setspecific(currentLoopKey, Unmanaged.passUnretained(self).toOpaque())
         defer { pthread_setspecific(currentLoopKey, nil) }
         // Returns once shutdown has unref'd the wakeup handle, every other

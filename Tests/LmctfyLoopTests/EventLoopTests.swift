@@ -3,6 +3,7 @@
 import Dispatch
 import Glibc
 import LmctfyLoop
+import LmctfySystem
 import Testing
 
 @Suite struct EventLoopTests {
@@ -47,6 +48,18 @@ import Testing
             }
             #expect(inOrder)
             #expect(next == [Int](repeating: perThread, count: threads))
+        }
+    }
+
+    /// The loop's thread carries the loop's name (less "lmctfy-"), as
+    /// `top -H` and tools/run-bench find it.
+    @Test func theLoopThreadIsNamedAfterTheLoop() throws {
+        for (name, thread) in [("lmctfy-agent", "agent-loop"), ("lmctfy-controller", "controller-loop"), ("loop", "loop")] {
+            let loop = EventLoop(name: name)
+            try loop.start()
+            let comm = try loop.runAndWait { (try? String(decoding: Sys.readBytes("/proc/thread-self/comm"), as: UTF8.self)) ?? "" }
+            #expect(comm == thread + "\n")
+            expectCleanShutdown(loop)
         }
     }
 
