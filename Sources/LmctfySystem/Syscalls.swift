@@ -161,6 +161,20 @@ public enum Sys {
         faults?.filesystem?.made(directory: path)
     }
 
+    /// mkdirat(2) of one name below an open directory (`path`, the whole
+    /// path, names it in errors).
+    public static func mkdirat(_ dirfd: Int32, _ name: String, path: String, mode: mode_t = 0o755) throws(SystemError) {
+        let (r, e) = retry { Glibc.mkdirat(dirfd, name, mode) }
+        if r < 0 { throw SystemError("mkdir", path, e) }
+    }
+
+    /// rmdir of one name below an open directory (unlinkat(2) with
+    /// AT_REMOVEDIR; `path`, the whole path, names it in errors).
+    public static func rmdirat(_ dirfd: Int32, _ name: String, path: String) throws(SystemError) {
+        let (r, e) = retry { Glibc.unlinkat(dirfd, name, AT_REMOVEDIR) }
+        if r < 0 { throw SystemError("rmdir", path, e) }
+    }
+
     /// rmdir(2); tells the plan's fake filesystem first.
     public static func rmdir(_ path: String, faults: FaultPlan? = nil) throws(SystemError) {
         let (r, e) = retry {
@@ -281,8 +295,8 @@ public enum Sys {
         return out
     }
 
-    /// The extended attribute `name` of `path` as UTF-8 text (at most 4096
-    /// bytes read); nil when it is not set (ENODATA).
+    /// The extended attribute `name` of `path` as UTF-8 text; nil when it
+    /// is not set (ENODATA).
     public static func getxattr(_ path: String, _ name: String, faults: FaultPlan? = nil) throws(SystemError) -> String? {
         // lmctfy's records are short: a small buffer first (the kernel
         // allocates and zeroes as much as it is offered), the value's own

@@ -112,9 +112,8 @@ static void lock_close(int fd, const char *name, int remove) {
     close(fd);
 }
 
-/* A cgroup file opened the way lmctfy opens one: openat2 from its
- * hierarchy's mount point (opened and fstatfs-checked once, then kept),
- * refusing to cross a mount point. Without --safety a plain open. */
+/* Hierarchy h's mount point, opened and fstatfs-checked once, then kept
+ * (as lmctfy keeps it). */
 static int root_fd(const char *h) {
     static char roots[16][64];
     static int rootfds[16], nroots;
@@ -129,6 +128,9 @@ static int root_fd(const char *h) {
     return root;
 }
 
+/* A cgroup file opened the way lmctfy opens one: openat2 from its
+ * hierarchy's kept mount point, refusing to cross a mount point. Without
+ * --safety a plain open. */
 static int open_checked(const char *path, int flags) {
     const char *rel = path + strlen(R) + 1, *slash = strchr(rel, '/');
     if (!safety || !slash || slash - rel >= 64) return open(path, flags | O_CLOEXEC);

@@ -299,16 +299,10 @@ public struct CgroupDir: Sendable, Equatable, CustomStringConvertible {
     /// Makes this cgroup. EEXIST is ALREADY_EXISTS, EACCES PERMISSION_DENIED,
     /// anything else FAILED_PRECONDITION.
     func make() throws(LmctfyError) {
-        if let root = topLevelRoot {
-            let (r, e) = Sys.retry { mkdirat(root, segments[0], 0o755) }
-            if r < 0 {
-                throw SystemError("mkdir", path, e).cgroup(e == EEXIST ? .alreadyExists : .failedPrecondition, "Failed to create cgroup")
-            }
-            return
-        }
-        if let parent { try checkFilesystem(parent.path) }
+        let root = topLevelRoot
+        if root == nil, let parent { try checkFilesystem(parent.path) }
         do {
-            try Sys.mkdir(path, faults: faults)
+            if let root { try Sys.mkdirat(root, segments[0], path: path) } else { try Sys.mkdir(path, faults: faults) }
         } catch {
             throw error.cgroup(error.errno == EEXIST ? .alreadyExists : .failedPrecondition, "Failed to create cgroup")
         }
@@ -316,19 +310,16 @@ public struct CgroupDir: Sendable, Equatable, CustomStringConvertible {
 
     /// Removes this cgroup; false when it did not exist (ENOENT).
     func remove() throws(LmctfyError) -> Bool {
-        if let root = topLevelRoot {
-            let (r, e) = Sys.retry { unlinkat(root, segments[0], AT_REMOVEDIR) }
-            if r == 0 { return true }
-            if e == ENOENT { return false }
-            throw SystemError("rmdir", path, e).cgroup(.failedPrecondition, "Failed to remove cgroup")
+        let root = topLevelRoot
+        if root == nil {
+            do {
+                try checkFilesystem(path)
+            } catch where error.code == .notFound {
+                return false
+            }
         }
         do {
-            try checkFilesystem(path)
-        } catch where error.code == .notFound {
-            return false
-        }
-        do {
-            try Sys.rmdir(path, faults: faults)
+            if let root { try Sys.rmdirat(root, segments[0], path: path) } else { try Sys.rmdir(path, faults: faults) }
             return true
         } catch {
             if error.errno == ENOENT { return false }
