@@ -168,29 +168,22 @@ public final class SnapshotKeeper: Sendable {
         // A process recorded a moment ago (`started` read its start time)
         // is not looked up again.
         let alive = rec.processes.filter { p in p.pid == fresh || Self.isAlive(p) }
-        var s = ContainerSnapshot(
+        let s = ContainerSnapshot(
             formatVersion: SnapshotStore.formatVersion, name: path, spec: kernel.spec,
             owner: kernel.spec.owner, ownerGroup: kernel.spec.ownerGroup, frozen: kernel.frozen,
             createdNs: rec.createdNs, process: alive, adopted: rec.adopted)
-        let base = try? s.serializedBytes()
-        let key = Crypto.sha256(base ?? [])
+        let base = try SnapshotStore.serialized(s)
+        let key = Crypto.sha256(base)
         if key == rec.written && alive.count == rec.processes.count {
             counts.locked { $0.skipped += 1 }
             return
         }
-        // What the key leaves out, appended to the bytes the key was made
-        // from (a protobuf message's fields may come in any order, and
-        // these are not in `base`): the snapshot is serialized once.
+        // What the key leaves out (boot id, stats, time) is appended to the
+        // bytes the key was made from (a protobuf message's fields may come
+        // in any order, and these are not in `base`): serialized once.
         let extras = ContainerSnapshot(bootId: events.bootId, lastStats: events.latestStats(container: path), writtenNs: now)
         let f0 = MonotonicClock.nanoseconds()
-        if let base, let more = try? extras.serializedBytes() {
-            try store.write(name: path, body: base + more)
-        } else {
-            s.bootId = extras.bootId
-            s.lastStats = extras.lastStats
-            s.writtenNs = now
-            try store.write(s)
-        }
+        try store.write(name: path, body: base + SnapshotStore.serialized(extras, name: path))
         let fileNs = MonotonicClock.nanoseconds() - f0
         let dead = Set(rec.processes.filter { p in !alive.contains { $0.pid == p.pid } }.compactMap(\.pid))
         // The spec's hash again only when it was read again (a process-only

@@ -231,9 +231,15 @@ public final class SnapshotStore: @unchecked Sendable {
     // MARK: Encoding
 
     static func encode(_ s: ContainerSnapshot) throws(LmctfyError) -> [UInt8] {
-        let body: [UInt8]
-        do { body = try s.serializedBytes() } catch { throw .internalError("Encoding the snapshot of \(s.name ?? "?"): \(error)") }
-        return encode(body: body)
+        encode(body: try serialized(s))
+    }
+
+    /// A snapshot's (or a part of one's) bytes; `name` for the error, by
+    /// default the snapshot's own.
+    static func serialized(_ s: ContainerSnapshot, name: String? = nil) throws(LmctfyError) -> [UInt8] {
+        do { return try s.serializedBytes() } catch {
+            throw .internalError("Encoding the snapshot of \(name ?? s.name ?? "?"): \(error)")
+        }
     }
 
     /// A file's bytes around a serialized ContainerSnapshot.
