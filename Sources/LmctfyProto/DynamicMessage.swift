@@ -197,6 +197,10 @@ public protocol ProtoMessage: ProtoFieldValue, Equatable {
     /// A malloc'd protobuf-c struct of this message (free it with
     /// protobuf_c_message_free_unpacked(_, nil)): the encoder's fast path.
     func makeC() -> UnsafeMutableRawPointer
+    /// The dotted path of the first required field not set, in this
+    /// message or one inside it (as DynamicMessage.firstMissingRequired
+    /// says it), or nil; generated for the types that can have one.
+    func missingRequiredField(prefix: String) -> String?
 }
 
 extension ProtoMessage {
@@ -206,11 +210,15 @@ extension ProtoMessage {
     }
     public var protoValue: ProtoValue { .message(dynamic) }
 
+    public func missingRequiredField(prefix: String) -> String? { nil }
+
     /// Encodes to the protobuf binary wire format (through protobuf-c,
-    /// straight from the struct; a message with required fields goes
-    /// through DynamicMessage, which checks them).
+    /// straight from the struct; a message that can have required fields
+    /// is checked for them first, on the struct).
     public func serializedBytes() throws(ProtoError) -> [UInt8] {
-        if Self.protoDescriptor.mayNeedRequiredCheck { return try dynamic.serializedBytes() }
+        if Self.protoDescriptor.mayNeedRequiredCheck, let missing = missingRequiredField(prefix: "") {
+            throw ProtoError("cannot encode \(Self.protoDescriptor.fullName): required field \(missing) is not set")
+        }
         return CBridge.pack(makeC())
     }
 

@@ -42,6 +42,30 @@ private func expectSameDecoding<M: ProtoMessage>(_ type: M.Type, _ bytes: [UInt8
         try expectSameBothWays(spec)
     }
 
+    @Test func aMissingRequiredFieldIsRefusedNamingItAsBefore() throws {
+        // ContainerSnapshot -> last_stats -> cpu -> histograms[i] -> stat[j]:
+        // the required fields sit four messages deep, behind repeated ones.
+        let ok = HistogramMap(type: .serve, stat: [HistogramMap.Bucket(bucket: 1, value: 2)])
+        var snapshot = ContainerSnapshot(name: "/a", lastStats: ContainerStats(cpu: CpuStats(histograms: [ok, ok])))
+        try expectSameBothWays(snapshot, "all required fields set")
+        let cases: [(HistogramMap, String)] = [
+            (HistogramMap(stat: []), "last_stats.cpu.histograms[1].type"),
+            (HistogramMap(type: .sleep, stat: [HistogramMap.Bucket(bucket: 1, value: 2), HistogramMap.Bucket(value: 3)]),
+             "last_stats.cpu.histograms[1].stat[1].bucket"),
+            (HistogramMap(type: .sleep, stat: [HistogramMap.Bucket(bucket: 4)]), "last_stats.cpu.histograms[1].stat[0].value"),
+        ]
+        for (bad, path) in cases {
+            snapshot.lastStats?.cpu?.histograms = [ok, bad]
+            #expect(snapshot.dynamic.firstMissingRequired() == path)
+            for encode in [{ try snapshot.serializedBytes() }, { try snapshot.dynamic.serializedBytes() }] {
+                #expect(throws: ProtoError.self) { _ = try encode() }
+                do { _ = try encode() } catch {
+                    #expect("\(error)".contains("required field \(path) is not set"), "\(error)")
+                }
+            }
+        }
+    }
+
     @Test func unknownFieldsAndEnumNumbersDecodeAsBefore() throws {
         // Hello.stage = 99 (no such stage), an unknown field 15, peer_name.
         try expectSameDecoding(Hello.self, [0x08, 0x63, 0x78, 0x05, 0x2a, 0x01, 0x78])

@@ -12,6 +12,8 @@ struct Field {
     let repeated: Bool
     let swiftType: String   // element type
     let isMessage: Bool
+    let required: Bool
+    let messageType: String?  // full name, for a message field
 }
 
 final class TypeNode {
@@ -146,9 +148,32 @@ for d in messageDescriptors {
         fields.append(Field(
             name: String(cString: fd.name), number: fd.id,
             repeated: fd.label == PROTOBUF_C_LABEL_REPEATED, swiftType: swiftType,
-            isMessage: fd.type == PROTOBUF_C_TYPE_MESSAGE))
+            isMessage: fd.type == PROTOBUF_C_TYPE_MESSAGE,
+            required: fd.label == PROTOBUF_C_LABEL_REQUIRED,
+            messageType: fd.type == PROTOBUF_C_TYPE_MESSAGE
+                ? String(cString: fd.descriptor!.assumingMemoryBound(to: ProtobufCMessageDescriptor.self).pointee.name) : nil))
     }
     node.fields = fields.sorted { $0.number < $1.number }
+}
+
+// Which messages can have a required field unset, themselves or in a
+// message inside them (as the runtime's MessageDescriptor works it out):
+// only those get a check of their own.
+var needsCheckMemo: [String: Bool] = [:]
+@MainActor func needsCheck(_ fullName: String, _ visiting: inout Set<String>) -> Bool {
+    if let known = needsCheckMemo[fullName] { return known }
+    if !visiting.insert(fullName).inserted { return false }
+    var result = false
+    for f in nodes[fullName]!.fields {
+        if f.required { result = true; break }
+        if let sub = f.messageType, needsCheck(sub, &visiting) { result = true; break }
+    }
+    needsCheckMemo[fullName] = result
+    return result
+}
+@MainActor func needsCheck(_ fullName: String) -> Bool {
+    var visiting = Set<String>()
+    return needsCheck(fullName, &visiting)
 }
 
 // Emit.
@@ -157,7 +182,7 @@ var out = """
 // DO NOT EDIT: run tools/gen-proto.
 
 """
-func emit(_ node: TypeNode, indent: String, into out: inout String) {
+@MainActor func emit(_ node: TypeNode, indent: String, into out: inout String) {
     let access = "public"
     if node.isEnum {
         out += "\(indent)/// Protobuf enum `\(node.fullName)`.\n"
@@ -244,6 +269,26 @@ func emit(_ node: TypeNode, indent: String, into out: inout String) {
         out += "\(inner)    CBridge.\(setter)(c, f[\(position)], \(value))\n"
     }
     out += "\(inner)    return c\n\(inner)}\n"
+    if needsCheck(node.fullName) {
+        // The same walk as DynamicMessage.firstMissingRequired, on the
+        // struct itself: encoding does not build a DynamicMessage to check.
+        out += "\n\(inner)\(access) func missingRequiredField(prefix: String) -> String? {\n"
+        out += "\(inner)    let p = prefix.isEmpty ? \"\" : prefix + \".\"\n"
+        for f in node.fields {
+            let prop = identifier(camel(f.name, upperFirst: false))
+            let value = prop == "p" || prop == "prefix" ? "self.\(prop)" : prop
+            if f.required && !f.repeated { out += "\(inner)    if \(value) == nil { return p + \"\(f.name)\" }\n" }
+            guard let sub = f.messageType, needsCheck(sub) else { continue }
+            if f.repeated {
+                out += "\(inner)    for (i, m) in \(value).enumerated() {\n"
+                out += "\(inner)        if let missing = m.missingRequiredField(prefix: p + \"\(f.name)[\\(i)]\") { return missing }\n"
+                out += "\(inner)    }\n"
+            } else {
+                out += "\(inner)    if let m = \(value), let missing = m.missingRequiredField(prefix: p + \"\(f.name)\") { return missing }\n"
+            }
+        }
+        out += "\(inner)    return nil\n\(inner)}\n"
+    }
     for child in node.children {
         out += "\n"
         emit(child, indent: inner, into: &out)

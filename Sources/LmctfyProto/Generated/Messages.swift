@@ -1469,6 +1469,12 @@ public struct ContainerStats: ProtoMessage {
         CBridge.setMessage(c, f[6], pids)
         return c
     }
+
+    public func missingRequiredField(prefix: String) -> String? {
+        let p = prefix.isEmpty ? "" : prefix + "."
+        if let m = cpu, let missing = m.missingRequiredField(prefix: p + "cpu") { return missing }
+        return nil
+    }
 }
 
 /// Protobuf enum `containers.lmctfy.CpuHistogramType`.
@@ -1646,6 +1652,14 @@ public struct CpuStats: ProtoMessage {
         CBridge.setMessage(c, f[2], throttlingData)
         CBridge.setRepeatedMessages(c, f[3], histograms)
         return c
+    }
+
+    public func missingRequiredField(prefix: String) -> String? {
+        let p = prefix.isEmpty ? "" : prefix + "."
+        for (i, m) in histograms.enumerated() {
+            if let missing = m.missingRequiredField(prefix: p + "histograms[\(i)]") { return missing }
+        }
+        return nil
     }
 
     /// Protobuf message `containers.lmctfy.CpuStats.Usage`.
@@ -2188,6 +2202,15 @@ public struct HistogramMap: ProtoMessage {
         return c
     }
 
+    public func missingRequiredField(prefix: String) -> String? {
+        let p = prefix.isEmpty ? "" : prefix + "."
+        if type == nil { return p + "type" }
+        for (i, m) in stat.enumerated() {
+            if let missing = m.missingRequiredField(prefix: p + "stat[\(i)]") { return missing }
+        }
+        return nil
+    }
+
     /// Protobuf message `containers.lmctfy.HistogramMap.Bucket`.
     public struct Bucket: ProtoMessage {
         /// Field 1 `bucket`.
@@ -2230,6 +2253,13 @@ public struct HistogramMap: ProtoMessage {
             CBridge.set(c, f[0], bucket)
             CBridge.set(c, f[1], value)
             return c
+        }
+
+        public func missingRequiredField(prefix: String) -> String? {
+            let p = prefix.isEmpty ? "" : prefix + "."
+            if bucket == nil { return p + "bucket" }
+            if value == nil { return p + "value" }
+            return nil
         }
     }
 }
@@ -4831,6 +4861,12 @@ public struct ContainerEvent: ProtoMessage {
         CBridge.set(c, f[15], memoryUsage)
         return c
     }
+
+    public func missingRequiredField(prefix: String) -> String? {
+        let p = prefix.isEmpty ? "" : prefix + "."
+        if let m = stats, let missing = m.missingRequiredField(prefix: p + "stats") { return missing }
+        return nil
+    }
 }
 
 /// Protobuf enum `containers.lmctfy.agent.ContainerEventKind`.
@@ -4990,6 +5026,12 @@ public struct ContainerSnapshot: ProtoMessage {
         CBridge.set(c, f[10], adopted)
         CBridge.set(c, f[11], writtenNs)
         return c
+    }
+
+    public func missingRequiredField(prefix: String) -> String? {
+        let p = prefix.isEmpty ? "" : prefix + "."
+        if let m = lastStats, let missing = m.missingRequiredField(prefix: p + "last_stats") { return missing }
+        return nil
     }
 }
 
@@ -5968,6 +6010,12 @@ public struct ExportSnapshotResponse: ProtoMessage {
         CBridge.setRepeated(c, f[1], unrecordedPid)
         CBridge.setRepeated(c, f[2], subcontainer)
         return c
+    }
+
+    public func missingRequiredField(prefix: String) -> String? {
+        let p = prefix.isEmpty ? "" : prefix + "."
+        if let m = snapshot, let missing = m.missingRequiredField(prefix: p + "snapshot") { return missing }
+        return nil
     }
 }
 
@@ -7048,6 +7096,12 @@ public struct ImportSnapshotRequest: ProtoMessage {
         CBridge.set(c, f[3], requestId)
         return c
     }
+
+    public func missingRequiredField(prefix: String) -> String? {
+        let p = prefix.isEmpty ? "" : prefix + "."
+        if let m = snapshot, let missing = m.missingRequiredField(prefix: p + "snapshot") { return missing }
+        return nil
+    }
 }
 
 /// Protobuf message `containers.lmctfy.agent.ImportSnapshotResponse`.
@@ -7954,6 +8008,12 @@ public struct NotifyResponse: ProtoMessage {
         CBridge.setMessage(c, f[0], event)
         CBridge.setMessage(c, f[1], gap)
         return c
+    }
+
+    public func missingRequiredField(prefix: String) -> String? {
+        let p = prefix.isEmpty ? "" : prefix + "."
+        if let m = event, let missing = m.missingRequiredField(prefix: p + "event") { return missing }
+        return nil
     }
 }
 
@@ -9407,6 +9467,12 @@ public struct StatsResponse: ProtoMessage {
         CBridge.setMessage(c, f[0], stats)
         return c
     }
+
+    public func missingRequiredField(prefix: String) -> String? {
+        let p = prefix.isEmpty ? "" : prefix + "."
+        if let m = stats, let missing = m.missingRequiredField(prefix: p + "stats") { return missing }
+        return nil
+    }
 }
 
 /// Protobuf message `containers.lmctfy.agent.SubscribeRequest`.
@@ -9544,6 +9610,12 @@ public struct SubscribeResponse: ProtoMessage {
         CBridge.setMessage(c, f[1], gap)
         CBridge.set(c, f[2], caughtUp)
         return c
+    }
+
+    public func missingRequiredField(prefix: String) -> String? {
+        let p = prefix.isEmpty ? "" : prefix + "."
+        if let m = event, let missing = m.missingRequiredField(prefix: p + "event") { return missing }
+        return nil
     }
 }
 
