@@ -164,6 +164,14 @@ public final class SnapshotStore: @unchecked Sendable {
     private var flusherStopping = false
     private let wake = ChangeCounter()
     private let flusherDone = Latch()
+    /// Opened by `stopFlusher`: cuts a gathering batch short.
+    private let flusherStop = Latch()
+    /// The snapshot files there are (`open` lists them, `materialize` keeps
+    /// the set; only under `passLock`, or in `open` before any pass): a
+    /// removal of a container that never got a file (made and destroyed
+    /// within one pass) unlinks nothing, and a pass that changed no file
+    /// does not fsync the directory.
+    private var onDisk: Set<String> = []
 
     /// The flusher's work so far (for the cost figures).
     public struct FlushCosts: Sendable {
@@ -188,6 +196,10 @@ public final class SnapshotStore: @unchecked Sendable {
     }
 
     // MARK: Names
+
+    /// Whether a file of the directory is a snapshot (its escaped name
+    /// starts with `%` or `~`; the logs, temp and set-aside files do not).
+    static func isSnapshotFile(_ file: String) -> Bool { file.hasPrefix("%") || file.hasPrefix("~") }
 
     /// The file name of `name`'s snapshot (see the top of this file).
     public static func fileName(_ name: String) -> String {
@@ -353,9 +365,11 @@ public final class SnapshotStore: @unchecked Sendable {
             do { try Sys.mkdir(directory, mode: 0o700) } catch { throw error.lmctfy(.failedPrecondition, "Creating the snapshot directory") }
         }
         var removed = 0
-        for f in (try? Sys.subdirectoriesAndFiles(directory)) ?? [] where f.hasPrefix(".tmp-") {
+        let listed = (try? Sys.subdirectoriesAndFiles(directory)) ?? []
+        for f in listed where f.hasPrefix(".tmp-") {
             if (try? Sys.unlink(path(f))) != nil { removed += 1 }
         }
+        passLock.locked { onDisk = Set(listed.filter(Self.isSnapshotFile)) }
         let (state, _) = replay()
         do throws(SystemError) {
             try materialize(state)
@@ -373,8 +387,12 @@ public final class SnapshotStore: @unchecked Sendable {
 
     /// Writes each file's state the safe way: temp files written and
     /// fdatasynced, renamed (removals unlinked), the directory fsynced.
-    private func materialize(_ state: [String: [UInt8]?]) throws(SystemError) {
-        guard !state.isEmpty else { return }
+    /// Returns how many files it wrote or removed (a removal of a file there
+    /// never was is nothing to do).
+    @discardableResult
+    private func materialize(_ state: [String: [UInt8]?]) throws(SystemError) -> Int {
+        let state = state.filter { $0.value != nil || onDisk.contains($0.key) }
+        guard !state.isEmpty else { return 0 }
         for (file, bytes) in state {
             guard let bytes else { continue }
             let temp = directory + "/.tmp-" + file
@@ -387,12 +405,15 @@ public final class SnapshotStore: @unchecked Sendable {
         for (file, bytes) in state {
             if bytes == nil {
                 do { try Sys.unlink(path(file)) } catch where error.errno == ENOENT {}
+                onDisk.remove(file)
             } else {
                 try Sys.rename(directory + "/.tmp-" + file, path(file))
+                onDisk.insert(file)
             }
         }
         crash?.reached(.rename)
         if durable { try Sys.syncDirectory(directory) }
+        return state.count
     }
 
     /// Logs `s` as its name's newest snapshot before returning (a killed
@@ -444,12 +465,13 @@ public final class SnapshotStore: @unchecked Sendable {
             }
             guard !batch.isEmpty else { return 0 }
             let t0 = MonotonicClock.nanoseconds()
+            var changed = 0
             defer {
                 let ns = MonotonicClock.nanoseconds() - t0
-                flushCosts.locked { $0.passes += 1; $0.ns += ns; $0.renamed += batch.count }
+                flushCosts.locked { $0.passes += 1; $0.ns += ns; $0.renamed += changed }
             }
             do throws(SystemError) {
-                try materialize(batch)
+                changed = try materialize(batch)
                 // Everything the covered log held is in the files now.
                 let fd = lock.locked { logFds[covered] }
                 try Sys.truncate(fd, to: 0, path: logPath(covered))
@@ -464,7 +486,7 @@ public final class SnapshotStore: @unchecked Sendable {
                 }
                 return 0
             }
-            return batch.count
+            return changed
         }
     }
 
@@ -489,11 +511,7 @@ public final class SnapshotStore: @unchecked Sendable {
                 let (work, stopping) = lock.locked { (!pending.isEmpty, flusherStopping) }
                 if work {
                     // Let the batch gather (a stop cuts it short).
-                    var waited = 0
-                    while waited < gatherMs, !lock.locked({ flusherStopping }) {
-                        usleep(5000)
-                        waited += 5
-                    }
+                    _ = flusherStop.wait(milliseconds: gatherMs)
                     flush()
                     continue
                 }
@@ -510,6 +528,7 @@ public final class SnapshotStore: @unchecked Sendable {
             flusherStopping = true
             return flusherRunning
         }
+        flusherStop.signal()
         wake.bump()
         if running { flusherDone.wait() } else { flush() }
     }
@@ -531,7 +550,7 @@ public final class SnapshotStore: @unchecked Sendable {
         var out: [String: ContainerSnapshot] = [:]
         var damaged: [(String, String)] = []
         let logged = replay().state
-        var files = Set(((try? Sys.subdirectoriesAndFiles(directory)) ?? []).filter { $0.hasPrefix("%") || $0.hasPrefix("~") })
+        var files = Set(((try? Sys.subdirectoriesAndFiles(directory)) ?? []).filter(Self.isSnapshotFile))
         files.formUnion(logged.keys)
         for f in files.sorted() {
             let bytes: [UInt8]

@@ -121,8 +121,16 @@ public final class Latch: @unchecked Sendable {
     /// Blocks until the count is zero or `seconds` have passed; true when
     /// it reached zero.
     public func wait(seconds: Int) -> Bool {
+        wait(milliseconds: seconds * 1000)
+    }
+
+    /// Blocks until the count is zero or `milliseconds` have passed; true
+    /// when it reached zero.
+    public func wait(milliseconds: Int) -> Bool {
         var deadline = MonotonicClock.timespecNow()
-        deadline.tv_sec += seconds
+        let ns = Int(deadline.tv_nsec) + (milliseconds % 1000) * 1_000_000
+        deadline.tv_sec += milliseconds / 1000 + ns / 1_000_000_000
+        deadline.tv_nsec = ns % 1_000_000_000
         monitor.lock()
         defer { monitor.unlock() }
         while remaining > 0 {
