@@ -298,34 +298,75 @@ public enum Sys {
     /// The extended attribute `name` of `path` as UTF-8 text; nil when it
     /// is not set (ENODATA).
     public static func getxattr(_ path: String, _ name: String, faults: FaultPlan? = nil) throws(SystemError) -> String? {
-        // lmctfy's records are short: a small buffer first (the kernel
-        // allocates and zeroes as much as it is offered), the value's own
-        // size when it is longer (ERANGE).
+        try xattrValue("getxattr", path, name) { b, n in
+            retry { injected(faults, .getxattr, path) { CLmctfyShims.getxattr(path, name, b, n) } }
+        }
+    }
+
+    /// getxattr of `relative` resolved from the directory `dirfd`
+    /// (getxattrat(2), Linux 6.13; ENOSYS before); `path` names it in errors.
+    public static func getxattrat(_ dirfd: Int32, _ relative: String, _ name: String, path: String) throws(SystemError) -> String? {
+        try xattrValue("getxattrat", path, name) { b, n in
+            let r = lm_getxattrat(dirfd, relative, name, b, n)
+            return r < 0 ? (-1, Int32(-r)) : (r, 0)
+        }
+    }
+
+    /// getxattr of an open descriptor (fgetxattr(2)).
+    public static func fgetxattr(_ fd: Int32, _ name: String, path: String) throws(SystemError) -> String? {
+        try xattrValue("fgetxattr", path, name) { b, n in retry { CLmctfyShims.fgetxattr(fd, name, b, n) } }
+    }
+
+    /// The value one of the getxattr calls reads: lmctfy's records are short,
+    /// so a small buffer first (the kernel allocates and zeroes as much as
+    /// it is offered), the value's own size when it is longer (ERANGE).
+    /// `call(buffer, size)` returns (length or -1, errno).
+    private static func xattrValue(_ syscall: String, _ path: String, _ name: String,
+                                   _ call: (UnsafeMutableRawPointer?, Int) -> (Int, Int32)) throws(SystemError) -> String? {
         var size = 256
         while true {
             let (value, e) = withUnsafeTemporaryAllocation(byteCount: size, alignment: 1) { b -> (String?, Int32) in
-                let (n, e) = retry { injected(faults, .getxattr, path) { CLmctfyShims.getxattr(path, name, b.baseAddress, b.count) } }
+                let (n, e) = call(b.baseAddress, b.count)
                 return n < 0 ? (nil, e) : (String(decoding: UnsafeRawBufferPointer(rebasing: b[0..<n]), as: UTF8.self), 0)
             }
             if e == 0 { return value }
             if e == ENODATA { return nil }
             if e == ERANGE {
-                let (needed, e2) = retry { injected(faults, .getxattr, path) { CLmctfyShims.getxattr(path, name, nil, 0) } }
-                if needed < 0 { throw SystemError("getxattr", "\(path) \(name)", e2) }
+                let (needed, e2) = call(nil, 0)
+                if needed < 0 { throw SystemError(syscall, "\(path) \(name)", e2) }
                 size = max(needed, size) + 1  // it may grow meanwhile: try again
                 continue
             }
-            throw SystemError("getxattr", "\(path) \(name)", e)
+            throw SystemError(syscall, "\(path) \(name)", e)
         }
     }
 
     /// Sets (creating or replacing) the extended attribute `name` of `path`.
     public static func setxattr(_ path: String, _ name: String, _ value: String, faults: FaultPlan? = nil) throws(SystemError) {
-        let bytes = Array(value.utf8)
-        let (r, e) = bytes.withUnsafeBytes { b in
-            retry { injected(faults, .setxattr, path) { CLmctfyShims.setxattr(path, name, b.baseAddress, b.count, 0) } }
+        try setXattrValue("setxattr", path, name, value) { b, n in
+            retry { injected(faults, .setxattr, path) { CLmctfyShims.setxattr(path, name, b, n, 0) } }
         }
-        if r < 0 { throw SystemError("setxattr", "\(path) \(name)", e) }
+    }
+
+    /// setxattr of `relative` resolved from the directory `dirfd`
+    /// (setxattrat(2), Linux 6.13; ENOSYS before); `path` names it in errors.
+    public static func setxattrat(_ dirfd: Int32, _ relative: String, _ name: String, _ value: String, path: String) throws(SystemError) {
+        try setXattrValue("setxattrat", path, name, value) { b, n in
+            let r = lm_setxattrat(dirfd, relative, name, b, n)
+            return r < 0 ? (-1, Int32(-r)) : (0, 0)
+        }
+    }
+
+    /// setxattr of an open descriptor (fsetxattr(2)).
+    public static func fsetxattr(_ fd: Int32, _ name: String, _ value: String, path: String) throws(SystemError) {
+        try setXattrValue("fsetxattr", path, name, value) { b, n in retry { CLmctfyShims.fsetxattr(fd, name, b, n, 0) } }
+    }
+
+    private static func setXattrValue(_ syscall: String, _ path: String, _ name: String, _ value: String,
+                                      _ call: (UnsafeRawPointer?, Int) -> (Int32, Int32)) throws(SystemError) {
+        let bytes = Array(value.utf8)
+        let (r, e) = bytes.withUnsafeBytes { b in call(b.baseAddress, b.count) }
+        if r < 0 { throw SystemError(syscall, "\(path) \(name)", e) }
     }
 
     /// A close-on-exec pipe: (read end, write end).

@@ -52,6 +52,54 @@ struct FilesystemCheckIntegrationTests {
         }
     }
 
+    @Test func recordsAreRefusedOnAFilesystemMountedOverAContainer() throws {
+        try withTestContainer(api, label: "overrecord") { name throws in
+            try api.create(name, spec: ContainerSpec(memory: MemorySpec(limit: 100_000_000)))
+            let dir = try #require(try api.resourceDirs(name).dir(.memory))
+            try dir.setXattr("user.lmctfy.test_record", "cgroupfs")
+            try Sys.mount(source: "none", target: dir.path, type: "tmpfs", data: "size=64k,mode=0755")
+            var mounted = true
+            defer { if mounted { umount2(dir.path, Int32(MNT_DETACH)) } }
+            try Sys.setxattr(dir.path, "user.lmctfy.test_record", "tmpfs")
+            let refused = { (e: Error) -> Bool in
+                guard let e = e as? LmctfyError else { return false }
+                return e.code == .failedPrecondition && e.message.contains("is not on a cgroup filesystem")
+            }
+            #expect { _ = try dir.xattr("user.lmctfy.test_record") } throws: { refused($0) }
+            #expect { try dir.setXattr("user.lmctfy.test_record", "written") } throws: { refused($0) }
+            #expect(try Sys.getxattr(dir.path, "user.lmctfy.test_record") == "tmpfs", "the tmpfs's record was written")
+            #expect(umount2(dir.path, 0) == 0)
+            mounted = false
+            #expect(try dir.xattr("user.lmctfy.test_record") == "cgroupfs")
+            try api.destroy(name)
+        }
+    }
+
+    @Test func recordsReadAndWrittenFromTheMountPointAreThePathsOwn() throws {
+        // By name from the hierarchy's kept descriptor (getxattrat and
+        // setxattrat, or the directory opened with openat2 for a checked
+        // record), and by path where the kernel lacks those calls: the
+        // same records either way.
+        try withTestContainer(api, label: "records") { name throws in
+            try api.create(name, spec: ContainerSpec(memory: MemorySpec(limit: 100_000_000)))
+            let dir = try #require(try api.resourceDirs(name).dir(.memory))
+            defer { MountRoots.shared.xattrat = true }
+            for viaMountPoint in [true, false] {
+                MountRoots.shared.xattrat = viaMountPoint
+                for checked in [true, false] {
+                    let value = "v\(viaMountPoint)\(checked)" + String(repeating: "x", count: checked ? 300 : 3)
+                    try dir.setXattr("user.lmctfy.test_record", value, checked: checked)
+                    #expect(try Sys.getxattr(dir.path, "user.lmctfy.test_record") == value)
+                    #expect(try dir.xattr("user.lmctfy.test_record", checked: checked) == value)
+                    #expect(try dir.xattr("user.lmctfy.never_written", checked: checked) == nil)
+                }
+            }
+            try api.destroy(name)
+            #expect { _ = try dir.xattr("user.lmctfy.test_record") } throws: { ($0 as? LmctfyError)?.code == .notFound }
+            #expect { _ = try dir.xattr("user.lmctfy.test_record", checked: false) } throws: { ($0 as? LmctfyError)?.code == .notFound }
+        }
+    }
+
     @Test func theCheckKnowsBothCgroupFilesystems() throws {
         // The magic numbers are the kernel's CGROUP_SUPER_MAGIC and
         // CGROUP2_SUPER_MAGIC: this machine's hierarchy root says which.

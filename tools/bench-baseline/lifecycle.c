@@ -16,11 +16,12 @@
  * fstat, stat, pwrite per step, ftruncate, unlink), the ownership marks
  * (setxattr "creating" per directory, the eviction and latency records,
  * "complete" last; getxattr of the marks in run and destroy, including the
- * hierarchies the container does not use), the cgroupfs checks (statfs
- * before a directory's records are read or written, the top-level
- * directories made and removed from their hierarchy's kept mount-point
- * descriptor, every file opened with openat2 from it, refusing mount
- * crossings), the parent's
+ * hierarchies the container does not use; read and written by name from
+ * the hierarchy's kept mount-point descriptor with getxattrat/setxattrat),
+ * the cgroupfs checks (a directory whose records are checked is opened with
+ * openat2 from that descriptor, refusing mount crossings, then f*xattr;
+ * statfs before a listing; the top-level directories made and removed from
+ * the kept descriptor, every file opened with openat2 from it), the parent's
  * cpuset re-read per create, the task's current cgroups before joining,
  * /dev/null on the child's stdout, its oom_score_adj, and the child's reset
  * of every signal disposition before exec.
@@ -158,19 +159,66 @@ static void get_checked(const char *path, char *buf, size_t len) {
     close(fd);
 }
 
+/* struct xattr_args of Linux 6.13's getxattrat/setxattrat. */
+struct xattr_args_at { unsigned long long value; unsigned size, flags; };
+#ifndef SYS_setxattrat
+#define SYS_setxattrat 463
+#endif
+#ifndef SYS_getxattrat
+#define SYS_getxattrat 464
+#endif
+
+/* A record of the container's directory in hierarchy h, read or written
+ * the way lmctfy does without a check: by its name from the hierarchy's
+ * kept mount point (getxattrat/setxattrat; a path before Linux 6.13). */
+static void get_record(const char *h, const char *attr) {
+    char buf[256], path[256];
+    struct xattr_args_at a = {(unsigned long long)(unsigned long)buf, sizeof buf, 0};
+    const char *name = strrchr(cg[0], '/') + 1;
+    if (syscall(SYS_getxattrat, root_fd(h), name, AT_SYMLINK_NOFOLLOW, attr, &a, sizeof a) < 0 && errno == ENOSYS) {
+        snprintf(path, sizeof path, "%s/%s/%s", R, h, name);
+        getxattr(path, attr, buf, sizeof buf);
+    }
+}
+
+static void set_record(const char *h, const char *attr, const char *value) {
+    char path[256];
+    struct xattr_args_at a = {(unsigned long long)(unsigned long)value, (unsigned)strlen(value), 0};
+    const char *name = strrchr(cg[0], '/') + 1;
+    if (syscall(SYS_setxattrat, root_fd(h), name, AT_SYMLINK_NOFOLLOW, attr, &a, sizeof a) < 0 && errno == ENOSYS) {
+        snprintf(path, sizeof path, "%s/%s/%s", R, h, name);
+        setxattr(path, attr, value, strlen(value), 0);
+    }
+}
+
+/* A record read or written with lmctfy's check: the directory opened with
+ * openat2 from its hierarchy's kept mount point (refusing to cross a mount
+ * point, where a statfs of the path checked before), then f*xattr. */
+static int open_dir_checked(int d) {
+    struct open_how how = {.flags = O_RDONLY | O_DIRECTORY | O_CLOEXEC,
+                           .resolve = RESOLVE_BENEATH | RESOLVE_NO_XDEV | RESOLVE_NO_SYMLINKS};
+    return (int)syscall(SYS_openat2, root_fd(dirs[d]), strrchr(cg[d], '/') + 1, &how, sizeof how);
+}
+
 static void mark(int d, const char *name, const char *value) {
     if (!safety) return;
-    check_fs(cg[d]);
-    setxattr(cg[d], name, value, strlen(value), 0);
+    int fd = open_dir_checked(d);
+    if (fd < 0) { perror(cg[d]); exit(1); }
+    fsetxattr(fd, name, value, strlen(value), 0);
+    close(fd);
+}
+
+static void get_record_checked(int d, const char *attr) {
+    char buf[256];
+    int fd = open_dir_checked(d);
+    if (fd < 0) { perror(cg[d]); exit(1); }
+    fgetxattr(fd, attr, buf, sizeof buf);
+    close(fd);
 }
 
 static void marks_of(int upto) {
-    char buf[64], path[256];
-    for (int d = 0; d < upto; d++) getxattr(cg[d], MARK, buf, sizeof buf);
-    for (int u = 0; u < 3; u++) {
-        snprintf(path, sizeof path, "%s/%s/%s", R, unused[u], strrchr(cg[0], '/') + 1);
-        getxattr(path, MARK, buf, sizeof buf);
-    }
+    for (int d = 0; d < upto; d++) get_record(dirs[d], MARK);
+    for (int u = 0; u < 3; u++) get_record(unused[u], MARK);
 }
 
 int main(int argc, char **argv) {
@@ -195,7 +243,7 @@ int main(int argc, char **argv) {
         snprintf(name, sizeof name, "lmctfy_clife_%d_%d", getpid(), i);
         if (safety) {
             lock = lock_open(name);
-            getxattr(cg[0], MARK, buf, sizeof buf);
+            get_record(dirs[0], MARK);
             pwrite(lock, "create /lmctfy_clife\n", 21, 0);
         }
         for (int d = 0; d < NDIRS; d++) {
@@ -207,7 +255,7 @@ int main(int argc, char **argv) {
              * mount-point descriptor (no mount can be crossed: no statfs). */
             if ((safety ? mkdirat(root_fd(dirs[d]), name, 0755) : mkdir(cg[d], 0755)) < 0) { perror(cg[d]); exit(1); }
             made = d + 1;
-            if (safety) setxattr(cg[d], MARK, "creating", 8, 0);  /* just made: unchecked */
+            if (safety) set_record(dirs[d], MARK, "creating");  /* just made: unchecked */
             if (safety && d == 3) {  /* cpuset.mems from the parent, at once */
                 get_checked("/sys/fs/cgroup/cpuset/cpuset.mems", mems, sizeof mems);
                 at(path, sizeof path, 3, "cpuset.mems"); put_checked(path, mems);
@@ -234,10 +282,9 @@ int main(int argc, char **argv) {
              * memory-isolating container and its eviction record. */
             marks_of(NDIRS);
             get("/proc/thread-self/cgroup", buf, sizeof buf);
-            getxattr(cg[4], MARK, buf, sizeof buf);
-            getxattr(cg[4], MARK, buf, sizeof buf);
-            check_fs(cg[4]);
-            getxattr(cg[4], "user.lmctfy.eviction_priority", buf, sizeof buf);
+            get_record(dirs[4], MARK);
+            get_record(dirs[4], MARK);
+            get_record_checked(4, "user.lmctfy.eviction_priority");
         }
 
         double b = now_us();
@@ -299,19 +346,19 @@ int main(int argc, char **argv) {
         double c = now_us();
         if (safety) {
             lock = lock_open(name);
-            getxattr(cg[0], MARK, buf, sizeof buf);
-            getxattr(cg[0], MARK, buf, sizeof buf);
+            get_record(dirs[0], MARK);
+            get_record(dirs[0], MARK);
             check_fs(cg[0]);
             DIR *dir = opendir(cg[0]);  /* subcontainers */
             if (dir) { while (readdir(dir)) {} closedir(dir); }
-            getxattr(cg[0], MARK, buf, sizeof buf);
+            get_record(dirs[0], MARK);
         }
         at(path, sizeof path, 0, "cgroup.procs"); get_checked(path, buf, sizeof buf);
         if (buf[0]) { fprintf(stderr, "lifecycle: %s is not empty after the child exited\n", path); exit(1); }
         mark(0, MARK, "destroying");
         if (safety) marks_of(0);
         for (int d = NDIRS - 1; d >= 0; d--) {
-            if (safety && d > 0) getxattr(cg[d], MARK, buf, sizeof buf);
+            if (safety && d > 0) get_record(dirs[d], MARK);
             if ((safety ? unlinkat(root_fd(dirs[d]), name, AT_REMOVEDIR) : rmdir(cg[d])) < 0) { perror(cg[d]); exit(1); }
             made = d;
         }

@@ -175,7 +175,7 @@ public struct CgroupDir: Sendable, Equatable, CustomStringConvertible {
               _ context: @autoclosure () -> String = "Failed to open cgroup file") throws(LmctfyError) -> Int32 {
         let path = file(name)  // also checks `name` is one component
         if access.verifiesFilesystem, faults == nil, let root = MountRoots.shared.fd(mount, access) {
-            let relative = segments.isEmpty ? name : segments.joined(separator: "/") + "/" + name
+            let relative = segments.isEmpty ? name : relativePath + "/" + name
             let r = lm_open_beneath(root, relative, flags)
             if r >= 0 { return r }
             switch -r {
@@ -354,25 +354,76 @@ public struct CgroupDir: Sendable, Equatable, CustomStringConvertible {
     /// An lmctfy record on this directory; nil when it was never written.
     /// `checked: false` skips the cgroupfs check, for a caller that checks
     /// the answers that lead to an action (see `state()`).
+    ///
+    /// On the real kernel the directory is found from its hierarchy's kept
+    /// mount point rather than by its whole path (which walks
+    /// /sys/fs/cgroup/<hierarchy> each time): unchecked, by getxattrat(2);
+    /// checked, by opening it with openat2 (which refuses to cross a mount
+    /// point, the check a statfs made) and fgetxattr(2). Kernels without
+    /// getxattrat (before 6.13) or openat2 use the paths.
     func xattr(_ name: String, checked: Bool = true) throws(LmctfyError) -> String? {
-        if checked { try checkFilesystem(path) }
-        do {
-            return try Sys.getxattr(path, name, faults: faults)
+        let at = try atRoot(checked: checked)
+        if at == nil, checked { try checkFilesystem(path) }
+        do throws(SystemError) {
+            switch at {
+            case .root(let root)?: return try Sys.getxattrat(root, relativePath, name, path: path)
+            case .opened(let fd)?:
+                defer { close(fd) }
+                return try Sys.fgetxattr(fd, name, path: path)
+            case nil: return try Sys.getxattr(path, name, faults: faults)
+            }
         } catch {
-            throw error.cgroup(error.errno == ENOENT ? .notFound : .failedPrecondition, "Failed to read lmctfy's record \(name)")
+            if MountRoots.unsupported(error) { return try xattr(name, checked: checked) }
+            throw error.cgroup(Self.gone(error.errno) ? .notFound : .failedPrecondition, "Failed to read lmctfy's record \(name)")
         }
     }
 
     /// `checked: false` for the directory this process has just made (its
-    /// parent was checked by `make`).
+    /// parent was checked by `make`). Found as `xattr` finds it.
     func setXattr(_ name: String, _ value: String, checked: Bool = true) throws(LmctfyError) {
-        if checked { try checkFilesystem(path) }
-        do {
-            try Sys.setxattr(path, name, value, faults: faults)
+        let at = try atRoot(checked: checked)
+        if at == nil, checked { try checkFilesystem(path) }
+        do throws(SystemError) {
+            switch at {
+            case .root(let root)?: try Sys.setxattrat(root, relativePath, name, value, path: path)
+            case .opened(let fd)?:
+                defer { close(fd) }
+                try Sys.fsetxattr(fd, name, value, path: path)
+            case nil: try Sys.setxattr(path, name, value, faults: faults)
+            }
         } catch {
+            if MountRoots.unsupported(error) { return try setXattr(name, value, checked: checked) }
             throw error.cgroup(.failedPrecondition, "Failed to record \(name)=\(value)")
         }
     }
+
+    /// How `xattr` and `setXattr` reach this directory from its hierarchy's
+    /// kept mount point: unchecked, the mount point's descriptor (for the
+    /// *xattrat calls); checked, the directory opened with openat2, which
+    /// the caller closes. nil: by path (a fake tree, injected faults, the
+    /// hierarchy's root itself, or a kernel without the calls).
+    private enum AtRoot { case root(Int32), opened(Int32) }
+
+    private func atRoot(checked: Bool) throws(LmctfyError) -> AtRoot? {
+        guard !segments.isEmpty, access.verifiesFilesystem, faults == nil, MountRoots.shared.xattrat,
+              let root = MountRoots.shared.fd(mount, access) else { return nil }
+        guard checked else { return .root(root) }
+        let r = lm_open_beneath(root, relativePath, O_RDONLY | O_DIRECTORY)
+        if r >= 0 { return .opened(r) }
+        switch -r {
+        case EXDEV:
+            throw .failedPrecondition("\(path) is not on a cgroup filesystem (a mount point is in its path): something is mounted over it, and lmctfy will not use it")
+        case ENOSYS, EPERM, E2BIG:
+            MountRoots.shared.noOpenat2()
+            return nil
+        default:
+            throw SystemError("openat2", path, -r).cgroup(Self.gone(-r) ? .notFound : .failedPrecondition,
+                                                         "Failed to check the filesystem of a cgroup")
+        }
+    }
+
+    /// This directory's path below its hierarchy's mount point.
+    private var relativePath: String { segments.joined(separator: "/") }
 
     // MARK: Event sources
 
@@ -429,4 +480,22 @@ final class MountRoots: Sendable {
 
     /// openat2 is refused here: plain opens from now on.
     func noOpenat2() { state.withLock { $0.openat2 = false } }
+
+    /// Whether getxattrat/setxattrat may be tried (until a kernel before
+    /// 6.13, or a seccomp filter, refuses them).
+    var xattrat: Bool {
+        get { xattratState.withLock { $0 } }
+        set { xattratState.withLock { $0 = newValue } }  // tests: the path fallback
+    }
+    private let xattratState = Mutex(true)
+
+    /// Whether `error` is an *xattrat call the kernel does not have (ENOSYS)
+    /// or a filter refuses (EPERM): if so, they are not tried again, and the
+    /// caller does what it asked by path.
+    static func unsupported(_ error: SystemError) -> Bool {
+        guard error.call == "getxattrat" || error.call == "setxattrat",
+              error.errno == ENOSYS || error.errno == EPERM else { return false }
+        shared.xattratState.withLock { $0 = false }
+        return true
+    }
 }
