@@ -60,14 +60,17 @@ struct FilesystemCheckIntegrationTests {
             try Sys.mount(source: "none", target: dir.path, type: "tmpfs", data: "size=64k,mode=0755")
             var mounted = true
             defer { if mounted { umount2(dir.path, Int32(MNT_DETACH)) } }
-            try Sys.setxattr(dir.path, "user.lmctfy.test_record", "tmpfs")
+            // A tmpfs of a kernel before 6.6 has no user.* attributes.
+            let tmpfsRecords = (try? Sys.setxattr(dir.path, "user.lmctfy.test_record", "tmpfs")) != nil
             let refused = { (e: Error) -> Bool in
                 guard let e = e as? LmctfyError else { return false }
                 return e.code == .failedPrecondition && e.message.contains("is not on a cgroup filesystem")
             }
             #expect { _ = try dir.xattr("user.lmctfy.test_record") } throws: { refused($0) }
             #expect { try dir.setXattr("user.lmctfy.test_record", "written") } throws: { refused($0) }
-            #expect(try Sys.getxattr(dir.path, "user.lmctfy.test_record") == "tmpfs", "the tmpfs's record was written")
+            if tmpfsRecords {
+                #expect(try Sys.getxattr(dir.path, "user.lmctfy.test_record") == "tmpfs", "the tmpfs's record was written")
+            }
             #expect(umount2(dir.path, 0) == 0)
             mounted = false
             #expect(try dir.xattr("user.lmctfy.test_record") == "cgroupfs")
