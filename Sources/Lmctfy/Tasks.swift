@@ -55,21 +55,20 @@ extension Container {
     func joinDirs(for task: String) throws(LmctfyError) -> [CgroupDir] {
         let dirs = try driver.joinDirs(name)
         guard let text = try? Sys.readFile(api.procRoot + "/" + task + "/cgroup") else { return dirs }
-        var current = Set<String>()
+        // Where the task is now: its cgroup's path ("/a/b") per mount point.
+        var current: [String: Substring] = [:]
         for line in text.split(separator: "\n") {
             let parts = line.split(separator: ":", maxSplits: 2, omittingEmptySubsequences: false)
             guard parts.count == 3 else { continue }
-            var mountsOfLine: [String] = []
             if parts[0] == "0" && parts[1].isEmpty {
-                if let u = api.mounts.unified { mountsOfLine.append(u) }
+                if let u = api.mounts.unified { current[u] = parts[2] }
             } else {
                 for c in parts[1].split(separator: ",") {
-                    if let controller = Controller(rawValue: String(c)), let m = api.mounts.v1[controller] { mountsOfLine.append(m) }
+                    if let controller = Controller(rawValue: String(c)), let m = api.mounts.v1[controller] { current[m] = parts[2] }
                 }
             }
-            for m in mountsOfLine { current.insert(parts[2] == "/" ? m : m + parts[2]) }
         }
-        return dirs.filter { !current.contains($0.path) }
+        return dirs.filter { d in current[d.mount].map { !d.isAt($0) } ?? true }
     }
 
     /// The eviction priority in force here (D12): the nearest memory-isolating

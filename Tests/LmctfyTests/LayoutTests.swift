@@ -126,6 +126,35 @@ import Testing
         #expect(try api2.detect(pid: 42).path == "/unified/path")
     }
 
+    @Test func aTaskJoinsOnlyTheDirectoriesItIsNotInAlready() throws {
+        let tree = try FakeCgroupTree(.v1)
+        let proc = tree.root + "/proc"
+        try Sys.mkdir(proc)
+        try Sys.mkdir(proc + "/42")
+        // /web isolates cpu (and cpuacct), /web/sub nothing of its own.
+        for (h, segments) in [("freezer", ["web"]), ("freezer", ["web", "sub"]), ("cpu", ["web"]), ("cpuacct", ["web"])] {
+            try tree.seed(h, segments, files: [:])
+            try tree.dir(h, segments).setState(.complete)
+        }
+        let api = try ContainerApi(mounts: tree.mounts, procRoot: proc)
+        let c = try api.get("/web/sub")
+        let all = try c.joinDirs(for: "43")  // no such task: every directory
+        let tasks = api.driver.tasksDir(try ContainerName.resolve("/web/sub", relativeTo: .root))
+        #expect(all.count > 2 && all[0] == tasks)
+        // In the cpu directory of /web (the nearest that isolates cpu), in
+        // the root of every other hierarchy, and in /web in the freezer's.
+        try Sys.createFile(proc + "/42/cgroup", "2:cpu:/web\n3:memory:/\n4:freezer:/web\n5:cpuacct:/web/sub\n")
+        let left = try c.joinDirs(for: "42")
+        #expect(!left.contains { $0.path == tree.mounts.v1[.cpu]! + "/web" }, "already in /web's cpu directory")
+        #expect(!left.contains { $0.path == tree.mounts.v1[.memory]! }, "already in the memory root")
+        #expect(left.contains { $0.path == tree.mounts.v1[.freezer]! + "/web/sub" }, "in /web, not in /web/sub")
+        #expect(Set(left.map(\.path)) == Set(all.map(\.path)).subtracting([tree.mounts.v1[.cpu]! + "/web", tree.mounts.v1[.memory]!]))
+        // A path that is a prefix of the directory's is not the directory.
+        #expect(CgroupDir(mount: "/m", segments: ["a", "b"]).isAt("/a/b") && !CgroupDir(mount: "/m", segments: ["a", "b"]).isAt("/a"))
+        #expect(CgroupDir(mount: "/m", segments: []).isAt("/") && !CgroupDir(mount: "/m", segments: ["a"]).isAt("/"))
+        #expect(!CgroupDir(mount: "/m", segments: ["a"]).isAt("/a/") && !CgroupDir(mount: "/m", segments: ["a"]).isAt("a"))
+    }
+
     @Test func v2CreateEnablesControllersInTheParentAndRecordsIsolation() throws {
         let tree = try FakeCgroupTree(.v2)
         let api = try ContainerApi(mounts: tree.mounts)

@@ -114,6 +114,15 @@ public struct CgroupDir: Sendable, Equatable, CustomStringConvertible {
     public var description: String { path }
     /// Whether this is the hierarchy's root (the mount point itself).
     public var isRoot: Bool { segments.isEmpty }
+
+    /// Whether this is the cgroup /proc/<pid>/cgroup names `path` ("/" or
+    /// "/a/b", below the mount point), without building either path.
+    func isAt(_ path: Substring) -> Bool {
+        guard path.first == "/" else { return false }
+        let rest = path.dropFirst()
+        if rest.isEmpty { return segments.isEmpty }
+        return rest.split(separator: "/", omittingEmptySubsequences: false).elementsEqual(segments) { $0 == $1 }
+    }
     var faults: FaultPlan? { access.faults }
 
     /// The directory one segment below, on the same mount and access (nothing

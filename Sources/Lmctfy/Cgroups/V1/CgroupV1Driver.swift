@@ -187,11 +187,10 @@ struct CgroupV1Driver: CgroupDriver {
     var enterFile: String { "tasks" }
 
     func joinDirs(_ name: ContainerName) throws(LmctfyError) -> [CgroupDir] {
-        let tasks = tasksDir(name)
-        var out = [tasks]
-        var seen: Set<String> = [tasks.path]
+        var out = [tasksDir(name)]
         for c in Controller.allCases where c != .freezer && mounts.v1[c] != nil {
-            if let d = try nearestDir(c, name), seen.insert(d.path).inserted { out.append(d) }
+            // Co-mounted controllers share a mount point, and so a directory.
+            if let d = try nearestDir(c, name), !out.contains(where: { $0.mount == d.mount }) { out.append(d) }
         }
         return out
     }
