@@ -33,7 +33,8 @@ static void apply_and_exec(const struct lm_spawn_opts *o, int keep_fd, struct fa
         }
         close(fd);
     }
-    if (lm_child_dup(o->stdin_fd, 0) < 0 || lm_child_dup(o->stdout_fd, 1) < 0 || lm_child_dup(o->stderr_fd, 2) < 0) {
+    int devnull = -1;  /* close-on-exec: exec closes it */
+    if (lm_child_dup(o->stdin_fd, 0, &devnull) < 0 || lm_child_dup(o->stdout_fd, 1, &devnull) < 0 || lm_child_dup(o->stderr_fd, 2, &devnull) < 0) {
         f->err = errno; f->stage = LM_STAGE_STDIO;
         return;
     }
@@ -103,7 +104,9 @@ struct message {
     int a, b, c;
 };
 
-static void child_main(const struct lm_spawn_opts *o, int pipe_w) {
+/* `shared`: a vfork child's failure goes there (the parent's memory, which
+ * it reads once we have exited); otherwise on the pipe `pipe_w`. */
+static void child_main(const struct lm_spawn_opts *o, int pipe_w, volatile struct message *shared) {
     for (int s = 1; s < NSIG; s++) {
         if (s != SIGKILL && s != SIGSTOP) signal(s, SIG_DFL);
     }
@@ -112,15 +115,24 @@ static void child_main(const struct lm_spawn_opts *o, int pipe_w) {
     sigprocmask(SIG_SETMASK, &none, NULL);
     struct failure f = {0, 0, -1};
     apply_and_exec(o, pipe_w, &f);
-    struct message m = {2, f.err, f.stage, f.index};
-    lm_child_write_all(pipe_w, (const char *)&m, sizeof m);
+    if (shared) {
+        shared->a = f.err; shared->b = f.stage; shared->c = f.index;
+        shared->kind = 2;
+    } else {
+        struct message m = {2, f.err, f.stage, f.index};
+        lm_child_write_all(pipe_w, (const char *)&m, sizeof m);
+    }
     _exit(127);
 }
 
 int lm_spawn(const struct lm_spawn_opts *o, pid_t *pid, int *err, int *stage, int *cgroup_index) {
-    int pipefd[2];
+    int pipefd[2] = {-1, -1};
     *err = 0; *stage = LM_STAGE_NONE; *cgroup_index = -1;
-    if (pipe2(pipefd, O_CLOEXEC) < 0) {
+    /* A vfork child (the foreground run) has our memory until it execs or
+     * exits, and we wait until then: it leaves a failure here, and no pipe
+     * is needed. A detached run's intermediate and grandchild use one. */
+    volatile struct message vfork_failure = {0, 0, 0, -1};
+    if (o->detach && pipe2(pipefd, O_CLOEXEC) < 0) {
         *err = errno; *stage = LM_STAGE_FORK;
         return -1;
     }
@@ -140,15 +152,14 @@ int lm_spawn(const struct lm_spawn_opts *o, pid_t *pid, int *err, int *stage, in
         if (setns(o->pidns_fd, CLONE_NEWPID) < 0) {
             *err = errno; *stage = LM_STAGE_NAMESPACE;
             pthread_sigmask(SIG_SETMASK, &old, NULL);
-            close(pipefd[0]); close(pipefd[1]);
             return -1;
         }
         in_pidns = 1;
     }
     pid_t child = o->detach ? fork() : vfork();
     if (child == 0) {
-        close(pipefd[0]);
         if (o->detach) {
+            close(pipefd[0]);
             /* The intermediate learns the grandchild's fate on a pipe of its
              * own: on success it reports the pid and exits (the grandchild is
              * re-parented, nobody has to reap it); on failure it reaps the
@@ -169,7 +180,7 @@ int lm_spawn(const struct lm_spawn_opts *o, pid_t *pid, int *err, int *stage, in
             if (grandchild == 0) {
                 close(pipefd[1]);
                 close(inner[0]);
-                child_main(o, inner[1]);
+                child_main(o, inner[1], NULL);
             }
             int fork_err = errno;
             close(inner[1]);
@@ -189,16 +200,27 @@ int lm_spawn(const struct lm_spawn_opts *o, pid_t *pid, int *err, int *stage, in
             lm_child_write_all(pipefd[1], (const char *)&m, sizeof m);
             _exit(0);
         }
-        child_main(o, pipefd[1]);
+        child_main(o, -1, &vfork_failure);
     }
     int fork_errno = errno;
     if (in_pidns) setns(o->self_pidns_fd, CLONE_NEWPID);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
-    close(pipefd[1]);
+    if (o->detach) close(pipefd[1]);
     if (child < 0) {
-        close(pipefd[0]);
+        if (o->detach) close(pipefd[0]);
         *err = fork_errno; *stage = LM_STAGE_FORK;
         return -1;
+    }
+    if (!o->detach) {
+        /* The child has exec'd (or exited) by now: vfork waited for it. */
+        if (vfork_failure.kind == 2) {
+            *err = vfork_failure.a; *stage = vfork_failure.b; *cgroup_index = vfork_failure.c;
+            int status;
+            while (waitpid(child, &status, 0) < 0 && errno == EINTR) {}
+            return -1;
+        }
+        *pid = child;
+        return 0;
     }
     pid_t target = child;
     int failed = 0;
@@ -247,7 +269,7 @@ static int exec_in_pidns(const struct lm_spawn_opts *o, int *err, int *stage, in
     pid_t child = fork();
     if (child == 0) {
         close(pipefd[0]);
-        child_main(o, pipefd[1]);
+        child_main(o, pipefd[1], NULL);
     }
     int fork_errno = errno;
     close(pipefd[1]);

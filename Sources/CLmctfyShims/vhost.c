@@ -64,7 +64,9 @@ static void vh_child_setup(const struct lm_vh_opts *o, int status_fd, struct vh_
     /* The maps are written (the parent did before the go): become root of
      * the new user namespace, keeping its capabilities across exec. */
     if (o->new_user && (setresgid(0, 0, 0) < 0 || setresuid(0, 0, 0) < 0)) FAIL(LM_VH_USERNS, -1);
-    if (lm_child_dup(o->stdin_fd, 0) < 0 || lm_child_dup(o->stdout_fd, 1) < 0 || lm_child_dup(o->stderr_fd, 2) < 0) FAIL(LM_VH_STDIO, -1);
+    int devnull = -1;
+    if (lm_child_dup(o->stdin_fd, 0, &devnull) < 0 || lm_child_dup(o->stdout_fd, 1, &devnull) < 0 || lm_child_dup(o->stderr_fd, 2, &devnull) < 0) FAIL(LM_VH_STDIO, -1);
+    if (devnull > 2) close(devnull);
     if (setsid() < 0) FAIL(LM_VH_SESSION, -1);
 
     /* Nothing mounted from here on reaches the host: the whole tree becomes

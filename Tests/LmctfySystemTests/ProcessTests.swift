@@ -65,3 +65,36 @@ import Testing
         #expect(throws: SystemError("waitpid", "pid 1", ECHILD)) { try Sys.waitForExit(1) }
     }
 }
+
+@Suite struct SpawnFailureTests {
+    /// Each step of the child's set-up that fails reaches the caller with
+    /// its stage and errno: from a foreground child (vfork: it leaves the
+    /// failure in our memory) and from a detached one (through a pipe).
+    @Test(arguments: [false, true])
+    func eachStepsFailureReachesTheCaller(_ detach: Bool) throws {
+        func failure(_ o: SpawnOptions) -> SpawnError? {
+            var o = o
+            o.detach = detach
+            do { let pid = try Spawn.spawn(o); _ = try? Sys.waitForExit(pid); return nil } catch { return error }
+        }
+        let notFound = failure(SpawnOptions(argv: ["/nonexistent/lmctfy-no-such-command"]))
+        #expect(notFound?.stage == .exec && notFound?.errno == ENOENT, "\(String(describing: notFound))")
+        var join = SpawnOptions(argv: ["/bin/true"])
+        join.cgroupFiles = ["/proc/self/status", "/nonexistent/lmctfy/tasks"]
+        let joined = failure(join)
+        #expect(joined?.stage == .cgroup && joined?.subject == "/proc/self/status", "\(String(describing: joined))")
+        join.cgroupFiles = ["/nonexistent/lmctfy/tasks"]
+        let missing = failure(join)
+        #expect(missing?.stage == .cgroup && missing?.errno == ENOENT && missing?.subject == "/nonexistent/lmctfy/tasks")
+        var stdio = SpawnOptions(argv: ["/bin/true"])
+        stdio.stdout = .fd(987_654)
+        let badFd = failure(stdio)
+        #expect(badFd?.stage == .stdio && badFd?.errno == EBADF, "\(String(describing: badFd))")
+        // And a start that works still works, stdio on /dev/null.
+        var ok = SpawnOptions(argv: ["/bin/sh", "-c", "[ \"$(readlink /proc/$$/fd/0)\" = /dev/null ] && [ \"$(readlink /proc/$$/fd/2)\" = /dev/null ]"])
+        ok.stdin = .devNull
+        ok.stderr = .devNull
+        ok.detach = false
+        #expect(try Sys.waitForExit(try Spawn.spawn(ok)) == .exited(0))
+    }
+}
