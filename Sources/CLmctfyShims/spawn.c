@@ -125,14 +125,42 @@ static void child_main(const struct lm_spawn_opts *o, int pipe_w, volatile struc
     _exit(127);
 }
 
+/* Whether a vfork child writes our memory, as the kernel's vfork does: 1
+ * yes, 0 no (a runtime that makes vfork a fork, as ThreadSanitizer's and
+ * valgrind do), -1 not probed yet. Probed once, by a child that only
+ * writes a variable and exits. */
+static int vfork_shares = -1;
+
+static int vfork_shares_memory(void) {
+    int known = __atomic_load_n(&vfork_shares, __ATOMIC_ACQUIRE);
+    if (known >= 0) return known;
+    volatile int seen = 0;
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    pid_t probe = vfork();
+    if (probe == 0) {
+        seen = 1;
+        _exit(0);
+    }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (probe < 0) return 0;  /* the pipe, this time */
+    int status;
+    while (waitpid(probe, &status, 0) < 0 && errno == EINTR) {}
+    __atomic_store_n(&vfork_shares, seen, __ATOMIC_RELEASE);
+    return seen;
+}
+
 int lm_spawn(const struct lm_spawn_opts *o, pid_t *pid, int *err, int *stage, int *cgroup_index) {
     int pipefd[2] = {-1, -1};
     *err = 0; *stage = LM_STAGE_NONE; *cgroup_index = -1;
     /* A vfork child (the foreground run) has our memory until it execs or
      * exits, and we wait until then: it leaves a failure here, and no pipe
-     * is needed. A detached run's intermediate and grandchild use one. */
+     * is needed. A detached run's intermediate and grandchild use one, and
+     * so does a foreground run where vfork does not share memory. */
     volatile struct message vfork_failure = {0, 0, 0, -1};
-    if (o->detach && pipe2(pipefd, O_CLOEXEC) < 0) {
+    int shared = !o->detach && vfork_shares_memory();
+    if (!shared && pipe2(pipefd, O_CLOEXEC) < 0) {
         *err = errno; *stage = LM_STAGE_FORK;
         return -1;
     }
@@ -158,8 +186,8 @@ int lm_spawn(const struct lm_spawn_opts *o, pid_t *pid, int *err, int *stage, in
     }
     pid_t child = o->detach ? fork() : vfork();
     if (child == 0) {
+        if (!shared) close(pipefd[0]);
         if (o->detach) {
-            close(pipefd[0]);
             /* The intermediate learns the grandchild's fate on a pipe of its
              * own: on success it reports the pid and exits (the grandchild is
              * re-parented, nobody has to reap it); on failure it reaps the
@@ -200,18 +228,18 @@ int lm_spawn(const struct lm_spawn_opts *o, pid_t *pid, int *err, int *stage, in
             lm_child_write_all(pipefd[1], (const char *)&m, sizeof m);
             _exit(0);
         }
-        child_main(o, -1, &vfork_failure);
+        child_main(o, pipefd[1], shared ? &vfork_failure : NULL);
     }
     int fork_errno = errno;
     if (in_pidns) setns(o->self_pidns_fd, CLONE_NEWPID);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
-    if (o->detach) close(pipefd[1]);
+    if (!shared) close(pipefd[1]);
     if (child < 0) {
-        if (o->detach) close(pipefd[0]);
+        if (!shared) close(pipefd[0]);
         *err = fork_errno; *stage = LM_STAGE_FORK;
         return -1;
     }
-    if (!o->detach) {
+    if (shared) {
         /* The child has exec'd (or exited) by now: vfork waited for it. */
         if (vfork_failure.kind == 2) {
             *err = vfork_failure.a; *stage = vfork_failure.b; *cgroup_index = vfork_failure.c;

@@ -284,6 +284,22 @@ public enum Sys {
             break
         }
         guard let dir = opened else { throw SystemError("opendir", path, Glibc.errno) }
+        return entries(of: dir)
+    }
+
+    /// The subdirectories of an open directory (`fd`, which this takes and
+    /// closes), sorted; `path` names it in errors.
+    public static func subdirectories(fd: Int32, path: String) throws(SystemError) -> [String] {
+        guard let dir = fdopendir(fd) else {
+            let e = Glibc.errno
+            close(fd)
+            throw SystemError("fdopendir", path, e)
+        }
+        return entries(of: dir).filter { $0.isDirectory }.map(\.name).sorted()
+    }
+
+    /// Every entry of an open directory stream but . and ..; closes it.
+    private static func entries(of dir: OpaquePointer) -> [(name: String, isDirectory: Bool)] {
         defer { closedir(dir) }
         var out: [(name: String, isDirectory: Bool)] = []
         while let entry = readdir(dir) {

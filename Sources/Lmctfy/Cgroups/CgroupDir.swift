@@ -338,7 +338,15 @@ public struct CgroupDir: Sendable, Equatable, CustomStringConvertible {
 
     /// The names of the subdirectories (child cgroups), sorted. ENOENT is
     /// NOT_FOUND.
+    /// On the real kernel the directory is opened from its hierarchy's kept
+    /// mount point with openat2, which refuses to cross a mount point (the
+    /// check a statfs of the path made).
     func subdirectories() throws(LmctfyError) -> [String] {
+        if case .opened(let fd)? = try atRoot(checked: true) {
+            do { return try Sys.subdirectories(fd: fd, path: path) } catch {
+                throw error.cgroup(Self.gone(error.errno) ? .notFound : .failedPrecondition, "Failed to list cgroup")
+            }
+        }
         try checkFilesystem(path)
         do {
             return try Sys.subdirectories(path, faults: faults)
@@ -406,17 +414,18 @@ public struct CgroupDir: Sendable, Equatable, CustomStringConvertible {
         }
     }
 
-    /// How `xattr` and `setXattr` reach this directory from its hierarchy's
-    /// kept mount point: unchecked, the mount point's descriptor (for the
-    /// *xattrat calls); checked, the directory opened with openat2, which
-    /// the caller closes. nil: by path (a fake tree, injected faults, the
-    /// hierarchy's root itself, or a kernel without the calls).
+    /// How `xattr`, `setXattr` and `subdirectories` reach this directory
+    /// from its hierarchy's kept mount point: unchecked, the mount point's
+    /// descriptor (for the *xattrat calls); checked, the directory opened
+    /// with openat2, which the caller closes. nil: by path (a fake tree,
+    /// injected faults, the hierarchy's root itself, or a kernel without
+    /// the calls).
     private enum AtRoot { case root(Int32), opened(Int32) }
 
     private func atRoot(checked: Bool) throws(LmctfyError) -> AtRoot? {
-        guard !segments.isEmpty, access.verifiesFilesystem, faults == nil, MountRoots.shared.xattrat,
+        guard !segments.isEmpty, access.verifiesFilesystem, faults == nil,
               let root = MountRoots.shared.fd(mount, access) else { return nil }
-        guard checked else { return .root(root) }
+        guard checked else { return MountRoots.shared.xattrat ? .root(root) : nil }
         let r = lm_open_beneath(root, relativePath, O_RDONLY | O_DIRECTORY)
         if r >= 0 { return .opened(r) }
         switch -r {
