@@ -379,20 +379,34 @@ public struct CgroupDir: Sendable, Equatable, CustomStringConvertible {
     /// point, the check a statfs made) and fgetxattr(2). Kernels without
     /// getxattrat (before 6.13) or openat2 use the paths.
     func xattr(_ name: String, checked: Bool = true) throws(LmctfyError) -> String? {
+        switch try readXattr(name, checked: checked) {
+        case .success(let value): return value
+        case .failure(let error): throw xattrError(error, name)
+        }
+    }
+
+    /// `xattr`, with the syscall's failure returned rather than turned into
+    /// an LmctfyError: `state()` asks every hierarchy, most of which a
+    /// container does not use, and "not there" needs no message.
+    func readXattr(_ name: String, checked: Bool) throws(LmctfyError) -> Result<String?, SystemError> {
         let at = try atRoot(checked: checked)
         if at == nil, checked { try checkFilesystem(path) }
         do throws(SystemError) {
             switch at {
-            case .root(let root)?: return try Sys.getxattrat(root, relativePath, name, path: path)
+            case .root(let root)?: return .success(try Sys.getxattrat(root, relativePath, name, path: path))
             case .opened(let fd)?:
                 defer { close(fd) }
-                return try Sys.fgetxattr(fd, name, path: path)
-            case nil: return try Sys.getxattr(path, name, faults: faults)
+                return .success(try Sys.fgetxattr(fd, name, path: path))
+            case nil: return .success(try Sys.getxattr(path, name, faults: faults))
             }
         } catch {
-            if MountRoots.unsupported(error) { return try xattr(name, checked: checked) }
-            throw error.cgroup(Self.gone(error.errno) ? .notFound : .failedPrecondition, "Failed to read lmctfy's record \(name)")
+            if MountRoots.unsupported(error) { return try readXattr(name, checked: checked) }
+            return .failure(error)
         }
+    }
+
+    func xattrError(_ error: SystemError, _ name: String) -> LmctfyError {
+        error.cgroup(Self.gone(error.errno) ? .notFound : .failedPrecondition, "Failed to read lmctfy's record \(name)")
     }
 
     /// `checked: false` for the directory this process has just made (its

@@ -66,15 +66,14 @@ extension CgroupDir {
     /// writes that check their file themselves.
     func state() throws(LmctfyError) -> DirState {
         let value: String?
-        do {
-            value = try xattr(Record.state.xattrName, checked: false)
-        } catch where error.code == .notFound {
-            return .absent
-        } catch {
+        switch try readXattr(Record.state.xattrName, checked: false) {
+        case .success(let v): value = v
+        case .failure(let error) where Self.gone(error.errno): return .absent
+        case .failure(let error):
             // Say so if the failure is something mounted over the directory
             // (a filesystem without lmctfy's xattrs: EOPNOTSUPP).
             try checkFilesystem()
-            throw error
+            throw xattrError(error, Record.state.xattrName)
         }
         switch value {
         case nil:
