@@ -41,20 +41,20 @@ int lm_open_beneath(int dirfd, const char *path, int flags) {
     return r < 0 ? -errno : (int)r;
 }
 
-long lm_getxattrat(int dirfd, const char *path, const char *name, void *value, size_t size) {
+/* getxattrat or setxattrat (`nr`): they take the same arguments. */
+static long xattrat(long nr, int dirfd, const char *path, const char *name, const void *value, size_t size) {
     struct lm_xattr_args args = { .value = (uintptr_t)value, .size = (uint32_t)size, .flags = 0 };
     long r;
     do {
-        r = syscall(SYS_getxattrat, dirfd, path, AT_SYMLINK_NOFOLLOW, name, &args, sizeof args);
+        r = syscall(nr, dirfd, path, AT_SYMLINK_NOFOLLOW, name, &args, sizeof args);
     } while (r < 0 && errno == EINTR);
     return r < 0 ? -errno : r;
 }
 
+long lm_getxattrat(int dirfd, const char *path, const char *name, void *value, size_t size) {
+    return xattrat(SYS_getxattrat, dirfd, path, name, value, size);
+}
+
 long lm_setxattrat(int dirfd, const char *path, const char *name, const void *value, size_t size) {
-    struct lm_xattr_args args = { .value = (uintptr_t)value, .size = (uint32_t)size, .flags = 0 };
-    long r;
-    do {
-        r = syscall(SYS_setxattrat, dirfd, path, AT_SYMLINK_NOFOLLOW, name, &args, sizeof args);
-    } while (r < 0 && errno == EINTR);
-    return r < 0 ? -errno : r;
+    return xattrat(SYS_setxattrat, dirfd, path, name, value, size);
 }
