@@ -16,7 +16,12 @@
 //    descriptor keeps pointing at the hierarchy it was opened on even if
 //    something is later mounted over the mount point itself, and keeps that
 //    mount busy while the process runs (a plain umount of a hierarchy under
-//    a running agent is EBUSY; `umount -l` detaches it);
+//    a running agent is EBUSY; `umount -l` detaches it). lmctfy's records
+//    (xattrs) and directory listings are reached from the same descriptor:
+//    a record read or written without a check by getxattrat/setxattrat
+//    (Linux 6.13), a checked one and a listing through the directory opened
+//    with openat2, so no path under /sys/fs/cgroup is walked from the top
+//    (and no statfs is needed) where the kernel has those calls;
 //  - tests can hand in a FaultPlan and fail any of these calls.
 import CLmctfyShims
 import Glibc
