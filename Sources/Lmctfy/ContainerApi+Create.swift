@@ -52,7 +52,7 @@ extension ContainerApi {
         throws(LmctfyError) -> (container: Container, readBack: (spec: ContainerSpec, frozen: Bool)?) {
         if name.isRoot { throw .alreadyExists("Can't create existing container \"\(name)\"") }
         return try locked(name) { lock throws(LmctfyError) in
-            let (madeDirs, kinds) = try create(name, spec: spec, lock: lock)
+            let (madeDirs, kinds) = try create(name, spec: spec, lock: lock, readBack: readBack)
             let container = Container(name: name, api: self)
             if spec.virtualHost != nil {
                 do throws(LmctfyError) {
@@ -65,6 +65,8 @@ extension ContainerApi {
             guard readBack else { return (container, nil) }
             // Read as `spec()` reads: the handlers look at what they find
             // (records, processes), not at what a new container must have.
+            // A file the create wrote is what the kernel gave back on the
+            // descriptor it wrote with (`ReadBack`), not opened again.
             var dirs = madeDirs
             dirs.isNew = false
             return (container, (try container.spec(dirs: dirs, isolated: Set(kinds)), try container.isFrozen()))
@@ -78,7 +80,8 @@ extension ContainerApi {
     /// by the next create or destroy of the tree (the lock's journal, the
     /// `creating` marks).
     /// Returns the directories made and the resources they isolate.
-    private func create(_ name: ContainerName, spec: ContainerSpec, lock: FileLock?) throws(LmctfyError) -> (ResourceDirs, [ResourceKind]) {
+    private func create(_ name: ContainerName, spec: ContainerSpec, lock: FileLock?,
+                        readBack: Bool) throws(LmctfyError) -> (ResourceDirs, [ResourceKind]) {
         let tasks = driver.tasksDir(name)
         switch try tasks.state() {
         case .complete: throw .alreadyExists("Can't create existing container \"\(name)\"")
@@ -104,19 +107,19 @@ extension ContainerApi {
             throw kind == .cpu ? .notFound(message) : .failedPrecondition(message)
         }
         do {
-            return (try make(name, parent: parent, kinds: kinds, spec: spec, lock: lock), kinds)
+            return (try make(name, parent: parent, kinds: kinds, spec: spec, lock: lock, readBack: readBack), kinds)
         } catch where error.code == .alreadyExists {
             // A directory of this name in another hierarchy: lmctfy's
             // leftover (its tasks directory is gone) goes and the create is
             // tried again; anything else is not lmctfy's to touch (6).
             guard try removeLeftovers(name) else { throw error }
-            return (try make(name, parent: parent, kinds: kinds, spec: spec, lock: lock), kinds)
+            return (try make(name, parent: parent, kinds: kinds, spec: spec, lock: lock, readBack: readBack), kinds)
         }
     }
 
     /// Makes the container; returns the directories it made.
     private func make(_ name: ContainerName, parent: ContainerName, kinds: [ResourceKind], spec: ContainerSpec,
-                      lock: FileLock?) throws(LmctfyError) -> ResourceDirs {
+                      lock: FileLock?, readBack: Bool) throws(LmctfyError) -> ResourceDirs {
         let made = MadeDirs(lock: lock)
         do throws(LmctfyError) {
             if let lock {
@@ -126,6 +129,7 @@ extension ContainerApi {
             }
             var dirs = try driver.makeDirs(name, parent: parent, kinds: kinds, spec: spec, made: made)
             dirs.isNew = true
+            if readBack { dirs.readBack = ReadBack() }
             // Every directory is marked `creating` now: the marks, not the
             // journal, say what a killed create left.
             if let lock {
