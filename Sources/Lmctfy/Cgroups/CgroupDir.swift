@@ -191,18 +191,10 @@ public struct CgroupDir: Sendable, Equatable, CustomStringConvertible {
     func open(_ name: String, _ flags: Int32, failing code: StatusCode = .failedPrecondition,
               _ context: @autoclosure () -> String = "Failed to open cgroup file") throws(LmctfyError) -> Int32 {
         let path = file(name)  // also checks `name` is one component
-        if access.verifiesFilesystem, faults == nil, let root = MountRoots.shared.fd(mount, access) {
-            let relative = segments.isEmpty ? name : relativePath + "/" + name
-            let r = lm_open_beneath(root, relative, flags)
-            if r >= 0 { return r }
-            switch -r {
-            case EXDEV:
-                throw .failedPrecondition("\(path) is not on a cgroup filesystem (a mount point is in its path): something is mounted over it, and lmctfy will not use it")
-            case ENOSYS, EPERM, E2BIG:
-                MountRoots.shared.noOpenat2()  // as below, from now on
-            default:
-                throw SystemError("openat2", path, -r).cgroup(Self.gone(-r) ? .notFound : code, context())
-            }
+        if access.verifiesFilesystem, faults == nil, let root = MountRoots.shared.fd(mount, access),
+           let fd = try openBeneath(root, segments.isEmpty ? name : relativePath + "/" + name, flags, path: path,
+                                    failing: code, context()) {
+            return fd
         }
         let fd: Int32
         // A fake tree's regular file takes a written value whole, as a
@@ -414,20 +406,10 @@ public struct CgroupDir: Sendable, Equatable, CustomStringConvertible {
     /// an LmctfyError: `state()` asks every hierarchy, most of which a
     /// container does not use, and "not there" needs no message.
     func readXattr(_ name: String, checked: Bool) throws(LmctfyError) -> Result<String?, SystemError> {
-        let at = try atRoot(checked: checked)
-        if at == nil, checked { try checkFilesystem(path) }
-        do throws(SystemError) {
-            switch at {
-            case .root(let root)?: return .success(try Sys.getxattrat(root, relativePath, name, path: path))
-            case .opened(let fd)?:
-                defer { close(fd) }
-                return .success(try Sys.fgetxattr(fd, name, path: path))
-            case nil: return .success(try Sys.getxattr(path, name, faults: faults))
-            }
-        } catch {
-            if MountRoots.unsupported(error) { return try readXattr(name, checked: checked) }
-            return .failure(error)
-        }
+        try reachRecords(checked: checked,
+                         root: { root throws(SystemError) in try Sys.getxattrat(root, relativePath, name, path: path) },
+                         opened: { fd throws(SystemError) in try Sys.fgetxattr(fd, name, path: path) },
+                         byPath: { () throws(SystemError) in try Sys.getxattr(path, name, faults: faults) })
     }
 
     func xattrError(_ error: SystemError, _ name: String) -> LmctfyError {
@@ -437,19 +419,33 @@ public struct CgroupDir: Sendable, Equatable, CustomStringConvertible {
     /// `checked: false` for the directory this process has just made (its
     /// parent was checked by `make`). Found as `xattr` finds it.
     func setXattr(_ name: String, _ value: String, checked: Bool = true) throws(LmctfyError) {
+        let done = try reachRecords(checked: checked,
+                                    root: { root throws(SystemError) in try Sys.setxattrat(root, relativePath, name, value, path: path) },
+                                    opened: { fd throws(SystemError) in try Sys.fsetxattr(fd, name, value, path: path) },
+                                    byPath: { () throws(SystemError) in try Sys.setxattr(path, name, value, faults: faults) })
+        if case .failure(let error) = done { throw error.cgroup(.failedPrecondition, "Failed to record \(name)=\(value)") }
+    }
+
+    /// Does a record call on this directory the way `atRoot` says: by name
+    /// from the mount point's descriptor (`root`), on the directory opened
+    /// with openat2 (`opened`, closed after), or by path (`byPath`, after
+    /// the cgroupfs check when `checked`). A kernel without the *xattrat
+    /// calls turns them off and the call is made again by path.
+    private func reachRecords<T>(checked: Bool, root: (Int32) throws(SystemError) -> T, opened: (Int32) throws(SystemError) -> T,
+                                 byPath: () throws(SystemError) -> T) throws(LmctfyError) -> Result<T, SystemError> {
         let at = try atRoot(checked: checked)
         if at == nil, checked { try checkFilesystem(path) }
         do throws(SystemError) {
             switch at {
-            case .root(let root)?: try Sys.setxattrat(root, relativePath, name, value, path: path)
+            case .root(let fd)?: return .success(try root(fd))
             case .opened(let fd)?:
                 defer { close(fd) }
-                try Sys.fsetxattr(fd, name, value, path: path)
-            case nil: try Sys.setxattr(path, name, value, faults: faults)
+                return .success(try opened(fd))
+            case nil: return .success(try byPath())
             }
         } catch {
-            if MountRoots.unsupported(error) { return try setXattr(name, value, checked: checked) }
-            throw error.cgroup(.failedPrecondition, "Failed to record \(name)=\(value)")
+            if MountRoots.unsupported(error) { return try reachRecords(checked: checked, root: root, opened: opened, byPath: byPath) }
+            return .failure(error)
         }
     }
 
@@ -465,8 +461,19 @@ public struct CgroupDir: Sendable, Equatable, CustomStringConvertible {
         guard !segments.isEmpty, access.verifiesFilesystem, faults == nil,
               let root = MountRoots.shared.fd(mount, access) else { return nil }
         guard checked else { return MountRoots.shared.xattrat ? .root(root) : nil }
-        let r = lm_open_beneath(root, relativePath, O_RDONLY | O_DIRECTORY)
-        if r >= 0 { return .opened(r) }
+        return try openBeneath(root, relativePath, O_RDONLY | O_DIRECTORY, path: path, failing: .failedPrecondition,
+                               "Failed to check the filesystem of a cgroup").map { .opened($0) }
+    }
+
+    /// openat2 of `relative` below the mount point's descriptor `root`,
+    /// refusing to cross a mount point (`path` names it in errors): the
+    /// descriptor, or nil when openat2 is not to be had (from now on: the
+    /// caller opens by path and checks). A mount point in the way is
+    /// FAILED_PRECONDITION; a missing file NOT_FOUND; anything else `code`.
+    private func openBeneath(_ root: Int32, _ relative: String, _ flags: Int32, path: String, failing code: StatusCode,
+                             _ context: @autoclosure () -> String) throws(LmctfyError) -> Int32? {
+        let r = lm_open_beneath(root, relative, flags)
+        if r >= 0 { return r }
         switch -r {
         case EXDEV:
             throw .failedPrecondition("\(path) is not on a cgroup filesystem (a mount point is in its path): something is mounted over it, and lmctfy will not use it")
@@ -474,8 +481,7 @@ public struct CgroupDir: Sendable, Equatable, CustomStringConvertible {
             MountRoots.shared.noOpenat2()
             return nil
         default:
-            throw SystemError("openat2", path, -r).cgroup(Self.gone(-r) ? .notFound : .failedPrecondition,
-                                                         "Failed to check the filesystem of a cgroup")
+            throw SystemError("openat2", path, -r).cgroup(Self.gone(-r) ? .notFound : code, context())
         }
     }
 
