@@ -8,6 +8,7 @@
  *              --conns C --depth D --seconds T [--warmup W] [--payload 16]
  *              [--versions 1-2] [--server-pid PID] [--route-host NAME]
  *   agent_load --self-test        checks the HMAC proofs against PROTOCOL.md's golden vectors
+ *   agent_load --lifecycle N --unix PATH [--server-pid PID]
  *
  * Each of C connections does the handshake (Unix: OFFER/ACCEPTED; TCP:
  * OFFER/CHALLENGE/PROOF/ACCEPTED with HMAC-SHA256, the acceptor's proof
@@ -26,8 +27,21 @@
  * --route-host NAME sets Frame.host on every request: pointed at a
  * lmctfy-controller's socket, each Ping is routed to the agent registered
  * as NAME (PROTOCOL.md section 9), so the same client measures a direct and
- * a routed Ping. (--host is the TCP address to connect to.) */
+ * a routed Ping. (--host is the TCP address to connect to.)
+ *
+ * --lifecycle N is tools/bench/main.swift's agent-lifecycle without the
+ * Swift client: N times, on one Unix-socket connection with blocking
+ * reads and writes (one write per request, nothing else in the way),
+ * Create /lmctfy_bench_cagent_<pid>_<i> with "cpu { limit: 500 max_limit:
+ * 1000 } memory { limit: 104857600 }", Run /bin/true attached (RUN_STARTED
+ * with a pid, RUN_EXITED with exit code 0, then an OK status), Destroy
+ * with force. Every answer is decoded and checked; on any error the
+ * container of the round is destroyed and the exit status is 1. Prints
+ *   agent lifecycle, C client (...) create=.. run=.. destroy=.. us=..
+ * (mean microseconds per phase and per round) and, with --server-pid, the
+ * server's CPU per round. */
 #define _GNU_SOURCE
+#include <errno.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -35,6 +49,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 #include <uv.h>
 #include <openssl/crypto.h>
@@ -47,6 +64,8 @@ typedef Containers__Lmctfy__Agent__Frame Frame;
 typedef Containers__Lmctfy__Agent__Hello Hello;
 typedef Containers__Lmctfy__Agent__PingRequest PingRequest;
 typedef Containers__Lmctfy__Agent__PingResponse PingResponse;
+typedef Containers__Lmctfy__Agent__RunResponse RunResponse;
+#define RUN_EVENT(x) CONTAINERS__LMCTFY__AGENT__RUN_EVENT_KIND__RUN_##x
 #define K(x) CONTAINERS__LMCTFY__AGENT__FRAME_KIND__FRAME_##x
 #define S(x) CONTAINERS__LMCTFY__AGENT__HELLO_STAGE__HELLO_##x
 
@@ -631,16 +650,190 @@ static int self_test(void) {
     return ok ? 0 : 1;
 }
 
+
+/* ---- --lifecycle: create -> run /bin/true -> destroy, blocking I/O ---- */
+
+static int life_fd = -1;
+static buf_t life_in, life_out;
+static uint32_t life_version, life_next_id = 1;
+
+static void life_send(void) {
+    size_t off = 0;
+    while (off < life_out.len) {
+        ssize_t w = write(life_fd, life_out.p + off, life_out.len - off);
+        if (w < 0) { perror("agent_load: write"); exit(1); }
+        off += (size_t)w;
+    }
+    life_out.len = 0;
+}
+
+/* The next whole frame, decoded into the arena (which it resets); answers
+ * the agent's keepalive PINGs on the way. Exits on EOF, GOAWAY or garbage. */
+static Frame *life_frame(void) {
+    for (;;) {
+        while (life_in.len < 4 || life_in.len - 4 < get_be32(life_in.p)) {
+            if (life_in.len >= 4 && get_be32(life_in.p) > max_in_frame) {
+                fprintf(stderr, "agent_load: frame of %u bytes, above our maximum\n", get_be32(life_in.p));
+                exit(1);
+            }
+            char *p = buf_reserve(&life_in, READ_CHUNK);
+            ssize_t r = read(life_fd, p, life_in.cap - life_in.len);
+            if (r <= 0) { fprintf(stderr, "agent_load: read: %s\n", r ? strerror(errno) : "the agent closed the connection"); exit(1); }
+            life_in.len += (size_t)r;
+        }
+        /* Decoded from a copy (protobuf-c points into the bytes it
+         * decodes) so that the input buffer can move on now. */
+        static char *frame;
+        static size_t frame_cap;
+        uint32_t len = get_be32(life_in.p);
+        if (frame_cap < len) { frame = xrealloc(frame, len); frame_cap = len; }
+        memcpy(frame, life_in.p + 4, len);
+        memmove(life_in.p, life_in.p + 4 + len, life_in.len - 4 - len);
+        life_in.len -= 4 + (size_t)len;
+        arena_reset();
+        Frame *f = containers__lmctfy__agent__frame__unpack(&arena_allocator, len, (const uint8_t *)frame);
+        if (!f || !f->has_kind) { fprintf(stderr, "agent_load: undecodable frame\n"); exit(1); }
+        if (f->kind == K(GOAWAY)) {
+            fprintf(stderr, "agent_load: GOAWAY: %s\n", f->goaway && f->goaway->message ? f->goaway->message : "");
+            exit(1);
+        }
+        if (f->kind == K(PING)) {
+            Frame pong = CONTAINERS__LMCTFY__AGENT__FRAME__INIT;
+            pong.has_kind = 1; pong.kind = K(PONG);
+            pong.has_stream_id = 1; pong.stream_id = 0;
+            pong.has_payload = f->has_payload; pong.payload = f->payload;
+            append_frame(&life_out, &pong);
+            life_send();
+            continue;
+        }
+        if (f->kind == K(PONG)) continue;
+        return f;
+    }
+}
+
+/* Sends one request; returns its stream id. */
+static uint32_t life_request(const char *method, const ProtobufCMessage *m) {
+    uint8_t payload[1024];
+    size_t n = protobuf_c_message_get_packed_size(m);
+    if (n > sizeof payload) { fprintf(stderr, "agent_load: request too big\n"); exit(2); }
+    protobuf_c_message_pack(m, payload);
+    Frame f = CONTAINERS__LMCTFY__AGENT__FRAME__INIT;
+    f.has_kind = 1; f.kind = K(REQUEST);
+    f.has_stream_id = 1; f.stream_id = life_next_id;
+    f.method = (char *)method;
+    f.has_payload = 1; f.payload.data = payload; f.payload.len = n;
+    life_next_id += 2;
+    append_frame(&life_out, &f);
+    life_send();
+    return f.stream_id;
+}
+
+/* Reads the answers of stream id until its status; run: also checks its
+ * RUN_STARTED and RUN_EXITED. Returns 1 if all was as it should be. */
+static int life_answer(uint32_t id, int run) {
+    int started = 0, exited = 0, ok = 1;
+    for (;;) {
+        Frame *f = life_frame();
+        if (f->stream_id != id || (f->kind != K(RESPONSE) && f->kind != K(STATUS))) {
+            report("unexpected frame kind %d on stream %u (waiting for %u)", (int)f->kind, f->stream_id, id);
+            return 0;
+        }
+        if (f->kind == K(RESPONSE) && run) {
+            RunResponse *r = containers__lmctfy__agent__run_response__unpack(
+                &arena_allocator, f->has_payload ? f->payload.len : 0, f->has_payload ? f->payload.data : NULL);
+            if (r && r->kind == RUN_EVENT(STARTED) && !started && r->has_pid && r->pid > 0) started = 1;
+            else if (r && r->kind == RUN_EVENT(EXITED) && started && !exited && r->has_exit_code && r->exit_code == 0) exited = 1;
+            else { report("stream %u: unexpected RunResponse", id); ok = 0; }
+        }
+        if (f->kind == K(STATUS) || f->status) {
+            if (!status_ok(f)) return 0;
+            if (run && !exited) { report("stream %u: Run ended without RUN_EXITED", id); return 0; }
+            return ok;
+        }
+    }
+}
+
+static double life_now_us(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e6 + ts.tv_nsec / 1e3;
+}
+
+static int lifecycle_main(int n) {
+    life_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    if (strlen(unix_path) >= sizeof sa.sun_path) { fprintf(stderr, "agent_load: socket path too long\n"); return 2; }
+    strcpy(sa.sun_path, unix_path);
+    if (life_fd < 0 || connect(life_fd, (struct sockaddr *)&sa, sizeof sa) < 0) { perror(unix_path); return 1; }
+    Hello h = CONTAINERS__LMCTFY__AGENT__HELLO__INIT;
+    h.has_stage = 1; h.stage = S(OFFER);
+    h.has_min_version = 1; h.min_version = ver_lo;
+    h.has_max_version = 1; h.max_version = ver_hi;
+    h.peer_name = (char *)"agent_load";
+    h.has_max_frame_bytes = 1; h.max_frame_bytes = max_in_frame;
+    h.has_max_streams = 1; h.max_streams = 128;
+    append_hello(&life_out, &h);
+    life_send();
+    Frame *f = life_frame();
+    if (f->kind != K(HELLO) || !f->hello || !f->hello->has_stage || f->hello->stage != S(ACCEPTED) ||
+        !f->hello->has_version || f->hello->version < ver_lo || f->hello->version > ver_hi) {
+        fprintf(stderr, "agent_load: the agent did not accept the hello\n");
+        return 1;
+    }
+    life_version = f->hello->version;
+
+    Containers__Lmctfy__CpuSpec cpu = CONTAINERS__LMCTFY__CPU_SPEC__INIT;
+    cpu.has_limit = 1; cpu.limit = 500;
+    cpu.has_max_limit = 1; cpu.max_limit = 1000;
+    Containers__Lmctfy__MemorySpec mem = CONTAINERS__LMCTFY__MEMORY_SPEC__INIT;
+    mem.has_limit = 1; mem.limit = 104857600;
+    Containers__Lmctfy__ContainerSpec spec = CONTAINERS__LMCTFY__CONTAINER_SPEC__INIT;
+    spec.cpu = &cpu;
+    spec.memory = &mem;
+    char *argv_true[] = {(char *)"/bin/true"};
+    double phases[3] = {0, 0, 0};
+    double srv0 = proc_cpu_s(server_pid), t0 = life_now_us();
+    for (int i = 0; i < n; i++) {
+        char name[96];
+        snprintf(name, sizeof name, "/lmctfy_bench_cagent_%d_%d", (int)getpid(), i);
+        Containers__Lmctfy__Agent__CreateRequest cr = CONTAINERS__LMCTFY__AGENT__CREATE_REQUEST__INIT;
+        cr.name = name; cr.spec = &spec;
+        Containers__Lmctfy__Agent__RunRequest rr = CONTAINERS__LMCTFY__AGENT__RUN_REQUEST__INIT;
+        rr.name = name; rr.n_argv = 1; rr.argv = argv_true;
+        Containers__Lmctfy__Agent__DestroyRequest dr = CONTAINERS__LMCTFY__AGENT__DESTROY_REQUEST__INIT;
+        dr.name = name; dr.has_force = 1; dr.force = 1;
+        double a = life_now_us();
+        int ok = life_answer(life_request("Create", &cr.base), 0);
+        double b = life_now_us();
+        ok = ok && life_answer(life_request("Run", &rr.base), 1);
+        double c = life_now_us();
+        int destroyed = life_answer(life_request("Destroy", &dr.base), 0);
+        phases[0] += b - a; phases[1] += c - b; phases[2] += life_now_us() - c;
+        if (!ok || !destroyed) {
+            fprintf(stderr, "agent_load: round %d failed\n", i);
+            return 1;
+        }
+    }
+    double total = (life_now_us() - t0) / n, srv1 = proc_cpu_s(server_pid);
+    printf("agent lifecycle, C client (create cpu+mem, run /bin/true, exit, destroy) create=%.1f run=%.1f destroy=%.1f",
+           phases[0] / n, phases[1] / n, phases[2] / n);
+    if (server_pid > 0) printf(" server_cpu_us=%.0f", (srv1 - srv0) * 1e6 / n);
+    printf(" us=%.1f\n", total);
+    return 0;
+}
+
 static void usage(void) {
     fprintf(stderr, "usage: agent_load (--unix PATH | --port P [--host H] --key-file F [--key-id ID]) --conns C "
                     "--depth D --seconds T [--warmup W] [--payload N] [--versions LO-HI] [--server-pid PID]\n"
                     "                  [--route-host NAME]\n"
-                    "       agent_load --self-test\n");
+                    "       agent_load --self-test\n"
+                    "       agent_load --lifecycle N --unix PATH [--server-pid PID] [--versions LO-HI]\n");
     exit(2);
 }
 
 int main(int argc, char **argv) {
     double seconds = 5, warmup = 1;
+    int lifecycle = 0;
     if (argc == 2 && !strcmp(argv[1], "--self-test")) return self_test();
     for (int i = 1; i < argc; i += 2) {
         if (i + 1 >= argc) usage();
@@ -657,12 +850,21 @@ int main(int argc, char **argv) {
         else if (!strcmp(k, "--payload")) psize = (size_t)atol(v);
         else if (!strcmp(k, "--server-pid")) server_pid = atol(v);
         else if (!strcmp(k, "--route-host")) route_host = v;
+        else if (!strcmp(k, "--lifecycle")) lifecycle = atoi(v);
         else if (!strcmp(k, "--versions")) {
             if (sscanf(v, "%u-%u", &ver_lo, &ver_hi) != 2) {
                 if (sscanf(v, "%u", &ver_lo) != 1) usage();
                 ver_hi = ver_lo;
             }
         } else { fprintf(stderr, "agent_load: unknown option %s\n", k); usage(); }
+    }
+    if (lifecycle) {
+        if (!unix_path || port || lifecycle < 1 || !ver_lo || ver_lo > ver_hi) usage();
+        signal(SIGPIPE, SIG_IGN);
+        max_in_frame = 4194304;
+        arena_cap = 65536;
+        arena = aligned_alloc(16, arena_cap);
+        return lifecycle_main(lifecycle);
     }
     if ((!unix_path) == (!port) || (port && !key_file) || !conns_n || !depth || !ver_lo || ver_lo > ver_hi ||
         seconds <= 0)
