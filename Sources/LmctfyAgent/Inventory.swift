@@ -211,6 +211,9 @@ final class Inventory: Sendable {
     /// Whether `name` is known to exist.
     func knows(_ name: String) -> Bool { state.locked { $0.known[name] != nil } }
 
+    /// Whether one of the agent's own changes of `name` is in progress.
+    func isBusy(_ name: String) -> Bool { state.locked { $0.busy[name] != nil } }
+
     /// The names of `names` known to be frozen (ListContainers with_frozen).
     func frozen(among names: [String]) -> [String] {
         state.locked { s in names.filter { s.known[$0] == true } }

@@ -50,7 +50,18 @@ final class MachineWatcher: @unchecked Sendable {
     /// meanwhile is an UPDATED. Only a memory pressure notification of its
     /// first milliseconds can be missed (it repeats while the pressure
     /// lasts).
-    private var fullSoon: Set<ContainerName> = []
+    /// Each with when its full watch is due (monotonic ms): every name
+    /// gets its whole `fullWatchMs`, not just what is left of a timer
+    /// armed for an earlier one (which completed, here, about one
+    /// create-run-destroy in five while it still existed).
+    private var fullSoon: [ContainerName: UInt64] = [:]
+    /// Those of `fullSoon` whose directory appeared while the agent was
+    /// changing them (its own create in progress, not yet known): when due,
+    /// one still being made is watched as any being made, one the agent knows by then is
+    /// completed as any of its own, and one it does not know (its create
+    /// failed, or it made and destroyed it meanwhile) is watched only if
+    /// it exists (made behind its back after a failed create).
+    private var makingSoon: Set<ContainerName> = []
     private var fullTimer: LoopTimer?
     static let fullWatchMs = 10
 
@@ -88,6 +99,7 @@ final class MachineWatcher: @unchecked Sendable {
         specTimer?.cancel()
         batchTimer?.cancel()
         fullTimer?.cancel()
+        makingSoon = []
         for (fd, entry) in polls {
             entry.poll.onClose = { _ = entry.source }  // keeps the fd open until then
             entry.poll.close()
@@ -146,22 +158,41 @@ final class MachineWatcher: @unchecked Sendable {
 
     /// Completes the watch of `name` `fullWatchMs` from now (see `fullSoon`).
     private func completeSoon(_ name: ContainerName) {
-        fullSoon.insert(name)
+        let now = MonotonicClock.milliseconds()
+        if fullSoon[name] == nil { fullSoon[name] = now + UInt64(Self.fullWatchMs) }
         guard fullTimer == nil else { return }
-        fullTimer = try? LoopTimer.once(on: loop, after: .milliseconds(Self.fullWatchMs)) { [unowned self] in
-            self.fullTimer = nil
-            let names = self.fullSoon
-            self.fullSoon = []
-            // Parents first; one gone meanwhile is no longer watched (or
-            // no longer exists, which its full watch finds).
-            for name in names.sorted() { self.complete(name) }
-            self.handle([])  // the specs of those now fully watched, soon
-        }
+        armFullTimer(after: Self.fullWatchMs)
         if fullTimer == nil {
             // No timer to be had: complete now.
-            fullSoon.remove(name)
+            fullSoon[name] = nil
             complete(name)
             handle([])
+        }
+    }
+
+    private func armFullTimer(after ms: Int) {
+        fullTimer = try? LoopTimer.once(on: loop, after: .milliseconds(ms)) { [unowned self] in
+            self.fullTimer = nil
+            let now = MonotonicClock.milliseconds()
+            let due = self.fullSoon.filter { $0.value <= now }.keys
+            for name in due { self.fullSoon[name] = nil }
+            // Parents first; one gone meanwhile is no longer watched (or
+            // no longer exists, which its full watch finds).
+            for name in due.sorted() { self.complete(name) }
+            // (A completion may have armed the timer for a new name: it
+            // is armed again for the earliest due.)
+            self.fullTimer?.cancel()
+            self.fullTimer = nil
+            if let next = self.fullSoon.values.min() {
+                self.armFullTimer(after: Int(next > now ? next - now : 0) + 1)
+                if self.fullTimer == nil {
+                    // No timer to be had: the rest now.
+                    let rest = self.fullSoon.keys.sorted()
+                    self.fullSoon = [:]
+                    for name in rest { self.complete(name) }
+                }
+            }
+            self.handle([])  // the specs of those now fully watched, soon
         }
     }
 
@@ -171,8 +202,22 @@ final class MachineWatcher: @unchecked Sendable {
     /// the agent's back since it was made (paused, updated, given
     /// subcontainers, OOM kills) is found then, as for any new watch.
     private func complete(_ name: ContainerName) {
+        let making = makingSoon.remove(name) != nil
         if !monitor.isWatched(name) {
-            guard let path = scope.path(name), inventory.knows(path) else { return }
+            guard let path = scope.path(name) else { return }
+            if !inventory.knows(path) {
+                guard making else { return }
+                if inventory.isBusy(path) {
+                    // Still being made after all this time: watched as
+                    // any container being made (its tasks directory,
+                    // until its `complete` mark).
+                    var queue: [ContainerName] = []
+                    look(name, path, queue: &queue)
+                    for n in queue { add(n) }
+                    return
+                }
+                guard (try? api.exists(name)) == true else { return }
+            }
             var queue: [ContainerName] = []
             look(name, path, queue: &queue)
             add(name, full: true)
@@ -225,6 +270,17 @@ final class MachineWatcher: @unchecked Sendable {
 
     private func handle(_ changes: [ContainerMonitor.Change]) {
         var queue: [ContainerName] = []
+        // Names whose last change in this batch is that they went: one
+        // that appeared and went within it (made and destroyed in a few
+        // milliseconds, by the agent or not) is not looked at, which
+        // would find nothing (its going is handled as usual).
+        var went: Set<ContainerName> = []
+        if changes.count > 1 {
+            for change in changes {
+                if case .gone(let name) = change { went.insert(name) }
+                if case .present(let name) = change { went.remove(name) }
+            }
+        }
         for change in changes {
             // The monitor watches nothing outside the root, and never
             // reports the root itself: every change has a client's name.
@@ -237,6 +293,14 @@ final class MachineWatcher: @unchecked Sendable {
                 // test, a create-run-destroy) costs the watcher nothing
                 // more than this event.
                 completeSoon(name)
+            case .present(let name) where !monitor.isWatched(name) && inventory.isBusy(path):
+                // Being made through the agent now (its mkdir is what the
+                // event says): as above once the create is done; the
+                // agent's create records it and its event.
+                makingSoon.insert(name)
+                completeSoon(name)
+            case .present(let name) where went.contains(name) && !monitor.isWatched(name):
+                break
             case .present(let name):
                 look(name, path, queue: &queue)
             case .gone(let name) where !monitor.isWatched(name) && !inventory.knows(path):

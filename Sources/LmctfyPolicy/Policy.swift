@@ -230,8 +230,21 @@ public struct Commitment: Sendable, Equatable {
 public struct Decision: Sendable, Equatable {
     public var admitted: Bool
     public var tier: String
-    /// The arithmetic, for the caller (and RESOURCE_EXHAUSTED's message).
-    public var message: String
+    /// The arithmetic, for the caller (and RESOURCE_EXHAUSTED's message):
+    /// written when asked for, from the ledger as the decision saw it (an
+    /// admitted create never asks; the text cost it ~5 µs).
+    public var message: String { describe() }
+    private let describe: @Sendable () -> String
+
+    init(admitted: Bool, tier: String, describe: @escaping @Sendable () -> String) {
+        self.admitted = admitted
+        self.tier = tier
+        self.describe = describe
+    }
+
+    public static func == (a: Decision, b: Decision) -> Bool {
+        a.admitted == b.admitted && a.tier == b.tier && a.message == b.message
+    }
 }
 
 /// Every container's commitment, with sums per tier kept as it changes
@@ -295,7 +308,7 @@ public struct Ledger: Sendable {
             return (g, t)
         }()
         if let c = current, c.tier == tier.name, amount.fits(in: c.amount) {
-            return Decision(admitted: true, tier: tier.name, message: describe(name, tier, amount, capacity, ok: true, why: "it does not grow"))
+            return decision(name, tier, amount, capacity, ok: true, why: "it does not grow")
         }
         var problems: [String] = []
         if tier.guaranteed {
@@ -317,19 +330,24 @@ public struct Ledger: Sendable {
                 problems.append("cpu: all tiers would commit \(after.milliCpu) of \(capacity.milliCpu) milliCPU")
             }
         }
-        return Decision(admitted: problems.isEmpty, tier: tier.name,
-                        message: describe(name, tier, amount, capacity, ok: problems.isEmpty, why: problems.joined(separator: "; ")))
+        return decision(name, tier, amount, capacity, ok: problems.isEmpty, why: problems.joined(separator: "; "))
     }
 
-    private func describe(_ name: String, _ tier: Tier, _ amount: Amount, _ capacity: Amount, ok: Bool, why: String) -> String {
-        let free = capacity - guaranteedSum
-        let byTier = policy.tiers.map { t in
-            let s = sums[t.name] ?? .zero
-            return "\(t.name) \(Self.bytes(s.memory)) \(s.milliCpu) milliCPU (\(counts[t.name] ?? 0))"
-        }.joined(separator: ", ")
-        let verdict = ok ? "admitted" : "refused"
-        let current = entries[name].map { " (now \(Self.bytes($0.amount.memory)) \($0.amount.milliCpu) milliCPU)" } ?? ""
-        return "\(verdict) \"\(name)\" in tier \(tier.name)\(why.isEmpty ? "" : ": \(why)"); asked \(Self.bytes(amount.memory)) \(amount.milliCpu) milliCPU\(current); capacity \(Self.bytes(capacity.memory)) \(capacity.milliCpu) milliCPU, overcommit \(policy.overcommitPercent)%; committed by tier: \(byTier); free (capacity minus guaranteed) \(Self.bytes(free.memory)) \(free.milliCpu) milliCPU"
+    /// The decision, its text from what the ledger holds now: the sums
+    /// and counts (a few tiers), not the entries, are kept for it, so the
+    /// caller's next change of the ledger copies nothing large.
+    private func decision(_ name: String, _ tier: Tier, _ amount: Amount, _ capacity: Amount, ok: Bool, why: String) -> Decision {
+        let (policy, sums, counts, guaranteed, current) = (policy, sums, counts, guaranteedSum, entries[name])
+        return Decision(admitted: ok, tier: tier.name) {
+            let free = capacity - guaranteed
+            let byTier = policy.tiers.map { t in
+                let s = sums[t.name] ?? .zero
+                return "\(t.name) \(Self.bytes(s.memory)) \(s.milliCpu) milliCPU (\(counts[t.name] ?? 0))"
+            }.joined(separator: ", ")
+            let verdict = ok ? "admitted" : "refused"
+            let now = current.map { " (now \(Self.bytes($0.amount.memory)) \($0.amount.milliCpu) milliCPU)" } ?? ""
+            return "\(verdict) \"\(name)\" in tier \(tier.name)\(why.isEmpty ? "" : ": \(why)"); asked \(Self.bytes(amount.memory)) \(amount.milliCpu) milliCPU\(now); capacity \(Self.bytes(capacity.memory)) \(capacity.milliCpu) milliCPU, overcommit \(policy.overcommitPercent)%; committed by tier: \(byTier); free (capacity minus guaranteed) \(Self.bytes(free.memory)) \(free.milliCpu) milliCPU"
+        }
     }
 
     /// Bytes with MiB for people: "104857600 B (100.0 MiB)".

@@ -1,0 +1,75 @@
+// The watcher and the agent's own creates in progress (issue #10's
+// lifecycle profile): a container's directory that appears while the agent
+// is still making it is not looked at then, but `fullWatchMs` later, as one
+// the agent made; nothing is lost whichever way the create ends. The
+// agent's create is stood in for by Inventory.change around a CL1 create
+// that stays busy past the watcher's batch, so that its inotify event is
+// handled while the name is busy.
+import Glibc
+import Lmctfy
+@testable import LmctfyAgent
+import LmctfyProto
+import LmctfyRPC
+import LmctfySystem
+import LmctfyTestSupport
+import Testing
+
+@Suite(.enabled(if: RealCgroups.available, "\(RealCgroups.unavailableReason ?? "")"))
+struct WatcherMakingTests {
+    /// Events of `name` in the log, as "KIND[ frozen]", once `done` says so
+    /// (or after 3 s).
+    func eventsOf(_ socket: String, _ name: String, until done: ([String]) -> Bool) -> [String] {
+        var got: [String] = []
+        for _ in 0..<300 {
+            let replay = Subscriber(socket, SubscribeRequest(name: name, afterSequence: 0), until: { $0.last?.caughtUp != nil })
+            got = events(replay.wait().0).filter { $0.container == name }.map {
+                $0.kind!.protoName.replacingOccurrences(of: "CONTAINER_EVENT_", with: "") + ($0.frozen == true ? " frozen" : "")
+            }
+            if done(got) { break }
+            usleep(10_000)
+        }
+        return got
+    }
+
+    /// Made by the agent, its mkdir seen while it was busy: watched once
+    /// made, so a freeze behind the agent's back right after is an event,
+    /// and the agent's CREATED is the only one.
+    @Test func aContainerSeenWhileTheAgentMakesItIsWatchedOnceMade() throws {
+        try withAgent("reconcile_interval_ms: 0") { agent, socket in
+            let name = RealCgroups.uniqueName("watchmaking")
+            let api = try ContainerApi.detect()
+            defer { _ = try? api.destroy(try api.resolve(name)) }
+            let dispatcher = agent.dispatcher
+            try dispatcher.inventory.change(name) {
+                _ = try api.create(try api.resolve(name), spec: ContainerSpec(memory: MemorySpec(limit: 64 << 20)))
+                dispatcher.events.record(container: name, kind: .containerEventCreated)
+                usleep(8_000)  // past the watcher's 2 ms batch: its event is handled now
+                return ((), { $0[name] = false })
+            }
+            try api.get(try api.resolve(name)).setFrozen(true)
+            let got = eventsOf(socket, name) { $0.contains("FREEZER frozen") }
+            #expect(got == ["CREATED", "FREEZER frozen"], "\(got)")
+        }
+    }
+
+    /// The agent's create of the name did not make it (it failed), but
+    /// the directory seen while it was busy is there (made by another
+    /// lmctfy at the same moment): found and reported when due.
+    @Test func aContainerSeenWhileTheAgentsCreateFailedIsFoundWhenDue() throws {
+        try withAgent("reconcile_interval_ms: 0") { agent, socket in
+            let name = RealCgroups.uniqueName("watchfailed")
+            let api = try ContainerApi.detect()
+            defer { _ = try? api.destroy(try api.resolve(name)) }
+            try agent.dispatcher.inventory.change(name) {
+                _ = try api.create(try api.resolve(name), spec: ContainerSpec(memory: MemorySpec(limit: 64 << 20)))
+                usleep(8_000)
+                return ((), { _ in })  // not the agent's: nothing known, no event of its own
+            }
+            var got = eventsOf(socket, name) { $0.contains("CREATED") }
+            #expect(got == ["CREATED"], "\(got)")
+            try api.get(try api.resolve(name)).setFrozen(true)
+            got = eventsOf(socket, name) { $0.contains("FREEZER frozen") }
+            #expect(got == ["CREATED", "FREEZER frozen"], "\(got)")
+        }
+    }
+}
