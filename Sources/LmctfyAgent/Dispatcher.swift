@@ -51,7 +51,8 @@ public final class CallContext: Sendable {
         if let emitter { emitter(bytes) } else { early?(bytes) }
     }
 
-    /// The responses kept so far (collecting contexts), in order; clears them.
+    /// The responses kept so far (collecting contexts, and `emitLast`'s),
+    /// in order; clears them.
     public func takeResponses() -> [[UInt8]] {
         state.withLock { s in
             defer { s.collected = [] }
@@ -99,6 +100,17 @@ public final class CallContext: Sendable {
 
     /// Sends one response already serialized (a replayed answer).
     func emit(serialized bytes: [UInt8]) { send(bytes) }
+
+    /// The call's last response: kept for its status, even by a streaming
+    /// call's context, so that the two leave together (one frame from
+    /// protocol version 2 on, PROTOCOL.md section 4; RESPONSE then STATUS
+    /// in one write before it) instead of each on its own hop to the loop.
+    /// Nothing may be emitted after it.
+    public func emitLast<M: ProtoMessage>(_ message: M) throws(LmctfyError) {
+        let bytes: [UInt8]
+        do { bytes = try message.serializedBytes() } catch { throw .internalError("encoding a response: \(error)") }
+        state.withLock { $0.collected.append(bytes) }
+    }
 }
 
 /// A request that may carry an idempotency key (PROTOCOL.md section 6.1).
@@ -547,10 +559,10 @@ public final class Dispatcher: Sendable {
             return
         case .exited(let code):
             events.record(container: path, kind: .containerEventProcessExited, pid: pid, exitCode: code)
-            try context.emit(RunResponse(kind: .runExited, pid: pid, exitCode: code))
+            try context.emitLast(RunResponse(kind: .runExited, pid: pid, exitCode: code))
         case .killed(let signal):
             events.record(container: path, kind: .containerEventProcessExited, pid: pid, termSignal: signal)
-            try context.emit(RunResponse(kind: .runExited, pid: pid, termSignal: signal))
+            try context.emitLast(RunResponse(kind: .runExited, pid: pid, termSignal: signal))
         }
     }
 

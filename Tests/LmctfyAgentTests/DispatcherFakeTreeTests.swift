@@ -60,7 +60,8 @@ final class FakeAgentMachine: @unchecked Sendable {
         let context = CallContext { bytes in out.locked { $0.append(bytes) } }
         if cancelled { context.cancel() }
         let status = dispatcher.handle(method: method, payload: payload, role: role, context: context)
-        return (status, out.locked { $0 })
+        // Those kept for the status (`emitLast`) go last, as the agent sends them.
+        return (status, out.locked { $0 } + context.takeResponses())
     }
 
     /// One typed call of the table.
