@@ -537,22 +537,55 @@ public final class SnapshotKeeper: Sendable {
     /// /proc/<pid>/stat field 22, the start time in clock ticks after boot;
     /// nil when there is no such process.
     public static func startTime(_ pid: Int32) -> UInt64? {
-        statFields(pid).flatMap { $0.count > 19 ? UInt64($0[19]) : nil }
+        stat(pid)?.startTime
     }
 
-    /// The fields of /proc/<pid>/stat after the command (field 3 first).
-    private static func statFields(_ pid: Int32) -> [Substring]? {
-        guard let text = try? Sys.readFile("/proc/\(pid)/stat"), let close = text.lastIndex(of: ")") else { return nil }
-        return text[text.index(after: close)...].split(separator: " ")
+    /// From /proc/<pid>/stat: the state (field 3) and the start time
+    /// (field 22), read in one read(2) and taken from the bytes after the
+    /// command's closing parenthesis (a command may hold spaces and
+    /// parentheses) without building strings (on every Run's path).
+    static func stat(_ pid: Int32) -> (state: UInt8, startTime: UInt64)? {
+        let path = "/proc/\(pid)/stat"
+        guard let fd = try? Sys.open(path, O_RDONLY) else { return nil }
+        defer { close(fd) }
+        guard let bytes = try? Sys.readAll(fd, path: path, shortReadEnds: true) else { return nil }
+        return parseStat(bytes)
+    }
+
+    /// `stat`'s parse (tests).
+    static func parseStat(_ bytes: [UInt8]) -> (state: UInt8, startTime: UInt64)? {
+        guard let close = bytes.lastIndex(of: UInt8(ascii: ")")) else { return nil }
+        var field = 2  // the command's
+        var i = close + 1
+        var state: UInt8 = 0
+        while i < bytes.count {
+            while i < bytes.count && bytes[i] == UInt8(ascii: " ") { i += 1 }
+            guard i < bytes.count else { break }
+            field += 1
+            if field == 3 { state = bytes[i] }
+            if field == 22 {
+                var value: UInt64 = 0
+                var digits = 0
+                while i < bytes.count, bytes[i] >= 48, bytes[i] <= 57, digits < 19 {
+                    value = value * 10 + UInt64(bytes[i] - 48)
+                    i += 1
+                    digits += 1
+                }
+                let ended = i == bytes.count || bytes[i] == UInt8(ascii: " ") || bytes[i] == UInt8(ascii: "\n")
+                return digits > 0 && ended ? (state, value) : nil
+            }
+            while i < bytes.count && bytes[i] != UInt8(ascii: " ") { i += 1 }
+        }
+        return nil
     }
 
     /// Whether the recorded process still runs: its pid is there, with the
     /// start time recorded, and it is not a zombie.
     public static func isAlive(_ p: SnapshotProcess) -> Bool {
-        guard let pid = p.pid, let fields = statFields(pid), fields.count > 19 else { return false }
-        if fields[0] == "Z" || fields[0] == "X" { return false }
+        guard let pid = p.pid, let st = stat(pid) else { return false }
+        if st.state == UInt8(ascii: "Z") || st.state == UInt8(ascii: "X") { return false }
         guard let recorded = p.startTime else { return true }
-        return UInt64(fields[19]) == recorded
+        return st.startTime == recorded
     }
 
     /// What a Run's process inherits from the agent (environment, working
