@@ -557,6 +557,18 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b) {
     flush(c, w);
 }
 
+/* Our OFFER: the versions, limits and name every connection announces. */
+static Hello offer(void) {
+    Hello h = CONTAINERS__LMCTFY__AGENT__HELLO__INIT;
+    h.has_stage = 1; h.stage = S(OFFER);
+    h.has_min_version = 1; h.min_version = ver_lo;
+    h.has_max_version = 1; h.max_version = ver_hi;
+    h.peer_name = (char *)"agent_load";
+    h.has_max_frame_bytes = 1; h.max_frame_bytes = max_in_frame;
+    h.has_max_streams = 1; h.max_streams = 128;
+    return h;
+}
+
 static void on_connect(uv_connect_t *req, int status) {
     conn_t *c = (conn_t *)req->data;
     if (status < 0) {
@@ -566,13 +578,7 @@ static void on_connect(uv_connect_t *req, int status) {
     }
     if (!unix_path) uv_tcp_nodelay(&c->h.tcp, 1);
     uv_read_start((uv_stream_t *)&c->h, on_alloc, on_read);
-    Hello h = CONTAINERS__LMCTFY__AGENT__HELLO__INIT;
-    h.has_stage = 1; h.stage = S(OFFER);
-    h.has_min_version = 1; h.min_version = ver_lo;
-    h.has_max_version = 1; h.max_version = ver_hi;
-    h.peer_name = (char *)"agent_load";
-    h.has_max_frame_bytes = 1; h.max_frame_bytes = max_in_frame;
-    h.has_max_streams = 1; h.max_streams = 128;
+    Hello h = offer();
     if (!unix_path) {
         if (RAND_bytes(c->nc, NONCE) != 1) { fprintf(stderr, "agent_load: RAND_bytes failed\n"); exit(3); }
         h.key_id = (char *)key_id;
@@ -765,13 +771,7 @@ static int lifecycle_main(int n) {
     if (strlen(unix_path) >= sizeof sa.sun_path) { fprintf(stderr, "agent_load: socket path too long\n"); return 2; }
     strcpy(sa.sun_path, unix_path);
     if (life_fd < 0 || connect(life_fd, (struct sockaddr *)&sa, sizeof sa) < 0) { perror(unix_path); return 1; }
-    Hello h = CONTAINERS__LMCTFY__AGENT__HELLO__INIT;
-    h.has_stage = 1; h.stage = S(OFFER);
-    h.has_min_version = 1; h.min_version = ver_lo;
-    h.has_max_version = 1; h.max_version = ver_hi;
-    h.peer_name = (char *)"agent_load";
-    h.has_max_frame_bytes = 1; h.max_frame_bytes = max_in_frame;
-    h.has_max_streams = 1; h.max_streams = 128;
+    Hello h = offer();
     append_hello(&life_out, &h);
     life_send();
     Frame *f = life_frame();
