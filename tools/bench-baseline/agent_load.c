@@ -32,11 +32,14 @@
  * --lifecycle N is tools/bench/main.swift's agent-lifecycle without the
  * Swift client: N times, on one Unix-socket connection with blocking
  * reads and writes (one write per request, nothing else in the way),
- * Create /lmctfy_bench_cagent_<pid>_<i> with "cpu { limit: 500 max_limit:
- * 1000 } memory { limit: 104857600 }", Run /bin/true attached (RUN_STARTED
- * with a pid, RUN_EXITED with exit code 0, then an OK status), Destroy
- * with force. Every answer is decoded and checked; on any error the
- * container of the round is destroyed and the exit status is 1. Prints
+ * Create /PREFIX_<i> (--prefix, default lmctfy_bench_cagent_<pid>) with
+ * "cpu { limit: 500 max_limit: 1000 } memory { limit: 104857600 }", Run
+ * /bin/true attached (RUN_STARTED with a pid, RUN_EXITED with exit code 0,
+ * then an OK status), Destroy with force. Every answer is decoded and
+ * checked; a round that went wrong still asks for its container's destroy,
+ * then the exit status is 1 (if the connection itself fails, nothing more
+ * can be asked: run-bench passes its own prefix, and its cleanup removes
+ * what is left). Prints
  *   agent lifecycle, C client (...) create=.. run=.. destroy=.. us=..
  * (mean microseconds per phase and per round) and, with --server-pid, the
  * server's CPU per round. */
@@ -765,6 +768,8 @@ static double life_now_us(void) {
     return ts.tv_sec * 1e6 + ts.tv_nsec / 1e3;
 }
 
+static const char *life_prefix;
+
 static int lifecycle_main(int n) {
     life_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     struct sockaddr_un sa = {.sun_family = AF_UNIX};
@@ -794,8 +799,9 @@ static int lifecycle_main(int n) {
     double phases[3] = {0, 0, 0};
     double srv0 = proc_cpu_s(server_pid), t0 = life_now_us();
     for (int i = 0; i < n; i++) {
-        char name[96];
-        snprintf(name, sizeof name, "/lmctfy_bench_cagent_%d_%d", (int)getpid(), i);
+        char name[160];
+        if (life_prefix) snprintf(name, sizeof name, "/%s_%d", life_prefix, i);
+        else snprintf(name, sizeof name, "/lmctfy_bench_cagent_%d_%d", (int)getpid(), i);
         Containers__Lmctfy__Agent__CreateRequest cr = CONTAINERS__LMCTFY__AGENT__CREATE_REQUEST__INIT;
         cr.name = name; cr.spec = &spec;
         Containers__Lmctfy__Agent__RunRequest rr = CONTAINERS__LMCTFY__AGENT__RUN_REQUEST__INIT;
@@ -827,7 +833,7 @@ static void usage(void) {
                     "--depth D --seconds T [--warmup W] [--payload N] [--versions LO-HI] [--server-pid PID]\n"
                     "                  [--route-host NAME]\n"
                     "       agent_load --self-test\n"
-                    "       agent_load --lifecycle N --unix PATH [--server-pid PID] [--versions LO-HI]\n");
+                    "       agent_load --lifecycle N --unix PATH [--prefix NAME] [--server-pid PID] [--versions LO-HI]\n");
     exit(2);
 }
 
@@ -851,6 +857,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(k, "--server-pid")) server_pid = atol(v);
         else if (!strcmp(k, "--route-host")) route_host = v;
         else if (!strcmp(k, "--lifecycle")) lifecycle = atoi(v);
+        else if (!strcmp(k, "--prefix")) life_prefix = v;
         else if (!strcmp(k, "--versions")) {
             if (sscanf(v, "%u-%u", &ver_lo, &ver_hi) != 2) {
                 if (sscanf(v, "%u", &ver_lo) != 1) usage();
@@ -859,7 +866,9 @@ int main(int argc, char **argv) {
         } else { fprintf(stderr, "agent_load: unknown option %s\n", k); usage(); }
     }
     if (lifecycle) {
-        if (!unix_path || port || lifecycle < 1 || !ver_lo || ver_lo > ver_hi) usage();
+        if (!unix_path || port || lifecycle < 1 || !ver_lo || ver_lo > ver_hi ||
+            (life_prefix && (strlen(life_prefix) > 100 || !*life_prefix || strchr(life_prefix, '/'))))
+            usage();
         signal(SIGPIPE, SIG_IGN);
         max_in_frame = 4194304;
         arena_cap = 65536;
