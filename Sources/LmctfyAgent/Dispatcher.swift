@@ -95,7 +95,11 @@ public final class CallContext: Sendable {
 
     /// Sends one response message of a streaming call (thread-safe).
     public func emit<M: ProtoMessage>(_ message: M) throws(LmctfyError) {
-        do { send(try message.serializedBytes()) } catch { throw .internalError("encoding a response: \(error)") }
+        send(try Self.encoded(message))
+    }
+
+    private static func encoded<M: ProtoMessage>(_ message: M) throws(LmctfyError) -> [UInt8] {
+        do { return try message.serializedBytes() } catch { throw .internalError("encoding a response: \(error)") }
     }
 
     /// Sends one response already serialized (a replayed answer).
@@ -107,8 +111,7 @@ public final class CallContext: Sendable {
     /// in one write before it) instead of each on its own hop to the loop.
     /// Nothing may be emitted after it.
     public func emitLast<M: ProtoMessage>(_ message: M) throws(LmctfyError) {
-        let bytes: [UInt8]
-        do { bytes = try message.serializedBytes() } catch { throw .internalError("encoding a response: \(error)") }
+        let bytes = try Self.encoded(message)
         state.withLock { $0.collected.append(bytes) }
     }
 }

@@ -158,41 +158,34 @@ final class MachineWatcher: @unchecked Sendable {
 
     /// Completes the watch of `name` `fullWatchMs` from now (see `fullSoon`).
     private func completeSoon(_ name: ContainerName) {
-        let now = MonotonicClock.milliseconds()
-        if fullSoon[name] == nil { fullSoon[name] = now + UInt64(Self.fullWatchMs) }
-        guard fullTimer == nil else { return }
-        armFullTimer(after: Self.fullWatchMs)
-        if fullTimer == nil {
-            // No timer to be had: complete now.
-            fullSoon[name] = nil
-            complete(name)
-            handle([])
-        }
+        if fullSoon[name] == nil { fullSoon[name] = MonotonicClock.milliseconds() + UInt64(Self.fullWatchMs) }
+        if fullTimer == nil { armFullTimer(after: Self.fullWatchMs) }
     }
 
+    /// Arms the timer that completes the names due when it fires (and is
+    /// armed again for those still waiting); with no timer to be had,
+    /// completes every waiting name now.
     private func armFullTimer(after ms: Int) {
         fullTimer = try? LoopTimer.once(on: loop, after: .milliseconds(ms)) { [unowned self] in
-            self.fullTimer = nil
+            // The timer stays set while the due names complete: a name one
+            // of them queues (`completeSoon`) waits for the arming below.
             let now = MonotonicClock.milliseconds()
-            let due = self.fullSoon.filter { $0.value <= now }.keys
+            let due = self.fullSoon.filter { $0.value <= now }.keys.sorted()
             for name in due { self.fullSoon[name] = nil }
             // Parents first; one gone meanwhile is no longer watched (or
             // no longer exists, which its full watch finds).
-            for name in due.sorted() { self.complete(name) }
-            // (A completion may have armed the timer for a new name: it
-            // is armed again for the earliest due.)
-            self.fullTimer?.cancel()
+            for name in due { self.complete(name) }
             self.fullTimer = nil
             if let next = self.fullSoon.values.min() {
                 self.armFullTimer(after: Int(next > now ? next - now : 0) + 1)
-                if self.fullTimer == nil {
-                    // No timer to be had: the rest now.
-                    let rest = self.fullSoon.keys.sorted()
-                    self.fullSoon = [:]
-                    for name in rest { self.complete(name) }
-                }
             }
             self.handle([])  // the specs of those now fully watched, soon
+        }
+        if fullTimer == nil {
+            let names = fullSoon.keys.sorted()
+            fullSoon = [:]
+            for name in names { complete(name) }
+            handle([])
         }
     }
 

@@ -545,10 +545,7 @@ public final class SnapshotKeeper: Sendable {
     /// command's closing parenthesis (a command may hold spaces and
     /// parentheses) without building strings (on every Run's path).
     static func stat(_ pid: Int32) -> (state: UInt8, startTime: UInt64)? {
-        let path = "/proc/\(pid)/stat"
-        guard let fd = try? Sys.open(path, O_RDONLY) else { return nil }
-        defer { close(fd) }
-        guard let bytes = try? Sys.readAll(fd, path: path, shortReadEnds: true) else { return nil }
+        guard let bytes = try? Sys.readBytes("/proc/\(pid)/stat", shortReadEnds: true) else { return nil }
         return parseStat(bytes)
     }
 

@@ -56,10 +56,11 @@ public enum Sys {
     }
 
     /// Reads a whole file as bytes (binary specs must not go through String).
-    public static func readBytes(_ path: String, faults: FaultPlan? = nil) throws(SystemError) -> [UInt8] {
+    /// `shortReadEnds` as `readAll` says.
+    public static func readBytes(_ path: String, faults: FaultPlan? = nil, shortReadEnds: Bool = false) throws(SystemError) -> [UInt8] {
         let fd = try open(path, O_RDONLY, faults: faults)
         defer { close(fd) }
-        return try readAll(fd, path: path, faults: faults)
+        return try readAll(fd, path: path, faults: faults, shortReadEnds: shortReadEnds)
     }
 
     /// open(2) with O_CLOEXEC added; the caller closes the descriptor.

@@ -13,52 +13,41 @@ import Testing
 
 @Suite(.enabled(if: RealCgroups.available, "\(RealCgroups.unavailableReason ?? "")"))
 struct RunFinalFrameTests {
-    /// The frames of one attached Run of /bin/true, read off the wire
-    /// (each decoded on its own), on a connection speaking `version`.
-    func runFrames(_ socket: String, _ name: String, version: UInt32) throws -> (UInt32, [Frame]) {
+    /// The frames of one attached Run of /bin/true, read off the wire, on
+    /// a connection speaking `version`.
+    func runFrames(_ socket: String, _ name: String, version: UInt32) throws -> [Frame] {
         let fd = try RpcSocket.connectUnix(path: socket)
         defer { close(fd) }
-        func send(_ bytes: [UInt8]) {
+        func send(_ f: Frame) {
+            let bytes = FrameCodec.encode(f)
             _ = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
         }
-        func frame(_ f: Frame) throws -> [UInt8] {
-            let body = try f.serializedBytes()
-            let n = UInt32(body.count)
-            return [UInt8(n >> 24), UInt8(n >> 16 & 0xff), UInt8(n >> 8 & 0xff), UInt8(n & 0xff)] + body
-        }
-        var input: [UInt8] = []
+        var decoder = FrameDecoder(maxFrameBytes: FrameCodec.helloMaxFrameBytes)
         var buffer = [UInt8](repeating: 0, count: 65536)
-        func next() -> Frame? {
+        func next() throws -> Frame? {
             let deadline = MonotonicClock.milliseconds() + 10_000
             while MonotonicClock.milliseconds() < deadline {
-                if input.count >= 4 {
-                    let n = Int(input[0]) << 24 | Int(input[1]) << 16 | Int(input[2]) << 8 | Int(input[3])
-                    if input.count >= 4 + n {
-                        let f = try? Frame(serializedBytes: Array(input[4..<(4 + n)]))
-                        input.removeFirst(4 + n)
-                        return f
-                    }
-                }
+                if let f = try decoder.next() { return f }
                 var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
                 guard poll(&p, 1, 100) > 0 else { continue }
                 let got = recv(fd, &buffer, buffer.count, 0)
                 guard got > 0 else { return nil }
-                input += buffer[0..<got]
+                decoder.feed(buffer[0..<got])
             }
             return nil
         }
-        send(try frame(Frame(kind: .frameHello, streamId: 0, hello: Hello(stage: .helloOffer, minVersion: version, maxVersion: version, peerName: "t"))))
-        let accepted = try #require(next())
+        send(Frame(kind: .frameHello, streamId: 0, hello: Hello(stage: .helloOffer, minVersion: version, maxVersion: version, peerName: "t")))
+        let accepted = try #require(try next())
         #expect(accepted.hello?.stage == .helloAccepted && accepted.hello?.version == version)
         let request = try RunRequest(name: name, argv: ["/bin/true"]).serializedBytes()
-        send(try frame(Frame(kind: .frameRequest, streamId: 1, method: "Run", payload: request)))
+        send(Frame(kind: .frameRequest, streamId: 1, method: "Run", payload: request))
         var frames: [Frame] = []
-        while let f = next() {
+        while let f = try next() {
             guard f.kind == .frameResponse || f.kind == .frameStatus else { continue }  // keepalives
             frames.append(f)
             if f.kind == .frameStatus || (version >= 2 && f.status != nil) { break }
         }
-        return (accepted.hello?.version ?? 0, frames)
+        return frames
     }
 
     @Test func runExitedCarriesTheStatusFromVersion2AndPrecedesItBefore() throws {
@@ -71,7 +60,7 @@ struct RunFinalFrameTests {
             }
             _ = try admin.call(AgentMethods.create, CreateRequest(name: name, spec: ContainerSpec()))
             for version: UInt32 in [1, 2] {
-                let (_, frames) = try runFrames(socket, name, version: version)
+                let frames = try runFrames(socket, name, version: version)
                 let kinds = try frames.map { f -> String in
                     let r = f.kind == .frameResponse ? try RunResponse(serializedBytes: f.payload ?? []) : nil
                     return "\(f.kind == .frameResponse ? "RESPONSE" : "STATUS") \(r?.kind?.protoName ?? "")\(f.status.map { " status \($0.code ?? -1)" } ?? "")"
