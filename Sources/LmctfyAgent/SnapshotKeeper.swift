@@ -3,12 +3,22 @@
 // README "Snapshots and restart recovery").
 //
 // When snapshots are written:
-// - the agent's own create, update, run, pause, resume and killall: by the
-//   call, after the kernel work and before the answer, so a change a client
-//   saw succeed survives the agent being killed (it is in the store's
-//   intent log; the store's flusher makes the file durable moments later,
-//   see SnapshotStore). Destroy removes the container's snapshot and its
+// - the agent's own update, run, pause, resume and killall: by the call,
+//   after the kernel work and before the answer, so a change a client saw
+//   succeed survives the agent being killed (it is in the store's intent
+//   log; the store's flusher makes the file durable moments later, see
+//   SnapshotStore). Destroy removes the container's snapshot and its
 //   subcontainers'.
+// - the agent's own create: before the answer, its intent (the name, when,
+//   made by the agent, no spec yet: `created`); the full snapshot, from the
+//   spec the create read back under its lock, by a thread of ours `deferMs`
+//   later, or by the container's first Run (its start record, written while
+//   the command execs) or other write before that. Encoding and logging the
+//   full snapshot were a tenth of a create's answer time; a container made
+//   and destroyed within `deferMs` never needs them. A crash in between
+//   loses nothing: the restarted agent reads every container there is from
+//   the kernel (`recover`), and an intent is completed from it as the
+//   agent's own (not adopted, its creation time kept).
 // - changes made behind the agent's back (the lmctfy CLI, another tool):
 //   the Inventory tells us of every name whose existence, freezer state or
 //   spec it saw change, and a thread of ours writes (or removes) the
@@ -16,7 +26,8 @@
 // What is written is always read from the kernel when the write starts (the
 // spec as the `spec` verb reads it back, the freezer state), never taken
 // from the request (a create's is read back by the create itself, under its
-// lock, from the directories it made: `created`): a write that starts after a change has that change, so
+// lock, from the directories it made: `created`): a write that starts after
+// a change has that change, so
 // requests that pile up while one write runs share the next one (Coalescer),
 // and a snapshot equal to the last one written is not written again.
 //
@@ -60,7 +71,32 @@ public final class SnapshotKeeper: Sendable {
         var kernel: (spec: ContainerSpec, frozen: Bool)?
         var readFor: UInt64 = 0
         var asked: UInt64 = 1
+        /// Only a create's intent is on record: its full snapshot is still
+        /// to be written (`created`).
+        var intent = false
+        /// The snapshot without its processes (and without boot id, stats
+        /// and time), serialized from `kernel`: a process-only write (a
+        /// Run's start and end) appends its processes to it instead of
+        /// encoding the spec again.
+        var head: [UInt8]?
     }
+
+    /// The bytes a snapshot's key is made from: `head` (`Record.head`),
+    /// then the processes (a protobuf message may have its fields in any
+    /// order; repeated ones concatenate).
+    static func keyed(_ head: [UInt8], _ processes: [SnapshotProcess], _ path: String) throws(LmctfyError) -> [UInt8] {
+        processes.isEmpty ? head : head + (try SnapshotStore.serialized(ContainerSnapshot(process: processes), name: path))
+    }
+
+    /// How long a create's full snapshot waits for the keeper's thread
+    /// (`created`): long enough to batch a burst of creates and to skip a
+    /// container destroyed as soon as made, short enough that the file on
+    /// disk soon has the spec.
+    static let deferMs = 20
+    /// Creates whose full snapshot the keeper's thread writes (`created`):
+    /// since when the oldest waits, and whether the thread is in its long
+    /// sleep (the first create wakes it; the ones after it do not).
+    private let deferred = Mutexed<(names: Set<String>, sinceNs: UInt64?, asleep: Bool)>(([], nil, false))
 
     private let records = Mutexed<[String: Record]>([:])
     private let syncs = Coalescer<String>()
@@ -74,6 +110,8 @@ public final class SnapshotKeeper: Sendable {
     /// What the writes cost (for the measurements in the README).
     public struct Costs: Sendable, CustomStringConvertible {
         public var writes = 0
+        /// Creates' intents (`created`), not counted in `writes`.
+        public var intents = 0
         public var skipped = 0
         public var removes = 0
         /// Reading the kernel's state and writing the file, per write.
@@ -86,7 +124,7 @@ public final class SnapshotKeeper: Sendable {
         public var description: String {
             let n = Double(max(writes, 1))
             let p = Double(max(flush.passes, 1))
-            return "\(writes) written (\(fmt(Double(writeNs) / n / 1000)) µs each before the answer: kernel read-back \(fmt(Double(writeNs - fileNs) / n / 1000)) µs, logged \(fmt(Double(fileNs) / n / 1000)) µs), \(skipped) unchanged, \(removes) removed; flushed in \(flush.passes) passes (\(fmt(Double(flush.renamed) / p)) snapshots and \(fmt(Double(flush.ns) / p / 1000)) µs a pass)"
+            return "\(intents) creates' intents, \(writes) written (\(fmt(Double(writeNs) / n / 1000)) µs each: kernel read-back and encoding \(fmt(Double(writeNs - fileNs) / n / 1000)) µs, logged \(fmt(Double(fileNs) / n / 1000)) µs), \(skipped) unchanged, \(removes) removed; flushed in \(flush.passes) passes (\(fmt(Double(flush.renamed) / p)) snapshots and \(fmt(Double(flush.ns) / p / 1000)) µs a pass)"
         }
         private func fmt(_ v: Double) -> String {
             let t = Int((v * 10).rounded())
@@ -168,11 +206,14 @@ public final class SnapshotKeeper: Sendable {
         // A process recorded a moment ago (`started` read its start time)
         // is not looked up again.
         let alive = rec.processes.filter { p in p.pid == fresh || Self.isAlive(p) }
-        let s = ContainerSnapshot(
-            formatVersion: SnapshotStore.formatVersion, name: path, spec: kernel.spec,
-            owner: kernel.spec.owner, ownerGroup: kernel.spec.ownerGroup, frozen: kernel.frozen,
-            createdNs: rec.createdNs, process: alive, adopted: rec.adopted)
-        let base = try SnapshotStore.serialized(s)
+        let head: [UInt8]
+        if cached != nil, let h = rec.head { head = h } else {
+            head = try SnapshotStore.serialized(ContainerSnapshot(
+                formatVersion: SnapshotStore.formatVersion, name: path, spec: kernel.spec,
+                owner: kernel.spec.owner, ownerGroup: kernel.spec.ownerGroup, frozen: kernel.frozen,
+                createdNs: rec.createdNs, adopted: rec.adopted))
+        }
+        let base = try Self.keyed(head, alive, path)
         let key = Crypto.sha256(base)
         if key == rec.written && alive.count == rec.processes.count {
             counts.locked { $0.skipped += 1 }
@@ -191,6 +232,8 @@ public final class SnapshotKeeper: Sendable {
         let specBytes = cached != nil && rec.spec != nil ? rec.spec : (try? kernel.spec.serializedBytes()).map(Crypto.sha256)
         records.locked { r in
             r[path]?.written = key
+            r[path]?.head = head
+            r[path]?.intent = false
             r[path]?.spec = specBytes
             r[path]?.processes.removeAll { dead.contains($0.pid ?? 0) }
         }
@@ -198,39 +241,68 @@ public final class SnapshotKeeper: Sendable {
         counts.locked { $0.writes += 1; $0.writeNs += ns; $0.fileNs += fileNs }
     }
 
-    /// A container the agent has just made: its snapshot written, from
-    /// `kernel` (the spec and freezer state the create read back under its
-    /// lock) when given, so that no second read of what was just written
-    /// is needed; otherwise read as any sync does.
+    /// A container the agent has just made: its intent logged now (before
+    /// the create answers: the name, when, made by the agent, no spec); its
+    /// full snapshot written by the keeper's thread `deferMs` later, unless
+    /// a Run, an update or a destroy got there first, from `kernel` (the
+    /// spec and freezer state the create read back under its lock, from the
+    /// descriptors it wrote with) when given and nothing changed since, so
+    /// that nothing is read twice; otherwise read as any sync does. A
+    /// failure is only logged, as in `syncOrWarn`.
     func created(_ path: String, kernel: (spec: ContainerSpec, frozen: Bool)?) {
-        if let kernel {
-            let now = WallClock.nanosecondsSinceEpoch()
-            records.locked { r in
-                var rec = r[path] ?? Record(createdNs: now, adopted: false)
-                // A record the watcher made first (it saw the directories
-                // before the create answered) is the agent's own.
-                rec.adopted = false
-                rec.asked += 1
-                rec.kernel = kernel
-                rec.readFor = rec.asked
-                rec.spec = nil  // hashed again at this write
-                r[path] = rec
-            }
-            // Written from what was just read (a change behind the agent's
-            // back since then bumps `asked`, and the sync reads again).
-            syncOrWarn(path, processesOnly: true)
-        } else {
-            syncOrWarn(path)
+        let now = WallClock.nanosecondsSinceEpoch()
+        records.locked { r in
+            var rec = r[path] ?? Record(createdNs: now, adopted: false)
+            // A record the watcher made first (it saw the directories before
+            // the create answered) is the agent's own.
+            rec.adopted = false
+            // What was read before is not this container's; what the create
+            // read is (a change behind the agent's back since bumps `asked`,
+            // and the write reads again).
+            rec.asked += 1
+            rec.kernel = kernel
+            rec.readFor = rec.asked
+            rec.head = nil
+            r[path] = rec
         }
+        do {
+            // In turn with the path's other writes. Where this call shares a
+            // write already queued, that one reads the kernel and writes the
+            // full snapshot (the record above says whose it is).
+            try syncs.run(path) { () throws(LmctfyError) in
+                let rec = records.locked { r -> Record? in
+                    // A write that ran meanwhile read the kernel before the
+                    // create was done: the intent comes after it, and counts.
+                    r[path]?.written = nil
+                    r[path]?.spec = nil
+                    r[path]?.intent = true
+                    return r[path]
+                }
+                guard let rec else { return }  // destroyed meanwhile
+                let s = ContainerSnapshot(formatVersion: SnapshotStore.formatVersion, name: path, createdNs: rec.createdNs,
+                                          bootId: events.bootId, process: rec.processes, adopted: false, writtenNs: now)
+                try store.write(name: path, body: SnapshotStore.serialized(s), intent: true)
+                counts.locked { $0.intents += 1 }
+            }
+        } catch {
+            warn("snapshot of \(path) not written (tried again later): \(error)")
+        }
+        let wakeKeeper = deferred.locked { d -> Bool in
+            d.names.insert(path)
+            if d.sinceNs == nil { d.sinceNs = MonotonicClock.nanoseconds() }
+            defer { d.asleep = false }
+            return d.asleep
+        }
+        if wakeKeeper { wake.bump() }
     }
 
-    /// Removes the snapshots of `path` and of every container below it (a
-    /// destroy through the agent).
     /// When the agent made or first saw `path` (CLOCK_REALTIME ns; kept
     /// across restarts in its snapshot); nil: unknown. CL2's eviction
     /// order within a tier (newest first) after a restart.
     func createdNs(_ path: String) -> UInt64? { records.locked { $0[path]?.createdNs } }
 
+    /// Removes the snapshots of `path` and of every container below it (a
+    /// destroy through the agent).
     public func removeTree(_ path: String) {
         let names = records.locked { r in r.keys.filter { $0 == path || $0.hasPrefix(path + "/") } }
         for name in Set(names + [path]).sorted(by: >) {
@@ -321,7 +393,28 @@ public final class SnapshotKeeper: Sendable {
                         warn("snapshot of \(name) not written: \(error)")
                     }
                 }
-                if names.isEmpty { seen = wake.wait(past: seen, timeoutMs: 1000) }
+                // Creates' full snapshots, `deferMs` after the oldest
+                // (those written meanwhile, or destroyed, are skipped).
+                let now = MonotonicClock.nanoseconds()
+                let (due, waitMs) = deferred.locked { d -> (Set<String>, Int) in
+                    guard let since = d.sinceNs else {
+                        d.asleep = true
+                        return ([], 1000)
+                    }
+                    let age = now &- since
+                    let full = UInt64(Self.deferMs) * 1_000_000
+                    guard age >= full else { return ([], Int((full - age + 999_999) / 1_000_000)) }
+                    defer { d.names = []; d.sinceNs = nil }
+                    return (d.names, 0)
+                }
+                for name in due.sorted() where records.locked({ $0[name]?.intent == true }) {
+                    // From what the create read, unless something was asked since.
+                    do throws(LmctfyError) { try sync(name, processesOnly: true) } catch {
+                        warn("snapshot of \(name) not written: \(error)")
+                    }
+                }
+                if names.isEmpty && due.isEmpty { seen = wake.wait(past: seen, timeoutMs: waitMs) }
+                deferred.locked { $0.asleep = false }
             }
             stopped.signal()
         }
@@ -502,15 +595,15 @@ public final class SnapshotKeeper: Sendable {
                     out.processesGone += 1
                 }
             }
-            var key = s
-            key.process = processes
-            key.bootId = nil
-            key.lastStats = nil
-            key.writtenNs = nil
+            // The key a write of the same state would have (`syncNow`).
+            let head = try? SnapshotStore.serialized(ContainerSnapshot(
+                formatVersion: s.formatVersion, name: s.name, spec: s.spec, owner: s.owner, ownerGroup: s.ownerGroup,
+                frozen: s.frozen, createdNs: s.createdNs, adopted: s.adopted))
+            let key = processes.count == s.process.count ? head.flatMap { try? Self.keyed($0, processes, name) } : nil
             records.locked { r in
                 r[name] = Record(createdNs: s.createdNs ?? WallClock.nanosecondsSinceEpoch(), adopted: s.adopted ?? false,
                                  processes: processes,
-                                 written: processes.count == s.process.count ? (try? key.serializedBytes()).map(Crypto.sha256) : nil,
+                                 written: key.map(Crypto.sha256),
                                  spec: (try? s.spec?.serializedBytes()).flatMap { $0 }.map(Crypto.sha256))
             }
             out.reattached += 1

@@ -49,12 +49,16 @@ import LmctfySystem
 /// Where a test makes the agent die inside a snapshot write (the environment
 /// variable LMCTFY_AGENT_TEST_SNAPSHOT_CRASH="<step>:<n>"): at the `n`th
 /// time that step is reached the process calls _exit(86). Steps: `written`
-/// (a temp file written, before the call answers), `temp` (the flusher has
+/// (a snapshot logged, before the call answers), `temp` (the flusher has
 /// fsynced a batch of temp files, before any rename), `rename` (renamed,
-/// before the directory's fsync). Off unless the environment asks for it.
+/// before the directory's fsync), `intent` (a create's intent logged,
+/// SnapshotKeeper.created). `written` does not count intents, nor `temp` and
+/// `rename` a pass that wrote intents only: the keeper writes the full
+/// snapshot after them on a thread of its own, so counting them would make
+/// the nth step depend on timing. Off unless the environment asks for it.
 public struct SnapshotCrashPoint: Sendable {
     public enum Step: String, Sendable {
-        case written, temp, rename
+        case written, temp, rename, intent
     }
     public var step: Step
     public var nth: Int
@@ -160,6 +164,9 @@ public final class SnapshotStore: @unchecked Sendable {
     /// What was logged since the last pass: each snapshot file's newest
     /// framed bytes, nil for a removal.
     private var pending: [String: [UInt8]?] = [:]
+    /// The files in `pending` whose bytes are a create's intent (not
+    /// counted by the crash points).
+    private var intents: Set<String> = []
     private var flusherRunning = false
     private var flusherStopping = false
     private let wake = ChangeCounter()
@@ -390,7 +397,7 @@ public final class SnapshotStore: @unchecked Sendable {
     /// Returns how many files it wrote or removed (a removal of a file there
     /// never was is nothing to do).
     @discardableResult
-    private func materialize(_ state: [String: [UInt8]?]) throws(SystemError) -> Int {
+    private func materialize(_ state: [String: [UInt8]?], counted: Bool = true) throws(SystemError) -> Int {
         let state = state.filter { $0.value != nil || onDisk.contains($0.key) }
         guard !state.isEmpty else { return 0 }
         for (file, bytes) in state {
@@ -401,7 +408,7 @@ public final class SnapshotStore: @unchecked Sendable {
             try Sys.writeAll(fd, bytes)
             if durable { try Sys.syncData(fd, path: temp) }
         }
-        crash?.reached(.temp)
+        if counted { crash?.reached(.temp) }
         for (file, bytes) in state {
             if bytes == nil {
                 do { try Sys.unlink(path(file)) } catch where error.errno == ENOENT {}
@@ -411,7 +418,7 @@ public final class SnapshotStore: @unchecked Sendable {
                 onDisk.insert(file)
             }
         }
-        crash?.reached(.rename)
+        if counted { crash?.reached(.rename) }
         if durable { try Sys.syncDirectory(directory) }
         return state.count
     }
@@ -426,8 +433,8 @@ public final class SnapshotStore: @unchecked Sendable {
     /// Writes `name`'s snapshot already serialized (`body`: a
     /// ContainerSnapshot's bytes, naming `name`), for a caller that has
     /// serialized it anyway.
-    public func write(name: String, body: [UInt8]) throws(LmctfyError) {
-        try log(file: Self.fileName(name), bytes: Self.encode(body: body), what: "Writing the snapshot of \(name)")
+    public func write(name: String, body: [UInt8], intent: Bool = false) throws(LmctfyError) {
+        try log(file: Self.fileName(name), bytes: Self.encode(body: body), what: "Writing the snapshot of \(name)", intent: intent)
     }
 
     /// Logs the removal of `name`'s snapshot (nothing if there is none);
@@ -436,17 +443,18 @@ public final class SnapshotStore: @unchecked Sendable {
         try log(file: Self.fileName(name), bytes: nil, what: "Removing the snapshot of \(name)")
     }
 
-    private func log(file: String, bytes: [UInt8]?, what: String) throws(LmctfyError) {
+    private func log(file: String, bytes: [UInt8]?, what: String, intent: Bool = false) throws(LmctfyError) {
         do throws(SystemError) {
             try lock.locked { () throws(SystemError) in
                 guard logFds[active] >= 0 else { throw SystemError("write", logPath(active), EBADF) }
                 try append(kind: bytes == nil ? UInt8(ascii: "R") : UInt8(ascii: "S"), file: file, payload: bytes ?? [])
                 pending[file] = .some(bytes)
+                if intent { intents.insert(file) } else { intents.remove(file) }
             }
         } catch {
             throw error.lmctfy(.internal, what + " (the store is not open?)")
         }
-        crash?.reached(.written)
+        crash?.reached(intent ? .intent : .written)
         wake.bump()
     }
 
@@ -457,11 +465,11 @@ public final class SnapshotStore: @unchecked Sendable {
     @discardableResult
     public func flush() -> Int {
         passLock.locked {
-            let (batch, covered): ([String: [UInt8]?], Int) = lock.locked {
-                defer { pending = [:] }
+            let (batch, covered, batchIntents): ([String: [UInt8]?], Int, Set<String>) = lock.locked {
+                defer { pending = [:]; intents = [] }
                 let covered = active
                 if !pending.isEmpty { active = 1 - active }
-                return (pending, covered)
+                return (pending, covered, intents)
             }
             guard !batch.isEmpty else { return 0 }
             let t0 = MonotonicClock.nanoseconds()
@@ -471,7 +479,7 @@ public final class SnapshotStore: @unchecked Sendable {
                 flushCosts.locked { $0.passes += 1; $0.ns += ns; $0.renamed += changed }
             }
             do throws(SystemError) {
-                changed = try materialize(batch)
+                changed = try materialize(batch, counted: batch.keys.contains { !batchIntents.contains($0) })
                 // Everything the covered log held is in the files now.
                 let fd = lock.locked { logFds[covered] }
                 try Sys.truncate(fd, to: 0, path: logPath(covered))
@@ -482,6 +490,7 @@ public final class SnapshotStore: @unchecked Sendable {
                     for (file, bytes) in batch where pending[file] == nil {
                         try? append(kind: bytes == nil ? UInt8(ascii: "R") : UInt8(ascii: "S"), file: file, payload: bytes ?? [])
                         pending[file] = .some(bytes)
+                        if batchIntents.contains(file) { intents.insert(file) }
                     }
                 }
                 return 0

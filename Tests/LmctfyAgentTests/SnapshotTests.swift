@@ -273,6 +273,17 @@ private func compare(_ store: SnapshotStore, _ root: TestRoot, stopped: Bool = f
     return problems
 }
 
+/// `agent`'s exit status once it has exited (a crash point), nil when it
+/// still runs after 5 s.
+private func reapWithin5s(_ agent: AgentProcess) -> LmctfySystem.ExitStatus? {
+    var status: LmctfySystem.ExitStatus?
+    for _ in 0..<500 where status == nil {
+        status = TestProcess.reapIfExited(agent.pid)
+        if status == nil { usleep(10_000) }
+    }
+    return status
+}
+
 /// Every event the agent at `socket` keeps (its boot).
 private func allEvents(_ socket: String) -> [ContainerEvent] {
     events(Subscriber(socket, SubscribeRequest(afterSequence: 0), until: { $0.last?.caughtUp != nil }).wait().0)
@@ -290,25 +301,23 @@ struct SnapshotAgentTests {
     func aCrashInsideASnapshotWriteLeavesTheOldOrTheNew(step: String) throws {
         let root = try TestRoot("snapcrash")
         defer { root.destroy() }
-        // Write 1 (flush pass 1): the create; write 2 (pass 2), the update,
-        // dies at `step`.
+        // Write 1 (flush pass 1): the create's full snapshot (its intent,
+        // logged before the answer, is not counted); write 2 (pass 2), the
+        // update, dies at `step`.
         let first = try AgentProcess(config: agentConfig(root), environment: ["LMCTFY_AGENT_TEST_SNAPSHOT_CRASH=\(step):2"])
         defer { _ = removeTree(first.dir) }  // also when a check fails before the restart
         var firstAlive = true
         defer { if firstAlive { first.stop() } }
         let client = try connect(first)
         _ = try client.call(AgentMethods.create, CreateRequest(name: "/c", spec: ContainerSpec(memory: MemorySpec(limit: 100 << 20))))
-        // The create's pass has written its file (so the update's is pass 2).
-        for _ in 0..<500 where !Sys.exists(first.dir + "/state/snapshots/%2Fc") { usleep(10_000) }
+        // The create's full snapshot is in its file (so the update's pass is
+        // the second counted).
+        for _ in 0..<500 where SnapshotStore.decodeFile(first.dir + "/state/snapshots/%2Fc")?.spec == nil { usleep(10_000) }
         // Answered or not (the later steps run after the answer).
         _ = try? client.call(AgentMethods.update, UpdateRequest(name: "/c", spec: ContainerSpec(memory: MemorySpec(limit: 200 << 20)),
                                                                policy: .updateDiff), deadlineMs: 10_000)
         client.close()
-        var status: LmctfySystem.ExitStatus?
-        for _ in 0..<500 where status == nil {
-            status = TestProcess.reapIfExited(first.pid)
-            if status == nil { usleep(10_000) }
-        }
+        let status = reapWithin5s(first)
         firstAlive = status == nil
         try #require(status == .exited(86), "the agent died at \(step)")
         let store = snapshots(first)
@@ -327,6 +336,49 @@ struct SnapshotAgentTests {
                 "settled at start")
         #expect(SnapshotStore.decodeFile(store.directory + "/%2Fc")?.spec?.memory?.limit == 200 << 20)
         #expect(try compare(store, root) == [])
+    }
+
+    /// A create logs only its intent before it answers (the name, when, made
+    /// by the agent); the keeper writes the full snapshot after, from what
+    /// the create read back. The agent killed right after the intent: the restarted agent
+    /// completes the snapshot from the kernel as its own (not adopted), with
+    /// the intent's creation time; one the keeper completed in time has the
+    /// spec without a restart. Checked to fail when the recovery takes the
+    /// intent for an adopted container (or the intent is not logged).
+    @Test func aCreatesIntentIsCompletedFromTheKernel() throws {
+        let root = try TestRoot("snapintent")
+        defer { root.destroy() }
+        // Intent 1: /early, completed by the keeper; intent 2: /late, dies.
+        let first = try AgentProcess(config: agentConfig(root), environment: ["LMCTFY_AGENT_TEST_SNAPSHOT_CRASH=intent:2"])
+        defer { _ = removeTree(first.dir) }
+        var firstAlive = true
+        defer { if firstAlive { first.stop() } }
+        let client = try connect(first)
+        let memory = ContainerSpec(memory: MemorySpec(limit: 48 << 20))
+        _ = try client.call(AgentMethods.create, CreateRequest(name: "/early", spec: memory))
+        for _ in 0..<200 where snapshots(first).load("/early")?.spec == nil { usleep(10_000) }
+        let early = try #require(snapshots(first).load("/early"))
+        #expect(early.spec?.memory?.limit == 48 << 20 && early.adopted == false && early.createdNs != nil,
+                "the keeper wrote the full snapshot: \(early)")
+        // Dies once /late's intent is logged, before the create answers.
+        _ = try? client.call(AgentMethods.create, CreateRequest(name: "/late", spec: memory), deadlineMs: 10_000)
+        client.close()
+        let status = reapWithin5s(first)
+        firstAlive = status == nil
+        try #require(status == .exited(86), "the agent died after the intent")
+        let intent = try #require(snapshots(first).load("/late"), "the intent is logged")
+        #expect(intent.spec == nil && intent.adopted == false && intent.createdNs != nil)
+        #expect(try root.kernel("/late").spec.memory?.limit == 48 << 20, "the create itself was done")
+
+        let second = try AgentProcess(reusing: first.dir)
+        defer { second.stop() }
+        let store = snapshots(second)
+        #expect(try compare(store, root) == [])
+        let late = try #require(store.load("/late"))
+        #expect(late.adopted == false, "made by the agent, not adopted")
+        #expect(late.createdNs == intent.createdNs, "its creation time is the intent's")
+        #expect(late.spec?.memory?.limit == 48 << 20)
+        #expect(store.load("/early")?.createdNs == early.createdNs)
     }
 
     /// A detached run is recorded in its container's snapshot; it is not
@@ -399,7 +451,13 @@ struct SnapshotAgentTests {
         // What the keeper adds to the bytes it compares (the boot id, the
         // time of the write) is in what it wrote, whole.
         #expect(a.bootId == firstBoot && a.writtenNs != nil && a.name == "/a" && a.spec?.memory?.limit == 64 << 20)
-        let before = try compare(snapshots(first), root)
+        // A create's full snapshot follows its intent within
+        // SnapshotKeeper.deferMs (/b and /a/sub had no other write).
+        var before = try compare(snapshots(first), root)
+        for _ in 0..<100 where !before.isEmpty {
+            usleep(20_000)
+            before = try compare(snapshots(first), root)
+        }
         #expect(before == [], "\(before)")
 
         first.crash()
