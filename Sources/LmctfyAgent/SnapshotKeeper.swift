@@ -386,7 +386,12 @@ public final class SnapshotKeeper: Sendable {
                     defer { p.names = [] }
                     return (p.names, p.stopping)
                 }
-                if stopping { break }
+                if stopping {
+                    // A stop leaves no intent behind (a kill may: the next
+                    // start completes it from the kernel).
+                    completeIntents(deferred.locked { d in defer { d.names = []; d.sinceNs = nil }; return d.names })
+                    break
+                }
                 // Parents first: a subcontainer's snapshot after its parent's.
                 for name in names.sorted() {
                     do throws(LmctfyError) { try sync(name, adopted: true) } catch {
@@ -407,12 +412,7 @@ public final class SnapshotKeeper: Sendable {
                     defer { d.names = []; d.sinceNs = nil }
                     return (d.names, 0)
                 }
-                for name in due.sorted() where records.locked({ $0[name]?.intent == true }) {
-                    // From what the create read, unless something was asked since.
-                    do throws(LmctfyError) { try sync(name, processesOnly: true) } catch {
-                        warn("snapshot of \(name) not written: \(error)")
-                    }
-                }
+                completeIntents(due)
                 if names.isEmpty && due.isEmpty { seen = wake.wait(past: seen, timeoutMs: waitMs) }
                 deferred.locked { $0.asleep = false }
             }
@@ -420,8 +420,19 @@ public final class SnapshotKeeper: Sendable {
         }
     }
 
-    /// Stops the thread (what it had queued is left to the next start's
-    /// recovery).
+    /// Writes the full snapshot of each of `names` that still has only its
+    /// intent (`created`): from what its create read back, unless something
+    /// was asked since.
+    private func completeIntents(_ names: Set<String>) {
+        for name in names.sorted() where records.locked({ $0[name]?.intent == true }) {
+            do throws(LmctfyError) { try sync(name, processesOnly: true) } catch {
+                warn("snapshot of \(name) not written: \(error)")
+            }
+        }
+    }
+
+    /// Stops the thread (what the watcher had queued is left to the next
+    /// start's recovery; creates' intents are completed first).
     public func stop() {
         guard running.locked({ $0 }) else { return }
         pending.locked { $0.stopping = true }

@@ -381,6 +381,28 @@ struct SnapshotAgentTests {
         #expect(store.load("/early")?.createdNs == early.createdNs)
     }
 
+    /// An agent stopped (SIGTERM) right after a create leaves the full
+    /// snapshot on disk, not the intent: the keeper completes intents before
+    /// it stops and the flusher writes them. Checked to fail when the stop
+    /// leaves the intents to the next start.
+    @Test func aStopRightAfterACreateLeavesItsFullSnapshot() throws {
+        let root = try TestRoot("snapstop")
+        defer { root.destroy() }
+        let agent = try AgentProcess(config: agentConfig(root))
+        defer { _ = removeTree(agent.dir) }
+        var running = true
+        defer { if running { agent.stop() } }
+        let client = try connect(agent)
+        _ = try client.call(AgentMethods.create, CreateRequest(name: "/s", spec: ContainerSpec(memory: MemorySpec(limit: 40 << 20))))
+        client.close()
+        kill(agent.pid, SIGTERM)  // stop() would remove its directory
+        let status = reapWithin5s(agent)
+        running = status == nil
+        try #require(status == .exited(0), "stopped: \(String(describing: status))")
+        let file = try #require(SnapshotStore.decodeFile(agent.dir + "/state/snapshots/%2Fs"), "a snapshot file")
+        #expect(file.spec?.memory?.limit == 40 << 20 && file.adopted == false, "\(file)")
+    }
+
     /// A detached run is recorded in its container's snapshot; it is not
     /// the agent's child, so its exit comes through its pidfd: an event
     /// without a status, and it leaves the snapshot.
