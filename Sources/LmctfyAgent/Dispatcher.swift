@@ -493,15 +493,12 @@ public final class Dispatcher: Sendable {
     /// its path.
     func createContainer(_ name: String, spec: ContainerSpec) throws -> CreateOutcome {
         try inventory.change(try backend.resolve(name)) {
-            // With snapshots, the spec is read back by the create itself,
-            // under its lock and from the descriptors it wrote with.
-            let made = snapshots == nil ? try backend.createReportingInit(name, spec: spec)
-                                        : try backend.createReadingBack(name, spec: spec)
+            let made = try backend.createReportingInit(name, spec: spec)
             let path = made.name
             events.record(container: path, kind: .containerEventCreated)
-            // Its intent now; its full snapshot, from what was read back, off
-            // the answer's path (SnapshotKeeper.created).
-            snapshots?.created(path, kernel: made.spec.map { ($0, made.frozen ?? false) })
+            // Its intent now; its full snapshot off the answer's path, once
+            // it has lived `deferMs` (SnapshotKeeper.created).
+            snapshots?.created(path)
             return (made, { $0[path] = false })
         }
     }

@@ -10,24 +10,23 @@
 //   SnapshotStore). Destroy removes the container's snapshot and its
 //   subcontainers'.
 // - the agent's own create: before the answer, its intent (the name, when,
-//   made by the agent, no spec yet: `created`); the full snapshot, from the
-//   spec the create read back under its lock, by a thread of ours `deferMs`
-//   later, or by the container's first Run (its start record, written while
-//   the command execs) or other write before that. Encoding and logging the
-//   full snapshot were a tenth of a create's answer time; a container made
-//   and destroyed within `deferMs` never needs them. A crash in between
-//   loses nothing: the restarted agent reads every container there is from
-//   the kernel (`recover`), and an intent is completed from it as the
-//   agent's own (not adopted, its creation time kept).
+//   made by the agent, no spec yet: `created`), logged again with its
+//   processes by a Run's start and end; the full snapshot, read from the
+//   kernel, by a thread of ours once the container is `deferMs` old, or by
+//   any write before that which needs the spec (an update, a pause, a
+//   change the watcher saw). Reading the spec back and encoding it were a
+//   tenth of a create's answer time, and a container destroyed within
+//   `deferMs` never needs them. A crash in between loses nothing: the
+//   restarted agent reads every container there is from the kernel
+//   (`recover`), and an intent is completed from it as the agent's own (not
+//   adopted, its creation time and processes kept).
 // - changes made behind the agent's back (the lmctfy CLI, another tool):
 //   the Inventory tells us of every name whose existence, freezer state or
 //   spec it saw change, and a thread of ours writes (or removes) the
 //   snapshot soon after. A container first seen that way is "adopted".
 // What is written is always read from the kernel when the write starts (the
 // spec as the `spec` verb reads it back, the freezer state), never taken
-// from the request (a create's is read back by the create itself, under its
-// lock, from the directories it made: `created`): a write that starts after
-// a change has that change, so
+// from the request: a write that starts after a change has that change, so
 // requests that pile up while one write runs share the next one (Coalescer),
 // and a snapshot equal to the last one written is not written again.
 //
@@ -88,15 +87,16 @@ public final class SnapshotKeeper: Sendable {
         processes.isEmpty ? head : head + (try SnapshotStore.serialized(ContainerSnapshot(process: processes), name: path))
     }
 
-    /// How long a create's full snapshot waits for the keeper's thread
-    /// (`created`): long enough to batch a burst of creates and to skip a
-    /// container destroyed as soon as made, short enough that the file on
-    /// disk soon has the spec.
+    /// How old a container the agent made is before the keeper's thread
+    /// writes its full snapshot (`created`): one destroyed sooner never
+    /// needs it, and the file on disk soon has the spec. The thread looks
+    /// every `deferMs / 2` while some wait (a burst of creates is one pass).
     static let deferMs = 20
-    /// Creates whose full snapshot the keeper's thread writes (`created`):
-    /// since when the oldest waits, and whether the thread is in its long
-    /// sleep (the first create wakes it; the ones after it do not).
-    private let deferred = Mutexed<(names: Set<String>, sinceNs: UInt64?, asleep: Bool)>(([], nil, false))
+    /// Containers made whose full snapshot the keeper's thread writes
+    /// (`created`), with when they were made (CLOCK_MONOTONIC ns), and
+    /// whether the thread is in its long sleep (the first create wakes it;
+    /// the ones after it do not).
+    private let deferred = Mutexed<(names: [String: UInt64], asleep: Bool)>(([:], false))
 
     private let records = Mutexed<[String: Record]>([:])
     private let syncs = Coalescer<String>()
@@ -183,9 +183,14 @@ public final class SnapshotKeeper: Sendable {
 
     private func syncNow(_ path: String, adopted: Bool, fresh: Int32? = nil) throws(LmctfyError) {
         let t0 = MonotonicClock.nanoseconds()
-        let (cached, generation) = records.locked { r in
-            (r[path].flatMap { $0.readFor == $0.asked ? $0.kernel : nil }, r[path]?.asked ?? 1)
+        let (cached, generation, intentOnly) = records.locked { r in
+            let unchanged = r[path].map { $0.readFor == $0.asked } ?? false
+            return (unchanged ? r[path]?.kernel : nil, r[path]?.asked ?? 1,
+                    unchanged && r[path]?.intent == true && r[path]?.kernel == nil)
         }
+        // Still only a create's intent, and nothing asked for the spec since
+        // (a Run's start or end): the intent again, with the processes.
+        if intentOnly { return try writeIntent(path, fresh: fresh) }
         let current: (spec: ContainerSpec, frozen: Bool)?
         if let cached { current = cached } else { current = try read(path) }
         guard let kernel = current else {
@@ -242,58 +247,58 @@ public final class SnapshotKeeper: Sendable {
     }
 
     /// A container the agent has just made: its intent logged now (before
-    /// the create answers: the name, when, made by the agent, no spec); its
-    /// full snapshot written by the keeper's thread `deferMs` later, unless
-    /// a Run, an update or a destroy got there first, from `kernel` (the
-    /// spec and freezer state the create read back under its lock, from the
-    /// descriptors it wrote with) when given and nothing changed since, so
-    /// that nothing is read twice; otherwise read as any sync does. A
-    /// failure is only logged, as in `syncOrWarn`.
-    func created(_ path: String, kernel: (spec: ContainerSpec, frozen: Bool)?) {
+    /// the create answers: the name, when, made by the agent, no spec), and
+    /// again with its processes by a Run's start and end; its full snapshot,
+    /// read from the kernel, written by the keeper's thread `deferMs` later
+    /// (or by any write that needs the spec: an update, a pause, the
+    /// watcher's), and never for a container destroyed by then. A failure
+    /// is only logged, as in `syncOrWarn`.
+    func created(_ path: String) {
         let now = WallClock.nanosecondsSinceEpoch()
         records.locked { r in
             var rec = r[path] ?? Record(createdNs: now, adopted: false)
             // A record the watcher made first (it saw the directories before
             // the create answered) is the agent's own.
             rec.adopted = false
-            // What was read before is not this container's; what the create
-            // read is (a change behind the agent's back since bumps `asked`,
-            // and the write reads again).
+            // Nothing read before is this container's, and nothing is asked
+            // of its spec yet (a sync that asks bumps `asked`, and reads).
             rec.asked += 1
-            rec.kernel = kernel
             rec.readFor = rec.asked
+            rec.kernel = nil
             rec.head = nil
+            rec.written = nil
+            rec.spec = nil
+            rec.intent = true
             r[path] = rec
         }
         do {
-            // In turn with the path's other writes. Where this call shares a
-            // write already queued, that one reads the kernel and writes the
-            // full snapshot (the record above says whose it is).
-            try syncs.run(path) { () throws(LmctfyError) in
-                let rec = records.locked { r -> Record? in
-                    // A write that ran meanwhile read the kernel before the
-                    // create was done: the intent comes after it, and counts.
-                    r[path]?.written = nil
-                    r[path]?.spec = nil
-                    r[path]?.intent = true
-                    return r[path]
-                }
-                guard let rec else { return }  // destroyed meanwhile
-                let s = ContainerSnapshot(formatVersion: SnapshotStore.formatVersion, name: path, createdNs: rec.createdNs,
-                                          bootId: events.bootId, process: rec.processes, adopted: false, writtenNs: now)
-                try store.write(name: path, body: SnapshotStore.serialized(s), intent: true)
-                counts.locked { $0.intents += 1 }
-            }
+            // In turn with the path's other writes: where a write already
+            // running read the kernel before the create was done, this one
+            // follows it (and reads again).
+            try syncs.run(path) { try syncNow(path, adopted: false) }
         } catch {
             warn("snapshot of \(path) not written (tried again later): \(error)")
         }
         let wakeKeeper = deferred.locked { d -> Bool in
-            d.names.insert(path)
-            if d.sinceNs == nil { d.sinceNs = MonotonicClock.nanoseconds() }
+            d.names[path] = MonotonicClock.nanoseconds()
             defer { d.asleep = false }
             return d.asleep
         }
         if wakeKeeper { wake.bump() }
+    }
+
+    /// Logs `path`'s intent (`created`): its name, creation time, the
+    /// processes recorded in it, no spec.
+    private func writeIntent(_ path: String, fresh: Int32?) throws(LmctfyError) {
+        guard let rec = records.locked({ $0[path] }) else { return }
+        let now = WallClock.nanosecondsSinceEpoch()
+        let alive = rec.processes.filter { p in p.pid == fresh || Self.isAlive(p) }
+        let s = ContainerSnapshot(formatVersion: SnapshotStore.formatVersion, name: path, createdNs: rec.createdNs,
+                                  bootId: events.bootId, process: alive, adopted: false, writtenNs: now)
+        try store.write(name: path, body: SnapshotStore.serialized(s), intent: true)
+        let dead = Set(rec.processes.filter { p in !alive.contains { $0.pid == p.pid } }.compactMap(\.pid))
+        if !dead.isEmpty { records.locked { $0[path]?.processes.removeAll { dead.contains($0.pid ?? 0) } } }
+        counts.locked { $0.intents += 1 }
     }
 
     /// When the agent made or first saw `path` (CLOCK_REALTIME ns; kept
@@ -305,6 +310,7 @@ public final class SnapshotKeeper: Sendable {
     /// destroy through the agent).
     public func removeTree(_ path: String) {
         let names = records.locked { r in r.keys.filter { $0 == path || $0.hasPrefix(path + "/") } }
+        deferred.locked { d in for name in names + [path] { d.names[name] = nil } }
         for name in Set(names + [path]).sorted(by: >) {
             do {
                 try syncs.run(name) {
@@ -389,7 +395,7 @@ public final class SnapshotKeeper: Sendable {
                 if stopping {
                     // A stop leaves no intent behind (a kill may: the next
                     // start completes it from the kernel).
-                    completeIntents(deferred.locked { d in defer { d.names = []; d.sinceNs = nil }; return d.names })
+                    completeIntents(deferred.locked { d in defer { d.names = [:] }; return Set(d.names.keys) })
                     break
                 }
                 // Parents first: a subcontainer's snapshot after its parent's.
@@ -398,19 +404,18 @@ public final class SnapshotKeeper: Sendable {
                         warn("snapshot of \(name) not written: \(error)")
                     }
                 }
-                // Creates' full snapshots, `deferMs` after the oldest
-                // (those written meanwhile, or destroyed, are skipped).
+                // Creates' full snapshots, once `deferMs` old (those written
+                // meanwhile are skipped; destroyed ones are gone from the set).
                 let now = MonotonicClock.nanoseconds()
                 let (due, waitMs) = deferred.locked { d -> (Set<String>, Int) in
-                    guard let since = d.sinceNs else {
+                    guard !d.names.isEmpty else {
                         d.asleep = true
                         return ([], 1000)
                     }
-                    let age = now &- since
-                    let full = UInt64(Self.deferMs) * 1_000_000
-                    guard age >= full else { return ([], Int((full - age + 999_999) / 1_000_000)) }
-                    defer { d.names = []; d.sinceNs = nil }
-                    return (d.names, 0)
+                    let age = UInt64(Self.deferMs) * 1_000_000
+                    let ripe = Set(d.names.filter { now &- $0.value >= age }.keys)
+                    for name in ripe { d.names[name] = nil }
+                    return (ripe, Self.deferMs / 2)
                 }
                 completeIntents(due)
                 if names.isEmpty && due.isEmpty { seen = wake.wait(past: seen, timeoutMs: waitMs) }
@@ -421,11 +426,10 @@ public final class SnapshotKeeper: Sendable {
     }
 
     /// Writes the full snapshot of each of `names` that still has only its
-    /// intent (`created`): from what its create read back, unless something
-    /// was asked since.
+    /// intent (`created`), read from the kernel.
     private func completeIntents(_ names: Set<String>) {
         for name in names.sorted() where records.locked({ $0[name]?.intent == true }) {
-            do throws(LmctfyError) { try sync(name, processesOnly: true) } catch {
+            do throws(LmctfyError) { try sync(name) } catch {
                 warn("snapshot of \(name) not written: \(error)")
             }
         }
