@@ -32,27 +32,9 @@ extension ContainerApi {
     /// errno of the failure.
     @discardableResult
     public func create(_ name: ContainerName, spec: ContainerSpec, virtualHostStdio: VirtualHostStdio?) throws(LmctfyError) -> Container {
-        try create(name, spec: spec, virtualHostStdio: virtualHostStdio, readBack: false).container
-    }
-
-    /// Create, then the new container's spec as the kernel has it, read
-    /// while the create still holds the tree's lock (no other create,
-    /// update or destroy of the tree in between) from the directories it
-    /// made, which are therefore not looked up again (what the agent's
-    /// snapshot of a new container records).
-    public func createReadingBack(_ name: ContainerName, spec: ContainerSpec) throws(LmctfyError) -> (Container, ContainerSpec, frozen: Bool) {
-        let made = try create(name, spec: spec, virtualHostStdio: nil, readBack: true)
-        guard let back = made.readBack else { throw .internalError("Create of \"\(name)\" read nothing back") }
-        return (made.container, back.spec, back.frozen)
-    }
-
-    /// Create; with `readBack`, also the spec and freezer state read back
-    /// as `createReadingBack` says.
-    func create(_ name: ContainerName, spec: ContainerSpec, virtualHostStdio: VirtualHostStdio?, readBack: Bool)
-        throws(LmctfyError) -> (container: Container, readBack: (spec: ContainerSpec, frozen: Bool)?) {
         if name.isRoot { throw .alreadyExists("Can't create existing container \"\(name)\"") }
         return try locked(name) { lock throws(LmctfyError) in
-            let (madeDirs, kinds) = try create(name, spec: spec, lock: lock, readBack: readBack)
+            try create(name, spec: spec, lock: lock)
             let container = Container(name: name, api: self)
             if spec.virtualHost != nil {
                 do throws(LmctfyError) {
@@ -62,14 +44,7 @@ extension ContainerApi {
                     throw error
                 }
             }
-            guard readBack else { return (container, nil) }
-            // Read as `spec()` reads: the handlers look at what they find
-            // (records, processes), not at what a new container must have.
-            // A file the create wrote is what the kernel gave back on the
-            // descriptor it wrote with (`ReadBack`), not opened again.
-            var dirs = madeDirs
-            dirs.isNew = false
-            return (container, (try container.spec(dirs: dirs, isolated: Set(kinds)), try container.isFrozen()))
+            return container
         }
     }
 
@@ -79,9 +54,7 @@ extension ContainerApi {
     /// nothing visible or the whole container, and what it left is removed
     /// by the next create or destroy of the tree (the lock's journal, the
     /// `creating` marks).
-    /// Returns the directories made and the resources they isolate.
-    private func create(_ name: ContainerName, spec: ContainerSpec, lock: FileLock?,
-                        readBack: Bool) throws(LmctfyError) -> (ResourceDirs, [ResourceKind]) {
+    private func create(_ name: ContainerName, spec: ContainerSpec, lock: FileLock?) throws(LmctfyError) {
         let tasks = driver.tasksDir(name)
         switch try tasks.state() {
         case .complete: throw .alreadyExists("Can't create existing container \"\(name)\"")
@@ -107,19 +80,19 @@ extension ContainerApi {
             throw kind == .cpu ? .notFound(message) : .failedPrecondition(message)
         }
         do {
-            return (try make(name, parent: parent, kinds: kinds, spec: spec, lock: lock, readBack: readBack), kinds)
+            try make(name, parent: parent, kinds: kinds, spec: spec, lock: lock)
         } catch where error.code == .alreadyExists {
             // A directory of this name in another hierarchy: lmctfy's
             // leftover (its tasks directory is gone) goes and the create is
             // tried again; anything else is not lmctfy's to touch (6).
             guard try removeLeftovers(name) else { throw error }
-            return (try make(name, parent: parent, kinds: kinds, spec: spec, lock: lock, readBack: readBack), kinds)
+            try make(name, parent: parent, kinds: kinds, spec: spec, lock: lock)
         }
     }
 
-    /// Makes the container; returns the directories it made.
+    /// Makes the container.
     private func make(_ name: ContainerName, parent: ContainerName, kinds: [ResourceKind], spec: ContainerSpec,
-                      lock: FileLock?, readBack: Bool) throws(LmctfyError) -> ResourceDirs {
+                      lock: FileLock?) throws(LmctfyError) {
         let made = MadeDirs(lock: lock)
         do throws(LmctfyError) {
             if let lock {
@@ -129,7 +102,6 @@ extension ContainerApi {
             }
             var dirs = try driver.makeDirs(name, parent: parent, kinds: kinds, spec: spec, made: made)
             dirs.isNew = true
-            if readBack { dirs.readBack = ReadBack() }
             // Every directory is marked `creating` now: the marks, not the
             // journal, say what a killed create left.
             if let lock {
@@ -145,7 +117,6 @@ extension ContainerApi {
                 try chownContainer(name, spec: spec, lock: lock)
             }
             try driver.tasksDir(name).setState(.complete)
-            return dirs
         } catch {
             // Undo in reverse. A directory that cannot be removed now (a
             // fault) keeps its `creating` mark and is removed by the next

@@ -143,20 +143,11 @@ public struct LocalBackend: ContainerBackend {
 
     /// Creates the container and, for a virtual host, reports its init's pid.
     public func createReportingInit(_ name: String, spec: ContainerSpec) throws(LmctfyError) -> CreateOutcome {
-        try create(name, spec: spec, readBack: false)
-    }
-
-    public func createReadingBack(_ name: String, spec: ContainerSpec) throws(LmctfyError) -> CreateOutcome {
-        try create(name, spec: spec, readBack: true)
-    }
-
-    private func create(_ name: String, spec: ContainerSpec, readBack: Bool) throws(LmctfyError) -> CreateOutcome {
         let resolved = try machineName(name)
         if resolved == scope.root { throw .alreadyExists("Can't create existing container \"/\"") }
-        let made = try api.create(resolved, spec: spec, virtualHostStdio: nil, readBack: readBack)
-        let initPid = spec.virtualHost != nil ? try made.container.initPid() : nil
-        return CreateOutcome(name: try callerPath(made.container.name), initPid: initPid,
-                             spec: made.readBack?.spec, frozen: made.readBack?.frozen)
+        let made = try api.create(resolved, spec: spec, virtualHostStdio: nil)
+        let initPid = spec.virtualHost != nil ? try made.initPid() : nil
+        return CreateOutcome(name: try callerPath(made.name), initPid: initPid)
     }
 
     /// Destroys the container; without `force` only an empty one. `/` is refused (D7).

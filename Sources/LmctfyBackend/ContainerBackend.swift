@@ -78,11 +78,6 @@ public protocol ContainerBackend: Sendable {
     /// backend's machine sees it; nil for any other container), which
     /// `lmctfy create` prints as `init_pid`.
     func createReportingInit(_ name: String, spec: ContainerSpec) throws(LmctfyError) -> CreateOutcome
-    /// `createReportingInit`, also reading the new container's spec back
-    /// as the kernel has it (`CreateOutcome.spec`), while the create still
-    /// holds the tree's lock and knows the directories it made: what the
-    /// agent's snapshot records, without looking the directories up again.
-    func createReadingBack(_ name: String, spec: ContainerSpec) throws(LmctfyError) -> CreateOutcome
     /// Without `force`, refuses (9) a container with subcontainers,
     /// processes or threads. `/` is always refused (D7). Returns the
     /// absolute name of the container destroyed.
@@ -138,17 +133,10 @@ public struct CreateOutcome: Sendable, Equatable {
     public var name: String
     /// A virtual host's init (nil for any other container).
     public var initPid: Int32?
-    /// Its spec and freezer state as read back right after the create
-    /// (`createReadingBack`; a child of a frozen container is frozen from
-    /// the start); nil when the backend did not read them.
-    public var spec: ContainerSpec?
-    public var frozen: Bool?
 
-    public init(name: String, initPid: Int32?, spec: ContainerSpec? = nil, frozen: Bool? = nil) {
+    public init(name: String, initPid: Int32?) {
         self.name = name
         self.initPid = initPid
-        self.spec = spec
-        self.frozen = frozen
     }
 }
 
@@ -156,11 +144,6 @@ extension ContainerBackend {
     /// By default: `create`, with no init to report.
     public func createReportingInit(_ name: String, spec: ContainerSpec) throws(LmctfyError) -> CreateOutcome {
         CreateOutcome(name: try create(name, spec: spec), initPid: nil)
-    }
-
-    /// By default: `createReportingInit`, nothing read back.
-    public func createReadingBack(_ name: String, spec: ContainerSpec) throws(LmctfyError) -> CreateOutcome {
-        try createReportingInit(name, spec: spec)
     }
 
     /// `run` for the verbs: nothing to do when the command starts.

@@ -155,23 +155,6 @@ import Testing
         #expect(!CgroupDir(mount: "/m", segments: ["a"]).isAt("/a/") && !CgroupDir(mount: "/m", segments: ["a"]).isAt("a"))
     }
 
-    @Test func aWriteWithReadBackKeepsWhatTheFileThenSaysForTheNextRead() throws {
-        let tree = try FakeCgroupTree(.v1)
-        try tree.seed("memory", ["a"], files: ["memory.limit_in_bytes": "0\n"])
-        var dir = tree.dir("memory", ["a"])
-        dir.readBack = ReadBack()
-        try dir.write("memory.limit_in_bytes", "4096")
-        #expect(dir.readBack?.value(dir.file("memory.limit_in_bytes")) == "4096", "read back on the descriptor written")
-        // What the file holds now is not read again: the value after the
-        // write is (a directory without a read-back reads the file).
-        try Sys.writeFile(dir.file("memory.limit_in_bytes"), "8192\n")
-        #expect(try dir.read("memory.limit_in_bytes") == "4096")
-        #expect(try tree.dir("memory", ["a"]).read("memory.limit_in_bytes") == "8192\n")
-        // A file not written is read as always.
-        try Sys.createFile(dir.file("memory.soft_limit_in_bytes"), "7\n")
-        #expect(try dir.read("memory.soft_limit_in_bytes") == "7\n")
-    }
-
     @Test func v2CreateEnablesControllersInTheParentAndRecordsIsolation() throws {
         let tree = try FakeCgroupTree(.v2)
         let api = try ContainerApi(mounts: tree.mounts)

@@ -100,9 +100,6 @@ public struct CgroupDir: Sendable, Equatable, CustomStringConvertible {
     public let segments: [String]
     /// How this tree is reached (checked on the kernel, faults in tests).
     public let access: CgroupAccess
-    /// Where a write keeps what the kernel gives back for it and a read
-    /// finds it (a create that reads its container back); nil: neither.
-    var readBack: ReadBack?
 
     /// A directory `segments` below `mount` (a trailing slash on the mount is
     /// dropped). Traps on an unsafe segment (empty, ".", ".." or containing
@@ -231,7 +228,6 @@ public struct CgroupDir: Sendable, Equatable, CustomStringConvertible {
     /// feature, or the cgroup was removed meanwhile), EACCES is
     /// PERMISSION_DENIED; any other failure is FAILED_PRECONDITION.
     public func read(_ name: String) throws(LmctfyError) -> String {
-        if let readBack, let value = readBack.value(file(name)) { return value }
         let fd = try open(name, O_RDONLY, "Failed to read cgroup file")
         defer { close(fd) }
         do {
@@ -245,29 +241,14 @@ public struct CgroupDir: Sendable, Equatable, CustomStringConvertible {
     /// Writes a cgroup file with one write(2). A missing file is NOT_FOUND;
     /// EACCES is PERMISSION_DENIED; a value the kernel refuses (EINVAL,
     /// EBUSY, ...) is UNAVAILABLE, as in the original.
-    ///
-    /// With `readBack`, the file is opened for reading too where it can be
-    /// (not a write-only file), and what the kernel then reads back from
-    /// offset 0 on that descriptor (its value after the write: a limit
-    /// rounded to pages, a share clamped) is kept for `read`.
     public func write(_ name: String, _ value: String) throws(LmctfyError) {
         let context = "Failed to write \"\(value)\" to cgroup file"
-        let readWrite = readBack == nil || faults != nil ? nil : try? open(name, O_RDWR, failing: .unavailable, context)
-        let fd: Int32
-        if let readWrite { fd = readWrite } else { fd = try open(name, O_WRONLY, failing: .unavailable, context) }
+        let fd = try open(name, O_WRONLY, failing: .unavailable, context)
         defer { close(fd) }
         do {
             try Sys.writeOnce(fd, Array(value.utf8), path: file(name), faults: faults)
         } catch {
             throw error.cgroup(Self.gone(error.errno) ? .notFound : .unavailable, context)
-        }
-        if readWrite != nil, let readBack {
-            // A record: whole in one read (see `Sys.readAll`).
-            let back = withUnsafeTemporaryAllocation(byteCount: 4096, alignment: 1) { b -> String? in
-                guard let n = try? Sys.preadStart(fd, into: b), n < b.count else { return nil }
-                return String(decoding: UnsafeRawBufferPointer(rebasing: b[0..<n]), as: UTF8.self)
-            }
-            if let back { readBack.keep(file(name), back) }
         }
     }
 
@@ -502,18 +483,6 @@ public struct CgroupDir: Sendable, Equatable, CustomStringConvertible {
             throw error.cgroup(error.errno == ENOENT ? .notFound : .internal, "Failed to watch \(path)")
         }
     }
-}
-
-/// What a create wrote to its new container's files, as the kernel read each
-/// back on the descriptor it was written with, right after the write: the
-/// create's read-back of the container (the agent's snapshot of it) takes
-/// these rather than opening every file again. One per create, used under
-/// its lock; a file written twice keeps its last value.
-final class ReadBack: Sendable {
-    private let values = Mutex<[String: String]>([:])
-
-    func value(_ path: String) -> String? { values.withLock { $0[path] } }
-    func keep(_ path: String, _ value: String) { values.withLock { $0[path] = value } }
 }
 
 /// Which optional cgroup files the running kernel has, per hierarchy.

@@ -209,15 +209,8 @@ public struct ResourceDirs: Sendable {
         self.procRoot = driver.procRoot
     }
 
-    /// What a create in progress wrote, as the kernel gave it back (nil: no
-    /// read-back wanted); handed to every directory `dir` returns.
-    var readBack: ReadBack?
-
     /// The directory holding a controller's files, if the container has one.
-    public func dir(_ c: Controller) -> CgroupDir? {
-        guard let readBack else { return byController[c] }
-        return byController[c].map { var d = $0; d.readBack = readBack; return d }
-    }
+    public func dir(_ c: Controller) -> CgroupDir? { byController[c] }
 
     /// Every distinct directory of the container (co-mounted hierarchies
     /// once), the tasks directory first.
