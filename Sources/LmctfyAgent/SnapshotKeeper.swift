@@ -208,9 +208,7 @@ public final class SnapshotKeeper: Sendable {
             }
             return r[path]!
         }
-        // A process recorded a moment ago (`started` read its start time)
-        // is not looked up again.
-        let alive = rec.processes.filter { p in p.pid == fresh || Self.isAlive(p) }
+        let (alive, dead) = Self.living(rec.processes, fresh: fresh)
         let head: [UInt8]
         if cached != nil, let h = rec.head { head = h } else {
             head = try SnapshotStore.serialized(ContainerSnapshot(
@@ -231,7 +229,6 @@ public final class SnapshotKeeper: Sendable {
         let f0 = MonotonicClock.nanoseconds()
         try store.write(name: path, body: base + SnapshotStore.serialized(extras, name: path))
         let fileNs = MonotonicClock.nanoseconds() - f0
-        let dead = Set(rec.processes.filter { p in !alive.contains { $0.pid == p.pid } }.compactMap(\.pid))
         // The spec's hash again only when it was read again (a process-only
         // write reuses the spec it last wrote, and its hash).
         let specBytes = cached != nil && rec.spec != nil ? rec.spec : (try? kernel.spec.serializedBytes()).map(Crypto.sha256)
@@ -287,16 +284,23 @@ public final class SnapshotKeeper: Sendable {
         if wakeKeeper { wake.bump() }
     }
 
+    /// The recorded `processes` still alive, and the pids of those gone. A
+    /// process recorded a moment ago (`fresh`: `started` read its start
+    /// time) is not looked up again.
+    static func living(_ processes: [SnapshotProcess], fresh: Int32?) -> (alive: [SnapshotProcess], dead: Set<Int32>) {
+        let alive = processes.filter { p in p.pid == fresh || isAlive(p) }
+        return (alive, Set(processes.filter { p in !alive.contains { $0.pid == p.pid } }.compactMap(\.pid)))
+    }
+
     /// Logs `path`'s intent (`created`): its name, creation time, the
     /// processes recorded in it, no spec.
     private func writeIntent(_ path: String, fresh: Int32?) throws(LmctfyError) {
         guard let rec = records.locked({ $0[path] }) else { return }
         let now = WallClock.nanosecondsSinceEpoch()
-        let alive = rec.processes.filter { p in p.pid == fresh || Self.isAlive(p) }
+        let (alive, dead) = Self.living(rec.processes, fresh: fresh)
         let s = ContainerSnapshot(formatVersion: SnapshotStore.formatVersion, name: path, createdNs: rec.createdNs,
                                   bootId: events.bootId, process: alive, adopted: false, writtenNs: now)
         try store.write(name: path, body: SnapshotStore.serialized(s), intent: true)
-        let dead = Set(rec.processes.filter { p in !alive.contains { $0.pid == p.pid } }.compactMap(\.pid))
         if !dead.isEmpty { records.locked { $0[path]?.processes.removeAll { dead.contains($0.pid ?? 0) } } }
         counts.locked { $0.intents += 1 }
     }
@@ -309,9 +313,9 @@ public final class SnapshotKeeper: Sendable {
     /// Removes the snapshots of `path` and of every container below it (a
     /// destroy through the agent).
     public func removeTree(_ path: String) {
-        let names = records.locked { r in r.keys.filter { $0 == path || $0.hasPrefix(path + "/") } }
-        deferred.locked { d in for name in names + [path] { d.names[name] = nil } }
-        for name in Set(names + [path]).sorted(by: >) {
+        let names = Set(records.locked { r in r.keys.filter { $0 == path || $0.hasPrefix(path + "/") } } + [path])
+        deferred.locked { d in for name in names { d.names[name] = nil } }
+        for name in names.sorted(by: >) {
             do {
                 try syncs.run(name) {
                     records.locked { $0[name] = nil }
