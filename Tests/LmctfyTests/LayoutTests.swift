@@ -153,6 +153,24 @@ import Testing
         #expect(CgroupDir(mount: "/m", segments: ["a", "b"]).isAt("/a/b") && !CgroupDir(mount: "/m", segments: ["a", "b"]).isAt("/a"))
         #expect(CgroupDir(mount: "/m", segments: []).isAt("/") && !CgroupDir(mount: "/m", segments: ["a"]).isAt("/"))
         #expect(!CgroupDir(mount: "/m", segments: ["a"]).isAt("/a/") && !CgroupDir(mount: "/m", segments: ["a"]).isAt("a"))
+        #expect(!CgroupDir(mount: "/m", segments: ["a", "b"]).isAt("/a/bc") && !CgroupDir(mount: "/m", segments: ["ab"]).isAt("/a/b"))
+    }
+
+    @Test func aTasksCgroupFileIsReadPerMountPoint() {
+        let mounts = CgroupMounts(v1: [.cpu: "/c", .cpuacct: "/c", .memory: "/m", .freezer: "/f"], unified: "/u")
+        func read(_ text: String) -> [String] {
+            Container.cgroups(Array(text.utf8), mounts: mounts).map { "\($0.mount)=\(String(decoding: $0.path, as: UTF8.self))" }
+        }
+        // Co-mounted controllers name one mount each; names the library does
+        // not know (name=systemd, hierarchies it has no mount for) are skipped.
+        #expect(read("9:name=systemd:/\n4:cpu,cpuacct:/batch/a\n3:memory:/a\n2:blkio:/x\n1:freezer:/a/b\n0::/v2/path\n")
+                == ["/c=/batch/a", "/c=/batch/a", "/m=/a", "/f=/a/b", "/u=/v2/path"])
+        // The last line without its newline; a line without two colons; an
+        // empty controller list on a hierarchy other than 0.
+        #expect(read("3:memory:/a\ngarbage\n5::/nope\n1:freezer:/") == ["/m=/a", "/f=/"])
+        #expect(read("").isEmpty && read("\n\n").isEmpty)
+        // A path with colons keeps them (only the first two split the line).
+        #expect(read("3:memory:/a:b") == ["/m=/a:b"])
     }
 
     @Test func v2CreateEnablesControllersInTheParentAndRecordsIsolation() throws {

@@ -105,11 +105,23 @@ public struct CgroupDir: Sendable, Equatable, CustomStringConvertible {
     /// dropped). Traps on an unsafe segment (empty, ".", ".." or containing
     /// "/"): segments must come from validated container names.
     public init(mount: String, segments: [String], access: CgroupAccess = .kernel) {
-        precondition(!segments.contains { $0.isEmpty || $0 == "." || $0 == ".." || $0.contains("/") },
-                     "unsafe cgroup path segments \(segments)")
-        self.mount = mount.hasSuffix("/") && mount.count > 1 ? String(mount.dropLast()) : mount
+        // On the UTF-8 bytes: every cgroup path is made here, many per call.
+        precondition(!segments.contains { !Self.isSafeSegment($0) }, "unsafe cgroup path segments \(segments)")
+        let bytes = mount.utf8
+        self.mount = bytes.count > 1 && bytes.last == UInt8(ascii: "/") ? String(mount.dropLast()) : mount
         self.segments = segments
         self.access = access
+    }
+
+    /// A single path component other than "." and "..".
+    static func isSafeSegment(_ s: String) -> Bool {
+        let bytes = s.utf8
+        switch bytes.count {
+        case 0: return false
+        case 1: return bytes.first != UInt8(ascii: ".") && bytes.first != UInt8(ascii: "/")
+        case 2 where s == "..": return false
+        default: return !bytes.contains(UInt8(ascii: "/"))
+        }
     }
 
     public static func == (a: CgroupDir, b: CgroupDir) -> Bool { a.mount == b.mount && a.segments == b.segments }
@@ -122,12 +134,25 @@ public struct CgroupDir: Sendable, Equatable, CustomStringConvertible {
 
     /// Whether this is the cgroup /proc/<pid>/cgroup names `path` ("/" or
     /// "/a/b", below the mount point), without building either path.
-    func isAt(_ path: Substring) -> Bool {
-        guard path.first == "/" else { return false }
-        let rest = path.dropFirst()
-        if rest.isEmpty { return segments.isEmpty }
-        return rest.split(separator: "/", omittingEmptySubsequences: false).elementsEqual(segments) { $0 == $1 }
+    func isAt(_ path: ArraySlice<UInt8>) -> Bool {
+        let slash = UInt8(ascii: "/")
+        guard path.first == slash else { return false }
+        var i = path.startIndex + 1
+        if i == path.endIndex { return segments.isEmpty }
+        for (n, segment) in segments.enumerated() {
+            if n > 0 {
+                guard i < path.endIndex, path[i] == slash else { return false }
+                i += 1
+            }
+            for byte in segment.utf8 {
+                guard i < path.endIndex, path[i] == byte else { return false }
+                i += 1
+            }
+        }
+        return !segments.isEmpty && i == path.endIndex
     }
+
+    func isAt(_ path: Substring) -> Bool { isAt(ArraySlice(path.utf8)) }
     var faults: FaultPlan? { access.faults }
 
     /// The directory one segment below, on the same mount and access (nothing
@@ -144,7 +169,7 @@ public struct CgroupDir: Sendable, Equatable, CustomStringConvertible {
     /// The absolute path of the file `name` in this directory. Traps unless
     /// `name` is a single path component (no "/", not "..").
     public func file(_ name: String) -> String {
-        precondition(!name.isEmpty && !name.contains("/") && name != "..", "unsafe cgroup file name \(name)")
+        precondition(!name.utf8.isEmpty && !name.utf8.contains(UInt8(ascii: "/")) && name != "..", "unsafe cgroup file name \(name)")
         return path + "/" + name
     }
 
