@@ -127,7 +127,26 @@ public struct CgroupDir: Sendable, Equatable, CustomStringConvertible {
     public static func == (a: CgroupDir, b: CgroupDir) -> Bool { a.mount == b.mount && a.segments == b.segments }
 
     /// The directory's absolute path: the mount point and the segments.
-    public var path: String { segments.isEmpty ? mount : mount + "/" + segments.joined(separator: "/") }
+    public var path: String { Self.join(mount, segments, nil) }
+
+    /// `base`, then each segment and `last` after a "/", in one string
+    /// grown once (paths are built for every file lmctfy opens).
+    static func join(_ base: String?, _ segments: [String], _ last: String?) -> String {
+        var length = base?.utf8.count ?? -1
+        for s in segments { length += 1 + s.utf8.count }
+        if let last { length += 1 + last.utf8.count }
+        var out = base ?? ""
+        out.reserveCapacity(max(0, length))
+        for (i, s) in segments.enumerated() {
+            if base != nil || i > 0 { out += "/" }
+            out += s
+        }
+        if let last {
+            if base != nil || !segments.isEmpty { out += "/" }
+            out += last
+        }
+        return out
+    }
     public var description: String { path }
     /// Whether this is the hierarchy's root (the mount point itself).
     public var isRoot: Bool { segments.isEmpty }
@@ -169,8 +188,13 @@ public struct CgroupDir: Sendable, Equatable, CustomStringConvertible {
     /// The absolute path of the file `name` in this directory. Traps unless
     /// `name` is a single path component (no "/", not "..").
     public func file(_ name: String) -> String {
+        Self.checkFileName(name)
+        return Self.join(mount, segments, name)
+    }
+
+    /// Traps unless `name` is a single path component (no "/", not "..").
+    static func checkFileName(_ name: String) {
         precondition(!name.utf8.isEmpty && !name.utf8.contains(UInt8(ascii: "/")) && name != "..", "unsafe cgroup file name \(name)")
-        return path + "/" + name
     }
 
     /// Whether this cgroup exists. Only "no such directory" reads as false:
@@ -212,12 +236,13 @@ public struct CgroupDir: Sendable, Equatable, CustomStringConvertible {
     /// EACCES, `code` otherwise.
     func open(_ name: String, _ flags: Int32, failing code: StatusCode = .failedPrecondition,
               _ context: @autoclosure () -> String = "Failed to open cgroup file") throws(LmctfyError) -> Int32 {
-        let path = file(name)  // also checks `name` is one component
+        Self.checkFileName(name)
         if access.verifiesFilesystem, faults == nil, let root = MountRoots.shared.fd(mount, access),
-           let fd = try openBeneath(root, segments.isEmpty ? name : relativePath + "/" + name, flags, path: path,
+           let fd = try openBeneath(root, Self.join(nil, segments, name), flags, path: file(name),
                                     failing: code, context()) {
             return fd
         }
+        let path = file(name)
         let fd: Int32
         // A fake tree's regular file takes a written value whole, as a
         // cgroup file does (a shorter value must not leave a tail behind).
@@ -476,23 +501,23 @@ public struct CgroupDir: Sendable, Equatable, CustomStringConvertible {
     /// descriptor, or nil when openat2 is not to be had (from now on: the
     /// caller opens by path and checks). A mount point in the way is
     /// FAILED_PRECONDITION; a missing file NOT_FOUND; anything else `code`.
-    private func openBeneath(_ root: Int32, _ relative: String, _ flags: Int32, path: String, failing code: StatusCode,
-                             _ context: @autoclosure () -> String) throws(LmctfyError) -> Int32? {
+    private func openBeneath(_ root: Int32, _ relative: String, _ flags: Int32, path: @autoclosure () -> String,
+                             failing code: StatusCode, _ context: @autoclosure () -> String) throws(LmctfyError) -> Int32? {
         let r = lm_open_beneath(root, relative, flags)
         if r >= 0 { return r }
         switch -r {
         case EXDEV:
-            throw .failedPrecondition("\(path) is not on a cgroup filesystem (a mount point is in its path): something is mounted over it, and lmctfy will not use it")
+            throw .failedPrecondition("\(path()) is not on a cgroup filesystem (a mount point is in its path): something is mounted over it, and lmctfy will not use it")
         case ENOSYS, EPERM, E2BIG:
             MountRoots.shared.noOpenat2()
             return nil
         default:
-            throw SystemError("openat2", path, -r).cgroup(Self.gone(-r) ? .notFound : code, context())
+            throw SystemError("openat2", path(), -r).cgroup(Self.gone(-r) ? .notFound : code, context())
         }
     }
 
     /// This directory's path below its hierarchy's mount point.
-    private var relativePath: String { segments.joined(separator: "/") }
+    private var relativePath: String { Self.join(nil, segments, nil) }
 
     // MARK: Event sources
 
@@ -521,13 +546,15 @@ final class FeatureCache: Sendable {
 /// this file). Never closed: one descriptor per hierarchy.
 final class MountRoots: Sendable {
     static let shared = MountRoots()
-    private let state = Mutex<(fds: [String: Int32], openat2: Bool)>(([:], true))
+    /// The mount points opened so far (a handful: a list is searched faster
+    /// than a dictionary hashes a path, for every file opened).
+    private let state = Mutex<(fds: [(mount: String, fd: Int32)], openat2: Bool)>(([], true))
 
     /// The descriptor of `mount`, or nil: no openat2, or the mount point
     /// cannot be opened or is not a cgroup filesystem (the caller's plain
     /// open then finds out and says so).
     func fd(_ mount: String, _ access: CgroupAccess) -> Int32? {
-        let (enabled, known) = state.withLock { ($0.openat2, $0.fds[mount]) }
+        let (enabled, known) = state.withLock { s in (s.openat2, s.fds.first { $0.mount == mount }?.fd) }
         guard enabled else { return nil }
         if let known { return known }
         let fd = Glibc.open(mount, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
@@ -538,11 +565,11 @@ final class MountRoots: Sendable {
             return nil
         }
         return state.withLock { s in
-            if let raced = s.fds[mount] {
+            if let raced = s.fds.first(where: { $0.mount == mount })?.fd {
                 close(fd)
                 return raced
             }
-            s.fds[mount] = fd
+            s.fds.append((mount, fd))
             return fd
         }
     }

@@ -9,8 +9,22 @@ public enum Controller: String, CaseIterable, Sendable, Comparable {
     /// perf_event, named as the kernel names it.
     case perfEvent = "perf_event"
 
-    public static func < (a: Controller, b: Controller) -> Bool {
-        allCases.firstIndex(of: a)! < allCases.firstIndex(of: b)!
+    public static func < (a: Controller, b: Controller) -> Bool { a.order < b.order }
+
+    /// The declaration order (a switch, not a search of allCases: the
+    /// drivers compare controllers for every directory they look up).
+    private var order: Int {
+        switch self {
+        case .cpu: 0
+        case .cpuacct: 1
+        case .cpuset: 2
+        case .freezer: 3
+        case .memory: 4
+        case .devices: 5
+        case .blkio: 6
+        case .pids: 7
+        case .perfEvent: 8
+        }
     }
 }
 

@@ -13,6 +13,18 @@ struct CgroupV1Driver: CgroupDriver {
     let mounts: CgroupMounts
     let procRoot: String
     var version: CgroupVersion { .v1 }
+    /// The controllers that share their mount with an earlier one (see
+    /// isCoMountedFollower), found once: asked for every directory.
+    private let followers: Set<Controller>
+
+    init(mounts: CgroupMounts, procRoot: String) {
+        self.mounts = mounts
+        self.procRoot = procRoot
+        followers = Set(Controller.allCases.filter { c in
+            guard let m = mounts.v1[c] else { return false }
+            return Controller.allCases.contains { $0 < c && mounts.v1[$0] == m }
+        })
+    }
 
     private func dir(_ mount: String, _ segments: [String]) -> CgroupDir {
         CgroupDir(mount: mount, segments: segments, access: mounts.access)
@@ -26,10 +38,7 @@ struct CgroupV1Driver: CgroupDriver {
 
     /// Whether c shares its mount with a controller that owns the directory
     /// (cpuacct co-mounted with cpu): it then never mkdirs or rmdirs.
-    func isCoMountedFollower(_ c: Controller) -> Bool {
-        guard let m = mounts.v1[c] else { return false }
-        return Controller.allCases.contains { $0 < c && mounts.v1[$0] == m }
-    }
+    func isCoMountedFollower(_ c: Controller) -> Bool { followers.contains(c) }
 
     /// The existing directory of controller c for this container, if any.
     func existingDir(_ c: Controller, _ name: ContainerName) throws(LmctfyError) -> CgroupDir? {
