@@ -97,9 +97,9 @@ extension Sys {
     /// Runs `body` unless the plan fails this call; a failure returns -1
     /// with errno set, as the kernel would, into the caller's retry loop.
     @inline(__always)
-    static func injected<T: FixedWidthInteger>(_ faults: FaultPlan?, _ call: SysCall, _ path: String,
+    static func injected<T: FixedWidthInteger>(_ faults: FaultPlan?, _ call: SysCall, _ path: @autoclosure () -> String,
                                                _ body: () -> T) -> T {
-        if let faults, let e = faults.check(call, path) {
+        if let faults, let e = faults.check(call, path()) {
             Glibc.errno = e
             return -1
         }

@@ -76,20 +76,21 @@ public enum Sys {
     /// cgroup file the kernel shows as one record (every value file; not
     /// a list such as cgroup.procs, which the kernel hands out a page of
     /// records at a time).
-    public static func readAll(_ fd: Int32, path: String, faults: FaultPlan? = nil, shortReadEnds: Bool = false) throws(SystemError) -> [UInt8] {
+    public static func readAll(_ fd: Int32, path: @autoclosure () -> String, faults: FaultPlan? = nil,
+                               shortReadEnds: Bool = false) throws(SystemError) -> [UInt8] {
         // Read into scratch space that is neither zeroed nor kept (most
         // files read are a few bytes of cgroupfs), then copied out.
         let (out, failed) = withUnsafeTemporaryAllocation(byteCount: 16384, alignment: 16) { b -> ([UInt8], Int32) in
             var out = [UInt8]()
             while true {
-                let (n, e) = retry { injected(faults, .read, path) { read(fd, b.baseAddress, b.count) } }
+                let (n, e) = retry { injected(faults, .read, path()) { read(fd, b.baseAddress, b.count) } }
                 if n < 0 { return (out, e) }
                 if n == 0 { return (out, 0) }
                 out.append(contentsOf: UnsafeRawBufferPointer(rebasing: b[0..<n]))
                 if shortReadEnds && n < b.count { return (out, 0) }
             }
         }
-        if failed != 0 { throw SystemError("read", path, failed) }
+        if failed != 0 { throw SystemError("read", path(), failed) }
         return out
     }
 
@@ -103,11 +104,11 @@ public enum Sys {
         return n
     }
 
-    public static func writeOnce(_ fd: Int32, _ bytes: [UInt8], path: String, faults: FaultPlan? = nil) throws(SystemError) {
-        let (n, e) = bytes.withUnsafeBytes { b in retry { injected(faults, .write, path) { write(fd, b.baseAddress, b.count) } } }
-        if n < 0 { throw SystemError("write", path, e) }
-        if n != bytes.count { throw SystemError("write", path, EIO) }
-        faults?.filesystem?.wrote(file: path, String(decoding: bytes, as: UTF8.self))
+    public static func writeOnce(_ fd: Int32, _ bytes: [UInt8], path: @autoclosure () -> String, faults: FaultPlan? = nil) throws(SystemError) {
+        let (n, e) = bytes.withUnsafeBytes { b in retry { injected(faults, .write, path()) { write(fd, b.baseAddress, b.count) } } }
+        if n < 0 { throw SystemError("write", path(), e) }
+        if n != bytes.count { throw SystemError("write", path(), EIO) }
+        faults?.filesystem?.wrote(file: path(), String(decoding: bytes, as: UTF8.self))
     }
 
     /// The filesystem type (statfs f_type) of an open descriptor.
@@ -164,16 +165,16 @@ public enum Sys {
 
     /// mkdirat(2) of one name below an open directory (`path`, the whole
     /// path, names it in errors).
-    public static func mkdirat(_ dirfd: Int32, _ name: String, path: String, mode: mode_t = 0o755) throws(SystemError) {
+    public static func mkdirat(_ dirfd: Int32, _ name: String, path: @autoclosure () -> String, mode: mode_t = 0o755) throws(SystemError) {
         let (r, e) = retry { Glibc.mkdirat(dirfd, name, mode) }
-        if r < 0 { throw SystemError("mkdir", path, e) }
+        if r < 0 { throw SystemError("mkdir", path(), e) }
     }
 
     /// rmdir of one name below an open directory (unlinkat(2) with
     /// AT_REMOVEDIR; `path`, the whole path, names it in errors).
-    public static func rmdirat(_ dirfd: Int32, _ name: String, path: String) throws(SystemError) {
+    public static func rmdirat(_ dirfd: Int32, _ name: String, path: @autoclosure () -> String) throws(SystemError) {
         let (r, e) = retry { Glibc.unlinkat(dirfd, name, AT_REMOVEDIR) }
-        if r < 0 { throw SystemError("rmdir", path, e) }
+        if r < 0 { throw SystemError("rmdir", path(), e) }
     }
 
     /// rmdir(2); tells the plan's fake filesystem first.
@@ -296,7 +297,23 @@ public enum Sys {
             close(fd)
             throw SystemError("fdopendir", path, e)
         }
-        return entries(of: dir).filter { $0.isDirectory }.map(\.name).sorted()
+        return directories(of: dir)
+    }
+
+    /// The subdirectories of an open directory stream but . and .., sorted;
+    /// closes it. Only they are made Strings (a cgroup directory holds tens
+    /// of files, read at every destroy).
+    private static func directories(of dir: OpaquePointer) -> [String] {
+        defer { closedir(dir) }
+        var out: [String] = []
+        while let entry = readdir(dir) {
+            guard entry.pointee.d_type == UInt8(DT_DIR) else { continue }
+            let name = withUnsafePointer(to: entry.pointee.d_name) {
+                $0.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) }
+            }
+            if name != "." && name != ".." { out.append(name) }
+        }
+        return out.sorted()
     }
 
     /// Every entry of an open directory stream but . and ..; closes it.
@@ -322,23 +339,24 @@ public enum Sys {
 
     /// getxattr of `relative` resolved from the directory `dirfd`
     /// (getxattrat(2), Linux 6.13; ENOSYS before); `path` names it in errors.
-    public static func getxattrat(_ dirfd: Int32, _ relative: String, _ name: String, path: String) throws(SystemError) -> String? {
-        try xattrValue("getxattrat", path, name) { b, n in
+    public static func getxattrat(_ dirfd: Int32, _ relative: String, _ name: String,
+                                  path: @autoclosure () -> String) throws(SystemError) -> String? {
+        try xattrValue("getxattrat", path(), name) { b, n in
             let r = lm_getxattrat(dirfd, relative, name, b, n)
             return r < 0 ? (-1, Int32(-r)) : (r, 0)
         }
     }
 
     /// getxattr of an open descriptor (fgetxattr(2)).
-    public static func fgetxattr(_ fd: Int32, _ name: String, path: String) throws(SystemError) -> String? {
-        try xattrValue("fgetxattr", path, name) { b, n in retry { CLmctfyShims.fgetxattr(fd, name, b, n) } }
+    public static func fgetxattr(_ fd: Int32, _ name: String, path: @autoclosure () -> String) throws(SystemError) -> String? {
+        try xattrValue("fgetxattr", path(), name) { b, n in retry { CLmctfyShims.fgetxattr(fd, name, b, n) } }
     }
 
     /// The value one of the getxattr calls reads: lmctfy's records are short,
     /// so a small buffer first (the kernel allocates and zeroes as much as
     /// it is offered), the value's own size when it is longer (ERANGE).
     /// `call(buffer, size)` returns (length or -1, errno).
-    private static func xattrValue(_ syscall: String, _ path: String, _ name: String,
+    private static func xattrValue(_ syscall: String, _ path: @autoclosure () -> String, _ name: String,
                                    _ call: (UnsafeMutableRawPointer?, Int) -> (Int, Int32)) throws(SystemError) -> String? {
         var size = 256
         while true {
@@ -350,11 +368,11 @@ public enum Sys {
             if e == ENODATA { return nil }
             if e == ERANGE {
                 let (needed, e2) = call(nil, 0)
-                if needed < 0 { throw SystemError(syscall, "\(path) \(name)", e2) }
+                if needed < 0 { throw SystemError(syscall, "\(path()) \(name)", e2) }
                 size = max(needed, size) + 1  // it may grow meanwhile: try again
                 continue
             }
-            throw SystemError(syscall, "\(path) \(name)", e)
+            throw SystemError(syscall, "\(path()) \(name)", e)
         }
     }
 
@@ -367,23 +385,24 @@ public enum Sys {
 
     /// setxattr of `relative` resolved from the directory `dirfd`
     /// (setxattrat(2), Linux 6.13; ENOSYS before); `path` names it in errors.
-    public static func setxattrat(_ dirfd: Int32, _ relative: String, _ name: String, _ value: String, path: String) throws(SystemError) {
-        try setXattrValue("setxattrat", path, name, value) { b, n in
+    public static func setxattrat(_ dirfd: Int32, _ relative: String, _ name: String, _ value: String,
+                                  path: @autoclosure () -> String) throws(SystemError) {
+        try setXattrValue("setxattrat", path(), name, value) { b, n in
             let r = lm_setxattrat(dirfd, relative, name, b, n)
             return r < 0 ? (-1, Int32(-r)) : (0, 0)
         }
     }
 
     /// setxattr of an open descriptor (fsetxattr(2)).
-    public static func fsetxattr(_ fd: Int32, _ name: String, _ value: String, path: String) throws(SystemError) {
-        try setXattrValue("fsetxattr", path, name, value) { b, n in retry { CLmctfyShims.fsetxattr(fd, name, b, n, 0) } }
+    public static func fsetxattr(_ fd: Int32, _ name: String, _ value: String, path: @autoclosure () -> String) throws(SystemError) {
+        try setXattrValue("fsetxattr", path(), name, value) { b, n in retry { CLmctfyShims.fsetxattr(fd, name, b, n, 0) } }
     }
 
-    private static func setXattrValue(_ syscall: String, _ path: String, _ name: String, _ value: String,
+    private static func setXattrValue(_ syscall: String, _ path: @autoclosure () -> String, _ name: String, _ value: String,
                                       _ call: (UnsafeRawPointer?, Int) -> (Int32, Int32)) throws(SystemError) {
         let bytes = Array(value.utf8)
         let (r, e) = bytes.withUnsafeBytes { b in call(b.baseAddress, b.count) }
-        if r < 0 { throw SystemError(syscall, "\(path) \(name)", e) }
+        if r < 0 { throw SystemError(syscall, "\(path()) \(name)", e) }
     }
 
     /// A close-on-exec pipe: (read end, write end).

@@ -264,10 +264,13 @@ public struct CgroupDir: Sendable, Equatable, CustomStringConvertible {
         return fd
     }
 
-    /// The files the kernel shows as a list of records (pids), a page of
-    /// them per read: read to their end. Every other cgroup file is one
-    /// record, whole in the first read that does not fill the buffer.
-    static let listFiles: Set<String> = ["cgroup.procs", "tasks", "cgroup.threads"]
+    /// Whether `name` is a file the kernel shows as a list of records
+    /// (pids), a page of them per read: read to its end. Every other cgroup
+    /// file is one record, whole in the first read that does not fill the
+    /// buffer. (Compared, not hashed: asked at every read.)
+    static func isListFile(_ name: String) -> Bool {
+        name == "cgroup.procs" || name == "tasks" || name == "cgroup.threads"
+    }
 
     /// errno of a file that is not there, or whose cgroup was removed
     /// (ENODEV: kernfs refuses an open, read or write of a removed cgroup's
@@ -281,7 +284,7 @@ public struct CgroupDir: Sendable, Equatable, CustomStringConvertible {
         let fd = try open(name, O_RDONLY, "Failed to read cgroup file")
         defer { close(fd) }
         do {
-            let bytes = try Sys.readAll(fd, path: file(name), faults: faults, shortReadEnds: !Self.listFiles.contains(name))
+            let bytes = try Sys.readAll(fd, path: file(name), faults: faults, shortReadEnds: !Self.isListFile(name))
             return String(decoding: bytes, as: UTF8.self)
         } catch {
             throw error.cgroup(Self.gone(error.errno) ? .notFound : .failedPrecondition, "Failed to read cgroup file")
@@ -292,15 +295,17 @@ public struct CgroupDir: Sendable, Equatable, CustomStringConvertible {
     /// EACCES is PERMISSION_DENIED; a value the kernel refuses (EINVAL,
     /// EBUSY, ...) is UNAVAILABLE, as in the original.
     public func write(_ name: String, _ value: String) throws(LmctfyError) {
-        let context = "Failed to write \"\(value)\" to cgroup file"
-        let fd = try open(name, O_WRONLY, failing: .unavailable, context)
+        let fd = try open(name, O_WRONLY, failing: .unavailable, Self.writeContext(value))
         defer { close(fd) }
         do {
             try Sys.writeOnce(fd, Array(value.utf8), path: file(name), faults: faults)
         } catch {
-            throw error.cgroup(Self.gone(error.errno) ? .notFound : .unavailable, context)
+            throw error.cgroup(Self.gone(error.errno) ? .notFound : .unavailable, Self.writeContext(value))
         }
     }
+
+    /// A failed write's message (made only when a write fails).
+    static func writeContext(_ value: String) -> String { "Failed to write \"\(value)\" to cgroup file" }
 
     /// A file holding one integer; "max" (v2) reads as nil.
     public func readInt(_ name: String) throws(LmctfyError) -> Int64? {
