@@ -74,12 +74,15 @@ public struct ContainerName: Hashable, Sendable, Comparable, CustomStringConvert
         let floor = root.components.count
         let start = root.isRoot || base == root || root.isAncestor(of: base) ? base : root
         var parts = raw.hasPrefix("/") ? root.components : start.components
-        for segment in raw.split(separator: "/", omittingEmptySubsequences: true) {
-            switch segment {
-            case ".": continue
-            case "..": if parts.count > floor { parts.removeLast() }
-            default: parts.append(String(segment))
+        // Split on the bytes: names are resolved at every call (ASCII only,
+        // checked above).
+        for segment in raw.utf8.split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: true) {
+            if segment.elementsEqual(".".utf8) { continue }
+            if segment.elementsEqual("..".utf8) {
+                if parts.count > floor { parts.removeLast() }
+                continue
             }
+            parts.append(String(Substring(segment)))
         }
         for segment in parts {
             guard let first = segment.utf8.first,
@@ -104,7 +107,7 @@ public struct ContainerName: Hashable, Sendable, Comparable, CustomStringConvert
         guard resolvedLength <= maxLength else {
             throw .invalidArgument("Container name \"\(printable(raw))\" resolves to \(resolvedLength) bytes, longer than \(maxLength)")
         }
-        if let top = parts.first, let why = reserved[top] {
+        if let top = parts.first, let why = reserved.first(where: { $0.key == top })?.value {
             throw .invalidArgument("Container name \"/\(parts[0])\" is reserved: \(why)")
         }
         return ContainerName(trusted: parts)
@@ -131,8 +134,10 @@ public struct ContainerName: Hashable, Sendable, Comparable, CustomStringConvert
 
     /// Which control file (or family) `segment` names, or nil.
     static func controlFileKind(_ segment: String) -> String? {
-        if controlFileNames.contains(segment) { return segment }
-        if let p = controlFilePrefixes.first(where: { segment.hasPrefix($0) }) { return p + "*" }
+        if controlFileNames.contains(where: { $0 == segment }) { return segment }
+        // Every prefix ends in a dot: a segment without one has none of them.
+        guard segment.utf8.contains(UInt8(ascii: ".")) else { return nil }
+        if let p = controlFilePrefixes.first(where: { segment.utf8.starts(with: $0.utf8) }) { return p + "*" }
         return nil
     }
 

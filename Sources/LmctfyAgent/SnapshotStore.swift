@@ -210,20 +210,24 @@ public final class SnapshotStore: @unchecked Sendable {
 
     /// The file name of `name`'s snapshot (see the top of this file).
     public static func fileName(_ name: String) -> String {
-        var out = ""
+        // Made as bytes (at every snapshot write): %XX for each byte
+        // outside [A-Za-z0-9_-].
+        let hex = Array("0123456789ABCDEF".utf8)
+        var out: [UInt8] = []
+        out.reserveCapacity(name.utf8.count + 8)
         for b in name.utf8 {
             switch b {
             case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"),
                  UInt8(ascii: "0")...UInt8(ascii: "9"), UInt8(ascii: "_"), UInt8(ascii: "-"):
-                out.unicodeScalars.append(Unicode.Scalar(b))
+                out.append(b)
             default:
-                out += "%" + String(b >> 4, radix: 16, uppercase: true) + String(b & 15, radix: 16, uppercase: true)
+                out += [UInt8(ascii: "%"), hex[Int(b >> 4)], hex[Int(b & 15)]]
             }
         }
-        if out.utf8.count > 200 {
+        if out.count > 200 {
             return "~" + Crypto.sha256(Array(name.utf8)).map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined()
         }
-        return out
+        return String(decoding: out, as: UTF8.self)
     }
 
     /// The name a file name stands for; nil for a hashed name (read the
