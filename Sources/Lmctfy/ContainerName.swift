@@ -74,15 +74,25 @@ public struct ContainerName: Hashable, Sendable, Comparable, CustomStringConvert
         let floor = root.components.count
         let start = root.isRoot || base == root || root.isAncestor(of: base) ? base : root
         var parts = raw.hasPrefix("/") ? root.components : start.components
-        // Split on the bytes: names are resolved at every call (ASCII only,
-        // checked above).
-        for segment in raw.utf8.split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: true) {
-            if segment.elementsEqual(".".utf8) { continue }
-            if segment.elementsEqual("..".utf8) {
-                if parts.count > floor { parts.removeLast() }
-                continue
+        // Split on the bytes, by hand: names are resolved several times a
+        // call (ASCII only, checked above).
+        var bytes = raw
+        bytes.withUTF8 { b in
+            let slash = UInt8(ascii: "/"), dot = UInt8(ascii: ".")
+            var i = 0
+            while i < b.count {
+                if b[i] == slash { i += 1; continue }
+                var end = i
+                while end < b.count && b[end] != slash { end += 1 }
+                let n = end - i
+                if n == 1 && b[i] == dot {
+                } else if n == 2 && b[i] == dot && b[i + 1] == dot {
+                    if parts.count > floor { parts.removeLast() }
+                } else {
+                    parts.append(String(decoding: UnsafeBufferPointer(rebasing: b[i..<end]), as: UTF8.self))
+                }
+                i = end
             }
-            parts.append(String(Substring(segment)))
         }
         for segment in parts {
             guard let first = segment.utf8.first,

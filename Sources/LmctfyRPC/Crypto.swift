@@ -29,6 +29,12 @@ public enum Crypto {
         return Array(out[0..<32])
     }
 
+    /// SHA-256's implementation, fetched once: EVP_sha256() makes every
+    /// digest look its provider up again (OpenSSL 3), and the agent hashes
+    /// each snapshot record it writes. Immutable once fetched; shared by
+    /// every thread, as OpenSSL allows.
+    private nonisolated(unsafe) static let sha256Method: OpaquePointer? = EVP_MD_fetch(nil, "SHA256", nil)
+
     /// SHA-256 of `data` (32 bytes): the agent's request journal keeps it to
     /// tell a retried request from a different one under the same id.
     public static func sha256(_ data: [UInt8]) -> [UInt8] {
@@ -38,7 +44,7 @@ public enum Crypto {
             out.withUnsafeMutableBufferPointer { o in
                 var empty: UInt8 = 0
                 return withUnsafePointer(to: &empty) { e in
-                    EVP_Digest(d.baseAddress ?? e, d.count, o.baseAddress, &length, EVP_sha256(), nil)
+                    EVP_Digest(d.baseAddress ?? e, d.count, o.baseAddress, &length, sha256Method ?? EVP_sha256(), nil)
                 }
             }
         }
