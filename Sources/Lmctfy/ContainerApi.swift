@@ -86,24 +86,22 @@ public final class ContainerApi: Sendable {
     /// The container a task (pid or tid; 0 = this process) is in.
     public func detect(pid: pid_t) throws(LmctfyError) -> ContainerName {
         let file = procRoot + "/" + (pid == 0 ? "self" : String(pid)) + "/cgroup"
-        let text: String
+        let text: [UInt8]
         do {
-            text = try Sys.readFile(file)
+            text = try Sys.readBytes(file)
         } catch {
             throw error.lmctfy(.notFound, "Could not detect the container for TID \(pid)")
         }
-        for line in text.split(separator: "\n") {
-            let parts = line.split(separator: ":", maxSplits: 2, omittingEmptySubsequences: false)
-            guard parts.count == 3 else { continue }
-            guard driver.isTasksHierarchy(id: parts[0], controllers: parts[1]) else { continue }
-            let path = String(parts[2])
-            guard path.hasPrefix("/") else { break }
-            do {
-                return try ContainerName.resolve(path, relativeTo: .root)
-            } catch {
-                throw .failedPrecondition("TID \(pid) is in cgroup \"\(path)\", which is not a valid container name")
-            }
+        // The line of the hierarchy whose path is the task's container.
+        let tasksMount = driver.tasksDir(.root).mount
+        guard let line = mounts.taskCgroups(text).first(where: { $0.mount == tasksMount }), line.path.first == UInt8(ascii: "/") else {
+            throw .notFound("Could not detect the container for TID \(pid)")
         }
-        throw .notFound("Could not detect the container for TID \(pid)")
+        let path = String(decoding: line.path, as: UTF8.self)
+        do {
+            return try ContainerName.resolve(path, relativeTo: .root)
+        } catch {
+            throw .failedPrecondition("TID \(pid) is in cgroup \"\(path)\", which is not a valid container name")
+        }
     }
 }

@@ -55,39 +55,8 @@ extension Container {
     func joinDirs(for task: String) throws(LmctfyError) -> [CgroupDir] {
         let dirs = try driver.joinDirs(name)
         guard let text = try? Sys.readBytes(api.procRoot + "/" + task + "/cgroup") else { return dirs }
-        let current = Self.cgroups(text, mounts: api.mounts)
+        let current = api.mounts.taskCgroups(text)
         return dirs.filter { d in current.first { $0.mount == d.mount }.map { !d.isAt($0.path) } ?? true }
-    }
-
-    /// Where a task is now, from its /proc/<task>/cgroup: its cgroup's path
-    /// ("/a/b") per mount point, from lines "id:controllers:path" ("0::path"
-    /// for the unified hierarchy). Read as bytes: it is parsed at every
-    /// spawn, and splitting it as Strings cost more than reading it.
-    static func cgroups(_ text: [UInt8], mounts: CgroupMounts) -> [(mount: String, path: ArraySlice<UInt8>)] {
-        let colon = UInt8(ascii: ":"), comma = UInt8(ascii: ","), newline = UInt8(ascii: "\n")
-        var out: [(mount: String, path: ArraySlice<UInt8>)] = []
-        var start = text.startIndex
-        while start < text.endIndex {
-            let end = text[start...].firstIndex(of: newline) ?? text.endIndex
-            let line = text[start..<end]
-            start = end + 1
-            guard let c1 = line.firstIndex(of: colon), let c2 = line[(c1 + 1)...].firstIndex(of: colon) else { continue }
-            let controllers = line[(c1 + 1)..<c2], path = line[(c2 + 1)...]
-            if controllers.isEmpty {
-                if line[..<c1].elementsEqual("0".utf8), let u = mounts.unified { out.append((u, path)) }
-                continue
-            }
-            var from = controllers.startIndex
-            while from <= controllers.endIndex {
-                let to = controllers[from...].firstIndex(of: comma) ?? controllers.endIndex
-                let word = controllers[from..<to]
-                if let c = Controller.allCases.first(where: { $0.rawValue.utf8.elementsEqual(word) }), let m = mounts.v1[c] {
-                    out.append((m, path))
-                }
-                from = to + 1
-            }
-        }
-        return out
     }
 
     /// The eviction priority in force here (D12): the nearest memory-isolating

@@ -265,7 +265,7 @@ public enum Sys {
 
     /// Names of the subdirectories of `path`, sorted.
     public static func subdirectories(_ path: String, faults: FaultPlan? = nil) throws(SystemError) -> [String] {
-        try entries(path, faults: faults).filter { $0.isDirectory }.map(\.name).sorted()
+        entries(of: try openDirectory(path, faults: faults), directoriesOnly: true).map(\.name).sorted()
     }
 
     /// Names of every entry of a directory but . and .., unsorted.
@@ -275,6 +275,11 @@ public enum Sys {
 
     /// Every entry of a directory but . and .., with whether it is a directory.
     static func entries(_ path: String, faults: FaultPlan? = nil) throws(SystemError) -> [(name: String, isDirectory: Bool)] {
+        entries(of: try openDirectory(path, faults: faults), directoriesOnly: false)
+    }
+
+    /// opendir(3), again after EINTR.
+    private static func openDirectory(_ path: String, faults: FaultPlan?) throws(SystemError) -> OpaquePointer {
         var opened: OpaquePointer?
         while true {
             if let e = faults?.check(.opendir, path) {
@@ -286,7 +291,7 @@ public enum Sys {
             break
         }
         guard let dir = opened else { throw SystemError("opendir", path, Glibc.errno) }
-        return entries(of: dir)
+        return dir
     }
 
     /// The subdirectories of an open directory (`fd`, which this takes and
@@ -297,34 +302,22 @@ public enum Sys {
             close(fd)
             throw SystemError("fdopendir", path, e)
         }
-        return directories(of: dir)
+        return entries(of: dir, directoriesOnly: true).map(\.name).sorted()
     }
 
-    /// The subdirectories of an open directory stream but . and .., sorted;
-    /// closes it. Only they are made Strings (a cgroup directory holds tens
-    /// of files, read at every destroy).
-    private static func directories(of dir: OpaquePointer) -> [String] {
-        defer { closedir(dir) }
-        var out: [String] = []
-        while let entry = readdir(dir) {
-            guard entry.pointee.d_type == UInt8(DT_DIR) else { continue }
-            let name = withUnsafePointer(to: entry.pointee.d_name) {
-                $0.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) }
-            }
-            if name != "." && name != ".." { out.append(name) }
-        }
-        return out.sorted()
-    }
-
-    /// Every entry of an open directory stream but . and ..; closes it.
-    private static func entries(of dir: OpaquePointer) -> [(name: String, isDirectory: Bool)] {
+    /// Every entry of an open directory stream but . and .. (with
+    /// `directoriesOnly`, its subdirectories: only they are made Strings, a
+    /// cgroup directory holding tens of files); closes it.
+    private static func entries(of dir: OpaquePointer, directoriesOnly: Bool) -> [(name: String, isDirectory: Bool)] {
         defer { closedir(dir) }
         var out: [(name: String, isDirectory: Bool)] = []
         while let entry = readdir(dir) {
+            let isDirectory = entry.pointee.d_type == UInt8(DT_DIR)
+            if directoriesOnly && !isDirectory { continue }
             let name = withUnsafePointer(to: entry.pointee.d_name) {
                 $0.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) }
             }
-            if name != "." && name != ".." { out.append((name, entry.pointee.d_type == UInt8(DT_DIR))) }
+            if name != "." && name != ".." { out.append((name, isDirectory)) }
         }
         return out
     }

@@ -159,7 +159,7 @@ import Testing
     @Test func aTasksCgroupFileIsReadPerMountPoint() {
         let mounts = CgroupMounts(v1: [.cpu: "/c", .cpuacct: "/c", .memory: "/m", .freezer: "/f"], unified: "/u")
         func read(_ text: String) -> [String] {
-            Container.cgroups(Array(text.utf8), mounts: mounts).map { "\($0.mount)=\(String(decoding: $0.path, as: UTF8.self))" }
+            mounts.taskCgroups(Array(text.utf8)).map { "\($0.mount)=\(String(decoding: $0.path, as: UTF8.self))" }
         }
         // Co-mounted controllers name one mount each; names the library does
         // not know (name=systemd, hierarchies it has no mount for) are skipped.

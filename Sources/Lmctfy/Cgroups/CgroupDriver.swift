@@ -37,9 +37,6 @@ protocol CgroupDriver: Sendable {
     /// it does not isolate that resource, for its nearest ancestor that does
     /// (the hierarchy's root at the latest).
     func nearestDir(_ c: Controller, _ name: ContainerName) throws(LmctfyError) -> CgroupDir?
-    /// Whether a line of /proc/<pid>/cgroup (`hierarchy-id:controllers:path`,
-    /// split) names the hierarchy whose path is the task's container.
-    func isTasksHierarchy(id: Substring, controllers: Substring) -> Bool
 
     // MARK: Making and removing
 

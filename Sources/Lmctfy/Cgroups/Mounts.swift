@@ -47,6 +47,38 @@ public struct CgroupMounts: Sendable, Equatable {
     /// checked to be on cgroupfs) unless a test says it is a fake tree.
     public var access: CgroupAccess
 
+    /// Where a task is, from its /proc/<task>/cgroup: its cgroup's path
+    /// ("/a/b") per mount point of these, from lines "id:controllers:path"
+    /// ("0::path" for the unified hierarchy); hierarchies not mounted here
+    /// are left out. Read as bytes: it is parsed at every spawn, and
+    /// splitting it as Strings cost more than reading it.
+    public func taskCgroups(_ text: [UInt8]) -> [(mount: String, path: ArraySlice<UInt8>)] {
+        let colon = UInt8(ascii: ":"), comma = UInt8(ascii: ","), newline = UInt8(ascii: "\n")
+        var out: [(mount: String, path: ArraySlice<UInt8>)] = []
+        var start = text.startIndex
+        while start < text.endIndex {
+            let end = text[start...].firstIndex(of: newline) ?? text.endIndex
+            let line = text[start..<end]
+            start = end + 1
+            guard let c1 = line.firstIndex(of: colon), let c2 = line[(c1 + 1)...].firstIndex(of: colon) else { continue }
+            let controllers = line[(c1 + 1)..<c2], path = line[(c2 + 1)...]
+            if controllers.isEmpty {
+                if line[..<c1].elementsEqual("0".utf8), let u = unified { out.append((u, path)) }
+                continue
+            }
+            var from = controllers.startIndex
+            while from <= controllers.endIndex {
+                let to = controllers[from...].firstIndex(of: comma) ?? controllers.endIndex
+                let word = controllers[from..<to]
+                if let c = Controller.allCases.first(where: { $0.rawValue.utf8.elementsEqual(word) }), let m = v1[c] {
+                    out.append((m, path))
+                }
+                from = to + 1
+            }
+        }
+        return out
+    }
+
     /// Mounts as given (tests and init): no detection, nothing checked until used.
     public init(v1: [Controller: String] = [:], unified: String? = nil, access: CgroupAccess = .kernel) {
         self.v1 = v1

@@ -123,10 +123,6 @@ struct CgroupV1Driver: CgroupDriver {
         return nil
     }
 
-    func isTasksHierarchy(id: Substring, controllers: Substring) -> Bool {
-        controllers.split(separator: ",").contains("freezer")
-    }
-
     // MARK: Making and removing
 
     func makeDirs(_ name: ContainerName, parent: ContainerName, kinds: [ResourceKind], spec: ContainerSpec,

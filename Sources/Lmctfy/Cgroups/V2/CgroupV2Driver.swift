@@ -60,10 +60,6 @@ struct CgroupV2Driver: CgroupDriver {
         return unifiedRoot
     }
 
-    func isTasksHierarchy(id: Substring, controllers: Substring) -> Bool {
-        id == "0" && controllers.isEmpty
-    }
-
     // MARK: Making and removing
 
     func makeDirs(_ name: ContainerName, parent: ContainerName, kinds: [ResourceKind], spec: ContainerSpec,
