@@ -233,7 +233,9 @@ struct LmctlTopTests {
         let tmux = Tmux()
         defer { tmux.kill() }
         let exitFile = t.agent.dir + "/top.exit"
-        try tmux.start("\(builtTool("lmctl")) --agent \(t.address) top; echo $? > \(exitFile)")
+        // Written aside and renamed: the shell creates the file before it
+        // writes the status, and a poll in between read "" (a CI failure).
+        try tmux.start("\(builtTool("lmctl")) --agent \(t.address) top; echo $? > \(exitFile).new; mv \(exitFile).new \(exitFile)")
 
         // The first frame with CPU figures: /b (busy) above /a.
         let first = try tmux.waitFor { screen in

@@ -53,7 +53,7 @@ extension TopControllerTests {
             _ = try? Sys.unlink("/tmp/tmux-\(getuid())/\(socket)")
         }
         let exitFile = fleet.dir + "/top.exit"
-        let command = "\(builtTool("lmctl")) --controller unix://\(fleet.dir)/controller.sock top -r \(base); echo $? > \(exitFile); sleep 1000"
+        let command = "\(builtTool("lmctl")) --controller unix://\(fleet.dir)/controller.sock top -r \(base); echo $? > \(exitFile).new; mv \(exitFile).new \(exitFile); sleep 1000"
         // The server must get signals (its panes' exits, kill-server's SIGHUPs).
         #expect(try TestProcess.runWithSignalsUnblocked(["/usr/bin/tmux", "-L", socket, "-f", "/dev/null", "new-session", "-d",
                                                          "-s", "top", "-x", "160", "-y", "30", "sh", "-c", command]) == 0)
