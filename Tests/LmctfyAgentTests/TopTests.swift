@@ -319,7 +319,8 @@ extension LmctlTopTests {
         defer { tmux.kill() }
         let exitFile = t.agent.dir + ".top-exit"
         defer { _ = try? Sys.unlink(exitFile) }
-        try tmux.start("\(builtTool("lmctl")) --agent \(t.address) top 2>&1; echo status=$? > \(exitFile)")
+        // Renamed into place, as in liveViewInTmux: never read half-written.
+        try tmux.start("\(builtTool("lmctl")) --agent \(t.address) top 2>&1; echo status=$? > \(exitFile).new; mv \(exitFile).new \(exitFile)")
         _ = try tmux.waitFor { $0.contains { $0.hasPrefix("/x ") } }
         t.stop()
         stopped = true
