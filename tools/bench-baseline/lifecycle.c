@@ -25,6 +25,11 @@
  * cpuset re-read per create, the task's current cgroups before joining,
  * /dev/null on the child's stdout, its oom_score_adj, and the child's reset
  * of every signal disposition before exec.
+ * To see what each part of --safety costs, LIFECYCLE_WITHOUT leaves parts
+ * out (a comma-separated list): journal (the lock file), marks (every
+ * ownership mark and record), opens (plain opens instead of openat2 from
+ * the kept mount points), child (the signal reset, /dev/null and
+ * oom_score_adj), statfs.
  * usage: lifecycle N [--safety]   prints microseconds per round (mean over N) */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -83,15 +88,20 @@ static void at(char *path, size_t len, int d, const char *file) {
 
 /* --safety: the syscalls lmctfy adds (see the top of this file). */
 static int safety;
+/* LIFECYCLE_WITHOUT's parts, as bits. */
+enum { NO_JOURNAL = 1, NO_MARKS = 2, NO_OPENS = 4, NO_CHILD = 8, NO_STATFS = 16 };
+static int without;
+static const char *without_parts;  /* as given, for the output */
 static const char *unused[] = {"devices", "blkio", "pids"};
 static const char *MARK = "user.lmctfy.state";
 
 static void check_fs(const char *path) {
     struct statfs sf;
-    if (safety) statfs(path, &sf);
+    if (safety && !(without & NO_STATFS)) statfs(path, &sf);
 }
 
 static int lock_open(const char *name) {
+    if (without & NO_JOURNAL) return -1;
     char path[256];
     struct stat st;
     char buf[64];
@@ -107,6 +117,7 @@ static int lock_open(const char *name) {
 }
 
 static void lock_close(int fd, const char *name, int remove) {
+    if (fd < 0) return;
     char path[256];
     snprintf(path, sizeof path, "/run/lmctfy_clife_lock_%s", name);
     if (remove) unlink(path);
@@ -134,7 +145,7 @@ static int root_fd(const char *h) {
  * --safety a plain open. */
 static int open_checked(const char *path, int flags) {
     const char *rel = path + strlen(R) + 1, *slash = strchr(rel, '/');
-    if (!safety || !slash || slash - rel >= 64) return open(path, flags | O_CLOEXEC);
+    if (!safety || (without & NO_OPENS) || !slash || slash - rel >= 64) return open(path, flags | O_CLOEXEC);
     char h[64];
     snprintf(h, sizeof h, "%.*s", (int)(slash - rel), rel);
     int root = root_fd(h);
@@ -172,6 +183,7 @@ struct xattr_args_at { unsigned long long value; unsigned size, flags; };
  * the way lmctfy does without a check: by its name from the hierarchy's
  * kept mount point (getxattrat/setxattrat; a path before Linux 6.13). */
 static void get_record(const char *h, const char *attr) {
+    if (without & NO_MARKS) return;
     char buf[256], path[256];
     struct xattr_args_at a = {(unsigned long long)(unsigned long)buf, sizeof buf, 0};
     const char *name = strrchr(cg[0], '/') + 1;
@@ -182,6 +194,7 @@ static void get_record(const char *h, const char *attr) {
 }
 
 static void set_record(const char *h, const char *attr, const char *value) {
+    if (without & NO_MARKS) return;
     char path[256];
     struct xattr_args_at a = {(unsigned long long)(unsigned long)value, (unsigned)strlen(value), 0};
     const char *name = strrchr(cg[0], '/') + 1;
@@ -201,7 +214,7 @@ static int open_dir_checked(int d) {
 }
 
 static void mark(int d, const char *name, const char *value) {
-    if (!safety) return;
+    if (!safety || (without & NO_MARKS)) return;
     int fd = open_dir_checked(d);
     if (fd < 0) { perror(cg[d]); exit(1); }
     fsetxattr(fd, name, value, strlen(value), 0);
@@ -209,6 +222,7 @@ static void mark(int d, const char *name, const char *value) {
 }
 
 static void get_record_checked(int d, const char *attr) {
+    if (without & NO_MARKS) return;
     char buf[256];
     int fd = open_dir_checked(d);
     if (fd < 0) { perror(cg[d]); exit(1); }
@@ -224,6 +238,18 @@ static void marks_of(int upto) {
 int main(int argc, char **argv) {
     int n = argc > 1 ? atoi(argv[1]) : 100;
     safety = argc > 2 && strcmp(argv[2], "--safety") == 0;
+    const char *parts = without_parts = getenv("LIFECYCLE_WITHOUT");
+    if (parts) {
+        static const char *names[] = {"journal", "marks", "opens", "child", "statfs"};
+        char copy[256];
+        snprintf(copy, sizeof copy, "%s", parts);
+        for (char *save = NULL, *p = strtok_r(copy, ",", &save); p; p = strtok_r(NULL, ",", &save)) {
+            int bit = 0;
+            for (int k = 0; k < 5; k++) if (strcmp(p, names[k]) == 0) bit = 1 << k;
+            if (!bit) { fprintf(stderr, "lifecycle: LIFECYCLE_WITHOUT: no part \"%s\" (journal, marks, opens, child, statfs)\n", p); return 64; }
+            without |= bit;
+        }
+    }
     if (n <= 0 || (argc > 2 && !safety)) { fprintf(stderr, "usage: lifecycle N [--safety]\n"); return 64; }
     char path[512], buf[256], cpus[256], mems[256];
     get("/sys/fs/cgroup/cpuset/cpuset.cpus", cpus, sizeof cpus);
@@ -244,12 +270,12 @@ int main(int argc, char **argv) {
         if (safety) {
             lock = lock_open(name);
             get_record(dirs[0], MARK);
-            pwrite(lock, "create /lmctfy_clife\n", 21, 0);
+            if (lock >= 0) pwrite(lock, "create /lmctfy_clife\n", 21, 0);
         }
         for (int d = 0; d < NDIRS; d++) {
             if (safety) {
                 int len = snprintf(journal, sizeof journal, "mkdir %s/%s\t%s\n", R, dirs[d], name);
-                pwrite(lock, journal, len, 21 + 60 * d);
+                if (lock >= 0) pwrite(lock, journal, len, 21 + 60 * d);
             }
             /* --safety: a top-level directory from its hierarchy's kept
              * mount-point descriptor (no mount can be crossed: no statfs). */
@@ -262,7 +288,7 @@ int main(int argc, char **argv) {
             }
         }
         if (safety) {
-            ftruncate(lock, 0);
+            if (lock >= 0) ftruncate(lock, 0);
             get_checked("/sys/fs/cgroup/cpuset/cpuset.cpus", cpus, sizeof cpus);
         }
         if (!safety) { at(path, sizeof path, 3, "cpuset.mems"); put(path, mems); }
@@ -309,7 +335,7 @@ int main(int argc, char **argv) {
             /* "0" to tasks: the writer alone, without the threadgroup
              * lock whose write side waits for an RCU grace period (a pid,
              * or cgroup.procs, takes it): the cheapest join v1 offers. */
-            if (safety) {  /* every disposition back to the default */
+            if (safety && !(without & NO_CHILD)) {  /* every disposition back to the default */
                 struct sigaction dfl;
                 memset(&dfl, 0, sizeof dfl);
                 dfl.sa_handler = SIG_DFL;
@@ -322,7 +348,7 @@ int main(int argc, char **argv) {
                 if (fd < 0 || write(fd, "0", 1) != 1) _exit(126);
                 close(fd);
             }
-            if (safety) {
+            if (safety && !(without & NO_CHILD)) {
                 int fd = open("/dev/null", O_RDWR | O_CLOEXEC);
                 dup2(fd, 1);
                 close(fd);
@@ -367,9 +393,10 @@ int main(int argc, char **argv) {
         ph_run += c - b;
         ph_destroy += now_us() - c;
     }
-    printf("%s create=%.1f run=%.1f destroy=%.1f us=%.1f\n",
+    printf("%s%s%s create=%.1f run=%.1f destroy=%.1f us=%.1f\n",
            safety ? "c+safety lifecycle (the same plus lmctfy's journal, marks and checks)"
                   : "c     lifecycle (mkdir 5 hierarchies + limits, vfork, join, exec /bin/true, wait, rmdir)",
+           safety && without ? " without " : "", safety && without ? without_parts : "",
            ph_create / n, ph_run / n, ph_destroy / n, (now_us() - t0) / n);
     return 0;
 }
