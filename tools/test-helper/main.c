@@ -21,7 +21,10 @@ int main(int argc, char **argv) {
         int hold = argc >= 4 ? atoi(argv[3]) : 300;
         long page = sysconf(_SC_PAGESIZE);
         for (long i = 0; i < mb; i++) {
-            char *p = malloc(1 << 20);
+            /* volatile: the optimizer may otherwise drop a malloc whose
+             * memory is never read (the release build allocated nothing,
+             * and tools/bench-policy saw no memory use). */
+            volatile char *p = malloc(1 << 20);
             if (!p) return 2;
             for (long off = 0; off < (1 << 20); off += page) p[off] = 1;
         }
