@@ -62,6 +62,17 @@ public func withTestContainer<T>(
     return try body(name)
 }
 
+/// `withTestContainer` for a body that awaits (its waits then give the
+/// test's thread back to the other suites instead of blocking it).
+public func withTestContainer<T>(
+    _ api: ContainerApi, label: String = "c",
+    _ body: (ContainerName) async throws -> T
+) async throws -> T {
+    let name = try ContainerName.resolve(RealCgroups.uniqueName(label), relativeTo: .root)
+    defer { try? api.destroy(name) }
+    return try await body(name)
+}
+
 /// A fake cgroup tree in a temp directory, shaped like v1 (one directory per
 /// hierarchy) or v2 (one unified directory), for unit tests.
 public final class FakeCgroupTree: @unchecked Sendable {

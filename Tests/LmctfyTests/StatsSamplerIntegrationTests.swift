@@ -52,46 +52,44 @@ struct StatsSamplerIntegrationTests {
         let api = try ContainerApi.detect()
         let mounts = try CgroupMounts.detect()
         let sampler = StatsSampler(api: api)
-        // Not withTestContainer: the waits sleep with Task.sleep, which gives
-        // the test's thread back to the other suites (a usleep held one of a
-        // 2-CPU machine's two for the whole wait).
-        let memoryName = try ContainerName.resolve(RealCgroups.uniqueName("sampler-memory"), relativeTo: .root)
-        let cpuName = try ContainerName.resolve(RealCgroups.uniqueName("sampler-cpu"), relativeTo: .root)
-        defer {
-            try? api.destroy(memoryName)
-            try? api.destroy(cpuName)
+        // withTestContainer's async form: the waits sleep with Task.sleep,
+        // which gives the test's thread back to the other suites (a usleep
+        // held one of a 2-CPU machine's two for the whole wait).
+        try await withTestContainer(api, label: "sampler-memory") { memoryName in
+            try await withTestContainer(api, label: "sampler-cpu") { cpuName in
+                // The allocator runs into the 16 MB limit (the OOM killer ends it,
+                // as in the notification tests); the loop into a 1% quota (1%: even
+                // a machine busy with other suites gives it more than that in some
+                // periods, so it is throttled; at 10% a loaded machine's share could
+                // stay below the quota). 10,000 rounds: ~10-30 ms of CPU, several
+                // times one period's quota.
+                let m = try api.create(memoryName, spec: try ContainerSpec(textFormat: "memory { limit: 16000000 }"))
+                let c = try api.create(cpuName, spec: try ContainerSpec(textFormat: "cpu { limit: 1000 max_limit: 10 }"))
+                _ = try m.run([testHelperPath, "alloc", "64"])
+                _ = try c.run(["/bin/sh", "-c", "i=0; while [ $i -lt 10000 ]; do i=$((i+1)); done"])
+                #expect(sampler.sample(memoryName) != nil && sampler.sample(cpuName) != nil)
+                // (Up to two minutes: at 1 % of a CPU the loop takes seconds alone.)
+                var waits = 0
+                while try !(m.processes(recursive: true).isEmpty && c.processes(recursive: true).isEmpty) && waits < 2400 {
+                    try await Task.sleep(nanoseconds: 50_000_000)
+                    waits += 1
+                }
+                #expect(try m.processes(recursive: true).isEmpty && c.processes(recursive: true).isEmpty, "the workloads should have ended")
+                let ms = try #require(sampler.sample(memoryName))
+                let cs = try #require(sampler.sample(cpuName))
+                let failcnt = Int64(try Sys.readFile(try #require(mounts.v1[.memory]) + memoryName.description + "/memory.failcnt").trimmingWhitespace)
+                #expect(ms.memory?.failCount == failcnt)
+                #expect((failcnt ?? 0) > 0, "the 16 MB limit was hit")
+                var stat: [String: Int64] = [:]
+                for line in try Sys.readFile(try #require(mounts.v1[.cpu]) + cpuName.description + "/cpu.stat").split(separator: "\n") {
+                    let kv = line.split(separator: " ")
+                    if kv.count == 2 { stat[String(kv[0])] = Int64(kv[1]) }
+                }
+                let t = try #require(cs.cpu?.throttlingData)
+                #expect(t.periods == stat["nr_periods"] && t.throttledPeriods == stat["nr_throttled"] && t.throttledTime == stat["throttled_time"])
+                #expect((t.throttledPeriods ?? 0) > 0, "the 1% quota throttled the loop")
+            }
         }
-        // The allocator runs into the 16 MB limit (the OOM killer ends it,
-        // as in the notification tests); the loop into a 1% quota (1%: even
-        // a machine busy with other suites gives it more than that in some
-        // periods, so it is throttled; at 10% a loaded machine's share could
-        // stay below the quota). 10,000 rounds: ~10-30 ms of CPU, several
-        // times one period's quota.
-        let m = try api.create(memoryName, spec: try ContainerSpec(textFormat: "memory { limit: 16000000 }"))
-        let c = try api.create(cpuName, spec: try ContainerSpec(textFormat: "cpu { limit: 1000 max_limit: 10 }"))
-        _ = try m.run([testHelperPath, "alloc", "64"])
-        _ = try c.run(["/bin/sh", "-c", "i=0; while [ $i -lt 10000 ]; do i=$((i+1)); done"])
-        #expect(sampler.sample(memoryName) != nil && sampler.sample(cpuName) != nil)
-        // (Up to two minutes: at 1 % of a CPU the loop takes seconds alone.)
-        var waits = 0
-        while try !(m.processes(recursive: true).isEmpty && c.processes(recursive: true).isEmpty) && waits < 2400 {
-            try await Task.sleep(nanoseconds: 50_000_000)
-            waits += 1
-        }
-        #expect(try m.processes(recursive: true).isEmpty && c.processes(recursive: true).isEmpty, "the workloads should have ended")
-        let ms = try #require(sampler.sample(memoryName))
-        let cs = try #require(sampler.sample(cpuName))
-        let failcnt = Int64(try Sys.readFile(try #require(mounts.v1[.memory]) + memoryName.description + "/memory.failcnt").trimmingWhitespace)
-        #expect(ms.memory?.failCount == failcnt)
-        #expect((failcnt ?? 0) > 0, "the 16 MB limit was hit")
-        var stat: [String: Int64] = [:]
-        for line in try Sys.readFile(try #require(mounts.v1[.cpu]) + cpuName.description + "/cpu.stat").split(separator: "\n") {
-            let kv = line.split(separator: " ")
-            if kv.count == 2 { stat[String(kv[0])] = Int64(kv[1]) }
-        }
-        let t = try #require(cs.cpu?.throttlingData)
-        #expect(t.periods == stat["nr_periods"] && t.throttledPeriods == stat["nr_throttled"] && t.throttledTime == stat["throttled_time"])
-        #expect((t.throttledPeriods ?? 0) > 0, "the 1% quota throttled the loop")
     }
 
     @Test func aContainerThatIsolatesNothingSampledHasOnlyWhatItIsolates() throws {
