@@ -91,7 +91,7 @@ static int safety;
 /* LIFECYCLE_WITHOUT's parts, as bits. */
 enum { NO_JOURNAL = 1, NO_MARKS = 2, NO_OPENS = 4, NO_CHILD = 8, NO_STATFS = 16 };
 static int without;
-static const char *without_parts;  /* as given, for the output */
+static const char *without_parts;  /* LIFECYCLE_WITHOUT as given (also printed) */
 static const char *unused[] = {"devices", "blkio", "pids"};
 static const char *MARK = "user.lmctfy.state";
 
@@ -238,11 +238,11 @@ static void marks_of(int upto) {
 int main(int argc, char **argv) {
     int n = argc > 1 ? atoi(argv[1]) : 100;
     safety = argc > 2 && strcmp(argv[2], "--safety") == 0;
-    const char *parts = without_parts = getenv("LIFECYCLE_WITHOUT");
-    if (parts) {
+    without_parts = getenv("LIFECYCLE_WITHOUT");
+    if (without_parts) {
         static const char *names[] = {"journal", "marks", "opens", "child", "statfs"};
         char copy[256];
-        snprintf(copy, sizeof copy, "%s", parts);
+        snprintf(copy, sizeof copy, "%s", without_parts);
         for (char *save = NULL, *p = strtok_r(copy, ",", &save); p; p = strtok_r(NULL, ",", &save)) {
             int bit = 0;
             for (int k = 0; k < 5; k++) if (strcmp(p, names[k]) == 0) bit = 1 << k;
