@@ -41,11 +41,12 @@ final class AgentMetrics {
             .observe((MonotonicClock.microseconds() - p.start) / 1e6)
     }
 
-    /// A ping answered inline by the session (the RPC hot path: two plain
-    /// fields, merged into the Ping series when rendered).
-    func inlinePing(seconds: Double) {
-        inlinePings &+= 1
-        inlinePingLatency.observe(seconds)
+    /// `n` pings answered inline by the session in one read batch, each
+    /// taking the batch's time (its answer left with the batch's); the RPC
+    /// hot path: two plain fields, merged into the Ping series when rendered.
+    func pingsAnsweredInline(_ n: UInt64, seconds: Double) {
+        inlinePings &+= n
+        inlinePingLatency.observe(seconds, times: n)
     }
     private var inlinePings: UInt64 = 0
     private var inlinePingLatency = Histogram(bounds: Histogram.latencyBounds)

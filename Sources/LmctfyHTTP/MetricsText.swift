@@ -27,11 +27,16 @@ public struct Histogram: Sendable, Equatable {
     }
 
     public mutating func observe(_ value: Double) {
+        observe(value, times: 1)
+    }
+
+    /// `n` observations of the same `value`.
+    public mutating func observe(_ value: Double, times n: UInt64) {
         var i = 0
         while i < bounds.count && value > bounds[i] { i += 1 }
-        counts[i] &+= 1
-        sum += value
-        count &+= 1
+        counts[i] &+= n
+        sum += value * Double(n)
+        count &+= n
     }
 
     /// Adds `other`'s observations (same bounds).

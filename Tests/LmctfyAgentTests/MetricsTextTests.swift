@@ -54,6 +54,19 @@ func promtoolCheck(_ text: [UInt8]) throws -> (status: Int32, output: String) {
         ])
     }
 
+    @Test func repeatedObservationsAreEachCounted() {
+        // (The agent times the pings of one read batch together.)
+        var once = Histogram(bounds: [0.1, 1])
+        var many = Histogram(bounds: [0.1, 1])
+        for _ in 0..<5 { once.observe(0.25) }
+        once.observe(2)
+        many.observe(0.25, times: 5)
+        many.observe(2, times: 1)
+        many.observe(0.05, times: 0)
+        #expect(many == once)
+        #expect(many.count == 6 && many.counts == [0, 5, 1] && many.sum == 3.25)
+    }
+
     @Test func histogramsMerge() {
         var a = Histogram(bounds: [1, 2])
         var b = Histogram(bounds: [1, 2])
