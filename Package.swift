@@ -17,7 +17,7 @@ import PackageDescription
 // With it, GCC's C++ runtime and unwinder are linked statically too
 // (tools/link/libstdc++.so says how): loading libstdc++.so.6 and libgcc_s,
 // their relocations and CPU probing, took ~0.4 ms of every process
-// (`lmctfy pause` 2.29 -> 1.84 ms; README, tools/bench-startup); libc, libm
+// (`lmctfy pause` 2.29 -> 1.84 ms; README, under tools/bench-startup); libc, libm
 // and the Debian libraries stay shared (Debian's security updates apply).
 // Not in the sanitizer builds, whose runtimes bring their own operator new.
 let staticSwiftRuntime: [LinkerSetting] =
