@@ -46,8 +46,10 @@ public struct FieldDescriptor: Sendable {
     public let name: String
     public let number: UInt32
     public let label: FieldLabel
-    /// The proto3 JSON name (lowerCamelCase).
-    public let jsonName: String
+    /// The proto3 JSON name (lowerCamelCase); made when asked (JSON output
+    /// only), not for every field of every type when the registry is built
+    /// (a tenth of that build, which every short-lived lmctl pays).
+    public var jsonName: String { MessageDescriptor.jsonName(name) }
     let rawType: ProtobufCType
     let offset: Int
     let quantifierOffset: Int
@@ -112,7 +114,7 @@ public final class MessageDescriptor: Sendable, CustomStringConvertible {
             }
             let name = String(cString: f.name)
             fields.append(FieldDescriptor(
-                name: name, number: f.id, label: label, jsonName: Self.jsonName(name),
+                name: name, number: f.id, label: label,
                 rawType: f.type, offset: Int(f.offset), quantifierOffset: Int(f.quantifier_offset),
                 typeAddress: UInt(bitPattern: f.descriptor),
                 defaultAddress: UInt(bitPattern: f.default_value)))
@@ -148,16 +150,18 @@ public final class MessageDescriptor: Sendable, CustomStringConvertible {
 
     public var description: String { fullName }
 
-    /// protoc's ToJsonName: drop underscores, upper-case the letter after one.
+    /// protoc's ToJsonName: drop underscores, upper-case the letter after
+    /// one (field names are ASCII identifiers).
     static func jsonName(_ name: String) -> String {
-        var out = ""
+        var out: [UInt8] = []
+        out.reserveCapacity(name.utf8.count)
         var upper = false
-        for ch in name {
-            if ch == "_" { upper = true; continue }
-            out += upper ? ch.uppercased() : String(ch)
+        for b in name.utf8 {
+            if b == UInt8(ascii: "_") { upper = true; continue }
+            out.append(upper && b >= UInt8(ascii: "a") && b <= UInt8(ascii: "z") ? b - 32 : b)
             upper = false
         }
-        return out
+        return String(decoding: out, as: UTF8.self)
     }
 }
 
