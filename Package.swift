@@ -20,10 +20,14 @@ import PackageDescription
 // (`lmctfy pause` 2.29 -> 1.84 ms; README, under tools/bench-startup); libc, libm
 // and the Debian libraries stay shared (Debian's security updates apply).
 // Not in the sanitizer builds, whose runtimes bring their own operator new.
-let staticSwiftRuntime: [LinkerSetting] =
-    Context.environment["LMCTFY_DYNAMIC_STDLIB"] == "1" ? []
-    : Context.environment["LMCTFY_SANITIZE"] == "1" ? [.unsafeFlags(["-static-stdlib"])]
-    : [.unsafeFlags(["-static-stdlib", "-L\(Context.packageDirectory)/tools/link", "-Xclang-linker", "-static-libgcc"])]
+let staticSwiftRuntime: [LinkerSetting] = {
+    if Context.environment["LMCTFY_DYNAMIC_STDLIB"] == "1" { return [] }
+    var flags = ["-static-stdlib"]
+    if Context.environment["LMCTFY_SANITIZE"] != "1" {
+        flags += ["-L\(Context.packageDirectory)/tools/link", "-Xclang-linker", "-static-libgcc"]
+    }
+    return [.unsafeFlags(flags)]
+}()
 
 // lmctfy-init is linked statically (it runs in a rootfs without a libc).
 // The sanitizer builds of tools/test set LMCTFY_SANITIZE=1: a sanitizer
