@@ -55,7 +55,7 @@ public func withTestContainer<T>(
     _ api: ContainerApi, spec: String = "", label: String = "c",
     _ body: (ContainerName) throws -> T
 ) throws -> T {
-    let name = try ContainerName.resolve(RealCgroups.uniqueName(label), relativeTo: .root)
+    let name = try testContainerName(label)
     // Destroyed whether or not it is visible: a create that failed part
     // way may have left lmctfy's leftovers, which destroy removes.
     defer { try? api.destroy(name) }
@@ -68,9 +68,14 @@ public func withTestContainer<T>(
     _ api: ContainerApi, label: String = "c",
     _ body: (ContainerName) async throws -> T
 ) async throws -> T {
-    let name = try ContainerName.resolve(RealCgroups.uniqueName(label), relativeTo: .root)
+    let name = try testContainerName(label)
     defer { try? api.destroy(name) }
     return try await body(name)
+}
+
+/// A top-level container name of this test process (RealCgroups' prefix).
+private func testContainerName(_ label: String) throws -> ContainerName {
+    try ContainerName.resolve(RealCgroups.uniqueName(label), relativeTo: .root)
 }
 
 /// A fake cgroup tree in a temp directory, shaped like v1 (one directory per
