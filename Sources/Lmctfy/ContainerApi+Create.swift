@@ -33,7 +33,7 @@ extension ContainerApi {
     @discardableResult
     public func create(_ name: ContainerName, spec: ContainerSpec, virtualHostStdio: VirtualHostStdio?) throws(LmctfyError) -> Container {
         if name.isRoot { throw .alreadyExists("Can't create existing container \"\(name)\"") }
-        return try locked(name) { lock throws(LmctfyError) in
+        return try locked(name, makesTop: name.depth == 1) { lock throws(LmctfyError) in
             try create(name, spec: spec, lock: lock)
             let container = Container(name: name, api: self)
             if spec.virtualHost != nil {

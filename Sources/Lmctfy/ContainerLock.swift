@@ -24,11 +24,15 @@ enum ContainerLock {
     /// Locks the tree `name` is in (nil for `/`, and for an unprivileged
     /// caller that may not use the lock file: see below). Waits for the
     /// holder; released when the FileLock goes, or when the process dies.
-    static func acquire(_ name: ContainerName, access: CgroupAccess) throws(LmctfyError) -> FileLock? {
+    /// `makesTop`: a create of the top-level container, whose lock file is
+    /// usually not there yet (a spare is put there instead of making one:
+    /// SpareFiles); the file goes back to the spares when the tree goes.
+    static func acquire(_ name: ContainerName, access: CgroupAccess, makesTop: Bool = false) throws(LmctfyError) -> FileLock? {
         guard let root = access.lockRoot, let top = name.components.first else { return nil }
         let path = root + "/" + top
+        let spares = SpareFiles.pool(for: root)
         do {
-            return try FileLock.acquire(path, faults: access.faults)
+            return try FileLock.acquire(path, faults: access.faults, spares: spares, fresh: makesTop)
         } catch where error.errno == ENOENT {
             try makeRoot(root, faults: access.faults)
         } catch where (error.errno == EACCES || error.errno == EPERM) && geteuid() != 0 {
@@ -40,7 +44,7 @@ enum ContainerLock {
             throw error.cgroup(.failedPrecondition, "Failed to lock container tree \"/\(top)\"")
         }
         do {
-            return try FileLock.acquire(path, faults: access.faults)
+            return try FileLock.acquire(path, faults: access.faults, spares: spares, fresh: makesTop)
         } catch {
             throw error.cgroup(.failedPrecondition, "Failed to lock container tree \"/\(top)\"")
         }
@@ -62,14 +66,16 @@ extension ContainerApi {
     /// Runs `body` holding the lock of `name`'s tree, after undoing what an
     /// interrupted create in that tree left (its journal).
     /// The lock file goes with its tree, so /run keeps no file per name
-    /// ever used: it is removed while still held when `body` destroyed the
+    /// ever used (as root it is emptied into a bounded pool of spares, taken
+    /// back by the next create of a tree: SpareFiles): it goes while still
+    /// held when `body` destroyed the
     /// tree's top container (`destroysTop`), or when `body` failed and the
     /// top container turns out not to exist (a failed create, a verb on a
     /// name that never existed) with no interrupted create journaled.
     /// Waiters start again on a new file (`FileLock.acquire`).
-    func locked<T>(_ name: ContainerName, destroysTop: Bool = false,
+    func locked<T>(_ name: ContainerName, destroysTop: Bool = false, makesTop: Bool = false,
                    _ body: (FileLock?) throws(LmctfyError) -> T) throws(LmctfyError) -> T {
-        let lock = try ContainerLock.acquire(name, access: mounts.access)
+        let lock = try ContainerLock.acquire(name, access: mounts.access, makesTop: makesTop)
         defer { lock?.release() }
         try recover(lock)
         let result: T
@@ -105,6 +111,10 @@ extension ContainerApi {
         if text.isEmpty { return }
         var dirs: [CgroupDir] = []
         var complete = false
+        // A journal names only its own tree: lines about another are not
+        // this lock's to act on (and a whole journal that names another
+        // tree is dropped without undoing anything).
+        let top = lock.path.split(separator: "/").last.map(String.init) ?? ""
         for line in text.split(separator: "\n") {
             let parts = line.split(separator: " ", maxSplits: 1)
             guard parts.count == 2 else { continue }
@@ -116,8 +126,13 @@ extension ContainerApi {
                 break
             }
             if parts[0] == "create", let name = try? ContainerName.resolve(String(parts[1]), relativeTo: .root) {
+                guard name.components.first == top else {
+                    dirs = []
+                    complete = true
+                    break
+                }
                 complete = try exists(name)
-            } else if parts[0] == "mkdir", let d = journalDir(String(parts[1])) {
+            } else if parts[0] == "mkdir", let d = journalDir(String(parts[1])), d.segments.first == top {
                 dirs.append(d)
             }
         }

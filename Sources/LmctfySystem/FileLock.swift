@@ -14,13 +14,16 @@ public final class FileLock {
     public let path: String
     private var fd: Int32
     private let faults: FaultPlan?
+    /// Where `remove` retires the file instead of unlinking it (nil: unlinks).
+    private let spares: SpareFiles?
     /// Where the next journal line goes.
     private var end: Int
 
-    private init(path: String, fd: Int32, faults: FaultPlan?) {
+    private init(path: String, fd: Int32, faults: FaultPlan?, spares: SpareFiles?) {
         self.path = path
         self.fd = fd
         self.faults = faults
+        self.spares = spares
         self.end = 0
     }
 
@@ -29,7 +32,14 @@ public final class FileLock {
     /// remove the file (`remove`): whoever was waiting then holds a lock on
     /// a file no longer at `path`, notices (the inode at `path` differs or
     /// is gone) and starts again on the file that is there now.
-    public static func acquire(_ path: String, mode: mode_t = 0o600, faults: FaultPlan? = nil) throws(SystemError) -> FileLock {
+    ///
+    /// With `spares`, `remove` retires the file into that pool instead of
+    /// unlinking it, and with `fresh` (the caller expects no file at `path`:
+    /// the create of a tree) a spare is first put at `path` if none is
+    /// there, so that no inode is allocated (SpareFiles).
+    public static func acquire(_ path: String, mode: mode_t = 0o600, faults: FaultPlan? = nil,
+                               spares: SpareFiles? = nil, fresh: Bool = false) throws(SystemError) -> FileLock {
+        if fresh, mode == 0o600, let spares { _ = spares.take(to: path) }
         while true {
             let (fd, e) = Sys.retry { Sys.injected(faults, .open, path) { Glibc.open(path, O_RDWR | O_CREAT | O_CLOEXEC, mode) } }
             if fd < 0 { throw SystemError("open", path, e) }
@@ -48,7 +58,7 @@ public final class FileLock {
                 close(fd)  // removed (or replaced) while we waited
                 continue
             }
-            let lock = FileLock(path: path, fd: fd, faults: faults)
+            let lock = FileLock(path: path, fd: fd, faults: faults, spares: spares)
             lock.end = Int(lseek(fd, 0, SEEK_END))
             return lock
         }
@@ -56,7 +66,13 @@ public final class FileLock {
 
     /// Removes the lock file while holding it (its tree is gone); the lock
     /// is released. Waiters start again on a new file (see `acquire`).
+    /// With a pool (`acquire`'s `spares`) the file is retired there,
+    /// emptied, when it can be; otherwise unlinked.
     public func remove() throws(SystemError) {
+        if fd >= 0, let spares, spares.retire(fd: fd, path: path) {
+            release()
+            return
+        }
         let (r, e) = Sys.retry { Sys.injected(faults, .unlink, path) { unlink(path) } }
         if r < 0 && e != ENOENT { throw SystemError("unlink", path, e) }
         release()

@@ -238,9 +238,11 @@ struct SubscribeTests {
             var (status, out, err) = try run("events", name)
             #expect(status == 0, "\(err)")
             let lines = out.split(separator: "\n")
-            #expect(lines.count == 3, "\(out)")
-            #expect(lines.map { $0.split(separator: " ")[2] } == ["CREATED", "FREEZER", "DESTROYED"])
-            #expect(lines.allSatisfy { $0.hasPrefix("\(boot):") && $0.split(separator: " ")[3] == name })
+            // (Required: the lines are indexed below, and a crash would end
+            // the whole test process rather than this test.)
+            try #require(lines.count == 3, "\(out)")
+            #expect(lines.map { $0.split(separator: " ").dropFirst(2).first } == ["CREATED", "FREEZER", "DESTROYED"])
+            #expect(lines.allSatisfy { $0.hasPrefix("\(boot):") && $0.split(separator: " ").dropFirst(3).first.map(String.init) == name })
             #expect(lines[1].hasSuffix("frozen=true"))
 
             // JSON: the proto3 mapping, enum names included.

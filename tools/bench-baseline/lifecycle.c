@@ -12,8 +12,11 @@
  * With --safety it also makes the syscalls lmctfy adds for its guarantees,
  * as strace shows them for one lmctfy-bench local-lifecycle round (so the
  * ratio against this row is what lmctfy's own code costs on top of them):
- * the create/destroy journal in a lock file under /run (open, flock,
- * fstat, stat, pwrite per step, ftruncate, unlink), the ownership marks
+ * the create/destroy journal in a lock file under /run (a spare file
+ * renamed into place with renameat2(RENAME_NOREPLACE), open, flock, fstat,
+ * stat, pwrite per step, ftruncate; at destroy fstat, ftruncate and a
+ * rename back into the spare directory, as lmctfy's SpareFiles does, so
+ * no inode is allocated or freed), the ownership marks
  * (setxattr "creating" per directory, the eviction and latency records,
  * "complete" last; getxattr of the marks in run and destroy, including the
  * hierarchies the container does not use; read and written by name from
@@ -100,12 +103,37 @@ static void check_fs(const char *path) {
     if (safety && !(without & NO_STATFS)) statfs(path, &sf);
 }
 
-static int lock_open(const char *name) {
+/* The spare lock files (lmctfy's SpareFiles): names of files in SPARE, the
+ * directory made on first use, listed once (and kept, as lmctfy keeps its
+ * spares, for the next run). */
+static const char *SPARE = "/run/lmctfy_clife_spare";
+static char spares[4096][24];
+static int nspares = -1;
+
+static void spare_take(const char *path) {
+    if (nspares < 0) {
+        nspares = 0;
+        mkdir(SPARE, 0700);
+        DIR *d = opendir(SPARE);
+        struct dirent *e;
+        while (d && (e = readdir(d)) && nspares < 128) {
+            if (e->d_type == DT_REG && strlen(e->d_name) < sizeof spares[0]) snprintf(spares[nspares++], sizeof spares[0], "%.23s", e->d_name);
+        }
+        if (d) closedir(d);
+    }
+    if (nspares == 0) return;
+    char from[128];
+    snprintf(from, sizeof from, "%s/%s", SPARE, spares[--nspares]);
+    syscall(SYS_renameat2, AT_FDCWD, from, AT_FDCWD, path, 1 /* RENAME_NOREPLACE */);
+}
+
+static int lock_open(const char *name, int fresh) {
     if (without & NO_JOURNAL) return -1;
     char path[256];
     struct stat st;
     char buf[64];
     snprintf(path, sizeof path, "/run/lmctfy_clife_lock_%s", name);
+    if (fresh) spare_take(path);
     int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
     if (fd < 0) { perror(path); exit(1); }
     flock(fd, LOCK_EX);
@@ -120,7 +148,20 @@ static void lock_close(int fd, const char *name, int remove) {
     if (fd < 0) return;
     char path[256];
     snprintf(path, sizeof path, "/run/lmctfy_clife_lock_%s", name);
-    if (remove) unlink(path);
+    if (remove) {
+        struct stat st;
+        char to[128];
+        if (fstat(fd, &st) == 0 && ftruncate(fd, 0) == 0 && nspares >= 0 && nspares < 4096) {
+            snprintf(to, sizeof to, "%s/%lu", SPARE, (unsigned long)st.st_ino);
+            if (syscall(SYS_renameat2, AT_FDCWD, path, AT_FDCWD, to, 1) == 0) {
+                snprintf(spares[nspares++], sizeof spares[0], "%lu", (unsigned long)st.st_ino);
+            } else {
+                unlink(path);
+            }
+        } else {
+            unlink(path);
+        }
+    }
     close(fd);
 }
 
@@ -268,7 +309,7 @@ int main(int argc, char **argv) {
         volatile int lock = -1;  /* kept across the vfork below */
         snprintf(name, sizeof name, "lmctfy_clife_%d_%d", getpid(), i);
         if (safety) {
-            lock = lock_open(name);
+            lock = lock_open(name, 1);
             get_record(dirs[0], MARK);
             if (lock >= 0) pwrite(lock, "create /lmctfy_clife\n", 21, 0);
         }
@@ -371,7 +412,7 @@ int main(int argc, char **argv) {
         }
         double c = now_us();
         if (safety) {
-            lock = lock_open(name);
+            lock = lock_open(name, 0);
             get_record(dirs[0], MARK);
             get_record(dirs[0], MARK);
             check_fs(cg[0]);

@@ -38,6 +38,10 @@ int lm_pipe_cloexec(int fds[2]);
  * function. */
 int lm_flock_exclusive(int fd);
 
+/* renameat2(2) with RENAME_NOREPLACE: moves `from` to `to` only if nothing
+ * is at `to` (EEXIST otherwise), atomically. 0 or -1 with errno. */
+int lm_rename_noreplace(const char *from, const char *to);
+
 /* Ignores SIGPIPE process-wide (idempotent; returns 0 or -1 with errno).
  * libuv does not, so a write to a peer that went away would kill the
  * process instead of failing with EPIPE. SIG_IGN is a cast macro

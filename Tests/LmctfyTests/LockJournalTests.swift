@@ -1,0 +1,70 @@
+// The per-tree lock file through ContainerApi, on a fake v1 tree that acts
+// like cgroupfs: its file is reused from the spares (no inode allocated or
+// freed per create and destroy), and a journal acts only on its own tree.
+import Glibc
+@testable import Lmctfy
+import LmctfyProto
+import LmctfySystem
+import LmctfyTestSupport
+import Testing
+
+@Suite struct LockJournalTests {
+    static let spec = ContainerSpec(cpu: CpuSpec(limit: 500), memory: MemorySpec(limit: 100_000_000))
+
+    private func machine() throws -> (FakeCgroupTree, FakeCgroupKernel, ContainerApi) {
+        let tree = try FakeCgroupTree(.v1)
+        let kernel = try FakeCgroupKernel(tree)
+        try Sys.mkdir(tree.root + "/proc")
+        let plan = FaultPlan(failAt: 0, errno: 0, filesystem: kernel)
+        return (tree, kernel, try ContainerApi(mounts: tree.mounts(faults: plan), procRoot: tree.root + "/proc"))
+    }
+
+    private func inode(_ path: String) -> ino_t? {
+        var st = stat()
+        return lstat(path, &st) == 0 ? st.st_ino : nil
+    }
+
+    @Test func aDestroyedTreesLockFileIsTheNextTopLevelCreatesOne() throws {
+        try #require(geteuid() == 0, "the spare lock files serve root only: run the tests as root")
+        let (tree, _, api) = try machine()
+        let locks = tree.root + "/locks"
+        try api.create(try ContainerName.resolve("/a", relativeTo: .root), spec: Self.spec)
+        let ino = try #require(inode(locks + "/a"))
+        try api.destroy(try ContainerName.resolve("/a", relativeTo: .root))
+        #expect(inode(locks + "/a") == nil, "the lock file stayed with its tree gone")
+        #expect(try Sys.subdirectoriesAndFiles(locks + "/.spare") == ["\(ino)"])
+        try api.create(try ContainerName.resolve("/b", relativeTo: .root), spec: Self.spec)
+        #expect(inode(locks + "/b") == ino, "the create made a new file instead of taking the spare")
+        #expect(try Sys.readFile(locks + "/b") == "", "the create's journal was not cleared")
+        // A nested create keeps its tree's file and takes no spare.
+        try api.create(try ContainerName.resolve("/b/sub", relativeTo: .root), spec: ContainerSpec())
+        #expect(inode(locks + "/b") == ino)
+        try api.destroy(try ContainerName.resolve("/b", relativeTo: .root))
+        #expect(try Sys.subdirectoriesAndFiles(locks + "/.spare") == ["\(ino)"])
+    }
+
+    /// A journal left in a tree's lock file (an interrupted create) undoes
+    /// what it lists; one that names another tree is not this lock's to act
+    /// on, and is dropped without removing anything.
+    @Test func aJournalNamingAnotherTreeUndoesNothing() throws {
+        let (tree, _, api) = try machine()
+        let locks = tree.root + "/locks"
+        try Sys.mkdir(locks)
+        let other = tree.root + "/cpu/other"
+        try Sys.mkdir(other)
+        defer { rmdir(other) }
+        try Sys.createFile(locks + "/c", "create /other\nmkdir \(tree.root)/cpu\tother\n", mode: 0o600)
+        try api.create(try ContainerName.resolve("/c", relativeTo: .root), spec: Self.spec)
+        #expect(Sys.isDirectory(other), "a journal in /c's lock file removed another tree's directory")
+        #expect(try Sys.readFile(locks + "/c") == "", "the foreign journal was kept")
+
+        // Its own tree's journal is undone as always.
+        try api.destroy(try ContainerName.resolve("/c", relativeTo: .root))
+        let mine = tree.root + "/cpu/d"
+        try Sys.mkdir(mine)
+        defer { rmdir(mine) }
+        try Sys.createFile(locks + "/d", "create /d\nmkdir \(tree.root)/cpu\td\n", mode: 0o600)
+        try api.create(try ContainerName.resolve("/d", relativeTo: .root), spec: Self.spec)
+        #expect(try api.exists(try ContainerName.resolve("/d", relativeTo: .root)))
+    }
+}
