@@ -56,6 +56,47 @@ import Testing
         }
     }
 
+    /// Threads (each lock its own open file description, as between
+    /// processes) lock three names over and over, fresh, each time removing
+    /// the file (into the pool) or just letting go: never two holders of one
+    /// name at once, and at the end every file is a lock file or a spare.
+    @Test func locksStayExclusiveWhileTheirFilesGoInAndOutOfThePool() throws {
+        try #require(geteuid() == 0, "the pool serves root only: run the tests as root")
+        try withLockRoot { root in
+            let spares = SpareFiles(directory: root + "/.spare")
+            let names = ["a", "b", "c"]
+            let holders = Mutexed([0, 0, 0])
+            let overlaps = Mutexed(0)
+            let failures = Mutexed<[String]>([])
+            let threads = (0..<6).map { t in
+                Threads.start {
+                    for i in 0..<150 {
+                        let k = (t + i) % 3
+                        do {
+                            let lock = try FileLock.acquire(root + "/" + names[k], spares: spares, fresh: i % 2 == 0)
+                            if holders.locked({ h in defer { h[k] += 1 }; return h[k] }) != 0 { overlaps.locked { $0 += 1 } }
+                            usleep(50)
+                            holders.locked { $0[k] -= 1 }
+                            if (t + i) % 3 == 0 { lock.release() } else { try lock.remove() }
+                        } catch {
+                            failures.locked { $0.append("\(error)") }
+                        }
+                    }
+                }
+            }
+            for t in threads { pthread_join(t, nil) }
+            #expect(overlaps.locked { $0 } == 0, "two threads held one name's lock at once")
+            #expect(failures.locked { $0 }.isEmpty, "\(failures.locked { $0 })")
+            let left = try Sys.subdirectoriesAndFiles(root).filter { $0 != ".spare" }
+            #expect(Set(left).isSubset(of: Set(names)), "\(left)")
+            let pooled = (try? Sys.subdirectoriesAndFiles(root + "/.spare")) ?? []
+            #expect(!pooled.isEmpty, "nothing was ever pooled")
+            for name in left + pooled.map({ ".spare/" + $0 }) {
+                #expect(try Sys.readFile(root + "/" + name) == "", "\(name) is not empty")
+            }
+        }
+    }
+
     @Test func aSpareNeverReplacesALockFileAlreadyThere() throws {
         try #require(geteuid() == 0, "the pool serves root only: run the tests as root")
         try withLockRoot { root in
