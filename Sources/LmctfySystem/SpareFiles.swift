@@ -30,17 +30,13 @@ import Synchronization
 public final class SpareFiles: Sendable {
     /// The spare directory (the lock directory's ".spare").
     public let directory: String
-    /// No file is retired while this process counts this many spares (there
-    /// are never more spares than lock files existed at once anyway: each
-    /// was one).
+    /// At most this many spares: a file is retired into one of `capacity`
+    /// slots (named 0 to capacity - 1), never over another.
     public let capacity: Int
 
     private struct State {
         /// Spares believed to be in the directory (others may take them).
         var names: [String] = []
-        /// How many the directory held when last listed, plus those retired
-        /// since (an estimate: other processes take and retire too).
-        var known = 0
         /// false once the directory was found unfit (not root's, or other
         /// users may write it): nothing is pooled then.
         var usable = true
@@ -74,7 +70,6 @@ public final class SpareFiles: Sendable {
             let next: String?? = state.withLock { s in
                 guard s.usable else { return .some(nil) }
                 guard let name = s.names.popLast() else { return nil }
-                s.known = max(0, s.known - 1)
                 return .some(name)
             }
             guard let found = next else {
@@ -89,7 +84,7 @@ public final class SpareFiles: Sendable {
             case ENOENT: continue  // another process took it first
             case EEXIST:
                 // Something is at the path already: it is the lock file.
-                state.withLock { s in s.names.append(name); s.known += 1 }
+                state.withLock { s in s.names.append(name) }
                 return false
             default: return false
             }
@@ -99,22 +94,33 @@ public final class SpareFiles: Sendable {
     /// Moves the lock file at `path`, held open as `fd`, into the pool,
     /// emptied: true if it did. The caller holds its flock (so nobody else
     /// moves or removes it) and unlinks it itself when this says false.
+    /// The slot is chosen by the file's inode number, then at random: a
+    /// full pool (three slots taken) leaves the file to be unlinked.
     public func retire(fd: Int32, path: String) -> Bool {
-        guard geteuid() == 0 else { return false }
-        let room = state.withLock { s in s.usable && s.known < capacity }
-        guard room else { return false }
+        guard geteuid() == 0, capacity > 0, state.withLock({ $0.usable }) else { return false }
         var st = stat()
         guard fstat(fd, &st) == 0, st.st_mode & S_IFMT == S_IFREG, st.st_uid == 0, st.st_gid == 0,
               st.st_mode & 0o7777 == 0o600, st.st_nlink == 1 else { return false }
         guard ftruncate(fd, 0) == 0 else { return false }
-        let name = String(st.st_ino)
-        var r = lm_rename_noreplace(path, directory + "/" + name)
-        if r != 0 && errno == ENOENT && mkdir(directory, 0o700) == 0 {
-            r = lm_rename_noreplace(path, directory + "/" + name)
+        var madeDirectory = false
+        var attempt = 0
+        while attempt < 3 {
+            let slot = attempt == 0 ? Int(UInt64(st.st_ino) % UInt64(capacity)) : Int.random(in: 0..<capacity)
+            let name = String(slot)
+            if lm_rename_noreplace(path, directory + "/" + name) == 0 {
+                state.withLock { s in s.names.append(name) }
+                return true
+            }
+            switch errno {
+            case EEXIST: attempt += 1  // that slot holds a spare: another
+            case ENOENT where !madeDirectory:
+                // No spare directory yet (the first retire): made, then again.
+                madeDirectory = true
+                guard mkdir(directory, 0o700) == 0 || errno == EEXIST else { return false }
+            default: return false
+            }
         }
-        guard r == 0 else { return false }
-        state.withLock { s in s.names.append(name); s.known += 1 }
-        return true
+        return false
     }
 
     /// Reads (some of) the directory's names into the cache; false if there
@@ -134,8 +140,9 @@ public final class SpareFiles: Sendable {
             close(fd)
             return false
         }
-        // Only what `retire` puts there: files named by their inode number.
-        // One read of the directory is enough (a process takes a few).
+        // Only what `retire` puts there: files named by a number (their
+        // slot; before slots, their inode number). One read of the
+        // directory is enough (a process takes a few).
         var names: [String] = []
         var seen = 0
         while seen < Self.listed, let entry = readdir(dir) {
@@ -149,7 +156,6 @@ public final class SpareFiles: Sendable {
         closedir(dir)
         return state.withLock { s in
             s.names = names
-            s.known = max(s.known, names.count)
             return !names.isEmpty
         }
     }

@@ -37,7 +37,9 @@ import Testing
             let ino = try #require(inode(root + "/a"))
             try lock.remove()
             #expect(inode(root + "/a") == nil, "the lock file stayed at its path")
-            let spare = root + "/.spare/\(ino)"
+            let pooled = try Sys.subdirectoriesAndFiles(root + "/.spare")
+            #expect(pooled.count == 1)
+            let spare = root + "/.spare/" + (pooled.first ?? "")
             #expect(inode(spare) == ino)
             #expect(try Sys.readFile(spare) == "", "a retired file keeps its journal")
             var st = stat()
@@ -94,6 +96,21 @@ import Testing
             for name in left + pooled.map({ ".spare/" + $0 }) {
                 #expect(try Sys.readFile(root + "/" + name) == "", "\(name) is not empty")
             }
+        }
+    }
+
+    /// The pool holds at most `capacity` files; past that a removed lock
+    /// file is unlinked as before.
+    @Test func thePoolKeepsAtMostItsCapacity() throws {
+        try #require(geteuid() == 0, "the pool serves root only: run the tests as root")
+        try withLockRoot { root in
+            let spares = SpareFiles(directory: root + "/.spare", capacity: 2)
+            let locks = try (0..<6).map { try FileLock.acquire(root + "/t\($0)", spares: spares) }
+            for lock in locks { try lock.remove() }
+            let pooled = try Sys.subdirectoriesAndFiles(root + "/.spare")
+            #expect(!pooled.isEmpty && pooled.count <= 2, "\(pooled)")
+            #expect(Set(pooled).isSubset(of: ["0", "1"]))
+            #expect(try Sys.subdirectoriesAndFiles(root).filter { $0 != ".spare" }.isEmpty, "a lock file was left")
         }
     }
 
