@@ -24,7 +24,6 @@
 // then creates or unlinks as it always did.
 import CLmctfyShims
 import Glibc
-import Synchronization
 
 /// A bounded pool of empty, root-owned lock files in one directory.
 public final class SpareFiles: Sendable {
@@ -41,7 +40,7 @@ public final class SpareFiles: Sendable {
         /// users may write it): nothing is pooled then.
         var usable = true
     }
-    private let state = Mutex(State())
+    private let state = Mutexed(State())
 
     public init(directory: String, capacity: Int = 4096) {
         self.directory = directory
@@ -51,14 +50,14 @@ public final class SpareFiles: Sendable {
     /// The pool of the lock directory `lockRoot`, one per directory in a
     /// process (its names are cached between calls).
     public static func pool(for lockRoot: String) -> SpareFiles {
-        pools.withLock { p in
+        pools.locked { p in
             if let pool = p[lockRoot] { return pool }
             let pool = SpareFiles(directory: lockRoot + "/.spare")
             p[lockRoot] = pool
             return pool
         }
     }
-    private static let pools = Mutex<[String: SpareFiles]>([:])
+    private static let pools = Mutexed<[String: SpareFiles]>([:])
 
     /// Puts a spare file at `path` if nothing is there: true if it did (the
     /// file there is then an empty root-owned one, as a create would have
@@ -67,7 +66,7 @@ public final class SpareFiles: Sendable {
         guard geteuid() == 0 else { return false }
         var listed = false
         while true {
-            let next: String?? = state.withLock { s in
+            let next: String?? = state.locked { s in
                 guard s.usable else { return .some(nil) }
                 guard let name = s.names.popLast() else { return nil }
                 return .some(name)
@@ -84,7 +83,7 @@ public final class SpareFiles: Sendable {
             case ENOENT: continue  // another process took it first
             case EEXIST:
                 // Something is at the path already: it is the lock file.
-                state.withLock { s in s.names.append(name) }
+                state.locked { s in s.names.append(name) }
                 return false
             default: return false
             }
@@ -97,7 +96,7 @@ public final class SpareFiles: Sendable {
     /// The slot is chosen by the file's inode number, then at random: a
     /// full pool (three slots taken) leaves the file to be unlinked.
     public func retire(fd: Int32, path: String) -> Bool {
-        guard geteuid() == 0, capacity > 0, state.withLock({ $0.usable }) else { return false }
+        guard geteuid() == 0, capacity > 0, state.locked({ $0.usable }) else { return false }
         var st = stat()
         guard fstat(fd, &st) == 0, st.st_mode & S_IFMT == S_IFREG, st.st_uid == 0, st.st_gid == 0,
               st.st_mode & 0o7777 == 0o600, st.st_nlink == 1 else { return false }
@@ -108,7 +107,7 @@ public final class SpareFiles: Sendable {
             let slot = attempt == 0 ? Int(UInt64(st.st_ino) % UInt64(capacity)) : Int.random(in: 0..<capacity)
             let name = String(slot)
             if lm_rename_noreplace(path, directory + "/" + name) == 0 {
-                state.withLock { s in s.names.append(name) }
+                state.locked { s in s.names.append(name) }
                 return true
             }
             switch errno {
@@ -132,7 +131,7 @@ public final class SpareFiles: Sendable {
         var st = stat()
         guard fstat(fd, &st) == 0, st.st_uid == 0, st.st_mode & 0o022 == 0 else {
             close(fd)
-            state.withLock { $0.usable = false }
+            state.locked { $0.usable = false }
             return false
         }
         // Duplicated for the stream: unlinkat of the excess goes by `fd`.
@@ -154,7 +153,7 @@ public final class SpareFiles: Sendable {
             if !name.isEmpty && name.utf8.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }) { names.append(name) }
         }
         closedir(dir)
-        return state.withLock { s in
+        return state.locked { s in
             s.names = names
             return !names.isEmpty
         }
