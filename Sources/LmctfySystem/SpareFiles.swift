@@ -8,8 +8,10 @@
 // made the next create slower, ever more so the more containers came and
 // went (a create took 700-1,000 us after a few minutes of create-destroy,
 // against 220 us for the same cgroup work in C). With the pool a lock file
-// is renamed in and out of a spare directory instead; on a tmpfs /run the
-// two renames cost about what a create and an unlink did.
+// is renamed in and out of a spare directory instead. Where nothing drifts
+// (a tmpfs /run, a fresh disk) that costs ~3 us more a create and destroy
+// than making and unlinking the file (in C: 10.7 against 7.4 us on tmpfs,
+// 17 against 13.5 us on this ext4 in a tight loop).
 //
 // Safety: the spare directory is root's (0700) and lives in the lock
 // directory under a name no container can have (".spare": a name starts
