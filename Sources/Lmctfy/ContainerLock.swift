@@ -66,13 +66,13 @@ extension ContainerApi {
     /// Runs `body` holding the lock of `name`'s tree, after undoing what an
     /// interrupted create in that tree left (its journal).
     /// The lock file goes with its tree, so /run keeps no file per name
-    /// ever used (as root it is emptied into a bounded pool of spares, taken
-    /// back by the next create of a tree: SpareFiles): it goes while still
-    /// held when `body` destroyed the
-    /// tree's top container (`destroysTop`), or when `body` failed and the
-    /// top container turns out not to exist (a failed create, a verb on a
-    /// name that never existed) with no interrupted create journaled.
-    /// Waiters start again on a new file (`FileLock.acquire`).
+    /// ever used: it goes while still held when `body` destroyed the tree's
+    /// top container (`destroysTop`), or when `body` failed and the top
+    /// container turns out not to exist (a failed create, a verb on a name
+    /// that never existed) with no interrupted create journaled. As root it
+    /// goes, emptied, into a bounded pool of spares that the next create of
+    /// a tree (`makesTop`) takes from (SpareFiles). Waiters start again on
+    /// a new file (`FileLock.acquire`).
     func locked<T>(_ name: ContainerName, destroysTop: Bool = false, makesTop: Bool = false,
                    _ body: (FileLock?) throws(LmctfyError) -> T) throws(LmctfyError) -> T {
         let lock = try ContainerLock.acquire(name, access: mounts.access, makesTop: makesTop)
