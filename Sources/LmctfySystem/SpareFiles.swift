@@ -65,21 +65,16 @@ public final class SpareFiles: Sendable {
     /// file there is then an empty root-owned one, as a create would have
     /// made). Only for root.
     public func take(to path: String) -> Bool {
-        guard geteuid() == 0 else { return false }
+        guard geteuid() == 0, state.locked({ $0.usable }) else { return false }
         var listed = false
         while true {
-            let next: String?? = state.locked { s in
-                guard s.usable else { return .some(nil) }
-                guard let name = s.names.popLast() else { return nil }
-                return .some(name)
-            }
-            guard let found = next else {
-                // Nothing cached: look once.
+            guard let name = state.locked({ $0.names.popLast() }) else {
+                // Nothing cached: look once (a directory found unfit
+                // lists nothing).
                 if listed || !list() { return false }
                 listed = true
                 continue
             }
-            guard let name = found else { return false }
             if lm_rename_noreplace(directory + "/" + name, path) == 0 { return true }
             switch errno {
             case ENOENT: continue  // another process took it first
@@ -136,7 +131,6 @@ public final class SpareFiles: Sendable {
             state.locked { $0.usable = false }
             return false
         }
-        // Duplicated for the stream: unlinkat of the excess goes by `fd`.
         guard let dir = fdopendir(fd) else {
             close(fd)
             return false
@@ -149,9 +143,7 @@ public final class SpareFiles: Sendable {
         while seen < Self.listed, let entry = readdir(dir) {
             seen += 1
             guard entry.pointee.d_type == UInt8(DT_REG) else { continue }
-            let name = withUnsafePointer(to: entry.pointee.d_name) {
-                $0.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) }
-            }
+            let name = Sys.entryName(entry)
             if !name.isEmpty && name.utf8.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }) { names.append(name) }
         }
         closedir(dir)

@@ -305,6 +305,13 @@ public enum Sys {
         return entries(of: dir, directoriesOnly: true).map(\.name).sorted()
     }
 
+    /// The name of a directory entry readdir(3) returned.
+    static func entryName(_ entry: UnsafeMutablePointer<dirent>) -> String {
+        withUnsafePointer(to: entry.pointee.d_name) {
+            $0.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) }
+        }
+    }
+
     /// Every entry of an open directory stream but . and .. (with
     /// `directoriesOnly`, its subdirectories: only they are made Strings, a
     /// cgroup directory holding tens of files); closes it.
@@ -314,9 +321,7 @@ public enum Sys {
         while let entry = readdir(dir) {
             let isDirectory = entry.pointee.d_type == UInt8(DT_DIR)
             if directoriesOnly && !isDirectory { continue }
-            let name = withUnsafePointer(to: entry.pointee.d_name) {
-                $0.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) }
-            }
+            let name = entryName(entry)
             if name != "." && name != ".." { out.append((name, isDirectory)) }
         }
         return out

@@ -13,13 +13,7 @@ import Testing
             throw SystemError("mkdtemp", "/tmp", errno)
         }
         let root = String(cString: made)
-        defer {
-            for dir in [root + "/.spare", root] {
-                for name in (try? Sys.subdirectoriesAndFiles(dir)) ?? [] { unlink(dir + "/" + name) }
-            }
-            rmdir(root + "/.spare")
-            rmdir(root)
-        }
+        defer { _ = try? Sys.removeTree(root) }
         try body(root)
     }
 
@@ -165,7 +159,6 @@ import Testing
             unlink(root + "/.spare/12345")
             try Sys.createFile(root + "/.spare/junk", "", mode: 0o600)
             try Sys.mkdir(root + "/.spare/777", mode: 0o700)
-            defer { rmdir(root + "/.spare/777") }
             let fresh = SpareFiles(directory: root + "/.spare")
             #expect(!fresh.take(to: root + "/b"))
             #expect(inode(root + "/b") == nil)
