@@ -113,10 +113,16 @@ static double self_cpu_s(void) {
     return ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 + ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6;
 }
 
-/* utime+stime of all threads of pid, from /proc/<pid>/stat; -1 if unknown. */
+/* The CPU time of all threads of pid (those that have exited included),
+ * from its process CPU clock: nanosecond resolution, where utime+stime in
+ * /proc/<pid>/stat count whole clock ticks (10 ms here, 100 us a lifecycle
+ * over 100 rounds). The /proc figures if the clock is refused; -1 if unknown. */
 static double proc_cpu_s(long pid) {
     char path[64], text[4096];
     if (pid <= 0) return -1;
+    clockid_t clock;
+    struct timespec t;
+    if (clock_getcpuclockid((pid_t)pid, &clock) == 0 && clock_gettime(clock, &t) == 0) return t.tv_sec + t.tv_nsec / 1e9;
     snprintf(path, sizeof path, "/proc/%ld/stat", pid);
     FILE *f = fopen(path, "r");
     if (!f) return -1;
