@@ -164,9 +164,10 @@ static void lock_close(int fd, const char *name, int remove) {
         if (fstat(fd, &st) == 0 && ftruncate(fd, 0) == 0 && nspares >= 0 && nspares < 4096) {
             /* Its slot, as SpareFiles names it (one lifecycle at a time:
              * the slot is free). */
-            snprintf(to, sizeof to, "%s/%lu", SPARE, (unsigned long)(st.st_ino % 4096));
+            snprintf(spares[nspares], sizeof spares[0], "%lu", (unsigned long)(st.st_ino % 4096));
+            snprintf(to, sizeof to, "%s/%s", SPARE, spares[nspares]);
             if (syscall(SYS_renameat2, AT_FDCWD, path, AT_FDCWD, to, 1) == 0) {
-                snprintf(spares[nspares++], sizeof spares[0], "%lu", (unsigned long)(st.st_ino % 4096));
+                nspares++;
             } else {
                 unlink(path);
             }
