@@ -5,6 +5,7 @@
 #   /sys/fs/cgroup with every controller enabled in the root) plus whatever it uses; shared libraries of
 #   ELF files in it are added automatically.
 # env: V2VM_TIMEOUT (s, default 600)  V2VM_MEM (MiB, default 1024)  V2VM_CACHE  V2VM_LOG (console log file)
+#      V2VM_LOCKUP_S (s, default 120: a guest CPU stuck that long in its kernel ends the run early)
 # The guest console goes to stdout and to the log; harness messages go to stderr.
 set -euo pipefail
 die() { echo "v2vm: error: $*" >&2; exit 1; }
@@ -43,7 +44,26 @@ T0=${EPOCHREALTIME//[!0-9]/}
       -nographic -no-reboot -nic none -pidfile "$WORK/qemu.pid" \
       -kernel "$VMLINUZ" -initrd "$WORK/initrd.gz" -append "console=ttyS0 panic=-1 quiet" \
       </dev/null 2>&1 || q=$?; echo $q 2>/dev/null > "$WORK/qemu.rc"; } | sed -u 's/\r$//; s/\x1b\[[0-9;?]*[A-Za-z]//g; s/\x1bc//g' | tee "$LOG" &
-wait $! || true
+PIPE=$!
+# A guest whose CPUs stay stuck in its kernel (the watchdog's "soft lockup ... stuck for Ns", repeated
+# every ~28 s while it lasts) runs nothing any more, not even the tests' own deadline: it is ended once
+# one has been stuck LOCKUP_S seconds (a host too busy to run a vCPU for a while gives a report or two
+# that end by themselves), 10 s later so that the stack traces the init asked for reach the log.
+LOCKUP_S=${V2VM_LOCKUP_S:-120}
+[[ "$LOCKUP_S" =~ ^[0-9]+$ ]] || die "V2VM_LOCKUP_S must be whole seconds, got '$LOCKUP_S'"
+LOCKED=
+while kill -0 "$PIPE" 2>/dev/null; do
+    if [ -z "$LOCKED" ]; then
+        LOCKED=$(grep -ao 'soft lockup - CPU#[0-9]* stuck for [0-9]*s' "$LOG" 2>/dev/null |
+                 awk -v s="$LOCKUP_S" '{ n = $NF; sub(/s$/, "", n) } n + 0 >= s { print; exit }' || true)
+        if [ -n "$LOCKED" ]; then
+            echo "v2vm: the guest kernel reports a $LOCKED: ending the VM in 10 s" >&2
+            { sleep 10; [ -s "$WORK/qemu.pid" ] && kill "$(cat "$WORK/qemu.pid")" 2>/dev/null; } &
+        fi
+    fi
+    sleep 2
+done
+wait "$PIPE" || true
 QEMU_DONE=1
 QRC=$(cat "$WORK/qemu.rc" 2>/dev/null || echo "?")
 US=$(( ${EPOCHREALTIME//[!0-9]/} - T0 )); ELAPSED=$((US / 1000000)).$(printf %03d $((US % 1000000 / 1000)))
@@ -51,7 +71,9 @@ US=$(( ${EPOCHREALTIME//[!0-9]/} - T0 )); ELAPSED=$((US / 1000000)).$(printf %03
 # Take the last match: the init prints it last, after everything the payload wrote.
 RESULT=$(grep -ao 'V2VM_RESULT rc=[0-9]*' "$LOG" | tail -1 || true)
 if [ -z "$RESULT" ]; then
-    if [ "$QRC" = 124 ] || [ "$QRC" = 137 ]; then
+    if [ -n "$LOCKED" ]; then
+        echo "v2vm: FAIL: the guest kernel's CPUs were stuck (${LOCKED}); the kernel's stack traces are in the log: $LOG" >&2
+    elif [ "$QRC" = 124 ] || [ "$QRC" = 137 ]; then
         echo "v2vm: FAIL: guest timed out after ${TIMEOUT}s (V2VM_TIMEOUT) without a result; log: $LOG" >&2
     else
         echo "v2vm: FAIL: no 'V2VM_RESULT rc=N' line (guest crashed or qemu failed, qemu rc=$QRC); log: $LOG" >&2
