@@ -5,7 +5,7 @@
 #   /sys/fs/cgroup with every controller enabled in the root) plus whatever it uses; shared libraries of
 #   ELF files in it are added automatically.
 # env: V2VM_TIMEOUT (s, default 600)  V2VM_MEM (MiB, default 1024)  V2VM_CACHE  V2VM_LOG (console log file)
-#      V2VM_LOCKUP_S (s, default 120: a guest CPU stuck that long in its kernel ends the run early)
+#      V2VM_LOCKUP_S (s, default 120: a guest CPU stuck that long in its kernel ends the run early, exit 75)
 # The guest console goes to stdout and to the log; harness messages go to stderr.
 set -euo pipefail
 die() { echo "v2vm: error: $*" >&2; exit 1; }
@@ -73,6 +73,7 @@ RESULT=$(grep -ao 'V2VM_RESULT rc=[0-9]*' "$LOG" | tail -1 || true)
 if [ -z "$RESULT" ]; then
     if [ -n "$LOCKED" ]; then
         echo "v2vm: FAIL: the guest kernel's CPUs were stuck (${LOCKED}); the kernel's stack traces are in the log: $LOG" >&2
+        exit 75   # EX_TEMPFAIL: the emulated machine failed, not the payload (tools/test-v2 boots once more)
     elif [ "$QRC" = 124 ] || [ "$QRC" = 137 ]; then
         echo "v2vm: FAIL: guest timed out after ${TIMEOUT}s (V2VM_TIMEOUT) without a result; log: $LOG" >&2
     else
