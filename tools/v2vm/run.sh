@@ -6,6 +6,7 @@
 #   ELF files in it are added automatically.
 # env: V2VM_TIMEOUT (s, default 600)  V2VM_MEM (MiB, default 1024)  V2VM_CACHE  V2VM_LOG (console log file)
 #      V2VM_LOCKUP_S (s, default 120: a guest CPU stuck that long in its kernel ends the run early, exit 75)
+#      V2VM_STALL_S (s, default 120: that long without a V2VM_HEARTBEAT line, once one was seen: the same)
 # The guest console goes to stdout and to the log; harness messages go to stderr.
 set -euo pipefail
 die() { echo "v2vm: error: $*" >&2; exit 1; }
@@ -49,15 +50,29 @@ PIPE=$!
 # every ~28 s while it lasts) runs nothing any more, not even the tests' own deadline: it is ended once
 # one has been stuck LOCKUP_S seconds (a host too busy to run a vCPU for a while gives a report or two
 # that end by themselves), 10 s later so that the stack traces the init asked for reach the log.
+# A payload may also print V2VM_HEARTBEAT lines (tools/test-v2 does, every 10 s): once one has been
+# seen, STALL_S seconds without a new one mean the guest stopped running anything (a kernel frozen
+# with no watchdog report at all has been seen too), and the VM is ended the same way.
 LOCKUP_S=${V2VM_LOCKUP_S:-120}
 [[ "$LOCKUP_S" =~ ^[0-9]+$ ]] || die "V2VM_LOCKUP_S must be whole seconds, got '$LOCKUP_S'"
+STALL_S=${V2VM_STALL_S:-120}
+[[ "$STALL_S" =~ ^[0-9]+$ ]] || die "V2VM_STALL_S must be whole seconds, got '$STALL_S'"
 LOCKED=
+BEATS=0
+BEAT_AT=$SECONDS
 while kill -0 "$PIPE" 2>/dev/null; do
     if [ -z "$LOCKED" ]; then
         LOCKED=$(grep -ao 'soft lockup - CPU#[0-9]* stuck for [0-9]*s' "$LOG" 2>/dev/null |
-                 awk -v s="$LOCKUP_S" '{ n = $NF; sub(/s$/, "", n) } n + 0 >= s { print; exit }' || true)
+                 awk -v s="$LOCKUP_S" '{ n = $NF; sub(/s$/, "", n) } n + 0 >= s { print "kernel reports a " $0; exit }' || true)
+        n=$(grep -ac 'V2VM_HEARTBEAT' "$LOG" 2>/dev/null || true)
+        if [ "${n:-0}" != "$BEATS" ]; then
+            BEATS=${n:-0}
+            BEAT_AT=$SECONDS
+        elif [ -z "$LOCKED" ] && [ "$BEATS" -gt 0 ] && [ $((SECONDS - BEAT_AT)) -ge "$STALL_S" ]; then
+            LOCKED="printed no V2VM_HEARTBEAT for ${STALL_S}s after $BEATS of them"
+        fi
         if [ -n "$LOCKED" ]; then
-            echo "v2vm: the guest kernel reports a $LOCKED: ending the VM in 10 s" >&2
+            echo "v2vm: the guest $LOCKED: ending the VM in 10 s" >&2
             { sleep 10; [ -s "$WORK/qemu.pid" ] && kill "$(cat "$WORK/qemu.pid")" 2>/dev/null; } &
         fi
     fi
@@ -72,7 +87,7 @@ US=$(( ${EPOCHREALTIME//[!0-9]/} - T0 )); ELAPSED=$((US / 1000000)).$(printf %03
 RESULT=$(grep -ao 'V2VM_RESULT rc=[0-9]*' "$LOG" | tail -1 || true)
 if [ -z "$RESULT" ]; then
     if [ -n "$LOCKED" ]; then
-        echo "v2vm: FAIL: the guest kernel's CPUs were stuck (${LOCKED}); the kernel's stack traces are in the log: $LOG" >&2
+        echo "v2vm: FAIL: the guest stopped running (${LOCKED}); the kernel's stack traces, if it printed any, are in the log: $LOG" >&2
         exit 75   # EX_TEMPFAIL: the emulated machine failed, not the payload (tools/test-v2 boots once more)
     elif [ "$QRC" = 124 ] || [ "$QRC" = 137 ]; then
         echo "v2vm: FAIL: guest timed out after ${TIMEOUT}s (V2VM_TIMEOUT) without a result; log: $LOG" >&2
