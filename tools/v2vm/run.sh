@@ -25,10 +25,11 @@ ls -1t "$V2VM_CACHE"/logs/*.log 2>/dev/null | tail -n +50 | xargs -r rm -f || tr
 WORK=$(mktemp -d "$V2VM_CACHE/run.XXXXXX")   # per-run: parallel runs must not share an initramfs
 LOG=${V2VM_LOG:-$V2VM_CACHE/logs/$(date +%Y%m%d-%H%M%S)-$$.log}
 QEMU_DONE=0
+# `timeout` put qemu in its own process group, so it does not get the terminal's signals itself.
+stop_qemu() { if [ -s "$WORK/qemu.pid" ]; then kill "$(cat "$WORK/qemu.pid")" 2>/dev/null || true; fi; }
 cleanup() {
     # Killed while qemu runs (Ctrl-C, a test runner's timeout): take qemu down with us.
-    # `timeout` put qemu in its own process group, so it would not get the terminal's signal itself.
-    if [ "$QEMU_DONE" = 0 ] && [ -s "$WORK/qemu.pid" ]; then kill "$(cat "$WORK/qemu.pid")" 2>/dev/null || true; fi
+    if [ "$QEMU_DONE" = 0 ]; then stop_qemu; fi
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -73,7 +74,7 @@ while kill -0 "$PIPE" 2>/dev/null; do
         fi
         if [ -n "$LOCKED" ]; then
             echo "v2vm: the guest $LOCKED: ending the VM in 10 s" >&2
-            { sleep 10; [ -s "$WORK/qemu.pid" ] && kill "$(cat "$WORK/qemu.pid")" 2>/dev/null; } &
+            { sleep 10; stop_qemu; } &
         fi
     fi
     sleep 2
