@@ -16,7 +16,8 @@ PAYLOAD=$(cd "$1" && pwd)
 [ -f "$PAYLOAD/run" ] && [ -x "$PAYLOAD/run" ] || die "$PAYLOAD/run missing or not executable"
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 export V2VM_CACHE=${V2VM_CACHE:-$(cd "$HERE/../.." && pwd)/.build-v2vm}
-TIMEOUT=${V2VM_TIMEOUT:-600}
+. "$HERE/defaults.sh"
+TIMEOUT=$V2VM_TIMEOUT
 [[ "$TIMEOUT" =~ ^[0-9]+$ ]] || die "V2VM_TIMEOUT must be whole seconds, got '$TIMEOUT'"
 
 VMLINUZ=$("$HERE/setup.sh") || die "setup.sh failed"

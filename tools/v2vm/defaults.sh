@@ -1,0 +1,4 @@
+# Sourced by tools/v2vm/run.sh and tools/test-v2: the defaults both need.
+# V2VM_TIMEOUT: seconds the VM may run in all (test-v2 puts the tests' own
+# deadline 90 s before it, so that a hang is explained before the VM ends).
+: "${V2VM_TIMEOUT:=600}"
