@@ -189,7 +189,7 @@ public final class NotificationCenter: Sendable {
     /// Stops the listener thread (waiting for a callback in progress) and
     /// drops every registration without calling back.
     public func shutdown() {
-        let t = state.withLock { s -> pthread_t? in
+        let t = state.locked { s -> pthread_t? in
             s.stopping = true
             for (watch, _) in s.watches.values { watch.close() }
             s.watches.removeAll()
@@ -202,14 +202,14 @@ public final class NotificationCenter: Sendable {
     /// Registers for `spec` on `container`; ids start at 1.
     public func register(_ container: Container, _ spec: EventSpec, callback: @escaping Callback) throws(LmctfyError) -> Int {
         let watch = try container.watch(spec)
-        let id = state.withLock { s -> Int in
+        let id = state.locked { s -> Int in
             let id = s.nextId
             s.nextId += 1
             s.watches[id] = (watch, callback)
             return id
         }
         do { try epoll.add(watch.fd, key: UInt64(id)) } catch {
-            _ = state.withLock { $0.watches.removeValue(forKey: id) }
+            _ = state.locked { $0.watches.removeValue(forKey: id) }
             throw error.lmctfy(.internal, "Failed to watch for the event")
         }
         startIfNeeded()
@@ -219,7 +219,7 @@ public final class NotificationCenter: Sendable {
 
     /// Stops a registration; INVALID_ARGUMENT for an unknown id.
     public func unregister(_ id: Int) throws(LmctfyError) {
-        guard let (watch, _) = state.withLock({ $0.watches.removeValue(forKey: id) }) else {
+        guard let (watch, _) = state.locked({ $0.watches.removeValue(forKey: id) }) else {
             throw .invalidArgument("No notification is registered with id \(id)")
         }
         epoll.remove(watch.fd)
@@ -227,7 +227,7 @@ public final class NotificationCenter: Sendable {
     }
 
     private func startIfNeeded() {
-        state.withLock { s in
+        state.locked { s in
             guard s.thread == nil else { return }
             s.thread = Threads.start { self.listen() }
         }
@@ -238,7 +238,7 @@ public final class NotificationCenter: Sendable {
             // Timer-driven watches need no tick here: their fds become readable.
             let ready: [UInt64]
             do { ready = try epoll.wait(timeoutMs: 200) } catch {
-                let all = state.withLock { s -> [Callback] in
+                let all = state.locked { s -> [Callback] in
                     let a = s.watches.values.map(\.1)
                     s.watches.removeAll()
                     return a
@@ -246,16 +246,16 @@ public final class NotificationCenter: Sendable {
                 for cb in all { cb(.failure(.init(.cancelled, "The notification listener failed"))) }
                 return
             }
-            if state.withLock({ $0.stopping }) { return }
+            if state.locked({ $0.stopping }) { return }
             for key in ready {
                 let id = Int(key)
                 if id == 0 { _ = try? EventFds.readCounter(wake); continue }
-                guard let (watch, callback) = state.withLock({ $0.watches[id] }) else { continue }
+                guard let (watch, callback) = state.locked({ $0.watches[id] }) else { continue }
                 do {
                     let count = try watch.collect()
                     if count > 0 { callback(.success(count)) }
                 } catch {
-                    _ = state.withLock { $0.watches.removeValue(forKey: id) }
+                    _ = state.locked { $0.watches.removeValue(forKey: id) }
                     epoll.remove(watch.fd)
                     watch.close()
                     callback(.failure(error))

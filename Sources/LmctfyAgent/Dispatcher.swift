@@ -54,7 +54,7 @@ public final class CallContext: Sendable {
     /// The responses kept so far (collecting contexts, and `emitLast`'s),
     /// in order; clears them.
     public func takeResponses() -> [[UInt8]] {
-        state.withLock { s in
+        state.locked { s in
             defer { s.collected = [] }
             return s.collected
         }
@@ -64,17 +64,17 @@ public final class CallContext: Sendable {
         if let emitter {
             emitter(bytes)
         } else {
-            state.withLock { $0.collected.append(bytes) }
+            state.locked { $0.collected.append(bytes) }
         }
     }
 
     /// Whether the call was cancelled (peer cancel, deadline, connection
     /// closed); a handler checks it between steps. Thread-safe.
-    public var cancelled: Bool { state.withLock { $0.isCancelled } }
+    public var cancelled: Bool { state.locked { $0.isCancelled } }
 
     /// Marks the call cancelled and runs the hook set by `onCancel`, once.
     public func cancel() {
-        let hook: (@Sendable () -> Void)? = state.withLock { s in
+        let hook: (@Sendable () -> Void)? = state.locked { s in
             s.isCancelled = true
             defer { s.cancelHook = nil }
             return s.cancelHook
@@ -85,7 +85,7 @@ public final class CallContext: Sendable {
     /// Runs `hook` when the call is cancelled (at once if it already is);
     /// `nil` removes it. The hook runs on the cancelling thread.
     public func onCancel(_ hook: (@Sendable () -> Void)?) {
-        let now: Bool = state.withLock { s in
+        let now: Bool = state.locked { s in
             if s.isCancelled { return hook != nil }
             s.cancelHook = hook
             return false
@@ -112,7 +112,7 @@ public final class CallContext: Sendable {
     /// Nothing may be emitted after it.
     public func emitLast<M: ProtoMessage>(_ message: M) throws(LmctfyError) {
         let bytes = try Self.encoded(message)
-        state.withLock { $0.collected.append(bytes) }
+        state.locked { $0.collected.append(bytes) }
     }
 }
 

@@ -46,7 +46,7 @@ public final class ImageService: Sendable {
     private func newTransfer(export: Bool) throws(LmctfyError) -> (String, String) {
         let now = MonotonicClock.milliseconds()
         // Drop the idle ones first.
-        let stale: [String] = transfers.withLock { t in
+        let stale: [String] = transfers.locked { t in
             let old = t.filter { !$0.value.busy && now - $0.value.lastUsedMs > Self.idleMs }
             for k in old.keys { t[k] = nil }
             return old.values.map(\.path)
@@ -54,7 +54,7 @@ public final class ImageService: Sendable {
         for p in stale { try? Sys.unlink(p) }
         let id = RemoteIds.newId()
         let path = transferDir + "/" + id
-        let admitted = transfers.withLock { t -> Bool in
+        let admitted = transfers.locked { t -> Bool in
             guard t.count < Self.maxTransfers else { return false }
             t[id] = Transfer(path: path, size: 0, lastUsedMs: now, export: export, busy: true)
             return true
@@ -75,13 +75,13 @@ public final class ImageService: Sendable {
 
     /// Ends a transfer and deletes its file.
     private func end(_ id: String) {
-        if let t = transfers.withLock({ $0.removeValue(forKey: id) }) { try? Sys.unlink(t.path) }
+        if let t = transfers.locked({ $0.removeValue(forKey: id) }) { try? Sys.unlink(t.path) }
     }
 
     /// Lets the next call at a transfer (`size`: what it holds now).
     private func release(_ id: String, size: UInt64? = nil) {
         let now = MonotonicClock.milliseconds()
-        transfers.withLock { t in
+        transfers.locked { t in
             t[id]?.busy = false
             t[id]?.lastUsedMs = now
             if let size { t[id]?.size = size }
@@ -91,7 +91,7 @@ public final class ImageService: Sendable {
     /// Claims an open transfer for one call.
     private func claim(_ id: String, export: Bool) throws(LmctfyError) -> Transfer {
         let now = MonotonicClock.milliseconds()
-        let result: Result<Transfer, LmctfyError> = transfers.withLock { all in
+        let result: Result<Transfer, LmctfyError> = transfers.locked { all in
             guard var t = all[id], t.export == export else {
                 return .failure(.notFound("No image transfer \"\(id)\" (it ended, expired or never existed)"))
             }
@@ -182,7 +182,7 @@ public final class ImageService: Sendable {
             let (newId, base) = try newTransfer(export: true)
             id = newId
             let path = base + suffix
-            transfers.withLock { $0[id]?.path = path }
+            transfers.locked { $0[id]?.path = path }
             do throws(LmctfyError) {
                 try store.exportImage(r.name ?? "", to: path)
                 guard let st = try? Sys.linkStatus(path) else { throw .internalError("the exported archive vanished") }

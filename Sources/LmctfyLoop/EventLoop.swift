@@ -477,12 +477,12 @@ final class Mailbox<T: Sendable>: Sendable {
     private let arrived = Latch()
 
     func put(_ v: T) {
-        value.withLock { $0 = v }
+        value.locked { $0 = v }
         arrived.signal()
     }
 
     func take() -> T {
         arrived.wait()
-        return value.withLock { $0! }
+        return value.locked { $0! }
     }
 }

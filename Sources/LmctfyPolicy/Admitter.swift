@@ -13,14 +13,14 @@ public final class Admitter: Sendable {
         ledger = Mutex(Ledger(policy: policy))
     }
 
-    public var policy: Policy { ledger.withLock { $0.policy } }
+    public var policy: Policy { ledger.locked { $0.policy } }
 
     /// Checks `name` and, when it fits, records it (pending until
     /// `confirm`) in the same step. Returns the decision either way; nil
     /// when `new` and `name` already has an entry (made, or a create of it
     /// under way): the caller's create would conflict.
     public func admit(_ name: String, tier: Tier, amount: Amount, capacity: Amount, new: Bool) -> Decision? {
-        ledger.withLock { l in
+        ledger.locked { l in
             if new, l.entries[name] != nil { return nil }
             return Self.admit(&l, name, tier, amount, capacity)
         }
@@ -28,7 +28,7 @@ public final class Admitter: Sendable {
 
     /// `admit` of an update (or a create that may replace): never nil.
     public func admit(_ name: String, tier: Tier, amount: Amount, capacity: Amount) -> Decision {
-        ledger.withLock { l in Self.admit(&l, name, tier, amount, capacity) }
+        ledger.locked { l in Self.admit(&l, name, tier, amount, capacity) }
     }
 
     private static func admit(_ l: inout Ledger, _ name: String, _ tier: Tier, _ amount: Amount, _ capacity: Amount) -> Decision {
@@ -44,16 +44,16 @@ public final class Admitter: Sendable {
 
     /// The decision without recording anything (CheckAdmission).
     public func check(_ name: String, tier: Tier, amount: Amount, capacity: Amount) -> Decision {
-        ledger.withLock { $0.check(name, tier: tier, amount: amount, capacity: capacity) }
+        ledger.locked { $0.check(name, tier: tier, amount: amount, capacity: capacity) }
     }
 
     /// The create (or update) of an admitted `name` succeeded.
-    public func confirm(_ name: String) { ledger.withLock { $0.confirm(name) } }
+    public func confirm(_ name: String) { ledger.locked { $0.confirm(name) } }
 
     /// The create of an admitted `name` failed: back to `previous` (nil:
     /// forgotten).
     public func release(_ name: String, previous: Commitment?) {
-        ledger.withLock { l in
+        ledger.locked { l in
             if let p = previous {
                 l.set(name, tier: p.tier, amount: p.amount, order: p.order)
             } else {
@@ -63,16 +63,16 @@ public final class Admitter: Sendable {
     }
 
     /// What `name` commits now.
-    public func commitment(_ name: String) -> Commitment? { ledger.withLock { $0.entries[name] } }
+    public func commitment(_ name: String) -> Commitment? { ledger.locked { $0.entries[name] } }
 
     /// Records what exists (at start, or a container made behind the
     /// agent's back), keeping its order when known.
     public func record(_ name: String, tier: String, amount: Amount, order: UInt64? = nil) {
-        ledger.withLock { l in l.set(name, tier: tier, amount: amount, order: order ?? l.entries[name]?.order) }
+        ledger.locked { l in l.set(name, tier: tier, amount: amount, order: order ?? l.entries[name]?.order) }
     }
 
     /// Forgets a container gone.
-    public func forget(_ name: String) { ledger.withLock { _ = $0.remove(name) } }
+    public func forget(_ name: String) { ledger.locked { _ = $0.remove(name) } }
 
     /// Brings the ledger in line with the containers that exist: `list`
     /// lists them (nil: the listing failed, nothing changes); those not yet
@@ -88,7 +88,7 @@ public final class Admitter: Sendable {
     /// `sync` where `read` may also give a container's arrival order (its
     /// creation time, say) for the eviction order; nil: now (newest).
     public func sync(list: () -> [String]?, readOrdered read: (String) -> (tier: String, amount: Amount, order: UInt64?)?) {
-        let known = ledger.withLock { l in l.entries }
+        let known = ledger.locked { l in l.entries }
         guard let present = list() else { return }
         let here = Set(present)
         var fresh: [(String, String, Amount, UInt64?)] = []
@@ -104,7 +104,7 @@ public final class Admitter: Sendable {
             case (nil, nil): a.0 < b.0
             }
         }
-        ledger.withLock { l in
+        ledger.locked { l in
             // Forgotten only if it was settled before the listing and is
             // still that same entry (a create of the name since has another order).
             for (name, c) in l.entries where !here.contains(name) && !c.pending {
@@ -115,5 +115,5 @@ public final class Admitter: Sendable {
     }
 
     /// A copy of the ledger (reports, eviction).
-    public func snapshot() -> Ledger { ledger.withLock { $0 } }
+    public func snapshot() -> Ledger { ledger.locked { $0 } }
 }

@@ -73,7 +73,7 @@ public final class ReplayCache: Sendable {
 
     /// Records `nonce`; false if it was already there (a replay).
     public func insert(_ nonce: [UInt8]) -> Bool {
-        state.withLock { s in
+        state.locked { s in
             if s.seen.contains(nonce) { return false }
             if s.ring.count < capacity {
                 s.ring.append(nonce)

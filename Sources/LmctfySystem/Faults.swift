@@ -73,18 +73,18 @@ public final class FaultPlan: Sendable {
     }
 
     /// How many calls (of the chosen kinds) the plan has seen.
-    public var count: Int { state.withLock { $0.count } }
+    public var count: Int { state.locked { $0.count } }
 
     /// Every call seen, in order.
-    public var seen: [Seen] { state.withLock { $0.seen } }
+    public var seen: [Seen] { state.locked { $0.seen } }
 
     /// Whether the plan has failed a call yet.
-    public var fired: Bool { state.withLock { s in s.seen.contains { $0.failed } } }
+    public var fired: Bool { state.locked { s in s.seen.contains { $0.failed } } }
 
     /// The errno to fail this call with, or nil to let it through.
     public func check(_ call: SysCall, _ path: String) -> Int32? {
         guard calls.contains(call) else { return nil }
-        return state.withLock { s in
+        return state.locked { s in
             s.count += 1
             let fail = failAt > 0 && s.count >= failAt && s.count < failAt + times
             s.seen.append(Seen(call: call, path: path, failed: fail))

@@ -3,19 +3,40 @@
 import Glibc
 @testable import LmctfyAgent
 import LmctfySystem
+import LmctfyTestSupport
 import Testing
 
 @Suite struct ProcStatTests {
     func bytes(_ s: String) -> [UInt8] { Array(s.utf8) }
 
-    @Test func thisProcessIsReadAsTheKernelWritesIt() throws {
-        let text = try Sys.readFile("/proc/self/stat")
+    /// The fields after the command, as the kernel wrote them for `pid`.
+    func kernelFields(_ pid: pid_t) throws -> [Substring] {
+        let text = try Sys.readFile("/proc/\(pid)/stat")
         let close = try #require(text.lastIndex(of: ")"))
-        let fields = text[text.index(after: close)...].split(separator: " ")
-        let st = try #require(SnapshotKeeper.stat(getpid()))
+        return text[text.index(after: close)...].split(separator: " ")
+    }
+
+    @Test func aProcessIsReadAsTheKernelWritesIt() throws {
+        // A stopped child: its state stays "T" between the two reads. (This
+        // process's own state is its main thread's, which runs or sleeps as
+        // it likes meanwhile: compared, that was a flaky test, seen failing
+        // under ThreadSanitizer.)
+        let pid = try TestProcess.spawn(["/bin/sleep", "1000"])
+        defer { TestProcess.end(pid) }
+        try Sys.kill(pid, SIGSTOP)
+        var fields = try kernelFields(pid)
+        for _ in 0..<200 where fields[0] != "T" {
+            usleep(10_000)
+            fields = try kernelFields(pid)
+        }
+        try #require(fields[0] == "T", "the child never stopped")
+        let st = try #require(SnapshotKeeper.stat(pid))
+        #expect(st.state == UInt8(ascii: "T"))
         #expect(st.startTime == UInt64(fields[19]))
-        #expect(st.state == fields[0].utf8.first)
-        #expect(SnapshotKeeper.startTime(getpid()) == st.startTime)
+        #expect(SnapshotKeeper.startTime(pid) == st.startTime)
+        // This process: its start time, which never changes.
+        let own = try kernelFields(getpid())
+        #expect(SnapshotKeeper.stat(getpid())?.startTime == UInt64(own[19]))
     }
 
     @Test func aCommandWithSpacesAndParenthesesIsSkippedWhole() {

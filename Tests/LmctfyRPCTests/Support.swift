@@ -69,7 +69,7 @@ final class CountingNonces: NonceSource {
     private let salt: UInt8
     init(salt: UInt8) { self.salt = salt }
     func nonce() -> [UInt8] {
-        let n = counter.withLock { c in c += 1; return c }
+        let n = counter.locked { c in c += 1; return c }
         return [salt] + (0..<8).map { UInt8(truncatingIfNeeded: n >> ($0 * 8)) } + [UInt8](repeating: 7, count: 23)
     }
 }

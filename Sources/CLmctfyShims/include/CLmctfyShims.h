@@ -23,6 +23,19 @@
 /* The libuv casts live in CLmctfyUV (lm_uv.h), not here: every importer
  * of this module (CL1, the CLI) would otherwise see libuv. */
 
+/* ThreadSanitizer cannot see Synchronization.Mutex order anything: its lock
+ * and unlock run in the standard library, which is not instrumented, so two
+ * critical sections on different threads look like a race to it. Lock and
+ * Mutexed (LmctfySystem/Lock.swift) therefore tell it themselves: acquire
+ * once the mutex is held, release before it is given up, on the lock
+ * object's address (the annotations of <sanitizer/tsan_interface.h>). Where
+ * the TSan runtime is not linked (every build but `--sanitize=thread`), the
+ * weak symbols are null and these do nothing. */
+extern void __tsan_acquire(void *addr) __attribute__((weak));
+extern void __tsan_release(void *addr) __attribute__((weak));
+static inline void lm_tsan_acquire(void *addr) { if (__tsan_acquire) __tsan_acquire(addr); }
+static inline void lm_tsan_release(void *addr) { if (__tsan_release) __tsan_release(addr); }
+
 /* Bytes of heap in use (glibc mallinfo2().uordblks). <malloc.h> is not part
  * of Swift's Glibc module, so Swift cannot call mallinfo2 directly; the
  * tests use it as a leak check around the protobuf-c conversions. */

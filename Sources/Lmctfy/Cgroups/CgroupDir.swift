@@ -219,11 +219,11 @@ public struct CgroupDir: Sendable, Equatable, CustomStringConvertible {
     public func has(_ name: String) throws(LmctfyError) -> Bool {
         guard !isRoot, access.verifiesFilesystem else { return try Self.probe(file(name), faults) != nil }
         let key = mount + "\u{0}" + name
-        if let known = FeatureCache.shared.known.withLock({ $0[key] }) { return known }
+        if let known = FeatureCache.shared.known.locked({ $0[key] }) { return known }
         // Only a cgroup that still exists can say "no".
         let present = try Self.probe(file(name), faults) != nil
         let answered = present ? true : try exists()
-        if answered { FeatureCache.shared.known.withLock { $0[key] = present } }
+        if answered { FeatureCache.shared.known.locked { $0[key] = present } }
         return present
     }
 
@@ -559,7 +559,7 @@ final class MountRoots: Sendable {
     /// cannot be opened or is not a cgroup filesystem (the caller's plain
     /// open then finds out and says so).
     func fd(_ mount: String, _ access: CgroupAccess) -> Int32? {
-        let (enabled, known) = state.withLock { s in (s.openat2, s.fds.first { $0.mount == mount }?.fd) }
+        let (enabled, known) = state.locked { s in (s.openat2, s.fds.first { $0.mount == mount }?.fd) }
         guard enabled else { return nil }
         if let known { return known }
         let fd = Glibc.open(mount, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
@@ -569,7 +569,7 @@ final class MountRoots: Sendable {
             close(fd)
             return nil
         }
-        return state.withLock { s in
+        return state.locked { s in
             if let raced = s.fds.first(where: { $0.mount == mount })?.fd {
                 close(fd)
                 return raced
@@ -580,13 +580,13 @@ final class MountRoots: Sendable {
     }
 
     /// openat2 is refused here: plain opens from now on.
-    func noOpenat2() { state.withLock { $0.openat2 = false } }
+    func noOpenat2() { state.locked { $0.openat2 = false } }
 
     /// Whether getxattrat/setxattrat may be tried (until a kernel before
     /// 6.13, or a seccomp filter, refuses them).
     var xattrat: Bool {
-        get { xattratState.withLock { $0 } }
-        set { xattratState.withLock { $0 = newValue } }  // tests: the path fallback
+        get { xattratState.locked { $0 } }
+        set { xattratState.locked { $0 = newValue } }  // tests: the path fallback
     }
     private let xattratState = Mutex(true)
 
@@ -596,7 +596,7 @@ final class MountRoots: Sendable {
     static func unsupported(_ error: SystemError) -> Bool {
         guard error.call == "getxattrat" || error.call == "setxattrat",
               error.errno == ENOSYS || error.errno == EPERM else { return false }
-        shared.xattratState.withLock { $0 = false }
+        shared.xattratState.locked { $0 = false }
         return true
     }
 }
