@@ -19,14 +19,17 @@ import PackageDescription
 // their relocations and CPU probing, took ~0.4 ms of every process
 // (`lmctfy pause` 2.29 -> 1.84 ms; README, under tools/bench-startup); libc, libm
 // and the Debian libraries stay shared (Debian's security updates apply).
-// Not in the sanitizer builds, whose runtimes bring their own operator new.
+//
+// None of it in the sanitizer builds of tools/test (LMCTFY_SANITIZE=1): with
+// -static-stdlib the sanitizer runtime's interceptors (malloc, free, ...)
+// were not exported from the executable (gold: "Cannot export local symbol",
+// ~14,000 times), so what libc allocated itself (strdup) and what the
+// program allocated came from two heaps, and the ThreadSanitizer agent died
+// at its first spawn (tools/tsan-agent runs it). Nothing measures or ships
+// those binaries.
 let staticSwiftRuntime: [LinkerSetting] = {
-    if Context.environment["LMCTFY_DYNAMIC_STDLIB"] == "1" { return [] }
-    var flags = ["-static-stdlib"]
-    if Context.environment["LMCTFY_SANITIZE"] != "1" {
-        flags += ["-L\(Context.packageDirectory)/tools/link", "-Xclang-linker", "-static-libgcc"]
-    }
-    return [.unsafeFlags(flags)]
+    if Context.environment["LMCTFY_DYNAMIC_STDLIB"] == "1" || Context.environment["LMCTFY_SANITIZE"] == "1" { return [] }
+    return [.unsafeFlags(["-static-stdlib", "-L\(Context.packageDirectory)/tools/link", "-Xclang-linker", "-static-libgcc"])]
 }()
 
 // lmctfy-init is linked statically (it runs in a rootfs without a libc).
