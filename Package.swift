@@ -25,7 +25,7 @@ import PackageDescription
 // were not exported from the executable (gold: "Cannot export local symbol",
 // ~14,000 times), so what libc allocated itself (strdup) and what the
 // program allocated came from two heaps, and the ThreadSanitizer agent died
-// at its first spawn (tools/tsan-agent runs it). Nothing measures or ships
+// at its first spawn (tools/sanitized-agent runs it). Nothing measures or ships
 // those binaries.
 let staticSwiftRuntime: [LinkerSetting] = {
     if Context.environment["LMCTFY_DYNAMIC_STDLIB"] == "1" || Context.environment["LMCTFY_SANITIZE"] == "1" { return [] }
