@@ -20,15 +20,10 @@ public final class Lock: Sendable {
 
     /// Runs `body` with the lock held.
     public func locked<T, E: Error>(_ body: () throws(E) -> T) throws(E) -> T {
-        // The result leaves through a local: Mutex.withLock returns `sending`
-        // values, which a generic non-Sendable T cannot promise to be.
+        // The result leaves through a local: Mutex.locked (below) returns
+        // `sending` values, which a generic non-Sendable T cannot promise to be.
         var result: T?
-        let sync = Unmanaged.passUnretained(self).toOpaque()
-        try mutex.withLock { (_: inout Void) throws(E) -> Void in
-            lm_tsan_acquire(sync)
-            defer { lm_tsan_release(sync) }
-            result = try body()
-        }
+        try mutex.locked { (_: inout Void) throws(E) -> Void in result = try body() }
         return result!
     }
 }
@@ -46,14 +41,9 @@ public final class Mutexed<T: Sendable>: Sendable {
     /// Runs `body` on the value with the lock held.
     public func locked<R, E: Error>(_ body: (inout T) throws(E) -> R) throws(E) -> R {
         // As in Lock.locked: the result may not be Sendable, so it leaves
-        // through a local rather than as withLock's `sending` result.
+        // through a local rather than as Mutex.locked's `sending` result.
         var result: R?
-        let sync = Unmanaged.passUnretained(self).toOpaque()
-        try mutex.withLock { (value: inout sending T) throws(E) -> Void in
-            lm_tsan_acquire(sync)
-            defer { lm_tsan_release(sync) }
-            result = try body(&value)
-        }
+        try mutex.locked { (value: inout sending T) throws(E) -> Void in result = try body(&value) }
         return result!
     }
 }

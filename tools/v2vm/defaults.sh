@@ -1,4 +1,6 @@
 # Sourced by tools/v2vm/run.sh and tools/test-v2: the defaults both need.
 # V2VM_TIMEOUT: seconds the VM may run in all (test-v2 puts the tests' own
-# deadline 90 s before it, so that a hang is explained before the VM ends).
+# deadline 90 s before it, so that a hang is explained before the VM ends);
+# anything but whole seconds is refused here, for both.
 : "${V2VM_TIMEOUT:=600}"
+[[ "$V2VM_TIMEOUT" =~ ^[0-9]+$ ]] || { echo "v2vm: V2VM_TIMEOUT must be whole seconds, got '$V2VM_TIMEOUT'" >&2; exit 1; }

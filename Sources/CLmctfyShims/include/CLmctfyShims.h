@@ -25,10 +25,10 @@
 
 /* ThreadSanitizer cannot see Synchronization.Mutex order anything: its lock
  * and unlock run in the standard library, which is not instrumented, so two
- * critical sections on different threads look like a race to it. Lock and
- * Mutexed (LmctfySystem/Lock.swift) therefore tell it themselves: acquire
- * once the mutex is held, release before it is given up, on the lock
- * object's address (the annotations of <sanitizer/tsan_interface.h>). Where
+ * critical sections on different threads look like a race to it. Mutex.locked
+ * (LmctfySystem/Lock.swift, which Lock and Mutexed lock with) therefore tells
+ * it itself: acquire once the mutex is held, release before it is given up,
+ * on the mutex's address (the annotations of <sanitizer/tsan_interface.h>). Where
  * the TSan runtime is not linked (every build but `--sanitize=thread`), the
  * weak symbols are null and these do nothing. */
 extern void __tsan_acquire(void *addr) __attribute__((weak));
