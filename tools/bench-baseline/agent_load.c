@@ -61,51 +61,16 @@
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 #include <openssl/rand.h>
-#include "agent.pb-c.h"
+#include "fleet_wire.h" /* framing, buffers, the unpack arena, the hello MAC, the key file */
 
-typedef Containers__Lmctfy__Agent__Frame Frame;
-typedef Containers__Lmctfy__Agent__Hello Hello;
 typedef Containers__Lmctfy__Agent__PingRequest PingRequest;
 typedef Containers__Lmctfy__Agent__PingResponse PingResponse;
 typedef Containers__Lmctfy__Agent__RunResponse RunResponse;
 #define RUN_EVENT(x) CONTAINERS__LMCTFY__AGENT__RUN_EVENT_KIND__RUN_##x
-#define K(x) CONTAINERS__LMCTFY__AGENT__FRAME_KIND__FRAME_##x
-#define S(x) CONTAINERS__LMCTFY__AGENT__HELLO_STAGE__HELLO_##x
 
 #define READ_CHUNK 65536
-#define HELLO_MAX_FRAME 65536u /* before the handshake (PROTOCOL.md section 1) */
-#define NONCE 32
-#define MAC_LEN 32
 
 /* ---- small helpers ---- */
-
-static uint32_t get_be32(const char *p) {
-    const unsigned char *u = (const unsigned char *)p;
-    return (uint32_t)u[0] << 24 | (uint32_t)u[1] << 16 | (uint32_t)u[2] << 8 | (uint32_t)u[3];
-}
-
-static void put_be32(unsigned char *p, uint32_t v) {
-    p[0] = (unsigned char)(v >> 24); p[1] = (unsigned char)(v >> 16);
-    p[2] = (unsigned char)(v >> 8); p[3] = (unsigned char)v;
-}
-
-static void *xrealloc(void *p, size_t n) {
-    void *q = realloc(p, n);
-    if (!q) { perror("realloc"); exit(3); }
-    return q;
-}
-
-typedef struct { char *p; size_t len, cap; } buf_t;
-
-static char *buf_reserve(buf_t *b, size_t extra) {
-    if (b->len + extra > b->cap) {
-        size_t c = b->cap ? b->cap : 4096;
-        while (c < b->len + extra) c *= 2;
-        b->p = xrealloc(b->p, c);
-        b->cap = c;
-    }
-    return b->p + b->len;
-}
 
 static double self_cpu_s(void) {
     struct rusage ru;
@@ -134,39 +99,6 @@ static double proc_cpu_s(long pid) {
     if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2) return -1;
     return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
 }
-
-/* ---- a bump arena for protobuf-c unpack: reset after every frame ---- */
-
-static unsigned char *arena;
-static size_t arena_cap, arena_used;
-static void **spill; /* allocations that did not fit, freed at reset */
-static size_t nspill, capspill;
-
-static void *arena_alloc(void *d, size_t n) {
-    (void)d;
-    n = (n + 15) & ~(size_t)15;
-    if (arena_used + n <= arena_cap) {
-        void *p = arena + arena_used;
-        arena_used += n;
-        return p;
-    }
-    if (nspill == capspill) {
-        capspill = capspill ? capspill * 2 : 16;
-        spill = xrealloc(spill, capspill * sizeof *spill);
-    }
-    void *p = malloc(n);
-    if (!p) { perror("malloc"); exit(3); }
-    return spill[nspill++] = p;
-}
-
-static void arena_free(void *d, void *p) { (void)d; (void)p; }
-
-static void arena_reset(void) {
-    arena_used = 0;
-    while (nspill) free(spill[--nspill]);
-}
-
-static ProtobufCAllocator arena_allocator = {arena_alloc, arena_free, NULL};
 
 /* ---- configuration and results ---- */
 
@@ -236,26 +168,6 @@ typedef struct conn {
 
 static void close_conn(conn_t *c);
 
-/* MAC(label) of PROTOCOL.md section 3. */
-static void mac(const unsigned char *k, size_t klen, const char *label, uint32_t version, const char *kid,
-                const unsigned char *nc, const unsigned char *ns, unsigned char out[MAC_LEN]) {
-    unsigned char msg[512];
-    size_t ll = strlen(label), kl = strlen(kid), n = 0;
-    if (ll + 7 + kl + 2 * NONCE > sizeof msg) { fprintf(stderr, "agent_load: key id too long\n"); exit(2); }
-    memcpy(msg, label, ll); n += ll;
-    msg[n++] = 0;
-    put_be32(msg + n, version); n += 4;
-    msg[n++] = (unsigned char)(kl >> 8); msg[n++] = (unsigned char)kl;
-    memcpy(msg + n, kid, kl); n += kl;
-    memcpy(msg + n, nc, NONCE); n += NONCE;
-    memcpy(msg + n, ns, NONCE); n += NONCE;
-    unsigned int olen = MAC_LEN;
-    if (!HMAC(EVP_sha256(), k, (int)klen, msg, n, out, &olen) || olen != MAC_LEN) {
-        fprintf(stderr, "agent_load: HMAC failed\n");
-        exit(3);
-    }
-}
-
 static wbuf_t *wbuf_get(conn_t *c) {
     wbuf_t *w = c->free_w;
     if (w) c->free_w = w->next;
@@ -292,22 +204,6 @@ static void flush(conn_t *c, wbuf_t *w) {
         report("uv_write: %s", uv_strerror(r));
         close_conn(c);
     }
-}
-
-static void append_frame(buf_t *out, const Frame *f) {
-    size_t n = containers__lmctfy__agent__frame__get_packed_size(f);
-    unsigned char *o = (unsigned char *)buf_reserve(out, 4 + n);
-    put_be32(o, (uint32_t)n);
-    containers__lmctfy__agent__frame__pack(f, o + 4);
-    out->len += 4 + n;
-}
-
-static void append_hello(buf_t *out, Hello *h) {
-    Frame f = CONTAINERS__LMCTFY__AGENT__FRAME__INIT;
-    f.has_kind = 1; f.kind = K(HELLO);
-    f.has_stream_id = 1; f.stream_id = 0;
-    f.hello = h;
-    append_frame(out, &f);
 }
 
 /* Opens one Ping call: the lowest increasing odd id whose ring slot is free. */
@@ -398,30 +294,14 @@ static void established(conn_t *c, const Hello *h, buf_t *out) {
 static void on_hello(conn_t *c, const Hello *h, buf_t *out) {
     int stage = h->has_stage ? (int)h->stage : 0;
     if (c->state == C_OFFERED && !unix_path && stage == S(CHALLENGE)) {
-        if (!h->has_version || h->version < ver_lo || h->version > ver_hi) {
-            report("CHALLENGE names version %u, outside %u-%u", h->version, ver_lo, ver_hi);
+        char err[128];
+        uint32_t v = answer_challenge(h, c->nc, ver_lo, ver_hi, key, key_len, key_id, "agent", out, err, sizeof err);
+        if (!v) {
+            report("%s", err);
             close_conn(c);
             return;
         }
-        if (!h->has_nonce || h->nonce.len != NONCE || !memcmp(h->nonce.data, c->nc, NONCE) ||
-            !h->has_proof || h->proof.len != MAC_LEN) {
-            report("CHALLENGE without a fresh 32-byte nonce and a 32-byte proof");
-            close_conn(c);
-            return;
-        }
-        unsigned char want[MAC_LEN], proof[MAC_LEN];
-        mac(key, key_len, "lmctfy-v1 acceptor", h->version, key_id, c->nc, h->nonce.data, want);
-        if (CRYPTO_memcmp(want, h->proof.data, MAC_LEN)) {
-            report("the agent's proof is wrong (not the same key?)");
-            close_conn(c);
-            return;
-        }
-        mac(key, key_len, "lmctfy-v1 dialler", h->version, key_id, c->nc, h->nonce.data, proof);
-        c->version = h->version;
-        Hello p = CONTAINERS__LMCTFY__AGENT__HELLO__INIT;
-        p.has_stage = 1; p.stage = S(PROOF);
-        p.has_proof = 1; p.proof.data = proof; p.proof.len = MAC_LEN;
-        append_hello(out, &p);
+        c->version = v;
         c->state = C_PROVED;
         return;
     }
@@ -610,38 +490,6 @@ static void on_warm(uv_timer_t *t) {
 static void on_end(uv_timer_t *t) {
     (void)t;
     end_run();
-}
-
-static int cmp_u32(const void *a, const void *b) {
-    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
-    return x < y ? -1 : x > y;
-}
-
-/* "key_id base64-key" lines, '#' comments (KeyFile.swift); the first key, or key_id's. */
-static void load_key(void) {
-    FILE *f = fopen(key_file, "r");
-    if (!f) { perror(key_file); exit(2); }
-    char line[1024];
-    int found = 0;
-    while (!found && fgets(line, sizeof line, f)) {
-        char *hash = strchr(line, '#');
-        if (hash) *hash = 0;
-        char id[256], b64[512];
-        if (sscanf(line, "%255s %511s", id, b64) != 2) continue;
-        if (key_id && strcmp(id, key_id)) continue;
-        size_t bl = strlen(b64);
-        unsigned char dec[512];
-        int n = bl % 4 ? -1 : EVP_DecodeBlock(dec, (const unsigned char *)b64, (int)bl);
-        if (n < 0) { fprintf(stderr, "agent_load: %s: key %s is not base64\n", key_file, id); exit(2); }
-        while (bl && b64[bl - 1] == '=') { bl--; n--; }
-        if (n < 16 || (size_t)n > sizeof key) { fprintf(stderr, "agent_load: %s: key %s: bad length\n", key_file, id); exit(2); }
-        memcpy(key, dec, (size_t)n);
-        key_len = (size_t)n;
-        if (!key_id) key_id = strdup(id);
-        found = 1;
-    }
-    fclose(f);
-    if (!found) { fprintf(stderr, "agent_load: %s: no key%s%s\n", key_file, key_id ? " " : "", key_id ? key_id : ""); exit(2); }
 }
 
 static int hexeq(const unsigned char *b, const char *hex) {
@@ -877,14 +725,14 @@ int main(int argc, char **argv) {
             usage();
         signal(SIGPIPE, SIG_IGN);
         max_in_frame = 4194304;
-        arena_cap = 65536;
-        arena = aligned_alloc(16, arena_cap);
+        fw_arena_cap = 65536;
+        fw_arena = aligned_alloc(16, fw_arena_cap);
         return lifecycle_main(lifecycle);
     }
     if ((!unix_path) == (!port) || (port && !key_file) || !conns_n || !depth || !ver_lo || ver_lo > ver_hi ||
         seconds <= 0)
         usage();
-    if (key_file) load_key();
+    if (key_file) key_len = load_key(key_file, &key_id, key, sizeof key);
     signal(SIGPIPE, SIG_IGN);
 
     ping_data = malloc(psize ? psize : 1);
@@ -896,8 +744,8 @@ int main(int argc, char **argv) {
     containers__lmctfy__agent__ping_request__pack(&pr, ping_req);
     max_in_frame = 4194304;
     if (psize + 1024 > max_in_frame) max_in_frame = (uint32_t)(psize + 1024);
-    arena_cap = 65536 + 2 * psize;
-    arena = aligned_alloc(16, (arena_cap + 15) & ~(size_t)15);
+    fw_arena_cap = 65536 + 2 * psize;
+    fw_arena = aligned_alloc(16, (fw_arena_cap + 15) & ~(size_t)15);
 
     loop = uv_default_loop();
     union { struct sockaddr_in v4; struct sockaddr_in6 v6; } addr;

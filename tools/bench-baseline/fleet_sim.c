@@ -439,30 +439,14 @@ static void registered(conn_t *c, const Frame *f) {
 static void on_hello(conn_t *c, const Hello *h) {
     int stage = h->has_stage ? (int)h->stage : 0;
     if (c->state == C_OFFERED && stage == S(CHALLENGE)) {
-        if (!h->has_version || h->version < ver_lo || h->version > ver_hi) {
-            report("CHALLENGE names version %u, outside %u-%u", h->version, ver_lo, ver_hi);
+        char err[128];
+        uint32_t v = answer_challenge(h, c->nc, ver_lo, ver_hi, key, key_len, key_id, "controller", &out, err, sizeof err);
+        if (!v) {
+            report("%s", err);
             close_conn(c);
             return;
         }
-        if (!h->has_nonce || h->nonce.len != NONCE || !memcmp(h->nonce.data, c->nc, NONCE) ||
-            !h->has_proof || h->proof.len != MAC_LEN) {
-            report("CHALLENGE without a fresh 32-byte nonce and a 32-byte proof");
-            close_conn(c);
-            return;
-        }
-        unsigned char want[MAC_LEN], proof[MAC_LEN];
-        mac(key, key_len, "lmctfy-v1 acceptor", h->version, key_id, c->nc, h->nonce.data, want);
-        if (CRYPTO_memcmp(want, h->proof.data, MAC_LEN)) {
-            report("the controller's proof is wrong (not the same key?)");
-            close_conn(c);
-            return;
-        }
-        mac(key, key_len, "lmctfy-v1 dialler", h->version, key_id, c->nc, h->nonce.data, proof);
-        c->version = h->version;
-        Hello p = CONTAINERS__LMCTFY__AGENT__HELLO__INIT;
-        p.has_stage = 1; p.stage = S(PROOF);
-        p.has_proof = 1; p.proof.data = proof; p.proof.len = MAC_LEN;
-        append_hello(&out, &p);
+        c->version = v;
         c->state = C_PROVED;
         return;
     }

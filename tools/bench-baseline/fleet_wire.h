@@ -1,7 +1,8 @@
-/* fleet_wire.h: what fleet_sim.c and fleet_sub.c share with agent_load.c's
- * way of speaking the agent protocol (docs/PROTOCOL.md): the length-prefixed
+/* fleet_wire.h: what agent_load.c, fleet_sim.c and fleet_sub.c share of
+ * speaking the agent protocol (docs/PROTOCOL.md): the length-prefixed
  * framing, a growable byte buffer, a bump arena for protobuf-c unpack, the
- * TCP hello's HMAC (section 3) and the key file. Header-only (static inline)
+ * TCP hello's HMAC and the dialler's answer to a CHALLENGE (section 3), and
+ * the key file. Header-only (static inline)
  * so each program stays one compile command. */
 #ifndef FLEET_WIRE_H
 #define FLEET_WIRE_H
@@ -11,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 #include "agent.pb-c.h"
@@ -176,6 +178,37 @@ static inline void mac(const unsigned char *k, size_t klen, const char *label, u
         fprintf(stderr, "HMAC failed\n");
         exit(3);
     }
+}
+
+/* The dialler's answer to the acceptor's CHALLENGE h (PROTOCOL.md section
+ * 3), on a connection that offered nonce nc and versions lo-hi: checks the
+ * version, that the acceptor's nonce is fresh and its proof is right, then
+ * appends our PROOF to out. Returns the version agreed, or 0 with what was
+ * wrong in err (peer: who sent h, for the message). */
+static inline uint32_t answer_challenge(const Hello *h, const unsigned char nc[NONCE], uint32_t lo, uint32_t hi,
+                                        const unsigned char *key, size_t key_len, const char *key_id,
+                                        const char *peer, buf_t *out, char *err, size_t errlen) {
+    if (!h->has_version || h->version < lo || h->version > hi) {
+        snprintf(err, errlen, "CHALLENGE names version %u, outside %u-%u", h->version, lo, hi);
+        return 0;
+    }
+    if (!h->has_nonce || h->nonce.len != NONCE || !memcmp(h->nonce.data, nc, NONCE) ||
+        !h->has_proof || h->proof.len != MAC_LEN) {
+        snprintf(err, errlen, "CHALLENGE without a fresh 32-byte nonce and a 32-byte proof");
+        return 0;
+    }
+    unsigned char want[MAC_LEN], proof[MAC_LEN];
+    mac(key, key_len, "lmctfy-v1 acceptor", h->version, key_id, nc, h->nonce.data, want);
+    if (CRYPTO_memcmp(want, h->proof.data, MAC_LEN)) {
+        snprintf(err, errlen, "the %s's proof is wrong (not the same key?)", peer);
+        return 0;
+    }
+    mac(key, key_len, "lmctfy-v1 dialler", h->version, key_id, nc, h->nonce.data, proof);
+    Hello p = CONTAINERS__LMCTFY__AGENT__HELLO__INIT;
+    p.has_stage = 1; p.stage = S(PROOF);
+    p.has_proof = 1; p.proof.data = proof; p.proof.len = MAC_LEN;
+    append_hello(out, &p);
+    return h->version;
 }
 
 /* "key_id base64-key" lines, '#' comments (KeyFile.swift): the key named

@@ -4,7 +4,7 @@
 #   PAYLOAD_DIR holds an executable `run` (started in the guest with cwd /tests, as root, cgroup2 mounted at
 #   /sys/fs/cgroup with every controller enabled in the root) plus whatever it uses; shared libraries of
 #   ELF files in it are added automatically.
-# env: V2VM_TIMEOUT (s, default 600)  V2VM_MEM (MiB, default 1024)  V2VM_CACHE  V2VM_LOG (console log file)
+# env: V2VM_TIMEOUT (s, default 900, tools/v2vm/defaults.sh)  V2VM_MEM (MiB, default 1024)  V2VM_CACHE  V2VM_LOG (console log file)
 #      V2VM_LOCKUP_S (s, default 120: a guest CPU stuck that long in its kernel ends the run early, exit 75)
 #      V2VM_STALL_S (s, default 120: that long without a V2VM_HEARTBEAT line, once one was seen: the same)
 # The guest console goes to stdout and to the log; harness messages go to stderr.
