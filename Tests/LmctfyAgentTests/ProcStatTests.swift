@@ -24,12 +24,13 @@ import Testing
         let pid = try TestProcess.spawn(["/bin/sleep", "1000"])
         defer { TestProcess.end(pid) }
         try Sys.kill(pid, SIGSTOP)
-        var fields = try kernelFields(pid)
-        for _ in 0..<200 where fields[0] != "T" {
-            usleep(10_000)
-            fields = try kernelFields(pid)
-        }
-        try #require(fields[0] == "T", "the child never stopped")
+        // waitpid with WUNTRACED returns once the stop has happened (the
+        // child is not reaped: TestProcess.end still ends it).
+        var status: Int32 = 0
+        while waitpid(pid, &status, WUNTRACED) < 0 && errno == EINTR {}
+        try #require(status & 0xff == 0x7f && (status >> 8) & 0xff == SIGSTOP, "the child did not stop (wait status \(status))")
+        let fields = try kernelFields(pid)
+        try #require(fields[0] == "T", "a stopped child's state is \(fields[0])")
         let st = try #require(SnapshotKeeper.stat(pid))
         #expect(st.state == UInt8(ascii: "T"))
         #expect(st.startTime == UInt64(fields[19]))
