@@ -45,6 +45,7 @@
 #include <dirent.h>
 #include <linux/openat2.h>
 #include <sys/file.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/stat.h>
 #include <sys/vfs.h>
@@ -93,6 +94,15 @@ static double cpu_us(void) {
     struct timespec t;
     clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
     return t.tv_sec * 1e6 + t.tv_nsec / 1e3;
+}
+
+/* This process's context switches so far (voluntary and not; its children
+ * not counted): each is a sleep and a wake-up, which run-bench sets beside
+ * the agent's (tools/bench-baseline/wakeup.c prices one). */
+static long switches(void) {
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return ru.ru_nvcsw + ru.ru_nivcsw;
 }
 
 static void at(char *path, size_t len, int d, const char *file) {
@@ -312,6 +322,7 @@ int main(int argc, char **argv) {
     signal(SIGINT, on_signal);
     signal(SIGTERM, on_signal);
     double t0 = now_us(), cpu0 = cpu_us(), ph_create = 0, ph_run = 0, ph_destroy = 0;
+    long csw0 = switches();
     for (int i = 0; i < n; i++) {
         double a = now_us();
         for (int d = 0; d < NDIRS; d++) {
@@ -447,10 +458,11 @@ int main(int argc, char **argv) {
         ph_run += c - b;
         ph_destroy += now_us() - c;
     }
-    printf("%s%s%s create=%.1f run=%.1f destroy=%.1f cpu_us=%.1f us=%.1f\n",
+    printf("%s%s%s create=%.1f run=%.1f destroy=%.1f cpu_us=%.1f csw=%.1f us=%.1f\n",
            safety ? "c+safety lifecycle (the same plus lmctfy's journal, marks and checks)"
                   : "c     lifecycle (mkdir 5 hierarchies + limits, vfork, join, exec /bin/true, wait, rmdir)",
            safety && without ? " without " : "", safety && without ? without_parts : "",
-           ph_create / n, ph_run / n, ph_destroy / n, (cpu_us() - cpu0) / n, (now_us() - t0) / n);
+           ph_create / n, ph_run / n, ph_destroy / n, (cpu_us() - cpu0) / n, (double)(switches() - csw0) / n,
+           (now_us() - t0) / n);
     return 0;
 }

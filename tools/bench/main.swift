@@ -27,6 +27,14 @@ func cpuNow() -> Double {
     return Double(t.tv_sec) * 1e6 + Double(t.tv_nsec) / 1e3
 }
 
+/// This process's context switches so far (every thread; voluntary and
+/// not): lifecycle.c prints the same as csw=.
+func switchesNow() -> Double {
+    var ru = rusage()
+    getrusage(RUSAGE_SELF.rawValue, &ru)
+    return Double(ru.ru_nvcsw + ru.ru_nivcsw)
+}
+
 func fail(_ message: String) -> Never {
     let line = "lmctfy-bench: \(message)\n"
     _ = line.withCString { write(2, $0, strlen($0)) }
@@ -443,7 +451,7 @@ do {
         var options = RunOptions(fdPolicy: .inherit)
         options.stdout = .devNull
         var phases = [0.0, 0.0, 0.0]
-        let t0 = now(), cpu0 = cpuNow()
+        let t0 = now(), cpu0 = cpuNow(), csw0 = switchesNow()
         for i in 0..<n {
             let a = now()
             let c = try api.create("/lmctfy_bench_local_\(getpid())_\(i)", spec: spec)
@@ -454,8 +462,8 @@ do {
             try api.destroy(c.name)
             phases[0] += b - a; phases[1] += d - b; phases[2] += now() - d
         }
-        let total = (now() - t0) / Double(n), cpu = (cpuNow() - cpu0) / Double(n)
-        print("local lifecycle (create cpu+mem, run /bin/true, exit, destroy; CL1 in-process) \(phaseText(phases, n)) cpu_us=\(fmt(cpu)) us=\(fmt(total))")
+        let total = (now() - t0) / Double(n), cpu = (cpuNow() - cpu0) / Double(n), csw = (switchesNow() - csw0) / Double(n)
+        print("local lifecycle (create cpu+mem, run /bin/true, exit, destroy; CL1 in-process) \(phaseText(phases, n)) cpu_us=\(fmt(cpu)) csw=\(fmt(csw)) us=\(fmt(total))")
 
     default:
         fail("usage: lmctfy-bench create-destroy N | freeze N BASELINE | run N BASELINE | threshold N HELPER | rpc PORT KEYFILE C D SECONDS | agent-lifecycle N SOCKET | agent-create N SOCKET CLIENTS | agent-populate N SOCKET PREFIX | agent-wait MS SOCKET | local-lifecycle N")
