@@ -225,6 +225,9 @@ struct AgentIntegrationTests {
             for _ in 0..<600 where (try c.processes(recursive: false).count) < 1000 { usleep(50_000) }
             #expect(try c.processes(recursive: false).count >= 1000)
             try withAgent { _, socket in
+                // Connected (hello done) before the destroy starts, so the
+                // window the pings must fall in holds only round trips.
+                let pinger = try RpcClient.connect(unixPath: socket)
                 let destroyDone = Mutexed(false)
                 let destroyer = Threads.start {
                     let client = try? RpcClient.connect(unixPath: socket)
@@ -241,7 +244,6 @@ struct AgentIntegrationTests {
                     if (try? freezer.read(api.version == .v1 ? "freezer.state" : "cgroup.freeze"))?.trimmingWhitespace != (api.version == .v1 ? "THAWED" : "0") { break }
                     usleep(1000)
                 }
-                let pinger = try RpcClient.connect(unixPath: socket)
                 var answeredDuringDestroy = 0
                 while !destroyDone.locked({ $0 }) {
                     let pong = try pinger.call("Ping", PingRequest(data: [1, 2, 3]), as: PingResponse.self)
