@@ -95,6 +95,7 @@ static double processes_round(void) {
     char c = 'x';
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) die("socketpair");
     pin(main_cpu);
+    fflush(stdout); /* the child's die() would print what is buffered again */
     pid_t pid = fork();
     if (pid < 0) die("fork");
     if (pid == 0) {
