@@ -27,7 +27,10 @@ import Testing
         // waitpid with WUNTRACED returns once the stop has happened (the
         // child is not reaped: TestProcess.end still ends it).
         var status: Int32 = 0
-        while waitpid(pid, &status, WUNTRACED) < 0 && errno == EINTR {}
+        let (waited, e) = Sys.retry { waitpid(pid, &status, WUNTRACED) }
+        try #require(waited == pid, "waitpid: errno \(e)")
+        // WIFSTOPPED and WSTOPSIG, which Swift does not import (as ExitStatus
+        // decodes the other cases).
         try #require(status & 0xff == 0x7f && (status >> 8) & 0xff == SIGSTOP, "the child did not stop (wait status \(status))")
         let fields = try kernelFields(pid)
         try #require(fields[0] == "T", "a stopped child's state is \(fields[0])")
