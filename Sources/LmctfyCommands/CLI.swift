@@ -71,7 +71,7 @@ public enum LmctfyCLI {
                     i += try flags.parse(args, at: i)
                 } catch {
                     stderr.write(error.message + "\n")
-                    stderr.write(leaf.map { usageLine(path, $0) } ?? "usage: " + commandLine(path) + " <command> [<arguments>]\n")
+                    stderr.write(leaf.map { usageLine(environment, path, $0) } ?? "usage: " + commandLine(environment, path) + " <command> [<arguments>]\n")
                     return StatusCode.invalidArgument.rawValue
                 }
                 continue
@@ -99,32 +99,32 @@ public enum LmctfyCLI {
         // -h and -V win over everything else, as in the original (D2: help
         // that was asked for goes to stdout and succeeds).
         if flags.help {
-            stdout.write(leaf.map { usageLine(path, $0) } ?? usage(menu, path))
+            stdout.write(leaf.map { usageLine(environment, path, $0) } ?? usage(environment, menu, path))
             return 0
         }
         if flags.version {
-            stdout.write("lmctfy version \(LmctfyVersion.string)\n")
+            stdout.write("\(environment.programName) version \(LmctfyVersion.string)\n")
             return 0
         }
         guard let leaf else {
             if helpWord {
-                stdout.write(usage(menu, path))
+                stdout.write(usage(environment, menu, path))
                 return 0
             }
             // Bare `lmctfy`, a bare menu, or a word that matches nothing.
             if let unknownWord { stderr.write("Unknown command \"\(unknownWord)\"\n") }
-            stderr.write(usage(menu, path))
+            stderr.write(usage(environment, menu, path))
             return StatusCode.notFound.rawValue
         }
 
         let arguments = Array(args[firstPositional...])
         if arguments.first == "help" {
-            stdout.write(usageLine(path, leaf))
+            stdout.write(usageLine(environment, path, leaf))
             return 0
         }
         if arguments.count < leaf.minArguments || arguments.count > (leaf.maxArguments ?? Int.max) {
             stderr.write(arguments.count < leaf.minArguments ? "Missing arguments\n" : "Extraneous arguments\n")
-            stderr.write(usageLine(path, leaf))
+            stderr.write(usageLine(environment, path, leaf))
             return StatusCode.invalidArgument.rawValue
         }
 
@@ -164,19 +164,24 @@ public enum LmctfyCLI {
 
     // MARK: Usage
 
-    static func commandLine(_ path: [String]) -> String {
-        (["lmctfy"] + path).joined(separator: " ")
+    static func commandLine(_ environment: CLIEnvironment, _ path: [String]) -> String {
+        ([environment.programName] + path).joined(separator: " ")
     }
 
     /// `usage: lmctfy list containers [-r] [<container name>]`
-    static func usageLine(_ path: [String], _ leaf: Leaf) -> String {
-        "usage: \(commandLine(path)) \(leaf.synopsis)\n"
+    static func usageLine(_ environment: CLIEnvironment, _ path: [String], _ leaf: Leaf) -> String {
+        "usage: \(commandLine(environment, path)) \(leaf.synopsis)\n"
     }
 
     /// A menu's usage: every verb below it with its synopsis and summary;
-    /// the root adds the flags and what the exit status means.
-    static func usage(_ menu: Menu, _ path: [String]) -> String {
-        var out = "usage: \(commandLine(path)) <command> [<arguments>]\n\nCommands:\n"
+    /// the root adds the flags and what the exit status means (and what
+    /// the environment adds: lmctl's forms, verbs and flags).
+    static func usage(_ environment: CLIEnvironment, _ menu: Menu, _ path: [String]) -> String {
+        var out = path.isEmpty ? environment.rootHelpHeader ?? "" : ""
+        if !path.isEmpty || environment.rootHelpHeader == nil {
+            out += "usage: \(commandLine(environment, path)) <command> [<arguments>]\n"
+        }
+        out += "\nCommands:\n"
         func add(_ node: CommandNode, _ prefix: [String]) {
             switch node {
             case .menu(let m):
@@ -186,11 +191,18 @@ public enum LmctfyCLI {
             }
         }
         for child in menu.children { add(child, []) }
-        if path.isEmpty { out += globalHelp }
+        if path.isEmpty {
+            out += globalHelp(programName: environment.programName)
+            out += environment.rootHelpFooter
+        }
         return out
     }
 
-    static let globalHelp = """
+    /// lmctfy's flags and exit statuses, as its root help gives them.
+    static var globalHelp: String { globalHelp(programName: "lmctfy") }
+
+    static func globalHelp(programName: String) -> String {
+        """
 
         Flags go before a command's arguments (anywhere between the command
         words and the first argument); `--` ends them:
@@ -202,7 +214,7 @@ public enum LmctfyCLI {
           -v             output values only                       --lmctfy_output_style=values
           -l             output a long table                      --lmctfy_output_style=long
           -o json        output one JSON document                 --lmctfy_output_style=json
-          -h, --help     this help (`lmctfy <command> help`: one command's usage)
+          -h, --help     this help (`\(programName) <command> help`: one command's usage)
           -V, --version  print the version
 
         Specs are protobuf text format (e.g. "pids:{limit:100}") or binary.
@@ -211,4 +223,5 @@ public enum LmctfyCLI {
         12 UNIMPLEMENTED, 13 INTERNAL, 14 UNAVAILABLE, ...).
 
         """
+    }
 }

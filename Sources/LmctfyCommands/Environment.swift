@@ -23,6 +23,14 @@ public struct CLIEnvironment: Sendable {
     public var makeImages: @Sendable () throws(LmctfyError) -> any ImageBackend = { () throws(LmctfyError) in
         throw .unimplemented("images are not available in this environment")
     }
+    /// The program's name in usage lines, the root help and `--version`:
+    /// "lmctfy", or "lmctl" for the same verbs run by an agent.
+    public var programName = "lmctfy"
+    /// The root help's opening, in place of `usage: NAME <command>
+    /// [<arguments>]` (lmctl: its forms with its connection flags), and what
+    /// it adds after the verbs and flags (lmctl: its own verbs and flags).
+    public var rootHelpHeader: String?
+    public var rootHelpFooter = ""
 
     /// An environment over `makeBackend`; without `initMachine`, `init` is
     /// refused with UNIMPLEMENTED.

@@ -83,6 +83,77 @@ public enum LmctlCLI {
     /// `ownFlags` by the tests, so a verb added here must be added there.
     static let ownVerbs: [String] = ["info", "events", "hosts", "top"] + MovingCommands.verbs.sorted()
 
+    /// What lmctl's help says of its own verbs, and of its own forms of
+    /// lmctfy's `create` and `stats`: the synopsis (without `lmctl`), then
+    /// what it does. The root help lists them after lmctfy's verbs; a verb's
+    /// own help (`lmctl VERB --help`, `-h`, or `help` right after the verb)
+    /// prints its lines.
+    static let ownVerbHelp: [(verb: String, synopsis: String, summary: String)] = [
+        ("info", "info [-o json]",
+         "The agent's machine, version, boot id and warnings, then its policy's capacity and commitments."),
+        ("events", "events [-f] [--after BOOT:SEQ] [--kind KIND ...] [-r] [-o json] [NAME]",
+         "The agent's event log (-f: and the live events; --after: resume after an event printed earlier)."),
+        ("stats", "stats -f [-o json] [NAME]",
+         "Follow the STATS samples: cpu time, memory, working set, processes."),
+        ("top", "top [--once] [-r] [--sort cpu|mem|procs|name] [NAME]",
+         "A live view of the containers below NAME (default /; -r: every descendant)."),
+        ("create", "create [--tier TIER] [--dry-run] [--anywhere] [-c <config file>] <container name> [<container spec>]",
+         "Create in a tier of the agent's policy (--dry-run: print the admission answer; --anywhere, at a controller: on the least committed host that admits it)."),
+        ("snapshot", "snapshot export NAME [-o FILE] [--text]",
+         "A container's snapshot: binary, or protobuf text."),
+        ("snapshot", "snapshot import FILE [--name N] [--start]",
+         "Re-create a container from a snapshot (FILE - is standard input)."),
+        ("migrate", "migrate NAME --to unix://PATH|tcp://HOST:PORT [--to-key-file FILE] [--force]",
+         "Move a container to another agent (at a controller: migrate NAME --from HOST --to HOST [--force])."),
+        ("checkpoint", "checkpoint NAME DIR [--leave-running]",
+         "A CRIU checkpoint of a container's processes."),
+        ("restore", "restore DIR [--name N]",
+         "Restore a checkpoint."),
+        ("hosts", "hosts [-o json] [SELECTOR]",
+         "At a controller: its hosts, with each connected host's policy."),
+    ]
+
+    /// The root help's part after lmctfy's verbs and flags: lmctl's own
+    /// verbs and flags, and what its exit status is.
+    static let rootHelpFooter: String = {
+        var out = "\nlmctl's own verbs (and forms of create and stats):\n"
+        for h in ownVerbHelp { out += "  \(h.synopsis)\n      \(h.summary)\n" }
+        out += """
+
+            lmctl's flags, before the verb:
+              --agent unix://PATH|tcp://HOST:PORT       the agent (default \(defaultAgent))
+              --controller unix://PATH|tcp://HOST:PORT  a controller instead of an agent
+              --key-file FILE      on TCP, the shared key to authenticate with
+              --cert FILE --key FILE   our TLS certificate and key (mutual certificates; need --ca)
+              --ca FILE            the CA the peer's certificate must chain to: TCP becomes TLS 1.3
+              --host NAME          at a controller: run the verb on that host
+              --hosts SELECTOR     at a controller: on every host whose labels match (k=v,k2=v2), in turn
+
+            The exit status is the status code the agent or the controller sent
+            (14 when it cannot be reached, 16 when it refuses the caller).
+
+            """
+        return out
+    }()
+
+    /// The usage of one of lmctl's own verbs (or own forms) when the words
+    /// ask for it: `-h` or `--help` after the verb, or `help` right after
+    /// it; nil otherwise, and for lmctfy's verbs, whose help lmctfy's
+    /// dispatcher gives. `create` and `stats` are lmctfy's verbs too:
+    /// their help here adds lmctl's forms to lmctfy's usage.
+    static func ownVerbUsage(_ words: [String]) -> String? {
+        guard let verb = commandWord(words), let at = words.firstIndex(of: verb) else { return nil }
+        let after = words[(at + 1)...]
+        guard after.contains("-h") || after.contains("--help") || after.first == "help" else { return nil }
+        var lines = ownVerbHelp.filter { $0.verb == verb }
+        // `snapshot export --help`: that form's line alone.
+        let named = lines.filter { h in after.contains { h.synopsis.hasPrefix("\(verb) \($0) ") } }
+        if !named.isEmpty { lines = named }
+        // `stats summary --help` and `stats full --help` are lmctfy's alone.
+        guard !lines.isEmpty, verb != "stats" || !after.contains(where: { $0 == "summary" || $0 == "full" }) else { return nil }
+        return lines.map { "usage: lmctl \($0.synopsis)\n      \($0.summary)\n" }.joined()
+    }
+
     /// Reads `--agent`, `--controller`, `--key-file`, `--host` and `--hosts`
     /// (each `--flag VALUE` or `--flag=VALUE`) from the front of `args`.
     static func parseOptions(_ args: [String]) throws(LmctfyError) -> Options {
@@ -173,6 +244,17 @@ public enum LmctlCLI {
             try dial(address, keyFile: keys, tls: tls, flag: flag)
         }
         let verb = commandWord(o.words)
+        // Help that was asked for goes to stdout, succeeds and calls no one
+        // (lmctfy-behaviour.md D2), wherever the verb would run.
+        if let help = ownVerbUsage(o.words) {
+            // `stats`: lmctfy's stats verbs first, then lmctl's -f.
+            if verb == "stats" {
+                _ = runVerb(["stats", "--help"], dial: dialPeer, host: nil, stdout: stdout, stderr: stderr)
+                stdout.write(Array("\n".utf8))
+            }
+            stdout.write(Array(help.utf8))
+            return 0
+        }
         guard o.controller != nil else {
             if verb == "hosts" {
                 return usageError("hosts lists a controller's hosts: give --controller unix://PATH|tcp://HOST:PORT", stderr)
@@ -310,6 +392,10 @@ public enum LmctlCLI {
         var environment = CLIEnvironment(
             makeBackend: { () throws(LmctfyError) in try connect() },
             initMachine: { (spec: InitSpec) throws(LmctfyError) in try connect().initMachine(spec) })
+        // Its help and usage lines name lmctl, with lmctl's forms, verbs and flags.
+        environment.programName = "lmctl"
+        environment.rootHelpHeader = usage + "\n"
+        environment.rootHelpFooter = rootHelpFooter
         // `image ...`: the agent's image store, archives streamed in chunks.
         environment.makeImages = { () throws(LmctfyError) in RemoteImages(client: try dial()) }
         return LmctfyCLI.run(arguments: words, stdout: stdout, stderr: stderr, environment: environment)

@@ -1,0 +1,115 @@
+// lmctl's help, usage lines and version (lmctfy-behaviour.md D2: help that
+// was asked for goes to stdout, succeeds, and here calls no one). lmctl runs
+// lmctfy's dispatcher, whose texts named lmctfy and left out lmctl's own
+// verbs and flags; its own verbs took `--help` for an unknown flag or tried
+// to dial the agent. In-process, against addresses where nothing listens.
+import LmctfySystem
+import Testing
+@testable import LmctfyCommands
+@testable import LmctlCommands
+
+@Suite struct LmctlHelpTests {
+    /// Nothing listens here: a test that passes did not need an agent.
+    static let nowhere = ["--agent", "unix:///nonexistent/lmctl-help.sock"]
+    static let nowhereController = ["--controller", "unix:///nonexistent/lmctl-help-controller.sock"]
+
+    func lmctl(_ args: [String]) -> (status: Int32, stdout: String, stderr: String) {
+        let (out, err) = (BufferSink(), BufferSink())
+        let status = LmctlCLI.run(args, stdout: out, stderr: err)
+        return (status, out.text, err.text)
+    }
+
+    @Test(arguments: [["--help"], ["-h"], ["help"], ["--controller", "unix:///nonexistent/c.sock", "--help"]])
+    func theRootHelpIsLmctls(_ args: [String]) {
+        let r = lmctl((args.first == "--controller" ? [] : Self.nowhere) + args)
+        #expect(r.status == 0, "\(r)")
+        #expect(r.stderr.isEmpty)
+        #expect(r.stdout.hasPrefix("usage: lmctl [--agent unix://PATH|tcp://HOST:PORT]"))
+        #expect(!r.stdout.contains("lmctfy <command>") && !r.stdout.contains("usage: lmctfy"), "\(r.stdout)")
+        // lmctfy's verbs, its flags (naming lmctl), then lmctl's own verbs and flags.
+        #expect(r.stdout.contains("\n  list containers [-r] [<container name>]\n"))
+        #expect(r.stdout.contains("-o json        output one JSON document"))
+        #expect(r.stdout.contains("`lmctl <command> help`"))
+        for h in LmctlCLI.ownVerbHelp { #expect(r.stdout.contains("\n  \(h.synopsis)\n      \(h.summary)\n"), "\(h.synopsis)") }
+        let flags = r.stdout.split(separator: "lmctl's flags, before the verb:").last ?? ""
+        for flag in LmctlCLI.ownFlags { #expect(flags.contains(" \(flag) "), "the help lacks \(flag)") }
+        #expect(r.stdout.contains("default \(LmctlCLI.defaultAgent)"))
+    }
+
+    /// Every verb of lmctl's own has a line in its help (and the manual
+    /// and completion, which OperatorToolsTests checks, are held to the
+    /// same list).
+    @Test func everyOwnVerbHasHelp() {
+        let helped = Set(LmctlCLI.ownVerbHelp.map(\.verb))
+        for verb in LmctlCLI.ownVerbs { #expect(helped.contains(verb), "lmctl's help lacks \(verb)") }
+    }
+
+    @Test func bareLmctlAndAnUnknownVerbGiveLmctlsUsageOnStderr() {
+        for (args, status) in [([String](), Int32(5)), (["bogus"], 5), (["-x"], 3)] {
+            let r = lmctl(Self.nowhere + args)
+            #expect(r.status == status, "\(args): \(r)")
+            #expect(r.stdout.isEmpty)
+            #expect(r.stderr.contains("usage: lmctl") && !r.stderr.contains("lmctfy <command>"), "\(args): \(r.stderr)")
+        }
+    }
+
+    @Test(arguments: [["--version"], ["-V"], ["list", "-V"]])
+    func theVersionNamesLmctl(_ args: [String]) {
+        let r = lmctl(Self.nowhere + args)
+        #expect(r.status == 0)
+        #expect(r.stdout == "lmctl version \(LmctfyVersion.string)\n")
+    }
+
+    /// lmctfy's verbs: their usage lines name lmctl, asked for or not.
+    @Test func lmctfyVerbsUsageNamesLmctl() {
+        var r = lmctl(Self.nowhere + ["destroy", "help"])
+        #expect(r.status == 0 && r.stdout == "usage: lmctl destroy [-f] <container name>\n", "\(r)")
+        r = lmctl(Self.nowhere + ["list", "--help"])
+        #expect(r.status == 0 && r.stdout.hasPrefix("usage: lmctl list <command> [<arguments>]\n"), "\(r)")
+        r = lmctl(Self.nowhere + ["destroy"])
+        #expect(r.status == 3 && r.stderr == "Missing arguments\nusage: lmctl destroy [-f] <container name>\n", "\(r)")
+    }
+
+    /// Each of lmctl's own verbs: `-h`, `--help` after it or `help` right
+    /// after it prints its usage and succeeds, at an agent or a controller,
+    /// with nothing listening at either.
+    @Test(arguments: ["info", "events", "top", "snapshot", "migrate", "checkpoint", "restore", "hosts", "create"])
+    func ownVerbsHelp(_ verb: String) {
+        let lines = LmctlCLI.ownVerbHelp.filter { $0.verb == verb }
+        let expected = lines.map { "usage: lmctl \($0.synopsis)\n      \($0.summary)\n" }.joined()
+        for peer in [Self.nowhere, Self.nowhereController, Self.nowhereController + ["--host", "h1"]] {
+            for ask in [[verb, "--help"], [verb, "-h"], [verb, "help"], [verb, "NAME", "-o", "json", "--help"]] {
+                let r = lmctl(peer + ask)
+                #expect(r.status == 0, "\(peer + ask): \(r)")
+                #expect(r.stderr.isEmpty, "\(peer + ask): \(r.stderr)")
+                #expect(r.stdout == expected, "\(peer + ask): \(r.stdout)")
+            }
+        }
+    }
+
+    @Test func snapshotHelpOfOneFormIsThatForm() {
+        let r = lmctl(Self.nowhere + ["snapshot", "import", "--help"])
+        #expect(r.status == 0)
+        #expect(r.stdout.hasPrefix("usage: lmctl snapshot import FILE") && !r.stdout.contains("snapshot export"), "\(r.stdout)")
+    }
+
+    /// `stats`: lmctfy's two forms, then lmctl's `-f`; `stats summary
+    /// --help` is lmctfy's line alone.
+    @Test func statsHelpAddsFollow() {
+        var r = lmctl(Self.nowhere + ["stats", "--help"])
+        #expect(r.status == 0 && r.stderr.isEmpty, "\(r)")
+        #expect(r.stdout.hasPrefix("usage: lmctl stats <command> [<arguments>]\n"), "\(r.stdout)")
+        #expect(r.stdout.contains("\n  summary [-b] [<container name>]\n") && r.stdout.contains("\n\nusage: lmctl stats -f [-o json] [NAME]\n"))
+        r = lmctl(Self.nowhere + ["stats", "summary", "--help"])
+        #expect(r.status == 0 && r.stdout == "usage: lmctl stats summary [-b] [<container name>]\n", "\(r)")
+    }
+
+    /// A word `help` that is an argument, not right after the verb, is
+    /// the argument: `events NAME` with a container called help is a call
+    /// (here, one that cannot reach the agent: 14).
+    @Test func helpAsALaterArgumentIsAnArgument() {
+        let r = lmctl(Self.nowhere + ["events", "/web", "help"])
+        #expect(r.status != 0, "\(r)")
+        #expect(r.stdout.isEmpty)
+    }
+}
