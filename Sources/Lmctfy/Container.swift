@@ -196,10 +196,41 @@ public struct Container: Sendable {
         try driver.isFrozen(name)
     }
 
+    /// The ancestors (the root excepted, which cannot be paused) that are
+    /// paused themselves, outermost first. While one is, this container's
+    /// tasks stay frozen whatever its own state: it cannot be resumed, and
+    /// on cgroup v1 its processes cannot die.
+    public func pausedAncestors() throws(LmctfyError) -> [ContainerName] {
+        var out: [ContainerName] = []
+        var at = name.parent
+        while let a = at, !a.isRoot {
+            do {
+                if try driver.isPausedItself(a) { out.append(a) }
+            } catch where error.code == .notFound {
+                // Destroyed meanwhile: not paused.
+            }
+            at = a.parent
+        }
+        return out.reversed()
+    }
+
+    /// FAILED_PRECONDITION naming the paused ancestors when there are any:
+    /// what `action` (e.g. "resumed") cannot be done below them.
+    func refuseUnderPausedAncestors(_ action: String) throws(LmctfyError) {
+        let paused = try pausedAncestors()
+        guard let top = paused.first else { return }
+        let names = paused.map { "\"\($0)\"" }.joined(separator: ", ")
+        throw .failedPrecondition("Container \"\(name)\" cannot be \(action) while \(paused.count == 1 ? "its ancestor" : "its ancestors") "
+                                  + "\(names) \(paused.count == 1 ? "is" : "are") paused: resume \"\(top)\" first")
+    }
+
     /// Freezes (true) or thaws (false) and waits, bounded, until the kernel
-    /// reports the new state.
+    /// reports the new state. Thawing below a paused ancestor is refused
+    /// (FAILED_PRECONDITION, nothing changed): the kernel would keep the
+    /// container frozen.
     public func setFrozen(_ frozen: Bool, timeoutMs: Int = 5000) throws(LmctfyError) {
         guard !name.isRoot else { throw .failedPrecondition("The root container \"/\" cannot be paused") }
+        if !frozen { try refuseUnderPausedAncestors("resumed") }
         try driver.requestFrozen(name, frozen)
         var waited = 0
         while try isFrozen() != frozen {
@@ -215,7 +246,10 @@ public struct Container: Sendable {
     /// Kills every process of this container, not its subcontainers (D9):
     /// freeze so nothing can fork, SIGKILL every task, thaw so the kills land,
     /// repeat until empty. Works on a paused container (it stays thawed
-    /// afterwards, with nothing left in it). Never signals anything outside.
+    /// afterwards, with nothing left in it); below a paused ancestor it is
+    /// refused before anything is signalled (FAILED_PRECONDITION: the kills
+    /// could not land until the ancestor resumes). Never signals anything
+    /// outside.
     public func killAll(rounds: Int = 10) throws(LmctfyError) {
         guard !name.isRoot else { throw .failedPrecondition("Killing every process of the root container \"/\" is not allowed") }
         guard try api.exists(name) else { throw .notFound("Container \"\(name)\" does not exist") }
@@ -226,6 +260,7 @@ public struct Container: Sendable {
     /// an interrupted create or destroy left too).
     func killTasks(rounds: Int = 10) throws(LmctfyError) {
         if try tasksDir.readPids("cgroup.procs").isEmpty { return }
+        try refuseUnderPausedAncestors("emptied")
         for round in 0..<rounds {
             // Frozen, nothing forks while the kills go out. A task the
             // freezer cannot stop in time (uninterruptible, in reclaim at a

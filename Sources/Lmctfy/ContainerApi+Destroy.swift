@@ -27,12 +27,38 @@ extension ContainerApi {
             }
             var subs: [ContainerName] = []
             try collectOwn(name, into: &subs)
+            // Processes below a paused ancestor cannot die (v1) or the
+            // container cannot be thawed after its kill: refused before
+            // anything is destroyed. Paused containers inside the tree are
+            // resumed first, outermost first, or the kill of one below
+            // another could not thaw it.
+            let tree = [name] + subs
+            func hasTasks(_ n: ContainerName) throws(LmctfyError) -> Bool {
+                do { return try !driver.tasksDir(n).readPids("cgroup.procs").isEmpty } catch where error.code == .notFound { return false }
+            }
+            var anyTasks = false
+            for n in tree where !anyTasks { anyTasks = try hasTasks(n) }
+            if anyTasks { try Container(name: name, api: self).refuseUnderPausedAncestors("destroyed") }
+            try resumeTree(tree)
             for (i, sub) in subs.reversed().enumerated() {
                 Progress.report("\(name): destroying \(sub) (\(i + 1) of \(subs.count + 1) containers)")
                 _ = try destroyOne(sub)
             }
             Progress.report("\(name): destroying \(name)\(subs.isEmpty ? "" : " (\(subs.count + 1) of \(subs.count + 1) containers)")")
             guard try destroyOne(name) || visible else { throw .notFound("Container \"\(name)\" does not exist") }
+        }
+    }
+
+    /// Asks the kernel to thaw each of `names` (parents before children)
+    /// that is paused itself; one gone meanwhile is skipped. Does not wait:
+    /// each kill that follows freezes, kills and thaws, and waits for that.
+    func resumeTree(_ names: [ContainerName]) throws(LmctfyError) {
+        for n in names {
+            do {
+                if try driver.isPausedItself(n) { try driver.requestFrozen(n, false) }
+            } catch where error.code == .notFound {
+                continue
+            }
         }
     }
 

@@ -250,7 +250,14 @@ public struct LocalBackend: ContainerBackend {
         // otherwise empty every container on the machine and only then refuse.
         try refuseRoot(c.name, "Killing every process of the root container \"/\" is not allowed")
         if recursive {
-            for sub in try c.subcontainers(recursive: true).reversed() {
+            // Below a paused ancestor nothing can be emptied: refused before
+            // anything is touched. A paused container inside the tree is
+            // resumed first, outermost first, so that each one's kill can
+            // thaw it (its processes are being killed anyway).
+            try c.refuseUnderPausedAncestors("emptied")
+            let subs = try c.subcontainers(recursive: true)
+            try api.resumeTree([c.name] + subs)
+            for sub in subs.reversed() {
                 try api.get(sub).killAll()
             }
         }

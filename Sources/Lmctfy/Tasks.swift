@@ -122,12 +122,17 @@ extension Container {
     }
 
     /// Replaces the calling process with `argv`, inside the container, with
-    /// the caller's stdio (the CLI's foreground `run`). Returns only by throwing.
+    /// the caller's stdio and every other descriptor the caller gave it, as
+    /// an exec does (the CLI's foreground `run`; lmctfy-behaviour.md §5
+    /// Exec). Returns only by throwing.
     public func exec(_ argv: [String], environment: [String]? = nil) throws(LmctfyError) -> Never {
         var options = RunOptions(fdPolicy: .inherit)
         options.environment = environment
         var o = try spawnOptions(argv, options)  // INHERIT: not detached
-        // The descriptors stay open (close-on-exec) until the exec.
+        // Descriptors lmctfy opened are close-on-exec, and stay open until
+        // the exec; those it inherited pass on to the command (`run c cmd
+        // 7<file` gives cmd its fd 7), so none is closed here.
+        o.closeOtherFds = false
         let entry = try VirtualHostEntry(self)
         entry?.apply(to: &o)
         let error = Spawn.exec(o)

@@ -53,6 +53,25 @@ struct TasksIntegrationTests {
         }
     }
 
+    /// The CLI's foreground `run` replaces lmctfy with the command and hands
+    /// it every descriptor lmctfy was given, as an exec does (reference §5
+    /// Exec; they were all closed): `run c cmd 7<file` gives cmd its fd 7.
+    /// Nothing lmctfy itself opened (cgroup files, its lock) goes along.
+    @Test func foregroundRunPassesTheCallersDescriptorsOn() throws {
+        try withTestContainer(api) { name in
+            try api.create(name, spec: ContainerSpec())
+            let script = "exec 7</etc/hostname; exec \(builtTool("lmctfy")) run \(name) /bin/sh -c "
+                + "'for f in /proc/$$/fd/*; do echo \"${f##*/} $(readlink $f)\"; done'"
+            let r = try TestProcess.capture(["/bin/sh", "-c", script])
+            let out = String(decoding: r.stdout, as: UTF8.self)
+            #expect(r.status == 0, "\(r)")
+            #expect(out.split(separator: "\n").contains("7 /etc/hostname"), "\(out)")
+            for line in out.split(separator: "\n") {
+                #expect(!line.contains("/sys/fs/cgroup") && !line.contains("/run/lmctfy"), "lmctfy's own descriptor leaked: \(line)")
+            }
+        }
+    }
+
     @Test func commandNotFoundIsAnErrorNotExit127() throws {
         try withTestContainer(api) { name in
             try api.create(name, spec: ContainerSpec())
@@ -153,6 +172,65 @@ struct TasksIntegrationTests {
             try parent.setFrozen(false)
             let pid = try api.get(sub).run(["sleep", "300"])
             #expect(try api.get(sub).processes(recursive: false) == [pid])
+        }
+    }
+
+    /// A paused container inside a tree does not stop `killall -r` or
+    /// `destroy -f` of the tree: each paused one is resumed, outermost
+    /// first, so that every kill can land (on v1 a frozen task cannot die,
+    /// and a child cannot thaw under a frozen parent: this waited 5 s and
+    /// failed UNAVAILABLE part way). Below a paused ancestor, resume,
+    /// killall and destroy are refused with FAILED_PRECONDITION naming it,
+    /// before anything is signalled or removed.
+    @Test func pausedTreesAreEmptiedAndNothingIsTouchedBelowAPausedAncestor() throws {
+        try withTestContainer(api) { name in
+            let mid = try ContainerName.resolve("mid", relativeTo: name)
+            let leaf = try ContainerName.resolve("leaf", relativeTo: mid)
+            var pids: [ContainerName: pid_t] = [:]
+            for n in [name, mid, leaf] {
+                try api.create(n, spec: ContainerSpec())
+                pids[n] = try api.get(n).run(["sleep", "300"])
+            }
+            func refused(_ what: String, _ body: () throws -> Void) {
+                do {
+                    try body()
+                    Issue.record("\(what) was not refused")
+                } catch {
+                    let e = error as? LmctfyError
+                    #expect(e?.code == .failedPrecondition, "\(what): \(error)")
+                    #expect(e?.message.contains("ancestor \"\(name)\" is paused: resume \"\(name)\" first") == true, "\(what): \(error)")
+                }
+            }
+            let backend = LocalBackend(api: api, callerPid: getpid())
+            try api.get(name).setFrozen(true)
+            refused("resume") { try api.get(mid).setFrozen(false) }
+            refused("killall") { try api.get(leaf).killAll() }
+            refused("killall -r") { try backend.killAll(mid.description, recursive: true) }
+            refused("destroy") { try api.destroy(leaf) }
+            // Nothing was signalled, removed or thawed.
+            for n in [name, mid, leaf] {
+                #expect(try api.exists(n))
+                #expect(try api.get(n).processes(recursive: false) == [pids[n]!])
+                #expect(try api.get(n).isFrozen())
+            }
+            #expect(try api.get(leaf).pausedAncestors() == [name])
+            try api.get(name).setFrozen(false)
+
+            // killall -r with the middle one paused: everything emptied,
+            // every container left thawed.
+            try api.get(mid).setFrozen(true)
+            try backend.killAll(name.description, recursive: true)
+            for n in [name, mid, leaf] {
+                #expect(try api.get(n).processes(recursive: false).isEmpty)
+                #expect(try !api.get(n).isFrozen())
+            }
+
+            // destroy -f with the top and the leaf paused: all gone.
+            for n in [name, mid, leaf] { pids[n] = try api.get(n).run(["sleep", "300"]) }
+            try api.get(leaf).setFrozen(true)
+            try api.get(name).setFrozen(true)
+            try api.destroy(name)
+            for n in [name, mid, leaf] { #expect(try !api.exists(n)) }
         }
     }
 

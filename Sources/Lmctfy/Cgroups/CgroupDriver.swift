@@ -72,6 +72,10 @@ protocol CgroupDriver: Sendable {
     func isFrozen(_ name: ContainerName) throws(LmctfyError) -> Bool
     /// Asks the kernel to freeze or thaw.
     func requestFrozen(_ name: ContainerName, _ frozen: Bool) throws(LmctfyError)
+    /// Whether the container itself was asked to freeze (paused), not only
+    /// frozen because an ancestor was: v1 `freezer.self_freezing`, v2
+    /// `cgroup.freeze`.
+    func isPausedItself(_ name: ContainerName) throws(LmctfyError) -> Bool
     /// Called while waiting for the state to settle (v1 only moves FREEZING
     /// on to FROZEN when asked again).
     func nudgeFreezer(_ name: ContainerName, _ frozen: Bool) throws(LmctfyError)

@@ -210,6 +210,10 @@ struct CgroupV1Driver: CgroupDriver {
         try tasksDir(name).write("freezer.state", frozen ? "FROZEN" : "THAWED")
     }
 
+    func isPausedItself(_ name: ContainerName) throws(LmctfyError) -> Bool {
+        try tasksDir(name).read("freezer.self_freezing").trimmingWhitespace == "1"
+    }
+
     func nudgeFreezer(_ name: ContainerName, _ frozen: Bool) throws(LmctfyError) {
         if frozen { try tasksDir(name).write("freezer.state", "FROZEN") }
     }

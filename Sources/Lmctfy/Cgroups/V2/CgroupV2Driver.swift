@@ -120,6 +120,10 @@ struct CgroupV2Driver: CgroupDriver {
         try tasksDir(name).write("cgroup.freeze", frozen ? "1" : "0")
     }
 
+    func isPausedItself(_ name: ContainerName) throws(LmctfyError) -> Bool {
+        try tasksDir(name).read("cgroup.freeze").trimmingWhitespace == "1"
+    }
+
     func nudgeFreezer(_ name: ContainerName, _ frozen: Bool) throws(LmctfyError) {}
 
     // MARK: Events
