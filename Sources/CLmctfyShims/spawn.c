@@ -22,6 +22,26 @@ struct failure {
     int index;
 };
 
+/* A pids cgroup file: 1 and *v for a number, 0 for "max", -1 (errno) when
+ * it cannot be read or holds neither. Async-signal-safe. */
+static int read_pids_value(const char *path, long long *v) {
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    char buf[32];
+    ssize_t n;
+    do { n = read(fd, buf, sizeof buf); } while (n < 0 && errno == EINTR);
+    int saved = errno;
+    close(fd);
+    if (n < 0) { errno = saved; return -1; }
+    if (n >= 3 && buf[0] == 'm' && buf[1] == 'a' && buf[2] == 'x') return 0;
+    long long x = 0;
+    ssize_t i = 0;
+    for (; i < n && i < 19 && buf[i] >= '0' && buf[i] <= '9'; i++) x = x * 10 + (buf[i] - '0');
+    if (i == 0) { errno = EINVAL; return -1; }
+    *v = x;
+    return 1;
+}
+
 /* Everything between fork and exec; async-signal-safe calls only. Returns
  * only on failure. keep_fd is the error pipe (CLOEXEC), or -1. */
 static void apply_and_exec(const struct lm_spawn_opts *o, int keep_fd, struct failure *f) {
@@ -32,6 +52,21 @@ static void apply_and_exec(const struct lm_spawn_opts *o, int keep_fd, struct fa
             return;
         }
         close(fd);
+    }
+    /* Joined: counted in every pids cgroup above, but let in over its
+     * limit. Leave (failing) if that is so; fork inside never could. */
+    for (int i = 0; i < o->n_pids_limits; i++) {
+        long long max = 0, current = 0;
+        int r = read_pids_value(o->pids_limit_files[2 * i], &max);
+        if (r == 0) continue;
+        if (r < 0 || read_pids_value(o->pids_limit_files[2 * i + 1], &current) < 0) {
+            f->err = errno; f->stage = LM_STAGE_PIDS; f->index = i;
+            return;
+        }
+        if (current > max) {
+            f->err = EAGAIN; f->stage = LM_STAGE_PIDS; f->index = i;
+            return;
+        }
     }
     int devnull = -1;  /* close-on-exec: exec closes it */
     if (lm_child_dup(o->stdin_fd, 0, &devnull) < 0 || lm_child_dup(o->stdout_fd, 1, &devnull) < 0 || lm_child_dup(o->stderr_fd, 2, &devnull) < 0) {

@@ -59,6 +59,19 @@ extension Container {
         return dirs.filter { d in current.first { $0.mount == d.mount }.map { !d.isAt($0.path) } ?? true }
     }
 
+    /// The pids directories of this container and its ancestors that
+    /// isolate pids: a new task counts against each one's limit. The kernel
+    /// charges a task that joins without checking pids.max (only a fork
+    /// inside is refused), so the spawned child checks them once it has
+    /// joined (`run -n` five times into a container of limit 1 ran five).
+    func pidsLimitDirs() throws(LmctfyError) -> [String] {
+        var out: [String] = []
+        for candidate in name.selfAndAncestors where !candidate.isRoot {
+            if try driver.isolates(.pids, candidate), let d = try driver.nearestDir(.pids, candidate) { out.append(d.path) }
+        }
+        return out
+    }
+
     /// The eviction priority in force here (D12): the nearest memory-isolating
     /// container's record, mapped onto oom_score_adj; nil when none was set
     /// (or the kernel's memory.oom_score_badness does the job itself).
@@ -87,6 +100,7 @@ extension Container {
         var o = SpawnOptions(argv: argv)
         o.environment = options.environment
         o.cgroupFiles = try joinFiles()
+        o.pidsLimitDirs = try pidsLimitDirs()
         o.oomScoreAdj = try oomScoreAdj()
         o.ids = options.ids
         o.closeOtherFds = true
@@ -145,6 +159,7 @@ extension Container {
         // A command that is missing or not executable is NOT_FOUND, as in
         // the original; EACCES anywhere else is PERMISSION_DENIED.
         case .exec: e.errno == ENOENT || e.errno == EACCES ? .notFound : .failedPrecondition
+        case .pids where e.errno == EAGAIN: .resourceExhausted
         case _ where e.errno == EACCES || e.errno == EPERM: .permissionDenied
         case .cgroup: .unavailable
         default: .failedPrecondition

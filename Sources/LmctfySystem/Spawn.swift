@@ -33,6 +33,10 @@ public struct SpawnOptions: Sendable {
     public var environment: [String]?
     /// cgroup.procs files the child joins before exec.
     public var cgroupFiles: [String] = []
+    /// pids cgroup directories whose limit the child counts against once it
+    /// has joined: it fails (EAGAIN, stage `pids`) rather than run while
+    /// one's pids.current is above its pids.max, as a fork inside would.
+    public var pidsLimitDirs: [String] = []
     /// Where the child's stdin comes from.
     public var stdin: StdioTarget = .inherit
     /// Where the child's stdout goes.
@@ -76,8 +80,9 @@ public struct SpawnError: Error, Sendable, Equatable, CustomStringConvertible {
     /// The step of the child's set-up that failed, numbered as in the C shim.
     public enum Stage: Int32, Sendable {
         /// Unknown (`none`), fork, joining a cgroup, stdio, setsid, oom_score_adj,
-        /// dropping ids, closing descriptors, exec, entering a namespace.
-        case none = 0, fork, cgroup, stdio, session, oom, ids, fds, exec, namespace
+        /// dropping ids, closing descriptors, exec, entering a namespace,
+        /// a pids limit reached.
+        case none = 0, fork, cgroup, stdio, session, oom, ids, fds, exec, namespace, pids
     }
     /// The step that failed.
     public let stage: Stage
@@ -87,6 +92,9 @@ public struct SpawnError: Error, Sendable, Equatable, CustomStringConvertible {
     public let subject: String
 
     public var description: String {
+        if stage == .pids && errno == EAGAIN {
+            return "the pids limit of \(subject) is reached (pids.current would exceed pids.max)"
+        }
         let what: String = switch stage {
         case .none: "spawn"
         case .fork: "fork"
@@ -98,6 +106,7 @@ public struct SpawnError: Error, Sendable, Equatable, CustomStringConvertible {
         case .fds: "closing descriptors"
         case .exec: "exec \(subject)"
         case .namespace: "entering the virtual host's namespaces for \(subject)"
+        case .pids: "checking the pids limit of \(subject)"
         }
         return "\(what): \(String(cString: strerror(errno)))"
     }
@@ -137,7 +146,8 @@ public enum Spawn {
     static func failure(_ o: SpawnOptions, _ err: Int32, _ stage: Int32, _ index: Int32) -> SpawnError {
         let s = SpawnError.Stage(rawValue: stage) ?? .none
         let subject = s == .cgroup && index >= 0 && Int(index) < o.cgroupFiles.count
-            ? o.cgroupFiles[Int(index)] : (o.argv.first ?? "")
+            ? o.cgroupFiles[Int(index)]
+            : s == .pids && index >= 0 && Int(index) < o.pidsLimitDirs.count ? o.pidsLimitDirs[Int(index)] : (o.argv.first ?? "")
         return SpawnError(stage: s, errno: err, subject: subject)
     }
 
@@ -146,16 +156,20 @@ public enum Spawn {
         let argv = cStrings(o.argv)
         let env = o.environment.map(cStrings)
         let files = cStrings(o.cgroupFiles)
+        let limits = cStrings(o.pidsLimitDirs.flatMap { [$0 + "/pids.max", $0 + "/pids.current"] })
         defer {
             free(argv)
             if let env { free(env) }
             free(files)
+            free(limits)
         }
         var c = lm_spawn_opts()
         c.argv = UnsafePointer(argv)
         c.envp = env.map { UnsafePointer($0) }
         c.cgroup_files = UnsafeRawPointer(files).assumingMemoryBound(to: UnsafePointer<CChar>?.self)
         c.n_cgroup_files = Int32(o.cgroupFiles.count)
+        c.pids_limit_files = UnsafeRawPointer(limits).assumingMemoryBound(to: UnsafePointer<CChar>?.self)
+        c.n_pids_limits = Int32(o.pidsLimitDirs.count)
         c.stdin_fd = o.stdin.raw
         c.stdout_fd = o.stdout.raw
         c.stderr_fd = o.stderr.raw

@@ -72,6 +72,38 @@ struct TasksIntegrationTests {
         }
     }
 
+    /// A started command counts against the pids limits of its container
+    /// and of every pids-isolating ancestor, as a fork inside would: the
+    /// kernel lets a task that joins in over pids.max (`run -n` five times
+    /// into a container of limit 1 ran five), so the spawned child checks
+    /// once it has joined and fails RESOURCE_EXHAUSTED, leaving nothing.
+    @Test func runsCountAgainstThePidsLimitsAbove() throws {
+        try withTestContainer(api) { name in
+            try api.create(name, spec: ContainerSpec(pids: PidsSpec(limit: 2)))
+            let c = try api.get(name)
+            let sub = try ContainerName.resolve("sub", relativeTo: name)
+            try api.create(sub, spec: ContainerSpec(pids: PidsSpec(limit: 10)))
+            let first = try c.run(["sleep", "300"])
+            let second = try api.get(sub).run(["sleep", "300"])
+            let pidsDir = try api.resourceDirs(name).dir(.pids)!.path
+            for target in [name, sub] {
+                #expect { _ = try api.get(target).run(["sleep", "300"]) } throws: { error in
+                    let e = error as? LmctfyError
+                    return e?.code == .resourceExhausted && e?.message.contains("the pids limit of \(pidsDir) is reached") == true
+                }
+            }
+            #expect(try c.processes(recursive: true) == [first, second].sorted())
+            #expect(try api.resourceDirs(name).dir(.pids)!.read("pids.current").trimmingWhitespace == "2")
+            // Room again once one is gone (and reaped: the kernel counts a
+            // task until its parent, here init, has waited for it).
+            try api.get(sub).killAll()
+            let pidsDir2 = try api.resourceDirs(name).dir(.pids)!
+            for _ in 0..<5000 where try pidsDir2.read("pids.current").trimmingWhitespace != "1" { usleep(1000) }
+            let third = try api.get(sub).run(["sleep", "300"])
+            #expect(try c.processes(recursive: true) == [first, third].sorted())
+        }
+    }
+
     @Test func commandNotFoundIsAnErrorNotExit127() throws {
         try withTestContainer(api) { name in
             try api.create(name, spec: ContainerSpec())

@@ -15,6 +15,13 @@ struct lm_spawn_opts {
      * accounted to the container from its first instruction. */
     const char *const *cgroup_files;
     int n_cgroup_files;
+    /* After joining: pids.max and pids.current of each pids cgroup whose
+     * limit the child counts against (2 * n_pids_limits paths: max, then
+     * current). The kernel charges a task that joins a cgroup without
+     * checking pids.max (only fork and clone check it), so the child checks:
+     * a current above the max fails with EAGAIN and LM_STAGE_PIDS. */
+    const char *const *pids_limit_files;
+    int n_pids_limits;
     /* stdio: a descriptor to dup onto 0/1/2, -1 for /dev/null, -2 to keep. */
     int stdin_fd, stdout_fd, stderr_fd;
     int new_session;                /* setsid() */
@@ -56,11 +63,12 @@ enum lm_spawn_stage {
     LM_STAGE_FDS = 7,
     LM_STAGE_EXEC = 8,
     LM_STAGE_NAMESPACE = 9,
+    LM_STAGE_PIDS = 10,
 };
 
 /* Forks a child that applies opts and execs. Returns 0 and the child's pid,
- * or -1 with *err (errno) and *stage (and *cgroup_index for LM_STAGE_CGROUP)
- * set; on a failure after fork the child has been reaped. */
+ * or -1 with *err (errno) and *stage (and *cgroup_index for LM_STAGE_CGROUP,
+ * the limit's index for LM_STAGE_PIDS) set; on a failure after fork the child has been reaped. */
 int lm_spawn(const struct lm_spawn_opts *opts, pid_t *pid, int *err, int *stage, int *cgroup_index);
 
 /* Applies opts to the calling process and execs (for `run` in the
