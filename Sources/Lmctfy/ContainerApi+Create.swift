@@ -76,7 +76,7 @@ extension ContainerApi {
         // nests directories; v2 enables controllers parent by parent).
         let parentIsolates = try driver.isolated(parent)
         for kind in kinds where !parentIsolates.contains(kind) {
-            let message = "Container \"\(parent)\" does not isolate \(kind), so \"\(name)\" cannot"
+            let message = "Container \"\(parent)\" does not isolate \(kind), so \"\(name)\" cannot isolate it either"
             throw kind == .cpu ? .notFound(message) : .failedPrecondition(message)
         }
         do {

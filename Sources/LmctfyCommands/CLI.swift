@@ -209,6 +209,7 @@ public enum LmctfyCLI {
           -b             binary protobuf output (spec, stats)     --lmctfy_binary
           -c <file>      read the spec from a file                --lmctfy_config=<file>
           -f             force: destroy what is inside too        --lmctfy_force
+          -n             run in the background                    --lmctfy_no_wait
           -r             recursive (list containers)              --lmctfy_recursive
           -p             output key="value" lines (the default)   --lmctfy_output_style=pairs
           -v             output values only                       --lmctfy_output_style=values
@@ -219,8 +220,9 @@ public enum LmctfyCLI {
 
         Specs are protobuf text format (e.g. "pids:{limit:100}") or binary.
         Exit status: 0 on success, otherwise the canonical status code
-        (3 INVALID_ARGUMENT, 5 NOT_FOUND, 6 ALREADY_EXISTS, 9 FAILED_PRECONDITION,
-        12 UNIMPLEMENTED, 13 INTERNAL, 14 UNAVAILABLE, ...).
+        (3 INVALID_ARGUMENT, 5 NOT_FOUND, 6 ALREADY_EXISTS, 7 PERMISSION_DENIED,
+        8 RESOURCE_EXHAUSTED, 9 FAILED_PRECONDITION, 12 UNIMPLEMENTED, 13 INTERNAL,
+        14 UNAVAILABLE, ...).
 
         """
     }

@@ -2,6 +2,7 @@
 // in-process: against a fake cgroup tree without root, or the real one.
 // The verbs never see CL1 itself: the executable (lmctfy, lmctl) says which
 // backend they act on.
+import Glibc
 import LmctfyBackend
 import LmctfyProto
 import LmctfySystem
@@ -46,11 +47,17 @@ public struct CLIEnvironment: Sendable {
         self.readFile = readFile
     }
 
-    /// Reads a `-c` config file; a failure is INVALID_ARGUMENT naming it.
+    /// The most a `-c` config file may hold (a spec is a few hundred bytes).
+    public static let maxConfigBytes = 16 << 20
+
+    /// Reads a `-c` config file; a failure (one larger than
+    /// `maxConfigBytes` among them) is INVALID_ARGUMENT naming it.
     @Sendable
     public static func readConfigFile(_ path: String) throws(LmctfyError) -> [UInt8] {
         do {
-            return try Sys.readBytes(path)
+            return try Sys.readBytes(path, maxBytes: maxConfigBytes)
+        } catch where error.errno == EFBIG {
+            throw .invalidArgument("Failed to read the config file \"\(path)\": larger than \(maxConfigBytes >> 20) MiB")
         } catch {
             throw .invalidArgument("Failed to read the config file \"\(path)\": \(error.reason)")
         }

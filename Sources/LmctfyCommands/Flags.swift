@@ -46,7 +46,9 @@ struct Flags: Sendable {
         default:
             // The original read `-rf` as `-r` and dropped the rest; guessing
             // either way could turn a careful destroy into a forced one.
-            throw UsageError(message: "Unknown flag \"\(arg)\" (short flags cannot be combined; use e.g. -r -f)")
+            // The hint only where the flag looks like combined short flags.
+            let combined = arg.utf8.count > 2 && !arg.hasPrefix("--") && arg.dropFirst().allSatisfy { "bcfhlnoprvV".contains($0) }
+            throw UsageError(message: "Unknown flag \"\(arg)\"" + (combined ? " (short flags cannot be combined; use e.g. -r -f)" : ""))
         }
         return 1
     }

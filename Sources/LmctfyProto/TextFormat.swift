@@ -43,7 +43,7 @@ public struct TextFormatError: Error, Sendable, Equatable, CustomStringConvertib
         case .unknownField(let f, let m): "message type \"\(m)\" has no field named \"\(f)\""
         case .unknownEnumValue(let v, let f): "unknown enumeration value \"\(v)\" for field \"\(f)\""
         case .outOfRange(let v, let f, let t): "integer \(v) is out of range for field \"\(f)\" (\(t))"
-        case .wrongType(let v, let f, let t): "expected a \(t) value for field \"\(f)\", found \(v)"
+        case .wrongType(let v, let f, let t): "expected \(t.hasPrefix("int") || t.hasPrefix("enum") ? "an" : "a") \(t) value for field \"\(f)\", found \(v)"
         case .unterminatedString: "unterminated string literal"
         case .invalidEscape(let e): "invalid escape sequence \"\(e)\" in string literal"
         case .invalidCharacter(let c): "unexpected character \(c)"

@@ -56,11 +56,12 @@ public enum Sys {
     }
 
     /// Reads a whole file as bytes (binary specs must not go through String).
-    /// `shortReadEnds` as `readAll` says.
-    public static func readBytes(_ path: String, faults: FaultPlan? = nil, shortReadEnds: Bool = false) throws(SystemError) -> [UInt8] {
+    /// `shortReadEnds` and `maxBytes` as `readAll` says.
+    public static func readBytes(_ path: String, faults: FaultPlan? = nil, shortReadEnds: Bool = false,
+                                 maxBytes: Int = .max) throws(SystemError) -> [UInt8] {
         let fd = try open(path, O_RDONLY, faults: faults)
         defer { close(fd) }
-        return try readAll(fd, path: path, faults: faults, shortReadEnds: shortReadEnds)
+        return try readAll(fd, path: path, faults: faults, shortReadEnds: shortReadEnds, maxBytes: maxBytes)
     }
 
     /// open(2) with O_CLOEXEC added; the caller closes the descriptor.
@@ -75,9 +76,10 @@ public enum Sys {
     /// last (no read of the end itself): true of a regular file and of a
     /// cgroup file the kernel shows as one record (every value file; not
     /// a list such as cgroup.procs, which the kernel hands out a page of
-    /// records at a time).
+    /// records at a time). More than `maxBytes` is EFBIG (a file that never
+    /// ends, such as /dev/zero, is not read forever).
     public static func readAll(_ fd: Int32, path: @autoclosure () -> String, faults: FaultPlan? = nil,
-                               shortReadEnds: Bool = false) throws(SystemError) -> [UInt8] {
+                               shortReadEnds: Bool = false, maxBytes: Int = .max) throws(SystemError) -> [UInt8] {
         // Read into scratch space that is neither zeroed nor kept (most
         // files read are a few bytes of cgroupfs), then copied out.
         let (out, failed) = withUnsafeTemporaryAllocation(byteCount: 16384, alignment: 16) { b -> ([UInt8], Int32) in
@@ -87,6 +89,7 @@ public enum Sys {
                 if n < 0 { return (out, e) }
                 if n == 0 { return (out, 0) }
                 out.append(contentsOf: UnsafeRawBufferPointer(rebasing: b[0..<n]))
+                if out.count > maxBytes { return (out, EFBIG) }
                 if shortReadEnds && n < b.count { return (out, 0) }
             }
         }

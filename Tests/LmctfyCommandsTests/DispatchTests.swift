@@ -109,6 +109,16 @@ import Testing
         #expect(r.status == 3, "\(r)")
         #expect(r.stderr.hasPrefix("Unknown flag \"\(flag)\""))
         #expect(r.stderr.contains("usage: lmctfy list containers [-r] [<container name>]"))
+        // The hint about combining only where the flag looks combined.
+        #expect(r.stderr.contains("short flags cannot be combined") == (flag == "-rf"), "\(r.stderr)")
+    }
+
+    /// A `-c` file that never ends (/dev/zero) is refused once past the
+    /// limit; it was read until memory ran out and lmctfy crashed.
+    @Test func anEndlessConfigFileIsRefused() {
+        let r = machine.run("create", "-c", "/dev/zero", "/c")
+        #expect(r.status == 3, "\(r)")
+        #expect(r.stderr == "Command exited with error message: 3: Failed to read the config file \"/dev/zero\": larger than 16 MiB\n")
     }
 
     @Test func flagValuesAreChecked() {

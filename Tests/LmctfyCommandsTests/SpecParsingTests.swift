@@ -91,7 +91,7 @@ import Testing
         // The container does not exist, but the spec error comes first.
         let r = machine.run("update", "diff", "/missing", "pids:{limit:")
         #expect(r.status == 3)
-        #expect(r.stderr == "Command exited with error message: 3: Failed to parse the container config in text format: 1:13: expected a int64 value for field \"limit\", found end of input\n")
+        #expect(r.stderr == "Command exited with error message: 3: Failed to parse the container config in text format: 1:13: expected an int64 value for field \"limit\", found end of input\n")
         #expect(machine.run("update", "replace", "/missing", "").status == 5)
     }
 

@@ -189,6 +189,20 @@ private func devices(_ rules: D.DeviceRestrictions...) -> D {
         #expect(try DeviceHandler.line(rule(.allow, .deviceChar, [.mknod, .read, .write], 1, 3)) == "c 1:3 rwm")
         #expect(try DeviceHandler.line(rule(.deny, .deviceAll, [.write, .read])) == "a *:* rw")
         #expect(try DeviceHandler.line(rule(.allow, .deviceBlock, [.read], 8)) == "b 8:* r")
+        #expect(try DeviceHandler.line(rule(.allow, .deviceBlock, [.read], 8, -1)) == "b 8:* r")
+    }
+
+    /// -1 (or absent) is "any"; another negative number is refused, not
+    /// widened to "any": `major:-5 minor:3` granted `c *:3`, every char
+    /// device of minor 3.
+    @Test func negativeDeviceNumbersOtherThanAnyAreRefused() throws {
+        let f = try FakeContainer.v1()
+        for (major, minor, field, value) in [(Int64(-5), Int64(3), "major", Int64(-5)), (1, -2, "minor", -2)] {
+            let d = devices(rule(.allow, .deviceChar, [.read], 1, 3), rule(.allow, .deviceChar, [.read], major, minor))
+            let err = lmctfyError { try h.validate(spec(device: d), dirs: f.dirs) }
+            #expect(err == LmctfyError(.invalidArgument, "Invalid device restriction specification: \(field) \(value) (a device number, or -1 or absent for any)"))
+            #expect(try f.value("devices", "devices.allow") == "")
+        }
     }
 
     @Test func invalidRules() throws {
@@ -237,5 +251,27 @@ private func devices(_ rules: D.DeviceRestrictions...) -> D {
         try f.blank("devices", ["devices.list"])
         try h.readSpec(into: &s, dirs: f.dirs)
         #expect(s.device == devices(rule(.deny, .deviceAll, [.read, .write, .mknod])))
+    }
+}
+
+@Suite struct PidsHandlerTests {
+    /// -1 or 1...PID_MAX_LIMIT; above it the kernel refuses pids.max with
+    /// EINVAL, which came back as 14 (UNAVAILABLE) after the create had
+    /// begun: now 3 before anything is made.
+    @Test(arguments: [Int64(0), -2, PidsHandler.maxLimit + 1, .max])
+    func outOfRangeLimitsAreRefused(_ limit: Int64) throws {
+        let f = try FakeContainer.v1()
+        var s = ContainerSpec()
+        s.pids = PidsSpec(limit: limit)
+        let err = lmctfyError { try PidsHandler().validate(s, dirs: f.dirs) }
+        #expect(err == LmctfyError(.invalidArgument, "pids.limit must be -1 (unlimited) or 1 to 4194304 (the kernel's PID_MAX_LIMIT), not \(limit)"))
+    }
+
+    @Test(arguments: [Int64(-1), 1, PidsHandler.maxLimit])
+    func limitsInRangeAreTaken(_ limit: Int64) throws {
+        let f = try FakeContainer.v1()
+        var s = ContainerSpec()
+        s.pids = PidsSpec(limit: limit)
+        #expect(lmctfyError { try PidsHandler().validate(s, dirs: f.dirs) } == nil)
     }
 }

@@ -84,6 +84,12 @@ struct LifecycleIntegrationTests {
             #expect { try api.destroy(.root) } throws: { ($0 as? LmctfyError)?.code == .failedPrecondition }
             #expect { try api.create(.root, spec: ContainerSpec()) } throws: { ($0 as? LmctfyError)?.code == .alreadyExists }
             #expect { _ = try api.get(orphan) } throws: { ($0 as? LmctfyError)?.code == .notFound }
+            // A child cannot isolate what its parent does not (the sentence
+            // used to stop at "cannot").
+            let child = try ContainerName.resolve("child", relativeTo: name)
+            #expect { try api.create(child, spec: ContainerSpec(pids: PidsSpec(limit: 5))) } throws: { error in
+                (error as? LmctfyError)?.message == "Container \"\(name)\" does not isolate pids, so \"\(child)\" cannot isolate it either"
+            }
         }
     }
 
@@ -123,9 +129,11 @@ struct LifecycleIntegrationTests {
 
     @Test func failedCreateLeavesNothingAndTheNameStaysUsable() throws {
         try withTestContainer(api) { name in
-            // The kernel refuses a pids.max above PID_MAX_LIMIT: the write fails
-            // after every directory was made.
-            #expect { try api.create(name, spec: ContainerSpec(pids: PidsSpec(limit: Int64.max))) }
+            // The kernel refuses a cpuset of a CPU the machine does not have
+            // (63; ERANGE): the write fails after every directory was made.
+            var cpu = CpuSpec()
+            cpu.mask = CpuSpec.Mask(data: [1 << 63])
+            #expect { try api.create(name, spec: ContainerSpec(cpu: cpu)) }
                 throws: { ($0 as? LmctfyError)?.code == .unavailable }
             #expect(try !api.exists(name))
             #expect(directories(of: name).isEmpty)

@@ -15,11 +15,18 @@ struct DeviceHandler: ResourceHandler {
     static let v2Refusal = "device rules need eBPF on cgroup v2, not implemented"
 
     /// A rule as the kernel takes it: "<a|c|b> <major|*>:<minor|*> <rwm>".
-    /// Access letters always come in r, w, m order.
+    /// Access letters always come in r, w, m order. An absent major or
+    /// minor (or -1) is "any"; any other negative number is refused, not
+    /// widened to "any" (a typo must not grant every device of a minor).
     static func line(_ r: Rule) throws(LmctfyError) -> String {
         guard r.permission != nil, let type = r.type, (1...3).contains(r.access.count),
               Set(r.access).count == r.access.count else {
             throw .invalidArgument("Invalid device restriction specification.")
+        }
+        for (field, value) in [("major", r.major), ("minor", r.minor)] {
+            if let v = value, v < -1 {
+                throw .invalidArgument("Invalid device restriction specification: \(field) \(v) (a device number, or -1 or absent for any)")
+            }
         }
         let typeChar = switch type {
         case .deviceAll: "a"

@@ -71,7 +71,7 @@ struct CgroupV1Driver: CgroupDriver {
             return dir(mount, (batch ? ["batch"] : []) + name.components)
         }
         guard let parent = name.parent, let parentDir = try existingDir(c, parent) else {
-            throw .notFound("Container \(name.parent!) does not isolate cpu, so \(name) cannot")
+            throw .notFound("Container \"\(name.parent!)\" does not isolate cpu, so \"\(name)\" cannot isolate it either")
         }
         return parentDir.child(name.basename)
     }
