@@ -26,8 +26,8 @@ public final class RemoteBackend: ContainerBackend, @unchecked Sendable {
     let reconnectWaitMs: UInt64
 
     /// A backend over an authenticated connection to an agent. With
-    /// `reconnect`, a call that fails with UNAVAILABLE is retried once where
-    /// that is safe, on a connection `reconnect` makes (tried for up to
+    /// `reconnect`, a call that loses its agent (UNAVAILABLE, the connection
+    /// gone) is retried once where that is safe, on a connection `reconnect` makes (tried for up to
     /// `reconnectWaitMs` while it fails with UNAVAILABLE); `onRetry` hears why.
     public init(client: RpcClient, reconnect: (@Sendable () throws(LmctfyError) -> RpcClient)? = nil,
                 reconnectWaitMs: UInt64 = 2000, onRetry: (@Sendable (String) -> Void)? = nil) {
@@ -48,7 +48,7 @@ public final class RemoteBackend: ContainerBackend, @unchecked Sendable {
     private func call<Request, Response>(_ method: AgentMethod<Request, Response>, _ request: Request) throws(LmctfyError) -> Response {
         do {
             return try client.call(method, request)
-        } catch where error.code == .unavailable && reconnect != nil {
+        } catch where lostAgent(error) {
             onRetry?("\(method.name): \(error.message); retrying once")
             client = try reconnectWithin()
             return try client.call(method, request)
@@ -72,11 +72,20 @@ public final class RemoteBackend: ContainerBackend, @unchecked Sendable {
         }
         do {
             return try once()
-        } catch where error.code == .unavailable && reconnect != nil {
+        } catch where lostAgent(error) {
             onRetry?("\(method.name): \(error.message); retrying once")
             client = try reconnectWithin()
             return try once()
         }
+    }
+
+    /// Whether a failed call lost its agent, and so may be sent again on a
+    /// new connection: UNAVAILABLE with the connection gone. An agent that
+    /// answered UNAVAILABLE itself (a cgroup write the kernel refused, a
+    /// freezer that did not settle) is still there: its answer is final,
+    /// and sending the call again would only repeat it, later.
+    private func lostAgent(_ error: LmctfyError) -> Bool {
+        error.code == .unavailable && reconnect != nil && client.isClosed
     }
 
     /// A new connection, waiting up to reconnectWaitMs for the agent's

@@ -296,6 +296,22 @@ struct AgentRetryTests {
         defer { client.close() }
         #expect(try count(name, client) == 1)
     }
+
+    /// An agent that answers UNAVAILABLE itself (here the kernel refusing a
+    /// cpuset of CPU 63) is still there: lmctl reports its answer and does
+    /// not send the call again (it said "retrying once" and repeated it).
+    @Test func lmctlDoesNotRetryAnUnavailableAnswer() throws {
+        let name = RealCgroups.uniqueName("lmctlnoretry")
+        defer { destroy(name) }
+        let agent = try AgentProcess()
+        defer { agent.stop() }
+        let r = try TestProcess.capture([builtTool("lmctl"), "--agent", "unix://" + agent.socket, "create", name,
+                                         "cpu:{mask:{data:9223372036854775808}}"])
+        let err = String(decoding: r.stderr, as: UTF8.self)
+        #expect(r.status == 14, "\(err)")
+        #expect(!err.contains("retrying"), "\(err)")
+        #expect(err.contains("cpuset.cpus"), "\(err)")
+    }
 }
 
 /// `lmctfy-agent --check-config`: exit 0 and "config OK", or exit 3 for
