@@ -134,11 +134,19 @@ public final class EventHub {
                 gapAfter = max(after, previous.events.last?.sequence ?? 0)
             }
             let from: UInt64 = ownBoot ? after : 0
-            let (events, dropped) = log.range(after: from, upTo: published)
+            var (events, dropped) = log.range(after: from, upTo: published)
             if !ownBoot || dropped != nil {
+                // The gap says where the log is complete again: after the
+                // newest event pushed out (`dropped`), not at the oldest
+                // item kept, which may be a STATS sample kept apart from
+                // the events and older than events already gone (a resume
+                // from before them was told it continued from that sample
+                // and silently missed the events between). Samples from
+                // before that point are not sent after the gap.
+                if let dropped { events.removeAll { ($0.sequence ?? 0) < dropped } }
                 first.append(SubscribeResponse(gap: EventGap(
                     requestedBootId: r.bootId, afterSequence: gapAfter, bootId: log.bootId,
-                    firstSequence: events.first?.sequence ?? dropped ?? published + 1)))
+                    firstSequence: dropped ?? events.first?.sequence ?? published + 1)))
             }
             first += events.filter(filter.matches).map { SubscribeResponse(event: $0) }
         }

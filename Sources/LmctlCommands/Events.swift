@@ -105,8 +105,11 @@ enum EventsCommand {
         return parts.joined(separator: " ")
     }
 
+    /// A request without a boot id asked about the agent's current boot,
+    /// which the gap names (`events` without --after: "after BOOT:0",
+    /// not "after :0").
     static func gapLine(_ g: EventGap) -> String {
-        "gap: events after \(g.requestedBootId ?? ""):\(g.afterSequence ?? 0) are not kept; "
+        "gap: events after \(g.requestedBootId ?? g.bootId ?? ""):\(g.afterSequence ?? 0) are not kept; "
             + "continuing from \(g.bootId ?? ""):\(g.firstSequence ?? 0)"
     }
 

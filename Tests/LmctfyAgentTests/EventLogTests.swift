@@ -118,6 +118,31 @@ import Testing
         #expect(log.range(after: 0, upTo: 8).droppedBefore == 2)
     }
 
+    /// A resume from before events that were pushed out: the gap says the
+    /// log is complete from the first sequence after the newest one pushed
+    /// out, not from the oldest item kept, which can be a STATS sample
+    /// older than them (kept apart). It said "continuing from" that sample,
+    /// and a subscriber filtering CREATED silently missed the CREATED
+    /// events between it and what was kept. Nothing older than the gap's
+    /// point follows the gap.
+    @Test func aSubscribersGapStartsWhereNothingIsMissing() throws {
+        let log = EventLog(capacity: 3, bootId: "b")
+        log.recordStats(container: "/a", ContainerStats())  // 1, kept apart
+        for i in 2...7 { log.record(container: "/c\(i)", kind: .containerEventCreated) }  // 2-4 pushed out
+        let hub = EventHub(log: log)
+        for (boot, after) in [("b", UInt64(0)), ("b", 1), ("earlier", 5)] {
+            let first = try hub.subscribe(EventHub.Key(conn: 1, stream: UInt32(after) + 1), SubscribeRequest(bootId: boot, afterSequence: after),
+                                          filter: EventFilter())
+            let gap = try #require(first.first?.gap, "\(boot):\(after)")
+            #expect(gap.firstSequence == 5, "\(boot):\(after): \(gap)")
+            #expect(first.compactMap(\.event?.sequence) == [5, 6, 7], "\(boot):\(after)")
+        }
+        // After the newest pushed out: no gap, and the sample is not older.
+        let tail = try hub.subscribe(EventHub.Key(conn: 2, stream: 1), SubscribeRequest(bootId: "b", afterSequence: 4), filter: EventFilter())
+        #expect(tail.allSatisfy { $0.gap == nil })
+        #expect(tail.compactMap(\.event?.sequence) == [5, 6, 7])
+    }
+
     /// Samples are kept serialized (a `ContainerStats` value is a few KB
     /// inline): what a replay gives back is the event recorded, whole.
     @Test func aReplayedSampleIsTheSampleRecorded() throws {

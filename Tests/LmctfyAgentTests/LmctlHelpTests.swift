@@ -3,6 +3,7 @@
 // lmctfy's dispatcher, whose texts named lmctfy and left out lmctl's own
 // verbs and flags; its own verbs took `--help` for an unknown flag or tried
 // to dial the agent. In-process, against addresses where nothing listens.
+import LmctfyProto
 import LmctfySystem
 import Testing
 @testable import LmctfyCommands
@@ -111,5 +112,16 @@ import Testing
         let r = lmctl(Self.nowhere + ["events", "/web", "help"])
         #expect(r.status != 0, "\(r)")
         #expect(r.stdout.isEmpty)
+    }
+}
+
+@Suite struct LmctlEventLineTests {
+    /// `events` without --after asks about the current boot: its gap line
+    /// names that boot (it printed "events after :0").
+    @Test func aGapLineNamesTheBootAskedAbout() {
+        #expect(EventsCommand.gapLine(EventGap(requestedBootId: nil, afterSequence: 0, bootId: "b1", firstSequence: 77))
+                == "gap: events after b1:0 are not kept; continuing from b1:77")
+        #expect(EventsCommand.gapLine(EventGap(requestedBootId: "b0", afterSequence: 5, bootId: "b1", firstSequence: 1))
+                == "gap: events after b0:5 are not kept; continuing from b1:1")
     }
 }
