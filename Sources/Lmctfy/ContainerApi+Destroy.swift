@@ -15,10 +15,12 @@ extension ContainerApi {
     /// anything is touched. A name with no visible container but with
     /// lmctfy's leftovers (an interrupted create or destroy, in any
     /// hierarchy, with or without its tasks directory) has them removed;
-    /// NOT_FOUND only when there is nothing of lmctfy's at all.
-    public func destroy(_ name: ContainerName) throws(LmctfyError) {
+    /// NOT_FOUND only when there is nothing of lmctfy's at all. Returns
+    /// the subcontainers destroyed with it, deepest first.
+    @discardableResult
+    public func destroy(_ name: ContainerName) throws(LmctfyError) -> [ContainerName] {
         guard !name.isRoot else { throw .failedPrecondition("Destroying the root container \"/\" is not allowed") }
-        try locked(name, destroysTop: true) { _ throws(LmctfyError) in
+        return try locked(name, destroysTop: true) { _ throws(LmctfyError) -> [ContainerName] in
             // `exists` is this very record being `complete` (one read).
             let tasksState = try driver.tasksDir(name).state()
             let visible = tasksState == .complete
@@ -46,6 +48,7 @@ extension ContainerApi {
             }
             Progress.report("\(name): destroying \(name)\(subs.isEmpty ? "" : " (\(subs.count + 1) of \(subs.count + 1) containers)")")
             guard try destroyOne(name) || visible else { throw .notFound("Container \"\(name)\" does not exist") }
+            return subs.reversed()
         }
     }
 

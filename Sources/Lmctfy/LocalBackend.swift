@@ -153,6 +153,12 @@ public struct LocalBackend: ContainerBackend {
     /// Destroys the container; without `force` only an empty one. `/` is refused (D7).
     @discardableResult
     public func destroy(_ name: String, force: Bool) throws(LmctfyError) -> String {
+        try destroyReporting(name, force: force).last!
+    }
+
+    /// `destroy`, with the subcontainers it destroyed first (deepest first),
+    /// then the container.
+    public func destroyReporting(_ name: String, force: Bool) throws(LmctfyError) -> [String] {
         let resolved = try machineName(name)
         // D7: the root holds every task on the machine (or in the scope);
         // never destroy it.
@@ -175,8 +181,12 @@ public struct LocalBackend: ContainerBackend {
                 throw .failedPrecondition("Tourist threads found in \"\(n)\"; use -f to kill them")
             }
         }
-        try api.destroy(container.name)
-        return n
+        var gone: [String] = []
+        for sub in try api.destroy(container.name) {
+            // A subcontainer outside the scope cannot be below a container in it.
+            if let path = scope.path(sub) { gone.append(path) }
+        }
+        return gone + [n]
     }
 
     /// Applies `spec` with `policy`; returns the absolute name.

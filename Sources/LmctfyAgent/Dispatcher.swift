@@ -506,11 +506,15 @@ public final class Dispatcher: Sendable {
     /// Destroys `name` as Destroy does. Returns its path.
     func destroyContainer(_ name: String, force: Bool) throws -> String {
         try inventory.change(try backend.resolve(name)) {
-            let path = try backend.destroy(name, force: force)
-            events.record(container: path, kind: .containerEventDestroyed)
+            let gone = try backend.destroyReporting(name, force: force)
+            let path = gone.last!
+            // One DESTROYED for each container that went, deepest first, as
+            // the watcher records a destroy made with the CLI: a subscriber
+            // of a subcontainer hears of its end too (only the top was
+            // recorded, and `top` kept showing the others).
+            for p in gone { events.record(container: p, kind: .containerEventDestroyed) }
             snapshots?.removeTree(path)
             policy?.destroyed(path)
-            // Its subcontainers went with it (one event, for the name destroyed).
             return (path, { known in
                 for k in known.keys where k == path || k.hasPrefix(path + "/") { known[k] = nil }
             })

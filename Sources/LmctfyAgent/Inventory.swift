@@ -114,7 +114,7 @@ final class Inventory: Sendable {
                 s.seeded = true
                 return
             }
-            func settled(_ name: String) -> Bool { s.busy[name] == nil && (s.touched[name] ?? 0) <= since }
+            func settled(_ name: String) -> Bool { !Self.busy(s, name) && (s.touched[name] ?? 0) <= since }
             for (name, isEmpty) in empties.sorted(by: { $0.key < $1.key }) where settled(name) && s.known[name] != nil {
                 Self.setEmpty(&s, name, isEmpty, events)
             }
@@ -147,7 +147,7 @@ final class Inventory: Sendable {
     @discardableResult
     func observe(_ name: String, exists: Bool, frozen: Bool?, since: UInt64) -> Bool {
         state.locked { s in
-            guard s.seeded, s.busy[name] == nil, (s.touched[name] ?? 0) <= since else { return false }
+            guard s.seeded, !Self.busy(s, name), (s.touched[name] ?? 0) <= since else { return false }
             if !exists {
                 // What is below it went first (or with it).
                 for k in s.known.keys.sorted(by: >) where k.hasPrefix(name + "/") {
@@ -179,7 +179,7 @@ final class Inventory: Sendable {
     /// EMPTY when it had some and has none now.
     func observeEmpty(_ name: String, _ isEmpty: Bool, since: UInt64) {
         state.locked { s in
-            guard s.known[name] != nil, s.busy[name] == nil, (s.touched[name] ?? 0) <= since else { return }
+            guard s.known[name] != nil, !Self.busy(s, name), (s.touched[name] ?? 0) <= since else { return }
             Self.setEmpty(&s, name, isEmpty, events)
         }
     }
@@ -189,7 +189,7 @@ final class Inventory: Sendable {
     /// remembers it.
     func observeSpec(_ name: String, _ spec: [UInt8], since: UInt64) {
         state.locked { s in
-            guard s.known[name] != nil, s.busy[name] == nil, (s.touched[name] ?? 0) <= since else { return }
+            guard s.known[name] != nil, !Self.busy(s, name), (s.touched[name] ?? 0) <= since else { return }
             if let was = s.specs[name], was != spec {
                 events.record(container: name, kind: .containerEventUpdated)
             }
@@ -232,6 +232,15 @@ final class Inventory: Sendable {
 
     /// How many times containers appeared or went without the agent.
     var outsideChanges: UInt64 { state.locked { $0.outsideChanges } }
+
+    /// Whether one of the agent's own changes of `name` or of a container
+    /// above it is in progress: a destroy takes the subcontainers with it
+    /// and records each one's DESTROYED itself, so the watcher seeing one
+    /// go meanwhile must not record it a second time.
+    private static func busy(_ s: State, _ name: String) -> Bool {
+        if s.busy[name] != nil { return true }
+        return s.busy.keys.contains { name.hasPrefix($0 == "/" ? "/" : $0 + "/") }
+    }
 
     /// A container that appeared without the agent: CREATED.
     private static func appear(_ s: inout State, _ name: String, _ frozen: Bool, _ events: EventLog) {

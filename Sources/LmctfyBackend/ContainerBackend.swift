@@ -83,6 +83,10 @@ public protocol ContainerBackend: Sendable {
     /// absolute name of the container destroyed.
     @discardableResult
     func destroy(_ name: String, force: Bool) throws(LmctfyError) -> String
+    /// `destroy`, returning every container it destroyed: with `force`,
+    /// the subcontainers first (deepest first), then the container itself
+    /// (absolute names), so each can be reported gone.
+    func destroyReporting(_ name: String, force: Bool) throws(LmctfyError) -> [String]
     /// Applies `spec` with `policy`; returns the container's absolute name.
     @discardableResult
     func update(_ name: String, spec: ContainerSpec, policy: UpdatePolicy) throws(LmctfyError) -> String
@@ -141,6 +145,11 @@ public struct CreateOutcome: Sendable, Equatable {
 }
 
 extension ContainerBackend {
+    /// By default: `destroy`, reporting the container alone.
+    public func destroyReporting(_ name: String, force: Bool) throws(LmctfyError) -> [String] {
+        [try destroy(name, force: force)]
+    }
+
     /// By default: `create`, with no init to report.
     public func createReportingInit(_ name: String, spec: ContainerSpec) throws(LmctfyError) -> CreateOutcome {
         CreateOutcome(name: try create(name, spec: spec), initPid: nil)

@@ -89,7 +89,7 @@ struct EventHubIntegrationTests {
             let name = RealCgroups.uniqueName("hub-oom")
             let api = try ContainerApi.detect()
             let c = try api.create(name, spec: try ContainerSpec(textFormat: "memory { limit: 33554432 }"))
-            defer { try? api.destroy(c.name) }
+            defer { _ = try? api.destroy(c.name) }
             func oom() throws {
                 let pid = try c.run([testHelperPath, "alloc", "200"])
                 for _ in 0..<10_000 where kill(pid, 0) == 0 { usleep(1000) }  // killed by the OOM killer
@@ -131,7 +131,7 @@ struct EventHubIntegrationTests {
             let name = RealCgroups.uniqueName("hub-notify")
             let api = try ContainerApi.detect()
             let parent = try api.create(name, spec: try ContainerSpec(textFormat: "memory { limit: 33554432 }"))
-            defer { try? api.destroy(parent.name) }
+            defer { _ = try? api.destroy(parent.name) }
             let child = try api.create(name + "/inner", spec: ContainerSpec())
             waitForEvents(socket, name + "/inner", 1)
             let got = Mutexed<[NotifyResponse]>([])
@@ -199,6 +199,32 @@ struct EventHubIntegrationTests {
         }
     }
 
+    /// A destroy -f through the agent records one DESTROYED for every
+    /// container that went, deepest first, as the watcher does for the
+    /// CLI's (only the top one was recorded: a subscriber of a subcontainer
+    /// never heard of its end, and `top` kept showing it).
+    @Test func aForcedDestroyThroughTheAgentReportsEverySubcontainer() throws {
+        try withAgent("reconcile_interval_ms: 0") { agent, socket in
+            let name = RealCgroups.uniqueName("hub-tree")
+            defer { _ = try? TestProcess.capture([builtTool("lmctfy"), "destroy", "-f", name]) }
+            func lmctl(_ args: String...) throws {
+                let r = try TestProcess.capture([builtTool("lmctl"), "--agent", "unix://" + socket] + args)
+                #expect(r.status == 0, "lmctl \(args.joined(separator: " ")): \(String(decoding: r.stderr, as: UTF8.self))")
+            }
+            let sub = Subscriber(socket, SubscribeRequest(name: name, recursive: true),
+                                 until: { events($0).contains { $0.kind == .containerEventDestroyed && $0.container == name } })
+            waitForSubscribers(agent, 1)
+            try lmctl("create", name, "cpu:{limit:100}")
+            try lmctl("create", name + "/sub", "cpu:{limit:100}")
+            try lmctl("create", name + "/sub/leaf", "")
+            try lmctl("destroy", "-f", name)
+            let (r, e) = sub.wait()
+            #expect(e == nil)
+            let gone = events(r).filter { $0.kind == .containerEventDestroyed }.compactMap(\.container)
+            #expect(gone == [name + "/sub/leaf", name + "/sub", name], "\(gone)")
+        }
+    }
+
     /// STATS every stats_interval_ms for each container, from kept-open
     /// files: a container with a process shows its memory and process count.
     @Test func statsSamplesArriveEveryIntervalForEachContainer() throws {
@@ -206,7 +232,7 @@ struct EventHubIntegrationTests {
             let name = RealCgroups.uniqueName("hub-stats")
             let api = try ContainerApi.detect()
             let c = try api.create(name, spec: try ContainerSpec(textFormat: "memory { limit: 100000000 } pids { limit: 10 }"))
-            defer { try? api.destroy(c.name) }
+            defer { _ = try? api.destroy(c.name) }
             _ = try c.run(["/bin/sleep", "30"])
             let sub = Subscriber(socket, SubscribeRequest(name: name, kinds: [.containerEventStats]), until: { events($0).count >= 3 })
             let (r, e) = sub.wait()

@@ -54,7 +54,7 @@ func withTestName<T>(_ label: String, _ body: (String) throws -> T) throws -> T 
     let name = RealCgroups.uniqueName(label)
     defer {
         if let api = try? ContainerApi.detect(), let n = try? api.resolve(name) {
-            try? api.destroy(n)  // visible or not: leftovers go too
+            _ = try? api.destroy(n)  // visible or not: leftovers go too
         }
         #expect(Host.dirs(of: name).isEmpty, "left behind: \(Host.dirs(of: name))")
     }

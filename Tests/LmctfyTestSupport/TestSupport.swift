@@ -58,7 +58,7 @@ public func withTestContainer<T>(
     let name = try testContainerName(label)
     // Destroyed whether or not it is visible: a create that failed part
     // way may have left lmctfy's leftovers, which destroy removes.
-    defer { try? api.destroy(name) }
+    defer { _ = try? api.destroy(name) }
     return try body(name)
 }
 
@@ -69,7 +69,7 @@ public func withTestContainer<T>(
     _ body: (ContainerName) async throws -> T
 ) async throws -> T {
     let name = try testContainerName(label)
-    defer { try? api.destroy(name) }
+    defer { _ = try? api.destroy(name) }
     return try await body(name)
 }
 

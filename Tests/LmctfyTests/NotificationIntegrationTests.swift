@@ -46,7 +46,7 @@ struct NotificationIntegrationTests {
             let watch = try c.watch(EventSpec(oom: EventSpec.Oom()))
             let destroyer = Threads.start {
                 usleep(200_000)
-                try? api.destroy(name)
+                _ = try? api.destroy(name)
             }
             #expect { _ = try watch.wait(timeoutMs: 10_000) } throws: { error in
                 let e = error as? LmctfyError

@@ -308,7 +308,7 @@ struct VirtualHostIntegrationTests {
         let api = self.api
         try inOwnNetworkNamespace {
             let name = try ContainerName.resolve(RealCgroups.uniqueName("net"), relativeTo: .root)
-            defer { try? api.destroy(name) }
+            defer { _ = try? api.destroy(name) }
             let outside = "lmvh\(getpid() % 100000)"
             var s = spec
             s.virtualHost?.network = Network(

@@ -74,7 +74,7 @@ func runBaseline(_ argv: [String]) throws -> String {
 func withContainer<T>(_ api: ContainerApi, _ spec: String, _ body: (Container) throws -> T) throws -> T {
     let name = try ContainerName.resolve("/lmctfy_bench_\(getpid())", relativeTo: .root)
     let c = try api.create(name, spec: try ContainerSpec(textFormat: spec))
-    defer { try? api.destroy(name) }
+    defer { _ = try? api.destroy(name) }
     return try body(c)
 }
 
