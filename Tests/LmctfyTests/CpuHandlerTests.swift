@@ -21,14 +21,21 @@ import Testing
     }
 
     @Test func milliCpuFromShares() {
-        // shares<2 ? 0 : shares*1000/1024
+        // shares<2 ? 0 : shares*1000/1024 rounded up (the original rounded down)
         #expect(CpuHandler.milliCpu(shares: 1) == 0)
-        #expect(CpuHandler.milliCpu(shares: 2) == 1)
+        #expect(CpuHandler.milliCpu(shares: 2) == 2)
         #expect(CpuHandler.milliCpu(shares: 1024) == 1000)
-        #expect(CpuHandler.milliCpu(shares: 1022) == 998)
-        for limit in stride(from: UInt64(125), through: 64_000, by: 125) {
-            #expect(CpuHandler.milliCpu(shares: CpuHandler.shares(milliCpu: limit)) == limit)
-        }
+        #expect(CpuHandler.milliCpu(shares: 1022) == 999)
+        // Every limit written reads back as itself, so a spec read back and
+        // applied again (a snapshot import, a migration) keeps it: 400 read
+        // back as 399, then 398 after the next move.
+        let drifting = (UInt64(2)...256_000).filter { CpuHandler.milliCpu(shares: CpuHandler.shares(milliCpu: $0)) != $0 }
+        #expect(drifting.isEmpty, "\(drifting.prefix(5))")
+        // v2: a weight is coarser, so the first read-back may differ from
+        // the limit written, but from then on it stays.
+        let v2 = { (l: UInt64) in CpuHandler.milliCpu(shares: CpuHandler.shares(weight: CpuHandler.weight(shares: CpuHandler.shares(milliCpu: l)))) }
+        let driftingV2 = (UInt64(2)...256_000).filter { let once = v2($0); return v2(once) != once }
+        #expect(driftingV2.isEmpty, "\(driftingV2.prefix(5))")
     }
 
     @Test func weightFromShares() {
@@ -223,14 +230,19 @@ import Testing
         let f = try FakeContainer.v2()
         var s = ContainerSpec()
         try h.readSpec(into: &s, dirs: f.dirs)
-        // weight 100 → shares 2 + ceil(99*262142/9999) = 2598 → 2537 milliCPU;
+        // weight 100 → shares 2 + ceil(99*262142/9999) = 2598 → 2538 milliCPU (rounded up);
         // an empty cpuset.cpus (inherited) is no mask; "max" is no quota,
         // reported as the original's -1.
-        #expect(s.cpu == CpuSpec(limit: 2537, maxLimit: UInt64.max))
+        #expect(s.cpu == CpuSpec(limit: 2538, maxLimit: UInt64.max))
         try f.seed("unified", ["cpu.weight": "39\n", "cpu.max": "375000 250000\n", "cpuset.cpus": "0-3,8\n", "cpu.idle": "1\n"])
         try h.readSpec(into: &s, dirs: f.dirs)
-        // weight 39 → shares 999 → 975 milliCPU (weights are coarser than shares).
-        #expect(s.cpu == CpuSpec(schedulingLatency: .bestEffort, limit: 975, maxLimit: 1500, mask: CpuSpec.Mask(data: [0x10F])))
+        // weight 39 → shares 999 → 976 milliCPU (weights are coarser than shares).
+        #expect(s.cpu == CpuSpec(schedulingLatency: .bestEffort, limit: 976, maxLimit: 1500, mask: CpuSpec.Mask(data: [0x10F])))
+        // What is read back and applied again stays: the weight it writes
+        // reads back as the same limit (no loss with every move).
+        let limit = try #require(s.cpu?.limit)
+        let weight = CpuHandler.weight(shares: CpuHandler.shares(milliCpu: limit))
+        #expect(CpuHandler.milliCpu(shares: CpuHandler.shares(weight: weight)) == limit)
     }
 
     @Test func v1Stats() throws {

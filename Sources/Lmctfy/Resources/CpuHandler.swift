@@ -40,9 +40,13 @@ struct CpuHandler: ResourceHandler {
         return min(maxShares, max(minShares, capped * 1024 / 1000))
     }
 
-    /// cpu.shares → milliCPU. Only multiples of 125 round-trip exactly.
+    /// cpu.shares → milliCPU, rounded up: every limit from 2 to 256,000
+    /// written with `shares(milliCpu:)` reads back as itself. The original
+    /// rounded down, so only multiples of 125 survived, and a spec read
+    /// back and applied again (a snapshot import, each migration) lost a
+    /// milliCPU every time: 400, 399, 398...
     static func milliCpu(shares: Int64) -> UInt64 {
-        shares < minShares ? 0 : UInt64(shares) * 1000 / 1024
+        shares < minShares ? 0 : (UInt64(shares) * 1000 + 1023) / 1024
     }
 
     /// v1 shares [2, 262144] → v2 weight [1, 10000], the mapping runc and
