@@ -23,6 +23,10 @@ int lm_flock_exclusive(int fd) {
     return flock(fd, LOCK_EX);
 }
 
+int lm_flock_exclusive_now(int fd) {
+    return flock(fd, LOCK_EX | LOCK_NB);
+}
+
 int lm_rename_noreplace(const char *from, const char *to) {
     return (int)syscall(SYS_renameat2, AT_FDCWD, from, AT_FDCWD, to, 1 /* RENAME_NOREPLACE */);
 }

@@ -147,6 +147,36 @@ public final class Agent: @unchecked Sendable {
     static let sweepIntervalMs = 60_000
     private var signals: [SignalWatcher] = []
     private var stopping = false
+    /// The descriptor holding state_dir/agent.lock (-1: none), from `start`
+    /// until the agent has stopped.
+    private let stateLock = Atomic<Int32>(-1)
+
+    /// Locks state_dir/agent.lock for this agent, without waiting, and
+    /// writes its pid there: two agents on one state_dir would both append
+    /// to its event journal, replay each other's requests and recover each
+    /// other's containers (a second agent with the same socket ran the
+    /// whole recovery before failing to bind). Another agent holding it is
+    /// FAILED_PRECONDITION naming its pid. Returns the descriptor.
+    static func lockStateDir(_ stateDir: String) throws(LmctfyError) -> Int32 {
+        let path = stateDir + "/agent.lock"
+        let (fd, e) = Sys.retry { Glibc.open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0o600) }
+        guard fd >= 0 else { throw SystemError("open", path, e).lmctfy(.failedPrecondition, "Cannot lock the state_dir") }
+        let (r, le) = Sys.retry { Sys.flockExclusiveNow(fd) }
+        if r < 0 {
+            let holder = (try? Sys.readAll(fd, path: path, maxBytes: 64)).map { String(decoding: $0, as: UTF8.self).trimmingWhitespace } ?? ""
+            close(fd)
+            if le == EWOULDBLOCK {
+                throw .failedPrecondition("state_dir \(stateDir) is in use by another agent\(holder.isEmpty ? "" : " (pid \(holder))"): "
+                                          + "two agents cannot share one")
+            }
+            throw SystemError("flock", path, le).lmctfy(.failedPrecondition, "Cannot lock the state_dir")
+        }
+        let pid = Array("\(Sys.getpid())\n".utf8)
+        _ = ftruncate(fd, 0)
+        _ = pid.withUnsafeBytes { pwrite(fd, $0.baseAddress, $0.count, 0) }
+        return fd
+    }
+
     /// Sums over every connection still open, for the agent-wide limits.
     private var totalHeld = 0
     private var totalPoolCalls = 0
@@ -300,6 +330,10 @@ public final class Agent: @unchecked Sendable {
             throw .failedPrecondition("root_container \(scope.root) does not exist")
         }
         try settings.checkStateDir(create: true)
+        stateLock.store(try Self.lockStateDir(settings.stateDir), ordering: .releasing)
+        // A start that fails lets the state_dir go again.
+        var started = false
+        defer { if !started { releaseStateDir() } }
         // Watching and sampling keep a few descriptors per container open.
         Sys.raiseFileLimit()
         try dispatcher.events.attachJournal(directory: settings.stateDir + "/events")
@@ -377,6 +411,13 @@ public final class Agent: @unchecked Sendable {
             log.info("metrics on \(m)\(metricsPort.map { " (port \($0))" } ?? "")")
             if !m.isLocal { log.warning("METRICS EXPOSED (allow_non_loopback): \(m) serves every container's figures to anyone who can reach it") }
         }
+        started = true
+    }
+
+    /// Unlocks state_dir/agent.lock (once).
+    private func releaseStateDir() {
+        let fd = stateLock.exchange(-1, ordering: .acquiringAndReleasing)
+        if fd >= 0 { close(fd) }
     }
 
     private func startListeners(handleSignals: Bool) throws(LmctfyError) -> UInt16? {
@@ -1295,6 +1336,8 @@ public final class Agent: @unchecked Sendable {
         let rc = loop.shutdown()
         statsPublisher?.stop()
         evictor?.stop()
+        // Its state is its own until here: another agent may take it now.
+        releaseStateDir()
         if let snapshots = dispatcher.snapshots { log.info("snapshots: \(snapshots.costs)") }
         log.info("lmctfy-agent stopped (uv_loop_close \(rc))")
         return rc

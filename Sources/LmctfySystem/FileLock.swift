@@ -10,6 +10,12 @@ import Glibc
 /// Thread-safety: one thread at a time. Two FileLocks on the same path
 /// exclude each other even within one process (each has its own open file
 /// description).
+extension Sys {
+    /// flock(2) LOCK_EX | LOCK_NB: 0, or -1 with errno (EWOULDBLOCK while
+    /// another holds the lock).
+    public static func flockExclusiveNow(_ fd: Int32) -> Int32 { lm_flock_exclusive_now(fd) }
+}
+
 public final class FileLock {
     public let path: String
     private var fd: Int32

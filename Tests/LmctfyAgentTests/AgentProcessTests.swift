@@ -297,6 +297,38 @@ struct AgentRetryTests {
         #expect(try count(name, client) == 1)
     }
 
+    /// Two agents cannot share a state_dir: the second, on another socket,
+    /// exits at once with 9 naming the first's pid, before it recovers or
+    /// journals anything (it ran beside the first, both appending to the
+    /// event journal). Once the first has stopped, the dir is free again.
+    @Test func twoAgentsCannotShareAStateDir() throws {
+        let first = try AgentProcess()
+        var firstRunning = true
+        defer { if firstRunning { first.stop() } }
+        let config = first.dir + "/second.conf"
+        try Sys.createFile(config, """
+            unix_socket_path: "\(first.dir)/second.sock" log_level: LOG_WARNING
+            state_dir: "\(first.dir)/state"
+            """)
+        let r = try TestProcess.capture([builtTool("lmctfy-agent"), "--config", config])
+        let err = String(decoding: r.stderr, as: UTF8.self)
+        #expect(r.status == StatusCode.failedPrecondition.rawValue, "\(err)")
+        #expect(err.contains("state_dir \(first.dir)/state is in use by another agent (pid \(first.pid))"), "\(err)")
+        #expect(!Sys.exists(first.dir + "/second.sock"))
+        // Stopped, the first lets it go: a successor takes the same dir.
+        kill(first.pid, SIGTERM)
+        var reaped = false
+        for _ in 0..<500 where !reaped {
+            reaped = TestProcess.reapIfExited(first.pid) != nil
+            if !reaped { usleep(10_000) }
+        }
+        try #require(reaped, "the first agent did not stop on SIGTERM")
+        firstRunning = false
+        let second = try AgentProcess(reusing: first.dir)
+        defer { second.stop() }
+        #expect(try Sys.readFile(first.dir + "/state/agent.lock").trimmingWhitespace == "\(second.pid)")
+    }
+
     /// An agent that answers UNAVAILABLE itself (here the kernel refusing a
     /// cpuset of CPU 63) is still there: lmctl reports its answer and does
     /// not send the call again (it said "retrying once" and repeated it).

@@ -50,6 +50,8 @@ int lm_pipe_cloexec(int fds[2]);
  * imports `flock` as the struct of the same name and cannot call the
  * function. */
 int lm_flock_exclusive(int fd);
+/* The same without waiting: -1 with EWOULDBLOCK while another holds it. */
+int lm_flock_exclusive_now(int fd);
 
 /* renameat2(2) with RENAME_NOREPLACE: moves `from` to `to` only if nothing
  * is at `to` (EEXIST otherwise), atomically. 0 or -1 with errno. */
