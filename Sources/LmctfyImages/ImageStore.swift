@@ -448,16 +448,19 @@ public struct ImageStore: ImageBackend {
     public func exportImage(_ name: String, to archivePath: String) throws(LmctfyError) {
         let rootfs = try rootfsPath(forImage: name)
         try Self.loadArchiveLibrary()
-        let temp = archivePath + ".tmp-\(try uniqueToken())"
+        // A device, FIFO or symlink (/dev/null, /dev/stdout) is written in
+        // place; a rename over it would replace it with a file.
+        let inPlace = Sys.isWrittenInPlace(archivePath)
+        let temp = inPlace ? archivePath : archivePath + ".tmp-\(try uniqueToken())"
         do throws(LmctfyError) {
             try Self.pack(rootfs, to: temp, compression: Compression(forPath: archivePath))
             do {
-                try Sys.rename(temp, archivePath)
+                if !inPlace { try Sys.rename(temp, archivePath) }
             } catch {
                 throw error.lmctfy(.failedPrecondition, "Cannot write \"\(archivePath)\"")
             }
         } catch {
-            try? Sys.unlink(temp)
+            if !inPlace { try? Sys.unlink(temp) }
             throw error
         }
     }

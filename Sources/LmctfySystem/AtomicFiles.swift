@@ -38,6 +38,29 @@ extension Sys {
         try Sys.syncDirectory(directory)
     }
 
+    /// Whether an output file a user names is written in place rather than
+    /// replaced: anything there but a regular file (a device such as
+    /// /dev/null, a FIFO, a symlink such as /dev/stdout, a directory, which
+    /// then fails). A rename over it would put a regular file where the
+    /// device or the link was: `lmctl snapshot export ... -o /dev/null` as
+    /// root replaced the machine's /dev/null with a file (a probe found it
+    /// when tmux, which checks /dev/null, stopped starting).
+    public static func isWrittenInPlace(_ path: String) -> Bool {
+        guard let st = try? linkStatus(path) else { return false }
+        return st.st_mode & S_IFMT != S_IFREG
+    }
+
+    /// Writes an output file a user names: replaced atomically
+    /// (`writeFileAtomically`, with `mode`) where it is a regular file or
+    /// absent, written in place (through a symlink, into a device or FIFO)
+    /// where `isWrittenInPlace`.
+    public static func writeOutputFile(_ path: String, _ bytes: [UInt8], mode: mode_t = 0o644) throws(SystemError) {
+        guard isWrittenInPlace(path) else { return try writeFileAtomically(path, bytes, mode: mode) }
+        let fd = try open(path, O_WRONLY | O_TRUNC)
+        defer { close(fd) }
+        try writeAll(fd, bytes)
+    }
+
     /// fsync(2) of a directory: the renames and unlinks made in it so far
     /// survive a machine crash.
     public static func syncDirectory(_ directory: String) throws(SystemError) {

@@ -101,7 +101,7 @@ enum MovingCommands {
         guard let s = r.snapshot else { throw LmctfyError.internalError("the agent sent no snapshot") }
         let bytes = w.flags.contains("--text") ? Array(s.textFormatString.utf8) : try s.serializedBytes()
         if let file = w.values["-o"] {
-            try Sys.writeFileAtomically(file, bytes, mode: 0o600)
+            try Sys.writeOutputFile(file, bytes, mode: 0o600)
         } else {
             stdout.write(bytes)
         }

@@ -76,10 +76,13 @@ public final class RemoteImages: ImageBackend, @unchecked Sendable {
         try ImageName.check(name)
         let compression = archivePath.hasSuffix(".gz") || archivePath.hasSuffix(".tgz") ? "gzip"
             : archivePath.hasSuffix(".xz") || archivePath.hasSuffix(".txz") ? "xz" : ""
-        let temp = archivePath + ".tmp-\(getpid())"
+        // A device, FIFO or symlink (/dev/null, /dev/stdout) is written in
+        // place; a rename over it would replace it with a file.
+        let inPlace = Sys.isWrittenInPlace(archivePath)
+        let temp = inPlace ? archivePath : archivePath + ".tmp-\(getpid())"
         let fd: Int32
         do {
-            fd = try Sys.open(temp, O_WRONLY | O_CREAT | O_TRUNC, mode: 0o644)
+            fd = inPlace ? try Sys.open(archivePath, O_WRONLY | O_TRUNC) : try Sys.open(temp, O_WRONLY | O_CREAT | O_TRUNC, mode: 0o644)
         } catch {
             throw error.lmctfy(.failedPrecondition, "Cannot create \"\(archivePath)\"")
         }
@@ -103,13 +106,13 @@ public final class RemoteImages: ImageBackend, @unchecked Sendable {
             }
             close(fd)
             do {
-                try Sys.rename(temp, archivePath)
+                if !inPlace { try Sys.rename(temp, archivePath) }
             } catch {
                 throw error.lmctfy(.failedPrecondition, "Cannot write \"\(archivePath)\"")
             }
         } catch {
             close(fd)
-            try? Sys.unlink(temp)
+            if !inPlace { try? Sys.unlink(temp) }
             throw error
         }
     }

@@ -32,6 +32,35 @@ import Testing
         #expect(try Sys.subdirectoriesAndFiles(dir) == ["entry"])
     }
 
+    /// An output file a user names: a regular file (or none) is replaced
+    /// atomically; a device, a FIFO or a symlink is written in place and
+    /// stays what it was. `-o /dev/null` as root renamed a file over the
+    /// machine's /dev/null. (A null device of the test's own, not the
+    /// machine's: a regression must not break the machine.)
+    @Test func outputFilesThatAreNotRegularAreWrittenInPlace() throws {
+        let dir = try tempDir()
+        defer { for f in (try? Sys.subdirectoriesAndFiles(dir)) ?? [] { unlink(dir + "/" + f) }; rmdir(dir) }
+        // Regular: replaced, with the mode.
+        try Sys.writeOutputFile(dir + "/plain", Array("one, longer".utf8), mode: 0o600)
+        try Sys.writeOutputFile(dir + "/plain", Array("two".utf8), mode: 0o600)
+        #expect(try Sys.readFile(dir + "/plain") == "two")
+        #expect(!Sys.isWrittenInPlace(dir + "/plain") && !Sys.isWrittenInPlace(dir + "/absent"))
+        // A symlink: the link stays, its target gets the bytes.
+        try Sys.createFile(dir + "/target", "old")
+        #expect(symlink(dir + "/target", dir + "/link") == 0)
+        try Sys.writeOutputFile(dir + "/link", Array("through".utf8))
+        #expect(try Sys.linkStatus(dir + "/link").map { $0.st_mode & S_IFMT } == S_IFLNK)
+        #expect(try Sys.readFile(dir + "/target") == "through")
+        // A null device (root only: mknod).
+        if geteuid() == 0 {
+            #expect(mknod(dir + "/null", S_IFCHR | 0o666, dev_t(1 << 8 | 3)) == 0)  // makedev(1, 3), a macro Swift does not import
+            try Sys.writeOutputFile(dir + "/null", Array("gone".utf8))
+            #expect(try Sys.linkStatus(dir + "/null").map { $0.st_mode & S_IFMT } == S_IFCHR)
+        }
+        #expect(Sys.isWrittenInPlace(dir + "/link"))
+        #expect(try Sys.subdirectoriesAndFiles(dir).sorted() == (geteuid() == 0 ? ["link", "null", "plain", "target"] : ["link", "plain", "target"]))
+    }
+
     @Test func aFailedWriteKeepsTheOldContent() throws {
         let dir = try tempDir()
         defer { for f in (try? Sys.subdirectoriesAndFiles(dir)) ?? [] { unlink(dir + "/" + f) }; rmdir(dir) }

@@ -86,6 +86,11 @@ private func code(_ body: () throws(LmctfyError) -> Void) -> StatusCode? {
         let a = try Sys.readBytes(s.dir + "/in/a.tar"), b = try Sys.readBytes(s.dir + "/in/b.tar")
         #expect(a == b)
         #expect(!a.isEmpty)
+        // A symlink (as /dev/stdout is) is written through, not replaced.
+        #expect(symlink(s.dir + "/in/a.tar", s.dir + "/in/link.tar") == 0)
+        try s.store.exportImage("again", to: s.dir + "/in/link.tar")
+        #expect(try Sys.linkStatus(s.dir + "/in/link.tar").map { $0.st_mode & S_IFMT } == S_IFLNK)
+        #expect(try Sys.readBytes(s.dir + "/in/a.tar") == b)
 
         let listed = try s.store.listImages()
         #expect(listed.map(\.name) == ["again", "good"])
