@@ -68,7 +68,13 @@ extension Dispatcher {
     /// The name to import as and the spec to create, or why the snapshot
     /// does not fit this machine (nothing is made then).
     static func fit(_ s: ContainerSnapshot, name: String?) throws(LmctfyError) -> (String, ContainerSpec) {
-        if let v = s.formatVersion, v > SnapshotStore.formatVersion {
+        // Every snapshot an agent writes has its format; one without (an
+        // empty file decodes as an empty snapshot) is not one, and made a
+        // container with an empty spec.
+        guard let v = s.formatVersion, v >= 1 else {
+            throw .invalidArgument("Not a container snapshot: it has no format_version (an empty or foreign file?)")
+        }
+        if v > SnapshotStore.formatVersion {
             throw .failedPrecondition("The snapshot's format \(v) is newer than this agent's (\(SnapshotStore.formatVersion))")
         }
         guard let name = name ?? s.name, !name.isEmpty else {

@@ -83,6 +83,20 @@ final class FakeAgentMachine: @unchecked Sendable {
 @Suite struct DispatcherFakeTreeTests {
     // MARK: The table
 
+    /// An empty file decodes as an empty snapshot, and text format parses
+    /// "" too: without a format_version it is refused (3), where it made a
+    /// container with an empty spec. A snapshot an agent wrote has one.
+    @Test func aSnapshotWithoutItsFormatIsRefused() throws {
+        #expect { _ = try Dispatcher.fit(ContainerSnapshot(), name: "/x") } throws: {
+            ($0 as? LmctfyError)?.code == .invalidArgument && ($0 as? LmctfyError)?.message.contains("no format_version") == true
+        }
+        #expect { _ = try Dispatcher.fit(ContainerSnapshot(formatVersion: 0, name: "/x"), name: nil) } throws: {
+            ($0 as? LmctfyError)?.code == .invalidArgument
+        }
+        let (name, _) = try Dispatcher.fit(ContainerSnapshot(formatVersion: SnapshotStore.formatVersion, name: "/a", spec: ContainerSpec()), name: nil)
+        #expect(name == "/a")
+    }
+
     @Test func everyMethodOfTheTableHasAHandlerAndNothingElseHasOne() {
         #expect(Dispatcher.handledMethods == Set(AgentMethods.all.map(\.name)))
     }
