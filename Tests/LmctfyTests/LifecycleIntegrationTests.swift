@@ -243,10 +243,18 @@ struct LifecycleIntegrationTests {
         }
     }
 
+    /// The root reports what its files hold (it has fewer than a
+    /// container): on v1 it printed nothing at all, its directories being
+    /// the hierarchies' roots, which lmctfy did not make.
     @Test func rootSpecAndStatsCanBeRead() throws {
         let root = try api.get(.root)
-        _ = try root.spec()
-        _ = try root.stats(.full)
+        let spec = try root.spec()
+        let stats = try root.stats(.full)
         #expect(try !root.isolatedResources.isEmpty)
+        #expect((stats.cpu?.usage?.total ?? 0) > 0, "\(stats)")
+        if api.version == .v1 {
+            #expect(spec.cpu?.limit != nil && spec.memory?.limit != nil, "\(spec)")
+            #expect((stats.memory?.usage ?? 0) > 0, "\(stats)")
+        }
     }
 }

@@ -98,7 +98,10 @@ struct CgroupV1Driver: CgroupDriver {
     func resourceDirs(_ name: ContainerName) throws(LmctfyError) -> ResourceDirs {
         var dirs: [Controller: CgroupDir] = [:]
         for c in Controller.allCases {
-            if let d = try existingDir(c, name) { dirs[c] = d }
+            // The root's are the hierarchies' own roots, which lmctfy did
+            // not make (existingDir takes only lmctfy's): without them `spec
+            // /` and `stats summary /` printed nothing.
+            if let d = try name.isRoot ? root(c) : existingDir(c, name) { dirs[c] = d }
         }
         return ResourceDirs(driver: self, container: name, byController: dirs, tasks: dirs[.freezer])
     }
