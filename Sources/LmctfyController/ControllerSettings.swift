@@ -59,6 +59,9 @@ public struct ControllerSettings: Sendable {
         guard unixSocketPath.hasPrefix("/") else {
             throw .invalidArgument("\(source): unix_socket_path \"\(unixSocketPath)\" must be absolute")
         }
+        guard unixSocketPath.utf8.count <= UnixSocketAddress.maxPathBytes else {
+            throw .invalidArgument("\(source): unix_socket_path is \(unixSocketPath.utf8.count) bytes; a Unix socket's path holds at most \(UnixSocketAddress.maxPathBytes)")
+        }
         let mode = c.unixSocketMode ?? 0o660
         guard mode <= 0o777 else { throw .invalidArgument("\(source): unix_socket_mode \(String(mode, radix: 8)) is not a file mode") }
         unixSocketMode = mode_t(mode)

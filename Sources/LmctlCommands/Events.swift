@@ -50,8 +50,13 @@ enum EventsCommand {
                 guard let colon = v.lastIndex(of: ":"), let seq = UInt64(v[v.index(after: colon)...]) else {
                     throw .invalidArgument("--after takes BOOT:SEQUENCE (as events print them), not \"\(v)\"")
                 }
+                // Both halves, as events print them: ":5" was taken as the
+                // current boot, whatever boot the 5 came from.
                 let boot = String(v[..<colon])
-                if !boot.isEmpty { o.request.bootId = boot }
+                guard !boot.isEmpty else {
+                    throw .invalidArgument("--after takes BOOT:SEQUENCE (as events print them), not \"\(v)\": the boot id is missing")
+                }
+                o.request.bootId = boot
                 o.request.afterSequence = seq
             case "--kind":
                 o.request.kinds.append(try kind(try value(w)))

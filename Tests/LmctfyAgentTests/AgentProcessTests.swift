@@ -368,6 +368,9 @@ struct AgentRetryTests {
             ("missing file", [:]),
             ("syntax", ["a.conf": ("no_such_key: 1", 0o644)]),
             ("value", ["a.conf": ("unix_socket_path: \"relative\"", 0o644)]),
+            // Longer than sun_path holds: it failed only at bind, after the
+            // whole restart recovery.
+            ("socket path too long", ["a.conf": ("unix_socket_path: \"/tmp/\(String(repeating: "s", count: 110))\"", 0o644)]),
             ("key file others can read", ["a.conf": ("tcp_address: \"127.0.0.1:0\" allow_plaintext_tcp: true key_file: \"DIR/keys\"", 0o644), "keys": (key, 0o644)]),
             ("missing key file", ["a.conf": ("tcp_address: \"127.0.0.1:0\" allow_plaintext_tcp: true key_file: \"DIR/nokeys\"", 0o644)]),
         ]
