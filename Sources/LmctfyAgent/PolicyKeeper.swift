@@ -201,6 +201,14 @@ public final class PolicyKeeper: Sendable {
         let amount: Amount
         switch r.update {
         case nil, .updatePolicyUnspecified?:
+            // What the create would refuse before any policy, a dry run
+            // refuses the same way (it said "admitted" for a name that
+            // exists, or under a parent that does not).
+            if (try? backend.spec(path)) != nil { throw .alreadyExists("Container \"\(path)\" already exists") }
+            let parent = path.lastIndex(of: "/").map { $0 == path.startIndex ? "/" : String(path[..<$0]) } ?? "/"
+            if parent != "/", (try? backend.spec(parent)) == nil {
+                throw .failedPrecondition("Can't create \"\(path)\": its parent \"\(parent)\" does not exist")
+            }
             let (t, applied) = try planCreate(path: path, spec: spec, tier: r.tier)
             (tier, amount) = (t, Policy.committed(applied, tier: t))
         case .updateDiff?, .updateReplace?:

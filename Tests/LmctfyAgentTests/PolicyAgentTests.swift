@@ -259,6 +259,11 @@ struct PolicyAgentTests {
                 #expect(try api.get(name(root.path + "/a")).spec().memory?.evictionPriority == 5003)
                 r = try run("create", "--tier", "prod", "--dry-run", "/b", "memory { limit: 104857600 }")
                 #expect(r.0 == 8 && r.1.hasPrefix("admitted=\"false\" tier=\"prod\" message=\"refused"), "\(r)")
+                // What the create itself would refuse, the dry run refuses.
+                r = try run("create", "--tier", "batch", "--dry-run", "/a", "memory { limit: 1048576 }")
+                #expect(r.0 == 6 && r.2.contains("already exists"), "\(r)")
+                r = try run("create", "--tier", "batch", "--dry-run", "/none/b", "memory { limit: 1048576 }")
+                #expect(r.0 == 9 && r.2.contains("its parent \"/none\" does not exist"), "\(r)")
                 r = try run("create", "--tier", "prod", "/b", "memory { limit: 104857600 }")
                 #expect(r.0 == 8 && r.2.contains("8: Create: refused \"/b\" in tier prod"), "\(r)")
                 #expect(try !api.exists(name(root.path + "/b")))
