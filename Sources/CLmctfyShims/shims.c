@@ -23,6 +23,32 @@ int lm_flock_exclusive(int fd) {
     return flock(fd, LOCK_EX);
 }
 
+static volatile sig_atomic_t lm_interrupt_caught = 0;
+static struct sigaction lm_saved_sigint;
+
+static void lm_on_sigint(int sig) {
+    (void)sig;
+    lm_interrupt_caught = 1;
+}
+
+int lm_catch_sigint(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = lm_on_sigint;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESTART;
+    lm_interrupt_caught = 0;
+    return sigaction(SIGINT, &sa, &lm_saved_sigint);
+}
+
+int lm_sigint_caught(void) {
+    return lm_interrupt_caught;
+}
+
+int lm_release_sigint(void) {
+    return sigaction(SIGINT, &lm_saved_sigint, NULL);
+}
+
 int lm_flock_exclusive_now(int fd) {
     return flock(fd, LOCK_EX | LOCK_NB);
 }

@@ -17,3 +17,24 @@ extension Sys {
         if lm_ignore_sigpipe() != 0 { fatalError("\(SystemError("sigaction", "SIGPIPE", Glibc.errno))") }
     }()
 }
+
+/// Ctrl-C during something that must tell another party it stopped (an
+/// upload the agent would otherwise hold open for ten minutes): SIGINT is
+/// caught into a flag instead of killing the process, `body` looks at the
+/// flag between its steps, then the previous disposition is back. After an
+/// interrupt the caller cleans up and calls `dieOfInterrupt`, so its parent
+/// sees the interrupt it sent. One at a time per process.
+public enum InterruptWatch {
+    public static func around<T>(_ body: (_ interrupted: () -> Bool) throws(LmctfyError) -> T) throws(LmctfyError) -> T {
+        _ = lm_catch_sigint()
+        defer { _ = lm_release_sigint() }
+        return try body { lm_sigint_caught() != 0 }
+    }
+
+    /// Ends the process as SIGINT's default would (status 130 to a shell).
+    public static func dieOfInterrupt() -> Never {
+        signal(SIGINT, SIG_DFL)
+        raise(SIGINT)
+        exit(130)
+    }
+}

@@ -23,8 +23,18 @@ public final class RemoteImages: ImageBackend, @unchecked Sendable {
         ImageSummary(name: i?.name ?? "", entries: i?.entries ?? 0, bytes: i?.bytes ?? 0, created: i?.created ?? 0)
     }
 
+    /// Ctrl-C during an upload aborts the transfer on the agent before
+    /// lmctl dies of it: the agent kept an interrupted transfer open (and
+    /// its partial file) for ten minutes, and four of them refused every
+    /// import until then.
     @discardableResult
     public func importImage(_ archivePath: String, as name: String) throws(LmctfyError) -> ImageSummary {
+        try InterruptWatch.around { (interrupted: () -> Bool) throws(LmctfyError) -> ImageSummary in
+            try upload(archivePath, as: name, interrupted: interrupted)
+        }
+    }
+
+    private func upload(_ archivePath: String, as name: String, interrupted: () -> Bool) throws(LmctfyError) -> ImageSummary {
         try ImageName.check(name)  // before sending anything
         let fd: Int32
         do {
@@ -52,6 +62,10 @@ public final class RemoteImages: ImageBackend, @unchecked Sendable {
             } catch {
                 if let transfer { _ = try? client.call(AgentMethods.importImage, ImportImageRequest(transferId: transfer, abort: true)) }
                 throw error.lmctfy(.invalidArgument, "Cannot read the archive")
+            }
+            if interrupted() {
+                if let transfer { _ = try? client.call(AgentMethods.importImage, ImportImageRequest(transferId: transfer, abort: true)) }
+                InterruptWatch.dieOfInterrupt()
             }
             let last = following.isEmpty
             // On a terminal: how much went up; the last call also unpacks.

@@ -142,6 +142,46 @@ private func code(_ body: () throws(LmctfyError) -> Void) -> StatusCode? {
 
 @Suite(.enabled(if: RealCgroups.available, "\(RealCgroups.unavailableReason ?? "")"), .serialized)
 struct ImageLmctlTests {
+    /// Ctrl-C during `lmctl image import`: lmctl aborts the transfer on the
+    /// agent, then dies of the interrupt. The agent kept an interrupted
+    /// transfer (and its partial file) for ten minutes, and four of them
+    /// refused every import until then. The archive is a FIFO, so the test
+    /// decides when each piece arrives: the interrupt lands while lmctl
+    /// waits for more, after the agent has opened the transfer.
+    @Test func anInterruptedImportLeavesNoTransferOpen() throws {
+        // A write to the FIFO after lmctl is gone is EPIPE, not the end of
+        // the test runner.
+        Sys.ignoreSIGPIPE()
+        let s = try Scratch()
+        let agent = try AgentProcess()
+        defer { agent.stop() }
+        let transfers = agent.dir + "/state/images/.transfers"
+        let fifo = s.dir + "/archive.tar"
+        #expect(mkfifo(fifo, 0o600) == 0)
+        let pid = try TestProcess.spawnWithSignalsUnblocked([builtTool("lmctl"), "--agent", "unix://" + agent.socket, "image", "import", fifo, "cut"])
+        var reaped = false
+        defer { if !reaped { TestProcess.end(pid) } }
+        let w = open(fifo, O_WRONLY | O_CLOEXEC)  // once lmctl has opened it
+        try #require(w >= 0)
+        defer { close(w) }
+        let piece = [UInt8](repeating: 0x61, count: 65536)
+        func send() { _ = piece.withUnsafeBytes { write(w, $0.baseAddress, $0.count) } }
+        func held() -> [String] { ((try? Sys.subdirectoriesAndFiles(transfers)) ?? []).filter { !$0.hasPrefix(".") } }
+        // Piece by piece until the agent holds a transfer.
+        for _ in 0..<200 where held().isEmpty {
+            send()
+            usleep(20_000)
+        }
+        try #require(!held().isEmpty, "no transfer was opened")
+        #expect(kill(pid, SIGINT) == 0)
+        usleep(50_000)
+        send()  // lmctl's read returns; it sees the interrupt
+        let status = try Sys.waitForExit(pid)
+        reaped = true
+        #expect(status == .signaled(SIGINT), "\(status)")
+        #expect(held().isEmpty, "the transfer was left open: \(held())")
+    }
+
     @Test func lmctlImageRoundTripThroughTheAgent() throws {
         let s = try Scratch()
         let agent = try AgentProcess()

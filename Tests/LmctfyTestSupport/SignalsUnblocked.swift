@@ -12,6 +12,15 @@ extension TestProcess {
     /// status (a daemonizing program, such as `tmux new-session -d`,
     /// returns once its server is up).
     public static func runWithSignalsUnblocked(_ argv: [String]) throws -> Int32 {
+        let pid = try spawnWithSignalsUnblocked(argv)
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        return (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+    }
+
+    /// Starts `argv` (absolute path first) with no signal blocked and every
+    /// signal at its default action; the caller waits for it.
+    public static func spawnWithSignalsUnblocked(_ argv: [String]) throws -> pid_t {
         var attr = posix_spawnattr_t()
         posix_spawnattr_init(&attr)
         defer { posix_spawnattr_destroy(&attr) }
@@ -28,8 +37,6 @@ extension TestProcess {
         var pid: pid_t = 0
         let rc = posix_spawn(&pid, argv[0], nil, &attr, cargs, environ)
         guard rc == 0 else { throw SystemError("posix_spawn", argv[0], rc) }
-        var status: Int32 = 0
-        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
-        return (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+        return pid
     }
 }

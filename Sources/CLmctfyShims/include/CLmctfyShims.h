@@ -53,6 +53,13 @@ int lm_flock_exclusive(int fd);
 /* The same without waiting: -1 with EWOULDBLOCK while another holds it. */
 int lm_flock_exclusive_now(int fd);
 
+/* SIGINT caught into a flag (SA_RESTART: interrupted calls go on) until
+ * lm_release_sigint puts the previous disposition back; lm_sigint_caught
+ * says whether one came since lm_catch_sigint. */
+int lm_catch_sigint(void);
+int lm_sigint_caught(void);
+int lm_release_sigint(void);
+
 /* renameat2(2) with RENAME_NOREPLACE: moves `from` to `to` only if nothing
  * is at `to` (EEXIST otherwise), atomically. 0 or -1 with errno. */
 int lm_rename_noreplace(const char *from, const char *to);
