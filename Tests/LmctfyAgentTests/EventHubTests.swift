@@ -207,17 +207,16 @@ struct EventHubIntegrationTests {
         try withAgent("reconcile_interval_ms: 0") { agent, socket in
             let name = RealCgroups.uniqueName("hub-tree")
             defer { _ = try? TestProcess.capture([builtTool("lmctfy"), "destroy", "-f", name]) }
-            func lmctl(_ args: String...) throws {
-                let r = try TestProcess.capture([builtTool("lmctl"), "--agent", "unix://" + socket] + args)
-                #expect(r.status == 0, "lmctl \(args.joined(separator: " ")): \(String(decoding: r.stderr, as: UTF8.self))")
-            }
+            // Calls as lmctl makes them (the v2 guest has no lmctl binary).
+            let client = try RpcClient.connect(unixPath: socket)
+            defer { client.close() }
             let sub = Subscriber(socket, SubscribeRequest(name: name, recursive: true),
                                  until: { events($0).contains { $0.kind == .containerEventDestroyed && $0.container == name } })
             waitForSubscribers(agent, 1)
-            try lmctl("create", name, "cpu:{limit:100}")
-            try lmctl("create", name + "/sub", "cpu:{limit:100}")
-            try lmctl("create", name + "/sub/leaf", "")
-            try lmctl("destroy", "-f", name)
+            _ = try client.call(AgentMethods.create, CreateRequest(name: name, spec: ContainerSpec(cpu: CpuSpec(limit: 100))))
+            _ = try client.call(AgentMethods.create, CreateRequest(name: name + "/sub", spec: ContainerSpec(cpu: CpuSpec(limit: 100))))
+            _ = try client.call(AgentMethods.create, CreateRequest(name: name + "/sub/leaf", spec: ContainerSpec()))
+            _ = try client.call(AgentMethods.destroy, DestroyRequest(name: name, force: true))
             let (r, e) = sub.wait()
             #expect(e == nil)
             let gone = events(r).filter { $0.kind == .containerEventDestroyed }.compactMap(\.container)
