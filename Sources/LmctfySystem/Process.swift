@@ -64,3 +64,16 @@ extension Sys {
         return r == 0 ? nil : ExitStatus(waitStatus: status)
     }
 }
+
+extension Sys {
+    /// Whether this process has capability number `cap` (linux/capability.h)
+    /// in its effective set, read from /proc/self/status (CapEff); false
+    /// when that cannot be read.
+    public static func hasEffectiveCapability(_ cap: Int) -> Bool {
+        guard let status = try? readFile("/proc/self/status"),
+              let line = status.split(separator: "\n").first(where: { $0.hasPrefix("CapEff:") }),
+              let hex = line.split(whereSeparator: { $0 == "\t" || $0 == " " }).last,
+              let bits = UInt64(hex, radix: 16) else { return false }
+        return cap >= 0 && cap < 64 && bits & (UInt64(1) << UInt64(cap)) != 0
+    }
+}

@@ -273,6 +273,29 @@ struct TasksIntegrationTests {
         }
     }
 
+    /// A priority whose oom_score_adj is below 0 needs CAP_SYS_RESOURCE in
+    /// every process the container starts. Without it (this VM's root has
+    /// none) the create is refused with 7 and leaves nothing; it used to
+    /// succeed, and then every run failed. With it, the create succeeds and
+    /// a run gets that oom_score_adj.
+    @Test func aPriorityBelowZeroNeedsCapSysResourceAtCreate() throws {
+        try withTestContainer(api) { name in
+            var m = MemorySpec()
+            m.evictionPriority = 9000  // oom_score_adj -799
+            if Sys.hasEffectiveCapability(24) {
+                try api.create(name, spec: ContainerSpec(memory: m))
+                let pid = try api.get(name).run(["sleep", "300"])
+                #expect(try Sys.readFile("/proc/\(pid)/oom_score_adj").trimmingWhitespace == "-799")
+            } else {
+                #expect { try api.create(name, spec: ContainerSpec(memory: m)) } throws: { error in
+                    let e = error as? LmctfyError
+                    return e?.code == .permissionDenied && e?.message.contains("needs CAP_SYS_RESOURCE") == true
+                }
+                #expect(try !api.exists(name))
+            }
+        }
+    }
+
     /// D12: a process started in (or entering) a container gets the
     /// oom_score_adj of its eviction priority. Priority 0 maps to 1000,
     /// which needs no capability (values below 0 need CAP_SYS_RESOURCE).

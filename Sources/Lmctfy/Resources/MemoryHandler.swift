@@ -139,11 +139,23 @@ struct MemoryHandler: ResourceHandler {
             try dir.write(Self.evictionBadnessFile, String(p))
             return
         }
+        // A new container has no process to adjust yet, but every one it
+        // starts will set this oom_score_adj itself: below 0 that needs
+        // CAP_SYS_RESOURCE, which a caller without it would only learn from
+        // every run failing afterwards (the create succeeded).
+        let adj = Self.oomScoreAdj(priority: p)
+        if dirs.isNew, adj < 0, !Sys.hasEffectiveCapability(Self.capSysResource) {
+            throw LmctfyError(.permissionDenied, "Eviction priority \(p) needs oom_score_adj \(adj) for the container's processes; "
+                                    + "going below 0 needs CAP_SYS_RESOURCE, which this process does not have")
+        }
         // Processes first: if the kernel refuses, the record keeps the old
         // priority, which processes entering later would get.
         try Self.setOomScoreAdj(priority: p, pids: dirs.isNew ? [] : try dirs.processes(), procRoot: dirs.procRoot)
         try dir.setRecord(.evictionPriority, String(p))
     }
+
+    /// CAP_SYS_RESOURCE (linux/capability.h).
+    static let capSysResource = 24
 
     static func setOomScoreAdj(priority: Int32, pids: [pid_t], procRoot: String) throws(LmctfyError) {
         let adj = String(oomScoreAdj(priority: priority))
