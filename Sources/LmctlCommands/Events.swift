@@ -62,7 +62,11 @@ enum EventsCommand {
                 o.request.kinds.append(try kind(try value(w)))
             default:
                 guard !w.hasPrefix("-") || w == "-" else { throw .invalidArgument("Unknown flag \"\(w)\"\n\(usage)") }
-                guard o.request.name == nil else { throw .invalidArgument("events takes one container name\n\(usage)") }
+                guard o.request.name == nil else {
+                    // `stats -f` arrives here as the events it follows.
+                    let verb = o.request.kinds == [.containerEventStats] && o.follow ? "stats -f" : "events"
+                    throw .invalidArgument("\(verb) takes one container name\n\(verb == "events" ? usage : "usage: lmctl stats -f [-o json] [NAME]")")
+                }
                 o.request.name = w
             }
             i += 1

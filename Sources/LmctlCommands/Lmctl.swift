@@ -582,6 +582,18 @@ public enum LmctlCLI {
     static func info(_ words: [String], connect: () throws(LmctfyError) -> RemoteBackend,
                      stdout: any ByteSink, stderr: any ByteSink) -> Int32 {
         let json = wantsJSON(words)
+        // `info [-o json]` and nothing else (`info --bogus extra` was taken).
+        var i = 0
+        while i < words.count {
+            let w = words[i]
+            if w == "info" || w == "-p" || w.hasPrefix("--lmctfy_output_style=") {
+                i += 1
+            } else if (w == "-o" || w == "--lmctfy_output_style") && i + 1 < words.count {
+                i += 2
+            } else {
+                return usageError("info takes no arguments but -o json, not \"\(w)\"", stderr)
+            }
+        }
         do {
             let backend = try connect()
             let i = try backend.machineInfo()

@@ -125,3 +125,25 @@ import Testing
                 == "gap: events after b0:5 are not kept; continuing from b1:1")
     }
 }
+
+@Suite struct LmctlArgumentTests {
+    func lmctl(_ args: [String]) -> (status: Int32, stdout: String, stderr: String) {
+        let (out, err) = (BufferSink(), BufferSink())
+        let status = LmctlCLI.run(LmctlHelpTests.nowhere + args, stdout: out, stderr: err)
+        return (status, out.text, err.text)
+    }
+
+    /// Words a verb does not take are 3 before anything is dialled (the
+    /// agent here does not exist: dialling would be 14).
+    @Test func wordsAVerbDoesNotTakeAreRefused() {
+        var r = lmctl(["info", "--bogus", "extra"])
+        #expect(r.status == 3 && r.stderr.contains("info takes no arguments but -o json, not \"--bogus\""), "\(r)")
+        r = lmctl(["stats", "-f", "/a", "/b"])
+        #expect(r.status == 3 && r.stderr.contains("stats -f takes one container name"), "\(r)")
+        #expect(r.stderr.contains("usage: lmctl stats -f"), "\(r)")
+        r = lmctl(["events", "/a", "/b"])
+        #expect(r.status == 3 && r.stderr.contains("events takes one container name"), "\(r)")
+        // What info does take still reaches the agent (here: none, 14).
+        #expect(lmctl(["-o", "json", "info"]).status == 14)
+    }
+}
