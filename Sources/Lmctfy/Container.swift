@@ -214,10 +214,12 @@ public struct Container: Sendable {
         return out.reversed()
     }
 
-    /// FAILED_PRECONDITION naming the paused ancestors when there are any:
-    /// what `action` (e.g. "resumed") cannot be done below them.
-    func refuseUnderPausedAncestors(_ action: String) throws(LmctfyError) {
-        let paused = try pausedAncestors()
+    /// FAILED_PRECONDITION naming the paused ancestors when there are any
+    /// (`paused`: as `pausedAncestors` just read them): what `action` (e.g.
+    /// "resumed") cannot be done below them.
+    func refuseUnderPausedAncestors(_ action: String, _ known: [ContainerName]? = nil) throws(LmctfyError) {
+        let paused: [ContainerName]
+        if let known { paused = known } else { paused = try pausedAncestors() }
         guard let top = paused.first else { return }
         let names = paused.map { "\"\($0)\"" }.joined(separator: ", ")
         throw .failedPrecondition("Container \"\(name)\" cannot be \(action) while \(paused.count == 1 ? "its ancestor" : "its ancestors") "

@@ -34,14 +34,20 @@ extension ContainerApi {
             // anything is destroyed. Paused containers inside the tree are
             // resumed first, outermost first, or the kill of one below
             // another could not thaw it.
+            // Ancestors first: a top-level container has none to read, so a
+            // plain destroy reads nothing more than it did.
             let tree = [name] + subs
-            func hasTasks(_ n: ContainerName) throws(LmctfyError) -> Bool {
-                do { return try !driver.tasksDir(n).readPids("cgroup.procs").isEmpty } catch where error.code == .notFound { return false }
+            let paused = try Container(name: name, api: self).pausedAncestors()
+            if !paused.isEmpty {
+                func hasTasks(_ n: ContainerName) throws(LmctfyError) -> Bool {
+                    do { return try !driver.tasksDir(n).readPids("cgroup.procs").isEmpty } catch where error.code == .notFound { return false }
+                }
+                var anyTasks = false
+                for n in tree where !anyTasks { anyTasks = try hasTasks(n) }
+                if anyTasks { try Container(name: name, api: self).refuseUnderPausedAncestors("destroyed", paused) }
             }
-            var anyTasks = false
-            for n in tree where !anyTasks { anyTasks = try hasTasks(n) }
-            if anyTasks { try Container(name: name, api: self).refuseUnderPausedAncestors("destroyed") }
-            try resumeTree(tree)
+            // A container without subcontainers thaws itself in its kill.
+            if !subs.isEmpty { try resumeTree(tree) }
             for (i, sub) in subs.reversed().enumerated() {
                 Progress.report("\(name): destroying \(sub) (\(i + 1) of \(subs.count + 1) containers)")
                 _ = try destroyOne(sub)

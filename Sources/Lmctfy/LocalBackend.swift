@@ -266,7 +266,8 @@ public struct LocalBackend: ContainerBackend {
             // thaw it (its processes are being killed anyway).
             try c.refuseUnderPausedAncestors("emptied")
             let subs = try c.subcontainers(recursive: true)
-            try api.resumeTree([c.name] + subs)
+            // A container without subcontainers thaws itself in its kill.
+            if !subs.isEmpty { try api.resumeTree([c.name] + subs) }
             for sub in subs.reversed() {
                 try api.get(sub).killAll()
             }

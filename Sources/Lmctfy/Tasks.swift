@@ -64,10 +64,17 @@ extension Container {
     /// charges a task that joins without checking pids.max (only a fork
     /// inside is refused), so the spawned child checks them once it has
     /// joined (`run -n` five times into a container of limit 1 ran five).
+    ///
+    /// A container isolates only what its parent isolates (create refuses
+    /// the rest), so they are the nearest pids directory and every one
+    /// above it below the hierarchy's root: one lookup, not two per level.
     func pidsLimitDirs() throws(LmctfyError) -> [String] {
+        guard let nearest = try driver.nearestDir(.pids, name), let root = try driver.nearestDir(.pids, .root) else { return [] }
         var out: [String] = []
-        for candidate in name.selfAndAncestors where !candidate.isRoot {
-            if try driver.isolates(.pids, candidate), let d = try driver.nearestDir(.pids, candidate) { out.append(d.path) }
+        var path = nearest.path
+        while path.hasPrefix(root.path + "/") {
+            out.append(path)
+            path = String(path[..<path.lastIndex(of: "/")!])
         }
         return out
     }

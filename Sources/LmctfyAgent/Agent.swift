@@ -159,8 +159,8 @@ public final class Agent: @unchecked Sendable {
     /// FAILED_PRECONDITION naming its pid. Returns the descriptor.
     static func lockStateDir(_ stateDir: String) throws(LmctfyError) -> Int32 {
         let path = stateDir + "/agent.lock"
-        let (fd, e) = Sys.retry { Glibc.open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0o600) }
-        guard fd >= 0 else { throw SystemError("open", path, e).lmctfy(.failedPrecondition, "Cannot lock the state_dir") }
+        let fd: Int32
+        do { fd = try Sys.open(path, O_RDWR | O_CREAT, mode: 0o600) } catch { throw error.lmctfy(.failedPrecondition, "Cannot lock the state_dir") }
         let (r, le) = Sys.retry { Sys.flockExclusiveNow(fd) }
         if r < 0 {
             let holder = (try? Sys.readAll(fd, path: path, maxBytes: 64)).map { String(decoding: $0, as: UTF8.self).trimmingWhitespace } ?? ""
