@@ -142,7 +142,9 @@ public enum LmctfyCLI {
                 do {
                     api = try environment.makeBackend()
                 } catch {
-                    stderr.write("Failed to create a lmctfy instance with error '\(error.message)'\n")
+                    stderr.write(environment.reportsInstanceFailure
+                        ? "Failed to create a lmctfy instance with error '\(error.message)'\n"
+                        : "Command exited with error message: \(error.code.rawValue): \(error.message)\n")
                     return error.code.rawValue
                 }
                 output = try ProgressLine.around(stderr: stderr) { try body(api, call) }

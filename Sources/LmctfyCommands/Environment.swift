@@ -32,6 +32,11 @@ public struct CLIEnvironment: Sendable {
     /// it adds after the verbs and flags (lmctl: its own verbs and flags).
     public var rootHelpHeader: String?
     public var rootHelpFooter = ""
+    /// Whether a failure of `makeBackend` is reported as the original's
+    /// "Failed to create a lmctfy instance" (lmctfy: CL1 could not start on
+    /// this machine) or as any command's failure is (lmctl: the agent could
+    /// not be reached, said as its own verbs say it).
+    public var reportsInstanceFailure = true
 
     /// An environment over `makeBackend`; without `initMachine`, `init` is
     /// refused with UNIMPLEMENTED.

@@ -267,9 +267,8 @@ public enum LmctlCLI {
         }
         // top without --host: every (matching) host's containers at once.
         if verb == "top" && o.host == nil {
-            var w = o.words
-            w.remove(at: w.firstIndex(of: "top")!)
-            return TopCommand.run(w, dial: dialPeer, fleet: o.hosts ?? "", stdout: stdout, stderr: stderr)
+            guard let w = ownVerbWords(o.words, stderr) else { return StatusCode.invalidArgument.rawValue }
+            return TopCommand.run(Array(w.dropFirst()), dial: dialPeer, fleet: o.hosts ?? "", stdout: stdout, stderr: stderr)
         }
         if let host = o.host {
             return runVerb(o.words, dial: routed(dialPeer, to: host), host: host, stdout: stdout, stderr: stderr)
@@ -288,7 +287,8 @@ public enum LmctlCLI {
         }
         // Migration between two hosts: lmctl drives it through the controller.
         if verb == "migrate" && o.host == nil && o.hosts == nil {
-            return MovingCommands.migrateThroughController(o.words, dial: dialPeer, stdout: stdout, stderr: stderr)
+            guard let w = ownVerbWords(o.words, stderr) else { return StatusCode.invalidArgument.rawValue }
+            return MovingCommands.migrateThroughController(w, dial: dialPeer, stdout: stdout, stderr: stderr)
         }
         // Help and version never call anyone; every other verb is a host's.
         let helpWords: Set<String> = ["help", "-h", "--help", "-V", "--version"]
@@ -306,10 +306,15 @@ public enum LmctlCLI {
 
     /// The verb: the first word that is neither a flag nor a flag's value.
     static func commandWord(_ words: [String]) -> String? {
+        commandIndex(words).map { words[$0] }
+    }
+
+    /// Where the verb is in the words.
+    static func commandIndex(_ words: [String]) -> Int? {
         var i = 0
         while i < words.count {
             let w = words[i]
-            if w == "--" { return i + 1 < words.count ? words[i + 1] : nil }
+            if w == "--" { return i + 1 < words.count ? i + 1 : nil }
             if ["-o", "-c", "--lmctfy_output_style", "--lmctfy_config"].contains(w) {
                 i += 2
                 continue
@@ -318,8 +323,20 @@ public enum LmctlCLI {
                 i += 1
                 continue
             }
-            return w
+            return i
         }
+        return nil
+    }
+
+    /// The words from one of lmctl's own verbs on (top, snapshot, migrate,
+    /// checkpoint, restore), which print text and take none of lmctfy's
+    /// flags: nil, after a usage error, when such a flag comes before the
+    /// verb (`lmctl -o json snapshot export` was read as a restore).
+    static func ownVerbWords(_ words: [String], _ stderr: any ByteSink) -> [String]? {
+        guard let at = commandIndex(words) else { return words }
+        guard at > 0 && words[..<at] != ["--"] else { return Array(words[at...]) }
+        let before = words[..<at].joined(separator: " ")
+        _ = usageError("\(words[at]) prints text and takes none of lmctfy's flags: drop \"\(before)\" before it", stderr)
         return nil
     }
 
@@ -381,12 +398,12 @@ public enum LmctlCLI {
             return PolicyCommands.create(words, dial: dial, stdout: stdout, stderr: stderr)
         }
         if commandWord(words) == "top" {
-            var w = words
-            w.remove(at: w.firstIndex(of: "top")!)
-            return TopCommand.run(w, dial: dial, stdout: stdout, stderr: stderr)
+            guard let w = ownVerbWords(words, stderr) else { return StatusCode.invalidArgument.rawValue }
+            return TopCommand.run(Array(w.dropFirst()), dial: dial, stdout: stdout, stderr: stderr)
         }
         if let verb = commandWord(words), MovingCommands.verbs.contains(verb) {
-            return MovingCommands.run(words, dial: dial, stdout: stdout, stderr: stderr)
+            guard let w = ownVerbWords(words, stderr) else { return StatusCode.invalidArgument.rawValue }
+            return MovingCommands.run(w, dial: dial, stdout: stdout, stderr: stderr)
         }
         // The agent's machine is the one every verb acts on, `init` included.
         var environment = CLIEnvironment(
@@ -396,6 +413,9 @@ public enum LmctlCLI {
         environment.programName = "lmctl"
         environment.rootHelpHeader = usage + "\n"
         environment.rootHelpFooter = rootHelpFooter
+        // An agent that cannot be reached is a failure like any other here,
+        // reported as lmctl's own verbs report it.
+        environment.reportsInstanceFailure = false
         // `image ...`: the agent's image store, archives streamed in chunks.
         environment.makeImages = { () throws(LmctfyError) in RemoteImages(client: try dial()) }
         return LmctfyCLI.run(arguments: words, stdout: stdout, stderr: stderr, environment: environment)

@@ -147,3 +147,31 @@ import Testing
         #expect(lmctl(["-o", "json", "info"]).status == 14)
     }
 }
+
+extension LmctlArgumentTests {
+    /// lmctfy's flags before one of lmctl's own verbs (which print text):
+    /// `-o json snapshot export` was run as a restore ("usage: restore DIR"),
+    /// `-o json top` said "Unknown flag". Now each names the verb and the
+    /// words to drop, with 3, before any dial; after `--` the verb runs.
+    @Test(arguments: [["top"], ["snapshot", "export", "/a"], ["migrate", "/a", "--to", "unix:///nonexistent/t.sock"],
+                      ["checkpoint", "/a", "/tmp/d"], ["restore", "/tmp/d"]])
+    func lmctfyFlagsBeforeOwnVerbsAreNamed(_ verb: [String]) {
+        let r = lmctl(["-o", "json"] + verb)
+        #expect(r.status == 3, "\(r)")
+        #expect(r.stderr == "lmctl: \(verb[0]) prints text and takes none of lmctfy's flags: drop \"-o json\" before it\n", "\(r)")
+        // `--` before the verb is no flag: it reaches the (missing) agent.
+        if verb[0] != "top" { #expect(lmctl(["--"] + verb).status == 14) }
+    }
+
+    /// An agent that cannot be reached is reported alike by every verb,
+    /// lmctfy's as lmctl's own: not as the original's "Failed to create a
+    /// lmctfy instance", which is lmctfy's (CL1 not starting on its machine).
+    @Test func anUnreachableAgentIsReportedAlike() {
+        for args in [["list", "containers"], ["destroy", "/a"], ["info"], ["snapshot", "export", "/a"], ["image", "list"]] {
+            let r = lmctl(args)
+            #expect(r.status == 14, "\(args): \(r)")
+            #expect(r.stderr.hasPrefix("Command exited with error message: 14: cannot connect to the agent"), "\(args): \(r)")
+            #expect(!r.stderr.contains("lmctfy instance"), "\(args): \(r)")
+        }
+    }
+}
