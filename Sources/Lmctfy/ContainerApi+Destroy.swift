@@ -38,13 +38,8 @@ extension ContainerApi {
             // plain destroy reads nothing more than it did.
             let tree = [name] + subs
             let paused = try Container(name: name, api: self).pausedAncestors()
-            if !paused.isEmpty {
-                func hasTasks(_ n: ContainerName) throws(LmctfyError) -> Bool {
-                    do { return try !driver.tasksDir(n).readPids("cgroup.procs").isEmpty } catch where error.code == .notFound { return false }
-                }
-                var anyTasks = false
-                for n in tree where !anyTasks { anyTasks = try hasTasks(n) }
-                if anyTasks { try Container(name: name, api: self).refuseUnderPausedAncestors("destroyed", paused) }
+            if !paused.isEmpty, try anyHasTasks(tree) {
+                try Container(name: name, api: self).refuseUnderPausedAncestors("destroyed", paused)
             }
             // A container without subcontainers thaws itself in its kill.
             if !subs.isEmpty { try resumeTree(tree) }
@@ -61,6 +56,18 @@ extension ContainerApi {
     /// Asks the kernel to thaw each of `names` (parents before children)
     /// that is paused itself; one gone meanwhile is skipped. Does not wait:
     /// each kill that follows freezes, kills and thaws, and waits for that.
+    /// Whether any of the containers has a process (one gone meanwhile has none).
+    func anyHasTasks(_ names: [ContainerName]) throws(LmctfyError) -> Bool {
+        for n in names {
+            do {
+                if try !driver.tasksDir(n).readPids("cgroup.procs").isEmpty { return true }
+            } catch where error.code == .notFound {
+                continue
+            }
+        }
+        return false
+    }
+
     func resumeTree(_ names: [ContainerName]) throws(LmctfyError) {
         for n in names {
             do {

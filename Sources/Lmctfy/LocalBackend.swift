@@ -261,11 +261,17 @@ public struct LocalBackend: ContainerBackend {
         try refuseRoot(c.name, "Killing every process of the root container \"/\" is not allowed")
         if recursive {
             // Below a paused ancestor nothing can be emptied: refused before
-            // anything is touched. A paused container inside the tree is
-            // resumed first, outermost first, so that each one's kill can
-            // thaw it (its processes are being killed anyway).
-            try c.refuseUnderPausedAncestors("emptied")
+            // anything is touched, as destroy does, when there is anything
+            // to kill (a tree without processes is left as it is). A paused
+            // container inside the tree is resumed first, outermost first,
+            // so that each one's kill can thaw it (its processes are being
+            // killed anyway).
             let subs = try c.subcontainers(recursive: true)
+            let paused = try c.pausedAncestors()
+            if !paused.isEmpty {
+                guard try api.anyHasTasks([c.name] + subs) else { return }
+                try c.refuseUnderPausedAncestors("emptied", paused)
+            }
             // A container without subcontainers thaws itself in its kill.
             if !subs.isEmpty { try api.resumeTree([c.name] + subs) }
             for sub in subs.reversed() {

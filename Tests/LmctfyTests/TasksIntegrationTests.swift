@@ -273,6 +273,29 @@ struct TasksIntegrationTests {
         }
     }
 
+    /// Below a paused ancestor, a tree without processes has nothing that
+    /// could not die: killall -r leaves it as it is (it refused, while
+    /// killall and destroy did not), and destroy removes it.
+    @Test func anEmptyTreeBelowAPausedAncestorIsNotRefused() throws {
+        try withTestContainer(api) { name in
+            let mid = try ContainerName.resolve("mid", relativeTo: name)
+            let leaf = try ContainerName.resolve("leaf", relativeTo: mid)
+            let below = try ContainerName.resolve("below", relativeTo: leaf)
+            for n in [name, mid, leaf, below] { try api.create(n, spec: ContainerSpec()) }
+            let backend = LocalBackend(api: api, callerPid: getpid())
+            try api.get(leaf).setFrozen(true)
+            try api.get(name).setFrozen(true)
+            try backend.killAll(mid.description, recursive: true)
+            try backend.killAll(leaf.description, recursive: false)
+            // Nothing thawed: the leaf is still paused itself.
+            #expect(try api.get(below).pausedAncestors() == [name, leaf])
+            #expect(try api.get(mid).isFrozen())
+            try api.destroy(mid)
+            #expect(try !api.exists(mid) && !api.exists(leaf) && !api.exists(below))
+            try api.get(name).setFrozen(false)
+        }
+    }
+
     /// A priority whose oom_score_adj is below 0 needs CAP_SYS_RESOURCE in
     /// every process the container starts. Without it (this VM's root has
     /// none) the create is refused with 7 and leaves nothing; it used to
