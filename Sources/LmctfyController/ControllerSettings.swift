@@ -56,15 +56,7 @@ public struct ControllerSettings: Sendable {
     init(_ c: ControllerConfig, source: String) throws(LmctfyError) {
         config = c
         unixSocketPath = c.unixSocketPath ?? "/run/lmctfy/controller.sock"
-        guard unixSocketPath.hasPrefix("/") else {
-            throw .invalidArgument("\(source): unix_socket_path \"\(unixSocketPath)\" must be absolute")
-        }
-        guard unixSocketPath.utf8.count <= UnixSocketAddress.maxPathBytes else {
-            throw .invalidArgument("\(source): unix_socket_path is \(unixSocketPath.utf8.count) bytes; a Unix socket's path holds at most \(UnixSocketAddress.maxPathBytes)")
-        }
-        let mode = c.unixSocketMode ?? 0o660
-        guard mode <= 0o777 else { throw .invalidArgument("\(source): unix_socket_mode \(String(mode, radix: 8)) is not a file mode") }
-        unixSocketMode = mode_t(mode)
+        unixSocketMode = try UnixSocketAddress.checkConfigured(path: unixSocketPath, mode: c.unixSocketMode ?? 0o660, source: source)
         if let group = c.allowedGroup {
             guard let g = getgrnam(group) else { throw .invalidArgument("\(source): allowed_group \"\(group)\" does not exist") }
             allowedGid = g.pointee.gr_gid

@@ -60,6 +60,20 @@ public struct UnixSocketAddress: Sendable {
         self.length = socklen_t(MemoryLayout<sa_family_t>.size + bytes.count + 1)
     }
 
+    /// A listening socket's `unix_socket_path` and `unix_socket_mode` as a
+    /// configuration (`source`) gives them, checked as --check-config must:
+    /// the path absolute and short enough to bind (a longer one failed only
+    /// at start, after the agent's whole restart recovery), the mode a file
+    /// mode. Returns the mode.
+    public static func checkConfigured(path: String, mode: UInt32, source: String) throws(LmctfyError) -> mode_t {
+        guard path.hasPrefix("/") else { throw .invalidArgument("\(source): unix_socket_path \"\(path)\" must be absolute") }
+        guard path.utf8.count <= maxPathBytes else {
+            throw .invalidArgument("\(source): unix_socket_path is \(path.utf8.count) bytes; a Unix socket's path holds at most \(maxPathBytes)")
+        }
+        guard mode <= 0o777 else { throw .invalidArgument("\(source): unix_socket_mode \(String(mode, radix: 8)) is not a file mode") }
+        return mode_t(mode)
+    }
+
     /// Calls `body` with the address as the `sockaddr` pointer and length
     /// that bind(2) and connect(2) take; the pointer is valid only inside.
     public func withSockaddr<R, E: Error>(_ body: (UnsafePointer<sockaddr>, socklen_t) throws(E) -> R) throws(E) -> R {
