@@ -17,7 +17,7 @@ import LmctfyRPC
 import LmctfySystem
 
 enum EventsCommand {
-    static let usage = "usage: lmctl events [-f] [--after BOOT:SEQ] [--kind KIND ...] [-r] [-o json] [--host NAME | --hosts SELECTOR] [NAME]"
+    static let usage = LmctlCLI.usageLine("events")
     /// Events a follower lets the agent send ahead of what it has printed.
     static let window: UInt32 = 256
 
@@ -65,7 +65,7 @@ enum EventsCommand {
                 guard o.request.name == nil else {
                     // `stats -f` arrives here as the events it follows.
                     let verb = o.request.kinds == [.containerEventStats] && o.follow ? "stats -f" : "events"
-                    throw .invalidArgument("\(verb) takes one container name\n\(verb == "events" ? usage : "usage: lmctl stats -f [-o json] [NAME]")")
+                    throw .invalidArgument("\(verb) takes one container name\n\(LmctlCLI.usageLine(verb == "events" ? "events" : "stats"))")
                 }
                 o.request.name = w
             }

@@ -113,6 +113,12 @@ public enum LmctlCLI {
          "At a controller: its hosts, with each connected host's policy."),
     ]
 
+    /// `usage: lmctl SYNOPSIS` of a verb's first line in ownVerbHelp (what
+    /// its refusals print, so help and refusal say the same).
+    static func usageLine(_ verb: String) -> String {
+        "usage: lmctl " + (ownVerbHelp.first { $0.verb == verb }?.synopsis ?? verb)
+    }
+
     /// The root help's part after lmctfy's verbs and flags: lmctl's own
     /// verbs and flags, and what its exit status is.
     static let rootHelpFooter: String = {

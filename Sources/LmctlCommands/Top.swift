@@ -27,7 +27,7 @@ import LmctfyRPC
 import LmctfySystem
 
 enum TopCommand {
-    static let usage = "usage: lmctl top [--once] [-r] [--sort cpu|mem|procs|name] [NAME]"
+    static let usage = LmctlCLI.usageLine("top")
 
     enum SortKey: String, CaseIterable, Sendable {
         case cpu, mem, procs, name
