@@ -450,18 +450,8 @@ public struct ImageStore: ImageBackend {
         try Self.loadArchiveLibrary()
         // A device, FIFO or symlink (/dev/null, /dev/stdout) is written in
         // place; a rename over it would replace it with a file.
-        let inPlace = Sys.isWrittenInPlace(archivePath)
-        let temp = inPlace ? archivePath : archivePath + ".tmp-\(try uniqueToken())"
-        do throws(LmctfyError) {
-            try Self.pack(rootfs, to: temp, compression: Compression(forPath: archivePath))
-            do {
-                if !inPlace { try Sys.rename(temp, archivePath) }
-            } catch {
-                throw error.lmctfy(.failedPrecondition, "Cannot write \"\(archivePath)\"")
-            }
-        } catch {
-            if !inPlace { try? Sys.unlink(temp) }
-            throw error
+        try Sys.producingOutputFile(archivePath, token: try uniqueToken()) { (target, _) throws(LmctfyError) in
+            try Self.pack(rootfs, to: target, compression: Compression(forPath: archivePath))
         }
     }
 

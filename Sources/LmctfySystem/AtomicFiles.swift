@@ -61,6 +61,27 @@ extension Sys {
         try writeAll(fd, bytes)
     }
 
+    /// Makes an output file a user names with `body`, which writes the file
+    /// at the path it is given: where `isWrittenInPlace`, `path` itself
+    /// (`inPlace` true: it exists, open it without O_CREAT); otherwise a
+    /// temporary beside it (`path.tmp-TOKEN`), renamed over `path` once
+    /// `body` returns and removed if it throws, so a failed export leaves
+    /// neither a partial file nor a temporary.
+    public static func producingOutputFile(_ path: String, token: String,
+                                           _ body: (_ target: String, _ inPlace: Bool) throws(LmctfyError) -> Void) throws(LmctfyError) {
+        let inPlace = isWrittenInPlace(path)
+        let target = inPlace ? path : path + ".tmp-\(token)"
+        do throws(LmctfyError) {
+            try body(target, inPlace)
+            if !inPlace {
+                do { try rename(target, path) } catch { throw error.lmctfy(.failedPrecondition, "Cannot write \"\(path)\"") }
+            }
+        } catch {
+            if !inPlace { try? unlink(target) }
+            throw error
+        }
+    }
+
     /// fsync(2) of a directory: the renames and unlinks made in it so far
     /// survive a machine crash.
     public static func syncDirectory(_ directory: String) throws(SystemError) {

@@ -92,23 +92,22 @@ public final class RemoteImages: ImageBackend, @unchecked Sendable {
             : archivePath.hasSuffix(".xz") || archivePath.hasSuffix(".txz") ? "xz" : ""
         // A device, FIFO or symlink (/dev/null, /dev/stdout) is written in
         // place; a rename over it would replace it with a file.
-        let inPlace = Sys.isWrittenInPlace(archivePath)
-        let temp = inPlace ? archivePath : archivePath + ".tmp-\(getpid())"
-        let fd: Int32
-        do {
-            fd = inPlace ? try Sys.open(archivePath, O_WRONLY | O_TRUNC) : try Sys.open(temp, O_WRONLY | O_CREAT | O_TRUNC, mode: 0o644)
-        } catch {
-            throw error.lmctfy(.failedPrecondition, "Cannot create \"\(archivePath)\"")
-        }
-        var transfer: String?
-        do throws(LmctfyError) {
+        try Sys.producingOutputFile(archivePath, token: String(getpid())) { (target, inPlace) throws(LmctfyError) in
+            let fd: Int32
+            do throws(SystemError) {
+                fd = inPlace ? try Sys.open(target, O_WRONLY | O_TRUNC) : try Sys.open(target, O_WRONLY | O_CREAT | O_TRUNC, mode: 0o644)
+            } catch {
+                throw error.lmctfy(.failedPrecondition, "Cannot create \"\(archivePath)\"")
+            }
+            defer { close(fd) }
+            var transfer: String?
             var offset: UInt64 = 0
             while true {
                 let r = try client.call(AgentMethods.exportImage, ExportImageRequest(
                     name: name, transferId: transfer, offset: offset, maxBytes: UInt32(Self.chunk), compression: compression))
                 transfer = r.transferId
                 guard r.offset ?? 0 == offset else { throw .internalError("the agent sent offset \(r.offset ?? 0), not \(offset)") }
-                do {
+                do throws(SystemError) {
                     try Sys.writeAll(fd, r.data ?? [])
                 } catch {
                     throw error.lmctfy(.failedPrecondition, "Cannot write \"\(archivePath)\"")
@@ -118,16 +117,6 @@ public final class RemoteImages: ImageBackend, @unchecked Sendable {
                 if r.done == true { break }
                 guard !(r.data ?? []).isEmpty else { throw .internalError("the agent sent an empty chunk before the end") }
             }
-            close(fd)
-            do {
-                if !inPlace { try Sys.rename(temp, archivePath) }
-            } catch {
-                throw error.lmctfy(.failedPrecondition, "Cannot write \"\(archivePath)\"")
-            }
-        } catch {
-            close(fd)
-            if !inPlace { try? Sys.unlink(temp) }
-            throw error
         }
     }
 

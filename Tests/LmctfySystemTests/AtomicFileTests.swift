@@ -74,6 +74,44 @@ import Testing
         #expect(try Sys.readFile("/etc/passwd").hasPrefix("root:"))
     }
 
+    static func lmctfy(_ body: () throws(SystemError) -> Void) throws(LmctfyError) {
+        do { try body() } catch { throw error.lmctfy(.internal, "writing") }
+    }
+
+    /// What the exports (lmctl's and lmctfy's image export) write through:
+    /// a regular file's path gets a temporary renamed over it, removed when
+    /// the writer fails (the old file kept); a symlink is written through.
+    @Test func producingAnOutputFileLeavesNoTemporary() throws {
+        let dir = try tempDir()
+        defer { for f in (try? Sys.subdirectoriesAndFiles(dir)) ?? [] { unlink(dir + "/" + f) }; rmdir(dir) }
+        let path = dir + "/out"
+        try Sys.writeFileAtomically(path, Array("old".utf8))
+        #expect(throws: LmctfyError.self) {
+            try Sys.producingOutputFile(path, token: "t") { (target, inPlace) throws(LmctfyError) in
+                #expect(target == path + ".tmp-t" && !inPlace)
+                try Self.lmctfy { () throws(SystemError) in try Sys.writeFileAtomically(target, Array("partial".utf8)) }
+                throw .unavailable("the writer failed")
+            }
+        }
+        #expect(try Sys.readFile(path) == "old")
+        #expect(try Sys.subdirectoriesAndFiles(dir) == ["out"])
+        try Sys.producingOutputFile(path, token: "t") { (target, _) throws(LmctfyError) in
+            try Self.lmctfy { () throws(SystemError) in try Sys.writeFileAtomically(target, Array("new".utf8)) }
+        }
+        #expect(try Sys.readFile(path) == "new")
+        #expect(symlink(path, dir + "/link") == 0)
+        try Sys.producingOutputFile(dir + "/link", token: "t") { (target, inPlace) throws(LmctfyError) in
+            #expect(target == dir + "/link" && inPlace)
+            try Self.lmctfy { () throws(SystemError) in
+                let fd = try Sys.open(target, O_WRONLY | O_TRUNC)
+                defer { close(fd) }
+                try Sys.writeAll(fd, Array("through".utf8))
+            }
+        }
+        #expect(try Sys.readFile(path) == "through")
+        #expect(try Sys.subdirectoriesAndFiles(dir).sorted() == ["link", "out"])
+    }
+
     @Test func linkStatusDoesNotFollowAndSaysNilForNothing() throws {
         let dir = try tempDir()
         defer { unlink(dir + "/l"); rmdir(dir) }
