@@ -44,7 +44,7 @@ public enum LmctfyCLI {
     /// so an inline binary protobuf spec arrives unchanged, and returns the exit
     /// status. Output goes to `stdout` only on success; diagnostics to `stderr`.
     public static func run(
-        rawArguments: [[UInt8]], stdout: any ByteSink, stderr: any ByteSink, environment: CLIEnvironment
+        rawArguments: [[UInt8]], stdout standardOutput: any ByteSink, stderr: any ByteSink, environment: CLIEnvironment
     ) -> Int32 {
         let args = rawArguments.map { String(decoding: $0, as: UTF8.self) }
         var flags = Flags()
@@ -96,14 +96,31 @@ public enum LmctfyCLI {
             i += 1
         }
 
+        // --lmctfy_output_fd=N: output to that descriptor, which must be open.
+        let stdout: any ByteSink
+        if let fd = flags.outputFd {
+            guard fcntl(fd, F_GETFD) != -1 else {
+                stderr.write("Flag --lmctfy_output_fd=\(fd): descriptor \(fd) is not open\n")
+                return StatusCode.invalidArgument.rawValue
+            }
+            stdout = FileDescriptorSink(fd: fd)
+        } else {
+            stdout = standardOutput
+        }
+
         // -h and -V win over everything else, as in the original (D2: help
         // that was asked for goes to stdout and succeeds).
         if flags.help {
             stdout.write(leaf.map { usageLine(environment, path, $0) } ?? usage(environment, menu, path))
             return 0
         }
-        if flags.version {
+        if flags.version || flags.versionLong {
             stdout.write("\(environment.programName) version \(LmctfyVersion.string)\n")
+            if flags.versionLong { stdout.write(LmctfyVersion.details) }
+            return 0
+        }
+        if let style = flags.commandTree {
+            stdout.write(commandTree(CommandTree.root, style))
             return 0
         }
         guard let leaf else {
@@ -197,6 +214,24 @@ public enum LmctfyCLI {
             out += globalHelp(programName: environment.programName)
             out += environment.rootHelpFooter
         }
+        return out
+    }
+
+    /// `--lmctfy_print_cmd_tree`: every command word, indented by its
+    /// depth; `_long`: each verb with its synopsis and summary too.
+    static func commandTree(_ root: Menu, _ style: Flags.CommandTreeStyle) -> String {
+        var out = ""
+        func add(_ node: CommandNode, _ depth: Int) {
+            let indent = String(repeating: "  ", count: depth)
+            switch node {
+            case .menu(let m):
+                out += indent + m.name + "\n"
+                for child in m.children { add(child, depth + 1) }
+            case .leaf(let l):
+                out += indent + l.name + (style == .long ? " \(l.synopsis)\n\(indent)    \(l.summary)\n" : "\n")
+            }
+        }
+        for child in root.children { add(child, 0) }
         return out
     }
 

@@ -18,6 +18,31 @@ struct Flags: Sendable {
     var style = OutputStyle.pairs
     var help = false
     var version = false
+    /// `--lmctfy_version_long`: the version with what this build is.
+    var versionLong = false
+    /// `--lmctfy_print_cmd_tree[_long]`: the command tree (long: with each
+    /// verb's synopsis and summary) instead of running anything.
+    var commandTree: CommandTreeStyle?
+    /// `--lmctfy_output_fd=N`: a command's output (and asked-for help) goes
+    /// to descriptor N instead of standard output.
+    var outputFd: Int32?
+
+    enum CommandTreeStyle: Sendable { case short, long }
+
+    /// The original's flags for its namespace helpers and its kill loop,
+    /// which this implementation has no use for (no nscon or nsinit
+    /// binaries; killall freezes, kills and thaws in bounded rounds of its
+    /// own, D9): checked and accepted, so that scripts written for the
+    /// original keep working, and otherwise without effect (README
+    /// "Flags").
+    static let acceptedWithoutEffect: [String: Accepted] = [
+        "lmctfy_use_namespaces": .bool,
+        "nscon_path": .path, "nsinit_path": .path,
+        "nsinit_uid": .count, "nsinit_gid": .count,
+        "lmctfy_num_tries_for_unkillable": .count, "lmctfy_ms_delay_between_kills": .count,
+    ]
+
+    enum Accepted: Sendable { case bool, path, count }
 
     /// Parses the flag at `args[i]` (which starts with `-` and is not `--`);
     /// returns how many arguments it used (a value may be the next one).
@@ -92,8 +117,30 @@ struct Flags: Sendable {
             let (v, used) = try value()
             style = try Self.style(v)
             return used
+        case "lmctfy_version_long": versionLong = try bool()
+        case "lmctfy_print_cmd_tree": if try bool() { commandTree = .short }
+        case "lmctfy_print_cmd_tree_long": if try bool() { commandTree = .long }
+        case "lmctfy_output_fd":
+            let (v, used) = try value()
+            guard let fd = Int32(v), fd >= 0 else { throw UsageError(message: "Flag --lmctfy_output_fd takes a descriptor number, not \"\(v)\"") }
+            outputFd = fd
+            return used
         default:
-            throw UsageError(message: "Unknown flag \"\(args[i])\"")
+            guard let kind = Self.acceptedWithoutEffect[String(name)] else {
+                throw UsageError(message: "Unknown flag \"\(args[i])\"")
+            }
+            switch kind {
+            case .bool:
+                _ = try bool()
+            case .path:
+                let (v, used) = try value()
+                guard v.hasPrefix("/") else { throw UsageError(message: "Flag --\(name) takes an absolute path, not \"\(v)\"") }
+                return used
+            case .count:
+                let (v, used) = try value()
+                guard let n = Int64(v), n >= 0 else { throw UsageError(message: "Flag --\(name) takes a number, not \"\(v)\"") }
+                return used
+            }
         }
         return 1
     }

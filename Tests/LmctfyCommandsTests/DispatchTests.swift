@@ -1,5 +1,6 @@
 // The command line itself, in-process and without root: dispatch, help and
 // usage, flags, argument counts, exit codes (lmctfy-behaviour.md §1.1, D1, D2).
+import Glibc
 import Lmctfy
 @testable import LmctfyCommands
 import LmctfySystem
@@ -111,6 +112,46 @@ import Testing
         #expect(r.stderr.contains("usage: lmctfy list containers [-r] [<container name>]"))
         // The hint about combining only where the flag looks combined.
         #expect(r.stderr.contains("short flags cannot be combined") == (flag == "-rf"), "\(r.stderr)")
+    }
+
+    /// The original's rarer long flags: the command tree, the long version,
+    /// output to another descriptor; those of its namespace helpers and
+    /// kill loop are checked and accepted without effect. They were all
+    /// "Unknown flag" (3), which broke scripts written for the original.
+    @Test func theOriginalsRarerLongFlags() throws {
+        var r = machine.run("--lmctfy_print_cmd_tree")
+        #expect(r.status == 0 && r.stderr.isEmpty, "\(r)")
+        #expect(r.stdout.hasPrefix("create\ndestroy\ndetect\nenter\nimage\n  export\n"), "\(r.stdout)")
+        #expect(r.stdout.contains("\nnotify\n  container\n    empty\n  memory\n    oom\n    threshold\n"), "\(r.stdout)")
+        r = machine.run("--lmctfy_print_cmd_tree_long")
+        #expect(r.status == 0)
+        #expect(r.stdout.contains("\nlist\n  containers [-r] [<container name>]\n      List subcontainers"), "\(r.stdout)")
+        r = machine.run("--lmctfy_version_long")
+        #expect(r.status == 0 && r.stdout == "lmctfy version \(LmctfyVersion.string)\n\(LmctfyVersion.details)", "\(r)")
+
+        // Output to an open descriptor (a pipe here), nothing on stdout.
+        var fds: [Int32] = [0, 0]
+        #expect(pipe(&fds) == 0)
+        defer { close(fds[0]) }
+        r = machine.run("--lmctfy_output_fd=\(fds[1])", "detect")
+        close(fds[1])
+        #expect(r.status == 0 && r.stdout.isEmpty, "\(r)")
+        var buf = [UInt8](repeating: 0, count: 256)
+        let n = read(fds[0], &buf, buf.count)
+        #expect(n > 0 && String(decoding: buf[0..<max(n, 0)], as: UTF8.self).hasPrefix("name=\""), "\(n)")
+        // A descriptor that is not open, or not a number: 3, nothing done.
+        r = machine.run("--lmctfy_output_fd", "1000", "detect")
+        #expect(r.status == 3 && r.stderr == "Flag --lmctfy_output_fd=1000: descriptor 1000 is not open\n", "\(r)")
+        r = machine.run("--lmctfy_output_fd=x", "detect")
+        #expect(r.status == 3 && r.stderr.hasPrefix("Flag --lmctfy_output_fd takes a descriptor number"), "\(r)")
+
+        r = machine.run("--lmctfy_use_namespaces=false", "--nscon_path", "/usr/local/bin/lmctfy-nscon", "--nsinit_uid=65534",
+                        "--lmctfy_num_tries_for_unkillable=3", "--lmctfy_ms_delay_between_kills", "250", "detect")
+        #expect(r.status == 0 && r.stdout.hasPrefix("name=\""), "\(r)")
+        for bad in ["--nsinit_gid=-1", "--nscon_path=relative", "--lmctfy_use_namespaces=maybe"] {
+            r = machine.run(bad, "detect")
+            #expect(r.status == 3 && r.stdout.isEmpty, "\(bad): \(r)")
+        }
     }
 
     /// A `-c` file that never ends (/dev/zero) is refused once past the
