@@ -261,8 +261,12 @@ func stageManPages(into dir: String) throws {
         }
         for flag in named where flag != "--" {
             var f = Flags()
-            #expect(throws: Never.self, "lmctfy.1 names \(flag), which lmctfy does not take") {
+            // Taken: parsed, or refused for its value ("json" is no
+            // descriptor, path or number), never as an unknown flag.
+            do {
                 _ = try f.parse([flag, "json"], at: 0)
+            } catch {
+                #expect(!error.message.hasPrefix("Unknown flag"), "lmctfy.1 names \(flag), which lmctfy does not take")
             }
         }
     }
