@@ -38,7 +38,15 @@ extension ContainerApi {
             let container = Container(name: name, api: self)
             if spec.virtualHost != nil {
                 do throws(LmctfyError) {
-                    _ = try startVirtualHost(name, spec: spec, stdio: virtualHostStdio)
+                    let pid = try startVirtualHost(name, spec: spec, stdio: virtualHostStdio)
+                    // An init killed as it started (a memory limit too small
+                    // for it, a signal) closed its status pipe as an exec
+                    // does: the create said it succeeded, with init pid 1,
+                    // and left a virtual host without init.
+                    guard try container.runningInit() != nil else {
+                        throw LmctfyError(.internal, "Failed to start the init of virtual host \"\(name)\": it (pid \(pid)) "
+                                          + "exited as it started\(Self.smallLimitHint(spec))")
+                    }
                 } catch {
                     _ = try? removeLeftovers(name)
                     throw error
@@ -46,6 +54,13 @@ extension ContainerApi {
             }
             return container
         }
+    }
+
+    /// What may have killed a virtual host's init as it started: a memory
+    /// limit too small for it (the kernel's OOM killer says so in its log).
+    static func smallLimitHint(_ spec: ContainerSpec) -> String {
+        guard let limit = spec.memory?.limit, limit > 0, limit < 16 << 20 else { return "" }
+        return " (its memory limit, \(limit) bytes, may be too small for it)"
     }
 
     /// Create, holding the tree's lock. The container becomes visible

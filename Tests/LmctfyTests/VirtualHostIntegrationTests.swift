@@ -164,7 +164,49 @@ struct VirtualHostIntegrationTests {
             }
             #expect(left.isEmpty, "init's death must end every process of the virtual host, left: \(left)")
             #expect(gone(sleeper))
-            #expect(try c.initPid() == 1)  // no init: no longer a virtual host
+            // Without its init it is still a virtual host, one nothing can
+            // start in or enter: a run went to the host's namespaces and
+            // root as real root, an enter was allowed, and init_pid was 1.
+            #expect(try c.isVirtualHost())
+            func refused(_ what: String, _ body: () throws -> Void) {
+                do {
+                    try body()
+                    Issue.record("\(what) was not refused")
+                } catch {
+                    let e = error as? LmctfyError
+                    #expect(e?.code == .failedPrecondition && e?.message.contains("The init of virtual host \"\(name)\" is gone") == true,
+                            "\(what): \(error)")
+                }
+            }
+            refused("initPid") { _ = try c.initPid() }
+            refused("run") { _ = try runInside(c, "hostname > /share/ran") }
+            // A host process of the test's own (never the test itself: a
+            // regression would move it into the container destroy empties).
+            let hostSleeper = try TestProcess.spawn(["/bin/sleep", "300"])
+            defer { TestProcess.end(hostSleeper) }
+            refused("enter") { try c.enter([hostSleeper]) }
+            #expect(!Sys.exists(root.share + "/ran"))
+            try api.destroy(name)
+        }
+    }
+
+    /// An init the kernel kills as it starts (here its memory limit is one
+    /// page) is a failed create (13), with nothing left: the create said
+    /// it succeeded, with init_pid 1, and left a virtual host without init.
+    @Test func anInitKilledAsItStartsFailsTheCreate() throws {
+        let root = try BusyboxRoot("oominit")
+        try withTestContainer(api) { name in
+            var spec = vhSpec(root, hostname: nil)
+            spec.memory = MemorySpec(limit: 4096)
+            do {
+                _ = try api.create(name, spec: spec)
+                Issue.record("a virtual host whose init was killed as it started was created")
+            } catch {
+                let e = error as? LmctfyError
+                #expect(e?.code == .internal && e?.message.contains("Failed to start the init of virtual host \"\(name)\"") == true, "\(error)")
+            }
+            let exists = try api.exists(name)
+            #expect(!exists)
         }
     }
 
@@ -364,6 +406,43 @@ struct VirtualHostIntegrationTests {
             try api.destroy(name)
             guard try Net.link(outside) == nil else { throw SystemError("destroy", "\(outside) is left", EEXIST) }
             guard self.gone(initPid) else { throw SystemError("destroy", "init \(initPid) is left", EEXIST) }
+        }
+    }
+
+    /// destroy deletes the veth its virtual host made, not a later one of
+    /// the same name: after the first host's init died (its namespace took
+    /// the pair) a second host made the name again, and destroying the
+    /// first deleted the second's link.
+    @Test func destroyLeavesAVethOfTheSameNameMadeSince() throws {
+        let root = try BusyboxRoot("vethname")
+        let api = self.api
+        do {
+            try inOwnNetworkNamespace {
+                let first = try ContainerName.resolve(RealCgroups.uniqueName("veth1"), relativeTo: .root)
+                let second = try ContainerName.resolve(RealCgroups.uniqueName("veth2"), relativeTo: .root)
+                defer { _ = try? api.destroy(first); _ = try? api.destroy(second) }
+                let outside = "lmvq\(getpid() % 100000)"
+                var spec = self.vhSpec(root, hostname: nil)
+                spec.virtualHost?.network = Network(connection: Network.Connection(vethPair: Network.VethPair(outside: outside, inside: "eth0")))
+                let c = try api.create(first, spec: spec)
+                guard kill(try c.initPid(), SIGKILL) == 0 else { throw SystemError("kill", "init", errno) }
+                var left = try Net.link(outside)
+                for _ in 0..<5000 where left != nil {
+                    usleep(1000)
+                    left = try Net.link(outside)
+                }
+                guard left == nil else { throw SystemError("netns", "\(outside) outlived its namespace", EEXIST) }
+                _ = try api.create(second, spec: spec)
+                let made = try Net.link(outside)
+                try api.destroy(first)
+                guard let kept = try Net.link(outside), kept.index == made?.index else {
+                    throw SystemError("destroy", "destroying \(first) deleted \(second)'s \(outside)", ENODEV)
+                }
+                try api.destroy(second)
+                guard try Net.link(outside) == nil else { throw SystemError("destroy", "\(outside) is left", EEXIST) }
+            }
+        } catch let e as LmctfyError where e.errno == EOPNOTSUPP && e.message.contains("veth") {
+            try Test.cancel("veth pairs are not available on this kernel: \(e.message)")
         }
     }
 

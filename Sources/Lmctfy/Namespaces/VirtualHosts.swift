@@ -159,7 +159,15 @@ extension ContainerApi {
             do throws(LmctfyError) {
                 try plan.applyOutside(childPid: child.pid)
                 if case .veth(let outside, _, _) = plan.outside {
-                    try driver.tasksDir(name).setRecord(.vethOutside, outside)
+                    // With its index: destroy deletes this link, not a later one of the same name.
+                    let index: Int32
+                    do throws(SystemError) {
+                        guard let link = try Net.link(outside) else { throw SystemError("rtnetlink(getlink)", outside, ENODEV) }
+                        index = link.index
+                    } catch {
+                        throw error.lmctfy(.internal, "Failed to read back the veth \"\(outside)\" of virtual host \"\(name)\"")
+                    }
+                    try driver.tasksDir(name).setRecord(.vethOutside, "\(outside) \(index)")
                 }
             } catch {
                 child.abort()
@@ -178,9 +186,19 @@ extension ContainerApi {
     /// Destroy's part for a virtual host: the outside veth end it made
     /// (its peer went with the namespace, or goes with it now). Missing,
     /// or no longer a veth: nothing to do.
+    /// The record holds the name and the interface index it had when made
+    /// ("NAME INDEX"; older records the name alone): a veth of that name
+    /// made since (after the virtual host's namespace went, taking its
+    /// pair) is someone else's and is left alone. Deleting by name alone
+    /// cut the network of the next virtual host given that name.
     func removeVirtualHostLinks(_ name: ContainerName) throws(LmctfyError) {
-        guard name.depth == 1, let outside = try driver.tasksDir(name).record(.vethOutside) else { return }
-        if let link = try? Net.link(outside), link.kind == "veth" { try? Net.deleteLink(outside) }
+        guard name.depth == 1, let record = try driver.tasksDir(name).record(.vethOutside) else { return }
+        let parts = record.split(separator: " ")
+        guard let outside = parts.first.map(String.init) else { return }
+        let index = parts.count > 1 ? Int32(parts[1]) : nil
+        guard let link = try? Net.link(outside), link.kind == "veth" else { return }
+        if let index, link.index != index { return }
+        try? Net.deleteLink(outside)
     }
 
     /// The init's environment (nothing of the caller's leaks in).
@@ -294,18 +312,31 @@ extension Container {
         return try virtualHostInit() ?? 1
     }
 
-    /// Whether this container is (in) a virtual host.
-    public func isVirtualHost() throws(LmctfyError) -> Bool { try virtualHostInit() != nil }
+    /// Whether this container is (in) a virtual host, its init alive or not.
+    public func isVirtualHost() throws(LmctfyError) -> Bool {
+        guard let top = name.selfAndAncestors.first(where: { $0.depth == 1 }) else { return false }
+        return try driver.tasksDir(top).record(.virtualHost) != nil
+    }
 
-    /// The virtual host's init, nil for any other container.
+    /// The virtual host's init, nil for any other container. A virtual
+    /// host whose init is gone (killed, exited) is FAILED_PRECONDITION:
+    /// what would start in it or enter it has no namespaces to join, and
+    /// ran in the host's, as real root on the host's filesystem.
     func virtualHostInit() throws(LmctfyError) -> pid_t? {
         guard let top = name.selfAndAncestors.first(where: { $0.depth == 1 }) else { return nil }
         // One getxattr for an ordinary container: no /proc scan on its runs.
         guard try driver.tasksDir(top).record(.virtualHost) != nil else { return nil }
+        if let pid = try Container(name: top, api: api).runningInit() { return pid }
+        throw .failedPrecondition("The init of virtual host \"\(top)\" is gone (killed, or exited): nothing can run in "
+                                  + "it or enter it; destroy it and create it again")
+    }
+
+    /// The init of this top-level virtual host if it is running: the task
+    /// that is pid 1 one pid namespace below ours.
+    func runningInit() throws(LmctfyError) -> pid_t? {
         let ourDepth = Namespaces.nsPids(api.procRoot, getpid())?.count ?? 1
-        let topContainer = Container(name: top, api: api)
         // The init is started in the top container and never leaves it.
-        for pid in try topContainer.tasksDir.readPids("cgroup.procs") {
+        for pid in try tasksDir.readPids("cgroup.procs") {
             guard let ns = Namespaces.nsPids(api.procRoot, pid) else { continue }
             if ns.count == ourDepth + 1 && ns.last == 1 { return pid }
         }
