@@ -36,6 +36,8 @@ public struct ArchivePolicy: Sendable {
 
     /// Kinds of the paths accepted so far (relative, "/"-joined).
     private var seen: [String: Kind] = [:]
+    /// The symlinks accepted so far: path -> target text.
+    private var links: [String: String] = [:]
 
     public init() {}
 
@@ -70,6 +72,57 @@ public struct ArchivePolicy: Sendable {
         return true
     }
 
+    /// Whether a symlink target, resolved from the link's directory
+    /// `parent` as the kernel will resolve it once the image is unpacked
+    /// (through the symlinks accepted so far, `..` of a link's directory
+    /// climbing from where the link points), stays inside the root. By its
+    /// text alone, `a/b -> ..` then `esc -> a/b/a/b/../../../etc` looked
+    /// inside and pointed at the host's /etc. An absolute target restarts
+    /// at the root and is kept, as an absolute link is (inside the virtual
+    /// host it resolves against the virtual host's root, where `..` stays at the
+    /// root); a relative chain climbing above the root, or more than 40
+    /// links, is outside.
+    public func resolvesInside(_ target: String, parent: [String]) -> Bool {
+        var budget = 40  // the kernel's ELOOP
+        var absolute = false
+        func walk(_ target: String, from start: [String]) -> [String]? {
+            if target.hasPrefix("/") { absolute = true }
+            var at = target.hasPrefix("/") ? [] : start
+            for part in target.split(separator: "/", omittingEmptySubsequences: true) {
+                if part == "." { continue }
+                if part == ".." {
+                    if at.isEmpty {
+                        if absolute { continue }
+                        return nil
+                    }
+                    at.removeLast()
+                    continue
+                }
+                at.append(String(part))
+                guard let link = links[at.joined(separator: "/")] else { continue }
+                budget -= 1
+                if budget < 0 { return nil }
+                at.removeLast()
+                guard let resolved = walk(link, from: at) else { return nil }
+                at = resolved
+            }
+            return at
+        }
+        return walk(target, from: parent) != nil
+    }
+
+    /// After the last entry: every symlink checked again against all the
+    /// symlinks of the archive, since one accepted early can be redirected
+    /// by a link made after it (`esc -> a/b/../..` first, `a/b -> ..` later).
+    public func finish() throws(LmctfyError) {
+        for (path, target) in links.sorted(by: { $0.key < $1.key }) {
+            let parent = Array(path.split(separator: "/").dropLast().map(String.init))
+            guard resolvesInside(target, parent: parent) else {
+                throw .invalidArgument("archive entry \"\(path)\" is a symlink to \"\(target)\", which resolves outside the image")
+            }
+        }
+    }
+
     /// Checks one entry and records it. `path` is its cleaned relative
     /// path; `linkTarget` the symlink's target text or the hard link's
     /// (cleaned, relative) target path.
@@ -90,7 +143,8 @@ public struct ArchivePolicy: Sendable {
             guard let target = linkTarget, !target.isEmpty else {
                 throw .invalidArgument("archive entry \"\(raw)\" is a symlink without a target")
             }
-            guard Self.targetStaysInside(target, parent: Array(path.dropLast())) else {
+            guard Self.targetStaysInside(target, parent: Array(path.dropLast())),
+                  resolvesInside(target, parent: Array(path.dropLast())) else {
                 throw .invalidArgument("archive entry \"\(raw)\" is a symlink to \"\(target)\", outside the image")
             }
         case .hardlink:
@@ -109,6 +163,7 @@ public struct ArchivePolicy: Sendable {
             }
         }
         seen[joined] = kind
+        if kind == .symlink, let linkTarget { links[joined] = linkTarget }
     }
 }
 
@@ -328,7 +383,12 @@ public struct ImageStore: ImageBackend {
             var target: String?
             if let hard = lm_archive_entry_hardlink(entry) {
                 let hardRaw = try Self.text(hard, "the hard link target of \"\(raw)\"")
-                guard let t = try ArchivePolicy.components(hardRaw) else {
+                let cleaned: [String]?
+                do { cleaned = try ArchivePolicy.components(hardRaw) } catch {
+                    // Named by the link, not by its target.
+                    throw .invalidArgument("archive entry \"\(raw)\" is a hard link to \"\(hardRaw)\", outside the image")
+                }
+                guard let t = cleaned else {
                     throw .invalidArgument("archive entry \"\(raw)\" is a hard link to the root")
                 }
                 kind = .hardlink
@@ -372,6 +432,7 @@ public struct ImageStore: ImageBackend {
             entries += 1
             progress(entries, bytes)
         }
+        try policy.finish()
         // Directory modes and times are set here, still in this thread's directory.
         guard lm_archive_write_close(writer) == ARCHIVE_OK else {
             throw .failedPrecondition(archiveError(writer, "Cannot finish unpacking \"\(archivePath)\""))
