@@ -54,7 +54,13 @@ final class Enroller {
     /// for another name than the host's), INVALID_ARGUMENT for a bad
     /// request. The token is spent (fsynced) before the certificate is
     /// returned; a refused request leaves it unspent.
-    func enroll(_ r: EnrollRequest, now: Int64 = Int64(time(nil))) throws(LmctfyError) -> EnrollResponse {
+    /// A token that names no host may not enrol one the controller knows
+    /// already (`isKnown`): its certificate would let the caller register
+    /// as that host, and take its routed calls and events from it (every
+    /// certificate host binds to the same key id). Enrolling a known host
+    /// again (a lost certificate) takes a token that names it.
+    func enroll(_ r: EnrollRequest, now: Int64 = Int64(time(nil)),
+                isKnown: (String) -> Bool = { _ in false }) throws(LmctfyError) -> EnrollResponse {
         guard let token = r.token, !token.isEmpty else { throw LmctfyError(.unauthenticated, "Enroll needs a bootstrap token") }
         let known = try tokens()
         let digest = Self.digest(token)
@@ -68,6 +74,9 @@ final class Enroller {
         }
         if let bound = t.hostName, bound != host {
             throw LmctfyError(.permissionDenied, "this bootstrap token is for host \(bound), not \(host)")
+        }
+        if t.hostName == nil && isKnown(host) {
+            throw LmctfyError(.permissionDenied, "host \(host) is registered already: enrolling it again takes a bootstrap token that names it")
         }
         let pem = try Enrolment.sign(csrPem: r.csrPem ?? "", hostName: host, caCertificateFile: settings.caCertificateFile,
                                      caKeyFile: settings.caKeyFile, days: settings.days)

@@ -106,6 +106,11 @@ struct EnrolmentTests {
         // Nothing but Enroll on the enrolment port.
         #expect { _ = try client.call(ControllerMethods.listHosts, ListHostsRequest()) }
             throws: { ($0 as? LmctfyError)?.code == .permissionDenied }
+        // A token naming no host cannot enrol one that is registered (agent7
+        // is): its certificate would let the caller take agent7's place.
+        let impostor = try Enrolment.makeKeyAndRequest(hostName: "agent7")
+        #expect { _ = try client.call(ControllerMethods.enroll, EnrollRequest(token: "tok-any", hostName: "agent7", csrPem: impostor.csrPem)) }
+            throws: { ($0 as? LmctfyError)?.code == .permissionDenied && "\($0)".contains("host agent7 is registered already") }
         let mine = try Enrolment.makeKeyAndRequest(hostName: "agent9")
         let r = try client.call(ControllerMethods.enroll, EnrollRequest(token: "tok-any", hostName: "agent9", csrPem: mine.csrPem))
         #expect(r.certificatePem?.contains("BEGIN CERTIFICATE") == true)
