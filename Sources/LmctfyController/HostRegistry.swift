@@ -74,6 +74,14 @@ final class HostRegistry {
     /// `flush`, once a second. A new name-to-key binding is saved at once.
     private var dirty = false
     private let store: any HostStore
+    /// When each name's live link was last replaced by a new registration
+    /// (monotonic ms, the last 10 s), and until when a name claimed from
+    /// two places at once is refused to any but its live link.
+    private var replacedAt: [String: [UInt64]] = [:]
+    private var contestedUntil: [String: UInt64] = [:]
+    static let flapWindowMs: UInt64 = 10_000
+    static let flapReplacements = 3
+    static let contestedMs: UInt64 = 60_000
 
     init(store: any HostStore) throws(LmctfyError) {
         self.store = store
@@ -92,19 +100,30 @@ final class HostRegistry {
     /// An agent registers over connection `conn`, authenticated with `keyId`.
     /// PERMISSION_DENIED when the name is bound to another key; returns the
     /// connection the host had before (to be closed), if any.
-    func register(_ identity: HostIdentity, keyId: String, conn: Int) throws(LmctfyError) -> Int? {
+    ///
+    /// A live link is replaced when the host reconnects before the old link
+    /// is seen to drop. Two agents running with one identity replace each
+    /// other for ever (each registration re-reads the host's event log, so
+    /// the fleet's log filled with copies): after 3 replacements within
+    /// 10 s the name is contested, and for 60 s after the last attempt a
+    /// registration that would replace its live link is refused
+    /// (ALREADY_EXISTS, saying why); the live link keeps the name, and
+    /// once it drops the next registration is taken.
+    func register(_ identity: HostIdentity, keyId: String, conn: Int,
+                  nowMs: UInt64 = MonotonicClock.milliseconds()) throws(LmctfyError) -> Int? {
         guard let name = identity.hostName, !name.isEmpty else {
             throw .invalidArgument("Register needs a host_name")
         }
         if let bound = hosts[name]?.keyId, bound != keyId {
             throw LmctfyError(.permissionDenied, "host \(name) is registered with another key")
         }
+        let previous = links[name]
+        if let previous, previous != conn { try checkNotContested(name, now: nowMs) }
         if hosts[name] == nil {
             // The binding is kept before the host is admitted.
             try store.bind(name, keyId: keyId)
         }
         let now = WallClock.nanosecondsSinceEpoch()
-        let previous = links[name]
         hosts[name] = HostInfo(identity: identity, state: .hostConnected, stateSinceNs: now, lastHeardNs: now, keyId: keyId,
                                containerCount: identity.containerCount)
         if let previous { hostOfLink[previous] = nil }
@@ -112,6 +131,23 @@ final class HostRegistry {
         hostOfLink[conn] = name
         dirty = true
         return previous == conn ? nil : previous
+    }
+
+    private func checkNotContested(_ name: String, now: UInt64) throws(LmctfyError) {
+        if let until = contestedUntil[name], until > now {
+            contestedUntil[name] = now + Self.contestedMs
+            throw LmctfyError(.alreadyExists, "host \(name) is connected over another link, and two agents seem to use its "
+                              + "identity: refused until the other link drops or \(Self.contestedMs / 1000) s pass without another try")
+        }
+        var times = (replacedAt[name] ?? []).filter { now - $0 < Self.flapWindowMs }
+        times.append(now)
+        replacedAt[name] = times
+        if times.count >= Self.flapReplacements {
+            replacedAt[name] = nil
+            contestedUntil[name] = now + Self.contestedMs
+            throw LmctfyError(.alreadyExists, "host \(name) replaced its own live link \(times.count) times in "
+                              + "\(Self.flapWindowMs / 1000) s: two agents seem to use its identity; refused while the other link lives")
+        }
     }
 
     /// The connection `conn` is gone: its host (if it registered over it)

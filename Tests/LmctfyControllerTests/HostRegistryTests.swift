@@ -30,6 +30,37 @@ import Testing
         #expect(third.hosts.count == 1)
     }
 
+    /// Two agents with one identity replaced each other's link for ever
+    /// (a probe: 55 registrations in 8 s, the fleet log full of copies).
+    /// A reconnect that replaces a live link is fine now and then; the
+    /// third within 10 s makes the name contested, and while the live link
+    /// lives a replacing registration is refused (60 s after the last try).
+    @Test func twoAgentsWithOneIdentityStopReplacingEachOther() throws {
+        let dir = "/tmp/lmctfy-hostregistry-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try Sys.mkdir(dir, mode: 0o700)
+        defer { _ = removeTree(dir) }
+        let r = try HostRegistry(store: FileHostStore(path: dir + "/hosts"))
+        let id = HostIdentity(hostName: "gamma")
+        #expect(try r.register(id, keyId: "k", conn: 1, nowMs: 1000) == nil)
+        #expect(try r.register(id, keyId: "k", conn: 2, nowMs: 1100) == 1)
+        #expect(try r.register(id, keyId: "k", conn: 3, nowMs: 1200) == 2)
+        func refused(_ conn: Int, _ now: UInt64) {
+            #expect { _ = try r.register(id, keyId: "k", conn: conn, nowMs: now) }
+                throws: { ($0 as? LmctfyError)?.code == .alreadyExists && "\($0)".contains("two agents seem to use its identity") }
+        }
+        refused(4, 1300)
+        #expect(r.links["gamma"] == 3, "the live link keeps the name")
+        refused(5, 50_000)    // still contested: each try extends it
+        refused(6, 100_000)
+        // Once the live link drops, the next registration is taken.
+        #expect(r.disconnected(conn: 3) == "gamma")
+        #expect(try r.register(id, keyId: "k", conn: 7, nowMs: 100_100) == nil)
+        // Replacements far apart never make it contested.
+        #expect(try r.register(id, keyId: "k", conn: 8, nowMs: 200_000) == 7)
+        #expect(try r.register(id, keyId: "k", conn: 9, nowMs: 220_000) == 8)
+        #expect(try r.register(id, keyId: "k", conn: 10, nowMs: 240_000) == 9)
+    }
+
     @Test func aDamagedInventoryIsRefusedNotGuessed() throws {
         let dir = "/tmp/lmctfy-hostregistry-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
         try Sys.mkdir(dir, mode: 0o700)
