@@ -685,7 +685,16 @@ public final class Agent: @unchecked Sendable {
             case .deliverStatus(let streamId, let status):
                 if s.id == home.connId && streamId == home.registerStream { registered(s, status) }
             case .close(let reason):
-                log.debug("connection \(s.id) closed: \(reason)")
+                // The link home refused at its handshake (a wrong key or
+                // certificate) is said where an operator looks: it was at
+                // debug, and the host just never appeared.
+                let text = "\(reason)"
+                if s.id == home.connId, let c = settings.controller,
+                   text.contains("UNAUTHENTICATED") || text.contains("PERMISSION_DENIED") {
+                    log.warning("the link to the controller \(c.host):\(c.port) was refused: \(text) (check controller_key_id and key_file, or the tls section)")
+                } else {
+                    log.debug("connection \(s.id) closed: \(reason)")
+                }
                 flush(s)
                 // After the goaway, TLS's close_notify (a truncation can
                 // then be told from an orderly close).
