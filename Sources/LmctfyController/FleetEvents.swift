@@ -36,6 +36,7 @@ final class FleetEvents {
         }
         log = EventLog(capacity: capacity, bootId: id)
         try log.attachJournal(directory: stateDir + "/fleet")
+        try log.reserveSequences(path: stateDir + "/fleet-sequence")
         hub = EventHub(log: log, buffer: subscriberBuffer)
         cursorsPath = stateDir + "/fleet-cursors"
         // Cursors: what was written at the last flush, then what the journal

@@ -83,6 +83,9 @@ public final class EventLog: Sendable {
 
     struct State {
         var next: UInt64 = 1
+        /// A log whose id outlives the process: the file that holds the
+        /// sequence numbers handed out are below, and that bound.
+        var reservation: (path: String, through: UInt64)?
         /// Where events are also written (state_dir/events), once attached.
         var journal: EventJournal?
         /// The last boot before this one whose events the journal kept.
@@ -180,6 +183,45 @@ public final class EventLog: Sendable {
         }
     }
 
+    /// Sequence numbers handed out at a time past the last journaled event.
+    public static let reservationBlock: UInt64 = 16384
+
+    /// For a log whose id outlives the process (the controller's fleet
+    /// log; after `attachJournal`): sequence numbers are never handed out
+    /// twice across restarts, SIGKILL included. STATS samples take numbers
+    /// but are not journaled, so the journal alone restarted the numbering
+    /// after its last event, and a subscriber resuming from a sample's
+    /// number silently skipped the new events given the same numbers (a
+    /// probe's finding). `path` holds a bound the numbers handed out stay
+    /// below; it is moved a block ahead (fsynced) before they reach it, and
+    /// a restart goes on from it.
+    public func reserveSequences(path: String) throws(LmctfyError) {
+        let saved = (try? Sys.readFile(path)).flatMap { UInt64($0.trimmingWhitespace) } ?? 0
+        var failure: LmctfyError?
+        state.locked { s in
+            s.next = max(s.next, saved)
+            s.reservation = (path, 0)
+            if !Self.reserve(&s) { failure = LmctfyError(.failedPrecondition, "Writing the event log's sequence reservation \(path)") }
+        }
+        if let failure { throw failure }
+    }
+
+    /// Moves the reservation a block past `next` (false if it cannot be
+    /// written: the numbers then stay within the old bound's promise as
+    /// long as the process lives, and the next append tries again).
+    @discardableResult
+    private static func reserve(_ s: inout State) -> Bool {
+        guard let r = s.reservation else { return true }
+        let through = s.next + reservationBlock
+        do {
+            try Sys.writeFileAtomically(r.path, Array("\(through)\n".utf8), mode: 0o600)
+        } catch {
+            return false
+        }
+        s.reservation = (r.path, through)
+        return true
+    }
+
     /// Appends an event with this log's boot id and next sequence number
     /// (the time now, unless it has one); its other fields are kept (an
     /// event made elsewhere, at the controller: the host, the host's own
@@ -193,6 +235,7 @@ public final class EventLog: Sendable {
             e.sequence = s.next
             if e.timestampNs == nil { e.timestampNs = WallClock.nanosecondsSinceEpoch() }
             s.next += 1
+            if let r = s.reservation, s.next > r.through { Self.reserve(&s) }
             s.kindCounts[e.kind ?? .containerEventUnspecified, default: 0] += 1
             if e.kind == .containerEventOom, let c = e.container { s.ooms[c, default: 0] += 1 }
             if e.kind == .containerEventStats {

@@ -64,6 +64,42 @@ import Testing
         #expect(try EventJournal(directory: dir, capacity: 3).stored().map(\.sequence) == [4, 5, 6, 7])
     }
 
+    /// A log whose id outlives the process (the fleet log) never gives a
+    /// sequence number twice: STATS samples take numbers and are not
+    /// journaled, so after a restart (SIGKILL: nothing flushed but what
+    /// was written) the journal alone started again after its last event,
+    /// and a subscriber at a sample's number skipped the new events.
+    @Test func aLastingLogNeverGivesANumberTwiceAcrossRestarts() throws {
+        let dir = "/tmp/lmctfy-eventjournal-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try Sys.mkdir(dir, mode: 0o700)
+        defer { _ = removeTree(dir) }
+        func open() throws -> EventLog {
+            let log = EventLog(capacity: 100, bootId: "fleet")
+            try log.attachJournal(directory: dir + "/j")
+            try log.reserveSequences(path: dir + "/sequence")
+            return log
+        }
+        let first = try open()
+        first.record(container: "/a", kind: .containerEventCreated)  // 1
+        var last: UInt64 = 0
+        for _ in 0..<5 { last = first.recordStats(container: "/a", ContainerStats()).sequence ?? 0 }
+        #expect(last == 6)
+        // The process dies here; the next one goes on past every number given.
+        let second = try open()
+        let created = second.record(container: "/b", kind: .containerEventCreated)
+        #expect((created.sequence ?? 0) > last, "\(String(describing: created.sequence)) was given before")
+        // A subscriber at the last sample's number gets the new event.
+        #expect(second.range(after: last, upTo: second.newest).events.map(\.container) == ["/b"])
+        // And the journaled event keeps its number.
+        #expect(second.range(after: 0, upTo: 1).events.map(\.container) == ["/a"])
+        // Past a block, the bound moves ahead before the numbers reach it.
+        let third = try open()
+        let start = third.record(container: "/c", kind: .containerEventCreated).sequence ?? 0
+        for _ in 0..<(EventLog.reservationBlock + 10) { _ = third.recordStats(container: "/c", ContainerStats()) }
+        let bound = UInt64(try Sys.readFile(dir + "/sequence").trimmingWhitespace) ?? 0
+        #expect(bound > start + EventLog.reservationBlock + 10)
+    }
+
     @Test func aLogAttachedToAJournalServesTheBootBeforeIt() throws {
         let dir = "/tmp/lmctfy-eventjournal-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
         defer { _ = removeTree(dir) }
