@@ -18,6 +18,12 @@ public final class ImageService: Sendable {
     public static let maxTransfers = 4
     /// A transfer untouched for this long is dropped.
     public static let idleMs: UInt64 = 10 * 60 * 1000
+    /// When every transfer is open, one untouched for this long gives its
+    /// place to a new one: a client that died mid-upload (killed, not
+    /// interrupted, so it never aborted) held the store for 10 minutes,
+    /// four of them every import and export. A live client touches its
+    /// transfer with every chunk.
+    public static let yieldIdleMs: UInt64 = 30 * 1000
 
     public let store: ImageStore
     private let transferDir: String
@@ -34,9 +40,13 @@ public final class ImageService: Sendable {
     }
     private let transfers = Mutex<[String: Transfer]>([:])
 
+    /// Milliseconds, monotonic (a test's own clock).
+    private let clock: @Sendable () -> UInt64
+
     /// The service over the store at `root`; leftover transfers of an
     /// earlier agent are deleted.
-    public init(root: String) {
+    public init(root: String, clock: @escaping @Sendable () -> UInt64 = { MonotonicClock.milliseconds() }) {
+        self.clock = clock
         store = ImageStore(root: root)
         transferDir = root + "/.transfers"
         try? Sys.removeTree(transferDir)
@@ -44,7 +54,7 @@ public final class ImageService: Sendable {
 
     /// Opens a transfer, claimed by the caller (busy) until `release` or `end`.
     private func newTransfer(export: Bool) throws(LmctfyError) -> (String, String) {
-        let now = MonotonicClock.milliseconds()
+        let now = clock()
         // Drop the idle ones first.
         let stale: [String] = transfers.locked { t in
             let old = t.filter { !$0.value.busy && now - $0.value.lastUsedMs > Self.idleMs }
@@ -54,13 +64,21 @@ public final class ImageService: Sendable {
         for p in stale { try? Sys.unlink(p) }
         let id = RemoteIds.newId()
         let path = transferDir + "/" + id
-        let admitted = transfers.locked { t -> Bool in
-            guard t.count < Self.maxTransfers else { return false }
+        let (admitted, yielded) = transfers.locked { t -> (Bool, String?) in
+            var yielded: String?
+            if t.count >= Self.maxTransfers,
+               let oldest = t.filter({ !$0.value.busy && now - $0.value.lastUsedMs > Self.yieldIdleMs })
+                   .min(by: { $0.value.lastUsedMs < $1.value.lastUsedMs }) {
+                t[oldest.key] = nil
+                yielded = oldest.value.path
+            }
+            guard t.count < Self.maxTransfers else { return (false, yielded) }
             t[id] = Transfer(path: path, size: 0, lastUsedMs: now, export: export, busy: true)
-            return true
+            return (true, yielded)
         }
+        if let yielded { try? Sys.unlink(yielded) }
         guard admitted else {
-            throw .init(.resourceExhausted, "\(Self.maxTransfers) image transfers are open already; try again later")
+            throw .init(.resourceExhausted, "\(Self.maxTransfers) image transfers are open already, each used in the last \(Self.yieldIdleMs / 1000) s; try again later")
         }
         do {
             if !Sys.isDirectory(store.root) { try Sys.mkdir(store.root, mode: 0o700) }
@@ -80,7 +98,7 @@ public final class ImageService: Sendable {
 
     /// Lets the next call at a transfer (`size`: what it holds now).
     private func release(_ id: String, size: UInt64? = nil) {
-        let now = MonotonicClock.milliseconds()
+        let now = clock()
         transfers.locked { t in
             t[id]?.busy = false
             t[id]?.lastUsedMs = now
@@ -90,7 +108,7 @@ public final class ImageService: Sendable {
 
     /// Claims an open transfer for one call.
     private func claim(_ id: String, export: Bool) throws(LmctfyError) -> Transfer {
-        let now = MonotonicClock.milliseconds()
+        let now = clock()
         let result: Result<Transfer, LmctfyError> = transfers.locked { all in
             guard var t = all[id], t.export == export else {
                 return .failure(.notFound("No image transfer \"\(id)\" (it ended, expired or never existed)"))

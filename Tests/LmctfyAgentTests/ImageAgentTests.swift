@@ -43,6 +43,33 @@ private func code(_ body: () throws(LmctfyError) -> Void) -> StatusCode? {
 }
 
 @Suite(.serialized) struct ImageServiceTests {
+    /// Clients that died mid-upload (killed: they never aborted) held every
+    /// transfer for 10 minutes, and every import and export was refused
+    /// meanwhile. With all open, one untouched for 30 s gives way.
+    @Test func abandonedTransfersGiveWayWhenAllAreOpen() throws {
+        let s = try Scratch()
+        final class FakeClock: @unchecked Sendable { var ms: UInt64 = 1_000_000 }
+        let clock = FakeClock()
+        let service = ImageService(root: s.dir + "/store") { clock.ms }
+        var ids: [String] = []
+        for i in 0..<ImageService.maxTransfers {
+            ids.append(try #require(try service.importImage(ImportImageRequest(offset: 0, data: [UInt8(i)])).transferId))
+            clock.ms += 1000
+        }
+        // All in use within the last 30 s: refused, nothing given up.
+        clock.ms += 20_000
+        #expect(code { () throws(LmctfyError) in _ = try service.importImage(ImportImageRequest(offset: 0, data: [9])) } == .resourceExhausted)
+        // A live client touches its own (the second) meanwhile.
+        _ = try service.importImage(ImportImageRequest(transferId: ids[1], offset: 1, data: [1]))
+        clock.ms += 15_000
+        // Now the oldest untouched one gives way, and only it.
+        let fresh = try service.importImage(ImportImageRequest(offset: 0, data: [7]))
+        #expect(fresh.transferId != nil)
+        #expect(code { () throws(LmctfyError) in _ = try service.importImage(ImportImageRequest(transferId: ids[0], offset: 1, data: [1])) } == .notFound)
+        #expect(try service.importImage(ImportImageRequest(transferId: ids[1], offset: 2, data: [2])).received == 3)
+        #expect(try Sys.directoryEntries(s.dir + "/store/.transfers").count == ImageService.maxTransfers)
+    }
+
     @Test func chunkedImportAndExportFollowTheRules() throws {
         let s = try Scratch()
         let service = ImageService(root: s.dir + "/store")
