@@ -24,11 +24,12 @@ int lm_flock_exclusive(int fd) {
 }
 
 static volatile sig_atomic_t lm_interrupt_caught = 0;
-static struct sigaction lm_saved_sigint;
+/* SIGINT, SIGTERM and SIGHUP: what ends an interactive client. */
+static const int lm_interrupt_signals[3] = {SIGINT, SIGTERM, SIGHUP};
+static struct sigaction lm_saved_interrupt[3];
 
 static void lm_on_sigint(int sig) {
-    (void)sig;
-    lm_interrupt_caught = 1;
+    lm_interrupt_caught = sig;
 }
 
 int lm_catch_sigint(void) {
@@ -38,7 +39,13 @@ int lm_catch_sigint(void) {
     sigemptyset(&sa.sa_mask);
     sa.sa_flags = SA_RESTART;
     lm_interrupt_caught = 0;
-    return sigaction(SIGINT, &sa, &lm_saved_sigint);
+    for (int i = 0; i < 3; i++) {
+        if (sigaction(lm_interrupt_signals[i], &sa, &lm_saved_interrupt[i]) != 0) {
+            while (i-- > 0) sigaction(lm_interrupt_signals[i], &lm_saved_interrupt[i], NULL);
+            return -1;
+        }
+    }
+    return 0;
 }
 
 int lm_sigint_caught(void) {
@@ -46,7 +53,11 @@ int lm_sigint_caught(void) {
 }
 
 int lm_release_sigint(void) {
-    return sigaction(SIGINT, &lm_saved_sigint, NULL);
+    int rc = 0;
+    for (int i = 0; i < 3; i++) {
+        if (sigaction(lm_interrupt_signals[i], &lm_saved_interrupt[i], NULL) != 0) rc = -1;
+    }
+    return rc;
 }
 
 int lm_flock_exclusive_now(int fd) {

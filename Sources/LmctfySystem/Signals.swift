@@ -18,12 +18,13 @@ extension Sys {
     }()
 }
 
-/// Ctrl-C during something that must tell another party it stopped (an
-/// upload the agent would otherwise hold open for ten minutes): SIGINT is
-/// caught into a flag instead of killing the process, `body` looks at the
-/// flag between its steps, then the previous disposition is back. After an
-/// interrupt the caller cleans up and calls `dieOfInterrupt`, so its parent
-/// sees the interrupt it sent. One at a time per process.
+/// Ctrl-C (or SIGTERM, SIGHUP) during something that must tell another
+/// party it stopped, or undo what it made (an upload the agent would
+/// otherwise hold open, a half-unpacked image): the signal is caught into
+/// a flag instead of killing the process, `body` looks at the flag between
+/// its steps, then the previous dispositions are back. After an interrupt
+/// the caller cleans up and calls `dieOfInterrupt`, so its parent sees the
+/// signal it sent. One at a time per process.
 public enum InterruptWatch {
     public static func around<T>(_ body: (_ interrupted: () -> Bool) throws(LmctfyError) -> T) throws(LmctfyError) -> T {
         _ = lm_catch_sigint()
@@ -31,10 +32,18 @@ public enum InterruptWatch {
         return try body { lm_sigint_caught() != 0 }
     }
 
-    /// Ends the process as SIGINT's default would (status 130 to a shell).
+    /// The signal caught by the last `around` (SIGINT if none).
+    public static var caughtSignal: Int32 {
+        let s = lm_sigint_caught()
+        return s == 0 ? SIGINT : s
+    }
+
+    /// Ends the process as the caught signal's default would (130 to a
+    /// shell for SIGINT, 143 for SIGTERM).
     public static func dieOfInterrupt() -> Never {
-        signal(SIGINT, SIG_DFL)
-        raise(SIGINT)
-        exit(130)
+        let sig = caughtSignal
+        signal(sig, SIG_DFL)
+        raise(sig)
+        exit(128 + sig)
     }
 }

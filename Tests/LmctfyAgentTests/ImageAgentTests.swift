@@ -169,13 +169,15 @@ private func code(_ body: () throws(LmctfyError) -> Void) -> StatusCode? {
 
 @Suite(.enabled(if: RealCgroups.available, "\(RealCgroups.unavailableReason ?? "")"), .serialized)
 struct ImageLmctlTests {
-    /// Ctrl-C during `lmctl image import`: lmctl aborts the transfer on the
-    /// agent, then dies of the interrupt. The agent kept an interrupted
+    /// Ctrl-C (or SIGTERM, SIGHUP: a killed session) during `lmctl image
+    /// import`: lmctl aborts the transfer on the agent, then dies of the
+    /// signal. The agent kept an interrupted
     /// transfer (and its partial file) for ten minutes, and four of them
     /// refused every import until then. The archive is a FIFO, so the test
     /// decides when each piece arrives: the interrupt lands while lmctl
     /// waits for more, after the agent has opened the transfer.
-    @Test func anInterruptedImportLeavesNoTransferOpen() throws {
+    @Test(arguments: [SIGINT, SIGTERM, SIGHUP])
+    func anInterruptedImportLeavesNoTransferOpen(_ signal: Int32) throws {
         // A write to the FIFO after lmctl is gone is EPIPE, not the end of
         // the test runner.
         Sys.ignoreSIGPIPE()
@@ -200,12 +202,12 @@ struct ImageLmctlTests {
             usleep(20_000)
         }
         try #require(!held().isEmpty, "no transfer was opened")
-        #expect(kill(pid, SIGINT) == 0)
+        #expect(kill(pid, signal) == 0)
         usleep(50_000)
         send()  // lmctl's read returns; it sees the interrupt
         let status = try Sys.waitForExit(pid)
         reaped = true
-        #expect(status == .signaled(SIGINT), "\(status)")
+        #expect(status == .signaled(signal), "\(status)")
         #expect(held().isEmpty, "the transfer was left open: \(held())")
     }
 

@@ -53,9 +53,9 @@ int lm_flock_exclusive(int fd);
 /* The same without waiting: -1 with EWOULDBLOCK while another holds it. */
 int lm_flock_exclusive_now(int fd);
 
-/* SIGINT caught into a flag (SA_RESTART: interrupted calls go on) until
- * lm_release_sigint puts the previous disposition back; lm_sigint_caught
- * says whether one came since lm_catch_sigint. */
+/* SIGINT, SIGTERM and SIGHUP caught into a flag (SA_RESTART: interrupted
+ * calls go on) until lm_release_sigint puts the previous dispositions back;
+ * lm_sigint_caught says which came since lm_catch_sigint (0: none). */
 int lm_catch_sigint(void);
 int lm_sigint_caught(void);
 int lm_release_sigint(void);
