@@ -110,7 +110,16 @@ public final class PolicyKeeper: Sendable {
 
     /// The tier a Create names (or its spec says) and the spec it applies.
     func planCreate(path: String, spec: ContainerSpec, tier name: String?) throws(LmctfyError) -> (Tier, ContainerSpec) {
-        guard let name else { return (policy.tier(of: spec), spec) }
+        guard let name else {
+            // A spec that names a guaranteed tier by its eviction priority is
+            // held to what --tier would hold it to: counted in prod without
+            // a memory limit, it committed nothing and was never refused.
+            let tier = policy.tier(of: spec)
+            if tier.guaranteed && Self.isTopLevel(path), (spec.memory?.limit ?? 0) <= 0 {
+                throw .invalidArgument("Tier \(tier.name) guarantees memory: the spec needs a memory limit")
+            }
+            return (tier, spec)
+        }
         let tier = try policy.tier(named: name)
         // The tier's CPU share only where the parent isolates cpu (below a
         // root without it, a container cannot).

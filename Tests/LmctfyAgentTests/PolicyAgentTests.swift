@@ -85,6 +85,12 @@ struct PolicyAgentTests {
                 }
                 #expect(check.message.map { message.hasSuffix($0) } == true, "CheckAdmission gives the same arithmetic")
                 #expect(try !api.exists(name(root.path + "/p3")), "a refused create makes nothing")
+                // prod told by its priority alone, without a memory limit: 3,
+                // as with --tier prod (it was counted in prod committing nothing).
+                let byPriority = try ContainerSpec(textFormat: "memory { eviction_priority: 5003 }")
+                let (prioCode, prioMessage) = status { _ = try client.call(AgentMethods.create, CreateRequest(name: "/p4", spec: byPriority)) }
+                #expect(prioCode == .invalidArgument && prioMessage.contains("Tier prod guarantees memory"), "\(prioMessage)")
+                #expect(try !api.exists(name(root.path + "/p4")))
 
                 // best-effort reserving 100 MiB: 300 of 256 MiB only with overcommit (25%: 320 MiB).
                 let beSpec = try ContainerSpec(textFormat: "memory { limit: 104857600 reservation: 104857600 }")
