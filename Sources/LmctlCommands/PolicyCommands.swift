@@ -126,6 +126,7 @@ enum PolicyCommands {
             guard !hosts.isEmpty else { throw .unavailable("The controller has no connected host") }
             var admitted: [(host: String, load: Double)] = []
             var refusals: [String] = []
+            var errorCodes: [StatusCode] = []
             for h in hosts {
                 client.host = h
                 do throws(LmctfyError) {
@@ -135,17 +136,28 @@ enum PolicyCommands {
                     } else {
                         refusals.append("\(h): \(r.message ?? "refused")")
                     }
+                } catch where error.code == .alreadyExists {
+                    // A second container of that name elsewhere is not what
+                    // was asked: it went to the next host.
+                    throw LmctfyError(.alreadyExists, "\"\(a.name)\" exists on host \(h) already")
                 } catch {
                     refusals.append("\(h): \(error.code.rawValue): \(error.message)")
+                    errorCodes.append(error.code)
                 }
+            }
+            // Every host refused the request itself (an unknown tier, a bad
+            // name) for one reason: that reason's code, not "no room" (8).
+            func noHost() -> LmctfyError {
+                if errorCodes.count == hosts.count, let code = errorCodes.first, errorCodes.allSatisfy({ $0 == code }) {
+                    return LmctfyError(code, "Every host refused \"\(a.name)\": " + refusals.joined(separator: " | "))
+                }
+                return LmctfyError(.resourceExhausted, "No host admits \"\(a.name)\": " + refusals.joined(separator: " | "))
             }
             // Least committed first; the name breaks ties (stable output).
             admitted.sort { ($0.load, $0.host) < ($1.load, $1.host) }
             if a.dryRun {
                 client.host = nil
-                guard let best = admitted.first else {
-                    throw LmctfyError(.resourceExhausted, "No host admits \"\(a.name)\": " + refusals.joined(separator: " | "))
-                }
+                guard let best = admitted.first else { throw noHost() }
                 stdout.write(Array(pairs([("admitted", "true"), ("host", best.host)]).utf8))
                 return 0
             }
@@ -160,7 +172,7 @@ enum PolicyCommands {
                     refusals.append("\(candidate.host): \(error.message)")
                 }
             }
-            throw LmctfyError(.resourceExhausted, "No host admits \"\(a.name)\": " + refusals.joined(separator: " | "))
+            throw noHost()
         } catch {
             return fail(error, stderr)
         }

@@ -61,6 +61,12 @@ struct PolicyControllerTests {
             #expect(r.2.contains("No host admits \"/web3\"") && r.2.contains("alpha: refused") && r.2.contains("beta: refused"), "\(r)")
             #expect(r.2.contains("prod 220200960 B (210.0 MiB) 0 milliCPU (3)"), "beta's three: \(r)")
             #expect(try !exists(roots[1], "/web3") && !exists(roots[0], "/web3"))
+            // A name one host has already: 6, not a second one elsewhere.
+            r = try anywhere("/small", 1)
+            #expect(r.0 == 6 && r.2.contains("\"/small\" exists on host"), "\(r)")
+            // A request every host refuses for itself: that code, not 8.
+            let bad = try fleet.lmctl(["create", "--anywhere", "--tier", "nosuch", "/t", "memory { limit: 1048576 }"])
+            #expect(bad.status == 3 && String(decoding: bad.stderr, as: UTF8.self).contains("Every host refused \"/t\""), "\(bad)")
 
             // hosts: capacity and commitment per host.
             let hosts = try fleet.lmctl(["hosts"])
