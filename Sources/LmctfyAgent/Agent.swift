@@ -905,23 +905,51 @@ public final class Agent: @unchecked Sendable {
         var failures = 0
         var timer: LoopTimer?
         var dialling: Connection?
+        /// A host name is being resolved for the next dial.
+        var resolving = false
     }
 
     /// Dials the controller (loop thread). A failure schedules the next try.
+    /// A host name (controller_address "controller.example:7414") is
+    /// resolved off the loop thread at each try, since its address may
+    /// change; it was refused as "not a numeric address" at every try, for
+    /// ever, although --check-config took it.
     private func dialHome() {
-        guard let c = settings.controller, !stopping, home.connId < 0, home.dialling == nil else { return }
+        guard let c = settings.controller, !stopping, home.connId < 0, home.dialling == nil, !home.resolving else { return }
+        if (try? SocketAddress(host: c.host, port: c.port)) == nil {
+            home.resolving = true
+            let host = c.host
+            let started = loop.offload({ SocketAddress.resolve(host) }, then: { [weak self] result in
+                guard let self else { return }
+                self.home.resolving = false
+                switch result {
+                case .success(let addresses): self.dialHome(c, addresses: addresses[...])
+                case .failure(let error): self.dialFailed(c, error)
+                }
+            })
+            if !started { home.resolving = false }
+            return
+        }
+        dialHome(c, addresses: [c.host])
+    }
+
+    /// Dials each address in turn (a name's IPv6 and IPv4 ones) until one
+    /// answers; all failing is one failed try.
+    private func dialHome(_ c: AgentSettings.ControllerLink, addresses: ArraySlice<String>) {
+        guard !stopping, home.connId < 0, home.dialling == nil, let address = addresses.first else { return }
+        let rest = addresses.dropFirst()
         do {
-            home.dialling = try Connection.dialTCP(on: loop, host: c.host, port: c.port) { [unowned self] result in
+            home.dialling = try Connection.dialTCP(on: loop, host: address, port: c.port) { [unowned self] result in
                 self.home.dialling = nil
                 switch result {
                 case .success(let conn):
                     self.homeConnected(conn, c)
                 case .failure(let error):
-                    self.dialFailed(c, error)
+                    if rest.isEmpty { self.dialFailed(c, error) } else { self.dialHome(c, addresses: rest) }
                 }
             }
         } catch {
-            dialFailed(c, error)
+            if rest.isEmpty { dialFailed(c, error) } else { dialHome(c, addresses: rest) }
         }
     }
 

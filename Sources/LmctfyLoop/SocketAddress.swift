@@ -30,6 +30,33 @@ public struct SocketAddress: Sendable, Hashable, CustomStringConvertible {
         self.port = port
     }
 
+    /// The addresses of `host` (a name, or already numeric) as numeric
+    /// text, in getaddrinfo's order, each once. Blocks on DNS: call it off
+    /// the loop thread (`offload`).
+    public static func resolve(_ host: String) -> Result<[String], LoopError> {
+        var hints = addrinfo()
+        hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
+        hints.ai_family = AF_UNSPEC
+        hints.ai_flags = AI_ADDRCONFIG
+        var list: UnsafeMutablePointer<addrinfo>?
+        let rc = getaddrinfo(host, nil, &hints, &list)
+        guard rc == 0, let first = list else {
+            return .failure(LoopError("getaddrinfo", "\(host): \(String(cString: gai_strerror(rc)))", UV_EAI_NONAME.rawValue))
+        }
+        defer { freeaddrinfo(first) }
+        var out: [String] = []
+        var next: UnsafeMutablePointer<addrinfo>? = first
+        while let ai = next {
+            next = ai.pointee.ai_next
+            var name = [CChar](repeating: 0, count: Int(NI_MAXHOST))
+            guard getnameinfo(ai.pointee.ai_addr, ai.pointee.ai_addrlen, &name, socklen_t(name.count), nil, 0, NI_NUMERICHOST) == 0 else { continue }
+            let text = String(decoding: name.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            if !out.contains(text) { out.append(text) }
+        }
+        guard !out.isEmpty else { return .failure(LoopError("getnameinfo", host, UV_EAI_FAIL.rawValue)) }
+        return .success(out)
+    }
+
     /// Reads back what the kernel filled in (getsockname/getpeername).
     init?(_ storage: sockaddr_storage) {
         var s = storage
