@@ -595,6 +595,8 @@ public final class SnapshotKeeper: Sendable {
             out.damaged.append(file)
         }
         let present = Set(listed)
+        // An agent kept snapshots or events here before this one.
+        let ranBefore = !snapshots.isEmpty || !damaged.isEmpty || events.previousBoot != nil
         for (name, _) in snapshots.sorted(by: { $0.key > $1.key }) where !present.contains(name) {
             events.append(ContainerEvent(container: name, kind: .containerEventDestroyed,
                                          reason: "destroyed while the agent was down"))
@@ -634,7 +636,19 @@ public final class SnapshotKeeper: Sendable {
                 continue
             }
             let wrote = counts.locked { $0.writes } > before
-            if snapshots[name] == nil { out.adopted.append(name) } else if wrote { out.rewritten += 1 }
+            if snapshots[name] == nil {
+                out.adopted.append(name)
+                // A container made while an agent that ran here before was
+                // down is news, as one destroyed meanwhile is: subscribers
+                // (the fleet's log) heard of its end and never of it. At a
+                // first start everything is found, nothing made.
+                if ranBefore {
+                    events.append(ContainerEvent(container: name, kind: .containerEventCreated,
+                                                 reason: "made while the agent was down"))
+                }
+            } else if wrote {
+                out.rewritten += 1
+            }
         }
         // Every file the recovery changed, in one pass, before anything is served.
         store.flush()
