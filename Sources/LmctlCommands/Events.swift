@@ -132,39 +132,86 @@ enum EventsCommand {
             + "\(pad(tm.tm_hour, 2)):\(pad(tm.tm_min, 2)):\(pad(tm.tm_sec, 2)).\(pad(Int32(ns / 1_000_000 % 1000), 3))Z"
     }
 
+    /// One subscription on `client`, printing; each event printed moves the
+    /// request's resume point past it.
+    static func follow(_ o: inout Options, client: RpcClient, host: String?, boot: String?,
+                       stdout: any ByteSink) throws(LmctfyError) {
+        // Flow control where the agent speaks it: at most `window`
+        // events in flight, granted again as they are printed.
+        var window: UInt32?
+        if (client.version ?? 0) >= ProtocolVersion.credit {
+            window = Self.window
+            o.request.credit = Self.window
+        } else {
+            o.request.credit = nil
+        }
+        let follow = o.follow, json = o.json
+        var resume: (boot: String, sequence: UInt64)?
+        defer { if let resume { o.request.bootId = resume.boot; o.request.afterSequence = resume.sequence } }
+        try client.stream(AgentMethods.subscribe, o.request, window: window) { (r: SubscribeResponse) throws(LmctfyError) -> Bool in
+            if let n = r.caughtUp {
+                if resume == nil, o.request.afterSequence == nil, let boot { resume = (boot, n) }
+                return follow
+            }
+            var text: String
+            if let e = r.event {
+                text = json ? e.jsonString() : line(e)
+                if let b = e.bootId, let q = e.sequence { resume = (b, q) }
+            } else if let g = r.gap {
+                text = json ? "{\"gap\":\(g.jsonString())}" : gapLine(g)
+                if let b = g.bootId, let first = g.firstSequence, first > 0 { resume = (b, first - 1) }
+            } else {
+                return true
+            }
+            if let host {
+                text = json ? String(decoding: LmctlCLI.withHost(Array(text.utf8), host), as: UTF8.self) : host + " " + text
+            }
+            text += "\n"
+            stdout.write(Array(text.utf8))
+            return true
+        }
+    }
+
     /// Subscribes and prints; `host`: the events are that host's (through a
     /// controller) and every line says so.
+    /// How long `-f` keeps trying to reach an agent it lost (a restart).
+    static let followReconnectMs: UInt64 = 60_000
+
     static func run(_ words: [String], dial: () throws(LmctfyError) -> RpcClient, host: String? = nil,
                     stdout: any ByteSink, stderr: any ByteSink) -> Int32 {
         do {
             var o = try parse(words)
-            let client = try dial()
-            defer { client.close() }
-            // Flow control where the agent speaks it: at most `window`
-            // events in flight, granted again as they are printed.
-            var window: UInt32?
-            if (client.version ?? 0) >= ProtocolVersion.credit {
-                window = Self.window
-                o.request.credit = Self.window
-            }
-            try client.stream(AgentMethods.subscribe, o.request, window: window) { (r: SubscribeResponse) throws(LmctfyError) -> Bool in
-                if r.caughtUp != nil { return o.follow }
-                var text: String
-                if let e = r.event {
-                    text = o.json ? e.jsonString() : line(e)
-                } else if let g = r.gap {
-                    text = o.json ? "{\"gap\":\(g.jsonString())}" : gapLine(g)
-                } else {
-                    return true
+            // `-f` outlives its agent: when the stream is lost (the agent
+            // restarting, or its host's link at a controller), it dials
+            // again and resumes after the last event it printed, so nothing
+            // is missed or printed twice. It ended with 14.
+            var lost: UInt64?
+            var boot: String?
+            while true {
+                let client: RpcClient
+                do {
+                    client = try dial()
+                } catch where error.code == .unavailable && lost.map({ MonotonicClock.milliseconds() - $0 < Self.followReconnectMs }) == true {
+                    usleep(250_000)
+                    continue
                 }
-                if let host {
-                    text = o.json ? String(decoding: LmctlCLI.withHost(Array(text.utf8), host), as: UTF8.self) : host + " " + text
+                defer { client.close() }
+                // `-f` from now: the boot the `caught_up` point belongs to,
+                // so a loss before any event resumes from there too (an
+                // agent's; a controller's fleet log has none to ask).
+                if o.follow && lost == nil && o.request.afterSequence == nil {
+                    boot = (try? client.call(AgentMethods.machineInfo, MachineInfoRequest()))?.bootId
                 }
-                text += "\n"
-                stdout.write(Array(text.utf8))
-                return true
+                do {
+                    try follow(&o, client: client, host: host, boot: boot, stdout: stdout)
+                    return 0
+                } catch where o.follow && error.code == .unavailable {
+                    let after = o.request.afterSequence.map { " after \(o.request.bootId ?? ""):\($0)" }
+                        ?? " from now (what happened meanwhile is not known)"
+                    stderr.write(Array("lmctl: events: \(error.message); following again\(after)\n".utf8))
+                    lost = MonotonicClock.milliseconds()
+                }
             }
-            return 0
         } catch {
             stderr.write(Array("Command exited with error message: \(error.code.rawValue): \(error.message)\n".utf8))
             return error.code.rawValue

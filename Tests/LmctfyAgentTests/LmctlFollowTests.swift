@@ -1,0 +1,62 @@
+// `lmctl events -f` across a restart of its agent: it dials again and
+// resumes after the last event it printed, or from where it started
+// following if it printed none (it ended with 14, and a follower had to be
+// started again by hand, missing what happened between).
+import Glibc
+import LmctfyProto
+import LmctfySystem
+import LmctfyTestSupport
+import Testing
+
+@Suite(.enabled(if: RealCgroups.available, "\(RealCgroups.unavailableReason ?? "")"), .serialized)
+struct LmctlFollowTests {
+    @Test func eventsFollowOutlivesAnAgentRestart() throws {
+        let first = try AgentProcess(config: "stats_interval_ms: 0")
+        var firstAlive = true
+        defer { if firstAlive { first.stop() } }
+        let tag = "\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        let outs = ["/tmp/lmctfy-follow-\(tag)-early.out", "/tmp/lmctfy-follow-\(tag)-late.out"]
+        defer { for o in outs { unlink(o) } }
+        let (lmctl, lmctfy) = (builtTool("lmctl"), builtTool("lmctfy"))
+        let (x, a, b) = (RealCgroups.uniqueName("followx"), RealCgroups.uniqueName("followa"), RealCgroups.uniqueName("followb"))
+        defer {
+            for n in [x, a, b] { _ = try? TestProcess.capture([lmctfy, "destroy", "-f", n]) }
+        }
+        func follower(_ out: String) throws -> pid_t {
+            try TestProcess.spawn(["/bin/sh", "-c", "exec \(lmctl) --agent unix://\(first.socket) events -f > \(out) 2>&1"])
+        }
+        func printed(_ out: String) -> String { (try? Sys.readFile(out)) ?? "" }
+        func waitFor(_ text: String, in out: String) -> Bool {
+            for _ in 0..<1000 where !printed(out).contains(text) { usleep(10_000) }
+            return printed(out).contains(text)
+        }
+        // The early follower prints x before the agent goes; the late one
+        // starts after x and has printed nothing when it goes.
+        let early = try follower(outs[0])
+        defer { TestProcess.end(early) }
+        usleep(300_000)
+        #expect(try TestProcess.capture([lmctl, "--agent", "unix://" + first.socket, "create", x, ""]).status == 0)
+        #expect(waitFor("CREATED \(x)", in: outs[0]), "\(printed(outs[0]))")
+        let late = try follower(outs[1])
+        defer { TestProcess.end(late) }
+        usleep(500_000)
+
+        first.crash()
+        firstAlive = false
+        // Made while the agent is down: the restarted agent records it.
+        #expect(try TestProcess.capture([lmctfy, "create", a, ""]).status == 0)
+        let second = try AgentProcess(reusing: first.dir)
+        defer { second.stop() }
+        #expect(try TestProcess.capture([lmctl, "--agent", "unix://" + second.socket, "create", b, ""]).status == 0)
+        for out in outs {
+            #expect(waitFor("CREATED \(b)", in: out), "the follower did not come back: \(printed(out))")
+            let lines = printed(out).split(separator: "\n")
+            #expect(lines.contains { $0.hasPrefix("lmctl: events:") && $0.contains("following again after") }, "\(lines)")
+            for n in [a, b] {
+                #expect(lines.filter { $0.contains(" CREATED \(n)") }.count == 1, "\(n) printed once: \(lines)")
+            }
+            #expect(lines.filter { $0.contains(" CREATED \(x)") }.count == (out == outs[0] ? 1 : 0), "\(lines)")
+        }
+        #expect(TestProcess.reapIfExited(early) == nil && TestProcess.reapIfExited(late) == nil, "both still follow")
+    }
+}
