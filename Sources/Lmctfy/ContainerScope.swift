@@ -43,6 +43,15 @@ public struct ContainerScope: Hashable, Sendable {
         return ContainerName(trusted: Array(name.components.dropFirst(root.components.count)))
     }
 
+    /// A message about containers of this scope, with their machine names
+    /// ("/root/web", quoted as messages quote them) given as the client's
+    /// ("/web"); the root itself as "/". The machine scope: unchanged.
+    public func callerMessage(_ message: String) -> String {
+        guard !root.isRoot else { return message }
+        let r = root.path
+        return message.replacing("\"\(r)/", with: "\"/").replacing("\"\(r)\"", with: "\"/\"")
+    }
+
     /// `relative(name)` as a path; nil for a name outside the root.
     public func path(_ name: ContainerName) -> String? {
         relative(name)?.path

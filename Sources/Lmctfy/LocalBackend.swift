@@ -133,6 +133,8 @@ public struct LocalBackend: ContainerBackend {
 
     // MARK: Verbs
 
+    public func callerMessage(_ message: String) -> String { scope.callerMessage(message) }
+
     /// Creates the container (`ContainerApi.create`); returns its absolute name.
     @discardableResult
     public func create(_ name: String, spec: ContainerSpec) throws(LmctfyError) -> String {

@@ -269,6 +269,10 @@ public final class Dispatcher: Sendable {
         do {
             try route.handler(self, payload, context)
             return .ok
+        } catch let e as LmctfyError {
+            // Named as the caller names them (the root_container's path
+            // left out): the messages said "/root/web" for "/web".
+            return CallStatus(LmctfyError(e.code, backend.callerMessage(e.message), errno: e.errno))
         } catch {
             return Self.status(of: error, method: method)
         }

@@ -129,6 +129,10 @@ public protocol ContainerBackend: Sendable {
                 onEvent: (Int) throws(LmctfyError) -> Bool) throws(LmctfyError)
     /// Mounts and prepares the hierarchies an InitSpec asks for.
     func initMachine(_ spec: InitSpec) throws(LmctfyError)
+    /// A failure's message as the caller should read it: a backend serving
+    /// part of the machine (an agent's root_container) names containers
+    /// by the caller's names there, not by the machine's.
+    func callerMessage(_ message: String) -> String
 }
 
 /// What `createReportingInit` made.
@@ -145,6 +149,9 @@ public struct CreateOutcome: Sendable, Equatable {
 }
 
 extension ContainerBackend {
+    /// By default: the message as it is.
+    public func callerMessage(_ message: String) -> String { message }
+
     /// By default: `destroy`, reporting the container alone.
     public func destroyReporting(_ name: String, force: Bool) throws(LmctfyError) -> [String] {
         [try destroy(name, force: force)]

@@ -99,6 +99,10 @@ private func name(_ path: String) throws -> ContainerName { try ContainerName.re
         #expect(m.exists("agent", "web") && m.exists("agent", "web2") && m.exists("agent", "web3"))
         #expect(!m.exists("web") && !m.exists("web3"))
         #expect(m.events.map(\.container) == ["/web", "/web2", "/web3"])
+        // A refusal names the container as the caller does (it said
+        // "/agent/web": the root_container's path leaked).
+        #expect(try m.call(AgentMethods.create, CreateRequest(name: "/web")).0
+            == CallStatus(.alreadyExists, "Can't create existing container \"/web\""))
 
         let all = try m.call(AgentMethods.listContainers, ListContainersRequest(name: "/", recursive: true)).1.first?.names
         #expect(all == ["/busy", "/busy/sub", "/web", "/web2", "/web3"])
