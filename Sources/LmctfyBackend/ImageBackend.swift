@@ -67,3 +67,22 @@ public enum ImageName {
         }
     }
 }
+
+/// How an exported archive is compressed, chosen by its file name the same
+/// way on every side (lmctfy's store, lmctl asking an agent's).
+public enum ArchiveCompression: String, Sendable {
+    case none = "", gzip, xz
+
+    /// gzip for .gz/.tgz, xz for .xz/.txz, none for anything else but the
+    /// suffixes of compressions import reads and export does not write
+    /// (.zst, .bz2, ...): INVALID_ARGUMENT, rather than an uncompressed
+    /// tar under a name that says otherwise.
+    public static func forExport(_ path: String) throws(LmctfyError) -> ArchiveCompression {
+        if path.hasSuffix(".gz") || path.hasSuffix(".tgz") { return .gzip }
+        if path.hasSuffix(".xz") || path.hasSuffix(".txz") { return .xz }
+        for other in [".zst", ".tzst", ".zstd", ".bz2", ".tbz2", ".tbz", ".lz4", ".lzma", ".tlz", ".Z"] where path.hasSuffix(other) {
+            throw .invalidArgument("image export compresses with gzip (.gz, .tgz) or xz (.xz, .txz), or not at all; \"\(path)\" asks for \(other)")
+        }
+        return .none
+    }
+}

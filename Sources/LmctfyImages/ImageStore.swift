@@ -472,6 +472,18 @@ public struct ImageStore: ImageBackend {
 
     // MARK: List and remove
 
+    /// The store's root as configured ($LMCTFY_IMAGE_ROOT): an absolute
+    /// path (3 otherwise), a directory if it exists (9 otherwise). A file
+    /// or a relative path listed as an empty store.
+    public func checkRoot() throws(LmctfyError) {
+        guard root.hasPrefix("/") else {
+            throw .invalidArgument("The image store \"\(root)\" (\(Self.rootEnvironmentVariable)) must be an absolute path")
+        }
+        if Sys.exists(root) && !Sys.isDirectory(root) {
+            throw .failedPrecondition("The image store \"\(root)\" (\(Self.rootEnvironmentVariable)) is not a directory")
+        }
+    }
+
     public func listImages() throws(LmctfyError) -> [ImageSummary] {
         guard Sys.isDirectory(root) else { return [] }
         let names: [String]
@@ -511,25 +523,13 @@ public struct ImageStore: ImageBackend {
         try Self.loadArchiveLibrary()
         // A device, FIFO or symlink (/dev/null, /dev/stdout) is written in
         // place; a rename over it would replace it with a file.
+        let compression = try Compression.forExport(archivePath)
         try Sys.producingOutputFile(archivePath, token: try uniqueToken()) { (target, _) throws(LmctfyError) in
-            try Self.pack(rootfs, to: target, compression: Compression(forPath: archivePath))
+            try Self.pack(rootfs, to: target, compression: compression)
         }
     }
 
-    /// Output compression, chosen by the file name.
-    enum Compression {
-        case none, gzip, xz
-
-        init(forPath path: String) {
-            if path.hasSuffix(".gz") || path.hasSuffix(".tgz") {
-                self = .gzip
-            } else if path.hasSuffix(".xz") || path.hasSuffix(".txz") {
-                self = .xz
-            } else {
-                self = .none
-            }
-        }
-    }
+    typealias Compression = ArchiveCompression
 
     /// Writes the tree at `rootfs` as a pax tar to `path`: entries in byte
     /// order of their paths, owners as numbers, no atime/ctime (so the same

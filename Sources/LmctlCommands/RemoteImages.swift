@@ -88,8 +88,7 @@ public final class RemoteImages: ImageBackend, @unchecked Sendable {
 
     public func exportImage(_ name: String, to archivePath: String) throws(LmctfyError) {
         try ImageName.check(name)
-        let compression = archivePath.hasSuffix(".gz") || archivePath.hasSuffix(".tgz") ? "gzip"
-            : archivePath.hasSuffix(".xz") || archivePath.hasSuffix(".txz") ? "xz" : ""
+        let compression = try ArchiveCompression.forExport(archivePath).rawValue
         // A device, FIFO or symlink (/dev/null, /dev/stdout) is written in
         // place; a rename over it would replace it with a file.
         try Sys.producingOutputFile(archivePath, token: String(getpid())) { (target, inPlace) throws(LmctfyError) in

@@ -14,5 +14,9 @@ var environment = CLIEnvironment(
     },
     initMachine: LocalBackend.prepareMachine)
 // The image store at $LMCTFY_IMAGE_ROOT or /var/lib/lmctfy/images.
-environment.makeImages = { () throws(LmctfyError) in ImageStore() }
+environment.makeImages = { () throws(LmctfyError) in
+    let store = ImageStore()
+    try store.checkRoot()
+    return store
+}
 LmctfyCLI.main(environment: environment)

@@ -43,6 +43,20 @@ private func code(_ body: () throws(LmctfyError) -> Void) -> StatusCode? {
 }
 
 @Suite(.serialized) struct ImageServiceTests {
+    /// A refused upload is "the upload" in the message, not the agent's own
+    /// file under .transfers (a path the caller can do nothing with).
+    @Test func aRefusedUploadIsNamedAsTheCallersNotByTheAgentsFile() throws {
+        let s = try Scratch()
+        let service = ImageService(root: s.dir + "/store")
+        do {
+            _ = try service.importImage(ImportImageRequest(name: "junk", offset: 0, data: Array(repeating: 0x5a, count: 4096), commit: true))
+            Issue.record("a non-archive was imported")
+        } catch {
+            #expect(error.code == .invalidArgument && error.message.contains("Cannot read the upload as an archive"), "\(error)")
+            #expect(!error.message.contains(".transfers"), "\(error)")
+        }
+    }
+
     /// Clients that died mid-upload (killed: they never aborted) held every
     /// transfer for 10 minutes, and every import and export was refused
     /// meanwhile. With all open, one untouched for 30 s gives way.

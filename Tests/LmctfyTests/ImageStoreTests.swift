@@ -210,6 +210,26 @@ private func code(_ body: () throws(LmctfyError) -> Void) -> StatusCode? {
         #expect(code { () throws(LmctfyError) in try s.store.exportImage("missing", to: s.dir + "/in/x.tar") } == .notFound)
         #expect(!Sys.exists(s.dir + "/in/x.tar"))
         #expect(s.storeEntries() == ["dup"])
+        // A compression export does not write is refused, not written as a
+        // plain tar under a name that says otherwise.
+        for suffix in [".tar.zst", ".tar.bz2", ".tbz2"] {
+            #expect(code { () throws(LmctfyError) in try s.store.exportImage("dup", to: s.dir + "/in/x" + suffix) } == .invalidArgument)
+            #expect(!Sys.exists(s.dir + "/in/x" + suffix))
+        }
+        #expect(try ArchiveCompression.forExport("a.tgz") == .gzip && ArchiveCompression.forExport("a.tar.xz") == .xz
+                && ArchiveCompression.forExport("a.tar") == .none)
+    }
+
+    /// The store's root as $LMCTFY_IMAGE_ROOT gives it: a relative path
+    /// (3) or a file (9) listed as an empty store.
+    @Test func aStoreRootThatCannotBeOneIsRefused() throws {
+        let s = try ImageScratch()
+        #expect(code { () throws(LmctfyError) in try ImageStore(root: "relative/store").checkRoot() } == .invalidArgument)
+        let file = s.dir + "/in/file"
+        try Sys.writeFileAtomically(file, Array("x".utf8))
+        #expect(code { () throws(LmctfyError) in try ImageStore(root: file).checkRoot() } == .failedPrecondition)
+        #expect(code { () throws(LmctfyError) in try ImageStore(root: s.dir + "/not-yet").checkRoot() } == nil)
+        #expect(code { () throws(LmctfyError) in try s.store.checkRoot() } == nil)
     }
 
     @Test func namesThatAreNotUTF8AreRefusedNotRenamed() throws {
