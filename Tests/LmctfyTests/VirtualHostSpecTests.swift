@@ -28,6 +28,8 @@ struct VirtualHostSpecTests {
              .invalidArgument, "absolute target"),
             (vh(nil, VirtualHostSpec(virtualHostname: "a/b")), .invalidArgument, "not a valid host name"),
             (vh(nil, VirtualHostSpec(virtualHostname: "")), .invalidArgument, "not a valid host name"),
+            (vh(nil, VirtualHostSpec(virtualHostname: "a\nb c")), .invalidArgument, "not a valid host name"),
+            (vh(nil, VirtualHostSpec(virtualHostname: "tab\there")), .invalidArgument, "not a valid host name"),
             (vh(nil, VirtualHostSpec(init_: .init(initArgv: [""]))), .invalidArgument, "init_argv[0] is empty"),
             (vh(nil, VirtualHostSpec(init_: .init(runSpec: RunSpec(uid: 5)))), .invalidArgument, "both uid and gid"),
             (vh(nil, VirtualHostSpec(init_: .init(runSpec: RunSpec(console: .init())))), .unimplemented, "console"),

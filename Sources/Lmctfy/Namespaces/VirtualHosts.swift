@@ -39,9 +39,10 @@ extension ContainerApi {
             }
         }
         if let h = vh.virtualHostname {
-            // What sethostname(2) and a resolver accept: 1..64 bytes, no NUL or '/'.
-            if h.isEmpty || h.utf8.count > 64 || h.utf8.contains(0) || h.contains("/") {
-                throw .invalidArgument("virtual_hostname \"\(h)\" is not a valid host name (1 to 64 bytes, no '/')")
+            // What sethostname(2) and a resolver accept: 1..64 bytes, no
+            // '/', nothing unprintable or blank (a newline was set verbatim).
+            if h.isEmpty || h.utf8.count > 64 || h.contains("/") || h.utf8.contains(where: { $0 <= 0x20 || $0 == 0x7f }) {
+                throw .invalidArgument("virtual_hostname \"\(h)\" is not a valid host name (1 to 64 bytes, no '/', spaces or control characters)")
             }
         }
         if let argv = vh.init_?.initArgv, !argv.isEmpty, argv[0].isEmpty {
@@ -136,6 +137,11 @@ extension ContainerApi {
             var text = error.description
             if error.stage == .network, let plan {
                 text = "setting up the network: \(plan.describeInsideStep(error.index)): \(String(cString: strerror(error.errno)))"
+            }
+            if error.errno == EACCES && root.image && vh.userNamespace != nil {
+                // The store is root's alone (0700): the mapped root cannot reach it.
+                text += " (the image store is root's alone, and a user namespace's root is not the host's: give "
+                    + "filesystem.rootfs as a directory its mapped root can read, e.g. an image exported and unpacked there)"
             }
             return LmctfyError(.internal, "Failed to start the init of virtual host \"\(name)\": \(text)", errno: error.errno)
         }
