@@ -566,7 +566,13 @@ public enum LmctlCLI {
 
     static func dial(_ address: String, keyFile: String?, tls: TlsFlags? = nil, flag: String = "--agent") throws(LmctfyError) -> RpcClient {
         if address.hasPrefix("unix://") {
-            return try RpcClient.connect(unixPath: String(address.dropFirst("unix://".count)), name: "lmctl")
+            do {
+                return try RpcClient.connect(unixPath: String(address.dropFirst("unix://".count)), name: "lmctl")
+            } catch where flag == "--controller" {
+                // Say which peer could not be reached (it said "the agent").
+                throw LmctfyError(error.code, error.message.replacing("cannot connect to the agent", with: "cannot connect to the controller"),
+                                  errno: error.errno)
+            }
         }
         if address.hasPrefix("tcp://") {
             let hostPort = address.dropFirst("tcp://".count)

@@ -310,15 +310,22 @@ enum TopCommand {
     /// The names and freezer states below the base (on every host), and
     /// their limits.
     static func load(_ model: inout Model, calls: Calls) throws(LmctfyError) {
+        var missing = 0
         for host in calls.fleet ? calls.hosts.map(Optional.some) : [nil] {
             let listed: ListContainersResponse
             do {
                 listed = try calls.client(host).call(AgentMethods.listContainers,
                                                      ListContainersRequest(name: model.base, recursive: true, withFrozen: true))
             } catch where host != nil && error.code == .notFound {
+                missing += 1
                 continue  // this host has no such container
             }
             model.list(listed.names, frozen: listed.frozen, host: host)
+        }
+        // At a controller, a container no host has is NOT_FOUND, as at one
+        // agent (it was an empty table and 0).
+        if calls.fleet && missing > 0 && missing == calls.hosts.count {
+            throw .notFound("Container \"\(model.base)\" does not exist on any host")
         }
         try fetchSpecs(&model, calls: calls, limit: .max)
     }

@@ -173,5 +173,9 @@ extension LmctlArgumentTests {
             #expect(r.stderr.hasPrefix("Command exited with error message: 14: cannot connect to the agent"), "\(args): \(r)")
             #expect(!r.stderr.contains("lmctfy instance"), "\(args): \(r)")
         }
+        // A controller that cannot be reached is called one (it said "the agent").
+        let (out, err) = (BufferSink(), BufferSink())
+        let status = LmctlCLI.run(LmctlHelpTests.nowhereController + ["hosts"], stdout: out, stderr: err)
+        #expect(status == 14 && err.text.contains("cannot connect to the controller"), "\(err.text)")
     }
 }

@@ -33,6 +33,9 @@ struct TopControllerTests {
 
         let none = try fleet.lmctl(["--hosts", "zone=nowhere", "top", "--once"])
         #expect(none.status == 5, "\(none.err)")
+        // A container no host has: 5, as at one agent (it was an empty table and 0).
+        let missing = try fleet.lmctl(["top", "--once", base + "-missing"])
+        #expect(missing.status == 5 && missing.err.contains("does not exist on any host"), "\(missing)")
     }
 }
 
