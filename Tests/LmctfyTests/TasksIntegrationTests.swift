@@ -231,14 +231,7 @@ struct TasksIntegrationTests {
                 pids[n] = try api.get(n).run(["sleep", "300"])
             }
             func refused(_ what: String, _ body: () throws -> Void) {
-                do {
-                    try body()
-                    Issue.record("\(what) was not refused")
-                } catch {
-                    let e = error as? LmctfyError
-                    #expect(e?.code == .failedPrecondition, "\(what): \(error)")
-                    #expect(e?.message.contains("ancestor \"\(name)\" is paused: resume \"\(name)\" first") == true, "\(what): \(error)")
-                }
+                expectRefused(what, .failedPrecondition, containing: "ancestor \"\(name)\" is paused: resume \"\(name)\" first", body)
             }
             let backend = LocalBackend(api: api, callerPid: getpid())
             try api.get(name).setFrozen(true)

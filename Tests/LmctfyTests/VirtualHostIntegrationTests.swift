@@ -169,14 +169,7 @@ struct VirtualHostIntegrationTests {
             // root as real root, an enter was allowed, and init_pid was 1.
             #expect(try c.isVirtualHost())
             func refused(_ what: String, _ body: () throws -> Void) {
-                do {
-                    try body()
-                    Issue.record("\(what) was not refused")
-                } catch {
-                    let e = error as? LmctfyError
-                    #expect(e?.code == .failedPrecondition && e?.message.contains("The init of virtual host \"\(name)\" is gone") == true,
-                            "\(what): \(error)")
-                }
+                expectRefused(what, .failedPrecondition, containing: "The init of virtual host \"\(name)\" is gone", body)
             }
             refused("initPid") { _ = try c.initPid() }
             refused("run") { _ = try runInside(c, "hostname > /share/ran") }
