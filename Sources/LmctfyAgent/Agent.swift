@@ -435,7 +435,9 @@ public final class Agent: @unchecked Sendable {
             // What the watcher sees appear or go is what the policy's
             // ledger needs a listing for (PolicyKeeper.syncIfChanged).
             let inventory = dispatcher.inventory
-            dispatcher.policy?.outsideChanges.locked { $0 = PolicyKeeper.OutsideChanges { inventory.outsideChanges } }
+            dispatcher.policy?.outsideChanges.locked {
+                $0 = PolicyKeeper.OutsideChanges({ inventory.outsideChanges }, takeUpdated: { inventory.takeUpdatedOutside() })
+            }
             let (api, scope) = (self.api, self.scope)
             dispatcher.memoryOwner.locked { $0 = Dispatcher.MemoryOwner { (path: String) throws(LmctfyError) -> String in
                 let name = try scope.resolve(path)

@@ -35,6 +35,9 @@ final class Inventory: Sendable {
         /// the agent's own creates and destroys keep, needs a new listing
         /// only then.
         var outsideChanges: UInt64 = 0
+        /// Names whose spec changed without the agent since the policy
+        /// last took them (their commitments are read again).
+        var updatedOutside: Set<String> = []
     }
 
     private let state = Mutexed(State())
@@ -192,6 +195,8 @@ final class Inventory: Sendable {
             guard s.known[name] != nil, !Self.busy(s, name), (s.touched[name] ?? 0) <= since else { return }
             if let was = s.specs[name], was != spec {
                 events.record(container: name, kind: .containerEventUpdated)
+                s.outsideChanges &+= 1
+                s.updatedOutside.insert(name)
             }
             // Every read, the first too: a write made between the snapshot
             // keeper's last read and this first one (just after the agent
@@ -230,8 +235,16 @@ final class Inventory: Sendable {
         s.empty[name] = isEmpty
     }
 
-    /// How many times containers appeared or went without the agent.
+    /// How many times containers appeared, went or changed without the agent.
     var outsideChanges: UInt64 { state.locked { $0.outsideChanges } }
+
+    /// The names whose spec changed without the agent since the last call.
+    func takeUpdatedOutside() -> [String] {
+        state.locked { s in
+            defer { s.updatedOutside = [] }
+            return s.updatedOutside.sorted()
+        }
+    }
 
     /// Whether one of the agent's own changes of `name` or of a container
     /// above it is in progress: a destroy takes the subcontainers with it

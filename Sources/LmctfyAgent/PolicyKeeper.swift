@@ -83,7 +83,12 @@ public final class PolicyKeeper: Sendable {
 
     final class OutsideChanges: Sendable {
         let count: @Sendable () -> UInt64
-        init(_ count: @escaping @Sendable () -> UInt64) { self.count = count }
+        /// The names whose spec changed without the agent since last asked.
+        let takeUpdated: @Sendable () -> [String]
+        init(_ count: @escaping @Sendable () -> UInt64, takeUpdated: @escaping @Sendable () -> [String] = { [] }) {
+            self.count = count
+            self.takeUpdated = takeUpdated
+        }
     }
 
     /// `sync`, unless nothing appeared or went behind the agent's back
@@ -95,6 +100,14 @@ public final class PolicyKeeper: Sendable {
         let now = changes.count()
         if syncedAt.locked({ $0 }) == now { return }
         sync()
+        // A known container updated behind the agent's back (lmctfy update)
+        // commits what its spec says now: the ledger kept what it had been
+        // admitted with, and admitted past capacity.
+        for name in changes.takeUpdated() where Self.isTopLevel(name) {
+            guard let spec = try? backend.spec(name) else { continue }
+            let c = commitment(of: spec)
+            admitter.refresh(name, tier: c.tier.name, amount: c.amount)
+        }
         syncedAt.locked { $0 = now }
     }
 

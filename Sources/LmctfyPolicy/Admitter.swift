@@ -74,6 +74,16 @@ public final class Admitter: Sendable {
     /// Forgets a container gone.
     public func forget(_ name: String) { ledger.locked { _ = $0.remove(name) } }
 
+    /// A known container whose spec changed behind the agent's back: what
+    /// it commits now, its order kept. Not one being created or changed by
+    /// the agent (its own step settles it), nor one not known.
+    public func refresh(_ name: String, tier: String, amount: Amount) {
+        ledger.locked { l in
+            guard let c = l.entries[name], !c.pending else { return }
+            l.set(name, tier: tier, amount: amount, order: c.order)
+        }
+    }
+
     /// Brings the ledger in line with the containers that exist: `list`
     /// lists them (nil: the listing failed, nothing changes); those not yet
     /// known are read with `read` (nil: gone meanwhile) and recorded; those

@@ -180,9 +180,18 @@ struct PolicyAgentTests {
                 try #require(seen(true), "the watcher did not see /cli")
                 let (code, message) = status { _ = try client.call(AgentMethods.create, CreateRequest(name: "/a2", spec: batch, tier: "batch")) }
                 #expect(code == .resourceExhausted && message.contains("314572800"), "\(message)")
+                // Shrunk behind its back to 50 MiB: the ledger follows the
+                // watcher's UPDATED (it kept the 200 MiB it had read).
+                try api.get(name(root.path + "/cli")).update(try ContainerSpec(textFormat: "memory { reservation: 52428800 }"), policy: .diff)
+                var admitted = false
+                for _ in 0..<100 where !admitted {
+                    admitted = (try? client.call(AgentMethods.create, CreateRequest(name: "/a2", spec: batch, tier: "batch"))) != nil
+                    if !admitted { usleep(50_000) }
+                }
+                #expect(admitted, "the ledger kept /cli's old reservation")
                 try api.destroy(name(root.path + "/cli"))
                 try #require(seen(false), "the watcher did not see /cli go")
-                _ = try client.call(AgentMethods.create, CreateRequest(name: "/a2", spec: batch, tier: "batch"))
+                _ = try client.call(AgentMethods.create, CreateRequest(name: "/a3", spec: batch, tier: "batch"))
             }
         }
     }
