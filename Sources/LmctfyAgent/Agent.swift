@@ -151,7 +151,7 @@ public final class Agent: @unchecked Sendable {
     /// until the agent has stopped.
     private let stateLock = Atomic<Int32>(-1)
 
-    /// Locks state_dir/agent.lock for this agent, without waiting, and
+    /// Locks state_dir/agent.lock for this agent, waiting at most 2 s, and
     /// writes its pid there: two agents on one state_dir would both append
     /// to its event journal, replay each other's requests and recover each
     /// other's containers (a second agent with the same socket ran the
@@ -161,7 +161,14 @@ public final class Agent: @unchecked Sendable {
         let path = stateDir + "/agent.lock"
         let fd: Int32
         do { fd = try Sys.open(path, O_RDWR | O_CREAT, mode: 0o600) } catch { throw error.lmctfy(.failedPrecondition, "Cannot lock the state_dir") }
-        let (r, le) = Sys.retry { Sys.flockExclusiveNow(fd) }
+        // A lock just released can still be held for a moment by a copy of
+        // its descriptor: a child forked (by the agent before, or by this
+        // process) that has not exec'd yet. Up to 2 s is given for that.
+        var (r, le) = Sys.retry { Sys.flockExclusiveNow(fd) }
+        for _ in 0..<100 where r < 0 && le == EWOULDBLOCK {
+            usleep(20_000)
+            (r, le) = Sys.retry { Sys.flockExclusiveNow(fd) }
+        }
         if r < 0 {
             let holder = (try? Sys.readAll(fd, path: path, maxBytes: 64)).map { String(decoding: $0, as: UTF8.self).trimmingWhitespace } ?? ""
             close(fd)

@@ -220,6 +220,8 @@ public struct ImageStore: ImageBackend {
         try Self.loadArchiveLibrary()
         // Opened here: the unpacking thread works in another directory, where
         // a relative path would name something else.
+        // A directory opens, then reads as "Error reading fd 3".
+        if Sys.isDirectory(archivePath) { throw .invalidArgument("\"\(archivePath)\" is a directory, not an archive") }
         let archiveFd: Int32
         do {
             archiveFd = try Sys.open(archivePath, O_RDONLY)

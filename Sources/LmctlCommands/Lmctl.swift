@@ -165,7 +165,10 @@ public enum LmctlCLI {
     static func parseOptions(_ args: [String]) throws(LmctfyError) -> Options {
         var o = Options()
         var rest = args[...]
+        var given: Set<String> = []
         func take(_ flag: String, _ value: String) throws(LmctfyError) {
+            // Each once: `--host a --host b` ran on b alone, silently.
+            guard given.insert(flag).inserted else { throw .invalidArgument("\(flag) is given twice") }
             switch flag {
             case "--agent": o.agent = value
             case "--controller": o.controller = value

@@ -143,6 +143,10 @@ import Testing
         #expect(r.stderr.contains("usage: lmctl stats -f"), "\(r)")
         r = lmctl(["events", "/a", "/b"])
         #expect(r.status == 3 && r.stderr.contains("events takes one container name"), "\(r)")
+        // A flag of lmctl's given twice: 3 (the last one was taken, silently).
+        let (out, err) = (BufferSink(), BufferSink())
+        let twice = LmctlCLI.run(LmctlHelpTests.nowhereController + ["--host", "a", "--host=b", "list", "containers"], stdout: out, stderr: err)
+        #expect(twice == 3 && err.text.contains("--host is given twice"), "\(err.text)")
         // What info does take still reaches the agent (here: none, 14).
         #expect(lmctl(["-o", "json", "info"]).status == 14)
     }

@@ -207,6 +207,7 @@ private func code(_ body: () throws(LmctfyError) -> Void) -> StatusCode? {
         try s.store.importImage(archive, as: "dup")
         #expect(code { () throws(LmctfyError) in try s.store.importImage(archive, as: "dup") } == .alreadyExists)
         #expect(code { () throws(LmctfyError) in try s.store.importImage(s.dir + "/in/missing.tar", as: "x") } == .notFound)
+        #expect(code { () throws(LmctfyError) in try s.store.importImage(s.dir + "/in", as: "x") } == .invalidArgument)
         #expect(code { () throws(LmctfyError) in try s.store.exportImage("missing", to: s.dir + "/in/x.tar") } == .notFound)
         #expect(!Sys.exists(s.dir + "/in/x.tar"))
         #expect(s.storeEntries() == ["dup"])
