@@ -83,8 +83,8 @@ public final class EventLog: Sendable {
 
     struct State {
         var next: UInt64 = 1
-        /// A log whose id outlives the process: the file that holds the
-        /// sequence numbers handed out are below, and that bound.
+        /// A log whose id outlives the process: the file holding a bound
+        /// every sequence number handed out is below, and that bound.
         var reservation: (path: String, through: UInt64)?
         /// Where events are also written (state_dir/events), once attached.
         var journal: EventJournal?
@@ -235,7 +235,9 @@ public final class EventLog: Sendable {
             e.sequence = s.next
             if e.timestampNs == nil { e.timestampNs = WallClock.nanosecondsSinceEpoch() }
             s.next += 1
-            if let r = s.reservation, s.next > r.through { Self.reserve(&s) }
+            // Moved before the next number reaches the bound: every number
+            // handed out stays below the bound on disk.
+            if let r = s.reservation, s.next >= r.through { Self.reserve(&s) }
             s.kindCounts[e.kind ?? .containerEventUnspecified, default: 0] += 1
             if e.kind == .containerEventOom, let c = e.container { s.ooms[c, default: 0] += 1 }
             if e.kind == .containerEventStats {

@@ -172,11 +172,11 @@ enum EventsCommand {
         }
     }
 
-    /// Subscribes and prints; `host`: the events are that host's (through a
-    /// controller) and every line says so.
     /// How long `-f` keeps trying to reach an agent it lost (a restart).
     static let followReconnectMs: UInt64 = 60_000
 
+    /// Subscribes and prints; `host`: the events are that host's (through a
+    /// controller) and every line says so.
     static func run(_ words: [String], dial: () throws(LmctfyError) -> RpcClient, host: String? = nil,
                     stdout: any ByteSink, stderr: any ByteSink) -> Int32 {
         do {
