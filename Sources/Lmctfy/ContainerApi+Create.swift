@@ -43,7 +43,7 @@ extension ContainerApi {
                     // for it, a signal) closed its status pipe as an exec
                     // does: the create said it succeeded, with init pid 1,
                     // and left a virtual host without init.
-                    guard try container.runningInit() != nil else {
+                    guard let initPid = try container.runningInit(), Self.isLiveTask(procRoot, initPid) else {
                         throw LmctfyError(.internal, "Failed to start the init of virtual host \"\(name)\": it (pid \(pid)) "
                                           + "exited as it started\(Self.smallLimitHint(spec))")
                     }
@@ -54,6 +54,17 @@ extension ContainerApi {
             }
             return container
         }
+    }
+
+    /// Whether a task is alive and not on its way out. A task killed before
+    /// its exec is still listed for a moment after its descriptors (the
+    /// status pipe) are closed, but PF_EXITING is set before they are
+    /// (`/proc/PID/stat` flags; the cgroup v2 guest showed the window).
+    static func isLiveTask(_ procRoot: String, _ pid: pid_t) -> Bool {
+        guard let stat = try? Sys.readFile(procRoot + "/\(pid)/stat"), let close = stat.lastIndex(of: ")") else { return false }
+        let fields = stat[stat.index(after: close)...].split(separator: " ")
+        guard fields.count > 6, let flags = UInt64(fields[6]) else { return false }
+        return fields[0] != "Z" && fields[0] != "X" && flags & 0x4 == 0  // PF_EXITING
     }
 
     /// What may have killed a virtual host's init as it started: a memory
