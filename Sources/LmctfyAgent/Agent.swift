@@ -278,7 +278,8 @@ public final class Agent: @unchecked Sendable {
                                      events: events, agentVersion: LmctfyVersion.string, journal: journal,
                                      testHold: TestHold.fromEnvironment(marker: settings.stateDir + "/test-hold"),
                                      snapshots: snapshots, criu: criu, warnings: warnings, policy: policy,
-                                     images: ImageService(root: settings.imageRoot))
+                                     images: ImageService(root: settings.imageRoot),
+                                     leases: FreezeLeases(file: settings.stateDir + "/freeze-leases"))
         self.tlsServer = settings.tlsServer
         self.tlsClient = settings.tlsClient
         self.log = log
@@ -902,6 +903,24 @@ public final class Agent: @unchecked Sendable {
     private func tick() {
         let now = MonotonicClock.milliseconds()
         for s in Array(conns.values) { perform(s, s.session.tick(now: now)) }
+        thawExpiredLeases(now: now)
+    }
+
+    /// Whether a pool thread is thawing freezes whose lease ran out.
+    private var thawingLeases = false
+
+    /// Thaws (on a pool thread) the containers whose freeze lease ran out
+    /// (PauseRequest.lease_ms); leases kept by an agent before a restart
+    /// count from when they were taken.
+    private func thawExpiredLeases(now: UInt64) {
+        guard !thawingLeases, !stopping, let next = dispatcher.leases.nextDeadline, next <= now else { return }
+        thawingLeases = true
+        let dispatcher = self.dispatcher
+        let log = self.log
+        let started = loop.offload({
+            for line in dispatcher.thawExpiredLeases() { log.warning("\(line)") }
+        }, then: { [weak self] _ in self?.thawingLeases = false })
+        if !started { thawingLeases = false }
     }
 
     // MARK: Dialling home (PROTOCOL.md section 9)

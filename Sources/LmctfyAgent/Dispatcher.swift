@@ -204,13 +204,16 @@ public final class Dispatcher: Sendable {
     let policy: PolicyKeeper?
     /// The image store (Images.swift); nil: the image methods are UNIMPLEMENTED.
     let images: ImageService?
+    /// Freezes that end by themselves (PauseRequest.lease_ms).
+    let leases: FreezeLeases
 
     /// A dispatcher onto `backend`; names the caller leaves out mean
     /// whatever the backend's caller is (the agent's own container).
     public init(backend: any ContainerBackend, cgroupVersion: Int32, events: EventLog, agentVersion: String,
                 journal: RequestJournal? = nil, testHold: TestHold? = nil, snapshots: SnapshotKeeper? = nil,
                 criu: CriuProbe? = nil, warnings: [String] = [], policy: PolicyKeeper? = nil,
-                images: ImageService? = nil) {
+                images: ImageService? = nil, leases: FreezeLeases? = nil) {
+        self.leases = leases ?? FreezeLeases(file: nil)
         self.policy = policy
         self.images = images
         self.criu = criu
@@ -266,6 +269,17 @@ public final class Dispatcher: Sendable {
         guard route.info.role.allows(role) else {
             return CallStatus(.permissionDenied, "Method \(method) needs the admin role")
         }
+        // A change cancelled while it waited for a thread (the caller
+        // cancelled, its deadline passed, its connection closed): nobody
+        // waits for the answer, so nothing is done (the admin methods; a
+        // read has nothing to undo, and a cancelled Notify still replays). A request read by an agent that was
+        // stopped (SIGSTOP) arrives with the caller's CANCEL behind it; it
+        // was carried out all the same, long after the caller had given up
+        // and undone its side (a migration thawed its source while the
+        // target made the copy).
+        if route.info.role == .admin && context.cancelled {
+            return CallStatus(.cancelled, "\(method) was cancelled before it started; nothing was done")
+        }
         do {
             try route.handler(self, payload, context)
             return .ok
@@ -312,13 +326,22 @@ public final class Dispatcher: Sendable {
             progress: (@Sendable (Req, String) -> Resp?)? = nil,
             _ rawBody: @escaping @Sendable (Dispatcher, Req) throws -> Resp
         ) {
+            mutating(m, recover: recover, progress: progress, withContext: { d, r, _ in try rawBody(d, r) })
+        }
+        /// The same, for a body that checks the call's cancellation itself.
+        func mutating<Req: IdempotentRequest, Resp>(
+            _ m: AgentMethod<Req, Resp>,
+            recover: @escaping @Sendable (Dispatcher, Req, LmctfyError) throws -> Resp? = { _, _, _ in nil },
+            progress: (@Sendable (Req, String) -> Resp?)? = nil,
+            withContext rawBody: @escaping @Sendable (Dispatcher, Req, CallContext) throws -> Resp
+        ) {
             table[m.name] = { d, payload, context in
                 let r = try Req(serializedBytes: payload)
                 // A caller that asked for progress gets the library's reports
                 // as responses ahead of the final one (ProgressReporting).
                 let body: @Sendable (Dispatcher, Req) throws -> Resp = { d, r in
-                    guard let progress, progress(r, "") != nil else { return try rawBody(d, r) }
-                    return try d.withProgress(context, make: { progress(r, $0) }, body: { try rawBody(d, r) })
+                    guard let progress, progress(r, "") != nil else { return try rawBody(d, r, context) }
+                    return try d.withProgress(context, make: { progress(r, $0) }, body: { try rawBody(d, r, context) })
                 }
                 guard let id = r.requestId, let journal = d.journal else {
                     let response = try body(d, r)
@@ -430,11 +453,13 @@ public final class Dispatcher: Sendable {
             return KillAllResponse()
         }
         mutating(AgentMethods.pause) { d, r in
-            try d.setPaused(try Dispatcher.containerName(r.name), true)
+            try d.pause(try Dispatcher.containerName(r.name), leaseMs: r.leaseMs)
             return PauseResponse()
         }
         mutating(AgentMethods.resume) { d, r in
-            try d.setPaused(try Dispatcher.containerName(r.name), false)
+            let name = try Dispatcher.containerName(r.name)
+            d.leases.release([try d.backend.resolve(name)])
+            try d.setPaused(name, false)
             return ResumeResponse()
         }
         streaming(AgentMethods.notify) { d, r, context in try d.notify(r, context) }
@@ -450,7 +475,7 @@ public final class Dispatcher: Sendable {
             return try policy.check(r)
         }
         unary(AgentMethods.exportSnapshot) { d, r in try d.exportSnapshot(r) }
-        mutating(AgentMethods.importSnapshot) { d, r in try d.importSnapshot(r) }
+        mutating(AgentMethods.importSnapshot, withContext: { d, r, context in try d.importSnapshot(r, context: context) })
         mutating(AgentMethods.checkpoint) { d, r in try d.checkpoint(r) }
         mutating(AgentMethods.restore) { d, r in try d.restore(r) }
         mutating(AgentMethods.initMachine) { d, r in
@@ -519,10 +544,57 @@ public final class Dispatcher: Sendable {
             for p in gone { events.record(container: p, kind: .containerEventDestroyed) }
             snapshots?.removeTree(path)
             policy?.destroyed(path)
+            // A freeze lease on it or below ends with it (after it: a
+            // destroy that is refused leaves the freeze and its lease; a thaw
+            // at the lease's end meanwhile finds it gone).
+            leases.release(leases.held(under: path))
             return (path, { known in
                 for k in known.keys where k == path || k.hasPrefix(path + "/") { known[k] = nil }
             })
         }
+    }
+
+    /// Pause, with a lease (`leaseMs`) or without. The lease is kept before
+    /// the freeze, so that no freeze is made that could outlive its lease;
+    /// a Pause without one ends any lease (the freeze is then the caller's).
+    func pause(_ name: String, leaseMs: UInt32?) throws {
+        let path = try backend.resolve(name)
+        guard let ms = leaseMs else {
+            leases.release([path])
+            return try setPaused(name, true)
+        }
+        guard ms >= 1, ms <= FreezeLeases.maxMs else {
+            throw LmctfyError.invalidArgument("lease_ms \(ms) is out of range: 1 to \(FreezeLeases.maxMs) (an hour)")
+        }
+        let previous = try leases.hold(path, name: name, ms: ms)
+        do {
+            try setPaused(name, true)
+        } catch {
+            leases.put(path, previous)
+            throw error
+        }
+    }
+
+    /// Thaws the containers whose freeze lease has run out; returns what to
+    /// log. A thaw that fails is tried again a second later, unless the
+    /// container is gone.
+    func thawExpiredLeases(now: UInt64 = MonotonicClock.milliseconds()) -> [String] {
+        var said: [String] = []
+        for (path, lease) in leases.due(now: now) {
+            _ = leases.expire(path, lease) {
+                do {
+                    try setPaused(lease.name, false)
+                    said.append("the freeze lease of \(lease.name) ran out: thawed it (a migration or another caller that paused it with a lease did not finish)")
+                    return true
+                } catch let e as LmctfyError where e.code == .notFound {
+                    return true
+                } catch {
+                    said.append("the freeze lease of \(lease.name) ran out but it could not be thawed (trying again in a second): \(error)")
+                    return false
+                }
+            }
+        }
+        return said
     }
 
     func setPaused(_ name: String, _ paused: Bool) throws {

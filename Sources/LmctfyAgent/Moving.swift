@@ -47,17 +47,31 @@ extension Dispatcher {
 
     /// ImportSnapshot: checks that the snapshot fits, makes the container,
     /// starts its recorded processes (with `start`), freezes it if it was
-    /// frozen. Nothing is left behind when a step fails.
-    func importSnapshot(_ r: ImportSnapshotRequest) throws -> ImportSnapshotResponse {
+    /// frozen. Nothing is left behind when a step fails, nor when the call
+    /// is cancelled part way (its caller gave up: its deadline passed, it
+    /// cancelled, its connection or the controller's link closed): a
+    /// migration that gave up thaws its source, and a copy made here after
+    /// that would run beside it.
+    func importSnapshot(_ r: ImportSnapshotRequest, context: CallContext? = nil) throws -> ImportSnapshotResponse {
         guard let s = r.snapshot else { throw LmctfyError.invalidArgument("ImportSnapshot needs a snapshot") }
         let (name, spec) = try Self.fit(s, name: r.name)
+        func checkCancelled() throws(LmctfyError) {
+            if context?.cancelled == true {
+                throw LmctfyError(.cancelled, "ImportSnapshot of \(name) was cancelled (its caller gave up); what it had made is removed")
+            }
+        }
         let path = try makeImported(name, spec: spec)
         do {
             var pids: [Int32] = []
             if r.start == true {
-                for p in s.process { pids.append(try launch(name, path: path, p)) }
+                for p in s.process {
+                    try checkCancelled()
+                    pids.append(try launch(name, path: path, p))
+                }
             }
             if s.frozen == true { try setPaused(name, true) }
+            // Last: after this the answer goes, and the copy is the caller's.
+            try checkCancelled()
             return ImportSnapshotResponse(name: path, startedPid: pids)
         } catch {
             undoImport(name, path: path)

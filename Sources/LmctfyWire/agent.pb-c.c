@@ -4754,7 +4754,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__kill_all_response__d
   (ProtobufCMessageInit) containers__lmctfy__agent__kill_all_response__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor containers__lmctfy__agent__pause_request__field_descriptors[2] =
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__pause_request__field_descriptors[3] =
 {
   {
     "name",
@@ -4780,15 +4780,28 @@ static const ProtobufCFieldDescriptor containers__lmctfy__agent__pause_request__
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "lease_ms",
+    3,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_UINT32,
+    offsetof(Containers__Lmctfy__Agent__PauseRequest, has_lease_ms),
+    offsetof(Containers__Lmctfy__Agent__PauseRequest, lease_ms),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned containers__lmctfy__agent__pause_request__field_indices_by_name[] = {
+  2,   /* field[2] = lease_ms */
   0,   /* field[0] = name */
   1,   /* field[1] = request_id */
 };
 static const ProtobufCIntRange containers__lmctfy__agent__pause_request__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 2 }
+  { 0, 3 }
 };
 const ProtobufCMessageDescriptor containers__lmctfy__agent__pause_request__descriptor =
 {
@@ -4798,7 +4811,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__pause_request__descr
   "Containers__Lmctfy__Agent__PauseRequest",
   "containers.lmctfy.agent",
   sizeof(Containers__Lmctfy__Agent__PauseRequest),
-  2,
+  3,
   containers__lmctfy__agent__pause_request__field_descriptors,
   containers__lmctfy__agent__pause_request__field_indices_by_name,
   1,  containers__lmctfy__agent__pause_request__number_ranges,

@@ -45,10 +45,10 @@ public enum LmctlCLI {
         usage: lmctl [--agent unix://PATH|tcp://HOST:PORT] [--key-file FILE] [--cert FILE --key FILE] [--ca FILE]
                      <lmctfy verb> ... | info | events ...
                lmctl [--agent ...] snapshot export NAME [-o FILE] [--text] | snapshot import FILE [--name N] [--start]
-               lmctl [--agent ...] migrate NAME --to unix://PATH|tcp://HOST:PORT [--to-key-file FILE]
+               lmctl [--agent ...] migrate NAME --to unix://PATH|tcp://HOST:PORT [--to-key-file FILE] [--timeout S]
                lmctl [--agent ...] checkpoint NAME DIR [--leave-running] | restore DIR [--name N]
                lmctl [--agent ...] top [--once] [-r] [--sort cpu|mem|procs|name] [NAME]
-               lmctl --controller ... migrate NAME --from HOST --to HOST
+               lmctl --controller ... migrate NAME --from HOST --to HOST [--timeout S]
                lmctl --controller unix://PATH|tcp://HOST:PORT [--key-file FILE] hosts [-o json] [SELECTOR]
                lmctl --controller ... (--host NAME | --hosts SELECTOR) <lmctfy verb> ... | info | events ...
         """
@@ -103,8 +103,8 @@ public enum LmctlCLI {
          "A container's snapshot: binary, or protobuf text."),
         ("snapshot", "snapshot import FILE [--name N] [--start]",
          "Re-create a container from a snapshot (FILE - is standard input)."),
-        ("migrate", "migrate NAME --to unix://PATH|tcp://HOST:PORT [--to-key-file FILE] [--force]",
-         "Move a container to another agent (at a controller: migrate NAME --from HOST --to HOST [--force])."),
+        ("migrate", "migrate NAME --to unix://PATH|tcp://HOST:PORT [--to-key-file FILE] [--timeout SECONDS] [--force]",
+         "Move a container to another agent, within --timeout (30 s) (at a controller: migrate NAME --from HOST --to HOST)."),
         ("checkpoint", "checkpoint NAME DIR [--leave-running]",
          "A CRIU checkpoint of a container's processes."),
         ("restore", "restore DIR [--name N]",

@@ -179,14 +179,26 @@ enum MovingCommands {
     // MARK: migrate
 
     static func migrateDirect(_ args: [String], dial: @escaping Dial, stdout: any ByteSink) throws -> Int32 {
-        let w = try Words(args, values: ["--to", "--to-key-file"], flags: ["--force"])
+        let w = try Words(args, values: ["--to", "--to-key-file", "--timeout"], flags: ["--force"])
         guard w.positional.count == 1, let to = w.values["--to"] else {
-            throw LmctfyError.invalidArgument("usage: migrate NAME --to unix://PATH|tcp://HOST:PORT [--to-key-file FILE] [--force]")
+            throw LmctfyError.invalidArgument("usage: migrate NAME --to unix://PATH|tcp://HOST:PORT [--to-key-file FILE] [--timeout SECONDS] [--force]")
         }
         let keyFile = w.values["--to-key-file"]
         let target: Dial = { () throws(LmctfyError) in try LmctlCLI.dial(to, keyFile: keyFile, flag: "--to") }
         return try migrate(w.positional[0], from: dial, to: target, toName: to, force: w.flags.contains("--force"),
-                           stdout: stdout)
+                           timeoutMs: try timeoutMs(w.values["--timeout"]), stdout: stdout)
+    }
+
+    /// The default of `migrate --timeout`, in seconds.
+    static let defaultTimeoutSeconds: UInt32 = 30
+
+    /// `--timeout SECONDS` (1 to 3600) in milliseconds.
+    static func timeoutMs(_ text: String?) throws(LmctfyError) -> UInt32 {
+        guard let text else { return defaultTimeoutSeconds * 1000 }
+        guard let seconds = UInt32(text), (1...3600).contains(seconds) else {
+            throw .invalidArgument("--timeout wants whole seconds from 1 to 3600, not \"\(text)\"")
+        }
+        return seconds * 1000
     }
 
     /// `--controller ... migrate NAME --from HOST --to HOST`: both sides
@@ -196,14 +208,15 @@ enum MovingCommands {
         do {
             var args = words
             args.removeFirst()
-            let w = try Words(args, values: ["--from", "--to"], flags: ["--force"])
+            let w = try Words(args, values: ["--from", "--to", "--timeout"], flags: ["--force"])
             guard w.positional.count == 1, let from = w.values["--from"], let to = w.values["--to"] else {
-                throw LmctfyError.invalidArgument("usage: lmctl --controller ... migrate NAME --from HOST --to HOST [--force]")
+                throw LmctfyError.invalidArgument("usage: lmctl --controller ... migrate NAME --from HOST --to HOST [--timeout SECONDS] [--force]")
             }
             guard from != to else { throw LmctfyError.invalidArgument("--from and --to name the same host") }
+            let timeout = try timeoutMs(w.values["--timeout"])
             return try ProgressLine.around(stderr: stderr) {
                 try migrate(w.positional[0], from: LmctlCLI.routed(dial, to: from), to: LmctlCLI.routed(dial, to: to),
-                            toName: "host \(to)", force: w.flags.contains("--force"), stdout: stdout)
+                            toName: "host \(to)", force: w.flags.contains("--force"), timeoutMs: timeout, stdout: stdout)
             }
         } catch {
             return fail(error, stderr)
@@ -212,21 +225,74 @@ enum MovingCommands {
 
     enum Step: String { case pause, export, `import`, destroy }
 
+    /// Whether a call's failure leaves its outcome unknown (no answer).
+    static func noAnswer(_ error: LmctfyError) -> Bool {
+        [StatusCode.deadlineExceeded, .unavailable, .cancelled].contains(error.code)
+    }
+
+    /// Test hooks (unset by default): LMCTL_TEST_MIGRATE_FAIL_AFTER=STEP
+    /// fails the migration after STEP; LMCTL_TEST_MIGRATE_HOLD_AFTER=STEP:FILE
+    /// creates FILE after STEP and waits (up to 60 s) until it is removed, so
+    /// that a test can stop an agent at exactly that point.
     static func injected(after step: Step) throws(LmctfyError) {
+        if let v = getenv("LMCTL_TEST_MIGRATE_HOLD_AFTER"), case let hold = String(cString: v),
+           hold.hasPrefix(step.rawValue + ":") {
+            let file = String(hold.dropFirst(step.rawValue.count + 1))
+            _ = try? Sys.createFile(file, step.rawValue + "\n")
+            for _ in 0..<6000 where Sys.exists(file) { usleep(10_000) }
+        }
         guard let v = getenv("LMCTL_TEST_MIGRATE_FAIL_AFTER"), String(cString: v) == step.rawValue else { return }
         throw .unavailable("failure injected after \(step.rawValue) (LMCTL_TEST_MIGRATE_FAIL_AFTER)")
     }
 
+    /// How much longer than the migration's own timeout the source's freeze
+    /// is leased: lmctl itself undoes a migration that timed out, well
+    /// before; the lease thaws the source when lmctl (or the controller it
+    /// goes through) is lost part way.
+    static let leaseMarginMs: UInt32 = 10_000
+
+    /// How long the target may take to answer the Ping that comes before
+    /// anything is touched (at most the whole timeout).
+    static let pingMs: UInt32 = 5_000
+
+    /// Moves `name`: the target must answer first; then the source is frozen
+    /// under a lease, its snapshot taken again, imported on the target
+    /// frozen (its processes started, then held), the source destroyed, and
+    /// the copy thawed (unless the source was frozen before). At no moment
+    /// do both copies run. Every call has what is left of `timeoutMs` as its
+    /// deadline; a target that stops answering is given up at the timeout
+    /// (its agent then drops the import it had not finished) and the source
+    /// thawed. If lmctl or the controller is lost part way, the source's
+    /// agent thaws it when the lease runs out.
     static func migrate(_ name: String, from source: Dial, to target: Dial, toName: String, force: Bool,
-                        stdout: any ByteSink) throws -> Int32 {
+                        timeoutMs: UInt32 = defaultTimeoutSeconds * 1000, stdout: any ByteSink) throws -> Int32 {
         let t0 = MonotonicClock.nanoseconds()
+        let end = MonotonicClock.milliseconds() + UInt64(timeoutMs)
+        /// What is left of the timeout, as a call's deadline.
+        func left(_ step: String) throws(LmctfyError) -> UInt32 {
+            let now = MonotonicClock.milliseconds()
+            guard now + 1 < end else {
+                throw LmctfyError(.deadlineExceeded, "the migration's timeout (\(timeoutMs / 1000) s, --timeout) ran out before \(step)")
+            }
+            return UInt32(end - now)
+        }
         let src = try source()
         defer { src.close() }
-        let dst = try target()
+        let dst: RpcClient
+        do throws(LmctfyError) { dst = try target() } catch {
+            throw LmctfyError(error.code, "migrate \(name): \(toName) does not answer (\(error.message)); nothing was touched",
+                              errno: error.errno)
+        }
         defer { dst.close() }
         // On a terminal, each step on stderr's progress line (ProgressLine).
+        Progress.report("migrate \(name): checking that \(toName) answers")
+        do {
+            _ = try dst.call(AgentMethods.ping, PingRequest(), deadlineMs: min(pingMs, try left("the target's ping")))
+        } catch {
+            throw LmctfyError(error.code, "migrate \(name): \(toName) does not answer (\(error.message)); nothing was touched")
+        }
         Progress.report("migrate \(name): taking its snapshot")
-        let before = try src.call(AgentMethods.exportSnapshot, ExportSnapshotRequest(name: name))
+        let before = try src.call(AgentMethods.exportSnapshot, ExportSnapshotRequest(name: name), deadlineMs: try left("the snapshot"))
         guard var snapshot = before.snapshot else { throw LmctfyError.internalError("the source sent no snapshot") }
         // A snapshot is of one container, and brings back only the processes
         // the agent started: what else would be destroyed with the source
@@ -241,47 +307,105 @@ enum MovingCommands {
         }
         let wasFrozen = snapshot.frozen == true
         var frozeIt = false
-        var made: String?
+        /// The import's outcome: true made, nil unknown (no answer).
+        var made: Bool? = false
+        var sourceGone = false
         do {
             if !wasFrozen {
                 Progress.report("migrate \(name): freezing it")
-                _ = try src.call(AgentMethods.pause, PauseRequest(name: name, requestId: requestId()))
+                let lease = try left("the freeze")
+                _ = try src.call(AgentMethods.pause, PauseRequest(name: name, requestId: requestId(), leaseMs: lease + leaseMarginMs),
+                                 deadlineMs: lease)
                 frozeIt = true
                 try injected(after: .pause)
                 // Taken again while frozen: its processes cannot change under us.
-                guard let s = try src.call(AgentMethods.exportSnapshot, ExportSnapshotRequest(name: name)).snapshot else {
+                guard let s = try src.call(AgentMethods.exportSnapshot, ExportSnapshotRequest(name: name),
+                                           deadlineMs: try left("the frozen snapshot")).snapshot else {
                     throw LmctfyError.internalError("the source sent no snapshot")
                 }
                 snapshot = s
             }
             try injected(after: .export)
-            // Arrives as it was before we froze it.
-            snapshot.frozen = wasFrozen
+            // Imported frozen: its processes start and are held at once, and
+            // run only once the source is gone.
+            snapshot.frozen = true
             Progress.report("migrate \(name): importing it on \(toName)")
-            let r = try dst.call(AgentMethods.importSnapshot, ImportSnapshotRequest(
-                snapshot: snapshot, name: name, start: true, requestId: requestId()))
-            made = r.name ?? name
+            let deadline = try left("the import")
+            made = nil
+            let r: ImportSnapshotResponse
+            do throws(LmctfyError) {
+                r = try dst.call(AgentMethods.importSnapshot, ImportSnapshotRequest(
+                    snapshot: snapshot, name: name, start: true, requestId: requestId()), deadlineMs: deadline)
+            } catch {
+                // Refused: nothing made there. No answer: not known.
+                if !noAnswer(error) { made = false }
+                throw error
+            }
+            made = true
             try injected(after: .import)
             try injected(after: .destroy)
             Progress.report("migrate \(name): destroying the source")
-            _ = try src.call(AgentMethods.destroy, DestroyRequest(name: name, force: true, requestId: requestId()))
+            let destroy = DestroyRequest(name: name, force: true, requestId: requestId())
+            let destroyDeadline = try left("the source's destroy")
+            do throws(LmctfyError) {
+                _ = try src.call(AgentMethods.destroy, destroy, deadlineMs: destroyDeadline)
+            } catch {
+                // Refused: the source is still there; undone below.
+                guard noAnswer(error) else { throw error }
+                // No answer: which copy stays depends on whether the source
+                // went. The same request again (same id, on a new connection
+                // if that one is gone) answers with the first one's outcome,
+                // waiting for it if it still runs, or does it now if it never
+                // started (PROTOCOL.md section 6.1): the move goes forward.
+                Progress.report("migrate \(name): the source's destroy got no answer; asking again")
+                do throws(LmctfyError) {
+                    let again = error.code == .unavailable ? try source() : src
+                    defer { if again !== src { again.close() } }
+                    _ = try again.call(AgentMethods.destroy, destroy, deadlineMs: 2 * pingMs)
+                } catch {
+                    if noAnswer(error) {
+                        sourceGone = true  // not known: nothing is undone
+                        throw LmctfyError(error.code, "migrate \(name): the source's destroy got no answer, twice (\(error.message)): the container may be on both hosts, frozen on \(toName) (the source's agent thaws its copy when the freeze's lease runs out, if it is there); check the source, then resume or destroy the copy on \(toName)")
+                    }
+                    // NOT_FOUND: gone. Anything else: still there, undone below.
+                    guard error.code == .notFound else { throw error }
+                }
+            }
+            sourceGone = true
+            if !wasFrozen {
+                Progress.report("migrate \(name): starting it on \(toName)")
+                // Given some time even past the timeout: the move is done.
+                let deadline = max((try? left("the copy's thaw")) ?? 0, pingMs)
+                do throws(LmctfyError) {
+                    _ = try dst.call(AgentMethods.resume, ResumeRequest(name: name, requestId: requestId()), deadlineMs: deadline)
+                } catch {
+                    throw LmctfyError(error.code, "migrate \(name): moved to \(toName), but its copy there could not be thawed and is still frozen (\(error.message)): resume it there")
+                }
+            }
             let us = (MonotonicClock.nanoseconds() - t0) / 1000
             var text = "migrated \(name) to \(toName) in \(us / 1000).\(us % 1000 / 100) ms"
             if !r.startedPid.isEmpty { text += " (started pids \(r.startedPid.map(String.init).joined(separator: " ")))" }
             stdout.write(Array((text + "\n").utf8))
             return 0
+        } catch let error as LmctfyError where sourceGone {
+            throw error
         } catch {
             // Undo: the target clean, the source running as it was.
             Progress.report("migrate \(name): failed; undoing")
             var notes: [String] = []
-            if made != nil {
-                do { _ = try dst.call(AgentMethods.destroy, DestroyRequest(name: name, force: true, requestId: requestId())) } catch {
-                    notes.append("the target's copy could not be removed: \(error)")
+            if made == true {
+                do { _ = try dst.call(AgentMethods.destroy, DestroyRequest(name: name, force: true, requestId: requestId()), deadlineMs: pingMs) } catch {
+                    notes.append("the target's copy could not be removed: \(error); it stays frozen there")
                 }
+            } else if made == nil {
+                // No answer: the target's agent drops an import whose caller
+                // gave up (cancelled, past its deadline, connection gone)
+                // unless it had already answered.
+                notes.append("\(toName) did not answer the import: its agent drops an import it had not finished when the caller gives up; one it finished just then stays there frozen (see its list)")
             }
             if frozeIt {
-                do { _ = try src.call(AgentMethods.resume, ResumeRequest(name: name, requestId: requestId())) } catch {
-                    notes.append("the source could not be thawed: \(error)")
+                do { _ = try src.call(AgentMethods.resume, ResumeRequest(name: name, requestId: requestId()), deadlineMs: pingMs) } catch {
+                    notes.append("the source could not be thawed: \(error); its agent thaws it when the freeze's lease runs out")
                 }
             }
             let e = error as? LmctfyError ?? LmctfyError(.unknown, "\(error)")

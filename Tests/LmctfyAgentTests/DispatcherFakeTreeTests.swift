@@ -351,6 +351,20 @@ final class FakeAgentMachine: @unchecked Sendable {
         #expect(try machine.code(AgentMethods.notify, NotifyRequest(name: "/missing", spec: EventSpec(containerEmpty: .init()))) == .notFound)
     }
 
+    /// A change whose caller gave up before a thread took it (a request
+    /// read by an agent that was stopped, with the CANCEL behind it) is not
+    /// carried out; a read still is.
+    @Test func aChangeCancelledBeforeItStartsDoesNothing() throws {
+        let machine = try FakeAgentMachine()
+        let (status, _) = try machine.call(AgentMethods.create, CreateRequest(name: "late", spec: ContainerSpec()), cancelled: true)
+        #expect(status.code == .cancelled && status.message.contains("nothing was done"), "\(status)")
+        #expect(!machine.exists("agent", "late"))
+        #expect(try machine.code(AgentMethods.create, CreateRequest(name: "late", spec: ContainerSpec())) == .ok)
+        #expect(machine.exists("agent", "late"))
+        let (read, replies) = try machine.call(AgentMethods.listContainers, ListContainersRequest(name: "/"), cancelled: true)
+        #expect(read == .ok && !replies.isEmpty)
+    }
+
     @Test func aCancelledNotifyReplaysWhatWasMissedThenEnds() throws {
         let machine = try FakeAgentMachine()
         #expect(try machine.code(AgentMethods.update, UpdateRequest(name: "busy", policy: .updateDiff)) == .ok)

@@ -31,7 +31,7 @@ declare -gA _lmctl_verb_flags=(
     [hosts]="-o"
     ["snapshot export"]="-o --text"
     ["snapshot import"]="--name --start"
-    [migrate]="--to --to-key-file --from --force"
+    [migrate]="--to --to-key-file --from --timeout --force"
     [checkpoint]="--leave-running"
     [restore]="--name"
     [info]="-o"
@@ -78,7 +78,7 @@ _lmctfy_complete() {
         elif [[ $w == -c || $w == -o || $w == --lmctfy_config || $w == --lmctfy_output_style ]] && (( positional == 0 )); then
             ((i++))
         elif [[ $w == --* && -n $ownverb ]]; then
-            case $w in --after|--kind|--sort|--name|--to|--to-key-file|--from|--host|--hosts) ((i++)) ;; esac
+            case $w in --after|--kind|--sort|--name|--to|--to-key-file|--from|--timeout|--host|--hosts) ((i++)) ;; esac
         elif (( lmctl )) && [[ $leaf == create && $w == --tier ]] && (( positional == 0 )); then
             ((i++))
         elif [[ $w == -* ]] && (( positional == 0 )); then

@@ -8023,13 +8023,17 @@ public struct PauseRequest: ProtoMessage {
     public var name: String?
     /// Field 2 `request_id`.
     public var requestId: String?
+    /// Field 3 `lease_ms`.
+    public var leaseMs: UInt32?
 
     public init(
         name: String? = nil,
-        requestId: String? = nil
+        requestId: String? = nil,
+        leaseMs: UInt32? = nil
     ) {
         self.name = name
         self.requestId = requestId
+        self.leaseMs = leaseMs
     }
 
     public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.PauseRequest")
@@ -8038,12 +8042,14 @@ public struct PauseRequest: ProtoMessage {
         precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.PauseRequest")
         self.name = message.get(1)
         self.requestId = message.get(2)
+        self.leaseMs = message.get(3)
     }
 
     public var dynamic: DynamicMessage {
         var message = DynamicMessage(Self.protoDescriptor)
         message.set(1, name)
         message.set(2, requestId)
+        message.set(3, leaseMs)
         return message
     }
 
@@ -8051,6 +8057,7 @@ public struct PauseRequest: ProtoMessage {
         let f = Self.protoDescriptor.fields
         self.name = CBridge.value(c, f[0])
         self.requestId = CBridge.value(c, f[1])
+        self.leaseMs = CBridge.value(c, f[2])
     }
 
     public func makeC() -> UnsafeMutableRawPointer {
@@ -8058,6 +8065,7 @@ public struct PauseRequest: ProtoMessage {
         let f = Self.protoDescriptor.fields
         CBridge.set(c, f[0], name)
         CBridge.set(c, f[1], requestId)
+        CBridge.set(c, f[2], leaseMs)
         return c
     }
 }

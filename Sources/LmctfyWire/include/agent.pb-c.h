@@ -942,14 +942,23 @@ struct  Containers__Lmctfy__Agent__PauseRequest
    * Added: the caller's idempotency key (PROTOCOL.md section 6.1): 1 to 64
    * of [A-Za-z0-9_-], fresh for each operation and the same on its retry.
    */
-  /*
-   * Next id: 3
-   */
   char *request_id;
+  /*
+   * Added: a freeze that ends by itself (PROTOCOL.md section 6.4): the agent
+   * thaws the container this many milliseconds from now unless a Resume, a
+   * Destroy or a Pause without a lease came first. It outlives the call, the
+   * connection and an agent restart. 1 to 3,600,000. Absent: a freeze that
+   * lasts until a Resume (the original's pause).
+   */
+  /*
+   * Next id: 4
+   */
+  protobuf_c_boolean has_lease_ms;
+  uint32_t lease_ms;
 };
 #define CONTAINERS__LMCTFY__AGENT__PAUSE_REQUEST__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__pause_request__descriptor) \
-    , NULL, NULL }
+    , NULL, NULL, 0, 0 }
 
 
 struct  Containers__Lmctfy__Agent__PauseResponse

@@ -1,0 +1,147 @@
+// Freezes that end by themselves (PauseRequest.lease_ms, PROTOCOL.md section
+// 6.4). A migration freezes its source while it copies it; if whoever drives
+// it (lmctl, or the controller it goes through) is lost part way, nobody is
+// left to thaw the source, which stayed frozen for ever. With a lease the
+// agent thaws it itself when the lease runs out, unless a Resume, a Destroy
+// or a Pause without a lease came first.
+//
+// A lease outlives the call and the connection, and an agent restart too:
+// the leases are kept in state_dir/freeze-leases (rewritten atomically; not
+// fsynced, since a machine crash takes the frozen cgroups with it) with the
+// boot they were taken in, on the monotonic clock, which a restart of the
+// agent does not reset.
+import Glibc
+import LmctfySystem
+
+public final class FreezeLeases: Sendable {
+    /// The longest lease a caller may ask for (an hour).
+    static let maxMs: UInt32 = 3_600_000
+
+    struct Lease: Equatable, Sendable {
+        /// The container as the caller named it (what the thaw passes on).
+        var name: String
+        /// When it runs out, on the monotonic clock (milliseconds).
+        var deadline: UInt64
+    }
+
+    /// Held leases by the container's machine path.
+    private let held: Mutexed<[String: Lease]>
+    /// Where they are kept; nil: in memory only (tests, no state_dir).
+    private let file: String?
+    private let bootId: String
+
+    /// The kernel's boot id ("" when it does not say): not the event log's,
+    /// which is new at every start of the agent.
+    public static let kernelBootId: String = {
+        ((try? Sys.readFile("/proc/sys/kernel/random/boot_id")) ?? "").trimmingWhitespace
+    }()
+
+    /// The leases kept in `file` by an earlier agent of this boot of the
+    /// machine (`bootId`, the kernel's by default; those of another boot are
+    /// dropped: the freezes they were for went with it).
+    public init(file: String?, bootId: String = FreezeLeases.kernelBootId) {
+        self.file = file
+        self.bootId = bootId
+        var loaded: [String: Lease] = [:]
+        if let file, let text = try? Sys.readFile(file) {
+            var lines = text.split(separator: "\n", omittingEmptySubsequences: true)[...]
+            if lines.first == Substring("boot \(bootId)") {
+                lines = lines.dropFirst()
+                for line in lines {
+                    let parts = line.split(separator: "\t", maxSplits: 2, omittingEmptySubsequences: false)
+                    guard parts.count == 3, let deadline = UInt64(parts[0]), !parts[1].isEmpty, !parts[2].isEmpty else { continue }
+                    loaded[String(parts[1])] = Lease(name: String(parts[2]), deadline: deadline)
+                }
+            }
+        }
+        held = Mutexed(loaded)
+    }
+
+    /// Holds a lease of `ms` on the freeze of `path` (named `name` by the
+    /// caller), replacing any it had; returns the one replaced (`put` it
+    /// back if the freeze fails). Throws if it cannot be kept: the caller
+    /// then must not freeze.
+    @discardableResult
+    func hold(_ path: String, name: String, ms: UInt32, now: UInt64 = MonotonicClock.milliseconds()) throws(LmctfyError) -> Lease? {
+        var previous: Lease?
+        try change { h in
+            previous = h[path]
+            h[path] = Lease(name: name, deadline: now + UInt64(ms))
+        }
+        return previous
+    }
+
+    /// Sets the lease of `path` back to `lease` (nil: none).
+    func put(_ path: String, _ lease: Lease?) { try? change { $0[path] = lease } }
+
+    /// Ends the leases of `paths`: called BEFORE a Resume, a Destroy or a
+    /// Pause without a lease touches the freezer, so that a thaw at the
+    /// lease's end that is under way finishes first, and none starts after
+    /// (it would undo a freeze an operator has just made). Nothing is
+    /// written when none was held.
+    func release(_ paths: [String]) {
+        let any = held.locked { h in paths.contains { h[$0] != nil } }
+        guard any else { return }
+        try? change { h in for p in paths { h[p] = nil } }
+    }
+
+    /// The leases run out by `now` (each is checked again by `thaw`).
+    func due(now: UInt64 = MonotonicClock.milliseconds()) -> [(path: String, lease: Lease)] {
+        held.locked { h in
+            h.filter { $0.value.deadline <= now }.map { ($0.key, $0.value) }.sorted { $0.path < $1.path }
+        }
+    }
+
+    /// Runs `thaw` for the lease `lease` of `path` if it is still held (no
+    /// Resume, Destroy or other Pause since), with the list locked so that
+    /// none starts meanwhile, and drops the lease unless `thaw` asks to keep
+    /// it (a failure to be tried again: `retryMs` from now). Returns whether
+    /// `thaw` ran.
+    func expire(_ path: String, _ lease: Lease, retryMs: UInt64 = 1000, thaw: () -> Bool) -> Bool {
+        var ran = false
+        try? change { h in
+            guard h[path] == lease else { return }
+            ran = true
+            if thaw() {
+                h[path] = nil
+            } else {
+                h[path] = Lease(name: lease.name, deadline: MonotonicClock.milliseconds() + retryMs)
+            }
+        }
+        return ran
+    }
+
+    /// The paths with a lease at or below `path`.
+    func held(under path: String) -> [String] {
+        held.locked { h in h.keys.filter { $0 == path || $0.hasPrefix(path == "/" ? "/" : path + "/") } }
+    }
+
+    /// The lease held on `path`, if any.
+    func lease(_ path: String) -> Lease? { held.locked { $0[path] } }
+
+    /// When the next lease runs out, if any.
+    var nextDeadline: UInt64? { held.locked { $0.values.map(\.deadline).min() } }
+
+    /// Applies `body` and writes the list; on a failed write the list is
+    /// put back as it was.
+    private func change(_ body: (inout [String: Lease]) -> Void) throws(LmctfyError) {
+        // (`body` may run a thaw: the lock is held across it on purpose.)
+        try held.locked { (h: inout [String: Lease]) throws(LmctfyError) in
+            let before = h
+            body(&h)
+            guard let file, h != before else { return }
+            var text = "boot \(bootId)\n"
+            for (path, lease) in h.sorted(by: { $0.key < $1.key }) { text += "\(lease.deadline)\t\(path)\t\(lease.name)\n" }
+            do {
+                if h.isEmpty {
+                    if Sys.exists(file) { try Sys.unlink(file) }
+                } else {
+                    try Sys.writeFileAtomically(file, Array(text.utf8), durable: false)
+                }
+            } catch {
+                h = before
+                throw LmctfyError(.internal, "keeping the freeze leases in \(file): \(error)")
+            }
+        }
+    }
+}

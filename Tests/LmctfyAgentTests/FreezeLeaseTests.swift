@@ -1,0 +1,238 @@
+// Freezes that end by themselves (PauseRequest.lease_ms) and what migration
+// builds on them: the lease list on its own, then the agent binary on the
+// real kernel (a lease thaws, a Resume, a Destroy or a Pause without a lease
+// ends it, it outlives an agent restart), then lmctl migrating to an agent
+// that stops answering (SIGSTOP) part way.
+import Glibc
+import Lmctfy
+@testable import LmctfyAgent
+import LmctfyProto
+import LmctfyRPC
+import LmctfySystem
+import LmctfyTestSupport
+import Testing
+
+@Suite struct FreezeLeasesTests {
+    @Test func leasesAreKeptForTheBootTheyWereTakenIn() throws {
+        let dir = "/tmp/lmctfy-leases-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try Sys.mkdir(dir, mode: 0o700)
+        defer { _ = removeTree(dir) }
+        let file = dir + "/freeze-leases"
+        let a = FreezeLeases(file: file, bootId: "boot-1")
+        try a.hold("/r/x", name: "/x", ms: 5000, now: 1000)
+        try a.hold("/r/y", name: "/y", ms: 100, now: 1000)
+        try a.hold("/r/y/z", name: "/y/z", ms: 100, now: 1000)
+        #expect(a.due(now: 1099).isEmpty)
+        #expect(a.due(now: 1100).map(\.path) == ["/r/y", "/r/y/z"])
+        #expect(a.nextDeadline == 1100)
+        #expect(Set(a.held(under: "/r/y")) == ["/r/y", "/r/y/z"] && a.held(under: "/r/yy").isEmpty)
+
+        // Another agent of the same boot (a restart) has them; of another
+        // boot, none (the frozen cgroups went with the machine).
+        let b = FreezeLeases(file: file, bootId: "boot-1")
+        #expect(b.lease("/r/x") == FreezeLeases.Lease(name: "/x", deadline: 6000))
+        #expect(FreezeLeases(file: file, bootId: "boot-2").lease("/r/x") == nil)
+
+        // A released lease is not thawed, even one already found due.
+        let y = try #require(b.lease("/r/y"))
+        b.release(["/r/y"])
+        #expect(!b.expire("/r/y", y) { Issue.record("a released lease was thawed"); return true })
+        // A lease replaced meanwhile (another Pause with a lease) neither.
+        let z = try #require(b.lease("/r/y/z"))
+        let replaced = try b.hold("/r/y/z", name: "/y/z", ms: 9000, now: 1000)
+        #expect(replaced == z)
+        #expect(!b.expire("/r/y/z", z) { Issue.record("a replaced lease was thawed"); return true })
+        // A thaw that fails is tried again later; one that works ends it.
+        let x = try #require(b.lease("/r/x"))
+        #expect(b.expire("/r/x", x) { false })
+        let retry = try #require(b.lease("/r/x"))
+        #expect(retry.deadline > x.deadline || retry.deadline >= MonotonicClock.milliseconds())
+        #expect(b.expire("/r/x", retry) { true })
+        b.put("/r/y/z", nil)
+        #expect(b.lease("/r/x") == nil && b.nextDeadline == nil)
+        #expect(!Sys.exists(file), "no lease left: no file")
+
+        // A damaged file is no lease at all, not a crash.
+        try Sys.createFile(file, "boot boot-1\nnot a lease\n12\t\t/x\n\t/r/a\t/a\n")
+        #expect(FreezeLeases(file: file, bootId: "boot-1").nextDeadline == nil)
+    }
+}
+
+/// A root container for one agent (root_container), destroyed at the end.
+private struct LeaseRoot {
+    let name = RealCgroups.uniqueName("lease")
+    let api: ContainerApi
+
+    init() throws {
+        api = try ContainerApi.detect()
+        _ = try api.create(name, spec: ContainerSpec(cpu: CpuSpec(limit: 1000), memory: MemorySpec(limit: 1 << 30)))
+    }
+
+    var config: String { "root_container: \"\(name)\" stats_interval_ms: 0" }
+
+    func frozen(_ path: String) throws -> Bool? {
+        let full = try ContainerName.resolve(name + path, relativeTo: .root)
+        guard try api.exists(full) else { return nil }
+        return try api.get(full).isFrozen()
+    }
+
+    func destroy() { _ = try? TestProcess.capture([builtTool("lmctfy"), "destroy", "-f", name]) }
+}
+
+private func connected(_ agent: AgentProcess) throws -> RpcClient {
+    for _ in 0..<200 {
+        if let c = try? RpcClient.connect(unixPath: agent.socket) { return c }
+        usleep(10_000)
+    }
+    return try RpcClient.connect(unixPath: agent.socket)
+}
+
+/// Waits up to `ms` for `condition`; returns whether it held.
+private func within(_ ms: UInt64, _ condition: () throws -> Bool) rethrows -> Bool {
+    let end = MonotonicClock.milliseconds() + ms
+    while MonotonicClock.milliseconds() < end {
+        if try condition() { return true }
+        usleep(20_000)
+    }
+    return try condition()
+}
+
+@Suite(.enabled(if: RealCgroups.available, "\(RealCgroups.unavailableReason ?? "")"), .serialized)
+struct FreezeLeaseAgentTests {
+    @Test func aLeasedFreezeThawsByItselfUnlessResumedDestroyedOrPausedAgain() throws {
+        let root = try LeaseRoot()
+        defer { root.destroy() }
+        let agent = try AgentProcess(config: root.config)
+        defer { agent.stop() }
+        let client = try connected(agent)
+        defer { client.close() }
+        for n in ["/a", "/b", "/c", "/d"] { _ = try client.call(AgentMethods.create, CreateRequest(name: n, spec: ContainerSpec())) }
+
+        let t0 = MonotonicClock.milliseconds()
+        _ = try client.call(AgentMethods.pause, PauseRequest(name: "/a", leaseMs: 400))
+        #expect(try root.frozen("/a") == true)
+        #expect(try within(5000) { try root.frozen("/a") == false }, "the lease ran out and nothing thawed /a")
+        #expect(MonotonicClock.milliseconds() - t0 >= 400, "thawed before its lease ran out")
+
+        // Resumed, then frozen without a lease: the operator's freeze stays.
+        _ = try client.call(AgentMethods.pause, PauseRequest(name: "/b", leaseMs: 300))
+        _ = try client.call(AgentMethods.resume, ResumeRequest(name: "/b"))
+        _ = try client.call(AgentMethods.pause, PauseRequest(name: "/b"))
+        // Frozen with a lease, then again without one: the lease is gone too.
+        _ = try client.call(AgentMethods.pause, PauseRequest(name: "/d", leaseMs: 300))
+        _ = try client.call(AgentMethods.pause, PauseRequest(name: "/d"))
+        // Destroyed and made again: the old lease is not the new one's.
+        _ = try client.call(AgentMethods.pause, PauseRequest(name: "/c", leaseMs: 300))
+        _ = try client.call(AgentMethods.destroy, DestroyRequest(name: "/c", force: true))
+        _ = try client.call(AgentMethods.create, CreateRequest(name: "/c", spec: ContainerSpec()))
+        _ = try client.call(AgentMethods.pause, PauseRequest(name: "/c"))
+        usleep(1_000_000)
+        #expect(try root.frozen("/b") == true && root.frozen("/c") == true && root.frozen("/d") == true)
+
+        // Out of range: refused, nothing frozen.
+        for bad: UInt32 in [0, 3_600_001] {
+            #expect(throws: LmctfyError.self) { _ = try client.call(AgentMethods.pause, PauseRequest(name: "/a", leaseMs: bad)) }
+            #expect(try root.frozen("/a") == false)
+        }
+    }
+
+    @Test func aLeaseOutlivesAnAgentKilledAndRestarted() throws {
+        let root = try LeaseRoot()
+        defer { root.destroy() }
+        let first = try AgentProcess(config: root.config)
+        var firstAlive = true
+        defer { if firstAlive { first.stop() } }
+        let client = try connected(first)
+        _ = try client.call(AgentMethods.create, CreateRequest(name: "/a", spec: ContainerSpec()))
+        _ = try client.call(AgentMethods.pause, PauseRequest(name: "/a", leaseMs: 1500))
+        client.close()
+        first.crash()
+        firstAlive = false
+        #expect(Sys.exists(first.dir + "/state/freeze-leases"))
+        let second = try AgentProcess(reusing: first.dir)
+        defer { second.stop() }
+        #expect(try root.frozen("/a") == true, "thawed before its lease ran out")
+        #expect(try within(6000) { try root.frozen("/a") == false }, "the restarted agent did not thaw /a at the lease's end")
+        #expect(within(2000) { !Sys.exists(first.dir + "/state/freeze-leases") })
+    }
+
+    /// The target stops answering (SIGSTOP) once the source is frozen:
+    /// lmctl gives up at its --timeout and thaws the source, and the target,
+    /// when it runs again, drops the import it was sent (the caller's
+    /// CANCEL is behind it) instead of making a copy beside the source.
+    @Test func aMigrationToATargetThatStopsAnsweringGivesUpAndLeavesOneCopy() throws {
+        let source = try LeaseRoot(), target = try LeaseRoot()
+        defer { source.destroy(); target.destroy() }
+        let a = try AgentProcess(config: source.config)
+        defer { a.stop() }
+        let b = try AgentProcess(config: target.config)
+        var stopped = false
+        defer {
+            if stopped { kill(b.pid, SIGCONT) }
+            b.stop()
+        }
+        let lmctl = [builtTool("lmctl"), "--agent", "unix://\(a.socket)"]
+        #expect(try TestProcess.capture(lmctl + ["create", "/web", "cpu:{limit:100}"]).status == 0)
+        let run = try TestProcess.capture(lmctl + ["run", "-n", "/web", "sleep 600"])
+        let pid = try #require(Int32(run.out.filter(\.isNumber)), "run printed \(run.out) \(run.err)")
+
+        for bad in ["0", "3601", "1.5", "x"] {
+            let r = try TestProcess.capture(lmctl + ["migrate", "/web", "--to", "unix://\(b.socket)", "--timeout", bad])
+            #expect(r.status == StatusCode.invalidArgument.rawValue && r.err.contains("--timeout"), "\(bad): \(r.err)")
+        }
+        // Stopped before anything is touched: refused at the Ping.
+        kill(b.pid, SIGSTOP)
+        stopped = true
+        let early = try TestProcess.capture(lmctl + ["migrate", "/web", "--to", "unix://\(b.socket)", "--timeout", "2"])
+        #expect(early.status == StatusCode.deadlineExceeded.rawValue, "\(early.err)")
+        #expect(early.err.contains("does not answer") && early.err.contains("nothing was touched"), "\(early.err)")
+        #expect(try source.frozen("/web") == false)
+        kill(b.pid, SIGCONT)
+        stopped = false
+
+        // Stopped after the source is frozen and its snapshot taken.
+        let marker = a.dir + "/hold"
+        let result = Mutexed<ChildResult?>(nil)
+        let done = Latch()
+        let argv = ["/usr/bin/env", "LMCTL_TEST_MIGRATE_HOLD_AFTER=export:\(marker)"] + lmctl
+            + ["migrate", "/web", "--to", "unix://\(b.socket)", "--timeout", "3"]
+        let started = MonotonicClock.milliseconds()
+        Threads.detach {
+            let r = try? TestProcess.capture(argv)
+            result.locked { $0 = r }
+            done.signal()
+        }
+        #expect(within(10_000) { Sys.exists(marker) }, "lmctl never reached the import")
+        #expect(try source.frozen("/web") == true)
+        kill(b.pid, SIGSTOP)
+        stopped = true
+        try Sys.unlink(marker)
+        #expect(done.wait(seconds: 30), "lmctl did not give up")
+        let r = try #require(result.locked { $0 })
+        let took = MonotonicClock.milliseconds() - started
+        #expect(r.status == StatusCode.deadlineExceeded.rawValue, "\(r.err)")
+        #expect(r.err.contains("did not answer the import"), "\(r.err)")
+        #expect(took < 15_000, "gave up after \(took) ms")
+        #expect(try source.frozen("/web") == false, "the source was left frozen")
+        kill(b.pid, SIGCONT)
+        stopped = false
+        // The target reads the import and the CANCEL behind it: no copy.
+        let list = [builtTool("lmctl"), "--agent", "unix://\(b.socket)", "list", "containers", "-r"]
+        usleep(1_000_000)
+        #expect(try TestProcess.capture(list).status == 0)
+        #expect(try target.frozen("/web") == nil, "the stopped target made a copy after the migration gave up")
+        #expect(try source.frozen("/web") == false)
+        let procs = try source.api.get(try ContainerName.resolve(source.name + "/web", relativeTo: .root)).processes(recursive: true)
+        #expect(procs.contains(pid), "the source's process is gone")
+
+        // And the same migration with a target that answers completes.
+        let ok = try TestProcess.capture(lmctl + ["migrate", "/web", "--to", "unix://\(b.socket)"])
+        #expect(ok.status == 0, "\(ok.err)")
+        #expect(try source.frozen("/web") == nil && target.frozen("/web") == false)
+    }
+}
+
+private extension ChildResult {
+    var out: String { String(decoding: stdout, as: UTF8.self) }
+    var err: String { String(decoding: stderr, as: UTF8.self) }
+}
