@@ -44,6 +44,8 @@ public enum AgentMain {
             settings = try AgentSettings.load(configPath)
             // At start it is made if absent; a check only looks.
             try settings.checkStateDir(create: !checkOnly)
+            let machine = MachineInfo.collect(cgroupVersion: 0, agentVersion: "", bootId: "")
+            try settings.checkPolicyFits(memory: machine.memoryBytes, cpus: machine.cpus.map(Int.init))
         } catch {
             // Whatever the cause (missing file, bad key file), it is the
             // operator's config to fix: 3, as the usage says.

@@ -262,6 +262,20 @@ public struct AgentSettings: Sendable {
         }
     }
 
+    /// The policy's reservations against this machine (`memory` bytes,
+    /// `cpus`): a reservation of all of it or more leaves no capacity, so
+    /// that every Create would be refused (RESOURCE_EXHAUSTED) on an agent
+    /// that seemed to start fine. FAILED_PRECONDITION saying which.
+    public func checkPolicyFits(memory: UInt64?, cpus: Int?) throws(LmctfyError) {
+        let r = policy.reserved
+        if let memory, r.memory > 0, UInt64(r.memory) >= memory {
+            throw .failedPrecondition("policy.reserved_memory_bytes \(r.memory) is not below this machine's memory (\(memory) bytes, MemTotal): no container could be admitted")
+        }
+        if let cpus, r.milliCpu > 0, r.milliCpu >= Int64(cpus) * 1000 {
+            throw .failedPrecondition("policy.reserved_milli_cpu \(r.milliCpu) is not below this machine's \(cpus) CPUs (\(cpus * 1000) milli-CPU): no container could be admitted")
+        }
+    }
+
     /// The state directory must be private to the agent: a directory (not a
     /// symlink) owned by the agent's user, with no access for group or
     /// others, since what is kept there decides what the agent re-creates.

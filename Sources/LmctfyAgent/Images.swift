@@ -177,15 +177,9 @@ public final class ImageService: Sendable {
         }
         defer { end(id) }
         if !Sys.exists(transfer.path) { _ = try? Sys.createFile(transfer.path, "", mode: 0o600) }
-        let summary: ImageSummary
-        do {
-            summary = try store.importImage(transfer.path, as: r.name ?? "")
-        } catch {
-            // The caller's archive is "the upload", not the agent's own file
-            // under .transfers (its path is nothing the caller can use).
-            throw LmctfyError(error.code, error.message.replacing("\"\(transfer.path)\"", with: "the upload")
-                                  .replacing(transfer.path, with: "the upload"), errno: error.errno)
-        }
+        // The caller's archive is "the upload", not the agent's own file
+        // under .transfers (its path is nothing the caller can use).
+        let summary = try store.importImage(transfer.path, as: r.name ?? "", shownAs: "the upload")
         return ImportImageResponse(transferId: id, received: transfer.size, image: Self.info(summary))
     }
 

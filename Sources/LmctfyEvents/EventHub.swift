@@ -154,7 +154,7 @@ public final class EventHub {
         // A caller resuming after an event recorded but not yet handed out
         // (seen through Notify) gets what follows it only.
         if let after = r.afterSequence, r.bootId == nil || r.bootId == log.bootId { lastSent = max(lastSent, after) }
-        first.append(SubscribeResponse(caughtUp: published))
+        first.append(SubscribeResponse(caughtUp: published, caughtUpBootId: log.bootId))
         subscribers[key] = Subscriber(filter: filter, lastSent: lastSent, credit: credit, allowance: buffer + first.count)
         return first
     }

@@ -215,20 +215,29 @@ public struct ImageStore: ImageBackend {
 
     @discardableResult
     public func importImage(_ archivePath: String, as name: String) throws(LmctfyError) -> ImageSummary {
+        try importImage(archivePath, as: name, shownAs: nil)
+    }
+
+    /// Unpacks the archive at `archivePath` as image `name`. `shownAs` is
+    /// how messages name the archive (the agent's upload, whose file under
+    /// `.transfers` is nothing its caller knows); its quoted path otherwise.
+    @discardableResult
+    public func importImage(_ archivePath: String, as name: String, shownAs: String?) throws(LmctfyError) -> ImageSummary {
+        let shown = shownAs ?? "\"\(archivePath)\""
         try ImageName.check(name)
         guard !Sys.exists(imageDir(name)) else { throw .alreadyExists("Image \"\(name)\" exists already") }
         try Self.loadArchiveLibrary()
         // Opened here: the unpacking thread works in another directory, where
         // a relative path would name something else.
         // A directory opens, then reads as "Error reading fd 3".
-        if Sys.isDirectory(archivePath) { throw .invalidArgument("\"\(archivePath)\" is a directory, not an archive") }
+        if Sys.isDirectory(archivePath) { throw .invalidArgument("\(shown) is a directory, not an archive") }
         let archiveFd: Int32
         do {
             archiveFd = try Sys.open(archivePath, O_RDONLY)
         } catch where error.errno == ENOENT {
-            throw .notFound("Archive \"\(archivePath)\" does not exist")
+            throw .notFound("The archive \(shown) does not exist")
         } catch {
-            throw error.lmctfy(.invalidArgument, "Cannot open the archive")
+            throw LmctfyError(.invalidArgument, "Cannot open the archive \(shown): \(String(cString: strerror(error.errno)))", errno: error.errno)
         }
         defer { Glibc.close(archiveFd) }
         try prepareRoot()
@@ -242,7 +251,7 @@ public struct ImageStore: ImageBackend {
             throw error.lmctfy(.failedPrecondition, "Cannot create a directory for image \"\(name)\"")
         }
         do throws(LmctfyError) {
-            let counts = try unpackOnOwnThread(archivePath, fd: archiveFd, into: temp + "/rootfs", name: name)
+            let counts = try unpackOnOwnThread(shown, fd: archiveFd, into: temp + "/rootfs", name: name)
             let summary = ImageSummary(name: name, entries: counts.entries, bytes: counts.bytes, created: Int64(time(nil)))
             do {
                 try Sys.writeFileAtomically(temp + "/info", Array(Self.infoText(summary).utf8), mode: 0o600)
@@ -322,7 +331,7 @@ public struct ImageStore: ImageBackend {
 
     /// Unpacks on a thread of its own whose working directory is `dir`, so
     /// libarchive gets relative paths (its secure flags refuse absolute ones).
-    private func unpackOnOwnThread(_ archivePath: String, fd: Int32, into dir: String, name: String) throws(LmctfyError) -> (entries: UInt64, bytes: UInt64) {
+    private func unpackOnOwnThread(_ shown: String, fd: Int32, into dir: String, name: String) throws(LmctfyError) -> (entries: UInt64, bytes: UInt64) {
         let outcome = Outcome()
         // The caller's progress line (a terminal's, Progress) follows the unpacking.
         let report = Progress.current
@@ -334,7 +343,7 @@ public struct ImageStore: ImageBackend {
                 return
             }
             do throws(LmctfyError) {
-                outcome.result = .success(try Self.unpack(archivePath, fd: fd) { entries, bytes in
+                outcome.result = .success(try Self.unpack(shown, fd: fd) { entries, bytes in
                     report?("importing \(name): \(entries) entries, \(Progress.mib(bytes)) unpacked")
                 })
             } catch {
@@ -350,17 +359,17 @@ public struct ImageStore: ImageBackend {
         return what
     }
 
-    /// Reads the archive open at `fd` (`archivePath` names it in errors) and
+    /// Reads the archive open at `fd` (`shown` names it in errors) and
     /// writes it below the working directory; `progress` hears the entries
     /// and bytes unpacked so far after each entry.
-    private static func unpack(_ archivePath: String, fd: Int32,
+    private static func unpack(_ shown: String, fd: Int32,
                                progress: (UInt64, UInt64) -> Void = { _, _ in }) throws(LmctfyError) -> (entries: UInt64, bytes: UInt64) {
         guard let reader = lm_archive_read_new() else { throw .internalError("lm_archive_read_new failed") }
         defer { lm_archive_read_free(reader) }
         lm_archive_read_support_filter_all(reader)
         lm_archive_read_support_format_tar(reader)
         guard lm_archive_read_open_fd(reader, fd, 65536) == ARCHIVE_OK else {
-            throw .invalidArgument(archiveError(reader, "Cannot read \"\(archivePath)\" as an archive"))
+            throw .invalidArgument(archiveError(reader, "Cannot read \(shown) as an archive"))
         }
         guard let writer = lm_archive_write_disk_new() else { throw .internalError("lm_archive_write_disk_new failed") }
         defer { lm_archive_write_free(writer) }
@@ -377,7 +386,7 @@ public struct ImageStore: ImageBackend {
             let r = lm_archive_read_next_header(reader, &entry)
             if r == ARCHIVE_EOF { break }
             guard r >= ARCHIVE_WARN, let entry else {
-                throw .invalidArgument(archiveError(reader, "Cannot read \"\(archivePath)\""))
+                throw .invalidArgument(archiveError(reader, "Cannot read \(shown)"))
             }
             let raw = try Self.text(lm_archive_entry_pathname(entry), "an entry's path")
             guard let path = try ArchivePolicy.components(raw) else { continue }  // the root itself
@@ -437,7 +446,7 @@ public struct ImageStore: ImageBackend {
         try policy.finish()
         // Directory modes and times are set here, still in this thread's directory.
         guard lm_archive_write_close(writer) == ARCHIVE_OK else {
-            throw .failedPrecondition(archiveError(writer, "Cannot finish unpacking \"\(archivePath)\""))
+            throw .failedPrecondition(archiveError(writer, "Cannot finish unpacking \(shown)"))
         }
         return (entries, bytes)
     }

@@ -5459,7 +5459,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__subscribe_request__d
   (ProtobufCMessageInit) containers__lmctfy__agent__subscribe_request__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor containers__lmctfy__agent__subscribe_response__field_descriptors[3] =
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__subscribe_response__field_descriptors[4] =
 {
   {
     "event",
@@ -5497,16 +5497,29 @@ static const ProtobufCFieldDescriptor containers__lmctfy__agent__subscribe_respo
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "caught_up_boot_id",
+    4,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__SubscribeResponse, caught_up_boot_id),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned containers__lmctfy__agent__subscribe_response__field_indices_by_name[] = {
   2,   /* field[2] = caught_up */
+  3,   /* field[3] = caught_up_boot_id */
   0,   /* field[0] = event */
   1,   /* field[1] = gap */
 };
 static const ProtobufCIntRange containers__lmctfy__agent__subscribe_response__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 3 }
+  { 0, 4 }
 };
 const ProtobufCMessageDescriptor containers__lmctfy__agent__subscribe_response__descriptor =
 {
@@ -5516,7 +5529,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__subscribe_response__
   "Containers__Lmctfy__Agent__SubscribeResponse",
   "containers.lmctfy.agent",
   sizeof(Containers__Lmctfy__Agent__SubscribeResponse),
-  3,
+  4,
   containers__lmctfy__agent__subscribe_response__field_descriptors,
   containers__lmctfy__agent__subscribe_response__field_indices_by_name,
   1,  containers__lmctfy__agent__subscribe_response__number_ranges,

@@ -133,8 +133,9 @@ enum EventsCommand {
     }
 
     /// One subscription on `client`, printing; each event printed moves the
-    /// request's resume point past it.
-    static func follow(_ o: inout Options, client: RpcClient, host: String?, boot: String?,
+    /// request's resume point past it, and so does `caught_up` before any
+    /// (with the boot it names: an agent's log, or a controller's fleet log).
+    static func follow(_ o: inout Options, client: RpcClient, host: String?,
                        stdout: any ByteSink) throws(LmctfyError) {
         // Flow control where the agent speaks it: at most `window`
         // events in flight, granted again as they are printed.
@@ -150,7 +151,7 @@ enum EventsCommand {
         defer { if let resume { o.request.bootId = resume.boot; o.request.afterSequence = resume.sequence } }
         try client.stream(AgentMethods.subscribe, o.request, window: window) { (r: SubscribeResponse) throws(LmctfyError) -> Bool in
             if let n = r.caughtUp {
-                if resume == nil, o.request.afterSequence == nil, let boot { resume = (boot, n) }
+                if resume == nil, o.request.afterSequence == nil, let boot = r.caughtUpBootId { resume = (boot, n) }
                 return follow
             }
             var text: String
@@ -186,7 +187,6 @@ enum EventsCommand {
             // again and resumes after the last event it printed, so nothing
             // is missed or printed twice. It ended with 14.
             var lost: UInt64?
-            var boot: String?
             while true {
                 let client: RpcClient
                 do {
@@ -196,14 +196,8 @@ enum EventsCommand {
                     continue
                 }
                 defer { client.close() }
-                // `-f` from now: the boot the `caught_up` point belongs to,
-                // so a loss before any event resumes from there too (an
-                // agent's; a controller's fleet log has none to ask).
-                if o.follow && lost == nil && o.request.afterSequence == nil {
-                    boot = (try? client.call(AgentMethods.machineInfo, MachineInfoRequest()))?.bootId
-                }
                 do {
-                    try follow(&o, client: client, host: host, boot: boot, stdout: stdout)
+                    try follow(&o, client: client, host: host, stdout: stdout)
                     return 0
                 } catch where o.follow && error.code == .unavailable {
                     let after = o.request.afterSequence.map { " after \(o.request.bootId ?? ""):\($0)" }

@@ -251,6 +251,9 @@ enum MovingCommands {
     /// goes through) is lost part way.
     static let leaseMarginMs: UInt32 = 10_000
 
+    /// The longest lease an agent takes (PauseRequest.lease_ms).
+    static let maxLeaseMs: UInt32 = 3_600_000
+
     /// How long the target may take to answer the Ping that comes before
     /// anything is touched (at most the whole timeout).
     static let pingMs: UInt32 = 5_000
@@ -314,7 +317,8 @@ enum MovingCommands {
             if !wasFrozen {
                 Progress.report("migrate \(name): freezing it")
                 let lease = try left("the freeze")
-                _ = try src.call(AgentMethods.pause, PauseRequest(name: name, requestId: requestId(), leaseMs: lease + leaseMarginMs),
+                _ = try src.call(AgentMethods.pause, PauseRequest(name: name, requestId: requestId(),
+                                                                   leaseMs: min(lease + leaseMarginMs, maxLeaseMs)),
                                  deadlineMs: lease)
                 frozeIt = true
                 try injected(after: .pause)

@@ -364,6 +364,8 @@ struct AgentRetryTests {
         let key = "ops " + JSONFormat.base64Encoded((0..<32).map { UInt8($0) }) + "\n"
         let good = try check(["a.conf": ("unix_socket_path: \"DIR/s\" state_dir: \"DIR/state\"", 0o644)], "a.conf")
         #expect(good.status == 0 && String(decoding: good.stdout, as: UTF8.self).hasPrefix("config OK"))
+        let reserving = try check(["a.conf": ("unix_socket_path: \"DIR/s\" state_dir: \"DIR/state\" policy { reserved_memory_bytes: 1048576 reserved_milli_cpu: 100 }", 0o644)], "a.conf")
+        #expect(reserving.status == 0, "a reservation below the machine's: \(String(decoding: reserving.stderr, as: UTF8.self))")
         let cases: [(String, [String: (String, mode_t)])] = [
             ("missing file", [:]),
             ("syntax", ["a.conf": ("no_such_key: 1", 0o644)]),
@@ -373,6 +375,10 @@ struct AgentRetryTests {
             ("socket path too long", ["a.conf": ("unix_socket_path: \"/tmp/\(String(repeating: "s", count: 110))\"", 0o644)]),
             ("key file others can read", ["a.conf": ("tcp_address: \"127.0.0.1:0\" allow_plaintext_tcp: true key_file: \"DIR/keys\"", 0o644), "keys": (key, 0o644)]),
             ("missing key file", ["a.conf": ("tcp_address: \"127.0.0.1:0\" allow_plaintext_tcp: true key_file: \"DIR/nokeys\"", 0o644)]),
+            // A reservation of the whole machine: every Create was refused
+            // by an agent that started fine.
+            ("memory reserved past the machine's", ["a.conf": ("unix_socket_path: \"DIR/s\" state_dir: \"DIR/state\" policy { reserved_memory_bytes: 1099511627776000 }", 0o644)]),
+            ("CPU reserved past the machine's", ["a.conf": ("unix_socket_path: \"DIR/s\" state_dir: \"DIR/state\" policy { reserved_milli_cpu: 1000000000 }", 0o644)]),
         ]
         for (what, files) in cases {
             let r = try check(files, "a.conf")

@@ -238,6 +238,37 @@ struct LmctlControllerTests {
         let denied = try TestProcess.capture(reader + ["--host", "alpha", "create", name, "cpu:{limit:500}"])
         #expect(denied.status == 7 && denied.err.contains("admin"), "\(denied.err)")
     }
+
+    /// `events -f` at a controller (the fleet's stream) that loses the
+    /// controller before printing any event resumes from its `caught_up`
+    /// point when the controller is back. It resumed "from now", missing
+    /// what happened meanwhile: it asked MachineInfo for that point's boot,
+    /// which a controller does not answer for its fleet log.
+    @Test func fleetEventsFollowResumesAcrossAControllerRestart() throws {
+        let fleet = try Fleet()
+        try fleet.startController()
+        try fleet.startAgent("a", host: "alpha", keyId: "host-a")
+        fleet.waitForHosts(1)
+        let out = fleet.dir + "/follow.out"
+        let name = RealCgroups.uniqueName("fleetf")
+        defer { _ = try? TestProcess.capture([builtTool("lmctfy"), "destroy", "-f", name]) }
+        let follower = try TestProcess.spawn(["/bin/sh", "-c",
+            "exec \(builtTool("lmctl")) --controller unix://\(fleet.dir)/controller.sock events -f > \(out) 2>&1"])
+        defer { TestProcess.end(follower) }
+        usleep(500_000)
+        fleet.stopController()
+        try fleet.startController()
+        fleet.waitForHosts(1)
+        let client = try RpcClient.connect(unixPath: fleet.dir + "/agent-a.sock")
+        defer { client.close() }
+        _ = try client.call(AgentMethods.create, CreateRequest(name: name, spec: ContainerSpec()))
+        func printed() -> String { (try? Sys.readFile(out)) ?? "" }
+        for _ in 0..<1000 where !printed().contains("CREATED \(name)") { usleep(10_000) }
+        let lines = printed().split(separator: "\n")
+        #expect(lines.filter { $0.contains("CREATED \(name)") }.count == 1, "\(lines)")
+        #expect(lines.contains { $0.hasPrefix("lmctl: events:") && $0.contains("following again after") }, "\(lines)")
+        #expect(TestProcess.reapIfExited(follower) == nil, "it still follows")
+    }
 }
 
 /// lmctl's own flags and output rewriting, without a controller (no root).

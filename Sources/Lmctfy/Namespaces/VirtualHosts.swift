@@ -319,9 +319,15 @@ extension Container {
     }
 
     /// Whether this container is (in) a virtual host, its init alive or not.
-    public func isVirtualHost() throws(LmctfyError) -> Bool {
-        guard let top = name.selfAndAncestors.first(where: { $0.depth == 1 }) else { return false }
-        return try driver.tasksDir(top).record(.virtualHost) != nil
+    public func isVirtualHost() throws(LmctfyError) -> Bool { try virtualHostTop() != nil }
+
+    /// The top-level container of the virtual host this container is (in),
+    /// nil for any other container: one getxattr of its top-level
+    /// ancestor's record, no /proc scan.
+    private func virtualHostTop() throws(LmctfyError) -> ContainerName? {
+        guard let top = name.selfAndAncestors.first(where: { $0.depth == 1 }),
+              try driver.tasksDir(top).record(.virtualHost) != nil else { return nil }
+        return top
     }
 
     /// The virtual host's init, nil for any other container. A virtual
@@ -329,9 +335,7 @@ extension Container {
     /// what would start in it or enter it has no namespaces to join, and
     /// ran in the host's, as real root on the host's filesystem.
     func virtualHostInit() throws(LmctfyError) -> pid_t? {
-        guard let top = name.selfAndAncestors.first(where: { $0.depth == 1 }) else { return nil }
-        // One getxattr for an ordinary container: no /proc scan on its runs.
-        guard try driver.tasksDir(top).record(.virtualHost) != nil else { return nil }
+        guard let top = try virtualHostTop() else { return nil }
         if let pid = try Container(name: top, api: api).runningInit() { return pid }
         throw .failedPrecondition("The init of virtual host \"\(top)\" is gone (killed, or exited): nothing can run in "
                                   + "it or enter it; destroy it and create it again")

@@ -9576,15 +9576,19 @@ public struct SubscribeResponse: ProtoMessage {
     public var gap: EventGap?
     /// Field 3 `caught_up`.
     public var caughtUp: UInt64?
+    /// Field 4 `caught_up_boot_id`.
+    public var caughtUpBootId: String?
 
     public init(
         event: ContainerEvent? = nil,
         gap: EventGap? = nil,
-        caughtUp: UInt64? = nil
+        caughtUp: UInt64? = nil,
+        caughtUpBootId: String? = nil
     ) {
         self.event = event
         self.gap = gap
         self.caughtUp = caughtUp
+        self.caughtUpBootId = caughtUpBootId
     }
 
     public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.SubscribeResponse")
@@ -9594,6 +9598,7 @@ public struct SubscribeResponse: ProtoMessage {
         self.event = message.get(1)
         self.gap = message.get(2)
         self.caughtUp = message.get(3)
+        self.caughtUpBootId = message.get(4)
     }
 
     public var dynamic: DynamicMessage {
@@ -9601,6 +9606,7 @@ public struct SubscribeResponse: ProtoMessage {
         message.set(1, event)
         message.set(2, gap)
         message.set(3, caughtUp)
+        message.set(4, caughtUpBootId)
         return message
     }
 
@@ -9609,6 +9615,7 @@ public struct SubscribeResponse: ProtoMessage {
         self.event = CBridge.message(c, f[0])
         self.gap = CBridge.message(c, f[1])
         self.caughtUp = CBridge.value(c, f[2])
+        self.caughtUpBootId = CBridge.value(c, f[3])
     }
 
     public func makeC() -> UnsafeMutableRawPointer {
@@ -9617,6 +9624,7 @@ public struct SubscribeResponse: ProtoMessage {
         CBridge.setMessage(c, f[0], event)
         CBridge.setMessage(c, f[1], gap)
         CBridge.set(c, f[2], caughtUp)
+        CBridge.set(c, f[3], caughtUpBootId)
         return c
     }
 

@@ -1202,7 +1202,8 @@ struct  Containers__Lmctfy__Agent__SubscribeRequest
 
 
 /*
- * Exactly one field is set. A gap, if any, comes first; `caught_up` comes
+ * Exactly one field is set (`caught_up_boot_id` goes with `caught_up`). A
+ * gap, if any, comes first; `caught_up` comes
  * once, after the replay of a resume (right away without one): every event
  * up to that sequence that matches has been sent, and what follows is live.
  */
@@ -1211,15 +1212,21 @@ struct  Containers__Lmctfy__Agent__SubscribeResponse
   ProtobufCMessage base;
   Containers__Lmctfy__Agent__ContainerEvent *event;
   Containers__Lmctfy__Agent__EventGap *gap;
-  /*
-   * Next id: 4
-   */
   protobuf_c_boolean has_caught_up;
   uint64_t caught_up;
+  /*
+   * Added: with `caught_up`, the boot (of the agent's log, or the
+   * controller's fleet log) its sequence belongs to, so that a follower that
+   * loses the stream before any event can resume from that point.
+   */
+  /*
+   * Next id: 5
+   */
+  char *caught_up_boot_id;
 };
 #define CONTAINERS__LMCTFY__AGENT__SUBSCRIBE_RESPONSE__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__subscribe_response__descriptor) \
-    , NULL, NULL, 0, 0 }
+    , NULL, NULL, 0, 0, NULL }
 
 
 /*
