@@ -11,17 +11,20 @@ import Testing
 @Suite(.enabled(if: RealCgroups.available, "\(RealCgroups.unavailableReason ?? "")"), .serialized)
 struct LmctlFollowTests {
     @Test func eventsFollowOutlivesAnAgentRestart() throws {
-        let first = try AgentProcess(config: "stats_interval_ms: 0")
+        let (lmctl, lmctfy) = (builtTool("lmctl"), builtTool("lmctfy"))
+        // An agent of its own root: the late follower must see nothing but
+        // this test's containers (a machine-wide one printed other tests'
+        // events, and resumed after those instead of from its caught_up point).
+        let root = RealCgroups.uniqueName("follow")
+        #expect(try TestProcess.capture([lmctfy, "create", root, "memory:{limit:1000000000}"]).status == 0)
+        defer { _ = try? TestProcess.capture([lmctfy, "destroy", "-f", root]) }
+        let first = try AgentProcess(config: "root_container: \"\(root)\" stats_interval_ms: 0")
         var firstAlive = true
         defer { if firstAlive { first.stop() } }
         let tag = "\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
         let outs = ["/tmp/lmctfy-follow-\(tag)-early.out", "/tmp/lmctfy-follow-\(tag)-late.out"]
         defer { for o in outs { unlink(o) } }
-        let (lmctl, lmctfy) = (builtTool("lmctl"), builtTool("lmctfy"))
-        let (x, a, b) = (RealCgroups.uniqueName("followx"), RealCgroups.uniqueName("followa"), RealCgroups.uniqueName("followb"))
-        defer {
-            for n in [x, a, b] { _ = try? TestProcess.capture([lmctfy, "destroy", "-f", n]) }
-        }
+        let (x, a, b) = ("/x", "/a", "/b")
         func follower(_ out: String) throws -> pid_t {
             try TestProcess.spawn(["/bin/sh", "-c", "exec \(lmctl) --agent unix://\(first.socket) events -f > \(out) 2>&1"])
         }
@@ -44,7 +47,7 @@ struct LmctlFollowTests {
         first.crash()
         firstAlive = false
         // Made while the agent is down: the restarted agent records it.
-        #expect(try TestProcess.capture([lmctfy, "create", a, ""]).status == 0)
+        #expect(try TestProcess.capture([lmctfy, "create", root + a, ""]).status == 0)
         let second = try AgentProcess(reusing: first.dir)
         defer { second.stop() }
         #expect(try TestProcess.capture([lmctl, "--agent", "unix://" + second.socket, "create", b, ""]).status == 0)
