@@ -192,6 +192,14 @@ public struct Container: Sendable {
     // MARK: Freezer and kill
 
     /// Whether the container is frozen (paused).
+    /// The kernel's identity of this container's cgroup directory (its
+    /// inode number, which cgroupfs does not give again while the machine
+    /// runs), nil if it is gone: tells a container from one destroyed and
+    /// made again under its name.
+    public func directoryIdentity() -> UInt64? {
+        (try? Sys.linkStatus(tasksDir.path)).map { UInt64($0.st_ino) }
+    }
+
     public func isFrozen() throws(LmctfyError) -> Bool {
         try driver.isFrozen(name)
     }

@@ -279,7 +279,10 @@ public final class Agent: @unchecked Sendable {
                                      testHold: TestHold.fromEnvironment(marker: settings.stateDir + "/test-hold"),
                                      snapshots: snapshots, criu: criu, warnings: warnings, policy: policy,
                                      images: ImageService(root: settings.imageRoot),
-                                     leases: FreezeLeases(file: settings.stateDir + "/freeze-leases"))
+                                     leases: FreezeLeases(file: settings.stateDir + "/freeze-leases", identify: { path in
+                                         guard let name = try? scope.resolve(path) else { return nil }
+                                         return (try? api.get(name))?.directoryIdentity()
+                                     }))
         self.tlsServer = settings.tlsServer
         self.tlsClient = settings.tlsClient
         self.log = log
@@ -339,6 +342,7 @@ public final class Agent: @unchecked Sendable {
         }
         try settings.checkStateDir(create: true)
         stateLock.store(try Self.lockStateDir(settings.stateDir), ordering: .releasing)
+        if let damaged = dispatcher.leases.unreadable { log.warning("freeze leases: \(damaged)") }
         // A start that fails lets the state_dir go again.
         var started = false
         defer { if !started { releaseStateDir() } }
@@ -663,6 +667,15 @@ public final class Agent: @unchecked Sendable {
                 }
             }
         }
+        // Requests whose CANCEL came in the same read (an agent that was
+        // stopped reads a request and its caller's CANCEL together): their
+        // calls start cancelled, so a pool thread that takes one up before
+        // the CANCEL below is handled finds it so and does nothing (it could
+        // start on another CPU while the loop was still reading the batch).
+        var cancelledInBatch: Set<UInt32> = []
+        for action in actions {
+            if case .cancelled(let streamId, _) = action { cancelledInBatch.insert(streamId) }
+        }
         for action in actions {
             if case .write(let bytes) = action {
                 s.outbox += bytes
@@ -684,7 +697,8 @@ public final class Agent: @unchecked Sendable {
                 }
                 log.debug("connection \(s.id): \(peer.name) authenticated as \(s.role.protoName)")
             case .deliverRequest(let streamId, let method, let payload, _, _):
-                startCall(s, streamId: streamId, method: method, payload: payload)
+                startCall(s, streamId: streamId, method: method, payload: payload,
+                          cancelled: cancelledInBatch.contains(streamId))
             case .cancelled(let streamId, _):
                 metrics.callEnded(conn: s.id, stream: streamId, .cancelled)
                 s.calls.removeValue(forKey: streamId)?.cancel()
@@ -1109,7 +1123,7 @@ public final class Agent: @unchecked Sendable {
     /// one (want_progress; PROTOCOL.md "Progress").
     static let reportsProgress: Set<String> = [AgentMethods.destroy.name, AgentMethods.killAll.name]
 
-    private func startCall(_ s: ConnState, streamId: UInt32, method: String, payload: [UInt8]) {
+    private func startCall(_ s: ConnState, streamId: UInt32, method: String, payload: [UInt8], cancelled: Bool = false) {
         let role = s.role
         let dispatcher = self.dispatcher
         let route = Dispatcher.route(method)
@@ -1149,6 +1163,7 @@ public final class Agent: @unchecked Sendable {
                 })
                 : CallContext()
         s.calls[streamId] = context
+        if cancelled { context.cancel() }
         if scheduling == .pool {
             s.poolCalls[streamId] = payload.count
             s.poolBytes += payload.count

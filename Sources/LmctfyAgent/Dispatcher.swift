@@ -566,6 +566,13 @@ public final class Dispatcher: Sendable {
         guard ms >= 1, ms <= FreezeLeases.maxMs else {
             throw LmctfyError.invalidArgument("lease_ms \(ms) is out of range: 1 to \(FreezeLeases.maxMs) (an hour)")
         }
+        // One lease at a time: a second migration of a container whose
+        // freeze another caller leased would take its copy as frozen by
+        // the user, and leave it frozen for good on the target.
+        if let held = leases.lease(path) {
+            let now = MonotonicClock.milliseconds()
+            throw LmctfyError(.aborted, "Container \(name) is already frozen under another caller's lease (\(held.deadline > now ? held.deadline - now : 0) ms left): a migration of it is under way, or was cut short and its freeze ends by itself then")
+        }
         let previous = try leases.hold(path, name: name, ms: ms)
         do {
             try setPaused(name, true)

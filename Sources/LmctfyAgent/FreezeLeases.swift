@@ -22,6 +22,11 @@ public final class FreezeLeases: Sendable {
         var name: String
         /// When it runs out, on the monotonic clock (milliseconds).
         var deadline: UInt64
+        /// The frozen container's cgroup directory (`identify`), so that a
+        /// container destroyed and made again under the same name, with the
+        /// CLI or while the agent was down, is not thawed by the old one's
+        /// lease; nil: not known.
+        var identity: UInt64? = nil
     }
 
     /// Held leases by the container's machine path.
@@ -29,6 +34,11 @@ public final class FreezeLeases: Sendable {
     /// Where they are kept; nil: in memory only (tests, no state_dir).
     private let file: String?
     private let bootId: String
+    /// What of the kept file could not be read (for the agent to say so):
+    /// nil when it was read whole, or there was none.
+    let unreadable: String?
+    /// The identity of the container at a machine path now (nil: gone).
+    private let identify: (@Sendable (String) -> UInt64?)?
 
     /// The kernel's boot id ("" when it does not say): not the event log's,
     /// which is new at every start of the agent.
@@ -39,21 +49,32 @@ public final class FreezeLeases: Sendable {
     /// The leases kept in `file` by an earlier agent of this boot of the
     /// machine (`bootId`, the kernel's by default; those of another boot are
     /// dropped: the freezes they were for went with it).
-    public init(file: String?, bootId: String = FreezeLeases.kernelBootId) {
+    public init(file: String?, bootId: String = FreezeLeases.kernelBootId,
+                identify: (@Sendable (String) -> UInt64?)? = nil) {
         self.file = file
         self.bootId = bootId
+        self.identify = identify
         var loaded: [String: Lease] = [:]
+        var bad = 0
+        var header: Substring?
         if let file, let text = try? Sys.readFile(file) {
             var lines = text.split(separator: "\n", omittingEmptySubsequences: true)[...]
+            header = lines.first
+            if header?.hasPrefix("boot ") != true { bad += lines.count }
             if lines.first == Substring("boot \(bootId)") {
                 lines = lines.dropFirst()
                 for line in lines {
-                    let parts = line.split(separator: "\t", maxSplits: 2, omittingEmptySubsequences: false)
-                    guard parts.count == 3, let deadline = UInt64(parts[0]), !parts[1].isEmpty, !parts[2].isEmpty else { continue }
-                    loaded[String(parts[1])] = Lease(name: String(parts[2]), deadline: deadline)
+                    let parts = line.split(separator: "\t", maxSplits: 3, omittingEmptySubsequences: false)
+                    guard parts.count == 4, let deadline = UInt64(parts[0]), parts[1] == "-" || UInt64(parts[1]) != nil,
+                          parts[2].hasPrefix("/"), !parts[3].isEmpty else {
+                        bad += 1
+                        continue
+                    }
+                    loaded[String(parts[2])] = Lease(name: String(parts[3]), deadline: deadline, identity: UInt64(parts[1]))
                 }
             }
         }
+        unreadable = bad == 0 ? nil : "\(bad) line\(bad == 1 ? "" : "s") of \(file ?? "") could not be read\(header?.hasPrefix("boot ") == true ? "" : " (no boot line)"): a container its freeze lease was for stays frozen until resumed"
         held = Mutexed(loaded)
     }
 
@@ -66,7 +87,7 @@ public final class FreezeLeases: Sendable {
         var previous: Lease?
         try change { h in
             previous = h[path]
-            h[path] = Lease(name: name, deadline: now + UInt64(ms))
+            h[path] = Lease(name: name, deadline: now + UInt64(ms), identity: identify?(path))
         }
         return previous
     }
@@ -101,11 +122,17 @@ public final class FreezeLeases: Sendable {
         var ran = false
         try? change { h in
             guard h[path] == lease else { return }
+            // Another container under that name (destroyed and made again
+            // behind the agent's back): not the frozen one; the lease ends.
+            if let id = lease.identity, let identify, identify(path) != id {
+                h[path] = nil
+                return
+            }
             ran = true
             if thaw() {
                 h[path] = nil
             } else {
-                h[path] = Lease(name: lease.name, deadline: MonotonicClock.milliseconds() + retryMs)
+                h[path] = Lease(name: lease.name, deadline: MonotonicClock.milliseconds() + retryMs, identity: lease.identity)
             }
         }
         return ran
@@ -131,7 +158,9 @@ public final class FreezeLeases: Sendable {
             body(&h)
             guard let file, h != before else { return }
             var text = "boot \(bootId)\n"
-            for (path, lease) in h.sorted(by: { $0.key < $1.key }) { text += "\(lease.deadline)\t\(path)\t\(lease.name)\n" }
+            for (path, lease) in h.sorted(by: { $0.key < $1.key }) {
+                text += "\(lease.deadline)\t\(lease.identity.map(String.init) ?? "-")\t\(path)\t\(lease.name)\n"
+            }
             do {
                 if h.isEmpty {
                     if Sys.exists(file) { try Sys.unlink(file) }

@@ -29,7 +29,12 @@ extension Dispatcher {
             return true
         }
         let children = try backend.listContainers(name, recursive: false)
-        return ExportSnapshotResponse(snapshot: s, unrecordedPid: unrecorded, subcontainer: children)
+        var response = ExportSnapshotResponse(snapshot: s, unrecordedPid: unrecorded, subcontainer: children)
+        if let lease = leases.lease(try backend.resolve(name)) {
+            let now = MonotonicClock.milliseconds()
+            response.freezeLeaseMs = UInt32(clamping: lease.deadline > now ? lease.deadline - now : 0)
+        }
+        return response
     }
 
     /// The snapshot of `name`, written afresh from the kernel first.
@@ -61,15 +66,30 @@ extension Dispatcher {
             }
         }
         let path = try makeImported(name, spec: spec)
+        // A frozen snapshot's processes never run here before the freeze
+        // (a migration's copy: its source is frozen, and must stay the only
+        // one that runs). Each is stopped (SIGSTOP) the moment it has
+        // started, and let go once the freezer holds them: a process cannot
+        // be started inside a frozen cgroup (its start waits for its exec),
+        // and an agent killed or stopped between the starts and the freeze
+        // left them running beside a source that its caller then thawed.
+        // (What a process does in the microseconds between its exec and
+        // the stop is not held: a start that waits at a gate before its
+        // exec would need a spawn without vfork.)
+        let hold = s.frozen == true
+        var pids: [Int32] = []
+        defer { if hold { for pid in pids { _ = try? Sys.kill(-pid, SIGCONT) } } }
         do {
-            var pids: [Int32] = []
             if r.start == true {
                 for p in s.process {
                     try checkCancelled()
-                    pids.append(try launch(name, path: path, p))
+                    pids.append(try launch(name, path: path, p, stop: hold))
                 }
             }
-            if s.frozen == true { try setPaused(name, true) }
+            // Test hook (LMCTFY_AGENT_TEST_HOLD_AFTER=ImportSnapshot.started):
+            // the processes started, the freeze not yet made.
+            testHold?.hold("ImportSnapshot.started")
+            if hold { try setPaused(name, true) }
             // Last: after this the answer goes, and the copy is the caller's.
             try checkCancelled()
             return ImportSnapshotResponse(name: path, startedPid: pids)
@@ -136,11 +156,15 @@ extension Dispatcher {
 
     /// Starts a recorded process again, detached (nobody is attached to a
     /// restored container's processes), recorded with its restart policy.
-    private func launch(_ name: String, path: String, _ p: SnapshotProcess) throws -> Int32 {
+    /// `stop`: SIGSTOPped as soon as it has started (see importSnapshot).
+    private func launch(_ name: String, path: String, _ p: SnapshotProcess, stop: Bool = false) throws -> Int32 {
         guard !p.argv.isEmpty else { throw LmctfyError.invalidArgument("A recorded process of the snapshot has no command") }
         var pid: Int32 = 0
         let snapshots = self.snapshots
         _ = try backend.run(name, argv: p.argv, detached: true) { (started: Int32) throws(LmctfyError) in
+            // Its whole process group (a detached run leads its own
+            // session): a shell may already have forked.
+            if stop { _ = try? Sys.kill(-started, SIGSTOP) }
             pid = started
             snapshots?.started(path, pid: started, argv: p.argv, detached: true, policy: p.restartPolicy)
         }

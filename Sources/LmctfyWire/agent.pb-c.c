@@ -6768,7 +6768,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__export_snapshot_requ
   (ProtobufCMessageInit) containers__lmctfy__agent__export_snapshot_request__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor containers__lmctfy__agent__export_snapshot_response__field_descriptors[3] =
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__export_snapshot_response__field_descriptors[4] =
 {
   {
     "snapshot",
@@ -6806,8 +6806,21 @@ static const ProtobufCFieldDescriptor containers__lmctfy__agent__export_snapshot
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "freeze_lease_ms",
+    4,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_UINT32,
+    offsetof(Containers__Lmctfy__Agent__ExportSnapshotResponse, has_freeze_lease_ms),
+    offsetof(Containers__Lmctfy__Agent__ExportSnapshotResponse, freeze_lease_ms),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned containers__lmctfy__agent__export_snapshot_response__field_indices_by_name[] = {
+  3,   /* field[3] = freeze_lease_ms */
   0,   /* field[0] = snapshot */
   2,   /* field[2] = subcontainer */
   1,   /* field[1] = unrecorded_pid */
@@ -6815,7 +6828,7 @@ static const unsigned containers__lmctfy__agent__export_snapshot_response__field
 static const ProtobufCIntRange containers__lmctfy__agent__export_snapshot_response__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 3 }
+  { 0, 4 }
 };
 const ProtobufCMessageDescriptor containers__lmctfy__agent__export_snapshot_response__descriptor =
 {
@@ -6825,7 +6838,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__export_snapshot_resp
   "Containers__Lmctfy__Agent__ExportSnapshotResponse",
   "containers.lmctfy.agent",
   sizeof(Containers__Lmctfy__Agent__ExportSnapshotResponse),
-  3,
+  4,
   containers__lmctfy__agent__export_snapshot_response__field_descriptors,
   containers__lmctfy__agent__export_snapshot_response__field_indices_by_name,
   1,  containers__lmctfy__agent__export_snapshot_response__number_ranges,

@@ -225,6 +225,41 @@ enum MovingCommands {
 
     enum Step: String { case pause, export, `import`, destroy }
 
+    /// How long a call lost to UNAVAILABLE is tried again on new connections
+    /// (an agent restarting: its socket refuses for a moment).
+    static let redialMs: UInt64 = 5_000
+
+    /// `body` on `client`; if it fails with UNAVAILABLE (the connection
+    /// lost: the agent killed, restarting), once more on a new connection
+    /// from `dial`, dialled again while it is refused for up to `redialMs`
+    /// (PROTOCOL.md section 6.1: a mutating request sent again with its
+    /// request id answers with the first one's outcome).
+    static func retried<R>(_ client: RpcClient, _ dial: Dial,
+                           _ body: (RpcClient) throws(LmctfyError) -> R) throws(LmctfyError) -> R {
+        do {
+            return try body(client)
+        } catch where error.code == .unavailable {
+            return try redialed(dial, body)
+        }
+    }
+
+    /// `body` on a new connection from `dial`, dialled again while it is
+    /// refused for up to `redialMs`.
+    static func redialed<R>(_ dial: Dial, _ body: (RpcClient) throws(LmctfyError) -> R) throws(LmctfyError) -> R {
+        let end = MonotonicClock.milliseconds() + redialMs
+        while true {
+            let client: RpcClient
+            do {
+                client = try dial()
+            } catch where error.code == .unavailable && MonotonicClock.milliseconds() < end {
+                usleep(100_000)
+                continue
+            }
+            defer { client.close() }
+            return try body(client)
+        }
+    }
+
     /// Whether a call's failure leaves its outcome unknown (no answer).
     static func noAnswer(_ error: LmctfyError) -> Bool {
         [StatusCode.deadlineExceeded, .unavailable, .cancelled].contains(error.code)
@@ -297,6 +332,13 @@ enum MovingCommands {
         Progress.report("migrate \(name): taking its snapshot")
         let before = try src.call(AgentMethods.exportSnapshot, ExportSnapshotRequest(name: name), deadlineMs: try left("the snapshot"))
         guard var snapshot = before.snapshot else { throw LmctfyError.internalError("the source sent no snapshot") }
+        // Frozen under a lease: a migration of it is under way, or one was
+        // cut short (lmctl killed) and its agent thaws it at the lease's
+        // end. Taken for frozen by the user, its copy stayed frozen for good.
+        if let ms = before.freezeLeaseMs {
+            throw LmctfyError(.aborted,
+                "\(name) is frozen under a lease, \((ms + 999) / 1000) s left: a migration of it is under way, or one was cut short and the freeze ends by itself then; wait, or resume it first; nothing was touched")
+        }
         // A snapshot is of one container, and brings back only the processes
         // the agent started: what else would be destroyed with the source
         // is refused first, nothing touched.
@@ -363,9 +405,12 @@ enum MovingCommands {
                 // started (PROTOCOL.md section 6.1): the move goes forward.
                 Progress.report("migrate \(name): the source's destroy got no answer; asking again")
                 do throws(LmctfyError) {
-                    let again = error.code == .unavailable ? try source() : src
-                    defer { if again !== src { again.close() } }
-                    _ = try again.call(AgentMethods.destroy, destroy, deadlineMs: 2 * pingMs)
+                    if error.code == .unavailable {
+                        // The connection is gone: the same request on a new one.
+                        _ = try redialed(source) { c throws(LmctfyError) in try c.call(AgentMethods.destroy, destroy, deadlineMs: 2 * pingMs) }
+                    } else {
+                        _ = try src.call(AgentMethods.destroy, destroy, deadlineMs: 2 * pingMs)
+                    }
                 } catch {
                     if noAnswer(error) {
                         sourceGone = true  // not known: nothing is undone
@@ -381,7 +426,8 @@ enum MovingCommands {
                 // Given some time even past the timeout: the move is done.
                 let deadline = max((try? left("the copy's thaw")) ?? 0, pingMs)
                 do throws(LmctfyError) {
-                    _ = try dst.call(AgentMethods.resume, ResumeRequest(name: name, requestId: requestId()), deadlineMs: deadline)
+                    let resume = ResumeRequest(name: name, requestId: requestId())
+                    _ = try retried(dst, target) { c throws(LmctfyError) in try c.call(AgentMethods.resume, resume, deadlineMs: deadline) }
                 } catch {
                     throw LmctfyError(error.code, "migrate \(name): moved to \(toName), but its copy there could not be thawed and is still frozen (\(error.message)): resume it there")
                 }
@@ -398,7 +444,8 @@ enum MovingCommands {
             Progress.report("migrate \(name): failed; undoing")
             var notes: [String] = []
             if made == true {
-                do { _ = try dst.call(AgentMethods.destroy, DestroyRequest(name: name, force: true, requestId: requestId()), deadlineMs: pingMs) } catch {
+                let destroy = DestroyRequest(name: name, force: true, requestId: requestId())
+                do { _ = try retried(dst, target) { c throws(LmctfyError) in try c.call(AgentMethods.destroy, destroy, deadlineMs: pingMs) } } catch {
                     notes.append("the target's copy could not be removed: \(error); it stays frozen there")
                 }
             } else if made == nil {
@@ -408,7 +455,8 @@ enum MovingCommands {
                 notes.append("\(toName) did not answer the import: its agent drops an import it had not finished when the caller gives up; one it finished just then stays there frozen (see its list)")
             }
             if frozeIt {
-                do { _ = try src.call(AgentMethods.resume, ResumeRequest(name: name, requestId: requestId()), deadlineMs: pingMs) } catch {
+                let resume = ResumeRequest(name: name, requestId: requestId())
+                do { _ = try retried(src, source) { c throws(LmctfyError) in try c.call(AgentMethods.resume, resume, deadlineMs: pingMs) } } catch {
                     notes.append("the source could not be thawed: \(error); its agent thaws it when the freeze's lease runs out")
                 }
             }

@@ -30,7 +30,7 @@ import Testing
         // Another agent of the same boot (a restart) has them; of another
         // boot, none (the frozen cgroups went with the machine).
         let b = FreezeLeases(file: file, bootId: "boot-1")
-        #expect(b.lease("/r/x") == FreezeLeases.Lease(name: "/x", deadline: 6000))
+        #expect(b.lease("/r/x") == FreezeLeases.Lease(name: "/x", deadline: 6000, identity: nil))
         #expect(FreezeLeases(file: file, bootId: "boot-2").lease("/r/x") == nil)
 
         // A released lease is not thawed, even one already found due.
@@ -52,9 +52,20 @@ import Testing
         #expect(b.lease("/r/x") == nil && b.nextDeadline == nil)
         #expect(!Sys.exists(file), "no lease left: no file")
 
+        // A lease is of one container: another under the name is not thawed.
+        let current = Mutexed<UInt64?>(7)
+        let c = FreezeLeases(file: nil, bootId: "boot-1", identify: { _ in current.locked { $0 } })
+        try c.hold("/r/w", name: "/w", ms: 1, now: 0)
+        current.locked { $0 = 8 }
+        #expect(!c.expire("/r/w", try #require(c.lease("/r/w"))) { Issue.record("another container was thawed"); return true })
+        #expect(c.lease("/r/w") == nil, "the lease ended with its container")
+
         // A damaged file is no lease at all, not a crash.
-        try Sys.createFile(file, "boot boot-1\nnot a lease\n12\t\t/x\n\t/r/a\t/a\n")
-        #expect(FreezeLeases(file: file, bootId: "boot-1").nextDeadline == nil)
+        try Sys.createFile(file, "boot boot-1\nnot a lease\n12\t-\t\t/x\n\t-\t/r/a\t/a\n12\t/r/b\t/b\n")
+        let damaged = FreezeLeases(file: file, bootId: "boot-1")
+        #expect(damaged.nextDeadline == nil)
+        #expect(damaged.unreadable?.contains("4 lines") == true, "\(damaged.unreadable ?? "said nothing")")
+        #expect(FreezeLeases(file: file + ".none", bootId: "boot-1").unreadable == nil)
     }
 }
 
@@ -128,6 +139,17 @@ struct FreezeLeaseAgentTests {
         _ = try client.call(AgentMethods.pause, PauseRequest(name: "/c"))
         usleep(1_000_000)
         #expect(try root.frozen("/b") == true && root.frozen("/c") == true && root.frozen("/d") == true)
+
+        // Destroyed and made again behind the agent's back (the CLI), then
+        // frozen by the operator: the old lease does not thaw the new one.
+        _ = try client.call(AgentMethods.create, CreateRequest(name: "/e", spec: ContainerSpec()))
+        _ = try client.call(AgentMethods.pause, PauseRequest(name: "/e", leaseMs: 400))
+        let full = root.name + "/e"
+        #expect(try TestProcess.capture([builtTool("lmctfy"), "destroy", "-f", full]).status == 0)
+        #expect(try TestProcess.capture([builtTool("lmctfy"), "create", full, ""]).status == 0)
+        #expect(try TestProcess.capture([builtTool("lmctfy"), "pause", full]).status == 0)
+        usleep(1_000_000)
+        #expect(try root.frozen("/e") == true, "a lease of the destroyed /e thawed the new one")
 
         // Out of range: refused, nothing frozen.
         for bad: UInt32 in [0, 3_600_001] {
@@ -229,6 +251,120 @@ struct FreezeLeaseAgentTests {
         let ok = try TestProcess.capture(lmctl + ["migrate", "/web", "--to", "unix://\(b.socket)"])
         #expect(ok.status == 0, "\(ok.err)")
         #expect(try source.frozen("/web") == nil && target.frozen("/web") == false)
+    }
+}
+
+/// The one-letter state of `pid` (R, S, T, Z...), nil if it is gone.
+private func processState(_ pid: Int32) -> String? {
+    guard let stat = try? Sys.readFile("/proc/\(pid)/stat"), let close = stat.lastIndex(of: ")") else { return nil }
+    return stat[stat.index(after: close)...].split(separator: " ").first.map(String.init)
+}
+
+extension FreezeLeaseAgentTests {
+    /// A migration's copy is held from the moment each of its processes
+    /// starts: a target agent killed after starting them and before
+    /// freezing them left them running beside the source lmctl then thawed.
+    @Test func aMigrationsCopyNeverRunsBesideItsSource() throws {
+        let source = try LeaseRoot(), target = try LeaseRoot()
+        defer { source.destroy(); target.destroy() }
+        let a = try AgentProcess(config: source.config)
+        defer { a.stop() }
+        let b = try AgentProcess(config: target.config, environment: ["LMCTFY_AGENT_TEST_HOLD_AFTER=ImportSnapshot.started"])
+        var bAlive = true
+        defer { if bAlive { b.stop() } else { _ = removeTree(b.dir) } }
+        let lmctl = [builtTool("lmctl"), "--agent", "unix://\(a.socket)"]
+        #expect(try TestProcess.capture(lmctl + ["create", "/web", "cpu:{limit:100}"]).status == 0)
+        for _ in 0..<3 { #expect(try TestProcess.capture(lmctl + ["run", "-n", "/web", "sleep 600"]).status == 0) }
+        let result = Mutexed<ChildResult?>(nil)
+        let done = Latch()
+        let argv = lmctl + ["migrate", "/web", "--to", "unix://\(b.socket)", "--timeout", "20"]
+        Threads.detach {
+            let r = try? TestProcess.capture(argv)
+            result.locked { $0 = r }
+            done.signal()
+        }
+        #expect(within(15_000) { Sys.exists(b.dir + "/state/test-hold") }, "the target never started the copy's processes")
+        let copy = try target.api.get(try ContainerName.resolve(target.name + "/web", relativeTo: .root)).processes(recursive: true)
+        #expect(copy.count >= 3, "\(copy)")  // (a shell may have forked its sleep before the stop)
+        #expect(copy.allSatisfy { processState($0) == "T" }, "the copy runs before its freeze: \(copy.map { processState($0) ?? "-" })")
+        b.crash()
+        bAlive = false
+        #expect(done.wait(seconds: 30), "lmctl did not give up")
+        let r = try #require(result.locked { $0 })
+        #expect(r.status != 0, "\(r.err)")
+        #expect(try source.frozen("/web") == false, "the source was left frozen")
+        // The source runs; the copy's processes are still held.
+        #expect(copy.allSatisfy { processState($0) == "T" }, "\(copy.map { processState($0) ?? "-" })")
+    }
+}
+
+extension FreezeLeaseAgentTests {
+    /// A migration cut short (lmctl killed after the freeze) leaves the
+    /// source frozen under its lease: a second migration is refused until
+    /// the lease ends or the source is resumed. It took the leased freeze
+    /// for one the user made, imported the copy frozen, destroyed the
+    /// source, and left the only copy frozen for good.
+    @Test func aContainerFrozenUnderALeaseIsNotMigratedAgain() throws {
+        let source = try LeaseRoot(), target = try LeaseRoot()
+        defer { source.destroy(); target.destroy() }
+        let a = try AgentProcess(config: source.config)
+        defer { a.stop() }
+        let b = try AgentProcess(config: target.config)
+        defer { b.stop() }
+        let lmctl = [builtTool("lmctl"), "--agent", "unix://\(a.socket)"]
+        #expect(try TestProcess.capture(lmctl + ["create", "/web", "cpu:{limit:100}"]).status == 0)
+        #expect(try TestProcess.capture(lmctl + ["run", "-n", "/web", "sleep 600"]).status == 0)
+        let marker = a.dir + "/hold"
+        let first = try TestProcess.spawn(["/usr/bin/env", "LMCTL_TEST_MIGRATE_HOLD_AFTER=pause:\(marker)"] + lmctl
+                                          + ["migrate", "/web", "--to", "unix://\(b.socket)"])
+        #expect(within(10_000) { Sys.exists(marker) }, "lmctl never froze the source")
+        TestProcess.end(first)  // SIGKILL, reaped
+        try? Sys.unlink(marker)
+        #expect(try source.frozen("/web") == true)
+
+        let again = try TestProcess.capture(lmctl + ["migrate", "/web", "--to", "unix://\(b.socket)"])
+        #expect(again.status == StatusCode.aborted.rawValue, "\(again.err)")
+        #expect(again.err.contains("frozen under a lease") && again.err.contains("nothing was touched"), "\(again.err)")
+        #expect(try source.frozen("/web") == true && target.frozen("/web") == nil)
+        // Nor can another caller take the freeze over with a lease of its own.
+        let client = try connected(a)
+        defer { client.close() }
+        #expect(throws: LmctfyError.self) { _ = try client.call(AgentMethods.pause, PauseRequest(name: "/web", leaseMs: 60_000)) }
+
+        // Resumed by the operator: it moves, and runs there.
+        #expect(try TestProcess.capture(lmctl + ["resume", "/web"]).status == 0)
+        let moved = try TestProcess.capture(lmctl + ["migrate", "/web", "--to", "unix://\(b.socket)"])
+        #expect(moved.status == 0, "\(moved.err)")
+        #expect(try source.frozen("/web") == nil && target.frozen("/web") == false)
+    }
+
+    /// A change whose caller gave up while the agent was stopped (its
+    /// request and CANCEL read together) is not made, even when a pool
+    /// thread takes it up before the loop reads the CANCEL.
+    @Test func aChangeCancelledWhileTheAgentWasStoppedIsNotMade() throws {
+        let root = try LeaseRoot()
+        defer { root.destroy() }
+        let agent = try AgentProcess(config: root.config)
+        var stopped = false
+        defer {
+            if stopped { kill(agent.pid, SIGCONT) }
+            agent.stop()
+        }
+        let client = try connected(agent)
+        defer { client.close() }
+        for n in 0..<5 { _ = try client.call(AgentMethods.create, CreateRequest(name: "/c\(n)", spec: ContainerSpec())) }
+        kill(agent.pid, SIGSTOP)
+        stopped = true
+        for n in 0..<5 {
+            #expect(throws: LmctfyError.self) {
+                _ = try client.call(AgentMethods.destroy, DestroyRequest(name: "/c\(n)", force: true), deadlineMs: 100)
+            }
+        }
+        kill(agent.pid, SIGCONT)
+        stopped = false
+        _ = try client.call(AgentMethods.ping, PingRequest())
+        usleep(300_000)
+        for n in 0..<5 { #expect(try root.frozen("/c\(n)") != nil, "/c\(n) was destroyed after its caller gave up") }
     }
 }
 

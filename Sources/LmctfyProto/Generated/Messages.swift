@@ -5968,15 +5968,19 @@ public struct ExportSnapshotResponse: ProtoMessage {
     public var unrecordedPid: [Int32]
     /// Field 3 `subcontainer`.
     public var subcontainer: [String]
+    /// Field 4 `freeze_lease_ms`.
+    public var freezeLeaseMs: UInt32?
 
     public init(
         snapshot: ContainerSnapshot? = nil,
         unrecordedPid: [Int32] = [],
-        subcontainer: [String] = []
+        subcontainer: [String] = [],
+        freezeLeaseMs: UInt32? = nil
     ) {
         self.snapshot = snapshot
         self.unrecordedPid = unrecordedPid
         self.subcontainer = subcontainer
+        self.freezeLeaseMs = freezeLeaseMs
     }
 
     public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.ExportSnapshotResponse")
@@ -5986,6 +5990,7 @@ public struct ExportSnapshotResponse: ProtoMessage {
         self.snapshot = message.get(1)
         self.unrecordedPid = message.getRepeated(2)
         self.subcontainer = message.getRepeated(3)
+        self.freezeLeaseMs = message.get(4)
     }
 
     public var dynamic: DynamicMessage {
@@ -5993,6 +5998,7 @@ public struct ExportSnapshotResponse: ProtoMessage {
         message.set(1, snapshot)
         message.setRepeated(2, unrecordedPid)
         message.setRepeated(3, subcontainer)
+        message.set(4, freezeLeaseMs)
         return message
     }
 
@@ -6001,6 +6007,7 @@ public struct ExportSnapshotResponse: ProtoMessage {
         self.snapshot = CBridge.message(c, f[0])
         self.unrecordedPid = CBridge.repeated(c, f[1])
         self.subcontainer = CBridge.repeated(c, f[2])
+        self.freezeLeaseMs = CBridge.value(c, f[3])
     }
 
     public func makeC() -> UnsafeMutableRawPointer {
@@ -6009,6 +6016,7 @@ public struct ExportSnapshotResponse: ProtoMessage {
         CBridge.setMessage(c, f[0], snapshot)
         CBridge.setRepeated(c, f[1], unrecordedPid)
         CBridge.setRepeated(c, f[2], subcontainer)
+        CBridge.set(c, f[3], freezeLeaseMs)
         return c
     }
 

@@ -1669,15 +1669,22 @@ struct  Containers__Lmctfy__Agent__ExportSnapshotResponse
   /*
    * The container's direct subcontainers: a snapshot is of one container.
    */
-  /*
-   * Next id: 4
-   */
   size_t n_subcontainer;
   char **subcontainer;
+  /*
+   * Added: the container is frozen under a lease (PauseRequest.lease_ms)
+   * with this many milliseconds left: a migration of it is under way, or
+   * was cut short and its freeze ends by itself then.
+   */
+  /*
+   * Next id: 5
+   */
+  protobuf_c_boolean has_freeze_lease_ms;
+  uint32_t freeze_lease_ms;
 };
 #define CONTAINERS__LMCTFY__AGENT__EXPORT_SNAPSHOT_RESPONSE__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__export_snapshot_response__descriptor) \
-    , NULL, 0,NULL, 0,NULL }
+    , NULL, 0,NULL, 0,NULL, 0, 0 }
 
 
 /*
