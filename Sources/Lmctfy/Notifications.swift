@@ -44,13 +44,28 @@ public final class Watch: @unchecked Sendable {
     /// The cgroup directory whose existence is checked (the watched one).
     private let watchedDir: CgroupDir
     private var source: (any EventSource)?
+    /// The watched directory's inode when the watch was made: a container
+    /// destroyed and made again under its name at once is another
+    /// container. Removing a cgroup signals its eventfds, and the check
+    /// that it was gone found the new one there: a false OOM or threshold,
+    /// then a watch of a deleted cgroup that heard nothing more.
+    private let identity: UInt64?
 
     init(container: ContainerName, kind: Kind, source: any EventSource, watchedDir: CgroupDir) {
         self.container = container
         self.kind = kind
         self.source = source
         self.watchedDir = watchedDir
+        identity = Self.identity(of: watchedDir)
     }
+
+    static func identity(of dir: CgroupDir) -> UInt64? {
+        (try? Sys.linkStatus(dir.path)).map { UInt64($0.st_ino) }
+    }
+
+    /// Whether the watched directory is still the one watched (not gone,
+    /// not another made under its name).
+    private var isSameDirectory: Bool { identity == nil || Self.identity(of: watchedDir) == identity }
 
     /// Closes the descriptor; the watch delivers nothing more.
     public func close() { source = nil }
@@ -64,11 +79,16 @@ public final class Watch: @unchecked Sendable {
     /// Throws NOT_FOUND once the container is gone (D5).
     public func collect() throws(LmctfyError) -> Int {
         guard let source else { return 0 }
+        let n: Int
         do {
-            return try source.collect()
+            n = try source.collect()
         } catch where error.code == .notFound {
             throw .notFound("Container \"\(container)\" was destroyed while a notification was registered")
         }
+        guard isSameDirectory else {
+            throw .notFound("Container \"\(container)\" was destroyed while a notification was registered (one made again under its name is another container)")
+        }
+        return n
     }
 
     /// Blocks until at least one event (returns how many), the timeout
@@ -86,7 +106,7 @@ public final class Watch: @unchecked Sendable {
             if ready {
                 let n = try collect()
                 if n > 0 { return n }
-            } else if try !watchedDir.exists() {
+            } else if try !watchedDir.exists() || !isSameDirectory {
                 throw .notFound("Container \"\(container)\" was destroyed while a notification was registered")
             }
         }

@@ -205,6 +205,7 @@ struct FreezeLeaseAgentTests {
         // Stopped before anything is touched: refused at the Ping.
         kill(b.pid, SIGSTOP)
         stopped = true
+        #expect(within(5_000) { allStopped(b.pid) }, "the target did not stop")
         let early = try TestProcess.capture(lmctl + ["migrate", "/web", "--to", "unix://\(b.socket)", "--timeout", "2"])
         #expect(early.status == StatusCode.deadlineExceeded.rawValue, "\(early.err)")
         #expect(early.err.contains("does not answer") && early.err.contains("nothing was touched"), "\(early.err)")
@@ -228,6 +229,7 @@ struct FreezeLeaseAgentTests {
         #expect(try source.frozen("/web") == true)
         kill(b.pid, SIGSTOP)
         stopped = true
+        #expect(within(5_000) { allStopped(b.pid) }, "the target did not stop")
         try Sys.unlink(marker)
         #expect(done.wait(seconds: 30), "lmctl did not give up")
         let r = try #require(result.locked { $0 })
@@ -251,6 +253,15 @@ struct FreezeLeaseAgentTests {
         let ok = try TestProcess.capture(lmctl + ["migrate", "/web", "--to", "unix://\(b.socket)"])
         #expect(ok.status == 0, "\(ok.err)")
         #expect(try source.frozen("/web") == nil && target.frozen("/web") == false)
+    }
+}
+
+/// Whether every thread of `pid` is stopped (state T).
+private func allStopped(_ pid: Int32) -> Bool {
+    guard let tids = try? Sys.directoryEntries("/proc/\(pid)/task"), !tids.isEmpty else { return false }
+    return tids.allSatisfy { tid in
+        guard let stat = try? Sys.readFile("/proc/\(pid)/task/\(tid)/stat"), let close = stat.lastIndex(of: ")") else { return false }
+        return stat[stat.index(after: close)...].split(separator: " ").first == "T"
     }
 }
 
@@ -286,7 +297,11 @@ extension FreezeLeaseAgentTests {
         #expect(within(15_000) { Sys.exists(b.dir + "/state/test-hold") }, "the target never started the copy's processes")
         let copy = try target.api.get(try ContainerName.resolve(target.name + "/web", relativeTo: .root)).processes(recursive: true)
         #expect(copy.count >= 3, "\(copy)")  // (a shell may have forked its sleep before the stop)
-        #expect(copy.allSatisfy { processState($0) == "T" }, "the copy runs before its freeze: \(copy.map { processState($0) ?? "-" })")
+        // (A task asleep when its SIGSTOP came shows T once it is next
+        // scheduled, which under load takes a moment; it runs no code of
+        // its own before.)
+        #expect(within(3_000) { copy.allSatisfy { processState($0) == "T" } },
+                "the copy runs before its freeze: \(copy.map { processState($0) ?? "-" })")
         b.crash()
         bAlive = false
         #expect(done.wait(seconds: 30), "lmctl did not give up")
@@ -294,7 +309,7 @@ extension FreezeLeaseAgentTests {
         #expect(r.status != 0, "\(r.err)")
         #expect(try source.frozen("/web") == false, "the source was left frozen")
         // The source runs; the copy's processes are still held.
-        #expect(copy.allSatisfy { processState($0) == "T" }, "\(copy.map { processState($0) ?? "-" })")
+        #expect(within(3_000) { copy.allSatisfy { processState($0) == "T" } }, "\(copy.map { processState($0) ?? "-" })")
     }
 }
 
@@ -355,6 +370,9 @@ extension FreezeLeaseAgentTests {
         for n in 0..<5 { _ = try client.call(AgentMethods.create, CreateRequest(name: "/c\(n)", spec: ContainerSpec())) }
         kill(agent.pid, SIGSTOP)
         stopped = true
+        // Stopped for real: every thread (a thread running on the other CPU
+        // stops a moment after kill returns, and could read the first request).
+        #expect(within(5_000) { allStopped(agent.pid) }, "the agent did not stop")
         for n in 0..<5 {
             #expect(throws: LmctfyError.self) {
                 _ = try client.call(AgentMethods.destroy, DestroyRequest(name: "/c\(n)", force: true), deadlineMs: 100)

@@ -56,6 +56,28 @@ struct NotificationIntegrationTests {
         }
     }
 
+    /// Destroyed and made again at once under the same name: the watch
+    /// (OOM, threshold, empty) is of the container that went. Removing a
+    /// cgroup signals its eventfds, and the check that it was gone found
+    /// the new one: a false OOM or threshold, then a deaf watch.
+    @Test(arguments: [EventSpec(oom: EventSpec.Oom()), EventSpec(memoryThreshold: EventSpec.MemoryThreshold(usage: 16 << 20)),
+                      EventSpec(containerEmpty: EventSpec.ContainerEmpty())])
+    func aContainerMadeAgainUnderTheNameIsNotTheWatchedOne(spec: EventSpec) throws {
+        try withTestContainer(api) { name in
+            let memory = ContainerSpec(memory: MemorySpec(limit: 64 << 20))
+            try api.create(name, spec: memory)
+            _ = try api.get(name).run(["/bin/sleep", "300"])
+            let watch = try api.get(name).watch(spec)
+            _ = try api.destroy(name)
+            try api.create(name, spec: memory)
+            _ = try api.get(name).run(["/bin/sleep", "300"])
+            #expect { _ = try watch.wait(timeoutMs: 5_000) } throws: { error in
+                let e = error as? LmctfyError
+                return e?.code == .notFound && e?.message.contains("destroyed") == true
+            }
+        }
+    }
+
     @Test func oomKillIsDelivered() throws {
         try withTestContainer(api) { name in
             try api.create(name, spec: ContainerSpec(memory: MemorySpec(limit: 32 << 20)))
