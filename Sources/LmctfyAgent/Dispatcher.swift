@@ -287,6 +287,11 @@ public final class Dispatcher: Sendable {
             // Named as the caller names them (the root_container's path
             // left out): the messages said "/root/web" for "/web".
             return CallStatus(LmctfyError(e.code, backend.callerMessage(e.message), errno: e.errno))
+        } catch var status as CallStatus {
+            // The same for a journaled call's outcome (every call with a
+            // request id, which lmctl sends with each change), and its replay.
+            status.message = backend.callerMessage(status.message)
+            return status
         } catch {
             return Self.status(of: error, method: method)
         }

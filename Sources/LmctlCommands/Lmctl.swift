@@ -594,7 +594,11 @@ public enum LmctlCLI {
                 return try RpcClient.connect(host: String(hostPort[..<colon]), port: port, tls: context,
                                              keyId: keyId, key: key, name: "lmctl")
             }
-            guard let keyFile else { throw .invalidArgument("\(flag) \(address) needs --key-file (or --cert, --key and --ca for TLS)") }
+            guard let keyFile else {
+                // migrate's target takes its key with --to-key-file (and no TLS flags).
+                throw .invalidArgument(flag == "--to" ? "--to \(address) needs --to-key-file"
+                                       : "\(flag) \(address) needs --key-file (or --cert, --key and --ca for TLS)")
+            }
             let keys = try KeyFile.load(keyFile, requirePrivate: false)
             let (id, key) = keys.sorted { $0.key < $1.key }[0]
             return try RpcClient.connect(host: String(hostPort[..<colon]), port: port, keyId: id, key: key, name: "lmctl")

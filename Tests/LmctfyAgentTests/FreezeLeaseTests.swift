@@ -202,6 +202,8 @@ struct FreezeLeaseAgentTests {
             let r = try TestProcess.capture(lmctl + ["migrate", "/web", "--to", "unix://\(b.socket)", "--timeout", bad])
             #expect(r.status == StatusCode.invalidArgument.rawValue && r.err.contains("--timeout"), "\(bad): \(r.err)")
         }
+        let keyless = try TestProcess.capture(lmctl + ["migrate", "/web", "--to", "tcp://127.0.0.1:1"])
+        #expect(keyless.status == StatusCode.invalidArgument.rawValue && keyless.err.contains("needs --to-key-file"), "\(keyless.err)")
         // Stopped before anything is touched: refused at the Ping.
         kill(b.pid, SIGSTOP)
         stopped = true

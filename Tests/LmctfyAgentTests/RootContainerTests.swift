@@ -91,6 +91,21 @@ private func name(_ path: String) throws -> ContainerName { try ContainerName.re
         return m
     }
 
+    /// With a request id (lmctl sends one with every change) a refusal is
+    /// the journaled outcome, and it named the machine path ("/agent/web").
+    @Test func aJournaledRefusalNamesTheContainerAsTheCallerDoes() throws {
+        let dir = "/tmp/lmctfy-rootjournal-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try Sys.mkdir(dir, mode: 0o700)
+        defer { _ = removeTree(dir) }
+        let journal = RequestJournal(directory: dir + "/requests", bootId: "b")
+        _ = try journal.open()
+        let m = try FakeAgentMachine(journal: journal, scope: ContainerScope(root: try name("/agent")))
+        #expect(try m.call(AgentMethods.create, CreateRequest(name: "/web", requestId: "first")).0 == .ok)
+        let refused = CallStatus(.alreadyExists, "Can't create existing container \"/web\"")
+        #expect(try m.call(AgentMethods.create, CreateRequest(name: "/web", requestId: "second")).0 == refused)
+        #expect(try m.call(AgentMethods.create, CreateRequest(name: "/web", requestId: "second")).0 == refused, "its replay")
+    }
+
     @Test func namesGoInAndComeOutRelativeToTheRoot() throws {
         let m = try machine()
         #expect(try m.call(AgentMethods.create, CreateRequest(name: "/web")).0 == .ok)
