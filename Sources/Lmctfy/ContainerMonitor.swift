@@ -77,10 +77,10 @@ public final class ContainerMonitor {
     public final class EventFd {
         public let container: ContainerName
         public let kind: Pressure
-        private let source: EventfdSource
+        private let source: any EventSource
         public var fd: Int32 { source.fd }
 
-        init(container: ContainerName, kind: Pressure, source: EventfdSource) {
+        init(container: ContainerName, kind: Pressure, source: any EventSource) {
             self.container = container
             self.kind = kind
             self.source = source
@@ -206,7 +206,10 @@ public final class ContainerMonitor {
             }
             var fds: [EventFd] = []
             for r in plan.eventfds {
-                if let source = try? EventfdSource(r.dir, target: r.file, args: r.args) {
+                // (v1's OOM in kills, as v2's memory.events gives them.)
+                let source: (any EventSource)? = r.kind == .oom && r.file == "memory.oom_control"
+                    ? try? OomControlSource.make(r.dir) : try? EventfdSource(r.dir, target: r.file, args: r.args)
+                if let source {
                     fds.append(EventFd(container: name, kind: r.kind, source: source))
                 }
             }

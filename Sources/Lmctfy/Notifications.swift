@@ -5,7 +5,8 @@
 // The kernel side is each cgroup driver's EventSource:
 //
 //                 v1                                     v2
-//  OOM            eventfd on memory.oom_control          inotify on memory.events (oom_kill grows)
+//  OOM            eventfd on memory.oom_control, counted inotify on memory.events (oom_kill grows)
+//                 in its oom_kill (OomControlSource)
 //  threshold      eventfd on memory.usage_in_bytes       memory.current polled every 50 ms (v2 has
 //                                                        no threshold notification)
 //  empty          cgroup.procs polled every 50 ms        inotify on cgroup.events (populated 0)

@@ -571,18 +571,12 @@ public final class Dispatcher: Sendable {
         guard ms >= 1, ms <= FreezeLeases.maxMs else {
             throw LmctfyError.invalidArgument("lease_ms \(ms) is out of range: 1 to \(FreezeLeases.maxMs) (an hour)")
         }
-        // One lease at a time: a second migration of a container whose
-        // freeze another caller leased would take its copy as frozen by
-        // the user, and leave it frozen for good on the target.
-        if let held = leases.lease(path) {
-            let now = MonotonicClock.milliseconds()
-            throw LmctfyError(.aborted, "Container \(name) is already frozen under another caller's lease (\(held.deadline > now ? held.deadline - now : 0) ms left): a migration of it is under way, or was cut short and its freeze ends by itself then")
-        }
-        let previous = try leases.hold(path, name: name, ms: ms)
+        // One lease at a time (ABORTED while another caller's is held).
+        try leases.hold(path, name: name, ms: ms)
         do {
             try setPaused(name, true)
         } catch {
-            leases.put(path, previous)
+            leases.release([path])
             throw error
         }
     }
@@ -744,7 +738,10 @@ public final class Dispatcher: Sendable {
         let events = self.events
         let backend = self.backend
         let watches = self.notifyWatches
+        let inventory = kind == .containerEventEmpty ? self.inventory : nil
         return watches.join(NotifyWatches.Key(container: path, kind: kind, threshold: threshold)) { w in
+            inventory?.watchingEmpty(path, true)
+            defer { inventory?.watchingEmpty(path, false) }
             do throws(LmctfyError) {
                 try backend.notify(
                     path, event: spec,
@@ -752,6 +749,7 @@ public final class Dispatcher: Sendable {
                     onWatching: { (_: String) throws(LmctfyError) in w.set(.watching) },
                     onEvent: { (n: Int) throws(LmctfyError) -> Bool in
                         for _ in 0..<n { events.record(container: path, kind: kind, threshold: threshold) }
+                        if n > 0 { inventory?.notedEmpty(path) }
                         w.changes.bump()
                         return true
                     })

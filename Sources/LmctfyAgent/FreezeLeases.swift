@@ -79,21 +79,27 @@ public final class FreezeLeases: Sendable {
     }
 
     /// Holds a lease of `ms` on the freeze of `path` (named `name` by the
-    /// caller), replacing any it had; returns the one replaced (`put` it
-    /// back if the freeze fails). Throws if it cannot be kept: the caller
-    /// then must not freeze.
-    @discardableResult
-    func hold(_ path: String, name: String, ms: UInt32, now: UInt64 = MonotonicClock.milliseconds()) throws(LmctfyError) -> Lease? {
-        var previous: Lease?
+    /// caller). One at a time: while another caller's lease is held it is
+    /// ABORTED, checked and taken in one critical section (two leased
+    /// Pauses at once could both have passed a check made before). Throws
+    /// if it cannot be kept: the caller then must not freeze (and
+    /// `release`s it if its freeze fails).
+    func hold(_ path: String, name: String, ms: UInt32, now: UInt64 = MonotonicClock.milliseconds()) throws(LmctfyError) {
+        var other: Lease?
         try change { h in
-            previous = h[path]
+            if let held = h[path] {
+                other = held
+                return
+            }
             h[path] = Lease(name: name, deadline: now + UInt64(ms), identity: identify?(path))
         }
-        return previous
+        if let other {
+            // A second migration of a container whose freeze another caller
+            // leased would take its copy as frozen by the user, and leave it
+            // frozen for good on the target.
+            throw LmctfyError(.aborted, "Container \(name) is already frozen under another caller's lease (\(other.deadline > now ? other.deadline - now : 0) ms left): a migration of it is under way, or was cut short and its freeze ends by itself then")
+        }
     }
-
-    /// Sets the lease of `path` back to `lease` (nil: none).
-    func put(_ path: String, _ lease: Lease?) { try? change { $0[path] = lease } }
 
     /// Ends the leases of `paths`: called BEFORE a Resume, a Destroy or a
     /// Pause without a lease touches the freezer, so that a thaw at the

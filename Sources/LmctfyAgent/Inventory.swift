@@ -27,6 +27,10 @@ final class Inventory: Sendable {
         var seeded = false
         /// Whether each container had no processes when last looked at.
         var empty: [String: Bool] = [:]
+        /// Containers a kernel watch of EMPTY (a `Notify`) is made on, and
+        /// how many: their EMPTY is the watch's to record (it sees every
+        /// emptying), not the reconcile's or the watcher's too.
+        var emptyWatched: [String: Int] = [:]
         /// Each container's spec (serialized) when last read; a change of
         /// the agent's own forgets it (read again without an event).
         var specs: [String: [UInt8]] = [:]
@@ -228,8 +232,31 @@ final class Inventory: Sendable {
     /// or the agent last changed it (a write of it could not be told).
     func needsSpec(_ name: String) -> Bool { state.locked { $0.known[name] != nil && $0.specs[name] == nil } }
 
+    /// A kernel watch of `name`'s EMPTY starts (`on`) or ends: meanwhile
+    /// it records that event, and the inventory only follows the state.
+    func watchingEmpty(_ name: String, _ on: Bool) {
+        state.locked { s in
+            let n = (s.emptyWatched[name] ?? 0) + (on ? 1 : -1)
+            s.emptyWatched[name] = n > 0 ? n : nil
+        }
+    }
+
+    /// The kernel watch of `name` recorded its EMPTY: it is empty, and the
+    /// next look that finds it so is no second EMPTY (one emptying was
+    /// recorded twice while a `notify container empty` was registered).
+    func notedEmpty(_ name: String) {
+        state.locked { s in
+            guard s.known[name] != nil else { return }
+            s.empty[name] = true
+            // A listing from before says nothing of it (it could find it
+            // not empty yet, and the next one take the emptying as news).
+            s.generation += 1
+            s.touched[name] = s.generation
+        }
+    }
+
     private static func setEmpty(_ s: inout State, _ name: String, _ isEmpty: Bool, _ events: EventLog) {
-        if s.empty[name] == false && isEmpty {
+        if s.empty[name] == false && isEmpty && s.emptyWatched[name] == nil {
             events.record(container: name, kind: .containerEventEmpty)
         }
         s.empty[name] = isEmpty

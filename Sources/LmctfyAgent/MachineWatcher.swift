@@ -317,8 +317,9 @@ final class MachineWatcher: @unchecked Sendable {
                 }
             case .spec(let name):
                 if inventory.knows(path) { specsDue.insert(name) }
-            case .oom:
-                events.record(container: path, kind: .containerEventOom)
+            case .oom(_, let kills):
+                // One per kill (v1 counts them as v2 does; see OomControlSource).
+                for _ in 0..<max(1, kills) { events.record(container: path, kind: .containerEventOom) }
             case .memoryPressure(let name, _):
                 // The kernel signals pressure in bursts (each reclaim
                 // round): one event per container per second says it.

@@ -82,6 +82,14 @@ public enum EventFds {
         return fd
     }
 
+    /// Sets a timer descriptor's period (its first expiry one period from
+    /// now); 0 stops it. A failure (a closed descriptor) is ignored.
+    public static func setTimer(_ fd: Int32, periodMs: Int) {
+        let every = timespec(tv_sec: periodMs / 1000, tv_nsec: (periodMs % 1000) * 1_000_000)
+        var spec = itimerspec(it_interval: every, it_value: every)
+        _ = timerfd_settime(fd, 0, &spec, nil)
+    }
+
     /// Waits until fd is readable; false on timeout. timeoutMs < 0 waits forever.
     public static func waitReadable(_ fd: Int32, timeoutMs: Int32) throws(SystemError) -> Bool {
         var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)

@@ -589,7 +589,7 @@ public enum LmctlCLI {
                 if tls.cert == nil {
                     // No certificate of ours: a shared key, inside TLS.
                     guard let keyFile else { throw .invalidArgument("\(flag) \(address) with --ca needs --cert and --key, or --key-file") }
-                    (keyId, key) = try KeyFile.load(keyFile, requirePrivate: false).sorted { $0.key < $1.key }[0]
+                    (keyId, key) = try KeyFile.load(keyFile, requirePrivate: true).sorted { $0.key < $1.key }[0]
                 }
                 return try RpcClient.connect(host: String(hostPort[..<colon]), port: port, tls: context,
                                              keyId: keyId, key: key, name: "lmctl")
@@ -599,7 +599,7 @@ public enum LmctlCLI {
                 throw .invalidArgument(flag == "--to" ? "--to \(address) needs --to-key-file"
                                        : "\(flag) \(address) needs --key-file (or --cert, --key and --ca for TLS)")
             }
-            let keys = try KeyFile.load(keyFile, requirePrivate: false)
+            let keys = try KeyFile.load(keyFile, requirePrivate: true)
             let (id, key) = keys.sorted { $0.key < $1.key }[0]
             return try RpcClient.connect(host: String(hostPort[..<colon]), port: port, keyId: id, key: key, name: "lmctl")
         }

@@ -335,3 +335,39 @@ struct FlowControlTests {
         }
     }
 }
+
+extension EventHubIntegrationTests {
+    /// The agent's log has one OOM per kill the kernel counts, however many
+    /// of the container's tasks met the limit (each signalled the v1
+    /// eventfd before the kill, and each signal was an OOM: 3 to 12 per
+    /// kill in a probe, in the log, the metrics and `top`).
+    @Test func anOOMOfSeveralTasksIsOneEventPerKill() throws {
+        try withAgent("reconcile_interval_ms: 0") { _, socket in
+            let name = RealCgroups.uniqueName("hub-ooms")
+            let api = try ContainerApi.detect()
+            let c = try api.create(name, spec: try ContainerSpec(textFormat: "memory { limit: 33554432 }"))
+            defer { _ = try? api.destroy(c.name) }
+            waitForEvents(socket, name, 1)  // the watcher saw the container (CREATED)
+            usleep(300_000)  // and watches it whole
+            for _ in 0..<6 { _ = try c.run([testHelperPath, "alloc", "24", "30"]) }
+            // Until the kernel's count has been still for 1.4 s.
+            var kills = -1, still = 0
+            for _ in 0..<60 where still < 2 {
+                usleep(700_000)
+                let now = oomKills(c.name) ?? 0
+                still = now == kills && now > 0 ? still + 1 : 0
+                kills = now
+            }
+            #expect(kills >= 1)
+            var logged = 0
+            for _ in 0..<20 {
+                let later = Subscriber(socket, SubscribeRequest(name: name, kinds: [.containerEventOom], afterSequence: 0),
+                                       until: { $0.last?.caughtUp != nil })
+                logged = events(later.wait().0).count
+                if logged >= kills { break }
+                usleep(100_000)
+            }
+            #expect(logged == kills, "\(logged) OOM events for \(kills) kills")
+        }
+    }
+}

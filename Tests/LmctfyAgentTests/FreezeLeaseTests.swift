@@ -37,10 +37,20 @@ import Testing
         let y = try #require(b.lease("/r/y"))
         b.release(["/r/y"])
         #expect(!b.expire("/r/y", y) { Issue.record("a released lease was thawed"); return true })
-        // A lease replaced meanwhile (another Pause with a lease) neither.
+        // One lease at a time: a second is ABORTED and the first stays.
         let z = try #require(b.lease("/r/y/z"))
-        let replaced = try b.hold("/r/y/z", name: "/y/z", ms: 9000, now: 1000)
-        #expect(replaced == z)
+        #expect(throws: LmctfyError.self) { try b.hold("/r/y/z", name: "/y/z", ms: 9000, now: 1000) }
+        do {
+            try b.hold("/r/y/z", name: "/y/z", ms: 9000, now: 1000)
+        } catch {
+            #expect(error.code == .aborted && error.message.contains("already frozen under another caller's lease"), "\(error)")
+        }
+        #expect(b.lease("/r/y/z") == z)
+        // A lease ended and taken anew meanwhile (a Resume, then another
+        // Pause with a lease): the old one's thaw does not run.
+        b.release(["/r/y/z"])
+        try b.hold("/r/y/z", name: "/y/z", ms: 9000, now: 1000)
+        #expect(b.lease("/r/y/z") != z)
         #expect(!b.expire("/r/y/z", z) { Issue.record("a replaced lease was thawed"); return true })
         // A thaw that fails is tried again later; one that works ends it.
         let x = try #require(b.lease("/r/x"))
@@ -48,7 +58,7 @@ import Testing
         let retry = try #require(b.lease("/r/x"))
         #expect(retry.deadline > x.deadline || retry.deadline >= MonotonicClock.milliseconds())
         #expect(b.expire("/r/x", retry) { true })
-        b.put("/r/y/z", nil)
+        b.release(["/r/y/z"])
         #expect(b.lease("/r/x") == nil && b.nextDeadline == nil)
         #expect(!Sys.exists(file), "no lease left: no file")
 

@@ -516,17 +516,11 @@ struct SubscribeTests {
     /// is recorded once and both see it with the same sequence number.
     @Test func twoNotifyListenersShareOneWatchAndOneSequence() throws {
         try withAgent("reconcile_interval_ms: 0 watch_containers: false") { agent, socket in
-            let name = RealCgroups.uniqueName("subnotify")
-            let admin = try RpcClient.connect(unixPath: socket)
+            let (admin, name, boot, base) = try sleepingContainer(socket, "subnotify")
             defer {
                 _ = try? admin.call(AgentMethods.destroy, DestroyRequest(name: name, force: true))
                 admin.close()
             }
-            _ = try admin.call(AgentMethods.create, CreateRequest(name: name, spec: ContainerSpec()))
-            try admin.stream(AgentMethods.run, RunRequest(name: name, argv: ["/bin/sleep", "300"], detached: true)) { _ in true }
-            let boot = try #require(try admin.call(AgentMethods.machineInfo, MachineInfoRequest()).bootId)
-            let base = try #require(Subscriber(socket, SubscribeRequest(bootId: boot, afterSequence: 0), until: { $0.last?.caughtUp != nil })
-                .wait().0.last?.caughtUp)
             let seen = Mutexed<[[ContainerEvent]]>([[], []])
             let done = [DispatchSemaphore(value: 0), DispatchSemaphore(value: 0)]
             for i in 0..<2 {
@@ -559,5 +553,80 @@ struct SubscribeTests {
             while agent.notifyWatchCount > 0 && tries < 100 { usleep(20_000); tries += 1 }
             #expect(agent.notifyWatchCount == 0)
         }
+    }
+}
+
+extension SubscribeTests {
+    /// One emptying is one EMPTY in the log, with a `notify container
+    /// empty` registered and the reconcile on too: each recorded it (the
+    /// notify's kernel watch, then the reconcile's listing). Without the
+    /// watch, the reconcile records it.
+    @Test func oneEmptyingIsOneEmptyEventWithANotifyRegistered() throws {
+        try withAgent("reconcile_interval_ms: 100") { agent, socket in
+            let (admin, name, boot, base) = try sleepingContainer(socket, "subempty")
+            defer {
+                _ = try? admin.call(AgentMethods.destroy, DestroyRequest(name: name, force: true))
+                admin.close()
+            }
+            func empties() -> Int {
+                let log = Subscriber(socket, SubscribeRequest(name: name, kinds: [.containerEventEmpty], bootId: boot, afterSequence: base),
+                                     until: { $0.last?.caughtUp != nil })
+                return events(log.wait().0).count
+            }
+            usleep(400_000)  // the reconcile has seen it with its process
+            let heard = Mutexed(0)
+            let done = DispatchSemaphore(value: 0)
+            Thread {
+                if let client = try? RpcClient.connect(unixPath: socket) {
+                    try? client.stream(AgentMethods.notify, NotifyRequest(
+                        name: name, spec: EventSpec(containerEmpty: .init()), bootId: boot, afterSequence: base),
+                                       deadlineMs: 2500) { (r: NotifyResponse) in
+                        if r.event != nil { heard.locked { $0 += 1 } }
+                        return true
+                    }
+                    client.close()
+                }
+                done.signal()
+            }.start()
+            var tries = 0
+            while agent.notifyWatchCount == 0 && tries < 100 { usleep(20_000); tries += 1 }
+            usleep(300_000)
+            _ = try admin.call(AgentMethods.killAll, KillAllRequest(name: name))
+            done.wait()
+            usleep(600_000)  // reconcile rounds, during the watch and after it
+            #expect(heard.locked { $0 } == 1)
+            #expect(empties() == 1, "one emptying, one EMPTY")
+
+            // Emptied again with no notify: the reconcile records it.
+            tries = 0
+            while agent.notifyWatchCount > 0 && tries < 100 { usleep(20_000); tries += 1 }
+            try admin.stream(AgentMethods.run, RunRequest(name: name, argv: ["/bin/sleep", "300"], detached: true)) { _ in true }
+            usleep(400_000)
+            _ = try admin.call(AgentMethods.killAll, KillAllRequest(name: name))
+            tries = 0
+            while empties() < 2 && tries < 50 { usleep(100_000); tries += 1 }
+            usleep(400_000)
+            #expect(empties() == 2)
+        }
+    }
+}
+
+/// A container made through the agent at `socket` with a process sleeping
+/// in it, an admin connection, the agent's boot id and the newest sequence
+/// of its log (events after it are the test's). The caller destroys it.
+private func sleepingContainer(_ socket: String, _ label: String) throws -> (RpcClient, String, String, UInt64) {
+    let name = RealCgroups.uniqueName(label)
+    let admin = try RpcClient.connect(unixPath: socket)
+    do {
+        _ = try admin.call(AgentMethods.create, CreateRequest(name: name, spec: ContainerSpec()))
+        try admin.stream(AgentMethods.run, RunRequest(name: name, argv: ["/bin/sleep", "300"], detached: true)) { _ in true }
+        let boot = try #require(try admin.call(AgentMethods.machineInfo, MachineInfoRequest()).bootId)
+        let base = try #require(Subscriber(socket, SubscribeRequest(bootId: boot, afterSequence: 0), until: { $0.last?.caughtUp != nil })
+            .wait().0.last?.caughtUp)
+        return (admin, name, boot, base)
+    } catch {
+        _ = try? admin.call(AgentMethods.destroy, DestroyRequest(name: name, force: true))
+        admin.close()
+        throw error
     }
 }

@@ -98,6 +98,13 @@ struct LmctlControllerTests {
         let tcp = try TestProcess.capture([builtTool("lmctl"), "--controller", "tcp://127.0.0.1:\(fleet.clientPort)",
                                            "--key-file", opsKeys, "hosts"])
         #expect(tcp.status == 0 && tcp.lines.count == 2, "\(tcp.err)")
+        // A key file others can read is refused, as the agent and the
+        // controller refuse theirs: its key is a secret.
+        let sharedKeys = fleet.dir + "/shared.keys"
+        try Sys.createFile(sharedKeys, "ops \(JSONFormat.base64Encoded(fleet.keys["ops"]!))\n", mode: 0o640)
+        let shared = try TestProcess.capture([builtTool("lmctl"), "--controller", "tcp://127.0.0.1:\(fleet.clientPort)",
+                                              "--key-file", sharedKeys, "hosts"])
+        #expect(shared.status == StatusCode.failedPrecondition.rawValue && shared.err.contains("chmod 600"), "\(shared.err)")
     }
 
     @Test func hostRunsTheVerbOnThatHost() throws {

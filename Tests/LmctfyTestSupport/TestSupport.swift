@@ -290,3 +290,15 @@ public struct SplitMix64: RandomNumberGenerator {
         return z ^ (z >> 31)
     }
 }
+
+/// The kernel's count of OOM kills in `name`'s own memory cgroup: v1's
+/// memory.oom_control, v2's memory.events.
+public func oomKills(_ name: ContainerName) -> Int? {
+    for (file, root) in [("memory.oom_control", "/sys/fs/cgroup/memory"), ("memory.events", "/sys/fs/cgroup")] {
+        guard let text = try? Sys.readFile(root + name.description + "/" + file) else { continue }
+        for line in text.split(separator: "\n") where line.hasPrefix("oom_kill ") {
+            return Int(line.dropFirst("oom_kill ".count))
+        }
+    }
+    return nil
+}

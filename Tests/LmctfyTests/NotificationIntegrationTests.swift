@@ -91,6 +91,31 @@ struct NotificationIntegrationTests {
         }
     }
 
+    /// An OOM of several tasks is as many events as the kernel's OOM killer
+    /// killed (memory.oom_control's oom_kill on v1, memory.events' on v2):
+    /// every task that met the limit signalled the v1 eventfd, before the
+    /// kill, and each signal was an event (3 to 12 per kill, a probe saw).
+    @Test func anOomOfSeveralTasksIsOneEventPerKill() throws {
+        try withTestContainer(api) { name in
+            try api.create(name, spec: ContainerSpec(memory: MemorySpec(limit: 32 << 20)))
+            let c = try api.get(name)
+            let watch = try c.watch(EventSpec(oom: EventSpec.Oom()))
+            for _ in 0..<6 { _ = try c.run([testHelperPath, "alloc", "24", "30"]) }
+            var events = try watch.wait(timeoutMs: 30_000)
+            #expect(events >= 1)
+            // Until nothing more for 1.5 s (the last kill is counted within
+            // half a second of the last signal).
+            while true {
+                let more = try watch.wait(timeoutMs: 1_500)
+                if more == 0 { break }
+                events += more
+            }
+            let kills = try #require(oomKills(name), "no oom_kill counter for \(name)")
+            #expect(kills >= 1)
+            #expect(events == kills, "\(events) events for \(kills) kills")
+        }
+    }
+
     @Test func thresholdCrossingIsDelivered() throws {
         try withTestContainer(api) { name in
             try api.create(name, spec: ContainerSpec(memory: MemorySpec(limit: 512 << 20)))
@@ -137,5 +162,4 @@ struct NotificationIntegrationTests {
         }
     }
 }
-
 

@@ -225,7 +225,7 @@ struct CgroupV1Driver: CgroupDriver {
 
     func eventSource(_ kind: Watch.Kind, dir: CgroupDir, container: Container) throws(LmctfyError) -> any EventSource {
         switch kind {
-        case .oom: try EventfdSource(dir, target: "memory.oom_control", args: "")
+        case .oom: try OomControlSource.make(dir)
         case .memoryThreshold(let usage): try EventfdSource(dir, target: "memory.usage_in_bytes", args: " \(usage)")
         case .memoryPressure: try EventfdSource(dir, target: "memory.pressure_level", args: " medium")
         case .containerEmpty: try PolledEmptySource(container)
@@ -303,6 +303,91 @@ final class EventfdSource: EventSource {
         // Removing the cgroup also signals the eventfd.
         if try !dir.exists() { throw Watch.gone(dir) }
         return Int(n)
+    }
+}
+
+/// OOM counted in kills, as v2's memory.events oom_kill is. The eventfd
+/// on memory.oom_control says an OOM began: every task that meets the
+/// limit signals it, before the kill, so one OOM of several tasks was
+/// reported 3 to 12 times. Each signal here only starts a look at
+/// memory.oom_control's oom_kill, again every 25 ms while signals come and
+/// for 500 ms after the last: each kill is one event, when it has landed.
+/// A burst of signals that killed nothing in that time (oom_kill_disable:
+/// the tasks wait) is one event. A kernel without oom_kill (before 4.13)
+/// gets the eventfd's count, as before.
+final class OomControlSource: EventSource {
+    private let signals: EventfdSource
+    private let dir: CgroupDir
+    private let epoll: Epoll
+    private let timer: Int32
+    private var kills: Int64
+    /// When the signals without a counted kill began, and whether a kill
+    /// was counted since.
+    private var burst: (start: UInt64, killed: Bool)?
+    private var lookUntil: UInt64 = 0
+    var fd: Int32 { epoll.fd }
+    var pendingImmediately: Bool { false }
+    static let settleMs: UInt64 = 500
+    static let lookEveryMs = 25
+
+    /// The kill-counting source, or the plain eventfd where the kernel
+    /// has no oom_kill.
+    static func make(_ dir: CgroupDir) throws(LmctfyError) -> any EventSource {
+        let signals = try EventfdSource(dir, target: "memory.oom_control", args: "")
+        guard let kills = Self.kills(dir) else { return signals }
+        return try OomControlSource(signals, dir: dir, kills: kills)
+    }
+
+    private init(_ signals: EventfdSource, dir: CgroupDir, kills: Int64) throws(LmctfyError) {
+        self.signals = signals
+        self.dir = dir
+        self.kills = kills
+        do throws(SystemError) {
+            epoll = try Epoll()
+            let t = try EventFds.timer(periodMs: Self.lookEveryMs)
+            timer = t
+            try epoll.add(signals.fd, key: 0)
+            do { try epoll.add(t, key: 1) } catch {
+                close(t)
+                throw error
+            }
+        } catch {
+            throw error.lmctfy(.internal, "Failed to register listener for the event")
+        }
+        arm(false)
+    }
+
+    deinit { close(timer) }
+
+    private static func kills(_ dir: CgroupDir) -> Int64? {
+        (try? dir.readKeyValues("memory.oom_control"))?["oom_kill"]
+    }
+
+    /// Starts (or stops) the periodic look.
+    private func arm(_ on: Bool) { EventFds.setTimer(timer, periodMs: on ? Self.lookEveryMs : 0) }
+
+    func collect() throws(LmctfyError) -> Int {
+        // Throws NOT_FOUND once the directory is gone (its removal signals).
+        let signalled = try signals.collect()
+        _ = try? EventFds.readCounter(timer)
+        let now = MonotonicClock.milliseconds()
+        if signalled > 0 {
+            if burst == nil { burst = (now, false) }
+            lookUntil = now + Self.settleMs
+            arm(true)
+        }
+        var found = 0
+        if let k = Self.kills(dir), k > kills {
+            found += Int(k - kills)
+            kills = k
+            burst?.killed = true
+        }
+        if let b = burst, now >= lookUntil {
+            if !b.killed { found += 1 }
+            burst = nil
+            arm(false)
+        }
+        return found
     }
 }
 
