@@ -10,6 +10,7 @@
 #include <netinet/in.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -29,11 +30,59 @@ struct lm_http_server {
 // is read, and MHD closes that connection rather than read it. Nothing a
 // client sends is kept.
 static int lm_http_seen;
+
+// What the request's headers break of HTTP/1.1 that MHD lets through, and
+// MHD's strict mode answered badly: its own 400 for a missing Host sent
+// the status line and headers twice (the second copy as the body).
+struct lm_http_header_check {
+    unsigned hosts;
+    unsigned lengths;
+    unsigned encodings;
+    int nul;
+};
+
+static enum MHD_Result lm_http_check_header(void *cls, enum MHD_ValueKind kind, const char *key, size_t key_size,
+                                            const char *value, size_t value_size) {
+    (void)kind;
+    struct lm_http_header_check *check = cls;
+    if (key == NULL || strlen(key) != key_size || (value != NULL && strlen(value) != value_size)) check->nul = 1;
+    if (key != NULL && strcasecmp(key, MHD_HTTP_HEADER_HOST) == 0) check->hosts++;
+    if (key != NULL && strcasecmp(key, MHD_HTTP_HEADER_CONTENT_LENGTH) == 0) check->lengths++;
+    if (key != NULL && strcasecmp(key, MHD_HTTP_HEADER_TRANSFER_ENCODING) == 0) check->encodings++;
+    return MHD_YES;
+}
+
+// NULL if the request's headers are sound, else what is wrong (RFC 9112:
+// exactly one Host in HTTP/1.1, at most one in 1.0; one Content-Length at
+// most, never with Transfer-Encoding; no NUL in a header).
+static const char *lm_http_bad_headers(struct MHD_Connection *connection, const char *version) {
+    struct lm_http_header_check check = {0, 0, 0, 0};
+    MHD_get_connection_values_n(connection, MHD_HEADER_KIND, lm_http_check_header, &check);
+    if (check.nul) return "bad request: a header holds a NUL byte\n";
+    if (check.hosts > 1) return "bad request: more than one Host header\n";
+    if (check.hosts == 0 && strcmp(version, MHD_HTTP_VERSION_1_1) == 0) return "bad request: HTTP/1.1 needs a Host header\n";
+    if (check.lengths > 1) return "bad request: more than one Content-Length header\n";
+    if (check.lengths > 0 && check.encodings > 0) return "bad request: both Content-Length and Transfer-Encoding\n";
+    return NULL;
+}
+
 static enum MHD_Result lm_http_access(void *cls, struct MHD_Connection *connection, const char *url,
                                       const char *method, const char *version, const char *upload_data,
                                       size_t *upload_data_size, void **request_state) {
-    (void)version;
     (void)upload_data;
+    if (*request_state == NULL) {
+        const char *bad = lm_http_bad_headers(connection, version);
+        if (bad != NULL) {
+            // Answered before any body is read: MHD closes the connection.
+            struct MHD_Response *response = MHD_create_response_from_buffer(strlen(bad), (void *)bad, MHD_RESPMEM_PERSISTENT);
+            if (response == NULL) return MHD_NO;
+            MHD_add_response_header(response, MHD_HTTP_HEADER_CONTENT_TYPE, "text/plain; charset=utf-8");
+            MHD_add_response_header(response, MHD_HTTP_HEADER_CONNECTION, "close");
+            enum MHD_Result queued = MHD_queue_response(connection, MHD_HTTP_BAD_REQUEST, response);
+            MHD_destroy_response(response);
+            return queued;
+        }
+    }
     int quiet = strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0;
     if (*request_state == NULL && quiet) {
         *request_state = &lm_http_seen;
@@ -88,9 +137,10 @@ lm_http_server *lm_http_start(int listen_fd, unsigned connection_limit, unsigned
                                       MHD_OPTION_CONNECTION_TIMEOUT, timeout_s,
                                       MHD_OPTION_CONNECTION_MEMORY_LIMIT, memory_limit,
                                       MHD_OPTION_EXTERNAL_LOGGER, lm_http_quiet, NULL,
-                                      // HTTP/1.1 by the letter (a Host header, no stray
-                                      // whitespace): a scraper sends that, junk gets 400.
-                                      MHD_OPTION_STRICT_FOR_CLIENT, (int)1,
+                                      // Not MHD's strict mode: its 400 for a missing Host
+                                      // sent its headers twice. lm_http_access checks
+                                      // the headers itself (lm_http_bad_headers).
+                                      MHD_OPTION_STRICT_FOR_CLIENT, (int)0,
                                       MHD_OPTION_END);
     if (server->daemon == NULL) {
         close(listen_fd);

@@ -201,6 +201,21 @@ struct MetricsEndpointTests {
                 let r = try httpExchange(port: port, Array(junk.utf8))
                 #expect(r.status == nil || (400..<600).contains(r.status!), "\(junk.debugDescription): \(r.headers)")
             }
+            // Headers HTTP/1.1 forbids: 400, with one status line and our
+            // text (MHD's own 400 for a missing Host sent its headers twice,
+            // the second copy as the body), and the connection closed.
+            for (request, says) in [("GET /metrics HTTP/1.1\r\n\r\n", "needs a Host header"),
+                                    ("GET /metrics HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", "more than one Host"),
+                                    ("GET /metrics HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab", "more than one Content-Length"),
+                                    ("GET /metrics HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\na", "both Content-Length and Transfer-Encoding")] {
+                let r = try httpExchange(port: port, Array(request.utf8))
+                let body = String(decoding: r.body, as: UTF8.self)
+                #expect(r.status == 400 && body.hasPrefix("bad request: ") && body.contains(says) && !body.contains("400 Bad Request"),
+                        "\(request.debugDescription): \(r.headers) \(body.debugDescription)")
+                #expect(r.headers.contains("Connection: close"), "\(r.headers)")
+            }
+            // HTTP/1.0 may leave Host out.
+            #expect(try httpExchange(port: port, Array("GET /metrics HTTP/1.0\r\n\r\n".utf8)).status == 200)
             // Oversize: a 1 MB path and 1 MB of headers.
             let longPath = try httpExchange(port: port, Array("GET /\(String(repeating: "a", count: 1 << 20)) HTTP/1.1\r\nHost: x\r\n\r\n".utf8))
             #expect(longPath.status == nil || longPath.status == 414 || longPath.status == 431, "\(longPath.headers)")
