@@ -272,11 +272,11 @@ public final class Dispatcher: Sendable {
         // A change cancelled while it waited for a thread (the caller
         // cancelled, its deadline passed, its connection closed): nobody
         // waits for the answer, so nothing is done (the admin methods; a
-        // read has nothing to undo, and a cancelled Notify still replays). A request read by an agent that was
-        // stopped (SIGSTOP) arrives with the caller's CANCEL behind it; it
-        // was carried out all the same, long after the caller had given up
-        // and undone its side (a migration thawed its source while the
-        // target made the copy).
+        // read has nothing to undo, and a cancelled Notify still replays).
+        // A request read by an agent that was stopped (SIGSTOP) arrives
+        // with the caller's CANCEL behind it; it was carried out all the
+        // same, long after the caller had given up and undone its side (a
+        // migration thawed its source while the target made the copy).
         if route.info.role == .admin && context.cancelled {
             return CallStatus(.cancelled, "\(method) was cancelled before it started; nothing was done")
         }

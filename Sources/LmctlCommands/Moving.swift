@@ -405,12 +405,8 @@ enum MovingCommands {
                 // started (PROTOCOL.md section 6.1): the move goes forward.
                 Progress.report("migrate \(name): the source's destroy got no answer; asking again")
                 do throws(LmctfyError) {
-                    if error.code == .unavailable {
-                        // The connection is gone: the same request on a new one.
-                        _ = try redialed(source) { c throws(LmctfyError) in try c.call(AgentMethods.destroy, destroy, deadlineMs: 2 * pingMs) }
-                    } else {
-                        _ = try src.call(AgentMethods.destroy, destroy, deadlineMs: 2 * pingMs)
-                    }
+                    // (A connection that is gone fails at once: then on a new one.)
+                    _ = try retried(src, source) { c throws(LmctfyError) in try c.call(AgentMethods.destroy, destroy, deadlineMs: 2 * pingMs) }
                 } catch {
                     if noAnswer(error) {
                         sourceGone = true  // not known: nothing is undone
