@@ -131,6 +131,12 @@ public final class Watch: @unchecked Sendable {
         } else {
             if let threshold = spec.memoryThreshold {
                 guard let usage = threshold.usage else { throw .invalidArgument("memory_threshold needs a usage") }
+                // Usage is never below 0: a threshold of 0 or less is never
+                // crossed (v1's kernel took a negative one as a failed
+                // registration, "internal").
+                guard usage > 0 else {
+                    throw .invalidArgument("memory_threshold usage must be more than 0 bytes, not \(usage): it would never be crossed")
+                }
                 kind = .memoryThreshold(usage)
             } else {
                 kind = .oom

@@ -40,15 +40,25 @@ final class FleetEvents {
         hub = EventHub(log: log, buffer: subscriberBuffer)
         cursorsPath = stateDir + "/fleet-cursors"
         // Cursors: what was written at the last flush, then what the journal
-        // holds after it (the journal is written first, so it is never behind).
+        // holds after it (the journal is written before the cursors, so
+        // what it has after the flush is newer). What it has from before is
+        // in the cursors already, which can be further on: STATS samples are
+        // not journaled, and a cursor taken back to the journal's last event
+        // fetched them again after a restart (a subscriber resuming at the
+        // controller got them twice).
+        var flushedAt: UInt64 = 0
         if let bytes = try? Sys.readBytes(cursorsPath), let saved = try? FleetCursors(serializedBytes: bytes) {
             for c in saved.cursor {
                 if let host = c.host, let boot = c.bootId, let seq = c.sequence { cursors[host] = Cursor(boot: boot, sequence: seq) }
             }
+            flushedAt = saved.fleetSequence ?? 0
         }
-        for e in log.range(after: 0, upTo: log.newest).events {
+        for e in log.range(after: flushedAt, upTo: log.newest).events {
             guard let host = e.host, let boot = e.hostBootId, let seq = e.hostSequence else { continue }
-            cursors[host] = Cursor(boot: boot, sequence: seq)
+            // A gap names the first sequence the host still had: not stored
+            // yet (`take` puts the cursor before it).
+            let gap = e.kind == .containerEventHostGap
+            cursors[host] = Cursor(boot: boot, sequence: gap ? max(1, seq) - 1 : seq)
         }
     }
 
@@ -102,7 +112,8 @@ final class FleetEvents {
     func flushCursors() {
         guard cursorsDirty else { return }
         cursorsDirty = false
-        let saved = FleetCursors(cursor: cursors.keys.sorted().map { FleetCursor(host: $0, bootId: cursors[$0]!.boot, sequence: cursors[$0]!.sequence) })
+        let saved = FleetCursors(cursor: cursors.keys.sorted().map { FleetCursor(host: $0, bootId: cursors[$0]!.boot, sequence: cursors[$0]!.sequence) },
+                                 fleetSequence: log.newest)
         if let bytes = try? saved.serializedBytes() {
             try? Sys.writeFileAtomically(cursorsPath, bytes, durable: false)
         }

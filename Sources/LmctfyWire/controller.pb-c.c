@@ -1456,7 +1456,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__fleet_cursor__descri
   (ProtobufCMessageInit) containers__lmctfy__agent__fleet_cursor__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor containers__lmctfy__agent__fleet_cursors__field_descriptors[1] =
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__fleet_cursors__field_descriptors[2] =
 {
   {
     "cursor",
@@ -1470,14 +1470,27 @@ static const ProtobufCFieldDescriptor containers__lmctfy__agent__fleet_cursors__
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "fleet_sequence",
+    2,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_UINT64,
+    offsetof(Containers__Lmctfy__Agent__FleetCursors, has_fleet_sequence),
+    offsetof(Containers__Lmctfy__Agent__FleetCursors, fleet_sequence),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned containers__lmctfy__agent__fleet_cursors__field_indices_by_name[] = {
   0,   /* field[0] = cursor */
+  1,   /* field[1] = fleet_sequence */
 };
 static const ProtobufCIntRange containers__lmctfy__agent__fleet_cursors__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 1 }
+  { 0, 2 }
 };
 const ProtobufCMessageDescriptor containers__lmctfy__agent__fleet_cursors__descriptor =
 {
@@ -1487,7 +1500,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__fleet_cursors__descr
   "Containers__Lmctfy__Agent__FleetCursors",
   "containers.lmctfy.agent",
   sizeof(Containers__Lmctfy__Agent__FleetCursors),
-  1,
+  2,
   containers__lmctfy__agent__fleet_cursors__field_descriptors,
   containers__lmctfy__agent__fleet_cursors__field_indices_by_name,
   1,  containers__lmctfy__agent__fleet_cursors__number_ranges,

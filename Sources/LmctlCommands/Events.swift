@@ -56,6 +56,12 @@ enum EventsCommand {
                 guard !boot.isEmpty else {
                     throw .invalidArgument("--after takes BOOT:SEQUENCE (as events print them), not \"\(v)\": the boot id is missing")
                 }
+                // Boot ids are 32 hex digits (an agent's, or a controller's
+                // fleet log's): anything else was asked for and answered
+                // with a gap, as a boot the log no longer has.
+                guard boot.utf8.count == 32, boot.utf8.allSatisfy({ (48...57).contains($0) || (97...102).contains($0) }) else {
+                    throw .invalidArgument("--after takes BOOT:SEQUENCE (as events print them), not \"\(v)\": a boot id is 32 hex digits")
+                }
                 o.request.bootId = boot
                 o.request.afterSequence = seq
             case "--kind":

@@ -259,6 +259,8 @@ struct SubscribeTests {
             // Bad input: a clear error and exit 3; a future resume point is 11.
             #expect(try run("events", "--after", "nonsense").0 == 3)
             #expect(try run("events", "--after", ":5").0 == 3, "a resume point names its boot")
+            #expect(try run("events", "--after", "not-a-boot:5").0 == 3, "a boot id is 32 hex digits")
+            #expect(try run("events", "--after", String(boot.dropLast()) + ":5").0 == 3)
             #expect(try run("events", "--kind", "NOPE").0 == 3)
             (status, _, err) = try run("events", "--after", "\(boot):999999")
             #expect(status == 11, "\(err)")

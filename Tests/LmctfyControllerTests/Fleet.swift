@@ -64,12 +64,12 @@ final class Fleet {
     /// Starts an agent registering as `host` with key `keyId`.
     @discardableResult
     func startAgent(_ name: String, host: String, keyId: String, labels: [String: String] = [:],
-                    controllerHost: String = "127.0.0.1") throws -> Agent {
+                    controllerHost: String = "127.0.0.1", statsMs: Int = 0) throws -> Agent {
         let state = "\(dir)/agent-\(name)"
         let labelText = labels.sorted { $0.key < $1.key }.map { "label { key: \"\($0.key)\" value: \"\($0.value)\" }" }.joined(separator: " ")
         let settings = try AgentSettings.parse("""
             unix_socket_path: "\(state).sock" unix_socket_mode: 0666 state_dir: "\(state)" log_level: LOG_WARNING
-            stats_interval_ms: 0 reconcile_interval_ms: 0 watch_containers: false
+            stats_interval_ms: \(statsMs) reconcile_interval_ms: 0 watch_containers: false
             key_file: "\(dir)/keys" allow_plaintext_tcp: true controller_address: "\(controllerHost):\(agentPort)" controller_key_id: "\(keyId)"
             host_name: "\(host)" reconnect_base_ms: 20 reconnect_max_ms: 200 \(labelText)
             """, source: "test")

@@ -120,6 +120,13 @@ struct NotificationIntegrationTests {
         try withTestContainer(api) { name in
             try api.create(name, spec: ContainerSpec(memory: MemorySpec(limit: 512 << 20)))
             let c = try api.get(name)
+            // A threshold that usage can never cross is refused, clearly.
+            for usage: Int64 in [0, -4096] {
+                #expect { _ = try c.watch(EventSpec(memoryThreshold: EventSpec.MemoryThreshold(usage: usage))) } throws: { error in
+                    let e = error as? LmctfyError
+                    return e?.code == .invalidArgument && e?.message.contains("never be crossed") == true
+                }
+            }
             let watch = try c.watch(EventSpec(memoryThreshold: EventSpec.MemoryThreshold(usage: 16 << 20)))
             #expect(try watch.wait(timeoutMs: 100) == 0)
             _ = try c.run([testHelperPath, "alloc", "64", "30"])  // ended by the teardown

@@ -6190,11 +6190,15 @@ public struct FleetCursor: ProtoMessage {
 public struct FleetCursors: ProtoMessage {
     /// Field 1 `cursor`.
     public var cursor: [FleetCursor]
+    /// Field 2 `fleet_sequence`.
+    public var fleetSequence: UInt64?
 
     public init(
-        cursor: [FleetCursor] = []
+        cursor: [FleetCursor] = [],
+        fleetSequence: UInt64? = nil
     ) {
         self.cursor = cursor
+        self.fleetSequence = fleetSequence
     }
 
     public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.FleetCursors")
@@ -6202,23 +6206,27 @@ public struct FleetCursors: ProtoMessage {
     public init(dynamic message: DynamicMessage) {
         precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.FleetCursors")
         self.cursor = message.getRepeated(1)
+        self.fleetSequence = message.get(2)
     }
 
     public var dynamic: DynamicMessage {
         var message = DynamicMessage(Self.protoDescriptor)
         message.setRepeated(1, cursor)
+        message.set(2, fleetSequence)
         return message
     }
 
     public init(cMessage c: UnsafeRawPointer) {
         let f = Self.protoDescriptor.fields
         self.cursor = CBridge.repeatedMessages(c, f[0])
+        self.fleetSequence = CBridge.value(c, f[1])
     }
 
     public func makeC() -> UnsafeMutableRawPointer {
         let c = CBridge.allocate(Self.protoDescriptor)
         let f = Self.protoDescriptor.fields
         CBridge.setRepeatedMessages(c, f[0], cursor)
+        CBridge.set(c, f[1], fleetSequence)
         return c
     }
 }

@@ -306,15 +306,23 @@ struct  Containers__Lmctfy__Agent__FleetCursor
 struct  Containers__Lmctfy__Agent__FleetCursors
 {
   ProtobufCMessage base;
-  /*
-   * Next id: 2
-   */
   size_t n_cursor;
   Containers__Lmctfy__Agent__FleetCursor **cursor;
+  /*
+   * The fleet log's newest sequence when these were written: journaled
+   * events after it move a cursor on a restart, those at or before it are
+   * in the cursors already (STATS are not journaled, so a cursor can be
+   * past the journal's last event of its host).
+   */
+  /*
+   * Next id: 3
+   */
+  protobuf_c_boolean has_fleet_sequence;
+  uint64_t fleet_sequence;
 };
 #define CONTAINERS__LMCTFY__AGENT__FLEET_CURSORS__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__fleet_cursors__descriptor) \
-    , 0,NULL }
+    , 0,NULL, 0, 0 }
 
 
 struct  Containers__Lmctfy__Agent__ControllerConfig
