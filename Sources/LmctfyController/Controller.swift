@@ -749,8 +749,12 @@ public final class Controller: @unchecked Sendable {
 
     /// Tells every WatchHosts caller whose selector matches.
     private func hostChanged(_ name: String, _ change: HostChange) {
-        guard let info = registry.hosts[name], !watchers.isEmpty,
-              let bytes = try? WatchHostsResponse(change: change, host: info).serializedBytes() else { return }
+        guard let info = registry.hosts[name] else { return }
+        hostChanged(info, change)
+    }
+
+    private func hostChanged(_ info: HostInfo, _ change: HostChange) {
+        guard !watchers.isEmpty, let bytes = try? WatchHostsResponse(change: change, host: info).serializedBytes() else { return }
         let now = MonotonicClock.milliseconds()
         for w in watchers where HostRegistry.matches(info, w.selector) {
             guard let p = peers[w.conn] else { continue }
@@ -794,6 +798,18 @@ public final class Controller: @unchecked Sendable {
             case ControllerMethods.listHosts.name:
                 let r = try ListHostsRequest(serializedBytes: payload)
                 result = .success(try ListHostsResponse(hosts: try registry.list(selector: r.selector)).serializedBytes())
+            case ControllerMethods.removeHost.name:
+                guard ControllerMethods.removeHost.info.role.allows(p.role) else {
+                    throw LmctfyError(.permissionDenied, "Method \(method) needs the admin role")
+                }
+                let r = try RemoveHostRequest(serializedBytes: payload)
+                guard let name = r.hostName, !name.isEmpty else { throw LmctfyError.invalidArgument("RemoveHost needs a host_name") }
+                let removed = try registry.remove(name)
+                fleet.forget(name)
+                // Watchers hear of it as the inventory last had it.
+                hostChanged(removed, .hostRemoved)
+                logger.info("host \(name) removed from the inventory (by \(p.keyId ?? "a local caller"))")
+                result = .success(try RemoveHostResponse(host: removed).serializedBytes())
             case AgentMethods.ping.name:
                 let r = try PingRequest(serializedBytes: payload)
                 result = .success(try PingResponse(data: r.data).serializedBytes())

@@ -107,6 +107,13 @@ final class FleetEvents {
         return nil
     }
 
+    /// Forgets a host's cursor (the host was removed: one registering
+    /// under its name later is another, its events all new).
+    func forget(_ host: String) {
+        guard cursors.removeValue(forKey: host) != nil else { return }
+        cursorsDirty = true
+    }
+
     /// Writes the cursors if they moved (a timer calls it): what scrolled
     /// out of the journal still has its cursor after a restart.
     func flushCursors() {

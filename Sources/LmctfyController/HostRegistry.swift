@@ -161,6 +161,27 @@ final class HostRegistry {
         return name
     }
 
+    /// Takes a disconnected host out of the inventory, with its name's
+    /// binding to its key, saved at once (a restart must not bring it
+    /// back). Returns it as it was.
+    func remove(_ name: String) throws(LmctfyError) -> HostInfo {
+        guard let host = hosts[name] else { throw .notFound("no host named \(name)") }
+        guard links[name] == nil else {
+            throw .failedPrecondition("host \(name) is connected: stop its agent first (it would register again at once)")
+        }
+        hosts[name] = nil
+        replacedAt[name] = nil
+        contestedUntil[name] = nil
+        do throws(LmctfyError) {
+            try store.save(hosts.keys.sorted().compactMap { hosts[$0] })
+        } catch {
+            hosts[name] = host
+            throw error
+        }
+        dirty = false
+        return host
+    }
+
     /// The host's container count, as its agent just listed them.
     func setContainerCount(_ name: String, _ count: Int) {
         guard hosts[name] != nil, hosts[name]?.containerCount != UInt32(count) else { return }

@@ -173,6 +173,8 @@ public enum ControllerMethods {
     public static let listHosts = AgentMethod<ListHostsRequest, ListHostsResponse>("ListHosts", .reader, .loop, .unary)
     /// One unary agent method on every host a selector matches.
     public static let fanOut = AgentMethod<FanOutRequest, FanOutResponse>("FanOut", .reader, .hub, .serverStreaming)
+    /// A disconnected host out of the inventory, its name's key binding with it.
+    public static let removeHost = AgentMethod<RemoveHostRequest, RemoveHostResponse>("RemoveHost", .admin, .loop, .unary)
     /// The hosts, then every change.
     public static let watchHosts = AgentMethod<WatchHostsRequest, WatchHostsResponse>("WatchHosts", .reader, .hub, .serverStreaming)
     /// A bootstrap token and a certificate request: the agent's certificate

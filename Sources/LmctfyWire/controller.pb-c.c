@@ -277,6 +277,96 @@ void   containers__lmctfy__agent__list_hosts_response__free_unpacked
   assert(message->base.descriptor == &containers__lmctfy__agent__list_hosts_response__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
+void   containers__lmctfy__agent__remove_host_request__init
+                     (Containers__Lmctfy__Agent__RemoveHostRequest         *message)
+{
+  static const Containers__Lmctfy__Agent__RemoveHostRequest init_value = CONTAINERS__LMCTFY__AGENT__REMOVE_HOST_REQUEST__INIT;
+  *message = init_value;
+}
+size_t containers__lmctfy__agent__remove_host_request__get_packed_size
+                     (const Containers__Lmctfy__Agent__RemoveHostRequest *message)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__remove_host_request__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t containers__lmctfy__agent__remove_host_request__pack
+                     (const Containers__Lmctfy__Agent__RemoveHostRequest *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__remove_host_request__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t containers__lmctfy__agent__remove_host_request__pack_to_buffer
+                     (const Containers__Lmctfy__Agent__RemoveHostRequest *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__remove_host_request__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Containers__Lmctfy__Agent__RemoveHostRequest *
+       containers__lmctfy__agent__remove_host_request__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Containers__Lmctfy__Agent__RemoveHostRequest *)
+     protobuf_c_message_unpack (&containers__lmctfy__agent__remove_host_request__descriptor,
+                                allocator, len, data);
+}
+void   containers__lmctfy__agent__remove_host_request__free_unpacked
+                     (Containers__Lmctfy__Agent__RemoveHostRequest *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &containers__lmctfy__agent__remove_host_request__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   containers__lmctfy__agent__remove_host_response__init
+                     (Containers__Lmctfy__Agent__RemoveHostResponse         *message)
+{
+  static const Containers__Lmctfy__Agent__RemoveHostResponse init_value = CONTAINERS__LMCTFY__AGENT__REMOVE_HOST_RESPONSE__INIT;
+  *message = init_value;
+}
+size_t containers__lmctfy__agent__remove_host_response__get_packed_size
+                     (const Containers__Lmctfy__Agent__RemoveHostResponse *message)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__remove_host_response__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t containers__lmctfy__agent__remove_host_response__pack
+                     (const Containers__Lmctfy__Agent__RemoveHostResponse *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__remove_host_response__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t containers__lmctfy__agent__remove_host_response__pack_to_buffer
+                     (const Containers__Lmctfy__Agent__RemoveHostResponse *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__remove_host_response__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Containers__Lmctfy__Agent__RemoveHostResponse *
+       containers__lmctfy__agent__remove_host_response__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Containers__Lmctfy__Agent__RemoveHostResponse *)
+     protobuf_c_message_unpack (&containers__lmctfy__agent__remove_host_response__descriptor,
+                                allocator, len, data);
+}
+void   containers__lmctfy__agent__remove_host_response__free_unpacked
+                     (Containers__Lmctfy__Agent__RemoveHostResponse *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &containers__lmctfy__agent__remove_host_response__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
 void   containers__lmctfy__agent__watch_hosts_request__init
                      (Containers__Lmctfy__Agent__WatchHostsRequest         *message)
 {
@@ -1175,6 +1265,82 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__list_hosts_response_
   (ProtobufCMessageInit) containers__lmctfy__agent__list_hosts_response__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__remove_host_request__field_descriptors[1] =
+{
+  {
+    "host_name",
+    1,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__RemoveHostRequest, host_name),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned containers__lmctfy__agent__remove_host_request__field_indices_by_name[] = {
+  0,   /* field[0] = host_name */
+};
+static const ProtobufCIntRange containers__lmctfy__agent__remove_host_request__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 1 }
+};
+const ProtobufCMessageDescriptor containers__lmctfy__agent__remove_host_request__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "containers.lmctfy.agent.RemoveHostRequest",
+  "RemoveHostRequest",
+  "Containers__Lmctfy__Agent__RemoveHostRequest",
+  "containers.lmctfy.agent",
+  sizeof(Containers__Lmctfy__Agent__RemoveHostRequest),
+  1,
+  containers__lmctfy__agent__remove_host_request__field_descriptors,
+  containers__lmctfy__agent__remove_host_request__field_indices_by_name,
+  1,  containers__lmctfy__agent__remove_host_request__number_ranges,
+  (ProtobufCMessageInit) containers__lmctfy__agent__remove_host_request__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__remove_host_response__field_descriptors[1] =
+{
+  {
+    "host",
+    1,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_MESSAGE,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__RemoveHostResponse, host),
+    &containers__lmctfy__agent__host_info__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned containers__lmctfy__agent__remove_host_response__field_indices_by_name[] = {
+  0,   /* field[0] = host */
+};
+static const ProtobufCIntRange containers__lmctfy__agent__remove_host_response__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 1 }
+};
+const ProtobufCMessageDescriptor containers__lmctfy__agent__remove_host_response__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "containers.lmctfy.agent.RemoveHostResponse",
+  "RemoveHostResponse",
+  "Containers__Lmctfy__Agent__RemoveHostResponse",
+  "containers.lmctfy.agent",
+  sizeof(Containers__Lmctfy__Agent__RemoveHostResponse),
+  1,
+  containers__lmctfy__agent__remove_host_response__field_descriptors,
+  containers__lmctfy__agent__remove_host_response__field_indices_by_name,
+  1,  containers__lmctfy__agent__remove_host_response__number_ranges,
+  (ProtobufCMessageInit) containers__lmctfy__agent__remove_host_response__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
 static const ProtobufCFieldDescriptor containers__lmctfy__agent__watch_hosts_request__field_descriptors[1] =
 {
   {
@@ -1987,23 +2153,25 @@ const ProtobufCEnumDescriptor containers__lmctfy__agent__host_state__descriptor 
   containers__lmctfy__agent__host_state__value_ranges,
   NULL,NULL,NULL,NULL   /* reserved[1234] */
 };
-static const ProtobufCEnumValue containers__lmctfy__agent__host_change__enum_values_by_number[5] =
+static const ProtobufCEnumValue containers__lmctfy__agent__host_change__enum_values_by_number[6] =
 {
   { "HOST_CHANGE_UNSPECIFIED", "CONTAINERS__LMCTFY__AGENT__HOST_CHANGE__HOST_CHANGE_UNSPECIFIED", 0 },
   { "HOST_LISTED", "CONTAINERS__LMCTFY__AGENT__HOST_CHANGE__HOST_LISTED", 1 },
   { "HOST_UP", "CONTAINERS__LMCTFY__AGENT__HOST_CHANGE__HOST_UP", 2 },
   { "HOST_DOWN", "CONTAINERS__LMCTFY__AGENT__HOST_CHANGE__HOST_DOWN", 3 },
   { "HOST_CHANGED", "CONTAINERS__LMCTFY__AGENT__HOST_CHANGE__HOST_CHANGED", 4 },
+  { "HOST_REMOVED", "CONTAINERS__LMCTFY__AGENT__HOST_CHANGE__HOST_REMOVED", 5 },
 };
 static const ProtobufCIntRange containers__lmctfy__agent__host_change__value_ranges[] = {
-{0, 0},{0, 5}
+{0, 0},{0, 6}
 };
-static const ProtobufCEnumValueIndex containers__lmctfy__agent__host_change__enum_values_by_name[5] =
+static const ProtobufCEnumValueIndex containers__lmctfy__agent__host_change__enum_values_by_name[6] =
 {
   { "HOST_CHANGED", 4 },
   { "HOST_CHANGE_UNSPECIFIED", 0 },
   { "HOST_DOWN", 3 },
   { "HOST_LISTED", 1 },
+  { "HOST_REMOVED", 5 },
   { "HOST_UP", 2 },
 };
 const ProtobufCEnumDescriptor containers__lmctfy__agent__host_change__descriptor =
@@ -2013,9 +2181,9 @@ const ProtobufCEnumDescriptor containers__lmctfy__agent__host_change__descriptor
   "HostChange",
   "Containers__Lmctfy__Agent__HostChange",
   "containers.lmctfy.agent",
-  5,
+  6,
   containers__lmctfy__agent__host_change__enum_values_by_number,
-  5,
+  6,
   containers__lmctfy__agent__host_change__enum_values_by_name,
   1,
   containers__lmctfy__agent__host_change__value_ranges,

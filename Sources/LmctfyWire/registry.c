@@ -76,6 +76,8 @@ static const ProtobufCMessageDescriptor *const messages[] = {
     &containers__lmctfy__agent__policy_tier__descriptor,
     &containers__lmctfy__agent__register_request__descriptor,
     &containers__lmctfy__agent__register_response__descriptor,
+    &containers__lmctfy__agent__remove_host_request__descriptor,
+    &containers__lmctfy__agent__remove_host_response__descriptor,
     &containers__lmctfy__agent__remove_image_request__descriptor,
     &containers__lmctfy__agent__remove_image_response__descriptor,
     &containers__lmctfy__agent__renew_request__descriptor,

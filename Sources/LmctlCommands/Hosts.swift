@@ -11,13 +11,18 @@
 // what is free (asked of the host with MachineInfo). With -o json each line
 // is the proto3 JSON of a HostInfo. SELECTOR ("k=v,k2=v2") keeps the hosts
 // whose labels match every pair.
+//
+//   lmctl --controller ADDRESS hosts --remove NAME [-o json]
+//
+// takes a disconnected host out of the inventory, its name's key binding
+// with it (RemoveHost, admin), and prints it as it was.
 import LmctfyCommands
 import LmctfyProto
 import LmctfyRPC
 import LmctfySystem
 
 enum HostsCommand {
-    static let usage = "usage: lmctl --controller ADDRESS hosts [-o json] [SELECTOR]"
+    static let usage = "usage: lmctl --controller ADDRESS hosts [-o json] [SELECTOR]\n       lmctl --controller ADDRESS hosts --remove NAME [-o json]"
 
     static func run(_ words: [String], selector: String?, dial: () throws(LmctfyError) -> RpcClient,
                     stdout: any ByteSink, stderr: any ByteSink) -> Int32 {
@@ -25,6 +30,7 @@ enum HostsCommand {
             var json = false
             var selector = selector
             var positional = false
+            var remove: String?
             var i = 0
             while i < words.count {
                 let w = words[i]
@@ -38,12 +44,26 @@ enum HostsCommand {
                     }
                     json = words[i] == "json"
                 case "--lmctfy_output_style=json": json = true
+                case "--remove":
+                    i += 1
+                    guard i < words.count, !words[i].isEmpty, !words[i].hasPrefix("-"), remove == nil else {
+                        throw LmctfyError.invalidArgument("--remove takes one host name\n\(usage)")
+                    }
+                    remove = words[i]
                 default:
                     guard !w.hasPrefix("-") else { throw LmctfyError.invalidArgument("Unknown flag \"\(w)\"\n\(usage)") }
                     guard selector == nil else { throw LmctfyError.invalidArgument("hosts takes one selector\n\(usage)") }
                     selector = w
                 }
                 i += 1
+            }
+            if let remove {
+                guard selector == nil else { throw LmctfyError.invalidArgument("--remove takes a host name, not a selector\n\(usage)") }
+                let client = try dial()
+                defer { client.close() }
+                let removed = try client.call(ControllerMethods.removeHost, RemoveHostRequest(hostName: remove)).host ?? HostInfo()
+                stdout.write(Array(((json ? removed.jsonString() : line(removed)) + "\n").utf8))
+                return 0
             }
             let client = try dial()
             defer { client.close() }

@@ -109,8 +109,8 @@ public enum LmctlCLI {
          "A CRIU checkpoint of a container's processes."),
         ("restore", "restore DIR [--name N]",
          "Restore a checkpoint."),
-        ("hosts", "hosts [-o json] [SELECTOR]",
-         "At a controller: its hosts, with each connected host's policy."),
+        ("hosts", "hosts [-o json] [SELECTOR | --remove NAME]",
+         "At a controller: its hosts, with each connected host's policy; --remove takes a disconnected one out."),
     ]
 
     /// `usage: lmctl SYNOPSIS` of a verb's first line in ownVerbHelp (what

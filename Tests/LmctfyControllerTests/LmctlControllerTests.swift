@@ -337,3 +337,51 @@ struct LmctlOptionsTests {
             + "cgroup_version=\"2\" cpus=\"4\" memory_bytes=\"1073741824\" labels=\"zone=z1,tier=web\"")
     }
 }
+
+extension LmctlControllerTests {
+    /// A host gone for good leaves the inventory with `hosts --remove`, its
+    /// name's key binding with it (the name could never be used again with
+    /// another key), across a restart; a connected host, an unknown name
+    /// and a reader are refused; WatchHosts says HOST_REMOVED.
+    @Test func aDisconnectedHostIsRemovedWithItsBinding() throws {
+        let fleet = try Fleet.twoHosts()
+        let connected = try fleet.lmctl(["hosts", "--remove", "beta"])
+        #expect(connected.status == StatusCode.failedPrecondition.rawValue && connected.err.contains("is connected"), "\(connected.err)")
+        let readerKeys = fleet.dir + "/reader-only.keys"
+        try Sys.createFile(readerKeys, "reader \(JSONFormat.base64Encoded(fleet.keys["reader"]!))\n", mode: 0o600)
+        fleet.stopAgent("b")
+        fleet.waitForHosts(1)
+        let reader = try TestProcess.capture([builtTool("lmctl"), "--controller", "tcp://127.0.0.1:\(fleet.clientPort)",
+                                              "--key-file", readerKeys, "hosts", "--remove", "beta"])
+        #expect(reader.status == StatusCode.permissionDenied.rawValue, "\(reader.err)")
+        // A watcher hears of it.
+        let heard = Mutexed<[HostChange]>([])
+        let watching = Latch()
+        let controllerSocket = fleet.dir + "/controller.sock"
+        let watcher = Threads.start {
+            guard let client = try? RpcClient.connect(unixPath: controllerSocket) else { return }
+            defer { client.close() }
+            try? client.stream(ControllerMethods.watchHosts, WatchHostsRequest(), deadlineMs: 5_000) { (r: WatchHostsResponse) in
+                if r.change == .hostListed { watching.signal() }
+                if r.host?.identity?.hostName == "beta", let c = r.change { heard.locked { $0.append(c) } }
+                return r.change != .hostRemoved
+            }
+        }
+        #expect(watching.wait(seconds: 5))
+        let removed = try fleet.lmctl(["hosts", "--remove", "beta"])
+        #expect(removed.status == 0 && removed.out.hasPrefix("name=\"beta\" state=\"disconnected\""), "\(removed.out)\(removed.err)")
+        pthread_join(watcher, nil)
+        #expect(heard.locked { $0 } == [.hostListed, .hostRemoved])
+        #expect(!(try fleet.lmctl(["hosts"]).out.contains("beta")))
+        #expect(try fleet.lmctl(["hosts", "--remove", "beta"]).status == StatusCode.notFound.rawValue)
+        // Gone after a restart too; and the name is free for another key.
+        fleet.stopController()
+        try fleet.startController()
+        fleet.waitForHosts(1)
+        #expect(!(try fleet.lmctl(["hosts"]).out.contains("beta")))
+        try fleet.startAgent("c", host: "beta", keyId: "other")
+        fleet.waitForHosts(2)
+        let hosts = try fleet.lmctl(["hosts"])
+        #expect(hosts.lines.contains { $0.hasPrefix("name=\"beta\" state=\"connected\"") }, "\(hosts.out)")
+    }
+}

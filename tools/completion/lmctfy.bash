@@ -28,7 +28,7 @@ _lmctl_verbs="info events top hosts snapshot migrate checkpoint restore"
 declare -gA _lmctl_verb_flags=(
     [events]="-f --follow --after --kind -r --recursive -o --host --hosts"
     [top]="--once -r --sort"
-    [hosts]="-o"
+    [hosts]="-o --remove"
     ["snapshot export"]="-o --text"
     ["snapshot import"]="--name --start"
     [migrate]="--to --to-key-file --from --timeout --force"
@@ -78,7 +78,7 @@ _lmctfy_complete() {
         elif [[ $w == -c || $w == -o || $w == --lmctfy_config || $w == --lmctfy_output_style ]] && (( positional == 0 )); then
             ((i++))
         elif [[ $w == --* && -n $ownverb ]]; then
-            case $w in --after|--kind|--sort|--name|--to|--to-key-file|--from|--timeout|--host|--hosts) ((i++)) ;; esac
+            case $w in --after|--kind|--sort|--name|--to|--to-key-file|--from|--timeout|--host|--hosts|--remove) ((i++)) ;; esac
         elif (( lmctl )) && [[ $leaf == create && $w == --tier ]] && (( positional == 0 )); then
             ((i++))
         elif [[ $w == -* ]] && (( positional == 0 )); then

@@ -6596,6 +6596,7 @@ public enum HostChange: Int32, ProtoEnum, CaseIterable {
     case hostUp = 2
     case hostDown = 3
     case hostChanged = 4
+    case hostRemoved = 5
 
     public var protoName: String {
         switch self {
@@ -6604,6 +6605,7 @@ public enum HostChange: Int32, ProtoEnum, CaseIterable {
         case .hostUp: return "HOST_UP"
         case .hostDown: return "HOST_DOWN"
         case .hostChanged: return "HOST_CHANGED"
+        case .hostRemoved: return "HOST_REMOVED"
         }
     }
 }
@@ -8511,6 +8513,80 @@ public struct RegisterResponse: ProtoMessage {
 
     public func makeC() -> UnsafeMutableRawPointer {
         let c = CBridge.allocate(Self.protoDescriptor)
+        return c
+    }
+}
+
+/// Protobuf message `containers.lmctfy.agent.RemoveHostRequest`.
+public struct RemoveHostRequest: ProtoMessage {
+    /// Field 1 `host_name`.
+    public var hostName: String?
+
+    public init(
+        hostName: String? = nil
+    ) {
+        self.hostName = hostName
+    }
+
+    public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.RemoveHostRequest")
+
+    public init(dynamic message: DynamicMessage) {
+        precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.RemoveHostRequest")
+        self.hostName = message.get(1)
+    }
+
+    public var dynamic: DynamicMessage {
+        var message = DynamicMessage(Self.protoDescriptor)
+        message.set(1, hostName)
+        return message
+    }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.hostName = CBridge.value(c, f[0])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.set(c, f[0], hostName)
+        return c
+    }
+}
+
+/// Protobuf message `containers.lmctfy.agent.RemoveHostResponse`.
+public struct RemoveHostResponse: ProtoMessage {
+    /// Field 1 `host`.
+    public var host: HostInfo?
+
+    public init(
+        host: HostInfo? = nil
+    ) {
+        self.host = host
+    }
+
+    public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.RemoveHostResponse")
+
+    public init(dynamic message: DynamicMessage) {
+        precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.RemoveHostResponse")
+        self.host = message.get(1)
+    }
+
+    public var dynamic: DynamicMessage {
+        var message = DynamicMessage(Self.protoDescriptor)
+        message.set(1, host)
+        return message
+    }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.host = CBridge.message(c, f[0])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.setMessage(c, f[0], host)
         return c
     }
 }

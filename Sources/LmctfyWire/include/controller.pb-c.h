@@ -22,6 +22,8 @@ typedef struct Containers__Lmctfy__Agent__RegisterResponse Containers__Lmctfy__A
 typedef struct Containers__Lmctfy__Agent__HostInfo Containers__Lmctfy__Agent__HostInfo;
 typedef struct Containers__Lmctfy__Agent__ListHostsRequest Containers__Lmctfy__Agent__ListHostsRequest;
 typedef struct Containers__Lmctfy__Agent__ListHostsResponse Containers__Lmctfy__Agent__ListHostsResponse;
+typedef struct Containers__Lmctfy__Agent__RemoveHostRequest Containers__Lmctfy__Agent__RemoveHostRequest;
+typedef struct Containers__Lmctfy__Agent__RemoveHostResponse Containers__Lmctfy__Agent__RemoveHostResponse;
 typedef struct Containers__Lmctfy__Agent__WatchHostsRequest Containers__Lmctfy__Agent__WatchHostsRequest;
 typedef struct Containers__Lmctfy__Agent__WatchHostsResponse Containers__Lmctfy__Agent__WatchHostsResponse;
 typedef struct Containers__Lmctfy__Agent__FanOutRequest Containers__Lmctfy__Agent__FanOutRequest;
@@ -60,7 +62,11 @@ typedef enum _Containers__Lmctfy__Agent__HostChange {
   /*
    * registered again with a different identity (a new boot, labels)
    */
-  CONTAINERS__LMCTFY__AGENT__HOST_CHANGE__HOST_CHANGED = 4
+  CONTAINERS__LMCTFY__AGENT__HOST_CHANGE__HOST_CHANGED = 4,
+  /*
+   * removed from the inventory (RemoveHost)
+   */
+  CONTAINERS__LMCTFY__AGENT__HOST_CHANGE__HOST_REMOVED = 5
     PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(CONTAINERS__LMCTFY__AGENT__HOST_CHANGE)
 } Containers__Lmctfy__Agent__HostChange;
 
@@ -209,6 +215,43 @@ struct  Containers__Lmctfy__Agent__ListHostsResponse
 #define CONTAINERS__LMCTFY__AGENT__LIST_HOSTS_RESPONSE__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__list_hosts_response__descriptor) \
     , 0,NULL }
+
+
+/*
+ * RemoveHost (unary, admin): a host that is gone for good (decommissioned,
+ * renamed) leaves the inventory, and its name's binding to its key goes
+ * with it: the name may register again, with any key the controller
+ * accepts. FAILED_PRECONDITION while the host is connected (stop its agent
+ * first: it would register again at once); NOT_FOUND for a name the
+ * controller does not know. Its events stay in the fleet's log.
+ */
+struct  Containers__Lmctfy__Agent__RemoveHostRequest
+{
+  ProtobufCMessage base;
+  /*
+   * Next id: 2
+   */
+  char *host_name;
+};
+#define CONTAINERS__LMCTFY__AGENT__REMOVE_HOST_REQUEST__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__remove_host_request__descriptor) \
+    , NULL }
+
+
+struct  Containers__Lmctfy__Agent__RemoveHostResponse
+{
+  ProtobufCMessage base;
+  /*
+   * The host as the inventory had it.
+   */
+  /*
+   * Next id: 2
+   */
+  Containers__Lmctfy__Agent__HostInfo *host;
+};
+#define CONTAINERS__LMCTFY__AGENT__REMOVE_HOST_RESPONSE__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__remove_host_response__descriptor) \
+    , NULL }
 
 
 /*
@@ -618,6 +661,44 @@ Containers__Lmctfy__Agent__ListHostsResponse *
 void   containers__lmctfy__agent__list_hosts_response__free_unpacked
                      (Containers__Lmctfy__Agent__ListHostsResponse *message,
                       ProtobufCAllocator *allocator);
+/* Containers__Lmctfy__Agent__RemoveHostRequest methods */
+void   containers__lmctfy__agent__remove_host_request__init
+                     (Containers__Lmctfy__Agent__RemoveHostRequest         *message);
+size_t containers__lmctfy__agent__remove_host_request__get_packed_size
+                     (const Containers__Lmctfy__Agent__RemoveHostRequest   *message);
+size_t containers__lmctfy__agent__remove_host_request__pack
+                     (const Containers__Lmctfy__Agent__RemoveHostRequest   *message,
+                      uint8_t             *out);
+size_t containers__lmctfy__agent__remove_host_request__pack_to_buffer
+                     (const Containers__Lmctfy__Agent__RemoveHostRequest   *message,
+                      ProtobufCBuffer     *buffer);
+Containers__Lmctfy__Agent__RemoveHostRequest *
+       containers__lmctfy__agent__remove_host_request__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   containers__lmctfy__agent__remove_host_request__free_unpacked
+                     (Containers__Lmctfy__Agent__RemoveHostRequest *message,
+                      ProtobufCAllocator *allocator);
+/* Containers__Lmctfy__Agent__RemoveHostResponse methods */
+void   containers__lmctfy__agent__remove_host_response__init
+                     (Containers__Lmctfy__Agent__RemoveHostResponse         *message);
+size_t containers__lmctfy__agent__remove_host_response__get_packed_size
+                     (const Containers__Lmctfy__Agent__RemoveHostResponse   *message);
+size_t containers__lmctfy__agent__remove_host_response__pack
+                     (const Containers__Lmctfy__Agent__RemoveHostResponse   *message,
+                      uint8_t             *out);
+size_t containers__lmctfy__agent__remove_host_response__pack_to_buffer
+                     (const Containers__Lmctfy__Agent__RemoveHostResponse   *message,
+                      ProtobufCBuffer     *buffer);
+Containers__Lmctfy__Agent__RemoveHostResponse *
+       containers__lmctfy__agent__remove_host_response__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   containers__lmctfy__agent__remove_host_response__free_unpacked
+                     (Containers__Lmctfy__Agent__RemoveHostResponse *message,
+                      ProtobufCAllocator *allocator);
 /* Containers__Lmctfy__Agent__WatchHostsRequest methods */
 void   containers__lmctfy__agent__watch_hosts_request__init
                      (Containers__Lmctfy__Agent__WatchHostsRequest         *message);
@@ -847,6 +928,12 @@ typedef void (*Containers__Lmctfy__Agent__ListHostsRequest_Closure)
 typedef void (*Containers__Lmctfy__Agent__ListHostsResponse_Closure)
                  (const Containers__Lmctfy__Agent__ListHostsResponse *message,
                   void *closure_data);
+typedef void (*Containers__Lmctfy__Agent__RemoveHostRequest_Closure)
+                 (const Containers__Lmctfy__Agent__RemoveHostRequest *message,
+                  void *closure_data);
+typedef void (*Containers__Lmctfy__Agent__RemoveHostResponse_Closure)
+                 (const Containers__Lmctfy__Agent__RemoveHostResponse *message,
+                  void *closure_data);
 typedef void (*Containers__Lmctfy__Agent__WatchHostsRequest_Closure)
                  (const Containers__Lmctfy__Agent__WatchHostsRequest *message,
                   void *closure_data);
@@ -894,6 +981,8 @@ extern const ProtobufCMessageDescriptor containers__lmctfy__agent__register_resp
 extern const ProtobufCMessageDescriptor containers__lmctfy__agent__host_info__descriptor;
 extern const ProtobufCMessageDescriptor containers__lmctfy__agent__list_hosts_request__descriptor;
 extern const ProtobufCMessageDescriptor containers__lmctfy__agent__list_hosts_response__descriptor;
+extern const ProtobufCMessageDescriptor containers__lmctfy__agent__remove_host_request__descriptor;
+extern const ProtobufCMessageDescriptor containers__lmctfy__agent__remove_host_response__descriptor;
 extern const ProtobufCMessageDescriptor containers__lmctfy__agent__watch_hosts_request__descriptor;
 extern const ProtobufCMessageDescriptor containers__lmctfy__agent__watch_hosts_response__descriptor;
 extern const ProtobufCMessageDescriptor containers__lmctfy__agent__fan_out_request__descriptor;
