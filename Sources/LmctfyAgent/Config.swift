@@ -127,6 +127,13 @@ public struct AgentSettings: Sendable {
               hostName.utf8.allSatisfy({ ($0 >= 0x61 && $0 <= 0x7A) || ($0 >= 0x41 && $0 <= 0x5A) || ($0 >= 0x30 && $0 <= 0x39) || $0 == 0x2D || $0 == 0x2E || $0 == 0x5F }) else {
             throw .invalidArgument("\(source): host_name \"\(hostName)\" must be 1 to 253 of [A-Za-z0-9._-]")
         }
+        // The controller admits a certificate for the host it names only
+        // (PROTOCOL.md 3.1): a host_name that is not one of its DNS names
+        // was refused at every Register, the agent otherwise running fine.
+        if let own = tls?.ownIdentity, !own.dnsNames.contains(hostName) {
+            let names = own.dnsNames.isEmpty ? "none" : own.dnsNames.joined(separator: ", ")
+            throw .invalidArgument("\(source): host_name \"\(hostName)\" is not a DNS name of the tls certificate (its DNS names: \(names)): the controller would refuse its Register; set host_name to one of them, or use a certificate for this host")
+        }
         for l in c.label where (l.key ?? "").isEmpty || (l.key ?? "").contains(",") || (l.key ?? "").contains("=") || (l.value ?? "").contains(",") {
             throw .invalidArgument("\(source): a label needs a key, and neither may hold \",\" or \"=\" (\(l.key ?? "")=\(l.value ?? ""))")
         }

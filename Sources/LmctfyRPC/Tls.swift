@@ -115,6 +115,12 @@ public final class TlsContext: @unchecked Sendable {
 
     deinit { SSL_CTX_free(ctx) }
 
+    /// The names of our own certificate (nil: none loaded).
+    public var ownIdentity: CertIdentity? {
+        guard let cert = SSL_CTX_get0_certificate(ctx) else { return nil }
+        return CertIdentity(of: cert)
+    }
+
     /// A private file (a key, a token file) others can read is refused:
     /// FAILED_PRECONDITION; NOT_FOUND when it cannot be stat()ed.
     public static func checkPrivate(_ path: String) throws(LmctfyError) {
@@ -367,6 +373,13 @@ public final class TlsChannel {
     private func readPeerIdentity() -> CertIdentity? {
         guard let cert = SSL_get1_peer_certificate(ssl) else { return nil }
         defer { X509_free(cert) }
+        return CertIdentity(of: cert)
+    }
+}
+
+extension CertIdentity {
+    /// The names of an X509 certificate.
+    init(of cert: OpaquePointer) {
         var id = CertIdentity()
         var buf = [CChar](repeating: 0, count: 1024)
         func strings(_ fetch: (Int32, UnsafeMutablePointer<CChar>, Int) -> Int32) -> [String] {
@@ -385,7 +398,7 @@ public final class TlsChannel {
         id.organizationalUnits = strings { lm_x509_subject_entry(cert, NID_organizationalUnitName, $0, $1, $2) }
         id.dnsNames = strings { lm_x509_san(cert, 0, $0, $1, $2) }
         id.uris = strings { lm_x509_san(cert, 1, $0, $1, $2) }
-        return id
+        self = id
     }
 }
 
