@@ -118,6 +118,12 @@ public final class EventHub {
     /// has been published, then `caught_up`; the rest comes live). The
     /// subscriber is added; `credit` (nil: none) says how many it takes.
     public func subscribe(_ key: Key, _ r: SubscribeRequest, filter: EventFilter, credit: Int? = nil) throws(LmctfyError) -> [SubscribeResponse] {
+        var r = r
+        if r.fromOldest == true && r.bootId == nil {
+            // The oldest kept: the boot before this one, if the journal has it.
+            r.bootId = log.previousBoot?.id
+            r.afterSequence = 0
+        }
         var first: [SubscribeResponse] = []
         var lastSent = published
         if let after = r.afterSequence {

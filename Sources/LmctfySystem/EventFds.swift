@@ -82,11 +82,12 @@ public enum EventFds {
         return fd
     }
 
-    /// Sets a timer descriptor's period (its first expiry one period from
-    /// now); 0 stops it. A failure (a closed descriptor) is ignored.
-    public static func setTimer(_ fd: Int32, periodMs: Int) {
-        let every = timespec(tv_sec: periodMs / 1000, tv_nsec: (periodMs % 1000) * 1_000_000)
-        var spec = itimerspec(it_interval: every, it_value: every)
+    /// Sets a timer descriptor's period, its first expiry `firstMs` from
+    /// now (default: one period); a period of 0 stops it. A failure (a
+    /// closed descriptor) is ignored.
+    public static func setTimer(_ fd: Int32, periodMs: Int, firstMs: Int? = nil) {
+        func span(_ ms: Int) -> timespec { timespec(tv_sec: ms / 1000, tv_nsec: (ms % 1000) * 1_000_000) }
+        var spec = itimerspec(it_interval: span(periodMs), it_value: span(periodMs == 0 ? 0 : firstMs ?? periodMs))
         _ = timerfd_settime(fd, 0, &spec, nil)
     }
 

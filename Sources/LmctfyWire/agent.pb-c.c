@@ -5343,7 +5343,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__notify_response__des
   (ProtobufCMessageInit) containers__lmctfy__agent__notify_response__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor containers__lmctfy__agent__subscribe_request__field_descriptors[7] =
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__subscribe_request__field_descriptors[8] =
 {
   {
     "name",
@@ -5429,11 +5429,24 @@ static const ProtobufCFieldDescriptor containers__lmctfy__agent__subscribe_reque
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "from_oldest",
+    8,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_BOOL,
+    offsetof(Containers__Lmctfy__Agent__SubscribeRequest, has_from_oldest),
+    offsetof(Containers__Lmctfy__Agent__SubscribeRequest, from_oldest),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned containers__lmctfy__agent__subscribe_request__field_indices_by_name[] = {
   4,   /* field[4] = after_sequence */
   3,   /* field[3] = boot_id */
   5,   /* field[5] = credit */
+  7,   /* field[7] = from_oldest */
   6,   /* field[6] = hosts */
   2,   /* field[2] = kinds */
   0,   /* field[0] = name */
@@ -5442,7 +5455,7 @@ static const unsigned containers__lmctfy__agent__subscribe_request__field_indice
 static const ProtobufCIntRange containers__lmctfy__agent__subscribe_request__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 7 }
+  { 0, 8 }
 };
 const ProtobufCMessageDescriptor containers__lmctfy__agent__subscribe_request__descriptor =
 {
@@ -5452,7 +5465,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__subscribe_request__d
   "Containers__Lmctfy__Agent__SubscribeRequest",
   "containers.lmctfy.agent",
   sizeof(Containers__Lmctfy__Agent__SubscribeRequest),
-  7,
+  8,
   containers__lmctfy__agent__subscribe_request__field_descriptors,
   containers__lmctfy__agent__subscribe_request__field_indices_by_name,
   1,  containers__lmctfy__agent__subscribe_request__number_ranges,

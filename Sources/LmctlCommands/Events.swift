@@ -77,8 +77,13 @@ enum EventsCommand {
             }
             i += 1
         }
-        // Without -f: what is kept, so from the start of this boot's log.
-        if !o.follow && o.request.afterSequence == nil { o.request.afterSequence = 0 }
+        // Without -f: what is kept, from the oldest: the agent's boot
+        // before this one first, as far as its journal kept it (it showed
+        // this boot's only, and an agent restart hid what came before).
+        if !o.follow && o.request.afterSequence == nil {
+            o.request.afterSequence = 0
+            o.request.fromOldest = true
+        }
         return o
     }
 

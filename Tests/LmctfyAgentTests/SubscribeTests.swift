@@ -632,3 +632,35 @@ private func sleepingContainer(_ socket: String, _ label: String) throws -> (Rpc
         throw error
     }
 }
+
+extension SubscribeTests {
+    /// `lmctl events` shows what the agent keeps from the oldest: the boot
+    /// before an agent restart too, as its journal kept it, then this
+    /// boot's (it showed this boot's only: a restart hid what came before).
+    @Test func eventsWithoutAfterShowTheBootBeforeARestartToo() throws {
+        let first = try AgentProcess(config: "watch_containers: false reconcile_interval_ms: 0 stats_interval_ms: 0")
+        let name = RealCgroups.uniqueName("oldest")
+        defer { _ = try? TestProcess.capture([builtTool("lmctfy"), "destroy", "-f", name]) }
+        func lmctl(_ socket: String, _ args: String...) throws -> ChildResult {
+            try TestProcess.capture([builtTool("lmctl"), "--agent", "unix://\(socket)"] + args)
+        }
+        #expect(try lmctl(first.socket, "create", name, "cpu:{limit:100}").status == 0)
+        first.crash()
+        let second = try AgentProcess(reusing: first.dir)
+        defer { second.stop() }
+        #expect(try lmctl(second.socket, "destroy", name).status == 0)
+        let r = try lmctl(second.socket, "events", name)
+        let out = String(decoding: r.stdout, as: UTF8.self)
+        let lines = out.split(separator: "\n").map(String.init)
+        let created = lines.first { $0.contains(" CREATED \(name)") }
+        let destroyed = lines.first { $0.contains(" DESTROYED \(name)") }
+        #expect(r.status == 0 && created != nil && destroyed != nil, "\(out)\(String(decoding: r.stderr, as: UTF8.self))")
+        let boots = [created, destroyed].map { $0?.split(separator: ":").first.map(String.init) }
+        #expect(boots[0] != nil && boots[0] != boots[1], "the create is the first boot's, the destroy the second's: \(out)")
+        // With -f and no --after: from now on, as before. (SIGKILL: a
+        // child of the test runner inherits its blocked SIGTERM.)
+        let follow = try TestProcess.capture(["/usr/bin/timeout", "-s", "KILL", "1", builtTool("lmctl"), "--agent", "unix://\(second.socket)",
+                                              "events", "-f", name])
+        #expect(!String(decoding: follow.stdout, as: UTF8.self).contains("CREATED"))
+    }
+}

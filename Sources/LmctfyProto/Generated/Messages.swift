@@ -9591,6 +9591,8 @@ public struct SubscribeRequest: ProtoMessage {
     public var credit: UInt32?
     /// Field 7 `hosts`.
     public var hosts: [String]
+    /// Field 8 `from_oldest`.
+    public var fromOldest: Bool?
 
     public init(
         name: String? = nil,
@@ -9599,7 +9601,8 @@ public struct SubscribeRequest: ProtoMessage {
         bootId: String? = nil,
         afterSequence: UInt64? = nil,
         credit: UInt32? = nil,
-        hosts: [String] = []
+        hosts: [String] = [],
+        fromOldest: Bool? = nil
     ) {
         self.name = name
         self.recursive = recursive
@@ -9608,6 +9611,7 @@ public struct SubscribeRequest: ProtoMessage {
         self.afterSequence = afterSequence
         self.credit = credit
         self.hosts = hosts
+        self.fromOldest = fromOldest
     }
 
     public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.SubscribeRequest")
@@ -9621,6 +9625,7 @@ public struct SubscribeRequest: ProtoMessage {
         self.afterSequence = message.get(5)
         self.credit = message.get(6)
         self.hosts = message.getRepeated(7)
+        self.fromOldest = message.get(8)
     }
 
     public var dynamic: DynamicMessage {
@@ -9632,6 +9637,7 @@ public struct SubscribeRequest: ProtoMessage {
         message.set(5, afterSequence)
         message.set(6, credit)
         message.setRepeated(7, hosts)
+        message.set(8, fromOldest)
         return message
     }
 
@@ -9644,6 +9650,7 @@ public struct SubscribeRequest: ProtoMessage {
         self.afterSequence = CBridge.value(c, f[4])
         self.credit = CBridge.value(c, f[5])
         self.hosts = CBridge.repeated(c, f[6])
+        self.fromOldest = CBridge.value(c, f[7])
     }
 
     public func makeC() -> UnsafeMutableRawPointer {
@@ -9656,6 +9663,7 @@ public struct SubscribeRequest: ProtoMessage {
         CBridge.set(c, f[4], afterSequence)
         CBridge.set(c, f[5], credit)
         CBridge.setRepeated(c, f[6], hosts)
+        CBridge.set(c, f[7], fromOldest)
         return c
     }
 }

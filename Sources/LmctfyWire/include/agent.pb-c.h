@@ -1190,15 +1190,24 @@ struct  Containers__Lmctfy__Agent__SubscribeRequest
   /*
    * At a controller: only the events of these hosts; empty: every host.
    */
-  /*
-   * Next id: 8
-   */
   size_t n_hosts;
   char **hosts;
+  /*
+   * Added: with no `boot_id`, resume from the oldest event kept: the boot
+   * before this one first, as far as the journal kept it (then a gap to
+   * this boot), as `boot_id` = that boot, `after_sequence` 0 would; with
+   * no earlier boot kept, as `after_sequence` 0. `lmctl events` sends it
+   * with `after_sequence` 0 (an agent that does not know it ignores it).
+   */
+  /*
+   * Next id: 9
+   */
+  protobuf_c_boolean has_from_oldest;
+  protobuf_c_boolean from_oldest;
 };
 #define CONTAINERS__LMCTFY__AGENT__SUBSCRIBE_REQUEST__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__subscribe_request__descriptor) \
-    , NULL, 0, 0, 0,NULL, NULL, 0, 0, 0, 0, 0,NULL }
+    , NULL, 0, 0, 0,NULL, NULL, 0, 0, 0, 0, 0,NULL, 0, 0 }
 
 
 /*

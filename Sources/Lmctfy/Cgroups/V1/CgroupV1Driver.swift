@@ -310,8 +310,9 @@ final class EventfdSource: EventSource {
 /// on memory.oom_control says an OOM began: every task that meets the
 /// limit signals it, before the kill, so one OOM of several tasks was
 /// reported 3 to 12 times. Each signal here only starts a look at
-/// memory.oom_control's oom_kill, again every 25 ms while signals come and
-/// for 500 ms after the last: each kill is one event, when it has landed.
+/// memory.oom_control's oom_kill, again 1 ms later, then every 25 ms while
+/// signals come and for 500 ms after the last: each kill is one event,
+/// when it has landed.
 /// A burst of signals that killed nothing in that time (oom_kill_disable:
 /// the tasks wait) is one event. A kernel without oom_kill (before 4.13)
 /// gets the eventfd's count, as before.
@@ -363,8 +364,10 @@ final class OomControlSource: EventSource {
         (try? dir.readKeyValues("memory.oom_control"))?["oom_kill"]
     }
 
-    /// Starts (or stops) the periodic look.
-    private func arm(_ on: Bool) { EventFds.setTimer(timer, periodMs: on ? Self.lookEveryMs : 0) }
+    /// Starts (or stops) the periodic look. The first is 1 ms after a
+    /// signal: the kill usually lands within microseconds of it (often
+    /// before the signal is read), and an OOM event is wanted at once.
+    private func arm(_ on: Bool) { EventFds.setTimer(timer, periodMs: on ? Self.lookEveryMs : 0, firstMs: 1) }
 
     func collect() throws(LmctfyError) -> Int {
         // Throws NOT_FOUND once the directory is gone (its removal signals).
