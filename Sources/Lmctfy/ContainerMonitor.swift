@@ -206,10 +206,7 @@ public final class ContainerMonitor {
             }
             var fds: [EventFd] = []
             for r in plan.eventfds {
-                // (v1's OOM in kills, as v2's memory.events gives them.)
-                let source: (any EventSource)? = r.kind == .oom && r.file == "memory.oom_control"
-                    ? try? OomControlSource.make(r.dir) : try? EventfdSource(r.dir, target: r.file, args: r.args)
-                if let source {
+                if let source = try? r.open() {
                     fds.append(EventFd(container: name, kind: r.kind, source: source))
                 }
             }

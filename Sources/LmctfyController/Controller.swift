@@ -780,6 +780,12 @@ public final class Controller: @unchecked Sendable {
 
     /// A client's call for the controller itself.
     private func localCall(_ p: ControllerPeer, _ stream: UInt32, _ method: String, _ payload: [UInt8], _ deadline: UInt64?) {
+        // Every local method's role, from the table, before anything else
+        // (a routed call's is checked in `route`).
+        if let info = ControllerMethods.local(method), !info.role.allows(p.role) {
+            answer(p, stream, .failure(LmctfyError(.permissionDenied, "Method \(method) needs the \(info.role) role")))
+            return
+        }
         if method == ControllerMethods.watchHosts.name {
             watchHosts(p, stream, payload)
             return
@@ -799,9 +805,6 @@ public final class Controller: @unchecked Sendable {
                 let r = try ListHostsRequest(serializedBytes: payload)
                 result = .success(try ListHostsResponse(hosts: try registry.list(selector: r.selector)).serializedBytes())
             case ControllerMethods.removeHost.name:
-                guard ControllerMethods.removeHost.info.role.allows(p.role) else {
-                    throw LmctfyError(.permissionDenied, "Method \(method) needs the admin role")
-                }
                 let r = try RemoveHostRequest(serializedBytes: payload)
                 guard let name = r.hostName, !name.isEmpty else { throw LmctfyError.invalidArgument("RemoveHost needs a host_name") }
                 let removed = try registry.remove(name)

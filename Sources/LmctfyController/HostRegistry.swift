@@ -172,13 +172,10 @@ final class HostRegistry {
         hosts[name] = nil
         replacedAt[name] = nil
         contestedUntil[name] = nil
-        do throws(LmctfyError) {
-            try store.save(hosts.keys.sorted().compactMap { hosts[$0] })
-        } catch {
+        do throws(LmctfyError) { try save() } catch {
             hosts[name] = host
             throw error
         }
-        dirty = false
         return host
     }
 
@@ -198,7 +195,7 @@ final class HostRegistry {
     /// The hosts whose labels match `selector` ("k=v,k2=v2"), sorted by name.
     func list(selector: String?) throws(LmctfyError) -> [HostInfo] {
         let wanted = try Self.parse(selector)
-        return hosts.keys.sorted().compactMap { hosts[$0] }.filter { Self.matches($0, wanted) }
+        return byName.filter { Self.matches($0, wanted) }
     }
 
     /// Whether a host's labels have every pair of a parsed selector.
@@ -231,6 +228,15 @@ final class HostRegistry {
         dirty = false
         // A write that fails keeps the controller serving; the inventory on
         // disk is then one change behind (said in the log by the caller).
-        try? store.save(hosts.keys.sorted().compactMap { hosts[$0] })
+        try? save()
     }
+
+    /// Writes the whole inventory now.
+    private func save() throws(LmctfyError) {
+        try store.save(byName)
+        dirty = false
+    }
+
+    /// Every host, sorted by name.
+    private var byName: [HostInfo] { hosts.keys.sorted().compactMap { hosts[$0] } }
 }

@@ -185,6 +185,18 @@ public enum ControllerMethods {
     /// certificate names: a new certificate (PROTOCOL.md section 3.2).
     /// Served on agent_address only, to the certificate presented there.
     public static let renew = AgentMethod<RenewRequest, RenewResponse>("Renew", .admin, .loop, .unary)
+
+    /// What a client's connection may call on the controller itself (no
+    /// host named): its own methods for clients, and the agent methods it
+    /// answers for the fleet.
+    public static let local: [AgentMethodInfo] = [
+        listHosts.info, fanOut.info, removeHost.info, watchHosts.info, AgentMethods.ping.info, AgentMethods.subscribe.info,
+    ]
+
+    private static let localByName: [String: AgentMethodInfo] = Dictionary(uniqueKeysWithValues: local.map { ($0.name, $0) })
+
+    /// The local method called `name`, or nil.
+    public static func local(_ name: String) -> AgentMethodInfo? { localByName[name] }
 }
 
 extension RpcClient {

@@ -170,8 +170,9 @@ struct SampleFiles {
 /// What the monitor watches on one container (see ContainerMonitor).
 struct MonitorPlan {
     /// eventfd registrations through cgroup.event_control: what each
-    /// reports, the directory, the file and the arguments written after it.
-    var eventfds: [(kind: ContainerMonitor.Pressure, dir: CgroupDir, file: String, args: String)] = []
+    /// reports, and how to open its source (the driver chooses it, as its
+    /// `eventSource` does for a notification).
+    var eventfds: [(kind: ContainerMonitor.Pressure, open: () throws(LmctfyError) -> any EventSource)] = []
     /// Files whose change (IN_MODIFY on their directory) is a state the
     /// monitor reads again.
     var stateFiles: [String: ContainerMonitor.StateFile] = [:]

@@ -253,7 +253,10 @@ struct CgroupV1Driver: CgroupDriver {
     func monitorPlan(_ name: ContainerName) throws(LmctfyError) -> MonitorPlan {
         var plan = MonitorPlan()
         if !name.isRoot, let memory = try existingDir(.memory, name) {
-            plan.eventfds = [(.oom, memory, "memory.oom_control", ""), (.pressure, memory, "memory.pressure_level", " medium")]
+            // (OOM in kills, as v2's memory.events gives them.)
+            plan.eventfds = [(.oom, { () throws(LmctfyError) in try OomControlSource.make(memory) }),
+                             (.pressure, { () throws(LmctfyError) in
+                                 try EventfdSource(memory, target: "memory.pressure_level", args: " medium") })]
             plan.oomCounter = (memory, "memory.oom_control", "oom_kill")
         }
         plan.stateFiles = ["freezer.state": .freezer]
@@ -322,9 +325,9 @@ final class OomControlSource: EventSource {
     private let epoll: Epoll
     private let timer: Int32
     private var kills: Int64
-    /// When the signals without a counted kill began, and whether a kill
-    /// was counted since.
-    private var burst: (start: UInt64, killed: Bool)?
+    /// Signals came without a counted kill before them: whether a kill
+    /// was counted since (nil: no such signals).
+    private var burstKilled: Bool?
     private var lookUntil: UInt64 = 0
     var fd: Int32 { epoll.fd }
     var pendingImmediately: Bool { false }
@@ -375,7 +378,7 @@ final class OomControlSource: EventSource {
         _ = try? EventFds.readCounter(timer)
         let now = MonotonicClock.milliseconds()
         if signalled > 0 {
-            if burst == nil { burst = (now, false) }
+            if burstKilled == nil { burstKilled = false }
             lookUntil = now + Self.settleMs
             arm(true)
         }
@@ -383,11 +386,11 @@ final class OomControlSource: EventSource {
         if let k = Self.kills(dir), k > kills {
             found += Int(k - kills)
             kills = k
-            burst?.killed = true
+            if burstKilled != nil { burstKilled = true }
         }
-        if let b = burst, now >= lookUntil {
-            if !b.killed { found += 1 }
-            burst = nil
+        if let killed = burstKilled, now >= lookUntil {
+            if !killed { found += 1 }
+            burstKilled = nil
             arm(false)
         }
         return found
