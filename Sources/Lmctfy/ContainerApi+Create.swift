@@ -81,16 +81,53 @@ extension ContainerApi {
     /// by the next create or destroy of the tree (the lock's journal, the
     /// `creating` marks).
     private func create(_ name: ContainerName, spec: ContainerSpec, lock: FileLock?) throws(LmctfyError) {
+        if try !nameIsFree(name) {
+            try removeLeftovers(name)  // of a failed create or destroy
+        }
+        let (parent, kinds) = try checkPlace(name, spec: spec)
+        do {
+            try make(name, parent: parent, kinds: kinds, spec: spec, lock: lock)
+        } catch where error.code == .alreadyExists {
+            // A directory of this name in another hierarchy: lmctfy's
+            // leftover (its tasks directory is gone) goes and the create is
+            // tried again; anything else is not lmctfy's to touch (6).
+            guard try removeLeftovers(name) else { throw error }
+            try make(name, parent: parent, kinds: kinds, spec: spec, lock: lock)
+        }
+    }
+
+    /// What `create` refuses before it makes anything, checked without
+    /// making anything or taking the tree's lock (a dry run: the agent's
+    /// CheckAdmission): the name is taken, the parent is missing or does
+    /// not isolate what the spec names, the spec has a section or a value
+    /// this machine refuses. A name with lmctfy's leftovers counts as free
+    /// (the create removes them). What only the new directories can tell
+    /// (a kernel file a field needs, a cpu mask against the parent's
+    /// cpuset) is the create's to find.
+    public func checkCreate(_ name: ContainerName, spec: ContainerSpec) throws(LmctfyError) {
+        if name.isRoot { throw .alreadyExists("Can't create existing container \"\(name)\"") }
+        _ = try nameIsFree(name)
+        let (_, kinds) = try checkPlace(name, spec: spec)
+        for kind in kinds { try handler(kind).checkSpec(spec) }
+    }
+
+    /// ALREADY_EXISTS for a container (or a directory lmctfy did not make)
+    /// of this name; false when lmctfy's leftovers of a failed create or
+    /// destroy are there.
+    private func nameIsFree(_ name: ContainerName) throws(LmctfyError) -> Bool {
         let tasks = driver.tasksDir(name)
         switch try tasks.state() {
         case .complete: throw .alreadyExists("Can't create existing container \"\(name)\"")
         case .foreign:
             throw .alreadyExists("Can't create container \"\(name)\": \(tasks.path) exists and was not made by lmctfy")
-        case .creating, .destroying:
-            try removeLeftovers(name)  // of a failed create or destroy
-        case .absent:
-            break
+        case .creating, .destroying: return false
+        case .absent: return true
         }
+    }
+
+    /// The parent, there and isolating what the spec names, and the spec's
+    /// sections this machine takes: the parent and the resources to make.
+    private func checkPlace(_ name: ContainerName, spec: ContainerSpec) throws(LmctfyError) -> (ContainerName, [ResourceKind]) {
         guard let parent = name.parent, try exists(parent) else {
             // 9 as in the original (its mkdir failed): 5 would say the new name is missing.
             throw .failedPrecondition("Can't create \"\(name)\": its parent \"\(name.parent!)\" does not exist")
@@ -105,15 +142,7 @@ extension ContainerApi {
             let message = "Container \"\(parent)\" does not isolate \(kind), so \"\(name)\" cannot isolate it either"
             throw kind == .cpu ? .notFound(message) : .failedPrecondition(message)
         }
-        do {
-            try make(name, parent: parent, kinds: kinds, spec: spec, lock: lock)
-        } catch where error.code == .alreadyExists {
-            // A directory of this name in another hierarchy: lmctfy's
-            // leftover (its tasks directory is gone) goes and the create is
-            // tried again; anything else is not lmctfy's to touch (6).
-            guard try removeLeftovers(name) else { throw error }
-            try make(name, parent: parent, kinds: kinds, spec: spec, lock: lock)
-        }
+        return (parent, kinds)
     }
 
     /// Makes the container.

@@ -143,6 +143,14 @@ public struct LocalBackend: ContainerBackend {
         return try callerPath(api.create(resolved, spec: spec).name)
     }
 
+    /// What the create would refuse before making anything, without
+    /// making anything (`ContainerApi.checkCreate`).
+    public func checkCreate(_ name: String, spec: ContainerSpec) throws(LmctfyError) {
+        let resolved = try machineName(name)
+        if resolved == scope.root { throw .alreadyExists("Can't create existing container \"/\"") }
+        try api.checkCreate(resolved, spec: spec)
+    }
+
     /// Creates the container and, for a virtual host, reports its init's pid.
     public func createReportingInit(_ name: String, spec: ContainerSpec) throws(LmctfyError) -> CreateOutcome {
         let resolved = try machineName(name)

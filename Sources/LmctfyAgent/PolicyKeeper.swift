@@ -225,12 +225,10 @@ public final class PolicyKeeper: Sendable {
         case nil, .updatePolicyUnspecified?:
             // What the create would refuse before any policy, a dry run
             // refuses the same way (it said "admitted" for a name that
-            // exists, or under a parent that does not).
-            if (try? backend.spec(path)) != nil { throw .alreadyExists("Container \"\(path)\" already exists") }
-            let parent = path.lastIndex(of: "/").map { $0 == path.startIndex ? "/" : String(path[..<$0]) } ?? "/"
-            if parent != "/", (try? backend.spec(parent)) == nil {
-                throw .failedPrecondition("Can't create \"\(path)\": its parent \"\(parent)\" does not exist")
-            }
+            // exists, under a parent that does not, and for specs the
+            // create refuses: a cpu max_limit of 1, a virtual host below
+            // an agent's root_container, ...).
+            try backend.checkCreate(path, spec: spec)
             let (t, applied) = try planCreate(path: path, spec: spec, tier: r.tier)
             (tier, amount) = (t, Policy.committed(applied, tier: t))
         case .updateDiff?, .updateReplace?:

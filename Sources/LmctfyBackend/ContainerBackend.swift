@@ -78,6 +78,11 @@ public protocol ContainerBackend: Sendable {
     /// backend's machine sees it; nil for any other container), which
     /// `lmctfy create` prints as `init_pid`.
     func createReportingInit(_ name: String, spec: ContainerSpec) throws(LmctfyError) -> CreateOutcome
+    /// What `create` would refuse before it makes anything (the name is
+    /// taken, the parent missing or not isolating what the spec names, a
+    /// section or value refused), found without making anything: a dry
+    /// run. A backend that cannot tell without creating says UNIMPLEMENTED.
+    func checkCreate(_ name: String, spec: ContainerSpec) throws(LmctfyError)
     /// Without `force`, refuses (9) a container with subcontainers,
     /// processes or threads. `/` is always refused (D7). Returns the
     /// absolute name of the container destroyed.
@@ -160,6 +165,11 @@ extension ContainerBackend {
     /// By default: `create`, with no init to report.
     public func createReportingInit(_ name: String, spec: ContainerSpec) throws(LmctfyError) -> CreateOutcome {
         CreateOutcome(name: try create(name, spec: spec), initPid: nil)
+    }
+
+    /// By default: cannot tell without creating.
+    public func checkCreate(_ name: String, spec: ContainerSpec) throws(LmctfyError) {
+        throw .unimplemented("This backend cannot check a create without making the container")
     }
 
     /// `run` for the verbs: nothing to do when the command starts.

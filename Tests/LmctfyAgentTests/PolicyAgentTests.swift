@@ -276,9 +276,28 @@ struct PolicyAgentTests {
                 #expect(r.0 == 8 && r.1.hasPrefix("admitted=\"false\" tier=\"prod\" message=\"refused"), "\(r)")
                 // What the create itself would refuse, the dry run refuses.
                 r = try run("create", "--tier", "batch", "--dry-run", "/a", "memory { limit: 1048576 }")
-                #expect(r.0 == 6 && r.2.contains("already exists"), "\(r)")
+                #expect(r.0 == 6 && r.2.contains("Can't create existing container \"/a\""), "\(r)")
                 r = try run("create", "--tier", "batch", "--dry-run", "/none/b", "memory { limit: 1048576 }")
                 #expect(r.0 == 9 && r.2.contains("its parent \"/none\" does not exist"), "\(r)")
+                // And the specs it refuses: the same code and message as the
+                // create's, nothing made by either (a dry run said
+                // "admitted" to each of these).
+                for (spec, code, says) in [
+                    ("memory { limit: -5 }", Int32(3), "must be -1 (unlimited) or a byte count"),
+                    ("memory { limit: 1048576 swap_limit: 4096 }", 3, "swap"),
+                    ("memory { max_limit: 1 }", 12, "memory.max_limit is not implemented"),
+                    ("cpu { max_limit: 1 }", 5, "does not isolate cpu"),
+                    ("pids { limit: 0 }", 9, "does not isolate pids"),
+                    ("virtual_host { }", 12, "Nested Virtual Hosts"),
+                    ("network { }", 12, "network isolation is not implemented"),
+                    ("owner: -2", 3, "owner -2 is out of range"),
+                ] {
+                    let dry = try run("create", "--tier", "batch", "--dry-run", "/d", spec)
+                    let real = try run("create", "--tier", "batch", "/d", spec)
+                    #expect(dry.0 == code && dry.2.contains(says), "\(spec): \(dry)")
+                    #expect(real.0 == code && real.2.contains(says), "\(spec): \(real)")
+                    #expect(try !api.exists(name(root.path + "/d")), "\(spec)")
+                }
                 r = try run("create", "--tier", "prod", "/b", "memory { limit: 104857600 }")
                 #expect(r.0 == 8 && r.2.contains("8: Create: refused \"/b\" in tier prod"), "\(r)")
                 #expect(try !api.exists(name(root.path + "/b")))

@@ -37,8 +37,28 @@ struct BlockIoHandler: ResourceHandler {
 
     func validate(_ spec: ContainerSpec, dirs: ResourceDirs) throws(LmctfyError) {
         guard let b = spec.blockio else { return }
+        try checkSpec(spec)
         let dir = dirs.dir(.blkio)
         let has = { (file: String) throws(LmctfyError) -> Bool in try dir?.has(file) == true }
+        if let set = b.deviceLimitSet {
+            let files = dirs.driver.blockio
+            let needed = Set((set.defaultLimit != nil ? [files.defaultWeightFile] : [])
+                + (set.deviceLimits.isEmpty ? [] : [files.deviceWeightFile]))
+            for file in needed.sorted() where try !has(file) {
+                throw .unimplemented("blockio.device_limit_set (I/O weights) is not supported here: \(file) is missing (the block devices' I/O scheduler implements no cgroup weights)")
+            }
+        }
+        for ml in b.maxDeviceLimitSet?.maxLimits ?? [] {
+            guard let op = ml.opType, let type = ml.limitType else { continue }  // refused by checkSpec
+            let file = dirs.driver.blockio.throttleFile(Throttle(op, type))
+            if !ml.limits.isEmpty, try !has(file) {
+                throw .unimplemented("blockio.max_device_limit_set is not supported here: \(file) is missing")
+            }
+        }
+    }
+
+    func checkSpec(_ spec: ContainerSpec) throws(LmctfyError) {
+        guard let b = spec.blockio else { return }
         if let set = b.deviceLimitSet {
             if let d = set.defaultLimit, !Self.weightRange.contains(UInt64(d)) {
                 throw .invalidArgument("blockio.device_limit_set.default_limit must be within 1..100, not \(d)")
@@ -49,27 +69,15 @@ struct BlockIoHandler: ResourceHandler {
                     throw .invalidArgument("blockio.device_limit_set.device_limits: every limit must be within 1..100")
                 }
             }
-            let files = dirs.driver.blockio
-            let needed = Set((set.defaultLimit != nil ? [files.defaultWeightFile] : [])
-                + (set.deviceLimits.isEmpty ? [] : [files.deviceWeightFile]))
-            for file in needed.sorted() where try !has(file) {
-                throw .unimplemented("blockio.device_limit_set (I/O weights) is not supported here: \(file) is missing (the block devices' I/O scheduler implements no cgroup weights)")
-            }
         }
-        if let set = b.maxDeviceLimitSet {
-            for ml in set.maxLimits {
-                guard let op = ml.opType, let type = ml.limitType else {
-                    throw .invalidArgument("blockio.max_device_limit_set: every max_limits entry needs op_type and limit_type")
-                }
-                for dl in ml.limits {
-                    _ = try Self.device(dl, field: "blockio.max_device_limit_set.max_limits.limits")
-                    if dl.limit == nil {
-                        throw .invalidArgument("blockio.max_device_limit_set.max_limits.limits: every entry needs a limit")
-                    }
-                }
-                let file = dirs.driver.blockio.throttleFile(Throttle(op, type))
-                if !ml.limits.isEmpty, try !has(file) {
-                    throw .unimplemented("blockio.max_device_limit_set is not supported here: \(file) is missing")
+        for ml in b.maxDeviceLimitSet?.maxLimits ?? [] {
+            guard ml.opType != nil, ml.limitType != nil else {
+                throw .invalidArgument("blockio.max_device_limit_set: every max_limits entry needs op_type and limit_type")
+            }
+            for dl in ml.limits {
+                _ = try Self.device(dl, field: "blockio.max_device_limit_set.max_limits.limits")
+                if dl.limit == nil {
+                    throw .invalidArgument("blockio.max_device_limit_set.max_limits.limits: every entry needs a limit")
                 }
             }
         }

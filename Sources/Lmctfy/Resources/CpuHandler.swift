@@ -103,6 +103,15 @@ struct CpuHandler: ResourceHandler {
 
     func validate(_ spec: ContainerSpec, dirs: ResourceDirs) throws(LmctfyError) {
         guard let cpu = spec.cpu else { return }
+        try checkSpec(spec)
+        if cpu.mask != nil { try dirs.driver.cpu.checkMask(dirs) }
+        if let latency = cpu.schedulingLatency {
+            try checkLatency(latency, dirs: dirs)
+        }
+    }
+
+    func checkSpec(_ spec: ContainerSpec) throws(LmctfyError) {
+        guard let cpu = spec.cpu else { return }
         if let maxLimit = cpu.maxLimit, maxLimit != Self.unlimitedMaxLimit {
             if maxLimit < Self.minMaxLimit {
                 throw .invalidArgument("Requested max millicpu \(maxLimit) is too low. The minimum is \(Self.minMaxLimit).")
@@ -115,10 +124,6 @@ struct CpuHandler: ResourceHandler {
             guard mask.data.contains(where: { $0 != 0 }) else {
                 throw .invalidArgument("cpu.mask selects no CPU")
             }
-            try dirs.driver.cpu.checkMask(dirs)
-        }
-        if let latency = cpu.schedulingLatency {
-            try checkLatency(latency, dirs: dirs)
         }
     }
 

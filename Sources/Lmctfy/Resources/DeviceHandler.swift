@@ -41,10 +41,14 @@ struct DeviceHandler: ResourceHandler {
     }
 
     func validate(_ spec: ContainerSpec, dirs: ResourceDirs) throws(LmctfyError) {
-        guard let d = spec.device else { return }
+        guard spec.device != nil else { return }
         if dirs.dir(.devices) == nil { throw .unimplemented(Self.v2Refusal) }
+        try checkSpec(spec)
+    }
+
+    func checkSpec(_ spec: ContainerSpec) throws(LmctfyError) {
         // Every rule is checked before any is written.
-        for r in d.restrictionsSet?.restrictions ?? [] { _ = try Self.line(r) }
+        for r in spec.device?.restrictionsSet?.restrictions ?? [] { _ = try Self.line(r) }
     }
 
     func apply(_ spec: ContainerSpec, policy: UpdatePolicy, dirs: ResourceDirs) throws(LmctfyError) {

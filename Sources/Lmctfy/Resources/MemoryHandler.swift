@@ -59,6 +59,20 @@ struct MemoryHandler: ResourceHandler {
 
     func validate(_ spec: ContainerSpec, dirs: ResourceDirs) throws(LmctfyError) {
         guard let m = spec.memory else { return }
+        try checkSpec(spec)
+        let dir = dirs.dir(.memory)
+        for knob in Self.knobs(m) where knob.value != nil {
+            guard try dir?.has(knob.file) != true else { continue }
+            throw .unimplemented("memory.\(knob.field) is not supported by this kernel (it has no \(knob.file))")
+        }
+        let files = dirs.driver.memory
+        if m.swapLimit != nil, try dir?.has(files.swap) != true {
+            throw .notFound("memory.swap_limit needs \(files.swap), which this kernel does not have (swap accounting is off)")
+        }
+    }
+
+    func checkSpec(_ spec: ContainerSpec) throws(LmctfyError) {
+        guard let m = spec.memory else { return }
         if m.maxLimit != nil { throw .unimplemented("memory.max_limit is not implemented (no kernel enforces it)") }
         if m.hugetlbfsPath != nil { throw .unimplemented("memory.hugetlbfs_path is not implemented") }
         if m.tmpfs != nil { throw .unimplemented("memory.tmpfs is not implemented") }
@@ -70,15 +84,6 @@ struct MemoryHandler: ResourceHandler {
         }
         if let d = m.dirty, (d.ratio != nil || d.backgroundRatio != nil) && (d.limit != nil || d.backgroundLimit != nil) {
             throw .invalidArgument("Cannot set both dirty ratio and limit")
-        }
-        let dir = dirs.dir(.memory)
-        for knob in Self.knobs(m) where knob.value != nil {
-            guard try dir?.has(knob.file) != true else { continue }
-            throw .unimplemented("memory.\(knob.field) is not supported by this kernel (it has no \(knob.file))")
-        }
-        let files = dirs.driver.memory
-        if m.swapLimit != nil, try dir?.has(files.swap) != true {
-            throw .notFound("memory.swap_limit needs \(files.swap), which this kernel does not have (swap accounting is off)")
         }
         if let limit = m.limit, let total = m.swapLimit {
             try Self.checkTotal(total: total, limit: limit)

@@ -9,7 +9,9 @@ struct PidsHandler: ResourceHandler {
     /// The kernel's PID_MAX_LIMIT (4M on 64-bit): pids.max refuses more.
     static let maxLimit: Int64 = 4 * 1024 * 1024
 
-    func validate(_ spec: ContainerSpec, dirs: ResourceDirs) throws(LmctfyError) {
+    func validate(_ spec: ContainerSpec, dirs: ResourceDirs) throws(LmctfyError) { try checkSpec(spec) }
+
+    func checkSpec(_ spec: ContainerSpec) throws(LmctfyError) {
         if let limit = spec.pids?.limit, limit < -1 || limit == 0 || limit > Self.maxLimit {
             throw .invalidArgument("pids.limit must be -1 (unlimited) or 1 to \(Self.maxLimit) (the kernel's PID_MAX_LIMIT), not \(limit)")
         }

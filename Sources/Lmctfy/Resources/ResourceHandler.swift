@@ -74,6 +74,11 @@ public protocol ResourceHandler: Sendable {
     /// naming the field (D11). Called with the slice present.
     func validate(_ spec: ContainerSpec, dirs: ResourceDirs) throws(LmctfyError)
 
+    /// The part of `validate` that reads no directory: the values alone.
+    /// `validate` runs it first; a dry run (`ContainerApi.checkCreate`)
+    /// runs it where nothing is made yet.
+    func checkSpec(_ spec: ContainerSpec) throws(LmctfyError)
+
     /// Runs once after the directories were made, before the first apply.
     func prepare(dirs: ResourceDirs) throws(LmctfyError)
 
@@ -92,6 +97,9 @@ public protocol ResourceHandler: Sendable {
 }
 
 extension ResourceHandler {
+    /// A slice whose every check needs the kernel's files: nothing.
+    public func checkSpec(_ spec: ContainerSpec) throws(LmctfyError) {}
+
     /// Most resources need no preparation: does nothing.
     public func prepare(dirs: ResourceDirs) throws(LmctfyError) {}
 }
