@@ -165,10 +165,13 @@ public struct Policy: Sendable, Equatable {
     /// the kernel's default reading back as 1000 milliCPU, so it cannot
     /// tell a commitment from none. Values read back as "unlimited" (-1,
     /// the kernel's huge defaults, max_limit's UInt64.max) commit nothing.
+    /// Bytes count in whole pages, as the kernel keeps a limit (rounded
+    /// down): what an admission commits is what a restarted agent reads
+    /// back.
     public static func committed(_ spec: ContainerSpec, tier: Tier) -> Amount {
         func bytes(_ v: Int64?) -> Int64? {
             guard let v, v > 0, v < Self.unlimitedBytes else { return nil }
-            return v
+            return v / Sys.pageSize * Sys.pageSize
         }
         let m = spec.memory
         let memory = tier.guaranteed ? (bytes(m?.limit) ?? bytes(m?.reservation) ?? 0) : (bytes(m?.reservation) ?? 0)

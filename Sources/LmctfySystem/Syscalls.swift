@@ -35,6 +35,10 @@ public struct SystemError: Error, Sendable, Equatable, CustomStringConvertible {
 /// throws a SystemError naming the call and its path. Those taking `faults`
 /// let a test's FaultPlan fail them (nil on the real path).
 public enum Sys {
+    /// The machine's page size in bytes (the unit the kernel keeps memory
+    /// limits in).
+    public static let pageSize = Int64(sysconf(Int32(_SC_PAGESIZE)))
+
     /// Calls `body` until it does not fail with EINTR; returns its result and
     /// the errno (0 unless the result is -1).
     @inline(__always)

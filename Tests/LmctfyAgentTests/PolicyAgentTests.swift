@@ -269,9 +269,12 @@ struct PolicyAgentTests {
                 var r = try run("create", "--tier", "prod", "--dry-run", "/a", "memory { limit: 209715200 }")
                 #expect(r.0 == 0 && r.1.hasPrefix("admitted=\"true\" tier=\"prod\" message=\"admitted"), "\(r)")
                 #expect(try !api.exists(name(root.path + "/a")), "a dry run makes nothing")
-                r = try run("create", "--tier=prod", "/a", "memory { limit: 209715200 }")
+                // A limit that is not whole pages commits what the kernel keeps
+                // (rounded down), as a restarted agent reads it back.
+                r = try run("create", "--tier=prod", "/a", "memory { limit: 209715201 }")
                 #expect(r.0 == 0, "\(r)")
                 #expect(try api.get(name(root.path + "/a")).spec().memory?.evictionPriority == 5003)
+                #expect(try api.get(name(root.path + "/a")).spec().memory?.limit == 209715200)
                 r = try run("create", "--tier", "prod", "--dry-run", "/b", "memory { limit: 104857600 }")
                 #expect(r.0 == 8 && r.1.hasPrefix("admitted=\"false\" tier=\"prod\" message=\"refused"), "\(r)")
                 // What the create itself would refuse, the dry run refuses.

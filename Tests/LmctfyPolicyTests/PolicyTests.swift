@@ -120,6 +120,10 @@ private func spec(_ text: String) throws -> ContainerSpec { try ContainerSpec(te
         #expect(Policy.committed(unlimited, tier: .prod) == .zero)
         #expect(Policy.committed(unlimited, tier: .batch) == .zero)
         #expect(Policy.committed(ContainerSpec(), tier: .bestEffort) == .zero)
+        // In whole pages, as the kernel keeps a limit (and reads it back).
+        let ragged = try spec("memory { limit: \(200 * mib + 1) reservation: \(50 * mib + Sys.pageSize - 1) }")
+        #expect(Policy.committed(ragged, tier: .prod).memory == 200 * mib)
+        #expect(Policy.committed(ragged, tier: .batch).memory == 50 * mib)
         // The weight alone (every container has one; 1024 shares read back as 1000) commits no CPU.
         #expect(Policy.committed(try spec("cpu { limit: 1000 max_limit: 18446744073709551615 }"), tier: .prod) == .zero)
     }
