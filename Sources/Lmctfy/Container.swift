@@ -238,7 +238,14 @@ public struct Container: Sendable {
     /// reports the new state. Thawing below a paused ancestor is refused
     /// (FAILED_PRECONDITION, nothing changed): the kernel would keep the
     /// container frozen.
+    /// A pause or resume: a kill's freeze it replaces is no longer the
+    /// kill's to undo.
     public func setFrozen(_ frozen: Bool, timeoutMs: Int = 5000) throws(LmctfyError) {
+        try freeze(frozen, timeoutMs: timeoutMs)
+        if try tasksDir.record(.killing)?.isEmpty == false { try tasksDir.setRecord(.killing, "") }
+    }
+
+    private func freeze(_ frozen: Bool, timeoutMs: Int = 5000) throws(LmctfyError) {
         guard !name.isRoot else { throw .failedPrecondition("The root container \"/\" cannot be paused") }
         if !frozen { try refuseUnderPausedAncestors("resumed") }
         try driver.requestFrozen(name, frozen)
@@ -270,7 +277,12 @@ public struct Container: Sendable {
     /// an interrupted create or destroy left too).
     func killTasks(rounds: Int = 10) throws(LmctfyError) {
         if try tasksDir.readPids("cgroup.procs").isEmpty { return }
+        try thawInterruptedKill()
         try refuseUnderPausedAncestors("emptied")
+        // Who holds the freeze below, for as long as it does: a kill that
+        // dies part way (SIGKILL of `lmctfy killall`) leaves it frozen,
+        // and the next run or kill undoes that (`thawInterruptedKill`).
+        try tasksDir.setRecord(.killing, Self.killerIdentity)
         for round in 0..<rounds {
             // Frozen, nothing forks while the kills go out. A task the
             // freezer cannot stop in time (uninterruptible, in reclaim at a
@@ -278,7 +290,7 @@ public struct Container: Sendable {
             // thawed below either way: a kill that does not finish never
             // leaves it frozen (or half-way, FREEZING) behind.
             do {
-                try setFrozen(true)
+                try freeze(true)
             } catch where error.code == .unavailable {
                 // Not frozen within the bound: kill what is there now.
             }
@@ -290,13 +302,14 @@ public struct Container: Sendable {
                 } catch where error.errno == EPERM {
                     // Another user's process (in a delegated container):
                     // not "unkillable", forbidden. Thaw before saying so.
-                    try? driver.requestFrozen(name, false)
+                    if (try? driver.requestFrozen(name, false)) != nil { try? tasksDir.setRecord(.killing, "") }
                     throw error.lmctfy(.permissionDenied, "Not allowed to kill process \(pid) of container \"\(name)\" (\(tasksDir.path))")
                 } catch {
                     // ESRCH: it exited since the listing.
                 }
             }
-            try setFrozen(false)
+            try freeze(false)
+            try tasksDir.setRecord(.killing, "")
             // Wait for the killed tasks to leave the cgroup (bounded).
             for _ in 0..<2000 {
                 if try tasksDir.readPids("cgroup.procs").isEmpty { break }
@@ -308,5 +321,31 @@ public struct Container: Sendable {
         }
         let left = try tasksDir.readPids("cgroup.procs")
         throw .failedPrecondition("Expected container \"\(name)\" to have no processes, has \(left.count). Some may be unkillable")
+    }
+
+    /// This process as a `killing` record names it: pid and start time
+    /// (/proc/self/stat field 22), so that a pid used again is not taken
+    /// for the killer.
+    static let killerIdentity: String = "\(getpid()) \(processStart(getpid()) ?? "?")"
+
+    /// Field 22 of /proc/PID/stat, the start time; nil if it is gone.
+    static func processStart(_ pid: pid_t) -> Substring? {
+        guard let stat = try? Sys.readFile("/proc/\(pid)/stat"), let close = stat.lastIndex(of: ")") else { return nil }
+        let fields = stat[stat.index(after: close)...].split(separator: " ")
+        return fields.count > 19 ? fields[19] : nil
+    }
+
+    /// Undoes a freeze that a kill of this container's processes left when
+    /// it was itself killed part way (its `killing` record names a process
+    /// that is gone): thawed as the kill would have left it. A kill still
+    /// running, a pause (which clears the record) or a freeze under a
+    /// paused ancestor is left as it is.
+    func thawInterruptedKill() throws(LmctfyError) {
+        guard let killer = try tasksDir.record(.killing), !killer.isEmpty else { return }
+        let parts = killer.split(separator: " ")
+        if parts.count == 2, let pid = pid_t(parts[0]), pid > 0, Self.processStart(pid) == parts[1] { return }
+        if try !pausedAncestors().isEmpty { return }
+        try freeze(false)
+        try tasksDir.setRecord(.killing, "")
     }
 }

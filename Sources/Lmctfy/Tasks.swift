@@ -101,8 +101,13 @@ extension Container {
         // starts: before exec, holding the caller's descriptors, its start
         // never reported (a Run through the agent hung until its deadline,
         // the CLI's own `run` froze itself). Refused with the reason instead.
-        if !name.isRoot, try isFrozen() {
-            throw .failedPrecondition("Container \"\(name)\" is paused: resume it before running a command in it")
+        // FREEZING counts: the task would freeze all the same. A freeze
+        // left by a kill that was itself killed is undone first.
+        if !name.isRoot, try !driver.isThawed(name) {
+            try thawInterruptedKill()
+            if try !driver.isThawed(name) {
+                throw .failedPrecondition("Container \"\(name)\" is paused: resume it before running a command in it")
+            }
         }
         var o = SpawnOptions(argv: argv)
         o.environment = options.environment

@@ -2,7 +2,7 @@
 // before exec, detached runs have /dev/null stdio and no leaked descriptors,
 // failures before exec are errors, enter moves exactly the given tasks.
 import Glibc
-import Lmctfy
+@testable import Lmctfy
 import LmctfyProto
 import LmctfySystem
 import LmctfyTestSupport
@@ -211,6 +211,45 @@ struct TasksIntegrationTests {
             try parent.setFrozen(false)
             let pid = try api.get(sub).run(["sleep", "300"])
             #expect(try api.get(sub).processes(recursive: false) == [pid])
+        }
+    }
+
+    /// A kill killed part way (SIGKILL of `lmctfy killall` between its
+    /// freeze and its thaw) left the container frozen, and it then looked
+    /// paused: run refused, its processes held. The kill's record names the
+    /// killer (pid and start time); once that process is gone, the next run
+    /// thaws it. A killer still running, and a pause made afterwards (the
+    /// user's), are left alone.
+    @Test func aFreezeLeftByAKilledKillIsUndoneByTheNextRun() throws {
+        try withTestContainer(api) { name in
+            try api.create(name, spec: ContainerSpec())
+            let c = try api.get(name)
+            let first = try c.run(["sleep", "300"])
+            // What the killed kill leaves: frozen, its record naming a process
+            // that is gone (our pid with another start time: a pid used again).
+            let gone = "\(getpid()) 1"
+            try c.setFrozen(true)
+            try c.tasksDir.setRecord(.killing, gone)
+            let second = try c.run(["sleep", "300"])
+            #expect(try !c.isFrozen() && c.tasksDir.record(.killing) == "")
+            #expect(Set(try c.processes(recursive: false)) == [first, second])
+            let refused = { (error: any Error) -> Bool in
+                let e = error as? LmctfyError
+                return e?.code == .failedPrecondition && e?.message.contains("is paused") == true
+            }
+            // A kill still running holds its freeze.
+            try c.setFrozen(true)
+            try c.tasksDir.setRecord(.killing, Container.killerIdentity)
+            #expect { _ = try c.run(["sleep", "300"]) } throws: { refused($0) }
+            #expect(try c.isFrozen())
+            // A pause after the kill died is the user's: it clears the record.
+            try c.tasksDir.setRecord(.killing, gone)
+            try c.setFrozen(true)
+            #expect(try c.tasksDir.record(.killing) == "")
+            #expect { _ = try c.run(["sleep", "300"]) } throws: { refused($0) }
+            #expect(try c.isFrozen())
+            try c.setFrozen(false)
+            #expect(try c.processes(recursive: false).count == 2)
         }
     }
 

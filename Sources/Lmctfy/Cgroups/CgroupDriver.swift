@@ -70,6 +70,10 @@ protocol CgroupDriver: Sendable {
 
     /// Whether the kernel reports the container frozen.
     func isFrozen(_ name: ContainerName) throws(LmctfyError) -> Bool
+    /// Whether nothing freezes the container, not even part way (v1
+    /// FREEZING, itself or under an ancestor; v2 a freeze asked and not
+    /// yet done): a task that joins it runs.
+    func isThawed(_ name: ContainerName) throws(LmctfyError) -> Bool
     /// Asks the kernel to freeze or thaw.
     func requestFrozen(_ name: ContainerName, _ frozen: Bool) throws(LmctfyError)
     /// Whether the container itself was asked to freeze (paused), not only

@@ -25,6 +25,11 @@ enum Record: String, CaseIterable {
     case virtualHost = "virtual_host"
     /// A virtual host's outside veth end (destroy deletes it).
     case vethOutside = "network.veth_outside"
+    /// On a tasks directory while a kill of its processes holds it frozen:
+    /// the killer's pid and start time ("" once it thawed it). A freeze
+    /// whose killer is gone (`lmctfy killall` killed part way) is undone by
+    /// the next run or kill, not taken for a pause.
+    case killing
 
     /// The namespace of every lmctfy record.
     static let namespace = "user.lmctfy."

@@ -209,6 +209,10 @@ struct CgroupV1Driver: CgroupDriver {
         try tasksDir(name).read("freezer.state").trimmingWhitespace == "FROZEN"
     }
 
+    func isThawed(_ name: ContainerName) throws(LmctfyError) -> Bool {
+        try tasksDir(name).read("freezer.state").trimmingWhitespace == "THAWED"
+    }
+
     func requestFrozen(_ name: ContainerName, _ frozen: Bool) throws(LmctfyError) {
         try tasksDir(name).write("freezer.state", frozen ? "FROZEN" : "THAWED")
     }

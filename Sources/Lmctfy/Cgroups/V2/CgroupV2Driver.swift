@@ -116,6 +116,12 @@ struct CgroupV2Driver: CgroupDriver {
         try tasksDir(name).readKeyValues("cgroup.events")["frozen"] == 1
     }
 
+    func isThawed(_ name: ContainerName) throws(LmctfyError) -> Bool {
+        let dir = tasksDir(name)
+        guard try dir.readKeyValues("cgroup.events")["frozen"] == 0 else { return false }
+        return try dir.read("cgroup.freeze").trimmingWhitespace == "0"
+    }
+
     func requestFrozen(_ name: ContainerName, _ frozen: Bool) throws(LmctfyError) {
         try tasksDir(name).write("cgroup.freeze", frozen ? "1" : "0")
     }
