@@ -106,6 +106,26 @@ extension ContainerApi {
         }
     }
 
+    /// rmdir of one of the container's directories. EBUSY with tasks in
+    /// it: they joined after the kill (a run racing the destroy; they are
+    /// in this container's own directory, so its own): killed, and the
+    /// rmdir tried again, for up to ~100 ms. A destroy that failed there
+    /// left the container half removed and invisible.
+    private func removeLateJoiners(_ d: CgroupDir) throws(LmctfyError) -> Bool {
+        var tries = 0
+        while true {
+            do {
+                return try d.remove()
+            } catch {
+                tries += 1
+                guard error.errno == EBUSY, tries <= 100,
+                      let late = try? d.readPids("cgroup.procs"), !late.isEmpty || tries > 1 else { throw error }
+                for pid in late { try? Sys.kill(pid, SIGKILL, faults: faults) }
+                usleep(1000)
+            }
+        }
+    }
+
     /// Kills the tasks of one container and removes its directories that
     /// lmctfy made (any state); true when it found any.
     private func destroyOne(_ name: ContainerName) throws(LmctfyError) -> Bool {
@@ -133,7 +153,7 @@ extension ContainerApi {
                     let state = d == tasks ? tasksState : try d.state()
                     guard state.isLmctfy else { continue }
                     found = true
-                    if try d.remove() { break }
+                    if try removeLateJoiners(d) { break }
                 } catch {
                     throw LmctfyError(error.code == .permissionDenied ? .permissionDenied : .failedPrecondition,
                                       "Unable to delete directory of container \"\(name)\": \(error.message)", errno: error.errno)

@@ -173,6 +173,8 @@ extension Container {
         case .exec: e.errno == ENOENT || e.errno == EACCES ? .notFound : .failedPrecondition
         case .pids where e.errno == EAGAIN: .resourceExhausted
         case _ where e.errno == EACCES || e.errno == EPERM: .permissionDenied
+        // Its directory went as the command joined: destroyed meanwhile.
+        case .cgroup where e.errno == ENOENT || e.errno == ENODEV: .notFound
         case .cgroup: .unavailable
         default: .failedPrecondition
         }

@@ -253,6 +253,27 @@ struct TasksIntegrationTests {
         }
     }
 
+    /// A task that joined one of the container's directories after the
+    /// destroy's kill (a run racing the destroy) made an rmdir fail with
+    /// EBUSY: the destroy stopped at 9 with the container half removed and
+    /// invisible. It is killed and the rmdir tried again. (The task is put
+    /// in the child's memory directory alone, where the kill, which reads
+    /// the tasks directory, does not look: what a joiner caught half way
+    /// leaves. On v2 the one directory is the tasks directory.)
+    @Test func aTaskThatJoinedAfterTheKillDoesNotStopTheDestroy() throws {
+        try withTestContainer(api) { name in
+            try api.create(name, spec: ContainerSpec(memory: MemorySpec(limit: 64 << 20)))
+            let child = try ContainerName.resolve("late", relativeTo: name)
+            try api.create(child, spec: ContainerSpec(memory: MemorySpec(limit: 32 << 20)))
+            let pid = try api.get(name).run(["sleep", "300"])
+            let memory = try #require(try api.resourceDirs(child).dir(.memory))
+            try memory.write("cgroup.procs", "\(pid)")
+            try api.destroy(child)
+            #expect(try !api.exists(child))
+            #expect(try Sys.linkStatus(memory.path) == nil, "its memory directory is still there")
+        }
+    }
+
     /// A paused container inside a tree does not stop `killall -r` or
     /// `destroy -f` of the tree: each paused one is resumed, outermost
     /// first, so that every kill can land (on v1 a frozen task cannot die,
