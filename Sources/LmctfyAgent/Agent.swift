@@ -1163,6 +1163,7 @@ public final class Agent: @unchecked Sendable {
                 })
                 : CallContext()
         s.calls[streamId] = context
+        context.watchPeer(fd: s.conn.socketFd)
         if cancelled { context.cancel() }
         if scheduling == .pool {
             s.poolCalls[streamId] = payload.count

@@ -18,6 +18,8 @@ import Synchronization
 public final class CallContext: Sendable {
     private struct State {
         var isCancelled = false
+        /// The caller's socket, looked at for a hang-up (`peerHungUp`).
+        var peerFd: Int32 = -1
         var cancelHook: (@Sendable () -> Void)?
         /// Responses kept for the caller to send with the status (no emitter).
         var collected: [[UInt8]] = []
@@ -71,6 +73,19 @@ public final class CallContext: Sendable {
     /// Whether the call was cancelled (peer cancel, deadline, connection
     /// closed); a handler checks it between steps. Thread-safe.
     public var cancelled: Bool { state.locked { $0.isCancelled } }
+
+    /// The caller's socket, for `peerHungUp`.
+    func watchPeer(fd: Int32) { state.locked { $0.peerFd = fd } }
+
+    /// Whether the caller's connection is closed though the loop has not
+    /// yet read its end (a request and the close read together, by an
+    /// agent that was stopped: the call starts on a pool thread before the
+    /// loop sees the end and cancels it). A descriptor used again by then
+    /// is another connection's, and only for a call already cancelled.
+    var peerHungUp: Bool {
+        let fd = state.locked { $0.peerFd }
+        return fd >= 0 && Sys.peerHasHungUp(fd)
+    }
 
     /// Marks the call cancelled and runs the hook set by `onCancel`, once.
     public func cancel() {
@@ -279,6 +294,9 @@ public final class Dispatcher: Sendable {
         // migration thawed its source while the target made the copy).
         if route.info.role == .admin && context.cancelled {
             return CallStatus(.cancelled, "\(method) was cancelled before it started; nothing was done")
+        }
+        if route.info.role == .admin && context.peerHungUp {
+            return CallStatus(.cancelled, "\(method): its caller's connection closed before it started; nothing was done")
         }
         do {
             try route.handler(self, payload, context)

@@ -27,6 +27,10 @@ public final class Connection: LoopHandle, @unchecked Sendable {
     /// readable from any thread).
     public let transport: Transport
     private var _peerCredentials: PeerCredentials?
+    /// The socket's descriptor once connected (-1 before): for a look
+    /// from another thread at whether the peer hung up
+    /// (`Sys.peerHasHungUp`), never to read or write.
+    public private(set) var socketFd: Int32 = -1
     private var _localAddress: SocketAddress?
     private var _remoteAddress: SocketAddress?
     private var _onRead: ((Connection, [UInt8]) -> Void)?
@@ -105,6 +109,8 @@ public final class Connection: LoopHandle, @unchecked Sendable {
 
     /// Called once the stream is connected (accepted or dialled).
     func established() throws(LoopError) {
+        var fd: uv_os_fd_t = -1
+        if uv_fileno(uvHandle, &fd) == 0 { socketFd = fd }
         switch transport {
         case .tcp:
             let tcp = raw.assumingMemoryBound(to: uv_tcp_t.self)
@@ -114,7 +120,6 @@ public final class Connection: LoopHandle, @unchecked Sendable {
             _localAddress = SocketAddress.of(tcp, peer: false)
             _remoteAddress = SocketAddress.of(tcp, peer: true)
         case .unix:
-            var fd: uv_os_fd_t = -1
             try check(uv_fileno(uvHandle, &fd), "uv_fileno")
             do {
                 _peerCredentials = try Sys.peerCredentials(fd)

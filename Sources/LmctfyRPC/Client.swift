@@ -115,6 +115,23 @@ public final class RpcClient {
         }
     }
 
+    /// Sends a request and returns without waiting for anything: what a
+    /// caller leaves that is killed after its write (with `drop`). Its
+    /// answer, if one comes, is never read.
+    public func sendOnly(_ method: String, _ request: [UInt8]) {
+        perform(session.openStream(method: method, payload: request, deadlineMs: nil, host: host,
+                                   now: MonotonicClock.milliseconds()).actions)
+    }
+
+    /// Closes the socket at once, without GOAWAY or TLS close_notify: as a
+    /// killed caller's connection ends.
+    public func drop() {
+        if !fdClosed {
+            fdClosed = true
+            Glibc.close(fd)
+        }
+    }
+
     /// Whether the connection is closed (by `close()`, a goaway, or an error);
     /// calls then fail.
     public var isClosed: Bool { session.isClosed }

@@ -39,6 +39,15 @@ public enum Sys {
     /// limits in).
     public static let pageSize = Int64(sysconf(Int32(_SC_PAGESIZE)))
 
+    /// Whether the peer of a connected socket has closed it (or shut its
+    /// sending side), looked at without waiting or reading: poll(2)'s
+    /// POLLRDHUP, which data still unread does not hide.
+    public static func peerHasHungUp(_ fd: Int32) -> Bool {
+        let rdhup: Int16 = 0x2000  // POLLRDHUP (glibc names it only under _GNU_SOURCE)
+        var p = pollfd(fd: fd, events: rdhup, revents: 0)
+        return poll(&p, 1, 0) == 1 && p.revents & (rdhup | Int16(POLLHUP | POLLERR | POLLNVAL)) != 0
+    }
+
     /// Calls `body` until it does not fail with EINTR; returns its result and
     /// the errno (0 unless the result is -1).
     @inline(__always)

@@ -188,6 +188,37 @@ struct FreezeLeaseAgentTests {
         #expect(within(2000) { !Sys.exists(first.dir + "/state/freeze-leases") })
     }
 
+    /// A change whose caller hung up while the agent was stopped is not
+    /// made: the request and the connection's end are read together when it
+    /// runs again, and the call started on a pool thread before the loop
+    /// saw the end (3 of 3 made in a probe; PROTOCOL.md section 4).
+    @Test func aChangeWhoseCallerHungUpWhileTheAgentWasStoppedIsNotMade() throws {
+        let root = try LeaseRoot()
+        defer { root.destroy() }
+        let a = try AgentProcess(config: root.config)
+        var stopped = false
+        defer {
+            if stopped { kill(a.pid, SIGCONT) }
+            a.stop()
+        }
+        for i in 0..<3 {
+            let client = try connected(a)
+            kill(a.pid, SIGSTOP)
+            stopped = true
+            #expect(within(5_000) { allStopped(a.pid) }, "the agent did not stop")
+            client.sendOnly(AgentMethods.create.name, try CreateRequest(name: "/gone\(i)", spec: ContainerSpec()).serializedBytes())
+            client.drop()
+            kill(a.pid, SIGCONT)
+            stopped = false
+            usleep(300_000)
+            _ = try connected(a).call(AgentMethods.ping, PingRequest())
+            #expect(try root.frozen("/gone\(i)") == nil, "made though its caller had hung up")
+        }
+        // A caller still there is served as ever.
+        _ = try connected(a).call(AgentMethods.create, CreateRequest(name: "/kept", spec: ContainerSpec()))
+        #expect(try root.frozen("/kept") == false)
+    }
+
     /// The target stops answering (SIGSTOP) once the source is frozen:
     /// lmctl gives up at its --timeout and thaws the source, and the target,
     /// when it runs again, drops the import it was sent (the caller's
