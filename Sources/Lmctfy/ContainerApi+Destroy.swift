@@ -20,7 +20,10 @@ extension ContainerApi {
     @discardableResult
     public func destroy(_ name: ContainerName) throws(LmctfyError) -> [ContainerName] {
         guard !name.isRoot else { throw .failedPrecondition("Destroying the root container \"/\" is not allowed") }
-        return try locked(name, destroysTop: true) { _ throws(LmctfyError) -> [ContainerName] in
+        // An interrupted create of this name undone as the lock is taken:
+        // its leftovers were there, and are gone (not NOT_FOUND).
+        var undone = false
+        return try locked(name, destroysTop: true, undone: { undone = undone || $0 == name }) { _ throws(LmctfyError) -> [ContainerName] in
             // `exists` is this very record being `complete` (one read).
             let tasksState = try driver.tasksDir(name).state()
             let visible = tasksState == .complete
@@ -48,7 +51,7 @@ extension ContainerApi {
                 _ = try destroyOne(sub)
             }
             Progress.report("\(name): destroying \(name)\(subs.isEmpty ? "" : " (\(subs.count + 1) of \(subs.count + 1) containers)")")
-            guard try destroyOne(name) || visible else { throw .notFound("Container \"\(name)\" does not exist") }
+            guard try destroyOne(name) || visible || undone else { throw .notFound("Container \"\(name)\" does not exist") }
             return subs.reversed()
         }
     }

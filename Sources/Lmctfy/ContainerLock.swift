@@ -73,11 +73,14 @@ extension ContainerApi {
     /// goes, emptied, into a bounded pool of spares that the next create of
     /// a tree (`makesTop`) takes from (SpareFiles). Waiters start again on
     /// a new file (`FileLock.acquire`).
+    /// `undone` hears of the container whose interrupted create was undone
+    /// (when one was).
     func locked<T>(_ name: ContainerName, destroysTop: Bool = false, makesTop: Bool = false,
+                   undone: ((ContainerName) -> Void)? = nil,
                    _ body: (FileLock?) throws(LmctfyError) -> T) throws(LmctfyError) -> T {
         let lock = try ContainerLock.acquire(name, access: mounts.access, makesTop: makesTop)
         defer { lock?.release() }
-        try recover(lock)
+        if let made = try recover(lock) { undone?(made) }
         let result: T
         do {
             result = try body(lock)
@@ -103,14 +106,16 @@ extension ContainerApi {
     /// before each mkdir, the directory. Left non-empty, it belonged to a
     /// process that died (we hold the lock now): unless that container was
     /// completed (the process died after its last step), every directory
-    /// listed is removed, last made first.
-    private func recover(_ lock: FileLock?) throws(LmctfyError) {
-        guard let lock else { return }
+    /// listed is removed, last made first. Returns the container whose
+    /// directories were removed.
+    private func recover(_ lock: FileLock?) throws(LmctfyError) -> ContainerName? {
+        guard let lock else { return nil }
         let text: String
         do { text = try lock.journal() } catch { throw error.cgroup(.failedPrecondition, "Failed to read the lock journal") }
-        if text.isEmpty { return }
+        if text.isEmpty { return nil }
         var dirs: [CgroupDir] = []
         var complete = false
+        var making: ContainerName?
         // A journal names only its own tree: lines about another are not
         // this lock's to act on (and a whole journal that names another
         // tree is dropped without undoing anything).
@@ -132,18 +137,21 @@ extension ContainerApi {
                     break
                 }
                 complete = try exists(name)
+                making = name
             } else if parts[0] == "mkdir", let d = journalDir(String(parts[1])), d.segments.first == top {
                 dirs.append(d)
             }
         }
+        var removed = false
         if !complete {
             for d in dirs.reversed() {
-                do { _ = try d.remove() } catch {
+                do { removed = try d.remove() || removed } catch {
                     throw LmctfyError(error.code, "Failed to clean up after an interrupted create: \(error.message)", errno: error.errno)
                 }
             }
         }
         do { try lock.clear() } catch { throw error.cgroup(.failedPrecondition, "Failed to clear the lock journal") }
+        return removed ? making : nil
     }
 
     /// A journal line naming a directory: "<mount>\t<a/b>", accepted only
