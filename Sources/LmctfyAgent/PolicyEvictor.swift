@@ -148,7 +148,10 @@ final class PolicyEvictor: Sendable {
                 candidates.append(EvictionCandidate(name: path, tier: c.tier, order: c.order, hasProcesses: busy, frozen: frozen))
             }
             guard let (victim, action) = keeper.policy.nextVictim(candidates) else {
-                log.warning("policy: memory usage \(u) B is above \(gate.high) B and nothing more may be evicted")
+                // Usage between the marks keeps an eviction going: the mark
+                // it has not yet come under is the low one.
+                let mark = u > gate.high ? "above the eviction mark \(gate.high) B" : "not yet below the mark \(gate.low) B eviction goes on to"
+                log.warning("policy: memory usage \(u) B is \(mark), and nothing more may be evicted")
                 return
             }
             act(victim, action, usage: u, gate: gate, wake: wake)

@@ -313,23 +313,26 @@ public struct Ledger: Sendable {
         if let c = current, c.tier == tier.name, amount.fits(in: c.amount) {
             return decision(name, tier, amount, capacity, ok: true, why: "it does not grow")
         }
+        // A resource the container commits none of is not checked: asking
+        // nothing cannot make things worse (a batch container committing
+        // 0 B was refused while other tiers were over the ceiling).
         var problems: [String] = []
         if tier.guaranteed {
             let after = others.guaranteed + amount
-            if after.memory > capacity.memory {
+            if amount.memory > 0, after.memory > capacity.memory {
                 problems.append("memory: guaranteed tiers would commit \(Self.bytes(after.memory)) of \(Self.bytes(capacity.memory))")
             }
-            if after.milliCpu > capacity.milliCpu {
+            if amount.milliCpu > 0, after.milliCpu > capacity.milliCpu {
                 problems.append("cpu: guaranteed tiers would commit \(after.milliCpu) of \(capacity.milliCpu) milliCPU")
             }
         } else {
             let after = others.total + amount
             let ceiling = policy.memoryCeiling(tier, capacity: capacity.memory)
-            if after.memory > ceiling {
+            if amount.memory > 0, after.memory > ceiling {
                 let percent = 100 + (tier.overcommit ? policy.overcommitPercent : 0)
                 problems.append("memory: all tiers would commit \(Self.bytes(after.memory)), above \(percent)% of \(Self.bytes(capacity.memory)) (\(Self.bytes(ceiling)))")
             }
-            if after.milliCpu > capacity.milliCpu {
+            if amount.milliCpu > 0, after.milliCpu > capacity.milliCpu {
                 problems.append("cpu: all tiers would commit \(after.milliCpu) of \(capacity.milliCpu) milliCPU")
             }
         }

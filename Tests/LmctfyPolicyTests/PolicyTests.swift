@@ -155,12 +155,13 @@ private func oracle(_ policy: Policy, existing: [(String, String, Amount)], name
         let g = others.filter { e in policy.tiers.first { $0.name == e.1 }!.guaranteed }
         let mem = g.map(\.2.memory).reduce(0, +) + amount.memory
         let cpu = g.map(\.2.milliCpu).reduce(0, +) + amount.milliCpu
-        return mem <= capacity.memory && cpu <= capacity.milliCpu
+        return (amount.memory == 0 || mem <= capacity.memory) && (amount.milliCpu == 0 || cpu <= capacity.milliCpu)
     }
     let mem = others.map(\.2.memory).reduce(0, +) + amount.memory
     let cpu = others.map(\.2.milliCpu).reduce(0, +) + amount.milliCpu
     let percent = Int64(100 + (tier.overcommit ? policy.overcommitPercent : 0))
-    return mem * 100 <= capacity.memory * percent && cpu <= capacity.milliCpu
+    // Asking nothing of a resource is never refused for it.
+    return (amount.memory == 0 || mem * 100 <= capacity.memory * percent) && (amount.milliCpu == 0 || cpu <= capacity.milliCpu)
 }
 
 @Suite struct AdmissionTests {

@@ -187,7 +187,7 @@ private func devices(_ rules: D.DeviceRestrictions...) -> D {
 
     @Test func ruleLines() throws {
         #expect(try DeviceHandler.line(rule(.allow, .deviceChar, [.mknod, .read, .write], 1, 3)) == "c 1:3 rwm")
-        #expect(try DeviceHandler.line(rule(.deny, .deviceAll, [.write, .read])) == "a *:* rw")
+        #expect(try DeviceHandler.line(rule(.deny, .deviceAll, [.write, .read, .mknod])) == "a *:* rwm")
         #expect(try DeviceHandler.line(rule(.allow, .deviceBlock, [.read], 8)) == "b 8:* r")
         #expect(try DeviceHandler.line(rule(.allow, .deviceBlock, [.read], 8, -1)) == "b 8:* r")
     }
@@ -203,6 +203,23 @@ private func devices(_ rules: D.DeviceRestrictions...) -> D {
             #expect(err == LmctfyError(.invalidArgument, "Invalid device restriction specification: \(field) \(value) (a device number, or -1 or absent for any)"))
             #expect(try f.value("devices", "devices.allow") == "")
         }
+    }
+
+    /// The kernel reads "a" as every device with every access: a DEVICE_ALL
+    /// rule asking for less (READ only, or one major) granted (or denied)
+    /// everything. Refused before anything is written.
+    @Test func aNarrowerDeviceAllRuleIsRefused() throws {
+        let f = try FakeContainer.v1()
+        for r in [rule(.allow, .deviceAll, [.read]), rule(.deny, .deviceAll, [.write, .read]),
+                  rule(.allow, .deviceAll, [.read, .write, .mknod], 1), rule(.allow, .deviceAll, [.read, .write, .mknod], -1, 3)] {
+            let err = lmctfyError { try h.validate(spec(device: devices(rule(.allow, .deviceChar, [.read], 1, 3), r)), dirs: f.dirs) }
+            #expect(err?.code == .invalidArgument && err?.message.contains("DEVICE_ALL rule covers every device") == true, "\(r)")
+            #expect(try f.value("devices", "devices.allow") == "")
+        }
+        #expect(try DeviceHandler.line(rule(.allow, .deviceAll, [.read, .write, .mknod], -1, -1)) == "a *:* rwm")
+        // A device number the kernel cannot hold.
+        let big = lmctfyError { _ = try DeviceHandler.line(rule(.allow, .deviceChar, [.read], 4_294_967_296, 3)) }
+        #expect(big?.code == .invalidArgument, "\(String(describing: big))")
     }
 
     @Test func invalidRules() throws {

@@ -24,9 +24,15 @@ struct DeviceHandler: ResourceHandler {
             throw .invalidArgument("Invalid device restriction specification.")
         }
         for (field, value) in [("major", r.major), ("minor", r.minor)] {
-            if let v = value, v < -1 {
+            if let v = value, v < -1 || v > Int64(UInt32.max) {
                 throw .invalidArgument("Invalid device restriction specification: \(field) \(v) (a device number, or -1 or absent for any)")
             }
+        }
+        // The kernel reads "a" as every device with every access, whatever
+        // follows it: a narrower DEVICE_ALL rule granted everything.
+        if type == .deviceAll, Set(r.access).count < 3 || (r.major ?? -1) >= 0 || (r.minor ?? -1) >= 0 {
+            throw .invalidArgument("Invalid device restriction specification: a DEVICE_ALL rule covers every device "
+                                   + "with READ, WRITE and MKNOD (name a type, major and minor for less)")
         }
         let typeChar = switch type {
         case .deviceAll: "a"
