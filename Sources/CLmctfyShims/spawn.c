@@ -45,6 +45,17 @@ static int read_pids_value(const char *path, long long *v) {
 /* Everything between fork and exec; async-signal-safe calls only. Returns
  * only on failure. keep_fd is the error pipe (CLOEXEC), or -1. */
 static void apply_and_exec(const struct lm_spawn_opts *o, int keep_fd, struct failure *f) {
+    /* /dev/null is opened before the cgroups are joined: a container whose
+     * device rules do not allow c 1:3 refused its open after (every
+     * detached run there failed with EPERM). close-on-exec: exec closes it. */
+    int devnull = -1;
+    if (o->stdin_fd == -1 || o->stdout_fd == -1 || o->stderr_fd == -1) {
+        devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
+        if (devnull < 0) {
+            f->err = errno; f->stage = LM_STAGE_STDIO;
+            return;
+        }
+    }
     for (int i = 0; i < o->n_cgroup_files; i++) {
         int fd = open(o->cgroup_files[i], O_WRONLY | O_CLOEXEC);
         if (fd < 0 || lm_child_write_all(fd, "0", 1) < 0) {
@@ -68,7 +79,6 @@ static void apply_and_exec(const struct lm_spawn_opts *o, int keep_fd, struct fa
             return;
         }
     }
-    int devnull = -1;  /* close-on-exec: exec closes it */
     if (lm_child_dup(o->stdin_fd, 0, &devnull) < 0 || lm_child_dup(o->stdout_fd, 1, &devnull) < 0 || lm_child_dup(o->stderr_fd, 2, &devnull) < 0) {
         f->err = errno; f->stage = LM_STAGE_STDIO;
         return;

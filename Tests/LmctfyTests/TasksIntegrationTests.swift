@@ -57,6 +57,21 @@ struct TasksIntegrationTests {
     /// it every descriptor lmctfy was given, as an exec does (reference §5
     /// Exec; they were all closed): `run c cmd 7<file` gives cmd its fd 7.
     /// Nothing lmctfy itself opened (cgroup files, its lock) goes along.
+    /// /dev/null is opened before the child joins the container: one whose
+    /// device rules leave c 1:3 out refused the open after the join, and
+    /// every detached run there failed (7, "setting up stdio").
+    @Test(.enabled(if: (try? CgroupMounts.detect())?.version == .v1, "device rules are v1's devices cgroup (refused on v2)"))
+    func aDetachedRunWorksWhereTheDeviceRulesLeaveOutDevNull() throws {
+        try withTestContainer(api) { name in
+            let zero = DeviceSpec.DeviceRestrictions(permission: .allow, type: .deviceChar, access: [.read], major: 1, minor: 5)
+            try api.create(name, spec: ContainerSpec(device: DeviceSpec(restrictionsSet: DeviceSpec.DeviceRestrictionsSet(restrictions: [zero]))))
+            let c = try api.get(name)
+            let pid = try c.run(["sleep", "300"])
+            #expect(try c.processes(recursive: false) == [pid])
+            #expect(try c.spec().device?.restrictionsSet?.restrictions == [zero], "the rules changed")
+        }
+    }
+
     @Test func foregroundRunPassesTheCallersDescriptorsOn() throws {
         try withTestContainer(api) { name in
             try api.create(name, spec: ContainerSpec())
