@@ -51,13 +51,20 @@ public final class Watch: @unchecked Sendable {
     /// that it was gone found the new one there: a false OOM or threshold,
     /// then a watch of a deleted cgroup that heard nothing more.
     private let identity: UInt64?
+    /// The container's own tasks directory and its identity, when the
+    /// events come from another directory (memory events of a container
+    /// that does not isolate memory come from its nearest ancestor's):
+    /// the container's removal does not touch that one, and a waiter
+    /// waited on after the destroy (the CLI's `notify` never ended).
+    private let own: (dir: CgroupDir, identity: UInt64?)?
 
-    init(container: ContainerName, kind: Kind, source: any EventSource, watchedDir: CgroupDir) {
+    init(container: ContainerName, kind: Kind, source: any EventSource, watchedDir: CgroupDir, ownDir: CgroupDir) {
         self.container = container
         self.kind = kind
         self.source = source
         self.watchedDir = watchedDir
         identity = Self.identity(of: watchedDir)
+        own = ownDir == watchedDir ? nil : (ownDir, Self.identity(of: ownDir))
     }
 
     static func identity(of dir: CgroupDir) -> UInt64? {
@@ -66,7 +73,18 @@ public final class Watch: @unchecked Sendable {
 
     /// Whether the watched directory is still the one watched (not gone,
     /// not another made under its name).
-    private var isSameDirectory: Bool { identity == nil || Self.identity(of: watchedDir) == identity }
+    private var isSameDirectory: Bool {
+        if let own, own.identity != nil, Self.identity(of: own.dir) != own.identity { return false }
+        return identity == nil || Self.identity(of: watchedDir) == identity
+    }
+
+    /// NOT_FOUND when the container is gone though its events' directory
+    /// (an ancestor's) is not, so its descriptor says nothing of it: for a
+    /// caller polling the descriptor to look at now and then.
+    public func goneWithoutSignal() -> LmctfyError? {
+        guard let own, own.identity != nil, Self.identity(of: own.dir) != own.identity else { return nil }
+        return .notFound("Container \"\(container)\" was destroyed while a notification was registered")
+    }
 
     /// Closes the descriptor; the watch delivers nothing more.
     public func close() { source = nil }
@@ -148,7 +166,7 @@ public final class Watch: @unchecked Sendable {
             dir = d
         }
         let source = try driver.eventSource(kind, dir: dir, container: container)
-        return Watch(container: container.name, kind: kind, source: source, watchedDir: dir)
+        return Watch(container: container.name, kind: kind, source: source, watchedDir: dir, ownDir: container.tasksDir)
     }
 
     static func timerFd(_ ms: Int) throws(LmctfyError) -> Int32 {
@@ -172,7 +190,7 @@ extension Container {
             throw .notFound("No memory hierarchy to watch for \"\(name)\"")
         }
         let source = try api.driver.eventSource(.memoryPressure, dir: dir, container: self)
-        return Watch(container: name, kind: .memoryPressure, source: source, watchedDir: dir)
+        return Watch(container: name, kind: .memoryPressure, source: source, watchedDir: dir, ownDir: tasksDir)
     }
 }
 
@@ -274,6 +292,17 @@ public final class NotificationCenter: Sendable {
                 return
             }
             if state.locked({ $0.stopping }) { return }
+            // Nothing came: a container gone whose events come from an
+            // ancestor's directory says so no other way.
+            if ready.isEmpty {
+                let gone = state.locked { s in s.watches.compactMap { id, w in w.0.goneWithoutSignal().map { (id, w.0, w.1, $0) } } }
+                for (id, watch, callback, error) in gone {
+                    _ = state.locked { $0.watches.removeValue(forKey: id) }
+                    epoll.remove(watch.fd)
+                    watch.close()
+                    callback(.failure(error))
+                }
+            }
             for key in ready {
                 let id = Int(key)
                 if id == 0 { _ = try? EventFds.readCounter(wake); continue }

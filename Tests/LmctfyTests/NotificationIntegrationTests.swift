@@ -56,6 +56,40 @@ struct NotificationIntegrationTests {
         }
     }
 
+    /// A container that does not isolate memory has its memory events from
+    /// its nearest ancestor's directory, which its destroy does not touch:
+    /// a waiter (the CLI's `notify`) and a center's callback waited on,
+    /// deaf, after the destroy. Both end with NOT_FOUND now.
+    @Test func aDestroyEndsAWatchWhoseEventsComeFromAnAncestor() throws {
+        try withTestContainer(api) { name in
+            try api.create(name, spec: ContainerSpec(memory: MemorySpec(limit: 64 << 20)))
+            let child = try ContainerName.resolve("nomemory", relativeTo: name)
+            try api.create(child, spec: ContainerSpec())
+            let c = try api.get(child)
+            let watches = [try c.watch(EventSpec(oom: EventSpec.Oom())),
+                           try c.watch(EventSpec(memoryThreshold: EventSpec.MemoryThreshold(usage: 1 << 40)))]
+            let center = try NotificationCenter()
+            defer { center.shutdown() }
+            let heard = Mutexed<LmctfyError?>(nil)
+            _ = try center.register(c, EventSpec(oom: EventSpec.Oom())) { result in
+                if case .failure(let e) = result { heard.locked { $0 = e } }
+            }
+            _ = try api.destroy(child)
+            for watch in watches {
+                #expect { _ = try watch.wait(timeoutMs: 5_000) } throws: { error in
+                    let e = error as? LmctfyError
+                    return e?.code == .notFound && e?.message.contains("destroyed") == true
+                }
+            }
+            var waited = 0
+            while heard.locked({ $0 }) == nil && waited < 50 {
+                usleep(100_000)
+                waited += 1
+            }
+            #expect(heard.locked { $0 }?.code == .notFound, "the center's callback heard nothing")
+        }
+    }
+
     /// Destroyed and made again at once under the same name: the watch
     /// (OOM, threshold, empty) is of the container that went. Removing a
     /// cgroup signals its eventfds, and the check that it was gone found
