@@ -648,11 +648,28 @@ public final class SnapshotKeeper: Sendable {
                 }
             } else if wrote {
                 out.rewritten += 1
+                if let was = snapshots[name] { recordChangesWhileDown(name, was: was) }
             }
         }
         // Every file the recovery changed, in one pass, before anything is served.
         store.flush()
         return out
+    }
+
+    /// A container's spec or freezer state changed while no agent ran (the
+    /// CLI, another tool): UPDATED or FREEZER, as the watcher would have
+    /// recorded them, "changed while the agent was down" (a subscriber
+    /// following the freezer state from events had it wrong). Only against
+    /// a full snapshot: a create's intent has no spec to compare.
+    private func recordChangesWhileDown(_ name: String, was: ContainerSnapshot) {
+        guard let spec = was.spec, let now = records.locked({ $0[name] }), let kernel = now.kernel else { return }
+        let reason = "changed while the agent was down"
+        if let before = (try? spec.serializedBytes()).map(Crypto.sha256), now.spec != nil, now.spec != before {
+            events.append(ContainerEvent(container: name, kind: .containerEventUpdated, reason: reason))
+        }
+        if kernel.frozen != (was.frozen ?? false) {
+            events.append(ContainerEvent(container: name, kind: .containerEventFreezer, frozen: kernel.frozen, reason: reason))
+        }
     }
 
     /// The names with a record (a snapshot written or loaded).

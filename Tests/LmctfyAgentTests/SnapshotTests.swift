@@ -489,6 +489,7 @@ struct SnapshotAgentTests {
         #expect(try TestProcess.capture([lmctfy, "destroy", "-f", root.name + "/b"]).status == 0)
         #expect(try TestProcess.capture([lmctfy, "create", root.name + "/cli", "memory:{limit:33554432}"]).status == 0)
         #expect(try TestProcess.capture([lmctfy, "resume", root.name + "/p"]).status == 0)
+        #expect(try TestProcess.capture([lmctfy, "update", "diff", root.name + "/a", "memory:{limit:50331648}"]).status == 0)
         let killed = SnapshotProcess(pid: pids[0], startTime: SnapshotKeeper.startTime(pids[0]))
         kill(pids[0], SIGKILL)
         for _ in 0..<200 where SnapshotKeeper.isAlive(killed) { usleep(10_000) }
@@ -517,6 +518,13 @@ struct SnapshotAgentTests {
         // re-attached ones are not.
         #expect(es.filter { $0.kind == .containerEventCreated }.map { "\($0.container ?? "") \($0.reason ?? "")" }
                 == ["/cli made while the agent was down"], "\(es)")
+        // So is a change of spec or freezer state (a subscriber following
+        // the freezer state from events had /p frozen); the containers
+        // that only lost a process, or did not change, have none.
+        #expect(es.filter { $0.kind == .containerEventUpdated }.map { "\($0.container ?? "") \($0.reason ?? "")" }
+                == ["/a changed while the agent was down"], "\(es)")
+        #expect(es.filter { $0.kind == .containerEventFreezer }.map { "\($0.container ?? "") \($0.frozen ?? true) \($0.reason ?? "")" }
+                == ["/p false changed while the agent was down"], "\(es)")
         // The old boot's events are still served, after the restart.
         let old = Subscriber(second.socket, SubscribeRequest(bootId: firstBoot, afterSequence: 0), until: { $0.last?.caughtUp != nil }).wait().0
         #expect(events(old).contains { $0.bootId == firstBoot && $0.container == "/b" && $0.kind == .containerEventCreated })
