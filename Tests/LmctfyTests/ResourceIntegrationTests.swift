@@ -124,6 +124,24 @@ struct ResourceIntegrationTests {
 
     // MARK: CPU
 
+    /// The latency class is read back (the class recorded at create): a
+    /// spec read back and given to a create of another container (a copy,
+    /// a migration's import) made a NORMAL container PRIORITY, outside
+    /// /batch.
+    @Test func aReadBackSpecMakesAContainerOfTheSameLatencyClass() throws {
+        try withTestContainer(api, label: "latency") { name in
+            let c = try api.create(name, spec: spec(cpu: CpuSpec(schedulingLatency: .normal, limit: 300)))
+            let read = try c.spec()
+            #expect(read.cpu?.schedulingLatency == .normal)
+            try withTestContainer(api, label: "latencycopy") { copy in
+                let d = try api.create(copy, spec: read)
+                #expect(try d.spec().cpu == read.cpu)
+                let cpu = try #require(try api.resourceDirs(copy).dir(.cpu))
+                #expect(cpu.path.contains("/batch/"), "\(cpu.path): a NORMAL container runs in /batch")
+            }
+        }
+    }
+
     @Test func cpuSharesQuotaAndMask() throws {
         try withTestContainer(api, label: "cpu") { name in
             let cpu = CpuSpec(limit: 500, maxLimit: 1500, mask: CpuSpec.Mask(data: [0x1]))
@@ -132,7 +150,11 @@ struct ResourceIntegrationTests {
             #expect(try value(.cpu, name, "cpu.cfs_period_us") == "250000")
             #expect(try value(.cpu, name, "cpu.cfs_quota_us") == "375000")
             #expect(try value(.cpuset, name, "cpuset.cpus") == "0")
-            #expect(try c.spec().cpu == cpu)
+            // With the latency class recorded at create (the default for a
+            // top-level container: PRIORITY).
+            var readBack = cpu
+            readBack.schedulingLatency = .priority
+            #expect(try c.spec().cpu == readBack)
 
             try c.update(spec(cpu: CpuSpec(limit: 2000)), policy: .diff)
             #expect(try value(.cpu, name, "cpu.shares") == "2048")

@@ -168,9 +168,15 @@ struct CpuHandler: ResourceHandler {
         try dirs.driver.cpu.plan(cpu, replace: policy == .replace, dirs: dirs, dir: dir)
     }
 
+    /// The latency class is the one recorded at create (v1 shows it only as
+    /// the /batch placement, v2 only BEST_EFFORT as cpu.idle): a spec read
+    /// back and given to a create (a copy, a migration's import) made a
+    /// NORMAL container PRIORITY on v1. The original never reported it.
     func readSpec(into spec: inout ContainerSpec, dirs: ResourceDirs) throws(LmctfyError) {
         guard let dir = ownerDir(dirs) else { return }
-        spec.cpu = try dirs.driver.cpu.readSpec(dir, dirs: dirs)
+        var cpu = try dirs.driver.cpu.readSpec(dir, dirs: dirs)
+        if let recorded = try recordedLatency(dir) { cpu.schedulingLatency = recorded }
+        spec.cpu = cpu
     }
 
     func stats(into stats: inout ContainerStats, type: StatsType, dirs: ResourceDirs) throws(LmctfyError) {
