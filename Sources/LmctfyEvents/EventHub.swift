@@ -119,9 +119,10 @@ public final class EventHub {
     /// subscriber is added; `credit` (nil: none) says how many it takes.
     public func subscribe(_ key: Key, _ r: SubscribeRequest, filter: EventFilter, credit: Int? = nil) throws(LmctfyError) -> [SubscribeResponse] {
         var r = r
+        let older = log.olderBoots
         if r.fromOldest == true && r.bootId == nil {
-            // The oldest kept: the boot before this one, if the journal has it.
-            r.bootId = log.previousBoot?.id
+            // The oldest kept: the oldest boot before this one the journal has.
+            r.bootId = older.first?.id
             r.afterSequence = 0
         }
         var first: [SubscribeResponse] = []
@@ -131,13 +132,27 @@ public final class EventHub {
             if ownBoot && after > log.newest {
                 throw LmctfyError(.outOfRange, "after_sequence \(after) is beyond the newest event \(log.newest) of boot \(log.bootId)")
             }
-            // A subscriber of the boot before this one: what the journal kept
-            // of it after its point first; the gap then says through which
-            // sequence that boot's events survived.
+            // A subscriber of a boot before this one: what the journal kept
+            // of it after its point first, then of each boot after it (each
+            // boot change a gap, which says through which sequence the boot
+            // before survived); the last gap leads to this boot. (Only the
+            // boot just before this one was served: a resume across two
+            // restarts got the gap alone, and a follower lost whole boots
+            // the journal kept.)
             var gapAfter = after
-            if !ownBoot, let previous = log.previousBoot, previous.id == r.bootId {
-                first += previous.events.filter { ($0.sequence ?? 0) > after && filter.matches($0) }.map { SubscribeResponse(event: $0) }
-                gapAfter = max(after, previous.events.last?.sequence ?? 0)
+            var gapBoot = r.bootId
+            if !ownBoot, let at = older.firstIndex(where: { $0.id == r.bootId }) {
+                for (i, boot) in older[at...].enumerated() {
+                    let from = i == 0 ? after : 0
+                    if i > 0 {
+                        first.append(SubscribeResponse(gap: EventGap(
+                            requestedBootId: gapBoot, afterSequence: gapAfter, bootId: boot.id,
+                            firstSequence: boot.events.first?.sequence ?? 1)))
+                    }
+                    first += boot.events.filter { ($0.sequence ?? 0) > from && filter.matches($0) }.map { SubscribeResponse(event: $0) }
+                    gapAfter = max(from, boot.events.last?.sequence ?? 0)
+                    gapBoot = boot.id
+                }
             }
             let from: UInt64 = ownBoot ? after : 0
             var (events, dropped) = log.range(after: from, upTo: published)
@@ -151,7 +166,7 @@ public final class EventHub {
                 // before that point are not sent after the gap.
                 if let dropped { events.removeAll { ($0.sequence ?? 0) < dropped } }
                 first.append(SubscribeResponse(gap: EventGap(
-                    requestedBootId: r.bootId, afterSequence: gapAfter, bootId: log.bootId,
+                    requestedBootId: gapBoot, afterSequence: gapAfter, bootId: log.bootId,
                     firstSequence: dropped ?? events.first?.sequence ?? published + 1)))
             }
             first += events.filter(filter.matches).map { SubscribeResponse(event: $0) }

@@ -88,8 +88,9 @@ public final class EventLog: Sendable {
         var reservation: (path: String, through: UInt64)?
         /// Where events are also written (state_dir/events), once attached.
         var journal: EventJournal?
-        /// The last boot before this one whose events the journal kept.
-        var previous: (id: String, events: [ContainerEvent])?
+        /// The boots before this one whose events the journal kept, oldest
+        /// first (an agent restarted twice keeps two).
+        var older: [(id: String, events: [ContainerEvent])] = []
         /// Every event but stats samples, the latest `capacity`.
         var events = Ring<ContainerEvent>()
         /// Stats samples, the latest `capacity`, apart: a sweep of a
@@ -168,12 +169,14 @@ public final class EventLog: Sendable {
         let journal = try EventJournal(directory: directory, capacity: capacity)
         let stored = journal.opened
         let own = stored.filter { $0.bootId == bootId }
-        let previous = stored.last(where: { $0.bootId != bootId })?.bootId
+        var older: [(id: String, events: [ContainerEvent])] = []
+        for e in stored where e.bootId != bootId {
+            guard let id = e.bootId else { continue }
+            if let i = older.firstIndex(where: { $0.id == id }) { older[i].events.append(e) } else { older.append((id, [e])) }
+        }
         state.locked { s in
             s.journal = journal
-            if let previous {
-                s.previous = (previous, stored.filter { $0.bootId == previous })
-            }
+            s.older = older
             // What rotated out of the journal before the oldest kept is gone.
             if let first = own.first?.sequence, first > 1 { s.evictedThrough = max(s.evictedThrough, first - 1) }
             for e in own where (e.sequence ?? 0) >= s.next {
@@ -276,7 +279,11 @@ public final class EventLog: Sendable {
 
     /// The last boot before this one and its events as the journal kept
     /// them (oldest first); nil without a journal or before any.
-    public var previousBoot: (id: String, events: [ContainerEvent])? { state.locked { $0.previous } }
+    public var previousBoot: (id: String, events: [ContainerEvent])? { state.locked { $0.older.last } }
+
+    /// Every boot before this one whose events the journal kept, oldest
+    /// first, each with its events (oldest first).
+    public var olderBoots: [(id: String, events: [ContainerEvent])] { state.locked { $0.older } }
 
     /// The newest sequence number recorded (0: none yet).
     public var newest: UInt64 { state.locked { $0.next - 1 } }

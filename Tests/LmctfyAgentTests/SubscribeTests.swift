@@ -637,6 +637,49 @@ extension SubscribeTests {
     /// `lmctl events` shows what the agent keeps from the oldest: the boot
     /// before an agent restart too, as its journal kept it, then this
     /// boot's (it showed this boot's only: a restart hid what came before).
+    /// Two restarts: every boot the journal kept is served, each boot
+    /// change a gap line (only the boot just before this one was: a resume
+    /// across two restarts got the gap alone, and a follower lost whole
+    /// boots the journal kept; a probe).
+    @Test func everyBootTheJournalKeptIsServedAcrossTwoRestarts() throws {
+        let config = "watch_containers: false reconcile_interval_ms: 0 stats_interval_ms: 0"
+        let first = try AgentProcess(config: config)
+        let name = RealCgroups.uniqueName("boots")
+        defer { _ = try? TestProcess.capture([builtTool("lmctfy"), "destroy", "-f", name]) }
+        func lmctl(_ socket: String, _ args: String...) throws -> ChildResult {
+            try TestProcess.capture([builtTool("lmctl"), "--agent", "unix://\(socket)"] + args)
+        }
+        #expect(try lmctl(first.socket, "create", name, "cpu:{limit:100}").status == 0)
+        first.crash()
+        let second = try AgentProcess(reusing: first.dir)
+        #expect(try lmctl(second.socket, "update", "diff", name, "cpu:{limit:200}").status == 0)
+        second.crash()
+        let third = try AgentProcess(reusing: first.dir)
+        defer { third.stop() }
+        #expect(try lmctl(third.socket, "destroy", name).status == 0)
+        func kinds(_ out: String) -> [String] {
+            out.split(separator: "\n").compactMap { line -> String? in
+                if line.hasPrefix("gap:") { return "gap" }
+                let parts = line.split(separator: " ")
+                guard parts.count >= 4, parts[3] == name else { return nil }
+                return "\(parts[0].split(separator: ":")[0].prefix(8)) \(parts[2])"
+            }
+        }
+        let all = try lmctl(third.socket, "events", name)
+        let lines = kinds(String(decoding: all.stdout, as: UTF8.self))
+        let events = lines.filter { $0 != "gap" }
+        #expect(events.map { $0.split(separator: " ")[1] } == ["CREATED", "UPDATED", "DESTROYED"], "\(lines)")
+        #expect(Set(events.map { $0.split(separator: " ")[0] }).count == 3, "three boots: \(lines)")
+        #expect(lines.filter { $0 == "gap" }.count == 2, "a gap line per boot change: \(lines)")
+        // A resume from the first boot, across both restarts.
+        let boot = try #require(String(decoding: all.stdout, as: UTF8.self).split(separator: "\n")
+            .first { $0.contains(" CREATED \(name)") }?.split(separator: " ").first)
+        let parts = boot.split(separator: ":")
+        let resumed = try lmctl(third.socket, "events", "--after", "\(parts[0]):\(UInt64(parts[1])! - 1)", name)
+        #expect(kinds(String(decoding: resumed.stdout, as: UTF8.self)).filter { $0 != "gap" }.map { $0.split(separator: " ")[1] }
+                == ["CREATED", "UPDATED", "DESTROYED"], "\(String(decoding: resumed.stdout, as: UTF8.self))")
+    }
+
     @Test func eventsWithoutAfterShowTheBootBeforeARestartToo() throws {
         let first = try AgentProcess(config: "watch_containers: false reconcile_interval_ms: 0 stats_interval_ms: 0")
         let name = RealCgroups.uniqueName("oldest")

@@ -274,8 +274,10 @@ struct TasksIntegrationTests {
     /// invisible. It is killed and the rmdir tried again. (The task is put
     /// in the child's memory directory alone, where the kill, which reads
     /// the tasks directory, does not look: what a joiner caught half way
-    /// leaves. On v2 the one directory is the tasks directory.)
-    @Test func aTaskThatJoinedAfterTheKillDoesNotStopTheDestroy() throws {
+    /// leaves. v1 only: on v2 the one directory is the tasks directory, and
+    /// a parent with subcontainers cannot hold the process to move.)
+    @Test(.enabled(if: (try? CgroupMounts.detect())?.version == .v1, "a task in one hierarchy's directory alone is v1's"))
+    func aTaskThatJoinedAfterTheKillDoesNotStopTheDestroy() throws {
         try withTestContainer(api) { name in
             try api.create(name, spec: ContainerSpec(memory: MemorySpec(limit: 64 << 20)))
             let child = try ContainerName.resolve("late", relativeTo: name)
