@@ -642,16 +642,9 @@ extension SubscribeTests {
     /// across two restarts got the gap alone, and a follower lost whole
     /// boots the journal kept; a probe).
     @Test func everyBootTheJournalKeptIsServedAcrossTwoRestarts() throws {
-        let config = "watch_containers: false reconcile_interval_ms: 0 stats_interval_ms: 0"
-        let first = try AgentProcess(config: config)
         let name = RealCgroups.uniqueName("boots")
         defer { _ = try? TestProcess.capture([builtTool("lmctfy"), "destroy", "-f", name]) }
-        func lmctl(_ socket: String, _ args: String...) throws -> ChildResult {
-            try TestProcess.capture([builtTool("lmctl"), "--agent", "unix://\(socket)"] + args)
-        }
-        #expect(try lmctl(first.socket, "create", name, "cpu:{limit:100}").status == 0)
-        first.crash()
-        let second = try AgentProcess(reusing: first.dir)
+        let (first, second) = try madeThenRestarted(name)
         #expect(try lmctl(second.socket, "update", "diff", name, "cpu:{limit:200}").status == 0)
         second.crash()
         let third = try AgentProcess(reusing: first.dir)
@@ -681,15 +674,9 @@ extension SubscribeTests {
     }
 
     @Test func eventsWithoutAfterShowTheBootBeforeARestartToo() throws {
-        let first = try AgentProcess(config: "watch_containers: false reconcile_interval_ms: 0 stats_interval_ms: 0")
         let name = RealCgroups.uniqueName("oldest")
         defer { _ = try? TestProcess.capture([builtTool("lmctfy"), "destroy", "-f", name]) }
-        func lmctl(_ socket: String, _ args: String...) throws -> ChildResult {
-            try TestProcess.capture([builtTool("lmctl"), "--agent", "unix://\(socket)"] + args)
-        }
-        #expect(try lmctl(first.socket, "create", name, "cpu:{limit:100}").status == 0)
-        first.crash()
-        let second = try AgentProcess(reusing: first.dir)
+        let (_, second) = try madeThenRestarted(name)
         defer { second.stop() }
         #expect(try lmctl(second.socket, "destroy", name).status == 0)
         let r = try lmctl(second.socket, "events", name)
@@ -706,4 +693,18 @@ extension SubscribeTests {
                                               "events", "-f", name])
         #expect(!String(decoding: follow.stdout, as: UTF8.self).contains("CREATED"))
     }
+}
+
+/// lmctl against the agent at `socket`.
+private func lmctl(_ socket: String, _ args: String...) throws -> ChildResult {
+    try TestProcess.capture([builtTool("lmctl"), "--agent", "unix://\(socket)"] + args)
+}
+
+/// `name` created through an agent that is then killed (SIGKILL) and
+/// started again on its state directory: the two agents, the first dead.
+private func madeThenRestarted(_ name: String) throws -> (first: AgentProcess, second: AgentProcess) {
+    let first = try AgentProcess(config: "watch_containers: false reconcile_interval_ms: 0 stats_interval_ms: 0")
+    #expect(try lmctl(first.socket, "create", name, "cpu:{limit:100}").status == 0)
+    first.crash()
+    return (first, try AgentProcess(reusing: first.dir))
 }
