@@ -393,7 +393,7 @@ public enum LmctlCLI {
         // A call that loses its agent (UNAVAILABLE) is retried once on a new
         // connection where that is safe (RemoteBackend; PROTOCOL.md 6.1).
         let connect: @Sendable () throws(LmctfyError) -> RemoteBackend = { () throws(LmctfyError) in
-            RemoteBackend(client: try dial(), reconnect: dial) { why in
+            RemoteBackend(client: try RemoteBackend.dialWaitingForRestart(dial), reconnect: dial) { why in
                 warnings.sink.write(Array("lmctl: \(why)\n".utf8))
             }
         }

@@ -297,6 +297,39 @@ struct AgentRetryTests {
         #expect(try count(name, client) == 1)
     }
 
+    /// A verb started while the agent is restarting (its socket left by
+    /// the one killed, nobody listening yet: ECONNREFUSED) waits for it, up
+    /// to 2 s, instead of failing at once (nothing was sent: safe). No
+    /// socket at all still fails at once.
+    @Test func lmctlWaitsForAnAgentThatIsRestarting() throws {
+        let name = RealCgroups.uniqueName("lmctlwait")
+        defer { destroy(name) }
+        let first = try AgentProcess()
+        first.crash()
+        #expect(Sys.exists(first.socket), "the killed agent's socket is not there")
+        let result = Mutexed<ChildResult?>(nil)
+        let done = Latch()
+        let argv = [builtTool("lmctl"), "--agent", "unix://" + first.socket, "create", name, "pids:{limit:50}"]
+        Threads.detach {
+            let r = try? TestProcess.capture(argv)
+            result.locked { $0 = r }
+            done.signal()
+        }
+        usleep(300_000)
+        let second = try AgentProcess(reusing: first.dir)
+        defer { second.stop() }
+        try #require(done.wait(seconds: 30), "lmctl did not finish")
+        let r = try #require(result.locked { $0 })
+        #expect(r.status == 0, "\(String(decoding: r.stderr, as: UTF8.self))")
+        let client = try RpcClient.connect(unixPath: second.socket)
+        defer { client.close() }
+        #expect(try count(name, client) == 1)
+        let started = MonotonicClock.milliseconds()
+        let none = try TestProcess.capture([builtTool("lmctl"), "--agent", "unix://" + first.dir + "/no.sock", "list", "containers"])
+        #expect(none.status == StatusCode.unavailable.rawValue && MonotonicClock.milliseconds() - started < 1500,
+                "\(none.status) after \(MonotonicClock.milliseconds() - started) ms")
+    }
+
     /// Two agents cannot share a state_dir: the second, on another socket,
     /// exits at once with 9 naming the first's pid, before it recovers or
     /// journals anything (it ran beside the first, both appending to the
