@@ -274,21 +274,13 @@ struct AgentRetryTests {
         let first = try AgentProcess(environment: Self.hold)
         var firstAlive = true
         defer { if firstAlive { first.stop() } }
-        let result = Mutexed<ChildResult?>(nil)
-        let done = Latch()
-        let argv = [builtTool("lmctl"), "--agent", "unix://" + first.socket, "create", name, "pids:{limit:50}"]
-        Threads.detach {
-            let r = try? TestProcess.capture(argv)
-            result.locked { $0 = r }
-            done.signal()
-        }
+        let lmctl = BackgroundRun([builtTool("lmctl"), "--agent", "unix://" + first.socket, "create", name, "pids:{limit:50}"])
         try #require(waitForHold(first), "the agent did not reach the hold")
         first.crash()
         firstAlive = false
         let second = try AgentProcess(reusing: first.dir)
         defer { second.stop() }
-        try #require(done.wait(seconds: 30), "lmctl did not finish")
-        let r = try #require(result.locked { $0 })
+        let r = try #require(lmctl.result(seconds: 30), "lmctl did not finish")
         let err = String(decoding: r.stderr, as: UTF8.self)
         #expect(r.status == 0, "\(err)")
         #expect(err.contains("retrying once"), "\(err)")
@@ -307,19 +299,11 @@ struct AgentRetryTests {
         let first = try AgentProcess()
         first.crash()
         #expect(Sys.exists(first.socket), "the killed agent's socket is not there")
-        let result = Mutexed<ChildResult?>(nil)
-        let done = Latch()
-        let argv = [builtTool("lmctl"), "--agent", "unix://" + first.socket, "create", name, "pids:{limit:50}"]
-        Threads.detach {
-            let r = try? TestProcess.capture(argv)
-            result.locked { $0 = r }
-            done.signal()
-        }
+        let lmctl = BackgroundRun([builtTool("lmctl"), "--agent", "unix://" + first.socket, "create", name, "pids:{limit:50}"])
         usleep(300_000)
         let second = try AgentProcess(reusing: first.dir)
         defer { second.stop() }
-        try #require(done.wait(seconds: 30), "lmctl did not finish")
-        let r = try #require(result.locked { $0 })
+        let r = try #require(lmctl.result(seconds: 30), "lmctl did not finish")
         #expect(r.status == 0, "\(String(decoding: r.stderr, as: UTF8.self))")
         let client = try RpcClient.connect(unixPath: second.socket)
         defer { client.close() }
@@ -469,5 +453,25 @@ struct AgentRetryTests {
             #expect(status == .exited(3), "\(name): the agent started anyway")
         }
         #expect(!Sys.exists(dir + "/s"), "the agent did not start")
+    }
+}
+
+/// A command run on another thread while the test goes on.
+private final class BackgroundRun: Sendable {
+    private let outcome = Mutexed<ChildResult?>(nil)
+    private let done = Latch()
+
+    init(_ argv: [String]) {
+        Threads.detach { [outcome, done] in
+            let r = try? TestProcess.capture(argv)
+            outcome.locked { $0 = r }
+            done.signal()
+        }
+    }
+
+    /// How it ended, waiting up to `seconds`; nil if it did not (or could not start).
+    func result(seconds: Int) -> ChildResult? {
+        guard done.wait(seconds: seconds) else { return nil }
+        return outcome.locked { $0 }
     }
 }
