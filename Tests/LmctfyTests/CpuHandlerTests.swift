@@ -90,6 +90,26 @@ import Testing
         #expect(lmctfyError { try h.validate(spec(cpu: CpuSpec(maxLimit: UInt64.max)), dirs: f.dirs) } == nil)
     }
 
+    /// Values the kernel refuses once the create has begun (14 then, and
+    /// a dry run admitted them) are 3 before anything is made: a quota
+    /// above the kernel's 2^44 - 1 µs, a CPU the machine does not have.
+    @Test func aQuotaOrACpuTheKernelCannotTakeIsRefused() throws {
+        let f = try FakeContainer.v1()
+        let highest = UInt64((CpuHandler.maxQuotaUs) / (CpuHandler.cfsPeriodUs / 1000))
+        #expect(highest == 70_368_744_177)
+        #expect(lmctfyError { try h.checkSpec(spec(cpu: CpuSpec(maxLimit: highest))) } == nil)
+        for big in [highest + 1, 100_000_000_000_000, 36_893_488_147_419_103] {
+            let err = lmctfyError { try h.checkSpec(spec(cpu: CpuSpec(maxLimit: big))) }
+            #expect(err?.code == .invalidArgument && err?.message.contains("too high") == true, "\(big)")
+        }
+        let cpus = CpuHandler.machineCpus
+        var words = [UInt64](repeating: 0, count: cpus / 64 + 1)
+        words[0] = UInt64(1) << UInt64(cpus % 64)  // CPU `cpus`: one past the last
+        let err = lmctfyError { try h.validate(spec(cpu: CpuSpec(mask: CpuSpec.Mask(data: words))), dirs: f.dirs) }
+        #expect(err?.code == .invalidArgument && err?.message.contains("names CPU \(cpus)") == true, "\(String(describing: err))")
+        #expect(lmctfyError { try h.checkSpec(spec(cpu: CpuSpec(mask: CpuSpec.Mask(data: [1])))) } == nil)
+    }
+
     @Test func emptyMaskIsRefused() throws {
         let f = try FakeContainer.v1()
         let err = lmctfyError { try h.validate(spec(cpu: CpuSpec(mask: CpuSpec.Mask(data: [0, 0]))), dirs: f.dirs) }

@@ -23,6 +23,10 @@ struct CpuHandler: ResourceHandler {
     static let minMaxLimit: UInt64 = 4
     /// The CFS quota (µs per period) for a max_limit in milliCPU.
     static func quotaUs(_ maxLimit: UInt64) -> Int64 { Int64(maxLimit) * (cfsPeriodUs / 1000) }
+    /// The largest CFS quota the kernel takes, in µs (its MAX_BW, 2^44 - 1).
+    static let maxQuotaUs: Int64 = (1 << 44) - 1
+    /// The CPUs this machine is configured with (ids 0 to this - 1).
+    static let machineCpus = Int(sysconf(Int32(_SC_NPROCESSORS_CONF)))
 
     /// The original reports "no quota" as max_limit -1 in a uint64; we take
     /// that value back as "no quota" so a read-back spec can be reapplied.
@@ -116,13 +120,22 @@ struct CpuHandler: ResourceHandler {
             if maxLimit < Self.minMaxLimit {
                 throw .invalidArgument("Requested max millicpu \(maxLimit) is too low. The minimum is \(Self.minMaxLimit).")
             }
-            if maxLimit > UInt64(Int64.max) / UInt64(Self.cfsPeriodUs / 1000) {
+            // The kernel's bound on a CFS quota (2^44 - 1 µs, its MAX_BW):
+            // above it the write failed with 14 once the create had begun.
+            if maxLimit > UInt64(Self.maxQuotaUs / (Self.cfsPeriodUs / 1000)) {
                 throw .invalidArgument("Requested max millicpu \(maxLimit) is too high.")
             }
         }
         if let mask = cpu.mask {
             guard mask.data.contains(where: { $0 != 0 }) else {
                 throw .invalidArgument("cpu.mask selects no CPU")
+            }
+            // A CPU the machine does not have: cpuset.cpus refused it (ERANGE,
+            // 14) once the create had begun, and a dry run admitted it.
+            let cpus = Self.cpuList(mask: mask.data)
+            if let highest = cpus.split(separator: ",").last?.split(separator: "-").last.flatMap({ Int($0) }),
+               highest >= Self.machineCpus {
+                throw .invalidArgument("cpu.mask names CPU \(highest), and this machine has CPUs 0-\(Self.machineCpus - 1)")
             }
         }
     }
