@@ -346,20 +346,22 @@ struct AgentRetryTests {
         #expect(try Sys.readFile(first.dir + "/state/agent.lock").trimmingWhitespace == "\(second.pid)")
     }
 
-    /// An agent that answers UNAVAILABLE itself (here the kernel refusing a
-    /// cpuset of CPU 63) is still there: lmctl reports its answer and does
-    /// not send the call again (it said "retrying once" and repeated it).
+    /// An agent that answers UNAVAILABLE itself (here the kernel refusing,
+    /// EINVAL on cgroup v1, a child's CFS quota above its parent's) is
+    /// still there: lmctl reports its answer and does not send the call
+    /// again (it said "retrying once" and repeated it).
     @Test func lmctlDoesNotRetryAnUnavailableAnswer() throws {
         let name = RealCgroups.uniqueName("lmctlnoretry")
         defer { destroy(name) }
         let agent = try AgentProcess()
         defer { agent.stop() }
-        let r = try TestProcess.capture([builtTool("lmctl"), "--agent", "unix://" + agent.socket, "create", name,
-                                         "cpu:{mask:{data:9223372036854775808}}"])
+        let lmctl = [builtTool("lmctl"), "--agent", "unix://" + agent.socket]
+        #expect(try TestProcess.capture(lmctl + ["create", name, "cpu:{max_limit:1000}"]).status == 0)
+        let r = try TestProcess.capture(lmctl + ["create", name + "/child", "cpu:{max_limit:2000}"])
         let err = String(decoding: r.stderr, as: UTF8.self)
         #expect(r.status == 14, "\(err)")
         #expect(!err.contains("retrying"), "\(err)")
-        #expect(err.contains("cpuset.cpus"), "\(err)")
+        #expect(err.contains("cpu.cfs_quota_us"), "\(err)")
     }
 }
 

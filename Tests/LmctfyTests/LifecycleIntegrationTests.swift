@@ -129,12 +129,13 @@ struct LifecycleIntegrationTests {
 
     @Test func failedCreateLeavesNothingAndTheNameStaysUsable() throws {
         try withTestContainer(api) { name in
-            // The kernel refuses a cpuset of a CPU the machine does not have
-            // (63; ERANGE): the write fails after every directory was made.
-            var cpu = CpuSpec()
-            cpu.mask = CpuSpec.Mask(data: [1 << 63])
-            #expect { try api.create(name, spec: ContainerSpec(cpu: cpu)) }
-                throws: { ($0 as? LmctfyError)?.code == .unavailable }
+            // The kernel refuses a throttle of a device that does not exist
+            // (9:9; ENODEV): the write fails after every directory was made.
+            // (A CPU the machine does not have is refused before, now.)
+            let throttle = try ContainerSpec(textFormat: "blockio { max_device_limit_set { max_limits { op_type: READ "
+                                             + "limit_type: BYTES_PER_SECOND limits { device { major: 9 minor: 9 } limit: 100 } } } }")
+            #expect { try api.create(name, spec: throttle) }
+                throws: { ($0 as? LmctfyError)?.message.contains("No such device") == true }
             #expect(try !api.exists(name))
             #expect(directories(of: name).isEmpty)
             try api.create(name, spec: ContainerSpec(pids: PidsSpec(limit: 5)))
