@@ -342,19 +342,23 @@ public final class Dispatcher: Sendable {
         /// request_id and a journal, a finished call is replayed, a new one
         /// journaled, and one an earlier agent died under is redone, where
         /// `recover` may turn "already done" (ALREADY_EXISTS, NOT_FOUND) into
-        /// its response.
+        /// its response, and `done` (given when it started) say the earlier
+        /// run got as far as its event, so the change was made and is not
+        /// made (nor recorded) again.
         func mutating<Req: IdempotentRequest, Resp>(
             _ m: AgentMethod<Req, Resp>,
             recover: @escaping @Sendable (Dispatcher, Req, LmctfyError) throws -> Resp? = { _, _, _ in nil },
+            done: (@Sendable (Dispatcher, Req, UInt64) -> Resp?)? = nil,
             progress: (@Sendable (Req, String) -> Resp?)? = nil,
             _ rawBody: @escaping @Sendable (Dispatcher, Req) throws -> Resp
         ) {
-            mutating(m, recover: recover, progress: progress, withContext: { d, r, _ in try rawBody(d, r) })
+            mutating(m, recover: recover, done: done, progress: progress, withContext: { d, r, _ in try rawBody(d, r) })
         }
         /// The same, for a body that checks the call's cancellation itself.
         func mutating<Req: IdempotentRequest, Resp>(
             _ m: AgentMethod<Req, Resp>,
             recover: @escaping @Sendable (Dispatcher, Req, LmctfyError) throws -> Resp? = { _, _, _ in nil },
+            done: (@Sendable (Dispatcher, Req, UInt64) -> Resp?)? = nil,
             progress: (@Sendable (Req, String) -> Resp?)? = nil,
             withContext rawBody: @escaping @Sendable (Dispatcher, Req, CallContext) throws -> Resp
         ) {
@@ -380,13 +384,23 @@ public final class Dispatcher: Sendable {
                 }
                 var status = CallStatus.ok
                 var bytes: [UInt8] = []
+                var redo = false
+                var finished: Resp?
+                if case .redo(let started) = mode {
+                    redo = true
+                    finished = done?(d, r, started)
+                }
                 do {
                     let response: Resp
-                    do {
-                        response = try body(d, r)
-                    } catch let error as LmctfyError where mode == .redo {
-                        guard let recovered = try recover(d, r, error) else { throw error }
-                        response = recovered
+                    if let finished {
+                        response = finished
+                    } else {
+                        do {
+                            response = try body(d, r)
+                        } catch let error as LmctfyError where redo {
+                            guard let recovered = try recover(d, r, error) else { throw error }
+                            response = recovered
+                        }
                     }
                     bytes = try response.serializedBytes()
                 } catch {
@@ -429,7 +443,9 @@ public final class Dispatcher: Sendable {
             _ = try d.destroyContainer(try Dispatcher.containerName(r.name), force: r.force ?? false)
             return DestroyResponse()
         }
-        mutating(AgentMethods.update) { d, r in
+        mutating(AgentMethods.update, done: { d, r, started in
+            d.recordedEarlier(r.name, .containerEventUpdated, since: started) ? UpdateResponse() : nil
+        }) { d, r in
             let policy: UpdatePolicy
             switch r.policy {
             case .updateDiff: policy = .diff
@@ -475,11 +491,15 @@ public final class Dispatcher: Sendable {
             if let snapshots = d.snapshots, let path = try? d.backend.resolve(name) { snapshots.syncOrWarn(path) }
             return KillAllResponse()
         }
-        mutating(AgentMethods.pause) { d, r in
+        mutating(AgentMethods.pause, done: { d, r, started in
+            d.recordedEarlier(r.name, .containerEventFreezer, frozen: true, since: started) ? PauseResponse() : nil
+        }) { d, r in
             try d.pause(try Dispatcher.containerName(r.name), leaseMs: r.leaseMs)
             return PauseResponse()
         }
-        mutating(AgentMethods.resume) { d, r in
+        mutating(AgentMethods.resume, done: { d, r, started in
+            d.recordedEarlier(r.name, .containerEventFreezer, frozen: false, since: started) ? ResumeResponse() : nil
+        }) { d, r in
             let name = try Dispatcher.containerName(r.name)
             d.leases.release([try d.backend.resolve(name)])
             try d.setPaused(name, false)
@@ -580,6 +600,20 @@ public final class Dispatcher: Sendable {
     /// Pause, with a lease (`leaseMs`) or without. The lease is kept before
     /// the freeze, so that no freeze is made that could outlive its lease;
     /// a Pause without one ends any lease (the freeze is then the caller's).
+    /// Whether an earlier boot of this agent recorded `kind` (with
+    /// `frozen`, when given) for the container `name` at or after
+    /// `startedNs`: a call redone after the agent died under it got that
+    /// far, so its change was made and its event recorded (a retried
+    /// Update, Pause or Resume recorded its event twice; a probe).
+    func recordedEarlier(_ name: String?, _ kind: ContainerEventKind, frozen: Bool? = nil, since startedNs: UInt64) -> Bool {
+        guard let path = try? backend.resolve(try Self.containerName(name)) else { return false }
+        return events.olderBoots.contains { boot in
+            boot.events.contains { e in
+                e.container == path && e.kind == kind && (frozen == nil || e.frozen == frozen) && (e.timestampNs ?? 0) >= startedNs
+            }
+        }
+    }
+
     func pause(_ name: String, leaseMs: UInt32?) throws {
         let path = try backend.resolve(name)
         guard let ms = leaseMs else {

@@ -46,7 +46,8 @@ public final class RequestJournal: @unchecked Sendable {
         case replay(CallStatus, [UInt8])
         /// The call started but never finished (the agent died under it): do
         /// the work again, taking "already done" for success, then `finish`.
-        case redo
+        /// When it first started (wall clock ns).
+        case redo(startedNs: UInt64)
     }
 
     /// state_dir/requests.
@@ -141,7 +142,7 @@ public final class RequestJournal: @unchecked Sendable {
                     // written): it is ours now.
                     try write(RequestJournalEntry(requestId: id, method: method, requestSha256: digest,
                                                   startedNs: entry.startedNs, bootId: bootId))
-                    return .redo
+                    return .redo(startedNs: entry.startedNs ?? 0)
                 }
                 let started = now()
                 try write(RequestJournalEntry(requestId: id, method: method, requestSha256: digest, startedNs: started, bootId: bootId))

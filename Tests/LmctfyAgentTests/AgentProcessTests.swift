@@ -289,6 +289,44 @@ struct AgentRetryTests {
         #expect(try count(name, client) == 1)
     }
 
+    /// The agent killed after a change and its event, before its answer:
+    /// lmctl's retry is a redo, which finds the event the dead agent
+    /// recorded and does not make (nor record) the change again. An
+    /// Update, a Pause or a Resume so recorded its event twice (a probe).
+    @Test(arguments: ["Update", "Pause", "Resume"])
+    func aRedoneChangeIsRecordedOnce(_ method: String) throws {
+        let name = RealCgroups.uniqueName("redo")
+        defer { destroy(name) }
+        let first = try AgentProcess(environment: ["LMCTFY_AGENT_TEST_HOLD_AFTER=\(method)"])
+        var firstAlive = true
+        defer { if firstAlive { first.stop() } }
+        let lmctl = [builtTool("lmctl"), "--agent", "unix://" + first.socket]
+        #expect(try TestProcess.capture(lmctl + ["create", name, "cpu:{limit:100}"]).status == 0)
+        if method == "Resume" {
+            #expect(try TestProcess.capture(lmctl + ["pause", name]).status == 0)
+        }
+        let verb = switch method {
+        case "Update": ["update", "diff", name, "cpu:{limit:200}"]
+        case "Pause": ["pause", name]
+        default: ["resume", name]
+        }
+        let run = BackgroundRun(lmctl + verb)
+        try #require(waitForHold(first), "the agent did not reach the hold")
+        first.crash()
+        firstAlive = false
+        let second = try AgentProcess(reusing: first.dir)
+        defer { second.stop() }
+        let r = try #require(run.result(seconds: 30), "lmctl did not finish")
+        let err = String(decoding: r.stderr, as: UTF8.self)
+        #expect(r.status == 0 && err.contains("retrying once"), "\(err)")
+        let all = try TestProcess.capture([builtTool("lmctl"), "--agent", "unix://" + second.socket, "-o", "json", "events", name])
+        let lines = String(decoding: all.stdout, as: UTF8.self).split(separator: "\n")
+        let kind = method == "Update" ? "CONTAINER_EVENT_UPDATED" : "CONTAINER_EVENT_FREEZER"
+        let frozen = method == "Pause" ? "true" : "false"
+        let recorded = lines.filter { $0.contains(kind) && (method == "Update" || $0.contains("\"frozen\":\(frozen)")) }
+        #expect(recorded.count == 1, "\(lines)")
+    }
+
     /// A verb started while the agent is restarting (its socket left by
     /// the one killed, nobody listening yet: ECONNREFUSED) waits for it, up
     /// to 2 s, instead of failing at once (nothing was sent: safe). No
