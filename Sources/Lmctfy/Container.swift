@@ -330,9 +330,8 @@ public struct Container: Sendable {
 
     /// Field 22 of /proc/PID/stat, the start time; nil if it is gone.
     static func processStart(_ pid: pid_t) -> Substring? {
-        guard let stat = try? Sys.readFile("/proc/\(pid)/stat"), let close = stat.lastIndex(of: ")") else { return nil }
-        let fields = stat[stat.index(after: close)...].split(separator: " ")
-        return fields.count > 19 ? fields[19] : nil
+        guard let fields = Sys.procStatFields("/proc/\(pid)/stat"), fields.count > 19 else { return nil }
+        return fields[19]
     }
 
     /// Undoes a freeze that a kill of this container's processes left when

@@ -61,9 +61,7 @@ extension ContainerApi {
     /// status pipe) are closed, but PF_EXITING is set before they are
     /// (`/proc/PID/stat` flags; the cgroup v2 guest showed the window).
     static func isLiveTask(_ procRoot: String, _ pid: pid_t) -> Bool {
-        guard let stat = try? Sys.readFile(procRoot + "/\(pid)/stat"), let close = stat.lastIndex(of: ")") else { return false }
-        let fields = stat[stat.index(after: close)...].split(separator: " ")
-        guard fields.count > 6, let flags = UInt64(fields[6]) else { return false }
+        guard let fields = Sys.procStatFields(procRoot + "/\(pid)/stat"), fields.count > 6, let flags = UInt64(fields[6]) else { return false }
         return fields[0] != "Z" && fields[0] != "X" && flags & 0x4 == 0  // PF_EXITING
     }
 

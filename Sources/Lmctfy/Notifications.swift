@@ -74,15 +74,21 @@ public final class Watch: @unchecked Sendable {
     /// Whether the watched directory is still the one watched (not gone,
     /// not another made under its name).
     private var isSameDirectory: Bool {
-        if let own, own.identity != nil, Self.identity(of: own.dir) != own.identity { return false }
-        return identity == nil || Self.identity(of: watchedDir) == identity
+        !ownIsGone && (identity == nil || Self.identity(of: watchedDir) == identity)
+    }
+
+    /// Whether the container's own directory, watched apart from its
+    /// events' directory, is gone (or another now).
+    private var ownIsGone: Bool {
+        guard let own, own.identity != nil else { return false }
+        return Self.identity(of: own.dir) != own.identity
     }
 
     /// NOT_FOUND when the container is gone though its events' directory
     /// (an ancestor's) is not, so its descriptor says nothing of it: for a
     /// caller polling the descriptor to look at now and then.
     public func goneWithoutSignal() -> LmctfyError? {
-        guard let own, own.identity != nil, Self.identity(of: own.dir) != own.identity else { return nil }
+        guard ownIsGone else { return nil }
         return .notFound("Container \"\(container)\" was destroyed while a notification was registered")
     }
 

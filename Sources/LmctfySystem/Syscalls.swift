@@ -39,6 +39,14 @@ public enum Sys {
     /// limits in).
     public static let pageSize = Int64(sysconf(Int32(_SC_PAGESIZE)))
 
+    /// The fields of a /proc/<pid>/stat file after the command (whose name
+    /// may hold spaces and parentheses): [0] is field 3, the state; nil
+    /// when the file cannot be read (no such process).
+    public static func procStatFields(_ path: String) -> [Substring]? {
+        guard let stat = try? readFile(path), let close = stat.lastIndex(of: ")") else { return nil }
+        return stat[stat.index(after: close)...].split(separator: " ")
+    }
+
     /// Whether the peer of a connected socket has closed it (or shut its
     /// sending side), looked at without waiting or reading: poll(2)'s
     /// POLLRDHUP, which data still unread does not hide.

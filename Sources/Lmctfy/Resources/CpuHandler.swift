@@ -132,8 +132,10 @@ struct CpuHandler: ResourceHandler {
             }
             // A CPU the machine does not have: cpuset.cpus refused it (ERANGE,
             // 14) once the create had begun, and a dry run admitted it.
-            let cpus = Self.cpuList(mask: mask.data)
-            if let highest = cpus.split(separator: ",").last?.split(separator: "-").last.flatMap({ Int($0) }),
+            // The first word with a bit set holds the highest CPU (the last
+            // word holds CPUs 0-63).
+            if let i = mask.data.firstIndex(where: { $0 != 0 }),
+               case let highest = (mask.data.count - 1 - i) * 64 + 63 - mask.data[i].leadingZeroBitCount,
                highest >= Self.machineCpus {
                 throw .invalidArgument("cpu.mask names CPU \(highest), and this machine has CPUs 0-\(Self.machineCpus - 1)")
             }
