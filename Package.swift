@@ -134,7 +134,7 @@ let package = Package(
         // Fake cgroup trees, the root gate, unique test containers.
         .target(
             name: "LmctfyTestSupport",
-            dependencies: ["Lmctfy", "LmctfySystem"],
+            dependencies: ["Lmctfy", "LmctfySystem", "LmctfyProto"],
             path: "Tests/LmctfyTestSupport"),
 
         // CLI verbs, one file each, on any ContainerBackend; testable without spawning.

@@ -42,6 +42,10 @@ struct HardeningIntegrationTests {
 
     @Test(arguments: Runner.allCases)
     func batchIsReserved(_ lmctfy: Runner) throws {
+        try MachineBatch.exclusively { try batchIsReservedAlone(lmctfy) }
+    }
+
+    private func batchIsReservedAlone(_ lmctfy: Runner) throws {
         let existed = Set(Self.roots.filter { Sys.exists($0 + "/batch") })
         let cpuBatch = Host.mounts.v1[.cpu].map { $0 + "/batch" }
         let shares = cpuBatch.flatMap { try? Sys.readFile($0 + "/cpu.shares") }

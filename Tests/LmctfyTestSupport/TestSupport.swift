@@ -3,6 +3,7 @@
 // and mapping (never instead of the real kernel).
 import Glibc
 import Lmctfy
+import LmctfyProto
 import LmctfySystem
 
 public enum RealCgroups {
@@ -301,4 +302,31 @@ public func oomKills(_ name: ContainerName) -> Int? {
         }
     }
     return nil
+}
+
+/// The machine's /batch, what `lmctfy init` makes on cgroup v1 for the
+/// latency classes (its cpu and cpuacct directories), for the length of
+/// `body`: made as init makes it if it is missing (a fresh machine that was
+/// never initialised: CI's), and removed afterwards when this made it and it
+/// is empty again. A machine that has it keeps it untouched. One body at a
+/// time in this process: a test that checks /batch is not made behind its
+/// back (`HardeningIntegrationTests.batchIsReserved`) runs under the same
+/// lock (`MachineBatch.exclusively`).
+public enum MachineBatch {
+    private static let lock = Lock()
+
+    public static func made<T>(_ api: ContainerApi, _ body: () throws -> T) throws -> T {
+        try exclusively {
+            let dirs = [Controller.cpu, .cpuacct].compactMap { api.mounts.v1[$0].map { $0 + "/batch" } }
+            let missing = Set(dirs.filter { !Sys.isDirectory($0) })
+            defer { for d in missing where Sys.isDirectory(d) { try? Sys.rmdir(d) } }
+            if !missing.isEmpty { _ = try ContainerApi.initMachine(InitSpec()) }
+            return try body()
+        }
+    }
+
+    /// `body` while no `made` runs.
+    public static func exclusively<T>(_ body: () throws -> T) throws -> T {
+        try lock.locked { () throws -> T in try body() }
+    }
 }

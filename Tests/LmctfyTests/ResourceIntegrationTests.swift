@@ -129,7 +129,8 @@ struct ResourceIntegrationTests {
     /// a migration's import) made a NORMAL container PRIORITY, outside
     /// /batch.
     @Test func aReadBackSpecMakesAContainerOfTheSameLatencyClass() throws {
-        try withTestContainer(api, label: "latency") { name in
+        // NORMAL runs in /batch, which `lmctfy init` makes (v1).
+        try MachineBatch.made(api) { try withTestContainer(api, label: "latency") { name in
             let c = try api.create(name, spec: spec(cpu: CpuSpec(schedulingLatency: .normal, limit: 300)))
             let read = try c.spec()
             #expect(read.cpu?.schedulingLatency == .normal)
@@ -139,7 +140,7 @@ struct ResourceIntegrationTests {
                 let cpu = try #require(try api.resourceDirs(copy).dir(.cpu))
                 #expect(cpu.path.contains("/batch/"), "\(cpu.path): a NORMAL container runs in /batch")
             }
-        }
+        } }
     }
 
     @Test func cpuSharesQuotaAndMask() throws {
