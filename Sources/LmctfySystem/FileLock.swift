@@ -65,7 +65,8 @@ public final class FileLock {
                 continue
             }
             let lock = FileLock(path: path, fd: fd, faults: faults, spares: spares)
-            lock.end = Int(lseek(fd, 0, SEEK_END))
+            // The size as locked: only a holder writes, and we hold it now.
+            lock.end = Int(held.st_size)
             return lock
         }
     }
@@ -87,6 +88,9 @@ public final class FileLock {
     /// What the journal holds: left by a holder that did not finish (it
     /// died, or could not undo its work), or "" when the last one finished.
     public func journal() throws(SystemError) -> String {
+        // Empty as locked and nothing appended since (the usual case: the
+        // last holder finished): no read.
+        if end == 0 { return "" }
         var out = [UInt8]()
         var buf = [UInt8](repeating: 0, count: 4096)
         while true {
