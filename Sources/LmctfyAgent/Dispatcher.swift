@@ -723,6 +723,11 @@ public final class Dispatcher: Sendable {
         let fedByHub = owner != nil
         // NOT_FOUND if it is not there; the events are the memory owner's.
         let ownerPath = try owner?.find(path)
+        // As Subscribe: nobody handled an event never recorded (checked
+        // before any watch is made).
+        if let after = r.afterSequence, r.bootId == nil || r.bootId == events.bootId, after > events.newest {
+            throw LmctfyError(.outOfRange, "after_sequence \(after) is beyond the newest event \(events.newest) of boot \(events.bootId)")
+        }
         func matches(_ e: ContainerEvent) -> Bool {
             if let ownerPath { return e.kind == kind && e.container == ownerPath }
             return e.container == path && e.kind == kind && (threshold == nil || e.memoryThreshold == threshold)

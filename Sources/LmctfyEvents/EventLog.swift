@@ -293,16 +293,21 @@ public final class EventLog: Sendable {
     public func range(after: UInt64, upTo: UInt64) -> (events: [ContainerEvent], droppedBefore: UInt64?) {
         state.locked { s in
             let first = s.firstAvailable
-            return (s.range(after: after, upTo: upTo), after + 1 < first && after < upTo ? first : nil)
+            return (s.range(after: after, upTo: upTo), Self.isBeforeFirst(after, first) && after < upTo ? first : nil)
         }
     }
+
+    /// Whether events after `after` are gone: the oldest kept, `first`, is
+    /// not the one right after it. (`after + 1` overflowed, a trap, for a
+    /// peer's after_sequence of 2^64-1.)
+    static func isBeforeFirst(_ after: UInt64, _ first: UInt64) -> Bool { first > 0 && after < first - 1 }
 
     /// Events after `after` (of this boot) that match, and a gap when some
     /// may be missing: another boot id, or history already dropped.
     public func since(bootId asked: String?, after: UInt64, matching: (ContainerEvent) -> Bool) -> ([ContainerEvent], EventGap?) {
         state.locked { s in
             let first = s.firstAvailable
-            if asked != bootId || after + 1 < first {
+            if asked != bootId || Self.isBeforeFirst(after, first) {
                 let gap = EventGap(requestedBootId: asked, afterSequence: after, bootId: bootId, firstSequence: first)
                 return (s.range(after: 0, upTo: s.next).filter(matching), gap)
             }

@@ -382,6 +382,15 @@ final class FakeAgentMachine: @unchecked Sendable {
             cancelled: true)
         #expect(status == .ok)
         #expect(replies.isEmpty)
+        // Beyond the newest event of this boot (2^64-1 stopped the agent):
+        // OUT_OF_RANGE, as for Subscribe, with or without the boot id.
+        for boot in ["fakeboot", nil] as [String?] {
+            (status, replies) = try machine.call(
+                AgentMethods.notify, NotifyRequest(name: "busy", spec: EventSpec(containerEmpty: .init()), bootId: boot, afterSequence: .max),
+                cancelled: true)
+            #expect(status.code == .outOfRange && status.message.contains("beyond the newest event"), "\(status)")
+            #expect(replies.isEmpty)
+        }
     }
 
     @Test func notifyStreamsAnEmptyContainerUntilCancelled() throws {

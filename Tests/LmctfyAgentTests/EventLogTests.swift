@@ -29,6 +29,17 @@ import Testing
         #expect(odd.map(\.sequence) == [5, 7])
     }
 
+    /// A peer's resume point is any UInt64: the largest trapped on
+    /// `after + 1` (the agent stopped, a probe's Notify).
+    @Test func theLargestResumePointIsNoOverflow() {
+        let log = EventLog(capacity: 3, bootId: "boot")
+        for i in 1...5 { log.record(container: "/c\(i)", kind: .containerEventCreated) }
+        let (events, gap) = log.since(bootId: "boot", after: .max) { _ in true }
+        #expect(events.isEmpty && gap == nil)
+        #expect(log.range(after: .max, upTo: .max).droppedBefore == nil)
+        #expect(log.since(bootId: "other", after: .max) { _ in true }.1?.afterSequence == .max)
+    }
+
     @Test func anotherBootIdIsAGapWithEverythingKept() {
         let log = EventLog(capacity: 4, bootId: "boot")
         for _ in 1...2 { log.record(container: "/c", kind: .containerEventDestroyed) }
