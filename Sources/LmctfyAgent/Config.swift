@@ -228,6 +228,7 @@ public struct AgentSettings: Sendable {
         if let v = l.maxConnectionQueuedCalls { flow.connectionCalls = Int(max(1, v)) }
         if let v = l.maxAgentBufferedBytes { flow.agentBytes = Int(max(1, v)) }
         if let v = l.maxAgentQueuedCalls { flow.agentCalls = Int(max(1, v)) }
+        if let v = l.maxCallThreads { flow.callThreads = Int(max(1, v)) }
         logLevel = c.logLevel ?? .logInfo
         stateDir = c.stateDir ?? "/var/lib/lmctfy"
         imageRoot = c.imageRoot ?? stateDir + "/images"
@@ -343,6 +344,9 @@ public struct FlowLimits: Sendable, Equatable {
     public var agentBytes = 64 << 20
     /// The whole agent: every connection's queued calls.
     public var agentCalls = 1024
+    /// The whole agent: calls running on a thread of their own (Run,
+    /// Notify); one more is refused (RESOURCE_EXHAUSTED), not queued.
+    public var callThreads = 1024
 
     public init() {}
 }

@@ -7,6 +7,7 @@
 // there (a listener that goes does not take the watch with it); each
 // listener waits on the watch's change counter, bumped for every event and
 // for the watch's end.
+import Glibc
 import LmctfyBackend
 import LmctfyProto
 import LmctfySystem
@@ -59,7 +60,14 @@ final class NotifyWatches: Sendable {
             all[key] = w
             return (w, true)
         }
-        if isNew { Threads.detach { start(watch) } }
+        if isNew {
+            // No thread (a task limit): the watch ends, its listeners are
+            // told; the agent goes on.
+            let rc = Threads.tryDetach { start(watch) }
+            if rc != 0 {
+                end(watch, LmctfyError(.resourceExhausted, "No thread for the watch of \(key.container): pthread_create: \(String(cString: strerror(rc)))"))
+            }
+        }
         return watch
     }
 

@@ -193,7 +193,7 @@ public final class EventHub {
     /// More credit from a subscriber; sends what waited for it.
     public func grant(_ key: Key, _ credit: UInt32, deliver: Deliver, lagged: Lagged) {
         guard var sub = subscribers[key], let have = sub.credit else { return }
-        sub.credit = have + Int(credit)
+        sub.credit = have > Int.max / 2 ? have : have + Int(credit)  // a peer's grants cannot overflow it
         subscribers[key] = sub
         drain(key, deliver: deliver, lagged: lagged)
     }

@@ -211,12 +211,23 @@ public final class ChangeCounter: @unchecked Sendable {
 public enum Threads {
     /// Starts `body` on a new thread; join it with pthread_join.
     public static func start(_ body: @escaping @Sendable () -> Void) -> pthread_t {
-        spawn(body, detached: false)
+        let (t, rc) = spawn(body, detached: false)
+        precondition(rc == 0, "pthread_create failed: \(rc)")
+        return t
     }
 
     /// Starts `body` on a new thread nobody joins.
     public static func detach(_ body: @escaping @Sendable () -> Void) {
-        _ = spawn(body, detached: true)
+        let rc = tryDetach(body)
+        precondition(rc == 0, "pthread_create failed: \(rc)")
+    }
+
+    /// `detach` that says when no thread could be made (pthread_create's
+    /// error: EAGAIN at a task limit, a pids cgroup's or RLIMIT_NPROC)
+    /// instead of stopping the process; 0 when `body` runs. For work a
+    /// peer's request starts, whose refusal must not take the server down.
+    public static func tryDetach(_ body: @escaping @Sendable () -> Void) -> Int32 {
+        spawn(body, detached: true).rc
     }
 
     private final class Box: @unchecked Sendable {
@@ -224,18 +235,19 @@ public enum Threads {
         init(_ body: @escaping @Sendable () -> Void) { self.body = body }
     }
 
-    private static func spawn(_ body: @escaping @Sendable () -> Void, detached: Bool) -> pthread_t {
+    private static func spawn(_ body: @escaping @Sendable () -> Void, detached: Bool) -> (pthread_t, rc: Int32) {
         var t = pthread_t()
         var attr = pthread_attr_t()
         pthread_attr_init(&attr)
         if detached { pthread_attr_setdetachstate(&attr, Int32(PTHREAD_CREATE_DETACHED)) }
+        let box = Unmanaged.passRetained(Box(body))
         let rc = pthread_create(&t, &attr, { arg in
             Unmanaged<Box>.fromOpaque(arg!).takeRetainedValue().body()
             return nil
-        }, Unmanaged.passRetained(Box(body)).toOpaque())
+        }, box.toOpaque())
         pthread_attr_destroy(&attr)
-        precondition(rc == 0, "pthread_create failed: \(rc)")
-        return t
+        if rc != 0 { box.release() }  // the thread that would have taken it never ran
+        return (t, rc)
     }
 }
 
@@ -261,8 +273,11 @@ public final class ThreadCache: @unchecked Sendable {
         self.idleSeconds = idleSeconds
     }
 
-    /// Runs `body` on an idle thread of the cache, or on a new one.
-    public func run(_ body: @escaping @Sendable () -> Void) {
+    /// Runs `body` on an idle thread of the cache, or on a new one; 0, or
+    /// pthread_create's error when no thread was idle and none could be
+    /// made (`body` then does not run).
+    @discardableResult
+    public func run(_ body: @escaping @Sendable () -> Void) -> Int32 {
         monitor.lock()
         if idle > 0 {
             idle -= 1
@@ -272,10 +287,10 @@ public final class ThreadCache: @unchecked Sendable {
             // the mutex until then (a second sleep and wake-up, which the
             // scheduler traces showed when it landed on this CPU).
             monitor.signal()
-            return
+            return 0
         }
         monitor.unlock()
-        Threads.detach { [self] in
+        return Threads.tryDetach { [self] in
             var next: (@Sendable () -> Void)? = body
             while let work = next {
                 work()

@@ -7306,7 +7306,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__role_binding__descri
   (ProtobufCMessageInit) containers__lmctfy__agent__role_binding__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor containers__lmctfy__agent__agent_limits__field_descriptors[10] =
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__agent_limits__field_descriptors[11] =
 {
   {
     "max_frame_bytes",
@@ -7428,6 +7428,18 @@ static const ProtobufCFieldDescriptor containers__lmctfy__agent__agent_limits__f
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "max_call_threads",
+    11,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_UINT32,
+    offsetof(Containers__Lmctfy__Agent__AgentLimits, has_max_call_threads),
+    offsetof(Containers__Lmctfy__Agent__AgentLimits, max_call_threads),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned containers__lmctfy__agent__agent_limits__field_indices_by_name[] = {
   3,   /* field[3] = hello_timeout_ms */
@@ -7435,6 +7447,7 @@ static const unsigned containers__lmctfy__agent__agent_limits__field_indices_by_
   5,   /* field[5] = keepalive_interval_ms */
   8,   /* field[8] = max_agent_buffered_bytes */
   9,   /* field[9] = max_agent_queued_calls */
+  10,   /* field[10] = max_call_threads */
   6,   /* field[6] = max_connection_buffered_bytes */
   7,   /* field[7] = max_connection_queued_calls */
   2,   /* field[2] = max_connections */
@@ -7444,7 +7457,7 @@ static const unsigned containers__lmctfy__agent__agent_limits__field_indices_by_
 static const ProtobufCIntRange containers__lmctfy__agent__agent_limits__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 10 }
+  { 0, 11 }
 };
 const ProtobufCMessageDescriptor containers__lmctfy__agent__agent_limits__descriptor =
 {
@@ -7454,7 +7467,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__agent_limits__descri
   "Containers__Lmctfy__Agent__AgentLimits",
   "containers.lmctfy.agent",
   sizeof(Containers__Lmctfy__Agent__AgentLimits),
-  10,
+  11,
   containers__lmctfy__agent__agent_limits__field_descriptors,
   containers__lmctfy__agent__agent_limits__field_indices_by_name,
   1,  containers__lmctfy__agent__agent_limits__number_ranges,

@@ -146,6 +146,51 @@ struct AgentIntegrationTests {
         }
     }
 
+    /// Calls that hold a thread of their own (Notify, a foreground Run) are
+    /// bounded over all connections (limits.max_call_threads): one more is
+    /// refused with RESOURCE_EXHAUSTED, and served again once one ends.
+    /// (Unbounded, a reader's Notify streams took the agent to 2,000
+    /// threads, and over a task limit to its end: a probe.)
+    @Test func callsWithThreadsOfTheirOwnAreBounded() throws {
+        try withTestContainer(try ContainerApi.detect()) { name in
+            try ContainerApi.detect().create(name, spec: ContainerSpec(memory: MemorySpec(limit: 64 << 20)))
+            try withAgent("limits { max_call_threads: 2 }") { agent, socket in
+                let notify = NotifyRequest(name: name.path, spec: EventSpec(oom: EventSpec.Oom()))
+                let ended = Mutexed<[StatusCode?]>([])
+                let holders = (0..<2).map { _ in
+                    Threads.start {
+                        var code: StatusCode?
+                        do {
+                            let c = try RpcClient.connect(unixPath: socket)
+                            defer { c.close() }
+                            try c.stream("Notify", notify, as: NotifyResponse.self, deadlineMs: 1500) { _ in true }
+                        } catch { code = (error as? LmctfyError)?.code }
+                        ended.locked { $0.append(code) }
+                    }
+                }
+                for _ in 0..<200 where agent.activeCalls < 2 { usleep(10_000) }
+                #expect(agent.activeCalls == 2)
+                let client = try RpcClient.connect(unixPath: socket)
+                defer { client.close() }
+                #expect {
+                    try client.stream("Notify", notify, as: NotifyResponse.self, deadlineMs: 1000) { _ in true }
+                } throws: { error in
+                    let e = error as? LmctfyError
+                    return e?.code == .resourceExhausted && e?.message.contains("max_call_threads") == true
+                }
+                _ = try client.call("Ping", PingRequest(), as: PingResponse.self)
+                for t in holders { pthread_join(t, nil) }
+                #expect(ended.locked { $0 } == [.deadlineExceeded, .deadlineExceeded])
+                // The agent's notify threads notice the deadline and end.
+                for _ in 0..<100 where agent.activeCalls > 0 { usleep(20_000) }
+                // Their threads are free again.
+                #expect {
+                    try client.stream("Notify", notify, as: NotifyResponse.self, deadlineMs: 200) { _ in true }
+                } throws: { ($0 as? LmctfyError)?.code == .deadlineExceeded }
+            }
+        }
+    }
+
     /// Issue 9 item 15: a foreground Run whose caller goes away (deadline,
     /// cancel, dead connection) is killed, not left running unobserved.
     @Test func aForegroundRunDiesWithItsCaller() throws {

@@ -200,6 +200,47 @@ struct AgentProcessTests {
     /// The agent-wide limit: two slow readers, each under its own limit,
     /// together pass the agent's; both are stopped, and a third client that
     /// reads its answers is still served.
+    /// At a task limit (systemd's TasksMax, a pids cgroup) a call that needs
+    /// a thread the kernel will not give is refused with RESOURCE_EXHAUSTED
+    /// and the agent goes on: pthread_create's EAGAIN stopped it (a probe,
+    /// with any reader's Notify streams).
+    @Test(.enabled(if: (try? CgroupMounts.detect())?.v1[.pids] != nil, "needs the cgroup v1 pids hierarchy"))
+    func aTaskLimitRefusesACallAndTheAgentGoesOn() throws {
+        let pids = try #require(try CgroupMounts.detect().v1[.pids])
+        try withTestContainer(try ContainerApi.detect()) { name in
+            try ContainerApi.detect().create(name, spec: ContainerSpec(memory: MemorySpec(limit: 64 << 20)))
+            let agent = try AgentProcess()
+            let group = pids + "/" + RealCgroups.uniqueName("tasks")
+            try Sys.mkdir(group, mode: 0o755)
+            defer {
+                agent.stop()
+                for _ in 0..<100 where (try? Sys.rmdir(group)) == nil && Sys.exists(group) { usleep(10_000) }
+            }
+            let client = try RpcClient.connect(unixPath: agent.socket)
+            defer { client.close() }
+            // The pool's threads exist before the limit.
+            _ = try client.call("ListContainers", ListContainersRequest(name: "/"), as: ListContainersResponse.self)
+            try Sys.writeFile(group + "/cgroup.procs", "\(agent.pid)")
+            try Sys.writeFile(group + "/pids.max", try Sys.readFile(group + "/pids.current").trimmingWhitespace)
+            let notify = NotifyRequest(name: name.path, spec: EventSpec(oom: EventSpec.Oom()))
+            for _ in 0..<3 {
+                #expect {
+                    try client.stream("Notify", notify, as: NotifyResponse.self, deadlineMs: 2000) { _ in true }
+                } throws: { error in
+                    let e = error as? LmctfyError
+                    return e?.code == .resourceExhausted && e?.message.contains("could not start a thread") == true
+                }
+            }
+            _ = try client.call("Ping", PingRequest(), as: PingResponse.self)
+            #expect(kill(agent.pid, 0) == 0, "the agent is alive")
+            // Without the limit the same call is served (until its deadline).
+            try Sys.writeFile(group + "/pids.max", "max")
+            #expect {
+                try client.stream("Notify", notify, as: NotifyResponse.self, deadlineMs: 200) { _ in true }
+            } throws: { ($0 as? LmctfyError)?.code == .deadlineExceeded }
+        }
+    }
+
     @Test func theAgentWideLimitStopsEveryPeerThatHoldsSomething() throws {
         let agent = try AgentProcess(config: "limits { max_connection_buffered_bytes: 100000000 max_agent_buffered_bytes: 3000000 }")
         defer { agent.stop() }

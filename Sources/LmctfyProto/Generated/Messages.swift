@@ -4363,6 +4363,8 @@ public struct AgentLimits: ProtoMessage {
     public var maxAgentBufferedBytes: UInt32?
     /// Field 10 `max_agent_queued_calls`.
     public var maxAgentQueuedCalls: UInt32?
+    /// Field 11 `max_call_threads`.
+    public var maxCallThreads: UInt32?
 
     public init(
         maxFrameBytes: UInt32? = nil,
@@ -4374,7 +4376,8 @@ public struct AgentLimits: ProtoMessage {
         maxConnectionBufferedBytes: UInt32? = nil,
         maxConnectionQueuedCalls: UInt32? = nil,
         maxAgentBufferedBytes: UInt32? = nil,
-        maxAgentQueuedCalls: UInt32? = nil
+        maxAgentQueuedCalls: UInt32? = nil,
+        maxCallThreads: UInt32? = nil
     ) {
         self.maxFrameBytes = maxFrameBytes
         self.maxStreamsPerConnection = maxStreamsPerConnection
@@ -4386,6 +4389,7 @@ public struct AgentLimits: ProtoMessage {
         self.maxConnectionQueuedCalls = maxConnectionQueuedCalls
         self.maxAgentBufferedBytes = maxAgentBufferedBytes
         self.maxAgentQueuedCalls = maxAgentQueuedCalls
+        self.maxCallThreads = maxCallThreads
     }
 
     public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.AgentLimits")
@@ -4402,6 +4406,7 @@ public struct AgentLimits: ProtoMessage {
         self.maxConnectionQueuedCalls = message.get(8)
         self.maxAgentBufferedBytes = message.get(9)
         self.maxAgentQueuedCalls = message.get(10)
+        self.maxCallThreads = message.get(11)
     }
 
     public var dynamic: DynamicMessage {
@@ -4416,6 +4421,7 @@ public struct AgentLimits: ProtoMessage {
         message.set(8, maxConnectionQueuedCalls)
         message.set(9, maxAgentBufferedBytes)
         message.set(10, maxAgentQueuedCalls)
+        message.set(11, maxCallThreads)
         return message
     }
 
@@ -4431,6 +4437,7 @@ public struct AgentLimits: ProtoMessage {
         self.maxConnectionQueuedCalls = CBridge.value(c, f[7])
         self.maxAgentBufferedBytes = CBridge.value(c, f[8])
         self.maxAgentQueuedCalls = CBridge.value(c, f[9])
+        self.maxCallThreads = CBridge.value(c, f[10])
     }
 
     public func makeC() -> UnsafeMutableRawPointer {
@@ -4446,6 +4453,7 @@ public struct AgentLimits: ProtoMessage {
         CBridge.set(c, f[7], maxConnectionQueuedCalls)
         CBridge.set(c, f[8], maxAgentBufferedBytes)
         CBridge.set(c, f[9], maxAgentQueuedCalls)
+        CBridge.set(c, f[10], maxCallThreads)
         return c
     }
 }

@@ -1914,10 +1914,21 @@ struct  Containers__Lmctfy__Agent__AgentLimits
    */
   protobuf_c_boolean has_max_agent_queued_calls;
   uint32_t max_agent_queued_calls;
+  /*
+   * Calls that hold a thread of their own while they last (Run in the
+   * foreground, Notify), over all connections; one more is refused with
+   * RESOURCE_EXHAUSTED, as is one for which the kernel gives no thread (a
+   * task limit: systemd's TasksMax, a pids cgroup).
+   */
+  /*
+   * 1024
+   */
+  protobuf_c_boolean has_max_call_threads;
+  uint32_t max_call_threads;
 };
 #define CONTAINERS__LMCTFY__AGENT__AGENT_LIMITS__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__agent_limits__descriptor) \
-    , 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0 }
+    , 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0 }
 
 
 struct  Containers__Lmctfy__Agent__AgentConfig
