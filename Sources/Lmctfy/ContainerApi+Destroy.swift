@@ -32,6 +32,7 @@ extension ContainerApi {
             }
             var subs: [ContainerName] = []
             try collectOwn(name, into: &subs)
+            try refuseForeignInOtherHierarchies([name] + subs, destroying: name)
             // Processes below a paused ancestor cannot die (v1) or the
             // container cannot be thawed after its kill: refused before
             // anything is destroyed. Paused containers inside the tree are
@@ -106,6 +107,32 @@ extension ContainerApi {
             }
             out.append(sub)
             try collectOwn(sub, into: &out)
+        }
+    }
+
+    /// `collectOwn` for the other hierarchies: a cgroup lmctfy did not make
+    /// below one of the tree's directories there (the kernel would refuse
+    /// that directory's rmdir, EBUSY) is refused now, naming it, before any
+    /// process is killed or any directory removed. It was found only at the
+    /// rmdir, after the kill: the container was left half removed and
+    /// invisible (a probe). One stat per directory; a listing only where
+    /// its link count shows subdirectories.
+    private func refuseForeignInOtherHierarchies(_ tree: [ContainerName], destroying name: ContainerName) throws(LmctfyError) {
+        let tasksMount = driver.tasksDir(name).mount
+        for n in tree {
+            for candidates in try driver.removalGroups(n) {
+                for d in candidates where d.mount != tasksMount && d.mayHaveSubdirectories() {
+                    guard try d.state().isLmctfy else { continue }  // not the container's: not removed either
+                    let children: [String]
+                    do { children = try d.subdirectories() } catch where error.code == .notFound { continue }
+                    for child in children {
+                        let c = d.child(child)
+                        let state = try c.state()
+                        guard !state.isLmctfy && state != .absent else { continue }
+                        throw .failedPrecondition("\(c.path) was not made by lmctfy: lmctfy will not destroy \"\(name)\" around it")
+                    }
+                }
+            }
         }
     }
 

@@ -111,6 +111,30 @@ struct OwnershipIntegrationTests {
         }
     }
 
+    /// The same below the container's directory in another hierarchy
+    /// (memory): refused before anything is killed or removed, naming it.
+    /// It was found only by the rmdir, after the kill: the container was
+    /// left half removed and invisible (a probe).
+    @Test func destroyRefusesAroundAForeignSubcgroupInAnotherHierarchy() throws {
+        try withTestName("foreignres") { name in
+            #expect(try lmctfy("create", name, Self.spec).status == 0)
+            let started = try lmctfy("run", "-n", name, "sleep", "300")
+            let line = started.stdout.split(separator: "\n").first { $0.hasPrefix("pid=\"") }
+            let pid = try #require(line.flatMap { pid_t($0.dropFirst(5).dropLast()) }, "\(started)")
+            let foreign = Self.resourceRoot + name + "/other"
+            try Sys.mkdir(foreign)
+            defer { _ = try? Sys.rmdir(foreign) }
+            let dirs = Self.v1 ? Host.dirs(of: name) : []
+            let r = try lmctfy("destroy", "-f", name)
+            #expect(r.status == 9 && r.stderr.contains(foreign), "\(r.stderr)")
+            #expect(kill(pid, 0) == 0, "the container's process was killed")
+            #expect(Self.v1 ? Host.dirs(of: name) == dirs : true, "directories were removed")
+            #expect(try lmctfy("spec", name).status == 0, "the container is still there")
+            try Sys.rmdir(foreign)
+            #expect(try lmctfy("destroy", "-f", name).status == 0)
+        }
+    }
+
     // MARK: 4. Leftovers and the lock
 
     @Test func destroyRemovesLeftoversWhoseTasksDirectoryIsGone() throws {

@@ -389,6 +389,16 @@ public struct CgroupDir: Sendable, Equatable, CustomStringConvertible {
         }
     }
 
+    /// Whether it may have subdirectories, from its link count (2 + its
+    /// subdirectories, on cgroupfs as on most filesystems): one stat, no
+    /// listing. False when it does not exist; true when stat fails
+    /// otherwise (a listing then says why).
+    func mayHaveSubdirectories() -> Bool {
+        var st = stat()
+        guard stat(path, &st) == 0 else { return errno != ENOENT && errno != ENOTDIR }
+        return st.st_nlink != 2
+    }
+
     /// The names of the subdirectories (child cgroups), sorted. ENOENT is
     /// NOT_FOUND.
     /// On the real kernel the directory is opened from its hierarchy's kept
