@@ -51,7 +51,7 @@ final class FakeContainer {
         try f.tree.seed("memory", ["c"], files: [
             "memory.limit_in_bytes": unlimited + "\n", "memory.soft_limit_in_bytes": unlimited + "\n",
             "memory.memsw.limit_in_bytes": unlimited + "\n", "memory.usage_in_bytes": "0\n",
-            "memory.max_usage_in_bytes": "0\n", "memory.failcnt": "0\n",
+            "memory.max_usage_in_bytes": "0\n", "memory.failcnt": "0\n", "cgroup.procs": "",
             "memory.stat": "cache 0\nrss 0\npgpgin 0\npgpgout 0\nhierarchical_memory_limit \(unlimited)\ntotal_cache 0\ntotal_rss 0\ntotal_inactive_file 0\n",
             "memory.numa_stat": "total=0 N0=0\nfile=0 N0=0\nanon=0 N0=0\nunevictable=0 N0=0\nhierarchical_total=0 N0=0\nhierarchical_file=0 N0=0\nhierarchical_anon=0 N0=0\nhierarchical_unevictable=0 N0=0\n",
         ])
@@ -136,10 +136,14 @@ final class FakeContainer {
         if listed { try listProcesses([pid]) }
     }
 
+    /// Lists processes in the container, as the kernel does in each of its
+    /// directories (v1: the tasks hierarchy's and memory's, where the
+    /// eviction priority finds them).
     func listProcesses(_ pids: [pid_t]) throws {
-        let procs = version == .v1 ? "freezer" : "unified"
-        let current = (try? Sys.readFile(dir(procs).file("cgroup.procs"))) ?? ""
-        try seed(procs, ["cgroup.procs": current + pids.map { "\($0)\n" }.joined()])
+        for procs in version == .v1 ? ["freezer", "memory"] : ["unified"] {
+            let current = (try? Sys.readFile(dir(procs).file("cgroup.procs"))) ?? ""
+            try seed(procs, ["cgroup.procs": current + pids.map { "\($0)\n" }.joined()])
+        }
     }
 
     func oomScoreAdj(_ pid: pid_t) throws -> String {

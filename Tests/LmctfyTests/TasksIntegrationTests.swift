@@ -406,4 +406,27 @@ struct TasksIntegrationTests {
             #expect(try Sys.readFile("/proc/\(started)/oom_score_adj").trimmingWhitespace == "501")
         }
     }
+
+    /// An update of the eviction priority reaches the processes of the
+    /// subcontainers that share the container's memory (they got its
+    /// priority when they started); one that isolates memory keeps its own.
+    /// The update reached the container's own processes only (a probe).
+    @Test func evictionPriorityUpdateReachesSubcontainersSharingMemory() throws {
+        try withTestContainer(api) { name in
+            try api.create(name, spec: ContainerSpec(memory: MemorySpec(evictionPriority: 0)))
+            let sharing = try ContainerName.resolve("sharing", relativeTo: name), own = try ContainerName.resolve("own", relativeTo: name)
+            try api.create(sharing, spec: ContainerSpec())
+            try api.create(own, spec: ContainerSpec(memory: MemorySpec(evictionPriority: 1000)))
+            // On v2 only leaves hold processes (the container has a
+            // subcontainer that isolates memory).
+            let v1 = api.mounts.version == .v1
+            let top = v1 ? [try api.get(name).run(["sleep", "300"])] : []
+            let inSharing = try api.get(sharing).run(["sleep", "300"])
+            let inOwn = try api.get(own).run(["sleep", "300"])
+            let adj = { (pid: pid_t) in try Sys.readFile("/proc/\(pid)/oom_score_adj").trimmingWhitespace }
+            #expect(try (top + [inSharing, inOwn]).map(adj) == (v1 ? ["1000"] : []) + ["1000", "801"])
+            try api.get(name).update(ContainerSpec(memory: MemorySpec(evictionPriority: 2500)), policy: .diff)
+            #expect(try (top + [inSharing, inOwn]).map(adj) == (v1 ? ["501"] : []) + ["501", "801"])
+        }
+    }
 }

@@ -235,4 +235,30 @@ public struct ResourceDirs: Sendable {
         guard let d = tasks else { return [] }
         return try d.readPids("cgroup.procs")
     }
+
+    /// The processes whose eviction priority is this container's (D12):
+    /// its own and those of the subcontainers that share its memory (do not
+    /// isolate memory themselves). On v1 its memory directory holds them
+    /// all; on v2 they are in their own directories below, walked down to
+    /// those that isolate memory. (An update reached only the container's
+    /// own processes, while a run in such a subcontainer got the
+    /// container's priority: a probe.)
+    func processesSharingMemory() throws(LmctfyError) -> [pid_t] {
+        guard let memory = byController[.memory] else { return try processes() }
+        if memory != tasks { return try memory.readPids("cgroup.procs") }
+        var out = try memory.readPids("cgroup.procs")
+        var below = [(container, memory)]
+        while let (name, d) = below.popLast() {
+            let children: [String]
+            do { children = try d.subdirectories() } catch where error.code == .notFound { continue }
+            for child in children {
+                guard let sub = try? ContainerName.resolve(child, relativeTo: name) else { continue }
+                let c = d.child(child)
+                guard try c.state().isLmctfy, try !driver.isolates(.memory, sub) else { continue }
+                do { out += try c.readPids("cgroup.procs") } catch where error.code == .notFound { continue }
+                below.append((sub, c))
+            }
+        }
+        return out
+    }
 }

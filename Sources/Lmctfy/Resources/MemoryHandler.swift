@@ -155,7 +155,7 @@ struct MemoryHandler: ResourceHandler {
         }
         // Processes first: if the kernel refuses, the record keeps the old
         // priority, which processes entering later would get.
-        try Self.setOomScoreAdj(priority: p, pids: dirs.isNew ? [] : try dirs.processes(), procRoot: dirs.procRoot)
+        try Self.setOomScoreAdj(priority: p, pids: dirs.isNew ? [] : try dirs.processesSharingMemory(), procRoot: dirs.procRoot)
         try dir.setRecord(.evictionPriority, String(p))
     }
 
