@@ -18,8 +18,12 @@ enum NotifyCommand {
         summary: "Wait until memory usage crosses <bytes> (-f: keep following).",
         minArguments: 2, maxArguments: 2,
         action: .withApi { api, call in
-            guard let bytes = UInt64(call.arguments[1]), bytes <= UInt64(Int64.max) else {
+            guard let bytes = UInt64(call.arguments[1]) else {
                 throw LmctfyError.invalidArgument("\"\(call.arguments[1])\" is not a number of bytes")
+            }
+            // A valid uint64 the spec's int64 cannot carry: said as such.
+            guard bytes <= UInt64(Int64.max) else {
+                throw LmctfyError.invalidArgument("\(bytes) bytes is out of range: a memory threshold is at most \(Int64.max)")
             }
             return try wait(api, call, EventSpec(memoryThreshold: .init(usage: Int64(bytes))), "memory_threshold")
         })

@@ -57,6 +57,9 @@ import Testing
         #expect(machine.run("list", "pids", "/nope").status == 5)
         #expect(machine.run("list", "tids", "/parent").status == 0)
         #expect(machine.run("notify", "memory", "threshold", "/parent", "lots").status == 3)
+        // A uint64 beyond int64: said to be out of range, not "not a number".
+        let big = machine.run("notify", "memory", "threshold", "/parent", "18446744073709551615")
+        #expect(big.status == 3 && big.stderr.contains("out of range"), "\(big)")
         #expect(machine.run("enter", "/parent", "abc").status == 9)      // as the original
         #expect(machine.run("enter", "/nope", "1").status == 5)
         let r = machine.run("notify")
