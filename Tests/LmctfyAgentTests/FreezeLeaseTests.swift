@@ -300,9 +300,23 @@ struct FreezeLeaseAgentTests {
 }
 
 /// Whether every thread of `pid` runs none of its own code (`isHeld`).
+/// Stricter than `isHeld` for a thread that is running or sleeping with
+/// the SIGSTOP still pending: it may finish the syscall it is in (a read of
+/// the caller's socket that returns the first request alone) before it
+/// stops, so the tests that send requests to a stopped agent waited for too
+/// little and saw that request made (seen under the suite's load). Only a
+/// thread in D, which stops before it next returns to user space, counts
+/// with the signal pending.
 private func allStopped(_ pid: Int32) -> Bool {
     guard let tids = try? Sys.directoryEntries("/proc/\(pid)/task"), !tids.isEmpty else { return false }
-    return tids.allSatisfy { isHeld("/proc/\(pid)/task/\($0)") }
+    return tids.allSatisfy { tid in
+        let dir = "/proc/\(pid)/task/\(tid)"
+        switch processState(dir) {
+        case "T"?: return true
+        case "D"?: return isHeld(dir)
+        default: return false
+        }
+    }
 }
 
 /// The one-letter state of the task at `dir` (R, S, T, Z...), nil if it is gone.
