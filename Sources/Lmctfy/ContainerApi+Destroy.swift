@@ -103,11 +103,16 @@ extension ContainerApi {
             let d = dir.child(child)
             guard try d.state().isLmctfy, let sub = try? ContainerName.resolve(child, relativeTo: name) else {
                 if try d.state() == .absent { continue }  // gone meanwhile
-                throw .failedPrecondition("\(d.path) was not made by lmctfy: lmctfy will not destroy \"\(name)\" around it")
+                throw Self.foreign(d, inside: name)
             }
             out.append(sub)
             try collectOwn(sub, into: &out)
         }
+    }
+
+    /// The refusal of a destroy around a cgroup lmctfy did not make.
+    private static func foreign(_ d: CgroupDir, inside name: ContainerName) -> LmctfyError {
+        .failedPrecondition("\(d.path) was not made by lmctfy: lmctfy will not destroy \"\(name)\" around it")
     }
 
     /// `collectOwn` for the other hierarchies: a cgroup lmctfy did not make
@@ -129,7 +134,7 @@ extension ContainerApi {
                         let c = d.child(child)
                         let state = try c.state()
                         guard !state.isLmctfy && state != .absent else { continue }
-                        throw .failedPrecondition("\(c.path) was not made by lmctfy: lmctfy will not destroy \"\(name)\" around it")
+                        throw Self.foreign(c, inside: name)
                     }
                 }
             }

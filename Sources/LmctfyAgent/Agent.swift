@@ -1227,8 +1227,9 @@ public final class Agent: @unchecked Sendable {
                 if rc != 0 {
                     // No thread (a task limit): refused, the agent goes on.
                     busy?.locked { $0 -= 1 }
-                    log.warning("no thread for a \(method) call: pthread_create: \(String(cString: strerror(rc))) (a task limit?); refused with RESOURCE_EXHAUSTED")
-                    finish(connId, streamId, CallStatus(.resourceExhausted, "\(method): the agent could not start a thread for the call (\(String(cString: strerror(rc))))"))
+                    let why = String(cString: strerror(rc))
+                    log.warning("no thread for a \(method) call: pthread_create: \(why) (a task limit?); refused with RESOURCE_EXHAUSTED")
+                    finish(connId, streamId, CallStatus(.resourceExhausted, "\(method): the agent could not start a thread for the call (\(why))"))
                     return
                 }
                 started = true

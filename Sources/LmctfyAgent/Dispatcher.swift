@@ -725,9 +725,7 @@ public final class Dispatcher: Sendable {
         let ownerPath = try owner?.find(path)
         // As Subscribe: nobody handled an event never recorded (checked
         // before any watch is made).
-        if let after = r.afterSequence, r.bootId == nil || r.bootId == events.bootId, after > events.newest {
-            throw LmctfyError(.outOfRange, "after_sequence \(after) is beyond the newest event \(events.newest) of boot \(events.bootId)")
-        }
+        if let after = r.afterSequence { try events.checkResumePoint(bootId: r.bootId, after: after) }
         func matches(_ e: ContainerEvent) -> Bool {
             if let ownerPath { return e.kind == kind && e.container == ownerPath }
             return e.container == path && e.kind == kind && (threshold == nil || e.memoryThreshold == threshold)

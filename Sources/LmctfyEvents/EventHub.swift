@@ -129,9 +129,7 @@ public final class EventHub {
         var lastSent = published
         if let after = r.afterSequence {
             let ownBoot = r.bootId == nil || r.bootId == log.bootId
-            if ownBoot && after > log.newest {
-                throw LmctfyError(.outOfRange, "after_sequence \(after) is beyond the newest event \(log.newest) of boot \(log.bootId)")
-            }
+            try log.checkResumePoint(bootId: r.bootId, after: after)
             // A subscriber of a boot before this one: what the journal kept
             // of it after its point first, then of each boot after it (each
             // boot change a gap, which says through which sequence the boot

@@ -288,6 +288,18 @@ public final class EventLog: Sendable {
     /// The newest sequence number recorded (0: none yet).
     public var newest: UInt64 { state.locked { $0.next - 1 } }
 
+    /// A resume point is refused when it names an event of this boot
+    /// (`bootId` nil or this one) that was never recorded: nobody handled
+    /// it, and a subscriber resuming there would silently skip whatever is
+    /// recorded up to it. OUT_OF_RANGE. (Subscribe and Notify share it.)
+    public func checkResumePoint(bootId asked: String?, after: UInt64) throws(LmctfyError) {
+        guard asked == nil || asked == bootId else { return }
+        let newest = self.newest
+        if after > newest {
+            throw LmctfyError(.outOfRange, "after_sequence \(after) is beyond the newest event \(newest) of boot \(bootId)")
+        }
+    }
+
     /// The kept events with `after` < sequence <= `upTo`, in order, and the
     /// oldest sequence kept when some after `after` are gone (nil: none are).
     public func range(after: UInt64, upTo: UInt64) -> (events: [ContainerEvent], droppedBefore: UInt64?) {
