@@ -180,6 +180,47 @@ struct ResourceIntegrationTests {
         }
     }
 
+    /// v1 nests cpusets: a subcontainer's CPUs inside its parent's, a
+    /// parent's around its subcontainers'. The kernel refused a write that
+    /// broke either (EACCES, reported as PERMISSION_DENIED to root; EBUSY,
+    /// UNAVAILABLE) once the call had begun; both are refused first now,
+    /// naming the CPUs, and nothing of the call is written.
+    @Test(.enabled(if: CpuHandler.machineCpus >= 2, "needs two CPUs to nest cpusets"))
+    func cpuMaskMustNestInsideTheParentAndAroundSubcontainers() throws {
+        try withTestContainer(api, label: "cpunest") { name in
+            func cpuAndMemory(_ mask: UInt64, _ limit: Int64) -> ContainerSpec {
+                var s = spec(cpu: CpuSpec(mask: CpuSpec.Mask(data: [mask])))
+                s.memory = MemorySpec(limit: limit)
+                return s
+            }
+            let c = try api.create(name, spec: cpuAndMemory(0x1, 100_000_000))
+            let sub = try ContainerName.resolve("s", relativeTo: name)
+            var err = lmctfyError { try api.create(sub, spec: spec(cpu: CpuSpec(mask: CpuSpec.Mask(data: [0x2])))) }
+            #expect(err?.code == .invalidArgument)
+            #expect(err?.message.contains("cpu.mask names CPU 1, which \"\(name)\" may not use (its CPUs: 0)") == true, "\(err?.message ?? "")")
+            #expect(try !api.exists(sub))
+
+            try c.update(spec(cpu: CpuSpec(mask: CpuSpec.Mask(data: [0x3]))), policy: .diff)
+            let s = try api.create(sub, spec: spec(cpu: CpuSpec(mask: CpuSpec.Mask(data: [0x2]))))
+            err = lmctfyError { try s.update(spec(cpu: CpuSpec(mask: CpuSpec.Mask(data: [0x7]))), policy: .diff) }
+            #expect(err?.code == .invalidArgument)
+            // Narrowing the parent below the subcontainer's CPUs, with a
+            // memory limit in the same update: refused, nothing written.
+            let limit = try value(.memory, name, "memory.limit_in_bytes")
+            err = lmctfyError {
+                try c.update(cpuAndMemory(0x1, 50_000_000), policy: .diff)
+            }
+            #expect(err?.code == .failedPrecondition)
+            #expect(err?.message.contains("leaves out CPU 1, which the subcontainer \"\(sub)\" uses") == true, "\(err?.message ?? "")")
+            #expect(try value(.cpuset, name, "cpuset.cpus") == "0-1")
+            #expect(try value(.memory, name, "memory.limit_in_bytes") == limit)
+            // Narrowed in order, both are taken.
+            try s.update(spec(cpu: CpuSpec(mask: CpuSpec.Mask(data: [0x1]))), policy: .diff)
+            try c.update(spec(cpu: CpuSpec(mask: CpuSpec.Mask(data: [0x1]))), policy: .diff)
+            #expect(try value(.cpuset, name, "cpuset.cpus") == "0")
+        }
+    }
+
     @Test func cpuMaxLimitTooLowLeavesNothing() throws {
         try withTestContainer(api, label: "cpulow") { name throws in
             let err = lmctfyError { try api.create(name, spec: spec(cpu: CpuSpec(maxLimit: 3))) }

@@ -9,8 +9,8 @@ import LmctfySystem
 
 /// The cpu resource's files.
 protocol CpuFiles: Sendable {
-    /// Refuses cpu.mask when this container cannot get one.
-    func checkMask(_ dirs: ResourceDirs) throws(LmctfyError)
+    /// Refuses cpu.mask when this container cannot get this one.
+    func checkMask(_ mask: CpuSpec.Mask, dirs: ResourceDirs) throws(LmctfyError)
     /// Refuses a latency class the kernel state contradicts (beyond lmctfy's record).
     func checkLatency(_ latency: SchedulingLatency, dir: CgroupDir, dirs: ResourceDirs) throws(LmctfyError)
     /// The writes for a cpu slice, in order.

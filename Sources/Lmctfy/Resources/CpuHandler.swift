@@ -71,10 +71,7 @@ struct CpuHandler: ResourceHandler {
     /// CPUs as a cpuset range list ("0-3,8"). The mask's last word holds CPUs
     /// 0–63, the one before it 64–127, and so on.
     static func cpuList(mask: [UInt64]) -> String {
-        var cpus: [Int] = []
-        for (word, bits) in mask.reversed().enumerated() {
-            for bit in 0..<64 where bits & (UInt64(1) << UInt64(bit)) != 0 { cpus.append(word * 64 + bit) }
-        }
+        let cpus = Self.cpus(mask: mask)
         var ranges: [String] = []
         var i = 0
         while i < cpus.count {
@@ -86,8 +83,22 @@ struct CpuHandler: ResourceHandler {
         return ranges.joined(separator: ",")
     }
 
+    /// The CPUs a mask selects, ascending.
+    static func cpus(mask: [UInt64]) -> [Int] {
+        var cpus: [Int] = []
+        for (word, bits) in mask.reversed().enumerated() {
+            for bit in 0..<64 where bits & (UInt64(1) << UInt64(bit)) != 0 { cpus.append(word * 64 + bit) }
+        }
+        return cpus
+    }
+
     /// A cpuset range list → the mask representation (no leading zero words).
     static func mask(cpuList text: String) throws(LmctfyError) -> [UInt64] {
+        mask(cpus: try cpus(cpuList: text))
+    }
+
+    /// The CPUs a cpuset range list names.
+    static func cpus(cpuList text: String) throws(LmctfyError) -> [Int] {
         var cpus: [Int] = []
         for part in text.trimmingWhitespace.split(separator: ",") {
             let bounds = part.split(separator: "-", omittingEmptySubsequences: false)
@@ -97,6 +108,11 @@ struct CpuHandler: ResourceHandler {
             }
             cpus += Array(lo...hi)
         }
+        return cpus
+    }
+
+    /// CPUs → the mask representation (no leading zero words).
+    static func mask(cpus: [Int]) -> [UInt64] {
         guard let highest = cpus.max() else { return [] }
         var words = [UInt64](repeating: 0, count: highest / 64 + 1)
         for cpu in cpus { words[words.count - 1 - cpu / 64] |= UInt64(1) << UInt64(cpu % 64) }
@@ -108,7 +124,7 @@ struct CpuHandler: ResourceHandler {
     func validate(_ spec: ContainerSpec, dirs: ResourceDirs) throws(LmctfyError) {
         guard let cpu = spec.cpu else { return }
         try checkSpec(spec)
-        if cpu.mask != nil { try dirs.driver.cpu.checkMask(dirs) }
+        if let mask = cpu.mask { try dirs.driver.cpu.checkMask(mask, dirs: dirs) }
         if let latency = cpu.schedulingLatency {
             try checkLatency(latency, dirs: dirs)
         }

@@ -6,10 +6,40 @@ import LmctfyProto
 import LmctfySystem
 
 struct CpuFilesV1: CpuFiles {
-    func checkMask(_ dirs: ResourceDirs) throws(LmctfyError) {
-        if dirs.dir(.cpuset) == nil {
+    /// A v1 cpuset's CPUs are a subset of its parent's and a superset of
+    /// each child's: the kernel refused a write that broke either with
+    /// EACCES (reported as PERMISSION_DENIED, to root) or EBUSY (UNAVAILABLE)
+    /// once the create or update had begun. Checked first, naming the CPUs.
+    func checkMask(_ mask: CpuSpec.Mask, dirs: ResourceDirs) throws(LmctfyError) {
+        guard let cpuset = dirs.dir(.cpuset) else {
             throw .unimplemented("cpu.mask needs the cpuset hierarchy, which is not mounted or not isolated here")
         }
+        let wanted = Set(CpuHandler.cpus(mask: mask.data))
+        if let parent = cpuset.parent, try parent.exists() {
+            let allowed = Set(try CpuHandler.cpus(cpuList: try parent.read("cpuset.cpus")))
+            let outside = wanted.subtracting(allowed).sorted()
+            if !outside.isEmpty {
+                let above = dirs.container.parent.map { "\"\($0)\"" } ?? "its parent"
+                throw .invalidArgument("cpu.mask names \(Self.cpuWords(outside)), which \(above) may not use (its CPUs: \(Self.listOrNone(allowed))); on cgroup v1 a container's CPUs are a subset of its parent's")
+            }
+        }
+        guard !dirs.isNew, try cpuset.exists() else { return }
+        for child in try cpuset.subdirectories() {
+            let used = Set(try CpuHandler.cpus(cpuList: try cpuset.child(child).read("cpuset.cpus")))
+            let left = used.subtracting(wanted).sorted()
+            if !left.isEmpty {
+                let sub = dirs.container.isRoot ? "/\(child)" : "\(dirs.container)/\(child)"
+                throw .failedPrecondition("cpu.mask leaves out \(Self.cpuWords(left)), which the subcontainer \"\(sub)\" uses; on cgroup v1 a container's CPUs include its subcontainers': narrow \"\(sub)\" first")
+            }
+        }
+    }
+
+    private static func cpuWords(_ cpus: [Int]) -> String {
+        (cpus.count == 1 ? "CPU " : "CPUs ") + CpuHandler.cpuList(mask: CpuHandler.mask(cpus: cpus))
+    }
+
+    private static func listOrNone(_ cpus: Set<Int>) -> String {
+        cpus.isEmpty ? "none" : CpuHandler.cpuList(mask: CpuHandler.mask(cpus: cpus.sorted()))
     }
 
     /// The placement (/batch or not) tells the class apart; a nested
