@@ -138,11 +138,18 @@ struct ProgressTerminalTests {
                 #expect(r.status == 0, "\(String(decoding: r.stderr, as: UTF8.self))")
             }
             _ = try TestProcess.capture(lmctl + ["run", "-n", name, "/bin/sh", "-c", "for i in $(seq \(count)); do sleep 1000 & done; wait"])
-            for _ in 0..<500 {
+            // All of them started (the counts below are exact): waited for
+            // by a deadline, not a number of tries, since a loaded machine
+            // (the suite's other tests) can take seconds to fork them.
+            let deadline = MonotonicClock.milliseconds() + 60_000
+            var seen = 0
+            while MonotonicClock.milliseconds() < deadline {
                 let pids = try TestProcess.capture(lmctl + ["-v", "list", "pids", name])
-                if String(decoding: pids.stdout, as: UTF8.self).split(separator: "\n").count > count { break }
-                usleep(10_000)
+                seen = String(decoding: pids.stdout, as: UTF8.self).split(separator: "\n").count
+                if seen > count { break }
+                usleep(20_000)
             }
+            try #require(seen > count, "\(name): only \(seen) of \(count + 1) processes started within 60 s")
         }
 
         try fill("/a", 200)
