@@ -138,24 +138,32 @@ public struct LocalBackend: ContainerBackend {
     /// Creates the container (`ContainerApi.create`); returns its absolute name.
     @discardableResult
     public func create(_ name: String, spec: ContainerSpec) throws(LmctfyError) -> String {
+        try callerPath(api.create(try creatable(name, spec), spec: spec).name)
+    }
+
+    /// The machine name of a container to create here: not the scope's
+    /// root (it exists), and no virtual host below a root other than the
+    /// machine's (a virtual host is a top-level container of the machine;
+    /// CL1's "nested" refusal alone named a container that looks top-level
+    /// to the caller).
+    private func creatable(_ name: String, _ spec: ContainerSpec) throws(LmctfyError) -> ContainerName {
         let resolved = try machineName(name)
         if resolved == scope.root { throw .alreadyExists("Can't create existing container \"/\"") }
-        return try callerPath(api.create(resolved, spec: spec).name)
+        if spec.virtualHost != nil && !scope.isMachine {
+            throw .unimplemented("Nested Virtual Hosts are not yet supported: a virtual host is a top-level container of the machine, and every container here is inside the root container \(scope.root.path) that names here are relative to")
+        }
+        return resolved
     }
 
     /// What the create would refuse before making anything, without
     /// making anything (`ContainerApi.checkCreate`).
     public func checkCreate(_ name: String, spec: ContainerSpec) throws(LmctfyError) {
-        let resolved = try machineName(name)
-        if resolved == scope.root { throw .alreadyExists("Can't create existing container \"/\"") }
-        try api.checkCreate(resolved, spec: spec)
+        try api.checkCreate(try creatable(name, spec), spec: spec)
     }
 
     /// Creates the container and, for a virtual host, reports its init's pid.
     public func createReportingInit(_ name: String, spec: ContainerSpec) throws(LmctfyError) -> CreateOutcome {
-        let resolved = try machineName(name)
-        if resolved == scope.root { throw .alreadyExists("Can't create existing container \"/\"") }
-        let made = try api.create(resolved, spec: spec, virtualHostStdio: nil)
+        let made = try api.create(try creatable(name, spec), spec: spec, virtualHostStdio: nil)
         let initPid = spec.virtualHost != nil ? try made.initPid() : nil
         return CreateOutcome(name: try callerPath(made.name), initPid: initPid)
     }

@@ -91,6 +91,39 @@ public struct Amount: Sendable, Equatable, Hashable {
     public func fits(in other: Amount) -> Bool { memory <= other.memory && milliCpu <= other.milliCpu }
 }
 
+/// An exact sum of amounts (the ledger's sums and the sums an admission
+/// checks: see `Ledger.exact`).
+struct Sum: Sendable, Equatable {
+    var memory: Int128 = 0
+    var milliCpu: Int128 = 0
+
+    init() {}
+    init(_ a: Amount) {
+        memory = Int128(a.memory)
+        milliCpu = Int128(a.milliCpu)
+    }
+
+    static func + (a: Sum, b: Sum) -> Sum {
+        var s = a
+        s.memory += b.memory
+        s.milliCpu += b.milliCpu
+        return s
+    }
+
+    static func - (a: Sum, b: Sum) -> Sum {
+        var s = a
+        s.memory -= b.memory
+        s.milliCpu -= b.milliCpu
+        return s
+    }
+
+    /// As an Amount, Int64.max (or .min) where it is beyond.
+    var clamped: Amount {
+        func clamp(_ v: Int128) -> Int64 { Int64(clamping: v) }
+        return Amount(memory: clamp(memory), milliCpu: clamp(milliCpu))
+    }
+}
+
 /// The policy: tiers (most protected first), overcommit, eviction marks.
 public struct Policy: Sendable, Equatable {
     public var tiers: [Tier]
@@ -256,8 +289,12 @@ public struct Decision: Sendable, Equatable {
 public struct Ledger: Sendable {
     public private(set) var policy: Policy
     public private(set) var entries: [String: Commitment] = [:]
-    /// Sum per tier, and how many containers.
-    public private(set) var sums: [String: Amount] = [:]
+    /// Sum per tier, exact: Int128, since each commitment may be just
+    /// below the 2^60 cut-off and nine of them wrapped an Int64 sum
+    /// negative (CLI-made containers, which no admission polices), after
+    /// which anything was admitted.
+    private var exact: [String: Sum] = [:]
+    /// How many containers per tier.
     public private(set) var counts: [String: Int] = [:]
     private var nextOrder: UInt64 = 1
 
@@ -265,12 +302,18 @@ public struct Ledger: Sendable {
         self.policy = policy
     }
 
-    /// The sum of the guaranteed tiers, and of every tier.
-    public var guaranteedSum: Amount {
-        policy.tiers.filter(\.guaranteed).reduce(.zero) { $0 + (sums[$1.name] ?? .zero) }
-    }
+    /// Sum per tier (Int64.max where it is more).
+    public var sums: [String: Amount] { exact.mapValues(\.clamped) }
 
-    public var totalSum: Amount { sums.values.reduce(.zero, +) }
+    /// The sum of the guaranteed tiers, and of every tier (Int64.max where
+    /// it is more).
+    public var guaranteedSum: Amount { exactGuaranteed.clamped }
+    public var totalSum: Amount { exactTotal.clamped }
+
+    private var exactGuaranteed: Sum {
+        policy.tiers.filter(\.guaranteed).reduce(Sum()) { $0 + (exact[$1.name] ?? Sum()) }
+    }
+    private var exactTotal: Sum { exact.values.reduce(Sum(), +) }
 
     /// Records `name` (replacing what it had). `order` nil: newest.
     public mutating func set(_ name: String, tier: String, amount: Amount, order: UInt64? = nil, pending: Bool = false) {
@@ -278,7 +321,7 @@ public struct Ledger: Sendable {
         let o = order ?? nextOrder
         nextOrder = max(nextOrder, o) + 1
         entries[name] = Commitment(tier: tier, amount: amount, order: o, pending: pending)
-        sums[tier, default: .zero] = sums[tier, default: .zero] + amount
+        exact[tier, default: Sum()] = exact[tier, default: Sum()] + Sum(amount)
         counts[tier, default: 0] += 1
     }
 
@@ -286,7 +329,7 @@ public struct Ledger: Sendable {
     @discardableResult
     public mutating func remove(_ name: String) -> Commitment? {
         guard let old = entries.removeValue(forKey: name) else { return nil }
-        sums[old.tier] = (sums[old.tier] ?? .zero) - old.amount
+        exact[old.tier] = (exact[old.tier] ?? Sum()) - Sum(old.amount)
         counts[old.tier, default: 1] -= 1
         return old
     }
@@ -302,11 +345,11 @@ public struct Ledger: Sendable {
     /// grows neither dimension is always admitted (what is there stays).
     public func check(_ name: String, tier: Tier, amount: Amount, capacity: Amount) -> Decision {
         let current = entries[name]
-        let others: (guaranteed: Amount, total: Amount) = {
-            var g = guaranteedSum, t = totalSum
+        let others: (guaranteed: Sum, total: Sum) = {
+            var g = exactGuaranteed, t = exactTotal
             if let c = current {
-                t = t - c.amount
-                if policy.tiers.first(where: { $0.name == c.tier })?.guaranteed == true { g = g - c.amount }
+                t = t - Sum(c.amount)
+                if policy.tiers.first(where: { $0.name == c.tier })?.guaranteed == true { g = g - Sum(c.amount) }
             }
             return (g, t)
         }()
@@ -318,21 +361,21 @@ public struct Ledger: Sendable {
         // 0 B was refused while other tiers were over the ceiling).
         var problems: [String] = []
         if tier.guaranteed {
-            let after = others.guaranteed + amount
-            if amount.memory > 0, after.memory > capacity.memory {
+            let after = others.guaranteed + Sum(amount)
+            if amount.memory > 0, after.memory > Int128(capacity.memory) {
                 problems.append("memory: guaranteed tiers would commit \(Self.bytes(after.memory)) of \(Self.bytes(capacity.memory))")
             }
-            if amount.milliCpu > 0, after.milliCpu > capacity.milliCpu {
+            if amount.milliCpu > 0, after.milliCpu > Int128(capacity.milliCpu) {
                 problems.append("cpu: guaranteed tiers would commit \(after.milliCpu) of \(capacity.milliCpu) milliCPU")
             }
         } else {
-            let after = others.total + amount
+            let after = others.total + Sum(amount)
             let ceiling = policy.memoryCeiling(tier, capacity: capacity.memory)
-            if amount.memory > 0, after.memory > ceiling {
+            if amount.memory > 0, after.memory > Int128(ceiling) {
                 let percent = 100 + (tier.overcommit ? policy.overcommitPercent : 0)
                 problems.append("memory: all tiers would commit \(Self.bytes(after.memory)), above \(percent)% of \(Self.bytes(capacity.memory)) (\(Self.bytes(ceiling)))")
             }
-            if amount.milliCpu > 0, after.milliCpu > capacity.milliCpu {
+            if amount.milliCpu > 0, after.milliCpu > Int128(capacity.milliCpu) {
                 problems.append("cpu: all tiers would commit \(after.milliCpu) of \(capacity.milliCpu) milliCPU")
             }
         }
@@ -356,10 +399,14 @@ public struct Ledger: Sendable {
         }
     }
 
-    /// Bytes with MiB for people: "104857600 B (100.0 MiB)".
-    static func bytes(_ n: Int64) -> String {
+    /// Bytes with MiB for people: "104857600 B (100.0 MiB)". (In Int128:
+    /// `n * 10` trapped for n above Int64.max / 10, and a create asking a
+    /// reservation of 0.8 EiB killed the agent writing its refusal.)
+    static func bytes(_ n: Int64) -> String { bytes(Int128(n)) }
+
+    static func bytes(_ n: Int128) -> String {
         let tenths = (n * 10 + (n >= 0 ? 1 << 19 : -(1 << 19))) / (1 << 20)
-        return "\(n) B (\(tenths / 10).\(abs(tenths % 10)) MiB)"
+        return "\(n) B (\(tenths / 10).\(tenths % 10 < 0 ? -(tenths % 10) : tenths % 10) MiB)"
     }
 
     /// The report MachineInfo and CheckAdmission carry.

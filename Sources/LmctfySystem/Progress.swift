@@ -52,7 +52,9 @@ public enum Progress {
 
     /// Bytes as MiB with one decimal, for progress lines.
     public static func mib(_ bytes: UInt64) -> String {
-        let tenths = bytes * 10 / (1 << 20)
+        // Not `bytes * 10`: it trapped above 1.6 EiB (a size an archive's
+        // header may claim).
+        let tenths = bytes / (1 << 20) * 10 + bytes % (1 << 20) * 10 / (1 << 20)
         return "\(tenths / 10).\(tenths % 10) MiB"
     }
 

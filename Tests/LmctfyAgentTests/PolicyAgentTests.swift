@@ -50,6 +50,17 @@ private func withAgent<T>(state dir: String, _ extra: String, _ body: (Agent, St
     return try body(agent, socket)
 }
 
+/// `withAgent` on a fresh state directory, rooted at a new policy root
+/// container of 256 MiB.
+private func withPolicyAgent<T>(_ label: String, _ body: (ContainerName, Agent, String) throws -> T) throws -> T {
+    try withPolicyRoot(label, spec: "memory { limit: 268435456 }") { root in
+        let dir = "/tmp/lmctfy-agent-test-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try Sys.mkdir(dir, mode: 0o755)
+        defer { _ = removeTree(dir) }
+        return try withAgent(state: dir, "root_container: \"\(root)\"") { agent, socket in try body(root, agent, socket) }
+    }
+}
+
 @Suite(.enabled(if: RealCgroups.available, "\(RealCgroups.unavailableReason ?? "")"))
 struct PolicyAgentTests {
     @Test func admissionOnA256MiBRootWithTiersOvercommitUpdatesAndARestart() throws {
@@ -156,43 +167,62 @@ struct PolicyAgentTests {
     /// with CL1 meanwhile is counted by the next admission, and one
     /// destroyed with CL1 gives its room back.
     @Test func aContainerMadeBehindARunningAgentsBackIsCounted() throws {
-        try withPolicyRoot("policyw", spec: "memory { limit: 268435456 }") { root in
+        try withPolicyAgent("policyw") { root, agent, socket in
             let api = try ContainerApi.detect()
-            let dir = "/tmp/lmctfy-agent-test-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
-            try Sys.mkdir(dir, mode: 0o755)
-            defer { _ = removeTree(dir) }
-            try withAgent(state: dir, "root_container: \"\(root)\"") { agent, socket in
-                let client = try RpcClient.connect(unixPath: socket)
-                defer { client.close() }
-                let batch = try ContainerSpec(textFormat: "memory { reservation: 104857600 }")
-                // One create through the agent first: its ledger is in line.
-                _ = try client.call(AgentMethods.create, CreateRequest(name: "/a1", spec: batch, tier: "batch"))
-                _ = try client.call(AgentMethods.destroy, DestroyRequest(name: "/a1", force: true))
-                // 200 MiB reserved behind its back (a batch container, 5000).
-                try api.create(name(root.path + "/cli"), spec: try ContainerSpec(textFormat: "memory { reservation: 209715200 }"))
-                let seen = { (present: Bool) -> Bool in
-                    for _ in 0..<500 {
-                        if agent.dispatcher.inventory.knows("/cli") == present { return true }
-                        usleep(10_000)
-                    }
-                    return false
+            let client = try RpcClient.connect(unixPath: socket)
+            defer { client.close() }
+            let batch = try ContainerSpec(textFormat: "memory { reservation: 104857600 }")
+            // One create through the agent first: its ledger is in line.
+            _ = try client.call(AgentMethods.create, CreateRequest(name: "/a1", spec: batch, tier: "batch"))
+            _ = try client.call(AgentMethods.destroy, DestroyRequest(name: "/a1", force: true))
+            // 200 MiB reserved behind its back (a batch container, 5000).
+            try api.create(name(root.path + "/cli"), spec: try ContainerSpec(textFormat: "memory { reservation: 209715200 }"))
+            let seen = { (present: Bool) -> Bool in
+                for _ in 0..<500 {
+                    if agent.dispatcher.inventory.knows("/cli") == present { return true }
+                    usleep(10_000)
                 }
-                try #require(seen(true), "the watcher did not see /cli")
-                let (code, message) = status { _ = try client.call(AgentMethods.create, CreateRequest(name: "/a2", spec: batch, tier: "batch")) }
-                #expect(code == .resourceExhausted && message.contains("314572800"), "\(message)")
-                // Shrunk behind its back to 50 MiB: the ledger follows the
-                // watcher's UPDATED (it kept the 200 MiB it had read).
-                try api.get(name(root.path + "/cli")).update(try ContainerSpec(textFormat: "memory { reservation: 52428800 }"), policy: .diff)
-                var admitted = false
-                for _ in 0..<100 where !admitted {
-                    admitted = (try? client.call(AgentMethods.create, CreateRequest(name: "/a2", spec: batch, tier: "batch"))) != nil
-                    if !admitted { usleep(50_000) }
-                }
-                #expect(admitted, "the ledger kept /cli's old reservation")
-                try api.destroy(name(root.path + "/cli"))
-                try #require(seen(false), "the watcher did not see /cli go")
-                _ = try client.call(AgentMethods.create, CreateRequest(name: "/a3", spec: batch, tier: "batch"))
+                return false
             }
+            try #require(seen(true), "the watcher did not see /cli")
+            let (code, message) = status { _ = try client.call(AgentMethods.create, CreateRequest(name: "/a2", spec: batch, tier: "batch")) }
+            #expect(code == .resourceExhausted && message.contains("314572800"), "\(message)")
+            // Shrunk behind its back to 50 MiB: the ledger follows the
+            // watcher's UPDATED (it kept the 200 MiB it had read).
+            try api.get(name(root.path + "/cli")).update(try ContainerSpec(textFormat: "memory { reservation: 52428800 }"), policy: .diff)
+            var admitted = false
+            for _ in 0..<100 where !admitted {
+                admitted = (try? client.call(AgentMethods.create, CreateRequest(name: "/a2", spec: batch, tier: "batch"))) != nil
+                if !admitted { usleep(50_000) }
+            }
+            #expect(admitted, "the ledger kept /cli's old reservation")
+            try api.destroy(name(root.path + "/cli"))
+            try #require(seen(false), "the watcher did not see /cli go")
+            _ = try client.call(AgentMethods.create, CreateRequest(name: "/a3", spec: batch, tier: "batch"))
+        }
+    }
+
+    /// A reservation of 0.8 EiB (a create, or a CLI-made container the
+    /// agent counts): the refusal's arithmetic trapped and killed the agent
+    /// (SIGILL), for every create while such a container existed (a probe).
+    @Test func aHugeReservationIsRefusedAndTheAgentLives() throws {
+        try withPolicyAgent("policyh") { root, agent, socket in
+            let api = try ContainerApi.detect()
+            let huge = try ContainerSpec(textFormat: "memory { reservation: 950000000000000000 }")
+            let client = try RpcClient.connect(unixPath: socket)
+            defer { client.close() }
+            var (code, message) = status { _ = try client.call(AgentMethods.create, CreateRequest(name: "/h", spec: huge, tier: "batch")) }
+            #expect(code == .resourceExhausted && message.contains("asked 950000000000000000 B (905990600585.9 MiB)"), "\(message)")
+            #expect(try !api.exists(name(root.path + "/h")))
+            // Made behind its back: counted, and the next create is
+            // refused with the arithmetic, the agent alive.
+            try api.create(name(root.path + "/cli"), spec: huge)
+            for _ in 0..<500 where !agent.dispatcher.inventory.knows("/cli") { usleep(10_000) }
+            try #require(agent.dispatcher.inventory.knows("/cli"), "the watcher did not see /cli")
+            let small = try ContainerSpec(textFormat: "memory { reservation: 4096 }")
+            (code, message) = status { _ = try client.call(AgentMethods.create, CreateRequest(name: "/s", spec: small, tier: "batch")) }
+            #expect(code == .resourceExhausted && message.contains("950000000000004096 B"), "\(message)")
+            try api.destroy(name(root.path + "/cli"))
         }
     }
 
@@ -291,7 +321,7 @@ struct PolicyAgentTests {
                     ("memory { max_limit: 1 }", 12, "memory.max_limit is not implemented"),
                     ("cpu { max_limit: 1 }", 5, "does not isolate cpu"),
                     ("pids { limit: 0 }", 9, "does not isolate pids"),
-                    ("virtual_host { }", 12, "Nested Virtual Hosts"),
+                    ("virtual_host { }", 12, "Nested Virtual Hosts are not yet supported: a virtual host is a top-level container of the machine, and every container here is inside the root container \(root.path)"),
                     ("network { }", 12, "network isolation is not implemented"),
                     ("owner: -2", 3, "owner -2 is out of range"),
                 ] {

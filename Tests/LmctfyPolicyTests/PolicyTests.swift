@@ -260,6 +260,28 @@ private func oracle(_ policy: Policy, existing: [(String, String, Amount)], name
 
     /// Admission and reservation are one step: 64 creates race for room for
     /// two; exactly two win, whatever the interleaving.
+    /// Commitments near the 2^60 cut-off (a CLI-made container, which no
+    /// admission polices; a create or import asking 0.8 EiB): the refusal's
+    /// text trapped on `n * 10` (the agent died with SIGILL), and nine of
+    /// them wrapped an Int64 sum negative, after which anything fitted.
+    @Test func hugeCommitmentsNeitherTrapNorWrap() {
+        var l = Ledger(policy: Policy())
+        let huge: Int64 = 950_000_000_000_000_000
+        let d = l.check("/big", tier: .prod, amount: Amount(memory: huge), capacity: capacity)
+        #expect(!d.admitted)
+        #expect(d.message.contains("asked 950000000000000000 B (905990600585.9 MiB)"), "\(d.message)")
+        let nearCut: Int64 = (1 << 60) - 4096
+        for i in 0..<9 { l.set("/cli\(i)", tier: "batch", amount: Amount(memory: nearCut)) }
+        #expect(l.totalSum.memory == Int64.max && l.sums["batch"]?.memory == Int64.max)
+        let small = l.check("/new", tier: .batch, amount: Amount(memory: 4096), capacity: capacity)
+        #expect(!small.admitted, "the sum wrapped: \(small.message)")
+        #expect(small.message.contains("all tiers would commit 10376293541461590016 B"), "\(small.message)")
+        for i in 0..<9 { l.remove("/cli\(i)") }
+        #expect(l.totalSum == .zero)
+        #expect(l.check("/new", tier: .batch, amount: Amount(memory: 4096), capacity: capacity).admitted)
+        #expect(Progress.mib(UInt64.max) == "17592186044415.9 MiB")
+    }
+
     @Test func concurrentCreatesRaceForTheLastRoom() {
         for round in 0..<20 {
             let a = Admitter(policy: Policy())
