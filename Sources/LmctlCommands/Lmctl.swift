@@ -606,11 +606,18 @@ public enum LmctlCLI {
         throw .invalidArgument("\(flag) \(address): expected unix:///PATH or tcp://HOST:PORT")
     }
 
+    /// Every tier's memory commitment, summed exactly (each tier's sum is
+    /// an Int64, their total need not be: CLI-made containers near 1 EiB,
+    /// or a peer's figures, trapped an Int64 sum and killed lmctl).
+    static func committedMemory(_ p: PolicyReport) -> Int128 {
+        p.tier.reduce(Int128(0)) { $0 + Int128($1.memory ?? 0) }
+    }
+
     /// The policy's capacity, commitment per tier and what is free, as
     /// `info` and `hosts` print them.
     static func policyPairs(_ p: PolicyReport?) -> [(String, String)] {
         guard let p else { return [] }
-        let committed = p.tier.reduce(Int64(0)) { $0 + ($1.memory ?? 0) }
+        let committed = committedMemory(p)
         return [("capacity_memory", String(p.capacityMemory ?? 0)), ("capacity_milli_cpu", String(p.capacityMilliCpu ?? 0)),
                 ("committed_memory", String(committed))]
             + p.tier.map { ("committed_\($0.tier ?? "")", "\($0.memory ?? 0) bytes \($0.milliCpu ?? 0) milliCPU \($0.containers ?? 0) containers") }

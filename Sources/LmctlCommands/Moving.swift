@@ -337,7 +337,7 @@ enum MovingCommands {
         // end. Taken for frozen by the user, its copy stayed frozen for good.
         if let ms = before.freezeLeaseMs {
             throw LmctfyError(.aborted,
-                "\(name) is frozen under a lease, \((ms + 999) / 1000) s left: a migration of it is under way, or one was cut short and the freeze ends by itself then; wait, or resume it first; nothing was touched")
+                "\(name) is frozen under a lease, \(ms / 1000 + (ms % 1000 > 0 ? 1 : 0)) s left: a migration of it is under way, or one was cut short and the freeze ends by itself then; wait, or resume it first; nothing was touched")
         }
         // A snapshot is of one container, and brings back only the processes
         // the agent started: what else would be destroyed with the source

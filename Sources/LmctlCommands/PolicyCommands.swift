@@ -181,7 +181,6 @@ enum PolicyCommands {
     /// How full a host is: memory committed (every tier) over capacity.
     static func load(_ p: PolicyReport?) -> Double {
         guard let p, let cap = p.capacityMemory, cap > 0 else { return .infinity }
-        let committed = p.tier.reduce(Int64(0)) { $0 + ($1.memory ?? 0) }
-        return Double(committed) / Double(cap)
+        return Double(LmctlCLI.committedMemory(p)) / Double(cap)
     }
 }

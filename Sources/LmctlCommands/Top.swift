@@ -210,7 +210,10 @@ enum TopCommand {
     static func pad(_ s: String, _ w: Int) -> String { String(repeating: " ", count: max(0, w - s.count)) + s }
     static func padRight(_ s: String, _ w: Int) -> String { s + String(repeating: " ", count: max(0, w - s.count)) }
 
+    /// (A peer's figures can make any Double: beyond what an Int holds,
+    /// `Int(_:)` trapped; shown as "-" then.)
     static func formatPercent(_ v: Double) -> String {
+        guard v.isFinite, abs(v) < 1e15 else { return "-" }
         let tenths = Int((v * 10).rounded())
         return "\(tenths / 10).\(tenths % 10)"
     }

@@ -115,3 +115,22 @@ private extension ChildResult {
         (status, String(decoding: stdout, as: UTF8.self), String(decoding: stderr, as: UTF8.self))
     }
 }
+
+/// lmctl's sums over a peer's policy figures: each tier's sum fits an
+/// Int64, their total need not (CLI-made containers near 1 EiB; a hostile
+/// peer), and `info` trapped adding them (SIGILL, found by an audit); `top`
+/// trapped converting a peer's absurd CPU percentage to an Int.
+@Suite struct LmctlPeerFiguresTests {
+    @Test func tierSumsAndPercentagesCannotTrap() {
+        let big: Int64 = 8_800_000_000_000_000_000
+        let report = PolicyReport(capacityMemory: 1 << 30, capacityMilliCpu: 2000,
+                                  tier: [TierCommitment(tier: "prod", memory: 1_100_000_000_000_000_000),
+                                         TierCommitment(tier: "batch", memory: big)])
+        let pairs = Dictionary(uniqueKeysWithValues: LmctlCLI.policyPairs(report))
+        #expect(pairs["committed_memory"] == "9900000000000000000")
+        #expect(PolicyCommands.load(report) > 9e9)
+        #expect(TopCommand.formatPercent(12.34) == "12.3")
+        #expect(TopCommand.formatPercent(1e300) == "-")
+        #expect(TopCommand.formatPercent(.infinity) == "-")
+    }
+}
