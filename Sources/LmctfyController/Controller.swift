@@ -586,7 +586,7 @@ public final class Controller: @unchecked Sendable {
     /// fleet's subscribers, and granted again half a window at a time.
     private func hostEvent(_ link: ControllerPeer, _ payload: [UInt8]) {
         guard let host = link.host, let r = try? SubscribeResponse(serializedBytes: payload) else { return }
-        let taken = fleet.take(r, from: host)
+        let taken = fleet.take(r, from: host, bytes: payload.count)
         if taken != nil { metrics.eventsRelayed += 1 }
         if let e = taken, e.kind == .containerEventCreated || e.kind == .containerEventDestroyed {
             link.countDue = true

@@ -76,13 +76,35 @@ final class FleetEvents {
         return r
     }
 
-    /// One response of a host's stream: an event is stored unless it is at
-    /// or before the host's cursor; a gap is stored as a HOST_GAP event.
-    /// Returns the event stored (nil: a duplicate, a gap or a marker).
+    /// The largest response of a host's stream whose event is stored: what
+    /// an agent sends is a few hundred bytes (a container name is at most
+    /// 3,072), so this only stops a hostile or broken peer. A larger event
+    /// (up to the link's 4 MiB frames) outgrew the journal's records, and
+    /// its restart read lost it and every event after it, silently; it cost
+    /// the log's memory by the megabyte and ended every subscriber whose
+    /// frames are the default 64 KiB. It is stored as a HOST_GAP instead.
+    static let maxEventBytes = 60 << 10
+
+    /// One response of a host's stream (`bytes` long): an event is stored
+    /// unless it is at or before the host's cursor; a gap is stored as a
+    /// HOST_GAP event, and so is an event above `maxEventBytes`. Returns
+    /// the event stored (nil: a duplicate, a gap or a marker).
     @discardableResult
-    func take(_ r: SubscribeResponse, from host: String) -> ContainerEvent? {
+    func take(_ r: SubscribeResponse, from host: String, bytes: Int = 0) -> ContainerEvent? {
         if let e = r.event, let boot = e.bootId, let seq = e.sequence {
             if let c = cursors[host], c.boot == boot, seq <= c.sequence { return nil }  // already stored
+            if bytes > Self.maxEventBytes {
+                var gap = ContainerEvent()
+                gap.kind = .containerEventHostGap
+                gap.host = host
+                gap.hostBootId = boot
+                gap.hostSequence = seq == UInt64.max ? seq : seq + 1
+                gap.reason = "event \(seq) of boot \(boot) was \(bytes) bytes, above the \(Self.maxEventBytes) the fleet log keeps: not stored"
+                cursors[host] = Cursor(boot: boot, sequence: seq)
+                cursorsDirty = true
+                log.append(gap)
+                return nil
+            }
             var fleet = e
             fleet.host = host
             fleet.hostBootId = boot

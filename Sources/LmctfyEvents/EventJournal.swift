@@ -67,7 +67,7 @@ final class EventJournal: @unchecked Sendable {
             count = 0
             do { try open() } catch { return false }
         }
-        guard fd >= 0, let body = try? e.serializedBytes() else { return false }
+        guard fd >= 0, let body = try? e.serializedBytes(), body.count <= Self.maxRecordBytes else { return false }
         let n = UInt32(body.count)
         let record = [UInt8(n >> 24), UInt8((n >> 16) & 0xff), UInt8((n >> 8) & 0xff), UInt8(n & 0xff)] + body
         let written = record.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
@@ -76,15 +76,26 @@ final class EventJournal: @unchecked Sendable {
         return true
     }
 
-    /// The records of one file; stops at the first torn or malformed one.
+    /// The largest record written and read. (The reader stopped at a
+    /// larger one, which the writer wrote: a fleet event of a hostile agent
+    /// lost every event after it at each restart, silently.)
+    static let maxRecordBytes = 1 << 20
+
+    /// The records of one file; stops at the first torn or malformed one
+    /// (a whole record above `maxRecordBytes`, which an earlier version
+    /// wrote, is passed over).
     static func read(_ path: String) -> [ContainerEvent] {
         guard let data = try? Sys.readBytes(path) else { return [] }
         var out: [ContainerEvent] = []
         var i = 0
         while i + 4 <= data.count {
             let n = Int(data[i]) << 24 | Int(data[i + 1]) << 16 | Int(data[i + 2]) << 8 | Int(data[i + 3])
-            guard n <= 1 << 20, i + 4 + n <= data.count,
-                  let e = try? ContainerEvent(serializedBytes: Array(data[(i + 4)..<(i + 4 + n)])) else { break }
+            guard i + 4 + n <= data.count else { break }
+            if n > maxRecordBytes {
+                i += 4 + n
+                continue
+            }
+            guard let e = try? ContainerEvent(serializedBytes: Array(data[(i + 4)..<(i + 4 + n)])) else { break }
             out.append(e)
             i += 4 + n
         }

@@ -75,6 +75,28 @@ import Testing
         #expect(try EventJournal(directory: dir, capacity: 3).stored().map(\.sequence) == [4, 5, 6, 7])
     }
 
+    /// The journal writes no record its reader would refuse, and its reader
+    /// passes over a whole one above the limit (an earlier version wrote
+    /// them) instead of stopping there and losing every record after it.
+    @Test func theJournalsWriterAndReaderAgreeOnTheLargestRecord() throws {
+        let dir = "/tmp/lmctfy-eventjournal-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        defer { _ = removeTree(dir) }
+        let journal = try EventJournal(directory: dir, capacity: 10)
+        func event(_ seq: UInt64, _ container: String) -> ContainerEvent {
+            ContainerEvent(bootId: "b", sequence: seq, container: container, kind: .containerEventCreated)
+        }
+        #expect(journal.append(event(1, "/a")))
+        #expect(!journal.append(event(2, "/" + String(repeating: "x", count: EventJournal.maxRecordBytes))))
+        // As an earlier version wrote it: length and body.
+        let body = try event(3, "/" + String(repeating: "y", count: EventJournal.maxRecordBytes)).serializedBytes()
+        let n = UInt32(body.count)
+        let fd = open(journal.currentPath, O_WRONLY | O_APPEND)
+        _ = ([UInt8(n >> 24), UInt8((n >> 16) & 0xff), UInt8((n >> 8) & 0xff), UInt8(n & 0xff)] + body).withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        close(fd)
+        #expect(journal.append(event(4, "/d")))
+        #expect(try EventJournal(directory: dir, capacity: 10).stored().map(\.sequence) == [1, 4])
+    }
+
     /// A log whose id outlives the process (the fleet log) never gives a
     /// sequence number twice: STATS samples take numbers and are not
     /// journaled, so after a restart (SIGKILL: nothing flushed but what

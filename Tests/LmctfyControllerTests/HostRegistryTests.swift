@@ -70,3 +70,37 @@ import Testing
             throws: { ($0 as? LmctfyError)?.code == .dataLoss }
     }
 }
+
+/// The fleet log on its own: an event above what it keeps (a hostile or
+/// broken agent's, up to the link's 4 MiB frames) is stored as a HOST_GAP
+/// naming it, and the events after it survive a restart. (It was stored
+/// whole: the journal's reader stopped at it, and at each restart every
+/// later event was lost without a gap; a probe.)
+@Suite struct FleetEventsTests {
+    @Test func anOversizeEventIsAGapAndWhatFollowsSurvivesARestart() throws {
+        let dir = "/tmp/lmctfy-fleetevents-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try Sys.mkdir(dir, mode: 0o700)
+        defer { _ = removeTree(dir) }
+        func event(_ seq: UInt64, _ container: String) -> SubscribeResponse {
+            SubscribeResponse(event: ContainerEvent(bootId: "hb", sequence: seq, container: container, kind: .containerEventCreated))
+        }
+        let first = try FleetEvents(stateDir: dir, capacity: 100)
+        #expect(first.take(event(1, "/a"), from: "h", bytes: 100) != nil)
+        let big = "/" + String(repeating: "x", count: 1_100_000)
+        #expect(first.take(event(2, big), from: "h", bytes: 1_100_040) == nil)
+        #expect(first.take(event(2, big), from: "h", bytes: 1_100_040) == nil, "sent again: a duplicate")
+        #expect(first.take(event(3, "/c"), from: "h", bytes: 100) != nil)
+        func kinds(_ f: FleetEvents) -> [String] {
+            f.log.range(after: 0, upTo: f.log.newest).events.map { e in
+                e.kind == .containerEventHostGap ? "gap@\(e.hostSequence ?? 0)" : (e.container ?? "")
+            }
+        }
+        #expect(kinds(first) == ["/a", "gap@3", "/c"])
+        let gap = first.log.range(after: 0, upTo: first.log.newest).events[1]
+        #expect(gap.reason?.contains("event 2 of boot hb was 1100040 bytes") == true, "\(gap.reason ?? "")")
+        first.flushCursors()
+        let second = try FleetEvents(stateDir: dir, capacity: 100)
+        #expect(kinds(second) == ["/a", "gap@3", "/c"])
+        #expect(second.subscribeRequest(for: "h", credit: nil).afterSequence == 3)
+    }
+}
