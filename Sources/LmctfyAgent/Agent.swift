@@ -1274,7 +1274,7 @@ public final class Agent: @unchecked Sendable {
         s.calls[streamId] = context
         if r.credit != nil {
             // Flow-controlled: the replay waits for credit like any event.
-            hub.hold(key, first.compactMap { try? $0.serializedBytes() })
+            hub.hold(key, first)
             hub.drain(key, deliver: deliver, lagged: lagged)
             publishEvents()
             return
@@ -1284,24 +1284,7 @@ public final class Agent: @unchecked Sendable {
         // the rest), rather than the whole log waiting in memory. Where the
         // caller resumes: after its own point, after the last event sent, or
         // after a gap's start (the stream goes on in that boot from there).
-        var lastSent: UInt64 = r.afterSequence ?? 0
-        var lastBoot = r.bootId ?? hub.log.bootId
-        for response in first {
-            guard let bytes = try? response.serializedBytes() else { continue }
-            if s.held > settings.flow.connectionBytes {
-                hub.remove(key)
-                endLagged(s, streamId, after: lastSent, boot: lastBoot, now: now)
-                return
-            }
-            perform(s, s.session.sendResponse(streamId: streamId, payload: bytes, now: now))
-            if let e = response.event {
-                lastSent = e.sequence ?? lastSent
-                lastBoot = e.bootId ?? lastBoot
-            } else if let g = response.gap {
-                lastSent = max(1, g.firstSequence ?? 1) - 1
-                lastBoot = g.bootId ?? lastBoot
-            }
-        }
+        guard hub.replay(key, first, deliver: deliver, lagged: lagged) else { return }
         // Anything recorded while it joined (the hub had no subscriber, so
         // no fan-out was queued for it) goes out now, after the replay.
         publishEvents()
@@ -1364,9 +1347,9 @@ public final class Agent: @unchecked Sendable {
 
     /// A subscriber the hub dropped for lagging: its stream ends naming
     /// where to resume (nothing, if the stream is already gone).
-    private func lagged(_ key: EventHub.Key, _ lastSent: UInt64) {
+    private func lagged(_ key: EventHub.Key, _ resume: EventHub.ResumePoint) {
         guard let s = conns[key.conn], s.calls[key.stream] != nil else { return }
-        endLagged(s, key.stream, after: lastSent, boot: hub.log.bootId, now: MonotonicClock.milliseconds())
+        endLagged(s, key.stream, after: resume.after, boot: resume.boot, now: MonotonicClock.milliseconds())
     }
 
     /// A call's end: the responses it kept, the last one with the status.

@@ -622,18 +622,14 @@ public final class Controller: @unchecked Sendable {
         }
         p.fleetStreams.insert(stream)
         if r.credit != nil {
-            fleet.hub.hold(key, first.compactMap { try? $0.serializedBytes() })
+            fleet.hub.hold(key, first)
             fleet.hub.drain(key, deliver: deliver, lagged: lagged)
             return
         }
-        for response in first {
-            guard let bytes = try? response.serializedBytes() else { continue }
-            if !deliver(key, bytes) {
-                fleet.hub.remove(key)
-                lagged(key, r.afterSequence ?? 0)
-                return
-            }
-        }
+        // Past what its connection takes, it ends naming the last event
+        // sent (it named the request's own point: a replay larger than the
+        // connection's limit was cut at the same place at every retry).
+        _ = fleet.hub.replay(key, first, deliver: deliver, lagged: lagged)
     }
 
     /// One response on a fleet subscriber's stream; false when its
@@ -648,10 +644,10 @@ public final class Controller: @unchecked Sendable {
     /// How much a fleet subscriber's connection may hold unsent.
     static let subscriberBytes = 4 << 20
 
-    private func lagged(_ key: EventHub.Key, _ lastSent: UInt64) {
+    private func lagged(_ key: EventHub.Key, _ resume: EventHub.ResumePoint) {
         guard let p = peers[key.conn], p.fleetStreams.remove(key.stream) != nil else { return }
         perform(p, p.session.sendStatus(streamId: key.stream, CallStatus(
-            .resourceExhausted, "lagged, resume after \(lastSent) (boot \(fleet.log.bootId))"), now: MonotonicClock.milliseconds()))
+            .resourceExhausted, "lagged, resume after \(resume.after) (boot \(resume.boot))"), now: MonotonicClock.milliseconds()))
     }
 
     // MARK: Calls

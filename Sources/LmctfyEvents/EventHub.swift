@@ -64,17 +64,35 @@ public final class EventHub {
         }
     }
 
+    /// Where a subscriber resumes: after this sequence of this boot.
+    public struct ResumePoint: Sendable, Equatable {
+        public let after: UInt64
+        public let boot: String
+        public init(after: UInt64, boot: String) {
+            self.after = after
+            self.boot = boot
+        }
+    }
+
     /// One response waiting for credit: its sequence (0 for a gap or the
-    /// caught-up marker, which keep their place) and bytes.
+    /// caught-up marker, which keep their place), bytes, and where its
+    /// subscriber resumes once it has been sent (nil: where it did).
     public struct Waiting {
         let sequence: UInt64
         let bytes: [UInt8]
+        var resume: ResumePoint? = nil
     }
 
     public struct Subscriber {
         let filter: EventFilter
-        /// The sequence of the last event sent on this stream (0: none yet).
+        /// The sequence of the last event handed to this stream, sent or
+        /// waiting (0: none yet): what `publish` does not give it again.
         var lastSent: UInt64
+        /// Where it resumes: after what it has really been sent. (A lagged
+        /// stream named `lastSent`, which counts the replay held for credit
+        /// from the start: "resume after 60000" to a subscriber sent 17,614
+        /// events, who lost the rest.)
+        var resume: ResumePoint
         /// Responses it may still be sent; nil: not flow-controlled.
         var credit: Int?
         /// What waits for credit, in order (no stats samples).
@@ -91,8 +109,8 @@ public final class EventHub {
     /// Sends one response on a subscriber's stream; false when it cannot
     /// take it (its connection is past its limit: it lags).
     public typealias Deliver = (Key, [UInt8]) -> Bool
-    /// Ends a subscription that lags, naming the last event sent.
-    public typealias Lagged = (Key, UInt64) -> Void
+    /// Ends a subscription that lags, naming where it resumes.
+    public typealias Lagged = (Key, ResumePoint) -> Void
 
     public let log: EventLog
     /// Events held for one flow-controlled subscriber without credit.
@@ -174,8 +192,37 @@ public final class EventHub {
         // (seen through Notify) gets what follows it only.
         if let after = r.afterSequence, r.bootId == nil || r.bootId == log.bootId { lastSent = max(lastSent, after) }
         first.append(SubscribeResponse(caughtUp: published, caughtUpBootId: log.bootId))
-        subscribers[key] = Subscriber(filter: filter, lastSent: lastSent, credit: credit, allowance: buffer + first.count)
+        // Before anything is sent it resumes where it asked to start
+        // (live only: after what was published when it came).
+        let start = r.afterSequence.map { ResumePoint(after: $0, boot: r.bootId ?? log.bootId) }
+            ?? ResumePoint(after: published, boot: log.bootId)
+        subscribers[key] = Subscriber(filter: filter, lastSent: lastSent, resume: start, credit: credit, allowance: buffer + first.count)
         return first
+    }
+
+    /// Where a subscriber that has been sent `r` resumes (nil: the
+    /// caught-up marker, which moves nothing). A gap: before its first
+    /// sequence, in its boot.
+    public func resumePoint(after r: SubscribeResponse) -> ResumePoint? {
+        if let e = r.event, let seq = e.sequence { return ResumePoint(after: seq, boot: e.bootId ?? log.bootId) }
+        if let g = r.gap { return ResumePoint(after: max(1, g.firstSequence ?? 1) - 1, boot: g.bootId ?? log.bootId) }
+        return nil
+    }
+
+    /// Sends what `subscribe` returned to a subscriber without credit, in
+    /// order; past what its connection takes, the subscription ends and
+    /// `lagged` names the last of them sent. False then.
+    public func replay(_ key: Key, _ responses: [SubscribeResponse], deliver: Deliver, lagged: Lagged) -> Bool {
+        for r in responses {
+            guard let bytes = try? r.serializedBytes(), let sub = subscribers[key] else { continue }
+            guard deliver(key, bytes) else {
+                subscribers[key] = nil
+                lagged(key, sub.resume)
+                return false
+            }
+            if let point = resumePoint(after: r) { subscribers[key]?.resume = point }
+        }
+        return true
     }
 
     public func remove(_ key: Key) {
@@ -184,8 +231,11 @@ public final class EventHub {
 
     /// The responses `subscribe` returned, for a flow-controlled subscriber:
     /// they wait for its credit like any event.
-    public func hold(_ key: Key, _ responses: [[UInt8]]) {
-        for bytes in responses { subscribers[key]?.queue.append(Waiting(sequence: 0, bytes: bytes)) }
+    public func hold(_ key: Key, _ responses: [SubscribeResponse]) {
+        for r in responses {
+            guard let bytes = try? r.serializedBytes() else { continue }
+            subscribers[key]?.queue.append(Waiting(sequence: 0, bytes: bytes, resume: resumePoint(after: r)))
+        }
     }
 
     /// More credit from a subscriber; sends what waited for it.
@@ -215,11 +265,12 @@ public final class EventHub {
             }
             guard deliver(key, next.bytes) else {
                 subscribers[key] = nil
-                lagged(key, sub.lastSent)
+                lagged(key, sub.resume)
                 return
             }
             sub.credit! -= 1
-            if next.sequence > 0 { sub.lastSent = next.sequence }
+            if next.sequence > 0 { sub.lastSent = max(sub.lastSent, next.sequence) }
+            if let point = next.resume { sub.resume = point }
         }
         if sub.queueHead > 64 && sub.queueHead * 2 > sub.queue.count {
             sub.queue.removeFirst(sub.queueHead)
@@ -242,7 +293,8 @@ public final class EventHub {
             let gap = SubscribeResponse(gap: EventGap(
                 requestedBootId: log.bootId, afterSequence: published, bootId: log.bootId, firstSequence: dropped))
             let bytes = (try? gap.serializedBytes()) ?? []
-            for key in Array(subscribers.keys) { offer(key, Waiting(sequence: 0, bytes: bytes), sample: nil, deliver: deliver, lagged: lagged) }
+            let point = resumePoint(after: gap)
+            for key in Array(subscribers.keys) { offer(key, Waiting(sequence: 0, bytes: bytes, resume: point), sample: nil, deliver: deliver, lagged: lagged) }
         }
         published = newest
         for e in events {
@@ -250,7 +302,8 @@ public final class EventHub {
             let keys = subscribers.filter { $0.value.lastSent < sequence && $0.value.filter.matches(e) }.map(\.key)
             guard !keys.isEmpty, let bytes = try? SubscribeResponse(event: e).serializedBytes() else { continue }
             let sample = e.kind == .containerEventStats ? e.container ?? "" : nil
-            for key in keys { offer(key, Waiting(sequence: sequence, bytes: bytes), sample: sample, deliver: deliver, lagged: lagged) }
+            let point = ResumePoint(after: sequence, boot: log.bootId)
+            for key in keys { offer(key, Waiting(sequence: sequence, bytes: bytes, resume: point), sample: sample, deliver: deliver, lagged: lagged) }
         }
     }
 
@@ -261,30 +314,33 @@ public final class EventHub {
         guard let credit = sub.credit else {
             if deliver(key, w.bytes) {
                 if w.sequence > 0 { subscribers[key]?.lastSent = w.sequence }
+                if let point = w.resume { subscribers[key]?.resume = point }
             } else {
                 subscribers[key] = nil
-                lagged(key, sub.lastSent)
+                lagged(key, sub.resume)
             }
             return
         }
         if credit > 0 && sub.waiting == 0 && sub.samples.isEmpty {
             guard deliver(key, w.bytes) else {
                 subscribers[key] = nil
-                lagged(key, sub.lastSent)
+                lagged(key, sub.resume)
                 return
             }
             sub.credit = credit - 1
             if w.sequence > 0 { sub.lastSent = w.sequence }
+            if let point = w.resume { sub.resume = point }
             subscribers[key] = sub
             return
         }
+        if w.sequence > 0 { sub.lastSent = w.sequence }
         if let sample {
             sub.samples[sample] = w
         } else {
             sub.queue.append(w)
             if sub.waiting > sub.allowance {
                 subscribers[key] = nil
-                lagged(key, sub.lastSent)
+                lagged(key, sub.resume)
                 return
             }
         }
