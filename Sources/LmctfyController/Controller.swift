@@ -816,6 +816,9 @@ public final class Controller: @unchecked Sendable {
                 if AgentMethods.named(method) != nil {
                     throw LmctfyError.invalidArgument("\(method) is an agent's method: name the host the call is for (Frame.host; lmctl --host)")
                 }
+                if [ControllerMethods.register.name, ControllerMethods.renew.name, ControllerMethods.enroll.name].contains(method) {
+                    throw LmctfyError.failedPrecondition("\(method) is an agent's call to the controller: it is served where agents connect (agent_address, enroll_address), not to clients")
+                }
                 throw LmctfyError(.unimplemented, "unknown method \(method)")
             }
         } catch {
@@ -827,7 +830,10 @@ public final class Controller: @unchecked Sendable {
     /// A client's call for a host: forwarded over the host's link.
     private func route(_ p: ControllerPeer, _ stream: UInt32, _ method: String, _ payload: [UInt8], _ deadline: UInt64?, _ host: String) {
         guard let info = AgentMethods.named(method) else {
-            answer(p, stream, .failure(LmctfyError(.unimplemented, "unknown method \(method)")))
+            let error = ControllerMethods.local(method) != nil
+                ? LmctfyError(.invalidArgument, "\(method) is the controller's own method: call it without a host")
+                : LmctfyError(.unimplemented, "unknown method \(method)")
+            answer(p, stream, .failure(error))
             return
         }
         guard info.role.allows(p.role) else {

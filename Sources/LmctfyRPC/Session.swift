@@ -655,6 +655,9 @@ public struct Session: Sendable {
     // MARK: Handshake
 
     private mutating func handleHello(_ hello: Hello, now: UInt64) -> [SessionAction] {
+        if let m = hello.maxFrameBytes, m < Self.minPeerFrameBytes {
+            return closeLocally(.goawayProtocolError, "max_frame_bytes \(m) is below the protocol's minimum of \(Self.minPeerFrameBytes)")
+        }
         switch (handshake, hello.stage) {
         case (.acceptorWaiting(let auth), .helloOffer?):
             return acceptOffer(hello, auth: auth)
@@ -796,9 +799,26 @@ public struct Session: Sendable {
         return [.write(frame)]
     }
 
+    /// A STATUS frame, its message cut (on a character boundary, "..."
+    /// appended) so that the frame fits the peer's limit: a status echoing
+    /// a peer's 4 MiB method name went out larger than the peer took.
     private func statusFrame(_ id: UInt32, _ status: CallStatus) -> [UInt8] {
-        FrameCodec.encode(Frame(kind: .frameStatus, streamId: id, status: status.wire))
+        let frame = FrameCodec.encode(Frame(kind: .frameStatus, streamId: id, status: status.wire))
+        let limit = Int(peer?.maxFrameBytes ?? UInt32(FrameCodec.helloMaxFrameBytes))
+        let over = frame.count - FrameCodec.headerBytes - limit
+        guard over > 0 else { return frame }
+        // Each byte cut shortens the frame by one (the message's length
+        // prefix may shrink by a byte or two more: never grow).
+        var keep = max(0, status.message.utf8.count - over - 3)
+        let bytes = Array(status.message.utf8)
+        while keep > 0 && bytes[keep] & 0xC0 == 0x80 { keep -= 1 }
+        let cut = CallStatus(status.code, String(decoding: bytes[..<keep], as: UTF8.self) + "...")
+        return FrameCodec.encode(Frame(kind: .frameStatus, streamId: id, status: cut.wire))
     }
+
+    /// The smallest frame limit a peer may announce: the protocol's own
+    /// frames (a hello, a status) must reach it.
+    public static let minPeerFrameBytes: UInt32 = 256
 
     private func deadlineStatus(_ ms: UInt32?) -> CallStatus {
         CallStatus(.deadlineExceeded, "deadline exceeded")

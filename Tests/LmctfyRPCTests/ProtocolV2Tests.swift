@@ -65,9 +65,9 @@ import Testing
     /// cancelled as a lone RESPONSE would.
     @Test func anOversizeFinalResponseToAVersion1PeerEndsTheCallOnce() {
         var a = Session(acceptor: .peerCredentials(rootCredentials, UnixPeerPolicy()), name: "agent", now: 0)
-        _ = a.receive(frame(Frame(kind: .frameHello, hello: Hello(stage: .helloOffer, minVersion: 1, maxVersion: 1, maxFrameBytes: 32))), now: 0)
+        _ = a.receive(frame(Frame(kind: .frameHello, hello: Hello(stage: .helloOffer, minVersion: 1, maxVersion: 1, maxFrameBytes: 256))), now: 0)
         _ = a.receive(frame(Frame(kind: .frameRequest, streamId: 1, method: "Ping")), now: 0)
-        let out = a.sendFinal(streamId: 1, payload: Array(repeating: 1, count: 100), .ok, now: 0)
+        let out = a.sendFinal(streamId: 1, payload: Array(repeating: 1, count: 400), .ok, now: 0)
         #expect(events(out).isEmpty)
         #expect(writtenFrames(out).map(\.kind) == [.frameStatus])
         #expect(writtenFrames(out).first?.status?.code == StatusCode.resourceExhausted.rawValue)
@@ -95,9 +95,9 @@ import Testing
     }
 
     @Test func anOversizeFinalResponseEndsTheCallWithResourceExhausted() {
-        var p = Pair.established(diallerLimits: SessionLimits(maxFrameBytes: 64))
+        var p = Pair.established(diallerLimits: SessionLimits(maxFrameBytes: 256))
         let id = p.call("Ping")
-        let out = p.acceptor.sendFinal(streamId: id, payload: Array(repeating: 1, count: 100), .ok, now: p.now)
+        let out = p.acceptor.sendFinal(streamId: id, payload: Array(repeating: 1, count: 400), .ok, now: p.now)
         let frames = writtenFrames(out)
         #expect(frames.map(\.kind) == [.frameStatus])
         #expect(frames.first?.status?.code == StatusCode.resourceExhausted.rawValue)

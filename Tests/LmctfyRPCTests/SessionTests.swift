@@ -296,6 +296,34 @@ import Testing
         #expect(p.take(.dialler) == [.deliverStatus(streamId: id, status)])
     }
 
+    /// A status echoing a peer's long method name went out larger than the
+    /// peer's limit (a probe: 1,027 bytes to a peer that announced 1,000,
+    /// 4 MiB + 17 to one that announced 4 MiB): its message is cut to fit.
+    @Test func aStatusIsCutToThePeersFrameLimit() {
+        var p = Pair.established(diallerLimits: SessionLimits(maxFrameBytes: 300))
+        let id = p.call("Ping")
+        let message = "unknown method " + String(repeating: "é", count: 400)
+        let out = p.acceptor.sendStatus(streamId: id, CallStatus(.unimplemented, message), now: p.now)
+        var total = 0
+        for case .write(let bytes) in out { total += bytes.count }
+        #expect(total - FrameCodec.headerBytes <= 300 && total - FrameCodec.headerBytes > 250, "\(total)")
+        p.run(out, from: .acceptor)
+        guard case .deliverStatus(id, let status)? = p.take(.dialler).first else { Issue.record("no status"); return }
+        #expect(status.code == .unimplemented && status.message.hasPrefix("unknown method éé") && status.message.hasSuffix("é..."))
+    }
+
+    /// A peer announcing less than the protocol's own frames need is refused
+    /// at the hello (a status could not reach it).
+    @Test func aTinyAnnouncedFrameLimitIsRefused() {
+        var d = Session(dialler: .peerCredentials, name: "lmctl", limits: SessionLimits(maxFrameBytes: 100), now: 1_000)
+        var a = Session(acceptor: .peerCredentials(rootCredentials, UnixPeerPolicy()), name: "agent", now: 1_000)
+        var out: [SessionAction] = []
+        for case .write(let bytes) in d.start(now: 1_000) { out += a.receive(bytes, now: 1_000) }
+        #expect(goAway(out)?.reason == .goawayProtocolError)
+        #expect(goAway(out)?.message?.contains("max_frame_bytes 100 is below the protocol's minimum of 256") == true)
+        #expect(!a.isEstablished)
+    }
+
     @Test func oversizeFrameAfterHandshakeClosesWithGoAway() {
         var p = Pair.established(acceptorLimits: SessionLimits(maxFrameBytes: 1000))
         let out = p.acceptor.receive(frame(Frame(kind: .frameRequest, streamId: 1, method: "Create", payload: [UInt8](repeating: 0, count: 1000))), now: p.now)
