@@ -123,9 +123,8 @@ public struct AgentSettings: Sendable {
             uname(&u)
             hostName = withUnsafeBytes(of: u.nodename) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
         }
-        guard !hostName.isEmpty, hostName.utf8.count <= 253,
-              hostName.utf8.allSatisfy({ ($0 >= 0x61 && $0 <= 0x7A) || ($0 >= 0x41 && $0 <= 0x5A) || ($0 >= 0x30 && $0 <= 0x39) || $0 == 0x2D || $0 == 0x2E || $0 == 0x5F }) else {
-            throw .invalidArgument("\(source): host_name \"\(hostName)\" must be 1 to 253 of [A-Za-z0-9._-]")
+        guard HostName.isValid(hostName) else {
+            throw .invalidArgument("\(source): host_name \"\(hostName)\" must be \(HostName.rule)")
         }
         // The controller admits a certificate for the host it names only
         // (PROTOCOL.md 3.1): a host_name that is not one of its DNS names

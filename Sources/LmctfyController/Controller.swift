@@ -680,6 +680,17 @@ public final class Controller: @unchecked Sendable {
             guard let identity = request.identity, let keyId = p.keyId ?? p.certificate.map({ _ in "x509" }) else {
                 throw LmctfyError.invalidArgument("Register needs an identity")
             }
+            // One host per link: a second Register left the first name
+            // "connected" for good, its link gone to the second.
+            if let host = p.host {
+                throw LmctfyError.failedPrecondition("this link registered host \(host) already: one host per link")
+            }
+            // A key (or certificate) a role binding gives the reader role
+            // is a client's: it registered as an agent, could claim any
+            // name not yet bound and write that host's events.
+            if let peer = p.session.peer, settings.rolePolicy.boundRole(for: peer) == .agentRoleReader {
+                throw LmctfyError(.permissionDenied, "key \(keyId) is bound to the reader role: a client's key cannot register a host")
+            }
             if let cert = p.certificate {
                 // PROTOCOL.md 3.1: the certificate names the host; a host's
                 // certificate cannot register another host.

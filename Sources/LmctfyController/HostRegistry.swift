@@ -5,6 +5,7 @@
 // a distributed store could implement later. Loop thread only.
 import Glibc
 import LmctfyProto
+import LmctfyRPC
 import LmctfySystem
 
 /// Where the inventory survives a restart.
@@ -113,6 +114,9 @@ final class HostRegistry {
                   nowMs: UInt64 = MonotonicClock.milliseconds()) throws(LmctfyError) -> Int? {
         guard let name = identity.hostName, !name.isEmpty else {
             throw .invalidArgument("Register needs a host_name")
+        }
+        guard HostName.isValid(name) else {
+            throw .invalidArgument("Register: host_name \(HostName.quoted(name)) must be \(HostName.rule)")
         }
         if let bound = hosts[name]?.keyId, bound != keyId {
             throw LmctfyError(.permissionDenied, "host \(name) is registered with another key")

@@ -85,3 +85,23 @@ public enum Enrolment {
         String(decoding: buf.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 }
+
+/// What a host may be called (an agent's host_name, a Register's): 1 to
+/// 253 bytes of [A-Za-z0-9._-]. Checked where an agent reads its config
+/// and where the controller takes a Register: a name with a newline forged
+/// the controller's log lines, "/" or "../etc" were kept in its inventory.
+public enum HostName {
+    public static let rule = "1 to 253 of [A-Za-z0-9._-]"
+
+    public static func isValid(_ name: String) -> Bool {
+        !name.isEmpty && name.utf8.count <= 253 && name.utf8.allSatisfy {
+            ($0 >= 0x61 && $0 <= 0x7A) || ($0 >= 0x41 && $0 <= 0x5A) || ($0 >= 0x30 && $0 <= 0x39) || $0 == 0x2D || $0 == 0x2E || $0 == 0x5F
+        }
+    }
+
+    /// A name as an error message may quote it: escaped, at most 64
+    /// characters.
+    public static func quoted(_ name: String) -> String {
+        String(reflecting: name.count > 64 ? String(name.prefix(64)) + "..." : name)
+    }
+}

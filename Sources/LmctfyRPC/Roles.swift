@@ -26,6 +26,14 @@ public struct RolePolicy: Sendable {
     /// admin and everyone else admitted (allowed_group on the Unix socket, any
     /// key of key_file or any certificate of the CA on TCP) is a reader.
     public func role(for peer: PeerInfo) -> AgentRole {
+        if let bound = boundRole(for: peer) { return bound }
+        if let creds = peer.credentials, creds.uid == 0 { return .agentRoleAdmin }
+        return .agentRoleReader
+    }
+
+    /// The role the first binding that names the peer gives it; nil: no
+    /// binding names it.
+    public func boundRole(for peer: PeerInfo) -> AgentRole? {
         for b in bindings {
             if let creds = peer.credentials {
                 if b.uid.contains(creds.uid) || b.gid.contains(creds.gid) || creds.groups.contains(where: b.gid.contains) {
@@ -38,7 +46,6 @@ public struct RolePolicy: Sendable {
                 return b.role ?? .agentRoleReader
             }
         }
-        if let creds = peer.credentials, creds.uid == 0 { return .agentRoleAdmin }
-        return .agentRoleReader
+        return nil
     }
 }

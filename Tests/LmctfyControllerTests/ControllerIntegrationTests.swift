@@ -285,17 +285,45 @@ struct ControllerIntegrationTests {
         #expect { _ = try link2.call(ControllerMethods.register, RegisterRequest(identity: HostIdentity())) }
             throws: { ($0 as? LmctfyError)?.code == .invalidArgument }
         link2.close()
+        // A name outside [A-Za-z0-9._-] (one with a newline forged the
+        // controller's log lines; "/" and "../etc" were kept).
+        for bad in ["a\nb", "../etc", "/", String(repeating: "n", count: 254)] {
+            let l = try RpcClient.connect(host: "127.0.0.1", port: fleet.agentPort, keyId: "host-b", key: fleet.keys["host-b"]!)
+            #expect { _ = try l.call(ControllerMethods.register, RegisterRequest(identity: HostIdentity(hostName: bad))) }
+                throws: { ($0 as? LmctfyError)?.code == .invalidArgument && ($0 as? LmctfyError)?.message.contains("[A-Za-z0-9._-]") == true }
+            l.close()
+        }
+        // A client's key (bound to the reader role) cannot register a host.
+        let rogue = try RpcClient.connect(host: "127.0.0.1", port: fleet.agentPort, keyId: "reader", key: fleet.keys["reader"]!)
+        #expect { _ = try rogue.call(ControllerMethods.register, RegisterRequest(identity: HostIdentity(hostName: "rogue"))) }
+            throws: { ($0 as? LmctfyError)?.code == .permissionDenied }
+        rogue.close()
+        // One host per link: a second Register is refused and the link
+        // ends, its first host down (it stayed "connected" for good).
+        let twice = try RpcClient.connect(host: "127.0.0.1", port: fleet.agentPort, keyId: "host-b", key: fleet.keys["host-b"]!)
+        _ = try twice.call(ControllerMethods.register, RegisterRequest(identity: HostIdentity(hostName: "first")))
+        #expect { _ = try twice.call(ControllerMethods.register, RegisterRequest(identity: HostIdentity(hostName: "second"))) }
+            throws: { ($0 as? LmctfyError)?.code == .failedPrecondition }
+        twice.close()
         // A client cannot Register, and garbage in a known method is refused.
         let client = try fleet.client()
         defer { client.close() }
         #expect { _ = try client.call(ControllerMethods.register, RegisterRequest(identity: HostIdentity(hostName: "evil"))) }
-            throws: { ($0 as? LmctfyError)?.code == .unimplemented }
+            throws: { ($0 as? LmctfyError)?.code == .failedPrecondition && ($0 as? LmctfyError)?.message.contains("an agent's call") == true }
         #expect { _ = try client.call("ListHosts", [0xff, 0xff]) } throws: { ($0 as? LmctfyError)?.code == .invalidArgument }
         #expect { try client.stream("Subscribe", [0xff, 0xff]) { _ in true } } throws: { ($0 as? LmctfyError)?.code == .invalidArgument }
         #expect { try client.stream(AgentMethods.subscribe, SubscribeRequest(name: "relative")) { _ in true } }
             throws: { ($0 as? LmctfyError)?.code == .invalidArgument }
-        // Nothing changed: one host, alpha, still serving.
-        let hosts = try client.call(ControllerMethods.listHosts, ListHostsRequest()).hosts
+        // Nothing changed but "first", down and removable: alpha still serving.
+        var hosts: [HostInfo] = []
+        for _ in 0..<200 {
+            hosts = try client.call(ControllerMethods.listHosts, ListHostsRequest()).hosts
+            if hosts.first(where: { $0.identity?.hostName == "first" })?.state == .hostDisconnected { break }
+            usleep(10_000)
+        }
+        #expect(hosts.first(where: { $0.identity?.hostName == "first" })?.state == .hostDisconnected)
+        _ = try client.call(ControllerMethods.removeHost, RemoveHostRequest(hostName: "first"))
+        hosts = try client.call(ControllerMethods.listHosts, ListHostsRequest()).hosts
         #expect(hosts.map { $0.identity?.hostName } == ["alpha"] && hosts.first?.state == .hostConnected)
         client.host = "alpha"
         _ = try client.call(AgentMethods.ping, PingRequest())
