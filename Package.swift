@@ -134,7 +134,7 @@ let package = Package(
         // Fake cgroup trees, the root gate, unique test containers.
         .target(
             name: "LmctfyTestSupport",
-            dependencies: ["Lmctfy", "LmctfySystem", "LmctfyProto"],
+            dependencies: ["Lmctfy", "LmctfySystem", "LmctfyProto", "LmctfyRPC"],
             path: "Tests/LmctfyTestSupport"),
 
         // CLI verbs, one file each, on any ContainerBackend; testable without spawning.

@@ -641,8 +641,19 @@ public final class Controller: @unchecked Sendable {
         return true
     }
 
-    /// How much a fleet subscriber's connection may hold unsent.
+    /// How much a fleet subscriber's connection may hold unsent (and a
+    /// host's link: `notTaking`).
     static let subscriberBytes = 4 << 20
+
+    /// A call for a host whose link holds more than `subscriberBytes`
+    /// unwritten (its agent stopped, or a peer that never reads) is refused:
+    /// queued, a reader's routed Pings of 3 MB took the controller from 75
+    /// to 733 MB (a probe).
+    static func notTaking(_ link: ControllerPeer, _ host: String, adding bytes: Int) -> LmctfyError? {
+        let waiting = link.unsent + link.outbox.count
+        guard waiting > 0, waiting + bytes > subscriberBytes else { return nil }
+        return LmctfyError(.resourceExhausted, "host \(host) is not taking its calls: \(waiting) bytes wait to be written to it; try again later")
+    }
 
     private func lagged(_ key: EventHub.Key, _ resume: EventHub.ResumePoint) {
         guard let p = peers[key.conn], p.fleetStreams.remove(key.stream) != nil else { return }
@@ -857,6 +868,10 @@ public final class Controller: @unchecked Sendable {
                                                    known ? "host \(host) is not connected" : "no host named \(host)")))
             return
         }
+        if let refusal = Self.notTaking(link, host, adding: payload.count) {
+            answer(p, stream, .failure(refusal))
+            return
+        }
         let now = MonotonicClock.milliseconds()
         // What is left of the caller's deadline goes with the call.
         let remaining: UInt32? = deadline.map { $0 > now ? UInt32(clamping: $0 - now) : 1 }
@@ -892,10 +907,15 @@ public final class Controller: @unchecked Sendable {
         var fan = Fan(client: p.id, stream: stream, waiting: [:])
         let remaining: UInt32? = deadline.map { $0 > now ? UInt32(clamping: $0 - now) : 1 }
         var down: [String] = []
+        var busy: [(String, LmctfyError)] = []
         for h in hosts {
             guard let name = h.identity?.hostName else { continue }
             guard let linkId = registry.links[name], let link = peers[linkId] else {
                 down.append(name)
+                continue
+            }
+            if let refusal = Self.notTaking(link, name, adding: r.payload?.count ?? 0) {
+                busy.append((name, refusal))
                 continue
             }
             let (agentStream, actions) = link.session.openStream(method: r.method!, payload: r.payload ?? [], deadlineMs: remaining, now: now)
@@ -908,6 +928,9 @@ public final class Controller: @unchecked Sendable {
         fans[id] = fan
         for name in down {
             send(fan, FanOutResponse(host: name, status: CallStatus(.unavailable, "host \(name) is not connected").wire))
+        }
+        for (name, refusal) in busy {
+            send(fan, FanOutResponse(host: name, status: CallStatus(refusal).wire))
         }
         finishFanIfDone(id)
     }

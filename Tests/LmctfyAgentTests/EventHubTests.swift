@@ -14,61 +14,36 @@ import LmctfySystem
 import LmctfyTestSupport
 import Testing
 
-/// A subscriber driven by hand on the test's thread: a raw session over the
-/// Unix socket, so a test decides when to read and how much credit to grant.
+/// A subscriber driven by hand on the test's thread (RawLink over the Unix
+/// socket), so a test decides when to read and how much credit to grant.
 final class RawPeer {
-    let fd: Int32
-    var session: Session
-    var responses: [SubscribeResponse] = []
-    var statuses: [CallStatus] = []
+    let link: RawLink
     var stream: UInt32 = 0
-    private var buffer = [UInt8](repeating: 0, count: 65536)
+    var session: Session { link.session }
+    /// The link's responses decoded (each once).
+    var responses: [SubscribeResponse] {
+        while decoded.count < link.responses.count {
+            decoded.append((try? SubscribeResponse(serializedBytes: link.responses[decoded.count])) ?? SubscribeResponse())
+        }
+        return decoded
+    }
+    private var decoded: [SubscribeResponse] = []
+    var statuses: [CallStatus] { link.statuses }
 
     init(_ socket: String) throws {
-        fd = try RpcSocket.connectUnix(path: socket)
-        session = Session(dialler: .peerCredentials, name: "raw", now: MonotonicClock.milliseconds())
-        send(session.start(now: MonotonicClock.milliseconds()))
-        pump(ms: 5000) { self.session.isEstablished }
-    }
-
-    deinit { close(fd) }
-
-    func send(_ actions: [SessionAction]) {
-        for action in actions {
-            switch action {
-            case .write(let bytes):
-                _ = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
-            case .deliverResponse(_, let payload):
-                if let r = try? SubscribeResponse(serializedBytes: payload) { responses.append(r) }
-            case .deliverStatus(_, let status):
-                statuses.append(status)
-            default:
-                break
-            }
-        }
+        link = try RawLink(fd: try RpcSocket.connectUnix(path: socket),
+                           Session(dialler: .peerCredentials, name: "raw", now: MonotonicClock.milliseconds()))
     }
 
     /// Reads for up to `ms`, or until `done`.
-    func pump(ms: UInt64, _ done: () -> Bool = { false }) {
-        let end = MonotonicClock.milliseconds() + ms
-        while !done() && MonotonicClock.milliseconds() < end {
-            var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-            guard poll(&p, 1, 20) > 0 else { continue }
-            let n = recv(fd, &buffer, buffer.count, 0)
-            guard n > 0 else { return }
-            send(session.receive(buffer[0..<n], now: MonotonicClock.milliseconds()))
-        }
-    }
+    func pump(ms: UInt64, _ done: () -> Bool = { false }) { link.pump(ms: ms, done) }
 
     func subscribe(_ r: SubscribeRequest) throws {
-        let (id, opened) = session.openStream(method: "Subscribe", payload: try r.serializedBytes(), deadlineMs: nil,
-                                              now: MonotonicClock.milliseconds())
-        stream = id
-        send(opened)
+        stream = link.open("Subscribe", try r.serializedBytes(), deadlineMs: nil)
     }
 
     func grant(_ n: UInt32) {
-        send(session.sendCredit(streamId: stream, n, now: MonotonicClock.milliseconds()))
+        link.send(link.session.sendCredit(streamId: stream, n, now: MonotonicClock.milliseconds()))
     }
 }
 

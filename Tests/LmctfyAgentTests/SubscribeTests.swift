@@ -391,32 +391,9 @@ struct SubscribeTests {
             }
             _ = try admin.call(AgentMethods.create, CreateRequest(name: name, spec: ContainerSpec()))
             // The slow one: a hand-driven session that subscribes, then reads nothing.
-            let fd = try RpcSocket.connectUnix(path: socket)
-            defer { close(fd) }
-            var session = Session(dialler: .peerCredentials, name: "slow", now: MonotonicClock.milliseconds())
-            var buffer = [UInt8](repeating: 0, count: 65536)
-            var statuses: [CallStatus] = []
-            func send(_ actions: [SessionAction]) {
-                for case .write(let bytes) in actions {
-                    _ = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
-                }
-                for case .deliverStatus(_, let status) in actions { statuses.append(status) }
-            }
-            func pump(untilMs: UInt64, _ done: () -> Bool) {
-                while !done() && MonotonicClock.milliseconds() < untilMs {
-                    var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-                    guard poll(&p, 1, 100) > 0 else { continue }
-                    let n = recv(fd, &buffer, buffer.count, 0)
-                    guard n > 0 else { return }
-                    send(session.receive(buffer[0..<n], now: MonotonicClock.milliseconds()))
-                }
-            }
-            send(session.start(now: MonotonicClock.milliseconds()))
-            pump(untilMs: MonotonicClock.milliseconds() + 5000) { session.isEstablished }
-            #expect(session.isEstablished)
-            let payload = try SubscribeRequest(name: name).serializedBytes()
-            let (_, opened) = session.openStream(method: "Subscribe", payload: payload, deadlineMs: nil, now: MonotonicClock.milliseconds())
-            send(opened)
+            let slow = try RawLink(fd: try RpcSocket.connectUnix(path: socket),
+                                   Session(dialler: .peerCredentials, name: "slow", now: MonotonicClock.milliseconds()))
+            slow.open("Subscribe", try SubscribeRequest(name: name).serializedBytes(), deadlineMs: nil)
             let keeper = ResumingSubscriber(socket, SubscribeRequest(name: name), count: 2000)
             waitForSubscribers(agent, 2)
             // ~230 KB of events: more than the socket buffers hold.
@@ -430,8 +407,8 @@ struct SubscribeTests {
                     "the reading subscriber got every event once, in order (resuming if it lagged itself)")
             #expect(agent.subscriberCount == 0, "the one that did not read was dropped (and the other finished)")
             // Now read what the slow one was sent: events, then the status.
-            pump(untilMs: MonotonicClock.milliseconds() + 10_000) { !statuses.isEmpty }
-            let status = try #require(statuses.first)
+            slow.pump(ms: 10_000) { !slow.statuses.isEmpty }
+            let status = try #require(slow.statuses.first)
             #expect(status.code == .resourceExhausted)
             #expect(status.message.hasPrefix("lagged, resume after "), "\(status.message)")
 

@@ -329,6 +329,37 @@ struct ControllerIntegrationTests {
         _ = try client.call(AgentMethods.ping, PingRequest())
     }
 
+    /// A host that does not read its link (its agent stopped, or a peer
+    /// that never reads): calls for it are refused once its link holds 4
+    /// MiB unwritten, not queued without end (a reader's routed 3 MB Pings
+    /// took the controller from 75 to 733 MB; a probe).
+    @Test func callsForAHostThatDoesNotReadAreRefusedNotQueued() throws {
+        let fleet = try Fleet()
+        try fleet.startController()
+        // A fake agent: hello, Register, then it never reads again.
+        let agent = try RawLink(fd: try RpcSocket.connectTCP(host: "127.0.0.1", port: fleet.agentPort),
+                                Session(dialler: .sharedKey(keyId: "host-b", key: fleet.keys["host-b"]!), name: "stalled", now: MonotonicClock.milliseconds()))
+        agent.open(ControllerMethods.register.name, try RegisterRequest(identity: HostIdentity(hostName: "stalled")).serializedBytes())
+        agent.pump { !agent.responses.isEmpty }
+        try #require(!agent.responses.isEmpty, "the fake agent did not register")
+        // A client that sends its calls without waiting for their answers
+        // (routed ones wait for a host that never reads).
+        let client = try RawLink(fd: try RpcSocket.connectUnix(path: fleet.dir + "/controller.sock"),
+                                 Session(dialler: .peerCredentials, name: "client", now: MonotonicClock.milliseconds()))
+        let ping = try PingRequest(data: [UInt8](repeating: 7, count: 256 << 10)).serializedBytes()
+        for _ in 0..<160 where !client.statuses.contains(where: { $0.code == .resourceExhausted }) {
+            client.open(AgentMethods.ping.name, ping, host: "stalled")
+            client.pump(ms: 5) { false }
+        }
+        client.pump(ms: 5000) { client.statuses.contains { $0.code == .resourceExhausted } }
+        let refused = client.statuses.first { $0.code == .resourceExhausted }
+        #expect(refused?.message.contains("host stalled is not taking its calls") == true, "\(client.statuses)")
+        // The others are still served.
+        let other = try fleet.client()
+        defer { other.close() }
+        _ = try other.call(AgentMethods.ping, PingRequest())
+    }
+
     @Test func aReaderAtTheControllerCannotCreate() throws {
         let fleet = try Fleet()
         try fleet.startController()
