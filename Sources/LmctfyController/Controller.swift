@@ -397,7 +397,14 @@ public final class Controller: @unchecked Sendable {
                 metrics.routedEnded[status.code, default: 0] += 1
                 guard let client = peers[to.client] else { continue }
                 client.routedIn[to.stream] = nil
-                perform(client, client.session.sendStatus(streamId: to.stream, status, now: MonotonicClock.milliseconds()))
+                // The host's link closing ends its calls with the session's
+                // "connection closed": said of the host (it read as the
+                // caller's own connection).
+                var forwarded = status
+                if status.code == .unavailable && p.session.isClosed {
+                    forwarded.message = "host \(p.host ?? "?")'s link to the controller was lost (\(status.message))"
+                }
+                perform(client, client.session.sendStatus(streamId: to.stream, forwarded, now: MonotonicClock.milliseconds()))
             case .cancelled(let stream, _):
                 watchers.removeAll { $0.conn == p.id && $0.stream == stream }
                 if let id = fans.first(where: { $0.value.client == p.id && $0.value.stream == stream })?.key { cancelFan(id) }

@@ -360,6 +360,26 @@ struct ControllerIntegrationTests {
         _ = try other.call(AgentMethods.ping, PingRequest())
     }
 
+    /// A call in flight when its host's link drops ends UNAVAILABLE saying
+    /// so of the host (it said "connection closed", read as the caller's).
+    @Test func aCallWhoseHostsLinkDropsSaysSo() throws {
+        let fleet = try Fleet()
+        try fleet.startController()
+        var agent: RawLink? = try RawLink(fd: try RpcSocket.connectTCP(host: "127.0.0.1", port: fleet.agentPort),
+                                          Session(dialler: .sharedKey(keyId: "host-b", key: fleet.keys["host-b"]!), name: "flaky", now: MonotonicClock.milliseconds()))
+        agent!.open(ControllerMethods.register.name, try RegisterRequest(identity: HostIdentity(hostName: "flaky")).serializedBytes())
+        agent!.pump { !agent!.responses.isEmpty }
+        let client = try RawLink(fd: try RpcSocket.connectUnix(path: fleet.dir + "/controller.sock"),
+                                 Session(dialler: .peerCredentials, name: "client", now: MonotonicClock.milliseconds()))
+        client.open(AgentMethods.ping.name, try PingRequest().serializedBytes(), host: "flaky")
+        // Time for the request to reach the fake agent, which never answers.
+        agent!.pump(ms: 300) { false }
+        agent = nil  // its link drops, the call unanswered
+        client.pump { !client.statuses.isEmpty }
+        let status = try #require(client.statuses.first)
+        #expect(status.code == .unavailable && status.message.hasPrefix("host flaky's link to the controller was lost"), "\(status)")
+    }
+
     @Test func aReaderAtTheControllerCannotCreate() throws {
         let fleet = try Fleet()
         try fleet.startController()
