@@ -598,6 +598,15 @@ public final class Agent: @unchecked Sendable {
         perform(state, state.session.start(now: now))
     }
 
+    /// A connection as the log names it: the agent's own link to its
+    /// controller as such (it was "connection 9 from <the controller's
+    /// address>", as if the controller had dialled in), others by the
+    /// peer's address.
+    private func describe(_ s: ConnState) -> String {
+        if s.id == home.connId, let c = settings.controller { return "the link to the controller \(c.host):\(c.port) (connection \(s.id))" }
+        return "connection \(s.id) from \(s.conn.remoteAddress?.description ?? "the Unix socket")"
+    }
+
     /// Ciphertext from a TLS peer (PROTOCOL.md section 3.1): the handshake's
     /// answers go back at once; the plaintext goes to the session, which is
     /// made only now, authenticating by certificate, when the listener
@@ -611,7 +620,7 @@ public final class Agent: @unchecked Sendable {
             // Every TLS connection starts with a handshake record (type 22).
             if !TlsChannel.opensHandshake(bytes) && s.session.role == .acceptor {
                 if let more = peerFaults.take() {
-                    log.warning("connection \(s.id) from \(s.conn.remoteAddress?.description ?? "tcp"): plaintext on a TLS port: refused\(more)")
+                    log.warning("\(describe(s)): plaintext on a TLS port: refused\(more)")
                 }
                 s.conn.write(TlsChannel.plaintextRefusal)
                 s.conn.closeAfterWrites()
@@ -623,7 +632,7 @@ public final class Agent: @unchecked Sendable {
         send(s, out.send)
         if let failure = tls.failure {
             if let more = peerFaults.take() {
-                log.warning("connection \(s.id) from \(s.conn.remoteAddress?.description ?? "tcp"): TLS handshake or record failed: \(failure)\(more)")
+                log.warning("\(describe(s)): TLS handshake or record failed: \(failure)\(more)")
             }
             s.conn.closeAfterWrites()
             drop(s)
@@ -728,7 +737,7 @@ public final class Agent: @unchecked Sendable {
                     // The peer broke the protocol or failed its hello: said
                     // (within the budget), not only at debug.
                     if let more = peerFaults.take() {
-                        log.info("connection \(s.id) from \(s.conn.remoteAddress?.description ?? "the Unix socket") closed: \(reason)\(more)")
+                        log.info("\(describe(s)) closed: \(reason)\(more)")
                     }
                 } else {
                     log.debug("connection \(s.id) closed: \(reason)")
@@ -917,7 +926,7 @@ public final class Agent: @unchecked Sendable {
         var closed = 0
         for s in Array(conns.values) {
             guard let tls = s.tls, let why = failing(tls, s.session.role) else { continue }
-            log.warning("connection \(s.id) from \(s.conn.remoteAddress?.description ?? "tcp"): the peer's certificate no longer verifies (\(why)): closing it")
+            log.warning("\(describe(s)): the peer's certificate no longer verifies (\(why)): closing it")
             perform(s, s.session.goAway(.goawayUnauthenticated, message: "certificate no longer valid: \(why)", now: MonotonicClock.milliseconds()))
             guard conns[s.id] != nil else { closed += 1; continue }
             send(s, tls.shutdown())
