@@ -246,7 +246,7 @@ public struct Container: Sendable {
     }
 
     private func freeze(_ frozen: Bool, timeoutMs: Int = 5000) throws(LmctfyError) {
-        guard !name.isRoot else { throw .failedPrecondition("The root container \"/\" cannot be paused") }
+        guard !name.isRoot else { throw .failedPrecondition("The root container \"/\" cannot be \(frozen ? "paused" : "resumed")") }
         if !frozen { try refuseUnderPausedAncestors("resumed") }
         try driver.requestFrozen(name, frozen)
         var waited = 0

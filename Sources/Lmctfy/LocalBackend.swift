@@ -303,7 +303,7 @@ public struct LocalBackend: ContainerBackend {
     @discardableResult
     public func setPaused(_ name: String, _ paused: Bool) throws(LmctfyError) -> String {
         let container = try get(name)
-        try refuseRoot(container.name, "The root container \"/\" cannot be paused")
+        try refuseRoot(container.name, "The root container \"/\" cannot be \(paused ? "paused" : "resumed")")
         try container.setFrozen(paused)
         return try callerPath(container.name)
     }

@@ -94,21 +94,24 @@ extension Container {
         return nil
     }
 
+    /// A process that joins a frozen container freezes there before it
+    /// starts: before exec, holding the caller's descriptors, its start
+    /// never reported (a Run through the agent hung until its deadline,
+    /// the CLI's own `run` froze itself). Refused with the reason instead.
+    /// FREEZING counts: the task would freeze all the same. A freeze left
+    /// by a kill that was itself killed is undone first.
+    private func refuseIfPaused(_ doing: String) throws(LmctfyError) {
+        guard !name.isRoot, try !driver.isThawed(name) else { return }
+        try thawInterruptedKill()
+        if try !driver.isThawed(name) {
+            throw .failedPrecondition("Container \"\(name)\" is paused: resume it before \(doing)")
+        }
+    }
+
     private func spawnOptions(_ argv: [String], _ options: RunOptions) throws(LmctfyError) -> SpawnOptions {
         guard !argv.isEmpty, !argv[0].isEmpty else { throw .invalidArgument("No command to run") }
         if !options.existenceChecked, try !api.exists(name) { throw .notFound("Container \"\(name)\" does not exist") }
-        // A process that joins a frozen container freezes there before it
-        // starts: before exec, holding the caller's descriptors, its start
-        // never reported (a Run through the agent hung until its deadline,
-        // the CLI's own `run` froze itself). Refused with the reason instead.
-        // FREEZING counts: the task would freeze all the same. A freeze
-        // left by a kill that was itself killed is undone first.
-        if !name.isRoot, try !driver.isThawed(name) {
-            try thawInterruptedKill()
-            if try !driver.isThawed(name) {
-                throw .failedPrecondition("Container \"\(name)\" is paused: resume it before running a command in it")
-            }
-        }
+        try refuseIfPaused("running a command in it")
         var o = SpawnOptions(argv: argv)
         o.environment = options.environment
         o.cgroupFiles = try joinFiles()
@@ -195,6 +198,10 @@ extension Container {
     /// together in domain cgroups). Not atomic: on failure earlier tids stay moved.
     public func enter(_ tids: [pid_t]) throws(LmctfyError) {
         guard try api.exists(name) else { throw .notFound("Container \"\(name)\" does not exist") }
+        // A task entering a frozen container freezes there: the CLI's
+        // caller (its shell, by default) stopped in D until a resume from
+        // elsewhere, beyond even SIGKILL (a probe). As for a run.
+        try refuseIfPaused("entering tasks into it")
         // As the original: a task may only enter a container of its own
         // virtual host (its pid namespace is that of the container's init,
         // which is ours for an ordinary container). A tid whose namespace

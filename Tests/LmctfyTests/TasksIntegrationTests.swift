@@ -263,6 +263,15 @@ struct TasksIntegrationTests {
             #expect(try c.tasksDir.record(.killing) == "")
             #expect { _ = try c.run(["sleep", "300"]) } throws: { refused($0) }
             #expect(try c.isFrozen())
+            // Nor may a task enter it: it froze there (the CLI's default, the
+            // caller's shell, stopped in D until a resume from elsewhere).
+            let outside = try TestProcess.spawn(["/bin/sleep", "300"])
+            defer { TestProcess.end(outside) }
+            #expect { try c.enter([outside]) } throws: { refused($0) }
+            #expect(try !c.processes(recursive: false).contains(outside))
+            #expect { try api.get(.root).setFrozen(false) } throws: {
+                ($0 as? LmctfyError)?.message == "The root container \"/\" cannot be resumed"
+            }
             try c.setFrozen(false)
             #expect(try c.processes(recursive: false).count == 2)
         }
