@@ -57,6 +57,12 @@ private func throttles(_ limits: B.MaxLimit...) -> B {
         for b in bad {
             #expect(lmctfyError { try h.validate(spec(blockio: b), dirs: f.dirs) }?.code == .invalidArgument)
         }
+        // Out of the kernel's unsigned 32-bit range: 4294967550 wrapped to
+        // 254 there, another device (a probe); negative ones are named too.
+        for (major, minor) in [(Int64(4_294_967_550), Int64(0)), (254, 4_294_967_296), (-1, 0)] {
+            let err = lmctfyError { try h.validate(spec(blockio: throttles(throttle(.write, .bytesPerSecond, [(major, minor, 1)]))), dirs: f.dirs) }
+            #expect(err?.code == .invalidArgument && err?.message.contains("device \(major):\(minor) is out of range") == true, "\(err?.message ?? "")")
+        }
     }
 }
 

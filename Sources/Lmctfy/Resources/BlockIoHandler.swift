@@ -84,8 +84,14 @@ struct BlockIoHandler: ResourceHandler {
     }
 
     static func device(_ dl: BlockIoSpec.DeviceLimit, field: String) throws(LmctfyError) -> DeviceNumber {
-        guard let d = dl.device, let major = d.major, let minor = d.minor, major >= 0, minor >= 0 else {
+        guard let d = dl.device, let major = d.major, let minor = d.minor else {
             throw .invalidArgument("\(field): every entry needs a device with major and minor numbers")
+        }
+        // The kernel reads each as an unsigned 32-bit number: 4294967550
+        // wrapped to 254, another device (a probe).
+        let range = Int64(0)...Int64(UInt32.max)
+        guard range.contains(major), range.contains(minor) else {
+            throw .invalidArgument("\(field): device \(major):\(minor) is out of range (major and minor are 0 to \(UInt32.max))")
         }
         return DeviceNumber(major: major, minor: minor)
     }
