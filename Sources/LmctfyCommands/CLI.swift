@@ -26,10 +26,9 @@ public enum LmctfyCLI {
             raw.append(Array(UnsafeBufferPointer(start: UnsafeRawPointer(p).assumingMemoryBound(to: UInt8.self),
                                                  count: strlen(p))))
         }
-        let status = run(
-            rawArguments: raw, stdout: FileDescriptorSink(fd: 1), stderr: FileDescriptorSink(fd: 2),
-            environment: environment)
-        exit(status)
+        let stdout = FileDescriptorSink(fd: 1), stderr = FileDescriptorSink(fd: 2)
+        let status = run(rawArguments: raw, stdout: stdout, stderr: stderr, environment: environment)
+        exit(FileDescriptorSink.exitStatus(status, program: "lmctfy", stdout: stdout, stderr: stderr))
     }
 
     /// Runs one command line (without the program name) and returns the exit

@@ -26,15 +26,30 @@ public final class BufferSink: ByteSink {
     public var text: String { String(decoding: bytes, as: UTF8.self) }
 }
 
-/// Writes straight to a file descriptor (1 or 2). A failed write (a closed
-/// pipe) is ignored: there is nowhere left to report it.
+/// Writes straight to a file descriptor (1 or 2). A failed write is kept
+/// (`failure`), not thrown: the command goes on, and `exitStatus` says at
+/// the end that its output was lost.
 public final class FileDescriptorSink: ByteSink {
     let fd: Int32
+    /// The first write that failed (ENOSPC on a full disk, EBADF on a
+    /// closed descriptor); nil: none.
+    public private(set) var failure: SystemError?
     /// A sink writing to `fd`, which the caller keeps open and owns.
     public init(fd: Int32) { self.fd = fd }
-    /// Writes all of `bytes` to the descriptor (retrying short writes);
-    /// failures are ignored.
-    public func write(_ bytes: [UInt8]) { try? Sys.writeAll(fd, bytes) }
+    /// Writes all of `bytes` to the descriptor (retrying short writes).
+    public func write(_ bytes: [UInt8]) {
+        guard failure == nil else { return }
+        do { try Sys.writeAll(fd, bytes) } catch { failure = error }
+    }
+
+    /// The exit status of a command whose output went to `stdout`: its
+    /// own, or 15 (DATA_LOSS) when it succeeded but its output could not
+    /// be written, said on `stderr` (`lmctfy list > /dev/full` exited 0).
+    public static func exitStatus(_ status: Int32, program: String, stdout: FileDescriptorSink, stderr: any ByteSink) -> Int32 {
+        guard status == 0, let failure = stdout.failure else { return status }
+        stderr.write("\(program): the output could not be written: \(failure)\n")
+        return StatusCode.dataLoss.rawValue
+    }
 }
 
 /// How results are printed, chosen with `-o` (default `pairs`); D15.

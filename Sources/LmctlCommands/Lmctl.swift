@@ -56,9 +56,9 @@ public enum LmctlCLI {
     /// The `lmctl` executable: runs the process's arguments against stdout and
     /// stderr (file descriptors 1 and 2), then exits with the status.
     public static func main() -> Never {
-        let status = run(Array(CommandLine.arguments.dropFirst()),
-                         stdout: FileDescriptorSink(fd: 1), stderr: FileDescriptorSink(fd: 2))
-        exit(status)
+        let stdout = FileDescriptorSink(fd: 1), stderr = FileDescriptorSink(fd: 2)
+        let status = run(Array(CommandLine.arguments.dropFirst()), stdout: stdout, stderr: stderr)
+        exit(FileDescriptorSink.exitStatus(status, program: "lmctl", stdout: stdout, stderr: stderr))
     }
 
     /// lmctl's own flags, read before the verb (and, for `events`, among its
