@@ -86,9 +86,12 @@ extension ContainerApi {
             result = try body(lock)
         } catch {
             // Best effort, on a path that reports an error anyway: a probe
-            // that fails keeps the file.
+            // that fails keeps the file. A top that is not lmctfy's (a
+            // cgroup someone else made: a create or destroy of its name is
+            // refused) has no tree to lock either: its file was left behind,
+            // one per name tried.
             if let lock, let top = name.components.first,
-               (try? driver.tasksDir(ContainerName(trusted: [top])).state()) == .absent,
+               let state = try? driver.tasksDir(ContainerName(trusted: [top])).state(), !state.isLmctfy,
                (try? lock.journal())?.isEmpty == true {
                 try? lock.remove()
             }

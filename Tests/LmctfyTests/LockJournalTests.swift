@@ -44,6 +44,31 @@ import Testing
         #expect(try pooled() == [ino])
     }
 
+    /// A create or destroy refused because the name is a cgroup lmctfy did
+    /// not make leaves no lock file (one per name tried was left in /run,
+    /// and a spare was used up for each; a probe).
+    @Test func aRefusalOnAForeignCgroupLeavesNoLockFile() throws {
+        try #require(geteuid() == 0, "the spare lock files serve root only: run the tests as root")
+        let (tree, _, api) = try machine()
+        let locks = tree.root + "/locks"
+        // A tree made and destroyed first: one spare in the pool.
+        try api.create(try ContainerName.resolve("/a", relativeTo: .root), spec: Self.spec)
+        try api.destroy(try ContainerName.resolve("/a", relativeTo: .root))
+        func pooled() throws -> Int { try Sys.subdirectoriesAndFiles(locks + "/.spare").count }
+        let spares = try pooled()
+        for c in Controller.allCases where Sys.isDirectory(tree.root + "/" + c.rawValue) {
+            try tree.seed(c.rawValue, ["foreign"], files: [:])
+        }
+        let foreign = try ContainerName.resolve("/foreign", relativeTo: .root)
+        #expect(lmctfyError { try api.create(foreign, spec: Self.spec) }?.code == .alreadyExists)
+        #expect(inode(locks + "/foreign") == nil, "a refused create left its lock file")
+        #expect(lmctfyError { try api.destroy(foreign) }?.code == .notFound)
+        #expect(inode(locks + "/foreign") == nil, "a refused destroy left its lock file")
+        // Both files went back to the bounded pool: none was used up.
+        let after = try pooled()
+        #expect(after >= spares, "\(after) spares, \(spares) before")
+    }
+
     /// A journal left in a tree's lock file (an interrupted create) undoes
     /// what it lists; one that names another tree is not this lock's to act
     /// on, and is dropped without removing anything.
