@@ -240,9 +240,12 @@ public struct Container: Sendable {
     /// container frozen.
     /// A pause or resume: a kill's freeze it replaces is no longer the
     /// kill's to undo.
+    /// Under the tree's lock, as a run's start is (see `run`).
     public func setFrozen(_ frozen: Bool, timeoutMs: Int = 5000) throws(LmctfyError) {
-        try freeze(frozen, timeoutMs: timeoutMs)
-        if try tasksDir.record(.killing)?.isEmpty == false { try tasksDir.setRecord(.killing, "") }
+        try api.locked(name) { _ throws(LmctfyError) in
+            try freeze(frozen, timeoutMs: timeoutMs)
+            if try tasksDir.record(.killing)?.isEmpty == false { try tasksDir.setRecord(.killing, "") }
+        }
     }
 
     private func freeze(_ frozen: Bool, timeoutMs: Int = 5000) throws(LmctfyError) {

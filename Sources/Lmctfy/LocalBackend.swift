@@ -99,7 +99,9 @@ public struct LocalBackend: ContainerBackend {
     // MARK: Names (the scope's mapping, both ways)
 
     /// The machine's name for a caller's name: in the machine scope as the
-    /// library resolves it, otherwise inside the scope's root.
+    /// library resolves it (a relative name against the container of this
+    /// process, as the original: lmctfy's own, not its caller's, which a
+    /// missing name means), otherwise inside the scope's root.
     func machineName(_ name: String) throws(LmctfyError) -> ContainerName {
         scope.isMachine ? try api.resolve(name) : try scope.resolve(name)
     }

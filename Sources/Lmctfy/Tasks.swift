@@ -138,15 +138,25 @@ extension Container {
     /// Starts `argv` in the container; the process is in the container from
     /// its first instruction. Returns its pid. "Command not found" and every
     /// other failure before exec is an error here, not a silent exit 127.
+    ///
+    /// Under the tree's lock, as a pause is: the check that the container
+    /// is not paused and the new process's join and exec are one step. A
+    /// pause between them froze the process before its exec, and the
+    /// agent's thread that vforked it with it (forever: a Resume waited
+    /// behind it, and the frozen process held every descriptor the agent
+    /// had open then, another call's lock among them, and the agent's
+    /// state_dir lock past a restart; a probe racing Run, Pause and Destroy).
     public func run(_ argv: [String], options: RunOptions = RunOptions()) throws(LmctfyError) -> pid_t {
-        var o = try spawnOptions(argv, options)
-        let entry = try VirtualHostEntry(self)
-        defer { entry?.close() }
-        entry?.apply(to: &o)
-        do {
-            return try Spawn.spawn(o, faults: api.faults)
-        } catch {
-            throw Self.spawnError(error, name)
+        try api.locked(name) { _ throws(LmctfyError) -> pid_t in
+            var o = try spawnOptions(argv, options)
+            let entry = try VirtualHostEntry(self)
+            defer { entry?.close() }
+            entry?.apply(to: &o)
+            do throws(SpawnError) {
+                return try Spawn.spawn(o, faults: api.faults)
+            } catch {
+                throw Self.spawnError(error, name)
+            }
         }
     }
 
@@ -155,6 +165,13 @@ extension Container {
     /// an exec does (the CLI's foreground `run`; lmctfy-behaviour.md §5
     /// Exec). Returns only by throwing.
     public func exec(_ argv: [String], environment: [String]? = nil) throws(LmctfyError) -> Never {
+        // The tree's lock, as `run` takes it, is held until the exec closes
+        // its descriptor (close-on-exec): a pause waits for the command to
+        // be running.
+        try api.locked(name) { _ throws(LmctfyError) -> Never in try execLocked(argv, environment: environment) }
+    }
+
+    private func execLocked(_ argv: [String], environment: [String]?) throws(LmctfyError) -> Never {
         var options = RunOptions(fdPolicy: .inherit)
         options.environment = environment
         var o = try spawnOptions(argv, options)  // INHERIT: not detached

@@ -37,7 +37,43 @@ final class Fleet {
     }
 
     /// Starts the controller (on the agent port it had, after a restart).
+    /// The first start takes ports below the kernel's ephemeral range: on
+    /// one the kernel gave out, an agent redialling a stopped controller
+    /// could connect to itself (TCP's self-connect: its own local port is
+    /// the one it dials), holding the port, and the restart's listen failed
+    /// with EADDRINUSE (seen once in the suite).
     func startController(extra: String = "") throws {
+        guard agentPort == 0 && clientPort == 0 else { return try start(extra: extra) }
+        for attempt in 1...10 {
+            agentPort = Self.unusedPort()
+            clientPort = Self.unusedPort()
+            do {
+                return try start(extra: extra)
+            } catch let e as LmctfyError where e.message.contains("EADDRINUSE") && attempt < 10 {
+                continue  // taken meanwhile (another test's fleet): others
+            }
+        }
+    }
+
+    /// A port in 20000..<32768 nothing listens on now.
+    private static func unusedPort() -> UInt16 {
+        for _ in 0..<100 {
+            let port = UInt16.random(in: 20000..<32768)
+            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            var addr = sockaddr_in()
+            addr.sin_family = sa_family_t(AF_INET)
+            addr.sin_port = port.bigEndian
+            addr.sin_addr.s_addr = UInt32(0x7f00_0001).bigEndian
+            let ok = withUnsafePointer(to: &addr) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 }
+            }
+            close(fd)
+            if ok { return port }
+        }
+        return 0
+    }
+
+    private func start(extra: String) throws {
         let settings = try ControllerSettings.parse("""
             unix_socket_path: "\(dir)/controller.sock" unix_socket_mode: 0666
             agent_address: "127.0.0.1:\(agentPort)" tcp_address: "127.0.0.1:\(clientPort)"

@@ -235,6 +235,65 @@ struct TasksIntegrationTests {
     /// killer (pid and start time); once that process is gone, the next run
     /// thaws it. A killer still running, and a pause made afterwards (the
     /// user's), are left alone.
+    /// Runs racing pauses and destroys of the same container: a pause
+    /// between a run's "not paused" check and its process's exec froze the
+    /// process before exec and the thread that vforked it with it; a destroy
+    /// then left the container half removed and frozen for good, nothing
+    /// could resume it, and every later call on it waited on its lock (a
+    /// probe of the agent, which wedged within seconds). Under the tree's
+    /// lock the check, the join and the exec are one step. A watchdog thaws
+    /// a run stuck past 5 s (and fails the test) so that it cannot hang.
+    @Test func runsRacingPausesAndDestroysNeverFreezeAStartingProcess() throws {
+        try withTestContainer(api) { name in
+            let spec = ContainerSpec(memory: MemorySpec(limit: 64 << 20))
+            try api.create(name, spec: spec)
+            let api = self.api
+            let stop = Mutexed(false)
+            let runStarted = Mutexed<UInt64?>(nil)
+            let finished = Latch(3)
+            Threads.detach {
+                while !stop.locked({ $0 }) {
+                    runStarted.locked { $0 = MonotonicClock.milliseconds() }
+                    if let pid = try? api.get(name).run(["/bin/true"]) {
+                        var status: Int32 = 0
+                        _ = waitpid(pid, &status, 0)
+                    }
+                    runStarted.locked { $0 = nil }
+                }
+                finished.signal()
+            }
+            Threads.detach {
+                while !stop.locked({ $0 }) {
+                    try? api.get(name).setFrozen(true)
+                    try? api.get(name).setFrozen(false)
+                }
+                finished.signal()
+            }
+            Threads.detach {
+                while !stop.locked({ $0 }) {
+                    _ = try? api.destroy(name)
+                    _ = try? api.create(name, spec: spec)
+                }
+                finished.signal()
+            }
+            let end = MonotonicClock.milliseconds() + 12_000
+            var stuck = false
+            while MonotonicClock.milliseconds() < end && !stuck {
+                usleep(100_000)
+                if let t = runStarted.locked({ $0 }), MonotonicClock.milliseconds() - t > 5_000 { stuck = true }
+            }
+            stop.locked { $0 = true }
+            if stuck {
+                // Unwedge it: thaw the container directly (no lock).
+                try? api.driver.requestFrozen(name, false)
+            }
+            finished.wait()
+            #expect(!stuck, "a run stayed stuck past 5 s: its process froze before its exec")
+            // Nothing is left frozen: the container ends thawed, or gone.
+            if let c = try? api.get(name) { #expect(try !c.isFrozen()) }
+        }
+    }
+
     @Test func aFreezeLeftByAKilledKillIsUndoneByTheNextRun() throws {
         try withTestContainer(api) { name in
             try api.create(name, spec: ContainerSpec())
