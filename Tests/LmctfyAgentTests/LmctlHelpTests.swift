@@ -5,11 +5,20 @@
 // to dial the agent. In-process, against addresses where nothing listens.
 import LmctfyProto
 import LmctfySystem
+import LmctfyTestSupport
 import Testing
 @testable import LmctfyCommands
 @testable import LmctlCommands
 
 @Suite struct LmctlHelpTests {
+    /// Output that cannot be written (a full disk) is exit 15, said on
+    /// stderr: it exited 0 (a probe of lmctfy, which shares the code).
+    @Test func outputThatCannotBeWrittenIsDataLoss() throws {
+        let r = try TestProcess.capture(["/bin/sh", "-c", "\(builtTool("lmctl")) --help > /dev/full"])
+        #expect(r.status == 15, "\(r)")
+        #expect(String(decoding: r.stderr, as: UTF8.self).contains("lmctl: the output could not be written: write(fd 1): No space left on device"), "\(r)")
+    }
+
     /// Nothing listens here: a test that passes did not need an agent.
     static let nowhere = ["--agent", "unix:///nonexistent/lmctl-help.sock"]
     static let nowhereController = ["--controller", "unix:///nonexistent/lmctl-help-controller.sock"]

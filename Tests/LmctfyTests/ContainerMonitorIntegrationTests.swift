@@ -3,7 +3,7 @@
 // begins for a container that is new, and not for one that was already
 // there when the watcher started.
 import Glibc
-import Lmctfy
+@testable import Lmctfy
 import LmctfyProto
 import LmctfySystem
 import LmctfyTestSupport
@@ -27,6 +27,32 @@ struct ContainerMonitorIntegrationTests {
             // Either way the watch is made: a later kill comes through it.
             #expect(fresh.isFullyWatched(name))
             _ = fds
+        }
+    }
+
+    /// When the kernel dropped events (its inotify queue overflowed under
+    /// a burst of creates and destroys), every watched container is looked
+    /// at again, and so are the subdirectories of each, the root's
+    /// included: a container made during the burst was never reported.
+    @Test func lostEventsLookAgainBelowEveryWatchedContainer() throws {
+        let api = try ContainerApi.detect()
+        try withTestContainer(api, label: "monitor3") { name in
+            try api.create(name, spec: ContainerSpec())
+            let monitor = try ContainerMonitor(api: api, root: name)
+            _ = monitor.watch(name)
+            let sub = try ContainerName.resolve("sub", relativeTo: name)
+            try api.create(sub, spec: ContainerSpec())
+            _ = monitor.watch(sub)
+            // Made while the events were being lost.
+            let new = try ContainerName.resolve("new", relativeTo: name)
+            let deeper = try ContainerName.resolve("sub/deeper", relativeTo: name)
+            try api.create(new, spec: ContainerSpec())
+            try api.create(deeper, spec: ContainerSpec())
+            let changes = monitor.lostEvents()
+            #expect(changes.contains(.present(new)), "a new container below the root was missed: \(changes)")
+            #expect(changes.contains(.present(deeper)), "\(changes)")
+            #expect(changes.contains(.gone(sub)) && changes.contains(.present(sub)))
+            #expect(!changes.contains(.present(name)) && !changes.contains(.gone(name)), "the root itself is never reported")
         }
     }
 
