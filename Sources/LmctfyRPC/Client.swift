@@ -123,13 +123,27 @@ public final class RpcClient {
                                    now: MonotonicClock.milliseconds()).actions)
     }
 
-    /// Closes the socket at once, without GOAWAY or TLS close_notify: as a
-    /// killed caller's connection ends.
+    /// Ends the connection at once, without GOAWAY or TLS close_notify: as a
+    /// killed caller's connection ends. The socket is shut down before its
+    /// descriptor is closed: in a process with other threads, a child one of
+    /// them is spawning holds a copy of the descriptor until its exec, and
+    /// a close alone ends nothing while that copy is open (the peer saw the
+    /// connection live on; a test's "hung-up" caller had its change made).
     public func drop() {
         if !fdClosed {
             fdClosed = true
+            _ = Glibc.shutdown(fd, Int32(SHUT_RDWR))
             Glibc.close(fd)
         }
+    }
+
+    /// A second descriptor of the connection's socket (close-on-exec), the
+    /// caller's to close; nil once closed. What a child being spawned holds
+    /// for a moment (tests of `drop`).
+    public func descriptorCopy() -> Int32? {
+        guard !fdClosed else { return nil }
+        let copy = fcntl(fd, F_DUPFD_CLOEXEC, 0)
+        return copy >= 0 ? copy : nil
     }
 
     /// Whether the connection is closed (by `close()`, a goaway, or an error);
