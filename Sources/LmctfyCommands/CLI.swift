@@ -97,81 +97,89 @@ public enum LmctfyCLI {
 
         // --lmctfy_output_fd=N: output to that descriptor, which must be open.
         let stdout: any ByteSink
+        var outputFd: FileDescriptorSink?
         if let fd = flags.outputFd {
             guard fcntl(fd, F_GETFD) != -1 else {
                 stderr.write("Flag --lmctfy_output_fd=\(fd): descriptor \(fd) is not open\n")
                 return StatusCode.invalidArgument.rawValue
             }
-            stdout = FileDescriptorSink(fd: fd)
+            outputFd = FileDescriptorSink(fd: fd)
+            stdout = outputFd!
         } else {
             stdout = standardOutput
         }
-
-        // -h and -V win over everything else, as in the original (D2: help
-        // that was asked for goes to stdout and succeeds).
-        if flags.help {
-            stdout.write(leaf.map { usageLine(environment, path, $0) } ?? usage(environment, menu, path))
-            return 0
-        }
-        if flags.version || flags.versionLong {
-            stdout.write("\(environment.programName) version \(LmctfyVersion.string)\n")
-            if flags.versionLong { stdout.write(LmctfyVersion.details) }
-            return 0
-        }
-        if let style = flags.commandTree {
-            stdout.write(commandTree(CommandTree.root, style))
-            return 0
-        }
-        guard let leaf else {
-            if helpWord {
-                stdout.write(usage(environment, menu, path))
+        func command() -> Int32 {
+            // -h and -V win over everything else, as in the original (D2: help
+            // that was asked for goes to stdout and succeeds).
+            if flags.help {
+                stdout.write(leaf.map { usageLine(environment, path, $0) } ?? usage(environment, menu, path))
                 return 0
             }
-            // Bare `lmctfy`, a bare menu, or a word that matches nothing.
-            if let unknownWord { stderr.write("Unknown command \"\(unknownWord)\"\n") }
-            stderr.write(usage(environment, menu, path))
-            return StatusCode.notFound.rawValue
-        }
-
-        let arguments = Array(args[firstPositional...])
-        if arguments.first == "help" {
-            stdout.write(usageLine(environment, path, leaf))
-            return 0
-        }
-        if arguments.count < leaf.minArguments || arguments.count > (leaf.maxArguments ?? Int.max) {
-            stderr.write(arguments.count < leaf.minArguments ? "Missing arguments\n" : "Extraneous arguments\n")
-            stderr.write(usageLine(environment, path, leaf))
-            return StatusCode.invalidArgument.rawValue
-        }
-
-        let call = Invocation(
-            arguments: arguments, rawArguments: Array(rawArguments[firstPositional...]),
-            flags: flags, environment: environment, stdout: stdout, stderr: stderr)
-        let output: CommandOutput
-        do {
-            switch leaf.action {
-            case .withoutApi(let body):
-                // (image import and export report progress too)
-                output = try ProgressLine.around(stderr: stderr) { try body(call) }
-            case .withApi(let body):
-                let api: any ContainerBackend
-                do {
-                    api = try environment.makeBackend()
-                } catch {
-                    stderr.write(environment.reportsInstanceFailure
-                        ? "Failed to create a lmctfy instance with error '\(error.message)'\n"
-                        : "Command exited with error message: \(error.code.rawValue): \(error.message)\n")
-                    return error.code.rawValue
-                }
-                output = try ProgressLine.around(stderr: stderr) { try body(api, call) }
+            if flags.version || flags.versionLong {
+                stdout.write("\(environment.programName) version \(LmctfyVersion.string)\n")
+                if flags.versionLong { stdout.write(LmctfyVersion.details) }
+                return 0
             }
-        } catch {
-            let failure = statusError(error)
-            stderr.write("Command exited with error message: \(failure.code.rawValue): \(failure.message)\n")
-            return failure.code.rawValue
+            if let style = flags.commandTree {
+                stdout.write(commandTree(CommandTree.root, style))
+                return 0
+            }
+            guard let leaf else {
+                if helpWord {
+                    stdout.write(usage(environment, menu, path))
+                    return 0
+                }
+                // Bare `lmctfy`, a bare menu, or a word that matches nothing.
+                if let unknownWord { stderr.write("Unknown command \"\(unknownWord)\"\n") }
+                stderr.write(usage(environment, menu, path))
+                return StatusCode.notFound.rawValue
+            }
+
+            let arguments = Array(args[firstPositional...])
+            if arguments.first == "help" {
+                stdout.write(usageLine(environment, path, leaf))
+                return 0
+            }
+            if arguments.count < leaf.minArguments || arguments.count > (leaf.maxArguments ?? Int.max) {
+                stderr.write(arguments.count < leaf.minArguments ? "Missing arguments\n" : "Extraneous arguments\n")
+                stderr.write(usageLine(environment, path, leaf))
+                return StatusCode.invalidArgument.rawValue
+            }
+
+            let call = Invocation(
+                arguments: arguments, rawArguments: Array(rawArguments[firstPositional...]),
+                flags: flags, environment: environment, stdout: stdout, stderr: stderr)
+            let output: CommandOutput
+            do {
+                switch leaf.action {
+                case .withoutApi(let body):
+                    // (image import and export report progress too)
+                    output = try ProgressLine.around(stderr: stderr) { try body(call) }
+                case .withApi(let body):
+                    let api: any ContainerBackend
+                    do {
+                        api = try environment.makeBackend()
+                    } catch {
+                        stderr.write(environment.reportsInstanceFailure
+                            ? "Failed to create a lmctfy instance with error '\(error.message)'\n"
+                            : "Command exited with error message: \(error.code.rawValue): \(error.message)\n")
+                        return error.code.rawValue
+                    }
+                    output = try ProgressLine.around(stderr: stderr) { try body(api, call) }
+                }
+            } catch {
+                let failure = statusError(error)
+                stderr.write("Command exited with error message: \(failure.code.rawValue): \(failure.message)\n")
+                return failure.code.rawValue
+            }
+            stdout.write(output.render(flags.style))
+            return output.exitStatus
         }
-        stdout.write(output.render(flags.style))
-        return output.exitStatus
+        let status = command()
+        // Output that could not be written to --lmctfy_output_fd is lost as
+        // surely as on a full stdout (which `main` checks): 15, said on stderr.
+        guard let outputFd else { return status }
+        return FileDescriptorSink.exitStatus(status, program: environment.programName, stdout: outputFd, stderr: stderr)
     }
 
     /// Library failures keep their code; anything else (a bug, an encoder

@@ -21,6 +21,11 @@ struct IntegrationTests {
         #expect(String(decoding: r.stderr, as: UTF8.self).contains("lmctfy: the output could not be written: write(fd 1): No space left on device"), "\(r)")
         // Nothing to write is no failure.
         #expect(try TestProcess.capture(["/bin/sh", "-c", "\(builtTool("lmctfy")) list containers /nonexistent_\(getpid()) > /dev/full"]).status == 5)
+        // The same for the descriptor --lmctfy_output_fd names (it exited 0).
+        let fd = try TestProcess.capture(["/bin/sh", "-c", "\(builtTool("lmctfy")) --lmctfy_output_fd=7 detect 7> /dev/full"])
+        #expect(fd.status == 15, "\(fd)")
+        #expect(String(decoding: fd.stderr, as: UTF8.self).contains("lmctfy: the output could not be written: write(fd 7): No space left on device"), "\(fd)")
+        #expect(try TestProcess.capture(["/bin/sh", "-c", "\(builtTool("lmctfy")) --lmctfy_output_fd=7 detect 7> /dev/null"]).status == 0)
     }
 
     @Test(arguments: Runner.allCases)
