@@ -596,7 +596,7 @@ public final class SnapshotKeeper: Sendable {
         }
         let present = Set(listed)
         // An agent kept snapshots or events here before this one.
-        let ranBefore = !snapshots.isEmpty || !damaged.isEmpty || events.previousBoot != nil
+        let ranBefore = !snapshots.isEmpty || !damaged.isEmpty || !events.olderBootIds.isEmpty
         for (name, _) in snapshots.sorted(by: { $0.key > $1.key }) where !present.contains(name) {
             events.append(ContainerEvent(container: name, kind: .containerEventDestroyed,
                                          reason: "destroyed while the agent was down"))

@@ -34,7 +34,7 @@ final class FleetEvents {
                 throw error.lmctfy(.failedPrecondition, "Writing the fleet log's id")
             }
         }
-        log = EventLog(capacity: capacity, bootId: id)
+        log = EventLog(capacity: capacity, bootId: id, maxBytes: Self.maxLogBytes)
         try log.attachJournal(directory: stateDir + "/fleet")
         try log.reserveSequences(path: stateDir + "/fleet-sequence")
         hub = EventHub(log: log, buffer: subscriberBuffer)
@@ -84,6 +84,13 @@ final class FleetEvents {
     /// the log's memory by the megabyte and ended every subscriber whose
     /// frames are the default 64 KiB. It is stored as a HOST_GAP instead.
     static let maxEventBytes = 60 << 10
+
+    /// What the fleet log keeps at most, in memory (of events, and again of
+    /// STATS samples) and on disk, whatever `event_log_capacity` says: the
+    /// oldest go first. 65,536 events of 60 KiB from a hostile agent held
+    /// 3.75 GiB; the fleet's ordinary events, a few hundred bytes each,
+    /// stay far below it.
+    static let maxLogBytes = 256 << 20
 
     /// One response of a host's stream (`bytes` long): an event is stored
     /// unless it is at or before the host's cursor; a gap is stored as a

@@ -137,10 +137,9 @@ public final class EventHub {
     /// subscriber is added; `credit` (nil: none) says how many it takes.
     public func subscribe(_ key: Key, _ r: SubscribeRequest, filter: EventFilter, credit: Int? = nil) throws(LmctfyError) -> [SubscribeResponse] {
         var r = r
-        let older = log.olderBoots
         if r.fromOldest == true && r.bootId == nil {
             // The oldest kept: the oldest boot before this one the journal has.
-            r.bootId = older.first?.id
+            r.bootId = log.olderBootIds.first
             r.afterSequence = 0
         }
         var first: [SubscribeResponse] = []
@@ -157,8 +156,8 @@ public final class EventHub {
             // the journal kept.)
             var gapAfter = after
             var gapBoot = r.bootId
-            if !ownBoot, let at = older.firstIndex(where: { $0.id == r.bootId }) {
-                for (i, boot) in older[at...].enumerated() {
+            if !ownBoot, let asked = r.bootId {
+                for (i, boot) in log.olderBoots(from: asked).enumerated() {
                     let from = i == 0 ? after : 0
                     if i > 0 {
                         first.append(SubscribeResponse(gap: EventGap(

@@ -6,9 +6,11 @@
 // big-endian length and a serialized ContainerEvent. Every event is appended
 // to `current` as it is recorded (one write; not fsynced, like the request
 // journal: it serves an agent that dies, whose writes the page cache keeps).
-// When `current` holds `capacity` events it becomes `previous` (the older
-// `previous` goes), so the disk keeps between `capacity` and 2 x `capacity`
-// events. A torn last record (the agent killed mid-write) ends the reading.
+// When `current` holds `capacity` events, or half of `maxBytes` (a log with
+// a byte budget: the controller's fleet log), it becomes `previous` (the
+// older `previous` goes), so the disk keeps between `capacity` and 2 x
+// `capacity` events, and about `maxBytes` at most. A torn last record (the
+// agent killed mid-write) ends the reading.
 import Glibc
 import LmctfyProto
 import LmctfySystem
@@ -17,27 +19,35 @@ import LmctfySystem
 final class EventJournal: @unchecked Sendable {
     let directory: String
     let capacity: Int
+    /// The budget of both files together (nil: none).
+    let maxBytes: Int?
     private var fd: Int32 = -1
     private var count = 0
-    /// What the files held when they were opened (`previous`, then
-    /// `current`): what earlier boots left.
-    let opened: [ContainerEvent]
+    private var bytes = 0
+    /// The records the files held when they were opened (`previous`, then
+    /// `current`), serialized: what earlier boots left. Each is decoded by
+    /// its reader when it needs it (decoded all at once, 2 x `capacity`
+    /// events of 2,296 bytes each as values, a restarting controller took
+    /// 300 MB at once).
+    private(set) var opened: [[UInt8]]
 
     let currentPath: String
     let previousPath: String
 
     /// Opens (making the directory, 0700) and reads what earlier boots left.
-    init(directory: String, capacity: Int) throws(LmctfyError) {
+    init(directory: String, capacity: Int, maxBytes: Int? = nil) throws(LmctfyError) {
         self.directory = directory
         self.capacity = max(1, capacity)
+        self.maxBytes = maxBytes
         currentPath = directory + "/current"
         previousPath = directory + "/previous"
         if mkdir(directory, 0o700) != 0 && errno != EEXIST {
             throw SystemError("mkdir", directory, errno).lmctfy(.failedPrecondition, "Making the event journal directory")
         }
-        let current = Self.read(currentPath)
+        let current = Self.records(currentPath)
         count = current.count
-        opened = Self.read(previousPath) + current
+        bytes = current.reduce(0) { $0 + 4 + $1.count }
+        opened = Self.records(previousPath) + current
         try open()
     }
 
@@ -51,28 +61,41 @@ final class EventJournal: @unchecked Sendable {
         fd = f
     }
 
+    /// Lets go of `opened` once its reader is done with it.
+    func dropOpened() { opened = [] }
+
     /// Every event on disk, oldest first (`previous`, then `current`).
     func stored() -> [ContainerEvent] {
         Self.read(previousPath) + Self.read(currentPath)
     }
 
-    /// Appends one event; rotates first when `current` is full. A failure
-    /// is returned, not thrown: the event is in memory either way.
+    /// Appends one event; see `append(serialized:)`.
     @discardableResult
     func append(_ e: ContainerEvent) -> Bool {
-        if count >= capacity {
+        guard let body = try? e.serializedBytes() else { return false }
+        return append(serialized: body)
+    }
+
+    /// Appends one serialized event; rotates first when `current` is full
+    /// (`capacity` events, or half of `maxBytes`). A failure is returned,
+    /// not thrown: the event is in memory either way.
+    @discardableResult
+    func append(serialized body: [UInt8]) -> Bool {
+        if count >= capacity || (count > 0 && bytes + 4 + body.count > (maxBytes ?? Int.max) / 2) {
             close(fd)
             fd = -1
             guard rename(currentPath, previousPath) == 0 else { return false }
             count = 0
+            bytes = 0
             do { try open() } catch { return false }
         }
-        guard fd >= 0, let body = try? e.serializedBytes(), body.count <= Self.maxRecordBytes else { return false }
+        guard fd >= 0, body.count <= Self.maxRecordBytes else { return false }
         let n = UInt32(body.count)
         let record = [UInt8(n >> 24), UInt8((n >> 16) & 0xff), UInt8((n >> 8) & 0xff), UInt8(n & 0xff)] + body
         let written = record.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
         guard written == record.count else { return false }
         count += 1
+        bytes += record.count
         return true
     }
 
@@ -85,8 +108,13 @@ final class EventJournal: @unchecked Sendable {
     /// (a whole record above `maxRecordBytes`, which an earlier version
     /// wrote, is passed over).
     static func read(_ path: String) -> [ContainerEvent] {
+        records(path).map { (try? ContainerEvent(serializedBytes: $0)) ?? ContainerEvent() }
+    }
+
+    /// The same, serialized (each record checked to decode).
+    static func records(_ path: String) -> [[UInt8]] {
         guard let data = try? Sys.readBytes(path) else { return [] }
-        var out: [ContainerEvent] = []
+        var out: [[UInt8]] = []
         var i = 0
         while i + 4 <= data.count {
             let n = Int(data[i]) << 24 | Int(data[i + 1]) << 16 | Int(data[i + 2]) << 8 | Int(data[i + 3])
@@ -95,8 +123,9 @@ final class EventJournal: @unchecked Sendable {
                 i += 4 + n
                 continue
             }
-            guard let e = try? ContainerEvent(serializedBytes: Array(data[(i + 4)..<(i + 4 + n)])) else { break }
-            out.append(e)
+            let body = Array(data[(i + 4)..<(i + 4 + n)])
+            guard (try? ContainerEvent(serializedBytes: body)) != nil else { break }
+            out.append(body)
             i += 4 + n
         }
         return out

@@ -16,6 +16,12 @@ public final class EventLog: Sendable {
     /// How many events the log keeps; older ones are dropped, and a resume
     /// from before them reports a gap.
     public let capacity: Int
+    /// At most how many bytes (serialized, and 64 a piece besides) it keeps
+    /// of each kind, events and STATS samples, and on disk: older ones are
+    /// dropped first (nil: `capacity` alone bounds it). The controller's
+    /// fleet log has one: its events come from peers, each up to 60 KiB,
+    /// and 65,536 of those held 3.75 GiB.
+    public let maxBytes: Int?
     private let state = Mutexed(State())
     /// Called after every record, on the recording thread (the agent's hub
     /// schedules its fan-out from here).
@@ -29,41 +35,58 @@ public final class EventLog: Sendable {
     /// Bumped after every record, for threads that wait for the next event.
     public let changes = ChangeCounter()
 
-    /// Items in sequence order, at most `capacity`: once full, an append
-    /// replaces the oldest in place instead of shifting the history down.
+    /// Items in sequence order, at most `capacity` of them and, when the
+    /// log has a byte budget (`maxBytes`), at most that many bytes
+    /// (serialized) but for the newest: appends go at the end and the
+    /// oldest leave from the front, which is cut off the array only once
+    /// half of it is gone (amortized O(1), no shifting per event).
     struct Ring<Item: Sequenced>: Sendable {
-        var items: [Item] = []
-        var start = 0
+        private var items: [Item] = []
+        private var sizes: [Int] = []
+        private var start = 0
+        /// The kept items' sizes, summed (0 when none were given).
+        private(set) var bytes = 0
 
-        /// Appends; returns the item it pushed out, if any.
-        mutating func append(_ e: Item, capacity: Int) -> Item? {
+        var count: Int { items.count - start }
+
+        /// Appends `e` (`size` bytes); returns the newest item it pushed
+        /// out (nil: none). A log without a budget (`maxBytes` nil) keeps
+        /// `capacity` items whatever their size.
+        mutating func append(_ e: Item, size: Int = 0, capacity: Int, maxBytes: Int? = nil) -> Item? {
             guard capacity > 0 else { return e }
-            if items.count < capacity {
-                items.append(e)
-                return nil
+            items.append(e)
+            sizes.append(size)
+            bytes += size
+            var out: Item?
+            while count > capacity || (count > 1 && bytes > (maxBytes ?? Int.max)) {
+                out = items[start]
+                bytes -= sizes[start]
+                start += 1
             }
-            let out = items[start]
-            items[start] = e
-            start = (start + 1) % capacity
+            if start >= 64 && start * 2 >= items.count {
+                items.removeFirst(start)
+                sizes.removeFirst(start)
+                start = 0
+            }
             return out
         }
 
         /// The oldest item kept.
-        var oldest: Item? { items.isEmpty ? nil : items[start] }
+        var oldest: Item? { count == 0 ? nil : items[start] }
 
-        private func at(_ i: Int) -> Item { items[(start + i) % items.count] }
+        private func at(_ i: Int) -> Item { items[start + i] }
 
         /// The kept items with `after` < sequence <= `upTo`, oldest first
         /// (found by binary search: the ring is in sequence order).
         func range(after: UInt64, upTo: UInt64) -> [Item] {
-            var lo = 0, hi = items.count
+            var lo = 0, hi = count
             while lo < hi {
                 let mid = (lo + hi) / 2
                 if at(mid).seq <= after { lo = mid + 1 } else { hi = mid }
             }
             var out: [Item] = []
             var i = lo
-            while i < items.count, at(i).seq <= upTo {
+            while i < count, at(i).seq <= upTo {
                 out.append(at(i))
                 i += 1
             }
@@ -71,14 +94,19 @@ public final class EventLog: Sendable {
         }
     }
 
-    /// A STATS sample as the ring keeps it: serialized. A `ContainerStats`
-    /// value holds every field of the message inline (a few KB, though a
-    /// summary sets a handful), so `capacity` samples of a thousand
-    /// containers' sweeps held ~11 MB as values and a few hundred KB so.
-    /// Decoded only when replayed or published.
+    /// An event as the rings keep it: serialized. A `ContainerEvent` value
+    /// holds every field of the message inline, a `ContainerStats` among
+    /// them (2,296 bytes however little it sets), so `capacity` samples of
+    /// a thousand containers' sweeps held ~11 MB as values and a few
+    /// hundred KB so, and the controller's 65,536 fleet events 150 MB. The
+    /// bytes are the journal's (one encoding per event). Decoded only when
+    /// replayed or published.
     struct PackedEvent: Sequenced, Sendable {
         let seq: UInt64
         let bytes: [UInt8]
+        /// What the ring counts against its byte budget: the bytes and
+        /// what holding them costs besides (the array's header, the slot).
+        var cost: Int { bytes.count + 64 }
     }
 
     struct State {
@@ -90,9 +118,9 @@ public final class EventLog: Sendable {
         var journal: EventJournal?
         /// The boots before this one whose events the journal kept, oldest
         /// first (an agent restarted twice keeps two).
-        var older: [(id: String, events: [ContainerEvent])] = []
+        var older: [(id: String, events: [PackedEvent])] = []
         /// Every event but stats samples, the latest `capacity`.
-        var events = Ring<ContainerEvent>()
+        var events = Ring<PackedEvent>()
         /// Stats samples, the latest `capacity`, apart: a sweep of a
         /// thousand containers must not push the other events out. An older
         /// sample is superseded by a newer one of its container, so one that
@@ -112,18 +140,18 @@ public final class EventLog: Sendable {
         /// Both rings' events in (after, upTo], merged in sequence order.
         func range(after: UInt64, upTo: UInt64) -> [ContainerEvent] {
             let a = events.range(after: after, upTo: upTo)
-            let b = stats.range(after: after, upTo: upTo).compactMap { try? ContainerEvent(serializedBytes: $0.bytes) }
-            if b.isEmpty { return a }
-            if a.isEmpty { return b }
+            let b = stats.range(after: after, upTo: upTo)
             var out: [ContainerEvent] = []
             out.reserveCapacity(a.count + b.count)
             var i = 0, j = 0
             while i < a.count || j < b.count {
-                if j == b.count || (i < a.count && (a[i].sequence ?? 0) < (b[j].sequence ?? 0)) {
-                    out.append(a[i]); i += 1
+                let p: PackedEvent
+                if j == b.count || (i < a.count && a[i].seq < b[j].seq) {
+                    p = a[i]; i += 1
                 } else {
-                    out.append(b[j]); j += 1
+                    p = b[j]; j += 1
                 }
+                if let e = try? ContainerEvent(serializedBytes: p.bytes) { out.append(e) }
             }
             return out
         }
@@ -132,9 +160,11 @@ public final class EventLog: Sendable {
         var firstAvailable: UInt64 { evictedThrough + 1 }
     }
 
-    /// An empty log keeping `capacity` events, under `bootId` (nil: a random one).
-    public init(capacity: Int = 4096, bootId: String? = nil) {
+    /// An empty log keeping `capacity` events (and at most `maxBytes`),
+    /// under `bootId` (nil: a random one).
+    public init(capacity: Int = 4096, bootId: String? = nil, maxBytes: Int? = nil) {
         self.capacity = capacity
+        self.maxBytes = maxBytes
         self.bootId = bootId ?? Crypto.randomBytes(16).map { String($0, radix: 16).leftPadded(2) }.joined()
     }
 
@@ -166,22 +196,28 @@ public final class EventLog: Sendable {
     /// whose id is kept in its state directory) finds its own events there
     /// instead: they are kept again, and its sequence goes on after them.
     public func attachJournal(directory: String) throws(LmctfyError) {
-        let journal = try EventJournal(directory: directory, capacity: capacity)
-        let stored = journal.opened
-        let own = stored.filter { $0.bootId == bootId }
-        var older: [(id: String, events: [ContainerEvent])] = []
-        for e in stored where e.bootId != bootId {
+        let journal = try EventJournal(directory: directory, capacity: capacity, maxBytes: maxBytes)
+        var own: [PackedEvent] = []
+        var older: [(id: String, events: [PackedEvent])] = []
+        for bytes in journal.opened {
+            guard let e = try? ContainerEvent(serializedBytes: bytes) else { continue }
+            if e.bootId == bootId {
+                own.append(PackedEvent(seq: e.seq, bytes: bytes))
+                continue
+            }
             guard let id = e.bootId else { continue }
-            if let i = older.firstIndex(where: { $0.id == id }) { older[i].events.append(e) } else { older.append((id, [e])) }
+            let p = PackedEvent(seq: e.seq, bytes: bytes)
+            if let i = older.firstIndex(where: { $0.id == id }) { older[i].events.append(p) } else { older.append((id, [p])) }
         }
+        journal.dropOpened()
         state.locked { s in
             s.journal = journal
             s.older = older
             // What rotated out of the journal before the oldest kept is gone.
-            if let first = own.first?.sequence, first > 1 { s.evictedThrough = max(s.evictedThrough, first - 1) }
-            for e in own where (e.sequence ?? 0) >= s.next {
-                if let out = s.events.append(e, capacity: capacity) { s.evictedThrough = out.sequence ?? s.evictedThrough }
-                s.next = (e.sequence ?? 0) + 1
+            if let first = own.first?.seq, first > 1 { s.evictedThrough = max(s.evictedThrough, first - 1) }
+            for p in own where p.seq >= s.next {
+                if let out = s.events.append(p, size: p.cost, capacity: capacity, maxBytes: maxBytes) { s.evictedThrough = out.seq }
+                s.next = p.seq + 1
             }
         }
     }
@@ -244,7 +280,8 @@ public final class EventLog: Sendable {
             s.kindCounts[e.kind ?? .containerEventUnspecified, default: 0] += 1
             if e.kind == .containerEventOom, let c = e.container { s.ooms[c, default: 0] += 1 }
             if e.kind == .containerEventStats {
-                if let bytes = try? e.serializedBytes() { _ = s.stats.append(PackedEvent(seq: e.sequence ?? 0, bytes: bytes), capacity: capacity) }
+                let p = PackedEvent(seq: e.seq, bytes: Self.encoded(e))
+                _ = s.stats.append(p, size: p.cost, capacity: capacity, maxBytes: maxBytes)
                 if let c = e.container, let stats = e.stats { s.latestStats[c] = stats }
             } else {
                 if e.kind == .containerEventDestroyed, let c = e.container, !s.latestStats.isEmpty || !s.ooms.isEmpty {
@@ -253,14 +290,27 @@ public final class EventLog: Sendable {
                     s.latestStats = s.latestStats.filter { !gone($0.key) }
                     s.ooms = s.ooms.filter { !gone($0.key) }
                 }
-                if let out = s.events.append(e, capacity: capacity) { s.evictedThrough = out.sequence ?? s.evictedThrough }
-                s.journal?.append(e)
+                // One encoding for the ring and the journal.
+                let p = PackedEvent(seq: e.seq, bytes: Self.encoded(e))
+                if let out = s.events.append(p, size: p.cost, capacity: capacity, maxBytes: maxBytes) { s.evictedThrough = out.seq }
+                s.journal?.append(serialized: p.bytes)
             }
             return e
         }
         changes.bump()
         observer.locked { $0 }?.call()
         return e
+    }
+
+    /// `e` serialized. One that cannot be (a required field of its stats
+    /// unset) is kept without its stats, and says so, rather than leave its
+    /// sequence number a hole no gap explains.
+    static func encoded(_ e: ContainerEvent) -> [UInt8] {
+        if let bytes = try? e.serializedBytes() { return bytes }
+        var bare = e
+        bare.stats = nil
+        bare.reason = "its statistics could not be encoded"
+        return (try? bare.serializedBytes()) ?? []
     }
 
     /// The newest STATS sample of `container` since it was last destroyed
@@ -279,11 +329,29 @@ public final class EventLog: Sendable {
 
     /// The last boot before this one and its events as the journal kept
     /// them (oldest first); nil without a journal or before any.
-    public var previousBoot: (id: String, events: [ContainerEvent])? { state.locked { $0.older.last } }
+    public var previousBoot: (id: String, events: [ContainerEvent])? {
+        state.locked { $0.older.last }.map { ($0.id, Self.decoded($0.events)) }
+    }
 
     /// Every boot before this one whose events the journal kept, oldest
     /// first, each with its events (oldest first).
-    public var olderBoots: [(id: String, events: [ContainerEvent])] { state.locked { $0.older } }
+    public var olderBoots: [(id: String, events: [ContainerEvent])] { olderBoots(from: nil) }
+
+    /// The same from the boot `id` on (nil: all of them; none when no
+    /// boot has that id). They are kept serialized (2 x `capacity` events
+    /// of an agent's journal held 19 MB as values) and decoded here.
+    public func olderBoots(from id: String?) -> [(id: String, events: [ContainerEvent])] {
+        let older = state.locked { $0.older }
+        guard let at = id.map({ id in older.firstIndex { $0.id == id } }) ?? older.indices.first else { return [] }
+        return older[at...].map { ($0.id, Self.decoded($0.events)) }
+    }
+
+    /// The ids of the boots before this one the journal kept, oldest first.
+    public var olderBootIds: [String] { state.locked { $0.older.map(\.id) } }
+
+    private static func decoded(_ events: [PackedEvent]) -> [ContainerEvent] {
+        events.compactMap { try? ContainerEvent(serializedBytes: $0.bytes) }
+    }
 
     /// The newest sequence number recorded (0: none yet).
     public var newest: UInt64 { state.locked { $0.next - 1 } }

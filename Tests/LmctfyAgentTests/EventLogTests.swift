@@ -1,6 +1,6 @@
 // The agent's event history on its own: sequence numbers, the bounded
-// replay ring (the oldest event replaced in place once it is full) and the
-// gap a resume from dropped history reports.
+// replay ring (by count, and by bytes for a log with a budget) and the gap
+// a resume from dropped history reports.
 import Glibc
 @testable import LmctfyAgent
 @testable import LmctfyEvents
@@ -73,6 +73,64 @@ import Testing
         #expect(journal.stored().map(\.sequence) == [4, 5, 6, 7], "a torn last record ends the reading")
         // A new journal on the same files (the next agent) reads the same.
         #expect(try EventJournal(directory: dir, capacity: 3).stored().map(\.sequence) == [4, 5, 6, 7])
+    }
+
+    /// A log with a byte budget (the controller's fleet log, whose events
+    /// come from peers: 65,536 of 60 KiB held 3.75 GiB) keeps the newest
+    /// events that fit it, in memory and on disk, and a resume from before
+    /// them is a gap; one event larger than the whole budget is still kept.
+    @Test func aByteBudgetKeepsTheNewestEventsThatFitInMemoryAndOnDisk() throws {
+        let dir = "/tmp/lmctfy-eventjournal-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        defer { _ = removeTree(dir) }
+        let budget = 64 << 10
+        func big(_ i: Int) -> ContainerEvent {
+            var e = ContainerEvent(container: "/c\(i)", kind: .containerEventCreated)
+            e.reason = String(repeating: "x", count: 10_000)
+            return e
+        }
+        let log = EventLog(capacity: 1000, bootId: "fleet", maxBytes: budget)
+        try log.attachJournal(directory: dir)
+        for i in 1...30 { log.append(big(i)) }
+        let (kept, gap) = log.since(bootId: "fleet", after: 0) { _ in true }
+        // ~10 KB each: the newest six fit 64 KiB, the 1000 of `capacity` would not.
+        #expect(kept.map(\.sequence) == Array(25...30).map { UInt64($0) })
+        #expect(kept.last?.container == "/c30" && kept.last?.reason?.count == 10_000)
+        #expect(gap?.firstSequence == 25)
+        #expect(log.since(bootId: "fleet", after: 24) { _ in true }.1 == nil)
+        // On disk: two files of at most half the budget each (plus a record).
+        var onDisk = 0
+        for f in ["current", "previous"] {
+            var st = stat()
+            if stat(dir + "/" + f, &st) == 0 { onDisk += Int(st.st_size) }
+        }
+        #expect(onDisk > budget / 2 && onDisk <= budget + 10_100, "\(onDisk) bytes on disk")
+        // The next start reads back no more than the budget, newest first kept.
+        let again = EventLog(capacity: 1000, bootId: "fleet", maxBytes: budget)
+        try again.attachJournal(directory: dir)
+        let reread = again.since(bootId: "fleet", after: 0) { _ in true }.0.compactMap(\.sequence)
+        #expect(reread.last == 30 && reread.count <= 6 && reread == Array(reread.first!...30), "\(reread)")
+        // Small events after big ones push out only what they need.
+        for i in 31...40 { again.append(ContainerEvent(container: "/s\(i)", kind: .containerEventCreated)) }
+        #expect(again.since(bootId: "fleet", after: 0) { _ in true }.0.compactMap(\.sequence).suffix(11) == Array(30...40).map { UInt64($0) })
+
+        let tiny = EventLog(capacity: 10, bootId: "t", maxBytes: 1000)
+        tiny.append(big(1))
+        tiny.append(big(2))
+        #expect(tiny.since(bootId: "t", after: 0) { _ in true }.0.map(\.sequence) == [2])
+    }
+
+    /// The ring lets the oldest go from its front and cuts the array only
+    /// now and then: what it keeps stays right across many of those cuts.
+    @Test func theRingStaysInOrderAcrossManyCuts() {
+        let log = EventLog(capacity: 100, bootId: "boot")
+        for i in 1...1_000 {
+            log.record(container: "/c\(i)", kind: .containerEventCreated)
+            if i % 37 == 0 {
+                let kept = log.since(bootId: "boot", after: 0) { _ in true }.0.compactMap(\.sequence)
+                #expect(kept == Array(UInt64(max(1, i - 99))...UInt64(i)), "after \(i)")
+            }
+        }
+        #expect(log.range(after: 950, upTo: 960).events.compactMap(\.sequence) == Array(951...960).map { UInt64($0) })
     }
 
     /// The journal writes no record its reader would refuse, and its reader
