@@ -104,6 +104,9 @@ public final class ContainerMonitor {
         /// v2 memory.events counters last seen.
         var oomKills: Int64 = 0
         var high: Int64 = 0
+        /// Its tasks directory's inode when the watch began: one removed
+        /// and made again under its name is another container.
+        var identity: UInt64?
     }
 
     private let api: ContainerApi
@@ -170,6 +173,9 @@ public final class ContainerMonitor {
         var entry = entries[name] ?? Entry(plan: (try? api.driver.monitorPlan(name)) ?? MonitorPlan())
         var found: [Change] = []
         if entry.wds.isEmpty {
+            // Before the watch: a directory replaced in between is found
+            // replaced at the next look (and watched again).
+            entry.identity = tasks.identity
             let taskMask = UInt32(IN_CREATE | IN_DELETE | IN_ATTRIB | IN_MODIFY | IN_ONLYDIR)
             let wd = inotify_add_watch(inotifyFd, tasks.path, taskMask)
             guard wd >= 0 else { return ([], []) }  // gone already, or not there yet
@@ -227,6 +233,17 @@ public final class ContainerMonitor {
         }
         entries[name] = entry
         return ([], found)
+    }
+
+    /// Whether the directory of watched `name` is not the one watched any
+    /// more: removed and made again under its name (by another program,
+    /// between two reads of the inotify descriptor). Its watches and
+    /// eventfds are the old one's, dead; `unwatch` it and watch it again.
+    public func isReplaced(_ name: ContainerName) -> Bool {
+        guard let entry = entries[name], let was = entry.identity, let now = api.driver.tasksDir(name).identity else {
+            return false
+        }
+        return was != now
     }
 
     /// Stops watching a container and every container below it; returns

@@ -58,30 +58,50 @@ public final class Watch: @unchecked Sendable {
     /// waited on after the destroy (the CLI's `notify` never ended).
     private let own: (dir: CgroupDir, identity: UInt64?)?
 
-    init(container: ContainerName, kind: Kind, source: any EventSource, watchedDir: CgroupDir, ownDir: CgroupDir) {
+    /// The directories' identities are those of before the source was
+    /// made (`Identities`): a container replaced meanwhile is gone for
+    /// the watch, which would otherwise watch its successor.
+    private init(container: ContainerName, kind: Kind, source: any EventSource, watchedDir: CgroupDir, ownDir: CgroupDir,
+                 identities: Identities) {
         self.container = container
         self.kind = kind
         self.source = source
         self.watchedDir = watchedDir
-        identity = Self.identity(of: watchedDir)
-        own = ownDir == watchedDir ? nil : (ownDir, Self.identity(of: ownDir))
+        identity = identities.watched
+        own = ownDir == watchedDir ? nil : (ownDir, identities.own)
     }
 
-    static func identity(of dir: CgroupDir) -> UInt64? {
-        (try? Sys.linkStatus(dir.path)).map { UInt64($0.st_ino) }
+    /// The watched and own directories' inodes, taken before the kernel
+    /// registration is made.
+    struct Identities {
+        let watched: UInt64?
+        let own: UInt64?
+        init(_ watched: CgroupDir, _ own: CgroupDir) {
+            self.watched = watched.identity
+            self.own = own == watched ? self.watched : own.identity
+        }
+    }
+
+    /// A watch of `kind` on `dir` for `container`: the identities first,
+    /// then the source.
+    static func make(container: Container, kind: Kind, dir: CgroupDir,
+                     source: () throws(LmctfyError) -> any EventSource) throws(LmctfyError) -> Watch {
+        let identities = Identities(dir, container.tasksDir)
+        return Watch(container: container.name, kind: kind, source: try source(), watchedDir: dir,
+                     ownDir: container.tasksDir, identities: identities)
     }
 
     /// Whether the watched directory is still the one watched (not gone,
     /// not another made under its name).
     private var isSameDirectory: Bool {
-        !ownIsGone && (identity == nil || Self.identity(of: watchedDir) == identity)
+        !ownIsGone && (identity == nil || watchedDir.identity == identity)
     }
 
     /// Whether the container's own directory, watched apart from its
     /// events' directory, is gone (or another now).
     private var ownIsGone: Bool {
         guard let own, own.identity != nil else { return false }
-        return Self.identity(of: own.dir) != own.identity
+        return own.dir.identity != own.identity
     }
 
     /// NOT_FOUND when the container is gone though its events' directory
@@ -171,8 +191,9 @@ public final class Watch: @unchecked Sendable {
             }
             dir = d
         }
-        let source = try driver.eventSource(kind, dir: dir, container: container)
-        return Watch(container: container.name, kind: kind, source: source, watchedDir: dir, ownDir: container.tasksDir)
+        return try make(container: container, kind: kind, dir: dir) { () throws(LmctfyError) in
+            try driver.eventSource(kind, dir: dir, container: container)
+        }
     }
 
     static func timerFd(_ ms: Int) throws(LmctfyError) -> Int32 {
@@ -195,8 +216,10 @@ extension Container {
         guard let dir = try api.driver.memoryEventDir(name) else {
             throw .notFound("No memory hierarchy to watch for \"\(name)\"")
         }
-        let source = try api.driver.eventSource(.memoryPressure, dir: dir, container: self)
-        return Watch(container: name, kind: .memoryPressure, source: source, watchedDir: dir, ownDir: tasksDir)
+        let driver = api.driver
+        return try Watch.make(container: self, kind: .memoryPressure, dir: dir) { () throws(LmctfyError) in
+            try driver.eventSource(.memoryPressure, dir: dir, container: self)
+        }
     }
 }
 

@@ -213,7 +213,17 @@ extension Container {
     /// directory of every hierarchy. v1 moves just that thread (tasks file);
     /// v2 moves its whole process (cgroup v2 keeps a process's threads
     /// together in domain cgroups). Not atomic: on failure earlier tids stay moved.
+    ///
+    /// Under the tree's lock, as `run` is: a destroy is before or after it,
+    /// never half way (a destroy racing it removed the directories under
+    /// the moves: UNAVAILABLE, "No such file or directory" or ENODEV, with
+    /// the task moved into some hierarchies; a probe). A directory gone
+    /// all the same (a destroy that took no lock) is NOT_FOUND.
     public func enter(_ tids: [pid_t]) throws(LmctfyError) {
+        try api.locked(name) { _ throws(LmctfyError) in try enterLocked(tids) }
+    }
+
+    private func enterLocked(_ tids: [pid_t]) throws(LmctfyError) {
         guard try api.exists(name) else { throw .notFound("Container \"\(name)\" does not exist") }
         // A task entering a frozen container freezes there: the CLI's
         // caller (its shell, by default) stopped in D until a resume from
@@ -236,7 +246,9 @@ extension Container {
                     try dir.write(driver.enterFile, String(tid))
                 } catch {
                     let note = i > 0 ? " (some TIDs were tracked before this error)" : ""
-                    let code: StatusCode = error.errno == ESRCH ? .notFound : error.code == .permissionDenied ? .permissionDenied : .unavailable
+                    // ESRCH: no such task; ENOENT, ENODEV: the directory went.
+                    let gone = [ESRCH, ENOENT, ENODEV].contains(error.errno ?? 0)
+                    let code: StatusCode = gone ? .notFound : error.code == .permissionDenied ? .permissionDenied : .unavailable
                     throw LmctfyError(code, "Failed to enter TID \(tid) into \"\(name)\"\(note): \(error.message)\(Self.v2Hint(error.errno ?? 0))",
                                       errno: error.errno)
                 }

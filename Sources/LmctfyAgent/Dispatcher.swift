@@ -730,8 +730,12 @@ public final class Dispatcher: Sendable {
             if let ownerPath { return e.kind == kind && e.container == ownerPath }
             return e.container == path && e.kind == kind && (threshold == nil || e.memoryThreshold == threshold)
         }
+        // A destroy recorded after the call came ends it, whatever the
+        // watch (shared, on its own thread) has seen yet: one made on the
+        // container that replaced it under its name watched that one (a
+        // threshold notify then never ended).
         func destroyed(_ e: ContainerEvent) -> Bool {
-            guard fedByHub, e.kind == .containerEventDestroyed, let c = e.container else { return false }
+            guard e.kind == .containerEventDestroyed, let c = e.container else { return false }
             return c == path || path.hasPrefix(c == "/" ? "/" : c + "/")
         }
         // Live events are those recorded from now on.

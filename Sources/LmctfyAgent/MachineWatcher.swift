@@ -38,6 +38,9 @@ final class MachineWatcher: @unchecked Sendable {
     /// When each container's last MEMORY_PRESSURE was recorded.
     private var lastPressure: [ContainerName: UInt64] = [:]
     static let pressureIntervalMs: UInt64 = 1000
+    /// The inventory's generation when each watched container's watch
+    /// began: a change the agent made to its name since is its own.
+    private var watchedSince: [ContainerName: UInt64] = [:]
     /// Containers that appeared, watched by their tasks directory only until
     /// `fullWatchMs` later, when the rest of the watch (their other
     /// directories, the memory eventfds) is added if they still exist; one
@@ -137,8 +140,11 @@ final class MachineWatcher: @unchecked Sendable {
         var queue = [name]
         while let next = queue.popLast() {
             let wasFull = monitor.isFullyWatched(next)
+            let wasWatched = monitor.isWatched(next)
             let fullNow = now || (full && next == name)
+            let generation = inventory.generation
             let (fds, found) = monitor.watch(next, earlier: !now, full: fullNow)
+            if !wasWatched && monitor.isWatched(next) { watchedSince[next] = generation }
             if !fullNow && monitor.isWatched(next) && !monitor.isFullyWatched(next) { completeSoon(next) }
             for source in fds { poll(source) }
             // A write made before its directories were watched (a CLI update
@@ -231,6 +237,13 @@ final class MachineWatcher: @unchecked Sendable {
         }
     }
 
+    /// Stops watching `name` and what is below it.
+    private func forget(_ name: ContainerName) {
+        drop(monitor.unwatch(name))
+        lastPressure = lastPressure.filter { $0.key != name && !name.isAncestor(of: $0.key) }
+        watchedSince = watchedSince.filter { $0.key != name && !name.isAncestor(of: $0.key) }
+    }
+
     private func drop(_ sources: [ContainerMonitor.EventFd]) {
         for source in sources {
             guard let entry = polls.removeValue(forKey: source.fd) else { continue }
@@ -301,9 +314,21 @@ final class MachineWatcher: @unchecked Sendable {
             case .gone(let name):
                 let since = inventory.generation
                 if (try? api.exists(name)) != true {
-                    drop(monitor.unwatch(name))
-                    lastPressure = lastPressure.filter { $0.key != name && !name.isAncestor(of: $0.key) }
+                    forget(name)
                     inventory.observe(path, exists: false, frozen: nil, since: since)
+                } else if monitor.isReplaced(name) {
+                    // Destroyed and made again under its name before this
+                    // look (a script's destroy and create): another
+                    // container, whose directories and eventfds the old
+                    // watch does not have (its OOMs were missed, and the
+                    // old eventfds' signal at the removal was taken for
+                    // one). Its going and coming are recorded unless the
+                    // agent made both (and recorded them) since the old
+                    // one was watched.
+                    let watched = watchedSince[name] ?? since
+                    forget(name)
+                    inventory.observe(path, exists: false, frozen: nil, since: watched)
+                    look(name, path, queue: &queue)
                 }
             case .freezer(let name):
                 let since = inventory.generation

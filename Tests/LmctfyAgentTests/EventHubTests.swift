@@ -174,6 +174,50 @@ struct EventHubIntegrationTests {
         }
     }
 
+    /// A container destroyed and made again under its name behind the
+    /// agent's back, both before the watcher looked (its loop held
+    /// meanwhile, as a busy loop does): its DESTROYED and the new one's
+    /// CREATED are recorded, no OOM (removing a v1 memory cgroup signals
+    /// its eventfds, and the new directory was taken for the old one: a
+    /// false OOM, no lifecycle events), and the new container is watched
+    /// (its real OOM is recorded; it was missed).
+    @Test func aContainerMadeAgainUnderItsNameBehindTheAgentsBackIsAnotherContainer() throws {
+        try withAgent("reconcile_interval_ms: 0") { agent, socket in
+            let name = RealCgroups.uniqueName("hub-again")
+            let api = try ContainerApi.detect()
+            let spec = try ContainerSpec(textFormat: "memory { limit: 33554432 }")
+            let first = try api.create(name, spec: spec)
+            defer { _ = try? api.destroy(first.name) }
+            waitForEvents(socket, name, 1)
+            usleep(300_000)  // its watch is full (eventfds) by now
+            @Sendable func kinds(_ rs: [SubscribeResponse]) -> [String] {
+                events(rs).compactMap { $0.kind?.protoName.replacingOccurrences(of: "CONTAINER_EVENT_", with: "") }
+            }
+            let sub = Subscriber(socket, SubscribeRequest(name: name, kinds: [.containerEventCreated, .containerEventDestroyed, .containerEventOom],
+                                                          afterSequence: 0),
+                                 deadlineMs: 20_000, until: { kinds($0).contains("OOM") })
+            waitForSubscribers(agent, 1)
+            let held = DispatchSemaphore(value: 0), release = DispatchSemaphore(value: 0)
+            agent.loop.execute {
+                held.signal()
+                release.wait()
+            }
+            held.wait()
+            try api.destroy(first.name)
+            let again = try api.create(name, spec: spec)
+            release.signal()
+            // A false OOM came OomControlSource.settleMs after the removal.
+            usleep(1_000_000)
+            let pid = try again.run([testHelperPath, "alloc", "200"])
+            for _ in 0..<10_000 where kill(pid, 0) == 0 { usleep(1000) }
+            let (r, e) = sub.wait()
+            #expect(e == nil, "\(String(describing: e))")
+            let seen = kinds(r)
+            #expect(Array(seen.prefix(4)) == ["CREATED", "DESTROYED", "CREATED", "OOM"], "\(seen)")
+            #expect(seen.dropFirst(3).allSatisfy { $0 == "OOM" }, "\(seen)")
+        }
+    }
+
     /// A destroy -f through the agent records one DESTROYED for every
     /// container that went, deepest first, as the watcher does for the
     /// CLI's (only the top one was recorded: a subscriber of a subcontainer

@@ -74,4 +74,33 @@ struct ContainerMonitorIntegrationTests {
             _ = fds
         }
     }
+
+    /// A container destroyed and made again under its name is another
+    /// container: the monitor says it is replaced, and the old one's
+    /// eventfds report no OOM (v1 signals them when the cgroup is removed;
+    /// the new directory was taken for the old one, and the burst that
+    /// killed nothing for an OOM of tasks held by oom_kill_disable).
+    @Test func aContainerMadeAgainUnderItsNameIsReplacedAndItsPredecessorsSignalNoOOM() throws {
+        let api = try ContainerApi.detect()
+        try withTestContainer(api, label: "monitor4") { name in
+            let spec = try ContainerSpec(textFormat: "memory { limit: 16777216 }")
+            try api.create(name, spec: spec)
+            let monitor = try ContainerMonitor(api: api)
+            let (fds, _) = monitor.watch(name, earlier: false)
+            #expect(monitor.isFullyWatched(name) && !monitor.isReplaced(name))
+            try api.destroy(name)
+            try api.create(name, spec: spec)
+            #expect(monitor.isReplaced(name), "the directory made again is another one")
+            // The look at oom_kill lasts OomControlSource.settleMs after a signal.
+            var changes: [ContainerMonitor.Change] = []
+            let until = MonotonicClock.milliseconds() + OomControlSource.settleMs + 300
+            while MonotonicClock.milliseconds() < until {
+                for fd in fds {
+                    if let c = fd.collect() { changes.append(c) }
+                }
+                usleep(20_000)
+            }
+            #expect(changes.isEmpty, "the removal of the old one is no event of the new one: \(changes)")
+        }
+    }
 }

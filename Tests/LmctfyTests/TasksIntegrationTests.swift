@@ -300,6 +300,49 @@ struct TasksIntegrationTests {
         }
     }
 
+    /// Enters racing destroys (and creates) of the same container: each
+    /// enter lands before the destroy (which then kills the task) or finds
+    /// the container gone, NOT_FOUND. A destroy between its existence check
+    /// and its writes removed the directories under it: UNAVAILABLE
+    /// ("openat2(.../tasks): No such file or directory", or ENODEV) with
+    /// the task moved into some hierarchies only (a probe).
+    @Test func entersRacingDestroysLandWholeOrFindNothing() throws {
+        try withTestContainer(api) { name in
+            let spec = ContainerSpec(memory: MemorySpec(limit: 64 << 20))
+            try api.create(name, spec: spec)
+            let api = self.api
+            let stop = Mutexed(false)
+            let finished = Latch(1)
+            Threads.detach {
+                while !stop.locked({ $0 }) {
+                    _ = try? api.destroy(name)
+                    _ = try? api.create(name, spec: spec)
+                }
+                finished.signal()
+            }
+            var codes: [StatusCode: Int] = [:]
+            var failures: [String] = []
+            let end = MonotonicClock.milliseconds() + 4_000
+            while MonotonicClock.milliseconds() < end {
+                let pid = try TestProcess.spawn(["/bin/sleep", "100"])
+                defer { TestProcess.end(pid) }
+                do throws(LmctfyError) {
+                    try api.get(name).enter([pid])
+                    codes[.ok, default: 0] += 1
+                } catch {
+                    codes[error.code, default: 0] += 1
+                    if error.code != .notFound { failures.append("\(error.code): \(error.message)") }
+                }
+            }
+            stop.locked { $0 = true }
+            finished.wait()
+            let unexpected = failures.count
+            #expect(unexpected == 0, "\(codes); first: \(failures.first ?? "")")
+            let (landed, gone) = (codes[.ok, default: 0], codes[.notFound, default: 0])
+            #expect(landed > 0 && gone > 0, "both outcomes were seen: \(codes)")
+        }
+    }
+
     @Test func aFreezeLeftByAKilledKillIsUndoneByTheNextRun() throws {
         try withTestContainer(api) { name in
             try api.create(name, spec: ContainerSpec())

@@ -204,6 +204,12 @@ public struct CgroupDir: Sendable, Equatable, CustomStringConvertible {
         try Self.probe(path, faults) == S_IFDIR
     }
 
+    /// The directory's inode number, nil when it is not there. A cgroup
+    /// removed and made again under its path is another directory, with
+    /// another number (kernfs does not hand a number out twice in a boot):
+    /// what watches one tells it from its successor by.
+    public var identity: UInt64? { (try? Sys.linkStatus(path)).map { UInt64($0.st_ino) } }
+
     /// stat(2) of a path: its type, nil when it does not exist.
     private static func probe(_ path: String, _ faults: FaultPlan?) throws(LmctfyError) -> mode_t? {
         do { return try Sys.fileType(path, faults: faults) } catch {

@@ -283,11 +283,19 @@ struct CgroupV1Driver: CgroupDriver {
 final class EventfdSource: EventSource {
     let fd: Int32
     private let dir: CgroupDir
+    /// The directory's inode before the registration: removing a cgroup
+    /// signals its eventfds, and one made again under its path at once
+    /// was taken for it (a false OOM or threshold, for the container
+    /// gone and for the machine watcher's record of the new one).
+    private let identity: UInt64?
     var pendingImmediately: Bool { false }
 
     /// "<eventfd> <target fd> <args>" into cgroup.event_control.
     init(_ dir: CgroupDir, target: String, args: String) throws(LmctfyError) {
         self.dir = dir
+        // Taken first: were the directory replaced before the
+        // registration, this one's first signal says the container is gone.
+        identity = dir.identity
         let efd: Int32
         do { efd = try EventFds.eventfd() } catch { throw error.lmctfy(.internal, "Failed to register listener for the event") }
         do {
@@ -307,8 +315,9 @@ final class EventfdSource: EventSource {
     func collect() throws(LmctfyError) -> Int {
         let n: UInt64
         do { n = try EventFds.readCounter(fd) } catch { throw error.lmctfy(.cancelled, "Reading the notification failed") }
-        // Removing the cgroup also signals the eventfd.
-        if try !dir.exists() { throw Watch.gone(dir) }
+        // Removing the cgroup also signals the eventfd; its successor
+        // under the same path is another container.
+        if try !dir.exists() || dir.identity != identity { throw Watch.gone(dir) }
         return Int(n)
     }
 }
