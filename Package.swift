@@ -65,10 +65,13 @@ let package = Package(
         .systemLibrary(
             name: "CProtobufC", pkgConfig: "libprotobuf-c",
             providers: [.apt(["libprotobuf-c-dev"])]),
-        // HMAC-SHA256 and random nonces for the RPC handshake (TLS later).
+        // OpenSSL's headers (libssl-dev) for the TCP hello's HMAC-SHA256
+        // and TLS: types and declarations only, nothing linked; the
+        // functions come from CLmctfyOpenSSL, which loads libssl on first use.
         .systemLibrary(
-            name: "COpenSSL", pkgConfig: "libcrypto",
+            name: "COpenSSL",
             providers: [.apt(["libssl-dev"])]),
+        .target(name: "CLmctfyOpenSSL"),
 
         // Rootfs tarballs for the image store (LmctfyImages): Debian's
         // libarchive (libarchive-dev for the headers), dlopened on first use
@@ -106,7 +109,7 @@ let package = Package(
         // multiplexing as a transport-free state machine, plus a blocking client.
         .target(
             name: "LmctfyRPC",
-            dependencies: ["LmctfyProto", "LmctfyWire", "CProtobufC", "LmctfySystem", "COpenSSL"]),
+            dependencies: ["LmctfyProto", "LmctfyWire", "CProtobufC", "LmctfySystem", "COpenSSL", "CLmctfyOpenSSL"]),
         // The libuv wrapper the agent runs on: one loop thread owning every
         // handle, work offloaded to a pool, TCP/Unix streams, timers, signals.
         .target(

@@ -4,7 +4,10 @@
  * LmctfyRPC uses. The lm_ functions below wrap what Swift cannot import:
  * macros (SSL_CTX_set_min_proto_version, BIO_set_mem_eof_return, the
  * sk_GENERAL_NAME_* stack macros) and walks over ASN.1 structures that are
- * simpler in C than through Swift's pointer types. */
+ * simpler in C than through Swift's pointer types. Nothing is linked for
+ * this module: every OpenSSL function called here or from Swift is defined
+ * by CLmctfyOpenSSL (its openssl_functions.h lists them), which loads
+ * libssl on first use. */
 #ifndef LM_COPENSSL_SHIM_H
 #define LM_COPENSSL_SHIM_H
 #include <openssl/crypto.h>
@@ -213,7 +216,13 @@ static inline int lm_bio_take(BIO *bio, char *out, size_t cap) {
 static inline int lm_make_key_and_csr(const char *host, char *key_out, size_t key_cap, char *csr_out, size_t csr_cap) {
     if (!lm_is_dns_name(host)) return 0;
     int ok = 0;
-    EVP_PKEY *pkey = EVP_EC_gen("P-256");
+    /* Not EVP_EC_gen: a variadic function, which the lazy loader
+     * (CLmctfyOpenSSL) cannot forward. */
+    EVP_PKEY *pkey = NULL;
+    EVP_PKEY_CTX *kctx = EVP_PKEY_CTX_new_from_name(NULL, "EC", NULL);
+    if (kctx != NULL && EVP_PKEY_keygen_init(kctx) == 1 && EVP_PKEY_CTX_set_group_name(kctx, "P-256") == 1)
+        (void)EVP_PKEY_generate(kctx, &pkey);
+    EVP_PKEY_CTX_free(kctx);
     X509_REQ *req = X509_REQ_new();
     STACK_OF(X509_EXTENSION) *exts = sk_X509_EXTENSION_new_null();
     BIO *kb = BIO_new(BIO_s_mem()), *cb = BIO_new(BIO_s_mem());

@@ -207,6 +207,27 @@ struct AgentTlsTests {
         }
     }
 
+    /// OpenSSL is loaded on first use (CLmctfyOpenSSL), not at start-up:
+    /// lmctl over the Unix socket never maps libssl; over TLS it loads it
+    /// (ld.so's LD_DEBUG=files names every library it maps and who asked).
+    @Test func lmctlLoadsOpenSSLOnlyForATcpLink() throws {
+        let pki = try makeTestPKI()
+        defer { _ = removeTree(pki) }
+        try withAgent(tlsBlock(pki)) { agent, socket in
+            let port = try #require(agent.tcpPort)
+            let unix = try TestProcess.capture(["/usr/bin/env", "LD_DEBUG=files", builtTool("lmctl"), "--agent", "unix://\(socket)", "info"])
+            let unixErr = String(decoding: unix.stderr, as: UTF8.self)
+            #expect(unix.status == 0 && String(decoding: unix.stdout, as: UTF8.self).contains("agent_version="), "\(unixErr)")
+            #expect(unixErr.contains("file=libc.so"), "LD_DEBUG=files printed nothing: \(unixErr.prefix(300))")
+            #expect(!unixErr.contains("libssl") && !unixErr.contains("libcrypto"), "lmctl over the Unix socket loaded OpenSSL")
+            let tls = try TestProcess.capture(["/usr/bin/env", "LD_DEBUG=files", builtTool("lmctl"), "--agent", "tcp://127.0.0.1:\(port)",
+                                               "--cert", "\(pki)/reader.pem", "--key", "\(pki)/reader.key", "--ca", "\(pki)/ca.pem", "info"])
+            let tlsErr = String(decoding: tls.stderr, as: UTF8.self)
+            #expect(tls.status == 0 && String(decoding: tls.stdout, as: UTF8.self).contains("agent_version="), "\(tlsErr.suffix(500))")
+            #expect(tlsErr.contains("file=libssl.so") && tlsErr.contains("dynamically loaded by"), "lmctl over TLS did not dlopen libssl")
+        }
+    }
+
     @Test func everyoneWithoutAGoodCertificateIsRefusedAndNothingRuns() throws {
         let pki = try makeTestPKI()
         defer { _ = removeTree(pki) }
