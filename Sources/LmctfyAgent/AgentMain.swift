@@ -29,6 +29,10 @@ public enum AgentMain {
         let configPath = line.configPath
         let checkOnly = line.checkOnly
         let level = line.logLevel
+        // Enrolment, snapshots, the request journal and TCP links use
+        // OpenSSL (loaded on first use): without it, an error now rather
+        // than an abort later.
+        do { try Crypto.loadOpenSSL() } catch { fail(error.message, code: error.code.rawValue) }
         var settings: AgentSettings
         do {
             // Enrolment first (PROTOCOL.md section 3.2): the certificate the

@@ -21,6 +21,9 @@ public enum ControllerMain {
         let configPath = line.configPath
         let checkOnly = line.checkOnly
         let level = line.logLevel
+        // TLS, the hello's HMAC and enrolment use OpenSSL (loaded on first
+        // use): without it, an error now rather than an abort later.
+        do { try Crypto.loadOpenSSL() } catch { fail(error.message, code: error.code.rawValue) }
         var settings: ControllerSettings
         do {
             settings = try ControllerSettings.load(configPath)

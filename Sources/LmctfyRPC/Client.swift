@@ -72,6 +72,7 @@ public final class RpcClient {
         host: String, port: UInt16, keyId: String, key: [UInt8], name: String = "lmctfy-client",
         limits: SessionLimits = SessionLimits()
     ) throws(LmctfyError) -> RpcClient {
+        try Crypto.loadOpenSSL()
         let fd = try RpcSocket.connectTCP(host: host, port: port)
         return try RpcClient(fd: fd, authentication: .sharedKey(keyId: keyId, key: key), name: name, limits: limits)
     }

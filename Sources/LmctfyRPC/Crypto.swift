@@ -2,12 +2,25 @@
 // swift-crypto would rebuild BoringSSL in every CI run). Four primitives
 // only: HMAC-SHA256, SHA-256, a constant-time comparison, and the CSPRNG
 // (getrandom(2), through LmctfySystem).
+import CLmctfyOpenSSL
 import COpenSSL
 import LmctfySystem
 
 /// The handshake's cryptography through OpenSSL's libcrypto: HMAC-SHA256,
 /// SHA-256 and constant-time comparison; the CSPRNG is the kernel's.
 public enum Crypto {
+    /// Loads OpenSSL now. CLmctfyOpenSSL loads it at the first call of any
+    /// OpenSSL function and aborts the program when it cannot (a machine
+    /// without libssl3): the daemons call this at start, and a TCP or TLS
+    /// client before it dials, to fail with FAILED_PRECONDITION and the
+    /// reason instead.
+    public static func loadOpenSSL() throws(LmctfyError) {
+        var buf = [CChar](repeating: 0, count: 512)
+        guard lm_openssl_load(&buf, buf.count) == 0 else {
+            throw .failedPrecondition(String(decoding: buf.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))
+        }
+    }
+
     /// HMAC-SHA256 of `data` under `key` (32 bytes).
     public static func hmacSHA256(key: [UInt8], data: [UInt8]) -> [UInt8] {
         var out = [UInt8](repeating: 0, count: Int(EVP_MAX_MD_SIZE))

@@ -70,6 +70,7 @@ public final class TlsContext: @unchecked Sendable {
     /// nextUpdate fails every peer, so it must be renewed and reloaded).
     public init(side: Side, certificateFile: String?, keyFile: String?, caFile: String,
                 requirePeerCertificate: Bool = true, crlFile: String? = nil) throws(LmctfyError) {
+        try Crypto.loadOpenSSL()
         guard let ctx = SSL_CTX_new(side == .server ? TLS_server_method() : TLS_client_method()) else {
             throw .internalError("SSL_CTX_new failed: \(Self.takeError())")
         }

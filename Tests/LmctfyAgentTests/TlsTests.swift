@@ -228,6 +228,38 @@ struct AgentTlsTests {
         }
     }
 
+    /// A machine whose libssl cannot be loaded (here: /dev/null bound over
+    /// it in a private mount namespace): lmctl over the Unix socket works,
+    /// a TCP dial is FAILED_PRECONDITION (9) naming OpenSSL, not an abort;
+    /// the agent and the controller refuse to start with 9.
+    @Test func withoutOpenSSLTcpIsAClearErrorAndTheUnixSocketStillWorks() throws {
+        let libssl = "/usr/lib/x86_64-linux-gnu/libssl.so.3"
+        guard access(libssl, F_OK) == 0, access("/usr/bin/unshare", X_OK) == 0 else {
+            Issue.record("this test needs \(libssl) and /usr/bin/unshare (util-linux) to hide it")
+            return
+        }
+        try withAgent { _, socket in
+            func hidden(_ argv: [String]) throws -> ChildResult {
+                #expect(!argv.joined().contains("'"))
+                let quoted = argv.map { "'\($0)'" }.joined(separator: " ")
+                return try TestProcess.capture(["/usr/bin/unshare", "--mount", "--propagation", "private", "/bin/sh", "-c",
+                                                "mount --bind /dev/null \(libssl) && exec \(quoted)"])
+            }
+            let unix = try hidden([builtTool("lmctl"), "--agent", "unix://\(socket)", "info"])
+            #expect(unix.status == 0, "\(String(decoding: unix.stderr, as: UTF8.self))")
+            let keys = socket + ".keys"
+            try Sys.createFile(keys, "ops \(JSONFormat.base64Encoded((0..<32).map { UInt8($0) }))\n", mode: 0o600)
+            let tcp = try hidden([builtTool("lmctl"), "--agent", "tcp://127.0.0.1:1", "--key-file", keys, "info"])
+            let tcpErr = String(decoding: tcp.stderr, as: UTF8.self)
+            #expect(tcp.status == 9 && tcpErr.contains("cannot load OpenSSL"), "status \(tcp.status): \(tcpErr)")
+            for daemon in ["lmctfy-agent", "lmctfy-controller"] {
+                let r = try hidden([builtTool(daemon), "--config", "/nonexistent/\(daemon).conf"])
+                let err = String(decoding: r.stderr, as: UTF8.self)
+                #expect(r.status == 9 && err.contains("cannot load OpenSSL"), "\(daemon): status \(r.status): \(err)")
+            }
+        }
+    }
+
     @Test func everyoneWithoutAGoodCertificateIsRefusedAndNothingRuns() throws {
         let pki = try makeTestPKI()
         defer { _ = removeTree(pki) }
