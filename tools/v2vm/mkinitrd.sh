@@ -57,6 +57,17 @@ if [ -n "$PAYLOAD" ]; then
                       $1 ~ /^\// {print $1}' <<<"$out")   # the last rule catches the loader itself
     done < <(find "$R/tests" -type f -print0)
     [ -z "$missing" ] || die "ldd cannot resolve:$missing (set LD_LIBRARY_PATH?)"
+    # What the payload dlopens rather than links, which ldd cannot see: OpenSSL
+    # (Sources/CLmctfyOpenSSL loads libssl.so.<OPENSSL_VERSION_MAJOR> at its
+    # first call), with what it links. (libarchive, dlopened by the image
+    # store, is left out: it brings libxml2 and ICU, and no guest suite uses it.)
+    major=$(sed -n 's/^# *define  *OPENSSL_VERSION_MAJOR  *\([0-9][0-9]*\).*/\1/p' /usr/include/openssl/opensslv.h 2>/dev/null || true)
+    for soname in ${V2VM_DLOPEN-libssl.so.${major:-3}}; do
+        lib=$(ldconfig -p | awk -v s="$soname" '$1 == s { print $NF; exit }')
+        [ -n "$lib" ] || die "$soname is not installed (the payload dlopens it; apt-get install libssl3)"
+        LIBS[$lib]=1
+        while read -r dep; do LIBS[$dep]=1; done < <(ldd "$lib" | awk '/=>/ && $3 ~ /^\// {print $3; next} $1 ~ /^\// {print $1}')
+    done
     for lib in "${!LIBS[@]}"; do
         [ -e "$R$lib" ] && continue
         mkdir -p "$R$(dirname "$lib")"
