@@ -110,6 +110,9 @@ public final class Agent: @unchecked Sendable {
     /// Connections whose answers wait for the end of the loop's batch.
     private var unflushed: [Int: ConnState] = [:]
     private var nextConnId = 1
+    /// TCP connections whose handshake (TLS, hello) has not finished.
+    private lazy var handshaking = HandshakeBudget(limit: settings.maxHandshakingConnections,
+                                                   helloTimeoutMs: settings.limits.helloTimeoutMs)
     private var home = HomeLink()
     private var ticker: LoopTimer?
     private var sweeper: LoopTimer?
@@ -571,6 +574,25 @@ public final class Agent: @unchecked Sendable {
         let now = MonotonicClock.milliseconds()
         let id = nextConnId
         nextConnId += 1
+        if tcp {
+            // Not authenticated yet: a budget of their own (HandshakeBudget).
+            switch handshaking.admit(id, now: now) {
+            case .admit:
+                break
+            case .admitEvicting(let oldest):
+                guard let o = conns[oldest] else { break }
+                metrics.handshakeEvicted()
+                if let more = peerFaults.take() { log.warning("\(describe(o)): \(handshaking.evictionLine(handshakingMs: now - o.startedAt))\(more)") }
+                o.conn.close()
+                drop(o)
+            case .refuse:
+                metrics.connectionRefused()
+                if let more = peerFaults.take() { log.warning(handshaking.refusalLine + more) }
+                if tls == nil { c.write(HandshakeBudget.refusal) }
+                c.closeAfterWrites()
+                return
+            }
+        }
         metrics.connectionAccepted(transport: tcp ? "tcp" : "unix")
         let state = ConnState(id: id, conn: c, session: Session(acceptor: auth, name: "lmctfy-agent", limits: settings.limits, now: now),
                               startedAt: now)
@@ -705,6 +727,7 @@ public final class Agent: @unchecked Sendable {
             case .write:
                 break
             case .established(let peer):
+                handshaking.finished(s.id)
                 if s.id == home.connId {
                     // The controller: it drives this host (PROTOCOL.md section 9).
                     s.role = .agentRoleAdmin
@@ -815,6 +838,7 @@ public final class Agent: @unchecked Sendable {
     private func drop(_ s: ConnState) {
         if unflushed.removeValue(forKey: s.id) != nil { flush(s) }
         guard conns.removeValue(forKey: s.id) != nil else { return }
+        handshaking.finished(s.id)
         metrics.connectionClosed(conn: s.id)
         if s.id == home.connId { homeLinkLost() }
         // Unsent bytes come back through their write completions; the pool
@@ -1490,34 +1514,4 @@ public struct AgentLog: Sendable {
     public func warning(_ m: @autoclosure () -> String) { logger.warning("\(m())") }
     /// Logs `m` at error level.
     public func error(_ m: @autoclosure () -> String) { logger.error("\(m())") }
-}
-
-/// Lines about what peers did wrong (connections refused, failed
-/// handshakes, protocol errors): at most `perSecond` in a second, so that a
-/// peer cannot flood the log (3,000 refused connections in 0.06 s wrote
-/// 2,750 lines: a probe); the next line logged says how many were left out.
-/// The metrics endpoint counts every refusal. Loop thread.
-struct LogBudget {
-    let perSecond: Int
-    private var second: UInt64 = 0
-    private var used = 0
-    private var skipped = 0
-
-    init(perSecond: Int) { self.perSecond = perSecond }
-
-    /// The suffix of a line that may be logged now ("" or what was left
-    /// out before it), or nil when this second's lines are spent.
-    mutating func take(nowMs: UInt64 = MonotonicClock.milliseconds()) -> String? {
-        if nowMs / 1000 != second {
-            second = nowMs / 1000
-            used = 0
-        }
-        guard used < perSecond else {
-            skipped += 1
-            return nil
-        }
-        used += 1
-        defer { skipped = 0 }
-        return skipped > 0 ? " (\(skipped) more such lines left out before this one)" : ""
-    }
 }

@@ -24,6 +24,7 @@ final class AgentMetrics {
     private var latency: [String: Histogram] = [:]
     private var accepted: [String: UInt64] = [:]
     private var refused: UInt64 = 0
+    private var evicted: UInt64 = 0
     private var lagged: UInt64 = 0
     private var scrapes: UInt64 = 0
     private var renderTimes = Histogram(bounds: [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25])
@@ -58,6 +59,7 @@ final class AgentMetrics {
 
     func connectionAccepted(transport: String) { accepted[transport, default: 0] += 1 }
     func connectionRefused() { refused += 1 }
+    func handshakeEvicted() { evicted += 1 }
     func streamLagged() { lagged += 1 }
 
     /// The text exposition of everything: the daemon's figures, then every
@@ -77,8 +79,10 @@ final class AgentMetrics {
         for transport in ["tcp", "unix"] {
             t.sample("lmctfy_agent_connections_accepted_total", ["transport": transport], accepted[transport] ?? 0)
         }
-        t.family("lmctfy_agent_connections_refused_total", .counter, "RPC connections refused (too many, or the agent stopping).")
+        t.family("lmctfy_agent_connections_refused_total", .counter, "RPC connections refused (too many, too many in their handshake, or the agent stopping).")
         t.sample("lmctfy_agent_connections_refused_total", refused)
+        t.family("lmctfy_agent_handshakes_evicted_total", .counter, "TCP connections closed in their handshake to admit a new one (limits.max_handshaking_connections).")
+        t.sample("lmctfy_agent_handshakes_evicted_total", evicted)
         var calls = self.calls
         var latency = self.latency
         if inlinePings > 0 {

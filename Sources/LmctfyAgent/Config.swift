@@ -42,6 +42,9 @@ public struct AgentSettings: Sendable {
     /// The most connections open at once (limits.max_connections; default
     /// 256); connections beyond it are refused.
     public var maxConnections: Int
+    /// TCP connections still in their handshake (TLS, hello) at once
+    /// (limits.max_handshaking_connections; default 64): HandshakeBudget.
+    public var maxHandshakingConnections: Int
     /// The flow-control bounds: what one connection, and the agent as a
     /// whole, may hold before the agent stops reading (limits.max_*_buffered_bytes, max_*_queued_calls).
     public var flow: FlowLimits
@@ -222,6 +225,7 @@ public struct AgentSettings: Sendable {
         let l = c.limits ?? AgentLimits()
         limits = try SessionLimits(l, source: source)
         maxConnections = Int(l.maxConnections ?? 256)
+        maxHandshakingConnections = try HandshakeBudget.limit(l.maxHandshakingConnections, default: HandshakeBudget.agentDefault, source: source)
         flow = FlowLimits()
         if let v = l.maxConnectionBufferedBytes { flow.connectionBytes = Int(max(1, v)) }
         if let v = l.maxConnectionQueuedCalls { flow.connectionCalls = Int(max(1, v)) }

@@ -76,6 +76,11 @@ public final class Controller: @unchecked Sendable {
     private var listeners: [Listener] = []
     private var peers: [Int: ControllerPeer] = [:]
     private var nextId = 1
+    /// TCP connections whose handshake (TLS, hello) has not finished.
+    private lazy var handshaking = HandshakeBudget(limit: settings.maxHandshakingConnections,
+                                                   helloTimeoutMs: settings.limits.helloTimeoutMs)
+    /// Log lines about what peers did wrong, at most 10 a second.
+    private var peerFaults = LogBudget(perSecond: 10)
     private var ticker: LoopTimer?
     private var signals: [SignalWatcher] = []
     /// The TLS context new connections get (loop thread): the settings' at
@@ -251,6 +256,27 @@ public final class Controller: @unchecked Sendable {
         let now = MonotonicClock.milliseconds()
         let id = nextId
         nextId += 1
+        if tcp {
+            // Not authenticated yet: a budget of their own (HandshakeBudget).
+            switch handshaking.admit(id, now: now) {
+            case .admit:
+                break
+            case .admitEvicting(let oldest):
+                guard let o = peers[oldest] else { break }
+                metrics.handshakesEvicted += 1
+                if let more = peerFaults.take() {
+                    logger.warning("connection \(o.id) from \(o.conn.remoteAddress?.description ?? "tcp"): \(handshaking.evictionLine(handshakingMs: now - o.startedAt))\(more)")
+                }
+                o.conn.close()
+                drop(o)
+            case .refuse:
+                metrics.connectionsRefused += 1
+                if let more = peerFaults.take() { logger.warning("\(handshaking.refusalLine)\(more)") }
+                if tls == nil { c.write(HandshakeBudget.refusal) }
+                c.closeAfterWrites()
+                return
+            }
+        }
         let p = ControllerPeer(id: id, conn: c, kind: kind,
                                session: Session(acceptor: auth, name: "lmctfy-controller", limits: settings.limits, now: now))
         p.tls = tls
@@ -283,7 +309,7 @@ public final class Controller: @unchecked Sendable {
         if !p.readAny {
             p.readAny = true
             if !TlsChannel.opensHandshake(bytes) {
-                logger.warning("connection \(p.id): plaintext on a TLS port: refused")
+                if let more = peerFaults.take() { logger.warning("connection \(p.id): plaintext on a TLS port: refused\(more)") }
                 p.conn.write(TlsChannel.plaintextRefusal)
                 p.conn.closeAfterWrites()
                 drop(p)
@@ -293,7 +319,7 @@ public final class Controller: @unchecked Sendable {
         let out = tls.feed(bytes)
         sendRaw(p, out.send)
         if let failure = tls.failure {
-            logger.warning("connection \(p.id): TLS handshake or record failed: \(failure)")
+            if let more = peerFaults.take() { logger.warning("connection \(p.id): TLS handshake or record failed: \(failure)\(more)") }
             p.conn.closeAfterWrites()
             drop(p)
             return
@@ -328,6 +354,7 @@ public final class Controller: @unchecked Sendable {
             case .write(let bytes):
                 p.outbox += bytes
             case .established(let info):
+                handshaking.finished(p.id)
                 p.keyId = info.keyId
                 p.role = switch p.kind {
                 case .client: settings.rolePolicy.role(for: info)
@@ -442,6 +469,7 @@ public final class Controller: @unchecked Sendable {
 
     private func drop(_ p: ControllerPeer) {
         guard peers.removeValue(forKey: p.id) != nil else { return }
+        handshaking.finished(p.id)
         let now = MonotonicClock.milliseconds()
         watchers.removeAll { $0.conn == p.id }
         for stream in p.fleetStreams { fleet.hub.remove(EventHub.Key(conn: p.id, stream: stream)) }

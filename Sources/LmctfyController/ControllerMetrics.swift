@@ -17,6 +17,10 @@ final class ControllerMetrics {
     var routedEnded: [StatusCode: UInt64] = [:]
     /// Host events taken into the fleet log.
     var eventsRelayed: UInt64 = 0
+    /// TCP connections refused because too many were in their handshake,
+    /// and handshaking ones closed to admit a new one (HandshakeBudget).
+    var connectionsRefused: UInt64 = 0
+    var handshakesEvicted: UInt64 = 0
     private var scrapes: UInt64 = 0
 
     func render(knownHosts: Int, connectedHosts: Int, connections: [String: Int], subscribers: Int, log: EventLog) -> [UInt8] {
@@ -31,6 +35,10 @@ final class ControllerMetrics {
         for kind in ["agent", "client", "enroll"] {
             t.sample("lmctfy_controller_connections", ["kind": kind], Int64(connections[kind] ?? 0))
         }
+        t.family("lmctfy_controller_connections_refused_total", .counter, "TCP connections refused: too many in their handshake (limits.max_handshaking_connections).")
+        t.sample("lmctfy_controller_connections_refused_total", connectionsRefused)
+        t.family("lmctfy_controller_handshakes_evicted_total", .counter, "TCP connections closed in their handshake to admit a new one.")
+        t.sample("lmctfy_controller_handshakes_evicted_total", handshakesEvicted)
         t.family("lmctfy_controller_calls_routed_total", .counter, "Client calls forwarded to a host, by method.")
         for method in routed.keys.sorted() { t.sample("lmctfy_controller_calls_routed_total", ["method": method], routed[method]!) }
         t.family("lmctfy_controller_routed_calls_ended_total", .counter, "Forwarded calls that ended, by status code.")

@@ -23,6 +23,9 @@ public struct ControllerSettings: Sendable {
     /// certificate call Enroll on, its TLS (server-only), and who signs.
     public var enroll: EnrollSettings?
     public var limits: SessionLimits
+    /// TCP connections still in their handshake (TLS, hello) at once
+    /// (limits.max_handshaking_connections; default 1024): HandshakeBudget.
+    public var maxHandshakingConnections: Int
     public var logLevel: AgentLogLevel
     public var stateDir: String
     /// The Prometheus endpoint (metrics { address }); nil: none (the default).
@@ -96,6 +99,7 @@ public struct ControllerSettings: Sendable {
             throw .invalidArgument("\(source): key_file is required (agents authenticate with a shared key) unless tls requires client certificates")
         }
         limits = try SessionLimits(c.limits ?? AgentLimits(), source: source)
+        maxHandshakingConnections = try HandshakeBudget.limit(c.limits?.maxHandshakingConnections, default: HandshakeBudget.controllerDefault, source: source)
         logLevel = c.logLevel ?? .logInfo
         stateDir = c.stateDir ?? "/var/lib/lmctfy-controller"
         if let m = c.metrics {

@@ -306,12 +306,18 @@ struct AgentIntegrationTests {
         }
     }
 
-    @Test func tcpPeersProveTheSharedKey() throws {
+    /// A private directory with a key file naming the key "ops" (0, 1, ... 31).
+    private func makeKeyDir() throws -> (dir: String, key: [UInt8]) {
         let dir = "/tmp/lmctfy-keys-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
         try Sys.mkdir(dir, mode: 0o700)
-        defer { _ = removeTree(dir) }
         let key = (0..<32).map { UInt8($0) }
         try Sys.createFile(dir + "/keys", "ops \(JSONFormat.base64Encoded(key))\n", mode: 0o600)
+        return (dir, key)
+    }
+
+    @Test func tcpPeersProveTheSharedKey() throws {
+        let (dir, key) = try makeKeyDir()
+        defer { _ = removeTree(dir) }
         try Sys.createFile(dir + "/wrong", "ops \(JSONFormat.base64Encoded(key.reversed()))\n", mode: 0o600)
         try withAgent("tcp_address: \"127.0.0.1:0\" allow_plaintext_tcp: true key_file: \"\(dir)/keys\"") { agent, _ in
             let port = try #require(agent.tcpPort)
@@ -354,6 +360,63 @@ struct AgentIntegrationTests {
             #expect(try client.call("Ping", PingRequest(data: [7]), as: PingResponse.self).data == [7])
             client.close()
             _ = agent
+        }
+    }
+
+    /// TCP peers that never finish their handshake hold at most
+    /// max_handshaking_connections: they used to count only against
+    /// max_connections, so 256 silent sockets from anyone who could reach
+    /// the port turned away root on the Unix socket (a probe, the
+    /// thirty-second sitting) and every authenticated peer.
+    @Test func connectionsInTheirHandshakeCannotCrowdOutTheOthers() throws {
+        let (dir, key) = try makeKeyDir()
+        defer { _ = removeTree(dir) }
+        let tcp = "tcp_address: \"127.0.0.1:0\" allow_plaintext_tcp: true key_file: \"\(dir)/keys\""
+        // The oldest can be closed for a new one after 6 s: not in this part.
+        try withAgent("\(tcp) limits { max_connections: 8 max_handshaking_connections: 4 hello_timeout_ms: 60000 } metrics { address: \"127.0.0.1:0\" }") { agent, socket in
+            let port = try #require(agent.tcpPort)
+            let silent = try SilentPeers(port: port, count: 10)
+            silent.waitUntilClosed(atLeast: 6, waitMs: 5000)
+            #expect(silent.open == [0, 1, 2, 3], "the first four are held, the others refused")
+            for i in silent.closed {
+                #expect(String(decoding: silent.said[i], as: UTF8.self).contains("too many connections in their handshake"))
+            }
+            // The Unix socket's peers are not crowded out (they were: 8 of the
+            // 10 silent sockets took every connection).
+            let local = try RpcClient.connect(unixPath: socket)
+            #expect(try local.call("Ping", PingRequest(data: [1]), as: PingResponse.self).data == [1])
+            local.close()
+            // A new TCP peer is refused while the silent ones are young...
+            #expect { _ = try RpcClient.connect(host: "127.0.0.1", port: port, keyId: "ops", key: key) } throws: { error in
+                (error as? LmctfyError)?.message.contains("too many connections in their handshake") == true
+            }
+            let metrics = String(decoding: try get("/metrics", port: agent.metricsPort).body, as: UTF8.self)
+            #expect(metrics.contains("lmctfy_agent_connections_refused_total 7"), "6 silent sockets and 1 client refused")
+            // ...and admitted once one of them has finished (here: gone).
+            silent.hangUp(0)
+            for _ in 0..<100 {
+                if let c = try? RpcClient.connect(host: "127.0.0.1", port: port, keyId: "ops", key: key) {
+                    #expect(try c.call("Ping", PingRequest(data: [2]), as: PingResponse.self).data == [2])
+                    c.close()
+                    break
+                }
+                usleep(20_000)
+            }
+        }
+        // With a hello timeout of 5 s, a silent socket 0.5 s old gives its
+        // place to a new peer: a slowloris must then open four connections
+        // every half second to keep the port, not trickle bytes into old ones.
+        try withAgent("\(tcp) limits { max_handshaking_connections: 4 hello_timeout_ms: 5000 } metrics { address: \"127.0.0.1:0\" }") { agent, _ in
+            let port = try #require(agent.tcpPort)
+            let silent = try SilentPeers(port: port, count: 4)
+            usleep(700_000)
+            let c = try RpcClient.connect(host: "127.0.0.1", port: port, keyId: "ops", key: key)
+            #expect(try c.call("Ping", PingRequest(data: [3]), as: PingResponse.self).data == [3])
+            c.close()
+            silent.waitUntilClosed(atLeast: 1, waitMs: 2000)
+            #expect(silent.closed == [0], "the oldest silent socket was closed for the client")
+            let metrics = String(decoding: try get("/metrics", port: agent.metricsPort).body, as: UTF8.self)
+            #expect(metrics.contains("lmctfy_agent_handshakes_evicted_total 1"))
         }
     }
 

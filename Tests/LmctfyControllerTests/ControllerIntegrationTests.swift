@@ -15,6 +15,36 @@ import Testing
 
 @Suite(.enabled(if: RealCgroups.available, "\(RealCgroups.unavailableReason ?? "")"), .serialized)
 struct ControllerIntegrationTests {
+    /// TCP peers that never finish their handshake: the controller bounded
+    /// nothing, so anyone who could reach its ports made it hold an SSL
+    /// object (or a session) for each until its file descriptors ran out,
+    /// and agents could no longer dial home. Now at most
+    /// max_handshaking_connections (both TCP ports together); agents and the
+    /// Unix socket's clients are served meanwhile.
+    @Test func connectionsInTheirHandshakeAreBounded() throws {
+        let fleet = try Fleet()
+        try fleet.startController(extra: "limits { max_handshaking_connections: 4 hello_timeout_ms: 60000 } metrics { address: \"127.0.0.1:0\" }")
+        try fleet.startAgent("a", host: "alpha", keyId: "host-a")
+        fleet.waitForHosts(1)
+        let onAgents = try SilentPeers(port: fleet.agentPort, count: 3)
+        let onClients = try SilentPeers(port: fleet.clientPort, count: 3)
+        onAgents.waitUntilClosed(atLeast: 0, waitMs: 0)
+        onClients.waitUntilClosed(atLeast: 2, waitMs: 5000)
+        #expect(onAgents.open == [0, 1, 2] && onClients.open == [0], "four held, both ports together")
+        for i in onClients.closed {
+            #expect(String(decoding: onClients.said[i], as: UTF8.self).contains("too many connections in their handshake"))
+        }
+        // The registered agent and the Unix socket are served meanwhile.
+        let client = try fleet.client()
+        defer { client.close() }
+        client.host = "alpha"
+        #expect(try client.call("Ping", PingRequest(data: [5]), as: PingResponse.self).data == [5])
+        client.host = nil
+        #expect(try client.call(ControllerMethods.listHosts, ListHostsRequest()).hosts.count == 1)
+        let metrics = String(decoding: try get("/metrics", port: try #require(fleet.controller?.metricsPort)).body, as: UTF8.self)
+        #expect(metrics.contains("lmctfy_controller_connections_refused_total 2"))
+    }
+
     @Test func agentsRegisterAndAreListedWithTheirIdentity() throws {
         let fleet = try Fleet()
         try fleet.startController()

@@ -4365,6 +4365,8 @@ public struct AgentLimits: ProtoMessage {
     public var maxAgentQueuedCalls: UInt32?
     /// Field 11 `max_call_threads`.
     public var maxCallThreads: UInt32?
+    /// Field 12 `max_handshaking_connections`.
+    public var maxHandshakingConnections: UInt32?
 
     public init(
         maxFrameBytes: UInt32? = nil,
@@ -4377,7 +4379,8 @@ public struct AgentLimits: ProtoMessage {
         maxConnectionQueuedCalls: UInt32? = nil,
         maxAgentBufferedBytes: UInt32? = nil,
         maxAgentQueuedCalls: UInt32? = nil,
-        maxCallThreads: UInt32? = nil
+        maxCallThreads: UInt32? = nil,
+        maxHandshakingConnections: UInt32? = nil
     ) {
         self.maxFrameBytes = maxFrameBytes
         self.maxStreamsPerConnection = maxStreamsPerConnection
@@ -4390,6 +4393,7 @@ public struct AgentLimits: ProtoMessage {
         self.maxAgentBufferedBytes = maxAgentBufferedBytes
         self.maxAgentQueuedCalls = maxAgentQueuedCalls
         self.maxCallThreads = maxCallThreads
+        self.maxHandshakingConnections = maxHandshakingConnections
     }
 
     public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.AgentLimits")
@@ -4407,6 +4411,7 @@ public struct AgentLimits: ProtoMessage {
         self.maxAgentBufferedBytes = message.get(9)
         self.maxAgentQueuedCalls = message.get(10)
         self.maxCallThreads = message.get(11)
+        self.maxHandshakingConnections = message.get(12)
     }
 
     public var dynamic: DynamicMessage {
@@ -4422,6 +4427,7 @@ public struct AgentLimits: ProtoMessage {
         message.set(9, maxAgentBufferedBytes)
         message.set(10, maxAgentQueuedCalls)
         message.set(11, maxCallThreads)
+        message.set(12, maxHandshakingConnections)
         return message
     }
 
@@ -4438,6 +4444,7 @@ public struct AgentLimits: ProtoMessage {
         self.maxAgentBufferedBytes = CBridge.value(c, f[8])
         self.maxAgentQueuedCalls = CBridge.value(c, f[9])
         self.maxCallThreads = CBridge.value(c, f[10])
+        self.maxHandshakingConnections = CBridge.value(c, f[11])
     }
 
     public func makeC() -> UnsafeMutableRawPointer {
@@ -4454,6 +4461,7 @@ public struct AgentLimits: ProtoMessage {
         CBridge.set(c, f[8], maxAgentBufferedBytes)
         CBridge.set(c, f[9], maxAgentQueuedCalls)
         CBridge.set(c, f[10], maxCallThreads)
+        CBridge.set(c, f[11], maxHandshakingConnections)
         return c
     }
 }

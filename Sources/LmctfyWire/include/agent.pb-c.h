@@ -1925,10 +1925,24 @@ struct  Containers__Lmctfy__Agent__AgentLimits
    */
   protobuf_c_boolean has_max_call_threads;
   uint32_t max_call_threads;
+  /*
+   * Connections on a TCP port whose handshake (TLS, then the hello) has not
+   * finished: their peers are not authenticated yet, so they have a budget
+   * of their own and cannot crowd out the Unix socket's peers or
+   * authenticated ones (PROTOCOL.md section 7). At the budget, a new one
+   * takes the place of the oldest if that has been handshaking for a tenth
+   * of hello_timeout_ms or longer, and is refused otherwise. Unix socket
+   * peers are admitted by their credentials and not counted. 1 to 65536.
+   */
+  /*
+   * agent 64, controller 1024
+   */
+  protobuf_c_boolean has_max_handshaking_connections;
+  uint32_t max_handshaking_connections;
 };
 #define CONTAINERS__LMCTFY__AGENT__AGENT_LIMITS__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__agent_limits__descriptor) \
-    , 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0 }
+    , 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0 }
 
 
 struct  Containers__Lmctfy__Agent__AgentConfig

@@ -1,6 +1,6 @@
 // The budget of log lines about peers' faults: a peer cannot flood the log,
 // and what was left out is said.
-@testable import LmctfyAgent
+import LmctfyRPC
 import Testing
 
 @Suite struct LogBudgetTests {
