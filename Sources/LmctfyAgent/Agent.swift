@@ -197,7 +197,7 @@ public final class Agent: @unchecked Sendable {
     /// What peers did wrong, logged at most 10 lines a second.
     private var peerFaults = LogBudget(perSecond: 10)
     /// Calls running on those threads now (at most limits.max_call_threads).
-    private let ownThreadCalls = Mutexed(0)
+    private let ownThreadCalls = Mutexed(ThreadShare())
     /// The context of every call answered on the loop (one at a time).
     private let loopContext = CallContext()
     /// Subscribe's subscribers (loop thread) and whether a fan-out of newly
@@ -1194,15 +1194,12 @@ public final class Agent: @unchecked Sendable {
             // A thread each while they last: bounded, so that peers cannot
             // take the agent to a task limit, where a thread it needs for
             // anything else could not be made.
-            let limit = settings.flow.callThreads
-            let admitted = ownThreadCalls.locked { n -> Bool in
-                guard n < limit else { return false }
-                n += 1
-                return true
-            }
-            guard admitted else {
-                let status = CallStatus(.resourceExhausted, "\(method): \(limit) calls already hold a thread of their own (limits.max_call_threads)")
-                perform(s, final(s, streamId, [], status))
+            // Readers get a share of them, so that they cannot keep an
+            // admin's foreground Run refused.
+            let flow = settings.flow
+            let refusal = ownThreadCalls.locked { $0.admit(admin: role == .agentRoleAdmin, flow) }
+            if let refusal {
+                perform(s, final(s, streamId, [], CallStatus(.resourceExhausted, "\(method): \(refusal)")))
                 return
             }
         }
@@ -1246,10 +1243,11 @@ public final class Agent: @unchecked Sendable {
             // Through execute's FIFO, the queue of the responses, so the
             // status comes after them.
             let busy = scheduling == .ownThread ? ownThreadCalls : nil
+            let admin = role == .agentRoleAdmin
             let work: @Sendable () -> Void = { [weak self] in
                 let status = run(context)
                 // Its thread is free before the caller hears the status.
-                busy?.locked { $0 -= 1 }
+                busy?.locked { $0.release(admin: admin) }
                 guard let self else { return }
                 if !self.loop.execute({ [weak self] in self?.finish(connId, streamId, status) }) {
                     self.workers.locked { $0 -= 1 }
@@ -1259,7 +1257,7 @@ public final class Agent: @unchecked Sendable {
                 let rc = ownThreads.run(work)
                 if rc != 0 {
                     // No thread (a task limit): refused, the agent goes on.
-                    busy?.locked { $0 -= 1 }
+                    busy?.locked { $0.release(admin: admin) }
                     let why = String(cString: strerror(rc))
                     log.warning("no thread for a \(method) call: pthread_create: \(why) (a task limit?); refused with RESOURCE_EXHAUSTED")
                     finish(connId, streamId, CallStatus(.resourceExhausted, "\(method): the agent could not start a thread for the call (\(why))"))
@@ -1514,4 +1512,32 @@ public struct AgentLog: Sendable {
     public func warning(_ m: @autoclosure () -> String) { logger.warning("\(m())") }
     /// Logs `m` at error level.
     public func error(_ m: @autoclosure () -> String) { logger.error("\(m())") }
+}
+
+/// The calls that hold a thread of their own (Run in the foreground,
+/// Notify): all of them within limits.max_call_threads, those of peers
+/// without the admin role within limits.max_reader_call_threads.
+struct ThreadShare {
+    private(set) var all = 0
+    private(set) var nonAdmin = 0
+
+    /// Takes a place, or says why there is none.
+    mutating func admit(admin: Bool, _ flow: FlowLimits) -> String? {
+        guard all < flow.callThreads else {
+            return "\(flow.callThreads) calls already hold a thread of their own (limits.max_call_threads)"
+        }
+        if !admin {
+            guard nonAdmin < flow.readerCallThreads else {
+                return "\(flow.readerCallThreads) calls of peers without the admin role already hold a thread of their own (limits.max_reader_call_threads)"
+            }
+            nonAdmin += 1
+        }
+        all += 1
+        return nil
+    }
+
+    mutating func release(admin: Bool) {
+        all -= 1
+        if !admin { nonAdmin -= 1 }
+    }
 }

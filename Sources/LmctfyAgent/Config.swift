@@ -232,6 +232,13 @@ public struct AgentSettings: Sendable {
         if let v = l.maxAgentBufferedBytes { flow.agentBytes = Int(max(1, v)) }
         if let v = l.maxAgentQueuedCalls { flow.agentCalls = Int(max(1, v)) }
         if let v = l.maxCallThreads { flow.callThreads = Int(max(1, v)) }
+        flow.readerCallThreads = max(1, flow.callThreads / 2)
+        if let v = l.maxReaderCallThreads {
+            guard v >= 1 && Int(v) <= flow.callThreads else {
+                throw .invalidArgument("\(source): limits.max_reader_call_threads must be 1 to max_call_threads (\(flow.callThreads)), not \(v)")
+            }
+            flow.readerCallThreads = Int(v)
+        }
         logLevel = c.logLevel ?? .logInfo
         stateDir = c.stateDir ?? "/var/lib/lmctfy"
         imageRoot = c.imageRoot ?? stateDir + "/images"
@@ -350,6 +357,9 @@ public struct FlowLimits: Sendable, Equatable {
     /// The whole agent: calls running on a thread of their own (Run,
     /// Notify); one more is refused (RESOURCE_EXHAUSTED), not queued.
     public var callThreads = 1024
+    /// Of those, calls of peers without the admin role (readers' Notify
+    /// streams); the rest stay for admins.
+    public var readerCallThreads = 512
 
     public init() {}
 }

@@ -7306,7 +7306,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__role_binding__descri
   (ProtobufCMessageInit) containers__lmctfy__agent__role_binding__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor containers__lmctfy__agent__agent_limits__field_descriptors[12] =
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__agent_limits__field_descriptors[13] =
 {
   {
     "max_frame_bytes",
@@ -7452,6 +7452,18 @@ static const ProtobufCFieldDescriptor containers__lmctfy__agent__agent_limits__f
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "max_reader_call_threads",
+    13,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_UINT32,
+    offsetof(Containers__Lmctfy__Agent__AgentLimits, has_max_reader_call_threads),
+    offsetof(Containers__Lmctfy__Agent__AgentLimits, max_reader_call_threads),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned containers__lmctfy__agent__agent_limits__field_indices_by_name[] = {
   3,   /* field[3] = hello_timeout_ms */
@@ -7465,12 +7477,13 @@ static const unsigned containers__lmctfy__agent__agent_limits__field_indices_by_
   2,   /* field[2] = max_connections */
   0,   /* field[0] = max_frame_bytes */
   11,   /* field[11] = max_handshaking_connections */
+  12,   /* field[12] = max_reader_call_threads */
   1,   /* field[1] = max_streams_per_connection */
 };
 static const ProtobufCIntRange containers__lmctfy__agent__agent_limits__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 12 }
+  { 0, 13 }
 };
 const ProtobufCMessageDescriptor containers__lmctfy__agent__agent_limits__descriptor =
 {
@@ -7480,7 +7493,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__agent_limits__descri
   "Containers__Lmctfy__Agent__AgentLimits",
   "containers.lmctfy.agent",
   sizeof(Containers__Lmctfy__Agent__AgentLimits),
-  12,
+  13,
   containers__lmctfy__agent__agent_limits__field_descriptors,
   containers__lmctfy__agent__agent_limits__field_indices_by_name,
   1,  containers__lmctfy__agent__agent_limits__number_ranges,

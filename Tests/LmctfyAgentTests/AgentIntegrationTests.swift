@@ -191,6 +191,62 @@ struct AgentIntegrationTests {
         }
     }
 
+    /// Readers' calls hold at most limits.max_reader_call_threads of the
+    /// call threads (default half): a reader's Notify streams took all of
+    /// max_call_threads, and an admin's foreground Run was refused
+    /// (RESOURCE_EXHAUSTED) for as long as the reader kept them (a probe,
+    /// the thirty-second sitting).
+    @Test func readersCannotTakeTheThreadsAnAdminsRunNeeds() throws {
+        let (dir, key) = try makeKeyDir()
+        defer { _ = removeTree(dir) }
+        let readerKey = Array(key.reversed())
+        try Sys.createFile(dir + "/keys", "ops \(JSONFormat.base64Encoded(key))\nmon \(JSONFormat.base64Encoded(readerKey))\n", mode: 0o600)
+        #expect { _ = try AgentSettings.parse("limits { max_call_threads: 4 max_reader_call_threads: 5 }", source: "a.conf") } throws: {
+            ($0 as? LmctfyError)?.message == "a.conf: limits.max_reader_call_threads must be 1 to max_call_threads (4), not 5"
+        }
+        #expect(try AgentSettings.parse("limits { max_call_threads: 9 }", source: "t").flow.readerCallThreads == 4)
+        try withTestContainer(try ContainerApi.detect()) { name in
+            try ContainerApi.detect().create(name, spec: ContainerSpec(memory: MemorySpec(limit: 64 << 20)))
+            let config = """
+                tcp_address: "127.0.0.1:0" allow_plaintext_tcp: true key_file: "\(dir)/keys"
+                role { role: AGENT_ROLE_ADMIN key_id: "ops" } role { role: AGENT_ROLE_READER key_id: "mon" }
+                limits { max_call_threads: 3 max_reader_call_threads: 2 }
+                """
+            try withAgent(config) { agent, _ in
+                let port = try #require(agent.tcpPort)
+                let notify = NotifyRequest(name: name.path, spec: EventSpec(oom: EventSpec.Oom()))
+                let holders = (0..<2).map { _ in
+                    Threads.start {
+                        guard let c = try? RpcClient.connect(host: "127.0.0.1", port: port, keyId: "mon", key: readerKey) else { return }
+                        defer { c.close() }
+                        try? c.stream("Notify", notify, as: NotifyResponse.self, deadlineMs: 2000) { _ in true }
+                    }
+                }
+                defer { for t in holders { pthread_join(t, nil) } }
+                for _ in 0..<200 where agent.activeCalls < 2 { usleep(10_000) }
+                #expect(agent.activeCalls == 2)
+                // A third of the reader's is refused...
+                let reader = try RpcClient.connect(host: "127.0.0.1", port: port, keyId: "mon", key: readerKey)
+                defer { reader.close() }
+                #expect {
+                    try reader.stream("Notify", notify, as: NotifyResponse.self, deadlineMs: 1000) { _ in true }
+                } throws: { error in
+                    let e = error as? LmctfyError
+                    return e?.code == .resourceExhausted && e?.message.contains("max_reader_call_threads") == true
+                }
+                // ...and the admin's foreground Run has its thread.
+                let admin = try RpcClient.connect(host: "127.0.0.1", port: port, keyId: "ops", key: key)
+                defer { admin.close() }
+                var exit: Int32?
+                try admin.stream("Run", RunRequest(name: name.path, argv: ["/bin/true"]), as: RunResponse.self, deadlineMs: 10_000) { r in
+                    if r.kind == .runExited { exit = r.exitCode }
+                    return true
+                }
+                #expect(exit == 0)
+            }
+        }
+    }
+
     /// Issue 9 item 15: a foreground Run whose caller goes away (deadline,
     /// cancel, dead connection) is killed, not left running unobserved.
     @Test func aForegroundRunDiesWithItsCaller() throws {

@@ -4367,6 +4367,8 @@ public struct AgentLimits: ProtoMessage {
     public var maxCallThreads: UInt32?
     /// Field 12 `max_handshaking_connections`.
     public var maxHandshakingConnections: UInt32?
+    /// Field 13 `max_reader_call_threads`.
+    public var maxReaderCallThreads: UInt32?
 
     public init(
         maxFrameBytes: UInt32? = nil,
@@ -4380,7 +4382,8 @@ public struct AgentLimits: ProtoMessage {
         maxAgentBufferedBytes: UInt32? = nil,
         maxAgentQueuedCalls: UInt32? = nil,
         maxCallThreads: UInt32? = nil,
-        maxHandshakingConnections: UInt32? = nil
+        maxHandshakingConnections: UInt32? = nil,
+        maxReaderCallThreads: UInt32? = nil
     ) {
         self.maxFrameBytes = maxFrameBytes
         self.maxStreamsPerConnection = maxStreamsPerConnection
@@ -4394,6 +4397,7 @@ public struct AgentLimits: ProtoMessage {
         self.maxAgentQueuedCalls = maxAgentQueuedCalls
         self.maxCallThreads = maxCallThreads
         self.maxHandshakingConnections = maxHandshakingConnections
+        self.maxReaderCallThreads = maxReaderCallThreads
     }
 
     public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.AgentLimits")
@@ -4412,6 +4416,7 @@ public struct AgentLimits: ProtoMessage {
         self.maxAgentQueuedCalls = message.get(10)
         self.maxCallThreads = message.get(11)
         self.maxHandshakingConnections = message.get(12)
+        self.maxReaderCallThreads = message.get(13)
     }
 
     public var dynamic: DynamicMessage {
@@ -4428,6 +4433,7 @@ public struct AgentLimits: ProtoMessage {
         message.set(10, maxAgentQueuedCalls)
         message.set(11, maxCallThreads)
         message.set(12, maxHandshakingConnections)
+        message.set(13, maxReaderCallThreads)
         return message
     }
 
@@ -4445,6 +4451,7 @@ public struct AgentLimits: ProtoMessage {
         self.maxAgentQueuedCalls = CBridge.value(c, f[9])
         self.maxCallThreads = CBridge.value(c, f[10])
         self.maxHandshakingConnections = CBridge.value(c, f[11])
+        self.maxReaderCallThreads = CBridge.value(c, f[12])
     }
 
     public func makeC() -> UnsafeMutableRawPointer {
@@ -4462,6 +4469,7 @@ public struct AgentLimits: ProtoMessage {
         CBridge.set(c, f[9], maxAgentQueuedCalls)
         CBridge.set(c, f[10], maxCallThreads)
         CBridge.set(c, f[11], maxHandshakingConnections)
+        CBridge.set(c, f[12], maxReaderCallThreads)
         return c
     }
 }

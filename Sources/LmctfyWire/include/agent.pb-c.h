@@ -1939,10 +1939,21 @@ struct  Containers__Lmctfy__Agent__AgentLimits
    */
   protobuf_c_boolean has_max_handshaking_connections;
   uint32_t max_handshaking_connections;
+  /*
+   * Of max_call_threads, how many calls of peers without the admin role
+   * (readers' Notify streams) may hold: the rest stay for admins, whose
+   * foreground Runs a reader could otherwise keep refused. 1 to
+   * max_call_threads.
+   */
+  /*
+   * half of max_call_threads
+   */
+  protobuf_c_boolean has_max_reader_call_threads;
+  uint32_t max_reader_call_threads;
 };
 #define CONTAINERS__LMCTFY__AGENT__AGENT_LIMITS__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__agent_limits__descriptor) \
-    , 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0 }
+    , 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0 }
 
 
 struct  Containers__Lmctfy__Agent__AgentConfig
