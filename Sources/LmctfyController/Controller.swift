@@ -354,7 +354,9 @@ public final class Controller: @unchecked Sendable {
             case .write(let bytes):
                 p.outbox += bytes
             case .established(let info):
-                handshaking.finished(p.id)
+                // The enrolment port's hello names no one (the token of its
+                // one call does): those connections stay counted while open.
+                if p.kind != .enroll { handshaking.finished(p.id) }
                 p.keyId = info.keyId
                 p.role = switch p.kind {
                 case .client: settings.rolePolicy.role(for: info)

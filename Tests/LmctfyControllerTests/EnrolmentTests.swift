@@ -122,6 +122,48 @@ struct EnrolmentTests {
         }
     }
 
+    /// Connections to the enrolment port are not authenticated by their
+    /// hello (only an Enroll's token is), so they count against
+    /// max_handshaking_connections for as long as they are open: anyone
+    /// who could reach the port could hold any number of them otherwise.
+    @Test func enrolmentConnectionsStayWithinTheHandshakeBudget() throws {
+        let dir = "/tmp/lmctfy-enrol-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try Sys.mkdir(dir, mode: 0o755)
+        defer { _ = removeTree(dir) }
+        let pki = dir + "/pki"
+        try #require(try TestProcess.capture([ControllerTlsTests.repo + "/tools/make-test-pki", pki]).status == 0)
+        try Sys.createFile(dir + "/tokens", "tok \(Int(time(nil)) + 3600)\n", mode: 0o600)
+        let settings = try ControllerSettings.parse("""
+            unix_socket_path: "\(dir)/controller.sock" agent_address: "127.0.0.1:0" enroll_address: "127.0.0.1:0"
+            state_dir: "\(dir)/controller" log_level: LOG_ERROR
+            tls { certificate_file: "\(pki)/controller.pem" key_file: "\(pki)/controller.key" ca_file: "\(pki)/ca.pem" }
+            signing_ca_certificate_file: "\(pki)/ca.pem" signing_ca_key_file: "\(pki)/ca.key"
+            bootstrap_token_file: "\(dir)/tokens"
+            limits { max_handshaking_connections: 2 hello_timeout_ms: 60000 }
+            """, source: "test")
+        let controller = try LmctfyController.Controller(settings: settings)
+        try controller.start(handleSignals: false)
+        defer { #expect(controller.stop() == 0) }
+        let port = try #require(controller.enrollPort)
+        let tls = try TlsContext(side: .client, certificateFile: nil, keyFile: nil, caFile: "\(pki)/ca.pem")
+        let first = try RpcClient.connect(host: "127.0.0.1", port: port, tls: tls)
+        let second = try RpcClient.connect(host: "127.0.0.1", port: port, tls: tls)
+        defer { second.close() }
+        // Two open, both past their hello: a third is refused.
+        #expect(throws: LmctfyError.self) { try RpcClient.connect(host: "127.0.0.1", port: port, tls: tls).close() }
+        first.close()
+        var admitted = false
+        for _ in 0..<100 where !admitted {
+            if let c = try? RpcClient.connect(host: "127.0.0.1", port: port, tls: tls) {
+                admitted = true
+                c.close()
+            } else {
+                usleep(20_000)
+            }
+        }
+        #expect(admitted, "a place again once one closed")
+    }
+
     @Test func enrolmentConfigIsChecked() throws {
         let dir = "/tmp/lmctfy-enrol-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
         try Sys.mkdir(dir, mode: 0o755)
