@@ -14,13 +14,106 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
+
+// A connection as the eviction below sees it: waiting for a request's
+// line and headers since `waiting_since_ms` (its accept, or the end of its
+// previous request), or busy with one.
+struct lm_http_conn {
+    int fd;
+    int busy;
+    uint64_t waiting_since_ms;
+    struct lm_http_conn *prev, *next;
+};
 
 struct lm_http_server {
     struct MHD_Daemon *daemon;
     lm_http_handler handler;
     void *context;
+    // Open connections, oldest first, and how many; past `soft_limit` a new
+    // one evicts the longest-waiting idle one (lm_http_notify).
+    struct lm_http_conn *first, *last;
+    unsigned open, soft_limit;
 };
+
+// How long a connection must have waited for its next request to give its
+// place to a new one.
+#define LM_HTTP_EVICT_AFTER_MS 1000
+
+static uint64_t lm_http_now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+// MHD's connection limit alone let 64 connections that never finish a
+// request (a slowloris trickling a byte now and then past the idle timeout)
+// hold the endpoint for as long as they liked: a scraper was not even
+// accepted. MHD's hard limit is twice ours; past ours, a new connection
+// takes the place of the one that has waited longest for a request, if
+// that has waited a second or more (shut down: MHD sees it end and closes
+// it), and is itself shut down otherwise. To keep the endpoint, a prober
+// must then open that many connections every second. Keep-alive scrapers
+// between scrapes wait too, and may be the ones to go: they reconnect.
+static void lm_http_notify(void *cls, struct MHD_Connection *connection, void **socket_context,
+                           enum MHD_ConnectionNotificationCode toe) {
+    struct lm_http_server *server = cls;
+    if (toe == MHD_CONNECTION_NOTIFY_CLOSED) {
+        struct lm_http_conn *c = *socket_context;
+        if (c == NULL) return;
+        if (c->prev) c->prev->next = c->next; else server->first = c->next;
+        if (c->next) c->next->prev = c->prev; else server->last = c->prev;
+        server->open--;
+        free(c);
+        *socket_context = NULL;
+        return;
+    }
+    const union MHD_ConnectionInfo *info = MHD_get_connection_info(connection, MHD_CONNECTION_INFO_CONNECTION_FD);
+    struct lm_http_conn *c = calloc(1, sizeof *c);
+    if (c == NULL || info == NULL) {
+        free(c);
+        if (info != NULL) shutdown(info->connect_fd, SHUT_RDWR);
+        return;
+    }
+    uint64_t now = lm_http_now_ms();
+    c->fd = info->connect_fd;
+    c->waiting_since_ms = now;
+    c->prev = server->last;
+    if (server->last) server->last->next = c; else server->first = c;
+    server->last = c;
+    server->open++;
+    *socket_context = c;
+    if (server->open <= server->soft_limit) return;
+    struct lm_http_conn *oldest = NULL;
+    for (struct lm_http_conn *o = server->first; o != NULL && o != c; o = o->next) {
+        if (!o->busy && (oldest == NULL || o->waiting_since_ms < oldest->waiting_since_ms)) oldest = o;
+    }
+    if (oldest != NULL && now - oldest->waiting_since_ms >= LM_HTTP_EVICT_AFTER_MS) {
+        shutdown(oldest->fd, SHUT_RDWR);
+        oldest->busy = 1;  // gone: not a candidate again
+    } else {
+        shutdown(c->fd, SHUT_RDWR);
+        c->busy = 1;
+    }
+}
+
+// The request's line and headers are in: busy until it completes.
+static void lm_http_mark(struct MHD_Connection *connection, int busy) {
+    const union MHD_ConnectionInfo *info = MHD_get_connection_info(connection, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    struct lm_http_conn *c = info == NULL ? NULL : info->socket_context;
+    if (c == NULL) return;
+    c->busy = busy;
+    if (!busy) c->waiting_since_ms = lm_http_now_ms();
+}
+
+static void lm_http_completed(void *cls, struct MHD_Connection *connection, void **request_state,
+                              enum MHD_RequestTerminationCode toe) {
+    (void)cls;
+    (void)request_state;
+    (void)toe;
+    lm_http_mark(connection, 0);
+}
 
 // MHD calls this first once the request line and headers are in, then
 // once per piece of body, then once more. GET and HEAD are answered on the
@@ -71,6 +164,7 @@ static enum MHD_Result lm_http_access(void *cls, struct MHD_Connection *connecti
                                       size_t *upload_data_size, void **request_state) {
     (void)upload_data;
     if (*request_state == NULL) {
+        lm_http_mark(connection, 1);
         const char *bad = lm_http_bad_headers(connection, version);
         if (bad != NULL) {
             // Answered before any body is read: MHD closes the connection.
@@ -130,10 +224,13 @@ lm_http_server *lm_http_start(int listen_fd, unsigned connection_limit, unsigned
     }
     server->handler = handler;
     server->context = context;
+    server->soft_limit = connection_limit;
     // No MHD_USE_INTERNAL_POLLING_THREAD: MHD runs only inside lm_http_run.
     server->daemon = MHD_start_daemon(MHD_USE_EPOLL | MHD_USE_ERROR_LOG, 0, NULL, NULL, lm_http_access, server,
                                       MHD_OPTION_LISTEN_SOCKET, (MHD_socket)listen_fd,
-                                      MHD_OPTION_CONNECTION_LIMIT, connection_limit,
+                                      MHD_OPTION_CONNECTION_LIMIT, connection_limit * 2,
+                                      MHD_OPTION_NOTIFY_CONNECTION, lm_http_notify, server,
+                                      MHD_OPTION_NOTIFY_COMPLETED, lm_http_completed, server,
                                       MHD_OPTION_CONNECTION_TIMEOUT, timeout_s,
                                       MHD_OPTION_CONNECTION_MEMORY_LIMIT, memory_limit,
                                       MHD_OPTION_EXTERNAL_LOGGER, lm_http_quiet, NULL,

@@ -265,6 +265,31 @@ struct MetricsEndpointTests {
         }
     }
 
+    /// 64 connections that never finish a request held the endpoint: a
+    /// scraper was not even accepted until MHD's 30 s idle timeout, which a
+    /// prober renews by trickling a byte (a probe, thirty-second sitting;
+    /// any local process can reach a loopback endpoint, a container's too).
+    /// Now a new connection takes the place of the one that has waited
+    /// longest for a request, once that has waited a second.
+    @Test func silentConnectionsGiveTheirPlaceToAScraper() throws {
+        try withAgent(Self.config) { agent, _ in
+            let port = try #require(agent.metricsPort)
+            let silent = try SilentPeers(port: port, count: 64)
+            // Within the first second the 65th is turned away...
+            let early = try SilentPeers(port: port, count: 1)
+            early.waitUntilClosed(atLeast: 1, waitMs: 900)
+            #expect(early.closed == [0], "a 65th connection while all 64 are young")
+            usleep(1_200_000)
+            // ...then a scraper takes the oldest silent one's place.
+            let r = try get("/metrics", port: port)
+            #expect(r.status == 200)
+            silent.waitUntilClosed(atLeast: 1, waitMs: 2000)
+            #expect(silent.closed == [0], "the longest-waiting silent connection went")
+            // And the endpoint keeps serving as scrapers come and go.
+            for _ in 0..<5 { #expect(try get("/metrics", port: port).status == 200) }
+        }
+    }
+
     @Test func aUnixSocketEndpointHasItsModeAndGoesAwayWithTheAgent() throws {
         let dir = "/tmp/lmctfy-metrics-test-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
         try Sys.mkdir(dir, mode: 0o755)

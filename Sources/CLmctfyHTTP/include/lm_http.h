@@ -34,7 +34,9 @@ typedef struct lm_http_server lm_http_server;
 
 /// Serves HTTP/1.1 on `listen_fd` (listening, non-blocking; MHD owns it from
 /// here and closes it in lm_http_stop). At most `connection_limit`
-/// connections; one idle longer than `timeout_s` is closed; a request whose
+/// connections: past it a new one takes the place of the one that has
+/// waited longest (a second or more) for its next request, or is closed
+/// itself; one idle longer than `timeout_s` is closed; a request whose
 /// line and headers do not fit `memory_limit` bytes is answered with an
 /// error status (414/431) by MHD. NULL on failure (the listen fd is closed).
 lm_http_server *lm_http_start(int listen_fd, unsigned connection_limit, unsigned timeout_s, size_t memory_limit,
