@@ -537,8 +537,14 @@ public final class Agent: @unchecked Sendable {
 
     // MARK: Connections (loop thread)
 
+    /// Connections beyond max_connections that root on the Unix socket may
+    /// still open: peers of allowed_group holding every connection (their
+    /// hello or not) turned root away ("too many connections"; a probe).
+    public static let rootReserve = 8
+
     private func accept(_ c: Connection, tcp: Bool) {
-        if stopping || conns.count >= settings.maxConnections {
+        let root = !tcp && c.peerCredentials?.uid == 0
+        if stopping || conns.count >= settings.maxConnections + (root ? Self.rootReserve : 0) {
             // PROTOCOL.md section 7: a goaway saying why, then the close. It
             // is written before the peer's hello is read, so it needs no session.
             let why = stopping ? "lmctfy-agent is shutting down" : "too many connections"

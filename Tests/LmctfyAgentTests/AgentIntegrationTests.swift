@@ -476,18 +476,56 @@ struct AgentIntegrationTests {
         }
     }
 
+    /// Peers of allowed_group (or a role binding) holding every connection
+    /// turned root away on the Unix socket ("too many connections"; a probe,
+    /// thirty-second sitting): root has Agent.rootReserve connections
+    /// beyond max_connections.
+    @Test func peersHoldingEveryConnectionDoNotLockRootOut() throws {
+        try withAgent("limits { max_connections: 4 hello_timeout_ms: 60000 } role { role: AGENT_ROLE_READER uid: 65534 }") { _, socket in
+            // uid 65534 connects 6 times and holds what it got.
+            let script = """
+                import socket, sys
+                held = []
+                for _ in range(6):
+                    s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); held.append(s)
+                print(len(held), flush=True)
+                sys.stdin.read()
+                """
+            let (outR, outW) = try Sys.pipe()
+            let (inR, inW) = try Sys.pipe()
+            var o = SpawnOptions(argv: ["/usr/bin/python3", "-c", script, socket])
+            o.ids = (uid: 65534, gid: 65534)
+            o.stdout = .fd(outW)
+            o.stdin = .fd(inR)
+            let pid = try Spawn.spawn(o)
+            close(outW)
+            close(inR)
+            defer {
+                close(inW)
+                _ = try? Sys.waitForExit(pid)
+            }
+            var buf = [UInt8](repeating: 0, count: 64)
+            let n = read(outR, &buf, buf.count)
+            close(outR)
+            #expect(String(decoding: buf[0..<max(0, n)], as: UTF8.self).hasPrefix("6"), "the peer connected 6 times")
+            // The agent holds 4 of them (the others got the goaway): root still gets in.
+            let root = try RpcClient.connect(unixPath: socket)
+            defer { root.close() }
+            #expect(try root.call("Ping", PingRequest(data: [4]), as: PingResponse.self).data == [4])
+        }
+    }
+
     @Test func connectionLimitAndHelloTimeoutAreEnforced() throws {
         try withAgent("limits { max_connections: 2 hello_timeout_ms: 300 }") { _, socket in
-            let a = try RpcClient.connect(unixPath: socket)
-            let b = try RpcClient.connect(unixPath: socket)
-            // A third peer is turned away before its handshake, with a goaway
+            // Root on the Unix socket has Agent.rootReserve more.
+            let held = try (0..<(2 + Agent.rootReserve)).map { _ in try RpcClient.connect(unixPath: socket) }
+            // One more is turned away before its handshake, with a goaway
             // that says why (issue 9 item 13).
             #expect { _ = try RpcClient.connect(unixPath: socket) } throws: { error in
                 let e = error as? LmctfyError
                 return e?.code == .unavailable && e?.message.contains("GOAWAY_NORMAL: too many connections") == true
             }
-            a.close()
-            b.close()
+            for c in held { c.close() }
             // A peer that never says hello is sent away after the timeout.
             let fd = try RpcSocket.connectUnix(path: socket)
             defer { close(fd) }
