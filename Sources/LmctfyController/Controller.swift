@@ -52,6 +52,8 @@ final class ControllerPeer {
     var fleetStreams: Set<UInt32> = []
     /// Bytes handed to the connection whose write has not completed.
     var unsent = 0
+    /// Reading is stopped until the peer takes what waits for it (flow).
+    var throttled = false
 
     init(id: Int, conn: Connection, kind: Kind, session: Session) {
         self.id = id
@@ -340,7 +342,41 @@ public final class Controller: @unchecked Sendable {
     private func sendRaw(_ p: ControllerPeer, _ bytes: [UInt8]) {
         guard !bytes.isEmpty, !p.conn.isClosing else { return }
         p.unsent += bytes.count
-        p.conn.write(bytes) { _, _ in p.unsent -= bytes.count }
+        p.conn.write(bytes) { [unowned self] _, _ in
+            p.unsent -= bytes.count
+            self.updateFlow(p)
+        }
+        updateFlow(p)
+    }
+
+    /// Flow control: a peer that does not read what it is sent is not read
+    /// from once more than `subscriberBytes` wait for it, until half of that
+    /// has gone, so its requests wait in its own socket buffers. Without
+    /// it, a client that pipelined ListHosts and read nothing took the
+    /// controller to 2 GB in 25 s (a probe, thirty-second sitting).
+    private func updateFlow(_ p: ControllerPeer) {
+        guard peers[p.id] != nil else { return }
+        let held = p.unsent + p.outbox.count
+        if !p.throttled && held > Self.subscriberBytes {
+            p.throttled = true
+            p.conn.pauseReading()
+        } else if p.throttled && held <= Self.subscriberBytes / 2 {
+            p.throttled = false
+            p.conn.resumeReading()
+        }
+    }
+
+    /// A request read in the same batch as others whose answers already
+    /// exceed twice the flow limit: refused rather than answered, so one
+    /// read of small requests cannot make the controller hold their
+    /// answers without bound (ListHosts of a large fleet is large).
+    private func refusedForFlow(_ p: ControllerPeer, _ stream: UInt32) -> Bool {
+        let held = p.unsent + p.outbox.count
+        guard held > 2 * Self.subscriberBytes else { return false }
+        perform(p, p.session.sendStatus(streamId: stream, CallStatus(
+            .resourceExhausted, "\(held) bytes of answers wait for this connection to read them; read them, then call again"),
+            now: MonotonicClock.milliseconds()))
+        return true
     }
 
     private func perform(_ p: ControllerPeer, _ actions: [SessionAction]) {
@@ -365,6 +401,7 @@ public final class Controller: @unchecked Sendable {
                 }
                 logger.debug("connection \(p.id): \(info.name) (\(p.kind)) authenticated")
             case .deliverRequest(let stream, let method, let payload, let deadline, let host):
+                if p.kind != .agent && refusedForFlow(p, stream) { continue }
                 if p.kind == .agent {
                     agentCalled(p, stream, method, payload)
                 } else if p.kind == .enroll {
@@ -466,7 +503,11 @@ public final class Controller: @unchecked Sendable {
         if let tls = p.tls { bytes = tls.seal(bytes) }
         guard !bytes.isEmpty else { return }
         p.unsent += bytes.count
-        p.conn.write(bytes) { _, _ in p.unsent -= bytes.count }
+        p.conn.write(bytes) { [unowned self] _, _ in
+            p.unsent -= bytes.count
+            self.updateFlow(p)
+        }
+        updateFlow(p)
     }
 
     private func drop(_ p: ControllerPeer) {

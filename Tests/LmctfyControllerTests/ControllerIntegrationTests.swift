@@ -45,6 +45,48 @@ struct ControllerIntegrationTests {
         #expect(metrics.contains("lmctfy_controller_connections_refused_total 2"))
     }
 
+    /// A client that pipelines requests and reads none of the answers: the
+    /// controller kept reading and answering, 2 GB in 25 s (a probe,
+    /// thirty-second sitting). Now it stops reading from a peer once 4 MiB
+    /// of answers wait for it, so the client's writes stall in its own
+    /// socket; and serves everyone else meanwhile.
+    @Test func aClientThatReadsNothingIsNotReadFrom() throws {
+        let fleet = try Fleet()
+        try fleet.startController()
+        let link = try RawLink(fd: try RpcSocket.connectUnix(path: fleet.dir + "/controller.sock"),
+                               Session(dialler: .peerCredentials, name: "no-reader", now: MonotonicClock.milliseconds()))
+        _ = fcntl(link.fd, F_SETFL, fcntl(link.fd, F_GETFL) | O_NONBLOCK)
+        var sent = 0
+        var stream: UInt32 = 1
+        var stalledSince: UInt64?
+        var pending: [UInt8] = []
+        while sent < 256 << 20 {
+            if pending.isEmpty {
+                for _ in 0..<1000 {
+                    pending += FrameCodec.encode(Frame(kind: .frameRequest, streamId: stream, method: ControllerMethods.listHosts.name, payload: []))
+                    stream += 2
+                }
+            }
+            let n = pending.withUnsafeBytes { Glibc.send(link.fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+            if n > 0 {
+                sent += n
+                pending.removeFirst(n)
+                stalledSince = nil
+                continue
+            }
+            guard errno == EAGAIN else { break }
+            let now = MonotonicClock.milliseconds()
+            if let since = stalledSince, now - since > 1000 { break }
+            if stalledSince == nil { stalledSince = now }
+            usleep(5_000)
+        }
+        #expect(sent < 64 << 20, "the controller stopped reading: \(sent) bytes of requests taken")
+        // Everyone else is served meanwhile.
+        let client = try fleet.client()
+        defer { client.close() }
+        #expect(try client.call(ControllerMethods.listHosts, ListHostsRequest()).hosts.isEmpty)
+    }
+
     @Test func agentsRegisterAndAreListedWithTheirIdentity() throws {
         let fleet = try Fleet()
         try fleet.startController()
