@@ -25,11 +25,8 @@ struct CertificateRenewalTests {
     }
 
     @Test func anEnrolledAgentRenewsItsCertificateKeepingItsLink() throws {
-        let dir = "/tmp/lmctfy-renew-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
-        try Sys.mkdir(dir, mode: 0o755)
+        let (dir, pki) = try makeDirWithPki("renew")
         defer { _ = removeTree(dir) }
-        let pki = dir + "/pki"
-        try #require(try TestProcess.capture([ControllerTlsTests.repo + "/tools/make-test-pki", pki]).status == 0)
         try Sys.createFile(dir + "/tokens", "tok-r1 \(Int(time(nil)) + 3600) renew1\n", mode: 0o600)
         let controller = try LmctfyController.Controller(settings: try ControllerSettings.parse("""
             unix_socket_path: "\(dir)/controller.sock" agent_address: "127.0.0.1:0" enroll_address: "127.0.0.1:0"

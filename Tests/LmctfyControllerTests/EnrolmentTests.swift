@@ -15,11 +15,8 @@ import Testing
 @Suite(.enabled(if: RealCgroups.available, "\(RealCgroups.unavailableReason ?? "")"))
 struct EnrolmentTests {
     @Test func anAgentEnrolsOnceWithItsTokenAndThenRegistersOverMutualTls() throws {
-        let dir = "/tmp/lmctfy-enrol-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
-        try Sys.mkdir(dir, mode: 0o755)
+        let (dir, pki) = try makeDirWithPki("enrol")
         defer { _ = removeTree(dir) }
-        let pki = dir + "/pki"
-        try #require(try TestProcess.capture([ControllerTlsTests.repo + "/tools/make-test-pki", pki]).status == 0)
         let now = Int(time(nil))
         try Sys.createFile(dir + "/tokens", """
             # token expiry host
@@ -127,11 +124,8 @@ struct EnrolmentTests {
     /// max_handshaking_connections for as long as they are open: anyone
     /// who could reach the port could hold any number of them otherwise.
     @Test func enrolmentConnectionsStayWithinTheHandshakeBudget() throws {
-        let dir = "/tmp/lmctfy-enrol-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
-        try Sys.mkdir(dir, mode: 0o755)
+        let (dir, pki) = try makeDirWithPki("enrol")
         defer { _ = removeTree(dir) }
-        let pki = dir + "/pki"
-        try #require(try TestProcess.capture([ControllerTlsTests.repo + "/tools/make-test-pki", pki]).status == 0)
         try Sys.createFile(dir + "/tokens", "tok \(Int(time(nil)) + 3600)\n", mode: 0o600)
         let settings = try ControllerSettings.parse("""
             unix_socket_path: "\(dir)/controller.sock" agent_address: "127.0.0.1:0" enroll_address: "127.0.0.1:0"
@@ -165,11 +159,8 @@ struct EnrolmentTests {
     }
 
     @Test func enrolmentConfigIsChecked() throws {
-        let dir = "/tmp/lmctfy-enrol-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
-        try Sys.mkdir(dir, mode: 0o755)
+        let (dir, pki) = try makeDirWithPki("enrol")
         defer { _ = removeTree(dir) }
-        let pki = dir + "/pki"
-        try #require(try TestProcess.capture([ControllerTlsTests.repo + "/tools/make-test-pki", pki]).status == 0)
         try Sys.createFile(dir + "/tokens", "t 1\n", mode: 0o644)
         let base = """
             unix_socket_path: "\(dir)/c.sock" agent_address: "127.0.0.1:0" enroll_address: "127.0.0.1:0" state_dir: "\(dir)/c"
@@ -188,11 +179,8 @@ struct EnrolmentTests {
 @Suite(.enabled(if: RealCgroups.available, "\(RealCgroups.unavailableReason ?? "")"))
 struct EnrolmentProcessTests {
     @Test func theAgentBinaryEnrolsOnItsFirstStartAndRefusesASpentToken() throws {
-        let dir = "/tmp/lmctfy-enrolp-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
-        try Sys.mkdir(dir, mode: 0o755)
+        let (dir, pki) = try makeDirWithPki("enrolp")
         defer { _ = removeTree(dir) }
-        let pki = dir + "/pki"
-        try #require(try TestProcess.capture([ControllerTlsTests.repo + "/tools/make-test-pki", pki]).status == 0)
         try Sys.createFile(dir + "/tokens", "tok-p1 \(Int(time(nil)) + 600) procagent1\n", mode: 0o600)
         let controller = try LmctfyController.Controller(settings: try ControllerSettings.parse("""
             unix_socket_path: "\(dir)/controller.sock" agent_address: "127.0.0.1:0" enroll_address: "127.0.0.1:0"
@@ -247,4 +235,18 @@ struct EnrolmentProcessTests {
         #expect(r.status == 3 && String(decoding: r.stderr, as: UTF8.self).contains("already used"),
                 "\(r.status): \(String(decoding: r.stderr, as: UTF8.self))")
     }
+}
+
+/// A fresh directory /tmp/lmctfy-PREFIX-... holding a test PKI in `pki`
+/// (tools/make-test-pki); the caller removes it.
+func makeDirWithPki(_ prefix: String) throws -> (dir: String, pki: String) {
+    let dir = "/tmp/lmctfy-\(prefix)-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+    try Sys.mkdir(dir, mode: 0o755)
+    let pki = dir + "/pki"
+    let made = try TestProcess.capture([ControllerTlsTests.repo + "/tools/make-test-pki", pki])
+    guard made.status == 0 else {
+        _ = removeTree(dir)
+        throw LmctfyError(.internal, "make-test-pki failed: \(String(decoding: made.stderr, as: UTF8.self))")
+    }
+    return (dir, pki)
 }

@@ -151,6 +151,18 @@ static inline void append_status(buf_t *out, uint32_t stream, int code, const ch
     append_frame(out, &f);
 }
 
+/* A GOAWAY_NORMAL with no stream taken: the dialler's goodbye. */
+static inline void append_goaway(buf_t *out) {
+    Containers__Lmctfy__Agent__GoAway g = CONTAINERS__LMCTFY__AGENT__GO_AWAY__INIT;
+    g.has_reason = 1; g.reason = CONTAINERS__LMCTFY__AGENT__GO_AWAY_REASON__GOAWAY_NORMAL;
+    g.has_last_stream_id = 1; g.last_stream_id = 0;
+    Frame f = CONTAINERS__LMCTFY__AGENT__FRAME__INIT;
+    f.has_kind = 1; f.kind = K(GOAWAY);
+    f.has_stream_id = 1; f.stream_id = 0;
+    f.goaway = &g;
+    append_frame(out, &f);
+}
+
 static inline void append_credit(buf_t *out, uint32_t stream, uint32_t credit) {
     Frame f = CONTAINERS__LMCTFY__AGENT__FRAME__INIT;
     f.has_kind = 1; f.kind = K(CREDIT);

@@ -150,14 +150,7 @@ static int dial(int port, const char *pki) {
     if (answer == 0) { fprintf(stderr, "tls_dial: MachineInfo answered nothing\n"); exit(1); }
     phase("MachineInfo call");
 
-    Containers__Lmctfy__Agent__GoAway g = CONTAINERS__LMCTFY__AGENT__GO_AWAY__INIT;
-    g.has_reason = 1; g.reason = CONTAINERS__LMCTFY__AGENT__GO_AWAY_REASON__GOAWAY_NORMAL;
-    g.has_last_stream_id = 1; g.last_stream_id = 0;
-    Frame gf = CONTAINERS__LMCTFY__AGENT__FRAME__INIT;
-    gf.has_kind = 1; gf.kind = K(GOAWAY);
-    gf.has_stream_id = 1; gf.stream_id = 0;
-    gf.goaway = &g;
-    append_frame(&out, &gf);
+    append_goaway(&out);
     ssl_write_all(s, out.p, out.len);
     SSL_shutdown(s);
     close(fd);
