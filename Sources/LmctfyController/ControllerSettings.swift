@@ -98,6 +98,23 @@ public struct ControllerSettings: Sendable {
         } else {
             throw .invalidArgument("\(source): key_file is required (agents authenticate with a shared key) unless tls requires client certificates")
         }
+        if let l = c.limits {
+            // An agent's limits the controller has nothing to apply to: said,
+            // not silently ignored (the example config calls the block "the
+            // same limits as an agent's").
+            let agentOnly: [(String, Bool)] = [
+                ("max_connections", l.maxConnections != nil),
+                ("max_connection_buffered_bytes", l.maxConnectionBufferedBytes != nil),
+                ("max_connection_queued_calls", l.maxConnectionQueuedCalls != nil),
+                ("max_agent_buffered_bytes", l.maxAgentBufferedBytes != nil),
+                ("max_agent_queued_calls", l.maxAgentQueuedCalls != nil),
+                ("max_call_threads", l.maxCallThreads != nil),
+                ("max_reader_call_threads", l.maxReaderCallThreads != nil),
+            ]
+            if let name = agentOnly.first(where: { $0.1 })?.0 {
+                throw .invalidArgument("\(source): limits.\(name) is an agent's limit, which a controller does not apply; a controller takes max_frame_bytes, max_streams_per_connection, max_handshaking_connections, hello_timeout_ms, idle_timeout_ms and keepalive_interval_ms")
+            }
+        }
         limits = try SessionLimits(c.limits ?? AgentLimits(), source: source)
         maxHandshakingConnections = try HandshakeBudget.limit(c.limits?.maxHandshakingConnections, default: HandshakeBudget.controllerDefault, source: source)
         logLevel = c.logLevel ?? .logInfo

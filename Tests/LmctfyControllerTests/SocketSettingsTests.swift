@@ -42,4 +42,27 @@ import Testing
         refusals { (v: String) throws(LmctfyError) in _ = try ControllerSettings.parse(base + v, source: "t") }
         #expect(try ControllerSettings.parse(base + "unix_socket_mode: 0640", source: "t").unixSocketMode == 0o640)
     }
+
+    /// An agent's limits in a controller's config were silently ignored;
+    /// the ones a controller applies are taken.
+    @Test func theControllerRefusesAnAgentsLimits() throws {
+        let keys = "/tmp/lmctfy-controller-limits-keys-\(getpid())"
+        try Sys.createFile(keys, "k \(JSONFormat.base64Encoded(Crypto.randomBytes(32)))\n", mode: 0o600)
+        defer { unlink(keys) }
+        let base = "agent_address: \"127.0.0.1:0\" allow_plaintext_tcp: true key_file: \"\(keys)\" "
+        for field in ["max_connections", "max_connection_buffered_bytes", "max_connection_queued_calls", "max_agent_buffered_bytes",
+                      "max_agent_queued_calls", "max_call_threads", "max_reader_call_threads"] {
+            #expect { _ = try ControllerSettings.parse(base + "limits { \(field): 9 }", source: "c.conf") } throws: { error in
+                let e = error as? LmctfyError
+                return e?.code == .invalidArgument && e?.message.hasPrefix("c.conf: limits.\(field) is an agent's limit") == true
+            }
+        }
+        let s = try ControllerSettings.parse(base + """
+            limits { max_frame_bytes: 65536 max_streams_per_connection: 7 max_handshaking_connections: 9 hello_timeout_ms: 1000
+                     idle_timeout_ms: 2000 keepalive_interval_ms: 3000 }
+            """, source: "t")
+        #expect(s.limits.maxFrameBytes == 65536 && s.limits.maxStreams == 7 && s.maxHandshakingConnections == 9)
+        #expect(s.limits.helloTimeoutMs == 1000 && s.limits.idleTimeoutMs == 2000 && s.limits.keepaliveIntervalMs == 3000)
+        #expect(try ControllerSettings.parse(base, source: "t").maxHandshakingConnections == 1024)
+    }
 }
