@@ -542,6 +542,27 @@ public final class Agent: @unchecked Sendable {
     /// hello or not) turned root away ("too many connections"; a probe).
     public static let rootReserve = 8
 
+    /// How a new connection authenticates, and its TLS channel on a TLS
+    /// port; nil when neither can be made (no SSL object, no keyring, no
+    /// peer credentials).
+    private func authentication(_ c: Connection, tcp: Bool) -> (AcceptorAuthentication, TlsChannel?)? {
+        if tcp, let server = tlsServer {
+            guard let channel = try? TlsChannel(context: server) else { return nil }
+            if server.requirePeerCertificate {
+                // Replaced once the handshake has verified the certificate.
+                return (.certificate(CertIdentity()), channel)
+            }
+            guard let ring = try? Keyring(settings.keys) else { return nil }
+            return (.sharedKey(ring, replay), channel)
+        } else if tcp {
+            guard let ring = try? Keyring(settings.keys) else { return nil }
+            return (.sharedKey(ring, replay), nil)
+        }
+        guard var creds = c.peerCredentials else { return nil }
+        creds.groups = Self.supplementaryGroups(pid: creds.pid)
+        return (.peerCredentials(creds, settings.unixPeerPolicy), nil)
+    }
+
     private func accept(_ c: Connection, tcp: Bool) {
         let root = !tcp && c.peerCredentials?.uid == 0
         if stopping || conns.count >= settings.maxConnections + (root ? Self.rootReserve : 0) {
@@ -557,31 +578,12 @@ public final class Agent: @unchecked Sendable {
             c.closeAfterWrites()
             return
         }
-        let auth: AcceptorAuthentication
-        var tls: TlsChannel?
-        if tcp, let server = tlsServer {
-            guard let channel = try? TlsChannel(context: server) else { c.close(); return }
-            tls = channel
-            if server.requirePeerCertificate {
-                // Replaced once the handshake has verified the certificate.
-                auth = .certificate(CertIdentity())
-            } else {
-                guard let ring = try? Keyring(settings.keys) else { c.close(); return }
-                auth = .sharedKey(ring, replay)
-            }
-        } else if tcp {
-            guard let ring = try? Keyring(settings.keys) else { c.close(); return }
-            auth = .sharedKey(ring, replay)
-        } else {
-            guard var creds = c.peerCredentials else { c.close(); return }
-            creds.groups = Self.supplementaryGroups(pid: creds.pid)
-            auth = .peerCredentials(creds, settings.unixPeerPolicy)
-        }
         let now = MonotonicClock.milliseconds()
         let id = nextConnId
         nextConnId += 1
         if tcp {
-            // Not authenticated yet: a budget of their own (HandshakeBudget).
+            // Not authenticated yet: a budget of their own (HandshakeBudget),
+            // taken before an SSL object is made for them.
             switch handshaking.admit(id, now: now) {
             case .admit:
                 break
@@ -594,10 +596,16 @@ public final class Agent: @unchecked Sendable {
             case .refuse:
                 metrics.connectionRefused()
                 if let more = peerFaults.take() { log.warning(handshaking.refusalLine + more) }
-                if tls == nil { c.write(HandshakeBudget.refusal) }
+                // (A TLS port gets no plaintext goaway: its peer could not read it.)
+                if tlsServer == nil { c.write(HandshakeBudget.refusal) }
                 c.closeAfterWrites()
                 return
             }
+        }
+        guard let (auth, tls) = authentication(c, tcp: tcp) else {
+            handshaking.finished(id)
+            c.close()
+            return
         }
         metrics.connectionAccepted(transport: tcp ? "tcp" : "unix")
         let state = ConnState(id: id, conn: c, session: Session(acceptor: auth, name: "lmctfy-agent", limits: settings.limits, now: now),

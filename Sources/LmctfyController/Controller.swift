@@ -52,6 +52,8 @@ final class ControllerPeer {
     var fleetStreams: Set<UInt32> = []
     /// Bytes handed to the connection whose write has not completed.
     var unsent = 0
+    /// What waits for the peer to take it: unsent, and not yet handed over.
+    var waiting: Int { unsent + outbox.count }
     /// Reading is stopped until the peer takes what waits for it (flow).
     var throttled = false
 
@@ -226,40 +228,40 @@ public final class Controller: @unchecked Sendable {
 
     // MARK: Connections
 
+    /// How a new connection authenticates, and its TLS channel on a TLS
+    /// port; nil when neither can be made (no SSL object, no keyring).
+    private func authentication(_ c: Connection, kind: ControllerPeer.Kind, tcp: Bool) -> (AcceptorAuthentication, TlsChannel?)? {
+        if kind == .enroll {
+            // Server-only TLS; the hello names no one: the token in Enroll
+            // is what authenticates (PROTOCOL.md section 3.2).
+            guard let context = enrollTls, let channel = try? TlsChannel(context: context) else { return nil }
+            return (.certificate(CertIdentity()), channel)
+        } else if tcp, let server = tlsServer {
+            guard let channel = try? TlsChannel(context: server) else { return nil }
+            if server.requirePeerCertificate {
+                return (.certificate(CertIdentity()), channel)  // replaced after the handshake
+            }
+            guard let ring = try? Keyring(settings.keys) else { return nil }
+            return (.sharedKey(ring, replay), channel)
+        } else if tcp {
+            guard let ring = try? Keyring(settings.keys) else { return nil }
+            return (.sharedKey(ring, replay), nil)
+        }
+        guard let creds = c.peerCredentials else { return nil }
+        return (.peerCredentials(creds, settings.rolePolicy.unixPeerPolicy), nil)
+    }
+
     private func accept(_ c: Connection, kind: ControllerPeer.Kind, tcp: Bool) {
         if stopping {
             c.close()
             return
         }
-        let auth: AcceptorAuthentication
-        var tls: TlsChannel?
-        if kind == .enroll {
-            // Server-only TLS; the hello names no one: the token in Enroll
-            // is what authenticates (PROTOCOL.md section 3.2).
-            guard let context = enrollTls, let channel = try? TlsChannel(context: context) else { c.close(); return }
-            tls = channel
-            auth = .certificate(CertIdentity())
-        } else if tcp, let server = tlsServer {
-            guard let channel = try? TlsChannel(context: server) else { c.close(); return }
-            tls = channel
-            if server.requirePeerCertificate {
-                auth = .certificate(CertIdentity())  // replaced after the handshake
-            } else {
-                guard let ring = try? Keyring(settings.keys) else { c.close(); return }
-                auth = .sharedKey(ring, replay)
-            }
-        } else if tcp {
-            guard let ring = try? Keyring(settings.keys) else { c.close(); return }
-            auth = .sharedKey(ring, replay)
-        } else {
-            guard let creds = c.peerCredentials else { c.close(); return }
-            auth = .peerCredentials(creds, settings.rolePolicy.unixPeerPolicy)
-        }
         let now = MonotonicClock.milliseconds()
         let id = nextId
         nextId += 1
         if tcp {
-            // Not authenticated yet: a budget of their own (HandshakeBudget).
+            // Not authenticated yet: a budget of their own (HandshakeBudget),
+            // taken before an SSL object is made for them.
             switch handshaking.admit(id, now: now) {
             case .admit:
                 break
@@ -274,10 +276,16 @@ public final class Controller: @unchecked Sendable {
             case .refuse:
                 metrics.connectionsRefused += 1
                 if let more = peerFaults.take() { logger.warning("\(handshaking.refusalLine)\(more)") }
-                if tls == nil { c.write(HandshakeBudget.refusal) }
+                // (A TLS port gets no plaintext goaway: its peer could not read it.)
+                if kind != .enroll && tlsServer == nil { c.write(HandshakeBudget.refusal) }
                 c.closeAfterWrites()
                 return
             }
+        }
+        guard let (auth, tls) = authentication(c, kind: kind, tcp: tcp) else {
+            handshaking.finished(id)
+            c.close()
+            return
         }
         let p = ControllerPeer(id: id, conn: c, kind: kind,
                                session: Session(acceptor: auth, name: "lmctfy-controller", limits: settings.limits, now: now))
@@ -356,7 +364,7 @@ public final class Controller: @unchecked Sendable {
     /// controller to 2 GB in 25 s (a probe, thirty-second sitting).
     private func updateFlow(_ p: ControllerPeer) {
         guard peers[p.id] != nil else { return }
-        let held = p.unsent + p.outbox.count
+        let held = p.waiting
         if !p.throttled && held > Self.subscriberBytes {
             p.throttled = true
             p.conn.pauseReading()
@@ -371,7 +379,7 @@ public final class Controller: @unchecked Sendable {
     /// read of small requests cannot make the controller hold their
     /// answers without bound (ListHosts of a large fleet is large).
     private func refusedForFlow(_ p: ControllerPeer, _ stream: UInt32) -> Bool {
-        let held = p.unsent + p.outbox.count
+        let held = p.waiting
         guard held > 2 * Self.subscriberBytes else { return false }
         perform(p, p.session.sendStatus(streamId: stream, CallStatus(
             .resourceExhausted, "\(held) bytes of answers wait for this connection to read them; read them, then call again"),
@@ -428,7 +436,7 @@ public final class Controller: @unchecked Sendable {
                 }
                 guard let to = p.routedOut[stream], let client = peers[to.client] else { continue }
                 let now = MonotonicClock.milliseconds()
-                if client.unsent + client.outbox.count > Self.subscriberBytes {
+                if client.waiting > Self.subscriberBytes {
                     // The caller does not read what its host sends: the call
                     // ends rather than pile up here (credit avoids this).
                     p.routedOut[stream] = nil
@@ -501,13 +509,7 @@ public final class Controller: @unchecked Sendable {
         var bytes = p.outbox
         p.outbox = []
         if let tls = p.tls { bytes = tls.seal(bytes) }
-        guard !bytes.isEmpty else { return }
-        p.unsent += bytes.count
-        p.conn.write(bytes) { [unowned self] _, _ in
-            p.unsent -= bytes.count
-            self.updateFlow(p)
-        }
-        updateFlow(p)
+        sendRaw(p, bytes)
     }
 
     private func drop(_ p: ControllerPeer) {
@@ -714,7 +716,7 @@ public final class Controller: @unchecked Sendable {
     /// connection holds more unsent than its limit (it lags).
     private func deliver(_ key: EventHub.Key, _ bytes: [UInt8]) -> Bool {
         guard let p = peers[key.conn], p.fleetStreams.contains(key.stream) else { return false }
-        if p.unsent + p.outbox.count > Self.subscriberBytes { return false }
+        if p.waiting > Self.subscriberBytes { return false }
         perform(p, p.session.sendResponse(streamId: key.stream, payload: bytes, now: MonotonicClock.milliseconds()))
         return true
     }
@@ -728,7 +730,7 @@ public final class Controller: @unchecked Sendable {
     /// queued, a reader's routed Pings of 3 MB took the controller from 75
     /// to 733 MB (a probe).
     static func notTaking(_ link: ControllerPeer, _ host: String, adding bytes: Int) -> LmctfyError? {
-        let waiting = link.unsent + link.outbox.count
+        let waiting = link.waiting
         guard waiting > 0, waiting + bytes > subscriberBytes else { return nil }
         return LmctfyError(.resourceExhausted, "host \(host) is not taking its calls: \(waiting) bytes wait to be written to it; try again later")
     }
