@@ -2,6 +2,7 @@
 // that holds its sockets): what a daemon does with them, without a client
 // library in the way.
 import Glibc
+import LmctfyRPC
 
 public final class SilentPeers {
     /// The sockets, in the order they connected; -1 once the daemon closed it.
@@ -13,23 +14,7 @@ public final class SilentPeers {
     public init(port: UInt16, count: Int) throws {
         fds = []
         said = Array(repeating: [], count: count)
-        for _ in 0..<count {
-            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-            guard fd >= 0 else { throw SilentPeerError(what: "socket", errno: errno) }
-            var addr = sockaddr_in()
-            addr.sin_family = sa_family_t(AF_INET)
-            addr.sin_port = port.bigEndian
-            addr.sin_addr.s_addr = UInt32(0x7f00_0001).bigEndian
-            let r = withUnsafePointer(to: &addr) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-            }
-            guard r == 0 else {
-                let e = errno
-                close(fd)
-                throw SilentPeerError(what: "connect", errno: e)
-            }
-            fds.append(fd)
-        }
+        for _ in 0..<count { fds.append(try RpcSocket.connectTCP(host: "127.0.0.1", port: port)) }
     }
 
     deinit { for fd in fds where fd >= 0 { close(fd) } }
@@ -76,10 +61,4 @@ public final class SilentPeers {
             }
         }
     }
-}
-
-public struct SilentPeerError: Error, CustomStringConvertible {
-    public let what: String
-    public let errno: Int32
-    public var description: String { "\(what): \(String(cString: strerror(errno)))" }
 }
