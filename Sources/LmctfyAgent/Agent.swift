@@ -233,8 +233,9 @@ public final class Agent: @unchecked Sendable {
                                    foreground: LocalBackend.spawnAndWait(stdio: .devNull))
         let events = EventLog(capacity: settings.eventLogCapacity)
         // PROTOCOL.md section 6.1; opened (and swept) by `start`.
-        let journal = RequestJournal(directory: settings.stateDir + "/requests", bootId: events.bootId)
         let log = AgentLog(level: settings.logLevel)
+        let journal = RequestJournal(directory: settings.stateDir + "/requests", bootId: events.bootId,
+                                     report: { log.warning("\($0)") })
         // Snapshots (README "Snapshots and restart recovery"): what is
         // written is read from the kernel, by the clients' names.
         // CRIU's check takes a while: it runs on a thread of its own from
@@ -245,9 +246,12 @@ public final class Agent: @unchecked Sendable {
         // keeps none, "volatile" writes them without fsync, to measure what
         // snapshots cost a create.
         let bench = getenv("LMCTFY_AGENT_BENCH_SNAPSHOTS").map { String(cString: $0) }
+        // A full disk fails every snapshot write of every call: at most 10
+        // such lines a second (the store reports its own failed passes).
+        let snapshotWarnings = Mutexed(LogBudget(perSecond: 10))
         let snapshots = bench == "off" ? nil : SnapshotKeeper(
             store: SnapshotStore(directory: settings.stateDir + "/snapshots", durable: bench != "volatile",
-                                 crash: SnapshotCrashPoint.fromEnvironment()),
+                                 crash: SnapshotCrashPoint.fromEnvironment(), report: { log.warning("\($0)") }),
             events: events,
             read: { (path: String) throws(LmctfyError) -> (spec: ContainerSpec, frozen: Bool)? in
                 let name = try scope.resolve(path)
@@ -262,7 +266,9 @@ public final class Agent: @unchecked Sendable {
                     return nil
                 }
             },
-            warn: { log.warning($0) })
+            warn: { line in
+                if let left = snapshotWarnings.locked({ $0.take() }) { log.warning("\(line)\(left)") }
+            })
         // MachineInfo's warnings (what `lmctl info` shouts about).
         var warnings: [String] = []
         if settings.plaintextTcp, let tcp = settings.tcp {

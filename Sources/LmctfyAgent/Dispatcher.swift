@@ -329,6 +329,14 @@ public final class Dispatcher: Sendable {
     /// The methods that have a handler (a test checks it is the whole table).
     static var handledMethods: Set<String> { Set(handlers.keys) }
 
+    /// Mutating methods that go on unrecorded when a full disk cannot take
+    /// their request journal entry (RequestJournal.Begin.unrecorded): a
+    /// second run of each changes nothing, so a retry after a lost answer
+    /// does no harm. The others are refused (RESOURCE_EXHAUSTED).
+    static let unrecordedWhenFull: Set<String> = [
+        AgentMethods.destroy.name, AgentMethods.killAll.name, AgentMethods.pause.name, AgentMethods.resume.name,
+    ]
+
     /// One handler per method of the table, by name.
     static let handlers: [String: Handler] = {
         var table: [String: Handler] = [:]
@@ -376,7 +384,11 @@ public final class Dispatcher: Sendable {
                     try context.emit(response)
                     return
                 }
-                let mode = try journal.begin(id: id, method: m.name, payload: payload)
+                // A full disk does not stop what an operator needs then and
+                // what a retry cannot do twice: a destroy (it makes room), a
+                // killall, a pause, a resume.
+                let mode = try journal.begin(id: id, method: m.name, payload: payload,
+                                             evenWhenFull: Dispatcher.unrecordedWhenFull.contains(m.name))
                 if case .replay(let status, let bytes) = mode {
                     guard status.code == .ok else { throw status }
                     context.emit(serialized: bytes)

@@ -48,6 +48,11 @@ public final class RequestJournal: @unchecked Sendable {
         /// the work again, taking "already done" for success, then `finish`.
         /// When it first started (wall clock ns).
         case redo(startedNs: UInt64)
+        /// The id is new but the disk is full: a call whose second run
+        /// changes nothing (a destroy, which also makes room) does the work
+        /// anyway, unrecorded, then `finish` (which records it if there is
+        /// room by then). Why it is unrecorded.
+        case unrecorded(LmctfyError)
     }
 
     /// state_dir/requests.
@@ -55,6 +60,8 @@ public final class RequestJournal: @unchecked Sendable {
     let bootId: String
     let limits: Limits
     let now: @Sendable () -> UInt64
+    /// Where a call that goes on unrecorded is told of (the agent's log).
+    let report: @Sendable (String) -> Void
     private let lock = Lock()
     /// Every entry on disk: id -> started_ns.
     private var index: [String: UInt64] = [:]
@@ -65,11 +72,13 @@ public final class RequestJournal: @unchecked Sendable {
     /// clock in nanoseconds (entries outlive the agent, so monotonic time
     /// would not do).
     public init(directory: String, bootId: String, limits: Limits = Limits(),
-                now: @escaping @Sendable () -> UInt64 = WallClock.nanosecondsSinceEpoch) {
+                now: @escaping @Sendable () -> UInt64 = WallClock.nanosecondsSinceEpoch,
+                report: @escaping @Sendable (String) -> Void = { _ in }) {
         self.directory = directory
         self.bootId = bootId
         self.limits = limits
         self.now = now
+        self.report = report
     }
 
     /// Makes the directory (0700) if absent, loads the index, removes
@@ -112,7 +121,11 @@ public final class RequestJournal: @unchecked Sendable {
     /// id already used for another method or other request bytes. If a call
     /// with this id is running in this agent, waits until it has finished
     /// and replays its outcome.
-    public func begin(id: String, method: String, payload: [UInt8]) throws(LmctfyError) -> Begin {
+    /// `evenWhenFull`: a call whose second run changes nothing goes on when
+    /// a full disk cannot take its new entry (`unrecorded`); any other is
+    /// refused (RESOURCE_EXHAUSTED), since a retry after a lost answer
+    /// would do its work twice.
+    public func begin(id: String, method: String, payload: [UInt8], evenWhenFull: Bool = false) throws(LmctfyError) -> Begin {
         guard Self.isValid(id) else {
             throw .invalidArgument("request_id \"\(id)\" must be 1 to 64 characters of [A-Za-z0-9_-]")
         }
@@ -145,7 +158,12 @@ public final class RequestJournal: @unchecked Sendable {
                     return .redo(startedNs: entry.startedNs ?? 0)
                 }
                 let started = now()
-                try write(RequestJournalEntry(requestId: id, method: method, requestSha256: digest, startedNs: started, bootId: bootId))
+                do throws(LmctfyError) {
+                    try write(RequestJournalEntry(requestId: id, method: method, requestSha256: digest, startedNs: started, bootId: bootId))
+                } catch where evenWhenFull && error.code == .resourceExhausted {
+                    report("\(method) with request_id \(id) goes on unrecorded: \(error.message)")
+                    return .unrecorded(error)  // the id stays claimed until `finish`
+                }
                 let evict: [String] = lock.locked {
                     index[id] = started
                     guard index.count > limits.maxEntries else { return [] }
@@ -175,6 +193,8 @@ public final class RequestJournal: @unchecked Sendable {
             try write(RequestJournalEntry(requestId: id, method: method, requestSha256: Crypto.sha256(payload),
                                           startedNs: started, bootId: bootId, finished: true, code: status.code.rawValue,
                                           message: status.message, response: status.code == .ok ? response : nil))
+            // One that went on unrecorded (a full disk) is known from now.
+            lock.locked { if index[id] == nil { index[id] = started } }
             return nil
         } catch {
             return error
@@ -214,6 +234,8 @@ public final class RequestJournal: @unchecked Sendable {
         do { bytes = try entry.serializedBytes() } catch { throw .internalError("encoding a journal entry: \(error)") }
         do {
             try Sys.writeFileAtomically(path, bytes, mode: 0o600, durable: false)
+        } catch where error.isNoSpace {
+            throw error.lmctfy(.resourceExhausted, "Writing the request journal (\(directory): the disk is full; destroy, killall, pause and resume still work)")
         } catch {
             throw error.lmctfy(.unavailable, "Writing the request journal")
         }

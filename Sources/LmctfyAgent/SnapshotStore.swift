@@ -159,6 +159,15 @@ public final class SnapshotStore: @unchecked Sendable {
     private let passLock = Lock()
     /// The logs (see the top): `active` takes the appends.
     private var logFds: [Int32] = [-1, -1]
+    /// Each log's length: an append the disk could not take whole is cut
+    /// back to it (a torn record would end the replay of every record
+    /// appended after it).
+    private var logSize = [0, 0]
+    /// The logs may hold records older than the files (a pass failed, or
+    /// `open` could not apply them): the next pass that succeeds rewrites
+    /// them as what is still pending (`compactLogs`), so that a replay can
+    /// never put an older snapshot back over a newer file.
+    private var stale = false
     private var active = 0
     private var seq: UInt64 = 0
     /// What was logged since the last pass: each snapshot file's newest
@@ -183,6 +192,8 @@ public final class SnapshotStore: @unchecked Sendable {
     /// The flusher's work so far (for the cost figures).
     public struct FlushCosts: Sendable {
         public var passes = 0
+        /// Passes that failed (a full disk): what they held stays pending.
+        public var failed = 0
         public var renamed = 0
         public var ns: UInt64 = 0
     }
@@ -191,12 +202,26 @@ public final class SnapshotStore: @unchecked Sendable {
     /// How long the flusher lets a batch gather (startFlusher).
     public let gatherMs: Int
 
-    public init(directory: String, durable: Bool = true, gatherMs: Int = 100, crash: SnapshotCrashPoint? = nil) {
+    /// The longest the flusher waits before trying a failed pass again
+    /// (it doubles from `gatherMs`).
+    public let maxBackoffMs: Int
+    /// Where the store says what it could not write, and when it could
+    /// again (the agent's log).
+    let report: @Sendable (String) -> Void
+
+    public init(directory: String, durable: Bool = true, gatherMs: Int = 100, maxBackoffMs: Int = 5_000,
+                crash: SnapshotCrashPoint? = nil, report: @escaping @Sendable (String) -> Void = { _ in }) {
         self.directory = directory
         self.durable = durable
         self.gatherMs = gatherMs
+        self.maxBackoffMs = max(gatherMs, maxBackoffMs)
         self.crash = crash
+        self.report = report
     }
+
+    /// Snapshot changes not yet in their files (logged, or only in memory
+    /// where the log could not take them).
+    public var unwritten: Int { lock.locked { pending.count } }
 
     deinit {
         for fd in logFds where fd >= 0 { close(fd) }
@@ -315,6 +340,13 @@ public final class SnapshotStore: @unchecked Sendable {
     /// The records of one log, in order; stops at the first one cut short
     /// or damaged (a crash mid-append).
     static func records(_ bytes: [UInt8]) -> [(seq: UInt64, file: String, payload: [UInt8]?)] {
+        recordsAndLength(bytes).records
+    }
+
+    /// `records`, and how many bytes of the log they take (what follows is
+    /// a record cut short or damaged: an append that a full disk cut short
+    /// is taken off again, so that the records after it are read).
+    static func recordsAndLength(_ bytes: [UInt8]) -> (records: [(seq: UInt64, file: String, payload: [UInt8]?)], length: Int) {
         var out: [(UInt64, String, [UInt8]?)] = []
         var i = 0
         while i + 4 <= bytes.count {
@@ -332,7 +364,7 @@ public final class SnapshotStore: @unchecked Sendable {
             out.append((seq, file, body[0] == UInt8(ascii: "S") ? payload : nil))
             i += 4 + n
         }
-        return out
+        return (out, i)
     }
 
     /// Whether `f` is a name `fileName` makes (so it stays in the directory).
@@ -347,21 +379,33 @@ public final class SnapshotStore: @unchecked Sendable {
 
     /// Every snapshot file's newest logged state (nil: removed), from both
     /// logs in sequence order, and the highest seq.
-    private func replay() -> (state: [String: [UInt8]?], seq: UInt64) {
+    /// And each log's length up to its first record cut short.
+    private func replay() -> (state: [String: [UInt8]?], seq: UInt64, lengths: [Int]) {
         var all: [(seq: UInt64, file: String, payload: [UInt8]?)] = []
+        var lengths = [0, 0]
         for i in 0..<2 {
-            all += Self.records((try? Sys.readBytes(logPath(i))) ?? [])
+            let (records, length) = Self.recordsAndLength((try? Sys.readBytes(logPath(i))) ?? [])
+            all += records
+            lengths[i] = length
         }
         var state: [String: [UInt8]?] = [:]
         for r in all.sorted(by: { $0.seq < $1.seq }) { state[r.file] = .some(r.payload) }
-        return (state, all.map(\.seq).max() ?? 0)
+        return (state, all.map(\.seq).max() ?? 0, lengths)
     }
 
-    /// Appends a record to the active log (the caller holds `lock`).
-    private func append(kind: UInt8, file: String, payload: [UInt8]) throws(SystemError) {
+    /// Appends a record to a log, the active one by default (the caller
+    /// holds `lock`). One the disk cannot take whole is cut off again.
+    private func append(kind: UInt8, file: String, payload: [UInt8], to log: Int? = nil) throws(SystemError) {
+        let i = log ?? active
         seq += 1
         let r = Self.record(kind: kind, seq: seq, file: file, payload: payload)
-        try Sys.writeAll(logFds[active], r)
+        do {
+            try Sys.writeAll(logFds[i], r)
+        } catch {
+            try? Sys.truncate(logFds[i], to: logSize[i], path: logPath(i))
+            throw error
+        }
+        logSize[i] += r.count
     }
 
     // MARK: Files
@@ -381,9 +425,14 @@ public final class SnapshotStore: @unchecked Sendable {
             if (try? Sys.unlink(path(f))) != nil { removed += 1 }
         }
         passLock.locked { onDisk = Set(listed.filter(Self.isSnapshotFile)) }
-        let (state, _) = replay()
+        let (state, lastSeq, lengths) = replay()
         do throws(SystemError) {
             try materialize(state)
+        } catch {
+            try keepLogs(state, seq: lastSeq, lengths: lengths, error)
+            return (0, removed)
+        }
+        do throws(SystemError) {
             for i in 0..<2 {
                 let fd = try Sys.open(logPath(i), O_WRONLY | O_CREAT | O_TRUNC | O_APPEND, mode: 0o600)
                 lock.locked { logFds[i] = fd }
@@ -392,8 +441,36 @@ public final class SnapshotStore: @unchecked Sendable {
         } catch {
             throw error.lmctfy(.internal, "Settling the snapshots")
         }
-        lock.locked { active = 0; seq = 0 }
+        lock.locked { active = 0; seq = 0; logSize = [0, 0] }
         return (state.count, removed)
+    }
+
+    /// `open` when what the logs hold could not be written to the files (a
+    /// full disk): the logs stay (each cut back to its last whole record),
+    /// their state is pending, and the flusher writes it when it can; the
+    /// agent starts meanwhile (`load` and `loadAll` read the logs too).
+    private func keepLogs(_ state: [String: [UInt8]?], seq lastSeq: UInt64, lengths: [Int],
+                          _ why: SystemError) throws(LmctfyError) {
+        do throws(SystemError) {
+            for i in 0..<2 {
+                let fd = try Sys.open(logPath(i), O_WRONLY | O_CREAT | O_APPEND, mode: 0o600)
+                lock.locked { logFds[i] = fd }
+                try Sys.truncate(fd, to: lengths[i], path: logPath(i))
+            }
+        } catch {
+            throw error.lmctfy(.internal, "Opening the snapshot logs")
+        }
+        let kept = passLock.locked { state.filter { $0.value != nil || onDisk.contains($0.key) } }
+        lock.locked {
+            active = 0
+            seq = lastSeq
+            logSize = lengths
+            pending = kept
+            stale = true
+        }
+        report("snapshots: \(kept.count) logged changes could not be written to their files at start (\(why)); "
+               + "they stay in the logs and are written when the disk has room")
+        wake.bump()
     }
 
     /// Writes each file's state the safe way: temp files written and
@@ -404,23 +481,31 @@ public final class SnapshotStore: @unchecked Sendable {
     private func materialize(_ state: [String: [UInt8]?], counted: Bool = true) throws(SystemError) -> Int {
         let state = state.filter { $0.value != nil || onDisk.contains($0.key) }
         guard !state.isEmpty else { return 0 }
-        for (file, bytes) in state {
-            guard let bytes else { continue }
-            let temp = directory + "/.tmp-" + file
-            let fd = try Sys.open(temp, O_WRONLY | O_CREAT | O_TRUNC, mode: 0o600)
-            defer { close(fd) }
-            try Sys.writeAll(fd, bytes)
-            if durable { try Sys.syncData(fd, path: temp) }
+        // Removals first: they need no room, and make some.
+        for (file, bytes) in state where bytes == nil {
+            do { try Sys.unlink(path(file)) } catch where error.errno == ENOENT {}
+            onDisk.remove(file)
+        }
+        var temps: [String] = []
+        do throws(SystemError) {
+            for (file, bytes) in state {
+                guard let bytes else { continue }
+                let temp = directory + "/.tmp-" + file
+                let fd = try Sys.open(temp, O_WRONLY | O_CREAT | O_TRUNC, mode: 0o600)
+                defer { close(fd) }
+                temps.append(temp)
+                try Sys.writeAll(fd, bytes)
+                if durable { try Sys.syncData(fd, path: temp) }
+            }
+        } catch {
+            // A full disk: the temp files go (they hold its last blocks).
+            for t in temps { _ = try? Sys.unlink(t) }
+            throw error
         }
         if counted { crash?.reached(.temp) }
-        for (file, bytes) in state {
-            if bytes == nil {
-                do { try Sys.unlink(path(file)) } catch where error.errno == ENOENT {}
-                onDisk.remove(file)
-            } else {
-                try Sys.rename(directory + "/.tmp-" + file, path(file))
-                onDisk.insert(file)
-            }
+        for (file, bytes) in state where bytes != nil {
+            try Sys.rename(directory + "/.tmp-" + file, path(file))
+            onDisk.insert(file)
         }
         if counted { crash?.reached(.rename) }
         if durable { try Sys.syncDirectory(directory) }
@@ -447,16 +532,27 @@ public final class SnapshotStore: @unchecked Sendable {
         try log(file: Self.fileName(name), bytes: nil, what: "Removing the snapshot of \(name)")
     }
 
+    /// A record the log cannot take (a full disk) is still pending, so the
+    /// flusher writes its file when it can; the error says that a killed
+    /// agent would not have it.
     private func log(file: String, bytes: [UInt8]?, what: String, intent: Bool = false) throws(LmctfyError) {
-        do throws(SystemError) {
-            try lock.locked { () throws(SystemError) in
-                guard logFds[active] >= 0 else { throw SystemError("write", logPath(active), EBADF) }
+        let failed: SystemError? = lock.locked {
+            guard logFds[active] >= 0 else { return SystemError("write", logPath(active), EBADF) }
+            var failed: SystemError?
+            do throws(SystemError) {
                 try append(kind: bytes == nil ? UInt8(ascii: "R") : UInt8(ascii: "S"), file: file, payload: bytes ?? [])
-                pending[file] = .some(bytes)
-                if intent { intents.insert(file) } else { intents.remove(file) }
+            } catch {
+                failed = error
             }
-        } catch {
-            throw error.lmctfy(.internal, what + " (the store is not open?)")
+            pending[file] = .some(bytes)
+            if intent { intents.insert(file) } else { intents.remove(file) }
+            return failed
+        }
+        if let failed {
+            if failed.errno == EBADF { throw failed.lmctfy(.internal, what + " (the store is not open?)") }
+            wake.bump()
+            throw failed.lmctfy(failed.isNoSpace ? .resourceExhausted : .internal,
+                                what + " (kept in memory, written to its file when the disk has room)")
         }
         crash?.reached(intent ? .intent : .written)
         wake.bump()
@@ -468,7 +564,13 @@ public final class SnapshotStore: @unchecked Sendable {
     /// start, tries again). Returns how many files it wrote or removed.
     @discardableResult
     public func flush() -> Int {
-        passLock.locked {
+        (try? pass()) ?? 0
+    }
+
+    /// `flush`, throwing what failed (what the pass held stays pending).
+    @discardableResult
+    func pass() throws(SystemError) -> Int {
+        try passLock.locked { () throws(SystemError) -> Int in
             let (batch, covered, batchIntents): ([String: [UInt8]?], Int, Set<String>) = lock.locked {
                 defer { pending = [:]; intents = [] }
                 let covered = active
@@ -478,29 +580,60 @@ public final class SnapshotStore: @unchecked Sendable {
             guard !batch.isEmpty else { return 0 }
             let t0 = MonotonicClock.nanoseconds()
             var changed = 0
+            var failed = false
             defer {
                 let ns = MonotonicClock.nanoseconds() - t0
-                flushCosts.locked { $0.passes += 1; $0.ns += ns; $0.renamed += changed }
+                flushCosts.locked { $0.passes += 1; $0.ns += ns; $0.renamed += changed; $0.failed += failed ? 1 : 0 }
             }
             do throws(SystemError) {
                 changed = try materialize(batch, counted: batch.keys.contains { !batchIntents.contains($0) })
                 // Everything the covered log held is in the files now.
                 let fd = lock.locked { logFds[covered] }
                 try Sys.truncate(fd, to: 0, path: logPath(covered))
+                lock.locked {
+                    logSize[covered] = 0
+                    if stale { compactLogs(into: covered) }
+                }
             } catch {
                 // Logged again into the active log, so that nothing waits
-                // on the covered one and the next pass tries again.
+                // on the covered one and the next pass tries again. The
+                // covered log keeps its records, older than what a later
+                // pass writes: that pass compacts the logs.
+                failed = true
                 lock.locked {
+                    stale = true
                     for (file, bytes) in batch where pending[file] == nil {
                         try? append(kind: bytes == nil ? UInt8(ascii: "R") : UInt8(ascii: "S"), file: file, payload: bytes ?? [])
                         pending[file] = .some(bytes)
                         if batchIntents.contains(file) { intents.insert(file) }
                     }
                 }
-                return 0
+                throw error
             }
             return changed
         }
+    }
+
+    /// After a pass that wrote every file its covered log held (now empty)
+    /// while the active log may hold records older than those files (a
+    /// failed pass's, or those `open` kept): what is pending (everything
+    /// logged since the pass began) is appended to the covered log, the
+    /// active one is emptied, and the covered one takes the appends. A
+    /// crash at any step replays the newest state of each file (the copies
+    /// have the highest seqs). The caller holds `lock`.
+    private func compactLogs(into covered: Int) {
+        let other = 1 - covered
+        do throws(SystemError) {
+            for (file, bytes) in pending {
+                try append(kind: bytes == nil ? UInt8(ascii: "R") : UInt8(ascii: "S"), file: file, payload: bytes ?? [], to: covered)
+            }
+            try Sys.truncate(logFds[other], to: 0, path: logPath(other))
+        } catch {
+            return  // `stale` stays: the next pass that succeeds tries again
+        }
+        logSize[other] = 0
+        active = covered
+        stale = false
     }
 
     /// Starts the flusher thread: a pass `gatherMs` after something is
@@ -512,6 +645,10 @@ public final class SnapshotStore: @unchecked Sendable {
     /// rename and directory fsync each time). The log already keeps every
     /// record across an agent's crash; a machine crash may lose the last
     /// `gatherMs` (with the containers it describes, which die with it).
+    /// A pass that fails (a full disk) is tried again after twice the wait
+    /// of the last, up to `maxBackoffMs`; the first failure and then every
+    /// doubling of their count is reported, and the pass that succeeds
+    /// after them.
     public func startFlusher() {
         let start = lock.locked { () -> Bool in
             defer { flusherRunning = true }
@@ -520,12 +657,31 @@ public final class SnapshotStore: @unchecked Sendable {
         guard start else { return }
         Threads.detach { [self] in
             var seen: UInt64 = 0
+            var failures = 0
+            var waitMs = gatherMs
             while true {
                 let (work, stopping) = lock.locked { (!pending.isEmpty, flusherStopping) }
                 if work {
-                    // Let the batch gather (a stop cuts it short).
-                    _ = flusherStop.wait(milliseconds: gatherMs)
-                    flush()
+                    // Let the batch gather (a stop cuts it short), or wait
+                    // out the backoff after a failed pass.
+                    _ = flusherStop.wait(milliseconds: waitMs)
+                    do throws(SystemError) {
+                        try pass()
+                        if failures > 0 {
+                            report("snapshots: written again after \(failures) failed passes")
+                        }
+                        failures = 0
+                        waitMs = gatherMs
+                    } catch {
+                        failures += 1
+                        if failures & (failures - 1) == 0 {
+                            report("snapshots: \(unwritten) changed snapshots not written to their files "
+                                   + "(\(failures) failed passes, tried again within \(min(waitMs * 2, maxBackoffMs)) ms): \(error)")
+                        }
+                        waitMs = min(waitMs * 2, maxBackoffMs)
+                        // Stopping: that was the last try.
+                        if stopping { break }
+                    }
                     continue
                 }
                 if stopping { break }
@@ -535,7 +691,10 @@ public final class SnapshotStore: @unchecked Sendable {
         }
     }
 
-    /// Flushes what is left and stops the flusher thread.
+    /// Flushes what is left and stops the flusher thread. What a full disk
+    /// kept from its files is reported: the logs hold it where they could
+    /// take it, and the next start writes it; the rest, the next start
+    /// reads from the kernel.
     public func stopFlusher() {
         let running = lock.locked { () -> Bool in
             flusherStopping = true
@@ -544,6 +703,11 @@ public final class SnapshotStore: @unchecked Sendable {
         flusherStop.signal()
         wake.bump()
         if running { flusherDone.wait() } else { flush() }
+        let left = unwritten
+        if left > 0 {
+            report("snapshots: \(left) changed snapshots not written to their files at stop (the disk is full?); "
+                   + "the next start writes what the logs hold and reads the rest from the kernel")
+        }
     }
 
     /// `name`'s snapshot as `open` would leave it; nil when there is none

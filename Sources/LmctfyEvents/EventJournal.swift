@@ -10,7 +10,9 @@
 // a byte budget: the controller's fleet log), it becomes `previous` (the
 // older `previous` goes), so the disk keeps between `capacity` and 2 x
 // `capacity` events, and about `maxBytes` at most. A torn last record (the
-// agent killed mid-write) ends the reading.
+// agent killed mid-write) ends the reading; the journal cuts it off when it
+// opens, and an append a full disk cut short at once, so that the records
+// appended after it are read.
 import Glibc
 import LmctfyProto
 import LmctfySystem
@@ -44,11 +46,14 @@ final class EventJournal: @unchecked Sendable {
         if mkdir(directory, 0o700) != 0 && errno != EEXIST {
             throw SystemError("mkdir", directory, errno).lmctfy(.failedPrecondition, "Making the event journal directory")
         }
-        let current = Self.records(currentPath)
+        let (current, length) = Self.recordsAndLength(currentPath)
         count = current.count
-        bytes = current.reduce(0) { $0 + 4 + $1.count }
+        bytes = length
         opened = Self.records(previousPath) + current
         try open()
+        // A record cut short (a full disk, a machine crash) goes: the
+        // events appended after it would never be read.
+        _ = ftruncate(fd, off_t(bytes))
     }
 
     deinit {
@@ -93,7 +98,12 @@ final class EventJournal: @unchecked Sendable {
         let n = UInt32(body.count)
         let record = [UInt8(n >> 24), UInt8((n >> 16) & 0xff), UInt8((n >> 8) & 0xff), UInt8(n & 0xff)] + body
         let written = record.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
-        guard written == record.count else { return false }
+        guard written == record.count else {
+            // Cut short (a full disk): taken off, or it would end the
+            // reading before every event appended after it.
+            if written > 0 { _ = ftruncate(fd, off_t(bytes)) }
+            return false
+        }
         count += 1
         bytes += record.count
         return true
@@ -112,8 +122,12 @@ final class EventJournal: @unchecked Sendable {
     }
 
     /// The same, serialized (each record checked to decode).
-    static func records(_ path: String) -> [[UInt8]] {
-        guard let data = try? Sys.readBytes(path) else { return [] }
+    static func records(_ path: String) -> [[UInt8]] { recordsAndLength(path).records }
+
+    /// `records`, and how many bytes of the file they (and the whole
+    /// records passed over) take.
+    static func recordsAndLength(_ path: String) -> (records: [[UInt8]], length: Int) {
+        guard let data = try? Sys.readBytes(path) else { return ([], 0) }
         var out: [[UInt8]] = []
         var i = 0
         while i + 4 <= data.count {
@@ -128,6 +142,6 @@ final class EventJournal: @unchecked Sendable {
             out.append(body)
             i += 4 + n
         }
-        return out
+        return (out, i)
     }
 }

@@ -29,6 +29,9 @@ public struct SystemError: Error, Sendable, Equatable, CustomStringConvertible {
     public func lmctfy(_ code: StatusCode, _ context: String) -> LmctfyError {
         LmctfyError(code, "\(context): \(description)", errno: errno)
     }
+
+    /// The disk (or the caller's quota) is full: ENOSPC, EDQUOT.
+    public var isNoSpace: Bool { errno == ENOSPC || errno == EDQUOT }
 }
 
 /// The syscall wrappers: each reads errno at once, retries EINTR, and

@@ -1,0 +1,309 @@
+// A full state_dir (ENOSPC on a real tmpfs that a ballast file fills): the
+// snapshot store keeps what it cannot write and writes it when there is
+// room, never replays an older snapshot over a newer file, starts on a full
+// disk, and its flusher backs off and stops; the request journal refuses a
+// new call but lets a destroy through; the event journal cuts off a record
+// the disk cut short. Then the agent binary on a full state_dir: creates
+// refused with nothing made, destroys done, a stop that ends, a start that
+// serves.
+import Glibc
+import Lmctfy
+@testable import LmctfyAgent
+@testable import LmctfyEvents
+import LmctfyProto
+import LmctfyRPC
+import LmctfySystem
+import LmctfyTestSupport
+import Testing
+
+private func scratch(_ label: String) throws -> String {
+    let dir = "/tmp/lmctfy-full-\(label)-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+    try Sys.mkdir(dir, mode: 0o700)
+    return dir
+}
+
+private func snap(_ name: String, limit: Int64) -> ContainerSnapshot {
+    ContainerSnapshot(formatVersion: 1, name: name, spec: ContainerSpec(memory: MemorySpec(limit: limit)), createdNs: 1, bootId: "b")
+}
+
+private func limit(_ dir: String, _ name: String) -> Int64? {
+    SnapshotStore.decodeFile(dir + "/" + SnapshotStore.fileName(name))?.spec?.memory?.limit
+}
+
+/// Runs `body` with a full disk mounted at `<scratch>/disk`, unmounted and
+/// removed at the end.
+private func withFullDisk(_ label: String, kilobytes: Int = 256, _ body: (FullDisk) throws -> Void) throws {
+    let dir = try scratch(label)
+    defer { _ = removeTree(dir) }
+    let disk = try FullDisk(dir + "/disk", kilobytes: kilobytes)
+    defer { disk.unmount() }
+    try body(disk)
+}
+
+@Suite(.enabled(if: getuid() == 0, "mounting a tmpfs needs root"), .serialized)
+struct FullDiskStoreTests {
+    @Test func aFullDiskKeepsSnapshotChangesUntilItHasRoom() throws {
+        try withFullDisk("keep") { disk in
+            let dir = disk.path + "/snapshots"
+            let store = SnapshotStore(directory: dir)
+            try store.open()
+            try store.write(snap("/a", limit: 1 << 20))
+            #expect(store.flush() == 1)
+            try disk.fill()
+            #expect(throws: LmctfyError.self) { try store.write(snap("/a", limit: 2 << 20)) }
+            do {
+                try store.write(snap("/b", limit: 3 << 20))
+                Issue.record("a write to a full disk succeeded")
+            } catch let e as LmctfyError {
+                #expect(e.code == .resourceExhausted && e.message.contains("kept in memory"), "\(e)")
+            }
+            #expect(throws: SystemError.self) { try store.pass() }
+            #expect(store.unwritten == 2 && store.flushCosts.locked { $0.failed } == 1)
+            #expect(limit(dir, "/a") == 1 << 20, "the old file stands")
+            let files = try Sys.subdirectoriesAndFiles(dir)
+            #expect(!files.contains { $0.hasPrefix(".tmp-") }, "a failed pass leaves no temp file: \(files)")
+            disk.free()
+            #expect(store.flush() == 2)
+            #expect(limit(dir, "/a") == 2 << 20 && limit(dir, "/b") == 3 << 20)
+            // What a restarted agent sees.
+            let again = SnapshotStore(directory: dir)
+            try again.open()
+            #expect(again.loadAll().snapshots.mapValues { $0.spec?.memory?.limit } == ["/a": 2 << 20, "/b": 3 << 20])
+        }
+    }
+
+    /// A pass that failed leaves its records in the log it covered; the
+    /// next pass that succeeds writes newer ones from the other log. A
+    /// replay of those old records (an agent killed then) put the older
+    /// snapshot back over the newer file.
+    @Test func aPassThatFailedLeavesNoOlderSnapshotToReplay() throws {
+        try withFullDisk("stale") { disk in
+            let dir = disk.path + "/snapshots"
+            let store = SnapshotStore(directory: dir)
+            try store.open()
+            try store.write(snap("/x", limit: 1 << 20))  // in log.a, which has room
+            try disk.fill()
+            #expect(throws: SystemError.self) { try store.pass() }
+            disk.free()
+            try store.write(snap("/x", limit: 2 << 20))  // in log.b
+            #expect(store.flush() == 1)
+            #expect(limit(dir, "/x") == 2 << 20)
+            // The agent killed now: the next start replays the logs.
+            let restarted = SnapshotStore(directory: dir)
+            try restarted.open()
+            #expect(limit(dir, "/x") == 2 << 20, "the replay put an older snapshot back")
+            #expect(restarted.load("/x")?.spec?.memory?.limit == 2 << 20)
+        }
+    }
+
+    /// A start on a full disk keeps what the logs hold instead of failing
+    /// (the agent would not start): readable at once, written once there
+    /// is room; a record the disk cut short is cut off, so what is appended
+    /// after it is read by the next start.
+    @Test func aStartOnAFullDiskKeepsWhatTheLogsHold() throws {
+        try withFullDisk("start") { disk in
+            let dir = disk.path + "/snapshots"
+            let first = SnapshotStore(directory: dir)
+            try first.open()
+            try first.write(snap("/a", limit: 1 << 20))
+            try first.write(snap("/b", limit: 2 << 20))
+            try first.remove("/b")
+            try first.write(snap("/c", limit: 3 << 20))
+            // The agent killed: the logs hold it all, no file yet. A torn
+            // record at the end of log.a, as a full disk leaves one.
+            let fd = open(dir + "/log.a", O_WRONLY | O_APPEND)
+            let torn: [UInt8] = [0, 0, 1, 0, 7, 7, 7]
+            #expect(fd >= 0 && write(fd, torn, torn.count) == torn.count)
+            close(fd)
+            try disk.fill()
+            var reports: [String] = []
+            let said = Mutexed<[String]>([])
+            let second = SnapshotStore(directory: dir, report: { line in said.locked { $0.append(line) } })
+            try second.open()
+            reports = said.locked { $0 }
+            #expect(reports.count == 1 && reports[0].contains("could not be written to their files at start"), "\(reports)")
+            #expect(second.loadAll().snapshots.mapValues { $0.spec?.memory?.limit } == ["/a": 1 << 20, "/c": 3 << 20])
+            disk.free()
+            try second.write(snap("/d", limit: 4 << 20))
+            // Killed again before any pass: the next start reads /d too.
+            let third = SnapshotStore(directory: dir)
+            #expect(third.loadAll().snapshots.mapValues { $0.spec?.memory?.limit } == ["/a": 1 << 20, "/c": 3 << 20, "/d": 4 << 20])
+            // Or the pass runs: the files, and logs that replay nothing older.
+            #expect(second.flush() == 3)
+            #expect(limit(dir, "/a") == 1 << 20 && limit(dir, "/b") == nil && limit(dir, "/c") == 3 << 20 && limit(dir, "/d") == 4 << 20)
+            try second.write(snap("/a", limit: 5 << 20))
+            #expect(second.flush() == 1)
+            try third.open()
+            #expect(third.loadAll().snapshots.mapValues { $0.spec?.memory?.limit } == ["/a": 5 << 20, "/c": 3 << 20, "/d": 4 << 20])
+        }
+    }
+
+    /// The flusher on a full disk: it tries again after twice the wait of
+    /// the last try (it retried every 100 ms, and without any wait once
+    /// stopping: the agent's stop never ended, at 65 % of a CPU), its stop
+    /// ends, and it says what it could not write.
+    @Test func theFlusherBacksOffAndItsStopEnds() throws {
+        try withFullDisk("flusher") { disk in
+            let said = Mutexed<[String]>([])
+            let store = SnapshotStore(directory: disk.path + "/snapshots", gatherMs: 20, maxBackoffMs: 400,
+                                      report: { line in said.locked { $0.append(line) } })
+            try store.open()
+            store.startFlusher()
+            try disk.fill()
+            #expect(throws: LmctfyError.self) { try store.write(snap("/a", limit: 1 << 20)) }
+            usleep(1_000_000)
+            // Waits of 20, 40, 80, 160, 320, 400 ms: about 5 passes in the
+            // second; without the backoff, about 50.
+            let failed = store.flushCosts.locked { $0.failed }
+            #expect(failed >= 1 && failed <= 8, "\(failed) failed passes in a second")
+            let stopped = Latch()
+            Threads.detach {
+                store.stopFlusher()
+                stopped.signal()
+            }
+            #expect(stopped.wait(milliseconds: 10_000), "stopFlusher did not return on a full disk")
+            let lines = said.locked { $0 }
+            #expect(lines.first?.contains("1 changed snapshots not written to their files") == true, "\(lines)")
+            #expect(lines.last?.contains("not written to their files at stop") == true, "\(lines)")
+        }
+    }
+}
+
+@Suite(.enabled(if: getuid() == 0, "mounting a tmpfs needs root"), .serialized)
+struct FullDiskJournalTests {
+    /// A new call's entry cannot be written: refused (its work would be
+    /// done twice by a retry after a lost answer), except a destroy, which
+    /// makes room; its id stays claimed until it finishes.
+    @Test func onlyADestroyGoesOnUnrecorded() throws {
+        try withFullDisk("requests") { disk in
+            let said = Mutexed<[String]>([])
+            let journal = RequestJournal(directory: disk.path + "/requests", bootId: "b",
+                                         report: { line in said.locked { $0.append(line) } })
+            try journal.open()
+            try disk.fill()
+            do {
+                _ = try journal.begin(id: "create-1", method: "Create", payload: [1])
+                Issue.record("a new entry was written to a full disk")
+            } catch let e as LmctfyError {
+                #expect(e.code == .resourceExhausted && e.message.contains("destroy, killall, pause and resume still work"), "\(e)")
+            }
+            let mode = try journal.begin(id: "destroy-1", method: "Destroy", payload: [2], evenWhenFull: true)
+            guard case .unrecorded = mode else {
+                Issue.record("\(mode)")
+                return
+            }
+            #expect(said.locked { $0 }.first?.contains("Destroy with request_id destroy-1 goes on unrecorded") == true)
+            disk.free()  // the destroy made room
+            #expect(journal.finish(id: "destroy-1", method: "Destroy", payload: [2], status: .ok, response: []) == nil)
+            guard case .replay(let status, _) = try journal.begin(id: "destroy-1", method: "Destroy", payload: [2]) else {
+                Issue.record("the finished destroy is not replayed")
+                return
+            }
+            #expect(status.code == .ok)
+        }
+    }
+
+    /// An append the disk cut short is taken off, and a torn record left
+    /// by an earlier life is cut off when the journal opens: the events
+    /// appended after either are read back.
+    @Test func theEventJournalCutsOffWhatTheDiskCutShort() throws {
+        try withFullDisk("events") { disk in
+            let dir = disk.path + "/events"
+            let journal = try EventJournal(directory: dir, capacity: 100)
+            #expect(journal.append(ContainerEvent(sequence: 1, container: "/a")))
+            try disk.fill()
+            // Larger than any slack its last page has: cut short, or refused.
+            #expect(!journal.append(ContainerEvent(sequence: 2, container: "/a", reason: String(repeating: "r", count: 6000))))
+            disk.free()
+            #expect(journal.append(ContainerEvent(sequence: 3, container: "/a")))
+            #expect(try EventJournal(directory: dir, capacity: 100).stored().map(\.sequence) == [1, 3])
+            // A torn record (an earlier life's) at the end of `current`.
+            let fd = open(dir + "/current", O_WRONLY | O_APPEND)
+            let torn: [UInt8] = [0, 0, 0, 9, 8]  // 9 bytes said, 1 there
+            #expect(fd >= 0 && write(fd, torn, torn.count) == torn.count)
+            close(fd)
+            let reopened = try EventJournal(directory: dir, capacity: 100)
+            #expect(reopened.append(ContainerEvent(sequence: 4, container: "/a")))
+            #expect(try EventJournal(directory: dir, capacity: 100).stored().map(\.sequence) == [1, 3, 4])
+        }
+    }
+}
+
+/// The agent binary with its state_dir on a disk that fills up.
+@Suite(.enabled(if: RealCgroups.available, "\(RealCgroups.unavailableReason ?? "")"), .serialized)
+struct FullDiskAgentTests {
+    @Test func theAgentOnAFullDiskRefusesCreatesDestroysStopsAndStarts() throws {
+        let api = try ContainerApi.detect()
+        let root = RealCgroups.uniqueName("fulldisk")
+        let rootName = try ContainerName.resolve(root, relativeTo: .root)
+        _ = try api.create(rootName, spec: ContainerSpec(memory: MemorySpec(limit: 1 << 30)))
+        defer { _ = try? TestProcess.capture([builtTool("lmctfy"), "destroy", "-f", root]) }
+        let dir = try scratch("agent")
+        defer { _ = removeTree(dir) }
+        try Sys.chmod(dir, 0o755)
+        let disk = try FullDisk(dir + "/state", kilobytes: 512)
+        defer { disk.unmount() }
+        try Sys.createFile(dir + "/agent.conf", """
+            unix_socket_path: "\(dir)/agent.sock" unix_socket_mode: 0666 log_level: LOG_ERROR
+            state_dir: "\(dir)/state" root_container: "\(root)" stats_interval_ms: 0
+            """)
+        var agent = try AgentProcess(reusing: dir)
+        var running = true
+        defer { if running { TestProcess.end(agent.pid) } }
+        let exists = { (path: String) -> Bool in
+            (try? api.exists(try ContainerName.resolve(root + path, relativeTo: .root))) == true
+        }
+        var client = try RpcClient.connect(unixPath: agent.socket)
+        for name in ["/a", "/b"] {
+            _ = try client.call(AgentMethods.create, CreateRequest(name: name, spec: ContainerSpec(memory: MemorySpec(limit: 32 << 20)),
+                                                                   requestId: "create-\(name.dropFirst())"))
+        }
+        try disk.fill()
+        // A create: refused, clearly, and nothing made.
+        do {
+            _ = try client.call(AgentMethods.create, CreateRequest(name: "/c", spec: ContainerSpec(memory: MemorySpec(limit: 32 << 20)),
+                                                                   requestId: "create-c"))
+            Issue.record("a create with a request_id succeeded on a full disk")
+        } catch {
+            #expect(error.code == .resourceExhausted && error.message.contains("the disk is full"), "\(error)")
+        }
+        #expect(!exists("/c"), "a refused create left its container")
+        // A destroy makes room: done, full disk or not.
+        _ = try client.call(AgentMethods.destroy, DestroyRequest(name: "/a", requestId: "destroy-a"))
+        #expect(!exists("/a"))
+        // A change whose snapshot the disk cannot take: done, its snapshot
+        // kept in memory.
+        try disk.fill()
+        _ = try client.call(AgentMethods.pause, PauseRequest(name: "/b", requestId: "pause-b"))
+        client.close()
+        // Its stop ends (it never did: the snapshot flusher retried forever).
+        kill(agent.pid, SIGTERM)
+        var status: LmctfySystem.ExitStatus?
+        for _ in 0..<1000 where status == nil {
+            status = TestProcess.reapIfExited(agent.pid)
+            if status == nil { usleep(10_000) }
+        }
+        running = status == nil
+        try #require(status == .exited(0), "the agent did not stop on a full disk within 10 s: \(String(describing: status))")
+        // It starts on the full disk (it exited 3: "Settling the snapshots"), and serves.
+        agent = try AgentProcess(reusing: dir)
+        running = true
+        client = try RpcClient.connect(unixPath: agent.socket)
+        defer { client.close() }
+        let listed = try client.call(AgentMethods.listContainers, ListContainersRequest(name: "/", recursive: true)).names
+        #expect(listed == ["/b"], "\(listed)")
+        _ = try client.call(AgentMethods.resume, ResumeRequest(name: "/b", requestId: "resume-b"))
+        // Room again: what it kept is written, and it takes creates.
+        disk.free()
+        _ = try client.call(AgentMethods.create, CreateRequest(name: "/d", spec: ContainerSpec(memory: MemorySpec(limit: 32 << 20)),
+                                                               requestId: "create-d"))
+        #expect(exists("/d"))
+        var files: [String] = []
+        for _ in 0..<500 {
+            files = (try? Sys.subdirectoriesAndFiles(dir + "/state/snapshots"))?.filter { $0.hasPrefix("%") }.sorted() ?? []
+            if files == ["%2Fb", "%2Fd"] { break }
+            usleep(20_000)
+        }
+        #expect(files == ["%2Fb", "%2Fd"], "snapshot files once there is room")
+    }
+}

@@ -1,0 +1,49 @@
+// A disk that fills up, for real: a small tmpfs mounted on a directory of
+// the test's own, and a ballast file that takes every page left, so that
+// what writes there meets ENOSPC as it would on a full /var/lib. Root only
+// (mount); unmounted (lazily) by `unmount`, which every test calls in a defer.
+import Glibc
+import LmctfySystem
+
+public final class FullDisk {
+    public let path: String
+    private var ballast: [String] = []
+
+    /// Mounts a tmpfs of `kilobytes` (mode 0700) on `path` (made if absent).
+    public init(_ path: String, kilobytes: Int = 256) throws {
+        self.path = path
+        if !Sys.isDirectory(path) { try Sys.mkdir(path, mode: 0o700) }
+        try Sys.mount(source: "none", target: path, type: "tmpfs", data: "size=\(kilobytes)k,mode=0700")
+    }
+
+    /// Takes every page left: whole pages while they fit, then single
+    /// bytes (a file's last page). A file written after this gets ENOSPC at
+    /// once; one appended to may still fill the rest of its last page.
+    public func fill() throws {
+        let file = path + "/.ballast-\(ballast.count)"
+        let fd = open(file, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw SystemError("open", file, errno) }
+        defer { close(fd) }
+        ballast.append(file)
+        let page = [UInt8](repeating: 0x42, count: 4096)
+        for size in [page.count, 1] {
+            while page.withUnsafeBytes({ write(fd, $0.baseAddress, size) }) == size {}
+            guard errno == ENOSPC else { throw SystemError("write", file, errno) }
+        }
+    }
+
+    /// Gives the pages back.
+    public func free() {
+        for f in ballast { _ = unlink(f) }
+        ballast = []
+    }
+
+    /// Bytes free on it now (statvfs).
+    public var available: Int {
+        var s = statvfs()
+        guard statvfs(path, &s) == 0 else { return -1 }
+        return Int(s.f_bavail) * Int(s.f_bsize)
+    }
+
+    public func unmount() { _ = umount2(path, Int32(MNT_DETACH)) }
+}
