@@ -9,6 +9,7 @@ X(int, archive_read_open_fd, (struct archive *a, int fd, size_t block), (a, fd, 
 X(int, archive_read_next_header, (struct archive *a, struct archive_entry **e), (a, e))
 X(la_ssize_t, archive_read_data, (struct archive *a, void *buf, size_t n), (a, buf, n))
 X(const char *, archive_error_string, (struct archive *a), (a))
+X(int, archive_errno, (struct archive *a), (a))
 X(int, archive_format, (struct archive *a), (a))
 X(struct archive *, archive_write_disk_new, (void), ())
 X(int, archive_write_disk_set_options, (struct archive *a, int flags), (a, flags))

@@ -161,7 +161,7 @@ public final class ImageService: Sendable {
                     defer { close(fd) }
                     try Sys.writeAll(fd, data)
                 } catch {
-                    throw error.lmctfy(.failedPrecondition, "Cannot store the upload")
+                    throw error.lmctfy(error.isNoSpace ? .resourceExhausted : .failedPrecondition, "Cannot store the upload")
                 }
                 transfer.size += UInt64(data.count)
             }

@@ -359,6 +359,15 @@ public struct ImageStore: ImageBackend {
         return what
     }
 
+    /// A write of `a` that failed: RESOURCE_EXHAUSTED when the disk is
+    /// full (libarchive says only "Write failed": its errno says why),
+    /// otherwise `code`.
+    private static func writeFailure(_ a: OpaquePointer?, _ what: String, _ code: StatusCode = .failedPrecondition) -> LmctfyError {
+        let e = a.map { lm_archive_errno($0) } ?? 0
+        let message = archiveError(a, what) + (e > 0 ? " (\(String(cString: strerror(e))))" : "")
+        return LmctfyError(e == ENOSPC || e == EDQUOT ? .resourceExhausted : code, message, errno: e > 0 ? e : nil)
+    }
+
     /// Reads the archive open at `fd` (`shown` names it in errors) and
     /// writes it below the working directory; `progress` hears the entries
     /// and bytes unpacked so far after each entry.
@@ -423,7 +432,7 @@ public struct ImageStore: ImageBackend {
 
             let w = lm_archive_write_header(writer, entry)
             guard w >= ARCHIVE_WARN else {
-                throw .invalidArgument(archiveError(writer, "Cannot unpack \"\(raw)\""))
+                throw writeFailure(writer, "Cannot unpack \"\(raw)\"", .invalidArgument)
             }
             if kind == .regular && lm_archive_entry_size(entry) > 0 {
                 while true {
@@ -432,13 +441,13 @@ public struct ImageStore: ImageBackend {
                     guard n > 0 else { throw .invalidArgument(archiveError(reader, "Cannot read \"\(raw)\" from the archive")) }
                     let written = buffer.withUnsafeBytes { lm_archive_write_data(writer, $0.baseAddress, n) }
                     guard written == n else {
-                        throw .failedPrecondition(archiveError(writer, "Cannot write \"\(raw)\""))
+                        throw writeFailure(writer, "Cannot write \"\(raw)\"")
                     }
                     bytes += UInt64(n)
                 }
             }
             guard lm_archive_write_finish_entry(writer) >= ARCHIVE_WARN else {
-                throw .failedPrecondition(archiveError(writer, "Cannot finish \"\(raw)\""))
+                throw writeFailure(writer, "Cannot finish \"\(raw)\"")
             }
             entries += 1
             progress(entries, bytes)
@@ -446,7 +455,7 @@ public struct ImageStore: ImageBackend {
         try policy.finish()
         // Directory modes and times are set here, still in this thread's directory.
         guard lm_archive_write_close(writer) == ARCHIVE_OK else {
-            throw .failedPrecondition(archiveError(writer, "Cannot finish unpacking \(shown)"))
+            throw writeFailure(writer, "Cannot finish unpacking \(shown)")
         }
         return (entries, bytes)
     }
@@ -557,7 +566,7 @@ public struct ImageStore: ImageBackend {
         case .xz: lm_archive_write_add_filter_xz(writer)
         }
         guard lm_archive_write_open_filename(writer, path) == ARCHIVE_OK else {
-            throw .failedPrecondition(archiveError(writer, "Cannot create \"\(path)\""))
+            throw writeFailure(writer, "Cannot create \"\(path)\"")
         }
         guard let disk = lm_archive_read_disk_new() else { throw .internalError("lm_archive_read_disk_new failed") }
         defer { lm_archive_read_free(disk) }
@@ -588,7 +597,7 @@ public struct ImageStore: ImageBackend {
                 guard let e else { continue }
                 defer { lm_archive_entry_free(e) }
                 guard lm_archive_write_header(writer, e) >= ARCHIVE_WARN else {
-                    throw .failedPrecondition(archiveError(writer, "Cannot write the header of \(rel)"))
+                    throw writeFailure(writer, "Cannot write the header of \(rel)")
                 }
                 guard lm_archive_entry_filetype(e) & S_IFMT == S_IFREG, lm_archive_entry_size(e) > 0,
                       let source = lm_archive_entry_sourcepath(e) else { continue }
@@ -610,7 +619,7 @@ public struct ImageStore: ImageBackend {
                     }
                     guard !chunk.isEmpty else { throw .failedPrecondition("Cannot read \(sourcePath) (it shrank while exporting)") }
                     guard chunk.withUnsafeBytes({ lm_archive_write_data(writer, $0.baseAddress, $0.count) }) == chunk.count else {
-                        throw .failedPrecondition(archiveError(writer, "Cannot write \(rel)"))
+                        throw writeFailure(writer, "Cannot write \(rel)")
                     }
                     left -= Int64(chunk.count)
                 }
@@ -646,7 +655,7 @@ public struct ImageStore: ImageBackend {
             entry = nil
         }
         guard lm_archive_write_close(writer) == ARCHIVE_OK else {
-            throw .failedPrecondition(archiveError(writer, "Cannot finish \"\(path)\""))
+            throw writeFailure(writer, "Cannot finish \"\(path)\"")
         }
     }
 }

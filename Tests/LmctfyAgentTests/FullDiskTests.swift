@@ -10,6 +10,7 @@ import Glibc
 import Lmctfy
 @testable import LmctfyAgent
 @testable import LmctfyEvents
+import LmctfyImages
 import LmctfyProto
 import LmctfyRPC
 import LmctfySystem
@@ -225,6 +226,36 @@ struct FullDiskJournalTests {
             let reopened = try EventJournal(directory: dir, capacity: 100)
             #expect(reopened.append(ContainerEvent(sequence: 4, container: "/a")))
             #expect(try EventJournal(directory: dir, capacity: 100).stored().map(\.sequence) == [1, 3, 4])
+        }
+    }
+}
+
+@Suite(.enabled(if: getuid() == 0, "mounting a tmpfs needs root"), .serialized)
+struct FullDiskImageTests {
+    /// An import whose rootfs does not fit: RESOURCE_EXHAUSTED naming the
+    /// cause (libarchive says only "Write failed"; it was FAILED_PRECONDITION),
+    /// and nothing of it left in the store; one that fits, afterwards.
+    @Test func anImportThatDoesNotFitLeavesNothing() throws {
+        try withFullDisk("images", kilobytes: 512) { disk in
+            let archive = disk.path + "/../big.tar"
+            var t = TarBuilder()
+            t.add("bin/", .directory, mode: 0o755)
+            t.add("bin/big", .file, mode: 0o755, content: [UInt8](repeating: 7, count: 600 << 10))
+            try Sys.writeFileAtomically(archive, t.archive, durable: false)
+            let store = ImageStore(root: disk.path + "/images")
+            do {
+                _ = try store.importImage(archive, as: "big")
+                Issue.record("600 KiB were unpacked into 512")
+            } catch let e as LmctfyError {
+                #expect(e.code == .resourceExhausted && e.message.contains("No space left on device"), "\(e)")
+            }
+            #expect(try store.listImages().isEmpty)
+            #expect(disk.available >= 500 << 10, "what the failed import wrote is gone: \(disk.available) bytes free")
+            var small = TarBuilder()
+            small.add("etc/", .directory, mode: 0o755)
+            small.add("etc/hostname", .file, content: Array("x\n".utf8))
+            try Sys.writeFileAtomically(archive, small.archive, durable: false)
+            #expect(try store.importImage(archive, as: "small").name == "small")
         }
     }
 }

@@ -27,6 +27,7 @@ int lm_archive_read_open_fd(struct archive *a, int fd, size_t block);
 int lm_archive_read_next_header(struct archive *a, struct archive_entry **e);
 la_ssize_t lm_archive_read_data(struct archive *a, void *buf, size_t n);
 const char *lm_archive_error_string(struct archive *a);
+int lm_archive_errno(struct archive *a);
 int lm_archive_format(struct archive *a);
 struct archive *lm_archive_write_disk_new(void);
 int lm_archive_write_disk_set_options(struct archive *a, int flags);
