@@ -246,8 +246,8 @@ public final class EventLog: Sendable {
     }
 
     /// Moves the reservation a block past `next` (false if it cannot be
-    /// written: the numbers then stay within the old bound's promise as
-    /// long as the process lives, and the next append tries again).
+    /// written: the next append tries again, half a block before the
+    /// numbers could pass the old bound).
     @discardableResult
     private static func reserve(_ s: inout State) -> Bool {
         guard let r = s.reservation else { return true }
@@ -274,9 +274,10 @@ public final class EventLog: Sendable {
             e.sequence = s.next
             if e.timestampNs == nil { e.timestampNs = WallClock.nanosecondsSinceEpoch() }
             s.next += 1
-            // Moved before the next number reaches the bound: every number
-            // handed out stays below the bound on disk.
-            if let r = s.reservation, s.next >= r.through { Self.reserve(&s) }
+            // Moved once half the block is used, so that a write that
+            // fails (a full disk) is tried again at every append for half a
+            // block before a number could reach the bound on disk.
+            if let r = s.reservation, s.next + Self.reservationBlock / 2 >= r.through { Self.reserve(&s) }
             s.kindCounts[e.kind ?? .containerEventUnspecified, default: 0] += 1
             if e.kind == .containerEventOom, let c = e.container { s.ooms[c, default: 0] += 1 }
             if e.kind == .containerEventStats {

@@ -204,6 +204,26 @@ struct FullDiskJournalTests {
         }
     }
 
+    /// The fleet log's sequence reservation moves half a block early, so a
+    /// disk that is full when the numbers come near the bound has half a
+    /// block of appends to get room back (it moved only at the bound: one
+    /// failed write there and every later number passed the bound on
+    /// disk, to be given again after a restart).
+    @Test func theSequenceReservationMovesBeforeTheBound() throws {
+        try withFullDisk("sequence") { disk in
+            let path = disk.path + "/sequence"
+            let log = EventLog(capacity: 16, bootId: "b")
+            try log.reserveSequences(path: path)
+            let half = EventLog.reservationBlock / 2
+            for _ in 0..<(half + 10) { _ = log.recordStats(container: "/c", ContainerStats()) }
+            try disk.fill()
+            var last: UInt64 = 0
+            for _ in 0..<(half + 10) { last = log.recordStats(container: "/c", ContainerStats()).sequence ?? 0 }
+            let bound = UInt64(try Sys.readFile(path).trimmingWhitespace) ?? 0
+            #expect(last < bound, "number \(last) was given past the bound on disk, \(bound)")
+        }
+    }
+
     /// An append the disk cut short is taken off, and a torn record left
     /// by an earlier life is cut off when the journal opens: the events
     /// appended after either are read back.
