@@ -496,6 +496,13 @@ public final class Agent: @unchecked Sendable {
                 port = l.port
                 listeners.append(l)
             }
+            for l in listeners {
+                l.onAcceptError = { [unowned self] e in
+                    self.metrics.connectionRefused()
+                    if let more = self.peerFaults.take() { self.log.warning("\(e.acceptFailure)\(more)") }
+                }
+                l.onNearFileLimit = { [unowned self] line in self.log.warning("\(line)") }
+            }
             ticker = try LoopTimer.repeating(on: loop, every: .milliseconds(100)) { [unowned self] _ in self.tick() }
             if settings.controller != nil { dialHome() }
             if settings.reconcileIntervalMs > 0 {

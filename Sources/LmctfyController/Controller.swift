@@ -140,6 +140,10 @@ public final class Controller: @unchecked Sendable {
     }
 
     public func start(handleSignals: Bool = true) throws(LmctfyError) {
+        // A descriptor per agent: a fleet of thousands needs more than the
+        // usual soft limit of 1,024 (it was never raised: past ~1,000 hosts
+        // new links were closed at once, silently).
+        Sys.raiseFileLimit()
         do { try loop.start() } catch { throw error.lmctfy("Starting the event loop") }
         let result: Result<(UInt16, UInt16?), LmctfyError>
         do {
@@ -204,6 +208,13 @@ public final class Controller: @unchecked Sendable {
                 }
                 enrollPort = l.port
                 listeners.append(l)
+            }
+            for l in listeners {
+                l.onAcceptError = { [unowned self] e in
+                    self.metrics.connectionsRefused += 1
+                    if let more = self.peerFaults.take() { self.logger.warning("\(e.acceptFailure)\(more)") }
+                }
+                l.onNearFileLimit = { [unowned self] line in self.logger.warning("\(line)") }
             }
             ticker = try LoopTimer.repeating(on: loop, every: .milliseconds(100)) { [unowned self] _ in self.tick() }
             if handleSignals {

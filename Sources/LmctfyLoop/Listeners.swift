@@ -23,6 +23,19 @@ public class Listener: LoopHandle, @unchecked Sendable {
         set { loop.assertInLoop(); _onAcceptError = newValue }
     }
 
+    /// An accepted connection's descriptor is at 90 % of the open file
+    /// limit (RLIMIT_NOFILE, read when the listener was made): the line to
+    /// log, at most once a minute. At the limit libuv closes each new
+    /// connection at once, saying nothing (its EMFILE trick), so this is
+    /// the warning an operator gets.
+    public var onNearFileLimit: ((String) -> Void)? {
+        get { loop.assertInLoop(); return _onNearFileLimit }
+        set { loop.assertInLoop(); _onNearFileLimit = newValue }
+    }
+    private var _onNearFileLimit: ((String) -> Void)?
+    private let fileLimit = Sys.fileLimit
+    private var warnedAtMs: UInt64?
+
     init(loop: EventLoop, transport: Connection.Transport, onAccept: @escaping (Connection) -> Void) throws(LoopError) {
         self.transport = transport
         self.onAccept = onAccept
@@ -66,12 +79,21 @@ public class Listener: LoopHandle, @unchecked Sendable {
             _onAcceptError?(error)
             return
         }
+        let fd = connection.socketFd
+        if fd >= 0, fileLimit > 0, UInt64(fd) >= fileLimit / 10 * 9, let warn = _onNearFileLimit {
+            let now = MonotonicClock.milliseconds()
+            if warnedAtMs.map({ now - $0 >= 60_000 }) ?? true {
+                warnedAtMs = now
+                warn("descriptor \(fd) of an open file limit of \(fileLimit) (RLIMIT_NOFILE): at the limit, new connections are closed at once and files cannot be opened")
+            }
+        }
         onAccept?(connection)
     }
 
     override func didClose() {
         onAccept = nil
         _onAcceptError = nil
+        _onNearFileLimit = nil
     }
 }
 
@@ -202,5 +224,20 @@ public final class UnixListener: Listener, @unchecked Sendable {
         if let identity, (try? Sys.fileIdentity(path)) == identity {
             try? Sys.unlink(path)
         }
+    }
+}
+
+extension LoopError {
+    /// A daemon's log line for an accept that failed (`onAcceptError`):
+    /// at the open file limit libuv closes the pending connection at once
+    /// (its peer sees the connection closed, nothing else), so the log is
+    /// where an operator learns why.
+    public var acceptFailure: String {
+        let why = switch code {
+        case UV_EMFILE.rawValue: " (this process's open file limit, RLIMIT_NOFILE \(Sys.fileLimit)): new connections are closed until descriptors are free"
+        case UV_ENFILE.rawValue: " (the system's open file limit): new connections are closed until descriptors are free"
+        default: ""
+        }
+        return "cannot accept a connection: \(self)\(why)"
     }
 }

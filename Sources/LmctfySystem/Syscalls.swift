@@ -465,6 +465,12 @@ public enum Sys {
     /// The parent's pid (1, or a subreaper, once the parent is gone).
     public static func getppid() -> pid_t { Glibc.getppid() }
 
+    /// The soft limit on open descriptors in force (RLIMIT_NOFILE).
+    public static var fileLimit: UInt64 {
+        var r = rlimit()
+        return getrlimit(Int32(RLIMIT_NOFILE.rawValue), &r) == 0 ? UInt64(r.rlim_cur) : 0
+    }
+
     /// Raises the soft limit on open descriptors to the hard limit (a
     /// process that keeps a few files open per container needs thousands);
     /// returns the soft limit in force afterwards.
