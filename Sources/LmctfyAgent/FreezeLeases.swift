@@ -86,7 +86,7 @@ public final class FreezeLeases: Sendable {
     /// `release`s it if its freeze fails).
     func hold(_ path: String, name: String, ms: UInt32, now: UInt64 = MonotonicClock.milliseconds()) throws(LmctfyError) {
         var other: Lease?
-        try change { h in
+        try change(mustKeep: true) { h in
             if let held = h[path] {
                 other = held
                 return
@@ -155,9 +155,12 @@ public final class FreezeLeases: Sendable {
     /// When the next lease runs out, if any.
     var nextDeadline: UInt64? { held.locked { $0.values.map(\.deadline).min() } }
 
-    /// Applies `body` and writes the list; on a failed write the list is
-    /// put back as it was.
-    private func change(_ body: (inout [String: Lease]) -> Void) throws(LmctfyError) {
+    /// Applies `body` and writes the list. On a failed write (a full disk)
+    /// a new lease (`mustKeep`) is put back as it was, and refused; a lease
+    /// ended (a release, an expiry) stays ended in memory, where it is
+    /// acted on: kept, it thawed a container an operator had frozen since
+    /// (the file says so again at the next write that succeeds).
+    private func change(mustKeep: Bool = false, _ body: (inout [String: Lease]) -> Void) throws(LmctfyError) {
         // (`body` may run a thaw: the lock is held across it on purpose.)
         try held.locked { (h: inout [String: Lease]) throws(LmctfyError) in
             let before = h
@@ -167,15 +170,15 @@ public final class FreezeLeases: Sendable {
             for (path, lease) in h.sorted(by: { $0.key < $1.key }) {
                 text += "\(lease.deadline)\t\(lease.identity.map(String.init) ?? "-")\t\(path)\t\(lease.name)\n"
             }
-            do {
+            do throws(SystemError) {
                 if h.isEmpty {
                     if Sys.exists(file) { try Sys.unlink(file) }
                 } else {
                     try Sys.writeFileAtomically(file, Array(text.utf8), durable: false)
                 }
             } catch {
-                h = before
-                throw LmctfyError(.internal, "keeping the freeze leases in \(file): \(error)")
+                if mustKeep { h = before }
+                throw LmctfyError(error.isNoSpace ? .resourceExhausted : .internal, "keeping the freeze leases in \(file): \(error)")
             }
         }
     }

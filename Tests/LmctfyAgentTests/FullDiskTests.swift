@@ -224,6 +224,37 @@ struct FullDiskJournalTests {
         }
     }
 
+    /// A freeze lease the disk cannot keep is refused (a restarted agent
+    /// would never thaw its container), but one ended stays ended: kept in
+    /// memory when its file could not be rewritten, it thawed at its
+    /// deadline a container an operator had frozen since, and an expiry
+    /// that could not be written thawed again every second.
+    @Test func freezeLeasesEndedOnAFullDiskStayEnded() throws {
+        try withFullDisk("leases") { disk in
+            let leases = FreezeLeases(file: disk.path + "/freeze-leases", bootId: "b")
+            try leases.hold("/r/a", name: "/a", ms: 100, now: 1000)
+            try leases.hold("/r/b", name: "/b", ms: 100, now: 1000)
+            try disk.fill()
+            do {
+                try leases.hold("/r/c", name: "/c", ms: 100, now: 1000)
+                Issue.record("a lease the disk could not keep was taken")
+            } catch let e as LmctfyError {
+                #expect(e.code == .resourceExhausted, "\(e)")
+            }
+            #expect(leases.lease("/r/c") == nil)
+            leases.release(["/r/a"])
+            #expect(leases.lease("/r/a") == nil, "a released lease is held still")
+            let b = try #require(leases.lease("/r/b"))
+            var thaws = 0
+            #expect(leases.expire("/r/b", b) { thaws += 1; return true })
+            #expect(leases.due(now: 10_000_000).isEmpty && thaws == 1, "an expired lease is due again")
+            disk.free()
+            // The file is right again at the next write.
+            try leases.hold("/r/d", name: "/d", ms: 100, now: 1000)
+            #expect(FreezeLeases(file: disk.path + "/freeze-leases", bootId: "b").held(under: "/") == ["/r/d"])
+        }
+    }
+
     /// An append the disk cut short is taken off, and a torn record left
     /// by an earlier life is cut off when the journal opens: the events
     /// appended after either are read back.
