@@ -48,8 +48,22 @@ struct FileHostStore: HostStore {
         let fd = Glibc.open(bindingsPath, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o600)
         guard fd >= 0 else { throw SystemError("open", bindingsPath, errno).lmctfy(.internal, "Keeping the host binding") }
         defer { Glibc.close(fd) }
-        do { try Sys.writeAll(fd, Array("\(name) \(keyId)\n".utf8)) } catch {
-            throw error.lmctfy(.internal, "Keeping the host binding")
+        let end = lseek(fd, 0, SEEK_END)
+        // A torn last line (a crash mid-append) is ended first, so that this
+        // one does not join it.
+        var last: UInt8 = 0x0a
+        if end > 0 {
+            let r = Glibc.open(bindingsPath, O_RDONLY | O_CLOEXEC)
+            if r >= 0 {
+                _ = pread(r, &last, 1, end - 1)
+                Glibc.close(r)
+            }
+        }
+        do { try Sys.writeAll(fd, Array(((last == 0x0a ? "" : "\n") + "\(name) \(keyId)\n").utf8)) } catch {
+            // A line a full disk cut short is taken off: the next binding
+            // appended after it would have joined it, and been lost.
+            if end >= 0 { _ = ftruncate(fd, end) }
+            throw error.lmctfy(error.isNoSpace ? .resourceExhausted : .internal, "Keeping the host binding")
         }
     }
 

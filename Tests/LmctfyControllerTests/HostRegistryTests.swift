@@ -30,6 +30,45 @@ import Testing
         #expect(third.hosts.count == 1)
     }
 
+    /// A binding appended after a torn line (a crash mid-append, or an
+    /// append a full disk cut short) joined it, and both were lost at the
+    /// next load.
+    @Test func aBindingAfterATornLineIsKept() throws {
+        let dir = "/tmp/lmctfy-hostregistry-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try Sys.mkdir(dir, mode: 0o700)
+        defer { _ = removeTree(dir) }
+        let store = FileHostStore(path: dir + "/hosts")
+        try store.bind("alpha", keyId: "key-a")
+        let fd = open(store.bindingsPath, O_WRONLY | O_APPEND)
+        let torn = Array("gamma ke".utf8)
+        #expect(fd >= 0 && write(fd, torn, torn.count) == torn.count)
+        close(fd)
+        try store.bind("beta", keyId: "key-b")
+        let keys = Dictionary(uniqueKeysWithValues: try store.load().map { ($0.identity?.hostName ?? "", $0.keyId ?? "") })
+        #expect(keys["alpha"] == "key-a" && keys["beta"] == "key-b", "\(keys)")
+    }
+
+    /// On a full disk a binding is refused (RESOURCE_EXHAUSTED) and what it
+    /// could write of its line is taken off again.
+    @Test(.enabled(if: getuid() == 0, "mounting a tmpfs needs root"))
+    func aBindingTheDiskCannotTakeLeavesNoTornLine() throws {
+        let dir = "/tmp/lmctfy-hostregistry-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try Sys.mkdir(dir, mode: 0o700)
+        defer { _ = removeTree(dir) }
+        let disk = try FullDisk(dir + "/disk")
+        defer { disk.unmount() }
+        let store = FileHostStore(path: disk.path + "/hosts")
+        try store.bind("alpha", keyId: "key-a")
+        try disk.fill()
+        // Longer than what is left of the file's last page.
+        let long = String(repeating: "k", count: 5000)
+        #expect { try store.bind("beta", keyId: long) } throws: { ($0 as? LmctfyError)?.code == .resourceExhausted }
+        disk.free()
+        try store.bind("gamma", keyId: "key-g")
+        let keys = Dictionary(uniqueKeysWithValues: try store.load().map { ($0.identity?.hostName ?? "", $0.keyId ?? "") })
+        #expect(keys == ["alpha": "key-a", "gamma": "key-g"], "\(keys)")
+    }
+
     /// Two agents with one identity replaced each other's link for ever
     /// (a probe: 55 registrations in 8 s, the fleet log full of copies).
     /// A reconnect that replaces a live link is fine now and then; the
