@@ -239,13 +239,10 @@ final class HostRegistry {
     /// second, and at stop).
     func flush() {
         guard dirty else { return }
-        persist()
-    }
-
-    private func persist() {
-        dirty = false
-        // A write that fails keeps the controller serving; the inventory on
-        // disk is then one change behind (said in the log by the caller).
+        // A write that fails (a full disk) keeps the controller serving and
+        // the inventory dirty: the next flush, a second later, tries again
+        // (it was marked clean, and stayed a change behind on disk until
+        // the next change).
         try? save()
     }
 

@@ -69,6 +69,27 @@ import Testing
         #expect(keys == ["alpha": "key-a", "gamma": "key-g"], "\(keys)")
     }
 
+    /// An inventory save that fails (a full disk) is tried again at the
+    /// next flush: it was marked clean, and the file stayed behind.
+    @Test(.enabled(if: getuid() == 0, "mounting a tmpfs needs root"))
+    func aSaveThatFailedIsTriedAgain() throws {
+        let dir = "/tmp/lmctfy-hostregistry-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try Sys.mkdir(dir, mode: 0o700)
+        defer { _ = removeTree(dir) }
+        let disk = try FullDisk(dir + "/disk")
+        defer { disk.unmount() }
+        let store = FileHostStore(path: disk.path + "/hosts")
+        let registry = try HostRegistry(store: store)
+        _ = try registry.register(HostIdentity(hostName: "alpha", cpus: 2), keyId: "key-a", conn: 1)
+        registry.flush()
+        try disk.fill()
+        _ = try registry.register(HostIdentity(hostName: "alpha", cpus: 8), keyId: "key-a", conn: 2)
+        registry.flush()
+        disk.free()
+        registry.flush()
+        #expect(try store.load().first?.identity?.cpus == 8)
+    }
+
     /// Two agents with one identity replaced each other's link for ever
     /// (a probe: 55 registrations in 8 s, the fleet log full of copies).
     /// A reconnect that replaces a live link is fine now and then; the
