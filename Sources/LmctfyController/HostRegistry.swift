@@ -36,9 +36,12 @@ struct FileHostStore: HostStore {
             }
         }
         let known = Set(hosts.compactMap { $0.identity?.hostName })
-        for line in ((try? Sys.readFile(bindingsPath)) ?? "").split(separator: "\n") {
+        let text = (try? Sys.readFile(bindingsPath)) ?? ""
+        // Only whole lines: a torn last one (a crash mid-append) could pass
+        // for a binding to a key cut short, and lock its host out.
+        for line in text.split(separator: "\n").dropLast(text.hasSuffix("\n") ? 0 : 1) {
             let parts = line.split(separator: " ")
-            guard parts.count == 2, !known.contains(String(parts[0])) else { continue }  // a torn last line, or saved since
+            guard parts.count == 2, !known.contains(String(parts[0])) else { continue }  // saved since
             hosts.append(HostInfo(identity: HostIdentity(hostName: String(parts[0])), state: .hostDisconnected, keyId: String(parts[1])))
         }
         return hosts
@@ -48,20 +51,16 @@ struct FileHostStore: HostStore {
         let fd = Glibc.open(bindingsPath, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o600)
         guard fd >= 0 else { throw SystemError("open", bindingsPath, errno).lmctfy(.internal, "Keeping the host binding") }
         defer { Glibc.close(fd) }
-        let end = lseek(fd, 0, SEEK_END)
-        // A torn last line (a crash mid-append) is ended first, so that this
-        // one does not join it.
-        var last: UInt8 = 0x0a
-        if end > 0 {
-            let r = Glibc.open(bindingsPath, O_RDONLY | O_CLOEXEC)
-            if r >= 0 {
-                _ = pread(r, &last, 1, end - 1)
-                Glibc.close(r)
-            }
+        // A torn last line (a crash mid-append) is cut off first: this one
+        // would have joined it, and ended, it could pass for a binding to
+        // a key cut short.
+        var end = lseek(fd, 0, SEEK_END)
+        if end > 0, let bytes = try? Sys.readBytes(bindingsPath), bytes.last != 0x0a {
+            end = off_t(bytes.lastIndex(of: 0x0a).map { $0 + 1 } ?? 0)
+            _ = ftruncate(fd, end)
         }
-        do { try Sys.writeAll(fd, Array(((last == 0x0a ? "" : "\n") + "\(name) \(keyId)\n").utf8)) } catch {
-            // A line a full disk cut short is taken off: the next binding
-            // appended after it would have joined it, and been lost.
+        do { try Sys.writeAll(fd, Array("\(name) \(keyId)\n".utf8)) } catch {
+            // A line a full disk cut short is taken off again.
             if end >= 0 { _ = ftruncate(fd, end) }
             throw error.lmctfy(error.isNoSpace ? .resourceExhausted : .internal, "Keeping the host binding")
         }

@@ -31,14 +31,8 @@ private func limit(_ dir: String, _ name: String) -> Int64? {
     SnapshotStore.decodeFile(dir + "/" + SnapshotStore.fileName(name))?.spec?.memory?.limit
 }
 
-/// Runs `body` with a full disk mounted at `<scratch>/disk`, unmounted and
-/// removed at the end.
 private func withFullDisk(_ label: String, kilobytes: Int = 256, _ body: (FullDisk) throws -> Void) throws {
-    let dir = try scratch(label)
-    defer { _ = removeTree(dir) }
-    let disk = try FullDisk(dir + "/disk", kilobytes: kilobytes)
-    defer { disk.unmount() }
-    try body(disk)
+    try FullDisk.around(label, kilobytes: kilobytes, body)
 }
 
 @Suite(.enabled(if: getuid() == 0, "mounting a tmpfs needs root"), .serialized)

@@ -8,6 +8,11 @@ import LmctfySystem
 import LmctfyTestSupport
 import Testing
 
+/// Each host's key, as `store` loads them.
+private func keys(_ store: FileHostStore) throws -> [String: String] {
+    Dictionary(uniqueKeysWithValues: try store.load().map { ($0.identity?.hostName ?? "", $0.keyId ?? "") })
+}
+
 @Suite struct HostRegistryTests {
     @Test func aBindingSurvivesARestartWithoutASave() throws {
         let dir = "/tmp/lmctfy-hostregistry-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
@@ -32,7 +37,8 @@ import Testing
 
     /// A binding appended after a torn line (a crash mid-append, or an
     /// append a full disk cut short) joined it, and both were lost at the
-    /// next load.
+    /// next load; the torn line alone, if it split in two, passed for a
+    /// binding to a key cut short.
     @Test func aBindingAfterATornLineIsKept() throws {
         let dir = "/tmp/lmctfy-hostregistry-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
         try Sys.mkdir(dir, mode: 0o700)
@@ -43,51 +49,45 @@ import Testing
         let torn = Array("gamma ke".utf8)
         #expect(fd >= 0 && write(fd, torn, torn.count) == torn.count)
         close(fd)
+        // Not a binding of gamma to "ke", which would lock gamma out.
+        #expect(try keys(store) == ["alpha": "key-a"])
         try store.bind("beta", keyId: "key-b")
-        let keys = Dictionary(uniqueKeysWithValues: try store.load().map { ($0.identity?.hostName ?? "", $0.keyId ?? "") })
-        #expect(keys["alpha"] == "key-a" && keys["beta"] == "key-b", "\(keys)")
+        #expect(try keys(store) == ["alpha": "key-a", "beta": "key-b"])
     }
 
     /// On a full disk a binding is refused (RESOURCE_EXHAUSTED) and what it
     /// could write of its line is taken off again.
     @Test(.enabled(if: getuid() == 0, "mounting a tmpfs needs root"))
     func aBindingTheDiskCannotTakeLeavesNoTornLine() throws {
-        let dir = "/tmp/lmctfy-hostregistry-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
-        try Sys.mkdir(dir, mode: 0o700)
-        defer { _ = removeTree(dir) }
-        let disk = try FullDisk(dir + "/disk")
-        defer { disk.unmount() }
-        let store = FileHostStore(path: disk.path + "/hosts")
-        try store.bind("alpha", keyId: "key-a")
-        try disk.fill()
-        // Longer than what is left of the file's last page.
-        let long = String(repeating: "k", count: 5000)
-        #expect { try store.bind("beta", keyId: long) } throws: { ($0 as? LmctfyError)?.code == .resourceExhausted }
-        disk.free()
-        try store.bind("gamma", keyId: "key-g")
-        let keys = Dictionary(uniqueKeysWithValues: try store.load().map { ($0.identity?.hostName ?? "", $0.keyId ?? "") })
-        #expect(keys == ["alpha": "key-a", "gamma": "key-g"], "\(keys)")
+        try FullDisk.around("bindings") { disk in
+            let store = FileHostStore(path: disk.path + "/hosts")
+            try store.bind("alpha", keyId: "key-a")
+            try disk.fill()
+            // Longer than what is left of the file's last page.
+            let long = String(repeating: "k", count: 5000)
+            #expect { try store.bind("beta", keyId: long) } throws: { ($0 as? LmctfyError)?.code == .resourceExhausted }
+            disk.free()
+            try store.bind("gamma", keyId: "key-g")
+            #expect(try keys(store) == ["alpha": "key-a", "gamma": "key-g"])
+        }
     }
 
     /// An inventory save that fails (a full disk) is tried again at the
     /// next flush: it was marked clean, and the file stayed behind.
     @Test(.enabled(if: getuid() == 0, "mounting a tmpfs needs root"))
     func aSaveThatFailedIsTriedAgain() throws {
-        let dir = "/tmp/lmctfy-hostregistry-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
-        try Sys.mkdir(dir, mode: 0o700)
-        defer { _ = removeTree(dir) }
-        let disk = try FullDisk(dir + "/disk")
-        defer { disk.unmount() }
-        let store = FileHostStore(path: disk.path + "/hosts")
-        let registry = try HostRegistry(store: store)
-        _ = try registry.register(HostIdentity(hostName: "alpha", cpus: 2), keyId: "key-a", conn: 1)
-        registry.flush()
-        try disk.fill()
-        _ = try registry.register(HostIdentity(hostName: "alpha", cpus: 8), keyId: "key-a", conn: 2)
-        registry.flush()
-        disk.free()
-        registry.flush()
-        #expect(try store.load().first?.identity?.cpus == 8)
+        try FullDisk.around("inventory") { disk in
+            let store = FileHostStore(path: disk.path + "/hosts")
+            let registry = try HostRegistry(store: store)
+            _ = try registry.register(HostIdentity(hostName: "alpha", cpus: 2), keyId: "key-a", conn: 1)
+            registry.flush()
+            try disk.fill()
+            _ = try registry.register(HostIdentity(hostName: "alpha", cpus: 8), keyId: "key-a", conn: 2)
+            registry.flush()
+            disk.free()
+            registry.flush()
+            #expect(try store.load().first?.identity?.cpus == 8)
+        }
     }
 
     /// Two agents with one identity replaced each other's link for ever

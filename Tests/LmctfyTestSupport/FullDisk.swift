@@ -46,4 +46,15 @@ public final class FullDisk {
     }
 
     public func unmount() { _ = umount2(path, Int32(MNT_DETACH)) }
+
+    /// Runs `body` with a disk of `kilobytes` mounted at a new scratch
+    /// directory's `disk` (labelled `label`), unmounted and removed after.
+    public static func around(_ label: String, kilobytes: Int = 256, _ body: (FullDisk) throws -> Void) throws {
+        let dir = "/tmp/lmctfy-full-\(label)-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try Sys.mkdir(dir, mode: 0o700)
+        defer { _ = removeTree(dir) }
+        let disk = try FullDisk(dir + "/disk", kilobytes: kilobytes)
+        defer { disk.unmount() }
+        try body(disk)
+    }
 }
