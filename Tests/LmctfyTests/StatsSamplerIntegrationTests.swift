@@ -37,6 +37,36 @@ struct StatsSamplerIntegrationTests {
         }
     }
 
+    /// Past `maxKept` a container's files are opened for each sample and
+    /// closed after it: none of them stays open in this process.
+    @Test func containersPastMaxKeptAreSampledWithoutKeepingFiles() throws {
+        let api = try ContainerApi.detect()
+        let sampler = StatsSampler(api: api, maxKept: 1)
+        try withTestContainer(api, label: "sampler-kept") { kept in
+            try withTestContainer(api, label: "sampler-passing") { passing in
+                let spec = try ContainerSpec(textFormat: "memory { limit: 100000000 }")
+                _ = try api.create(kept, spec: spec)
+                _ = try api.create(passing, spec: spec)
+                #expect(sampler.sample(kept)?.memory != nil)
+                for _ in 0..<3 { #expect(sampler.sample(passing)?.memory != nil) }
+                #expect(sampler.count == 1)
+                // The descriptors of this process that name a file of each.
+                func openFiles(_ name: ContainerName) -> Int {
+                    let leaf = "/" + (name.path.split(separator: "/").last.map(String.init) ?? "") + "/"
+                    return ((try? Sys.subdirectoriesAndFiles("/proc/self/fd")) ?? []).filter { fd in
+                        var buf = [UInt8](repeating: 0, count: 4096)
+                        let n = buf.withUnsafeMutableBytes { readlink("/proc/self/fd/" + fd, $0.baseAddress!.assumingMemoryBound(to: CChar.self), $0.count) }
+                        return n > 0 && String(decoding: buf[0..<n], as: UTF8.self).contains(leaf)
+                    }.count
+                }
+                #expect(openFiles(kept) > 0, "the first container's files are kept")
+                #expect(openFiles(passing) == 0, "the second's were closed after each sample")
+                try api.destroy(passing)
+                #expect(sampler.sample(passing) == nil)
+            }
+        }
+    }
+
     /// memory.failcnt and cpu.stat's CFS figures (issue #16's
     /// container_memory_failcnt and container_cpu_cfs_*): a container that
     /// hits its memory limit and one that hits its CPU quota, each sampled
