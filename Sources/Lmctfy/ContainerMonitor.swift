@@ -118,6 +118,12 @@ public final class ContainerMonitor {
     /// Watch descriptor → (container, whether it is the tasks directory).
     private var byWd: [Int32: (name: ContainerName, tasks: Bool)] = [:]
     private var buffer = [UInt8](repeating: 0, count: 65536)
+    /// Told (a line for the log) when a container cannot be watched for a
+    /// reason other than its going: the host's inotify watch limit
+    /// (fs.inotify.max_user_watches, ENOSPC), the open file limit (an OOM
+    /// eventfd, EMFILE). It skipped them silently: the reconcile still
+    /// finds such a container's changes, but not its OOMs.
+    public var onWatchFailure: ((String) -> Void)?
 
     /// A monitor of what is below `root` (the machine's root by default).
     /// INTERNAL when no inotify descriptor can be had (the per-user limit).
@@ -178,7 +184,16 @@ public final class ContainerMonitor {
             entry.identity = tasks.identity
             let taskMask = UInt32(IN_CREATE | IN_DELETE | IN_ATTRIB | IN_MODIFY | IN_ONLYDIR)
             let wd = inotify_add_watch(inotifyFd, tasks.path, taskMask)
-            guard wd >= 0 else { return ([], []) }  // gone already, or not there yet
+            guard wd >= 0 else {
+                // Gone already, or not there yet: nothing to say.
+                let e = Glibc.errno
+                if e != ENOENT && e != ENOTDIR {
+                    onWatchFailure?("container \(name) is not watched: \(SystemError("inotify_add_watch", tasks.path, e))"
+                                    + (e == ENOSPC ? " (the host's fs.inotify.max_user_watches)" : "")
+                                    + "; the reconcile still finds its changes")
+                }
+                return ([], [])
+            }
             entry.wds.append(wd)
             byWd[wd] = (name, true)
             // Subdirectories made before this watch saw them.
@@ -212,9 +227,11 @@ public final class ContainerMonitor {
             }
             var fds: [EventFd] = []
             for r in plan.eventfds {
-                if let source = try? r.open() {
-                    fds.append(EventFd(container: name, kind: r.kind, source: source))
-                }
+                do {
+                    fds.append(EventFd(container: name, kind: r.kind, source: try r.open()))
+                } catch where error.errno != ENOENT && error.errno != ENODEV {
+                    onWatchFailure?("the OOMs of container \(name) are not watched: \(error.message)")
+                } catch {}  // going
             }
             // Kills before the eventfds were there (registered just above, so
             // a later kill is theirs, not counted twice).

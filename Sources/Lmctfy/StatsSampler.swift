@@ -36,7 +36,7 @@ public final class StatsSampler {
     /// connection and cgroup file was refused.
     public init(api: ContainerApi, maxKept: Int? = nil) {
         self.api = api
-        self.maxKept = maxKept ?? max(16, Int(min(Sys.fileLimit, 1 << 24)) / 4 / 6)
+        self.maxKept = maxKept ?? max(1, Int(min(Sys.fileLimit, 1 << 24)) / 4 / 6)
     }
 
     deinit {

@@ -476,6 +476,11 @@ public final class Agent: @unchecked Sendable {
         }
         if settings.watchContainers {
             let w = try MachineWatcher(loop: loop, api: api, scope: scope, inventory: dispatcher.inventory, events: dispatcher.events)
+            // One line per container otherwise: at most 10 a second.
+            var budget = LogBudget(perSecond: 10)
+            w.onWatchFailure { [log] line in
+                if let more = budget.take() { log.warning("\(line)\(more)") }
+            }
             try w.start()
             watcher = w
             // What the watcher sees appear or go is what the policy's

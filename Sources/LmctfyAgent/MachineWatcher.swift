@@ -77,6 +77,10 @@ final class MachineWatcher: @unchecked Sendable {
         monitor = try ContainerMonitor(api: api, root: scope.root)
     }
 
+    /// Where the monitor's failures to watch go (the agent's log, within a
+    /// budget). Loop thread, before `start`.
+    func onWatchFailure(_ report: @escaping (String) -> Void) { monitor.onWatchFailure = report }
+
     /// Watches the scope's root and, through the scans that follow, every
     /// container below it. Loop thread.
     func start() throws(LmctfyError) {

@@ -5,6 +5,7 @@
 // the hard one, as the agent does (it never did: a fleet of more than
 // ~1,000 hosts had its new links closed at once under the usual soft limit).
 import Glibc
+import Lmctfy
 import LmctfyProto
 import LmctfyRPC
 import LmctfySystem
@@ -75,6 +76,34 @@ struct FileLimitTests {
             if !served { usleep(10_000) }
         }
         #expect(served, "no answer once the silent peers had gone")
+    }
+
+    /// Containers whose OOM eventfds the open file limit refuses are said
+    /// in the log (they were skipped silently: their OOMs were never
+    /// events). v1: v2 reports OOMs through inotify on memory.events.
+    @Test(.enabled(if: (try? CgroupMounts.detect())?.version == .v1, "v1's OOM eventfds"))
+    func containersTheWatcherCannotWatchAreSaidInTheLog() throws {
+        let dir = "/tmp/lmctfy-filelimit-watch-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try Sys.mkdir(dir, mode: 0o755)
+        defer { _ = removeTree(dir) }
+        let root = RealCgroups.uniqueName("filelimitwatch")
+        let lmctfy = builtTool("lmctfy")
+        _ = try TestProcess.capture([lmctfy, "create", root, "memory:{limit:400000000}"])
+        defer { _ = try? TestProcess.capture([lmctfy, "destroy", "-f", root]) }
+        for i in 0..<40 { _ = try TestProcess.capture([lmctfy, "create", "\(root)/c\(i)", "memory:{limit:10000000}"]) }
+        try Sys.createFile(dir + "/agent.conf", """
+            unix_socket_path: "\(dir)/agent.sock" unix_socket_mode: 0666 log_level: LOG_WARNING
+            state_dir: "\(dir)/state" root_container: "\(root)" stats_interval_ms: 0
+            """)
+        let pid = try TestProcess.spawn(["/bin/sh", "-c",
+            "exec /usr/bin/prlimit --nofile=64:64 '\(builtTool("lmctfy-agent"))' --config '\(dir)/agent.conf' 2>'\(dir)/agent.log'"])
+        defer { TestProcess.end(pid) }
+        var log = ""
+        for _ in 0..<500 where !log.contains("are not watched") {
+            usleep(10_000)
+            log = (try? Sys.readFile(dir + "/agent.log")) ?? ""
+        }
+        #expect(log.contains("are not watched") && log.contains("Too many open files"), "\(log)")
     }
 
     @Test func theControllerRaisesItsSoftFileLimit() throws {
