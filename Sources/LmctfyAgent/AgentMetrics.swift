@@ -73,6 +73,7 @@ final class AgentMetrics {
 
         t.family("lmctfy_agent_info", .gauge, "The agent's version and boot id (always 1).")
         t.sample("lmctfy_agent_info", ["version": LmctfyVersion.string, "boot_id": events.bootId], Int64(1))
+        t.processFamilies()
         t.family("lmctfy_agent_connections", .gauge, "RPC connections open now.")
         t.sample("lmctfy_agent_connections", Int64(openConnections))
         t.family("lmctfy_agent_connections_accepted_total", .counter, "RPC connections accepted, by transport.")

@@ -28,6 +28,7 @@ final class ControllerMetrics {
         var t = MetricsText()
         t.family("lmctfy_controller_info", .gauge, "The controller's version and fleet log id (always 1).")
         t.sample("lmctfy_controller_info", ["version": LmctfyVersion.string, "log_id": log.bootId], Int64(1))
+        t.processFamilies()
         t.family("lmctfy_controller_hosts", .gauge, "Hosts the controller knows, by state.")
         t.sample("lmctfy_controller_hosts", ["state": "connected"], Int64(connectedHosts))
         t.sample("lmctfy_controller_hosts", ["state": "disconnected"], Int64(max(0, knownHosts - connectedHosts)))

@@ -247,3 +247,42 @@ public struct MetricsText: Sendable {
         bytes.append(contentsOf: s.utf8)
     }
 }
+
+extension MetricsText {
+    /// The daemon's own process, under the names Prometheus client
+    /// libraries give them: its open descriptors and their limit (at the
+    /// limit, new connections are closed at once and cgroup files cannot be
+    /// opened), its resident memory and CPU time. Read at each scrape.
+    public mutating func processFamilies() {
+        var open: Int64 = 0
+        if let dir = opendir("/proc/self/fd") {
+            while readdir(dir) != nil { open += 1 }
+            closedir(dir)
+            open -= 3  // ".", "..", and the listing's own descriptor
+        }
+        var limit = rlimit()
+        let max = getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0 ? Int64(clamping: limit.rlim_cur) : -1
+        // statm: size, resident, ... in pages.
+        var rss: Int64 = 0
+        let fd = Glibc.open("/proc/self/statm", O_RDONLY | O_CLOEXEC)
+        if fd >= 0 {
+            var buf = [UInt8](repeating: 0, count: 128)
+            let n = buf.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
+            Glibc.close(fd)
+            if n > 0, let pages = String(decoding: buf[0..<n], as: UTF8.self).split(separator: " ").dropFirst().first.flatMap({ Int64($0) }) {
+                rss = pages * Int64(sysconf(Int32(_SC_PAGESIZE)))
+            }
+        }
+        var usage = rusage()
+        getrusage(RUSAGE_SELF.rawValue, &usage)
+        let cpu = Double(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) + Double(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) / 1e6
+        family("process_open_fds", .gauge, "Open file descriptors of the process.")
+        sample("process_open_fds", open)
+        family("process_max_fds", .gauge, "The process's limit on open file descriptors (RLIMIT_NOFILE, soft).")
+        sample("process_max_fds", max)
+        family("process_resident_memory_bytes", .gauge, "Resident memory of the process, in bytes.")
+        sample("process_resident_memory_bytes", rss)
+        family("process_cpu_seconds_total", .counter, "User and system CPU time of the process, in seconds.")
+        sample("process_cpu_seconds_total", cpu)
+    }
+}

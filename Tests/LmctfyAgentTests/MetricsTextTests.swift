@@ -25,6 +25,34 @@ func promtoolCheck(_ text: [UInt8]) throws -> (status: Int32, output: String) {
 }
 
 @Suite struct MetricsTextTests {
+    /// The process's own figures, as Prometheus client libraries name them:
+    /// descriptors open (one more while a file is held open here) and
+    /// their limit, resident memory, CPU time.
+    @Test func theProcessFamiliesAreThisProcesss() throws {
+        func values() -> [String: Double] {
+            var t = MetricsText()
+            t.processFamilies()
+            var out: [String: Double] = [:]
+            for line in String(decoding: t.bytes, as: UTF8.self).split(separator: "\n") where !line.hasPrefix("#") {
+                let parts = line.split(separator: " ")
+                if parts.count == 2 { out[String(parts[0])] = Double(parts[1]) }
+            }
+            return out
+        }
+        let v = values()
+        #expect(Set(v.keys) == ["process_open_fds", "process_max_fds", "process_resident_memory_bytes", "process_cpu_seconds_total"])
+        #expect(v["process_max_fds"] == Double(Sys.fileLimit))
+        #expect((v["process_open_fds"] ?? 0) >= 3 && (v["process_open_fds"] ?? 0) <= Double(Sys.fileLimit))
+        #expect((v["process_resident_memory_bytes"] ?? 0) > 1_048_576)
+        #expect((v["process_cpu_seconds_total"] ?? 0) > 0)
+        var t = MetricsText()
+        t.processFamilies()
+        if promtoolPath != nil {
+            let (status, out) = try promtoolCheck(t.bytes)
+            #expect(status == 0, "\(out)")
+        }
+    }
+
     @Test func labelValuesAndHelpAreEscaped() {
         var t = MetricsText()
         t.family("x_total", .counter, "a \\ backslash\nand a newline")
