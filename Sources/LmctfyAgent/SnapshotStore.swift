@@ -460,7 +460,7 @@ public final class SnapshotStore: @unchecked Sendable {
         } catch {
             throw error.lmctfy(.internal, "Opening the snapshot logs")
         }
-        let kept = passLock.locked { state.filter { $0.value != nil || onDisk.contains($0.key) } }
+        let kept = passLock.locked { needingFiles(state) }
         lock.locked {
             active = 0
             seq = lastSeq
@@ -473,13 +473,20 @@ public final class SnapshotStore: @unchecked Sendable {
         wake.bump()
     }
 
+    /// What of `state` changes a file: every write, and the removals of
+    /// files there are (a container made and destroyed within one pass
+    /// never had one). Under `passLock`, or in `open` before any pass.
+    private func needingFiles(_ state: [String: [UInt8]?]) -> [String: [UInt8]?] {
+        state.filter { $0.value != nil || onDisk.contains($0.key) }
+    }
+
     /// Writes each file's state the safe way: temp files written and
     /// fdatasynced, renamed (removals unlinked), the directory fsynced.
     /// Returns how many files it wrote or removed (a removal of a file there
     /// never was is nothing to do).
     @discardableResult
     private func materialize(_ state: [String: [UInt8]?], counted: Bool = true) throws(SystemError) -> Int {
-        let state = state.filter { $0.value != nil || onDisk.contains($0.key) }
+        let state = needingFiles(state)
         guard !state.isEmpty else { return 0 }
         // Removals first: they need no room, and make some.
         for (file, bytes) in state where bytes == nil {

@@ -4,6 +4,7 @@
 // newline). Histograms as cumulative _bucket series ending in le="+Inf",
 // then _sum and _count.
 import Glibc
+import LmctfySystem
 
 /// A metric family's type.
 public enum MetricType: String, Sendable {
@@ -254,25 +255,12 @@ extension MetricsText {
     /// limit, new connections are closed at once and cgroup files cannot be
     /// opened), its resident memory and CPU time. Read at each scrape.
     public mutating func processFamilies() {
-        var open: Int64 = 0
-        if let dir = opendir("/proc/self/fd") {
-            while readdir(dir) != nil { open += 1 }
-            closedir(dir)
-            open -= 3  // ".", "..", and the listing's own descriptor
-        }
-        var limit = rlimit()
-        let max = getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0 ? Int64(clamping: limit.rlim_cur) : -1
+        // Less the listing's own descriptor.
+        let open = Int64(((try? Sys.subdirectoriesAndFiles("/proc/self/fd").count) ?? 1) - 1)
+        let max = Int64(clamping: Sys.fileLimit)
         // statm: size, resident, ... in pages.
-        var rss: Int64 = 0
-        let fd = Glibc.open("/proc/self/statm", O_RDONLY | O_CLOEXEC)
-        if fd >= 0 {
-            var buf = [UInt8](repeating: 0, count: 128)
-            let n = buf.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
-            Glibc.close(fd)
-            if n > 0, let pages = String(decoding: buf[0..<n], as: UTF8.self).split(separator: " ").dropFirst().first.flatMap({ Int64($0) }) {
-                rss = pages * Int64(sysconf(Int32(_SC_PAGESIZE)))
-            }
-        }
+        let pages = (try? Sys.readFile("/proc/self/statm"))?.split(separator: " ").dropFirst().first.flatMap { Int64($0) }
+        let rss = (pages ?? 0) * Sys.pageSize
         var usage = rusage()
         getrusage(RUSAGE_SELF.rawValue, &usage)
         let cpu = Double(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) + Double(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) / 1e6

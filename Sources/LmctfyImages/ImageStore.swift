@@ -365,7 +365,7 @@ public struct ImageStore: ImageBackend {
     private static func writeFailure(_ a: OpaquePointer?, _ what: String, _ code: StatusCode = .failedPrecondition) -> LmctfyError {
         let e = a.map { lm_archive_errno($0) } ?? 0
         let message = archiveError(a, what) + (e > 0 ? " (\(String(cString: strerror(e))))" : "")
-        return LmctfyError(e == ENOSPC || e == EDQUOT ? .resourceExhausted : code, message, errno: e > 0 ? e : nil)
+        return LmctfyError(Sys.isNoSpace(e) ? .resourceExhausted : code, message, errno: e > 0 ? e : nil)
     }
 
     /// Reads the archive open at `fd` (`shown` names it in errors) and

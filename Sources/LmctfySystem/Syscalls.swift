@@ -31,7 +31,7 @@ public struct SystemError: Error, Sendable, Equatable, CustomStringConvertible {
     }
 
     /// The disk (or the caller's quota) is full: ENOSPC, EDQUOT.
-    public var isNoSpace: Bool { errno == ENOSPC || errno == EDQUOT }
+    public var isNoSpace: Bool { Sys.isNoSpace(errno) }
 }
 
 /// The syscall wrappers: each reads errno at once, retries EINTR, and
@@ -464,6 +464,9 @@ public enum Sys {
     public static func getpid() -> pid_t { Glibc.getpid() }
     /// The parent's pid (1, or a subreaper, once the parent is gone).
     public static func getppid() -> pid_t { Glibc.getppid() }
+
+    /// Whether `errno` says the disk (or the caller's quota) is full.
+    public static func isNoSpace(_ errno: Int32) -> Bool { errno == ENOSPC || errno == EDQUOT }
 
     /// The soft limit on open descriptors in force (RLIMIT_NOFILE).
     public static var fileLimit: UInt64 {

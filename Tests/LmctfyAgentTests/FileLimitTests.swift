@@ -26,6 +26,17 @@ private func cpuTicks(_ pid: pid_t) -> Int {
     return (Int(f[11]) ?? 0) + (Int(f[12]) ?? 0)
 }
 
+/// An agent on `dir` (its config, socket, state and `agent.log`) serving
+/// `root`, under an open file limit of 64; its pid.
+private func agentAt64Files(_ dir: String, root: String) throws -> pid_t {
+    try Sys.createFile(dir + "/agent.conf", """
+        unix_socket_path: "\(dir)/agent.sock" unix_socket_mode: 0666 log_level: LOG_WARNING
+        state_dir: "\(dir)/state" root_container: "\(root)" stats_interval_ms: 0
+        """)
+    return try TestProcess.spawn(["/bin/sh", "-c",
+        "exec /usr/bin/prlimit --nofile=64:64 '\(builtTool("lmctfy-agent"))' --config '\(dir)/agent.conf' 2>'\(dir)/agent.log'"])
+}
+
 @Suite(.enabled(if: RealCgroups.available && Sys.exists("/usr/bin/prlimit"),
                 "\(RealCgroups.unavailableReason ?? "prlimit(1) is not installed")"), .serialized)
 struct FileLimitTests {
@@ -37,12 +48,7 @@ struct FileLimitTests {
         let root = RealCgroups.uniqueName("filelimit")
         _ = try TestProcess.capture([builtTool("lmctfy"), "create", root, "memory:{limit:100000000}"])
         defer { _ = try? TestProcess.capture([builtTool("lmctfy"), "destroy", "-f", root]) }
-        try Sys.createFile(dir + "/agent.conf", """
-            unix_socket_path: "\(socket)" unix_socket_mode: 0666 log_level: LOG_WARNING
-            state_dir: "\(dir)/state" root_container: "\(root)" stats_interval_ms: 0
-            """)
-        let pid = try TestProcess.spawn(["/bin/sh", "-c",
-            "exec /usr/bin/prlimit --nofile=64:64 '\(builtTool("lmctfy-agent"))' --config '\(dir)/agent.conf' 2>'\(dir)/agent.log'"])
+        let pid = try agentAt64Files(dir, root: root)
         defer { TestProcess.end(pid) }
         var client: RpcClient?
         for _ in 0..<500 where client == nil {
@@ -91,12 +97,7 @@ struct FileLimitTests {
         _ = try TestProcess.capture([lmctfy, "create", root, "memory:{limit:400000000}"])
         defer { _ = try? TestProcess.capture([lmctfy, "destroy", "-f", root]) }
         for i in 0..<40 { _ = try TestProcess.capture([lmctfy, "create", "\(root)/c\(i)", "memory:{limit:10000000}"]) }
-        try Sys.createFile(dir + "/agent.conf", """
-            unix_socket_path: "\(dir)/agent.sock" unix_socket_mode: 0666 log_level: LOG_WARNING
-            state_dir: "\(dir)/state" root_container: "\(root)" stats_interval_ms: 0
-            """)
-        let pid = try TestProcess.spawn(["/bin/sh", "-c",
-            "exec /usr/bin/prlimit --nofile=64:64 '\(builtTool("lmctfy-agent"))' --config '\(dir)/agent.conf' 2>'\(dir)/agent.log'"])
+        let pid = try agentAt64Files(dir, root: root)
         defer { TestProcess.end(pid) }
         var log = ""
         for _ in 0..<500 where !log.contains("are not watched") {

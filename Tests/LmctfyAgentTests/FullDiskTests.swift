@@ -17,12 +17,6 @@ import LmctfySystem
 import LmctfyTestSupport
 import Testing
 
-private func scratch(_ label: String) throws -> String {
-    let dir = "/tmp/lmctfy-full-\(label)-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
-    try Sys.mkdir(dir, mode: 0o700)
-    return dir
-}
-
 private func snap(_ name: String, limit: Int64) -> ContainerSnapshot {
     ContainerSnapshot(formatVersion: 1, name: name, spec: ContainerSpec(memory: MemorySpec(limit: limit)), createdNs: 1, bootId: "b")
 }
@@ -31,14 +25,10 @@ private func limit(_ dir: String, _ name: String) -> Int64? {
     SnapshotStore.decodeFile(dir + "/" + SnapshotStore.fileName(name))?.spec?.memory?.limit
 }
 
-private func withFullDisk(_ label: String, kilobytes: Int = 256, _ body: (FullDisk) throws -> Void) throws {
-    try FullDisk.around(label, kilobytes: kilobytes, body)
-}
-
 @Suite(.enabled(if: getuid() == 0, "mounting a tmpfs needs root"), .serialized)
 struct FullDiskStoreTests {
     @Test func aFullDiskKeepsSnapshotChangesUntilItHasRoom() throws {
-        try withFullDisk("keep") { disk in
+        try FullDisk.around("keep") { disk in
             let dir = disk.path + "/snapshots"
             let store = SnapshotStore(directory: dir)
             try store.open()
@@ -72,7 +62,7 @@ struct FullDiskStoreTests {
     /// replay of those old records (an agent killed then) put the older
     /// snapshot back over the newer file.
     @Test func aPassThatFailedLeavesNoOlderSnapshotToReplay() throws {
-        try withFullDisk("stale") { disk in
+        try FullDisk.around("stale") { disk in
             let dir = disk.path + "/snapshots"
             let store = SnapshotStore(directory: dir)
             try store.open()
@@ -96,7 +86,7 @@ struct FullDiskStoreTests {
     /// is room; a record the disk cut short is cut off, so what is appended
     /// after it is read by the next start.
     @Test func aStartOnAFullDiskKeepsWhatTheLogsHold() throws {
-        try withFullDisk("start") { disk in
+        try FullDisk.around("start") { disk in
             let dir = disk.path + "/snapshots"
             let first = SnapshotStore(directory: dir)
             try first.open()
@@ -138,7 +128,7 @@ struct FullDiskStoreTests {
     /// stopping: the agent's stop never ended, at 65 % of a CPU), its stop
     /// ends, and it says what it could not write.
     @Test func theFlusherBacksOffAndItsStopEnds() throws {
-        try withFullDisk("flusher") { disk in
+        try FullDisk.around("flusher") { disk in
             let said = Mutexed<[String]>([])
             let store = SnapshotStore(directory: disk.path + "/snapshots", gatherMs: 20, maxBackoffMs: 400,
                                       report: { line in said.locked { $0.append(line) } })
@@ -170,7 +160,7 @@ struct FullDiskJournalTests {
     /// done twice by a retry after a lost answer), except a destroy, which
     /// makes room; its id stays claimed until it finishes.
     @Test func onlyADestroyGoesOnUnrecorded() throws {
-        try withFullDisk("requests") { disk in
+        try FullDisk.around("requests") { disk in
             let said = Mutexed<[String]>([])
             let journal = RequestJournal(directory: disk.path + "/requests", bootId: "b",
                                          report: { line in said.locked { $0.append(line) } })
@@ -204,7 +194,7 @@ struct FullDiskJournalTests {
     /// failed write there and every later number passed the bound on
     /// disk, to be given again after a restart).
     @Test func theSequenceReservationMovesBeforeTheBound() throws {
-        try withFullDisk("sequence") { disk in
+        try FullDisk.around("sequence") { disk in
             let path = disk.path + "/sequence"
             let log = EventLog(capacity: 16, bootId: "b")
             try log.reserveSequences(path: path)
@@ -224,7 +214,7 @@ struct FullDiskJournalTests {
     /// deadline a container an operator had frozen since, and an expiry
     /// that could not be written thawed again every second.
     @Test func freezeLeasesEndedOnAFullDiskStayEnded() throws {
-        try withFullDisk("leases") { disk in
+        try FullDisk.around("leases") { disk in
             let leases = FreezeLeases(file: disk.path + "/freeze-leases", bootId: "b")
             try leases.hold("/r/a", name: "/a", ms: 100, now: 1000)
             try leases.hold("/r/b", name: "/b", ms: 100, now: 1000)
@@ -253,7 +243,7 @@ struct FullDiskJournalTests {
     /// by an earlier life is cut off when the journal opens: the events
     /// appended after either are read back.
     @Test func theEventJournalCutsOffWhatTheDiskCutShort() throws {
-        try withFullDisk("events") { disk in
+        try FullDisk.around("events") { disk in
             let dir = disk.path + "/events"
             let journal = try EventJournal(directory: dir, capacity: 100)
             #expect(journal.append(ContainerEvent(sequence: 1, container: "/a")))
@@ -281,7 +271,7 @@ struct FullDiskImageTests {
     /// cause (libarchive says only "Write failed"; it was FAILED_PRECONDITION),
     /// and nothing of it left in the store; one that fits, afterwards.
     @Test func anImportThatDoesNotFitLeavesNothing() throws {
-        try withFullDisk("images", kilobytes: 512) { disk in
+        try FullDisk.around("images", kilobytes: 512) { disk in
             let archive = disk.path + "/../big.tar"
             var t = TarBuilder()
             t.add("bin/", .directory, mode: 0o755)
@@ -314,72 +304,72 @@ struct FullDiskAgentTests {
         let rootName = try ContainerName.resolve(root, relativeTo: .root)
         _ = try api.create(rootName, spec: ContainerSpec(memory: MemorySpec(limit: 1 << 30)))
         defer { _ = try? TestProcess.capture([builtTool("lmctfy"), "destroy", "-f", root]) }
-        let dir = try scratch("agent")
-        defer { _ = removeTree(dir) }
-        try Sys.chmod(dir, 0o755)
-        let disk = try FullDisk(dir + "/state", kilobytes: 512)
-        defer { disk.unmount() }
-        try Sys.createFile(dir + "/agent.conf", """
-            unix_socket_path: "\(dir)/agent.sock" unix_socket_mode: 0666 log_level: LOG_ERROR
-            state_dir: "\(dir)/state" root_container: "\(root)" stats_interval_ms: 0
-            """)
-        var agent = try AgentProcess(reusing: dir)
-        var running = true
-        defer { if running { TestProcess.end(agent.pid) } }
-        let exists = { (path: String) -> Bool in
-            (try? api.exists(try ContainerName.resolve(root + path, relativeTo: .root))) == true
+        try FullDisk.around("agent", kilobytes: 512) { disk in
+            // The state_dir is the disk; the socket and the config beside it.
+            let dir = String(disk.path.dropLast("/disk".count))
+            try Sys.chmod(dir, 0o755)
+            try Sys.createFile(dir + "/agent.conf", """
+                unix_socket_path: "\(dir)/agent.sock" unix_socket_mode: 0666 log_level: LOG_ERROR
+                state_dir: "\(disk.path)" root_container: "\(root)" stats_interval_ms: 0
+                """)
+            var agent = try AgentProcess(reusing: dir)
+            var running = true
+            defer { if running { TestProcess.end(agent.pid) } }
+            let exists = { (path: String) -> Bool in
+                (try? api.exists(try ContainerName.resolve(root + path, relativeTo: .root))) == true
+            }
+            var client = try RpcClient.connect(unixPath: agent.socket)
+            for name in ["/a", "/b"] {
+                _ = try client.call(AgentMethods.create, CreateRequest(name: name, spec: ContainerSpec(memory: MemorySpec(limit: 32 << 20)),
+                                                                       requestId: "create-\(name.dropFirst())"))
+            }
+            try disk.fill()
+            // A create: refused, clearly, and nothing made.
+            do {
+                _ = try client.call(AgentMethods.create, CreateRequest(name: "/c", spec: ContainerSpec(memory: MemorySpec(limit: 32 << 20)),
+                                                                       requestId: "create-c"))
+                Issue.record("a create with a request_id succeeded on a full disk")
+            } catch let e as LmctfyError {
+                #expect(e.code == .resourceExhausted && e.message.contains("the disk is full"), "\(e)")
+            }
+            #expect(!exists("/c"), "a refused create left its container")
+            // A destroy makes room: done, full disk or not.
+            _ = try client.call(AgentMethods.destroy, DestroyRequest(name: "/a", requestId: "destroy-a"))
+            #expect(!exists("/a"))
+            // A change whose snapshot the disk cannot take: done, its snapshot
+            // kept in memory.
+            try disk.fill()
+            _ = try client.call(AgentMethods.pause, PauseRequest(name: "/b", requestId: "pause-b"))
+            client.close()
+            // Its stop ends (it never did: the snapshot flusher retried forever).
+            kill(agent.pid, SIGTERM)
+            var status: LmctfySystem.ExitStatus?
+            for _ in 0..<1000 where status == nil {
+                status = TestProcess.reapIfExited(agent.pid)
+                if status == nil { usleep(10_000) }
+            }
+            running = status == nil
+            try #require(status == .exited(0), "the agent did not stop on a full disk within 10 s: \(String(describing: status))")
+            // It starts on the full disk (it exited 3: "Settling the snapshots"), and serves.
+            agent = try AgentProcess(reusing: dir)
+            running = true
+            client = try RpcClient.connect(unixPath: agent.socket)
+            defer { client.close() }
+            let listed = try client.call(AgentMethods.listContainers, ListContainersRequest(name: "/", recursive: true)).names
+            #expect(listed == ["/b"], "\(listed)")
+            _ = try client.call(AgentMethods.resume, ResumeRequest(name: "/b", requestId: "resume-b"))
+            // Room again: what it kept is written, and it takes creates.
+            disk.free()
+            _ = try client.call(AgentMethods.create, CreateRequest(name: "/d", spec: ContainerSpec(memory: MemorySpec(limit: 32 << 20)),
+                                                                   requestId: "create-d"))
+            #expect(exists("/d"))
+            var files: [String] = []
+            for _ in 0..<500 {
+                files = (try? Sys.subdirectoriesAndFiles(disk.path + "/snapshots"))?.filter { $0.hasPrefix("%") }.sorted() ?? []
+                if files == ["%2Fb", "%2Fd"] { break }
+                usleep(20_000)
+            }
+            #expect(files == ["%2Fb", "%2Fd"], "snapshot files once there is room")
         }
-        var client = try RpcClient.connect(unixPath: agent.socket)
-        for name in ["/a", "/b"] {
-            _ = try client.call(AgentMethods.create, CreateRequest(name: name, spec: ContainerSpec(memory: MemorySpec(limit: 32 << 20)),
-                                                                   requestId: "create-\(name.dropFirst())"))
-        }
-        try disk.fill()
-        // A create: refused, clearly, and nothing made.
-        do {
-            _ = try client.call(AgentMethods.create, CreateRequest(name: "/c", spec: ContainerSpec(memory: MemorySpec(limit: 32 << 20)),
-                                                                   requestId: "create-c"))
-            Issue.record("a create with a request_id succeeded on a full disk")
-        } catch {
-            #expect(error.code == .resourceExhausted && error.message.contains("the disk is full"), "\(error)")
-        }
-        #expect(!exists("/c"), "a refused create left its container")
-        // A destroy makes room: done, full disk or not.
-        _ = try client.call(AgentMethods.destroy, DestroyRequest(name: "/a", requestId: "destroy-a"))
-        #expect(!exists("/a"))
-        // A change whose snapshot the disk cannot take: done, its snapshot
-        // kept in memory.
-        try disk.fill()
-        _ = try client.call(AgentMethods.pause, PauseRequest(name: "/b", requestId: "pause-b"))
-        client.close()
-        // Its stop ends (it never did: the snapshot flusher retried forever).
-        kill(agent.pid, SIGTERM)
-        var status: LmctfySystem.ExitStatus?
-        for _ in 0..<1000 where status == nil {
-            status = TestProcess.reapIfExited(agent.pid)
-            if status == nil { usleep(10_000) }
-        }
-        running = status == nil
-        try #require(status == .exited(0), "the agent did not stop on a full disk within 10 s: \(String(describing: status))")
-        // It starts on the full disk (it exited 3: "Settling the snapshots"), and serves.
-        agent = try AgentProcess(reusing: dir)
-        running = true
-        client = try RpcClient.connect(unixPath: agent.socket)
-        defer { client.close() }
-        let listed = try client.call(AgentMethods.listContainers, ListContainersRequest(name: "/", recursive: true)).names
-        #expect(listed == ["/b"], "\(listed)")
-        _ = try client.call(AgentMethods.resume, ResumeRequest(name: "/b", requestId: "resume-b"))
-        // Room again: what it kept is written, and it takes creates.
-        disk.free()
-        _ = try client.call(AgentMethods.create, CreateRequest(name: "/d", spec: ContainerSpec(memory: MemorySpec(limit: 32 << 20)),
-                                                               requestId: "create-d"))
-        #expect(exists("/d"))
-        var files: [String] = []
-        for _ in 0..<500 {
-            files = (try? Sys.subdirectoriesAndFiles(dir + "/state/snapshots"))?.filter { $0.hasPrefix("%") }.sorted() ?? []
-            if files == ["%2Fb", "%2Fd"] { break }
-            usleep(20_000)
-        }
-        #expect(files == ["%2Fb", "%2Fd"], "snapshot files once there is room")
     }
 }
