@@ -1018,6 +1018,18 @@ public final class Agent: @unchecked Sendable {
         let now = MonotonicClock.milliseconds()
         for s in Array(conns.values) { perform(s, s.session.tick(now: now)) }
         thawExpiredLeases(now: now)
+        flushEventJournal()
+    }
+
+    private var journalReport = EventLog.JournalReport()
+
+    /// Writes the events the journal could not take yet (a full disk), and
+    /// says when it falls behind, catches up or gives up.
+    private func flushEventJournal() {
+        let state = dispatcher.events.flushJournal()
+        for line in journalReport.lines(state, journal: "the event journal in \(settings.stateDir)/events") {
+            if line.error { log.error("\(line.text)") } else { log.warning("\(line.text)") }
+        }
     }
 
     /// Whether a pool thread is thawing freezes whose lease ran out.
@@ -1502,6 +1514,7 @@ public final class Agent: @unchecked Sendable {
         for s in Array(conns.values) { s.conn.close() }
         conns.removeAll()
         ticker?.cancel()
+        flushEventJournal()
         metricsServer?.stop()
         certChecker?.cancel()
         sweeper?.cancel()

@@ -641,13 +641,24 @@ public final class Controller: @unchecked Sendable {
         ticks += 1
         if ticks % Self.certCheckTicks == 0 { closePeersWithExpiredCertificates(unixTime: Int64(time(nil))) }
         if ticks % 10 == 0 {
-            fleet.flushCursors()
+            flushFleetLog()
             registry.flush()
             for p in peers.values where p.kind == .agent && p.countDue && p.counting == 0 { countContainers(p) }
         }
     }
 
     // MARK: The fleet's events
+
+    private var journalReport = EventLog.JournalReport()
+
+    /// The fleet log's journal and cursors to disk, and a line when the
+    /// journal falls behind, catches up or gives up (a full disk).
+    private func flushFleetLog() {
+        let state = fleet.flushCursors()
+        for line in journalReport.lines(state, journal: "the fleet log's journal in \(settings.stateDir)/fleet") {
+            if line.error { logger.error("\(line.text)") } else { logger.warning("\(line.text)") }
+        }
+    }
 
     /// Subscribes to a registered host's events from its cursor, with credit
     /// where the agent speaks version 3.
@@ -1091,7 +1102,7 @@ public final class Controller: @unchecked Sendable {
         guard stopping, peers.isEmpty, !finalized else { return }
         finalized = true
         metricsServer?.stop()
-        fleet.flushCursors()
+        flushFleetLog()
         registry.flush()
         ticker?.cancel()
         for s in signals { s.cancel() }

@@ -84,7 +84,7 @@ final class Enroller {
         do {
             try Sys.writeFileAtomically(spentPath, Array(lines.utf8), mode: 0o600)
         } catch {
-            throw error.lmctfy(.unavailable, "Recording the spent bootstrap token")
+            throw error.lmctfy(error.isNoSpace ? .resourceExhausted : .unavailable, "Recording the spent bootstrap token")
         }
         return EnrollResponse(certificatePem: pem)
     }

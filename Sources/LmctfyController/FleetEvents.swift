@@ -144,14 +144,21 @@ final class FleetEvents {
     }
 
     /// Writes the cursors if they moved (a timer calls it): what scrolled
-    /// out of the journal still has its cursor after a restart.
-    func flushCursors() {
-        guard cursorsDirty else { return }
+    /// out of the journal still has its cursor after a restart. Not while
+    /// the journal is behind (a full disk): a cursor must not pass an
+    /// event the journal does not have, or a restart would neither find it
+    /// on disk nor fetch it from its agent again. Returns how far behind
+    /// the journal is.
+    @discardableResult
+    func flushCursors() -> EventLog.JournalState {
+        let journal = log.flushJournal()
+        guard cursorsDirty, journal.caughtUp else { return journal }
         cursorsDirty = false
         let saved = FleetCursors(cursor: cursors.keys.sorted().map { FleetCursor(host: $0, bootId: cursors[$0]!.boot, sequence: cursors[$0]!.sequence) },
                                  fleetSequence: log.newest)
         if let bytes = try? saved.serializedBytes() {
             try? Sys.writeFileAtomically(cursorsPath, bytes, durable: false)
         }
+        return journal
     }
 }

@@ -24,6 +24,8 @@ final class EventJournal: @unchecked Sendable {
     /// The budget of both files together (nil: none).
     let maxBytes: Int?
     private var fd: Int32 = -1
+    /// The errno of the last append that failed.
+    private(set) var lastErrno: Int32 = 0
     private var count = 0
     private var bytes = 0
     /// The records the files held when they were opened (`previous`, then
@@ -89,16 +91,33 @@ final class EventJournal: @unchecked Sendable {
         if count >= capacity || (count > 0 && bytes + 4 + body.count > (maxBytes ?? Int.max) / 2) {
             close(fd)
             fd = -1
-            guard rename(currentPath, previousPath) == 0 else { return false }
+            guard rename(currentPath, previousPath) == 0 else {
+                lastErrno = errno
+                return false
+            }
             count = 0
             bytes = 0
-            do { try open() } catch { return false }
+            do { try open() } catch {
+                lastErrno = error.errno ?? EIO
+                return false
+            }
         }
-        guard fd >= 0, body.count <= Self.maxRecordBytes else { return false }
+        guard fd >= 0 else {
+            do { try open() } catch {
+                lastErrno = error.errno ?? EIO
+                return false
+            }
+            return append(serialized: body)
+        }
+        guard body.count <= Self.maxRecordBytes else {
+            lastErrno = EMSGSIZE
+            return false
+        }
         let n = UInt32(body.count)
         let record = [UInt8(n >> 24), UInt8((n >> 16) & 0xff), UInt8((n >> 8) & 0xff), UInt8(n & 0xff)] + body
         let written = record.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
         guard written == record.count else {
+            lastErrno = written < 0 ? errno : ENOSPC
             // Cut short (a full disk): taken off, or it would end the
             // reading before every event appended after it.
             if written > 0 { _ = ftruncate(fd, off_t(bytes)) }

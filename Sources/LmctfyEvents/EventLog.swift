@@ -113,9 +113,23 @@ public final class EventLog: Sendable {
         var next: UInt64 = 1
         /// A log whose id outlives the process: the file holding a bound
         /// every sequence number handed out is below, and that bound.
-        var reservation: (path: String, through: UInt64)?
+        var reservation: (file: SequenceReservation, through: UInt64)?
         /// Where events are also written (state_dir/events), once attached.
         var journal: EventJournal?
+        /// Events (not samples) the journal has not taken yet, oldest
+        /// first, and their cost: one a write failed for (a full disk) is
+        /// written again before any after it, so that the journal stays a
+        /// prefix of the log. (A failed write was dropped and the next one
+        /// written: a subscriber resuming after a restart, and the
+        /// controller's cursors, silently passed over the hole.)
+        var unjournaled: [PackedEvent] = []
+        var unjournaledCost = 0
+        /// Events the journal will never have (`unjournaled` outgrew the
+        /// log's own bounds): it takes nothing more in this process, so
+        /// that what it holds stays a prefix.
+        var unjournaledLost: UInt64 = 0
+        /// The last write's errno when it failed (0: it did not).
+        var journalErrno: Int32 = 0
         /// The boots before this one whose events the journal kept, oldest
         /// first (an agent restarted twice keeps two).
         var older: [(id: String, events: [PackedEvent])] = []
@@ -235,30 +249,29 @@ public final class EventLog: Sendable {
     /// below; it is moved a block ahead (fsynced) before they reach it, and
     /// a restart goes on from it.
     public func reserveSequences(path: String) throws(LmctfyError) {
-        let saved = (try? Sys.readFile(path)).flatMap { UInt64($0.trimmingWhitespace) } ?? 0
-        var failure: LmctfyError?
+        let file = try SequenceReservation(path: path)
+        var failure: Int32 = 0
         state.locked { s in
-            s.next = max(s.next, saved)
-            s.reservation = (path, 0)
-            if !Self.reserve(&s) { failure = LmctfyError(.failedPrecondition, "Writing the event log's sequence reservation \(path)") }
+            s.next = max(s.next, file.saved)
+            s.reservation = (file, 0)
+            failure = Self.reserve(&s)
         }
-        if let failure { throw failure }
+        if failure != 0 {
+            throw SystemError("write", path, failure).lmctfy(Sys.isNoSpace(failure) ? .resourceExhausted : .failedPrecondition,
+                                                              "Writing the event log's sequence reservation")
+        }
     }
 
-    /// Moves the reservation a block past `next` (false if it cannot be
-    /// written: the next append tries again, half a block before the
+    /// Moves the reservation a block past `next`: 0, or the errno that
+    /// stopped it (the next append tries again, half a block before the
     /// numbers could pass the old bound).
     @discardableResult
-    private static func reserve(_ s: inout State) -> Bool {
-        guard let r = s.reservation else { return true }
+    private static func reserve(_ s: inout State) -> Int32 {
+        guard let r = s.reservation else { return 0 }
         let through = s.next + reservationBlock
-        do {
-            try Sys.writeFileAtomically(r.path, Array("\(through)\n".utf8), mode: 0o600)
-        } catch {
-            return false
-        }
-        s.reservation = (r.path, through)
-        return true
+        let e = r.file.write(through)
+        if e == 0 { s.reservation = (r.file, through) }
+        return e
     }
 
     /// Appends an event with this log's boot id and next sequence number
@@ -294,13 +307,93 @@ public final class EventLog: Sendable {
                 // One encoding for the ring and the journal.
                 let p = PackedEvent(seq: e.seq, bytes: Self.encoded(e))
                 if let out = s.events.append(p, size: p.cost, capacity: capacity, maxBytes: maxBytes) { s.evictedThrough = out.seq }
-                s.journal?.append(serialized: p.bytes)
+                if s.journal != nil && s.unjournaledLost == 0 {
+                    s.unjournaled.append(p)
+                    s.unjournaledCost += p.cost
+                    writeJournal(&s)
+                }
             }
             return e
         }
         changes.bump()
         observer.locked { $0 }?.call()
         return e
+    }
+
+    /// Writes what the journal has not taken yet, oldest first, up to the
+    /// first write that fails; gives up on it all once it holds more than
+    /// the log itself keeps.
+    private func writeJournal(_ s: inout State) {
+        guard let journal = s.journal, !s.unjournaled.isEmpty else { return }
+        var written = 0
+        for p in s.unjournaled {
+            guard journal.append(serialized: p.bytes) else { break }
+            written += 1
+            s.unjournaledCost -= p.cost
+        }
+        s.journalErrno = written == s.unjournaled.count ? 0 : journal.lastErrno
+        if written == s.unjournaled.count {
+            s.unjournaled.removeAll(keepingCapacity: s.unjournaled.count < 64)
+            s.unjournaledCost = 0
+        } else if written > 0 {
+            s.unjournaled.removeFirst(written)
+        }
+        if s.unjournaled.count > capacity || s.unjournaledCost > (maxBytes ?? Int.max) {
+            s.unjournaledLost += UInt64(s.unjournaled.count)
+            s.unjournaled = []
+            s.unjournaledCost = 0
+        }
+    }
+
+    /// How far the journal is behind the log (see `flushJournal`).
+    public struct JournalState: Sendable, Equatable {
+        /// Events waiting in memory for the journal.
+        public var behind = 0
+        /// Events it will never have, in this process.
+        public var lost: UInt64 = 0
+        /// The errno of its last failed write (0: the last write worked).
+        public var errno: Int32 = 0
+        /// Everything recorded (but samples) is on disk.
+        public var caughtUp: Bool { behind == 0 && lost == 0 }
+        public init(behind: Int = 0, lost: UInt64 = 0, errno: Int32 = 0) {
+            self.behind = behind
+            self.lost = lost
+            self.errno = errno
+        }
+    }
+
+    /// Turns the journal's state, read on a timer, into what a daemon logs
+    /// when it changes: a warning when it falls behind, a line when it
+    /// has caught up, an error when it gave up.
+    public struct JournalReport: Sendable {
+        private var last = JournalState()
+        public init() {}
+
+        public mutating func lines(_ now: JournalState, journal what: String) -> [(error: Bool, text: String)] {
+            defer { last = now }
+            var out: [(error: Bool, text: String)] = []
+            if now.lost > last.lost {
+                out.append((true, "\(what) fell \(now.lost) events behind, more than the log keeps in memory (\(String(cString: strerror(now.errno)))): "
+                    + "it takes no more events until a restart, and a subscriber resuming after one gets a gap where they were"))
+            } else if now.behind > 0 && last.behind == 0 && now.lost == 0 {
+                out.append((true, "\(what) cannot be written (\(String(cString: strerror(now.errno)))): the events wait in memory "
+                    + "and are written when it can be; a restart before then loses them"))
+            } else if now.behind == 0 && last.behind > 0 && now.lost == 0 {
+                out.append((false, "\(what) has caught up: every event waiting in memory is written"))
+            }
+            return out
+        }
+    }
+
+    /// Writes again what the journal could not take (the disk was full):
+    /// a daemon calls it on a timer and before it stops. Cheap when
+    /// nothing waits.
+    @discardableResult
+    public func flushJournal() -> JournalState {
+        state.locked { s in
+            writeJournal(&s)
+            return JournalState(behind: s.unjournaled.count, lost: s.unjournaledLost, errno: s.journalErrno)
+        }
     }
 
     /// `e` serialized. One that cannot be (a required field of its stats

@@ -187,7 +187,7 @@ import Testing
         let third = try open()
         let start = third.record(container: "/c", kind: .containerEventCreated).sequence ?? 0
         for _ in 0..<(EventLog.reservationBlock + 10) { _ = third.recordStats(container: "/c", ContainerStats()) }
-        let bound = UInt64(try Sys.readFile(dir + "/sequence").trimmingWhitespace) ?? 0
+        let bound = SequenceReservation.parse(try Sys.readBytes(dir + "/sequence")).0
         #expect(bound > start + EventLog.reservationBlock + 10)
     }
 

@@ -203,9 +203,79 @@ struct FullDiskJournalTests {
             try disk.fill()
             var last: UInt64 = 0
             for _ in 0..<(half + 10) { last = log.recordStats(container: "/c", ContainerStats()).sequence ?? 0 }
-            let bound = UInt64(try Sys.readFile(path).trimmingWhitespace) ?? 0
+            let bound = SequenceReservation.parse(try Sys.readBytes(path)).0
             #expect(last < bound, "number \(last) was given past the bound on disk, \(bound)")
         }
+    }
+
+    /// The reservation is written in place, so it still moves on a full
+    /// disk, and a log starts there (the temp file and rename it took were
+    /// refused: a controller on a full disk did not start).
+    @Test func theSequenceReservationMovesOnAFullDisk() throws {
+        try FullDisk.around("sequence-full") { disk in
+            let path = disk.path + "/sequence"
+            // The format before this one, which a controller upgraded finds.
+            try Sys.writeFileAtomically(path, Array("40000\n".utf8))
+            try disk.fill()
+            let log = EventLog(capacity: 16, bootId: "b")
+            try log.reserveSequences(path: path)
+            #expect(log.record(container: "/c", kind: .containerEventCreated).sequence == 40000)
+            #expect(SequenceReservation.parse(try Sys.readBytes(path)).0 == 40000 + EventLog.reservationBlock)
+            for _ in 0..<EventLog.reservationBlock { _ = log.recordStats(container: "/c", ContainerStats()) }
+            let bound = SequenceReservation.parse(try Sys.readBytes(path)).0
+            #expect(log.newest < bound && bound > 40000 + EventLog.reservationBlock, "bound \(bound), newest \(log.newest)")
+            let again = EventLog(capacity: 16, bootId: "b")
+            try again.reserveSequences(path: path)
+            #expect(again.record(container: "/c", kind: .containerEventCreated).sequence == bound)
+        }
+    }
+
+    /// Events the journal could not take wait in memory and are written,
+    /// in order, once there is room: the journal stays a prefix of the log
+    /// (the failed ones were dropped and the next written: a restart served
+    /// a subscriber the events around a hole as if none were missing). Past
+    /// what the log keeps it gives up and takes nothing more.
+    @Test func theEventJournalCatchesUpInOrder() throws {
+        try FullDisk.around("events-order") { disk in
+            let dir = disk.path + "/events"
+            let log = EventLog(capacity: 64, bootId: "b")
+            try log.attachJournal(directory: dir)
+            log.record(container: "/a", kind: .containerEventCreated)
+            try disk.fill()
+            let big = String(repeating: "r", count: 3000)
+            for _ in 0..<4 { log.append(ContainerEvent(container: "/a", kind: .containerEventOom, reason: big)) }
+            var state = log.flushJournal()
+            #expect(state.behind > 0 && state.lost == 0 && Sys.isNoSpace(state.errno), "\(state)")
+            var report = EventLog.JournalReport()
+            #expect(report.lines(state, journal: "j").first?.text.contains("j cannot be written (No space left on device)") == true)
+            disk.free()
+            log.record(container: "/a", kind: .containerEventDestroyed)
+            state = log.flushJournal()
+            #expect(state.caughtUp, "\(state)")
+            #expect(report.lines(state, journal: "j").first?.text.contains("caught up") == true)
+            #expect(try EventJournal(directory: dir, capacity: 64).stored().map(\.sequence) == [1, 2, 3, 4, 5, 6])
+            // More than the log keeps: given up, the journal a prefix still.
+            try disk.fill()
+            for _ in 0..<70 { log.append(ContainerEvent(container: "/a", kind: .containerEventOom, reason: big)) }
+            disk.free()
+            log.record(container: "/a", kind: .containerEventCreated)
+            state = log.flushJournal()
+            #expect(state.lost > 0 && !state.caughtUp, "\(state)")
+            #expect(report.lines(state, journal: "j").first?.text.contains("takes no more events until a restart") == true)
+            let stored = try EventJournal(directory: dir, capacity: 64).stored().compactMap(\.sequence)
+            #expect(stored == Array(1...UInt64(stored.count)), "a hole in \(stored)")
+        }
+    }
+
+    /// A torn slot (a crash in the middle of its write) fails its check
+    /// and the other one holds.
+    @Test func aTornReservationSlotIsPassedOver() {
+        var bytes = SequenceReservation.header + [UInt8](repeating: 0, count: 64 - SequenceReservation.header.count)
+        bytes += SequenceReservation.encoded(500) + [UInt8](repeating: 0, count: 30)
+        bytes += SequenceReservation.encoded(900)
+        #expect(SequenceReservation.parse(bytes) == (900, 1))
+        bytes[128 + 3] = 0x66  // torn: the value no longer matches its check
+        #expect(SequenceReservation.parse(bytes) == (500, 0))
     }
 
     /// A freeze lease the disk cannot keep is refused (a restarted agent

@@ -1,0 +1,80 @@
+// The controller on a full state_dir (a real tmpfs that a ballast file
+// fills): the fleet log's journal falls behind and catches up in order once
+// there is room, with no hole a restart would pass over, and the
+// controller stops and starts on the full disk.
+import Glibc
+import Lmctfy
+@testable import LmctfyEvents
+import LmctfyProto
+import LmctfyRPC
+import LmctfySystem
+import LmctfyTestSupport
+import Testing
+
+@Suite(.enabled(if: RealCgroups.available, "\(RealCgroups.unavailableReason ?? "")"), .serialized)
+struct ControllerFullDiskTests {
+    /// How many of `host`'s events the controller's fleet log holds.
+    private func count(_ fleet: Fleet, host: String) throws -> Int {
+        let client = try fleet.client()
+        defer { client.close() }
+        var n = 0
+        try client.stream(AgentMethods.subscribe, SubscribeRequest(afterSequence: 0), deadlineMs: 5_000) { (r: SubscribeResponse) in
+            if r.event?.host == host { n += 1 }
+            return r.caughtUp == nil
+        }
+        return n
+    }
+
+    @Test func theFleetJournalCatchesUpWithoutAHoleAndTheControllerStartsOnAFullDisk() throws {
+        let fleet = try Fleet()
+        let disk = try FullDisk(fleet.dir + "/controller", kilobytes: 512)
+        defer { disk.unmount() }
+        try fleet.startController()
+        try fleet.startAgent("a", host: "alpha", keyId: "host-a")
+        fleet.waitForHosts(1)
+        let agent = try RpcClient.connect(unixPath: fleet.dir + "/agent-a.sock")
+        let base = RealCgroups.uniqueName("ctldisk")
+        var made: [String] = []
+        defer {
+            for n in made.reversed() { _ = try? agent.call(AgentMethods.destroy, DestroyRequest(name: n, force: true)) }
+            agent.close()
+        }
+        func create(_ range: Range<Int>) throws {
+            for i in range {
+                let name = base + "_\(i)"
+                _ = try agent.call(AgentMethods.create, CreateRequest(name: name, spec: ContainerSpec()))
+                made.append(name)
+            }
+        }
+        func wait(for n: Int) throws {
+            var have = 0
+            for _ in 0..<100 {
+                have = try count(fleet, host: "alpha")
+                if have >= n { break }
+                usleep(50_000)
+            }
+            #expect(have == n, "the controller has \(have) of alpha's \(n) events")
+        }
+        try create(0..<1)
+        try wait(for: 1)
+        try disk.fill()
+        // More than the slack of the journal's last page.
+        try create(1..<60)
+        try wait(for: 60)
+        disk.free()
+        try create(60..<63)
+        try wait(for: 63)
+        // What the journal holds of alpha: every event, in order.
+        let stored = try EventJournal(directory: fleet.dir + "/controller/fleet", capacity: 65536).stored()
+            .filter { $0.host == "alpha" }.compactMap(\.hostSequence)
+        #expect(stored == Array(1...63), "the journal holds \(stored.count) of 63, in order: \(stored)")
+        // A stop and a start on the full disk (the sequence reservation's
+        // temp file and rename stopped the start).
+        try disk.fill()
+        fleet.stopController()
+        try fleet.startController()
+        fleet.waitForHosts(1)
+        try create(63..<64)
+        try wait(for: 64)
+    }
+}
