@@ -113,6 +113,9 @@ public final class Agent: @unchecked Sendable {
     /// TCP connections whose handshake (TLS, hello) has not finished.
     private lazy var handshaking = HandshakeBudget(limit: settings.maxHandshakingConnections,
                                                    helloTimeoutMs: settings.limits.helloTimeoutMs)
+    /// Bytes received and not yet a whole frame, all connections together.
+    private lazy var inbound = InboundBudget(limit: InboundBudget.defaultLimit(maxFrameBytes: settings.limits.maxFrameBytes),
+                                             evictAfterMs: max(1, settings.limits.helloTimeoutMs / 10))
     private var home = HomeLink()
     private var ticker: LoopTimer?
     private var sweeper: LoopTimer?
@@ -660,6 +663,7 @@ public final class Agent: @unchecked Sendable {
             } else {
                 s.receive(bytes, startNanos: MonotonicClock.nanoseconds()) { self.perform(s, $0) }
             }
+            self.countInbound(s)
         }
         c.onEOF = { [unowned self] _ in
             guard let s = self.conns[id] else { return }
@@ -859,6 +863,28 @@ public final class Agent: @unchecked Sendable {
 
     // MARK: Flow control (loop thread)
 
+    /// What connection `s` holds of a frame not yet whole, against the
+    /// budget over all connections (InboundBudget).
+    private func countInbound(_ s: ConnState) {
+        guard conns[s.id] != nil else { return }
+        let now = MonotonicClock.milliseconds()
+        apply(inbound.received(s.id, holds: s.session.bufferedInboundBytes, now: now), reading: s, now: now)
+    }
+
+    private func apply(_ a: InboundBudget.Actions, reading s: ConnState? = nil, now: UInt64) {
+        if a.pause, let s { s.conn.pauseReading() }
+        for id in a.resume {
+            if let o = conns[id], !o.throttled { o.conn.resumeReading() }
+        }
+        for id in a.evict {
+            guard let o = conns[id] else { continue }
+            metrics.incompleteFrameEvicted()
+            if let more = peerFaults.take() { log.warning("\(describe(o)): \(inbound.evictionLine(id, now: now))\(more)") }
+            perform(o, o.session.goAway(.goawayIdleTimeout, message: inbound.evictionMessage(id, now: now), now: now))
+            if conns[id] != nil { drop(o) }
+        }
+    }
+
     /// Stops reading from a peer that holds too much, or that holds anything
     /// while the agent as a whole does; reads again once it (and the agent,
     /// unless it holds nothing) has drained to half. A peer that does not
@@ -879,7 +905,7 @@ public final class Agent: @unchecked Sendable {
         } else if s.held <= f.connectionBytes / 2, s.poolCalls.count <= f.connectionCalls / 2, agentDrained || !holds {
             s.throttled = false
             throttledCount -= 1
-            s.conn.resumeReading()
+            if !inbound.isPaused(s.id) { s.conn.resumeReading() }
             log.debug("connection \(s.id): drained, reading resumed")
         }
         // Whoever drained the agent may have freed others paused for it.
@@ -892,6 +918,7 @@ public final class Agent: @unchecked Sendable {
         if unflushed.removeValue(forKey: s.id) != nil { flush(s) }
         guard conns.removeValue(forKey: s.id) != nil else { return }
         handshaking.finished(s.id)
+        apply(inbound.closed(s.id), now: MonotonicClock.milliseconds())
         metrics.connectionClosed(conn: s.id)
         if s.id == home.connId { homeLinkLost() }
         // Unsent bytes come back through their write completions; the pool
@@ -1017,6 +1044,7 @@ public final class Agent: @unchecked Sendable {
     private func tick() {
         let now = MonotonicClock.milliseconds()
         for s in Array(conns.values) { perform(s, s.session.tick(now: now)) }
+        apply(inbound.tick(now: now), now: now)
         thawExpiredLeases(now: now)
         flushEventJournal()
     }

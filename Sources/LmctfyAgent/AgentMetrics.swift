@@ -25,6 +25,7 @@ final class AgentMetrics {
     private var accepted: [String: UInt64] = [:]
     private var refused: UInt64 = 0
     private var evicted: UInt64 = 0
+    private var framesEvicted: UInt64 = 0
     private var lagged: UInt64 = 0
     private var scrapes: UInt64 = 0
     private var renderTimes = Histogram(bounds: [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25])
@@ -60,6 +61,7 @@ final class AgentMetrics {
     func connectionAccepted(transport: String) { accepted[transport, default: 0] += 1 }
     func connectionRefused() { refused += 1 }
     func handshakeEvicted() { evicted += 1 }
+    func incompleteFrameEvicted() { framesEvicted += 1 }
     func streamLagged() { lagged += 1 }
 
     /// The text exposition of everything: the daemon's figures, then every
@@ -84,6 +86,8 @@ final class AgentMetrics {
         t.sample("lmctfy_agent_connections_refused_total", refused)
         t.family("lmctfy_agent_handshakes_evicted_total", .counter, "TCP connections closed in their handshake to admit a new one (limits.max_handshaking_connections).")
         t.sample("lmctfy_agent_handshakes_evicted_total", evicted)
+        t.family("lmctfy_agent_incomplete_frames_evicted_total", .counter, "Connections closed because their incomplete frame stalled while incomplete frames took the whole budget for them (PROTOCOL.md section 7).")
+        t.sample("lmctfy_agent_incomplete_frames_evicted_total", framesEvicted)
         var calls = self.calls
         var latency = self.latency
         if inlinePings > 0 {

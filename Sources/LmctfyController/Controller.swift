@@ -83,6 +83,9 @@ public final class Controller: @unchecked Sendable {
     /// TCP connections whose handshake (TLS, hello) has not finished.
     private lazy var handshaking = HandshakeBudget(limit: settings.maxHandshakingConnections,
                                                    helloTimeoutMs: settings.limits.helloTimeoutMs)
+    /// Bytes received and not yet a whole frame, all connections together.
+    private lazy var inbound = InboundBudget(limit: InboundBudget.defaultLimit(maxFrameBytes: settings.limits.maxFrameBytes),
+                                             evictAfterMs: max(1, settings.limits.helloTimeoutMs / 10))
     /// Log lines about what peers did wrong, at most 10 a second.
     private var peerFaults = LogBudget(perSecond: 10)
     private var ticker: LoopTimer?
@@ -312,6 +315,7 @@ public final class Controller: @unchecked Sendable {
             } else {
                 self.perform(p, p.session.receive(bytes, now: MonotonicClock.milliseconds()))
             }
+            self.countInbound(p)
         }
         c.onEOF = { [unowned self] _ in
             guard let p = self.peers[id] else { return }
@@ -368,6 +372,30 @@ public final class Controller: @unchecked Sendable {
         updateFlow(p)
     }
 
+    /// What peer `p` holds of a frame not yet whole, against the budget
+    /// over all connections (InboundBudget).
+    private func countInbound(_ p: ControllerPeer) {
+        guard peers[p.id] != nil else { return }
+        let now = MonotonicClock.milliseconds()
+        apply(inbound.received(p.id, holds: p.session.bufferedInboundBytes, now: now), reading: p, now: now)
+    }
+
+    private func apply(_ a: InboundBudget.Actions, reading p: ControllerPeer? = nil, now: UInt64) {
+        if a.pause, let p { p.conn.pauseReading() }
+        for id in a.resume {
+            if let o = peers[id], !o.throttled { o.conn.resumeReading() }
+        }
+        for id in a.evict {
+            guard let o = peers[id] else { continue }
+            metrics.framesEvicted += 1
+            if let more = peerFaults.take() {
+                logger.warning("connection \(o.id) from \(o.conn.remoteAddress?.description ?? "unix"): \(inbound.evictionLine(id, now: now))\(more)")
+            }
+            perform(o, o.session.goAway(.goawayIdleTimeout, message: inbound.evictionMessage(id, now: now), now: now))
+            if peers[id] != nil { drop(o) }
+        }
+    }
+
     /// Flow control: a peer that does not read what it is sent is not read
     /// from once more than `subscriberBytes` wait for it, until half of that
     /// has gone, so its requests wait in its own socket buffers. Without
@@ -381,7 +409,7 @@ public final class Controller: @unchecked Sendable {
             p.conn.pauseReading()
         } else if p.throttled && held <= Self.subscriberBytes / 2 {
             p.throttled = false
-            p.conn.resumeReading()
+            if !inbound.isPaused(p.id) { p.conn.resumeReading() }
         }
     }
 
@@ -527,6 +555,7 @@ public final class Controller: @unchecked Sendable {
         guard peers.removeValue(forKey: p.id) != nil else { return }
         handshaking.finished(p.id)
         let now = MonotonicClock.milliseconds()
+        apply(inbound.closed(p.id), now: now)
         watchers.removeAll { $0.conn == p.id }
         for stream in p.fleetStreams { fleet.hub.remove(EventHub.Key(conn: p.id, stream: stream)) }
         p.fleetStreams.removeAll()
@@ -638,6 +667,7 @@ public final class Controller: @unchecked Sendable {
     private func tick() {
         let now = MonotonicClock.milliseconds()
         for p in Array(peers.values) { perform(p, p.session.tick(now: now)) }
+        apply(inbound.tick(now: now), now: now)
         ticks += 1
         if ticks % Self.certCheckTicks == 0 { closePeersWithExpiredCertificates(unixTime: Int64(time(nil))) }
         if ticks % 10 == 0 {

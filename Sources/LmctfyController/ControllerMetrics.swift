@@ -21,6 +21,8 @@ final class ControllerMetrics {
     /// and handshaking ones closed to admit a new one (HandshakeBudget).
     var connectionsRefused: UInt64 = 0
     var handshakesEvicted: UInt64 = 0
+    /// Connections closed because their incomplete frame stalled (InboundBudget).
+    var framesEvicted: UInt64 = 0
     private var scrapes: UInt64 = 0
 
     func render(knownHosts: Int, connectedHosts: Int, connections: [String: Int], subscribers: Int, log: EventLog) -> [UInt8] {
@@ -40,6 +42,8 @@ final class ControllerMetrics {
         t.sample("lmctfy_controller_connections_refused_total", connectionsRefused)
         t.family("lmctfy_controller_handshakes_evicted_total", .counter, "TCP connections closed in their handshake to admit a new one.")
         t.sample("lmctfy_controller_handshakes_evicted_total", handshakesEvicted)
+        t.family("lmctfy_controller_incomplete_frames_evicted_total", .counter, "Connections closed because their incomplete frame stalled while incomplete frames took the whole budget for them.")
+        t.sample("lmctfy_controller_incomplete_frames_evicted_total", framesEvicted)
         t.family("lmctfy_controller_calls_routed_total", .counter, "Client calls forwarded to a host, by method.")
         for method in routed.keys.sorted() { t.sample("lmctfy_controller_calls_routed_total", ["method": method], routed[method]!) }
         t.family("lmctfy_controller_routed_calls_ended_total", .counter, "Forwarded calls that ended, by status code.")

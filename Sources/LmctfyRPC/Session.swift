@@ -226,6 +226,9 @@ public struct Session: Sendable {
     private var handshake: Handshake
     private let nonces: any NonceSource
     private var decoder: FrameDecoder
+    /// Bytes received that are not a whole frame yet (after `receive`, an
+    /// incomplete frame's: InboundBudget).
+    public var bufferedInboundBytes: Int { decoder.bufferedBytes }
     private let startedAt: UInt64
     private var lastReceived: UInt64
     private var lastPingSent: UInt64

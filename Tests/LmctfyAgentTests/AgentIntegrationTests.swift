@@ -476,6 +476,26 @@ struct AgentIntegrationTests {
         }
     }
 
+    /// Peers that each sent most of a 4 MiB frame and stopped held that much
+    /// of the agent apiece, for as long as they liked (a probe: 200 of them
+    /// took it from 21 MB to 846 MB). Incomplete frames now have a budget
+    /// over all connections (64 MiB): the longest-stalled are closed to make
+    /// room, and a client sending a large frame is served.
+    @Test func incompleteFramesStayWithinTheirBudget() throws {
+        try withAgent("limits { hello_timeout_ms: 5000 } metrics { address: \"127.0.0.1:0\" }") { agent, socket in
+            let half = try HalfFrames(unixPath: socket, count: 20)
+            let client = try RpcClient.connect(unixPath: socket)
+            defer { client.close() }
+            let data = [UInt8](repeating: 7, count: 3 << 20)
+            #expect(try client.call("Ping", PingRequest(data: data), as: PingResponse.self, deadlineMs: 10_000).data == data)
+            let closed = half.closed(.goawayIdleTimeout, atLeast: 4, waitMs: 5_000)
+            #expect(closed.count >= 4, "\(closed.count) of 20 stalled frames closed")
+            #expect(closed.first?.session.closeReason?.message.contains("incomplete frame") == true)
+            let metrics = String(decoding: try get("/metrics", port: agent.metricsPort).body, as: UTF8.self)
+            #expect(metrics.contains("lmctfy_agent_incomplete_frames_evicted_total \(closed.count)"))
+        }
+    }
+
     /// Peers of allowed_group (or a role binding) holding every connection
     /// turned root away on the Unix socket ("too many connections"; a probe,
     /// thirty-second sitting): root has Agent.rootReserve connections

@@ -45,6 +45,24 @@ struct ControllerIntegrationTests {
         #expect(metrics.contains("lmctfy_controller_connections_refused_total 2"))
     }
 
+    /// Incomplete frames over all connections have a budget (64 MiB), as
+    /// at the agent: peers holding most of a 4 MiB frame each are closed,
+    /// the longest-stalled first, and a client's large frame is served.
+    @Test func incompleteFramesStayWithinTheirBudget() throws {
+        let fleet = try Fleet()
+        try fleet.startController(extra: "limits { hello_timeout_ms: 5000 } metrics { address: \"127.0.0.1:0\" }")
+        let half = try HalfFrames(unixPath: fleet.dir + "/controller.sock", count: 20)
+        let client = try fleet.client()
+        defer { client.close() }
+        let data = [UInt8](repeating: 7, count: 3 << 20)
+        #expect(try client.call("Ping", PingRequest(data: data), as: PingResponse.self, deadlineMs: 10_000).data == data)
+        let closed = half.closed(.goawayIdleTimeout, atLeast: 4, waitMs: 5_000)
+        #expect(closed.count >= 4, "\(closed.count) of 20 stalled frames closed")
+        let port = try #require(fleet.controller?.metricsPort)
+        let metrics = String(decoding: try get("/metrics", port: port).body, as: UTF8.self)
+        #expect(metrics.contains("lmctfy_controller_incomplete_frames_evicted_total \(closed.count)"))
+    }
+
     /// A client that pipelines requests and reads none of the answers: the
     /// controller kept reading and answering, 2 GB in 25 s (a probe,
     /// thirty-second sitting). Now it stops reading from a peer once 4 MiB
