@@ -136,8 +136,8 @@ public struct AgentSettings: Sendable {
             let names = own.dnsNames.isEmpty ? "none" : own.dnsNames.joined(separator: ", ")
             throw .invalidArgument("\(source): host_name \"\(hostName)\" is not a DNS name of the tls certificate (its DNS names: \(names)): the controller would refuse its Register; set host_name to one of them, or use a certificate for this host")
         }
-        for l in c.label where (l.key ?? "").isEmpty || (l.key ?? "").contains(",") || (l.key ?? "").contains("=") || (l.value ?? "").contains(",") {
-            throw .invalidArgument("\(source): a label needs a key, and neither may hold \",\" or \"=\" (\(l.key ?? "")=\(l.value ?? ""))")
+        if let problem = HostIdentityRules.problem(labels: c.label) {
+            throw .invalidArgument("\(source): \(problem)")
         }
         let base = Int(c.reconnectBaseMs ?? 500), cap = Int(c.reconnectMaxMs ?? 30_000)
         guard base >= 1, cap >= base else {

@@ -138,7 +138,7 @@ public final class Controller: @unchecked Sendable {
         }
         logger = l
         try settings.prepareStateDir()
-        registry = try HostRegistry(store: FileHostStore(path: settings.stateDir + "/hosts"))
+        registry = try HostRegistry(store: FileHostStore(path: settings.stateDir + "/hosts"), maxHosts: settings.maxHosts)
         fleet = try FleetEvents(stateDir: settings.stateDir, capacity: Int(settings.config.eventLogCapacity ?? 65536))
     }
 

@@ -26,6 +26,8 @@ public struct ControllerSettings: Sendable {
     /// TCP connections still in their handshake (TLS, hello) at once
     /// (limits.max_handshaking_connections; default 1024): HandshakeBudget.
     public var maxHandshakingConnections: Int
+    /// ControllerConfig.max_hosts.
+    public var maxHosts: Int
     public var logLevel: AgentLogLevel
     public var stateDir: String
     /// The Prometheus endpoint (metrics { address }); nil: none (the default).
@@ -118,6 +120,8 @@ public struct ControllerSettings: Sendable {
         limits = try SessionLimits(c.limits ?? AgentLimits(), source: source)
         maxHandshakingConnections = try HandshakeBudget.limit(c.limits?.maxHandshakingConnections, default: HandshakeBudget.controllerDefault, source: source)
         logLevel = c.logLevel ?? .logInfo
+        maxHosts = Int(c.maxHosts ?? UInt32(HostRegistry.defaultMaxHosts))
+        guard (1...(1 << 20)).contains(maxHosts) else { throw .invalidArgument("\(source): max_hosts must be 1 to 1048576") }
         stateDir = c.stateDir ?? "/var/lib/lmctfy-controller"
         if let m = c.metrics {
             guard let address = m.address else {

@@ -88,6 +88,11 @@ final class HostRegistry {
     /// `flush`, once a second. A new name-to-key binding is saved at once.
     private var dirty = false
     private let store: any HostStore
+    /// The most hosts it holds (ControllerConfig.max_hosts): a new name
+    /// beyond it is refused. One key could register any number of names,
+    /// each kept for good (a probe: a thousand in half a minute).
+    let maxHosts: Int
+    static let defaultMaxHosts = 65536
     /// When each name's live link was last replaced by a new registration
     /// (monotonic ms, the last 10 s), and until when a name claimed from
     /// two places at once is refused to any but its live link.
@@ -97,8 +102,9 @@ final class HostRegistry {
     static let flapReplacements = 3
     static let contestedMs: UInt64 = 60_000
 
-    init(store: any HostStore) throws(LmctfyError) {
+    init(store: any HostStore, maxHosts: Int = HostRegistry.defaultMaxHosts) throws(LmctfyError) {
         self.store = store
+        self.maxHosts = maxHosts
         for h in try store.load() {
             guard let name = h.identity?.hostName else { continue }
             var host = h
@@ -131,12 +137,19 @@ final class HostRegistry {
         guard HostName.isValid(name) else {
             throw .invalidArgument("Register: host_name \(HostName.quoted(name)) must be \(HostName.rule)")
         }
+        if let problem = HostIdentityRules.problem(identity) {
+            throw .invalidArgument("Register of \(name): \(problem)")
+        }
         if let bound = hosts[name]?.keyId, bound != keyId {
             throw LmctfyError(.permissionDenied, "host \(name) is registered with another key")
         }
         let previous = links[name]
         if let previous, previous != conn { try checkNotContested(name, now: nowMs) }
         if hosts[name] == nil {
+            guard hosts.count < maxHosts else {
+                throw LmctfyError(.resourceExhausted, "Register of \(name): the controller knows \(hosts.count) hosts, its max_hosts: "
+                                  + "remove hosts that are gone (lmctl remove-host) or raise max_hosts")
+            }
             // The binding is kept before the host is admitted.
             try store.bind(name, keyId: keyId)
         }

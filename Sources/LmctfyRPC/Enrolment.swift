@@ -3,6 +3,7 @@
 // COpenSSL shim's lm_make_key_and_csr and lm_sign_csr).
 import COpenSSL
 import Glibc
+import LmctfyProto
 import LmctfySystem
 
 /// Certificates issued to enrolling agents.
@@ -103,5 +104,48 @@ public enum HostName {
     /// characters.
     public static func quoted(_ name: String) -> String {
         String(reflecting: name.count > 64 ? String(name.prefix(64)) + "..." : name)
+    }
+}
+
+/// What a host's identity may hold beyond its name (a Register's; an
+/// agent's `label`s, checked where it reads its config). The controller
+/// keeps every identity, writes them all to its inventory and answers
+/// ListHosts with them: unbounded, one key registering a thousand names
+/// with 64 KiB of labels each took it 140 MB, a 66 MB inventory rewritten
+/// every second, and a ListHosts no frame could carry (a probe).
+public enum HostIdentityRules {
+    public static let maxLabels = 64
+    public static let maxLabelKeyBytes = 128
+    public static let maxLabelValueBytes = 256
+    /// machine_id, boot_id, agent_version.
+    public static let maxFieldBytes = 256
+    /// root_container (a container name is at most 3,072 bytes).
+    public static let maxRootContainerBytes = 4096
+
+    /// What is wrong with `labels` (nil: nothing).
+    public static func problem(labels: [HostLabel]) -> String? {
+        if labels.count > maxLabels { return "\(labels.count) labels, more than \(maxLabels)" }
+        for l in labels {
+            let key = l.key ?? "", value = l.value ?? ""
+            if key.isEmpty || key.contains(",") || key.contains("=") || value.contains(",") {
+                return "a label needs a key, and neither may hold \",\" or \"=\" (\(HostName.quoted(key))=\(HostName.quoted(value)))"
+            }
+            if key.utf8.count > maxLabelKeyBytes || value.utf8.count > maxLabelValueBytes {
+                return "label \(HostName.quoted(key)) is longer than \(maxLabelKeyBytes) bytes of key or \(maxLabelValueBytes) of value"
+            }
+        }
+        return nil
+    }
+
+    /// What is wrong with `identity` besides its name (nil: nothing).
+    public static func problem(_ identity: HostIdentity) -> String? {
+        for (field, value) in [("machine_id", identity.machineId), ("boot_id", identity.bootId), ("agent_version", identity.agentVersion)]
+        where (value?.utf8.count ?? 0) > maxFieldBytes {
+            return "\(field) is longer than \(maxFieldBytes) bytes"
+        }
+        if (identity.rootContainer?.utf8.count ?? 0) > maxRootContainerBytes {
+            return "root_container is longer than \(maxRootContainerBytes) bytes"
+        }
+        return problem(labels: identity.label)
     }
 }

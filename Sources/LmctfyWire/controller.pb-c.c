@@ -1673,7 +1673,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__fleet_cursors__descr
   (ProtobufCMessageInit) containers__lmctfy__agent__fleet_cursors__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor containers__lmctfy__agent__controller_config__field_descriptors[19] =
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__controller_config__field_descriptors[20] =
 {
   {
     "unix_socket_path",
@@ -1903,6 +1903,18 @@ static const ProtobufCFieldDescriptor containers__lmctfy__agent__controller_conf
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "max_hosts",
+    20,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_UINT32,
+    offsetof(Containers__Lmctfy__Agent__ControllerConfig, has_max_hosts),
+    offsetof(Containers__Lmctfy__Agent__ControllerConfig, max_hosts),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned containers__lmctfy__agent__controller_config__field_indices_by_name[] = {
   4,   /* field[4] = agent_address */
@@ -1915,6 +1927,7 @@ static const unsigned containers__lmctfy__agent__controller_config__field_indice
   5,   /* field[5] = key_file */
   7,   /* field[7] = limits */
   8,   /* field[8] = log_level */
+  19,   /* field[19] = max_hosts */
   18,   /* field[18] = metrics */
   6,   /* field[6] = role */
   14,   /* field[14] = signing_ca_certificate_file */
@@ -1928,7 +1941,7 @@ static const unsigned containers__lmctfy__agent__controller_config__field_indice
 static const ProtobufCIntRange containers__lmctfy__agent__controller_config__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 19 }
+  { 0, 20 }
 };
 const ProtobufCMessageDescriptor containers__lmctfy__agent__controller_config__descriptor =
 {
@@ -1938,7 +1951,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__controller_config__d
   "Containers__Lmctfy__Agent__ControllerConfig",
   "containers.lmctfy.agent",
   sizeof(Containers__Lmctfy__Agent__ControllerConfig),
-  19,
+  20,
   containers__lmctfy__agent__controller_config__field_descriptors,
   containers__lmctfy__agent__controller_config__field_indices_by_name,
   1,  containers__lmctfy__agent__controller_config__number_ranges,

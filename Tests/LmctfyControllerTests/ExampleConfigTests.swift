@@ -89,5 +89,10 @@ struct ExampleConfigTests {
         #expect(link.host == "127.0.0.1" && link.keyId == "alpha" && link.hostName == "alpha")
         #expect(link.labels.map { "\($0.key ?? "")=\($0.value ?? "")" } == ["zone=z1", "tier=web"])
         #expect(link.reconnectBaseMs == 500 && link.reconnectMaxMs == 30_000)
+        // Labels within the controller's bounds (HostIdentityRules): 65 are
+        // refused here, not at every Register.
+        let tooMany = dialling + "\n" + (0..<63).map { "label { key: \"x\($0)\" value: \"v\" }" }.joined(separator: "\n")
+        #expect { _ = try AgentSettings.parse(tooMany, source: "agent.conf") }
+            throws: { ($0 as? LmctfyError)?.message.contains("65 labels, more than 64") == true }
     }
 }

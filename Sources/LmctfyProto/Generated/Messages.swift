@@ -5099,6 +5099,8 @@ public struct ControllerConfig: ProtoMessage {
     public var enrolledCertificateDays: UInt32?
     /// Field 19 `metrics`.
     public var metrics: MetricsEndpointConfig?
+    /// Field 20 `max_hosts`.
+    public var maxHosts: UInt32?
 
     public init(
         unixSocketPath: String? = nil,
@@ -5119,7 +5121,8 @@ public struct ControllerConfig: ProtoMessage {
         signingCaKeyFile: String? = nil,
         bootstrapTokenFile: String? = nil,
         enrolledCertificateDays: UInt32? = nil,
-        metrics: MetricsEndpointConfig? = nil
+        metrics: MetricsEndpointConfig? = nil,
+        maxHosts: UInt32? = nil
     ) {
         self.unixSocketPath = unixSocketPath
         self.unixSocketMode = unixSocketMode
@@ -5140,6 +5143,7 @@ public struct ControllerConfig: ProtoMessage {
         self.bootstrapTokenFile = bootstrapTokenFile
         self.enrolledCertificateDays = enrolledCertificateDays
         self.metrics = metrics
+        self.maxHosts = maxHosts
     }
 
     public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.ControllerConfig")
@@ -5165,6 +5169,7 @@ public struct ControllerConfig: ProtoMessage {
         self.bootstrapTokenFile = message.get(17)
         self.enrolledCertificateDays = message.get(18)
         self.metrics = message.get(19)
+        self.maxHosts = message.get(20)
     }
 
     public var dynamic: DynamicMessage {
@@ -5188,6 +5193,7 @@ public struct ControllerConfig: ProtoMessage {
         message.set(17, bootstrapTokenFile)
         message.set(18, enrolledCertificateDays)
         message.set(19, metrics)
+        message.set(20, maxHosts)
         return message
     }
 
@@ -5212,6 +5218,7 @@ public struct ControllerConfig: ProtoMessage {
         self.bootstrapTokenFile = CBridge.value(c, f[16])
         self.enrolledCertificateDays = CBridge.value(c, f[17])
         self.metrics = CBridge.message(c, f[18])
+        self.maxHosts = CBridge.value(c, f[19])
     }
 
     public func makeC() -> UnsafeMutableRawPointer {
@@ -5236,6 +5243,7 @@ public struct ControllerConfig: ProtoMessage {
         CBridge.set(c, f[16], bootstrapTokenFile)
         CBridge.set(c, f[17], enrolledCertificateDays)
         CBridge.setMessage(c, f[18], metrics)
+        CBridge.set(c, f[19], maxHosts)
         return c
     }
 }

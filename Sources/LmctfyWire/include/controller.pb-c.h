@@ -458,14 +458,21 @@ struct  Containers__Lmctfy__Agent__ControllerConfig
    * Prometheus exposition of the fleet's figures (hosts, routed calls,
    * relayed events), as the agent's `metrics` block; absent: none.
    */
-  /*
-   * Next id: 20
-   */
   Containers__Lmctfy__Agent__MetricsEndpointConfig *metrics;
+  /*
+   * The most hosts the inventory holds, connected or not: a Register of a
+   * new name beyond it is RESOURCE_EXHAUSTED until hosts that are gone are
+   * removed (RemoveHost). Absent: 65536; 1 to 1048576.
+   */
+  /*
+   * Next id: 21
+   */
+  protobuf_c_boolean has_max_hosts;
+  uint32_t max_hosts;
 };
 #define CONTAINERS__LMCTFY__AGENT__CONTROLLER_CONFIG__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__controller_config__descriptor) \
-    , NULL, 0, 0, NULL, NULL, NULL, NULL, 0,NULL, NULL, 0, CONTAINERS__LMCTFY__AGENT__AGENT_LOG_LEVEL__LOG_LEVEL_UNSPECIFIED, NULL, 0, 0, NULL, 0, 0, NULL, NULL, NULL, NULL, 0, 0, NULL }
+    , NULL, 0, 0, NULL, NULL, NULL, NULL, 0,NULL, NULL, 0, CONTAINERS__LMCTFY__AGENT__AGENT_LOG_LEVEL__LOG_LEVEL_UNSPECIFIED, NULL, 0, 0, NULL, 0, 0, NULL, NULL, NULL, NULL, 0, 0, NULL, 0, 0 }
 
 
 /*
