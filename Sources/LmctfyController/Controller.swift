@@ -953,7 +953,21 @@ public final class Controller: @unchecked Sendable {
             switch method {
             case ControllerMethods.listHosts.name:
                 let r = try ListHostsRequest(serializedBytes: payload)
-                result = .success(try ListHostsResponse(hosts: try registry.list(selector: r.selector)).serializedBytes())
+                // What one answer may hold: the caller's frame, less the
+                // frame's own fields.
+                let limit = Int(p.session.peer?.maxFrameBytes ?? FrameCodec.helloMaxFrameBytes) - 1024
+                if let size = r.pageSize, size > 0 {
+                    let (hosts, next) = try registry.page(selector: r.selector, after: r.pageToken, size: Int(size), maxBytes: limit)
+                    result = .success(try ListHostsResponse(hosts: hosts, nextPageToken: next).serializedBytes())
+                } else {
+                    let hosts = try registry.list(selector: r.selector)
+                    let bytes = try ListHostsResponse(hosts: hosts).serializedBytes()
+                    guard bytes.count <= limit else {
+                        throw LmctfyError(.resourceExhausted, "the \(hosts.count) hosts take \(bytes.count) bytes, more than one answer can (\(limit)): "
+                                          + "ask for them in pages (page_size; lmctl does)")
+                    }
+                    result = .success(bytes)
+                }
             case ControllerMethods.removeHost.name:
                 let r = try RemoveHostRequest(serializedBytes: payload)
                 guard let name = r.hostName, !name.isEmpty else { throw LmctfyError.invalidArgument("RemoveHost needs a host_name") }

@@ -228,6 +228,25 @@ final class HostRegistry {
         return byName.filter { Self.matches($0, wanted) }
     }
 
+    /// One page of `list`: at most `size` hosts after `token` by name, fewer
+    /// when more would take over `maxBytes` serialized, and the token of
+    /// the next page (nil: none follows).
+    func page(selector: String?, after token: String?, size: Int, maxBytes: Int) throws(LmctfyError) -> (hosts: [HostInfo], next: String?) {
+        let wanted = try Self.parse(selector)
+        var hosts: [HostInfo] = []
+        var bytes = 0
+        for h in byName where token.map({ (h.identity?.hostName ?? "") > $0 }) ?? true && Self.matches(h, wanted) {
+            // A repeated field's entry: its bytes, a tag and a length.
+            let cost = ((try? h.serializedBytes().count) ?? 0) + 6
+            if hosts.count == size || (!hosts.isEmpty && bytes + cost > maxBytes) {
+                return (hosts, hosts.last?.identity?.hostName)
+            }
+            hosts.append(h)
+            bytes += cost
+        }
+        return (hosts, nil)
+    }
+
     /// Whether a host's labels have every pair of a parsed selector.
     static func matches(_ h: HostInfo, _ wanted: [String: String]) -> Bool {
         let labels = Dictionary((h.identity?.label ?? []).map { ($0.key ?? "", $0.value ?? "") }, uniquingKeysWith: { a, _ in a })

@@ -1189,7 +1189,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__host_info__descripto
   (ProtobufCMessageInit) containers__lmctfy__agent__host_info__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor containers__lmctfy__agent__list_hosts_request__field_descriptors[1] =
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__list_hosts_request__field_descriptors[3] =
 {
   {
     "selector",
@@ -1203,14 +1203,40 @@ static const ProtobufCFieldDescriptor containers__lmctfy__agent__list_hosts_requ
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "page_size",
+    2,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_UINT32,
+    offsetof(Containers__Lmctfy__Agent__ListHostsRequest, has_page_size),
+    offsetof(Containers__Lmctfy__Agent__ListHostsRequest, page_size),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "page_token",
+    3,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__ListHostsRequest, page_token),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned containers__lmctfy__agent__list_hosts_request__field_indices_by_name[] = {
+  1,   /* field[1] = page_size */
+  2,   /* field[2] = page_token */
   0,   /* field[0] = selector */
 };
 static const ProtobufCIntRange containers__lmctfy__agent__list_hosts_request__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 1 }
+  { 0, 3 }
 };
 const ProtobufCMessageDescriptor containers__lmctfy__agent__list_hosts_request__descriptor =
 {
@@ -1220,14 +1246,14 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__list_hosts_request__
   "Containers__Lmctfy__Agent__ListHostsRequest",
   "containers.lmctfy.agent",
   sizeof(Containers__Lmctfy__Agent__ListHostsRequest),
-  1,
+  3,
   containers__lmctfy__agent__list_hosts_request__field_descriptors,
   containers__lmctfy__agent__list_hosts_request__field_indices_by_name,
   1,  containers__lmctfy__agent__list_hosts_request__number_ranges,
   (ProtobufCMessageInit) containers__lmctfy__agent__list_hosts_request__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor containers__lmctfy__agent__list_hosts_response__field_descriptors[1] =
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__list_hosts_response__field_descriptors[2] =
 {
   {
     "hosts",
@@ -1241,14 +1267,27 @@ static const ProtobufCFieldDescriptor containers__lmctfy__agent__list_hosts_resp
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "next_page_token",
+    2,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__ListHostsResponse, next_page_token),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned containers__lmctfy__agent__list_hosts_response__field_indices_by_name[] = {
   0,   /* field[0] = hosts */
+  1,   /* field[1] = next_page_token */
 };
 static const ProtobufCIntRange containers__lmctfy__agent__list_hosts_response__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 1 }
+  { 0, 2 }
 };
 const ProtobufCMessageDescriptor containers__lmctfy__agent__list_hosts_response__descriptor =
 {
@@ -1258,7 +1297,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__list_hosts_response_
   "Containers__Lmctfy__Agent__ListHostsResponse",
   "containers.lmctfy.agent",
   sizeof(Containers__Lmctfy__Agent__ListHostsResponse),
-  1,
+  2,
   containers__lmctfy__agent__list_hosts_response__field_descriptors,
   containers__lmctfy__agent__list_hosts_response__field_indices_by_name,
   1,  containers__lmctfy__agent__list_hosts_response__number_ranges,

@@ -67,7 +67,7 @@ enum HostsCommand {
             }
             let client = try dial()
             defer { client.close() }
-            let hosts = try client.call(ControllerMethods.listHosts, ListHostsRequest(selector: selector)).hosts
+            let hosts = try allHosts(client, selector: selector)
             var text = ""
             for h in hosts {
                 // Each connected host's policy (capacity, commitment per
@@ -105,4 +105,21 @@ enum HostsCommand {
         ] + LmctlCLI.policyPairs(policy)
         return pairs.map { "\($0.0)=\"\(TextFormat.cEscape(Array($0.1.utf8)))\"" }.joined(separator: " ")
     }
+}
+
+/// Every host the controller knows (matching `selector`), a page of 1,000
+/// at a time: one answer holding them all does not fit in a frame beyond
+/// some ten thousand hosts. A controller without pages answers them all at
+/// once, and no token.
+func allHosts(_ client: RpcClient, selector: String?) throws(LmctfyError) -> [HostInfo] {
+    var hosts: [HostInfo] = []
+    var token: String?
+    repeat {
+        let page = try client.call(ControllerMethods.listHosts, ListHostsRequest(selector: selector, pageSize: 1000, pageToken: token))
+        hosts += page.hosts
+        guard let next = page.nextPageToken else { break }
+        guard next > (token ?? "") else { throw LmctfyError(.internal, "ListHosts: the controller's next page token \(HostName.quoted(next)) does not move on") }
+        token = next
+    } while true
+    return hosts
 }

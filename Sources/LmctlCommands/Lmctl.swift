@@ -438,8 +438,7 @@ public enum LmctlCLI {
         do {
             let client = try dial()
             defer { client.close() }
-            let request = ListHostsRequest(selector: selector.isEmpty ? nil : selector)
-            names = try client.call(ControllerMethods.listHosts, request).hosts.compactMap { $0.identity?.hostName }
+            names = try allHosts(client, selector: selector.isEmpty ? nil : selector).compactMap { $0.identity?.hostName }
         } catch {
             stderr.write(Array("Command exited with error message: \(error.code.rawValue): ListHosts: \(error.message)\n".utf8))
             return error.code.rawValue

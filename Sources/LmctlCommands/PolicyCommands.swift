@@ -121,7 +121,7 @@ enum PolicyCommands {
             let a = try parse(words, readFile: readFile)
             let client = try dial()
             defer { client.close() }
-            let hosts = try client.call(ControllerMethods.listHosts, ListHostsRequest()).hosts
+            let hosts = try allHosts(client, selector: nil)
                 .filter { $0.state == .hostConnected }.compactMap { $0.identity?.hostName }
             guard !hosts.isEmpty else { throw .unavailable("The controller has no connected host") }
             var admitted: [(host: String, load: Double)] = []

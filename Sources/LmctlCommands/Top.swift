@@ -246,7 +246,7 @@ enum TopCommand {
             defer { calls.close() }
             var model = Model(base: o.name ?? "/")
             if let fleet {
-                let hosts = try calls.main.call(ControllerMethods.listHosts, ListHostsRequest(selector: fleet.isEmpty ? nil : fleet)).hosts
+                let hosts = try allHosts(calls.main, selector: fleet.isEmpty ? nil : fleet)
                 calls.selector = fleet
                 calls.hosts = hosts.filter { $0.state == .hostConnected }.compactMap { $0.identity?.hostName }.sorted()
                 guard !calls.hosts.isEmpty else {

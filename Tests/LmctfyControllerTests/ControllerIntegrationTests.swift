@@ -45,16 +45,6 @@ struct ControllerIntegrationTests {
         #expect(metrics.contains("lmctfy_controller_connections_refused_total 2"))
     }
 
-    /// A Register over a fresh agent link with key host-b: the status code
-    /// (nil: registered).
-    private func register(_ fleet: Fleet, _ identity: HostIdentity) throws -> StatusCode? {
-        let agent = try RawLink(fd: try RpcSocket.connectTCP(host: "127.0.0.1", port: fleet.agentPort),
-                                Session(dialler: .sharedKey(keyId: "host-b", key: fleet.keys["host-b"]!), name: "reg", now: MonotonicClock.milliseconds()))
-        agent.open(ControllerMethods.register.name, try RegisterRequest(identity: identity).serializedBytes())
-        agent.pump { !agent.responses.isEmpty || !agent.statuses.isEmpty }
-        return agent.responses.isEmpty ? (agent.statuses.first?.code ?? .unknown) : nil
-    }
-
     /// One key could register any number of names, each with any amount
     /// of labels, all kept for good (a probe: a thousand names with 64 KiB
     /// of labels each took the controller 140 MB, a 66 MB inventory
@@ -64,15 +54,15 @@ struct ControllerIntegrationTests {
         let fleet = try Fleet()
         try fleet.startController(extra: "max_hosts: 3")
         let big = (0..<65).map { HostLabel(key: "k\($0)", value: "v") }
-        #expect(try register(fleet, HostIdentity(hostName: "many-labels", label: big)) == .invalidArgument)
+        #expect(try fleet.register(HostIdentity(hostName: "many-labels", label: big)) == .invalidArgument)
         let long = [HostLabel(key: "zone", value: String(repeating: "v", count: 257))]
-        #expect(try register(fleet, HostIdentity(hostName: "long-label", label: long)) == .invalidArgument)
-        #expect(try register(fleet, HostIdentity(hostName: "long-id", machineId: String(repeating: "m", count: 257))) == .invalidArgument)
+        #expect(try fleet.register(HostIdentity(hostName: "long-label", label: long)) == .invalidArgument)
+        #expect(try fleet.register(HostIdentity(hostName: "long-id", machineId: String(repeating: "m", count: 257))) == .invalidArgument)
         let fine = (0..<64).map { HostLabel(key: "k\($0)", value: String(repeating: "v", count: 256)) }
-        for name in ["h1", "h2", "h3"] { #expect(try register(fleet, HostIdentity(hostName: name, label: fine)) == nil) }
-        #expect(try register(fleet, HostIdentity(hostName: "h4")) == .resourceExhausted)
+        for name in ["h1", "h2", "h3"] { #expect(try fleet.register(HostIdentity(hostName: name, label: fine)) == nil) }
+        #expect(try fleet.register(HostIdentity(hostName: "h4")) == .resourceExhausted)
         // A known name still registers at the bound; a removed one makes room.
-        #expect(try register(fleet, HostIdentity(hostName: "h2")) == nil)
+        #expect(try fleet.register(HostIdentity(hostName: "h2")) == nil)
         let client = try fleet.client()
         defer { client.close() }
         for _ in 0..<200 {
@@ -81,7 +71,7 @@ struct ControllerIntegrationTests {
             usleep(10_000)
         }
         _ = try client.call(ControllerMethods.removeHost, RemoveHostRequest(hostName: "h1"))
-        #expect(try register(fleet, HostIdentity(hostName: "h4")) == nil)
+        #expect(try fleet.register(HostIdentity(hostName: "h4")) == nil)
         do {
             _ = try ControllerSettings.parse("state_dir: \"\(fleet.dir)/other\" agent_address: \"127.0.0.1:1\" key_file: \"\(fleet.dir)/keys\" allow_plaintext_tcp: true max_hosts: 0", source: "t")
             Issue.record("max_hosts 0 was taken")

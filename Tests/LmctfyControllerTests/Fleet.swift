@@ -126,4 +126,14 @@ final class Fleet {
     }
 
     func client() throws -> RpcClient { try RpcClient.connect(unixPath: dir + "/controller.sock") }
+
+    /// A Register over a fresh agent link with key host-b, closed after:
+    /// the status code (nil: registered).
+    func register(_ identity: HostIdentity) throws -> StatusCode? {
+        let agent = try RawLink(fd: try RpcSocket.connectTCP(host: "127.0.0.1", port: agentPort),
+                                Session(dialler: .sharedKey(keyId: "host-b", key: keys["host-b"]!), name: "reg", now: MonotonicClock.milliseconds()))
+        agent.open(ControllerMethods.register.name, try RegisterRequest(identity: identity).serializedBytes())
+        agent.pump { !agent.responses.isEmpty || !agent.statuses.isEmpty }
+        return agent.responses.isEmpty ? (agent.statuses.first?.code ?? .unknown) : nil
+    }
 }

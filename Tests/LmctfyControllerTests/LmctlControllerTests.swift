@@ -384,4 +384,28 @@ extension LmctlControllerTests {
         let hosts = try fleet.lmctl(["hosts"])
         #expect(hosts.lines.contains { $0.hasPrefix("name=\"beta\" state=\"connected\"") }, "\(hosts.out)")
     }
+
+    /// ListHosts in pages that fit the caller's frames: one answer with
+    /// every host stopped fitting a frame at some ten thousand hosts (the
+    /// controller holds up to max_hosts, 65,536 by default), and lmctl got
+    /// RESOURCE_EXHAUSTED for `hosts`, `top --fleet`, `fan-out` and policy.
+    @Test func listHostsComesInPagesThatFitAFrame() throws {
+        let fleet = try Fleet()
+        try fleet.startController()
+        // About 4.5 KB a host: 40 of them do not fit a 64 KiB frame.
+        let labels = (0..<16).map { HostLabel(key: "k\($0)", value: String(repeating: "v", count: 256)) }
+        for i in 0..<40 { #expect(try fleet.register(HostIdentity(hostName: "h\(i)", label: labels)) == nil) }
+        let client = try RpcClient.connect(unixPath: fleet.dir + "/controller.sock", limits: SessionLimits(maxFrameBytes: 64 << 10))
+        defer { client.close() }
+        #expect { _ = try client.call(ControllerMethods.listHosts, ListHostsRequest()) }
+            throws: { ($0 as? LmctfyError)?.code == .resourceExhausted && ($0 as? LmctfyError)?.message.contains("page_size") == true }
+        let first = try client.call(ControllerMethods.listHosts, ListHostsRequest(pageSize: 1000))
+        #expect(first.hosts.count > 0 && first.hosts.count < 40 && first.nextPageToken == first.hosts.last?.identity?.hostName)
+        let three = try client.call(ControllerMethods.listHosts, ListHostsRequest(pageSize: 3, pageToken: "h1"))
+        #expect(three.hosts.compactMap { $0.identity?.hostName } == ["h10", "h11", "h12"] && three.nextPageToken == "h12")
+        let all = try allHosts(client, selector: nil)
+        #expect(all.compactMap { $0.identity?.hostName } == (0..<40).map { "h\($0)" }.sorted())
+        #expect(try allHosts(client, selector: "k3=\(String(repeating: "v", count: 256))").count == 40)
+        #expect(try allHosts(client, selector: "k3=other").isEmpty)
+    }
 }

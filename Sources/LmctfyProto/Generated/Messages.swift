@@ -7470,11 +7470,19 @@ public struct ListContainersResponse: ProtoMessage {
 public struct ListHostsRequest: ProtoMessage {
     /// Field 1 `selector`.
     public var selector: String?
+    /// Field 2 `page_size`.
+    public var pageSize: UInt32?
+    /// Field 3 `page_token`.
+    public var pageToken: String?
 
     public init(
-        selector: String? = nil
+        selector: String? = nil,
+        pageSize: UInt32? = nil,
+        pageToken: String? = nil
     ) {
         self.selector = selector
+        self.pageSize = pageSize
+        self.pageToken = pageToken
     }
 
     public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.ListHostsRequest")
@@ -7482,23 +7490,31 @@ public struct ListHostsRequest: ProtoMessage {
     public init(dynamic message: DynamicMessage) {
         precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.ListHostsRequest")
         self.selector = message.get(1)
+        self.pageSize = message.get(2)
+        self.pageToken = message.get(3)
     }
 
     public var dynamic: DynamicMessage {
         var message = DynamicMessage(Self.protoDescriptor)
         message.set(1, selector)
+        message.set(2, pageSize)
+        message.set(3, pageToken)
         return message
     }
 
     public init(cMessage c: UnsafeRawPointer) {
         let f = Self.protoDescriptor.fields
         self.selector = CBridge.value(c, f[0])
+        self.pageSize = CBridge.value(c, f[1])
+        self.pageToken = CBridge.value(c, f[2])
     }
 
     public func makeC() -> UnsafeMutableRawPointer {
         let c = CBridge.allocate(Self.protoDescriptor)
         let f = Self.protoDescriptor.fields
         CBridge.set(c, f[0], selector)
+        CBridge.set(c, f[1], pageSize)
+        CBridge.set(c, f[2], pageToken)
         return c
     }
 }
@@ -7507,11 +7523,15 @@ public struct ListHostsRequest: ProtoMessage {
 public struct ListHostsResponse: ProtoMessage {
     /// Field 1 `hosts`.
     public var hosts: [HostInfo]
+    /// Field 2 `next_page_token`.
+    public var nextPageToken: String?
 
     public init(
-        hosts: [HostInfo] = []
+        hosts: [HostInfo] = [],
+        nextPageToken: String? = nil
     ) {
         self.hosts = hosts
+        self.nextPageToken = nextPageToken
     }
 
     public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.ListHostsResponse")
@@ -7519,23 +7539,27 @@ public struct ListHostsResponse: ProtoMessage {
     public init(dynamic message: DynamicMessage) {
         precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.ListHostsResponse")
         self.hosts = message.getRepeated(1)
+        self.nextPageToken = message.get(2)
     }
 
     public var dynamic: DynamicMessage {
         var message = DynamicMessage(Self.protoDescriptor)
         message.setRepeated(1, hosts)
+        message.set(2, nextPageToken)
         return message
     }
 
     public init(cMessage c: UnsafeRawPointer) {
         let f = Self.protoDescriptor.fields
         self.hosts = CBridge.repeatedMessages(c, f[0])
+        self.nextPageToken = CBridge.value(c, f[1])
     }
 
     public func makeC() -> UnsafeMutableRawPointer {
         let c = CBridge.allocate(Self.protoDescriptor)
         let f = Self.protoDescriptor.fields
         CBridge.setRepeatedMessages(c, f[0], hosts)
+        CBridge.set(c, f[1], nextPageToken)
         return c
     }
 }

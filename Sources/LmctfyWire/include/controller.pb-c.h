@@ -193,28 +193,43 @@ struct  Containers__Lmctfy__Agent__ListHostsRequest
   /*
    * "key=value" pairs, comma-separated; every pair must match.
    */
-  /*
-   * Next id: 2
-   */
   char *selector;
+  /*
+   * Pages: at most this many hosts (fewer when more would not fit in one
+   * frame), sorted by name. Absent or 0: every host, in one answer, which
+   * is RESOURCE_EXHAUSTED when they do not fit in one frame.
+   */
+  protobuf_c_boolean has_page_size;
+  uint32_t page_size;
+  /*
+   * The next_page_token of the page before (the hosts after it by name).
+   */
+  /*
+   * Next id: 4
+   */
+  char *page_token;
 };
 #define CONTAINERS__LMCTFY__AGENT__LIST_HOSTS_REQUEST__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__list_hosts_request__descriptor) \
-    , NULL }
+    , NULL, 0, 0, NULL }
 
 
 struct  Containers__Lmctfy__Agent__ListHostsResponse
 {
   ProtobufCMessage base;
-  /*
-   * Next id: 2
-   */
   size_t n_hosts;
   Containers__Lmctfy__Agent__HostInfo **hosts;
+  /*
+   * Set when hosts follow this page: the page_token that asks for them.
+   */
+  /*
+   * Next id: 3
+   */
+  char *next_page_token;
 };
 #define CONTAINERS__LMCTFY__AGENT__LIST_HOSTS_RESPONSE__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__list_hosts_response__descriptor) \
-    , 0,NULL }
+    , 0,NULL, NULL }
 
 
 /*
