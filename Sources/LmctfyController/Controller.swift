@@ -56,6 +56,8 @@ final class ControllerPeer {
     var waiting: Int { unsent + outbox.count }
     /// Reading is stopped until the peer takes what waits for it (flow).
     var throttled = false
+    /// Its fan-outs that call no more hosts until it takes what waits.
+    var parkedFans: Set<Int> = []
 
     init(id: Int, conn: Connection, kind: Kind, session: Session) {
         self.id = id
@@ -100,11 +102,19 @@ public final class Controller: @unchecked Sendable {
     static let certCheckTicks = 600
     private var stopping = false
     private let finished = Latch()
-    /// FanOut calls in progress: the caller's stream and the hosts still to answer.
+    /// FanOut calls in progress: the caller's stream, the hosts called and
+    /// still to answer, and those not called yet (a window at a time, and
+    /// only while the caller takes its answers).
     private struct Fan {
         let client: Int
         let stream: UInt32
         var waiting: [String: (link: Int, stream: UInt32)]
+        var pending: [String] = []
+        var method = ""
+        var payload: [UInt8] = []
+        var deadline: UInt64?
+        /// Hosts called at once at most.
+        var window = 1
     }
     private var fans: [Int: Fan] = [:]
     private var nextFan = 1
@@ -368,6 +378,11 @@ public final class Controller: @unchecked Sendable {
         p.conn.write(bytes) { [unowned self] _, _ in
             p.unsent -= bytes.count
             self.updateFlow(p)
+            if !p.parkedFans.isEmpty && p.waiting <= Self.subscriberBytes / 2 {
+                let parked = p.parkedFans
+                p.parkedFans = []
+                for id in parked.sorted() { self.callFanHosts(id) }
+            }
         }
         updateFlow(p)
     }
@@ -1030,10 +1045,9 @@ public final class Controller: @unchecked Sendable {
 
     // MARK: Fan-out
 
-    /// FanOut: a unary agent method on every matching host at once; each
-    /// host's answer goes back as it comes, then OK.
+    /// FanOut: a unary agent method on every matching host (a window at a
+    /// time); each host's answer goes back as it comes, then OK.
     private func fanOut(_ p: ControllerPeer, _ stream: UInt32, _ payload: [UInt8], _ deadline: UInt64?) {
-        let now = MonotonicClock.milliseconds()
         let r: FanOutRequest
         let hosts: [HostInfo]
         do {
@@ -1050,36 +1064,61 @@ public final class Controller: @unchecked Sendable {
         }
         let id = nextFan
         nextFan += 1
-        var fan = Fan(client: p.id, stream: stream, waiting: [:])
-        let remaining: UInt32? = deadline.map { $0 > now ? UInt32(clamping: $0 - now) : 1 }
-        var down: [String] = []
-        var busy: [(String, LmctfyError)] = []
-        for h in hosts {
-            guard let name = h.identity?.hostName else { continue }
+        let body = r.payload ?? []
+        // Each host's answer lands in the caller's outbox: the window keeps
+        // what can be in flight to ~16 MiB by the request's size (a Ping's
+        // answer is as large as its request), and no host is called while
+        // the caller holds more than `subscriberBytes` unread. Every host
+        // was called at once: a reader's FanOut of a 4 MiB Ping to a
+        // thousand hosts had the controller hold 4 GB for a caller that
+        // did not read.
+        fans[id] = Fan(client: p.id, stream: stream, waiting: [:], pending: hosts.compactMap { $0.identity?.hostName },
+                       method: r.method ?? "", payload: body, deadline: deadline,
+                       window: max(1, min(Self.fanWindow, (16 << 20) / max(64 << 10, body.count))))
+        callFanHosts(id)
+    }
+
+    /// Hosts a fan-out calls at once at most.
+    static let fanWindow = 256
+
+    /// Calls the next hosts of fan-out `id`, within its window and while
+    /// its caller takes its answers; ends it when every host has answered.
+    private func callFanHosts(_ id: Int) {
+        // Not again from within (an answer sent below can complete a write).
+        guard !callingFans.contains(id), var fan = fans[id], let client = peers[fan.client] else { return }
+        callingFans.insert(id)
+        defer { callingFans.remove(id) }
+        let now = MonotonicClock.milliseconds()
+        while !fan.pending.isEmpty && fan.waiting.count < fan.window && client.waiting <= Self.subscriberBytes {
+            let name = fan.pending.removeFirst()
+            fans[id] = fan
             guard let linkId = registry.links[name], let link = peers[linkId] else {
-                down.append(name)
+                send(fan, FanOutResponse(host: name, status: CallStatus(.unavailable, "host \(name) is not connected").wire))
                 continue
             }
-            if let refusal = Self.notTaking(link, name, adding: r.payload?.count ?? 0) {
-                busy.append((name, refusal))
+            if let refusal = Self.notTaking(link, name, adding: fan.payload.count) {
+                send(fan, FanOutResponse(host: name, status: CallStatus(refusal).wire))
                 continue
             }
-            let (agentStream, actions) = link.session.openStream(method: r.method!, payload: r.payload ?? [], deadlineMs: remaining, now: now)
+            if let d = fan.deadline, d <= now {
+                send(fan, FanOutResponse(host: name, status: CallStatus(.deadlineExceeded, "the fan-out's deadline passed before host \(name) was called").wire))
+                continue
+            }
+            let remaining: UInt32? = fan.deadline.map { UInt32(clamping: $0 - now) }
+            let (agentStream, actions) = link.session.openStream(method: fan.method, payload: fan.payload, deadlineMs: remaining, now: now)
             link.fanned[agentStream] = (id, nil)
             fan.waiting[name] = (link.id, agentStream)
             fans[id] = fan
             perform(link, actions)
-            fan = fans[id] ?? fan
+            guard let again = fans[id] else { return }
+            fan = again
         }
         fans[id] = fan
-        for name in down {
-            send(fan, FanOutResponse(host: name, status: CallStatus(.unavailable, "host \(name) is not connected").wire))
-        }
-        for (name, refusal) in busy {
-            send(fan, FanOutResponse(host: name, status: CallStatus(refusal).wire))
-        }
+        if !fan.pending.isEmpty && client.waiting > Self.subscriberBytes { client.parkedFans.insert(id) }
         finishFanIfDone(id)
     }
+
+    private var callingFans: Set<Int> = []
 
     private func send(_ fan: Fan, _ response: FanOutResponse) {
         guard let p = peers[fan.client], let bytes = try? response.serializedBytes() else { return }
@@ -1091,11 +1130,11 @@ public final class Controller: @unchecked Sendable {
         guard var fan = fans[id], fan.waiting.removeValue(forKey: host) != nil else { return }
         fans[id] = fan
         send(fan, FanOutResponse(host: host, payload: status.code == .ok ? (response ?? []) : nil, status: status.wire))
-        finishFanIfDone(id)
+        callFanHosts(id)
     }
 
     private func finishFanIfDone(_ id: Int) {
-        guard let fan = fans[id], fan.waiting.isEmpty else { return }
+        guard let fan = fans[id], fan.waiting.isEmpty, fan.pending.isEmpty else { return }
         fans[id] = nil
         guard let p = peers[fan.client] else { return }
         perform(p, p.session.sendStatus(streamId: fan.stream, .ok, now: MonotonicClock.milliseconds()))

@@ -347,6 +347,61 @@ struct ControllerIntegrationTests {
         #expect(got.map(\.kind) == [.containerEventCreated, .containerEventFreezer] && got.allSatisfy { $0.host == "alpha" })
     }
 
+    /// A fan-out calls its hosts a window at a time (~16 MiB of requests
+    /// in flight), and no more while its caller holds more than 4 MiB
+    /// unread: it called every host at once, and each answer landed in the
+    /// caller's outbox (a reader's FanOut of a 4 MiB Ping to a thousand
+    /// hosts is 4 GB held for a caller that does not read).
+    @Test func aFanOutCallsItsHostsAsItsCallerReads() throws {
+        let fleet = try Fleet()
+        try fleet.startController()
+        // Twelve hosts that answer Pings by hand.
+        let hosts = try (0..<12).map { i in
+            let link = try RawLink(fd: try RpcSocket.connectTCP(host: "127.0.0.1", port: fleet.agentPort),
+                                   Session(dialler: .sharedKey(keyId: "host-b", key: fleet.keys["host-b"]!), name: "f\(i)", now: MonotonicClock.milliseconds()))
+            link.open(ControllerMethods.register.name, try RegisterRequest(identity: HostIdentity(hostName: "f\(i)")).serializedBytes())
+            link.pump { !link.responses.isEmpty }
+            return link
+        }
+        var called = Set<Int>()
+        func serve(ms: UInt64) {
+            let end = MonotonicClock.milliseconds() + ms
+            repeat {
+                for (i, h) in hosts.enumerated() {
+                    h.pump(ms: 15) { false }  // a 2 MiB request is 32 reads
+                    for r in h.requests where r.method == AgentMethods.ping.name {
+                        called.insert(i)
+                        let data = (try? PingRequest(serializedBytes: r.payload))?.data ?? []
+                        h.send(h.session.sendResponse(streamId: r.stream, payload: (try? PingResponse(data: data).serializedBytes()) ?? [], now: MonotonicClock.milliseconds()))
+                        h.send(h.session.sendStatus(streamId: r.stream, .ok, now: MonotonicClock.milliseconds()))
+                    }
+                    h.requests.removeAll()
+                }
+            } while MonotonicClock.milliseconds() < end
+        }
+        // A caller that asks, then reads nothing for a while.
+        let client = try RawLink(fd: try RpcSocket.connectUnix(path: fleet.dir + "/controller.sock"),
+                                 Session(dialler: .peerCredentials, name: "slow", now: MonotonicClock.milliseconds()))
+        let ping = try PingRequest(data: [UInt8](repeating: 7, count: 2 << 20)).serializedBytes()
+        client.open(ControllerMethods.fanOut.name, try FanOutRequest(method: AgentMethods.ping.name, payload: ping).serializedBytes())
+        // The window's 8 (16 MiB of 2 MiB requests), and then a few more at
+        // most: the caller holds their answers unread. (A debug build takes
+        // a second or two over each 2 MiB frame.)
+        let first = MonotonicClock.milliseconds() + 30_000
+        while called.count < 8 && MonotonicClock.milliseconds() < first { serve(ms: 100) }
+        serve(ms: 1_500)
+        #expect(called.count >= 8 && called.count < 12, "\(called.count) of 12 hosts called while the caller read nothing")
+        // It reads: the rest are called, and every answer comes.
+        let end = MonotonicClock.milliseconds() + 60_000
+        while client.statuses.isEmpty && MonotonicClock.milliseconds() < end {
+            client.pump(ms: 5) { false }
+            serve(ms: 5)
+        }
+        #expect(called.count == 12 && client.statuses.first?.code == .ok, "\(called.count) called, \(client.statuses)")
+        let answers = client.responses.compactMap { try? FanOutResponse(serializedBytes: $0) }
+        #expect(answers.count == 12 && answers.allSatisfy { $0.status?.code == nil || $0.status?.code == 0 }, "\(answers.map { $0.status })")
+    }
+
     /// FanOut: one unary method on every host a selector matches, one
     /// answer per host (a host that is away answers UNAVAILABLE).
     @Test func fanOutAsksEveryMatchingHostOnce() throws {

@@ -13,6 +13,8 @@ public final class RawLink {
     /// What came back: the responses' payloads, the statuses.
     public var responses: [[UInt8]] = []
     public var statuses: [CallStatus] = []
+    /// Calls the peer made: their streams, methods and payloads.
+    public var requests: [(stream: UInt32, method: String, payload: [UInt8])] = []
     private var buffer = [UInt8](repeating: 0, count: 65536)
 
     /// Does the hello (up to 5 s); UNAVAILABLE if it does not finish.
@@ -39,6 +41,7 @@ public final class RawLink {
                 }
             case .deliverResponse(_, let payload): responses.append(payload)
             case .deliverStatus(_, let status): statuses.append(status)
+            case .deliverRequest(let stream, let method, let payload, _, _): requests.append((stream, method, payload))
             default: break
             }
         }
