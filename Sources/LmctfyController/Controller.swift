@@ -921,11 +921,27 @@ public final class Controller: @unchecked Sendable {
     private func hostChanged(_ info: HostInfo, _ change: HostChange) {
         guard !watchers.isEmpty, let bytes = try? WatchHostsResponse(change: change, host: info).serializedBytes() else { return }
         let now = MonotonicClock.milliseconds()
+        var ended: [(conn: Int, stream: UInt32)] = []
         for w in watchers where HostRegistry.matches(info, w.selector) {
             guard let p = peers[w.conn] else { continue }
+            // A watcher that does not read its changes is ended rather than
+            // queued for without end (each host's coming and going, for as
+            // long as it keeps the stream open); watching again lists every
+            // host first, so nothing is lost to one that reads again.
+            if p.waiting > Self.watcherBacklogBytes {
+                ended.append((w.conn, w.stream))
+                perform(p, p.session.sendStatus(streamId: w.stream, CallStatus(.resourceExhausted,
+                    "WatchHosts ended: more than \(Self.watcherBacklogBytes) bytes wait for this caller unread; watch again (it lists every host first)"), now: now))
+                continue
+            }
             perform(p, p.session.sendResponse(streamId: w.stream, payload: bytes, now: now))
         }
+        for e in ended { watchers.removeAll { $0.conn == e.conn && $0.stream == e.stream } }
     }
+
+    /// What may wait unread for a WatchHosts caller before a change ends
+    /// its watch (its first listing of every host may be larger).
+    static let watcherBacklogBytes = 16 << 20
 
     /// WatchHosts: every matching host now, then the changes (the stream
     /// stays open, holding no thread, until the caller cancels).

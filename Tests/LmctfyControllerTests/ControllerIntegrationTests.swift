@@ -347,6 +347,35 @@ struct ControllerIntegrationTests {
         #expect(got.map(\.kind) == [.containerEventCreated, .containerEventFreezer] && got.allSatisfy { $0.host == "alpha" })
     }
 
+    /// A WatchHosts caller that does not read was sent every host's coming
+    /// and going for as long as it kept the stream open, all of it held
+    /// by the controller; its watch now ends (RESOURCE_EXHAUSTED) once
+    /// 16 MiB wait for it, and watching again lists every host first.
+    @Test func aWatcherThatDoesNotReadIsEnded() throws {
+        let fleet = try Fleet()
+        try fleet.startController()
+        let watcher = try RawLink(fd: try RpcSocket.connectUnix(path: fleet.dir + "/controller.sock"),
+                                  Session(dialler: .peerCredentials, name: "no-reader", now: MonotonicClock.milliseconds()))
+        watcher.open(ControllerMethods.watchHosts.name, try WatchHostsRequest().serializedBytes(), deadlineMs: nil)
+        // Hosts of ~20 KB each come and go: a HOST_UP and a HOST_DOWN each,
+        // 16 MiB after some 400 of them.
+        let labels = (0..<64).map { HostLabel(key: "k\($0)", value: String(repeating: "v", count: 256)) }
+        for i in 0..<600 { #expect(try fleet.register(HostIdentity(hostName: "w\(i)", label: labels)) == nil) }
+        let end = MonotonicClock.milliseconds() + 30_000
+        while watcher.statuses.isEmpty && MonotonicClock.milliseconds() < end { watcher.pump(ms: 50) { !watcher.statuses.isEmpty } }
+        #expect(watcher.statuses.first?.code == .resourceExhausted && watcher.statuses.first?.message.contains("WatchHosts ended") == true,
+                "\(watcher.statuses)")
+        // Watching again lists every host.
+        let again = try fleet.client()
+        defer { again.close() }
+        var listed = 0
+        try again.stream(ControllerMethods.watchHosts, WatchHostsRequest()) { (r: WatchHostsResponse) in
+            if r.change == .hostListed { listed += 1 }
+            return listed < 600
+        }
+        #expect(listed == 600)
+    }
+
     /// A fan-out calls its hosts a window at a time (~16 MiB of requests
     /// in flight), and no more while its caller holds more than 4 MiB
     /// unread: it called every host at once, and each answer landed in the
