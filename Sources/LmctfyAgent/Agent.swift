@@ -114,8 +114,7 @@ public final class Agent: @unchecked Sendable {
     private lazy var handshaking = HandshakeBudget(limit: settings.maxHandshakingConnections,
                                                    helloTimeoutMs: settings.limits.helloTimeoutMs)
     /// Bytes received and not yet a whole frame, all connections together.
-    private lazy var inbound = InboundBudget(limit: InboundBudget.defaultLimit(maxFrameBytes: settings.limits.maxFrameBytes),
-                                             evictAfterMs: max(1, settings.limits.helloTimeoutMs / 10))
+    private lazy var inbound = InboundBudget(settings.limits)
     private var home = HomeLink()
     private var ticker: LoopTimer?
     private var sweeper: LoopTimer?
@@ -1049,13 +1048,13 @@ public final class Agent: @unchecked Sendable {
         flushEventJournal()
     }
 
-    private var journalReport = EventLog.JournalReport()
+    private lazy var journalReport = EventLog.JournalReport(journal: "the event journal in \(settings.stateDir)/events")
 
     /// Writes the events the journal could not take yet (a full disk), and
     /// says when it falls behind, catches up or gives up.
     private func flushEventJournal() {
         let state = dispatcher.events.flushJournal()
-        for line in journalReport.lines(state, journal: "the event journal in \(settings.stateDir)/events") {
+        for line in journalReport.lines(state) {
             if line.error { log.error("\(line.text)") } else { log.warning("\(line.text)") }
         }
     }

@@ -86,8 +86,7 @@ public final class Controller: @unchecked Sendable {
     private lazy var handshaking = HandshakeBudget(limit: settings.maxHandshakingConnections,
                                                    helloTimeoutMs: settings.limits.helloTimeoutMs)
     /// Bytes received and not yet a whole frame, all connections together.
-    private lazy var inbound = InboundBudget(limit: InboundBudget.defaultLimit(maxFrameBytes: settings.limits.maxFrameBytes),
-                                             evictAfterMs: max(1, settings.limits.helloTimeoutMs / 10))
+    private lazy var inbound = InboundBudget(settings.limits)
     /// Log lines about what peers did wrong, at most 10 a second.
     private var peerFaults = LogBudget(perSecond: 10)
     private var ticker: LoopTimer?
@@ -109,7 +108,9 @@ public final class Controller: @unchecked Sendable {
         let client: Int
         let stream: UInt32
         var waiting: [String: (link: Int, stream: UInt32)]
-        var pending: [String] = []
+        /// Every host to call, in order, and how many have been.
+        var hosts: [String] = []
+        var called = 0
         var method = ""
         var payload: [UInt8] = []
         var deadline: UInt64?
@@ -694,13 +695,13 @@ public final class Controller: @unchecked Sendable {
 
     // MARK: The fleet's events
 
-    private var journalReport = EventLog.JournalReport()
+    private lazy var journalReport = EventLog.JournalReport(journal: "the fleet log's journal in \(settings.stateDir)/fleet")
 
     /// The fleet log's journal and cursors to disk, and a line when the
     /// journal falls behind, catches up or gives up (a full disk).
     private func flushFleetLog() {
         let state = fleet.flushCursors()
-        for line in journalReport.lines(state, journal: "the fleet log's journal in \(settings.stateDir)/fleet") {
+        for line in journalReport.lines(state) {
             if line.error { logger.error("\(line.text)") } else { logger.warning("\(line.text)") }
         }
     }
@@ -1088,7 +1089,7 @@ public final class Controller: @unchecked Sendable {
         // was called at once: a reader's FanOut of a 4 MiB Ping to a
         // thousand hosts had the controller hold 4 GB for a caller that
         // did not read.
-        fans[id] = Fan(client: p.id, stream: stream, waiting: [:], pending: hosts.compactMap { $0.identity?.hostName },
+        fans[id] = Fan(client: p.id, stream: stream, waiting: [:], hosts: hosts.compactMap { $0.identity?.hostName },
                        method: r.method ?? "", payload: body, deadline: deadline,
                        window: max(1, min(Self.fanWindow, (16 << 20) / max(64 << 10, body.count))))
         callFanHosts(id)
@@ -1105,8 +1106,9 @@ public final class Controller: @unchecked Sendable {
         callingFans.insert(id)
         defer { callingFans.remove(id) }
         let now = MonotonicClock.milliseconds()
-        while !fan.pending.isEmpty && fan.waiting.count < fan.window && client.waiting <= Self.subscriberBytes {
-            let name = fan.pending.removeFirst()
+        while fan.called < fan.hosts.count && fan.waiting.count < fan.window && client.waiting <= Self.subscriberBytes {
+            let name = fan.hosts[fan.called]
+            fan.called += 1
             fans[id] = fan
             guard let linkId = registry.links[name], let link = peers[linkId] else {
                 send(fan, FanOutResponse(host: name, status: CallStatus(.unavailable, "host \(name) is not connected").wire))
@@ -1130,7 +1132,7 @@ public final class Controller: @unchecked Sendable {
             fan = again
         }
         fans[id] = fan
-        if !fan.pending.isEmpty && client.waiting > Self.subscriberBytes { client.parkedFans.insert(id) }
+        if fan.called < fan.hosts.count && client.waiting > Self.subscriberBytes { client.parkedFans.insert(id) }
         finishFanIfDone(id)
     }
 
@@ -1150,7 +1152,7 @@ public final class Controller: @unchecked Sendable {
     }
 
     private func finishFanIfDone(_ id: Int) {
-        guard let fan = fans[id], fan.waiting.isEmpty, fan.pending.isEmpty else { return }
+        guard let fan = fans[id], fan.waiting.isEmpty, fan.called == fan.hosts.count else { return }
         fans[id] = nil
         guard let p = peers[fan.client] else { return }
         perform(p, p.session.sendStatus(streamId: fan.stream, .ok, now: MonotonicClock.milliseconds()))

@@ -97,17 +97,13 @@ final class EventJournal: @unchecked Sendable {
             }
             count = 0
             bytes = 0
-            do { try open() } catch {
-                lastErrno = error.errno ?? EIO
-                return false
-            }
         }
-        guard fd >= 0 else {
+        // After a rotation, or an open that failed before.
+        if fd < 0 {
             do { try open() } catch {
                 lastErrno = error.errno ?? EIO
                 return false
             }
-            return append(serialized: body)
         }
         guard body.count <= Self.maxRecordBytes else {
             lastErrno = EMSGSIZE

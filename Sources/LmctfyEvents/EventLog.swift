@@ -256,10 +256,7 @@ public final class EventLog: Sendable {
             s.reservation = (file, 0)
             failure = Self.reserve(&s)
         }
-        if failure != 0 {
-            throw SystemError("write", path, failure).lmctfy(Sys.isNoSpace(failure) ? .resourceExhausted : .failedPrecondition,
-                                                              "Writing the event log's sequence reservation")
-        }
+        if failure != 0 { throw SequenceReservation.failure("write", path, failure, "Writing the event log's sequence reservation") }
     }
 
     /// Moves the reservation a block past `next`: 0, or the errno that
@@ -367,9 +364,11 @@ public final class EventLog: Sendable {
     /// has caught up, an error when it gave up.
     public struct JournalReport: Sendable {
         private var last = JournalState()
-        public init() {}
+        /// The journal as the lines name it.
+        private let what: String
+        public init(journal what: String) { self.what = what }
 
-        public mutating func lines(_ now: JournalState, journal what: String) -> [(error: Bool, text: String)] {
+        public mutating func lines(_ now: JournalState) -> [(error: Bool, text: String)] {
             defer { last = now }
             var out: [(error: Bool, text: String)] = []
             if now.lost > last.lost {

@@ -31,10 +31,7 @@ final class SequenceReservation: @unchecked Sendable {
     init(path: String) throws(LmctfyError) {
         self.path = path
         let (f, e) = Sys.retry { Glibc.open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600) }
-        guard f >= 0 else {
-            throw SystemError("open", path, e).lmctfy(Sys.isNoSpace(e) ? .resourceExhausted : .failedPrecondition,
-                                                       "Opening the event log's sequence reservation")
-        }
+        guard f >= 0 else { throw Self.failure("open", path, e, "Opening the event log's sequence reservation") }
         fd = f
         var bytes = [UInt8](repeating: 0, count: Self.fileBytes)
         let n = bytes.withUnsafeMutableBytes { b in Sys.retry { pread(f, b.baseAddress, b.count, 0) }.0 }
@@ -47,19 +44,20 @@ final class SequenceReservation: @unchecked Sendable {
             let w = Self.header.withUnsafeBytes { b in Sys.retry { pwrite(f, b.baseAddress, b.count, 0) } }
             if w.0 != Self.header.count {
                 close(f)
-                throw Self.failure(path, w.0 < 0 ? w.1 : ENOSPC)
+                throw Self.failure("write", path, w.0 < 0 ? w.1 : ENOSPC, "Making the event log's sequence reservation")
             }
         }
         let a = posix_fallocate(f, 0, off_t(Self.fileBytes))
         if a != 0 && a != EOPNOTSUPP && a != EINVAL {
             close(f)
-            throw Self.failure(path, a)
+            throw Self.failure("posix_fallocate", path, a, "Making the event log's sequence reservation")
         }
     }
 
-    private static func failure(_ path: String, _ e: Int32) -> LmctfyError {
-        SystemError("write", path, e).lmctfy(Sys.isNoSpace(e) ? .resourceExhausted : .failedPrecondition,
-                                             "Making the event log's sequence reservation")
+    /// A call on the file that failed with `e`: RESOURCE_EXHAUSTED on a
+    /// full disk, FAILED_PRECONDITION otherwise.
+    static func failure(_ call: String, _ path: String, _ e: Int32, _ what: String) -> LmctfyError {
+        SystemError(call, path, e).lmctfy(Sys.isNoSpace(e) ? .resourceExhausted : .failedPrecondition, what)
     }
 
     deinit { close(fd) }

@@ -36,6 +36,12 @@ public struct InboundBudget: Sendable {
         self.evictAfterMs = evictAfterMs
     }
 
+    /// A daemon's: `defaultLimit` of its frame size, and a tenth of its
+    /// hello timeout to stall (as HandshakeBudget's eviction).
+    public init(_ limits: SessionLimits) {
+        self.init(limit: Self.defaultLimit(maxFrameBytes: limits.maxFrameBytes), evictAfterMs: max(1, limits.helloTimeoutMs / 10))
+    }
+
     /// What a read, a close or a tick asks of the daemon.
     public struct Actions: Sendable, Equatable {
         /// Stop reading the connection just read.

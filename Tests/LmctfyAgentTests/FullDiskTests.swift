@@ -246,13 +246,13 @@ struct FullDiskJournalTests {
             for _ in 0..<4 { log.append(ContainerEvent(container: "/a", kind: .containerEventOom, reason: big)) }
             var state = log.flushJournal()
             #expect(state.behind > 0 && state.lost == 0 && Sys.isNoSpace(state.errno), "\(state)")
-            var report = EventLog.JournalReport()
-            #expect(report.lines(state, journal: "j").first?.text.contains("j cannot be written (No space left on device)") == true)
+            var report = EventLog.JournalReport(journal: "j")
+            #expect(report.lines(state).first?.text.contains("j cannot be written (No space left on device)") == true)
             disk.free()
             log.record(container: "/a", kind: .containerEventDestroyed)
             state = log.flushJournal()
             #expect(state.caughtUp, "\(state)")
-            #expect(report.lines(state, journal: "j").first?.text.contains("caught up") == true)
+            #expect(report.lines(state).first?.text.contains("caught up") == true)
             #expect(try EventJournal(directory: dir, capacity: 64).stored().map(\.sequence) == [1, 2, 3, 4, 5, 6])
             // More than the log keeps: given up, the journal a prefix still.
             try disk.fill()
@@ -261,7 +261,7 @@ struct FullDiskJournalTests {
             log.record(container: "/a", kind: .containerEventCreated)
             state = log.flushJournal()
             #expect(state.lost > 0 && !state.caughtUp, "\(state)")
-            #expect(report.lines(state, journal: "j").first?.text.contains("takes no more events until a restart") == true)
+            #expect(report.lines(state).first?.text.contains("takes no more events until a restart") == true)
             let stored = try EventJournal(directory: dir, capacity: 64).stored().compactMap(\.sequence)
             #expect(stored == Array(1...UInt64(stored.count)), "a hole in \(stored)")
         }
