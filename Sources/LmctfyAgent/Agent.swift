@@ -30,6 +30,8 @@ final class ConnState {
     var unsent = 0
     var poolCalls: [UInt32: Int] = [:]
     var poolBytes = 0
+    /// Streaming calls whose `emit` waits until this connection drains.
+    var fullStreams: Set<UInt32> = []
     /// Reading is stopped until this connection (or the agent) drains.
     var throttled = false
     var held: Int { unsent + outbox.count + poolBytes }
@@ -891,6 +893,10 @@ public final class Agent: @unchecked Sendable {
     private func updateFlow(_ s: ConnState, cascade: Bool = true) {
         guard conns[s.id] != nil else { return }
         let f = settings.flow
+        if !s.fullStreams.isEmpty && s.held <= f.connectionBytes / 2 {
+            for id in s.fullStreams { s.calls[id]?.connectionDrained() }
+            s.fullStreams.removeAll()
+        }
         let holds = s.held > 0 || !s.poolCalls.isEmpty
         let agentDrained = totalHeld <= f.agentBytes / 2 && totalPoolCalls <= f.agentCalls / 2
         if !s.throttled {
@@ -1304,7 +1310,9 @@ public final class Agent: @unchecked Sendable {
         // (one frame, one wake-up of the loop); a streaming call's responses
         // go as they come, in order through execute's FIFO.
         let context = streaming
-            ? CallContext { [weak self] bytes in
+            // (The loop takes at most as much again as the connection's
+            // limit past it: a stream's emit waits for room.)
+            ? CallContext(inFlight: min(256 << 10, settings.flow.connectionBytes)) { [weak self] bytes in
                 self?.loop.execute { [weak self] in self?.respond(connId, streamId, bytes) }
             }
             : Self.reportsProgress.contains(method)
@@ -1423,6 +1431,10 @@ public final class Agent: @unchecked Sendable {
             .resourceExhausted, "lagged, resume after \(after) (boot \(boot))"), now: now))
     }
 
+    /// Bytes the agent holds for its peers now: unsent answers and the
+    /// requests of pool calls (for tests).
+    public var heldBytes: Int { (try? loop.runAndWait { self.totalHeld }) ?? -1 }
+
     /// How many kernel watches Notify calls share now (for tests).
     public var notifyWatchCount: Int { dispatcher.notifyWatches.count }
 
@@ -1486,9 +1498,16 @@ public final class Agent: @unchecked Sendable {
         return actions
     }
 
+    /// One response of a streaming call run off the loop. A connection
+    /// that then holds more than its limit stops the call's `emit` until it
+    /// has drained to half (updateFlow): a caller that does not read its
+    /// Notify stream holds its handler's thread, not the agent's memory.
     private func respond(_ connId: Int, _ streamId: UInt32, _ bytes: [UInt8]) {
-        guard let s = conns[connId], s.calls[streamId] != nil else { return }
+        guard let s = conns[connId], let context = s.calls[streamId] else { return }
         perform(s, s.session.sendResponse(streamId: streamId, payload: bytes, now: MonotonicClock.milliseconds()), batched: true)
+        let full = s.held > settings.flow.connectionBytes
+        context.taken(bytes.count, full: full)
+        if full { s.fullStreams.insert(streamId) }
     }
 
     private func finish(_ connId: Int, _ streamId: UInt32, _ status: CallStatus) {

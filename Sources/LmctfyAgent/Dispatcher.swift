@@ -23,19 +23,37 @@ public final class CallContext: Sendable {
         var cancelHook: (@Sendable () -> Void)?
         /// Responses kept for the caller to send with the status (no emitter).
         var collected: [[UInt8]] = []
+        /// A streaming call's flow (`emit` waits while either says so):
+        /// bytes handed to the loop that it has not yet given the caller's
+        /// connection, and whether that connection holds more unsent bytes
+        /// than its limit (max_connection_buffered_bytes).
+        var inFlight = 0
+        var connectionFull = false
     }
     // One allocation per call: the state's lock lives inside the object.
     private let state = Mutex(State())
     private let emitter: (@Sendable ([UInt8]) -> Void)?
+    /// Wakes a streaming call's thread waiting in `emit` for room (nil for
+    /// a collecting context, which never waits).
+    private let room: ChangeCounter?
+    /// How many bytes of one streaming call may wait for the loop at once.
+    private let inFlightLimit: Int
     /// A collecting (unary) call's way to send a progress response before
     /// its final one (DestroyRequest.want_progress); nil: progress is dropped.
     private let early: (@Sendable ([UInt8]) -> Void)?
 
     /// A context that sends streamed responses (serialized) through `emit`,
     /// which must be safe to call from any thread.
-    public init(emit: @escaping @Sendable ([UInt8]) -> Void) {
+    ///
+    /// Its `emit` waits while the caller is not reading: a handler on a
+    /// thread of its own (Notify) then sleeps instead of piling responses
+    /// up in the agent (see `taken` and `connectionDrained`); at most
+    /// `inFlight` bytes of it wait for the loop at once.
+    public init(inFlight: Int = 256 << 10, emit: @escaping @Sendable ([UInt8]) -> Void) {
         emitter = emit
         early = nil
+        room = ChangeCounter()
+        inFlightLimit = max(1, inFlight)
     }
 
     /// A context that keeps the responses until `takeResponses()`: for a
@@ -44,6 +62,8 @@ public final class CallContext: Sendable {
     public init(early: (@Sendable ([UInt8]) -> Void)? = nil) {
         emitter = nil
         self.early = early
+        room = nil
+        inFlightLimit = 0
     }
 
     /// Sends a progress response now, ahead of the final one, where the
@@ -95,6 +115,7 @@ public final class CallContext: Sendable {
             return s.cancelHook
         }
         hook?()
+        room?.bump()
     }
 
     /// Runs `hook` when the call is cancelled (at once if it already is);
@@ -109,8 +130,52 @@ public final class CallContext: Sendable {
     }
 
     /// Sends one response message of a streaming call (thread-safe).
+    /// A streaming call's waits until its caller's connection has room, or
+    /// the call is cancelled (what a cancelled call emits goes at once: a
+    /// cancelled Notify still replays, and the agent drops what comes for a
+    /// stream that is gone).
     public func emit<M: ProtoMessage>(_ message: M) throws(LmctfyError) {
-        send(try Self.encoded(message))
+        let bytes = try Self.encoded(message)
+        admit(bytes.count)
+        send(bytes)
+    }
+
+    /// Waits (a streaming call) until the loop has taken all but
+    /// `inFlightLimit` bytes of what the call emitted and the caller's
+    /// connection is not full, then counts `n` more bytes in flight.
+    private func admit(_ n: Int) {
+        guard let room else { return }
+        while true {
+            let seen: UInt64? = state.locked { s in
+                if s.isCancelled { return nil }
+                if !s.connectionFull && s.inFlight < inFlightLimit {
+                    s.inFlight += n
+                    return nil
+                }
+                return room.value
+            }
+            guard let seen else { return }
+            _ = room.wait(past: seen, timeoutMs: 1000)
+        }
+    }
+
+    /// The loop gave `n` bytes of this streaming call to its connection,
+    /// which now holds more unsent bytes than its limit if `full` (loop
+    /// thread). `emit` then waits until `connectionDrained`.
+    func taken(_ n: Int, full: Bool) {
+        let wake: Bool = state.locked { s in
+            let blocked = s.connectionFull || s.inFlight >= inFlightLimit
+            s.inFlight -= n
+            if full { s.connectionFull = true }
+            return blocked && !s.connectionFull && s.inFlight < inFlightLimit
+        }
+        if wake { room?.bump() }
+    }
+
+    /// The caller's connection has drained (loop thread): `emit` goes on.
+    func connectionDrained() {
+        state.locked { $0.connectionFull = false }
+        room?.bump()
     }
 
     private static func encoded<M: ProtoMessage>(_ message: M) throws(LmctfyError) -> [UInt8] {

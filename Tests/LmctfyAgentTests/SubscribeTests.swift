@@ -685,3 +685,67 @@ private func madeThenRestarted(_ name: String) throws -> (first: AgentProcess, s
     first.crash()
     return (first, try AgentProcess(reusing: first.dir))
 }
+
+extension SubscribeTests {
+    /// A Notify caller that does not read: the handler's thread waits for
+    /// room instead of the agent keeping the stream's responses (it kept
+    /// every one: a caller that never read held as much of the agent's
+    /// memory as its replay and live events came to, for as long as it
+    /// kept the stream open; a probe). Once the caller reads, every event
+    /// comes, in order. The 20,000 events are recorded straight into the
+    /// agent's log (a real container's; as many real emptyings would take
+    /// minutes): the socket, the replay and the flow are the agent's own.
+    @Test func aNotifyCallerThatDoesNotReadHoldsItsThreadNotTheAgentsMemory() throws {
+        try withAgent("limits { max_connection_buffered_bytes: 4096 } event_log_capacity: 30000 reconcile_interval_ms: 0 watch_containers: false") { agent, socket in
+            let (admin, name, boot, base) = try sleepingContainer(socket, "notifyslow")
+            defer {
+                _ = try? admin.call(AgentMethods.destroy, DestroyRequest(name: name, force: true))
+                admin.close()
+            }
+            let count = 20_000
+            for i in 0..<count { agent.dispatcher.events.record(container: name, kind: .containerEventEmpty, pid: Int32(i + 1)) }
+            let slow = try RawLink(fd: try RpcSocket.connectUnix(path: socket),
+                                   Session(dialler: .peerCredentials, name: "slow", now: MonotonicClock.milliseconds()))
+            let stream = slow.open("Notify", try NotifyRequest(name: name, spec: EventSpec(containerEmpty: .init()),
+                                                                bootId: boot, afterSequence: base).serializedBytes(), deadlineMs: nil)
+            // ~2.5 MB of replay for a caller that reads nothing for a second.
+            var most = 0
+            for _ in 0..<40 {
+                most = max(most, agent.heldBytes)
+                usleep(25_000)
+            }
+            #expect(most > 0, "the agent did start sending")
+            #expect(most < 64 << 10, "the agent held at most about its 4 KiB limit and a response, not the replay (\(most) bytes)")
+            // Now read: all of it, in order, while the stream stays open.
+            var got: [UInt64] = []
+            var read = 0
+            slow.pump(ms: 60_000) {
+                for r in slow.responses[read...] {
+                    if let e = try? NotifyResponse(serializedBytes: r).event, let s = e.sequence { got.append(s) }
+                }
+                read = slow.responses.count
+                return got.count >= count || !slow.statuses.isEmpty
+            }
+            #expect(slow.statuses.isEmpty, "the stream is still open: \(slow.statuses)")
+            #expect(got.count == count && got == Array((base + 1)...(base + UInt64(count))),
+                    "every event once, in order: \(got.count) of \(count)")
+            slow.send(slow.session.cancel(streamId: stream, now: MonotonicClock.milliseconds()))
+            var tries = 0
+            while agent.notifyWatchCount > 0 && tries < 250 { usleep(20_000); tries += 1 }
+            #expect(agent.notifyWatchCount == 0, "the cancelled call left its watch")
+            // A caller that goes without reading frees the waiting thread.
+            var gone: RawLink? = try RawLink(fd: try RpcSocket.connectUnix(path: socket),
+                                             Session(dialler: .peerCredentials, name: "gone", now: MonotonicClock.milliseconds()))
+            gone?.open("Notify", try NotifyRequest(name: name, spec: EventSpec(containerEmpty: .init()),
+                                                   bootId: boot, afterSequence: base).serializedBytes(), deadlineMs: nil)
+            tries = 0
+            while agent.notifyWatchCount == 0 && tries < 250 { usleep(20_000); tries += 1 }
+            usleep(200_000)
+            #expect(agent.notifyWatchCount == 1 && agent.heldBytes < 64 << 10, "waiting for room (\(agent.heldBytes) bytes held)")
+            gone = nil
+            tries = 0
+            while agent.notifyWatchCount > 0 && tries < 250 { usleep(20_000); tries += 1 }
+            #expect(agent.notifyWatchCount == 0, "the call of a caller that left ended while it waited for room")
+        }
+    }
+}
