@@ -158,8 +158,8 @@ public final class FreezeLeases: Sendable {
     /// Applies `body` and writes the list. On a failed write (a full disk)
     /// a new lease (`mustKeep`) is put back as it was, and refused; a lease
     /// ended (a release, an expiry) stays ended in memory, where it is
-    /// acted on: kept, it thawed a container an operator had frozen since
-    /// (the file says so again at the next write that succeeds).
+    /// acted on: kept, it thawed a container an operator had frozen since.
+    /// The file, which only gets shorter then, is rewritten in place.
     private func change(mustKeep: Bool = false, _ body: (inout [String: Lease]) -> Void) throws(LmctfyError) {
         // (`body` may run a thaw: the lock is held across it on purpose.)
         try held.locked { (h: inout [String: Lease]) throws(LmctfyError) in
@@ -174,7 +174,16 @@ public final class FreezeLeases: Sendable {
                 if h.isEmpty {
                     if Sys.exists(file) { try Sys.unlink(file) }
                 } else {
-                    try Sys.writeFileAtomically(file, Array(text.utf8), durable: false)
+                    do throws(SystemError) {
+                        try Sys.writeFileAtomically(file, Array(text.utf8), durable: false)
+                    } catch where error.isNoSpace && !mustKeep {
+                        // A lease ended on a full disk: the shorter list
+                        // goes over the old one in place (blank lines are
+                        // skipped when it is read). Left in the file, it
+                        // came back at a restart and thawed a container
+                        // frozen since.
+                        try Sys.rewriteShorter(file, Array(text.utf8), padding: UInt8(ascii: "\n"))
+                    }
                 }
             } catch {
                 if mustKeep { h = before }

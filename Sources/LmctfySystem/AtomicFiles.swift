@@ -38,6 +38,27 @@ extension Sys {
         try Sys.syncDirectory(directory)
     }
 
+    /// Rewrites `path` in place with `bytes`, no longer than what it holds,
+    /// where a full disk refuses `writeFileAtomically` a new file: the
+    /// blocks are the file's already. One pwrite(2) of the new content
+    /// padded with `padding` to the old length (a reader must skip that
+    /// byte: a writer killed before the ftruncate that follows leaves the
+    /// padding, not the old tail), then the ftruncate. Not atomic against a
+    /// machine crash. ENOSPC if `bytes` is longer than the file.
+    public static func rewriteShorter(_ path: String, _ bytes: [UInt8], padding: UInt8) throws(SystemError) {
+        let fd = try open(path, O_WRONLY, mode: 0)
+        defer { close(fd) }
+        var st = stat()
+        if fstat(fd, &st) != 0 { throw SystemError("fstat", path, errno) }
+        let size = Int(st.st_size)
+        guard bytes.count <= size else { throw SystemError("rewrite in place", path, ENOSPC) }
+        let padded = bytes + [UInt8](repeating: padding, count: size - bytes.count)
+        let (n, e) = padded.withUnsafeBytes { b in retry { pwrite(fd, b.baseAddress, b.count, 0) } }
+        if n < 0 { throw SystemError("pwrite", path, e) }
+        if n != padded.count { throw SystemError("pwrite", path, EIO) }
+        try truncate(fd, to: bytes.count, path: path)
+    }
+
     /// Whether an output file a user names is written in place rather than
     /// replaced: anything there but a regular file (a device such as
     /// /dev/null, a FIFO, a symlink such as /dev/stdout, a directory, which

@@ -282,7 +282,8 @@ struct FullDiskJournalTests {
     /// would never thaw its container), but one ended stays ended: kept in
     /// memory when its file could not be rewritten, it thawed at its
     /// deadline a container an operator had frozen since, and an expiry
-    /// that could not be written thawed again every second.
+    /// that could not be written thawed again every second; and so does it
+    /// in the file, which a restart reads (it kept the lease).
     @Test func freezeLeasesEndedOnAFullDiskStayEnded() throws {
         try FullDisk.around("leases") { disk in
             let leases = FreezeLeases(file: disk.path + "/freeze-leases", bootId: "b")
@@ -298,10 +299,16 @@ struct FullDiskJournalTests {
             #expect(leases.lease("/r/c") == nil)
             leases.release(["/r/a"])
             #expect(leases.lease("/r/a") == nil, "a released lease is held still")
+            // A restart while the disk is still full: the released lease
+            // does not come back (it stayed in the file and thawed, at its
+            // deadline, a container an operator had frozen since).
+            #expect(FreezeLeases(file: disk.path + "/freeze-leases", bootId: "b").held(under: "/") == ["/r/b"])
+            #expect(FreezeLeases(file: disk.path + "/freeze-leases", bootId: "b").unreadable == nil)
             let b = try #require(leases.lease("/r/b"))
             var thaws = 0
             #expect(leases.expire("/r/b", b) { thaws += 1; return true })
             #expect(leases.due(now: 10_000_000).isEmpty && thaws == 1, "an expired lease is due again")
+            #expect(FreezeLeases(file: disk.path + "/freeze-leases", bootId: "b").held(under: "/").isEmpty)
             disk.free()
             // The file is right again at the next write.
             try leases.hold("/r/d", name: "/d", ms: 100, now: 1000)
