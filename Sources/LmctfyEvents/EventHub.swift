@@ -159,6 +159,13 @@ public final class EventHub {
             if !ownBoot, let asked = r.bootId {
                 for (i, boot) in log.olderBoots(from: asked).enumerated() {
                     let from = i == 0 ? after : 0
+                    if i == 0, let oldest = boot.events.first?.sequence, EventLog.isBeforeFirst(after, oldest) {
+                        // The journal rotated out the boot's oldest events:
+                        // a gap within it (they were left out unsaid, and
+                        // the resume went on as if nothing were missing).
+                        first.append(SubscribeResponse(gap: EventGap(
+                            requestedBootId: asked, afterSequence: after, bootId: boot.id, firstSequence: oldest)))
+                    }
                     if i > 0 {
                         first.append(SubscribeResponse(gap: EventGap(
                             requestedBootId: gapBoot, afterSequence: gapAfter, bootId: boot.id,

@@ -7,6 +7,8 @@
 // every retry. A probe.)
 import LmctfyEvents
 import LmctfyProto
+import LmctfySystem
+import Glibc
 import Testing
 
 @Suite struct EventHubResumeTests {
@@ -73,5 +75,36 @@ import Testing
         for _ in 0..<1100 { hub.log.record(container: "/y", kind: .containerEventCreated) }
         hub.publish(deliver: none.deliver, lagged: { none.lagged.append($1) })
         #expect(none.lagged == [EventHub.ResumePoint(after: 5, boot: "boot")], "past its buffer, nothing sent")
+    }
+}
+
+/// A resume into a boot before this one from a point its journal has
+/// rotated out: a gap within that boot, then what the journal kept (the
+/// kept events came as if they followed the resume point: 6 to 30 of 50
+/// were left out unsaid; a probe).
+@Suite struct OlderBootResumeTests {
+    @Test func aResumeIntoAnOlderBootBeforeWhatItsJournalKeptIsAGap() throws {
+        let dir = "/tmp/lmctfy-test-oldboot-\(getpid())"
+        defer { try? Sys.removeTree(dir) }
+        let a = EventLog(capacity: 10, bootId: "bootA")
+        try a.attachJournal(directory: dir)
+        for i in 0..<50 { a.record(container: "/c\(i)", kind: .containerEventCreated) }
+        let b = EventLog(capacity: 10, bootId: "bootB")
+        try b.attachJournal(directory: dir)
+        let kept = (b.olderBoots.first?.events ?? []).compactMap(\.sequence)
+        let oldest = try #require(kept.first)
+        #expect(oldest > 6 && kept.last == 50 && kept == Array(oldest...50), "the journal kept the newest of boot A: \(kept)")
+        let hub = EventHub(log: b)
+        func replay(after: UInt64) throws -> [SubscribeResponse] {
+            try hub.subscribe(EventHub.Key(conn: 1, stream: 1), SubscribeRequest(bootId: "bootA", afterSequence: after), filter: EventFilter())
+        }
+        let cut = try replay(after: 5)
+        #expect(cut.first?.gap == EventGap(requestedBootId: "bootA", afterSequence: 5, bootId: "bootA", firstSequence: oldest))
+        #expect(cut.compactMap(\.event?.sequence) == kept)
+        #expect(cut.dropLast().last?.gap?.bootId == "bootB", "then the boot change")
+        // From the oldest kept on, no gap within the boot.
+        let whole = try replay(after: oldest - 1)
+        #expect(whole.first?.event?.sequence == oldest)
+        #expect(whole.compactMap(\.gap).map(\.bootId) == ["bootB"])
     }
 }
