@@ -475,6 +475,19 @@ public final class EventLog: Sendable {
     /// peer's after_sequence of 2^64-1.)
     static func isBeforeFirst(_ after: UInt64, _ first: UInt64) -> Bool { first > 0 && after < first - 1 }
 
+    /// Where a resume from `after` of boot `asked` reads the log from (with
+    /// `range`, a part at a time), and the gap to send first when events
+    /// after it may be missing: another boot id, or history already dropped.
+    public func resumePoint(bootId asked: String?, after: UInt64) -> (gap: EventGap?, from: UInt64) {
+        state.locked { s in
+            let first = s.firstAvailable
+            if asked != bootId || Self.isBeforeFirst(after, first) {
+                return (EventGap(requestedBootId: asked, afterSequence: after, bootId: bootId, firstSequence: first), first - 1)
+            }
+            return (nil, after)
+        }
+    }
+
     /// Events after `after` (of this boot) that match, and a gap when some
     /// may be missing: another boot id, or history already dropped.
     public func since(bootId asked: String?, after: UInt64, matching: (ContainerEvent) -> Bool) -> ([ContainerEvent], EventGap?) {

@@ -749,3 +749,51 @@ extension SubscribeTests {
         }
     }
 }
+
+extension SubscribeTests {
+    /// A Notify replay reads the log a part at a time (a caller that does
+    /// not read keeps its thread waiting with one part, not everything it
+    /// missed): events the log lets go meanwhile are a gap, said where they
+    /// were, and the replay goes on from the oldest kept.
+    @Test func eventsTheLogLetsGoWhileANotifyCallerDoesNotReadAreAGap() throws {
+        try withAgent("limits { max_connection_buffered_bytes: 4096 } event_log_capacity: 30000 reconcile_interval_ms: 0 watch_containers: false") { agent, socket in
+            let (admin, name, boot, base) = try sleepingContainer(socket, "notifygap")
+            defer {
+                _ = try? admin.call(AgentMethods.destroy, DestroyRequest(name: name, force: true))
+                admin.close()
+            }
+            let count: UInt64 = 20_000
+            for i in 0..<count { agent.dispatcher.events.record(container: name, kind: .containerEventEmpty, pid: Int32(i + 1)) }
+            let slow = try RawLink(fd: try RpcSocket.connectUnix(path: socket),
+                                   Session(dialler: .peerCredentials, name: "slow", now: MonotonicClock.milliseconds()))
+            slow.open("Notify", try NotifyRequest(name: name, spec: EventSpec(containerEmpty: .init()),
+                                                   bootId: boot, afterSequence: base).serializedBytes(), deadlineMs: nil)
+            var tries = 0
+            while agent.heldBytes == 0 && tries < 250 { usleep(20_000); tries += 1 }
+            usleep(300_000)
+            // 25,000 events of another container: the log (30,000) lets go
+            // of most of those the replay has not reached.
+            for _ in 0..<25_000 { agent.dispatcher.events.record(container: name + "-other", kind: .containerEventEmpty) }
+            var got: [UInt64] = []
+            var gaps: [EventGap] = []
+            var read = 0
+            slow.pump(ms: 60_000) {
+                for r in slow.responses[read...] {
+                    guard let n = try? NotifyResponse(serializedBytes: r) else { continue }
+                    if let s = n.event?.sequence { got.append(s) }
+                    if let g = n.gap { gaps.append(g) }
+                }
+                read = slow.responses.count
+                return got.last == base + count || !slow.statuses.isEmpty
+            }
+            #expect(slow.statuses.isEmpty, "the stream is still open: \(slow.statuses)")
+            let gap = try #require(gaps.first, "events let go are a gap")
+            #expect(gaps.count == 1)
+            let first = try #require(gap.firstSequence)
+            let before = got.filter { $0 <= gap.afterSequence ?? 0 }
+            #expect(!before.isEmpty && before == Array((base + 1)...(base + UInt64(before.count))), "what was sent before the gap, in order")
+            #expect(got.dropFirst(before.count).elementsEqual(first...(base + count)), "then every event from the oldest kept, in order")
+            #expect(first > base + UInt64(before.count) + 1 && first <= base + count, "\(gap)")
+        }
+    }
+}
