@@ -306,7 +306,7 @@ public final class Agent: @unchecked Sendable {
         self.tlsServer = settings.tlsServer
         self.tlsClient = settings.tlsClient
         self.log = log
-        self.hub = EventHub(log: events, buffer: settings.subscriberBuffer)
+        self.hub = EventHub(log: events, buffer: settings.subscriberBuffer, connectionLimit: settings.flow.connectionBytes)
         self.api = api
         self.scope = scope
         self.listContainers = {
@@ -1434,6 +1434,9 @@ public final class Agent: @unchecked Sendable {
     /// Bytes the agent holds for its peers now: unsent answers and the
     /// requests of pool calls (for tests).
     public var heldBytes: Int { (try? loop.runAndWait { self.totalHeld }) ?? -1 }
+
+    /// Bytes waiting for Subscribe callers' credit, over all connections (for tests).
+    public var subscriberHeldBytes: Int { (try? loop.runAndWait { self.hub.connectionHeld.values.reduce(0, +) }) ?? -1 }
 
     /// How many kernel watches Notify calls share now (for tests).
     public var notifyWatchCount: Int { dispatcher.notifyWatches.count }

@@ -102,6 +102,14 @@ public final class EventHub {
         var samples: [String: Waiting] = [:]
         /// How many responses may wait (the buffer, plus the replay).
         var allowance: Int
+        /// The bytes of what waits (queue and samples), counted against its
+        /// connection's `connectionLimit` too.
+        var heldBytes = 0
+        /// A replay held for credit only up to its connection's limit: the
+        /// point after the last response held. Once that has been sent the
+        /// stream ends as lagged, naming it (the caller asks again for the
+        /// rest); live events are not queued behind the cut meanwhile.
+        var cut: ResumePoint? = nil
 
         var waiting: Int { queue.count - queueHead }
     }
@@ -115,6 +123,14 @@ public final class EventHub {
     public let log: EventLog
     /// Events held for one flow-controlled subscriber without credit.
     let buffer: Int
+    /// At most how many bytes wait for credit on one connection, over all
+    /// its subscribers: a peer opening many flow-controlled streams, each
+    /// replaying the whole log without granting credit, had the hub hold
+    /// every replay (about 4 MB each with the default log, a hundred and
+    /// more a connection; a probe).
+    public let connectionLimit: Int
+    /// The bytes waiting for credit by connection.
+    public private(set) var connectionHeld: [Int: Int] = [:]
     public private(set) var subscribers: [Key: Subscriber] = [:] {
         didSet { active.store(!subscribers.isEmpty, ordering: .releasing) }
     }
@@ -125,10 +141,25 @@ public final class EventHub {
     /// that were there when it was.
     private(set) var published: UInt64
 
-    public init(log: EventLog, buffer: Int = 1024) {
+    public init(log: EventLog, buffer: Int = 1024, connectionLimit: Int = 4 << 20) {
         self.log = log
         self.buffer = buffer
+        self.connectionLimit = max(1, connectionLimit)
         published = log.newest
+    }
+
+    /// Counts `delta` bytes more (or fewer) waiting for `key`'s subscriber.
+    private func account(_ key: Key, _ sub: inout Subscriber, _ delta: Int) {
+        guard delta != 0 else { return }
+        sub.heldBytes += delta
+        let total = connectionHeld[key.conn, default: 0] + delta
+        connectionHeld[key.conn] = total > 0 ? total : nil
+    }
+
+    /// Takes a subscriber out, and what waited for it off its connection's count.
+    private func drop(_ key: Key) {
+        guard var sub = subscribers.removeValue(forKey: key) else { return }
+        account(key, &sub, -sub.heldBytes)
     }
 
     /// A new subscription: checks the request and returns what to send
@@ -202,6 +233,7 @@ public final class EventHub {
         // (live only: after what was published when it came).
         let start = r.afterSequence.map { ResumePoint(after: $0, boot: r.bootId ?? log.bootId) }
             ?? ResumePoint(after: published, boot: log.bootId)
+        drop(key)
         subscribers[key] = Subscriber(filter: filter, lastSent: lastSent, resume: start, credit: credit, allowance: buffer + first.count)
         return first
     }
@@ -222,7 +254,7 @@ public final class EventHub {
         for r in responses {
             guard let bytes = try? r.serializedBytes(), let sub = subscribers[key] else { continue }
             guard deliver(key, bytes) else {
-                subscribers[key] = nil
+                drop(key)
                 lagged(key, sub.resume)
                 return false
             }
@@ -232,16 +264,28 @@ public final class EventHub {
     }
 
     public func remove(_ key: Key) {
-        subscribers[key] = nil
+        drop(key)
     }
 
     /// The responses `subscribe` returned, for a flow-controlled subscriber:
     /// they wait for its credit like any event.
+    /// Past its connection's limit the rest is not held: the stream ends
+    /// once what was held has been sent (see `Subscriber.cut`).
     public func hold(_ key: Key, _ responses: [SubscribeResponse]) {
+        guard var sub = subscribers[key] else { return }
+        var point: ResumePoint?
         for r in responses {
             guard let bytes = try? r.serializedBytes() else { continue }
-            subscribers[key]?.queue.append(Waiting(sequence: 0, bytes: bytes, resume: resumePoint(after: r)))
+            if sub.waiting > 0, connectionHeld[key.conn, default: 0] + bytes.count > connectionLimit {
+                sub.cut = point ?? sub.resume
+                break
+            }
+            let resume = resumePoint(after: r)
+            sub.queue.append(Waiting(sequence: 0, bytes: bytes, resume: resume))
+            account(key, &sub, bytes.count)
+            if let resume { point = resume }
         }
+        subscribers[key] = sub
     }
 
     /// More credit from a subscriber; sends what waited for it.
@@ -269,8 +313,10 @@ public final class EventHub {
             } else {
                 break
             }
+            account(key, &sub, -next.bytes.count)
             guard deliver(key, next.bytes) else {
-                subscribers[key] = nil
+                subscribers[key] = sub
+                drop(key)
                 lagged(key, sub.resume)
                 return
             }
@@ -283,6 +329,11 @@ public final class EventHub {
             sub.queueHead = 0
         }
         subscribers[key] = sub
+        if let cut = sub.cut, sub.waiting == 0, sub.samples.isEmpty {
+            // The part of its replay that was held has all gone.
+            drop(key)
+            lagged(key, cut)
+        }
     }
 
     /// Hands out what the log has recorded since the last call, in order,
@@ -322,14 +373,16 @@ public final class EventHub {
                 if w.sequence > 0 { subscribers[key]?.lastSent = w.sequence }
                 if let point = w.resume { subscribers[key]?.resume = point }
             } else {
-                subscribers[key] = nil
+                drop(key)
                 lagged(key, sub.resume)
             }
             return
         }
+        // Its replay was cut: it ends there, and resumes from there.
+        if sub.cut != nil { return }
         if credit > 0 && sub.waiting == 0 && sub.samples.isEmpty {
             guard deliver(key, w.bytes) else {
-                subscribers[key] = nil
+                drop(key)
                 lagged(key, sub.resume)
                 return
             }
@@ -341,11 +394,14 @@ public final class EventHub {
         }
         if w.sequence > 0 { sub.lastSent = w.sequence }
         if let sample {
+            account(key, &sub, w.bytes.count - (sub.samples[sample]?.bytes.count ?? 0))
             sub.samples[sample] = w
         } else {
             sub.queue.append(w)
-            if sub.waiting > sub.allowance {
-                subscribers[key] = nil
+            account(key, &sub, w.bytes.count)
+            if sub.waiting > sub.allowance || connectionHeld[key.conn, default: 0] > connectionLimit {
+                subscribers[key] = sub
+                drop(key)
                 lagged(key, sub.resume)
                 return
             }

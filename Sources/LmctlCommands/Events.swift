@@ -198,6 +198,11 @@ enum EventsCommand {
             // again and resumes after the last event it printed, so nothing
             // is missed or printed twice. It ended with 14.
             var lost: UInt64?
+            // Where the last "lagged" ended the stream: a replay longer than
+            // the agent holds for one connection comes in parts, each ended
+            // so (RESOURCE_EXHAUSTED "lagged, resume after N"), and goes on
+            // from what was printed. The same point twice is no progress.
+            var laggedAt: (String?, UInt64?)?
             while true {
                 let client: RpcClient
                 do {
@@ -210,6 +215,11 @@ enum EventsCommand {
                 do {
                     try follow(&o, client: client, host: host, stdout: stdout)
                     return 0
+                } catch where error.code == .resourceExhausted && error.message.hasPrefix("lagged, resume after ")
+                            && o.request.afterSequence != nil
+                            && (laggedAt.map { $0.0 != o.request.bootId || $0.1 != o.request.afterSequence } ?? true) {
+                    laggedAt = (o.request.bootId, o.request.afterSequence)
+                    if o.request.bootId != nil { o.request.fromOldest = nil }
                 } catch where o.follow && error.code == .unavailable {
                     let after = o.request.afterSequence.map { " after \(o.request.bootId ?? ""):\($0)" }
                         ?? " from now (what happened meanwhile is not known)"

@@ -108,3 +108,61 @@ import Testing
         #expect(whole.compactMap(\.gap).map(\.bootId) == ["bootB"])
     }
 }
+
+/// What waits for credit is bounded by connection (a peer that opened
+/// many flow-controlled streams replaying the whole log, granting no
+/// credit, had the hub hold every replay; a probe): a replay is held up to
+/// the connection's limit, sent as credit comes, and then ends as lagged,
+/// naming the last event held; resuming there goes on without a gap or a
+/// duplicate.
+@Suite struct HubConnectionLimitTests {
+    private final class Sink {
+        var sent: [UInt64] = []
+        var lagged: [EventHub.ResumePoint] = []
+        func deliver(_ key: EventHub.Key, _ bytes: [UInt8]) -> Bool {
+            if let e = try? SubscribeResponse(serializedBytes: bytes).event { sent.append(e.sequence ?? 0) }
+            return true
+        }
+    }
+
+    @Test func aReplayHeldForCreditStaysWithinItsConnectionsLimit() throws {
+        let log = EventLog(capacity: 5000, bootId: "boot")
+        for i in 0..<1000 { log.record(container: "/c\(i)", kind: .containerEventCreated) }
+        let hub = EventHub(log: log, connectionLimit: 2048)
+        // Ten streams on one connection, none granting credit.
+        for stream in 1...10 {
+            let key = EventHub.Key(conn: 1, stream: UInt32(stream))
+            hub.hold(key, try hub.subscribe(key, SubscribeRequest(afterSequence: 0, credit: 0), filter: EventFilter(), credit: 0))
+        }
+        let held = hub.connectionHeld[1] ?? 0
+        #expect(held > 0 && held <= 2048 + 10 * 100, "one connection's replays held within its limit (and the first response of each): \(held) bytes")
+        // Another connection has its own.
+        let other = EventHub.Key(conn: 2, stream: 1)
+        hub.hold(other, try hub.subscribe(other, SubscribeRequest(afterSequence: 0, credit: 0), filter: EventFilter(), credit: 0))
+        #expect((hub.connectionHeld[2] ?? 0) > 1024)
+        for stream in 1...10 { hub.remove(EventHub.Key(conn: 1, stream: UInt32(stream))) }
+        #expect(hub.connectionHeld[1] == nil, "removed, nothing is counted")
+
+        // One that reads: every event once, in order, over several resumes.
+        let sink = Sink()
+        var after: UInt64 = 0
+        var parts = 0
+        while parts < 1000 {
+            parts += 1
+            let key = EventHub.Key(conn: 3, stream: UInt32(parts))
+            hub.hold(key, try hub.subscribe(key, SubscribeRequest(afterSequence: after, credit: 0), filter: EventFilter(), credit: 0))
+            let lags = sink.lagged.count
+            hub.grant(key, 1_000_000, deliver: sink.deliver, lagged: { sink.lagged.append($1) })
+            guard sink.lagged.count > lags else { break }
+            let point = try #require(sink.lagged.last)
+            #expect(point.after == sink.sent.last, "resume after the last event sent")
+            after = point.after
+        }
+        #expect(sink.sent == Array(1...1000), "\(sink.sent.count) events")
+        #expect(parts > 10, "the replay came in parts (\(parts))")
+        // Live events go to one caught up as before.
+        log.record(container: "/live", kind: .containerEventCreated)
+        hub.publish(deliver: sink.deliver, lagged: { sink.lagged.append($1) })
+        #expect(sink.sent.last == 1001)
+    }
+}

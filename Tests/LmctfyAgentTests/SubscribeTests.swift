@@ -797,3 +797,42 @@ extension SubscribeTests {
         }
     }
 }
+
+extension SubscribeTests {
+    /// Flow-controlled subscriptions that grant no credit: what the agent
+    /// holds for them stays within max_connection_buffered_bytes for the
+    /// connection, however many streams replay the log (each held its
+    /// whole replay: 20 of ~1.6 MB; a probe).
+    @Test func replaysWaitingForCreditStayWithinTheConnectionsLimit() throws {
+        try withAgent("event_log_capacity: 30000 reconcile_interval_ms: 0 watch_containers: false") { agent, socket in
+            let name = RealCgroups.uniqueName("subcredit")
+            for i in 0..<20_000 { agent.dispatcher.events.record(container: name, kind: .containerEventEmpty, pid: Int32(i + 1)) }
+            let link = try RawLink(fd: try RpcSocket.connectUnix(path: socket),
+                                   Session(dialler: .peerCredentials, name: "creditless", now: MonotonicClock.milliseconds()))
+            for _ in 0..<20 {
+                link.open("Subscribe", try SubscribeRequest(afterSequence: 0, credit: 0).serializedBytes(), deadlineMs: nil)
+            }
+            var tries = 0
+            while agent.subscriberCount < 20 && tries < 500 { usleep(10_000); tries += 1 }
+            #expect(agent.subscriberCount == 20)
+            let held = agent.subscriberHeldBytes
+            #expect(held > 1 << 20 && held <= (4 << 20) + 20 * 200, "within the connection's 4 MiB: \(held) bytes")
+        }
+    }
+}
+
+extension SubscribeTests {
+    /// `lmctl events` takes a replay longer than the agent holds for its
+    /// connection in parts: each ends "lagged, resume after N" and lmctl
+    /// goes on from what it printed, so every event is printed once.
+    @Test func lmctlEventsPrintsAReplayLongerThanTheConnectionsLimitWhole() throws {
+        try withAgent("limits { max_connection_buffered_bytes: 16384 } event_log_capacity: 5000 reconcile_interval_ms: 0 watch_containers: false") { agent, socket in
+            let name = RealCgroups.uniqueName("sublong")
+            for i in 0..<3000 { agent.dispatcher.events.record(container: name, kind: .containerEventEmpty, pid: Int32(i + 1)) }
+            let r = try TestProcess.capture([builtTool("lmctl"), "--agent", "unix://" + socket, "events", name])
+            #expect(r.status == 0, "\(String(decoding: r.stderr, as: UTF8.self))")
+            let pids = String(decoding: r.stdout, as: UTF8.self).split(separator: "\n").compactMap { $0.split(separator: " ").last }
+            #expect(pids == (1...3000).map { Substring("pid=\($0)") }, "every event once, in order (\(pids.count))")
+        }
+    }
+}

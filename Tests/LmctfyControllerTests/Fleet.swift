@@ -55,10 +55,18 @@ final class Fleet {
         }
     }
 
-    /// A port in 20000..<32768 nothing listens on now.
+    /// Ports handed out in this process: a fleet's controller restarts on
+    /// its ports, and another test's fleet, finding one free while that
+    /// controller was stopped, took it (the restart failed with
+    /// EADDRINUSE; seen once in the suite).
+    private static let handedOut = Mutexed<Set<UInt16>>([])
+
+    /// A port in 20000..<32768 nothing listens on now, and not handed out
+    /// to another fleet of this process before.
     private static func unusedPort() -> UInt16 {
         for _ in 0..<100 {
             let port = UInt16.random(in: 20000..<32768)
+            guard handedOut.locked({ $0.insert(port).inserted }) else { continue }
             let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
             var addr = sockaddr_in()
             addr.sin_family = sa_family_t(AF_INET)
