@@ -704,10 +704,7 @@ extension SubscribeTests {
             }
             let count = 20_000
             for i in 0..<count { agent.dispatcher.events.record(container: name, kind: .containerEventEmpty, pid: Int32(i + 1)) }
-            let slow = try RawLink(fd: try RpcSocket.connectUnix(path: socket),
-                                   Session(dialler: .peerCredentials, name: "slow", now: MonotonicClock.milliseconds()))
-            let stream = slow.open("Notify", try NotifyRequest(name: name, spec: EventSpec(containerEmpty: .init()),
-                                                                bootId: boot, afterSequence: base).serializedBytes(), deadlineMs: nil)
+            let (slow, stream) = try unreadNotify(socket, name, boot, base)
             // ~2.5 MB of replay for a caller that reads nothing for a second.
             var most = 0
             for _ in 0..<40 {
@@ -734,15 +731,13 @@ extension SubscribeTests {
             while agent.notifyWatchCount > 0 && tries < 250 { usleep(20_000); tries += 1 }
             #expect(agent.notifyWatchCount == 0, "the cancelled call left its watch")
             // A caller that goes without reading frees the waiting thread.
-            var gone: RawLink? = try RawLink(fd: try RpcSocket.connectUnix(path: socket),
-                                             Session(dialler: .peerCredentials, name: "gone", now: MonotonicClock.milliseconds()))
-            gone?.open("Notify", try NotifyRequest(name: name, spec: EventSpec(containerEmpty: .init()),
-                                                   bootId: boot, afterSequence: base).serializedBytes(), deadlineMs: nil)
-            tries = 0
-            while agent.notifyWatchCount == 0 && tries < 250 { usleep(20_000); tries += 1 }
-            usleep(200_000)
-            #expect(agent.notifyWatchCount == 1 && agent.heldBytes < 64 << 10, "waiting for room (\(agent.heldBytes) bytes held)")
-            gone = nil
+            withExtendedLifetime(try unreadNotify(socket, name, boot, base).0) {
+                tries = 0
+                while agent.notifyWatchCount == 0 && tries < 250 { usleep(20_000); tries += 1 }
+                usleep(200_000)
+                #expect(agent.notifyWatchCount == 1 && agent.heldBytes < 64 << 10, "waiting for room (\(agent.heldBytes) bytes held)")
+            }
+            // (Its link is closed here.)
             tries = 0
             while agent.notifyWatchCount > 0 && tries < 250 { usleep(20_000); tries += 1 }
             #expect(agent.notifyWatchCount == 0, "the call of a caller that left ended while it waited for room")
@@ -764,10 +759,7 @@ extension SubscribeTests {
             }
             let count: UInt64 = 20_000
             for i in 0..<count { agent.dispatcher.events.record(container: name, kind: .containerEventEmpty, pid: Int32(i + 1)) }
-            let slow = try RawLink(fd: try RpcSocket.connectUnix(path: socket),
-                                   Session(dialler: .peerCredentials, name: "slow", now: MonotonicClock.milliseconds()))
-            slow.open("Notify", try NotifyRequest(name: name, spec: EventSpec(containerEmpty: .init()),
-                                                   bootId: boot, afterSequence: base).serializedBytes(), deadlineMs: nil)
+            let (slow, _) = try unreadNotify(socket, name, boot, base)
             var tries = 0
             while agent.heldBytes == 0 && tries < 250 { usleep(20_000); tries += 1 }
             usleep(300_000)
@@ -835,4 +827,14 @@ extension SubscribeTests {
             #expect(pids == (1...3000).map { Substring("pid=\($0)") }, "every event once, in order (\(pids.count))")
         }
     }
+}
+
+/// A hand-driven connection asking for `name`'s emptyings after `base` of
+/// `boot`, which reads nothing until the test pumps it; and its stream.
+private func unreadNotify(_ socket: String, _ name: String, _ boot: String, _ base: UInt64) throws -> (RawLink, UInt32) {
+    let link = try RawLink(fd: try RpcSocket.connectUnix(path: socket),
+                           Session(dialler: .peerCredentials, name: "unread", now: MonotonicClock.milliseconds()))
+    let stream = link.open("Notify", try NotifyRequest(name: name, spec: EventSpec(containerEmpty: .init()),
+                                                       bootId: boot, afterSequence: base).serializedBytes(), deadlineMs: nil)
+    return (link, stream)
 }
