@@ -163,6 +163,8 @@ public final class CallContext: Sendable {
     /// which now holds more unsent bytes than its limit if `full` (loop
     /// thread). `emit` then waits until `connectionDrained`.
     func taken(_ n: Int, full: Bool) {
+        // (A collecting call's progress response: nothing waits on it.)
+        guard room != nil else { return }
         let wake: Bool = state.locked { s in
             let blocked = s.connectionFull || s.inFlight >= inFlightLimit
             s.inFlight -= n

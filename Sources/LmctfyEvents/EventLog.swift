@@ -480,11 +480,8 @@ public final class EventLog: Sendable {
     /// after it may be missing: another boot id, or history already dropped.
     public func resumePoint(bootId asked: String?, after: UInt64) -> (gap: EventGap?, from: UInt64) {
         state.locked { s in
-            let first = s.firstAvailable
-            if asked != bootId || Self.isBeforeFirst(after, first) {
-                return (EventGap(requestedBootId: asked, afterSequence: after, bootId: bootId, firstSequence: first), first - 1)
-            }
-            return (nil, after)
+            guard let gap = resumeGap(s, asked: asked, after: after) else { return (nil, after) }
+            return (gap, s.firstAvailable - 1)
         }
     }
 
@@ -492,13 +489,17 @@ public final class EventLog: Sendable {
     /// may be missing: another boot id, or history already dropped.
     public func since(bootId asked: String?, after: UInt64, matching: (ContainerEvent) -> Bool) -> ([ContainerEvent], EventGap?) {
         state.locked { s in
-            let first = s.firstAvailable
-            if asked != bootId || Self.isBeforeFirst(after, first) {
-                let gap = EventGap(requestedBootId: asked, afterSequence: after, bootId: bootId, firstSequence: first)
-                return (s.range(after: 0, upTo: s.next).filter(matching), gap)
-            }
-            return (s.range(after: after, upTo: s.next).filter(matching), nil)
+            let gap = resumeGap(s, asked: asked, after: after)
+            return (s.range(after: gap == nil ? after : 0, upTo: s.next).filter(matching), gap)
         }
+    }
+
+    /// The gap a resume from `after` of boot `asked` starts with, if events
+    /// after it may be missing (another boot id, or history dropped).
+    private func resumeGap(_ s: State, asked: String?, after: UInt64) -> EventGap? {
+        let first = s.firstAvailable
+        guard asked != bootId || Self.isBeforeFirst(after, first) else { return nil }
+        return EventGap(requestedBootId: asked, afterSequence: after, bootId: bootId, firstSequence: first)
     }
 }
 
