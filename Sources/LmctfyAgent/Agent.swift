@@ -211,6 +211,8 @@ public final class Agent: @unchecked Sendable {
     /// recorded events is already queued on the loop.
     private let hub: EventHub
     private let publishQueued = Atomic<Bool>(false)
+    /// The next parts of the replays are queued on the loop (loop thread).
+    private var replaysQueued = false
     /// A renewal is under way (renewCertificateIfDue).
     private let renewing = Atomic<Bool>(false)
     private let finished = Latch()
@@ -802,6 +804,7 @@ public final class Agent: @unchecked Sendable {
                 s.calls.removeValue(forKey: streamId)?.cancel()
             case .credit(let streamId, let credit):
                 hub.grant(EventHub.Key(conn: s.id, stream: streamId), credit, deliver: deliver, lagged: lagged)
+                continueReplays()
             case .deliverResponse:
                 break  // Register's answer is empty; its status says it all
             case .deliverStatus(let streamId, let status):
@@ -897,6 +900,9 @@ public final class Agent: @unchecked Sendable {
             for id in s.fullStreams { s.calls[id]?.connectionDrained() }
             s.fullStreams.removeAll()
         }
+        // A replay that waited for room goes on (at the next turn: this
+        // may run while the hub delivers).
+        if s.held <= f.connectionBytes / 2, hub.roomCame(conn: s.id) { queueReplays() }
         let holds = s.held > 0 || !s.poolCalls.isEmpty
         let agentDrained = totalHeld <= f.agentBytes / 2 && totalPoolCalls <= f.agentCalls / 2
         if !s.throttled {
@@ -1379,13 +1385,11 @@ public final class Agent: @unchecked Sendable {
     private func subscribe(_ s: ConnState, streamId: UInt32, route: Dispatcher.Route?, payload: [UInt8]) {
         let now = MonotonicClock.milliseconds()
         let key = EventHub.Key(conn: s.id, stream: streamId)
-        let first: [SubscribeResponse]
-        let r: SubscribeRequest
         do {
             guard let route, route.info.role.allows(s.role) else {
                 throw LmctfyError(.permissionDenied, "Method Subscribe needs the reader role")
             }
-            r = try SubscribeRequest(serializedBytes: payload)
+            let r = try SubscribeRequest(serializedBytes: payload)
             let filter = try EventFilter(r, resolve: dispatcher.backend.resolve)
             if r.credit != nil, (s.session.peer?.version ?? 0) < ProtocolVersion.credit {
                 throw LmctfyError.invalidArgument("credit needs protocol version \(ProtocolVersion.credit) (this connection speaks \(s.session.peer?.version ?? 0))")
@@ -1393,7 +1397,7 @@ public final class Agent: @unchecked Sendable {
             // What was recorded before is handed out first, so the new
             // subscriber's replay ends where its live events begin.
             publishEvents()
-            first = try hub.subscribe(key, r, filter: filter, credit: r.credit.map { Int($0) })
+            try hub.subscribe(key, r, filter: filter, credit: r.credit.map { Int($0) })
         } catch {
             let status = Dispatcher.status(of: error, method: "Subscribe")
             metrics.callEnded(conn: s.id, stream: streamId, status.code)
@@ -1403,22 +1407,36 @@ public final class Agent: @unchecked Sendable {
         let context = CallContext()
         context.onCancel { [weak self] in self?.hub.remove(key) }
         s.calls[streamId] = context
-        if r.credit != nil {
-            // Flow-controlled: the replay waits for credit like any event.
-            hub.hold(key, first)
-            hub.drain(key, deliver: deliver, lagged: lagged)
-            publishEvents()
-            return
+        // The replay goes a part at a time, the first now (see
+        // EventHub.Replay). Without credit it is bounded like any answer:
+        // it waits while the connection holds its limit, and a live event
+        // past that ends the stream naming where to resume. With credit
+        // it waits for credit like any event.
+        continueReplays()
+    }
+
+    /// Sends the next part of each replay that can go on now, and goes on
+    /// at the loop's next turn while one can (other connections are served
+    /// in between).
+    private func continueReplays() {
+        if hub.advance(deliver: deliver, lagged: lagged, room: replayRoom) { queueReplays() }
+    }
+
+    /// `continueReplays` at the loop's next turn (once however often asked).
+    private func queueReplays() {
+        guard !replaysQueued else { return }
+        replaysQueued = true
+        _ = loop.execute { [weak self] in
+            guard let self else { return }
+            self.replaysQueued = false
+            self.continueReplays()
         }
-        // The replay is bounded like any answer: past the connection's limit
-        // the stream ends, naming where to resume (the caller asks again for
-        // the rest), rather than the whole log waiting in memory. Where the
-        // caller resumes: after its own point, after the last event sent, or
-        // after a gap's start (the stream goes on in that boot from there).
-        guard hub.replay(key, first, deliver: deliver, lagged: lagged) else { return }
-        // Anything recorded while it joined (the hub had no subscriber, so
-        // no fan-out was queued for it) goes out now, after the replay.
-        publishEvents()
+    }
+
+    /// What a subscriber's connection takes now, for its replay.
+    private func replayRoom(_ key: EventHub.Key) -> Int {
+        guard let s = conns[key.conn], s.calls[key.stream] != nil else { return 0 }
+        return settings.flow.connectionBytes - s.held
     }
 
     /// Ends a subscription that fell behind its connection's limit, saying

@@ -82,6 +82,8 @@ public final class Controller: @unchecked Sendable {
     private var listeners: [Listener] = []
     private var peers: [Int: ControllerPeer] = [:]
     private var nextId = 1
+    /// The next parts of the fleet replays are queued on the loop.
+    private var replaysQueued = false
     /// TCP connections whose handshake (TLS, hello) has not finished.
     private lazy var handshaking = HandshakeBudget(limit: settings.maxHandshakingConnections,
                                                    helloTimeoutMs: settings.limits.helloTimeoutMs)
@@ -379,6 +381,7 @@ public final class Controller: @unchecked Sendable {
         p.conn.write(bytes) { [unowned self] _, _ in
             p.unsent -= bytes.count
             self.updateFlow(p)
+            if p.waiting <= Self.subscriberBytes / 2, self.fleet.hub.roomCame(conn: p.id) { self.queueReplays() }
             if !p.parkedFans.isEmpty && p.waiting <= Self.subscriberBytes / 2 {
                 let parked = p.parkedFans
                 p.parkedFans = []
@@ -545,6 +548,7 @@ public final class Controller: @unchecked Sendable {
             case .credit(let stream, let credit):
                 if p.fleetStreams.contains(stream) {
                     fleet.hub.grant(EventHub.Key(conn: p.id, stream: stream), credit, deliver: deliver, lagged: lagged)
+                    continueReplays()
                     continue
                 }
                 guard let to = p.routedIn[stream], let link = peers[to.agent] else { continue }
@@ -751,10 +755,8 @@ public final class Controller: @unchecked Sendable {
     /// host, container and kind, from its cursor, with credit (version 3).
     private func subscribeFleet(_ p: ControllerPeer, _ stream: UInt32, _ payload: [UInt8]) {
         let key = EventHub.Key(conn: p.id, stream: stream)
-        let r: SubscribeRequest
-        let first: [SubscribeResponse]
         do {
-            r = try SubscribeRequest(serializedBytes: payload)
+            let r = try SubscribeRequest(serializedBytes: payload)
             let filter = try EventFilter(r) { (name: String) throws(LmctfyError) -> String in
                 // Names are each host's own: absolute, as its agent reports them.
                 guard name.hasPrefix("/") else { throw .invalidArgument("at the controller a container name is absolute, not \"\(name)\"") }
@@ -763,21 +765,38 @@ public final class Controller: @unchecked Sendable {
             if r.credit != nil, (p.session.peer?.version ?? 0) < ProtocolVersion.credit {
                 throw LmctfyError.invalidArgument("credit needs protocol version \(ProtocolVersion.credit)")
             }
-            first = try fleet.hub.subscribe(key, r, filter: filter, credit: r.credit.map { Int($0) })
+            try fleet.hub.subscribe(key, r, filter: filter, credit: r.credit.map { Int($0) })
         } catch {
             answer(p, stream, .failure(error))
             return
         }
         p.fleetStreams.insert(stream)
-        if r.credit != nil {
-            fleet.hub.hold(key, first)
-            fleet.hub.drain(key, deliver: deliver, lagged: lagged)
-            return
+        // The replay goes a part at a time, the first now, the rest while
+        // the connection (or the credit) takes it (see EventHub.Replay).
+        continueReplays()
+    }
+
+    /// Sends the next part of each fleet replay that can go on now, and
+    /// goes on at the loop's next turn while one can.
+    private func continueReplays() {
+        if fleet.hub.advance(deliver: deliver, lagged: lagged, room: replayRoom) { queueReplays() }
+    }
+
+    /// `continueReplays` at the loop's next turn (once however often asked).
+    private func queueReplays() {
+        guard !replaysQueued else { return }
+        replaysQueued = true
+        _ = loop.execute { [weak self] in
+            guard let self else { return }
+            self.replaysQueued = false
+            self.continueReplays()
         }
-        // Past what its connection takes, it ends naming the last event
-        // sent (it named the request's own point: a replay larger than the
-        // connection's limit was cut at the same place at every retry).
-        _ = fleet.hub.replay(key, first, deliver: deliver, lagged: lagged)
+    }
+
+    /// What a fleet subscriber's connection takes now, for its replay.
+    private func replayRoom(_ key: EventHub.Key) -> Int {
+        guard let p = peers[key.conn], p.fleetStreams.contains(key.stream) else { return 0 }
+        return Self.subscriberBytes - p.waiting
     }
 
     /// One response on a fleet subscriber's stream; false when its

@@ -105,20 +105,57 @@ public final class EventHub {
         /// The bytes of what waits (queue and samples), counted against its
         /// connection's `connectionLimit` too.
         var heldBytes = 0
-        /// A replay held for credit only up to its connection's limit: the
-        /// point after the last response held. Once that has been sent the
-        /// stream ends as lagged, naming it (the caller asks again for the
-        /// rest); live events are not queued behind the cut meanwhile.
-        var cut: ResumePoint? = nil
+        /// Its replay, while some of it has not been sent (or held): live
+        /// events are not handed to it meanwhile; the replay reads them from
+        /// the log in their place.
+        var replay: Replay?
 
         var waiting: Int { queue.count - queueHead }
     }
+
+    /// Where a replay not sent in full goes on. A replay is read from the
+    /// log a part at a time (`partEvents` events, and no more bytes than
+    /// the subscriber's connection takes then), each part on its own turn of
+    /// the loop: built in one go, a resume from far back held the loop
+    /// thread, and every other connection, while every event kept was
+    /// decoded (3.5 ms of the agent's CPU a Subscribe on the default log of
+    /// 4,096 events, seconds near the maximum capacity; a probe), and the
+    /// replay waited whole in memory for the connection or for credit.
+    struct Replay {
+        /// The boots before this one still to read, the one being read
+        /// first, each with the first sequence the journal kept of it;
+        /// empty: this boot.
+        var boots: [(id: String, first: UInt64?)]
+        /// The sequence, in the boot being read, the next part reads after.
+        var after: UInt64
+        /// This boot has not been read yet: its first part says whether a
+        /// gap leads into it.
+        var fresh: Bool
+        /// The resume was of this boot (no boot change to say).
+        let ownBoot: Bool
+        /// Where the boot read before the next one ended, for the gap that
+        /// says so (at first: the request's own point).
+        var gapBoot: String?
+        var gapAfter: UInt64
+        /// What `lastSent` is at least once it has caught up (a resume after
+        /// an event recorded but not yet handed out, seen through Notify,
+        /// gets what follows it only).
+        let floor: UInt64
+        /// Gaps decided, sent first in the next part.
+        var pending: [SubscribeResponse] = []
+    }
+
+    /// At most how many events one part of a replay reads from the log.
+    public static let partEvents = 256
 
     /// Sends one response on a subscriber's stream; false when it cannot
     /// take it (its connection is past its limit: it lags).
     public typealias Deliver = (Key, [UInt8]) -> Bool
     /// Ends a subscription that lags, naming where it resumes.
     public typealias Lagged = (Key, ResumePoint) -> Void
+    /// How many bytes a subscriber's connection takes now (its limit less
+    /// what it holds unsent).
+    public typealias Room = (Key) -> Int
 
     public let log: EventLog
     /// Events held for one flow-controlled subscriber without credit.
@@ -134,6 +171,10 @@ public final class EventHub {
     public private(set) var subscribers: [Key: Subscriber] = [:] {
         didSet { active.store(!subscribers.isEmpty, ordering: .releasing) }
     }
+    /// The subscribers whose replay has not all been sent (or held).
+    public private(set) var replaying: Set<Key> = []
+    /// Connections with a replay waiting for room (see `roomCame`).
+    private var roomWanted: Set<Int> = []
     /// Whether anyone subscribes: read by recording threads, so that an
     /// event wakes the loop only when someone will get it.
     public let active = Atomic<Bool>(false)
@@ -158,84 +199,213 @@ public final class EventHub {
 
     /// Takes a subscriber out, and what waited for it off its connection's count.
     private func drop(_ key: Key) {
+        replaying.remove(key)
         guard var sub = subscribers.removeValue(forKey: key) else { return }
         account(key, &sub, -sub.heldBytes)
     }
 
-    /// A new subscription: checks the request and returns what to send
-    /// first (a gap, then the kept events after the resume point up to what
-    /// has been published, then `caught_up`; the rest comes live). The
-    /// subscriber is added; `credit` (nil: none) says how many it takes.
-    public func subscribe(_ key: Key, _ r: SubscribeRequest, filter: EventFilter, credit: Int? = nil) throws(LmctfyError) -> [SubscribeResponse] {
+    /// A new subscription: checks the request and adds the subscriber
+    /// (`credit`, nil: none, says how many responses it takes). What it gets
+    /// first, `advance` sends a part at a time: a gap where events may be
+    /// missing, the kept events after the resume point up to what has been
+    /// published, then `caught_up`; the rest comes live.
+    public func subscribe(_ key: Key, _ r: SubscribeRequest, filter: EventFilter, credit: Int? = nil) throws(LmctfyError) {
         var r = r
         if r.fromOldest == true && r.bootId == nil {
             // The oldest kept: the oldest boot before this one the journal has.
             r.bootId = log.olderBootIds.first
             r.afterSequence = 0
         }
-        var first: [SubscribeResponse] = []
-        var lastSent = published
+        // Live only: nothing to read but the caught-up marker.
+        var replay = Replay(boots: [], after: published, fresh: false, ownBoot: true, gapBoot: nil, gapAfter: 0, floor: published)
         if let after = r.afterSequence {
             let ownBoot = r.bootId == nil || r.bootId == log.bootId
             try log.checkResumePoint(bootId: r.bootId, after: after)
-            // A subscriber of a boot before this one: what the journal kept
-            // of it after its point first, then of each boot after it (each
-            // boot change a gap, which says through which sequence the boot
-            // before survived); the last gap leads to this boot. (Only the
-            // boot just before this one was served: a resume across two
-            // restarts got the gap alone, and a follower lost whole boots
-            // the journal kept.)
-            var gapAfter = after
-            var gapBoot = r.bootId
+            replay = Replay(boots: [], after: ownBoot ? after : 0, fresh: true, ownBoot: ownBoot,
+                            gapBoot: r.bootId, gapAfter: after, floor: ownBoot ? after : 0)
             if !ownBoot, let asked = r.bootId {
-                for (i, boot) in log.olderBoots(from: asked).enumerated() {
-                    let from = i == 0 ? after : 0
-                    if i == 0, let oldest = boot.events.first?.sequence, EventLog.isBeforeFirst(after, oldest) {
+                // A subscriber of a boot before this one: what the journal
+                // kept of it after its point first, then of each boot after
+                // it (each boot change a gap, which says through which
+                // sequence the boot before survived); the last gap leads to
+                // this boot. (Only the boot just before this one was served:
+                // a resume across two restarts got the gap alone, and a
+                // follower lost whole boots the journal kept.)
+                replay.boots = log.olderBootBounds(from: asked).map { ($0.id, $0.first) }
+                if let boot = replay.boots.first {
+                    replay.after = after
+                    if let oldest = boot.first, EventLog.isBeforeFirst(after, oldest) {
                         // The journal rotated out the boot's oldest events:
                         // a gap within it (they were left out unsaid, and
                         // the resume went on as if nothing were missing).
-                        first.append(SubscribeResponse(gap: EventGap(
+                        replay.pending.append(SubscribeResponse(gap: EventGap(
                             requestedBootId: asked, afterSequence: after, bootId: boot.id, firstSequence: oldest)))
                     }
-                    if i > 0 {
-                        first.append(SubscribeResponse(gap: EventGap(
-                            requestedBootId: gapBoot, afterSequence: gapAfter, bootId: boot.id,
-                            firstSequence: boot.events.first?.sequence ?? 1)))
-                    }
-                    first += boot.events.filter { ($0.sequence ?? 0) > from && filter.matches($0) }.map { SubscribeResponse(event: $0) }
-                    gapAfter = max(from, boot.events.last?.sequence ?? 0)
-                    gapBoot = boot.id
                 }
             }
-            let from: UInt64 = ownBoot ? after : 0
-            var (events, dropped) = log.range(after: from, upTo: published)
-            if !ownBoot || dropped != nil {
-                // The gap says where the log is complete again: after the
-                // newest event pushed out (`dropped`), not at the oldest
-                // item kept, which may be a STATS sample kept apart from
-                // the events and older than events already gone (a resume
-                // from before them was told it continued from that sample
-                // and silently missed the events between). Samples from
-                // before that point are not sent after the gap.
-                if let dropped { events.removeAll { ($0.sequence ?? 0) < dropped } }
-                first.append(SubscribeResponse(gap: EventGap(
-                    requestedBootId: gapBoot, afterSequence: gapAfter, bootId: log.bootId,
-                    firstSequence: dropped ?? events.first?.sequence ?? published + 1)))
-            }
-            first += events.filter(filter.matches).map { SubscribeResponse(event: $0) }
         }
-        if let last = first.last(where: { $0.event?.bootId == log.bootId })?.event?.sequence { lastSent = last }
-        // A caller resuming after an event recorded but not yet handed out
-        // (seen through Notify) gets what follows it only.
-        if let after = r.afterSequence, r.bootId == nil || r.bootId == log.bootId { lastSent = max(lastSent, after) }
-        first.append(SubscribeResponse(caughtUp: published, caughtUpBootId: log.bootId))
         // Before anything is sent it resumes where it asked to start
         // (live only: after what was published when it came).
         let start = r.afterSequence.map { ResumePoint(after: $0, boot: r.bootId ?? log.bootId) }
             ?? ResumePoint(after: published, boot: log.bootId)
         drop(key)
-        subscribers[key] = Subscriber(filter: filter, lastSent: lastSent, resume: start, credit: credit, allowance: buffer + first.count)
-        return first
+        subscribers[key] = Subscriber(filter: filter, lastSent: published, resume: start, credit: credit, allowance: buffer, replay: replay)
+        replaying.insert(key)
+    }
+
+    /// What a response costs its connection besides its bytes, counted
+    /// against a replay part's budget: the frame around it, generously.
+    static let responseOverhead = 64
+
+    /// The next part of `sub`'s replay: responses of at most `budget` bytes
+    /// (with `responseOverhead` each; the first always), each with where
+    /// the subscriber resumes once it has been sent. The caught-up marker
+    /// ends the last part, and the subscriber then takes live events.
+    private func nextPart(_ key: Key, _ sub: inout Subscriber, budget: Int) -> [Waiting] {
+        guard var rep = sub.replay else { return [] }
+        var out: [Waiting] = []
+        var bytes = 0
+        /// False when the part is full: `r` is left for the next one.
+        func fits(_ r: SubscribeResponse) -> Bool {
+            guard let b = try? r.serializedBytes() else { return true }
+            if bytes > 0 && bytes + b.count + Self.responseOverhead > budget { return false }
+            bytes += b.count + Self.responseOverhead
+            out.append(Waiting(sequence: 0, bytes: b, resume: resumePoint(after: r)))
+            return true
+        }
+        /// A gap goes now, or first in the next part.
+        func gap(_ g: EventGap) -> Bool {
+            let r = SubscribeResponse(gap: g)
+            guard fits(r) else {
+                rep.pending.append(r)
+                return false
+            }
+            return true
+        }
+        while let r = rep.pending.first {
+            guard fits(r) else {
+                sub.replay = rep
+                return out
+            }
+            rep.pending.removeFirst()
+        }
+        var read = 0
+        reading: while read < Self.partEvents {
+            if let boot = rep.boots.first {
+                let p = log.olderBootPart(boot.id, after: rep.after, limit: Self.partEvents - read)
+                read += max(1, p.events.count)
+                for e in p.events where sub.filter.matches(e) {
+                    guard fits(SubscribeResponse(event: e)) else {
+                        rep.after = max(rep.after, (e.sequence ?? 1) - 1)
+                        break reading
+                    }
+                }
+                rep.after = max(rep.after, p.next)
+                guard p.complete else { continue }
+                rep.gapBoot = boot.id
+                rep.gapAfter = rep.after
+                rep.boots.removeFirst()
+                rep.after = 0
+                if let next = rep.boots.first, !gap(EventGap(requestedBootId: rep.gapBoot, afterSequence: rep.gapAfter,
+                                                               bootId: next.id, firstSequence: next.first ?? 1)) {
+                    break reading
+                }
+                continue
+            }
+            let p = log.range(after: rep.after, upTo: published, limit: Self.partEvents - read)
+            read += max(1, p.events.count)
+            var said: EventGap?
+            if rep.fresh {
+                rep.fresh = false
+                if !rep.ownBoot || p.droppedBefore != nil {
+                    // The gap says where the log is complete again: after
+                    // the newest event pushed out, not at the oldest item
+                    // kept, which may be a STATS sample kept apart from the
+                    // events and older than events already gone.
+                    said = EventGap(requestedBootId: rep.gapBoot, afterSequence: rep.gapAfter, bootId: log.bootId,
+                                    firstSequence: p.droppedBefore ?? p.events.first?.sequence ?? published + 1)
+                }
+            } else if let dropped = p.droppedBefore {
+                // The log let events go while the replay went on.
+                said = EventGap(requestedBootId: log.bootId, afterSequence: rep.after, bootId: log.bootId, firstSequence: dropped)
+            }
+            // The part was read from the oldest kept.
+            if let dropped = p.droppedBefore { rep.after = max(rep.after, dropped - 1) }
+            if let said, !gap(said) { break reading }
+            for e in p.events where sub.filter.matches(e) {
+                guard fits(SubscribeResponse(event: e)) else {
+                    rep.after = max(rep.after, (e.sequence ?? 1) - 1)
+                    break reading
+                }
+            }
+            rep.after = max(rep.after, p.next)
+            // Done: the marker, unless the part is full (then it goes alone
+            // in the next one).
+            if p.complete, fits(SubscribeResponse(caughtUp: published, caughtUpBootId: log.bootId)) {
+                sub.lastSent = max(published, rep.floor)
+                sub.replay = nil
+                replaying.remove(key)
+                return out
+            }
+            if p.complete { break }
+        }
+        sub.replay = rep
+        return out
+    }
+
+    /// Sends the next part of every replay that can take one now: without
+    /// credit, when its connection has `room`; with credit, once all it
+    /// held before has been sent. True when some replay can go on at once:
+    /// call again on the loop's next turn (other connections are served in
+    /// between). One waiting for credit goes on after `grant`; one waiting
+    /// for room once `roomCame` says so.
+    public func advance(deliver: Deliver, lagged: Lagged, room: Room) -> Bool {
+        guard !replaying.isEmpty else { return false }
+        // What was recorded before goes first (for the subscribers caught
+        // up; a replay reads it from the log).
+        publish(deliver: deliver, lagged: lagged)
+        var more = false
+        for key in replaying {
+            guard var sub = subscribers[key], sub.replay != nil else { continue }
+            if sub.credit == nil {
+                let budget = room(key)
+                guard budget > 0 else {
+                    roomWanted.insert(key.conn)
+                    continue
+                }
+                let part = nextPart(key, &sub, budget: budget)
+                subscribers[key] = sub
+                for w in part {
+                    guard deliver(key, w.bytes) else {
+                        drop(key)
+                        lagged(key, sub.resume)
+                        break
+                    }
+                    if let point = w.resume { sub.resume = point }
+                    subscribers[key]?.resume = sub.resume
+                }
+                guard subscribers[key]?.replay != nil else { continue }
+                if room(key) > 0 { more = true } else { roomWanted.insert(key.conn) }
+            } else {
+                guard sub.waiting == 0 && sub.samples.isEmpty else { continue }
+                let part = nextPart(key, &sub, budget: connectionLimit - connectionHeld[key.conn, default: 0])
+                for w in part {
+                    sub.queue.append(w)
+                    account(key, &sub, w.bytes.count)
+                }
+                sub.allowance = max(sub.allowance, buffer + sub.waiting)
+                subscribers[key] = sub
+                drain(key, deliver: deliver, lagged: lagged)
+                if let s = subscribers[key], s.replay != nil, s.waiting == 0 { more = true }
+            }
+        }
+        return more
+    }
+
+    /// Whether a replay on connection `conn` waited for room: once it has
+    /// some, its owner calls `advance` again.
+    public func roomCame(conn: Int) -> Bool {
+        roomWanted.remove(conn) != nil
     }
 
     /// Where a subscriber that has been sent `r` resumes (nil: the
@@ -247,45 +417,8 @@ public final class EventHub {
         return nil
     }
 
-    /// Sends what `subscribe` returned to a subscriber without credit, in
-    /// order; past what its connection takes, the subscription ends and
-    /// `lagged` names the last of them sent. False then.
-    public func replay(_ key: Key, _ responses: [SubscribeResponse], deliver: Deliver, lagged: Lagged) -> Bool {
-        for r in responses {
-            guard let bytes = try? r.serializedBytes(), let sub = subscribers[key] else { continue }
-            guard deliver(key, bytes) else {
-                drop(key)
-                lagged(key, sub.resume)
-                return false
-            }
-            if let point = resumePoint(after: r) { subscribers[key]?.resume = point }
-        }
-        return true
-    }
-
     public func remove(_ key: Key) {
         drop(key)
-    }
-
-    /// The responses `subscribe` returned, for a flow-controlled subscriber:
-    /// they wait for its credit like any event.
-    /// Past its connection's limit the rest is not held: the stream ends
-    /// once what was held has been sent (see `Subscriber.cut`).
-    public func hold(_ key: Key, _ responses: [SubscribeResponse]) {
-        guard var sub = subscribers[key] else { return }
-        var point: ResumePoint?
-        for r in responses {
-            guard let bytes = try? r.serializedBytes() else { continue }
-            if sub.waiting > 0, connectionHeld[key.conn, default: 0] + bytes.count > connectionLimit {
-                sub.cut = point ?? sub.resume
-                break
-            }
-            let resume = resumePoint(after: r)
-            sub.queue.append(Waiting(sequence: 0, bytes: bytes, resume: resume))
-            account(key, &sub, bytes.count)
-            if let resume { point = resume }
-        }
-        subscribers[key] = sub
     }
 
     /// More credit from a subscriber; sends what waited for it.
@@ -329,11 +462,6 @@ public final class EventHub {
             sub.queueHead = 0
         }
         subscribers[key] = sub
-        if let cut = sub.cut, sub.waiting == 0, sub.samples.isEmpty {
-            // The part of its replay that was held has all gone.
-            drop(key)
-            lagged(key, cut)
-        }
     }
 
     /// Hands out what the log has recorded since the last call, in order,
@@ -351,12 +479,12 @@ public final class EventHub {
                 requestedBootId: log.bootId, afterSequence: published, bootId: log.bootId, firstSequence: dropped))
             let bytes = (try? gap.serializedBytes()) ?? []
             let point = resumePoint(after: gap)
-            for key in Array(subscribers.keys) { offer(key, Waiting(sequence: 0, bytes: bytes, resume: point), sample: nil, deliver: deliver, lagged: lagged) }
+            for key in Array(subscribers.keys) where subscribers[key]?.replay == nil { offer(key, Waiting(sequence: 0, bytes: bytes, resume: point), sample: nil, deliver: deliver, lagged: lagged) }
         }
         published = newest
         for e in events {
             let sequence = e.sequence ?? 0
-            let keys = subscribers.filter { $0.value.lastSent < sequence && $0.value.filter.matches(e) }.map(\.key)
+            let keys = subscribers.filter { $0.value.replay == nil && $0.value.lastSent < sequence && $0.value.filter.matches(e) }.map(\.key)
             guard !keys.isEmpty, let bytes = try? SubscribeResponse(event: e).serializedBytes() else { continue }
             let sample = e.kind == .containerEventStats ? e.container ?? "" : nil
             let point = ResumePoint(after: sequence, boot: log.bootId)
@@ -378,8 +506,6 @@ public final class EventHub {
             }
             return
         }
-        // Its replay was cut: it ends there, and resumes from there.
-        if sub.cut != nil { return }
         if credit > 0 && sub.waiting == 0 && sub.samples.isEmpty {
             guard deliver(key, w.bytes) else {
                 drop(key)

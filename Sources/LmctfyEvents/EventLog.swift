@@ -77,8 +77,9 @@ public final class EventLog: Sendable {
         private func at(_ i: Int) -> Item { items[start + i] }
 
         /// The kept items with `after` < sequence <= `upTo`, oldest first
-        /// (found by binary search: the ring is in sequence order).
-        func range(after: UInt64, upTo: UInt64) -> [Item] {
+        /// (found by binary search: the ring is in sequence order), at most
+        /// `limit` of them.
+        func range(after: UInt64, upTo: UInt64, limit: Int = .max) -> [Item] {
             var lo = 0, hi = count
             while lo < hi {
                 let mid = (lo + hi) / 2
@@ -86,7 +87,7 @@ public final class EventLog: Sendable {
             }
             var out: [Item] = []
             var i = lo
-            while i < count, at(i).seq <= upTo {
+            while i < count, at(i).seq <= upTo, out.count < limit {
                 out.append(at(i))
                 i += 1
             }
@@ -153,21 +154,30 @@ public final class EventLog: Sendable {
 
         /// Both rings' events in (after, upTo], merged in sequence order.
         func range(after: UInt64, upTo: UInt64) -> [ContainerEvent] {
-            let a = events.range(after: after, upTo: upTo)
-            let b = stats.range(after: after, upTo: upTo)
+            range(after: after, upTo: upTo, limit: .max).events
+        }
+
+        /// The first `limit` of them, whether they were all there is, and
+        /// the sequence of the last taken (0: none; one that would not
+        /// decode is passed over, not read again).
+        func range(after: UInt64, upTo: UInt64, limit: Int) -> (events: [ContainerEvent], complete: Bool, last: UInt64) {
+            let a = events.range(after: after, upTo: upTo, limit: limit)
+            let b = stats.range(after: after, upTo: upTo, limit: limit)
+            let complete = a.count + b.count <= limit && a.count < limit && b.count < limit
             var out: [ContainerEvent] = []
-            out.reserveCapacity(a.count + b.count)
-            var i = 0, j = 0
-            while i < a.count || j < b.count {
+            out.reserveCapacity(min(limit, a.count + b.count))
+            var i = 0, j = 0, last: UInt64 = 0
+            while (i < a.count || j < b.count) && i + j < limit {
                 let p: PackedEvent
                 if j == b.count || (i < a.count && a[i].seq < b[j].seq) {
                     p = a[i]; i += 1
                 } else {
                     p = b[j]; j += 1
                 }
+                last = p.seq
                 if let e = try? ContainerEvent(serializedBytes: p.bytes) { out.append(e) }
             }
-            return out
+            return (out, complete, last)
         }
 
         /// The first sequence a resume can still get without a gap.
@@ -468,6 +478,45 @@ public final class EventLog: Sendable {
             let first = s.firstAvailable
             return (s.range(after: after, upTo: upTo), Self.isBeforeFirst(after, first) && after < upTo ? first : nil)
         }
+    }
+
+    /// A part of `range`: at most `limit` events, whether they are all
+    /// there is up to `upTo`, and the sequence the next part reads after.
+    /// When some after `after` are gone (`droppedBefore`), the part starts
+    /// at the oldest kept (a STATS sample older than that, kept apart, is
+    /// not sent after the gap that says where the log is whole again).
+    public func range(after: UInt64, upTo: UInt64, limit: Int) -> (events: [ContainerEvent], droppedBefore: UInt64?, complete: Bool, next: UInt64) {
+        state.locked { s in
+            let first = s.firstAvailable
+            let dropped = Self.isBeforeFirst(after, first) && after < upTo ? first : nil
+            let after = dropped.map { $0 - 1 } ?? after
+            let part = s.range(after: after, upTo: upTo, limit: max(1, limit))
+            return (part.events, dropped, part.complete, part.complete ? max(after, upTo) : part.last)
+        }
+    }
+
+    /// The boots before this one from `id` on (nil: all of them; none when
+    /// no boot has that id), oldest first: each one's id and the sequences
+    /// of the first and last of its events the journal kept.
+    public func olderBootBounds(from id: String?) -> [(id: String, first: UInt64?, last: UInt64?)] {
+        let older = state.locked { $0.older }
+        guard let at = id.map({ id in older.firstIndex { $0.id == id } }) ?? older.indices.first else { return [] }
+        return older[at...].map { ($0.id, $0.events.first?.seq, $0.events.last?.seq) }
+    }
+
+    /// At most `limit` of the events the journal kept of the older boot
+    /// `id` after `after`, oldest first; whether they are its last; and the
+    /// sequence the next part reads after.
+    public func olderBootPart(_ id: String, after: UInt64, limit: Int) -> (events: [ContainerEvent], complete: Bool, next: UInt64) {
+        let events = state.locked { s in s.older.first { $0.id == id }?.events ?? [] }
+        var lo = 0, hi = events.count
+        while lo < hi {
+            let mid = (lo + hi) / 2
+            if events[mid].seq <= after { lo = mid + 1 } else { hi = mid }
+        }
+        let end = min(events.count, lo + max(1, limit))
+        let taken = events[lo..<end]
+        return (Self.decoded(Array(taken)), end == events.count, end == events.count ? max(after, events.last?.seq ?? 0) : taken.last?.seq ?? after)
     }
 
     /// Whether events after `after` are gone: the oldest kept, `first`, is

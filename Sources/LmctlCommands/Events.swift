@@ -198,10 +198,11 @@ enum EventsCommand {
             // again and resumes after the last event it printed, so nothing
             // is missed or printed twice. It ended with 14.
             var lost: UInt64?
-            // Where the last "lagged" ended the stream: a replay longer than
-            // the agent holds for one connection comes in parts, each ended
-            // so (RESOURCE_EXHAUSTED "lagged, resume after N"), and goes on
-            // from what was printed. The same point twice is no progress.
+            // Where the last "lagged" ended the stream (RESOURCE_EXHAUSTED
+            // "lagged, resume after N": it fell behind what its connection
+            // may hold, or an agent before the thirty-sixth sitting cut a
+            // replay longer than that): it goes on from what was printed.
+            // The same point twice is no progress.
             var laggedAt: (String?, UInt64?)?
             while true {
                 let client: RpcClient

@@ -258,14 +258,13 @@ import Testing
         for i in 2...7 { log.record(container: "/c\(i)", kind: .containerEventCreated) }  // 2-4 pushed out
         let hub = EventHub(log: log)
         for (boot, after) in [("b", UInt64(0)), ("b", 1), ("earlier", 5)] {
-            let first = try hub.subscribe(EventHub.Key(conn: 1, stream: UInt32(after) + 1), SubscribeRequest(bootId: boot, afterSequence: after),
-                                          filter: EventFilter())
+            let first = try hub.replayed(EventHub.Key(conn: 1, stream: UInt32(after) + 1), SubscribeRequest(bootId: boot, afterSequence: after))
             let gap = try #require(first.first?.gap, "\(boot):\(after)")
             #expect(gap.firstSequence == 5, "\(boot):\(after): \(gap)")
             #expect(first.compactMap(\.event?.sequence) == [5, 6, 7], "\(boot):\(after)")
         }
         // After the newest pushed out: no gap, and the sample is not older.
-        let tail = try hub.subscribe(EventHub.Key(conn: 2, stream: 1), SubscribeRequest(bootId: "b", afterSequence: 4), filter: EventFilter())
+        let tail = try hub.replayed(EventHub.Key(conn: 2, stream: 1), SubscribeRequest(bootId: "b", afterSequence: 4))
         #expect(tail.allSatisfy { $0.gap == nil })
         #expect(tail.compactMap(\.event?.sequence) == [5, 6, 7])
     }

@@ -6,6 +6,7 @@ import Foundation
 import Glibc
 import Lmctfy
 import LmctfyAgent
+import LmctfyEvents
 import LmctfyProto
 import LmctfyRPC
 import LmctfySystem
@@ -412,8 +413,9 @@ struct SubscribeTests {
             #expect(status.code == .resourceExhausted)
             #expect(status.message.hasPrefix("lagged, resume after "), "\(status.message)")
 
-            // A replay is bounded the same way: it stops at the limit, says
-            // where to resume, and resuming there goes on without a gap.
+            // A replay is bounded too, but it waits for the connection: it
+            // comes whole on one stream, a part at a time. (It stopped at the
+            // limit, saying where to resume; the loop below resumed there.)
             let boot = try #require(try admin.call(AgentMethods.machineInfo, MachineInfoRequest()).bootId)
             var after: UInt64 = 0
             var seen: [UInt64] = []
@@ -430,7 +432,7 @@ struct SubscribeTests {
                 after = number
             }
             #expect(seen.count == 2001, "create, then 2000 pause/resume events, each once")
-            #expect(parts > 10, "a 4 KiB limit cuts a 2001-event replay into many parts (\(parts))")
+            #expect(parts == 1, "a 4 KiB limit does not cut a 2001-event replay (\(parts) parts)")
             #expect(seen == seen.sorted() && Set(seen).count == seen.count)
         }
     }
@@ -794,7 +796,8 @@ extension SubscribeTests {
     /// Flow-controlled subscriptions that grant no credit: what the agent
     /// holds for them stays within max_connection_buffered_bytes for the
     /// connection, however many streams replay the log (each held its
-    /// whole replay: 20 of ~1.6 MB; a probe).
+    /// whole replay: 20 of ~1.6 MB; a probe), and each holds a part of its
+    /// replay at a time (it held up to the limit).
     @Test func replaysWaitingForCreditStayWithinTheConnectionsLimit() throws {
         try withAgent("event_log_capacity: 30000 reconcile_interval_ms: 0 watch_containers: false") { agent, socket in
             let name = RealCgroups.uniqueName("subcredit")
@@ -808,15 +811,17 @@ extension SubscribeTests {
             while agent.subscriberCount < 20 && tries < 500 { usleep(10_000); tries += 1 }
             #expect(agent.subscriberCount == 20)
             let held = agent.subscriberHeldBytes
-            #expect(held > 1 << 20 && held <= (4 << 20) + 20 * 200, "within the connection's 4 MiB: \(held) bytes")
+            #expect(held > 0 && held <= (4 << 20) + 20 * 200, "within the connection's 4 MiB: \(held) bytes")
+            #expect(held <= 20 * EventHub.partEvents * 200, "a part each: \(held) bytes")
         }
     }
 }
 
 extension SubscribeTests {
     /// `lmctl events` takes a replay longer than the agent holds for its
-    /// connection in parts: each ends "lagged, resume after N" and lmctl
-    /// goes on from what it printed, so every event is printed once.
+    /// connection whole: it comes a part at a time (each ended "lagged,
+    /// resume after N" at the limit, and lmctl went on from what it
+    /// printed), every event printed once.
     @Test func lmctlEventsPrintsAReplayLongerThanTheConnectionsLimitWhole() throws {
         try withAgent("limits { max_connection_buffered_bytes: 16384 } event_log_capacity: 5000 reconcile_interval_ms: 0 watch_containers: false") { agent, socket in
             let name = RealCgroups.uniqueName("sublong")
@@ -837,4 +842,45 @@ private func unreadNotify(_ socket: String, _ name: String, _ boot: String, _ ba
     let stream = link.open("Notify", try NotifyRequest(name: name, spec: EventSpec(containerEmpty: .init()),
                                                        bootId: boot, afterSequence: base).serializedBytes(), deadlineMs: nil)
     return (link, stream)
+}
+
+extension SubscribeTests {
+    /// A Subscribe without credit whose replay is longer than its
+    /// connection may hold, from a caller that does not read for a while:
+    /// the replay waits for the connection and then comes whole, the agent
+    /// holding no more than the limit meanwhile (it ended "lagged" at the
+    /// limit; and built whole, it held the loop thread while every event
+    /// was decoded).
+    @Test func aReplayWithoutCreditWaitsForItsConnection() throws {
+        try withAgent("limits { max_connection_buffered_bytes: 16384 } event_log_capacity: 30000 reconcile_interval_ms: 0 watch_containers: false") { agent, socket in
+            let name = RealCgroups.uniqueName("subwait")
+            let count = 20_000
+            for i in 0..<count { agent.dispatcher.events.record(container: name, kind: .containerEventEmpty, pid: Int32(i + 1)) }
+            let link = try RawLink(fd: try RpcSocket.connectUnix(path: socket),
+                                   Session(dialler: .peerCredentials, name: "slow", now: MonotonicClock.milliseconds()))
+            link.open("Subscribe", try SubscribeRequest(afterSequence: 0).serializedBytes(), deadlineMs: nil)
+            // Not reading: the socket fills, then the agent holds its limit at most.
+            var most = 0
+            for _ in 0..<20 {
+                usleep(25_000)
+                most = max(most, agent.heldBytes)
+            }
+            #expect(most <= 16384 + 4096, "held for the caller: \(most) bytes")
+            #expect(agent.subscriberCount == 1, "still subscribed")
+            var pids: [Int32] = []
+            var read = 0
+            var caughtUp = false
+            link.pump(ms: 60_000) {
+                for r in link.responses[read...] {
+                    guard let s = try? SubscribeResponse(serializedBytes: r) else { continue }
+                    if let pid = s.event?.pid { pids.append(pid) }
+                    if s.caughtUp != nil { caughtUp = true }
+                }
+                read = link.responses.count
+                return caughtUp || !link.statuses.isEmpty
+            }
+            #expect(link.statuses.isEmpty, "not ended: \(link.statuses)")
+            #expect(caughtUp && pids == (1...Int32(count)).map { $0 }, "every event once, in order (\(pids.count))")
+        }
+    }
 }
