@@ -81,6 +81,11 @@ public final class EventHub {
         let sequence: UInt64
         let bytes: [UInt8]
         var resume: ResumePoint? = nil
+        /// What it costs while it waits, counted against the bounds: its
+        /// bytes and its bookkeeping (the entry, the array's header; the
+        /// bytes alone were counted, which let ~80 bytes an event more be
+        /// held than the bound said).
+        var cost: Int { bytes.count + EventHub.responseOverhead }
     }
 
     public struct Subscriber {
@@ -102,8 +107,9 @@ public final class EventHub {
         var samples: [String: Waiting] = [:]
         /// How many responses may wait (the buffer, plus the replay).
         var allowance: Int
-        /// The bytes of what waits (queue and samples), counted against its
-        /// connection's `connectionLimit` too.
+        /// What waits costs (queue and samples: bytes and bookkeeping, see
+        /// `Waiting.cost`), counted against its connection's
+        /// `connectionLimit` too.
         var heldBytes = 0
         /// Its replay, while some of it has not been sent (or held): live
         /// events are not handed to it meanwhile; the replay reads them from
@@ -253,9 +259,10 @@ public final class EventHub {
         replaying.insert(key)
     }
 
-    /// What a response costs its connection besides its bytes, counted
-    /// against a replay part's budget: the frame around it, generously.
-    static let responseOverhead = 64
+    /// What a response costs besides its bytes, counted against a replay
+    /// part's budget and the credit bound: the frame around it, or its
+    /// entry while it waits.
+    static let responseOverhead = 80
 
     /// The next part of `sub`'s replay: responses of at most `budget` bytes
     /// (with `responseOverhead` each; the first always), each with where
@@ -391,7 +398,7 @@ public final class EventHub {
                 let part = nextPart(key, &sub, budget: connectionLimit - connectionHeld[key.conn, default: 0])
                 for w in part {
                     sub.queue.append(w)
-                    account(key, &sub, w.bytes.count)
+                    account(key, &sub, w.cost)
                 }
                 sub.allowance = max(sub.allowance, buffer + sub.waiting)
                 subscribers[key] = sub
@@ -446,7 +453,7 @@ public final class EventHub {
             } else {
                 break
             }
-            account(key, &sub, -next.bytes.count)
+            account(key, &sub, -next.cost)
             guard deliver(key, next.bytes) else {
                 subscribers[key] = sub
                 drop(key)
@@ -520,11 +527,11 @@ public final class EventHub {
         }
         if w.sequence > 0 { sub.lastSent = w.sequence }
         if let sample {
-            account(key, &sub, w.bytes.count - (sub.samples[sample]?.bytes.count ?? 0))
+            account(key, &sub, w.cost - (sub.samples[sample]?.cost ?? 0))
             sub.samples[sample] = w
         } else {
             sub.queue.append(w)
-            account(key, &sub, w.bytes.count)
+            account(key, &sub, w.cost)
             if sub.waiting > sub.allowance || connectionHeld[key.conn, default: 0] > connectionLimit {
                 subscribers[key] = sub
                 drop(key)
