@@ -124,6 +124,66 @@ final class EventJournal: @unchecked Sendable {
         return true
     }
 
+    /// Starts a journal again from `bodies` (what the log still keeps,
+    /// oldest first), after it gave up (see EventLog.flushJournal): they
+    /// are written to a new file beside `current`, outside the log's lock;
+    /// `adopt` then makes it the journal. Returns its descriptor and
+    /// length, or the errno that stopped it (nothing is left then).
+    static func prepare(directory: String, _ bodies: [[UInt8]]) -> (fd: Int32, bytes: Int, errno: Int32) {
+        let path = directory + "/current.new"
+        let fd = Glibc.open(path, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { return (-1, 0, errno) }
+        var bytes = 0
+        for body in bodies where body.count <= maxRecordBytes {
+            let written = writeRecord(fd, body)
+            guard written == 0 else {
+                close(fd)
+                unlink(path)
+                return (-1, 0, written)
+            }
+            bytes += 4 + body.count
+        }
+        return (fd, bytes, 0)
+    }
+
+    /// Makes what `prepare` wrote the journal (under the log's lock),
+    /// after appending `more` (recorded since): it replaces `current`, and
+    /// `previous` goes (its events are in it, or were let go). False, with
+    /// `lastErrno`, when that fails: the new file is gone, the old journal
+    /// stays as it was.
+    func adopt(_ prepared: (fd: Int32, bytes: Int, errno: Int32), records: Int, more: [[UInt8]]) -> Bool {
+        let path = directory + "/current.new"
+        var bytes = prepared.bytes
+        var failed: Int32 = 0
+        for body in more where body.count <= Self.maxRecordBytes {
+            failed = Self.writeRecord(prepared.fd, body)
+            if failed != 0 { break }
+            bytes += 4 + body.count
+        }
+        if failed == 0 && rename(path, currentPath) != 0 { failed = errno }
+        guard failed == 0 else {
+            close(prepared.fd)
+            unlink(path)
+            lastErrno = failed
+            return false
+        }
+        unlink(previousPath)
+        if fd >= 0 { close(fd) }
+        fd = prepared.fd
+        count = records + more.count
+        self.bytes = bytes
+        lastErrno = 0
+        return true
+    }
+
+    /// Writes one record whole: 0, or the errno (ENOSPC for a short write).
+    private static func writeRecord(_ fd: Int32, _ body: [UInt8]) -> Int32 {
+        let n = UInt32(body.count)
+        let record = [UInt8(n >> 24), UInt8((n >> 16) & 0xff), UInt8((n >> 8) & 0xff), UInt8(n & 0xff)] + body
+        let written = record.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
+        return written == record.count ? 0 : written < 0 ? errno : ENOSPC
+    }
+
     /// The largest record written and read. (The reader stopped at a
     /// larger one, which the writer wrote: a fleet event of a hostile agent
     /// lost every event after it at each restart, silently.)

@@ -126,11 +126,16 @@ public final class EventLog: Sendable {
         var unjournaled: [PackedEvent] = []
         var unjournaledCost = 0
         /// Events the journal will never have (`unjournaled` outgrew the
-        /// log's own bounds): it takes nothing more in this process, so
-        /// that what it holds stays a prefix.
+        /// log's own bounds): it takes nothing more, so that what it holds
+        /// stays a prefix, until it starts again from what the log keeps
+        /// (`flushJournal`).
         var unjournaledLost: UInt64 = 0
         /// The last write's errno when it failed (0: it did not).
         var journalErrno: Int32 = 0
+        /// A journal that gave up: the `flushJournal` calls before it tries
+        /// to start again, and how many it waited the last time.
+        var restartWait = 0
+        var restartBackoff = 0
         /// The boots before this one whose events the journal kept, oldest
         /// first (an agent restarted twice keeps two).
         var older: [(id: String, events: [PackedEvent])] = []
@@ -231,7 +236,16 @@ public final class EventLog: Sendable {
             }
             guard let id = e.bootId else { continue }
             let p = PackedEvent(seq: e.seq, bytes: bytes)
-            if let i = older.firstIndex(where: { $0.id == id }) { older[i].events.append(p) } else { older.append((id, [p])) }
+            if let i = older.firstIndex(where: { $0.id == id }) {
+                // Once only, in order: a journal started again (see
+                // `flushJournal`) repeats them, and a crash between its
+                // new file's rename and the old `previous` going leaves
+                // both.
+                if let last = older[i].events.last?.seq, p.seq <= last { continue }
+                older[i].events.append(p)
+            } else {
+                older.append((id, [p]))
+            }
         }
         journal.dropOpened()
         state.locked { s in
@@ -356,7 +370,8 @@ public final class EventLog: Sendable {
     public struct JournalState: Sendable, Equatable {
         /// Events waiting in memory for the journal.
         public var behind = 0
-        /// Events it will never have, in this process.
+        /// Events it will never have since it gave up (0 again once it
+        /// has started again).
         public var lost: UInt64 = 0
         /// The errno of its last failed write (0: the last write worked).
         public var errno: Int32 = 0
@@ -383,7 +398,9 @@ public final class EventLog: Sendable {
             var out: [(error: Bool, text: String)] = []
             if now.lost > last.lost {
                 out.append((true, "\(what) fell \(now.lost) events behind, more than the log keeps in memory (\(String(cString: strerror(now.errno)))): "
-                    + "it takes no more events until a restart, and a subscriber resuming after one gets a gap where they were"))
+                    + "it starts again from what the log keeps once it can be written; a subscriber resuming after a restart gets a gap where they were"))
+            } else if now.lost == 0 && last.lost > 0 {
+                out.append((false, "\(what) started again from what the log keeps now; the events it let go of meanwhile are not on disk"))
             } else if now.behind > 0 && last.behind == 0 && now.lost == 0 {
                 out.append((true, "\(what) cannot be written (\(String(cString: strerror(now.errno)))): the events wait in memory "
                     + "and are written when it can be; a restart before then loses them"))
@@ -397,11 +414,55 @@ public final class EventLog: Sendable {
     /// Writes again what the journal could not take (the disk was full):
     /// a daemon calls it on a timer and before it stops. Cheap when
     /// nothing waits.
+    ///
+    /// A journal that gave up starts again here once the disk takes it:
+    /// from what the log still keeps (and the older boots' events it read
+    /// when it opened), written to a new file outside the lock, then what
+    /// was recorded meanwhile, and the new file replaces the old. (It took
+    /// nothing more until a restart: an agent that restarted a day after
+    /// a full disk served its subscribers that boot's events from before
+    /// the disk filled, and a gap for the rest.) A restart then finds what
+    /// the log kept when the journal started again, and a subscriber
+    /// resuming from before it gets a gap, as for events rotated out.
     @discardableResult
     public func flushJournal() -> JournalState {
-        state.locked { s in
+        let restart = state.locked { s -> (directory: String, bodies: [[UInt8]], through: UInt64)? in
             writeJournal(&s)
-            return JournalState(behind: s.unjournaled.count, lost: s.unjournaledLost, errno: s.journalErrno)
+            guard s.unjournaledLost > 0, let journal = s.journal else { return nil }
+            // After a try that failed (the disk still full), the next
+            // waits twice as many calls, up to 64.
+            if s.restartWait > 0 {
+                s.restartWait -= 1
+                return nil
+            }
+            let kept = s.events.range(after: 0, upTo: .max)
+            let bodies = s.older.flatMap { $0.events.map(\.bytes) } + kept.map(\.bytes)
+            return (journal.directory, bodies, kept.last?.seq ?? 0)
+        }
+        if let restart {
+            let prepared = EventJournal.prepare(directory: restart.directory, restart.bodies)
+            state.locked { s in
+                guard let journal = s.journal, s.unjournaledLost > 0 else {
+                    if prepared.fd >= 0 {
+                        close(prepared.fd)
+                        unlink(restart.directory + "/current.new")
+                    }
+                    return
+                }
+                let more = s.events.range(after: restart.through, upTo: .max).map(\.bytes)
+                if prepared.fd >= 0, journal.adopt(prepared, records: restart.bodies.count, more: more) {
+                    s.unjournaledLost = 0
+                    s.journalErrno = 0
+                    s.restartBackoff = 0
+                } else {
+                    s.journalErrno = prepared.fd >= 0 ? journal.lastErrno : prepared.errno
+                    s.restartBackoff = min(64, max(1, s.restartBackoff * 2))
+                    s.restartWait = s.restartBackoff
+                }
+            }
+        }
+        return state.locked { s in
+            JournalState(behind: s.unjournaled.count, lost: s.unjournaledLost, errno: s.journalErrno)
         }
     }
 

@@ -281,4 +281,33 @@ import Testing
         #expect(kept.first?.timestampNs != nil && kept.first?.bootId == "b" && kept.first?.container == "/a/b")
         #expect(log.latestStats(container: "/a/b") == stats)
     }
+    /// A journal started again after it gave up repeats the older boots'
+    /// events it read when it opened, and a crash between its new file's
+    /// rename and the old `previous` going leaves both files: each older
+    /// boot's events are read once, in order (a repeated run made the
+    /// boot's events go backwards, and a replay of it found nothing).
+    @Test func olderBootsRepeatedAcrossTheJournalsFilesAreReadOnce() throws {
+        let dir = "/tmp/lmctfy-test-journal-repeat-\(getpid())"
+        defer { try? Sys.removeTree(dir) }
+        try Sys.mkdir(dir, mode: 0o700)
+        func file(_ name: String, _ events: [(String, UInt64)]) throws {
+            var bytes: [UInt8] = []
+            for (boot, seq) in events {
+                var e = ContainerEvent(container: "/x", kind: .containerEventCreated)
+                e.bootId = boot
+                e.sequence = seq
+                let body = try e.serializedBytes()
+                let n = UInt32(body.count)
+                let header: [UInt8] = [UInt8(n >> 24), UInt8((n >> 16) & 0xff), UInt8((n >> 8) & 0xff), UInt8(n & 0xff)]
+                bytes += header
+                bytes += body
+            }
+            try Sys.writeFileAtomically(dir + "/" + name, bytes)
+        }
+        try file("previous", [("A", 1), ("A", 2), ("A", 3), ("b", 1), ("b", 2)])
+        try file("current", [("A", 1), ("A", 2), ("A", 3), ("b", 2), ("b", 3)])
+        let log = EventLog(capacity: 16, bootId: "c")
+        try log.attachJournal(directory: dir)
+        #expect(log.olderBoots.map { "\($0.id):\($0.events.compactMap(\.sequence))" } == ["A:[1, 2, 3]", "b:[1, 2, 3]"])
+    }
 }
