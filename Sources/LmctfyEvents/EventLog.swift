@@ -430,7 +430,7 @@ public final class EventLog: Sendable {
             writeJournal(&s)
             guard s.unjournaledLost > 0, let journal = s.journal else { return nil }
             // After a try that failed (the disk still full), the next
-            // waits twice as many calls, up to 64.
+            // waits twice as many calls, up to 16.
             if s.restartWait > 0 {
                 s.restartWait -= 1
                 return nil
@@ -456,7 +456,7 @@ public final class EventLog: Sendable {
                     s.restartBackoff = 0
                 } else {
                     s.journalErrno = prepared.fd >= 0 ? journal.lastErrno : prepared.errno
-                    s.restartBackoff = min(64, max(1, s.restartBackoff * 2))
+                    s.restartBackoff = min(16, max(1, s.restartBackoff * 2))
                     s.restartWait = s.restartBackoff
                 }
             }

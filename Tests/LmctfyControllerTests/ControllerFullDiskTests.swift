@@ -77,4 +77,66 @@ struct ControllerFullDiskTests {
         try create(63..<64)
         try wait(for: 64)
     }
+
+    /// A fleet journal that gave up (the disk full for longer than the
+    /// log keeps) starts again once the disk takes it: it then holds the
+    /// newest events, the host cursors are written again, and a restarted
+    /// controller goes on after them, storing nothing twice. (It took
+    /// nothing more until a restart.)
+    @Test func aFleetJournalThatGaveUpStartsAgain() throws {
+        let fleet = try Fleet()
+        let disk = try FullDisk(fleet.dir + "/controller", kilobytes: 512)
+        defer { disk.unmount() }
+        try fleet.startController(extra: "event_log_capacity: 16")
+        let alpha = try fleet.startAgent("a", host: "alpha", keyId: "host-a")
+        fleet.waitForHosts(1)
+        let agent = try RpcClient.connect(unixPath: fleet.dir + "/agent-a.sock")
+        let base = RealCgroups.uniqueName("ctlrestart")
+        var made: [String] = []
+        defer {
+            for n in made.reversed() { _ = try? agent.call(AgentMethods.destroy, DestroyRequest(name: n, force: true)) }
+            agent.close()
+        }
+        func create(_ range: Range<Int>) throws {
+            for i in range {
+                let name = base + "_\(i)"
+                _ = try agent.call(AgentMethods.create, CreateRequest(name: name, spec: ContainerSpec()))
+                made.append(name)
+            }
+        }
+        /// alpha's host sequences in the fleet journal on disk.
+        func journaled() throws -> [UInt64] {
+            try EventJournal(directory: fleet.dir + "/controller/fleet", capacity: 16).stored()
+                .filter { $0.host == "alpha" }.compactMap(\.hostSequence)
+        }
+        func newest() -> UInt64 { alpha.dispatcher.events.newest }
+        try create(0..<1)
+        try disk.fill()
+        try create(1..<40)  // more than the fleet log keeps: the journal gives up
+        let last = newest()
+        disk.free()
+        var stored: [UInt64] = []
+        for _ in 0..<300 {
+            stored = try journaled()
+            if stored.last == last { break }
+            usleep(100_000)
+        }
+        #expect(stored.last == last, "started again: the journal holds the newest event (\(stored))")
+        #expect(stored == stored.sorted() && Set(stored).count == stored.count)
+        // The cursors are written again (once the journal has everything).
+        usleep(1_500_000)
+        fleet.stopController()
+        try fleet.startController(extra: "event_log_capacity: 16")
+        fleet.waitForHosts(1)
+        try create(40..<41)
+        let end = newest()
+        var seen: [UInt64] = []
+        for _ in 0..<100 {
+            seen = try journaled()
+            if seen.last == end { break }
+            usleep(100_000)
+        }
+        #expect(seen.last == end)
+        #expect(Set(seen).count == seen.count, "nothing stored twice after the restart: \(seen)")
+    }
 }
