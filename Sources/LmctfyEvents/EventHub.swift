@@ -153,6 +153,12 @@ public final class EventHub {
 
     /// At most how many events one part of a replay reads from the log.
     public static let partEvents = 256
+    /// At most how many events `advance` reads from the log in one call
+    /// over all replays (about a millisecond of decoding): a part is read
+    /// for each replay in turn, the one served last going to the back, so
+    /// that a peer's many replaying streams hold the loop no longer than
+    /// one (with 128 streams from far back, each turn read 32,768 events).
+    public static let turnEvents = 4 * partEvents
 
     /// Sends one response on a subscriber's stream; false when it cannot
     /// take it (its connection is past its limit: it lags).
@@ -179,6 +185,9 @@ public final class EventHub {
     }
     /// The subscribers whose replay has not all been sent (or held).
     public private(set) var replaying: Set<Key> = []
+    /// The same in the order `advance` serves them (the next first; a
+    /// key no longer replaying is passed over and forgotten).
+    private var replayOrder: [Key] = []
     /// Connections with a replay waiting for room (see `roomCame`).
     private var roomWanted: Set<Int> = []
     /// Whether anyone subscribes: read by recording threads, so that an
@@ -256,6 +265,7 @@ public final class EventHub {
             ?? ResumePoint(after: published, boot: log.bootId)
         drop(key)
         subscribers[key] = Subscriber(filter: filter, lastSent: published, resume: start, credit: credit, allowance: buffer, replay: replay)
+        if !replaying.contains(key) && !replayOrder.contains(key) { replayOrder.append(key) }
         replaying.insert(key)
     }
 
@@ -268,7 +278,11 @@ public final class EventHub {
     /// (with `responseOverhead` each; the first always), each with where
     /// the subscriber resumes once it has been sent. The caught-up marker
     /// ends the last part, and the subscriber then takes live events.
-    private func nextPart(_ key: Key, _ sub: inout Subscriber, budget: Int) -> [Waiting] {
+    private func nextPart(_ key: Key, _ sub: inout Subscriber, budget: Int, read total: inout Int) -> [Waiting] {
+        // Read no more than can be sent: every response costs at least
+        // its overhead (a part of one event read 256, decoding 255 for
+        // nothing), nor more than the turn has left.
+        let limit = max(1, min(Self.partEvents, Self.turnEvents - total, budget / Self.responseOverhead + 1))
         guard var rep = sub.replay else { return [] }
         var out: [Waiting] = []
         var bytes = 0
@@ -297,9 +311,10 @@ public final class EventHub {
             rep.pending.removeFirst()
         }
         var read = 0
-        reading: while read < Self.partEvents {
+        defer { total += read }
+        reading: while read < limit {
             if let boot = rep.boots.first {
-                let p = log.olderBootPart(boot.id, after: rep.after, limit: Self.partEvents - read)
+                let p = log.olderBootPart(boot.id, after: rep.after, limit: limit - read)
                 read += max(1, p.events.count)
                 for e in p.events where sub.filter.matches(e) {
                     guard fits(SubscribeResponse(event: e)) else {
@@ -319,7 +334,7 @@ public final class EventHub {
                 }
                 continue
             }
-            let p = log.range(after: rep.after, upTo: published, limit: Self.partEvents - read)
+            let p = log.range(after: rep.after, upTo: published, limit: limit - read)
             read += max(1, p.events.count)
             var said: EventGap?
             if rep.fresh {
@@ -372,15 +387,22 @@ public final class EventHub {
         // up; a replay reads it from the log).
         publish(deliver: deliver, lagged: lagged)
         var more = false
-        for key in replaying {
-            guard var sub = subscribers[key], sub.replay != nil else { continue }
+        var read = 0
+        let order = replayOrder
+        var next = 0
+        var served: [Key] = []
+        while next < order.count && read < Self.turnEvents {
+            let key = order[next]
+            next += 1
+            guard replaying.contains(key), var sub = subscribers[key], sub.replay != nil else { continue }
+            defer { if replaying.contains(key) { served.append(key) } }
             if sub.credit == nil {
                 let budget = room(key)
                 guard budget > 0 else {
                     roomWanted.insert(key.conn)
                     continue
                 }
-                let part = nextPart(key, &sub, budget: budget)
+                let part = nextPart(key, &sub, budget: budget, read: &read)
                 subscribers[key] = sub
                 for w in part {
                     guard deliver(key, w.bytes) else {
@@ -395,7 +417,7 @@ public final class EventHub {
                 if room(key) > 0 { more = true } else { roomWanted.insert(key.conn) }
             } else {
                 guard sub.waiting == 0 && sub.samples.isEmpty else { continue }
-                let part = nextPart(key, &sub, budget: connectionLimit - connectionHeld[key.conn, default: 0])
+                let part = nextPart(key, &sub, budget: connectionLimit - connectionHeld[key.conn, default: 0], read: &read)
                 for w in part {
                     sub.queue.append(w)
                     account(key, &sub, w.cost)
@@ -406,7 +428,9 @@ public final class EventHub {
                 if let s = subscribers[key], s.replay != nil, s.waiting == 0 { more = true }
             }
         }
-        return more
+        // Those not served this time first, next time.
+        replayOrder = order[next...].filter { replaying.contains($0) } + served
+        return more || next < order.count
     }
 
     /// Whether a replay on connection `conn` waited for room: once it has

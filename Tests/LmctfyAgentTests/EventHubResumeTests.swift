@@ -223,6 +223,30 @@ import Testing
         #expect(sink.lagged.isEmpty && sink.responses.allSatisfy { $0.gap == nil })
     }
 
+    @Test func manyReplaysShareATurn() throws {
+        let hub = EventHub(log: log(3000))
+        var got: [EventHub.Key: [UInt64]] = [:]
+        var perTurn: [Int] = []
+        func deliver(_ key: EventHub.Key, _ bytes: [UInt8]) -> Bool {
+            if let s = try? SubscribeResponse(serializedBytes: bytes).event?.sequence { got[key, default: []].append(s) }
+            return true
+        }
+        let keys = (1...20).map { EventHub.Key(conn: $0 % 3, stream: UInt32($0)) }
+        for key in keys { try hub.subscribe(key, SubscribeRequest(afterSequence: 0), filter: EventFilter()) }
+        var turns = 0
+        while !hub.replaying.isEmpty && turns < 10_000 {
+            turns += 1
+            let before = got.values.map(\.count).reduce(0, +)
+            _ = hub.advance(deliver: deliver, lagged: { _, _ in }, room: { _ in .max / 2 })
+            perTurn.append(got.values.map(\.count).reduce(0, +) - before)
+        }
+        #expect(perTurn.max() ?? 0 <= EventHub.turnEvents, "at most \(EventHub.turnEvents) events a turn over all replays: \(perTurn.max() ?? 0)")
+        #expect(turns >= 20 * 3000 / EventHub.turnEvents)
+        for key in keys { #expect(got[key] == Array(1...3000), "\(key): every event once, in order") }
+        // In turn: after the first turn, the first served were not served first again.
+        #expect(perTurn.first == EventHub.turnEvents)
+    }
+
     @Test func aFilterThatMatchesNothingStillReadsAPartATurn() throws {
         let hub = EventHub(log: log(3000))
         let sink = Sink()
