@@ -115,6 +115,11 @@ public final class ContainerMonitor {
     /// The one inotify descriptor: poll it, then call `readInotify`.
     public let inotifyFd: Int32
     private var entries: [ContainerName: Entry] = [:]
+    /// Containers inotify could not watch (the watch limit) whose OOM
+    /// eventfds (v1) were registered all the same: they need no inotify
+    /// watch, and such a container's OOM kills were never events. Handed
+    /// to its entry if it is watched later, and returned by `unwatch`.
+    private var eventfdsOnly: [ContainerName: [EventFd]] = [:]
     /// Watch descriptor → (container, whether it is the tasks directory).
     private var byWd: [Int32: (name: ContainerName, tasks: Bool)] = [:]
     private var buffer = [UInt8](repeating: 0, count: 65536)
@@ -147,6 +152,11 @@ public final class ContainerMonitor {
 
     /// Whether `name` is watched fully (its other directories and eventfds).
     public func isFullyWatched(_ name: ContainerName) -> Bool { entries[name]?.complete == true }
+
+    /// Whether the monitor holds anything of `name`: its watch, or only
+    /// its OOM eventfds (inotify could not watch it), which `unwatch`
+    /// gives back when it goes.
+    public func holds(_ name: ContainerName) -> Bool { entries[name] != nil || eventfdsOnly[name] != nil }
 
     /// Watches a container's directories (the monitor's root: its tasks
     /// directory, for the containers just below it) and, once it exists, its memory
@@ -187,12 +197,20 @@ public final class ContainerMonitor {
             guard wd >= 0 else {
                 // Gone already, or not there yet: nothing to say.
                 let e = Glibc.errno
-                if e != ENOENT && e != ENOTDIR {
+                guard e != ENOENT && e != ENOTDIR else { return ([], []) }
+                // Said once its OOM eventfds are registered (a later call
+                // tries the inotify watch again, quietly).
+                let said = eventfdsOnly[name] != nil
+                // (Whether or not the call asked for the full watch: that
+                // comes after the inotify one, which will not come.)
+                let oomsOnly = watchOOMsOnly(name, earlier: earlier)
+                if !said {
                     onWatchFailure?("container \(name) is not watched: \(SystemError("inotify_add_watch", tasks.path, e))"
                                     + (e == ENOSPC ? " (the host's fs.inotify.max_user_watches)" : "")
-                                    + "; the reconcile still finds its changes")
+                                    + "; the reconcile still finds its changes"
+                                    + (oomsOnly == nil ? "" : ", and its OOM kills are watched"))
                 }
-                return ([], [])
+                return oomsOnly ?? ([], [])
             }
             entry.wds.append(wd)
             byWd[wd] = (name, true)
@@ -226,6 +244,13 @@ public final class ContainerMonitor {
                 }
             }
             var fds: [EventFd] = []
+            if let had = eventfdsOnly.removeValue(forKey: name) {
+                // Registered while inotify could not watch it: polled
+                // already, and its earlier kills counted then.
+                entry.eventfds = had
+                entries[name] = entry
+                return ([], found)
+            }
             for r in plan.eventfds {
                 do {
                     fds.append(EventFd(container: name, kind: r.kind, source: try r.open()))
@@ -252,6 +277,31 @@ public final class ContainerMonitor {
         return ([], found)
     }
 
+    /// The OOM eventfds of `name`, which inotify cannot watch: registered
+    /// (once; nil when it has none, or is not a container now), with the
+    /// kills before them when it is new (`earlier`, as `watch` counts them).
+    private func watchOOMsOnly(_ name: ContainerName, earlier: Bool) -> (eventfds: [EventFd], found: [Change])? {
+        if eventfdsOnly[name] != nil { return ([], []) }
+        guard name != root, (try? api.exists(name)) == true,
+              let plan = try? api.driver.monitorPlan(name), !plan.eventfds.isEmpty else { return nil }
+        var fds: [EventFd] = []
+        for r in plan.eventfds {
+            do {
+                fds.append(EventFd(container: name, kind: r.kind, source: try r.open()))
+            } catch where error.errno != ENOENT && error.errno != ENODEV {
+                onWatchFailure?("the OOMs of container \(name) are not watched: \(error.message)")
+            } catch {}  // going
+        }
+        guard !fds.isEmpty else { return nil }
+        eventfdsOnly[name] = fds
+        var found: [Change] = []
+        if earlier, let counter = plan.oomCounter, !plan.stateFiles.values.contains(.memoryEvents),
+           let kills = (try? counter.dir.readKeyValues(counter.file))?[counter.key], kills > 0 {
+            found.append(.oom(name, Int(kills)))
+        }
+        return (fds, found)
+    }
+
     /// Whether the directory of watched `name` is not the one watched any
     /// more: removed and made again under its name (by another program,
     /// between two reads of the inotify descriptor). Its watches and
@@ -267,6 +317,9 @@ public final class ContainerMonitor {
     /// their eventfds, which the caller stops polling before dropping.
     public func unwatch(_ name: ContainerName) -> [EventFd] {
         var out: [EventFd] = []
+        for key in eventfdsOnly.keys where key == name || name.isAncestor(of: key) {
+            out += eventfdsOnly.removeValue(forKey: key) ?? []
+        }
         for key in entries.keys where key == name || name.isAncestor(of: key) {
             guard let entry = entries.removeValue(forKey: key) else { continue }
             for wd in entry.wds {

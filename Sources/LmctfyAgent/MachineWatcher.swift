@@ -313,7 +313,7 @@ final class MachineWatcher: @unchecked Sendable {
                 break
             case .present(let name):
                 look(name, path, queue: &queue)
-            case .gone(let name) where !monitor.isWatched(name) && !inventory.knows(path):
+            case .gone(let name) where !monitor.holds(name) && !inventory.knows(path):
                 break  // nothing to forget (the agent destroyed it, or never saw it)
             case .gone(let name):
                 let since = inventory.generation

@@ -3,7 +3,8 @@
 // agent binary runs as root in a user namespace of its own (unshare(1),
 // root mapped to root: it still owns the cgroup files) whose limit is 8
 // watches, and nothing outside it is touched. Containers past the limit
-// are said in the log, and the reconcile still reports their changes.
+// are said in the log, the reconcile still reports their changes, and
+// (v1) their OOM kills are events.
 import Glibc
 import Lmctfy
 import LmctfyProto
@@ -20,6 +21,12 @@ private let userNamespaceLimits: Bool = {
                                       "echo 12 > /proc/sys/user/max_inotify_watches && cat /proc/sys/user/max_inotify_watches"])
     return r?.status == 0 && String(decoding: r?.stdout ?? [], as: UTF8.self).hasPrefix("12")
 }()
+
+/// How many eventfds process `pid` holds.
+private func eventfds(_ pid: pid_t) -> Int {
+    let fds = (try? Sys.directoryEntries("/proc/\(pid)/fd")) ?? []
+    return fds.filter { (try? Sys.readLink("/proc/\(pid)/fd/\($0)")) == "anon_inode:[eventfd]" }.count
+}
 
 @Suite(.enabled(if: RealCgroups.available && userNamespaceLimits,
                 "\(RealCgroups.unavailableReason ?? "no user namespace with its own inotify limit here (unshare(1), kernel 5.11)")"), .serialized)
@@ -67,7 +74,32 @@ struct InotifyLimitTests {
         }
         #expect(frozen?.container == name, "the pause of an unwatched container is an event")
         _ = try TestProcess.capture([lmctfy, "resume", root + name])
+        // v1: its OOM kills are events all the same (its eventfds need no
+        // inotify watch; they were registered with the full watch only,
+        // after the inotify one, so its OOMs were never events).
+        if (try? CgroupMounts.detect())?.version == .v1 {
+            #expect(log.contains("container \(root)\(name) is not watched") && log.contains("and its OOM kills are watched"), "\(log)")
+            let c = try ContainerApi.detect().get(try ContainerName.resolve(root + name, relativeTo: .root))
+            let hog = try c.run([testHelperPath, "alloc", "200"])
+            for _ in 0..<10_000 where kill(hog, 0) == 0 { usleep(1000) }  // killed by the OOM killer
+            var oom: ContainerEvent?
+            try client.stream(AgentMethods.subscribe, SubscribeRequest(name: name, kinds: [.containerEventOom], afterSequence: 0),
+                              deadlineMs: 10_000) { (r: SubscribeResponse) in
+                oom = r.event ?? oom
+                return oom == nil
+            }
+            #expect(oom?.container == name, "the OOM kill in an unwatched container is an event")
+            // Destroyed through the agent: its eventfds are closed.
+            let before = eventfds(pid)
+            _ = try client.call(AgentMethods.destroy, DestroyRequest(name: name, force: true))
+            var after = before
+            for _ in 0..<300 where after >= before {
+                usleep(10_000)
+                after = eventfds(pid)
+            }
+            #expect(after < before, "the agent's eventfds: \(before) before the destroy, \(after) after")
+        }
         // And the agent still serves.
-        #expect(try client.call(AgentMethods.listContainers, ListContainersRequest(name: "/", recursive: true)).names.count == 10)
+        #expect(try client.call(AgentMethods.listContainers, ListContainersRequest(name: "/", recursive: true)).names.count == 10 - ((try? CgroupMounts.detect())?.version == .v1 ? 1 : 0))
     }
 }
