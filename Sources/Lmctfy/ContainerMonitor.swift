@@ -251,13 +251,7 @@ public final class ContainerMonitor {
                 entries[name] = entry
                 return ([], found)
             }
-            for r in plan.eventfds {
-                do {
-                    fds.append(EventFd(container: name, kind: r.kind, source: try r.open()))
-                } catch where error.errno != ENOENT && error.errno != ENODEV {
-                    onWatchFailure?("the OOMs of container \(name) are not watched: \(error.message)")
-                } catch {}  // going
-            }
+            fds = openEventfds(name, plan)
             // Kills before the eventfds were there (registered just above, so
             // a later kill is theirs, not counted twice).
             if earlier, let counter = plan.oomCounter {
@@ -277,13 +271,9 @@ public final class ContainerMonitor {
         return ([], found)
     }
 
-    /// The OOM eventfds of `name`, which inotify cannot watch: registered
-    /// (once; nil when it has none, or is not a container now), with the
-    /// kills before them when it is new (`earlier`, as `watch` counts them).
-    private func watchOOMsOnly(_ name: ContainerName, earlier: Bool) -> (eventfds: [EventFd], found: [Change])? {
-        if eventfdsOnly[name] != nil { return ([], []) }
-        guard name != root, (try? api.exists(name)) == true,
-              let plan = try? api.driver.monitorPlan(name), !plan.eventfds.isEmpty else { return nil }
+    /// `plan`'s eventfds for `name`, those that can be had (one refused
+    /// for another reason than the container's going is said).
+    private func openEventfds(_ name: ContainerName, _ plan: MonitorPlan) -> [EventFd] {
         var fds: [EventFd] = []
         for r in plan.eventfds {
             do {
@@ -292,6 +282,17 @@ public final class ContainerMonitor {
                 onWatchFailure?("the OOMs of container \(name) are not watched: \(error.message)")
             } catch {}  // going
         }
+        return fds
+    }
+
+    /// The OOM eventfds of `name`, which inotify cannot watch: registered
+    /// (once; nil when it has none, or is not a container now), with the
+    /// kills before them when it is new (`earlier`, as `watch` counts them).
+    private func watchOOMsOnly(_ name: ContainerName, earlier: Bool) -> (eventfds: [EventFd], found: [Change])? {
+        if eventfdsOnly[name] != nil { return ([], []) }
+        guard name != root, (try? api.exists(name)) == true,
+              let plan = try? api.driver.monitorPlan(name), !plan.eventfds.isEmpty else { return nil }
+        let fds = openEventfds(name, plan)
         guard !fds.isEmpty else { return nil }
         eventfdsOnly[name] = fds
         var found: [Change] = []

@@ -211,8 +211,8 @@ public final class Agent: @unchecked Sendable {
     /// recorded events is already queued on the loop.
     private let hub: EventHub
     private let publishQueued = Atomic<Bool>(false)
-    /// The next parts of the replays are queued on the loop (loop thread).
-    private var replaysQueued = false
+    /// The next parts of the replays, at the loop's next turn.
+    private lazy var replayTurn = NextTurn(on: loop) { [unowned self] in self.continueReplays() }
     /// A renewal is under way (renewCertificateIfDue).
     private let renewing = Atomic<Bool>(false)
     private let finished = Latch()
@@ -902,7 +902,7 @@ public final class Agent: @unchecked Sendable {
         }
         // A replay that waited for room goes on (at the next turn: this
         // may run while the hub delivers).
-        if s.held <= f.connectionBytes / 2, hub.roomCame(conn: s.id) { queueReplays() }
+        if s.held <= f.connectionBytes / 2, hub.roomCame(conn: s.id) { replayTurn.ask() }
         let holds = s.held > 0 || !s.poolCalls.isEmpty
         let agentDrained = totalHeld <= f.agentBytes / 2 && totalPoolCalls <= f.agentCalls / 2
         if !s.throttled {
@@ -1419,18 +1419,7 @@ public final class Agent: @unchecked Sendable {
     /// at the loop's next turn while one can (other connections are served
     /// in between).
     private func continueReplays() {
-        if hub.advance(deliver: deliver, lagged: lagged, room: replayRoom) { queueReplays() }
-    }
-
-    /// `continueReplays` at the loop's next turn (once however often asked).
-    private func queueReplays() {
-        guard !replaysQueued else { return }
-        replaysQueued = true
-        _ = loop.execute { [weak self] in
-            guard let self else { return }
-            self.replaysQueued = false
-            self.continueReplays()
-        }
+        if hub.advance(deliver: deliver, lagged: lagged, room: replayRoom) { replayTurn.ask() }
     }
 
     /// What a subscriber's connection takes now, for its replay.

@@ -82,8 +82,8 @@ public final class Controller: @unchecked Sendable {
     private var listeners: [Listener] = []
     private var peers: [Int: ControllerPeer] = [:]
     private var nextId = 1
-    /// The next parts of the fleet replays are queued on the loop.
-    private var replaysQueued = false
+    /// The next parts of the fleet replays, at the loop's next turn.
+    private lazy var replayTurn = NextTurn(on: loop) { [unowned self] in self.continueReplays() }
     /// TCP connections whose handshake (TLS, hello) has not finished.
     private lazy var handshaking = HandshakeBudget(limit: settings.maxHandshakingConnections,
                                                    helloTimeoutMs: settings.limits.helloTimeoutMs)
@@ -381,7 +381,7 @@ public final class Controller: @unchecked Sendable {
         p.conn.write(bytes) { [unowned self] _, _ in
             p.unsent -= bytes.count
             self.updateFlow(p)
-            if p.waiting <= Self.subscriberBytes / 2, self.fleet.hub.roomCame(conn: p.id) { self.queueReplays() }
+            if p.waiting <= Self.subscriberBytes / 2, self.fleet.hub.roomCame(conn: p.id) { self.replayTurn.ask() }
             if !p.parkedFans.isEmpty && p.waiting <= Self.subscriberBytes / 2 {
                 let parked = p.parkedFans
                 p.parkedFans = []
@@ -779,18 +779,7 @@ public final class Controller: @unchecked Sendable {
     /// Sends the next part of each fleet replay that can go on now, and
     /// goes on at the loop's next turn while one can.
     private func continueReplays() {
-        if fleet.hub.advance(deliver: deliver, lagged: lagged, room: replayRoom) { queueReplays() }
-    }
-
-    /// `continueReplays` at the loop's next turn (once however often asked).
-    private func queueReplays() {
-        guard !replaysQueued else { return }
-        replaysQueued = true
-        _ = loop.execute { [weak self] in
-            guard let self else { return }
-            self.replaysQueued = false
-            self.continueReplays()
-        }
+        if fleet.hub.advance(deliver: deliver, lagged: lagged, room: replayRoom) { replayTurn.ask() }
     }
 
     /// What a fleet subscriber's connection takes now, for its replay.

@@ -867,18 +867,7 @@ extension SubscribeTests {
             }
             #expect(most <= 16384 + 4096, "held for the caller: \(most) bytes")
             #expect(agent.subscriberCount == 1, "still subscribed")
-            var pids: [Int32] = []
-            var read = 0
-            var caughtUp = false
-            link.pump(ms: 60_000) {
-                for r in link.responses[read...] {
-                    guard let s = try? SubscribeResponse(serializedBytes: r) else { continue }
-                    if let pid = s.event?.pid { pids.append(pid) }
-                    if s.caughtUp != nil { caughtUp = true }
-                }
-                read = link.responses.count
-                return caughtUp || !link.statuses.isEmpty
-            }
+            let (pids, caughtUp) = link.readReplayPids()
             #expect(link.statuses.isEmpty, "not ended: \(link.statuses)")
             #expect(caughtUp && pids == (1...Int32(count)).map { $0 }, "every event once, in order (\(pids.count))")
         }

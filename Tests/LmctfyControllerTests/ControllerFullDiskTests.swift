@@ -11,6 +11,32 @@ import LmctfySystem
 import LmctfyTestSupport
 import Testing
 
+/// Containers a test makes through an agent (`base`_0, `base`_1, ...),
+/// destroyed at its end.
+private final class MadeThroughAgent {
+    private let agent: RpcClient
+    private let base: String
+    private var names: [String] = []
+
+    init(_ socket: String, base: String) throws {
+        agent = try RpcClient.connect(unixPath: socket)
+        self.base = base
+    }
+
+    func create(_ range: Range<Int>) throws {
+        for i in range {
+            let name = base + "_\(i)"
+            _ = try agent.call(AgentMethods.create, CreateRequest(name: name, spec: ContainerSpec()))
+            names.append(name)
+        }
+    }
+
+    func destroyAll() {
+        for n in names.reversed() { _ = try? agent.call(AgentMethods.destroy, DestroyRequest(name: n, force: true)) }
+        agent.close()
+    }
+}
+
 @Suite(.enabled(if: RealCgroups.available, "\(RealCgroups.unavailableReason ?? "")"), .serialized)
 struct ControllerFullDiskTests {
     /// How many of `host`'s events the controller's fleet log holds.
@@ -32,20 +58,9 @@ struct ControllerFullDiskTests {
         try fleet.startController()
         try fleet.startAgent("a", host: "alpha", keyId: "host-a")
         fleet.waitForHosts(1)
-        let agent = try RpcClient.connect(unixPath: fleet.dir + "/agent-a.sock")
-        let base = RealCgroups.uniqueName("ctldisk")
-        var made: [String] = []
-        defer {
-            for n in made.reversed() { _ = try? agent.call(AgentMethods.destroy, DestroyRequest(name: n, force: true)) }
-            agent.close()
-        }
-        func create(_ range: Range<Int>) throws {
-            for i in range {
-                let name = base + "_\(i)"
-                _ = try agent.call(AgentMethods.create, CreateRequest(name: name, spec: ContainerSpec()))
-                made.append(name)
-            }
-        }
+        let made = try MadeThroughAgent(fleet.dir + "/agent-a.sock", base: RealCgroups.uniqueName("ctldisk"))
+        defer { made.destroyAll() }
+        let create = made.create
         func wait(for n: Int) throws {
             var have = 0
             for _ in 0..<100 {
@@ -90,20 +105,9 @@ struct ControllerFullDiskTests {
         try fleet.startController(extra: "event_log_capacity: 16")
         let alpha = try fleet.startAgent("a", host: "alpha", keyId: "host-a")
         fleet.waitForHosts(1)
-        let agent = try RpcClient.connect(unixPath: fleet.dir + "/agent-a.sock")
-        let base = RealCgroups.uniqueName("ctlrestart")
-        var made: [String] = []
-        defer {
-            for n in made.reversed() { _ = try? agent.call(AgentMethods.destroy, DestroyRequest(name: n, force: true)) }
-            agent.close()
-        }
-        func create(_ range: Range<Int>) throws {
-            for i in range {
-                let name = base + "_\(i)"
-                _ = try agent.call(AgentMethods.create, CreateRequest(name: name, spec: ContainerSpec()))
-                made.append(name)
-            }
-        }
+        let made = try MadeThroughAgent(fleet.dir + "/agent-a.sock", base: RealCgroups.uniqueName("ctlrestart"))
+        defer { made.destroyAll() }
+        let create = made.create
         /// alpha's host sequences in the fleet journal on disk.
         func journaled() throws -> [UInt64] {
             try EventJournal(directory: fleet.dir + "/controller/fleet", capacity: 16).stored()

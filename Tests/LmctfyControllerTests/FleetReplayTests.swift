@@ -32,18 +32,7 @@ struct FleetReplayTests {
                                Session(dialler: .peerCredentials, name: "slow", now: MonotonicClock.milliseconds()))
         link.open("Subscribe", try SubscribeRequest(name: name, afterSequence: base).serializedBytes(), deadlineMs: nil)
         usleep(500_000)  // not reading: the socket fills, the replay waits
-        var pids: [Int32] = []
-        var read = 0
-        var caughtUp = false
-        link.pump(ms: 60_000) {
-            for r in link.responses[read...] {
-                guard let s = try? SubscribeResponse(serializedBytes: r) else { continue }
-                if let pid = s.event?.pid { pids.append(pid) }
-                if s.caughtUp != nil { caughtUp = true }
-            }
-            read = link.responses.count
-            return caughtUp || !link.statuses.isEmpty
-        }
+        let (pids, caughtUp) = link.readReplayPids()
         #expect(link.statuses.isEmpty, "not ended: \(link.statuses)")
         #expect(caughtUp && pids == (1...Int32(count)).map { $0 }, "every event once, in order (\(pids.count))")
         // Meanwhile others were served.

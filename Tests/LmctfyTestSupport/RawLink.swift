@@ -2,6 +2,7 @@
 // the way): a test decides when to read, what to send and how much credit
 // to grant.
 import Glibc
+import LmctfyProto
 import LmctfyRPC
 import LmctfySystem
 
@@ -65,5 +66,26 @@ public final class RawLink {
             guard n > 0 else { return }
             send(session.receive(buffer[0..<n], now: MonotonicClock.milliseconds()))
         }
+    }
+}
+
+extension RawLink {
+    /// Reads a Subscribe stream (the link's only stream) up to its
+    /// `caught_up` marker or its end, within `ms`: the pids of its events,
+    /// in order, and whether the marker came.
+    public func readReplayPids(ms: UInt64 = 60_000) -> (pids: [Int32], caughtUp: Bool) {
+        var pids: [Int32] = []
+        var read = 0
+        var caughtUp = false
+        pump(ms: ms) {
+            for r in responses[read...] {
+                guard let s = try? SubscribeResponse(serializedBytes: r) else { continue }
+                if let pid = s.event?.pid { pids.append(pid) }
+                if s.caughtUp != nil { caughtUp = true }
+            }
+            read = responses.count
+            return caughtUp || !statuses.isEmpty
+        }
+        return (pids, caughtUp)
     }
 }
