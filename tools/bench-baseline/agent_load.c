@@ -21,7 +21,7 @@
  * stream id, in any order. Anything else (wrong data, a non-OK status,
  * GOAWAY, an unknown stream, a closed connection) is an error. Calls whose
  * end arrives inside [warmup, warmup+T] count. Prints
- *   RESULT rps=.. n=.. secs=.. p50_us=.. p99_us=.. srv_cpu_s=.. cli_cpu_s=.. errors=..
+ *   RESULT rps=.. n=.. secs=.. p50_us=.. p99_us=.. srv_cpu_s=.. cli_cpu_s=.. errors=.. max_us=..
  * and exits non-zero if there were errors or nothing completed.
  *
  * --route-host NAME sets Frame.host on every request: pointed at a
@@ -783,9 +783,10 @@ int main(int argc, char **argv) {
     qsort(lat, nlat, sizeof *lat, cmp_u32);
     double p50 = nlat ? lat[nlat / 2] / 1e3 : 0;
     double p99 = nlat ? lat[(nlat * 99 / 100) < nlat ? nlat * 99 / 100 : nlat - 1] / 1e3 : 0;
-    printf("RESULT rps=%.1f n=%zu secs=%.4f p50_us=%.2f p99_us=%.2f srv_cpu_s=%.3f cli_cpu_s=%.3f errors=%lu\n",
+    double max = nlat ? lat[nlat - 1] / 1e3 : 0;
+    printf("RESULT rps=%.1f n=%zu secs=%.4f p50_us=%.2f p99_us=%.2f srv_cpu_s=%.3f cli_cpu_s=%.3f errors=%lu max_us=%.2f\n",
            secs > 0 ? nlat / secs : 0.0, nlat, secs, p50, p99, server_pid > 0 ? srv1 - srv0 : -1.0, cli1 - cli0,
-           (unsigned long)errors);
+           (unsigned long)errors, max);
     fflush(stdout);
     return errors == 0 && nlat > 0 ? 0 : 1;
 }
