@@ -303,6 +303,17 @@ public final class EventHub {
             }
             return true
         }
+        /// Takes `events` that match; false when the part is full (the
+        /// next reads from the one that did not fit).
+        func take(_ events: [ContainerEvent]) -> Bool {
+            for e in events where sub.filter.matches(e) {
+                guard fits(SubscribeResponse(event: e)) else {
+                    rep.after = max(rep.after, (e.sequence ?? 1) - 1)
+                    return false
+                }
+            }
+            return true
+        }
         while let r = rep.pending.first {
             guard fits(r) else {
                 sub.replay = rep
@@ -316,12 +327,7 @@ public final class EventHub {
             if let boot = rep.boots.first {
                 let p = log.olderBootPart(boot.id, after: rep.after, limit: limit - read)
                 read += max(1, p.events.count)
-                for e in p.events where sub.filter.matches(e) {
-                    guard fits(SubscribeResponse(event: e)) else {
-                        rep.after = max(rep.after, (e.sequence ?? 1) - 1)
-                        break reading
-                    }
-                }
+                guard take(p.events) else { break reading }
                 rep.after = max(rep.after, p.next)
                 guard p.complete else { continue }
                 rep.gapBoot = boot.id
@@ -354,12 +360,7 @@ public final class EventHub {
             // The part was read from the oldest kept.
             if let dropped = p.droppedBefore { rep.after = max(rep.after, dropped - 1) }
             if let said, !gap(said) { break reading }
-            for e in p.events where sub.filter.matches(e) {
-                guard fits(SubscribeResponse(event: e)) else {
-                    rep.after = max(rep.after, (e.sequence ?? 1) - 1)
-                    break reading
-                }
-            }
+            guard take(p.events) else { break reading }
             rep.after = max(rep.after, p.next)
             // Done: the marker, unless the part is full (then it goes alone
             // in the next one).

@@ -109,18 +109,16 @@ final class EventJournal: @unchecked Sendable {
             lastErrno = EMSGSIZE
             return false
         }
-        let n = UInt32(body.count)
-        let record = [UInt8(n >> 24), UInt8((n >> 16) & 0xff), UInt8((n >> 8) & 0xff), UInt8(n & 0xff)] + body
-        let written = record.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
-        guard written == record.count else {
-            lastErrno = written < 0 ? errno : ENOSPC
+        let failed = Self.writeRecord(fd, body)
+        guard failed == 0 else {
+            lastErrno = failed
             // Cut short (a full disk): taken off, or it would end the
             // reading before every event appended after it.
-            if written > 0 { _ = ftruncate(fd, off_t(bytes)) }
+            _ = ftruncate(fd, off_t(bytes))
             return false
         }
         count += 1
-        bytes += record.count
+        bytes += 4 + body.count
         return true
     }
 
@@ -130,15 +128,13 @@ final class EventJournal: @unchecked Sendable {
     /// `adopt` then makes it the journal. Returns its descriptor and
     /// length, or the errno that stopped it (nothing is left then).
     static func prepare(directory: String, _ bodies: [[UInt8]]) -> (fd: Int32, bytes: Int, errno: Int32) {
-        let path = directory + "/current.new"
-        let fd = Glibc.open(path, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0o600)
+        let fd = Glibc.open(newPath(directory), O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0o600)
         guard fd >= 0 else { return (-1, 0, errno) }
         var bytes = 0
         for body in bodies where body.count <= maxRecordBytes {
             let written = writeRecord(fd, body)
             guard written == 0 else {
-                close(fd)
-                unlink(path)
+                discard(fd, directory: directory)
                 return (-1, 0, written)
             }
             bytes += 4 + body.count
@@ -152,7 +148,6 @@ final class EventJournal: @unchecked Sendable {
     /// `lastErrno`, when that fails: the new file is gone, the old journal
     /// stays as it was.
     func adopt(_ prepared: (fd: Int32, bytes: Int, errno: Int32), records: Int, more: [[UInt8]]) -> Bool {
-        let path = directory + "/current.new"
         var bytes = prepared.bytes
         var failed: Int32 = 0
         for body in more where body.count <= Self.maxRecordBytes {
@@ -160,10 +155,9 @@ final class EventJournal: @unchecked Sendable {
             if failed != 0 { break }
             bytes += 4 + body.count
         }
-        if failed == 0 && rename(path, currentPath) != 0 { failed = errno }
+        if failed == 0 && rename(Self.newPath(directory), currentPath) != 0 { failed = errno }
         guard failed == 0 else {
-            close(prepared.fd)
-            unlink(path)
+            Self.discard(prepared.fd, directory: directory)
             lastErrno = failed
             return false
         }
@@ -174,6 +168,15 @@ final class EventJournal: @unchecked Sendable {
         self.bytes = bytes
         lastErrno = 0
         return true
+    }
+
+    /// Where `prepare` writes a journal started again.
+    private static func newPath(_ directory: String) -> String { directory + "/current.new" }
+
+    /// Closes and removes what `prepare` wrote, not adopted.
+    static func discard(_ fd: Int32, directory: String) {
+        close(fd)
+        unlink(newPath(directory))
     }
 
     /// Writes one record whole: 0, or the errno (ENOSPC for a short write).

@@ -80,13 +80,8 @@ public final class EventLog: Sendable {
         /// (found by binary search: the ring is in sequence order), at most
         /// `limit` of them.
         func range(after: UInt64, upTo: UInt64, limit: Int = .max) -> [Item] {
-            var lo = 0, hi = count
-            while lo < hi {
-                let mid = (lo + hi) / 2
-                if at(mid).seq <= after { lo = mid + 1 } else { hi = mid }
-            }
             var out: [Item] = []
-            var i = lo
+            var i = firstAfter(after, count: count) { at($0).seq }
             while i < count, at(i).seq <= upTo, out.count < limit {
                 out.append(at(i))
                 i += 1
@@ -443,10 +438,7 @@ public final class EventLog: Sendable {
             let prepared = EventJournal.prepare(directory: restart.directory, restart.bodies)
             state.locked { s in
                 guard let journal = s.journal, s.unjournaledLost > 0 else {
-                    if prepared.fd >= 0 {
-                        close(prepared.fd)
-                        unlink(restart.directory + "/current.new")
-                    }
+                    if prepared.fd >= 0 { EventJournal.discard(prepared.fd, directory: restart.directory) }
                     return
                 }
                 let more = s.events.range(after: restart.through, upTo: .max).map(\.bytes)
@@ -505,9 +497,7 @@ public final class EventLog: Sendable {
     /// boot has that id). They are kept serialized (2 x `capacity` events
     /// of an agent's journal held 19 MB as values) and decoded here.
     public func olderBoots(from id: String?) -> [(id: String, events: [ContainerEvent])] {
-        let older = state.locked { $0.older }
-        guard let at = id.map({ id in older.firstIndex { $0.id == id } }) ?? older.indices.first else { return [] }
-        return older[at...].map { ($0.id, Self.decoded($0.events)) }
+        older(from: id).map { ($0.id, Self.decoded($0.events)) }
     }
 
     /// The ids of the boots before this one the journal kept, oldest first.
@@ -560,9 +550,15 @@ public final class EventLog: Sendable {
     /// no boot has that id), oldest first: each one's id and the sequences
     /// of the first and last of its events the journal kept.
     public func olderBootBounds(from id: String?) -> [(id: String, first: UInt64?, last: UInt64?)] {
+        older(from: id).map { ($0.id, $0.events.first?.seq, $0.events.last?.seq) }
+    }
+
+    /// The boots before this one from `id` on (nil: all; none when no boot
+    /// has that id), as kept.
+    private func older(from id: String?) -> ArraySlice<(id: String, events: [PackedEvent])> {
         let older = state.locked { $0.older }
         guard let at = id.map({ id in older.firstIndex { $0.id == id } }) ?? older.indices.first else { return [] }
-        return older[at...].map { ($0.id, $0.events.first?.seq, $0.events.last?.seq) }
+        return older[at...]
     }
 
     /// At most `limit` of the events the journal kept of the older boot
@@ -570,11 +566,7 @@ public final class EventLog: Sendable {
     /// sequence the next part reads after.
     public func olderBootPart(_ id: String, after: UInt64, limit: Int) -> (events: [ContainerEvent], complete: Bool, next: UInt64) {
         let events = state.locked { s in s.older.first { $0.id == id }?.events ?? [] }
-        var lo = 0, hi = events.count
-        while lo < hi {
-            let mid = (lo + hi) / 2
-            if events[mid].seq <= after { lo = mid + 1 } else { hi = mid }
-        }
+        let lo = firstAfter(after, count: events.count) { events[$0].seq }
         let end = min(events.count, lo + max(1, limit))
         let taken = events[lo..<end]
         return (Self.decoded(Array(taken)), end == events.count, end == events.count ? max(after, events.last?.seq ?? 0) : taken.last?.seq ?? after)
@@ -611,6 +603,18 @@ public final class EventLog: Sendable {
         guard asked != bootId || Self.isBeforeFirst(after, first) else { return nil }
         return EventGap(requestedBootId: asked, afterSequence: after, bootId: bootId, firstSequence: first)
     }
+}
+
+/// The index of the first of `count` items in sequence order whose
+/// sequence (`seq` of its index) is past `after` (binary search; `count`
+/// when none is).
+private func firstAfter(_ after: UInt64, count: Int, _ seq: (Int) -> UInt64) -> Int {
+    var lo = 0, hi = count
+    while lo < hi {
+        let mid = (lo + hi) / 2
+        if seq(mid) <= after { lo = mid + 1 } else { hi = mid }
+    }
+    return lo
 }
 
 /// What a Ring keeps: an item with its sequence number.
