@@ -60,7 +60,7 @@ final class MachineWatcher: @unchecked Sendable {
     private var fullSoon: [ContainerName: UInt64] = [:]
     /// Those of `fullSoon` whose directory appeared while the agent was
     /// changing them (its own create in progress, not yet known): when due,
-    /// one still being made is watched as any being made, one the agent knows by then is
+    /// one still being made waits another `fullWatchMs`, one the agent knows by then is
     /// completed as any of its own, and one it does not know (its create
     /// failed, or it made and destroyed it meanwhile) is watched only if
     /// it exists (made behind its back after a failed create).
@@ -211,12 +211,15 @@ final class MachineWatcher: @unchecked Sendable {
             if !inventory.knows(path) {
                 guard making else { return }
                 if inventory.isBusy(path) {
-                    // Still being made after all this time: watched as
-                    // any container being made (its tasks directory,
-                    // until its `complete` mark).
-                    var queue: [ContainerName] = []
-                    look(name, path, queue: &queue)
-                    for n in queue { add(n) }
+                    // Still being made after all this time: looked at
+                    // again `fullWatchMs` later, until the agent's change
+                    // is over. Not watched as one being made: its
+                    // `complete` mark may be written already, and a look
+                    // now records nothing (the name is busy), so one whose
+                    // create then failed (made by another lmctfy at the
+                    // same moment) was never reported.
+                    makingSoon.insert(name)
+                    completeSoon(name)
                     return
                 }
                 guard (try? api.exists(name)) == true else { return }

@@ -36,8 +36,10 @@ struct WatcherMakingTests {
 
     /// Made by the agent, its mkdir seen while it was busy: watched once
     /// made, so a freeze behind the agent's back right after is an event,
-    /// and the agent's CREATED is the only one.
-    @Test func aContainerSeenWhileTheAgentMakesItIsWatchedOnceMade() throws {
+    /// and the agent's CREATED is the only one. A create that ends after
+    /// the full watch was due (60 ms) too.
+    @Test(arguments: [UInt32(8_000), 60_000])
+    func aContainerSeenWhileTheAgentMakesItIsWatchedOnceMade(busyFor: UInt32) throws {
         try withAgent("reconcile_interval_ms: 0") { agent, socket in
             let name = RealCgroups.uniqueName("watchmaking")
             let api = try ContainerApi.detect()
@@ -46,7 +48,7 @@ struct WatcherMakingTests {
             try dispatcher.inventory.change(name) {
                 _ = try api.create(try api.resolve(name), spec: ContainerSpec(memory: MemorySpec(limit: 64 << 20)))
                 dispatcher.events.record(container: name, kind: .containerEventCreated)
-                usleep(8_000)  // past the watcher's 2 ms batch: its event is handled now
+                usleep(busyFor)  // past the watcher's 2 ms batch: its event is handled now
                 return ((), { $0[name] = false })
             }
             try api.get(try api.resolve(name)).setFrozen(true)
@@ -57,15 +59,21 @@ struct WatcherMakingTests {
 
     /// The agent's create of the name did not make it (it failed), but
     /// the directory seen while it was busy is there (made by another
-    /// lmctfy at the same moment): found and reported when due.
-    @Test func aContainerSeenWhileTheAgentsCreateFailedIsFoundWhenDue() throws {
+    /// lmctfy at the same moment): found and reported when due. The
+    /// create ends before the full watch is due (8 ms), or after it (a
+    /// slow create: 60 ms, past several `fullWatchMs`; under the thread
+    /// sanitizer, where the first did, the name was then watched as one
+    /// being made, whose `complete` mark had been written already, and it
+    /// was never reported).
+    @Test(arguments: [UInt32(8_000), 60_000])
+    func aContainerSeenWhileTheAgentsCreateFailedIsFoundWhenDue(busyFor: UInt32) throws {
         try withAgent("reconcile_interval_ms: 0") { agent, socket in
             let name = RealCgroups.uniqueName("watchfailed")
             let api = try ContainerApi.detect()
             defer { _ = try? api.destroy(try api.resolve(name)) }
             try agent.dispatcher.inventory.change(name) {
                 _ = try api.create(try api.resolve(name), spec: ContainerSpec(memory: MemorySpec(limit: 64 << 20)))
-                usleep(8_000)
+                usleep(busyFor)
                 return ((), { _ in })  // not the agent's: nothing known, no event of its own
             }
             var got = eventsOf(socket, name) { $0.contains("CREATED") }
