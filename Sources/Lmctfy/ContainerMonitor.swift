@@ -120,6 +120,14 @@ public final class ContainerMonitor {
     /// watch, and such a container's OOM kills were never events. Handed
     /// to its entry if it is watched later, and returned by `unwatch`.
     private var eventfdsOnly: [ContainerName: [EventFd]] = [:]
+    /// The v2 counterpart: containers inotify could not watch whose
+    /// memory.events counters (OOM kills, `high`) are read again on the
+    /// caller's timer (`readCounters`), since a change of that file, seen
+    /// through inotify, is v2's only word of an OOM kill: such a
+    /// container's OOMs were counted by nothing but the kernel. The
+    /// counters as last read; handed to its entry if it is watched later
+    /// (nothing counted twice), dropped by `unwatch`.
+    private var countersOnly: [ContainerName: (oomKills: Int64, high: Int64)] = [:]
     /// Watch descriptor → (container, whether it is the tasks directory).
     private var byWd: [Int32: (name: ContainerName, tasks: Bool)] = [:]
     private var buffer = [UInt8](repeating: 0, count: 65536)
@@ -156,7 +164,14 @@ public final class ContainerMonitor {
     /// Whether the monitor holds anything of `name`: its watch, or only
     /// its OOM eventfds (inotify could not watch it), which `unwatch`
     /// gives back when it goes.
-    public func holds(_ name: ContainerName) -> Bool { entries[name] != nil || eventfdsOnly[name] != nil }
+    public func holds(_ name: ContainerName) -> Bool {
+        entries[name] != nil || eventfdsOnly[name] != nil || countersOnly[name] != nil
+    }
+
+    /// How many containers have their memory.events read by `readCounters`
+    /// (v2, past the inotify watch limit): the caller reads them on a timer
+    /// while there are any.
+    public var countersOnlyCount: Int { countersOnly.count }
 
     /// Watches a container's directories (the monitor's root: its tasks
     /// directory, for the containers just below it) and, once it exists, its memory
@@ -200,7 +215,7 @@ public final class ContainerMonitor {
                 guard e != ENOENT && e != ENOTDIR else { return ([], []) }
                 // Said once its OOM eventfds are registered (a later call
                 // tries the inotify watch again, quietly).
-                let said = eventfdsOnly[name] != nil
+                let said = eventfdsOnly[name] != nil || countersOnly[name] != nil
                 // (Whether or not the call asked for the full watch: that
                 // comes after the inotify one, which will not come.)
                 let oomsOnly = watchOOMsOnly(name, earlier: earlier)
@@ -222,7 +237,11 @@ public final class ContainerMonitor {
             }
             if name != root {
                 // The state files, as they are when the watch begins.
-                if entry.plan.stateFiles.values.contains(.memoryEvents) {
+                if let had = countersOnly.removeValue(forKey: name) {
+                    // Read on the caller's timer until now: counted from there.
+                    entry.oomKills = had.oomKills
+                    entry.high = had.high
+                } else if entry.plan.stateFiles.values.contains(.memoryEvents) {
                     let counters = (try? tasks.readKeyValues("memory.events")) ?? [:]
                     // Counted from 0 for a new container: the first look
                     // reports what happened before (see `earlier`).
@@ -288,10 +307,17 @@ public final class ContainerMonitor {
     /// The OOM eventfds of `name`, which inotify cannot watch: registered
     /// (once; nil when it has none, or is not a container now), with the
     /// kills before them when it is new (`earlier`, as `watch` counts them).
+    /// On v2, its memory.events counters instead, for `readCounters`
+    /// (from 0 when it is new: its first read reports the kills before).
     private func watchOOMsOnly(_ name: ContainerName, earlier: Bool) -> (eventfds: [EventFd], found: [Change])? {
-        if eventfdsOnly[name] != nil { return ([], []) }
-        guard name != root, (try? api.exists(name)) == true,
-              let plan = try? api.driver.monitorPlan(name), !plan.eventfds.isEmpty else { return nil }
+        if eventfdsOnly[name] != nil || countersOnly[name] != nil { return ([], []) }
+        guard name != root, (try? api.exists(name)) == true, let plan = try? api.driver.monitorPlan(name) else { return nil }
+        if plan.stateFiles.values.contains(.memoryEvents) {
+            guard let counters = try? api.driver.tasksDir(name).readKeyValues("memory.events") else { return nil }
+            countersOnly[name] = (earlier ? 0 : counters["oom_kill"] ?? 0, counters["high"] ?? 0)
+            return ([], [])
+        }
+        guard !plan.eventfds.isEmpty else { return nil }
         let fds = openEventfds(name, plan)
         guard !fds.isEmpty else { return nil }
         eventfdsOnly[name] = fds
@@ -320,6 +346,9 @@ public final class ContainerMonitor {
         var out: [EventFd] = []
         for key in eventfdsOnly.keys where key == name || name.isAncestor(of: key) {
             out += eventfdsOnly.removeValue(forKey: key) ?? []
+        }
+        for key in countersOnly.keys where key == name || name.isAncestor(of: key) {
+            countersOnly[key] = nil
         }
         for key in entries.keys where key == name || name.isAncestor(of: key) {
             guard let entry = entries.removeValue(forKey: key) else { continue }
@@ -406,6 +435,29 @@ public final class ContainerMonitor {
                     add(.spec(container))
                 }
             }
+        }
+        return changes
+    }
+
+    /// The memory.events counters of the containers inotify could not
+    /// watch (v2, `countersOnly`), read now: what grew since the last read.
+    /// One whose directory is gone is let go (its going is the caller's
+    /// to find, as for any unwatched container: the reconcile).
+    public func readCounters() -> [Change] {
+        var changes: [Change] = []
+        for (name, was) in countersOnly {
+            let counters: [String: Int64]
+            do {
+                counters = try api.driver.tasksDir(name).readKeyValues("memory.events")
+            } catch {
+                if error.errno == ENOENT || error.errno == ENODEV { countersOnly[name] = nil }
+                continue
+            }
+            let kills = counters["oom_kill"] ?? was.oomKills
+            let high = counters["high"] ?? was.high
+            if kills > was.oomKills { changes.append(.oom(name, Int(kills - was.oomKills))) }
+            if high > was.high { changes.append(.memoryPressure(name, Int(high - was.high))) }
+            countersOnly[name] = (kills, high)
         }
         return changes
     }

@@ -67,6 +67,12 @@ final class MachineWatcher: @unchecked Sendable {
     private var makingSoon: Set<ContainerName> = []
     private var fullTimer: LoopTimer?
     static let fullWatchMs = 10
+    /// Reads the memory.events of the v2 containers past the inotify watch
+    /// limit (`ContainerMonitor.readCounters`) while there are any: every
+    /// `countersMs`, or twenty times what the last read took, whichever is
+    /// longer (at most a twentieth of the loop goes to it).
+    private var countersTimer: LoopTimer?
+    static let countersMs: UInt64 = 250
 
     init(loop: EventLoop, api: ContainerApi, scope: ContainerScope, inventory: Inventory, events: EventLog) throws(LmctfyError) {
         self.loop = loop
@@ -106,6 +112,7 @@ final class MachineWatcher: @unchecked Sendable {
         specTimer?.cancel()
         batchTimer?.cancel()
         fullTimer?.cancel()
+        countersTimer?.cancel()
         makingSoon = []
         for (fd, entry) in polls {
             entry.poll.onClose = { _ = entry.source }  // keeps the fd open until then
@@ -362,11 +369,26 @@ final class MachineWatcher: @unchecked Sendable {
             }
         }
         for name in queue { add(name) }
+        if monitor.countersOnlyCount > 0 && countersTimer == nil { armCounters(after: Self.countersMs) }
         if !specsDue.isEmpty && specTimer == nil && !specReading {
             specTimer = try? LoopTimer.once(on: loop, after: .milliseconds(20)) { [unowned self] in
                 self.specTimer = nil
                 self.readSpecs()
             }
+        }
+    }
+
+    /// Reads the counters of the containers inotify could not watch (v2)
+    /// `ms` from now, and again while there are any (see `countersTimer`).
+    private func armCounters(after ms: UInt64) {
+        countersTimer = try? LoopTimer.once(on: loop, after: .milliseconds(Int(ms))) { [unowned self] in
+            // The timer stays set while its changes are handled (which
+            // would arm it again): armed below, for the cost measured.
+            let t0 = MonotonicClock.milliseconds()
+            self.handle(self.monitor.readCounters())
+            let cost = MonotonicClock.milliseconds() - t0
+            self.countersTimer = nil
+            if self.monitor.countersOnlyCount > 0 { self.armCounters(after: max(Self.countersMs, cost * 19)) }
         }
     }
 
