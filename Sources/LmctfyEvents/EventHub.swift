@@ -214,7 +214,11 @@ public final class EventHub {
 
     /// Takes a subscriber out, and what waited for it off its connection's count.
     private func drop(_ key: Key) {
-        replaying.remove(key)
+        // The connection's wish for room goes with its last replay (one
+        // closed while its replay waited for room stayed here for good).
+        if replaying.remove(key) != nil, roomWanted.contains(key.conn), !replaying.contains(where: { $0.conn == key.conn }) {
+            roomWanted.remove(key.conn)
+        }
         guard var sub = subscribers.removeValue(forKey: key) else { return }
         account(key, &sub, -sub.heldBytes)
     }

@@ -48,6 +48,7 @@ final class EventJournal: @unchecked Sendable {
         if mkdir(directory, 0o700) != 0 && errno != EEXIST {
             throw SystemError("mkdir", directory, errno).lmctfy(.failedPrecondition, "Making the event journal directory")
         }
+        Self.settle(directory, previous: previousPath)
         let (current, length) = Self.recordsAndLength(currentPath)
         count = current.count
         bytes = length
@@ -127,7 +128,16 @@ final class EventJournal: @unchecked Sendable {
     /// are written to a new file beside `current`, outside the log's lock;
     /// `adopt` then makes it the journal. Returns its descriptor and
     /// length, or the errno that stopped it (nothing is left then).
+    /// Not tried while the file system has less room than the new file
+    /// and a margin (`restartMarginBytes`): each try on a disk still full
+    /// wrote until ENOSPC, taking the last free blocks from everyone else
+    /// on it every few seconds.
     static func prepare(directory: String, _ bodies: [[UInt8]]) -> (fd: Int32, bytes: Int, errno: Int32) {
+        var vfs = statvfs()
+        if statvfs(directory, &vfs) == 0 {
+            let needed = bodies.reduce(restartMarginBytes) { $0 + 4 + $1.count }
+            if UInt64(vfs.f_bavail) * UInt64(vfs.f_frsize) < UInt64(needed) { return (-1, 0, ENOSPC) }
+        }
         let fd = Glibc.open(newPath(directory), O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0o600)
         guard fd >= 0 else { return (-1, 0, errno) }
         var bytes = 0
@@ -155,13 +165,24 @@ final class EventJournal: @unchecked Sendable {
             if failed != 0 { break }
             bytes += 4 + body.count
         }
-        if failed == 0 && rename(Self.newPath(directory), currentPath) != 0 { failed = errno }
+        // The mark says, to a journal opened after a crash, that `previous`
+        // goes once the new file is `current` (see `settle`).
+        let marker = Self.supersededPath(directory)
+        if failed == 0 {
+            let m = Glibc.open(marker, O_WRONLY | O_CREAT | O_CLOEXEC, 0o600)
+            if m < 0 { failed = errno } else { close(m) }
+        }
+        if failed == 0 && rename(Self.newPath(directory), currentPath) != 0 {
+            failed = errno
+            unlink(marker)
+        }
         guard failed == 0 else {
             Self.discard(prepared.fd, directory: directory)
             lastErrno = failed
             return false
         }
         unlink(previousPath)
+        unlink(marker)
         if fd >= 0 { close(fd) }
         fd = prepared.fd
         count = records + more.count
@@ -172,6 +193,29 @@ final class EventJournal: @unchecked Sendable {
 
     /// Where `prepare` writes a journal started again.
     private static func newPath(_ directory: String) -> String { directory + "/current.new" }
+
+    /// Made by `adopt` just before the new file replaces `current`, and
+    /// removed once `previous` has gone.
+    private static func supersededPath(_ directory: String) -> String { directory + "/previous.superseded" }
+
+    /// Finishes or undoes a start again that a crash cut short. With the
+    /// mark and no new file, the new file is `current` already, and
+    /// `previous` goes as `adopt` would have let it go: read before it, the
+    /// events it had and the new file had let go of were one boot with a
+    /// hole in it that no subscriber was told of. A new file still there
+    /// was not adopted (the mark or not): it goes, and the journal is as it
+    /// was before (it stayed, up to a whole log, on a disk just full).
+    private static func settle(_ directory: String, previous: String) {
+        let marker = supersededPath(directory)
+        if access(marker, F_OK) == 0 && access(newPath(directory), F_OK) != 0 {
+            unlink(previous)
+        }
+        unlink(newPath(directory))
+        unlink(marker)
+    }
+
+    /// The room a start again leaves on the file system beyond its file.
+    static let restartMarginBytes = 64 << 10
 
     /// Closes and removes what `prepare` wrote, not adopted.
     static func discard(_ fd: Int32, directory: String) {

@@ -441,6 +441,14 @@ public final class EventLog: Sendable {
                     if prepared.fd >= 0 { EventJournal.discard(prepared.fd, directory: restart.directory) }
                     return
                 }
+                // Events after those written were let go meanwhile (more
+                // than the log keeps, recorded while the file was
+                // written): the new journal would skip them with nothing
+                // to say so. Tried again at the next call.
+                guard s.evictedThrough <= restart.through else {
+                    if prepared.fd >= 0 { EventJournal.discard(prepared.fd, directory: restart.directory) }
+                    return
+                }
                 let more = s.events.range(after: restart.through, upTo: .max).map(\.bytes)
                 if prepared.fd >= 0, journal.adopt(prepared, records: restart.bodies.count, more: more) {
                     s.unjournaledLost = 0

@@ -298,6 +298,22 @@ import Testing
         #expect(sink.events == Array(1...2000) && sink.lagged.isEmpty)
     }
 
+    /// A connection that closes while its replay waits for room is
+    /// forgotten with its last replay (each such id stayed for good).
+    @Test func aConnectionClosedWhileItsReplayWaitsForRoomIsForgotten() throws {
+        let hub = EventHub(log: log(2000))
+        let sink = Sink()
+        let keys = [EventHub.Key(conn: 4, stream: 1), EventHub.Key(conn: 4, stream: 3)]
+        for key in keys { try hub.subscribe(key, SubscribeRequest(afterSequence: 0), filter: EventFilter()) }
+        _ = hub.advance(deliver: sink.deliver, lagged: { sink.lagged.append($1) }, room: { _ in 0 })
+        hub.remove(keys[0])
+        #expect(hub.roomCame(conn: 4), "its other replay still waits")
+        _ = hub.advance(deliver: sink.deliver, lagged: { sink.lagged.append($1) }, room: { _ in 0 })
+        hub.remove(keys[1])
+        #expect(!hub.roomCame(conn: 4), "nothing of the connection is left")
+        #expect(hub.replaying.isEmpty)
+    }
+
     @Test func aResumeAcrossOlderBootsComesInPartsAsWhole() throws {
         let dir = "/tmp/lmctfy-test-hubparts-\(getpid())"
         defer { try? Sys.removeTree(dir) }

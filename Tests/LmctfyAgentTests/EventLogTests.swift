@@ -290,24 +290,60 @@ import Testing
         let dir = "/tmp/lmctfy-test-journal-repeat-\(getpid())"
         defer { try? Sys.removeTree(dir) }
         try Sys.mkdir(dir, mode: 0o700)
-        func file(_ name: String, _ events: [(String, UInt64)]) throws {
-            var bytes: [UInt8] = []
-            for (boot, seq) in events {
-                var e = ContainerEvent(container: "/x", kind: .containerEventCreated)
-                e.bootId = boot
-                e.sequence = seq
-                let body = try e.serializedBytes()
-                let n = UInt32(body.count)
-                let header: [UInt8] = [UInt8(n >> 24), UInt8((n >> 16) & 0xff), UInt8((n >> 8) & 0xff), UInt8(n & 0xff)]
-                bytes += header
-                bytes += body
-            }
-            try Sys.writeFileAtomically(dir + "/" + name, bytes)
-        }
-        try file("previous", [("A", 1), ("A", 2), ("A", 3), ("b", 1), ("b", 2)])
-        try file("current", [("A", 1), ("A", 2), ("A", 3), ("b", 2), ("b", 3)])
+        try journalFile(dir, "previous", [("A", 1), ("A", 2), ("A", 3), ("b", 1), ("b", 2)])
+        try journalFile(dir, "current", [("A", 1), ("A", 2), ("A", 3), ("b", 2), ("b", 3)])
         let log = EventLog(capacity: 16, bootId: "c")
         try log.attachJournal(directory: dir)
         #expect(log.olderBoots.map { "\($0.id):\($0.events.compactMap(\.sequence))" } == ["A:[1, 2, 3]", "b:[1, 2, 3]"])
     }
+
+    /// A journal started again replaces `current` with its new file, then
+    /// `previous` goes. Killed between the two, `previous` held events the
+    /// new file had let go of, and they were read before it as one boot:
+    /// a hole in the boot (A:3, then A:7) that no subscriber was told of.
+    /// A mark made before the rename says how far it went: finished when
+    /// the new file is in place, undone when it is not.
+    @Test func aJournalRestartCutShortByACrashIsFinishedOrUndone() throws {
+        let dir = "/tmp/lmctfy-test-journal-crash-\(getpid())"
+        defer { try? Sys.removeTree(dir) }
+        try Sys.mkdir(dir, mode: 0o700)
+        func boots() throws -> [String] {
+            let log = EventLog(capacity: 16, bootId: "c")
+            try log.attachJournal(directory: dir)
+            return log.olderBoots.map { "\($0.id):\($0.events.compactMap(\.sequence))" }
+        }
+        // Renamed, `previous` not gone yet.
+        try journalFile(dir, "previous", [("A", 1), ("A", 2), ("A", 3)])
+        try journalFile(dir, "current", [("A", 7), ("A", 8)])
+        try journalFile(dir, "previous.superseded", [])
+        #expect(try boots() == ["A:[7, 8]"])
+        #expect(!Sys.exists(dir + "/previous") && !Sys.exists(dir + "/previous.superseded"))
+        // Not renamed yet: the old journal stands, the new file goes.
+        try journalFile(dir, "previous", [("A", 1), ("A", 2), ("A", 3)])
+        try journalFile(dir, "current", [("A", 4), ("A", 5)])
+        try journalFile(dir, "current.new", [("A", 7), ("A", 8)])
+        try journalFile(dir, "previous.superseded", [])
+        #expect(try boots() == ["A:[1, 2, 3, 4, 5]"])
+        #expect(!Sys.exists(dir + "/current.new") && !Sys.exists(dir + "/previous.superseded"))
+        // Killed while the new file was written: it goes (it stayed, up to
+        // a whole log's size, on a disk that had just been full).
+        try journalFile(dir, "current.new", [("A", 7)])
+        #expect(try boots() == ["A:[1, 2, 3, 4, 5]"])
+        #expect(!Sys.exists(dir + "/current.new"))
+    }
+}
+
+/// Writes journal file `name` in `dir`: events of (boot, sequence).
+private func journalFile(_ dir: String, _ name: String, _ events: [(String, UInt64)]) throws {
+    var bytes: [UInt8] = []
+    for (boot, seq) in events {
+        var e = ContainerEvent(container: "/x", kind: .containerEventCreated)
+        e.bootId = boot
+        e.sequence = seq
+        let body = try e.serializedBytes()
+        let n = UInt32(body.count)
+        bytes += [UInt8(n >> 24), UInt8((n >> 16) & 0xff), UInt8((n >> 8) & 0xff), UInt8(n & 0xff)]
+        bytes += body
+    }
+    try Sys.writeFileAtomically(dir + "/" + name, bytes)
 }
