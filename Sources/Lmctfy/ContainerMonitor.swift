@@ -115,19 +115,23 @@ public final class ContainerMonitor {
     /// The one inotify descriptor: poll it, then call `readInotify`.
     public let inotifyFd: Int32
     private var entries: [ContainerName: Entry] = [:]
-    /// Containers inotify could not watch (the watch limit) whose OOM
-    /// eventfds (v1) were registered all the same: they need no inotify
-    /// watch, and such a container's OOM kills were never events. Handed
-    /// to its entry if it is watched later, and returned by `unwatch`.
-    private var eventfdsOnly: [ContainerName: [EventFd]] = [:]
-    /// The v2 counterpart: containers inotify could not watch whose
-    /// memory.events counters (OOM kills, `high`) are read again on the
-    /// caller's timer (`readCounters`), since a change of that file, seen
-    /// through inotify, is v2's only word of an OOM kill: such a
-    /// container's OOMs were counted by nothing but the kernel. The
-    /// counters as last read; handed to its entry if it is watched later
-    /// (nothing counted twice), dropped by `unwatch`.
-    private var countersOnly: [ContainerName: (oomKills: Int64, high: Int64)] = [:]
+    /// A container inotify could not watch (the watch limit), whose OOM
+    /// kills are watched all the same (without, they were never events).
+    /// Handed to its entry if it is watched later (nothing counted twice),
+    /// given back by `unwatch`.
+    private struct Unwatched {
+        /// Its tasks directory's inode when it was registered: one removed
+        /// and made again under its name is another container
+        /// (`isReplaced`; its old eventfds are dead, and were kept).
+        var identity: UInt64?
+        /// v1: its OOM eventfds, which need no inotify watch.
+        var eventfds: [EventFd] = []
+        /// v2: its memory.events counters (OOM kills, `high`) as last read
+        /// by `readCounters` on the caller's timer, a change of that file
+        /// seen through inotify being v2's only word of an OOM kill.
+        var counters: (oomKills: Int64, high: Int64)?
+    }
+    private var unwatched: [ContainerName: Unwatched] = [:]
     /// Watch descriptor → (container, whether it is the tasks directory).
     private var byWd: [Int32: (name: ContainerName, tasks: Bool)] = [:]
     private var buffer = [UInt8](repeating: 0, count: 65536)
@@ -137,6 +141,10 @@ public final class ContainerMonitor {
     /// eventfd, EMFILE). It skipped them silently: the reconcile still
     /// finds such a container's changes, but not its OOMs.
     public var onWatchFailure: ((String) -> Void)?
+    /// Tests: at most this many inotify watches, as if the kernel's limit
+    /// were reached there (ENOSPC), so that the monitor's ways past the
+    /// limit run in-process, on either cgroup version.
+    var watchBudget: Int?
 
     /// A monitor of what is below `root` (the machine's root by default).
     /// INTERNAL when no inotify descriptor can be had (the per-user limit).
@@ -164,14 +172,12 @@ public final class ContainerMonitor {
     /// Whether the monitor holds anything of `name`: its watch, or only
     /// its OOM eventfds (inotify could not watch it), which `unwatch`
     /// gives back when it goes.
-    public func holds(_ name: ContainerName) -> Bool {
-        entries[name] != nil || eventfdsOnly[name] != nil || countersOnly[name] != nil
-    }
+    public func holds(_ name: ContainerName) -> Bool { entries[name] != nil || unwatched[name] != nil }
 
-    /// How many containers have their memory.events read by `readCounters`
-    /// (v2, past the inotify watch limit): the caller reads them on a timer
-    /// while there are any.
-    public var countersOnlyCount: Int { countersOnly.count }
+    /// How many containers inotify could not watch have their OOM kills
+    /// watched all the same: the caller calls `readCounters` on a timer
+    /// while there are any (v2's are read there).
+    public var unwatchedCount: Int { unwatched.count }
 
     /// Watches a container's directories (the monitor's root: its tasks
     /// directory, for the containers just below it) and, once it exists, its memory
@@ -208,14 +214,15 @@ public final class ContainerMonitor {
             // replaced at the next look (and watched again).
             entry.identity = tasks.identity
             let taskMask = UInt32(IN_CREATE | IN_DELETE | IN_ATTRIB | IN_MODIFY | IN_ONLYDIR)
-            let wd = inotify_add_watch(inotifyFd, tasks.path, taskMask)
+            let overBudget = watchBudget.map { byWd.count >= $0 } ?? false
+            let wd = overBudget ? -1 : inotify_add_watch(inotifyFd, tasks.path, taskMask)
             guard wd >= 0 else {
                 // Gone already, or not there yet: nothing to say.
-                let e = Glibc.errno
+                let e = overBudget ? ENOSPC : Glibc.errno
                 guard e != ENOENT && e != ENOTDIR else { return ([], []) }
                 // Said once its OOM eventfds are registered (a later call
                 // tries the inotify watch again, quietly).
-                let said = eventfdsOnly[name] != nil || countersOnly[name] != nil
+                let said = unwatched[name] != nil
                 // (Whether or not the call asked for the full watch: that
                 // comes after the inotify one, which will not come.)
                 let oomsOnly = watchOOMsOnly(name, earlier: earlier)
@@ -237,8 +244,9 @@ public final class ContainerMonitor {
             }
             if name != root {
                 // The state files, as they are when the watch begins.
-                if let had = countersOnly.removeValue(forKey: name) {
+                if let had = unwatched[name]?.counters {
                     // Read on the caller's timer until now: counted from there.
+                    unwatched[name] = nil
                     entry.oomKills = had.oomKills
                     entry.high = had.high
                 } else if entry.plan.stateFiles.values.contains(.memoryEvents) {
@@ -263,7 +271,7 @@ public final class ContainerMonitor {
                 }
             }
             var fds: [EventFd] = []
-            if let had = eventfdsOnly.removeValue(forKey: name) {
+            if let had = unwatched.removeValue(forKey: name)?.eventfds, !had.isEmpty {
                 // Registered while inotify could not watch it: polled
                 // already, and its earlier kills counted then.
                 entry.eventfds = had
@@ -310,17 +318,18 @@ public final class ContainerMonitor {
     /// On v2, its memory.events counters instead, for `readCounters`
     /// (from 0 when it is new: its first read reports the kills before).
     private func watchOOMsOnly(_ name: ContainerName, earlier: Bool) -> (eventfds: [EventFd], found: [Change])? {
-        if eventfdsOnly[name] != nil || countersOnly[name] != nil { return ([], []) }
+        if unwatched[name] != nil { return ([], []) }
         guard name != root, (try? api.exists(name)) == true, let plan = try? api.driver.monitorPlan(name) else { return nil }
+        let identity = api.driver.tasksDir(name).identity
         if plan.stateFiles.values.contains(.memoryEvents) {
             guard let counters = try? api.driver.tasksDir(name).readKeyValues("memory.events") else { return nil }
-            countersOnly[name] = (earlier ? 0 : counters["oom_kill"] ?? 0, counters["high"] ?? 0)
+            unwatched[name] = Unwatched(identity: identity, counters: (earlier ? 0 : counters["oom_kill"] ?? 0, counters["high"] ?? 0))
             return ([], [])
         }
         guard !plan.eventfds.isEmpty else { return nil }
         let fds = openEventfds(name, plan)
         guard !fds.isEmpty else { return nil }
-        eventfdsOnly[name] = fds
+        unwatched[name] = Unwatched(identity: identity, eventfds: fds)
         var found: [Change] = []
         if earlier, let counter = plan.oomCounter, !plan.stateFiles.values.contains(.memoryEvents),
            let kills = (try? counter.dir.readKeyValues(counter.file))?[counter.key], kills > 0 {
@@ -334,9 +343,8 @@ public final class ContainerMonitor {
     /// between two reads of the inotify descriptor). Its watches and
     /// eventfds are the old one's, dead; `unwatch` it and watch it again.
     public func isReplaced(_ name: ContainerName) -> Bool {
-        guard let entry = entries[name], let was = entry.identity, let now = api.driver.tasksDir(name).identity else {
-            return false
-        }
+        guard let was = entries[name]?.identity ?? unwatched[name]?.identity,
+              let now = api.driver.tasksDir(name).identity else { return false }
         return was != now
     }
 
@@ -344,11 +352,8 @@ public final class ContainerMonitor {
     /// their eventfds, which the caller stops polling before dropping.
     public func unwatch(_ name: ContainerName) -> [EventFd] {
         var out: [EventFd] = []
-        for key in eventfdsOnly.keys where key == name || name.isAncestor(of: key) {
-            out += eventfdsOnly.removeValue(forKey: key) ?? []
-        }
-        for key in countersOnly.keys where key == name || name.isAncestor(of: key) {
-            countersOnly[key] = nil
+        for key in unwatched.keys where key == name || name.isAncestor(of: key) {
+            out += unwatched.removeValue(forKey: key)?.eventfds ?? []
         }
         for key in entries.keys where key == name || name.isAncestor(of: key) {
             guard let entry = entries.removeValue(forKey: key) else { continue }
@@ -368,6 +373,10 @@ public final class ContainerMonitor {
     /// others' creates and destroys was never reported; seen in the suite.)
     func lostEvents() -> [Change] {
         var out: [Change] = []
+        // Those inotify could not watch: their parent's watch may have
+        // lost their going too (they kept their dead eventfds, and a
+        // successor under the name was taken for them).
+        for c in unwatched.keys.sorted() where entries[c] == nil { out += [.gone(c), .present(c)] }
         for c in entries.keys.sorted() {
             if c != root { out += [.gone(c), .present(c)] }
             for child in (try? api.driver.tasksDir(c).subdirectories()) ?? [] {
@@ -440,24 +449,32 @@ public final class ContainerMonitor {
     }
 
     /// The memory.events counters of the containers inotify could not
-    /// watch (v2, `countersOnly`), read now: what grew since the last read.
-    /// One whose directory is gone is let go (its going is the caller's
-    /// to find, as for any unwatched container: the reconcile).
+    /// watch (v2, `Unwatched.counters`), read now: what grew since the
+    /// last read. One whose directory went is said gone (its parent's
+    /// watch may have missed it: the watch limit, an overflow), one made
+    /// again under its name is left to the look that follows (its counts
+    /// are another container's).
     public func readCounters() -> [Change] {
         var changes: [Change] = []
-        for (name, was) in countersOnly {
+        for (name, u) in unwatched {
+            guard let was = u.counters else { continue }
+            let dir = api.driver.tasksDir(name)
             let counters: [String: Int64]
             do {
-                counters = try api.driver.tasksDir(name).readKeyValues("memory.events")
+                counters = try dir.readKeyValues("memory.events")
             } catch {
-                if error.errno == ENOENT || error.errno == ENODEV { countersOnly[name] = nil }
+                if error.errno == ENOENT || error.errno == ENODEV { changes.append(.gone(name)) }
+                continue
+            }
+            if let identity = u.identity, dir.identity != identity {
+                changes.append(.gone(name))  // a look at it finds it replaced
                 continue
             }
             let kills = counters["oom_kill"] ?? was.oomKills
             let high = counters["high"] ?? was.high
             if kills > was.oomKills { changes.append(.oom(name, Int(kills - was.oomKills))) }
             if high > was.high { changes.append(.memoryPressure(name, Int(high - was.high))) }
-            countersOnly[name] = (kills, high)
+            unwatched[name]?.counters = (kills, high)
         }
         return changes
     }

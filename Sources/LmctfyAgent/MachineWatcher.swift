@@ -369,7 +369,7 @@ final class MachineWatcher: @unchecked Sendable {
             }
         }
         for name in queue { add(name) }
-        if monitor.countersOnlyCount > 0 && countersTimer == nil { armCounters(after: Self.countersMs) }
+        if monitor.unwatchedCount > 0 && countersTimer == nil { armCounters(after: Self.countersMs) }
         if !specsDue.isEmpty && specTimer == nil && !specReading {
             specTimer = try? LoopTimer.once(on: loop, after: .milliseconds(20)) { [unowned self] in
                 self.specTimer = nil
@@ -388,7 +388,7 @@ final class MachineWatcher: @unchecked Sendable {
             self.handle(self.monitor.readCounters())
             let cost = MonotonicClock.milliseconds() - t0
             self.countersTimer = nil
-            if self.monitor.countersOnlyCount > 0 { self.armCounters(after: max(Self.countersMs, cost * 19)) }
+            if self.monitor.unwatchedCount > 0 { self.armCounters(after: max(Self.countersMs, cost * 19)) }
         }
     }
 

@@ -103,4 +103,74 @@ struct ContainerMonitorIntegrationTests {
             #expect(changes.isEmpty, "the removal of the old one is no event of the new one: \(changes)")
         }
     }
+
+    /// Past the inotify watch limit (`watchBudget`, in-process): a
+    /// container's OOM kills are watched all the same (v1: its eventfds;
+    /// v2: its memory.events, read by `readCounters`). One destroyed and
+    /// made again under its name is another container (its dead eventfds
+    /// were kept, taken for the new one's, whose OOMs were never events);
+    /// one gone is said gone (v2) and given back by `unwatch`.
+    @Test func pastTheWatchLimitAContainerMadeAgainUnderItsNameIsAnotherOne() throws {
+        let api = try ContainerApi.detect()
+        try withTestContainer(api, label: "monitor5") { parent in
+            let spec = try ContainerSpec(textFormat: "memory { limit: 16777216 }")
+            try api.create(parent, spec: try ContainerSpec(textFormat: "memory { limit: 67108864 }"))
+            let monitor = try ContainerMonitor(api: api, root: parent)
+            _ = monitor.watch(parent)
+            monitor.watchBudget = 0  // no watch more
+            var said: [String] = []
+            monitor.onWatchFailure = { said.append($0) }
+            let name = try ContainerName.resolve("c", relativeTo: parent)
+            try api.create(name, spec: spec)
+            _ = monitor.watch(name, earlier: true)
+            #expect(!monitor.isWatched(name) && monitor.holds(name) && monitor.unwatchedCount == 1)
+            #expect(said.count == 1 && said.first?.contains("and its OOM kills are watched") == true, "\(said)")
+            #expect(!monitor.isReplaced(name))
+            try api.destroy(name)
+            try api.create(name, spec: spec)
+            #expect(monitor.isReplaced(name), "made again under its name: another container")
+            // As the agent's watcher does with one replaced.
+            _ = monitor.unwatch(name)
+            let (fds, _) = monitor.watch(name, earlier: true)
+            #expect(monitor.holds(name) && !monitor.isReplaced(name))
+            let pid = try api.get(name).run([testHelperPath, "alloc", "200"])
+            for _ in 0..<10_000 where TestProcess.reapIfExited(pid) == nil && kill(pid, 0) == 0 { usleep(1000) }
+            var changes: [ContainerMonitor.Change] = []
+            let until = MonotonicClock.milliseconds() + 3000
+            while MonotonicClock.milliseconds() < until && !changes.contains(where: { if case .oom = $0 { true } else { false } }) {
+                changes += fds.compactMap { $0.collect() } + monitor.readCounters()
+                usleep(10_000)
+            }
+            #expect(changes.contains { if case .oom(name, let n) = $0 { n >= 1 } else { false } }, "the new one's OOM kill: \(changes)")
+            try api.destroy(name)
+            if fds.isEmpty {  // v2: read, it is gone
+                #expect(monitor.readCounters() == [.gone(name)])
+            }
+            _ = monitor.unwatch(name)
+            #expect(!monitor.holds(name) && monitor.unwatchedCount == 0)
+        }
+    }
+
+    /// v1: the look at OOM kills that a signal starts (a timer, every
+    /// 25 ms) ends when the container goes. It stayed armed and unread,
+    /// the descriptor stayed readable, and its poll woke the agent's loop
+    /// over and over until the container was let go.
+    @Test(.enabled(if: (try? CgroupMounts.detect())?.version == .v1, "v1's OOM eventfds (v2 has none)"))
+    func theLookAtOOMKillsEndsWhenTheContainerGoes() throws {
+        let api = try ContainerApi.detect()
+        try withTestContainer(api, label: "monitor6") { name in
+            try api.create(name, spec: try ContainerSpec(textFormat: "memory { limit: 16777216 }"))
+            let monitor = try ContainerMonitor(api: api)
+            let (fds, _) = monitor.watch(name, earlier: false)
+            let oom = try #require(fds.first { $0.kind == .oom })
+            let pid = try api.get(name).run([testHelperPath, "alloc", "200"])
+            for _ in 0..<10_000 where TestProcess.reapIfExited(pid) == nil && kill(pid, 0) == 0 { usleep(1000) }
+            _ = oom.collect()  // the signal: the look begins (for settleMs)
+            try api.destroy(name)
+            usleep(50_000)  // the removal's signal
+            #expect(oom.collect() == nil, "gone")
+            var p = pollfd(fd: oom.fd, events: Int16(POLLIN), revents: 0)
+            #expect(poll(&p, 1, 100) == 0, "nothing more to read once it is gone")
+        }
+    }
 }

@@ -386,9 +386,16 @@ final class OomControlSource: EventSource {
     private func arm(_ on: Bool) { EventFds.setTimer(timer, periodMs: on ? Self.lookEveryMs : 0, firstMs: 1) }
 
     func collect() throws(LmctfyError) -> Int {
-        // Throws NOT_FOUND once the directory is gone (its removal signals).
-        let signalled = try signals.collect()
+        // The look's timer first: one left armed and unread when the
+        // directory has gone kept the descriptor readable, and its poll
+        // woke the loop over and over until the container was let go.
         _ = try? EventFds.readCounter(timer)
+        // Throws NOT_FOUND once the directory is gone (its removal signals).
+        let signalled: Int
+        do { signalled = try signals.collect() } catch {
+            arm(false)
+            throw error
+        }
         let now = MonotonicClock.milliseconds()
         if signalled > 0 {
             if burstKilled == nil { burstKilled = false }
