@@ -131,6 +131,8 @@ public final class EventLog: Sendable {
         /// to start again, and how many it waited the last time.
         var restartWait = 0
         var restartBackoff = 0
+        /// `startJournalAgain` is writing its new file.
+        var startingAgain = false
         /// The boots before this one whose events the journal kept, oldest
         /// first (an agent restarted twice keeps two).
         var older: [(id: String, events: [PackedEvent])] = []
@@ -370,6 +372,9 @@ public final class EventLog: Sendable {
         public var lost: UInt64 = 0
         /// The errno of its last failed write (0: the last write worked).
         public var errno: Int32 = 0
+        /// `flushJournal(startAgainHere: false)`: the journal that gave up
+        /// is to be started again now (`startJournalAgain`).
+        public var startAgainDue = false
         /// Everything recorded (but samples) is on disk.
         public var caughtUp: Bool { behind == 0 && lost == 0 }
         public init(behind: Int = 0, lost: UInt64 = 0, errno: Int32 = 0) {
@@ -410,59 +415,75 @@ public final class EventLog: Sendable {
     /// a daemon calls it on a timer and before it stops. Cheap when
     /// nothing waits.
     ///
-    /// A journal that gave up starts again here once the disk takes it:
-    /// from what the log still keeps (and the older boots' events it read
-    /// when it opened), written to a new file outside the lock, then what
-    /// was recorded meanwhile, and the new file replaces the old. (It took
-    /// nothing more until a restart: an agent that restarted a day after
-    /// a full disk served its subscribers that boot's events from before
-    /// the disk filled, and a gap for the rest.) A restart then finds what
-    /// the log kept when the journal started again, and a subscriber
-    /// resuming from before it gets a gap, as for events rotated out.
+    /// A journal that gave up starts again once the disk takes it (see
+    /// `startJournalAgain`): here, or, with `startAgainHere` false, where
+    /// the caller runs it when the state says it is due (`startAgainDue`:
+    /// a pool thread, since it writes the whole log; the controller's log
+    /// is up to 256 MiB). After a try that failed (the disk still full),
+    /// the next is due twice as many calls later, up to 16.
     @discardableResult
-    public func flushJournal() -> JournalState {
-        let restart = state.locked { s -> (directory: String, bodies: [[UInt8]], through: UInt64)? in
+    public func flushJournal(startAgainHere: Bool = true) -> JournalState {
+        let due = state.locked { s -> Bool in
             writeJournal(&s)
-            guard s.unjournaledLost > 0, let journal = s.journal else { return nil }
-            // After a try that failed (the disk still full), the next
-            // waits twice as many calls, up to 16.
+            guard s.unjournaledLost > 0, s.journal != nil, !s.startingAgain else { return false }
             if s.restartWait > 0 {
                 s.restartWait -= 1
-                return nil
+                return false
             }
+            return true
+        }
+        if due && startAgainHere { startJournalAgain() }
+        return state.locked { s in
+            var state = JournalState(behind: s.unjournaled.count, lost: s.unjournaledLost, errno: s.journalErrno)
+            state.startAgainDue = due && !startAgainHere
+            return state
+        }
+    }
+
+    /// Starts a journal that gave up again: from what the log still keeps
+    /// (and the older boots' events it read when it opened), written to a
+    /// new file outside the lock, then what was recorded meanwhile, and the
+    /// new file replaces the old. (It took nothing more until a restart: an
+    /// agent that restarted a day after a full disk served its subscribers
+    /// that boot's events from before the disk filled, and a gap for the
+    /// rest.) A restart then finds what the log kept when the journal
+    /// started again, and a subscriber resuming from before it gets a gap,
+    /// as for events rotated out. Any thread; one at a time (a second call
+    /// meanwhile does nothing).
+    public func startJournalAgain() {
+        let restart = state.locked { s -> (directory: String, bodies: [[UInt8]], through: UInt64)? in
+            guard s.unjournaledLost > 0, let journal = s.journal, !s.startingAgain else { return nil }
+            s.startingAgain = true
             let kept = s.events.range(after: 0, upTo: .max)
             let bodies = s.older.flatMap { $0.events.map(\.bytes) } + kept.map(\.bytes)
             return (journal.directory, bodies, kept.last?.seq ?? 0)
         }
-        if let restart {
-            let prepared = EventJournal.prepare(directory: restart.directory, restart.bodies)
-            state.locked { s in
-                guard let journal = s.journal, s.unjournaledLost > 0 else {
-                    if prepared.fd >= 0 { EventJournal.discard(prepared.fd, directory: restart.directory) }
-                    return
-                }
-                // Events after those written were let go meanwhile (more
-                // than the log keeps, recorded while the file was
-                // written): the new journal would skip them with nothing
-                // to say so. Tried again at the next call.
-                guard s.evictedThrough <= restart.through else {
-                    if prepared.fd >= 0 { EventJournal.discard(prepared.fd, directory: restart.directory) }
-                    return
-                }
-                let more = s.events.range(after: restart.through, upTo: .max).map(\.bytes)
-                if prepared.fd >= 0, journal.adopt(prepared, records: restart.bodies.count, more: more) {
-                    s.unjournaledLost = 0
-                    s.journalErrno = 0
-                    s.restartBackoff = 0
-                } else {
-                    s.journalErrno = prepared.fd >= 0 ? journal.lastErrno : prepared.errno
-                    s.restartBackoff = min(16, max(1, s.restartBackoff * 2))
-                    s.restartWait = s.restartBackoff
-                }
+        guard let restart else { return }
+        let prepared = EventJournal.prepare(directory: restart.directory, restart.bodies)
+        state.locked { s in
+            s.startingAgain = false
+            guard let journal = s.journal, s.unjournaledLost > 0 else {
+                if prepared.fd >= 0 { EventJournal.discard(prepared.fd, directory: restart.directory) }
+                return
             }
-        }
-        return state.locked { s in
-            JournalState(behind: s.unjournaled.count, lost: s.unjournaledLost, errno: s.journalErrno)
+            // Events after those written were let go meanwhile (more
+            // than the log keeps, recorded while the file was
+            // written): the new journal would skip them with nothing
+            // to say so. Tried again at the next call.
+            guard s.evictedThrough <= restart.through else {
+                if prepared.fd >= 0 { EventJournal.discard(prepared.fd, directory: restart.directory) }
+                return
+            }
+            let more = s.events.range(after: restart.through, upTo: .max).map(\.bytes)
+            if prepared.fd >= 0, journal.adopt(prepared, records: restart.bodies.count, more: more) {
+                s.unjournaledLost = 0
+                s.journalErrno = 0
+                s.restartBackoff = 0
+            } else {
+                s.journalErrno = prepared.fd >= 0 ? journal.lastErrno : prepared.errno
+                s.restartBackoff = min(16, max(1, s.restartBackoff * 2))
+                s.restartWait = s.restartBackoff
+            }
         }
     }
 
