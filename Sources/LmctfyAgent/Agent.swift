@@ -350,8 +350,12 @@ public final class Agent: @unchecked Sendable {
         let list = listContainers
         let started = loop.offload({ () -> UInt64 in
             let t0 = MonotonicClock.milliseconds()
-            let since = inventory.generation
-            if let listed = list() { inventory.reconcile(listed.frozen, empties: listed.empty, since: since) }
+            let since = inventory.listingStarts()
+            if let listed = list() {
+                inventory.reconcile(listed.frozen, empties: listed.empty, since: since)
+            } else {
+                inventory.listingFailed()
+            }
             return MonotonicClock.milliseconds() - t0
         }, then: { [weak self] cost in
             guard let self else { return }
@@ -901,8 +905,9 @@ public final class Agent: @unchecked Sendable {
             s.fullStreams.removeAll()
         }
         // A replay that waited for room goes on (at the next turn: this
-        // may run while the hub delivers).
-        if s.held <= f.connectionBytes / 2, hub.roomCame(conn: s.id) { replayTurn.ask() }
+        // may run while the hub delivers), once a quarter of the limit is
+        // held at most (see `replayRoom`).
+        if s.held <= f.connectionBytes / 4, hub.roomCame(conn: s.id) { replayTurn.ask() }
         let holds = s.held > 0 || !s.poolCalls.isEmpty
         let agentDrained = totalHeld <= f.agentBytes / 2 && totalPoolCalls <= f.agentCalls / 2
         if !s.throttled {
@@ -1431,10 +1436,13 @@ public final class Agent: @unchecked Sendable {
         if hub.advance(deliver: deliver, lagged: lagged, room: replayRoom) { replayTurn.ask() }
     }
 
-    /// What a subscriber's connection takes now, for its replay.
+    /// What a subscriber's connection takes now, for its replay: up to
+    /// half its limit, the other half being for its other streams (filled
+    /// to the limit by a replay, the connection ended every live stream
+    /// beside it "lagged" while the replay lasted).
     private func replayRoom(_ key: EventHub.Key) -> Int {
         guard let s = conns[key.conn], s.calls[key.stream] != nil else { return 0 }
-        return settings.flow.connectionBytes - s.held
+        return max(0, settings.flow.connectionBytes / 2 - s.held)
     }
 
     /// Ends a subscription that fell behind its connection's limit, saying

@@ -735,7 +735,7 @@ public final class Dispatcher: Sendable {
     }
 
     func setPaused(_ name: String, _ paused: Bool) throws {
-        try inventory.change(try backend.resolve(name)) {
+        try inventory.change(try backend.resolve(name), keepsSpec: true) {
             let path = try backend.setPaused(name, paused)
             events.record(container: path, kind: .containerEventFreezer, frozen: paused)
             snapshots?.syncOrWarn(path)

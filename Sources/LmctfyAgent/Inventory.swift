@@ -23,6 +23,16 @@ final class Inventory: Sendable {
         var busy: [String: Int] = [:]
         /// When each name last changed through the agent (a generation).
         var touched: [String: UInt64] = [:]
+        /// When the watcher last recorded a change of each name (a
+        /// generation) while a listing was under way: that listing says
+        /// nothing of it. (A reconcile whose listing missed a container the
+        /// watcher had just seen made recorded its DESTROYED, and the next
+        /// round its CREATED again; the same for a destroy, a pause, an
+        /// emptying.) Kept only while listings are under way: a listing
+        /// started after a change sees it.
+        var seen: [String: UInt64] = [:]
+        /// Listings under way (`listingStarts`).
+        var listings = 0
         var generation: UInt64 = 0
         var seeded = false
         /// Whether each container had no processes when last looked at.
@@ -67,7 +77,11 @@ final class Inventory: Sendable {
     /// Runs one of the agent's own changes of `path`: `body` does it and
     /// returns how `known` changes; the event is recorded by `body` too, all
     /// while a reconcile cannot apply a listing that saw it half done.
-    func change<T>(_ path: String, _ body: () throws -> (T, (inout [String: Bool]) -> Void)) rethrows -> T {
+    /// `keepsSpec`: a change that writes none of its resource files (a
+    /// pause, a resume), after which the spec read before still stands
+    /// (forgotten, the first read after it only remembered the spec, and
+    /// an update made with the CLI after an agent's pause was no UPDATED).
+    func change<T>(_ path: String, keepsSpec: Bool = false, _ body: () throws -> (T, (inout [String: Bool]) -> Void)) rethrows -> T {
         state.locked { s in
             s.generation += 1
             s.busy[path, default: 0] += 1
@@ -80,7 +94,7 @@ final class Inventory: Sendable {
                 s.touched[path] = s.generation
                 // Its spec is read again, without an event (the change
                 // recorded its own).
-                s.specs[path] = nil
+                if !keepsSpec { s.specs[path] = nil }
                 if let n = s.busy[path], n > 1 { s.busy[path] = n - 1 } else { s.busy[path] = nil }
                 if let update {
                     // Every name the change touched (a destroy takes the
@@ -106,6 +120,23 @@ final class Inventory: Sendable {
     /// The generation a reconcile's listing starts at.
     var generation: UInt64 { state.locked { $0.generation } }
 
+    /// A reconcile's listing starts: its generation, for `reconcile` (or
+    /// `listingFailed`), which ends it.
+    func listingStarts() -> UInt64 {
+        state.locked { s in
+            s.listings += 1
+            return s.generation
+        }
+    }
+
+    /// A listing that started came to nothing.
+    func listingFailed() {
+        state.locked { s in
+            s.listings = max(0, s.listings - 1)
+            if s.listings == 0 { s.seen = [:] }
+        }
+    }
+
     /// Applies a listing taken after `since`: containers new to it are
     /// CREATED, containers gone DESTROYED, a freezer state that differs
     /// FREEZER; names the agent changed meanwhile are left for the next
@@ -115,13 +146,17 @@ final class Inventory: Sendable {
     /// when one that had some has none).
     func reconcile(_ listed: [String: Bool], empties: [String: Bool] = [:], since: UInt64) {
         state.locked { s in
+            s.listings = max(0, s.listings - 1)
+            defer { s.seen = s.listings == 0 ? [:] : s.seen.filter { $0.value > since } }
             guard s.seeded else {
                 s.known = listed
                 s.empty = empties
                 s.seeded = true
                 return
             }
-            func settled(_ name: String) -> Bool { !Self.busy(s, name) && (s.touched[name] ?? 0) <= since }
+            func settled(_ name: String) -> Bool {
+                !Self.busy(s, name) && (s.touched[name] ?? 0) <= since && (s.seen[name] ?? 0) <= since
+            }
             for (name, isEmpty) in empties.sorted(by: { $0.key < $1.key }) where settled(name) && s.known[name] != nil {
                 Self.setEmpty(&s, name, isEmpty, events)
             }
@@ -156,13 +191,17 @@ final class Inventory: Sendable {
         state.locked { s in
             guard s.seeded, !Self.busy(s, name), (s.touched[name] ?? 0) <= since else { return false }
             if !exists {
-                // What is below it went first (or with it).
-                for k in s.known.keys.sorted(by: >) where k.hasPrefix(name + "/") {
+                // What is below it went first (or with it); but not what
+                // the agent is changing, or changed since the look (its
+                // destroy records its own DESTROYED: it was recorded twice).
+                for k in s.known.keys.sorted(by: >) where k.hasPrefix(name + "/") && s.busy[k] == nil && (s.touched[k] ?? 0) <= since {
                     Self.forget(&s, k, events)
+                    Self.seen(&s, k)
                     changed(k)
                 }
                 if s.known[name] != nil {
                     Self.forget(&s, name, events)
+                    Self.seen(&s, name)
                     changed(name)
                 }
                 return false
@@ -172,11 +211,13 @@ final class Inventory: Sendable {
                 if was != frozen {
                     events.record(container: name, kind: .containerEventFreezer, frozen: frozen)
                     s.known[name] = frozen
+                    Self.seen(&s, name)
                     changed(name)
                 }
                 return false
             }
             Self.appear(&s, name, frozen, events)
+            Self.seen(&s, name)
             changed(name)
             return true
         }
@@ -187,6 +228,7 @@ final class Inventory: Sendable {
     func observeEmpty(_ name: String, _ isEmpty: Bool, since: UInt64) {
         state.locked { s in
             guard s.known[name] != nil, !Self.busy(s, name), (s.touched[name] ?? 0) <= since else { return }
+            if s.empty[name] != isEmpty { Self.seen(&s, name) }
             Self.setEmpty(&s, name, isEmpty, events)
         }
     }
@@ -220,8 +262,11 @@ final class Inventory: Sendable {
     /// Whether `name` is known to exist.
     func knows(_ name: String) -> Bool { state.locked { $0.known[name] != nil } }
 
-    /// Whether one of the agent's own changes of `name` is in progress.
-    func isBusy(_ name: String) -> Bool { state.locked { $0.busy[name] != nil } }
+    /// Whether one of the agent's own changes of `name` is in progress
+    /// (`orAbove`: or of a container above it).
+    func isBusy(_ name: String, orAbove: Bool = false) -> Bool {
+        state.locked { orAbove ? Self.busy($0, name) : $0.busy[name] != nil }
+    }
 
     /// The names of `names` known to be frozen (ListContainers with_frozen).
     func frozen(among names: [String]) -> [String] {
@@ -280,6 +325,13 @@ final class Inventory: Sendable {
     private static func busy(_ s: State, _ name: String) -> Bool {
         if s.busy[name] != nil { return true }
         return s.busy.keys.contains { name.hasPrefix($0 == "/" ? "/" : $0 + "/") }
+    }
+
+    /// The watcher recorded a change of `name` now (see `State.seen`).
+    private static func seen(_ s: inout State, _ name: String) {
+        guard s.listings > 0 else { return }
+        s.generation += 1
+        s.seen[name] = s.generation
     }
 
     /// A container that appeared without the agent: CREATED.

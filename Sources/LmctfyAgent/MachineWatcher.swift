@@ -65,6 +65,13 @@ final class MachineWatcher: @unchecked Sendable {
     /// failed, or it made and destroyed it meanwhile) is watched only if
     /// it exists (made behind its back after a failed create).
     private var makingSoon: Set<ContainerName> = []
+    /// Those of `fullSoon` whose look found them there but could not
+    /// record them: a change of the agent's own of them or of a container
+    /// above them (a pause, an update) was under way. Looked at again when
+    /// due, until it is over. (Watched by then, they were not looked at
+    /// again: one made with the CLI while the agent paused its parent was
+    /// never CREATED without a reconcile.)
+    private var lookSoon: Set<ContainerName> = []
     private var fullTimer: LoopTimer?
     static let fullWatchMs = 10
     /// Reads the memory.events of the v2 containers past the inotify watch
@@ -114,6 +121,7 @@ final class MachineWatcher: @unchecked Sendable {
         fullTimer?.cancel()
         countersTimer?.cancel()
         makingSoon = []
+        lookSoon = []
         for (fd, entry) in polls {
             entry.poll.onClose = { _ = entry.source }  // keeps the fd open until then
             entry.poll.close()
@@ -213,29 +221,36 @@ final class MachineWatcher: @unchecked Sendable {
     /// subcontainers, OOM kills) is found then, as for any new watch.
     private func complete(_ name: ContainerName) {
         let making = makingSoon.remove(name) != nil
+        let relook = lookSoon.remove(name) != nil
+        guard let path = scope.path(name) else { return }
+        let unknown = !inventory.knows(path)
+        if (making || relook) && unknown && inventory.isBusy(path, orAbove: relook) {
+            // The agent's change is still under way after all this time:
+            // looked at again `fullWatchMs` later, until it is over. (Not
+            // watched as one being made: its `complete` mark may be
+            // written already, and a look now records nothing, so one
+            // whose create then failed, made by another lmctfy at the same
+            // moment, was never reported.)
+            if making { makingSoon.insert(name) }
+            if relook { lookSoon.insert(name) }
+            completeSoon(name)
+            return
+        }
         if !monitor.isWatched(name) {
-            guard let path = scope.path(name) else { return }
-            if !inventory.knows(path) {
-                guard making else { return }
-                if inventory.isBusy(path) {
-                    // Still being made after all this time: looked at
-                    // again `fullWatchMs` later, until the agent's change
-                    // is over. Not watched as one being made: its
-                    // `complete` mark may be written already, and a look
-                    // now records nothing (the name is busy), so one whose
-                    // create then failed (made by another lmctfy at the
-                    // same moment) was never reported.
-                    makingSoon.insert(name)
-                    completeSoon(name)
-                    return
-                }
-                guard (try? api.exists(name)) == true else { return }
+            if unknown {
+                guard making, (try? api.exists(name)) == true else { return }
             }
             var queue: [ContainerName] = []
             look(name, path, queue: &queue)
             add(name, full: true)
-        } else if !monitor.isFullyWatched(name) {
-            add(name, full: true)
+        } else {
+            // Watched meanwhile (the look at a replaced one, a scan), but
+            // not recorded: a look now records it.
+            if (making || relook) && unknown {
+                var queue: [ContainerName] = []
+                look(name, path, queue: &queue)
+            }
+            if !monitor.isFullyWatched(name) { add(name, full: true) }
         }
     }
 
@@ -276,6 +291,10 @@ final class MachineWatcher: @unchecked Sendable {
         if let container = try? api.get(name) {
             let frozen = try? container.isFrozen()
             let created = inventory.observe(path, exists: true, frozen: frozen, since: since)
+            if !created, frozen != nil, !inventory.knows(path), inventory.isBusy(path, orAbove: true) {
+                lookSoon.insert(name)
+                completeSoon(name)
+            }
             // The spec as it is now, so that a later write is told from it:
             // read at once for a container made behind the agent's back (its
             // maker may update it a moment later), soon for the others.
@@ -311,7 +330,10 @@ final class MachineWatcher: @unchecked Sendable {
                 // events): watched, whole, `fullWatchMs` from now if it
                 // is still there. A container that lives less (a job, a
                 // test, a create-run-destroy) costs the watcher nothing
-                // more than this event.
+                // more than this event. One the agent is changing now (its
+                // destroy, before it forgets it: the name made again
+                // meanwhile by another) is looked at as one being made.
+                if inventory.isBusy(path) { makingSoon.insert(name) }
                 completeSoon(name)
             case .present(let name) where !monitor.isWatched(name) && inventory.isBusy(path):
                 // Being made through the agent now (its mkdir is what the

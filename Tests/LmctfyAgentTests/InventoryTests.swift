@@ -60,6 +60,69 @@ import Testing
         }
         #expect(kinds(log) == ["CREATED /x"])
     }
+
+    /// What the watcher recorded while a listing was under way is not
+    /// undone by that listing (it recorded DESTROYED for a container the
+    /// watcher had just seen made, and the next round CREATED again; the
+    /// same for a destroy and a pause). A later listing still applies.
+    @Test func aListingFromBeforeTheWatchersLookLeavesThatNameAlone() {
+        let log = EventLog(capacity: 100, bootId: "b")
+        let inventory = Inventory(events: log)
+        inventory.reconcile(["/gone": false, "/paused": false], since: inventory.listingStarts())
+        let since = inventory.listingStarts()
+        // Listed now; then the CLI makes /new, destroys /gone and pauses
+        // /paused, and the watcher records each.
+        let listed = ["/gone": false, "/paused": false]
+        inventory.observe("/new", exists: true, frozen: false, since: inventory.generation)
+        inventory.observe("/gone", exists: false, frozen: nil, since: inventory.generation)
+        inventory.observe("/paused", exists: true, frozen: true, since: inventory.generation)
+        inventory.reconcile(listed, since: since)
+        #expect(kinds(log) == ["CREATED /new", "DESTROYED /gone", "FREEZER /paused true"], "nothing undone")
+        inventory.reconcile(["/new": false, "/paused": true], since: inventory.listingStarts())
+        #expect(kinds(log).count == 3, "and nothing again")
+        inventory.reconcile(["/new": false], since: inventory.listingStarts())
+        #expect(kinds(log).last == "DESTROYED /paused", "a listing after them applies")
+    }
+
+    /// A container destroyed with the CLI while the agent destroys one
+    /// below it: the agent's destroy records that one's DESTROYED, the
+    /// watcher's look at the parent does not record it again.
+    @Test func aParentsGoingLeavesWhatTheAgentIsChangingBelowIt() {
+        let log = EventLog(capacity: 100, bootId: "b")
+        let inventory = Inventory(events: log)
+        inventory.reconcile(["/a": false, "/a/b": false, "/a/c": false], since: inventory.listingStarts())
+        inventory.change("/a/b") {
+            log.record(container: "/a/b", kind: .containerEventDestroyed)
+            inventory.observe("/a", exists: false, frozen: nil, since: inventory.generation)
+            return ((), { $0["/a/b"] = nil })
+        }
+        #expect(kinds(log) == ["DESTROYED /a/b", "DESTROYED /a/c", "DESTROYED /a"])
+        #expect(!inventory.knows("/a/b") && !inventory.knows("/a"))
+    }
+
+    /// A pause or resume of the agent's own writes no resource file: the
+    /// spec read before it still stands, and an update made with the CLI
+    /// afterwards is an UPDATED (forgotten, the next read only remembered
+    /// the spec).
+    @Test func anUpdateMadeAfterTheAgentsPauseIsUpdated() {
+        let log = EventLog(capacity: 100, bootId: "b")
+        let inventory = Inventory(events: log)
+        inventory.reconcile(["/c": false], since: inventory.listingStarts())
+        inventory.observeSpec("/c", [1], since: inventory.generation)
+        inventory.change("/c", keepsSpec: true) {
+            log.record(container: "/c", kind: .containerEventFreezer, frozen: true)
+            return ((), { $0["/c"] = true })
+        }
+        inventory.observeSpec("/c", [2], since: inventory.generation)
+        #expect(kinds(log) == ["FREEZER /c true", "UPDATED /c"])
+        // An update of the agent's own: read again without an event.
+        inventory.change("/c") {
+            log.record(container: "/c", kind: .containerEventUpdated)
+            return ((), { _ in })
+        }
+        inventory.observeSpec("/c", [3], since: inventory.generation)
+        #expect(kinds(log) == ["FREEZER /c true", "UPDATED /c", "UPDATED /c"])
+    }
 }
 
 @Suite struct ReconnectBackoffTests {

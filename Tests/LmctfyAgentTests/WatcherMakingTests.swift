@@ -83,4 +83,54 @@ struct WatcherMakingTests {
             #expect(got == ["CREATED", "FREEZER frozen"], "\(got)")
         }
     }
+
+    /// Made with the CLI while the agent changes the container above it (a
+    /// pause, an update): the watcher's look cannot record it then, and
+    /// looks again once the change is over (it watched it and never looked
+    /// again: no CREATED without a reconcile).
+    @Test func aContainerMadeBelowOneTheAgentIsChangingIsFoundAfterTheChange() throws {
+        try withAgent("reconcile_interval_ms: 0") { agent, socket in
+            let parent = RealCgroups.uniqueName("watchbelow")
+            let name = parent + "/sub"
+            let api = try ContainerApi.detect()
+            defer { _ = try? api.destroy(try api.resolve(parent)) }
+            _ = try api.create(try api.resolve(parent), spec: ContainerSpec(memory: MemorySpec(limit: 64 << 20)))
+            #expect(eventsOf(socket, parent) { $0.contains("CREATED") } == ["CREATED"])
+            try agent.dispatcher.inventory.change(parent) {
+                _ = try api.create(try api.resolve(name), spec: ContainerSpec(memory: MemorySpec(limit: 32 << 20)))
+                usleep(60_000)  // past the watcher's batch and its full watch
+                return ((), { _ in })
+            }
+            #expect(eventsOf(socket, name) { $0.contains("CREATED") } == ["CREATED"])
+        }
+    }
+
+    /// Destroyed through the agent and made again under its name by another
+    /// lmctfy before the agent's destroy was over: the new one is CREATED
+    /// and watched (it was taken for the agent's own, then forgotten with
+    /// it, never watched: a freeze of it was no event).
+    @Test func aContainerMadeAgainDuringTheAgentsDestroyIsFoundAndWatched() throws {
+        try withAgent("reconcile_interval_ms: 0") { agent, socket in
+            let name = RealCgroups.uniqueName("watchagain")
+            let api = try ContainerApi.detect()
+            defer { _ = try? api.destroy(try api.resolve(name)) }
+            _ = try api.create(try api.resolve(name), spec: ContainerSpec(memory: MemorySpec(limit: 64 << 20)))
+            #expect(eventsOf(socket, name) { $0.contains("CREATED") } == ["CREATED"])
+            usleep(50_000)  // its full watch
+            let dispatcher = agent.dispatcher
+            try dispatcher.inventory.change(name) {
+                try api.destroy(try api.resolve(name))
+                dispatcher.events.record(container: name, kind: .containerEventDestroyed)
+                _ = try api.create(try api.resolve(name), spec: ContainerSpec(memory: MemorySpec(limit: 64 << 20)))
+                usleep(8_000)  // past the watcher's batch
+                return ((), { $0[name] = nil })
+            }
+            var got = eventsOf(socket, name) { $0.count >= 3 }
+            #expect(got == ["CREATED", "DESTROYED", "CREATED"], "\(got)")
+            usleep(50_000)  // its full watch
+            try api.get(try api.resolve(name)).setFrozen(true)
+            got = eventsOf(socket, name) { $0.contains("FREEZER frozen") }
+            #expect(got == ["CREATED", "DESTROYED", "CREATED", "FREEZER frozen"], "\(got)")
+        }
+    }
 }
