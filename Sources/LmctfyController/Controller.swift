@@ -381,7 +381,7 @@ public final class Controller: @unchecked Sendable {
         p.conn.write(bytes) { [unowned self] _, _ in
             p.unsent -= bytes.count
             self.updateFlow(p)
-            if p.waiting <= Self.subscriberBytes / 2, self.fleet.hub.roomCame(conn: p.id) { self.replayTurn.ask() }
+            if p.waiting <= Self.subscriberBytes / 4, self.fleet.hub.roomCame(conn: p.id) { self.replayTurn.ask() }
             if !p.parkedFans.isEmpty && p.waiting <= Self.subscriberBytes / 2 {
                 let parked = p.parkedFans
                 p.parkedFans = []
@@ -791,10 +791,12 @@ public final class Controller: @unchecked Sendable {
         if fleet.hub.advance(deliver: deliver, lagged: lagged, room: replayRoom) { replayTurn.ask() }
     }
 
-    /// What a fleet subscriber's connection takes now, for its replay.
+    /// What a fleet subscriber's connection takes now, for its replay: up
+    /// to half its limit, the other half being for its other streams (as
+    /// the agent's `replayRoom`).
     private func replayRoom(_ key: EventHub.Key) -> Int {
         guard let p = peers[key.conn], p.fleetStreams.contains(key.stream) else { return 0 }
-        return Self.subscriberBytes - p.waiting
+        return max(0, Self.subscriberBytes / 2 - p.waiting)
     }
 
     /// One response on a fleet subscriber's stream; false when its
@@ -968,10 +970,15 @@ public final class Controller: @unchecked Sendable {
         do {
             let r = try WatchHostsRequest(serializedBytes: payload)
             let selector = try HostRegistry.parse(r.selector)
-            for h in try registry.list(selector: r.selector) {
-                perform(p, p.session.sendResponse(streamId: stream, payload: try WatchHostsResponse(change: .hostListed, host: h).serializedBytes(), now: now))
-            }
+            let listed = try registry.list(selector: r.selector).map { try WatchHostsResponse(change: .hostListed, host: $0).serializedBytes() }
+            // Watching before the listing goes: a response that ends the
+            // stream (over the caller's frame limit) ends the watch too (added
+            // after, it stayed until the connection closed).
             watchers.append((p.id, stream, selector))
+            for bytes in listed {
+                guard watchers.contains(where: { $0.conn == p.id && $0.stream == stream }) else { return }
+                perform(p, p.session.sendResponse(streamId: stream, payload: bytes, now: now))
+            }
         } catch {
             answer(p, stream, .failure(error))
         }
@@ -1127,16 +1134,22 @@ public final class Controller: @unchecked Sendable {
             let name = fan.hosts[fan.called]
             fan.called += 1
             fans[id] = fan
+            // An answer sent here can end the fan-out (its stream cancelled:
+            // over the caller's frame limit): then it calls no more hosts
+            // (it went on, and came back, after the caller was told it ended).
             guard let linkId = registry.links[name], let link = peers[linkId] else {
                 send(fan, FanOutResponse(host: name, status: CallStatus(.unavailable, "host \(name) is not connected").wire))
+                guard fans[id] != nil else { return }
                 continue
             }
             if let refusal = Self.notTaking(link, name, adding: fan.payload.count) {
                 send(fan, FanOutResponse(host: name, status: CallStatus(refusal).wire))
+                guard fans[id] != nil else { return }
                 continue
             }
             if let d = fan.deadline, d <= now {
                 send(fan, FanOutResponse(host: name, status: CallStatus(.deadlineExceeded, "the fan-out's deadline passed before host \(name) was called").wire))
+                guard fans[id] != nil else { return }
                 continue
             }
             let remaining: UInt32? = fan.deadline.map { UInt32(clamping: $0 - now) }
@@ -1148,6 +1161,7 @@ public final class Controller: @unchecked Sendable {
             guard let again = fans[id] else { return }
             fan = again
         }
+        guard fans[id] != nil else { return }
         fans[id] = fan
         if fan.called < fan.hosts.count && client.waiting > Self.subscriberBytes { client.parkedFans.insert(id) }
         finishFanIfDone(id)

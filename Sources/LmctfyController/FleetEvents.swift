@@ -125,6 +125,14 @@ final class FleetEvents {
             var e = ContainerEvent()
             e.kind = .containerEventHostGap
             e.host = host
+            if bytes > Self.maxEventBytes {
+                // Not as it came (its boot id unchecked, a record the
+                // journal refuses stopped the journal and the cursors for
+                // good); the cursor moves with the events that follow.
+                e.reason = "a gap of \(bytes) bytes, above the \(Self.maxEventBytes) the fleet log keeps: its boot and sequence are not stored"
+                log.append(e)
+                return nil
+            }
             e.hostBootId = g.bootId
             e.hostSequence = g.firstSequence
             log.append(e)

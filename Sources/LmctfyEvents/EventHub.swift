@@ -37,6 +37,11 @@ public struct EventFilter: Equatable, Sendable {
     }
 
     public func matches(_ e: ContainerEvent) -> Bool {
+        // A host's gap (at a controller) is never filtered out but by its
+        // host: it may hide any event of any container of that host, and
+        // a gap is never silent (one watching a container or a kind was
+        // never told of it).
+        if e.kind == .containerEventHostGap { return hosts.isEmpty || hosts.contains(e.host ?? "") }
         if !kinds.isEmpty && !kinds.contains(e.kind ?? .containerEventUnspecified) { return false }
         if !hosts.isEmpty && !hosts.contains(e.host ?? "") { return false }
         guard let container else { return true }
@@ -483,12 +488,19 @@ public final class EventHub {
                 break
             }
             account(key, &sub, -next.cost)
+            // Stored first: `deliver` may end the subscription (its stream
+            // cancelled: the response was over the peer's frame limit),
+            // and `remove` must find it as it is now.
+            subscribers[key] = sub
             guard deliver(key, next.bytes) else {
-                subscribers[key] = sub
                 drop(key)
                 lagged(key, sub.resume)
                 return
             }
+            // Ended by `deliver`: not written back (it came back as a
+            // subscriber no one served or ended, holding its queue for
+            // good; a reader repeated it stream after stream).
+            guard subscribers[key] != nil else { return }
             sub.credit! -= 1
             if next.sequence > 0 { sub.lastSent = max(sub.lastSent, next.sequence) }
             if let point = next.resume { sub.resume = point }
@@ -548,6 +560,7 @@ public final class EventHub {
                 lagged(key, sub.resume)
                 return
             }
+            guard subscribers[key] != nil else { return }  // ended by `deliver` (see `drain`)
             sub.credit = credit - 1
             if w.sequence > 0 { sub.lastSent = w.sequence }
             if let point = w.resume { sub.resume = point }

@@ -298,6 +298,27 @@ import Testing
         #expect(sink.events == Array(1...2000) && sink.lagged.isEmpty)
     }
 
+    /// A subscription its own delivery ends (its stream cancelled: the
+    /// response was over the peer's frame limit) is gone, not written back
+    /// as a subscriber no one serves or ends, holding its queue (a reader
+    /// made one a stream, for good: the controller's memory).
+    @Test func aSubscriptionEndedByItsOwnDeliveryIsGone() throws {
+        let hub = EventHub(log: log(600))
+        let keys = [EventHub.Key(conn: 2, stream: 1), EventHub.Key(conn: 2, stream: 3)]
+        // As the controller's `deliver`: the session cancels the stream and
+        // the hub is told at once; the delivery itself "worked".
+        let deliver: EventHub.Deliver = { key, _ in hub.remove(key); return true }
+        try hub.subscribe(keys[0], SubscribeRequest(afterSequence: 0), filter: EventFilter(), credit: 1)
+        while hub.advance(deliver: deliver, lagged: { _, _ in }, room: { _ in .max / 2 }) {}
+        try hub.subscribe(keys[1], SubscribeRequest(), filter: EventFilter(), credit: 5)  // live
+        _ = hub.advance(deliver: { _, _ in true }, lagged: { _, _ in }, room: { _ in .max / 2 })
+        hub.grant(keys[1], 5, deliver: { _, _ in true }, lagged: { _, _ in })
+        hub.log.record(container: "/live", kind: .containerEventCreated)
+        hub.publish(deliver: deliver, lagged: { _, _ in })
+        #expect(hub.subscribers.isEmpty, "\(hub.subscribers.keys)")
+        #expect(hub.connectionHeld.isEmpty && hub.replaying.isEmpty)
+    }
+
     /// A connection that closes while its replay waits for room is
     /// forgotten with its last replay (each such id stayed for good).
     @Test func aConnectionClosedWhileItsReplayWaitsForRoomIsForgotten() throws {

@@ -872,4 +872,30 @@ extension SubscribeTests {
             #expect(caughtUp && pids == (1...Int32(count)).map { $0 }, "every event once, in order (\(pids.count))")
         }
     }
+
+    /// A replay leaves half its connection's limit to the connection's
+    /// other streams: a live event for another subscriber on it is sent,
+    /// not ended "lagged" (the replay kept the connection at its limit
+    /// while it lasted, and every live stream beside it lagged).
+    @Test func aReplayLeavesRoomForLiveEventsOnItsConnection() throws {
+        try withAgent("limits { max_connection_buffered_bytes: 16384 } event_log_capacity: 30000 reconcile_interval_ms: 0 watch_containers: false") { agent, socket in
+            let name = RealCgroups.uniqueName("subroom")
+            for i in 0..<20_000 { agent.dispatcher.events.record(container: name, kind: .containerEventEmpty, pid: Int32(i + 1)) }
+            let link = try RawLink(fd: try RpcSocket.connectUnix(path: socket),
+                                   Session(dialler: .peerCredentials, name: "slow", now: MonotonicClock.milliseconds()))
+            link.open("Subscribe", try SubscribeRequest(name: name).serializedBytes(), deadlineMs: nil)  // live
+            link.open("Subscribe", try SubscribeRequest(afterSequence: 0).serializedBytes(), deadlineMs: nil)
+            usleep(500_000)  // not reading: the replay fills what the connection takes
+            agent.dispatcher.events.record(container: name, kind: .containerEventEmpty, pid: 99_999)
+            var live = 0
+            var read = 0
+            link.pump(ms: 30_000) {
+                for r in link.responses[read...] where (try? SubscribeResponse(serializedBytes: r))?.event?.pid == 99_999 { live += 1 }
+                read = link.responses.count
+                return live == 2 || !link.statuses.isEmpty
+            }
+            #expect(link.statuses.isEmpty, "no stream ended: \(link.statuses)")
+            #expect(live == 2, "the live event, to both subscribers")
+        }
+    }
 }

@@ -3,6 +3,7 @@
 // next save; a save folds the bindings in.
 import Glibc
 @testable import LmctfyController
+import LmctfyEvents
 import LmctfyProto
 import LmctfySystem
 import LmctfyTestSupport
@@ -162,5 +163,48 @@ private func keys(_ store: FileHostStore) throws -> [String: String] {
         let second = try FleetEvents(stateDir: dir, capacity: 100)
         #expect(kinds(second) == ["/a", "gap@3", "/c"])
         #expect(second.subscribeRequest(for: "h", credit: nil).afterSequence == 3)
+    }
+
+    /// A host's gap reaches every fleet subscriber of that host, whatever
+    /// container or kinds it asked for (one watching `--kind OOM` was never
+    /// told that a host's events, OOMs among them, were lost).
+    @Test func aHostsGapIsFilteredByItsHostOnly() {
+        var filter = EventFilter()
+        filter.container = "/jobs"
+        filter.recursive = true
+        filter.kinds = [.containerEventOom]
+        var gap = ContainerEvent()
+        gap.kind = .containerEventHostGap
+        gap.host = "h"
+        #expect(filter.matches(gap))
+        filter.hosts = ["h"]
+        #expect(filter.matches(gap))
+        filter.hosts = ["other"]
+        #expect(!filter.matches(gap))
+        var created = ContainerEvent(container: "/jobs/a", kind: .containerEventCreated)
+        created.host = "other"
+        #expect(!filter.matches(created), "other events as before")
+    }
+
+    /// A gap above what the log keeps (its boot id 2 MB) is a HOST_GAP that
+    /// says so, not the gap as it came: stored whole, the journal refused
+    /// its record, stopped there, and the cursors stayed unwritten until
+    /// the journal gave up. The journal keeps up, the cursor moves with
+    /// the events after it.
+    @Test func anOversizeGapIsStoredAsAGapThatSaysSo() throws {
+        let dir = "/tmp/lmctfy-fleetevents-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try Sys.mkdir(dir, mode: 0o700)
+        defer { _ = removeTree(dir) }
+        let fleet = try FleetEvents(stateDir: dir, capacity: 100)
+        let boot = String(repeating: "b", count: 2_000_000)
+        let gap = SubscribeResponse(gap: EventGap(requestedBootId: "hb", afterSequence: 0, bootId: boot, firstSequence: 5))
+        #expect(fleet.take(gap, from: "h", bytes: 2_000_040) == nil)
+        #expect(fleet.take(SubscribeResponse(event: ContainerEvent(bootId: "hb", sequence: 5, container: "/a", kind: .containerEventCreated)),
+                           from: "h", bytes: 100) != nil)
+        let stored = fleet.log.range(after: 0, upTo: fleet.log.newest).events
+        #expect(stored.count == 2 && stored[0].kind == .containerEventHostGap && stored[0].hostBootId == nil)
+        #expect(stored[0].reason?.contains("a gap of 2000040 bytes") == true, "\(stored[0].reason ?? "")")
+        #expect(fleet.flushCursors().caughtUp, "the journal has both")
+        #expect(fleet.subscribeRequest(for: "h", credit: nil).afterSequence == 5)
     }
 }
