@@ -793,6 +793,14 @@ extension SubscribeTests {
 }
 
 extension SubscribeTests {
+    /// 20,000 EMPTY events of `name` (pids 1...20,000) in the agent's log,
+    /// and a raw link to it that reads only when told to.
+    func replayLink(_ agent: Agent, _ socket: String, _ name: String, peer: String) throws -> RawLink {
+        for i in 0..<20_000 { agent.dispatcher.events.record(container: name, kind: .containerEventEmpty, pid: Int32(i + 1)) }
+        return try RawLink(fd: try RpcSocket.connectUnix(path: socket),
+                           Session(dialler: .peerCredentials, name: peer, now: MonotonicClock.milliseconds()))
+    }
+
     /// Flow-controlled subscriptions that grant no credit: what the agent
     /// holds for them stays within max_connection_buffered_bytes for the
     /// connection, however many streams replay the log (each held its
@@ -801,9 +809,7 @@ extension SubscribeTests {
     @Test func replaysWaitingForCreditStayWithinTheConnectionsLimit() throws {
         try withAgent("event_log_capacity: 30000 reconcile_interval_ms: 0 watch_containers: false") { agent, socket in
             let name = RealCgroups.uniqueName("subcredit")
-            for i in 0..<20_000 { agent.dispatcher.events.record(container: name, kind: .containerEventEmpty, pid: Int32(i + 1)) }
-            let link = try RawLink(fd: try RpcSocket.connectUnix(path: socket),
-                                   Session(dialler: .peerCredentials, name: "creditless", now: MonotonicClock.milliseconds()))
+            let link = try replayLink(agent, socket, name, peer: "creditless")
             for _ in 0..<20 {
                 link.open("Subscribe", try SubscribeRequest(afterSequence: 0, credit: 0).serializedBytes(), deadlineMs: nil)
             }
@@ -855,9 +861,7 @@ extension SubscribeTests {
         try withAgent("limits { max_connection_buffered_bytes: 16384 } event_log_capacity: 30000 reconcile_interval_ms: 0 watch_containers: false") { agent, socket in
             let name = RealCgroups.uniqueName("subwait")
             let count = 20_000
-            for i in 0..<count { agent.dispatcher.events.record(container: name, kind: .containerEventEmpty, pid: Int32(i + 1)) }
-            let link = try RawLink(fd: try RpcSocket.connectUnix(path: socket),
-                                   Session(dialler: .peerCredentials, name: "slow", now: MonotonicClock.milliseconds()))
+            let link = try replayLink(agent, socket, name, peer: "slow")
             link.open("Subscribe", try SubscribeRequest(afterSequence: 0).serializedBytes(), deadlineMs: nil)
             // Not reading: the socket fills, then the agent holds its limit at most.
             var most = 0
@@ -880,9 +884,7 @@ extension SubscribeTests {
     @Test func aReplayLeavesRoomForLiveEventsOnItsConnection() throws {
         try withAgent("limits { max_connection_buffered_bytes: 16384 } event_log_capacity: 30000 reconcile_interval_ms: 0 watch_containers: false") { agent, socket in
             let name = RealCgroups.uniqueName("subroom")
-            for i in 0..<20_000 { agent.dispatcher.events.record(container: name, kind: .containerEventEmpty, pid: Int32(i + 1)) }
-            let link = try RawLink(fd: try RpcSocket.connectUnix(path: socket),
-                                   Session(dialler: .peerCredentials, name: "slow", now: MonotonicClock.milliseconds()))
+            let link = try replayLink(agent, socket, name, peer: "slow")
             link.open("Subscribe", try SubscribeRequest(name: name).serializedBytes(), deadlineMs: nil)  // live
             link.open("Subscribe", try SubscribeRequest(afterSequence: 0).serializedBytes(), deadlineMs: nil)
             usleep(500_000)  // not reading: the replay fills what the connection takes
