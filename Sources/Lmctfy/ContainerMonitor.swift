@@ -320,9 +320,10 @@ public final class ContainerMonitor {
     private func watchOOMsOnly(_ name: ContainerName, earlier: Bool) -> (eventfds: [EventFd], found: [Change])? {
         if unwatched[name] != nil { return ([], []) }
         guard name != root, (try? api.exists(name)) == true, let plan = try? api.driver.monitorPlan(name) else { return nil }
-        let identity = api.driver.tasksDir(name).identity
+        let tasks = api.driver.tasksDir(name)
+        let identity = tasks.identity
         if plan.stateFiles.values.contains(.memoryEvents) {
-            guard let counters = try? api.driver.tasksDir(name).readKeyValues("memory.events") else { return nil }
+            guard let counters = try? tasks.readKeyValues("memory.events") else { return nil }
             unwatched[name] = Unwatched(identity: identity, counters: (earlier ? 0 : counters["oom_kill"] ?? 0, counters["high"] ?? 0))
             return ([], [])
         }
@@ -470,11 +471,7 @@ public final class ContainerMonitor {
                 changes.append(.gone(name))  // a look at it finds it replaced
                 continue
             }
-            let kills = counters["oom_kill"] ?? was.oomKills
-            let high = counters["high"] ?? was.high
-            if kills > was.oomKills { changes.append(.oom(name, Int(kills - was.oomKills))) }
-            if high > was.high { changes.append(.memoryPressure(name, Int(high - was.high))) }
-            unwatched[name]?.counters = (kills, high)
+            unwatched[name]?.counters = Self.memoryEvents(name, counters, was: was, into: &changes)
         }
         return changes
     }
@@ -483,12 +480,18 @@ public final class ContainerMonitor {
     private func memoryEvents(_ name: ContainerName, into changes: inout [Change]) {
         guard var entry = entries[name],
               let counters = try? api.driver.tasksDir(name).readKeyValues("memory.events") else { return }
-        let kills = counters["oom_kill"] ?? entry.oomKills
-        let high = counters["high"] ?? entry.high
-        if kills > entry.oomKills { changes.append(.oom(name, Int(kills - entry.oomKills))) }
-        if high > entry.high { changes.append(.memoryPressure(name, Int(high - entry.high))) }
-        entry.oomKills = kills
-        entry.high = high
+        (entry.oomKills, entry.high) = Self.memoryEvents(name, counters, was: (entry.oomKills, entry.high), into: &changes)
         entries[name] = entry
+    }
+
+    /// What grew in v2 memory.events `counters` since `was` (OOM kills,
+    /// `high`), and the counters to remember now.
+    private static func memoryEvents(_ name: ContainerName, _ counters: [String: Int64], was: (oomKills: Int64, high: Int64),
+                                     into changes: inout [Change]) -> (oomKills: Int64, high: Int64) {
+        let kills = counters["oom_kill"] ?? was.oomKills
+        let high = counters["high"] ?? was.high
+        if kills > was.oomKills { changes.append(.oom(name, Int(kills - was.oomKills))) }
+        if high > was.high { changes.append(.memoryPressure(name, Int(high - was.high))) }
+        return (kills, high)
     }
 }

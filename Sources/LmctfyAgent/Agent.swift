@@ -1066,20 +1066,12 @@ public final class Agent: @unchecked Sendable {
     }
 
     private lazy var journalReport = EventLog.JournalReport(journal: "the event journal in \(settings.stateDir)/events")
-    /// Whether a pool thread starts the event journal again.
-    private var startingJournalAgain = false
 
     /// Writes the events the journal could not take yet (a full disk), and
     /// says when it falls behind, catches up or gives up.
     private func flushEventJournal() {
-        let events = dispatcher.events
-        let state = events.flushJournal(startAgainHere: false)
-        if state.startAgainDue && !startingJournalAgain {
-            // It writes the whole log: not on the loop.
-            startingJournalAgain = true
-            let started = loop.offload({ events.startJournalAgain() }, then: { [weak self] _ in self?.startingJournalAgain = false })
-            if !started { startingJournalAgain = false }
-        }
+        // A start again writes the whole log: not on the loop.
+        let state = dispatcher.events.flushJournal { [loop] work in if !loop.offload(work, then: { _ in }) { work() } }
         for line in journalReport.lines(state) {
             if line.error { log.error("\(line.text)") } else { log.warning("\(line.text)") }
         }

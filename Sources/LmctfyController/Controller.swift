@@ -700,20 +700,12 @@ public final class Controller: @unchecked Sendable {
     // MARK: The fleet's events
 
     private lazy var journalReport = EventLog.JournalReport(journal: "the fleet log's journal in \(settings.stateDir)/fleet")
-    /// Whether a pool thread starts the fleet log's journal again.
-    private var startingJournalAgain = false
 
     /// The fleet log's journal and cursors to disk, and a line when the
     /// journal falls behind, catches up or gives up (a full disk).
     private func flushFleetLog() {
-        let state = fleet.flushCursors(startAgainHere: false)
-        if state.startAgainDue && !startingJournalAgain {
-            // It writes the whole log (up to 256 MiB): not on the loop.
-            startingJournalAgain = true
-            let log = fleet.log
-            let started = loop.offload({ log.startJournalAgain() }, then: { [weak self] _ in self?.startingJournalAgain = false })
-            if !started { startingJournalAgain = false }
-        }
+        // A start again writes the whole log (up to 256 MiB): not on the loop.
+        let state = fleet.flushCursors { [loop] work in if !loop.offload(work, then: { _ in }) { work() } }
         for line in journalReport.lines(state) {
             if line.error { logger.error("\(line.text)") } else { logger.warning("\(line.text)") }
         }

@@ -156,11 +156,10 @@ final class FleetEvents {
     /// the journal is behind (a full disk): a cursor must not pass an
     /// event the journal does not have, or a restart would neither find it
     /// on disk nor fetch it from its agent again. Returns how far behind
-    /// the journal is (and whether it is to be started again: see
-    /// `EventLog.flushJournal`).
+    /// the journal is (`startAgain`: see `EventLog.flushJournal`).
     @discardableResult
-    func flushCursors(startAgainHere: Bool = true) -> EventLog.JournalState {
-        let journal = log.flushJournal(startAgainHere: startAgainHere)
+    func flushCursors(startAgain: ((@escaping @Sendable () -> Void) -> Void)? = nil) -> EventLog.JournalState {
+        let journal = log.flushJournal(startAgain: startAgain)
         guard cursorsDirty, journal.caughtUp else { return journal }
         cursorsDirty = false
         let saved = FleetCursors(cursor: cursors.keys.sorted().map { FleetCursor(host: $0, bootId: cursors[$0]!.boot, sequence: cursors[$0]!.sequence) },

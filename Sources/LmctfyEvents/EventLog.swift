@@ -131,7 +131,7 @@ public final class EventLog: Sendable {
         /// to start again, and how many it waited the last time.
         var restartWait = 0
         var restartBackoff = 0
-        /// `startJournalAgain` is writing its new file.
+        /// A start again is under way (`flushJournal` found it due).
         var startingAgain = false
         /// The boots before this one whose events the journal kept, oldest
         /// first (an agent restarted twice keeps two).
@@ -372,9 +372,6 @@ public final class EventLog: Sendable {
         public var lost: UInt64 = 0
         /// The errno of its last failed write (0: the last write worked).
         public var errno: Int32 = 0
-        /// `flushJournal(startAgainHere: false)`: the journal that gave up
-        /// is to be started again now (`startJournalAgain`).
-        public var startAgainDue = false
         /// Everything recorded (but samples) is on disk.
         public var caughtUp: Bool { behind == 0 && lost == 0 }
         public init(behind: Int = 0, lost: UInt64 = 0, errno: Int32 = 0) {
@@ -416,13 +413,12 @@ public final class EventLog: Sendable {
     /// nothing waits.
     ///
     /// A journal that gave up starts again once the disk takes it (see
-    /// `startJournalAgain`): here, or, with `startAgainHere` false, where
-    /// the caller runs it when the state says it is due (`startAgainDue`:
-    /// a pool thread, since it writes the whole log; the controller's log
-    /// is up to 256 MiB). After a try that failed (the disk still full),
-    /// the next is due twice as many calls later, up to 16.
+    /// `startJournalAgain`), one try at a time: here, or through
+    /// `startAgain` (a daemon's pool: it writes the whole log, and the
+    /// controller's is up to 256 MiB). After a try that failed (the disk
+    /// still full), the next is due twice as many calls later, up to 16.
     @discardableResult
-    public func flushJournal(startAgainHere: Bool = true) -> JournalState {
+    public func flushJournal(startAgain: ((@escaping @Sendable () -> Void) -> Void)? = nil) -> JournalState {
         let due = state.locked { s -> Bool in
             writeJournal(&s)
             guard s.unjournaledLost > 0, s.journal != nil, !s.startingAgain else { return false }
@@ -430,14 +426,13 @@ public final class EventLog: Sendable {
                 s.restartWait -= 1
                 return false
             }
+            s.startingAgain = true  // until the try is over
             return true
         }
-        if due && startAgainHere { startJournalAgain() }
-        return state.locked { s in
-            var state = JournalState(behind: s.unjournaled.count, lost: s.unjournaledLost, errno: s.journalErrno)
-            state.startAgainDue = due && !startAgainHere
-            return state
+        if due {
+            if let startAgain { startAgain { self.startJournalAgain() } } else { startJournalAgain() }
         }
+        return state.locked { s in JournalState(behind: s.unjournaled.count, lost: s.unjournaledLost, errno: s.journalErrno) }
     }
 
     /// Starts a journal that gave up again: from what the log still keeps
@@ -448,12 +443,14 @@ public final class EventLog: Sendable {
     /// that boot's events from before the disk filled, and a gap for the
     /// rest.) A restart then finds what the log kept when the journal
     /// started again, and a subscriber resuming from before it gets a gap,
-    /// as for events rotated out. Any thread; one at a time (a second call
-    /// meanwhile does nothing).
-    public func startJournalAgain() {
+    /// as for events rotated out. Any thread, once `flushJournal` has
+    /// found it due (and marked it under way).
+    private func startJournalAgain() {
         let restart = state.locked { s -> (directory: String, bodies: [[UInt8]], through: UInt64)? in
-            guard s.unjournaledLost > 0, let journal = s.journal, !s.startingAgain else { return nil }
-            s.startingAgain = true
+            guard s.unjournaledLost > 0, let journal = s.journal else {
+                s.startingAgain = false
+                return nil
+            }
             let kept = s.events.range(after: 0, upTo: .max)
             let bodies = s.older.flatMap { $0.events.map(\.bytes) } + kept.map(\.bytes)
             return (journal.directory, bodies, kept.last?.seq ?? 0)
