@@ -72,9 +72,31 @@ final class EventJournal: @unchecked Sendable {
     /// Lets go of `opened` once its reader is done with it.
     func dropOpened() { opened = [] }
 
-    /// Every event on disk, oldest first (`previous`, then `current`).
-    func stored() -> [ContainerEvent] {
-        Self.read(previousPath) + Self.read(currentPath)
+    /// Every event on disk in `directory`, oldest first (`previous`, then
+    /// `current`), as a journal opened now would read them, and without
+    /// touching anything: a reader beside a running daemon (a test, an
+    /// operator's tool). Opening a journal to read it removed the daemon's
+    /// start-again file under it (`settle`), and cut `current` to the
+    /// length it had read, taking the daemon's appends since. A rotation or
+    /// a start-again between the two files' reads is read again.
+    static func stored(directory: String) -> [ContainerEvent] {
+        let current = directory + "/current", previous = directory + "/previous"
+        func files() -> [UInt64] {
+            [current, previous, newPath(directory), supersededPath(directory)].map { path in
+                var st = stat()
+                return stat(path, &st) == 0 ? UInt64(st.st_ino) : 0
+            }
+        }
+        var out: [ContainerEvent] = []
+        for _ in 0..<20 {
+            let before = files()
+            // The mark without the new file: `current` is the new file
+            // already, and `previous` goes (see `settle`).
+            let superseded = before[3] != 0 && before[2] == 0
+            out = (superseded ? [] : read(previous)) + read(current)
+            if files() == before { break }
+        }
+        return out
     }
 
     /// Appends one event; see `append(serialized:)`.
@@ -133,11 +155,7 @@ final class EventJournal: @unchecked Sendable {
     /// wrote until ENOSPC, taking the last free blocks from everyone else
     /// on it every few seconds.
     static func prepare(directory: String, _ bodies: [[UInt8]]) -> (fd: Int32, bytes: Int, errno: Int32) {
-        var vfs = statvfs()
-        if statvfs(directory, &vfs) == 0 {
-            let needed = bodies.reduce(restartMarginBytes) { $0 + 4 + $1.count }
-            if UInt64(vfs.f_bavail) * UInt64(vfs.f_frsize) < UInt64(needed) { return (-1, 0, ENOSPC) }
-        }
+        guard hasRoom(directory, bytes: bodies.reduce(0) { $0 + 4 + $1.count }) else { return (-1, 0, ENOSPC) }
         let fd = Glibc.open(newPath(directory), O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0o600)
         guard fd >= 0 else { return (-1, 0, errno) }
         var bytes = 0
@@ -212,6 +230,14 @@ final class EventJournal: @unchecked Sendable {
         }
         unlink(newPath(directory))
         unlink(marker)
+    }
+
+    /// Whether the file system of `directory` has room for `bytes` and
+    /// the margin (`restartMarginBytes`); true when it cannot tell.
+    static func hasRoom(_ directory: String, bytes: Int) -> Bool {
+        var vfs = statvfs()
+        guard statvfs(directory, &vfs) == 0 else { return true }
+        return UInt64(vfs.f_bavail) * UInt64(vfs.f_frsize) >= UInt64(bytes + restartMarginBytes)
     }
 
     /// The room a start again leaves on the file system beyond its file.

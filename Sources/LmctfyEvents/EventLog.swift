@@ -415,15 +415,25 @@ public final class EventLog: Sendable {
     /// A journal that gave up starts again once the disk takes it (see
     /// `startJournalAgain`), one try at a time: here, or through
     /// `startAgain` (a daemon's pool: it writes the whole log, and the
-    /// controller's is up to 256 MiB). After a try that failed (the disk
-    /// still full), the next is due twice as many calls later, up to 16.
+    /// controller's is up to 256 MiB). It is not tried while the file
+    /// system has clearly too little room (a `statvfs`); after a try that
+    /// failed all the same, the next is due twice as many calls later, up
+    /// to 16.
     @discardableResult
     public func flushJournal(startAgain: ((@escaping @Sendable () -> Void) -> Void)? = nil) -> JournalState {
         let due = state.locked { s -> Bool in
             writeJournal(&s)
-            guard s.unjournaledLost > 0, s.journal != nil, !s.startingAgain else { return false }
+            guard s.unjournaledLost > 0, let journal = s.journal, !s.startingAgain else { return false }
             if s.restartWait > 0 {
                 s.restartWait -= 1
+                return false
+            }
+            // Less room than the log's events take: refused without a
+            // write, so with no back-off either (each refusal doubled it, and
+            // a disk full for a minute left the journal another 16 calls
+            // after room was made).
+            guard EventJournal.hasRoom(journal.directory, bytes: s.events.bytes) else {
+                s.journalErrno = ENOSPC
                 return false
             }
             s.startingAgain = true  // until the try is over

@@ -65,14 +65,45 @@ import Testing
             #expect(journal.append(ContainerEvent(bootId: "b", sequence: UInt64(i), container: "/c", kind: .containerEventCreated)))
         }
         // 1-3 rotated out with 4-6's rotation: previous 4,5,6, current 7.
-        #expect(journal.stored().map(\.sequence) == [4, 5, 6, 7])
+        #expect(EventJournal.stored(directory: dir).map(\.sequence) == [4, 5, 6, 7])
         // The agent killed mid-write: a record's length without its body.
         let fd = open(journal.currentPath, O_WRONLY | O_APPEND)
         _ = [UInt8]([0, 0, 0, 40, 1, 2]).withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
         close(fd)
-        #expect(journal.stored().map(\.sequence) == [4, 5, 6, 7], "a torn last record ends the reading")
+        #expect(EventJournal.stored(directory: dir).map(\.sequence) == [4, 5, 6, 7], "a torn last record ends the reading")
         // A new journal on the same files (the next agent) reads the same.
-        #expect(try EventJournal(directory: dir, capacity: 3).stored().map(\.sequence) == [4, 5, 6, 7])
+        let next = try EventJournal(directory: dir, capacity: 3)
+        #expect(next.opened.compactMap { try? ContainerEvent(serializedBytes: $0) }.map(\.sequence) == [4, 5, 6, 7])
+    }
+
+    /// Reading a journal beside its daemon touches nothing: a start-again
+    /// under way is adopted after it (a reader that opened the journal
+    /// removed the daemon's new file, and the start-again failed each time
+    /// it was read), and a start-again a crash cut short after its rename
+    /// is read as the next daemon will read it, without `previous`.
+    @Test func readingAJournalBesideItsDaemonLeavesItAlone() throws {
+        let dir = "/tmp/lmctfy-eventjournal-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        defer { _ = removeTree(dir) }
+        let journal = try EventJournal(directory: dir, capacity: 3)
+        func event(_ seq: UInt64) -> ContainerEvent {
+            ContainerEvent(bootId: "b", sequence: seq, container: "/c", kind: .containerEventCreated)
+        }
+        for i in 1...5 { #expect(journal.append(event(UInt64(i)))) }
+        let bodies = try (4...5).map { try event($0).serializedBytes() }
+        let prepared = EventJournal.prepare(directory: dir, bodies)
+        #expect(prepared.fd >= 0)
+        #expect(EventJournal.stored(directory: dir).map(\.sequence) == [1, 2, 3, 4, 5])
+        #expect(journal.adopt(prepared, records: 2, more: [try event(6).serializedBytes()]))
+        #expect(EventJournal.stored(directory: dir).map(\.sequence) == [4, 5, 6])
+        // Cut short after the rename: the mark, no new file, `previous` left.
+        #expect(journal.append(event(7)))  // rotates: previous 4-6, current 7
+        #expect(journal.append(event(8)))
+        let mark = open(dir + "/previous.superseded", O_WRONLY | O_CREAT, 0o600)
+        close(mark)
+        #expect(EventJournal.stored(directory: dir).map(\.sequence) == [7, 8])
+        #expect(access(dir + "/previous", F_OK) == 0, "the reader removed nothing")
+        let next = try EventJournal(directory: dir, capacity: 3)
+        #expect(next.opened.compactMap { try? ContainerEvent(serializedBytes: $0) }.map(\.sequence) == [7, 8])
     }
 
     /// A log with a byte budget (the controller's fleet log, whose events
@@ -152,7 +183,7 @@ import Testing
         _ = ([UInt8(n >> 24), UInt8((n >> 16) & 0xff), UInt8((n >> 8) & 0xff), UInt8(n & 0xff)] + body).withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
         close(fd)
         #expect(journal.append(event(4, "/d")))
-        #expect(try EventJournal(directory: dir, capacity: 10).stored().map(\.sequence) == [1, 4])
+        #expect(EventJournal.stored(directory: dir).map(\.sequence) == [1, 4])
     }
 
     /// A log whose id outlives the process (the fleet log) never gives a

@@ -253,32 +253,36 @@ struct FullDiskJournalTests {
             state = log.flushJournal()
             #expect(state.caughtUp, "\(state)")
             #expect(report.lines(state).first?.text.contains("caught up") == true)
-            #expect(try EventJournal(directory: dir, capacity: 64).stored().map(\.sequence) == [1, 2, 3, 4, 5, 6])
+            #expect(EventJournal.stored(directory: dir).map(\.sequence) == [1, 2, 3, 4, 5, 6])
             // More than the log keeps: given up, the journal a prefix still.
             try disk.fill()
             for _ in 0..<70 { log.append(ContainerEvent(container: "/a", kind: .containerEventOom, reason: big)) }
             state = log.flushJournal()
             #expect(state.lost > 0 && !state.caughtUp && Sys.isNoSpace(state.errno), "\(state)")
             #expect(report.lines(state).first?.text.contains("starts again from what the log keeps once it can be written") == true)
-            let stored = try EventJournal(directory: dir, capacity: 64).stored().compactMap(\.sequence)
+            let stored = EventJournal.stored(directory: dir).compactMap(\.sequence)
             #expect(stored == Array(1...UInt64(stored.count)), "a hole in \(stored)")
             #expect(!Sys.exists(dir + "/current.new"), "a start again that failed leaves nothing")
 
-            // Room again: after its back-off (one call, after one failed
-            // try) it starts again from what the log keeps, then takes
-            // every event again. (It took nothing more until a restart.)
+            // Calls while the disk stays full try nothing (the room is
+            // looked at first), so they add no back-off: once there is
+            // room, the next call starts again from what the log keeps,
+            // then the journal takes every event again. (It took nothing
+            // more until a restart; then each call on the full disk doubled
+            // the wait, and one after a minute of it waited 16 calls.)
+            for _ in 0..<20 { #expect(!log.flushJournal().caughtUp) }
+            #expect(!Sys.exists(dir + "/current.new"))
             disk.free()
             log.record(container: "/a", kind: .containerEventCreated)
-            #expect(!log.flushJournal().caughtUp, "waits a call")
             state = log.flushJournal()
             #expect(state.caughtUp, "\(state)")
             #expect(report.lines(state).first?.text.contains("started again from what the log keeps") == true)
             let kept = log.range(after: 0, upTo: log.newest).events.compactMap(\.sequence)
             #expect(kept.count == 64 && kept.last == log.newest)
-            #expect(try EventJournal(directory: dir, capacity: 64).stored().compactMap(\.sequence) == kept)
+            #expect(EventJournal.stored(directory: dir).compactMap(\.sequence) == kept)
             log.record(container: "/a", kind: .containerEventDestroyed)
             #expect(log.flushJournal().caughtUp)
-            let after = try EventJournal(directory: dir, capacity: 64).stored().compactMap(\.sequence)
+            let after = EventJournal.stored(directory: dir).compactMap(\.sequence)
             #expect(after == kept + [log.newest], "appended after it")
 
             // A restart serves them to a subscriber of this boot: a gap for
@@ -353,7 +357,7 @@ struct FullDiskJournalTests {
             #expect(!journal.append(ContainerEvent(sequence: 2, container: "/a", reason: String(repeating: "r", count: 6000))))
             disk.free()
             #expect(journal.append(ContainerEvent(sequence: 3, container: "/a")))
-            #expect(try EventJournal(directory: dir, capacity: 100).stored().map(\.sequence) == [1, 3])
+            #expect(EventJournal.stored(directory: dir).map(\.sequence) == [1, 3])
             // A torn record (an earlier life's) at the end of `current`.
             let fd = open(dir + "/current", O_WRONLY | O_APPEND)
             let torn: [UInt8] = [0, 0, 0, 9, 8]  // 9 bytes said, 1 there
@@ -361,7 +365,7 @@ struct FullDiskJournalTests {
             close(fd)
             let reopened = try EventJournal(directory: dir, capacity: 100)
             #expect(reopened.append(ContainerEvent(sequence: 4, container: "/a")))
-            #expect(try EventJournal(directory: dir, capacity: 100).stored().map(\.sequence) == [1, 3, 4])
+            #expect(EventJournal.stored(directory: dir).map(\.sequence) == [1, 3, 4])
         }
     }
 }

@@ -80,7 +80,7 @@ struct ControllerFullDiskTests {
         try create(60..<63)
         try wait(for: 63)
         // What the journal holds of alpha: every event, in order.
-        let stored = try EventJournal(directory: fleet.dir + "/controller/fleet", capacity: 65536).stored()
+        let stored = EventJournal.stored(directory: fleet.dir + "/controller/fleet")
             .filter { $0.host == "alpha" }.compactMap(\.hostSequence)
         #expect(stored == Array(1...63), "the journal holds \(stored.count) of 63, in order: \(stored)")
         // A stop and a start on the full disk (the sequence reservation's
@@ -110,7 +110,7 @@ struct ControllerFullDiskTests {
         let create = made.create
         /// alpha's host sequences in the fleet journal on disk.
         func journaled() throws -> [UInt64] {
-            try EventJournal(directory: fleet.dir + "/controller/fleet", capacity: 16).stored()
+            EventJournal.stored(directory: fleet.dir + "/controller/fleet")
                 .filter { $0.host == "alpha" }.compactMap(\.hostSequence)
         }
         func newest() -> UInt64 { alpha.dispatcher.events.newest }
