@@ -80,20 +80,25 @@ public enum Progress {
 ///
 /// Thread-safety: one thread (the one that installed it).
 public final class ThrottledProgress {
-    private let start = MonotonicClock.milliseconds()
+    private let start: UInt64
     private var last: UInt64?
     private let intervalMs: UInt64
     private let emit: (String) -> Void
+    /// The clock (milliseconds; a test's own).
+    private let clock: () -> UInt64
     /// Whether anything was passed on.
     public private(set) var emitted = false
 
-    public init(intervalMs: UInt64 = 100, emit: @escaping (String) -> Void) {
+    public init(intervalMs: UInt64 = 100, clock: @escaping () -> UInt64 = { MonotonicClock.milliseconds() },
+                emit: @escaping (String) -> Void) {
         self.intervalMs = intervalMs
+        self.clock = clock
         self.emit = emit
+        start = clock()
     }
 
     public func report(_ message: String) {
-        let now = MonotonicClock.milliseconds()
+        let now = clock()
         guard now - start >= Progress.delayMs else { return }
         if let last, now - last < intervalMs, Progress.testDelayMs == nil { return }
         last = now

@@ -163,12 +163,12 @@ struct AgentIntegrationTests {
                         do {
                             let c = try RpcClient.connect(unixPath: socket)
                             defer { c.close() }
-                            try c.stream("Notify", notify, as: NotifyResponse.self, deadlineMs: 1500) { _ in true }
+                            try c.stream("Notify", notify, as: NotifyResponse.self, deadlineMs: 6000) { _ in true }
                         } catch { code = (error as? LmctfyError)?.code }
                         ended.locked { $0.append(code) }
                     }
                 }
-                for _ in 0..<200 where agent.activeCalls < 2 { usleep(10_000) }
+                for _ in 0..<500 where agent.activeCalls < 2 { usleep(10_000) }
                 #expect(agent.activeCalls == 2)
                 let client = try RpcClient.connect(unixPath: socket)
                 defer { client.close() }
@@ -182,7 +182,7 @@ struct AgentIntegrationTests {
                 for t in holders { pthread_join(t, nil) }
                 #expect(ended.locked { $0 } == [.deadlineExceeded, .deadlineExceeded])
                 // The agent's notify threads notice the deadline and end.
-                for _ in 0..<100 where agent.activeCalls > 0 { usleep(20_000) }
+                for _ in 0..<500 where agent.activeCalls > 0 { usleep(20_000) }
                 // Their threads are free again.
                 #expect {
                     try client.stream("Notify", notify, as: NotifyResponse.self, deadlineMs: 200) { _ in true }
@@ -219,7 +219,7 @@ struct AgentIntegrationTests {
                     Threads.start {
                         guard let c = try? RpcClient.connect(host: "127.0.0.1", port: port, keyId: "mon", key: readerKey) else { return }
                         defer { c.close() }
-                        try? c.stream("Notify", notify, as: NotifyResponse.self, deadlineMs: 2000) { _ in true }
+                        try? c.stream("Notify", notify, as: NotifyResponse.self, deadlineMs: 6000) { _ in true }
                     }
                 }
                 defer { for t in holders { pthread_join(t, nil) } }

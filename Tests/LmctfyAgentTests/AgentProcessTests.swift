@@ -37,8 +37,9 @@ struct AgentProcess {
         pid = try spawnWithEnvironment([builtTool("lmctfy-agent"), "--config", dir + "/agent.conf"], environment)
         // Listening, not only bound: the file exists a moment before the
         // agent listens on it (a connect then is refused; seen under load).
+        // (30 s: a sanitized agent, on a machine the other tests load.)
         var listening = false
-        for _ in 0..<500 where !listening {
+        for _ in 0..<3000 where !listening {
             if Sys.exists(socket), let fd = try? RpcSocket.connectUnix(path: socket) {
                 close(fd)
                 listening = true
@@ -526,7 +527,7 @@ struct AgentRetryTests {
             // Started for real, it refuses too (and is ended if it did not).
             let pid = try TestProcess.spawn([builtTool("lmctfy-agent"), "--config", dir + "/\(name).conf"])
             var status: LmctfySystem.ExitStatus?
-            for _ in 0..<300 where status == nil {
+            for _ in 0..<3000 where status == nil {
                 status = TestProcess.reapIfExited(pid)
                 if status == nil { usleep(10_000) }
             }

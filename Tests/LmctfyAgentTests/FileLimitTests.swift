@@ -51,7 +51,7 @@ struct FileLimitTests {
         let pid = try agentAt64Files(dir, root: root)
         defer { TestProcess.end(pid) }
         var client: RpcClient?
-        for _ in 0..<500 where client == nil {
+        for _ in 0..<3000 where client == nil {
             client = try? RpcClient.connect(unixPath: socket)
             if client == nil { usleep(10_000) }
         }
@@ -100,7 +100,7 @@ struct FileLimitTests {
         let pid = try agentAt64Files(dir, root: root)
         defer { TestProcess.end(pid) }
         var log = ""
-        for _ in 0..<500 where !log.contains("are not watched") {
+        for _ in 0..<3000 where !log.contains("are not watched") {
             usleep(10_000)
             log = (try? Sys.readFile(dir + "/agent.log")) ?? ""
         }
@@ -120,7 +120,7 @@ struct FileLimitTests {
         let pid = try TestProcess.spawn(["/bin/sh", "-c",
             "exec /usr/bin/prlimit --nofile=1024:4096 '\(builtTool("lmctfy-controller"))' --config '\(dir)/controller.conf'"])
         defer { TestProcess.end(pid) }
-        for _ in 0..<500 where !Sys.exists(dir + "/controller.sock") { usleep(10_000) }
+        for _ in 0..<3000 where !Sys.exists(dir + "/controller.sock") { usleep(10_000) }
         try #require(Sys.exists(dir + "/controller.sock"), "the controller did not start")
         let limits = openFileLimits(pid)
         #expect(limits?.soft == "4096" && limits?.hard == "4096", "\(String(describing: limits))")

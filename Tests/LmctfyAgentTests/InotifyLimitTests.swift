@@ -52,7 +52,13 @@ struct InotifyLimitTests {
         // (The v2 guest's emulated CPU starts it in seconds.)
         for _ in 0..<3000 where !Sys.exists(dir + "/agent.sock") { usleep(10_000) }
         try #require(Sys.exists(dir + "/agent.sock"), "the agent did not start: \((try? Sys.readFile(dir + "/agent.log")) ?? "")")
-        let client = try RpcClient.connect(unixPath: dir + "/agent.sock")
+        // Listening, not only bound (a connect in between is refused).
+        var connected: RpcClient?
+        for _ in 0..<3000 where connected == nil {
+            connected = try? RpcClient.connect(unixPath: dir + "/agent.sock")
+            if connected == nil { usleep(10_000) }
+        }
+        let client = try #require(connected, "the agent did not listen")
         defer { client.close() }
         // More containers than 8 watches cover (each takes one a hierarchy).
         for i in 0..<10 { _ = try TestProcess.capture([lmctfy, "create", "\(root)/c\(i)", "memory:{limit:10000000}"]) }

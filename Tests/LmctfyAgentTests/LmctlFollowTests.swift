@@ -35,14 +35,32 @@ struct LmctlFollowTests {
         }
         // The early follower prints x before the agent goes; the late one
         // starts after x and has printed nothing when it goes.
+        // Connections the agent has accepted and holds now (the listener's
+        // line aside): each follower's, once it is there.
+        func held() -> Int {
+            let lines = ((try? Sys.readFile("/proc/net/unix")) ?? "").split(separator: "\n")
+            return lines.filter { $0.hasSuffix(" " + first.socket) }.count - 1
+        }
         let early = try follower(outs[0])
         defer { TestProcess.end(early) }
-        usleep(300_000)
+        // Subscribed once it prints a container made after it started (a
+        // sanitized lmctl took more than the 300 ms this waited).
+        var probes = 0
+        while probes < 100 && !printed(outs[0]).contains("CREATED /probe") {
+            probes += 1
+            #expect(try TestProcess.capture([lmctl, "--agent", "unix://" + first.socket, "create", "/probe\(probes)", ""]).status == 0)
+            for _ in 0..<50 where !printed(outs[0]).contains("CREATED /probe") { usleep(10_000) }
+        }
+        #expect(printed(outs[0]).contains("CREATED /probe"), "the early follower never followed")
         #expect(try TestProcess.capture([lmctl, "--agent", "unix://" + first.socket, "create", x, ""]).status == 0)
         #expect(waitFor("CREATED \(x)", in: outs[0]), "\(printed(outs[0]))")
         let late = try follower(outs[1])
         defer { TestProcess.end(late) }
-        usleep(500_000)
+        // The late one must have its answer before the agent goes and print
+        // nothing: its connection, then time for its hello and subscribe.
+        for _ in 0..<1000 where held() < 2 { usleep(10_000) }
+        #expect(held() >= 2, "the late follower never connected")
+        usleep(1_000_000)
 
         first.crash()
         firstAlive = false

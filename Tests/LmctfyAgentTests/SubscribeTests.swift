@@ -510,7 +510,7 @@ struct SubscribeTests {
                         // Until the deadline: neither leaves before the other has its event.
                         try? client.stream(AgentMethods.notify, NotifyRequest(
                             name: name, spec: EventSpec(containerEmpty: .init()), bootId: boot, afterSequence: base),
-                                           deadlineMs: 3000) { (r: NotifyResponse) in
+                                           deadlineMs: 5000) { (r: NotifyResponse) in
                             if let e = r.event { seen.locked { $0[i].append(e) } }
                             return true
                         }
@@ -520,6 +520,7 @@ struct SubscribeTests {
                 }.start()
             }
             usleep(500_000)
+            for _ in 0..<500 where agent.notifyWatchCount == 0 { usleep(20_000) }
             #expect(agent.notifyWatchCount == 1, "one watch for two listeners")
             _ = try admin.call(AgentMethods.killAll, KillAllRequest(name: name))
             done.forEach { $0.wait() }
@@ -554,14 +555,14 @@ extension SubscribeTests {
                                      until: { $0.last?.caughtUp != nil })
                 return events(log.wait().0).count
             }
-            usleep(400_000)  // the reconcile has seen it with its process
+            usleep(1_000_000)  // the reconcile has seen it with its process
             let heard = Mutexed(0)
             let done = DispatchSemaphore(value: 0)
             Thread {
                 if let client = try? RpcClient.connect(unixPath: socket) {
                     try? client.stream(AgentMethods.notify, NotifyRequest(
                         name: name, spec: EventSpec(containerEmpty: .init()), bootId: boot, afterSequence: base),
-                                       deadlineMs: 2500) { (r: NotifyResponse) in
+                                       deadlineMs: 5000) { (r: NotifyResponse) in
                         if r.event != nil { heard.locked { $0 += 1 } }
                         return true
                     }
@@ -570,7 +571,7 @@ extension SubscribeTests {
                 done.signal()
             }.start()
             var tries = 0
-            while agent.notifyWatchCount == 0 && tries < 100 { usleep(20_000); tries += 1 }
+            while agent.notifyWatchCount == 0 && tries < 500 { usleep(20_000); tries += 1 }
             usleep(300_000)
             _ = try admin.call(AgentMethods.killAll, KillAllRequest(name: name))
             done.wait()
@@ -582,7 +583,7 @@ extension SubscribeTests {
             tries = 0
             while agent.notifyWatchCount > 0 && tries < 100 { usleep(20_000); tries += 1 }
             try admin.stream(AgentMethods.run, RunRequest(name: name, argv: ["/bin/sleep", "300"], detached: true)) { _ in true }
-            usleep(400_000)
+            usleep(1_000_000)  // reconcile rounds: seen with its process
             _ = try admin.call(AgentMethods.killAll, KillAllRequest(name: name))
             tries = 0
             while empties() < 2 && tries < 50 { usleep(100_000); tries += 1 }

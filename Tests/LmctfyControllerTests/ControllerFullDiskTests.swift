@@ -63,7 +63,7 @@ struct ControllerFullDiskTests {
         let create = made.create
         func wait(for n: Int) throws {
             var have = 0
-            for _ in 0..<100 {
+            for _ in 0..<600 {
                 have = try count(fleet, host: "alpha")
                 if have >= n { break }
                 usleep(50_000)

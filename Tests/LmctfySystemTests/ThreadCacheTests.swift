@@ -17,7 +17,7 @@ import Testing
             }
             done.wait()
             // The thread is back in the cache before the next piece comes.
-            for _ in 0..<200 where cache.idleThreads == 0 { usleep(1000) }
+            for _ in 0..<5000 where cache.idleThreads == 0 { usleep(1000) }
         }
         let seen = threads.locked { $0 }
         #expect(seen.count == 5)
@@ -39,7 +39,7 @@ import Testing
         let done = Latch()
         cache.run { done.signal() }
         done.wait()
-        for _ in 0..<200 where cache.idleThreads == 0 { usleep(1000) }
+        for _ in 0..<5000 where cache.idleThreads == 0 { usleep(1000) }
         #expect(cache.idleThreads == 1)
         for _ in 0..<300 where cache.idleThreads > 0 { usleep(10_000) }
         #expect(cache.idleThreads == 0)
