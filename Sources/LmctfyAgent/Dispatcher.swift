@@ -717,7 +717,11 @@ public final class Dispatcher: Sendable {
     /// container is gone.
     func thawExpiredLeases(now: UInt64 = MonotonicClock.milliseconds()) -> [String] {
         var said: [String] = []
-        for (path, lease) in leases.due(now: now) {
+        // The tree first, then the leases' list (expire holds it across the
+        // thaw), as a destroy takes them: the other way round, a destroy
+        // of the tree ending its leases would wait for this thaw's list
+        // while the thaw waited for the destroy's tree.
+        for (path, lease) in leases.due(now: now) { inventory.holdingTree(path) {
             _ = leases.expire(path, lease) {
                 do {
                     try setPaused(lease.name, false)
@@ -730,7 +734,7 @@ public final class Dispatcher: Sendable {
                     return false
                 }
             }
-        }
+        } }
         return said
     }
 

@@ -7,10 +7,16 @@
 // within milliseconds of the change; the reconcile stays as the backstop
 // (and is what sees a v1 container go empty).
 //
-// The agent's own create, destroy, pause and resume go through `change`,
-// which records their event and updates what is known under one lock; a
-// reconcile whose listing overlapped such a change leaves that name alone
-// (it saw the container half way), so no change is reported twice.
+// The agent's own create, destroy, update, pause and resume go through
+// `change`, which records their event and updates what is known under one
+// lock; a reconcile whose listing overlapped such a change leaves that name
+// alone (it saw the container half way), so no change is reported twice.
+// Changes of one container tree (its top-level container and everything
+// below) run one at a time, as CL1's lock file already makes creates,
+// updates and destroys of a tree do: the change and its event together, so
+// that two clients' changes of one name are recorded in the order they were
+// made (a Create racing a Destroy was recorded DESTROYED, then CREATED,
+// when the create's thread recorded last).
 import LmctfyEvents
 import LmctfyProto
 import LmctfySystem
@@ -55,6 +61,8 @@ final class Inventory: Sendable {
     }
 
     private let state = Mutexed(State())
+    /// Held by a change for its tree, across it (see above).
+    private let trees = KeyedLocks()
     let events: EventLog
 
     /// Told of every name whose existence, freezer state or spec changed
@@ -82,6 +90,9 @@ final class Inventory: Sendable {
     /// (forgotten, the first read after it only remembered the spec, and
     /// an update made with the CLI after an agent's pause was no UPDATED).
     func change<T>(_ path: String, keepsSpec: Bool = false, _ body: () throws -> (T, (inout [String: Bool]) -> Void)) rethrows -> T {
+        let tree = Self.tree(path)
+        trees.enter(tree)
+        defer { trees.leave(tree) }
         state.locked { s in
             s.generation += 1
             s.busy[path, default: 0] += 1
@@ -115,6 +126,23 @@ final class Inventory: Sendable {
         let (result, apply) = try body()
         update = apply
         return result
+    }
+
+    /// Runs `body` as one of the agent's changes of `path`'s tree would run:
+    /// none of them meanwhile (a freeze lease's thaw, whose list stays
+    /// locked across it: taken after the tree, as a destroy, which ends
+    /// leases while its change runs, takes them).
+    func holdingTree<T>(_ path: String, _ body: () throws -> T) rethrows -> T {
+        let tree = Self.tree(path)
+        trees.enter(tree)
+        defer { trees.leave(tree) }
+        return try body()
+    }
+
+    /// The top-level container `path` is in ("/" for the root).
+    static func tree(_ path: String) -> String {
+        let parts = path.split(separator: "/", maxSplits: 1, omittingEmptySubsequences: true)
+        return parts.first.map { "/" + $0 } ?? "/"
     }
 
     /// The generation a reconcile's listing starts at.

@@ -161,6 +161,54 @@ public final class Latch: @unchecked Sendable {
     }
 }
 
+/// One holder at a time per key (a container tree), reentrant: the thread
+/// holding a key may take it again (each `enter` with its `leave`). Keys
+/// are independent; a key no one holds or waits for takes no room.
+///
+/// Thread-safety: any thread. A thread must not hold two keys at once
+/// unless every thread takes them in the same order.
+public final class KeyedLocks: @unchecked Sendable {
+    // @unchecked Sendable: `held` and `waiting` are only touched with the
+    // monitor held.
+    private let monitor = Monitor()
+    private var held: [String: (owner: pthread_t, depth: Int)] = [:]
+    private var waiting = 0
+
+    public init() {}
+
+    /// Takes `key`, waiting while another thread holds it.
+    public func enter(_ key: String) {
+        let me = pthread_self()
+        monitor.lock()
+        while let h = held[key], pthread_equal(h.owner, me) == 0 {
+            waiting += 1
+            monitor.wait()
+            waiting -= 1
+        }
+        held[key] = (me, (held[key]?.depth ?? 0) + 1)
+        monitor.unlock()
+    }
+
+    /// Lets go of `key` (taken by this thread with `enter`).
+    public func leave(_ key: String) {
+        monitor.lock()
+        if let h = held[key], h.depth > 1 {
+            held[key] = (h.owner, h.depth - 1)
+        } else {
+            held[key] = nil
+            if waiting > 0 { monitor.broadcast() }
+        }
+        monitor.unlock()
+    }
+
+    /// Whether some thread holds `key` now.
+    public func isHeld(_ key: String) -> Bool {
+        monitor.lock()
+        defer { monitor.unlock() }
+        return held[key] != nil
+    }
+}
+
 /// A count that only grows, and a way for threads to sleep until it has
 /// grown past what they saw (or a timeout): "something changed, look again"
 /// between threads, without missing a change that came before the wait.

@@ -4,6 +4,8 @@
 @testable import LmctfyAgent
 @testable import LmctfyEvents
 import LmctfyProto
+import LmctfySystem
+import Glibc
 import Testing
 
 @Suite struct InventoryTests {
@@ -11,6 +13,43 @@ import Testing
         log.since(bootId: "b", after: 0) { _ in true }.0.map {
             "\($0.kind!.protoName.replacingOccurrences(of: "CONTAINER_EVENT_", with: "")) \($0.container!)\($0.frozen.map { " \($0)" } ?? "")"
         }
+    }
+
+    /// The agent's changes of one tree run one at a time, each with its
+    /// event (a Create racing a Destroy of one name was recorded DESTROYED
+    /// then CREATED when the create's thread recorded last); other trees do
+    /// not wait, and the thread holding a tree may take it again (a freeze
+    /// lease's thaw holds the tree across its Resume).
+    @Test func changesOfOneTreeRunOneAtATime() {
+        let log = EventLog(capacity: 100, bootId: "b")
+        let inventory = Inventory(events: log)
+        let order = Mutexed<[String]>([])
+        let inA = Latch(), release = Latch()
+        let a = Threads.start {
+            inventory.change("/t/x") {
+                inA.signal()
+                release.wait()
+                inventory.holdingTree("/t") { order.locked { $0.append("A ends") } }
+                return ((), { _ in })
+            }
+        }
+        inA.wait()
+        inventory.change("/u") {
+            order.locked { $0.append("U") }
+            return ((), { _ in })
+        }
+        let b = Threads.start {
+            inventory.change("/t/x/y") {
+                order.locked { $0.append("B") }
+                return ((), { _ in })
+            }
+        }
+        usleep(100_000)  // B has tried to start by now (it must wait for A)
+        release.signal()
+        pthread_join(a, nil)
+        pthread_join(b, nil)
+        #expect(order.locked { $0 } == ["U", "A ends", "B"])
+        #expect(Inventory.tree("/t/x/y") == "/t" && Inventory.tree("/t") == "/t" && Inventory.tree("/") == "/")
     }
 
     @Test func listingsBecomeCreatedFreezerAndDestroyedEvents() {
