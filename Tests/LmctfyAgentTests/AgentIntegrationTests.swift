@@ -14,16 +14,16 @@ import Testing
 func withAgent<T>(_ extra: String = "", _ body: (Agent, String) throws -> T) throws -> T {
     let dir = "/tmp/lmctfy-agent-test-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
     try Sys.mkdir(dir, mode: 0o755)
+    // Removed however the test ends: a start that fails (as some tests
+    // want) has made its state dir too.
+    defer { _ = removeTree(dir) }
     let socket = dir + "/agent.sock"
     // No STATS events unless a test asks for them (they take sequence numbers).
     let stats = extra.contains("stats_interval_ms") ? "" : "stats_interval_ms: 0"
     let settings = try AgentSettings.parse("unix_socket_path: \"\(socket)\" unix_socket_mode: 0666 log_level: LOG_WARNING state_dir: \"\(dir)/state\" \(stats) \(extra)", source: "test")
     let agent = Agent(settings: settings, api: try ContainerApi.detect())
     try agent.start(handleSignals: false)
-    defer {
-        #expect(agent.stop(graceMs: 2000) == 0, "uv_loop_close must return 0")
-        _ = removeTree(dir)
-    }
+    defer { #expect(agent.stop(graceMs: 2000) == 0, "uv_loop_close must return 0") }
     return try body(agent, socket)
 }
 
