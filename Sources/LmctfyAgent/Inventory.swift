@@ -29,6 +29,10 @@ final class Inventory: Sendable {
         var busy: [String: Int] = [:]
         /// When each name last changed through the agent (a generation).
         var touched: [String: UInt64] = [:]
+        /// When the agent last made or destroyed each name (a generation):
+        /// of its changes, only these say anything of a container replaced
+        /// under its name (an update or a pause of the old one does not).
+        var madeOrGone: [String: UInt64] = [:]
         /// When the watcher last recorded a change of each name (a
         /// generation) while a listing was under way: that listing says
         /// nothing of it. (A reconcile whose listing missed a container the
@@ -115,6 +119,7 @@ final class Inventory: Sendable {
                     update(&s.known)
                     for name in Set(before.keys).union(s.known.keys) where before[name] != s.known[name] {
                         s.touched[name] = s.generation
+                        if (before[name] == nil) != (s.known[name] == nil) { s.madeOrGone[name] = s.generation }
                     }
                     for name in before.keys where s.known[name] == nil {
                         s.empty[name] = nil
@@ -206,6 +211,7 @@ final class Inventory: Sendable {
             }
             // What no change is in progress for needs no generation any more.
             s.touched = s.touched.filter { s.busy[$0.key] != nil || $0.value > since }
+            s.madeOrGone = s.madeOrGone.filter { s.busy[$0.key] != nil || $0.value > since }
         }
     }
 
@@ -213,16 +219,22 @@ final class Inventory: Sendable {
     /// exists (and is frozen or not) or it does not. What is news is
     /// recorded, as a reconcile would; a name the agent changed meanwhile
     /// is left alone.
+    /// `replacedSince`: the container was found replaced under its name
+    /// (its watch began at this generation): its going is news unless the
+    /// agent made or destroyed it since (its own changes recorded that).
     /// Returns whether it recorded the container's CREATED.
     @discardableResult
-    func observe(_ name: String, exists: Bool, frozen: Bool?, since: UInt64) -> Bool {
+    func observe(_ name: String, exists: Bool, frozen: Bool?, since: UInt64, replacedSince: UInt64? = nil) -> Bool {
         state.locked { s in
-            guard s.seeded, !Self.busy(s, name), (s.touched[name] ?? 0) <= since else { return false }
+            func settled(_ k: String) -> Bool {
+                (s.touched[k] ?? 0) <= since && (replacedSince.map { (s.madeOrGone[k] ?? 0) <= $0 } ?? true)
+            }
+            guard s.seeded, !Self.busy(s, name), settled(name) else { return false }
             if !exists {
                 // What is below it went first (or with it); but not what
                 // the agent is changing, or changed since the look (its
                 // destroy records its own DESTROYED: it was recorded twice).
-                for k in s.known.keys.sorted(by: >) where k.hasPrefix(name + "/") && s.busy[k] == nil && (s.touched[k] ?? 0) <= since {
+                for k in s.known.keys.sorted(by: >) where k.hasPrefix(name + "/") && s.busy[k] == nil && settled(k) {
                     Self.forget(&s, k, events)
                     Self.seen(&s, k)
                     changed(k)

@@ -359,11 +359,12 @@ final class MachineWatcher: @unchecked Sendable {
                     // watch does not have (its OOMs were missed, and the
                     // old eventfds' signal at the removal was taken for
                     // one). Its going and coming are recorded unless the
-                    // agent made both (and recorded them) since the old
-                    // one was watched.
+                    // agent made or destroyed it (and recorded that) since
+                    // the old one was watched; another change of the
+                    // agent's (an update, a pause) says nothing of it.
                     let watched = watchedSince[name] ?? since
                     forget(name)
-                    inventory.observe(path, exists: false, frozen: nil, since: watched)
+                    inventory.observe(path, exists: false, frozen: nil, since: since, replacedSince: watched)
                     look(name, path, queue: &queue)
                 }
             case .freezer(let name):

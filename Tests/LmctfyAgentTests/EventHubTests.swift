@@ -218,6 +218,40 @@ struct EventHubIntegrationTests {
         }
     }
 
+    /// The same after a change through the agent (an update, a pause):
+    /// the container replaced behind its back is still news (the agent's
+    /// change since the old one was watched hid the destroy and the
+    /// create: only the agent's own making of both may).
+    @Test func aContainerTheAgentChangedThenMadeAgainBehindItsBackIsAnotherContainer() throws {
+        try withAgent("reconcile_interval_ms: 0") { agent, socket in
+            let name = RealCgroups.uniqueName("hub-changed")
+            let api = try ContainerApi.detect()
+            let first = try api.create(name, spec: ContainerSpec(textFormat: "cpu { limit: 100 }"))
+            defer { _ = try? api.destroy(first.name) }
+            waitForEvents(socket, name, 1)
+            usleep(300_000)  // its watch is full by now
+            let client = try RpcClient.connect(unixPath: socket)
+            defer { client.close() }
+            _ = try client.call(AgentMethods.update, UpdateRequest(name: name, spec: ContainerSpec(textFormat: "cpu { limit: 200 }"), policy: .updateDiff))
+            _ = try client.call(AgentMethods.pause, PauseRequest(name: name))
+            _ = try client.call(AgentMethods.resume, ResumeRequest(name: name))
+            waitForEvents(socket, name, 4)
+            let held = DispatchSemaphore(value: 0), release = DispatchSemaphore(value: 0)
+            agent.loop.execute {
+                held.signal()
+                release.wait()
+            }
+            held.wait()
+            try api.destroy(first.name)
+            _ = try api.create(name, spec: ContainerSpec(textFormat: "cpu { limit: 300 }"))
+            release.signal()
+            waitForEvents(socket, name, 6)
+            let r = Subscriber(socket, SubscribeRequest(name: name, afterSequence: 0), until: { $0.last?.caughtUp != nil }).wait().0
+            let seen = events(r).compactMap { $0.kind?.protoName.replacingOccurrences(of: "CONTAINER_EVENT_", with: "") }
+            #expect(seen == ["CREATED", "UPDATED", "FREEZER", "FREEZER", "DESTROYED", "CREATED"], "\(seen)")
+        }
+    }
+
     /// A destroy -f through the agent records one DESTROYED for every
     /// container that went, deepest first, as the watcher does for the
     /// CLI's (only the top one was recorded: a subscriber of a subcontainer
