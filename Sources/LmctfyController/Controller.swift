@@ -1247,6 +1247,11 @@ public final class Controller: @unchecked Sendable {
     /// The hosts and their state (tests).
     public var hostCount: Int { (try? loop.runAndWait { self.registry.links.count }) ?? 0 }
 
+    /// WatchHosts streams and fan-outs under way (tests).
+    public var streamsUnderWay: (watchers: Int, fanOuts: Int) {
+        (try? loop.runAndWait { (self.watchers.count, self.fans.count) }) ?? (-1, -1)
+    }
+
     /// The fleet log's id and newest sequence (tests).
     public var fleetLog: (id: String, newest: UInt64) {
         (fleet.log.bootId, (try? loop.runAndWait { self.fleet.log.newest }) ?? 0)

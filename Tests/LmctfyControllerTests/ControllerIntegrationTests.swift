@@ -376,6 +376,91 @@ struct ControllerIntegrationTests {
         #expect(listed == 600)
     }
 
+    /// A WatchHosts or FanOut stream that ends at the controller (an answer
+    /// over the caller's frame limit: RESOURCE_EXHAUSTED), or that its
+    /// caller cancels, leaves nothing behind: no watcher told of later
+    /// changes, no fan-out calling more hosts; its hosts' calls are
+    /// cancelled.
+    @Test func watchesAndFanOutsThatEndLeaveNothingBehind() throws {
+        let fleet = try Fleet()
+        try fleet.startController()
+        let controller = try #require(fleet.controller)
+        // Hosts whose HostInfo (~2.5 KB of labels) does not fit a 1 KiB frame.
+        let labels = (0..<10).map { HostLabel(key: "k\($0)", value: String(repeating: "v", count: 250)) }
+        let hosts = try (0..<3).map { i in
+            let link = try RawLink(fd: try RpcSocket.connectTCP(host: "127.0.0.1", port: fleet.agentPort),
+                                   Session(dialler: .sharedKey(keyId: "host-b", key: fleet.keys["host-b"]!), name: "e\(i)", now: MonotonicClock.milliseconds()))
+            link.open(ControllerMethods.register.name, try RegisterRequest(identity: HostIdentity(hostName: "e\(i)", label: labels)).serializedBytes())
+            link.pump { !link.responses.isEmpty || !link.statuses.isEmpty }
+            #expect(link.responses.count == 1, "e\(i) did not register: \(link.statuses)")
+            return link
+        }
+        // Each link's own streams (its Register stays open): a host's calls
+        // are over when its count is back to this.
+        let own = hosts.map(\.session.openStreamCount)
+        func small() throws -> RawLink {
+            try RawLink(fd: try RpcSocket.connectUnix(path: fleet.dir + "/controller.sock"),
+                        Session(dialler: .peerCredentials, name: "small", limits: SessionLimits(maxFrameBytes: 1024), now: MonotonicClock.milliseconds()))
+        }
+        func settled(_ what: String) {
+            var left = controller.streamsUnderWay
+            for _ in 0..<500 where left != (0, 0) {
+                usleep(10_000)
+                left = controller.streamsUnderWay
+            }
+            #expect(left == (0, 0), "\(what): \(left.watchers) watchers and \(left.fanOuts) fan-outs left")
+        }
+
+        // The listing's first answer is over the caller's limit.
+        let watcher = try small()
+        watcher.open(ControllerMethods.watchHosts.name, try WatchHostsRequest().serializedBytes(), deadlineMs: nil)
+        watcher.pump { !watcher.statuses.isEmpty }
+        #expect(watcher.statuses.first?.code == .resourceExhausted, "\(watcher.statuses) \(watcher.responses.count) \(watcher.session.isClosed)")
+        settled("a watch ended by its listing")
+
+        // Each host's answer is over the caller's limit: the first ends the
+        // fan-out, and the hosts still asked see their calls cancelled.
+        let fanner = try small()
+        let ping = try PingRequest(data: [UInt8](repeating: 7, count: 2000)).serializedBytes()
+        fanner.open(ControllerMethods.fanOut.name, try FanOutRequest(method: AgentMethods.ping.name, payload: ping).serializedBytes())
+        var asked: [(RawLink, UInt32)] = []
+        for h in hosts {
+            h.pump { h.requests.contains { $0.method == AgentMethods.ping.name } }
+            asked += h.requests.filter { $0.method == AgentMethods.ping.name }.map { (h, $0.stream) }
+            h.requests.removeAll()
+        }
+        #expect(asked.count == 3, "every host is asked at once (the window)")
+        let (first, stream) = try #require(asked.first)
+        first.send(first.session.sendFinal(streamId: stream, payload: try PingResponse(data: [UInt8](repeating: 7, count: 2000)).serializedBytes(),
+                                           .ok, now: MonotonicClock.milliseconds()))
+        fanner.pump { !fanner.statuses.isEmpty }
+        #expect(fanner.statuses.first?.code == .resourceExhausted, "\(fanner.statuses)")
+        settled("a fan-out ended by an answer")
+        for (i, h) in hosts.enumerated() {
+            h.pump(ms: 2000) { h.session.openStreamCount == own[i] }
+            #expect(h.session.openStreamCount == own[i], "host e\(i)'s call was not cancelled")
+        }
+
+        // Cancelled by their callers.
+        let normal = try fleet.client()
+        defer { normal.close() }
+        let caller = try RawLink(fd: try RpcSocket.connectUnix(path: fleet.dir + "/controller.sock"),
+                                 Session(dialler: .peerCredentials, name: "canceller", now: MonotonicClock.milliseconds()))
+        let w = caller.open(ControllerMethods.watchHosts.name, try WatchHostsRequest().serializedBytes(), deadlineMs: nil)
+        let f = caller.open(ControllerMethods.fanOut.name, try FanOutRequest(method: AgentMethods.ping.name, payload: ping).serializedBytes())
+        for h in hosts { h.pump { !h.requests.isEmpty } }
+        #expect(controller.streamsUnderWay == (1, 1))
+        caller.send(caller.session.cancel(streamId: w, now: MonotonicClock.milliseconds()))
+        caller.send(caller.session.cancel(streamId: f, now: MonotonicClock.milliseconds()))
+        settled("a watch and a fan-out cancelled")
+        for (i, h) in hosts.enumerated() {
+            h.pump(ms: 2000) { h.session.openStreamCount == own[i] }
+            #expect(h.session.openStreamCount == own[i], "a cancelled fan-out's call stayed open at host e\(i)")
+        }
+        // The controller goes on serving.
+        _ = try normal.call(AgentMethods.ping, PingRequest())
+    }
+
     /// A fan-out calls its hosts a window at a time (~16 MiB of requests
     /// in flight), and no more while its caller holds more than 4 MiB
     /// unread: it called every host at once, and each answer landed in the
