@@ -197,15 +197,10 @@ struct EventHubIntegrationTests {
                                                           afterSequence: 0),
                                  deadlineMs: 20_000, until: { kinds($0).contains("OOM") })
             waitForSubscribers(agent, 1)
-            let held = DispatchSemaphore(value: 0), release = DispatchSemaphore(value: 0)
-            agent.loop.execute {
-                held.signal()
-                release.wait()
+            let again = try whileTheLoopIsHeld(agent) {
+                try api.destroy(first.name)
+                return try api.create(name, spec: spec)
             }
-            held.wait()
-            try api.destroy(first.name)
-            let again = try api.create(name, spec: spec)
-            release.signal()
             // A false OOM came OomControlSource.settleMs after the removal.
             usleep(1_000_000)
             let pid = try again.run([testHelperPath, "alloc", "200"])
@@ -236,15 +231,10 @@ struct EventHubIntegrationTests {
             _ = try client.call(AgentMethods.pause, PauseRequest(name: name))
             _ = try client.call(AgentMethods.resume, ResumeRequest(name: name))
             waitForEvents(socket, name, 4)
-            let held = DispatchSemaphore(value: 0), release = DispatchSemaphore(value: 0)
-            agent.loop.execute {
-                held.signal()
-                release.wait()
+            _ = try whileTheLoopIsHeld(agent) {
+                try api.destroy(first.name)
+                return try api.create(name, spec: ContainerSpec(textFormat: "cpu { limit: 300 }"))
             }
-            held.wait()
-            try api.destroy(first.name)
-            _ = try api.create(name, spec: ContainerSpec(textFormat: "cpu { limit: 300 }"))
-            release.signal()
             waitForEvents(socket, name, 6)
             let r = Subscriber(socket, SubscribeRequest(name: name, afterSequence: 0), until: { $0.last?.caughtUp != nil }).wait().0
             let seen = events(r).compactMap { $0.kind?.protoName.replacingOccurrences(of: "CONTAINER_EVENT_", with: "") }
@@ -423,4 +413,17 @@ extension EventHubIntegrationTests {
             #expect(logged == kills, "\(logged) OOM events for \(kills) kills")
         }
     }
+}
+
+/// Runs `body` while the agent's loop thread is held (blocked in a task of
+/// its own): what `body` does to the kernel reaches the watcher as one batch.
+private func whileTheLoopIsHeld<T>(_ agent: Agent, _ body: () throws -> T) rethrows -> T {
+    let held = DispatchSemaphore(value: 0), release = DispatchSemaphore(value: 0)
+    agent.loop.execute {
+        held.signal()
+        release.wait()
+    }
+    held.wait()
+    defer { release.signal() }
+    return try body()
 }
