@@ -130,6 +130,10 @@ public struct FrameDecoder: Sendable {
     /// Bytes received but not yet returned as frames.
     public var bufferedBytes: Int { buffer.count - start }
 
+    /// The memory the buffer holds (its capacity): at most 64 KiB, or not
+    /// much over what is buffered once a large frame is consumed.
+    public var heldBytes: Int { buffer.capacity }
+
     /// Appends received bytes (any chunking); `next()` takes the frames out.
     public mutating func feed(_ bytes: some Collection<UInt8>) {
         buffer.append(contentsOf: bytes)
@@ -189,13 +193,16 @@ public struct FrameDecoder: Sendable {
     }
 
     /// Drops consumed bytes once they are most of the buffer, so memory stays
-    /// bounded by one frame plus one read.
+    /// bounded by one frame plus one read, and gives back a large frame's
+    /// memory: the budget counts `bufferedBytes`, so a peer that sends a
+    /// 4 MiB frame and then the next one a byte a minute must not keep
+    /// 4 MiB (removeFirst keeps the capacity) while it is counted as one.
     private mutating func compact() {
         if start == buffer.count {
             buffer.removeAll(keepingCapacity: buffer.capacity <= 65536)
             start = 0
         } else if start > 65536 && start * 2 > buffer.count {
-            buffer.removeFirst(start)
+            buffer = Array(buffer[start...])
             start = 0
         }
     }

@@ -46,6 +46,29 @@ import Testing
         try decoder.finish()
     }
 
+    /// A large frame's memory goes with it when the next frame has begun:
+    /// the connection's budget counts what is buffered, so what is held
+    /// must not stay at the large frame's size (it did: removeFirst kept
+    /// the capacity, ~8 MiB held for 1 byte counted).
+    @Test func aConsumedLargeFrameDoesNotStayHeld() throws {
+        let large = FrameCodec.encode(Frame(kind: .framePong, payload: [UInt8](repeating: 9, count: 4 << 20)))
+        let next = FrameCodec.encode(Frame(kind: .framePing, payload: [1]))
+        var decoder = FrameDecoder(maxFrameBytes: 8 << 20)
+        var offset = 0
+        while offset < large.count {  // as the loop reads: 64 KiB at a time
+            let end = min(large.count, offset + 65536)
+            decoder.feed(large[offset..<end])
+            offset = end
+        }
+        decoder.feed(next.prefix(1))
+        #expect(try decoder.next()?.kind == .framePong)
+        #expect(decoder.bufferedBytes == 1)
+        #expect(decoder.heldBytes <= 65536, "\(decoder.heldBytes) bytes held for \(decoder.bufferedBytes) buffered")
+        decoder.feed(next.dropFirst())
+        #expect(try decoder.next()?.kind == .framePing)
+        #expect(decoder.bufferedBytes == 0)
+    }
+
     @Test func oneByteAtATime() throws {
         let bytes = Golden["hello-offer"] + Golden["ping-request"]
         var decoder = FrameDecoder(maxFrameBytes: 65536)
