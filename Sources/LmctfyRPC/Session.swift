@@ -838,10 +838,34 @@ public struct Session: Sendable {
         shutDown(CloseReason(reason, message, byPeer: false), sendGoAway: true)
     }
 
+    /// The most of a GOAWAY's message sent, in UTF-8 bytes: the frame then
+    /// fits the smallest frame limit a peer may ask for (`minPeerFrameBytes`)
+    /// however much of the peer's own input (a key id of up to a frame's
+    /// size) the message quotes.
+    static let maxGoAwayMessageBytes = 160
+    /// The most of a close's message kept (and so logged).
+    static let maxCloseMessageBytes = 1024
+
+    /// `message` cut to at most `max` UTF-8 bytes, at a character, with "..."
+    /// when cut.
+    static func bounded(_ message: String, _ max: Int) -> String {
+        guard message.utf8.count > max else { return message }
+        var out = String.UnicodeScalarView()
+        var bytes = 3
+        for scalar in message.unicodeScalars {
+            bytes += UTF8.width(scalar)
+            if bytes > max { break }
+            out.append(scalar)
+        }
+        return String(out) + "..."
+    }
+
     private mutating func shutDown(_ reason: CloseReason, sendGoAway: Bool) -> [SessionAction] {
+        var reason = reason
+        reason.message = Self.bounded(reason.message, Self.maxCloseMessageBytes)
         var actions: [SessionAction] = []
         if sendGoAway {
-            let g = GoAway(reason: reason.reason, message: reason.message, lastStreamId: lastPeerId)
+            let g = GoAway(reason: reason.reason, message: Self.bounded(reason.message, Self.maxGoAwayMessageBytes), lastStreamId: lastPeerId)
             actions.append(.write(FrameCodec.encode(Frame(kind: .frameGoaway, goaway: g))))
         }
         let unavailable = CallStatus(.unavailable, "connection closed (\(reason))")

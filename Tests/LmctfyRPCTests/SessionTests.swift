@@ -105,6 +105,22 @@ import Testing
         #expect(goAway(short)?.reason == .goawayUnauthenticated)
     }
 
+    /// A refusal quoting the peer's key id does not echo all of it: the
+    /// GOAWAY fits the smallest frame a peer may accept (it carried a
+    /// 60 KB key id back, over a pre-hello peer's limit), and the reason
+    /// kept (and logged) is bounded too.
+    @Test func aHugeUnknownKeyIdIsNotEchoed() {
+        var a = Session(acceptor: .sharedKey(try! Keyring(["ops": goldenKey]), ReplayCache()), name: "agent", now: 0)
+        let id = String(repeating: "é", count: 30_000)
+        let out = a.receive(frame(Frame(kind: .frameHello, hello: Hello(stage: .helloOffer, keyId: id, nonce: [UInt8](repeating: 1, count: 32)))), now: 0)
+        #expect(goAway(out)?.reason == .goawayUnauthenticated)
+        let sent = out.reduce(0) { if case .write(let b) = $1 { $0 + b.count } else { $0 } }
+        #expect(sent <= Int(Session.minPeerFrameBytes), "a \(sent)-byte GOAWAY")
+        let message = goAway(out)?.message ?? ""
+        #expect(message.hasPrefix("unknown or missing key id éé") && message.hasSuffix("é..."), "\(message)")
+        #expect((closeReason(out)?.message.utf8.count ?? .max) <= 1024)
+    }
+
     @Test func unixOfferWithoutKeyIsRejectedOnTcp() {
         var p = Pair(
             dialler: Session(dialler: .peerCredentials, name: "lmctl", now: 0),
