@@ -4,7 +4,8 @@
 set -euo pipefail
 PKGS=(pkg-config libuv1-dev libprotobuf-c-dev protobuf-c-compiler protobuf-compiler libarchive-dev busybox-static
       libmicrohttpd-dev prometheus  # the metrics endpoint and its scrape tests (issue #16)
-      mandoc zsh tmux)  # the man page lint, the zsh completion and lmctl top tests (issue #16)
+      mandoc zsh tmux  # the man page lint, the zsh completion and lmctl top tests (issue #16)
+      python3 python3-protobuf)  # the protoc-generated Python client's test (tools/test)
 missing=()
 for p in "${PKGS[@]}" "$@"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
