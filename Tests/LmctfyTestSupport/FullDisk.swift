@@ -8,6 +8,7 @@ import LmctfySystem
 public final class FullDisk {
     public let path: String
     private var ballast: [String] = []
+    private var ballastBytes = 0
 
     /// Mounts a tmpfs of `kilobytes` (mode 0700) on `path` (made if absent).
     public init(_ path: String, kilobytes: Int = 256) throws {
@@ -27,15 +28,21 @@ public final class FullDisk {
         ballast.append(file)
         let page = [UInt8](repeating: 0x42, count: 4096)
         for size in [page.count, 1] {
-            while page.withUnsafeBytes({ write(fd, $0.baseAddress, size) }) == size {}
+            while page.withUnsafeBytes({ write(fd, $0.baseAddress, size) }) == size { ballastBytes += size }
             guard errno == ENOSPC else { throw SystemError("write", file, errno) }
         }
     }
 
-    /// Gives the pages back.
+    /// Gives the pages back, and waits (bounded) until they are free: a
+    /// child another test forked while a ballast file was open holds it,
+    /// and its pages, until it execs (a vfork child joining its cgroups
+    /// can take a while on a loaded machine).
     public func free() {
         for f in ballast { _ = unlink(f) }
         ballast = []
+        let back = ballastBytes / 4096 * 4096 - 4096
+        ballastBytes = 0
+        for _ in 0..<3000 where available < back { usleep(10_000) }
     }
 
     /// Bytes free on it now (statvfs).
