@@ -812,10 +812,7 @@ public struct Session: Sendable {
         guard over > 0 else { return frame }
         // Each byte cut shortens the frame by one (the message's length
         // prefix may shrink by a byte or two more: never grow).
-        var keep = max(0, status.message.utf8.count - over - 3)
-        let bytes = Array(status.message.utf8)
-        while keep > 0 && bytes[keep] & 0xC0 == 0x80 { keep -= 1 }
-        let cut = CallStatus(status.code, String(decoding: bytes[..<keep], as: UTF8.self) + "...")
+        let cut = CallStatus(status.code, Self.bounded(status.message, status.message.utf8.count - over))
         return FrameCodec.encode(Frame(kind: .frameStatus, streamId: id, status: cut.wire))
     }
 
