@@ -391,12 +391,10 @@ struct FullDiskImageTests {
             }
             #expect(try store.listImages().isEmpty)
             #expect(try Sys.directoryEntries(disk.path + "/images").filter { $0.hasPrefix(".tmp-") }.isEmpty)
-            // Gone from the store at once; its pages come back when the last
-            // descriptor of the file closes, and a child another test forked
-            // while it was written holds a copy until it execs (a vfork
-            // child joining its cgroups, slow on a loaded machine: the
-            // file was removed, and 0 bytes were free, under the full suite).
-            for _ in 0..<3000 where disk.available < 500 << 10 { usleep(10_000) }
+            // Gone from the store at once; its pages once no descriptor of
+            // it is left (the file was removed, and 0 bytes were free, under
+            // the full suite: a child forked meanwhile held it).
+            disk.awaitFree(500 << 10)
             #expect(disk.available >= 500 << 10, "what the failed import wrote is gone: \(disk.available) bytes free")
             var small = TarBuilder()
             small.add("etc/", .directory, mode: 0o755)

@@ -33,16 +33,20 @@ public final class FullDisk {
         }
     }
 
-    /// Gives the pages back, and waits (bounded) until they are free: a
-    /// child another test forked while a ballast file was open holds it,
-    /// and its pages, until it execs (a vfork child joining its cgroups
-    /// can take a while on a loaded machine).
+    /// Gives the pages back, and waits until they are free (`awaitFree`).
     public func free() {
         for f in ballast { _ = unlink(f) }
         ballast = []
-        let back = ballastBytes / 4096 * 4096 - 4096
+        awaitFree(ballastBytes / 4096 * 4096 - 4096)
         ballastBytes = 0
-        for _ in 0..<3000 where available < back { usleep(10_000) }
+    }
+
+    /// Waits (30 s at most) until `bytes` are free: a removed file's pages
+    /// come back when its last descriptor closes, and a child another test
+    /// forked while the file was open holds a copy until it execs (a vfork
+    /// child joining its cgroups can take a while on a loaded machine).
+    public func awaitFree(_ bytes: Int) {
+        for _ in 0..<3000 where available < bytes { usleep(10_000) }
     }
 
     /// Bytes free on it now (statvfs).
