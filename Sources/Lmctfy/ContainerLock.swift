@@ -106,7 +106,8 @@ extension ContainerApi {
     }
 
     /// The journal of a create says which container it was making and,
-    /// before each mkdir, the directory. Left non-empty, it belonged to a
+    /// before each mkdir, the directory (and after one that found the
+    /// directory there already, `kept` and the directory). Left non-empty, it belonged to a
     /// process that died (we hold the lock now): unless that container was
     /// completed (the process died after its last step), every directory
     /// listed is removed, last made first. Returns the container whose
@@ -143,6 +144,9 @@ extension ContainerApi {
                 making = name
             } else if parts[0] == "mkdir", let d = journalDir(String(parts[1])), d.segments.first == top {
                 dirs.append(d)
+            } else if parts[0] == "kept", let d = journalDir(String(parts[1])) {
+                // Its mkdir found it there: not the create's to remove.
+                dirs.removeAll { $0.mount == d.mount && $0.segments == d.segments }
             }
         }
         var removed = false
@@ -181,13 +185,30 @@ final class MadeDirs {
 
     init(lock: FileLock?) { self.lock = lock }
 
+    /// A directory that was there already (ALREADY_EXISTS: someone else's,
+    /// made before the mkdir) gets a `kept` line after its `mkdir` line, so
+    /// that whoever finishes the create after a crash, or after a failed
+    /// create whose undo could not remove everything (its journal stays),
+    /// does not remove it.
     func make(_ d: CgroupDir) throws(LmctfyError) {
+        let line = "\(d.mount)\t\(d.segments.joined(separator: "/"))"
         if let lock {
-            do { try lock.append("mkdir \(d.mount)\t\(d.segments.joined(separator: "/"))") } catch {
+            do { try lock.append("mkdir " + line) } catch {
                 throw error.cgroup(.failedPrecondition, "Failed to journal the create")
             }
         }
-        try d.make()
+        do {
+            try d.make()
+        } catch where error.code == .alreadyExists {
+            let exists = error
+            if let lock {
+                do { try lock.append("kept " + line) } catch {
+                    throw LmctfyError(exists.code, "\(exists.message) (and journaling that it is not this create's failed: \(error))",
+                                      errno: exists.errno)
+                }
+            }
+            throw exists
+        }
         dirs.append(d)
         try d.setState(.creating)
     }

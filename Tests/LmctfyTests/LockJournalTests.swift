@@ -93,4 +93,35 @@ import Testing
         try api.create(try ContainerName.resolve("/d", relativeTo: .root), spec: Self.spec)
         #expect(try api.exists(try ContainerName.resolve("/d", relativeTo: .root)))
     }
+
+    /// A directory a create's mkdir found there already (someone else's) is
+    /// journaled `kept` after its `mkdir` line, and a journal left behind
+    /// (a crash, or an undo that could not remove everything) does not
+    /// remove it: it was never the create's.
+    @Test func aDirectoryTheCreateFoundThereIsNotUndone() throws {
+        let (tree, _, api) = try machine()
+        let name = try ContainerName.resolve("/e", relativeTo: .root)
+        let foreign = tree.root + "/memory/e"
+        try Sys.mkdir(foreign)
+        defer { rmdir(foreign) }
+        let foreignInode = inode(foreign)
+        do {
+            let lock = try #require(try ContainerLock.acquire(name, access: api.mounts.access, makesTop: true))
+            defer { lock.release() }
+            try lock.append("boot \(ContainerLock.bootId)\ncreate /e")
+            let made = MadeDirs(lock: lock)
+            let cpu = CgroupDir(mount: tree.root + "/cpu", segments: ["e"], access: api.mounts.access)
+            try made.make(cpu)
+            let memory = CgroupDir(mount: tree.root + "/memory", segments: ["e"], access: api.mounts.access)
+            #expect(lmctfyError { try made.make(memory) }?.code == .alreadyExists)
+            let journal = try lock.journal()
+            #expect(journal.hasSuffix("mkdir \(tree.root)/memory\te\nkept \(tree.root)/memory\te\n"), "\(journal)")
+            // The process dies here: the journal stays.
+        }
+        // The next holder of the tree's lock finishes the create: what it
+        // made goes, what it found stays.
+        #expect(lmctfyError { try api.create(name, spec: Self.spec) }?.code == .alreadyExists)
+        #expect(!Sys.isDirectory(tree.root + "/cpu/e"), "the interrupted create's own directory was left")
+        #expect(inode(foreign) == foreignInode, "the directory the create found there was removed (or made again)")
+    }
 }
