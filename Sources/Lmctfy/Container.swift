@@ -240,22 +240,40 @@ public struct Container: Sendable {
     /// container frozen.
     /// A pause or resume: a kill's freeze it replaces is no longer the
     /// kill's to undo.
+    /// A pause that does not finish within `timeoutMs` (UNAVAILABLE: a
+    /// process the kernel cannot freeze, one waiting uninterruptibly on a
+    /// filesystem or a device) is undone before the error: the container
+    /// runs as before, not half frozen with the freeze still asked. A
+    /// freeze that was asked before the call (not by it) is left asked.
     /// Under the tree's lock, as a run's start is (see `run`).
     public func setFrozen(_ frozen: Bool, timeoutMs: Int = 5000) throws(LmctfyError) {
         try api.locked(name) { _ throws(LmctfyError) in
-            try freeze(frozen, timeoutMs: timeoutMs)
+            try freeze(frozen, timeoutMs: timeoutMs, undoOnTimeout: true)
             if try tasksDir.record(.killing)?.isEmpty == false { try tasksDir.setRecord(.killing, "") }
         }
     }
 
-    private func freeze(_ frozen: Bool, timeoutMs: Int = 5000) throws(LmctfyError) {
+    /// `undoOnTimeout`: a freeze this call asked for and the kernel did not
+    /// finish is taken back (a kill keeps it: it kills what it can while
+    /// the freeze holds what it could stop, and thaws afterwards).
+    private func freeze(_ frozen: Bool, timeoutMs: Int = 5000, undoOnTimeout: Bool = false) throws(LmctfyError) {
         guard !name.isRoot else { throw .failedPrecondition("The root container \"/\" cannot be \(frozen ? "paused" : "resumed")") }
         if !frozen { try refuseUnderPausedAncestors("resumed") }
+        var undo = false
+        if undoOnTimeout && frozen { undo = try !driver.isPausedItself(name) }
         try driver.requestFrozen(name, frozen)
         var waited = 0
         while try isFrozen() != frozen {
             if waited >= timeoutMs {
-                throw .unavailable("Container \"\(name)\" did not become \(frozen ? "frozen" : "thawed") within \(timeoutMs) ms")
+                let what = "Container \"\(name)\" did not become \(frozen ? "frozen" : "thawed") within \(timeoutMs) ms"
+                guard undo else { throw .unavailable(what) }
+                do {
+                    try driver.requestFrozen(name, false)
+                } catch {
+                    throw .unavailable(what + "; taking the pause back failed too (\(error.message)): it may stay freezing until resumed")
+                }
+                throw .unavailable(what + " (one of its processes cannot be frozen: waiting uninterruptibly, on a filesystem or a device); "
+                                   + "the pause was taken back and it runs as before")
             }
             try driver.nudgeFreezer(name, frozen)
             usleep(1000)

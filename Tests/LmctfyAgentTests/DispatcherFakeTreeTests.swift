@@ -47,7 +47,7 @@ final class FakeAgentMachine: @unchecked Sendable {
 
     /// A container directory with the files cgroupfs would have.
     func container(_ segments: [String], procs: String = "", tasks: String = "") throws {
-        try tree.seed("freezer", segments, files: ["cgroup.procs": procs, "tasks": tasks, "freezer.state": "THAWED\n"])
+        try tree.seed("freezer", segments, files: ["cgroup.procs": procs, "tasks": tasks, "freezer.state": "THAWED\n", "freezer.self_freezing": "0\n"])
         try tree.dir("freezer", segments).markAsLmctfys(complete: true)
     }
 

@@ -46,7 +46,7 @@ public final class FakeCgroupKernel: FakeFilesystem, @unchecked Sendable {
         case "pids":
             return procs.merging(["pids.max": "max\n", "pids.current": "0\n"]) { a, _ in a }
         case "freezer":
-            return procs.merging(["freezer.state": "THAWED\n"]) { a, _ in a }
+            return procs.merging(["freezer.state": "THAWED\n", "freezer.self_freezing": "0\n"]) { a, _ in a }
         case "unified":
             return [
                 "cgroup.procs": "", "cgroup.threads": "", "cgroup.events": "populated 0\nfrozen 0\n", "cgroup.freeze": "0\n",
@@ -80,6 +80,13 @@ public final class FakeCgroupKernel: FakeFilesystem, @unchecked Sendable {
     }
 
     public func wrote(file path: String, _ value: String) {
+        // v1: freezer.self_freezing says whether the cgroup itself was asked
+        // to freeze, as the kernel keeps it.
+        if path.hasSuffix("/freezer.state") {
+            let dir = String(path.dropLast("/freezer.state".count))
+            try? Sys.createFile(dir + "/freezer.self_freezing", value.hasPrefix("FROZEN") ? "1\n" : "0\n")
+            return
+        }
         guard path.hasSuffix("/cgroup.freeze") else { return }
         let dir = String(path.dropLast("/cgroup.freeze".count))
         try? Sys.createFile(dir + "/cgroup.events", "populated 0\nfrozen \(value.hasPrefix("1") ? 1 : 0)\n")

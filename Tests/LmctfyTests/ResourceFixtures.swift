@@ -61,7 +61,7 @@ final class FakeContainer {
             "blkio.throttle.io_service_bytes": "Total 0\n", "blkio.throttle.io_serviced": "Total 0\n",
         ])
         try f.tree.seed("devices", ["c"], files: ["devices.allow": "", "devices.deny": "", "devices.list": "a *:* rwm\n"])
-        try f.tree.seed("freezer", ["c"], files: ["cgroup.procs": "", "freezer.state": "THAWED\n"])
+        try f.tree.seed("freezer", ["c"], files: ["cgroup.procs": "", "freezer.state": "THAWED\n", "freezer.self_freezing": "0\n"])
         return f
     }
 

@@ -5,15 +5,19 @@
  *   forkloop           fork as fast as possible, every child too, forever:
  *                      only ever run inside a container with a pids limit.
  *   oscillate MB MS N  N times: map and touch MB MiB, hold MS ms, unmap,
- *                      hold MS ms (memory usage crosses thresholds both ways). */
+ *                      hold MS ms (memory usage crosses thresholds both ways).
+ *   stat PATH          stat(2) PATH once; exit 0 if it exists, 1 if not.
+ *   fuse-hang DIR      a FUSE mount at DIR that never answers (fusehang.c). */
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 int netns_main(void);
+int fusehang_main(const char *dir);
 
 int main(int argc, char **argv) {
     if (argc >= 3 && strcmp(argv[1], "alloc") == 0) {
@@ -52,6 +56,11 @@ int main(int argc, char **argv) {
         return 0;
     }
     if (argc >= 2 && strcmp(argv[1], "netns") == 0) return netns_main();
-    fprintf(stderr, "usage: lmctfy-test-helper alloc MB [HOLD_S] | forkloop | oscillate MB MS N | netns\n");
+    if (argc >= 3 && strcmp(argv[1], "stat") == 0) {
+        struct stat st;
+        return stat(argv[2], &st) == 0 ? 0 : 1;
+    }
+    if (argc >= 3 && strcmp(argv[1], "fuse-hang") == 0) return fusehang_main(argv[2]);
+    fprintf(stderr, "usage: lmctfy-test-helper alloc MB [HOLD_S] | forkloop | oscillate MB MS N | netns | stat PATH | fuse-hang DIR\n");
     return 64;
 }

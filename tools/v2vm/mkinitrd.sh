@@ -30,13 +30,18 @@ echo 'root:x:0:0:root:/root:/bin/sh' > "$R/etc/passwd"
 echo 'root:x:0:' > "$R/etc/group"
 
 KROOT=$(dirname "$(dirname "$VMLINUZ")") KVER=$(basename "$VMLINUZ"); KVER=${KVER#vmlinuz-}
-LOOP=$(find "$KROOT/lib/modules/$KVER" -name 'loop.ko*' 2>/dev/null | head -1 || true)
-case "$LOOP" in
-    "") echo "v2vm-mkinitrd: note: no loop.ko in $KROOT, io.max tests will lack a block device" >&2 ;;
-    *.xz) xz -dc "$LOOP" > "$R/lib/modules/loop.ko" ;;   # busybox insmod cannot read compressed modules
-    *.zst) zstd -dcq "$LOOP" > "$R/lib/modules/loop.ko" ;;
-    *) cp "$LOOP" "$R/lib/modules/loop.ko" ;;
-esac
+# loop.ko: a block device for the io.max tests; fuse.ko: a task no freezer
+# can freeze, for the pause tests (UnfreezableTaskTests), /dev/fuse then
+# coming from devtmpfs.
+for mod in loop fuse; do
+    KO=$(find "$KROOT/lib/modules/$KVER" -name "$mod.ko*" 2>/dev/null | head -1 || true)
+    case "$KO" in
+        "") echo "v2vm-mkinitrd: note: no $mod.ko in $KROOT, the tests that need it will say so and skip" >&2 ;;
+        *.xz) xz -dc "$KO" > "$R/lib/modules/$mod.ko" ;;   # busybox insmod cannot read compressed modules
+        *.zst) zstd -dcq "$KO" > "$R/lib/modules/$mod.ko" ;;
+        *) cp "$KO" "$R/lib/modules/$mod.ko" ;;
+    esac
+done
 
 if [ -n "$PAYLOAD" ]; then
     # -L: a symlink into the host's build tree would dangle in the guest, so copy what it points to

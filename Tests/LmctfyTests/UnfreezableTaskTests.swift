@@ -1,0 +1,179 @@
+// A pause the kernel cannot finish, on the real kernel: a process of the
+// container waits on a FUSE filesystem that never answers (the test
+// helper's `fuse-hang`), which once the freezer's wake-up interrupts its
+// first wait, waits killably: no freezer, v1 or v2, can freeze it. The
+// pause must fail with UNAVAILABLE and leave the container as it was
+// (running, its freeze not left asked), and a freeze asked before the call
+// must be left as it was. Needs root, /dev/fuse and the fuse filesystem;
+// skipped with the reason otherwise.
+import Glibc
+@testable import Lmctfy
+import LmctfyProto
+import LmctfySystem
+import LmctfyTestSupport
+import Testing
+
+/// A FUSE mount that answers nothing after its INIT, for as long as the
+/// value is open: `lmctfy-test-helper fuse-hang` on a private directory,
+/// fed by a pipe whose end here closes it (the helper then unmounts, and
+/// its /dev/fuse closing aborts whatever still waits on it).
+final class FuseHang {
+    /// Why the kernel cannot give such a mount here, or nil.
+    static let unavailableReason: String? = {
+        if let r = RealCgroups.unavailableReason { return r }
+        guard Sys.exists("/dev/fuse") else { return "no /dev/fuse: a task that cannot be frozen needs a FUSE mount" }
+        let filesystems = (try? Sys.readFile("/proc/filesystems")) ?? ""
+        guard filesystems.split(separator: "\n").contains(where: { $0.hasSuffix("\tfuse") }) else {
+            return "the kernel has no fuse filesystem (/proc/filesystems): a task that cannot be frozen needs one"
+        }
+        return nil
+    }()
+
+    let top: String
+    let dir: String
+    private let pid: pid_t
+    private var input: Int32
+
+    init() throws {
+        var template = Array("/tmp/lmctfy-fuse-hang-XXXXXX".utf8CString)
+        guard let made = mkdtemp(&template) else { throw SystemError("mkdtemp", "/tmp", errno) }
+        top = String(cString: made)
+        dir = top + "/mnt"
+        try Sys.mkdir(dir)
+        let (inRead, inWrite) = try Sys.pipe()
+        let (outRead, outWrite) = try Sys.pipe()
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_adddup2(&actions, inRead, 0)
+        posix_spawn_file_actions_adddup2(&actions, outWrite, 1)
+        let argv: [String] = [testHelperPath, "fuse-hang", dir]
+        var cargs = argv.map { strdup($0) }
+        cargs.append(nil)
+        defer { for p in cargs { free(p) } }
+        var child: pid_t = 0
+        let rc = posix_spawn(&child, testHelperPath, &actions, nil, cargs, environ)
+        Glibc.close(inRead)
+        Glibc.close(outWrite)
+        input = inWrite
+        pid = child
+        guard rc == 0 else {
+            Glibc.close(outRead)
+            Glibc.close(inWrite)
+            rmdir(dir); rmdir(top)
+            throw SystemError("posix_spawn", testHelperPath, rc)
+        }
+        // Its first line: "ready", or "err ERRNO STEP" (bounded: 10 s).
+        var line: [UInt8] = []
+        var fds = [pollfd(fd: outRead, events: Int16(POLLIN), revents: 0)]
+        var byte: UInt8 = 0
+        while !line.contains(UInt8(ascii: "\n")) {
+            guard poll(&fds, 1, 10_000) > 0, read(outRead, &byte, 1) == 1 else { break }
+            line.append(byte)
+        }
+        Glibc.close(outRead)
+        let said = String(decoding: line, as: UTF8.self).trimmingWhitespace
+        guard said == "ready" else {
+            end()
+            throw LmctfyError(.unavailable, "lmctfy-test-helper fuse-hang \(dir) did not start: \"\(said)\"")
+        }
+    }
+
+    /// Ends the mount (idempotent): the helper's stdin closes, it unmounts
+    /// and exits; if it does not within 5 s it is killed and the mount is
+    /// detached from here.
+    func end() {
+        guard input >= 0 else { return }
+        Glibc.close(input)
+        input = -1
+        var exited = false
+        for _ in 0..<500 {
+            if TestProcess.reapIfExited(pid) != nil { exited = true; break }
+            usleep(10_000)
+        }
+        if !exited { TestProcess.end(pid) }
+        umount2(dir, Int32(MNT_DETACH))
+        rmdir(dir)
+        rmdir(top)
+    }
+
+    deinit { end() }
+}
+
+@Suite(.enabled(if: FuseHang.unavailableReason == nil, "\(FuseHang.unavailableReason ?? "")"))
+struct UnfreezableTaskTests {
+    let api: ContainerApi
+
+    init() throws {
+        api = try ContainerApi.detect()
+    }
+
+    /// Waits (bounded, 10 s) until `pid` waits on the FUSE mount.
+    func awaitBlockedOnFuse(_ pid: pid_t) throws {
+        for _ in 0..<1000 {
+            let wchan = (try? Sys.readFile("/proc/\(pid)/wchan")) ?? ""
+            if wchan.contains("fuse") || wchan.contains("request_wait_answer") { return }
+            if TestProcess.reapIfExited(pid) != nil { break }
+            usleep(10_000)
+        }
+        throw LmctfyError(.unavailable, "process \(pid) never waited on the FUSE mount (wchan \((try? Sys.readFile("/proc/\(pid)/wchan")) ?? "gone"))")
+    }
+
+    @Test func aPauseTheKernelCannotFinishIsTakenBack() throws {
+        try withTestContainer(api, label: "unfreezable") { name in
+            let c = try api.create(name, spec: ContainerSpec(memory: MemorySpec(limit: 100_000_000)))
+            let hang = try FuseHang()
+            defer { hang.end() }
+            let pid = try c.run([testHelperPath, "stat", hang.dir + "/x"])
+            defer { TestProcess.end(pid) }
+            try awaitBlockedOnFuse(pid)
+
+            let started = MonotonicClock.milliseconds()
+            #expect {
+                try c.setFrozen(true, timeoutMs: 300)
+            } throws: { error in
+                guard let e = error as? LmctfyError else { return false }
+                return e.code == .unavailable && e.message.contains("taken back")
+            }
+            #expect(MonotonicClock.milliseconds() - started < 5_000)
+            // As before the call: not frozen, not freezing, no freeze asked.
+            #expect(try c.isFrozen() == false)
+            #expect(try c.driver.isThawed(name))
+            #expect(try c.driver.isPausedItself(name) == false)
+
+            // The process was never stopped by the pause: once the mount
+            // goes, its stat fails (ENOTCONN) and it exits by itself (a
+            // detached run: not this process's child, gone is all we see).
+            hang.end()
+            for _ in 0..<1000 where kill(pid, 0) == 0 { usleep(10_000) }
+            #expect(kill(pid, 0) != 0, "the stat on the aborted mount still runs: \((try? Sys.readFile("/proc/\(pid)/status")) ?? "")")
+            // And a pause works again.
+            try c.setFrozen(true)
+            #expect(try c.isFrozen())
+            try c.setFrozen(false)
+            #expect(try c.isFrozen() == false)
+        }
+    }
+
+    /// A freeze someone asked for before the pause (here written to the
+    /// cgroup directly, as another tool would) is not the failed pause's to
+    /// take back.
+    @Test func aFreezeAskedBeforeThePauseIsLeftAsked() throws {
+        try withTestContainer(api, label: "unfreezable2") { name in
+            let c = try api.create(name, spec: ContainerSpec(memory: MemorySpec(limit: 100_000_000)))
+            let hang = try FuseHang()
+            defer { hang.end() }
+            let pid = try c.run([testHelperPath, "stat", hang.dir + "/x"])
+            defer { TestProcess.end(pid) }
+            try awaitBlockedOnFuse(pid)
+
+            try c.driver.requestFrozen(name, true)
+            defer { try? c.driver.requestFrozen(name, false) }
+            #expect(throws: LmctfyError.self) { try c.setFrozen(true, timeoutMs: 200) }
+            #expect(try c.driver.isPausedItself(name), "the outside freeze was taken back")
+            #expect(try c.isFrozen() == false)
+            try c.setFrozen(false)
+            #expect(try c.driver.isThawed(name))
+        }
+    }
+}
