@@ -178,6 +178,9 @@ extension ContainerApi {
             var undone = true
             for dir in made.dirs.reversed() where (try? dir.remove()) == nil { undone = false }
             if undone { try? lock?.clear() }
+            // What the create enabled in its parent for it (v2), when the
+            // parent has no other subcontainer.
+            if undone { try? driver.releaseControllers(parent) }
             throw error
         }
     }

@@ -53,6 +53,10 @@ extension ContainerApi {
             }
             Progress.report("\(name): destroying \(name)\(subs.isEmpty ? "" : " (\(subs.count + 1) of \(subs.count + 1) containers)")")
             guard try destroyOne(name) || visible || undone else { throw .notFound("Container \"\(name)\" does not exist") }
+            // Best effort: the container is gone whatever this says (a
+            // parent left enabling controllers refuses processes on v2,
+            // which a run in it then reports).
+            if let parent = name.parent { try? driver.releaseControllers(parent) }
             return subs.reversed()
         }
     }

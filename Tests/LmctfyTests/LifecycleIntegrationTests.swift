@@ -143,6 +143,35 @@ struct LifecycleIntegrationTests {
         }
     }
 
+    /// A container whose subcontainers all went (destroyed, or a create
+    /// that failed and was undone) takes processes again: on v2 the
+    /// controllers they had enabled in its cgroup.subtree_control are
+    /// turned off with the last one (they stayed, and a run in it was
+    /// refused: the kernel allows no process in a cgroup that enables
+    /// controllers for children).
+    @Test func aContainerWhoseSubcontainersWentTakesProcessesAgain() throws {
+        try withTestContainer(api, label: "parent") { name in
+            let c = try api.create(name, spec: ContainerSpec(cpu: CpuSpec(limit: 500), memory: MemorySpec(limit: 100_000_000),
+                                                             pids: PidsSpec(limit: 20)))
+            func subtreeControl() throws -> String {
+                try Sys.readFile(api.mounts.unified! + name.path + "/cgroup.subtree_control").trimmingWhitespace
+            }
+            let kid = try ContainerName.resolve("kid", relativeTo: name)
+            try api.create(kid, spec: ContainerSpec(memory: MemorySpec(limit: 50_000_000), pids: PidsSpec(limit: 10)))
+            if api.version == .v2 { #expect(try subtreeControl() != "", "the create enabled nothing for its child") }
+            try api.destroy(kid)
+            if api.version == .v2 { #expect(try subtreeControl() == "") }
+            // A create that fails after its directory was made (the kernel
+            // refuses a throttle of device 9:9) is undone, parent included.
+            let throttle = try ContainerSpec(textFormat: "blockio { max_device_limit_set { max_limits { op_type: READ "
+                                             + "limit_type: BYTES_PER_SECOND limits { device { major: 9 minor: 9 } limit: 100 } } } }")
+            #expect(throws: LmctfyError.self) { try api.create(kid, spec: throttle) }
+            if api.version == .v2 { #expect(try subtreeControl() == "") }
+            let pid = try c.run(["/bin/sleep", "300"])
+            #expect(try c.processes(recursive: false).contains(pid))
+        }
+    }
+
     @Test func unimplementedSectionsAreRefusedWithTwelve() throws {
         try withTestContainer(api) { name throws in
             #expect { try api.create(name, spec: ContainerSpec(network: NetworkSpec())) }

@@ -49,6 +49,14 @@ protocol CgroupDriver: Sendable {
     /// each group is the candidates of one hierarchy, most likely first (a
     /// group stops at the first directory removed); the tasks directory last.
     func removalGroups(_ name: ContainerName) throws(LmctfyError) -> [[CgroupDir]]
+    /// After `parent`'s last subcontainer went (destroyed, or a failed
+    /// create undone): v2 turns off the controllers its subcontainers had
+    /// enabled in its cgroup.subtree_control, or the kernel would refuse
+    /// it processes (no process in a cgroup that enables controllers for
+    /// children: a run in it was EBUSY after a child came and went). Not
+    /// for the root, nor for a cgroup lmctfy did not make, nor while it has
+    /// any subdirectory. v1: nothing to do.
+    func releaseControllers(_ parent: ContainerName) throws(LmctfyError)
     /// The container's directories and the task files in each that
     /// delegation (owner, owner_group) hands over.
     func delegated(_ name: ContainerName) throws(LmctfyError) -> (dirs: [CgroupDir], files: [String])

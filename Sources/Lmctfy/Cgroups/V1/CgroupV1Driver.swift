@@ -160,6 +160,8 @@ struct CgroupV1Driver: CgroupDriver {
         try d.write("cpuset.mems", value.isEmpty ? "\n" : value)
     }
 
+    func releaseControllers(_ parent: ContainerName) throws(LmctfyError) {}
+
     func removalGroups(_ name: ContainerName) throws(LmctfyError) -> [[CgroupDir]] {
         var groups: [[CgroupDir]] = []
         for c in Controller.allCases.reversed() where c != .freezer && !isCoMountedFollower(c) {

@@ -93,6 +93,22 @@ struct CgroupV2Driver: CgroupDriver {
 
     func removalGroups(_ name: ContainerName) throws(LmctfyError) -> [[CgroupDir]] { [[tasksDir(name)]] }
 
+    func releaseControllers(_ parent: ContainerName) throws(LmctfyError) {
+        guard !parent.isRoot else { return }
+        let dir = tasksDir(parent)
+        guard !dir.mayHaveSubdirectories(), try dir.state().isLmctfy else { return }
+        let enabled = try Self.controllers(dir, "cgroup.subtree_control")
+        guard !enabled.isEmpty else { return }
+        // One write for all: the kernel then sorts out the order of
+        // controllers that depend on each other.
+        do {
+            try dir.write("cgroup.subtree_control", enabled.sorted().map { "-" + $0 }.joined(separator: " "))
+        } catch {
+            throw LmctfyError(error.code, "Failed to turn off the controllers of \"\(parent)\" for its subcontainers, "
+                              + "with its last one gone: \(error.message)", errno: error.errno)
+        }
+    }
+
     func delegated(_ name: ContainerName) throws(LmctfyError) -> (dirs: [CgroupDir], files: [String]) {
         ([tasksDir(name)], ["cgroup.procs", "cgroup.threads", "cgroup.subtree_control"])
     }
