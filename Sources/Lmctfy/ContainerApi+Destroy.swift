@@ -46,13 +46,22 @@ extension ContainerApi {
                 try Container(name: name, api: self).refuseUnderPausedAncestors("destroyed", paused)
             }
             // A container without subcontainers thaws itself in its kill.
-            if !subs.isEmpty { try resumeTree(tree) }
-            for (i, sub) in subs.reversed().enumerated() {
-                Progress.report("\(name): destroying \(sub) (\(i + 1) of \(subs.count + 1) containers)")
-                _ = try destroyOne(sub)
+            // A destroy that stops part way pauses again what it resumed
+            // and did not destroy: what is left is as it was.
+            let thawed = subs.isEmpty ? [] : try resumeTree(tree)
+            var gone = Set<ContainerName>()
+            do throws(LmctfyError) {
+                for (i, sub) in subs.reversed().enumerated() {
+                    Progress.report("\(name): destroying \(sub) (\(i + 1) of \(subs.count + 1) containers)")
+                    _ = try destroyOne(sub)
+                    gone.insert(sub)
+                }
+                Progress.report("\(name): destroying \(name)\(subs.isEmpty ? "" : " (\(subs.count + 1) of \(subs.count + 1) containers)")")
+                guard try destroyOne(name) || visible || undone else { throw .notFound("Container \"\(name)\" does not exist") }
+            } catch {
+                pauseAgain(thawed.filter { !gone.contains($0) })
+                throw error
             }
-            Progress.report("\(name): destroying \(name)\(subs.isEmpty ? "" : " (\(subs.count + 1) of \(subs.count + 1) containers)")")
-            guard try destroyOne(name) || visible || undone else { throw .notFound("Container \"\(name)\" does not exist") }
             // Best effort: the container is gone whatever this says (a
             // parent left enabling controllers refuses processes on v2,
             // which a run in it then reports).
@@ -76,14 +85,32 @@ extension ContainerApi {
         return false
     }
 
-    func resumeTree(_ names: [ContainerName]) throws(LmctfyError) {
+    /// Returns those it thawed; if it fails part way, pauses them again.
+    @discardableResult
+    func resumeTree(_ names: [ContainerName]) throws(LmctfyError) -> [ContainerName] {
+        var thawed: [ContainerName] = []
         for n in names {
             do {
-                if try driver.isPausedItself(n) { try driver.requestFrozen(n, false) }
+                if try driver.isPausedItself(n) {
+                    try driver.requestFrozen(n, false)
+                    thawed.append(n)
+                }
             } catch where error.code == .notFound {
                 continue
+            } catch {
+                pauseAgain(thawed)
+                throw error
             }
         }
+        return thawed
+    }
+
+    /// Undoes `resumeTree` for `names` (parents first), on the path of a
+    /// destroy or kill that failed part way: best effort, not waited for
+    /// (the failure is what the caller reports); one gone meanwhile is
+    /// skipped.
+    func pauseAgain(_ names: [ContainerName]) {
+        for n in names { try? driver.requestFrozen(n, true) }
     }
 
     /// Removes what lmctfy left of a container that is not visible (see

@@ -293,10 +293,21 @@ public struct LocalBackend: ContainerBackend {
                 try c.refuseUnderPausedAncestors("emptied", paused)
             }
             // A container without subcontainers thaws itself in its kill.
-            if !subs.isEmpty { try api.resumeTree([c.name] + subs) }
-            for sub in subs.reversed() {
-                try api.get(sub).killAll()
+            // One that stops part way pauses again what it resumed and did
+            // not empty (an emptied one stays thawed, as a kill leaves it).
+            let thawed = subs.isEmpty ? [] : try api.resumeTree([c.name] + subs)
+            var emptied = Set<ContainerName>()
+            do throws(LmctfyError) {
+                for sub in subs.reversed() {
+                    try api.get(sub).killAll()
+                    emptied.insert(sub)
+                }
+                try c.killAll()
+            } catch {
+                api.pauseAgain(thawed.filter { !emptied.contains($0) })
+                throw error
             }
+            return
         }
         try c.killAll()
     }

@@ -240,7 +240,10 @@ public struct CgroupDir: Sendable, Equatable, CustomStringConvertible {
     /// only for the registration write).
     /// A failure to open is NOT_FOUND for ENOENT, PERMISSION_DENIED for
     /// EACCES, `code` otherwise.
-    func open(_ name: String, _ flags: Int32, failing code: StatusCode = .failedPrecondition,
+    /// `truncatingFake` false: a fake tree's file is not truncated at the
+    /// open (`write` truncates it after a write that succeeded: a failed
+    /// one leaves the value, as the kernel's does).
+    func open(_ name: String, _ flags: Int32, failing code: StatusCode = .failedPrecondition, truncatingFake: Bool = true,
               _ context: @autoclosure () -> String = "Failed to open cgroup file") throws(LmctfyError) -> Int32 {
         Self.checkFileName(name)
         if access.verifiesFilesystem, faults == nil, let root = MountRoots.shared.fd(mount, access),
@@ -252,7 +255,7 @@ public struct CgroupDir: Sendable, Equatable, CustomStringConvertible {
         let fd: Int32
         // A fake tree's regular file takes a written value whole, as a
         // cgroup file does (a shorter value must not leave a tail behind).
-        let truncate = !access.verifiesFilesystem && flags & O_ACCMODE != O_RDONLY ? O_TRUNC : 0
+        let truncate = truncatingFake && !access.verifiesFilesystem && flags & O_ACCMODE != O_RDONLY ? O_TRUNC : 0
         do { fd = try Sys.open(path, flags | truncate, faults: faults) } catch {
             throw error.cgroup(Self.gone(error.errno) ? .notFound : code, context())
         }
@@ -301,10 +304,13 @@ public struct CgroupDir: Sendable, Equatable, CustomStringConvertible {
     /// EACCES is PERMISSION_DENIED; a value the kernel refuses (EINVAL,
     /// EBUSY, ...) is UNAVAILABLE, as in the original.
     public func write(_ name: String, _ value: String) throws(LmctfyError) {
-        let fd = try open(name, O_WRONLY, failing: .unavailable, Self.writeContext(value))
+        let fd = try open(name, O_WRONLY, failing: .unavailable, truncatingFake: false, Self.writeContext(value))
         defer { close(fd) }
         do {
             try Sys.writeOnce(fd, Array(value.utf8), path: file(name), faults: faults)
+            // A fake tree's file holds the value whole, as a cgroup file
+            // does (a shorter one must not leave a tail behind).
+            if !access.verifiesFilesystem { _ = ftruncate(fd, off_t(value.utf8.count)) }
         } catch {
             throw error.cgroup(Self.gone(error.errno) ? .notFound : .unavailable, Self.writeContext(value))
         }
