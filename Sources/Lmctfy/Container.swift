@@ -311,7 +311,7 @@ public struct Container: Sendable {
             // thawed below either way: a kill that does not finish never
             // leaves it frozen (or half-way, FREEZING) behind.
             do {
-                try freeze(true)
+                try freeze(true, timeoutMs: Self.killFreezeBoundMs)
             } catch where error.code == .unavailable {
                 // Not frozen within the bound: kill what is there now.
             }
@@ -341,8 +341,22 @@ public struct Container: Sendable {
             if procs.isEmpty && threads.isEmpty { return }
         }
         let left = try tasksDir.readPids("cgroup.procs")
-        throw .failedPrecondition("Expected container \"\(name)\" to have no processes, has \(left.count). Some may be unkillable")
+        // Which, and where each waits: a task in an uninterruptible wait (a
+        // FUSE or NFS server that does not answer, a device) dies only
+        // when that wait ends.
+        let named = left.prefix(5).map { pid -> String in
+            let wchan = ((try? Sys.readFile("/proc/\(pid)/wchan")) ?? "").trimmingWhitespace
+            return wchan.isEmpty || wchan == "0" ? "\(pid)" : "\(pid) (waiting in \(wchan))"
+        }.joined(separator: ", ") + (left.count > 5 ? ", ..." : "")
+        throw .failedPrecondition("Expected container \"\(name)\" to have no processes, has \(left.count): \(named). Some may be unkillable "
+                                  + "(in an uninterruptible wait, on a filesystem or a device, they die when it ends: they were sent SIGKILL)")
     }
+
+    /// How long a kill waits for its freeze (which only keeps the tasks
+    /// from forking while they are killed) before killing anyway: a task
+    /// that does not freeze by then waits where no freezer reaches it (nor
+    /// can it fork from there). Ten rounds took over a minute at 5 s each.
+    static let killFreezeBoundMs = 500
 
     /// This process as a `killing` record names it: pid and start time
     /// (/proc/self/stat field 22), so that a pid used again is not taken

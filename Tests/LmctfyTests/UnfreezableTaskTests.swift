@@ -176,4 +176,38 @@ struct UnfreezableTaskTests {
             #expect(try c.driver.isThawed(name))
         }
     }
+
+    /// A task waiting on a FUSE request its server has read and not
+    /// answered cannot die (the kernel waits the request out,
+    /// uninterruptibly): a kill says so (9, naming the task and its wait)
+    /// within seconds, leaves the container thawed, and the task, sent
+    /// SIGKILL, goes when its wait ends.
+    @Test func aKillOfATaskThatCannotDieSaysSoAndLeavesItThawed() throws {
+        try withTestContainer(api, label: "unfreezable3") { name in
+            let c = try api.create(name, spec: ContainerSpec(memory: MemorySpec(limit: 100_000_000)))
+            let hang = try FuseHang()
+            defer { hang.end() }
+            let pid = try c.run([testHelperPath, "stat", hang.dir + "/x"])
+            defer { TestProcess.end(pid) }
+            try awaitBlockedOnFuse(pid)
+            let started = MonotonicClock.milliseconds()
+            #expect {
+                try c.killAll()
+            } throws: { error in
+                guard let e = error as? LmctfyError else { return false }
+                return e.code == .failedPrecondition && e.message.contains("\(pid) (waiting in")
+            }
+            // Printed, not asserted (a slow guest under emulation takes
+            // twice as long): ten rounds of a 500 ms freeze bound and a 1 s
+            // wait, ~16 s here; 69 s with the 5 s bound a pause uses.
+            print("UnfreezableTaskTests: the kill gave up after \(MonotonicClock.milliseconds() - started) ms")
+            #expect(try c.driver.isThawed(name))
+            #expect(try c.driver.isPausedItself(name) == false)
+            hang.end()
+            for _ in 0..<1000 where kill(pid, 0) == 0 { usleep(10_000) }
+            #expect(kill(pid, 0) != 0, "the killed task outlived its wait")
+            try api.destroy(name)
+            #expect(try !api.exists(name))
+        }
+    }
 }
