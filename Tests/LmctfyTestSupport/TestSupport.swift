@@ -229,6 +229,31 @@ public struct ChildResult: Sendable {
 }
 
 extension TestProcess {
+    /// Starts `argv` (absolute path first) with its stdin and stdout on
+    /// pipes: returns its pid, the end that writes its stdin and the end
+    /// that reads its stdout (the caller closes both, and reaps it).
+    public static func spawnPiped(_ argv: [String]) throws -> (pid: pid_t, stdin: Int32, stdout: Int32) {
+        let (inRead, inWrite) = try Sys.pipe()
+        let (outRead, outWrite) = try Sys.pipe()
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_adddup2(&actions, inRead, 0)
+        posix_spawn_file_actions_adddup2(&actions, outWrite, 1)
+        var cargs = argv.map { strdup($0) }
+        cargs.append(nil)
+        defer { for p in cargs { free(p) } }
+        var pid: pid_t = 0
+        let rc = posix_spawn(&pid, argv[0], &actions, nil, cargs, environ)
+        close(inRead)
+        close(outWrite)
+        guard rc == 0 else {
+            close(inWrite); close(outRead)
+            throw SystemError("posix_spawn", argv[0], rc)
+        }
+        return (pid, inWrite, outRead)
+    }
+
     /// Runs argv to completion, capturing stdout and stderr (stdin is
     /// /dev/null). posix_spawn and poll only: Foundation's Process needs
     /// CFSocket wake-up pairs the qemu guest cannot give it.

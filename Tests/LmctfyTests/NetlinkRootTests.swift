@@ -54,28 +54,7 @@ private final class NetnsPeer {
     private var pending: [UInt8] = []
 
     init() throws {
-        let (inRead, inWrite) = try Sys.pipe()
-        let (outRead, outWrite) = try Sys.pipe()
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_adddup2(&actions, inRead, 0)
-        posix_spawn_file_actions_adddup2(&actions, outWrite, 1)
-        let argv = [testHelperPath, "netns"]
-        var cargs = argv.map { strdup($0) }
-        cargs.append(nil)
-        defer { for p in cargs { free(p) } }
-        var pid: pid_t = 0
-        let rc = posix_spawn(&pid, testHelperPath, &actions, nil, cargs, environ)
-        close(inRead)
-        close(outWrite)
-        guard rc == 0 else {
-            close(inWrite); close(outRead)
-            throw SystemError("posix_spawn", testHelperPath, rc)
-        }
-        self.pid = pid
-        toPeer = inWrite
-        fromPeer = outRead
+        (pid, toPeer, fromPeer) = try TestProcess.spawnPiped([testHelperPath, "netns"])
         let ready = try readLine()
         try expectEqual(ready, "ready \(pid)", "helper start")
     }

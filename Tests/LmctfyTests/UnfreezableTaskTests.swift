@@ -40,28 +40,12 @@ final class FuseHang {
         top = String(cString: made)
         dir = top + "/mnt"
         try Sys.mkdir(dir)
-        let (inRead, inWrite) = try Sys.pipe()
-        let (outRead, outWrite) = try Sys.pipe()
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_adddup2(&actions, inRead, 0)
-        posix_spawn_file_actions_adddup2(&actions, outWrite, 1)
-        let argv: [String] = [testHelperPath, "fuse-hang", dir]
-        var cargs = argv.map { strdup($0) }
-        cargs.append(nil)
-        defer { for p in cargs { free(p) } }
-        var child: pid_t = 0
-        let rc = posix_spawn(&child, testHelperPath, &actions, nil, cargs, environ)
-        Glibc.close(inRead)
-        Glibc.close(outWrite)
-        input = inWrite
-        pid = child
-        guard rc == 0 else {
-            Glibc.close(outRead)
-            Glibc.close(inWrite)
+        let outRead: Int32
+        do {
+            (pid, input, outRead) = try TestProcess.spawnPiped([testHelperPath, "fuse-hang", dir])
+        } catch {
             rmdir(dir); rmdir(top)
-            throw SystemError("posix_spawn", testHelperPath, rc)
+            throw error
         }
         // Its first line: "ready", or "err ERRNO STEP" (bounded: 10 s).
         var line: [UInt8] = []
@@ -119,14 +103,22 @@ struct UnfreezableTaskTests {
         throw LmctfyError(.unavailable, "process \(pid) never waited on the FUSE mount (wchan \((try? Sys.readFile("/proc/\(pid)/wchan")) ?? "gone"))")
     }
 
-    @Test func aPauseTheKernelCannotFinishIsTakenBack() throws {
-        try withTestContainer(api, label: "unfreezable") { name in
+    /// A container of its own (`label`) with one process waiting on a
+    /// FUSE mount that never answers, for `body`; the mount goes after it
+    /// (if `body` has not ended it), then the container.
+    func withBlockedTask(_ label: String, _ body: (Container, ContainerName, FuseHang, pid_t) throws -> Void) throws {
+        try withTestContainer(api, label: label) { name in
             let c = try api.create(name, spec: ContainerSpec(memory: MemorySpec(limit: 100_000_000)))
             let hang = try FuseHang()
             defer { hang.end() }
             let pid = try c.run([testHelperPath, "stat", hang.dir + "/x"])
-            defer { TestProcess.end(pid) }
             try awaitBlockedOnFuse(pid)
+            try body(c, name, hang, pid)
+        }
+    }
+
+    @Test func aPauseTheKernelCannotFinishIsTakenBack() throws {
+        try withBlockedTask("unfreezable") { c, name, hang, pid in
 
             let started = MonotonicClock.milliseconds()
             #expect {
@@ -159,13 +151,7 @@ struct UnfreezableTaskTests {
     /// cgroup directly, as another tool would) is not the failed pause's to
     /// take back.
     @Test func aFreezeAskedBeforeThePauseIsLeftAsked() throws {
-        try withTestContainer(api, label: "unfreezable2") { name in
-            let c = try api.create(name, spec: ContainerSpec(memory: MemorySpec(limit: 100_000_000)))
-            let hang = try FuseHang()
-            defer { hang.end() }
-            let pid = try c.run([testHelperPath, "stat", hang.dir + "/x"])
-            defer { TestProcess.end(pid) }
-            try awaitBlockedOnFuse(pid)
+        try withBlockedTask("unfreezable2") { c, name, hang, pid in
 
             try c.driver.requestFrozen(name, true)
             defer { try? c.driver.requestFrozen(name, false) }
@@ -183,13 +169,7 @@ struct UnfreezableTaskTests {
     /// within seconds, leaves the container thawed, and the task, sent
     /// SIGKILL, goes when its wait ends.
     @Test func aKillOfATaskThatCannotDieSaysSoAndLeavesItThawed() throws {
-        try withTestContainer(api, label: "unfreezable3") { name in
-            let c = try api.create(name, spec: ContainerSpec(memory: MemorySpec(limit: 100_000_000)))
-            let hang = try FuseHang()
-            defer { hang.end() }
-            let pid = try c.run([testHelperPath, "stat", hang.dir + "/x"])
-            defer { TestProcess.end(pid) }
-            try awaitBlockedOnFuse(pid)
+        try withBlockedTask("unfreezable3") { c, name, hang, pid in
             let started = MonotonicClock.milliseconds()
             #expect {
                 try c.killAll()
