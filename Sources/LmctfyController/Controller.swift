@@ -879,6 +879,7 @@ public final class Controller: @unchecked Sendable {
             logger.info("host \(identity.hostName ?? "") registered (key \(keyId), cgroup v\(identity.cgroupVersion ?? 0), \(identity.cpus ?? 0) cpus)")
             answer(p, stream, .success(try RegisterResponse().serializedBytes()))
             p.host = identity.hostName
+            fleet.readmit(identity.hostName ?? "", bootId: identity.bootId)
             subscribeHost(p)
             let changed = before?.state == .hostConnected && before?.identity != identity
             hostChanged(identity.hostName ?? "", changed ? .hostChanged : .hostUp)

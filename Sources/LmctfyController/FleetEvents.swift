@@ -144,12 +144,39 @@ final class FleetEvents {
         return nil
     }
 
-    /// Forgets a host's cursor (the host was removed: one registering
-    /// under its name later is another, its events all new).
+    /// Takes a removed host's cursor out of use, kept aside: a host
+    /// registering under its name later resumes from it only if its agent's
+    /// events are of the same boot (`readmit`), so that the same agent
+    /// removed and registered again does not have its kept events stored a
+    /// second time (each came into the fleet log again, as new); another
+    /// machine, or the agent started again, starts afresh. At most
+    /// `maxRetired` are kept aside, the oldest removal going first; they
+    /// live in memory only (a restart rebuilds the cursors from the saved
+    /// ones and the journal, as for any host).
     func forget(_ host: String) {
-        guard cursors.removeValue(forKey: host) != nil else { return }
+        guard let cursor = cursors.removeValue(forKey: host) else { return }
+        cursorsDirty = true
+        if retired.updateValue(cursor, forKey: host) == nil { retiredOrder.append(host) }
+        while retiredOrder.count > Self.maxRetired {
+            retired.removeValue(forKey: retiredOrder.removeFirst())
+        }
+    }
+
+    /// A host registering: a cursor kept aside at its removal is its
+    /// cursor again when its agent's events are of the same boot
+    /// (`bootId`, its registration's); otherwise it is dropped.
+    func readmit(_ host: String, bootId: String?) {
+        guard let cursor = retired.removeValue(forKey: host) else { return }
+        retiredOrder.removeAll { $0 == host }
+        guard cursors[host] == nil, let bootId, cursor.boot == bootId else { return }
+        cursors[host] = cursor
         cursorsDirty = true
     }
+
+    /// Cursors of removed hosts kept aside (`forget`), and their order.
+    private var retired: [String: Cursor] = [:]
+    private var retiredOrder: [String] = []
+    static let maxRetired = 4096
 
     /// Writes the cursors if they moved (a timer calls it): what scrolled
     /// out of the journal still has its cursor after a restart. Not while

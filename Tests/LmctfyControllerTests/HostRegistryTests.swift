@@ -165,6 +165,46 @@ private func keys(_ store: FileHostStore) throws -> [String: String] {
         #expect(second.subscribeRequest(for: "h", credit: nil).afterSequence == 3)
     }
 
+    /// A removed host whose agent registers again with the same boot (its
+    /// link came back) resumes after what the log has: its kept events
+    /// were stored a second time, as new. Another boot under the name
+    /// (another machine, or the agent started again) starts afresh, and
+    /// only the latest removals are kept aside.
+    @Test func aRemovedHostOfTheSameBootResumesFromItsCursor() throws {
+        let dir = "/tmp/lmctfy-fleetevents-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try Sys.mkdir(dir, mode: 0o700)
+        defer { _ = removeTree(dir) }
+        let fleet = try FleetEvents(stateDir: dir, capacity: 100)
+        func event(_ seq: UInt64) -> SubscribeResponse {
+            SubscribeResponse(event: ContainerEvent(bootId: "hb", sequence: seq, container: "/a", kind: .containerEventCreated))
+        }
+        for seq: UInt64 in 1...3 { #expect(fleet.take(event(seq), from: "h", bytes: 100) != nil) }
+        fleet.forget("h")
+        #expect(fleet.subscribeRequest(for: "h", credit: nil).bootId == nil, "a removed host's cursor is not in use")
+        fleet.readmit("h", bootId: "hb")
+        #expect(fleet.subscribeRequest(for: "h", credit: nil).bootId == "hb")
+        #expect(fleet.subscribeRequest(for: "h", credit: nil).afterSequence == 3)
+        #expect(fleet.take(event(2), from: "h", bytes: 100) == nil, "stored again")
+        #expect(fleet.take(event(4), from: "h", bytes: 100) != nil)
+
+        fleet.forget("h")
+        fleet.readmit("h", bootId: "another")
+        #expect(fleet.subscribeRequest(for: "h", credit: nil).bootId == nil)
+        #expect(fleet.subscribeRequest(for: "h", credit: nil).afterSequence == 0)
+
+        // Bounded: the oldest removal goes first.
+        for i in 0...FleetEvents.maxRetired {
+            #expect(fleet.take(SubscribeResponse(event: ContainerEvent(bootId: "b\(i)", sequence: 1, container: "/a", kind: .containerEventCreated)),
+                               from: "host\(i)", bytes: 100) != nil)
+            fleet.forget("host\(i)")
+        }
+        fleet.readmit("host0", bootId: "b0")
+        #expect(fleet.subscribeRequest(for: "host0", credit: nil).bootId == nil, "the oldest removal was kept past the bound")
+        let last = FleetEvents.maxRetired
+        fleet.readmit("host\(last)", bootId: "b\(last)")
+        #expect(fleet.subscribeRequest(for: "host\(last)", credit: nil).afterSequence == 1)
+    }
+
     /// A host's gap reaches every fleet subscriber of that host, whatever
     /// container or kinds it asked for (one watching `--kind OOM` was never
     /// told that a host's events, OOMs among them, were lost).
