@@ -31,7 +31,7 @@ echo 'root:x:0:' > "$R/etc/group"
 
 KROOT=$(dirname "$(dirname "$VMLINUZ")") KVER=$(basename "$VMLINUZ"); KVER=${KVER#vmlinuz-}
 # loop.ko: a block device for the io.max tests; fuse.ko: a task no freezer
-# can freeze, for the pause tests (UnfreezableTaskTests), /dev/fuse then
+# can freeze, for the pause tests (UnfreezableTaskIntegrationTests), /dev/fuse then
 # coming from devtmpfs.
 for mod in loop fuse; do
     KO=$(find "$KROOT/lib/modules/$KVER" -name "$mod.ko*" 2>/dev/null | head -1 || true)

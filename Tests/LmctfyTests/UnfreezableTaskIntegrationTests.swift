@@ -85,7 +85,7 @@ final class FuseHang {
 }
 
 @Suite(.enabled(if: FuseHang.unavailableReason == nil, "\(FuseHang.unavailableReason ?? "")"))
-struct UnfreezableTaskTests {
+struct UnfreezableTaskIntegrationTests {
     let api: ContainerApi
 
     init() throws {
@@ -180,7 +180,7 @@ struct UnfreezableTaskTests {
             // Printed, not asserted (a slow guest under emulation takes
             // twice as long): ten rounds of a 500 ms freeze bound and a 1 s
             // wait, ~16 s here; 69 s with the 5 s bound a pause uses.
-            print("UnfreezableTaskTests: the kill gave up after \(MonotonicClock.milliseconds() - started) ms")
+            print("UnfreezableTaskIntegrationTests: the kill gave up after \(MonotonicClock.milliseconds() - started) ms")
             #expect(try c.driver.isThawed(name))
             #expect(try c.driver.isPausedItself(name) == false)
             hang.end()
