@@ -248,6 +248,7 @@ public struct Container: Sendable {
     /// Under the tree's lock, as a run's start is (see `run`).
     public func setFrozen(_ frozen: Bool, timeoutMs: Int = 5000) throws(LmctfyError) {
         try api.locked(name) { _ throws(LmctfyError) in
+            if frozen { try refuseIfCallerInside("paused") }
             try freeze(frozen, timeoutMs: timeoutMs, undoOnTimeout: true)
             if try tasksDir.record(.killing)?.isEmpty == false { try tasksDir.setRecord(.killing, "") }
         }
@@ -298,6 +299,7 @@ public struct Container: Sendable {
     /// an interrupted create or destroy left too).
     func killTasks(rounds: Int = 10) throws(LmctfyError) {
         if try tasksDir.readPids("cgroup.procs").isEmpty { return }
+        try refuseIfCallerInside("emptied")
         try thawInterruptedKill()
         try refuseUnderPausedAncestors("emptied")
         // Who holds the freeze below, for as long as it does: a kill that
@@ -357,6 +359,18 @@ public struct Container: Sendable {
     /// that does not freeze by then waits where no freezer reaches it (nor
     /// can it fork from there). Ten rounds took over a minute at 5 s each.
     static let killFreezeBoundMs = 500
+
+    /// FAILED_PRECONDITION when this process is in the container or below
+    /// it: its freeze would stop the caller itself, for good (an `lmctfy
+    /// destroy -f` or `pause` run from a shell inside the container froze
+    /// itself, and the container with it, until someone resumed it from
+    /// outside; an agent inside a tree it was asked to pause, the same).
+    /// Where this process is cannot be read (a fake tree): not refused.
+    func refuseIfCallerInside(_ action: String) throws(LmctfyError) {
+        guard let here = try? api.detect(pid: 0), here == name || name.isAncestor(of: here) else { return }
+        throw .failedPrecondition("Container \"\(name)\" cannot be \(action) from inside it: this process (pid \(getpid())) is in \"\(here)\", "
+                                  + "and the freeze would stop it for good; run it from outside the container")
+    }
 
     /// This process as a `killing` record names it: pid and start time
     /// (/proc/self/stat field 22), so that a pid used again is not taken

@@ -172,6 +172,26 @@ struct LifecycleIntegrationTests {
         }
     }
 
+    /// lmctfy run from inside a container does not pause or empty that
+    /// container (or an ancestor): its freeze stopped lmctfy itself, for
+    /// good, and left the container frozen (a probe: `destroy -f` from a
+    /// shell inside). Refused with 9 before anything is frozen.
+    @Test func pauseAndKillFromInsideAreRefused() throws {
+        try withTestContainer(api, label: "inside") { name in
+            let c = try api.create(name, spec: ContainerSpec(memory: MemorySpec(limit: 100_000_000)))
+            let procs = (api.version == .v1 ? api.mounts.v1[.freezer]! : api.mounts.unified!) + name.path + "/cgroup.procs"
+            for verb in [["pause", name.description], ["killall", name.description], ["destroy", "-f", name.description]] {
+                // The shell joins the container, then becomes lmctfy.
+                let script = "echo $$ > \(procs) && exec \(builtTool("lmctfy")) \(verb.joined(separator: " "))"
+                let r = try TestProcess.capture(["/bin/sh", "-c", script])
+                let err = String(decoding: r.stderr, as: UTF8.self)
+                #expect(r.status == 9 && err.contains("from inside it"), "\(verb): \(r.status) \(err)")
+                #expect(try c.isFrozen() == false, "\(verb) left it frozen")
+            }
+            #expect(try api.exists(name))
+        }
+    }
+
     @Test func unimplementedSectionsAreRefusedWithTwelve() throws {
         try withTestContainer(api) { name throws in
             #expect { try api.create(name, spec: ContainerSpec(network: NetworkSpec())) }
