@@ -305,8 +305,11 @@ public struct Container: Sendable {
         // Who holds the freeze below, for as long as it does: a kill that
         // dies part way (SIGKILL of `lmctfy killall`) leaves it frozen,
         // and the next run or kill undoes that (`thawInterruptedKill`).
-        try tasksDir.setRecord(.killing, Self.killerIdentity)
+        // Written again every round: each round ends thawed with it
+        // cleared, and a kill that died in a later round's freeze left the
+        // container frozen with no record to undo it.
         for round in 0..<rounds {
+            try tasksDir.setRecord(.killing, Self.killerIdentity)
             // Frozen, nothing forks while the kills go out. A task the
             // freezer cannot stop in time (uninterruptible, in reclaim at a
             // memory limit) is killed all the same, and the container is
@@ -377,9 +380,13 @@ public struct Container: Sendable {
     /// for the killer.
     static let killerIdentity: String = "\(getpid()) \(processStart(getpid()) ?? "?")"
 
-    /// Field 22 of /proc/PID/stat, the start time; nil if it is gone.
+    /// Field 22 of /proc/PID/stat, the start time; nil if it is gone,
+    /// or dead and not yet reaped (state Z or X: a killer killed part way
+    /// whose parent has not reaped it was taken for a kill still running,
+    /// and its freeze was kept until then; a probe).
     static func processStart(_ pid: pid_t) -> Substring? {
-        guard let fields = Sys.procStatFields("/proc/\(pid)/stat"), fields.count > 19 else { return nil }
+        guard let fields = Sys.procStatFields("/proc/\(pid)/stat"), fields.count > 19,
+              fields[0] != "Z", fields[0] != "X" else { return nil }
         return fields[19]
     }
 
