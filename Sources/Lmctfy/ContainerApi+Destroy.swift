@@ -45,12 +45,7 @@ extension ContainerApi {
             if !paused.isEmpty, try anyHasTasks(tree) {
                 try Container(name: name, api: self).refuseUnderPausedAncestors("destroyed", paused)
             }
-            // A container without subcontainers thaws itself in its kill.
-            // A destroy that stops part way pauses again what it resumed
-            // and did not destroy: what is left is as it was.
-            let thawed = subs.isEmpty ? [] : try resumeTree(tree)
-            var gone = Set<ContainerName>()
-            do throws(LmctfyError) {
+            try withTreeResumed(tree) { gone throws(LmctfyError) in
                 for (i, sub) in subs.reversed().enumerated() {
                     Progress.report("\(name): destroying \(sub) (\(i + 1) of \(subs.count + 1) containers)")
                     _ = try destroyOne(sub)
@@ -58,9 +53,6 @@ extension ContainerApi {
                 }
                 Progress.report("\(name): destroying \(name)\(subs.isEmpty ? "" : " (\(subs.count + 1) of \(subs.count + 1) containers)")")
                 guard try destroyOne(name) || visible || undone else { throw .notFound("Container \"\(name)\" does not exist") }
-            } catch {
-                pauseAgain(thawed.filter { !gone.contains($0) })
-                throw error
             }
             // Best effort: the container is gone whatever this says (a
             // parent left enabling controllers refuses processes on v2,
@@ -85,9 +77,28 @@ extension ContainerApi {
         return false
     }
 
+    /// Runs `body` with the containers of `names` (a tree, its top first)
+    /// that are paused themselves resumed, outermost first, so that the
+    /// kill of one below another can thaw it; a tree of one container is
+    /// not (it thaws itself in its kill). `body` puts in `done` each
+    /// container it has finished with (destroyed, emptied); if it fails,
+    /// those it resumed and had not finished are paused again: what is
+    /// left is as it was (a destroy or `killall -r` that stopped part way
+    /// left them running).
+    func withTreeResumed<T>(_ names: [ContainerName],
+                            _ body: (_ done: inout Set<ContainerName>) throws(LmctfyError) -> T) throws(LmctfyError) -> T {
+        let thawed = names.count > 1 ? try resumeTree(names) : []
+        var done = Set<ContainerName>()
+        do {
+            return try body(&done)
+        } catch {
+            pauseAgain(thawed.filter { !done.contains($0) })
+            throw error
+        }
+    }
+
     /// Returns those it thawed; if it fails part way, pauses them again.
-    @discardableResult
-    func resumeTree(_ names: [ContainerName]) throws(LmctfyError) -> [ContainerName] {
+    private func resumeTree(_ names: [ContainerName]) throws(LmctfyError) -> [ContainerName] {
         var thawed: [ContainerName] = []
         for n in names {
             do {
@@ -109,7 +120,7 @@ extension ContainerApi {
     /// destroy or kill that failed part way: best effort, not waited for
     /// (the failure is what the caller reports); one gone meanwhile is
     /// skipped.
-    func pauseAgain(_ names: [ContainerName]) {
+    private func pauseAgain(_ names: [ContainerName]) {
         for n in names { try? driver.requestFrozen(n, true) }
     }
 

@@ -146,7 +146,7 @@ extension ContainerApi {
                 dirs.append(d)
             } else if parts[0] == "kept", let d = journalDir(String(parts[1])) {
                 // Its mkdir found it there: not the create's to remove.
-                dirs.removeAll { $0.mount == d.mount && $0.segments == d.segments }
+                dirs.removeAll { $0 == d }
             }
         }
         var removed = false

@@ -292,20 +292,14 @@ public struct LocalBackend: ContainerBackend {
                 guard try api.anyHasTasks([c.name] + subs) else { return }
                 try c.refuseUnderPausedAncestors("emptied", paused)
             }
-            // A container without subcontainers thaws itself in its kill.
-            // One that stops part way pauses again what it resumed and did
-            // not empty (an emptied one stays thawed, as a kill leaves it).
-            let thawed = subs.isEmpty ? [] : try api.resumeTree([c.name] + subs)
-            var emptied = Set<ContainerName>()
-            do throws(LmctfyError) {
+            // A kill that stops part way pauses again what it resumed and
+            // did not empty (an emptied one stays thawed, as a kill leaves it).
+            try api.withTreeResumed([c.name] + subs) { emptied throws(LmctfyError) in
                 for sub in subs.reversed() {
                     try api.get(sub).killAll()
                     emptied.insert(sub)
                 }
                 try c.killAll()
-            } catch {
-                api.pauseAgain(thawed.filter { !emptied.contains($0) })
-                throw error
             }
             return
         }

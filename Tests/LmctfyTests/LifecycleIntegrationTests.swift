@@ -29,6 +29,13 @@ struct LifecycleIntegrationTests {
         return found
     }
 
+    /// A throttle of a device that does not exist (9:9): the kernel refuses
+    /// its write (ENODEV) after every directory of the create was made.
+    static func unknownDeviceThrottle() throws -> ContainerSpec {
+        try ContainerSpec(textFormat: "blockio { max_device_limit_set { max_limits { op_type: READ "
+                          + "limit_type: BYTES_PER_SECOND limits { device { major: 9 minor: 9 } limit: 100 } } } }")
+    }
+
     /// A child made inside a frozen container is frozen from the start
     /// (what the agent's snapshot of it then records, read from the kernel).
     @Test func aChildOfAFrozenContainerIsFrozenFromTheStart() throws {
@@ -132,8 +139,7 @@ struct LifecycleIntegrationTests {
             // The kernel refuses a throttle of a device that does not exist
             // (9:9; ENODEV): the write fails after every directory was made.
             // (A CPU the machine does not have is refused before, now.)
-            let throttle = try ContainerSpec(textFormat: "blockio { max_device_limit_set { max_limits { op_type: READ "
-                                             + "limit_type: BYTES_PER_SECOND limits { device { major: 9 minor: 9 } limit: 100 } } } }")
+            let throttle = try Self.unknownDeviceThrottle()
             #expect { try api.create(name, spec: throttle) }
                 throws: { ($0 as? LmctfyError)?.message.contains("No such device") == true }
             #expect(try !api.exists(name))
@@ -163,8 +169,7 @@ struct LifecycleIntegrationTests {
             if api.version == .v2 { #expect(try subtreeControl() == "") }
             // A create that fails after its directory was made (the kernel
             // refuses a throttle of device 9:9) is undone, parent included.
-            let throttle = try ContainerSpec(textFormat: "blockio { max_device_limit_set { max_limits { op_type: READ "
-                                             + "limit_type: BYTES_PER_SECOND limits { device { major: 9 minor: 9 } limit: 100 } } } }")
+            let throttle = try Self.unknownDeviceThrottle()
             #expect(throws: LmctfyError.self) { try api.create(kid, spec: throttle) }
             if api.version == .v2 { #expect(try subtreeControl() == "") }
             let pid = try c.run(["/bin/sleep", "300"])
