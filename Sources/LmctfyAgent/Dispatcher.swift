@@ -873,6 +873,17 @@ public final class Dispatcher: Sendable {
             if let gap { try context.emit(NotifyResponse(gap: gap)) }
             cursor = try stream(after: from, upTo: cursor, live: false)
         }
+        // An EMPTY watch fires once when made on a container already empty.
+        // A call joining it after that (its first listener just got the
+        // event and left, the watch not stopped yet) would wait for ever for
+        // an emptying that happened: while the container is still empty, it
+        // gets the watch's EMPTY as its own watch would have given it (a
+        // call resuming has had it from the log, or handled it before).
+        if let watch, kind == .containerEventEmpty, r.afterSequence == nil, let e = watch.lastEvent.locked({ $0 }),
+           let seq = e.sequence, seq <= cursor,
+           (try? backend.listTasks(path, threads: false, recursive: true).isEmpty) == true {
+            try context.emit(NotifyResponse(event: e))
+        }
         while !context.cancelled {
             let newest = events.newest
             if newest > cursor {
@@ -907,7 +918,10 @@ public final class Dispatcher: Sendable {
                     cancellation: NotifyCancellation(pollMs: 200) { !watches.keepWatching(w) },
                     onWatching: { (_: String) throws(LmctfyError) in w.set(.watching) },
                     onEvent: { (n: Int) throws(LmctfyError) -> Bool in
-                        for _ in 0..<n { events.record(container: path, kind: kind, threshold: threshold) }
+                        for _ in 0..<n {
+                            let e = events.record(container: path, kind: kind, threshold: threshold)
+                            w.lastEvent.locked { $0 = e }
+                        }
                         if n > 0 { inventory?.notedEmpty(path) }
                         w.changes.bump()
                         return true

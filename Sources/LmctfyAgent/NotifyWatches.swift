@@ -33,6 +33,10 @@ final class NotifyWatches: Sendable {
         let state = Mutexed(State.starting)
         /// Listeners, counted under the registry's lock.
         let listeners = Mutexed(0)
+        /// The latest event the watch recorded (a listener joining after an
+        /// EMPTY the watch fired because the container was already empty
+        /// gets that event too, as a watch of its own would have given it).
+        let lastEvent = Mutexed<ContainerEvent?>(nil)
 
         init(key: Key) { self.key = key }
 

@@ -902,3 +902,49 @@ extension SubscribeTests {
         }
     }
 }
+
+extension SubscribeTests {
+    /// `notify container empty` on a container already empty, asked again
+    /// right after a first one got its event: the second joined the first's
+    /// kernel watch (still running until its next check), which had fired
+    /// its one EMPTY already, and waited for ever (a probe). Each call gets
+    /// the EMPTY; the log keeps one.
+    @Test func aSecondEmptyNotifyOnAnEmptyContainerIsAnsweredToo() throws {
+        try withAgent { agent, socket in
+            let name = RealCgroups.uniqueName("empty2")
+            let admin = try RpcClient.connect(unixPath: socket)
+            defer {
+                _ = try? admin.call(AgentMethods.destroy, DestroyRequest(name: name, force: true))
+                admin.close()
+            }
+            _ = try admin.call(AgentMethods.create, CreateRequest(name: name, spec: ContainerSpec()))
+            let boot = try #require(try admin.call(AgentMethods.machineInfo, MachineInfoRequest()).bootId)
+            let base = try #require(Subscriber(socket, SubscribeRequest(bootId: boot, afterSequence: 0), until: { $0.last?.caughtUp != nil })
+                .wait().0.last?.caughtUp)
+            func notifyOnce() throws -> ContainerEvent? {
+                let got = Mutexed<ContainerEvent?>(nil)
+                do throws(LmctfyError) {
+                    try admin.stream(AgentMethods.notify, NotifyRequest(name: name, spec: EventSpec(containerEmpty: .init())),
+                                     deadlineMs: 3000) { (r: NotifyResponse) throws(LmctfyError) -> Bool in
+                        got.locked { $0 = r.event }
+                        return r.event == nil
+                    }
+                } catch {
+                    if error.code != .deadlineExceeded { throw error }
+                }
+                return got.locked { $0 }
+            }
+            var heard: Set<UInt64> = []
+            for round in 0..<3 {
+                let e = try notifyOnce()
+                #expect(e?.kind == .containerEventEmpty && e?.container == name, "round \(round): \(String(describing: e))")
+                if let seq = e?.sequence { heard.insert(seq) }
+            }
+            #expect(agent.notifyWatchCount <= 1)
+            let log = Subscriber(socket, SubscribeRequest(name: name, kinds: [.containerEventEmpty], bootId: boot, afterSequence: base),
+                                 until: { $0.last?.caughtUp != nil })
+            #expect(Set(events(log.wait().0).compactMap(\.sequence)) == heard,
+                    "each watch made records one EMPTY, which the calls got; none more")
+        }
+    }
+}
