@@ -60,8 +60,14 @@ public final class PolicyKeeper: Sendable {
 
     /// Brings the ledger in line with the containers below the root: new
     /// ones (the CLI's, or all of them after a restart) are read, gone ones
-    /// forgotten.
+    /// forgotten, and those updated behind the agent's back (lmctfy update)
+    /// commit what their spec says now.
     func sync() {
+        syncListing()
+        refreshUpdatedOutside()
+    }
+
+    private func syncListing() {
         let backend = self.backend
         let created = self.created.locked { $0 }
         admitter.sync(list: { try? backend.listContainers("/", recursive: false) }, readOrdered: { (name: String) -> (tier: String, amount: Amount, order: UInt64?)? in
@@ -100,15 +106,21 @@ public final class PolicyKeeper: Sendable {
         let now = changes.count()
         if syncedAt.locked({ $0 }) == now { return }
         sync()
-        // A known container updated behind the agent's back (lmctfy update)
-        // commits what its spec says now: the ledger kept what it had been
-        // admitted with, and admitted past capacity.
+        syncedAt.locked { $0 = now }
+    }
+
+    /// A known container updated behind the agent's back (lmctfy update)
+    /// commits what its spec says now: the ledger kept what it had been
+    /// admitted with, and admitted past capacity. Every reader of the
+    /// ledger does this (CheckAdmission, the report, an update): only a
+    /// create did, so a dry run refused what the create then admitted.
+    private func refreshUpdatedOutside() {
+        guard let changes = outsideChanges.locked({ $0 }) else { return }
         for name in changes.takeUpdated() where Self.isTopLevel(name) {
             guard let spec = try? backend.spec(name) else { continue }
             let c = commitment(of: spec)
             admitter.refresh(name, tier: c.tier.name, amount: c.amount)
         }
-        syncedAt.locked { $0 = now }
     }
 
     /// When each container was made (the snapshots'), for the eviction

@@ -202,6 +202,38 @@ struct PolicyAgentTests {
         }
     }
 
+    /// A container shrunk behind the agent's back: CheckAdmission (`lmctl
+    /// create --dry-run`) and MachineInfo's report follow it as a create
+    /// does. Only a create applied such an update to the ledger, so the dry
+    /// run refused what the create then admitted (a probe).
+    @Test func aDryRunAndTheReportFollowAnUpdateBehindTheAgentsBack() throws {
+        try withPolicyAgent("policyu") { root, agent, socket in
+            let api = try ContainerApi.detect()
+            let client = try RpcClient.connect(unixPath: socket)
+            defer { client.close() }
+            let batch = try ContainerSpec(textFormat: "memory { reservation: 104857600 }")
+            try api.create(name(root.path + "/cli"), spec: try ContainerSpec(textFormat: "memory { reservation: 209715200 }"))
+            for _ in 0..<500 where !agent.dispatcher.inventory.knows("/cli") { usleep(10_000) }
+            try #require(agent.dispatcher.inventory.knows("/cli"), "the watcher did not see /cli")
+            let dryRun = { try client.call(AgentMethods.checkAdmission, CheckAdmissionRequest(name: "/a", spec: batch, tier: "batch")) }
+            let refused = try dryRun()
+            #expect(refused.admitted == false && refused.message?.contains("314572800") == true, "\(refused)")
+            try api.get(name(root.path + "/cli")).update(try ContainerSpec(textFormat: "memory { reservation: 52428800 }"), policy: .diff)
+            var admitted = false
+            for _ in 0..<100 where !admitted {
+                admitted = try dryRun().admitted == true
+                if !admitted { usleep(50_000) }
+            }
+            #expect(admitted, "the dry run kept /cli's old reservation")
+            let report = try client.call(AgentMethods.machineInfo, MachineInfoRequest()).policy
+            let batchTier = report?.tier.first { $0.tier == "batch" }
+            #expect(batchTier?.memory == 52428800 && batchTier?.containers == 1, "\(String(describing: report))")
+            _ = try client.call(AgentMethods.create, CreateRequest(name: "/a", spec: batch, tier: "batch"))
+            _ = try client.call(AgentMethods.destroy, DestroyRequest(name: "/a", force: true))
+            try api.destroy(name(root.path + "/cli"))
+        }
+    }
+
     /// A reservation of 0.8 EiB (a create, or a CLI-made container the
     /// agent counts): the refusal's arithmetic trapped and killed the agent
     /// (SIGILL), for every create while such a container existed (a probe).
