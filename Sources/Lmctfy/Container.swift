@@ -246,22 +246,33 @@ public struct Container: Sendable {
     /// runs as before, not half frozen with the freeze still asked. A
     /// freeze that was asked before the call (not by it) is left asked.
     /// Under the tree's lock, as a run's start is (see `run`).
-    public func setFrozen(_ frozen: Bool, timeoutMs: Int = 5000) throws(LmctfyError) {
-        try api.locked(name) { _ throws(LmctfyError) in
+    /// Returns whether its state changed: false for a pause of a container
+    /// paused (itself, and frozen) already, or a resume of one not paused.
+    @discardableResult
+    public func setFrozen(_ frozen: Bool, timeoutMs: Int = 5000) throws(LmctfyError) -> Bool {
+        try api.locked(name) { _ throws(LmctfyError) -> Bool in
             if frozen { try refuseIfCallerInside("paused") }
-            try freeze(frozen, timeoutMs: timeoutMs, undoOnTimeout: true)
+            guard !name.isRoot else { throw .failedPrecondition("The root container \"/\" cannot be \(frozen ? "paused" : "resumed")") }
+            let pausedItself = try driver.isPausedItself(name)
+            var already = !pausedItself
+            if frozen { already = try pausedItself ? isFrozen() : false }
+            try freeze(frozen, timeoutMs: timeoutMs, pausedItself: pausedItself, undoOnTimeout: true)
             if try tasksDir.record(.killing)?.isEmpty == false { try tasksDir.setRecord(.killing, "") }
+            return !already
         }
     }
 
     /// `undoOnTimeout`: a freeze this call asked for and the kernel did not
     /// finish is taken back (a kill keeps it: it kills what it can while
     /// the freeze holds what it could stop, and thaws afterwards).
-    private func freeze(_ frozen: Bool, timeoutMs: Int = 5000, undoOnTimeout: Bool = false) throws(LmctfyError) {
+    /// `pausedItself`: whether it was, if the caller looked already.
+    private func freeze(_ frozen: Bool, timeoutMs: Int = 5000, pausedItself: Bool? = nil, undoOnTimeout: Bool = false) throws(LmctfyError) {
         guard !name.isRoot else { throw .failedPrecondition("The root container \"/\" cannot be \(frozen ? "paused" : "resumed")") }
         if !frozen { try refuseUnderPausedAncestors("resumed") }
         var undo = false
-        if undoOnTimeout && frozen { undo = try !driver.isPausedItself(name) }
+        if undoOnTimeout && frozen {
+            if let pausedItself { undo = !pausedItself } else { undo = try !driver.isPausedItself(name) }
+        }
         try driver.requestFrozen(name, frozen)
         var waited = 0
         while try isFrozen() != frozen {

@@ -309,10 +309,14 @@ public struct LocalBackend: ContainerBackend {
     /// Freezes or thaws, waiting for the kernel; returns the absolute name.
     @discardableResult
     public func setPaused(_ name: String, _ paused: Bool) throws(LmctfyError) -> String {
+        try setPausedReporting(name, paused).path
+    }
+
+    public func setPausedReporting(_ name: String, _ paused: Bool) throws(LmctfyError) -> (path: String, changed: Bool) {
         let container = try get(name)
         try refuseRoot(container.name, "The root container \"/\" cannot be \(paused ? "paused" : "resumed")")
-        try container.setFrozen(paused)
-        return try callerPath(container.name)
+        let changed = try container.setFrozen(paused)
+        return (try callerPath(container.name), changed)
     }
 
     /// Registers a Watch, reports the watched name, then waits (in `pollMs` slices when cancellable).

@@ -534,9 +534,15 @@ public final class Dispatcher: Sendable {
             let name = try Dispatcher.containerName(r.name)
             let target = try d.backend.resolve(name)
             let update = { () throws -> UpdateResponse in try d.inventory.change(target) {
+                // An update that leaves the spec as it was (the values it
+                // had, or ones the kernel rounds to them) is no UPDATED, as
+                // the watcher sees none in such a write behind its back.
+                let before = try? d.backend.spec(name)
                 let path = try d.backend.update(name, spec: r.spec ?? ContainerSpec(), policy: policy)
-                d.events.record(container: path, kind: .containerEventUpdated)
-                d.snapshots?.syncOrWarn(path)
+                if before == nil || before != (try? d.backend.spec(path)) {
+                    d.events.record(container: path, kind: .containerEventUpdated)
+                    d.snapshots?.syncOrWarn(path)
+                }
                 return (UpdateResponse(), { _ in })
             } }
             guard let keeper = d.policy else { return try update() }
@@ -740,9 +746,13 @@ public final class Dispatcher: Sendable {
 
     func setPaused(_ name: String, _ paused: Bool) throws {
         try inventory.change(try backend.resolve(name), keepsSpec: true) {
-            let path = try backend.setPaused(name, paused)
-            events.record(container: path, kind: .containerEventFreezer, frozen: paused)
-            snapshots?.syncOrWarn(path)
+            let (path, changed) = try backend.setPausedReporting(name, paused)
+            // A pause of a paused container (20 callers pausing at once:
+            // one pauses it) or a resume of a running one is no event.
+            if changed {
+                events.record(container: path, kind: .containerEventFreezer, frozen: paused)
+                snapshots?.syncOrWarn(path)
+            }
             return ((), { $0[path] = paused })
         }
     }

@@ -123,6 +123,10 @@ public protocol ContainerBackend: Sendable {
     /// new state; returns its absolute name.
     @discardableResult
     func setPaused(_ name: String, _ paused: Bool) throws(LmctfyError) -> String
+    /// `setPaused`, saying also whether the container's freezer state
+    /// changed (a pause of a paused container, a resume of a running one:
+    /// no change, and the agent records no FREEZER event for it).
+    func setPausedReporting(_ name: String, _ paused: Bool) throws(LmctfyError) -> (path: String, changed: Bool)
     /// Watches for `event`. `onWatching` gets the container's absolute name
     /// once the registration is in place, before any event; then `onEvent`
     /// gets the count of each delivery and returns whether to keep waiting.
@@ -165,6 +169,11 @@ extension ContainerBackend {
     /// By default: `create`, with no init to report.
     public func createReportingInit(_ name: String, spec: ContainerSpec) throws(LmctfyError) -> CreateOutcome {
         CreateOutcome(name: try create(name, spec: spec), initPid: nil)
+    }
+
+    /// By default: `setPaused`, taken for a change.
+    public func setPausedReporting(_ name: String, _ paused: Bool) throws(LmctfyError) -> (path: String, changed: Bool) {
+        (try setPaused(name, paused), true)
     }
 
     /// By default: cannot tell without creating.

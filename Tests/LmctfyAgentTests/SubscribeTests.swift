@@ -948,3 +948,52 @@ extension SubscribeTests {
         }
     }
 }
+
+extension SubscribeTests {
+    /// A pause of a paused container, a resume of a running one and an
+    /// update that leaves the spec as it was change nothing and record
+    /// nothing: 20 callers pausing at once left 20 FREEZER events (a probe).
+    @Test func callsThatChangeNothingRecordNoEvent() throws {
+        try withAgent { _, socket in
+            let name = RealCgroups.uniqueName("noop")
+            let admin = try RpcClient.connect(unixPath: socket)
+            defer {
+                _ = try? admin.call(AgentMethods.destroy, DestroyRequest(name: name, force: true))
+                admin.close()
+            }
+            _ = try admin.call(AgentMethods.create, CreateRequest(name: name, spec: try ContainerSpec(textFormat: "memory { limit: 100000000 }")))
+            try admin.stream(AgentMethods.run, RunRequest(name: name, argv: ["/bin/sleep", "300"], detached: true)) { _ in true }
+            let boot = try #require(try admin.call(AgentMethods.machineInfo, MachineInfoRequest()).bootId)
+            let base = try #require(Subscriber(socket, SubscribeRequest(bootId: boot, afterSequence: 0), until: { $0.last?.caughtUp != nil })
+                .wait().0.last?.caughtUp)
+            let failures = Mutexed(0)
+            let done = DispatchGroup()
+            for _ in 0..<20 {
+                done.enter()
+                Threads.detach {
+                    defer { done.leave() }
+                    do {
+                        let c = try RpcClient.connect(unixPath: socket)
+                        defer { c.close() }
+                        _ = try c.call(AgentMethods.pause, PauseRequest(name: name))
+                    } catch {
+                        failures.locked { $0 += 1 }
+                    }
+                }
+            }
+            done.wait()
+            #expect(failures.locked { $0 } == 0)
+            for _ in 0..<3 { _ = try admin.call(AgentMethods.resume, ResumeRequest(name: name)) }
+            // The limit it has (and one the kernel rounds to it), then another.
+            for limit in ["100000000", "99999744", "100000000", "200000000"] {
+                _ = try admin.call(AgentMethods.update, UpdateRequest(
+                    name: name, spec: try ContainerSpec(textFormat: "memory { limit: \(limit) }"), policy: .updateDiff))
+            }
+            let log = Subscriber(socket, SubscribeRequest(name: name, bootId: boot, afterSequence: base), until: { $0.last?.caughtUp != nil })
+            let seen = events(log.wait().0).map { e in
+                e.kind == .containerEventFreezer ? (e.frozen == true ? "paused" : "resumed") : "\(e.kind.map { "\($0)" } ?? "?")"
+            }
+            #expect(seen == ["paused", "resumed", "containerEventUpdated"], "\(seen)")
+        }
+    }
+}

@@ -17,8 +17,9 @@ public final class FakeCgroupKernel: FakeFilesystem, @unchecked Sendable {
         switch tree.version {
         case .v1:
             for h in (try Sys.subdirectories(tree.root)) { try tree.seed(h, files: ["cgroup.procs": "", "tasks": ""]) }
-            try tree.seed("cpuset", files: ["cpuset.cpus": "0-7\n", "cpuset.mems": "0\n"])
-            try tree.seed("cpu", files: ["cpu.shares": "1024\n"])
+            // Those of a tree's hierarchies (a freezer-only one has none).
+            if Sys.isDirectory(tree.root + "/cpuset") { try tree.seed("cpuset", files: ["cpuset.cpus": "0-7\n", "cpuset.mems": "0\n"]) }
+            if Sys.isDirectory(tree.root + "/cpu") { try tree.seed("cpu", files: ["cpu.shares": "1024\n"]) }
         case .v2:
             try tree.seed("unified", files: ["cgroup.procs": "", "memory.current": "0\n", "cpuset.cpus.effective": "0-7\n"])
         }

@@ -43,7 +43,7 @@ struct LifecycleIntegrationTests {
             let c = try api.create(name, spec: ContainerSpec(memory: MemorySpec(limit: 100_000_001)))
             #expect(try c.spec().memory?.limit != 100_000_001, "the kernel's page-rounded limit, not the request")
             try c.setFrozen(true)
-            defer { try? c.setFrozen(false) }
+            defer { _ = try? c.setFrozen(false) }
             let child = try ContainerName.resolve("kid", relativeTo: name)
             let k = try api.create(child, spec: ContainerSpec(memory: MemorySpec(limit: 50_000_000)))
             #expect(try k.isFrozen() == true)

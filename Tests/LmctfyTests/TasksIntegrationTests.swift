@@ -265,8 +265,8 @@ struct TasksIntegrationTests {
             }
             Threads.detach {
                 while !stop.locked({ $0 }) {
-                    try? api.get(name).setFrozen(true)
-                    try? api.get(name).setFrozen(false)
+                    _ = try? api.get(name).setFrozen(true)
+                    _ = try? api.get(name).setFrozen(false)
                 }
                 finished.locked { $0 += 1 }
             }
