@@ -184,8 +184,11 @@ enum EventsCommand {
         }
     }
 
-    /// How long `-f` keeps trying to reach an agent it lost (a restart).
-    static let followReconnectMs: UInt64 = 60_000
+    /// How often `-f`, waiting for an agent it lost, says it still waits.
+    /// It waits for as long as it takes, as `tail -F` does (it gave up
+    /// after a minute: an agent down longer, an upgrade, ended every
+    /// follower feeding a log collector); `timeout(1)` bounds it.
+    static let followNoticeMs: UInt64 = 60_000
 
     /// Subscribes and prints; `host`: the events are that host's (through a
     /// controller) and every line says so.
@@ -198,6 +201,7 @@ enum EventsCommand {
             // again and resumes after the last event it printed, so nothing
             // is missed or printed twice. It ended with 14.
             var lost: UInt64?
+            var noticed: UInt64 = 0
             // Where the last "lagged" ended the stream (RESOURCE_EXHAUSTED
             // "lagged, resume after N": it fell behind what its connection
             // may hold, or an agent before the thirty-sixth sitting cut a
@@ -208,7 +212,12 @@ enum EventsCommand {
                 let client: RpcClient
                 do {
                     client = try dial()
-                } catch where error.code == .unavailable && lost.map({ MonotonicClock.milliseconds() - $0 < Self.followReconnectMs }) == true {
+                } catch where error.code == .unavailable && lost != nil {
+                    let now = MonotonicClock.milliseconds()
+                    if now - noticed >= Self.followNoticeMs, let lost, now - lost >= Self.followNoticeMs {
+                        stderr.write(Array("lmctl: events: no agent for \((now - lost) / 1000) s (\(error.message)); still trying\n".utf8))
+                        noticed = now
+                    }
                     usleep(250_000)
                     continue
                 }

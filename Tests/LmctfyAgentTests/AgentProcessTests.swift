@@ -64,7 +64,9 @@ struct AgentProcess {
     /// SIGKILL, as a crash: the directory stays for a successor.
     func crash() { TestProcess.end(pid) }
 
-    func stop() {
+    /// SIGTERM, as a clean stop; `keepingState`: the directory stays for a
+    /// successor (the socket is gone: the agent removes it).
+    func stop(keepingState: Bool = false) {
         kill(pid, SIGTERM)
         // Once reaped, reapIfExited answers nil (not our child any more):
         // stop asking then, or every stop would sleep the whole 5 s.
@@ -74,7 +76,7 @@ struct AgentProcess {
             if !reaped { usleep(10_000) }
         }
         if !reaped { TestProcess.end(pid) }
-        _ = removeTree(dir)
+        if !keepingState { _ = removeTree(dir) }
     }
 }
 

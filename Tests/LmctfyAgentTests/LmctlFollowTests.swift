@@ -80,4 +80,41 @@ struct LmctlFollowTests {
         }
         #expect(TestProcess.reapIfExited(early) == nil && TestProcess.reapIfExited(late) == nil, "both still follow")
     }
+
+    /// A follower outlives an agent stopped for longer than a minute (an
+    /// upgrade): it says once a minute that it still waits, and prints
+    /// what the next agent records. It gave up after 60 s, with 14.
+    @Test func eventsFollowWaitsForAnAgentDownMoreThanAMinute() throws {
+        let (lmctl, lmctfy) = (builtTool("lmctl"), builtTool("lmctfy"))
+        let root = RealCgroups.uniqueName("followlong")
+        #expect(try TestProcess.capture([lmctfy, "create", root, "memory:{limit:1000000000}"]).status == 0)
+        defer { _ = try? TestProcess.capture([lmctfy, "destroy", "-f", root]) }
+        let first = try AgentProcess(config: "root_container: \"\(root)\" stats_interval_ms: 0")
+        var stopped = false
+        defer { if !stopped { first.stop() } }
+        let out = "/tmp/lmctfy-follow-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).out"
+        defer { unlink(out) }
+        func printed() -> String { (try? Sys.readFile(out)) ?? "" }
+        let follower = try TestProcess.spawn(["/bin/sh", "-c", "exec \(lmctl) --agent unix://\(first.socket) events -f > \(out) 2>&1"])
+        defer { TestProcess.end(follower) }
+        var probes = 0
+        while probes < 100 && !printed().contains("CREATED /probe") {
+            probes += 1
+            #expect(try TestProcess.capture([lmctl, "--agent", "unix://" + first.socket, "create", "/probe\(probes)", ""]).status == 0)
+            for _ in 0..<50 where !printed().contains("CREATED /probe") { usleep(10_000) }
+        }
+        #expect(printed().contains("CREATED /probe"), "the follower never followed")
+        first.stop(keepingState: true)
+        stopped = true
+        defer { _ = removeTree(first.dir) }
+        sleep(65)
+        #expect(TestProcess.reapIfExited(follower) == nil, "the follower gave up: \(printed())")
+        let second = try AgentProcess(reusing: first.dir)
+        defer { second.stop() }
+        #expect(try TestProcess.capture([lmctl, "--agent", "unix://" + second.socket, "create", "/b", ""]).status == 0)
+        for _ in 0..<1000 where !printed().contains("CREATED /b") { usleep(10_000) }
+        let lines = printed().split(separator: "\n")
+        #expect(lines.contains { $0.hasSuffix(" CREATED /b") || $0.contains(" CREATED /b ") }, "\(lines)")
+        #expect(lines.contains { $0.hasPrefix("lmctl: events: no agent for 6") && $0.hasSuffix("still trying") }, "\(lines)")
+    }
 }
