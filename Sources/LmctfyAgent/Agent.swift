@@ -612,9 +612,30 @@ public final class Agent: @unchecked Sendable {
         return (.peerCredentials(creds, settings.unixPeerPolicy), nil)
     }
 
+    /// At max_connections, the oldest connection still without its hello
+    /// after a tenth of the hello timeout (HandshakeBudget's wait) is closed
+    /// to make room: 256 Unix peers that connected and said nothing kept
+    /// every client out for the whole hello timeout (a probe). Returns
+    /// whether one was.
+    private func evictSilentConnection(now: UInt64) -> Bool {
+        let silent = conns.values.filter { s in
+            !s.session.isEstablished && s.id != home.connId && now >= s.startedAt &+ handshaking.evictAfterMs
+        }
+        guard let o = silent.min(by: { ($0.startedAt, $0.id) < ($1.startedAt, $1.id) }) else { return false }
+        metrics.handshakeEvicted()
+        if let more = peerFaults.take() {
+            log.warning("\(describe(o)): closed without its hello after \(now - o.startedAt) ms to make room for a new connection (limits.max_connections)\(more)")
+        }
+        o.conn.close()
+        drop(o)
+        return true
+    }
+
     private func accept(_ c: Connection, tcp: Bool) {
         let root = !tcp && c.peerCredentials?.uid == 0
-        if stopping || conns.count >= settings.maxConnections + (root ? Self.rootReserve : 0) {
+        var full = conns.count >= settings.maxConnections + (root ? Self.rootReserve : 0)
+        if full && !stopping && evictSilentConnection(now: MonotonicClock.milliseconds()) { full = false }
+        if stopping || full {
             // PROTOCOL.md section 7: a goaway saying why, then the close. It
             // is written before the peer's hello is read, so it needs no session.
             let why = stopping ? "lmctfy-agent is shutting down" : "too many connections"

@@ -535,6 +535,28 @@ struct AgentIntegrationTests {
         }
     }
 
+    /// Connections that say nothing do not keep clients out for the hello
+    /// timeout: at max_connections, the oldest one without its hello (after
+    /// a tenth of the timeout) is closed for the new one (a probe: 256 of
+    /// them locked every client out for 10 s).
+    @Test func silentConnectionsMakeRoomForANewOne() throws {
+        try withAgent("limits { max_connections: 2 hello_timeout_ms: 5000 }") { _, socket in
+            let silent = try (0..<(2 + Agent.rootReserve)).map { _ in try RpcSocket.connectUnix(path: socket) }
+            defer { for fd in silent { close(fd) } }
+            usleep(700_000)
+            let client = try RpcClient.connect(unixPath: socket)
+            defer { client.close() }
+            #expect(try client.call("Ping", PingRequest(data: [9]), as: PingResponse.self).data == [9])
+            // The oldest silent one was closed (EOF), the others are held.
+            func isClosed(_ fd: Int32) -> Bool {
+                var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+                var buf = [UInt8](repeating: 0, count: 4096)
+                return poll(&p, 1, 0) > 0 && read(fd, &buf, buf.count) <= 0
+            }
+            #expect(silent.map(isClosed) == [true] + Array(repeating: false, count: silent.count - 1))
+        }
+    }
+
     @Test func connectionLimitAndHelloTimeoutAreEnforced() throws {
         try withAgent("limits { max_connections: 2 hello_timeout_ms: 300 }") { _, socket in
             // Root on the Unix socket has Agent.rootReserve more.
