@@ -62,9 +62,6 @@ extension ContainerApi {
         }
     }
 
-    /// Asks the kernel to thaw each of `names` (parents before children)
-    /// that is paused itself; one gone meanwhile is skipped. Does not wait:
-    /// each kill that follows freezes, kills and thaws, and waits for that.
     /// Whether any of the containers has a process (one gone meanwhile has none).
     func anyHasTasks(_ names: [ContainerName]) throws(LmctfyError) -> Bool {
         for n in names {
@@ -97,6 +94,9 @@ extension ContainerApi {
         }
     }
 
+    /// Asks the kernel to thaw each of `names` (parents before children)
+    /// that is paused itself; one gone meanwhile is skipped. Does not wait:
+    /// each kill that follows freezes, kills and thaws, and waits for that.
     /// Returns those it thawed; if it fails part way, pauses them again.
     private func resumeTree(_ names: [ContainerName]) throws(LmctfyError) -> [ContainerName] {
         var thawed: [ContainerName] = []

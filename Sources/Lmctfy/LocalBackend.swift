@@ -296,7 +296,13 @@ public struct LocalBackend: ContainerBackend {
             // did not empty (an emptied one stays thawed, as a kill leaves it).
             try api.withTreeResumed([c.name] + subs) { emptied throws(LmctfyError) in
                 for sub in subs.reversed() {
-                    try api.get(sub).killAll()
+                    do throws(LmctfyError) {
+                        try api.get(sub).killAll()
+                    } catch where error.code == .notFound && (try? api.exists(sub)) == false {
+                        // Destroyed since the listing (another caller's
+                        // destroy): nothing of it is left to empty. The
+                        // kill failed with 5 (a probe).
+                    }
                     emptied.insert(sub)
                 }
                 try c.killAll()

@@ -468,6 +468,32 @@ struct TasksIntegrationTests {
         }
     }
 
+    /// `killall -r` while another caller destroys subcontainers it listed:
+    /// one destroyed meanwhile has nothing left to empty (the kill failed
+    /// with 5, NOT_FOUND, part way through the tree; a probe).
+    @Test func killallRecursiveRacingADestroyOfItsSubcontainers() throws {
+        try withTestContainer(api) { name in
+            try api.create(name, spec: ContainerSpec())
+            let backend = LocalBackend(api: api, callerPid: getpid())
+            for round in 0..<3 {
+                let subs = try (0..<16).map { try ContainerName.resolve("s\(round)_\($0)", relativeTo: name) }
+                for n in subs {
+                    try api.create(n, spec: ContainerSpec())
+                    _ = try api.get(n).run(["sleep", "300"])
+                }
+                let destroyer = Threads.start {
+                    for n in subs { _ = try? self.api.destroy(n) }
+                }
+                var failure: LmctfyError?
+                do throws(LmctfyError) { try backend.killAll(name.description, recursive: true) } catch { failure = error }
+                pthread_join(destroyer, nil)
+                #expect(failure == nil, "round \(round): \(String(describing: failure))")
+                for n in subs where try api.exists(n) { #expect(try api.get(n).processes(recursive: false).isEmpty) }
+                for n in subs { _ = try? api.destroy(n) }
+            }
+        }
+    }
+
     /// Below a paused ancestor, a tree without processes has nothing that
     /// could not die: killall -r leaves it as it is (it refused, while
     /// killall and destroy did not), and destroy removes it.
