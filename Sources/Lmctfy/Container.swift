@@ -37,8 +37,12 @@ public struct Container: Sendable {
 
     private func updateLocked(_ spec: ContainerSpec, policy: UpdatePolicy) throws(LmctfyError) {
         guard try api.exists(name) else { throw .notFound("Container \"\(name)\" does not exist") }
+        // The owner it has may be named (a spec read back, given again).
         if spec.owner != nil || spec.ownerGroup != nil {
-            throw .invalidArgument("owner and owner_group can only be set at create")
+            let (owner, group) = owner()
+            if (spec.owner != nil && spec.owner != owner) || (spec.ownerGroup != nil && spec.ownerGroup != group) {
+                throw .invalidArgument("owner and owner_group can only be set at create")
+            }
         }
         try api.checkSupported(spec, isUpdate: true)
         let (dirs, isolated) = try driver.resolved(name)
@@ -104,7 +108,17 @@ public struct Container: Sendable {
             }
         }
         try readVirtualHostSpec(into: &spec)
+        (spec.owner, spec.ownerGroup) = owner()
         return spec
+    }
+
+    /// owner / owner_group as a create set them: the tasks directory's
+    /// owner and group when not root's (lmctfy runs as root; a directory a
+    /// delegated owner made is that owner's). `spec` left them out, so a
+    /// snapshot, a migration or `lmctfy spec | lmctfy create` lost them.
+    func owner() -> (Int64?, Int64?) {
+        guard !name.isRoot, let st = try? Sys.linkStatus(tasksDir.path) else { return (nil, nil) }
+        return (st.st_uid == 0 ? nil : Int64(st.st_uid), st.st_gid == 0 ? nil : Int64(st.st_gid))
     }
 
     /// The container's statistics (`type`: SUMMARY or FULL), gathered by each

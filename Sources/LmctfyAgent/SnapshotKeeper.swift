@@ -665,8 +665,14 @@ public final class SnapshotKeeper: Sendable {
     /// following the freezer state from events had it wrong). Only against
     /// a full snapshot: a create's intent has no spec to compare.
     private func recordChangesWhileDown(_ name: String, was: ContainerSnapshot) {
-        guard let spec = was.spec, let now = records.locked({ $0[name] }), let kernel = now.kernel else { return }
+        guard var spec = was.spec, let now = records.locked({ $0[name] }), let kernel = now.kernel else { return }
         let reason = "changed while the agent was down"
+        // A snapshot from before the spec read owner back has none; an
+        // owner is set at create only, so the kernel's is the one it had.
+        if spec.owner == nil && spec.ownerGroup == nil {
+            spec.owner = kernel.spec.owner
+            spec.ownerGroup = kernel.spec.ownerGroup
+        }
         if let before = (try? spec.serializedBytes()).map(Crypto.sha256), now.spec != nil, now.spec != before {
             events.append(ContainerEvent(container: name, kind: .containerEventUpdated, reason: reason))
         }

@@ -295,6 +295,15 @@ struct LifecycleIntegrationTests {
                 #expect(stat(d.file("cgroup.procs"), &procs) == 0)
                 #expect(procs.st_uid == 65534)
             }
+            // The spec says so (it left them out: a snapshot, a migration,
+            // `lmctfy spec | lmctfy create` lost them), and giving it back
+            // to an update is fine; another owner is not.
+            let spec = try api.get(name).spec()
+            #expect(spec.owner == 65534 && spec.ownerGroup == 65533, "\(spec)")
+            try api.get(name).update(spec, policy: .replace)
+            #expect { try api.get(name).update(ContainerSpec(owner: 1), policy: .diff) } throws: {
+                ($0 as? LmctfyError)?.code == .invalidArgument
+            }
         }
     }
 
