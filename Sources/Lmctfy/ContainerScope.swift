@@ -46,10 +46,19 @@ public struct ContainerScope: Hashable, Sendable {
     /// A message about containers of this scope, with their machine names
     /// ("/root/web", quoted as messages quote them) given as the client's
     /// ("/web"); the root itself as "/". The machine scope: unchanged.
-    public func callerMessage(_ message: String) -> String {
+    /// A cgroup file's path below one of `mountPoints` is given as a
+    /// process in a cgroup namespace rooted at the root would see it
+    /// ("/sys/fs/cgroup/freezer/root/web/cgroup.procs" as
+    /// "/sys/fs/cgroup/freezer/web/cgroup.procs"): the host's layout above
+    /// the root is not the caller's to see (a probe).
+    public func callerMessage(_ message: String, mountPoints: [String] = []) -> String {
         guard !root.isRoot else { return message }
         let r = root.path
-        return message.replacing("\"\(r)/", with: "\"/").replacing("\"\(r)\"", with: "\"/\"")
+        var out = message.replacing("\"\(r)/", with: "\"/").replacing("\"\(r)\"", with: "\"/\"")
+        for m in mountPoints where out.contains(m + r) {
+            for end in ["/", ")", ":", " ", "\""] { out = out.replacing(m + r + end, with: m + end) }
+        }
+        return out
     }
 
     /// `relative(name)` as a path; nil for a name outside the root.

@@ -135,7 +135,9 @@ public struct LocalBackend: ContainerBackend {
 
     // MARK: Verbs
 
-    public func callerMessage(_ message: String) -> String { scope.callerMessage(message) }
+    public func callerMessage(_ message: String) -> String {
+        scope.callerMessage(message, mountPoints: Array(Set(api.mounts.v1.values)).sorted() + (api.mounts.unified.map { [$0] } ?? []))
+    }
 
     /// Creates the container (`ContainerApi.create`); returns its absolute name.
     @discardableResult

@@ -106,6 +106,18 @@ private func name(_ path: String) throws -> ContainerName { try ContainerName.re
         #expect(try m.call(AgentMethods.create, CreateRequest(name: "/web", requestId: "second")).0 == refused, "its replay")
     }
 
+    /// A cgroup file's path in an error is the one a process in a cgroup
+    /// namespace rooted at the root would see: the host's layout above the
+    /// root is not named (a probe).
+    @Test func aCgroupPathInAnErrorIsGivenBelowTheRoot() throws {
+        let m = try machine()
+        let mount = m.tree.root + "/freezer"
+        let said = m.dispatcher.backend.callerMessage(
+            "Failed to read cgroup file: openat2(\(mount)/agent/busy/cgroup.procs): No such file or directory; \(mount)/agent: gone; \(mount)/agentx/y")
+        #expect(said == "Failed to read cgroup file: openat2(\(mount)/busy/cgroup.procs): No such file or directory; \(mount): gone; \(mount)/agentx/y",
+                "\(said)")
+    }
+
     @Test func namesGoInAndComeOutRelativeToTheRoot() throws {
         let m = try machine()
         #expect(try m.call(AgentMethods.create, CreateRequest(name: "/web")).0 == .ok)
