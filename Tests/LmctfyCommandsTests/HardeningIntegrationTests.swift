@@ -94,7 +94,7 @@ struct HardeningIntegrationTests {
             try #require(String(validating: binary, as: UTF8.self) != nil)
             let r = try lmctfy("create", name, String(decoding: binary, as: UTF8.self))
             #expect(r.status == 0, "\(r)")
-            #expect(try lmctfy("spec", name).stdout == "pids {\n  limit: 20\n}\n")
+            #expect(try lmctfy("spec", name).stdout == "owner: 1\npids {\n  limit: 20\n}\n")
         }
     }
 
