@@ -218,6 +218,14 @@ public struct Container: Sendable {
         try driver.isFrozen(name)
     }
 
+    /// The kernel's count of OOM kills in the container (v2 memory.events
+    /// oom_kill, v1 memory.oom_control oom_kill); nil when it isolates no
+    /// memory or the count cannot be read.
+    public func oomKills() -> Int64? {
+        guard let counter = try? driver.monitorPlan(name).oomCounter else { return nil }
+        return (try? counter.dir.readKeyValues(counter.file))?[counter.key]
+    }
+
     /// The ancestors (the root excepted, which cannot be paused) that are
     /// paused themselves, outermost first. While one is, this container's
     /// tasks stay frozen whatever its own state: it cannot be resumed, and

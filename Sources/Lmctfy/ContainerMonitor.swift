@@ -195,6 +195,14 @@ public final class ContainerMonitor {
     /// subcontainers) for now; a later call with `full` adds the rest. What
     /// happened in between is not lost: OOM kills are counted (`earlier`)
     /// and the caller reads the spec once the watch is full.
+    /// OOM kill counts of containers when an earlier watcher last looked
+    /// (an agent's snapshots): the watch of one, begun without `earlier`,
+    /// counts its kills from there instead of from now, and reports those
+    /// beyond it as found, as `earlier` does, so that kills made while no
+    /// watcher ran (an agent down, or starting) are not lost. Each is used
+    /// by the watch that reads the count, once.
+    public var oomBaselines: [ContainerName: Int64] = [:]
+
     public func watch(_ name: ContainerName, earlier: Bool = false, full: Bool = true) -> (eventfds: [EventFd], found: [Change]) {
         let tasks = api.driver.tasksDir(name)
         if entries[name] == nil && name != root {
@@ -253,7 +261,7 @@ public final class ContainerMonitor {
                     let counters = (try? tasks.readKeyValues("memory.events")) ?? [:]
                     // Counted from 0 for a new container: the first look
                     // reports what happened before (see `earlier`).
-                    entry.oomKills = earlier ? 0 : counters["oom_kill"] ?? 0
+                    entry.oomKills = earlier ? 0 : oomBaselines[name] ?? counters["oom_kill"] ?? 0
                     entry.high = counters["high"] ?? 0
                 }
             }
@@ -280,14 +288,15 @@ public final class ContainerMonitor {
             }
             fds = openEventfds(name, plan)
             // Kills before the eventfds were there (registered just above, so
-            // a later kill is theirs, not counted twice).
-            if earlier, let counter = plan.oomCounter {
+            // a later kill is theirs, not counted twice), or since a baseline.
+            let baseline = earlier ? nil : oomBaselines.removeValue(forKey: name)
+            if earlier || baseline != nil, let counter = plan.oomCounter {
                 let kills = (try? counter.dir.readKeyValues(counter.file))?[counter.key] ?? 0
                 if entry.plan.stateFiles.values.contains(.memoryEvents) {
                     if kills > entry.oomKills { found.append(.oom(name, Int(kills - entry.oomKills))) }
                     entry.oomKills = max(entry.oomKills, kills)
-                } else if kills > 0 {
-                    found.append(.oom(name, Int(kills)))
+                } else if kills > (baseline ?? 0) {
+                    found.append(.oom(name, Int(kills - (baseline ?? 0))))
                 }
             }
             entry.eventfds = fds
@@ -322,9 +331,10 @@ public final class ContainerMonitor {
         guard name != root, (try? api.exists(name)) == true, let plan = try? api.driver.monitorPlan(name) else { return nil }
         let tasks = api.driver.tasksDir(name)
         let identity = tasks.identity
+        let baseline = earlier ? nil : oomBaselines.removeValue(forKey: name)
         if plan.stateFiles.values.contains(.memoryEvents) {
             guard let counters = try? tasks.readKeyValues("memory.events") else { return nil }
-            unwatched[name] = Unwatched(identity: identity, counters: (earlier ? 0 : counters["oom_kill"] ?? 0, counters["high"] ?? 0))
+            unwatched[name] = Unwatched(identity: identity, counters: (earlier ? 0 : baseline ?? counters["oom_kill"] ?? 0, counters["high"] ?? 0))
             return ([], [])
         }
         guard !plan.eventfds.isEmpty else { return nil }
@@ -332,9 +342,9 @@ public final class ContainerMonitor {
         guard !fds.isEmpty else { return nil }
         unwatched[name] = Unwatched(identity: identity, eventfds: fds)
         var found: [Change] = []
-        if earlier, let counter = plan.oomCounter, !plan.stateFiles.values.contains(.memoryEvents),
-           let kills = (try? counter.dir.readKeyValues(counter.file))?[counter.key], kills > 0 {
-            found.append(.oom(name, Int(kills)))
+        if earlier || baseline != nil, let counter = plan.oomCounter, !plan.stateFiles.values.contains(.memoryEvents),
+           let kills = (try? counter.dir.readKeyValues(counter.file))?[counter.key], kills > (baseline ?? 0) {
+            found.append(.oom(name, Int(kills - (baseline ?? 0))))
         }
         return (fds, found)
     }

@@ -262,11 +262,11 @@ public final class Agent: @unchecked Sendable {
             store: SnapshotStore(directory: settings.stateDir + "/snapshots", durable: bench != "volatile",
                                  crash: SnapshotCrashPoint.fromEnvironment(), report: { log.warning("\($0)") }),
             events: events,
-            read: { (path: String) throws(LmctfyError) -> (spec: ContainerSpec, frozen: Bool)? in
+            read: { (path: String) throws(LmctfyError) -> SnapshotKeeper.Kernel? in
                 let name = try scope.resolve(path)
                 do throws(LmctfyError) {
                     let c = try api.get(name)  // NOT_FOUND when it does not exist
-                    return (try c.spec(), try c.isFrozen())
+                    return (try c.spec(), try c.isFrozen(), c.oomKills())
                 } catch where error.code == .notFound {
                     // Destroyed while it was read (its files are then
                     // ENOENT or ENODEV); one still there lacks a file,
@@ -404,6 +404,7 @@ public final class Agent: @unchecked Sendable {
             guard let listed else { throw .unavailable("Listing the containers for the snapshots' recovery failed") }
             let t0 = MonotonicClock.milliseconds()
             let found = try snapshots.recover(listed: Array(listed.frozen.keys))
+            oomBaselines = found.oomKills
             log.info("snapshots: \(found) in \(MonotonicClock.milliseconds() - t0) ms")
         }
         // CL2: every commitment recomputed from what exists (the containers'
@@ -476,6 +477,10 @@ public final class Agent: @unchecked Sendable {
         if fd >= 0 { close(fd) }
     }
 
+    /// The snapshots' counts of OOM kills (set by the recovery in `start`),
+    /// for the watcher made in `startListeners`.
+    private var oomBaselines: [String: Int64] = [:]
+
     private func startListeners(handleSignals: Bool) throws(LmctfyError) -> UInt16? {
         // First: a bad metrics address fails the start before anything runs.
         if let address = settings.metrics {
@@ -486,6 +491,8 @@ public final class Agent: @unchecked Sendable {
         }
         if settings.watchContainers {
             let w = try MachineWatcher(loop: loop, api: api, scope: scope, inventory: dispatcher.inventory, events: dispatcher.events)
+            // OOM kills made while no agent watched are found by the first look.
+            w.countOOMKills(since: oomBaselines)
             // One line per container otherwise: at most 10 a second.
             var budget = LogBudget(perSecond: 10)
             w.onWatchFailure { [log] line in

@@ -326,6 +326,13 @@ final class Inventory: Sendable {
         }
     }
 
+    /// OOM kills of `name` were recorded: its snapshot's count of them is
+    /// written again (an agent restarting from the old count would report
+    /// them a second time).
+    func recordedOOM(_ name: String) {
+        state.locked { s in if s.known[name] != nil { changed(name) } }
+    }
+
     /// The kernel watch of `name` recorded its EMPTY: it is empty, and the
     /// next look that finds it so is no second EMPTY (one emptying was
     /// recorded twice while a `notify container empty` was registered).

@@ -94,6 +94,19 @@ final class MachineWatcher: @unchecked Sendable {
     /// budget). Loop thread, before `start`.
     func onWatchFailure(_ report: @escaping (String) -> Void) { monitor.onWatchFailure = report }
 
+    /// Containers (clients' names) whose OOM kills are counted from the
+    /// count an earlier agent's snapshot had (ContainerMonitor.oomBaselines),
+    /// not from the first look: those are the kills made while no agent
+    /// watched, recorded then with that reason. Loop thread, before `start`.
+    func countOOMKills(since counts: [String: Int64]) {
+        for (path, kills) in counts {
+            guard let name = try? scope.resolve(path) else { continue }
+            monitor.oomBaselines[name] = kills
+            sinceSnapshot.insert(name)
+        }
+    }
+    private var sinceSnapshot: Set<ContainerName> = []
+
     /// Watches the scope's root and, through the scans that follow, every
     /// container below it. Loop thread.
     func start() throws(LmctfyError) {
@@ -175,9 +188,19 @@ final class MachineWatcher: @unchecked Sendable {
                 guard let path = scope.path(child), !monitor.isWatched(child) || !inventory.knows(path) else { continue }
                 look(child, path, queue: &queue)
             }
-            // OOM kills before the watch began (a container just made).
+            // OOM kills before the watch began (a container just made, or
+            // one whose snapshot had its count: since then).
             let earlier = found.filter { if case .oom = $0 { true } else { false } }
-            if !earlier.isEmpty { handle(earlier) }
+            if sinceSnapshot.remove(next) != nil, let path = scope.path(next) {
+                for case .oom(_, let kills) in earlier {
+                    for _ in 0..<max(1, kills) {
+                        events.append(ContainerEvent(container: path, kind: .containerEventOom, reason: "while the agent was down"))
+                    }
+                    inventory.recordedOOM(path)
+                }
+            } else if !earlier.isEmpty {
+                handle(earlier)
+            }
         }
     }
 
@@ -382,6 +405,7 @@ final class MachineWatcher: @unchecked Sendable {
             case .oom(_, let kills):
                 // One per kill (v1 counts them as v2 does; see OomControlSource).
                 for _ in 0..<max(1, kills) { events.record(container: path, kind: .containerEventOom) }
+                inventory.recordedOOM(path)
             case .memoryPressure(let name, _):
                 // The kernel signals pressure in bursts (each reclaim
                 // round): one event per container per second says it.

@@ -43,9 +43,11 @@ import LmctfySystem
 
 /// Thread-safe.
 public final class SnapshotKeeper: Sendable {
-    /// What the kernel has of a container: its spec as read back and its
-    /// freezer state; nil when it does not exist.
-    public typealias Read = @Sendable (String) throws(LmctfyError) -> (spec: ContainerSpec, frozen: Bool)?
+    /// What the kernel has of a container: its spec as read back, its
+    /// freezer state and its count of OOM kills (nil: it isolates no memory).
+    public typealias Kernel = (spec: ContainerSpec, frozen: Bool, oomKills: Int64?)
+    /// The kernel's state of a container; nil when it does not exist.
+    public typealias Read = @Sendable (String) throws(LmctfyError) -> Kernel?
 
     let store: SnapshotStore
     let events: EventLog
@@ -67,7 +69,7 @@ public final class SnapshotKeeper: Sendable {
         /// while `readFor` is still `asked`: every other sync bumps `asked`
         /// before it queues, so a read that may have missed its change is
         /// not used again.
-        var kernel: (spec: ContainerSpec, frozen: Bool)?
+        var kernel: Kernel?
         var readFor: UInt64 = 0
         var asked: UInt64 = 1
         /// Only a create's intent is on record: its full snapshot is still
@@ -191,7 +193,7 @@ public final class SnapshotKeeper: Sendable {
         // Still only a create's intent, and nothing asked for the spec since
         // (a Run's start or end): the intent again, with the processes.
         if intentOnly { return try writeIntent(path, fresh: fresh) }
-        let current: (spec: ContainerSpec, frozen: Bool)?
+        let current: Kernel?
         if let cached { current = cached } else { current = try read(path) }
         guard let kernel = current else {
             records.locked { $0[path] = nil }
@@ -214,7 +216,7 @@ public final class SnapshotKeeper: Sendable {
             head = try SnapshotStore.serialized(ContainerSnapshot(
                 formatVersion: SnapshotStore.formatVersion, name: path, spec: kernel.spec,
                 owner: kernel.spec.owner, ownerGroup: kernel.spec.ownerGroup, frozen: kernel.frozen,
-                createdNs: rec.createdNs, adopted: rec.adopted))
+                createdNs: rec.createdNs, adopted: rec.adopted, oomKills: kernel.oomKills))
         }
         let base = try Self.keyed(head, alive, path)
         let key = Crypto.sha256(base)
@@ -570,6 +572,10 @@ public final class SnapshotKeeper: Sendable {
         public var processesGone = 0
         /// Snapshots whose newest version was still in a temp file.
         public var rolledForward = 0
+        /// Each re-attached container's count of OOM kills as its snapshot
+        /// had it: the watcher reports the kills beyond it (made while no
+        /// agent watched).
+        public var oomKills: [String: Int64] = [:]
         public var description: String {
             "\(rolledForward) rolled forward from temp files, \(reattached) re-attached (\(rewritten) rewritten from the kernel), \(vanished.count) destroyed while the agent was down, \(adopted.count) adopted, \(damaged.count) damaged files set aside; recorded processes: \(processesAlive) alive, \(processesGone) gone"
         }
@@ -607,6 +613,7 @@ public final class SnapshotKeeper: Sendable {
             out.vanished.append(name)
         }
         for (name, s) in snapshots where present.contains(name) {
+            if let kills = s.oomKills { out.oomKills[name] = kills }
             var processes: [SnapshotProcess] = []
             for p in s.process {
                 if Self.isAlive(p) {
@@ -622,7 +629,7 @@ public final class SnapshotKeeper: Sendable {
             // The key a write of the same state would have (`syncNow`).
             let head = try? SnapshotStore.serialized(ContainerSnapshot(
                 formatVersion: s.formatVersion, name: s.name, spec: s.spec, owner: s.owner, ownerGroup: s.ownerGroup,
-                frozen: s.frozen, createdNs: s.createdNs, adopted: s.adopted))
+                frozen: s.frozen, createdNs: s.createdNs, adopted: s.adopted, oomKills: s.oomKills))
             let key = processes.count == s.process.count ? head.flatMap { try? Self.keyed($0, processes, name) } : nil
             records.locked { r in
                 r[name] = Record(createdNs: s.createdNs ?? WallClock.nanosecondsSinceEpoch(), adopted: s.adopted ?? false,

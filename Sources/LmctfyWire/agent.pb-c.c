@@ -6407,7 +6407,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__request_journal_entr
   (ProtobufCMessageInit) containers__lmctfy__agent__request_journal_entry__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor containers__lmctfy__agent__container_snapshot__field_descriptors[12] =
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__container_snapshot__field_descriptors[13] =
 {
   {
     "format_version",
@@ -6553,6 +6553,18 @@ static const ProtobufCFieldDescriptor containers__lmctfy__agent__container_snaps
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "oom_kills",
+    13,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_INT64,
+    offsetof(Containers__Lmctfy__Agent__ContainerSnapshot, has_oom_kills),
+    offsetof(Containers__Lmctfy__Agent__ContainerSnapshot, oom_kills),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned containers__lmctfy__agent__container_snapshot__field_indices_by_name[] = {
   10,   /* field[10] = adopted */
@@ -6562,6 +6574,7 @@ static const unsigned containers__lmctfy__agent__container_snapshot__field_indic
   5,   /* field[5] = frozen */
   9,   /* field[9] = last_stats */
   1,   /* field[1] = name */
+  12,   /* field[12] = oom_kills */
   3,   /* field[3] = owner */
   4,   /* field[4] = owner_group */
   8,   /* field[8] = process */
@@ -6571,7 +6584,7 @@ static const unsigned containers__lmctfy__agent__container_snapshot__field_indic
 static const ProtobufCIntRange containers__lmctfy__agent__container_snapshot__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 12 }
+  { 0, 13 }
 };
 const ProtobufCMessageDescriptor containers__lmctfy__agent__container_snapshot__descriptor =
 {
@@ -6581,7 +6594,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__container_snapshot__
   "Containers__Lmctfy__Agent__ContainerSnapshot",
   "containers.lmctfy.agent",
   sizeof(Containers__Lmctfy__Agent__ContainerSnapshot),
-  12,
+  13,
   containers__lmctfy__agent__container_snapshot__field_descriptors,
   containers__lmctfy__agent__container_snapshot__field_indices_by_name,
   1,  containers__lmctfy__agent__container_snapshot__number_ranges,

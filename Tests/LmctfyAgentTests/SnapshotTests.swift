@@ -177,10 +177,10 @@ private func snapshot(_ name: String, limit: Int64 = 1 << 20, frozen: Bool = fal
         try store.open()
         let version = Mutexed<Int64>(1)
         let reads = Mutexed(0)
-        let keeper = SnapshotKeeper(store: store, events: events, read: { (_: String) throws(LmctfyError) -> (spec: ContainerSpec, frozen: Bool)? in
+        let keeper = SnapshotKeeper(store: store, events: events, read: { (_: String) throws(LmctfyError) -> SnapshotKeeper.Kernel? in
             reads.locked { $0 += 1 }
             usleep(20_000)  // a slow kernel read: others pile up meanwhile
-            return (ContainerSpec(memory: MemorySpec(limit: version.locked { $0 })), false)
+            return (ContainerSpec(memory: MemorySpec(limit: version.locked { $0 })), false, nil)
         })
         _ = try keeper.recover(listed: [])
         let done = Latch(16)
@@ -784,5 +784,73 @@ struct SnapshotChaosTests {
         #expect(try compare(store, root, stopped: true) == [])
         let c = counts.locked { $0 }
         print("chaos: \(c.values.reduce(0, +)) operations (\(c.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", "))) by \(clients) clients in \(opsMs) ms; agent killed and restarted \(kills.locked { $0.serving }) times (and \(kills.locked { $0.starting }) times more during its start-up); \(retried.locked { $0 }) calls sent again; \(kernel.count) containers at the end")
+    }
+}
+
+extension SnapshotAgentTests {
+    /// An OOM kill while no agent runs is reported by the next one, once,
+    /// "while the agent was down": the snapshot keeps the kernel's count of
+    /// a container's kills, and the watcher counts from it (they left no
+    /// trace). One the running agent recorded is not reported again after
+    /// a restart: the count is written again after each.
+    @Test func anOOMKillWhileTheAgentIsDownIsReportedByTheNextOnce() throws {
+        let root = try TestRoot("oomdown")
+        defer { root.destroy() }
+        let first = try AgentProcess(config: agentConfig(root))
+        defer { _ = removeTree(first.dir) }
+        var firstAlive = true
+        defer { if firstAlive { first.stop() } }
+        var client = try connect(first)
+        _ = try client.call(AgentMethods.create, CreateRequest(name: "/m", spec: ContainerSpec(memory: MemorySpec(limit: 32 << 20))))
+        client.close()
+        let hog = try root.api.get(try root.machine("/m"))
+        func oom() throws {
+            let pid = try hog.run([testHelperPath, "alloc", "200"])
+            for _ in 0..<10_000 where kill(pid, 0) == 0 { usleep(1000) }  // killed by the OOM killer
+        }
+        func ooms(_ socket: String) -> [String] {
+            allEvents(socket).filter { $0.container == "/m" && $0.kind == .containerEventOom }.map { "\($0.bootId ?? "") \($0.reason ?? "")" }
+        }
+        func snapshotCount(_ agent: AgentProcess, becomes n: Int64) -> Bool {
+            for _ in 0..<250 where snapshots(agent).load("/m")?.oomKills != n { usleep(20_000) }
+            return snapshots(agent).load("/m")?.oomKills == n
+        }
+        #expect(snapshotCount(first, becomes: 0), "\(String(describing: snapshots(first).load("/m")))")
+        // One while it runs: recorded live, and its count written.
+        try oom()
+        for _ in 0..<250 where ooms(first.socket).isEmpty { usleep(20_000) }
+        #expect(ooms(first.socket).count == 1 && ooms(first.socket).first?.hasSuffix(" ") == true, "\(ooms(first.socket))")
+        #expect(snapshotCount(first, becomes: 1))
+        first.crash()
+        firstAlive = false
+        // Two while it is down.
+        try oom()
+        try oom()
+        #expect(hog.oomKills() == 3)
+        let second = try AgentProcess(reusing: first.dir)
+        var secondAlive = true
+        defer { if secondAlive { second.stop(keepingState: true) } }
+        client = try connect(second)
+        let boot = try #require(try client.call(AgentMethods.machineInfo, MachineInfoRequest()).bootId)
+        client.close()
+        var seen: [String] = []
+        for _ in 0..<250 where seen.count < 2 {
+            seen = ooms(second.socket)
+            usleep(20_000)
+        }
+        usleep(300_000)
+        // This boot's events: the two, not the one the first recorded.
+        #expect(ooms(second.socket) == Array(repeating: "\(boot) while the agent was down", count: 2), "\(seen)")
+        #expect(snapshotCount(second, becomes: 3))
+        // A clean restart: nothing new, nothing reported again.
+        second.stop(keepingState: true)
+        secondAlive = false
+        let third = try AgentProcess(reusing: first.dir)
+        defer { third.stop(keepingState: true) }
+        client = try connect(third)
+        _ = try client.call(AgentMethods.machineInfo, MachineInfoRequest())
+        client.close()
+        usleep(500_000)
+        #expect(ooms(third.socket).isEmpty, "\(ooms(third.socket))")
     }
 }

@@ -4954,6 +4954,8 @@ public struct ContainerSnapshot: ProtoMessage {
     public var adopted: Bool?
     /// Field 12 `written_ns`.
     public var writtenNs: UInt64?
+    /// Field 13 `oom_kills`.
+    public var oomKills: Int64?
 
     public init(
         formatVersion: UInt32? = nil,
@@ -4967,7 +4969,8 @@ public struct ContainerSnapshot: ProtoMessage {
         process: [SnapshotProcess] = [],
         lastStats: ContainerStats? = nil,
         adopted: Bool? = nil,
-        writtenNs: UInt64? = nil
+        writtenNs: UInt64? = nil,
+        oomKills: Int64? = nil
     ) {
         self.formatVersion = formatVersion
         self.name = name
@@ -4981,6 +4984,7 @@ public struct ContainerSnapshot: ProtoMessage {
         self.lastStats = lastStats
         self.adopted = adopted
         self.writtenNs = writtenNs
+        self.oomKills = oomKills
     }
 
     public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.ContainerSnapshot")
@@ -4999,6 +5003,7 @@ public struct ContainerSnapshot: ProtoMessage {
         self.lastStats = message.get(10)
         self.adopted = message.get(11)
         self.writtenNs = message.get(12)
+        self.oomKills = message.get(13)
     }
 
     public var dynamic: DynamicMessage {
@@ -5015,6 +5020,7 @@ public struct ContainerSnapshot: ProtoMessage {
         message.set(10, lastStats)
         message.set(11, adopted)
         message.set(12, writtenNs)
+        message.set(13, oomKills)
         return message
     }
 
@@ -5032,6 +5038,7 @@ public struct ContainerSnapshot: ProtoMessage {
         self.lastStats = CBridge.message(c, f[9])
         self.adopted = CBridge.value(c, f[10])
         self.writtenNs = CBridge.value(c, f[11])
+        self.oomKills = CBridge.value(c, f[12])
     }
 
     public func makeC() -> UnsafeMutableRawPointer {
@@ -5049,6 +5056,7 @@ public struct ContainerSnapshot: ProtoMessage {
         CBridge.setMessage(c, f[9], lastStats)
         CBridge.set(c, f[10], adopted)
         CBridge.set(c, f[11], writtenNs)
+        CBridge.set(c, f[12], oomKills)
         return c
     }
 

@@ -1592,15 +1592,23 @@ struct  Containers__Lmctfy__Agent__ContainerSnapshot
   /*
    * CLOCK_REALTIME of this write.
    */
-  /*
-   * Next id: 13
-   */
   protobuf_c_boolean has_written_ns;
   uint64_t written_ns;
+  /*
+   * The kernel's count of OOM kills in the container (v2 memory.events
+   * oom_kill, v1 memory.oom_control oom_kill) when the agent last looked;
+   * absent when it isolates no memory. The next agent reports the kills
+   * beyond it, made while no agent watched.
+   */
+  /*
+   * Next id: 14
+   */
+  protobuf_c_boolean has_oom_kills;
+  int64_t oom_kills;
 };
 #define CONTAINERS__LMCTFY__AGENT__CONTAINER_SNAPSHOT__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__container_snapshot__descriptor) \
-    , 0, 0, NULL, NULL, 0, 0, 0, 0, 0, 0, 0, 0, NULL, 0,NULL, NULL, 0, 0, 0, 0 }
+    , 0, 0, NULL, NULL, 0, 0, 0, 0, 0, 0, 0, 0, NULL, 0,NULL, NULL, 0, 0, 0, 0, 0, 0 }
 
 
 /*
