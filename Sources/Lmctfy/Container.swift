@@ -296,9 +296,13 @@ public struct Container: Sendable {
             if let pausedItself { undo = !pausedItself } else { undo = try !driver.isPausedItself(name) }
         }
         try driver.requestFrozen(name, frozen)
-        var waited = 0
+        // A deadline, not a count of 1 ms sleeps: each round's read and
+        // nudge take time too, and under load the 500 ms bound of a kill's
+        // freeze was seconds (a kill of an unfreezable task took 73 s in
+        // the v2 guest instead of ~17).
+        let deadline = MonotonicClock.milliseconds() + UInt64(max(0, timeoutMs))
         while try isFrozen() != frozen {
-            if waited >= timeoutMs {
+            if MonotonicClock.milliseconds() >= deadline {
                 let what = "Container \"\(name)\" did not become \(frozen ? "frozen" : "thawed") within \(timeoutMs) ms"
                 guard undo else { throw .unavailable(what) }
                 do {
@@ -311,7 +315,6 @@ public struct Container: Sendable {
             }
             try driver.nudgeFreezer(name, frozen)
             usleep(1000)
-            waited += 1
         }
     }
 
@@ -369,9 +372,11 @@ public struct Container: Sendable {
             }
             try freeze(false)
             try tasksDir.setRecord(.killing, "")
-            // Wait for the killed tasks to leave the cgroup (bounded).
-            for _ in 0..<2000 {
-                if try tasksDir.readPids("cgroup.procs").isEmpty { break }
+            // Wait for the killed tasks to leave the cgroup: up to a second
+            // by the clock (2,000 sleeps of 500 us took 2.5 s a round in
+            // the v2 guest, whose reads are slower).
+            let leaveBy = MonotonicClock.milliseconds() + 1000
+            while try !tasksDir.readPids("cgroup.procs").isEmpty && MonotonicClock.milliseconds() < leaveBy {
                 usleep(500)
             }
             let procs = try tasksDir.readPids("cgroup.procs")

@@ -596,12 +596,15 @@ extension SubscribeTests {
 /// A container made through the agent at `socket` with a process sleeping
 /// in it, an admin connection, the agent's boot id and the newest sequence
 /// of its log (events after it are the test's). The caller destroys it.
-private func sleepingContainer(_ socket: String, _ label: String) throws -> (RpcClient, String, String, UInt64) {
+private func sleepingContainer(_ socket: String, _ label: String, spec: ContainerSpec = ContainerSpec(),
+                               sleeping: Bool = true) throws -> (RpcClient, String, String, UInt64) {
     let name = RealCgroups.uniqueName(label)
     let admin = try RpcClient.connect(unixPath: socket)
     do {
-        _ = try admin.call(AgentMethods.create, CreateRequest(name: name, spec: ContainerSpec()))
-        try admin.stream(AgentMethods.run, RunRequest(name: name, argv: ["/bin/sleep", "300"], detached: true)) { _ in true }
+        _ = try admin.call(AgentMethods.create, CreateRequest(name: name, spec: spec))
+        if sleeping {
+            try admin.stream(AgentMethods.run, RunRequest(name: name, argv: ["/bin/sleep", "300"], detached: true)) { _ in true }
+        }
         let boot = try #require(try admin.call(AgentMethods.machineInfo, MachineInfoRequest()).bootId)
         let base = try #require(Subscriber(socket, SubscribeRequest(bootId: boot, afterSequence: 0), until: { $0.last?.caughtUp != nil })
             .wait().0.last?.caughtUp)
@@ -911,16 +914,11 @@ extension SubscribeTests {
     /// the EMPTY; the log keeps one.
     @Test func aSecondEmptyNotifyOnAnEmptyContainerIsAnsweredToo() throws {
         try withAgent { agent, socket in
-            let name = RealCgroups.uniqueName("empty2")
-            let admin = try RpcClient.connect(unixPath: socket)
+            let (admin, name, boot, base) = try sleepingContainer(socket, "empty2", sleeping: false)
             defer {
                 _ = try? admin.call(AgentMethods.destroy, DestroyRequest(name: name, force: true))
                 admin.close()
             }
-            _ = try admin.call(AgentMethods.create, CreateRequest(name: name, spec: ContainerSpec()))
-            let boot = try #require(try admin.call(AgentMethods.machineInfo, MachineInfoRequest()).bootId)
-            let base = try #require(Subscriber(socket, SubscribeRequest(bootId: boot, afterSequence: 0), until: { $0.last?.caughtUp != nil })
-                .wait().0.last?.caughtUp)
             func notifyOnce() throws -> ContainerEvent? {
                 let got = Mutexed<ContainerEvent?>(nil)
                 do throws(LmctfyError) {
@@ -955,17 +953,11 @@ extension SubscribeTests {
     /// nothing: 20 callers pausing at once left 20 FREEZER events (a probe).
     @Test func callsThatChangeNothingRecordNoEvent() throws {
         try withAgent { _, socket in
-            let name = RealCgroups.uniqueName("noop")
-            let admin = try RpcClient.connect(unixPath: socket)
+            let (admin, name, boot, base) = try sleepingContainer(socket, "noop", spec: try ContainerSpec(textFormat: "memory { limit: 100000000 }"))
             defer {
                 _ = try? admin.call(AgentMethods.destroy, DestroyRequest(name: name, force: true))
                 admin.close()
             }
-            _ = try admin.call(AgentMethods.create, CreateRequest(name: name, spec: try ContainerSpec(textFormat: "memory { limit: 100000000 }")))
-            try admin.stream(AgentMethods.run, RunRequest(name: name, argv: ["/bin/sleep", "300"], detached: true)) { _ in true }
-            let boot = try #require(try admin.call(AgentMethods.machineInfo, MachineInfoRequest()).bootId)
-            let base = try #require(Subscriber(socket, SubscribeRequest(bootId: boot, afterSequence: 0), until: { $0.last?.caughtUp != nil })
-                .wait().0.last?.caughtUp)
             let failures = Mutexed(0)
             let done = DispatchGroup()
             for _ in 0..<20 {
