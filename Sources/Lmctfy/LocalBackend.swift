@@ -128,6 +128,18 @@ public struct LocalBackend: ContainerBackend {
         return scope.isMachine ? try api.get(api.detect(pid: callerPid)) : try get("/")
     }
 
+    /// `body` on `c`; a NOT_FOUND from one of its files when it was
+    /// destroyed meanwhile (another caller's destroy, in a race) says that
+    /// it does not exist, as for a container missing before, instead of
+    /// the file's openat2 text (a probe).
+    func existing<T>(_ c: Container, _ body: (Container) throws(LmctfyError) -> T) throws(LmctfyError) -> T {
+        do {
+            return try body(c)
+        } catch where error.code == .notFound && (try? api.exists(c.name)) == false {
+            throw .notFound("Container \"\(try callerPath(c.name))\" does not exist")
+        }
+    }
+
     /// D7 for the scope's root as for the machine's: `message` if `name` is it.
     func refuseRoot(_ name: ContainerName, _ message: String) throws(LmctfyError) {
         if name == scope.root { throw .failedPrecondition(message) }
@@ -216,29 +228,31 @@ public struct LocalBackend: ContainerBackend {
     public func update(_ name: String, spec: ContainerSpec, policy: UpdatePolicy) throws(LmctfyError) -> String {
         let container = try get(name)
         try refuseRoot(container.name, "Updating the root container \"/\" is not allowed")
-        try container.update(spec, policy: policy)
+        try existing(container) { (c: Container) throws(LmctfyError) in try c.update(spec, policy: policy) }
         return try callerPath(container.name)
     }
 
     /// The container's spec as the kernel has it; `nil`: the caller's container.
     public func spec(_ name: String?) throws(LmctfyError) -> ContainerSpec {
-        try container(name).spec()
+        try existing(try container(name)) { (c: Container) throws(LmctfyError) in try c.spec() }
     }
 
     /// The container's statistics; `nil`: the caller's container.
     public func stats(_ name: String?, type: StatsType) throws(LmctfyError) -> ContainerStats {
-        try container(name).stats(type)
+        try existing(try container(name)) { (c: Container) throws(LmctfyError) in try c.stats(type) }
     }
 
     /// Absolute names of the subcontainers, sorted.
     public func listContainers(_ name: String?, recursive: Bool) throws(LmctfyError) -> [String] {
-        try container(name).subcontainers(recursive: recursive).map { (n: ContainerName) throws(LmctfyError) in try callerPath(n) }
+        try existing(try container(name)) { (c: Container) throws(LmctfyError) in try c.subcontainers(recursive: recursive) }
+            .map { (n: ContainerName) throws(LmctfyError) in try callerPath(n) }
     }
 
     /// Pids or tids of the container, sorted.
     public func listTasks(_ name: String?, threads: Bool, recursive: Bool) throws(LmctfyError) -> [Int32] {
-        let c = try container(name)
-        return threads ? try c.threads(recursive: recursive) : try c.processes(recursive: recursive)
+        try existing(try container(name)) { (c: Container) throws(LmctfyError) in
+            threads ? try c.threads(recursive: recursive) : try c.processes(recursive: recursive)
+        }
     }
 
     /// The absolute name `name` stands for (the caller's).
@@ -272,7 +286,7 @@ public struct LocalBackend: ContainerBackend {
 
     /// Moves `tids` (empty: the caller) into the container.
     public func enter(_ name: String, tids: [Int32]) throws(LmctfyError) {
-        try get(name).enter(tids.isEmpty ? [callerPid] : tids)
+        try existing(try get(name)) { (c: Container) throws(LmctfyError) in try c.enter(tids.isEmpty ? [callerPid] : tids) }
     }
 
     /// Kills every process (D9); `recursive`: subcontainers first, deepest first.
@@ -281,37 +295,39 @@ public struct LocalBackend: ContainerBackend {
         // D7, before any subcontainer is touched: `killall -r /` would
         // otherwise empty every container on the machine and only then refuse.
         try refuseRoot(c.name, "Killing every process of the root container \"/\" is not allowed")
-        if recursive {
-            // Below a paused ancestor nothing can be emptied: refused before
-            // anything is touched, as destroy does, when there is anything
-            // to kill (a tree without processes is left as it is). A paused
-            // container inside the tree is resumed first, outermost first,
-            // so that each one's kill can thaw it (its processes are being
-            // killed anyway).
-            let subs = try c.subcontainers(recursive: true)
-            let paused = try c.pausedAncestors()
-            if !paused.isEmpty {
-                guard try api.anyHasTasks([c.name] + subs) else { return }
-                try c.refuseUnderPausedAncestors("emptied", paused)
-            }
-            // A kill that stops part way pauses again what it resumed and
-            // did not empty (an emptied one stays thawed, as a kill leaves it).
-            try api.withTreeResumed([c.name] + subs) { emptied throws(LmctfyError) in
-                for sub in subs.reversed() {
-                    do throws(LmctfyError) {
-                        try api.get(sub).killAll()
-                    } catch where error.code == .notFound && (try? api.exists(sub)) == false {
-                        // Destroyed since the listing (another caller's
-                        // destroy): nothing of it is left to empty. The
-                        // kill failed with 5 (a probe).
-                    }
-                    emptied.insert(sub)
+        try existing(c) { (c: Container) throws(LmctfyError) in
+            if recursive {
+                // Below a paused ancestor nothing can be emptied: refused before
+                // anything is touched, as destroy does, when there is anything
+                // to kill (a tree without processes is left as it is). A paused
+                // container inside the tree is resumed first, outermost first,
+                // so that each one's kill can thaw it (its processes are being
+                // killed anyway).
+                let subs = try c.subcontainers(recursive: true)
+                let paused = try c.pausedAncestors()
+                if !paused.isEmpty {
+                    guard try api.anyHasTasks([c.name] + subs) else { return }
+                    try c.refuseUnderPausedAncestors("emptied", paused)
                 }
-                try c.killAll()
+                // A kill that stops part way pauses again what it resumed and
+                // did not empty (an emptied one stays thawed, as a kill leaves it).
+                try api.withTreeResumed([c.name] + subs) { emptied throws(LmctfyError) in
+                    for sub in subs.reversed() {
+                        do throws(LmctfyError) {
+                            try api.get(sub).killAll()
+                        } catch where error.code == .notFound && (try? api.exists(sub)) == false {
+                            // Destroyed since the listing (another caller's
+                            // destroy): nothing of it is left to empty. The
+                            // kill failed with 5 (a probe).
+                        }
+                        emptied.insert(sub)
+                    }
+                    try c.killAll()
+                }
+                return
             }
-            return
+            try c.killAll()
         }
-        try c.killAll()
     }
 
     /// Freezes or thaws, waiting for the kernel; returns the absolute name.
@@ -323,7 +339,7 @@ public struct LocalBackend: ContainerBackend {
     public func setPausedReporting(_ name: String, _ paused: Bool) throws(LmctfyError) -> (path: String, changed: Bool) {
         let container = try get(name)
         try refuseRoot(container.name, "The root container \"/\" cannot be \(paused ? "paused" : "resumed")")
-        let changed = try container.setFrozen(paused)
+        let changed = try existing(container) { (c: Container) throws(LmctfyError) in try c.setFrozen(paused) }
         return (try callerPath(container.name), changed)
     }
 

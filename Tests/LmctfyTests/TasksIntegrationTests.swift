@@ -494,6 +494,42 @@ struct TasksIntegrationTests {
         }
     }
 
+    /// Reads racing another caller's destroy of their container: NOT_FOUND
+    /// saying the container does not exist, never a cgroup file's openat2
+    /// text (a probe).
+    @Test func readsRacingADestroySayTheContainerDoesNotExist() throws {
+        try withTestContainer(api) { name in
+            try api.create(name, spec: ContainerSpec(cpu: CpuSpec(limit: 1000), memory: MemorySpec(limit: 1_000_000_000)))
+            let backend = LocalBackend(api: api, callerPid: getpid())
+            var said: [String] = []
+            for round in 0..<40 {
+                let c = try ContainerName.resolve("r\(round)", relativeTo: name)
+                try api.create(c, spec: ContainerSpec(cpu: CpuSpec(limit: 500), memory: MemorySpec(limit: 100_000_000)))
+                let go = Latch()
+                let destroyer = Threads.start {
+                    go.wait()
+                    _ = try? self.api.destroy(c)
+                }
+                go.signal()
+                var ended = false
+                while !ended {
+                    do throws(LmctfyError) {
+                        _ = try backend.spec(c.description)
+                        _ = try backend.stats(c.description, type: .full)
+                        _ = try backend.listTasks(c.description, threads: true, recursive: true)
+                    } catch {
+                        #expect(error.code == .notFound, "\(error)")
+                        said.append(error.message)
+                        ended = true
+                    }
+                }
+                pthread_join(destroyer, nil)
+            }
+            let raw = said.filter { !($0.hasPrefix("Container \"") && $0.hasSuffix("\" does not exist")) }
+            #expect(raw.isEmpty, "\(raw.count) of \(said.count): \(raw.prefix(3))")
+        }
+    }
+
     /// Below a paused ancestor, a tree without processes has nothing that
     /// could not die: killall -r leaves it as it is (it refused, while
     /// killall and destroy did not), and destroy removes it.
