@@ -56,7 +56,8 @@ public struct ContainerScope: Hashable, Sendable {
         let r = root.path
         var out = message.replacing("\"\(r)/", with: "\"/").replacing("\"\(r)\"", with: "\"/\"")
         for m in mountPoints where out.contains(m + r) {
-            for end in ["/", ")", ":", " ", "\""] { out = out.replacing(m + r + end, with: m + end) }
+            for end in ["/", ")", ":", " ", "\"", ";", ","] { out = out.replacing(m + r + end, with: m + end) }
+            if out.hasSuffix(m + r) { out = String(out.dropLast(r.count)) }
         }
         return out
     }
