@@ -525,11 +525,26 @@ public final class Agent: @unchecked Sendable {
         if !dir.isEmpty && !Sys.isDirectory(dir) {
             do { try Sys.mkdir(dir, mode: 0o755) } catch { throw error.lmctfy(.failedPrecondition, "Creating the socket directory") }
         }
+        // Socket activation: the service manager's socket for the path, kept
+        // across restarts (a call made during one waits in its backlog).
+        let activated = SocketActivation.takeUnixListener(path: settings.unixSocketPath)
+        if activated == nil, !SocketActivation.untaken.isEmpty {
+            throw LmctfyError(.failedPrecondition, "Socket activation passed descriptors \(SocketActivation.untaken.joined(separator: ", ")) "
+                              + "but none is a listening Unix stream socket at unix_socket_path \(settings.unixSocketPath): make the socket unit's ListenStream that path")
+        }
         do {
-            let unix = try UnixListener.bind(on: loop, path: settings.unixSocketPath, mode: settings.unixSocketMode) { [unowned self] c in
-                self.accept(c, tcp: false)
+            let unix: UnixListener
+            if let activated {
+                // Its mode and group are the socket unit's (SocketMode, SocketGroup).
+                unix = try UnixListener.adopt(on: loop, fd: activated, path: settings.unixSocketPath) { [unowned self] c in
+                    self.accept(c, tcp: false)
+                }
+            } else {
+                unix = try UnixListener.bind(on: loop, path: settings.unixSocketPath, mode: settings.unixSocketMode) { [unowned self] c in
+                    self.accept(c, tcp: false)
+                }
+                if let gid = settings.allowedGid { _ = chown(settings.unixSocketPath, uid_t.max, gid) }
             }
-            if let gid = settings.allowedGid { _ = chown(settings.unixSocketPath, uid_t.max, gid) }
             listeners.append(unix)
             var port: UInt16?
             if let tcp = settings.tcp {

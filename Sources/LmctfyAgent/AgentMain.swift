@@ -24,6 +24,7 @@ public enum AgentMain {
         // systemd's Type=notify socket, kept and taken out of the environment
         // before anything can be spawned (SdNotify).
         SdNotify.captureFromEnvironment()
+        SocketActivation.captureFromEnvironment()
         let line = DaemonCommandLine.parse(Array(CommandLine.arguments.dropFirst()), defaultConfig: "/etc/lmctfy/agent.conf",
                                            usage: usage, fail: { fail($0) })
         let configPath = line.configPath

@@ -183,6 +183,25 @@ public final class UnixListener: Listener, @unchecked Sendable {
         return listener
     }
 
+    /// Listens on `fd`, a Unix stream socket already bound to `path` and
+    /// listening, handed over by a service manager (SocketActivation). Its
+    /// file is the manager's: closing the listener leaves it there, and
+    /// connections made until the next start wait in its backlog. Call on
+    /// the loop thread.
+    public static func adopt(on loop: EventLoop, fd: Int32, path: String, backlog: Int32 = 511,
+                             _ onAccept: @escaping (Connection) -> Void) throws(LoopError) -> UnixListener {
+        try loop.checkAcceptsHandles("uv_pipe_open")
+        let listener = try UnixListener(loop: loop, path: path, mode: 0, onAccept: onAccept)
+        do throws(LoopError) {
+            try check(uv_pipe_open(listener.raw.assumingMemoryBound(to: uv_pipe_t.self), fd), "uv_pipe_open", path)
+            try listener.listen(backlog: backlog, target: path)
+        } catch {
+            listener.close()
+            throw error
+        }
+        return listener
+    }
+
     /// Unlinks `path` only if it is a socket nobody listens on. Between the
     /// probe and the unlink another process could start listening there; the
     /// window is a few syscalls wide, and the same as in every daemon that

@@ -83,7 +83,7 @@ func helpFlags() -> [String] {
 @Suite(.enabled(if: onPath("systemd-analyze") != nil,
                 "SKIPPED LOUDLY: systemd-analyze is not installed (Debian package systemd): the units are not verified"))
 struct SystemdUnitTests {
-    static let units = ["lmctfy-agent.service", "lmctfy-controller.service"]
+    static let units = ["lmctfy-agent.service", "lmctfy-agent.socket", "lmctfy-controller.service"]
 
     /// The units as written, with /usr/local/bin moved to the built binaries
     /// (verify checks that every Exec binary exists) and the man pages
@@ -110,6 +110,11 @@ struct SystemdUnitTests {
                      "ExecStart=/usr/local/bin/lmctfy-agent --config /etc/lmctfy/agent.conf", "WantedBy=multi-user.target"] {
             #expect(agent.split(separator: "\n").contains(Substring(line)), "lmctfy-agent.service lacks \(line)")
         }
+        // The socket unit's path is the example config's unix_socket_path.
+        let socket = try Sys.readFile(repoRoot + "/tools/systemd/lmctfy-agent.socket")
+        let config = try Sys.readFile(repoRoot + "/agent-config/agent.conf")
+        #expect(socket.split(separator: "\n").contains("ListenStream=/run/lmctfy/agent.sock"))
+        #expect(config.split(separator: "\n").contains("unix_socket_path: \"/run/lmctfy/agent.sock\""))
         let controller = try Sys.readFile(repoRoot + "/tools/systemd/lmctfy-controller.service")
         for line in ["Type=notify", "Restart=on-failure",
                      "ExecStart=/usr/local/bin/lmctfy-controller --config /etc/lmctfy/controller.conf"] {
