@@ -202,6 +202,12 @@ enum EventsCommand {
             // is missed or printed twice. It ended with 14.
             var lost: UInt64?
             var noticed: UInt64 = 0
+            // A stream lost again at once, with nothing printed (a host not
+            // connected at its controller, which takes the dial and refuses
+            // the call), is asked for again after a pause that doubles to
+            // 2 s, and said once a minute: it was asked for again at once,
+            // some 2,500 times a second, each a line (a probe).
+            var pauseMs: UInt32 = 0
             // Where the last "lagged" ended the stream (RESOURCE_EXHAUSTED
             // "lagged, resume after N": it fell behind what its connection
             // may hold, or an agent before the thirty-sixth sitting cut a
@@ -215,13 +221,15 @@ enum EventsCommand {
                 } catch where error.code == .unavailable && lost != nil {
                     let now = MonotonicClock.milliseconds()
                     if now - noticed >= Self.followNoticeMs, let lost, now - lost >= Self.followNoticeMs {
-                        stderr.write(Array("lmctl: events: no agent for \((now - lost) / 1000) s (\(error.message)); still trying\n".utf8))
+                        stderr.write(Array("lmctl: events: not following for \((now - lost) / 1000) s (\(error.message)); still trying\n".utf8))
                         noticed = now
                     }
                     usleep(250_000)
                     continue
                 }
                 defer { client.close() }
+                let started = MonotonicClock.milliseconds()
+                let from = (o.request.bootId, o.request.afterSequence)
                 do {
                     try follow(&o, client: client, host: host, stdout: stdout)
                     return 0
@@ -231,10 +239,23 @@ enum EventsCommand {
                     laggedAt = (o.request.bootId, o.request.afterSequence)
                     if o.request.bootId != nil { o.request.fromOldest = nil }
                 } catch where o.follow && error.code == .unavailable {
-                    let after = o.request.afterSequence.map { " after \(o.request.bootId ?? ""):\($0)" }
-                        ?? " from now (what happened meanwhile is not known)"
-                    stderr.write(Array("lmctl: events: \(error.message); following again\(after)\n".utf8))
-                    lost = MonotonicClock.milliseconds()
+                    let now = MonotonicClock.milliseconds()
+                    let progressed = from != (o.request.bootId, o.request.afterSequence) || now - started >= 5_000
+                    if lost == nil || progressed {
+                        let after = o.request.afterSequence.map { " after \(o.request.bootId ?? ""):\($0)" }
+                            ?? " from now (what happened meanwhile is not known)"
+                        stderr.write(Array("lmctl: events: \(error.message); following again\(after)\n".utf8))
+                        lost = now
+                        noticed = now
+                        pauseMs = 0
+                    } else {
+                        if let lost, now - noticed >= Self.followNoticeMs {
+                            stderr.write(Array("lmctl: events: not following for \((now - lost) / 1000) s (\(error.message)); still trying\n".utf8))
+                            noticed = now
+                        }
+                        pauseMs = min(2000, max(250, pauseMs * 2))
+                        usleep(pauseMs * 1000)
+                    }
                 }
             }
         } catch {

@@ -115,6 +115,6 @@ struct LmctlFollowTests {
         for _ in 0..<1000 where !printed().contains("CREATED /b") { usleep(10_000) }
         let lines = printed().split(separator: "\n")
         #expect(lines.contains { $0.hasSuffix(" CREATED /b") || $0.contains(" CREATED /b ") }, "\(lines)")
-        #expect(lines.contains { $0.hasPrefix("lmctl: events: no agent for 6") && $0.hasSuffix("still trying") }, "\(lines)")
+        #expect(lines.contains { $0.hasPrefix("lmctl: events: not following for 6") && $0.hasSuffix("still trying") }, "\(lines)")
     }
 }

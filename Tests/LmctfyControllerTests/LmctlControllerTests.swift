@@ -276,6 +276,38 @@ struct LmctlControllerTests {
         #expect(lines.contains { $0.hasPrefix("lmctl: events:") && $0.contains("following again after") }, "\(lines)")
         #expect(TestProcess.reapIfExited(follower) == nil, "it still follows")
     }
+
+    /// `--host NAME events -f` while that host is not connected at its
+    /// controller (which takes the dial and refuses the call): asked for
+    /// again after a pause that doubles to 2 s, one line said, and the
+    /// host's events printed once it is back. It was asked for again at
+    /// once, ~2,500 times a second, each a line on stderr (a probe).
+    @Test func aHostFollowerWaitsForItsHostWithoutSpinning() throws {
+        let fleet = try Fleet()
+        try fleet.startController()
+        try fleet.startAgent("a", host: "alpha", keyId: "host-a")
+        fleet.waitForHosts(1)
+        let out = fleet.dir + "/hostfollow.out"
+        let name = RealCgroups.uniqueName("hostf")
+        defer { _ = try? TestProcess.capture([builtTool("lmctfy"), "destroy", "-f", name]) }
+        let follower = try TestProcess.spawn(["/bin/sh", "-c",
+            "exec \(builtTool("lmctl")) --controller unix://\(fleet.dir)/controller.sock --host alpha events -f > \(out) 2>&1"])
+        defer { TestProcess.end(follower) }
+        usleep(500_000)
+        fleet.stopAgent("a")
+        func printed() -> String { (try? Sys.readFile(out)) ?? "" }
+        usleep(3_000_000)
+        let whileDown = printed().split(separator: "\n").filter { $0.hasPrefix("lmctl: events:") }
+        #expect(!whileDown.isEmpty && whileDown.count <= 3, "\(whileDown.count) lines: \(whileDown.prefix(3))")
+        try fleet.startAgent("a", host: "alpha", keyId: "host-a")
+        fleet.waitForHosts(1)
+        let client = try RpcClient.connect(unixPath: fleet.dir + "/agent-a.sock")
+        defer { client.close() }
+        _ = try client.call(AgentMethods.create, CreateRequest(name: name, spec: ContainerSpec()))
+        for _ in 0..<1000 where !printed().contains("CREATED \(name)") { usleep(10_000) }
+        #expect(printed().split(separator: "\n").filter { $0.contains("CREATED \(name)") }.count == 1, "\(printed().suffix(2000))")
+        #expect(TestProcess.reapIfExited(follower) == nil, "it still follows")
+    }
 }
 
 /// lmctl's own flags and output rewriting, without a controller (no root).
