@@ -161,38 +161,6 @@ public final class Agent: @unchecked Sendable {
     /// until the agent has stopped.
     private let stateLock = Atomic<Int32>(-1)
 
-    /// Locks state_dir/agent.lock for this agent, waiting at most 2 s, and
-    /// writes its pid there: two agents on one state_dir would both append
-    /// to its event journal, replay each other's requests and recover each
-    /// other's containers (a second agent with the same socket ran the
-    /// whole recovery before failing to bind). Another agent holding it is
-    /// FAILED_PRECONDITION naming its pid. Returns the descriptor.
-    static func lockStateDir(_ stateDir: String) throws(LmctfyError) -> Int32 {
-        let path = stateDir + "/agent.lock"
-        let fd: Int32
-        do { fd = try Sys.open(path, O_RDWR | O_CREAT, mode: 0o600) } catch { throw error.lmctfy(.failedPrecondition, "Cannot lock the state_dir") }
-        // A lock just released can still be held for a moment by a copy of
-        // its descriptor: a child forked (by the agent before, or by this
-        // process) that has not exec'd yet. Up to 2 s is given for that.
-        var (r, le) = Sys.retry { Sys.flockExclusiveNow(fd) }
-        for _ in 0..<100 where r < 0 && le == EWOULDBLOCK {
-            usleep(20_000)
-            (r, le) = Sys.retry { Sys.flockExclusiveNow(fd) }
-        }
-        if r < 0 {
-            let holder = (try? Sys.readAll(fd, path: path, maxBytes: 64)).map { String(decoding: $0, as: UTF8.self).trimmingWhitespace } ?? ""
-            close(fd)
-            if le == EWOULDBLOCK {
-                throw .failedPrecondition("state_dir \(stateDir) is in use by another agent\(holder.isEmpty ? "" : " (pid \(holder))"): "
-                                          + "two agents cannot share one")
-            }
-            throw SystemError("flock", path, le).lmctfy(.failedPrecondition, "Cannot lock the state_dir")
-        }
-        let pid = Array("\(Sys.getpid())\n".utf8)
-        _ = ftruncate(fd, 0)
-        _ = pid.withUnsafeBytes { pwrite(fd, $0.baseAddress, $0.count, 0) }
-        return fd
-    }
 
     /// Sums over every connection still open, for the agent-wide limits.
     private var totalHeld = 0
@@ -385,7 +353,7 @@ public final class Agent: @unchecked Sendable {
             throw .failedPrecondition("root_container \(scope.root) does not exist")
         }
         try settings.checkStateDir(create: true)
-        stateLock.store(try Self.lockStateDir(settings.stateDir), ordering: .releasing)
+        stateLock.store(try StateDirLock.acquire(settings.stateDir, daemon: "agent"), ordering: .releasing)
         if let damaged = dispatcher.leases.unreadable { log.warning("freeze leases: \(damaged)") }
         // A start that fails lets the state_dir go again.
         var started = false

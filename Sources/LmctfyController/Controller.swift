@@ -135,6 +135,17 @@ public final class Controller: @unchecked Sendable {
     let metrics = ControllerMetrics()
     public private(set) var metricsPort: UInt16?
 
+    /// The descriptor holding state_dir/controller.lock (-1: released once
+    /// stopped).
+    private let stateLock: Mutexed<Int32>
+
+    deinit { releaseStateDir() }
+
+    private func releaseStateDir() {
+        let fd = stateLock.locked { fd in defer { fd = -1 }; return fd }
+        if fd >= 0 { close(fd) }
+    }
+
     public init(settings: ControllerSettings) throws(LmctfyError) {
         self.settings = settings
         self.tlsServer = settings.tlsServer
@@ -151,8 +162,17 @@ public final class Controller: @unchecked Sendable {
         }
         logger = l
         try settings.prepareStateDir()
-        registry = try HostRegistry(store: FileHostStore(path: settings.stateDir + "/hosts"), maxHosts: settings.maxHosts)
-        fleet = try FleetEvents(stateDir: settings.stateDir, capacity: Int(settings.config.eventLogCapacity ?? 65536))
+        // Before anything in it is read: a second controller on the same
+        // state_dir started and rewrote the fleet's sequence (a probe).
+        let lock = try StateDirLock.acquire(settings.stateDir, daemon: "controller")
+        do {
+            registry = try HostRegistry(store: FileHostStore(path: settings.stateDir + "/hosts"), maxHosts: settings.maxHosts)
+            fleet = try FleetEvents(stateDir: settings.stateDir, capacity: Int(settings.config.eventLogCapacity ?? 65536))
+        } catch {
+            close(lock)
+            throw error
+        }
+        stateLock = Mutexed(lock)
     }
 
     public func start(handleSignals: Bool = true) throws(LmctfyError) {
@@ -185,6 +205,7 @@ public final class Controller: @unchecked Sendable {
             }
         } catch {
             _ = loop.shutdown()
+            releaseStateDir()
             throw .internalError("Starting the controller: \(error)")
         }
         switch result {
@@ -193,6 +214,8 @@ public final class Controller: @unchecked Sendable {
             clientPort = clients
         case .failure(let error):
             _ = loop.shutdown()
+            // Free for another start at once (a retry on other ports).
+            releaseStateDir()
             throw error
         }
         logger.info("lmctfy-controller listening: clients on unix:\(settings.unixSocketPath)\(clientPort.map { " and tcp port \($0)" } ?? ""), agents on tcp port \(agentPort)")
@@ -1237,7 +1260,10 @@ public final class Controller: @unchecked Sendable {
 
     public func waitUntilStopped() -> Int32 {
         finished.wait()
-        return loop.shutdown()
+        let rc = loop.shutdown()
+        // Its state is its own until here: another controller may take it now.
+        releaseStateDir()
+        return rc
     }
 
     public func stop() -> Int32 {

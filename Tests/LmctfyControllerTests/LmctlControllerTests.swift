@@ -10,6 +10,7 @@ import Glibc
 import Lmctfy
 import LmctfyAgent
 import LmctfyCommands
+import LmctfyController
 import LmctfyProto
 import LmctfyRPC
 import LmctfySystem
@@ -275,6 +276,31 @@ struct LmctlControllerTests {
         #expect(lines.filter { $0.contains("CREATED \(name)") }.count == 1, "\(lines)")
         #expect(lines.contains { $0.hasPrefix("lmctl: events:") && $0.contains("following again after") }, "\(lines)")
         #expect(TestProcess.reapIfExited(follower) == nil, "it still follows")
+    }
+
+    /// Two controllers cannot share a state_dir: the second is refused
+    /// (9, naming the first's pid) before it reads or writes anything in
+    /// it; it started and rewrote the fleet's sequence (a probe). Once the
+    /// first has stopped, the dir is free again.
+    @Test func twoControllersCannotShareAStateDir() throws {
+        let fleet = try Fleet()
+        try fleet.startController()
+        let sequence = fleet.dir + "/controller/fleet-sequence"
+        let before = try? Sys.readFile(sequence)
+        func second() throws(LmctfyError) -> LmctfyController.Controller {
+            try LmctfyController.Controller(settings: try ControllerSettings.parse("""
+                unix_socket_path: "\(fleet.dir)/second.sock" agent_address: "127.0.0.1:0"
+                key_file: "\(fleet.dir)/keys" allow_plaintext_tcp: true state_dir: "\(fleet.dir)/controller" log_level: LOG_WARNING
+                """, source: "test"))
+        }
+        #expect { _ = try second() } throws: { error in
+            let e = error as? LmctfyError
+            return e?.code == .failedPrecondition && e?.message.contains("is in use by another controller (pid \(getpid()))") == true
+        }
+        #expect((try? Sys.readFile(sequence)) == before)
+        fleet.stopController()
+        let next = try second()
+        _ = next
     }
 
     /// `--host NAME events -f` while that host is not connected at its
