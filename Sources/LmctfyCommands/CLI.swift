@@ -15,6 +15,10 @@ import LmctfySystem
 /// of a verb's result or error onto output and an exit status (the canonical
 /// status code; usage errors 3, an unknown command 5).
 public enum LmctfyCLI {
+    /// The verbs at the top of the command tree (lmctl tells a verb it does
+    /// not know from one that needs a host).
+    public static let verbs: Set<String> = Set(CommandTree.root.children.map(\.name))
+
     /// The `lmctfy` executable: the process's arguments and streams, then
     /// exit. `environment` is the machine (the executable wires CL1 in).
     public static func main(environment: CLIEnvironment) -> Never {

@@ -147,8 +147,8 @@ final class HostRegistry {
         if let previous, previous != conn { try checkNotContested(name, now: nowMs) }
         if hosts[name] == nil {
             guard hosts.count < maxHosts else {
-                throw LmctfyError(.resourceExhausted, "Register of \(name): the controller knows \(hosts.count) hosts, its max_hosts: "
-                                  + "remove hosts that are gone (lmctl remove-host) or raise max_hosts")
+                throw LmctfyError(.resourceExhausted, "Register of \(name): the controller knows \(hosts.count) host\(hosts.count == 1 ? "" : "s"), its max_hosts: "
+                                  + "remove hosts that are gone (lmctl --controller ... hosts --remove NAME) or raise max_hosts")
             }
             // The binding is kept before the host is admitted.
             try store.bind(name, keyId: keyId)

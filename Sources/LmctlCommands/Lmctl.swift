@@ -45,10 +45,10 @@ public enum LmctlCLI {
         usage: lmctl [--agent unix://PATH|tcp://HOST:PORT] [--key-file FILE] [--cert FILE --key FILE] [--ca FILE]
                      <lmctfy verb> ... | info | events ...
                lmctl [--agent ...] snapshot export NAME [-o FILE] [--text] | snapshot import FILE [--name N] [--start]
-               lmctl [--agent ...] migrate NAME --to unix://PATH|tcp://HOST:PORT [--to-key-file FILE] [--timeout S]
+               lmctl [--agent ...] migrate NAME --to unix://PATH|tcp://HOST:PORT [--to-key-file FILE] [--timeout S] [--force]
                lmctl [--agent ...] checkpoint NAME DIR [--leave-running] | restore DIR [--name N]
                lmctl [--agent ...] top [--once] [-r] [--sort cpu|mem|procs|name] [NAME]
-               lmctl --controller ... migrate NAME --from HOST --to HOST [--timeout S]
+               lmctl --controller ... migrate NAME --from HOST --to HOST [--timeout S] [--force]
                lmctl --controller unix://PATH|tcp://HOST:PORT [--key-file FILE] hosts [-o json] [SELECTOR]
                lmctl --controller ... (--host NAME | --hosts SELECTOR) <lmctfy verb> ... | info | events ...
         """
@@ -302,6 +302,11 @@ public enum LmctlCLI {
         // Help and version never call anyone; every other verb is a host's.
         let helpWords: Set<String> = ["help", "-h", "--help", "-V", "--version"]
         if verb == nil || o.words.contains(where: { helpWords.contains($0) }) {
+            return runVerb(o.words, dial: dialPeer, host: nil, stdout: stdout, stderr: stderr)
+        }
+        // A verb neither lmctfy nor lmctl has: said so, as at an agent
+        // (it was told to give --host, and then that the verb is unknown).
+        if let verb, !LmctfyCLI.verbs.contains(verb), !ownVerbHelp.contains(where: { $0.verb == verb }) {
             return runVerb(o.words, dial: dialPeer, host: nil, stdout: stdout, stderr: stderr)
         }
         return usageError("\(verb!) at a controller runs on a host: give --host NAME or --hosts SELECTOR "

@@ -231,6 +231,9 @@ struct LmctlControllerTests {
         #expect(both.status == 3 && both.err.contains("--agent and --controller cannot be used together"), "\(both.err)")
         let twoWays = try fleet.lmctl(["--host", "alpha", "--hosts", "zone=z1", "info"])
         #expect(twoWays.status == 3 && twoWays.err.contains("--host and --hosts cannot be used together"), "\(twoWays.err)")
+        // A verb nobody has is unknown, as at an agent (it was told to give --host).
+        let unknownVerb = try fleet.lmctl(["move", "/x"])
+        #expect(unknownVerb.status == 5 && unknownVerb.err.contains("Unknown command \"move\"") && !unknownVerb.err.contains("give --host"), "\(unknownVerb.err)")
         let noController = try TestProcess.capture([builtTool("lmctl"), "--agent", "unix://\(fleet.dir)/agent-a.sock", "--host", "alpha", "info"])
         #expect(noController.status == 3 && noController.err.contains("give --controller"), "\(noController.err)")
         let atAgent = try TestProcess.capture([builtTool("lmctl"), "--agent", "unix://\(fleet.dir)/agent-a.sock", "hosts"])
