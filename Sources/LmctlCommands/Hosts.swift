@@ -71,14 +71,22 @@ enum HostsCommand {
             var text = ""
             for h in hosts {
                 // Each connected host's policy (capacity, commitment per
-                // tier, free), asked of the host through the controller.
+                // tier, free), asked of the host through the controller,
+                // within `policyDeadlineMs`: one host that does not answer
+                // (stopped, hung) kept the whole inventory from printing,
+                // and `create --anywhere` from placing (a probe).
                 var h = h
+                var unanswered: String?
                 if h.state == .hostConnected, let name = h.identity?.hostName {
                     client.host = name
-                    h.policy = try? client.call(AgentMethods.machineInfo, MachineInfoRequest()).policy
+                    do throws(LmctfyError) {
+                        h.policy = try client.call(AgentMethods.machineInfo, MachineInfoRequest(), deadlineMs: Self.policyDeadlineMs).policy
+                    } catch {
+                        unanswered = error.message
+                    }
                     client.host = nil
                 }
-                text += (json ? h.jsonString() : line(h, policy: h.policy)) + "\n"
+                text += (json ? h.jsonString() : line(h, policy: h.policy) + (unanswered.map { " policy=\"unknown: \(TextFormat.cEscape(Array($0.utf8)))\"" } ?? "")) + "\n"
             }
             stdout.write(Array(text.utf8))
             return 0
@@ -87,6 +95,9 @@ enum HostsCommand {
             return error.code.rawValue
         }
     }
+
+    /// How long `hosts` waits for a host's policy (MachineInfo).
+    static let policyDeadlineMs: UInt32 = 2000
 
     /// One host as key="value" pairs.
     static func line(_ h: HostInfo, policy: PolicyReport? = nil) -> String {

@@ -130,7 +130,10 @@ enum PolicyCommands {
             for h in hosts {
                 client.host = h
                 do throws(LmctfyError) {
-                    let r = try client.call(AgentMethods.checkAdmission, CheckAdmissionRequest(name: a.name, spec: a.spec, tier: a.tier))
+                    // A host that does not answer in time is passed over
+                    // (one stopped host kept every placement waiting).
+                    let r = try client.call(AgentMethods.checkAdmission, CheckAdmissionRequest(name: a.name, spec: a.spec, tier: a.tier),
+                                            deadlineMs: HostsCommand.policyDeadlineMs)
                     if r.admitted == true {
                         admitted.append((h, load(r.policy)))
                     } else {

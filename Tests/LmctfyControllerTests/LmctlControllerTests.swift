@@ -306,6 +306,38 @@ struct LmctlControllerTests {
         _ = next
     }
 
+    /// One host that does not answer (SIGSTOPped: connected, silent) does
+    /// not keep `hosts` from printing the fleet, nor `create --anywhere`
+    /// from placing on another host: each host has 2 s. Both waited for it
+    /// for ever (until the controller dropped its link; a probe).
+    @Test func aHungHostDoesNotHoldTheInventoryOrAPlacement() throws {
+        let fleet = try Fleet()
+        try fleet.startController()
+        try fleet.startAgent("a", host: "alpha", keyId: "host-a")
+        try Sys.createFile(fleet.dir + "/beta.conf", """
+            unix_socket_path: "\(fleet.dir)/beta.sock" state_dir: "\(fleet.dir)/beta" log_level: LOG_ERROR
+            stats_interval_ms: 0 watch_containers: false reconcile_interval_ms: 0
+            key_file: "\(fleet.dir)/keys" allow_plaintext_tcp: true controller_address: "127.0.0.1:\(fleet.agentPort)"
+            controller_key_id: "host-b" host_name: "beta" reconnect_base_ms: 20 reconnect_max_ms: 200
+            """)
+        let beta = try TestProcess.spawn([builtTool("lmctfy-agent"), "--config", fleet.dir + "/beta.conf"])
+        defer {
+            kill(beta, SIGCONT)
+            TestProcess.end(beta)
+        }
+        fleet.waitForHosts(2)
+        kill(beta, SIGSTOP)
+        let name = RealCgroups.uniqueName("anyw")
+        defer { _ = try? TestProcess.capture([builtTool("lmctfy"), "destroy", "-f", name]) }
+        let hosts = try fleet.lmctl(["hosts"])
+        #expect(hosts.status == 0, "\(hosts.err)")
+        #expect(hosts.out.contains("name=\"alpha\"") && hosts.out.contains("capacity_memory="), "\(hosts.out)")
+        let betaLine = hosts.out.split(separator: "\n").first { $0.contains("name=\"beta\"") }
+        #expect(betaLine?.contains("policy=\"unknown:") == true, "\(hosts.out)")
+        let placed = try fleet.lmctl(["create", "--anywhere", name, ""])
+        #expect(placed.status == 0 && placed.out.contains("alpha"), "\(placed.out) \(placed.err)")
+    }
+
     /// `--host NAME events -f` while that host is not connected at its
     /// controller (which takes the dial and refuses the call): asked for
     /// again after a pause that doubles to 2 s, one line said, and the
