@@ -107,8 +107,7 @@ final class FleetEvents {
                 gap.hostBootId = boot
                 gap.hostSequence = seq == UInt64.max ? seq : seq + 1
                 gap.reason = "event \(seq) of boot \(boot) was \(bytes) bytes, above the \(Self.maxEventBytes) the fleet log keeps: not stored"
-                cursors[host] = Cursor(boot: boot, sequence: seq)
-                cursorsDirty = true
+                setCursor(host, Cursor(boot: boot, sequence: seq))
                 log.append(gap)
                 return nil
             }
@@ -116,8 +115,7 @@ final class FleetEvents {
             fleet.host = host
             fleet.hostBootId = boot
             fleet.hostSequence = seq
-            cursors[host] = Cursor(boot: boot, sequence: seq)
-            cursorsDirty = true
+            setCursor(host, Cursor(boot: boot, sequence: seq))
             return log.append(fleet)
         } else if let g = r.gap {
             // The agent no longer has what followed the cursor: said once,
@@ -137,8 +135,7 @@ final class FleetEvents {
             e.hostSequence = g.firstSequence
             log.append(e)
             if let boot = g.bootId, let first = g.firstSequence {
-                cursors[host] = Cursor(boot: boot, sequence: first > 0 ? first - 1 : 0)
-                cursorsDirty = true
+                setCursor(host, Cursor(boot: boot, sequence: first > 0 ? first - 1 : 0))
             }
         }
         return nil
@@ -154,6 +151,7 @@ final class FleetEvents {
     /// live in memory only (a restart rebuilds the cursors from the saved
     /// ones and the journal, as for any host).
     func forget(_ host: String) {
+        earlier[host] = nil
         guard let cursor = cursors.removeValue(forKey: host) else { return }
         cursorsDirty = true
         if retired.updateValue(cursor, forKey: host) == nil { retiredOrder.append(host) }
@@ -164,12 +162,43 @@ final class FleetEvents {
 
     /// A host registering: a cursor kept aside at its removal is its
     /// cursor again when its agent's events are of the same boot
-    /// (`bootId`, its registration's); otherwise it is dropped.
+    /// (`bootId`, its registration's); otherwise it is dropped. And an
+    /// agent of one of the host's earlier boots (`earlier`) resumes from
+    /// that boot's cursor.
     func readmit(_ host: String, bootId: String?) {
-        guard let cursor = retired.removeValue(forKey: host) else { return }
-        retiredOrder.removeAll { $0 == host }
-        guard cursors[host] == nil, let bootId, cursor.boot == bootId else { return }
-        cursors[host] = cursor
+        if let cursor = retired.removeValue(forKey: host) {
+            retiredOrder.removeAll { $0 == host }
+            if cursors[host] == nil, let bootId, cursor.boot == bootId {
+                cursors[host] = cursor
+                cursorsDirty = true
+            }
+        }
+        if let bootId, let c = cursors[host], c.boot != bootId, let i = earlier[host]?.lastIndex(where: { $0.boot == bootId }) {
+            let back = earlier[host]!.remove(at: i)
+            setCursor(host, back)
+        }
+    }
+
+    /// Each host's cursors of the boots before its current one (the latest
+    /// `maxEarlierBoots`), in memory: an agent of one of those boots that
+    /// registers again resumes from its own (`readmit`). A second agent
+    /// using a host's identity for a moment (a cloned machine, a copied
+    /// config) moved the cursor to its boot, and the host's real agent,
+    /// back, had every event it kept stored a second time after a false gap
+    /// (a probe).
+    private var earlier: [String: [Cursor]] = [:]
+    static let maxEarlierBoots = 8
+
+    /// Moves `host`'s cursor; the one of another boot it had is kept in
+    /// `earlier`.
+    private func setCursor(_ host: String, _ c: Cursor) {
+        if let old = cursors[host], old.boot != c.boot {
+            var list = (earlier[host] ?? []).filter { $0.boot != old.boot && $0.boot != c.boot }
+            list.append(old)
+            if list.count > Self.maxEarlierBoots { list.removeFirst(list.count - Self.maxEarlierBoots) }
+            earlier[host] = list
+        }
+        cursors[host] = c
         cursorsDirty = true
     }
 

@@ -205,6 +205,37 @@ private func keys(_ store: FileHostStore) throws -> [String: String] {
         #expect(fleet.subscribeRequest(for: "host\(last)", credit: nil).afterSequence == 1)
     }
 
+    /// A second agent using a host's identity for a moment (a cloned
+    /// machine: its own boot) moves the host's cursor to its boot; the
+    /// host's real agent, registering again, resumes from its own boot's
+    /// cursor: nothing it kept is stored twice. It was resubscribed from
+    /// its oldest kept event (a false gap, then its history again; the
+    /// fleet probe).
+    @Test func anEarlierBootOfAHostResumesFromItsOwnCursor() throws {
+        let dir = "/tmp/lmctfy-fleetevents-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try Sys.mkdir(dir, mode: 0o700)
+        defer { _ = removeTree(dir) }
+        let fleet = try FleetEvents(stateDir: dir, capacity: 100)
+        func event(_ boot: String, _ seq: UInt64) -> SubscribeResponse {
+            SubscribeResponse(event: ContainerEvent(bootId: boot, sequence: seq, container: "/a", kind: .containerEventCreated))
+        }
+        for seq: UInt64 in 1...5 { #expect(fleet.take(event("real", seq), from: "h", bytes: 100) != nil) }
+        // The clone: a gap (it has no "real" boot), then its own events.
+        fleet.readmit("h", bootId: "clone")
+        #expect(fleet.subscribeRequest(for: "h", credit: nil).bootId == "real")
+        _ = fleet.take(SubscribeResponse(gap: EventGap(requestedBootId: "real", afterSequence: 5, bootId: "clone", firstSequence: 1)), from: "h")
+        #expect(fleet.take(event("clone", 1), from: "h", bytes: 100) != nil)
+        // The real agent again: from its own cursor.
+        fleet.readmit("h", bootId: "real")
+        let r = fleet.subscribeRequest(for: "h", credit: nil)
+        #expect(r.bootId == "real" && r.afterSequence == 5, "\(r)")
+        for seq: UInt64 in 1...5 { #expect(fleet.take(event("real", seq), from: "h", bytes: 100) == nil, "\(seq) stored twice") }
+        #expect(fleet.take(event("real", 6), from: "h", bytes: 100) != nil)
+        // A boot never seen: as before, from the cursor it has.
+        fleet.readmit("h", bootId: "new")
+        #expect(fleet.subscribeRequest(for: "h", credit: nil).bootId == "real")
+    }
+
     /// A host's gap reaches every fleet subscriber of that host, whatever
     /// container or kinds it asked for (one watching `--kind OOM` was never
     /// told that a host's events, OOMs among them, were lost).
