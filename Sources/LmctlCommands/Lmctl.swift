@@ -462,7 +462,7 @@ public enum LmctlCLI {
                 return error.code.rawValue
             }
             if options.follow {
-                return followAll(events, names: names, dial: dial, stdout: stdout, stderr: stderr)
+                return followAll(events, names: names, selector: selector, dial: dial, stdout: stdout, stderr: stderr)
             }
         }
         let json = wantsJSON(words)
@@ -484,22 +484,52 @@ public enum LmctlCLI {
         return worst
     }
 
+    /// How often `--hosts SELECTOR events -f` asks the controller for the
+    /// hosts matching its selector again, to follow those that came since.
+    static let rescanMs: UInt64 = 5000
+
     /// `events -f` on several hosts: one connection and thread per host,
-    /// lines interleaved as they come (each names its host). Returns when
-    /// every host's stream has ended: the highest of their statuses.
-    static func followAll(_ words: [String], names: [String], dial: @escaping @Sendable () throws(LmctfyError) -> RpcClient,
+    /// lines interleaved as they come (each names its host). A host that
+    /// registers later and matches `selector` is followed too, from its
+    /// oldest kept event, once the controller's list has it (every
+    /// `rescanMs`): the followers were those of the start, and a host that
+    /// joined was never followed (a probe). Returns when every host's
+    /// stream has ended: the highest of their statuses.
+    static func followAll(_ words: [String], names: [String], selector: String,
+                          dial: @escaping @Sendable () throws(LmctfyError) -> RpcClient,
                           stdout: any ByteSink, stderr: any ByteSink) -> Int32 {
         let out = LockedSink(stdout), err = LockedSink(stderr)
         let statuses = StatusBox()
-        let threads = names.map { name in
-            Threads.start {
+        var following = Set<String>()
+        func follow(_ name: String, words: [String]) {
+            following.insert(name)
+            statuses.begin()
+            Threads.detach {
                 let prefixed = LinePrefixSink(err) { Array("\(name): ".utf8) + $0 }
                 let status = EventsCommand.run(words, dial: routed(dial, to: name), host: name, stdout: out, stderr: prefixed)
                 prefixed.flush()
                 statuses.add(status)
+                statuses.end()
             }
         }
-        for t in threads { pthread_join(t, nil) }
+        for name in names { follow(name, words: words) }
+        var scanned = MonotonicClock.milliseconds()
+        while statuses.running > 0 {
+            usleep(250_000)
+            guard MonotonicClock.milliseconds() - scanned >= Self.rescanMs else { continue }
+            scanned = MonotonicClock.milliseconds()
+            guard let client = try? dial() else { continue }
+            let hosts = (try? allHosts(client, selector: selector.isEmpty ? nil : selector)) ?? []
+            client.close()
+            for host in hosts {
+                guard let name = host.identity?.hostName, !following.contains(name) else { continue }
+                // New since the start: its agent's events of this boot from
+                // the first (what it did before the rescan found it too).
+                let boot = host.identity?.bootId ?? ""
+                let words = boot.utf8.count == 32 && !words.contains("--after") ? words + ["--after", boot + ":0"] : words
+                follow(name, words: words)
+            }
+        }
         return statuses.worst
     }
 
@@ -533,8 +563,13 @@ public enum LmctlCLI {
         // @unchecked: `value` is only touched with `lock` held.
         private let lock = Lock()
         private var value: Int32 = 0
+        private var count = 0
         func add(_ status: Int32) { lock.locked { value = max(value, status) } }
         var worst: Int32 { lock.locked { value } }
+        func begin() { lock.locked { count += 1 } }
+        func end() { lock.locked { count -= 1 } }
+        /// Threads begun and not ended.
+        var running: Int { lock.locked { count } }
     }
 
     /// Rewrites what is written line by line (a line is written once it is

@@ -338,6 +338,35 @@ struct LmctlControllerTests {
         #expect(placed.status == 0 && placed.out.contains("alpha"), "\(placed.out) \(placed.err)")
     }
 
+    /// `--hosts= events -f` follows a host that registers after it
+    /// started too (the controller's list, asked again every 5 s), from
+    /// the first event of its agent's boot: it followed the hosts of its
+    /// start only, and a container made on a later one was never printed
+    /// (a probe).
+    @Test func aFleetFollowerFollowsAHostThatJoinsLater() throws {
+        let fleet = try Fleet()
+        try fleet.startController()
+        try fleet.startAgent("a", host: "alpha", keyId: "host-a")
+        fleet.waitForHosts(1)
+        let out = fleet.dir + "/fanfollow.out"
+        let name = RealCgroups.uniqueName("late")
+        defer { _ = try? TestProcess.capture([builtTool("lmctfy"), "destroy", "-f", name]) }
+        let follower = try TestProcess.spawn(["/bin/sh", "-c",
+            "exec \(builtTool("lmctl")) --controller unix://\(fleet.dir)/controller.sock --hosts= events -f --kind CREATED > \(out) 2>&1"])
+        defer { TestProcess.end(follower) }
+        usleep(500_000)
+        try fleet.startAgent("b", host: "beta", keyId: "host-b")
+        fleet.waitForHosts(2)
+        let client = try RpcClient.connect(unixPath: fleet.dir + "/agent-b.sock")
+        defer { client.close() }
+        _ = try client.call(AgentMethods.create, CreateRequest(name: name, spec: ContainerSpec()))
+        func printed() -> String { (try? Sys.readFile(out)) ?? "" }
+        for _ in 0..<1500 where !printed().contains("CREATED \(name)") { usleep(10_000) }
+        let lines = printed().split(separator: "\n").filter { $0.contains("CREATED \(name)") }
+        #expect(lines.count == 1 && lines.first?.contains("beta") == true, "\(printed().suffix(2000))")
+        #expect(TestProcess.reapIfExited(follower) == nil, "it still follows")
+    }
+
     /// `--host NAME events -f` while that host is not connected at its
     /// controller (which takes the dial and refuses the call): asked for
     /// again after a pause that doubles to 2 s, one line said, and the
