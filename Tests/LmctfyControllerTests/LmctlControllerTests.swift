@@ -24,6 +24,20 @@ extension Fleet {
         try TestProcess.capture([builtTool("lmctl"), "--controller", "unix://\(dir)/controller.sock"] + args)
     }
 
+    /// A controller with alpha connected, and `lmctl --controller ... ARGS`
+    /// running in the background (stdout and stderr in a file of the
+    /// fleet's directory): its pid and what it has printed so far.
+    static func followingOneHost(_ args: String) throws -> (fleet: Fleet, follower: pid_t, printed: () -> String) {
+        let fleet = try Fleet()
+        try fleet.startController()
+        try fleet.startAgent("a", host: "alpha", keyId: "host-a")
+        fleet.waitForHosts(1)
+        let out = fleet.dir + "/follower-\(UInt32.random(in: 0...UInt32.max)).out"
+        let pid = try TestProcess.spawn(["/bin/sh", "-c",
+            "exec \(builtTool("lmctl")) --controller unix://\(fleet.dir)/controller.sock \(args) > \(out) 2>&1"])
+        return (fleet, pid, { (try? Sys.readFile(out)) ?? "" })
+    }
+
     /// alpha (zone z1, tier web) and beta (zone z2), both connected.
     static func twoHosts() throws -> Fleet {
         let fleet = try Fleet()
@@ -256,16 +270,10 @@ struct LmctlControllerTests {
     /// what happened meanwhile: it asked MachineInfo for that point's boot,
     /// which a controller does not answer for its fleet log.
     @Test func fleetEventsFollowResumesAcrossAControllerRestart() throws {
-        let fleet = try Fleet()
-        try fleet.startController()
-        try fleet.startAgent("a", host: "alpha", keyId: "host-a")
-        fleet.waitForHosts(1)
-        let out = fleet.dir + "/follow.out"
+        let (fleet, follower, printed) = try Fleet.followingOneHost("events -f")
+        defer { TestProcess.end(follower) }
         let name = RealCgroups.uniqueName("fleetf")
         defer { _ = try? TestProcess.capture([builtTool("lmctfy"), "destroy", "-f", name]) }
-        let follower = try TestProcess.spawn(["/bin/sh", "-c",
-            "exec \(builtTool("lmctl")) --controller unix://\(fleet.dir)/controller.sock events -f > \(out) 2>&1"])
-        defer { TestProcess.end(follower) }
         usleep(500_000)
         fleet.stopController()
         try fleet.startController()
@@ -273,7 +281,6 @@ struct LmctlControllerTests {
         let client = try RpcClient.connect(unixPath: fleet.dir + "/agent-a.sock")
         defer { client.close() }
         _ = try client.call(AgentMethods.create, CreateRequest(name: name, spec: ContainerSpec()))
-        func printed() -> String { (try? Sys.readFile(out)) ?? "" }
         for _ in 0..<1000 where !printed().contains("CREATED \(name)") { usleep(10_000) }
         let lines = printed().split(separator: "\n")
         #expect(lines.filter { $0.contains("CREATED \(name)") }.count == 1, "\(lines)")
@@ -344,23 +351,16 @@ struct LmctlControllerTests {
     /// start only, and a container made on a later one was never printed
     /// (a probe).
     @Test func aFleetFollowerFollowsAHostThatJoinsLater() throws {
-        let fleet = try Fleet()
-        try fleet.startController()
-        try fleet.startAgent("a", host: "alpha", keyId: "host-a")
-        fleet.waitForHosts(1)
-        let out = fleet.dir + "/fanfollow.out"
+        let (fleet, follower, printed) = try Fleet.followingOneHost("--hosts= events -f --kind CREATED")
+        defer { TestProcess.end(follower) }
         let name = RealCgroups.uniqueName("late")
         defer { _ = try? TestProcess.capture([builtTool("lmctfy"), "destroy", "-f", name]) }
-        let follower = try TestProcess.spawn(["/bin/sh", "-c",
-            "exec \(builtTool("lmctl")) --controller unix://\(fleet.dir)/controller.sock --hosts= events -f --kind CREATED > \(out) 2>&1"])
-        defer { TestProcess.end(follower) }
         usleep(500_000)
         try fleet.startAgent("b", host: "beta", keyId: "host-b")
         fleet.waitForHosts(2)
         let client = try RpcClient.connect(unixPath: fleet.dir + "/agent-b.sock")
         defer { client.close() }
         _ = try client.call(AgentMethods.create, CreateRequest(name: name, spec: ContainerSpec()))
-        func printed() -> String { (try? Sys.readFile(out)) ?? "" }
         for _ in 0..<1500 where !printed().contains("CREATED \(name)") { usleep(10_000) }
         let lines = printed().split(separator: "\n").filter { $0.contains("CREATED \(name)") }
         #expect(lines.count == 1 && lines.first?.contains("beta") == true, "\(printed().suffix(2000))")
@@ -373,19 +373,12 @@ struct LmctlControllerTests {
     /// host's events printed once it is back. It was asked for again at
     /// once, ~2,500 times a second, each a line on stderr (a probe).
     @Test func aHostFollowerWaitsForItsHostWithoutSpinning() throws {
-        let fleet = try Fleet()
-        try fleet.startController()
-        try fleet.startAgent("a", host: "alpha", keyId: "host-a")
-        fleet.waitForHosts(1)
-        let out = fleet.dir + "/hostfollow.out"
+        let (fleet, follower, printed) = try Fleet.followingOneHost("--host alpha events -f")
+        defer { TestProcess.end(follower) }
         let name = RealCgroups.uniqueName("hostf")
         defer { _ = try? TestProcess.capture([builtTool("lmctfy"), "destroy", "-f", name]) }
-        let follower = try TestProcess.spawn(["/bin/sh", "-c",
-            "exec \(builtTool("lmctl")) --controller unix://\(fleet.dir)/controller.sock --host alpha events -f > \(out) 2>&1"])
-        defer { TestProcess.end(follower) }
         usleep(500_000)
         fleet.stopAgent("a")
-        func printed() -> String { (try? Sys.readFile(out)) ?? "" }
         usleep(3_000_000)
         let whileDown = printed().split(separator: "\n").filter { $0.hasPrefix("lmctl: events:") }
         #expect(!whileDown.isEmpty && whileDown.count <= 3, "\(whileDown.count) lines: \(whileDown.prefix(3))")
