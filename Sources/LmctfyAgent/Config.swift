@@ -223,6 +223,9 @@ public struct AgentSettings: Sendable {
         }
         renewBeforeExpiryPercent = c.bootstrapTokenFile != nil && controller?.tls != nil ? Int(percent) : 0
         let l = c.limits ?? AgentLimits()
+        if l.maxConnectionsPerPeer != nil {
+            throw .invalidArgument("\(source): limits.max_connections_per_peer is a controller's limit; an agent's connections are capped by max_connections")
+        }
         limits = try SessionLimits(l, source: source)
         maxConnections = Int(l.maxConnections ?? 256)
         maxHandshakingConnections = try HandshakeBudget.limit(l.maxHandshakingConnections, default: HandshakeBudget.agentDefault, source: source)

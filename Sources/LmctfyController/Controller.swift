@@ -23,6 +23,9 @@ final class ControllerPeer {
     var session: Session
     var role: AgentRole = .agentRoleUnspecified
     var keyId: String?
+    /// Who it authenticated as, counted against max_connections_per_peer
+    /// while it is open (nil: not counted).
+    var countedAs: String?
     /// TLS under the framing (PROTOCOL.md section 3.1), and whether the
     /// session waits for the handshake to name the peer's certificate.
     var tls: TlsChannel?
@@ -483,6 +486,20 @@ public final class Controller: @unchecked Sendable {
                 // one call does): those connections stay counted while open.
                 if p.kind != .enroll { handshaking.finished(p.id) }
                 p.keyId = info.keyId
+                // One peer's connections are capped: a peer holding them by
+                // the thousand reached the descriptor limit and shut every
+                // client and redialling agent out (a probe).
+                if p.kind == .client {
+                    let who = Self.peerIdentity(info)
+                    guard connectionsPerPeer[who, default: 0] < settings.maxConnectionsPerPeer else {
+                        if let more = peerFaults.take() { logger.warning("connection \(p.id): \(who) holds \(settings.maxConnectionsPerPeer) connections already (limits.max_connections_per_peer); refused\(more)") }
+                        perform(p, p.session.goAway(.goawayNormal, message: "too many connections of \(who) (limits.max_connections_per_peer \(settings.maxConnectionsPerPeer))",
+                                                    now: MonotonicClock.milliseconds()))
+                        return
+                    }
+                    connectionsPerPeer[who, default: 0] += 1
+                    p.countedAs = who
+                }
                 p.role = switch p.kind {
                 case .client: settings.rolePolicy.role(for: info)
                 case .agent: .agentRoleAdmin
@@ -594,9 +611,26 @@ public final class Controller: @unchecked Sendable {
         sendRaw(p, bytes)
     }
 
+    /// Connections open per authenticated client peer (`peerIdentity`).
+    private var connectionsPerPeer: [String: Int] = [:]
+
+    /// Who a client is, for max_connections_per_peer: its certificate's
+    /// common name, its key id, or its Unix uid.
+    static func peerIdentity(_ info: PeerInfo) -> String {
+        if let c = info.certificate { return "certificate \"\(c.commonName ?? c.dnsNames.first ?? "")\"" }
+        if let k = info.keyId { return "key \"\(k)\"" }
+        if let u = info.credentials?.uid { return "uid \(u)" }
+        return "an unnamed peer"
+    }
+
     private func drop(_ p: ControllerPeer) {
         guard peers.removeValue(forKey: p.id) != nil else { return }
         handshaking.finished(p.id)
+        if let who = p.countedAs {
+            let n = (connectionsPerPeer[who] ?? 1) - 1
+            connectionsPerPeer[who] = n > 0 ? n : nil
+            p.countedAs = nil
+        }
         let now = MonotonicClock.milliseconds()
         apply(inbound.closed(p.id), now: now)
         watchers.removeAll { $0.conn == p.id }

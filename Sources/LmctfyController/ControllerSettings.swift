@@ -26,6 +26,8 @@ public struct ControllerSettings: Sendable {
     /// TCP connections still in their handshake (TLS, hello) at once
     /// (limits.max_handshaking_connections; default 1024): HandshakeBudget.
     public var maxHandshakingConnections: Int
+    /// Connections one authenticated peer may hold (limits.max_connections_per_peer; default 1024).
+    public var maxConnectionsPerPeer: Int
     /// ControllerConfig.max_hosts.
     public var maxHosts: Int
     public var logLevel: AgentLogLevel
@@ -114,11 +116,15 @@ public struct ControllerSettings: Sendable {
                 ("max_reader_call_threads", l.maxReaderCallThreads != nil),
             ]
             if let name = agentOnly.first(where: { $0.1 })?.0 {
-                throw .invalidArgument("\(source): limits.\(name) is an agent's limit, which a controller does not apply; a controller takes max_frame_bytes, max_streams_per_connection, max_handshaking_connections, hello_timeout_ms, idle_timeout_ms and keepalive_interval_ms")
+                throw .invalidArgument("\(source): limits.\(name) is an agent's limit, which a controller does not apply; a controller takes max_frame_bytes, max_streams_per_connection, max_handshaking_connections, max_connections_per_peer, hello_timeout_ms, idle_timeout_ms and keepalive_interval_ms")
             }
         }
         limits = try SessionLimits(c.limits ?? AgentLimits(), source: source)
         maxHandshakingConnections = try HandshakeBudget.limit(c.limits?.maxHandshakingConnections, default: HandshakeBudget.controllerDefault, source: source)
+        maxConnectionsPerPeer = Int(c.limits?.maxConnectionsPerPeer ?? 1024)
+        guard (1...(1 << 20)).contains(maxConnectionsPerPeer) else {
+            throw .invalidArgument("\(source): limits.max_connections_per_peer must be 1 to 1048576, not \(maxConnectionsPerPeer)")
+        }
         logLevel = c.logLevel ?? .logInfo
         maxHosts = Int(c.maxHosts ?? UInt32(HostRegistry.defaultMaxHosts))
         guard (1...(1 << 20)).contains(maxHosts) else { throw .invalidArgument("\(source): max_hosts must be 1 to 1048576") }

@@ -7319,7 +7319,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__role_binding__descri
   (ProtobufCMessageInit) containers__lmctfy__agent__role_binding__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor containers__lmctfy__agent__agent_limits__field_descriptors[13] =
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__agent_limits__field_descriptors[14] =
 {
   {
     "max_frame_bytes",
@@ -7477,6 +7477,18 @@ static const ProtobufCFieldDescriptor containers__lmctfy__agent__agent_limits__f
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "max_connections_per_peer",
+    14,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_UINT32,
+    offsetof(Containers__Lmctfy__Agent__AgentLimits, has_max_connections_per_peer),
+    offsetof(Containers__Lmctfy__Agent__AgentLimits, max_connections_per_peer),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned containers__lmctfy__agent__agent_limits__field_indices_by_name[] = {
   3,   /* field[3] = hello_timeout_ms */
@@ -7488,6 +7500,7 @@ static const unsigned containers__lmctfy__agent__agent_limits__field_indices_by_
   6,   /* field[6] = max_connection_buffered_bytes */
   7,   /* field[7] = max_connection_queued_calls */
   2,   /* field[2] = max_connections */
+  13,   /* field[13] = max_connections_per_peer */
   0,   /* field[0] = max_frame_bytes */
   11,   /* field[11] = max_handshaking_connections */
   12,   /* field[12] = max_reader_call_threads */
@@ -7496,7 +7509,7 @@ static const unsigned containers__lmctfy__agent__agent_limits__field_indices_by_
 static const ProtobufCIntRange containers__lmctfy__agent__agent_limits__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 13 }
+  { 0, 14 }
 };
 const ProtobufCMessageDescriptor containers__lmctfy__agent__agent_limits__descriptor =
 {
@@ -7506,7 +7519,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__agent_limits__descri
   "Containers__Lmctfy__Agent__AgentLimits",
   "containers.lmctfy.agent",
   sizeof(Containers__Lmctfy__Agent__AgentLimits),
-  13,
+  14,
   containers__lmctfy__agent__agent_limits__field_descriptors,
   containers__lmctfy__agent__agent_limits__field_indices_by_name,
   1,  containers__lmctfy__agent__agent_limits__number_ranges,

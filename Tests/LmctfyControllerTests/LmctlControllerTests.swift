@@ -367,6 +367,40 @@ struct LmctlControllerTests {
         #expect(TestProcess.reapIfExited(follower) == nil, "it still follows")
     }
 
+    /// One peer's connections are capped (limits.max_connections_per_peer):
+    /// one more is sent away saying why, and one closed makes room. A peer
+    /// opening 20,000 reached the controller's descriptor limit and shut
+    /// everyone out, agents redialling too (a probe).
+    @Test func onePeersConnectionsAreCapped() throws {
+        let fleet = try Fleet()
+        try fleet.startController(extra: "limits { max_connections_per_peer: 3 }")
+        let socket = fleet.dir + "/controller.sock"
+        func listed(_ c: RpcClient) throws -> Int { try c.call(ControllerMethods.listHosts, ListHostsRequest()).hosts.count }
+        var held = try (0..<3).map { _ in try RpcClient.connect(unixPath: socket) }
+        for c in held { #expect(try listed(c) == 0) }
+        do {
+            let c = try RpcClient.connect(unixPath: socket)
+            defer { c.close() }
+            _ = try listed(c)
+            Issue.record("a fourth connection of uid 0 was served")
+        } catch let e as LmctfyError {
+            #expect(e.message.contains("too many connections of uid 0 (limits.max_connections_per_peer 3)"), "\(e)")
+        }
+        held.removeFirst().close()
+        var again: RpcClient?
+        for _ in 0..<100 where again == nil {
+            again = try? RpcClient.connect(unixPath: socket)
+            if let c = again, (try? listed(c)) == nil { c.close(); again = nil; usleep(20_000) }
+        }
+        #expect(again != nil, "a connection closed made room")
+        again?.close()
+        for c in held { c.close() }
+        // An agent's config refuses it (its max_connections caps all).
+        #expect { _ = try AgentSettings.parse("limits { max_connections_per_peer: 3 }", source: "t") } throws: {
+            ($0 as? LmctfyError)?.message.contains("a controller's limit") == true
+        }
+    }
+
     /// `--host NAME events -f` while that host is not connected at its
     /// controller (which takes the dial and refuses the call): asked for
     /// again after a pause that doubles to 2 s, one line said, and the

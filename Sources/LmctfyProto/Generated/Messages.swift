@@ -4369,6 +4369,8 @@ public struct AgentLimits: ProtoMessage {
     public var maxHandshakingConnections: UInt32?
     /// Field 13 `max_reader_call_threads`.
     public var maxReaderCallThreads: UInt32?
+    /// Field 14 `max_connections_per_peer`.
+    public var maxConnectionsPerPeer: UInt32?
 
     public init(
         maxFrameBytes: UInt32? = nil,
@@ -4383,7 +4385,8 @@ public struct AgentLimits: ProtoMessage {
         maxAgentQueuedCalls: UInt32? = nil,
         maxCallThreads: UInt32? = nil,
         maxHandshakingConnections: UInt32? = nil,
-        maxReaderCallThreads: UInt32? = nil
+        maxReaderCallThreads: UInt32? = nil,
+        maxConnectionsPerPeer: UInt32? = nil
     ) {
         self.maxFrameBytes = maxFrameBytes
         self.maxStreamsPerConnection = maxStreamsPerConnection
@@ -4398,6 +4401,7 @@ public struct AgentLimits: ProtoMessage {
         self.maxCallThreads = maxCallThreads
         self.maxHandshakingConnections = maxHandshakingConnections
         self.maxReaderCallThreads = maxReaderCallThreads
+        self.maxConnectionsPerPeer = maxConnectionsPerPeer
     }
 
     public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.AgentLimits")
@@ -4417,6 +4421,7 @@ public struct AgentLimits: ProtoMessage {
         self.maxCallThreads = message.get(11)
         self.maxHandshakingConnections = message.get(12)
         self.maxReaderCallThreads = message.get(13)
+        self.maxConnectionsPerPeer = message.get(14)
     }
 
     public var dynamic: DynamicMessage {
@@ -4434,6 +4439,7 @@ public struct AgentLimits: ProtoMessage {
         message.set(11, maxCallThreads)
         message.set(12, maxHandshakingConnections)
         message.set(13, maxReaderCallThreads)
+        message.set(14, maxConnectionsPerPeer)
         return message
     }
 
@@ -4452,6 +4458,7 @@ public struct AgentLimits: ProtoMessage {
         self.maxCallThreads = CBridge.value(c, f[10])
         self.maxHandshakingConnections = CBridge.value(c, f[11])
         self.maxReaderCallThreads = CBridge.value(c, f[12])
+        self.maxConnectionsPerPeer = CBridge.value(c, f[13])
     }
 
     public func makeC() -> UnsafeMutableRawPointer {
@@ -4470,6 +4477,7 @@ public struct AgentLimits: ProtoMessage {
         CBridge.set(c, f[10], maxCallThreads)
         CBridge.set(c, f[11], maxHandshakingConnections)
         CBridge.set(c, f[12], maxReaderCallThreads)
+        CBridge.set(c, f[13], maxConnectionsPerPeer)
         return c
     }
 }

@@ -1958,10 +1958,23 @@ struct  Containers__Lmctfy__Agent__AgentLimits
    */
   protobuf_c_boolean has_max_reader_call_threads;
   uint32_t max_reader_call_threads;
+  /*
+   * A controller's limit (an agent refuses it: its max_connections caps
+   * all): connections one authenticated peer (a key id, a certificate, a
+   * Unix uid) may hold at once; one more is closed after GOAWAY_NORMAL
+   * saying so. One peer opening connections by the thousand reached the
+   * controller's descriptor limit and shut everyone out, agents
+   * redialling too. 1 to 1048576.
+   */
+  /*
+   * 1024
+   */
+  protobuf_c_boolean has_max_connections_per_peer;
+  uint32_t max_connections_per_peer;
 };
 #define CONTAINERS__LMCTFY__AGENT__AGENT_LIMITS__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__agent_limits__descriptor) \
-    , 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0 }
+    , 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0 }
 
 
 struct  Containers__Lmctfy__Agent__AgentConfig
