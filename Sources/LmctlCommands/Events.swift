@@ -208,6 +208,13 @@ enum EventsCommand {
             // 2 s, and said once a minute: it was asked for again at once,
             // some 2,500 times a second, each a line (a probe).
             var pauseMs: UInt32 = 0
+            // Once a minute while not following: that it still tries.
+            func sayStillTrying(_ why: LmctfyError) {
+                let now = MonotonicClock.milliseconds()
+                guard let lost, now - noticed >= Self.followNoticeMs, now - lost >= Self.followNoticeMs else { return }
+                stderr.write(Array("lmctl: events: not following for \((now - lost) / 1000) s (\(why.message)); still trying\n".utf8))
+                noticed = now
+            }
             // Where the last "lagged" ended the stream (RESOURCE_EXHAUSTED
             // "lagged, resume after N": it fell behind what its connection
             // may hold, or an agent before the thirty-sixth sitting cut a
@@ -219,11 +226,7 @@ enum EventsCommand {
                 do {
                     client = try dial()
                 } catch where error.code == .unavailable && lost != nil {
-                    let now = MonotonicClock.milliseconds()
-                    if now - noticed >= Self.followNoticeMs, let lost, now - lost >= Self.followNoticeMs {
-                        stderr.write(Array("lmctl: events: not following for \((now - lost) / 1000) s (\(error.message)); still trying\n".utf8))
-                        noticed = now
-                    }
+                    sayStillTrying(error)
                     usleep(250_000)
                     continue
                 }
@@ -249,10 +252,7 @@ enum EventsCommand {
                         noticed = now
                         pauseMs = 0
                     } else {
-                        if let lost, now - noticed >= Self.followNoticeMs {
-                            stderr.write(Array("lmctl: events: not following for \((now - lost) / 1000) s (\(error.message)); still trying\n".utf8))
-                            noticed = now
-                        }
+                        sayStillTrying(error)
                         pauseMs = min(2000, max(250, pauseMs * 2))
                         usleep(pauseMs * 1000)
                     }

@@ -490,8 +490,8 @@ public enum LmctlCLI {
 
     /// `events -f` on several hosts: one connection and thread per host,
     /// lines interleaved as they come (each names its host). A host that
-    /// registers later and matches `selector` is followed too, from its
-    /// oldest kept event, once the controller's list has it (every
+    /// registers later and matches `selector` is followed too, from the
+    /// first event of its agent's boot, once the controller's list has it (every
     /// `rescanMs`): the followers were those of the start, and a host that
     /// joined was never followed (a probe). Returns when every host's
     /// stream has ended: the highest of their statuses.
