@@ -107,6 +107,13 @@ final class MachineWatcher: @unchecked Sendable {
     }
     private var sinceSnapshot: Set<ContainerName> = []
 
+    /// One OOM event per kill (v1 counts them as v2 does; see
+    /// OomControlSource), then the snapshot's count written again.
+    private func recordOOMs(_ path: String, _ kills: Int, reason: String? = nil) {
+        for _ in 0..<max(1, kills) { events.append(ContainerEvent(container: path, kind: .containerEventOom, reason: reason)) }
+        inventory.recordedOOM(path)
+    }
+
     /// Watches the scope's root and, through the scans that follow, every
     /// container below it. Loop thread.
     func start() throws(LmctfyError) {
@@ -192,12 +199,7 @@ final class MachineWatcher: @unchecked Sendable {
             // one whose snapshot had its count: since then).
             let earlier = found.filter { if case .oom = $0 { true } else { false } }
             if sinceSnapshot.remove(next) != nil, let path = scope.path(next) {
-                for case .oom(_, let kills) in earlier {
-                    for _ in 0..<max(1, kills) {
-                        events.append(ContainerEvent(container: path, kind: .containerEventOom, reason: "while the agent was down"))
-                    }
-                    inventory.recordedOOM(path)
-                }
+                for case .oom(_, let kills) in earlier { recordOOMs(path, kills, reason: "while the agent was down") }
             } else if !earlier.isEmpty {
                 handle(earlier)
             }
@@ -403,9 +405,7 @@ final class MachineWatcher: @unchecked Sendable {
             case .spec(let name):
                 if inventory.knows(path) { specsDue.insert(name) }
             case .oom(_, let kills):
-                // One per kill (v1 counts them as v2 does; see OomControlSource).
-                for _ in 0..<max(1, kills) { events.record(container: path, kind: .containerEventOom) }
-                inventory.recordedOOM(path)
+                recordOOMs(path, kills)
             case .memoryPressure(let name, _):
                 // The kernel signals pressure in bursts (each reclaim
                 // round): one event per container per second says it.
