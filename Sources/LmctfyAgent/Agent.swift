@@ -157,9 +157,8 @@ public final class Agent: @unchecked Sendable {
     static let sweepIntervalMs = 60_000
     private var signals: [SignalWatcher] = []
     private var stopping = false
-    /// The descriptor holding state_dir/agent.lock (-1: none), from `start`
-    /// until the agent has stopped.
-    private let stateLock = Atomic<Int32>(-1)
+    /// state_dir/agent.lock, held from `start` until the agent has stopped.
+    private let stateLock = Mutexed<StateDirLock?>(nil)
 
 
     /// Sums over every connection still open, for the agent-wide limits.
@@ -353,7 +352,8 @@ public final class Agent: @unchecked Sendable {
             throw .failedPrecondition("root_container \(scope.root) does not exist")
         }
         try settings.checkStateDir(create: true)
-        stateLock.store(try StateDirLock.acquire(settings.stateDir, daemon: "agent"), ordering: .releasing)
+        let lock = try StateDirLock(settings.stateDir, daemon: "agent")
+        stateLock.locked { $0 = lock }
         if let damaged = dispatcher.leases.unreadable { log.warning("freeze leases: \(damaged)") }
         // A start that fails lets the state_dir go again.
         var started = false
@@ -441,8 +441,7 @@ public final class Agent: @unchecked Sendable {
 
     /// Unlocks state_dir/agent.lock (once).
     private func releaseStateDir() {
-        let fd = stateLock.exchange(-1, ordering: .acquiringAndReleasing)
-        if fd >= 0 { close(fd) }
+        stateLock.locked { $0 }?.release()
     }
 
     /// The snapshots' counts of OOM kills (set by the recovery in `start`),

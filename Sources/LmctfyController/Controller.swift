@@ -138,16 +138,9 @@ public final class Controller: @unchecked Sendable {
     let metrics = ControllerMetrics()
     public private(set) var metricsPort: UInt16?
 
-    /// The descriptor holding state_dir/controller.lock (-1: released once
-    /// stopped).
-    private let stateLock: Mutexed<Int32>
-
-    deinit { releaseStateDir() }
-
-    private func releaseStateDir() {
-        let fd = stateLock.locked { fd in defer { fd = -1 }; return fd }
-        if fd >= 0 { close(fd) }
-    }
+    /// state_dir/controller.lock, released once stopped (or when a start
+    /// fails, or the controller goes).
+    private let stateLock: StateDirLock
 
     public init(settings: ControllerSettings) throws(LmctfyError) {
         self.settings = settings
@@ -167,15 +160,9 @@ public final class Controller: @unchecked Sendable {
         try settings.prepareStateDir()
         // Before anything in it is read: a second controller on the same
         // state_dir started and rewrote the fleet's sequence (a probe).
-        let lock = try StateDirLock.acquire(settings.stateDir, daemon: "controller")
-        do {
-            registry = try HostRegistry(store: FileHostStore(path: settings.stateDir + "/hosts"), maxHosts: settings.maxHosts)
-            fleet = try FleetEvents(stateDir: settings.stateDir, capacity: Int(settings.config.eventLogCapacity ?? 65536))
-        } catch {
-            close(lock)
-            throw error
-        }
-        stateLock = Mutexed(lock)
+        stateLock = try StateDirLock(settings.stateDir, daemon: "controller")
+        registry = try HostRegistry(store: FileHostStore(path: settings.stateDir + "/hosts"), maxHosts: settings.maxHosts)
+        fleet = try FleetEvents(stateDir: settings.stateDir, capacity: Int(settings.config.eventLogCapacity ?? 65536))
     }
 
     public func start(handleSignals: Bool = true) throws(LmctfyError) {
@@ -208,7 +195,7 @@ public final class Controller: @unchecked Sendable {
             }
         } catch {
             _ = loop.shutdown()
-            releaseStateDir()
+            stateLock.release()
             throw .internalError("Starting the controller: \(error)")
         }
         switch result {
@@ -218,7 +205,7 @@ public final class Controller: @unchecked Sendable {
         case .failure(let error):
             _ = loop.shutdown()
             // Free for another start at once (a retry on other ports).
-            releaseStateDir()
+            stateLock.release()
             throw error
         }
         logger.info("lmctfy-controller listening: clients on unix:\(settings.unixSocketPath)\(clientPort.map { " and tcp port \($0)" } ?? ""), agents on tcp port \(agentPort)")
@@ -1296,7 +1283,7 @@ public final class Controller: @unchecked Sendable {
         finished.wait()
         let rc = loop.shutdown()
         // Its state is its own until here: another controller may take it now.
-        releaseStateDir()
+        stateLock.release()
         return rc
     }
 

@@ -3,15 +3,29 @@
 // process at a time.
 import Glibc
 
-public enum StateDirLock {
+/// Held from `init` until `release` (or until it goes).
+public final class StateDirLock: Sendable {
+    private let fd: Mutexed<Int32>
+
     /// Locks `stateDir`/`daemon`.lock, waiting at most 2 s, and writes this
     /// process's pid there: two daemons on one state_dir would both append
     /// to its journals and rewrite each other's files (a second agent with
     /// the same socket ran the whole recovery before failing to bind; a
     /// second controller started and rewrote the fleet's sequence). Another
-    /// holder is FAILED_PRECONDITION naming its pid. Returns the descriptor,
-    /// which holds the lock until closed.
-    public static func acquire(_ stateDir: String, daemon: String) throws(LmctfyError) -> Int32 {
+    /// holder is FAILED_PRECONDITION naming its pid.
+    public init(_ stateDir: String, daemon: String) throws(LmctfyError) {
+        fd = Mutexed(try Self.acquire(stateDir, daemon: daemon))
+    }
+
+    deinit { release() }
+
+    /// Unlocks it (once): another daemon may take the state_dir now.
+    public func release() {
+        let held = fd.locked { fd in defer { fd = -1 }; return fd }
+        if held >= 0 { close(held) }
+    }
+
+    private static func acquire(_ stateDir: String, daemon: String) throws(LmctfyError) -> Int32 {
         let path = stateDir + "/\(daemon).lock"
         let fd: Int32
         do { fd = try Sys.open(path, O_RDWR | O_CREAT | O_CLOEXEC, mode: 0o600) } catch { throw error.lmctfy(.failedPrecondition, "Cannot lock the state_dir") }
