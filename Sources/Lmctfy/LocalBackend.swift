@@ -128,6 +128,12 @@ public struct LocalBackend: ContainerBackend {
         return scope.isMachine ? try api.get(api.detect(pid: callerPid)) : try get("/")
     }
 
+    /// Whether `error` is NOT_FOUND because `name` no longer exists
+    /// (destroyed meanwhile), not a file it lacks.
+    func wentAway(_ error: LmctfyError, _ name: ContainerName) -> Bool {
+        error.code == .notFound && (try? api.exists(name)) == false
+    }
+
     /// `body` on `c`; a NOT_FOUND from one of its files when it was
     /// destroyed meanwhile (another caller's destroy, in a race) says that
     /// it does not exist, as for a container missing before, instead of
@@ -135,7 +141,7 @@ public struct LocalBackend: ContainerBackend {
     func existing<T>(_ c: Container, _ body: (Container) throws(LmctfyError) -> T) throws(LmctfyError) -> T {
         do {
             return try body(c)
-        } catch where error.code == .notFound && (try? api.exists(c.name)) == false {
+        } catch where wentAway(error, c.name) {
             throw .notFound("Container \"\(try callerPath(c.name))\" does not exist")
         }
     }
@@ -315,7 +321,7 @@ public struct LocalBackend: ContainerBackend {
                     for sub in subs.reversed() {
                         do throws(LmctfyError) {
                             try api.get(sub).killAll()
-                        } catch where error.code == .notFound && (try? api.exists(sub)) == false {
+                        } catch where wentAway(error, sub) {
                             // Destroyed since the listing (another caller's
                             // destroy): nothing of it is left to empty. The
                             // kill failed with 5 (a probe).
