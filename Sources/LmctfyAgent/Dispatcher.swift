@@ -533,20 +533,25 @@ public final class Dispatcher: Sendable {
             }
             let name = try Dispatcher.containerName(r.name)
             let target = try d.backend.resolve(name)
-            let update = { () throws -> UpdateResponse in try d.inventory.change(target) {
+            let spec = r.spec ?? ContainerSpec()
+            return try d.inventory.change(target) {
                 // An update that leaves the spec as it was (the values it
                 // had, or ones the kernel rounds to them) is no UPDATED, as
                 // the watcher sees none in such a write behind its back.
+                // The spec before it is read once, here, where no other
+                // change of the tree runs: the policy counts the update
+                // from the same read.
                 let before = try? d.backend.spec(name)
-                let path = try d.backend.update(name, spec: r.spec ?? ContainerSpec(), policy: policy)
+                let update = { () throws -> String in try d.backend.update(name, spec: spec, policy: policy) }
+                let path = try d.policy.map { keeper in
+                    try keeper.admitUpdate(path: target, current: before, spec: spec, replace: policy == .replace, update)
+                } ?? update()
                 if before == nil || before != (try? d.backend.spec(path)) {
                     d.events.record(container: path, kind: .containerEventUpdated)
                     d.snapshots?.syncOrWarn(path)
                 }
                 return (UpdateResponse(), { _ in })
-            } }
-            guard let keeper = d.policy else { return try update() }
-            return try keeper.admitUpdate(path: target, spec: r.spec ?? ContainerSpec(), replace: policy == .replace, update)
+            }
         }
         unary(AgentMethods.spec) { d, r in SpecResponse(spec: try d.backend.spec(r.name)) }
         unary(AgentMethods.stats) { d, r in

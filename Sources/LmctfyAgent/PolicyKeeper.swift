@@ -201,11 +201,14 @@ public final class PolicyKeeper: Sendable {
     }
 
     /// Runs `body` (an update of `path`) once its new commitment is
-    /// admitted; a failed update gets its old commitment back.
-    func admitUpdate<T>(path: String, spec: ContainerSpec, replace: Bool, _ body: () throws -> T) throws -> T {
+    /// admitted; a failed update gets its old commitment back. `current`:
+    /// the spec before the update, if the caller has read it (else read
+    /// here).
+    func admitUpdate<T>(path: String, current: ContainerSpec?, spec: ContainerSpec, replace: Bool,
+                        _ body: () throws -> T) throws -> T {
         guard Self.isTopLevel(path) else { return try body() }
         sync()
-        let next = commitment(of: Self.merged(try backend.spec(path), spec, replace: replace))
+        let next = commitment(of: Self.merged(try current ?? backend.spec(path), spec, replace: replace))
         let previous = admitter.commitment(path)
         let d = admitter.admit(path, tier: next.tier, amount: next.amount, capacity: try capacity())
         guard d.admitted else { throw LmctfyError(.resourceExhausted, "Update: \(d.message)") }
