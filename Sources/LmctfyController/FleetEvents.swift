@@ -48,8 +48,15 @@ final class FleetEvents {
         // controller got them twice).
         var flushedAt: UInt64 = 0
         if let bytes = try? Sys.readBytes(cursorsPath), let saved = try? FleetCursors(serializedBytes: bytes) {
-            for c in saved.cursor {
-                if let host = c.host, let boot = c.bootId, let seq = c.sequence { cursors[host] = Cursor(boot: boot, sequence: seq) }
+            func each(_ list: [FleetCursor], _ body: (String, Cursor) -> Void) {
+                for c in list {
+                    if let host = c.host, let boot = c.bootId, let seq = c.sequence { body(host, Cursor(boot: boot, sequence: seq)) }
+                }
+            }
+            each(saved.cursor) { host, c in cursors[host] = c }
+            each(saved.earlier) { host, c in earlier[host, default: []].append(c) }
+            each(saved.retired) { host, c in
+                if retired.updateValue(c, forKey: host) == nil { retiredOrder.append(host) }
             }
             flushedAt = saved.fleetSequence ?? 0
         }
@@ -58,8 +65,9 @@ final class FleetEvents {
             // A gap names the first sequence the host still had: not stored
             // yet (`take` puts the cursor before it).
             let gap = e.kind == .containerEventHostGap
-            cursors[host] = Cursor(boot: boot, sequence: gap ? max(1, seq) - 1 : seq)
+            setCursor(host, Cursor(boot: boot, sequence: gap ? max(1, seq) - 1 : seq))
         }
+        cursorsDirty = false
     }
 
     /// The request that resumes a host's events after its cursor (all
@@ -148,8 +156,8 @@ final class FleetEvents {
     /// second time (each came into the fleet log again, as new); another
     /// machine, or the agent started again, starts afresh. At most
     /// `maxRetired` are kept aside, the oldest removal going first; they
-    /// live in memory only (a restart rebuilds the cursors from the saved
-    /// ones and the journal, as for any host).
+    /// are saved with the cursors (a controller restarted meanwhile had
+    /// lost them).
     func forget(_ host: String) {
         earlier[host] = nil
         guard let cursor = cursors.removeValue(forKey: host) else { return }
@@ -168,6 +176,7 @@ final class FleetEvents {
     func readmit(_ host: String, bootId: String?) {
         if let cursor = retired.removeValue(forKey: host) {
             retiredOrder.removeAll { $0 == host }
+            cursorsDirty = true
             if cursors[host] == nil, let bootId, cursor.boot == bootId {
                 cursors[host] = cursor
                 cursorsDirty = true
@@ -180,7 +189,7 @@ final class FleetEvents {
     }
 
     /// Each host's cursors of the boots before its current one (the latest
-    /// `maxEarlierBoots`), in memory: an agent of one of those boots that
+    /// `maxEarlierBoots`), saved with the cursors: an agent of one of those boots that
     /// registers again resumes from its own (`readmit`). A second agent
     /// using a host's identity for a moment (a cloned machine, a copied
     /// config) moved the cursor to its boot, and the host's real agent,
@@ -218,8 +227,11 @@ final class FleetEvents {
         let journal = log.flushJournal(startAgain: startAgain)
         guard cursorsDirty, journal.caughtUp else { return journal }
         cursorsDirty = false
-        let saved = FleetCursors(cursor: cursors.keys.sorted().map { FleetCursor(host: $0, bootId: cursors[$0]!.boot, sequence: cursors[$0]!.sequence) },
-                                 fleetSequence: log.newest)
+        func saved(_ host: String, _ c: Cursor) -> FleetCursor { FleetCursor(host: host, bootId: c.boot, sequence: c.sequence) }
+        let saved = FleetCursors(cursor: cursors.keys.sorted().map { saved($0, cursors[$0]!) },
+                                 fleetSequence: log.newest,
+                                 earlier: earlier.keys.sorted().flatMap { host in earlier[host]!.map { saved(host, $0) } },
+                                 retired: retiredOrder.compactMap { host in retired[host].map { saved(host, $0) } })
         if let bytes = try? saved.serializedBytes() {
             try? Sys.writeFileAtomically(cursorsPath, bytes, durable: false)
         }

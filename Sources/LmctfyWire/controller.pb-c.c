@@ -1661,7 +1661,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__fleet_cursor__descri
   (ProtobufCMessageInit) containers__lmctfy__agent__fleet_cursor__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor containers__lmctfy__agent__fleet_cursors__field_descriptors[2] =
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__fleet_cursors__field_descriptors[4] =
 {
   {
     "cursor",
@@ -1687,15 +1687,41 @@ static const ProtobufCFieldDescriptor containers__lmctfy__agent__fleet_cursors__
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "earlier",
+    3,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Containers__Lmctfy__Agent__FleetCursors, n_earlier),
+    offsetof(Containers__Lmctfy__Agent__FleetCursors, earlier),
+    &containers__lmctfy__agent__fleet_cursor__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "retired",
+    4,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Containers__Lmctfy__Agent__FleetCursors, n_retired),
+    offsetof(Containers__Lmctfy__Agent__FleetCursors, retired),
+    &containers__lmctfy__agent__fleet_cursor__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned containers__lmctfy__agent__fleet_cursors__field_indices_by_name[] = {
   0,   /* field[0] = cursor */
+  2,   /* field[2] = earlier */
   1,   /* field[1] = fleet_sequence */
+  3,   /* field[3] = retired */
 };
 static const ProtobufCIntRange containers__lmctfy__agent__fleet_cursors__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 2 }
+  { 0, 4 }
 };
 const ProtobufCMessageDescriptor containers__lmctfy__agent__fleet_cursors__descriptor =
 {
@@ -1705,7 +1731,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__fleet_cursors__descr
   "Containers__Lmctfy__Agent__FleetCursors",
   "containers.lmctfy.agent",
   sizeof(Containers__Lmctfy__Agent__FleetCursors),
-  2,
+  4,
   containers__lmctfy__agent__fleet_cursors__field_descriptors,
   containers__lmctfy__agent__fleet_cursors__field_indices_by_name,
   1,  containers__lmctfy__agent__fleet_cursors__number_ranges,

@@ -236,6 +236,44 @@ private func keys(_ store: FileHostStore) throws -> [String: String] {
         #expect(fleet.subscribeRequest(for: "h", credit: nil).bootId == "real")
     }
 
+    /// The cursors kept aside (an earlier boot's, a removed host's) are
+    /// saved with the cursors: a controller restarted while a clone held a
+    /// host's name, or after a removal, had lost them, and the real agent's
+    /// kept events were stored a second time.
+    @Test func keptAsideCursorsOutliveARestart() throws {
+        let dir = "/tmp/lmctfy-fleetevents-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try Sys.mkdir(dir, mode: 0o700)
+        defer { _ = removeTree(dir) }
+        func event(_ boot: String, _ seq: UInt64) -> SubscribeResponse {
+            SubscribeResponse(event: ContainerEvent(bootId: boot, sequence: seq, container: "/a", kind: .containerEventCreated))
+        }
+        do {
+            let fleet = try FleetEvents(stateDir: dir, capacity: 100)
+            for seq: UInt64 in 1...5 { #expect(fleet.take(event("real", seq), from: "h", bytes: 100) != nil) }
+            fleet.readmit("h", bootId: "clone")
+            _ = fleet.take(SubscribeResponse(gap: EventGap(requestedBootId: "real", afterSequence: 5, bootId: "clone", firstSequence: 1)), from: "h")
+            #expect(fleet.take(event("clone", 1), from: "h", bytes: 100) != nil)
+            for seq: UInt64 in 1...3 { #expect(fleet.take(event("gone", seq), from: "g", bytes: 100) != nil) }
+            fleet.forget("g")
+            fleet.flushCursors()
+        }
+        let again = try FleetEvents(stateDir: dir, capacity: 100)
+        #expect(again.subscribeRequest(for: "h", credit: nil).bootId == "clone")
+        again.readmit("h", bootId: "real")
+        let r = again.subscribeRequest(for: "h", credit: nil)
+        #expect(r.bootId == "real" && r.afterSequence == 5, "\(r)")
+        for seq: UInt64 in 1...5 { #expect(again.take(event("real", seq), from: "h", bytes: 100) == nil, "\(seq) stored twice") }
+        #expect(again.subscribeRequest(for: "g", credit: nil).bootId == nil, "a removed host's cursor is not in use")
+        again.readmit("g", bootId: "gone")
+        let g = again.subscribeRequest(for: "g", credit: nil)
+        #expect(g.bootId == "gone" && g.afterSequence == 3, "\(g)")
+        // Both taken back into use: a second restart has them as cursors.
+        again.flushCursors()
+        let third = try FleetEvents(stateDir: dir, capacity: 100)
+        #expect(third.subscribeRequest(for: "g", credit: nil).afterSequence == 3)
+        #expect(third.subscribeRequest(for: "h", credit: nil).bootId == "real")
+    }
+
     /// A host's gap reaches every fleet subscriber of that host, whatever
     /// container or kinds it asked for (one watching `--kind OOM` was never
     /// told that a host's events, OOMs among them, were lost).

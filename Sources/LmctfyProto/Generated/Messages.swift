@@ -6240,13 +6240,21 @@ public struct FleetCursors: ProtoMessage {
     public var cursor: [FleetCursor]
     /// Field 2 `fleet_sequence`.
     public var fleetSequence: UInt64?
+    /// Field 3 `earlier`.
+    public var earlier: [FleetCursor]
+    /// Field 4 `retired`.
+    public var retired: [FleetCursor]
 
     public init(
         cursor: [FleetCursor] = [],
-        fleetSequence: UInt64? = nil
+        fleetSequence: UInt64? = nil,
+        earlier: [FleetCursor] = [],
+        retired: [FleetCursor] = []
     ) {
         self.cursor = cursor
         self.fleetSequence = fleetSequence
+        self.earlier = earlier
+        self.retired = retired
     }
 
     public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.FleetCursors")
@@ -6255,12 +6263,16 @@ public struct FleetCursors: ProtoMessage {
         precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.FleetCursors")
         self.cursor = message.getRepeated(1)
         self.fleetSequence = message.get(2)
+        self.earlier = message.getRepeated(3)
+        self.retired = message.getRepeated(4)
     }
 
     public var dynamic: DynamicMessage {
         var message = DynamicMessage(Self.protoDescriptor)
         message.setRepeated(1, cursor)
         message.set(2, fleetSequence)
+        message.setRepeated(3, earlier)
+        message.setRepeated(4, retired)
         return message
     }
 
@@ -6268,6 +6280,8 @@ public struct FleetCursors: ProtoMessage {
         let f = Self.protoDescriptor.fields
         self.cursor = CBridge.repeatedMessages(c, f[0])
         self.fleetSequence = CBridge.value(c, f[1])
+        self.earlier = CBridge.repeatedMessages(c, f[2])
+        self.retired = CBridge.repeatedMessages(c, f[3])
     }
 
     public func makeC() -> UnsafeMutableRawPointer {
@@ -6275,6 +6289,8 @@ public struct FleetCursors: ProtoMessage {
         let f = Self.protoDescriptor.fields
         CBridge.setRepeatedMessages(c, f[0], cursor)
         CBridge.set(c, f[1], fleetSequence)
+        CBridge.setRepeatedMessages(c, f[2], earlier)
+        CBridge.setRepeatedMessages(c, f[3], retired)
         return c
     }
 }

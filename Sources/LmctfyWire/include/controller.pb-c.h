@@ -372,15 +372,27 @@ struct  Containers__Lmctfy__Agent__FleetCursors
    * in the cursors already (STATS are not journaled, so a cursor can be
    * past the journal's last event of its host).
    */
-  /*
-   * Next id: 3
-   */
   protobuf_c_boolean has_fleet_sequence;
   uint64_t fleet_sequence;
+  /*
+   * Each host's cursors of its earlier boots (oldest first for a host): an
+   * agent of one of those boots registering again resumes from its own.
+   */
+  size_t n_earlier;
+  Containers__Lmctfy__Agent__FleetCursor **earlier;
+  /*
+   * Removed hosts' cursors kept aside, oldest removal first: the same
+   * agent registering again resumes from its cursor.
+   */
+  /*
+   * Next id: 5
+   */
+  size_t n_retired;
+  Containers__Lmctfy__Agent__FleetCursor **retired;
 };
 #define CONTAINERS__LMCTFY__AGENT__FLEET_CURSORS__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__fleet_cursors__descriptor) \
-    , 0,NULL, 0, 0 }
+    , 0,NULL, 0, 0, 0,NULL, 0,NULL }
 
 
 struct  Containers__Lmctfy__Agent__ControllerConfig
