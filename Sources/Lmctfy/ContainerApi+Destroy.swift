@@ -23,7 +23,7 @@ extension ContainerApi {
         // An interrupted create of this name undone as the lock is taken:
         // its leftovers were there, and are gone (not NOT_FOUND).
         var undone = false
-        return try locked(name, destroysTop: true, undone: { undone = undone || $0 == name }) { _ throws(LmctfyError) -> [ContainerName] in
+        return try locked(name, destroysTop: true, undone: { undone = undone || $0 == name }) { lock throws(LmctfyError) -> [ContainerName] in
             // `exists` is this very record being `complete` (one read).
             let tasksState = try driver.tasksDir(name).state()
             let visible = tasksState == .complete
@@ -45,7 +45,7 @@ extension ContainerApi {
             if !paused.isEmpty, try anyHasTasks(tree) {
                 try Container(name: name, api: self).refuseUnderPausedAncestors("destroyed", paused)
             }
-            try withTreeResumed(tree) { gone throws(LmctfyError) in
+            try withTreeResumed(tree, journal: lock) { gone throws(LmctfyError) in
                 for (i, sub) in subs.reversed().enumerated() {
                     Progress.report("\(name): destroying \(sub) (\(i + 1) of \(subs.count + 1) containers)")
                     _ = try destroyOne(sub)
@@ -82,27 +82,47 @@ extension ContainerApi {
     /// those it resumed and had not finished are paused again: what is
     /// left is as it was (a destroy or `killall -r` that stopped part way
     /// left them running).
-    func withTreeResumed<T>(_ names: [ContainerName],
+    ///
+    /// `journal`: the tree's lock, held across `body` (a destroy): each
+    /// container is journaled before it is resumed, and the journal cleared
+    /// once `body` has finished or they are paused again. A destroy killed
+    /// part way (SIGKILL) leaves the lines, and whoever locks the tree next
+    /// pauses again those still there (`recover`): they were left running.
+    func withTreeResumed<T>(_ names: [ContainerName], journal: FileLock? = nil,
                             _ body: (_ done: inout Set<ContainerName>) throws(LmctfyError) -> T) throws(LmctfyError) -> T {
-        let thawed = names.count > 1 ? try resumeTree(names) : []
+        let thawed = names.count > 1 ? try resumeTree(names, journal: journal) : []
         var done = Set<ContainerName>()
+        let result: T
         do {
-            return try body(&done)
+            result = try body(&done)
         } catch {
             pauseAgain(thawed.filter { !done.contains($0) })
+            if !thawed.isEmpty { try? journal?.clear() }
             throw error
         }
+        if !thawed.isEmpty, let journal {
+            do { try journal.clear() } catch { throw error.cgroup(.failedPrecondition, "Failed to clear the lock journal") }
+        }
+        return result
     }
 
     /// Asks the kernel to thaw each of `names` (parents before children)
     /// that is paused itself; one gone meanwhile is skipped. Does not wait:
     /// each kill that follows freezes, kills and thaws, and waits for that.
     /// Returns those it thawed; if it fails part way, pauses them again.
-    private func resumeTree(_ names: [ContainerName]) throws(LmctfyError) -> [ContainerName] {
+    /// Each is journaled first in `journal` (see `withTreeResumed`).
+    private func resumeTree(_ names: [ContainerName], journal: FileLock?) throws(LmctfyError) -> [ContainerName] {
         var thawed: [ContainerName] = []
         for n in names {
-            do {
+            do throws(LmctfyError) {
                 if try driver.isPausedItself(n) {
+                    if let journal {
+                        do {
+                            try journal.append((thawed.isEmpty ? "boot \(ContainerLock.bootId)\n" : "") + "resumed \(n)")
+                        } catch {
+                            throw error.cgroup(.failedPrecondition, "Failed to journal the resume of \"\(n)\"")
+                        }
+                    }
                     try driver.requestFrozen(n, false)
                     thawed.append(n)
                 }
@@ -110,6 +130,7 @@ extension ContainerApi {
                 continue
             } catch {
                 pauseAgain(thawed)
+                if !thawed.isEmpty { try? journal?.clear() }
                 throw error
             }
         }

@@ -110,8 +110,11 @@ extension ContainerApi {
     /// directory there already, `kept` and the directory). Left non-empty, it belonged to a
     /// process that died (we hold the lock now): unless that container was
     /// completed (the process died after its last step), every directory
-    /// listed is removed, last made first. Returns the container whose
-    /// directories were removed.
+    /// listed is removed, last made first. A destroy's journal names the
+    /// paused containers it resumed (`withTreeResumed`): left behind, the
+    /// destroy was killed part way, and each of them still there is paused
+    /// again (best effort: one that cannot be does not keep the tree
+    /// locked out). Returns the container whose directories were removed.
     private func recover(_ lock: FileLock?) throws(LmctfyError) -> ContainerName? {
         guard let lock else { return nil }
         let text: String
@@ -120,6 +123,7 @@ extension ContainerApi {
         var dirs: [CgroupDir] = []
         var complete = false
         var making: ContainerName?
+        var resumed: [ContainerName] = []
         // A journal names only its own tree: lines about another are not
         // this lock's to act on (and a whole journal that names another
         // tree is dropped without undoing anything).
@@ -131,10 +135,14 @@ extension ContainerApi {
                 // Left before a reboot: what it made is gone, and a cgroup of
                 // the same name now is someone else's.
                 dirs = []
+                resumed = []
                 complete = true
                 break
             }
-            if parts[0] == "create", let name = try? ContainerName.resolve(String(parts[1]), relativeTo: .root) {
+            if parts[0] == "resumed", let name = try? ContainerName.resolve(String(parts[1]), relativeTo: .root),
+               !name.isRoot, name.components.first == top {
+                resumed.append(name)
+            } else if parts[0] == "create", let name = try? ContainerName.resolve(String(parts[1]), relativeTo: .root) {
                 guard name.components.first == top else {
                     dirs = []
                     complete = true
@@ -156,6 +164,9 @@ extension ContainerApi {
                     throw LmctfyError(error.code, "Failed to clean up after an interrupted create: \(error.message)", errno: error.errno)
                 }
             }
+        }
+        for name in resumed where (try? driver.isPausedItself(name)) == false && (try? exists(name)) == true {
+            try? driver.requestFrozen(name, true)
         }
         do { try lock.clear() } catch { throw error.cgroup(.failedPrecondition, "Failed to clear the lock journal") }
         return removed ? making : nil

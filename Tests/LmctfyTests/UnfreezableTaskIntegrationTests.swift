@@ -163,6 +163,54 @@ struct UnfreezableTaskIntegrationTests {
         }
     }
 
+    /// A destroy killed part way (SIGKILL of `lmctfy destroy -f`, here
+    /// while its kill of one subcontainer waits on a task no kill reaches
+    /// yet) left a paused subcontainer it had resumed, and not destroyed
+    /// yet, running for good. Its journal names it: whoever locks the tree
+    /// next pauses it again.
+    @Test func aDestroyKilledPartWayLeavesWhatItResumedPausedAgain() throws {
+        try withTestContainer(api, label: "destroykilled") { name in
+            try api.create(name, spec: ContainerSpec(memory: MemorySpec(limit: 200_000_000)))
+            // Subcontainers are destroyed in reverse listing order: "z"
+            // (the blocked task) before "a" (paused).
+            let a = try ContainerName.resolve("a", relativeTo: name)
+            let z = try ContainerName.resolve("z", relativeTo: name)
+            let ca = try api.create(a, spec: ContainerSpec(memory: MemorySpec(limit: 100_000_000)))
+            let sleeper = try ca.run(["/bin/sleep", "600"])
+            try ca.setFrozen(true)
+            let cz = try api.create(z, spec: ContainerSpec(memory: MemorySpec(limit: 100_000_000)))
+            let hang = try FuseHang()
+            defer { hang.end() }
+            try awaitBlockedOnFuse(try cz.run([testHelperPath, "stat", hang.dir + "/x"]))
+
+            let destroy = try TestProcess.spawn([builtTool("lmctfy"), "destroy", "-f", name.description])
+            defer { TestProcess.end(destroy) }
+            // Resumed first thing; then the destroy waits in z's kill (~15 s).
+            var resumed = false
+            for _ in 0..<1000 {
+                if try !ca.driver.isPausedItself(a) { resumed = true; break }
+                if TestProcess.reapIfExited(destroy) != nil { break }
+                usleep(10_000)
+            }
+            try #require(resumed, "the destroy never resumed \(a)")
+            usleep(100_000)
+            try #require(TestProcess.reapIfExited(destroy) == nil, "the destroy ended before it could be killed part way")
+            TestProcess.end(destroy)
+            #expect(try api.exists(a))
+            #expect(try ca.driver.isPausedItself(a) == false, "as the killed destroy left it")
+
+            // The next holder of the tree's lock.
+            try api.locked(name) { _ throws(LmctfyError) in }
+            #expect(try ca.driver.isPausedItself(a), "the killed destroy's resume was not undone")
+            #expect(kill(sleeper, 0) == 0, "the paused process is gone")
+            // Once only: the journal is cleared.
+            try ca.setFrozen(false)
+            try api.locked(name) { _ throws(LmctfyError) in }
+            #expect(try ca.driver.isPausedItself(a) == false, "a later resume was undone again")
+            hang.end()
+        }
+    }
+
     /// A task waiting on a FUSE request its server has read and not
     /// answered cannot die (the kernel waits the request out,
     /// uninterruptibly): a kill says so (9, naming the task and its wait)
