@@ -52,8 +52,12 @@ extension Policy {
     /// The next container to evict and how, or nil when none may be: the
     /// lowest tier first (the tier list's last), newest first inside a
     /// tier; a tier whose action is `never` is never chosen; a container
-    /// already killed (no processes) or frozen is not chosen again for that
-    /// same action (it frees nothing more), but may still be destroyed.
+    /// without processes (none made yet, or killed already) is not chosen
+    /// for any action, nor a frozen one to be frozen: evicting it frees
+    /// nothing (the page cache it charged stays charged above it when it
+    /// goes), and empty best-effort containers were destroyed one after
+    /// another, new ones within 100 ms of their create, while usage stayed
+    /// up (a probe).
     public func nextVictim(_ candidates: [EvictionCandidate]) -> (EvictionCandidate, EvictionAction)? {
         var best: (EvictionCandidate, EvictionAction, Int)?
         for c in candidates {
@@ -61,9 +65,8 @@ extension Policy {
             let action = rank < tiers.count ? tiers[rank].eviction : (tiers.first { $0.name == defaultTier }?.eviction ?? .never)
             switch action {
             case .never: continue
-            case .kill: guard c.hasProcesses else { continue }
+            case .kill, .destroy: guard c.hasProcesses else { continue }
             case .freeze: guard c.hasProcesses, !c.frozen else { continue }
-            case .destroy: break
             }
             if let b = best, (b.2, b.0.order) >= (rank, c.order) { continue }
             best = (c, action, rank)

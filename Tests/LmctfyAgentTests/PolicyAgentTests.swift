@@ -442,4 +442,77 @@ struct PolicyEvictionTests {
             }
         }
     }
+
+    /// Page cache is not memory in use: a file written once (clean cache
+    /// charged to the root, which the kernel reclaims first) kept the
+    /// root's usage past the mark, and every container that could be
+    /// evicted was, for nothing; and a container without processes is
+    /// never chosen (its destroy frees nothing): empty best-effort
+    /// containers were destroyed one after another (a probe). Needs /var/tmp
+    /// on a disk filesystem (page cache); skipped with the reason otherwise.
+    @Test func pageCacheAndEmptyContainersAreNotEvicted() throws {
+        let dir = "/var/tmp/lmctfy-evict-cache-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try Sys.mkdir(dir, mode: 0o700)
+        defer { _ = removeTree(dir) }
+        guard try Sys.filesystemType(dir) != 0x0102_1994 else {
+            print("PolicyEvictionTests: SKIPPED pageCacheAndEmptyContainersAreNotEvicted: /var/tmp is a tmpfs (its pages are not reclaimable page cache)")
+            return
+        }
+        // High mark 50% of 256 MiB (128 MiB), low mark 20%.
+        try withPolicyRoot("policycache", spec: "memory { limit: 268435456 }") { root in
+            let api = try ContainerApi.detect()
+            let config = "root_container: \"\(root)\" policy { overcommit_percent: 100 evict_above_percent: 50 evict_until_percent: 20 }"
+            try withAgent(config) { agent, socket in
+                let client = try RpcClient.connect(unixPath: socket)
+                defer { client.close() }
+                func memory() throws -> MemoryStats? { try client.call(AgentMethods.stats, StatsRequest(name: "/")).stats?.memory }
+                func start(_ name: String, _ argv: [String]) throws -> Int32 {
+                    var pid: Int32 = 0
+                    try client.stream(AgentMethods.run, RunRequest(name: name, argv: argv, detached: true)) { (r: RunResponse) in
+                        pid = r.pid ?? 0
+                        return true
+                    }
+                    return pid
+                }
+                let limit = try ContainerSpec(textFormat: "memory { limit: 209715200 }")
+                _ = try client.call(AgentMethods.create, CreateRequest(name: "/early", spec: ContainerSpec(), tier: "best-effort"))
+                _ = try client.call(AgentMethods.create, CreateRequest(name: "/sleeper", spec: limit, tier: "best-effort"))
+                let sleeper = try start("/sleeper", ["/bin/sleep", "600"])
+                _ = try client.call(AgentMethods.create, CreateRequest(name: "/writer", spec: limit, tier: "batch"))
+                // 160 MiB of clean page cache, charged to /writer (below the root).
+                let dd = try start("/writer", ["/bin/dd", "if=/dev/zero", "of=\(dir)/file", "bs=1M", "count=160", "conv=fsync"])
+                for _ in 0..<3000 where kill(dd, 0) == 0 { usleep(10_000) }
+                try #require(kill(dd, 0) != 0, "dd did not finish in 30 s")
+                let cached = try #require(try memory())
+                guard (cached.usage ?? 0) > 128 * mib else {
+                    print("PolicyEvictionTests: SKIPPED pageCacheAndEmptyContainersAreNotEvicted: the written file's cache did not stay charged (usage \(cached.usage ?? 0))")
+                    return
+                }
+                #expect((cached.workingSet ?? .max) < 128 * mib, "\(cached)")
+                // Six of the evictor's 250 ms rechecks with usage past the mark.
+                usleep(1_500_000)
+                let now = try memory()
+                #expect(agent.evictor?.evictions.locked({ $0 }) == 0, "clean page cache evicted: \(String(describing: now))")
+                #expect(try api.exists(name(root.path + "/early")), "an empty container was evicted for page cache")
+                #expect(try kill(sleeper, 0) == 0 && api.exists(name(root.path + "/sleeper")), "a container was evicted for page cache")
+
+                // Memory in use past the mark: the container with processes
+                // goes, not the newer empty one.
+                _ = try client.call(AgentMethods.create, CreateRequest(name: "/alloc", spec: limit, tier: "best-effort"))
+                _ = try client.call(AgentMethods.create, CreateRequest(name: "/empty", spec: ContainerSpec(), tier: "best-effort"))
+                let evicted = Subscriber(socket, SubscribeRequest(kinds: [.containerEventEvicted]), deadlineMs: 30_000, until: { rs in
+                    events(rs).count >= 1
+                })
+                waitForSubscribers(agent, 1)
+                _ = try start("/alloc", [testHelperPath, "alloc", "150"])
+                let (got, error) = evicted.wait()
+                #expect(error == nil, "\(String(describing: error))")
+                #expect(events(got).map { $0.container ?? "" } == ["/alloc"], "\(events(got).map(\.reason))")
+                #expect(events(got).first?.reason?.contains("memory in use (usage less inactive page cache)") == true)
+                usleep(1_000_000)
+                #expect(agent.evictor?.evictions.locked({ $0 }) == 1)
+                #expect(try api.exists(name(root.path + "/empty")) && api.exists(name(root.path + "/early")), "an empty container was evicted")
+            }
+        }
+    }
 }

@@ -400,7 +400,8 @@ private func oracle(_ policy: Policy, existing: [(String, String, Amount)], name
         #expect(freeze.nextVictim([c("/b", "batch", 1, procs: false)]) == nil)
         #expect(freeze.nextVictim([c("/b", "batch", 1)])?.1 == .freeze)
         #expect(policy.nextVictim([c("/b", "batch", 1, procs: false)]) == nil, "killed already")
-        #expect(policy.nextVictim([c("/e", "best-effort", 1, procs: false)])?.1 == .destroy, "destroy frees the rest")
+        #expect(policy.nextVictim([c("/e", "best-effort", 1, procs: false)]) == nil, "an empty container: its destroy frees nothing")
+        #expect(policy.nextVictim([c("/e", "best-effort", 1, procs: false), c("/e2", "best-effort", 0)])?.0.name == "/e2")
         // A tier the policy no longer has counts as the default tier's action, below every tier.
         #expect(policy.nextVictim([c("/b", "batch", 9), c("/old", "gold", 1)])?.0.name == "/old")
         #expect(policy.nextVictim([]) == nil)

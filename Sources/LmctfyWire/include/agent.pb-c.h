@@ -1092,8 +1092,9 @@ struct  Containers__Lmctfy__Agent__ContainerEvent
    */
   char *reason;
   /*
-   * EVICTED: the root container's memory usage when the agent acted, and
-   * the threshold it had crossed (bytes).
+   * EVICTED: the root container's memory in use (its working set: usage
+   * less inactive page cache) when the agent acted, and the threshold it
+   * had crossed (bytes).
    */
   /*
    * Next id: 17
