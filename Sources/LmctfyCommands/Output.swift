@@ -60,6 +60,12 @@ public enum OutputStyle: String, Sendable, CaseIterable {
     case pairs, values, long, json
 }
 
+/// Key/value lines in one of the CLI's output styles, `json` the document
+/// `-o json` prints (lmctl's own verbs, printed as lmctfy's are).
+public func renderOutput(_ pairs: [(String, String)], json: String, style: OutputStyle) -> [UInt8] {
+    CommandOutput(entries: pairs.map { .pair(key: $0.0, value: $0.1) }, json: json).render(style)
+}
+
 /// One line of output: a key and value, or text printed exactly as it is
 /// (the protobuf text of `spec` and `stats`).
 enum OutputEntry: Equatable {

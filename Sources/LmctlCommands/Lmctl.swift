@@ -409,7 +409,7 @@ public enum LmctlCLI {
             return info(words, connect: connect, stdout: stdout, stderr: stderr)
         }
         if PolicyCommands.handles(words) {
-            return PolicyCommands.create(words, dial: dial, stdout: stdout, stderr: stderr)
+            return PolicyCommands.create(words, connect: connect, stdout: stdout, stderr: stderr)
         }
         if commandWord(words) == "top" {
             guard let w = ownVerbWords(words, stderr) else { return StatusCode.invalidArgument.rawValue }

@@ -9,7 +9,9 @@
 // every connected host of the controller, creates on the least committed
 // one that admits it (memory committed over capacity), tries the next if
 // that one refuses after all (another create won the room), and prints
-// host="NAME". No host with room: exit 8 with each host's answer.
+// host="NAME". No host with room: exit 8 with each host's answer. The
+// output flags (-o STYLE, --lmctfy_output_style, -p, -l, -v) are taken as
+// by every verb; with -o json the dry run prints CheckAdmissionResponse.
 import LmctfyCommands
 import LmctfyProto
 import LmctfyRPC
@@ -30,6 +32,7 @@ enum PolicyCommands {
         var tier: String?
         var dryRun = false
         var anywhere = false
+        var style = OutputStyle.pairs
     }
 
     static func parse(_ words: [String], readFile: (String) throws(LmctfyError) -> [UInt8]) throws(LmctfyError) -> CreateArguments {
@@ -44,15 +47,28 @@ enum PolicyCommands {
             case "create" where !seenVerb: seenVerb = true
             case "--dry-run": a.dryRun = true
             case "--anywhere": a.anywhere = true
-            case "--tier", "-c":
+            case "-p": a.style = .pairs
+            case "-l": a.style = .long
+            case "-v": a.style = .values
+            case "--tier", "-c", "-o", "--lmctfy_output_style":
                 i += 1
                 guard i < words.count, !words[i].isEmpty else { throw .invalidArgument("\(w) needs a value\n\(usage)") }
-                if w == "-c" { configFile = words[i] } else { a.tier = words[i] }
+                switch w {
+                case "-c": configFile = words[i]
+                case "--tier":
+                    // Given twice, the second silently won.
+                    guard a.tier == nil else { throw .invalidArgument("--tier given twice\n\(usage)") }
+                    a.tier = words[i]
+                default: a.style = try style(words[i])
+                }
             default:
                 if w.hasPrefix("--tier=") {
                     let v = String(w.dropFirst("--tier=".count))
                     guard !v.isEmpty else { throw .invalidArgument("--tier needs a value\n\(usage)") }
+                    guard a.tier == nil else { throw .invalidArgument("--tier given twice\n\(usage)") }
                     a.tier = v
+                } else if w.hasPrefix("--lmctfy_output_style=") {
+                    a.style = try style(String(w.dropFirst("--lmctfy_output_style=".count)))
                 } else if w.hasPrefix("-") && w.count > 1 {
                     throw .invalidArgument("Unknown flag \"\(w)\" for create\n\(usage)")
                 } else {
@@ -80,6 +96,22 @@ enum PolicyCommands {
         return a
     }
 
+    static func style(_ name: String) throws(LmctfyError) -> OutputStyle {
+        guard let s = OutputStyle(rawValue: name) else {
+            throw .invalidArgument("Unknown output style \"\(name)\" (pairs, values, long, json)\n\(usage)")
+        }
+        return s
+    }
+
+    /// The answer in `style`: pairs on one line, as lmctl has always
+    /// printed it; the other styles as lmctfy's verbs print theirs.
+    static func output(_ p: [(String, String)], json: String, style: OutputStyle) -> [UInt8] {
+        if style == .pairs {
+            return p.isEmpty ? [] : Array((p.map { "\($0.0)=\"\(TextFormat.cEscape(Array($0.1.utf8)))\"" }.joined(separator: " ") + "\n").utf8)
+        }
+        return renderOutput(p, json: json, style: style)
+    }
+
     static func readFile(_ path: String) throws(LmctfyError) -> [UInt8] {
         do { return Array(try Sys.readFile(path).utf8) } catch { throw .invalidArgument("Reading \(path): \(error)") }
     }
@@ -89,25 +121,26 @@ enum PolicyCommands {
         return error.code.rawValue
     }
 
-    static func pairs(_ p: [(String, String)]) -> String {
-        p.map { "\($0.0)=\"\(TextFormat.cEscape(Array($0.1.utf8)))\"" }.joined(separator: " ") + "\n"
-    }
-
-    /// create --tier / --dry-run on one agent (or one host through a controller).
-    static func create(_ words: [String], dial: () throws(LmctfyError) -> RpcClient, stdout: any ByteSink, stderr: any ByteSink) -> Int32 {
+    /// create --tier / --dry-run on one agent (or one host through a
+    /// controller), on a backend that waits for a restarting agent and
+    /// sends the call once more if it loses its agent, as every verb's
+    /// (the create carries a request_id): these failed with 14 at once,
+    /// also when the agent had made the container (the policy probe).
+    static func create(_ words: [String], connect: () throws(LmctfyError) -> RemoteBackend, stdout: any ByteSink,
+                       stderr: any ByteSink) -> Int32 {
         do throws(LmctfyError) {
             let a = try parse(words, readFile: readFile)
             if a.anywhere { throw .invalidArgument("--anywhere places a container through a controller: give --controller") }
-            let client = try dial()
-            defer { client.close() }
+            let backend = try connect()
+            defer { backend.client.close() }
             if a.dryRun {
-                let r = try client.call(AgentMethods.checkAdmission, CheckAdmissionRequest(name: a.name, spec: a.spec, tier: a.tier))
-                stdout.write(Array(pairs([("admitted", r.admitted == true ? "true" : "false"), ("tier", r.tier ?? ""),
-                                          ("message", r.message ?? "")]).utf8))
+                let r = try backend.checkAdmission(CheckAdmissionRequest(name: a.name, spec: a.spec, tier: a.tier))
+                stdout.write(output([("admitted", r.admitted == true ? "true" : "false"), ("tier", r.tier ?? ""),
+                                           ("message", r.message ?? "")], json: r.jsonString(), style: a.style))
                 return r.admitted == true ? 0 : StatusCode.resourceExhausted.rawValue
             }
-            _ = try client.call(AgentMethods.create, CreateRequest(name: a.name, spec: a.spec, requestId: RemoteBackend.newRequestId(),
-                                                                   tier: a.tier))
+            try backend.create(a.name, spec: a.spec, tier: a.tier)
+            stdout.write(output([], json: "{}", style: a.style))
             return 0
         } catch {
             return fail(error, stderr)
@@ -161,7 +194,8 @@ enum PolicyCommands {
             if a.dryRun {
                 client.host = nil
                 guard let best = admitted.first else { throw noHost() }
-                stdout.write(Array(pairs([("admitted", "true"), ("host", best.host)]).utf8))
+                stdout.write(output([("admitted", "true"), ("host", best.host)],
+                                          json: "{\"admitted\":true,\"host\":\(JSONFormat.quote(best.host))}", style: a.style))
                 return 0
             }
             for candidate in admitted {
@@ -169,7 +203,8 @@ enum PolicyCommands {
                 do throws(LmctfyError) {
                     _ = try client.call(AgentMethods.create, CreateRequest(
                         name: a.name, spec: a.spec, requestId: RemoteBackend.newRequestId(), tier: a.tier))
-                    stdout.write(Array(pairs([("host", candidate.host)]).utf8))
+                    stdout.write(output([("host", candidate.host)], json: "{\"host\":\(JSONFormat.quote(candidate.host))}",
+                                              style: a.style))
                     return 0
                 } catch where error.code == .resourceExhausted {
                     refusals.append("\(candidate.host): \(error.message)")

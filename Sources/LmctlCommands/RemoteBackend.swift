@@ -272,4 +272,14 @@ public final class RemoteBackend: ContainerBackend, @unchecked Sendable {
     public func machineInfo() throws(LmctfyError) -> MachineInfoResponse {
         try call(AgentMethods.machineInfo, MachineInfoRequest())
     }
+
+    /// CheckAdmission (a read: retried as any).
+    public func checkAdmission(_ request: CheckAdmissionRequest) throws(LmctfyError) -> CheckAdmissionResponse {
+        try call(AgentMethods.checkAdmission, request)
+    }
+
+    /// Create in a tier of the agent's policy (`tier` nil: the spec's).
+    public func create(_ name: String, spec: ContainerSpec, tier: String?) throws(LmctfyError) {
+        _ = try call(AgentMethods.create, CreateRequest(name: name, spec: spec, requestId: Self.newRequestId(), tier: tier))
+    }
 }

@@ -374,22 +374,34 @@ struct AgentRetryTests {
     /// A verb started while the agent is restarting (its socket left by
     /// the one killed, nobody listening yet: ECONNREFUSED) waits for it, up
     /// to 2 s, instead of failing at once (nothing was sent: safe). No
-    /// socket at all still fails at once.
+    /// socket at all still fails at once. The same for a create with a
+    /// policy flag (--tier, --dry-run), which failed with 14 at once (the
+    /// policy probe).
     @Test func lmctlWaitsForAnAgentThatIsRestarting() throws {
         let name = RealCgroups.uniqueName("lmctlwait")
-        defer { destroy(name) }
+        let tiered = RealCgroups.uniqueName("lmctlwaittier")
+        defer { destroy(name); destroy(tiered) }
         let first = try AgentProcess()
         first.crash()
         #expect(Sys.exists(first.socket), "the killed agent's socket is not there")
-        let lmctl = BackgroundRun([builtTool("lmctl"), "--agent", "unix://" + first.socket, "create", name, "pids:{limit:50}"])
+        let agent = [builtTool("lmctl"), "--agent", "unix://" + first.socket]
+        let lmctl = BackgroundRun(agent + ["create", name, "pids:{limit:50}"])
+        let withTier = BackgroundRun(agent + ["create", "--tier", "prod", tiered, "memory:{limit:10485760}"])
+        let dryRun = BackgroundRun(agent + ["-o", "json", "create", "--dry-run", name + "_dry", "pids:{limit:50}"])
         usleep(300_000)
         let second = try AgentProcess(reusing: first.dir)
         defer { second.stop() }
         let r = try #require(lmctl.result(seconds: 30), "lmctl did not finish")
         #expect(r.status == 0, "\(String(decoding: r.stderr, as: UTF8.self))")
+        let t = try #require(withTier.result(seconds: 30), "lmctl create --tier did not finish")
+        #expect(t.status == 0, "\(String(decoding: t.stderr, as: UTF8.self))")
+        let d = try #require(dryRun.result(seconds: 30), "lmctl create --dry-run did not finish")
+        #expect(d.status == 0 && String(decoding: d.stdout, as: UTF8.self).contains("\"admitted\":true"),
+                "\(d.status) \(String(decoding: d.stdout, as: UTF8.self)) \(String(decoding: d.stderr, as: UTF8.self))")
         let client = try RpcClient.connect(unixPath: second.socket)
         defer { client.close() }
         #expect(try count(name, client) == 1)
+        #expect(try count(tiered, client) == 1)
         let started = MonotonicClock.milliseconds()
         let none = try TestProcess.capture([builtTool("lmctl"), "--agent", "unix://" + first.dir + "/no.sock", "list", "containers"])
         #expect(none.status == StatusCode.unavailable.rawValue && MonotonicClock.milliseconds() - started < 1500,

@@ -368,6 +368,18 @@ struct PolicyAgentTests {
                 #expect(try !api.exists(name(root.path + "/b")))
                 r = try run("create", "--tier", "prod", "--bogus", "/b", "memory { limit: 104857600 }")
                 #expect(r.0 == 3 && r.2.contains("Unknown flag \"--bogus\""), "\(r)")
+                // The output flags every verb takes (they were unknown flags here).
+                r = try run("-o", "json", "create", "--tier", "prod", "--dry-run", "/b", "memory { limit: 104857600 }")
+                #expect(r.0 == 8 && r.1.hasPrefix("{") && r.1.contains("\"admitted\":false") && r.1.contains("\"capacityMemory\""), "\(r)")
+                r = try run("create", "-v", "--tier", "prod", "--dry-run", "/b", "memory { limit: 1048576 }")
+                #expect(r.0 == 0 && r.1.hasPrefix("true\nprod\nadmitted"), "\(r)")
+                r = try run("--lmctfy_output_style=json", "create", "--tier", "batch", "/j", "memory { limit: 1048576 }")
+                #expect(r.0 == 0 && r.1 == "{}\n", "\(r)")
+                r = try run("create", "-o", "yaml", "--tier", "batch", "/y", "memory { limit: 1048576 }")
+                #expect(r.0 == 3 && r.2.contains("Unknown output style \"yaml\""), "\(r)")
+                r = try run("create", "--tier", "prod", "--tier", "batch", "/y", "memory { limit: 1048576 }")
+                #expect(r.0 == 3 && r.2.contains("--tier given twice"), "\(r)")
+                #expect(try !api.exists(name(root.path + "/y")))
                 r = try run("info")
                 #expect(r.0 == 0 && r.1.contains("capacity_memory=\"268435456\"") && r.1.contains("committed_prod=\"209715200 bytes"), "\(r)")
                 // Without a policy flag, create is lmctfy's own verb, as before (a batch container).
