@@ -192,9 +192,12 @@ public final class PolicyKeeper: Sendable {
             if let v = u.evictionPriority { memory.evictionPriority = v }
             m.memory = memory
         }
-        if let v = update.cpu?.limit {
+        if let u = update.cpu, u.limit != nil || u.maxLimit != nil {
             var cpu = m.cpu ?? CpuSpec()
-            cpu.limit = v
+            if let v = u.limit { cpu.limit = v }
+            // What a container commits of CPU: a diff raising it was
+            // counted at the old value.
+            if let v = u.maxLimit { cpu.maxLimit = v }
             m.cpu = cpu
         }
         return m
@@ -208,7 +211,9 @@ public final class PolicyKeeper: Sendable {
                         _ body: () throws -> T) throws -> T {
         guard Self.isTopLevel(path) else { return try body() }
         sync()
-        let next = commitment(of: Self.merged(try current ?? backend.spec(path), spec, replace: replace))
+        let merged = Self.merged(try current ?? backend.spec(path), spec, replace: replace)
+        let next = commitment(of: merged)
+        try Policy.checkGuaranteed(merged.memory?.limit, tier: next.tier)
         let previous = admitter.commitment(path)
         let d = admitter.admit(path, tier: next.tier, amount: next.amount, capacity: try capacity())
         guard d.admitted else { throw LmctfyError(.resourceExhausted, "Update: \(d.message)") }
@@ -247,7 +252,9 @@ public final class PolicyKeeper: Sendable {
             let (t, applied) = try planCreate(path: path, spec: spec, tier: r.tier)
             (tier, amount) = (t, Policy.committed(applied, tier: t))
         case .updateDiff?, .updateReplace?:
-            let next = commitment(of: Self.merged(try backend.spec(path), spec, replace: r.update == .updateReplace))
+            let merged = Self.merged(try backend.spec(path), spec, replace: r.update == .updateReplace)
+            let next = commitment(of: merged)
+            if Self.isTopLevel(path) { try Policy.checkGuaranteed(merged.memory?.limit, tier: next.tier) }
             (tier, amount) = (next.tier, next.amount)
         }
         let report = admitter.snapshot().report(capacity: cap)

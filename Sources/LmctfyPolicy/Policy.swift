@@ -181,6 +181,7 @@ public struct Policy: Sendable, Equatable {
             guard let limit = memory.limit, limit > 0 else {
                 throw .invalidArgument("Tier \(tier.name) guarantees memory: the spec needs a memory limit")
             }
+            try Self.checkGuaranteed(limit, tier: tier)
             if memory.reservation == nil { memory.reservation = limit }
         }
         s.memory = memory
@@ -215,6 +216,18 @@ public struct Policy: Sendable, Equatable {
     /// Anything from here up is "no limit" (the kernel's v1 defaults are
     /// just below Int64.max, rounded to pages).
     public static let unlimitedBytes: Int64 = 1 << 60
+
+    /// A guaranteed tier's container needs a memory limit it commits: one
+    /// of 2^60 bytes or more reads back as no limit and committed nothing,
+    /// a guaranteed container that was never evicted and never counted
+    /// (the policy probe). INVALID_ARGUMENT otherwise.
+    public static func checkGuaranteed(_ limit: Int64?, tier: Tier) throws(LmctfyError) {
+        guard tier.guaranteed else { return }
+        guard let limit, limit > 0, limit < unlimitedBytes else {
+            let what = limit.map { $0 > 0 ? "a limit of \($0) B counts as none (2^60 B or more)" : "it has none" } ?? "it has none"
+            throw .invalidArgument("Tier \(tier.name) guarantees memory: the container needs a memory limit below 2^60 B, and \(what)")
+        }
+    }
 
     /// The capacity: the root container's memory limit and CPU when set,
     /// else the host's, minus what is reserved (never below 0).
@@ -353,8 +366,14 @@ public struct Ledger: Sendable {
             }
             return (g, t)
         }()
-        if let c = current, c.tier == tier.name, amount.fits(in: c.amount) {
-            return decision(name, tier, amount, capacity, ok: true, why: "it does not grow")
+        // Nothing grows: the same tier, or a move to a tier held to no
+        // less a ceiling (prod to batch: a demotion that grows nothing was
+        // refused on a machine over-committed already; the policy probe).
+        if let c = current, amount.fits(in: c.amount) {
+            let from = policy.tiers.first { $0.name == c.tier }
+            if c.tier == tier.name || (!tier.guaranteed && (tier.overcommit || from.map { !$0.overcommit } == true)) {
+                return decision(name, tier, amount, capacity, ok: true, why: "it does not grow")
+            }
         }
         // A resource the container commits none of is not checked: asking
         // nothing cannot make things worse (a batch container committing

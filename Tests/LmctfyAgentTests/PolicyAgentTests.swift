@@ -319,6 +319,55 @@ struct PolicyAgentTests {
         }
     }
 
+    /// A guaranteed container must commit its memory: an update that
+    /// moves a container without a limit into prod (its eviction
+    /// priority), or a create with a limit that reads back as none, is
+    /// refused (they were admitted, committing 0 B, never evicted); and a
+    /// diff raising cpu.max_limit is counted at its new value (it was
+    /// counted at the old one). The policy probe.
+    @Test func aGuaranteedContainerCommitsWhatItIsGuaranteedAndADiffIsCountedWhole() throws {
+        try withPolicyRoot("policyguar", spec: "memory { limit: 268435456 } cpu { limit: 1000 }") { root in
+            let api = try ContainerApi.detect()
+            try withAgent("root_container: \"\(root)\"") { _, socket in
+                let client = try RpcClient.connect(unixPath: socket)
+                defer { client.close() }
+                _ = try client.call(AgentMethods.create, CreateRequest(name: "/nolim", spec: ContainerSpec(), tier: "batch"))
+                for policy in [SpecUpdatePolicy.updateDiff, .updateReplace] {
+                    let (code, message) = status {
+                        _ = try client.call(AgentMethods.update, UpdateRequest(
+                            name: "/nolim", spec: try ContainerSpec(textFormat: "memory { eviction_priority: 5003 }"), policy: policy))
+                    }
+                    #expect(code == .invalidArgument && message.contains("Tier prod guarantees memory"), "\(policy): \(message)")
+                    let check = status {
+                        _ = try client.call(AgentMethods.checkAdmission, CheckAdmissionRequest(
+                            name: "/nolim", spec: try ContainerSpec(textFormat: "memory { eviction_priority: 5003 }"), update: policy))
+                    }
+                    #expect(check.0 == .invalidArgument, "CheckAdmission of the same update: \(check)")
+                }
+                #expect(try api.get(name(root.path + "/nolim")).spec().memory?.evictionPriority == 2500, "unchanged")
+                let (code, message) = status {
+                    _ = try client.call(AgentMethods.create, CreateRequest(
+                        name: "/huge", spec: try ContainerSpec(textFormat: "memory { limit: 1152921504606846976 }"), tier: "prod"))
+                }
+                #expect(code == .invalidArgument && message.contains("counts as none"), "\(message)")
+                #expect(try !api.exists(name(root.path + "/huge")))
+
+                // CPU: 2000 milliCPU here (the host's; the root sets no cap).
+                let cap = try #require(try client.call(AgentMethods.machineInfo, MachineInfoRequest()).policy?.capacityMilliCpu)
+                _ = try client.call(AgentMethods.create, CreateRequest(
+                    name: "/c1", spec: try ContainerSpec(textFormat: "cpu { max_limit: \(cap - 500) }"), tier: "batch"))
+                _ = try client.call(AgentMethods.create, CreateRequest(
+                    name: "/c2", spec: try ContainerSpec(textFormat: "cpu { max_limit: 400 }"), tier: "batch"))
+                let (cpuCode, cpuMessage) = status {
+                    _ = try client.call(AgentMethods.update, UpdateRequest(
+                        name: "/c2", spec: try ContainerSpec(textFormat: "cpu { max_limit: 1000 }"), policy: .updateDiff))
+                }
+                #expect(cpuCode == .resourceExhausted, "\(cpuMessage)")
+                #expect(try api.get(name(root.path + "/c2")).spec().cpu?.maxLimit == 400, "unchanged")
+            }
+        }
+    }
+
     @Test func lmctlCreateWithATierAndADryRun() throws {
         try withPolicyRoot("policylmctl", spec: "memory { limit: 268435456 }") { root in
             let api = try ContainerApi.detect()

@@ -100,6 +100,9 @@ private func spec(_ text: String) throws -> ContainerSpec { try ContainerSpec(te
     @Test func aTierRefusesWhatContradictsIt() throws {
         #expect(throws: LmctfyError.self) { try policy.apply(.prod, to: ContainerSpec(), topLevel: true) }
         #expect(throws: LmctfyError.self) { try policy.apply(.prod, to: try spec("memory { limit: -1 }"), topLevel: true) }
+        // A limit that reads back as none commits nothing: no guarantee (the policy probe).
+        #expect(throws: LmctfyError.self) { try policy.apply(.prod, to: try spec("memory { limit: 1152921504606846976 }"), topLevel: true) }
+        #expect(try policy.apply(.prod, to: try spec("memory { limit: 1152921504606842880 }"), topLevel: true).memory?.reservation == 1152921504606842880)
         let asked = try spec("memory { eviction_priority: 5003 }")
         do throws(LmctfyError) {
             _ = try policy.apply(.batch, to: asked, topLevel: true)
@@ -149,8 +152,13 @@ private func spec(_ text: String) throws -> ContainerSpec { try ContainerSpec(te
 private func oracle(_ policy: Policy, existing: [(String, String, Amount)], name: String, tier: Tier, amount: Amount,
                     capacity: Amount) -> Bool {
     let others = existing.filter { $0.0 != name }
-    if let mine = existing.first(where: { $0.0 == name }), mine.1 == tier.name,
-       amount.memory <= mine.2.memory, amount.milliCpu <= mine.2.milliCpu { return true }
+    // An update that grows nothing, in its tier or moving to one held to no
+    // less a ceiling (not guaranteed; overcommitting, or coming from a tier
+    // that does not).
+    if let mine = existing.first(where: { $0.0 == name }), amount.memory <= mine.2.memory, amount.milliCpu <= mine.2.milliCpu {
+        let from = policy.tiers.first { $0.name == mine.1 }!
+        if mine.1 == tier.name || (!tier.guaranteed && (tier.overcommit || !from.overcommit)) { return true }
+    }
     if tier.guaranteed {
         let g = others.filter { e in policy.tiers.first { $0.name == e.1 }!.guaranteed }
         let mem = g.map(\.2.memory).reduce(0, +) + amount.memory
@@ -240,6 +248,15 @@ private func oracle(_ policy: Policy, existing: [(String, String, Amount)], name
         #expect(l.check("/a", tier: .prod, amount: Amount(memory: 200 * mib), capacity: small).admitted)
         let message = l.check("/a", tier: .prod, amount: Amount(memory: 300 * mib), capacity: capacity).message
         #expect(message.contains("(now 209715200 B (200.0 MiB) 0 milliCPU)"), "\(message)")
+        // Over-committed (250 of 128 MiB): a demotion to batch that grows
+        // nothing passes (it was refused); a promotion of the same amount,
+        // or a demotion that grows, is checked.
+        #expect(l.check("/b", tier: .batch, amount: Amount(memory: 50 * mib), capacity: small).admitted)
+        #expect(!l.check("/b", tier: .batch, amount: Amount(memory: 51 * mib), capacity: small).admitted)
+        var m = Ledger(policy: Policy())
+        m.set("/p", tier: "prod", amount: Amount(memory: 200 * mib))
+        m.set("/q", tier: "batch", amount: Amount(memory: 100 * mib))
+        #expect(!m.check("/q", tier: .prod, amount: Amount(memory: 100 * mib), capacity: capacity).admitted, "a promotion is checked")
     }
 
     @Test func theLedgerKeepsItsSumsThroughSetsAndRemoves() {
