@@ -50,7 +50,10 @@ public enum AgentMain {
             // At start it is made if absent; a check only looks.
             try settings.checkStateDir(create: !checkOnly)
             let machine = MachineInfo.collect(cgroupVersion: 0, agentVersion: "", bootId: "")
-            try settings.checkPolicyFits(memory: machine.memoryBytes, cpus: machine.cpus.map(Int.init))
+            // The root container's limits, when it has one (read with CL1;
+            // one that cannot be read is the start's to report).
+            let root = settings.rootContainer.isRoot ? nil : try? ContainerApi.detect().get(settings.rootContainer).spec()
+            try settings.checkPolicyFits(memory: machine.memoryBytes, cpus: machine.cpus.map(Int.init), root: root)
         } catch {
             // Whatever the cause (missing file, bad key file), it is the
             // operator's config to fix: 3, as the usage says.

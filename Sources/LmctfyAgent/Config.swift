@@ -287,13 +287,24 @@ public struct AgentSettings: Sendable {
     /// `cpus`): a reservation of all of it or more leaves no capacity, so
     /// that every Create would be refused (RESOURCE_EXHAUSTED) on an agent
     /// that seemed to start fine. FAILED_PRECONDITION saying which.
-    public func checkPolicyFits(memory: UInt64?, cpus: Int?) throws(LmctfyError) {
+    /// `root`: the root container's spec when there is one: the capacity
+    /// is its memory limit and CPU when set, so the reservation must be
+    /// below those too (a reservation of a 64 MiB root's whole memory was
+    /// accepted, and the agent started with no capacity; the policy probe).
+    public func checkPolicyFits(memory: UInt64?, cpus: Int?, root: ContainerSpec? = nil) throws(LmctfyError) {
         let r = policy.reserved
         if let memory, r.memory > 0, UInt64(r.memory) >= memory {
             throw .failedPrecondition("policy.reserved_memory_bytes \(r.memory) is not below this machine's memory (\(memory) bytes, MemTotal): no container could be admitted")
         }
         if let cpus, r.milliCpu > 0, r.milliCpu >= Int64(cpus) * 1000 {
             throw .failedPrecondition("policy.reserved_milli_cpu \(r.milliCpu) is not below this machine's \(cpus) CPUs (\(cpus * 1000) milli-CPU): no container could be admitted")
+        }
+        guard let root else { return }
+        if let limit = root.memory?.limit, limit > 0, limit < Policy.unlimitedBytes, r.memory > 0, r.memory >= limit {
+            throw .failedPrecondition("policy.reserved_memory_bytes \(r.memory) is not below the root container \(rootContainer)'s memory limit (\(limit) bytes): no container could be admitted")
+        }
+        if let milli = Policy.milliCpu(of: root), r.milliCpu > 0, r.milliCpu >= milli {
+            throw .failedPrecondition("policy.reserved_milli_cpu \(r.milliCpu) is not below the root container \(rootContainer)'s CPU (\(milli) milli-CPU): no container could be admitted")
         }
     }
 

@@ -368,6 +368,30 @@ struct PolicyAgentTests {
         }
     }
 
+    /// A reservation of the root container's whole memory or CPU is a
+    /// config error (3), as one of the machine's is: the capacity is the
+    /// root's, and the agent started with none (the policy probe).
+    @Test func aReservationOfTheRootsWholeCapacityIsAConfigError() throws {
+        try withPolicyRoot("policyres", spec: "memory { limit: 67108864 } cpu { max_limit: 1000 }") { root in
+            let dir = "/tmp/lmctfy-check-config-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+            try Sys.mkdir(dir, mode: 0o700)
+            defer { _ = removeTree(dir) }
+            func check(_ policy: String) throws -> (Int32, String) {
+                try Sys.createFile(dir + "/a.conf", "unix_socket_path: \"\(dir)/s\" state_dir: \"\(dir)/state\" root_container: \"\(root)\" policy { \(policy) }")
+                let r = try TestProcess.capture([builtTool("lmctfy-agent"), "--check-config", "--config", dir + "/a.conf"])
+                return (r.status, String(decoding: r.stderr, as: UTF8.self))
+            }
+            var r = try check("reserved_memory_bytes: 1048576 reserved_milli_cpu: 100")
+            #expect(r.0 == 0, "\(r)")
+            r = try check("reserved_memory_bytes: 104857600")
+            #expect(r.0 == 3 && r.1.contains("not below the root container \(root)'s memory limit (67108864 bytes)"), "\(r)")
+            r = try check("reserved_memory_bytes: 67108864")
+            #expect(r.0 == 3, "\(r)")
+            r = try check("reserved_milli_cpu: 1000")
+            #expect(r.0 == 3 && r.1.contains("not below the root container \(root)'s CPU (1000 milli-CPU)"), "\(r)")
+        }
+    }
+
     @Test func lmctlCreateWithATierAndADryRun() throws {
         try withPolicyRoot("policylmctl", spec: "memory { limit: 268435456 }") { root in
             let api = try ContainerApi.detect()
