@@ -439,6 +439,44 @@ struct VirtualHostIntegrationTests {
         }
     }
 
+    /// A create refused because its outside veth name is taken (6) deletes
+    /// nothing: it deleted the link that had the name, another virtual
+    /// host's veth (cutting its network) or a bridge (the probe).
+    @Test func aCreateRefusedForATakenVethNameDeletesNothing() throws {
+        let root = try BusyboxRoot("vethtaken")
+        let api = self.api
+        do {
+            try inOwnNetworkNamespace {
+                let first = try ContainerName.resolve(RealCgroups.uniqueName("vetht1"), relativeTo: .root)
+                let second = try ContainerName.resolve(RealCgroups.uniqueName("vetht2"), relativeTo: .root)
+                defer { _ = try? api.destroy(first); _ = try? api.destroy(second) }
+                let outside = "lmvt\(getpid() % 100000)"
+                var spec = self.vhSpec(root, hostname: nil)
+                spec.virtualHost?.network = Network(connection: Network.Connection(vethPair: Network.VethPair(outside: outside, inside: "eth0")))
+                _ = try api.create(first, spec: spec)
+                let made = try Net.link(outside)
+                #expect(lmctfyError { try api.create(second, spec: spec) }?.code == .alreadyExists)
+                #expect(try Net.link(outside)?.index == made?.index, "the first virtual host's veth was deleted")
+                #expect(try !api.exists(second))
+                // A bridge of the name: the same.
+                let bridge = "lmvb\(getpid() % 100000)"
+                try Net.createBridge(bridge)
+                defer { try? Net.deleteLink(bridge) }
+                var onBridge = spec
+                onBridge.virtualHost?.network = Network(connection: Network.Connection(vethPair: Network.VethPair(outside: bridge, inside: "eth0")))
+                #expect(lmctfyError { try api.create(second, spec: onBridge) }?.code == .alreadyExists)
+                #expect(try Net.link(bridge)?.kind == "bridge", "the bridge was deleted")
+                // An inside end named lo: refused before anything is made.
+                var lo = spec
+                lo.virtualHost?.network = Network(connection: Network.Connection(vethPair: Network.VethPair(outside: outside + "x", inside: "lo")))
+                #expect(lmctfyError { try api.create(second, spec: lo) }?.code == .invalidArgument)
+                #expect(try Net.link(outside + "x") == nil)
+            }
+        } catch let e as LmctfyError where e.errno == EOPNOTSUPP && e.message.contains("veth") {
+            try Test.cancel("veth pairs are not available on this kernel: \(e.message)")
+        }
+    }
+
     @Test func anEmptyNetworkGivesOnlyALoopback() throws {
         let root = try BusyboxRoot("lo")
         var s = vhSpec(root, hostname: nil)

@@ -161,10 +161,21 @@ extension ContainerApi {
         }
         // The outside of the network, while the child waits in its new
         // namespace: the veth pair (peer moved in), the bridge port.
+        // The veth this create made, once made: the only link its failure
+        // may delete. A failed create deleted whatever had the outside
+        // name (its veth create refused with EEXIST: another virtual
+        // host's veth, a bridge; the probe).
+        var made: (name: String, index: Int32?)?
+        func undoVeth() {
+            guard let made else { return }
+            if let index = made.index, (try? Net.link(made.name))??.index != index { return }
+            try? Net.deleteLink(made.name)
+        }
         if let plan {
             do throws(LmctfyError) {
                 try plan.applyOutside(childPid: child.pid)
                 if case .veth(let outside, _, _) = plan.outside {
+                    made = (outside, nil)
                     // With its index: destroy deletes this link, not a later one of the same name.
                     let index: Int32
                     do throws(SystemError) {
@@ -173,17 +184,18 @@ extension ContainerApi {
                     } catch {
                         throw error.lmctfy(.internal, "Failed to read back the veth \"\(outside)\" of virtual host \"\(name)\"")
                     }
+                    made = (outside, index)
                     try driver.tasksDir(name).setRecord(.vethOutside, "\(outside) \(index)")
                 }
             } catch {
                 child.abort()
-                plan.rollbackOutside()
+                undoVeth()
                 throw error
             }
         }
         let pid = child.pid
         do throws(VirtualHostError) { try child.release() } catch {
-            plan?.rollbackOutside()
+            undoVeth()
             throw failed(error)
         }
         return pid

@@ -75,6 +75,12 @@ public struct NetworkPlan: Sendable, Equatable {
             }
             try Self.checkName(out, "network.connection.veth_pair.outside")
             try Self.checkName(inside, "network.connection.veth_pair.inside")
+            // Every new network namespace has its loopback: the veth's
+            // create then failed with "File exists" (6), naming nothing
+            // that exists on the host.
+            if inside == "lo" {
+                throw .invalidArgument("network.connection.veth_pair.inside \"lo\" is the virtual host's loopback, which it always has: name the veth's inside end otherwise (eth0)")
+            }
             var bridgeName: String?
             if let bridge = connection.bridge {
                 if bridge.type == .ovs {
@@ -227,13 +233,6 @@ public struct NetworkPlan: Sendable, Equatable {
                 throw error
             }
         }
-    }
-
-    /// Undoes `applyOutside` for a child that will not run: deletes the
-    /// outside veth end (its peer goes with it). A moved interface returns to
-    /// the host by itself when the child's namespace dies. Missing: no error.
-    public func rollbackOutside() {
-        if case .veth(let out, _, _) = outside { try? Net.deleteLink(out) }
     }
 
     static func mapped(_ error: SystemError, _ context: String) -> LmctfyError {
