@@ -47,13 +47,24 @@ public struct ArchivePolicy: Sendable {
         guard !raw.isEmpty else { throw .invalidArgument("archive entry with an empty path") }
         guard !raw.hasPrefix("/") else { throw .invalidArgument("archive entry \"\(raw)\" has an absolute path") }
         var out: [String] = []
+        var bytes = 0
         for part in raw.split(separator: "/", omittingEmptySubsequences: true) {
             if part == "." { continue }
             if part == ".." { throw .invalidArgument("archive entry \"\(raw)\" has a \"..\" component") }
             out.append(String(part))
+            bytes += part.utf8.count + 1
+            if bytes > maxPathBytes {
+                throw .invalidArgument("archive entry \"\(raw.prefix(100))...\" has a path longer than \(maxPathBytes) bytes "
+                                       + "(its path in the store must stay within PATH_MAX, 4,096 bytes, to be exported or removed)")
+            }
         }
         return out.isEmpty ? nil : out
     }
+
+    /// The longest path an entry may have inside the image: an image the
+    /// store accepted with 3,000 levels could not be exported (past
+    /// PATH_MAX), and one of 6,000 crashed the removal (the probe).
+    public static let maxPathBytes = 3072
 
     /// Whether a relative symlink target, resolved from the link's
     /// directory `parent` by its text alone, stays inside the root.

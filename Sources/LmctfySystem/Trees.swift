@@ -51,32 +51,50 @@ extension Sys {
     }
 
     /// Empties the directory open at `fd` (taken over), through *at() calls
-    /// relative to it, so no path component is resolved twice.
-    private static func removeContents(fd: Int32, path: String) throws(SystemError) {
-        // A second descriptor for unlinkat: fdopendir owns the first.
-        let dirfd = dup(fd)
-        if dirfd < 0 {
-            let e = errno
-            Glibc.close(fd)
-            throw SystemError("dup", path, e)
+    /// relative to the directory at hand, so no path component is resolved
+    /// twice. Iterative, with one directory open at a time (it goes back up
+    /// through ".."): a tree thousands of levels deep crashed the recursion
+    /// that was here (its stack) in the agent and the CLI (the probe).
+    private static func removeContents(fd top: Int32, path: String) throws(SystemError) {
+        var fd = top
+        defer { Glibc.close(fd) }
+        // The names from `path` down to the directory open at `fd`.
+        var below: [String] = []
+        func here(_ name: String? = nil) -> String {
+            ([path] + below + (name.map { [$0] } ?? [])).joined(separator: "/")
         }
-        defer { Glibc.close(dirfd) }
-        for name in try directoryEntries(fd: fd, path: path) {
-            let child = path + "/" + name
-            var st = stat()
-            if fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) != 0 {
-                if errno == ENOENT { continue }
-                throw SystemError("fstatat", child, errno)
-            }
-            if st.st_mode & S_IFMT == S_IFDIR {
-                let sub = openat(dirfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
-                if sub < 0 { throw SystemError("openat", child, errno) }
-                try removeContents(fd: sub, path: child)
-                if unlinkat(dirfd, name, AT_REMOVEDIR) != 0 && errno != ENOENT {
-                    throw SystemError("rmdir", child, errno)
+        while true {
+            // A fresh open of "." for each listing: its own offset.
+            let listing = openat(fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+            if listing < 0 { throw SystemError("openat", here(), errno) }
+            var descended = false
+            for name in try directoryEntries(fd: listing, path: here()) {
+                var st = stat()
+                if fstatat(fd, name, &st, AT_SYMLINK_NOFOLLOW) != 0 {
+                    if errno == ENOENT { continue }
+                    throw SystemError("fstatat", here(name), errno)
                 }
-            } else if unlinkat(dirfd, name, 0) != 0 && errno != ENOENT {
-                throw SystemError("unlink", child, errno)
+                if st.st_mode & S_IFMT == S_IFDIR {
+                    let sub = openat(fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+                    if sub < 0 { throw SystemError("openat", here(name), errno) }
+                    Glibc.close(fd)
+                    fd = sub
+                    below.append(name)
+                    descended = true
+                    break
+                } else if unlinkat(fd, name, 0) != 0 && errno != ENOENT {
+                    throw SystemError("unlink", here(name), errno)
+                }
+            }
+            if descended { continue }
+            // Empty: back up, and remove it there (the top is the caller's).
+            guard let name = below.popLast() else { return }
+            let parent = openat(fd, "..", O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+            if parent < 0 { throw SystemError("openat", here() + "/" + name + "/..", errno) }
+            Glibc.close(fd)
+            fd = parent
+            if unlinkat(fd, name, AT_REMOVEDIR) != 0 && errno != ENOENT {
+                throw SystemError("rmdir", here(name), errno)
             }
         }
     }

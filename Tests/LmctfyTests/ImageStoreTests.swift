@@ -274,6 +274,9 @@ private func code(_ body: () throws(LmctfyError) -> Void) -> StatusCode? {
         #expect(try ArchivePolicy.components("./a//b/./c/") == ["a", "b", "c"])
         #expect(try ArchivePolicy.components("./") == nil)
         #expect(code { () throws(LmctfyError) in _ = try ArchivePolicy.components("a/../b") } == .invalidArgument)
+        // A path its store could not export or remove (past PATH_MAX there).
+        #expect(code { () throws(LmctfyError) in _ = try ArchivePolicy.components(String(repeating: "d/", count: 1600) + "f") } == .invalidArgument)
+        #expect(try ArchivePolicy.components(String(repeating: "d/", count: 1500) + "f")?.count == 1501)
         #expect(code { () throws(LmctfyError) in _ = try ArchivePolicy.components("/a") } == .invalidArgument)
         #expect(code { () throws(LmctfyError) in _ = try ArchivePolicy.components("") } == .invalidArgument)
         #expect(ArchivePolicy.targetStaysInside("../b", parent: ["a"]))
