@@ -238,6 +238,13 @@ public struct LocalBackend: ContainerBackend {
         return try callerPath(container.name)
     }
 
+    /// The running init of the virtual host `name` is the top-level
+    /// container of; nil for any other container, or an init gone.
+    public func virtualHostInit(_ name: String) -> Int32? {
+        guard let c = try? get(name), c.name.depth == 1 else { return nil }
+        return (try? c.virtualHostInit()) ?? nil
+    }
+
     /// The container's spec as the kernel has it; `nil`: the caller's container.
     public func spec(_ name: String?) throws(LmctfyError) -> ContainerSpec {
         try existing(try container(name)) { (c: Container) throws(LmctfyError) in try c.spec() }

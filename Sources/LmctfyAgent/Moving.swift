@@ -16,7 +16,14 @@ extension Dispatcher {
         let s = try currentSnapshot(name)
         // What an import would not bring back, for the caller to weigh (lmctl
         // migrate refuses to leave either behind unless told to).
-        let pids = try backend.listTasks(name, threads: false, recursive: true)
+        // A virtual host's init is the container's own: the import starts a
+        // new one. It was counted as a process the agent did not start, so
+        // every virtual host needed --force, which also let truly foreign
+        // processes go (the virtual-host probe). The init itself only: an
+        // orphan started in the virtual host behind the agent's back is
+        // its child too.
+        let initPid = backend.virtualHostInit(name)
+        let pids = try backend.listTasks(name, threads: false, recursive: true).filter { $0 != initPid }
         let recorded = Set(s.process.compactMap(\.pid))
         let unrecorded = pids.filter { pid in
             var p: Int32? = pid

@@ -97,6 +97,9 @@ public protocol ContainerBackend: Sendable {
     func update(_ name: String, spec: ContainerSpec, policy: UpdatePolicy) throws(LmctfyError) -> String
     /// The container's spec as the kernel has it.
     func spec(_ name: String?) throws(LmctfyError) -> ContainerSpec
+    /// The running init of the virtual host `name` is the top-level
+    /// container of; nil for any other container, or an init gone.
+    func virtualHostInit(_ name: String) -> Int32?
     /// The container's statistics.
     func stats(_ name: String?, type: StatsType) throws(LmctfyError) -> ContainerStats
     /// Absolute names of the subcontainers, sorted (`recursive`: every descendant).
@@ -160,6 +163,9 @@ public struct CreateOutcome: Sendable, Equatable {
 extension ContainerBackend {
     /// By default: the message as it is.
     public func callerMessage(_ message: String) -> String { message }
+
+    /// By default: none (a backend that cannot tell).
+    public func virtualHostInit(_ name: String) -> Int32? { nil }
 
     /// By default: `destroy`, reporting the container alone.
     public func destroyReporting(_ name: String, force: Bool) throws(LmctfyError) -> [String] {

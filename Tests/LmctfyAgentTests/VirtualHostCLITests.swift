@@ -4,6 +4,8 @@
 // agent; run inside; destroy leaves nothing).
 import Glibc
 import Lmctfy
+import LmctfyProto
+import LmctfyRPC
 import LmctfySystem
 import LmctfyTestSupport
 import Testing
@@ -70,6 +72,16 @@ struct VirtualHostCLITests {
         let text = String(decoding: detached.stdout, as: UTF8.self).trimmingWhitespace
         let sleeper = try #require(pid_t(text.dropFirst(5).dropLast()), "\(text)")
         #expect(Sys.inode("/proc/\(sleeper)/ns/pid")?.ino == Sys.inode("/proc/\(pid)/ns/pid")?.ino)
+        // Its init is the container's own (a migration's import starts a
+        // new one): not a process the agent did not start, which made
+        // lmctl migrate refuse every virtual host without --force. One
+        // started behind the agent's back still is.
+        let client = try RpcClient.connect(unixPath: agent.socket)
+        defer { client.close() }
+        #expect(try client.call(AgentMethods.exportSnapshot, ExportSnapshotRequest(name: name)).unrecordedPid == [])
+        let foreign = try TestProcess.capture([builtTool("lmctfy"), "run", "-n", name, "/bin/sleep", "300"])
+        let foreignPid = try #require(pid_t(String(decoding: foreign.stdout, as: UTF8.self).trimmingWhitespace.dropFirst(5).dropLast()))
+        #expect(try client.call(AgentMethods.exportSnapshot, ExportSnapshotRequest(name: name)).unrecordedPid == [foreignPid])
         #expect(try lmctl(["destroy", "-f", name]).status == 0)
         #expect(try root.hostMounts().isEmpty)
     }

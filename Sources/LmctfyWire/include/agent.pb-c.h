@@ -1681,6 +1681,7 @@ struct  Containers__Lmctfy__Agent__ExportSnapshotResponse
   /*
    * Processes in the container (and its subcontainers) that are neither a
    * recorded process nor below one: an import does not start them again.
+   * A virtual host's init is not listed (an import starts a new one).
    */
   size_t n_unrecorded_pid;
   int32_t *unrecorded_pid;
