@@ -32,8 +32,14 @@ public struct PressureGate: Sendable, Equatable {
     /// The marks for `policy` on `capacity` bytes; nil when eviction is off.
     public init?(policy: Policy, capacity: Int64) {
         guard policy.evictAbovePercent > 0 else { return nil }
-        high = capacity / 100 * Int64(policy.evictAbovePercent)
-        low = min(high, capacity / 100 * Int64(policy.evictUntilPercent))
+        high = Self.percent(capacity, policy.evictAbovePercent)
+        low = min(high, Self.percent(capacity, policy.evictUntilPercent))
+    }
+
+    /// `percent` of `capacity`, rounded down once (dividing first lost up
+    /// to 99 bytes: 50% of 128 MiB was 67108850; the policy probe).
+    static func percent(_ capacity: Int64, _ percent: Int) -> Int64 {
+        Int64(clamping: Int128(capacity) * Int128(percent) / 100)
     }
 
     public init(high: Int64, low: Int64) {

@@ -512,7 +512,7 @@ struct PolicyEvictionTests {
                 #expect(es.map { $0.container ?? "" } == ["/e2", "/e", "/b"], "\(es.map(\.reason))")
                 #expect(es.prefix(2).allSatisfy { $0.reason?.contains("tier best-effort: destroyed it") == true && $0.reason?.contains("(woken by: ") == true })
                 #expect(es.last?.reason?.contains("tier batch: killed its processes") == true, "\(String(describing: es.last?.reason))")
-                let high = 268_435_456 / 100 * 60
+                let high = 268_435_456 * 60 / 100
                 #expect(es.allSatisfy { $0.memoryThreshold == Int64(high) && ($0.memoryUsage ?? 0) > 51 * mib })
                 #expect((es.first?.memoryUsage ?? 0) > Int64(high), "the first eviction happened above the high mark")
                 // Bounded: below the low mark, no more evictions; prod untouched.

@@ -431,6 +431,8 @@ private func oracle(_ policy: Policy, existing: [(String, String, Amount)], name
         #expect(usage.map { g.update(usage: $0) } == want)
         #expect(PressureGate(policy: Policy(), capacity: 1000) == nil, "no eviction by default")
         let p = PressureGate(policy: Policy(evictAbovePercent: 90, evictUntilPercent: 80), capacity: 256 * mib)
-        #expect(p?.high == 256 * mib / 100 * 90 && p?.low == 256 * mib / 100 * 80)
+        #expect(p?.high == 256 * mib * 90 / 100 && p?.low == 256 * mib * 80 / 100)
+        #expect(PressureGate(policy: Policy(evictAbovePercent: 50, evictUntilPercent: 40), capacity: 128 * mib)?.high == 67_108_864)
+        #expect(PressureGate(policy: Policy(evictAbovePercent: 100, evictUntilPercent: 90), capacity: .max)?.high == .max)
     }
 }
