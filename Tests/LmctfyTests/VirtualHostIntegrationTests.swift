@@ -143,6 +143,13 @@ struct VirtualHostIntegrationTests {
             #expect(try shared(root, "run") == "ok")
             #expect(try shared(root, "hostname") == "vhtest")
             try imageApi.destroy(name)
+            // The image by its path in the store: read-only as well (it
+            // was writable, and the host wrote into the shared image).
+            spec.filesystem?.rootfs = store + "/" + image + "/rootfs"
+            let byPath = try imageApi.create(name, spec: spec)
+            #expect(try runInside(byPath, "touch /written 2>/dev/null && echo writable > /share/root || echo readonly > /share/root") == 0)
+            #expect(try shared(root, "root") == "readonly")
+            try imageApi.destroy(name)
         }
         let after = try Sys.subdirectoriesAndFiles(store + "/" + image + "/rootfs").sorted()
         #expect(after == before, "\(before) -> \(after)")

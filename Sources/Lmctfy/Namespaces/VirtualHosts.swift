@@ -82,9 +82,17 @@ extension ContainerApi {
     /// read-only (shared by every host made from it; its writable places
     /// are its mounts and /run). NOT_FOUND (5) for an image not there,
     /// INVALID_ARGUMENT (3) for a name no image can have.
+    /// An absolute path into the store (an image's directory by its path)
+    /// is an image too: it was not remounted read-only, and a host made so
+    /// wrote into the shared image (the virtual-host probe).
     func virtualHostRoot(_ spec: ContainerSpec) throws(LmctfyError) -> (path: String, image: Bool) {
         let rootfs = spec.filesystem?.rootfs ?? "/"
-        if rootfs.hasPrefix("/") { return (rootfs, false) }
+        if rootfs.hasPrefix("/") {
+            if let real = try? Sys.realPath(rootfs), let store = try? Sys.realPath(ImageStore(root: imageRoot).root), store != "/", real.hasPrefix(store + "/") {
+                return (rootfs, true)
+            }
+            return (rootfs, false)
+        }
         return (try ImageStore(root: imageRoot).rootfsPath(forImage: rootfs), true)
     }
 
