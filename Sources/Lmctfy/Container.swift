@@ -35,8 +35,21 @@ public struct Container: Sendable {
         try api.locked(name) { _ throws(LmctfyError) in try updateLocked(spec, policy: policy) }
     }
 
-    private func updateLocked(_ spec: ContainerSpec, policy: UpdatePolicy) throws(LmctfyError) {
+    private func updateLocked(_ asked: ContainerSpec, policy: UpdatePolicy) throws(LmctfyError) {
         guard try api.exists(name) else { throw .notFound("Container \"\(name)\" does not exist") }
+        // A virtual host's sections as it has them (a spec read back, given
+        // again) change nothing: taken out. `spec | update replace` of a
+        // virtual host was refused (12, "Updating filesystem is not
+        // supported"; the virtual-host probe). Any other value still is.
+        var spec = asked
+        if spec.virtualHost != nil || spec.filesystem != nil {
+            var current = ContainerSpec()
+            try readVirtualHostSpec(into: &current)
+            if spec.virtualHost == current.virtualHost && spec.filesystem == current.filesystem {
+                spec.virtualHost = nil
+                spec.filesystem = nil
+            }
+        }
         // The owner it has may be named (a spec read back, given again).
         if spec.owner != nil || spec.ownerGroup != nil {
             let (owner, group) = owner()

@@ -156,6 +156,30 @@ struct VirtualHostIntegrationTests {
         #expect(try root.hostMounts().isEmpty)
     }
 
+    /// A virtual host's spec read back can be given again to update
+    /// (replace or diff): its virtual_host and filesystem as it has them
+    /// change nothing; another value is still refused (12), changing
+    /// nothing.
+    @Test func aVirtualHostsSpecReadBackUpdatesIt() throws {
+        let root = try BusyboxRoot("update")
+        try withTestContainer(api) { name in
+            var s = vhSpec(root, hostname: "vhup")
+            s.memory = MemorySpec(limit: 100_000_000)
+            let c = try api.create(name, spec: s)
+            var again = try c.spec()
+            try c.update(again, policy: .replace)
+            again.memory?.limit = 52_428_800
+            try c.update(again, policy: .diff)
+            #expect(try c.spec().memory?.limit == 52_428_800)
+            var other = again
+            other.virtualHost?.virtualHostname = "other"
+            other.memory?.limit = 41_943_040
+            #expect(lmctfyError { try c.update(other, policy: .diff) }?.code == .unimplemented)
+            #expect(try c.spec().memory?.limit == 52_428_800)
+            #expect(try c.spec().virtualHost?.virtualHostname == "vhup")
+        }
+    }
+
     @Test func killingInitEndsTheVirtualHost() throws {
         let root = try BusyboxRoot("kill")
         try withTestContainer(api) { name in
