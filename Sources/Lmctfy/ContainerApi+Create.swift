@@ -43,7 +43,13 @@ extension ContainerApi {
                     // for it, a signal) closed its status pipe as an exec
                     // does: the create said it succeeded, with init pid 1,
                     // and left a virtual host without init.
-                    guard let initPid = try container.runningInit(), Self.isLiveTask(procRoot, initPid) else {
+                    // The default init is waited for until it waits for
+                    // signals, its start done: one killed part way (a limit
+                    // too small) was a success or a failure by chance,
+                    // depending on when it was looked at (the probe: 3 of 6).
+                    let waitsForDefaultInit = (spec.virtualHost?.init_?.initArgv ?? []).isEmpty
+                    guard let initPid = try container.runningInit(),
+                          Self.isLiveTask(procRoot, initPid) && (!waitsForDefaultInit || Self.awaitStarted(procRoot, initPid)) else {
                         throw LmctfyError(.internal, "Failed to start the init of virtual host \"\(name)\": it (pid \(pid)) "
                                           + "exited as it started\(Self.smallLimitHint(spec))")
                     }
@@ -64,6 +70,29 @@ extension ContainerApi {
         guard let fields = Sys.procStatFields(procRoot + "/\(pid)/stat"), fields.count > 6, let flags = UInt64(fields[6]) else { return false }
         return fields[0] != "Z" && fields[0] != "X" && flags & 0x4 == 0  // PF_EXITING
     }
+
+    /// Waits (up to 2 s) until lmctfy-init `pid` waits for signals
+    /// (rt_sigtimedwait, its loop): true then, or when it could not be
+    /// told (no /proc/PID/syscall) or the bound passed; false once it is
+    /// gone or exiting.
+    static func awaitStarted(_ procRoot: String, _ pid: pid_t) -> Bool {
+        let deadline = MonotonicClock.milliseconds() + 2000
+        while true {
+            guard isLiveTask(procRoot, pid) else { return false }
+            // The syscall number first (x86_64 128, aarch64 137: rt_sigtimedwait).
+            guard let text = try? Sys.readFile(procRoot + "/\(pid)/syscall") else { return true }
+            let nr = text.split(separator: " ").first.map(String.init) ?? ""
+            if nr == Self.sigtimedwaitNumber { return true }
+            if MonotonicClock.milliseconds() >= deadline { return true }
+            usleep(200)
+        }
+    }
+
+    #if arch(x86_64)
+    static let sigtimedwaitNumber = "128"
+    #else
+    static let sigtimedwaitNumber = "137"
+    #endif
 
     /// What may have killed a virtual host's init as it started: a memory
     /// limit too small for it (the kernel's OOM killer says so in its log).

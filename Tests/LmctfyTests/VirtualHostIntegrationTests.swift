@@ -180,6 +180,34 @@ struct VirtualHostIntegrationTests {
         }
     }
 
+    /// An init that dies as it starts (a memory limit far too small for
+    /// it) fails the create (13) with nothing left, every time: the
+    /// create succeeded by chance when it looked before the kill (the
+    /// probe: 3 of 6), leaving a virtual host without init.
+    @Test func aCreateWhoseInitDiesAsItStartsFailsEveryTime() throws {
+        let root = try BusyboxRoot("tinylimit")
+        var s = vhSpec(root, hostname: nil)
+        s.memory = MemorySpec(limit: 65536)
+        var outcomes: [String] = []
+        for _ in 0..<6 {
+            try withTestContainer(api) { name in
+                do {
+                    let c = try api.create(name, spec: s)
+                    // Started: it must still be there a moment later.
+                    usleep(200_000)
+                    let alive = (try? c.initPid()).map { $0 > 1 && kill($0, 0) == 0 } ?? false
+                    outcomes.append(alive ? "running" : "dead after success")
+                } catch let e as LmctfyError {
+                    #expect(e.code == .internal && e.message.contains("exited as it started"), "\(e)")
+                    #expect(try !api.exists(name), "a failed create left the container")
+                    outcomes.append("failed")
+                }
+            }
+        }
+        #expect(!outcomes.contains("dead after success"), "\(outcomes)")
+        print("VirtualHostIntegrationTests: a 64 KiB init: \(outcomes)")
+    }
+
     @Test func killingInitEndsTheVirtualHost() throws {
         let root = try BusyboxRoot("kill")
         try withTestContainer(api) { name in
