@@ -535,11 +535,16 @@ public final class Agent: @unchecked Sendable {
                     self.reconcile()
                 }
             }
-            if let journal = dispatcher.journal {
-                // Expired journal entries go once a minute; the unlinks run
-                // on a pool thread, the loop only keeps time.
+            if dispatcher.journal != nil || dispatcher.images != nil {
+                // Expired journal entries and idle image transfers go once
+                // a minute; the unlinks run on a pool thread, the loop only
+                // keeps time.
+                let (journal, images) = (dispatcher.journal, dispatcher.images)
                 sweeper = try LoopTimer.repeating(on: loop, every: .milliseconds(Self.sweepIntervalMs)) { [unowned self] _ in
-                    _ = self.loop.offload({ journal.sweep() }, then: { _ in })
+                    _ = self.loop.offload({
+                        journal?.sweep()
+                        images?.sweepIdle()
+                    }, then: { _ in })
                 }
             }
             if settings.tlsFiles != nil {

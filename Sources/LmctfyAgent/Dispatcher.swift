@@ -617,7 +617,10 @@ public final class Dispatcher: Sendable {
         }
         unary(AgentMethods.ping) { _, r in PingResponse(data: r.data ?? []) }
         unary(AgentMethods.importImage) { d, r in try d.imageService().importImage(r) }
-        unary(AgentMethods.exportImage) { d, r in try d.imageService().exportImage(r) }
+        // With the call's cancellation: a caller gone stops the packing.
+        table[AgentMethods.exportImage.name] = { d, payload, context in
+            try context.emit(try d.imageService().exportImage(try ExportImageRequest(serializedBytes: payload), cancelled: { context.cancelled || context.peerHungUp }))
+        }
         unary(AgentMethods.listImages) { d, _ in try d.imageService().listImages() }
         unary(AgentMethods.removeImage) { d, r in try d.imageService().removeImage(r) }
         // Served by the agent's event hub on its loop (Agent.subscribe), which

@@ -18,6 +18,11 @@ public final class ImageService: Sendable {
     public static let maxTransfers = 4
     /// A transfer untouched for this long is dropped.
     public static let idleMs: UInt64 = 10 * 60 * 1000
+    /// An export untouched for this long is dropped: its archive is whole
+    /// on the agent's disk, and its caller reads chunk after chunk; one
+    /// killed after the packing left the archive (gigabytes) for 10
+    /// minutes (the virtual-host probe).
+    public static let exportIdleMs: UInt64 = 60 * 1000
     /// When every transfer is open, one untouched for this long gives its
     /// place to a new one: a client that died mid-upload (killed, not
     /// interrupted, so it never aborted) held the store for 10 minutes,
@@ -52,16 +57,24 @@ public final class ImageService: Sendable {
         try? Sys.removeTree(transferDir)
     }
 
-    /// Opens a transfer, claimed by the caller (busy) until `release` or `end`.
-    private func newTransfer(export: Bool) throws(LmctfyError) -> (String, String) {
+    /// Drops the transfers no caller has touched for long (`idleMs`, an
+    /// export `exportIdleMs`) with their files: before a new one opens,
+    /// and from the agent's sweep (once a minute).
+    public func sweepIdle() {
         let now = clock()
-        // Drop the idle ones first.
         let stale: [String] = transfers.locked { t in
-            let old = t.filter { !$0.value.busy && now - $0.value.lastUsedMs > Self.idleMs }
+            let old = t.filter { !$0.value.busy && now - $0.value.lastUsedMs > ($0.value.export ? Self.exportIdleMs : Self.idleMs) }
             for k in old.keys { t[k] = nil }
             return old.values.map(\.path)
         }
         for p in stale { try? Sys.unlink(p) }
+    }
+
+    /// Opens a transfer, claimed by the caller (busy) until `release` or `end`.
+    private func newTransfer(export: Bool) throws(LmctfyError) -> (String, String) {
+        let now = clock()
+        // Drop the idle ones first.
+        sweepIdle()
         let id = RemoteIds.newId()
         let path = transferDir + "/" + id
         let (admitted, yielded) = transfers.locked { t -> (Bool, String?) in
@@ -183,14 +196,23 @@ public final class ImageService: Sendable {
         return ImportImageResponse(transferId: id, received: transfer.size, image: Self.info(summary))
     }
 
-    func exportImage(_ r: ExportImageRequest) throws(LmctfyError) -> ExportImageResponse {
+    /// `cancelled`: the caller gave up (its connection gone, its deadline
+    /// passed): the packing stops and its archive goes (an interrupted
+    /// lmctl left the agent packing, and the archive kept for 10 minutes;
+    /// the virtual-host probe).
+    func exportImage(_ r: ExportImageRequest, cancelled: @escaping () -> Bool = { false }) throws(LmctfyError) -> ExportImageResponse {
         let max = Int(min(UInt32(Self.maxChunk), r.maxBytes.map { $0 == 0 ? UInt32(Self.maxChunk) : $0 } ?? UInt32(Self.maxChunk)))
         let id: String
         let transfer: Transfer
         if let given = r.transferId, !given.isEmpty {
             id = given
             transfer = try claim(given, export: true)
+            if r.abort == true {
+                end(id)
+                return ExportImageResponse(transferId: id, size: transfer.size, done: true)
+            }
         } else {
+            guard r.abort != true else { throw .invalidArgument("ExportImage abort needs a transfer_id") }
             let suffix: String
             switch r.compression ?? "" {
             case "", "tar": suffix = ".tar"
@@ -204,7 +226,8 @@ public final class ImageService: Sendable {
             let path = base + suffix
             transfers.locked { $0[id]?.path = path }
             do throws(LmctfyError) {
-                try store.exportImage(r.name ?? "", to: path)
+                try store.exportImage(r.name ?? "", to: path, stop: cancelled)
+                if cancelled() { throw LmctfyError(.cancelled, "ExportImage: the caller gave up") }
                 guard let st = try? Sys.linkStatus(path) else { throw .internalError("the exported archive vanished") }
                 transfer = Transfer(path: path, size: UInt64(st.st_size), lastUsedMs: 0, export: true, busy: true)
             } catch {

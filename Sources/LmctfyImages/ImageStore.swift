@@ -550,13 +550,19 @@ public struct ImageStore: ImageBackend {
     // MARK: Export
 
     public func exportImage(_ name: String, to archivePath: String) throws(LmctfyError) {
+        try exportImage(name, to: archivePath, stop: { false })
+    }
+
+    /// `exportImage`, stopped (CANCELLED, the partial archive removed) once
+    /// `stop` says so; it is asked before each entry and each 64 KiB.
+    public func exportImage(_ name: String, to archivePath: String, stop: () -> Bool) throws(LmctfyError) {
         let rootfs = try rootfsPath(forImage: name)
         try Self.loadArchiveLibrary()
         // A device, FIFO or symlink (/dev/null, /dev/stdout) is written in
         // place; a rename over it would replace it with a file.
         let compression = try Compression.forExport(archivePath)
         try Sys.producingOutputFile(archivePath, token: try uniqueToken()) { (target, _) throws(LmctfyError) in
-            try Self.pack(rootfs, to: target, compression: compression)
+            try Self.pack(rootfs, to: target, compression: compression, stop: stop)
         }
     }
 
@@ -565,7 +571,7 @@ public struct ImageStore: ImageBackend {
     /// Writes the tree at `rootfs` as a pax tar to `path`: entries in byte
     /// order of their paths, owners as numbers, no atime/ctime (so the same
     /// tree gives the same bytes), hard links as links.
-    static func pack(_ rootfs: String, to path: String, compression: Compression) throws(LmctfyError) {
+    static func pack(_ rootfs: String, to path: String, compression: Compression, stop: () -> Bool = { false }) throws(LmctfyError) {
         guard let writer = lm_archive_write_new() else { throw .internalError("lm_archive_write_new failed") }
         defer { lm_archive_write_free(writer) }
         lm_archive_write_set_format_pax_restricted(writer)
@@ -587,6 +593,7 @@ public struct ImageStore: ImageBackend {
         lm_archive_entry_linkresolver_set_strategy(resolver, lm_archive_format(writer))
 
         func write(_ rel: String) throws(LmctfyError) {
+            if stop() { throw LmctfyError(.cancelled, "Export of \(rootfs) stopped") }
             let full = rootfs + "/" + rel
             guard var st = try? Sys.linkStatus(full) else { throw .failedPrecondition("Cannot stat \(full)") }
             guard let created = lm_archive_entry_new() else { throw .internalError("lm_archive_entry_new failed") }
@@ -622,6 +629,7 @@ public struct ImageStore: ImageBackend {
                 defer { Glibc.close(fd) }
                 var left = lm_archive_entry_size(e)
                 while left > 0 {
+                    if stop() { throw LmctfyError(.cancelled, "Export of \(rootfs) stopped") }
                     let chunk: [UInt8]
                     do {
                         chunk = try Sys.readChunk(fd, upTo: Int(min(left, 65536)), path: sourcePath)

@@ -656,7 +656,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__import_image_respons
   (ProtobufCMessageInit) containers__lmctfy__agent__import_image_response__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor containers__lmctfy__agent__export_image_request__field_descriptors[5] =
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__export_image_request__field_descriptors[6] =
 {
   {
     "name",
@@ -718,8 +718,21 @@ static const ProtobufCFieldDescriptor containers__lmctfy__agent__export_image_re
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "abort",
+    6,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_BOOL,
+    offsetof(Containers__Lmctfy__Agent__ExportImageRequest, has_abort),
+    offsetof(Containers__Lmctfy__Agent__ExportImageRequest, abort),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned containers__lmctfy__agent__export_image_request__field_indices_by_name[] = {
+  5,   /* field[5] = abort */
   4,   /* field[4] = compression */
   3,   /* field[3] = max_bytes */
   0,   /* field[0] = name */
@@ -729,7 +742,7 @@ static const unsigned containers__lmctfy__agent__export_image_request__field_ind
 static const ProtobufCIntRange containers__lmctfy__agent__export_image_request__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 5 }
+  { 0, 6 }
 };
 const ProtobufCMessageDescriptor containers__lmctfy__agent__export_image_request__descriptor =
 {
@@ -739,7 +752,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__export_image_request
   "Containers__Lmctfy__Agent__ExportImageRequest",
   "containers.lmctfy.agent",
   sizeof(Containers__Lmctfy__Agent__ExportImageRequest),
-  5,
+  6,
   containers__lmctfy__agent__export_image_request__field_descriptors,
   containers__lmctfy__agent__export_image_request__field_indices_by_name,
   1,  containers__lmctfy__agent__export_image_request__number_ranges,

@@ -86,9 +86,32 @@ public final class RemoteImages: ImageBackend, @unchecked Sendable {
         }
     }
 
+    /// Ctrl-C (or SIGTERM) during a download ends the transfer on the agent
+    /// and removes the partial file before lmctl dies of it: both were
+    /// left (the file beside the target, the archive in the agent's store
+    /// for 10 minutes; the virtual-host probe).
     public func exportImage(_ name: String, to archivePath: String) throws(LmctfyError) {
         try ImageName.check(name)
         let compression = try ArchiveCompression.forExport(archivePath).rawValue
+        var stopped = false
+        do throws(LmctfyError) {
+            try InterruptWatch.around { (interrupted: () -> Bool) throws(LmctfyError) in
+                try download(name, to: archivePath, compression: compression) { (transfer: String?) throws(LmctfyError) in
+                    guard interrupted() else { return }
+                    if let transfer { _ = try? client.call(AgentMethods.exportImage, ExportImageRequest(transferId: transfer, abort: true)) }
+                    stopped = true
+                    throw LmctfyError(.cancelled, "interrupted")
+                }
+            }
+        } catch {
+            if stopped { InterruptWatch.dieOfInterrupt() }
+            throw error
+        }
+    }
+
+    /// The export's calls; `check` is asked after each, with the transfer.
+    private func download(_ name: String, to archivePath: String, compression: String,
+                          check: (String?) throws(LmctfyError) -> Void) throws(LmctfyError) {
         // A device, FIFO or symlink (/dev/null, /dev/stdout) is written in
         // place; a rename over it would replace it with a file.
         try Sys.producingOutputFile(archivePath, token: String(getpid())) { (target, inPlace) throws(LmctfyError) in
@@ -105,6 +128,7 @@ public final class RemoteImages: ImageBackend, @unchecked Sendable {
                 let r = try client.call(AgentMethods.exportImage, ExportImageRequest(
                     name: name, transferId: transfer, offset: offset, maxBytes: UInt32(Self.chunk), compression: compression))
                 transfer = r.transferId
+                if r.done != true { try check(transfer) }
                 guard r.offset ?? 0 == offset else { throw .internalError("the agent sent offset \(r.offset ?? 0), not \(offset)") }
                 do throws(SystemError) {
                     try Sys.writeAll(fd, r.data ?? [])

@@ -84,6 +84,33 @@ private func code(_ body: () throws(LmctfyError) -> Void) -> StatusCode? {
         #expect(try Sys.directoryEntries(s.dir + "/store/.transfers").count == ImageService.maxTransfers)
     }
 
+    /// An export whose caller gave up while the agent packed stops, its
+    /// archive gone; one whose caller went after the packing (killed: no
+    /// abort) is dropped after a minute untouched, an import after 10.
+    @Test func anAbandonedExportGoesSoon() throws {
+        let s = try Scratch()
+        final class FakeClock: @unchecked Sendable { var ms: UInt64 = 1_000_000 }
+        let clock = FakeClock()
+        let service = ImageService(root: s.dir + "/store") { clock.ms }
+        try Sys.writeFileAtomically(s.dir + "/big.tar", bigArchive(), mode: 0o644)
+        try service.store.importImage(s.dir + "/big.tar", as: "big")
+        let transfers = s.dir + "/store/.transfers"
+        #expect(code { () throws(LmctfyError) in _ = try service.exportImage(ExportImageRequest(name: "big"), cancelled: { true }) } == .cancelled)
+        #expect(try Sys.directoryEntries(transfers) == [])
+        let export = try service.exportImage(ExportImageRequest(name: "big", maxBytes: 1024))
+        #expect(export.done == false)
+        let upload = try service.importImage(ImportImageRequest(offset: 0, data: [1]))
+        clock.ms += ImageService.exportIdleMs + 1
+        service.sweepIdle()
+        #expect(code { () throws(LmctfyError) in
+            _ = try service.exportImage(ExportImageRequest(transferId: export.transferId, offset: 1024))
+        } == .notFound)
+        #expect(try service.importImage(ImportImageRequest(transferId: upload.transferId, offset: 1, data: [2])).received == 2)
+        clock.ms += ImageService.idleMs + 1
+        service.sweepIdle()
+        #expect(try Sys.directoryEntries(transfers) == [])
+    }
+
     @Test func chunkedImportAndExportFollowTheRules() throws {
         let s = try Scratch()
         let service = ImageService(root: s.dir + "/store")
@@ -223,6 +250,45 @@ struct ImageLmctlTests {
         reaped = true
         #expect(status == .signaled(signal), "\(status)")
         #expect(held().isEmpty, "the transfer was left open: \(held())")
+    }
+
+    /// Ctrl-C (SIGINT, SIGTERM) during `lmctl image export`: lmctl ends the
+    /// transfer on the agent and removes its partial file, then dies of
+    /// the signal. Both were left (the file beside the target; the archive
+    /// in the agent for 10 minutes; the virtual-host probe).
+    @Test func anInterruptedExportLeavesNothingOnEitherSide() throws {
+        let s = try Scratch()
+        let agent = try AgentProcess()
+        defer { agent.stop() }
+        let transfers = agent.dir + "/state/images/.transfers"
+        let lmctl = [builtTool("lmctl"), "--agent", "unix://" + agent.socket]
+        // 64 MiB that does not compress: 64 calls, and a first call that packs a while.
+        let made = try TestProcess.capture(["/bin/sh", "-c",
+            "mkdir -p \(s.dir)/tree && head -c 67108864 /dev/urandom > \(s.dir)/tree/blob && tar -C \(s.dir)/tree -cf \(s.dir)/big.tar ."])
+        try #require(made.status == 0, "\(String(decoding: made.stderr, as: UTF8.self))")
+        let imported = try TestProcess.capture(lmctl + ["image", "import", s.dir + "/big.tar", "big"])
+        try #require(imported.status == 0, "\(String(decoding: imported.stderr, as: UTF8.self))")
+        func held() -> [String] { ((try? Sys.subdirectoriesAndFiles(transfers)) ?? []).filter { !$0.hasPrefix(".") } }
+        func leftBeside(_ out: String) -> [String] { ((try? Sys.directoryEntries(s.dir)) ?? []).filter { $0.hasPrefix(out + ".tmp-") } }
+
+        for (round, signal) in [SIGINT, SIGTERM].enumerated() {
+            let out = "out\(round).tar"
+            let pid = try TestProcess.spawnWithSignalsUnblocked(lmctl + ["image", "export", "big", s.dir + "/" + out])
+            var reaped = false
+            defer { if !reaped { TestProcess.end(pid) } }
+            // Stopped as soon as its file is there (before its first call ends).
+            for _ in 0..<5000 where leftBeside(out).isEmpty { usleep(1000) }
+            try #require(!leftBeside(out).isEmpty, "lmctl never opened its file")
+            #expect(kill(pid, SIGSTOP) == 0)
+            #expect(kill(pid, signal) == 0)
+            #expect(kill(pid, SIGCONT) == 0)
+            let status = try Sys.waitForExit(pid)
+            reaped = true
+            #expect(status == .signaled(signal), "\(status)")
+            #expect(leftBeside(out).isEmpty, "the partial file was left")
+            #expect(!Sys.exists(s.dir + "/" + out))
+            #expect(held().isEmpty, "round \(round): the agent kept \(held())")
+        }
     }
 
     @Test func lmctlImageRoundTripThroughTheAgent() throws {

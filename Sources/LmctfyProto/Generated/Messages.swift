@@ -5845,19 +5845,23 @@ public struct ExportImageRequest: ProtoMessage {
     public var maxBytes: UInt32?
     /// Field 5 `compression`.
     public var compression: String?
+    /// Field 6 `abort`.
+    public var abort: Bool?
 
     public init(
         name: String? = nil,
         transferId: String? = nil,
         offset: UInt64? = nil,
         maxBytes: UInt32? = nil,
-        compression: String? = nil
+        compression: String? = nil,
+        abort: Bool? = nil
     ) {
         self.name = name
         self.transferId = transferId
         self.offset = offset
         self.maxBytes = maxBytes
         self.compression = compression
+        self.abort = abort
     }
 
     public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.ExportImageRequest")
@@ -5869,6 +5873,7 @@ public struct ExportImageRequest: ProtoMessage {
         self.offset = message.get(3)
         self.maxBytes = message.get(4)
         self.compression = message.get(5)
+        self.abort = message.get(6)
     }
 
     public var dynamic: DynamicMessage {
@@ -5878,6 +5883,7 @@ public struct ExportImageRequest: ProtoMessage {
         message.set(3, offset)
         message.set(4, maxBytes)
         message.set(5, compression)
+        message.set(6, abort)
         return message
     }
 
@@ -5888,6 +5894,7 @@ public struct ExportImageRequest: ProtoMessage {
         self.offset = CBridge.value(c, f[2])
         self.maxBytes = CBridge.value(c, f[3])
         self.compression = CBridge.value(c, f[4])
+        self.abort = CBridge.value(c, f[5])
     }
 
     public func makeC() -> UnsafeMutableRawPointer {
@@ -5898,6 +5905,7 @@ public struct ExportImageRequest: ProtoMessage {
         CBridge.set(c, f[2], offset)
         CBridge.set(c, f[3], maxBytes)
         CBridge.set(c, f[4], compression)
+        CBridge.set(c, f[5], abort)
         return c
     }
 }

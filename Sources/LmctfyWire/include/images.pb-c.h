@@ -125,14 +125,20 @@ struct  Containers__Lmctfy__Agent__ExportImageRequest
   /*
    * "" or "tar": plain tar; "gzip"; "xz".
    */
-  /*
-   * Next id: 6
-   */
   char *compression;
+  /*
+   * Ends the transfer `transfer_id` names (its archive deleted) without
+   * reading more: a caller that stops part way (lmctl interrupted).
+   */
+  /*
+   * Next id: 7
+   */
+  protobuf_c_boolean has_abort;
+  protobuf_c_boolean abort;
 };
 #define CONTAINERS__LMCTFY__AGENT__EXPORT_IMAGE_REQUEST__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__export_image_request__descriptor) \
-    , NULL, NULL, 0, 0, 0, 0, NULL }
+    , NULL, NULL, 0, 0, 0, 0, NULL, 0, 0 }
 
 
 struct  Containers__Lmctfy__Agent__ExportImageResponse
