@@ -308,8 +308,13 @@ public final class Dispatcher: Sendable {
         self.testHold = testHold
         self.snapshots = snapshots
         self.inventory = Inventory(events: events)
-        if let snapshots {
-            inventory.observer.locked { $0 = Inventory.Observer { snapshots.observed($0, spec: $1) } }
+        if snapshots != nil || policy != nil {
+            inventory.observer.locked {
+                $0 = Inventory.Observer { name, spec in
+                    snapshots?.observed(name, spec: spec)
+                    if let spec, let policy { policy.observedSpec(name, bytes: spec) }
+                }
+            }
         }
     }
 

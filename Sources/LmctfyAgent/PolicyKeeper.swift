@@ -123,6 +123,22 @@ public final class PolicyKeeper: Sendable {
         }
     }
 
+    /// A spec the watcher read (serialized): a top-level container whose
+    /// spec commits other than the ledger says is counted as it is now.
+    /// The first read after one of the agent's own changes only takes the
+    /// spec as it is (no UPDATED), so a write behind the agent's back just
+    /// after its create (lmctfy update within milliseconds) left the
+    /// ledger at what the create had asked, for good: over-capacity prod
+    /// containers were admitted (the policy probe: 6 of 6).
+    func observedSpec(_ name: String, bytes: [UInt8]) {
+        guard Self.isTopLevel(name), let current = admitter.commitment(name), !current.pending,
+              let spec = try? ContainerSpec(serializedBytes: bytes) else { return }
+        let now = commitment(of: spec)
+        if current.tier != now.tier.name || current.amount != now.amount {
+            admitter.refresh(name, tier: now.tier.name, amount: now.amount)
+        }
+    }
+
     /// When each container was made (the snapshots'), for the eviction
     /// order of containers found by a sync (after a restart); set by the
     /// agent when it keeps snapshots.

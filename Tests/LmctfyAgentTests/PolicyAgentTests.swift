@@ -392,6 +392,32 @@ struct PolicyAgentTests {
         }
     }
 
+    /// A write behind the agent's back just after its own create (lmctfy
+    /// update within milliseconds: the watcher's first read after the
+    /// create takes the spec as it is, no UPDATED) is counted by the
+    /// ledger all the same: it kept what the create asked, for good, and
+    /// admitted prod past capacity (the policy probe: 6 of 6).
+    @Test func aWriteJustAfterTheAgentsCreateIsCounted() throws {
+        try withPolicyAgent("policyjust") { root, agent, socket in
+            let api = try ContainerApi.detect()
+            let client = try RpcClient.connect(unixPath: socket)
+            defer { client.close() }
+            for round in 0..<3 {
+                let n = "/t\(round)"
+                _ = try client.call(AgentMethods.create, CreateRequest(name: n, spec: try ContainerSpec(textFormat: "memory { limit: 10485760 }"), tier: "prod"))
+                try api.get(name(root.path + n)).update(try ContainerSpec(textFormat: "memory { limit: 52428800 }"), policy: .diff)
+                var committed: Int64 = 0
+                for _ in 0..<500 {
+                    committed = try client.call(AgentMethods.machineInfo, MachineInfoRequest()).policy?.tier.first?.memory ?? 0
+                    if committed == Int64(round + 1) * 50 * mib { break }
+                    usleep(10_000)
+                }
+                #expect(committed == Int64(round + 1) * 50 * mib, "round \(round): the ledger has \(committed)")
+            }
+            _ = agent
+        }
+    }
+
     @Test func lmctlCreateWithATierAndADryRun() throws {
         try withPolicyRoot("policylmctl", spec: "memory { limit: 268435456 }") { root in
             let api = try ContainerApi.detect()
