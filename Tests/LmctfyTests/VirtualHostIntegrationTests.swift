@@ -310,6 +310,10 @@ struct VirtualHostIntegrationTests {
         try refused(s, .invalidArgument, "does not exist")
         s = vhSpec(root, mounts: [Mounts.Mount(source: root.share, target: "/../etc")])
         try refused(s, .invalidArgument, "..")
+        for target in ["/", "//", "/./"] {
+            s = vhSpec(root, mounts: [Mounts.Mount(source: root.share, target: target)])
+            try refused(s, .invalidArgument, "is the root itself")
+        }
         try refused(vhSpec(root, hostname: String(repeating: "h", count: 65)), .invalidArgument, "not a valid host name")
         s = vhSpec(root); s.virtualHost?.network = Network(interface: "eth9", connection: Network.Connection())
         try refused(s, .invalidArgument, "exclusive")

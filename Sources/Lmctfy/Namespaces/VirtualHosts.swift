@@ -69,6 +69,12 @@ extension ContainerApi {
             if target.split(separator: "/").contains("..") {
                 throw .invalidArgument("Mount target \"\(target)\" must not contain \"..\"")
             }
+            // Over the whole root it hid the rootfs: the host started, and
+            // every run failed with 5 (no /bin/sh; the probe). The rootfs
+            // is filesystem.rootfs.
+            if target.split(separator: "/").allSatisfy({ $0 == "." }) {
+                throw .invalidArgument("Mount target \"\(target)\" is the root itself: give the root as filesystem.rootfs")
+            }
             if Sys.inode(source) == nil { throw .invalidArgument("Mount source \"\(source)\" does not exist") }
         }
         if (spec.filesystem?.mounts?.mount.count ?? 0) > 64 {

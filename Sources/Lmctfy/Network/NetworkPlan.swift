@@ -114,6 +114,20 @@ public struct NetworkPlan: Sendable, Equatable {
             throw .invalidArgument("network.virtual_ip.ip '\(ipText)' is not an IPv4 or IPv6 address")
         }
         let prefix = try Self.prefixLength(vip.netmask, for: ip)
+        // Addresses no host can have (they were accepted: 0.0.0.0/0 gave
+        // no address at all, a subnet's own or broadcast address a host
+        // nothing could reach; the virtual-host probe).
+        if ip.bytes.allSatisfy({ $0 == 0 }) {
+            throw .invalidArgument("network.virtual_ip.ip \(ip.text) is the unspecified address, not a host's")
+        }
+        if ip.family == AF_INET && prefix <= 30 {
+            if ip.masked(prefix) == ip.bytes {
+                throw .invalidArgument("network.virtual_ip.ip \(ip.text) is the address of the subnet \(ip.text)/\(prefix) itself, not a host's")
+            }
+            if ip.hostBitsSet(prefix) {
+                throw .invalidArgument("network.virtual_ip.ip \(ip.text) is the broadcast address of its /\(prefix) subnet, not a host's")
+            }
+        }
         if ip.family == AF_INET6, let m = mtu, m < 1280 {
             throw .invalidArgument("network.virtual_ip.mtu \(m) is below 1280, the IPv6 minimum")
         }
@@ -276,6 +290,15 @@ struct IPAddress: Equatable {
         bytes.enumerated().map { i, b in
             let keep = max(0, min(8, prefix - i * 8))
             return keep == 8 ? b : b & UInt8(truncatingIfNeeded: 0xff << (8 - keep))
+        }
+    }
+
+    /// Whether every bit after the first `prefix` is set.
+    func hostBitsSet(_ prefix: Int) -> Bool {
+        bytes.enumerated().allSatisfy { i, b in
+            let keep = max(0, min(8, prefix - i * 8))
+            let hostMask = UInt8(truncatingIfNeeded: 0xff >> keep)
+            return b & hostMask == hostMask
         }
     }
 }
