@@ -207,10 +207,23 @@ public struct ImageStore: ImageBackend {
     /// (a `filesystem.rootfs` that is not an absolute path names an image).
     /// INVALID_ARGUMENT for a bad name, NOT_FOUND if there is no such image.
     public func rootfsPath(forImage name: String) throws(LmctfyError) -> String {
+        // A relative store was 3 at import and 5 ("No image") here (the probe).
+        try checkRoot()
         try ImageName.check(name)
-        let path = imageDir(name) + "/rootfs"
-        guard Sys.isDirectory(path) else { throw .notFound("No image \"\(name)\" in \(root)") }
-        return path
+        guard isImage(name) else { throw .notFound("No image \"\(name)\" in \(root)") }
+        return imageDir(name) + "/rootfs"
+    }
+
+    /// Whether `name` is an image of the store: a directory with its rootfs
+    /// directory, neither a symlink. One test for list, remove, create and
+    /// export (a symlink in the store was "removed" by remove while the
+    /// others said there was no such image; the probe).
+    func isImage(_ name: String) -> Bool {
+        func realDirectory(_ path: String) -> Bool {
+            guard let st = try? Sys.linkStatus(path) else { return false }
+            return st.st_mode & S_IFMT == S_IFDIR
+        }
+        return realDirectory(imageDir(name)) && realDirectory(imageDir(name) + "/rootfs")
     }
 
     /// A virtual host's `filesystem.rootfs` as a directory: an absolute
@@ -263,6 +276,11 @@ public struct ImageStore: ImageBackend {
         }
         do throws(LmctfyError) {
             let counts = try unpackOnOwnThread(shown, fd: archiveFd, into: temp + "/rootfs", name: name)
+            // An empty archive (or /dev/zero, read as one) made an image no
+            // virtual host could start from (the probe).
+            if counts.entries == 0 {
+                throw .invalidArgument("\(shown) has no entries: an image is a root filesystem (with at least its mount points proc and sys)")
+            }
             let summary = ImageSummary(name: name, entries: counts.entries, bytes: counts.bytes, created: Int64(time(nil)))
             do {
                 try Sys.writeFileAtomically(temp + "/info", Array(Self.infoText(summary).utf8), mode: 0o600)
@@ -523,14 +541,18 @@ public struct ImageStore: ImageBackend {
         } catch {
             throw error.lmctfy(.failedPrecondition, "Cannot list the image store")
         }
-        return names.filter { !$0.hasPrefix(".") && Sys.isDirectory(imageDir($0) + "/rootfs") }.map { name in
+        return names.filter { !$0.hasPrefix(".") && isImage($0) }.map { name in
             Self.parseInfo(name, (try? Sys.readFile(imageDir(name) + "/info")) ?? "")
         }
     }
 
     public func removeImage(_ name: String) throws(LmctfyError) {
         try ImageName.check(name)
-        guard Sys.isDirectory(imageDir(name)) else { throw .notFound("No image \"\(name)\" in \(root)") }
+        // What list shows, create and export use: a directory (not a
+        // symlink to one) with its rootfs. Anything else of that name was
+        // "removed" (exit 0) while create and export said there was no
+        // such image (the probe).
+        guard isImage(name) else { throw .notFound("No image \"\(name)\" in \(root)") }
         // Out of sight first (atomic), then deleted.
         let doomed = root + "/.rm-\(name)-\(try uniqueToken())"
         do {

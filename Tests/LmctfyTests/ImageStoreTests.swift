@@ -45,6 +45,25 @@ private func code(_ body: () throws(LmctfyError) -> Void) -> StatusCode? {
 }
 
 @Suite(.serialized) struct ImageStoreTests {
+    /// What the store says of a name is the same for every verb (the
+    /// probe): an empty archive is no image (3, nothing kept); a relative
+    /// store is 3 for a create's lookup as for an import; a name in the
+    /// store that is not an image (a symlink) is NOT_FOUND for remove too,
+    /// and stays.
+    @Test func theStoreAnswersAlikeForEveryVerb() throws {
+        let s = try ImageScratch()
+        let empty = try s.write("empty.tar", [UInt8](repeating: 0, count: 1024))
+        #expect(code { () throws(LmctfyError) in try s.store.importImage(empty, as: "empty") } == .invalidArgument)
+        #expect(s.storeEntries().filter { !$0.hasPrefix(".") } == [])
+        #expect(code { () throws(LmctfyError) in _ = try ImageStore(root: "relative").rootfsPath(forImage: "x") } == .invalidArgument)
+        try s.store.importImage(try s.write("good.tar", TarBuilder.sampleRootfs()), as: "good")
+        #expect(symlink(s.store.root + "/good", s.store.root + "/alias") == 0)
+        #expect(code { () throws(LmctfyError) in _ = try s.store.rootfsPath(forImage: "alias") } == .notFound)
+        #expect(code { () throws(LmctfyError) in try s.store.removeImage("alias") } == .notFound)
+        #expect(try Sys.linkStatus(s.store.root + "/alias") != nil)
+        #expect(try s.store.listImages().map(\.name) == ["good"])
+    }
+
     @Test func roundTripGivesTheSameTreeAndTheSameBytes() throws {
         let s = try ImageScratch()
         let archive = try s.write("good.tar", TarBuilder.sampleRootfs())
