@@ -234,6 +234,14 @@ public struct Container: Sendable {
     /// The kernel's count of OOM kills in the container (v2 memory.events
     /// oom_kill, v1 memory.oom_control oom_kill); nil when it isolates no
     /// memory or the count cannot be read.
+    /// The inode number of the container's tasks cgroup directory: which
+    /// container of this name it is (cgroupfs numbers its directories
+    /// afresh; one made again after a destroy has another). nil when it
+    /// cannot be read.
+    public func cgroupId() -> UInt64? {
+        Sys.inode(tasksDir.path)?.ino
+    }
+
     public func oomKills() -> Int64? {
         guard let counter = try? driver.monitorPlan(name).oomCounter else { return nil }
         return (try? counter.dir.readKeyValues(counter.file))?[counter.key]

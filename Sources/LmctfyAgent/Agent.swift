@@ -233,7 +233,7 @@ public final class Agent: @unchecked Sendable {
                 let name = try scope.resolve(path)
                 do throws(LmctfyError) {
                     let c = try api.get(name)  // NOT_FOUND when it does not exist
-                    return (try c.spec(), try c.isFrozen(), c.oomKills())
+                    return (try c.spec(), try c.isFrozen(), c.oomKills(), c.cgroupId())
                 } catch where error.code == .notFound {
                     // Destroyed while it was read (its files are then
                     // ENOENT or ENODEV); one still there lacks a file,

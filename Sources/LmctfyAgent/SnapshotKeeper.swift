@@ -45,7 +45,7 @@ import LmctfySystem
 public final class SnapshotKeeper: Sendable {
     /// What the kernel has of a container: its spec as read back, its
     /// freezer state and its count of OOM kills (nil: it isolates no memory).
-    public typealias Kernel = (spec: ContainerSpec, frozen: Bool, oomKills: Int64?)
+    public typealias Kernel = (spec: ContainerSpec, frozen: Bool, oomKills: Int64?, cgroupId: UInt64?)
     /// The kernel's state of a container; nil when it does not exist.
     public typealias Read = @Sendable (String) throws(LmctfyError) -> Kernel?
 
@@ -216,7 +216,7 @@ public final class SnapshotKeeper: Sendable {
             head = try SnapshotStore.serialized(ContainerSnapshot(
                 formatVersion: SnapshotStore.formatVersion, name: path, spec: kernel.spec,
                 owner: kernel.spec.owner, ownerGroup: kernel.spec.ownerGroup, frozen: kernel.frozen,
-                createdNs: rec.createdNs, adopted: rec.adopted, oomKills: kernel.oomKills))
+                createdNs: rec.createdNs, adopted: rec.adopted, oomKills: kernel.oomKills, cgroupId: kernel.cgroupId))
         }
         let base = try Self.keyed(head, alive, path)
         let key = Crypto.sha256(base)
@@ -594,15 +594,26 @@ public final class SnapshotKeeper: Sendable {
         var out = Recovery()
         let settled = try store.open()
         out.rolledForward = settled.rolledForward
-        let (snapshots, damaged) = store.loadAll()
+        var (snapshots, damaged) = store.loadAll()
         for (file, why) in damaged {
             warn("snapshot file \(store.directory)/\(file) is damaged (\(why)); set aside as damaged-\(file)")
             store.setAside(file)
             out.damaged.append(file)
         }
-        let present = Set(listed)
+        var present = Set(listed)
         // An agent kept snapshots or events here before this one.
         let ranBefore = !snapshots.isEmpty || !damaged.isEmpty || !events.olderBootIds.isEmpty
+        // A container of a snapshot's name whose cgroup is another than the
+        // one the snapshot was of: destroyed and made again while no agent
+        // watched. Its snapshot's container is gone (DESTROYED), and it is
+        // adopted (CREATED) with a life of its own; it took the old one's
+        // creation time and "adopted: false" (the virtual-host probe).
+        var replaced: Set<String> = []
+        for (name, s) in snapshots where present.contains(name) {
+            guard let was = s.cgroupId, let now = (try? read(name))??.cgroupId, now != was else { continue }
+            replaced.insert(name)
+            present.remove(name)
+        }
         for (name, _) in snapshots.sorted(by: { $0.key > $1.key }) where !present.contains(name) {
             events.append(ContainerEvent(container: name, kind: .containerEventDestroyed,
                                          reason: "destroyed while the agent was down"))
@@ -612,6 +623,8 @@ public final class SnapshotKeeper: Sendable {
             }
             out.vanished.append(name)
         }
+        for name in replaced { snapshots[name] = nil }
+        present.formUnion(replaced)
         for (name, s) in snapshots where present.contains(name) {
             if let kills = s.oomKills { out.oomKills[name] = kills }
             var processes: [SnapshotProcess] = []
@@ -629,7 +642,7 @@ public final class SnapshotKeeper: Sendable {
             // The key a write of the same state would have (`syncNow`).
             let head = try? SnapshotStore.serialized(ContainerSnapshot(
                 formatVersion: s.formatVersion, name: s.name, spec: s.spec, owner: s.owner, ownerGroup: s.ownerGroup,
-                frozen: s.frozen, createdNs: s.createdNs, adopted: s.adopted, oomKills: s.oomKills))
+                frozen: s.frozen, createdNs: s.createdNs, adopted: s.adopted, oomKills: s.oomKills, cgroupId: s.cgroupId))
             let key = processes.count == s.process.count ? head.flatMap { try? Self.keyed($0, processes, name) } : nil
             records.locked { r in
                 r[name] = Record(createdNs: s.createdNs ?? WallClock.nanosecondsSinceEpoch(), adopted: s.adopted ?? false,

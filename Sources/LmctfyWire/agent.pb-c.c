@@ -6407,7 +6407,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__request_journal_entr
   (ProtobufCMessageInit) containers__lmctfy__agent__request_journal_entry__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor containers__lmctfy__agent__container_snapshot__field_descriptors[13] =
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__container_snapshot__field_descriptors[14] =
 {
   {
     "format_version",
@@ -6565,10 +6565,23 @@ static const ProtobufCFieldDescriptor containers__lmctfy__agent__container_snaps
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "cgroup_id",
+    14,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_UINT64,
+    offsetof(Containers__Lmctfy__Agent__ContainerSnapshot, has_cgroup_id),
+    offsetof(Containers__Lmctfy__Agent__ContainerSnapshot, cgroup_id),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned containers__lmctfy__agent__container_snapshot__field_indices_by_name[] = {
   10,   /* field[10] = adopted */
   7,   /* field[7] = boot_id */
+  13,   /* field[13] = cgroup_id */
   6,   /* field[6] = created_ns */
   0,   /* field[0] = format_version */
   5,   /* field[5] = frozen */
@@ -6584,7 +6597,7 @@ static const unsigned containers__lmctfy__agent__container_snapshot__field_indic
 static const ProtobufCIntRange containers__lmctfy__agent__container_snapshot__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 13 }
+  { 0, 14 }
 };
 const ProtobufCMessageDescriptor containers__lmctfy__agent__container_snapshot__descriptor =
 {
@@ -6594,7 +6607,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__container_snapshot__
   "Containers__Lmctfy__Agent__ContainerSnapshot",
   "containers.lmctfy.agent",
   sizeof(Containers__Lmctfy__Agent__ContainerSnapshot),
-  13,
+  14,
   containers__lmctfy__agent__container_snapshot__field_descriptors,
   containers__lmctfy__agent__container_snapshot__field_indices_by_name,
   1,  containers__lmctfy__agent__container_snapshot__number_ranges,

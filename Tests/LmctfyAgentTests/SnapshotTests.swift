@@ -180,7 +180,7 @@ private func snapshot(_ name: String, limit: Int64 = 1 << 20, frozen: Bool = fal
         let keeper = SnapshotKeeper(store: store, events: events, read: { (_: String) throws(LmctfyError) -> SnapshotKeeper.Kernel? in
             reads.locked { $0 += 1 }
             usleep(20_000)  // a slow kernel read: others pile up meanwhile
-            return (ContainerSpec(memory: MemorySpec(limit: version.locked { $0 })), false, nil)
+            return (ContainerSpec(memory: MemorySpec(limit: version.locked { $0 })), false, nil, nil)
         })
         _ = try keeper.recover(listed: [])
         let done = Latch(16)
@@ -446,7 +446,7 @@ struct SnapshotAgentTests {
         defer { if firstAlive { first.stop() } }
         var client = try connect(first)
         let memory = ContainerSpec(memory: MemorySpec(limit: 64 << 20))
-        for n in ["/a", "/b", "/p", "/a/sub"] { _ = try client.call(AgentMethods.create, CreateRequest(name: n, spec: memory)) }
+        for n in ["/a", "/b", "/p", "/a/sub", "/r"] { _ = try client.call(AgentMethods.create, CreateRequest(name: n, spec: memory)) }
         var pids: [Int32] = []
         for _ in 0..<2 {
             try client.stream(AgentMethods.run, RunRequest(name: "/a", argv: ["sleep", "1000"], detached: true,
@@ -474,6 +474,9 @@ struct SnapshotAgentTests {
             before = try compare(snapshots(first), root)
         }
         #expect(before == [], "\(before)")
+        for _ in 0..<100 where snapshots(first).load("/r")?.cgroupId == nil { usleep(20_000) }
+        let rWas = snapshots(first).load("/r")?.cgroupId
+        #expect(rWas != nil, "the snapshot keeps which cgroup it is of")
         let a = try #require(snapshots(first).load("/a"))
         #expect(a.process.count == 2 && a.process.allSatisfy { $0.restartPolicy == .restartOnFailure && $0.detached == true
             && $0.argv == ["sleep", "1000"] && $0.startTime != nil && $0.uid == 0 && !$0.env.isEmpty && $0.cwd != nil })
@@ -490,6 +493,9 @@ struct SnapshotAgentTests {
         #expect(try TestProcess.capture([lmctfy, "create", root.name + "/cli", "memory:{limit:33554432}"]).status == 0)
         #expect(try TestProcess.capture([lmctfy, "resume", root.name + "/p"]).status == 0)
         #expect(try TestProcess.capture([lmctfy, "update", "diff", root.name + "/a", "memory:{limit:50331648}"]).status == 0)
+        // Destroyed and made again: another container of the same name.
+        #expect(try TestProcess.capture([lmctfy, "destroy", "-f", root.name + "/r"]).status == 0)
+        #expect(try TestProcess.capture([lmctfy, "create", root.name + "/r", "memory:{limit:33554432}"]).status == 0)
         let killed = SnapshotProcess(pid: pids[0], startTime: SnapshotKeeper.startTime(pids[0]))
         kill(pids[0], SIGKILL)
         for _ in 0..<200 where SnapshotKeeper.isAlive(killed) { usleep(10_000) }
@@ -504,6 +510,10 @@ struct SnapshotAgentTests {
         #expect(try compare(store, root) == [])
         #expect(store.load("/b") == nil)
         #expect(store.load("/cli")?.adopted == true)
+        // The new /r is not the old one: adopted, with a cgroup of its own
+        // (it was taken for the agent's own, "0 destroyed, 0 adopted").
+        #expect(store.load("/r")?.adopted == true)
+        #expect(store.load("/r")?.cgroupId != nil && store.load("/r")?.cgroupId != rWas)
         #expect(store.load("/a")?.adopted == false)
         #expect(store.load("/p")?.frozen == false)
         #expect(store.load("/a")?.process.map(\.pid) == [pids[1]], "the dead process left the snapshot")
@@ -511,13 +521,15 @@ struct SnapshotAgentTests {
         #expect(es.allSatisfy { $0.bootId == boot })
         #expect(es.contains { $0.container == "/b" && $0.kind == .containerEventDestroyed && $0.reason == "destroyed while the agent was down" },
                 "\(es)")
+        #expect(es.contains { $0.container == "/r" && $0.kind == .containerEventDestroyed && $0.reason == "destroyed while the agent was down" },
+                "\(es)")
         #expect(es.contains { $0.container == "/a" && $0.kind == .containerEventProcessExited && $0.pid == pids[0]
             && $0.reason == "exited while the agent was down" })
         // A container made while the agent was down is news (it was not:
         // subscribers heard of a destroy meanwhile, never of a create);
         // re-attached ones are not.
         #expect(es.filter { $0.kind == .containerEventCreated }.map { "\($0.container ?? "") \($0.reason ?? "")" }
-                == ["/cli made while the agent was down"], "\(es)")
+                == ["/cli made while the agent was down", "/r made while the agent was down"], "\(es)")
         // So is a change of spec or freezer state (a subscriber following
         // the freezer state from events had /p frozen); the containers
         // that only lost a process, or did not change, have none.

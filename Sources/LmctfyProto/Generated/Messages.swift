@@ -4964,6 +4964,8 @@ public struct ContainerSnapshot: ProtoMessage {
     public var writtenNs: UInt64?
     /// Field 13 `oom_kills`.
     public var oomKills: Int64?
+    /// Field 14 `cgroup_id`.
+    public var cgroupId: UInt64?
 
     public init(
         formatVersion: UInt32? = nil,
@@ -4978,7 +4980,8 @@ public struct ContainerSnapshot: ProtoMessage {
         lastStats: ContainerStats? = nil,
         adopted: Bool? = nil,
         writtenNs: UInt64? = nil,
-        oomKills: Int64? = nil
+        oomKills: Int64? = nil,
+        cgroupId: UInt64? = nil
     ) {
         self.formatVersion = formatVersion
         self.name = name
@@ -4993,6 +4996,7 @@ public struct ContainerSnapshot: ProtoMessage {
         self.adopted = adopted
         self.writtenNs = writtenNs
         self.oomKills = oomKills
+        self.cgroupId = cgroupId
     }
 
     public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.ContainerSnapshot")
@@ -5012,6 +5016,7 @@ public struct ContainerSnapshot: ProtoMessage {
         self.adopted = message.get(11)
         self.writtenNs = message.get(12)
         self.oomKills = message.get(13)
+        self.cgroupId = message.get(14)
     }
 
     public var dynamic: DynamicMessage {
@@ -5029,6 +5034,7 @@ public struct ContainerSnapshot: ProtoMessage {
         message.set(11, adopted)
         message.set(12, writtenNs)
         message.set(13, oomKills)
+        message.set(14, cgroupId)
         return message
     }
 
@@ -5047,6 +5053,7 @@ public struct ContainerSnapshot: ProtoMessage {
         self.adopted = CBridge.value(c, f[10])
         self.writtenNs = CBridge.value(c, f[11])
         self.oomKills = CBridge.value(c, f[12])
+        self.cgroupId = CBridge.value(c, f[13])
     }
 
     public func makeC() -> UnsafeMutableRawPointer {
@@ -5065,6 +5072,7 @@ public struct ContainerSnapshot: ProtoMessage {
         CBridge.set(c, f[10], adopted)
         CBridge.set(c, f[11], writtenNs)
         CBridge.set(c, f[12], oomKills)
+        CBridge.set(c, f[13], cgroupId)
         return c
     }
 

@@ -1601,15 +1601,23 @@ struct  Containers__Lmctfy__Agent__ContainerSnapshot
    * absent when it isolates no memory. The next agent reports the kills
    * beyond it, made while no agent watched.
    */
-  /*
-   * Next id: 14
-   */
   protobuf_c_boolean has_oom_kills;
   int64_t oom_kills;
+  /*
+   * The container's tasks cgroup directory's inode number when written
+   * (unique among the cgroups of a boot): a container of the same name
+   * found by the next agent with another is another container, made
+   * after this one was destroyed while no agent watched.
+   */
+  /*
+   * Next id: 15
+   */
+  protobuf_c_boolean has_cgroup_id;
+  uint64_t cgroup_id;
 };
 #define CONTAINERS__LMCTFY__AGENT__CONTAINER_SNAPSHOT__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__container_snapshot__descriptor) \
-    , 0, 0, NULL, NULL, 0, 0, 0, 0, 0, 0, 0, 0, NULL, 0,NULL, NULL, 0, 0, 0, 0, 0, 0 }
+    , 0, 0, NULL, NULL, 0, 0, 0, 0, 0, 0, 0, 0, NULL, 0,NULL, NULL, 0, 0, 0, 0, 0, 0, 0, 0 }
 
 
 /*
