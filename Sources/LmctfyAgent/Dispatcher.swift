@@ -624,7 +624,8 @@ public final class Dispatcher: Sendable {
         unary(AgentMethods.importImage) { d, r in try d.imageService().importImage(r) }
         // With the call's cancellation: a caller gone stops the packing.
         table[AgentMethods.exportImage.name] = { d, payload, context in
-            try context.emit(try d.imageService().exportImage(try ExportImageRequest(serializedBytes: payload), cancelled: { context.cancelled || context.peerHungUp }))
+            let r = try ExportImageRequest(serializedBytes: payload)  // a malformed one is 3 before anything
+            try context.emit(try d.imageService().exportImage(r, cancelled: { context.cancelled || context.peerHungUp }))
         }
         unary(AgentMethods.listImages) { d, _ in try d.imageService().listImages() }
         unary(AgentMethods.removeImage) { d, r in try d.imageService().removeImage(r) }
