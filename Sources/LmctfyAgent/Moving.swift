@@ -143,7 +143,7 @@ extension Dispatcher {
             // spec says (RESOURCE_EXHAUSTED with the arithmetic otherwise).
             guard let policy else { return try createContainer(name, spec: spec).name }
             let path = try backend.resolve(name)
-            return try policy.admitCreate(path: path, tier: policy.policy.tier(of: spec), spec: spec) {
+            return try policy.admitCreate(path: path, tier: policy.policy.tier(of: spec), spec: spec, verb: "ImportSnapshot") {
                 try createContainer(name, spec: spec).name
             }
         } catch let e as LmctfyError where e.code == .alreadyExists {

@@ -172,7 +172,8 @@ public final class PolicyKeeper: Sendable {
     /// Runs `body` (the create of `path` with `spec`) once admitted; admission
     /// and the reservation are one step, released if the create fails.
     /// Refused: RESOURCE_EXHAUSTED with the arithmetic, nothing made.
-    func admitCreate<T>(path: String, tier: Tier, spec: ContainerSpec, _ body: () throws -> T) throws -> T {
+    /// `verb` names the call in a refusal ("Create", "ImportSnapshot").
+    func admitCreate<T>(path: String, tier: Tier, spec: ContainerSpec, verb: String = "Create", _ body: () throws -> T) throws -> T {
         guard Self.isTopLevel(path) else { return try body() }
         syncIfChanged()
         let cap = try capacity()
@@ -184,7 +185,7 @@ public final class PolicyKeeper: Sendable {
             }
             return try body()
         }
-        guard d.admitted else { throw LmctfyError(.resourceExhausted, "Create: \(d.message)") }
+        guard d.admitted else { throw LmctfyError(.resourceExhausted, "\(verb): \(d.message)") }
         do {
             let result = try body()
             admitter.confirm(path)
@@ -277,7 +278,7 @@ public final class PolicyKeeper: Sendable {
         guard Self.isTopLevel(path) else {
             return CheckAdmissionResponse(
                 admitted: true, tier: tier.name,
-                message: "admitted \"\(path)\": a nested container lives inside its top-level container's commitment",
+                message: "admitted \"\(path)\": a nested container lives inside the commitment of its top-level container",
                 policy: report)
         }
         let d = admitter.check(path, tier: tier, amount: amount, capacity: cap)

@@ -307,7 +307,7 @@ struct PolicyAgentTests {
                     name: "/p1", spec: try ContainerSpec(textFormat: "memory { limit: 167772160 }"), tier: "prod"))
                 let snapshot = try client.call(AgentMethods.exportSnapshot, ExportSnapshotRequest(name: "/p1")).snapshot
                 let (code, message) = status { _ = try client.call(AgentMethods.importSnapshot, ImportSnapshotRequest(snapshot: snapshot, name: "/copy")) }
-                #expect(code == .resourceExhausted && message.contains("refused \"/copy\" in tier prod"), "\(message)")
+                #expect(code == .resourceExhausted && message.contains("ImportSnapshot: refused \"/copy\" in tier prod"), "\(message)")
                 #expect(try !api.exists(name(root.path + "/copy")))
                 _ = try client.call(AgentMethods.update, UpdateRequest(
                     name: "/p1", spec: try ContainerSpec(textFormat: "memory { limit: 104857600 }"), policy: .updateDiff))
