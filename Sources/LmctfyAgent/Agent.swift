@@ -242,6 +242,7 @@ public final class Agent: @unchecked Sendable {
                     return nil
                 }
             },
+            cgroupId: { path in (try? scope.resolve(path)).flatMap { try? api.get($0).cgroupId() } },
             warn: { line in
                 if let left = snapshotWarnings.locked({ $0.take() }) { log.warning("\(line)\(left)") }
             })

@@ -52,6 +52,9 @@ public final class SnapshotKeeper: Sendable {
     let store: SnapshotStore
     let events: EventLog
     let read: Read
+    /// Which cgroup a container is now (`Kernel.cgroupId`) without reading
+    /// the rest: one stat per container at a start, not a whole read.
+    let cgroupId: @Sendable (String) -> UInt64?
     let warn: @Sendable (String) -> Void
 
     struct Record {
@@ -143,10 +146,12 @@ public final class SnapshotKeeper: Sendable {
     }
 
     public init(store: SnapshotStore, events: EventLog, read: @escaping Read,
+                cgroupId: (@Sendable (String) -> UInt64?)? = nil,
                 warn: @escaping @Sendable (String) -> Void = { _ in }) {
         self.store = store
         self.events = events
         self.read = read
+        self.cgroupId = cgroupId ?? { path in (try? read(path))??.cgroupId }
         self.warn = warn
     }
 
@@ -610,7 +615,7 @@ public final class SnapshotKeeper: Sendable {
         // creation time and "adopted: false" (the virtual-host probe).
         var replaced: Set<String> = []
         for (name, s) in snapshots where present.contains(name) {
-            guard let was = s.cgroupId, let now = (try? read(name))??.cgroupId, now != was else { continue }
+            guard let was = s.cgroupId, let now = cgroupId(name), now != was else { continue }
             replaced.insert(name)
             present.remove(name)
         }
