@@ -63,12 +63,17 @@ public final class ImageService: Sendable {
     public func sweepIdle() {
         let now = clock()
         let stale: [String] = transfers.locked { t in
-            let old = t.filter { !$0.value.busy && now - $0.value.lastUsedMs > ($0.value.export ? Self.exportIdleMs : Self.idleMs) }
+            // (A release on another thread may have read the clock after
+            // `now`: a saturating difference, never a trap.)
+            let old = t.filter { !$0.value.busy && Self.idle(now, $0.value.lastUsedMs) > ($0.value.export ? Self.exportIdleMs : Self.idleMs) }
             for k in old.keys { t[k] = nil }
             return old.values.map(\.path)
         }
         for p in stale { try? Sys.unlink(p) }
     }
+
+    /// How long since `last` at `now`; 0 when `last` is later.
+    static func idle(_ now: UInt64, _ last: UInt64) -> UInt64 { now > last ? now - last : 0 }
 
     /// Opens a transfer, claimed by the caller (busy) until `release` or `end`.
     private func newTransfer(export: Bool) throws(LmctfyError) -> (String, String) {
@@ -80,7 +85,7 @@ public final class ImageService: Sendable {
         let (admitted, yielded) = transfers.locked { t -> (Bool, String?) in
             var yielded: String?
             if t.count >= Self.maxTransfers,
-               let oldest = t.filter({ !$0.value.busy && now - $0.value.lastUsedMs > Self.yieldIdleMs })
+               let oldest = t.filter({ !$0.value.busy && Self.idle(now, $0.value.lastUsedMs) > Self.yieldIdleMs })
                    .min(by: { $0.value.lastUsedMs < $1.value.lastUsedMs }) {
                 t[oldest.key] = nil
                 yielded = oldest.value.path
