@@ -309,8 +309,11 @@ public final class Dispatcher: Sendable {
         self.snapshots = snapshots
         self.inventory = Inventory(events: events)
         if snapshots != nil || policy != nil {
+            // The policy weakly: it holds the inventory (its outside
+            // changes), and the inventory this observer (a cycle leaked
+            // them both with every agent: the ASan suite).
             inventory.observer.locked {
-                $0 = Inventory.Observer { name, spec in
+                $0 = Inventory.Observer { [weak policy] name, spec in
                     snapshots?.observed(name, spec: spec)
                     if let spec, let policy { policy.observedSpec(name, bytes: spec) }
                 }
