@@ -300,7 +300,7 @@ public struct AgentSettings: Sendable {
             throw .failedPrecondition("policy.reserved_milli_cpu \(r.milliCpu) is not below this machine's \(cpus) CPUs (\(cpus * 1000) milli-CPU): no container could be admitted")
         }
         guard let root else { return }
-        if let limit = root.memory?.limit, limit > 0, limit < Policy.unlimitedBytes, r.memory > 0, r.memory >= limit {
+        if let limit = Policy.boundedBytes(root.memory?.limit), r.memory > 0, r.memory >= limit {
             throw .failedPrecondition("policy.reserved_memory_bytes \(r.memory) is not below the root container \(rootContainer)'s memory limit (\(limit) bytes): no container could be admitted")
         }
         if let milli = Policy.milliCpu(of: root), r.milliCpu > 0, r.milliCpu >= milli {

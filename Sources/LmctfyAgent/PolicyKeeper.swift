@@ -220,6 +220,18 @@ public final class PolicyKeeper: Sendable {
         return m
     }
 
+    /// What an update of `path` commits: `spec` merged into `current`. A
+    /// top-level container it leaves in a guaranteed tier needs a real
+    /// memory limit (`Policy.checkGuaranteed`); a nested one lives inside
+    /// its top-level container's commitment.
+    func updateCommitment(path: String, current: ContainerSpec, spec: ContainerSpec,
+                          replace: Bool) throws(LmctfyError) -> (tier: Tier, amount: Amount) {
+        let merged = Self.merged(current, spec, replace: replace)
+        let next = commitment(of: merged)
+        if Self.isTopLevel(path) { try Policy.checkGuaranteed(merged.memory?.limit, tier: next.tier) }
+        return next
+    }
+
     /// Runs `body` (an update of `path`) once its new commitment is
     /// admitted; a failed update gets its old commitment back. `current`:
     /// the spec before the update, if the caller has read it (else read
@@ -228,9 +240,7 @@ public final class PolicyKeeper: Sendable {
                         _ body: () throws -> T) throws -> T {
         guard Self.isTopLevel(path) else { return try body() }
         sync()
-        let merged = Self.merged(try current ?? backend.spec(path), spec, replace: replace)
-        let next = commitment(of: merged)
-        try Policy.checkGuaranteed(merged.memory?.limit, tier: next.tier)
+        let next = try updateCommitment(path: path, current: try current ?? backend.spec(path), spec: spec, replace: replace)
         let previous = admitter.commitment(path)
         let d = admitter.admit(path, tier: next.tier, amount: next.amount, capacity: try capacity())
         guard d.admitted else { throw LmctfyError(.resourceExhausted, "Update: \(d.message)") }
@@ -269,10 +279,8 @@ public final class PolicyKeeper: Sendable {
             let (t, applied) = try planCreate(path: path, spec: spec, tier: r.tier)
             (tier, amount) = (t, Policy.committed(applied, tier: t))
         case .updateDiff?, .updateReplace?:
-            let merged = Self.merged(try backend.spec(path), spec, replace: r.update == .updateReplace)
-            let next = commitment(of: merged)
-            if Self.isTopLevel(path) { try Policy.checkGuaranteed(merged.memory?.limit, tier: next.tier) }
-            (tier, amount) = (next.tier, next.amount)
+            (tier, amount) = try updateCommitment(path: path, current: try backend.spec(path), spec: spec,
+                                                  replace: r.update == .updateReplace)
         }
         let report = admitter.snapshot().report(capacity: cap)
         guard Self.isTopLevel(path) else {

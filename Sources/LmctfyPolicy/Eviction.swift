@@ -66,13 +66,13 @@ extension Policy {
     /// up (a probe).
     public func nextVictim(_ candidates: [EvictionCandidate]) -> (EvictionCandidate, EvictionAction)? {
         var best: (EvictionCandidate, EvictionAction, Int)?
-        for c in candidates {
+        for c in candidates where c.hasProcesses {
             let rank = self.rank(of: c.tier)
             let action = rank < tiers.count ? tiers[rank].eviction : (tiers.first { $0.name == defaultTier }?.eviction ?? .never)
             switch action {
             case .never: continue
-            case .kill, .destroy: guard c.hasProcesses else { continue }
-            case .freeze: guard c.hasProcesses, !c.frozen else { continue }
+            case .kill, .destroy: break
+            case .freeze: guard !c.frozen else { continue }
             }
             if let b = best, (b.2, b.0.order) >= (rank, c.order) { continue }
             best = (c, action, rank)

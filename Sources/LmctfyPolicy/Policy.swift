@@ -203,10 +203,7 @@ public struct Policy: Sendable, Equatable {
     /// down): what an admission commits is what a restarted agent reads
     /// back.
     public static func committed(_ spec: ContainerSpec, tier: Tier) -> Amount {
-        func bytes(_ v: Int64?) -> Int64? {
-            guard let v, v > 0, v < Self.unlimitedBytes else { return nil }
-            return v / Sys.pageSize * Sys.pageSize
-        }
+        func bytes(_ v: Int64?) -> Int64? { boundedBytes(v).map { $0 / Sys.pageSize * Sys.pageSize } }
         let m = spec.memory
         let memory = tier.guaranteed ? (bytes(m?.limit) ?? bytes(m?.reservation) ?? 0) : (bytes(m?.reservation) ?? 0)
         let cpu = spec.cpu?.maxLimit.flatMap { $0 > 0 && $0 < UInt64(Int64.max) ? Int64($0) : nil } ?? 0
@@ -217,13 +214,20 @@ public struct Policy: Sendable, Equatable {
     /// just below Int64.max, rounded to pages).
     public static let unlimitedBytes: Int64 = 1 << 60
 
+    /// A memory amount read back from a spec, nil when it is none: absent,
+    /// zero or below, or "unlimited" (2^60 B or more).
+    public static func boundedBytes(_ v: Int64?) -> Int64? {
+        guard let v, v > 0, v < unlimitedBytes else { return nil }
+        return v
+    }
+
     /// A guaranteed tier's container needs a memory limit it commits: one
     /// of 2^60 bytes or more reads back as no limit and committed nothing,
     /// a guaranteed container that was never evicted and never counted
     /// (the policy probe). INVALID_ARGUMENT otherwise.
     public static func checkGuaranteed(_ limit: Int64?, tier: Tier) throws(LmctfyError) {
         guard tier.guaranteed else { return }
-        guard let limit, limit > 0, limit < unlimitedBytes else {
+        guard boundedBytes(limit) != nil else {
             let what = limit.map { $0 > 0 ? "a limit of \($0) B counts as none (2^60 B or more)" : "it has none" } ?? "it has none"
             throw .invalidArgument("Tier \(tier.name) guarantees memory: the container needs a memory limit below 2^60 B, and \(what)")
         }
@@ -233,7 +237,7 @@ public struct Policy: Sendable, Equatable {
     /// else the host's, minus what is reserved (never below 0).
     public func capacity(host: Amount, rootMemoryLimit: Int64?, rootMilliCpu: Int64?) -> Amount {
         var memory = host.memory
-        if let l = rootMemoryLimit, l > 0, l < Self.unlimitedBytes { memory = min(memory, l) }
+        if let l = Self.boundedBytes(rootMemoryLimit) { memory = min(memory, l) }
         var cpu = host.milliCpu
         if let c = rootMilliCpu, c > 0 { cpu = min(cpu, c) }
         return Amount(memory: max(0, memory - reserved.memory), milliCpu: max(0, cpu - reserved.milliCpu))

@@ -128,14 +128,13 @@ public final class RemoteBackend: ContainerBackend, @unchecked Sendable {
     /// Create; returns the name as sent.
     @discardableResult
     public func create(_ name: String, spec: ContainerSpec) throws(LmctfyError) -> String {
-        _ = try call(AgentMethods.create, CreateRequest(name: name, spec: spec, requestId: Self.newRequestId()))
+        try create(name, spec: spec, tier: nil)
         return name
     }
 
     /// Create; the agent reports a virtual host's init pid.
     public func createReportingInit(_ name: String, spec: ContainerSpec) throws(LmctfyError) -> CreateOutcome {
-        let r = try call(AgentMethods.create, CreateRequest(name: name, spec: spec, requestId: Self.newRequestId()))
-        return CreateOutcome(name: name, initPid: r.initPid)
+        CreateOutcome(name: name, initPid: try create(name, spec: spec, tier: nil).initPid)
     }
 
     /// Destroy; returns the name as sent.
@@ -279,7 +278,8 @@ public final class RemoteBackend: ContainerBackend, @unchecked Sendable {
     }
 
     /// Create in a tier of the agent's policy (`tier` nil: the spec's).
-    public func create(_ name: String, spec: ContainerSpec, tier: String?) throws(LmctfyError) {
-        _ = try call(AgentMethods.create, CreateRequest(name: name, spec: spec, requestId: Self.newRequestId(), tier: tier))
+    @discardableResult
+    public func create(_ name: String, spec: ContainerSpec, tier: String?) throws(LmctfyError) -> CreateResponse {
+        try call(AgentMethods.create, CreateRequest(name: name, spec: spec, requestId: Self.newRequestId(), tier: tier))
     }
 }
