@@ -135,6 +135,12 @@ extension ContainerApi {
         if name.isRoot { throw .alreadyExists("Can't create existing container \"\(name)\"") }
         _ = try nameIsFree(name)
         let (_, kinds) = try checkPlace(name, spec: spec)
+        // A directory of the name in another hierarchy that lmctfy did not
+        // make: the create's mkdir finds it and refuses (6); the dry run
+        // said "admitted" (a probe).
+        for d in try driver.plannedDirs(name, kinds: kinds, spec: spec).dropFirst() where try d.state() == .foreign {
+            throw .alreadyExists("Can't create container \"\(name)\": \(d.path) exists and was not made by lmctfy")
+        }
         for kind in kinds { try handler(kind).checkSpec(spec) }
     }
 

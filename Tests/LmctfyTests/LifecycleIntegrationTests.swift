@@ -82,6 +82,30 @@ struct LifecycleIntegrationTests {
         }
     }
 
+    /// A directory of the name that lmctfy did not make, in a hierarchy
+    /// only the spec's resources use (v1's memory; v2 has one): the dry
+    /// run (`checkCreate`, the agent's CheckAdmission) refuses it as the
+    /// create does, and neither touches it. The dry run said "admitted"
+    /// and the create then failed with 6 (a probe). A spec that does not
+    /// use that hierarchy is not refused by it.
+    @Test func aForeignDirectoryInOneHierarchyIsRefusedByTheDryRunToo() throws {
+        try withTestContainer(api, label: "fd") { name in
+            let root = try #require(api.version == .v2 ? api.mounts.unified : api.mounts.v1[.memory], "no memory hierarchy")
+            let foreign = root + name.path
+            try Sys.mkdir(foreign)
+            defer { rmdir(foreign) }
+            let memory = ContainerSpec(memory: MemorySpec(limit: 100_000_000))
+            let dry = lmctfyError { try api.checkCreate(name, spec: memory) }
+            #expect(dry?.code == .alreadyExists, "\(String(describing: dry))")
+            #expect(dry?.message.contains(foreign) == true, "\(String(describing: dry))")
+            #expect(lmctfyError { try api.create(name, spec: memory) }?.code == .alreadyExists)
+            #expect(Sys.isDirectory(foreign), "the foreign directory was removed")
+            if api.version == .v1 {
+                try api.checkCreate(name, spec: ContainerSpec(pids: PidsSpec(limit: 10)))
+            }
+        }
+    }
+
     @Test func duplicatesMissingParentsAndTheRoot() throws {
         try withTestContainer(api) { name in
             try api.create(name, spec: ContainerSpec())

@@ -45,6 +45,9 @@ protocol CgroupDriver: Sendable {
     /// rollback), and returns the directories its handlers then fill.
     func makeDirs(_ name: ContainerName, parent: ContainerName, kinds: [ResourceKind], spec: ContainerSpec,
                   made: MadeDirs) throws(LmctfyError) -> ResourceDirs
+    /// The directories `makeDirs` would make, the tasks directory first
+    /// (a dry run checks that none is taken).
+    func plannedDirs(_ name: ContainerName, kinds: [ResourceKind], spec: ContainerSpec) throws(LmctfyError) -> [CgroupDir]
     /// The places the container may have a directory, in the order they go:
     /// each group is the candidates of one hierarchy, most likely first (a
     /// group stops at the first directory removed); the tasks directory last.

@@ -131,13 +131,10 @@ struct CgroupV1Driver: CgroupDriver {
     func makeDirs(_ name: ContainerName, parent: ContainerName, kinds: [ResourceKind], spec: ContainerSpec,
                   made: MadeDirs) throws(LmctfyError) -> ResourceDirs {
         let tasks = tasksDir(name)
-        try made.make(tasks)
-        for kind in kinds {
-            for c in kind.v1Controllers where !isCoMountedFollower(c) {
-                guard let d = try newDir(c, name, spec: spec) else { continue }
-                try made.make(d)
-                if c == .cpuset { try inheritCpusetMems(d) }
-            }
+        let cpuset = isCoMountedFollower(.cpuset) ? nil : mounts.v1[.cpuset]
+        for d in try plannedDirs(name, kinds: kinds, spec: spec) {
+            try made.make(d)
+            if d.mount == cpuset { try inheritCpusetMems(d) }
         }
         // The directories just made are the container's: no need to look
         // for them again (co-mounted followers share their owner's).
@@ -148,6 +145,16 @@ struct CgroupV1Driver: CgroupDriver {
             if let d = byMount[mount] { dirs[c] = d }
         }
         return ResourceDirs(driver: self, container: name, byController: dirs, tasks: tasks)
+    }
+
+    func plannedDirs(_ name: ContainerName, kinds: [ResourceKind], spec: ContainerSpec) throws(LmctfyError) -> [CgroupDir] {
+        var dirs = [tasksDir(name)]
+        for kind in kinds {
+            for c in kind.v1Controllers where !isCoMountedFollower(c) {
+                if let d = try newDir(c, name, spec: spec) { dirs.append(d) }
+            }
+        }
+        return dirs
     }
 
     /// A new cpuset starts with no cpus and mems; copy the parent's mems

@@ -71,6 +71,10 @@ struct CgroupV2Driver: CgroupDriver {
         return allIn(d, name)
     }
 
+    func plannedDirs(_ name: ContainerName, kinds: [ResourceKind], spec: ContainerSpec) throws(LmctfyError) -> [CgroupDir] {
+        [tasksDir(name)]
+    }
+
     /// A child can only use controllers its parent enables for it.
     func enableControllers(in parent: CgroupDir, for kinds: [ResourceKind]) throws(LmctfyError) {
         let available = try Self.controllers(parent, "cgroup.controllers")
