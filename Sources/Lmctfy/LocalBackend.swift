@@ -310,32 +310,38 @@ public struct LocalBackend: ContainerBackend {
         try refuseRoot(c.name, "Killing every process of the root container \"/\" is not allowed")
         try existing(c) { (c: Container) throws(LmctfyError) in
             if recursive {
-                // Below a paused ancestor nothing can be emptied: refused before
-                // anything is touched, as destroy does, when there is anything
-                // to kill (a tree without processes is left as it is). A paused
-                // container inside the tree is resumed first, outermost first,
-                // so that each one's kill can thaw it (its processes are being
-                // killed anyway).
-                let subs = try c.subcontainers(recursive: true)
-                let paused = try c.pausedAncestors()
-                if !paused.isEmpty {
-                    guard try api.anyHasTasks([c.name] + subs) else { return }
-                    try c.refuseUnderPausedAncestors("emptied", paused)
-                }
-                // A kill that stops part way pauses again what it resumed and
-                // did not empty (an emptied one stays thawed, as a kill leaves it).
-                try api.withTreeResumed([c.name] + subs) { emptied throws(LmctfyError) in
-                    for sub in subs.reversed() {
-                        do throws(LmctfyError) {
-                            try api.get(sub).killAll()
-                        } catch where wentAway(error, sub) {
-                            // Destroyed since the listing (another caller's
-                            // destroy): nothing of it is left to empty. The
-                            // kill failed with 5 (a probe).
-                        }
-                        emptied.insert(sub)
+                // Under the tree's lock, as a destroy: what it resumes is
+                // journaled there, and a kill itself killed part way
+                // (SIGKILL) has the next holder of the lock pause again
+                // those it had resumed (they were left running).
+                try api.locked(c.name) { lock throws(LmctfyError) in
+                    // Below a paused ancestor nothing can be emptied: refused before
+                    // anything is touched, as destroy does, when there is anything
+                    // to kill (a tree without processes is left as it is). A paused
+                    // container inside the tree is resumed first, outermost first,
+                    // so that each one's kill can thaw it (its processes are being
+                    // killed anyway).
+                    let subs = try c.subcontainers(recursive: true)
+                    let paused = try c.pausedAncestors()
+                    if !paused.isEmpty {
+                        guard try api.anyHasTasks([c.name] + subs) else { return }
+                        try c.refuseUnderPausedAncestors("emptied", paused)
                     }
-                    try c.killAll()
+                    // A kill that stops part way pauses again what it resumed and
+                    // did not empty (an emptied one stays thawed, as a kill leaves it).
+                    try api.withTreeResumed([c.name] + subs, journal: lock) { emptied throws(LmctfyError) in
+                        for sub in subs.reversed() {
+                            do throws(LmctfyError) {
+                                try api.get(sub).killAll()
+                            } catch where wentAway(error, sub) {
+                                // Destroyed since the listing (another caller's
+                                // destroy): nothing of it is left to empty. The
+                                // kill failed with 5 (a probe).
+                            }
+                            emptied.insert(sub)
+                        }
+                        try c.killAll()
+                    }
                 }
                 return
             }

@@ -167,9 +167,11 @@ struct UnfreezableTaskIntegrationTests {
     /// while its kill of one subcontainer waits on a task no kill reaches
     /// yet) left a paused subcontainer it had resumed, and not destroyed
     /// yet, running for good. Its journal names it: whoever locks the tree
-    /// next pauses it again.
-    @Test func aDestroyKilledPartWayLeavesWhatItResumedPausedAgain() throws {
-        try withTestContainer(api, label: "destroykilled") { name in
+    /// next pauses it again. `killall -r` the same (it took no tree lock,
+    /// so had no journal to name it in).
+    @Test(arguments: [["destroy", "-f"], ["killall", "-r"]])
+    func aTreeKillKilledPartWayLeavesWhatItResumedPausedAgain(_ verb: [String]) throws {
+        try withTestContainer(api, label: "treekilled") { name in
             try api.create(name, spec: ContainerSpec(memory: MemorySpec(limit: 200_000_000)))
             // Subcontainers are destroyed in reverse listing order: "z"
             // (the blocked task) before "a" (paused).
@@ -183,7 +185,7 @@ struct UnfreezableTaskIntegrationTests {
             defer { hang.end() }
             try awaitBlockedOnFuse(try cz.run([testHelperPath, "stat", hang.dir + "/x"]))
 
-            let destroy = try TestProcess.spawn([builtTool("lmctfy"), "destroy", "-f", name.description])
+            let destroy = try TestProcess.spawn([builtTool("lmctfy")] + verb + [name.description])
             defer { TestProcess.end(destroy) }
             // Resumed first thing; then the destroy waits in z's kill (~15 s).
             var resumed = false
@@ -192,7 +194,7 @@ struct UnfreezableTaskIntegrationTests {
                 if TestProcess.reapIfExited(destroy) != nil { break }
                 usleep(10_000)
             }
-            try #require(resumed, "the destroy never resumed \(a)")
+            try #require(resumed, "\(verb) never resumed \(a)")
             usleep(100_000)
             try #require(TestProcess.reapIfExited(destroy) == nil, "the destroy ended before it could be killed part way")
             TestProcess.end(destroy)
