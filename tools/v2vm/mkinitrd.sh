@@ -68,7 +68,10 @@ if [ -n "$PAYLOAD" ]; then
     # store, is left out: it brings libxml2 and ICU, and no guest suite uses it.)
     major=$(sed -n 's/^# *define  *OPENSSL_VERSION_MAJOR  *\([0-9][0-9]*\).*/\1/p' /usr/include/openssl/opensslv.h 2>/dev/null || true)
     for soname in ${V2VM_DLOPEN-libssl.so.${major:-3}}; do
-        lib=$(ldconfig -p | awk -v s="$soname" '$1 == s { print $NF; exit }')
+        # awk reads to the end: one that exits at the first match made
+        # ldconfig die of SIGPIPE on a long cache, which pipefail and set -e
+        # turned into a silent "initramfs build failed" (a fresh machine).
+        lib=$(ldconfig -p | awk -v s="$soname" '$1 == s && lib == "" { lib = $NF } END { print lib }')
         [ -n "$lib" ] || die "$soname is not installed (the payload dlopens it; apt-get install libssl3)"
         LIBS[$lib]=1
         while read -r dep; do LIBS[$dep]=1; done < <(ldd "$lib" | awk '/=>/ && $3 ~ /^\// {print $3; next} $1 ~ /^\// {print $1}')
