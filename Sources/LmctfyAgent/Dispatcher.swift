@@ -669,11 +669,19 @@ public final class Dispatcher: Sendable {
         try inventory.change(try backend.resolve(name)) {
             let made = try backend.createReportingInit(name, spec: spec)
             let path = made.name
+            // Known still, so destroyed behind the agent's back since the
+            // watcher looked: its DESTROYED first (Inventory.known).
+            let stale = inventory.known(atOrBelow: path)
+            for p in stale { events.record(container: p, kind: .containerEventDestroyed) }
+            if !stale.isEmpty { snapshots?.removeTree(path) }
             events.record(container: path, kind: .containerEventCreated)
             // Its intent now; its full snapshot off the answer's path, once
             // it has lived `deferMs` (SnapshotKeeper.created).
             snapshots?.created(path)
-            return (made, { $0[path] = false })
+            return (made, { known in
+                for p in stale { known[p] = nil }
+                known[path] = false
+            })
         }
     }
 
@@ -686,7 +694,19 @@ public final class Dispatcher: Sendable {
             // the watcher records a destroy made with the CLI: a subscriber
             // of a subcontainer hears of its end too (only the top was
             // recorded, and `top` kept showing the others).
-            for p in gone { events.record(container: p, kind: .containerEventDestroyed) }
+            // One made behind the agent's back since the watcher looked:
+            // its CREATED first; one known below it that was not there any
+            // more (destroyed behind its back): its DESTROYED, which
+            // forgetting it below left out (Inventory.known).
+            let unknown = Set(inventory.known(gone).unknown)
+            let goneSet = Set(gone)
+            for p in inventory.known(atOrBelow: path) where !goneSet.contains(p) {
+                events.record(container: p, kind: .containerEventDestroyed)
+            }
+            for p in gone {
+                if unknown.contains(p) { events.record(container: p, kind: .containerEventCreated) }
+                events.record(container: p, kind: .containerEventDestroyed)
+            }
             snapshots?.removeTree(path)
             policy?.destroyed(path)
             // A freeze lease on it or below ends with it (after it: a
@@ -764,6 +784,14 @@ public final class Dispatcher: Sendable {
     func setPaused(_ name: String, _ paused: Bool) throws {
         try inventory.change(try backend.resolve(name), keepsSpec: true) {
             let (path, changed) = try backend.setPausedReporting(name, paused)
+            // Made behind the agent's back since the watcher looked: known
+            // from now on, so its CREATED first (it became known without
+            // one, and its DESTROYED later had no CREATED; a probe), and
+            // its snapshot, as the watcher's finding it would.
+            if !inventory.known([path]).unknown.isEmpty {
+                events.record(container: path, kind: .containerEventCreated)
+                snapshots?.observed(path)
+            }
             // A pause of a paused container (20 callers pausing at once:
             // one pauses it) or a resume of a running one is no event.
             if changed {

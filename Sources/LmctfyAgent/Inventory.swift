@@ -302,6 +302,31 @@ final class Inventory: Sendable {
     /// Whether `name` is known to exist.
     func knows(_ name: String) -> Bool { state.locked { $0.known[name] != nil } }
 
+    /// For one of the agent's own changes of `path` (called inside it, so
+    /// no listing or look decides these names meanwhile): those of
+    /// `names` the inventory holds, and those it does not, once it follows
+    /// the machine (seeded; without a watcher nothing outside the agent's
+    /// own changes is known, and no event says so). A create finds its name
+    /// (or one below) known when another lmctfy destroyed it since the
+    /// watcher last looked; a destroy finds names unknown that another
+    /// lmctfy made since. Their events were missing: a subscriber heard
+    /// CREATED twice, or DESTROYED of a container never CREATED (a probe,
+    /// lmctl and lmctfy on one tree at once).
+    func known(_ names: [String]) -> (known: [String], unknown: [String]) {
+        state.locked { s in
+            guard s.seeded else { return ([], []) }
+            return (names.filter { s.known[$0] != nil }, names.filter { s.known[$0] == nil })
+        }
+    }
+
+    /// The known containers at `path` and below it, deepest first.
+    func known(atOrBelow path: String) -> [String] {
+        state.locked { s in
+            guard s.seeded else { return [] }
+            return s.known.keys.filter { $0 == path || $0.hasPrefix(path + "/") }.sorted(by: >)
+        }
+    }
+
     /// Whether one of the agent's own changes of `name` is in progress
     /// (`orAbove`: or of a container above it).
     func isBusy(_ name: String, orAbove: Bool = false) -> Bool {

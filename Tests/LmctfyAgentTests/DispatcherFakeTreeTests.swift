@@ -210,6 +210,53 @@ final class FakeAgentMachine: @unchecked Sendable {
         #expect(machine.events.last?.kind == .containerEventDestroyed)
     }
 
+    /// With the inventory following the machine (a listing applied, as the
+    /// watcher's first is), the agent's own create and destroy record what
+    /// another lmctfy did since the watcher last looked: a create of a name
+    /// still known was destroyed behind its back (DESTROYED first, for what
+    /// was below it too); a destroy that takes a container never seen
+    /// records its CREATED first. A subscriber heard CREATED twice, or
+    /// DESTROYED of a container never CREATED (the concurrency probe:
+    /// lmctl and lmctfy on one tree). Without a watcher nothing changes.
+    @Test func theAgentsChangesRecordWhatAnotherLmctfyDidSinceTheWatcherLooked() throws {
+        let machine = try FakeAgentMachine()
+        let inventory = machine.dispatcher.inventory
+        let since = inventory.listingStarts()
+        inventory.reconcile(["/agent": false, "/agent/busy": false, "/agent/busy/sub": false,
+                             "/agent/stale": false, "/agent/stale/kid": false], since: since)
+        func tail(_ n: Int) -> [String] {
+            machine.events.suffix(n).map { "\($0.kind == .containerEventCreated ? "CREATED" : $0.kind == .containerEventDestroyed ? "DESTROYED" : "?") \($0.container ?? "")" }
+        }
+        // Known, but gone from the tree (another lmctfy's destroy).
+        #expect(try machine.code(AgentMethods.create, CreateRequest(name: "stale")) == .ok)
+        #expect(tail(3) == ["DESTROYED /agent/stale/kid", "DESTROYED /agent/stale", "CREATED /agent/stale"], "\(tail(3))")
+        #expect(inventory.knows("/agent/stale") && !inventory.knows("/agent/stale/kid"))
+        // Made by another lmctfy, never seen by the watcher; and one the
+        // watcher saw that another lmctfy destroyed since.
+        try machine.container(["agent", "stale", "new"])
+        let since2 = inventory.listingStarts()
+        inventory.reconcile(["/agent": false, "/agent/busy": false, "/agent/busy/sub": false,
+                             "/agent/stale": false, "/agent/stale/old": false], since: since2)
+        #expect(tail(1) == ["CREATED /agent/stale/old"])
+        #expect(try machine.code(AgentMethods.destroy, DestroyRequest(name: "stale", force: true)) == .ok)
+        #expect(tail(4) == ["DESTROYED /agent/stale/old", "CREATED /agent/stale/new", "DESTROYED /agent/stale/new", "DESTROYED /agent/stale"],
+                "\(tail(4))")
+        // Paused (or resumed) through the agent before the watcher saw it:
+        // CREATED first, then known (its DESTROYED then follows a CREATED).
+        try machine.container(["agent", "unseen"])
+        #expect(try machine.code(AgentMethods.pause, PauseRequest(name: "unseen")) == .ok)
+        #expect(tail(2) == ["CREATED /agent/unseen", "? /agent/unseen"], "\(tail(2))")
+        #expect(machine.events.last?.kind == .containerEventFreezer)
+        #expect(try machine.code(AgentMethods.resume, ResumeRequest(name: "unseen")) == .ok)
+        #expect(machine.events.filter { $0.container == "/agent/unseen" && $0.kind == .containerEventCreated }.count == 1)
+        // A plain create and destroy record their own event only.
+        let before = machine.events.count
+        #expect(try machine.code(AgentMethods.create, CreateRequest(name: "plain")) == .ok)
+        #expect(try machine.code(AgentMethods.destroy, DestroyRequest(name: "plain")) == .ok)
+        #expect(machine.events.count == before + 2)
+        #expect(tail(2) == ["CREATED /agent/plain", "DESTROYED /agent/plain"], "\(tail(2))")
+    }
+
     @Test func destroyRefusesProcessesAndTouristThreads() throws {
         let machine = try FakeAgentMachine()
         try machine.container(["agent", "procs"], procs: "777\n", tasks: "777\n")
