@@ -141,6 +141,13 @@ public final class ContainerMonitor {
     /// eventfd, EMFILE). It skipped them silently: the reconcile still
     /// finds such a container's changes, but not its OOMs.
     public var onWatchFailure: ((String) -> Void)?
+    /// An OOM eventfd whose descriptor number reaches this is closed again
+    /// (half the open file limit: so many descriptors are in use): the
+    /// rest stays free for clients, snapshots, cgroup files and the stats
+    /// sampler (a quarter of the limit). The eventfds of 20 containers
+    /// took every descriptor of an agent under a limit of 64, which then
+    /// refused every client without a word (a probe).
+    var eventfdCeiling = Int32(clamping: max(16, min(Sys.fileLimit, 1 << 30) / 2))
     /// Tests: at most this many inotify watches, as if the kernel's limit
     /// were reached there (ENOSPC), so that the monitor's ways past the
     /// limit run in-process, on either cgroup version.
@@ -313,7 +320,14 @@ public final class ContainerMonitor {
         var fds: [EventFd] = []
         for r in plan.eventfds {
             do {
-                fds.append(EventFd(container: name, kind: r.kind, source: try r.open()))
+                let source = try r.open()
+                guard source.fd < eventfdCeiling else {
+                    // Closed as `source` goes, which ends its registration.
+                    onWatchFailure?("the OOMs of container \(name) are not watched: descriptor \(source.fd) reached half of "
+                                    + "the open file limit (RLIMIT_NOFILE \(Sys.fileLimit)), kept for clients and files")
+                    break
+                }
+                fds.append(EventFd(container: name, kind: r.kind, source: source))
             } catch where error.errno != ENOENT && error.errno != ENODEV {
                 onWatchFailure?("the OOMs of container \(name) are not watched: \(error.message)")
             } catch {}  // going
