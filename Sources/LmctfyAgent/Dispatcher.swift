@@ -505,11 +505,12 @@ public final class Dispatcher: Sendable {
         }
         mutating(AgentMethods.create, recover: { d, r, error in
             // The earlier agent may have made it: OK if what is there has
-            // every value the request asked for (read back, so a value the
-            // kernel rounded, such as a memory limit, does not match).
+            // every value the request asked for, as the kernel keeps them
+            // (memory amounts in whole pages: a limit of 100000000 reads
+            // back 99999744, and the retry was ALREADY_EXISTS; a probe).
             guard error.code == .alreadyExists,
                   let spec = try? d.backend.spec(try Dispatcher.containerName(r.name)),
-                  Dispatcher.contains(spec.dynamic, r.spec?.dynamic ?? ContainerSpec().dynamic) else { return nil }
+                  Dispatcher.contains(spec.dynamic, Dispatcher.asKept(r.spec ?? ContainerSpec()).dynamic) else { return nil }
             return CreateResponse()
         }) { d, r in
             let name = try Dispatcher.containerName(r.name)
@@ -643,6 +644,17 @@ public final class Dispatcher: Sendable {
 
     /// Whether `whole` has every field `part` sets, with the same values
     /// (recursively for single messages; repeated fields must be equal).
+    /// `spec` with its memory amounts as the kernel keeps them: positive
+    /// byte values rounded down to whole pages (v1 and v2 alike).
+    static func asKept(_ spec: ContainerSpec) -> ContainerSpec {
+        guard var m = spec.memory else { return spec }
+        func page(_ v: Int64?) -> Int64? { v.map { $0 > 0 ? $0 / Sys.pageSize * Sys.pageSize : $0 } }
+        (m.limit, m.reservation, m.swapLimit) = (page(m.limit), page(m.reservation), page(m.swapLimit))
+        var kept = spec
+        kept.memory = m
+        return kept
+    }
+
     static func contains(_ whole: DynamicMessage, _ part: DynamicMessage) -> Bool {
         part.setFieldNumbers.allSatisfy { n in
             let (a, b) = (whole.values(n), part.values(n))
