@@ -4,6 +4,7 @@
 // containers were made with the CLI, counts them all), capacity read from
 // the root container, and admission wrapped around Create and Update. The
 // arithmetic is LmctfyPolicy's; this file only feeds it and acts.
+import Glibc
 import LmctfyBackend
 import LmctfyPolicy
 import LmctfyProto
@@ -177,11 +178,18 @@ public final class PolicyKeeper: Sendable {
         guard Self.isTopLevel(path) else { return try body() }
         syncIfChanged()
         let cap = try capacity()
+        // A create of the same name under way (another caller's): this one
+        // waits for it to end and is then decided as if it came after it:
+        // ALREADY_EXISTS once it made it, admitted afresh if it failed.
+        // The loser of two creates at once was ABORTED (a probe: 11 of 120).
+        let waitUntil = MonotonicClock.milliseconds() + 10_000
+        while admitter.commitment(path)?.pending == true && MonotonicClock.milliseconds() < waitUntil { usleep(1000) }
         guard let d = admitter.admit(path, tier: tier, amount: Policy.committed(spec, tier: tier), capacity: cap, new: true) else {
             // Known and made: the create fails on its own (ALREADY_EXISTS);
-            // a create of it under way: this one conflicts with it.
+            // a create of it still under way after the wait: this one
+            // conflicts with it.
             if admitter.commitment(path)?.pending == true {
-                throw LmctfyError(.aborted, "Create of \"\(path)\" is already under way")
+                throw LmctfyError(.aborted, "Create of \"\(path)\" is still under way (another caller's)")
             }
             return try body()
         }

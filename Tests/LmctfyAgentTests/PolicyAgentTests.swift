@@ -63,6 +63,45 @@ private func withPolicyAgent<T>(_ label: String, _ body: (ContainerName, Agent, 
 
 @Suite(.enabled(if: RealCgroups.available, "\(RealCgroups.unavailableReason ?? "")"))
 struct PolicyAgentTests {
+    /// A Create of a name whose create is under way (another caller's)
+    /// waits for it and is answered as if it came after it: ALREADY_EXISTS
+    /// once that one made it. The loser of two creates at once was ABORTED
+    /// (the concurrency probe: 11 of 120 lmctl creates).
+    @Test func aCreateOfANameBeingCreatedWaitsForItAndGetsAlreadyExists() throws {
+        try withPolicyRoot("policysame", spec: "memory { limit: 268435456 }") { root in
+            let api = try ContainerApi.detect()
+            let dir = "/tmp/lmctfy-agent-test-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+            try Sys.mkdir(dir, mode: 0o755)
+            defer { _ = removeTree(dir) }
+            try withAgent(state: dir, "root_container: \"\(root)\" policy { overcommit_percent: 0 }") { agent, socket in
+                let keeper = try #require(agent.dispatcher.policy)
+                let spec = try ContainerSpec(textFormat: "memory { limit: 10485760 }")
+                let path = try agent.dispatcher.backend.resolve("/same")
+                let (tier, applied) = try keeper.planCreate(path: path, spec: spec, tier: nil)
+                let inside = Mutexed(false)
+                let firstDone = Mutexed<UInt64?>(nil)
+                let backend = agent.dispatcher.backend
+                Threads.detach {
+                    _ = try? keeper.admitCreate(path: path, tier: tier, spec: applied) {
+                        inside.locked { $0 = true }
+                        usleep(300_000)
+                        try backend.create("/same", spec: applied)
+                        firstDone.locked { $0 = MonotonicClock.milliseconds() }
+                    }
+                }
+                for _ in 0..<500 where !inside.locked({ $0 }) { usleep(10_000) }
+                try #require(inside.locked { $0 }, "the first create never started")
+                let client = try RpcClient.connect(unixPath: socket)
+                defer { client.close() }
+                let (code, message) = status { _ = try client.call(AgentMethods.create, CreateRequest(name: "/same", spec: spec)) }
+                let answered = MonotonicClock.milliseconds()
+                #expect(code == .alreadyExists, "\(code): \(message)")
+                #expect(firstDone.locked { $0 }.map { $0 <= answered } == true, "answered before the first create ended")
+                #expect(try api.exists(name(root.path + "/same")))
+            }
+        }
+    }
+
     @Test func admissionOnA256MiBRootWithTiersOvercommitUpdatesAndARestart() throws {
         try withPolicyRoot("policy", spec: "memory { limit: 268435456 }") { root in
             let api = try ContainerApi.detect()
