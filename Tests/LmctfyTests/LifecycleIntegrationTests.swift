@@ -106,6 +106,30 @@ struct LifecycleIntegrationTests {
         }
     }
 
+    /// `lmctfy run` racing another lmctfy's `destroy -f` of its container
+    /// says the container does not exist (5), never the openat2 text of a
+    /// cgroup file the destroy took away (a probe; 11 of 150 such races
+    /// here before the fix). A race: a run that wins it is fine too.
+    @Test func aRunRacingADestroySaysTheContainerDoesNotExist() throws {
+        try withTestContainer(api, label: "racerun") { name in
+            let lmctfy = builtTool("lmctfy")
+            var raw: [String] = []
+            for _ in 0..<100 {
+                _ = try TestProcess.capture([lmctfy, "create", name.path, "cpu:{limit:100}"])
+                let destroyed = Mutexed(false)
+                Threads.detach {
+                    _ = try? TestProcess.capture([lmctfy, "destroy", "-f", name.path])
+                    destroyed.locked { $0 = true }
+                }
+                let r = try TestProcess.capture([lmctfy, "run", "-n", name.path, "/bin/true"])
+                let err = String(decoding: r.stderr, as: UTF8.self)
+                if r.status != 0 && !err.contains("does not exist") { raw.append("\(r.status): \(err)") }
+                for _ in 0..<1000 where !destroyed.locked({ $0 }) { usleep(5_000) }
+            }
+            #expect(raw.isEmpty, "\(raw.count) runs: \(raw.prefix(3))")
+        }
+    }
+
     @Test func duplicatesMissingParentsAndTheRoot() throws {
         try withTestContainer(api) { name in
             try api.create(name, spec: ContainerSpec())
