@@ -186,6 +186,14 @@ static inline int lm_cert_file_info(const char *path, long long *not_before, lon
     return ok;
 }
 
+/* The first certificate of the PEM file `path` (X509_free it), or NULL. */
+static inline X509 *lm_cert_file_x509(const char *path) {
+    BIO *f = BIO_new_file(path, "r");
+    X509 *cert = f ? PEM_read_bio_X509(f, NULL, NULL, NULL) : NULL;
+    BIO_free(f);
+    return cert;
+}
+
 /* Enrolment (PROTOCOL.md section 3.2). A host name fit for a subjectAltName
  * DNS entry and a subject CN: letters, digits, '-' and '.', 1 to 253. */
 static inline int lm_is_dns_name(const char *host) {

@@ -1184,7 +1184,10 @@ public final class Agent: @unchecked Sendable {
         let auth: DiallerAuthentication
         if c.tls != nil, let context = tlsClient {
             // The controller's certificate must name the address dialled.
-            guard let channel = try? TlsChannel(context: context, serverName: c.host) else { conn.close(); redialHome(); return }
+            // Nor may it be one the controller issued to an enrolling agent.
+            guard let channel = try? TlsChannel(context: context, serverName: c.host, refusingUnit: Enrolment.enrolledUnit) else {
+                conn.close(); redialHome(); return
+            }
             tls = channel
             auth = .certificate
         } else {

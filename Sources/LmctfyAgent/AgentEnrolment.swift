@@ -37,6 +37,7 @@ public enum AgentEnrolment {
             throw .invalidArgument("\(source): bootstrap_token_file needs controller_enroll_address (host:port)")
         }
         let host = String(address[..<colon])
+        try checkWritable(keyFile: keyFile, certFile: certFile, source: source)
         try TlsContext.checkPrivate(tokenFile)
         let text: String
         do { text = try Sys.readFile(tokenFile) } catch { throw error.lmctfy(.notFound, "Reading bootstrap_token_file") }
@@ -47,7 +48,7 @@ public enum AgentEnrolment {
         let (keyPem, csrPem) = try Enrolment.makeKeyAndRequest(hostName: hostName)
         let client = try RpcClient.connect(host: host, port: port,
                                            tls: TlsContext(side: .client, certificateFile: nil, keyFile: nil, caFile: caFile),
-                                           name: "lmctfy-agent-enrol")
+                                           name: "lmctfy-agent-enrol", refusingUnit: Enrolment.enrolledUnit)
         defer { client.close() }
         let response = try client.call(ControllerMethods.enroll, EnrollRequest(token: token, hostName: hostName, csrPem: csrPem),
                                        deadlineMs: 30_000)
@@ -73,6 +74,21 @@ public enum AgentEnrolment {
     /// pair loads and chains to ca_file), then each atomically (temp, fsync,
     /// rename), the key first: the certificate's presence is what says
     /// "enrolled".
+    /// FAILED_PRECONDITION unless the directories of tls.key_file and
+    /// tls.certificate_file exist and can be written: checked before the
+    /// token is sent. A directory that did not exist failed the write after
+    /// the controller had spent the token and signed a certificate no one
+    /// kept (a probe). `--check-config` checks it too.
+    public static func checkWritable(keyFile: String, certFile: String, source: String) throws(LmctfyError) {
+        for (field, file) in [("tls.key_file", keyFile), ("tls.certificate_file", certFile)] {
+            let dir = file.lastIndex(of: "/").map { i in i == file.startIndex ? "/" : String(file[..<i]) } ?? "."
+            guard Sys.isDirectory(dir), access(dir, W_OK) == 0 else {
+                throw .failedPrecondition("\(source): \(field) \(file): its directory \(dir) does not exist or cannot be written; "
+                                          + "enrolment would spend the bootstrap token for a certificate it could not keep")
+            }
+        }
+    }
+
     static func install(keyPem: String, certPem: String, keyFile: String, certFile: String, caFile: String,
                         what: String) throws(LmctfyError) {
         let keyTemp = keyFile + ".enrol", certTemp = certFile + ".enrol"
@@ -115,7 +131,7 @@ public enum AgentEnrolment {
         let (keyPem, csrPem) = try Enrolment.makeKeyAndRequest(hostName: hostName(c))
         let client = try RpcClient.connect(host: String(address[..<colon]), port: port,
                                            tls: TlsContext(side: .client, certificateFile: certFile, keyFile: keyFile, caFile: caFile),
-                                           name: "lmctfy-agent-renew")
+                                           name: "lmctfy-agent-renew", refusingUnit: Enrolment.enrolledUnit)
         defer { client.close() }
         let response = try client.call(ControllerMethods.renew, RenewRequest(csrPem: csrPem), deadlineMs: 30_000)
         guard let certPem = response.certificatePem, !certPem.isEmpty else {

@@ -41,6 +41,9 @@ public enum AgentMain {
             if let text = try? Sys.readFile(configPath), let config = try? AgentConfig(textFormat: text),
                AgentEnrolment.isPending(config) {
                 if checkOnly {
+                    if let t = config.tls, let key = t.keyFile, let cert = t.certificateFile {
+                        try AgentEnrolment.checkWritable(keyFile: key, certFile: cert, source: configPath)
+                    }
                     print("config OK: \(configPath) (no certificate yet: it will enrol at \(config.controllerEnrollAddress ?? "?") first)")
                     exit(0)
                 }

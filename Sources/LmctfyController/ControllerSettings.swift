@@ -93,7 +93,8 @@ public struct ControllerSettings: Sendable {
             serverOnly.requireClientCertificate = false
             enroll = EnrollSettings(tcp: try Self.address(address, "enroll_address", source),
                                     tls: try Self.tlsContext(serverOnly, source: source),
-                                    caCertificateFile: caCert, caKeyFile: caKey, tokenFile: tokens, days: days)
+                                    caCertificateFile: caCert, caKeyFile: caKey, tokenFile: tokens, days: days,
+                                    controllerCertificateFile: t.certificateFile ?? "")
         }
         if let keyFile = c.keyFile {
             keys = try KeyFile.load(keyFile, requirePrivate: true)
@@ -162,6 +163,9 @@ public struct ControllerSettings: Sendable {
         public var tokenFile: String
         /// How long an enrolled certificate is valid.
         public var days: Int
+        /// The controller's own certificate (tls.certificate_file): the
+        /// names it holds are never signed for an agent.
+        public var controllerCertificateFile: String
     }
 
     var rolePolicy: RolePolicy { RolePolicy(bindings: config.role, allowedGid: allowedGid) }

@@ -75,6 +75,7 @@ final class Enroller {
         if let bound = t.hostName, bound != host {
             throw LmctfyError(.permissionDenied, "this bootstrap token is for host \(bound), not \(host)")
         }
+        try refuseReserved(host)
         if t.hostName == nil && isKnown(host) {
             throw LmctfyError(.permissionDenied, "host \(host) is registered already: enrolling it again takes a bootstrap token that names it")
         }
@@ -100,8 +101,26 @@ final class Enroller {
         guard identity.dnsNames.count == 1, let host = identity.dnsNames.first, Enrolment.isDnsName(host) else {
             throw LmctfyError(.permissionDenied, "Renew needs a certificate naming exactly one host (subjectAltName DNS), not \(identity)")
         }
+        try refuseReserved(host)
         let pem = try Enrolment.sign(csrPem: r.csrPem ?? "", hostName: host, caCertificateFile: settings.caCertificateFile,
                                      caKeyFile: settings.caKeyFile, days: settings.days)
         return (host, RenewResponse(certificatePem: pem))
+    }
+
+    /// PERMISSION_DENIED for a name no agent's certificate may hold: one
+    /// of the controller's own certificate (read now: a SIGHUP may have
+    /// replaced it) and `localhost`. Signed by the CA agents and lmctl
+    /// check the controller against, such a certificate let whoever held
+    /// a token that names no host stand in for the controller (a probe:
+    /// an agent registered with the impostor, which then made containers
+    /// on it). Agents and lmctl also refuse a controller certificate with
+    /// the enrolled OU (TlsChannel's refusingUnit).
+    func refuseReserved(_ host: String) throws(LmctfyError) {
+        let own = CertIdentity(certificateFile: settings.controllerCertificateFile)?.dnsNames ?? []
+        let reserved = (own + ["localhost"]).map { $0.lowercased() }
+        let asked = host.lowercased()
+        if reserved.contains(asked) || reserved.contains(where: { $0.hasPrefix("*.") && asked.hasSuffix($0.dropFirst()) }) {
+            throw LmctfyError(.permissionDenied, "host name \(host) is the controller's own (or localhost): no agent's certificate may name it")
+        }
     }
 }

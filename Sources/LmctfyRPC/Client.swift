@@ -85,9 +85,9 @@ public final class RpcClient {
     public static func connect(
         host: String, port: UInt16, tls context: TlsContext, serverName: String? = nil,
         keyId: String? = nil, key: [UInt8]? = nil, name: String = "lmctfy-client",
-        limits: SessionLimits = SessionLimits()
+        limits: SessionLimits = SessionLimits(), refusingUnit: String? = nil
     ) throws(LmctfyError) -> RpcClient {
-        let channel = try TlsChannel(context: context, serverName: serverName ?? host)
+        let channel = try TlsChannel(context: context, serverName: serverName ?? host, refusingUnit: refusingUnit)
         let fd = try RpcSocket.connectTCP(host: host, port: port)
         let auth: DiallerAuthentication
         if let keyId, let key { auth = .sharedKey(keyId: keyId, key: key) } else { auth = .certificate }

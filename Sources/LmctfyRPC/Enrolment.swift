@@ -8,6 +8,10 @@ import LmctfySystem
 
 /// Certificates issued to enrolling agents.
 public enum Enrolment {
+    /// The subject OU of every certificate the controller signs for an
+    /// enrolling agent (COpenSSL's lm_sign_csr writes it).
+    public static let enrolledUnit = "agents"
+
     /// Whether `name` can be a certificate's DNS name (letters, digits,
     /// '-' and '.', at most 253).
     public static func isDnsName(_ name: String) -> Bool { lm_is_dns_name(name) == 1 }

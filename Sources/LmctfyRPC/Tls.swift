@@ -168,6 +168,7 @@ public final class TlsChannel {
     private let input: OpaquePointer
     private let output: OpaquePointer
     private let context: TlsContext
+    private let refusingUnit: String?
     private var waiting: [UInt8] = []
 
     /// Whether the handshake has completed (application data flows).
@@ -192,7 +193,14 @@ public final class TlsChannel {
     /// A channel of `context`'s side. A client verifies that the server's
     /// certificate names `serverName` (a DNS name, or an IP address when it
     /// parses as one) and sends it as SNI when it is a name.
-    public init(context: TlsContext, serverName: String? = nil) throws(LmctfyError) {
+    ///
+    /// `refusingUnit`: a client refuses a server whose certificate has this
+    /// subject OU (the controller's dialers refuse `Enrolment.enrolledUnit`:
+    /// a certificate the controller signed for an enrolling agent, with the
+    /// controller's own CA, named what the token's holder asked, its own
+    /// name included, and it was taken for the controller's; a probe).
+    public init(context: TlsContext, serverName: String? = nil, refusingUnit: String? = nil) throws(LmctfyError) {
+        self.refusingUnit = refusingUnit
         guard let ssl = SSL_new(context.ctx) else { throw .internalError("SSL_new failed: \(TlsContext.takeError())") }
         guard let input = BIO_new(BIO_s_mem()), let output = BIO_new(BIO_s_mem()) else {
             SSL_free(ssl)
@@ -307,9 +315,14 @@ public final class TlsChannel {
         ERR_clear_error()
         let rc = SSL_do_handshake(ssl)
         if rc == 1 {
+            let identity = readPeerIdentity()
+            if let unit = refusingUnit, identity?.organizationalUnits.contains(unit) == true {
+                failure = "the server's certificate (\(identity!)) has OU=\(unit): one issued to an enrolling agent, not the controller's"
+                return
+            }
             isHandshakeDone = true
             out.handshakeCompleted = true
-            peerIdentity = readPeerIdentity()
+            peerIdentity = identity
             var notAfter: Int64 = 0
             if lm_ssl_peer_not_after(ssl, &notAfter) == 1 { peerNotAfter = notAfter }
             var serial = [CChar](repeating: 0, count: 128)
@@ -393,6 +406,17 @@ public final class TlsChannel {
 }
 
 extension CertIdentity {
+    /// The names of the first certificate of the PEM file at `path`; nil
+    /// when it holds none.
+    public init?(certificateFile path: String) {
+        guard let cert = lm_cert_file_x509(path) else {
+            ERR_clear_error()
+            return nil
+        }
+        defer { X509_free(cert) }
+        self.init(of: cert)
+    }
+
     /// The names of an X509 certificate.
     init(of cert: OpaquePointer) {
         var id = CertIdentity()

@@ -630,8 +630,11 @@ public enum LmctlCLI {
                     guard let keyFile else { throw .invalidArgument("\(flag) \(address) with --ca needs --cert and --key, or --key-file") }
                     (keyId, key) = try KeyFile.load(keyFile, requirePrivate: true).sorted { $0.key < $1.key }[0]
                 }
+                // A controller's certificate is never one it issued to an
+                // enrolling agent (Enrolment.enrolledUnit).
                 return try RpcClient.connect(host: String(hostPort[..<colon]), port: port, tls: context,
-                                             keyId: keyId, key: key, name: "lmctl")
+                                             keyId: keyId, key: key, name: "lmctl",
+                                             refusingUnit: flag == "--controller" ? Enrolment.enrolledUnit : nil)
             }
             guard let keyFile else {
                 // migrate's target takes its key with --to-key-file (and no TLS flags).

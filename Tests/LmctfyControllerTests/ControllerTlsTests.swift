@@ -86,6 +86,47 @@ struct ControllerTlsTests {
             throws: { ($0 as? LmctfyError)?.code == .unauthenticated }
     }
 
+    /// A controller serving a certificate the CA issued to an agent (OU
+    /// agents, as every enrolled one): agents do not register with it and
+    /// lmctl refuses it (16), though it chains to their CA and names the
+    /// address dialled. An enrolled certificate for the controller's name
+    /// let its holder stand in for the controller (a probe).
+    @Test func aControllerWithAnAgentsCertificateIsRefusedByAgentsAndLmctl() throws {
+        let dir = "/tmp/lmctfy-ctls-ou-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try Sys.mkdir(dir, mode: 0o755)
+        defer { _ = removeTree(dir) }
+        let pki = dir + "/pki"
+        try #require(try TestProcess.capture([Self.repo + "/tools/make-test-pki", pki]).status == 0)
+        let tls = { (name: String) in
+            "tls { certificate_file: \"\(pki)/\(name).pem\" key_file: \"\(pki)/\(name).key\" ca_file: \"\(pki)/ca.pem\" }"
+        }
+        // agent2's certificate: OU=agents, names agent2, localhost, 127.0.0.1.
+        let settings = try ControllerSettings.parse("""
+            unix_socket_path: "\(dir)/controller.sock" agent_address: "127.0.0.1:0" tcp_address: "127.0.0.1:0"
+            state_dir: "\(dir)/controller" log_level: LOG_ERROR \(tls("agent2"))
+            role { role: AGENT_ROLE_ADMIN certificate_ou: "admins" }
+            """, source: "test")
+        let controller = try LmctfyController.Controller(settings: settings)
+        try controller.start(handleSignals: false)
+        defer { #expect(controller.stop() == 0) }
+        let s = try AgentSettings.parse("""
+            unix_socket_path: "\(dir)/a.sock" state_dir: "\(dir)/a" log_level: LOG_ERROR
+            stats_interval_ms: 0 watch_containers: false reconcile_interval_ms: 0
+            controller_address: "127.0.0.1:\(controller.agentPort)" host_name: "agent1" \(tls("agent"))
+            reconnect_base_ms: 50 reconnect_max_ms: 200
+            """, source: "a")
+        let agent = Agent(settings: s, api: try ContainerApi.detect())
+        try agent.start(handleSignals: false)
+        defer { #expect(agent.stop(graceMs: 1000) == 0) }
+        usleep(1_500_000)  // many redials (50-200 ms apart)
+        #expect(!agent.isRegisteredWithController && controller.hostCount == 0)
+        let port = try #require(controller.clientPort)
+        let r = try TestProcess.capture([builtTool("lmctl"), "--controller", "tcp://127.0.0.1:\(port)", "--cert", "\(pki)/admin.pem",
+                                         "--key", "\(pki)/admin.key", "--ca", "\(pki)/ca.pem", "hosts"])
+        let err = String(decoding: r.stderr, as: UTF8.self)
+        #expect(r.status == 16 && err.contains("OU=agents"), "\(r.status): \(err)")
+    }
+
     /// Rotation and revocation on the controller (Controller.reloadTls, what
     /// SIGHUP does): a rotated certificate is what new connections get while
     /// the registered agent's link stays; a CRL naming the agent's

@@ -108,9 +108,30 @@ struct EnrolmentTests {
         let impostor = try Enrolment.makeKeyAndRequest(hostName: "agent7")
         #expect { _ = try client.call(ControllerMethods.enroll, EnrollRequest(token: "tok-any", hostName: "agent7", csrPem: impostor.csrPem)) }
             throws: { ($0 as? LmctfyError)?.code == .permissionDenied && "\($0)".contains("host agent7 is registered already") }
+        // Nor the controller's own names (its certificate's: controller,
+        // localhost): signed by the CA agents and lmctl check the controller
+        // against, such a certificate let the token's holder stand in for
+        // the controller (a probe).
+        for own in ["controller", "localhost", "LocalHost"] {
+            let req = try Enrolment.makeKeyAndRequest(hostName: own)
+            #expect { _ = try client.call(ControllerMethods.enroll, EnrollRequest(token: "tok-any", hostName: own, csrPem: req.csrPem)) }
+                throws: { ($0 as? LmctfyError)?.code == .permissionDenied && "\($0)".contains("the controller's own") }
+        }
         let mine = try Enrolment.makeKeyAndRequest(hostName: "agent9")
         let r = try client.call(ControllerMethods.enroll, EnrollRequest(token: "tok-any", hostName: "agent9", csrPem: mine.csrPem))
         #expect(r.certificatePem?.contains("BEGIN CERTIFICATE") == true)
+        // Key and certificate paths in a directory that does not exist:
+        // refused before the token is sent (it was spent for a certificate
+        // the agent could not write; a probe), so it enrols once it exists.
+        try Sys.createFile(dir + "/tokens", try Sys.readFile(dir + "/tokens") + "\ntok-dir \(now + 3600) agent11\n", mode: 0o600)
+        var missing = try agentConfig("a11", token: "tok-dir", host: "agent11")
+        missing.tls?.certificateFile = "\(dir)/a11/no/such/cert.pem"
+        missing.tls?.keyFile = "\(dir)/a11/no/such/key.pem"
+        #expect { try AgentEnrolment.enrollIfNeeded(missing, source: "a11") }
+            throws: { ($0 as? LmctfyError)?.code == .failedPrecondition && "\($0)".contains("does not exist or cannot be written") }
+        try Sys.mkdir("\(dir)/a11/no", mode: 0o700)
+        try Sys.mkdir("\(dir)/a11/no/such", mode: 0o700)
+        #expect(try AgentEnrolment.enrollIfNeeded(missing, source: "a11"))
         // And no one without a certificate gets onto the agent port.
         #expect(throws: LmctfyError.self) {
             let c = try RpcClient.connect(host: "127.0.0.1", port: controller.agentPort,
