@@ -110,6 +110,37 @@ static inline int lm_ssl_ctx_load_crl(SSL_CTX *ctx, const char *path) {
     return n;
 }
 
+/* After a CRL is loaded: verifies `ctx`'s own certificate against its store
+ * (its CA, the CRLs, CRL checking on) now. Returns 1 when that fails for a
+ * reason of the CRLs (none of its issuer, a bad signature, not yet valid or
+ * past its nextUpdate, a broken date, the certificate itself revoked), the
+ * reason into `out`; 0 otherwise, including when it cannot tell (no own
+ * certificate, or one that does not chain to this CA). */
+static inline int lm_ssl_ctx_crl_problem(SSL_CTX *ctx, char *out, size_t cap) {
+    if (cap) out[0] = 0;
+    X509 *cert = SSL_CTX_get0_certificate(ctx);
+    if (cert == NULL) return 0;
+    X509_STORE_CTX *v = X509_STORE_CTX_new();
+    if (v == NULL) return 0;
+    int problem = 0;
+    if (X509_STORE_CTX_init(v, SSL_CTX_get_cert_store(ctx), cert, NULL) == 1 && X509_verify_cert(v) != 1) {
+        int e = X509_STORE_CTX_get_error(v);
+        switch (e) {
+        case X509_V_ERR_UNABLE_TO_GET_CRL: case X509_V_ERR_UNABLE_TO_DECRYPT_CRL_SIGNATURE:
+        case X509_V_ERR_CRL_SIGNATURE_FAILURE: case X509_V_ERR_CRL_NOT_YET_VALID: case X509_V_ERR_CRL_HAS_EXPIRED:
+        case X509_V_ERR_ERROR_IN_CRL_LAST_UPDATE_FIELD: case X509_V_ERR_ERROR_IN_CRL_NEXT_UPDATE_FIELD:
+        case X509_V_ERR_CERT_REVOKED: case X509_V_ERR_UNABLE_TO_GET_CRL_ISSUER:
+            problem = 1;
+            if (cap) snprintf(out, cap, "%s", X509_verify_cert_error_string(e));
+            break;
+        default:
+            break;
+        }
+    }
+    X509_STORE_CTX_free(v);
+    return problem;
+}
+
 /* Verifies again, against `ctx`'s store (its CA, its CRLs and flags) and at
  * `at` (seconds since the epoch; 0: now), the certificate the peer of `ssl`
  * presented in its handshake. Returns 1 when it still verifies, 0 when it no

@@ -103,6 +103,19 @@ public final class TlsContext: @unchecked Sendable {
             guard lm_ssl_ctx_load_crl(ctx, crlFile) > 0 else {
                 throw .invalidArgument("Cannot load the CRL file \(crlFile): \(Self.takeError())")
             }
+            // A CRL that parses but is not this CA's, or is past its
+            // nextUpdate, was taken (at start and at a SIGHUP, said to have
+            // worked) and then refused every peer: a controller dropped its
+            // whole fleet (a probe). Checked on our own certificate, when
+            // it chains to this CA.
+            var why = [CChar](repeating: 0, count: 256)
+            if lm_ssl_ctx_crl_problem(ctx, &why, why.count) == 1 {
+                ERR_clear_error()
+                let reason = String(decoding: why.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+                throw .invalidArgument("The CRL file \(crlFile) does not serve \(caFile) now (\(reason)): every peer would be refused; "
+                                       + "it must be a current CRL of that CA (nextUpdate in the future), and not revoke our own certificate")
+            }
+            ERR_clear_error()
         }
         var mode = SSL_VERIFY_PEER
         if side == .server {

@@ -195,3 +195,42 @@ struct AgentTlsSighupTests {
         #expect(TestProcess.reapIfExited(agent.pid) == nil, "the agent is still running")
     }
 }
+
+/// A CRL that parses but cannot serve the CA (another CA's, past its
+/// nextUpdate, or revoking our own certificate) is refused when the
+/// context loads (at start, and at a SIGHUP, which then keeps the old
+/// one): it was taken as a success and then refused every peer; a
+/// controller so dropped every agent (a probe).
+@Suite struct CrlLoadTests {
+    @Test func aCrlThatCannotServeTheCaIsRefusedAtLoad() throws {
+        let pki = try makeTestPKI()
+        defer { _ = removeTree(pki) }
+        let other = try makeTestPKI()
+        defer { _ = removeTree(other) }
+        try makeCRL(pki, pki + "/good.pem", revoking: ["reader"])
+        try makeCRL(other, pki + "/other.pem", revoking: [])
+        try makeCRL(pki, pki + "/own.pem", revoking: ["agent"])
+        // One a second long, expired by the time it is loaded.
+        let db = pki + "/crldb"
+        try Sys.mkdir(db, mode: 0o700)
+        try Sys.createFile(db + "/index.txt", "", mode: 0o600)
+        try Sys.createFile(db + "/crlnumber", "01\n", mode: 0o600)
+        try Sys.createFile(db + "/ca.cnf", "[ ca ]\ndefault_ca = t\n[ t ]\ndatabase = \(db)/index.txt\ncrlnumber = \(db)/crlnumber\ndefault_md = sha256\n",
+                           mode: 0o600)
+        let gen = try TestProcess.capture(["/usr/bin/openssl", "ca", "-config", db + "/ca.cnf", "-cert", pki + "/ca.pem",
+                                           "-keyfile", pki + "/ca.key", "-gencrl", "-crlsec", "1", "-out", pki + "/expired-crl.pem"])
+        try #require(gen.status == 0, "\(String(decoding: gen.stderr, as: UTF8.self))")
+        usleep(2_100_000)
+        func load(_ crl: String) throws -> TlsContext {
+            try TlsContext(side: .server, certificateFile: pki + "/agent.pem", keyFile: pki + "/agent.key",
+                           caFile: pki + "/ca.pem", crlFile: crl)
+        }
+        _ = try load(pki + "/good.pem")
+        for (crl, why) in [("other.pem", "another CA's"), ("expired-crl.pem", "expired"), ("own.pem", "revoking our own")] {
+            #expect("\(why)") { _ = try load(pki + "/" + crl) } throws: { error in
+                let e = error as? LmctfyError
+                return e?.code == .invalidArgument && e?.message.contains("does not serve") == true
+            }
+        }
+    }
+}
