@@ -38,10 +38,10 @@ public enum AgentEnrolment {
         }
         let host = String(address[..<colon])
         try checkWritable(keyFile: keyFile, certFile: certFile, source: source)
-        try TlsContext.checkPrivate(tokenFile)
+        try TlsContext.checkPrivate(tokenFile, what: "Bootstrap token file")
         let text: String
         do { text = try Sys.readFile(tokenFile) } catch { throw error.lmctfy(.notFound, "Reading bootstrap_token_file") }
-        guard let token = text.split(whereSeparator: { $0 == " " || $0 == "\n" || $0 == "\t" }).first.map(String.init) else {
+        guard let token = text.split(whereSeparator: \.isWhitespace).first.map(String.init) else {
             throw .invalidArgument("\(source): bootstrap_token_file \(tokenFile) holds no token")
         }
         let hostName = Self.hostName(c)

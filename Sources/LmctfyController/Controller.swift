@@ -157,6 +157,7 @@ public final class Controller: @unchecked Sendable {
         default: .info
         }
         logger = l
+        enroller?.log = { [l] in l.error("\($0)") }
         try settings.prepareStateDir()
         // Before anything in it is read: a second controller on the same
         // state_dir started and rewrote the fleet's sequence (a probe).

@@ -86,7 +86,7 @@ public struct ControllerSettings: Sendable {
                 throw .invalidArgument("\(source): enroll_address needs signing_ca_certificate_file, signing_ca_key_file and bootstrap_token_file")
             }
             try TlsContext.checkPrivate(caKey)
-            try TlsContext.checkPrivate(tokens)
+            try TlsContext.checkPrivate(tokens, what: "Bootstrap token file")
             let days = Int(c.enrolledCertificateDays ?? 30)
             guard (1...3650).contains(days) else { throw .invalidArgument("\(source): enrolled_certificate_days must be 1 to 3650, not \(days)") }
             var serverOnly = t

@@ -25,17 +25,55 @@ final class Enroller {
         var hostName: String?
     }
 
+    /// Told (a line for the controller's log) what the token file holds
+    /// that is not a token: unreadable, or lines that do not parse.
+    var log: ((String) -> Void)?
+    /// The token file's text when its lines were last said to be wrong
+    /// (each Enroll re-reads it: said once per content, not per call).
+    private var toldFor: String?
+
     /// The token file as it is now (re-read at each Enroll: tokens are
-    /// added without a restart). A line that does not parse is skipped.
+    /// added without a restart). A line that does not parse (fields
+    /// separated by spaces or tabs, a CR before the newline ignored) is
+    /// skipped and said in the log, as is a token on two lines (refused:
+    /// which host it is for cannot be told). A file that cannot be read is
+    /// UNAVAILABLE for the caller, whom its path and mode do not concern
+    /// (the log has them; an unauthenticated peer was told "Private key
+    /// /etc/... is readable by others").
     func tokens() throws(LmctfyError) -> [String: Token] {
-        try TlsContext.checkPrivate(settings.tokenFile)
         let text: String
-        do { text = try Sys.readFile(settings.tokenFile) } catch { throw error.lmctfy(.failedPrecondition, "Reading bootstrap_token_file") }
+        do {
+            try TlsContext.checkPrivate(settings.tokenFile, what: "Bootstrap token file")
+            text = try Sys.readFile(settings.tokenFile)
+        } catch {
+            log?("bootstrap_token_file: \(error)")
+            throw LmctfyError(.unavailable, "the controller cannot read its bootstrap tokens now (its log says why)")
+        }
         var out: [String: Token] = [:]
-        for line in text.split(separator: "\n") {
-            let words = line.split(separator: "#", maxSplits: 1, omittingEmptySubsequences: false)[0].split(separator: " ")
-            guard words.count == 2 || words.count == 3, let expiry = Int64(words[1]) else { continue }
-            out[String(words[0])] = Token(expiry: expiry, hostName: words.count == 3 ? String(words[2]) : nil)
+        var twice = Set<String>()
+        var wrong: [String] = []
+        // By Character: "\r\n" is one, which a split on "\n" kept inside
+        // the host name (a CRLF file bound its token to "web7\r\n").
+        for (i, line) in text.split(omittingEmptySubsequences: false, whereSeparator: \.isNewline).enumerated() {
+            let content = line.split(separator: "#", maxSplits: 1, omittingEmptySubsequences: false)[0]
+            let words = content.split(whereSeparator: \.isWhitespace)
+            if words.isEmpty { continue }
+            guard words.count == 2 || words.count == 3, let expiry = Int64(words[1]),
+                  words.count == 2 || Enrolment.isDnsName(String(words[2])) else {
+                wrong.append("line \(i + 1) is not \"TOKEN EXPIRY_UNIX_SECONDS [HOST_NAME]\"")
+                continue
+            }
+            let token = String(words[0])
+            if out[token] != nil { twice.insert(token) }
+            out[token] = Token(expiry: expiry, hostName: words.count == 3 ? String(words[2]) : nil)
+        }
+        for token in twice {
+            out[token] = nil
+            wrong.append("a token is on more than one line (refused until one is left)")
+        }
+        if !wrong.isEmpty, toldFor != text {
+            toldFor = text
+            log?("bootstrap_token_file \(settings.tokenFile): " + wrong.joined(separator: "; "))
         }
         return out
     }

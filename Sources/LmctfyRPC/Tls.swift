@@ -140,13 +140,15 @@ public final class TlsContext: @unchecked Sendable {
 
     /// A private file (a key, a token file) others can read is refused:
     /// FAILED_PRECONDITION; NOT_FOUND when it cannot be stat()ed.
-    public static func checkPrivate(_ path: String) throws(LmctfyError) {
+    /// `what`: the file's kind in the messages ("Private key", "Bootstrap
+    /// token file").
+    public static func checkPrivate(_ path: String, what: String = "Private key") throws(LmctfyError) {
         var st = stat()
         guard stat(path, &st) == 0 else {
-            throw SystemError("stat", path, errno).lmctfy(.notFound, "Cannot read the private key")
+            throw SystemError("stat", path, errno).lmctfy(.notFound, "Cannot read the \(what.lowercased())")
         }
         if st.st_mode & 0o077 != 0 {
-            throw .failedPrecondition("Private key \(path) is readable by others (mode \(String(st.st_mode & 0o777, radix: 8))); chmod 600 it")
+            throw .failedPrecondition("\(what) \(path) is readable by others (mode \(String(st.st_mode & 0o777, radix: 8))); chmod 600 it")
         }
     }
 

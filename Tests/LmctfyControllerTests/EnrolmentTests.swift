@@ -132,6 +132,27 @@ struct EnrolmentTests {
         try Sys.mkdir("\(dir)/a11/no", mode: 0o700)
         try Sys.mkdir("\(dir)/a11/no/such", mode: 0o700)
         #expect(try AgentEnrolment.enrollIfNeeded(missing, source: "a11"))
+        // Token lines: CRLF endings and tabs parse (a CRLF line bound its
+        // token to host "agent12\r\n"); a token on two lines is refused
+        // (which host it is for cannot be told); a file others may read is
+        // UNAVAILABLE, its path and mode only in the controller's log (an
+        // unauthenticated peer was told "Private key <path> is readable").
+        try Sys.createFile(dir + "/tokens", try Sys.readFile(dir + "/tokens")
+                           + "\ntok-crlf \(now + 3600) agent12\r\ntok-tab\t\(now + 3600)\n"
+                           + "tok-dup \(now + 3600) agent14\ntok-dup \(now + 3600) agent15\nnot a token line at all\n", mode: 0o600)
+        for (token, host) in [("tok-crlf", "agent12"), ("tok-tab", "agent13")] {
+            let req = try Enrolment.makeKeyAndRequest(hostName: host)
+            #expect(throws: Never.self, "\(token)") {
+                _ = try client.call(ControllerMethods.enroll, EnrollRequest(token: token, hostName: host, csrPem: req.csrPem))
+            }
+        }
+        let dup = try Enrolment.makeKeyAndRequest(hostName: "agent14")
+        #expect { _ = try client.call(ControllerMethods.enroll, EnrollRequest(token: "tok-dup", hostName: "agent14", csrPem: dup.csrPem)) }
+            throws: { ($0 as? LmctfyError)?.code == .unauthenticated }
+        chmod(dir + "/tokens", 0o644)
+        #expect { _ = try client.call(ControllerMethods.enroll, EnrollRequest(token: "tok-dup", hostName: "agent14", csrPem: dup.csrPem)) }
+            throws: { ($0 as? LmctfyError)?.code == .unavailable && !"\($0)".contains(dir) }
+        chmod(dir + "/tokens", 0o600)
         // And no one without a certificate gets onto the agent port.
         #expect(throws: LmctfyError.self) {
             let c = try RpcClient.connect(host: "127.0.0.1", port: controller.agentPort,
