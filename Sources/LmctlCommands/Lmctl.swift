@@ -224,6 +224,11 @@ public enum LmctlCLI {
         if o.cert != nil && o.ca == nil {
             throw .invalidArgument("--cert needs --ca (the CA the peer's certificate must chain to)")
         }
+        if o.cert != nil || o.ca != nil, (o.controller ?? o.agent ?? defaultAgent).hasPrefix("unix://") {
+            // They were ignored: a reader's certificate on the Unix socket
+            // ran as the socket's user, an admin (the TLS probe).
+            throw .invalidArgument("--cert, --key and --ca are for a tcp:// address (TLS); a unix:// peer is who its socket credentials say")
+        }
         if o.host != nil && o.hosts != nil {
             throw .invalidArgument("--host and --hosts cannot be used together")
         }
@@ -621,6 +626,10 @@ public enum LmctlCLI {
             guard let colon = hostPort.lastIndex(of: ":"), let port = UInt16(hostPort[hostPort.index(after: colon)...]) else {
                 throw .invalidArgument("\(flag) \(address): expected tcp://HOST:PORT")
             }
+            // An IPv6 literal in brackets (tcp://[::1]:7411) is its address
+            // without them: "cannot resolve [::1]" otherwise.
+            var host = String(hostPort[..<colon])
+            if host.hasPrefix("["), host.hasSuffix("]"), host.count > 2 { host = String(host.dropFirst().dropLast()) }
             if let tls {
                 let context = try TlsContext(side: .client, certificateFile: tls.cert, keyFile: tls.key, caFile: tls.ca)
                 var keyId: String?
@@ -632,7 +641,7 @@ public enum LmctlCLI {
                 }
                 // A controller's certificate is never one it issued to an
                 // enrolling agent (Enrolment.enrolledUnit).
-                return try RpcClient.connect(host: String(hostPort[..<colon]), port: port, tls: context,
+                return try RpcClient.connect(host: host, port: port, tls: context,
                                              keyId: keyId, key: key, name: "lmctl",
                                              refusingUnit: flag == "--controller" ? Enrolment.enrolledUnit : nil)
             }
@@ -643,7 +652,7 @@ public enum LmctlCLI {
             }
             let keys = try KeyFile.load(keyFile, requirePrivate: true)
             let (id, key) = keys.sorted { $0.key < $1.key }[0]
-            return try RpcClient.connect(host: String(hostPort[..<colon]), port: port, keyId: id, key: key, name: "lmctl")
+            return try RpcClient.connect(host: host, port: port, keyId: id, key: key, name: "lmctl")
         }
         throw .invalidArgument("\(flag) \(address): expected unix:///PATH or tcp://HOST:PORT")
     }

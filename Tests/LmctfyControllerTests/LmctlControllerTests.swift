@@ -252,6 +252,11 @@ struct LmctlControllerTests {
         #expect(noController.status == 3 && noController.err.contains("give --controller"), "\(noController.err)")
         let atAgent = try TestProcess.capture([builtTool("lmctl"), "--agent", "unix://\(fleet.dir)/agent-a.sock", "hosts"])
         #expect(atAgent.status == 3 && atAgent.err.contains("hosts lists a controller's hosts"), "\(atAgent.err)")
+        // TLS flags on a unix:// address are refused: they were ignored (a
+        // reader's certificate on the socket ran as its admin; a probe).
+        let tlsOnUnix = try TestProcess.capture([builtTool("lmctl"), "--agent", "unix://\(fleet.dir)/agent-a.sock", "--cert", "/no/such.pem",
+                                                 "--key", "/no/such.key", "--ca", "/no/such-ca.pem", "info"])
+        #expect(tlsOnUnix.status == 3 && tlsOnUnix.err.contains("are for a tcp:// address"), "\(tlsOnUnix.err)")
 
         // A reader at the controller (TCP, key "reader") may list and read, not create.
         let readerKeys = fleet.dir + "/reader.keys"
@@ -262,6 +267,10 @@ struct LmctlControllerTests {
         defer { _ = try? ContainerApi.detect().destroy(ContainerName.resolve(name, relativeTo: .root)) }
         let denied = try TestProcess.capture(reader + ["--host", "alpha", "create", name, "cpu:{limit:500}"])
         #expect(denied.status == 7 && denied.err.contains("admin"), "\(denied.err)")
+        // An IPv6 literal in brackets is dialled, not looked up as a name
+        // ("cannot resolve [::1]"): nothing listens on port 1 there.
+        let v6 = try TestProcess.capture([builtTool("lmctl"), "--controller", "tcp://[::1]:1", "--key-file", readerKeys, "hosts"])
+        #expect(v6.status == 14 && !v6.err.contains("resolve"), "\(v6.status): \(v6.err)")
     }
 
     /// `events -f` at a controller (the fleet's stream) that loses the
