@@ -38,6 +38,8 @@ final class ConnState {
     /// TLS under the framing (PROTOCOL.md section 3.1): every byte read goes
     /// through it before the session, every byte written after.
     var tls: TlsChannel?
+    /// The peer this TCP connection is counted for (max_connections_per_peer).
+    var countedAs: String?
     /// The session is a stand-in until the TLS handshake names the peer's
     /// certificate; then it is replaced by one authenticating by it.
     var awaitingCertificate = false
@@ -109,6 +111,8 @@ public final class Agent: @unchecked Sendable {
 
     private var listeners: [Listener] = []
     private var conns: [Int: ConnState] = [:]
+    /// TCP connections open per authenticated peer (`connectionOwner`).
+    private var connectionsPerPeer: [String: Int] = [:]
     /// Connections whose answers wait for the end of the loop's batch.
     private var unflushed: [Int: ConnState] = [:]
     private var nextConnId = 1
@@ -813,6 +817,21 @@ public final class Agent: @unchecked Sendable {
                     s.role = .agentRoleAdmin
                     register(s, controller: peer)
                 } else {
+                    if peer.credentials == nil {
+                        // A TCP peer: one identity holds at most
+                        // max_connections_per_peer of them.
+                        let who = peer.connectionOwner
+                        guard connectionsPerPeer[who, default: 0] < settings.maxConnectionsPerPeer else {
+                            if let more = peerFaults.take() {
+                                log.warning("connection \(s.id): \(who) holds \(settings.maxConnectionsPerPeer) connections already (limits.max_connections_per_peer); refused\(more)")
+                            }
+                            perform(s, s.session.goAway(.goawayNormal, message: "too many connections of \(who) (limits.max_connections_per_peer \(settings.maxConnectionsPerPeer))",
+                                                        now: MonotonicClock.milliseconds()))
+                            return
+                        }
+                        connectionsPerPeer[who, default: 0] += 1
+                        s.countedAs = who
+                    }
                     s.role = settings.role(for: peer)
                 }
                 log.debug("connection \(s.id): \(peer.name) authenticated as \(s.role.protoName)")
@@ -950,6 +969,11 @@ public final class Agent: @unchecked Sendable {
         if unflushed.removeValue(forKey: s.id) != nil { flush(s) }
         guard conns.removeValue(forKey: s.id) != nil else { return }
         handshaking.finished(s.id)
+        if let who = s.countedAs {
+            let n = (connectionsPerPeer[who] ?? 1) - 1
+            connectionsPerPeer[who] = n > 0 ? n : nil
+            s.countedAs = nil
+        }
         apply(inbound.closed(s.id), now: MonotonicClock.milliseconds())
         metrics.connectionClosed(conn: s.id)
         if s.id == home.connId { homeLinkLost() }

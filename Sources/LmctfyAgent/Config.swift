@@ -42,6 +42,10 @@ public struct AgentSettings: Sendable {
     /// The most connections open at once (limits.max_connections; default
     /// 256); connections beyond it are refused.
     public var maxConnections: Int
+    /// The most TCP connections one authenticated peer (certificate or
+    /// key id) holds at once (limits.max_connections_per_peer; default
+    /// half of max_connections); more get GOAWAY_NORMAL saying so.
+    public var maxConnectionsPerPeer: Int
     /// TCP connections still in their handshake (TLS, hello) at once
     /// (limits.max_handshaking_connections; default 64): HandshakeBudget.
     public var maxHandshakingConnections: Int
@@ -223,11 +227,15 @@ public struct AgentSettings: Sendable {
         }
         renewBeforeExpiryPercent = c.bootstrapTokenFile != nil && controller?.tls != nil ? Int(percent) : 0
         let l = c.limits ?? AgentLimits()
-        if l.maxConnectionsPerPeer != nil {
-            throw .invalidArgument("\(source): limits.max_connections_per_peer is a controller's limit; an agent's connections are capped by max_connections")
-        }
         limits = try SessionLimits(l, source: source)
         maxConnections = Int(l.maxConnections ?? 256)
+        // TCP peers only (the Unix socket keeps a reserve for root): one
+        // reader's certificate holding all 256 shut every admin out of the
+        // TCP port (the TLS probe).
+        maxConnectionsPerPeer = Int(l.maxConnectionsPerPeer ?? UInt32(max(1, maxConnections / 2)))
+        guard maxConnectionsPerPeer >= 1 else {
+            throw .invalidArgument("\(source): limits.max_connections_per_peer must be at least 1")
+        }
         maxHandshakingConnections = try HandshakeBudget.limit(l.maxHandshakingConnections, default: HandshakeBudget.agentDefault, source: source)
         flow = FlowLimits()
         if let v = l.maxConnectionBufferedBytes { flow.connectionBytes = Int(max(1, v)) }

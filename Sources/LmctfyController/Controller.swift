@@ -478,7 +478,7 @@ public final class Controller: @unchecked Sendable {
                 // the thousand reached the descriptor limit and shut every
                 // client and redialling agent out (a probe).
                 if p.kind == .client {
-                    let who = Self.peerIdentity(info)
+                    let who = info.connectionOwner
                     guard connectionsPerPeer[who, default: 0] < settings.maxConnectionsPerPeer else {
                         if let more = peerFaults.take() { logger.warning("connection \(p.id): \(who) holds \(settings.maxConnectionsPerPeer) connections already (limits.max_connections_per_peer); refused\(more)") }
                         perform(p, p.session.goAway(.goawayNormal, message: "too many connections of \(who) (limits.max_connections_per_peer \(settings.maxConnectionsPerPeer))",
@@ -599,17 +599,8 @@ public final class Controller: @unchecked Sendable {
         sendRaw(p, bytes)
     }
 
-    /// Connections open per authenticated client peer (`peerIdentity`).
+    /// Connections open per authenticated client peer (`connectionOwner`).
     private var connectionsPerPeer: [String: Int] = [:]
-
-    /// Who a client is, for max_connections_per_peer: its certificate's
-    /// common name, its key id, or its Unix uid.
-    static func peerIdentity(_ info: PeerInfo) -> String {
-        if let c = info.certificate { return "certificate \"\(c.commonName ?? c.dnsNames.first ?? "")\"" }
-        if let k = info.keyId { return "key \"\(k)\"" }
-        if let u = info.credentials?.uid { return "uid \(u)" }
-        return "an unnamed peer"
-    }
 
     private func drop(_ p: ControllerPeer) {
         guard peers.removeValue(forKey: p.id) != nil else { return }

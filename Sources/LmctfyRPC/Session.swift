@@ -130,6 +130,18 @@ public struct PeerInfo: Sendable, Equatable {
     public var capabilities: [String]
 }
 
+extension PeerInfo {
+    /// Who the peer is, for a cap on one peer's connections
+    /// (max_connections_per_peer): its certificate's common name, its key
+    /// id, or its Unix uid.
+    public var connectionOwner: String {
+        if let c = certificate { return "certificate \"\(c.commonName ?? c.dnsNames.first ?? "")\"" }
+        if let k = keyId { return "key \"\(k)\"" }
+        if let u = credentials?.uid { return "uid \(u)" }
+        return "an unnamed peer"
+    }
+}
+
 /// What the owner of a session must do, in order.
 public enum SessionAction: Sendable, Equatable {
     /// Write these bytes to the connection.

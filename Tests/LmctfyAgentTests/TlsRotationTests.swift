@@ -234,3 +234,38 @@ struct AgentTlsSighupTests {
         }
     }
 }
+
+/// One TCP peer's connections are capped (limits.max_connections_per_peer,
+/// default half of max_connections): one more is sent away saying why,
+/// others still get in, and one closed makes room. A reader's certificate
+/// holding all 256 shut every admin out of the TCP port (the TLS probe).
+@Suite(.enabled(if: RealCgroups.available, "\(RealCgroups.unavailableReason ?? "")"))
+struct AgentPeerCapTests {
+    @Test func oneTcpPeersConnectionsAreCapped() throws {
+        let pki = try makeTestPKI()
+        defer { _ = removeTree(pki) }
+        #expect(try AgentSettings.parse("", source: "t").maxConnectionsPerPeer == 128)
+        try withAgent(tlsBlock(pki) + " limits { max_connections_per_peer: 2 }") { agent, _ in
+            let port = try #require(agent.tcpPort)
+            func connect(_ who: String) throws -> RpcClient { try RpcClient.connect(host: "127.0.0.1", port: port, tls: clientContext(pki, who)) }
+            func ping(_ c: RpcClient) throws { _ = try c.call("Ping", PingRequest(data: [1]), as: PingResponse.self) }
+            var held = try (0..<2).map { _ in try connect("reader") }
+            for c in held { try ping(c) }
+            #expect { let c = try connect("reader"); defer { c.close() }; try ping(c) } throws: { error in
+                "\(error)".contains("too many connections of certificate \"reader\" (limits.max_connections_per_peer 2)")
+            }
+            let admin = try connect("admin")
+            defer { admin.close() }
+            try ping(admin)
+            held.removeFirst().close()
+            var again: RpcClient?
+            for _ in 0..<100 where again == nil {
+                again = try? connect("reader")
+                if let c = again, (try? ping(c)) == nil { c.close(); again = nil; usleep(20_000) }
+            }
+            #expect(again != nil, "a connection closed made room")
+            again?.close()
+            for c in held { c.close() }
+        }
+    }
+}
