@@ -32,10 +32,10 @@ public struct Container: Sendable {
         // D7: the root's limits are the machine's; lmctfy never writes them.
         guard !name.isRoot else { throw .failedPrecondition("Updating the root container \"/\" is not allowed") }
         // Serialised with create and destroy of the same tree.
-        try api.locked(name) { _ throws(LmctfyError) in try updateLocked(spec, policy: policy) }
+        try api.locked(name) { lock throws(LmctfyError) in try updateLocked(spec, policy: policy, lock: lock) }
     }
 
-    private func updateLocked(_ asked: ContainerSpec, policy: UpdatePolicy) throws(LmctfyError) {
+    private func updateLocked(_ asked: ContainerSpec, policy: UpdatePolicy, lock: FileLock?) throws(LmctfyError) {
         guard try api.exists(name) else { throw .notFound("Container \"\(name)\" does not exist") }
         // A virtual host's sections as it has them (a spec read back, given
         // again) change nothing: taken out. `spec | update replace` of a
@@ -86,6 +86,21 @@ public struct Container: Sendable {
                 }
                 if !text.isEmpty && !text.contains("\n") { saved.append(CgroupWrite(w.dir, w.file, text)) }
             }
+        }
+        // Journaled in the tree's lock first: an update killed part way
+        // (SIGKILL) left half the new spec (the new CPU limit with the old
+        // memory limit, for good; the concurrency probe, 2 of 184 kills);
+        // whoever locks the tree next puts the previous values back
+        // (`recover`), as a refused write does here.
+        if let lock {
+            do { try lock.append(ContainerApi.updateJournal(name, before: before, saved: saved)) } catch {
+                throw error.cgroup(.failedPrecondition, "Failed to journal the update")
+            }
+        }
+        defer {
+            // Cleared whatever happened below (applied, or put back here).
+            // One left would have the next locker undo a finished update.
+            if let lock { try? lock.clear() }
         }
         do throws(LmctfyError) {
             for kind in order { try api.handler(kind).apply(spec, policy: policy, dirs: dirs) }

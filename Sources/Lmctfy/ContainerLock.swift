@@ -8,6 +8,7 @@
 // a single flock and no lock ordering. Trees are independent, so unrelated
 // containers never wait for each other.
 import Glibc
+import LmctfyProto
 import LmctfySystem
 
 enum ContainerLock {
@@ -115,6 +116,37 @@ extension ContainerApi {
     /// destroy was killed part way, and each of them still there is paused
     /// again (best effort: one that cannot be does not keep the tree
     /// locked out). Returns the container whose directories were removed.
+    /// The journal lines of an update of `name`: the spec before it (the
+    /// resources it writes, as read back) and the exact previous text of
+    /// every one-line file it writes, for `recover` to put back.
+    static func updateJournal(_ name: ContainerName, before: ContainerSpec, saved: [CgroupWrite]) -> String {
+        let spec = (try? before.serializedBytes()) ?? []
+        var lines = "boot \(ContainerLock.bootId)\nupdate \(name) \(spec.map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined())"
+        for w in saved { lines += "\nrestore \(w.dir.mount)\t\(w.dir.segments.joined(separator: "/"))\t\(w.file)\t\(w.value)" }
+        return lines
+    }
+
+    /// An update's journal (`updateJournal`) left behind: it was killed
+    /// part way. Puts the previous spec back, then the exact text of each
+    /// one-line file, last first, as a refused write does in the update
+    /// itself. Best effort: what cannot be put back does not keep the tree
+    /// locked out.
+    private func undoUpdate(_ name: ContainerName, specHex: Substring, restores: [CgroupWrite]) {
+        guard (try? exists(name)) == true else { return }
+        var bytes: [UInt8] = []
+        var i = specHex.startIndex
+        while i < specHex.endIndex, let j = specHex.index(i, offsetBy: 2, limitedBy: specHex.endIndex), let b = UInt8(specHex[i..<j], radix: 16) {
+            bytes.append(b)
+            i = j
+        }
+        if let before = try? ContainerSpec(serializedBytes: bytes), let (dirs, isolated) = try? driver.resolved(name) {
+            for kind in isolated.sorted() where kind.isPresent(in: before) {
+                _ = try? handler(kind).apply(before, policy: .replace, dirs: dirs)
+            }
+        }
+        for w in restores.reversed() { _ = try? w.dir.write(w.file, w.value) }
+    }
+
     private func recover(_ lock: FileLock?) throws(LmctfyError) -> ContainerName? {
         guard let lock else { return nil }
         let text: String
@@ -124,6 +156,8 @@ extension ContainerApi {
         var complete = false
         var making: ContainerName?
         var resumed: [ContainerName] = []
+        var updating: (name: ContainerName, spec: Substring)?
+        var restores: [CgroupWrite] = []
         // A journal names only its own tree: lines about another are not
         // this lock's to act on (and a whole journal that names another
         // tree is dropped without undoing anything).
@@ -136,6 +170,7 @@ extension ContainerApi {
                 // the same name now is someone else's.
                 dirs = []
                 resumed = []
+                updating = nil
                 complete = true
                 break
             }
@@ -150,6 +185,19 @@ extension ContainerApi {
                 }
                 complete = try exists(name)
                 making = name
+            } else if parts[0] == "update" {
+                let words = parts[1].split(separator: " ", maxSplits: 1)
+                if words.count == 2, let name = try? ContainerName.resolve(String(words[0]), relativeTo: .root),
+                   !name.isRoot, name.components.first == top {
+                    updating = (name, words[1])
+                }
+            } else if parts[0] == "restore" {
+                // "<mount>\t<a/b>\t<file>\t<value>", in this tree only.
+                let f = parts[1].split(separator: "\t", maxSplits: 3, omittingEmptySubsequences: false)
+                if f.count == 4, let d = journalDir(f[0] + "\t" + f[1]), d.segments.first == top,
+                   !f[2].isEmpty, !f[2].contains("/"), f[2] != "..", f[2] != "." {
+                    restores.append(CgroupWrite(d, String(f[2]), String(f[3])))
+                }
             } else if parts[0] == "mkdir", let d = journalDir(String(parts[1])), d.segments.first == top {
                 dirs.append(d)
             } else if parts[0] == "kept", let d = journalDir(String(parts[1])) {
@@ -168,6 +216,7 @@ extension ContainerApi {
         for name in resumed where (try? driver.isPausedItself(name)) == false && (try? exists(name)) == true {
             try? driver.requestFrozen(name, true)
         }
+        if let u = updating { undoUpdate(u.name, specHex: u.spec, restores: restores) }
         do { try lock.clear() } catch { throw error.cgroup(.failedPrecondition, "Failed to clear the lock journal") }
         return removed ? making : nil
     }
