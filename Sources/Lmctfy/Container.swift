@@ -97,13 +97,14 @@ public struct Container: Sendable {
                 throw error.cgroup(.failedPrecondition, "Failed to journal the update")
             }
         }
-        defer {
-            // Cleared whatever happened below (applied, or put back here).
-            // One left would have the next locker undo a finished update.
-            if let lock { try? lock.clear() }
-        }
         do throws(LmctfyError) {
             for kind in order { try api.handler(kind).apply(spec, policy: policy, dirs: dirs) }
+            // A journal left would have the next holder of the lock undo
+            // this update: one that cannot be cleared fails the update,
+            // which is undone now (and again by that holder, alike).
+            if let lock {
+                do { try lock.clear() } catch { throw error.cgroup(.failedPrecondition, "Failed to clear the lock journal after the update") }
+            }
         } catch {
             var restored = true
             for kind in order {
@@ -112,6 +113,9 @@ public struct Container: Sendable {
             for w in saved.reversed() {
                 do { try w.dir.write(w.file, w.value) } catch { restored = false }
             }
+            // Put back: nothing left for the next holder to undo (best
+            // effort; a journal left undoes the same values again).
+            if restored, let lock { try? lock.clear() }
             throw LmctfyError(error.code, error.message + (restored ? "" : " (and restoring the previous spec failed too)"),
                               errno: error.errno)
         }
