@@ -209,7 +209,7 @@ public final class Controller: @unchecked Sendable {
             stateLock.release()
             throw error
         }
-        logger.info("lmctfy-controller listening: clients on unix:\(settings.unixSocketPath)\(clientPort.map { " and tcp port \($0)" } ?? ""), agents on tcp port \(agentPort)")
+        logger.info("lmctfy-controller listening: clients on unix:\(settings.unixSocketPath)\(clientPort.map { " and tcp port \($0)" } ?? ""), agents on tcp port \(agentPort)\(enrollPort.map { ", enrolment on tcp port \($0)" } ?? "")")
     }
 
     private func startListeners(handleSignals: Bool) throws(LoopError) -> (UInt16, UInt16?) {
@@ -310,7 +310,7 @@ public final class Controller: @unchecked Sendable {
                 guard let o = peers[oldest] else { break }
                 metrics.handshakesEvicted += 1
                 if let more = peerFaults.take() {
-                    logger.warning("connection \(o.id) from \(o.conn.remoteAddress?.description ?? "tcp"): \(handshaking.evictionLine(handshakingMs: now - o.startedAt))\(more)")
+                    logger.warning("connection \(o.id) from \(o.conn.remoteAddress?.description ?? "tcp"): \(handshaking.evictionLine(handshakingMs: now - o.startedAt, enrolment: o.kind == .enroll))\(more)")
                 }
                 o.conn.close()
                 drop(o)
@@ -361,7 +361,7 @@ public final class Controller: @unchecked Sendable {
         if !p.readAny {
             p.readAny = true
             if !TlsChannel.opensHandshake(bytes) {
-                if let more = peerFaults.take() { logger.warning("connection \(p.id): plaintext on a TLS port: refused\(more)") }
+                if let more = peerFaults.take() { logger.warning("\(describe(p)): plaintext on a TLS port: refused\(more)") }
                 p.conn.write(TlsChannel.plaintextRefusal)
                 p.conn.closeAfterWrites()
                 drop(p)
@@ -371,7 +371,7 @@ public final class Controller: @unchecked Sendable {
         let out = tls.feed(bytes)
         sendRaw(p, out.send)
         if let failure = tls.failure {
-            if let more = peerFaults.take() { logger.warning("connection \(p.id): TLS handshake or record failed: \(failure)\(more)") }
+            if let more = peerFaults.take() { logger.warning("\(describe(p)): TLS handshake or record failed: \(failure)\(more)") }
             p.conn.closeAfterWrites()
             drop(p)
             return
@@ -480,7 +480,7 @@ public final class Controller: @unchecked Sendable {
                 if p.kind == .client {
                     let who = info.connectionOwner
                     guard connectionsPerPeer[who, default: 0] < settings.maxConnectionsPerPeer else {
-                        if let more = peerFaults.take() { logger.warning("connection \(p.id): \(who) holds \(settings.maxConnectionsPerPeer) connections already (limits.max_connections_per_peer); refused\(more)") }
+                        if let more = peerFaults.take() { logger.warning("\(describe(p)): \(who) holds \(settings.maxConnectionsPerPeer) connections already (limits.max_connections_per_peer); refused\(more)") }
                         perform(p, p.session.goAway(.goawayNormal, message: "too many connections of \(who) (limits.max_connections_per_peer \(settings.maxConnectionsPerPeer))",
                                                     now: MonotonicClock.milliseconds()))
                         return
@@ -493,7 +493,7 @@ public final class Controller: @unchecked Sendable {
                 case .agent: .agentRoleAdmin
                 case .enroll: .agentRoleUnspecified
                 }
-                logger.debug("connection \(p.id): \(info.name) (\(p.kind)) authenticated")
+                logger.debug("\(describe(p)): \(info.name) (\(p.kind)) authenticated")
             case .deliverRequest(let stream, let method, let payload, let deadline, let host):
                 if p.kind != .agent && refusedForFlow(p, stream) { continue }
                 if p.kind == .agent {
@@ -597,6 +597,12 @@ public final class Controller: @unchecked Sendable {
         p.outbox = []
         if let tls = p.tls { bytes = tls.seal(bytes) }
         sendRaw(p, bytes)
+    }
+
+    /// A connection as the log names it: its id and where it comes from
+    /// (TLS failures and refused registrations named no address; a probe).
+    private func describe(_ p: ControllerPeer) -> String {
+        "connection \(p.id) from \(p.conn.remoteAddress?.description ?? "the Unix socket")"
     }
 
     /// Connections open per authenticated client peer (`connectionOwner`).
@@ -920,7 +926,7 @@ public final class Controller: @unchecked Sendable {
             let changed = before?.state == .hostConnected && before?.identity != identity
             hostChanged(identity.hostName ?? "", changed ? .hostChanged : .hostUp)
         } catch {
-            logger.warning("connection \(p.id): registration refused: \(error)")
+            logger.warning("\(describe(p)): registration refused: \(error)")
             answer(p, stream, .failure(error))
             perform(p, p.session.goAway(.goawayPermissionDenied, message: "registration refused", now: MonotonicClock.milliseconds()))
         }
@@ -936,10 +942,10 @@ public final class Controller: @unchecked Sendable {
             }
             let request = try RenewRequest(serializedBytes: payload)
             let (host, response) = try enroller.renew(request, identity: p.certificate)
-            logger.info("connection \(p.id): renewed the certificate of host \(host) (valid \(enroller.settings.days) days)")
+            logger.info("\(describe(p)): renewed the certificate of host \(host) (valid \(enroller.settings.days) days)")
             answer(p, stream, .success(try response.serializedBytes()))
         } catch {
-            logger.warning("connection \(p.id) from \(p.conn.remoteAddress?.description ?? "tcp"): Renew refused: \(error)")
+            logger.warning("\(describe(p)): Renew refused: \(error)")
             answer(p, stream, .failure(error))
         }
     }
@@ -953,10 +959,10 @@ public final class Controller: @unchecked Sendable {
         do {
             let request = try EnrollRequest(serializedBytes: payload)
             let response = try enroller.enroll(request) { [registry] in registry.hosts[$0] != nil }
-            logger.info("connection \(p.id): enrolled host \(request.hostName ?? "") (certificate valid \(enroller.settings.days) days)")
+            logger.info("\(describe(p)): enrolled host \(request.hostName ?? "") (certificate valid \(enroller.settings.days) days)")
             answer(p, stream, .success(try response.serializedBytes()))
         } catch {
-            logger.warning("connection \(p.id) from \(p.conn.remoteAddress?.description ?? "tcp"): Enroll refused: \(error)")
+            logger.warning("\(describe(p)): Enroll refused: \(error)")
             answer(p, stream, .failure(error))
         }
     }

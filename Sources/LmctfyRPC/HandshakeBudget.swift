@@ -83,8 +83,14 @@ public struct HandshakeBudget: Sendable {
     }
 
     /// The log line of an eviction, after the evicted connection's name.
-    public func evictionLine(handshakingMs: UInt64) -> String {
-        "closed, its handshake not done after \(handshakingMs) ms, for a new connection (limits.max_handshaking_connections: \(limit))"
+    /// `enrolment`: a controller's enrolment connection, counted for as
+    /// long as it is open (its hello names no one), whose handshake may
+    /// well be done ("its handshake not done after 93584 ms" was said of
+    /// such connections, a probe).
+    public func evictionLine(handshakingMs: UInt64, enrolment: Bool = false) -> String {
+        enrolment
+            ? "closed, an enrolment connection open \(handshakingMs) ms (counted until it closes), for a new connection (limits.max_handshaking_connections: \(limit))"
+            : "closed, its handshake not done after \(handshakingMs) ms, for a new connection (limits.max_handshaking_connections: \(limit))"
     }
 
     /// The limit a config gives (`max_handshaking_connections`), checked:
