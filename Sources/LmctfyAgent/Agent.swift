@@ -434,6 +434,7 @@ public final class Agent: @unchecked Sendable {
             throw error
         }
         log.info("lmctfy-agent \(LmctfyVersion.string) listening on unix:\(settings.unixSocketPath)\(tcpPort.map { " and tcp port \($0)\(settings.tlsServer != nil ? " (TLS 1.3)" : "")" } ?? "") (boot id \(dispatcher.events.bootId))")
+        if let cert = settings.tlsFiles?.certificateFile, let warning = Enrolment.certificateWarning(file: cert) { log.warning("\(warning)") }
         if settings.plaintextTcp {
             log.warning("PLAINTEXT TCP (allow_plaintext_tcp): frames on TCP are neither encrypted nor integrity-protected; configure tls")
         }
@@ -855,7 +856,12 @@ public final class Agent: @unchecked Sendable {
                 let text = "\(reason)"
                 if s.id == home.connId, let c = settings.controller,
                    text.contains("UNAUTHENTICATED") || text.contains("PERMISSION_DENIED") {
-                    log.warning("the link to the controller \(c.host):\(c.port) was refused: \(text) (check controller_key_id and key_file, or the tls section)")
+                    // The hint fits the link's kind: a key's, or a
+                    // certificate's (a key id hint was given for an expired
+                    // controller certificate; the TLS probe).
+                    let hint = c.tls != nil ? "check the tls section's files, and the controller's certificate"
+                                            : "check controller_key_id and key_file"
+                    log.warning("the link to the controller \(c.host):\(c.port) was refused: \(text) (\(hint))")
                 } else if !reason.byPeer && ![.goawayNormal, .goawayIdleTimeout].contains(reason.reason) {
                     // The peer broke the protocol or failed its hello: said
                     // (within the budget), not only at debug.

@@ -210,6 +210,7 @@ public final class Controller: @unchecked Sendable {
             throw error
         }
         logger.info("lmctfy-controller listening: clients on unix:\(settings.unixSocketPath)\(clientPort.map { " and tcp port \($0)" } ?? ""), agents on tcp port \(agentPort)\(enrollPort.map { ", enrolment on tcp port \($0)" } ?? "")")
+        if let cert = settings.config.tls?.certificateFile, let warning = Enrolment.certificateWarning(file: cert) { logger.warning("\(warning)") }
     }
 
     private func startListeners(handleSignals: Bool) throws(LoopError) -> (UInt16, UInt16?) {

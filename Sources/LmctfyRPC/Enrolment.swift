@@ -76,6 +76,26 @@ public enum Enrolment {
         return CertificateInfo(serial: text(serial), notBefore: notBefore, notAfter: notAfter)
     }
 
+    /// A warning for a daemon's own certificate at start: expired, not
+    /// valid yet, or with less than a tenth of its lifetime (and less than
+    /// a week) left; nil when it is fine or cannot be read (the TLS setup
+    /// says so). A daemon started with an expired certificate said nothing,
+    /// and every peer refused it (the TLS probe).
+    public static func certificateWarning(file path: String, now: Int64 = Int64(time(nil))) -> String? {
+        guard let c = try? certificateInfo(file: path) else { return nil }
+        if now >= c.notAfter {
+            return "the certificate \(path) expired \(now - c.notAfter) s ago: every peer refuses it (renew it, then SIGHUP)"
+        }
+        if now < c.notBefore {
+            return "the certificate \(path) is not valid for another \(c.notBefore - now) s: peers refuse it until then"
+        }
+        let left = c.notAfter - now
+        if left < 7 * 86_400 && left * 10 < max(c.notAfter - c.notBefore, 1) {
+            return "the certificate \(path) expires in \(left / 3600) h \(left % 3600 / 60) min: renew it, then SIGHUP"
+        }
+        return nil
+    }
+
     /// Whether a certificate valid from `notBefore` to `notAfter` is due
     /// for renewal at `now`: less than `percent` percent of its lifetime
     /// remains (100: always, once valid; 0: never). An expired one is due.

@@ -269,3 +269,23 @@ struct AgentPeerCapTests {
         }
     }
 }
+
+/// A daemon's own certificate is looked at when it starts: one expired (or
+/// not yet valid, or with less than a tenth of its lifetime and a week
+/// left) is a warning in its log. An agent started with an expired one said
+/// nothing, and every peer refused it (the TLS probe).
+@Suite struct OwnCertificateWarningTests {
+    @Test func anExpiredOrExpiringCertificateIsWarnedAbout() throws {
+        let pki = try makeTestPKI()
+        defer { _ = removeTree(pki) }
+        #expect(Enrolment.certificateWarning(file: pki + "/agent.pem") == nil)
+        let expired = try #require(Enrolment.certificateWarning(file: pki + "/expired.pem"))
+        #expect(expired.contains("expired") && expired.contains("every peer refuses it"), "\(expired)")
+        let info = try Enrolment.certificateInfo(file: pki + "/agent.pem")
+        let soon = try #require(Enrolment.certificateWarning(file: pki + "/agent.pem", now: info.notAfter - 3600))
+        #expect(soon.contains("expires in 1 h 0 min"), "\(soon)")
+        let early = try #require(Enrolment.certificateWarning(file: pki + "/agent.pem", now: info.notBefore - 10))
+        #expect(early.contains("not valid for another 10 s"), "\(early)")
+        #expect(Enrolment.certificateWarning(file: pki + "/no-such.pem") == nil)
+    }
+}
