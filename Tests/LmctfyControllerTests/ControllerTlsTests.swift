@@ -20,24 +20,30 @@ struct ControllerTlsTests {
         return path
     }
 
-    @Test func agentsDialHomeOverTlsAndCannotClaimAnotherHostName() throws {
-        let dir = "/tmp/lmctfy-ctls-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
-        try Sys.mkdir(dir, mode: 0o755)
-        defer { _ = removeTree(dir) }
-        let pki = dir + "/pki"
-        let made = try TestProcess.capture([Self.repo + "/tools/make-test-pki", pki])
-        try #require(made.status == 0)
-        let tls = { (name: String) in
-            "tls { certificate_file: \"\(pki)/\(name).pem\" key_file: \"\(pki)/\(name).key\" ca_file: \"\(pki)/ca.pem\" }"
-        }
+    /// The tls block of certificate `name` of the test PKI `pki`.
+    static func tls(_ pki: String, _ name: String) -> String {
+        "tls { certificate_file: \"\(pki)/\(name).pem\" key_file: \"\(pki)/\(name).key\" ca_file: \"\(pki)/ca.pem\" }"
+    }
+
+    /// A started controller in `dir` serving with certificate `cert`, its
+    /// TCP client port taking admins by OU.
+    static func controller(_ dir: String, _ pki: String, cert: String) throws -> LmctfyController.Controller {
         let settings = try ControllerSettings.parse("""
             unix_socket_path: "\(dir)/controller.sock" agent_address: "127.0.0.1:0" tcp_address: "127.0.0.1:0"
-            state_dir: "\(dir)/controller" log_level: LOG_ERROR \(tls("controller"))
+            state_dir: "\(dir)/controller" log_level: LOG_ERROR \(tls(pki, cert))
             role { role: AGENT_ROLE_ADMIN certificate_ou: "admins" }
             """, source: "test")
         #expect(settings.keys.isEmpty, "no key_file needed with client certificates")
         let controller = try LmctfyController.Controller(settings: settings)
         try controller.start(handleSignals: false)
+        return controller
+    }
+
+    @Test func agentsDialHomeOverTlsAndCannotClaimAnotherHostName() throws {
+        let (dir, pki) = try makeDirWithPki("ctls")
+        defer { _ = removeTree(dir) }
+        let tls = { (name: String) in Self.tls(pki, name) }
+        let controller = try Self.controller(dir, pki, cert: "controller")
         defer { #expect(controller.stop() == 0) }
         func agent(_ name: String, _ hostName: String, _ cert: String) throws -> Agent {
             let s = try AgentSettings.parse("""
@@ -92,27 +98,15 @@ struct ControllerTlsTests {
     /// address dialled. An enrolled certificate for the controller's name
     /// let its holder stand in for the controller (a probe).
     @Test func aControllerWithAnAgentsCertificateIsRefusedByAgentsAndLmctl() throws {
-        let dir = "/tmp/lmctfy-ctls-ou-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
-        try Sys.mkdir(dir, mode: 0o755)
+        let (dir, pki) = try makeDirWithPki("ctls-ou")
         defer { _ = removeTree(dir) }
-        let pki = dir + "/pki"
-        try #require(try TestProcess.capture([Self.repo + "/tools/make-test-pki", pki]).status == 0)
-        let tls = { (name: String) in
-            "tls { certificate_file: \"\(pki)/\(name).pem\" key_file: \"\(pki)/\(name).key\" ca_file: \"\(pki)/ca.pem\" }"
-        }
         // agent2's certificate: OU=agents, names agent2, localhost, 127.0.0.1.
-        let settings = try ControllerSettings.parse("""
-            unix_socket_path: "\(dir)/controller.sock" agent_address: "127.0.0.1:0" tcp_address: "127.0.0.1:0"
-            state_dir: "\(dir)/controller" log_level: LOG_ERROR \(tls("agent2"))
-            role { role: AGENT_ROLE_ADMIN certificate_ou: "admins" }
-            """, source: "test")
-        let controller = try LmctfyController.Controller(settings: settings)
-        try controller.start(handleSignals: false)
+        let controller = try Self.controller(dir, pki, cert: "agent2")
         defer { #expect(controller.stop() == 0) }
         let s = try AgentSettings.parse("""
             unix_socket_path: "\(dir)/a.sock" state_dir: "\(dir)/a" log_level: LOG_ERROR
             stats_interval_ms: 0 watch_containers: false reconcile_interval_ms: 0
-            controller_address: "127.0.0.1:\(controller.agentPort)" host_name: "agent1" \(tls("agent"))
+            controller_address: "127.0.0.1:\(controller.agentPort)" host_name: "agent1" \(Self.tls(pki, "agent"))
             reconnect_base_ms: 50 reconnect_max_ms: 200
             """, source: "a")
         let agent = Agent(settings: s, api: try ContainerApi.detect())
