@@ -157,7 +157,9 @@ final class Enroller {
         let own = CertIdentity(certificateFile: settings.controllerCertificateFile)?.dnsNames ?? []
         let reserved = (own + ["localhost"]).map { $0.lowercased() }
         let asked = host.lowercased()
-        if reserved.contains(asked) || reserved.contains(where: { $0.hasPrefix("*.") && asked.hasSuffix($0.dropFirst()) }) {
+        // (A wildcard of the controller's covers names it does not stand
+        // for: a client dials the controller by its own name.)
+        if reserved.contains(asked) {
             throw LmctfyError(.permissionDenied, "host name \(host) is the controller's own (or localhost): no agent's certificate may name it")
         }
     }
