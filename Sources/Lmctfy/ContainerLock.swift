@@ -216,7 +216,10 @@ extension ContainerApi {
         for name in resumed where (try? driver.isPausedItself(name)) == false && (try? exists(name)) == true {
             try? driver.requestFrozen(name, true)
         }
-        if let u = updating { undoUpdate(u.name, specHex: u.spec, restores: restores) }
+        // Only a journal as privileged as we are: a delegated tree's lock
+        // file is its owner's, whose lines would have root write that
+        // tree's limits (which the owner may not).
+        if let u = updating, lock.isOwnedBySelf { undoUpdate(u.name, specHex: u.spec, restores: restores) }
         do { try lock.clear() } catch { throw error.cgroup(.failedPrecondition, "Failed to clear the lock journal") }
         return removed ? making : nil
     }

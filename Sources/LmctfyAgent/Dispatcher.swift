@@ -642,8 +642,6 @@ public final class Dispatcher: Sendable {
         return table
     }()
 
-    /// Whether `whole` has every field `part` sets, with the same values
-    /// (recursively for single messages; repeated fields must be equal).
     /// `spec` with its memory amounts as the kernel keeps them: positive
     /// byte values rounded down to whole pages (v1 and v2 alike).
     static func asKept(_ spec: ContainerSpec) -> ContainerSpec {
@@ -655,6 +653,8 @@ public final class Dispatcher: Sendable {
         return kept
     }
 
+    /// Whether `whole` has every field `part` sets, with the same values
+    /// (recursively for single messages; repeated fields must be equal).
     static func contains(_ whole: DynamicMessage, _ part: DynamicMessage) -> Bool {
         part.setFieldNumbers.allSatisfy { n in
             let (a, b) = (whole.values(n), part.values(n))

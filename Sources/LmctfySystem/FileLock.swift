@@ -105,6 +105,15 @@ public final class FileLock {
         return String(decoding: out, as: UTF8.self)
     }
 
+    /// Whether the file belongs to this process's effective user: only
+    /// then was its journal written by someone as privileged as we are (a
+    /// delegated tree's lock file is its owner's, who could write lines
+    /// root would act on).
+    public var isOwnedBySelf: Bool {
+        var st = stat()
+        return fstat(fd, &st) == 0 && st.st_uid == geteuid()
+    }
+
     /// Appends a line to the journal.
     public func append(_ line: String) throws(SystemError) {
         let bytes = Array((line + "\n").utf8)

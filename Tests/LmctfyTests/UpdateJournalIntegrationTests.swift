@@ -40,16 +40,32 @@ struct UpdateJournalIntegrationTests {
             }
             #expect(!saved.isEmpty)
             // Killed after its CPU write: the journal it left, and the new
-            // CPU limit with the old memory limit.
-            try api.locked(name) { lock throws(LmctfyError) in
-                guard let lock else { throw LmctfyError(.internal, "no lock file") }
-                do throws(SystemError) { try lock.append(ContainerApi.updateJournal(name, before: before, saved: saved)) } catch {
-                    throw error.lmctfy(.internal, "journal")
+            // CPU limit with the old memory limit. `owner`: the lock file's
+            // (a delegated tree's is its owner's). Returns the file.
+            func killedUpdate(owner: uid_t) throws -> String {
+                var path = ""
+                try api.locked(name) { lock throws(LmctfyError) in
+                    guard let lock else { throw LmctfyError(.internal, "no lock file") }
+                    path = lock.path
+                    do throws(SystemError) { try lock.append(ContainerApi.updateJournal(name, before: before, saved: saved)) } catch {
+                        throw error.lmctfy(.internal, "journal")
+                    }
+                    try api.handler(.cpu).apply(asked, policy: .diff, dirs: dirs)
                 }
-                try api.handler(.cpu).apply(asked, policy: .diff, dirs: dirs)
+                #expect(chown(path, owner, owner) == 0)
+                // (Compared as read back: v2 keeps a CPU limit as a weight.)
+                #expect(try c.spec().cpu?.limit != before.cpu?.limit, "the torn state")
+                return path
             }
-            // (Compared as read back: v2 keeps a CPU limit as a weight.)
-            #expect(try c.spec().cpu?.limit != before.cpu?.limit, "the torn state")
+            // A journal in a lock file someone else owns (a delegated
+            // tree's owner could write it) is not acted on by root: it
+            // would write limits the owner may not.
+            let path = try killedUpdate(owner: 65534)
+            let torn = try c.spec()
+            try api.locked(name) { _ throws(LmctfyError) in }
+            #expect(try c.spec() == torn, "root acted on a journal another user could have written")
+            #expect(chown(path, 0, 0) == 0)
+            _ = try killedUpdate(owner: 0)
             // The next holder of the tree's lock puts it back.
             try api.locked(name) { _ throws(LmctfyError) in }
             let after = try c.spec()
