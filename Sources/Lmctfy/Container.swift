@@ -106,13 +106,7 @@ public struct Container: Sendable {
                 do { try lock.clear() } catch { throw error.cgroup(.failedPrecondition, "Failed to clear the lock journal after the update") }
             }
         } catch {
-            var restored = true
-            for kind in order {
-                do { try api.handler(kind).apply(before, policy: .replace, dirs: dirs) } catch { restored = false }
-            }
-            for w in saved.reversed() {
-                do { try w.dir.write(w.file, w.value) } catch { restored = false }
-            }
+            let restored = api.putBack(before, kinds: order, saved: saved, dirs: dirs)
             // Put back: nothing left for the next holder to undo (best
             // effort; a journal left undoes the same values again).
             if restored, let lock { try? lock.clear() }

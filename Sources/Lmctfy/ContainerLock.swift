@@ -126,11 +126,26 @@ extension ContainerApi {
         return lines
     }
 
+    /// Puts back what an update changed: `before` (the spec as read back
+    /// before it) for `kinds`, then the exact previous text of each
+    /// one-line file, last first. Whether all of it went back. What a
+    /// refused write does in the update, and `recover` after a killed one
+    /// (`dirs` nil: they could not be looked up, the files alone).
+    func putBack(_ before: ContainerSpec, kinds: [ResourceKind], saved: [CgroupWrite], dirs: ResourceDirs?) -> Bool {
+        var restored = true
+        for kind in kinds {
+            guard let dirs else { restored = false; break }
+            do { try handler(kind).apply(before, policy: .replace, dirs: dirs) } catch { restored = false }
+        }
+        for w in saved.reversed() {
+            do { try w.dir.write(w.file, w.value) } catch { restored = false }
+        }
+        return restored
+    }
+
     /// An update's journal (`updateJournal`) left behind: it was killed
-    /// part way. Puts the previous spec back, then the exact text of each
-    /// one-line file, last first, as a refused write does in the update
-    /// itself. Best effort: what cannot be put back does not keep the tree
-    /// locked out.
+    /// part way. Puts the previous spec back (`putBack`). Best effort: what
+    /// cannot be put back does not keep the tree locked out.
     private func undoUpdate(_ name: ContainerName, specHex: Substring, restores: [CgroupWrite]) {
         guard (try? exists(name)) == true else { return }
         var bytes: [UInt8] = []
@@ -139,12 +154,10 @@ extension ContainerApi {
             bytes.append(b)
             i = j
         }
-        if let before = try? ContainerSpec(serializedBytes: bytes), let (dirs, isolated) = try? driver.resolved(name) {
-            for kind in isolated.sorted() where kind.isPresent(in: before) {
-                _ = try? handler(kind).apply(before, policy: .replace, dirs: dirs)
-            }
-        }
-        for w in restores.reversed() { _ = try? w.dir.write(w.file, w.value) }
+        let resolved = try? driver.resolved(name)
+        let before = (try? ContainerSpec(serializedBytes: bytes)) ?? ContainerSpec()
+        let kinds = resolved.map { $0.isolated.sorted().filter { $0.isPresent(in: before) } } ?? []
+        _ = putBack(before, kinds: kinds, saved: restores, dirs: resolved?.dirs)
     }
 
     private func recover(_ lock: FileLock?) throws(LmctfyError) -> ContainerName? {
