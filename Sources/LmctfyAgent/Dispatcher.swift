@@ -646,7 +646,7 @@ public final class Dispatcher: Sendable {
     /// byte values rounded down to whole pages (v1 and v2 alike).
     static func asKept(_ spec: ContainerSpec) -> ContainerSpec {
         guard var m = spec.memory else { return spec }
-        func page(_ v: Int64?) -> Int64? { v.map { $0 > 0 ? $0 / Sys.pageSize * Sys.pageSize : $0 } }
+        func page(_ v: Int64?) -> Int64? { v.map { $0 > 0 ? Sys.pageRounded($0) : $0 } }
         (m.limit, m.reservation, m.swapLimit) = (page(m.limit), page(m.reservation), page(m.swapLimit))
         var kept = spec
         kept.memory = m

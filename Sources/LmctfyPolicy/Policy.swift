@@ -203,7 +203,7 @@ public struct Policy: Sendable, Equatable {
     /// down): what an admission commits is what a restarted agent reads
     /// back.
     public static func committed(_ spec: ContainerSpec, tier: Tier) -> Amount {
-        func bytes(_ v: Int64?) -> Int64? { boundedBytes(v).map { $0 / Sys.pageSize * Sys.pageSize } }
+        func bytes(_ v: Int64?) -> Int64? { boundedBytes(v).map(Sys.pageRounded) }
         let m = spec.memory
         let memory = tier.guaranteed ? (bytes(m?.limit) ?? bytes(m?.reservation) ?? 0) : (bytes(m?.reservation) ?? 0)
         let cpu = spec.cpu?.maxLimit.flatMap { $0 > 0 && $0 < UInt64(Int64.max) ? Int64($0) : nil } ?? 0

@@ -42,6 +42,9 @@ public enum Sys {
     /// limits in).
     public static let pageSize = Int64(sysconf(Int32(_SC_PAGESIZE)))
 
+    /// A memory amount as the kernel keeps it: rounded down to whole pages.
+    public static func pageRounded(_ bytes: Int64) -> Int64 { bytes / pageSize * pageSize }
+
     /// The fields of a /proc/<pid>/stat file after the command (whose name
     /// may hold spaces and parentheses): [0] is field 3, the state; nil
     /// when the file cannot be read (no such process).
