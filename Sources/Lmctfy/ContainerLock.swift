@@ -121,7 +121,7 @@ extension ContainerApi {
     /// every one-line file it writes, for `recover` to put back.
     static func updateJournal(_ name: ContainerName, before: ContainerSpec, saved: [CgroupWrite]) -> String {
         let spec = (try? before.serializedBytes()) ?? []
-        var lines = "boot \(ContainerLock.bootId)\nupdate \(name) \(spec.map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined())"
+        var lines = "boot \(ContainerLock.bootId)\nupdate \(name) \(Sys.hex(spec))"
         for w in saved { lines += "\nrestore \(w.dir.mount)\t\(w.dir.segments.joined(separator: "/"))\t\(w.file)\t\(w.value)" }
         return lines
     }

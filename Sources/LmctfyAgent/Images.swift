@@ -279,6 +279,6 @@ public final class ImageService: Sendable {
 /// Transfer ids: 16 random bytes in hex.
 enum RemoteIds {
     static func newId() -> String {
-        Crypto.randomBytes(16).map { String($0 >> 4, radix: 16) + String($0 & 15, radix: 16) }.joined()
+        Sys.hex(Crypto.randomBytes(16))
     }
 }

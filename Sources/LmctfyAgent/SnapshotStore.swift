@@ -250,7 +250,7 @@ public final class SnapshotStore: @unchecked Sendable {
             }
         }
         if out.count > 200 {
-            return "~" + Crypto.sha256(Array(name.utf8)).map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined()
+            return "~" + Sys.hex(Crypto.sha256(Array(name.utf8)))
         }
         return String(decoding: out, as: UTF8.self)
     }

@@ -79,7 +79,7 @@ final class Enroller {
     }
 
     static func digest(_ token: String) -> String {
-        Crypto.sha256(Array(token.utf8)).map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined()
+        Sys.hex(Crypto.sha256(Array(token.utf8)))
     }
 
     func spent() -> Set<String> {

@@ -29,7 +29,7 @@ final class FleetEvents {
         let idPath = stateDir + "/fleet-id"
         var id = (try? Sys.readFile(idPath))?.trimmingWhitespace ?? ""
         if id.count != 32 {
-            id = Crypto.randomBytes(16).map { String($0, radix: 16) }.map { $0.count == 1 ? "0" + $0 : $0 }.joined()
+            id = Sys.hex(Crypto.randomBytes(16))
             do { try Sys.writeFileAtomically(idPath, Array((id + "\n").utf8)) } catch {
                 throw error.lmctfy(.failedPrecondition, "Writing the fleet log's id")
             }

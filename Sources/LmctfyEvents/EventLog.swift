@@ -191,7 +191,7 @@ public final class EventLog: Sendable {
     public init(capacity: Int = 4096, bootId: String? = nil, maxBytes: Int? = nil) {
         self.capacity = capacity
         self.maxBytes = maxBytes
-        self.bootId = bootId ?? Crypto.randomBytes(16).map { String($0, radix: 16).leftPadded(2) }.joined()
+        self.bootId = bootId ?? Sys.hex(Crypto.randomBytes(16))
     }
 
     /// Runs `observe` after every event recorded from now on (nil: none).

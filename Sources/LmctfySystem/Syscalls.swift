@@ -42,6 +42,18 @@ public enum Sys {
     /// limits in).
     public static let pageSize = Int64(sysconf(Int32(_SC_PAGESIZE)))
 
+    /// `bytes` as lower-case hex, two digits each (ids, digests, journals).
+    public static func hex(_ bytes: [UInt8]) -> String {
+        let digits = Array("0123456789abcdef".utf8)
+        var out: [UInt8] = []
+        out.reserveCapacity(bytes.count * 2)
+        for b in bytes {
+            out.append(digits[Int(b >> 4)])
+            out.append(digits[Int(b & 15)])
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+
     /// A memory amount as the kernel keeps it: rounded down to whole pages.
     public static func pageRounded(_ bytes: Int64) -> Int64 { bytes / pageSize * pageSize }
 

@@ -39,7 +39,7 @@ public final class RemoteBackend: ContainerBackend, @unchecked Sendable {
 
     /// A fresh idempotency key: 16 random bytes in hex.
     public static func newRequestId() -> String {
-        Crypto.randomBytes(16).map { String($0 >> 4, radix: 16) + String($0 & 15, radix: 16) }.joined()
+        Sys.hex(Crypto.randomBytes(16))
     }
 
     /// One unary call, sent once more on a new connection if it ends with
