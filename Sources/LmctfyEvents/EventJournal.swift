@@ -13,6 +13,16 @@
 // agent killed mid-write) ends the reading; the journal cuts it off when it
 // opens, and an append a full disk cut short at once, so that the records
 // appended after it are read.
+//
+// A third file, `floor`, says which numbers below the oldest kept event are
+// gone: every sequence up to it that the files do not hold was let go (the
+// last of the `previous` a rotation dropped, or what the log had let go of
+// when it started the journal again), and those between it and the oldest
+// kept were never journaled (STATS samples, a lasting log's numbers
+// reserved before a restart and never used). It is written (in place, two
+// slots, synced: a SequenceReservation) before the files change; one that
+// cannot be is removed, and without it the journal's reader takes every
+// number below the oldest kept as gone, as before the file existed.
 import Glibc
 import LmctfyProto
 import LmctfySystem
@@ -37,6 +47,16 @@ final class EventJournal: @unchecked Sendable {
 
     let currentPath: String
     let previousPath: String
+    let floorPath: String
+    /// The sequence of the last record in `previous` and in `current`
+    /// (0: none).
+    private var previousLast: UInt64 = 0
+    private var currentLast: UInt64 = 0
+    /// The floor file (opened when first written, or at open when there).
+    private var floorFile: SequenceReservation?
+    /// The floor the journal held when opened: nil without the file (a
+    /// journal an earlier version wrote, or a floor that failed).
+    private(set) var openedFloor: UInt64?
 
     /// Opens (making the directory, 0700) and reads what earlier boots left.
     init(directory: String, capacity: Int, maxBytes: Int? = nil) throws(LmctfyError) {
@@ -45,6 +65,7 @@ final class EventJournal: @unchecked Sendable {
         self.maxBytes = maxBytes
         currentPath = directory + "/current"
         previousPath = directory + "/previous"
+        floorPath = directory + "/floor"
         if mkdir(directory, 0o700) != 0 && errno != EEXIST {
             throw SystemError("mkdir", directory, errno).lmctfy(.failedPrecondition, "Making the event journal directory")
         }
@@ -52,7 +73,20 @@ final class EventJournal: @unchecked Sendable {
         let (current, length) = Self.recordsAndLength(currentPath)
         count = current.count
         bytes = length
-        opened = Self.records(previousPath) + current
+        let previous = Self.records(previousPath)
+        opened = previous + current
+        previousLast = Self.sequence(previous.last)
+        currentLast = Self.sequence(current.last)
+        // A new journal lets nothing go yet: its floor is 0. One without
+        // the file (an earlier version's) gets it at its first rotation.
+        if access(floorPath, F_OK) == 0 || opened.isEmpty {
+            if let file = try? SequenceReservation(path: floorPath) {
+                floorFile = file
+                openedFloor = file.saved
+            } else {
+                unlink(floorPath)
+            }
+        }
         try open()
         // A record cut short (a full disk, a machine crash) goes: the
         // events appended after it would never be read.
@@ -103,15 +137,23 @@ final class EventJournal: @unchecked Sendable {
     @discardableResult
     func append(_ e: ContainerEvent) -> Bool {
         guard let body = try? e.serializedBytes() else { return false }
-        return append(serialized: body)
+        return append(serialized: body, seq: e.sequence ?? 0)
     }
 
-    /// Appends one serialized event; rotates first when `current` is full
-    /// (`capacity` events, or half of `maxBytes`). A failure is returned,
-    /// not thrown: the event is in memory either way.
+    /// Appends one serialized event (sequence `seq`); rotates first when
+    /// `current` is full (`capacity` events, or half of `maxBytes`),
+    /// moving the floor to the last of the `previous` it drops first. A
+    /// failure is returned, not thrown: the event is in memory either way.
     @discardableResult
-    func append(serialized body: [UInt8]) -> Bool {
+    func append(serialized body: [UInt8], seq: UInt64) -> Bool {
         if count >= capacity || (count > 0 && bytes + 4 + body.count > (maxBytes ?? Int.max) / 2) {
+            if previousLast > 0 {
+                let e = moveFloor(to: previousLast)
+                guard e == 0 else {
+                    lastErrno = e
+                    return false
+                }
+            }
             close(fd)
             fd = -1
             guard rename(currentPath, previousPath) == 0 else {
@@ -120,6 +162,8 @@ final class EventJournal: @unchecked Sendable {
             }
             count = 0
             bytes = 0
+            previousLast = currentLast
+            currentLast = 0
         }
         // After a rotation, or an open that failed before.
         if fd < 0 {
@@ -142,7 +186,23 @@ final class EventJournal: @unchecked Sendable {
         }
         count += 1
         bytes += 4 + body.count
+        currentLast = seq
         return true
+    }
+
+    /// Writes `value` as the floor: 0, or (when it could neither be written
+    /// nor its file removed, which makes every number below the oldest
+    /// kept gone to a reader) the errno.
+    private func moveFloor(to value: UInt64) -> Int32 {
+        if floorFile == nil { floorFile = try? SequenceReservation(path: floorPath) }
+        if let file = floorFile, file.write(value) == 0 { return 0 }
+        floorFile = nil
+        return unlink(floorPath) == 0 || errno == ENOENT ? 0 : errno
+    }
+
+    /// The sequence of a serialized event (0: none, or not one).
+    private static func sequence(_ body: [UInt8]?) -> UInt64 {
+        body.flatMap { try? ContainerEvent(serializedBytes: $0) }?.sequence ?? 0
     }
 
     /// Starts a journal again from `bodies` (what the log still keeps,
@@ -172,10 +232,11 @@ final class EventJournal: @unchecked Sendable {
 
     /// Makes what `prepare` wrote the journal (under the log's lock),
     /// after appending `more` (recorded since): it replaces `current`, and
-    /// `previous` goes (its events are in it, or were let go). False, with
-    /// `lastErrno`, when that fails: the new file is gone, the old journal
-    /// stays as it was.
-    func adopt(_ prepared: (fd: Int32, bytes: Int, errno: Int32), records: Int, more: [[UInt8]]) -> Bool {
+    /// `previous` goes (its events are in it, or were let go: the floor
+    /// moves to `floor`, the newest the log let go of, first). `last` is
+    /// the sequence of the last record. False, with `lastErrno`, when that
+    /// fails: the new file is gone, the old journal stays as it was.
+    func adopt(_ prepared: (fd: Int32, bytes: Int, errno: Int32), records: Int, more: [[UInt8]], last: UInt64, floor: UInt64) -> Bool {
         var bytes = prepared.bytes
         var failed: Int32 = 0
         for body in more where body.count <= Self.maxRecordBytes {
@@ -183,6 +244,7 @@ final class EventJournal: @unchecked Sendable {
             if failed != 0 { break }
             bytes += 4 + body.count
         }
+        if failed == 0 { failed = moveFloor(to: floor) }
         // The mark says, to a journal opened after a crash, that `previous`
         // goes once the new file is `current` (see `settle`).
         let marker = Self.supersededPath(directory)
@@ -205,6 +267,8 @@ final class EventJournal: @unchecked Sendable {
         fd = prepared.fd
         count = records + more.count
         self.bytes = bytes
+        previousLast = 0
+        currentLast = last
         lastErrno = 0
         return true
     }

@@ -248,8 +248,17 @@ public final class EventLog: Sendable {
         state.locked { s in
             s.journal = journal
             s.older = older
-            // What rotated out of the journal before the oldest kept is gone.
-            if let first = own.first?.seq, first > 1 { s.evictedThrough = max(s.evictedThrough, first - 1) }
+            // What rotated out of the journal before the oldest kept is
+            // gone: up to its floor, the numbers between it and the oldest
+            // kept were never journaled (every number below the oldest
+            // kept was taken as gone, and a subscriber from the start of a
+            // fleet log restarted twice got a gap for the numbers reserved
+            // before the first restart and never used). Another boot's
+            // events in the files number apart: no floor then.
+            if let first = own.first?.seq, first > 1 {
+                let floor = older.isEmpty ? journal.openedFloor : nil
+                s.evictedThrough = max(s.evictedThrough, min(first - 1, floor ?? first - 1))
+            }
             for p in own where p.seq >= s.next {
                 if let out = s.events.append(p, size: p.cost, capacity: capacity, maxBytes: maxBytes) { s.evictedThrough = out.seq }
                 s.next = p.seq + 1
@@ -345,7 +354,7 @@ public final class EventLog: Sendable {
         guard let journal = s.journal, !s.unjournaled.isEmpty else { return }
         var written = 0
         for p in s.unjournaled {
-            guard journal.append(serialized: p.bytes) else { break }
+            guard journal.append(serialized: p.bytes, seq: p.seq) else { break }
             written += 1
             s.unjournaledCost -= p.cost
         }
@@ -481,8 +490,9 @@ public final class EventLog: Sendable {
                 if prepared.fd >= 0 { EventJournal.discard(prepared.fd, directory: restart.directory) }
                 return
             }
-            let more = s.events.range(after: restart.through, upTo: .max).map(\.bytes)
-            if prepared.fd >= 0, journal.adopt(prepared, records: restart.bodies.count, more: more) {
+            let newer = s.events.range(after: restart.through, upTo: .max)
+            if prepared.fd >= 0, journal.adopt(prepared, records: restart.bodies.count, more: newer.map(\.bytes),
+                                               last: newer.last?.seq ?? restart.through, floor: s.evictedThrough) {
                 s.unjournaledLost = 0
                 s.journalErrno = 0
                 s.restartBackoff = 0

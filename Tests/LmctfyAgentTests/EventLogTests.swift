@@ -93,7 +93,7 @@ import Testing
         let prepared = EventJournal.prepare(directory: dir, bodies)
         #expect(prepared.fd >= 0)
         #expect(EventJournal.stored(directory: dir).map(\.sequence) == [1, 2, 3, 4, 5])
-        #expect(journal.adopt(prepared, records: 2, more: [try event(6).serializedBytes()]))
+        #expect(journal.adopt(prepared, records: 2, more: [try event(6).serializedBytes()], last: 6, floor: 3))
         #expect(EventJournal.stored(directory: dir).map(\.sequence) == [4, 5, 6])
         // Cut short after the rename: the mark, no new file, `previous` left.
         #expect(journal.append(event(7)))  // rotates: previous 4-6, current 7
@@ -220,6 +220,58 @@ import Testing
         for _ in 0..<(EventLog.reservationBlock + 10) { _ = third.recordStats(container: "/c", ContainerStats()) }
         let bound = SequenceReservation.parse(try Sys.readBytes(dir + "/sequence")).0
         #expect(bound > start + EventLog.reservationBlock + 10)
+    }
+
+    /// A lasting log (the fleet log) restarted tells a subscriber from the
+    /// start of a gap only for events that were let go: every number below
+    /// the oldest kept was taken as gone, so the numbers reserved before a
+    /// restart and never used, or STATS samples' numbers, were a gap to a
+    /// subscriber from 0 after the next restart (nothing was missing).
+    @Test func aLastingLogReportsAGapOnlyForEventsLetGo() throws {
+        let dir = "/tmp/lmctfy-eventjournal-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try Sys.mkdir(dir, mode: 0o700)
+        defer { _ = removeTree(dir) }
+        func open(_ sub: String) throws -> EventLog {
+            let log = EventLog(capacity: 10, bootId: "fleet")
+            try log.attachJournal(directory: dir + "/" + sub)
+            try log.reserveSequences(path: dir + "/" + sub + ".sequence")
+            return log
+        }
+        // Samples first, then an event; a restart with none; then one.
+        let a = try open("a")
+        for _ in 0..<3 { a.recordStats(container: "/s", ContainerStats()) }
+        a.record(container: "/a", kind: .containerEventCreated)
+        #expect(try open("a").resumePoint(bootId: "fleet", after: 0).gap == nil)
+        _ = try open("b")  // a boot with no event
+        let b = try open("b")
+        #expect(b.record(container: "/b", kind: .containerEventCreated).sequence == 1 + EventLog.reservationBlock)
+        let b2 = try open("b")
+        #expect(b2.resumePoint(bootId: "fleet", after: 0).gap == nil)
+        #expect(b2.since(bootId: "fleet", after: 0) { _ in true }.0.map(\.container) == ["/b"])
+        // Rotated out (a journal of 10 to 20 events): a gap, from the
+        // oldest kept, also after a restart whose reserved numbers were
+        // never used.
+        let c = try open("c")
+        for i in 1...35 { c.record(container: "/c\(i)", kind: .containerEventCreated) }
+        let c2 = try open("c")
+        let (gap, from) = c2.resumePoint(bootId: "fleet", after: 0)
+        let oldest = c2.since(bootId: "fleet", after: 0) { _ in true }.0.first?.sequence ?? 0
+        #expect(oldest > 1 && gap?.firstSequence == oldest && from == oldest - 1, "\(String(describing: gap)) \(oldest)")
+        c2.record(container: "/d", kind: .containerEventCreated)
+        let c3 = try open("c")
+        #expect(c3.resumePoint(bootId: "fleet", after: 0).gap?.firstSequence == c3.since(bootId: "fleet", after: 0) { _ in true }.0.first?.sequence)
+        #expect(c3.resumePoint(bootId: "fleet", after: 35).gap == nil)
+        #expect(c3.resumePoint(bootId: "fleet", after: oldest - 2).gap != nil)
+        // Read by a log keeping more than the journal: the gap starts at
+        // the oldest the journal kept (the floor a rotation moved).
+        let wide = EventLog(capacity: 100, bootId: "fleet")
+        try wide.attachJournal(directory: dir + "/c")
+        let onDisk = EventJournal.stored(directory: dir + "/c").compactMap(\.sequence)
+        #expect(onDisk.count < 36 && wide.resumePoint(bootId: "fleet", after: 0).gap?.firstSequence == onDisk.first)
+        // A journal without its floor (an earlier version's) takes every
+        // number below the oldest kept as gone, as before.
+        unlink(dir + "/b/floor")
+        #expect(try open("b").resumePoint(bootId: "fleet", after: 0).gap != nil)
     }
 
     @Test func aLogAttachedToAJournalServesTheBootBeforeIt() throws {

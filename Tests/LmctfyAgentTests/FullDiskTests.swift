@@ -292,6 +292,13 @@ struct FullDiskJournalTests {
             let got = try EventHub(log: next).replayed(EventHub.Key(conn: 1, stream: 1), SubscribeRequest(bootId: "b", afterSequence: 1))
             #expect(got.first?.gap == EventGap(requestedBootId: "b", afterSequence: 1, bootId: "b", firstSequence: kept.first))
             #expect(got.compactMap { $0.event?.bootId == "b" ? $0.event?.sequence : nil } == after)
+            // A log whose id outlives the process (the fleet log) finds its
+            // own events: the same gap (the journal's floor, moved when it
+            // started again, says what it let go of).
+            let same = EventLog(capacity: 128, bootId: "b")
+            try same.attachJournal(directory: dir)
+            #expect(same.resumePoint(bootId: "b", after: 1).gap?.firstSequence == kept.first)
+            #expect(same.resumePoint(bootId: "b", after: (kept.first ?? 1) - 1).gap == nil)
         }
     }
 
