@@ -959,7 +959,7 @@ public final class Controller: @unchecked Sendable {
         }
         do {
             let request = try EnrollRequest(serializedBytes: payload)
-            let response = try enroller.enroll(request) { [registry] in registry.hosts[$0] != nil }
+            let response = try enroller.enroll(request, peer: p.conn.remoteAddress) { [registry] in registry.hosts[$0] != nil }
             logger.info("\(describe(p)): enrolled host \(request.hostName ?? "") (certificate valid \(enroller.settings.days) days)")
             answer(p, stream, .success(try response.serializedBytes()))
         } catch {

@@ -4,6 +4,7 @@
 // unexpired, bound to the host asked for), spent durably, and the request
 // signed by the controller's CA. Loop thread only.
 import Glibc
+import LmctfyLoop
 import LmctfyProto
 import LmctfyRPC
 import LmctfySystem
@@ -31,6 +32,29 @@ final class Enroller {
     /// The token file's text when its lines were last said to be wrong
     /// (each Enroll re-reads it: said once per content, not per call).
     private var toldFor: String?
+
+    /// The shortest token taken: a shorter one is refused (said in the
+    /// log), as guessable (a token of one character was taken).
+    static let minimumTokenLength = 16
+
+    /// Failed guesses (an unknown, spent or expired token) by peer (an
+    /// IPv4 address, an IPv6 /64): past `failuresAllowed` within
+    /// `failureWindowMs`, the peer's Enrolls are refused
+    /// (RESOURCE_EXHAUSTED, tokens unchecked) until `blockMs` after the
+    /// last. Wrong guesses were answered as fast as they came. At most
+    /// `maxPeersTracked` peers are kept (the oldest goes first).
+    struct Failures {
+        var count = 0
+        var since: Int64 = 0
+        var last: Int64 = 0
+    }
+    private var failures: [String: Failures] = [:]
+    static let failuresAllowed = 5
+    static let failureWindowMs: Int64 = 60_000
+    static let blockMs: Int64 = 60_000
+    static let maxPeersTracked = 4096
+    /// Milliseconds, monotonic (a test's own clock).
+    var clock: () -> Int64 = { Int64(MonotonicClock.milliseconds()) }
 
     /// The token file as it is now (re-read at each Enroll: tokens are
     /// added without a restart). A line that does not parse (fields
@@ -64,6 +88,10 @@ final class Enroller {
                 continue
             }
             let token = String(words[0])
+            guard token.count >= Self.minimumTokenLength else {
+                wrong.append("line \(i + 1)'s token is shorter than \(Self.minimumTokenLength) characters (refused: it could be guessed)")
+                continue
+            }
             if out[token] != nil { twice.insert(token) }
             out[token] = Token(expiry: expiry, hostName: words.count == 3 ? String(words[2]) : nil)
         }
@@ -97,16 +125,23 @@ final class Enroller {
     /// as that host, and take its routed calls and events from it (every
     /// certificate host binds to the same key id). Enrolling a known host
     /// again (a lost certificate) takes a token that names it.
-    func enroll(_ r: EnrollRequest, now: Int64 = Int64(time(nil)),
+    /// `peer` is the caller's address (nil: not counted, see `Failures`).
+    func enroll(_ r: EnrollRequest, peer: SocketAddress? = nil, now: Int64 = Int64(time(nil)),
                 isKnown: (String) -> Bool = { _ in false }) throws(LmctfyError) -> EnrollResponse {
+        let who = peer.map(Self.peerKey)
+        if let who { try refuseIfGuessing(who) }
         guard let token = r.token, !token.isEmpty else { throw LmctfyError(.unauthenticated, "Enroll needs a bootstrap token") }
         let known = try tokens()
         let digest = Self.digest(token)
         // Unknown and spent look the same from outside.
         guard let t = known[token], !spent().contains(digest) else {
+            if let who { failed(who) }
             throw LmctfyError(.unauthenticated, "unknown or already used bootstrap token")
         }
-        guard t.expiry > now else { throw LmctfyError(.unauthenticated, "the bootstrap token expired") }
+        guard t.expiry > now else {
+            if let who { failed(who) }
+            throw LmctfyError(.unauthenticated, "the bootstrap token expired")
+        }
         guard let host = r.hostName, Enrolment.isDnsName(host) else {
             throw LmctfyError.invalidArgument("Enroll needs host_name, a DNS name")
         }
@@ -126,6 +161,52 @@ final class Enroller {
             throw error.lmctfy(error.isNoSpace ? .resourceExhausted : .unavailable, "Recording the spent bootstrap token")
         }
         return EnrollResponse(certificatePem: pem)
+    }
+
+    /// RESOURCE_EXHAUSTED while `who` has failed too often (`Failures`).
+    private func refuseIfGuessing(_ who: String) throws(LmctfyError) {
+        guard let f = failures[who], f.count >= Self.failuresAllowed else { return }
+        let left = f.last + Self.blockMs - clock()
+        guard left > 0 else {
+            failures[who] = nil
+            return
+        }
+        throw LmctfyError(.resourceExhausted, "too many Enrolls with a wrong bootstrap token from \(who): "
+                          + "refused for \((left + 999) / 1000) s more")
+    }
+
+    /// Counts a wrong token from `who`.
+    private func failed(_ who: String) {
+        let now = clock()
+        var f = failures[who] ?? Failures()
+        if f.count == 0 || now - f.since > Self.failureWindowMs { f = Failures(count: 0, since: now) }
+        f.count += 1
+        f.last = now
+        if failures[who] == nil && failures.count >= Self.maxPeersTracked {
+            failures = failures.filter { now - $0.value.last <= max(Self.failureWindowMs, Self.blockMs) }
+            if failures.count >= Self.maxPeersTracked, let oldest = failures.min(by: { $0.value.last < $1.value.last })?.key {
+                failures[oldest] = nil
+            }
+        }
+        failures[who] = f
+        if f.count == Self.failuresAllowed {
+            log?("\(who) sent \(f.count) wrong bootstrap tokens within \(Self.failureWindowMs / 1000) s: "
+                 + "its Enrolls are refused for \(Self.blockMs / 1000) s")
+        }
+    }
+
+    /// Whose failures an address counts as: an IPv4 address, or the /64
+    /// of an IPv6 one (one host holds many).
+    static func peerKey(_ a: SocketAddress) -> String {
+        guard a.family == .ipv6 else { return a.host }
+        var bytes = [UInt8](repeating: 0, count: 16)
+        guard inet_pton(AF_INET6, a.host, &bytes) == 1 else { return a.host }
+        // An IPv4-mapped address is that IPv4 address.
+        if bytes[0..<10].allSatisfy({ $0 == 0 }) && bytes[10] == 0xff && bytes[11] == 0xff {
+            return bytes[12...].map { String($0) }.joined(separator: ".")
+        }
+        return stride(from: 0, to: 8, by: 2).map { String(UInt16(bytes[$0]) << 8 | UInt16(bytes[$0 + 1]), radix: 16) }
+            .joined(separator: ":") + "::/64"
     }
 
     /// Renew (PROTOCOL.md section 3.2): `identity` is the certificate the

@@ -27,7 +27,7 @@ struct CertificateRenewalTests {
     @Test func anEnrolledAgentRenewsItsCertificateKeepingItsLink() throws {
         let (dir, pki) = try makeDirWithPki("renew")
         defer { _ = removeTree(dir) }
-        try Sys.createFile(dir + "/tokens", "tok-r1 \(Int(time(nil)) + 3600) renew1\n", mode: 0o600)
+        try Sys.createFile(dir + "/tokens", "tok-r1-padding-16 \(Int(time(nil)) + 3600) renew1\n", mode: 0o600)
         let controller = try LmctfyController.Controller(settings: try ControllerSettings.parse("""
             unix_socket_path: "\(dir)/controller.sock" agent_address: "127.0.0.1:0" enroll_address: "127.0.0.1:0"
             state_dir: "\(dir)/controller" log_level: LOG_ERROR
@@ -39,7 +39,7 @@ struct CertificateRenewalTests {
         defer { #expect(controller.stop() == 0) }
         let enrollPort = try #require(controller.enrollPort)
         try Sys.mkdir(dir + "/a", mode: 0o700)
-        try Sys.createFile(dir + "/a/token", "tok-r1\n", mode: 0o600)
+        try Sys.createFile(dir + "/a/token", "tok-r1-padding-16\n", mode: 0o600)
         let base = """
             unix_socket_path: "\(dir)/a.sock" state_dir: "\(dir)/a/state" log_level: LOG_ERROR
             stats_interval_ms: 0 watch_containers: false reconcile_interval_ms: 0

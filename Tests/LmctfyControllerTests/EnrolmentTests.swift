@@ -20,9 +20,9 @@ struct EnrolmentTests {
         let now = Int(time(nil))
         try Sys.createFile(dir + "/tokens", """
             # token expiry host
-            tok-agent7 \(now + 3600) agent7
-            tok-old \(now - 10) agent7
-            tok-any \(now + 3600)
+            tok-agent7-padding-16 \(now + 3600) agent7
+            tok-old-padding-16 \(now - 10) agent7
+            tok-any-padding-16 \(now + 3600)
             """, mode: 0o600)
         let settings = try ControllerSettings.parse("""
             unix_socket_path: "\(dir)/controller.sock" agent_address: "127.0.0.1:0" enroll_address: "127.0.0.1:0"
@@ -53,7 +53,7 @@ struct EnrolmentTests {
         }
 
         // Enrols: a key (0600) and a certificate for agent7 signed by the CA.
-        let configText = try agentText("a7", token: "tok-agent7", host: "agent7")
+        let configText = try agentText("a7", token: "tok-agent7-padding-16", host: "agent7")
         let config = try AgentConfig(textFormat: configText)
         #expect(AgentEnrolment.isPending(config))
         #expect(try AgentEnrolment.enrollIfNeeded(config, source: "a7"))
@@ -76,16 +76,16 @@ struct EnrolmentTests {
         #expect(agent.isRegisteredWithController && controller.hostCount == 1)
 
         // The same token again (the certificate gone): UNAUTHENTICATED.
-        let again = try agentConfig("a7b", token: "tok-agent7", host: "agent7")
+        let again = try agentConfig("a7b", token: "tok-agent7-padding-16", host: "agent7")
         #expect { try AgentEnrolment.enrollIfNeeded(again, source: "a7b") }
             throws: { ($0 as? LmctfyError)?.code == .unauthenticated && "\($0)".contains("already used") }
         // An expired token: UNAUTHENTICATED.
-        let old = try agentConfig("old", token: "tok-old", host: "agent7")
+        let old = try agentConfig("old", token: "tok-old-padding-16", host: "agent7")
         #expect { try AgentEnrolment.enrollIfNeeded(old, source: "old") }
             throws: { ($0 as? LmctfyError)?.code == .unauthenticated && "\($0)".contains("expired") }
         // A token bound to agent7 cannot enrol agent8: PERMISSION_DENIED.
-        try Sys.createFile(dir + "/tokens", try Sys.readFile(dir + "/tokens") + "\ntok-7b \(now + 3600) agent7\n", mode: 0o600)
-        let other = try agentConfig("a8", token: "tok-7b", host: "agent8")
+        try Sys.createFile(dir + "/tokens", try Sys.readFile(dir + "/tokens") + "\ntok-7b-padding-16 \(now + 3600) agent7\n", mode: 0o600)
+        let other = try agentConfig("a8", token: "tok-7b-padding-16", host: "agent8")
         #expect { try AgentEnrolment.enrollIfNeeded(other, source: "a8") }
             throws: { ($0 as? LmctfyError)?.code == .permissionDenied }
         #expect(!Sys.exists("\(dir)/a8/cert.pem") && !Sys.exists("\(dir)/a8/key.pem"))
@@ -96,9 +96,9 @@ struct EnrolmentTests {
                                            tls: TlsContext(side: .client, certificateFile: nil, keyFile: nil, caFile: "\(pki)/ca.pem"))
         defer { client.close() }
         let forOther = try Enrolment.makeKeyAndRequest(hostName: "agent10")
-        #expect { _ = try client.call(ControllerMethods.enroll, EnrollRequest(token: "tok-any", hostName: "agent9", csrPem: forOther.csrPem)) }
+        #expect { _ = try client.call(ControllerMethods.enroll, EnrollRequest(token: "tok-any-padding-16", hostName: "agent9", csrPem: forOther.csrPem)) }
             throws: { ($0 as? LmctfyError)?.code == .permissionDenied && "\($0)".contains("another host") }
-        #expect { _ = try client.call(ControllerMethods.enroll, EnrollRequest(token: "tok-any", hostName: "agent9", csrPem: "junk")) }
+        #expect { _ = try client.call(ControllerMethods.enroll, EnrollRequest(token: "tok-any-padding-16", hostName: "agent9", csrPem: "junk")) }
             throws: { ($0 as? LmctfyError)?.code == .invalidArgument }
         // Nothing but Enroll on the enrolment port.
         #expect { _ = try client.call(ControllerMethods.listHosts, ListHostsRequest()) }
@@ -106,7 +106,7 @@ struct EnrolmentTests {
         // A token naming no host cannot enrol one that is registered (agent7
         // is): its certificate would let the caller take agent7's place.
         let impostor = try Enrolment.makeKeyAndRequest(hostName: "agent7")
-        #expect { _ = try client.call(ControllerMethods.enroll, EnrollRequest(token: "tok-any", hostName: "agent7", csrPem: impostor.csrPem)) }
+        #expect { _ = try client.call(ControllerMethods.enroll, EnrollRequest(token: "tok-any-padding-16", hostName: "agent7", csrPem: impostor.csrPem)) }
             throws: { ($0 as? LmctfyError)?.code == .permissionDenied && "\($0)".contains("host agent7 is registered already") }
         // Nor the controller's own names (its certificate's: controller,
         // localhost): signed by the CA agents and lmctl check the controller
@@ -114,17 +114,17 @@ struct EnrolmentTests {
         // the controller (a probe).
         for own in ["controller", "localhost", "LocalHost"] {
             let req = try Enrolment.makeKeyAndRequest(hostName: own)
-            #expect { _ = try client.call(ControllerMethods.enroll, EnrollRequest(token: "tok-any", hostName: own, csrPem: req.csrPem)) }
+            #expect { _ = try client.call(ControllerMethods.enroll, EnrollRequest(token: "tok-any-padding-16", hostName: own, csrPem: req.csrPem)) }
                 throws: { ($0 as? LmctfyError)?.code == .permissionDenied && "\($0)".contains("the controller's own") }
         }
         let mine = try Enrolment.makeKeyAndRequest(hostName: "agent9")
-        let r = try client.call(ControllerMethods.enroll, EnrollRequest(token: "tok-any", hostName: "agent9", csrPem: mine.csrPem))
+        let r = try client.call(ControllerMethods.enroll, EnrollRequest(token: "tok-any-padding-16", hostName: "agent9", csrPem: mine.csrPem))
         #expect(r.certificatePem?.contains("BEGIN CERTIFICATE") == true)
         // Key and certificate paths in a directory that does not exist:
         // refused before the token is sent (it was spent for a certificate
         // the agent could not write; a probe), so it enrols once it exists.
-        try Sys.createFile(dir + "/tokens", try Sys.readFile(dir + "/tokens") + "\ntok-dir \(now + 3600) agent11\n", mode: 0o600)
-        var missing = try agentConfig("a11", token: "tok-dir", host: "agent11")
+        try Sys.createFile(dir + "/tokens", try Sys.readFile(dir + "/tokens") + "\ntok-dir-padding-16 \(now + 3600) agent11\n", mode: 0o600)
+        var missing = try agentConfig("a11", token: "tok-dir-padding-16", host: "agent11")
         missing.tls?.certificateFile = "\(dir)/a11/no/such/cert.pem"
         missing.tls?.keyFile = "\(dir)/a11/no/such/key.pem"
         #expect { try AgentEnrolment.enrollIfNeeded(missing, source: "a11") }
@@ -138,19 +138,19 @@ struct EnrolmentTests {
         // UNAVAILABLE, its path and mode only in the controller's log (an
         // unauthenticated peer was told "Private key <path> is readable").
         try Sys.createFile(dir + "/tokens", try Sys.readFile(dir + "/tokens")
-                           + "\ntok-crlf \(now + 3600) agent12\r\ntok-tab\t\(now + 3600)\n"
-                           + "tok-dup \(now + 3600) agent14\ntok-dup \(now + 3600) agent15\nnot a token line at all\n", mode: 0o600)
-        for (token, host) in [("tok-crlf", "agent12"), ("tok-tab", "agent13")] {
+                           + "\ntok-crlf-padding-16 \(now + 3600) agent12\r\ntok-tab-padding-16\t\(now + 3600)\n"
+                           + "tok-dup-padding-16 \(now + 3600) agent14\ntok-dup-padding-16 \(now + 3600) agent15\nnot a token line at all\n", mode: 0o600)
+        for (token, host) in [("tok-crlf-padding-16", "agent12"), ("tok-tab-padding-16", "agent13")] {
             let req = try Enrolment.makeKeyAndRequest(hostName: host)
             #expect(throws: Never.self, "\(token)") {
                 _ = try client.call(ControllerMethods.enroll, EnrollRequest(token: token, hostName: host, csrPem: req.csrPem))
             }
         }
         let dup = try Enrolment.makeKeyAndRequest(hostName: "agent14")
-        #expect { _ = try client.call(ControllerMethods.enroll, EnrollRequest(token: "tok-dup", hostName: "agent14", csrPem: dup.csrPem)) }
+        #expect { _ = try client.call(ControllerMethods.enroll, EnrollRequest(token: "tok-dup-padding-16", hostName: "agent14", csrPem: dup.csrPem)) }
             throws: { ($0 as? LmctfyError)?.code == .unauthenticated }
         chmod(dir + "/tokens", 0o644)
-        #expect { _ = try client.call(ControllerMethods.enroll, EnrollRequest(token: "tok-dup", hostName: "agent14", csrPem: dup.csrPem)) }
+        #expect { _ = try client.call(ControllerMethods.enroll, EnrollRequest(token: "tok-dup-padding-16", hostName: "agent14", csrPem: dup.csrPem)) }
             throws: { ($0 as? LmctfyError)?.code == .unavailable && !"\($0)".contains(dir) }
         chmod(dir + "/tokens", 0o600)
         // And no one without a certificate gets onto the agent port.
@@ -168,7 +168,7 @@ struct EnrolmentTests {
     @Test func enrolmentConnectionsStayWithinTheHandshakeBudget() throws {
         let (dir, pki) = try makeDirWithPki("enrol")
         defer { _ = removeTree(dir) }
-        try Sys.createFile(dir + "/tokens", "tok \(Int(time(nil)) + 3600)\n", mode: 0o600)
+        try Sys.createFile(dir + "/tokens", "tok-handshake-budget \(Int(time(nil)) + 3600)\n", mode: 0o600)
         let settings = try ControllerSettings.parse("""
             unix_socket_path: "\(dir)/controller.sock" agent_address: "127.0.0.1:0" enroll_address: "127.0.0.1:0"
             state_dir: "\(dir)/controller" log_level: LOG_ERROR
@@ -223,7 +223,7 @@ struct EnrolmentProcessTests {
     @Test func theAgentBinaryEnrolsOnItsFirstStartAndRefusesASpentToken() throws {
         let (dir, pki) = try makeDirWithPki("enrolp")
         defer { _ = removeTree(dir) }
-        try Sys.createFile(dir + "/tokens", "tok-p1 \(Int(time(nil)) + 600) procagent1\n", mode: 0o600)
+        try Sys.createFile(dir + "/tokens", "tok-p1-padding-16 \(Int(time(nil)) + 600) procagent1\n", mode: 0o600)
         let controller = try LmctfyController.Controller(settings: try ControllerSettings.parse("""
             unix_socket_path: "\(dir)/controller.sock" agent_address: "127.0.0.1:0" enroll_address: "127.0.0.1:0"
             state_dir: "\(dir)/controller" log_level: LOG_ERROR
@@ -234,7 +234,7 @@ struct EnrolmentProcessTests {
         defer { #expect(controller.stop() == 0) }
         let enrollPort = try #require(controller.enrollPort)
         try Sys.mkdir(dir + "/agent", mode: 0o700)
-        try Sys.createFile(dir + "/agent/token", "tok-p1\n", mode: 0o600)
+        try Sys.createFile(dir + "/agent/token", "tok-p1-padding-16\n", mode: 0o600)
         try Sys.createFile(dir + "/agent.conf", """
             unix_socket_path: "\(dir)/agent.sock" state_dir: "\(dir)/agent/state" log_level: LOG_WARNING
             stats_interval_ms: 0 watch_containers: false reconcile_interval_ms: 0
