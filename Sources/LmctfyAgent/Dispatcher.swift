@@ -726,7 +726,7 @@ public final class Dispatcher: Sendable {
             // at the lease's end meanwhile finds it gone).
             leases.release(leases.held(under: path))
             return (path, { known in
-                for k in known.keys where k == path || k.hasPrefix(path + "/") { known[k] = nil }
+                for k in known.atOrBelow(path) { known[k] = nil }
             })
         }
     }

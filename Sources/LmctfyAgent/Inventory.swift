@@ -24,7 +24,7 @@ import LmctfySystem
 final class Inventory: Sendable {
     struct State {
         /// Every container known, and whether it is frozen.
-        var known: [String: Bool] = [:]
+        var known = KnownContainers()
         /// Names with a change of the agent's own in progress.
         var busy: [String: Int] = [:]
         /// When each name last changed through the agent (a generation).
@@ -93,7 +93,7 @@ final class Inventory: Sendable {
     /// pause, a resume), after which the spec read before still stands
     /// (forgotten, the first read after it only remembered the spec, and
     /// an update made with the CLI after an agent's pause was no UPDATED).
-    func change<T>(_ path: String, keepsSpec: Bool = false, _ body: () throws -> (T, (inout [String: Bool]) -> Void)) rethrows -> T {
+    func change<T>(_ path: String, keepsSpec: Bool = false, _ body: () throws -> (T, (inout KnownContainers) -> Void)) rethrows -> T {
         let tree = Self.tree(path)
         trees.enter(tree)
         defer { trees.leave(tree) }
@@ -102,7 +102,7 @@ final class Inventory: Sendable {
             s.busy[path, default: 0] += 1
             s.touched[path] = s.generation
         }
-        var update: ((inout [String: Bool]) -> Void)?
+        var update: ((inout KnownContainers) -> Void)?
         defer {
             state.locked { s in
                 s.generation += 1
@@ -115,15 +115,15 @@ final class Inventory: Sendable {
                     // Every name the change touched (a destroy takes the
                     // subcontainers with it): a listing from before it must
                     // not bring them back.
-                    let before = s.known
+                    s.known.startTracking()
                     update(&s.known)
-                    for name in Set(before.keys).union(s.known.keys) where before[name] != s.known[name] {
+                    for (name, was) in s.known.stopTracking() where was != s.known[name] {
                         s.touched[name] = s.generation
-                        if (before[name] == nil) != (s.known[name] == nil) { s.madeOrGone[name] = s.generation }
-                    }
-                    for name in before.keys where s.known[name] == nil {
-                        s.empty[name] = nil
-                        s.specs[name] = nil
+                        if (was == nil) != (s.known[name] == nil) { s.madeOrGone[name] = s.generation }
+                        if was != nil && s.known[name] == nil {
+                            s.empty[name] = nil
+                            s.specs[name] = nil
+                        }
                     }
                 }
             }
@@ -182,7 +182,7 @@ final class Inventory: Sendable {
             s.listings = max(0, s.listings - 1)
             defer { s.seen = s.listings == 0 ? [:] : s.seen.filter { $0.value > since } }
             guard s.seeded else {
-                s.known = listed
+                s.known = KnownContainers(listed)
                 s.empty = empties
                 s.seeded = true
                 return
@@ -234,7 +234,7 @@ final class Inventory: Sendable {
                 // What is below it went first (or with it); but not what
                 // the agent is changing, or changed since the look (its
                 // destroy records its own DESTROYED: it was recorded twice).
-                for k in s.known.keys.sorted(by: >) where k.hasPrefix(name + "/") && s.busy[k] == nil && settled(k) {
+                for k in s.known.below(name) where s.busy[k] == nil && settled(k) {
                     Self.forget(&s, k, events)
                     Self.seen(&s, k)
                     changed(k)
@@ -323,7 +323,7 @@ final class Inventory: Sendable {
     func known(atOrBelow path: String) -> [String] {
         state.locked { s in
             guard s.seeded else { return [] }
-            return s.known.keys.filter { $0 == path || $0.hasPrefix(path + "/") }.sorted(by: >)
+            return s.known.atOrBelow(path)
         }
     }
 

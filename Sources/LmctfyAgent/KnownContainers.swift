@@ -1,0 +1,71 @@
+// The containers the inventory knows (and whether each is frozen), indexed
+// by tree (top-level container), so that a tree's names are found without
+// a look at every other tree's, and an agent's change says which names it touched instead of
+// being found by comparing the whole set before and after. At 2,000
+// containers that comparison (a copy of the set, the union of both key
+// sets) took 358 us of every create, destroy and pause, and the scan of
+// every name for those under one 164 us (10,000: 2.4 ms and 1.2 ms).
+
+/// Used under the inventory's lock.
+struct KnownContainers {
+    private var frozen: [String: Bool] = [:]
+    /// Each tree's known names (the tree need not be known itself: a
+    /// name can be known before or after its parents).
+    private var trees: [String: Set<String>] = [:]
+    /// While `tracking`: each name set, with its value before the first set.
+    private var edits: [String: Bool?]?
+
+    init() {}
+
+    init(_ listed: [String: Bool]) {
+        for (name, value) in listed { self[name] = value }
+    }
+
+    var count: Int { frozen.count }
+    var keys: Dictionary<String, Bool>.Keys { frozen.keys }
+
+    subscript(name: String) -> Bool? {
+        get { frozen[name] }
+        set {
+            if edits != nil && edits?[name] == nil { edits?[name] = .some(frozen[name]) }
+            switch (frozen[name], newValue) {
+            case (nil, let v?):
+                frozen[name] = v
+                trees[Self.tree(name), default: []].insert(name)
+            case (_?, nil):
+                frozen[name] = nil
+                let t = Self.tree(name)
+                trees[t]?.remove(name)
+                if trees[t]?.isEmpty == true { trees[t] = nil }
+            case (_?, let v?):
+                frozen[name] = v
+            case (nil, nil):
+                break
+            }
+        }
+    }
+
+    /// The known names at `path` and below it, deepest (and, at one
+    /// depth, last in order) first, as a sort in descending order gives.
+    func atOrBelow(_ path: String) -> [String] {
+        // (Nothing is "below" the root here: its names are each a tree.)
+        guard path != "/" else { return frozen[path] != nil ? [path] : [] }
+        let prefix = path + "/"
+        return (trees[Self.tree(path)] ?? []).filter { $0 == path || $0.hasPrefix(prefix) }.sorted(by: >)
+    }
+
+    /// The known names strictly below `path`, in the same order.
+    func below(_ path: String) -> [String] { atOrBelow(path).filter { $0 != path } }
+
+    /// Starts recording the names set (`stopTracking` returns them).
+    mutating func startTracking() { edits = [:] }
+
+    /// The names set since `startTracking`, each with its value before.
+    mutating func stopTracking() -> [String: Bool?] {
+        defer { edits = nil }
+        return edits ?? [:]
+    }
+
+    /// The top-level container `name` is in ("/" for the root).
+    static func tree(_ name: String) -> String { Inventory.tree(name) }
+}
