@@ -150,6 +150,53 @@ struct NotificationIntegrationTests {
         }
     }
 
+    /// The kernel signals (v1) every memory-isolating container below the
+    /// one at its limit: an OOM is an event of the container it killed in
+    /// and of those above it up to the one at its limit, not of the others
+    /// below (every subcontainer of a container at its limit had an OOM
+    /// event; a probe).
+    @Test func anOomIsNotAnEventOfTheSubcontainersItKilledNothingIn() throws {
+        try withTestContainer(api) { name in
+            try api.create(name, spec: ContainerSpec(memory: MemorySpec(limit: 32 << 20)))
+            let a = try ContainerName.resolve("a", relativeTo: name)
+            let b = try ContainerName.resolve("b", relativeTo: name)
+            // (Processes in a leaf: v2 keeps none in a container with
+            // subcontainers.)
+            let c = try ContainerName.resolve("c", relativeTo: name)
+            for sub in [a, b, c] { try api.create(sub, spec: ContainerSpec(memory: MemorySpec(limit: 256 << 20))) }
+            let oom = EventSpec(oom: EventSpec.Oom())
+            let watches = try [name, a, b, c].map { try api.get($0).watch(oom) }
+            /// Each watch's events, the first waited for (it was killed
+            /// in), then until a round of 1 s waits on each brings none
+            /// (the burst that kills nothing is counted, or not, 500 ms
+            /// after its last signal).
+            func events(firstOf i: Int) throws -> [Int] {
+                var counts = [0, 0, 0, 0]
+                counts[i] = try watches[i].wait(timeoutMs: 30_000)
+                var quiet = false
+                while !quiet {
+                    quiet = true
+                    for (j, w) in watches.enumerated() {
+                        let n = try w.wait(timeoutMs: 1_000)
+                        if n > 0 { quiet = false }
+                        counts[j] += n
+                    }
+                }
+                return counts
+            }
+            // A kill in c, at the parent's limit: c's and the parent's.
+            _ = try api.get(c).run([testHelperPath, "alloc", "200"])
+            let first = try events(firstOf: 3)
+            #expect(first[3] >= 1 && first[1] == 0 && first[2] == 0, "\(first)")
+            #expect(first[0] >= 1, "no event of the container at its limit: \(first)")
+            // A kill in a (at the parent's limit): a's, and the parent's.
+            _ = try api.get(a).run([testHelperPath, "alloc", "200"])
+            let second = try events(firstOf: 1)
+            #expect(second[1] >= 1 && second[2] == 0 && second[3] == 0, "\(second)")
+            #expect(second[0] >= 1, "no event of the container at its limit: \(second)")
+        }
+    }
+
     @Test func thresholdCrossingIsDelivered() throws {
         try withTestContainer(api) { name in
             try api.create(name, spec: ContainerSpec(memory: MemorySpec(limit: 512 << 20)))

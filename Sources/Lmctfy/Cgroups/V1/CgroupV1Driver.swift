@@ -338,9 +338,18 @@ final class EventfdSource: EventSource {
 /// memory.oom_control's oom_kill, again 1 ms later, then every 25 ms while
 /// signals come and for 500 ms after the last: each kill is one event,
 /// when it has landed.
-/// A burst of signals that killed nothing in that time (oom_kill_disable:
-/// the tasks wait) is one event. A kernel without oom_kill (before 4.13)
-/// gets the eventfd's count, as before.
+/// A burst of signals that killed nothing here is one event when the
+/// container is still under OOM at its end (oom_kill_disable: the tasks
+/// wait) or a kill landed below it meanwhile (its OOM, a victim in a
+/// subcontainer, which v1 counts there only; v2's memory.events counts it
+/// here too). The kernel signals every container below the one at its
+/// limit: a burst with neither was another's OOM (every memory-isolating
+/// subcontainer of a container that hit its limit had an OOM event; a
+/// probe). The kills below are counted from the end of the last burst
+/// (the signal is read after its kill lands): a subcontainer's own OOM
+/// since then, which signals nothing here, makes the next burst killing
+/// nothing here (an OOM above, its victim elsewhere) an event. A kernel without oom_kill (before 4.13) gets the eventfd's
+/// count, as before.
 final class OomControlSource: EventSource {
     private let signals: EventfdSource
     private let dir: CgroupDir
@@ -350,6 +359,11 @@ final class OomControlSource: EventSource {
     /// Signals came without a counted kill before them: whether a kill
     /// was counted since (nil: no such signals).
     private var burstKilled: Bool?
+    /// The kills below the container when the last burst ended (or the
+    /// source was made): a kill lands within microseconds of its signal,
+    /// before the signal is read, so a count taken when the burst begins
+    /// has it already.
+    private var killsBelowSeen: Int64
     private var lookUntil: UInt64 = 0
     var fd: Int32 { epoll.fd }
     var pendingImmediately: Bool { false }
@@ -368,6 +382,7 @@ final class OomControlSource: EventSource {
         self.signals = signals
         self.dir = dir
         self.kills = kills
+        killsBelowSeen = Self.killsBelow(dir)
         do throws(SystemError) {
             epoll = try Epoll()
             let t = try EventFds.timer(periodMs: Self.lookEveryMs)
@@ -387,6 +402,27 @@ final class OomControlSource: EventSource {
 
     private static func kills(_ dir: CgroupDir) -> Int64? {
         (try? dir.readKeyValues("memory.oom_control"))?["oom_kill"]
+    }
+
+    /// Whether tasks wait in an OOM of the container (or above it).
+    private static func isUnderOom(_ dir: CgroupDir) -> Bool {
+        ((try? dir.readKeyValues("memory.oom_control"))?["under_oom"] ?? 0) != 0
+    }
+
+    /// The OOM kills of every cgroup below `dir` (one gone meanwhile takes
+    /// its kills with it).
+    static func killsBelow(_ dir: CgroupDir) -> Int64 {
+        var sum: Int64 = 0
+        var stack = [dir]
+        while let d = stack.popLast() {
+            guard d.mayHaveSubdirectories() else { continue }
+            for name in (try? d.subdirectories()) ?? [] {
+                let sub = d.child(name)
+                sum += kills(sub) ?? 0
+                stack.append(sub)
+            }
+        }
+        return sum
     }
 
     /// Starts (or stops) the periodic look. The first is 1 ms after a
@@ -418,7 +454,9 @@ final class OomControlSource: EventSource {
             if burstKilled != nil { burstKilled = true }
         }
         if let killed = burstKilled, now >= lookUntil {
-            if !killed { found += 1 }
+            let below = Self.killsBelow(dir)
+            if !killed && (Self.isUnderOom(dir) || below > killsBelowSeen) { found += 1 }
+            killsBelowSeen = below
             burstKilled = nil
             arm(false)
         }
