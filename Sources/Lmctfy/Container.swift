@@ -135,7 +135,18 @@ public struct Container: Sendable {
         }
         try readVirtualHostSpec(into: &spec)
         (spec.owner, spec.ownerGroup) = owner()
+        try stillExists()
         return spec
+    }
+
+    /// NOT_FOUND once a destroy has begun (it marks the container first,
+    /// then removes its directories one hierarchy at a time): what was read
+    /// meanwhile lacked the sections whose directories had gone, and was
+    /// answered with exit 0 (`stats` racing a destroy: `{}`, or cpu only;
+    /// a probe).
+    private func stillExists() throws(LmctfyError) {
+        guard !name.isRoot else { return }
+        guard try api.exists(name) else { throw .notFound("Container \"\(name)\" does not exist") }
     }
 
     /// owner / owner_group as a create set them: the tasks directory's
@@ -161,6 +172,7 @@ public struct Container: Sendable {
                 // As in spec(): the root has fewer files.
             }
         }
+        try stillExists()
         return stats
     }
 

@@ -48,7 +48,15 @@ struct FilesystemCheckIntegrationTests {
             // it (a failed unmount left it mounted, and the container behind).
             mounted = !unmountWhenFree(dir.path)
             try #require(!mounted, "the tmpfs could not be unmounted")
-            #expect(try c.spec().memory?.limit ?? 0 >= 99_000_000)
+            if api.version == .v1 {
+                // The destroy marked it (its tasks directory is in another
+                // hierarchy) before it met the mount: from then on it is
+                // invisible, as any destroy stopped part way, until a
+                // destroy finishes it.
+                #expect { _ = try c.spec() } throws: { ($0 as? LmctfyError)?.code == .notFound }
+            } else {
+                #expect(try c.spec().memory?.limit ?? 0 >= 99_000_000)
+            }
             try api.destroy(name)
             #expect(try !api.exists(name))
         }

@@ -32,6 +32,22 @@ struct ResourceIntegrationTests {
         try dir(c, name).read(file).trimmingWhitespace
     }
 
+    /// A container a destroy has begun on (marked, its memory directory
+    /// gone, the rest still there) has no stats or spec: NOT_FOUND. They
+    /// were answered without the sections whose directories had gone (a
+    /// `stats` racing a destroy printed `{}` or cpu only, exit 0; a probe).
+    @Test func statsAndSpecOfAContainerBeingDestroyedAreNotFound() throws {
+        try withTestContainer(api, label: "going") { name in
+            let c = try api.create(name, spec: ContainerSpec(cpu: CpuSpec(limit: 100), memory: MemorySpec(limit: 10_000_000)))
+            #expect(try c.stats(.full).memory != nil)
+            try api.driver.tasksDir(name).setState(.destroying)
+            _ = try dir(.memory, name).remove()
+            #expect { _ = try c.stats(.full) } throws: { ($0 as? LmctfyError)?.code == .notFound }
+            #expect { _ = try c.spec() } throws: { ($0 as? LmctfyError)?.code == .notFound }
+            _ = try api.destroy(name)
+        }
+    }
+
     // MARK: Memory
 
     @Test func memoryLimitsArePageRoundedAndOrderedRight() throws {
