@@ -148,6 +148,11 @@ public final class SnapshotStore: @unchecked Sendable {
     /// The format this agent writes; a snapshot of a later one is refused.
     public static let formatVersion: UInt32 = 1
     static let magic = Array("LMSNAP01".utf8)
+    /// The largest snapshot file read (its spec and its process records:
+    /// a megabyte holds some ten thousand processes), and log file; a
+    /// larger one, or one that is not a regular file, is damaged.
+    public static let maxFileBytes = 64 << 20
+    static let maxLogBytes = 256 << 20
 
     /// state_dir/snapshots.
     public let directory: String
@@ -317,7 +322,7 @@ public final class SnapshotStore: @unchecked Sendable {
     /// The snapshot in one file, nil if there is none or it does not check
     /// out (for tests that look at a file itself).
     public static func decodeFile(_ path: String) -> ContainerSnapshot? {
-        guard let bytes = try? Sys.readBytes(path), case .success(let s) = decode(bytes) else { return nil }
+        guard let bytes = try? Sys.readRegularFile(path, maxBytes: maxFileBytes), case .success(let s) = decode(bytes) else { return nil }
         return s
     }
 
@@ -384,7 +389,7 @@ public final class SnapshotStore: @unchecked Sendable {
         var all: [(seq: UInt64, file: String, payload: [UInt8]?)] = []
         var lengths = [0, 0]
         for i in 0..<2 {
-            let (records, length) = Self.recordsAndLength((try? Sys.readBytes(logPath(i))) ?? [])
+            let (records, length) = Self.recordsAndLength((try? Sys.readRegularFile(logPath(i), maxBytes: Self.maxLogBytes)) ?? [])
             all += records
             lengths[i] = length
         }
@@ -434,7 +439,7 @@ public final class SnapshotStore: @unchecked Sendable {
         }
         do throws(SystemError) {
             for i in 0..<2 {
-                let fd = try Sys.open(logPath(i), O_WRONLY | O_CREAT | O_TRUNC | O_APPEND, mode: 0o600)
+                let fd = try Sys.open(logPath(i), O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_NONBLOCK, mode: 0o600)
                 lock.locked { logFds[i] = fd }
             }
             if durable { try Sys.syncDirectory(directory) }
@@ -453,7 +458,7 @@ public final class SnapshotStore: @unchecked Sendable {
                           _ why: SystemError) throws(LmctfyError) {
         do throws(SystemError) {
             for i in 0..<2 {
-                let fd = try Sys.open(logPath(i), O_WRONLY | O_CREAT | O_APPEND, mode: 0o600)
+                let fd = try Sys.open(logPath(i), O_WRONLY | O_CREAT | O_APPEND | O_NONBLOCK, mode: 0o600)
                 lock.locked { logFds[i] = fd }
                 try Sys.truncate(fd, to: lengths[i], path: logPath(i))
             }
@@ -742,7 +747,7 @@ public final class SnapshotStore: @unchecked Sendable {
                 guard let l else { continue }  // removed
                 bytes = l
             } else {
-                do { bytes = try Sys.readBytes(path(f)) } catch {
+                do { bytes = try Sys.readRegularFile(path(f), maxBytes: Self.maxFileBytes) } catch {
                     damaged.append((f, "\(error)"))
                     continue
                 }

@@ -98,7 +98,7 @@ final class EventJournal: @unchecked Sendable {
     }
 
     private func open() throws(LmctfyError) {
-        let f = Glibc.open(currentPath, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o600)
+        let f = Glibc.open(currentPath, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NONBLOCK, 0o600)
         guard f >= 0 else { throw SystemError("open", currentPath, errno).lmctfy(.failedPrecondition, "Opening the event journal") }
         fd = f
     }
@@ -339,7 +339,8 @@ final class EventJournal: @unchecked Sendable {
     /// `records`, and how many bytes of the file they (and the whole
     /// records passed over) take.
     static func recordsAndLength(_ path: String) -> (records: [[UInt8]], length: Int) {
-        guard let data = try? Sys.readBytes(path) else { return ([], 0) }
+        // A regular file only (a FIFO held the daemon's start).
+        guard let data = try? Sys.readRegularFile(path, maxBytes: .max) else { return ([], 0) }
         var out: [[UInt8]] = []
         var i = 0
         while i + 4 <= data.count {

@@ -140,6 +140,35 @@ private func snapshot(_ name: String, limit: Int64 = 1 << 20, frozen: Bool = fal
         #expect(Sys.exists(d + "damaged-%2Fflipped"), "kept for a human")
     }
 
+    /// A snapshot file that is not a regular file, or is larger than any
+    /// snapshot, is damaged without a byte read: a FIFO held the agent's
+    /// start forever, a symlink to /dev/zero read until memory ran out, a
+    /// sparse 1 GB file took 1 GB (a probe). So is a log that is a FIFO.
+    @Test func aSnapshotFileThatIsNoRegularFileOrTooLargeIsDamaged() throws {
+        let dir = try scratchDir("oddfiles")
+        defer { _ = removeTree(dir) }
+        let store = SnapshotStore(directory: dir + "/snapshots")
+        try store.open()
+        try store.write(snapshot("/good"))
+        store.flush()
+        let d = dir + "/snapshots/"
+        #expect(mkfifo(d + "%2Ffifo", 0o600) == 0)
+        #expect(symlink("/dev/zero", d + "%2Fzero") == 0)
+        let fd = open(d + "%2Fhuge", O_WRONLY | O_CREAT, 0o600)
+        #expect(fd >= 0 && ftruncate(fd, off_t(SnapshotStore.maxFileBytes + 1)) == 0)
+        close(fd)
+        unlink(d + "log.b")
+        #expect(mkfifo(d + "log.b", 0o600) == 0)
+        let (all, damaged) = store.loadAll()
+        #expect(Set(all.keys) == ["/good"])
+        #expect(Set(damaged.map(\.file)) == ["%2Ffifo", "%2Fzero", "%2Fhuge"], "\(damaged)")
+        #expect(damaged.first { $0.file == "%2Ffifo" }?.why.contains("not a regular file") == true, "\(damaged)")
+        #expect(damaged.first { $0.file == "%2Fhuge" }?.why.contains("larger than") == true, "\(damaged)")
+        #expect(SnapshotStore.decodeFile(d + "%2Ffifo") == nil)
+        // Opening the store again does not hang on the FIFO in the log's place.
+        #expect(throws: (any Error).self) { try SnapshotStore(directory: dir + "/snapshots").open() }
+    }
+
     @Test func aSnapshotOfANewerFormatIsRefused() throws {
         let dir = try scratchDir("format")
         defer { _ = removeTree(dir) }
