@@ -45,9 +45,22 @@ enum NotifyCommand {
             return line
         }
         let rendered = line.render(call.flags.style)
-        try api.notify(name, event: spec, follow: true) { n in
-            for _ in 0..<n { call.stdout.write(rendered) }
-        }
+        // Until the output breaks (a write fails, a pipe's reader goes):
+        // looked at after each event and at least once a second.
+        let out = SendableSink(call.stdout)
+        try api.notify(name, event: spec, cancellation: NotifyCancellation(pollMs: 1000) { out.sink.isBroken },
+                       onWatching: { (_: String) throws(LmctfyError) in },
+                       onEvent: { (n: Int) throws(LmctfyError) -> Bool in
+                           for _ in 0..<n { call.stdout.write(rendered) }
+                           return !call.stdout.isBroken
+                       })
         return line
     }
+}
+
+/// A sink asked from the cancellation check (which the backend may call
+/// from its waiting thread: the CLI's only one).
+private final class SendableSink: @unchecked Sendable {
+    let sink: any ByteSink
+    init(_ sink: any ByteSink) { self.sink = sink }
 }

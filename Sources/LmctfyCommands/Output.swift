@@ -1,6 +1,7 @@
 // What a command prints on success, and how each output style renders it
 // (lmctfy-behaviour.md §1.2, D15). Commands build a CommandOutput; only the
 // dispatcher writes it, and only when the command succeeded.
+import Glibc
 import LmctfyProto
 import LmctfySystem
 
@@ -8,10 +9,15 @@ import LmctfySystem
 public protocol ByteSink: AnyObject {
     /// Writes `bytes` in full (or drops them, if the sink cannot write).
     func write(_ bytes: [UInt8])
+    /// Whether a write failed, or the reader of a pipe went away: a
+    /// command that prints as it goes (`notify -f`, `events -f`) stops
+    /// then (they waited on, writing nothing, until killed; a probe).
+    var isBroken: Bool { get }
 }
 
 extension ByteSink {
     func write(_ text: String) { write(Array(text.utf8)) }
+    public var isBroken: Bool { false }
 }
 
 /// Collects everything written, for tests.
@@ -40,6 +46,16 @@ public final class FileDescriptorSink: ByteSink {
     public func write(_ bytes: [UInt8]) {
         guard failure == nil else { return }
         do { try Sys.writeAll(fd, bytes) } catch { failure = error }
+    }
+
+    /// A failed write, or a pipe whose reader is gone (poll's POLLERR on
+    /// its write end; SIGPIPE may be ignored), kept as `failure`.
+    public var isBroken: Bool {
+        if failure == nil {
+            var p = pollfd(fd: fd, events: 0, revents: 0)
+            if poll(&p, 1, 0) == 1 && p.revents & Int16(POLLERR) != 0 { failure = SystemError("write", "the output", EPIPE) }
+        }
+        return failure != nil
     }
 
     /// The exit status of a command whose output went to `stdout`: its

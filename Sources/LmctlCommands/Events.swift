@@ -26,7 +26,14 @@ enum EventsCommand {
         var request = SubscribeRequest()
         var follow = false
         var json = false
+        /// `stats -f`: of a container that must exist, and ends (5) when
+        /// it is destroyed (it waited on, printing nothing, for a name
+        /// that did not exist or a container destroyed; a probe).
+        var statsOf = false
     }
+
+    /// The word `stats -f` adds to the words it passes as `events`.
+    static let statsFollowWord = "--stats-of-one-container"
 
     static func parse(_ words: [String]) throws(LmctfyError) -> Options {
         var o = Options()
@@ -66,17 +73,20 @@ enum EventsCommand {
                 o.request.afterSequence = seq
             case "--kind":
                 o.request.kinds.append(try kind(try value(w)))
+            case Self.statsFollowWord:
+                o.statsOf = true
             default:
                 guard !w.hasPrefix("-") || w == "-" else { throw .invalidArgument("Unknown flag \"\(w)\"\n\(usage)") }
                 guard o.request.name == nil else {
                     // `stats -f` arrives here as the events it follows.
-                    let verb = o.request.kinds == [.containerEventStats] && o.follow ? "stats -f" : "events"
+                    let verb = o.statsOf ? "stats -f" : "events"
                     throw .invalidArgument("\(verb) takes one container name\n\(LmctlCLI.usageLine(verb == "events" ? "events" : "stats"))")
                 }
                 o.request.name = w
             }
             i += 1
         }
+        if o.statsOf { o.request.kinds.append(.containerEventDestroyed) }
         // Without -f: what is kept, from the oldest: the agent's boot
         // before this one first, as far as its journal kept it (it showed
         // this boot's only, and an agent restart hid what came before).
@@ -166,6 +176,14 @@ enum EventsCommand {
                 return follow
             }
             var text: String
+            if let e = r.event, o.statsOf, e.kind == .containerEventDestroyed {
+                // Its own end, or (with -r) one below it going.
+                if o.request.recursive != true || e.container == o.request.name {
+                    throw .notFound("Container \"\(e.container ?? "")\" was destroyed")
+                }
+                if let b = e.bootId, let q = e.sequence { resume = (b, q) }
+                return true
+            }
             if let e = r.event {
                 text = json ? e.jsonString() : line(e)
                 if let b = e.bootId, let q = e.sequence { resume = (b, q) }
@@ -180,7 +198,7 @@ enum EventsCommand {
             }
             text += "\n"
             stdout.write(Array(text.utf8))
-            return true
+            return !stdout.isBroken
         }
     }
 
@@ -234,6 +252,10 @@ enum EventsCommand {
                 let started = MonotonicClock.milliseconds()
                 let from = (o.request.bootId, o.request.afterSequence)
                 do {
+                    if o.statsOf {
+                        // NOT_FOUND (5) for a container that is not there.
+                        let _: StatsResponse = try client.call(AgentMethods.stats, StatsRequest(name: o.request.name ?? "/", kind: .statsSummary))
+                    }
                     try follow(&o, client: client, host: host, stdout: stdout)
                     return 0
                 } catch where error.code == .resourceExhausted && error.message.hasPrefix("lagged, resume after ")

@@ -379,7 +379,7 @@ public enum LmctlCLI {
         case "stats" where words.contains("-f") || words.contains("--follow"):
             var w = words.filter { $0 != "-f" && $0 != "--follow" }
             w.remove(at: w.firstIndex(of: "stats")!)
-            return ["-f", "--kind", "STATS"] + w
+            return ["-f", "--kind", "STATS", EventsCommand.statsFollowWord] + w
         default:
             return nil
         }
@@ -561,6 +561,7 @@ public enum LmctlCLI {
         private let lock = Lock()
         init(_ sink: any ByteSink) { self.sink = sink }
         func write(_ bytes: [UInt8]) { lock.locked { sink.write(bytes) } }
+        var isBroken: Bool { lock.locked { sink.isBroken } }
     }
 
     /// The statuses of several threads.

@@ -221,6 +221,27 @@ struct SubscribeTests {
         }
     }
 
+    /// `lmctl stats -f` follows a container that exists, and ends with 5
+    /// when it is destroyed (it waited on, printing nothing, for a name
+    /// that did not exist and after a destroy; a probe).
+    @Test func lmctlStatsFollowEndsWithItsContainer() throws {
+        try withAgent("stats_interval_ms: 200") { _, socket in
+            let name = RealCgroups.uniqueName("statsf")
+            let lmctl = "\(builtTool("lmctl")) --agent unix://\(socket)"
+            defer { _ = try? TestProcess.capture(["/bin/sh", "-c", "\(lmctl) destroy -f \(name)"]) }
+            let missing = try TestProcess.capture(["/usr/bin/timeout", "-s", "KILL", "10", "/bin/sh", "-c", "\(lmctl) stats -f \(name)"])
+            #expect(missing.status == 5, "\(missing)")
+            #expect(try TestProcess.capture(["/bin/sh", "-c", "\(lmctl) create \(name) 'memory:{limit:100000000}'"]).status == 0)
+            let r = try TestProcess.capture(["/usr/bin/timeout", "-s", "KILL", "20", "/bin/sh", "-c", """
+                \(lmctl) stats -f \(name) > /dev/null 2> \(socket).err & pid=$!
+                sleep 1; \(lmctl) destroy -f \(name)
+                wait $pid; echo "rc=$?"; cat \(socket).err
+                """])
+            let out = String(decoding: r.stdout, as: UTF8.self)
+            #expect(out.contains("rc=5") && out.contains("was destroyed"), "\(r)")
+        }
+    }
+
     @Test func lmctlEventsPrintsTheLogAsLinesOrJSONAndResumes() throws {
         try withAgent { _, socket in
             let name = RealCgroups.uniqueName("subcli")

@@ -28,6 +28,28 @@ struct IntegrationTests {
         #expect(try TestProcess.capture(["/bin/sh", "-c", "\(builtTool("lmctfy")) --lmctfy_output_fd=7 detect 7> /dev/null"]).status == 0)
     }
 
+    /// A follower (`notify -f`) whose output breaks ends with 15: after
+    /// a write that failed (it wrote nothing more and waited on until
+    /// killed), and without an event once a pipe's reader has gone while
+    /// SIGPIPE is ignored (it waited on forever; a probe).
+    @Test func aFollowerWhoseOutputBreaksEnds() throws {
+        try withTestName("follow") { name throws in
+            let lmctfy = builtTool("lmctfy")
+            #expect(try TestProcess.capture([lmctfy, "create", name, "pids:{limit:100}"]).status == 0)
+            let full = try TestProcess.capture(["/usr/bin/timeout", "-s", "KILL", "20", "/bin/sh", "-c", """
+                \(lmctfy) notify container empty -f \(name) > /dev/full & pid=$!
+                sleep 0.5; \(lmctfy) run \(name) /bin/sleep 0.2 > /dev/null
+                wait $pid; echo "rc=$?"
+                """])
+            #expect(String(decoding: full.stdout, as: UTF8.self).contains("rc=15"), "\(full)")
+            #expect(String(decoding: full.stderr, as: UTF8.self).contains("the output could not be written"), "\(full)")
+            let gone = try TestProcess.capture(["/usr/bin/timeout", "-s", "KILL", "20", "/bin/sh", "-c", """
+                { (trap '' PIPE; exec \(lmctfy) notify container empty -f \(name)); echo "rc=$?" >&2; } | true
+                """])
+            #expect(String(decoding: gone.stderr, as: UTF8.self).contains("rc=15"), "\(gone)")
+        }
+    }
+
     @Test(arguments: Runner.allCases)
     func lifecycle(_ lmctfy: Runner) throws {
         try withTestName("life") { name throws in
