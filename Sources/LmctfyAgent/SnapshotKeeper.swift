@@ -78,6 +78,10 @@ public final class SnapshotKeeper: Sendable {
         /// Only a create's intent is on record: its full snapshot is still
         /// to be written (`created`).
         var intent = false
+        /// The cgroup the create made (its intent records it): an intent
+        /// without it could not tell, after a restart, a container
+        /// destroyed and made again while no agent watched (a probe).
+        var intentCgroupId: UInt64?
         /// The snapshot without its processes (and without boot id, stats
         /// and time), serialized from `kernel`: a process-only write (a
         /// Run's start and end) appends its processes to it instead of
@@ -259,6 +263,7 @@ public final class SnapshotKeeper: Sendable {
     /// is only logged, as in `syncOrWarn`.
     func created(_ path: String) {
         let now = WallClock.nanosecondsSinceEpoch()
+        let made = cgroupId(path)
         records.locked { r in
             var rec = r[path] ?? Record(createdNs: now, adopted: false)
             // A record the watcher made first (it saw the directories before
@@ -273,6 +278,7 @@ public final class SnapshotKeeper: Sendable {
             rec.written = nil
             rec.spec = nil
             rec.intent = true
+            rec.intentCgroupId = made
             r[path] = rec
         }
         do {
@@ -306,7 +312,8 @@ public final class SnapshotKeeper: Sendable {
         let now = WallClock.nanosecondsSinceEpoch()
         let (alive, dead) = Self.living(rec.processes, fresh: fresh)
         let s = ContainerSnapshot(formatVersion: SnapshotStore.formatVersion, name: path, createdNs: rec.createdNs,
-                                  bootId: events.bootId, process: alive, adopted: false, writtenNs: now)
+                                  bootId: events.bootId, process: alive, adopted: false, writtenNs: now,
+                                  cgroupId: rec.intentCgroupId)
         try store.write(name: path, body: SnapshotStore.serialized(s), intent: true)
         if !dead.isEmpty { records.locked { $0[path]?.processes.removeAll { dead.contains($0.pid ?? 0) } } }
         counts.locked { $0.intents += 1 }
@@ -605,7 +612,10 @@ public final class SnapshotKeeper: Sendable {
             store.setAside(file)
             out.damaged.append(file)
         }
-        var present = Set(listed)
+        // The root is never listed, and always there: its snapshot (of the
+        // processes run in it) was taken for a container destroyed while
+        // the agent was down, a DESTROYED of "/" (a probe).
+        var present = Set(listed + ["/"])
         // An agent kept snapshots or events here before this one.
         let ranBefore = !snapshots.isEmpty || !damaged.isEmpty || !events.olderBootIds.isEmpty
         // A container of a snapshot's name whose cgroup is another than the

@@ -5,7 +5,7 @@
 // points and restarted).
 import Glibc
 import Lmctfy
-import LmctfyAgent
+@testable import LmctfyAgent
 import LmctfyEvents
 import LmctfyProto
 import LmctfyRPC
@@ -193,6 +193,51 @@ private func snapshot(_ name: String, limit: Int64 = 1 << 20, frozen: Bool = fal
         events.record(container: "/a", kind: .containerEventDestroyed)
         #expect(events.latestStats(container: "/a") == nil && events.latestStats(container: "/a/b") == nil)
         #expect(events.latestStats(container: "/c")?.memory?.usage == 3 && events.latestStats(container: "/ab")?.memory?.usage == 5)
+    }
+
+    /// The root is never listed: its snapshot (processes run in it) is
+    /// re-attached, not taken for a container destroyed while the agent
+    /// was down (it recorded DESTROYED of "/" and lost the processes).
+    @Test func theRootsSnapshotIsReattachedNotDestroyed() throws {
+        let dir = try scratchDir("rootsnap")
+        defer { _ = removeTree(dir) }
+        let store = SnapshotStore(directory: dir)
+        try store.open()
+        try store.write(snapshot("/"))
+        try store.write(snapshot("/gone"))
+        store.flush()
+        let events = EventLog(capacity: 16)
+        let keeper = SnapshotKeeper(store: store, events: events, read: { (_: String) throws(LmctfyError) -> SnapshotKeeper.Kernel? in
+            (ContainerSpec(), false, nil, nil)
+        })
+        let found = try keeper.recover(listed: [])
+        #expect(found.vanished == ["/gone"], "\(found)")
+        #expect(events.since(bootId: events.bootId, after: 0) { $0.kind == .containerEventDestroyed }.0.map(\.container) == ["/gone"])
+        #expect(store.load("/") != nil)
+    }
+
+    /// A create's intent records the cgroup it made: a container destroyed
+    /// and made again while no agent watched, before its full snapshot was
+    /// written, is told apart at the restart (DESTROYED, then adopted), as
+    /// one with a full snapshot is (it was re-attached as the old one).
+    @Test func anIntentTellsAContainerMadeAgainWhileTheAgentWasDown() throws {
+        let dir = try scratchDir("intentid")
+        defer { _ = removeTree(dir) }
+        let store = SnapshotStore(directory: dir)
+        try store.open()
+        let id = Mutexed<UInt64>(41)
+        let read: SnapshotKeeper.Read = { (_: String) throws(LmctfyError) -> SnapshotKeeper.Kernel? in (ContainerSpec(), false, nil, id.locked { $0 }) }
+        let first = SnapshotKeeper(store: store, events: EventLog(capacity: 16), read: read, cgroupId: { _ in id.locked { $0 } })
+        _ = try first.recover(listed: [])
+        first.created("/c")
+        store.flush()
+        #expect(SnapshotStore(directory: dir).load("/c")?.cgroupId == 41)
+        id.locked { $0 = 42 }  // destroyed and made again
+        let events = EventLog(capacity: 16)
+        let again = SnapshotStore(directory: dir)
+        let second = SnapshotKeeper(store: again, events: events, read: read, cgroupId: { _ in id.locked { $0 } })
+        let found = try second.recover(listed: ["/c"])
+        #expect(found.vanished == ["/c"] && found.adopted == ["/c"], "\(found)")
     }
 
     /// Concurrent writes of one name coalesce: requests made while a write
