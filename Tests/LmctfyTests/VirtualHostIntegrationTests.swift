@@ -150,6 +150,16 @@ struct VirtualHostIntegrationTests {
             #expect(try runInside(byPath, "touch /written 2>/dev/null && echo writable > /share/root || echo readonly > /share/root") == 0)
             #expect(try shared(root, "root") == "readonly")
             try imageApi.destroy(name)
+            // One of the image's directories as the source of a mount
+            // asked to be writable: read-only too (the host wrote into the
+            // shared image through it; a probe).
+            var mounted = vhSpec(root, mounts: [Mounts.Mount(source: root.share, target: "/share"),
+                                                Mounts.Mount(source: store + "/" + image + "/rootfs/run", target: "/ro")])
+            mounted.filesystem?.rootfs = root.rootfs
+            let viaMount = try imageApi.create(name, spec: mounted)
+            #expect(try runInside(viaMount, "touch /ro/written 2>/dev/null && echo writable > /share/mnt || echo readonly > /share/mnt") == 0)
+            #expect(try shared(root, "mnt") == "readonly")
+            try imageApi.destroy(name)
         }
         let after = try Sys.subdirectoriesAndFiles(store + "/" + image + "/rootfs").sorted()
         #expect(after == before, "\(before) -> \(after)")

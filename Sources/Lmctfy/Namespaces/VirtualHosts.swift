@@ -93,13 +93,19 @@ extension ContainerApi {
     /// wrote into the shared image (the virtual-host probe).
     func virtualHostRoot(_ spec: ContainerSpec) throws(LmctfyError) -> (path: String, image: Bool) {
         let rootfs = spec.filesystem?.rootfs ?? "/"
-        if rootfs.hasPrefix("/") {
-            if let real = try? Sys.realPath(rootfs), let store = try? Sys.realPath(ImageStore(root: imageRoot).root), store != "/", real.hasPrefix(store + "/") {
-                return (rootfs, true)
-            }
-            return (rootfs, false)
-        }
+        if rootfs.hasPrefix("/") { return (rootfs, isInImageStore(rootfs)) }
         return (try ImageStore(root: imageRoot).rootfsPath(forImage: rootfs), true)
+    }
+
+    /// Whether `path` (symlinks resolved) is the image store or inside it:
+    /// a virtual host sees it read-only, as its rootfs or as the source
+    /// of a mount (one of an image's directories mounted writable let a
+    /// host write into the shared image; a probe).
+    func isInImageStore(_ path: String) -> Bool {
+        guard let real = try? Sys.realPath(path), let store = try? Sys.realPath(ImageStore(root: imageRoot).root), store != "/" else {
+            return false
+        }
+        return real == store || real.hasPrefix(store + "/")
     }
 
     /// Starts the init of the virtual host `name` (made already; the caller
@@ -121,7 +127,8 @@ extension ContainerApi {
         o.rootfs = root.path
         o.rootfsReadOnly = root.image
         o.mounts = (spec.filesystem?.mounts?.mount ?? []).map {
-            VirtualHostMount(source: $0.source ?? "", target: $0.target ?? "", readOnly: $0.readOnly ?? false,
+            VirtualHostMount(source: $0.source ?? "", target: $0.target ?? "",
+                             readOnly: ($0.readOnly ?? false) || isInImageStore($0.source ?? ""),
                              isPrivate: $0.private ?? false)
         }
         o.hostname = vh.virtualHostname
