@@ -174,6 +174,7 @@ public final class ImageService: Sendable {
                 throw .failedPrecondition("ImportImage offset \(r.offset ?? 0) is not where the upload is: received \(transfer.size)")
             }
             if !data.isEmpty {
+                try Self.keepRoom(after: data.count, in: transfer.path)
                 do {
                     let fd = try Sys.open(transfer.path, O_WRONLY | O_CREAT | O_APPEND, mode: 0o600)
                     defer { close(fd) }
@@ -280,5 +281,27 @@ public final class ImageService: Sendable {
 enum RemoteIds {
     static func newId() -> String {
         Sys.hex(Crypto.randomBytes(16))
+    }
+}
+
+extension ImageService {
+    /// The room an upload leaves on its file system: 5% of it, at most
+    /// 64 MiB. An upload that never ended (`lmctl image import /dev/zero`)
+    /// wrote until the disk was full, taking the agent's snapshot and
+    /// journal writes in its state_dir down with it (a probe).
+    static func reserveBytes(total: UInt64) -> UInt64 { min(64 << 20, total / 20) }
+
+    /// RESOURCE_EXHAUSTED when `bytes` more at `path` would leave less
+    /// than `reserveBytes` free.
+    static func keepRoom(after bytes: Int, in path: String) throws(LmctfyError) {
+        var vfs = statvfs()
+        let dir = path.lastIndex(of: "/").map { String(path[..<$0]) } ?? "."
+        guard statvfs(dir, &vfs) == 0 else { return }
+        let free = UInt64(vfs.f_bavail) * UInt64(vfs.f_frsize)
+        let reserve = reserveBytes(total: UInt64(vfs.f_blocks) * UInt64(vfs.f_frsize))
+        guard free >= UInt64(bytes) + reserve else {
+            throw LmctfyError(.resourceExhausted, "Cannot store the upload: it would leave less than \(reserve) bytes free "
+                              + "on the agent's image store (kept for its state)")
+        }
     }
 }

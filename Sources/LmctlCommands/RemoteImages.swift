@@ -45,6 +45,13 @@ public final class RemoteImages: ImageBackend, @unchecked Sendable {
             throw error.lmctfy(.invalidArgument, "Cannot open the archive")
         }
         defer { close(fd) }
+        // A file or a pipe: a device (/dev/zero) or a directory is no
+        // archive (/dev/zero was uploaded until the agent's disk was full;
+        // lmctfy refused it as having no entries).
+        var st = stat()
+        if fstat(fd, &st) == 0, st.st_mode & S_IFMT != S_IFREG && st.st_mode & S_IFMT != S_IFIFO {
+            throw .invalidArgument("Archive \"\(archivePath)\" is not a file or a pipe")
+        }
         var transfer: String?
         var offset: UInt64 = 0
         var next: [UInt8]

@@ -379,6 +379,19 @@ struct FullDiskJournalTests {
 
 @Suite(.enabled(if: getuid() == 0, "mounting a tmpfs needs root"), .serialized)
 struct FullDiskImageTests {
+    /// An upload keeps 5% of its file system (at most 64 MiB) free for the
+    /// agent's state: one that never ended (`lmctl image import
+    /// /dev/zero`) wrote until the disk was full (a probe).
+    @Test func anUploadLeavesRoomForTheAgentsState() throws {
+        try FullDisk.around("upload", kilobytes: 1024) { disk in
+            #expect(ImageService.reserveBytes(total: 2 << 30) == 64 << 20 && ImageService.reserveBytes(total: 1 << 20) == 52_428)
+            let path = disk.path + "/upload"
+            #expect(throws: Never.self) { try ImageService.keepRoom(after: 512 << 10, in: path) }
+            #expect { try ImageService.keepRoom(after: Int(disk.available) - 1000, in: path) }
+                throws: { ($0 as? LmctfyError)?.code == .resourceExhausted && "\($0)".contains("kept for its state") }
+        }
+    }
+
     /// An import whose rootfs does not fit: RESOURCE_EXHAUSTED naming the
     /// cause (libarchive says only "Write failed"; it was FAILED_PRECONDITION),
     /// and nothing of it left in the store; one that fits, afterwards.

@@ -307,6 +307,12 @@ struct ImageLmctlTests {
         let archive = s.dir + "/big.tar"
         try Sys.writeFileAtomically(archive, bigArchive(), mode: 0o644)
 
+        // A device is no archive (/dev/zero was uploaded until the agent's
+        // disk was full; a probe), nor is a directory.
+        for notAFile in ["/dev/zero", s.dir] {
+            let r = try lmctl(["image", "import", notAFile, "zero"])
+            #expect(r.status == 3 && String(decoding: r.stderr, as: UTF8.self).contains("is not a file or a pipe"), "\(r)")
+        }
         let imported = try lmctl(["image", "import", archive, "base"])
         #expect(imported.status == 0, "\(String(decoding: imported.stderr, as: UTF8.self))")
         #expect(String(decoding: imported.stdout, as: UTF8.self).hasPrefix("image=\"base\"\nentries=\"16\"\n"))
