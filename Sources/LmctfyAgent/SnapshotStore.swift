@@ -607,15 +607,19 @@ public final class SnapshotStore: @unchecked Sendable {
                     if stale { compactLogs(into: covered) }
                 }
             } catch {
-                // Logged again into the active log, so that nothing waits
-                // on the covered one and the next pass tries again. The
-                // covered log keeps its records, older than what a later
-                // pass writes: that pass compacts the logs.
+                // Pending again, and the covered log, which still holds
+                // every record of the batch, is the active one again: the
+                // next pass covers it. (The batch was logged again into
+                // the other log at every failed pass: a flush failing for
+                // a day grew the logs by a copy of every pending snapshot
+                // each time; a probe.) What was logged into the other log
+                // during the pass is pending too, and newer; the pass that
+                // succeeds compacts the logs (`stale`).
                 failed = true
                 lock.locked {
-                    stale = true
+                    if logSize[1 - covered] > 0 { stale = true }
+                    active = covered
                     for (file, bytes) in batch where pending[file] == nil {
-                        try? append(kind: bytes == nil ? UInt8(ascii: "R") : UInt8(ascii: "S"), file: file, payload: bytes ?? [])
                         pending[file] = .some(bytes)
                         if batchIntents.contains(file) { intents.insert(file) }
                     }

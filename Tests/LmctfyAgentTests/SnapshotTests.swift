@@ -169,6 +169,36 @@ private func snapshot(_ name: String, limit: Int64 = 1 << 20, frozen: Bool = fal
         #expect(throws: (any Error).self) { try SnapshotStore(directory: dir + "/snapshots").open() }
     }
 
+    /// A flush that keeps failing (here a rename onto a directory; a probe
+    /// made the file immutable) does not grow the logs: each failed pass
+    /// logged every pending snapshot again. Once it can, the pass writes
+    /// the newest and the logs are emptied.
+    @Test func failedFlushesDoNotGrowTheLogs() throws {
+        let dir = try scratchDir("failflush")
+        defer { _ = removeTree(dir) }
+        let d = dir + "/snapshots/"
+        let store = SnapshotStore(directory: dir + "/snapshots")
+        try store.open()
+        try Sys.mkdir(d + "%2Fc", mode: 0o700)
+        try Sys.createFile(d + "%2Fc/blocker", "")
+        try store.write(snapshot("/c"))
+        func logBytes() -> Int64 {
+            ["log.a", "log.b"].reduce(0) { n, f in var st = stat(); return n + (stat(d + f, &st) == 0 ? Int64(st.st_size) : 0) }
+        }
+        #expect(throws: SystemError.self) { try store.pass() }
+        let after = logBytes()
+        #expect(after > 0)
+        for _ in 0..<5 { #expect(throws: SystemError.self) { try store.pass() } }
+        #expect(logBytes() == after, "the logs grew with every failed pass")
+        try store.write(snapshot("/c", limit: 5 << 20))  // newer, during the failures
+        #expect(throws: SystemError.self) { try store.pass() }
+        _ = removeTree(d + "%2Fc")
+        #expect(store.flush() == 1)
+        #expect(logBytes() == 0)
+        #expect(SnapshotStore.decodeFile(d + "%2Fc")?.spec?.memory?.limit == 5 << 20)
+        #expect(SnapshotStore(directory: dir + "/snapshots").load("/c")?.spec?.memory?.limit == 5 << 20)
+    }
+
     @Test func aSnapshotOfANewerFormatIsRefused() throws {
         let dir = try scratchDir("format")
         defer { _ = removeTree(dir) }
