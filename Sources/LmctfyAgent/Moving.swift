@@ -44,14 +44,20 @@ extension Dispatcher {
         return response
     }
 
-    /// The snapshot of `name`, written afresh from the kernel first.
+    /// The snapshot of `name`, written afresh from the kernel first (on a
+    /// full disk, kept in memory: that is the snapshot; an export, a read,
+    /// failed with the write's RESOURCE_EXHAUSTED; a probe).
     func currentSnapshot(_ name: String) throws -> ContainerSnapshot {
         guard let keeper = snapshots else {
             throw LmctfyError.failedPrecondition("This agent keeps no snapshots")
         }
         let path = try backend.resolve(name)
-        try keeper.sync(path)
-        guard let s = keeper.store.load(path) else {
+        do throws(LmctfyError) {
+            try keeper.sync(path)
+        } catch {
+            guard error.code == .resourceExhausted && error.message.contains("kept in memory") else { throw error }
+        }
+        guard let s = keeper.store.current(path) else {
             throw LmctfyError.notFound("Container \(path) does not exist")
         }
         return s

@@ -726,6 +726,17 @@ public final class SnapshotStore: @unchecked Sendable {
         }
     }
 
+    /// `name`'s snapshot as the store holds it now: what waits in memory
+    /// for its file (a full disk refused the log too), else `load`.
+    public func current(_ name: String) -> ContainerSnapshot? {
+        let file = Self.fileName(name)
+        if let waiting = lock.locked({ pending[file] }) {
+            guard let bytes = waiting, case .success(let s) = Self.decode(bytes) else { return nil }
+            return s
+        }
+        return load(name)
+    }
+
     /// `name`'s snapshot as `open` would leave it; nil when there is none
     /// or it is damaged.
     public func load(_ name: String) -> ContainerSnapshot? {

@@ -45,6 +45,9 @@ struct FullDiskStoreTests {
             #expect(throws: SystemError.self) { try store.pass() }
             #expect(store.unwritten == 2 && store.flushCosts.locked { $0.failed } == 1)
             #expect(limit(dir, "/a") == 1 << 20, "the old file stands")
+            // What the store holds now (an export reads it) is the newer.
+            #expect(store.current("/a")?.spec?.memory?.limit == 2 << 20 && store.current("/b")?.spec?.memory?.limit == 3 << 20)
+            #expect(store.load("/a")?.spec?.memory?.limit == 1 << 20)
             let files = try Sys.subdirectoriesAndFiles(dir)
             #expect(!files.contains { $0.hasPrefix(".tmp-") }, "a failed pass leaves no temp file: \(files)")
             disk.free()
@@ -470,6 +473,10 @@ struct FullDiskAgentTests {
             // kept in memory.
             try disk.fill()
             _ = try client.call(AgentMethods.pause, PauseRequest(name: "/b", requestId: "pause-b"))
+            // An export, a read, serves the snapshot kept in memory (it
+            // failed with the write's RESOURCE_EXHAUSTED; a probe).
+            let exported: ExportSnapshotResponse = try client.call(AgentMethods.exportSnapshot, ExportSnapshotRequest(name: "/b"))
+            #expect(exported.snapshot?.frozen == true && exported.snapshot?.spec?.memory?.limit == 32 << 20)
             client.close()
             // Its stop ends (it never did: the snapshot flusher retried forever).
             kill(agent.pid, SIGTERM)
