@@ -276,7 +276,8 @@ public final class Agent: @unchecked Sendable {
                                      leases: FreezeLeases(file: settings.stateDir + "/freeze-leases", identify: { path in
                                          guard let name = try? scope.resolve(path) else { return nil }
                                          return (try? api.get(name))?.directoryIdentity()
-                                     }))
+                                     }),
+                                     importMarks: settings.stateDir + "/imports")
         self.tlsServer = settings.tlsServer
         self.tlsClient = settings.tlsClient
         self.log = log
@@ -379,6 +380,7 @@ public final class Agent: @unchecked Sendable {
             let found = try snapshots.recover(listed: Array(listed.frozen.keys))
             oomBaselines = found.oomKills
             log.info("snapshots: \(found) in \(MonotonicClock.milliseconds() - t0) ms")
+            for line in dispatcher.undoUnfinishedImports() { log.warning("\(line)") }
         }
         // CL2: every commitment recomputed from what exists (the containers'
         // specs as the kernel has them), before the first create is admitted.

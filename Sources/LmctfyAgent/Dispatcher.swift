@@ -277,6 +277,9 @@ public final class Dispatcher: Sendable {
     /// The containers' snapshots (state_dir/snapshots); nil: none kept.
     /// Written by each change before its answer (SnapshotKeeper).
     public let snapshots: SnapshotKeeper?
+    /// Imports under way, undone at the next start if the agent dies under
+    /// them (nil: not kept, as without snapshots).
+    let importMarks: ImportMarks?
     /// Whether CRIU can checkpoint here (Criu.swift); nil: not probed, and
     /// Checkpoint and Restore refuse.
     let criu: CriuProbe?
@@ -294,7 +297,8 @@ public final class Dispatcher: Sendable {
     public init(backend: any ContainerBackend, cgroupVersion: Int32, events: EventLog, agentVersion: String,
                 journal: RequestJournal? = nil, testHold: TestHold? = nil, snapshots: SnapshotKeeper? = nil,
                 criu: CriuProbe? = nil, warnings: [String] = [], policy: PolicyKeeper? = nil,
-                images: ImageService? = nil, leases: FreezeLeases? = nil) {
+                images: ImageService? = nil, leases: FreezeLeases? = nil, importMarks: String? = nil) {
+        self.importMarks = snapshots == nil ? nil : importMarks.map(ImportMarks.init)
         self.leases = leases ?? FreezeLeases(file: nil)
         self.policy = policy
         self.images = images

@@ -78,7 +78,17 @@ extension Dispatcher {
                 throw LmctfyError(.cancelled, "ImportSnapshot of \(name) was cancelled (its caller gave up); what it had made is removed")
             }
         }
-        let path = try makeImported(name, spec: spec)
+        // Marked until whole: undone at the next start if the agent dies
+        // before (ImportMarks).
+        let marked = try backend.resolve(name)
+        try importMarks?.begin(marked)
+        let path: String
+        do {
+            path = try makeImported(name, spec: spec)
+        } catch {
+            importMarks?.end(marked)
+            throw error
+        }
         // A frozen snapshot's processes never run here before the freeze
         // (a migration's copy: its source is frozen, and must stay the only
         // one that runs). Each is stopped (SIGSTOP) the moment it has
@@ -93,6 +103,7 @@ extension Dispatcher {
         var pids: [Int32] = []
         defer { if hold { for pid in pids { _ = try? Sys.kill(-pid, SIGCONT) } } }
         do {
+            try importMarks?.made(path, cgroupId: snapshots?.cgroupId(path))
             if r.start == true {
                 for p in s.process {
                     try checkCancelled()
@@ -105,11 +116,38 @@ extension Dispatcher {
             if hold { try setPaused(name, true) }
             // Last: after this the answer goes, and the copy is the caller's.
             try checkCancelled()
+            importMarks?.end(path)
+            if marked != path { importMarks?.end(marked) }
             return ImportSnapshotResponse(name: path, startedPid: pids)
         } catch {
             undoImport(name, path: path)
+            importMarks?.end(path)
+            if marked != path { importMarks?.end(marked) }
             throw error
         }
+    }
+
+    /// At the start, before anything is served: the imports an earlier
+    /// agent died under (ImportMarks) are destroyed, if their container is
+    /// still the cgroup the import made. Returns a line for each.
+    func undoUnfinishedImports() -> [String] {
+        guard let marks = importMarks else { return [] }
+        var said: [String] = []
+        for m in marks.left() {
+            defer { marks.end(m.path) }
+            guard let id = m.cgroupId else {
+                said.append("import of \(m.path) cut short before its container was made: nothing to undo")
+                continue
+            }
+            guard let now = snapshots?.cgroupId(m.path), now == id else { continue }  // gone, or another since
+            do {
+                _ = try destroyContainer(m.path, force: true)
+                said.append("import of \(m.path) cut short by the agent's end: its half-made copy destroyed")
+            } catch {
+                said.append("import of \(m.path) cut short by the agent's end: its copy could not be destroyed: \(error)")
+            }
+        }
+        return said
     }
 
     /// The name to import as and the spec to create, or why the snapshot

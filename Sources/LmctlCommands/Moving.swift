@@ -448,7 +448,7 @@ enum MovingCommands {
                 // No answer: the target's agent drops an import whose caller
                 // gave up (cancelled, past its deadline, connection gone)
                 // unless it had already answered.
-                notes.append("\(toName) did not answer the import: its agent drops an import it had not finished when the caller gives up; one it finished just then stays there frozen (see its list)")
+                notes.append("\(toName) did not answer the import: its agent drops an import it had not finished when the caller gives up (or at its next start, if it died); one it finished just then stays there frozen (see its list)")
             }
             if frozeIt {
                 let resume = ResumeRequest(name: name, requestId: requestId())

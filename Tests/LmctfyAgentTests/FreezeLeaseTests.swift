@@ -400,6 +400,15 @@ extension FreezeLeaseAgentTests {
         #expect(try source.frozen("/web") == false, "the source was left frozen")
         // The source runs; the copy's processes are still held.
         #expect(within(3_000) { copy.allSatisfy(isHeld) }, "\(holdStates(copy))")
+        // The target's next start destroys the half-made copy (it was left
+        // thawed, its processes stopped, beside the running source; a
+        // probe), before it serves anything.
+        let again = try AgentProcess(reusing: b.dir)
+        defer { again.stop(keepingState: true) }
+        #expect(try !target.api.exists(try ContainerName.resolve(target.name + "/web", relativeTo: .root)), "the copy was left")
+        #expect(within(3_000) { copy.allSatisfy { kill($0, 0) != 0 || processState("/proc/\($0)") == "Z" } }, "\(holdStates(copy))")
+        let marks = (try? Sys.subdirectoriesAndFiles(b.dir + "/state/imports")) ?? []
+        #expect(marks.isEmpty, "\(marks)")
     }
 }
 
