@@ -360,6 +360,12 @@ public final class Agent: @unchecked Sendable {
         try settings.checkStateDir(create: true)
         let lock = try StateDirLock(settings.stateDir, daemon: "agent")
         stateLock.locked { $0 = lock }
+        do throws(LmctfyError) {
+            try Self.checkRootContainer(stateDir: settings.stateDir, root: scope.root.description)
+        } catch {
+            releaseStateDir()
+            throw error
+        }
         if let damaged = dispatcher.leases.unreadable { log.warning("freeze leases: \(damaged)") }
         // A start that fails lets the state_dir go again.
         var started = false
@@ -1721,5 +1727,29 @@ struct ThreadShare {
     mutating func release(admin: Bool) {
         all -= 1
         if !admin { nonAdmin -= 1 }
+    }
+}
+
+extension Agent {
+    /// The root_container a state_dir was kept for (`state_dir/root-container`,
+    /// written at the first start that can): another one is refused (3). The
+    /// snapshots and events name containers relative to it, so a start on
+    /// another root took every snapshot for a container destroyed while it
+    /// was down, recorded their DESTROYED and removed them all, the
+    /// processes they recorded with them (a probe).
+    static func checkRootContainer(stateDir: String, root: String) throws(LmctfyError) {
+        let file = stateDir + "/root-container"
+        if let kept = try? Sys.readRegularFile(file, maxBytes: 8192) {
+            let was = String(decoding: kept, as: UTF8.self).trimmingWhitespace
+            guard was == root else {
+                throw .invalidArgument("state_dir \(stateDir) is kept for root_container \(was), not \(root): give this root "
+                                       + "a state_dir of its own (or remove \(file) to let it take this one over: its snapshots and events "
+                                       + "of containers below \(was) are then dropped)")
+            }
+            return
+        }
+        // (Best effort: a start on a full disk goes on, and the next one
+        // records it.)
+        try? Sys.writeFileAtomically(file, Array((root + "\n").utf8), mode: 0o600)
     }
 }

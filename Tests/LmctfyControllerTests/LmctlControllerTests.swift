@@ -448,7 +448,7 @@ struct LmctlOptionsTests {
         #expect(o.host == "beta" && o.words == ["events", "-f", "/x"])
         o = try LmctlCLI.parseOptions(["--controller", "unix:///c", "-o", "json", "events", "--hosts=zone=z1"])
         #expect(o.hosts == "zone=z1" && LmctlCLI.eventsWords(o.words) == ["-o", "json"])
-        #expect(LmctlCLI.eventsWords(["stats", "-f", "/x"]) == ["-f", "--kind", "STATS", "/x"])
+        #expect(LmctlCLI.eventsWords(["stats", "-f", "/x"]) == ["-f", "--kind", "STATS", EventsCommand.statsFollowWord, "/x"])
         #expect(LmctlCLI.commandWord(["-o", "json", "-r", "list", "containers"]) == "list")
         #expect(LmctlCLI.wantsJSON(["-o", "json", "list"]) && LmctlCLI.wantsJSON(["--lmctfy_output_style=json"]) && !LmctlCLI.wantsJSON(["list", "json"]))
 
