@@ -372,7 +372,9 @@ public final class Agent: @unchecked Sendable {
         defer { if !started { releaseStateDir() } }
         // Watching and sampling keep a few descriptors per container open.
         Sys.raiseFileLimit()
-        try dispatcher.events.attachJournal(directory: settings.stateDir + "/events")
+        if let damage = try dispatcher.events.attachJournal(directory: settings.stateDir + "/events") {
+            log.error("event journal: \(damage)")
+        }
         // What exists now is known, not new: the first listing seeds it.
         let listed = listContainers()
         if settings.reconcileIntervalMs > 0 || settings.watchContainers, let listed {

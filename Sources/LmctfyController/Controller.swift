@@ -164,6 +164,7 @@ public final class Controller: @unchecked Sendable {
         stateLock = try StateDirLock(settings.stateDir, daemon: "controller")
         registry = try HostRegistry(store: FileHostStore(path: settings.stateDir + "/hosts"), maxHosts: settings.maxHosts)
         fleet = try FleetEvents(stateDir: settings.stateDir, capacity: Int(settings.config.eventLogCapacity ?? 65536))
+        if let damage = fleet.journalDamage { l.error("fleet event journal: \(damage)") }
     }
 
     public func start(handleSignals: Bool = true) throws(LmctfyError) {

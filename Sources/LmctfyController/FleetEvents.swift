@@ -23,6 +23,8 @@ final class FleetEvents {
     private(set) var cursors: [String: Cursor] = [:]
     private let cursorsPath: String
     private var cursorsDirty = false
+    /// What the journal found damaged when opened (for the controller's log).
+    private(set) var journalDamage: String?
 
     /// Opens (or starts) the fleet log in `stateDir`.
     init(stateDir: String, capacity: Int, subscriberBuffer: Int = 1024) throws(LmctfyError) {
@@ -35,7 +37,7 @@ final class FleetEvents {
             }
         }
         log = EventLog(capacity: capacity, bootId: id, maxBytes: Self.maxLogBytes)
-        try log.attachJournal(directory: stateDir + "/fleet")
+        journalDamage = try log.attachJournal(directory: stateDir + "/fleet")
         try log.reserveSequences(path: stateDir + "/fleet-sequence")
         hub = EventHub(log: log, buffer: subscriberBuffer)
         cursorsPath = stateDir + "/fleet-cursors"

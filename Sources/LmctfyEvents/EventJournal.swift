@@ -57,6 +57,12 @@ final class EventJournal: @unchecked Sendable {
     /// The floor the journal held when opened: nil without the file (a
     /// journal an earlier version wrote, or a floor that failed).
     private(set) var openedFloor: UInt64?
+    /// What `current` held past its last good record that no torn last
+    /// write explains (a length no record can have, a record that does not
+    /// decode): the file was kept aside as `damaged`, and this says so.
+    /// It was cut off silently (a probe: half a journal gone, nothing
+    /// logged).
+    private(set) var damage: String?
 
     /// Opens (making the directory, 0700) and reads what earlier boots left.
     init(directory: String, capacity: Int, maxBytes: Int? = nil) throws(LmctfyError) {
@@ -73,6 +79,15 @@ final class EventJournal: @unchecked Sendable {
         let (current, length) = Self.recordsAndLength(currentPath)
         count = current.count
         bytes = length
+        if let why = Self.damageAfter(currentPath, length) {
+            let aside = directory + "/current.damaged-\(time(nil))"
+            if let data = try? Sys.readRegularFile(currentPath, maxBytes: .max),
+               (try? Sys.writeFileAtomically(aside, data, mode: 0o600)) != nil {
+                damage = "\(currentPath) is damaged at byte \(length) (\(why)): the events after it are not read; the file is kept as \(aside)"
+            } else {
+                damage = "\(currentPath) is damaged at byte \(length) (\(why)): the events after it are not read (and could not be kept aside)"
+            }
+        }
         let previous = Self.records(previousPath)
         opened = previous + current
         previousLast = Self.sequence(previous.last)
@@ -325,6 +340,19 @@ final class EventJournal: @unchecked Sendable {
     /// larger one, which the writer wrote: a fleet event of a hostile agent
     /// lost every event after it at each restart, silently.)
     static let maxRecordBytes = 1 << 20
+
+    /// Why `path` past `length` (where its reading stopped) is not a torn
+    /// last record: nil when it is one (or nothing is left).
+    static func damageAfter(_ path: String, _ length: Int) -> String? {
+        guard let data = try? Sys.readRegularFile(path, maxBytes: .max), data.count > length else { return nil }
+        let left = data.count - length
+        guard left >= 4 else { return nil }  // a length cut short
+        let i = length
+        let n = Int(data[i]) << 24 | Int(data[i + 1]) << 16 | Int(data[i + 2]) << 8 | Int(data[i + 3])
+        if n > maxRecordBytes && 4 + n > left { return "a record length of \(n) bytes, more than any record" }
+        if 4 + n > left { return nil }  // the last record, cut short
+        return "a record that does not decode, with \(left - 4 - n) bytes after it"
+    }
 
     /// The records of one file; stops at the first torn or malformed one
     /// (a whole record above `maxRecordBytes`, which an earlier version

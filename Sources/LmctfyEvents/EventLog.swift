@@ -221,7 +221,10 @@ public final class EventLog: Sendable {
     /// A log whose id outlives the process (the controller's fleet log,
     /// whose id is kept in its state directory) finds its own events there
     /// instead: they are kept again, and its sequence goes on after them.
-    public func attachJournal(directory: String) throws(LmctfyError) {
+    /// Returns what was damaged in it (see EventJournal.damage), for the
+    /// daemon's log.
+    @discardableResult
+    public func attachJournal(directory: String) throws(LmctfyError) -> String? {
         let journal = try EventJournal(directory: directory, capacity: capacity, maxBytes: maxBytes)
         var own: [PackedEvent] = []
         var older: [(id: String, events: [PackedEvent])] = []
@@ -264,6 +267,7 @@ public final class EventLog: Sendable {
                 s.next = p.seq + 1
             }
         }
+        return journal.damage
     }
 
     /// Sequence numbers handed out at a time past the last journaled event.

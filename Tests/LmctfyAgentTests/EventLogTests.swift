@@ -274,6 +274,50 @@ import Testing
         #expect(try open("b").resumePoint(bootId: "fleet", after: 0).gap != nil)
     }
 
+    /// Damage in the middle of the journal (a length no record can have, a
+    /// record that does not decode) is said, and the file kept aside: it
+    /// was cut off at the damage as a torn last write is, silently (a
+    /// probe: half the journal gone, nothing logged). A torn last write is
+    /// still cut off without a word.
+    @Test func damageInTheJournalIsSaidAndKeptAside() throws {
+        let dir = "/tmp/lmctfy-eventjournal-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        defer { _ = removeTree(dir) }
+        func fresh() throws -> [UInt8] {
+            _ = removeTree(dir)
+            let j = try EventJournal(directory: dir, capacity: 100)
+            for i in 1...10 { #expect(j.append(ContainerEvent(bootId: "b", sequence: UInt64(i), container: "/c\(i)"))) }
+            return try Sys.readBytes(dir + "/current")
+        }
+        // Where record 5 starts.
+        func offset(_ bytes: [UInt8], record: Int) -> Int {
+            var i = 0
+            for _ in 1..<record { i += 4 + (Int(bytes[i]) << 24 | Int(bytes[i + 1]) << 16 | Int(bytes[i + 2]) << 8 | Int(bytes[i + 3])) }
+            return i
+        }
+        var bytes = try fresh()
+        bytes[offset(bytes, record: 5)] = 0x7f
+        try Sys.writeFileAtomically(dir + "/current", bytes)
+        var j = try EventJournal(directory: dir, capacity: 100)
+        #expect(j.opened.count == 4)
+        #expect(j.damage?.contains("more than any record") == true, "\(j.damage ?? "nothing said")")
+        var aside = try Sys.subdirectoriesAndFiles(dir).filter { $0.hasPrefix("current.damaged-") }
+        #expect(aside.count == 1 && (try? Sys.readBytes(dir + "/" + (aside.first ?? ""))) == bytes, "\(aside)")
+
+        bytes = try fresh()
+        let at = offset(bytes, record: 5) + 4
+        for k in at..<(at + 6) { bytes[k] = 0xff }
+        try Sys.writeFileAtomically(dir + "/current", bytes)
+        j = try EventJournal(directory: dir, capacity: 100)
+        #expect(j.opened.count == 4 && j.damage?.contains("does not decode") == true, "\(j.damage ?? "nothing said")")
+
+        bytes = try fresh()
+        try Sys.writeFileAtomically(dir + "/current", Array(bytes.dropLast(3)))
+        j = try EventJournal(directory: dir, capacity: 100)
+        #expect(j.opened.count == 9 && j.damage == nil, "a torn last write: \(j.damage ?? "")")
+        aside = try Sys.subdirectoriesAndFiles(dir).filter { $0.hasPrefix("current.damaged-") }
+        #expect(aside.isEmpty)
+    }
+
     @Test func aLogAttachedToAJournalServesTheBootBeforeIt() throws {
         let dir = "/tmp/lmctfy-eventjournal-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
         defer { _ = removeTree(dir) }
