@@ -80,15 +80,11 @@ extension Dispatcher {
         }
         // Marked until whole: undone at the next start if the agent dies
         // before (ImportMarks).
+        // Cleared however it ends (after the undo of a failed one).
         let marked = try backend.resolve(name)
         try importMarks?.begin(marked)
-        let path: String
-        do {
-            path = try makeImported(name, spec: spec)
-        } catch {
-            importMarks?.end(marked)
-            throw error
-        }
+        defer { importMarks?.end(marked) }
+        let path = try makeImported(name, spec: spec)
         // A frozen snapshot's processes never run here before the freeze
         // (a migration's copy: its source is frozen, and must stay the only
         // one that runs). Each is stopped (SIGSTOP) the moment it has
@@ -103,7 +99,7 @@ extension Dispatcher {
         var pids: [Int32] = []
         defer { if hold { for pid in pids { _ = try? Sys.kill(-pid, SIGCONT) } } }
         do {
-            try importMarks?.made(path, cgroupId: snapshots?.cgroupId(path))
+            try importMarks?.made(marked, cgroupId: snapshots?.cgroupId(path))
             if r.start == true {
                 for p in s.process {
                     try checkCancelled()
@@ -116,13 +112,9 @@ extension Dispatcher {
             if hold { try setPaused(name, true) }
             // Last: after this the answer goes, and the copy is the caller's.
             try checkCancelled()
-            importMarks?.end(path)
-            if marked != path { importMarks?.end(marked) }
             return ImportSnapshotResponse(name: path, startedPid: pids)
         } catch {
             undoImport(name, path: path)
-            importMarks?.end(path)
-            if marked != path { importMarks?.end(marked) }
             throw error
         }
     }
