@@ -360,16 +360,11 @@ public final class Agent: @unchecked Sendable {
         try settings.checkStateDir(create: true)
         let lock = try StateDirLock(settings.stateDir, daemon: "agent")
         stateLock.locked { $0 = lock }
-        do throws(LmctfyError) {
-            try Self.checkRootContainer(stateDir: settings.stateDir, root: scope.root.description)
-        } catch {
-            releaseStateDir()
-            throw error
-        }
-        if let damaged = dispatcher.leases.unreadable { log.warning("freeze leases: \(damaged)") }
         // A start that fails lets the state_dir go again.
         var started = false
         defer { if !started { releaseStateDir() } }
+        try Self.checkRootContainer(stateDir: settings.stateDir, root: scope.root.description)
+        if let damaged = dispatcher.leases.unreadable { log.warning("freeze leases: \(damaged)") }
         // Watching and sampling keep a few descriptors per container open.
         Sys.raiseFileLimit()
         if let damage = try dispatcher.events.attachJournal(directory: settings.stateDir + "/events") {
