@@ -294,12 +294,10 @@ extension ImageService {
     /// RESOURCE_EXHAUSTED when `bytes` more at `path` would leave less
     /// than `reserveBytes` free.
     static func keepRoom(after bytes: Int, in path: String) throws(LmctfyError) {
-        var vfs = statvfs()
         let dir = path.lastIndex(of: "/").map { String(path[..<$0]) } ?? "."
-        guard statvfs(dir, &vfs) == 0 else { return }
-        let free = UInt64(vfs.f_bavail) * UInt64(vfs.f_frsize)
-        let reserve = reserveBytes(total: UInt64(vfs.f_blocks) * UInt64(vfs.f_frsize))
-        guard free >= UInt64(bytes) + reserve else {
+        guard let room = Sys.room(of: dir) else { return }
+        let reserve = reserveBytes(total: room.total)
+        guard room.free >= UInt64(bytes) + reserve else {
             throw LmctfyError(.resourceExhausted, "Cannot store the upload: it would leave less than \(reserve) bytes free "
                               + "on the agent's image store (kept for its state)")
         }

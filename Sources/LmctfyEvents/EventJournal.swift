@@ -314,9 +314,8 @@ final class EventJournal: @unchecked Sendable {
     /// Whether the file system of `directory` has room for `bytes` and
     /// the margin (`restartMarginBytes`); true when it cannot tell.
     static func hasRoom(_ directory: String, bytes: Int) -> Bool {
-        var vfs = statvfs()
-        guard statvfs(directory, &vfs) == 0 else { return true }
-        return UInt64(vfs.f_bavail) * UInt64(vfs.f_frsize) >= UInt64(bytes + restartMarginBytes)
+        guard let room = Sys.room(of: directory) else { return true }
+        return room.free >= UInt64(bytes + restartMarginBytes)
     }
 
     /// The room a start again leaves on the file system beyond its file.

@@ -65,6 +65,17 @@ public enum Sys {
         return stat[stat.index(after: close)...].split(separator: " ")
     }
 
+    /// The room on the file system holding `path`: the bytes an
+    /// unprivileged writer may still use (`f_bavail`) and the file
+    /// system's size; nil when statvfs(3) cannot tell. (The agent's image
+    /// uploads and the event journals' start-again keep a margin free.)
+    public static func room(of path: String) -> (free: UInt64, total: UInt64)? {
+        var vfs = statvfs()
+        guard statvfs(path, &vfs) == 0 else { return nil }
+        let unit = UInt64(vfs.f_frsize)
+        return (UInt64(vfs.f_bavail) * unit, UInt64(vfs.f_blocks) * unit)
+    }
+
     /// Whether the peer of a connected socket has closed it (or shut its
     /// sending side), looked at without waiting or reading: poll(2)'s
     /// POLLRDHUP, which data still unread does not hide.
