@@ -55,7 +55,7 @@ extension Dispatcher {
         do throws(LmctfyError) {
             try keeper.sync(path)
         } catch {
-            guard error.code == .resourceExhausted && error.message.contains("kept in memory") else { throw error }
+            guard error.code == .resourceExhausted && keeper.store.keptInMemoryOnly(path) else { throw error }
         }
         guard let s = keeper.store.current(path) else {
             throw LmctfyError.notFound("Container \(path) does not exist")

@@ -181,6 +181,9 @@ public final class SnapshotStore: @unchecked Sendable {
     /// The files in `pending` whose bytes are a create's intent (not
     /// counted by the crash points).
     private var intents: Set<String> = []
+    /// The files in `pending` whose newest bytes no log holds (the append
+    /// failed): kept in memory only, until a pass writes their files.
+    private var unlogged: Set<String> = []
     private var flusherRunning = false
     private var flusherStopping = false
     private let wake = ChangeCounter()
@@ -558,6 +561,7 @@ public final class SnapshotStore: @unchecked Sendable {
             }
             pending[file] = .some(bytes)
             if intent { intents.insert(file) } else { intents.remove(file) }
+            if failed == nil { unlogged.remove(file) } else { unlogged.insert(file) }
             return failed
         }
         if let failed {
@@ -583,11 +587,11 @@ public final class SnapshotStore: @unchecked Sendable {
     @discardableResult
     func pass() throws(SystemError) -> Int {
         try passLock.locked { () throws(SystemError) -> Int in
-            let (batch, covered, batchIntents): ([String: [UInt8]?], Int, Set<String>) = lock.locked {
-                defer { pending = [:]; intents = [] }
+            let (batch, covered, batchIntents, batchUnlogged): ([String: [UInt8]?], Int, Set<String>, Set<String>) = lock.locked {
+                defer { pending = [:]; intents = []; unlogged = [] }
                 let covered = active
                 if !pending.isEmpty { active = 1 - active }
-                return (pending, covered, intents)
+                return (pending, covered, intents, unlogged)
             }
             guard !batch.isEmpty else { return 0 }
             let t0 = MonotonicClock.nanoseconds()
@@ -622,6 +626,7 @@ public final class SnapshotStore: @unchecked Sendable {
                     for (file, bytes) in batch where pending[file] == nil {
                         pending[file] = .some(bytes)
                         if batchIntents.contains(file) { intents.insert(file) }
+                        if batchUnlogged.contains(file) { unlogged.insert(file) }
                     }
                 }
                 throw error
@@ -724,6 +729,14 @@ public final class SnapshotStore: @unchecked Sendable {
             report("snapshots: \(left) changed snapshots not written to their files at stop (the disk is full?); "
                    + "the next start writes what the logs hold and reads the rest from the kernel")
         }
+    }
+
+    /// Whether `name`'s newest snapshot is held in memory only: its log
+    /// append failed (a full disk), and no pass has written its file since.
+    /// `current` returns it.
+    public func keptInMemoryOnly(_ name: String) -> Bool {
+        let file = Self.fileName(name)
+        return lock.locked { unlogged.contains(file) }
     }
 
     /// `name`'s snapshot as the store holds it now: what waits in memory

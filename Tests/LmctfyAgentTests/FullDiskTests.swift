@@ -48,15 +48,22 @@ struct FullDiskStoreTests {
             // What the store holds now (an export reads it) is the newer.
             #expect(store.current("/a")?.spec?.memory?.limit == 2 << 20 && store.current("/b")?.spec?.memory?.limit == 3 << 20)
             #expect(store.load("/a")?.spec?.memory?.limit == 1 << 20)
+            // Said in the store's state, not only in the error's words (an
+            // export serves the snapshot when it is so).
+            #expect(store.keptInMemoryOnly("/a") && store.keptInMemoryOnly("/b"))
             let files = try Sys.subdirectoriesAndFiles(dir)
             #expect(!files.contains { $0.hasPrefix(".tmp-") }, "a failed pass leaves no temp file: \(files)")
             disk.free()
             #expect(store.flush() == 2)
             #expect(limit(dir, "/a") == 2 << 20 && limit(dir, "/b") == 3 << 20)
+            #expect(!store.keptInMemoryOnly("/a") && !store.keptInMemoryOnly("/b"))
+            try store.write(snap("/a", limit: 4 << 20))
+            #expect(!store.keptInMemoryOnly("/a"), "a logged write is not in memory only")
+            #expect(store.flush() == 1)
             // What a restarted agent sees.
             let again = SnapshotStore(directory: dir)
             try again.open()
-            #expect(again.loadAll().snapshots.mapValues { $0.spec?.memory?.limit } == ["/a": 2 << 20, "/b": 3 << 20])
+            #expect(again.loadAll().snapshots.mapValues { $0.spec?.memory?.limit } == ["/a": 4 << 20, "/b": 3 << 20])
         }
     }
 
