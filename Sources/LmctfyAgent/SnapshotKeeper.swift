@@ -107,7 +107,7 @@ public final class SnapshotKeeper: Sendable {
     /// the ones after it do not).
     private let deferred = Mutexed<(names: [String: UInt64], asleep: Bool)>(([:], false))
 
-    private let records = Mutexed<[String: Record]>([:])
+    private let records = Mutexed(TreeIndexed<Record>())
     private let syncs = Coalescer<String>()
 
     /// Names the Inventory saw change, for the background thread.
@@ -327,7 +327,7 @@ public final class SnapshotKeeper: Sendable {
     /// Removes the snapshots of `path` and of every container below it (a
     /// destroy through the agent).
     public func removeTree(_ path: String) {
-        let names = Set(records.locked { r in r.keys.filter { $0 == path || $0.hasPrefix(path + "/") } } + [path])
+        let names = Set(records.locked { $0.atOrBelow(path) } + [path])
         deferred.locked { d in for name in names { d.names[name] = nil } }
         for name in names.sorted(by: >) {
             do {

@@ -270,6 +270,31 @@ private func snapshot(_ name: String, limit: Int64 = 1 << 20, frozen: Bool = fal
         #expect(found.vanished == ["/c"] && found.adopted == ["/c"], "\(found)")
     }
 
+    /// A destroy removes the snapshots at and below its container, found
+    /// by the records' tree index (it scanned every record), and no other:
+    /// not a sibling whose name starts the same, not another tree's.
+    @Test func aDestroyRemovesItsTreesSnapshotsOnly() throws {
+        let dir = try scratchDir("rmtree")
+        defer { _ = removeTree(dir) }
+        let store = SnapshotStore(directory: dir)
+        try store.open()
+        let keeper = SnapshotKeeper(store: store, events: EventLog(capacity: 16), read: { (_: String) throws(LmctfyError) -> SnapshotKeeper.Kernel? in
+            (ContainerSpec(), false, nil, nil)
+        })
+        _ = try keeper.recover(listed: [])
+        let all = ["/a", "/a/b", "/a/b/c", "/a/bc", "/ab", "/ab/a", "/b", "/b/a"]
+        for name in all { try keeper.sync(name) }
+        store.flush()
+        keeper.removeTree("/a/b")
+        #expect(Set(keeper.names) == ["/a", "/a/bc", "/ab", "/ab/a", "/b", "/b/a"])
+        keeper.removeTree("/a")
+        store.flush()
+        #expect(Set(keeper.names) == ["/ab", "/ab/a", "/b", "/b/a"])
+        #expect(all.filter { store.load($0) != nil } == ["/ab", "/ab/a", "/b", "/b/a"])
+        keeper.removeTree("/nothing")
+        #expect(keeper.names.count == 4)
+    }
+
     /// Concurrent writes of one name coalesce: requests made while a write
     /// runs share the next one, and every writer returns only after a write
     /// that started after its request.
