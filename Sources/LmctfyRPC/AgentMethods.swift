@@ -211,8 +211,10 @@ extension RpcClient {
     /// to keep reading.
     public func stream<Request, Response>(
         _ method: AgentMethod<Request, Response>, _ request: Request, deadlineMs: UInt32? = nil,
-        window: UInt32? = nil, onResponse: (Response) throws(LmctfyError) -> Bool
+        window: UInt32? = nil, giveUp: (everyMs: Int32, when: () -> Bool)? = nil,
+        onResponse: (Response) throws(LmctfyError) -> Bool
     ) throws(LmctfyError) {
-        try stream(method.name, request, as: Response.self, deadlineMs: deadlineMs, window: window, onResponse: onResponse)
+        try stream(method.name, request, as: Response.self, deadlineMs: deadlineMs, window: window, giveUp: giveUp,
+                   onResponse: onResponse)
     }
 }

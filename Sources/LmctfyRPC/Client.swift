@@ -178,14 +178,21 @@ public final class RpcClient {
     /// `window`: the call is flow-controlled (protocol version 3) and its
     /// request granted this many responses; each one handled is granted
     /// again, half a window at a time, so at most `window` wait here.
+    /// `giveUp`: looked at at least every `everyMs` while the call waits,
+    /// and between responses; true cancels the call as `onResponse`
+    /// returning false does (a follower whose reader went away while no
+    /// event came: `lmctl events -f | head -1` waited for the next event
+    /// to notice).
     public func stream(
         _ method: String, _ request: [UInt8], deadlineMs: UInt32? = nil, window: UInt32? = nil,
+        giveUp: (everyMs: Int32, when: () -> Bool)? = nil,
         onResponse: ([UInt8]) throws(LmctfyError) -> Bool
     ) throws(LmctfyError) {
         let (id, actions) = session.openStream(method: method, payload: request, deadlineMs: deadlineMs, host: host,
                                                now: MonotonicClock.milliseconds())
         perform(actions)
         var handled: UInt32 = 0
+        var looked = MonotonicClock.milliseconds()
         while true {
             while let event = inbox[id]?.first {
                 inbox[id]!.removeFirst()
@@ -215,30 +222,41 @@ public final class RpcClient {
                 inbox[id] = nil
                 throw Self.error(for: session.closeReason)
             }
-            pumpOnce()
+            if let giveUp, MonotonicClock.milliseconds() - looked >= UInt64(max(0, giveUp.everyMs)) {
+                looked = MonotonicClock.milliseconds()
+                if giveUp.when() {
+                    inbox[id] = nil
+                    perform(session.cancel(streamId: id, now: MonotonicClock.milliseconds()))
+                    return
+                }
+            }
+            pumpOnce(atMostMs: giveUp?.everyMs)
         }
     }
 
     /// A server-streaming call with typed messages.
     public func stream<Request: ProtoMessage, Response: ProtoMessage>(
         _ method: String, _ request: Request, as: Response.Type = Response.self, deadlineMs: UInt32? = nil,
-        window: UInt32? = nil, onResponse: (Response) throws(LmctfyError) -> Bool
+        window: UInt32? = nil, giveUp: (everyMs: Int32, when: () -> Bool)? = nil,
+        onResponse: (Response) throws(LmctfyError) -> Bool
     ) throws(LmctfyError) {
-        try stream(method, try encode(request), deadlineMs: deadlineMs, window: window) { (payload: [UInt8]) throws(LmctfyError) -> Bool in
+        try stream(method, try encode(request), deadlineMs: deadlineMs, window: window, giveUp: giveUp) { (payload: [UInt8]) throws(LmctfyError) -> Bool in
             try onResponse(try decode(payload))
         }
     }
 
     // MARK: Driving the session
 
-    /// Waits for input or the session's next timer, then feeds it.
-    private func pumpOnce() {
+    /// Waits for input or the session's next timer (or `atMostMs`), then
+    /// feeds it.
+    private func pumpOnce(atMostMs: Int32? = nil) {
         guard !session.isClosed else { return }
         let now = MonotonicClock.milliseconds()
         var timeout: Int32 = -1
         if let wake = session.nextWakeup {
             timeout = wake <= now ? 0 : Int32(clamping: wake - now)
         }
+        if let atMostMs, timeout < 0 || timeout > atMostMs { timeout = max(0, atMostMs) }
         do {
             if try RpcSocket.waitReadable(fd, timeoutMs: timeout) {
                 let n = try RpcSocket.receive(fd, into: &readBuffer)

@@ -170,7 +170,10 @@ enum EventsCommand {
         let follow = o.follow, json = o.json
         var resume: (boot: String, sequence: UInt64)?
         defer { if let resume { o.request.bootId = resume.boot; o.request.afterSequence = resume.sequence } }
-        try client.stream(AgentMethods.subscribe, o.request, window: window) { (r: SubscribeResponse) throws(LmctfyError) -> Bool in
+        // A reader gone while no event comes is noticed within a second
+        // (as `lmctfy notify -f` notices it), not at the next event.
+        try client.stream(AgentMethods.subscribe, o.request, window: window,
+                          giveUp: (1000, { stdout.isBroken })) { (r: SubscribeResponse) throws(LmctfyError) -> Bool in
             if let n = r.caughtUp {
                 if resume == nil, o.request.afterSequence == nil, let boot = r.caughtUpBootId { resume = (boot, n) }
                 return follow

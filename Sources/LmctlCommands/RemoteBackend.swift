@@ -251,12 +251,13 @@ public final class RemoteBackend: ContainerBackend, @unchecked Sendable {
 
     /// The agent registers the watch when the call arrives; `onWatching`
     /// gets the name as sent. `cancellation` is asked as each response
-    /// arrives (the client has no timed wait yet).
+    /// arrives and at least every `pollMs` while none does.
     public func notify(_ name: String, event: EventSpec, cancellation: NotifyCancellation?,
                        onWatching: (String) throws(LmctfyError) -> Void,
                        onEvent: (Int) throws(LmctfyError) -> Bool) throws(LmctfyError) {
         try onWatching(name)
-        try client.stream(AgentMethods.notify, NotifyRequest(name: name, spec: event)) { r throws(LmctfyError) in
+        try client.stream(AgentMethods.notify, NotifyRequest(name: name, spec: event),
+                          giveUp: cancellation.map { c in (c.pollMs, c.isCancelled) }) { r throws(LmctfyError) in
             if cancellation?.isCancelled() == true { return false }
             return r.event != nil ? try onEvent(1) : true
         }

@@ -242,6 +242,27 @@ struct SubscribeTests {
         }
     }
 
+    /// `lmctl events -f` and `lmctl notify -f` whose pipe's reader has gone
+    /// (SIGPIPE ignored) end with 15 within a second or so while no event
+    /// comes: they noticed only at the next event, which may never come.
+    @Test func lmctlFollowersNoticeAGoneReaderWithoutAnEvent() throws {
+        try withAgent { _, socket in
+            let name = RealCgroups.uniqueName("gonerd")
+            let lmctl = "\(builtTool("lmctl")) --agent unix://\(socket)"
+            defer { _ = try? TestProcess.capture(["/bin/sh", "-c", "\(lmctl) destroy -f \(name)"]) }
+            #expect(try TestProcess.capture(["/bin/sh", "-c", "\(lmctl) create \(name) 'pids:{limit:100}'"]).status == 0)
+            // Nothing happens in the container; the reader, `sleep 1`, reads
+            // nothing and goes after the follower is watching.
+            for follower in ["events -f --kind oom \(name)", "notify container empty -f \(name)"] {
+                let r = try TestProcess.capture(["/usr/bin/timeout", "-s", "KILL", "20", "/bin/sh", "-c", """
+                    { (trap '' PIPE; exec \(lmctl) \(follower)); echo "rc=$?" >&2; } | sleep 1
+                    """])
+                let err = String(decoding: r.stderr, as: UTF8.self)
+                #expect(r.status == 0 && err.contains("rc=15"), "\(follower): \(r)")
+            }
+        }
+    }
+
     @Test func lmctlEventsPrintsTheLogAsLinesOrJSONAndResumes() throws {
         try withAgent { _, socket in
             let name = RealCgroups.uniqueName("subcli")
