@@ -264,6 +264,43 @@ private func devices(_ rules: D.DeviceRestrictions...) -> D {
         #expect(try f.value("devices", "devices.allow") == "c 1:5 r")
     }
 
+    /// A container that allows only listed devices gets only the
+    /// difference: what a rule loses denied, then what one gains allowed;
+    /// nothing it keeps is denied, and "a" is never written (the kernel
+    /// refuses it in a cgroup with children).
+    @Test func aListOfAllowedDevicesChangesByItsDifference() throws {
+        let f = try FakeContainer.v1()
+        try f.seed("devices", ["devices.list": "c 1:3 rwm\nc 1:5 rw\nb 8:* r\n"])
+        let dir = f.dir("devices")
+        let keep = devices(rule(.allow, .deviceChar, [.read, .write, .mknod], 1, 3), rule(.allow, .deviceChar, [.read, .write], 1, 5),
+                           rule(.allow, .deviceBlock, [.read], 8))
+        #expect(describe(try h.plan(keep, policy: .replace, dir: dir)) == [], "a replace that changes nothing writes nothing")
+        let change = devices(rule(.allow, .deviceChar, [.read, .write, .mknod], 1, 3), rule(.deny, .deviceChar, [.write, .mknod], 1, 3),
+                             rule(.allow, .deviceChar, [.read], 1, 8))
+        #expect(describe(try h.plan(change, policy: .replace, dir: dir)) == [
+            "devices.deny <- \"b 8:* r\"", "devices.deny <- \"c 1:3 wm\"", "devices.deny <- \"c 1:5 rw\"", "devices.allow <- \"c 1:8 r\"",
+        ])
+        // DIFF from what it has; a deny of every device empties the list.
+        #expect(describe(try h.plan(devices(rule(.deny, .deviceChar, [.mknod], 1, 3), rule(.allow, .deviceChar, [.write], 1, 8)),
+                                    policy: .diff, dir: dir)) == ["devices.deny <- \"c 1:3 m\"", "devices.allow <- \"c 1:8 w\""])
+        #expect(describe(try h.plan(devices(rule(.deny, .deviceAll, [.read, .write, .mknod]), rule(.allow, .deviceBlock, [.read], 8)),
+                                    policy: .diff, dir: dir)) == ["devices.deny <- \"c 1:3 rwm\"", "devices.deny <- \"c 1:5 rw\""])
+        // Every device allowed, asked or had: one write per rule.
+        #expect(describe(try h.plan(devices(rule(.allow, .deviceAll, [.read, .write, .mknod])), policy: .replace, dir: dir))
+                == ["devices.deny <- \"a\"", "devices.allow <- \"a *:* rwm\""])
+    }
+
+    /// A container with children cannot be told "a" (EINVAL from the
+    /// kernel): refused before anything is written, saying why.
+    @Test func everyDeviceInAContainerWithChildrenIsRefusedFirst() throws {
+        let f = try FakeContainer.v1()
+        let dir = f.dir("devices")
+        #expect(mkdir(dir.path + "/child", 0o755) == 0)
+        let err = lmctfyError { _ = try h.plan(devices(rule(.allow, .deviceChar, [.read], 1, 3)), policy: .replace, dir: dir) }
+        #expect(err?.code == .failedPrecondition && err?.message.contains("while it has subcontainers") == true, "\(String(describing: err))")
+        #expect(describe(try h.plan(devices(rule(.allow, .deviceChar, [.read], 1, 3)), policy: .diff, dir: dir)) == ["devices.allow <- \"c 1:3 r\""])
+    }
+
     @Test func readBack() throws {
         let f = try FakeContainer.v1()
         try f.seed("devices", ["devices.list": "c 1:3 rwm\nb 8:* r\na *:* w\n"])

@@ -309,6 +309,36 @@ struct ResourceIntegrationTests {
             #expect(err?.code == .invalidArgument)
             #expect(try value(.devices, name, "devices.list") == "c 1:3 rw")
 
+            // With a subcontainer (the kernel refuses "a" in a cgroup with
+            // children): a replace, a diff that denies every device, and a
+            // failed update's putting back work by the rules' difference.
+            let sub = try ContainerName.resolve(name.path + "/sub", relativeTo: .root)
+            let allowZero = D.DeviceRestrictions(permission: .allow, type: .deviceChar, access: [.read], major: 1, minor: 5)
+            try c.update(spec(device: D(restrictionsSet: D.DeviceRestrictionsSet(restrictions: [allowNull, allowZero]))), policy: .replace)
+            let child = try api.create(sub, spec: spec(device: D(restrictionsSet: D.DeviceRestrictionsSet(restrictions: [allowNull]))))
+            try c.update(spec(device: try c.spec().device!), policy: .replace)
+            #expect(try value(.devices, name, "devices.list") == "c 1:3 rwm\nc 1:5 r")
+            try c.update(spec(device: D(restrictionsSet: D.DeviceRestrictionsSet(restrictions: [allowNull]))), policy: .replace)
+            #expect(try value(.devices, name, "devices.list") == "c 1:3 rwm")
+            // The child (with a child of its own) denies 1:3 w, then asks
+            // for 1:9, which its parent does not allow (EPERM): the deny is
+            // put back (by denying everything then allowing the old rules,
+            // which the kernel refused with a child there: the update left
+            // 1:3 without w, "restoring the previous spec failed too").
+            let leaf = try ContainerName.resolve(sub.path + "/leaf", relativeTo: .root)
+            _ = try api.create(leaf, spec: spec(device: D(restrictionsSet: D.DeviceRestrictionsSet(restrictions: [allowNull]))))
+            let denyWrite = D.DeviceRestrictions(permission: .deny, type: .deviceChar, access: [.write], major: 1, minor: 3)
+            let notInParent = D.DeviceRestrictions(permission: .allow, type: .deviceChar, access: [.read], major: 1, minor: 9)
+            let refused = lmctfyError {
+                try child.update(spec(device: D(restrictionsSet: D.DeviceRestrictionsSet(restrictions: [denyWrite, notInParent]))), policy: .diff)
+            }
+            #expect(refused != nil && refused?.message.contains("restoring the previous spec failed") == false, "\(String(describing: refused))")
+            #expect(try value(.devices, sub, "devices.list") == "c 1:3 rwm")
+            try api.destroy(leaf)
+            let denyAll = D.DeviceRestrictions(permission: .deny, type: .deviceAll, access: [.read, .write, .mknod])
+            try c.update(spec(device: D(restrictionsSet: D.DeviceRestrictionsSet(restrictions: [denyAll]))), policy: .diff)
+            #expect(try value(.devices, name, "devices.list") == "" && value(.devices, sub, "devices.list") == "")
+            try api.destroy(sub)
             try c.update(spec(device: D()), policy: .replace)
             #expect(try value(.devices, name, "devices.list") == "")
             #expect(try c.spec().device == D(restrictionsSet: D.DeviceRestrictionsSet(restrictions: [

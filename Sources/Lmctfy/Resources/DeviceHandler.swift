@@ -67,14 +67,100 @@ struct DeviceHandler: ResourceHandler {
         return try plan(spec.device ?? DeviceSpec(), policy: policy, dir: dir)
     }
 
-    /// One write per rule, in the spec's order. REPLACE starts from nothing
-    /// rather than from what the parent allowed (D3): deny everything first.
+    /// The writes that take the container from the rules it has to those
+    /// `d` asks for. REPLACE starts from nothing rather than from what the
+    /// parent allowed (D3); DIFF from what it has.
+    ///
+    /// When both what it has and what it is to have are lists of allowed
+    /// devices (the usual: a container's devices.list without "a"), only
+    /// the difference is written, each rule's access taken away (deny)
+    /// then each new one given (allow): no device it keeps is denied for
+    /// a moment (a REPLACE denied everything first, so a process opening
+    /// /dev/null in the container failed while an update that changed
+    /// nothing ran), and the v1 kernel, which refuses "a" (every device)
+    /// in a cgroup with children with EINVAL, is not asked for it (every
+    /// REPLACE of a parent failed, and a failed update of one could not
+    /// put its rules back; a probe).
+    ///
+    /// Otherwise (it allows every device, or is to): one write per rule in
+    /// the spec's order, REPLACE denying everything first. A write of "a"
+    /// to a container with children is refused before anything is written.
     func plan(_ d: DeviceSpec, policy: UpdatePolicy, dir: CgroupDir) throws(LmctfyError) -> [CgroupWrite] {
+        let rules = d.restrictionsSet?.restrictions ?? []
+        var lines: [(allow: Bool, line: String)] = []
+        for r in rules { lines.append((r.permission != .deny, try Self.line(r))) }
+        if let has = try? Allowed(listed: dir.readFields("devices.list")),
+           let wanted = Allowed.after(lines, from: policy == .replace ? Allowed() : has) {
+            return has.changes(to: wanted).map { CgroupWrite(dir, $0.allow ? "devices.allow" : "devices.deny", $0.line) }
+        }
         var w: [CgroupWrite] = policy == .replace ? [CgroupWrite(dir, "devices.deny", "a")] : []
-        for r in d.restrictionsSet?.restrictions ?? [] {
-            w.append(CgroupWrite(dir, r.permission == .deny ? "devices.deny" : "devices.allow", try Self.line(r)))
+        for (allow, line) in lines {
+            w.append(CgroupWrite(dir, allow ? "devices.allow" : "devices.deny", line))
+        }
+        if w.contains(where: { $0.value.hasPrefix("a") }), dir.mayHaveSubdirectories(), !(try dir.subdirectories()).isEmpty {
+            throw .failedPrecondition("Cannot allow or deny every device (\"a\") in \(dir.path) while it has subcontainers "
+                                      + "(the kernel refuses it): name the devices, or change the rules before making subcontainers")
         }
         return w
+    }
+
+    /// A devices.list that allows only what it lists (no "a" line): each
+    /// "type major:minor" with its access letters.
+    struct Allowed: Equatable {
+        private(set) var access: [String: Set<Character>] = [:]
+
+        init() {}
+
+        /// nil when the list allows every device ("a *:* rwm": what it
+        /// denies then is not shown).
+        init?(listed: [[Substring]]) {
+            for fields in listed {
+                guard fields.count == 3, fields[0] != "a" else { return nil }
+                access["\(fields[0]) \(fields[1])", default: []].formUnion(fields[2])
+            }
+        }
+
+        /// The list after `lines` are written to `from`, as the kernel
+        /// keeps it: an allow adds its access to the rule of the same type
+        /// and numbers (or makes it), a deny takes its access away from
+        /// that rule only, "a" denied empties the list. nil when a line
+        /// allows every device (no longer a list of allowed devices).
+        static func after(_ lines: [(allow: Bool, line: String)], from: Allowed) -> Allowed? {
+            var list = from
+            for (allow, line) in lines {
+                let parts = line.split(separator: " ")
+                guard parts.count == 3 else { return nil }
+                if parts[0] == "a" {
+                    guard !allow else { return nil }
+                    list.access = [:]
+                    continue
+                }
+                let key = "\(parts[0]) \(parts[1])"
+                if allow {
+                    list.access[key, default: []].formUnion(parts[2])
+                } else if var had = list.access[key] {
+                    had.subtract(parts[2])
+                    list.access[key] = had.isEmpty ? nil : had
+                }
+            }
+            return list
+        }
+
+        /// The lines that take this list to `wanted`: the access each rule
+        /// loses (denies) first, then what each gains (allows); sorted.
+        func changes(to wanted: Allowed) -> [(allow: Bool, line: String)] {
+            func letters(_ set: Set<Character>) -> String { String("rwm".filter(set.contains)) }
+            var out: [(allow: Bool, line: String)] = []
+            for key in access.keys.sorted() {
+                let lost = access[key]!.subtracting(wanted.access[key] ?? [])
+                if !lost.isEmpty { out.append((false, "\(key) \(letters(lost))")) }
+            }
+            for key in wanted.access.keys.sorted() {
+                let gained = wanted.access[key]!.subtracting(access[key] ?? [])
+                if !gained.isEmpty { out.append((true, "\(key) \(letters(gained))")) }
+            }
+            return out
+        }
     }
 
     /// devices.list holds only what is allowed, so every line is an ALLOW
