@@ -32,6 +32,12 @@ extension ContainerApi {
             }
             var subs: [ContainerName] = []
             try collectOwn(name, into: &subs)
+            // A caller inside the tree is refused before anything is
+            // touched: the kill of its own container refused it only after
+            // every subcontainer before it was destroyed, its processes
+            // killed (a probe: `run /t lmctfy destroy -f /t` destroyed
+            // /t's subcontainers, then exited 9).
+            try Container(name: name, api: self).refuseIfCallerInside("destroyed")
             try refuseForeignInOtherHierarchies([name] + subs, destroying: name)
             // Processes below a paused ancestor cannot die (v1) or the
             // container cannot be thawed after its kill: refused before

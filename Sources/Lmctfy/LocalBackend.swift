@@ -314,6 +314,10 @@ public struct LocalBackend: ContainerBackend {
         try refuseRoot(c.name, "Killing every process of the root container \"/\" is not allowed")
         try existing(c) { (c: Container) throws(LmctfyError) in
             if recursive {
+                // A caller inside the tree, before any subcontainer is
+                // emptied (the kill of its own container refused it after
+                // those before it were killed; a probe).
+                try c.refuseIfCallerInside("emptied")
                 // Under the tree's lock, as a destroy: what it resumes is
                 // journaled there, and a kill itself killed part way
                 // (SIGKILL) has the next holder of the lock pause again

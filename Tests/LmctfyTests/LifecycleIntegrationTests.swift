@@ -245,6 +245,32 @@ struct LifecycleIntegrationTests {
         }
     }
 
+    /// `destroy -f` and `killall -r` of a tree from inside it (here from a
+    /// subcontainer) are refused before anything is touched: the refusal
+    /// came at the caller's own container, after every subcontainer
+    /// emptied before it (a sibling destroyed, its processes killed; a
+    /// probe).
+    @Test func aTreeIsNotDestroyedOrEmptiedFromInsideIt() throws {
+        try withTestContainer(api, label: "insidetree") { name in
+            let c = try api.create(name, spec: ContainerSpec(memory: MemorySpec(limit: 100_000_000)))
+            let inner = try ContainerName.resolve(name.path + "/a_in", relativeTo: .root)
+            let sibling = try ContainerName.resolve(name.path + "/b_sib", relativeTo: .root)
+            _ = try api.create(inner, spec: ContainerSpec(memory: MemorySpec(limit: 50_000_000)))
+            let sib = try api.create(sibling, spec: ContainerSpec(memory: MemorySpec(limit: 50_000_000)))
+            let pid = try sib.run(["/bin/sleep", "300"])
+            defer { kill(pid, SIGKILL) }
+            let procs = (api.version == .v1 ? api.mounts.v1[.freezer]! : api.mounts.unified!) + inner.path + "/cgroup.procs"
+            for verb in [["killall", "-r", name.description], ["destroy", "-f", name.description]] {
+                let script = "echo $$ > \(procs) && exec \(builtTool("lmctfy")) \(verb.joined(separator: " "))"
+                let r = try TestProcess.capture(["/bin/sh", "-c", script])
+                let err = String(decoding: r.stderr, as: UTF8.self)
+                #expect(r.status == 9 && err.contains("from inside it"), "\(verb): \(r.status) \(err)")
+                #expect(try api.exists(sibling) && sib.processes(recursive: false).contains(pid), "\(verb) touched the sibling")
+                #expect(try c.isFrozen() == false, "\(verb) left it frozen")
+            }
+        }
+    }
+
     @Test func unimplementedSectionsAreRefusedWithTwelve() throws {
         try withTestContainer(api) { name throws in
             #expect { try api.create(name, spec: ContainerSpec(network: NetworkSpec())) }
