@@ -240,6 +240,13 @@ extension Container {
             guard let ns = Namespaces.inode(api.procRoot, String(tid), "pid") else { continue }
             if ns != initNs { throw .failedPrecondition("Container in a different Virtual Host can't be entered.") }
         }
+        // The oom_score_adj each task is to get: below 0 needs
+        // CAP_SYS_RESOURCE, refused before any task is moved.
+        let adj = try oomScoreAdj()
+        if let adj, adj < 0, !Sys.hasEffectiveCapability(MemoryHandler.capSysResource) {
+            throw LmctfyError(.permissionDenied, "Entering \"\(name)\" sets oom_score_adj \(adj) (its eviction priority); going below 0 needs "
+                                    + "CAP_SYS_RESOURCE, which this process does not have")
+        }
         for (i, tid) in tids.enumerated() {
             for dir in try joinDirs(for: String(tid)) {
                 do {
@@ -253,8 +260,15 @@ extension Container {
                                       errno: error.errno)
                 }
             }
-            if let adj = try oomScoreAdj() {
-                try? Sys.writeFile(api.procRoot + "/\(tid)/oom_score_adj", String(adj))
+            if let adj {
+                do {
+                    try Sys.writeFile(api.procRoot + "/\(tid)/oom_score_adj", String(adj))
+                } catch where error.errno != ESRCH && error.errno != ENOENT {
+                    // Entered, but without the priority its container's
+                    // processes get (a `try?` said nothing; a probe).
+                    throw error.lmctfy(.permissionDenied, "TID \(tid) entered \"\(name)\" but its oom_score_adj could not be set to \(adj)"
+                                       + " (the container's eviction priority)")
+                } catch {}
             }
         }
     }

@@ -576,6 +576,36 @@ struct TasksIntegrationTests {
         }
     }
 
+    /// The same at an update of a container with no process yet (nothing
+    /// to adjust: it was taken, and every run failed afterwards), and at an
+    /// enter into a container whose priority needs it (refused before the
+    /// task moves; it was moved, its oom_score_adj silently left as it was;
+    /// a probe). Without CAP_SYS_RESOURCE only: with it both succeed.
+    @Test func aPriorityBelowZeroNeedsCapSysResourceAtUpdateAndEnter() throws {
+        try withTestContainer(api, label: "capupd") { name in
+            let c = try api.create(name, spec: ContainerSpec(memory: MemorySpec(limit: 50_000_000)))
+            var m = MemorySpec()
+            m.evictionPriority = 9000  // oom_score_adj -799
+            guard !Sys.hasEffectiveCapability(24) else {
+                try c.update(ContainerSpec(memory: m), policy: .diff)
+                let pid = try c.run(["sleep", "300"])
+                #expect(try Sys.readFile("/proc/\(pid)/oom_score_adj").trimmingWhitespace == "-799")
+                return
+            }
+            let refused = lmctfyError { try c.update(ContainerSpec(memory: m), policy: .diff) }
+            #expect(refused?.code == .permissionDenied && refused?.message.contains("needs CAP_SYS_RESOURCE") == true, "\(String(describing: refused))")
+            #expect(try c.spec().memory?.evictionPriority == 5000)
+            // A priority set by a process that had the capability (the
+            // record written as such an update leaves it), then an enter.
+            try api.driver.nearestDir(.memory, name)!.setRecord(.evictionPriority, "9000")
+            let pid = try TestProcess.spawn(["/bin/sleep", "300"])
+            defer { TestProcess.end(pid) }
+            let entering = lmctfyError { try c.enter([pid]) }
+            #expect(entering?.code == .permissionDenied && entering?.message.contains("CAP_SYS_RESOURCE") == true, "\(String(describing: entering))")
+            #expect(try !c.processes(recursive: false).contains(pid), "the task was moved")
+        }
+    }
+
     /// D12: a process started in (or entering) a container gets the
     /// oom_score_adj of its eviction priority. Priority 0 maps to 1000,
     /// which needs no capability (values below 0 need CAP_SYS_RESOURCE).

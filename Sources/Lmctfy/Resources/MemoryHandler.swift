@@ -144,18 +144,21 @@ struct MemoryHandler: ResourceHandler {
             try dir.write(Self.evictionBadnessFile, String(p))
             return
         }
-        // A new container has no process to adjust yet, but every one it
-        // starts will set this oom_score_adj itself: below 0 that needs
-        // CAP_SYS_RESOURCE, which a caller without it would only learn from
-        // every run failing afterwards (the create succeeded).
+        // Every process the container starts or takes in sets this
+        // oom_score_adj itself: below 0 that needs CAP_SYS_RESOURCE, which
+        // a caller without it would only learn from every run failing
+        // afterwards (a create, or an update of a container with no process
+        // yet to adjust, succeeded; a probe). With processes, adjusting
+        // them says so.
         let adj = Self.oomScoreAdj(priority: p)
-        if dirs.isNew, adj < 0, !Sys.hasEffectiveCapability(Self.capSysResource) {
+        let pids = dirs.isNew ? [] : try dirs.processesSharingMemory()
+        if adj < 0, pids.isEmpty, !Sys.hasEffectiveCapability(Self.capSysResource) {
             throw LmctfyError(.permissionDenied, "Eviction priority \(p) needs oom_score_adj \(adj) for the container's processes; "
                                     + "going below 0 needs CAP_SYS_RESOURCE, which this process does not have")
         }
         // Processes first: if the kernel refuses, the record keeps the old
         // priority, which processes entering later would get.
-        try Self.setOomScoreAdj(priority: p, pids: dirs.isNew ? [] : try dirs.processesSharingMemory(), procRoot: dirs.procRoot)
+        try Self.setOomScoreAdj(priority: p, pids: pids, procRoot: dirs.procRoot)
         try dir.setRecord(.evictionPriority, String(p))
     }
 
