@@ -134,11 +134,10 @@ static void apply_and_exec(const struct lm_spawn_opts *o, int keep_fd, struct fa
         }
     }
     char *const *envp = o->envp ? o->envp : environ;
-    if (strchr(o->argv[0], '/')) {
-        execve(o->argv[0], o->argv, envp);
-    } else {
-        execvpe(o->argv[0], o->argv, envp);
-    }
+    /* A name with a slash is not searched for, but a file without a "#!"
+     * line (ENOEXEC) runs under /bin/sh either way, as execvp(3) does (an
+     * execve of a path failed where the same file found through PATH ran). */
+    execvpe(o->argv[0], o->argv, envp);
     f->err = errno; f->stage = LM_STAGE_EXEC;
 }
 

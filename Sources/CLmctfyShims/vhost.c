@@ -192,9 +192,9 @@ static void vh_child_setup(const struct lm_vh_opts *o, int status_fd, struct vh_
     }
     if (o->init_fd >= 0) {
         syscall(SYS_execveat, o->init_fd, "", o->argv, o->envp, AT_EMPTY_PATH);
-    } else if (strchr(o->argv[0], '/')) {
-        execve(o->argv[0], o->argv, o->envp);
     } else {
+        /* With a slash or not, as execvp(3): a file without "#!" under
+         * the /bin/sh it sees. */
         execvpe(o->argv[0], o->argv, o->envp);
     }
     FAIL(LM_VH_EXEC, -1);

@@ -23,6 +23,25 @@ struct TasksIntegrationTests {
         return String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 
+    /// A file without a "#!" line runs under /bin/sh whether it is named
+    /// by a path or found through PATH, as execvp(3) does (D16): by its
+    /// path it failed with "Exec format error" (9) where PATH ran it.
+    @Test func aScriptWithoutAShebangRunsByPathAndThroughPath() throws {
+        try withTestContainer(api, label: "nosb") { name in
+            try api.create(name, spec: ContainerSpec(pids: PidsSpec(limit: 10)))
+            let dir = "/tmp/lmctfy_test_nosb_\(getpid())"
+            try Sys.mkdir(dir)
+            defer { _ = removeTree(dir) }
+            try Sys.createFile(dir + "/nosb", "echo ran-$1\n")
+            #expect(chmod(dir + "/nosb", 0o755) == 0)
+            let lmctfy = builtTool("lmctfy")
+            let byPath = try TestProcess.capture([lmctfy, "run", name.path, dir + "/nosb", "path"])
+            #expect(byPath.status == 0 && String(decoding: byPath.stdout, as: UTF8.self) == "ran-path\n", "\(byPath)")
+            let found = try TestProcess.capture(["/usr/bin/env", "PATH=\(dir):/usr/bin:/bin", lmctfy, "run", name.path, "nosb", "found"])
+            #expect(found.status == 0 && String(decoding: found.stdout, as: UTF8.self) == "ran-found\n", "\(found)")
+        }
+    }
+
     @Test func detachedRunIsInTheContainerWithDevNullStdioAndNoOtherFds() throws {
         try withTestContainer(api) { name in
             try api.create(name, spec: ContainerSpec(pids: PidsSpec(limit: 10)))
