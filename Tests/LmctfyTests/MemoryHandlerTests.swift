@@ -13,7 +13,7 @@ import Testing
     @Test func evictionPriorityMapping() {
         #expect(MemoryHandler.oomScoreAdj(priority: 0) == 1000)
         #expect(MemoryHandler.oomScoreAdj(priority: 10_000) == -999)
-        #expect(MemoryHandler.oomScoreAdj(priority: 5000) == 1)
+        #expect(MemoryHandler.oomScoreAdj(priority: 5000) == 0)
         // Monotonic: a higher priority is never evicted earlier.
         for p in Int32(1)...10_000 {
             #expect(MemoryHandler.oomScoreAdj(priority: p) <= MemoryHandler.oomScoreAdj(priority: p - 1))

@@ -639,7 +639,7 @@ struct TasksIntegrationTests {
             try c.enter([entering])
             #expect(try Sys.readFile("/proc/\(entering)/oom_score_adj").trimmingWhitespace == "1000")
             try c.update(ContainerSpec(memory: MemorySpec(evictionPriority: 2500)), policy: .diff)
-            #expect(try Sys.readFile("/proc/\(started)/oom_score_adj").trimmingWhitespace == "501")
+            #expect(try Sys.readFile("/proc/\(started)/oom_score_adj").trimmingWhitespace == "500")
         }
     }
 
@@ -660,9 +660,9 @@ struct TasksIntegrationTests {
             let inSharing = try api.get(sharing).run(["sleep", "300"])
             let inOwn = try api.get(own).run(["sleep", "300"])
             let adj = { (pid: pid_t) in try Sys.readFile("/proc/\(pid)/oom_score_adj").trimmingWhitespace }
-            #expect(try (top + [inSharing, inOwn]).map(adj) == (v1 ? ["1000"] : []) + ["1000", "801"])
+            #expect(try (top + [inSharing, inOwn]).map(adj) == (v1 ? ["1000"] : []) + ["1000", "800"])
             try api.get(name).update(ContainerSpec(memory: MemorySpec(evictionPriority: 2500)), policy: .diff)
-            #expect(try (top + [inSharing, inOwn]).map(adj) == (v1 ? ["501"] : []) + ["501", "801"])
+            #expect(try (top + [inSharing, inOwn]).map(adj) == (v1 ? ["500"] : []) + ["500", "800"])
         }
     }
 }

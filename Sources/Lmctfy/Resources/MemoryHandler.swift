@@ -16,11 +16,15 @@ struct MemoryHandler: ResourceHandler {
     static let defaultEvictionPriority: Int32 = 5000
     static let maxEvictionPriority: Int32 = 10_000
 
-    /// Priority 0..10000 → oom_score_adj 1000..-999, linearly: a higher
-    /// priority is evicted later. -1000 (never kill) is out of reach on
-    /// purpose, as it would make the process immune to every OOM.
+    /// Priority 0..10000 → oom_score_adj 1000..-999, linearly, to the
+    /// nearest: a higher priority is evicted later, and the default (5000)
+    /// is 0, a process's own default (it was 1, rounded down: every
+    /// container's processes a little likelier to be killed than the
+    /// host's; a probe). -1000 (never kill) is out of reach on purpose, as
+    /// it would make the process immune to every OOM.
     static func oomScoreAdj(priority: Int32) -> Int {
-        1000 - Int(priority) * 1999 / Int(maxEvictionPriority)
+        let max = Int(maxEvictionPriority)
+        return 1000 - (Int(priority) * 1999 + max / 2) / max
     }
 
     /// A field that needs a Google-kernel file: (spec field, file, value
