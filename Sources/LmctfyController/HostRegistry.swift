@@ -128,7 +128,8 @@ final class HostRegistry {
     /// 10 s the name is contested, and for 60 s after the last attempt a
     /// registration that would replace its live link is refused
     /// (ALREADY_EXISTS, saying why); the live link keeps the name, and
-    /// once it drops the next registration is taken.
+    /// once it drops the next registration is taken. The agent of the live
+    /// link registering again (`sameAgent`) always replaces it.
     func register(_ identity: HostIdentity, keyId: String, conn: Int,
                   nowMs: UInt64 = MonotonicClock.milliseconds()) throws(LmctfyError) -> Int? {
         guard let name = identity.hostName, !name.isEmpty else {
@@ -144,7 +145,14 @@ final class HostRegistry {
             throw LmctfyError(.permissionDenied, "host \(name) is registered with another key")
         }
         let previous = links[name]
-        if let previous, previous != conn { try checkNotContested(name, now: nowMs) }
+        // The agent of the live link dialling again (the same boot of the
+        // same machine: its link died without the controller seeing it, a
+        // half-open connection after a NAT reset) is no second agent: it
+        // was refused as one after its third redial within 10 s, and for as
+        // long as the dead link took to time out (a probe: 126 s).
+        if let previous, previous != conn, !Self.sameAgent(hosts[name]?.identity, identity) {
+            try checkNotContested(name, now: nowMs)
+        }
         if hosts[name] == nil {
             guard hosts.count < maxHosts else {
                 throw LmctfyError(.resourceExhausted, "Register of \(name): the controller knows \(hosts.count) host\(hosts.count == 1 ? "" : "s"), its max_hosts: "
@@ -161,6 +169,13 @@ final class HostRegistry {
         hostOfLink[conn] = name
         dirty = true
         return previous == conn ? nil : previous
+    }
+
+    /// Whether two registrations are of one agent process: the same boot
+    /// id (the agent's event log's, new at each start) on the same machine.
+    static func sameAgent(_ a: HostIdentity?, _ b: HostIdentity) -> Bool {
+        guard let a, let boot = b.bootId, !boot.isEmpty else { return false }
+        return a.bootId == boot && a.machineId == b.machineId
     }
 
     private func checkNotContested(_ name: String, now: UInt64) throws(LmctfyError) {

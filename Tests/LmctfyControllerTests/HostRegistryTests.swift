@@ -122,6 +122,33 @@ private func keys(_ store: FileHostStore) throws -> [String: String] {
         #expect(try r.register(id, keyId: "k", conn: 10, nowMs: 240_000) == 9)
     }
 
+    /// One agent dialling again over and over (its links dying half-open,
+    /// unseen: the same boot of the same machine) replaces its live link
+    /// every time: it was taken for a second agent at its third redial and
+    /// refused until the dead link timed out (a probe). Another boot still
+    /// counts.
+    @Test func oneAgentRedialingIsNeverTakenForTwo() throws {
+        let dir = "/tmp/lmctfy-hostregistry-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try Sys.mkdir(dir, mode: 0o700)
+        defer { _ = removeTree(dir) }
+        let r = try HostRegistry(store: FileHostStore(path: dir + "/hosts"))
+        let first = HostIdentity(hostName: "gamma", machineId: "m1", bootId: "boot-1")
+        #expect(try r.register(first, keyId: "k", conn: 1, nowMs: 1000) == nil)
+        for conn in 2...8 {
+            #expect(try r.register(first, keyId: "k", conn: conn, nowMs: 1000 + UInt64(conn) * 100) == conn - 1)
+        }
+        // Another agent process with the identity (another boot, or the
+        // same boot id on another machine): counted as before.
+        let second = HostIdentity(hostName: "gamma", machineId: "m1", bootId: "boot-2")
+        let elsewhere = HostIdentity(hostName: "gamma", machineId: "m2", bootId: "boot-1")
+        #expect(try r.register(second, keyId: "k", conn: 9, nowMs: 2000) == 8)
+        #expect(try r.register(elsewhere, keyId: "k", conn: 10, nowMs: 2100) == 9)
+        #expect { _ = try r.register(second, keyId: "k", conn: 11, nowMs: 2200) }
+            throws: { ($0 as? LmctfyError)?.code == .alreadyExists }
+        // The live link's own agent is still taken while contested.
+        #expect(try r.register(elsewhere, keyId: "k", conn: 12, nowMs: 2300) == 10)
+    }
+
     @Test func aDamagedInventoryIsRefusedNotGuessed() throws {
         let dir = "/tmp/lmctfy-hostregistry-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
         try Sys.mkdir(dir, mode: 0o700)
