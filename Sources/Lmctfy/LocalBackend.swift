@@ -84,7 +84,12 @@ public struct LocalBackend: ContainerBackend {
         { (container: Container, argv: [String], onStarted: (Int32) throws(LmctfyError) -> Void) throws(LmctfyError) -> RunOutcome in
             var options = RunOptions(fdPolicy: .inherit)
             options.existenceChecked = true  // the container `run` got from `get`
-            if stdio == .devNull { options.stdin = .devNull; options.stdout = .devNull; options.stderr = .devNull }
+            if stdio == .devNull {
+                options.stdin = .devNull; options.stdout = .devNull; options.stderr = .devNull
+                // No terminal of its caller's: its own process group, which
+                // a caller that goes kills with it (kill(-pid)).
+                options.ownSession = true
+            }
             let pid = try container.run(argv, options: options)
             try onStarted(pid)
             let status: ExitStatus

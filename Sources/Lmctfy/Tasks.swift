@@ -25,6 +25,11 @@ public struct RunOptions: Sendable {
     /// The caller has just found the container to exist (LocalBackend's
     /// `get`): `run` does not look again.
     var existenceChecked = false
+    /// Its own session (and process group, whose id is its pid) though its
+    /// stdio is inherited: a foreground command of a caller with no
+    /// terminal (the agent's Run), whose whole job (a shell's children
+    /// too) is killed with `kill(-pid)` when its caller goes.
+    public var ownSession = false
 
     /// Options with the given fd policy (DETACHED unless told), the caller's
     /// environment and ids, stdio as the policy says.
@@ -129,6 +134,7 @@ extension Container {
         case .unknown:
             throw .invalidArgument("fd_policy UNKNOWN is not a valid policy")
         }
+        if options.ownSession { o.newSession = true }
         if let s = options.stdin { o.stdin = s }
         if let s = options.stdout { o.stdout = s }
         if let s = options.stderr { o.stderr = s }

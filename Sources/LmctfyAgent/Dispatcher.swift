@@ -839,7 +839,11 @@ public final class Dispatcher: Sendable {
         let snapshots = self.snapshots
         let outcome = try backend.run(name, argv: r.argv, detached: detached) { (started: Int32) throws(LmctfyError) in
             pid = started
-            if !detached { context.onCancel { _ = try? Sys.kill(started, SIGKILL) } }
+            // Its whole job: a shell's children too (`run /web "sleep 30"` is
+            // `/bin/sh -c`; the kill of the shell alone left the sleep
+            // running, re-parented to init, while the event log said it was
+            // killed; a probe). Its own process group (`ownSession`).
+            if !detached { context.onCancel { _ = try? Sys.kill(-started, SIGKILL); _ = try? Sys.kill(started, SIGKILL) } }
             // Recorded (and on disk) before the caller hears of it.
             snapshots?.started(path, pid: started, argv: r.argv, detached: detached, policy: r.restartPolicy)
             try context.emit(RunResponse(kind: .runStarted, pid: started))

@@ -271,6 +271,18 @@ struct AgentIntegrationTests {
                 // Cancel: the client stops reading after RUN_STARTED.
                 try client.stream("Run", run, as: RunResponse.self) { r in pid = r.pid ?? 0; return false }
                 #expect(pid > 0 && gone(pid), "killed after the cancel")
+                // A shell's job: its children die with it (the shell alone
+                // was killed, its sleep left running in the container).
+                let job = RunRequest(name: name.path, argv: ["/bin/sh", "-c", "/bin/sleep 300; true"])
+                try client.stream("Run", job, as: RunResponse.self) { r in pid = r.pid ?? 0; return false }
+                #expect(pid > 0 && gone(pid), "the shell killed after the cancel")
+                let container = try ContainerApi.detect().get(name)
+                var left = try container.processes(recursive: false)
+                for _ in 0..<300 where !left.isEmpty {
+                    usleep(10_000)
+                    left = try container.processes(recursive: false)
+                }
+                #expect(left.isEmpty, "the shell's child outlived the cancel: \(left)")
                 // Dead connection: a raw peer that leaves after RUN_STARTED.
                 var peer = try SlowReader(socket: socket)
                 let fd = peer.fd
