@@ -52,6 +52,9 @@ public final class RemoteBackend: ContainerBackend, @unchecked Sendable {
             onRetry?("\(method.name): \(error.message); retrying once")
             client = try reconnectWithin()
             return try client.call(method, request)
+        } catch where hostCameBack(error) {
+            onRetry?("\(method.name): \(error.message); the host is connected again, retrying once")
+            return try client.call(method, request)
         }
     }
 
@@ -76,6 +79,9 @@ public final class RemoteBackend: ContainerBackend, @unchecked Sendable {
             onRetry?("\(method.name): \(error.message); retrying once")
             client = try reconnectWithin()
             return try once()
+        } catch where hostCameBack(error) {
+            onRetry?("\(method.name): \(error.message); the host is connected again, retrying once")
+            return try once()
         }
     }
 
@@ -86,6 +92,30 @@ public final class RemoteBackend: ContainerBackend, @unchecked Sendable {
     /// and sending the call again would only repeat it, later.
     private func lostAgent(_ error: LmctfyError) -> Bool {
         error.code == .unavailable && reconnect != nil && client.isClosed
+    }
+
+    /// Whether a call routed through a controller (`client.host`) that
+    /// failed with UNAVAILABLE, the connection to the controller still up,
+    /// found its host away and may be sent again: the controller's
+    /// inventory says the host is not connected, and it connects within
+    /// `reconnectWaitMs` (a host whose agent restarted: the call failed
+    /// with "host ... is not connected" and was not retried, though the
+    /// README said it was; a probe). A host connected at the first look
+    /// answered UNAVAILABLE itself: final, as at an agent.
+    private func hostCameBack(_ error: LmctfyError) -> Bool {
+        guard error.code == .unavailable, reconnect != nil, !client.isClosed, let host = client.host else { return false }
+        client.host = nil  // ListHosts is the controller's own
+        defer { client.host = host }
+        let deadline = MonotonicClock.milliseconds() + reconnectWaitMs
+        var away = false
+        while true {
+            guard let hosts = try? allHosts(client, selector: nil),
+                  let state = hosts.first(where: { $0.identity?.hostName == host })?.state else { return false }
+            if state == .hostConnected { return away }
+            away = true
+            guard MonotonicClock.milliseconds() < deadline else { return false }
+            usleep(100_000)
+        }
     }
 
     /// The first connection of a verb, waiting up to `waitMs` for an agent

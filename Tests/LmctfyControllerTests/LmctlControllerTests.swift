@@ -222,6 +222,25 @@ struct LmctlControllerTests {
         #expect(info.err.contains("beta: Command exited with error message: 14: host beta is not connected"), "\(info.err)")
     }
 
+    /// A host whose agent is restarting (not connected at the controller
+    /// when the call comes) is waited for, up to 2 s, and the call sent
+    /// once more when it is back, as lmctl retries any UNAVAILABLE; it
+    /// failed at once with "host beta is not connected" (a probe).
+    @Test func aCallToAHostComingBackIsRetriedOnce() throws {
+        let fleet = try Fleet.twoHosts()
+        fleet.stopAgent("b")
+        fleet.waitForHosts(1)
+        let out = fleet.dir + "/retry.out"
+        let pid = try TestProcess.spawn(["/bin/sh", "-c",
+            "exec \(builtTool("lmctl")) --controller unix://\(fleet.dir)/controller.sock --host beta list containers > \(out) 2>&1"])
+        usleep(300_000)
+        try fleet.startAgent("b", host: "beta", keyId: "host-b", labels: ["zone": "z2"])
+        let status = try Sys.waitForExit(pid)
+        let printed = (try? Sys.readFile(out)) ?? ""
+        #expect(status == .exited(0), "\(printed)")
+        #expect(printed.contains("host beta is not connected; the host is connected again, retrying once"), "\(printed)")
+    }
+
     @Test func errorsAreClear() throws {
         let fleet = try Fleet.twoHosts()
         // The controller's answers: no such host, a host not connected.
