@@ -703,7 +703,9 @@ public final class Dispatcher: Sendable {
 
     /// Destroys `name` as Destroy does. Returns its path.
     func destroyContainer(_ name: String, force: Bool) throws -> String {
-        try inventory.change(try backend.resolve(name)) {
+        let target = try backend.resolve(name)
+        let committed = policy?.entry(target)
+        return try inventory.change(target) {
             let gone = try backend.destroyReporting(name, force: force)
             let path = gone.last!
             // One DESTROYED for each container that went, deepest first, as
@@ -724,7 +726,7 @@ public final class Dispatcher: Sendable {
                 events.record(container: p, kind: .containerEventDestroyed)
             }
             snapshots?.removeTree(path)
-            policy?.destroyed(path)
+            policy?.destroyed(path, was: committed)
             // A freeze lease on it or below ends with it (after it: a
             // destroy that is refused leaves the freeze and its lease; a thaw
             // at the lease's end meanwhile finds it gone).

@@ -183,16 +183,38 @@ public final class PolicyKeeper: Sendable {
         // ALREADY_EXISTS once it made it, admitted afresh if it failed.
         // The loser of two creates at once was ABORTED (a probe: 11 of 120).
         let waitUntil = MonotonicClock.milliseconds() + 10_000
-        while admitter.commitment(path)?.pending == true && MonotonicClock.milliseconds() < waitUntil { usleep(1000) }
-        guard let d = admitter.admit(path, tier: tier, amount: Policy.committed(spec, tier: tier), capacity: cap, new: true) else {
-            // Known and made: the create fails on its own (ALREADY_EXISTS);
-            // a create of it still under way after the wait: this one
+        let amount = Policy.committed(spec, tier: tier)
+        var decision: Decision?
+        while decision == nil {
+            while admitter.commitment(path)?.pending == true && MonotonicClock.milliseconds() < waitUntil { usleep(1000) }
+            decision = admitter.admit(path, tier: tier, amount: amount, capacity: cap, new: true)
+            if decision != nil { break }
+            // A create of it still under way after the wait: this one
             // conflicts with it.
-            if admitter.commitment(path)?.pending == true {
+            guard let known = admitter.commitment(path), !known.pending else {
                 throw LmctfyError(.aborted, "Create of \"\(path)\" is still under way (another caller's)")
             }
-            return try body()
+            // Known: the create fails on its own (ALREADY_EXISTS), unless
+            // the entry is stale, its container destroyed meanwhile (a
+            // destroy racing this create, the agent's or behind its back):
+            // that entry goes and this create is admitted as any other. It
+            // ran unchecked, and a 1 GiB prod container got in on 512 MiB
+            // (the policy probe: 9 of 40 creates racing a destroy).
+            guard (try? backend.spec(path)) != nil else {
+                admitter.forget(path, only: known)
+                guard MonotonicClock.milliseconds() < waitUntil else {
+                    throw LmctfyError(.aborted, "Create of \"\(path)\": its name is still being settled (another caller's)")
+                }
+                continue
+            }
+            // A destroy that ends between that look and the create leaves
+            // the create nothing to conflict with: what it made is counted
+            // at once (the ledger's newest), never left out.
+            let result = try body()
+            admitter.record(path, tier: tier.name, amount: amount, newest: true)
+            return result
         }
+        guard let d = decision else { throw LmctfyError(.internal, "Create of \"\(path)\": no admission decision") }
         guard d.admitted else { throw LmctfyError(.resourceExhausted, "\(verb): \(d.message)") }
         do {
             let result = try body()
@@ -262,9 +284,18 @@ public final class PolicyKeeper: Sendable {
         }
     }
 
-    /// A container destroyed through the agent.
-    func destroyed(_ path: String) {
-        if Self.isTopLevel(path) { admitter.forget(path) }
+    /// What the ledger has for `path` now (a destroy passes it back to
+    /// `destroyed`).
+    func entry(_ path: String) -> Commitment? {
+        Self.isTopLevel(path) ? admitter.commitment(path) : nil
+    }
+
+    /// A container destroyed through the agent: the entry it had when its
+    /// destroy began (`was`) goes, not one a create admitted since (a
+    /// create racing the destroy, after it: its entry was forgotten, and
+    /// the container counted nothing).
+    func destroyed(_ path: String, was: Commitment?) {
+        if Self.isTopLevel(path), let was { admitter.forget(path, only: was) }
     }
 
     /// CheckAdmission: the decision a Create or Update would get now.

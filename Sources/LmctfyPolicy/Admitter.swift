@@ -71,8 +71,22 @@ public final class Admitter: Sendable {
         ledger.locked { l in l.set(name, tier: tier, amount: amount, order: order ?? l.entries[name]?.order) }
     }
 
+    /// Records `name` as the newest container (a create just made it).
+    public func record(_ name: String, tier: String, amount: Amount, newest: Bool) {
+        ledger.locked { l in l.set(name, tier: tier, amount: amount, order: newest ? nil : l.entries[name]?.order) }
+    }
+
     /// Forgets a container gone.
     public func forget(_ name: String) { ledger.locked { _ = $0.remove(name) } }
+
+    /// Forgets `name`'s entry if it is still `entry` (the same order, not
+    /// pending): not one a create admitted since.
+    public func forget(_ name: String, only entry: Commitment) {
+        ledger.locked { l in
+            guard let now = l.entries[name], now.order == entry.order, !now.pending else { return }
+            l.remove(name)
+        }
+    }
 
     /// A known container whose spec changed behind the agent's back: what
     /// it commits now, its order kept. Not one being created or changed by

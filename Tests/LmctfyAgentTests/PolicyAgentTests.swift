@@ -7,6 +7,7 @@
 import Glibc
 import Lmctfy
 @testable import LmctfyAgent
+import LmctfyPolicy
 import LmctfyProto
 import LmctfyRPC
 import LmctfySystem
@@ -98,6 +99,48 @@ struct PolicyAgentTests {
                 #expect(code == .alreadyExists, "\(code): \(message)")
                 #expect(firstDone.locked { $0 }.map { $0 <= answered } == true, "answered before the first create ended")
                 #expect(try api.exists(name(root.path + "/same")))
+            }
+        }
+    }
+
+    /// A create of a name whose ledger entry is stale (its container
+    /// destroyed meanwhile: a destroy racing the create, through the agent
+    /// or behind its back, the watcher not yet heard) is admitted as any
+    /// other: it ran unchecked, taken for one that fails ALREADY_EXISTS,
+    /// and a 1 GiB prod container got in on 256 MiB (the policy probe: 9 of
+    /// 40 creates racing a destroy). And a destroy forgets only the entry
+    /// it began with, not one a create admitted since.
+    @Test func aCreateWhoseNameHasAStaleEntryIsAdmittedAsAnyOther() throws {
+        try withPolicyRoot("policystale", spec: "memory { limit: 268435456 }") { root in
+            let api = try ContainerApi.detect()
+            let dir = "/tmp/lmctfy-agent-test-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+            try Sys.mkdir(dir, mode: 0o755)
+            defer { _ = removeTree(dir) }
+            try withAgent(state: dir, "root_container: \"\(root)\" policy { overcommit_percent: 0 }") { agent, socket in
+                let keeper = try #require(agent.dispatcher.policy)
+                let path = try agent.dispatcher.backend.resolve("/ghost")
+                let client = try RpcClient.connect(unixPath: socket)
+                defer { client.close() }
+                // A first create lists the root; the next ones take the
+                // ledger as it is while the watcher saw nothing change.
+                let tiny = try ContainerSpec(textFormat: "memory { limit: 4194304 }")
+                _ = try client.call(AgentMethods.create, CreateRequest(name: "/first", spec: tiny, tier: "prod"))
+                defer { _ = try? client.call(AgentMethods.destroy, DestroyRequest(name: "/first")) }
+                keeper.admitter.record(path, tier: "prod", amount: Amount(memory: 10 << 20), newest: true)
+                let huge = try ContainerSpec(textFormat: "memory { limit: 1073741824 }")
+                let (code, message) = status { _ = try client.call(AgentMethods.create, CreateRequest(name: "/ghost", spec: huge, tier: "prod")) }
+                #expect(code == .resourceExhausted, "\(code): \(message)")
+                #expect(try !api.exists(name(root.path + "/ghost")), "a refused create made its container")
+                let small = try ContainerSpec(textFormat: "memory { limit: 20971520 }")
+                _ = try client.call(AgentMethods.create, CreateRequest(name: "/ghost", spec: small, tier: "prod"))
+                let made = try #require(keeper.admitter.commitment(path))
+                #expect(made.amount.memory == 20 << 20 && !made.pending)
+                // The entry a destroy began with goes; a newer one stays.
+                keeper.destroyed(path, was: Commitment(tier: "prod", amount: made.amount, order: made.order &- 1))
+                #expect(keeper.admitter.commitment(path) == made)
+                keeper.destroyed(path, was: made)
+                #expect(keeper.admitter.commitment(path) == nil)
+                _ = try client.call(AgentMethods.destroy, DestroyRequest(name: "/ghost"))
             }
         }
     }
