@@ -179,7 +179,10 @@ extension Dispatcher {
             // spec says (RESOURCE_EXHAUSTED with the arithmetic otherwise).
             guard let policy else { return try createContainer(name, spec: spec).name }
             let path = try backend.resolve(name)
-            return try policy.admitCreate(path: path, tier: policy.policy.tier(of: spec), spec: spec, verb: "ImportSnapshot") {
+            // Held to what a Create of the spec is (a guaranteed tier needs
+            // a real memory limit).
+            let (tier, _) = try policy.planCreate(path: path, spec: spec, tier: nil)
+            return try policy.admitCreate(path: path, tier: tier, spec: spec, verb: "ImportSnapshot") {
                 try createContainer(name, spec: spec).name
             }
         } catch let e as LmctfyError where e.code == .alreadyExists {

@@ -155,11 +155,11 @@ public final class PolicyKeeper: Sendable {
         guard let name else {
             // A spec that names a guaranteed tier by its eviction priority is
             // held to what --tier would hold it to: counted in prod without
-            // a memory limit, it committed nothing and was never refused.
+            // a memory limit, it committed nothing and was never refused;
+            // nor with a limit of 2^60 B or more, which counts as none (the
+            // policy probe: prod full, such creates and imports were taken).
             let tier = policy.tier(of: spec)
-            if tier.guaranteed && Self.isTopLevel(path), (spec.memory?.limit ?? 0) <= 0 {
-                throw .invalidArgument("Tier \(tier.name) guarantees memory: the spec needs a memory limit")
-            }
+            if Self.isTopLevel(path) { try Policy.checkGuaranteed(spec.memory?.limit, tier: tier) }
             return (tier, spec)
         }
         let tier = try policy.tier(named: name)

@@ -184,6 +184,20 @@ struct PolicyAgentTests {
                 let (prioCode, prioMessage) = status { _ = try client.call(AgentMethods.create, CreateRequest(name: "/p4", spec: byPriority)) }
                 #expect(prioCode == .invalidArgument && prioMessage.contains("Tier prod guarantees memory"), "\(prioMessage)")
                 #expect(try !api.exists(name(root.path + "/p4")))
+                // Nor with a limit of 2^60 B or more, which counts as none
+                // (it was taken, committing nothing, prod full; the policy
+                // probe), by a create or by an import of its snapshot.
+                for limit in ["2305843009213693952", "9223372036854775807"] {
+                    let unbounded = try ContainerSpec(textFormat: "memory { limit: \(limit) eviction_priority: 5003 }")
+                    let (code, message) = status { _ = try client.call(AgentMethods.create, CreateRequest(name: "/p4", spec: unbounded)) }
+                    #expect(code == .invalidArgument && message.contains("below 2^60 B"), "\(limit): \(message)")
+                    let snapshot = ContainerSnapshot(formatVersion: 1, name: "/p4", spec: unbounded, createdNs: 1, bootId: "b")
+                    let (importCode, importMessage) = status {
+                        _ = try client.call(AgentMethods.importSnapshot, ImportSnapshotRequest(snapshot: snapshot, name: "/p4"))
+                    }
+                    #expect(importCode != .ok && importMessage.contains("below 2^60 B"), "\(limit): \(importCode) \(importMessage)")
+                    #expect(try !api.exists(name(root.path + "/p4")))
+                }
 
                 // best-effort reserving 100 MiB: 300 of 256 MiB only with overcommit (25%: 320 MiB).
                 let beSpec = try ContainerSpec(textFormat: "memory { limit: 104857600 reservation: 104857600 }")
