@@ -428,7 +428,8 @@ public final class Agent: @unchecked Sendable {
             // processes of an earlier agent) once nothing can fail any more.
             dispatcher.snapshots?.start()
             if settings.policy.evictAbovePercent > 0, let keeper = dispatcher.policy {
-                let e = PolicyEvictor(api: api, scope: scope, dispatcher: dispatcher, keeper: keeper, log: log)
+                let e = PolicyEvictor(api: api, scope: scope, dispatcher: dispatcher, keeper: keeper, log: log,
+                                      frozenFile: settings.stateDir + "/evicted-frozen")
                 e.start()
                 evictor = e
             }

@@ -8,6 +8,14 @@
 // within a tier, prod never), waits for the memory to come back, reads the
 // usage again, and stops once usage is below the low mark (hysteresis).
 // Each eviction is an EVICTED event with the figures, and a log line.
+//
+// A freeze (EVICT_FREEZE) frees no memory: it stops the container growing.
+// What the containers it froze hold is left out of the usage the marks are
+// compared with (else every container of the tier was frozen, one after
+// another, for nothing), and they are thawed, oldest freeze first, once the
+// root's whole usage is below the low mark again (they stayed frozen for
+// good; the policy probe). Which it froze is kept in
+// `state_dir/evicted-frozen`, so a restarted agent thaws them too.
 import Glibc
 import Lmctfy
 import LmctfyBackend
@@ -34,12 +42,66 @@ final class PolicyEvictor: Sendable {
     /// Evictions made (for tests and the benchmark).
     let evictions = Mutexed(0)
 
-    init(api: ContainerApi, scope: ContainerScope, dispatcher: Dispatcher, keeper: PolicyKeeper, log: AgentLog) {
+    /// The containers an eviction froze, oldest first, and the file that
+    /// keeps them (nil: none).
+    private let frozenByEviction: Mutexed<[String]>
+    private let frozenFile: String?
+
+    init(api: ContainerApi, scope: ContainerScope, dispatcher: Dispatcher, keeper: PolicyKeeper, log: AgentLog,
+         frozenFile: String? = nil) {
         self.api = api
         self.scope = scope
         self.dispatcher = dispatcher
         self.keeper = keeper
         self.log = log
+        self.frozenFile = frozenFile
+        let kept = frozenFile.flatMap { try? Sys.readRegularFile($0, maxBytes: 1 << 20) } ?? []
+        frozenByEviction = Mutexed(String(decoding: kept, as: UTF8.self).split(separator: "\n").map(String.init))
+    }
+
+    /// The names an eviction froze (for tests).
+    var frozenNames: [String] { frozenByEviction.locked { $0 } }
+
+    private func keepFrozen(_ change: (inout [String]) -> Void) {
+        let names = frozenByEviction.locked { f in
+            change(&f)
+            return f
+        }
+        guard let frozenFile else { return }
+        let text = names.map { $0 + "\n" }.joined()
+        do { try Sys.writeFileAtomically(frozenFile, Array(text.utf8)) } catch {
+            log.warning("policy: the containers eviction froze could not be kept in \(frozenFile): \(error); a restart would not thaw them")
+        }
+    }
+
+    /// What the containers an eviction froze hold (their working sets):
+    /// left out of the usage the marks are compared with.
+    private func heldByFrozen() -> Int64 {
+        var held: Int64 = 0
+        for name in frozenByEviction.locked({ $0 }) {
+            guard let m = (try? dispatcher.backend.stats(name, type: .summary))?.memory else { continue }
+            held &+= max(0, m.workingSet ?? m.usage ?? 0)
+        }
+        return held
+    }
+
+    /// Thaws what an eviction froze, oldest freeze first: the root's whole
+    /// usage is below the low mark. A container gone, or resumed by
+    /// someone else, is let go.
+    private func thawFrozen(usage: Int64, gate: PressureGate) {
+        for name in frozenByEviction.locked({ $0 }) {
+            guard !stopping.load(ordering: .relaxed) else { return }
+            do {
+                try dispatcher.setPaused(name, false)
+                log.warning("policy: thawed \(name), frozen by an eviction: memory in use \(usage) B is below \(gate.low) B")
+            } catch {
+                if (error as? LmctfyError)?.code != .notFound {
+                    log.warning("policy: thawing \(name), frozen by an eviction, failed: \(error); tried again at the next check")
+                    continue
+                }
+            }
+            keepFrozen { $0.removeAll { $0 == name } }
+        }
     }
 
     func start() {
@@ -143,7 +205,14 @@ final class PolicyEvictor: Sendable {
                 usleep(UInt32(Self.recheckMs) * 1000)
                 wake = .recheck
             }
-            guard let u = usage(), gate.update(usage: u) else {
+            guard let whole = usage() else {
+                stuck.since = nil
+                continue
+            }
+            let frozen = frozenByEviction.locked { !$0.isEmpty }
+            if frozen && whole < gate.low { thawFrozen(usage: whole, gate: gate) }
+            let u = frozen ? whole - heldByFrozen() : whole
+            guard gate.update(usage: u) else {
                 stuck.since = nil
                 continue
             }
@@ -183,7 +252,7 @@ final class PolicyEvictor: Sendable {
             act(victim, action, usage: u, gate: gate, wake: wake)
             usleep(UInt32(Self.settleMs) * 1000)
             guard let next = usage() else { return }
-            u = next
+            u = next - heldByFrozen()
             _ = gate.update(usage: u)
         }
     }
@@ -197,8 +266,9 @@ final class PolicyEvictor: Sendable {
                 verb = "killed its processes"
                 try dispatcher.backend.killAll(victim.name, recursive: true)
             case .freeze:
-                verb = "froze it"
+                verb = "froze it (thawed once memory in use is below \(gate.low) B)"
                 try dispatcher.setPaused(victim.name, true)
+                keepFrozen { $0.append(victim.name) }
             case .destroy:
                 verb = "destroyed it"
                 _ = try dispatcher.destroyContainer(victim.name, force: true)

@@ -653,6 +653,58 @@ struct PolicyEvictionTests {
         }
     }
 
+    /// EVICT_FREEZE frees no memory: what the containers it froze hold is
+    /// left out of the usage the marks are compared with, so it freezes
+    /// what brings the rest under the low mark and no more (it froze every
+    /// container of the tier, one after another), and it thaws them once
+    /// the root's whole usage is below the low mark (they stayed frozen;
+    /// the policy probe).
+    @Test func aFreezeEvictionFreezesWhatIsNeededAndThawsAfter() throws {
+        // High mark 60% of 256 MiB (153.6 MiB), low mark 40% (102.4 MiB).
+        try withPolicyRoot("policyfreeze", spec: "memory { limit: 268435456 }") { root in
+            let api = try ContainerApi.detect()
+            let config = """
+                root_container: "\(root)" policy { overcommit_percent: 100 evict_above_percent: 60 evict_until_percent: 40
+                  tier { name: "prod" guaranteed: true scheduling_latency: PRIORITY eviction_priority: 5003 eviction: EVICT_NEVER }
+                  tier { name: "batch" overcommit: true scheduling_latency: NORMAL eviction_priority: 2500 eviction: EVICT_FREEZE } }
+                """
+            try withAgent(config) { agent, socket in
+                let client = try RpcClient.connect(unixPath: socket)
+                defer { client.close() }
+                func usage() throws -> Int64 { try client.call(AgentMethods.stats, StatsRequest(name: "/")).stats?.memory?.usage ?? 0 }
+                func load(_ name: String, tier: String, mb: Int64) throws {
+                    _ = try client.call(AgentMethods.create, CreateRequest(
+                        name: name, spec: try ContainerSpec(textFormat: "memory { limit: \((mb + 30) * mib) }"), tier: tier))
+                    let before = try usage()
+                    try client.stream(AgentMethods.run, RunRequest(name: name, argv: [testHelperPath, "alloc", "\(mb)"], detached: true)) {
+                        (_: RunResponse) in true
+                    }
+                    for _ in 0..<300 where try usage() < before + (mb - 5) * mib { usleep(10_000) }
+                }
+                func frozen(_ name: String) throws -> Bool { try api.get(ContainerApi.detect().resolve(root.path + name)).isFrozen() }
+                try load("/p", tier: "prod", mb: 40)
+                try load("/b1", tier: "batch", mb: 50)
+                usleep(400_000)
+                #expect(agent.evictor?.evictions.locked({ $0 }) == 0)
+                // 70 MiB more crosses the high mark; freezing /b2 leaves
+                // 90 MiB, under the low mark: /b1 runs on.
+                try load("/b2", tier: "batch", mb: 70)
+                for _ in 0..<500 where agent.evictor?.evictions.locked({ $0 }) == 0 { usleep(10_000) }
+                usleep(1_000_000)
+                #expect(agent.evictor?.evictions.locked({ $0 }) == 1)
+                #expect(try frozen("/b2") && !frozen("/b1"))
+                #expect(agent.evictor?.frozenNames == ["/b2"])
+                // Room again (prod and /b1 gone: /b2's 70 MiB is below the
+                // low mark): /b2 is thawed.
+                for n in ["/p", "/b1"] { _ = try client.call(AgentMethods.destroy, DestroyRequest(name: n, force: true)) }
+                for _ in 0..<500 where try frozen("/b2") { usleep(10_000) }
+                #expect(try !frozen("/b2"), "thawed once below the low mark")
+                #expect(agent.evictor?.frozenNames == [])
+                _ = try client.call(AgentMethods.destroy, DestroyRequest(name: "/b2", force: true))
+            }
+        }
+    }
+
     /// Page cache is not memory in use: a file written once (clean cache
     /// charged to the root, which the kernel reclaims first) kept the
     /// root's usage past the mark, and every container that could be
