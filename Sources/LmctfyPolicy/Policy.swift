@@ -35,6 +35,9 @@ public struct Tier: Sendable, Equatable {
     public var evictionPriority: Int32
     /// cpu.limit given when the spec sets none; 0: none.
     public var cpuMilli: UInt64
+    /// The largest `cpuMilli` a tier may give: 256,000 milliCPU is the
+    /// kernel's largest CPU share (262,144) through lmctfy's mapping.
+    public static let maxCpuMilli: UInt64 = 256_000
     public var eviction: EvictionAction
 
     public init(name: String, guaranteed: Bool, overcommit: Bool, schedulingLatency: SchedulingLatency?,

@@ -26,6 +26,11 @@ extension Policy {
             if t.guaranteed == true, t.overcommit == true {
                 throw .invalidArgument("policy.tier \"\(name)\": a guaranteed tier cannot overcommit")
             }
+            // A CPU share the kernel can give: above 256,000 milliCPU its
+            // largest weight was written without a word (the policy probe).
+            if let milli = t.cpuMilli, milli > Tier.maxCpuMilli {
+                throw .invalidArgument("policy.tier \"\(name)\": cpu_milli \(milli) is above \(Tier.maxCpuMilli) (the kernel's largest CPU share)")
+            }
             let action: EvictionAction
             switch t.eviction {
             case nil, .policyEvictionUnspecified: action = t.guaranteed == true ? .never : .kill
@@ -46,6 +51,7 @@ extension Policy {
         let above = Int(c.evictAbovePercent ?? 0)
         guard above <= 100 else { throw .invalidArgument("policy.evict_above_percent \(above) is above 100") }
         let until = c.evictUntilPercent.map(Int.init)
+        if let until, until > 100 { throw .invalidArgument("policy.evict_until_percent \(until) is above 100") }
         if let until, above > 0, until >= above {
             throw .invalidArgument("policy.evict_until_percent \(until) must be below evict_above_percent \(above)")
         }
@@ -57,6 +63,13 @@ extension Policy {
         let defaultTier = c.defaultTier ?? (tiers.contains { $0.name == "batch" } ? "batch" : tiers[tiers.count - 1].name)
         guard tiers.contains(where: { $0.name == defaultTier }) else {
             throw .invalidArgument("policy.default_tier \"\(defaultTier)\" is not a tier (\(tiers.map(\.name).joined(separator: ", ")))")
+        }
+        // The default tier is every container's whose spec names none (the
+        // CLI's, made behind the agent's back): one without a memory limit
+        // in a guaranteed tier commits nothing there (the policy probe).
+        if tiers.first(where: { $0.name == defaultTier })?.guaranteed == true {
+            throw .invalidArgument("policy.default_tier \"\(defaultTier)\" is a guaranteed tier: containers made without a tier "
+                                   + "need not have a memory limit to commit; name a tier that is not guaranteed")
         }
         self.init(tiers: tiers, defaultTier: defaultTier, overcommitPercent: overcommit,
                   reserved: Amount(memory: Int64(reservedMemory), milliCpu: Int64(reservedCpu)),

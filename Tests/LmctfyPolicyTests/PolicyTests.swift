@@ -52,6 +52,9 @@ private func spec(_ text: String) throws -> ContainerSpec { try ContainerSpec(te
             ("tier { name: \"g\" guaranteed: true overcommit: true }", "cannot overcommit"),
             ("default_tier: \"nope\"", "default_tier"),
             ("reserved_memory_bytes: 18446744073709551615", "too large"),
+            ("evict_until_percent: 500", "evict_until_percent 500 is above 100"),
+            ("tier { name: \"a\" cpu_milli: 99999999999 }", "cpu_milli 99999999999 is above 256000"),
+            ("default_tier: \"prod\"", "is a guaranteed tier"),
         ]
         for (text, needle) in bad {
             let config = try PolicyConfig(textFormat: text)
