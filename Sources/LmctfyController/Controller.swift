@@ -572,7 +572,12 @@ public final class Controller: @unchecked Sendable {
                 if let id = fans.first(where: { $0.value.client == p.id && $0.value.stream == stream })?.key { cancelFan(id) }
                 if p.fleetStreams.remove(stream) != nil { fleet.hub.remove(EventHub.Key(conn: p.id, stream: stream)) }
                 // A client cancelled (or its deadline passed): so does the agent's call.
-                guard let to = p.routedIn.removeValue(forKey: stream), let link = peers[to.agent] else { continue }
+                guard let to = p.routedIn.removeValue(forKey: stream) else { continue }
+                // Ended by its caller (a CANCEL, which its deadline passing
+                // sends too): CANCELLED among the others (routed calls so
+                // ended were counted as routed, never as ended; a probe).
+                metrics.routedEnded[.cancelled, default: 0] += 1
+                guard let link = peers[to.agent] else { continue }
                 link.routedOut[to.stream] = nil
                 perform(link, link.session.cancel(streamId: to.stream, now: MonotonicClock.milliseconds()))
             case .credit(let stream, let credit):
@@ -636,6 +641,7 @@ public final class Controller: @unchecked Sendable {
             perform(client, client.session.sendStatus(streamId: to.stream, CallStatus(.unavailable, "the host's link to the controller was lost"), now: now))
         }
         for (_, to) in p.routedIn {
+            metrics.routedEnded[.cancelled, default: 0] += 1  // its caller went
             guard let link = peers[to.agent] else { continue }
             link.routedOut[to.stream] = nil
             perform(link, link.session.cancel(streamId: to.stream, now: now))

@@ -55,6 +55,25 @@ struct ControllerMetricsTests {
         #expect(m["lmctfy_controller_calls_routed_total{method=\"Stats\"}"] == 1)
         #expect((m["lmctfy_controller_routed_calls_ended_total{code=\"OK\"}"] ?? 0) >= 2)
         #expect(m["lmctfy_controller_routed_calls_ended_total{code=\"NOT_FOUND\"}"] == 1)
+        // Calls their callers end (a cancel, a deadline, which sends one,
+        // a caller gone) are counted as ended, CANCELLED (they were only
+        // counted as routed).
+        admin.host = "alpha"
+        try admin.stream(AgentMethods.subscribe, SubscribeRequest()) { (_: SubscribeResponse) in false }
+        #expect(throws: LmctfyError.self) {
+            try admin.stream(AgentMethods.subscribe, SubscribeRequest(), deadlineMs: 200) { (_: SubscribeResponse) in true }
+        }
+        let gone = try fleet.client()
+        gone.host = "alpha"
+        gone.sendOnly(AgentMethods.subscribe.name, try SubscribeRequest().serializedBytes())
+        usleep(100_000)
+        gone.close()
+        for _ in 0..<200 {
+            m = try scrape(port)
+            if (m["lmctfy_controller_routed_calls_ended_total{code=\"CANCELLED\"}"] ?? 0) >= 3 { break }
+            usleep(20_000)
+        }
+        #expect(m["lmctfy_controller_routed_calls_ended_total{code=\"CANCELLED\"}"] == 3, "\(m.filter { $0.key.contains("ended") })")
         #expect((m["lmctfy_controller_events_relayed_total"] ?? 0) >= 1)
         #expect((m["lmctfy_controller_events_total{kind=\"created\"}"] ?? 0) >= 1)
         // A host that goes is counted as disconnected.
