@@ -33,6 +33,11 @@ public final class RpcClient {
     /// (Frame.host; PROTOCOL.md section 9). nil: the peer itself.
     public var host: String?
 
+    /// The deadline of every unary call (`call`) that gives none: lmctl's
+    /// `--timeout`. Streaming calls (a follow, a foreground Run) have none
+    /// from it: they last as long as they are meant to.
+    public var unaryDeadlineMs: UInt32?
+
     /// Performs the handshake on a connected socket `fd` (taking ownership of
     /// it) and returns once it succeeded. Throws UNAUTHENTICATED,
     /// PERMISSION_DENIED, DEADLINE_EXCEEDED (hello timeout) or UNAVAILABLE.
@@ -157,7 +162,7 @@ public final class RpcClient {
     /// A unary call with serialized messages. Throws the call's non-OK status.
     public func call(_ method: String, _ request: [UInt8], deadlineMs: UInt32? = nil) throws(LmctfyError) -> [UInt8] {
         var last: [UInt8] = []
-        try stream(method, request, deadlineMs: deadlineMs) { payload in
+        try stream(method, request, deadlineMs: deadlineMs ?? unaryDeadlineMs) { payload in
             last = payload
             return true
         }

@@ -67,6 +67,8 @@ public enum LmctlCLI {
         var agent: String?
         var controller: String?
         var keyFile: String?
+        /// `--timeout`: the deadline of each unary call, in ms.
+        var timeoutMs: UInt32?
         /// TLS (tcp:// only): our certificate and key, and the CA the peer's must chain to.
         var cert: String?
         var key: String?
@@ -76,7 +78,23 @@ public enum LmctlCLI {
         var words: [String] = []
     }
 
-    static let ownFlags: Set<String> = ["--agent", "--controller", "--key-file", "--cert", "--key", "--ca", "--host", "--hosts"]
+    static let ownFlags: Set<String> = ["--agent", "--controller", "--key-file", "--cert", "--key", "--ca", "--host", "--hosts", "--timeout"]
+
+    /// A `--timeout` value: seconds (`30`, `1.5`), or with a unit (`500ms`,
+    /// `30s`, `2m`); at least 1 ms, at most a day.
+    static func timeoutMs(_ text: String) throws(LmctfyError) -> UInt32 {
+        var number = Substring(text)
+        var scale = 1000.0
+        for (suffix, s) in [("ms", 1.0), ("s", 1000.0), ("m", 60_000.0)] where number.hasSuffix(suffix) {
+            number = number.dropLast(suffix.count)
+            scale = s
+            break
+        }
+        guard let v = Double(number), v.isFinite, v > 0, v * scale >= 1, v * scale <= 86_400_000 else {
+            throw .invalidArgument("--timeout \"\(text)\": a duration such as 30, 30s, 500ms or 2m (1 ms to a day)")
+        }
+        return UInt32(v * scale)
+    }
 
     /// lmctl's verbs besides lmctfy's command tree. The manual (lmctl.1)
     /// and the shell completion are checked against this list and
@@ -134,6 +152,7 @@ public enum LmctlCLI {
               --ca FILE            the CA the peer's certificate must chain to: TCP becomes TLS 1.3
               --host NAME          at a controller: run the verb on that host
               --hosts SELECTOR     at a controller: on every host whose labels match (k=v,k2=v2), in turn
+              --timeout DURATION   each call's deadline (30, 30s, 500ms, 2m; not a follow's or a run's)
 
             The exit status is the status code the agent or the controller sent
             (14 when it cannot be reached, 16 when it refuses the caller).
@@ -179,6 +198,7 @@ public enum LmctlCLI {
             case "--host":
                 guard !value.isEmpty else { throw .invalidArgument("--host needs a host name") }
                 o.host = value
+            case "--timeout": o.timeoutMs = try timeoutMs(value)
             default: o.hosts = value
             }
         }
@@ -254,8 +274,11 @@ public enum LmctlCLI {
         let (address, keys) = (o.controller ?? o.agent ?? defaultAgent, o.keyFile)
         let flag = o.controller != nil ? "--controller" : "--agent"
         let tls = o.ca.map { TlsFlags(cert: o.cert, key: o.key, ca: $0) }
+        let timeout = o.timeoutMs
         let dialPeer: @Sendable () throws(LmctfyError) -> RpcClient = { () throws(LmctfyError) in
-            try dial(address, keyFile: keys, tls: tls, flag: flag)
+            let client = try dial(address, keyFile: keys, tls: tls, flag: flag)
+            client.unaryDeadlineMs = timeout
+            return client
         }
         let verb = commandWord(o.words)
         // Help that was asked for goes to stdout, succeeds and calls no one

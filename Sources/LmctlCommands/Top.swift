@@ -254,6 +254,9 @@ enum TopCommand {
                 }
             }
             try load(&model, calls: calls)
+            for (host, error) in calls.away {
+                stderr.write(Array("lmctl: top: host \(host) did not answer (\(error.code.rawValue): \(error.message)); its containers are not shown\n".utf8))
+            }
             if live { return try runLive(o, model: model, calls: calls, dial: dial, stdout: stdout) }
             // Once: what the agent keeps, up to now.
             let stream = try dial()
@@ -266,7 +269,9 @@ enum TopCommand {
             try fetchSpecs(&model, calls: calls, limit: .max)
             let width = Terminal.size(1)?.columns ?? 100
             stdout.write(Array(model.table(recursive: o.recursive, sort: o.sort, width: width).map { $0 + "\n" }.joined().utf8))
-            return 0
+            // The table of those that answered, and the worst status of
+            // those that did not, as `--hosts` verbs end.
+            return calls.away.map(\.1.code.rawValue).max() ?? 0
         } catch {
             stderr.write(Array("Command exited with error message: \(error.code.rawValue): \(error.message)\n".utf8))
             return error.code.rawValue
@@ -281,6 +286,8 @@ enum TopCommand {
         let fleet: Bool
         /// At a controller: the hosts shown.
         var hosts: [String] = []
+        /// At a controller: the hosts that did not answer the listing, and why.
+        var away: [(String, LmctfyError)] = []
         private var routed: [String: RpcClient] = [:]
 
         init(dial: @escaping @Sendable () throws(LmctfyError) -> RpcClient, fleet: Bool) throws(LmctfyError) {
@@ -312,22 +319,37 @@ enum TopCommand {
 
     /// The names and freezer states below the base (on every host), and
     /// their limits.
+    /// How long one host's call may take at a controller, as for `hosts`
+    /// and `create --anywhere`: a host that stopped answering (SIGSTOPped,
+    /// its link not yet timed out) held the whole table for two minutes and
+    /// then failed it (a probe).
+    static let hostDeadlineMs: UInt32 = 2000
+
     static func load(_ model: inout Model, calls: Calls) throws(LmctfyError) {
         var missing = 0
+        var away: [(String, LmctfyError)] = []
         for host in calls.fleet ? calls.hosts.map(Optional.some) : [nil] {
             let listed: ListContainersResponse
             do {
                 listed = try calls.client(host).call(AgentMethods.listContainers,
-                                                     ListContainersRequest(name: model.base, recursive: true, withFrozen: true))
+                                                     ListContainersRequest(name: model.base, recursive: true, withFrozen: true),
+                                                     deadlineMs: host == nil ? nil : hostDeadlineMs)
             } catch where host != nil && error.code == .notFound {
                 missing += 1
                 continue  // this host has no such container
+            } catch where host != nil && (error.code == .unavailable || error.code == .deadlineExceeded) {
+                // Not answering (or gone since the list of hosts): the
+                // others are shown, this one said on stderr.
+                away.append((host!, error))
+                continue
             }
             model.list(listed.names, frozen: listed.frozen, host: host)
         }
+        calls.away = away
+        if calls.fleet && !away.isEmpty && away.count == calls.hosts.count { throw away[0].1 }
         // At a controller, a container no host has is NOT_FOUND, as at one
         // agent (it was an empty table and 0).
-        if calls.fleet && missing > 0 && missing == calls.hosts.count {
+        if calls.fleet && missing > 0 && missing + away.count == calls.hosts.count {
             throw .notFound("Container \"\(model.base)\" does not exist on any host")
         }
         try fetchSpecs(&model, calls: calls, limit: .max)
@@ -340,9 +362,10 @@ enum TopCommand {
         for key in keys {
             let (host, name) = Model.parts(key)
             do {
-                let spec = try calls.client(host).call(AgentMethods.spec, SpecRequest(name: name)).spec
+                let spec = try calls.client(host).call(AgentMethods.spec, SpecRequest(name: name),
+                                                       deadlineMs: host == nil ? nil : hostDeadlineMs).spec
                 model.setLimit(key, spec?.memory?.limit)
-            } catch where error.code == .notFound || error.code == .unavailable {
+            } catch where error.code == .notFound || error.code == .unavailable || error.code == .deadlineExceeded {
                 model.setLimit(key, nil)
             }
         }

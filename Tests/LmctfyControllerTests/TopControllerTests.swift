@@ -3,6 +3,7 @@
 // The two test hosts share this machine, so each sees the same containers.
 import Glibc
 import LmctfyProto
+import LmctfyRPC
 import LmctfySystem
 import LmctfyTestSupport
 import Testing
@@ -36,6 +37,36 @@ struct TopControllerTests {
         // A container no host has: 5, as at one agent (it was an empty table and 0).
         let missing = try fleet.lmctl(["top", "--once", base + "-missing"])
         #expect(missing.status == 5 && missing.err.contains("does not exist on any host"), "\(missing)")
+
+        // A host that registered and answers nothing (as a SIGSTOPped
+        // agent whose link has not timed out): the others' table within
+        // its 2 s, the silent host said on stderr, its status the exit's.
+        // It held the whole table for two minutes, then failed it (a probe).
+        let hung = try RawLink(fd: try RpcSocket.connectTCP(host: "127.0.0.1", port: fleet.agentPort),
+                               Session(dialler: .sharedKey(keyId: "other", key: fleet.keys["other"]!), name: "hung",
+                                       now: MonotonicClock.milliseconds()))
+        hung.open(ControllerMethods.register.name, try RegisterRequest(identity: HostIdentity(hostName: "gamma", bootId: "g")).serializedBytes())
+        hung.pump { !hung.responses.isEmpty || !hung.statuses.isEmpty }
+        fleet.waitForHosts(3)
+        let t0 = MonotonicClock.milliseconds()
+        let partial = try fleet.lmctl(["top", "--once", "-r", "--sort", "name", base])
+        #expect(MonotonicClock.milliseconds() - t0 < 15_000, "bounded by the host deadline")
+        #expect(partial.status == StatusCode.deadlineExceeded.rawValue, "\(partial)")
+        #expect(partial.err.contains("host gamma did not answer"), "\(partial.err)")
+        #expect(partial.lines.dropFirst().map { String($0.split(separator: " ")[0]) } == ["alpha:\(base)/web", "beta:\(base)/web"], "\(partial.out)")
+        // Any verb, bounded by --timeout (none: the host's link's timeout,
+        // two minutes): 4 from the silent host, the others' answers.
+        let t1 = MonotonicClock.milliseconds()
+        let bounded = try fleet.lmctl(["--timeout", "500ms", "--hosts=", "list", "containers", base])
+        #expect(MonotonicClock.milliseconds() - t1 < 10_000, "bounded by --timeout")
+        #expect(bounded.status == StatusCode.deadlineExceeded.rawValue, "\(bounded)")
+        #expect(bounded.lines.filter { $0.hasPrefix("==") } == ["== alpha", "== beta", "== gamma"], "\(bounded.out)")
+        #expect(bounded.lines.filter { $0.contains("\(base)/web") }.count == 2, "\(bounded.out)")
+        #expect(bounded.err.contains("gamma: Command exited with error message: 4"), "\(bounded.err)")
+        for bad in ["abc", "0", "-1s", "2d"] {
+            let r = try fleet.lmctl(["--timeout", bad, "--host", "alpha", "info"])
+            #expect(r.status == 3 && r.err.contains("--timeout"), "\(bad): \(r)")
+        }
     }
 }
 

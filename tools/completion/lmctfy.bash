@@ -23,7 +23,7 @@ _lmctfy_flags="-b -c -f -r -n -p -v -l -o -h -V --help --version --lmctfy_binary
 _lmctfy_styles="pairs values long json"
 
 # lmctl: its own options (before the verb), its own verbs and their flags.
-_lmctl_options="--agent --controller --key-file --cert --key --ca --host --hosts"
+_lmctl_options="--agent --controller --key-file --cert --key --ca --host --hosts --timeout"
 _lmctl_verbs="info events top hosts snapshot migrate checkpoint restore"
 declare -gA _lmctl_verb_flags=(
     [events]="-f --follow --after --kind -r --recursive -o --host --hosts"
