@@ -53,12 +53,12 @@ private func withAgent<T>(state dir: String, _ extra: String, _ body: (Agent, St
 
 /// `withAgent` on a fresh state directory, rooted at a new policy root
 /// container of 256 MiB.
-private func withPolicyAgent<T>(_ label: String, _ body: (ContainerName, Agent, String) throws -> T) throws -> T {
+private func withPolicyAgent<T>(_ label: String, _ extra: String = "", _ body: (ContainerName, Agent, String) throws -> T) throws -> T {
     try withPolicyRoot(label, spec: "memory { limit: 268435456 }") { root in
         let dir = "/tmp/lmctfy-agent-test-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
         try Sys.mkdir(dir, mode: 0o755)
         defer { _ = removeTree(dir) }
-        return try withAgent(state: dir, "root_container: \"\(root)\"") { agent, socket in try body(root, agent, socket) }
+        return try withAgent(state: dir, "root_container: \"\(root)\" \(extra)") { agent, socket in try body(root, agent, socket) }
     }
 }
 
@@ -111,12 +111,9 @@ struct PolicyAgentTests {
     /// 40 creates racing a destroy). And a destroy forgets only the entry
     /// it began with, not one a create admitted since.
     @Test func aCreateWhoseNameHasAStaleEntryIsAdmittedAsAnyOther() throws {
-        try withPolicyRoot("policystale", spec: "memory { limit: 268435456 }") { root in
-            let api = try ContainerApi.detect()
-            let dir = "/tmp/lmctfy-agent-test-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
-            try Sys.mkdir(dir, mode: 0o755)
-            defer { _ = removeTree(dir) }
-            try withAgent(state: dir, "root_container: \"\(root)\" policy { overcommit_percent: 0 }") { agent, socket in
+        try withPolicyAgent("policystale", "policy { overcommit_percent: 0 }") { root, agent, socket in
+            do {
+                let api = try ContainerApi.detect()
                 let keeper = try #require(agent.dispatcher.policy)
                 let path = try agent.dispatcher.backend.resolve("/ghost")
                 let client = try RpcClient.connect(unixPath: socket)
