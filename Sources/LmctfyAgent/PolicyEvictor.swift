@@ -46,6 +46,9 @@ final class PolicyEvictor: Sendable {
     /// keeps them (nil: none).
     private let frozenByEviction: Mutexed<[String]>
     private let frozenFile: String?
+    /// Those whose thaw failed and was said in the log (once each, not at
+    /// every check: 4 lines a second).
+    private let thawFailureSaid = Mutexed<Set<String>>([])
 
     init(api: ContainerApi, scope: ContainerScope, dispatcher: Dispatcher, keeper: PolicyKeeper, log: AgentLog,
          frozenFile: String? = nil) {
@@ -96,10 +99,13 @@ final class PolicyEvictor: Sendable {
                 log.warning("policy: thawed \(name), frozen by an eviction: memory in use \(usage) B is below \(gate.low) B")
             } catch {
                 if (error as? LmctfyError)?.code != .notFound {
-                    log.warning("policy: thawing \(name), frozen by an eviction, failed: \(error); tried again at the next check")
+                    if thawFailureSaid.locked({ $0.insert(name).inserted }) {
+                        log.warning("policy: thawing \(name), frozen by an eviction, failed: \(error); tried again at each check")
+                    }
                     continue
                 }
             }
+            thawFailureSaid.locked { _ = $0.remove(name) }
             keepFrozen { $0.removeAll { $0 == name } }
         }
     }
