@@ -249,7 +249,7 @@ extension Container {
         // The oom_score_adj each task is to get: below 0 needs
         // CAP_SYS_RESOURCE, refused before any task is moved.
         let adj = try oomScoreAdj()
-        if let adj, adj < 0, !Sys.hasEffectiveCapability(MemoryHandler.capSysResource) {
+        if let adj, MemoryHandler.lacksCapability(forAdj: Int(adj)) {
             throw LmctfyError(.permissionDenied, "Entering \"\(name)\" sets oom_score_adj \(adj) (its eviction priority); going below 0 needs "
                                     + "CAP_SYS_RESOURCE, which this process does not have")
         }

@@ -72,7 +72,7 @@ enum HostsCommand {
             for h in hosts {
                 // Each connected host's policy (capacity, commitment per
                 // tier, free), asked of the host through the controller,
-                // within `policyDeadlineMs`: one host that does not answer
+                // within `hostDeadlineMs`: one host that does not answer
                 // (stopped, hung) kept the whole inventory from printing,
                 // and `create --anywhere` from placing (a probe).
                 var h = h
@@ -80,7 +80,7 @@ enum HostsCommand {
                 if h.state == .hostConnected, let name = h.identity?.hostName {
                     client.host = name
                     do throws(LmctfyError) {
-                        h.policy = try client.call(AgentMethods.machineInfo, MachineInfoRequest(), deadlineMs: Self.policyDeadlineMs).policy
+                        h.policy = try client.call(AgentMethods.machineInfo, MachineInfoRequest(), deadlineMs: Self.hostDeadlineMs).policy
                     } catch {
                         unanswered = error.message
                     }
@@ -96,8 +96,11 @@ enum HostsCommand {
         }
     }
 
-    /// How long `hosts` waits for a host's policy (MachineInfo).
-    static let policyDeadlineMs: UInt32 = 2000
+    /// How long lmctl waits for one host's answer at a controller where
+    /// the other hosts' wait behind it: `hosts`' policies (MachineInfo),
+    /// `create --anywhere`'s admissions, `top`'s listing and specs (one
+    /// stopped host kept them all waiting for its link's two minutes).
+    static let hostDeadlineMs: UInt32 = 2000
 
     /// One host as key="value" pairs.
     static func line(_ h: HostInfo, policy: PolicyReport? = nil) -> String {

@@ -166,7 +166,7 @@ enum PolicyCommands {
                     // A host that does not answer in time is passed over
                     // (one stopped host kept every placement waiting).
                     let r = try client.call(AgentMethods.checkAdmission, CheckAdmissionRequest(name: a.name, spec: a.spec, tier: a.tier),
-                                            deadlineMs: HostsCommand.policyDeadlineMs)
+                                            deadlineMs: HostsCommand.hostDeadlineMs)
                     if r.admitted == true {
                         admitted.append((h, load(r.policy)))
                     } else {

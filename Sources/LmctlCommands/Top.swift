@@ -307,6 +307,11 @@ enum TopCommand {
             if let c = routed[host] { return c }
             let c = try dial()
             c.host = host
+            // Each host's answer within HostsCommand.hostDeadlineMs: a host
+            // that stopped answering (SIGSTOPped, its link not yet timed
+            // out) held the whole table for two minutes and then failed it
+            // (a probe).
+            c.unaryDeadlineMs = HostsCommand.hostDeadlineMs
             routed[host] = c
             return c
         }
@@ -319,12 +324,6 @@ enum TopCommand {
 
     /// The names and freezer states below the base (on every host), and
     /// their limits.
-    /// How long one host's call may take at a controller, as for `hosts`
-    /// and `create --anywhere`: a host that stopped answering (SIGSTOPped,
-    /// its link not yet timed out) held the whole table for two minutes and
-    /// then failed it (a probe).
-    static let hostDeadlineMs: UInt32 = 2000
-
     static func load(_ model: inout Model, calls: Calls) throws(LmctfyError) {
         var missing = 0
         var away: [(String, LmctfyError)] = []
@@ -332,8 +331,7 @@ enum TopCommand {
             let listed: ListContainersResponse
             do {
                 listed = try calls.client(host).call(AgentMethods.listContainers,
-                                                     ListContainersRequest(name: model.base, recursive: true, withFrozen: true),
-                                                     deadlineMs: host == nil ? nil : hostDeadlineMs)
+                                                     ListContainersRequest(name: model.base, recursive: true, withFrozen: true))
             } catch where host != nil && error.code == .notFound {
                 missing += 1
                 continue  // this host has no such container
@@ -362,8 +360,7 @@ enum TopCommand {
         for key in keys {
             let (host, name) = Model.parts(key)
             do {
-                let spec = try calls.client(host).call(AgentMethods.spec, SpecRequest(name: name),
-                                                       deadlineMs: host == nil ? nil : hostDeadlineMs).spec
+                let spec = try calls.client(host).call(AgentMethods.spec, SpecRequest(name: name)).spec
                 model.setLimit(key, spec?.memory?.limit)
             } catch where error.code == .notFound || error.code == .unavailable || error.code == .deadlineExceeded {
                 model.setLimit(key, nil)

@@ -156,7 +156,7 @@ struct MemoryHandler: ResourceHandler {
         // them says so.
         let adj = Self.oomScoreAdj(priority: p)
         let pids = dirs.isNew ? [] : try dirs.processesSharingMemory()
-        if adj < 0, pids.isEmpty, !Sys.hasEffectiveCapability(Self.capSysResource) {
+        if pids.isEmpty, Self.lacksCapability(forAdj: adj) {
             throw LmctfyError(.permissionDenied, "Eviction priority \(p) needs oom_score_adj \(adj) for the container's processes; "
                                     + "going below 0 needs CAP_SYS_RESOURCE, which this process does not have")
         }
@@ -168,6 +168,12 @@ struct MemoryHandler: ResourceHandler {
 
     /// CAP_SYS_RESOURCE (linux/capability.h).
     static let capSysResource = 24
+
+    /// Whether this process cannot give a process `adj` (below 0 needs
+    /// CAP_SYS_RESOURCE): a create, an update and an enter refuse then.
+    static func lacksCapability(forAdj adj: Int) -> Bool {
+        adj < 0 && !Sys.hasEffectiveCapability(capSysResource)
+    }
 
     static func setOomScoreAdj(priority: Int32, pids: [pid_t], procRoot: String) throws(LmctfyError) {
         let adj = String(oomScoreAdj(priority: priority))
