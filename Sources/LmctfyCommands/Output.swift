@@ -58,6 +58,18 @@ public final class FileDescriptorSink: ByteSink {
         return failure != nil
     }
 
+    /// Why nothing written to the descriptor could arrive, checked before
+    /// a command whose output is its only result (`run -n`'s pid): closed,
+    /// opened for reading only, or a pipe whose reader is gone; nil: it
+    /// can be written (a full disk is found only by writing).
+    public var unwritable: String? {
+        let mode = fcntl(fd, F_GETFL)
+        if mode == -1 { return "descriptor \(fd) is not open" }
+        if mode & O_ACCMODE == O_RDONLY { return "descriptor \(fd) is open for reading only" }
+        if isBroken { return "descriptor \(fd) is a pipe nobody reads" }
+        return nil
+    }
+
     /// The exit status of a command whose output went to `stdout`: its
     /// own, or 15 (DATA_LOSS) when it succeeded but its output could not
     /// be written, said on `stderr` (`lmctfy list > /dev/full` exited 0).

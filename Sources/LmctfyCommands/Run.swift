@@ -1,6 +1,7 @@
 // `lmctfy run [-n] <name> <command...>`: one word with a space runs through
 // /bin/sh -c (as the original); otherwise the words are argv, found in PATH
-// (D16). Everything after the container name is the command (D1), flags too.
+// (D16). Everything after the container name is the command (D1), flags too
+// (a `--` first is dropped).
 // Without -n lmctfy becomes the command (its exit status is the command's);
 // with -n the command runs detached (D6) and its pid is printed.
 import LmctfyBackend
@@ -9,12 +10,16 @@ import LmctfySystem
 enum RunCommand {
     static let leaf = Leaf(
         name: "run",
-        synopsis: "[-n] <container name> <command> [<arguments>...]",
+        synopsis: "[-n] <container name> [--] <command> [<arguments>...]",
         summary: "Run a command in a container (-n: in the background, printing its pid).",
         minArguments: 2, maxArguments: nil,
         action: .withApi(run))
 
+    /// The command's argv from the words after the container name. A `--`
+    /// first is dropped (`run c -- ls -l`, as other tools take it): no
+    /// program is named `--`.
     static func argv(_ words: [String]) -> [String] {
+        let words = words.first == "--" && words.count > 1 ? Array(words.dropFirst()) : words
         if words.count == 1 && words[0].contains(" ") { return ["/bin/sh", "-c", words[0]] }
         return words
     }
@@ -22,6 +27,11 @@ enum RunCommand {
     @Sendable
     static func run(_ api: any ContainerBackend, _ call: Invocation) throws -> CommandOutput {
         let command = argv(Array(call.arguments.dropFirst()))
+        // A detached command's pid is its only handle: where it could not be
+        // printed, nothing is started (it ran on, unreported, exit 15).
+        if call.flags.noWait, let sink = call.stdout as? FileDescriptorSink, let why = sink.unwritable {
+            throw LmctfyError.failedPrecondition("the pid of a detached run could not be printed (\(why)): nothing was started")
+        }
         let outcome = try api.run(call.arguments[0], argv: command, detached: call.flags.noWait)
         switch outcome {
         case .started(let pid):

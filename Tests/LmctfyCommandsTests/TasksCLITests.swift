@@ -86,4 +86,30 @@ struct TasksCLITests {
             #expect(r.stdout == "notification_status=\"0\"\n")
         }
     }
+
+    /// `run c -- cmd` runs cmd (the `--` dropped); a detached run whose pid
+    /// could not be printed starts nothing (it ran on unreported, exit 15).
+    @Test(arguments: Runner.allCases)
+    func runDashDashAndAnUnprintablePid(_ lmctfy: Runner) throws {
+        try withTestName("rundash") { name throws in
+            #expect(try lmctfy("create", name, "").status == 0)
+            let r = try lmctfy("run", name, "--", "/bin/sh", "-c", "exit 4")
+            #expect(r.status == 4, "\(r)")
+            let readOnly = open("/dev/null", O_RDONLY | O_CLOEXEC)
+            defer { close(readOnly) }
+            let refused: CLIResult
+            switch lmctfy {
+            case .inProcess:
+                refused = try lmctfy("--lmctfy_output_fd=\(readOnly)", "run", "-n", name, "sleep", "300")
+            case .binary:
+                let binary = try #require(BuiltBinary.path)
+                let c = try TestProcess.capture(["/bin/sh", "-c", "exec \"$0\" run -n \"$1\" sleep 300 >&-", binary, name])
+                refused = CLIResult(status: c.status, stdoutBytes: c.stdout, stderr: String(decoding: c.stderr, as: UTF8.self))
+            }
+            #expect(refused.status == 9, "\(refused)")
+            #expect(refused.stderr.contains("nothing was started"), "\(refused)")
+            let listed = try lmctfy("list", "pids", name)
+            #expect(listed.status == 0 && listed.stdout.isEmpty, "\(listed)")
+        }
+    }
 }
