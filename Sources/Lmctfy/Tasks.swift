@@ -122,6 +122,12 @@ extension Container {
         o.cgroupFiles = try joinFiles()
         o.pidsLimitDirs = try pidsLimitDirs()
         o.oomScoreAdj = try oomScoreAdj()
+        // Said before a fork, as an enter does: the child failed its write
+        // ("oom_score_adj: Permission denied", no word of the capability).
+        if let adj = o.oomScoreAdj, MemoryHandler.lacksCapability(forAdj: Int(adj)) {
+            throw LmctfyError(.permissionDenied, "Running in \"\(name)\" sets oom_score_adj \(adj) (its eviction priority); going below 0 needs "
+                                    + "CAP_SYS_RESOURCE, which this process does not have")
+        }
         o.ids = options.ids
         o.closeOtherFds = true
         switch options.fdPolicy {

@@ -599,7 +599,7 @@ struct TasksIntegrationTests {
     /// to adjust: it was taken, and every run failed afterwards), and at an
     /// enter into a container whose priority needs it (refused before the
     /// task moves; it was moved, its oom_score_adj silently left as it was;
-    /// a probe). Without CAP_SYS_RESOURCE only: with it both succeed.
+    /// a probe), and at a run. Without CAP_SYS_RESOURCE only: with it they succeed.
     @Test func aPriorityBelowZeroNeedsCapSysResourceAtUpdateAndEnter() throws {
         try withTestContainer(api, label: "capupd") { name in
             let c = try api.create(name, spec: ContainerSpec(memory: MemorySpec(limit: 50_000_000)))
@@ -622,6 +622,10 @@ struct TasksIntegrationTests {
             let entering = lmctfyError { try c.enter([pid]) }
             #expect(entering?.code == .permissionDenied && entering?.message.contains("CAP_SYS_RESOURCE") == true, "\(String(describing: entering))")
             #expect(try !c.processes(recursive: false).contains(pid), "the task was moved")
+            // A run says why before it forks (the child failed its write).
+            let running = lmctfyError { _ = try c.run(["/bin/sleep", "300"]) }
+            #expect(running?.code == .permissionDenied && running?.message.contains("CAP_SYS_RESOURCE") == true, "\(String(describing: running))")
+            #expect(try c.processes(recursive: false).isEmpty)
         }
     }
 
