@@ -11,7 +11,10 @@
  * inside, and SIGKILL from outside always does.
  *
  * Arguments: none. (`lmctfy-init --version` prints the version for the
- * tests that look for the binary.) */
+ * tests that look for the binary; `--help` says what it is.) Anywhere but
+ * as pid 1 it refuses at once: kill(-1) from any other root process reaches
+ * every process of the machine (`lmctfy-init --help` on a host, then ^C,
+ * killed them all; a probe). */
 #include <errno.h>
 #include <signal.h>
 #include <stdio.h>
@@ -36,6 +39,19 @@ int main(int argc, char **argv) {
     if (argc > 1 && strcmp(argv[1], "--version") == 0) {
         printf("lmctfy-init 1\n");
         return 0;
+    }
+    if (argc > 1 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
+        printf("usage: lmctfy-init\n"
+               "The init of a virtual host: lmctfy starts it as pid 1 of the host's pid\n"
+               "namespace. It reaps orphans and passes SIGTERM and SIGINT on to every\n"
+               "process of the namespace. It refuses to run as any other pid.\n");
+        return 0;
+    }
+    if (getpid() != 1) {
+        fprintf(stderr, "lmctfy-init: refused: this is the init of a virtual host and runs only as pid 1 "
+                        "of its pid namespace, which lmctfy starts it as (here it is pid %d, where its "
+                        "SIGTERM would reach every process of the machine)\n", (int)getpid());
+        return 2;
     }
     /* Every signal stays blocked and is taken with sigwaitinfo: no handler
      * runs, so nothing here has to be async-signal-safe. */

@@ -9,6 +9,32 @@ import LmctfySystem
 import LmctfyTestSupport
 import Testing
 
+/// lmctfy-init anywhere but as pid 1 refuses at once: it waited, and at a
+/// SIGTERM sent kill(-1) from a root process of the host, which reaches
+/// every process of the machine (`lmctfy-init --help`, then ^C; a probe).
+/// Never signalled here but with SIGKILL.
+@Suite struct InitBinaryTests {
+    @Test func lmctfyInitRefusesToRunButAsPidOne() throws {
+        let path = builtTool("lmctfy-init")
+        try #require(Sys.exists(path), "lmctfy-init was not built beside the tests (\(path))")
+        // Each ends by itself (the old one waited: SIGKILLed after 2 s).
+        for argv in [[path, "--help"], [path], [path, "--anything"]] {
+            let pid = try TestProcess.spawn(argv)
+            var ended: LmctfySystem.ExitStatus?
+            for _ in 0..<200 where ended == nil {
+                ended = TestProcess.reapIfExited(pid)
+                if ended == nil { usleep(10_000) }
+            }
+            if ended == nil { TestProcess.end(pid) }  // SIGKILL: never its SIGTERM
+            try #require(ended != nil, "\(argv) did not refuse: it waited as an init")
+        }
+        let help = try TestProcess.capture([path, "--help"])
+        #expect(help.status == 0 && String(decoding: help.stdout, as: UTF8.self).contains("pid 1"), "\(help)")
+        let refused = try TestProcess.capture([path])
+        #expect(refused.status == 2 && String(decoding: refused.stderr, as: UTF8.self).contains("only as pid 1"), "\(refused)")
+    }
+}
+
 @Suite(.enabled(if: BusyboxRoot.unavailableReason == nil, "\(BusyboxRoot.unavailableReason ?? "")"))
 struct VirtualHostIntegrationTests {
     let api: ContainerApi
