@@ -3,7 +3,10 @@
 // events survived, and gets them (PROTOCOL.md section 6.2).
 //
 // Two files, `current` and `previous`, each a sequence of records: a 4-byte
-// big-endian length and a serialized ContainerEvent. Every event is appended
+// big-endian length with its top bit set, the first 4 bytes of the body's
+// SHA-256, and a serialized ContainerEvent (`Record`; a length without the
+// bit, and no checksum, is a record an earlier version wrote, still read).
+// Every event is appended
 // to `current` as it is recorded (one write; not fsynced, like the request
 // journal: it serves an agent that dies, whose writes the page cache keeps).
 // When `current` holds `capacity` events, or half of `maxBytes` (a log with
@@ -25,6 +28,7 @@
 // number below the oldest kept as gone, as before the file existed.
 import Glibc
 import LmctfyProto
+import LmctfyRPC
 import LmctfySystem
 
 /// Used only under the event log's lock.
@@ -161,7 +165,7 @@ final class EventJournal: @unchecked Sendable {
     /// failure is returned, not thrown: the event is in memory either way.
     @discardableResult
     func append(serialized body: [UInt8], seq: UInt64) -> Bool {
-        if count >= capacity || (count > 0 && bytes + 4 + body.count > (maxBytes ?? Int.max) / 2) {
+        if count >= capacity || (count > 0 && bytes + Record.size(body) > (maxBytes ?? Int.max) / 2) {
             if previousLast > 0 {
                 let e = moveFloor(to: previousLast)
                 guard e == 0 else {
@@ -200,7 +204,7 @@ final class EventJournal: @unchecked Sendable {
             return false
         }
         count += 1
-        bytes += 4 + body.count
+        bytes += Record.size(body)
         currentLast = seq
         return true
     }
@@ -230,7 +234,7 @@ final class EventJournal: @unchecked Sendable {
     /// wrote until ENOSPC, taking the last free blocks from everyone else
     /// on it every few seconds.
     static func prepare(directory: String, _ bodies: [[UInt8]]) -> (fd: Int32, bytes: Int, errno: Int32) {
-        guard hasRoom(directory, bytes: bodies.reduce(0) { $0 + 4 + $1.count }) else { return (-1, 0, ENOSPC) }
+        guard hasRoom(directory, bytes: bodies.reduce(0) { $0 + Record.size($1) }) else { return (-1, 0, ENOSPC) }
         let fd = Glibc.open(newPath(directory), O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0o600)
         guard fd >= 0 else { return (-1, 0, errno) }
         var bytes = 0
@@ -240,7 +244,7 @@ final class EventJournal: @unchecked Sendable {
                 discard(fd, directory: directory)
                 return (-1, 0, written)
             }
-            bytes += 4 + body.count
+            bytes += Record.size(body)
         }
         return (fd, bytes, 0)
     }
@@ -257,7 +261,7 @@ final class EventJournal: @unchecked Sendable {
         for body in more where body.count <= Self.maxRecordBytes {
             failed = Self.writeRecord(prepared.fd, body)
             if failed != 0 { break }
-            bytes += 4 + body.count
+            bytes += Record.size(body)
         }
         if failed == 0 { failed = moveFloor(to: floor) }
         // The mark says, to a journal opened after a crash, that `previous`
@@ -329,8 +333,7 @@ final class EventJournal: @unchecked Sendable {
 
     /// Writes one record whole: 0, or the errno (ENOSPC for a short write).
     private static func writeRecord(_ fd: Int32, _ body: [UInt8]) -> Int32 {
-        let n = UInt32(body.count)
-        let record = [UInt8(n >> 24), UInt8((n >> 16) & 0xff), UInt8((n >> 8) & 0xff), UInt8(n & 0xff)] + body
+        let record = Record.encode(body)
         let written = record.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
         return written == record.count ? 0 : written < 0 ? errno : ENOSPC
     }
@@ -344,13 +347,13 @@ final class EventJournal: @unchecked Sendable {
     /// last record: nil when it is one (or nothing is left).
     static func damageAfter(_ path: String, _ length: Int) -> String? {
         guard let data = try? Sys.readRegularFile(path, maxBytes: .max), data.count > length else { return nil }
-        let left = data.count - length
-        guard left >= 4 else { return nil }  // a length cut short
-        let i = length
-        let n = Int(data[i]) << 24 | Int(data[i + 1]) << 16 | Int(data[i + 2]) << 8 | Int(data[i + 3])
-        if n > maxRecordBytes && 4 + n > left { return "a record length of \(n) bytes, more than any record" }
-        if 4 + n > left { return nil }  // the last record, cut short
-        return "a record that does not decode, with \(left - 4 - n) bytes after it"
+        switch Record.parse(data, at: length) {
+        case .end, .torn: return nil
+        case .damaged(let why): return why
+        case .record(_, let next), .oversize(let next):
+            // What stopped the reading is whole: its body did not decode.
+            return "a record that does not decode, with \(data.count - next) bytes after it"
+        }
     }
 
     /// The records of one file; stops at the first torn or malformed one
@@ -370,18 +373,70 @@ final class EventJournal: @unchecked Sendable {
         guard let data = try? Sys.readRegularFile(path, maxBytes: .max) else { return ([], 0) }
         var out: [[UInt8]] = []
         var i = 0
-        while i + 4 <= data.count {
-            let n = Int(data[i]) << 24 | Int(data[i + 1]) << 16 | Int(data[i + 2]) << 8 | Int(data[i + 3])
-            guard i + 4 + n <= data.count else { break }
-            if n > maxRecordBytes {
-                i += 4 + n
-                continue
+        scan: while true {
+            switch Record.parse(data, at: i) {
+            case .end, .torn, .damaged: break scan
+            case .oversize(let next): i = next
+            case .record(let body, let next):
+                guard (try? ContainerEvent(serializedBytes: body)) != nil else { break scan }
+                out.append(body)
+                i = next
             }
-            let body = Array(data[(i + 4)..<(i + 4 + n)])
-            guard (try? ContainerEvent(serializedBytes: body)) != nil else { break }
-            out.append(body)
-            i += 4 + n
         }
         return (out, i)
+    }
+
+    /// One record on disk. Written: a 4-byte big-endian word, the body's
+    /// length with the top bit set, then the first 4 bytes of the body's
+    /// SHA-256, then the body (a byte changed in a record that still
+    /// decoded was taken for an event). Read too: the word without the bit
+    /// and no checksum, as versions before it wrote.
+    enum Record {
+        static let checked: UInt32 = 0x8000_0000
+
+        /// The bytes `body` takes on disk.
+        static func size(_ body: [UInt8]) -> Int { 8 + body.count }
+
+        static func checksum(_ body: [UInt8]) -> ArraySlice<UInt8> { Crypto.sha256(body).prefix(4) }
+
+        static func encode(_ body: [UInt8]) -> [UInt8] {
+            let w = checked | UInt32(body.count)
+            return [UInt8(w >> 24), UInt8((w >> 16) & 0xff), UInt8((w >> 8) & 0xff), UInt8(w & 0xff)] + checksum(body) + body
+        }
+
+        enum Parsed {
+            /// Nothing left.
+            case end
+            /// Cut short: the last write torn (or a length cut short).
+            case torn
+            /// Whole, and not a record (why).
+            case damaged(String)
+            /// A whole record above `maxRecordBytes` (an earlier version
+            /// wrote them), passed over.
+            case oversize(next: Int)
+            case record(body: [UInt8], next: Int)
+        }
+
+        static func parse(_ data: [UInt8], at i: Int) -> Parsed {
+            let left = data.count - i
+            if left <= 0 { return .end }
+            guard left >= 4 else { return .torn }
+            let w = UInt32(data[i]) << 24 | UInt32(data[i + 1]) << 16 | UInt32(data[i + 2]) << 8 | UInt32(data[i + 3])
+            let isChecked = w & checked != 0
+            let n = Int(w & ~checked), header = isChecked ? 8 : 4
+            if n > maxRecordBytes && (isChecked || header + n > left) {
+                return .damaged("a record length of \(n) bytes, more than any record")
+            }
+            if header + n > left { return .torn }
+            if n > maxRecordBytes { return .oversize(next: i + header + n) }
+            // No event is empty: a run of zeros (a crash's unwritten blocks)
+            // is not read as events.
+            if n == 0 { return .damaged("a record of 0 bytes") }
+            let body = Array(data[(i + header)..<(i + header + n)])
+            if isChecked && Array(data[(i + 4)..<(i + 8)]) != Array(checksum(body)) {
+                return .damaged("a record whose checksum does not match its \(n) bytes")
+            }
+            return .record(body: body, next: i + header + n)
+        }
     }
 }

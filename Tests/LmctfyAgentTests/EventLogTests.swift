@@ -288,10 +288,11 @@ import Testing
             for i in 1...10 { #expect(j.append(ContainerEvent(bootId: "b", sequence: UInt64(i), container: "/c\(i)"))) }
             return try Sys.readBytes(dir + "/current")
         }
-        // Where record 5 starts.
+        // Where record 5 starts (each: a length with the top bit set, 4
+        // bytes of checksum, the body).
         func offset(_ bytes: [UInt8], record: Int) -> Int {
             var i = 0
-            for _ in 1..<record { i += 4 + (Int(bytes[i]) << 24 | Int(bytes[i + 1]) << 16 | Int(bytes[i + 2]) << 8 | Int(bytes[i + 3])) }
+            for _ in 1..<record { i += 8 + (Int(bytes[i] & 0x7f) << 24 | Int(bytes[i + 1]) << 16 | Int(bytes[i + 2]) << 8 | Int(bytes[i + 3])) }
             return i
         }
         var bytes = try fresh()
@@ -304,11 +305,39 @@ import Testing
         #expect(aside.count == 1 && (try? Sys.readBytes(dir + "/" + (aside.first ?? ""))) == bytes, "\(aside)")
 
         bytes = try fresh()
-        let at = offset(bytes, record: 5) + 4
+        let at = offset(bytes, record: 5) + 8
         for k in at..<(at + 6) { bytes[k] = 0xff }
         try Sys.writeFileAtomically(dir + "/current", bytes)
         j = try EventJournal(directory: dir, capacity: 100)
-        #expect(j.opened.count == 4 && j.damage?.contains("does not decode") == true, "\(j.damage ?? "nothing said")")
+        #expect(j.opened.count == 4 && j.damage?.contains("checksum does not match") == true, "\(j.damage ?? "nothing said")")
+
+        // One byte of a container's name changed: the record still
+        // decodes (it was read as an event of "/d5"); its checksum fails.
+        bytes = try fresh()
+        let record5 = offset(bytes, record: 5), record6 = offset(bytes, record: 6)
+        let name = try #require(bytes[record5..<record6].lastIndex(of: UInt8(ascii: "5")))
+        bytes[name] = UInt8(ascii: "6")
+        try Sys.writeFileAtomically(dir + "/current", bytes)
+        j = try EventJournal(directory: dir, capacity: 100)
+        #expect(j.opened.count == 4 && j.damage?.contains("checksum does not match") == true, "\(j.damage ?? "nothing said")")
+        #expect(EventJournal.stored(directory: dir).map(\.container) == (1...4).map { "/c\($0)" })
+
+        // A record as earlier versions wrote it (no checksum) that does not
+        // decode is damage too; whole ones before it are read.
+        _ = removeTree(dir)
+        try Sys.mkdir(dir, mode: 0o700)
+        try journalFile(dir, "current", [("b", 1), ("b", 2)])
+        var old = try Sys.readBytes(dir + "/current")
+        old += [0, 0, 0, 3, 0xff, 0xff, 0xff, 0, 0, 0, 1, 8]
+        try Sys.writeFileAtomically(dir + "/current", old)
+        j = try EventJournal(directory: dir, capacity: 100)
+        #expect(j.opened.count == 2 && j.damage?.contains("does not decode") == true, "\(j.damage ?? "nothing said")")
+
+        // Zeros where a crash left blocks unwritten: not read as events.
+        bytes = try fresh()
+        try Sys.writeFileAtomically(dir + "/current", bytes + [UInt8](repeating: 0, count: 64))
+        j = try EventJournal(directory: dir, capacity: 100)
+        #expect(j.opened.count == 10 && j.damage?.contains("0 bytes") == true, "\(j.damage ?? "nothing said")")
 
         bytes = try fresh()
         try Sys.writeFileAtomically(dir + "/current", Array(bytes.dropLast(3)))
