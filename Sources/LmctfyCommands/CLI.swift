@@ -258,13 +258,16 @@ public enum LmctfyCLI {
           -c <file>      read the spec from a file                --lmctfy_config=<file>
           -f             force: destroy what is inside too        --lmctfy_force
           -n             run in the background                    --lmctfy_no_wait
-          -r             recursive (list containers)              --lmctfy_recursive
+          -r             recursive (list, killall)                --lmctfy_recursive
           -p             output key="value" lines (the default)   --lmctfy_output_style=pairs
           -v             output values only                       --lmctfy_output_style=values
           -l             output a long table                      --lmctfy_output_style=long
           -o json        output one JSON document                 --lmctfy_output_style=json
-          -h, --help     this help (`\(programName) <command> help`: one command's usage)
-          -V, --version  print the version
+          -h, --help     this help (`\(programName) <command> help`: one command's usage)  --lmctfy_print_help
+          -V, --version  print the version                        --lmctfy_version, --lmctfy_version_long
+          --lmctfy_output_fd=<n>  output to descriptor n instead of standard output
+          --lmctfy_print_cmd_tree, --lmctfy_print_cmd_tree_long  every command
+        The original's other flags (--nscon_path, ...) are taken and ignored: see lmctfy(1).
 
         Specs are protobuf text format (e.g. "pids:{limit:100}") or binary.
         Exit status: 0 on success, otherwise the canonical status code

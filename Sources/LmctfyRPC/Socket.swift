@@ -22,7 +22,10 @@ public enum RpcSocket {
         let (r, e) = address.withSockaddr { sa, length in Sys.retry { connect(fd, sa, length) } }
         if r < 0 {
             close(fd)
-            throw SystemError("connect", path, e).lmctfy(.unavailable, "cannot connect to the agent")
+            // The socket file's mode shuts this user out: not the agent
+            // being away (14, "try again"), a permission (7).
+            let code: StatusCode = e == EACCES || e == EPERM ? .permissionDenied : .unavailable
+            throw SystemError("connect", path, e).lmctfy(code, "cannot connect to the agent")
         }
         return fd
     }

@@ -169,7 +169,11 @@ public enum LmctlCLI {
     static func ownVerbUsage(_ words: [String]) -> String? {
         guard let verb = commandWord(words), let at = words.firstIndex(of: verb) else { return nil }
         let after = words[(at + 1)...]
-        guard after.contains("-h") || after.contains("--help") || after.first == "help" else { return nil }
+        // `help` right after the verb, or after its form (`snapshot export
+        // help`, `stats -f help`: they asked the agent about "/help").
+        let forms: Set<String> = ["export", "import", "-f", "--follow"]
+        let firstWord = after.first { !forms.contains($0) }
+        guard after.contains("-h") || after.contains("--help") || firstWord == "help" else { return nil }
         var lines = ownVerbHelp.filter { $0.verb == verb }
         // `snapshot export --help`: that form's line alone.
         let named = lines.filter { h in after.contains { h.synopsis.hasPrefix("\(verb) \($0) ") } }
@@ -308,6 +312,11 @@ public enum LmctlCLI {
             return TopCommand.run(Array(w.dropFirst()), dial: dialPeer, fleet: o.hosts ?? "", stdout: stdout, stderr: stderr)
         }
         if let host = o.host {
+            // The controller chooses the host of --anywhere ("give
+            // --controller" was said to a caller who had given it).
+            if verb == "create" && o.words.contains("--anywhere") {
+                return usageError("create --anywhere lets the controller choose the host: give --host or --anywhere, not both", stderr)
+            }
             return runVerb(o.words, dial: routed(dialPeer, to: host), host: host, stdout: stdout, stderr: stderr)
         }
         if let selector = o.hosts {

@@ -3,6 +3,7 @@
 // lmctfy's dispatcher, whose texts named lmctfy and left out lmctl's own
 // verbs and flags; its own verbs took `--help` for an unknown flag or tried
 // to dial the agent. In-process, against addresses where nothing listens.
+import Glibc
 import LmctfyProto
 import LmctfySystem
 import LmctfyTestSupport
@@ -17,6 +18,23 @@ import Testing
         let r = try TestProcess.capture(["/bin/sh", "-c", "\(builtTool("lmctl")) --help > /dev/full"])
         #expect(r.status == 15, "\(r)")
         #expect(String(decoding: r.stderr, as: UTF8.self).contains("lmctl: the output could not be written: write(fd 1): No space left on device"), "\(r)")
+    }
+
+    /// A socket whose mode shuts the caller out is a permission (7), not
+    /// an agent away (14: "try again"); agent.conf said 16.
+    @Test(.enabled(if: Sys.exists("/usr/bin/setpriv") && getuid() == 0, "SKIPPED LOUDLY: needs root and setpriv (util-linux)"))
+    func aSocketThatShutsTheCallerOutIsPermissionDenied() throws {
+        let dir = "/tmp/lmctl-perm-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try Sys.mkdir(dir, mode: 0o755)
+        defer { _ = removeTree(dir) }
+        let path = dir + "/agent.sock"
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        defer { close(fd) }
+        let bound = try UnixSocketAddress(path, for: "bind").withSockaddr { sa, length in bind(fd, sa, length) }
+        try #require(bound == 0 && listen(fd, 4) == 0 && chmod(path, 0o600) == 0)
+        let r = try TestProcess.capture(["/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                                         builtTool("lmctl"), "--agent", "unix://" + path, "info"])
+        #expect(r.status == 7 && String(decoding: r.stderr, as: UTF8.self).contains("Permission denied"), "\(r)")
     }
 
     /// Nothing listens here: a test that passes did not need an agent.
@@ -101,6 +119,14 @@ import Testing
         let r = lmctl(Self.nowhere + ["snapshot", "import", "--help"])
         #expect(r.status == 0)
         #expect(r.stdout.hasPrefix("usage: lmctl snapshot import FILE") && !r.stdout.contains("snapshot export"), "\(r.stdout)")
+        // `help` right after the form, as after any verb (it was a name:
+        // "/help" asked of the agent, or a file named help).
+        for (words, usage) in [(["snapshot", "export", "help"], "usage: lmctl snapshot export NAME"),
+                               (["snapshot", "import", "help"], "usage: lmctl snapshot import FILE"),
+                               (["stats", "-f", "help"], "usage: lmctl stats -f")] {
+            let h = lmctl(Self.nowhere + words)
+            #expect(h.status == 0 && h.stdout.contains(usage), "\(words): \(h)")
+        }
     }
 
     /// `stats`: lmctfy's two forms, then lmctl's `-f`; `stats summary
