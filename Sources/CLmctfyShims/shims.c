@@ -15,6 +15,10 @@ size_t lm_heap_in_use(void) {
     return mallinfo2().uordblks;
 }
 
+int lm_malloc_fixed_mmap_threshold(size_t bytes) {
+    return mallopt(M_MMAP_THRESHOLD, (int)bytes);
+}
+
 int lm_pipe_cloexec(int fds[2]) {
     return pipe2(fds, O_CLOEXEC);
 }

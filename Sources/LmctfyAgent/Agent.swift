@@ -23,6 +23,9 @@ final class ConnState {
     var calls: [UInt32: CallContext] = [:]
     /// Frames not yet handed to the connection, and perform's nesting depth.
     var outbox: [UInt8] = []
+    /// Set by the agent before each read: it holds more than half its
+    /// limit of unsent answers (big Pings then take the normal path).
+    var agentNearlyFull = false
     var depth = 0
     /// Flow control (FlowLimits): bytes handed to the connection whose
     /// write has not completed; request bytes of pool calls by stream id
@@ -71,6 +74,9 @@ extension ConnState: InlineResponder {
     func answerInline(method: UnsafeRawBufferPointer, request: UnsafeRawBufferPointer,
                       response: inout [UInt8]) -> Bool {
         guard method.elementsEqual(Self.ping), Self.pingRole.allows(role) else { return false }
+        // A big echo while the agent holds much: the normal path, whose
+        // end (Agent.final) refuses an answer past the agent's limit.
+        if request.count > Agent.answerBytesWhileFull && agentNearlyFull { return false }
         guard PingWire.answer(request, to: &response) else { return false }
         inlineAnswered += 1
         return true
@@ -692,6 +698,7 @@ public final class Agent: @unchecked Sendable {
         conns[id] = state
         c.onRead = { [unowned self] _, bytes in
             guard let s = self.conns[id] else { return }
+            s.agentNearlyFull = self.nearlyFull
             if let tls = s.tls {
                 self.receiveTls(s, tls, bytes)
             } else {
@@ -891,12 +898,12 @@ public final class Agent: @unchecked Sendable {
         guard !s.outbox.isEmpty else { return }
         if let tls = s.tls {
             let sealed = tls.seal(s.outbox)
-            s.outbox.removeAll(keepingCapacity: true)
+            s.outbox.removeAll(keepingCapacity: s.outbox.capacity <= Self.flushBytes * 2)
             send(s, sealed)
             return
         }
         send(s, s.outbox)
-        s.outbox.removeAll(keepingCapacity: true)
+        s.outbox.removeAll(keepingCapacity: s.outbox.capacity <= Self.flushBytes * 2)
     }
 
     /// Writes bytes as they go on the wire (ciphertext under TLS), counted
@@ -947,14 +954,15 @@ public final class Agent: @unchecked Sendable {
     private func updateFlow(_ s: ConnState, cascade: Bool = true) {
         guard conns[s.id] != nil else { return }
         let f = settings.flow
-        if !s.fullStreams.isEmpty && s.held <= f.connectionBytes / 2 {
+        let limit = holdLimit(s)
+        if !s.fullStreams.isEmpty && s.held <= limit / 2 {
             for id in s.fullStreams { s.calls[id]?.connectionDrained() }
             s.fullStreams.removeAll()
         }
         // A replay that waited for room goes on (at the next turn: this
         // may run while the hub delivers), once a quarter of the limit is
         // held at most (see `replayRoom`).
-        if s.held <= f.connectionBytes / 4, hub.roomCame(conn: s.id) { replayTurn.ask() }
+        if s.held <= limit / 4, hub.roomCame(conn: s.id) { replayTurn.ask() }
         let holds = s.held > 0 || !s.poolCalls.isEmpty
         let agentDrained = totalHeld <= f.agentBytes / 2 && totalPoolCalls <= f.agentCalls / 2
         if !s.throttled {
@@ -1237,6 +1245,7 @@ public final class Agent: @unchecked Sendable {
         home.connId = id
         conn.onRead = { [unowned self] _, bytes in
             guard let s = self.conns[id] else { return }
+            s.agentNearlyFull = self.nearlyFull
             if let tls = s.tls {
                 self.receiveTls(s, tls, bytes)
             } else {
@@ -1489,8 +1498,23 @@ public final class Agent: @unchecked Sendable {
     /// beside it "lagged" while the replay lasted).
     private func replayRoom(_ key: EventHub.Key) -> Int {
         guard let s = conns[key.conn], s.calls[key.stream] != nil else { return 0 }
-        return max(0, settings.flow.connectionBytes / 2 - s.held)
+        return max(0, holdLimit(s) / 2 - s.held)
     }
+
+    /// More than half the agent's limit of unsent answers is held.
+    var nearlyFull: Bool { totalHeld > settings.flow.agentBytes / 2 }
+
+    /// What a connection may hold of unsent answers before its streams
+    /// wait and its subscribers lag: its limit, or `answerBytesWhileFull`
+    /// while the agent as a whole holds more than its own. Each connection
+    /// that did not read could hold its whole limit (4 MiB) however many
+    /// there were, past the agent's (64 MiB).
+    private func holdLimit(_ s: ConnState) -> Int {
+        totalHeld > settings.flow.agentBytes ? min(Self.answerBytesWhileFull, settings.flow.connectionBytes) : settings.flow.connectionBytes
+    }
+
+    /// The most a connection takes on while the agent is over its limit.
+    static let answerBytesWhileFull = 64 << 10
 
     /// Ends a subscription that fell behind its connection's limit, saying
     /// where to resume (the subscriber is already out of the hub).
@@ -1549,7 +1573,7 @@ public final class Agent: @unchecked Sendable {
     /// more unsent answers than its limit (or the stream is gone).
     private func deliver(_ key: EventHub.Key, _ bytes: [UInt8]) -> Bool {
         guard let s = conns[key.conn], s.calls[key.stream] != nil else { return false }
-        if s.held > settings.flow.connectionBytes { return false }
+        if s.held > holdLimit(s) { return false }
         perform(s, s.session.sendResponse(streamId: key.stream, payload: bytes, now: MonotonicClock.milliseconds()))
         return true
     }
@@ -1564,6 +1588,19 @@ public final class Agent: @unchecked Sendable {
     /// A call's end: the responses it kept, the last one with the status.
     private func final(_ s: ConnState, _ streamId: UInt32, _ responses: [[UInt8]], _ status: CallStatus) -> [SessionAction] {
         let now = MonotonicClock.milliseconds()
+        var responses = responses, status = status
+        // An answer of more than `answerBytesWhileFull` that would take the
+        // agent past its limit is not sent: every connection that held
+        // nothing could queue one whole answer (4 MiB), so the agent's
+        // memory grew with the number of peers that do not read (1.2 GB
+        // for 100 Pings of 4 MB; a probe). Such answers are of calls that
+        // change nothing (reads, Ping, ExportSnapshot): asked again later.
+        let size = responses.reduce(0) { $0 + $1.count }
+        if size > Self.answerBytesWhileFull && totalHeld + size > settings.flow.agentBytes {
+            responses = []
+            status = CallStatus(.resourceExhausted, "the answer (\(size) bytes) was not sent: the agent holds \(totalHeld) bytes "
+                                    + "its peers have not read (limits.max_agent_buffered_bytes \(settings.flow.agentBytes)); try again")
+        }
         metrics.callEnded(conn: s.id, stream: streamId, status.code)
         guard let last = responses.last else { return s.session.sendStatus(streamId: streamId, status, now: now) }
         var actions: [SessionAction] = []
@@ -1579,7 +1616,7 @@ public final class Agent: @unchecked Sendable {
     private func respond(_ connId: Int, _ streamId: UInt32, _ bytes: [UInt8]) {
         guard let s = conns[connId], let context = s.calls[streamId] else { return }
         perform(s, s.session.sendResponse(streamId: streamId, payload: bytes, now: MonotonicClock.milliseconds()), batched: true)
-        let full = s.held > settings.flow.connectionBytes
+        let full = s.held > holdLimit(s)
         context.taken(bytes.count, full: full)
         if full { s.fullStreams.insert(streamId) }
     }

@@ -33,6 +33,7 @@ public enum AgentMain {
         // Enrolment, snapshots, the request journal and TCP links use
         // OpenSSL (loaded on first use): without it, an error now rather
         // than an abort later.
+        Sys.keepLargeBuffersOutOfTheHeap()
         do { try Crypto.loadOpenSSL() } catch { fail(error.message, code: error.code.rawValue) }
         var settings: AgentSettings
         do {

@@ -23,6 +23,7 @@ public enum ControllerMain {
         let level = line.logLevel
         // TLS, the hello's HMAC and enrolment use OpenSSL (loaded on first
         // use): without it, an error now rather than an abort later.
+        Sys.keepLargeBuffersOutOfTheHeap()
         do { try Crypto.loadOpenSSL() } catch { fail(error.message, code: error.code.rawValue) }
         var settings: ControllerSettings
         do {

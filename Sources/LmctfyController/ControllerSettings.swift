@@ -129,6 +129,11 @@ public struct ControllerSettings: Sendable {
         logLevel = c.logLevel ?? .logInfo
         maxHosts = Int(c.maxHosts ?? UInt32(HostRegistry.defaultMaxHosts))
         guard (1...(1 << 20)).contains(maxHosts) else { throw .invalidArgument("\(source): max_hosts must be 1 to 1048576") }
+        // As the agent's: 0 was taken, and the fleet log then kept nothing
+        // (every subscriber got only a gap).
+        if let capacity = c.eventLogCapacity, !(1...(1 << 20)).contains(capacity) {
+            throw .invalidArgument("\(source): event_log_capacity must be 1 to 1048576, not \(capacity)")
+        }
         stateDir = c.stateDir ?? "/var/lib/lmctfy-controller"
         if let m = c.metrics {
             guard let address = m.address else {

@@ -382,7 +382,12 @@ public struct Session: Sendable {
         let combined = version >= ProtocolVersion.finalResponse
         var scratch: [UInt8] = []
         swap(&scratch, &inlineScratch)
-        defer { swap(&scratch, &inlineScratch) }
+        defer {
+            // Kept for the next small answer; a big one's room goes (each
+            // connection kept its largest echo, 4 MiB, for good).
+            if scratch.capacity > 65536 { scratch = [] }
+            swap(&scratch, &inlineScratch)
+        }
         let answered: UInt32? = decoder.withBody(body) { p in
             guard let r = InlineWire.scanRequest(p) else { return nil }
             // The normal path's stream-id rules: the peer's parity, rising.

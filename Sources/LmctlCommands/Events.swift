@@ -86,7 +86,12 @@ enum EventsCommand {
             }
             i += 1
         }
-        if o.statsOf { o.request.kinds.append(.containerEventDestroyed) }
+        if o.statsOf {
+            o.request.kinds.append(.containerEventDestroyed)
+            // lmctl's default container is the root, as everywhere (without
+            // a name it followed every container and ended at any destroy).
+            if o.request.name == nil { o.request.name = "/" }
+        }
         // Without -f: what is kept, from the oldest: the agent's boot
         // before this one first, as far as its journal kept it (it showed
         // this boot's only, and an agent restart hid what came before).

@@ -257,6 +257,44 @@ struct AgentProcessTests {
         #expect(wroteA < 8 << 20 && wroteB < 8 << 20)
         #expect(try pingP99(agent.socket, count: 50) < 200_000)
     }
+
+    /// Every peer that held nothing was read, and its answer queued whole,
+    /// however far past its limit the agent already was: 100 peers that
+    /// sent a 4 MB Ping each and read nothing took the agent to 1.2 GB (a
+    /// probe). An answer over 64 KiB that would take the agent past the
+    /// limit is refused (RESOURCE_EXHAUSTED) instead; small ones still go,
+    /// and big ones again once the peers have gone.
+    @Test func bigAnswersPastTheAgentWideLimitAreRefusedNotQueued() throws {
+        let agent = try AgentProcess(config: "limits { max_agent_buffered_bytes: 2000000 }")
+        defer { agent.stop() }
+        let data = [UInt8](repeating: 7, count: 1 << 20)
+        let big = try PingRequest(data: data).serializedBytes()
+        var readers: [SlowReader] = []
+        defer { for r in readers { r.close() } }
+        for _ in 0..<12 {
+            var r = try SlowReader(socket: agent.socket)
+            #expect(r.flood(payload: big, total: big.count, stallMs: 2000) {} >= big.count)
+            readers.append(r)
+        }
+        usleep(300_000)
+        let client = try RpcClient.connect(unixPath: agent.socket)
+        defer { client.close() }
+        #expect {
+            _ = try client.call("Ping", PingRequest(data: data), as: PingResponse.self)
+        } throws: { error in
+            let e = error as? LmctfyError
+            return e?.code == .resourceExhausted && e?.message.contains("max_agent_buffered_bytes") == true
+        }
+        #expect(try client.call("Ping", PingRequest(data: [1, 2, 3]), as: PingResponse.self).data == [1, 2, 3])
+        for r in readers { r.close() }
+        readers = []
+        var echoed = false
+        for _ in 0..<40 where !echoed {
+            echoed = (try? client.call("Ping", PingRequest(data: data), as: PingResponse.self).data == data) ?? false
+            if !echoed { usleep(50_000) }
+        }
+        #expect(echoed, "a big answer once the slow peers had gone")
+    }
 }
 
 /// Issue 9 item 14: an agent killed in the middle of a Create (after the

@@ -78,6 +78,15 @@ struct ControllerIntegrationTests {
         } catch {
             #expect(error.message.contains("max_hosts must be 1 to 1048576"), "\(error)")
         }
+        // event_log_capacity 0 was taken, and the fleet log kept nothing.
+        for capacity in [0, 1_048_577] {
+            do {
+                _ = try ControllerSettings.parse("state_dir: \"\(fleet.dir)/other\" agent_address: \"127.0.0.1:1\" key_file: \"\(fleet.dir)/keys\" allow_plaintext_tcp: true event_log_capacity: \(capacity)", source: "t")
+                Issue.record("event_log_capacity \(capacity) was taken")
+            } catch {
+                #expect(error.message.contains("event_log_capacity must be 1 to 1048576"), "\(error)")
+            }
+        }
     }
 
     /// Incomplete frames over all connections have a budget (64 MiB), as

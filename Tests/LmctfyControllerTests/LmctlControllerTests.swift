@@ -264,6 +264,9 @@ struct LmctlControllerTests {
         #expect(both.status == 3 && both.err.contains("--agent and --controller cannot be used together"), "\(both.err)")
         let twoWays = try fleet.lmctl(["--host", "alpha", "--hosts", "zone=z1", "info"])
         #expect(twoWays.status == 3 && twoWays.err.contains("--host and --hosts cannot be used together"), "\(twoWays.err)")
+        // --anywhere with --host: the conflict named (it said "give --controller").
+        let hostAndAnywhere = try fleet.lmctl(["--host", "alpha", "create", "--anywhere", "/x", ""])
+        #expect(hostAndAnywhere.status == 3 && hostAndAnywhere.err.contains("give --host or --anywhere, not both"), "\(hostAndAnywhere.err)")
         // A verb nobody has is unknown, as at an agent (it was told to give --host).
         let unknownVerb = try fleet.lmctl(["move", "/x"])
         #expect(unknownVerb.status == 5 && unknownVerb.err.contains("Unknown command \"move\"") && !unknownVerb.err.contains("give --host"), "\(unknownVerb.err)")

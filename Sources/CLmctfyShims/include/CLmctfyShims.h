@@ -41,6 +41,13 @@ static inline void lm_tsan_release(void *addr) { if (__tsan_release) __tsan_rele
  * tests use it as a leak check around the protobuf-c conversions. */
 size_t lm_heap_in_use(void);
 
+/* mallopt(M_MMAP_THRESHOLD, bytes): every allocation of at least `bytes`
+ * is its own mapping, given back to the kernel when freed. glibc raises the
+ * threshold as such blocks are freed (up to 32 MiB), after which a daemon's
+ * large frames stayed in its arenas: RSS kept at its peak for good once the
+ * peers that caused it had gone. Returns mallopt's 1, or 0. */
+int lm_malloc_fixed_mmap_threshold(size_t bytes);
+
 /* pipe2(fds, O_CLOEXEC): atomic close-on-exec, so a fork in another thread
  * never inherits the pipe. pipe2 needs _GNU_SOURCE, which Swift's Glibc
  * module does not define. */
