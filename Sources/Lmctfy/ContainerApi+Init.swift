@@ -12,8 +12,25 @@ extension ContainerApi {
     public static func initMachine(_ spec: InitSpec, procRoot: String = "/proc",
                                    access: CgroupAccess = .kernel) throws(LmctfyError) -> ContainerApi {
         var mounts = try CgroupMounts.detect(procRoot: procRoot, access: access)
+        // The whole spec is checked before anything is made or mounted: a
+        // relative mount_path made its directories at / and mounted below
+        // the current directory, and a hierarchy named twice was found
+        // only after the first mount (a probe).
+        var named: Set<Controller> = []
         for m in spec.cgroupMount {
             guard let path = m.mountPath, !path.isEmpty else { throw .invalidArgument("cgroup_mount needs a mount_path") }
+            let parts = path.split(separator: "/")
+            guard path.hasPrefix("/"), !parts.contains("."), !parts.contains("..") else {
+                throw .invalidArgument("cgroup_mount's mount_path must be an absolute path without . or .. segments, not \"\(path)\"")
+            }
+            for h in m.hierarchy {
+                guard let c = Controller(hierarchy: h) else { continue }
+                guard named.insert(c).inserted else { throw .invalidArgument("Hierarchy \(h.protoName) is named by two cgroup_mounts") }
+            }
+        }
+        for m in spec.cgroupMount {
+            guard var path = m.mountPath, !path.isEmpty else { throw .invalidArgument("cgroup_mount needs a mount_path") }
+            while path.count > 1 && path.hasSuffix("/") { path.removeLast() }
             var wanted: [Controller] = []
             for h in m.hierarchy {
                 guard let c = Controller(hierarchy: h) else {

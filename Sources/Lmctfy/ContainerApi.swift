@@ -94,6 +94,15 @@ public final class ContainerApi: Sendable {
         }
         // The line of the hierarchy whose path is the task's container.
         let tasksMount = driver.tasksDir(.root).mount
+        // In a cgroup namespace (or over a mount of a sub-cgroup), that path
+        // is relative to the namespace's root, not to the mount's: taken as
+        // a container's name it named another one ("/" for the caller, and
+        // a relative name's destroy removed a top-level container; a probe).
+        if let root = mounts.mountRoots[tasksMount], root != "/" {
+            throw .failedPrecondition("Could not detect the container for TID \(pid): \(tasksMount) shows cgroup \"\(root)\" "
+                                      + "of its hierarchy (a cgroup namespace, or a mount of a sub-cgroup), so the task's cgroup path "
+                                      + "does not name a container here; give absolute container names")
+        }
         guard let line = mounts.taskCgroups(text).first(where: { $0.mount == tasksMount }), line.path.first == UInt8(ascii: "/") else {
             throw .notFound("Could not detect the container for TID \(pid)")
         }

@@ -112,4 +112,30 @@ struct TasksCLITests {
             #expect(listed.status == 0 && listed.stdout.isEmpty, "\(listed)")
         }
     }
+
+    /// In a cgroup namespace /proc/self/cgroup names cgroups relative to
+    /// the namespace's root, not to the hierarchy's mount: lmctfy took
+    /// them for container names, detected "/" for a caller in /X/b, and a
+    /// relative `destroy victim` from there removed the top-level /victim
+    /// (a probe). Refused (9); absolute names still work.
+    @Test(.enabled(if: Sys.exists("/usr/bin/unshare"), "SKIPPED LOUDLY: unshare (util-linux) is not installed"))
+    func inACgroupNamespaceTheCallersContainerIsNotGuessed() throws {
+        let victim = RealCgroups.uniqueName("cgnsvictim")
+        defer { _ = try? Runner.binary("destroy", "-f", victim) }
+        try withTestName("cgns") { name throws in
+            let lmctfy = try #require(BuiltBinary.path)
+            let segment = String(victim.dropFirst())
+            for c in [name, name + "/b", victim, name + "/b/" + segment] {
+                #expect(try Runner.binary("create", c, "").status == 0)
+            }
+            let destroy = try Runner.binary("run", name + "/b", "/usr/bin/unshare", "-C", lmctfy, "destroy", segment)
+            #expect(destroy.status == 9 && destroy.stderr.contains("give absolute container names"), "\(destroy)")
+            #expect(try Runner.binary("list", "containers", victim).status == 0, "the top-level container is still there")
+            #expect(try Runner.binary("list", "containers", name + "/b/" + segment).status == 0)
+            let detect = try Runner.binary("run", name + "/b", "/usr/bin/unshare", "-C", lmctfy, "detect")
+            #expect(detect.status == 9, "\(detect)")
+            let absolute = try Runner.binary("run", name + "/b", "/usr/bin/unshare", "-C", lmctfy, "spec", victim)
+            #expect(absolute.status == 0, "\(absolute)")
+        }
+    }
 }

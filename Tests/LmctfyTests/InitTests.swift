@@ -50,6 +50,11 @@ import Testing
         "cgroup_mount:{mount_path:'ROOT/x'}",
         "cgroup_mount:{hierarchy:CGROUP_CPUSET}",
         "cgroup_mount:{mount_path:'ROOT/job' hierarchy:CGROUP_JOB}",
+        // Relative (made at / and mounted below the current directory), with
+        // "..", and a hierarchy named twice: refused before anything is made.
+        "cgroup_mount:{mount_path:'lmctfy-init-test-relative/x' hierarchy:CGROUP_CPUSET}",
+        "cgroup_mount:{mount_path:'ROOT/elsewhere/../x' hierarchy:CGROUP_CPUSET}",
+        "cgroup_mount:{mount_path:'ROOT/elsewhere' hierarchy:CGROUP_CPUSET} cgroup_mount:{mount_path:'ROOT/x' hierarchy:CGROUP_CPUSET}",
     ])
     func conflictsAreRefusedWithThree(_ text: String) throws {
         let (tree, proc) = try fakeMachine()
@@ -58,6 +63,7 @@ import Testing
             ($0 as? LmctfyError)?.code == .invalidArgument
         }
         #expect(!Sys.exists(tree.root + "/elsewhere"))
+        #expect(!Sys.exists("/lmctfy-init-test-relative"))
     }
 
     @Test func latencyClassesGoUnderBatch() throws {

@@ -46,6 +46,11 @@ public struct CgroupMounts: Sendable, Equatable {
     /// How the directories are reached: the real kernel (every access
     /// checked to be on cgroupfs) unless a test says it is a fake tree.
     public var access: CgroupAccess
+    /// Mount point → the cgroup it shows (mountinfo's root field): "/"
+    /// unless the mount is of a sub-cgroup, or was made outside this
+    /// process's cgroup namespace ("/../.."). /proc/<pid>/cgroup paths are
+    /// relative to the namespace's root, not to such a mount's root.
+    public var mountRoots: [String: String] = [:]
 
     /// Where a task is, from its /proc/<task>/cgroup: its cgroup's path
     /// ("/a/b") per mount point of these, from lines "id:controllers:path"
@@ -106,15 +111,20 @@ public struct CgroupMounts: Sendable, Equatable {
             let fields = line.split(separator: " ")
             guard let dash = fields.firstIndex(of: "-"), dash >= 5, fields.count >= dash + 4 else { continue }
             let mountPoint = unescape(String(fields[4]))
+            let root = unescape(String(fields[3]))
             switch fields[dash + 1] {
             case "cgroup":
                 for option in fields[dash + 3].split(separator: ",") {
                     if let c = Controller(rawValue: String(option)), mounts.v1[c] == nil {
                         mounts.v1[c] = mountPoint
+                        mounts.mountRoots[mountPoint] = root
                     }
                 }
             case "cgroup2":
-                if mounts.unified == nil { mounts.unified = mountPoint }
+                if mounts.unified == nil {
+                    mounts.unified = mountPoint
+                    mounts.mountRoots[mountPoint] = root
+                }
             default:
                 continue
             }
