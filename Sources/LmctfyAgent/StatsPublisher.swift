@@ -66,12 +66,8 @@ final class StatsPublisher: Sendable {
         var seen: UInt64 = 0
         while true {
             let start = MonotonicClock.microseconds()
-            // The clients' names, and the machine's that CL1 samples; the
-            // root first (`lmctl stats -f /` waited for samples that never
-            // came: the inventory holds the containers below it).
-            let names = (["/"] + inventory.names().filter { $0 != "/" }.sorted()).compactMap { path in
-                (try? scope.resolve(path)).map { (path, $0) }
-            }
+            // The clients' names, and the machine's that CL1 samples.
+            let names = inventory.names().sorted().compactMap { path in (try? scope.resolve(path)).map { (path, $0) } }
             sampler.keep(only: Set(names.map(\.1)))
             var sampled = 0
             if !names.isEmpty {

@@ -88,9 +88,16 @@ enum EventsCommand {
         }
         if o.statsOf {
             o.request.kinds.append(.containerEventDestroyed)
-            // lmctl's default container is the root, as everywhere (without
-            // a name it followed every container and ended at any destroy).
-            if o.request.name == nil { o.request.name = "/" }
+            // Without a name: every container's samples (below lmctl's
+            // default container, the root), a container's destroy not
+            // ending it (it ended at any container's destroy). The root
+            // itself is not sampled: `stats -f /` waited for nothing.
+            if o.request.name == nil {
+                o.request.name = "/"
+                o.request.recursive = true
+            } else if o.request.name == "/" && o.request.recursive != true {
+                throw .invalidArgument("The agent samples its containers, not its root: give a container's name, or -r / (or no name) for every container")
+            }
         }
         // Without -f: what is kept, from the oldest: the agent's boot
         // before this one first, as far as its journal kept it (it showed
