@@ -16,29 +16,27 @@ extension ContainerApi {
         // relative mount_path made its directories at / and mounted below
         // the current directory, and a hierarchy named twice was found
         // only after the first mount (a probe).
+        var asked: [(path: String, wanted: [Controller])] = []
         var named: Set<Controller> = []
         for m in spec.cgroupMount {
-            guard let path = m.mountPath, !path.isEmpty else { throw .invalidArgument("cgroup_mount needs a mount_path") }
+            guard var path = m.mountPath, !path.isEmpty else { throw .invalidArgument("cgroup_mount needs a mount_path") }
             let parts = path.split(separator: "/")
             guard path.hasPrefix("/"), !parts.contains("."), !parts.contains("..") else {
                 throw .invalidArgument("cgroup_mount's mount_path must be an absolute path without . or .. segments, not \"\(path)\"")
             }
-            for h in m.hierarchy {
-                guard let c = Controller(hierarchy: h) else { continue }
-                guard named.insert(c).inserted else { throw .invalidArgument("Hierarchy \(h.protoName) is named by two cgroup_mounts") }
-            }
-        }
-        for m in spec.cgroupMount {
-            guard var path = m.mountPath, !path.isEmpty else { throw .invalidArgument("cgroup_mount needs a mount_path") }
             while path.count > 1 && path.hasSuffix("/") { path.removeLast() }
             var wanted: [Controller] = []
             for h in m.hierarchy {
                 guard let c = Controller(hierarchy: h) else {
                     throw .invalidArgument("Unknown or unsupported cgroup hierarchy \(h.protoName)")
                 }
+                guard named.insert(c).inserted else { throw .invalidArgument("Hierarchy \(h.protoName) is named by two cgroup_mounts") }
                 wanted.append(c)
             }
             guard !wanted.isEmpty else { throw .invalidArgument("cgroup_mount at \(path) names no hierarchy") }
+            asked.append((path, wanted))
+        }
+        for (path, wanted) in asked {
             let here = Set(mounts.v1.filter { $0.value == path }.keys)
             if !here.isEmpty {
                 guard here == Set(wanted) else {

@@ -124,10 +124,7 @@ extension Container {
         o.oomScoreAdj = try oomScoreAdj()
         // Said before a fork, as an enter does: the child failed its write
         // ("oom_score_adj: Permission denied", no word of the capability).
-        if let adj = o.oomScoreAdj, MemoryHandler.lacksCapability(forAdj: Int(adj)) {
-            throw LmctfyError(.permissionDenied, "Running in \"\(name)\" sets oom_score_adj \(adj) (its eviction priority); going below 0 needs "
-                                    + "CAP_SYS_RESOURCE, which this process does not have")
-        }
+        if let adj = o.oomScoreAdj { try MemoryHandler.refuseWithoutCapability(forAdj: adj, "Running in \"\(name)\"") }
         o.ids = options.ids
         o.closeOtherFds = true
         switch options.fdPolicy {
@@ -255,10 +252,7 @@ extension Container {
         // The oom_score_adj each task is to get: below 0 needs
         // CAP_SYS_RESOURCE, refused before any task is moved.
         let adj = try oomScoreAdj()
-        if let adj, MemoryHandler.lacksCapability(forAdj: Int(adj)) {
-            throw LmctfyError(.permissionDenied, "Entering \"\(name)\" sets oom_score_adj \(adj) (its eviction priority); going below 0 needs "
-                                    + "CAP_SYS_RESOURCE, which this process does not have")
-        }
+        if let adj { try MemoryHandler.refuseWithoutCapability(forAdj: adj, "Entering \"\(name)\"") }
         for (i, tid) in tids.enumerated() {
             for dir in try joinDirs(for: String(tid)) {
                 do {

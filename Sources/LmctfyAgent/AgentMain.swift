@@ -30,10 +30,11 @@ public enum AgentMain {
         let configPath = line.configPath
         let checkOnly = line.checkOnly
         let level = line.logLevel
+        // Freed big frames go back to the kernel: RSS falls again after a burst.
+        Sys.keepLargeBuffersOutOfTheHeap()
         // Enrolment, snapshots, the request journal and TCP links use
         // OpenSSL (loaded on first use): without it, an error now rather
         // than an abort later.
-        Sys.keepLargeBuffersOutOfTheHeap()
         do { try Crypto.loadOpenSSL() } catch { fail(error.message, code: error.code.rawValue) }
         var settings: AgentSettings
         do {

@@ -21,9 +21,10 @@ public enum ControllerMain {
         let configPath = line.configPath
         let checkOnly = line.checkOnly
         let level = line.logLevel
+        // Freed big frames go back to the kernel: RSS falls again after a burst.
+        Sys.keepLargeBuffersOutOfTheHeap()
         // TLS, the hello's HMAC and enrolment use OpenSSL (loaded on first
         // use): without it, an error now rather than an abort later.
-        Sys.keepLargeBuffersOutOfTheHeap()
         do { try Crypto.loadOpenSSL() } catch { fail(error.message, code: error.code.rawValue) }
         var settings: ControllerSettings
         do {

@@ -175,6 +175,14 @@ struct MemoryHandler: ResourceHandler {
         adj < 0 && !Sys.hasEffectiveCapability(capSysResource)
     }
 
+    /// PERMISSION_DENIED for `doing` ("Running in \"/c\"", "Entering
+    /// \"/c\""), which gives a process `adj`, when this process cannot.
+    static func refuseWithoutCapability(forAdj adj: Int32, _ doing: String) throws(LmctfyError) {
+        guard lacksCapability(forAdj: Int(adj)) else { return }
+        throw LmctfyError(.permissionDenied, "\(doing) sets oom_score_adj \(adj) (its eviction priority); going below 0 needs "
+                              + "CAP_SYS_RESOURCE, which this process does not have")
+    }
+
     static func setOomScoreAdj(priority: Int32, pids: [pid_t], procRoot: String) throws(LmctfyError) {
         let adj = String(oomScoreAdj(priority: priority))
         for pid in pids {
