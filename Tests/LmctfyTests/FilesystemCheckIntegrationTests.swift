@@ -90,6 +90,47 @@ struct FilesystemCheckIntegrationTests {
         }
     }
 
+    /// The OOM kills below a container (what tells the v1 watcher an OOM
+    /// at its limit killed in a subcontainer), summed by a walk from
+    /// descriptor to descriptor, are those summed by paths from the mount
+    /// point; neither counts a filesystem mounted over a subcontainer.
+    @Test(.enabled(if: (try? CgroupMounts.detect())?.version == .v1, "v1's memory.oom_control"))
+    func killsBelowAContainerAreCountedWithoutCrossingAMount() throws {
+        try withTestContainer(api, label: "killsbelow") { name throws in
+            try api.create(name, spec: ContainerSpec(memory: MemorySpec(limit: 256 << 20)))
+            let a = try ContainerName.resolve("a", relativeTo: name)
+            let b = try ContainerName.resolve("a/b", relativeTo: name)
+            let other = try ContainerName.resolve("other", relativeTo: name)
+            for sub in [a, b, other] { try api.create(sub, spec: ContainerSpec(memory: MemorySpec(limit: 32 << 20))) }
+            let top = try #require(try api.resourceDirs(name).dir(.memory))
+            #expect(top.sumBelow("memory.oom_control", key: "oom_kill", byPath: OomControlSource.killsBelowByPath) == 0)
+            _ = try api.get(b).run([testHelperPath, "alloc", "64"])
+            var waited = 0
+            while (oomKills(b) ?? 0) < 1 && waited < 300 {
+                usleep(100_000)
+                waited += 1
+            }
+            let kills = try #require(oomKills(b))
+            try #require(kills >= 1, "no OOM kill in \(b)")
+            let walked = try #require(top.sumBelow("memory.oom_control", key: "oom_kill", byPath: OomControlSource.killsBelowByPath),
+                                      "not walked from descriptors on the kernel")
+            #expect(walked == Int64(kills))
+            #expect(walked == OomControlSource.killsBelowByPath(top))
+            // A tmpfs over the other subcontainer, with a look-alike count.
+            let over = try #require(try api.resourceDirs(other).dir(.memory))
+            try Sys.mount(source: "none", target: over.path, type: "tmpfs", data: "size=64k,mode=0755")
+            var mounted = true
+            defer { if mounted { umount2(over.path, Int32(MNT_DETACH)) } }
+            try Sys.createFile(over.path + "/memory.oom_control", "oom_kill_disable 0\nunder_oom 0\noom_kill 1000\n")
+            try Sys.mkdir(over.path + "/deeper")
+            #expect(OomControlSource.killsBelow(top) == Int64(kills))
+            #expect(OomControlSource.killsBelowByPath(top) == Int64(kills))
+            mounted = !unmountWhenFree(over.path)
+            try #require(!mounted, "the tmpfs could not be unmounted")
+            try api.destroy(name)
+        }
+    }
+
     @Test func recordsReadAndWrittenFromTheMountPointAreThePathsOwn() throws {
         // By name from the hierarchy's kept descriptor (getxattrat and
         // setxattrat, or the directory opened with openat2 for a checked

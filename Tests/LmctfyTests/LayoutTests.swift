@@ -49,6 +49,38 @@ import Testing
         #expect(try c.isolatedResources == [.memory, .cpu])
     }
 
+    /// A nested container's cpu directory is under its top-level
+    /// ancestor's, below the mount or below /batch: found at every depth
+    /// without asking each ancestor (which made a lookup quadratic in the
+    /// depth), and only where lmctfy made it.
+    @Test func v1NestedCpuDirectoriesAreFoundBelowBatch() throws {
+        let tree = try FakeCgroupTree(.v1)
+        let kernel = try FakeCgroupKernel(tree)
+        try Sys.mkdir(tree.root + "/proc")
+        for h in ["cpu", "cpuacct"] where Sys.isDirectory(tree.root + "/" + h) {
+            try tree.seed(h, ["batch"], files: ["cgroup.procs": "", "tasks": "", "cpu.shares": "2\n"])
+        }
+        let plan = FaultPlan(failAt: 0, errno: 0, filesystem: kernel)
+        let api = try ContainerApi(mounts: tree.mounts(faults: plan), procRoot: tree.root + "/proc")
+        let chain = [["a"], ["a", "b"], ["a", "b", "c"]]
+        for path in chain {
+            let name = try ContainerName.resolve("/" + path.joined(separator: "/"), relativeTo: .root)
+            try api.create(name, spec: ContainerSpec(cpu: CpuSpec(schedulingLatency: path.count == 1 ? .normal : nil, limit: 100)))
+        }
+        // Another program's directory where a PRIORITY one's would be.
+        try tree.seed("cpu", ["a", "b", "c"], files: [:])
+        for path in chain {
+            let name = try ContainerName.resolve("/" + path.joined(separator: "/"), relativeTo: .root)
+            let cpu = try #require(try api.resourceDirs(name).dir(.cpu), "\(name) isolates cpu")
+            #expect(cpu.segments == ["batch"] + path)
+            #expect(try api.get(name).isolatedResources.contains(.cpu))
+        }
+        try api.destroy(ContainerName.resolve("/a", relativeTo: .root))
+        #expect(!Sys.exists(tree.root + "/cpu/batch/a"))
+        #expect(!Sys.exists(tree.root + "/freezer/a"))
+        #expect(Sys.exists(tree.root + "/cpu/a/b/c"), "another program's directory was removed")
+    }
+
     @Test func v1SubcontainersAreSortedAndRecursive() throws {
         let tree = try FakeCgroupTree(.v1)
         for path in [["b"], ["a"], ["a", "z"], ["a", "c"], ["a", "c", "d"]] {

@@ -44,18 +44,21 @@ struct CgroupV1Driver: CgroupDriver {
     func existingDir(_ c: Controller, _ name: ContainerName) throws(LmctfyError) -> CgroupDir? {
         // Only a directory lmctfy made: another program's cgroup of the
         // same name is never taken for the container's (nor removed).
-        for d in try candidates(c, name) where try d.state().isLmctfy { return d }
+        for d in candidates(c, name) where try d.state().isLmctfy { return d }
         return nil
     }
 
-    /// Where c's directory is or would be, most likely first.
-    func candidates(_ c: Controller, _ name: ContainerName) throws(LmctfyError) -> [CgroupDir] {
+    /// Where c's directory is or would be, most likely first. A nested
+    /// container's cpu directory is under its parent's, so under its
+    /// top-level ancestor's: below the mount or below /batch, the two
+    /// places asked (the ancestors are not looked up one by one: that made
+    /// each lookup quadratic in the depth, and a destroy of a 400-deep tree
+    /// took 35 s).
+    func candidates(_ c: Controller, _ name: ContainerName) -> [CgroupDir] {
         guard let mount = mounts.v1[c] else { return [] }
         let plain = dir(mount, name.components)
         guard c == .cpu || c == .cpuacct, !name.isRoot else { return [plain] }
-        if name.depth == 1 { return [plain, dir(mount, ["batch"] + name.components)] }
-        guard let parent = name.parent, let parentDir = try existingDir(c, parent) else { return [plain] }
-        return [parentDir.child(name.basename)]
+        return [plain, dir(mount, ["batch"] + name.components)]
     }
 
     /// Where a new container's directory of controller c goes.
@@ -172,7 +175,7 @@ struct CgroupV1Driver: CgroupDriver {
     func removalGroups(_ name: ContainerName) throws(LmctfyError) -> [[CgroupDir]] {
         var groups: [[CgroupDir]] = []
         for c in Controller.allCases.reversed() where c != .freezer && !isCoMountedFollower(c) {
-            groups.append(try candidates(c, name))
+            groups.append(candidates(c, name))
         }
         return groups + [[tasksDir(name)]]
     }
@@ -412,6 +415,11 @@ final class OomControlSource: EventSource {
     /// The OOM kills of every cgroup below `dir` (one gone meanwhile takes
     /// its kills with it).
     static func killsBelow(_ dir: CgroupDir) -> Int64 {
+        dir.sumBelow("memory.oom_control", key: "oom_kill", byPath: killsBelowByPath) ?? killsBelowByPath(dir)
+    }
+
+    /// killsBelow by paths from the mount point (a fake tree; no openat2).
+    static func killsBelowByPath(_ dir: CgroupDir) -> Int64 {
         var sum: Int64 = 0
         var stack = [dir]
         while let d = stack.popLast() {
