@@ -209,7 +209,7 @@ public struct Container: Sendable {
             do {
                 sub = try ContainerName.resolve(child, relativeTo: name)
             } catch {
-                throw .failedPrecondition("Subcontainer directory \"\(dir.path)/\(child)\" is not a valid container name")
+                throw .failedPrecondition("Subcontainer directory \"\(ContainerName.printable(dir.path + "/" + child, limit: .max))\" is not a valid container name")
             }
             out.append(sub)
             if recursive { try collect(sub, recursive: true, into: &out) }

@@ -181,7 +181,8 @@ extension ContainerApi {
 
     /// The refusal of a destroy around a cgroup lmctfy did not make.
     private static func foreign(_ d: CgroupDir, inside name: ContainerName) -> LmctfyError {
-        .failedPrecondition("\(d.path) was not made by lmctfy: lmctfy will not destroy \"\(name)\" around it")
+        // (Its name is another program's: escaped.)
+        .failedPrecondition("\(ContainerName.printable(d.path, limit: .max)) was not made by lmctfy: lmctfy will not destroy \"\(name)\" around it")
     }
 
     /// `collectOwn` for the other hierarchies: a cgroup lmctfy did not make

@@ -110,7 +110,7 @@ public final class ContainerApi: Sendable {
         do {
             return try ContainerName.resolve(path, relativeTo: .root)
         } catch {
-            throw .failedPrecondition("TID \(pid) is in cgroup \"\(path)\", which is not a valid container name")
+            throw .failedPrecondition("TID \(pid) is in cgroup \"\(ContainerName.printable(path, limit: .max))\", which is not a valid container name")
         }
     }
 }

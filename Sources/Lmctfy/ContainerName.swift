@@ -151,12 +151,22 @@ public struct ContainerName: Hashable, Sendable, Comparable, CustomStringConvert
         return nil
     }
 
-    /// For error messages: the input with non-printable bytes escaped.
-    static func printable(_ s: String) -> String {
+    /// For error messages, between double quotes: the input with
+    /// non-printable bytes escaped, and the quote and the backslash (a
+    /// name with a quote in it read as two). Cut at `limit` characters
+    /// (a name given; a path found on the machine is kept whole).
+    public static func printable(_ s: String, limit: Int = 80) -> String {
         var out = ""
         for u in s.unicodeScalars {
-            if u.value >= 0x20 && u.value < 0x7F { out.unicodeScalars.append(u) } else { out += "\\u{\(String(u.value, radix: 16))}" }
+            if u == "\"" || u == "\\" {
+                out += "\\"
+                out.unicodeScalars.append(u)
+            } else if u.value >= 0x20 && u.value < 0x7F {
+                out.unicodeScalars.append(u)
+            } else {
+                out += "\\u{\(String(u.value, radix: 16))}"
+            }
         }
-        return out.count > 80 ? String(out.prefix(80)) + "…" : out
+        return out.count > limit ? String(out.prefix(limit)) + "…" : out
     }
 }

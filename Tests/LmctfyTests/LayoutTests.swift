@@ -152,6 +152,14 @@ import Testing
         #expect(try api.detect(pid: 42).path == "/web/sub")
         #expect { _ = try api.detect(pid: 43) } throws: { ($0 as? LmctfyError)?.code == .failedPrecondition }
         #expect { _ = try api.detect(pid: 44) } throws: { ($0 as? LmctfyError)?.code == .notFound }
+        // Another program's cgroup, its name with a terminal escape, a
+        // newline and a quote: escaped in the error, never written raw.
+        try Sys.mkdir(proc + "/45")
+        try Sys.createFile(proc + "/45/cgroup", "4:freezer:/x\u{1b}[2J\"y\\\n")
+        #expect { _ = try api.detect(pid: 45) } throws: { error in
+            let message = (error as? LmctfyError)?.message ?? ""
+            return message.contains("cgroup \"/x\\u{1b}[2J\\\"y\\\\\"") && !message.unicodeScalars.contains { $0.value < 0x20 }
+        }
 
         let v2 = try FakeCgroupTree(.v2)
         let api2 = try ContainerApi(mounts: v2.mounts, procRoot: proc)

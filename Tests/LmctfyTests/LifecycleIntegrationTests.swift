@@ -106,6 +106,29 @@ struct LifecycleIntegrationTests {
         }
     }
 
+    /// A destroy around another program's cgroup is refused, naming it,
+    /// and nothing is removed; its name (a terminal escape, a quote) is
+    /// escaped in the message, never written to a terminal raw (a probe).
+    @Test func aDestroyAroundAForeignCgroupNamesItEscaped() throws {
+        try withTestContainer(api, label: "fesc") { name in
+            try api.create(name, spec: ContainerSpec(memory: MemorySpec(limit: 100_000_000)))
+            let tasks = try #require(try api.resourceDirs(name).tasks)
+            let memory = try #require(try api.resourceDirs(name).dir(.memory))
+            for parent in Set([tasks.path, memory.path]).sorted() {
+                let foreign = parent + "/x\u{1b}[2J\"q"
+                try Sys.mkdir(foreign)
+                defer { rmdir(foreign) }
+                let refused = lmctfyError { try api.destroy(name) }
+                #expect(refused?.code == .failedPrecondition, "\(String(describing: refused))")
+                let message = refused?.message ?? ""
+                #expect(message.contains(parent + "/x\\u{1b}[2J\\\"q was not made by lmctfy"), "\(message)")
+                #expect(!message.unicodeScalars.contains { $0.value < 0x20 }, "\(message)")
+                #expect(try api.exists(name))
+            }
+            try api.destroy(name)
+        }
+    }
+
     /// `lmctfy run` racing another lmctfy's `destroy -f` of its container
     /// says the container does not exist (5), never the openat2 text of a
     /// cgroup file the destroy took away (a probe; 11 of 150 such races
