@@ -813,12 +813,20 @@ public final class Agent: @unchecked Sendable {
         for action in actions {
             if case .cancelled(let streamId, _) = action { cancelledInBatch.insert(streamId) }
         }
+        // Where the last write of this batch starts in the outbox, while it
+        // is still there (the handshake's HELLO_ACCEPTED, just before
+        // .established).
+        var lastWrite: Int?
         for action in actions {
             if case .write(let bytes) = action {
+                lastWrite = s.outbox.count
                 s.outbox += bytes
                 // Large batches go out in slices, so the peer can start on
                 // the first answers while we work on the rest.
-                if s.outbox.count >= Self.flushBytes { flush(s) }
+                if s.outbox.count >= Self.flushBytes {
+                    flush(s)
+                    lastWrite = nil
+                }
                 continue
             }
             switch action {
@@ -839,6 +847,10 @@ public final class Agent: @unchecked Sendable {
                             if let more = peerFaults.take() {
                                 log.warning("connection \(s.id): \(who) holds \(settings.maxConnectionsPerPeer) connections already (limits.max_connections_per_peer); refused\(more)")
                             }
+                            // Not accepted, then sent away: the peer hears
+                            // only the refusal (its HELLO_ACCEPTED, unsent,
+                            // goes).
+                            if let at = lastWrite, at <= s.outbox.count { s.outbox.removeSubrange(at...) }
                             perform(s, s.session.goAway(.goawayNormal, message: "too many connections of \(who) (limits.max_connections_per_peer \(settings.maxConnectionsPerPeer))",
                                                         now: MonotonicClock.milliseconds()))
                             return

@@ -571,7 +571,13 @@ public struct Session: Sendable {
         case .frameGoaway:
             guard let g = frame.goaway else { return closeLocally(.goawayMalformedFrame, "GOAWAY frame without goaway") }
             return shutDown(CloseReason(g.reason ?? .goawayUnspecified, g.message ?? "", byPeer: true), sendGoAway: false)
-        case .frameHello:
+        case .frameHello, .framePing, .framePong:
+            // The connection's own frames are on stream 0 (one on a call's
+            // stream was taken as the connection's: a probe).
+            if let id = frame.streamId, id != 0 {
+                return closeLocally(.goawayProtocolError, "\(kind.protoName) on stream \(id): it is the connection's, on stream 0")
+            }
+            guard kind == .frameHello else { break }
             guard let hello = frame.hello else { return closeLocally(.goawayMalformedFrame, "HELLO frame without hello") }
             guard peer == nil else { return closeLocally(.goawayProtocolError, "HELLO after the handshake") }
             return handleHello(hello, now: now)

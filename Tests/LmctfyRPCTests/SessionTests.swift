@@ -253,6 +253,27 @@ import Testing
         #expect(goAway(q.acceptor.receive(frame(Frame(kind: .frameRequest, streamId: 0, method: "Ping")), now: q.now))?.reason == .goawayProtocolError)
     }
 
+    /// HELLO, PING and PONG are the connection's: on a call's stream id
+    /// they are a protocol error (a PING on stream 7 was answered), before
+    /// the handshake and after it; stream 0 given explicitly is fine.
+    @Test func connectionFramesOnAStreamAreAProtocolError() {
+        for kind in [FrameKind.framePing, .framePong, .frameHello] {
+            var p = Pair.established()
+            let out = p.acceptor.receive(frame(Frame(kind: kind, streamId: 7, payload: [1])), now: p.now)
+            #expect(goAway(out)?.reason == .goawayProtocolError, "\(kind)")
+            #expect(goAway(out)?.message?.contains("on stream 7") == true, "\(kind): \(String(describing: goAway(out)?.message))")
+            #expect(!writtenFrames(out).contains { $0.kind == .framePong }, "\(kind) answered")
+        }
+        var q = Pair.established()
+        let pong = q.acceptor.receive(frame(Frame(kind: .framePing, streamId: 0, payload: [1])), now: q.now)
+        #expect(goAway(pong) == nil && !q.acceptor.isClosed)
+        #expect(writtenFrames(pong).contains { $0.kind == .framePong })
+        var a = Session(acceptor: .peerCredentials(rootCredentials, UnixPeerPolicy()), name: "agent", now: 0)
+        var offer = try! FrameCodec.decodeBody(Golden["hello-offer"].dropFirst(4))
+        offer.streamId = 1
+        #expect(goAway(a.receive(frame(offer), now: 0))?.reason == .goawayProtocolError)
+    }
+
     @Test func requestWithoutMethodIsMalformed() {
         var p = Pair.established()
         #expect(goAway(p.acceptor.receive(frame(Frame(kind: .frameRequest, streamId: 1)), now: p.now))?.reason == .goawayMalformedFrame)
