@@ -37,24 +37,30 @@ enum NotifyCommand {
         })
 
     static func wait(_ api: any ContainerBackend, _ call: Invocation, _ spec: EventSpec, _ event: String) throws -> CommandOutput {
-        let name = call.arguments[0]
-        let json = "{\"notification_status\":0,\"container\":\(JSONFormat.quote(name)),\"event\":\"\(event)\"}"
-        let line = CommandOutput(entries: [.pair(key: "notification_status", value: "0")], json: json)
-        guard call.flags.force else {
-            try api.notify(name, event: spec, follow: false) { _ in }
-            return line
+        // The JSON line names the container as the backend has it once the
+        // watch is in place: absolute (it echoed the name as typed, "web"
+        // for /web). lmctl's agent resolves a relative name itself.
+        var watched = call.arguments[0]
+        func line() -> CommandOutput {
+            let json = "{\"notification_status\":0,\"container\":\(JSONFormat.quote(watched)),\"event\":\"\(event)\"}"
+            return CommandOutput(entries: [.pair(key: "notification_status", value: "0")], json: json)
         }
-        let rendered = line.render(call.flags.style)
+        let follow = call.flags.force
+        var rendered: [UInt8]?
         // Until the output breaks (a write fails, a pipe's reader goes):
         // looked at after each event and at least once a second.
         let out = SendableSink(call.stdout)
-        try api.notify(name, event: spec, cancellation: NotifyCancellation(pollMs: 1000) { out.sink.isBroken },
-                       onWatching: { (_: String) throws(LmctfyError) in },
+        try api.notify(call.arguments[0], event: spec,
+                       cancellation: follow ? NotifyCancellation(pollMs: 1000) { out.sink.isBroken } : nil,
+                       onWatching: { (name: String) throws(LmctfyError) in watched = name },
                        onEvent: { (n: Int) throws(LmctfyError) -> Bool in
-                           for _ in 0..<n { call.stdout.write(rendered) }
+                           guard follow else { return false }
+                           let text = rendered ?? line().render(call.flags.style)
+                           rendered = text
+                           for _ in 0..<n { call.stdout.write(text) }
                            return !call.stdout.isBroken
                        })
-        return line
+        return line()
     }
 }
 

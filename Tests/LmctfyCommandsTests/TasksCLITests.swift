@@ -84,6 +84,12 @@ struct TasksCLITests {
             let r = try lmctfy("notify", "container", "empty", name)
             #expect(r.status == 0, "\(r)")
             #expect(r.stdout == "notification_status=\"0\"\n")
+            // JSON names the container absolutely, however it was typed
+            // (it echoed a relative name as typed).
+            #expect(try lmctfy("run", "-n", name, "sleep", "0.3").status == 0)
+            let json = try lmctfy("-o", "json", "notify", "container", "empty", String(name.dropFirst()))
+            #expect(json.status == 0, "\(json)")
+            #expect(json.stdout == "{\"notification_status\":0,\"container\":\"\(name)\",\"event\":\"container_empty\"}\n", "\(json)")
         }
     }
 
