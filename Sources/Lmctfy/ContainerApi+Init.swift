@@ -36,6 +36,9 @@ extension ContainerApi {
             guard !wanted.isEmpty else { throw .invalidArgument("cgroup_mount at \(path) names no hierarchy") }
             asked.append((path, wanted))
         }
+        // Every conflict with what is mounted, and between the spec's own
+        // mounts, before the first is made.
+        var planned: [(path: String, wanted: [Controller])] = []
         for (path, wanted) in asked {
             let here = Set(mounts.v1.filter { $0.value == path }.keys)
             if !here.isEmpty {
@@ -44,16 +47,33 @@ extension ContainerApi {
                 }
                 continue
             }
+            guard !planned.contains(where: { $0.path == path }) else {
+                throw .invalidArgument("Two cgroup_mounts name \(path): its hierarchies are given in one")
+            }
             for c in wanted where mounts.v1[c] != nil {
                 throw .invalidArgument("Hierarchy \(c.rawValue) is already mounted at \(mounts.v1[c]!), not \(path)")
             }
+            planned.append((path, wanted))
+        }
+        // A mount that fails undoes the ones made before it, and the
+        // directories made for them: init leaves the machine as it found
+        // it, not half mounted.
+        var made: [(path: String, dirs: [String])] = []
+        for (path, wanted) in planned {
+            var dirs: [String] = []
             do {
-                if !Sys.isDirectory(path) { try makeDirs(path) }
-                try Sys.mount(source: "cgroup", target: path, type: "cgroup",
-                              data: wanted.map(\.rawValue).joined(separator: ","))
+                if !Sys.isDirectory(path) { try makeDirs(path, made: &dirs) }
+                try mountHierarchies(wanted, at: path, access: access)
             } catch {
-                throw error.lmctfy(.failedPrecondition, "Failed to mount cgroup hierarchies")
+                for d in dirs.reversed() { _ = try? Sys.rmdir(d) }
+                for m in made.reversed() {
+                    unmount(m.path, access: access)
+                    for d in m.dirs.reversed() { _ = try? Sys.rmdir(d) }
+                }
+                let undone = made.isEmpty ? "" : " (\(made.map(\.path).joined(separator: ", ")), mounted before it, unmounted again)"
+                throw error.lmctfy(.failedPrecondition, "Failed to mount cgroup hierarchies at \(path)\(undone)")
             }
+            made.append((path, dirs))
             for c in wanted { mounts.v1[c] = path }
         }
         let api = try ContainerApi(mounts: mounts, procRoot: procRoot)
@@ -61,12 +81,30 @@ extension ContainerApi {
         return api
     }
 
-    private static func makeDirs(_ path: String) throws(SystemError) {
+    /// mkdir -p, adding each directory it made to `made`.
+    private static func makeDirs(_ path: String, made: inout [String]) throws(SystemError) {
         var current = ""
         for part in path.split(separator: "/") {
             current += "/" + part
-            if !Sys.isDirectory(current) { try Sys.mkdir(current) }
+            if !Sys.isDirectory(current) {
+                try Sys.mkdir(current)
+                made.append(current)
+            }
         }
+    }
+
+    /// mount(2) of a v1 hierarchy; on a fake tree only the fault plan sees it.
+    private static func mountHierarchies(_ wanted: [Controller], at path: String, access: CgroupAccess) throws(SystemError) {
+        if let e = access.faults?.check(.mount, path) { throw SystemError("mount", path, e) }
+        guard access.verifiesFilesystem else { return }
+        try Sys.mount(source: "cgroup", target: path, type: "cgroup", data: wanted.map(\.rawValue).joined(separator: ","))
+    }
+
+    /// Undoes `mountHierarchies` (best effort: the failure being reported
+    /// is the mount's).
+    private static func unmount(_ path: String, access: CgroupAccess) {
+        if access.faults?.check(.umount, path) != nil { return }
+        if access.verifiesFilesystem { umount2(path, 0) }
     }
 
     /// /batch for latency classes (v1), controllers enabled at the root (v2).

@@ -12,6 +12,9 @@ import Synchronization
 public enum SysCall: String, Sendable, CaseIterable {
     /// One case per wrapped syscall; `spawn` is a whole process start (failed as a fork).
     case open, read, write, mkdir, rmdir, opendir, stat, statfs, getxattr, setxattr, chown, kill, spawn, flock, unlink
+    /// `init`'s mount and unmount of a hierarchy (on a fake tree nothing is
+    /// mounted: the plan only sees them, and may fail them).
+    case mount, umount
 }
 
 /// What a fake filesystem does where the real one would act by itself:

@@ -2,6 +2,7 @@
 // accepted, which conflicts are refused, and the machine preparation. Real
 // mounting is not exercised here: it would change the host outside the
 // test's own cgroups.
+import Glibc
 @testable import Lmctfy
 import LmctfyProto
 import LmctfySystem
@@ -64,6 +65,42 @@ import Testing
         }
         #expect(!Sys.exists(tree.root + "/elsewhere"))
         #expect(!Sys.exists("/lmctfy-init-test-relative"))
+    }
+
+    /// A mount that fails undoes the ones this init made before it, and
+    /// the directories it made for them: the machine is left as it was
+    /// found (the first stayed mounted; a probe). On the fake tree nothing
+    /// is mounted: the fault plan sees the mounts and unmounts.
+    @Test func aFailedMountUndoesTheMountsBeforeIt() throws {
+        let (tree, proc) = try fakeMachine()
+        let spec = try InitSpec(textFormat: "cgroup_mount:{mount_path:'\(tree.root)/new/pids' hierarchy:CGROUP_PIDS} "
+                                + "cgroup_mount:{mount_path:'\(tree.root)/new/blkio' hierarchy:CGROUP_BLOCKIO}")
+        let plan = FaultPlan(failAt: 2, errno: EBUSY, calls: [.mount, .umount])
+        #expect { _ = try ContainerApi.initMachine(spec, procRoot: proc, access: .fake(faults: plan)) } throws: { error in
+            let e = error as? LmctfyError
+            return e?.code == .failedPrecondition && e?.message.contains("at \(tree.root)/new/blkio") == true
+                && e?.message.contains("\(tree.root)/new/pids, mounted before it, unmounted again") == true
+        }
+        #expect(plan.seen.map(\.description) == ["mount(\(tree.root)/new/pids)", "mount(\(tree.root)/new/blkio) FAILED",
+                                                 "umount(\(tree.root)/new/pids)"])
+        #expect(!Sys.exists(tree.root + "/new"), "the directories made for the mounts were left")
+        // The same spec with nothing failing mounts both (seen, not made).
+        let clean = FaultPlan(calls: [.mount, .umount])
+        let api = try ContainerApi.initMachine(spec, procRoot: proc, access: .fake(faults: clean))
+        #expect(clean.seen.map(\.description) == ["mount(\(tree.root)/new/pids)", "mount(\(tree.root)/new/blkio)"])
+        #expect(api.mounts.v1[.pids] == tree.root + "/new/pids" && api.mounts.v1[.blkio] == tree.root + "/new/blkio")
+    }
+
+    /// Two cgroup_mounts at one path are refused before anything is made.
+    @Test func twoMountsAtOnePathAreRefused() throws {
+        let (tree, proc) = try fakeMachine()
+        let spec = try InitSpec(textFormat: "cgroup_mount:{mount_path:'\(tree.root)/new/x' hierarchy:CGROUP_PIDS} "
+                                + "cgroup_mount:{mount_path:'\(tree.root)/new/x' hierarchy:CGROUP_BLOCKIO}")
+        let plan = FaultPlan(calls: [.mount, .umount])
+        #expect { _ = try ContainerApi.initMachine(spec, procRoot: proc, access: .fake(faults: plan)) } throws: {
+            ($0 as? LmctfyError)?.code == .invalidArgument
+        }
+        #expect(plan.seen.isEmpty && !Sys.exists(tree.root + "/new"))
     }
 
     @Test func latencyClassesGoUnderBatch() throws {
