@@ -105,11 +105,8 @@ public final class EventHub {
         var resume: ResumePoint
         /// Responses it may still be sent; nil: not flow-controlled.
         var credit: Int?
-        /// What waits for credit, in order (no stats samples).
-        var queue: [Waiting] = []
-        var queueHead = 0
-        /// Stats samples waiting: the latest of each container.
-        var samples: [String: Waiting] = [:]
+        /// What waits for credit (see Pending).
+        let pending = Pending()
         /// How many responses may wait (the buffer, plus the replay).
         var allowance: Int
         /// What waits costs (queue and samples: bytes and bookkeeping, see
@@ -121,7 +118,23 @@ public final class EventHub {
         /// the log in their place.
         var replay: Replay?
 
-        var waiting: Int { queue.count - queueHead }
+        var waiting: Int { pending.queue.count - pending.queueHead }
+    }
+
+    /// What waits for a subscriber's credit, in a box of its own. A
+    /// Subscriber is taken out of `subscribers`, changed and put back; with
+    /// the queue and the samples in the value, the copy left in the
+    /// dictionary shared their storage, so each change copied them whole:
+    /// every stats sample offered to a subscriber with samples waiting cost
+    /// as much as all of them (2,000 containers and 40 `lmctl events -f`
+    /// saturated the loop thread, and new connections timed out in their
+    /// handshake; a probe).
+    final class Pending {
+        /// In order (no stats samples), from `queueHead`.
+        var queue: [Waiting] = []
+        var queueHead = 0
+        /// Stats samples: the latest of each container.
+        var samples: [String: Waiting] = [:]
     }
 
     /// Where a replay not sent in full goes on. A replay is read from the
@@ -426,10 +439,10 @@ public final class EventHub {
                 guard subscribers[key]?.replay != nil else { continue }
                 if room(key) > 0 { more = true } else { roomWanted.insert(key.conn) }
             } else {
-                guard sub.waiting == 0 && sub.samples.isEmpty else { continue }
+                guard sub.waiting == 0 && sub.pending.samples.isEmpty else { continue }
                 let part = nextPart(key, &sub, budget: connectionLimit - connectionHeld[key.conn, default: 0], read: &read)
                 for w in part {
-                    sub.queue.append(w)
+                    sub.pending.queue.append(w)
                     account(key, &sub, w.cost)
                 }
                 sub.allowance = max(sub.allowance, buffer + sub.waiting)
@@ -474,16 +487,37 @@ public final class EventHub {
     /// coalesced sample goes in its sequence's place).
     public func drain(_ key: Key, deliver: Deliver, lagged: Lagged) {
         guard var sub = subscribers[key], sub.credit != nil else { return }
+        // The samples in sequence order, sorted once for a drain that sends
+        // many (the oldest looked for at each response made a drain of n
+        // samples cost n squared: 40 subscribers granted 2,000 samples
+        // each took the loop seconds); looked for one at a time otherwise.
+        var ordered: [(key: String, value: Waiting)]?
+        var nextOrdered = 0
+        func oldestSample() -> (key: String, value: Waiting)? {
+            guard !sub.pending.samples.isEmpty else { return nil }
+            if ordered == nil && sub.credit! >= 16 && sub.pending.samples.count >= 16 {
+                ordered = sub.pending.samples.sorted { $0.value.sequence < $1.value.sequence }
+            }
+            guard let o = ordered else { return sub.pending.samples.min { $0.value.sequence < $1.value.sequence } }
+            while nextOrdered < o.count {
+                let s = o[nextOrdered]
+                // Still waiting as it was (not sent, not replaced).
+                if sub.pending.samples[s.key]?.sequence == s.value.sequence { return s }
+                nextOrdered += 1
+            }
+            ordered = nil
+            return sub.pending.samples.min { $0.value.sequence < $1.value.sequence }
+        }
         while sub.credit! > 0 {
-            let head: Waiting? = sub.queueHead < sub.queue.count ? sub.queue[sub.queueHead] : nil
-            let sample = sub.samples.min { $0.value.sequence < $1.value.sequence }
+            let head: Waiting? = sub.pending.queueHead < sub.pending.queue.count ? sub.pending.queue[sub.pending.queueHead] : nil
+            let sample = oldestSample()
             let next: Waiting
             if let sample, head == nil || (head!.sequence != 0 && sample.value.sequence < head!.sequence) {
                 next = sample.value
-                sub.samples[sample.key] = nil
+                sub.pending.samples[sample.key] = nil
             } else if let head {
                 next = head
-                sub.queueHead += 1
+                sub.pending.queueHead += 1
             } else {
                 break
             }
@@ -505,9 +539,9 @@ public final class EventHub {
             if next.sequence > 0 { sub.lastSent = max(sub.lastSent, next.sequence) }
             if let point = next.resume { sub.resume = point }
         }
-        if sub.queueHead > 64 && sub.queueHead * 2 > sub.queue.count {
-            sub.queue.removeFirst(sub.queueHead)
-            sub.queueHead = 0
+        if sub.pending.queueHead > 64 && sub.pending.queueHead * 2 > sub.pending.queue.count {
+            sub.pending.queue.removeFirst(sub.pending.queueHead)
+            sub.pending.queueHead = 0
         }
         subscribers[key] = sub
     }
@@ -554,7 +588,7 @@ public final class EventHub {
             }
             return
         }
-        if credit > 0 && sub.waiting == 0 && sub.samples.isEmpty {
+        if credit > 0 && sub.waiting == 0 && sub.pending.samples.isEmpty {
             guard deliver(key, w.bytes) else {
                 drop(key)
                 lagged(key, sub.resume)
@@ -569,10 +603,10 @@ public final class EventHub {
         }
         if w.sequence > 0 { sub.lastSent = w.sequence }
         if let sample {
-            account(key, &sub, w.cost - (sub.samples[sample]?.cost ?? 0))
-            sub.samples[sample] = w
+            account(key, &sub, w.cost - (sub.pending.samples[sample]?.cost ?? 0))
+            sub.pending.samples[sample] = w
         } else {
-            sub.queue.append(w)
+            sub.pending.queue.append(w)
             account(key, &sub, w.cost)
             if sub.waiting > sub.allowance || connectionHeld[key.conn, default: 0] > connectionLimit {
                 subscribers[key] = sub

@@ -357,3 +357,46 @@ import Testing
         #expect(got.last?.caughtUp == 300)
     }
 }
+/// Stats samples coalesce to the latest of each container while a
+/// subscriber has no credit, for many subscribers and containers at once.
+/// (Each sample offered copied the subscriber's waiting samples whole: 2,000
+/// containers and 40 subscribers saturated the agent's loop thread; a
+/// probe. The time is printed, not asserted.)
+@Suite struct EventHubSampleTests {
+    @Test func samplesOfManyContainersCoalesceForEverySubscriber() throws {
+        let containers = 2_000
+        let subscribers = 40
+        let log = EventLog(capacity: 3 * containers + 10, bootId: "boot")
+        let hub = EventHub(log: log, connectionLimit: 64 << 20)
+        var got: [EventHub.Key: [(String, UInt64)]] = [:]
+        func deliver(_ key: EventHub.Key, _ bytes: [UInt8]) -> Bool {
+            if let e = try? SubscribeResponse(serializedBytes: bytes).event { got[key, default: []].append((e.container ?? "", e.sequence ?? 0)) }
+            return true
+        }
+        let keys = (1...subscribers).map { EventHub.Key(conn: $0, stream: 1) }
+        for key in keys {
+            try hub.subscribe(key, SubscribeRequest(credit: 0), filter: EventFilter(), credit: 0)
+        }
+        while hub.advance(deliver: deliver, lagged: { _, _ in }, room: { _ in .max / 2 }) {}
+        got = [:]
+        let start = MonotonicClock.nanoseconds()
+        for round in 0..<2 {
+            for c in 0..<containers {
+                _ = log.recordStats(container: "/c\(c)", ContainerStats())
+                if c % 100 == 99 || c == containers - 1 { hub.publish(deliver: deliver, lagged: { _, _ in }) }
+            }
+            _ = round
+        }
+        let offered = MonotonicClock.nanoseconds() - start
+        print("EventHub: \(2 * containers) samples offered to \(subscribers) subscribers without credit in \(offered / 1_000_000) ms")
+        #expect(got.isEmpty, "nothing is sent without credit")
+        for key in keys { hub.grant(key, UInt32(containers * 4), deliver: deliver, lagged: { _, _ in }) }
+        for key in keys {
+            let sent = got[key] ?? []
+            // One per container, the second round's (the latest), in order.
+            #expect(sent.count == containers, "\(key): \(sent.count)")
+            #expect(sent.map(\.1) == Array(UInt64(containers + 1)...UInt64(2 * containers)), "\(key)")
+        }
+        #expect(hub.connectionHeld.isEmpty, "nothing held once sent")
+    }
+}
