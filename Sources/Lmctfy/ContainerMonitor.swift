@@ -2,7 +2,9 @@
 // event loop (the agent's hub, issue #11). One inotify descriptor carries
 // every directory watch; on v1 each container with its own memory cgroup
 // adds two eventfds (OOM and pressure), the only v1 notifications that
-// inotify cannot give.
+// inotify cannot give, and the OOM one an epoll and a timer (OomControlSource):
+// four descriptors. Past half the open file limit, its OOM kill counter is
+// read on the caller's timer instead (`readCounters`).
 //
 //                  v1                                    v2
 //  created         IN_CREATE + IN_ATTRIB (lmctfy's        the same
@@ -107,6 +109,10 @@ public final class ContainerMonitor {
         /// Its tasks directory's inode when the watch began: one removed
         /// and made again under its name is another container.
         var identity: UInt64?
+        /// v1, its OOM eventfd not to be had (the descriptor ceiling): its
+        /// OOM kill counter as last read by `readCounters` on the caller's
+        /// timer (nil: evented, or nothing to count).
+        var polledKills: Int64?
     }
 
     private let api: ContainerApi
@@ -184,7 +190,10 @@ public final class ContainerMonitor {
     /// How many containers inotify could not watch have their OOM kills
     /// watched all the same: the caller calls `readCounters` on a timer
     /// while there are any (v2's are read there).
-    public var unwatchedCount: Int { unwatched.count }
+    public var unwatchedCount: Int { unwatched.count + polled.count }
+    /// The containers whose OOM kills are read on the caller's timer
+    /// (`Entry.polledKills`).
+    private var polled: Set<ContainerName> = []
 
     /// Watches a container's directories (the monitor's root: its tasks
     /// directory, for the containers just below it) and, once it exists, its memory
@@ -294,17 +303,29 @@ public final class ContainerMonitor {
                 return ([], found)
             }
             fds = openEventfds(name, plan)
+            // No OOM eventfd to be had (past the descriptor ceiling): its
+            // kill counter is read on the caller's timer instead (the OOMs
+            // of ~100 containers past 1,900 were never events, and a Notify
+            // of one never ended; a probe).
+            let polling = plan.eventfds.contains { $0.kind == .oom } && !fds.contains { $0.kind == .oom }
+                && plan.oomCounter != nil && !entry.plan.stateFiles.values.contains(.memoryEvents)
             // Kills before the eventfds were there (registered just above, so
             // a later kill is theirs, not counted twice), or since a baseline.
             let baseline = earlier ? nil : oomBaselines.removeValue(forKey: name)
-            if earlier || baseline != nil, let counter = plan.oomCounter {
+            var killsNow: Int64?
+            if earlier || baseline != nil || polling, let counter = plan.oomCounter {
                 let kills = (try? counter.dir.readKeyValues(counter.file))?[counter.key] ?? 0
+                killsNow = kills
                 if entry.plan.stateFiles.values.contains(.memoryEvents) {
                     if kills > entry.oomKills { found.append(.oom(name, Int(kills - entry.oomKills))) }
                     entry.oomKills = max(entry.oomKills, kills)
-                } else if kills > (baseline ?? 0) {
+                } else if (earlier || baseline != nil) && kills > (baseline ?? 0) {
                     found.append(.oom(name, Int(kills - (baseline ?? 0))))
                 }
+            }
+            if polling {
+                entry.polledKills = killsNow ?? 0
+                polled.insert(name)
             }
             entry.eventfds = fds
             entries[name] = entry
@@ -323,13 +344,13 @@ public final class ContainerMonitor {
                 let source = try r.open()
                 guard source.fd < eventfdCeiling else {
                     // Closed as `source` goes, which ends its registration.
-                    onWatchFailure?("the OOMs of container \(name) are not watched: descriptor \(source.fd) reached half of "
-                                    + "the open file limit (RLIMIT_NOFILE \(Sys.fileLimit)), kept for clients and files")
+                    onWatchFailure?("the OOMs of container \(name) are read on a timer, not evented: descriptor \(source.fd) "
+                                    + "reached half of the open file limit (RLIMIT_NOFILE \(Sys.fileLimit)), kept for clients and files")
                     break
                 }
                 fds.append(EventFd(container: name, kind: r.kind, source: source))
             } catch where error.errno != ENOENT && error.errno != ENODEV {
-                onWatchFailure?("the OOMs of container \(name) are not watched: \(error.message)")
+                onWatchFailure?("the OOMs of container \(name) are read on a timer, not evented: \(error.message)")
             } catch {}  // going
         }
         return fds
@@ -382,6 +403,7 @@ public final class ContainerMonitor {
         }
         for key in entries.keys where key == name || name.isAncestor(of: key) {
             guard let entry = entries.removeValue(forKey: key) else { continue }
+            polled.remove(key)
             for wd in entry.wds {
                 byWd[wd] = nil
                 inotify_rm_watch(inotifyFd, wd)
@@ -481,6 +503,18 @@ public final class ContainerMonitor {
     /// are another container's).
     public func readCounters() -> [Change] {
         var changes: [Change] = []
+        for name in polled {
+            guard let entry = entries[name], let was = entry.polledKills, let counter = entry.plan.oomCounter else {
+                polled.remove(name)
+                continue
+            }
+            // Gone meanwhile: the tasks directory's watch says so.
+            guard let kills = (try? counter.dir.readKeyValues(counter.file))?[counter.key] else { continue }
+            if kills > was {
+                changes.append(.oom(name, Int(kills - was)))
+                entries[name]?.polledKills = kills
+            }
+        }
         for (name, u) in unwatched {
             guard let was = u.counters else { continue }
             let dir = api.driver.tasksDir(name)

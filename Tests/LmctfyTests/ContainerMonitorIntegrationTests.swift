@@ -173,4 +173,35 @@ struct ContainerMonitorIntegrationTests {
             #expect(poll(&p, 1, 100) == 0, "nothing more to read once it is gone")
         }
     }
+    /// Past the descriptor ceiling a container's OOM eventfd is not made:
+    /// its kill counter is read on the caller's timer instead, and its
+    /// kills are still changes (they were never events, and an agent's
+    /// Notify of one never ended; a probe with ~1,900 memory containers).
+    @Test(.enabled(if: (try? CgroupMounts.detect())?.version == .v1, "v1's OOM eventfds (v2 counts in memory.events)"))
+    func pastTheDescriptorCeilingOOMKillsAreRead() throws {
+        let api = try ContainerApi.detect()
+        try withTestContainer(api, label: "monitor7") { name in
+            try api.create(name, spec: try ContainerSpec(textFormat: "memory { limit: 16777216 }"))
+            let monitor = try ContainerMonitor(api: api)
+            monitor.eventfdCeiling = 0
+            var said: [String] = []
+            monitor.onWatchFailure = { said.append($0) }
+            let (fds, _) = monitor.watch(name, earlier: false)
+            #expect(!fds.contains { $0.kind == .oom })
+            #expect(said.contains { $0.contains("the OOMs of container \(name) are read on a timer") }, "\(said)")
+            #expect(monitor.unwatchedCount == 1, "its counter is read on the caller's timer")
+            #expect(monitor.readCounters().isEmpty, "no kill yet")
+            let pid = try api.get(name).run([testHelperPath, "alloc", "200"])
+            for _ in 0..<10_000 where TestProcess.reapIfExited(pid) == nil && kill(pid, 0) == 0 { usleep(1000) }
+            var kills = 0
+            for _ in 0..<100 where kills == 0 {
+                for case .oom(name, let n) in monitor.readCounters() { kills += n }
+                if kills == 0 { usleep(20_000) }
+            }
+            #expect(kills >= 1 && kills == oomKills(name), "\(kills) kills read, \(String(describing: oomKills(name))) counted")
+            #expect(monitor.readCounters().isEmpty, "each kill once")
+            _ = monitor.unwatch(name)
+            #expect(monitor.unwatchedCount == 0)
+        }
+    }
 }
