@@ -571,8 +571,11 @@ public final class Dispatcher: Sendable {
             StatsResponse(stats: try d.backend.stats(r.name, type: r.kind == .statsFull ? .full : .summary))
         }
         unary(AgentMethods.listContainers) { d, r in
-            let names = try d.backend.listContainers(r.name, recursive: r.recursive ?? false)
-            return ListContainersResponse(names: names, frozen: r.withFrozen == true ? d.inventory.frozen(among: names) : [])
+            let all = try d.backend.listContainers(r.name, recursive: r.recursive ?? false)
+            let (names, next) = Dispatcher.page(all, after: r.pageToken, size: r.pageSize)
+            return ListContainersResponse(names: names, frozen: r.withFrozen == true ? d.inventory.frozen(among: names) : [],
+                                          nextPageToken: next,
+                                          total: r.pageToken != nil || r.pageSize != nil ? UInt32(clamping: all.count) : nil)
         }
         unary(AgentMethods.listPids) { d, r in
             ListPidsResponse(pids: try d.backend.listTasks(r.name, threads: false, recursive: r.recursive ?? false))
@@ -672,6 +675,39 @@ public final class Dispatcher: Sendable {
     func imageService() throws(LmctfyError) -> ImageService {
         guard let images else { throw .unimplemented("This agent has no image store") }
         return images
+    }
+
+    /// Names pages hold at most (whatever `page_size` says): well within
+    /// the default 4 MiB frame limit.
+    static let pageBytes = 1 << 20
+
+    /// One page of `all` (sorted): the names after `token`, at most `size`
+    /// of them (0: as many as fit) and `pageBytes` of them, and the token
+    /// of the next page when names follow. Without a token or a size,
+    /// every name (a client from before paging). A token need not be a name
+    /// still there: the page starts after where it would be.
+    static func page(_ all: [String], after token: String?, size: UInt32?) -> (names: [String], next: String?) {
+        guard token != nil || size != nil else { return (all, nil) }
+        var start = all.startIndex
+        if let token {
+            // Sorted: the first name past the token, by halves.
+            var lo = 0, hi = all.count
+            while lo < hi {
+                let mid = (lo + hi) / 2
+                if all[mid] <= token { lo = mid + 1 } else { hi = mid }
+            }
+            start = lo
+        }
+        let most = size.map { $0 == 0 ? Int.max : Int($0) } ?? Int.max
+        var end = start
+        var bytes = 0
+        while end < all.count, end - start < most {
+            let cost = all[end].utf8.count + 4
+            if end > start && bytes + cost > pageBytes { break }
+            bytes += cost
+            end += 1
+        }
+        return (Array(all[start..<end]), end < all.count ? all[end - 1] : nil)
     }
 
     static func containerName(_ n: String?) throws(LmctfyError) -> String {

@@ -518,7 +518,7 @@ public final class Controller: @unchecked Sendable {
                 }
                 if p.kind == .agent && stream == p.counting && stream != 0 {
                     if let host = p.host, let r = try? ListContainersResponse(serializedBytes: payload) {
-                        registry.setContainerCount(host, r.names.count)
+                        registry.setContainerCount(host, r.total.map(Int.init) ?? r.names.count)
                     }
                     continue
                 }
@@ -778,7 +778,10 @@ public final class Controller: @unchecked Sendable {
     /// made or destroyed), for the inventory.
     private func countContainers(_ link: ControllerPeer) {
         link.countDue = false
-        guard let payload = try? ListContainersRequest(name: "/", recursive: true).serializedBytes() else { return }
+        // One name and the whole count (paged): every name of a host with
+        // more than 4 MiB of them was past the frame limit, and its count
+        // was never had. An agent from before paging sends every name.
+        guard let payload = try? ListContainersRequest(name: "/", recursive: true, pageSize: 1).serializedBytes() else { return }
         let (stream, actions) = link.session.openStream(method: AgentMethods.listContainers.name, payload: payload,
                                                         deadlineMs: 10_000, now: MonotonicClock.milliseconds())
         link.counting = stream

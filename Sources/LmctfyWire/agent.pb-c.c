@@ -4021,7 +4021,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__stats_response__desc
   (ProtobufCMessageInit) containers__lmctfy__agent__stats_response__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor containers__lmctfy__agent__list_containers_request__field_descriptors[3] =
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__list_containers_request__field_descriptors[5] =
 {
   {
     "name",
@@ -4059,16 +4059,42 @@ static const ProtobufCFieldDescriptor containers__lmctfy__agent__list_containers
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "page_token",
+    4,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__ListContainersRequest, page_token),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "page_size",
+    5,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_UINT32,
+    offsetof(Containers__Lmctfy__Agent__ListContainersRequest, has_page_size),
+    offsetof(Containers__Lmctfy__Agent__ListContainersRequest, page_size),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned containers__lmctfy__agent__list_containers_request__field_indices_by_name[] = {
   0,   /* field[0] = name */
+  4,   /* field[4] = page_size */
+  3,   /* field[3] = page_token */
   1,   /* field[1] = recursive */
   2,   /* field[2] = with_frozen */
 };
 static const ProtobufCIntRange containers__lmctfy__agent__list_containers_request__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 3 }
+  { 0, 5 }
 };
 const ProtobufCMessageDescriptor containers__lmctfy__agent__list_containers_request__descriptor =
 {
@@ -4078,14 +4104,14 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__list_containers_requ
   "Containers__Lmctfy__Agent__ListContainersRequest",
   "containers.lmctfy.agent",
   sizeof(Containers__Lmctfy__Agent__ListContainersRequest),
-  3,
+  5,
   containers__lmctfy__agent__list_containers_request__field_descriptors,
   containers__lmctfy__agent__list_containers_request__field_indices_by_name,
   1,  containers__lmctfy__agent__list_containers_request__number_ranges,
   (ProtobufCMessageInit) containers__lmctfy__agent__list_containers_request__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor containers__lmctfy__agent__list_containers_response__field_descriptors[2] =
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__list_containers_response__field_descriptors[4] =
 {
   {
     "names",
@@ -4111,15 +4137,41 @@ static const ProtobufCFieldDescriptor containers__lmctfy__agent__list_containers
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "next_page_token",
+    3,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__ListContainersResponse, next_page_token),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "total",
+    4,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_UINT32,
+    offsetof(Containers__Lmctfy__Agent__ListContainersResponse, has_total),
+    offsetof(Containers__Lmctfy__Agent__ListContainersResponse, total),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned containers__lmctfy__agent__list_containers_response__field_indices_by_name[] = {
   1,   /* field[1] = frozen */
   0,   /* field[0] = names */
+  2,   /* field[2] = next_page_token */
+  3,   /* field[3] = total */
 };
 static const ProtobufCIntRange containers__lmctfy__agent__list_containers_response__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 2 }
+  { 0, 4 }
 };
 const ProtobufCMessageDescriptor containers__lmctfy__agent__list_containers_response__descriptor =
 {
@@ -4129,7 +4181,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__list_containers_resp
   "Containers__Lmctfy__Agent__ListContainersResponse",
   "containers.lmctfy.agent",
   sizeof(Containers__Lmctfy__Agent__ListContainersResponse),
-  2,
+  4,
   containers__lmctfy__agent__list_containers_response__field_descriptors,
   containers__lmctfy__agent__list_containers_response__field_indices_by_name,
   1,  containers__lmctfy__agent__list_containers_response__number_ranges,

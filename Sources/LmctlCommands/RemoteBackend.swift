@@ -199,9 +199,36 @@ public final class RemoteBackend: ContainerBackend, @unchecked Sendable {
         return try call(AgentMethods.stats, StatsRequest(name: name ?? "/", kind: kind)).stats ?? ContainerStats()
     }
 
-    /// ListContainers; `nil`: `/`.
+    /// ListContainers; `nil`: `/`. A page at a time (a listing past the
+    /// frame limit failed: RESOURCE_EXHAUSTED past 4 MiB of names; a probe).
     public func listContainers(_ name: String?, recursive: Bool) throws(LmctfyError) -> [String] {
-        try call(AgentMethods.listContainers, ListContainersRequest(name: name ?? "/", recursive: recursive)).names
+        try Self.listAll(ListContainersRequest(name: name ?? "/", recursive: recursive)) { (r: ListContainersRequest) throws(LmctfyError) in
+            try call(AgentMethods.listContainers, r)
+        }.names
+    }
+
+    /// Every page of a ListContainers (names and frozen ones), asking for
+    /// each after the last through `call`. An agent from before paging
+    /// answers the first with everything and no next page.
+    public static func listAll(_ request: ListContainersRequest,
+                               _ call: (ListContainersRequest) throws(LmctfyError) -> ListContainersResponse)
+        throws(LmctfyError) -> (names: [String], frozen: [String]) {
+        var r = request
+        r.pageSize = 0
+        var names: [String] = []
+        var frozen: [String] = []
+        var pages = 0
+        while true {
+            let page = try call(r)
+            names += page.names
+            frozen += page.frozen
+            pages += 1
+            guard let next = page.nextPageToken, !page.names.isEmpty else { return (names, frozen) }
+            guard next > (r.pageToken ?? ""), pages < 1_000_000 else {
+                throw .internalError("ListContainers: the agent's next page token \"\(next)\" does not move on")
+            }
+            r.pageToken = next
+        }
     }
 
     /// ListPids or ListTids; `nil`: `/`.

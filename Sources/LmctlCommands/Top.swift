@@ -328,10 +328,12 @@ enum TopCommand {
         var missing = 0
         var away: [(String, LmctfyError)] = []
         for host in calls.fleet ? calls.hosts.map(Optional.some) : [nil] {
-            let listed: ListContainersResponse
+            let listed: (names: [String], frozen: [String])
             do {
-                listed = try calls.client(host).call(AgentMethods.listContainers,
-                                                     ListContainersRequest(name: model.base, recursive: true, withFrozen: true))
+                let client = try calls.client(host)
+                listed = try RemoteBackend.listAll(ListContainersRequest(name: model.base, recursive: true, withFrozen: true)) {
+                    (r: ListContainersRequest) throws(LmctfyError) in try client.call(AgentMethods.listContainers, r)
+                }
             } catch where host != nil && error.code == .notFound {
                 missing += 1
                 continue  // this host has no such container

@@ -11,6 +11,7 @@ import Glibc
 import Lmctfy
 @testable import LmctfyAgent
 @testable import LmctfyEvents
+import LmctlCommands
 import LmctfyProto
 import LmctfyRPC
 import LmctfySystem
@@ -304,6 +305,33 @@ final class FakeAgentMachine: @unchecked Sendable {
 
     // MARK: Reading
 
+    /// ListContainers' pages: sorted names after the token (which need
+    /// not be a name still there), at most the size and 1 MiB of names; no
+    /// token and no size: everything, as before paging.
+    @Test func listContainersPages() {
+        let names = ["/a", "/a/b", "/b", "/c", "/d"]
+        #expect(Dispatcher.page(names, after: nil, size: nil) == (names, nil))
+        #expect(Dispatcher.page(names, after: nil, size: 2) == (["/a", "/a/b"], "/a/b"))
+        #expect(Dispatcher.page(names, after: "/a/b", size: 2) == (["/b", "/c"], "/c"))
+        #expect(Dispatcher.page(names, after: "/c", size: 2) == (["/d"], nil))
+        #expect(Dispatcher.page(names, after: "/bb", size: 0) == (["/c", "/d"], nil), "a token no longer there")
+        #expect(Dispatcher.page(names, after: "/d", size: 0) == ([], nil))
+        #expect(Dispatcher.page([], after: nil, size: 0) == ([], nil))
+        // 1 MiB of names a page at most (one name at least).
+        let long = (0..<1000).map { "/" + ($0 < 10 ? "00" : $0 < 100 ? "0" : "") + String($0) + String(repeating: "x", count: 2000) }
+        var token: String?
+        var listed: [String] = []
+        var pages = 0
+        repeat {
+            let (page, next) = Dispatcher.page(long, after: token, size: 0)
+            #expect(page.reduce(0) { $0 + $1.utf8.count } <= Dispatcher.pageBytes)
+            listed += page
+            token = next
+            pages += 1
+        } while token != nil && pages < 100
+        #expect(listed == long && pages == 2, "\(pages) pages")
+    }
+
     @Test func specListsAndDetectAnswerFromTheTree() throws {
         let machine = try FakeAgentMachine()
         var (status, specs) = try machine.call(AgentMethods.spec, SpecRequest(name: "busy"))
@@ -318,6 +346,20 @@ final class FakeAgentMachine: @unchecked Sendable {
         #expect(lists.first?.names == ["/agent", "/agent/busy", "/agent/busy/sub"])
         #expect(try machine.call(AgentMethods.listContainers, ListContainersRequest()).1.first?.names == ["/agent/busy"])
         #expect(try machine.code(AgentMethods.listContainers, ListContainersRequest(name: "/missing")) == .notFound)
+        // A page at a time, as lmctl asks: the same names, in order.
+        var pages: [[String]] = []
+        let all = try RemoteBackend.listAll(ListContainersRequest(name: "/", recursive: true)) { (r: ListContainersRequest) throws(LmctfyError) in
+            var asked = r
+            asked.pageSize = 1
+            let page: ListContainersResponse
+            do { page = try machine.call(AgentMethods.listContainers, asked).1.first ?? ListContainersResponse() } catch {
+                throw LmctfyError.internalError("\(error)")
+            }
+            pages.append(page.names)
+            #expect(page.total == 3)
+            return page
+        }
+        #expect(all.names == ["/agent", "/agent/busy", "/agent/busy/sub"] && pages.count == 3, "\(pages)")
 
         #expect(try machine.call(AgentMethods.listPids, ListPidsRequest(name: "busy")).1.first?.pids == [777])
         #expect(try machine.call(AgentMethods.listTids, ListTidsRequest(name: "busy")).1.first?.tids == [777, 778])

@@ -7424,15 +7424,23 @@ public struct ListContainersRequest: ProtoMessage {
     public var recursive: Bool?
     /// Field 3 `with_frozen`.
     public var withFrozen: Bool?
+    /// Field 4 `page_token`.
+    public var pageToken: String?
+    /// Field 5 `page_size`.
+    public var pageSize: UInt32?
 
     public init(
         name: String? = nil,
         recursive: Bool? = nil,
-        withFrozen: Bool? = nil
+        withFrozen: Bool? = nil,
+        pageToken: String? = nil,
+        pageSize: UInt32? = nil
     ) {
         self.name = name
         self.recursive = recursive
         self.withFrozen = withFrozen
+        self.pageToken = pageToken
+        self.pageSize = pageSize
     }
 
     public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.ListContainersRequest")
@@ -7442,6 +7450,8 @@ public struct ListContainersRequest: ProtoMessage {
         self.name = message.get(1)
         self.recursive = message.get(2)
         self.withFrozen = message.get(3)
+        self.pageToken = message.get(4)
+        self.pageSize = message.get(5)
     }
 
     public var dynamic: DynamicMessage {
@@ -7449,6 +7459,8 @@ public struct ListContainersRequest: ProtoMessage {
         message.set(1, name)
         message.set(2, recursive)
         message.set(3, withFrozen)
+        message.set(4, pageToken)
+        message.set(5, pageSize)
         return message
     }
 
@@ -7457,6 +7469,8 @@ public struct ListContainersRequest: ProtoMessage {
         self.name = CBridge.value(c, f[0])
         self.recursive = CBridge.value(c, f[1])
         self.withFrozen = CBridge.value(c, f[2])
+        self.pageToken = CBridge.value(c, f[3])
+        self.pageSize = CBridge.value(c, f[4])
     }
 
     public func makeC() -> UnsafeMutableRawPointer {
@@ -7465,6 +7479,8 @@ public struct ListContainersRequest: ProtoMessage {
         CBridge.set(c, f[0], name)
         CBridge.set(c, f[1], recursive)
         CBridge.set(c, f[2], withFrozen)
+        CBridge.set(c, f[3], pageToken)
+        CBridge.set(c, f[4], pageSize)
         return c
     }
 }
@@ -7475,13 +7491,21 @@ public struct ListContainersResponse: ProtoMessage {
     public var names: [String]
     /// Field 2 `frozen`.
     public var frozen: [String]
+    /// Field 3 `next_page_token`.
+    public var nextPageToken: String?
+    /// Field 4 `total`.
+    public var total: UInt32?
 
     public init(
         names: [String] = [],
-        frozen: [String] = []
+        frozen: [String] = [],
+        nextPageToken: String? = nil,
+        total: UInt32? = nil
     ) {
         self.names = names
         self.frozen = frozen
+        self.nextPageToken = nextPageToken
+        self.total = total
     }
 
     public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.ListContainersResponse")
@@ -7490,12 +7514,16 @@ public struct ListContainersResponse: ProtoMessage {
         precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.ListContainersResponse")
         self.names = message.getRepeated(1)
         self.frozen = message.getRepeated(2)
+        self.nextPageToken = message.get(3)
+        self.total = message.get(4)
     }
 
     public var dynamic: DynamicMessage {
         var message = DynamicMessage(Self.protoDescriptor)
         message.setRepeated(1, names)
         message.setRepeated(2, frozen)
+        message.set(3, nextPageToken)
+        message.set(4, total)
         return message
     }
 
@@ -7503,6 +7531,8 @@ public struct ListContainersResponse: ProtoMessage {
         let f = Self.protoDescriptor.fields
         self.names = CBridge.repeated(c, f[0])
         self.frozen = CBridge.repeated(c, f[1])
+        self.nextPageToken = CBridge.value(c, f[2])
+        self.total = CBridge.value(c, f[3])
     }
 
     public func makeC() -> UnsafeMutableRawPointer {
@@ -7510,6 +7540,8 @@ public struct ListContainersResponse: ProtoMessage {
         let f = Self.protoDescriptor.fields
         CBridge.setRepeated(c, f[0], names)
         CBridge.setRepeated(c, f[1], frozen)
+        CBridge.set(c, f[2], nextPageToken)
+        CBridge.set(c, f[3], total)
         return c
     }
 }

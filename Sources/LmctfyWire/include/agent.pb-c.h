@@ -668,15 +668,25 @@ struct  Containers__Lmctfy__Agent__ListContainersRequest
   /*
    * Added (lmctl top): also say which of the names are frozen.
    */
-  /*
-   * Next id: 4
-   */
   protobuf_c_boolean has_with_frozen;
   protobuf_c_boolean with_frozen;
+  /*
+   * Added (paging; PROTOCOL.md section 6): with either, the names come a
+   * page at a time, sorted, each page at most `page_size` names (0: as many
+   * as fit) and at most 1 MiB of them. Without both, every name in one
+   * response (which fails past the peer's frame limit).
+   * The next_page_token of the page before: the names after it.
+   */
+  char *page_token;
+  /*
+   * Next id: 6
+   */
+  protobuf_c_boolean has_page_size;
+  uint32_t page_size;
 };
 #define CONTAINERS__LMCTFY__AGENT__LIST_CONTAINERS_REQUEST__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__list_containers_request__descriptor) \
-    , NULL, 0, 0, 0, 0 }
+    , NULL, 0, 0, 0, 0, NULL, 0, 0 }
 
 
 struct  Containers__Lmctfy__Agent__ListContainersResponse
@@ -688,15 +698,24 @@ struct  Containers__Lmctfy__Agent__ListContainersResponse
    * With `with_frozen`: the names among `names` that are frozen, as the
    * agent's inventory (its watcher and reconcile) last saw them.
    */
-  /*
-   * Next id: 3
-   */
   size_t n_frozen;
   char **frozen;
+  /*
+   * Paged: set when names follow this page, the page_token that asks for them.
+   */
+  char *next_page_token;
+  /*
+   * Paged: how many names the whole listing has (every page's).
+   */
+  /*
+   * Next id: 5
+   */
+  protobuf_c_boolean has_total;
+  uint32_t total;
 };
 #define CONTAINERS__LMCTFY__AGENT__LIST_CONTAINERS_RESPONSE__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__list_containers_response__descriptor) \
-    , 0,NULL, 0,NULL }
+    , 0,NULL, 0,NULL, NULL, 0, 0 }
 
 
 /*
