@@ -37,15 +37,24 @@ public struct EventFilter: Equatable, Sendable {
     }
 
     public func matches(_ e: ContainerEvent) -> Bool {
+        matches(kind: e.kind, host: e.host, container: e.container)
+    }
+
+    /// `matches`, on an event as kept (serialized).
+    func matches(_ v: PackedEventView) -> Bool {
+        matches(kind: v.kind, host: v.host, container: v.container)
+    }
+
+    private func matches(kind: ContainerEventKind?, host: String?, container eventContainer: String?) -> Bool {
         // A host's gap (at a controller) is never filtered out but by its
         // host: it may hide any event of any container of that host, and
         // a gap is never silent (one watching a container or a kind was
         // never told of it).
-        if e.kind == .containerEventHostGap { return hosts.isEmpty || hosts.contains(e.host ?? "") }
-        if !kinds.isEmpty && !kinds.contains(e.kind ?? .containerEventUnspecified) { return false }
-        if !hosts.isEmpty && !hosts.contains(e.host ?? "") { return false }
+        if kind == .containerEventHostGap { return hosts.isEmpty || hosts.contains(host ?? "") }
+        if !kinds.isEmpty && !kinds.contains(kind ?? .containerEventUnspecified) { return false }
+        if !hosts.isEmpty && !hosts.contains(host ?? "") { return false }
         guard let container else { return true }
-        let name = e.container ?? ""
+        let name = eventContainer ?? ""
         if name == container { return true }
         guard recursive else { return false }
         return container == "/" || name.hasPrefix(container + "/")
@@ -311,9 +320,12 @@ public final class EventHub {
         /// False when the part is full: `r` is left for the next one.
         func fits(_ r: SubscribeResponse) -> Bool {
             guard let b = try? r.serializedBytes() else { return true }
+            return fits(b, resume: resumePoint(after: r))
+        }
+        func fits(_ b: [UInt8], resume: ResumePoint?) -> Bool {
             if bytes > 0 && bytes + b.count + Self.responseOverhead > budget { return false }
             bytes += b.count + Self.responseOverhead
-            out.append(Waiting(sequence: 0, bytes: b, resume: resumePoint(after: r)))
+            out.append(Waiting(sequence: 0, bytes: b, resume: resume))
             return true
         }
         /// A gap goes now, or first in the next part.
@@ -327,10 +339,22 @@ public final class EventHub {
         }
         /// Takes `events` that match; false when the part is full (the
         /// next reads from the one that did not fit).
-        func take(_ events: [ContainerEvent]) -> Bool {
-            for e in events where sub.filter.matches(e) {
-                guard fits(SubscribeResponse(event: e)) else {
-                    rep.after = max(rep.after, (e.sequence ?? 1) - 1)
+        /// Read off the wire, not decoded (see PackedEventView), and sent
+        /// as kept; one that does not read so is decoded as before.
+        func take(_ events: [EventLog.PackedEvent]) -> Bool {
+            for p in events {
+                guard let v = PackedEventView(p.bytes) else {
+                    guard let e = try? ContainerEvent(serializedBytes: p.bytes), sub.filter.matches(e) else { continue }
+                    guard fits(SubscribeResponse(event: e)) else {
+                        rep.after = max(rep.after, (e.sequence ?? 1) - 1)
+                        return false
+                    }
+                    continue
+                }
+                guard sub.filter.matches(v) else { continue }
+                let resume = v.sequence.map { ResumePoint(after: $0, boot: v.bootId ?? log.bootId) }
+                guard fits(PackedEventView.subscribeResponse(p.bytes), resume: resume) else {
+                    rep.after = max(rep.after, (v.sequence ?? 1) - 1)
                     return false
                 }
             }
@@ -347,7 +371,7 @@ public final class EventHub {
         defer { total += read }
         reading: while read < limit {
             if let boot = rep.boots.first {
-                let p = log.olderBootPart(boot.id, after: rep.after, limit: limit - read)
+                let p = log.olderBootPackedPart(boot.id, after: rep.after, limit: limit - read)
                 read += max(1, p.events.count)
                 guard take(p.events) else { break reading }
                 rep.after = max(rep.after, p.next)
@@ -362,7 +386,7 @@ public final class EventHub {
                 }
                 continue
             }
-            let p = log.range(after: rep.after, upTo: published, limit: limit - read)
+            let p = log.packedRange(after: rep.after, upTo: published, limit: limit - read)
             read += max(1, p.events.count)
             var said: EventGap?
             if rep.fresh {
@@ -373,7 +397,7 @@ public final class EventHub {
                     // kept, which may be a STATS sample kept apart from the
                     // events and older than events already gone.
                     said = EventGap(requestedBootId: rep.gapBoot, afterSequence: rep.gapAfter, bootId: log.bootId,
-                                    firstSequence: p.droppedBefore ?? p.events.first?.sequence ?? published + 1)
+                                    firstSequence: p.droppedBefore ?? p.events.first?.seq ?? published + 1)
                 }
             } else if let dropped = p.droppedBefore {
                 // The log let events go while the replay went on.

@@ -163,10 +163,16 @@ public final class EventLog: Sendable {
         /// the sequence of the last taken (0: none; one that would not
         /// decode is passed over, not read again).
         func range(after: UInt64, upTo: UInt64, limit: Int) -> (events: [ContainerEvent], complete: Bool, last: UInt64) {
+            let part = packedRange(after: after, upTo: upTo, limit: limit)
+            return (part.events.compactMap { try? ContainerEvent(serializedBytes: $0.bytes) }, part.complete, part.last)
+        }
+
+        /// `range`, as kept: serialized.
+        func packedRange(after: UInt64, upTo: UInt64, limit: Int) -> (events: [PackedEvent], complete: Bool, last: UInt64) {
             let a = events.range(after: after, upTo: upTo, limit: limit)
             let b = stats.range(after: after, upTo: upTo, limit: limit)
             let complete = a.count + b.count <= limit && a.count < limit && b.count < limit
-            var out: [ContainerEvent] = []
+            var out: [PackedEvent] = []
             out.reserveCapacity(min(limit, a.count + b.count))
             var i = 0, j = 0, last: UInt64 = 0
             while (i < a.count || j < b.count) && i + j < limit {
@@ -177,7 +183,7 @@ public final class EventLog: Sendable {
                     p = b[j]; j += 1
                 }
                 last = p.seq
-                if let e = try? ContainerEvent(serializedBytes: p.bytes) { out.append(e) }
+                out.append(p)
             }
             return (out, complete, last)
         }
@@ -587,11 +593,19 @@ public final class EventLog: Sendable {
     /// at the oldest kept (a STATS sample older than that, kept apart, is
     /// not sent after the gap that says where the log is whole again).
     public func range(after: UInt64, upTo: UInt64, limit: Int) -> (events: [ContainerEvent], droppedBefore: UInt64?, complete: Bool, next: UInt64) {
+        let part = packedRange(after: after, upTo: upTo, limit: limit)
+        return (Self.decoded(part.events), part.droppedBefore, part.complete, part.next)
+    }
+
+    /// `range(after:upTo:limit:)` as kept, serialized: what a replay sends
+    /// without decoding an event it does not want, or encoding again one it
+    /// does (most of a replay's cost; `EventHub.nextPart`).
+    func packedRange(after: UInt64, upTo: UInt64, limit: Int) -> (events: [PackedEvent], droppedBefore: UInt64?, complete: Bool, next: UInt64) {
         state.locked { s in
             let first = s.firstAvailable
             let dropped = Self.isBeforeFirst(after, first) && after < upTo ? first : nil
             let after = dropped.map { $0 - 1 } ?? after
-            let part = s.range(after: after, upTo: upTo, limit: max(1, limit))
+            let part = s.packedRange(after: after, upTo: upTo, limit: max(1, limit))
             return (part.events, dropped, part.complete, part.complete ? max(after, upTo) : part.last)
         }
     }
@@ -615,11 +629,17 @@ public final class EventLog: Sendable {
     /// `id` after `after`, oldest first; whether they are its last; and the
     /// sequence the next part reads after.
     public func olderBootPart(_ id: String, after: UInt64, limit: Int) -> (events: [ContainerEvent], complete: Bool, next: UInt64) {
+        let part = olderBootPackedPart(id, after: after, limit: limit)
+        return (Self.decoded(part.events), part.complete, part.next)
+    }
+
+    /// `olderBootPart`, as kept: serialized.
+    func olderBootPackedPart(_ id: String, after: UInt64, limit: Int) -> (events: [PackedEvent], complete: Bool, next: UInt64) {
         let events = state.locked { s in s.older.first { $0.id == id }?.events ?? [] }
         let lo = firstAfter(after, count: events.count) { events[$0].seq }
         let end = min(events.count, lo + max(1, limit))
         let taken = events[lo..<end]
-        return (Self.decoded(Array(taken)), end == events.count, end == events.count ? max(after, events.last?.seq ?? 0) : taken.last?.seq ?? after)
+        return (Array(taken), end == events.count, end == events.count ? max(after, events.last?.seq ?? 0) : taken.last?.seq ?? after)
     }
 
     /// Whether events after `after` are gone: the oldest kept, `first`, is

@@ -5,7 +5,7 @@
 // controller's replay without credit named the request's own point, so a
 // replay longer than the connection's limit was cut at the same place at
 // every retry. A probe.)
-import LmctfyEvents
+@testable import LmctfyEvents
 import LmctfyProto
 import LmctfySystem
 import Glibc
@@ -398,5 +398,49 @@ import Testing
             #expect(sent.map(\.1) == Array(UInt64(containers + 1)...UInt64(2 * containers)), "\(key)")
         }
         #expect(hub.connectionHeld.isEmpty, "nothing held once sent")
+    }
+}
+
+/// A replay reads what it needs of a kept event off the wire (boot,
+/// sequence, container, kind, host) and sends the bytes as kept: the same
+/// fields, the same filter answers and the same response bytes as decoding
+/// and encoding again, for every kind of event the log keeps.
+@Suite struct PackedEventViewTests {
+    @Test func theViewAgreesWithTheDecodedEvent() throws {
+        let log = EventLog(capacity: 100, bootId: "b00t")
+        var stats = ContainerStats()
+        stats.memory = MemoryStats(usage: 1234)
+        var events = [
+            log.record(container: "/a", kind: .containerEventCreated),
+            log.record(container: "/a/b", kind: .containerEventMemoryThreshold, threshold: 99),
+            log.record(container: "/a", kind: .containerEventProcessExited, pid: 7, exitCode: -1),
+            log.recordStats(container: "/a/b", stats),
+            log.append(ContainerEvent(container: "/h", kind: .containerEventHostGap, host: "host-1")),
+            log.append(ContainerEvent(kind: .containerEventOom)),
+        ]
+        events.append(ContainerEvent())
+        let filters: [EventFilter] = [
+            EventFilter(),
+            { var f = EventFilter(); f.container = "/a"; return f }(),
+            { var f = EventFilter(); f.container = "/a"; f.recursive = true; return f }(),
+            { var f = EventFilter(); f.kinds = [.containerEventStats]; return f }(),
+            { var f = EventFilter(); f.hosts = ["host-1"]; return f }(),
+            { var f = EventFilter(); f.container = "/"; f.recursive = true; f.kinds = [.containerEventOom, .containerEventHostGap]; return f }(),
+        ]
+        for e in events {
+            let bytes = try e.serializedBytes()
+            let v = try #require(PackedEventView(bytes), "\(e)")
+            #expect(v.bootId == e.bootId && v.sequence == e.sequence && v.container == e.container && v.kind == e.kind && v.host == e.host)
+            for f in filters { #expect(f.matches(v) == f.matches(e), "\(f) on \(e)") }
+            #expect(PackedEventView.subscribeResponse(bytes) == (try SubscribeResponse(event: e).serializedBytes()))
+        }
+        // A field cut short, a group: not read so (the replay decodes them).
+        let whole = try events[0].serializedBytes()
+        #expect(PackedEventView(Array(whole.dropLast())) == nil)
+        #expect(PackedEventView([0x0b]) == nil)
+        // An unknown field of each wire type is passed over.
+        let extra: [UInt8] = [0xf8, 0x07, 0x01, 0xfd, 0x07, 1, 2, 3, 4, 0xf9, 0x07, 1, 2, 3, 4, 5, 6, 7, 8, 0xfa, 0x07, 2, 9, 9]
+        let v = try #require(PackedEventView(whole + extra))
+        #expect(v.container == "/a" && v.sequence == events[0].sequence)
     }
 }
