@@ -343,18 +343,20 @@ public final class EventHub {
         /// as kept; one that does not read so is decoded as before.
         func take(_ events: [EventLog.PackedEvent]) -> Bool {
             for p in events {
-                guard let v = PackedEventView(p.bytes) else {
+                let sequence: UInt64?
+                let fitted: Bool
+                if let v = PackedEventView(p.bytes) {
+                    guard sub.filter.matches(v) else { continue }
+                    sequence = v.sequence
+                    fitted = fits(PackedEventView.subscribeResponse(p.bytes),
+                                  resume: v.sequence.map { ResumePoint(after: $0, boot: v.bootId ?? log.bootId) })
+                } else {
                     guard let e = try? ContainerEvent(serializedBytes: p.bytes), sub.filter.matches(e) else { continue }
-                    guard fits(SubscribeResponse(event: e)) else {
-                        rep.after = max(rep.after, (e.sequence ?? 1) - 1)
-                        return false
-                    }
-                    continue
+                    sequence = e.sequence
+                    fitted = fits(SubscribeResponse(event: e))
                 }
-                guard sub.filter.matches(v) else { continue }
-                let resume = v.sequence.map { ResumePoint(after: $0, boot: v.bootId ?? log.bootId) }
-                guard fits(PackedEventView.subscribeResponse(p.bytes), resume: resume) else {
-                    rep.after = max(rep.after, (v.sequence ?? 1) - 1)
+                guard fitted else {
+                    rep.after = max(rep.after, (sequence ?? 1) - 1)
                     return false
                 }
             }

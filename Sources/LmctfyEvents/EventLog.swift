@@ -154,20 +154,14 @@ public final class EventLog: Sendable {
         var kindCounts: [ContainerEventKind: UInt64] = [:]
         var ooms: [String: UInt64] = [:]
 
-        /// Both rings' events in (after, upTo], merged in sequence order.
+        /// Both rings' events in (after, upTo], merged in sequence order
+        /// (one that would not decode is passed over).
         func range(after: UInt64, upTo: UInt64) -> [ContainerEvent] {
-            range(after: after, upTo: upTo, limit: .max).events
+            EventLog.decoded(packedRange(after: after, upTo: upTo, limit: .max).events)
         }
 
-        /// The first `limit` of them, whether they were all there is, and
-        /// the sequence of the last taken (0: none; one that would not
-        /// decode is passed over, not read again).
-        func range(after: UInt64, upTo: UInt64, limit: Int) -> (events: [ContainerEvent], complete: Bool, last: UInt64) {
-            let part = packedRange(after: after, upTo: upTo, limit: limit)
-            return (part.events.compactMap { try? ContainerEvent(serializedBytes: $0.bytes) }, part.complete, part.last)
-        }
-
-        /// `range`, as kept: serialized.
+        /// The first `limit` of them as kept (serialized), whether they
+        /// were all there is, and the sequence of the last taken (0: none).
         func packedRange(after: UInt64, upTo: UInt64, limit: Int) -> (events: [PackedEvent], complete: Bool, last: UInt64) {
             let a = events.range(after: after, upTo: upTo, limit: limit)
             let b = stats.range(after: after, upTo: upTo, limit: limit)
@@ -587,19 +581,14 @@ public final class EventLog: Sendable {
         }
     }
 
-    /// A part of `range`: at most `limit` events, whether they are all
-    /// there is up to `upTo`, and the sequence the next part reads after.
-    /// When some after `after` are gone (`droppedBefore`), the part starts
-    /// at the oldest kept (a STATS sample older than that, kept apart, is
-    /// not sent after the gap that says where the log is whole again).
-    public func range(after: UInt64, upTo: UInt64, limit: Int) -> (events: [ContainerEvent], droppedBefore: UInt64?, complete: Bool, next: UInt64) {
-        let part = packedRange(after: after, upTo: upTo, limit: limit)
-        return (Self.decoded(part.events), part.droppedBefore, part.complete, part.next)
-    }
-
-    /// `range(after:upTo:limit:)` as kept, serialized: what a replay sends
-    /// without decoding an event it does not want, or encoding again one it
-    /// does (most of a replay's cost; `EventHub.nextPart`).
+    /// A part of `range`, as kept (serialized: what a replay sends without
+    /// decoding an event it does not want, or encoding again one it does,
+    /// most of a replay's cost; `EventHub.nextPart`): at most `limit`
+    /// events, whether they are all there is up to `upTo`, and the sequence
+    /// the next part reads after. When some after `after` are gone
+    /// (`droppedBefore`), the part starts at the oldest kept (a STATS sample
+    /// older than that, kept apart, is not sent after the gap that says
+    /// where the log is whole again).
     func packedRange(after: UInt64, upTo: UInt64, limit: Int) -> (events: [PackedEvent], droppedBefore: UInt64?, complete: Bool, next: UInt64) {
         state.locked { s in
             let first = s.firstAvailable
@@ -626,14 +615,8 @@ public final class EventLog: Sendable {
     }
 
     /// At most `limit` of the events the journal kept of the older boot
-    /// `id` after `after`, oldest first; whether they are its last; and the
-    /// sequence the next part reads after.
-    public func olderBootPart(_ id: String, after: UInt64, limit: Int) -> (events: [ContainerEvent], complete: Bool, next: UInt64) {
-        let part = olderBootPackedPart(id, after: after, limit: limit)
-        return (Self.decoded(part.events), part.complete, part.next)
-    }
-
-    /// `olderBootPart`, as kept: serialized.
+    /// `id` after `after`, as kept (serialized), oldest first; whether they
+    /// are its last; and the sequence the next part reads after.
     func olderBootPackedPart(_ id: String, after: UInt64, limit: Int) -> (events: [PackedEvent], complete: Bool, next: UInt64) {
         let events = state.locked { s in s.older.first { $0.id == id }?.events ?? [] }
         let lo = firstAfter(after, count: events.count) { events[$0].seq }
