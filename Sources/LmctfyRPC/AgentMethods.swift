@@ -207,6 +207,34 @@ extension RpcClient {
         try call(method.name, request, as: Response.self, deadlineMs: deadlineMs)
     }
 
+    /// Calls a unary method of the table once per request, pipelined
+    /// (`callMany`); results in the requests' order. A request that cannot
+    /// be encoded or an answer that cannot be decoded is that call's error.
+    public func callMany<Request, Response>(
+        _ method: AgentMethod<Request, Response>, _ requests: [Request], inFlight: Int = 64, deadlineMs: UInt32? = nil
+    ) -> [Result<Response, LmctfyError>] {
+        var encoded: [[UInt8]] = []
+        var failed: [Int: LmctfyError] = [:]
+        for (i, r) in requests.enumerated() {
+            do { encoded.append(try r.serializedBytes()) } catch {
+                failed[i] = LmctfyError(.invalidArgument, "cannot encode request: \(error)")
+                encoded.append([])
+            }
+        }
+        let sendable = encoded.indices.filter { failed[$0] == nil }
+        var answers = callMany(method.name, sendable.map { encoded[$0] }, inFlight: inFlight, deadlineMs: deadlineMs).makeIterator()
+        return requests.indices.map { i -> Result<Response, LmctfyError> in
+            if let e = failed[i] { return .failure(e) }
+            switch answers.next()! {
+            case .failure(let e): return .failure(e)
+            case .success(let bytes):
+                do { return .success(try Response(serializedBytes: bytes)) } catch {
+                    return .failure(LmctfyError(.internal, "undecodable \(Response.protoDescriptor.fullName) from the peer: \(error)"))
+                }
+            }
+        }
+    }
+
     /// Calls a streaming method of the table; `onResponse` returns whether
     /// to keep reading.
     public func stream<Request, Response>(

@@ -169,6 +169,59 @@ public final class RpcClient {
         return last
     }
 
+    /// Unary calls of one method, pipelined on the connection: up to
+    /// `inFlight` (and never more than the peer's stream limit) open at once,
+    /// the requests opened together written in one send. The results come
+    /// in the requests' order, each its own answer or status; a connection
+    /// that closes ends every call not yet answered with its reason.
+    /// (`lmctl top` read 3,000 containers' specs one round trip at a time.)
+    public func callMany(_ method: String, _ requests: [[UInt8]], inFlight: Int = 64,
+                         deadlineMs: UInt32? = nil) -> [Result<[UInt8], LmctfyError>] {
+        var results = [Result<[UInt8], LmctfyError>?](repeating: nil, count: requests.count)
+        var open: [UInt32: (index: Int, last: [UInt8])] = [:]
+        let limit = max(1, min(inFlight, Int(peer.maxStreams > 0 ? peer.maxStreams : 1)))
+        var next = 0
+        while next < requests.count || !open.isEmpty {
+            var writes: [UInt8] = []
+            while next < requests.count, open.count < limit {
+                let (id, actions) = session.openStream(method: method, payload: requests[next], deadlineMs: deadlineMs ?? unaryDeadlineMs,
+                                                       host: host, now: MonotonicClock.milliseconds())
+                open[id] = (next, [])
+                next += 1
+                for action in actions {
+                    if case .write(let bytes) = action { writes += bytes } else { perform([action]) }
+                }
+            }
+            if !writes.isEmpty { perform([.write(writes)]) }
+            for id in Array(open.keys) {
+                while let event = inbox[id]?.first {
+                    inbox[id]!.removeFirst()
+                    switch event {
+                    case .response(let payload):
+                        open[id]!.last = payload
+                    case .status(let status):
+                        let entry = open.removeValue(forKey: id)!
+                        inbox[id] = nil
+                        results[entry.index] = status.code == .ok ? .success(entry.last) : .failure(status.error)
+                    }
+                }
+            }
+            if open.isEmpty { continue }
+            if session.isClosed {
+                // The session ends every open call when it closes: what is
+                // left was never answered.
+                for (id, entry) in open {
+                    inbox[id] = nil
+                    results[entry.index] = .failure(Self.error(for: session.closeReason))
+                }
+                open.removeAll()
+                continue
+            }
+            pumpOnce()
+        }
+        return results.map { $0! }
+    }
+
     /// A unary call with typed messages.
     public func call<Request: ProtoMessage, Response: ProtoMessage>(
         _ method: String, _ request: Request, as: Response.Type = Response.self, deadlineMs: UInt32? = nil

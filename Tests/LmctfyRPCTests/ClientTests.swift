@@ -12,6 +12,7 @@ import Testing
 func serve(fd: Int32, auth: AcceptorAuthentication) {
     var session = Session(acceptor: auth, name: "test-agent", limits: SessionLimits(helloTimeoutMs: 5000), now: MonotonicClock.milliseconds())
     var buffer = [UInt8](repeating: 0, count: 65536)
+    var gathered: [(UInt32, [UInt8])] = []
     func perform(_ actions: [SessionAction]) {
         for action in actions {
             switch action {
@@ -29,6 +30,17 @@ func serve(fd: Int32, auth: AcceptorAuthentication) {
                     perform(session.sendStatus(streamId: id, .ok, now: now))
                 case "Hang":
                     break
+                case "Gather":
+                    // Answered only once eight wait: calls made one at a
+                    // time never are.
+                    gathered.append((id, payload))
+                    if gathered.count == 8 {
+                        for (gid, gp) in gathered.reversed() {
+                            perform(session.sendResponse(streamId: gid, payload: gp, now: now))
+                            perform(session.sendStatus(streamId: gid, .ok, now: now))
+                        }
+                        gathered = []
+                    }
                 case "Fail":
                     perform(session.sendStatus(streamId: id, CallStatus(.notFound, "container /nope does not exist"), now: now))
                 default:
@@ -107,6 +119,37 @@ func withServer(_ auth: AcceptorAuthentication, _ body: (Int32) throws -> Void) 
             }
             #expect(first == [0])
             #expect(try client.call("Ping", PingRequest(), as: PingResponse.self) == PingResponse())
+        }
+    }
+
+    @Test func pipelinedCallsAnswerInRequestOrder() throws {
+        try withServer(Self.unix) { fd in
+            let client = try RpcClient(fd: fd, name: "lmctl")
+            defer { client.close() }
+            let pings = (0..<300).map { PingRequest(data: Array("p\($0)".utf8)) }
+            let answers = client.callMany(AgentMethods.ping, pings, inFlight: 64)
+            #expect(answers.count == 300)
+            for (i, a) in answers.enumerated() {
+                #expect((try? a.get())?.data == Array("p\(i)".utf8))
+            }
+            // Eight in flight at once, or the server never answers (it
+            // answers a batch of eight, last first).
+            let gathered = client.callMany("Gather", (0..<16).map { [UInt8($0)] }, inFlight: 8, deadlineMs: 5000)
+            #expect(gathered.map { try? $0.get() } == (0..<16).map { [UInt8($0)] })
+            // Each call its own status; the last response of a stream is its answer.
+            let mixed = client.callMany("Count", [[3], [0], [1]])
+            #expect(mixed.map { try? $0.get() } == [[2], [], [0]])
+            let failing = client.callMany("Fail", [[], []])
+            for f in failing {
+                #expect(throws: LmctfyError(.notFound, "container /nope does not exist")) { try f.get() }
+            }
+            #expect(client.callMany("Ping", []).isEmpty)
+            // Closed: every call fails, none hangs.
+            client.close()
+            for a in client.callMany("Ping", [[], [], []]) {
+                #expect(throws: LmctfyError.self) { try a.get() }
+                if case .failure(let e) = a { #expect(e.code == .unavailable) }
+            }
         }
     }
 
