@@ -211,7 +211,8 @@ extension RpcClient {
     /// (`callMany`); results in the requests' order. A request that cannot
     /// be encoded or an answer that cannot be decoded is that call's error.
     public func callMany<Request, Response>(
-        _ method: AgentMethod<Request, Response>, _ requests: [Request], inFlight: Int = 64, deadlineMs: UInt32? = nil
+        _ method: AgentMethod<Request, Response>, _ requests: [Request], hosts: [String?]? = nil, inFlight: Int = 64,
+        deadlineMs: UInt32? = nil
     ) -> [Result<Response, LmctfyError>] {
         var encoded: [[UInt8]] = []
         var failed: [Int: LmctfyError] = [:]
@@ -222,7 +223,8 @@ extension RpcClient {
             }
         }
         let sendable = encoded.indices.filter { failed[$0] == nil }
-        var answers = callMany(method.name, sendable.map { encoded[$0] }, inFlight: inFlight, deadlineMs: deadlineMs).makeIterator()
+        var answers = callMany(method.name, sendable.map { encoded[$0] }, hosts: hosts.map { h in sendable.map { h[$0] } },
+                               inFlight: inFlight, deadlineMs: deadlineMs).makeIterator()
         return requests.indices.map { i -> Result<Response, LmctfyError> in
             if let e = failed[i] { return .failure(e) }
             switch answers.next()! {

@@ -175,8 +175,11 @@ public final class RpcClient {
     /// in the requests' order, each its own answer or status; a connection
     /// that closes ends every call not yet answered with its reason.
     /// (`lmctl top` read 3,000 containers' specs one round trip at a time.)
-    public func callMany(_ method: String, _ requests: [[UInt8]], inFlight: Int = 64,
+    /// `hosts`: at a controller, the host each request is for (PROTOCOL.md
+    /// section 9); nil, every request goes to `host`.
+    public func callMany(_ method: String, _ requests: [[UInt8]], hosts: [String?]? = nil, inFlight: Int = 64,
                          deadlineMs: UInt32? = nil) -> [Result<[UInt8], LmctfyError>] {
+        precondition(hosts == nil || hosts!.count == requests.count, "callMany: one host per request")
         var results = [Result<[UInt8], LmctfyError>?](repeating: nil, count: requests.count)
         var open: [UInt32: (index: Int, last: [UInt8])] = [:]
         let limit = max(1, min(inFlight, Int(peer.maxStreams > 0 ? peer.maxStreams : 1)))
@@ -185,7 +188,7 @@ public final class RpcClient {
             var writes: [UInt8] = []
             while next < requests.count, open.count < limit {
                 let (id, actions) = session.openStream(method: method, payload: requests[next], deadlineMs: deadlineMs ?? unaryDeadlineMs,
-                                                       host: host, now: MonotonicClock.milliseconds())
+                                                       host: hosts.map { $0[next] } ?? host, now: MonotonicClock.milliseconds())
                 open[id] = (next, [])
                 next += 1
                 for action in actions {
