@@ -376,6 +376,51 @@ struct LmctlControllerTests {
         #expect(placed.status == 0 && placed.out.contains("alpha"), "\(placed.out) \(placed.err)")
     }
 
+    /// `--hosts` runs a verb on the hosts at once: with alpha (first in
+    /// order) stopped, beta's create is made while alpha's still waits;
+    /// one at a time, beta waited for alpha's deadline. The output is still
+    /// in the hosts' order.
+    @Test func hostsRunsTheVerbOnTheHostsAtOnce() throws {
+        let fleet = try Fleet()
+        try fleet.startController()
+        try Sys.createFile(fleet.dir + "/alpha.conf", """
+            unix_socket_path: "\(fleet.dir)/alpha.sock" state_dir: "\(fleet.dir)/alpha" log_level: LOG_ERROR
+            stats_interval_ms: 0 watch_containers: false reconcile_interval_ms: 0
+            key_file: "\(fleet.dir)/keys" allow_plaintext_tcp: true controller_address: "127.0.0.1:\(fleet.agentPort)"
+            controller_key_id: "host-a" host_name: "alpha" reconnect_base_ms: 20 reconnect_max_ms: 200
+            """)
+        let alpha = try TestProcess.spawn([builtTool("lmctfy-agent"), "--config", fleet.dir + "/alpha.conf"])
+        defer {
+            kill(alpha, SIGCONT)
+            TestProcess.end(alpha)
+        }
+        try fleet.startAgent("b", host: "beta", keyId: "host-b")
+        fleet.waitForHosts(2)
+        let name = RealCgroups.uniqueName("together")
+        defer { _ = try? TestProcess.capture([builtTool("lmctfy"), "destroy", "-f", name]) }
+        kill(alpha, SIGSTOP)
+        let out = fleet.dir + "/together.out"
+        let lmctl = try TestProcess.spawn(["/bin/sh", "-c",
+            "exec \(builtTool("lmctl")) --controller unix://\(fleet.dir)/controller.sock --timeout 60 --hosts '' create \(name) '' > \(out) 2>&1"])
+        for _ in 0..<3000 where !fleet.recorded("b", .containerEventCreated, name) { usleep(10_000) }
+        #expect(fleet.recorded("b", .containerEventCreated, name), "beta's create waited for alpha")
+        #expect(TestProcess.reapIfExited(lmctl) == nil, "lmctl waits for alpha")
+        kill(alpha, SIGCONT)
+        var status: LmctfySystem.ExitStatus?
+        for _ in 0..<3000 where status == nil {
+            status = TestProcess.reapIfExited(lmctl)
+            if status == nil { usleep(10_000) }
+        }
+        #expect(status != nil, "lmctl ends once alpha answers")
+        if status == nil { TestProcess.end(lmctl) }
+        // Both agents share this machine's cgroups: alpha, answering last,
+        // finds the container beta made. Its lines still come first.
+        let printed = (try? Sys.readFile(out)) ?? ""
+        let lines = printed.split(separator: "\n").map(String.init)
+        #expect(lines.filter { $0.hasPrefix("== ") } == ["== alpha", "== beta"], "\(printed)")
+        #expect(lines.contains { $0.hasPrefix("alpha: ") && $0.contains("existing container") }, "\(printed)")
+    }
+
     /// `--hosts= events -f` follows a host that registers after it
     /// started too (the controller's list, asked again every 5 s), from
     /// the first event of its agent's boot: it followed the hosts of its
