@@ -278,7 +278,20 @@ public final class EventHub {
                 // a resume across two restarts got the gap alone, and a
                 // follower lost whole boots the journal kept.)
                 replay.boots = log.olderBootBounds(from: asked).map { ($0.id, $0.first) }
-                if let boot = replay.boots.first {
+                if replay.boots.isEmpty {
+                    // A boot the journal no longer has (or never had):
+                    // everything kept follows, from the oldest boot on,
+                    // after a gap saying so. (The resume went straight to
+                    // this boot, and the kept events of the boots between
+                    // were skipped: a controller back after a long outage
+                    // lost thousands its agent still served.)
+                    replay.boots = log.olderBootBounds(from: nil).map { ($0.id, $0.first) }
+                    if let oldest = replay.boots.first {
+                        replay.after = 0
+                        replay.pending.append(SubscribeResponse(gap: EventGap(
+                            requestedBootId: asked, afterSequence: after, bootId: oldest.id, firstSequence: oldest.first ?? 1)))
+                    }
+                } else if let boot = replay.boots.first {
                     replay.after = after
                     if let oldest = boot.first, EventLog.isBeforeFirst(after, oldest) {
                         // The journal rotated out the boot's oldest events:

@@ -709,6 +709,16 @@ extension SubscribeTests {
         let resumed = try lmctl(third.socket, "events", "--after", "\(parts[0]):\(UInt64(parts[1])! - 1)", name)
         #expect(kinds(String(decoding: resumed.stdout, as: UTF8.self)).filter { $0 != "gap" }.map { $0.split(separator: " ")[1] }
                 == ["CREATED", "UPDATED", "DESTROYED"], "\(String(decoding: resumed.stdout, as: UTF8.self))")
+        // From a boot the journal no longer has: a gap to the oldest boot
+        // kept, then every boot's events (it went straight to this boot:
+        // the kept events of the boots between were skipped; a probe).
+        let lost = try lmctl(third.socket, "events", "--after", "0123456789abcdef0123456789abcdef:3", name)
+        let lostOut = String(decoding: lost.stdout, as: UTF8.self)
+        #expect(lost.status == 0, "\(String(decoding: lost.stderr, as: UTF8.self))")
+        #expect(kinds(lostOut).filter { $0 != "gap" }.map { $0.split(separator: " ")[1] } == ["CREATED", "UPDATED", "DESTROYED"], "\(lostOut)")
+        let firstGap = lostOut.split(separator: "\n").first { $0.hasPrefix("gap:") }
+        #expect(firstGap?.contains("after 0123456789abcdef0123456789abcdef:3 ") == true && firstGap?.contains("continuing from \(parts[0]):") == true,
+                "\(lostOut)")
     }
 
     @Test func eventsWithoutAfterShowTheBootBeforeARestartToo() throws {
