@@ -1707,6 +1707,9 @@ public final class Agent: @unchecked Sendable {
         let rc = loop.shutdown()
         statsPublisher?.stop()
         evictor?.stop()
+        // Nothing more is recorded: the journal says this boot ended here
+        // (a subscriber carried across the restart is told nothing was lost).
+        dispatcher.events.markEnded()
         // Its state is its own until here: another agent may take it now.
         releaseStateDir()
         if let snapshots = dispatcher.snapshots { log.info("snapshots: \(snapshots.costs)") }

@@ -128,6 +128,16 @@ final class FleetEvents {
             setCursor(host, Cursor(boot: boot, sequence: seq))
             return log.append(fleet)
         } else if let g = r.gap {
+            // An agent restart that lost nothing (it stopped cleanly, and
+            // the fleet log has its boot through its last event): no
+            // HOST_GAP, the host's stream goes on in its new boot. (Every
+            // restart of every agent was a HOST_GAP, and consumers took
+            // each for a loss; a soak probe.)
+            if g.bootEnded == true, bytes <= Self.maxEventBytes, let boot = g.bootId, let first = g.firstSequence,
+               let c = cursors[host], c.boot == g.requestedBootId, c.sequence >= (g.afterSequence ?? UInt64.max) {
+                setCursor(host, Cursor(boot: boot, sequence: first > 0 ? first - 1 : 0))
+                return nil
+            }
             // The agent no longer has what followed the cursor: said once,
             // then the host's stream goes on from the gap's first sequence.
             var e = ContainerEvent()

@@ -176,6 +176,9 @@ public final class EventHub {
         let floor: UInt64
         /// Gaps decided, sent first in the next part.
         var pending: [SubscribeResponse] = []
+        /// A boot before this one was read to its end (`gapBoot`, `gapAfter`
+        /// are where it ended, not the request's own point).
+        var readOlder = false
     }
 
     /// At most how many events one part of a replay reads from the log.
@@ -393,11 +396,15 @@ public final class EventHub {
                 guard p.complete else { continue }
                 rep.gapBoot = boot.id
                 rep.gapAfter = rep.after
+                rep.readOlder = true
                 rep.boots.removeFirst()
                 rep.after = 0
-                if let next = rep.boots.first, !gap(EventGap(requestedBootId: rep.gapBoot, afterSequence: rep.gapAfter,
-                                                               bootId: next.id, firstSequence: next.first ?? 1)) {
-                    break reading
+                if let next = rep.boots.first {
+                    // Nothing lost between the two: this boot ended
+                    // cleanly and the next one's kept events start at 1.
+                    var g = EventGap(requestedBootId: rep.gapBoot, afterSequence: rep.gapAfter, bootId: next.id, firstSequence: next.first ?? 1)
+                    if log.bootEnded(boot.id) && next.first == 1 { g.bootEnded = true }
+                    if !gap(g) { break reading }
                 }
                 continue
             }
@@ -413,6 +420,12 @@ public final class EventHub {
                     // events and older than events already gone.
                     said = EventGap(requestedBootId: rep.gapBoot, afterSequence: rep.gapAfter, bootId: log.bootId,
                                     firstSequence: p.droppedBefore ?? p.events.first?.seq ?? published + 1)
+                    // A boot change that lost nothing: the boot read last
+                    // (not one asked for and not kept) ended cleanly, and
+                    // this one has let nothing go.
+                    if !rep.ownBoot, rep.boots.isEmpty, rep.readOlder, p.droppedBefore == nil, log.bootEnded(rep.gapBoot) {
+                        said!.bootEnded = true
+                    }
                 }
             } else if let dropped = p.droppedBefore {
                 // The log let events go while the replay went on.

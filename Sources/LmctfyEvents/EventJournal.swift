@@ -26,6 +26,13 @@
 // slots, synced: a SequenceReservation) before the files change; one that
 // cannot be is removed, and without it the journal's reader takes every
 // number below the oldest kept as gone, as before the file existed.
+//
+// A fourth, `ended`, names the boots that ended cleanly: a line "BOOT SEQ"
+// written when an agent stops with its journal whole, SEQ the last event
+// it journaled (the latest `maxEnded` boots). A boot whose kept events end
+// at that SEQ lost nothing at its end, and a subscriber carried across the
+// restart is told so (EventGap.boot_ended): a controller recorded a
+// HOST_GAP at every restart of every agent (a soak probe).
 import Glibc
 import LmctfyProto
 import LmctfyRPC
@@ -52,6 +59,12 @@ final class EventJournal: @unchecked Sendable {
     let currentPath: String
     let previousPath: String
     let floorPath: String
+    let endedPath: String
+    /// The boots that ended cleanly, as `ended` said when opened: the last
+    /// sequence each journaled.
+    private(set) var openedEnds: [(boot: String, last: UInt64)] = []
+    /// How many boots `ended` names at most.
+    static let maxEnded = 32
     /// The sequence of the last record in `previous` and in `current`
     /// (0: none).
     private var previousLast: UInt64 = 0
@@ -76,6 +89,7 @@ final class EventJournal: @unchecked Sendable {
         currentPath = directory + "/current"
         previousPath = directory + "/previous"
         floorPath = directory + "/floor"
+        endedPath = directory + "/ended"
         if mkdir(directory, 0o700) != 0 && errno != EEXIST {
             throw SystemError("mkdir", directory, errno).lmctfy(.failedPrecondition, "Making the event journal directory")
         }
@@ -94,6 +108,12 @@ final class EventJournal: @unchecked Sendable {
         }
         let previous = Self.records(previousPath)
         opened = previous + current
+        if let text = try? Sys.readRegularFile(endedPath, maxBytes: 1 << 16) {
+            for line in String(decoding: text, as: UTF8.self).split(separator: "\n") {
+                let parts = line.split(separator: " ")
+                if parts.count == 2, let last = UInt64(parts[1]) { openedEnds.append((String(parts[0]), last)) }
+            }
+        }
         previousLast = Self.sequence(previous.last)
         currentLast = Self.sequence(current.last)
         // A new journal lets nothing go yet: its floor is 0. One without
@@ -120,6 +140,24 @@ final class EventJournal: @unchecked Sendable {
         let f = Glibc.open(currentPath, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NONBLOCK, 0o600)
         guard f >= 0 else { throw SystemError("open", currentPath, errno).lmctfy(.failedPrecondition, "Opening the event journal") }
         fd = f
+    }
+
+    /// Says that boot `boot` ended cleanly with `last` its last journaled
+    /// event (see `ended`). Best effort: without it the next start says
+    /// the boot change may have lost events, as after a crash.
+    func markEnded(boot: String, last: UInt64) {
+        // The records first: the journal is not fsynced as it goes, and a
+        // machine that crashed after the mark could have kept it and lost
+        // records before it.
+        if fd >= 0 { _ = fsync(fd) }
+        let previous = Glibc.open(previousPath, O_RDONLY | O_CLOEXEC)
+        if previous >= 0 {
+            _ = fsync(previous)
+            close(previous)
+        }
+        let lines = (openedEnds.filter { $0.boot != boot } + [(boot, last)]).suffix(Self.maxEnded)
+        let text = lines.map { "\($0.boot) \($0.last)\n" }.joined()
+        try? Sys.writeFileAtomically(endedPath, Array(text.utf8), mode: 0o600)
     }
 
     /// Lets go of `opened` once its reader is done with it.

@@ -133,6 +133,14 @@ public final class EventLog: Sendable {
         var restartBackoff = 0
         /// A start again is under way (`flushJournal` found it due).
         var startingAgain = false
+        /// The last event of this boot the journal took (0: none yet), and
+        /// whether it ever gave up on some (then this boot's end is not
+        /// clean: `markEnded` says nothing).
+        var lastJournaled: UInt64 = 0
+        var journalEverLost = false
+        /// The boots before this one that ended cleanly (EventJournal's
+        /// `ended`) with their last kept event the one they ended with.
+        var endedBoots: Set<String> = []
         /// The boots before this one whose events the journal kept, oldest
         /// first (an agent restarted twice keeps two).
         var older: [(id: String, events: [PackedEvent])] = []
@@ -248,9 +256,11 @@ public final class EventLog: Sendable {
             }
         }
         journal.dropOpened()
+        let ends = journal.openedEnds
         state.locked { s in
             s.journal = journal
             s.older = older
+            s.endedBoots = Set(older.filter { boot in ends.contains { $0.boot == boot.id && $0.last == boot.events.last?.seq } }.map(\.id))
             // What rotated out of the journal before the oldest kept is
             // gone: up to its floor, the numbers between it and the oldest
             // kept were never journaled (every number below the oldest
@@ -360,6 +370,7 @@ public final class EventLog: Sendable {
         for p in s.unjournaled {
             guard journal.append(serialized: p.bytes, seq: p.seq) else { break }
             written += 1
+            s.lastJournaled = p.seq
             s.unjournaledCost -= p.cost
         }
         s.journalErrno = written == s.unjournaled.count ? 0 : journal.lastErrno
@@ -371,6 +382,7 @@ public final class EventLog: Sendable {
         }
         if s.unjournaled.count > capacity || s.unjournaledCost > (maxBytes ?? Int.max) {
             s.unjournaledLost += UInt64(s.unjournaled.count)
+            s.journalEverLost = true
             s.unjournaled = []
             s.unjournaledCost = 0
         }
@@ -548,6 +560,26 @@ public final class EventLog: Sendable {
     /// of an agent's journal held 19 MB as values) and decoded here.
     public func olderBoots(from id: String?) -> [(id: String, events: [ContainerEvent])] {
         older(from: id).map { ($0.id, Self.decoded($0.events)) }
+    }
+
+    /// Whether boot `id`, one before this one, ended cleanly with its last
+    /// kept event the last it recorded (EventGap.boot_ended).
+    public func bootEnded(_ id: String?) -> Bool {
+        guard let id else { return false }
+        return state.locked { $0.endedBoots.contains(id) }
+    }
+
+    /// At a clean stop, once nothing more is recorded: says in the journal
+    /// that this boot ended with the last event it journaled, when the
+    /// journal has every event of it (none waits for it, it never gave up
+    /// on any). A subscriber of this boot carried across the restart is
+    /// then told that nothing was lost (`bootEnded`).
+    public func markEnded() {
+        state.locked { s in
+            guard let journal = s.journal, s.lastJournaled > 0, s.unjournaled.isEmpty, s.unjournaledLost == 0,
+                  !s.journalEverLost else { return }
+            journal.markEnded(boot: bootId, last: s.lastJournaled)
+        }
     }
 
     /// The ids of the boots before this one the journal kept, oldest first.

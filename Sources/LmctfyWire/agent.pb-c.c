@@ -5267,7 +5267,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__container_event__des
   (ProtobufCMessageInit) containers__lmctfy__agent__container_event__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor containers__lmctfy__agent__event_gap__field_descriptors[4] =
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__event_gap__field_descriptors[5] =
 {
   {
     "requested_boot_id",
@@ -5317,9 +5317,22 @@ static const ProtobufCFieldDescriptor containers__lmctfy__agent__event_gap__fiel
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "boot_ended",
+    5,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_BOOL,
+    offsetof(Containers__Lmctfy__Agent__EventGap, has_boot_ended),
+    offsetof(Containers__Lmctfy__Agent__EventGap, boot_ended),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned containers__lmctfy__agent__event_gap__field_indices_by_name[] = {
   1,   /* field[1] = after_sequence */
+  4,   /* field[4] = boot_ended */
   2,   /* field[2] = boot_id */
   3,   /* field[3] = first_sequence */
   0,   /* field[0] = requested_boot_id */
@@ -5327,7 +5340,7 @@ static const unsigned containers__lmctfy__agent__event_gap__field_indices_by_nam
 static const ProtobufCIntRange containers__lmctfy__agent__event_gap__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 4 }
+  { 0, 5 }
 };
 const ProtobufCMessageDescriptor containers__lmctfy__agent__event_gap__descriptor =
 {
@@ -5337,7 +5350,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__event_gap__descripto
   "Containers__Lmctfy__Agent__EventGap",
   "containers.lmctfy.agent",
   sizeof(Containers__Lmctfy__Agent__EventGap),
-  4,
+  5,
   containers__lmctfy__agent__event_gap__field_descriptors,
   containers__lmctfy__agent__event_gap__field_indices_by_name,
   1,  containers__lmctfy__agent__event_gap__number_ranges,

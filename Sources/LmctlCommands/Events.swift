@@ -151,7 +151,12 @@ enum EventsCommand {
     /// which the gap names (`events` without --after: "after BOOT:0",
     /// not "after :0").
     static func gapLine(_ g: EventGap) -> String {
-        "gap: events after \(g.requestedBootId ?? g.bootId ?? ""):\(g.afterSequence ?? 0) are not kept; "
+        if g.bootEnded == true {
+            // A clean restart of the agent: nothing is missing.
+            return "restart: boot \(g.requestedBootId ?? "") ended at \(g.requestedBootId ?? ""):\(g.afterSequence ?? 0), nothing lost; "
+                + "continuing from \(g.bootId ?? ""):\(g.firstSequence ?? 0)"
+        }
+        return "gap: events after \(g.requestedBootId ?? g.bootId ?? ""):\(g.afterSequence ?? 0) are not kept; "
             + "continuing from \(g.bootId ?? ""):\(g.firstSequence ?? 0)"
     }
 

@@ -721,6 +721,37 @@ extension SubscribeTests {
                 "\(lostOut)")
     }
 
+    /// A clean stop (SIGTERM) marks the boot ended: across the restart the
+    /// boot change says nothing was lost (EventGap.boot_ended, a
+    /// "restart:" line), where a crash's still says events may be missing
+    /// ("gap:"). (Every restart was a gap, and a controller recorded a
+    /// HOST_GAP for each; a soak probe.)
+    @Test func aCleanStopSaysTheBootChangeLostNothing() throws {
+        let name = RealCgroups.uniqueName("ended")
+        defer { _ = try? TestProcess.capture([builtTool("lmctfy"), "destroy", "-f", name]) }
+        let first = try AgentProcess(config: "watch_containers: false reconcile_interval_ms: 0 stats_interval_ms: 0")
+        #expect(try lmctl(first.socket, "create", name, "cpu:{limit:100}").status == 0)
+        first.stop(keepingState: true)
+        let second = try AgentProcess(reusing: first.dir)
+        #expect(try lmctl(second.socket, "update", "diff", name, "cpu:{limit:200}").status == 0)
+        second.crash()
+        let third = try AgentProcess(reusing: first.dir)
+        defer { third.stop() }
+        #expect(try lmctl(third.socket, "destroy", name).status == 0)
+        let all = try lmctl(third.socket, "events", name)
+        let out = String(decoding: all.stdout, as: UTF8.self)
+        let marks = out.split(separator: "\n").compactMap { line -> String? in
+            line.hasPrefix("gap:") ? "gap" : line.hasPrefix("restart:") ? "restart" : line.contains(" \(name)") ? "event" : nil
+        }
+        #expect(marks == ["event", "restart", "event", "gap", "event"], "\(out)")
+        let restart = out.split(separator: "\n").first { $0.hasPrefix("restart:") }
+        #expect(restart?.contains("nothing lost") == true, "\(out)")
+        // In JSON the gap carries it.
+        let json = try lmctl(third.socket, "events", "-o", "json", name)
+        let jsonOut = String(decoding: json.stdout, as: UTF8.self)
+        #expect(jsonOut.split(separator: "\n").filter { $0.contains("\"bootEnded\":true") }.count == 1, "\(jsonOut)")
+    }
+
     @Test func eventsWithoutAfterShowTheBootBeforeARestartToo() throws {
         let name = RealCgroups.uniqueName("oldest")
         defer { _ = try? TestProcess.capture([builtTool("lmctfy"), "destroy", "-f", name]) }

@@ -70,4 +70,47 @@ struct FleetCursorTests {
         #expect(again.count == 0, "\(again.count) of \(before.count) samples stored again after the restart")
         #expect(Set(after.map(key)).count == after.count, "no sample twice")
     }
+
+    /// An agent stopped cleanly and started again loses nothing: the fleet
+    /// log gets no HOST_GAP for its restart, and has both boots' events
+    /// (every restart of every agent was a HOST_GAP; a soak probe).
+    @Test func aCleanAgentRestartIsNoHostGap() throws {
+        let fleet = try Fleet()
+        try fleet.startController()
+        try fleet.startAgent("a", host: "alpha", keyId: "host-a")
+        fleet.waitForHosts(1)
+        let before = RealCgroups.uniqueName("cleanA"), after = RealCgroups.uniqueName("cleanB")
+        defer {
+            for n in [before, after] { _ = try? TestProcess.capture([builtTool("lmctfy"), "destroy", "-f", n]) }
+        }
+        func fleetEvents() throws -> [ContainerEvent] {
+            let client = try fleet.client()
+            defer { client.close() }
+            var got: [ContainerEvent] = []
+            try client.stream(AgentMethods.subscribe, SubscribeRequest(afterSequence: 0), deadlineMs: 5_000) { (r: SubscribeResponse) in
+                if let e = r.event { got.append(e) }
+                return r.caughtUp == nil
+            }
+            return got
+        }
+        func created(_ name: String) throws -> Bool {
+            try fleetEvents().contains { $0.kind == .containerEventCreated && $0.container == name }
+        }
+        func make(_ name: String) throws {
+            let agent = try RpcClient.connect(unixPath: fleet.dir + "/agent-a.sock")
+            defer { agent.close() }
+            _ = try agent.call(AgentMethods.create, CreateRequest(name: name, spec: ContainerSpec()))
+        }
+        try make(before)
+        for _ in 0..<200 where try !created(before) { usleep(25_000) }
+        fleet.stopAgent("a")
+        try fleet.startAgent("a", host: "alpha", keyId: "host-a")
+        fleet.waitForHosts(1)
+        try make(after)
+        for _ in 0..<200 where try !created(after) { usleep(25_000) }
+        let events = try fleetEvents()
+        #expect(try created(before) && created(after), "both boots' events reach the fleet log")
+        #expect(Set(events.compactMap(\.hostBootId)).count == 2, "two boots of alpha")
+        #expect(!events.contains { $0.kind == .containerEventHostGap }, "no HOST_GAP: \(events.filter { $0.kind == .containerEventHostGap })")
+    }
 }

@@ -5790,17 +5790,21 @@ public struct EventGap: ProtoMessage {
     public var bootId: String?
     /// Field 4 `first_sequence`.
     public var firstSequence: UInt64?
+    /// Field 5 `boot_ended`.
+    public var bootEnded: Bool?
 
     public init(
         requestedBootId: String? = nil,
         afterSequence: UInt64? = nil,
         bootId: String? = nil,
-        firstSequence: UInt64? = nil
+        firstSequence: UInt64? = nil,
+        bootEnded: Bool? = nil
     ) {
         self.requestedBootId = requestedBootId
         self.afterSequence = afterSequence
         self.bootId = bootId
         self.firstSequence = firstSequence
+        self.bootEnded = bootEnded
     }
 
     public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.EventGap")
@@ -5811,6 +5815,7 @@ public struct EventGap: ProtoMessage {
         self.afterSequence = message.get(2)
         self.bootId = message.get(3)
         self.firstSequence = message.get(4)
+        self.bootEnded = message.get(5)
     }
 
     public var dynamic: DynamicMessage {
@@ -5819,6 +5824,7 @@ public struct EventGap: ProtoMessage {
         message.set(2, afterSequence)
         message.set(3, bootId)
         message.set(4, firstSequence)
+        message.set(5, bootEnded)
         return message
     }
 
@@ -5828,6 +5834,7 @@ public struct EventGap: ProtoMessage {
         self.afterSequence = CBridge.value(c, f[1])
         self.bootId = CBridge.value(c, f[2])
         self.firstSequence = CBridge.value(c, f[3])
+        self.bootEnded = CBridge.value(c, f[4])
     }
 
     public func makeC() -> UnsafeMutableRawPointer {
@@ -5837,6 +5844,7 @@ public struct EventGap: ProtoMessage {
         CBridge.set(c, f[1], afterSequence)
         CBridge.set(c, f[2], bootId)
         CBridge.set(c, f[3], firstSequence)
+        CBridge.set(c, f[4], bootEnded)
         return c
     }
 }

@@ -1138,15 +1138,25 @@ struct  Containers__Lmctfy__Agent__EventGap
   protobuf_c_boolean has_after_sequence;
   uint64_t after_sequence;
   char *boot_id;
-  /*
-   * Next id: 5
-   */
   protobuf_c_boolean has_first_sequence;
   uint64_t first_sequence;
+  /*
+   * Set on a boot change that loses nothing: the boot `requested_boot_id`
+   * ended cleanly (its agent stopped, its journal whole) with
+   * `after_sequence` its last kept event, and nothing of `boot_id` before
+   * `first_sequence` was let go. A subscriber that has handled everything
+   * through `after_sequence` of that boot has missed no event (STATS
+   * samples are never kept across a restart). Unset: events may be missing.
+   */
+  /*
+   * Next id: 6
+   */
+  protobuf_c_boolean has_boot_ended;
+  protobuf_c_boolean boot_ended;
 };
 #define CONTAINERS__LMCTFY__AGENT__EVENT_GAP__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__event_gap__descriptor) \
-    , NULL, 0, 0, NULL, 0, 0 }
+    , NULL, 0, 0, NULL, 0, 0, 0, 0 }
 
 
 /*
