@@ -48,6 +48,18 @@ extension Fleet {
         return fleet
     }
 
+    /// An agent in a process of its own (one a test can SIGSTOP) registering
+    /// as `host` with key `keyId`: its pid, the caller's to end.
+    func spawnAgent(host: String, keyId: String) throws -> pid_t {
+        try Sys.createFile(dir + "/\(host).conf", """
+            unix_socket_path: "\(dir)/\(host).sock" state_dir: "\(dir)/\(host)" log_level: LOG_ERROR
+            stats_interval_ms: 0 watch_containers: false reconcile_interval_ms: 0
+            key_file: "\(dir)/keys" allow_plaintext_tcp: true controller_address: "127.0.0.1:\(agentPort)"
+            controller_key_id: "\(keyId)" host_name: "\(host)" reconnect_base_ms: 20 reconnect_max_ms: 200
+            """)
+        return try TestProcess.spawn([builtTool("lmctfy-agent"), "--config", dir + "/\(host).conf"])
+    }
+
     /// Whether host `agent`'s event log has an event of `kind` for `name`.
     func recorded(_ agent: String, _ kind: ContainerEventKind, _ name: String) -> Bool {
         agents[agent]?.dispatcher.events.range(after: 0, upTo: .max).events.contains { $0.container == name && $0.kind == kind } ?? false
@@ -352,13 +364,7 @@ struct LmctlControllerTests {
         let fleet = try Fleet()
         try fleet.startController()
         try fleet.startAgent("a", host: "alpha", keyId: "host-a")
-        try Sys.createFile(fleet.dir + "/beta.conf", """
-            unix_socket_path: "\(fleet.dir)/beta.sock" state_dir: "\(fleet.dir)/beta" log_level: LOG_ERROR
-            stats_interval_ms: 0 watch_containers: false reconcile_interval_ms: 0
-            key_file: "\(fleet.dir)/keys" allow_plaintext_tcp: true controller_address: "127.0.0.1:\(fleet.agentPort)"
-            controller_key_id: "host-b" host_name: "beta" reconnect_base_ms: 20 reconnect_max_ms: 200
-            """)
-        let beta = try TestProcess.spawn([builtTool("lmctfy-agent"), "--config", fleet.dir + "/beta.conf"])
+        let beta = try fleet.spawnAgent(host: "beta", keyId: "host-b")
         defer {
             kill(beta, SIGCONT)
             TestProcess.end(beta)
@@ -383,13 +389,7 @@ struct LmctlControllerTests {
     @Test func hostsRunsTheVerbOnTheHostsAtOnce() throws {
         let fleet = try Fleet()
         try fleet.startController()
-        try Sys.createFile(fleet.dir + "/alpha.conf", """
-            unix_socket_path: "\(fleet.dir)/alpha.sock" state_dir: "\(fleet.dir)/alpha" log_level: LOG_ERROR
-            stats_interval_ms: 0 watch_containers: false reconcile_interval_ms: 0
-            key_file: "\(fleet.dir)/keys" allow_plaintext_tcp: true controller_address: "127.0.0.1:\(fleet.agentPort)"
-            controller_key_id: "host-a" host_name: "alpha" reconnect_base_ms: 20 reconnect_max_ms: 200
-            """)
-        let alpha = try TestProcess.spawn([builtTool("lmctfy-agent"), "--config", fleet.dir + "/alpha.conf"])
+        let alpha = try fleet.spawnAgent(host: "alpha", keyId: "host-a")
         defer {
             kill(alpha, SIGCONT)
             TestProcess.end(alpha)

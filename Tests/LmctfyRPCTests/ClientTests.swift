@@ -133,8 +133,11 @@ func withServer(_ auth: AcceptorAuthentication, _ body: (Int32) throws -> Void) 
                 #expect((try? a.get())?.data == Array("p\(i)".utf8))
             }
             // Eight in flight at once, or the server never answers (it
-            // answers a batch of eight, last first).
-            let gathered = client.callMany("Gather", (0..<16).map { [UInt8($0)] }, inFlight: 8, deadlineMs: 5000)
+            // answers a batch of eight, last first). The deadline only
+            // keeps a broken client from hanging the suite: under TSan, on
+            // a loaded machine, 5 s ran out with the server still sending
+            // its first batch's answers.
+            let gathered = client.callMany("Gather", (0..<16).map { [UInt8($0)] }, inFlight: 8, deadlineMs: 120_000)
             #expect(gathered.map { try? $0.get() } == (0..<16).map { [UInt8($0)] })
             // Each call its own status; the last response of a stream is its answer.
             let mixed = client.callMany("Count", [[3], [0], [1]])
