@@ -290,7 +290,7 @@ public final class EventHub {
                     // lost thousands its agent still served.)
                     replay.boots = log.olderBootBounds(from: nil).map { ($0.id, $0.first) }
                     if let oldest = replay.boots.first {
-                        replay.after = 0
+                        replay.after = (oldest.first ?? 1) - 1
                         replay.pending.append(SubscribeResponse(gap: EventGap(
                             requestedBootId: asked, afterSequence: after, bootId: oldest.id, firstSequence: oldest.first ?? 1)))
                     }
@@ -302,6 +302,7 @@ public final class EventHub {
                         // the resume went on as if nothing were missing).
                         replay.pending.append(SubscribeResponse(gap: EventGap(
                             requestedBootId: asked, afterSequence: after, bootId: boot.id, firstSequence: oldest)))
+                        replay.after = oldest - 1
                     }
                 }
             }
@@ -389,6 +390,14 @@ public final class EventHub {
         defer { total += read }
         reading: while read < limit {
             if let boot = rep.boots.first {
+                // The log's bound let the boot's oldest events go while the
+                // replay read it: a gap where they were (EventLog.trimOlder).
+                if let trimmed = log.olderBootTrimmed(boot.id), trimmed > rep.after {
+                    let g = EventGap(requestedBootId: boot.id, afterSequence: rep.after, bootId: boot.id,
+                                     firstSequence: log.olderBootFirst(boot.id) ?? trimmed + 1)
+                    rep.after = trimmed
+                    if !gap(g) { break reading }
+                }
                 let p = log.olderBootPackedPart(boot.id, after: rep.after, limit: limit - read)
                 read += max(1, p.events.count)
                 guard take(p.events) else { break reading }
@@ -399,12 +408,24 @@ public final class EventHub {
                 rep.readOlder = true
                 rep.boots.removeFirst()
                 rep.after = 0
+                // Boots the log's bound let go of whole meanwhile are passed
+                // over (and the boot change then lost events).
+                var skipped = false
+                while let next = rep.boots.first, log.olderBootFirst(next.id) == nil {
+                    rep.boots.removeFirst()
+                    skipped = true
+                }
                 if let next = rep.boots.first {
+                    let first = log.olderBootFirst(next.id) ?? next.first ?? 1
+                    rep.after = first - 1
                     // Nothing lost between the two: this boot ended
                     // cleanly and the next one's kept events start at 1.
-                    var g = EventGap(requestedBootId: rep.gapBoot, afterSequence: rep.gapAfter, bootId: next.id, firstSequence: next.first ?? 1)
-                    if log.bootEnded(boot.id) && next.first == 1 { g.bootEnded = true }
+                    var g = EventGap(requestedBootId: rep.gapBoot, afterSequence: rep.gapAfter, bootId: next.id, firstSequence: first)
+                    if !skipped && log.bootEnded(boot.id) && first == 1 && log.olderBootTrimmed(next.id) == 0 { g.bootEnded = true }
                     if !gap(g) { break reading }
+                } else if skipped {
+                    // This boot's gap says the boot change lost events.
+                    rep.readOlder = false
                 }
                 continue
             }

@@ -142,8 +142,15 @@ public final class EventLog: Sendable {
         /// `ended`) with their last kept event the one they ended with.
         var endedBoots: Set<String> = []
         /// The boots before this one whose events the journal kept, oldest
-        /// first (an agent restarted twice keeps two).
+        /// first (an agent restarted twice keeps two). With this boot's
+        /// events they are `capacity` at most, the oldest going first
+        /// (`trimOlder`).
         var older: [(id: String, events: [PackedEvent])] = []
+        /// How many events `older` holds, over all its boots.
+        var olderCount = 0
+        /// Of each boot in `older`, the newest sequence the bound let go of
+        /// (its oldest events trimmed); absent: none.
+        var olderTrimmed: [String: UInt64] = [:]
         /// Every event but stats samples, the latest `capacity`.
         var events = Ring<PackedEvent>()
         /// Stats samples, the latest `capacity`, apart: a sweep of a
@@ -261,6 +268,7 @@ public final class EventLog: Sendable {
             s.journal = journal
             s.older = older
             s.endedBoots = Set(older.filter { boot in ends.contains { $0.boot == boot.id && $0.last == boot.events.last?.seq } }.map(\.id))
+            s.olderCount = older.reduce(0) { $0 + $1.events.count }
             // What rotated out of the journal before the oldest kept is
             // gone: up to its floor, the numbers between it and the oldest
             // kept were never journaled (every number below the oldest
@@ -276,8 +284,52 @@ public final class EventLog: Sendable {
                 if let out = s.events.append(p, size: p.cost, capacity: capacity, maxBytes: maxBytes) { s.evictedThrough = out.seq }
                 s.next = p.seq + 1
             }
+            trimOlder(&s)
         }
         return journal.damage
+    }
+
+    /// Keeps the boots before this one and this one's events within
+    /// `capacity` together, the oldest going first (a whole boot, once
+    /// nothing of it is left). The older boots were kept whole until the
+    /// next restart while this boot's ring let its own oldest go: events
+    /// outlived newer ones, and which were kept depended on the agent's
+    /// uptime (a soak probe). A batch of at least a 64th of the capacity
+    /// goes at a time, so that the shift of the boot's events is paid once
+    /// a batch, not at every event. A replay reading a boot trimmed under
+    /// it is told (`olderBootTrimmed`: a gap where the events were).
+    private func trimOlder(_ s: inout State) {
+        guard !s.older.isEmpty else { return }
+        var excess = s.olderCount + s.events.count - capacity
+        guard excess > 0 else { return }
+        excess = min(s.olderCount, max(excess, capacity / 64))
+        while excess > 0, !s.older.isEmpty {
+            let n = min(excess, s.older[0].events.count)
+            let id = s.older[0].id
+            if n == s.older[0].events.count {
+                // Gone whole: its clean end no longer stands for it.
+                s.older.removeFirst()
+                s.olderTrimmed[id] = nil
+                s.endedBoots.remove(id)
+            } else {
+                s.olderTrimmed[id] = s.older[0].events[n - 1].seq
+                s.older[0].events.removeFirst(n)
+            }
+            s.olderCount -= n
+            excess -= n
+        }
+    }
+
+    /// Of the boot `id` before this one: the newest sequence the log's
+    /// bound let go of (0: none), or nil when the whole boot is gone.
+    func olderBootTrimmed(_ id: String) -> UInt64? {
+        state.locked { s in s.older.contains { $0.id == id } ? s.olderTrimmed[id] ?? 0 : nil }
+    }
+
+    /// The first kept sequence of the boot `id` before this one, or nil
+    /// when none of it is kept.
+    func olderBootFirst(_ id: String) -> UInt64? {
+        state.locked { s in s.older.first { $0.id == id }?.events.first?.seq }
     }
 
     /// Sequence numbers handed out at a time past the last journaled event.
@@ -348,6 +400,7 @@ public final class EventLog: Sendable {
                 // One encoding for the ring and the journal.
                 let p = PackedEvent(seq: e.seq, bytes: Self.encoded(e))
                 if let out = s.events.append(p, size: p.cost, capacity: capacity, maxBytes: maxBytes) { s.evictedThrough = out.seq }
+                if !s.older.isEmpty { trimOlder(&s) }
                 if s.journal != nil && s.unjournaledLost == 0 {
                     s.unjournaled.append(p)
                     s.unjournaledCost += p.cost

@@ -69,9 +69,11 @@ struct AgentProcess {
     func stop(keepingState: Bool = false) {
         kill(pid, SIGTERM)
         // Once reaped, reapIfExited answers nil (not our child any more):
-        // stop asking then, or every stop would sleep the whole 5 s.
+        // stop asking then, or every stop would sleep the whole wait. (30 s:
+        // a sanitized agent on a loaded machine; SIGKILLed before its clean
+        // end, a test of what a clean stop leaves saw a crash's.)
         var reaped = false
-        for _ in 0..<500 where !reaped {
+        for _ in 0..<3000 where !reaped {
             reaped = TestProcess.reapIfExited(pid) != nil
             if !reaped { usleep(10_000) }
         }

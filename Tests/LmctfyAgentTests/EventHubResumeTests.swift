@@ -444,3 +444,69 @@ import Testing
         #expect(v.container == "/a" && v.sequence == events[0].sequence)
     }
 }
+
+/// The boots before this one and this one's events stay within the log's
+/// capacity together, the oldest going first: the older boots were kept
+/// whole until the next restart while this boot's ring let its own oldest
+/// go, so older events outlived newer ones (a soak probe). A replay reading
+/// an older boot that is trimmed under it gets a gap where the events were,
+/// never a silent hole.
+@Suite struct OlderBootBoundTests {
+    private final class Sink {
+        var responses: [SubscribeResponse] = []
+        func deliver(_ key: EventHub.Key, _ bytes: [UInt8]) -> Bool {
+            if let r = try? SubscribeResponse(serializedBytes: bytes) { responses.append(r) }
+            return true
+        }
+        var events: [String] { responses.compactMap { $0.event.map { "\($0.bootId ?? ""):\($0.sequence ?? 0)" } } }
+    }
+
+    /// Boot A with `a` events journaled in `dir`, then boot B on it.
+    private func twoBoots(_ dir: String, capacity: Int, a: Int) throws -> EventLog {
+        let first = EventLog(capacity: capacity, bootId: "bootA")
+        try first.attachJournal(directory: dir)
+        for i in 0..<a { first.record(container: "/a\(i)", kind: .containerEventCreated) }
+        let b = EventLog(capacity: capacity, bootId: "bootB")
+        try b.attachJournal(directory: dir)
+        return b
+    }
+
+    @Test func olderBootsGoFirstWhenThisBootGrows() throws {
+        let dir = "/tmp/lmctfy-test-olderbound-\(getpid())"
+        defer { try? Sys.removeTree(dir) }
+        let b = try twoBoots(dir, capacity: 8, a: 6)
+        #expect(b.olderBoots.first?.events.compactMap(\.sequence) == Array(1...6))
+        for i in 0..<4 { b.record(container: "/b\(i)", kind: .containerEventCreated) }
+        #expect(b.olderBoots.first?.events.compactMap(\.sequence) == Array(3...6), "the oldest two went")
+        for i in 0..<4 { b.record(container: "/b\(i)", kind: .containerEventCreated) }
+        #expect(b.olderBoots.isEmpty, "boot A is gone once boot B fills the log")
+        // A resume from boot A is now a gap to what boot B kept.
+        let got = try EventHub(log: b).replayed(EventHub.Key(conn: 1, stream: 1), SubscribeRequest(bootId: "bootA", afterSequence: 2))
+        #expect(got.first?.gap?.requestedBootId == "bootA" && got.first?.gap?.bootEnded == nil)
+        #expect(got.compactMap(\.event?.sequence) == Array(1...8))
+    }
+
+    @Test func aReplayOfAnOlderBootTrimmedUnderItGetsAGap() throws {
+        let dir = "/tmp/lmctfy-test-olderbound2-\(getpid())"
+        defer { try? Sys.removeTree(dir) }
+        let b = try twoBoots(dir, capacity: 1000, a: 600)
+        let hub = EventHub(log: b)
+        let sink = Sink()
+        let key = EventHub.Key(conn: 1, stream: 1)
+        try hub.subscribe(key, SubscribeRequest(bootId: "bootA", afterSequence: 0), filter: EventFilter())
+        _ = hub.advance(deliver: sink.deliver, lagged: { _, _ in }, room: { _ in .max / 2 })
+        let sent = sink.events.count
+        #expect(sent == EventHub.partEvents && sink.events.last == "bootA:\(sent)")
+        // 800 of boot B push boot A's oldest 400 or so out (a batch at a
+        // time) while the replay is at its 256th.
+        for i in 0..<800 { b.record(container: "/b\(i)", kind: .containerEventCreated) }
+        let kept = b.olderBoots.first?.events.compactMap(\.sequence) ?? []
+        let first = try #require(kept.first)
+        #expect(first > 400 && first < 450 && kept == Array(first...600) && kept.count + 800 <= 1000, "\(first)")
+        while hub.advance(deliver: sink.deliver, lagged: { _, _ in }, room: { _ in .max / 2 }) {}
+        let gaps = sink.responses.compactMap(\.gap)
+        #expect(gaps.first == EventGap(requestedBootId: "bootA", afterSequence: UInt64(sent), bootId: "bootA", firstSequence: first))
+        #expect(sink.events == (1...sent).map { "bootA:\($0)" } + (first...600).map { "bootA:\($0)" } + (1...800).map { "bootB:\($0)" })
+        #expect(gaps.count == 2 && gaps[1].requestedBootId == "bootA" && gaps[1].afterSequence == 600 && gaps[1].bootId == "bootB")
+    }
+}
