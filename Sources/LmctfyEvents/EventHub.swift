@@ -392,10 +392,9 @@ public final class EventHub {
             if let boot = rep.boots.first {
                 // The log's bound let the boot's oldest events go while the
                 // replay read it: a gap where they were (EventLog.trimOlder).
-                if let trimmed = log.olderBootTrimmed(boot.id), trimmed > rep.after {
-                    let g = EventGap(requestedBootId: boot.id, afterSequence: rep.after, bootId: boot.id,
-                                     firstSequence: log.olderBootFirst(boot.id) ?? trimmed + 1)
-                    rep.after = trimmed
+                if let kept = log.olderBoot(boot.id), kept.trimmed > rep.after {
+                    let g = EventGap(requestedBootId: boot.id, afterSequence: rep.after, bootId: boot.id, firstSequence: kept.first)
+                    rep.after = kept.trimmed
                     if !gap(g) { break reading }
                 }
                 let p = log.olderBootPackedPart(boot.id, after: rep.after, limit: limit - read)
@@ -411,17 +410,22 @@ public final class EventHub {
                 // Boots the log's bound let go of whole meanwhile are passed
                 // over (and the boot change then lost events).
                 var skipped = false
-                while let next = rep.boots.first, log.olderBootFirst(next.id) == nil {
+                var next: (id: String, first: UInt64)?
+                while let candidate = rep.boots.first {
+                    if let kept = log.olderBoot(candidate.id) {
+                        next = (candidate.id, kept.first)
+                        break
+                    }
                     rep.boots.removeFirst()
                     skipped = true
                 }
-                if let next = rep.boots.first {
-                    let first = log.olderBootFirst(next.id) ?? next.first ?? 1
-                    rep.after = first - 1
+                if let next {
+                    rep.after = next.first - 1
                     // Nothing lost between the two: this boot ended
-                    // cleanly and the next one's kept events start at 1.
-                    var g = EventGap(requestedBootId: rep.gapBoot, afterSequence: rep.gapAfter, bootId: next.id, firstSequence: first)
-                    if !skipped && log.bootEnded(boot.id) && first == 1 && log.olderBootTrimmed(next.id) == 0 { g.bootEnded = true }
+                    // cleanly and the next one's kept events start at 1
+                    // (so the bound trimmed none of it).
+                    var g = EventGap(requestedBootId: rep.gapBoot, afterSequence: rep.gapAfter, bootId: next.id, firstSequence: next.first)
+                    if !skipped && log.bootEnded(boot.id) && next.first == 1 { g.bootEnded = true }
                     if !gap(g) { break reading }
                 } else if skipped {
                     // This boot's gap says the boot change lost events.

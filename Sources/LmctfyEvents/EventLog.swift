@@ -297,7 +297,7 @@ public final class EventLog: Sendable {
     /// uptime (a soak probe). A batch of at least a 64th of the capacity
     /// goes at a time, so that the shift of the boot's events is paid once
     /// a batch, not at every event. A replay reading a boot trimmed under
-    /// it is told (`olderBootTrimmed`: a gap where the events were).
+    /// it is told (`olderBoot`: a gap where the events were).
     private func trimOlder(_ s: inout State) {
         guard !s.older.isEmpty else { return }
         var excess = s.olderCount + s.events.count - capacity
@@ -320,16 +320,13 @@ public final class EventLog: Sendable {
         }
     }
 
-    /// Of the boot `id` before this one: the newest sequence the log's
-    /// bound let go of (0: none), or nil when the whole boot is gone.
-    func olderBootTrimmed(_ id: String) -> UInt64? {
-        state.locked { s in s.older.contains { $0.id == id } ? s.olderTrimmed[id] ?? 0 : nil }
-    }
-
-    /// The first kept sequence of the boot `id` before this one, or nil
+    /// Of the boot `id` before this one, as kept now: its first kept
+    /// sequence and the newest the log's bound let go of (0: none); nil
     /// when none of it is kept.
-    func olderBootFirst(_ id: String) -> UInt64? {
-        state.locked { s in s.older.first { $0.id == id }?.events.first?.seq }
+    func olderBoot(_ id: String) -> (first: UInt64, trimmed: UInt64)? {
+        state.locked { s in
+            s.older.first { $0.id == id }?.events.first.map { ($0.seq, s.olderTrimmed[id] ?? 0) }
+        }
     }
 
     /// Sequence numbers handed out at a time past the last journaled event.

@@ -217,8 +217,8 @@ extension RpcClient {
         var encoded: [[UInt8]] = []
         var failed: [Int: LmctfyError] = [:]
         for (i, r) in requests.enumerated() {
-            do { encoded.append(try r.serializedBytes()) } catch {
-                failed[i] = LmctfyError(.invalidArgument, "cannot encode request: \(error)")
+            do throws(LmctfyError) { encoded.append(try encode(r)) } catch {
+                failed[i] = error
                 encoded.append([])
             }
         }
@@ -227,12 +227,8 @@ extension RpcClient {
                                inFlight: inFlight, deadlineMs: deadlineMs).makeIterator()
         return requests.indices.map { i -> Result<Response, LmctfyError> in
             if let e = failed[i] { return .failure(e) }
-            switch answers.next()! {
-            case .failure(let e): return .failure(e)
-            case .success(let bytes):
-                do { return .success(try Response(serializedBytes: bytes)) } catch {
-                    return .failure(LmctfyError(.internal, "undecodable \(Response.protoDescriptor.fullName) from the peer: \(error)"))
-                }
+            return answers.next()!.flatMap { bytes in
+                do throws(LmctfyError) { return .success(try decode(bytes)) } catch { return .failure(error) }
             }
         }
     }

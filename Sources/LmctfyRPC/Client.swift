@@ -404,7 +404,8 @@ public final class RpcClient {
     }
 }
 
-private func encode(_ message: some ProtoMessage) throws(LmctfyError) -> [UInt8] {
+/// A request as it goes on the wire (INVALID_ARGUMENT when it cannot be).
+func encode(_ message: some ProtoMessage) throws(LmctfyError) -> [UInt8] {
     do {
         return try message.serializedBytes()
     } catch {
@@ -412,7 +413,8 @@ private func encode(_ message: some ProtoMessage) throws(LmctfyError) -> [UInt8]
     }
 }
 
-private func decode<M: ProtoMessage>(_ bytes: [UInt8]) throws(LmctfyError) -> M {
+/// An answer read from the wire (INTERNAL when the peer's does not decode).
+func decode<M: ProtoMessage>(_ bytes: [UInt8]) throws(LmctfyError) -> M {
     do {
         return try M(serializedBytes: bytes)
     } catch {

@@ -508,20 +508,22 @@ public enum LmctlCLI {
         }
         var worst: Int32 = 0
         for name in names {
-            let err = LinePrefixSink(stderr) { Array("\(name): ".utf8) + $0 }
-            let out: LinePrefixSink?
-            if events == nil && json {
-                out = LinePrefixSink(stdout) { Array(withHost($0, name)) }
-            } else {
-                if events == nil { stdout.write(Array("== \(name)\n".utf8)) }
-                out = nil
-            }
-            let status = runVerb(words, dial: routed(dial, to: name), host: name, stdout: out ?? stdout, stderr: err)
-            out?.flush()
-            err.flush()
-            worst = max(worst, status)
+            if events == nil && !json { stdout.write(Array("== \(name)\n".utf8)) }
+            worst = max(worst, runOnHost(words, name, json: events == nil && json, dial: dial, stdout: stdout, stderr: stderr))
         }
         return worst
+    }
+
+    /// The verb on host `name` for `--hosts`: its diagnostics start with
+    /// `NAME: `, and with `json` each document it prints gains "host".
+    static func runOnHost(_ words: [String], _ name: String, json: Bool, dial: @escaping @Sendable () throws(LmctfyError) -> RpcClient,
+                          stdout: any ByteSink, stderr: any ByteSink) -> Int32 {
+        let err = LinePrefixSink(stderr) { Array("\(name): ".utf8) + $0 }
+        let out = json ? LinePrefixSink(stdout) { Array(withHost($0, name)) } : nil
+        let status = runVerb(words, dial: routed(dial, to: name), host: name, stdout: out ?? stdout, stderr: err)
+        out?.flush()
+        err.flush()
+        return status
     }
 
     /// The verbs `--hosts` runs on several hosts at once: each a call or a
@@ -560,13 +562,8 @@ public enum LmctlCLI {
                         return n
                     }
                     guard i < names.count else { return }
-                    let name = names[i]
                     let out = BufferSink(), err = BufferSink()
-                    let prefixedErr = LinePrefixSink(err) { Array("\(name): ".utf8) + $0 }
-                    let prefixedOut = json ? LinePrefixSink(out) { Array(withHost($0, name)) } : nil
-                    let status = runVerb(words, dial: routed(dial, to: name), host: name, stdout: prefixedOut ?? out, stderr: prefixedErr)
-                    prefixedOut?.flush()
-                    prefixedErr.flush()
+                    let status = runOnHost(words, names[i], json: json, dial: dial, stdout: out, stderr: err)
                     let done = Done(out: out.bytes, err: err.bytes, status: status)
                     results.locked { $0[i] = done }
                     finished[i].signal()
