@@ -306,6 +306,28 @@ public struct LocalBackend: ContainerBackend {
         }
     }
 
+    /// `run --create SPEC [--rm]`. The foreground command is spawned and
+    /// waited for, not exec'd: lmctfy stays outside the container to
+    /// destroy it when the command ends (`remove`) or cannot start (an exec
+    /// that failed left lmctfy inside it). SIGINT and SIGQUIT are ignored
+    /// meanwhile, as system(3) does, so that ^C at the terminal ends the
+    /// command and lmctfy then removes the container.
+    public func runInNewContainer(_ name: String, spec: ContainerSpec, argv: [String], detached: Bool,
+                                  remove: Bool) throws(LmctfyError) -> RunOutcome {
+        try createRunRemove(name, spec: spec, detached: detached, remove: remove) { () throws(LmctfyError) in
+            guard !detached else { return try run(name, argv: argv, detached: true) }
+            return try existing(try get(name)) { (c: Container) throws(LmctfyError) -> RunOutcome in
+                let interrupt = signal(SIGINT, SIG_IGN)
+                let quit = signal(SIGQUIT, SIG_IGN)
+                defer {
+                    signal(SIGINT, interrupt)
+                    signal(SIGQUIT, quit)
+                }
+                return try Self.spawnAndWait(stdio: .inherit)(c, argv, { (_: Int32) throws(LmctfyError) in })
+            }
+        }
+    }
+
     /// Moves `tids` (empty: the caller) into the container.
     public func enter(_ name: String, tids: [Int32]) throws(LmctfyError) {
         try existing(try get(name)) { (c: Container) throws(LmctfyError) in try c.enter(tids.isEmpty ? [callerPid] : tids) }

@@ -433,6 +433,15 @@ public final class Agent: @unchecked Sendable {
             // Its threads (the flusher, changes behind the agent's back,
             // processes of an earlier agent) once nothing can fail any more.
             dispatcher.snapshots?.start()
+            // One-shot commands' containers (Run with remove_when_done) whose
+            // command ended with no caller waiting: destroyed off the watch's
+            // thread (those found ended at the start, at once).
+            dispatcher.snapshots?.onCommandEnded { [weak dispatcher, log] path in
+                guard let dispatcher else { return }
+                Threads.detach {
+                    if let line = dispatcher.removeOneShot(path) { log.warning("\(line)") }
+                }
+            }
             if settings.policy.evictAbovePercent > 0, let keeper = dispatcher.policy {
                 let e = PolicyEvictor(api: api, scope: scope, dispatcher: dispatcher, keeper: keeper, log: log,
                                       frozenFile: settings.stateDir + "/evicted-frozen")

@@ -517,16 +517,7 @@ public final class Dispatcher: Sendable {
                   Dispatcher.contains(spec.dynamic, Dispatcher.asKept(r.spec ?? ContainerSpec()).dynamic) else { return nil }
             return CreateResponse()
         }) { d, r in
-            let name = try Dispatcher.containerName(r.name)
-            guard let policy = d.policy else {
-                if r.tier != nil { throw LmctfyError.failedPrecondition("This agent has no policy: a create cannot name a tier") }
-                let made = try d.createContainer(name, spec: r.spec ?? ContainerSpec())
-                return CreateResponse(initPid: made.initPid)
-            }
-            let path = try d.backend.resolve(name)
-            let (tier, spec) = try policy.planCreate(path: path, spec: r.spec ?? ContainerSpec(), tier: r.tier)
-            let made = try policy.admitCreate(path: path, tier: tier, spec: spec) { try d.createContainer(name, spec: spec) }
-            return CreateResponse(tier: tier.name, initPid: made.initPid)
+            try d.createAdmitted(try Dispatcher.containerName(r.name), spec: r.spec ?? ContainerSpec(), tier: r.tier)
         }
         mutating(AgentMethods.destroy, recover: { _, _, error in
             // The earlier agent destroyed it before it died.
@@ -715,8 +706,21 @@ public final class Dispatcher: Sendable {
         return n
     }
 
-    /// Creates `name` as Create does: recorded, snapshot written. Returns
-    /// its path.
+    /// Creates `name` as the Create call does: admitted by the policy (in
+    /// `tier`, when given) if the agent has one, then `createContainer`.
+    func createAdmitted(_ name: String, spec: ContainerSpec, tier: String?) throws -> CreateResponse {
+        guard let policy else {
+            if tier != nil { throw LmctfyError.failedPrecondition("This agent has no policy: a create cannot name a tier") }
+            return CreateResponse(initPid: try createContainer(name, spec: spec).initPid)
+        }
+        let path = try backend.resolve(name)
+        let (tier, spec) = try policy.planCreate(path: path, spec: spec, tier: tier)
+        let made = try policy.admitCreate(path: path, tier: tier, spec: spec) { try createContainer(name, spec: spec) }
+        return CreateResponse(tier: tier.name, initPid: made.initPid)
+    }
+
+    /// Creates `name` (without the policy): recorded, snapshot written.
+    /// Returns what was made.
     func createContainer(_ name: String, spec: ContainerSpec) throws -> CreateOutcome {
         try inventory.change(try backend.resolve(name)) {
             let made = try backend.createReportingInit(name, spec: spec)
@@ -864,8 +868,21 @@ public final class Dispatcher: Sendable {
     /// the call is cancelled, passes its deadline or loses its connection,
     /// the command is SIGKILLed, as a shell's job dies with its terminal, so
     /// nothing runs on whose exit nobody will hear. Detached runs outlive it.
+    ///
+    /// With `create`, the container is made first (as Create makes it) and,
+    /// when the command could not be started in it, destroyed again; with
+    /// `remove_when_done` too, it is destroyed when the command ends: before
+    /// RUN_EXITED in the foreground, when the agent sees the command exit
+    /// for a detached one (SnapshotKeeper's exit watch, `removeOneShot`).
     private func runCommand(_ r: RunRequest, _ context: CallContext) throws {
         guard !r.argv.isEmpty else { throw LmctfyError.invalidArgument("Run needs a command") }
+        let removes = r.removeWhenDone == true
+        if r.create == nil {
+            if removes {
+                throw LmctfyError.invalidArgument("remove_when_done needs create: the agent removes only a container the same Run made (lmctl run --create SPEC --rm)")
+            }
+            if r.tier != nil { throw LmctfyError.invalidArgument("tier is the tier of a container the Run creates: give create too") }
+        }
         let detached = r.detached ?? (r.spec?.fdPolicy == .detached)
         var pid: Int32 = 0
         // The pid stays ours until the backend has reaped it, just before it
@@ -874,31 +891,99 @@ public final class Dispatcher: Sendable {
         defer { context.onCancel(nil) }
         let name = try Self.containerName(r.name)
         let path = try backend.resolve(name)
+        if let spec = r.create {
+            // Before anything is made: a Run whose caller has gone makes
+            // nothing (the create would otherwise be undone at once).
+            if context.cancelled { throw LmctfyError(.cancelled, "The Run was cancelled before its container was made") }
+            _ = try createAdmitted(name, spec: spec, tier: r.tier)
+        }
         let snapshots = self.snapshots
-        let outcome = try backend.run(name, argv: r.argv, detached: detached) { (started: Int32) throws(LmctfyError) in
-            pid = started
+        let outcome: RunOutcome
+        do {
+            outcome = try startAndWait(name, path, r, detached: detached, removes: removes, context) { pid = $0 }
+        } catch {
+            // The container made for a command that did not start (or whose
+            // caller went before it heard of the start: the command was
+            // killed with its job) goes again: a failed Run leaves nothing.
+            guard r.create != nil, pid == 0 || !detached else { throw error }
+            throw undoCreate(name, path, after: error)
+        }
+        context.onCancel(nil)
+        if case .started = outcome {} else { snapshots?.exited(path, pid: pid) }
+        // The exit is an event whoever is still listening: the caller may be
+        // gone (its cancel killed the command) and still learn it later.
+        let exited: RunResponse
+        switch outcome {
+        case .started:
+            return
+        case .exited(let code):
+            events.record(container: path, kind: .containerEventProcessExited, pid: pid, exitCode: code)
+            exited = RunResponse(kind: .runExited, pid: pid, exitCode: code)
+        case .killed(let signal):
+            events.record(container: path, kind: .containerEventProcessExited, pid: pid, termSignal: signal)
+            exited = RunResponse(kind: .runExited, pid: pid, termSignal: signal)
+        }
+        if removes {
+            do {
+                _ = try destroyContainer(name, force: true)
+            } catch let error as LmctfyError where error.code == .notFound {
+                // Destroyed by another caller meanwhile: gone, as asked.
+            } catch {
+                // How the command ended is still the caller's, then why the
+                // container stays.
+                try? context.emit(exited)
+                let e = error as? LmctfyError ?? LmctfyError(.internal, String(describing: error))
+                throw LmctfyError(e.code, "The command ended but its container \(path) could not be removed: \(e.message)")
+            }
+        }
+        try context.emitLast(exited)
+    }
+
+    /// The command started in `name` (its start recorded and reported);
+    /// in the foreground, waited for.
+    private func startAndWait(_ name: String, _ path: String, _ r: RunRequest, detached: Bool, removes: Bool,
+                              _ context: CallContext, started report: (Int32) -> Void) throws -> RunOutcome {
+        let snapshots = self.snapshots
+        return try backend.run(name, argv: r.argv, detached: detached) { (started: Int32) throws(LmctfyError) in
+            report(started)
             // Its whole job: a shell's children too (`run /web "sleep 30"` is
             // `/bin/sh -c`; the kill of the shell alone left the sleep
             // running, re-parented to init, while the event log said it was
             // killed; a probe). Its own process group (`ownSession`).
             if !detached { context.onCancel { _ = try? Sys.kill(-started, SIGKILL); _ = try? Sys.kill(started, SIGKILL) } }
             // Recorded (and on disk) before the caller hears of it.
-            snapshots?.started(path, pid: started, argv: r.argv, detached: detached, policy: r.restartPolicy)
+            snapshots?.started(path, pid: started, argv: r.argv, detached: detached, policy: r.restartPolicy, removes: removes)
             try context.emit(RunResponse(kind: .runStarted, pid: started))
         }
-        context.onCancel(nil)
-        if case .started = outcome {} else { snapshots?.exited(path, pid: pid) }
-        // The exit is an event whoever is still listening: the caller may be
-        // gone (its cancel killed the command) and still learn it later.
-        switch outcome {
-        case .started:
-            return
-        case .exited(let code):
-            events.record(container: path, kind: .containerEventProcessExited, pid: pid, exitCode: code)
-            try context.emitLast(RunResponse(kind: .runExited, pid: pid, exitCode: code))
-        case .killed(let signal):
-            events.record(container: path, kind: .containerEventProcessExited, pid: pid, termSignal: signal)
-            try context.emitLast(RunResponse(kind: .runExited, pid: pid, termSignal: signal))
+    }
+
+    /// Destroys the container a Run made for a command that did not start;
+    /// returns the error to end the call with (the start's, and the
+    /// destroy's when the container stays).
+    private func undoCreate(_ name: String, _ path: String, after error: any Error) -> any Error {
+        do {
+            _ = try destroyContainer(name, force: true)
+            return error
+        } catch let gone as LmctfyError where gone.code == .notFound {
+            return error
+        } catch let failed {
+            let e = error as? LmctfyError ?? LmctfyError(.internal, String(describing: error))
+            return LmctfyError(e.code, "\(e.message); the container \(path) made for it could not be removed: \(failed)")
+        }
+    }
+
+    /// The container of a detached one-shot command (Run with
+    /// `remove_when_done`) whose command has ended, found by the snapshot
+    /// keeper's exit watch (now, or at the start after an agent that was
+    /// down): destroyed with whatever is left in it. Returns what to log.
+    func removeOneShot(_ path: String) -> String? {
+        do {
+            _ = try destroyContainer(path, force: true)
+            return nil
+        } catch let e as LmctfyError where e.code == .notFound {
+            return nil
+        } catch {
+            return "the container \(path) of a one-shot command that ended was not removed: \(error)"
         }
     }
 

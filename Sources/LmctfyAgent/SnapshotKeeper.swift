@@ -344,11 +344,14 @@ public final class SnapshotKeeper: Sendable {
 
     /// A process the agent started in `path` (Run): recorded, then the
     /// snapshot written before the caller hears of it.
-    func started(_ path: String, pid: Int32, argv: [String], detached: Bool, policy: RestartPolicy?) {
+    /// `removes`: a one-shot command (Run with `remove_when_done`), whose
+    /// container goes when it ends: `onCommandEnded` is told if the agent
+    /// sees it end on its own (detached, or after a restart).
+    func started(_ path: String, pid: Int32, argv: [String], detached: Bool, policy: RestartPolicy?, removes: Bool = false) {
         let p = SnapshotProcess(
             pid: pid, startTime: Self.startTime(pid), argv: argv, env: Self.inherited.env, cwd: Self.inherited.cwd,
             uid: Self.inherited.uid, gid: Self.inherited.gid, detached: detached, restartPolicy: policy ?? .restartNever,
-            startedNs: WallClock.nanosecondsSinceEpoch())
+            startedNs: WallClock.nanosecondsSinceEpoch(), removesContainer: removes ? true : nil)
         let now = WallClock.nanosecondsSinceEpoch()
         records.locked { r in
             if r[path] == nil { r[path] = Record(createdNs: now, adopted: false) }
@@ -359,8 +362,37 @@ public final class SnapshotKeeper: Sendable {
         // exits, not how. (A foreground one is waited for by its call.)
         if detached, watchExit(path, p, reason: Self.detachedExit) == false {
             events.append(ContainerEvent(container: path, kind: .containerEventProcessExited, pid: pid, reason: Self.detachedExit))
-            exited(path, pid: pid)
+            ended(path, pid: pid, removes: removes)
         }
+    }
+
+    /// Where the containers of one-shot commands that ended go to be
+    /// destroyed (the agent's `Dispatcher.removeOneShot`, off the caller's
+    /// thread); until it is set, they wait in `endedOneShots`.
+    public func onCommandEnded(_ remove: @escaping @Sendable (String) -> Void) {
+        let waiting = oneShots.locked { o in
+            o.remove = remove
+            defer { o.waiting = [] }
+            return o.waiting
+        }
+        for path in waiting { remove(path) }
+    }
+    private let oneShots = Mutexed<(remove: (@Sendable (String) -> Void)?, waiting: [String])>((nil, []))
+
+    /// The containers of ended one-shot commands not yet handed on (tests).
+    public var endedOneShots: [String] { oneShots.locked { $0.waiting } }
+
+    /// A recorded process that ended without its Run's caller to see it:
+    /// dropped from the snapshot and, if it was a one-shot command that was
+    /// still recorded there (a destroy meanwhile, of that container or one
+    /// made again under its name, dropped it), its container handed on.
+    private func ended(_ path: String, pid: Int32, removes: Bool) {
+        guard exited(path, pid: pid), removes else { return }
+        let remove = oneShots.locked { o -> (@Sendable (String) -> Void)? in
+            if o.remove == nil { o.waiting.append(path) }
+            return o.remove
+        }
+        remove?(path)
     }
 
     static let detachedExit = "exited; its status is unknown (detached)"
@@ -368,13 +400,15 @@ public final class SnapshotKeeper: Sendable {
 
     /// A process the agent ran in the foreground ended (its status went to
     /// the caller and the event log): dropped from the snapshot.
-    func exited(_ path: String, pid: Int32) {
+    @discardableResult
+    func exited(_ path: String, pid: Int32) -> Bool {
         let had = records.locked { r in
             let n = r[path]?.processes.count ?? 0
             r[path]?.processes.removeAll { $0.pid == pid }
             return n != (r[path]?.processes.count ?? 0)
         }
         if had { syncOrWarn(path, processesOnly: true) }
+        return had
     }
 
     // MARK: Changes behind the agent's back
@@ -401,7 +435,7 @@ public final class SnapshotKeeper: Sendable {
             // Gone since the recovery looked: dropped at once.
             events.append(ContainerEvent(container: path, kind: .containerEventProcessExited, pid: p.pid,
                                          reason: "exited while the agent was down"))
-            exited(path, pid: p.pid ?? 0)
+            ended(path, pid: p.pid ?? 0, removes: p.removesContainer == true)
         }
         Threads.detach { [self] in
             var seen: UInt64 = 0
@@ -479,7 +513,7 @@ public final class SnapshotKeeper: Sendable {
         let epoll: Epoll
         let wakeFd: Int32
         let lock = Lock()
-        var entries: [UInt64: (fd: Int32, path: String, pid: Int32, reason: String)] = [:]
+        var entries: [UInt64: (fd: Int32, path: String, pid: Int32, reason: String, removes: Bool)] = [:]
         var next: UInt64 = 1
         var stopping = false
         let done = Latch()
@@ -521,7 +555,7 @@ public final class SnapshotKeeper: Sendable {
             let key = w.next
             w.next += 1
             guard (try? w.epoll.add(fd, key: key)) != nil else { return false }
-            w.entries[key] = (fd, path, pid, reason)
+            w.entries[key] = (fd, path, pid, reason, p.removesContainer == true)
             return true
         }
         if !added { close(fd) }
@@ -537,21 +571,21 @@ public final class SnapshotKeeper: Sendable {
         Threads.detach { [self] in
             while true {
                 let keys = (try? w.epoll.wait(timeoutMs: 1000)) ?? []
-                var gone: [(path: String, pid: Int32, reason: String)] = []
+                var gone: [(path: String, pid: Int32, reason: String, removes: Bool)] = []
                 let stop = w.lock.locked { () -> Bool in
                     for key in keys where key != 0 {
                         guard let e = w.entries.removeValue(forKey: key) else { continue }
                         w.epoll.remove(e.fd)
                         close(e.fd)
-                        gone.append((e.path, e.pid, e.reason))
+                        gone.append((e.path, e.pid, e.reason, e.removes))
                     }
                     return w.stopping
                 }
                 if keys.contains(0) { _ = try? EventFds.readCounter(w.wakeFd) }
                 if stop { break }
-                for (path, pid, reason) in gone {
+                for (path, pid, reason, removes) in gone {
                     events.append(ContainerEvent(container: path, kind: .containerEventProcessExited, pid: pid, reason: reason))
-                    exited(path, pid: pid)
+                    ended(path, pid: pid, removes: removes)
                 }
             }
             w.done.signal()
@@ -652,6 +686,9 @@ public final class SnapshotKeeper: Sendable {
                     events.append(ContainerEvent(container: name, kind: .containerEventProcessExited, pid: p.pid,
                                                  reason: "exited while the agent was down"))
                     out.processesGone += 1
+                    // A one-shot command's container goes once the agent
+                    // runs (`onCommandEnded`).
+                    if p.removesContainer == true { oneShots.locked { $0.waiting.append(name) } }
                 }
             }
             // The key a write of the same state would have (`syncNow`).

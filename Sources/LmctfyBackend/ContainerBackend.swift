@@ -117,6 +117,14 @@ public protocol ContainerBackend: Sendable {
     /// calling process, lmctfy's foreground `run`, returns only by throwing).
     func run(_ name: String, argv: [String], detached: Bool,
              onStarted: (Int32) throws(LmctfyError) -> Void) throws(LmctfyError) -> RunOutcome
+    /// `run` in a container made for the command (`run --create SPEC`):
+    /// `name` is created with `spec` first; when the command cannot be
+    /// started, the container is destroyed again. With `remove` (`--rm`),
+    /// it is destroyed (with whatever is left in it) when the command ends;
+    /// a backend that cannot see a detached command end refuses `remove`
+    /// with `detached` before it makes anything.
+    func runInNewContainer(_ name: String, spec: ContainerSpec, argv: [String], detached: Bool,
+                           remove: Bool) throws(LmctfyError) -> RunOutcome
     /// Moves tasks into the container; `tids` empty: the caller.
     func enter(_ name: String, tids: [Int32]) throws(LmctfyError)
     /// Kills every process of the container (`recursive`: and of its
@@ -185,6 +193,53 @@ extension ContainerBackend {
     /// By default: cannot tell without creating.
     public func checkCreate(_ name: String, spec: ContainerSpec) throws(LmctfyError) {
         throw .unimplemented("This backend cannot check a create without making the container")
+    }
+
+    /// By default: `create`, then `run` (whose foreground must return),
+    /// then `destroy`; a detached command's end is not seen, so `remove`
+    /// with `detached` is refused.
+    public func runInNewContainer(_ name: String, spec: ContainerSpec, argv: [String], detached: Bool,
+                                  remove: Bool) throws(LmctfyError) -> RunOutcome {
+        try createRunRemove(name, spec: spec, detached: detached, remove: remove) { () throws(LmctfyError) in
+            try run(name, argv: argv, detached: detached)
+        }
+    }
+
+    /// `runInNewContainer` with the command started (and, in the
+    /// foreground, waited for) by `start`.
+    public func createRunRemove(_ name: String, spec: ContainerSpec, detached: Bool, remove: Bool,
+                                start: () throws(LmctfyError) -> RunOutcome) throws(LmctfyError) -> RunOutcome {
+        if remove && detached {
+            throw .failedPrecondition("--rm with -n needs an agent (lmctl run): nothing here stays to see a detached command end")
+        }
+        try create(name, spec: spec)
+        let outcome: RunOutcome
+        do {
+            outcome = try start()
+        } catch {
+            throw removeMadeContainer(name, after: error)
+        }
+        // (A detached command's outcome has no exit status.)
+        if remove, let status = outcome.shellStatus {
+            do { try destroy(name, force: true) } catch where error.code != .notFound {
+                throw LmctfyError(error.code, "The command ended (exit status \(status)) but its container \(name) could not be removed: \(error.message)")
+            }
+        }
+        return outcome
+    }
+
+    /// Destroys the container made for a command that did not start;
+    /// returns the error to report (the start's, and the destroy's too when
+    /// the container stays).
+    public func removeMadeContainer(_ name: String, after cause: LmctfyError) -> LmctfyError {
+        do {
+            try destroy(name, force: true)
+            return cause
+        } catch where error.code == .notFound {
+            return cause
+        } catch {
+            return LmctfyError(cause.code, "\(cause.message); the container \(name) made for it could not be removed: \(error.message)")
+        }
     }
 
     /// `run` for the verbs: nothing to do when the command starts.

@@ -139,6 +139,11 @@ public enum LmctfyCLI {
                 return StatusCode.notFound.rawValue
             }
 
+            if (flags.createSpec != nil || flags.remove) && leaf.name != RunCommand.leaf.name {
+                stderr.write("Flags --create and --rm are run's (run --create SPEC [--rm] NAME COMMAND...)\n")
+                stderr.write(usageLine(environment, path, leaf))
+                return StatusCode.invalidArgument.rawValue
+            }
             let arguments = Array(args[firstPositional...])
             if arguments.first == "help" {
                 stdout.write(usageLine(environment, path, leaf))

@@ -26,6 +26,11 @@ struct Flags: Sendable {
     /// `--lmctfy_output_fd=N`: a command's output (and asked-for help) goes
     /// to descriptor N instead of standard output.
     var outputFd: Int32?
+    /// `run --create SPEC`: a container made for the command, with this
+    /// spec (text format, inline). `run --rm`: destroyed when it ends.
+    /// Flags of `run` only (other verbs refuse them).
+    var createSpec: String?
+    var remove = false
 
     enum CommandTreeStyle: Sendable { case short, long }
 
@@ -117,6 +122,11 @@ struct Flags: Sendable {
             let (v, used) = try value()
             style = try Self.style(v)
             return used
+        case "create", "lmctfy_create":
+            let (v, used) = try value()
+            createSpec = v
+            return used
+        case "rm", "lmctfy_rm": remove = try bool()
         case "lmctfy_version_long": versionLong = try bool()
         case "lmctfy_print_cmd_tree": if try bool() { commandTree = .short }
         case "lmctfy_print_cmd_tree_long": if try bool() { commandTree = .long }

@@ -4,14 +4,22 @@
 // (a `--` first is dropped).
 // Without -n lmctfy becomes the command (its exit status is the command's);
 // with -n the command runs detached (D6) and its pid is printed.
+// `run --create SPEC [--rm] <name> ...` makes the container for the command
+// first (SPEC as create takes it, inline) and, when the command cannot be
+// started, destroys it again; with --rm it is destroyed when the command
+// ends, as `docker run --rm` (with --create, lmctfy waits for the command
+// instead of becoming it, to be there to destroy it). Through an agent
+// (lmctl) the three are one call, and --rm works with -n too: the agent
+// destroys the container when it sees the command end.
 import LmctfyBackend
+import LmctfyProto
 import LmctfySystem
 
 enum RunCommand {
     static let leaf = Leaf(
         name: "run",
-        synopsis: "[-n] <container name> [--] <command> [<arguments>...]",
-        summary: "Run a command in a container (-n: in the background, printing its pid).",
+        synopsis: "[-n] [--create <container spec> [--rm]] <container name> [--] <command> [<arguments>...]",
+        summary: "Run a command in a container (-n: in the background, printing its pid; --create: in a new container, made with the spec; --rm: destroyed when the command ends).",
         minArguments: 2, maxArguments: nil,
         action: .withApi(run))
 
@@ -32,7 +40,17 @@ enum RunCommand {
         if call.flags.noWait, let sink = call.stdout as? FileDescriptorSink, let why = sink.unwritable {
             throw LmctfyError.failedPrecondition("the pid of a detached run could not be printed (\(why)): nothing was started")
         }
-        let outcome = try api.run(call.arguments[0], argv: command, detached: call.flags.noWait)
+        let outcome: RunOutcome
+        if let text = call.flags.createSpec {
+            let spec = try SpecParser.parse(ContainerSpec.self, Array(text.utf8), what: "container spec of --create")
+            outcome = try api.runInNewContainer(call.arguments[0], spec: spec, argv: command, detached: call.flags.noWait,
+                                                remove: call.flags.remove)
+        } else {
+            if call.flags.remove {
+                throw LmctfyError.invalidArgument("--rm removes the container a run made for its command: give --create SPEC too")
+            }
+            outcome = try api.run(call.arguments[0], argv: command, detached: call.flags.noWait)
+        }
         switch outcome {
         case .started(let pid):
             return CommandOutput(entries: [.pair(key: "pid", value: String(pid))], json: "{\"pid\":\(pid)}")

@@ -4442,7 +4442,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__detect_response__des
   (ProtobufCMessageInit) containers__lmctfy__agent__detect_response__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor containers__lmctfy__agent__run_request__field_descriptors[5] =
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__run_request__field_descriptors[8] =
 {
   {
     "name",
@@ -4504,18 +4504,57 @@ static const ProtobufCFieldDescriptor containers__lmctfy__agent__run_request__fi
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "create",
+    6,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_MESSAGE,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__RunRequest, create),
+    &containers__lmctfy__container_spec__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "tier",
+    7,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__RunRequest, tier),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "remove_when_done",
+    8,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_BOOL,
+    offsetof(Containers__Lmctfy__Agent__RunRequest, has_remove_when_done),
+    offsetof(Containers__Lmctfy__Agent__RunRequest, remove_when_done),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned containers__lmctfy__agent__run_request__field_indices_by_name[] = {
   1,   /* field[1] = argv */
+  5,   /* field[5] = create */
   3,   /* field[3] = detached */
   0,   /* field[0] = name */
+  7,   /* field[7] = remove_when_done */
   4,   /* field[4] = restart_policy */
   2,   /* field[2] = spec */
+  6,   /* field[6] = tier */
 };
 static const ProtobufCIntRange containers__lmctfy__agent__run_request__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 5 }
+  { 0, 8 }
 };
 const ProtobufCMessageDescriptor containers__lmctfy__agent__run_request__descriptor =
 {
@@ -4525,7 +4564,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__run_request__descrip
   "Containers__Lmctfy__Agent__RunRequest",
   "containers.lmctfy.agent",
   sizeof(Containers__Lmctfy__Agent__RunRequest),
-  5,
+  8,
   containers__lmctfy__agent__run_request__field_descriptors,
   containers__lmctfy__agent__run_request__field_indices_by_name,
   1,  containers__lmctfy__agent__run_request__number_ranges,
@@ -6679,7 +6718,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__container_snapshot__
   (ProtobufCMessageInit) containers__lmctfy__agent__container_snapshot__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor containers__lmctfy__agent__snapshot_process__field_descriptors[10] =
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__snapshot_process__field_descriptors[11] =
 {
   {
     "pid",
@@ -6801,6 +6840,18 @@ static const ProtobufCFieldDescriptor containers__lmctfy__agent__snapshot_proces
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "removes_container",
+    11,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_BOOL,
+    offsetof(Containers__Lmctfy__Agent__SnapshotProcess, has_removes_container),
+    offsetof(Containers__Lmctfy__Agent__SnapshotProcess, removes_container),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned containers__lmctfy__agent__snapshot_process__field_indices_by_name[] = {
   2,   /* field[2] = argv */
@@ -6809,6 +6860,7 @@ static const unsigned containers__lmctfy__agent__snapshot_process__field_indices
   3,   /* field[3] = env */
   6,   /* field[6] = gid */
   0,   /* field[0] = pid */
+  10,   /* field[10] = removes_container */
   8,   /* field[8] = restart_policy */
   1,   /* field[1] = start_time */
   9,   /* field[9] = started_ns */
@@ -6817,7 +6869,7 @@ static const unsigned containers__lmctfy__agent__snapshot_process__field_indices
 static const ProtobufCIntRange containers__lmctfy__agent__snapshot_process__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 10 }
+  { 0, 11 }
 };
 const ProtobufCMessageDescriptor containers__lmctfy__agent__snapshot_process__descriptor =
 {
@@ -6827,7 +6879,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__snapshot_process__de
   "Containers__Lmctfy__Agent__SnapshotProcess",
   "containers.lmctfy.agent",
   sizeof(Containers__Lmctfy__Agent__SnapshotProcess),
-  10,
+  11,
   containers__lmctfy__agent__snapshot_process__field_descriptors,
   containers__lmctfy__agent__snapshot_process__field_indices_by_name,
   1,  containers__lmctfy__agent__snapshot_process__number_ranges,

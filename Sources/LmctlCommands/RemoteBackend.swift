@@ -257,8 +257,23 @@ public final class RemoteBackend: ContainerBackend, @unchecked Sendable {
     /// Run: `onStarted` at RUN_STARTED; attached runs return at RUN_EXITED.
     public func run(_ name: String, argv: [String], detached: Bool,
                     onStarted: (Int32) throws(LmctfyError) -> Void) throws(LmctfyError) -> RunOutcome {
+        try run(RunRequest(name: name, argv: argv, detached: detached), onStarted: onStarted)
+    }
+
+    /// `run --create SPEC [--rm]`: one Run call, the agent making the
+    /// container, running the command and (`remove`) destroying it when the
+    /// command ends, detached too (it sees the command end).
+    public func runInNewContainer(_ name: String, spec: ContainerSpec, argv: [String], detached: Bool,
+                                  remove: Bool) throws(LmctfyError) -> RunOutcome {
+        try run(RunRequest(name: name, argv: argv, detached: detached, create: spec, removeWhenDone: remove ? true : nil)) {
+            (_: Int32) throws(LmctfyError) in
+        }
+    }
+
+    private func run(_ request: RunRequest, onStarted: (Int32) throws(LmctfyError) -> Void) throws(LmctfyError) -> RunOutcome {
+        let detached = request.detached == true
         var outcome: RunOutcome?
-        try client.stream(AgentMethods.run, RunRequest(name: name, argv: argv, detached: detached)) { r throws(LmctfyError) in
+        try client.stream(AgentMethods.run, request) { r throws(LmctfyError) in
             switch r.kind {
             case .runStarted:
                 try onStarted(r.pid ?? 0)

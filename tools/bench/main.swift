@@ -373,6 +373,27 @@ do {
         let total = (now() - t0) / Double(n)
         print("agent lifecycle (create cpu+mem, run /bin/true, exit, destroy) \(phaseText(phases, n)) us=\(fmt(total))")
 
+    case "agent-oneshot" where args.count == 4:
+        // agent-oneshot N SOCKET: the same lifecycle as one Run call (create
+        // cpu+memory, run /bin/true, wait, remove when done: `lmctl run
+        // --create SPEC --rm`), from this process.
+        let client = try RpcClient.connect(unixPath: args[3], name: "bench")
+        defer { client.close() }
+        let spec = try ContainerSpec(textFormat: "cpu { limit: 500 max_limit: 1000 } memory { limit: 104857600 }")
+        let t0 = now()
+        for i in 0..<n {
+            let name = "/lmctfy_bench_agent_\(getpid())_\(i)"
+            var exited = false
+            try client.stream(AgentMethods.run, RunRequest(name: name, argv: ["/bin/true"], create: spec, removeWhenDone: true)) {
+                (r: RunResponse) in
+                exited = exited || r.exitCode == 0
+                return true
+            }
+            guard exited else { fail("agent-oneshot: /bin/true did not exit 0 in \(name)") }
+        }
+        let total = (now() - t0) / Double(n)
+        print("agent one-call lifecycle (Run with create cpu+mem and remove_when_done, /bin/true) us=\(fmt(total))")
+
     case "agent-create" where args.count == 5:
         // agent-create N SOCKET CLIENTS: N creates (cpu+memory), then N
         // destroys, through the agent, from CLIENTS threads at once; the
@@ -466,7 +487,7 @@ do {
         print("local lifecycle (create cpu+mem, run /bin/true, exit, destroy; CL1 in-process) \(phaseText(phases, n)) cpu_us=\(fmt(cpu)) csw=\(fmt(csw)) us=\(fmt(total))")
 
     default:
-        fail("usage: lmctfy-bench create-destroy N | freeze N BASELINE | run N BASELINE | threshold N HELPER | rpc PORT KEYFILE C D SECONDS | agent-lifecycle N SOCKET | agent-create N SOCKET CLIENTS | agent-populate N SOCKET PREFIX | agent-wait MS SOCKET | local-lifecycle N")
+        fail("usage: lmctfy-bench create-destroy N | freeze N BASELINE | run N BASELINE | threshold N HELPER | rpc PORT KEYFILE C D SECONDS | agent-lifecycle N SOCKET | agent-oneshot N SOCKET | agent-create N SOCKET CLIENTS | agent-populate N SOCKET PREFIX | agent-wait MS SOCKET | local-lifecycle N")
     }
 } catch {
     fail("\(error)")

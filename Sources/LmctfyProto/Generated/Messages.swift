@@ -9300,19 +9300,31 @@ public struct RunRequest: ProtoMessage {
     public var detached: Bool?
     /// Field 5 `restart_policy`.
     public var restartPolicy: RestartPolicy?
+    /// Field 6 `create`.
+    public var create: ContainerSpec?
+    /// Field 7 `tier`.
+    public var tier: String?
+    /// Field 8 `remove_when_done`.
+    public var removeWhenDone: Bool?
 
     public init(
         name: String? = nil,
         argv: [String] = [],
         spec: RunSpec? = nil,
         detached: Bool? = nil,
-        restartPolicy: RestartPolicy? = nil
+        restartPolicy: RestartPolicy? = nil,
+        create: ContainerSpec? = nil,
+        tier: String? = nil,
+        removeWhenDone: Bool? = nil
     ) {
         self.name = name
         self.argv = argv
         self.spec = spec
         self.detached = detached
         self.restartPolicy = restartPolicy
+        self.create = create
+        self.tier = tier
+        self.removeWhenDone = removeWhenDone
     }
 
     public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.RunRequest")
@@ -9324,6 +9336,9 @@ public struct RunRequest: ProtoMessage {
         self.spec = message.get(3)
         self.detached = message.get(4)
         self.restartPolicy = message.get(5)
+        self.create = message.get(6)
+        self.tier = message.get(7)
+        self.removeWhenDone = message.get(8)
     }
 
     public var dynamic: DynamicMessage {
@@ -9333,6 +9348,9 @@ public struct RunRequest: ProtoMessage {
         message.set(3, spec)
         message.set(4, detached)
         message.set(5, restartPolicy)
+        message.set(6, create)
+        message.set(7, tier)
+        message.set(8, removeWhenDone)
         return message
     }
 
@@ -9343,6 +9361,9 @@ public struct RunRequest: ProtoMessage {
         self.spec = CBridge.message(c, f[2])
         self.detached = CBridge.value(c, f[3])
         self.restartPolicy = CBridge.value(c, f[4])
+        self.create = CBridge.message(c, f[5])
+        self.tier = CBridge.value(c, f[6])
+        self.removeWhenDone = CBridge.value(c, f[7])
     }
 
     public func makeC() -> UnsafeMutableRawPointer {
@@ -9353,6 +9374,9 @@ public struct RunRequest: ProtoMessage {
         CBridge.setMessage(c, f[2], spec)
         CBridge.set(c, f[3], detached)
         CBridge.set(c, f[4], restartPolicy)
+        CBridge.setMessage(c, f[5], create)
+        CBridge.set(c, f[6], tier)
+        CBridge.set(c, f[7], removeWhenDone)
         return c
     }
 }
@@ -9440,6 +9464,8 @@ public struct SnapshotProcess: ProtoMessage {
     public var restartPolicy: RestartPolicy?
     /// Field 10 `started_ns`.
     public var startedNs: UInt64?
+    /// Field 11 `removes_container`.
+    public var removesContainer: Bool?
 
     public init(
         pid: Int32? = nil,
@@ -9451,7 +9477,8 @@ public struct SnapshotProcess: ProtoMessage {
         gid: UInt32? = nil,
         detached: Bool? = nil,
         restartPolicy: RestartPolicy? = nil,
-        startedNs: UInt64? = nil
+        startedNs: UInt64? = nil,
+        removesContainer: Bool? = nil
     ) {
         self.pid = pid
         self.startTime = startTime
@@ -9463,6 +9490,7 @@ public struct SnapshotProcess: ProtoMessage {
         self.detached = detached
         self.restartPolicy = restartPolicy
         self.startedNs = startedNs
+        self.removesContainer = removesContainer
     }
 
     public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.SnapshotProcess")
@@ -9479,6 +9507,7 @@ public struct SnapshotProcess: ProtoMessage {
         self.detached = message.get(8)
         self.restartPolicy = message.get(9)
         self.startedNs = message.get(10)
+        self.removesContainer = message.get(11)
     }
 
     public var dynamic: DynamicMessage {
@@ -9493,6 +9522,7 @@ public struct SnapshotProcess: ProtoMessage {
         message.set(8, detached)
         message.set(9, restartPolicy)
         message.set(10, startedNs)
+        message.set(11, removesContainer)
         return message
     }
 
@@ -9508,6 +9538,7 @@ public struct SnapshotProcess: ProtoMessage {
         self.detached = CBridge.value(c, f[7])
         self.restartPolicy = CBridge.value(c, f[8])
         self.startedNs = CBridge.value(c, f[9])
+        self.removesContainer = CBridge.value(c, f[10])
     }
 
     public func makeC() -> UnsafeMutableRawPointer {
@@ -9523,6 +9554,7 @@ public struct SnapshotProcess: ProtoMessage {
         CBridge.set(c, f[7], detached)
         CBridge.set(c, f[8], restartPolicy)
         CBridge.set(c, f[9], startedNs)
+        CBridge.set(c, f[10], removesContainer)
         return c
     }
 }

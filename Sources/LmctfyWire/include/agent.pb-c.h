@@ -831,15 +831,38 @@ struct  Containers__Lmctfy__Agent__RunRequest
    * container's snapshot (ContainerSnapshot); the agent does not relaunch
    * anything yet (README "Snapshots and restart recovery"). Absent: NEVER.
    */
-  /*
-   * Next id: 6
-   */
   protobuf_c_boolean has_restart_policy;
   Containers__Lmctfy__Agent__RestartPolicy restart_policy;
+  /*
+   * Added: a container made for the command (`lmctl run --create SPEC`).
+   * With `create`, the agent first creates `name` with this spec, as Create
+   * would (its policy admits it, in `tier` when given; CREATED is recorded),
+   * then runs the command in it: one call instead of two. When the create
+   * fails the call fails and nothing is made; when the command cannot be
+   * started in the container made for it, the container is destroyed again.
+   */
+  Containers__Lmctfy__ContainerSpec *create;
+  char *tier;
+  /*
+   * Added: with `create`, the container goes when its command ends
+   * (`lmctl run --create SPEC --rm`): whatever is left in it (and below it)
+   * is killed and the container destroyed, DESTROYED recorded. A foreground
+   * call's RUN_EXITED comes after the destroy; a destroy that fails ends the
+   * call with its error after RUN_EXITED. A detached command's container is
+   * destroyed when the agent sees the command exit (as its PROCESS_EXITED),
+   * and one whose command ended while no agent ran, at the agent's start.
+   * Refused (INVALID_ARGUMENT) without `create`: the agent removes only a
+   * container the same call made.
+   */
+  /*
+   * Next id: 9
+   */
+  protobuf_c_boolean has_remove_when_done;
+  protobuf_c_boolean remove_when_done;
 };
 #define CONTAINERS__LMCTFY__AGENT__RUN_REQUEST__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__run_request__descriptor) \
-    , NULL, 0,NULL, NULL, 0, 0, 0, CONTAINERS__LMCTFY__AGENT__RESTART_POLICY__RESTART_POLICY_UNSPECIFIED }
+    , NULL, 0,NULL, NULL, 0, 0, 0, CONTAINERS__LMCTFY__AGENT__RESTART_POLICY__RESTART_POLICY_UNSPECIFIED, NULL, NULL, 0, 0 }
 
 
 struct  Containers__Lmctfy__Agent__RunResponse
@@ -1683,15 +1706,21 @@ struct  Containers__Lmctfy__Agent__SnapshotProcess
   /*
    * CLOCK_REALTIME when it was started.
    */
-  /*
-   * Next id: 11
-   */
   protobuf_c_boolean has_started_ns;
   uint64_t started_ns;
+  /*
+   * Added: started by a Run with `remove_when_done`: when it ends, its
+   * container is destroyed (by this agent or, after a restart, the next).
+   */
+  /*
+   * Next id: 12
+   */
+  protobuf_c_boolean has_removes_container;
+  protobuf_c_boolean removes_container;
 };
 #define CONTAINERS__LMCTFY__AGENT__SNAPSHOT_PROCESS__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__snapshot_process__descriptor) \
-    , 0, 0, 0, 0, 0,NULL, 0,NULL, NULL, 0, 0, 0, 0, 0, 0, 0, CONTAINERS__LMCTFY__AGENT__RESTART_POLICY__RESTART_POLICY_UNSPECIFIED, 0, 0 }
+    , 0, 0, 0, 0, 0,NULL, 0,NULL, NULL, 0, 0, 0, 0, 0, 0, 0, CONTAINERS__LMCTFY__AGENT__RESTART_POLICY__RESTART_POLICY_UNSPECIFIED, 0, 0, 0, 0 }
 
 
 /*

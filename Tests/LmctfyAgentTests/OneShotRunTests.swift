@@ -1,0 +1,240 @@
+// Run with `create` (and `remove_when_done`): the container made for the
+// command in the same call, and gone when the command ends: in the
+// foreground before RUN_EXITED, for a detached command when the agent sees
+// it exit, and across an agent that was killed meanwhile. Nothing is left
+// by a Run that fails, and nothing that was there before is touched.
+import Foundation
+import Glibc
+import Lmctfy
+import LmctfyAgent
+import LmctfyProto
+import LmctfyRPC
+import LmctfySystem
+import LmctfyTestSupport
+import Testing
+
+/// Whether `name` exists on the machine.
+private func exists(_ name: String) -> Bool {
+    (try? ContainerApi.detect().get(try ContainerName.resolve(name, relativeTo: .root))) != nil
+}
+
+/// Waits up to `seconds` for `condition`.
+private func within(_ seconds: Int, _ condition: () -> Bool) -> Bool {
+    for _ in 0..<(seconds * 50) {
+        if condition() { return true }
+        usleep(20_000)
+    }
+    return condition()
+}
+
+/// The kinds of the events of `container` the agent at `socket` keeps, in order.
+private func kinds(_ socket: String, _ container: String) -> [String] {
+    events(Subscriber(socket, SubscribeRequest(afterSequence: 0), until: { $0.last?.caughtUp != nil }).wait().0)
+        .filter { $0.container == container }
+        .map { e in
+            let kind = e.kind?.protoName ?? "?"
+            guard e.kind == .containerEventProcessExited else { return kind }
+            return kind + (e.exitCode.map { " \($0)" } ?? e.termSignal.map { " signal \($0)" } ?? " unknown")
+        }
+}
+
+private let memory = ContainerSpec(memory: MemorySpec(limit: 64 << 20))
+
+@Suite(.enabled(if: RealCgroups.available, "\(RealCgroups.unavailableReason ?? "")"))
+struct OneShotRunTests {
+    @Test func aForegroundOneShotRunsInItsNewContainerAndLeavesNothing() throws {
+        try withAgent { _, socket in
+            let name = RealCgroups.uniqueName("oneshot")
+            let out = "/tmp/\(name.dropFirst())-cgroup"
+            defer {
+                _ = try? TestProcess.capture([builtTool("lmctfy"), "destroy", "-f", name])
+                _ = unlink(out)
+            }
+            let client = try RpcClient.connect(unixPath: socket)
+            defer { client.close() }
+            var got: [RunResponse] = []
+            try client.stream(AgentMethods.run, RunRequest(
+                name: name, argv: ["/bin/sh", "-c", "cat /proc/self/cgroup > \(out); exit 3"],
+                create: memory, removeWhenDone: true)) { (r: RunResponse) in
+                got.append(r)
+                // Between the start and the exit the container is there.
+                if r.kind == .runStarted { #expect(exists(name)) }
+                return true
+            }
+            #expect(got.map(\.kind) == [.runStarted, .runExited])
+            #expect(got.last?.exitCode == 3, "the command's exit status comes back")
+            // It ran in the container made for it (its memory cgroup).
+            let cgroups = (try? Sys.readFile(out)) ?? ""
+            #expect(cgroups.split(separator: "\n").contains { $0.contains("memory") && $0.hasSuffix(":" + name) }, "\(cgroups)")
+            // Gone when RUN_EXITED came; its events in order.
+            #expect(!exists(name))
+            #expect(kinds(socket, name) == ["CONTAINER_EVENT_CREATED", "CONTAINER_EVENT_PROCESS_EXITED 3", "CONTAINER_EVENT_DESTROYED"])
+            // Without remove_when_done the container stays, made and run in one call.
+            got = []
+            try client.stream(AgentMethods.run, RunRequest(name: name, argv: ["/bin/true"], create: memory)) { (r: RunResponse) in
+                got.append(r)
+                return true
+            }
+            #expect(got.last?.exitCode == 0)
+            #expect(try client.call(AgentMethods.spec, SpecRequest(name: name)).spec?.memory?.limit == 64 << 20)
+        }
+    }
+
+    @Test func badOneShotsAreRefusedAndChangeNothing() throws {
+        try withAgent { _, socket in
+            let name = RealCgroups.uniqueName("oneshotbad")
+            defer { _ = try? TestProcess.capture([builtTool("lmctfy"), "destroy", "-f", name]) }
+            let client = try RpcClient.connect(unixPath: socket)
+            defer { client.close() }
+            func run(_ r: RunRequest) -> LmctfyError? {
+                do {
+                    try client.stream(AgentMethods.run, r) { (_: RunResponse) in true }
+                    return nil
+                } catch {
+                    return error
+                }
+            }
+            // remove_when_done or tier without create: refused, nothing made.
+            var e = run(RunRequest(name: name, argv: ["/bin/true"], removeWhenDone: true))
+            #expect(e?.code == .invalidArgument && e?.message.contains("needs create") == true, "\(String(describing: e))")
+            e = run(RunRequest(name: name, argv: ["/bin/true"], tier: "batch"))
+            #expect(e?.code == .invalidArgument, "\(String(describing: e))")
+            #expect(!exists(name))
+            // Hostile names: refused before anything is made.
+            for bad in ["", name + "/cgroup.procs", name + "/.hidden", name + "/bad\nname"] {
+                e = run(RunRequest(name: bad, argv: ["/bin/true"], create: memory, removeWhenDone: true))
+                #expect(e?.code == .invalidArgument, "\(bad): \(String(describing: e))")
+            }
+            // A command that cannot start: the container made for it goes again.
+            e = run(RunRequest(name: name, argv: ["/nonexistent/command"], create: memory, removeWhenDone: false))
+            #expect(e != nil && e?.code != .ok)
+            #expect(!exists(name), "a failed Run leaves nothing")
+            #expect(kinds(socket, name) == ["CONTAINER_EVENT_CREATED", "CONTAINER_EVENT_DESTROYED"])
+            // A create that fails (the name is taken) runs nothing and leaves
+            // the container that was there as it was.
+            _ = try client.call(AgentMethods.create, CreateRequest(name: name, spec: ContainerSpec(memory: MemorySpec(limit: 32 << 20))))
+            let marker = "/tmp/\(name.dropFirst())-ran"
+            defer { _ = unlink(marker) }
+            e = run(RunRequest(name: name, argv: ["/bin/touch", marker], create: memory, removeWhenDone: true))
+            #expect(e?.code == .alreadyExists, "\(String(describing: e))")
+            #expect(!Sys.exists(marker), "nothing ran")
+            #expect(try client.call(AgentMethods.spec, SpecRequest(name: name)).spec?.memory?.limit == 32 << 20)
+        }
+    }
+
+    @Test func aCancelledOneShotKillsItsCommandAndRemovesItsContainer() throws {
+        try withAgent { _, socket in
+            let name = RealCgroups.uniqueName("oneshotcancel")
+            defer { _ = try? TestProcess.capture([builtTool("lmctfy"), "destroy", "-f", name]) }
+            let client = try RpcClient.connect(unixPath: socket)
+            defer { client.close() }
+            var pid: Int32 = 0
+            // The caller stops reading at RUN_STARTED: the call is cancelled.
+            try client.stream(AgentMethods.run, RunRequest(name: name, argv: ["sleep", "1000"], create: memory, removeWhenDone: true)) {
+                (r: RunResponse) in
+                pid = r.pid ?? 0
+                return false
+            }
+            #expect(pid > 0)
+            #expect(within(10) { !exists(name) }, "the container goes with its cancelled command")
+            #expect(within(5) { kill(pid, 0) != 0 }, "the command was killed")
+        }
+    }
+
+    @Test func aDetachedOneShotsContainerGoesWhenItsCommandExits() throws {
+        try withAgent { _, socket in
+            let name = RealCgroups.uniqueName("oneshotdet")
+            defer { _ = try? TestProcess.capture([builtTool("lmctfy"), "destroy", "-f", name]) }
+            let client = try RpcClient.connect(unixPath: socket)
+            defer { client.close() }
+            var pid: Int32 = 0
+            try client.stream(AgentMethods.run, RunRequest(name: name, argv: ["sleep", "1"], detached: true,
+                                                           create: memory, removeWhenDone: true)) { (r: RunResponse) in
+                pid = r.pid ?? pid
+                return true
+            }
+            #expect(pid > 0)
+            #expect(exists(name), "it stays while its command runs")
+            #expect(within(15) { !exists(name) }, "gone once its command exited")
+            #expect(within(5) { kinds(socket, name).last == "CONTAINER_EVENT_DESTROYED" })
+            #expect(kinds(socket, name) == ["CONTAINER_EVENT_CREATED", "CONTAINER_EVENT_PROCESS_EXITED unknown", "CONTAINER_EVENT_DESTROYED"])
+        }
+    }
+}
+
+@Suite(.enabled(if: RealCgroups.available, "\(RealCgroups.unavailableReason ?? "")"), .serialized)
+struct OneShotRestartTests {
+    /// The agent is killed while two one-shot commands run: one ends while
+    /// no agent runs, one after the next agent has started. The next agent
+    /// removes the first's container at its start, the second's when its
+    /// command ends; a container made by a plain Run stays.
+    @Test func oneShotContainersGoAfterAnAgentThatWasKilled() throws {
+        let root = try ContainerApi.detect()
+        let top = RealCgroups.uniqueName("oneshotrestart")
+        _ = try root.create(top, spec: ContainerSpec(memory: MemorySpec(limit: 1 << 30)))
+        defer { _ = try? TestProcess.capture([builtTool("lmctfy"), "destroy", "-f", top]) }
+        let first = try AgentProcess(config: "root_container: \"\(top)\" stats_interval_ms: 0")
+        defer { _ = removeTree(first.dir) }
+        var client = try RpcClient.connect(unixPath: first.socket)
+        for (n, seconds, removes) in [("/early", "1", true), ("/late", "6", true), ("/kept", "1", false)] {
+            try client.stream(AgentMethods.run, RunRequest(name: n, argv: ["sleep", seconds], detached: true,
+                                                           create: memory, removeWhenDone: removes ? true : nil)) { (_: RunResponse) in true }
+        }
+        client.close()
+        first.crash()
+        _ = TestProcess.reapIfExited(first.pid)
+        // /early's command ends while no agent runs.
+        usleep(2_000_000)
+        #expect(exists(top + "/early") && exists(top + "/late") && exists(top + "/kept"))
+        let second = try AgentProcess(reusing: first.dir)
+        defer { second.stop(keepingState: true) }
+        #expect(within(10) { !exists(top + "/early") }, "removed at the start")
+        #expect(exists(top + "/late"), "its command still runs")
+        #expect(within(20) { !exists(top + "/late") }, "removed when its command ended")
+        #expect(exists(top + "/kept"), "a container of a plain Run stays")
+        client = try RpcClient.connect(unixPath: second.socket)
+        client.close()
+        #expect(within(5) { kinds(second.socket, "/late").suffix(2) == ["CONTAINER_EVENT_PROCESS_EXITED unknown", "CONTAINER_EVENT_DESTROYED"] },
+                "\(kinds(second.socket, "/late"))")
+    }
+}
+
+@Suite(.enabled(if: RealCgroups.available, "\(RealCgroups.unavailableReason ?? "")"))
+struct OneShotCLITests {
+    /// `lmctfy run --create SPEC --rm` (in this process's machine) and
+    /// `lmctl run --create SPEC --rm` (one call to the agent): the command's
+    /// exit status, the container there while it runs and gone after;
+    /// mistakes refused with nothing made.
+    @Test func runCreateRmThroughLmctfyAndLmctl() throws {
+        try withAgent { _, socket in
+            for tool in [[builtTool("lmctfy")], [builtTool("lmctl"), "--agent", "unix://" + socket]] {
+                let name = RealCgroups.uniqueName("oneshotcli")
+                let seen = "/tmp/\(name.dropFirst())-seen"
+                defer {
+                    _ = try? TestProcess.capture([builtTool("lmctfy"), "destroy", "-f", name])
+                    _ = unlink(seen)
+                }
+                func run(_ args: [String]) throws -> ChildResult { try TestProcess.capture(tool + args) }
+                func err(_ r: ChildResult) -> String { String(decoding: r.stderr, as: UTF8.self) }
+                // The command sees its own container: its memory limit.
+                var r = try run(["run", "--create", "memory:{limit:67108864}", "--rm", name, "/bin/sh", "-c",
+                                 "cat /sys/fs/cgroup/memory\(name)/memory.limit_in_bytes > \(seen); exit 5"])
+                #expect(r.status == 5, "\(tool[0]): \(err(r))")
+                #expect(((try? Sys.readFile(seen)) ?? "").hasPrefix("67108864"), "\(tool[0]): ran in the container made for it")
+                #expect(!exists(name), "\(tool[0]): removed when the command ended")
+                // --rm without --create, --create with another verb, a bad
+                // spec: refused, nothing made.
+                r = try run(["run", "--rm", name, "/bin/true"])
+                #expect(r.status == 3 && err(r).contains("--create"), "\(tool[0]): \(err(r))")
+                r = try run(["create", "--create", "memory:{limit:1}", name, "memory:{limit:67108864}"])
+                #expect(r.status == 3, "\(tool[0]): \(err(r))")
+                r = try run(["run", "--create", "memory:{limit:", "--rm", name, "/bin/true"])
+                #expect(r.status == 3, "\(tool[0]): \(err(r))")
+                // A command that cannot start: the container goes again.
+                r = try run(["run", "--create", "memory:{limit:67108864}", name, "/nonexistent/command"])
+                #expect(r.status != 0, "\(tool[0])")
+                #expect(!exists(name), "\(tool[0]): nothing left by a run that failed")
+            }
+        }
+    }
+}
