@@ -65,7 +65,8 @@ struct OneShotRunTests {
             #expect(got.last?.exitCode == 3, "the command's exit status comes back")
             // It ran in the container made for it (its memory cgroup).
             let cgroups = (try? Sys.readFile(out)) ?? ""
-            #expect(cgroups.split(separator: "\n").contains { $0.contains("memory") && $0.hasSuffix(":" + name) }, "\(cgroups)")
+            #expect(cgroups.split(separator: "\n").contains { ($0.contains(":memory:") || $0.hasPrefix("0::")) && $0.hasSuffix(":" + name) },
+                    "\(cgroups)")
             // Gone when RUN_EXITED came; its events in order.
             #expect(!exists(name))
             #expect(kinds(socket, name) == ["CONTAINER_EVENT_CREATED", "CONTAINER_EVENT_PROCESS_EXITED 3", "CONTAINER_EVENT_DESTROYED"])
@@ -136,8 +137,8 @@ struct OneShotRunTests {
                 return false
             }
             #expect(pid > 0)
-            #expect(within(10) { !exists(name) }, "the container goes with its cancelled command")
-            #expect(within(5) { kill(pid, 0) != 0 }, "the command was killed")
+            #expect(within(30) { !exists(name) }, "the container goes with its cancelled command")
+            #expect(within(30) { kill(pid, 0) != 0 }, "the command was killed")
         }
     }
 
@@ -155,8 +156,8 @@ struct OneShotRunTests {
             }
             #expect(pid > 0)
             #expect(exists(name), "it stays while its command runs")
-            #expect(within(15) { !exists(name) }, "gone once its command exited")
-            #expect(within(5) { kinds(socket, name).last == "CONTAINER_EVENT_DESTROYED" })
+            #expect(within(30) { !exists(name) }, "gone once its command exited")
+            #expect(within(30) { kinds(socket, name).last == "CONTAINER_EVENT_DESTROYED" })
             #expect(kinds(socket, name) == ["CONTAINER_EVENT_CREATED", "CONTAINER_EVENT_PROCESS_EXITED unknown", "CONTAINER_EVENT_DESTROYED"])
         }
     }
@@ -176,7 +177,7 @@ struct OneShotRestartTests {
         let first = try AgentProcess(config: "root_container: \"\(top)\" stats_interval_ms: 0")
         defer { _ = removeTree(first.dir) }
         var client = try RpcClient.connect(unixPath: first.socket)
-        for (n, seconds, removes) in [("/early", "1", true), ("/late", "6", true), ("/kept", "1", false)] {
+        for (n, seconds, removes) in [("/early", "1", true), ("/late", "20", true), ("/kept", "1", false)] {
             try client.stream(AgentMethods.run, RunRequest(name: n, argv: ["sleep", seconds], detached: true,
                                                            create: memory, removeWhenDone: removes ? true : nil)) { (_: RunResponse) in true }
         }
@@ -188,13 +189,13 @@ struct OneShotRestartTests {
         #expect(exists(top + "/early") && exists(top + "/late") && exists(top + "/kept"))
         let second = try AgentProcess(reusing: first.dir)
         defer { second.stop(keepingState: true) }
-        #expect(within(10) { !exists(top + "/early") }, "removed at the start")
+        #expect(within(30) { !exists(top + "/early") }, "removed at the start")
         #expect(exists(top + "/late"), "its command still runs")
-        #expect(within(20) { !exists(top + "/late") }, "removed when its command ended")
+        #expect(within(60) { !exists(top + "/late") }, "removed when its command ended")
         #expect(exists(top + "/kept"), "a container of a plain Run stays")
         client = try RpcClient.connect(unixPath: second.socket)
         client.close()
-        #expect(within(5) { kinds(second.socket, "/late").suffix(2) == ["CONTAINER_EVENT_PROCESS_EXITED unknown", "CONTAINER_EVENT_DESTROYED"] },
+        #expect(within(30) { kinds(second.socket, "/late").suffix(2) == ["CONTAINER_EVENT_PROCESS_EXITED unknown", "CONTAINER_EVENT_DESTROYED"] },
                 "\(kinds(second.socket, "/late"))")
     }
 }
@@ -216,11 +217,14 @@ struct OneShotCLITests {
                 }
                 func run(_ args: [String]) throws -> ChildResult { try TestProcess.capture(tool + args) }
                 func err(_ r: ChildResult) -> String { String(decoding: r.stderr, as: UTF8.self) }
-                // The command sees its own container: its memory limit.
+                // The command runs in the container made for it (v1: its
+                // memory hierarchy's line; v2: the one line).
                 var r = try run(["run", "--create", "memory:{limit:67108864}", "--rm", name, "/bin/sh", "-c",
-                                 "cat /sys/fs/cgroup/memory\(name)/memory.limit_in_bytes > \(seen); exit 5"])
+                                 "cat /proc/self/cgroup > \(seen); exit 5"])
                 #expect(r.status == 5, "\(tool[0]): \(err(r))")
-                #expect(((try? Sys.readFile(seen)) ?? "").hasPrefix("67108864"), "\(tool[0]): ran in the container made for it")
+                let cgroups = (try? Sys.readFile(seen)) ?? ""
+                #expect(cgroups.split(separator: "\n").contains { ($0.contains(":memory:") || $0.hasPrefix("0::")) && $0.hasSuffix(":" + name) },
+                        "\(tool[0]): \(cgroups)")
                 #expect(!exists(name), "\(tool[0]): removed when the command ended")
                 // --rm without --create, --create with another verb, a bad
                 // spec: refused, nothing made.
