@@ -201,7 +201,7 @@ struct OneShotRestartTests {
 }
 
 @Suite(.enabled(if: RealCgroups.available, "\(RealCgroups.unavailableReason ?? "")"))
-struct OneShotCLITests {
+struct OneShotCommandLineTests {  // (an agent: host only, not the v2 guest's CLITests)
     /// `lmctfy run --create SPEC --rm` (in this process's machine) and
     /// `lmctl run --create SPEC --rm` (one call to the agent): the command's
     /// exit status, the container there while it runs and gone after;
