@@ -33,6 +33,29 @@ struct TasksCLITests {
         }
     }
 
+    /// `run --create SPEC [--rm]`: the command runs in the container made
+    /// for it (its exit status passed on), which goes with --rm and stays
+    /// without; --rm with -n is refused before anything is made.
+    @Test(arguments: Runner.allCases)
+    func runCreateRmMakesRunsAndRemoves(_ lmctfy: Runner) throws {
+        try withTestName("runrm") { name throws in
+            let seen = "/tmp/\(name.dropFirst())-seen"
+            defer { _ = unlink(seen) }
+            var r = try lmctfy("run", "--create", "pids:{limit:50}", "--rm", name, "/bin/sh", "-c", "cat /proc/self/cgroup > \(seen); exit 6")
+            #expect(r.status == 6, "\(r)")
+            let cgroups = (try? Sys.readFile(seen)) ?? ""
+            #expect(cgroups.split(separator: "\n").contains { ($0.contains(":pids:") || $0.hasPrefix("0::")) && $0.hasSuffix(":" + name) },
+                    "\(cgroups)")
+            #expect(try lmctfy("spec", name).status == 5, "removed when the command ended")
+            r = try lmctfy("run", "--create", "pids:{limit:50}", "--rm", "-n", name, "sleep", "100")
+            #expect(r.status == 9 && r.stderr.contains("--rm with -n"), "\(r)")
+            #expect(try lmctfy("spec", name).status == 5, "nothing made")
+            r = try lmctfy("run", "--create", "pids:{limit:50}", name, "/bin/true")
+            #expect(r.status == 0, "\(r)")
+            #expect(try lmctfy("spec", name).status == 0, "without --rm it stays")
+        }
+    }
+
     @Test(arguments: Runner.allCases)
     func detachedRunListsKillAll(_ lmctfy: Runner) throws {
         try withTestName("runbg") { name throws in
