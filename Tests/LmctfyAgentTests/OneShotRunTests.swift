@@ -40,18 +40,23 @@ private func kinds(_ socket: String, _ container: String) -> [String] {
 
 private let memory = ContainerSpec(memory: MemorySpec(limit: 64 << 20))
 
+/// An agent, a client of it and a unique container name (destroyed at the end).
+private func withClient(_ label: String, _ body: (String, String, RpcClient) throws -> Void) throws {
+    try withAgent { _, socket in
+        let name = RealCgroups.uniqueName(label)
+        defer { _ = try? TestProcess.capture([builtTool("lmctfy"), "destroy", "-f", name]) }
+        let client = try RpcClient.connect(unixPath: socket)
+        defer { client.close() }
+        try body(socket, name, client)
+    }
+}
+
 @Suite(.enabled(if: RealCgroups.available, "\(RealCgroups.unavailableReason ?? "")"))
 struct OneShotRunTests {
     @Test func aForegroundOneShotRunsInItsNewContainerAndLeavesNothing() throws {
-        try withAgent { _, socket in
-            let name = RealCgroups.uniqueName("oneshot")
+        try withClient("oneshot") { socket, name, client in
             let out = "/tmp/\(name.dropFirst())-cgroup"
-            defer {
-                _ = try? TestProcess.capture([builtTool("lmctfy"), "destroy", "-f", name])
-                _ = unlink(out)
-            }
-            let client = try RpcClient.connect(unixPath: socket)
-            defer { client.close() }
+            defer { _ = unlink(out) }
             var got: [RunResponse] = []
             try client.stream(AgentMethods.run, RunRequest(
                 name: name, argv: ["/bin/sh", "-c", "cat /proc/self/cgroup > \(out); exit 3"],
@@ -80,11 +85,7 @@ struct OneShotRunTests {
     }
 
     @Test func badOneShotsAreRefusedAndChangeNothing() throws {
-        try withAgent { _, socket in
-            let name = RealCgroups.uniqueName("oneshotbad")
-            defer { _ = try? TestProcess.capture([builtTool("lmctfy"), "destroy", "-f", name]) }
-            let client = try RpcClient.connect(unixPath: socket)
-            defer { client.close() }
+        try withClient("oneshotbad") { socket, name, client in
             func run(_ r: RunRequest) -> LmctfyError? {
                 do {
                     try client.stream(AgentMethods.run, r) { (_: RunResponse) in true }
@@ -122,11 +123,7 @@ struct OneShotRunTests {
     }
 
     @Test func aCancelledOneShotKillsItsCommandAndRemovesItsContainer() throws {
-        try withAgent { _, socket in
-            let name = RealCgroups.uniqueName("oneshotcancel")
-            defer { _ = try? TestProcess.capture([builtTool("lmctfy"), "destroy", "-f", name]) }
-            let client = try RpcClient.connect(unixPath: socket)
-            defer { client.close() }
+        try withClient("oneshotcancel") { socket, name, client in
             var pid: Int32 = 0
             // The caller stops reading at RUN_STARTED: the call is cancelled.
             try client.stream(AgentMethods.run, RunRequest(name: name, argv: ["sleep", "1000"], create: memory, removeWhenDone: true)) {
@@ -141,11 +138,7 @@ struct OneShotRunTests {
     }
 
     @Test func aDetachedOneShotsContainerGoesWhenItsCommandExits() throws {
-        try withAgent { _, socket in
-            let name = RealCgroups.uniqueName("oneshotdet")
-            defer { _ = try? TestProcess.capture([builtTool("lmctfy"), "destroy", "-f", name]) }
-            let client = try RpcClient.connect(unixPath: socket)
-            defer { client.close() }
+        try withClient("oneshotdet") { socket, name, client in
             var pid: Int32 = 0
             try client.stream(AgentMethods.run, RunRequest(name: name, argv: ["sleep", "1"], detached: true,
                                                            create: memory, removeWhenDone: true)) { (r: RunResponse) in
