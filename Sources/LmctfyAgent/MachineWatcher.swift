@@ -248,19 +248,23 @@ final class MachineWatcher: @unchecked Sendable {
         let making = makingSoon.remove(name) != nil
         let relook = lookSoon.remove(name) != nil
         guard let path = scope.path(name) else { return }
-        let unknown = !inventory.knows(path)
-        if (making || relook) && unknown && inventory.isBusy(path, orAbove: relook) {
+        if (making || relook) && inventory.isBusy(path, orAbove: relook) {
             // The agent's change is still under way after all this time:
             // looked at again `fullWatchMs` later, until it is over. (Not
             // watched as one being made: its `complete` mark may be
             // written already, and a look now records nothing, so one
             // whose create then failed, made by another lmctfy at the same
-            // moment, was never reported.)
+            // moment, was never reported.) Known or not: the agent's
+            // destroy of a container knows it until the destroy is over,
+            // and one made again under its name meanwhile, looked at while
+            // it was still known, was dropped here and never CREATED (a
+            // flake under TSan, where the destroy outlasted `fullWatchMs`).
             if making { makingSoon.insert(name) }
             if relook { lookSoon.insert(name) }
             completeSoon(name)
             return
         }
+        let unknown = !inventory.knows(path)
         if !monitor.isWatched(name) {
             if unknown {
                 guard making, (try? api.exists(name)) == true else { return }
@@ -316,7 +320,11 @@ final class MachineWatcher: @unchecked Sendable {
         if let container = try? api.get(name) {
             let frozen = try? container.isFrozen()
             let created = inventory.observe(path, exists: true, frozen: frozen, since: since)
-            if !created, frozen != nil, !inventory.knows(path), inventory.isBusy(path, orAbove: true) {
+            // Not recorded because the agent is changing it or a container
+            // above it: looked at again once that is over. Known too: the
+            // change may be its destroy (known until it is over), and what
+            // this look found the container made again under its name.
+            if !created, frozen != nil, inventory.isBusy(path, orAbove: true) {
                 lookSoon.insert(name)
                 completeSoon(name)
             }

@@ -122,7 +122,11 @@ struct WatcherMakingTests {
                 try api.destroy(try api.resolve(name))
                 dispatcher.events.record(container: name, kind: .containerEventDestroyed)
                 _ = try api.create(try api.resolve(name), spec: ContainerSpec(memory: MemorySpec(limit: 64 << 20)))
-                usleep(8_000)  // past the watcher's batch
+                // Past the watcher's batch, and past its full watch of the
+                // name (MachineWatcher.fullWatchMs): the destroy outlasts
+                // the watcher's first looks, as under TSan (where 8 ms
+                // failed once).
+                usleep(60_000)
                 return ((), { $0[name] = nil })
             }
             var got = eventsOf(socket, name) { $0.count >= 3 }
