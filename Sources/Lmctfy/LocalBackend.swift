@@ -312,9 +312,9 @@ public struct LocalBackend: ContainerBackend {
     /// that failed left lmctfy inside it). SIGINT and SIGQUIT are ignored
     /// meanwhile, as system(3) does, so that ^C at the terminal ends the
     /// command and lmctfy then removes the container.
-    public func runInNewContainer(_ name: String, spec: ContainerSpec, argv: [String], detached: Bool,
+    public func runInNewContainer(_ name: String, spec: ContainerSpec, tier: String?, argv: [String], detached: Bool,
                                   remove: Bool) throws(LmctfyError) -> RunOutcome {
-        try createRunRemove(name, spec: spec, detached: detached, remove: remove) { () throws(LmctfyError) in
+        try createRunRemove(name, spec: spec, tier: tier, detached: detached, remove: remove) { () throws(LmctfyError) in
             guard !detached else { return try run(name, argv: argv, detached: true) }
             return try existing(try get(name)) { (c: Container) throws(LmctfyError) -> RunOutcome in
                 let interrupt = signal(SIGINT, SIG_IGN)

@@ -122,8 +122,9 @@ public protocol ContainerBackend: Sendable {
     /// started, the container is destroyed again. With `remove` (`--rm`),
     /// it is destroyed (with whatever is left in it) when the command ends;
     /// a backend that cannot see a detached command end refuses `remove`
-    /// with `detached` before it makes anything.
-    func runInNewContainer(_ name: String, spec: ContainerSpec, argv: [String], detached: Bool,
+    /// with `detached` before it makes anything. `tier`: a tier of the
+    /// agent's policy (a backend without one refuses it).
+    func runInNewContainer(_ name: String, spec: ContainerSpec, tier: String?, argv: [String], detached: Bool,
                            remove: Bool) throws(LmctfyError) -> RunOutcome
     /// Moves tasks into the container; `tids` empty: the caller.
     func enter(_ name: String, tids: [Int32]) throws(LmctfyError)
@@ -198,17 +199,20 @@ extension ContainerBackend {
     /// By default: `create`, then `run` (whose foreground must return),
     /// then `destroy`; a detached command's end is not seen, so `remove`
     /// with `detached` is refused.
-    public func runInNewContainer(_ name: String, spec: ContainerSpec, argv: [String], detached: Bool,
+    public func runInNewContainer(_ name: String, spec: ContainerSpec, tier: String?, argv: [String], detached: Bool,
                                   remove: Bool) throws(LmctfyError) -> RunOutcome {
-        try createRunRemove(name, spec: spec, detached: detached, remove: remove) { () throws(LmctfyError) in
+        try createRunRemove(name, spec: spec, tier: tier, detached: detached, remove: remove) { () throws(LmctfyError) in
             try run(name, argv: argv, detached: detached)
         }
     }
 
     /// `runInNewContainer` with the command started (and, in the
     /// foreground, waited for) by `start`.
-    public func createRunRemove(_ name: String, spec: ContainerSpec, detached: Bool, remove: Bool,
+    public func createRunRemove(_ name: String, spec: ContainerSpec, tier: String?, detached: Bool, remove: Bool,
                                 start: () throws(LmctfyError) -> RunOutcome) throws(LmctfyError) -> RunOutcome {
+        if tier != nil {
+            throw .failedPrecondition("--tier puts the container in a tier of an agent's policy: there is none here (lmctl run --create SPEC --tier T, at an agent with a policy)")
+        }
         if remove && detached {
             throw .failedPrecondition("--rm with -n needs an agent (lmctl run): nothing here stays to see a detached command end")
         }

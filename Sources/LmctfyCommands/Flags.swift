@@ -31,6 +31,9 @@ struct Flags: Sendable {
     /// Flags of `run` only (other verbs refuse them).
     var createSpec: String?
     var remove = false
+    /// `run --create SPEC --tier T`: the new container's tier in the
+    /// agent's policy (lmctl).
+    var tier: String?
 
     enum CommandTreeStyle: Sendable { case short, long }
 
@@ -127,6 +130,12 @@ struct Flags: Sendable {
             createSpec = v
             return used
         case "rm", "lmctfy_rm": remove = try bool()
+        case "tier":
+            let (v, used) = try value()
+            guard !v.isEmpty else { throw UsageError(message: "Flag --tier needs a value") }
+            guard tier == nil else { throw UsageError(message: "Flag --tier given twice") }
+            tier = v
+            return used
         case "lmctfy_version_long": versionLong = try bool()
         case "lmctfy_print_cmd_tree": if try bool() { commandTree = .short }
         case "lmctfy_print_cmd_tree_long": if try bool() { commandTree = .long }

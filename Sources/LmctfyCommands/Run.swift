@@ -18,7 +18,7 @@ import LmctfySystem
 enum RunCommand {
     static let leaf = Leaf(
         name: "run",
-        synopsis: "[-n] [--create <container spec> [--rm]] <container name> [--] <command> [<arguments>...]",
+        synopsis: "[-n] [--create <container spec> [--tier <tier>] [--rm]] <container name> [--] <command> [<arguments>...]",
         summary: "Run a command in a container (-n: in the background, printing its pid; --create: in a new container, made with the spec; --rm: destroyed when the command ends).",
         minArguments: 2, maxArguments: nil,
         action: .withApi(run))
@@ -43,11 +43,14 @@ enum RunCommand {
         let outcome: RunOutcome
         if let text = call.flags.createSpec {
             let spec = try SpecParser.parse(ContainerSpec.self, Array(text.utf8), what: "container spec of --create")
-            outcome = try api.runInNewContainer(call.arguments[0], spec: spec, argv: command, detached: call.flags.noWait,
-                                                remove: call.flags.remove)
+            outcome = try api.runInNewContainer(call.arguments[0], spec: spec, tier: call.flags.tier, argv: command,
+                                                detached: call.flags.noWait, remove: call.flags.remove)
         } else {
             if call.flags.remove {
                 throw LmctfyError.invalidArgument("--rm removes the container a run made for its command: give --create SPEC too")
+            }
+            if call.flags.tier != nil {
+                throw LmctfyError.invalidArgument("--tier is the tier of the container a run makes for its command: give --create SPEC too")
             }
             outcome = try api.run(call.arguments[0], argv: command, detached: call.flags.noWait)
         }

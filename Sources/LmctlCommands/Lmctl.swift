@@ -366,7 +366,7 @@ public enum LmctlCLI {
         while i < words.count {
             let w = words[i]
             if w == "--" { return i + 1 < words.count ? i + 1 : nil }
-            if ["-o", "-c", "--lmctfy_output_style", "--lmctfy_config", "--create", "--lmctfy_create"].contains(w) {
+            if ["-o", "-c", "--lmctfy_output_style", "--lmctfy_config", "--create", "--lmctfy_create", "--tier"].contains(w) {
                 i += 2
                 continue
             }

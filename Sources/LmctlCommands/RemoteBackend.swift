@@ -262,10 +262,11 @@ public final class RemoteBackend: ContainerBackend, @unchecked Sendable {
 
     /// `run --create SPEC [--rm]`: one Run call, the agent making the
     /// container, running the command and (`remove`) destroying it when the
-    /// command ends, detached too (it sees the command end).
-    public func runInNewContainer(_ name: String, spec: ContainerSpec, argv: [String], detached: Bool,
+    /// command ends, detached too (it sees the command end); `tier`: a
+    /// tier of the agent's policy.
+    public func runInNewContainer(_ name: String, spec: ContainerSpec, tier: String?, argv: [String], detached: Bool,
                                   remove: Bool) throws(LmctfyError) -> RunOutcome {
-        try run(RunRequest(name: name, argv: argv, detached: detached, create: spec, removeWhenDone: remove ? true : nil)) {
+        try run(RunRequest(name: name, argv: argv, detached: detached, create: spec, tier: tier, removeWhenDone: remove ? true : nil)) {
             (_: Int32) throws(LmctfyError) in
         }
     }

@@ -583,6 +583,44 @@ struct PolicyAgentTests {
     }
 }
 
+@Suite(.enabled(if: RealCgroups.available, "\(RealCgroups.unavailableReason ?? "")"))
+struct PolicyOneShotTests {
+    /// `lmctl run --create SPEC --tier T [--rm]`: the container the command
+    /// runs in is admitted in the tier (its eviction priority, its room);
+    /// one the policy refuses runs nothing and makes nothing; lmctfy
+    /// (no policy) refuses --tier before anything is made.
+    @Test func aOneShotIsAdmittedInItsTier() throws {
+        try withPolicyRoot("policyoneshot", spec: "memory { limit: 268435456 }") { root in
+            let api = try ContainerApi.detect()
+            try withAgent("root_container: \"\(root)\"") { _, socket in
+                let lmctl = [builtTool("lmctl"), "--agent", "unix://" + socket]
+                let marker = "/tmp/\(root.path.dropFirst())-ran"
+                defer { _ = unlink(marker) }
+                func run(_ args: String...) throws -> (Int32, String) {
+                    let r = try TestProcess.capture(lmctl + args)
+                    return (r.status, String(decoding: r.stderr, as: UTF8.self))
+                }
+                var r = try run("run", "--create", "memory { limit: 104857600 }", "--tier", "prod", "/kept", "/bin/true")
+                #expect(r.0 == 0, "\(r)")
+                #expect(try api.get(name(root.path + "/kept")).spec().memory?.evictionPriority == 5003, "prod's priority")
+                r = try run("run", "--create", "memory { limit: 209715200 }", "--tier", "prod", "--rm", "/big", "/bin/touch", marker)
+                #expect(r.0 == 8 && r.1.contains("refused"), "\(r)")
+                #expect(!Sys.exists(marker), "nothing ran")
+                #expect(try !api.exists(name(root.path + "/big")), "nothing made")
+                r = try run("run", "--create", "memory { limit: 10485760 }", "--tier", "nosuchtier", "--rm", "/t", "/bin/true")
+                #expect(r.0 != 0 && r.1.contains("nosuchtier"), "\(r)")
+                #expect(try !api.exists(name(root.path + "/t")))
+                r = try run("run", "--tier", "prod", "/kept", "/bin/true")
+                #expect(r.0 == 3 && r.1.contains("--create"), "\(r)")
+            }
+            let local = try TestProcess.capture([builtTool("lmctfy"), "run", "--create", "memory { limit: 10485760 }", "--tier", "prod",
+                                                 root.path + "/local", "/bin/true"])
+            #expect(local.status == 9 && String(decoding: local.stderr, as: UTF8.self).contains("--tier"), "\(local)")
+            #expect(try !api.exists(name(root.path + "/local")))
+        }
+    }
+}
+
 /// Eviction on real memory pressure: processes allocating inside a root
 /// container of 256 MiB push its usage past the policy's high mark; the
 /// agent evicts best-effort first (newest first), then batch, never prod,
