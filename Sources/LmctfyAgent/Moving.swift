@@ -201,7 +201,9 @@ extension Dispatcher {
     }
 
     /// Starts a recorded process again, detached (nobody is attached to a
-    /// restored container's processes), recorded with its restart policy.
+    /// restored container's processes), recorded with its restart policy
+    /// and, for a one-shot command's (Run with remove_when_done), with its
+    /// container's removal when it ends, as on the source.
     /// `stop`: SIGSTOPped as soon as it has started (see importSnapshot).
     private func launch(_ name: String, path: String, _ p: SnapshotProcess, stop: Bool = false) throws -> Int32 {
         guard !p.argv.isEmpty else { throw LmctfyError.invalidArgument("A recorded process of the snapshot has no command") }
@@ -212,7 +214,8 @@ extension Dispatcher {
             // session): a shell may already have forked.
             if stop { _ = try? Sys.kill(-started, SIGSTOP) }
             pid = started
-            snapshots?.started(path, pid: started, argv: p.argv, detached: true, policy: p.restartPolicy)
+            snapshots?.started(path, pid: started, argv: p.argv, detached: true, policy: p.restartPolicy,
+                               removes: p.removesContainer == true)
         }
         return pid
     }

@@ -102,6 +102,28 @@ struct MigrationTests {
         #expect(try t.kernel("b", "/cold")?.pids.isEmpty == true)
     }
 
+    /// A one-shot (run --create --rm -n) moved by export and import: the
+    /// command started again on the target still removes its container
+    /// when it ends, as on the source.
+    @Test func aOneShotsCopyGoesWhenItsCommandEnds() throws {
+        let t = try TwoAgents("snapone")
+        defer { t.close() }
+        let run = try t.lmctl("a", ["run", "--create", "memory:{limit:100000000}", "--rm", "-n", "/job", "sleep", "2"])
+        #expect(run.status == 0, "\(run.err)")
+        let file = t.fleet.dir + "/job.snap"
+        let export = try t.lmctl("a", ["snapshot", "export", "/job", "-o", file])
+        #expect(export.status == 0, "\(export.err)")
+        let imported = try t.lmctl("b", ["snapshot", "import", file, "--name", "/copy", "--start"])
+        #expect(imported.status == 0, "\(imported.err)")
+        #expect(try t.kernel("b", "/copy")?.pids.isEmpty == false, "its command started again")
+        var gone = false
+        for _ in 0..<1500 where !gone {
+            gone = try t.kernel("b", "/copy") == nil && t.kernel("a", "/job") == nil
+            if !gone { usleep(20_000) }
+        }
+        #expect(gone, "both containers went with their commands")
+    }
+
     /// An import that does not fit changes nothing and says why.
     @Test func importsThatDoNotFitAreRefused() throws {
         let t = try TwoAgents("snapr")
