@@ -909,7 +909,11 @@ public final class Dispatcher: Sendable {
             throw undoCreate(name, path, after: error)
         }
         context.onCancel(nil)
-        if case .started = outcome {} else { snapshots?.exited(path, pid: pid) }
+        // (A one-shot's process record goes with its container's snapshot
+        // in the destroy below, one write fewer; an agent killed before
+        // that finds the process gone and removes the container, as for a
+        // detached one. Dropped here too when the destroy does not happen.)
+        if case .started = outcome {} else if !removes { snapshots?.exited(path, pid: pid) }
         // The exit is an event whoever is still listening: the caller may be
         // gone (its cancel killed the command) and still learn it later.
         let exited: RunResponse
@@ -928,7 +932,9 @@ public final class Dispatcher: Sendable {
                 _ = try destroyContainer(name, force: true)
             } catch let error as LmctfyError where error.code == .notFound {
                 // Destroyed by another caller meanwhile: gone, as asked.
+                snapshots?.exited(path, pid: pid)
             } catch {
+                snapshots?.exited(path, pid: pid)
                 // How the command ended is still the caller's, then why the
                 // container stays.
                 try? context.emit(exited)
