@@ -368,7 +368,7 @@ public final class SnapshotKeeper: Sendable {
 
     /// Where the containers of one-shot commands that ended go to be
     /// destroyed (the agent's `Dispatcher.removeOneShot`, off the caller's
-    /// thread); until it is set, they wait in `endedOneShots`.
+    /// thread); until it is set (the agent's start), they wait.
     public func onCommandEnded(_ remove: @escaping @Sendable (String) -> Void) {
         let waiting = oneShots.locked { o in
             o.remove = remove
@@ -378,9 +378,6 @@ public final class SnapshotKeeper: Sendable {
         for path in waiting { remove(path) }
     }
     private let oneShots = Mutexed<(remove: (@Sendable (String) -> Void)?, waiting: [String])>((nil, []))
-
-    /// The containers of ended one-shot commands not yet handed on (tests).
-    public var endedOneShots: [String] { oneShots.locked { $0.waiting } }
 
     /// A recorded process that ended without its Run's caller to see it:
     /// dropped from the snapshot and, if it was a one-shot command that was
