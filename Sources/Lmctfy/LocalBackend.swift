@@ -328,6 +328,101 @@ public struct LocalBackend: ContainerBackend {
         }
     }
 
+    /// A foreground command with its stdout and stderr on pipes, read here
+    /// (64 KiB at a time, `onOutput`) until the command exits: its pidfd
+    /// says when, and what is in the pipes then is read to the end without
+    /// waiting, so a process it left behind holding them does not keep the
+    /// call (the agent's attached Run). Its own session, stdin /dev/null.
+    /// When `onStarted` or `onOutput` throws (the caller went), the whole
+    /// job is killed and reaped before the error goes on.
+    public func runCapturing(_ name: String, argv: [String], onStarted: (Int32) throws(LmctfyError) -> Void,
+                             onOutput: (Int32, [UInt8]) throws(LmctfyError) -> Void) throws(LmctfyError) -> RunOutcome {
+        try existing(try get(name)) { (c: Container) throws(LmctfyError) -> RunOutcome in
+            var fds: [Int32] = []
+            defer { for fd in fds { close(fd) } }
+            let out: (Int32, Int32), err: (Int32, Int32)
+            do throws(SystemError) {
+                out = try Sys.pipe()
+                fds += [out.0, out.1]
+                err = try Sys.pipe()
+                fds += [err.0, err.1]
+            } catch {
+                throw error.lmctfy(.resourceExhausted, "Pipes for the output of a command in \(name)")
+            }
+            var options = RunOptions(fdPolicy: .inherit)
+            options.existenceChecked = true  // `get` just looked
+            options.stdin = .devNull
+            options.stdout = .fd(out.1)
+            options.stderr = .fd(err.1)
+            options.ownSession = true
+            let pid = try c.run(argv, options: options)
+            // Only the child writes now: the read ends see its end.
+            close(out.1); close(err.1)
+            fds = [out.0, err.0]
+            do throws(LmctfyError) {
+                try onStarted(pid)
+                try Self.readOutput(pid: pid, out: out.0, err: err.0, onOutput)
+            } catch {
+                _ = try? Sys.kill(-pid, SIGKILL)
+                _ = try? Sys.kill(pid, SIGKILL)
+                _ = try? Sys.waitForExit(pid)
+                throw error
+            }
+            let status: ExitStatus
+            do throws(SystemError) { status = try Sys.waitForExit(pid) } catch { throw error.lmctfy(.internal, "Failed to wait for pid \(pid)") }
+            switch status {
+            case .exited(let code): return .exited(status: code)
+            case .signaled(let signal): return .killed(signal: signal)
+            }
+        }
+    }
+
+    /// Reads `out` and `err` (stream 1 and 2) into `onOutput` until both
+    /// end or `pid` has exited, then what they still hold without waiting.
+    static func readOutput(pid: Int32, out: Int32, err: Int32,
+                           _ onOutput: (Int32, [UInt8]) throws(LmctfyError) -> Void) throws(LmctfyError) {
+        let exit: Int32
+        do throws(SystemError) { exit = try Sys.pidfdOpen(pid) } catch {
+            throw error.lmctfy(.resourceExhausted, "A pidfd for the command \(pid)")
+        }
+        defer { close(exit) }
+        var open: [(fd: Int32, stream: Int32)] = [(out, 1), (err, 2)]
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        // One read of `fd`: false once it has ended (or, draining, is empty).
+        func readOnce(_ fd: Int32, _ stream: Int32) throws(LmctfyError) -> Bool {
+            let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if n > 0 {
+                try onOutput(stream, Array(buffer[0..<n]))
+                return true
+            }
+            return n < 0 && errno == EINTR
+        }
+        var exited = false
+        while !open.isEmpty && !exited {
+            var polled = open.map { pollfd(fd: $0.fd, events: Int16(POLLIN), revents: 0) }
+            polled.append(pollfd(fd: exit, events: Int16(POLLIN), revents: 0))
+            guard poll(&polled, nfds_t(polled.count), -1) >= 0 || errno == EINTR else {
+                throw LmctfyError(.internal, "poll for the output of pid \(pid)", errno: errno)
+            }
+            exited = polled.last!.revents != 0
+            var still: [(fd: Int32, stream: Int32)] = []
+            for (i, o) in open.enumerated() {
+                if polled[i].revents == 0 {
+                    still.append(o)
+                } else if try readOnce(o.fd, o.stream) {
+                    still.append(o)
+                }
+            }
+            open = still
+        }
+        // Exited: what its output holds now, without waiting for whatever
+        // it left running to close it.
+        for o in open {
+            _ = fcntl(o.fd, F_SETFL, fcntl(o.fd, F_GETFL) | O_NONBLOCK)
+            while try readOnce(o.fd, o.stream) {}
+        }
+    }
+
     /// Moves `tids` (empty: the caller) into the container.
     public func enter(_ name: String, tids: [Int32]) throws(LmctfyError) {
         try existing(try get(name)) { (c: Container) throws(LmctfyError) in try c.enter(tids.isEmpty ? [callerPid] : tids) }

@@ -861,8 +861,9 @@ public final class Dispatcher: Sendable {
     }
 
     /// RUN_STARTED with the pid, then (attached) RUN_EXITED with the status.
-    /// The agent's stdio is not the caller's: its backend sends an attached
-    /// run's output to /dev/null until attached output exists in the protocol.
+    /// The agent's stdio is not the caller's: a foreground run's output goes
+    /// to /dev/null, or with `attach_output` back to the caller as
+    /// RUN_OUTPUT responses (LocalBackend.runCapturing).
     ///
     /// A foreground run belongs to its caller (PROTOCOL.md section 6): when
     /// the call is cancelled, passes its deadline or loses its connection,
@@ -884,6 +885,9 @@ public final class Dispatcher: Sendable {
             if r.tier != nil { throw LmctfyError.invalidArgument("tier is the tier of a container the Run creates: give create too") }
         }
         let detached = r.detached ?? (r.spec?.fdPolicy == .detached)
+        if detached && r.attachOutput == true {
+            throw LmctfyError.invalidArgument("attach_output is for a foreground Run: a detached command's output goes to /dev/null")
+        }
         var pid: Int32 = 0
         // The pid stays ours until the backend has reaped it, just before it
         // returns, and the hook is removed right after: the kill cannot hit
@@ -950,7 +954,7 @@ public final class Dispatcher: Sendable {
     private func startAndWait(_ name: String, _ path: String, _ r: RunRequest, detached: Bool, removes: Bool,
                               _ context: CallContext, started report: (Int32) -> Void) throws -> RunOutcome {
         let snapshots = self.snapshots
-        return try backend.run(name, argv: r.argv, detached: detached) { (started: Int32) throws(LmctfyError) in
+        func onStarted(_ started: Int32) throws(LmctfyError) {
             report(started)
             // Its whole job: a shell's children too (`run /web "sleep 30"` is
             // `/bin/sh -c`; the kill of the shell alone left the sleep
@@ -960,6 +964,12 @@ public final class Dispatcher: Sendable {
             // Recorded (and on disk) before the caller hears of it.
             snapshots?.started(path, pid: started, argv: r.argv, detached: detached, policy: r.restartPolicy, removes: removes)
             try context.emit(RunResponse(kind: .runStarted, pid: started))
+        }
+        guard r.attachOutput == true else { return try backend.run(name, argv: r.argv, detached: detached, onStarted: onStarted) }
+        // Each chunk as it comes (emit waits while the caller's window is
+        // full: the command then waits on its full pipe).
+        return try backend.runCapturing(name, argv: r.argv, onStarted: onStarted) { (stream: Int32, bytes: [UInt8]) throws(LmctfyError) in
+            try context.emit(stream == 1 ? RunResponse(kind: .runOutput, stdout: bytes) : RunResponse(kind: .runOutput, stderr: bytes))
         }
     }
 

@@ -117,6 +117,11 @@ public protocol ContainerBackend: Sendable {
     /// calling process, lmctfy's foreground `run`, returns only by throwing).
     func run(_ name: String, argv: [String], detached: Bool,
              onStarted: (Int32) throws(LmctfyError) -> Void) throws(LmctfyError) -> RunOutcome
+    /// A foreground `run` whose stdout and stderr come back through
+    /// `onOutput` (1 or 2, and a chunk), read until the command exits; its
+    /// stdin is /dev/null. A backend that cannot says UNIMPLEMENTED.
+    func runCapturing(_ name: String, argv: [String], onStarted: (Int32) throws(LmctfyError) -> Void,
+                      onOutput: (Int32, [UInt8]) throws(LmctfyError) -> Void) throws(LmctfyError) -> RunOutcome
     /// `run` in a container made for the command (`run --create SPEC`):
     /// `name` is created with `spec` first; when the command cannot be
     /// started, the container is destroyed again. With `remove` (`--rm`),
@@ -194,6 +199,12 @@ extension ContainerBackend {
     /// By default: cannot tell without creating.
     public func checkCreate(_ name: String, spec: ContainerSpec) throws(LmctfyError) {
         throw .unimplemented("This backend cannot check a create without making the container")
+    }
+
+    /// By default: not possible.
+    public func runCapturing(_ name: String, argv: [String], onStarted: (Int32) throws(LmctfyError) -> Void,
+                             onOutput: (Int32, [UInt8]) throws(LmctfyError) -> Void) throws(LmctfyError) -> RunOutcome {
+        throw .unimplemented("This backend cannot send a command's output back")
     }
 
     /// By default: `create`, then `run` (whose foreground must return),

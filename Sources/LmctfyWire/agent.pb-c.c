@@ -4442,7 +4442,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__detect_response__des
   (ProtobufCMessageInit) containers__lmctfy__agent__detect_response__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor containers__lmctfy__agent__run_request__field_descriptors[8] =
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__run_request__field_descriptors[9] =
 {
   {
     "name",
@@ -4540,9 +4540,22 @@ static const ProtobufCFieldDescriptor containers__lmctfy__agent__run_request__fi
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "attach_output",
+    9,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_BOOL,
+    offsetof(Containers__Lmctfy__Agent__RunRequest, has_attach_output),
+    offsetof(Containers__Lmctfy__Agent__RunRequest, attach_output),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned containers__lmctfy__agent__run_request__field_indices_by_name[] = {
   1,   /* field[1] = argv */
+  8,   /* field[8] = attach_output */
   5,   /* field[5] = create */
   3,   /* field[3] = detached */
   0,   /* field[0] = name */
@@ -4554,7 +4567,7 @@ static const unsigned containers__lmctfy__agent__run_request__field_indices_by_n
 static const ProtobufCIntRange containers__lmctfy__agent__run_request__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 8 }
+  { 0, 9 }
 };
 const ProtobufCMessageDescriptor containers__lmctfy__agent__run_request__descriptor =
 {
@@ -4564,14 +4577,14 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__run_request__descrip
   "Containers__Lmctfy__Agent__RunRequest",
   "containers.lmctfy.agent",
   sizeof(Containers__Lmctfy__Agent__RunRequest),
-  8,
+  9,
   containers__lmctfy__agent__run_request__field_descriptors,
   containers__lmctfy__agent__run_request__field_indices_by_name,
   1,  containers__lmctfy__agent__run_request__number_ranges,
   (ProtobufCMessageInit) containers__lmctfy__agent__run_request__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor containers__lmctfy__agent__run_response__field_descriptors[4] =
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__run_response__field_descriptors[6] =
 {
   {
     "kind",
@@ -4621,17 +4634,43 @@ static const ProtobufCFieldDescriptor containers__lmctfy__agent__run_response__f
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "stdout",
+    5,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_BYTES,
+    offsetof(Containers__Lmctfy__Agent__RunResponse, has_stdout),
+    offsetof(Containers__Lmctfy__Agent__RunResponse, stdout),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "stderr",
+    6,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_BYTES,
+    offsetof(Containers__Lmctfy__Agent__RunResponse, has_stderr),
+    offsetof(Containers__Lmctfy__Agent__RunResponse, stderr),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned containers__lmctfy__agent__run_response__field_indices_by_name[] = {
   2,   /* field[2] = exit_code */
   0,   /* field[0] = kind */
   1,   /* field[1] = pid */
+  5,   /* field[5] = stderr */
+  4,   /* field[4] = stdout */
   3,   /* field[3] = term_signal */
 };
 static const ProtobufCIntRange containers__lmctfy__agent__run_response__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 4 }
+  { 0, 6 }
 };
 const ProtobufCMessageDescriptor containers__lmctfy__agent__run_response__descriptor =
 {
@@ -4641,7 +4680,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__run_response__descri
   "Containers__Lmctfy__Agent__RunResponse",
   "containers.lmctfy.agent",
   sizeof(Containers__Lmctfy__Agent__RunResponse),
-  4,
+  6,
   containers__lmctfy__agent__run_response__field_descriptors,
   containers__lmctfy__agent__run_response__field_indices_by_name,
   1,  containers__lmctfy__agent__run_response__number_ranges,
@@ -8711,19 +8750,21 @@ const ProtobufCEnumDescriptor containers__lmctfy__agent__restart_policy__descrip
   containers__lmctfy__agent__restart_policy__value_ranges,
   NULL,NULL,NULL,NULL   /* reserved[1234] */
 };
-static const ProtobufCEnumValue containers__lmctfy__agent__run_event_kind__enum_values_by_number[3] =
+static const ProtobufCEnumValue containers__lmctfy__agent__run_event_kind__enum_values_by_number[4] =
 {
   { "RUN_EVENT_UNSPECIFIED", "CONTAINERS__LMCTFY__AGENT__RUN_EVENT_KIND__RUN_EVENT_UNSPECIFIED", 0 },
   { "RUN_STARTED", "CONTAINERS__LMCTFY__AGENT__RUN_EVENT_KIND__RUN_STARTED", 1 },
   { "RUN_EXITED", "CONTAINERS__LMCTFY__AGENT__RUN_EVENT_KIND__RUN_EXITED", 2 },
+  { "RUN_OUTPUT", "CONTAINERS__LMCTFY__AGENT__RUN_EVENT_KIND__RUN_OUTPUT", 3 },
 };
 static const ProtobufCIntRange containers__lmctfy__agent__run_event_kind__value_ranges[] = {
-{0, 0},{0, 3}
+{0, 0},{0, 4}
 };
-static const ProtobufCEnumValueIndex containers__lmctfy__agent__run_event_kind__enum_values_by_name[3] =
+static const ProtobufCEnumValueIndex containers__lmctfy__agent__run_event_kind__enum_values_by_name[4] =
 {
   { "RUN_EVENT_UNSPECIFIED", 0 },
   { "RUN_EXITED", 2 },
+  { "RUN_OUTPUT", 3 },
   { "RUN_STARTED", 1 },
 };
 const ProtobufCEnumDescriptor containers__lmctfy__agent__run_event_kind__descriptor =
@@ -8733,9 +8774,9 @@ const ProtobufCEnumDescriptor containers__lmctfy__agent__run_event_kind__descrip
   "RunEventKind",
   "Containers__Lmctfy__Agent__RunEventKind",
   "containers.lmctfy.agent",
-  3,
+  4,
   containers__lmctfy__agent__run_event_kind__enum_values_by_number,
-  3,
+  4,
   containers__lmctfy__agent__run_event_kind__enum_values_by_name,
   1,
   containers__lmctfy__agent__run_event_kind__value_ranges,

@@ -432,12 +432,20 @@ public enum LmctlCLI {
     static func runVerb(_ words: [String], dial: @escaping @Sendable () throws(LmctfyError) -> RpcClient, host: String?,
                         stdout: any ByteSink, stderr: any ByteSink) -> Int32 {
         let warnings = SendableSink(stderr)
+        let out = SendableSink(stdout)
         // A call that loses its agent (UNAVAILABLE) is retried once on a new
         // connection where that is safe (RemoteBackend; PROTOCOL.md 6.1).
         let connect: @Sendable () throws(LmctfyError) -> RemoteBackend = { () throws(LmctfyError) in
-            RemoteBackend(client: try RemoteBackend.dialWaitingForRestart(dial), reconnect: dial) { why in
+            let backend = RemoteBackend(client: try RemoteBackend.dialWaitingForRestart(dial), reconnect: dial) { why in
                 warnings.sink.write(Array("lmctl: \(why)\n".utf8))
             }
+            // A foreground run's output comes back, as at a terminal.
+            backend.output = { stream, bytes in
+                let sink = stream == 1 ? out.sink : warnings.sink
+                sink.write(bytes)
+                return !sink.isBroken
+            }
+            return backend
         }
         if let events = eventsWords(words) {
             return EventsCommand.run(events, dial: dial, host: host, stdout: stdout, stderr: stderr)

@@ -24,6 +24,11 @@ public final class RemoteBackend: ContainerBackend, @unchecked Sendable {
     let onRetry: (@Sendable (String) -> Void)?
     /// How long a retry waits for the agent to take connections again.
     let reconnectWaitMs: UInt64
+    /// Where a foreground run's stdout (1) and stderr (2) go (lmctl's
+    /// own): the agent is asked to send them back (attach_output); false:
+    /// they can no longer be written. nil: they go to /dev/null on the
+    /// agent's machine.
+    public var output: ((Int32, [UInt8]) -> Bool)?
 
     /// A backend over an authenticated connection to an agent. With
     /// `reconnect`, a call that loses its agent (UNAVAILABLE, the connection
@@ -272,7 +277,10 @@ public final class RemoteBackend: ContainerBackend, @unchecked Sendable {
     }
 
     private func run(_ request: RunRequest, onStarted: (Int32) throws(LmctfyError) -> Void) throws(LmctfyError) -> RunOutcome {
+        var request = request
         let detached = request.detached == true
+        let output = detached ? nil : self.output
+        if output != nil { request.attachOutput = true }
         var outcome: RunOutcome?
         try client.stream(AgentMethods.run, request) { r throws(LmctfyError) in
             switch r.kind {
@@ -281,6 +289,16 @@ public final class RemoteBackend: ContainerBackend, @unchecked Sendable {
                 guard detached else { break }
                 outcome = .started(pid: r.pid ?? 0)
                 return false
+            case .runOutput:
+                guard let output else { break }
+                var writable = true
+                if let bytes = r.stdout { writable = output(1, bytes) && writable }
+                if let bytes = r.stderr { writable = output(2, bytes) && writable }
+                // Nobody reads it any more: the call ends, and the agent
+                // kills the command (a pipeline's writer gets SIGPIPE).
+                if !writable {
+                    throw LmctfyError(.dataLoss, "The command's output could not be written (its reader went away): the command was stopped")
+                }
             case .runExited:
                 outcome = r.termSignal.map { .killed(signal: $0) } ?? .exited(status: r.exitCode ?? 0)
             default:

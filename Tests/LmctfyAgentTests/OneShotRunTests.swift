@@ -233,3 +233,41 @@ struct OneShotCommandLineTests {  // (an agent: host only, not the v2 guest's CL
         }
     }
 }
+
+@Suite(.enabled(if: RealCgroups.available, "\(RealCgroups.unavailableReason ?? "")"))
+struct AttachedOutputTests {
+    /// A foreground `lmctl run` prints the command's stdout and stderr as
+    /// they come (Run with attach_output), all of it, and returns its exit
+    /// status; a process the command left behind holding its output does
+    /// not hold the call; a reader that goes away stops the command.
+    @Test func lmctlRunPrintsTheCommandsOutput() throws {
+        try withClient("attached") { socket, name, client in
+            let lmctl = [builtTool("lmctl"), "--agent", "unix://" + socket]
+            _ = try client.call(AgentMethods.create, CreateRequest(name: name, spec: memory))
+            var r = try TestProcess.capture(lmctl + ["run", name, "/bin/sh", "-c", "echo out; echo err >&2; exit 3"])
+            #expect(r.status == 3)
+            #expect(String(decoding: r.stdout, as: UTF8.self) == "out\n")
+            #expect(String(decoding: r.stderr, as: UTF8.self) == "err\n")
+            r = try TestProcess.capture(lmctl + ["run", name, "/bin/sh", "-c", "head -c 1048576 /dev/zero | tr '\\000' x"])
+            #expect(r.status == 0 && r.stdout.count == 1 << 20 && r.stdout.allSatisfy { $0 == UInt8(ascii: "x") }, "\(r.stdout.count) bytes")
+            // Left behind with the pipes open: the call ends with the command.
+            let t0 = MonotonicClock.milliseconds()
+            r = try TestProcess.capture(lmctl + ["run", "--create", "memory:{limit:67108864}", "--rm", name + "/left", "/bin/sh", "-c",
+                                                 "sleep 60 & echo done"])
+            #expect(r.status == 0 && String(decoding: r.stdout, as: UTF8.self) == "done\n", "\(r)")
+            #expect(MonotonicClock.milliseconds() - t0 < 30_000, "not held by what it left running")
+            #expect(!exists(name + "/left"), "removed, what was left in it killed")
+            // A reader that goes away: the command is stopped.
+            r = try TestProcess.capture(["/bin/sh", "-c", (lmctl + ["run", name, "yes"]).map { "'\($0)'" }.joined(separator: " ") + " | head -c 10"])
+            #expect(String(decoding: r.stdout, as: UTF8.self) == "y\ny\ny\ny\ny\n")
+            #expect(within(30) { (try? client.call(AgentMethods.listPids, ListPidsRequest(name: name, recursive: true)).pids.isEmpty) == true },
+                    "yes was stopped")
+            // Detached output is not attached.
+            var refused: LmctfyError?
+            do {
+                try client.stream(AgentMethods.run, RunRequest(name: name, argv: ["/bin/true"], detached: true, attachOutput: true)) { (_: RunResponse) in true }
+            } catch { refused = error as? LmctfyError }
+            #expect(refused?.code == .invalidArgument, "\(String(describing: refused))")
+        }
+    }
+}

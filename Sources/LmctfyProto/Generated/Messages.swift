@@ -9278,12 +9278,14 @@ public enum RunEventKind: Int32, ProtoEnum, CaseIterable {
     case runEventUnspecified = 0
     case runStarted = 1
     case runExited = 2
+    case runOutput = 3
 
     public var protoName: String {
         switch self {
         case .runEventUnspecified: return "RUN_EVENT_UNSPECIFIED"
         case .runStarted: return "RUN_STARTED"
         case .runExited: return "RUN_EXITED"
+        case .runOutput: return "RUN_OUTPUT"
         }
     }
 }
@@ -9306,6 +9308,8 @@ public struct RunRequest: ProtoMessage {
     public var tier: String?
     /// Field 8 `remove_when_done`.
     public var removeWhenDone: Bool?
+    /// Field 9 `attach_output`.
+    public var attachOutput: Bool?
 
     public init(
         name: String? = nil,
@@ -9315,7 +9319,8 @@ public struct RunRequest: ProtoMessage {
         restartPolicy: RestartPolicy? = nil,
         create: ContainerSpec? = nil,
         tier: String? = nil,
-        removeWhenDone: Bool? = nil
+        removeWhenDone: Bool? = nil,
+        attachOutput: Bool? = nil
     ) {
         self.name = name
         self.argv = argv
@@ -9325,6 +9330,7 @@ public struct RunRequest: ProtoMessage {
         self.create = create
         self.tier = tier
         self.removeWhenDone = removeWhenDone
+        self.attachOutput = attachOutput
     }
 
     public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.RunRequest")
@@ -9339,6 +9345,7 @@ public struct RunRequest: ProtoMessage {
         self.create = message.get(6)
         self.tier = message.get(7)
         self.removeWhenDone = message.get(8)
+        self.attachOutput = message.get(9)
     }
 
     public var dynamic: DynamicMessage {
@@ -9351,6 +9358,7 @@ public struct RunRequest: ProtoMessage {
         message.set(6, create)
         message.set(7, tier)
         message.set(8, removeWhenDone)
+        message.set(9, attachOutput)
         return message
     }
 
@@ -9364,6 +9372,7 @@ public struct RunRequest: ProtoMessage {
         self.create = CBridge.message(c, f[5])
         self.tier = CBridge.value(c, f[6])
         self.removeWhenDone = CBridge.value(c, f[7])
+        self.attachOutput = CBridge.value(c, f[8])
     }
 
     public func makeC() -> UnsafeMutableRawPointer {
@@ -9377,6 +9386,7 @@ public struct RunRequest: ProtoMessage {
         CBridge.setMessage(c, f[5], create)
         CBridge.set(c, f[6], tier)
         CBridge.set(c, f[7], removeWhenDone)
+        CBridge.set(c, f[8], attachOutput)
         return c
     }
 }
@@ -9391,17 +9401,25 @@ public struct RunResponse: ProtoMessage {
     public var exitCode: Int32?
     /// Field 4 `term_signal`.
     public var termSignal: Int32?
+    /// Field 5 `stdout`.
+    public var stdout: [UInt8]?
+    /// Field 6 `stderr`.
+    public var stderr: [UInt8]?
 
     public init(
         kind: RunEventKind? = nil,
         pid: Int32? = nil,
         exitCode: Int32? = nil,
-        termSignal: Int32? = nil
+        termSignal: Int32? = nil,
+        stdout: [UInt8]? = nil,
+        stderr: [UInt8]? = nil
     ) {
         self.kind = kind
         self.pid = pid
         self.exitCode = exitCode
         self.termSignal = termSignal
+        self.stdout = stdout
+        self.stderr = stderr
     }
 
     public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.RunResponse")
@@ -9412,6 +9430,8 @@ public struct RunResponse: ProtoMessage {
         self.pid = message.get(2)
         self.exitCode = message.get(3)
         self.termSignal = message.get(4)
+        self.stdout = message.get(5)
+        self.stderr = message.get(6)
     }
 
     public var dynamic: DynamicMessage {
@@ -9420,6 +9440,8 @@ public struct RunResponse: ProtoMessage {
         message.set(2, pid)
         message.set(3, exitCode)
         message.set(4, termSignal)
+        message.set(5, stdout)
+        message.set(6, stderr)
         return message
     }
 
@@ -9429,6 +9451,8 @@ public struct RunResponse: ProtoMessage {
         self.pid = CBridge.value(c, f[1])
         self.exitCode = CBridge.value(c, f[2])
         self.termSignal = CBridge.value(c, f[3])
+        self.stdout = CBridge.value(c, f[4])
+        self.stderr = CBridge.value(c, f[5])
     }
 
     public func makeC() -> UnsafeMutableRawPointer {
@@ -9438,6 +9462,8 @@ public struct RunResponse: ProtoMessage {
         CBridge.set(c, f[1], pid)
         CBridge.set(c, f[2], exitCode)
         CBridge.set(c, f[3], termSignal)
+        CBridge.set(c, f[4], stdout)
+        CBridge.set(c, f[5], stderr)
         return c
     }
 }

@@ -240,7 +240,11 @@ typedef enum _Containers__Lmctfy__Agent__RestartPolicy {
 typedef enum _Containers__Lmctfy__Agent__RunEventKind {
   CONTAINERS__LMCTFY__AGENT__RUN_EVENT_KIND__RUN_EVENT_UNSPECIFIED = 0,
   CONTAINERS__LMCTFY__AGENT__RUN_EVENT_KIND__RUN_STARTED = 1,
-  CONTAINERS__LMCTFY__AGENT__RUN_EVENT_KIND__RUN_EXITED = 2
+  CONTAINERS__LMCTFY__AGENT__RUN_EVENT_KIND__RUN_EXITED = 2,
+  /*
+   * added: a chunk of the command's stdout or stderr
+   */
+  CONTAINERS__LMCTFY__AGENT__RUN_EVENT_KIND__RUN_OUTPUT = 3
     PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(CONTAINERS__LMCTFY__AGENT__RUN_EVENT_KIND)
 } Containers__Lmctfy__Agent__RunEventKind;
 typedef enum _Containers__Lmctfy__Agent__ContainerEventKind {
@@ -854,15 +858,24 @@ struct  Containers__Lmctfy__Agent__RunRequest
    * Refused (INVALID_ARGUMENT) without `create`: the agent removes only a
    * container the same call made.
    */
-  /*
-   * Next id: 9
-   */
   protobuf_c_boolean has_remove_when_done;
   protobuf_c_boolean remove_when_done;
+  /*
+   * Added: a foreground command's stdout and stderr come back as RUN_OUTPUT
+   * responses (between RUN_STARTED and RUN_EXITED), read until the command
+   * exits (what a process it left behind writes later is not read); its
+   * stdin is /dev/null. Absent: both go to /dev/null, as before. Refused
+   * (INVALID_ARGUMENT) with `detached`.
+   */
+  /*
+   * Next id: 10
+   */
+  protobuf_c_boolean has_attach_output;
+  protobuf_c_boolean attach_output;
 };
 #define CONTAINERS__LMCTFY__AGENT__RUN_REQUEST__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__run_request__descriptor) \
-    , NULL, 0,NULL, NULL, 0, 0, 0, CONTAINERS__LMCTFY__AGENT__RESTART_POLICY__RESTART_POLICY_UNSPECIFIED, NULL, NULL, 0, 0 }
+    , NULL, 0,NULL, NULL, 0, 0, 0, CONTAINERS__LMCTFY__AGENT__RESTART_POLICY__RESTART_POLICY_UNSPECIFIED, NULL, NULL, 0, 0, 0, 0 }
 
 
 struct  Containers__Lmctfy__Agent__RunResponse
@@ -885,10 +898,20 @@ struct  Containers__Lmctfy__Agent__RunResponse
    */
   protobuf_c_boolean has_term_signal;
   int32_t term_signal;
+  /*
+   * Added: OUTPUT, what the command wrote (one of the two, up to 64 KiB).
+   */
+  protobuf_c_boolean has_stdout;
+  ProtobufCBinaryData stdout;
+  /*
+   * Next id: 7
+   */
+  protobuf_c_boolean has_stderr;
+  ProtobufCBinaryData stderr;
 };
 #define CONTAINERS__LMCTFY__AGENT__RUN_RESPONSE__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__run_response__descriptor) \
-    , 0, CONTAINERS__LMCTFY__AGENT__RUN_EVENT_KIND__RUN_EVENT_UNSPECIFIED, 0, 0, 0, 0, 0, 0 }
+    , 0, CONTAINERS__LMCTFY__AGENT__RUN_EVENT_KIND__RUN_EVENT_UNSPECIFIED, 0, 0, 0, 0, 0, 0, 0, {0,NULL}, 0, {0,NULL} }
 
 
 /*
