@@ -92,12 +92,17 @@ public struct LocalBackend: ContainerBackend {
             }
             let pid = try container.run(argv, options: options)
             try onStarted(pid)
-            let status: ExitStatus
-            do throws(SystemError) { status = try Sys.waitForExit(pid) } catch { throw error.lmctfy(.internal, "Failed to wait for pid \(pid)") }
-            switch status {
-            case .exited(let code): return .exited(status: code)
-            case .signaled(let signal): return .killed(signal: signal)
-            }
+            return try waitOutcome(pid)
+        }
+    }
+
+    /// How the command `pid` (a child) ended, once it has.
+    static func waitOutcome(_ pid: Int32) throws(LmctfyError) -> RunOutcome {
+        let status: ExitStatus
+        do throws(SystemError) { status = try Sys.waitForExit(pid) } catch { throw error.lmctfy(.internal, "Failed to wait for pid \(pid)") }
+        switch status {
+        case .exited(let code): return .exited(status: code)
+        case .signaled(let signal): return .killed(signal: signal)
         }
     }
 
@@ -368,12 +373,7 @@ public struct LocalBackend: ContainerBackend {
                 _ = try? Sys.waitForExit(pid)
                 throw error
             }
-            let status: ExitStatus
-            do throws(SystemError) { status = try Sys.waitForExit(pid) } catch { throw error.lmctfy(.internal, "Failed to wait for pid \(pid)") }
-            switch status {
-            case .exited(let code): return .exited(status: code)
-            case .signaled(let signal): return .killed(signal: signal)
-            }
+            return try Self.waitOutcome(pid)
         }
     }
 
