@@ -333,6 +333,11 @@ public struct LocalBackend: ContainerBackend {
         }
     }
 
+    /// The container's cgroup inode (`Container.cgroupId`).
+    public func containerIdentity(_ name: String) -> UInt64? {
+        (try? get(name))?.cgroupId()
+    }
+
     /// A foreground command with its stdout and stderr on pipes, read here
     /// (64 KiB at a time, `onOutput`) until the command exits: its pidfd
     /// says when, and what is in the pipes then is read to the end without

@@ -708,20 +708,21 @@ public final class Dispatcher: Sendable {
 
     /// Creates `name` as the Create call does: admitted by the policy (in
     /// `tier`, when given) if the agent has one, then `createContainer`.
-    func createAdmitted(_ name: String, spec: ContainerSpec, tier: String?) throws -> CreateResponse {
+    /// `oneShot`: for a Run with remove_when_done (its snapshot says so).
+    func createAdmitted(_ name: String, spec: ContainerSpec, tier: String?, oneShot: Bool = false) throws -> CreateResponse {
         guard let policy else {
             if tier != nil { throw LmctfyError.failedPrecondition("This agent has no policy: a create cannot name a tier") }
-            return CreateResponse(initPid: try createContainer(name, spec: spec).initPid)
+            return CreateResponse(initPid: try createContainer(name, spec: spec, oneShot: oneShot).initPid)
         }
         let path = try backend.resolve(name)
         let (tier, spec) = try policy.planCreate(path: path, spec: spec, tier: tier)
-        let made = try policy.admitCreate(path: path, tier: tier, spec: spec) { try createContainer(name, spec: spec) }
+        let made = try policy.admitCreate(path: path, tier: tier, spec: spec) { try createContainer(name, spec: spec, oneShot: oneShot) }
         return CreateResponse(tier: tier.name, initPid: made.initPid)
     }
 
     /// Creates `name` (without the policy): recorded, snapshot written.
     /// Returns what was made.
-    func createContainer(_ name: String, spec: ContainerSpec) throws -> CreateOutcome {
+    func createContainer(_ name: String, spec: ContainerSpec, oneShot: Bool = false) throws -> CreateOutcome {
         try inventory.change(try backend.resolve(name)) {
             let made = try backend.createReportingInit(name, spec: spec)
             let path = made.name
@@ -733,7 +734,7 @@ public final class Dispatcher: Sendable {
             events.record(container: path, kind: .containerEventCreated)
             // Its intent now; its full snapshot off the answer's path, once
             // it has lived `deferMs` (SnapshotKeeper.created).
-            snapshots?.created(path)
+            snapshots?.created(path, oneShot: oneShot)
             return (made, { known in
                 for p in stale { known[p] = nil }
                 known[path] = false
@@ -895,11 +896,17 @@ public final class Dispatcher: Sendable {
         defer { context.onCancel(nil) }
         let name = try Self.containerName(r.name)
         let path = try backend.resolve(name)
+        // The cgroup the Run made: its removal is of that one only.
+        var madeId: UInt64?
         if let spec = r.create {
             // Before anything is made: a Run whose caller has gone makes
             // nothing (the create would otherwise be undone at once).
             if context.cancelled { throw LmctfyError(.cancelled, "The Run was cancelled before its container was made") }
-            _ = try createAdmitted(name, spec: spec, tier: r.tier)
+            _ = try createAdmitted(name, spec: spec, tier: r.tier, oneShot: removes)
+            madeId = backend.containerIdentity(path)
+            // Test hook (LMCTFY_AGENT_TEST_HOLD_AFTER=Run.created): the
+            // container made, its command not started.
+            testHold?.hold("Run.created")
         }
         let snapshots = self.snapshots
         let outcome: RunOutcome
@@ -931,7 +938,12 @@ public final class Dispatcher: Sendable {
             events.record(container: path, kind: .containerEventProcessExited, pid: pid, termSignal: signal)
             exited = RunResponse(kind: .runExited, pid: pid, termSignal: signal)
         }
-        if removes {
+        if removes, let madeId, backend.containerIdentity(path) != madeId {
+            // Not the container this Run made any more: destroyed, and made
+            // again under its name by another, whose container (and
+            // processes) it is (it was destroyed with them; a probe).
+            snapshots?.exited(path, pid: pid)
+        } else if removes {
             do {
                 _ = try destroyContainer(name, force: true)
             } catch let error as LmctfyError where error.code == .notFound {
@@ -960,7 +972,17 @@ public final class Dispatcher: Sendable {
             // `/bin/sh -c`; the kill of the shell alone left the sleep
             // running, re-parented to init, while the event log said it was
             // killed; a probe). Its own process group (`ownSession`).
-            if !detached { context.onCancel { _ = try? Sys.kill(-started, SIGKILL); _ = try? Sys.kill(started, SIGKILL) } }
+            if !detached {
+                context.onCancel { [self] in
+                    _ = try? Sys.kill(-started, SIGKILL)
+                    _ = try? Sys.kill(started, SIGKILL)
+                    // A one-shot's container is ending: one paused meanwhile
+                    // is thawed so that its killed job can die (it stayed
+                    // frozen, the call's thread waiting on it, until someone
+                    // resumed it; a probe). Off the caller's thread.
+                    if removes { Threads.detach { _ = try? self.setPaused(name, false) } }
+                }
+            }
             // Recorded (and on disk) before the caller hears of it.
             snapshots?.started(path, pid: started, argv: r.argv, detached: detached, policy: r.restartPolicy, removes: removes)
             try context.emit(RunResponse(kind: .runStarted, pid: started))

@@ -82,6 +82,8 @@ public final class SnapshotKeeper: Sendable {
         /// without it could not tell, after a restart, a container
         /// destroyed and made again while no agent watched (a probe).
         var intentCgroupId: UInt64?
+        /// Made by a Run with remove_when_done (ContainerSnapshot.one_shot).
+        var oneShot = false
         /// The snapshot without its processes (and without boot id, stats
         /// and time), serialized from `kernel`: a process-only write (a
         /// Run's start and end) appends its processes to it instead of
@@ -225,7 +227,8 @@ public final class SnapshotKeeper: Sendable {
             head = try SnapshotStore.serialized(ContainerSnapshot(
                 formatVersion: SnapshotStore.formatVersion, name: path, spec: kernel.spec,
                 owner: kernel.spec.owner, ownerGroup: kernel.spec.ownerGroup, frozen: kernel.frozen,
-                createdNs: rec.createdNs, adopted: rec.adopted, oomKills: kernel.oomKills, cgroupId: kernel.cgroupId))
+                createdNs: rec.createdNs, adopted: rec.adopted, oomKills: kernel.oomKills, cgroupId: kernel.cgroupId,
+                oneShot: rec.oneShot ? true : nil))
         }
         let base = try Self.keyed(head, alive, path)
         let key = Crypto.sha256(base)
@@ -260,8 +263,10 @@ public final class SnapshotKeeper: Sendable {
     /// read from the kernel, written by the keeper's thread `deferMs` later
     /// (or by any write that needs the spec: an update, a pause, the
     /// watcher's), and never for a container destroyed by then. A failure
-    /// is only logged, as in `syncOrWarn`.
-    func created(_ path: String) {
+    /// is only logged, as in `syncOrWarn`. `oneShot`: made by a Run with
+    /// remove_when_done, which the intent says (`recover` removes one left
+    /// without its command).
+    func created(_ path: String, oneShot: Bool = false) {
         let now = WallClock.nanosecondsSinceEpoch()
         let made = cgroupId(path)
         records.locked { r in
@@ -279,6 +284,7 @@ public final class SnapshotKeeper: Sendable {
             rec.spec = nil
             rec.intent = true
             rec.intentCgroupId = made
+            rec.oneShot = oneShot
             r[path] = rec
         }
         do {
@@ -313,7 +319,7 @@ public final class SnapshotKeeper: Sendable {
         let (alive, dead) = Self.living(rec.processes, fresh: fresh)
         let s = ContainerSnapshot(formatVersion: SnapshotStore.formatVersion, name: path, createdNs: rec.createdNs,
                                   bootId: events.bootId, process: alive, adopted: false, writtenNs: now,
-                                  cgroupId: rec.intentCgroupId)
+                                  cgroupId: rec.intentCgroupId, oneShot: rec.oneShot ? true : nil)
         try store.write(name: path, body: SnapshotStore.serialized(s), intent: true)
         if !dead.isEmpty { records.locked { $0[path]?.processes.removeAll { dead.contains($0.pid ?? 0) } } }
         counts.locked { $0.intents += 1 }
@@ -688,16 +694,25 @@ public final class SnapshotKeeper: Sendable {
                     if p.removesContainer == true { oneShots.locked { $0.waiting.append(name) } }
                 }
             }
+            // A one-shot's container with no command of it left: the agent
+            // was killed between its create and its command's start (or the
+            // command ended while it was down: then it is listed already).
+            if s.oneShot == true && processes.isEmpty {
+                oneShots.locked { o in if !o.waiting.contains(name) { o.waiting.append(name) } }
+            }
             // The key a write of the same state would have (`syncNow`).
             let head = try? SnapshotStore.serialized(ContainerSnapshot(
                 formatVersion: s.formatVersion, name: s.name, spec: s.spec, owner: s.owner, ownerGroup: s.ownerGroup,
-                frozen: s.frozen, createdNs: s.createdNs, adopted: s.adopted, oomKills: s.oomKills, cgroupId: s.cgroupId))
+                frozen: s.frozen, createdNs: s.createdNs, adopted: s.adopted, oomKills: s.oomKills, cgroupId: s.cgroupId,
+                oneShot: s.oneShot))
             let key = processes.count == s.process.count ? head.flatMap { try? Self.keyed($0, processes, name) } : nil
             records.locked { r in
-                r[name] = Record(createdNs: s.createdNs ?? WallClock.nanosecondsSinceEpoch(), adopted: s.adopted ?? false,
+                var rec = Record(createdNs: s.createdNs ?? WallClock.nanosecondsSinceEpoch(), adopted: s.adopted ?? false,
                                  processes: processes,
                                  written: key.map(Crypto.sha256),
                                  spec: (try? s.spec?.serializedBytes()).flatMap { $0 }.map(Crypto.sha256))
+                rec.oneShot = s.oneShot == true
+                r[name] = rec
             }
             out.reattached += 1
         }

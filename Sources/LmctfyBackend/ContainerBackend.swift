@@ -117,6 +117,10 @@ public protocol ContainerBackend: Sendable {
     /// calling process, lmctfy's foreground `run`, returns only by throwing).
     func run(_ name: String, argv: [String], detached: Bool,
              onStarted: (Int32) throws(LmctfyError) -> Void) throws(LmctfyError) -> RunOutcome
+    /// Which container of its name `name` is now (its cgroup's inode), so
+    /// that one made again under the name is told from it; nil: gone, or
+    /// a backend that cannot tell.
+    func containerIdentity(_ name: String) -> UInt64?
     /// A foreground `run` whose stdout and stderr come back through
     /// `onOutput` (1 or 2, and a chunk), read until the command exits; its
     /// stdin is /dev/null. A backend that cannot says UNIMPLEMENTED.
@@ -201,6 +205,9 @@ extension ContainerBackend {
         throw .unimplemented("This backend cannot check a create without making the container")
     }
 
+    /// By default: cannot tell.
+    public func containerIdentity(_ name: String) -> UInt64? { nil }
+
     /// By default: not possible.
     public func runCapturing(_ name: String, argv: [String], onStarted: (Int32) throws(LmctfyError) -> Void,
                              onOutput: (Int32, [UInt8]) throws(LmctfyError) -> Void) throws(LmctfyError) -> RunOutcome {
@@ -228,6 +235,7 @@ extension ContainerBackend {
             throw .failedPrecondition("--rm with -n needs an agent (lmctl run): nothing here stays to see a detached command end")
         }
         try create(name, spec: spec)
+        let made = containerIdentity(name)
         let outcome: RunOutcome
         do {
             outcome = try start()
@@ -235,8 +243,16 @@ extension ContainerBackend {
             throw removeMadeContainer(name, after: error)
         }
         // (A detached command's outcome has no exit status.)
-        if remove, let status = outcome.shellStatus {
-            do { try destroy(name, force: true) } catch where error.code != .notFound {
+        // Not when the name is another container's by now (this one was
+        // destroyed, and one made again under its name: it was destroyed
+        // with its processes; a probe).
+        if remove, let status = outcome.shellStatus, made == nil || containerIdentity(name) == made {
+            do {
+                try destroy(name, force: true)
+            } catch where error.code == .notFound {
+                // Destroyed by another caller meanwhile: gone, as asked (the
+                // command's status stands; it was 5 here, a probe).
+            } catch {
                 throw LmctfyError(error.code, "The command ended (exit status \(status)) but its container \(name) could not be removed: \(error.message)")
             }
         }

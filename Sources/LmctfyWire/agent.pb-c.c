@@ -6550,7 +6550,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__request_journal_entr
   (ProtobufCMessageInit) containers__lmctfy__agent__request_journal_entry__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor containers__lmctfy__agent__container_snapshot__field_descriptors[14] =
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__container_snapshot__field_descriptors[15] =
 {
   {
     "format_version",
@@ -6720,6 +6720,18 @@ static const ProtobufCFieldDescriptor containers__lmctfy__agent__container_snaps
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "one_shot",
+    15,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_BOOL,
+    offsetof(Containers__Lmctfy__Agent__ContainerSnapshot, has_one_shot),
+    offsetof(Containers__Lmctfy__Agent__ContainerSnapshot, one_shot),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned containers__lmctfy__agent__container_snapshot__field_indices_by_name[] = {
   10,   /* field[10] = adopted */
@@ -6730,6 +6742,7 @@ static const unsigned containers__lmctfy__agent__container_snapshot__field_indic
   5,   /* field[5] = frozen */
   9,   /* field[9] = last_stats */
   1,   /* field[1] = name */
+  14,   /* field[14] = one_shot */
   12,   /* field[12] = oom_kills */
   3,   /* field[3] = owner */
   4,   /* field[4] = owner_group */
@@ -6740,7 +6753,7 @@ static const unsigned containers__lmctfy__agent__container_snapshot__field_indic
 static const ProtobufCIntRange containers__lmctfy__agent__container_snapshot__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 14 }
+  { 0, 15 }
 };
 const ProtobufCMessageDescriptor containers__lmctfy__agent__container_snapshot__descriptor =
 {
@@ -6750,7 +6763,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__container_snapshot__
   "Containers__Lmctfy__Agent__ContainerSnapshot",
   "containers.lmctfy.agent",
   sizeof(Containers__Lmctfy__Agent__ContainerSnapshot),
-  14,
+  15,
   containers__lmctfy__agent__container_snapshot__field_descriptors,
   containers__lmctfy__agent__container_snapshot__field_indices_by_name,
   1,  containers__lmctfy__agent__container_snapshot__number_ranges,

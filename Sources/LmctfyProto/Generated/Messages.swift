@@ -4966,6 +4966,8 @@ public struct ContainerSnapshot: ProtoMessage {
     public var oomKills: Int64?
     /// Field 14 `cgroup_id`.
     public var cgroupId: UInt64?
+    /// Field 15 `one_shot`.
+    public var oneShot: Bool?
 
     public init(
         formatVersion: UInt32? = nil,
@@ -4981,7 +4983,8 @@ public struct ContainerSnapshot: ProtoMessage {
         adopted: Bool? = nil,
         writtenNs: UInt64? = nil,
         oomKills: Int64? = nil,
-        cgroupId: UInt64? = nil
+        cgroupId: UInt64? = nil,
+        oneShot: Bool? = nil
     ) {
         self.formatVersion = formatVersion
         self.name = name
@@ -4997,6 +5000,7 @@ public struct ContainerSnapshot: ProtoMessage {
         self.writtenNs = writtenNs
         self.oomKills = oomKills
         self.cgroupId = cgroupId
+        self.oneShot = oneShot
     }
 
     public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.ContainerSnapshot")
@@ -5017,6 +5021,7 @@ public struct ContainerSnapshot: ProtoMessage {
         self.writtenNs = message.get(12)
         self.oomKills = message.get(13)
         self.cgroupId = message.get(14)
+        self.oneShot = message.get(15)
     }
 
     public var dynamic: DynamicMessage {
@@ -5035,6 +5040,7 @@ public struct ContainerSnapshot: ProtoMessage {
         message.set(12, writtenNs)
         message.set(13, oomKills)
         message.set(14, cgroupId)
+        message.set(15, oneShot)
         return message
     }
 
@@ -5054,6 +5060,7 @@ public struct ContainerSnapshot: ProtoMessage {
         self.writtenNs = CBridge.value(c, f[11])
         self.oomKills = CBridge.value(c, f[12])
         self.cgroupId = CBridge.value(c, f[13])
+        self.oneShot = CBridge.value(c, f[14])
     }
 
     public func makeC() -> UnsafeMutableRawPointer {
@@ -5073,6 +5080,7 @@ public struct ContainerSnapshot: ProtoMessage {
         CBridge.set(c, f[11], writtenNs)
         CBridge.set(c, f[12], oomKills)
         CBridge.set(c, f[13], cgroupId)
+        CBridge.set(c, f[14], oneShot)
         return c
     }
 

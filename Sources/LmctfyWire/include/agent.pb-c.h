@@ -1684,15 +1684,23 @@ struct  Containers__Lmctfy__Agent__ContainerSnapshot
    * found by the next agent with another is another container, made
    * after this one was destroyed while no agent watched.
    */
-  /*
-   * Next id: 15
-   */
   protobuf_c_boolean has_cgroup_id;
   uint64_t cgroup_id;
+  /*
+   * Added: made by a Run with remove_when_done (its intent says so before
+   * the create answers). An agent killed between the create and the
+   * command's start left it with no recorded process: the next one removes
+   * it at its start, if it is still this cgroup.
+   */
+  /*
+   * Next id: 16
+   */
+  protobuf_c_boolean has_one_shot;
+  protobuf_c_boolean one_shot;
 };
 #define CONTAINERS__LMCTFY__AGENT__CONTAINER_SNAPSHOT__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__container_snapshot__descriptor) \
-    , 0, 0, NULL, NULL, 0, 0, 0, 0, 0, 0, 0, 0, NULL, 0,NULL, NULL, 0, 0, 0, 0, 0, 0, 0, 0 }
+    , 0, 0, NULL, NULL, 0, 0, 0, 0, 0, 0, 0, 0, NULL, 0,NULL, NULL, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0 }
 
 
 /*
