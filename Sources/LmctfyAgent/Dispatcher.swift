@@ -995,14 +995,18 @@ public final class Dispatcher: Sendable {
         }
     }
 
+    /// Destroys `name` and everything in it (a one-shot's container); one
+    /// gone already (another caller's destroy) is no error.
+    private func destroyIfThere(_ name: String) throws {
+        do { _ = try destroyContainer(name, force: true) } catch let gone as LmctfyError where gone.code == .notFound {}
+    }
+
     /// Destroys the container a Run made for a command that did not start;
     /// returns the error to end the call with (the start's, and the
     /// destroy's when the container stays).
     private func undoCreate(_ name: String, _ path: String, after error: any Error) -> any Error {
         do {
-            _ = try destroyContainer(name, force: true)
-            return error
-        } catch let gone as LmctfyError where gone.code == .notFound {
+            try destroyIfThere(name)
             return error
         } catch let failed {
             let e = error as? LmctfyError ?? LmctfyError(.internal, String(describing: error))
@@ -1016,9 +1020,7 @@ public final class Dispatcher: Sendable {
     /// down): destroyed with whatever is left in it. Returns what to log.
     func removeOneShot(_ path: String) -> String? {
         do {
-            _ = try destroyContainer(path, force: true)
-            return nil
-        } catch let e as LmctfyError where e.code == .notFound {
+            try destroyIfThere(path)
             return nil
         } catch {
             return "the container \(path) of a one-shot command that ended was not removed: \(error)"
