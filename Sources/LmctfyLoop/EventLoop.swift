@@ -1,6 +1,6 @@
 // One uv_loop_t, one thread that runs it, and the only door in from other
-// threads: execute(), which queues a closure and wakes the loop through a
-// uv_async_t. libuv handles are not thread-safe, so every handle is created,
+// threads: execute(), which queues a closure and wakes the loop through an
+// eventfd the loop polls. libuv handles are not thread-safe, so every handle is created,
 // used and closed on that thread and nothing but the work queue needs a lock.
 import CLibUV
 import CLmctfyUV
@@ -46,6 +46,14 @@ public final class EventLoop: @unchecked Sendable {
     private let lock = Lock()
     private var phase = Phase.idle
     private var queue: [@Sendable () -> Void] = []
+    /// The eventfd was written since the loop last took the queue: later
+    /// work rides on that wake-up (one write per batch).
+    private var wakePending = false
+    /// The loop's wake-up: written by `execute` after it has let go of the
+    /// lock, read by the loop's poll handle. Opened by `start()`, closed only
+    /// by `deinit`, when no thread can be inside `execute` any more, so a
+    /// write never reaches a closed (or reused) descriptor.
+    private var wakeFd: Int32 = -1
     private var closeResult: Int32?
     // Serializes shutdown() callers so exactly one joins and all see the result.
     private let joinLock = Lock()
@@ -53,7 +61,13 @@ public final class EventLoop: @unchecked Sendable {
 
     // MARK: Loop-affine
     let uvLoop: UnsafeMutablePointer<uv_loop_t>
-    private let wakeup: UnsafeMutablePointer<uv_async_t>
+    /// Polls `wakeFd`. Not a uv_async_t: libuv 1.44's loop spins (up to
+    /// ~1,000 `pause`s, then sched_yield) while a sender is between its two
+    /// atomics around the eventfd write, and the sender did that write under
+    /// `lock`, so the loop it woke often spun and then blocked on the lock the
+    /// sender still held: two more hand-offs for one wake-up (a profile of
+    /// one-call lifecycles put ~5 % of the agent's samples in that spin).
+    private let wakeup: UnsafeMutablePointer<uv_poll_t>
     private var loopInitialized = false
     /// Open handles, so shutdown can close them. Unretained: each handle's
     /// `data` already holds the retain that keeps its object alive until its
@@ -88,12 +102,13 @@ public final class EventLoop: @unchecked Sendable {
         uvLoop = .allocate(capacity: 1)
         uvLoop.initialize(to: uv_loop_t())
         wakeup = .allocate(capacity: 1)
-        wakeup.initialize(to: uv_async_t())
+        wakeup.initialize(to: uv_poll_t())
         readBuffer = .allocate(byteCount: Self.readBufferSize, alignment: 16)
     }
 
     deinit {
         readBuffer.deallocate()
+        if wakeFd >= 0 { Glibc.close(wakeFd) }
         // Freeing a loop libuv refused to close (handles still open) would
         // leave those handles pointing into freed memory; leak it instead.
         // A loop never started was never initialized and is plain memory.
@@ -113,20 +128,33 @@ public final class EventLoop: @unchecked Sendable {
         // write to a peer that went away; before the first stream exists.
         Sys.ignoreSIGPIPE()
         // Initialized before the thread exists: pthread_create publishes
-        // these writes to it, and no other thread calls uv_async_send until
+        // these writes to it, and no other thread writes `wakeFd` until
         // `phase` becomes .running under the lock below.
+        let fd: Int32
+        do { fd = try EventFds.eventfd() } catch { throw LoopError("eventfd", name, error) }
         try check(uv_loop_init(uvLoop), "uv_loop_init", name)
         loopInitialized = true
-        let rc = uv_async_init(uvLoop, wakeup) { async in
-            guard let async, let data = async.pointee.data else { return }
-            Unmanaged<EventLoop>.fromOpaque(data).takeUnretainedValue().drain()
+        var rc = uv_poll_init(uvLoop, wakeup, fd)
+        if rc == 0 {
+            wakeup.pointee.data = Unmanaged.passUnretained(self).toOpaque()
+            rc = uv_poll_start(wakeup, Int32(UV_READABLE.rawValue)) { poll, _, _ in
+                guard let poll, let data = poll.pointee.data else { return }
+                let loop = Unmanaged<EventLoop>.fromOpaque(data).takeUnretainedValue()
+                // Reset before the queue is taken: a write after this read is
+                // another wake-up, and work queued before it is in the batch.
+                _ = try? EventFds.readCounter(loop.wakeFd)
+                loop.drain()
+            }
+            if rc < 0 { uv_close(lm_uv_handle(wakeup), nil) }
         }
         if rc < 0 {
+            uv_run(uvLoop, UV_RUN_DEFAULT)
             uv_loop_close(uvLoop)
             loopInitialized = false
-            throw LoopError("uv_async_init", name, rc)
+            Glibc.close(fd)
+            throw LoopError("uv_poll_start", name, rc)
         }
-        wakeup.pointee.data = Unmanaged.passUnretained(self).toOpaque()
+        wakeFd = fd
 
         lock.locked {
             // The thread owns a retain of the loop until it ends.
@@ -139,8 +167,9 @@ public final class EventLoop: @unchecked Sendable {
             precondition(created == 0, "\(name): pthread_create: \(created)")
             thread = tid
             phase = .running
-            if !queue.isEmpty { uv_async_send(wakeup) }
+            if !queue.isEmpty { wakePending = true }
         }
+        if wakePending { EventFds.signal(wakeFd) }
     }
 
     private func runThread() {
@@ -164,23 +193,25 @@ public final class EventLoop: @unchecked Sendable {
     /// the loop has stopped for good; work queued during shutdown still runs.
     @discardableResult
     public func execute(_ work: @Sendable @escaping () -> Void) -> Bool {
-        lock.locked {
+        let (queued, wake) = lock.locked { () -> (Bool, Bool) in
             switch phase {
             case .idle:
                 queue.append(work)
-                return true
+                return (true, false)
             case .running, .stopping:
                 queue.append(work)
-                // Under the lock: finish() closes the wakeup handle only after
-                // taking the lock and moving to .stopped, so this never sends
-                // to a closed handle. One send per batch is enough (libuv
-                // coalesces), but it is cheap and keeps this simple.
-                uv_async_send(wakeup)
-                return true
+                // One write per batch: the loop takes everything queued when
+                // it wakes.
+                defer { wakePending = true }
+                return (true, !wakePending)
             case .stopped:
-                return false
+                return (false, false)
             }
         }
+        // After the lock: the loop it wakes does not find it held. The
+        // descriptor stays open as long as this object lives.
+        if wake { EventFds.signal(wakeFd) }
+        return queued
     }
 
     /// Runs `body` on the loop thread and returns its result to the caller's
@@ -226,6 +257,7 @@ public final class EventLoop: @unchecked Sendable {
     private func drain() {
         let (work, stopping) = lock.locked { () -> ([@Sendable () -> Void], Bool) in
             defer { queue.removeAll() }
+            wakePending = false
             return (queue, phase == .stopping)
         }
         inBatch = true
@@ -272,12 +304,13 @@ public final class EventLoop: @unchecked Sendable {
             if !started.load(ordering: .relaxed) {
                 do { try start() } catch { fatalError("\(name): start for shutdown: \(error)") }
             }
-            lock.locked {
-                if phase == .running {
-                    phase = .stopping
-                    uv_async_send(wakeup)
-                }
+            let wake = lock.locked { () -> Bool in
+                guard phase == .running else { return false }
+                phase = .stopping
+                defer { wakePending = true }
+                return !wakePending
             }
+            if wake { EventFds.signal(wakeFd) }
             if let tid = lock.locked({ () -> pthread_t? in defer { thread = nil }; return thread }) {
                 let rc = pthread_join(tid, nil)
                 precondition(rc == 0, "\(name): pthread_join: \(rc)")
