@@ -64,6 +64,52 @@ int lm_release_sigint(void) {
     return rc;
 }
 
+static volatile sig_atomic_t lm_forward_pid = 0;
+static volatile sig_atomic_t lm_forward_pending = 0;
+static const int lm_forward_signals[2] = {SIGTERM, SIGHUP};
+static struct sigaction lm_saved_forward[2];
+
+static void lm_on_forwarded(int sig) {
+    pid_t pid = lm_forward_pid;
+    if (pid > 0) kill(pid, sig);
+    else lm_forward_pending = sig;
+}
+
+int lm_forward_signals_start(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = lm_on_forwarded;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESTART;
+    lm_forward_pid = 0;
+    lm_forward_pending = 0;
+    for (int i = 0; i < 2; i++) {
+        if (sigaction(lm_forward_signals[i], &sa, &lm_saved_forward[i]) != 0) {
+            while (i-- > 0) sigaction(lm_forward_signals[i], &lm_saved_forward[i], NULL);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+void lm_forward_signals_to(pid_t pid) {
+    lm_forward_pid = pid;
+    /* After the pid is set: a signal from now on is forwarded by the
+     * handler itself, one that came before is here. */
+    int pending = lm_forward_pending;
+    lm_forward_pending = 0;
+    if (pending && pid > 0) kill(pid, pending);
+}
+
+int lm_forward_signals_stop(void) {
+    int rc = 0;
+    for (int i = 0; i < 2; i++) {
+        if (sigaction(lm_forward_signals[i], &lm_saved_forward[i], NULL) != 0) rc = -1;
+    }
+    lm_forward_pid = 0;
+    return rc;
+}
+
 int lm_flock_exclusive_now(int fd) {
     return flock(fd, LOCK_EX | LOCK_NB);
 }
@@ -101,4 +147,12 @@ long lm_getrandom(void *buf, size_t len) {
 
 int lm_pidfd_open(pid_t pid) {
     return (int)syscall(SYS_pidfd_open, pid, 0);
+}
+
+#ifndef SYS_pidfd_send_signal
+#define SYS_pidfd_send_signal 424
+#endif
+
+int lm_pidfd_send_signal(int pidfd, int sig) {
+    return (int)syscall(SYS_pidfd_send_signal, pidfd, sig, NULL, 0);
 }

@@ -316,7 +316,10 @@ public struct LocalBackend: ContainerBackend {
     /// destroy it when the command ends (`remove`) or cannot start (an exec
     /// that failed left lmctfy inside it). SIGINT and SIGQUIT are ignored
     /// meanwhile, as system(3) does, so that ^C at the terminal ends the
-    /// command and lmctfy then removes the container.
+    /// command and lmctfy then removes the container; SIGTERM and SIGHUP
+    /// are passed on to the command (`kill` of lmctfy alone left the
+    /// command running and its container there), which lmctfy then waits
+    /// for as for any end.
     public func runInNewContainer(_ name: String, spec: ContainerSpec, tier: String?, argv: [String], detached: Bool,
                                   remove: Bool) throws(LmctfyError) -> RunOutcome {
         try createRunRemove(name, spec: spec, tier: tier, detached: detached, remove: remove) { () throws(LmctfyError) in
@@ -328,7 +331,9 @@ public struct LocalBackend: ContainerBackend {
                     signal(SIGINT, interrupt)
                     signal(SIGQUIT, quit)
                 }
-                return try Self.spawnAndWait(stdio: .inherit)(c, argv, { (_: Int32) throws(LmctfyError) in })
+                return try SignalForwarding.around { (forwardTo: (pid_t) -> Void) throws(LmctfyError) -> RunOutcome in
+                    try Self.spawnAndWait(stdio: .inherit)(c, argv, { (pid: Int32) throws(LmctfyError) in forwardTo(pid) })
+                }
             }
         }
     }

@@ -399,6 +399,21 @@ public final class SnapshotKeeper: Sendable {
     }
 
     static let detachedExit = "exited; its status is unknown (detached)"
+    static let callerGone = "killed: run in the foreground by an earlier agent, its caller gone with it"
+
+    /// SIGKILLs the job of `p` (its process group: a foreground command
+    /// leads one of its own) if `p` is still that process: its pidfd is
+    /// opened first, then its start time checked, so neither signal can
+    /// reach a later process with its pid (or group id: one is not reused
+    /// while its leader lives). A process with no recorded start time is
+    /// left alone. True if it was signalled.
+    static func killJob(_ p: SnapshotProcess) -> Bool {
+        guard let pid = p.pid, pid > 1, p.startTime != nil, let fd = try? Sys.pidfdOpen(pid) else { return false }
+        defer { close(fd) }
+        guard isAlive(p) else { return false }
+        _ = try? Sys.kill(-pid, SIGKILL)
+        return (try? Sys.pidfdSendSignal(fd, SIGKILL)) != nil
+    }
     static let earlierAgentExit = "exited; its status is unknown (started by an earlier agent)"
 
     /// A process the agent ran in the foreground ended (its status went to
@@ -433,8 +448,20 @@ public final class SnapshotKeeper: Sendable {
         guard !running.locked({ r in defer { r = true }; return r }) else { return }
         store.startFlusher()
         startProcessWatch()
-        for (path, p) in survivors.locked({ s in defer { s = [] }; return s })
-        where watchExit(path, p, reason: Self.earlierAgentExit) == false {
+        for (path, p) in survivors.locked({ s in defer { s = [] }; return s }) {
+            // A foreground command of an earlier agent: its caller's
+            // connection went with that agent, so its job is killed, as a
+            // cancelled call's is (PROTOCOL.md, Run); it ran on to its end
+            // before, and a one-shot's container stayed until then. A
+            // one-shot's container goes at once, with what is left in it
+            // (a job in a paused container dies only when thawed).
+            let killed = p.detached != true && Self.killJob(p)
+            if killed && p.removesContainer == true {
+                events.append(ContainerEvent(container: path, kind: .containerEventProcessExited, pid: p.pid, reason: Self.callerGone))
+                ended(path, pid: p.pid ?? 0, removes: true)
+                continue
+            }
+            guard watchExit(path, p, reason: killed ? Self.callerGone : Self.earlierAgentExit) == false else { continue }
             // Gone since the recovery looked: dropped at once.
             events.append(ContainerEvent(container: path, kind: .containerEventProcessExited, pid: p.pid,
                                          reason: "exited while the agent was down"))

@@ -47,3 +47,18 @@ public enum InterruptWatch {
         exit(128 + sig)
     }
 }
+
+/// A foreground child that stands for the process (lmctfy run --create
+/// --rm): SIGTERM and SIGHUP sent to the process are passed on to the child
+/// while `body` runs, so that a `kill` of the parent ends the command and
+/// the parent, still alive, cleans up after it. `body` names the child with
+/// its argument once it is known (a signal that came before then is passed
+/// on at that moment); the previous dispositions are back afterwards. One
+/// at a time per process.
+public enum SignalForwarding {
+    public static func around<T>(_ body: (_ child: (pid_t) -> Void) throws(LmctfyError) -> T) throws(LmctfyError) -> T {
+        let installed = lm_forward_signals_start() == 0
+        defer { if installed { _ = lm_forward_signals_stop() } }
+        return try body { pid in if installed { lm_forward_signals_to(pid) } }
+    }
+}

@@ -511,6 +511,13 @@ public enum Sys {
         return fd
     }
 
+    /// pidfd_send_signal(2): `signal` to the process `pidfd` refers to,
+    /// never to a later one with its pid.
+    public static func pidfdSendSignal(_ pidfd: Int32, _ signal: Int32) throws(SystemError) {
+        let (r, e) = retry { lm_pidfd_send_signal(pidfd, signal) }
+        if r < 0 { throw SystemError("pidfd_send_signal", String(pidfd), e) }
+    }
+
     /// This process's pid.
     public static func getpid() -> pid_t { Glibc.getpid() }
     /// The parent's pid (1, or a subreaper, once the parent is gone).

@@ -238,6 +238,53 @@ struct OneShotRestartTests {
                 "\(kinds(second.socket, "/late"))")
     }
 
+    /// The agent is killed while two foreground commands run (lmctl in the
+    /// foreground: a one-shot, and a plain Run in a container made before).
+    /// Their caller's connections went with it, so the next agent kills
+    /// both jobs at its start, as a cancelled call's, and removes the
+    /// one-shot's container at once; the other container stays. (They ran
+    /// on to their end before, and the one-shot's container stayed until
+    /// then.)
+    @Test func foregroundJobsOfAKilledAgentAreKilledAtTheNextStart() throws {
+        let root = try ContainerApi.detect()
+        let top = RealCgroups.uniqueName("oneshotfg")
+        _ = try root.create(top, spec: ContainerSpec(memory: MemorySpec(limit: 1 << 30)))
+        defer { _ = try? TestProcess.capture([builtTool("lmctfy"), "destroy", "-f", top]) }
+        let first = try AgentProcess(config: "root_container: \"\(top)\" stats_interval_ms: 0")
+        defer { _ = removeTree(first.dir) }
+        let client = try RpcClient.connect(unixPath: first.socket)
+        _ = try client.call(AgentMethods.create, CreateRequest(name: "/plain", spec: memory))
+        client.close()
+        let lmctl = [builtTool("lmctl"), "--agent", "unix://" + first.socket, "run"]
+        var callers: [pid_t] = []
+        defer {
+            for c in callers {
+                kill(c, SIGKILL)
+                _ = TestProcess.reapIfExited(c)
+            }
+        }
+        callers.append(try spawnWithEnvironment(lmctl + ["--create", "memory:{limit:67108864}", "--rm", "/fg", "sleep", "300"], []))
+        callers.append(try spawnWithEnvironment(lmctl + ["/plain", "sleep", "300"], []))
+        func pids(_ name: String) -> [String] {
+            guard let r = try? TestProcess.capture([builtTool("lmctfy"), "list", "pids", top + name]), r.status == 0 else { return [] }
+            return String(decoding: r.stdout, as: UTF8.self).split(whereSeparator: { !$0.isNumber }).map(String.init)
+        }
+        #expect(within(30) { pids("/fg").count == 1 && pids("/plain").count == 1 }, "both commands run")
+        let jobs = (pids("/fg") + pids("/plain")).compactMap { pid_t($0) }
+        first.crash()
+        _ = TestProcess.reapIfExited(first.pid)
+        usleep(300_000)
+        #expect(jobs.allSatisfy { kill($0, 0) == 0 }, "the jobs outlive the agent")
+        let second = try AgentProcess(reusing: first.dir)
+        defer { second.stop(keepingState: true) }
+        #expect(within(30) { !exists(top + "/fg") }, "the one-shot's container removed at the start")
+        #expect(within(30) { jobs.allSatisfy { kill($0, 0) != 0 } }, "both jobs killed")
+        #expect(exists(top + "/plain"), "a container made by Create stays")
+        #expect(within(30) { kinds(second.socket, "/plain").contains("CONTAINER_EVENT_PROCESS_EXITED unknown") }, "\(kinds(second.socket, "/plain"))")
+        #expect(within(30) { kinds(second.socket, "/fg").suffix(2) == ["CONTAINER_EVENT_PROCESS_EXITED unknown", "CONTAINER_EVENT_DESTROYED"] },
+                "\(kinds(second.socket, "/fg"))")
+    }
+
     /// The agent killed between a one-shot's create and its command's start
     /// (a test hold there): the container, empty, is removed by the next
     /// agent at its start (it was left for good; a probe: 44 of 150).

@@ -56,6 +56,33 @@ struct TasksCLITests {
         }
     }
 
+    /// `kill` of a foreground `lmctfy run --create --rm` (SIGTERM to lmctfy
+    /// alone, not to its command) is passed on to the command; lmctfy then
+    /// removes the container and ends as the command did. (It died at once,
+    /// leaving the command running and its container there.)
+    @Test func sigtermOfRunCreateRmEndsTheCommandAndRemoves() throws {
+        let binary = try #require(BuiltBinary.path, "the lmctfy executable was not built next to the tests")
+        try withTestName("runterm") { name throws in
+            let lmctfy = try TestProcess.spawnWithSignalsUnblocked([binary, "run", "--create", "pids:{limit:50}", "--rm", name, "sleep", "300"])
+            defer { TestProcess.end(lmctfy) }
+            var command: [pid_t] = []
+            for _ in 0..<1500 where command.isEmpty {
+                command = pids(try BuiltBinary.run(["list", "pids", name]))
+                if command.isEmpty { usleep(20_000) }
+            }
+            #expect(command.count == 1, "the command runs")
+            kill(lmctfy, SIGTERM)
+            var status: LmctfySystem.ExitStatus?
+            for _ in 0..<1500 where status == nil {
+                status = TestProcess.reapIfExited(lmctfy)
+                if status == nil { usleep(20_000) }
+            }
+            #expect(status == .exited(128 + SIGTERM), "lmctfy ends as its command did: \(String(describing: status))")
+            #expect(command.allSatisfy { kill($0, 0) != 0 }, "the command ended")
+            #expect(try BuiltBinary.run(["spec", name]).status == 5, "its container removed")
+        }
+    }
+
     @Test(arguments: Runner.allCases)
     func detachedRunListsKillAll(_ lmctfy: Runner) throws {
         try withTestName("runbg") { name throws in

@@ -67,6 +67,17 @@ int lm_catch_sigint(void);
 int lm_sigint_caught(void);
 int lm_release_sigint(void);
 
+/* SIGTERM and SIGHUP passed on to a child the process waits for (lmctfy
+ * run --create --rm, so that `kill` of lmctfy ends the command and lmctfy
+ * can still remove its container): lm_forward_signals_start installs the
+ * handler (0, or -1 with errno, nothing changed); lm_forward_signals_to
+ * names the child, and sends it a signal that came before it was known;
+ * lm_forward_signals_stop puts the previous dispositions back. One user at
+ * a time (a command-line tool's main thread). */
+int lm_forward_signals_start(void);
+void lm_forward_signals_to(pid_t pid);
+int lm_forward_signals_stop(void);
+
 /* renameat2(2) with RENAME_NOREPLACE: moves `from` to `to` only if nothing
  * is at `to` (EEXIST otherwise), atomically. 0 or -1 with errno. */
 int lm_rename_noreplace(const char *from, const char *to);
@@ -92,5 +103,10 @@ long lm_getrandom(void *buf, size_t len);
  * child (whose exit status waitid would refuse us: ECHILD). Returns it, or
  * -1 with errno. Swift cannot call the variadic syscall(2). */
 int lm_pidfd_open(pid_t pid);
+
+/* pidfd_send_signal(2) with no info and no flags: signals the very process
+ * the descriptor refers to (never a later one that reuses its pid). 0, or
+ * -1 with errno (ESRCH once it has exited). */
+int lm_pidfd_send_signal(int pidfd, int sig);
 
 #endif
