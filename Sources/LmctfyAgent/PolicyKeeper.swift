@@ -144,6 +144,10 @@ public final class PolicyKeeper: Sendable {
     /// order of containers found by a sync (after a restart); set by the
     /// agent when it keeps snapshots.
     let created = Mutexed<CreatedClock?>(nil)
+    /// Tests only: called in a create's admission between its wait for
+    /// another create of the name and its own admission, the window where
+    /// a third caller's create can begin.
+    let afterWait = Mutexed<(@Sendable (String) -> Void)?>(nil)
 
     final class CreatedClock: Sendable {
         let when: @Sendable (String) -> UInt64?
@@ -187,12 +191,19 @@ public final class PolicyKeeper: Sendable {
         var decision: Decision?
         while decision == nil {
             while admitter.commitment(path)?.pending == true && MonotonicClock.milliseconds() < waitUntil { usleep(1000) }
+            afterWait.locked { $0 }?(path)
             decision = admitter.admit(path, tier: tier, amount: amount, capacity: cap, new: true)
             if decision != nil { break }
-            // A create of it still under way after the wait: this one
-            // conflicts with it.
+            // A create of it under way again: another caller's, begun
+            // after the one waited for had failed and before this one
+            // looked (three or more at once; it was ABORTED at once, a
+            // probe: 1 of 240). Waited for in turn, within the same time;
+            // ABORTED only once that is up.
             guard let known = admitter.commitment(path), !known.pending else {
-                throw LmctfyError(.aborted, "Create of \"\(path)\" is still under way (another caller's)")
+                guard MonotonicClock.milliseconds() < waitUntil else {
+                    throw LmctfyError(.aborted, "Create of \"\(path)\" is still under way (another caller's)")
+                }
+                continue
             }
             // Known: the create fails on its own (ALREADY_EXISTS), unless
             // the entry is stale, its container destroyed meanwhile (a

@@ -103,6 +103,61 @@ struct PolicyAgentTests {
         }
     }
 
+    /// A create that waited for another create of its name (which failed)
+    /// finds a third caller's create of it begun in between: it waits for
+    /// that one too and gets ALREADY_EXISTS once it made the container. It
+    /// was ABORTED ("still under way") at once (the one-shot probe: 1 of
+    /// 240 same-name runs; the window is made here with the keeper's
+    /// `afterWait` seam).
+    @Test func aCreateThatFindsAnotherBegunAfterItsWaitWaitsForItToo() throws {
+        try withPolicyAgent("policyturn", "policy { overcommit_percent: 0 }") { _, agent, _ in
+            let keeper = try #require(agent.dispatcher.policy)
+            let backend = agent.dispatcher.backend
+            let spec = try ContainerSpec(textFormat: "memory { limit: 10485760 }")
+            let path = try backend.resolve("/turn")
+            let (tier, applied) = try keeper.planCreate(path: path, spec: spec, tier: nil)
+            let firstInside = Latch(), thirdInside = Latch(), thirdDone = Latch()
+            let third = Mutexed<String?>(nil)
+            Threads.detach {
+                _ = try? keeper.admitCreate(path: path, tier: tier, spec: applied) {
+                    firstInside.signal()
+                    usleep(200_000)
+                    throw LmctfyError(.internal, "the first create fails")
+                }
+            }
+            firstInside.wait()
+            // The waiting create, past its wait: the third one begins and
+            // is admitted before it looks.
+            let hooked = Mutexed(false)
+            keeper.afterWait.locked { $0 = { _ in
+                guard !hooked.locked({ h in defer { h = true }; return h }) else { return }
+                Threads.detach {
+                    do {
+                        _ = try keeper.admitCreate(path: path, tier: tier, spec: applied) {
+                            thirdInside.signal()
+                            usleep(100_000)
+                            try backend.create("/turn", spec: applied)
+                        }
+                        third.locked { $0 = "made" }
+                    } catch {
+                        third.locked { $0 = "\(error)" }
+                    }
+                    thirdDone.signal()
+                }
+                thirdInside.wait()
+            } }
+            defer { keeper.afterWait.locked { $0 = nil } }
+            let (code, message) = status {
+                _ = try keeper.admitCreate(path: path, tier: tier, spec: applied) { try backend.create("/turn", spec: applied) }
+            }
+            thirdDone.wait()
+            #expect(hooked.locked { $0 }, "the window was reached")
+            #expect(third.locked { $0 } == "made")
+            #expect(code == .alreadyExists, "\(code): \(message)")
+            _ = try? backend.destroy("/turn", force: true)
+        }
+    }
+
     /// A create of a name whose ledger entry is stale (its container
     /// destroyed meanwhile: a destroy racing the create, through the agent
     /// or behind its back, the watcher not yet heard) is admitted as any
