@@ -36,20 +36,36 @@ static void lm_on_sigint(int sig) {
     lm_interrupt_caught = sig;
 }
 
-int lm_catch_sigint(void) {
+/* Installs `handler` (SA_RESTART) for the `n` signals in `sigs`, saving
+ * each previous disposition in `saved`; all or nothing: 0, or -1 with
+ * errno and the dispositions as they were. */
+static int lm_install_handler(void (*handler)(int), const int *sigs, int n, struct sigaction *saved) {
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
-    sa.sa_handler = lm_on_sigint;
+    sa.sa_handler = handler;
     sigemptyset(&sa.sa_mask);
     sa.sa_flags = SA_RESTART;
-    lm_interrupt_caught = 0;
-    for (int i = 0; i < 3; i++) {
-        if (sigaction(lm_interrupt_signals[i], &sa, &lm_saved_interrupt[i]) != 0) {
-            while (i-- > 0) sigaction(lm_interrupt_signals[i], &lm_saved_interrupt[i], NULL);
+    for (int i = 0; i < n; i++) {
+        if (sigaction(sigs[i], &sa, &saved[i]) != 0) {
+            while (i-- > 0) sigaction(sigs[i], &saved[i], NULL);
             return -1;
         }
     }
     return 0;
+}
+
+/* Puts back what lm_install_handler saved. */
+static int lm_restore_handlers(const int *sigs, int n, const struct sigaction *saved) {
+    int rc = 0;
+    for (int i = 0; i < n; i++) {
+        if (sigaction(sigs[i], &saved[i], NULL) != 0) rc = -1;
+    }
+    return rc;
+}
+
+int lm_catch_sigint(void) {
+    lm_interrupt_caught = 0;
+    return lm_install_handler(lm_on_sigint, lm_interrupt_signals, 3, lm_saved_interrupt);
 }
 
 int lm_sigint_caught(void) {
@@ -57,11 +73,7 @@ int lm_sigint_caught(void) {
 }
 
 int lm_release_sigint(void) {
-    int rc = 0;
-    for (int i = 0; i < 3; i++) {
-        if (sigaction(lm_interrupt_signals[i], &lm_saved_interrupt[i], NULL) != 0) rc = -1;
-    }
-    return rc;
+    return lm_restore_handlers(lm_interrupt_signals, 3, lm_saved_interrupt);
 }
 
 static volatile sig_atomic_t lm_forward_pid = 0;
@@ -76,20 +88,9 @@ static void lm_on_forwarded(int sig) {
 }
 
 int lm_forward_signals_start(void) {
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = lm_on_forwarded;
-    sigemptyset(&sa.sa_mask);
-    sa.sa_flags = SA_RESTART;
     lm_forward_pid = 0;
     lm_forward_pending = 0;
-    for (int i = 0; i < 2; i++) {
-        if (sigaction(lm_forward_signals[i], &sa, &lm_saved_forward[i]) != 0) {
-            while (i-- > 0) sigaction(lm_forward_signals[i], &lm_saved_forward[i], NULL);
-            return -1;
-        }
-    }
-    return 0;
+    return lm_install_handler(lm_on_forwarded, lm_forward_signals, 2, lm_saved_forward);
 }
 
 void lm_forward_signals_to(pid_t pid) {
@@ -102,10 +103,7 @@ void lm_forward_signals_to(pid_t pid) {
 }
 
 int lm_forward_signals_stop(void) {
-    int rc = 0;
-    for (int i = 0; i < 2; i++) {
-        if (sigaction(lm_forward_signals[i], &lm_saved_forward[i], NULL) != 0) rc = -1;
-    }
+    int rc = lm_restore_handlers(lm_forward_signals, 2, lm_saved_forward);
     lm_forward_pid = 0;
     return rc;
 }
