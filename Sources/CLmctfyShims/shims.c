@@ -76,36 +76,76 @@ int lm_release_sigint(void) {
     return lm_restore_handlers(lm_interrupt_signals, 3, lm_saved_interrupt);
 }
 
-static volatile sig_atomic_t lm_forward_pid = 0;
-static volatile sig_atomic_t lm_forward_pending = 0;
-static const int lm_forward_signals[2] = {SIGTERM, SIGHUP};
-static struct sigaction lm_saved_forward[2];
+#ifndef SYS_pidfd_send_signal
+#define SYS_pidfd_send_signal 424
+#endif
 
-static void lm_on_forwarded(int sig) {
-    pid_t pid = lm_forward_pid;
-    if (pid > 0) kill(pid, sig);
-    else lm_forward_pending = sig;
+static volatile sig_atomic_t lm_job_pidfd = -1;
+static volatile sig_atomic_t lm_job_held = 0;
+static volatile sig_atomic_t lm_job_fresh = 0;
+static const int lm_job_signals[4] = {SIGINT, SIGQUIT, SIGTERM, SIGHUP};
+static struct sigaction lm_saved_job[4];
+
+static void lm_on_job_signal(int sig) {
+    int fd = lm_job_pidfd;
+    if (fd >= 0) {
+        syscall(SYS_pidfd_send_signal, fd, sig, NULL, 0);
+    } else {
+        lm_job_held = sig;
+        lm_job_fresh = sig;
+    }
 }
 
-int lm_forward_signals_start(void) {
-    lm_forward_pid = 0;
-    lm_forward_pending = 0;
-    return lm_install_handler(lm_on_forwarded, lm_forward_signals, 2, lm_saved_forward);
+int lm_job_signals_start(unsigned long long *ignored) {
+    *ignored = 0;
+    lm_job_pidfd = -1;
+    lm_job_held = 0;
+    lm_job_fresh = 0;
+    struct sigaction ign, caught;
+    memset(&ign, 0, sizeof ign);
+    ign.sa_handler = SIG_IGN;
+    sigemptyset(&ign.sa_mask);
+    memset(&caught, 0, sizeof caught);
+    caught.sa_handler = lm_on_job_signal;
+    sigemptyset(&caught.sa_mask);
+    caught.sa_flags = SA_RESTART;
+    for (int i = 0; i < 4; i++) {
+        int sig = lm_job_signals[i];
+        struct sigaction now;
+        int ok = sigaction(sig, NULL, &now) == 0;
+        if (ok) {
+            int was_ignored = now.sa_handler == SIG_IGN;
+            if (was_ignored) *ignored |= 1ULL << sig;
+            /* INT and QUIT ignored; TERM and HUP caught unless ignored. */
+            const struct sigaction *set = (sig == SIGINT || sig == SIGQUIT || was_ignored) ? &ign : &caught;
+            ok = sigaction(sig, set, &lm_saved_job[i]) == 0;
+        }
+        if (!ok) {
+            while (i-- > 0) sigaction(lm_job_signals[i], &lm_saved_job[i], NULL);
+            return -1;
+        }
+    }
+    return 0;
 }
 
-void lm_forward_signals_to(pid_t pid) {
-    lm_forward_pid = pid;
-    /* After the pid is set: a signal from now on is forwarded by the
-     * handler itself, one that came before is here. */
-    int pending = lm_forward_pending;
-    lm_forward_pending = 0;
-    if (pending && pid > 0) kill(pid, pending);
+void lm_job_signals_forward(int pidfd) {
+    lm_job_pidfd = pidfd;
+    if (pidfd < 0) return;
+    /* After the descriptor is set: a signal from now on is sent by the
+     * handler itself; one held since the last look is sent here. */
+    int fresh = lm_job_fresh;
+    lm_job_fresh = 0;
+    if (fresh) syscall(SYS_pidfd_send_signal, pidfd, fresh, NULL, 0);
 }
 
-int lm_forward_signals_stop(void) {
-    int rc = lm_restore_handlers(lm_forward_signals, 2, lm_saved_forward);
-    lm_forward_pid = 0;
-    return rc;
+int lm_job_signals_caught(void) {
+    lm_job_fresh = 0;
+    return lm_job_held;
+}
+
+int lm_job_signals_stop(void) {
+    lm_job_pidfd = -1;
+    return lm_restore_handlers(lm_job_signals, 4, lm_saved_job);
 }
 
 int lm_flock_exclusive_now(int fd) {
@@ -147,9 +187,6 @@ int lm_pidfd_open(pid_t pid) {
     return (int)syscall(SYS_pidfd_open, pid, 0);
 }
 
-#ifndef SYS_pidfd_send_signal
-#define SYS_pidfd_send_signal 424
-#endif
 
 int lm_pidfd_send_signal(int pidfd, int sig) {
     return (int)syscall(SYS_pidfd_send_signal, pidfd, sig, NULL, 0);

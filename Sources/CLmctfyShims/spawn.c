@@ -152,7 +152,8 @@ struct message {
  * it reads once we have exited); otherwise on the pipe `pipe_w`. */
 static void child_main(const struct lm_spawn_opts *o, int pipe_w, volatile struct message *shared) {
     for (int s = 1; s < NSIG; s++) {
-        if (s != SIGKILL && s != SIGSTOP) signal(s, SIG_DFL);
+        if (s == SIGKILL || s == SIGSTOP) continue;
+        signal(s, s < 64 && ((o->keep_ignored >> s) & 1ULL) ? SIG_IGN : SIG_DFL);
     }
     sigset_t none;
     sigemptyset(&none);

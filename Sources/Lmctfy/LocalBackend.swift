@@ -314,26 +314,47 @@ public struct LocalBackend: ContainerBackend {
     /// `run --create SPEC [--rm]`. The foreground command is spawned and
     /// waited for, not exec'd: lmctfy stays outside the container to
     /// destroy it when the command ends (`remove`) or cannot start (an exec
-    /// that failed left lmctfy inside it). SIGINT and SIGQUIT are ignored
-    /// meanwhile, as system(3) does, so that ^C at the terminal ends the
+    /// that failed left lmctfy inside it). From before the create until the
+    /// destroy is over (`ForegroundJobSignals`): SIGINT and SIGQUIT are
+    /// ignored, as system(3) does, so that ^C at the terminal ends the
     /// command and lmctfy then removes the container; SIGTERM and SIGHUP
-    /// are passed on to the command (`kill` of lmctfy alone left the
-    /// command running and its container there), which lmctfy then waits
-    /// for as for any end.
+    /// are passed on to the command while it runs (a `kill` of lmctfy left
+    /// the command running and its container there), held after it (a
+    /// second signal cut the destroy short), and before it starts they stop
+    /// it from starting: the container made is removed and the outcome is
+    /// that signal's (143 for SIGTERM). Signals lmctfy was started with
+    /// ignored (nohup) stay ignored, in the command too.
     public func runInNewContainer(_ name: String, spec: ContainerSpec, tier: String?, argv: [String], detached: Bool,
                                   remove: Bool) throws(LmctfyError) -> RunOutcome {
-        try createRunRemove(name, spec: spec, tier: tier, detached: detached, remove: remove) { () throws(LmctfyError) in
-            guard !detached else { return try run(name, argv: argv, detached: true) }
-            return try existing(try get(name)) { (c: Container) throws(LmctfyError) -> RunOutcome in
-                let interrupt = signal(SIGINT, SIG_IGN)
-                let quit = signal(SIGQUIT, SIG_IGN)
-                defer {
-                    signal(SIGINT, interrupt)
-                    signal(SIGQUIT, quit)
+        guard !detached else {
+            return try createRunRemove(name, spec: spec, tier: tier, detached: true, remove: remove) { () throws(LmctfyError) in
+                try run(name, argv: argv, detached: true)
+            }
+        }
+        return try ForegroundJobSignals.around { (job: ForegroundJobSignals) throws(LmctfyError) -> RunOutcome in
+            var stopped: (signal: Int32, error: LmctfyError)?
+            do throws(LmctfyError) {
+                return try createRunRemove(name, spec: spec, tier: tier, detached: false, remove: remove) { () throws(LmctfyError) -> RunOutcome in
+                    if let signal = job.caught {
+                        let error = LmctfyError(.cancelled, "Signal \(signal) came before the command started in \(name): not started")
+                        stopped = (signal, error)
+                        throw error
+                    }
+                    return try existing(try get(name)) { (c: Container) throws(LmctfyError) -> RunOutcome in
+                        var options = RunOptions(fdPolicy: .inherit)
+                        options.existenceChecked = true  // `get` just looked
+                        options.ignoredSignals = job.ignoredAtStart
+                        let pid = try c.run(argv, options: options)
+                        job.forward(to: pid)
+                        defer { job.hold() }
+                        return try Self.waitOutcome(pid)
+                    }
                 }
-                return try SignalForwarding.around { (forwardTo: (pid_t) -> Void) throws(LmctfyError) -> RunOutcome in
-                    try Self.spawnAndWait(stdio: .inherit)(c, argv, { (pid: Int32) throws(LmctfyError) in forwardTo(pid) })
-                }
+            } catch {
+                // Not started for a signal, and the container made for it
+                // removed (the error is that one unchanged): ended by it.
+                if let stopped, stopped.error == error { return .killed(signal: stopped.signal) }
+                throw error
             }
         }
     }

@@ -30,6 +30,10 @@ public struct RunOptions: Sendable {
     /// terminal (the agent's Run), whose whole job (a shell's children
     /// too) is killed with `kill(-pid)` when its caller goes.
     public var ownSession = false
+    /// Signals the command starts with ignored (every other one at its
+    /// default): those lmctfy itself was started with ignored, for a
+    /// command it runs in its stead.
+    public var ignoredSignals: [Int32] = []
 
     /// Options with the given fd policy (DETACHED unless told), the caller's
     /// environment and ids, stdio as the policy says.
@@ -138,6 +142,7 @@ extension Container {
             throw .invalidArgument("fd_policy UNKNOWN is not a valid policy")
         }
         if options.ownSession { o.newSession = true }
+        o.ignoredSignals = options.ignoredSignals
         if let s = options.stdin { o.stdin = s }
         if let s = options.stdout { o.stdout = s }
         if let s = options.stderr { o.stderr = s }

@@ -462,9 +462,11 @@ public final class SnapshotKeeper: Sendable {
                 continue
             }
             guard watchExit(path, p, reason: killed ? Self.callerGone : Self.earlierAgentExit) == false else { continue }
-            // Gone since the recovery looked: dropped at once.
+            // Gone since the recovery looked (or since the kill just now:
+            // its reason was "exited while the agent was down" then, most
+            // times; a probe): dropped at once.
             events.append(ContainerEvent(container: path, kind: .containerEventProcessExited, pid: p.pid,
-                                         reason: "exited while the agent was down"))
+                                         reason: killed ? Self.callerGone : "exited while the agent was down"))
             ended(path, pid: p.pid ?? 0, removes: p.removesContainer == true)
         }
         Threads.detach { [self] in

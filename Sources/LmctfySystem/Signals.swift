@@ -48,17 +48,54 @@ public enum InterruptWatch {
     }
 }
 
-/// A foreground child that stands for the process (lmctfy run --create
-/// --rm): SIGTERM and SIGHUP sent to the process are passed on to the child
-/// while `body` runs, so that a `kill` of the parent ends the command and
-/// the parent, still alive, cleans up after it. `body` names the child with
-/// its argument once it is known (a signal that came before then is passed
-/// on at that moment); the previous dispositions are back afterwards. One
-/// at a time per process.
-public enum SignalForwarding {
-    public static func around<T>(_ body: (_ child: (pid_t) -> Void) throws(LmctfyError) -> T) throws(LmctfyError) -> T {
-        let installed = lm_forward_signals_start() == 0
-        defer { if installed { _ = lm_forward_signals_stop() } }
-        return try body { pid in if installed { lm_forward_signals_to(pid) } }
+/// The signals of a tool that runs a foreground command and must outlive
+/// it to clean up after it (lmctfy run --create --rm), from before anything
+/// is made until the cleanup is over: SIGINT and SIGQUIT ignored (a
+/// terminal sends them to the command too, as for system(3)); SIGTERM and
+/// SIGHUP caught, unless ignored already (nohup: they stay so): passed on
+/// to the command while it runs (`forward`; through a pidfd, so never to a
+/// later process with its pid), held before it starts and after it ended,
+/// so that the cleanup is not cut short. The previous dispositions are back
+/// afterwards. One at a time per process (its main thread).
+public final class ForegroundJobSignals {
+    /// The four that were ignored when it began (the command keeps them
+    /// ignored, as an exec would leave them).
+    public let ignoredAtStart: [Int32]
+    private var pidfd: Int32 = -1
+
+    private init(ignored: [Int32]) { ignoredAtStart = ignored }
+
+    public static func around<T>(_ body: (ForegroundJobSignals) throws(LmctfyError) -> T) throws(LmctfyError) -> T {
+        var mask: UInt64 = 0
+        let installed = lm_job_signals_start(&mask) == 0
+        let job = ForegroundJobSignals(ignored: [SIGINT, SIGQUIT, SIGTERM, SIGHUP].filter { mask & (1 << UInt64($0)) != 0 })
+        defer {
+            job.hold()
+            if installed { _ = lm_job_signals_stop() }
+        }
+        return try body(job)
+    }
+
+    /// The last SIGTERM or SIGHUP held (none came while no command ran: nil).
+    public var caught: Int32? {
+        let s = lm_job_signals_caught()
+        return s == 0 ? nil : s
+    }
+
+    /// Passes them on to `pid` (an unreaped child of ours) from now on, and
+    /// one held since `caught` was last read.
+    public func forward(to pid: pid_t) {
+        hold()
+        guard let fd = try? Sys.pidfdOpen(pid) else { return }
+        pidfd = fd
+        lm_job_signals_forward(fd)
+    }
+
+    /// Holds them again (the command ended).
+    public func hold() {
+        guard pidfd >= 0 else { return }
+        lm_job_signals_forward(-1)
+        close(pidfd)
+        pidfd = -1
     }
 }

@@ -67,6 +67,9 @@ public struct SpawnOptions: Sendable {
     public var pidNamespace: (target: Int32, own: Int32)?
     /// namespaceFds[0] is a user namespace: become root inside after entering.
     public var enterUserAsRoot = false
+    /// Signals the child leaves ignored (every other disposition goes back
+    /// to its default): those its caller was started with ignored.
+    public var ignoredSignals: [Int32] = []
 
     /// Options to run `argv`: stdio inherited, no cgroups joined, descriptors
     /// above stdio closed, not detached.
@@ -185,6 +188,7 @@ public enum Spawn {
         c.self_pidns_fd = o.pidNamespace?.own ?? -1
         c.n_ns_fds = Int32(o.namespaceFds.count)
         c.enter_user_root = o.enterUserAsRoot ? 1 : 0
+        c.keep_ignored = o.ignoredSignals.reduce(0) { m, s in s > 0 && s < 64 ? m | (1 << UInt64(s)) : m }
         return o.namespaceFds.withUnsafeBufferPointer { fds in
             c.ns_fds = fds.baseAddress
             return withUnsafePointer(to: &c) { body($0) }

@@ -38,6 +38,14 @@ private func kinds(_ socket: String, _ container: String) -> [String] {
         }
 }
 
+/// The reasons of the PROCESS_EXITED events of `container` the agent at
+/// `socket` keeps, in order.
+private func exitReasons(_ socket: String, _ container: String) -> [String] {
+    events(Subscriber(socket, SubscribeRequest(afterSequence: 0), until: { $0.last?.caughtUp != nil }).wait().0)
+        .filter { $0.container == container && $0.kind == .containerEventProcessExited }
+        .map { $0.reason ?? "" }
+}
+
 private let memory = ContainerSpec(memory: MemorySpec(limit: 64 << 20))
 
 /// An agent, a client of it and a unique container name (destroyed at the end).
@@ -283,6 +291,11 @@ struct OneShotRestartTests {
         #expect(within(30) { kinds(second.socket, "/plain").contains("CONTAINER_EVENT_PROCESS_EXITED unknown") }, "\(kinds(second.socket, "/plain"))")
         #expect(within(30) { kinds(second.socket, "/fg").suffix(2) == ["CONTAINER_EVENT_PROCESS_EXITED unknown", "CONTAINER_EVENT_DESTROYED"] },
                 "\(kinds(second.socket, "/fg"))")
+        // Killed, and said so (a job dead before the watch began was said
+        // to have "exited while the agent was down"; a probe).
+        let killed = "killed: run in the foreground by an earlier agent, its caller gone with it"
+        #expect(exitReasons(second.socket, "/plain").last == killed, "\(exitReasons(second.socket, "/plain"))")
+        #expect(exitReasons(second.socket, "/fg").last == killed, "\(exitReasons(second.socket, "/fg"))")
     }
 
     /// The agent killed between a one-shot's create and its command's start

@@ -83,6 +83,54 @@ struct TasksCLITests {
         }
     }
 
+    /// SIGTERMs that keep coming after the command ended (sent by a process
+    /// it left in its container) are held while lmctfy removes the
+    /// container: the removal is not cut short, and lmctfy ends with the
+    /// command's status. (The default action came back before the destroy:
+    /// lmctfy died and left the container, with the sender in it; a probe.)
+    @Test func signalsAfterTheCommandDoNotCutTheRemovalShort() throws {
+        let binary = try #require(BuiltBinary.path, "the lmctfy executable was not built next to the tests")
+        try withTestName("runtermrm") { name throws in
+            let script = "trap '' TERM; p=$PPID; (while kill -TERM $p 2>/dev/null; do sleep 0.002; done) & sleep 0.3; exit 4"
+            let lmctfy = try TestProcess.spawnWithSignalsUnblocked([binary, "run", "--create", "pids:{limit:50}", "--rm", name, "/bin/sh", "-c", script])
+            defer { TestProcess.end(lmctfy) }
+            var status: LmctfySystem.ExitStatus?
+            for _ in 0..<1500 where status == nil {
+                status = TestProcess.reapIfExited(lmctfy)
+                if status == nil { usleep(20_000) }
+            }
+            #expect(status == .exited(4), "lmctfy ends with the command's status: \(String(describing: status))")
+            #expect(try BuiltBinary.run(["spec", name]).status == 5, "its container removed, with the sender")
+        }
+    }
+
+    /// Under nohup (SIGHUP ignored when lmctfy starts) a hangup neither
+    /// reaches the command nor stops lmctfy: the command keeps HUP ignored,
+    /// as an exec'd one would (it was passed on and killed the command).
+    @Test func nohupKeepsHangupsIgnoredForTheCommand() throws {
+        let binary = try #require(BuiltBinary.path, "the lmctfy executable was not built next to the tests")
+        try withTestName("runnohup") { name throws in
+            let lmctfy = try TestProcess.spawnWithSignalsUnblocked(["/usr/bin/nohup", binary, "run", "--create", "pids:{limit:50}", "--rm", name,
+                                                                   "/bin/sh", "-c", "sleep 1; exit 6"])
+            defer { TestProcess.end(lmctfy) }
+            var command: [pid_t] = []
+            for _ in 0..<1500 where command.isEmpty {
+                command = pids(try BuiltBinary.run(["list", "pids", name]))
+                if command.isEmpty { usleep(20_000) }
+            }
+            #expect(!command.isEmpty, "the command runs")
+            kill(lmctfy, SIGHUP)
+            for pid in command { kill(pid, SIGHUP) }
+            var status: LmctfySystem.ExitStatus?
+            for _ in 0..<1500 where status == nil {
+                status = TestProcess.reapIfExited(lmctfy)
+                if status == nil { usleep(20_000) }
+            }
+            #expect(status == .exited(6), "the command ran to its end: \(String(describing: status))")
+            #expect(try BuiltBinary.run(["spec", name]).status == 5, "its container removed")
+        }
+    }
+
     @Test(arguments: Runner.allCases)
     func detachedRunListsKillAll(_ lmctfy: Runner) throws {
         try withTestName("runbg") { name throws in

@@ -67,16 +67,23 @@ int lm_catch_sigint(void);
 int lm_sigint_caught(void);
 int lm_release_sigint(void);
 
-/* SIGTERM and SIGHUP passed on to a child the process waits for (lmctfy
- * run --create --rm, so that `kill` of lmctfy ends the command and lmctfy
- * can still remove its container): lm_forward_signals_start installs the
- * handler (0, or -1 with errno, nothing changed); lm_forward_signals_to
- * names the child, and sends it a signal that came before it was known;
- * lm_forward_signals_stop puts the previous dispositions back. One user at
- * a time (a command-line tool's main thread). */
-int lm_forward_signals_start(void);
-void lm_forward_signals_to(pid_t pid);
-int lm_forward_signals_stop(void);
+/* The signals of a command-line tool that runs a foreground command and
+ * must outlive it to clean up after it (lmctfy run --create --rm), from
+ * before anything is made until the cleanup is over. lm_job_signals_start:
+ * SIGINT and SIGQUIT ignored (the terminal sends them to the command too,
+ * as system(3)); SIGTERM and SIGHUP caught, unless ignored already (nohup:
+ * they stay ignored). Returns 0, or -1 with errno (nothing changed), and
+ * in *ignored the bits (1 << sig) of those four that were ignored before.
+ * A caught signal is sent to the process of the pidfd given to
+ * lm_job_signals_forward (pidfd_send_signal: never to a later process with
+ * its pid), and held otherwise: lm_job_signals_caught says the last one
+ * held (0: none). lm_job_signals_forward(fd) also sends one held since the
+ * last look; lm_job_signals_forward(-1) holds again. lm_job_signals_stop
+ * puts the four dispositions back. One user at a time (the main thread). */
+int lm_job_signals_start(unsigned long long *ignored);
+void lm_job_signals_forward(int pidfd);
+int lm_job_signals_caught(void);
+int lm_job_signals_stop(void);
 
 /* renameat2(2) with RENAME_NOREPLACE: moves `from` to `to` only if nothing
  * is at `to` (EEXIST otherwise), atomically. 0 or -1 with errno. */

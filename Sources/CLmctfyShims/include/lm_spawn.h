@@ -49,6 +49,11 @@ struct lm_spawn_opts {
     /* ns_fds[0] is a user namespace: become its root (setresgid and
      * setresuid 0) after entering, so the command keeps root there. */
     int enter_user_root;
+    /* Signals (bit s for signal s, 1-63) the child leaves ignored; every
+     * other disposition goes back to its default. What a caller that was
+     * itself started with them ignored (nohup, a background job of a
+     * non-interactive shell) passes on, as an exec would. */
+    unsigned long long keep_ignored;
 };
 
 /* Stages reported on failure, so the error can say what failed. */
