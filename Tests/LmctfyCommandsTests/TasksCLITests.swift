@@ -104,14 +104,16 @@ struct TasksCLITests {
         }
     }
 
-    /// Under nohup (SIGHUP ignored when lmctfy starts) a hangup neither
+    /// Under nohup (SIGHUP ignored when lmctfy starts; here a shell's trap
+    /// and exec, as nohup does it) a hangup neither
     /// reaches the command nor stops lmctfy: the command keeps HUP ignored,
     /// as an exec'd one would (it was passed on and killed the command).
     @Test func nohupKeepsHangupsIgnoredForTheCommand() throws {
         let binary = try #require(BuiltBinary.path, "the lmctfy executable was not built next to the tests")
         try withTestName("runnohup") { name throws in
-            let lmctfy = try TestProcess.spawnWithSignalsUnblocked(["/usr/bin/nohup", binary, "run", "--create", "pids:{limit:50}", "--rm", name,
-                                                                   "/bin/sh", "-c", "sleep 1; exit 6"])
+            // As nohup does (the v2 guest has none): HUP ignored, then exec.
+            let lmctfy = try TestProcess.spawnWithSignalsUnblocked(["/bin/sh", "-c", "trap '' HUP; exec \"$0\" \"$@\"", binary, "run", "--create",
+                                                                   "pids:{limit:50}", "--rm", name, "/bin/sh", "-c", "sleep 1; exit 6"])
             defer { TestProcess.end(lmctfy) }
             var command: [pid_t] = []
             for _ in 0..<1500 where command.isEmpty {
