@@ -44,6 +44,12 @@ public struct LocalBackend: ContainerBackend {
     public let foreground: Foreground
     /// What `initMachine` does (tests record the spec instead).
     public let initMachineHook: @Sendable (InitSpec) throws(LmctfyError) -> Void
+    /// The process ends once its verb is done (the lmctfy executable): the
+    /// signals `runInNewContainer` holds stay held until then, rather than
+    /// going back to their defaults, which a signal landing between the
+    /// cleanup and the exit then met (lmctfy died of it, its command's
+    /// status lost; a probe: 3 of 19).
+    public var signalsHeldUntilExit = false
 
     /// A backend over `api` on behalf of `callerPid`, serving `scope`. By
     /// default an attached `run` spawns with the caller's stdio and waits,
@@ -331,7 +337,7 @@ public struct LocalBackend: ContainerBackend {
                 try run(name, argv: argv, detached: true)
             }
         }
-        return try ForegroundJobSignals.around { (job: ForegroundJobSignals) throws(LmctfyError) -> RunOutcome in
+        return try ForegroundJobSignals.around(restoring: !signalsHeldUntilExit) { (job: ForegroundJobSignals) throws(LmctfyError) -> RunOutcome in
             var stopped: (signal: Int32, error: LmctfyError)?
             do throws(LmctfyError) {
                 return try createRunRemove(name, spec: spec, tier: tier, detached: false, remove: remove) { () throws(LmctfyError) -> RunOutcome in

@@ -56,7 +56,9 @@ public enum InterruptWatch {
 /// to the command while it runs (`forward`; through a pidfd, so never to a
 /// later process with its pid), held before it starts and after it ended,
 /// so that the cleanup is not cut short. The previous dispositions are back
-/// afterwards. One at a time per process (its main thread).
+/// afterwards, unless `restoring` is false (a process that exits next:
+/// they stay held until it has). One at a time per process (its main
+/// thread).
 public final class ForegroundJobSignals {
     /// The four that were ignored when it began (the command keeps them
     /// ignored, as an exec would leave them).
@@ -65,13 +67,13 @@ public final class ForegroundJobSignals {
 
     private init(ignored: [Int32]) { ignoredAtStart = ignored }
 
-    public static func around<T>(_ body: (ForegroundJobSignals) throws(LmctfyError) -> T) throws(LmctfyError) -> T {
+    public static func around<T>(restoring: Bool = true, _ body: (ForegroundJobSignals) throws(LmctfyError) -> T) throws(LmctfyError) -> T {
         var mask: UInt64 = 0
         let installed = lm_job_signals_start(&mask) == 0
         let job = ForegroundJobSignals(ignored: [SIGINT, SIGQUIT, SIGTERM, SIGHUP].filter { mask & (1 << UInt64($0)) != 0 })
         defer {
             job.hold()
-            if installed { _ = lm_job_signals_stop() }
+            if installed && restoring { _ = lm_job_signals_stop() }
         }
         return try body(job)
     }

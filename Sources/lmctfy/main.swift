@@ -10,7 +10,11 @@ import LmctfySystem
 let callerPid = Sys.getppid()
 var environment = CLIEnvironment(
     makeBackend: { () throws(LmctfyError) in
-        try LocalBackend.detect(callerPid: callerPid, foreground: LocalBackend.execForeground)
+        var backend = try LocalBackend.detect(callerPid: callerPid, foreground: LocalBackend.execForeground)
+        // lmctfy ends once its verb is done: `run --create`'s signals stay
+        // held until then.
+        backend.signalsHeldUntilExit = true
+        return backend
     },
     initMachine: LocalBackend.prepareMachine)
 // The image store at $LMCTFY_IMAGE_ROOT or /var/lib/lmctfy/images.

@@ -104,6 +104,37 @@ struct TasksCLITests {
         }
     }
 
+    /// SIGTERMs sent to lmctfy without pause from the command's start until
+    /// lmctfy has ended: the command ignores them, lmctfy holds them through
+    /// its cleanup and to its exit, and ends with the command's 7 every
+    /// time. (The defaults came back after the cleanup, and a signal in
+    /// that gap killed lmctfy: the probe's 2 of 6.)
+    @Test func signalsUntilTheEndDoNotTakeTheCommandsStatus() throws {
+        let binary = try #require(BuiltBinary.path, "the lmctfy executable was not built next to the tests")
+        for round in 0..<5 {
+            try withTestName("runtermend\(round)") { name throws in
+                let lmctfy = try TestProcess.spawnWithSignalsUnblocked([binary, "run", "--create", "pids:{limit:50}", "--rm", name,
+                                                                       "/bin/sh", "-c", "trap '' TERM; sleep 0.3; exit 7"])
+                defer { TestProcess.end(lmctfy) }
+                var status: LmctfySystem.ExitStatus?
+                var running = false
+                for _ in 0..<1500 where !running && status == nil {
+                    running = !pids(try BuiltBinary.run(["list", "pids", name])).isEmpty
+                    if !running { status = TestProcess.reapIfExited(lmctfy); usleep(5_000) }
+                }
+                #expect(running, "round \(round): the command ran")
+                // Our unreaped child: its pid is not reused until the reap.
+                for _ in 0..<200_000 where status == nil {
+                    kill(lmctfy, SIGTERM)
+                    usleep(20)
+                    status = TestProcess.reapIfExited(lmctfy)
+                }
+                #expect(status == .exited(7), "round \(round): \(String(describing: status))")
+                #expect(try BuiltBinary.run(["spec", name]).status == 5, "round \(round): its container removed")
+            }
+        }
+    }
+
     /// Under nohup (SIGHUP ignored when lmctfy starts; here a shell's trap
     /// and exec, as nohup does it) a hangup neither
     /// reaches the command nor stops lmctfy: the command keeps HUP ignored,
