@@ -89,7 +89,7 @@ static struct sigaction lm_saved_job[4];
 static void lm_on_job_signal(int sig) {
     int fd = lm_job_pidfd;
     if (fd >= 0) {
-        syscall(SYS_pidfd_send_signal, fd, sig, NULL, 0);
+        lm_pidfd_send_signal(fd, sig);
     } else {
         lm_job_held = sig;
         lm_job_fresh = sig;
@@ -135,7 +135,7 @@ void lm_job_signals_forward(int pidfd) {
      * handler itself; one held since the last look is sent here. */
     int fresh = lm_job_fresh;
     lm_job_fresh = 0;
-    if (fresh) syscall(SYS_pidfd_send_signal, pidfd, fresh, NULL, 0);
+    if (fresh) lm_pidfd_send_signal(pidfd, fresh);
 }
 
 int lm_job_signals_caught(void) {
@@ -186,7 +186,6 @@ long lm_getrandom(void *buf, size_t len) {
 int lm_pidfd_open(pid_t pid) {
     return (int)syscall(SYS_pidfd_open, pid, 0);
 }
-
 
 int lm_pidfd_send_signal(int pidfd, int sig) {
     return (int)syscall(SYS_pidfd_send_signal, pidfd, sig, NULL, 0);

@@ -400,6 +400,7 @@ public final class SnapshotKeeper: Sendable {
 
     static let detachedExit = "exited; its status is unknown (detached)"
     static let callerGone = "killed: run in the foreground by an earlier agent, its caller gone with it"
+    static let earlierAgentExit = "exited; its status is unknown (started by an earlier agent)"
 
     /// SIGKILLs the job of `p` (its process group: a foreground command
     /// leads one of its own) if `p` is still that process: its pidfd is
@@ -414,7 +415,6 @@ public final class SnapshotKeeper: Sendable {
         _ = try? Sys.kill(-pid, SIGKILL)
         return (try? Sys.pidfdSendSignal(fd, SIGKILL)) != nil
     }
-    static let earlierAgentExit = "exited; its status is unknown (started by an earlier agent)"
 
     /// A process the agent ran in the foreground ended (its status went to
     /// the caller and the event log): dropped from the snapshot.
@@ -456,15 +456,11 @@ public final class SnapshotKeeper: Sendable {
             // one-shot's container goes at once, with what is left in it
             // (a job in a paused container dies only when thawed).
             let killed = p.detached != true && Self.killJob(p)
-            if killed && p.removesContainer == true {
-                events.append(ContainerEvent(container: path, kind: .containerEventProcessExited, pid: p.pid, reason: Self.callerGone))
-                ended(path, pid: p.pid ?? 0, removes: true)
-                continue
-            }
-            guard watchExit(path, p, reason: killed ? Self.callerGone : Self.earlierAgentExit) == false else { continue }
-            // Gone since the recovery looked (or since the kill just now:
-            // its reason was "exited while the agent was down" then, most
-            // times; a probe): dropped at once.
+            if !(killed && p.removesContainer == true),
+               watchExit(path, p, reason: killed ? Self.callerGone : Self.earlierAgentExit) != false { continue }
+            // Killed one-shot, or gone since the recovery looked (or since
+            // the kill just now: its reason was "exited while the agent was
+            // down" then, most times; a probe): dropped at once.
             events.append(ContainerEvent(container: path, kind: .containerEventProcessExited, pid: p.pid,
                                          reason: killed ? Self.callerGone : "exited while the agent was down"))
             ended(path, pid: p.pid ?? 0, removes: p.removesContainer == true)

@@ -156,7 +156,7 @@ public final class EventLoop: @unchecked Sendable {
         }
         wakeFd = fd
 
-        lock.locked {
+        let wake = lock.locked { () -> Bool in
             // The thread owns a retain of the loop until it ends.
             let context = Unmanaged.passRetained(self).toOpaque()
             var tid = pthread_t()
@@ -167,9 +167,9 @@ public final class EventLoop: @unchecked Sendable {
             precondition(created == 0, "\(name): pthread_create: \(created)")
             thread = tid
             phase = .running
-            if !queue.isEmpty { wakePending = true }
+            return !queue.isEmpty && claimWake()
         }
-        if wakePending { EventFds.signal(wakeFd) }
+        if wake { EventFds.signal(wakeFd) }
     }
 
     private func runThread() {
@@ -200,10 +200,7 @@ public final class EventLoop: @unchecked Sendable {
                 return (true, false)
             case .running, .stopping:
                 queue.append(work)
-                // One write per batch: the loop takes everything queued when
-                // it wakes.
-                defer { wakePending = true }
-                return (true, !wakePending)
+                return (true, claimWake())
             case .stopped:
                 return (false, false)
             }
@@ -212,6 +209,14 @@ public final class EventLoop: @unchecked Sendable {
         // descriptor stays open as long as this object lives.
         if wake { EventFds.signal(wakeFd) }
         return queued
+    }
+
+    /// Under `lock`: whether the caller is to write the wake-up (once per
+    /// batch: the loop takes everything queued when it wakes, and clears
+    /// `wakePending` as it does).
+    private func claimWake() -> Bool {
+        defer { wakePending = true }
+        return !wakePending
     }
 
     /// Runs `body` on the loop thread and returns its result to the caller's
@@ -307,8 +312,7 @@ public final class EventLoop: @unchecked Sendable {
             let wake = lock.locked { () -> Bool in
                 guard phase == .running else { return false }
                 phase = .stopping
-                defer { wakePending = true }
-                return !wakePending
+                return claimWake()
             }
             if wake { EventFds.signal(wakeFd) }
             if let tid = lock.locked({ () -> pthread_t? in defer { thread = nil }; return thread }) {

@@ -56,6 +56,25 @@ struct TasksCLITests {
         }
     }
 
+    /// How the child `pid` ended, reaped once it has (up to 30 s; nil: still running).
+    func exitStatus(_ pid: pid_t) -> LmctfySystem.ExitStatus? {
+        for _ in 0..<1500 {
+            if let status = TestProcess.reapIfExited(pid) { return status }
+            usleep(20_000)
+        }
+        return nil
+    }
+
+    /// The pids in `name` once it has any (up to 30 s; empty: none came).
+    func runningPids(_ name: String) throws -> [pid_t] {
+        for _ in 0..<1500 {
+            let found = pids(try BuiltBinary.run(["list", "pids", name]))
+            if !found.isEmpty { return found }
+            usleep(20_000)
+        }
+        return []
+    }
+
     /// `kill` of a foreground `lmctfy run --create --rm` (SIGTERM to lmctfy
     /// alone, not to its command) is passed on to the command; lmctfy then
     /// removes the container and ends as the command did. (It died at once,
@@ -65,18 +84,10 @@ struct TasksCLITests {
         try withTestName("runterm") { name throws in
             let lmctfy = try TestProcess.spawnWithSignalsUnblocked([binary, "run", "--create", "pids:{limit:50}", "--rm", name, "sleep", "300"])
             defer { TestProcess.end(lmctfy) }
-            var command: [pid_t] = []
-            for _ in 0..<1500 where command.isEmpty {
-                command = pids(try BuiltBinary.run(["list", "pids", name]))
-                if command.isEmpty { usleep(20_000) }
-            }
+            let command = try runningPids(name)
             #expect(command.count == 1, "the command runs")
             kill(lmctfy, SIGTERM)
-            var status: LmctfySystem.ExitStatus?
-            for _ in 0..<1500 where status == nil {
-                status = TestProcess.reapIfExited(lmctfy)
-                if status == nil { usleep(20_000) }
-            }
+            let status = exitStatus(lmctfy)
             #expect(status == .exited(128 + SIGTERM), "lmctfy ends as its command did: \(String(describing: status))")
             #expect(command.allSatisfy { kill($0, 0) != 0 }, "the command ended")
             #expect(try BuiltBinary.run(["spec", name]).status == 5, "its container removed")
@@ -94,11 +105,7 @@ struct TasksCLITests {
             let script = "trap '' TERM; p=$PPID; (while kill -TERM $p 2>/dev/null; do sleep 0.002; done) & sleep 0.3; exit 4"
             let lmctfy = try TestProcess.spawnWithSignalsUnblocked([binary, "run", "--create", "pids:{limit:50}", "--rm", name, "/bin/sh", "-c", script])
             defer { TestProcess.end(lmctfy) }
-            var status: LmctfySystem.ExitStatus?
-            for _ in 0..<1500 where status == nil {
-                status = TestProcess.reapIfExited(lmctfy)
-                if status == nil { usleep(20_000) }
-            }
+            let status = exitStatus(lmctfy)
             #expect(status == .exited(4), "lmctfy ends with the command's status: \(String(describing: status))")
             #expect(try BuiltBinary.run(["spec", name]).status == 5, "its container removed, with the sender")
         }
@@ -146,19 +153,11 @@ struct TasksCLITests {
             let lmctfy = try TestProcess.spawnWithSignalsUnblocked(["/bin/sh", "-c", "trap '' HUP; exec \"$0\" \"$@\"", binary, "run", "--create",
                                                                    "pids:{limit:50}", "--rm", name, "/bin/sh", "-c", "sleep 1; exit 6"])
             defer { TestProcess.end(lmctfy) }
-            var command: [pid_t] = []
-            for _ in 0..<1500 where command.isEmpty {
-                command = pids(try BuiltBinary.run(["list", "pids", name]))
-                if command.isEmpty { usleep(20_000) }
-            }
+            let command = try runningPids(name)
             #expect(!command.isEmpty, "the command runs")
             kill(lmctfy, SIGHUP)
             for pid in command { kill(pid, SIGHUP) }
-            var status: LmctfySystem.ExitStatus?
-            for _ in 0..<1500 where status == nil {
-                status = TestProcess.reapIfExited(lmctfy)
-                if status == nil { usleep(20_000) }
-            }
+            let status = exitStatus(lmctfy)
             #expect(status == .exited(6), "the command ran to its end: \(String(describing: status))")
             #expect(try BuiltBinary.run(["spec", name]).status == 5, "its container removed")
         }
