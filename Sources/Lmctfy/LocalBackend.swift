@@ -374,36 +374,60 @@ public struct LocalBackend: ContainerBackend {
     /// (64 KiB at a time, `onOutput`) until the command exits: its pidfd
     /// says when, and what is in the pipes then is read to the end without
     /// waiting, so a process it left behind holding them does not keep the
-    /// call (the agent's attached Run). Its own session, stdin /dev/null.
-    /// When `onStarted` or `onOutput` throws (the caller went), the whole
-    /// job is killed and reaped before the error goes on.
-    public func runCapturing(_ name: String, argv: [String], onStarted: (Int32) throws(LmctfyError) -> Void,
-                             onOutput: (Int32, [UInt8]) throws(LmctfyError) -> Void) throws(LmctfyError) -> RunOutcome {
+    /// call (the agent's attached Run). With `input`, its stdin is a pipe
+    /// written here with what `input` gives, closed at its end; input the
+    /// command does not read (it closed its stdin, or exited) is dropped.
+    /// Without: /dev/null, as the output without `onOutput`. (A caller
+    /// feeding input ignores SIGPIPE, as the agent does: the command may
+    /// close its stdin first.) Its own session. When `onStarted` or `onOutput` throws (the caller went),
+    /// the whole job is killed and reaped before the error goes on.
+    public func runCapturing(_ name: String, argv: [String], input: (any RunInput)?, onStarted: (Int32) throws(LmctfyError) -> Void,
+                             onOutput: ((Int32, [UInt8]) throws(LmctfyError) -> Void)?) throws(LmctfyError) -> RunOutcome {
         try existing(try get(name)) { (c: Container) throws(LmctfyError) -> RunOutcome in
             var fds: [Int32] = []
             defer { for fd in fds { close(fd) } }
-            let out: (Int32, Int32), err: (Int32, Int32)
+            var out: (Int32, Int32)?, err: (Int32, Int32)?, into: (Int32, Int32)?
             do throws(SystemError) {
-                out = try Sys.pipe()
-                fds += [out.0, out.1]
-                err = try Sys.pipe()
-                fds += [err.0, err.1]
+                if onOutput != nil {
+                    out = try Sys.pipe()
+                    fds += [out!.0, out!.1]
+                    err = try Sys.pipe()
+                    fds += [err!.0, err!.1]
+                }
+                if input != nil {
+                    into = try Sys.pipe()
+                    fds += [into!.0, into!.1]
+                }
             } catch {
-                throw error.lmctfy(.resourceExhausted, "Pipes for the output of a command in \(name)")
+                throw error.lmctfy(.resourceExhausted, "Pipes for the stdio of a command in \(name)")
             }
             var options = RunOptions(fdPolicy: .inherit)
             options.existenceChecked = true  // `get` just looked
-            options.stdin = .devNull
-            options.stdout = .fd(out.1)
-            options.stderr = .fd(err.1)
+            options.stdin = into.map { .fd($0.0) } ?? .devNull
+            options.stdout = out.map { .fd($0.1) } ?? .devNull
+            options.stderr = err.map { .fd($0.1) } ?? .devNull
             options.ownSession = true
             let pid = try c.run(argv, options: options)
-            // Only the child writes now: the read ends see its end.
-            close(out.1); close(err.1)
-            fds = [out.0, err.0]
+            // Only the child has its ends now: ours see its end (and it,
+            // ours: the close of its stdin).
+            fds = []
+            for end in [out?.1, err?.1, into?.0].compactMap({ $0 }) { close(end) }
+            var outputs: [(fd: Int32, stream: Int32)] = []
+            if let out, let err { outputs = [(out.0, 1), (err.0, 2)] }
+            fds = outputs.map(\.fd)
+            var feed: StdinFeed?
+            if let input, let into {
+                // The feed's to close (at the input's end, or below).
+                _ = fcntl(into.1, F_SETFL, fcntl(into.1, F_GETFL) | O_NONBLOCK)
+                feed = StdinFeed(input: input, fd: into.1)
+            }
+            defer { feed?.closeFd() }
             do throws(LmctfyError) {
                 try onStarted(pid)
-                try Self.readOutput(pid: pid, out: out.0, err: err.0, onOutput)
+                input?.start()
+                try Self.pumpStdio(pid: pid, outputs: outputs, feed: feed) { (stream: Int32, bytes: [UInt8]) throws(LmctfyError) in
+                    try onOutput?(stream, bytes)
+                }
             } catch {
                 _ = try? Sys.kill(-pid, SIGKILL)
                 _ = try? Sys.kill(pid, SIGKILL)
@@ -414,16 +438,86 @@ public struct LocalBackend: ContainerBackend {
         }
     }
 
-    /// Reads `out` and `err` (stream 1 and 2) into `onOutput` until both
-    /// end or `pid` has exited, then what they still hold without waiting.
-    static func readOutput(pid: Int32, out: Int32, err: Int32,
-                           _ onOutput: (Int32, [UInt8]) throws(LmctfyError) -> Void) throws(LmctfyError) {
+    /// A command's stdin pipe fed from a RunInput, one chunk at a time.
+    final class StdinFeed {
+        let input: any RunInput
+        /// The pipe's write end (non-blocking); -1 once closed.
+        private(set) var fd: Int32
+        /// What is left of the chunk being written, and whether it was the last.
+        private var pending: ArraySlice<UInt8> = []
+        private var holding = false
+        private var pendingEnd = false
+        /// The input's end has been taken and written (or dropped).
+        private(set) var done = false
+
+        init(input: any RunInput, fd: Int32) {
+            self.input = input
+            self.fd = fd
+        }
+
+        /// What to poll: the pipe for room while a chunk waits, else the
+        /// input for its next chunk; nil when done.
+        var pollFd: pollfd? {
+            if done { return nil }
+            if holding && fd >= 0 { return pollfd(fd: fd, events: Int16(POLLOUT), revents: 0) }
+            return pollfd(fd: input.readyFd, events: Int16(POLLIN), revents: 0)
+        }
+
+        /// Writes what it can without waiting: chunks as they come, until the
+        /// pipe is full or no chunk waits.
+        func pump() {
+            while !done {
+                if !holding {
+                    guard let chunk = input.take() else { return }
+                    pending = chunk.bytes[...]
+                    pendingEnd = chunk.end
+                    holding = true
+                }
+                while fd >= 0 && !pending.isEmpty {
+                    let n = pending.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+                    if n > 0 {
+                        pending = pending.dropFirst(n)
+                    } else if n < 0 && errno == EINTR {
+                        continue
+                    } else if n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) {
+                        return  // full: polled for room
+                    } else {
+                        // The command closed its stdin (EPIPE): the rest is
+                        // dropped, as a pipe's writer's is.
+                        closeFd()
+                    }
+                }
+                // Written (or dropped): the next chunk may come.
+                holding = false
+                pending = []
+                input.consumed()
+                if pendingEnd {
+                    closeFd()
+                    done = true
+                }
+            }
+        }
+
+        /// Closes the pipe (the command reads its end of file); once.
+        func closeFd() {
+            guard fd >= 0 else { return }
+            close(fd)
+            fd = -1
+        }
+    }
+
+    /// Reads `outputs` (stream 1 and 2) into `onOutput` and feeds the
+    /// command's stdin from `feed` until it has exited (or, without a feed
+    /// still going, its outputs have ended), then reads what the outputs
+    /// still hold without waiting.
+    static func pumpStdio(pid: Int32, outputs: [(fd: Int32, stream: Int32)], feed: StdinFeed?,
+                          _ onOutput: (Int32, [UInt8]) throws(LmctfyError) -> Void) throws(LmctfyError) {
         let exit: Int32
         do throws(SystemError) { exit = try Sys.pidfdOpen(pid) } catch {
             throw error.lmctfy(.resourceExhausted, "A pidfd for the command \(pid)")
         }
         defer { close(exit) }
-        var open: [(fd: Int32, stream: Int32)] = [(out, 1), (err, 2)]
+        var open = outputs
         var buffer = [UInt8](repeating: 0, count: 65536)
         // One read of `fd`: false once it has ended (or, draining, is empty).
         func readOnce(_ fd: Int32, _ stream: Int32) throws(LmctfyError) -> Bool {
@@ -435,11 +529,13 @@ public struct LocalBackend: ContainerBackend {
             return n < 0 && errno == EINTR
         }
         var exited = false
-        while !open.isEmpty && !exited {
+        while !exited && (!open.isEmpty || feed?.done == false) {
             var polled = open.map { pollfd(fd: $0.fd, events: Int16(POLLIN), revents: 0) }
+            let feedPoll = feed?.pollFd
+            if let feedPoll { polled.append(feedPoll) }
             polled.append(pollfd(fd: exit, events: Int16(POLLIN), revents: 0))
             guard poll(&polled, nfds_t(polled.count), -1) >= 0 || errno == EINTR else {
-                throw LmctfyError(.internal, "poll for the output of pid \(pid)", errno: errno)
+                throw LmctfyError(.internal, "poll for the stdio of pid \(pid)", errno: errno)
             }
             exited = polled.last!.revents != 0
             var still: [(fd: Int32, stream: Int32)] = []
@@ -451,6 +547,7 @@ public struct LocalBackend: ContainerBackend {
                 }
             }
             open = still
+            if !exited, feedPoll != nil, polled[polled.count - 2].revents != 0 { feed?.pump() }
         }
         // Exited: what its output holds now, without waiting for whatever
         // it left running to close it.

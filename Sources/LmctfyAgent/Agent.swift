@@ -879,6 +879,10 @@ public final class Agent: @unchecked Sendable {
             case .credit(let streamId, let credit):
                 hub.grant(EventHub.Key(conn: s.id, stream: streamId), credit, deliver: deliver, lagged: lagged)
                 continueReplays()
+            case .input(let streamId, let payload, let end):
+                s.calls[streamId]?.deliverInput(payload, end: end)
+            case .inputCredit:
+                break  // the agent sends no input on the calls it makes
             case .deliverResponse:
                 break  // Register's answer is empty; its status says it all
             case .deliverStatus(let streamId, let status):
@@ -1421,6 +1425,13 @@ public final class Agent: @unchecked Sendable {
                 : CallContext()
         s.calls[streamId] = context
         context.watchPeer(fd: s.conn.socketFd)
+        if streaming && method == AgentMethods.run.name, (s.session.peer?.version ?? 0) >= ProtocolVersion.input {
+            // Its stdin may be the caller's (attach_input): the grants go
+            // out through the loop.
+            context.allowInput { [weak self] credit in
+                _ = self?.loop.execute { [weak self] in self?.grantInput(connId, streamId, credit) }
+            }
+        }
         if cancelled { context.cancel() }
         if scheduling == .pool {
             s.poolCalls[streamId] = payload.count
@@ -1640,6 +1651,13 @@ public final class Agent: @unchecked Sendable {
         let full = s.held > holdLimit(s)
         context.taken(bytes.count, full: full)
         if full { s.fullStreams.insert(streamId) }
+    }
+
+    /// Grants the caller of a call `credit` more INPUT frames (dropped
+    /// when the call or its connection has ended).
+    private func grantInput(_ connId: Int, _ streamId: UInt32, _ credit: UInt32) {
+        guard let s = conns[connId] else { return }
+        perform(s, s.session.sendInputCredit(streamId: streamId, credit, now: MonotonicClock.milliseconds()), batched: true)
     }
 
     private func finish(_ connId: Int, _ streamId: UInt32, _ status: CallStatus) {

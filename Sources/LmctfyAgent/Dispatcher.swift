@@ -29,6 +29,11 @@ public final class CallContext: Sendable {
         /// than its limit (max_connection_buffered_bytes).
         var inFlight = 0
         var connectionFull = false
+        /// How the call grants its caller INPUT frames (set by the loop for
+        /// a Run on a version 4 connection; nil: it cannot take input), and
+        /// the input once the handler opened it.
+        var inputGrant: (@Sendable (UInt32) -> Void)?
+        var input: CallInput?
     }
     // One allocation per call: the state's lock lives inside the object.
     private let state = Mutex(State())
@@ -88,6 +93,28 @@ public final class CallContext: Sendable {
         } else {
             state.locked { $0.collected.append(bytes) }
         }
+    }
+
+    /// The loop: this call may take input from its caller, granted with
+    /// `grant` (protocol version 4).
+    func allowInput(_ grant: @escaping @Sendable (UInt32) -> Void) { state.locked { $0.inputGrant = grant } }
+
+    /// The handler: the caller's input, nil when its connection cannot
+    /// carry it (older than protocol version 4, or no eventfd). Nothing is
+    /// granted until the input's `start()`.
+    func openInput() -> CallInput? {
+        state.locked { s in
+            if let input = s.input { return input }
+            guard let grant = s.inputGrant, let input = CallInput(grant: grant) else { return nil }
+            s.input = input
+            return input
+        }
+    }
+
+    /// The loop: an INPUT frame for this call (dropped when it has no input
+    /// open, which the session's credit rules out).
+    func deliverInput(_ bytes: [UInt8], end: Bool) {
+        state.locked { $0.input }?.deliver(bytes, end: end)
     }
 
     /// Whether the call was cancelled (peer cancel, deadline, connection
@@ -889,6 +916,15 @@ public final class Dispatcher: Sendable {
         if detached && r.attachOutput == true {
             throw LmctfyError.invalidArgument("attach_output is for a foreground Run: a detached command's output goes to /dev/null")
         }
+        if detached && r.attachInput == true {
+            throw LmctfyError.invalidArgument("attach_input is for a foreground Run: a detached command's stdin is /dev/null")
+        }
+        // Before anything is made: a caller that cannot send input is told
+        // so, not left with a command reading an empty stdin.
+        let input = r.attachInput == true ? context.openInput() : nil
+        if r.attachInput == true && input == nil {
+            throw LmctfyError.invalidArgument("attach_input needs protocol version \(ProtocolVersion.input) (INPUT frames): this connection speaks an older one")
+        }
         var pid: Int32 = 0
         // The pid stays ours until the backend has reaped it, just before it
         // returns, and the hook is removed right after: the kill cannot hit
@@ -911,7 +947,7 @@ public final class Dispatcher: Sendable {
         let snapshots = self.snapshots
         let outcome: RunOutcome
         do {
-            outcome = try startAndWait(name, path, r, detached: detached, removes: removes, context) { pid = $0 }
+            outcome = try startAndWait(name, path, r, detached: detached, removes: removes, input: input, context) { pid = $0 }
         } catch {
             // The container made for a command that did not start (or whose
             // caller went before it heard of the start: the command was
@@ -964,7 +1000,7 @@ public final class Dispatcher: Sendable {
     /// The command started in `name` (its start recorded and reported);
     /// in the foreground, waited for.
     private func startAndWait(_ name: String, _ path: String, _ r: RunRequest, detached: Bool, removes: Bool,
-                              _ context: CallContext, started report: (Int32) -> Void) throws -> RunOutcome {
+                              input: CallInput?, _ context: CallContext, started report: (Int32) -> Void) throws -> RunOutcome {
         let snapshots = self.snapshots
         func onStarted(_ started: Int32) throws(LmctfyError) {
             report(started)
@@ -987,12 +1023,15 @@ public final class Dispatcher: Sendable {
             snapshots?.started(path, pid: started, argv: r.argv, detached: detached, policy: r.restartPolicy, removes: removes)
             try context.emit(RunResponse(kind: .runStarted, pid: started))
         }
-        guard r.attachOutput == true else { return try backend.run(name, argv: r.argv, detached: detached, onStarted: onStarted) }
+        guard r.attachOutput == true || input != nil else {
+            return try backend.run(name, argv: r.argv, detached: detached, onStarted: onStarted)
+        }
         // Each chunk as it comes (emit waits while the caller's window is
         // full: the command then waits on its full pipe).
-        return try backend.runCapturing(name, argv: r.argv, onStarted: onStarted) { (stream: Int32, bytes: [UInt8]) throws(LmctfyError) in
+        let output: ((Int32, [UInt8]) throws(LmctfyError) -> Void)? = r.attachOutput != true ? nil : { (stream: Int32, bytes: [UInt8]) throws(LmctfyError) in
             try context.emit(stream == 1 ? RunResponse(kind: .runOutput, stdout: bytes) : RunResponse(kind: .runOutput, stderr: bytes))
         }
+        return try backend.runCapturing(name, argv: r.argv, input: input, onStarted: onStarted, onOutput: output)
     }
 
     /// Destroys `name` and everything in it (a one-shot's container); one

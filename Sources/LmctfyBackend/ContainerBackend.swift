@@ -122,10 +122,15 @@ public protocol ContainerBackend: Sendable {
     /// a backend that cannot tell.
     func containerIdentity(_ name: String) -> UInt64?
     /// A foreground `run` whose stdout and stderr come back through
-    /// `onOutput` (1 or 2, and a chunk), read until the command exits; its
-    /// stdin is /dev/null. A backend that cannot says UNIMPLEMENTED.
-    func runCapturing(_ name: String, argv: [String], onStarted: (Int32) throws(LmctfyError) -> Void,
-                      onOutput: (Int32, [UInt8]) throws(LmctfyError) -> Void) throws(LmctfyError) -> RunOutcome
+    /// `onOutput` (1 or 2, and a chunk), read until the command exits (nil:
+    /// they go to /dev/null), and whose stdin is what `input` gives (nil:
+    /// /dev/null). A backend that cannot says UNIMPLEMENTED.
+    func runCapturing(_ name: String, argv: [String], input: (any RunInput)?, onStarted: (Int32) throws(LmctfyError) -> Void,
+                      onOutput: ((Int32, [UInt8]) throws(LmctfyError) -> Void)?) throws(LmctfyError) -> RunOutcome
+    /// The next foreground `run`'s stdin is this process's own (`run -i`):
+    /// lmctl sends it to the agent. By default nothing to do (a local run
+    /// inherits it anyway).
+    func attachStdin() throws(LmctfyError)
     /// `run` in a container made for the command (`run --create SPEC`):
     /// `name` is created with `spec` first; when the command cannot be
     /// started, the container is destroyed again. With `remove` (`--rm`),
@@ -209,10 +214,13 @@ extension ContainerBackend {
     public func containerIdentity(_ name: String) -> UInt64? { nil }
 
     /// By default: not possible.
-    public func runCapturing(_ name: String, argv: [String], onStarted: (Int32) throws(LmctfyError) -> Void,
-                             onOutput: (Int32, [UInt8]) throws(LmctfyError) -> Void) throws(LmctfyError) -> RunOutcome {
-        throw .unimplemented("This backend cannot send a command's output back")
+    public func runCapturing(_ name: String, argv: [String], input: (any RunInput)?, onStarted: (Int32) throws(LmctfyError) -> Void,
+                             onOutput: ((Int32, [UInt8]) throws(LmctfyError) -> Void)?) throws(LmctfyError) -> RunOutcome {
+        throw .unimplemented("This backend cannot attach a command's stdio to its caller")
     }
+
+    /// By default: nothing to do.
+    public func attachStdin() throws(LmctfyError) {}
 
     /// By default: `create`, then `run` (whose foreground must return),
     /// then `destroy`; a detached command's end is not seen, so `remove`
@@ -289,4 +297,19 @@ extension ContainerBackend {
                        return follow
                    })
     }
+}
+
+/// A foreground command's stdin fed from elsewhere (the agent's Run with
+/// `attach_input`: its caller's INPUT frames). The backend takes chunks as
+/// they come and writes them to the command's stdin pipe, one at a time.
+public protocol RunInput: AnyObject, Sendable {
+    /// Polls readable while `take` has a chunk.
+    var readyFd: Int32 { get }
+    /// The command has started: input may come now.
+    func start()
+    /// The next chunk, or nil when none waits; `end`: nothing follows.
+    func take() -> (bytes: [UInt8], end: Bool)?
+    /// A chunk taken has been written (or dropped: the command closed its
+    /// stdin): room for one more.
+    func consumed()
 }

@@ -31,6 +31,9 @@ struct Flags: Sendable {
     /// Flags of `run` only (other verbs refuse them).
     var createSpec: String?
     var remove = false
+    /// `run -i` (`--stdin`): the command reads this process's stdin; lmctl
+    /// sends it to the agent (a local run inherits it anyway).
+    var stdin = false
     /// `run --create SPEC --tier T`: the new container's tier in the
     /// agent's policy (lmctl).
     var tier: String?
@@ -64,6 +67,7 @@ struct Flags: Sendable {
         case "-l": style = .long
         // For `run -n` (next issue); accepted by every verb, as in the original.
         case "-n": noWait = true
+        case "-i": stdin = true
         case "-p": style = .pairs
         case "-r": recursive = true
         case "-v": style = .values
@@ -130,6 +134,7 @@ struct Flags: Sendable {
             createSpec = v
             return used
         case "rm", "lmctfy_rm": remove = try bool()
+        case "stdin", "lmctfy_stdin": stdin = try bool()
         case "tier":
             let (v, used) = try value()
             guard !v.isEmpty else { throw UsageError(message: "Flag --tier needs a value") }

@@ -18,8 +18,8 @@ import LmctfySystem
 enum RunCommand {
     static let leaf = Leaf(
         name: "run",
-        synopsis: "[-n] [--create <container spec> [--tier <tier>] [--rm]] <container name> [--] <command> [<arguments>...]",
-        summary: "Run a command in a container (-n: in the background, printing its pid; --create: in a new container, made with the spec; --rm: destroyed when the command ends).",
+        synopsis: "[-n | -i] [--create <container spec> [--tier <tier>] [--rm]] <container name> [--] <command> [<arguments>...]",
+        summary: "Run a command in a container (-n: in the background, printing its pid; -i: reading this stdin, through an agent too; --create: in a new container, made with the spec; --rm: destroyed when the command ends).",
         minArguments: 2, maxArguments: nil,
         action: .withApi(run))
 
@@ -39,6 +39,12 @@ enum RunCommand {
         // printed, nothing is started (it ran on, unreported, exit 15).
         if call.flags.noWait, let sink = call.stdout as? FileDescriptorSink, let why = sink.unwritable {
             throw LmctfyError.failedPrecondition("the pid of a detached run could not be printed (\(why)): nothing was started")
+        }
+        if call.flags.stdin {
+            guard !call.flags.noWait else {
+                throw LmctfyError.invalidArgument("-i gives a foreground command this stdin: a detached one (-n) reads /dev/null")
+            }
+            try api.attachStdin()
         }
         let outcome: RunOutcome
         if let text = call.flags.createSpec {

@@ -588,6 +588,15 @@ public final class Controller: @unchecked Sendable {
                 }
                 guard let to = p.routedIn[stream], let link = peers[to.agent] else { continue }
                 perform(link, link.session.sendCredit(streamId: to.stream, credit, now: MonotonicClock.milliseconds()))
+            case .input(let stream, let payload, let end):
+                // A routed call's input (version 4): on to its agent, within
+                // the credit it granted (passed on below, so never more).
+                guard let to = p.routedIn[stream], let link = peers[to.agent] else { continue }
+                perform(link, link.session.sendInput(streamId: to.stream, payload, end: end, now: MonotonicClock.milliseconds()).actions)
+            case .inputCredit(let stream, let credit):
+                // An agent grants input on a routed call: so does its caller's.
+                guard let to = p.routedOut[stream], let client = peers[to.client] else { continue }
+                perform(client, client.session.sendInputCredit(streamId: to.stream, credit, now: MonotonicClock.milliseconds()))
             case .close(let reason):
                 logger.debug("connection \(p.id) closed: \(reason)")
                 flush(p)

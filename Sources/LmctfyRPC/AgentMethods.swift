@@ -237,10 +237,10 @@ extension RpcClient {
     /// to keep reading.
     public func stream<Request, Response>(
         _ method: AgentMethod<Request, Response>, _ request: Request, deadlineMs: UInt32? = nil,
-        window: UInt32? = nil, giveUp: (everyMs: Int32, when: () -> Bool)? = nil,
+        window: UInt32? = nil, giveUp: (everyMs: Int32, when: () -> Bool)? = nil, input: Int32? = nil,
         onResponse: (Response) throws(LmctfyError) -> Bool
     ) throws(LmctfyError) {
         try stream(method.name, request, as: Response.self, deadlineMs: deadlineMs, window: window, giveUp: giveUp,
-                   onResponse: onResponse)
+                   input: input, onResponse: onResponse)
     }
 }

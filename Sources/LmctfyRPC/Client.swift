@@ -244,14 +244,18 @@ public final class RpcClient {
     /// returning false does (a follower whose reader went away while no
     /// event came: `lmctl events -f | head -1` waited for the next event
     /// to notice).
+    /// `input`: a descriptor read (up to its end) and sent on the call as
+    /// INPUT frames as the callee grants them (protocol version 4; a Run
+    /// with attach_input); a read error ends the input as its end does.
     public func stream(
         _ method: String, _ request: [UInt8], deadlineMs: UInt32? = nil, window: UInt32? = nil,
-        giveUp: (everyMs: Int32, when: () -> Bool)? = nil,
+        giveUp: (everyMs: Int32, when: () -> Bool)? = nil, input: Int32? = nil,
         onResponse: ([UInt8]) throws(LmctfyError) -> Bool
     ) throws(LmctfyError) {
         let (id, actions) = session.openStream(method: method, payload: request, deadlineMs: deadlineMs, host: host,
                                                now: MonotonicClock.milliseconds())
         perform(actions)
+        var inputOpen = input != nil
         var handled: UInt32 = 0
         var looked = MonotonicClock.milliseconds()
         while true {
@@ -291,17 +295,34 @@ public final class RpcClient {
                     return
                 }
             }
-            pumpOnce(atMostMs: giveUp?.everyMs)
+            // Input is read only while the callee has room for it.
+            let reading = inputOpen && session.inputCredit(streamId: id) > 0 ? input : nil
+            if pumpOnce(atMostMs: giveUp?.everyMs, input: reading), let reading {
+                inputOpen = sendInput(from: reading, on: id)
+            }
         }
+    }
+
+    /// One read of `fd` sent on call `id` as an INPUT frame (its end, at
+    /// the end of `fd` or a read error); false once the end was sent.
+    private func sendInput(from fd: Int32, on id: UInt32) -> Bool {
+        var n: Int
+        repeat {
+            n = readBuffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, min($0.count, Session.maxInputBytes)) }
+        } while n < 0 && errno == EINTR
+        if n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) { return true }
+        let bytes = n > 0 ? Array(readBuffer[0..<n]) : []
+        perform(session.sendInput(streamId: id, bytes, end: n <= 0, now: MonotonicClock.milliseconds()).actions)
+        return n > 0
     }
 
     /// A server-streaming call with typed messages.
     public func stream<Request: ProtoMessage, Response: ProtoMessage>(
         _ method: String, _ request: Request, as: Response.Type = Response.self, deadlineMs: UInt32? = nil,
-        window: UInt32? = nil, giveUp: (everyMs: Int32, when: () -> Bool)? = nil,
+        window: UInt32? = nil, giveUp: (everyMs: Int32, when: () -> Bool)? = nil, input: Int32? = nil,
         onResponse: (Response) throws(LmctfyError) -> Bool
     ) throws(LmctfyError) {
-        try stream(method, try encode(request), deadlineMs: deadlineMs, window: window, giveUp: giveUp) { (payload: [UInt8]) throws(LmctfyError) -> Bool in
+        try stream(method, try encode(request), deadlineMs: deadlineMs, window: window, giveUp: giveUp, input: input) { (payload: [UInt8]) throws(LmctfyError) -> Bool in
             try onResponse(try decode(payload))
         }
     }
@@ -309,17 +330,30 @@ public final class RpcClient {
     // MARK: Driving the session
 
     /// Waits for input or the session's next timer (or `atMostMs`), then
-    /// feeds it.
-    private func pumpOnce(atMostMs: Int32? = nil) {
-        guard !session.isClosed else { return }
+    /// feeds it. With `input`, waits for that descriptor too: returns
+    /// whether it is readable (the caller reads it).
+    @discardableResult
+    private func pumpOnce(atMostMs: Int32? = nil, input: Int32? = nil) -> Bool {
+        guard !session.isClosed else { return false }
         let now = MonotonicClock.milliseconds()
         var timeout: Int32 = -1
         if let wake = session.nextWakeup {
             timeout = wake <= now ? 0 : Int32(clamping: wake - now)
         }
         if let atMostMs, timeout < 0 || timeout > atMostMs { timeout = max(0, atMostMs) }
+        var inputReady = false
         do {
-            if try RpcSocket.waitReadable(fd, timeoutMs: timeout) {
+            var socketReady: Bool
+            if let input {
+                var fds = [pollfd(fd: fd, events: Int16(POLLIN), revents: 0), pollfd(fd: input, events: Int16(POLLIN), revents: 0)]
+                let rc = poll(&fds, 2, timeout)
+                if rc < 0 && errno != EINTR { throw SystemError("poll", "fd \(fd)", errno) }
+                socketReady = rc > 0 && fds[0].revents != 0
+                inputReady = rc > 0 && fds[1].revents != 0
+            } else {
+                socketReady = try RpcSocket.waitReadable(fd, timeoutMs: timeout)
+            }
+            if socketReady {
                 let n = try RpcSocket.receive(fd, into: &readBuffer)
                 ingest(n)
             }
@@ -327,6 +361,7 @@ public final class RpcClient {
             perform(session.receiveEOF(now: MonotonicClock.milliseconds()))
         }
         perform(session.tick(now: MonotonicClock.milliseconds()))
+        return inputReady
     }
 
     private func perform(_ actions: [SessionAction]) {
@@ -356,7 +391,7 @@ public final class RpcClient {
                 inbox[id, default: []].append(.response(payload))
             case .deliverStatus(let id, let status):
                 inbox[id, default: []].append(.status(status))
-            case .established, .cancelled, .close, .credit:
+            case .established, .cancelled, .close, .credit, .input, .inputCredit:
                 break
             }
         }

@@ -29,6 +29,7 @@ enum FrameWire {
         if let id = frame.streamId { f.has_stream_id = 1; f.stream_id = id }
         if let ms = frame.deadlineMs { f.has_deadline_ms = 1; f.deadline_ms = ms }
         if let credit = frame.credit { f.has_credit = 1; f.credit = credit }
+        if let end = frame.inputEnd { f.has_input_end = 1; f.input_end = end ? 1 : 0 }
         withOptionalCString(frame.host) { host in
         f.host = UnsafeMutablePointer(mutating: host)
         withOptionalCString(frame.method) { method in
@@ -115,6 +116,7 @@ enum FrameWire {
         }
         if f.has_deadline_ms != 0 { frame.deadlineMs = f.deadline_ms }
         if f.has_credit != 0 { frame.credit = f.credit }
+        if f.has_input_end != 0 { frame.inputEnd = f.input_end != 0 }
         if let s = f.status {
             frame.status = RpcStatus(code: s.pointee.has_code != 0 ? s.pointee.code : nil,
                                      message: s.pointee.message.map { String(cString: $0) })

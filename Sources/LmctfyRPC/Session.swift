@@ -10,15 +10,18 @@ import LmctfySystem
 /// The protocol versions this implementation speaks.
 public enum ProtocolVersion {
     /// The newest protocol version this implementation speaks (the top of `supported`).
-    public static let current: UInt32 = 3
+    public static let current: UInt32 = 4
     /// Every version this side accepts; the handshake picks the highest both speak.
-    public static let supported: ClosedRange<UInt32> = 1...3
+    public static let supported: ClosedRange<UInt32> = 1...4
     /// From this version on a RESPONSE may carry the call's status and end
     /// the stream in one frame (PROTOCOL.md section 4).
     public static let finalResponse: UInt32 = 2
     /// From this version on the caller of a flow-controlled stream grants
     /// its responses with CREDIT frames (PROTOCOL.md section 4.4).
     public static let credit: UInt32 = 3
+    /// From this version on a caller may send INPUT frames on its call,
+    /// within the CREDIT its callee grants (PROTOCOL.md section 4.5).
+    public static let input: UInt32 = 4
 }
 
 /// Limits one side applies to what it receives (announced in its hello) and
@@ -163,6 +166,13 @@ public enum SessionAction: Sendable, Equatable {
     /// The caller of a call the peer made grants `credit` more responses
     /// (version 3; only flow-controlled calls use it).
     case credit(streamId: UInt32, UInt32)
+    /// The caller of a call the peer made sent input on it (version 4):
+    /// `end` says none follows. Only ever within the credit granted with
+    /// `sendInputCredit`.
+    case input(streamId: UInt32, payload: [UInt8], end: Bool)
+    /// The callee of a call we made grants `credit` more INPUT frames
+    /// (version 4); `sendInput` takes them.
+    case inputCredit(streamId: UInt32, UInt32)
     /// Close the connection after performing the actions before this one.
     case close(CloseReason)
 }
@@ -252,6 +262,13 @@ public struct Session: Sendable {
     private var outgoing: [UInt32: UInt64?] = [:]
     /// Calls the peer made: stream id -> absolute deadline.
     private var incoming: [UInt32: UInt64?] = [:]
+    /// Input on calls the peer made (version 4): the INPUT frames granted
+    /// and not yet received, and whether its end came. An entry only while
+    /// the call is open and after a grant.
+    private var inputIn: [UInt32: (credit: UInt32, ended: Bool)] = [:]
+    /// Input on calls we made: the INPUT frames the callee granted and we
+    /// have not sent, and whether we sent the end.
+    private var inputOut: [UInt32: (credit: UInt32, ended: Bool)] = [:]
     private var pending: [PendingCall] = []
     private var lastLocalId: UInt32 = 0
     private var lastPeerId: UInt32 = 0
@@ -448,6 +465,7 @@ public struct Session: Sendable {
         guard frame.count - FrameCodec.headerBytes <= Int(peer.maxFrameBytes) else {
             let status = CallStatus(.resourceExhausted, "response of \(frame.count - FrameCodec.headerBytes) bytes exceeds the peer's frame limit of \(peer.maxFrameBytes)")
             incoming[streamId] = nil
+            inputIn[streamId] = nil
             return [.write(statusFrame(streamId, status)), .cancelled(streamId: streamId, status)]
         }
         return [.write(frame)]
@@ -460,6 +478,7 @@ public struct Session: Sendable {
     /// the call with RESOURCE_EXHAUSTED instead. Either way the call is over.
     public mutating func sendFinal(streamId: UInt32, payload: [UInt8], _ status: CallStatus, now: UInt64) -> [SessionAction] {
         guard !isClosed, incoming.removeValue(forKey: streamId) != nil, let peer else { return [] }
+        inputIn[streamId] = nil
         let combined = peer.version >= ProtocolVersion.finalResponse
         var bytes: [UInt8] = []
         FrameCodec.append(Frame(kind: .frameResponse, streamId: streamId, payload: payload,
@@ -475,6 +494,7 @@ public struct Session: Sendable {
     /// Ends a call the peer made. Dropped if it has already ended.
     public mutating func sendStatus(streamId: UInt32, _ status: CallStatus, now: UInt64) -> [SessionAction] {
         guard !isClosed, incoming.removeValue(forKey: streamId) != nil else { return [] }
+        inputIn[streamId] = nil
         return [.write(statusFrame(streamId, status))]
     }
 
@@ -485,6 +505,7 @@ public struct Session: Sendable {
             return []
         }
         guard !isClosed, outgoing.removeValue(forKey: streamId) != nil else { return [] }
+        inputOut[streamId] = nil
         return [.write(FrameCodec.encode(Frame(kind: .frameCancel, streamId: streamId)))]
     }
 
@@ -494,6 +515,41 @@ public struct Session: Sendable {
         guard !isClosed, credit > 0, outgoing[streamId] != nil, let peer, peer.version >= ProtocolVersion.credit else { return [] }
         return [.write(FrameCodec.encode(Frame(kind: .frameCredit, streamId: streamId, credit: credit)))]
     }
+
+    /// Grants the caller of a call the peer made `credit` more INPUT frames
+    /// (version 4; dropped for an older peer, a call already over, one
+    /// whose input has ended, or 0).
+    public mutating func sendInputCredit(streamId: UInt32, _ credit: UInt32, now: UInt64) -> [SessionAction] {
+        guard !isClosed, credit > 0, incoming[streamId] != nil, let peer, peer.version >= ProtocolVersion.input else { return [] }
+        var state = inputIn[streamId] ?? (0, false)
+        guard !state.ended else { return [] }
+        state.credit = state.credit.addingReportingOverflow(credit).overflow ? UInt32.max : state.credit + credit
+        inputIn[streamId] = state
+        return [.write(FrameCodec.encode(Frame(kind: .frameCredit, streamId: streamId, credit: credit)))]
+    }
+
+    /// How many INPUT frames a call we made may send now (the callee's
+    /// grants less what was sent); 0 once its end was sent or the call is over.
+    public func inputCredit(streamId: UInt32) -> UInt32 {
+        guard let state = inputOut[streamId], !state.ended, outgoing[streamId] != nil else { return 0 }
+        return state.credit
+    }
+
+    /// Sends input on a call we made (version 4), at most
+    /// `maxInputBytes`, within the callee's credit; `end`: the last.
+    /// Dropped (false) when there is no credit or the call is over.
+    public mutating func sendInput(streamId: UInt32, _ payload: [UInt8], end: Bool, now: UInt64) -> (sent: Bool, actions: [SessionAction]) {
+        guard !isClosed, outgoing[streamId] != nil, payload.count <= Self.maxInputBytes,
+              var state = inputOut[streamId], !state.ended, state.credit > 0 else { return (false, []) }
+        state.credit -= 1
+        state.ended = end
+        inputOut[streamId] = state
+        return (true, [.write(FrameCodec.encode(Frame(kind: .frameInput, streamId: streamId, payload: payload,
+                                                      inputEnd: end ? true : nil)))])
+    }
+
+    /// The most bytes one INPUT frame carries (PROTOCOL.md section 4.5).
+    public static let maxInputBytes = 65_536
 
     /// Closes the connection in order: goaway, then every open call ends.
     public mutating func goAway(_ reason: GoAwayReason = .goawayNormal, message: String, now: UInt64) -> [SessionAction] {
@@ -524,12 +580,14 @@ public struct Session: Sendable {
         let dueOut = outgoing.compactMap { id, d in d.map { now >= $0 } == true ? id : nil }
         for id in dueOut.sorted() {
             outgoing[id] = nil
+            inputOut[id] = nil
             actions.append(.write(FrameCodec.encode(Frame(kind: .frameCancel, streamId: id))))
             actions.append(.deliverStatus(streamId: id, CallStatus(.deadlineExceeded, "deadline exceeded")))
         }
         let dueIn = incoming.compactMap { id, d in d.map { now >= $0 } == true ? id : nil }
         for id in dueIn.sorted() {
             incoming[id] = nil
+            inputIn[id] = nil
             let status = CallStatus(.deadlineExceeded, "deadline exceeded")
             actions.append(.write(statusFrame(id, status)))
             actions.append(.cancelled(streamId: id, status))
@@ -613,6 +671,7 @@ public struct Session: Sendable {
             }
             if ends {
                 outgoing[id] = nil
+                inputOut[id] = nil
                 return [.deliverResponse(streamId: id, payload: frame.payload ?? []),
                         .deliverStatus(streamId: id, CallStatus(wire: frame.status!))]
             }
@@ -620,6 +679,7 @@ public struct Session: Sendable {
                 return [.deliverResponse(streamId: id, payload: frame.payload ?? [])]
             }
             outgoing[id] = nil
+            inputOut[id] = nil
             return [.deliverStatus(streamId: id, CallStatus(wire: frame.status!))]
         case .frameCancel:
             guard id != 0, !isLocal(id) else {
@@ -629,6 +689,7 @@ public struct Session: Sendable {
                 if id <= lastPeerId { return [] }
                 return closeLocally(.goawayProtocolError, "CANCEL on stream \(id), which was never opened")
             }
+            inputIn[id] = nil
             return [.cancelled(streamId: id, CallStatus(.cancelled, "cancelled by the caller"))]
         case .framePing:
             let payload = frame.payload ?? []
@@ -643,6 +704,21 @@ public struct Session: Sendable {
             guard version >= ProtocolVersion.credit else {
                 return closeLocally(.goawayMalformedFrame, "CREDIT frame in protocol version \(version)")
             }
+            // Version 4: from the callee of a call we made, input credit.
+            if id != 0, isLocal(id), version >= ProtocolVersion.input {
+                guard let credit = frame.credit, credit > 0 else {
+                    return closeLocally(.goawayMalformedFrame, "CREDIT frame without a credit on stream \(id)")
+                }
+                guard outgoing[id] != nil else {
+                    if id <= lastLocalId { return [] }  // the call is over
+                    return closeLocally(.goawayProtocolError, "CREDIT on stream \(id), which was never opened")
+                }
+                var state = inputOut[id] ?? (0, false)
+                if state.ended { return [] }
+                state.credit = state.credit.addingReportingOverflow(credit).overflow ? UInt32.max : state.credit + credit
+                inputOut[id] = state
+                return [.inputCredit(streamId: id, credit)]
+            }
             guard id != 0, !isLocal(id) else {
                 return closeLocally(.goawayProtocolError, "CREDIT on stream \(id), which the peer did not open")
             }
@@ -654,6 +730,31 @@ public struct Session: Sendable {
                 return closeLocally(.goawayProtocolError, "CREDIT on stream \(id), which was never opened")
             }
             return [.credit(streamId: id, credit)]
+        case .frameInput:
+            let version = peer?.version ?? 0
+            guard version >= ProtocolVersion.input else {
+                return closeLocally(.goawayMalformedFrame, "INPUT frame in protocol version \(version)")
+            }
+            guard id != 0, !isLocal(id) else {
+                return closeLocally(.goawayProtocolError, "INPUT on stream \(id), which the peer did not open")
+            }
+            let payload = frame.payload ?? []
+            guard payload.count <= Self.maxInputBytes else {
+                return closeLocally(.goawayMalformedFrame, "INPUT of \(payload.count) bytes on stream \(id) exceeds \(Self.maxInputBytes)")
+            }
+            guard incoming[id] != nil else {
+                if id <= lastPeerId { return [] }  // the call is over
+                return closeLocally(.goawayProtocolError, "INPUT on stream \(id), which was never opened")
+            }
+            guard var state = inputIn[id], !state.ended, state.credit > 0 else {
+                let why = inputIn[id]?.ended == true ? "after its end" : "beyond the credit granted"
+                return closeLocally(.goawayProtocolError, "INPUT on stream \(id) \(why)")
+            }
+            let end = frame.inputEnd == true
+            state.credit -= 1
+            state.ended = end
+            inputIn[id] = state
+            return [.input(streamId: id, payload: payload, end: end)]
         case .frameHello, .frameGoaway, .frameKindUnspecified:
             return []
         }
@@ -894,6 +995,8 @@ public struct Session: Sendable {
         for id in incoming.keys.sorted() { actions.append(.cancelled(streamId: id, unavailable)) }
         outgoing = [:]
         incoming = [:]
+        inputIn = [:]
+        inputOut = [:]
         pending = []
         isClosed = true
         closeReason = reason

@@ -3067,7 +3067,7 @@ void   containers__lmctfy__agent__host_label__free_unpacked
   assert(message->base.descriptor == &containers__lmctfy__agent__host_label__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
-static const ProtobufCFieldDescriptor containers__lmctfy__agent__frame__field_descriptors[10] =
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__frame__field_descriptors[11] =
 {
   {
     "kind",
@@ -3189,6 +3189,18 @@ static const ProtobufCFieldDescriptor containers__lmctfy__agent__frame__field_de
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "input_end",
+    11,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_BOOL,
+    offsetof(Containers__Lmctfy__Agent__Frame, has_input_end),
+    offsetof(Containers__Lmctfy__Agent__Frame, input_end),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned containers__lmctfy__agent__frame__field_indices_by_name[] = {
   8,   /* field[8] = credit */
@@ -3196,6 +3208,7 @@ static const unsigned containers__lmctfy__agent__frame__field_indices_by_name[] 
   7,   /* field[7] = goaway */
   6,   /* field[6] = hello */
   9,   /* field[9] = host */
+  10,   /* field[10] = input_end */
   0,   /* field[0] = kind */
   2,   /* field[2] = method */
   3,   /* field[3] = payload */
@@ -3205,7 +3218,7 @@ static const unsigned containers__lmctfy__agent__frame__field_indices_by_name[] 
 static const ProtobufCIntRange containers__lmctfy__agent__frame__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 10 }
+  { 0, 11 }
 };
 const ProtobufCMessageDescriptor containers__lmctfy__agent__frame__descriptor =
 {
@@ -3215,7 +3228,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__frame__descriptor =
   "Containers__Lmctfy__Agent__Frame",
   "containers.lmctfy.agent",
   sizeof(Containers__Lmctfy__Agent__Frame),
-  10,
+  11,
   containers__lmctfy__agent__frame__field_descriptors,
   containers__lmctfy__agent__frame__field_indices_by_name,
   1,  containers__lmctfy__agent__frame__number_ranges,
@@ -4442,7 +4455,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__detect_response__des
   (ProtobufCMessageInit) containers__lmctfy__agent__detect_response__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor containers__lmctfy__agent__run_request__field_descriptors[9] =
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__run_request__field_descriptors[10] =
 {
   {
     "name",
@@ -4552,9 +4565,22 @@ static const ProtobufCFieldDescriptor containers__lmctfy__agent__run_request__fi
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "attach_input",
+    10,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_BOOL,
+    offsetof(Containers__Lmctfy__Agent__RunRequest, has_attach_input),
+    offsetof(Containers__Lmctfy__Agent__RunRequest, attach_input),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned containers__lmctfy__agent__run_request__field_indices_by_name[] = {
   1,   /* field[1] = argv */
+  9,   /* field[9] = attach_input */
   8,   /* field[8] = attach_output */
   5,   /* field[5] = create */
   3,   /* field[3] = detached */
@@ -4567,7 +4593,7 @@ static const unsigned containers__lmctfy__agent__run_request__field_indices_by_n
 static const ProtobufCIntRange containers__lmctfy__agent__run_request__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 9 }
+  { 0, 10 }
 };
 const ProtobufCMessageDescriptor containers__lmctfy__agent__run_request__descriptor =
 {
@@ -4577,7 +4603,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__run_request__descrip
   "Containers__Lmctfy__Agent__RunRequest",
   "containers.lmctfy.agent",
   sizeof(Containers__Lmctfy__Agent__RunRequest),
-  9,
+  10,
   containers__lmctfy__agent__run_request__field_descriptors,
   containers__lmctfy__agent__run_request__field_indices_by_name,
   1,  containers__lmctfy__agent__run_request__number_ranges,
@@ -8547,7 +8573,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__host_label__descript
   (ProtobufCMessageInit) containers__lmctfy__agent__host_label__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCEnumValue containers__lmctfy__agent__frame_kind__enum_values_by_number[10] =
+static const ProtobufCEnumValue containers__lmctfy__agent__frame_kind__enum_values_by_number[11] =
 {
   { "FRAME_KIND_UNSPECIFIED", "CONTAINERS__LMCTFY__AGENT__FRAME_KIND__FRAME_KIND_UNSPECIFIED", 0 },
   { "FRAME_HELLO", "CONTAINERS__LMCTFY__AGENT__FRAME_KIND__FRAME_HELLO", 1 },
@@ -8559,16 +8585,18 @@ static const ProtobufCEnumValue containers__lmctfy__agent__frame_kind__enum_valu
   { "FRAME_PONG", "CONTAINERS__LMCTFY__AGENT__FRAME_KIND__FRAME_PONG", 7 },
   { "FRAME_GOAWAY", "CONTAINERS__LMCTFY__AGENT__FRAME_KIND__FRAME_GOAWAY", 8 },
   { "FRAME_CREDIT", "CONTAINERS__LMCTFY__AGENT__FRAME_KIND__FRAME_CREDIT", 9 },
+  { "FRAME_INPUT", "CONTAINERS__LMCTFY__AGENT__FRAME_KIND__FRAME_INPUT", 10 },
 };
 static const ProtobufCIntRange containers__lmctfy__agent__frame_kind__value_ranges[] = {
-{0, 0},{0, 10}
+{0, 0},{0, 11}
 };
-static const ProtobufCEnumValueIndex containers__lmctfy__agent__frame_kind__enum_values_by_name[10] =
+static const ProtobufCEnumValueIndex containers__lmctfy__agent__frame_kind__enum_values_by_name[11] =
 {
   { "FRAME_CANCEL", 5 },
   { "FRAME_CREDIT", 9 },
   { "FRAME_GOAWAY", 8 },
   { "FRAME_HELLO", 1 },
+  { "FRAME_INPUT", 10 },
   { "FRAME_KIND_UNSPECIFIED", 0 },
   { "FRAME_PING", 6 },
   { "FRAME_PONG", 7 },
@@ -8583,9 +8611,9 @@ const ProtobufCEnumDescriptor containers__lmctfy__agent__frame_kind__descriptor 
   "FrameKind",
   "Containers__Lmctfy__Agent__FrameKind",
   "containers.lmctfy.agent",
-  10,
+  11,
   containers__lmctfy__agent__frame_kind__enum_values_by_number,
-  10,
+  11,
   containers__lmctfy__agent__frame_kind__enum_values_by_name,
   1,
   containers__lmctfy__agent__frame_kind__value_ranges,

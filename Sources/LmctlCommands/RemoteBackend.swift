@@ -29,6 +29,10 @@ public final class RemoteBackend: ContainerBackend, @unchecked Sendable {
     /// they can no longer be written. nil: they go to /dev/null on the
     /// agent's machine.
     public var output: ((Int32, [UInt8]) -> Bool)?
+    /// Where a foreground run's stdin comes from (`run -i`: lmctl's own,
+    /// sent to the agent, attach_input); nil: /dev/null on the agent's
+    /// machine.
+    public var input: Int32?
 
     /// A backend over an authenticated connection to an agent. With
     /// `reconnect`, a call that loses its agent (UNAVAILABLE, the connection
@@ -281,8 +285,15 @@ public final class RemoteBackend: ContainerBackend, @unchecked Sendable {
         let detached = request.detached == true
         let output = detached ? nil : self.output
         if output != nil { request.attachOutput = true }
+        let input = detached ? nil : self.input
+        if input != nil {
+            guard let version = client.version, version >= ProtocolVersion.input else {
+                throw .failedPrecondition("run -i sends the command's stdin in protocol version \(ProtocolVersion.input): the agent speaks \(client.version ?? 0)")
+            }
+            request.attachInput = true
+        }
         var outcome: RunOutcome?
-        try client.stream(AgentMethods.run, request) { r throws(LmctfyError) in
+        try client.stream(AgentMethods.run, request, input: input) { r throws(LmctfyError) in
             switch r.kind {
             case .runStarted:
                 try onStarted(r.pid ?? 0)
@@ -309,6 +320,9 @@ public final class RemoteBackend: ContainerBackend, @unchecked Sendable {
         guard let outcome else { throw .internalError("The agent ended Run without reporting the command") }
         return outcome
     }
+
+    /// `run -i`: the next foreground run's stdin is lmctl's.
+    public func attachStdin() throws(LmctfyError) { input = 0 }
 
     /// Enter; needs TIDs.
     public func enter(_ name: String, tids: [Int32]) throws(LmctfyError) {

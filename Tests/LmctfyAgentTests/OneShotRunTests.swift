@@ -407,3 +407,98 @@ struct AttachedOutputTests {
         }
     }
 }
+
+@Suite(.enabled(if: RealCgroups.available, "\(RealCgroups.unavailableReason ?? "")"))
+struct AttachedInputTests {
+    /// `lmctl run -i`: the command reads lmctl's stdin (Run with
+    /// attach_input, INPUT frames within the agent's credit) to its end,
+    /// several windows of it; a command that stops reading, or closes its
+    /// stdin, is not held by the input left; without -i stdin is /dev/null;
+    /// -i with -n is refused.
+    @Test func lmctlRunFeedsItsStdinToTheCommand() throws {
+        try withClient("stdin") { socket, name, client in
+            let lmctl = "'\(builtTool("lmctl"))' --agent unix://\(socket)"
+            _ = try client.call(AgentMethods.create, CreateRequest(name: name, spec: memory))
+            let file = "/tmp/\(name.dropFirst())-in"
+            defer { _ = unlink(file) }
+            // 3 MiB: 48 INPUT frames of 64 KiB, the agent granting 4 at a time.
+            var bytes = [UInt8](repeating: 0, count: 3 << 20)
+            for i in bytes.indices { bytes[i] = UInt8(truncatingIfNeeded: i &* 2_654_435_761 >> 13) }
+            try Sys.writeFileAtomically(file, bytes)
+            func sh(_ script: String) throws -> ChildResult { try TestProcess.capture(["/bin/sh", "-c", script]) }
+            var r = try sh("\(lmctl) run -i \(name) /bin/cat < \(file)")
+            #expect(r.status == 0 && r.stdout == bytes, "\(r.stdout.count) bytes back of \(bytes.count): \(String(decoding: r.stderr, as: UTF8.self))")
+            // Its end is the command's end of file.
+            r = try sh("printf 'a\\nb\\n' | \(lmctl) run -i \(name) wc -l")
+            #expect(r.status == 0 && String(decoding: r.stdout, as: UTF8.self).trimmingCharacters(in: .whitespaces) == "2\n", "\(r)")
+            r = try sh("\(lmctl) run --stdin \(name) wc -c < /dev/null")
+            #expect(r.status == 0 && String(decoding: r.stdout, as: UTF8.self).trimmingCharacters(in: .whitespaces) == "0\n", "\(r)")
+            // A command that reads a little and exits: the call ends with it
+            // (the endless input is dropped; `yes` then gets SIGPIPE).
+            let t0 = MonotonicClock.milliseconds()
+            r = try sh("yes | \(lmctl) run -i \(name) head -c 6")
+            #expect(r.status == 0 && String(decoding: r.stdout, as: UTF8.self) == "y\ny\ny\n", "\(r)")
+            // One that closes its stdin and goes on: the input is dropped, the
+            // caller is not held.
+            r = try sh("yes | \(lmctl) run -i \(name) /bin/sh -c 'exec 0<&-; sleep 0.3; echo ok'")
+            #expect(r.status == 0 && String(decoding: r.stdout, as: UTF8.self) == "ok\n", "\(r)")
+            #expect(MonotonicClock.milliseconds() - t0 < 30_000)
+            // Without -i the command's stdin is /dev/null, as before.
+            r = try sh("echo hi | \(lmctl) run \(name) cat")
+            #expect(r.status == 0 && r.stdout.isEmpty, "\(r)")
+            // -i is for a foreground command; and it is run's.
+            r = try sh("echo hi | \(lmctl) run -i -n \(name) cat")
+            #expect(r.status == 3 && String(decoding: r.stderr, as: UTF8.self).contains("-n"), "\(r)")
+            r = try sh("\(lmctl) list containers -i")
+            #expect(r.status == 3, "\(r)")
+            #expect(try client.call(AgentMethods.listPids, ListPidsRequest(name: name, recursive: true)).pids.isEmpty)
+        }
+    }
+
+    /// Input goes as it comes, not at its end: the command answers a line
+    /// before the next is written (an interactive command), and a caller
+    /// that never ends its input but cancels kills the command. A detached
+    /// Run with attach_input is refused.
+    @Test func inputIsStreamedAndTheCallerKeepsItsOwnPace() throws {
+        try withClient("stdin_rpc") { _, name, client in
+            _ = try client.call(AgentMethods.create, CreateRequest(name: name, spec: memory))
+            let pipe = try Sys.pipe()
+            defer { close(pipe.0); if pipe.1 >= 0 { close(pipe.1) } }
+            var writeEnd = pipe.1
+            #expect(write(writeEnd, "one\n", 4) == 4)
+            var seen = ""
+            var exited: RunResponse?
+            try client.stream(AgentMethods.run, RunRequest(name: name, argv: ["/bin/sh", "-c", "while read l; do echo got $l; done; echo end"],
+                                                           attachOutput: true, attachInput: true), input: pipe.0) { (r: RunResponse) in
+                if let out = r.stdout { seen += String(decoding: out, as: UTF8.self) }
+                // The second line only once the first was answered.
+                if seen == "got one\n" && writeEnd >= 0 {
+                    #expect(write(writeEnd, "two\n", 4) == 4)
+                } else if seen == "got one\ngot two\n" && writeEnd >= 0 {
+                    close(writeEnd)
+                    writeEnd = -1
+                }
+                if r.kind == .runExited { exited = r }
+                return true
+            }
+            #expect(seen == "got one\ngot two\nend\n")
+            #expect(exited?.exitCode == 0)
+            // An input that never ends and a caller that gives up: the
+            // command is killed with its call.
+            let open = try Sys.pipe()
+            defer { close(open.0); close(open.1) }
+            var pid: Int32 = 0
+            try client.stream(AgentMethods.run, RunRequest(name: name, argv: ["/bin/cat"], attachInput: true), input: open.0) { (r: RunResponse) in
+                pid = r.pid ?? 0
+                return false  // cancel after RUN_STARTED
+            }
+            #expect(pid > 0)
+            #expect(within(30) { kill(pid, 0) != 0 }, "cat was killed with its call")
+            var refused: LmctfyError?
+            do {
+                try client.stream(AgentMethods.run, RunRequest(name: name, argv: ["/bin/true"], detached: true, attachInput: true)) { (_: RunResponse) in true }
+            } catch { refused = error as? LmctfyError }
+            #expect(refused?.code == .invalidArgument, "\(String(describing: refused))")
+        }
+    }
+}

@@ -188,6 +188,23 @@ struct LmctlControllerTests {
         #expect(fleet.recorded("a", .containerEventDestroyed, name) && !fleet.recorded("b", .containerEventDestroyed, name))
     }
 
+    /// `lmctl --host H run -i`: the command's stdin goes through the
+    /// controller (INPUT frames on, the agent's CREDIT back), all of it.
+    @Test func runWithStdinThroughTheController() throws {
+        let fleet = try Fleet.twoHosts()
+        let name = RealCgroups.uniqueName("lmctl_stdin")
+        defer { _ = try? ContainerApi.detect().destroy(ContainerName.resolve(name, relativeTo: .root)) }
+        let file = fleet.dir + "/stdin"
+        var bytes = [UInt8](repeating: 0, count: 1 << 20)
+        for i in bytes.indices { bytes[i] = UInt8(truncatingIfNeeded: i &* 40_503 >> 7) }
+        try Sys.writeFileAtomically(file, bytes)
+        let lmctl = "'\(builtTool("lmctl"))' --controller unix://\(fleet.dir)/controller.sock --host alpha"
+        let r = try TestProcess.capture(["/bin/sh", "-c",
+            "\(lmctl) run -i --create 'memory:{limit:67108864}' --rm \(name) /bin/cat < \(file)"])
+        #expect(r.status == 0 && r.stdout == bytes, "\(r.stdout.count) bytes back of \(bytes.count): \(String(decoding: r.stderr, as: UTF8.self))")
+        #expect(try !ContainerApi.detect().exists(ContainerName.resolve(name, relativeTo: .root)))
+    }
+
     @Test func hostsRunsTheVerbOnEveryMatchingHost() throws {
         let fleet = try Fleet.twoHosts()
         let name = RealCgroups.uniqueName("lmctl_hosts")

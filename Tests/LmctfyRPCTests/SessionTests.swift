@@ -155,7 +155,7 @@ import Testing
 
     @Test func versionMismatch() {
         var a = Session(acceptor: .peerCredentials(rootCredentials, UnixPeerPolicy()), name: "agent", now: 0)
-        let out = a.receive(frame(Frame(kind: .frameHello, hello: Hello(stage: .helloOffer, minVersion: 4, maxVersion: 5))), now: 0)
+        let out = a.receive(frame(Frame(kind: .frameHello, hello: Hello(stage: .helloOffer, minVersion: 5, maxVersion: 6))), now: 0)
         #expect(goAway(out)?.reason == .goawayVersionMismatch)
         var d = Session(dialler: .peerCredentials, name: "lmctl", now: 0)
         _ = d.start(now: 0)

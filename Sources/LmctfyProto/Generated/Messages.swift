@@ -6349,6 +6349,8 @@ public struct Frame: ProtoMessage {
     public var credit: UInt32?
     /// Field 10 `host`.
     public var host: String?
+    /// Field 11 `input_end`.
+    public var inputEnd: Bool?
 
     public init(
         kind: FrameKind? = nil,
@@ -6360,7 +6362,8 @@ public struct Frame: ProtoMessage {
         hello: Hello? = nil,
         goaway: GoAway? = nil,
         credit: UInt32? = nil,
-        host: String? = nil
+        host: String? = nil,
+        inputEnd: Bool? = nil
     ) {
         self.kind = kind
         self.streamId = streamId
@@ -6372,6 +6375,7 @@ public struct Frame: ProtoMessage {
         self.goaway = goaway
         self.credit = credit
         self.host = host
+        self.inputEnd = inputEnd
     }
 
     public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.Frame")
@@ -6388,6 +6392,7 @@ public struct Frame: ProtoMessage {
         self.goaway = message.get(8)
         self.credit = message.get(9)
         self.host = message.get(10)
+        self.inputEnd = message.get(11)
     }
 
     public var dynamic: DynamicMessage {
@@ -6402,6 +6407,7 @@ public struct Frame: ProtoMessage {
         message.set(8, goaway)
         message.set(9, credit)
         message.set(10, host)
+        message.set(11, inputEnd)
         return message
     }
 
@@ -6417,6 +6423,7 @@ public struct Frame: ProtoMessage {
         self.goaway = CBridge.message(c, f[7])
         self.credit = CBridge.value(c, f[8])
         self.host = CBridge.value(c, f[9])
+        self.inputEnd = CBridge.value(c, f[10])
     }
 
     public func makeC() -> UnsafeMutableRawPointer {
@@ -6432,6 +6439,7 @@ public struct Frame: ProtoMessage {
         CBridge.setMessage(c, f[7], goaway)
         CBridge.set(c, f[8], credit)
         CBridge.set(c, f[9], host)
+        CBridge.set(c, f[10], inputEnd)
         return c
     }
 }
@@ -6448,6 +6456,7 @@ public enum FrameKind: Int32, ProtoEnum, CaseIterable {
     case framePong = 7
     case frameGoaway = 8
     case frameCredit = 9
+    case frameInput = 10
 
     public var protoName: String {
         switch self {
@@ -6461,6 +6470,7 @@ public enum FrameKind: Int32, ProtoEnum, CaseIterable {
         case .framePong: return "FRAME_PONG"
         case .frameGoaway: return "FRAME_GOAWAY"
         case .frameCredit: return "FRAME_CREDIT"
+        case .frameInput: return "FRAME_INPUT"
         }
     }
 }
@@ -9318,6 +9328,8 @@ public struct RunRequest: ProtoMessage {
     public var removeWhenDone: Bool?
     /// Field 9 `attach_output`.
     public var attachOutput: Bool?
+    /// Field 10 `attach_input`.
+    public var attachInput: Bool?
 
     public init(
         name: String? = nil,
@@ -9328,7 +9340,8 @@ public struct RunRequest: ProtoMessage {
         create: ContainerSpec? = nil,
         tier: String? = nil,
         removeWhenDone: Bool? = nil,
-        attachOutput: Bool? = nil
+        attachOutput: Bool? = nil,
+        attachInput: Bool? = nil
     ) {
         self.name = name
         self.argv = argv
@@ -9339,6 +9352,7 @@ public struct RunRequest: ProtoMessage {
         self.tier = tier
         self.removeWhenDone = removeWhenDone
         self.attachOutput = attachOutput
+        self.attachInput = attachInput
     }
 
     public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.RunRequest")
@@ -9354,6 +9368,7 @@ public struct RunRequest: ProtoMessage {
         self.tier = message.get(7)
         self.removeWhenDone = message.get(8)
         self.attachOutput = message.get(9)
+        self.attachInput = message.get(10)
     }
 
     public var dynamic: DynamicMessage {
@@ -9367,6 +9382,7 @@ public struct RunRequest: ProtoMessage {
         message.set(7, tier)
         message.set(8, removeWhenDone)
         message.set(9, attachOutput)
+        message.set(10, attachInput)
         return message
     }
 
@@ -9381,6 +9397,7 @@ public struct RunRequest: ProtoMessage {
         self.tier = CBridge.value(c, f[6])
         self.removeWhenDone = CBridge.value(c, f[7])
         self.attachOutput = CBridge.value(c, f[8])
+        self.attachInput = CBridge.value(c, f[9])
     }
 
     public func makeC() -> UnsafeMutableRawPointer {
@@ -9395,6 +9412,7 @@ public struct RunRequest: ProtoMessage {
         CBridge.set(c, f[6], tier)
         CBridge.set(c, f[7], removeWhenDone)
         CBridge.set(c, f[8], attachOutput)
+        CBridge.set(c, f[9], attachInput)
         return c
     }
 }

@@ -131,8 +131,15 @@ typedef enum _Containers__Lmctfy__Agent__FrameKind {
   /*
    * Version 3: the receiver of a flow-controlled stream's responses will take
    * `credit` more of them on `stream_id` (PROTOCOL.md section 4.4).
+   * Version 4, sent by the callee: the caller may send `credit` more INPUT
+   * frames on `stream_id` (PROTOCOL.md section 4.5).
    */
-  CONTAINERS__LMCTFY__AGENT__FRAME_KIND__FRAME_CREDIT = 9
+  CONTAINERS__LMCTFY__AGENT__FRAME_KIND__FRAME_CREDIT = 9,
+  /*
+   * Version 4: the caller's input on `stream_id` (`payload`, at most 64 KiB;
+   * `input_end`: none comes after it), within the callee's credit.
+   */
+  CONTAINERS__LMCTFY__AGENT__FRAME_KIND__FRAME_INPUT = 10
     PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(CONTAINERS__LMCTFY__AGENT__FRAME_KIND)
 } Containers__Lmctfy__Agent__FrameKind;
 /*
@@ -344,7 +351,8 @@ struct  Containers__Lmctfy__Agent__Frame
   Containers__Lmctfy__Agent__Hello *hello;
   Containers__Lmctfy__Agent__GoAway *goaway;
   /*
-   * CREDIT: how many more responses (1 or more).
+   * CREDIT: how many more responses (1 or more); version 4, from the
+   * callee: how many more INPUT frames.
    */
   protobuf_c_boolean has_credit;
   uint32_t credit;
@@ -353,14 +361,20 @@ struct  Containers__Lmctfy__Agent__Frame
    * controller forwards it over that host's link (PROTOCOL.md section 9).
    * Ignored by an agent.
    */
-  /*
-   * Next id: 11
-   */
   char *host;
+  /*
+   * INPUT: the caller's input ends with this frame (its payload may be
+   * empty).
+   */
+  /*
+   * Next id: 12
+   */
+  protobuf_c_boolean has_input_end;
+  protobuf_c_boolean input_end;
 };
 #define CONTAINERS__LMCTFY__AGENT__FRAME__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__frame__descriptor) \
-    , 0, CONTAINERS__LMCTFY__AGENT__FRAME_KIND__FRAME_KIND_UNSPECIFIED, 0, 0, NULL, 0, {0,NULL}, 0, 0, NULL, NULL, NULL, 0, 0, NULL }
+    , 0, CONTAINERS__LMCTFY__AGENT__FRAME_KIND__FRAME_KIND_UNSPECIFIED, 0, 0, NULL, 0, {0,NULL}, 0, 0, NULL, NULL, NULL, 0, 0, NULL, 0, 0 }
 
 
 /*
@@ -867,15 +881,27 @@ struct  Containers__Lmctfy__Agent__RunRequest
    * stdin is /dev/null. Absent: both go to /dev/null, as before. Refused
    * (INVALID_ARGUMENT) with `detached`.
    */
-  /*
-   * Next id: 10
-   */
   protobuf_c_boolean has_attach_output;
   protobuf_c_boolean attach_output;
+  /*
+   * Added (protocol version 4): a foreground command's stdin is a pipe the
+   * caller writes with INPUT frames (PROTOCOL.md section 4.5); the agent
+   * grants them with CREDIT once the command has started, and closes the
+   * pipe at the caller's `input_end` (the command reads its end of file).
+   * Input the command does not read before it exits (or after it closed
+   * its stdin) is dropped. Absent: stdin is /dev/null. Refused
+   * (INVALID_ARGUMENT) with `detached`, and on a connection of an older
+   * version.
+   */
+  /*
+   * Next id: 11
+   */
+  protobuf_c_boolean has_attach_input;
+  protobuf_c_boolean attach_input;
 };
 #define CONTAINERS__LMCTFY__AGENT__RUN_REQUEST__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__run_request__descriptor) \
-    , NULL, 0,NULL, NULL, 0, 0, 0, CONTAINERS__LMCTFY__AGENT__RESTART_POLICY__RESTART_POLICY_UNSPECIFIED, NULL, NULL, 0, 0, 0, 0 }
+    , NULL, 0,NULL, NULL, 0, 0, 0, CONTAINERS__LMCTFY__AGENT__RESTART_POLICY__RESTART_POLICY_UNSPECIFIED, NULL, NULL, 0, 0, 0, 0, 0, 0 }
 
 
 struct  Containers__Lmctfy__Agent__RunResponse

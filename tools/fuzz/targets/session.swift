@@ -7,14 +7,19 @@
 // the agent does), then operations, each one byte `op`:
 //   op%8 in 0...3: receive the next 1 + (next byte) input bytes
 //   op%8 == 4: advance the clock by 10 * (next 2 bytes) ms and tick
-//   op%8 == 5: answer the oldest open incoming call (response if op&8, else status)
+//   op%8 == 5: answer the oldest open incoming call (response if op&8, else
+//              status); with op&64, grant it 2 INPUT frames instead
 //   op%8 == 6: open a call ("Ping"; deadline 100 ms if op&16)
-//   op%8 == 7: cancel the oldest open outgoing call
+//   op%8 == 7: cancel the oldest open outgoing call; with op&64, send input
+//              on it instead (its end if op&128)
 // Then every timer fires and the peer hangs up.
 // Properties (checked against a model of the open streams kept here):
 //  - calls are delivered once, with the peer's parity, never more than
 //    maxStreams at a time; a response or status is only for a call we made
 //    and still have open; a cancel only for a call the peer made and we hold;
+//  - input (version 4) is delivered only for a call the peer made, within
+//    the INPUT frames granted on it and never after its end; input credit
+//    only for a call we made;
 //  - openStreamCount equals the model's count after every operation;
 //  - exactly one close, nothing after it but the refusal of new calls;
 //  - every write is whole frames; requests and responses fit the peer's limit;
@@ -46,6 +51,9 @@ struct Model {
     var closes = 0
     var established = false
     var peerMax: UInt32 = FrameCodec.helloMaxFrameBytes
+    /// INPUT frames granted on the peer's calls and not yet received; -1:
+    /// its end came.
+    var inputGranted: [UInt32: Int] = [:]
 
     func peerOpened(_ id: UInt32) -> Bool { role == .acceptor ? id % 2 == 1 : id % 2 == 0 }
 
@@ -87,6 +95,15 @@ struct Model {
             case .credit(let id, let n):
                 require(incoming.contains(id), "\(what): credit for stream \(id), not an open call of the peer's")
                 require(n > 0, "\(what): a credit of 0 delivered")
+            case .input(let id, let payload, let end):
+                require(incoming.contains(id), "\(what): input on stream \(id), not an open call of the peer's")
+                require(payload.count <= Session.maxInputBytes, "\(what): input of \(payload.count) bytes")
+                let left = inputGranted[id] ?? 0
+                require(left > 0, "\(what): input on stream \(id) beyond its credit (or after its end: \(left))")
+                inputGranted[id] = end ? -1 : left - 1
+            case .inputCredit(let id, let n):
+                require(outgoing.contains(id), "\(what): input credit for stream \(id), not an open call of ours")
+                require(n > 0, "\(what): an input credit of 0 delivered")
             case .close:
                 closes += 1
             }
@@ -131,7 +148,11 @@ public func fuzzSession(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
             actions = session.tick(now: now)
         case 5:
             guard let id = model.incoming.first else { continue }
-            if op & 8 != 0 {
+            if op & 64 != 0 {
+                actions = session.sendInputCredit(streamId: id, 2, now: now)
+                let left = model.inputGranted[id] ?? 0
+                if !actions.isEmpty && left >= 0 { model.inputGranted[id] = left + 2 }
+            } else if op & 8 != 0 {
                 actions = session.sendResponse(streamId: id, payload: [10, 2, 104, 105], now: now)
             } else if op & 32 != 0 {
                 // The last response with the status (one frame in version 2).
@@ -152,6 +173,10 @@ public func fuzzSession(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
             actions = opened
         default:
             guard let id = model.outgoing.first else { continue }
+            if op & 64 != 0 {
+                actions = session.sendInput(streamId: id, [1, 2, 3], end: op & 128 != 0, now: now).actions
+                break
+            }
             actions = session.cancel(streamId: id, now: now)
             if !closed { model.outgoing.removeFirst() }
         }
