@@ -28,7 +28,7 @@ final class CallInput: RunInput {
 
     /// Loop thread: one INPUT frame.
     func deliver(_ bytes: [UInt8], end: Bool) {
-        queue.withLock { q in
+        queue.locked { q in
             q.append((bytes, end))
             EventFds.signal(readyFd)
         }
@@ -37,7 +37,7 @@ final class CallInput: RunInput {
     func start() { grant(Self.window) }
 
     func take() -> (bytes: [UInt8], end: Bool)? {
-        queue.withLock { q in
+        queue.locked { q in
             guard !q.isEmpty else { return nil }
             let chunk = q.removeFirst()
             if q.isEmpty { _ = try? EventFds.readCounter(readyFd) }

@@ -465,7 +465,7 @@ public struct Session: Sendable {
         guard frame.count - FrameCodec.headerBytes <= Int(peer.maxFrameBytes) else {
             let status = CallStatus(.resourceExhausted, "response of \(frame.count - FrameCodec.headerBytes) bytes exceeds the peer's frame limit of \(peer.maxFrameBytes)")
             incoming[streamId] = nil
-            inputIn[streamId] = nil
+            if !inputIn.isEmpty { inputIn[streamId] = nil }
             return [.write(statusFrame(streamId, status)), .cancelled(streamId: streamId, status)]
         }
         return [.write(frame)]
@@ -478,7 +478,7 @@ public struct Session: Sendable {
     /// the call with RESOURCE_EXHAUSTED instead. Either way the call is over.
     public mutating func sendFinal(streamId: UInt32, payload: [UInt8], _ status: CallStatus, now: UInt64) -> [SessionAction] {
         guard !isClosed, incoming.removeValue(forKey: streamId) != nil, let peer else { return [] }
-        inputIn[streamId] = nil
+        if !inputIn.isEmpty { inputIn[streamId] = nil }
         let combined = peer.version >= ProtocolVersion.finalResponse
         var bytes: [UInt8] = []
         FrameCodec.append(Frame(kind: .frameResponse, streamId: streamId, payload: payload,
@@ -494,7 +494,7 @@ public struct Session: Sendable {
     /// Ends a call the peer made. Dropped if it has already ended.
     public mutating func sendStatus(streamId: UInt32, _ status: CallStatus, now: UInt64) -> [SessionAction] {
         guard !isClosed, incoming.removeValue(forKey: streamId) != nil else { return [] }
-        inputIn[streamId] = nil
+        if !inputIn.isEmpty { inputIn[streamId] = nil }
         return [.write(statusFrame(streamId, status))]
     }
 
@@ -505,7 +505,7 @@ public struct Session: Sendable {
             return []
         }
         guard !isClosed, outgoing.removeValue(forKey: streamId) != nil else { return [] }
-        inputOut[streamId] = nil
+        if !inputOut.isEmpty { inputOut[streamId] = nil }
         return [.write(FrameCodec.encode(Frame(kind: .frameCancel, streamId: streamId)))]
     }
 
@@ -580,14 +580,14 @@ public struct Session: Sendable {
         let dueOut = outgoing.compactMap { id, d in d.map { now >= $0 } == true ? id : nil }
         for id in dueOut.sorted() {
             outgoing[id] = nil
-            inputOut[id] = nil
+            if !inputOut.isEmpty { inputOut[id] = nil }
             actions.append(.write(FrameCodec.encode(Frame(kind: .frameCancel, streamId: id))))
             actions.append(.deliverStatus(streamId: id, CallStatus(.deadlineExceeded, "deadline exceeded")))
         }
         let dueIn = incoming.compactMap { id, d in d.map { now >= $0 } == true ? id : nil }
         for id in dueIn.sorted() {
             incoming[id] = nil
-            inputIn[id] = nil
+            if !inputIn.isEmpty { inputIn[id] = nil }
             let status = CallStatus(.deadlineExceeded, "deadline exceeded")
             actions.append(.write(statusFrame(id, status)))
             actions.append(.cancelled(streamId: id, status))
@@ -671,7 +671,7 @@ public struct Session: Sendable {
             }
             if ends {
                 outgoing[id] = nil
-                inputOut[id] = nil
+                if !inputOut.isEmpty { inputOut[id] = nil }
                 return [.deliverResponse(streamId: id, payload: frame.payload ?? []),
                         .deliverStatus(streamId: id, CallStatus(wire: frame.status!))]
             }
@@ -679,7 +679,7 @@ public struct Session: Sendable {
                 return [.deliverResponse(streamId: id, payload: frame.payload ?? [])]
             }
             outgoing[id] = nil
-            inputOut[id] = nil
+            if !inputOut.isEmpty { inputOut[id] = nil }
             return [.deliverStatus(streamId: id, CallStatus(wire: frame.status!))]
         case .frameCancel:
             guard id != 0, !isLocal(id) else {
@@ -689,7 +689,7 @@ public struct Session: Sendable {
                 if id <= lastPeerId { return [] }
                 return closeLocally(.goawayProtocolError, "CANCEL on stream \(id), which was never opened")
             }
-            inputIn[id] = nil
+            if !inputIn.isEmpty { inputIn[id] = nil }
             return [.cancelled(streamId: id, CallStatus(.cancelled, "cancelled by the caller"))]
         case .framePing:
             let payload = frame.payload ?? []
