@@ -154,7 +154,7 @@ let package = Package(
             name: "LmctlCommands",
             dependencies: ["LmctfyBackend", "LmctfyCommands", "LmctfyProto", "LmctfyRPC", "LmctfySystem"]),
         .executableTarget(
-            name: "lmctl", dependencies: ["LmctlCommands"], path: "tools/lmctl", linkerSettings: staticSwiftRuntime),
+            name: "lmctl", dependencies: ["LmctlCommands", "LmctfySystem"], path: "tools/lmctl", linkerSettings: staticSwiftRuntime),
 
         // The agent: RPC dispatch onto CL1, listeners, config, events.
         // One event log and its subscribers, for the agent and the

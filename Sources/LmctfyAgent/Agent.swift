@@ -112,6 +112,8 @@ public final class Agent: @unchecked Sendable {
     /// Executes the RPC methods against this machine's containers (CL1 through
     /// a LocalBackend whose attached runs have /dev/null for stdio).
     public let dispatcher: Dispatcher
+    /// The INPUT frames granted over all calls (CallInput).
+    let inputBudget: InputBudget
     let replay = ReplayCache()
     let log: AgentLog
 
@@ -274,6 +276,7 @@ public final class Agent: @unchecked Sendable {
         if let m = settings.metrics, !m.isLocal {
             warnings.append("METRICS EXPOSED: the metrics endpoint \(m) is not loopback (allow_non_loopback); anyone who can reach it reads every container's figures, unauthenticated and in the clear")
         }
+        self.inputBudget = InputBudget(agentBytes: settings.flow.agentBytes)
         self.dispatcher = Dispatcher(backend: backend, cgroupVersion: api.version.number,
                                      events: events, agentVersion: LmctfyVersion.string, journal: journal,
                                      testHold: TestHold.fromEnvironment(marker: settings.stateDir + "/test-hold"),
@@ -1428,7 +1431,7 @@ public final class Agent: @unchecked Sendable {
         if streaming && method == AgentMethods.run.name, (s.session.peer?.version ?? 0) >= ProtocolVersion.input {
             // Its stdin may be the caller's (attach_input): the grants go
             // out through the loop.
-            context.allowInput { [weak self] credit in
+            context.allowInput(inputBudget) { [weak self] credit in
                 _ = self?.loop.execute { [weak self] in self?.grantInput(connId, streamId, credit) }
             }
         }

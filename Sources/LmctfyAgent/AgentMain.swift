@@ -21,6 +21,9 @@ public enum AgentMain {
     /// code, 3 for a bad argument), and runs the agent until it stops: exits 0
     /// after a clean stop, 1 otherwise. With `--check-config` it only checks.
     public static func main() -> Never {
+        // Before any descriptor is opened (Sys.openStandardDescriptors): a
+        // log line must not go into a socket.
+        guard Sys.openStandardDescriptors() else { exit(1) }
         // systemd's Type=notify socket, kept and taken out of the environment
         // before anything can be spawned (SdNotify).
         SdNotify.captureFromEnvironment()

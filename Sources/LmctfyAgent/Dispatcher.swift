@@ -32,7 +32,7 @@ public final class CallContext: Sendable {
         /// How the call grants its caller INPUT frames (set by the loop for
         /// a Run on a version 4 connection; nil: it cannot take input), and
         /// the input once the handler opened it.
-        var inputGrant: (@Sendable (UInt32) -> Void)?
+        var inputGrant: (budget: InputBudget, grant: @Sendable (UInt32) -> Void)?
         var input: CallInput?
     }
     // One allocation per call: the state's lock lives inside the object.
@@ -97,7 +97,9 @@ public final class CallContext: Sendable {
 
     /// The loop: this call may take input from its caller, granted with
     /// `grant` (protocol version 4).
-    func allowInput(_ grant: @escaping @Sendable (UInt32) -> Void) { state.locked { $0.inputGrant = grant } }
+    func allowInput(_ budget: InputBudget, _ grant: @escaping @Sendable (UInt32) -> Void) {
+        state.locked { $0.inputGrant = (budget, grant) }
+    }
 
     /// The handler: the caller's input, nil when its connection cannot
     /// carry it (older than protocol version 4, or no eventfd). Nothing is
@@ -105,7 +107,7 @@ public final class CallContext: Sendable {
     func openInput() -> CallInput? {
         state.locked { s in
             if let input = s.input { return input }
-            guard let grant = s.inputGrant, let input = CallInput(grant: grant) else { return nil }
+            guard let g = s.inputGrant, let input = CallInput(budget: g.budget, grant: g.grant) else { return nil }
             s.input = input
             return input
         }
@@ -925,6 +927,9 @@ public final class Dispatcher: Sendable {
         if r.attachInput == true && input == nil {
             throw LmctfyError.invalidArgument("attach_input needs protocol version \(ProtocolVersion.input) (INPUT frames): this connection speaks an older one")
         }
+        // However the call ends, what its input was granted goes back to
+        // the agent's budget.
+        defer { input?.close() }
         var pid: Int32 = 0
         // The pid stays ours until the backend has reaped it, just before it
         // returns, and the hook is removed right after: the kill cannot hit

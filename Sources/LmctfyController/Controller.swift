@@ -1129,6 +1129,15 @@ public final class Controller: @unchecked Sendable {
             answer(p, stream, .failure(refusal))
             return
         }
+        // Input crosses the client's connection too: a client older than
+        // version 4 could never send it, and the agent (on a link that
+        // speaks 4) would wait on its command's stdin (a probe).
+        if method == AgentMethods.run.name, (p.session.peer?.version ?? 0) < ProtocolVersion.input,
+           (try? RunRequest(serializedBytes: payload))?.attachInput == true {
+            answer(p, stream, .failure(LmctfyError.invalidArgument(
+                "attach_input needs protocol version \(ProtocolVersion.input) (INPUT frames): this connection speaks \(p.session.peer?.version ?? 0)")))
+            return
+        }
         let now = MonotonicClock.milliseconds()
         // What is left of the caller's deadline goes with the call.
         let remaining: UInt32? = deadline.map { $0 > now ? UInt32(clamping: $0 - now) : 1 }

@@ -15,6 +15,8 @@ public enum ControllerMain {
         """
 
     public static func main() -> Never {
+        // Before any descriptor is opened (Sys.openStandardDescriptors).
+        guard Sys.openStandardDescriptors() else { exit(1) }
         SdNotify.captureFromEnvironment()
         let line = DaemonCommandLine.parse(Array(CommandLine.arguments.dropFirst()), defaultConfig: "/etc/lmctfy/controller.conf",
                                            usage: usage, fail: { fail($0) })

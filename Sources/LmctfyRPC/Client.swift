@@ -256,6 +256,7 @@ public final class RpcClient {
                                                now: MonotonicClock.milliseconds())
         perform(actions)
         var inputOpen = input != nil
+        inputFailure = nil
         var handled: UInt32 = 0
         var looked = MonotonicClock.milliseconds()
         while true {
@@ -303,14 +304,20 @@ public final class RpcClient {
         }
     }
 
+    /// Why the input of the last streaming call could not be read to its
+    /// end (its end was sent there); nil when it could.
+    public private(set) var inputFailure: String?
+
     /// One read of `fd` sent on call `id` as an INPUT frame (its end, at
-    /// the end of `fd` or a read error); false once the end was sent.
+    /// the end of `fd` or a read error: `inputFailure`); false once the
+    /// end was sent.
     private func sendInput(from fd: Int32, on id: UInt32) -> Bool {
         var n: Int
         repeat {
             n = readBuffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, min($0.count, Session.maxInputBytes)) }
         } while n < 0 && errno == EINTR
         if n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) { return true }
+        if n < 0 { inputFailure = "read of descriptor \(fd): \(String(cString: strerror(errno)))" }
         let bytes = n > 0 ? Array(readBuffer[0..<n]) : []
         perform(session.sendInput(streamId: id, bytes, end: n <= 0, now: MonotonicClock.milliseconds()).actions)
         return n > 0

@@ -271,6 +271,8 @@ public struct Session: Sendable {
     private var inputOut: [UInt32: (credit: UInt32, ended: Bool)] = [:]
     private var pending: [PendingCall] = []
     private var lastLocalId: UInt32 = 0
+    /// The versions a dialler offers (all it speaks, but for tests).
+    private var offered = ProtocolVersion.supported
     private var lastPeerId: UInt32 = 0
 
     /// A dialling side (we called connect). Call `start(now:)` to send the offer.
@@ -279,6 +281,15 @@ public struct Session: Sendable {
         nonces: any NonceSource = SystemNonceSource(), now: UInt64
     ) {
         self.init(role: .dialler, handshake: .diallerIdle(auth), name: name, limits: limits, nonces: nonces, now: now)
+    }
+
+    /// A dialling side that offers only `versions` (within the supported
+    /// ones): a peer as an older implementation would be (tests).
+    public init(
+        dialler auth: DiallerAuthentication, name: String, offering versions: ClosedRange<UInt32>, now: UInt64
+    ) {
+        self.init(dialler: auth, name: name, now: now)
+        offered = versions.clamped(to: ProtocolVersion.supported)
     }
 
     /// An accepting side (we called accept). It waits for the peer's offer.
@@ -312,7 +323,7 @@ public struct Session: Sendable {
     /// Dialler: sends the offer. Acceptor: nothing to do.
     public mutating func start(now: UInt64) -> [SessionAction] {
         guard !isClosed, case .diallerIdle(let auth) = handshake else { return [] }
-        let versions = ProtocolVersion.supported
+        let versions = offered
         var hello = Hello(
             stage: .helloOffer, minVersion: versions.lowerBound, maxVersion: versions.upperBound,
             peerName: name, maxFrameBytes: limits.maxFrameBytes, maxStreams: limits.maxStreams)

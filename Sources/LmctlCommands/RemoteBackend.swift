@@ -318,6 +318,11 @@ public final class RemoteBackend: ContainerBackend, @unchecked Sendable {
             return true
         }
         guard let outcome else { throw .internalError("The agent ended Run without reporting the command") }
+        // Its input was cut short: said, rather than passed off as its end.
+        if input != nil, let why = client.inputFailure {
+            let ended = outcome.shellStatus.map { "exited with \($0)" } ?? "ended"
+            throw LmctfyError(.dataLoss, "lmctl's stdin could not be read (\(why)): the command's input ended there, and it \(ended)")
+        }
         return outcome
     }
 

@@ -1,10 +1,13 @@
 // Thin entry point: the verbs live in LmctfyCommands; this wires CL1 on this
 // machine in as their backend.
+import Glibc
 import Lmctfy
 import LmctfyCommands
 import LmctfyImages
 import LmctfySystem
 
+// Before any file is opened (Sys.openStandardDescriptors).
+guard Sys.openStandardDescriptors() else { exit(1) }
 // `nil` names mean the process that ran lmctfy (the calling shell), as in the
 // original; a foreground `run` replaces lmctfy with the command.
 let callerPid = Sys.getppid()

@@ -451,6 +451,24 @@ struct AttachedInputTests {
             #expect(r.status == 3 && String(decoding: r.stderr, as: UTF8.self).contains("-n"), "\(r)")
             r = try sh("\(lmctl) list containers -i")
             #expect(r.status == 3, "\(r)")
+            // A stdin that cannot be read is said, not passed off as empty.
+            r = try sh("\(lmctl) run -i \(name) wc -c < /tmp")
+            #expect(r.status == StatusCode.dataLoss.rawValue && String(decoding: r.stderr, as: UTF8.self).contains("stdin could not be read"), "\(r)")
+            // lmctl started with its stdio closed: its socket is not put
+            // there (a probe: the command's output went into the socket as
+            // frames of an admin connection, and a closed stdin read the
+            // socket as input).
+            let frames = "/tmp/\(name.dropFirst())-frames"
+            defer { _ = unlink(frames) }
+            let injected = name + "_injected"
+            defer { _ = try? client.call(AgentMethods.destroy, DestroyRequest(name: injected, force: true)) }
+            try Sys.writeFileAtomically(frames, FrameCodec.encode(Frame(kind: .frameRequest, streamId: 3, method: "Create",
+                payload: try CreateRequest(name: injected, spec: memory).serializedBytes())))
+            r = try sh("\(lmctl) run \(name) cat \(frames) >&-")
+            #expect(r.status == 0, "\(r)")
+            #expect(!exists(injected), "the command's output made a call")
+            r = try sh("\(lmctl) run -i \(name) wc -c <&-")
+            #expect(r.status == 0 && String(decoding: r.stdout, as: UTF8.self).trimmingCharacters(in: .whitespaces) == "0\n", "\(r)")
             #expect(try client.call(AgentMethods.listPids, ListPidsRequest(name: name, recursive: true)).pids.isEmpty)
         }
     }
@@ -460,7 +478,7 @@ struct AttachedInputTests {
     /// that never ends its input but cancels kills the command. A detached
     /// Run with attach_input is refused.
     @Test func inputIsStreamedAndTheCallerKeepsItsOwnPace() throws {
-        try withClient("stdin_rpc") { _, name, client in
+        try withClient("stdin_rpc") { socket, name, client in
             _ = try client.call(AgentMethods.create, CreateRequest(name: name, spec: memory))
             let pipe = try Sys.pipe()
             defer { close(pipe.0); if pipe.1 >= 0 { close(pipe.1) } }
@@ -499,6 +517,13 @@ struct AttachedInputTests {
                 try client.stream(AgentMethods.run, RunRequest(name: name, argv: ["/bin/true"], detached: true, attachInput: true)) { (_: RunResponse) in true }
             } catch { refused = error as? LmctfyError }
             #expect(refused?.code == .invalidArgument, "\(String(describing: refused))")
+            // A version 3 connection cannot send input: refused, nothing run.
+            let old = try RawLink(fd: try RpcSocket.connectUnix(path: socket),
+                                  Session(dialler: .peerCredentials, name: "t", offering: 1...3, now: MonotonicClock.milliseconds()))
+            #expect(old.session.peer?.version == 3)
+            old.open("Run", try RunRequest(name: name, argv: ["/bin/cat"], attachInput: true).serializedBytes())
+            old.pump { !old.statuses.isEmpty }
+            #expect(old.statuses.first?.code == .invalidArgument && old.responses.isEmpty, "\(old.statuses)")
         }
     }
 }

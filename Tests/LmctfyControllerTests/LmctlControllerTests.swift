@@ -203,6 +203,16 @@ struct LmctlControllerTests {
             "\(lmctl) run -i --create 'memory:{limit:67108864}' --rm \(name) /bin/cat < \(file)"])
         #expect(r.status == 0 && r.stdout == bytes, "\(r.stdout.count) bytes back of \(bytes.count): \(String(decoding: r.stderr, as: UTF8.self))")
         #expect(try !ContainerApi.detect().exists(ContainerName.resolve(name, relativeTo: .root)))
+        // A client of version 3 cannot send input: the controller refuses
+        // its Run with attach_input (the agent's link speaks 4, and its
+        // command would wait on a stdin nobody can write; a probe).
+        let old = try RawLink(fd: try RpcSocket.connectUnix(path: fleet.dir + "/controller.sock"),
+                              Session(dialler: .peerCredentials, name: "t", offering: 1...3, now: MonotonicClock.milliseconds()))
+        old.open("Run", try RunRequest(name: name, argv: ["/bin/cat"], create: ContainerSpec(), removeWhenDone: true,
+                                       attachInput: true).serializedBytes(), host: "alpha")
+        old.pump { !old.statuses.isEmpty }
+        #expect(old.statuses.first?.code == .invalidArgument && old.responses.isEmpty, "\(old.statuses)")
+        #expect(try !ContainerApi.detect().exists(ContainerName.resolve(name, relativeTo: .root)))
     }
 
     @Test func hostsRunsTheVerbOnEveryMatchingHost() throws {
