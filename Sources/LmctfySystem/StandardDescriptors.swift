@@ -6,13 +6,17 @@
 import Glibc
 
 extension Sys {
-    /// Opens /dev/null on each of descriptors 0, 1 and 2 that is closed.
+    /// Opens /dev/null on each of descriptors 0, 1 and 2 that is closed,
+    /// the wrong way round (stdin for writing only, stdout and stderr for
+    /// reading only), so that using it fails as it did while it was closed
+    /// (a detached run's pid that cannot be printed still starts nothing;
+    /// a read of stdin still fails), and nothing else can take its place.
     /// Every executable calls it first. Fails (false) only when /dev/null
     /// cannot be opened; the caller then stops.
     @discardableResult
     public static func openStandardDescriptors() -> Bool {
         for fd in Int32(0)...2 where fcntl(fd, F_GETFD) < 0 && errno == EBADF {
-            let null = Glibc.open("/dev/null", O_RDWR)
+            let null = Glibc.open("/dev/null", fd == 0 ? O_WRONLY : O_RDONLY)
             guard null >= 0 else { return false }
             // The lowest free descriptor: this one, as those below it are open.
             if null != fd {
