@@ -1129,13 +1129,16 @@ public final class Controller: @unchecked Sendable {
             answer(p, stream, .failure(refusal))
             return
         }
-        // Input crosses the client's connection too: a client older than
-        // version 4 could never send it, and the agent (on a link that
-        // speaks 4) would wait on its command's stdin (a probe).
-        if method == AgentMethods.run.name, (p.session.peer?.version ?? 0) < ProtocolVersion.input,
+        // Input crosses both connections: a client older than version 4
+        // could never send it, and the agent (on a link that speaks 4)
+        // would wait on its command's stdin (a probe); an agent older than
+        // that would not know the field and run the command on /dev/null.
+        let client = p.session.peer?.version ?? 0, agent = link.session.peer?.version ?? 0
+        if method == AgentMethods.run.name, min(client, agent) < ProtocolVersion.input,
            (try? RunRequest(serializedBytes: payload))?.attachInput == true {
+            let who = client < ProtocolVersion.input ? "this connection speaks \(client)" : "host \(host)'s agent speaks \(agent)"
             answer(p, stream, .failure(LmctfyError.invalidArgument(
-                "attach_input needs protocol version \(ProtocolVersion.input) (INPUT frames): this connection speaks \(p.session.peer?.version ?? 0)")))
+                "attach_input needs protocol version \(ProtocolVersion.input) (INPUT frames): \(who)")))
             return
         }
         let now = MonotonicClock.milliseconds()
