@@ -410,7 +410,6 @@ public struct LocalBackend: ContainerBackend {
             let pid = try c.run(argv, options: options)
             // Only the child has its ends now: ours see its end (and it,
             // ours: the close of its stdin).
-            fds = []
             for end in [out?.1, err?.1, into?.0].compactMap({ $0 }) { close(end) }
             var outputs: [(fd: Int32, stream: Int32)] = []
             if let out, let err { outputs = [(out.0, 1), (err.0, 2)] }

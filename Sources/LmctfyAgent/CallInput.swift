@@ -37,8 +37,9 @@ final class InputBudget: Sendable {
     /// rest when there is room.
     func request(_ input: CallInput, _ n: Int) {
         let grants: [(CallInput, Int)] = state.locked { s in
+            // A call waits exactly while it is owed something.
+            if input.owed == 0 { s.waiting.append(input) }
             input.owed += n
-            if !s.waiting.contains(where: { $0 === input }) { s.waiting.append(input) }
             return Self.serve(&s, frames)
         }
         for (i, n) in grants { i.send(n) }

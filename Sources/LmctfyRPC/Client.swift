@@ -348,19 +348,12 @@ public final class RpcClient {
             timeout = wake <= now ? 0 : Int32(clamping: wake - now)
         }
         if let atMostMs, timeout < 0 || timeout > atMostMs { timeout = max(0, atMostMs) }
-        var inputReady = false
+        var fds = [pollfd(fd: fd, events: Int16(POLLIN), revents: 0)]
+        if let input { fds.append(pollfd(fd: input, events: Int16(POLLIN), revents: 0)) }
         do {
-            var socketReady: Bool
-            if let input {
-                var fds = [pollfd(fd: fd, events: Int16(POLLIN), revents: 0), pollfd(fd: input, events: Int16(POLLIN), revents: 0)]
-                let rc = poll(&fds, 2, timeout)
-                if rc < 0 && errno != EINTR { throw SystemError("poll", "fd \(fd)", errno) }
-                socketReady = rc > 0 && fds[0].revents != 0
-                inputReady = rc > 0 && fds[1].revents != 0
-            } else {
-                socketReady = try RpcSocket.waitReadable(fd, timeoutMs: timeout)
-            }
-            if socketReady {
+            let (n, e) = Sys.retry { poll(&fds, nfds_t(fds.count), timeout) }
+            if n < 0 { throw SystemError("poll", "fd \(fd)", e) }
+            if fds[0].revents != 0 {
                 let n = try RpcSocket.receive(fd, into: &readBuffer)
                 ingest(n)
             }
@@ -368,7 +361,7 @@ public final class RpcClient {
             perform(session.receiveEOF(now: MonotonicClock.milliseconds()))
         }
         perform(session.tick(now: MonotonicClock.milliseconds()))
-        return inputReady
+        return fds.count > 1 && fds[1].revents != 0
     }
 
     private func perform(_ actions: [SessionAction]) {

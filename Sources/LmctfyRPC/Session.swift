@@ -475,8 +475,7 @@ public struct Session: Sendable {
         let frame = FrameCodec.encode(Frame(kind: .frameResponse, streamId: streamId, payload: payload))
         guard frame.count - FrameCodec.headerBytes <= Int(peer.maxFrameBytes) else {
             let status = CallStatus(.resourceExhausted, "response of \(frame.count - FrameCodec.headerBytes) bytes exceeds the peer's frame limit of \(peer.maxFrameBytes)")
-            incoming[streamId] = nil
-            if !inputIn.isEmpty { inputIn[streamId] = nil }
+            endIncoming(streamId)
             return [.write(statusFrame(streamId, status)), .cancelled(streamId: streamId, status)]
         }
         return [.write(frame)]
@@ -488,8 +487,7 @@ public struct Session: Sendable {
     /// the call has already ended. A response too large for the peer ends
     /// the call with RESOURCE_EXHAUSTED instead. Either way the call is over.
     public mutating func sendFinal(streamId: UInt32, payload: [UInt8], _ status: CallStatus, now: UInt64) -> [SessionAction] {
-        guard !isClosed, incoming.removeValue(forKey: streamId) != nil, let peer else { return [] }
-        if !inputIn.isEmpty { inputIn[streamId] = nil }
+        guard !isClosed, endIncoming(streamId), let peer else { return [] }
         let combined = peer.version >= ProtocolVersion.finalResponse
         var bytes: [UInt8] = []
         FrameCodec.append(Frame(kind: .frameResponse, streamId: streamId, payload: payload,
@@ -504,8 +502,7 @@ public struct Session: Sendable {
 
     /// Ends a call the peer made. Dropped if it has already ended.
     public mutating func sendStatus(streamId: UInt32, _ status: CallStatus, now: UInt64) -> [SessionAction] {
-        guard !isClosed, incoming.removeValue(forKey: streamId) != nil else { return [] }
-        if !inputIn.isEmpty { inputIn[streamId] = nil }
+        guard !isClosed, endIncoming(streamId) else { return [] }
         return [.write(statusFrame(streamId, status))]
     }
 
@@ -515,8 +512,7 @@ public struct Session: Sendable {
             pending.remove(at: i)
             return []
         }
-        guard !isClosed, outgoing.removeValue(forKey: streamId) != nil else { return [] }
-        if !inputOut.isEmpty { inputOut[streamId] = nil }
+        guard !isClosed, endOutgoing(streamId) else { return [] }
         return [.write(FrameCodec.encode(Frame(kind: .frameCancel, streamId: streamId)))]
     }
 
@@ -534,7 +530,7 @@ public struct Session: Sendable {
         guard !isClosed, credit > 0, incoming[streamId] != nil, let peer, peer.version >= ProtocolVersion.input else { return [] }
         var state = inputIn[streamId] ?? (0, false)
         guard !state.ended else { return [] }
-        state.credit = state.credit.addingReportingOverflow(credit).overflow ? UInt32.max : state.credit + credit
+        state.credit = Self.adding(state.credit, credit)
         inputIn[streamId] = state
         return [.write(FrameCodec.encode(Frame(kind: .frameCredit, streamId: streamId, credit: credit)))]
     }
@@ -561,6 +557,30 @@ public struct Session: Sendable {
 
     /// The most bytes one INPUT frame carries (PROTOCOL.md section 4.5).
     public static let maxInputBytes = 65_536
+
+    /// Ends a call the peer made, with its input; false when it was not open.
+    @discardableResult
+    private mutating func endIncoming(_ id: UInt32) -> Bool {
+        guard incoming.removeValue(forKey: id) != nil else { return false }
+        // (Only touched when it holds something: a unary call's end
+        // would otherwise hash its id once more.)
+        if !inputIn.isEmpty { inputIn[id] = nil }
+        return true
+    }
+
+    /// Ends a call we made, with its input; false when it was not open.
+    @discardableResult
+    private mutating func endOutgoing(_ id: UInt32) -> Bool {
+        guard outgoing.removeValue(forKey: id) != nil else { return false }
+        if !inputOut.isEmpty { inputOut[id] = nil }
+        return true
+    }
+
+    /// Input credit granted so far plus `more`, at most UInt32.max.
+    private static func adding(_ credit: UInt32, _ more: UInt32) -> UInt32 {
+        let (sum, overflow) = credit.addingReportingOverflow(more)
+        return overflow ? .max : sum
+    }
 
     /// Closes the connection in order: goaway, then every open call ends.
     public mutating func goAway(_ reason: GoAwayReason = .goawayNormal, message: String, now: UInt64) -> [SessionAction] {
@@ -590,15 +610,13 @@ public struct Session: Sendable {
         // session with nothing due).
         let dueOut = outgoing.compactMap { id, d in d.map { now >= $0 } == true ? id : nil }
         for id in dueOut.sorted() {
-            outgoing[id] = nil
-            if !inputOut.isEmpty { inputOut[id] = nil }
+            endOutgoing(id)
             actions.append(.write(FrameCodec.encode(Frame(kind: .frameCancel, streamId: id))))
             actions.append(.deliverStatus(streamId: id, CallStatus(.deadlineExceeded, "deadline exceeded")))
         }
         let dueIn = incoming.compactMap { id, d in d.map { now >= $0 } == true ? id : nil }
         for id in dueIn.sorted() {
-            incoming[id] = nil
-            if !inputIn.isEmpty { inputIn[id] = nil }
+            endIncoming(id)
             let status = CallStatus(.deadlineExceeded, "deadline exceeded")
             actions.append(.write(statusFrame(id, status)))
             actions.append(.cancelled(streamId: id, status))
@@ -681,26 +699,23 @@ public struct Session: Sendable {
                 return closeLocally(.goawayProtocolError, "\(kind.protoName) on stream \(id), which was never opened")
             }
             if ends {
-                outgoing[id] = nil
-                if !inputOut.isEmpty { inputOut[id] = nil }
+                endOutgoing(id)
                 return [.deliverResponse(streamId: id, payload: frame.payload ?? []),
                         .deliverStatus(streamId: id, CallStatus(wire: frame.status!))]
             }
             if kind == .frameResponse {
                 return [.deliverResponse(streamId: id, payload: frame.payload ?? [])]
             }
-            outgoing[id] = nil
-            if !inputOut.isEmpty { inputOut[id] = nil }
+            endOutgoing(id)
             return [.deliverStatus(streamId: id, CallStatus(wire: frame.status!))]
         case .frameCancel:
             guard id != 0, !isLocal(id) else {
                 return closeLocally(.goawayProtocolError, "CANCEL on stream \(id), which the peer did not open")
             }
-            guard incoming.removeValue(forKey: id) != nil else {
+            guard endIncoming(id) else {
                 if id <= lastPeerId { return [] }
                 return closeLocally(.goawayProtocolError, "CANCEL on stream \(id), which was never opened")
             }
-            if !inputIn.isEmpty { inputIn[id] = nil }
             return [.cancelled(streamId: id, CallStatus(.cancelled, "cancelled by the caller"))]
         case .framePing:
             let payload = frame.payload ?? []
@@ -715,26 +730,25 @@ public struct Session: Sendable {
             guard version >= ProtocolVersion.credit else {
                 return closeLocally(.goawayMalformedFrame, "CREDIT frame in protocol version \(version)")
             }
-            // Version 4: from the callee of a call we made, input credit.
-            if id != 0, isLocal(id), version >= ProtocolVersion.input {
-                guard let credit = frame.credit, credit > 0 else {
-                    return closeLocally(.goawayMalformedFrame, "CREDIT frame without a credit on stream \(id)")
-                }
+            // Version 4: from the callee of a call we made, input credit;
+            // otherwise only the caller of the peer's call grants.
+            let forInput = id != 0 && isLocal(id) && version >= ProtocolVersion.input
+            guard forInput || (id != 0 && !isLocal(id)) else {
+                return closeLocally(.goawayProtocolError, "CREDIT on stream \(id), which the peer did not open")
+            }
+            guard let credit = frame.credit, credit > 0 else {
+                return closeLocally(.goawayMalformedFrame, "CREDIT frame without a credit on stream \(id)")
+            }
+            if forInput {
                 guard outgoing[id] != nil else {
                     if id <= lastLocalId { return [] }  // the call is over
                     return closeLocally(.goawayProtocolError, "CREDIT on stream \(id), which was never opened")
                 }
                 var state = inputOut[id] ?? (0, false)
                 if state.ended { return [] }
-                state.credit = state.credit.addingReportingOverflow(credit).overflow ? UInt32.max : state.credit + credit
+                state.credit = Self.adding(state.credit, credit)
                 inputOut[id] = state
                 return [.inputCredit(streamId: id, credit)]
-            }
-            guard id != 0, !isLocal(id) else {
-                return closeLocally(.goawayProtocolError, "CREDIT on stream \(id), which the peer did not open")
-            }
-            guard let credit = frame.credit, credit > 0 else {
-                return closeLocally(.goawayMalformedFrame, "CREDIT frame without a credit on stream \(id)")
             }
             guard incoming[id] != nil else {
                 if id <= lastPeerId { return [] }  // the call is over
