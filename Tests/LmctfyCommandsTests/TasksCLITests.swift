@@ -65,9 +65,11 @@ struct TasksCLITests {
         return nil
     }
 
-    /// The pids in `name` once it has any (up to 30 s; empty: none came).
-    func runningPids(_ name: String) throws -> [pid_t] {
-        for _ in 0..<1500 {
+    /// The pids in `name` once it has any (up to 60 s, and only while our
+    /// child `lmctfy` runs; empty: none came).
+    func runningPids(_ name: String, while lmctfy: pid_t) throws -> [pid_t] {
+        let deadline = MonotonicClock.milliseconds() + 60_000
+        while MonotonicClock.milliseconds() < deadline, !TestProcess.hasExited(lmctfy) {
             let found = pids(try BuiltBinary.run(["list", "pids", name]))
             if !found.isEmpty { return found }
             usleep(20_000)
@@ -84,7 +86,7 @@ struct TasksCLITests {
         try withTestName("runterm") { name throws in
             let lmctfy = try TestProcess.spawnWithSignalsUnblocked([binary, "run", "--create", "pids:{limit:50}", "--rm", name, "sleep", "300"])
             defer { TestProcess.end(lmctfy) }
-            let command = try runningPids(name)
+            let command = try runningPids(name, while: lmctfy)
             #expect(command.count == 1, "the command runs")
             kill(lmctfy, SIGTERM)
             let status = exitStatus(lmctfy)
@@ -149,14 +151,21 @@ struct TasksCLITests {
     @Test func nohupKeepsHangupsIgnoredForTheCommand() throws {
         let binary = try #require(BuiltBinary.path, "the lmctfy executable was not built next to the tests")
         try withTestName("runnohup") { name throws in
+            // The command ends when told to (a file appears), not after a
+            // fixed time a slow machine could spend before seeing it run.
+            let go = "/tmp/\(name.dropFirst())-go"
+            defer { _ = unlink(go) }
             // As nohup does (the v2 guest has none): HUP ignored, then exec.
             let lmctfy = try TestProcess.spawnWithSignalsUnblocked(["/bin/sh", "-c", "trap '' HUP; exec \"$0\" \"$@\"", binary, "run", "--create",
-                                                                   "pids:{limit:50}", "--rm", name, "/bin/sh", "-c", "sleep 1; exit 6"])
+                                                                   "pids:{limit:50}", "--rm", name, "/bin/sh", "-c",
+                                                                   "while [ ! -e \(go) ]; do sleep 0.05; done; exit 6"])
             defer { TestProcess.end(lmctfy) }
-            let command = try runningPids(name)
+            let command = try runningPids(name, while: lmctfy)
             #expect(!command.isEmpty, "the command runs")
             kill(lmctfy, SIGHUP)
             for pid in command { kill(pid, SIGHUP) }
+            usleep(300_000)  // time for lmctfy to (wrongly) pass the hangup on
+            _ = close(open(go, O_WRONLY | O_CREAT, 0o600))
             let status = exitStatus(lmctfy)
             #expect(status == .exited(6), "the command ran to its end: \(String(describing: status))")
             #expect(try BuiltBinary.run(["spec", name]).status == 5, "its container removed")

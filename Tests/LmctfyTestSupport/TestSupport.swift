@@ -213,6 +213,14 @@ public enum TestProcess {
         (try? Sys.exitStatusIfExited(pid)) ?? nil
     }
 
+    /// Whether our child `pid` has exited, without reaping it (its status
+    /// stays for `reapIfExited`); false when still running or not our child.
+    public static func hasExited(_ pid: pid_t) -> Bool {
+        var info = siginfo_t()
+        guard waitid(P_PID, id_t(pid), &info, WEXITED | WNOHANG | WNOWAIT) == 0 else { return false }
+        return info._sifields._sigchld.si_pid == pid
+    }
+
     /// Moves a process into every directory the container has (test-only
     /// stand-in until `enter` lands in the library).
     public static func move(_ pid: pid_t, into dirs: [CgroupDir]) throws {
