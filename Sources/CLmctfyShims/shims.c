@@ -1,12 +1,14 @@
 #define _GNU_SOURCE
 #include "CLmctfyShims.h"
 
+#include <errno.h>
 #include <fcntl.h>
 #include <malloc.h>
 #include <signal.h>
 #include <string.h>
 #include <sys/file.h>
 #include <sys/random.h>
+#include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -189,4 +191,28 @@ int lm_pidfd_open(pid_t pid) {
 
 int lm_pidfd_send_signal(int pidfd, int sig) {
     return (int)syscall(SYS_pidfd_send_signal, pidfd, sig, NULL, 0);
+}
+
+int lm_signalfd_open(const int *signals, int n, sigset_t *old) {
+    sigset_t set;
+    sigemptyset(&set);
+    for (int i = 0; i < n; i++) sigaddset(&set, signals[i]);
+    int fd = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
+    if (fd < 0) return -1;
+    int e = pthread_sigmask(SIG_BLOCK, &set, old);
+    if (e != 0) {
+        close(fd);
+        errno = e;
+        return -1;
+    }
+    return fd;
+}
+
+int lm_signalfd_next(int fd) {
+    struct signalfd_siginfo info;
+    ssize_t n;
+    do { n = read(fd, &info, sizeof info); } while (n < 0 && errno == EINTR);
+    if (n < 0) return (errno == EAGAIN || errno == EWOULDBLOCK) ? 0 : -1;
+    if (n != (ssize_t)sizeof info) { errno = EIO; return -1; }
+    return (int)info.ssi_signo;
 }

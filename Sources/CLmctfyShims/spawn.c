@@ -10,6 +10,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -84,6 +85,10 @@ static void apply_and_exec(const struct lm_spawn_opts *o, int keep_fd, struct fa
         return;
     }
     if (o->new_session && setsid() < 0) {
+        f->err = errno; f->stage = LM_STAGE_SESSION;
+        return;
+    }
+    if (o->controlling_tty && ioctl(0, TIOCSCTTY, 0) < 0) {
         f->err = errno; f->stage = LM_STAGE_SESSION;
         return;
     }

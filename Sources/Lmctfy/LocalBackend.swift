@@ -381,44 +381,64 @@ public struct LocalBackend: ContainerBackend {
     /// feeding input ignores SIGPIPE, as the agent does: the command may
     /// close its stdin first.) Its own session. When `onStarted` or `onOutput` throws (the caller went),
     /// the whole job is killed and reaped before the error goes on.
-    public func runCapturing(_ name: String, argv: [String], input: (any RunInput)?, onStarted: (Int32) throws(LmctfyError) -> Void,
+    public func runCapturing(_ name: String, argv: [String], input: (any RunInput)?, terminal: TerminalWindow?,
+                             onStarted: (Int32) throws(LmctfyError) -> Void,
                              onOutput: ((Int32, [UInt8]) throws(LmctfyError) -> Void)?) throws(LmctfyError) -> RunOutcome {
         try existing(try get(name)) { (c: Container) throws(LmctfyError) -> RunOutcome in
             var fds: [Int32] = []
             defer { for fd in fds { close(fd) } }
             var out: (Int32, Int32)?, err: (Int32, Int32)?, into: (Int32, Int32)?
+            var pty: (master: Int32, slave: Int32)?
             do throws(SystemError) {
-                if onOutput != nil {
-                    out = try Sys.pipe()
-                    fds += [out!.0, out!.1]
-                    err = try Sys.pipe()
-                    fds += [err!.0, err!.1]
-                }
-                if input != nil {
-                    into = try Sys.pipe()
-                    fds += [into!.0, into!.1]
+                if let terminal {
+                    pty = try Terminal.openPseudoTerminal()
+                    fds += [pty!.master, pty!.slave]
+                    try Terminal.setWindow(pty!.master, terminal)
+                } else {
+                    if onOutput != nil {
+                        out = try Sys.pipe()
+                        fds += [out!.0, out!.1]
+                        err = try Sys.pipe()
+                        fds += [err!.0, err!.1]
+                    }
+                    if input != nil {
+                        into = try Sys.pipe()
+                        fds += [into!.0, into!.1]
+                    }
                 }
             } catch {
-                throw error.lmctfy(.resourceExhausted, "Pipes for the stdio of a command in \(name)")
+                throw error.lmctfy(.resourceExhausted, terminal == nil ? "Pipes for the stdio of a command in \(name)"
+                                                                       : "A pseudo-terminal for a command in \(name)")
             }
             var options = RunOptions(fdPolicy: .inherit)
             options.existenceChecked = true  // `get` just looked
-            options.stdin = into.map { .fd($0.0) } ?? .devNull
-            options.stdout = out.map { .fd($0.1) } ?? .devNull
-            options.stderr = err.map { .fd($0.1) } ?? .devNull
+            if let pty {
+                options.stdin = .fd(pty.slave)
+                options.stdout = .fd(pty.slave)
+                options.stderr = .fd(pty.slave)
+                options.controllingTerminal = true
+            } else {
+                options.stdin = into.map { .fd($0.0) } ?? .devNull
+                options.stdout = out.map { .fd($0.1) } ?? .devNull
+                options.stderr = err.map { .fd($0.1) } ?? .devNull
+            }
             options.ownSession = true
             let pid = try c.run(argv, options: options)
             // Only the child has its ends now: ours see its end (and it,
             // ours: the close of its stdin).
-            for end in [out?.1, err?.1, into?.0].compactMap({ $0 }) { close(end) }
+            for end in [out?.1, err?.1, into?.0, pty?.slave].compactMap({ $0 }) { close(end) }
             var outputs: [(fd: Int32, stream: Int32)] = []
             if let out, let err { outputs = [(out.0, 1), (err.0, 2)] }
+            // A terminal's output is read whether or not anyone wants it:
+            // a command writing to a full one would wait forever.
+            if let pty { outputs = [(pty.master, 1)] }
             fds = outputs.map(\.fd)
             var feed: StdinFeed?
-            if let input, let into {
-                // The feed's to close (at the input's end, or below).
-                _ = fcntl(into.1, F_SETFL, fcntl(into.1, F_GETFL) | O_NONBLOCK)
-                feed = StdinFeed(input: input, fd: into.1)
+            if let input, let writeEnd = into?.1 ?? pty?.master {
+                // The feed's to close (at the input's end, or below); a
+                // terminal's master stays ours, its end typed as ^D.
+                _ = fcntl(writeEnd, F_SETFL, fcntl(writeEnd, F_GETFL) | O_NONBLOCK)
+                feed = StdinFeed(input: input, fd: writeEnd, terminal: pty != nil)
             }
             defer { feed?.closeFd() }
             do throws(LmctfyError) {
@@ -437,21 +457,29 @@ public struct LocalBackend: ContainerBackend {
         }
     }
 
-    /// A command's stdin pipe fed from a RunInput, one chunk at a time.
+    /// A command's stdin fed from a RunInput, one chunk at a time: a pipe
+    /// (closed at the input's end), or a pseudo-terminal's master (the
+    /// input's end typed as the end-of-file character, window sizes set).
     final class StdinFeed {
         let input: any RunInput
-        /// The pipe's write end (non-blocking); -1 once closed.
+        /// The write end (non-blocking); -1 once closed (or, a terminal,
+        /// once it refused a write).
         private(set) var fd: Int32
+        /// A terminal's master, not ours to close.
+        let terminal: Bool
         /// What is left of the chunk being written, and whether it was the last.
         private var pending: ArraySlice<UInt8> = []
         private var holding = false
         private var pendingEnd = false
         /// The input's end has been taken and written (or dropped).
         private(set) var done = false
+        /// The last byte typed on a terminal (nil: none yet).
+        private var lastTyped: UInt8?
 
-        init(input: any RunInput, fd: Int32) {
+        init(input: any RunInput, fd: Int32, terminal: Bool = false) {
             self.input = input
             self.fd = fd
+            self.terminal = terminal
         }
 
         /// What to poll: the pipe for room while a chunk waits, else the
@@ -468,7 +496,20 @@ public struct LocalBackend: ContainerBackend {
             while !done {
                 if !holding {
                     guard let chunk = input.take() else { return }
-                    pending = chunk.bytes[...]
+                    if terminal, fd >= 0, let window = chunk.window {
+                        // Gone (EIO) is seen by the write below.
+                        try? Terminal.setWindow(fd, window)
+                    }
+                    // A terminal's end of input is ^D typed (VEOF: its
+                    // reader's end of file; twice after a partial line, the
+                    // first only passing the line on), the terminal staying open.
+                    var bytes = chunk.bytes
+                    if terminal && chunk.end {
+                        let partial = (bytes.last ?? lastTyped).map { $0 != UInt8(ascii: "\n") && $0 != UInt8(ascii: "\r") } ?? false
+                        bytes += partial ? [4, 4] : [4]
+                    }
+                    if let last = chunk.bytes.last { lastTyped = last }
+                    pending = bytes[...]
                     pendingEnd = chunk.end
                     holding = true
                 }
@@ -481,8 +522,9 @@ public struct LocalBackend: ContainerBackend {
                     } else if n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) {
                         return  // full: polled for room
                     } else {
-                        // The command closed its stdin (EPIPE): the rest is
-                        // dropped, as a pipe's writer's is.
+                        // The command closed its stdin (EPIPE; a terminal
+                        // nobody has open, EIO): the rest is dropped, as a
+                        // pipe's writer's is.
                         closeFd()
                     }
                 }
@@ -497,10 +539,11 @@ public struct LocalBackend: ContainerBackend {
             }
         }
 
-        /// Closes the pipe (the command reads its end of file); once.
+        /// Closes the pipe (the command reads its end of file); once. A
+        /// terminal's master is only let go of.
         func closeFd() {
             guard fd >= 0 else { return }
-            close(fd)
+            if !terminal { close(fd) }
             fd = -1
         }
     }
@@ -518,14 +561,16 @@ public struct LocalBackend: ContainerBackend {
         defer { close(exit) }
         var open = outputs
         var buffer = [UInt8](repeating: 0, count: 65536)
-        // One read of `fd`: false once it has ended (or, draining, is empty).
-        func readOnce(_ fd: Int32, _ stream: Int32) throws(LmctfyError) -> Bool {
+        // One read of `fd`: false once it has ended (a terminal nobody
+        // has open: EIO) or, draining, is empty.
+        func readOnce(_ fd: Int32, _ stream: Int32, draining: Bool = false) throws(LmctfyError) -> Bool {
             let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
             if n > 0 {
                 try onOutput(stream, Array(buffer[0..<n]))
                 return true
             }
-            return n < 0 && errno == EINTR
+            // (A terminal's master is non-blocking when it is fed too.)
+            return n < 0 && (errno == EINTR || (!draining && (errno == EAGAIN || errno == EWOULDBLOCK)))
         }
         var exited = false
         while !exited && (!open.isEmpty || feed?.done == false) {
@@ -552,7 +597,7 @@ public struct LocalBackend: ContainerBackend {
         // it left running to close it.
         for o in open {
             _ = fcntl(o.fd, F_SETFL, fcntl(o.fd, F_GETFL) | O_NONBLOCK)
-            while try readOnce(o.fd, o.stream) {}
+            while try readOnce(o.fd, o.stream, draining: true) {}
         }
     }
 

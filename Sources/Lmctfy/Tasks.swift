@@ -30,6 +30,9 @@ public struct RunOptions: Sendable {
     /// terminal (the agent's Run), whose whole job (a shell's children
     /// too) is killed with `kill(-pid)` when its caller goes.
     public var ownSession = false
+    /// With `ownSession`: its stdin (a terminal) is the session's
+    /// controlling terminal (a command on a pseudo-terminal, `lmctl run -t`).
+    public var controllingTerminal = false
     /// Signals the command starts with ignored (every other one at its
     /// default): those lmctfy itself was started with ignored, for a
     /// command it runs in its stead.
@@ -142,6 +145,7 @@ extension Container {
             throw .invalidArgument("fd_policy UNKNOWN is not a valid policy")
         }
         if options.ownSession { o.newSession = true }
+        o.controllingTerminal = options.ownSession && options.controllingTerminal
         o.ignoredSignals = options.ignoredSignals
         if let s = options.stdin { o.stdin = s }
         if let s = options.stdout { o.stdout = s }

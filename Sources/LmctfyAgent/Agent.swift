@@ -882,8 +882,8 @@ public final class Agent: @unchecked Sendable {
             case .credit(let streamId, let credit):
                 hub.grant(EventHub.Key(conn: s.id, stream: streamId), credit, deliver: deliver, lagged: lagged)
                 continueReplays()
-            case .input(let streamId, let payload, let end):
-                s.calls[streamId]?.deliverInput(payload, end: end)
+            case .input(let streamId, let payload, let end, let window):
+                s.calls[streamId]?.deliverInput(payload, end: end, window: window)
             case .inputCredit:
                 break  // the agent sends no input on the calls it makes
             case .deliverResponse:
@@ -1431,7 +1431,7 @@ public final class Agent: @unchecked Sendable {
         if streaming && method == AgentMethods.run.name, (s.session.peer?.version ?? 0) >= ProtocolVersion.input {
             // Its stdin may be the caller's (attach_input): the grants go
             // out through the loop.
-            context.allowInput(inputBudget) { [weak self] credit in
+            context.allowInput(inputBudget, terminal: (s.session.peer?.version ?? 0) >= ProtocolVersion.terminal) { [weak self] credit in
                 _ = self?.loop.execute { [weak self] in self?.grantInput(connId, streamId, credit) }
             }
         }

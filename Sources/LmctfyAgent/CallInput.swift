@@ -91,7 +91,7 @@ final class CallInput: RunInput, @unchecked Sendable {
     static let window = 4
 
     let readyFd: Int32
-    private let queue = Mutex<(chunks: [(bytes: [UInt8], end: Bool)], ended: Bool, closed: Bool)>(([], false, false))
+    private let queue = Mutex<(chunks: [(bytes: [UInt8], end: Bool, window: TerminalWindow?)], ended: Bool, closed: Bool)>(([], false, false))
     /// Sends the caller a grant of more INPUT frames (through the loop).
     private let grant: @Sendable (UInt32) -> Void
     private let budget: InputBudget
@@ -111,16 +111,16 @@ final class CallInput: RunInput, @unchecked Sendable {
     deinit { Glibc.close(readyFd) }
 
     /// Loop thread: one INPUT frame.
-    func deliver(_ bytes: [UInt8], end: Bool) {
+    func deliver(_ bytes: [UInt8], end: Bool, window: TerminalWindow? = nil) {
         queue.locked { q in
-            q.chunks.append((bytes, end))
+            q.chunks.append((bytes, end, window))
             EventFds.signal(readyFd)
         }
     }
 
     func start() { budget.request(self, Self.window) }
 
-    func take() -> (bytes: [UInt8], end: Bool)? {
+    func take() -> (bytes: [UInt8], end: Bool, window: TerminalWindow?)? {
         queue.locked { q in
             guard !q.chunks.isEmpty else { return nil }
             let chunk = q.chunks.removeFirst()

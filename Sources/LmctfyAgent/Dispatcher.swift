@@ -33,6 +33,8 @@ public final class CallContext: Sendable {
         /// a Run on a version 4 connection; nil: it cannot take input), and
         /// the input once the handler opened it.
         var inputGrant: (budget: InputBudget, grant: @Sendable (UInt32) -> Void)?
+        /// The connection carries terminals (protocol version 5).
+        var terminal = false
         var input: CallInput?
     }
     // One allocation per call: the state's lock lives inside the object.
@@ -97,9 +99,16 @@ public final class CallContext: Sendable {
 
     /// The loop: this call may take input from its caller, granted with
     /// `grant` (protocol version 4).
-    func allowInput(_ budget: InputBudget, _ grant: @escaping @Sendable (UInt32) -> Void) {
-        state.locked { $0.inputGrant = (budget, grant) }
+    func allowInput(_ budget: InputBudget, terminal: Bool = false, _ grant: @escaping @Sendable (UInt32) -> Void) {
+        state.locked {
+            $0.inputGrant = (budget, grant)
+            $0.terminal = terminal
+        }
     }
+
+    /// Whether the caller's connection can carry a terminal (its window
+    /// sizes: protocol version 5).
+    var allowsTerminal: Bool { state.locked { $0.terminal } }
 
     /// The handler: the caller's input, nil when its connection cannot
     /// carry it (older than protocol version 4, or no eventfd). Nothing is
@@ -115,8 +124,8 @@ public final class CallContext: Sendable {
 
     /// The loop: an INPUT frame for this call (dropped when it has no input
     /// open, which the session's credit rules out).
-    func deliverInput(_ bytes: [UInt8], end: Bool) {
-        state.locked { $0.input }?.deliver(bytes, end: end)
+    func deliverInput(_ bytes: [UInt8], end: Bool, window: TerminalWindow? = nil) {
+        state.locked { $0.input }?.deliver(bytes, end: end, window: window)
     }
 
     /// Whether the call was cancelled (peer cancel, deadline, connection
@@ -921,6 +930,22 @@ public final class Dispatcher: Sendable {
         if detached && r.attachInput == true {
             throw LmctfyError.invalidArgument("attach_input is for a foreground Run: a detached command's stdin is /dev/null")
         }
+        if r.tty == true {
+            if detached {
+                throw LmctfyError.invalidArgument("tty is for a foreground Run: a detached command has no terminal")
+            }
+            if r.attachOutput != true {
+                throw LmctfyError.invalidArgument("tty needs attach_output: what the command writes on its terminal comes back as its output")
+            }
+            if !context.allowsTerminal {
+                throw LmctfyError.invalidArgument("tty needs protocol version \(ProtocolVersion.terminal): this connection speaks an older one")
+            }
+        } else if r.window != nil {
+            throw LmctfyError.invalidArgument("window is the size of a Run's terminal: give tty too")
+        }
+        if let w = r.window, TerminalWindow(rows: w.rows, cols: w.cols) == nil {
+            throw LmctfyError.invalidArgument("window \(w.rows ?? 0)x\(w.cols ?? 0): rows and cols are each 1 to 65535")
+        }
         // Before anything is made: a caller that cannot send input is told
         // so, not left with a command reading an empty stdin.
         let input = r.attachInput == true ? context.openInput() : nil
@@ -1036,7 +1061,8 @@ public final class Dispatcher: Sendable {
         let output: ((Int32, [UInt8]) throws(LmctfyError) -> Void)? = r.attachOutput != true ? nil : { (stream: Int32, bytes: [UInt8]) throws(LmctfyError) in
             try context.emit(stream == 1 ? RunResponse(kind: .runOutput, stdout: bytes) : RunResponse(kind: .runOutput, stderr: bytes))
         }
-        return try backend.runCapturing(name, argv: r.argv, input: input, onStarted: onStarted, onOutput: output)
+        let terminal = r.tty != true ? nil : r.window.flatMap { TerminalWindow(rows: $0.rows, cols: $0.cols) } ?? TerminalWindow(rows: 24, cols: 80)
+        return try backend.runCapturing(name, argv: r.argv, input: input, terminal: terminal, onStarted: onStarted, onOutput: output)
     }
 
     /// Destroys `name` and everything in it (a one-shot's container); one

@@ -124,13 +124,22 @@ public protocol ContainerBackend: Sendable {
     /// A foreground `run` whose stdout and stderr come back through
     /// `onOutput` (1 or 2, and a chunk), read until the command exits (nil:
     /// they go to /dev/null), and whose stdin is what `input` gives (nil:
-    /// /dev/null). A backend that cannot says UNIMPLEMENTED.
-    func runCapturing(_ name: String, argv: [String], input: (any RunInput)?, onStarted: (Int32) throws(LmctfyError) -> Void,
+    /// /dev/null). With `terminal`, the command runs on a pseudo-terminal
+    /// of that size (its controlling terminal, in a session of its own):
+    /// what it writes comes as stream 1, `input` is what is typed, and the
+    /// input's end types the end-of-file character. A backend that cannot
+    /// says UNIMPLEMENTED.
+    func runCapturing(_ name: String, argv: [String], input: (any RunInput)?, terminal: TerminalWindow?,
+                      onStarted: (Int32) throws(LmctfyError) -> Void,
                       onOutput: ((Int32, [UInt8]) throws(LmctfyError) -> Void)?) throws(LmctfyError) -> RunOutcome
     /// The next foreground `run`'s stdin is this process's own (`run -i`):
     /// lmctl sends it to the agent. By default nothing to do (a local run
     /// inherits it anyway).
     func attachStdin() throws(LmctfyError)
+    /// The next foreground `run` is on a terminal, this process's own
+    /// (`run -t`): lmctl has the agent make one and passes its keys and size
+    /// on. By default nothing to do (a local run inherits the terminal).
+    func attachTerminal() throws(LmctfyError)
     /// `run` in a container made for the command (`run --create SPEC`):
     /// `name` is created with `spec` first; when the command cannot be
     /// started, the container is destroyed again. With `remove` (`--rm`),
@@ -214,13 +223,17 @@ extension ContainerBackend {
     public func containerIdentity(_ name: String) -> UInt64? { nil }
 
     /// By default: not possible.
-    public func runCapturing(_ name: String, argv: [String], input: (any RunInput)?, onStarted: (Int32) throws(LmctfyError) -> Void,
+    public func runCapturing(_ name: String, argv: [String], input: (any RunInput)?, terminal: TerminalWindow?,
+                             onStarted: (Int32) throws(LmctfyError) -> Void,
                              onOutput: ((Int32, [UInt8]) throws(LmctfyError) -> Void)?) throws(LmctfyError) -> RunOutcome {
         throw .unimplemented("This backend cannot attach a command's stdio to its caller")
     }
 
     /// By default: nothing to do.
     public func attachStdin() throws(LmctfyError) {}
+
+    /// By default: nothing to do.
+    public func attachTerminal() throws(LmctfyError) {}
 
     /// By default: `create`, then `run` (whose foreground must return),
     /// then `destroy`; a detached command's end is not seen, so `remove`
@@ -307,8 +320,10 @@ public protocol RunInput: AnyObject, Sendable {
     var readyFd: Int32 { get }
     /// The command has started: input may come now.
     func start()
-    /// The next chunk, or nil when none waits; `end`: nothing follows.
-    func take() -> (bytes: [UInt8], end: Bool)?
+    /// The next chunk, or nil when none waits; `end`: nothing follows;
+    /// `window`: the caller's terminal has this size now (before `bytes`;
+    /// for a command on a terminal).
+    func take() -> (bytes: [UInt8], end: Bool, window: TerminalWindow?)?
     /// A chunk taken has been written (or dropped: the command closed its
     /// stdin): room for one more.
     func consumed()

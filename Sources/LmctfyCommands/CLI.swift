@@ -139,8 +139,8 @@ public enum LmctfyCLI {
                 return StatusCode.notFound.rawValue
             }
 
-            if (flags.createSpec != nil || flags.remove || flags.tier != nil || flags.stdin) && leaf.name != RunCommand.leaf.name {
-                stderr.write("Flags --create, --rm, --tier and -i are run's (run [-i] --create SPEC [--tier T] [--rm] NAME COMMAND...)\n")
+            if (flags.createSpec != nil || flags.remove || flags.tier != nil || flags.stdin || flags.tty) && leaf.name != RunCommand.leaf.name {
+                stderr.write("Flags --create, --rm, --tier, -i and -t are run's (run [-i] [-t] --create SPEC [--tier T] [--rm] NAME COMMAND...)\n")
                 stderr.write(usageLine(environment, path, leaf))
                 return StatusCode.invalidArgument.rawValue
             }

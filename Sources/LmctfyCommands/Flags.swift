@@ -34,6 +34,9 @@ struct Flags: Sendable {
     /// `run -i` (`--stdin`): the command reads this process's stdin; lmctl
     /// sends it to the agent (a local run inherits it anyway).
     var stdin = false
+    /// `run -t` (`--tty`): the command runs on a terminal (lmctl: one the
+    /// agent makes, this one's keys and size passed on; implies -i).
+    var tty = false
     /// `run --create SPEC --tier T`: the new container's tier in the
     /// agent's policy (lmctl).
     var tier: String?
@@ -68,6 +71,12 @@ struct Flags: Sendable {
         // For `run -n` (next issue); accepted by every verb, as in the original.
         case "-n": noWait = true
         case "-i": stdin = true
+        case "-t": tty = true
+        // The usual spelling of both (docker, kubectl): unambiguous, unlike
+        // other combined short flags.
+        case "-it", "-ti":
+            stdin = true
+            tty = true
         case "-p": style = .pairs
         case "-r": recursive = true
         case "-v": style = .values
@@ -135,6 +144,7 @@ struct Flags: Sendable {
             return used
         case "rm", "lmctfy_rm": remove = try bool()
         case "stdin", "lmctfy_stdin": stdin = try bool()
+        case "tty", "lmctfy_tty": tty = try bool()
         case "tier":
             let (v, used) = try value()
             guard !v.isEmpty else { throw UsageError(message: "Flag --tier needs a value") }

@@ -18,8 +18,8 @@ import LmctfySystem
 enum RunCommand {
     static let leaf = Leaf(
         name: "run",
-        synopsis: "[-n | -i] [--create <container spec> [--tier <tier>] [--rm]] <container name> [--] <command> [<arguments>...]",
-        summary: "Run a command in a container (-n: in the background, printing its pid; -i: reading this stdin, through an agent too; --create: in a new container, made with the spec; --rm: destroyed when the command ends).",
+        synopsis: "[-n | -i | -t] [--create <container spec> [--tier <tier>] [--rm]] <container name> [--] <command> [<arguments>...]",
+        summary: "Run a command in a container (-n: in the background, printing its pid; -i: reading this stdin, through an agent too; -t: on a terminal, through an agent one it makes, with this terminal's keys and size; --create: in a new container, made with the spec; --rm: destroyed when the command ends).",
         minArguments: 2, maxArguments: nil,
         action: .withApi(run))
 
@@ -45,6 +45,12 @@ enum RunCommand {
                 throw LmctfyError.invalidArgument("-i gives a foreground command this stdin: a detached one (-n) reads /dev/null")
             }
             try api.attachStdin()
+        }
+        if call.flags.tty {
+            guard !call.flags.noWait else {
+                throw LmctfyError.invalidArgument("-t runs a foreground command on a terminal: a detached one (-n) has none")
+            }
+            try api.attachTerminal()
         }
         let outcome: RunOutcome
         if let text = call.flags.createSpec {

@@ -588,11 +588,13 @@ public final class Controller: @unchecked Sendable {
                 }
                 guard let to = p.routedIn[stream], let link = peers[to.agent] else { continue }
                 perform(link, link.session.sendCredit(streamId: to.stream, credit, now: MonotonicClock.milliseconds()))
-            case .input(let stream, let payload, let end):
-                // A routed call's input (version 4): on to its agent, within
-                // the credit it granted (passed on below, so never more).
+            case .input(let stream, let payload, let end, let window):
+                // A routed call's input (version 4; its terminal's size,
+                // version 5): on to its agent, within the credit it granted
+                // (passed on below, so never more).
                 guard let to = p.routedIn[stream], let link = peers[to.agent] else { continue }
-                perform(link, link.session.sendInput(streamId: to.stream, payload, end: end, now: MonotonicClock.milliseconds()).actions)
+                perform(link, link.session.sendInput(streamId: to.stream, payload, end: end, window: window,
+                                                     now: MonotonicClock.milliseconds()).actions)
             case .inputCredit(let stream, let credit):
                 // An agent grants input on a routed call: so does its caller's.
                 guard let to = p.routedOut[stream], let client = peers[to.client] else { continue }
@@ -1133,13 +1135,17 @@ public final class Controller: @unchecked Sendable {
         // could never send it, and the agent (on a link that speaks 4)
         // would wait on its command's stdin (a probe); an agent older than
         // that would not know the field and run the command on /dev/null.
+        // So does a terminal (version 5): its window sizes would not pass.
         let client = p.session.peer?.version ?? 0, agent = link.session.peer?.version ?? 0
-        if method == AgentMethods.run.name, min(client, agent) < ProtocolVersion.input,
-           (try? RunRequest(serializedBytes: payload))?.attachInput == true {
-            let who = client < ProtocolVersion.input ? "this connection speaks \(client)" : "host \(host)'s agent speaks \(agent)"
-            answer(p, stream, .failure(LmctfyError.invalidArgument(
-                "attach_input needs protocol version \(ProtocolVersion.input) (INPUT frames): \(who)")))
-            return
+        if method == AgentMethods.run.name, min(client, agent) < ProtocolVersion.terminal,
+           let run = try? RunRequest(serializedBytes: payload) {
+            let (field, needs, what) = run.tty == true ? ("tty", ProtocolVersion.terminal, "terminal sizes in INPUT frames")
+                                                       : ("attach_input", ProtocolVersion.input, "INPUT frames")
+            if (run.tty == true || run.attachInput == true) && min(client, agent) < needs {
+                let who = client < needs ? "this connection speaks \(client)" : "host \(host)'s agent speaks \(agent)"
+                answer(p, stream, .failure(LmctfyError.invalidArgument("\(field) needs protocol version \(needs) (\(what)): \(who)")))
+                return
+            }
         }
         let now = MonotonicClock.milliseconds()
         // What is left of the caller's deadline goes with the call.

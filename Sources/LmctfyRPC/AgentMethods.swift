@@ -238,9 +238,9 @@ extension RpcClient {
     public func stream<Request, Response>(
         _ method: AgentMethod<Request, Response>, _ request: Request, deadlineMs: UInt32? = nil,
         window: UInt32? = nil, giveUp: (everyMs: Int32, when: () -> Bool)? = nil, input: Int32? = nil,
-        onResponse: (Response) throws(LmctfyError) -> Bool
+        terminal: (any TerminalWatch)? = nil, onResponse: (Response) throws(LmctfyError) -> Bool
     ) throws(LmctfyError) {
         try stream(method.name, request, as: Response.self, deadlineMs: deadlineMs, window: window, giveUp: giveUp,
-                   input: input, onResponse: onResponse)
+                   input: input, terminal: terminal, onResponse: onResponse)
     }
 }

@@ -249,13 +249,14 @@ public final class RpcClient {
     /// with attach_input); a read error ends the input as its end does.
     public func stream(
         _ method: String, _ request: [UInt8], deadlineMs: UInt32? = nil, window: UInt32? = nil,
-        giveUp: (everyMs: Int32, when: () -> Bool)? = nil, input: Int32? = nil,
+        giveUp: (everyMs: Int32, when: () -> Bool)? = nil, input: Int32? = nil, terminal: (any TerminalWatch)? = nil,
         onResponse: ([UInt8]) throws(LmctfyError) -> Bool
     ) throws(LmctfyError) {
         let (id, actions) = session.openStream(method: method, payload: request, deadlineMs: deadlineMs, host: host,
                                                now: MonotonicClock.milliseconds())
         perform(actions)
         var inputOpen = input != nil
+        var resized: TerminalWindow?
         inputFailure = nil
         var handled: UInt32 = 0
         var looked = MonotonicClock.milliseconds()
@@ -296,10 +297,20 @@ public final class RpcClient {
                     return
                 }
             }
-            // Input is read only while the callee has room for it.
-            let reading = inputOpen && session.inputCredit(streamId: id) > 0 ? input : nil
-            if pumpOnce(atMostMs: giveUp?.everyMs, input: reading), let reading {
-                inputOpen = sendInput(from: reading, on: id)
+            // Input is read only while the callee has room for it; the
+            // terminal is watched throughout (what it says may end this
+            // process), its last size sent when there is room.
+            var watched: [Int32] = []
+            if let input, inputOpen && session.inputCredit(streamId: id) > 0 { watched.append(input) }
+            if let terminal, terminal.fd >= 0 { watched.append(terminal.fd) }
+            let ready = pumpOnce(atMostMs: giveUp?.everyMs, watching: watched)
+            if let terminal, ready.contains(terminal.fd), let size = terminal.changed() { resized = size }
+            if let size = resized, inputOpen, session.inputCredit(streamId: id) > 0 {
+                perform(session.sendInput(streamId: id, [], end: false, window: size, now: MonotonicClock.milliseconds()).actions)
+                resized = nil
+            }
+            if let input, ready.contains(input), session.inputCredit(streamId: id) > 0 {
+                inputOpen = sendInput(from: input, on: id)
             }
         }
     }
@@ -327,9 +338,9 @@ public final class RpcClient {
     public func stream<Request: ProtoMessage, Response: ProtoMessage>(
         _ method: String, _ request: Request, as: Response.Type = Response.self, deadlineMs: UInt32? = nil,
         window: UInt32? = nil, giveUp: (everyMs: Int32, when: () -> Bool)? = nil, input: Int32? = nil,
-        onResponse: (Response) throws(LmctfyError) -> Bool
+        terminal: (any TerminalWatch)? = nil, onResponse: (Response) throws(LmctfyError) -> Bool
     ) throws(LmctfyError) {
-        try stream(method, try encode(request), deadlineMs: deadlineMs, window: window, giveUp: giveUp, input: input) { (payload: [UInt8]) throws(LmctfyError) -> Bool in
+        try stream(method, try encode(request), deadlineMs: deadlineMs, window: window, giveUp: giveUp, input: input, terminal: terminal) { (payload: [UInt8]) throws(LmctfyError) -> Bool in
             try onResponse(try decode(payload))
         }
     }
@@ -337,11 +348,11 @@ public final class RpcClient {
     // MARK: Driving the session
 
     /// Waits for input or the session's next timer (or `atMostMs`), then
-    /// feeds it. With `input`, waits for that descriptor too: returns
-    /// whether it is readable (the caller reads it).
+    /// feeds it. Waits for the descriptors `watching` too: returns those
+    /// readable (the caller reads them).
     @discardableResult
-    private func pumpOnce(atMostMs: Int32? = nil, input: Int32? = nil) -> Bool {
-        guard !session.isClosed else { return false }
+    private func pumpOnce(atMostMs: Int32? = nil, watching: [Int32] = []) -> [Int32] {
+        guard !session.isClosed else { return [] }
         let now = MonotonicClock.milliseconds()
         var timeout: Int32 = -1
         if let wake = session.nextWakeup {
@@ -349,7 +360,7 @@ public final class RpcClient {
         }
         if let atMostMs, timeout < 0 || timeout > atMostMs { timeout = max(0, atMostMs) }
         var fds = [pollfd(fd: fd, events: Int16(POLLIN), revents: 0)]
-        if let input { fds.append(pollfd(fd: input, events: Int16(POLLIN), revents: 0)) }
+        for w in watching { fds.append(pollfd(fd: w, events: Int16(POLLIN), revents: 0)) }
         do {
             let (n, e) = Sys.retry { poll(&fds, nfds_t(fds.count), timeout) }
             if n < 0 { throw SystemError("poll", "fd \(fd)", e) }
@@ -361,7 +372,7 @@ public final class RpcClient {
             perform(session.receiveEOF(now: MonotonicClock.milliseconds()))
         }
         perform(session.tick(now: MonotonicClock.milliseconds()))
-        return fds.count > 1 && fds[1].revents != 0
+        return fds.dropFirst().filter { $0.revents != 0 }.map(\.fd)
     }
 
     private func perform(_ actions: [SessionAction]) {
@@ -455,4 +466,15 @@ func decode<M: ProtoMessage>(_ bytes: [UInt8]) throws(LmctfyError) -> M {
     } catch {
         throw LmctfyError(.internal, "undecodable \(M.protoDescriptor.fullName) from the peer: \(error)")
     }
+}
+
+/// The caller's terminal, whose size `RpcClient.stream(terminal:)` sends
+/// on the call (INPUT frames with a window, protocol version 5) as it
+/// changes.
+public protocol TerminalWatch: AnyObject {
+    /// Polls readable when the terminal may have changed size.
+    var fd: Int32 { get }
+    /// Takes what made `fd` readable; the terminal's size now, or nil when
+    /// there is nothing to send.
+    func changed() -> TerminalWindow?
 }

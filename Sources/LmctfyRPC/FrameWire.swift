@@ -3,7 +3,8 @@
 // DynamicMessage layer (profiling showed that layer's allocations and
 // retain/release traffic were most of the agent's time per call). Frames
 // with a `hello` or `goaway` (the handshake and the close, a few per
-// connection) still take the generic path, which knows every message.
+// connection), or a terminal's `window` (a resize), still take the generic
+// path, which knows every message.
 // Still protobuf-c on both sides: the bytes are what the generic codec gives
 // (`FrameWireTests` and the frames fuzz target compare the two).
 import CProtobufC
@@ -14,9 +15,10 @@ enum FrameWire {
     typealias CFrame = Containers__Lmctfy__Agent__Frame
     typealias CStatus = Containers__Lmctfy__Agent__RpcStatus
 
-    /// Whether `frame` can take the fast path (no handshake or goaway part).
+    /// Whether `frame` can take the fast path (no handshake, goaway or
+    /// window part).
     @inline(__always)
-    static func isPlain(_ frame: Frame) -> Bool { frame.hello == nil && frame.goaway == nil }
+    static func isPlain(_ frame: Frame) -> Bool { frame.hello == nil && frame.goaway == nil && frame.window == nil }
 
     /// Appends `frame` (length prefix, then body) to `out`. Plain frames only.
     static func append(_ frame: Frame, to out: inout [UInt8]) {
@@ -87,7 +89,7 @@ enum FrameWire {
     }
 
     /// Decodes one frame body; falls back to the generic codec for frames
-    /// with a hello or a goaway. Same errors as `FrameCodec.decodeBody`.
+    /// with a hello, a goaway or a window. Same errors as `FrameCodec.decodeBody`.
     static func decode(_ body: UnsafeRawBufferPointer) throws(FrameError) -> Frame {
         var one: UInt8 = 0
         let c: UnsafeMutablePointer<CFrame>? = withUnsafeMutablePointer(to: &one) { empty in
@@ -100,7 +102,7 @@ enum FrameWire {
         guard f.has_kind != 0 else { throw .unknownKind(nil) }
         let raw = Int32(bitPattern: f.kind.rawValue)
         guard let kind = FrameKind(rawValue: raw), kind != .frameKindUnspecified else { throw .unknownKind(raw) }
-        if f.hello != nil || f.goaway != nil {
+        if f.hello != nil || f.goaway != nil || f.window != nil {
             return try FrameCodec.decodeGeneric(body)
         }
         var frame = Frame(kind: kind)

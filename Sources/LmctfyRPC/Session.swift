@@ -10,9 +10,9 @@ import LmctfySystem
 /// The protocol versions this implementation speaks.
 public enum ProtocolVersion {
     /// The newest protocol version this implementation speaks (the top of `supported`).
-    public static let current: UInt32 = 4
+    public static let current: UInt32 = 5
     /// Every version this side accepts; the handshake picks the highest both speak.
-    public static let supported: ClosedRange<UInt32> = 1...4
+    public static let supported: ClosedRange<UInt32> = 1...5
     /// From this version on a RESPONSE may carry the call's status and end
     /// the stream in one frame (PROTOCOL.md section 4).
     public static let finalResponse: UInt32 = 2
@@ -22,6 +22,9 @@ public enum ProtocolVersion {
     /// From this version on a caller may send INPUT frames on its call,
     /// within the CREDIT its callee grants (PROTOCOL.md section 4.5).
     public static let input: UInt32 = 4
+    /// From this version on an INPUT frame may carry a terminal's new size
+    /// (`window`), and a Run may ask for a terminal (PROTOCOL.md section 4.6).
+    public static let terminal: UInt32 = 5
 }
 
 /// Limits one side applies to what it receives (announced in its hello) and
@@ -169,7 +172,9 @@ public enum SessionAction: Sendable, Equatable {
     /// The caller of a call the peer made sent input on it (version 4):
     /// `end` says none follows. Only ever within the credit granted with
     /// `sendInputCredit`.
-    case input(streamId: UInt32, payload: [UInt8], end: Bool)
+    /// `window` (version 5): the caller's terminal has this size now,
+    /// before the payload.
+    case input(streamId: UInt32, payload: [UInt8], end: Bool, window: TerminalWindow? = nil)
     /// The callee of a call we made grants `credit` more INPUT frames
     /// (version 4); `sendInput` takes them.
     case inputCredit(streamId: UInt32, UInt32)
@@ -545,14 +550,18 @@ public struct Session: Sendable {
     /// Sends input on a call we made (version 4), at most
     /// `maxInputBytes`, within the callee's credit; `end`: the last.
     /// Dropped (false) when there is no credit or the call is over.
-    public mutating func sendInput(streamId: UInt32, _ payload: [UInt8], end: Bool, now: UInt64) -> (sent: Bool, actions: [SessionAction]) {
+    /// `window` (version 5; dropped before): the caller's terminal's new size.
+    public mutating func sendInput(streamId: UInt32, _ payload: [UInt8], end: Bool, window: TerminalWindow? = nil,
+                                   now: UInt64) -> (sent: Bool, actions: [SessionAction]) {
         guard !isClosed, outgoing[streamId] != nil, payload.count <= Self.maxInputBytes,
               var state = inputOut[streamId], !state.ended, state.credit > 0 else { return (false, []) }
+        let size = window.flatMap { (peer?.version ?? 0) >= ProtocolVersion.terminal ? $0 : nil }
         state.credit -= 1
         state.ended = end
         inputOut[streamId] = state
         return (true, [.write(FrameCodec.encode(Frame(kind: .frameInput, streamId: streamId, payload: payload,
-                                                      inputEnd: end ? true : nil)))])
+                                                      inputEnd: end ? true : nil,
+                                                      window: size.map { TerminalSize(rows: UInt32($0.rows), cols: UInt32($0.cols)) })))])
     }
 
     /// The most bytes one INPUT frame carries (PROTOCOL.md section 4.5).
@@ -775,11 +784,22 @@ public struct Session: Sendable {
                 let why = inputIn[id]?.ended == true ? "after its end" : "beyond the credit granted"
                 return closeLocally(.goawayProtocolError, "INPUT on stream \(id) \(why)")
             }
+            var window: TerminalWindow?
+            if let w = frame.window {
+                guard version >= ProtocolVersion.terminal else {
+                    return closeLocally(.goawayMalformedFrame, "INPUT with a window in protocol version \(version)")
+                }
+                guard let size = TerminalWindow(rows: w.rows, cols: w.cols) else {
+                    return closeLocally(.goawayMalformedFrame,
+                                        "INPUT on stream \(id) with a window of \(w.rows ?? 0)x\(w.cols ?? 0) (each 1 to 65535)")
+                }
+                window = size
+            }
             let end = frame.inputEnd == true
             state.credit -= 1
             state.ended = end
             inputIn[id] = state
-            return [.input(streamId: id, payload: payload, end: end)]
+            return [.input(streamId: id, payload: payload, end: end, window: window)]
         case .frameHello, .frameGoaway, .frameKindUnspecified:
             return []
         }

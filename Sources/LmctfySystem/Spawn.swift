@@ -46,6 +46,9 @@ public struct SpawnOptions: Sendable {
     /// Whether the child calls setsid(2): its own session and process group,
     /// no controlling terminal.
     public var newSession = false
+    /// With `newSession`: the child's stdin (a terminal) becomes the new
+    /// session's controlling terminal.
+    public var controllingTerminal = false
     /// Written to the child's /proc/self/oom_score_adj (-1000...1000); nil: inherited.
     public var oomScoreAdj: Int32?
     /// The uid and gid the child drops to (supplementary groups cleared) before
@@ -177,6 +180,7 @@ public enum Spawn {
         c.stdout_fd = o.stdout.raw
         c.stderr_fd = o.stderr.raw
         c.new_session = o.newSession ? 1 : 0
+        c.controlling_tty = o.controllingTerminal ? 1 : 0
         c.set_oom_score_adj = o.oomScoreAdj == nil ? 0 : 1
         c.oom_score_adj = o.oomScoreAdj ?? 0
         c.set_ids = o.ids == nil ? 0 : 1

@@ -1,6 +1,7 @@
 // The terminal calls `lmctl top` (its live view) and the CLIs' progress
 // lines need: whether a descriptor is a terminal, its size, and a raw mode
 // (keys arrive one at a time, unechoed) that is always undone.
+import CLmctfyShims
 import Glibc
 
 /// A terminal on a file descriptor. Not thread-safe: one thread owns it.
@@ -56,5 +57,138 @@ public enum Terminal {
         let n = poll(&p, nfds_t(p.count), timeoutMs)
         guard n > 0 else { return [] }
         return p.filter { $0.revents != 0 }.map(\.fd)
+    }
+}
+
+/// A terminal's size in characters (`lmctl run -t`, the agent's
+/// pseudo-terminals).
+public struct TerminalWindow: Sendable, Equatable {
+    public var rows: UInt16
+    public var cols: UInt16
+
+    public init(rows: UInt16, cols: UInt16) {
+        self.rows = rows
+        self.cols = cols
+    }
+
+    /// A window told in a message (each 1...65535), or nil.
+    public init?(rows: UInt32?, cols: UInt32?) {
+        guard let rows, let cols, (1...65535).contains(rows), (1...65535).contains(cols) else { return nil }
+        self.init(rows: UInt16(rows), cols: UInt16(cols))
+    }
+}
+
+extension Terminal {
+    /// The size of the terminal on `fd`; nil when it is not one (or says 0).
+    public static func window(_ fd: Int32) -> TerminalWindow? {
+        size(fd).map { TerminalWindow(rows: UInt16(clamping: $0.rows), cols: UInt16(clamping: $0.columns)) }
+    }
+
+    /// Sets the size of the terminal on `fd` (a pseudo-terminal's master:
+    /// the kernel sends SIGWINCH to its foreground process group).
+    public static func setWindow(_ fd: Int32, _ window: TerminalWindow) throws(SystemError) {
+        var w = winsize(ws_row: window.rows, ws_col: window.cols, ws_xpixel: 0, ws_ypixel: 0)
+        guard ioctl(fd, UInt(TIOCSWINSZ), &w) == 0 else { throw SystemError("ioctl(TIOCSWINSZ)", "fd \(fd)", errno) }
+    }
+
+    /// A new pseudo-terminal: its master and its slave, both close-on-exec
+    /// and not made anyone's controlling terminal. The slave is opened from
+    /// the master (TIOCGPTPEER), never by a path another could swap.
+    public static func openPseudoTerminal() throws(SystemError) -> (master: Int32, slave: Int32) {
+        let master = open("/dev/ptmx", O_RDWR | O_NOCTTY | O_CLOEXEC)
+        guard master >= 0 else { throw SystemError("open", "/dev/ptmx", errno) }
+        // Unlocked (unlockpt(3)): the slave may be opened.
+        var unlock: Int32 = 0
+        guard ioctl(master, Self.tiocsptlck, &unlock) == 0 else {
+            let e = errno
+            close(master)
+            throw SystemError("ioctl(TIOCSPTLCK)", "/dev/ptmx", e)
+        }
+        let slave = ioctl(master, Self.tiocgptpeer, O_RDWR | O_NOCTTY | O_CLOEXEC)
+        guard slave >= 0 else {
+            let e = errno
+            close(master)
+            throw SystemError("ioctl(TIOCGPTPEER)", "/dev/ptmx", e)
+        }
+        return (master, slave)
+    }
+
+    /// TIOCGPTPEER (Linux 4.13) and TIOCSPTLCK: macros Glibc's Swift
+    /// overlay does not import.
+    private static let tiocgptpeer: UInt = 0x5441
+    private static let tiocsptlck: UInt = 0x4004_5431
+
+    /// Everything typed on `fd` passes through untouched, to a terminal
+    /// elsewhere (`lmctl run -t`): cfmakeraw(3), output processing too (the
+    /// far terminal's line discipline did it). Returns what to give `restore`.
+    public static func enterPassThrough(_ fd: Int32) throws(SystemError) -> Saved {
+        var t = termios()
+        let (r, e) = Sys.retry { tcgetattr(fd, &t) }
+        if r != 0 { throw SystemError("tcgetattr", "fd \(fd)", e) }
+        let saved = Saved(fd: fd, settings: t)
+        cfmakeraw(&t)
+        let (r2, e2) = Sys.retry { tcsetattr(fd, TCSADRAIN, &t) }
+        if r2 != 0 { throw SystemError("tcsetattr", "fd \(fd)", e2) }
+        return saved
+    }
+}
+
+/// A terminal passed through to a command elsewhere (`lmctl run -t`): its
+/// size changes (SIGWINCH), and the signals that end this process while
+/// the terminal is in pass-through mode, taken through a signalfd. Such a
+/// signal puts the terminal back before the process dies of it, as it
+/// would have. Single-threaded processes only (the signals are blocked on
+/// the calling thread); `close` undoes it all.
+public final class TerminalSignals {
+    /// Polls readable when a signal came; -1 once closed.
+    public private(set) var fd: Int32
+    private let terminalFd: Int32
+    private var saved: Terminal.Saved?
+    private var old = sigset_t()
+    private static let ending: [Int32] = [SIGTERM, SIGHUP, SIGINT, SIGQUIT]
+
+    /// Watches the terminal on `terminalFd`; `saved` is put back before an
+    /// ending signal takes effect.
+    public init(terminalFd: Int32, saved: Terminal.Saved?) throws(SystemError) {
+        let signals = [SIGWINCH] + Self.ending
+        let fd = lm_signalfd_open(signals, Int32(signals.count), &old)
+        guard fd >= 0 else { throw SystemError("signalfd", "SIGWINCH", errno) }
+        self.fd = fd
+        self.terminalFd = terminalFd
+        self.saved = saved
+    }
+
+    /// Takes the signals that came: the terminal's size when it changed
+    /// (nil: no change). An ending signal puts the terminal back and kills
+    /// the process with it.
+    public func changed() -> TerminalWindow? {
+        var resized = false
+        while fd >= 0 {
+            let signal = lm_signalfd_next(fd)
+            if signal <= 0 { break }
+            if signal == SIGWINCH {
+                resized = true
+                continue
+            }
+            close()
+            Glibc.signal(signal, SIG_DFL)
+            var one = sigset_t()
+            sigemptyset(&one)
+            sigaddset(&one, signal)
+            raise(signal)
+            pthread_sigmask(SIG_UNBLOCK, &one, nil)
+            _exit(128 + signal)
+        }
+        return resized ? Terminal.window(terminalFd) : nil
+    }
+
+    /// Puts the terminal back and the signal mask as it was; once.
+    public func close() {
+        if let saved { Terminal.restore(saved) }
+        saved = nil
+        guard fd >= 0 else { return }
+        Glibc.close(fd)
+        fd = -1
+        pthread_sigmask(SIG_SETMASK, &old, nil)
     }
 }

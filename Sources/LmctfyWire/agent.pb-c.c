@@ -1042,6 +1042,51 @@ void   containers__lmctfy__agent__run_request__free_unpacked
   assert(message->base.descriptor == &containers__lmctfy__agent__run_request__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
+void   containers__lmctfy__agent__terminal_size__init
+                     (Containers__Lmctfy__Agent__TerminalSize         *message)
+{
+  static const Containers__Lmctfy__Agent__TerminalSize init_value = CONTAINERS__LMCTFY__AGENT__TERMINAL_SIZE__INIT;
+  *message = init_value;
+}
+size_t containers__lmctfy__agent__terminal_size__get_packed_size
+                     (const Containers__Lmctfy__Agent__TerminalSize *message)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__terminal_size__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t containers__lmctfy__agent__terminal_size__pack
+                     (const Containers__Lmctfy__Agent__TerminalSize *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__terminal_size__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t containers__lmctfy__agent__terminal_size__pack_to_buffer
+                     (const Containers__Lmctfy__Agent__TerminalSize *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__terminal_size__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Containers__Lmctfy__Agent__TerminalSize *
+       containers__lmctfy__agent__terminal_size__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Containers__Lmctfy__Agent__TerminalSize *)
+     protobuf_c_message_unpack (&containers__lmctfy__agent__terminal_size__descriptor,
+                                allocator, len, data);
+}
+void   containers__lmctfy__agent__terminal_size__free_unpacked
+                     (Containers__Lmctfy__Agent__TerminalSize *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &containers__lmctfy__agent__terminal_size__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
 void   containers__lmctfy__agent__run_response__init
                      (Containers__Lmctfy__Agent__RunResponse         *message)
 {
@@ -3067,7 +3112,7 @@ void   containers__lmctfy__agent__host_label__free_unpacked
   assert(message->base.descriptor == &containers__lmctfy__agent__host_label__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
-static const ProtobufCFieldDescriptor containers__lmctfy__agent__frame__field_descriptors[11] =
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__frame__field_descriptors[12] =
 {
   {
     "kind",
@@ -3201,6 +3246,18 @@ static const ProtobufCFieldDescriptor containers__lmctfy__agent__frame__field_de
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "window",
+    12,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_MESSAGE,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__Frame, window),
+    &containers__lmctfy__agent__terminal_size__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned containers__lmctfy__agent__frame__field_indices_by_name[] = {
   8,   /* field[8] = credit */
@@ -3214,11 +3271,12 @@ static const unsigned containers__lmctfy__agent__frame__field_indices_by_name[] 
   3,   /* field[3] = payload */
   5,   /* field[5] = status */
   1,   /* field[1] = stream_id */
+  11,   /* field[11] = window */
 };
 static const ProtobufCIntRange containers__lmctfy__agent__frame__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 11 }
+  { 0, 12 }
 };
 const ProtobufCMessageDescriptor containers__lmctfy__agent__frame__descriptor =
 {
@@ -3228,7 +3286,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__frame__descriptor =
   "Containers__Lmctfy__Agent__Frame",
   "containers.lmctfy.agent",
   sizeof(Containers__Lmctfy__Agent__Frame),
-  11,
+  12,
   containers__lmctfy__agent__frame__field_descriptors,
   containers__lmctfy__agent__frame__field_indices_by_name,
   1,  containers__lmctfy__agent__frame__number_ranges,
@@ -4455,7 +4513,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__detect_response__des
   (ProtobufCMessageInit) containers__lmctfy__agent__detect_response__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor containers__lmctfy__agent__run_request__field_descriptors[10] =
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__run_request__field_descriptors[12] =
 {
   {
     "name",
@@ -4577,6 +4635,30 @@ static const ProtobufCFieldDescriptor containers__lmctfy__agent__run_request__fi
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "tty",
+    11,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_BOOL,
+    offsetof(Containers__Lmctfy__Agent__RunRequest, has_tty),
+    offsetof(Containers__Lmctfy__Agent__RunRequest, tty),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "window",
+    12,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_MESSAGE,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__RunRequest, window),
+    &containers__lmctfy__agent__terminal_size__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned containers__lmctfy__agent__run_request__field_indices_by_name[] = {
   1,   /* field[1] = argv */
@@ -4589,11 +4671,13 @@ static const unsigned containers__lmctfy__agent__run_request__field_indices_by_n
   4,   /* field[4] = restart_policy */
   2,   /* field[2] = spec */
   6,   /* field[6] = tier */
+  10,   /* field[10] = tty */
+  11,   /* field[11] = window */
 };
 static const ProtobufCIntRange containers__lmctfy__agent__run_request__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 10 }
+  { 0, 12 }
 };
 const ProtobufCMessageDescriptor containers__lmctfy__agent__run_request__descriptor =
 {
@@ -4603,11 +4687,62 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__run_request__descrip
   "Containers__Lmctfy__Agent__RunRequest",
   "containers.lmctfy.agent",
   sizeof(Containers__Lmctfy__Agent__RunRequest),
-  10,
+  12,
   containers__lmctfy__agent__run_request__field_descriptors,
   containers__lmctfy__agent__run_request__field_indices_by_name,
   1,  containers__lmctfy__agent__run_request__number_ranges,
   (ProtobufCMessageInit) containers__lmctfy__agent__run_request__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__terminal_size__field_descriptors[2] =
+{
+  {
+    "rows",
+    1,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_UINT32,
+    offsetof(Containers__Lmctfy__Agent__TerminalSize, has_rows),
+    offsetof(Containers__Lmctfy__Agent__TerminalSize, rows),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "cols",
+    2,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_UINT32,
+    offsetof(Containers__Lmctfy__Agent__TerminalSize, has_cols),
+    offsetof(Containers__Lmctfy__Agent__TerminalSize, cols),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned containers__lmctfy__agent__terminal_size__field_indices_by_name[] = {
+  1,   /* field[1] = cols */
+  0,   /* field[0] = rows */
+};
+static const ProtobufCIntRange containers__lmctfy__agent__terminal_size__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 2 }
+};
+const ProtobufCMessageDescriptor containers__lmctfy__agent__terminal_size__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "containers.lmctfy.agent.TerminalSize",
+  "TerminalSize",
+  "Containers__Lmctfy__Agent__TerminalSize",
+  "containers.lmctfy.agent",
+  sizeof(Containers__Lmctfy__Agent__TerminalSize),
+  2,
+  containers__lmctfy__agent__terminal_size__field_descriptors,
+  containers__lmctfy__agent__terminal_size__field_indices_by_name,
+  1,  containers__lmctfy__agent__terminal_size__number_ranges,
+  (ProtobufCMessageInit) containers__lmctfy__agent__terminal_size__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
 static const ProtobufCFieldDescriptor containers__lmctfy__agent__run_response__field_descriptors[6] =

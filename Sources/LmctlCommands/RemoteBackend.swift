@@ -33,6 +33,10 @@ public final class RemoteBackend: ContainerBackend, @unchecked Sendable {
     /// sent to the agent, attach_input); nil: /dev/null on the agent's
     /// machine.
     public var input: Int32?
+    /// A foreground run's terminal (`run -t`): the command runs on a
+    /// pseudo-terminal on the agent's machine, this one's keys and size
+    /// passed to it (tty, protocol version 5).
+    public var terminal = false
 
     /// A backend over an authenticated connection to an agent. With
     /// `reconnect`, a call that loses its agent (UNAVAILABLE, the connection
@@ -292,8 +296,31 @@ public final class RemoteBackend: ContainerBackend, @unchecked Sendable {
             }
             request.attachInput = true
         }
+        // A terminal: sized as lmctl's own, which passes keys through
+        // untouched while the command runs (its ^C is the command's) and
+        // sends its size as it changes.
+        var signals: TerminalSignals?
+        if terminal && !detached {
+            guard let version = client.version, version >= ProtocolVersion.terminal else {
+                throw .failedPrecondition("run -t asks for a terminal in protocol version \(ProtocolVersion.terminal): the agent speaks \(client.version ?? 0)")
+            }
+            request.tty = true
+            let shown: Int32? = Terminal.isTerminal(0) ? 0 : Terminal.isTerminal(1) ? 1 : nil
+            if let shown, let w = Terminal.window(shown) { request.window = TerminalSize(rows: UInt32(w.rows), cols: UInt32(w.cols)) }
+            if let shown {
+                var saved: Terminal.Saved?
+                do throws(SystemError) {
+                    if shown == 0 { saved = try Terminal.enterPassThrough(0) }
+                    signals = try TerminalSignals(terminalFd: shown, saved: saved)
+                } catch {
+                    if let saved { Terminal.restore(saved) }
+                    throw error.lmctfy(.internal, "lmctl's terminal for run -t")
+                }
+            }
+        }
+        defer { signals?.close() }
         var outcome: RunOutcome?
-        try client.stream(AgentMethods.run, request, input: input) { r throws(LmctfyError) in
+        try client.stream(AgentMethods.run, request, input: input, terminal: signals) { r throws(LmctfyError) in
             switch r.kind {
             case .runStarted:
                 try onStarted(r.pid ?? 0)
@@ -328,6 +355,13 @@ public final class RemoteBackend: ContainerBackend, @unchecked Sendable {
 
     /// `run -i`: the next foreground run's stdin is lmctl's.
     public func attachStdin() throws(LmctfyError) { input = 0 }
+
+    /// `run -t`: the next foreground run's terminal is lmctl's (its stdin
+    /// too).
+    public func attachTerminal() throws(LmctfyError) {
+        terminal = true
+        input = 0
+    }
 
     /// Enter; needs TIDs.
     public func enter(_ name: String, tids: [Int32]) throws(LmctfyError) {
@@ -394,3 +428,6 @@ public final class RemoteBackend: ContainerBackend, @unchecked Sendable {
         try call(AgentMethods.create, CreateRequest(name: name, spec: spec, requestId: Self.newRequestId(), tier: tier))
     }
 }
+
+/// lmctl's terminal, watched for `RpcClient.stream(terminal:)`.
+extension TerminalSignals: TerminalWatch {}

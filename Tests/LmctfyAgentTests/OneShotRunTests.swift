@@ -528,3 +528,196 @@ struct AttachedInputTests {
         }
     }
 }
+
+/// A test's stand-in for lmctl's terminal: `resize(to:)` makes its
+/// descriptor readable, `changed` then gives the size.
+private final class FakeTerminal: TerminalWatch {
+    let pipe: (Int32, Int32)
+    var next: TerminalWindow?
+    init() throws { pipe = try Sys.pipe() }
+    deinit { close(pipe.0); close(pipe.1) }
+    var fd: Int32 { pipe.0 }
+    func resize(to window: TerminalWindow) {
+        next = window
+        _ = write(pipe.1, "w", 1)
+    }
+    func changed() -> TerminalWindow? {
+        var b: UInt8 = 0
+        _ = read(pipe.0, &b, 1)
+        defer { next = nil }
+        return next
+    }
+}
+
+@Suite(.enabled(if: RealCgroups.available, "\(RealCgroups.unavailableReason ?? "")"))
+struct TerminalRunTests {
+    /// Run with `tty` (protocol version 5): the command's stdio is a
+    /// pseudo-terminal of the size asked for, its controlling terminal;
+    /// an INPUT frame's window resizes it, keys typed reach it, the input's
+    /// end is its end of file, and ^C typed interrupts it.
+    @Test func aRunOnATerminalSeesItsSizeItsKeysAndItsResizes() throws {
+        try withClient("tty") { _, name, client in
+            _ = try client.call(AgentMethods.create, CreateRequest(name: name, spec: memory))
+            let keys = try Sys.pipe()
+            defer { close(keys.0); close(keys.1) }
+            let terminal = try FakeTerminal()
+            var seen = ""
+            var exited: RunResponse?
+            var sent = false
+            let script = "[ -t 0 ] && [ -t 1 ] && [ -t 2 ] && echo all-terminals; tty; stty size; read l; stty size; echo got:$l; exit 4"
+            try client.stream(AgentMethods.run, RunRequest(name: name, argv: ["/bin/sh", "-c", script], attachOutput: true, attachInput: true,
+                                                           tty: true, window: TerminalSize(rows: 30, cols: 100)),
+                              input: keys.0, terminal: terminal) { (r: RunResponse) in
+                #expect(r.stderr == nil, "a terminal has one output")
+                if let out = r.stdout { seen += String(decoding: out, as: UTF8.self) }
+                if seen.contains("30 100") && !sent {
+                    sent = true
+                    terminal.resize(to: TerminalWindow(rows: 40, cols: 120))
+                    #expect(write(keys.1, "hi\n", 3) == 3)
+                }
+                if r.kind == .runExited { exited = r }
+                return true
+            }
+            #expect(seen.contains("all-terminals") && seen.contains("/dev/pts/"), "\(seen)")
+            #expect(seen.contains("30 100\r\n") && seen.contains("40 120\r\n") && seen.contains("got:hi\r\n"), "\(seen)")
+            #expect(exited?.exitCode == 4)
+            // The input's end is the end of file, after a partial line too.
+            for (typed, echoed) in [("abc\n", "abc\r\nabc\r\n"), ("xyz", "xyzxyz")] {
+                let more = try Sys.pipe()
+                defer { close(more.0) }
+                #expect(write(more.1, typed, typed.utf8.count) == typed.utf8.count)
+                close(more.1)
+                var out = ""
+                var status: Int32?
+                try client.stream(AgentMethods.run, RunRequest(name: name, argv: ["/bin/cat"], attachOutput: true, attachInput: true, tty: true),
+                                  input: more.0) { (r: RunResponse) in
+                    if let o = r.stdout { out += String(decoding: o, as: UTF8.self) }
+                    if r.kind == .runExited { status = r.exitCode }
+                    return true
+                }
+                #expect(status == 0 && out == echoed, "\(typed.debugDescription): \(out.debugDescription)")
+            }
+            // ^C typed: the command (its terminal's foreground) gets SIGINT.
+            let ctrlC = try Sys.pipe()
+            defer { close(ctrlC.0); close(ctrlC.1) }
+            var signal: Int32?
+            try client.stream(AgentMethods.run, RunRequest(name: name, argv: ["/bin/sleep", "100"], attachOutput: true, attachInput: true, tty: true),
+                              input: ctrlC.0) { (r: RunResponse) in
+                if r.kind == .runStarted { #expect(write(ctrlC.1, "\u{3}", 1) == 1) }
+                if r.kind == .runExited { signal = r.termSignal }
+                return true
+            }
+            #expect(signal == SIGINT)
+        }
+    }
+
+    /// `lmctl run -t` on a terminal: the command sees lmctl's terminal's
+    /// size, lmctl's terminal passes keys through untouched while it runs
+    /// and is put back after (also when lmctl is killed with SIGTERM, the
+    /// command then stopped), and its resizes (SIGWINCH) reach the command.
+    /// With a pipe for stdin the command still gets a terminal.
+    @Test func lmctlRunTPassesItsTerminalThrough() throws {
+        try withClient("lmctl_tty") { socket, name, client in
+            _ = try client.call(AgentMethods.create, CreateRequest(name: name, spec: memory))
+            let lmctl = [builtTool("lmctl"), "--agent", "unix://" + socket]
+            // Its stdin piped: a terminal all the same, the pipe's end its EOF.
+            let r = try TestProcess.capture(["/bin/sh", "-c", (lmctl + ["run", "-t", name, "/bin/sh", "-c", "tty; read l; echo got:$l; cat; echo end"])
+                .map { "'\($0)'" }.joined(separator: " ") + " <<EOF\nhi\nEOF"])
+            let out = String(decoding: r.stdout, as: UTF8.self)
+            #expect(r.status == 0 && out.contains("/dev/pts/") && out.contains("got:hi\r\n") && out.contains("end\r\n"), "\(r)")
+            for ending in ["exit", "SIGTERM"] {
+                let pty = try Terminal.openPseudoTerminal()
+                defer { close(pty.master); close(pty.slave) }
+                try Terminal.setWindow(pty.master, TerminalWindow(rows: 33, cols: 77))
+                var before = termios()
+                #expect(tcgetattr(pty.slave, &before) == 0)
+                let pid = try TestProcess.spawnOnTerminal(lmctl + ["run", "-it", name, "/bin/sh", "-c", "stty size; read l; stty size; echo got:$l; sleep 100"],
+                                              pty.slave)
+                defer { TestProcess.end(pid) }
+                var shown = ""
+                #expect(readTerminal(pty.master, &shown) { $0.contains("33 77") }, "\(shown.debugDescription)")
+                var during = termios()
+                #expect(tcgetattr(pty.slave, &during) == 0 && during.c_lflag & tcflag_t(ICANON | ECHO | ISIG) == 0,
+                        "lmctl's terminal passes keys through")
+                try Terminal.setWindow(pty.master, TerminalWindow(rows: 44, cols: 88))
+                kill(pid, SIGWINCH)  // (lmctl is not the terminal's foreground here)
+                usleep(100_000)
+                #expect(write(pty.master, "hi\r", 3) == 3)
+                #expect(readTerminal(pty.master, &shown) { $0.contains("got:hi") }, "\(shown.debugDescription)")
+                #expect(shown.contains("44 88"), "\(shown.debugDescription)")
+                let status: LmctfySystem.ExitStatus?
+                if ending == "exit" {
+                    #expect(write(pty.master, "\u{3}", 1) == 1)  // ^C: the sleep's, not lmctl's
+                    status = waitExit(pid)
+                    #expect(status == .exited(128 + SIGINT), "\(String(describing: status))")
+                } else {
+                    kill(pid, SIGTERM)
+                    status = waitExit(pid)
+                    #expect(status == .signaled(SIGTERM), "\(String(describing: status))")
+                }
+                var after = termios()
+                #expect(tcgetattr(pty.slave, &after) == 0 && after.c_lflag == before.c_lflag && after.c_iflag == before.c_iflag
+                        && after.c_oflag == before.c_oflag, "\(ending): lmctl's terminal put back")
+                #expect(within(30) { (try? client.call(AgentMethods.listPids, ListPidsRequest(name: name, recursive: true)).pids.isEmpty) == true },
+                        "\(ending): the command stopped")
+            }
+            // Its output on a terminal, its input ended at once (/dev/null):
+            // a SIGTERM still ends lmctl (the signals it watches on the
+            // terminal's behalf were left blocked once no input could go).
+            let pty = try Terminal.openPseudoTerminal()
+            defer { close(pty.master); close(pty.slave) }
+            let devNull = open("/dev/null", O_RDONLY | O_CLOEXEC)
+            defer { close(devNull) }
+            let pid = try TestProcess.spawnOnTerminal(lmctl + ["run", "-t", name, "/bin/sh", "-c", "echo started; sleep 100"], pty.slave, stdin: devNull)
+            defer { TestProcess.end(pid) }
+            var shown = ""
+            #expect(readTerminal(pty.master, &shown) { $0.contains("started") }, "\(shown.debugDescription)")
+            usleep(100_000)
+            kill(pid, SIGTERM)
+            let status = waitExit(pid)
+            #expect(status == .signaled(SIGTERM), "\(String(describing: status))")
+            #expect(within(30) { (try? client.call(AgentMethods.listPids, ListPidsRequest(name: name, recursive: true)).pids.isEmpty) == true },
+                    "the command stopped")
+        }
+    }
+
+    /// A terminal is for a foreground Run with its output attached, on a
+    /// version 5 connection, of a size within range: anything else is
+    /// refused before anything runs.
+    @Test func aTerminalIsRefusedWhereItCannotWork() throws {
+        try withClient("tty_refused") { socket, name, client in
+            _ = try client.call(AgentMethods.create, CreateRequest(name: name, spec: memory))
+            let marker = "/tmp/\(name.dropFirst())-ran"
+            defer { _ = unlink(marker) }
+            let argv = ["/bin/sh", "-c", "touch \(marker)"]
+            for (request, why) in [
+                (RunRequest(name: name, argv: argv, detached: true, tty: true), "foreground"),
+                (RunRequest(name: name, argv: argv, tty: true), "attach_output"),
+                (RunRequest(name: name, argv: argv, attachOutput: true, window: TerminalSize(rows: 24, cols: 80)), "give tty"),
+                (RunRequest(name: name, argv: argv, attachOutput: true, tty: true, window: TerminalSize(rows: 0, cols: 80)), "65535"),
+            ] {
+                var refused: LmctfyError?
+                do {
+                    try client.stream(AgentMethods.run, request) { (_: RunResponse) in true }
+                } catch { refused = error as? LmctfyError }
+                #expect(refused?.code == .invalidArgument && refused?.message.contains(why) == true, "\(String(describing: refused))")
+            }
+            let old = try RawLink(fd: try RpcSocket.connectUnix(path: socket),
+                                  Session(dialler: .peerCredentials, name: "t", offering: 1...4, now: MonotonicClock.milliseconds()))
+            #expect(old.session.peer?.version == 4)
+            old.open("Run", try RunRequest(name: name, argv: argv, attachOutput: true, tty: true).serializedBytes())
+            old.pump { !old.statuses.isEmpty }
+            #expect(old.statuses.first?.code == .invalidArgument && old.responses.isEmpty, "\(old.statuses)")
+            #expect(access(marker, F_OK) != 0, "nothing ran")
+        }
+    }
+}
+
+/// How our child `pid` ended (up to 30 s; nil: still running).
+private func waitExit(_ pid: pid_t) -> LmctfySystem.ExitStatus? {
+    for _ in 0..<1500 {
+        if let status = TestProcess.reapIfExited(pid) { return status }
+        usleep(20_000)
+    }
+    return nil
+}

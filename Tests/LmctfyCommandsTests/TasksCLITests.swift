@@ -33,6 +33,25 @@ struct TasksCLITests {
         }
     }
 
+    /// `run -i` and `-t` (`-it`): lmctl's flags, accepted by lmctfy (a
+    /// local command has lmctfy's stdin and terminal anyway); refused with
+    /// -n, and by other verbs.
+    @Test(arguments: Runner.allCases)
+    func runTakesLmctlsTerminalFlags(_ lmctfy: Runner) throws {
+        try withTestName("runtty") { name throws in
+            #expect(try lmctfy("create", name, "").status == 0)
+            for flags in [["-i"], ["-t"], ["-it"], ["-ti"], ["--tty"], ["--stdin", "--tty=true"]] {
+                let r = try lmctfy.run(["run"] + flags + [name, "/bin/sh", "-c", "exit 4"])
+                #expect(r.status == 4, "\(flags): \(r)")
+            }
+            var r = try lmctfy("run", "-t", "-n", name, "sleep", "1")
+            #expect(r.status == 3 && r.stderr.contains("-n"), "\(r)")
+            #expect(try lmctfy("list", "pids", name).stdout.isEmpty, "nothing started")
+            r = try lmctfy("list", "containers", "-t")
+            #expect(r.status == 3 && r.stderr.contains("-t are run's"), "\(r)")
+        }
+    }
+
     /// `run --create SPEC [--rm]`: the command runs in the container made
     /// for it (its exit status passed on), which goes with --rm and stays
     /// without; --rm with -n is refused before anything is made.

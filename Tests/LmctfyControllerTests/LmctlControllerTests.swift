@@ -215,6 +215,44 @@ struct LmctlControllerTests {
         #expect(try !ContainerApi.detect().exists(ContainerName.resolve(name, relativeTo: .root)))
     }
 
+    /// `lmctl run -t` through the controller: the terminal's size at the
+    /// start and its resizes reach the command on the host's agent (the
+    /// controller forwards INPUT frames with their window, version 5).
+    @Test func runOnATerminalThroughTheController() throws {
+        let fleet = try Fleet.twoHosts()
+        let name = RealCgroups.uniqueName("lmctl_tty")
+        defer { _ = try? ContainerApi.detect().destroy(ContainerName.resolve(name, relativeTo: .root)) }
+        let pty = try Terminal.openPseudoTerminal()
+        defer { close(pty.master); close(pty.slave) }
+        try Terminal.setWindow(pty.master, TerminalWindow(rows: 31, cols: 91))
+        let pid = try TestProcess.spawnOnTerminal([builtTool("lmctl"), "--controller", "unix://\(fleet.dir)/controller.sock", "--host", "alpha",
+                                                   "run", "-t", "--create", "memory:{limit:67108864}", "--rm", name,
+                                                   "/bin/sh", "-c", "stty size; read l; stty size; exit 3"], pty.slave)
+        defer { TestProcess.end(pid) }
+        var shown = ""
+        #expect(readTerminal(pty.master, &shown) { $0.contains("31 91") }, "\(shown.debugDescription)")
+        try Terminal.setWindow(pty.master, TerminalWindow(rows: 41, cols: 101))
+        kill(pid, SIGWINCH)
+        usleep(100_000)
+        #expect(write(pty.master, "\r", 1) == 1)
+        #expect(readTerminal(pty.master, &shown) { $0.contains("41 101") }, "\(shown.debugDescription)")
+        var status: LmctfySystem.ExitStatus?
+        for _ in 0..<1500 where status == nil {
+            status = TestProcess.reapIfExited(pid)
+            usleep(20_000)
+        }
+        #expect(status == .exited(3), "\(String(describing: status))")
+        #expect(try !ContainerApi.detect().exists(ContainerName.resolve(name, relativeTo: .root)))
+        // A client of version 4 gets no terminal: refused before anything runs.
+        let old = try RawLink(fd: try RpcSocket.connectUnix(path: fleet.dir + "/controller.sock"),
+                              Session(dialler: .peerCredentials, name: "t", offering: 1...4, now: MonotonicClock.milliseconds()))
+        old.open("Run", try RunRequest(name: name, argv: ["/bin/true"], create: ContainerSpec(), removeWhenDone: true,
+                                       attachOutput: true, tty: true).serializedBytes(), host: "alpha")
+        old.pump { !old.statuses.isEmpty }
+        #expect(old.statuses.first?.code == .invalidArgument && old.statuses.first?.message.contains("tty") == true, "\(old.statuses)")
+        #expect(try !ContainerApi.detect().exists(ContainerName.resolve(name, relativeTo: .root)))
+    }
+
     @Test func hostsRunsTheVerbOnEveryMatchingHost() throws {
         let fleet = try Fleet.twoHosts()
         let name = RealCgroups.uniqueName("lmctl_hosts")

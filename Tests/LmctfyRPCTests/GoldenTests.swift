@@ -7,7 +7,7 @@ import Testing
 
 @Suite struct GoldenTests {
     @Test func docHasEveryVector() {
-        for name in ["hello-offer", "ping-request", "ping-response", "status-ok", "status-deadline", "ping-final", "goaway", "credit", "input", "proof-acceptor", "proof-dialler"] {
+        for name in ["hello-offer", "ping-request", "ping-response", "status-ok", "status-deadline", "ping-final", "goaway", "credit", "input", "input-window", "proof-acceptor", "proof-dialler"] {
             #expect(Golden.vectors[name]?.isEmpty == false, "golden:\(name)")
         }
     }
@@ -22,7 +22,7 @@ import Testing
         let f = try? decoder.next()
         #expect(f?.kind == .frameHello)
         #expect(f?.hello?.stage == .helloOffer)
-        #expect(f?.hello?.minVersion == 1 && f?.hello?.maxVersion == 4)
+        #expect(f?.hello?.minVersion == 1 && f?.hello?.maxVersion == 5)
         #expect(f?.hello?.peerName == "lmctl" && f?.hello?.keyId == "ops")
         #expect(f?.hello?.nonce == Array(0..<32))
         #expect(f?.hello?.maxFrameBytes == 4_194_304 && f?.hello?.maxStreams == 128)
@@ -41,8 +41,8 @@ import Testing
 
     @Test func proofsMatchTheDocument() {
         let nc = [UInt8](0..<32), ns = [UInt8](32..<64)
-        #expect(HandshakeMAC.proof(key: goldenKey, label: HandshakeMAC.acceptorLabel, version: 4, keyId: "ops", clientNonce: nc, serverNonce: ns) == Golden["proof-acceptor"])
-        #expect(HandshakeMAC.proof(key: goldenKey, label: HandshakeMAC.diallerLabel, version: 4, keyId: "ops", clientNonce: nc, serverNonce: ns) == Golden["proof-dialler"])
+        #expect(HandshakeMAC.proof(key: goldenKey, label: HandshakeMAC.acceptorLabel, version: 5, keyId: "ops", clientNonce: nc, serverNonce: ns) == Golden["proof-acceptor"])
+        #expect(HandshakeMAC.proof(key: goldenKey, label: HandshakeMAC.diallerLabel, version: 5, keyId: "ops", clientNonce: nc, serverNonce: ns) == Golden["proof-dialler"])
     }
 
     @Test func pingCallFramesMatchTheDocument() throws {

@@ -155,11 +155,11 @@ import Testing
 
     @Test func versionMismatch() {
         var a = Session(acceptor: .peerCredentials(rootCredentials, UnixPeerPolicy()), name: "agent", now: 0)
-        let out = a.receive(frame(Frame(kind: .frameHello, hello: Hello(stage: .helloOffer, minVersion: 5, maxVersion: 6))), now: 0)
+        let out = a.receive(frame(Frame(kind: .frameHello, hello: Hello(stage: .helloOffer, minVersion: 6, maxVersion: 7))), now: 0)
         #expect(goAway(out)?.reason == .goawayVersionMismatch)
         var d = Session(dialler: .peerCredentials, name: "lmctl", now: 0)
         _ = d.start(now: 0)
-        #expect(goAway(d.receive(frame(Frame(kind: .frameHello, hello: Hello(stage: .helloAccepted, version: 7))), now: 0))?.reason == .goawayVersionMismatch)
+        #expect(goAway(d.receive(frame(Frame(kind: .frameHello, hello: Hello(stage: .helloAccepted, version: 8))), now: 0))?.reason == .goawayVersionMismatch)
     }
 
     @Test func offerWithARangeGetsTheHighestCommonVersion() {

@@ -363,3 +363,35 @@ public enum MachineBatch {
         try lock.locked { () throws -> T in try body() }
     }
 }
+
+extension TestProcess {
+    /// Starts `argv` with its stdin, stdout and stderr on the terminal
+    /// `slave` (its stdin on `stdin` instead, when given).
+    public static func spawnOnTerminal(_ argv: [String], _ slave: Int32, stdin: Int32? = nil) throws -> pid_t {
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_adddup2(&actions, stdin ?? slave, 0)
+        for fd: Int32 in 1...2 { posix_spawn_file_actions_adddup2(&actions, slave, fd) }
+        var cargs = argv.map { strdup($0) }
+        cargs.append(nil)
+        defer { for c in cargs { free(c) } }
+        var pid: pid_t = 0
+        let rc = posix_spawn(&pid, argv[0], &actions, nil, cargs, environ)
+        guard rc == 0 else { throw SystemError("posix_spawn", argv[0], rc) }
+        return pid
+    }
+}
+
+/// Reads a terminal's master into `text` until `done` holds (up to 30 s).
+public func readTerminal(_ master: Int32, _ text: inout String, _ done: (String) -> Bool) -> Bool {
+    var buffer = [UInt8](repeating: 0, count: 4096)
+    let end = MonotonicClock.milliseconds() + 30_000
+    while !done(text) && MonotonicClock.milliseconds() < end {
+        guard Terminal.waitReadable([master], timeoutMs: 200).contains(master) else { continue }
+        let n = buffer.withUnsafeMutableBytes { read(master, $0.baseAddress, $0.count) }
+        if n <= 0 { return done(text) }
+        text += String(decoding: buffer[0..<n], as: UTF8.self)
+    }
+    return done(text)
+}

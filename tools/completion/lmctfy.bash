@@ -19,7 +19,7 @@ declare -gA _lmctfy_menus=(
 # Verbs whose first argument is a container name (the image verbs take
 # image names and archive files: see the end of _lmctfy_complete).
 _lmctfy_named=" create destroy enter killall list_containers list_pids list_tids notify_container_empty notify_memory_oom notify_memory_threshold pause resume run spec stats_summary stats_full update_diff update_replace "
-_lmctfy_flags="-b -c -f -r -n -p -v -l -o -h -V --help --version --lmctfy_binary --lmctfy_config= --lmctfy_force --lmctfy_recursive --lmctfy_no_wait --lmctfy_output_style= --lmctfy_print_help --lmctfy_version --lmctfy_version_long --lmctfy_output_fd= --lmctfy_print_cmd_tree --lmctfy_print_cmd_tree_long --create= --rm --tier= -i --stdin"
+_lmctfy_flags="-b -c -f -r -n -p -v -l -o -h -V --help --version --lmctfy_binary --lmctfy_config= --lmctfy_force --lmctfy_recursive --lmctfy_no_wait --lmctfy_output_style= --lmctfy_print_help --lmctfy_version --lmctfy_version_long --lmctfy_output_fd= --lmctfy_print_cmd_tree --lmctfy_print_cmd_tree_long --create= --rm --tier= -i --stdin -t --tty -it"
 _lmctfy_styles="pairs values long json"
 
 # lmctl: its own options (before the verb), its own verbs and their flags.

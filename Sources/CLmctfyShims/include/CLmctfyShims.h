@@ -3,6 +3,7 @@
 #ifndef CLMCTFY_SHIMS_H
 #define CLMCTFY_SHIMS_H
 
+#include <signal.h>
 #include <stddef.h>
 /* Not part of Swift's Glibc module: re-exported so LmctfySystem can wrap them. */
 #include <sys/epoll.h>
@@ -59,6 +60,14 @@ int lm_pipe_cloexec(int fds[2]);
 int lm_flock_exclusive(int fd);
 /* The same without waiting: -1 with EWOULDBLOCK while another holds it. */
 int lm_flock_exclusive_now(int fd);
+
+/* A signalfd (close-on-exec, non-blocking) for the n signals given, which
+ * are blocked on the calling thread (*old: the mask before). Returns the
+ * descriptor, or -1 with errno (nothing changed). */
+int lm_signalfd_open(const int *signals, int n, sigset_t *old);
+/* The next signal read from a signalfd: its number, 0 when none waits, -1
+ * with errno on failure. */
+int lm_signalfd_next(int fd);
 
 /* SIGINT, SIGTERM and SIGHUP caught into a flag (SA_RESTART: interrupted
  * calls go on) until lm_release_sigint puts the previous dispositions back;

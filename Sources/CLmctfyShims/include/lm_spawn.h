@@ -25,6 +25,9 @@ struct lm_spawn_opts {
     /* stdio: a descriptor to dup onto 0/1/2, -1 for /dev/null, -2 to keep. */
     int stdin_fd, stdout_fd, stderr_fd;
     int new_session;                /* setsid() */
+    /* After setsid: stdin (a terminal) becomes the controlling terminal
+     * of the new session (TIOCSCTTY). */
+    int controlling_tty;
     int set_oom_score_adj;          /* write oom_score_adj below */
     int oom_score_adj;
     int set_ids;                    /* drop to gid/uid (clears supplementary groups) */

@@ -6351,6 +6351,8 @@ public struct Frame: ProtoMessage {
     public var host: String?
     /// Field 11 `input_end`.
     public var inputEnd: Bool?
+    /// Field 12 `window`.
+    public var window: TerminalSize?
 
     public init(
         kind: FrameKind? = nil,
@@ -6363,7 +6365,8 @@ public struct Frame: ProtoMessage {
         goaway: GoAway? = nil,
         credit: UInt32? = nil,
         host: String? = nil,
-        inputEnd: Bool? = nil
+        inputEnd: Bool? = nil,
+        window: TerminalSize? = nil
     ) {
         self.kind = kind
         self.streamId = streamId
@@ -6376,6 +6379,7 @@ public struct Frame: ProtoMessage {
         self.credit = credit
         self.host = host
         self.inputEnd = inputEnd
+        self.window = window
     }
 
     public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.Frame")
@@ -6393,6 +6397,7 @@ public struct Frame: ProtoMessage {
         self.credit = message.get(9)
         self.host = message.get(10)
         self.inputEnd = message.get(11)
+        self.window = message.get(12)
     }
 
     public var dynamic: DynamicMessage {
@@ -6408,6 +6413,7 @@ public struct Frame: ProtoMessage {
         message.set(9, credit)
         message.set(10, host)
         message.set(11, inputEnd)
+        message.set(12, window)
         return message
     }
 
@@ -6424,6 +6430,7 @@ public struct Frame: ProtoMessage {
         self.credit = CBridge.value(c, f[8])
         self.host = CBridge.value(c, f[9])
         self.inputEnd = CBridge.value(c, f[10])
+        self.window = CBridge.message(c, f[11])
     }
 
     public func makeC() -> UnsafeMutableRawPointer {
@@ -6440,6 +6447,7 @@ public struct Frame: ProtoMessage {
         CBridge.set(c, f[8], credit)
         CBridge.set(c, f[9], host)
         CBridge.set(c, f[10], inputEnd)
+        CBridge.setMessage(c, f[11], window)
         return c
     }
 }
@@ -9330,6 +9338,10 @@ public struct RunRequest: ProtoMessage {
     public var attachOutput: Bool?
     /// Field 10 `attach_input`.
     public var attachInput: Bool?
+    /// Field 11 `tty`.
+    public var tty: Bool?
+    /// Field 12 `window`.
+    public var window: TerminalSize?
 
     public init(
         name: String? = nil,
@@ -9341,7 +9353,9 @@ public struct RunRequest: ProtoMessage {
         tier: String? = nil,
         removeWhenDone: Bool? = nil,
         attachOutput: Bool? = nil,
-        attachInput: Bool? = nil
+        attachInput: Bool? = nil,
+        tty: Bool? = nil,
+        window: TerminalSize? = nil
     ) {
         self.name = name
         self.argv = argv
@@ -9353,6 +9367,8 @@ public struct RunRequest: ProtoMessage {
         self.removeWhenDone = removeWhenDone
         self.attachOutput = attachOutput
         self.attachInput = attachInput
+        self.tty = tty
+        self.window = window
     }
 
     public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.RunRequest")
@@ -9369,6 +9385,8 @@ public struct RunRequest: ProtoMessage {
         self.removeWhenDone = message.get(8)
         self.attachOutput = message.get(9)
         self.attachInput = message.get(10)
+        self.tty = message.get(11)
+        self.window = message.get(12)
     }
 
     public var dynamic: DynamicMessage {
@@ -9383,6 +9401,8 @@ public struct RunRequest: ProtoMessage {
         message.set(8, removeWhenDone)
         message.set(9, attachOutput)
         message.set(10, attachInput)
+        message.set(11, tty)
+        message.set(12, window)
         return message
     }
 
@@ -9398,6 +9418,8 @@ public struct RunRequest: ProtoMessage {
         self.removeWhenDone = CBridge.value(c, f[7])
         self.attachOutput = CBridge.value(c, f[8])
         self.attachInput = CBridge.value(c, f[9])
+        self.tty = CBridge.value(c, f[10])
+        self.window = CBridge.message(c, f[11])
     }
 
     public func makeC() -> UnsafeMutableRawPointer {
@@ -9413,6 +9435,8 @@ public struct RunRequest: ProtoMessage {
         CBridge.set(c, f[7], removeWhenDone)
         CBridge.set(c, f[8], attachOutput)
         CBridge.set(c, f[9], attachInput)
+        CBridge.set(c, f[10], tty)
+        CBridge.setMessage(c, f[11], window)
         return c
     }
 }
@@ -9960,6 +9984,51 @@ public struct SubscribeResponse: ProtoMessage {
         let p = prefix.isEmpty ? "" : prefix + "."
         if let m = event, let missing = m.missingRequiredField(prefix: p + "event") { return missing }
         return nil
+    }
+}
+
+/// Protobuf message `containers.lmctfy.agent.TerminalSize`.
+public struct TerminalSize: ProtoMessage {
+    /// Field 1 `rows`.
+    public var rows: UInt32?
+    /// Field 2 `cols`.
+    public var cols: UInt32?
+
+    public init(
+        rows: UInt32? = nil,
+        cols: UInt32? = nil
+    ) {
+        self.rows = rows
+        self.cols = cols
+    }
+
+    public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.TerminalSize")
+
+    public init(dynamic message: DynamicMessage) {
+        precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.TerminalSize")
+        self.rows = message.get(1)
+        self.cols = message.get(2)
+    }
+
+    public var dynamic: DynamicMessage {
+        var message = DynamicMessage(Self.protoDescriptor)
+        message.set(1, rows)
+        message.set(2, cols)
+        return message
+    }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.rows = CBridge.value(c, f[0])
+        self.cols = CBridge.value(c, f[1])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.set(c, f[0], rows)
+        CBridge.set(c, f[1], cols)
+        return c
     }
 }
 

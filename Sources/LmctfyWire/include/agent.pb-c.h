@@ -40,6 +40,7 @@ typedef struct Containers__Lmctfy__Agent__ListTidsResponse Containers__Lmctfy__A
 typedef struct Containers__Lmctfy__Agent__DetectRequest Containers__Lmctfy__Agent__DetectRequest;
 typedef struct Containers__Lmctfy__Agent__DetectResponse Containers__Lmctfy__Agent__DetectResponse;
 typedef struct Containers__Lmctfy__Agent__RunRequest Containers__Lmctfy__Agent__RunRequest;
+typedef struct Containers__Lmctfy__Agent__TerminalSize Containers__Lmctfy__Agent__TerminalSize;
 typedef struct Containers__Lmctfy__Agent__RunResponse Containers__Lmctfy__Agent__RunResponse;
 typedef struct Containers__Lmctfy__Agent__EnterRequest Containers__Lmctfy__Agent__EnterRequest;
 typedef struct Containers__Lmctfy__Agent__EnterResponse Containers__Lmctfy__Agent__EnterResponse;
@@ -366,15 +367,20 @@ struct  Containers__Lmctfy__Agent__Frame
    * INPUT: the caller's input ends with this frame (its payload may be
    * empty).
    */
-  /*
-   * Next id: 12
-   */
   protobuf_c_boolean has_input_end;
   protobuf_c_boolean input_end;
+  /*
+   * INPUT, version 5: the caller's terminal has this size now (a Run with
+   * `tty`); the frame's payload, if any, follows the resize.
+   */
+  /*
+   * Next id: 13
+   */
+  Containers__Lmctfy__Agent__TerminalSize *window;
 };
 #define CONTAINERS__LMCTFY__AGENT__FRAME__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__frame__descriptor) \
-    , 0, CONTAINERS__LMCTFY__AGENT__FRAME_KIND__FRAME_KIND_UNSPECIFIED, 0, 0, NULL, 0, {0,NULL}, 0, 0, NULL, NULL, NULL, 0, 0, NULL, 0, 0 }
+    , 0, CONTAINERS__LMCTFY__AGENT__FRAME_KIND__FRAME_KIND_UNSPECIFIED, 0, 0, NULL, 0, {0,NULL}, 0, 0, NULL, NULL, NULL, 0, 0, NULL, 0, 0, NULL }
 
 
 /*
@@ -893,15 +899,53 @@ struct  Containers__Lmctfy__Agent__RunRequest
    * (INVALID_ARGUMENT) with `detached`, and on a connection of an older
    * version.
    */
-  /*
-   * Next id: 11
-   */
   protobuf_c_boolean has_attach_input;
   protobuf_c_boolean attach_input;
+  /*
+   * Added (protocol version 5): the command runs on a pseudo-terminal
+   * (`lmctl run -t`): its stdin, stdout and stderr are the terminal, which
+   * is its controlling terminal in a session of its own. What it writes
+   * comes back as RUN_OUTPUT `stdout` (a terminal has one output); INPUT
+   * (with attach_input) is what is typed, and an INPUT frame's `window`
+   * resizes the terminal (the command gets SIGWINCH). At `input_end` the
+   * terminal's end-of-file character is typed. Needs attach_output;
+   * refused (INVALID_ARGUMENT) with `detached`, and on a connection of an
+   * older version.
+   */
+  protobuf_c_boolean has_tty;
+  protobuf_c_boolean tty;
+  /*
+   * Added (protocol version 5): the terminal's size at the start (with
+   * `tty`); absent: 24 rows of 80 columns.
+   */
+  /*
+   * Next id: 13
+   */
+  Containers__Lmctfy__Agent__TerminalSize *window;
 };
 #define CONTAINERS__LMCTFY__AGENT__RUN_REQUEST__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__run_request__descriptor) \
-    , NULL, 0,NULL, NULL, 0, 0, 0, CONTAINERS__LMCTFY__AGENT__RESTART_POLICY__RESTART_POLICY_UNSPECIFIED, NULL, NULL, 0, 0, 0, 0, 0, 0 }
+    , NULL, 0,NULL, NULL, 0, 0, 0, CONTAINERS__LMCTFY__AGENT__RESTART_POLICY__RESTART_POLICY_UNSPECIFIED, NULL, NULL, 0, 0, 0, 0, 0, 0, 0, 0, NULL }
+
+
+/*
+ * Added (protocol version 5): a terminal's size in characters, each 1 to
+ * 65535.
+ */
+struct  Containers__Lmctfy__Agent__TerminalSize
+{
+  ProtobufCMessage base;
+  protobuf_c_boolean has_rows;
+  uint32_t rows;
+  /*
+   * Next id: 3
+   */
+  protobuf_c_boolean has_cols;
+  uint32_t cols;
+};
+#define CONTAINERS__LMCTFY__AGENT__TERMINAL_SIZE__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__terminal_size__descriptor) \
+    , 0, 0, 0, 0 }
 
 
 struct  Containers__Lmctfy__Agent__RunResponse
@@ -2894,6 +2938,25 @@ Containers__Lmctfy__Agent__RunRequest *
 void   containers__lmctfy__agent__run_request__free_unpacked
                      (Containers__Lmctfy__Agent__RunRequest *message,
                       ProtobufCAllocator *allocator);
+/* Containers__Lmctfy__Agent__TerminalSize methods */
+void   containers__lmctfy__agent__terminal_size__init
+                     (Containers__Lmctfy__Agent__TerminalSize         *message);
+size_t containers__lmctfy__agent__terminal_size__get_packed_size
+                     (const Containers__Lmctfy__Agent__TerminalSize   *message);
+size_t containers__lmctfy__agent__terminal_size__pack
+                     (const Containers__Lmctfy__Agent__TerminalSize   *message,
+                      uint8_t             *out);
+size_t containers__lmctfy__agent__terminal_size__pack_to_buffer
+                     (const Containers__Lmctfy__Agent__TerminalSize   *message,
+                      ProtobufCBuffer     *buffer);
+Containers__Lmctfy__Agent__TerminalSize *
+       containers__lmctfy__agent__terminal_size__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   containers__lmctfy__agent__terminal_size__free_unpacked
+                     (Containers__Lmctfy__Agent__TerminalSize *message,
+                      ProtobufCAllocator *allocator);
 /* Containers__Lmctfy__Agent__RunResponse methods */
 void   containers__lmctfy__agent__run_response__init
                      (Containers__Lmctfy__Agent__RunResponse         *message);
@@ -3820,6 +3883,9 @@ typedef void (*Containers__Lmctfy__Agent__DetectResponse_Closure)
 typedef void (*Containers__Lmctfy__Agent__RunRequest_Closure)
                  (const Containers__Lmctfy__Agent__RunRequest *message,
                   void *closure_data);
+typedef void (*Containers__Lmctfy__Agent__TerminalSize_Closure)
+                 (const Containers__Lmctfy__Agent__TerminalSize *message,
+                  void *closure_data);
 typedef void (*Containers__Lmctfy__Agent__RunResponse_Closure)
                  (const Containers__Lmctfy__Agent__RunResponse *message,
                   void *closure_data);
@@ -3995,6 +4061,7 @@ extern const ProtobufCMessageDescriptor containers__lmctfy__agent__list_tids_res
 extern const ProtobufCMessageDescriptor containers__lmctfy__agent__detect_request__descriptor;
 extern const ProtobufCMessageDescriptor containers__lmctfy__agent__detect_response__descriptor;
 extern const ProtobufCMessageDescriptor containers__lmctfy__agent__run_request__descriptor;
+extern const ProtobufCMessageDescriptor containers__lmctfy__agent__terminal_size__descriptor;
 extern const ProtobufCMessageDescriptor containers__lmctfy__agent__run_response__descriptor;
 extern const ProtobufCMessageDescriptor containers__lmctfy__agent__enter_request__descriptor;
 extern const ProtobufCMessageDescriptor containers__lmctfy__agent__enter_response__descriptor;

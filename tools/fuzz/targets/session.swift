@@ -11,7 +11,8 @@
 //              status); with op&64, grant it 2 INPUT frames instead
 //   op%8 == 6: open a call ("Ping"; deadline 100 ms if op&16)
 //   op%8 == 7: cancel the oldest open outgoing call; with op&64, send input
-//              on it instead (its end if op&128)
+//              on it instead (its end if op&128; with a terminal size of
+//              op%32 rows if op&32, version 5)
 // Then every timer fires and the peer hangs up.
 // Properties (checked against a model of the open streams kept here):
 //  - calls are delivered once, with the peer's parity, never more than
@@ -95,9 +96,10 @@ struct Model {
             case .credit(let id, let n):
                 require(incoming.contains(id), "\(what): credit for stream \(id), not an open call of the peer's")
                 require(n > 0, "\(what): a credit of 0 delivered")
-            case .input(let id, let payload, let end):
+            case .input(let id, let payload, let end, let window):
                 require(incoming.contains(id), "\(what): input on stream \(id), not an open call of the peer's")
                 require(payload.count <= Session.maxInputBytes, "\(what): input of \(payload.count) bytes")
+                require(window.map { $0.rows > 0 && $0.cols > 0 } ?? true, "\(what): a window of \(String(describing: window))")
                 let left = inputGranted[id] ?? 0
                 require(left > 0, "\(what): input on stream \(id) beyond its credit (or after its end: \(left))")
                 inputGranted[id] = end ? -1 : left - 1
@@ -174,7 +176,8 @@ public func fuzzSession(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
         default:
             guard let id = model.outgoing.first else { continue }
             if op & 64 != 0 {
-                actions = session.sendInput(streamId: id, [1, 2, 3], end: op & 128 != 0, now: now).actions
+                let window = op & 32 != 0 ? TerminalWindow(rows: UInt16(op % 32), cols: 80) : nil
+                actions = session.sendInput(streamId: id, [1, 2, 3], end: op & 128 != 0, window: window, now: now).actions
                 break
             }
             actions = session.cancel(streamId: id, now: now)
