@@ -407,8 +407,13 @@ public struct LocalBackend: ContainerBackend {
                     }
                 }
             } catch {
-                throw error.lmctfy(.resourceExhausted, terminal == nil ? "Pipes for the stdio of a command in \(name)"
-                                                                       : "A pseudo-terminal for a command in \(name)")
+                guard terminal != nil else { throw error.lmctfy(.resourceExhausted, "Pipes for the stdio of a command in \(name)") }
+                // No devpts on this machine (a minimal VM) is not a
+                // shortage that passes: said so.
+                let missing = [ENOENT, ENODEV, ENXIO].contains(error.errno)
+                throw error.lmctfy(missing ? .failedPrecondition : .resourceExhausted,
+                                   missing ? "This machine has no pseudo-terminals for a command in \(name) (is devpts mounted?)"
+                                           : "A pseudo-terminal for a command in \(name)")
             }
             var options = RunOptions(fdPolicy: .inherit)
             options.existenceChecked = true  // `get` just looked

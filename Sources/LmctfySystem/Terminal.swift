@@ -28,18 +28,26 @@ public enum Terminal {
     /// itself before it exits); output processing stays (\n is a new line).
     /// Returns what to give `restore`.
     public static func enterRaw(_ fd: Int32) throws(SystemError) -> Saved {
+        try change(fd, when: TCSAFLUSH) { t in
+            t.c_lflag &= ~tcflag_t(ICANON | ECHO | ISIG | IEXTEN)
+            t.c_iflag &= ~tcflag_t(IXON | ICRNL)
+            // read() returns at once with what there is (the caller polls).
+            withUnsafeMutableBytes(of: &t.c_cc) { cc in
+                cc[Int(VMIN)] = 0
+                cc[Int(VTIME)] = 0
+            }
+        }
+    }
+
+    /// The settings of `fd` changed by `body`, applied `when` (TCSA*);
+    /// returns what they were.
+    private static func change(_ fd: Int32, when: Int32, _ body: (inout termios) -> Void) throws(SystemError) -> Saved {
         var t = termios()
         let (r, e) = Sys.retry { tcgetattr(fd, &t) }
         if r != 0 { throw SystemError("tcgetattr", "fd \(fd)", e) }
         let saved = Saved(fd: fd, settings: t)
-        t.c_lflag &= ~tcflag_t(ICANON | ECHO | ISIG | IEXTEN)
-        t.c_iflag &= ~tcflag_t(IXON | ICRNL)
-        // read() returns at once with what there is (the caller polls).
-        withUnsafeMutableBytes(of: &t.c_cc) { cc in
-            cc[Int(VMIN)] = 0
-            cc[Int(VTIME)] = 0
-        }
-        let (r2, e2) = Sys.retry { tcsetattr(fd, TCSAFLUSH, &t) }
+        body(&t)
+        let (r2, e2) = Sys.retry { tcsetattr(fd, when, &t) }
         if r2 != 0 { throw SystemError("tcsetattr", "fd \(fd)", e2) }
         return saved
     }
@@ -122,14 +130,7 @@ extension Terminal {
     /// elsewhere (`lmctl run -t`): cfmakeraw(3), output processing too (the
     /// far terminal's line discipline did it). Returns what to give `restore`.
     public static func enterPassThrough(_ fd: Int32) throws(SystemError) -> Saved {
-        var t = termios()
-        let (r, e) = Sys.retry { tcgetattr(fd, &t) }
-        if r != 0 { throw SystemError("tcgetattr", "fd \(fd)", e) }
-        let saved = Saved(fd: fd, settings: t)
-        cfmakeraw(&t)
-        let (r2, e2) = Sys.retry { tcsetattr(fd, TCSADRAIN, &t) }
-        if r2 != 0 { throw SystemError("tcsetattr", "fd \(fd)", e2) }
-        return saved
+        try change(fd, when: TCSADRAIN) { cfmakeraw(&$0) }
     }
 }
 

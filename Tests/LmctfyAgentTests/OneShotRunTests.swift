@@ -549,7 +549,8 @@ private final class FakeTerminal: TerminalWatch {
     }
 }
 
-@Suite(.enabled(if: RealCgroups.available, "\(RealCgroups.unavailableReason ?? "")"))
+@Suite(.enabled(if: RealCgroups.available, "\(RealCgroups.unavailableReason ?? "")"),
+       .enabled(if: access("/dev/ptmx", R_OK | W_OK) == 0, "no /dev/ptmx here (devpts not mounted): the terminal tests cannot run"))
 struct TerminalRunTests {
     /// Run with `tty` (protocol version 5): the command's stdio is a
     /// pseudo-terminal of the size asked for, its controlling terminal;
