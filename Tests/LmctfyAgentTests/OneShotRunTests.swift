@@ -550,7 +550,7 @@ private final class FakeTerminal: TerminalWatch {
 }
 
 @Suite(.enabled(if: RealCgroups.available, "\(RealCgroups.unavailableReason ?? "")"),
-       .enabled(if: access("/dev/ptmx", R_OK | W_OK) == 0, "no /dev/ptmx here (devpts not mounted): the terminal tests cannot run"))
+       .enabled(if: pseudoTerminalsWork, "no pseudo-terminal opens here (devpts not mounted, as in the v2 guest): the terminal tests cannot run"))
 struct TerminalRunTests {
     /// Run with `tty` (protocol version 5): the command's stdio is a
     /// pseudo-terminal of the size asked for, its controlling terminal;
@@ -721,4 +721,38 @@ private func waitExit(_ pid: pid_t) -> LmctfySystem.ExitStatus? {
         usleep(20_000)
     }
     return nil
+}
+
+/// Whether a pseudo-terminal opens on this machine.
+private let pseudoTerminalsWork: Bool = {
+    guard let pty = try? Terminal.openPseudoTerminal() else { return false }
+    close(pty.master)
+    close(pty.slave)
+    return true
+}()
+
+/// Where the machine has no pseudo-terminals (the v2 guest: /dev/ptmx
+/// without devpts mounted), a Run on a terminal is refused saying so, before the
+/// command starts; on a machine that has them this cannot be shown.
+@Suite(.enabled(if: RealCgroups.available, "\(RealCgroups.unavailableReason ?? "")"),
+       .enabled(if: !pseudoTerminalsWork, "pseudo-terminals work here: their absence cannot be shown (it is in the v2 guest, without devpts)"))
+struct NoPseudoTerminalIntegrationTests {
+    @Test func aTerminalWithoutDevptsIsAFailedPreconditionAndNothingRuns() throws {
+        try withClient("notty") { _, name, client in
+            _ = try client.call(AgentMethods.create, CreateRequest(name: name, spec: memory))
+            let marker = "/tmp/\(name.dropFirst())-ran"
+            defer { _ = unlink(marker) }
+            var refused: LmctfyError?
+            var responses = 0
+            do {
+                try client.stream(AgentMethods.run, RunRequest(name: name, argv: ["/bin/sh", "-c", "touch \(marker)"], attachOutput: true, tty: true)) {
+                    (_: RunResponse) in
+                    responses += 1
+                    return true
+                }
+            } catch { refused = error as? LmctfyError }
+            #expect(refused?.code == .failedPrecondition && refused?.message.contains("no pseudo-terminals") == true, "\(String(describing: refused))")
+            #expect(responses == 0 && access(marker, F_OK) != 0, "nothing ran")
+        }
+    }
 }
