@@ -381,7 +381,7 @@ public struct LocalBackend: ContainerBackend {
     /// feeding input ignores SIGPIPE, as the agent does: the command may
     /// close its stdin first.) Its own session. When `onStarted` or `onOutput` throws (the caller went),
     /// the whole job is killed and reaped before the error goes on.
-    public func runCapturing(_ name: String, argv: [String], input: (any RunInput)?, terminal: TerminalWindow?,
+    public func runCapturing(_ name: String, argv: [String], input: (any RunInput)?, terminal: RunTerminal?,
                              onStarted: (Int32) throws(LmctfyError) -> Void,
                              onOutput: ((Int32, [UInt8]) throws(LmctfyError) -> Void)?) throws(LmctfyError) -> RunOutcome {
         try existing(try get(name)) { (c: Container) throws(LmctfyError) -> RunOutcome in
@@ -393,7 +393,7 @@ public struct LocalBackend: ContainerBackend {
                 if let terminal {
                     pty = try Terminal.openPseudoTerminal()
                     fds += [pty!.master, pty!.slave]
-                    try Terminal.setWindow(pty!.master, terminal)
+                    try Terminal.setWindow(pty!.master, terminal.window)
                 } else {
                     if onOutput != nil {
                         out = try Sys.pipe()
@@ -422,6 +422,8 @@ public struct LocalBackend: ContainerBackend {
                 options.stdout = .fd(pty.slave)
                 options.stderr = .fd(pty.slave)
                 options.controllingTerminal = true
+                // This process's environment, its TERM the terminal's.
+                options.environment = Sys.environment().filter { !$0.hasPrefix("TERM=") } + ["TERM=" + terminal!.term]
             } else {
                 options.stdin = into.map { .fd($0.0) } ?? .devNull
                 options.stdout = out.map { .fd($0.1) } ?? .devNull

@@ -946,6 +946,12 @@ public final class Dispatcher: Sendable {
         if let w = r.window, TerminalWindow(rows: w.rows, cols: w.cols) == nil {
             throw LmctfyError.invalidArgument("window \(w.rows ?? 0)x\(w.cols ?? 0): rows and cols are each 1 to 65535")
         }
+        if let term = r.term {
+            guard r.tty == true else { throw LmctfyError.invalidArgument("term is the type of a Run's terminal: give tty too") }
+            guard RunTerminal.isValidTerm(term) else {
+                throw LmctfyError.invalidArgument("term \"\(term.prefix(80))\": 1 to 64 letters, digits and \"._+-\"")
+            }
+        }
         // Before anything is made: a caller that cannot send input is told
         // so, not left with a command reading an empty stdin.
         let input = r.attachInput == true ? context.openInput() : nil
@@ -1061,7 +1067,9 @@ public final class Dispatcher: Sendable {
         let output: ((Int32, [UInt8]) throws(LmctfyError) -> Void)? = r.attachOutput != true ? nil : { (stream: Int32, bytes: [UInt8]) throws(LmctfyError) in
             try context.emit(stream == 1 ? RunResponse(kind: .runOutput, stdout: bytes) : RunResponse(kind: .runOutput, stderr: bytes))
         }
-        let terminal = r.tty != true ? nil : r.window.flatMap { TerminalWindow(rows: $0.rows, cols: $0.cols) } ?? TerminalWindow(rows: 24, cols: 80)
+        let terminal = r.tty != true ? nil : RunTerminal(
+            window: r.window.flatMap { TerminalWindow(rows: $0.rows, cols: $0.cols) } ?? TerminalWindow(rows: 24, cols: 80),
+            term: r.term ?? "xterm")
         return try backend.runCapturing(name, argv: r.argv, input: input, terminal: terminal, onStarted: onStarted, onOutput: output)
     }
 

@@ -851,12 +851,7 @@ public final class SnapshotKeeper: Sendable {
     /// starts (NOTIFY_SOCKET is unset first thing in main; a thread that
     /// moves does so with a working directory of its own, never a Run's).
     private static let inherited: (env: [String], cwd: String?, uid: uid_t, gid: gid_t) = {
-        var env: [String] = []
-        var p = environ
-        while let e = p.pointee {
-            env.append(String(cString: e))
-            p += 1
-        }
+        let env = Sys.environment()
         var buf = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
         let cwd = getcwd(&buf, buf.count) != nil
             ? String(decoding: buf.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self) : nil

@@ -125,11 +125,12 @@ public protocol ContainerBackend: Sendable {
     /// `onOutput` (1 or 2, and a chunk), read until the command exits (nil:
     /// they go to /dev/null), and whose stdin is what `input` gives (nil:
     /// /dev/null). With `terminal`, the command runs on a pseudo-terminal
-    /// of that size (its controlling terminal, in a session of its own):
+    /// of its size (its controlling terminal, in a session of its own; its
+    /// TERM the terminal's):
     /// what it writes comes as stream 1, `input` is what is typed, and the
     /// input's end types the end-of-file character. A backend that cannot
     /// says UNIMPLEMENTED.
-    func runCapturing(_ name: String, argv: [String], input: (any RunInput)?, terminal: TerminalWindow?,
+    func runCapturing(_ name: String, argv: [String], input: (any RunInput)?, terminal: RunTerminal?,
                       onStarted: (Int32) throws(LmctfyError) -> Void,
                       onOutput: ((Int32, [UInt8]) throws(LmctfyError) -> Void)?) throws(LmctfyError) -> RunOutcome
     /// The next foreground `run`'s stdin is this process's own (`run -i`):
@@ -223,7 +224,7 @@ extension ContainerBackend {
     public func containerIdentity(_ name: String) -> UInt64? { nil }
 
     /// By default: not possible.
-    public func runCapturing(_ name: String, argv: [String], input: (any RunInput)?, terminal: TerminalWindow?,
+    public func runCapturing(_ name: String, argv: [String], input: (any RunInput)?, terminal: RunTerminal?,
                              onStarted: (Int32) throws(LmctfyError) -> Void,
                              onOutput: ((Int32, [UInt8]) throws(LmctfyError) -> Void)?) throws(LmctfyError) -> RunOutcome {
         throw .unimplemented("This backend cannot attach a command's stdio to its caller")
@@ -315,6 +316,26 @@ extension ContainerBackend {
 /// A foreground command's stdin fed from elsewhere (the agent's Run with
 /// `attach_input`: its caller's INPUT frames). The backend takes chunks as
 /// they come and writes them to the command's stdin pipe, one at a time.
+/// The terminal a foreground run is on (`lmctl run -t`): its size at the
+/// start and its type (the command's TERM).
+public struct RunTerminal: Sendable, Equatable {
+    public var window: TerminalWindow
+    public var term: String
+
+    public init(window: TerminalWindow, term: String) {
+        self.window = window
+        self.term = term
+    }
+
+    /// Whether `term` can be a TERM: 1 to 64 letters, digits and "._+-".
+    public static func isValidTerm(_ term: String) -> Bool {
+        !term.isEmpty && term.utf8.count <= 64
+            && term.utf8.allSatisfy { c in
+                (c >= 0x30 && c <= 0x39) || (c >= 0x41 && c <= 0x5a) || (c >= 0x61 && c <= 0x7a) || c == 0x2e || c == 0x5f || c == 0x2b || c == 0x2d
+            }
+    }
+}
+
 public protocol RunInput: AnyObject, Sendable {
     /// Polls readable while `take` has a chunk.
     var readyFd: Int32 { get }

@@ -77,3 +77,18 @@ extension Sys {
         return cap >= 0 && cap < 64 && bits & (UInt64(1) << UInt64(cap)) != 0
     }
 }
+
+extension Sys {
+    /// This process's environment (`KEY=value` entries), as `environ` holds
+    /// it now. Any thread, in a process that does not change its
+    /// environment once it runs threads (setenv is not thread-safe).
+    public static func environment() -> [String] {
+        var env: [String] = []
+        var p = environ
+        while let e = p.pointee {
+            env.append(String(cString: e))
+            p += 1
+        }
+        return env
+    }
+}

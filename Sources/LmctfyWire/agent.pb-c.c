@@ -4513,7 +4513,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__detect_response__des
   (ProtobufCMessageInit) containers__lmctfy__agent__detect_response__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor containers__lmctfy__agent__run_request__field_descriptors[12] =
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__run_request__field_descriptors[13] =
 {
   {
     "name",
@@ -4659,6 +4659,18 @@ static const ProtobufCFieldDescriptor containers__lmctfy__agent__run_request__fi
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "term",
+    13,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Containers__Lmctfy__Agent__RunRequest, term),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned containers__lmctfy__agent__run_request__field_indices_by_name[] = {
   1,   /* field[1] = argv */
@@ -4670,6 +4682,7 @@ static const unsigned containers__lmctfy__agent__run_request__field_indices_by_n
   7,   /* field[7] = remove_when_done */
   4,   /* field[4] = restart_policy */
   2,   /* field[2] = spec */
+  12,   /* field[12] = term */
   6,   /* field[6] = tier */
   10,   /* field[10] = tty */
   11,   /* field[11] = window */
@@ -4677,7 +4690,7 @@ static const unsigned containers__lmctfy__agent__run_request__field_indices_by_n
 static const ProtobufCIntRange containers__lmctfy__agent__run_request__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 12 }
+  { 0, 13 }
 };
 const ProtobufCMessageDescriptor containers__lmctfy__agent__run_request__descriptor =
 {
@@ -4687,7 +4700,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__run_request__descrip
   "Containers__Lmctfy__Agent__RunRequest",
   "containers.lmctfy.agent",
   sizeof(Containers__Lmctfy__Agent__RunRequest),
-  12,
+  13,
   containers__lmctfy__agent__run_request__field_descriptors,
   containers__lmctfy__agent__run_request__field_indices_by_name,
   1,  containers__lmctfy__agent__run_request__number_ranges,

@@ -305,6 +305,9 @@ public final class RemoteBackend: ContainerBackend, @unchecked Sendable {
                 throw .failedPrecondition("run -t asks for a terminal in protocol version \(ProtocolVersion.terminal): the agent speaks \(client.version ?? 0)")
             }
             request.tty = true
+            // The command's TERM is lmctl's (one the agent would refuse is
+            // left out: the agent's default then).
+            if let term = getenv("TERM").map({ String(cString: $0) }), RunTerminal.isValidTerm(term) { request.term = term }
             let shown: Int32? = Terminal.isTerminal(0) ? 0 : Terminal.isTerminal(1) ? 1 : nil
             if let shown, let w = Terminal.window(shown) { request.window = TerminalSize(rows: UInt32(w.rows), cols: UInt32(w.cols)) }
             if let shown {

@@ -565,9 +565,9 @@ struct TerminalRunTests {
             var seen = ""
             var exited: RunResponse?
             var sent = false
-            let script = "[ -t 0 ] && [ -t 1 ] && [ -t 2 ] && echo all-terminals; tty; stty size; read l; stty size; echo got:$l; exit 4"
+            let script = "[ -t 0 ] && [ -t 1 ] && [ -t 2 ] && echo all-terminals; echo term:$TERM; tty; stty size; read l; stty size; echo got:$l; exit 4"
             try client.stream(AgentMethods.run, RunRequest(name: name, argv: ["/bin/sh", "-c", script], attachOutput: true, attachInput: true,
-                                                           tty: true, window: TerminalSize(rows: 30, cols: 100)),
+                                                           tty: true, window: TerminalSize(rows: 30, cols: 100), term: "vt100"),
                               input: keys.0, terminal: terminal) { (r: RunResponse) in
                 #expect(r.stderr == nil, "a terminal has one output")
                 if let out = r.stdout { seen += String(decoding: out, as: UTF8.self) }
@@ -579,7 +579,7 @@ struct TerminalRunTests {
                 if r.kind == .runExited { exited = r }
                 return true
             }
-            #expect(seen.contains("all-terminals") && seen.contains("/dev/pts/"), "\(seen)")
+            #expect(seen.contains("all-terminals") && seen.contains("/dev/pts/") && seen.contains("term:vt100\r\n"), "\(seen)")
             #expect(seen.contains("30 100\r\n") && seen.contains("40 120\r\n") && seen.contains("got:hi\r\n"), "\(seen)")
             #expect(exited?.exitCode == 4)
             // The input's end is the end of file, after a partial line too.
@@ -598,6 +598,14 @@ struct TerminalRunTests {
                 }
                 #expect(status == 0 && out == echoed, "\(typed.debugDescription): \(out.debugDescription)")
             }
+            // Without a window or a type: 24x80, an xterm.
+            var plain = ""
+            try client.stream(AgentMethods.run, RunRequest(name: name, argv: ["/bin/sh", "-c", "stty size; echo $TERM"], attachOutput: true, tty: true)) {
+                (r: RunResponse) in
+                if let o = r.stdout { plain += String(decoding: o, as: UTF8.self) }
+                return true
+            }
+            #expect(plain == "24 80\r\nxterm\r\n", "\(plain.debugDescription)")
             // ^C typed: the command (its terminal's foreground) gets SIGINT.
             let ctrlC = try Sys.pipe()
             defer { close(ctrlC.0); close(ctrlC.1) }
@@ -632,8 +640,9 @@ struct TerminalRunTests {
                 try Terminal.setWindow(pty.master, TerminalWindow(rows: 33, cols: 77))
                 var before = termios()
                 #expect(tcgetattr(pty.slave, &before) == 0)
-                let pid = try TestProcess.spawnOnTerminal(lmctl + ["run", "-it", name, "/bin/sh", "-c", "stty size; read l; stty size; echo got:$l; sleep 100"],
-                                              pty.slave)
+                let pid = try TestProcess.spawnOnTerminal(["/usr/bin/env", "TERM=screen"] + lmctl
+                                                          + ["run", "-it", name, "/bin/sh", "-c", "echo term:$TERM; stty size; read l; stty size; echo got:$l; sleep 100"],
+                                                          pty.slave)
                 defer { TestProcess.end(pid) }
                 var shown = ""
                 #expect(readTerminal(pty.master, &shown) { $0.contains("33 77") }, "\(shown.debugDescription)")
@@ -645,7 +654,7 @@ struct TerminalRunTests {
                 usleep(100_000)
                 #expect(write(pty.master, "hi\r", 3) == 3)
                 #expect(readTerminal(pty.master, &shown) { $0.contains("got:hi") }, "\(shown.debugDescription)")
-                #expect(shown.contains("44 88"), "\(shown.debugDescription)")
+                #expect(shown.contains("44 88") && shown.contains("term:screen"), "\(shown.debugDescription)")
                 let status: LmctfySystem.ExitStatus?
                 if ending == "exit" {
                     #expect(write(pty.master, "\u{3}", 1) == 1)  // ^C: the sleep's, not lmctl's
@@ -696,6 +705,9 @@ struct TerminalRunTests {
                 (RunRequest(name: name, argv: argv, tty: true), "attach_output"),
                 (RunRequest(name: name, argv: argv, attachOutput: true, window: TerminalSize(rows: 24, cols: 80)), "give tty"),
                 (RunRequest(name: name, argv: argv, attachOutput: true, tty: true, window: TerminalSize(rows: 0, cols: 80)), "65535"),
+                (RunRequest(name: name, argv: argv, attachOutput: true, tty: true, term: "xterm; rm -rf /"), "letters"),
+                (RunRequest(name: name, argv: argv, attachOutput: true, tty: true, term: ""), "letters"),
+                (RunRequest(name: name, argv: argv, attachOutput: true, term: "xterm"), "give tty"),
             ] {
                 var refused: LmctfyError?
                 do {

@@ -9342,6 +9342,8 @@ public struct RunRequest: ProtoMessage {
     public var tty: Bool?
     /// Field 12 `window`.
     public var window: TerminalSize?
+    /// Field 13 `term`.
+    public var term: String?
 
     public init(
         name: String? = nil,
@@ -9355,7 +9357,8 @@ public struct RunRequest: ProtoMessage {
         attachOutput: Bool? = nil,
         attachInput: Bool? = nil,
         tty: Bool? = nil,
-        window: TerminalSize? = nil
+        window: TerminalSize? = nil,
+        term: String? = nil
     ) {
         self.name = name
         self.argv = argv
@@ -9369,6 +9372,7 @@ public struct RunRequest: ProtoMessage {
         self.attachInput = attachInput
         self.tty = tty
         self.window = window
+        self.term = term
     }
 
     public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.RunRequest")
@@ -9387,6 +9391,7 @@ public struct RunRequest: ProtoMessage {
         self.attachInput = message.get(10)
         self.tty = message.get(11)
         self.window = message.get(12)
+        self.term = message.get(13)
     }
 
     public var dynamic: DynamicMessage {
@@ -9403,6 +9408,7 @@ public struct RunRequest: ProtoMessage {
         message.set(10, attachInput)
         message.set(11, tty)
         message.set(12, window)
+        message.set(13, term)
         return message
     }
 
@@ -9420,6 +9426,7 @@ public struct RunRequest: ProtoMessage {
         self.attachInput = CBridge.value(c, f[9])
         self.tty = CBridge.value(c, f[10])
         self.window = CBridge.message(c, f[11])
+        self.term = CBridge.value(c, f[12])
     }
 
     public func makeC() -> UnsafeMutableRawPointer {
@@ -9437,6 +9444,7 @@ public struct RunRequest: ProtoMessage {
         CBridge.set(c, f[9], attachInput)
         CBridge.set(c, f[10], tty)
         CBridge.setMessage(c, f[11], window)
+        CBridge.set(c, f[12], term)
         return c
     }
 }

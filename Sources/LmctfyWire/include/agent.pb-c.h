@@ -918,14 +918,19 @@ struct  Containers__Lmctfy__Agent__RunRequest
    * Added (protocol version 5): the terminal's size at the start (with
    * `tty`); absent: 24 rows of 80 columns.
    */
-  /*
-   * Next id: 13
-   */
   Containers__Lmctfy__Agent__TerminalSize *window;
+  /*
+   * Added (protocol version 5): with `tty`, the command's TERM (lmctl sends
+   * its own): 1 to 64 letters, digits and "._+-". Absent: "xterm".
+   */
+  /*
+   * Next id: 14
+   */
+  char *term;
 };
 #define CONTAINERS__LMCTFY__AGENT__RUN_REQUEST__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__run_request__descriptor) \
-    , NULL, 0,NULL, NULL, 0, 0, 0, CONTAINERS__LMCTFY__AGENT__RESTART_POLICY__RESTART_POLICY_UNSPECIFIED, NULL, NULL, 0, 0, 0, 0, 0, 0, 0, 0, NULL }
+    , NULL, 0,NULL, NULL, 0, 0, 0, CONTAINERS__LMCTFY__AGENT__RESTART_POLICY__RESTART_POLICY_UNSPECIFIED, NULL, NULL, 0, 0, 0, 0, 0, 0, 0, 0, NULL, NULL }
 
 
 /*
