@@ -66,6 +66,12 @@ struct VirtualHostCLITests {
         let ran = try lmctl(["run", name, "/bin/sh", "-c", "hostname > /share/host; exit 4"])
         #expect(ran.status == 4)
         #expect(try Sys.readFile(root.share + "/host") == "vhagent\n")
+        // On a terminal (run -t): the agent's pseudo-terminal, inside.
+        let onTerminal = try TestProcess.capture(["/bin/sh", "-c", "echo hi | '\(builtTool("lmctl"))' --agent unix://\(agent.socket) run -t \(name) "
+                                                  + "/bin/sh -c '[ -t 0 ] && [ -t 1 ] && echo terminal; read l; echo got:$l; hostname; exit 5'"])
+        let shown = String(decoding: onTerminal.stdout, as: UTF8.self)
+        #expect(onTerminal.status == 5 && shown.contains("terminal\r\n") && shown.contains("got:hi\r\n") && shown.contains("vhagent\r\n"),
+                "\(onTerminal)")
         // A detached one lands in the virtual host's pid namespace.
         let detached = try lmctl(["run", "-n", name, "/bin/sleep", "300"])
         #expect(detached.status == 0)
