@@ -430,7 +430,7 @@ public enum LmctlCLI {
     /// One verb on one peer: an agent, or the host `host` through a
     /// controller (then `events` lines name it).
     static func runVerb(_ words: [String], dial: @escaping @Sendable () throws(LmctfyError) -> RpcClient, host: String?,
-                        stdout: any ByteSink, stderr: any ByteSink) -> Int32 {
+                        oneOfMany: Bool = false, stdout: any ByteSink, stderr: any ByteSink) -> Int32 {
         let warnings = SendableSink(stderr)
         let out = SendableSink(stdout)
         // A call that loses its agent (UNAVAILABLE) is retried once on a new
@@ -445,6 +445,7 @@ public enum LmctlCLI {
                 sink.write(bytes)
                 return !sink.isBroken
             }
+            backend.oneOfMany = oneOfMany
             return backend
         }
         if let events = eventsWords(words) {
@@ -528,7 +529,7 @@ public enum LmctlCLI {
                           stdout: any ByteSink, stderr: any ByteSink) -> Int32 {
         let err = LinePrefixSink(stderr) { Array("\(name): ".utf8) + $0 }
         let out = json ? LinePrefixSink(stdout) { Array(withHost($0, name)) } : nil
-        let status = runVerb(words, dial: routed(dial, to: name), host: name, stdout: out ?? stdout, stderr: err)
+        let status = runVerb(words, dial: routed(dial, to: name), host: name, oneOfMany: true, stdout: out ?? stdout, stderr: err)
         out?.flush()
         err.flush()
         return status

@@ -37,6 +37,9 @@ public final class RemoteBackend: ContainerBackend, @unchecked Sendable {
     /// pseudo-terminal on the agent's machine, this one's keys and size
     /// passed to it (tty, protocol version 5).
     public var terminal = false
+    /// One of the hosts of `--hosts`: lmctl's stdin and terminal cannot be
+    /// given to each host's command.
+    public var oneOfMany = false
 
     /// A backend over an authenticated connection to an agent. With
     /// `reconnect`, a call that loses its agent (UNAVAILABLE, the connection
@@ -357,11 +360,16 @@ public final class RemoteBackend: ContainerBackend, @unchecked Sendable {
     }
 
     /// `run -i`: the next foreground run's stdin is lmctl's.
-    public func attachStdin() throws(LmctfyError) { input = 0 }
+    public func attachStdin() throws(LmctfyError) {
+        // (The first host's command read it all, the others its end.)
+        if oneOfMany { throw .invalidArgument("run -i gives one command lmctl's stdin: with --hosts name one host (--host NAME)") }
+        input = 0
+    }
 
     /// `run -t`: the next foreground run's terminal is lmctl's (its stdin
     /// too).
     public func attachTerminal() throws(LmctfyError) {
+        if oneOfMany { throw .invalidArgument("run -t gives one command lmctl's terminal: with --hosts name one host (--host NAME)") }
         terminal = true
         input = 0
     }

@@ -282,6 +282,20 @@ struct LmctlControllerTests {
         #expect(destroyed.status == 0 && destroyed.lines == ["== alpha"], "\(destroyed.err)")
         #expect(fleet.recorded("a", .containerEventDestroyed, name) && !fleet.recorded("b", .containerEventDestroyed, name))
 
+        // lmctl's stdin or terminal cannot be every host's: refused on each,
+        // nothing run (the first host's command read it all, the others
+        // only its end).
+        let fed = RealCgroups.uniqueName("lmctl_hosts_in")
+        defer { _ = try? ContainerApi.detect().destroy(ContainerName.resolve(fed, relativeTo: .root)) }
+        for flag in ["-i", "-t", "--stdin", "-it"] {
+            let r = try fleet.lmctl(["--hosts", "", "run", flag, "--create", "memory:{limit:67108864}", "--rm", fed, "/bin/true"])
+            #expect(r.status == 3 && r.err.contains("alpha: ") && r.err.contains("beta: ") && r.err.contains("--host NAME"), "\(flag): \(r.err)")
+            #expect(!fleet.recorded("a", .containerEventCreated, fed) && !fleet.recorded("b", .containerEventCreated, fed), "\(flag): nothing made")
+        }
+        // (Flags of the command are its own.)
+        let grep = try fleet.lmctl(["--hosts", "zone=z1", "run", "--create", "memory:{limit:67108864}", "--rm", fed, "/bin/grep", "-i", "-c", "x", "/dev/null"])
+        #expect(grep.lines == ["== alpha", "0"], "\(grep.out)\(grep.err)")
+
         // No host matches: NOT_FOUND; a bad selector: the controller's INVALID_ARGUMENT.
         let none = try fleet.lmctl(["--hosts", "zone=none", "info"])
         #expect(none.status == 5 && none.err.contains("no host matches \"zone=none\""), "\(none.err)")
