@@ -1048,6 +1048,16 @@ public final class Dispatcher: Sendable {
                 context.onCancel { [self] in
                     _ = try? Sys.kill(-started, SIGKILL)
                     _ = try? Sys.kill(started, SIGKILL)
+                    // And the rest of its session: an interactive shell's
+                    // background jobs are process groups of their own (on a
+                    // terminal, `run -t`: they kept running when the
+                    // caller went; a probe). Looked for among the
+                    // container's processes, off the cancelling thread.
+                    Threads.detach { [self] in
+                        for task in (try? backend.listTasks(name, threads: false, recursive: true)) ?? [] where Sys.sessionId(task) == started {
+                            _ = try? Sys.kill(task, SIGKILL)
+                        }
+                    }
                     // A one-shot's container is ending: one paused meanwhile
                     // is thawed so that its killed job can die (it stayed
                     // frozen, the call's thread waiting on it, until someone

@@ -92,3 +92,11 @@ extension Sys {
         return env
     }
 }
+
+extension Sys {
+    /// The session `pid` is in (/proc/PID/stat); nil when it is gone.
+    public static func sessionId(_ pid: pid_t) -> pid_t? {
+        guard let fields = procStatFields("/proc/\(pid)/stat"), fields.count > 3 else { return nil }
+        return pid_t(fields[3])
+    }
+}

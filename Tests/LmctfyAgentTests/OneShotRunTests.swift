@@ -635,13 +635,16 @@ struct TerminalRunTests {
             let out = String(decoding: r.stdout, as: UTF8.self)
             #expect(r.status == 0 && out.contains("/dev/pts/") && out.contains("got:hi\r\n") && out.contains("end\r\n"), "\(r)")
             for ending in ["exit", "SIGTERM"] {
+                // Killed, a job-control shell's background job goes too
+                // (a process group of its own in the command's session).
+                let job = ending == "SIGTERM" ? "set -m; sleep 101 & " : ""
                 let pty = try Terminal.openPseudoTerminal()
                 defer { close(pty.master); close(pty.slave) }
                 try Terminal.setWindow(pty.master, TerminalWindow(rows: 33, cols: 77))
                 var before = termios()
                 #expect(tcgetattr(pty.slave, &before) == 0)
                 let pid = try TestProcess.spawnOnTerminal(["/usr/bin/env", "TERM=screen"] + lmctl
-                                                          + ["run", "-it", name, "/bin/sh", "-c", "echo term:$TERM; stty size; read l; stty size; echo got:$l; sleep 100"],
+                                                          + ["run", "-it", name, "/bin/sh", "-c", job + "echo term:$TERM; stty size; read l; stty size; echo got:$l; sleep 100"],
                                                           pty.slave)
                 defer { TestProcess.end(pid) }
                 var shown = ""
