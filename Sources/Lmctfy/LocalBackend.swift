@@ -438,7 +438,12 @@ public struct LocalBackend: ContainerBackend {
             if let out, let err { outputs = [(out.0, 1), (err.0, 2)] }
             // A terminal's output is read whether or not anyone wants it:
             // a command writing to a full one would wait forever.
-            if let pty { outputs = [(pty.master, 1)] }
+            if let pty {
+                outputs = [(pty.master, 1)]
+                // Non-blocking: what it holds is gathered into one chunk
+                // (a terminal gives at most 4 KiB a read).
+                _ = fcntl(pty.master, F_SETFL, fcntl(pty.master, F_GETFL) | O_NONBLOCK)
+            }
             fds = outputs.map(\.fd)
             var feed: StdinFeed?
             if let input, let writeEnd = into?.1 ?? pty?.master {
@@ -451,7 +456,7 @@ public struct LocalBackend: ContainerBackend {
             do throws(LmctfyError) {
                 try onStarted(pid)
                 input?.start()
-                try Self.pumpStdio(pid: pid, outputs: outputs, feed: feed) { (stream: Int32, bytes: [UInt8]) throws(LmctfyError) in
+                try Self.pumpStdio(pid: pid, outputs: outputs, feed: feed, gather: pty != nil) { (stream: Int32, bytes: [UInt8]) throws(LmctfyError) in
                     try onOutput?(stream, bytes)
                 }
             } catch {
@@ -507,13 +512,14 @@ public struct LocalBackend: ContainerBackend {
                         // Gone (EIO) is seen by the write below.
                         try? Terminal.setWindow(fd, window)
                     }
-                    // A terminal's end of input is ^D typed (VEOF: its
-                    // reader's end of file; twice after a partial line, the
-                    // first only passing the line on), the terminal staying open.
+                    // A terminal's end of input is its end-of-file
+                    // character typed (VEOF, ^D unless the command changed
+                    // it; twice after a partial line, the first only
+                    // passing the line on), the terminal staying open.
                     var bytes = chunk.bytes
-                    if terminal && chunk.end {
+                    if terminal && chunk.end, let eof = endOfFileCharacter() {
                         let partial = (bytes.last ?? lastTyped).map { $0 != UInt8(ascii: "\n") && $0 != UInt8(ascii: "\r") } ?? false
-                        bytes += partial ? [4, 4] : [4]
+                        bytes += partial ? [eof, eof] : [eof]
                     }
                     if let last = chunk.bytes.last { lastTyped = last }
                     pending = bytes[...]
@@ -546,6 +552,15 @@ public struct LocalBackend: ContainerBackend {
             }
         }
 
+        /// The terminal's end-of-file character now (its master's termios
+        /// are its slave's); nil when disabled or the terminal is gone.
+        private func endOfFileCharacter() -> UInt8? {
+            var t = termios()
+            guard fd >= 0, tcgetattr(fd, &t) == 0 else { return nil }
+            let eof = withUnsafeBytes(of: t.c_cc) { $0[Int(VEOF)] }
+            return eof == 0 ? nil : eof  // 0: _POSIX_VDISABLE
+        }
+
         /// Closes the pipe (the command reads its end of file); once. A
         /// terminal's master is only let go of.
         func closeFd() {
@@ -559,7 +574,9 @@ public struct LocalBackend: ContainerBackend {
     /// command's stdin from `feed` until it has exited (or, without a feed
     /// still going, its outputs have ended), then reads what the outputs
     /// still hold without waiting.
-    static func pumpStdio(pid: Int32, outputs: [(fd: Int32, stream: Int32)], feed: StdinFeed?,
+    /// `gather`: the outputs are non-blocking, and each chunk is what one
+    /// read and those that follow at once without waiting give (up to 64 KiB).
+    static func pumpStdio(pid: Int32, outputs: [(fd: Int32, stream: Int32)], feed: StdinFeed?, gather: Bool = false,
                           _ onOutput: (Int32, [UInt8]) throws(LmctfyError) -> Void) throws(LmctfyError) {
         let exit: Int32
         do throws(SystemError) { exit = try Sys.pidfdOpen(pid) } catch {
@@ -571,7 +588,12 @@ public struct LocalBackend: ContainerBackend {
         // One read of `fd`: false once it has ended (a terminal nobody
         // has open: EIO) or, draining, is empty.
         func readOnce(_ fd: Int32, _ stream: Int32, draining: Bool = false) throws(LmctfyError) -> Bool {
-            let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            var n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            while gather && n > 0 && n < buffer.count {
+                let more = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress! + n, $0.count - n) }
+                if more <= 0 { break }  // nothing more now (or ended: seen at the next read)
+                n += more
+            }
             if n > 0 {
                 try onOutput(stream, Array(buffer[0..<n]))
                 return true

@@ -583,20 +583,20 @@ struct TerminalRunTests {
             #expect(seen.contains("30 100\r\n") && seen.contains("40 120\r\n") && seen.contains("got:hi\r\n"), "\(seen)")
             #expect(exited?.exitCode == 4)
             // The input's end is the end of file, after a partial line too.
-            for (typed, echoed) in [("abc\n", "abc\r\nabc\r\n"), ("xyz", "xyzxyz")] {
+            for (typed, echoed, script) in [("abc\n", "abc\r\nabc\r\n", "cat"), ("xyz", "xyzxyz", "cat")] {
                 let more = try Sys.pipe()
                 defer { close(more.0) }
                 #expect(write(more.1, typed, typed.utf8.count) == typed.utf8.count)
                 close(more.1)
                 var out = ""
                 var status: Int32?
-                try client.stream(AgentMethods.run, RunRequest(name: name, argv: ["/bin/cat"], attachOutput: true, attachInput: true, tty: true),
-                                  input: more.0) { (r: RunResponse) in
+                try client.stream(AgentMethods.run, RunRequest(name: name, argv: ["/bin/sh", "-c", script], attachOutput: true, attachInput: true,
+                                                               tty: true), input: more.0) { (r: RunResponse) in
                     if let o = r.stdout { out += String(decoding: o, as: UTF8.self) }
                     if r.kind == .runExited { status = r.exitCode }
                     return true
                 }
-                #expect(status == 0 && out == echoed, "\(typed.debugDescription): \(out.debugDescription)")
+                #expect(status == 0 && out == echoed, "\(script): \(typed.debugDescription): \(out.debugDescription)")
             }
             // Without a window or a type: 24x80, an xterm.
             var plain = ""
@@ -606,6 +606,27 @@ struct TerminalRunTests {
                 return true
             }
             #expect(plain == "24 80\r\nxterm\r\n", "\(plain.debugDescription)")
+            // Its end-of-file character as the command set it (typed once
+            // it has: a ^D would be a character like any other then).
+            let late = try Sys.pipe()
+            defer { close(late.0); if late.1 >= 0 { close(late.1) } }
+            var lateEnd = late.1
+            var endOut = ""
+            var endStatus: Int32?
+            // (Bounded: a ^D typed regardless would leave cat waiting.)
+            try? client.stream(AgentMethods.run, RunRequest(name: name, argv: ["/bin/sh", "-c", "stty eof ^A; echo ready; cat; echo done"],
+                                                            attachOutput: true, attachInput: true, tty: true),
+                               deadlineMs: 30_000, input: late.0) { (r: RunResponse) in
+                if let o = r.stdout { endOut += String(decoding: o, as: UTF8.self) }
+                if endOut.contains("ready") && lateEnd >= 0 {
+                    #expect(write(lateEnd, "abc\n", 4) == 4)
+                    close(lateEnd)
+                    lateEnd = -1
+                }
+                if r.kind == .runExited { endStatus = r.exitCode }
+                return true
+            }
+            #expect(endStatus == 0 && endOut.hasSuffix("abc\r\ndone\r\n"), "\(endOut.debugDescription)")
             // ^C typed: the command (its terminal's foreground) gets SIGINT.
             let ctrlC = try Sys.pipe()
             defer { close(ctrlC.0); close(ctrlC.1) }
