@@ -135,10 +135,10 @@ extension Terminal {
 }
 
 /// A terminal passed through to a command elsewhere (`lmctl run -t`): its
-/// size changes (SIGWINCH), and the signals that end this process while
-/// the terminal is in pass-through mode, taken through a signalfd. Such a
-/// signal puts the terminal back before the process dies of it, as it
-/// would have. Single-threaded processes only (the signals are blocked on
+/// size changes (SIGWINCH), and the signals that end or stop this process
+/// while the terminal is in pass-through mode, taken through a signalfd.
+/// Such a signal puts the terminal back before the process dies of it, as
+/// it would have (a SIGTSTP: while it is stopped). Single-threaded processes only (the signals are blocked on
 /// the calling thread); `close` undoes it all.
 public final class TerminalSignals {
     /// Polls readable when a signal came; -1 once closed.
@@ -146,12 +146,12 @@ public final class TerminalSignals {
     private let terminalFd: Int32
     private var saved: Terminal.Saved?
     private var old = sigset_t()
-    private static let ending: [Int32] = [SIGTERM, SIGHUP, SIGINT, SIGQUIT]
+    private static let ending: [Int32] = [SIGTERM, SIGHUP, SIGINT, SIGQUIT, SIGUSR1, SIGUSR2, SIGALRM]
 
     /// Watches the terminal on `terminalFd`; `saved` is put back before an
     /// ending signal takes effect.
     public init(terminalFd: Int32, saved: Terminal.Saved?) throws(SystemError) {
-        let signals = [SIGWINCH] + Self.ending
+        let signals = [SIGWINCH, SIGTSTP] + Self.ending
         let fd = lm_signalfd_open(signals, Int32(signals.count), &old)
         guard fd >= 0 else { throw SystemError("signalfd", "SIGWINCH", errno) }
         self.fd = fd
@@ -168,6 +168,16 @@ public final class TerminalSignals {
             let signal = lm_signalfd_next(fd)
             if signal <= 0 { break }
             if signal == SIGWINCH {
+                resized = true
+                continue
+            }
+            if signal == SIGTSTP {
+                // Stopped from outside: the terminal is put back while this
+                // process is stopped, and passes keys through again when it
+                // continues (its size may have changed meanwhile).
+                if let saved { Terminal.restore(saved) }
+                raise(SIGSTOP)
+                if let saved { self.saved = (try? Terminal.enterPassThrough(saved.fd)) ?? saved }
                 resized = true
                 continue
             }

@@ -673,6 +673,19 @@ struct TerminalRunTests {
                 var during = termios()
                 #expect(tcgetattr(pty.slave, &during) == 0 && during.c_lflag & tcflag_t(ICANON | ECHO | ISIG) == 0,
                         "lmctl's terminal passes keys through")
+                if ending == "exit" {
+                    // Stopped from outside: its terminal put back meanwhile,
+                    // passing keys through again when it continues.
+                    func raw() -> Bool {
+                        var t = termios()
+                        return tcgetattr(pty.slave, &t) == 0 && t.c_lflag & tcflag_t(ICANON) == 0
+                    }
+                    kill(pid, SIGTSTP)
+                    #expect(within(30) { Sys.procStatFields("/proc/\(pid)/stat")?.first == "T" }, "lmctl stopped")
+                    #expect(!raw(), "its terminal put back while it is stopped")
+                    kill(pid, SIGCONT)
+                    #expect(within(30) { raw() }, "passing keys through again")
+                }
                 try Terminal.setWindow(pty.master, TerminalWindow(rows: 44, cols: 88))
                 kill(pid, SIGWINCH)  // (lmctl is not the terminal's foreground here)
                 usleep(100_000)
