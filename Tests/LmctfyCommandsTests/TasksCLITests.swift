@@ -141,13 +141,17 @@ struct TasksCLITests {
         let binary = try #require(BuiltBinary.path, "the lmctfy executable was not built next to the tests")
         for round in 0..<5 {
             try withTestName("runtermend\(round)") { name throws in
+                // Signalled once its trap is set (a SIGTERM passed on before
+                // the shell had run `trap` killed it: 143, a flaky run).
+                let ready = "/tmp/\(name.dropFirst())-ready"
+                defer { _ = unlink(ready) }
                 let lmctfy = try TestProcess.spawnWithSignalsUnblocked([binary, "run", "--create", "pids:{limit:50}", "--rm", name,
-                                                                       "/bin/sh", "-c", "trap '' TERM; sleep 0.3; exit 7"])
+                                                                       "/bin/sh", "-c", "trap '' TERM; : > \(ready); sleep 0.3; exit 7"])
                 defer { TestProcess.end(lmctfy) }
                 var status: LmctfySystem.ExitStatus?
                 var running = false
-                for _ in 0..<1500 where !running && status == nil {
-                    running = !pids(try BuiltBinary.run(["list", "pids", name])).isEmpty
+                for _ in 0..<6000 where !running && status == nil {
+                    running = access(ready, F_OK) == 0
                     if !running { status = TestProcess.reapIfExited(lmctfy); usleep(5_000) }
                 }
                 #expect(running, "round \(round): the command ran")
