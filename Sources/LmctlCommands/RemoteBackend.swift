@@ -331,8 +331,10 @@ public final class RemoteBackend: ContainerBackend, @unchecked Sendable {
             case .runStarted:
                 try onStarted(r.pid ?? 0)
                 guard detached else { break }
+                // Its call ends at once (OK): waited for, not cancelled, so
+                // the agent counts it as the success it is (a cancel that
+                // overtook the status made it CANCELLED: a flaky metrics test).
                 outcome = .started(pid: r.pid ?? 0)
-                return false
             case .runOutput:
                 guard let output else { break }
                 var writable = true
