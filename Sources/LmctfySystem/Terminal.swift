@@ -138,8 +138,9 @@ extension Terminal {
 /// size changes (SIGWINCH), and the signals that end or stop this process
 /// while the terminal is in pass-through mode, taken through a signalfd.
 /// Such a signal puts the terminal back before the process dies of it, as
-/// it would have (a SIGTSTP: while it is stopped). Single-threaded processes only (the signals are blocked on
-/// the calling thread); `close` undoes it all.
+/// it would have (a SIGTSTP: while it is stopped). Single-threaded
+/// processes only (the signals are blocked on the calling thread); `close`
+/// undoes it all.
 public final class TerminalSignals {
     /// Polls readable when a signal came; -1 once closed.
     public private(set) var fd: Int32

@@ -695,11 +695,11 @@ struct TerminalRunTests {
                 let status: LmctfySystem.ExitStatus?
                 if ending == "exit" {
                     #expect(write(pty.master, "\u{3}", 1) == 1)  // ^C: the sleep's, not lmctl's
-                    status = waitExit(pid)
+                    status = TestProcess.waitForExit(pid)
                     #expect(status == .exited(128 + SIGINT), "\(String(describing: status))")
                 } else {
                     kill(pid, SIGTERM)
-                    status = waitExit(pid)
+                    status = TestProcess.waitForExit(pid)
                     #expect(status == .signaled(SIGTERM), "\(String(describing: status))")
                 }
                 var after = termios()
@@ -721,7 +721,7 @@ struct TerminalRunTests {
             #expect(readTerminal(pty.master, &shown) { $0.contains("started") }, "\(shown.debugDescription)")
             usleep(100_000)
             kill(pid, SIGTERM)
-            let status = waitExit(pid)
+            let status = TestProcess.waitForExit(pid)
             #expect(status == .signaled(SIGTERM), "\(String(describing: status))")
             #expect(within(30) { (try? client.call(AgentMethods.listPids, ListPidsRequest(name: name, recursive: true)).pids.isEmpty) == true },
                     "the command stopped")
@@ -761,15 +761,6 @@ struct TerminalRunTests {
             #expect(access(marker, F_OK) != 0, "nothing ran")
         }
     }
-}
-
-/// How our child `pid` ended (up to 30 s; nil: still running).
-private func waitExit(_ pid: pid_t) -> LmctfySystem.ExitStatus? {
-    for _ in 0..<1500 {
-        if let status = TestProcess.reapIfExited(pid) { return status }
-        usleep(20_000)
-    }
-    return nil
 }
 
 /// Whether a pseudo-terminal opens on this machine.

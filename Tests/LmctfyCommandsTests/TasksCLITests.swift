@@ -75,15 +75,6 @@ struct TasksCLITests {
         }
     }
 
-    /// How the child `pid` ended, reaped once it has (up to 30 s; nil: still running).
-    func exitStatus(_ pid: pid_t) -> LmctfySystem.ExitStatus? {
-        for _ in 0..<1500 {
-            if let status = TestProcess.reapIfExited(pid) { return status }
-            usleep(20_000)
-        }
-        return nil
-    }
-
     /// The pids in `name` once it has any (up to 60 s, and only while our
     /// child `lmctfy` runs; empty: none came).
     func runningPids(_ name: String, while lmctfy: pid_t) throws -> [pid_t] {
@@ -108,7 +99,7 @@ struct TasksCLITests {
             let command = try runningPids(name, while: lmctfy)
             #expect(command.count == 1, "the command runs")
             kill(lmctfy, SIGTERM)
-            let status = exitStatus(lmctfy)
+            let status = TestProcess.waitForExit(lmctfy)
             #expect(status == .exited(128 + SIGTERM), "lmctfy ends as its command did: \(String(describing: status))")
             #expect(command.allSatisfy { kill($0, 0) != 0 }, "the command ended")
             #expect(try BuiltBinary.run(["spec", name]).status == 5, "its container removed")
@@ -126,7 +117,7 @@ struct TasksCLITests {
             let script = "trap '' TERM; p=$PPID; (while kill -TERM $p 2>/dev/null; do sleep 0.002; done) & sleep 0.3; exit 4"
             let lmctfy = try TestProcess.spawnWithSignalsUnblocked([binary, "run", "--create", "pids:{limit:50}", "--rm", name, "/bin/sh", "-c", script])
             defer { TestProcess.end(lmctfy) }
-            let status = exitStatus(lmctfy)
+            let status = TestProcess.waitForExit(lmctfy)
             #expect(status == .exited(4), "lmctfy ends with the command's status: \(String(describing: status))")
             #expect(try BuiltBinary.run(["spec", name]).status == 5, "its container removed, with the sender")
         }
@@ -189,7 +180,7 @@ struct TasksCLITests {
             for pid in command { kill(pid, SIGHUP) }
             usleep(300_000)  // time for lmctfy to (wrongly) pass the hangup on
             _ = close(open(go, O_WRONLY | O_CREAT, 0o600))
-            let status = exitStatus(lmctfy)
+            let status = TestProcess.waitForExit(lmctfy)
             #expect(status == .exited(6), "the command ran to its end: \(String(describing: status))")
             #expect(try BuiltBinary.run(["spec", name]).status == 5, "its container removed")
         }

@@ -236,11 +236,7 @@ struct LmctlControllerTests {
         usleep(100_000)
         #expect(write(pty.master, "\r", 1) == 1)
         #expect(readTerminal(pty.master, &shown) { $0.contains("41 101") }, "\(shown.debugDescription)")
-        var status: LmctfySystem.ExitStatus?
-        for _ in 0..<1500 where status == nil {
-            status = TestProcess.reapIfExited(pid)
-            usleep(20_000)
-        }
+        let status = TestProcess.waitForExit(pid)
         #expect(status == .exited(3), "\(String(describing: status))")
         #expect(try !ContainerApi.detect().exists(ContainerName.resolve(name, relativeTo: .root)))
         // A client of version 4 gets no terminal: refused before anything runs.

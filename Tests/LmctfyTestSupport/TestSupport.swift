@@ -213,6 +213,16 @@ public enum TestProcess {
         (try? Sys.exitStatusIfExited(pid)) ?? nil
     }
 
+    /// How our child `pid` ended, reaped once it has (up to 30 s; nil:
+    /// still running).
+    public static func waitForExit(_ pid: pid_t) -> ExitStatus? {
+        for _ in 0..<1500 {
+            if let status = reapIfExited(pid) { return status }
+            usleep(20_000)
+        }
+        return nil
+    }
+
     /// Whether our child `pid` has exited, without reaping it (its status
     /// stays for `reapIfExited`); false when still running or not our child.
     public static func hasExited(_ pid: pid_t) -> Bool {
