@@ -394,6 +394,7 @@ public struct LocalBackend: ContainerBackend {
                     pty = try Terminal.openPseudoTerminal()
                     fds += [pty!.master, pty!.slave]
                     try Terminal.setWindow(pty!.master, terminal.window)
+                    try Terminal.setModes(pty!.slave, terminal.modes)
                 } else {
                     if onOutput != nil {
                         out = try Sys.pipe()

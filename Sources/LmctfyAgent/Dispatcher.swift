@@ -952,6 +952,10 @@ public final class Dispatcher: Sendable {
                 throw LmctfyError.invalidArgument("term \"\(term.prefix(80))\": 1 to 64 letters, digits and \"._+-\"")
             }
         }
+        if !r.modes.isEmpty {
+            guard r.tty == true else { throw LmctfyError.invalidArgument("modes are the settings of a Run's terminal: give tty too") }
+            if let refusal = TerminalSetting.refusal(r.modes.map(\.setting)) { throw LmctfyError.invalidArgument(refusal) }
+        }
         // Before anything is made: a caller that cannot send input is told
         // so, not left with a command reading an empty stdin.
         let input = r.attachInput == true ? context.openInput() : nil
@@ -1079,7 +1083,7 @@ public final class Dispatcher: Sendable {
         }
         let terminal = r.tty != true ? nil : RunTerminal(
             window: r.window.flatMap { TerminalWindow(rows: $0.rows, cols: $0.cols) } ?? TerminalWindow(rows: 24, cols: 80),
-            term: r.term ?? "xterm")
+            term: r.term ?? "xterm", modes: r.modes.map(\.setting))
         return try backend.runCapturing(name, argv: r.argv, input: input, terminal: terminal, onStarted: onStarted, onOutput: output)
     }
 

@@ -317,14 +317,17 @@ extension ContainerBackend {
 /// `attach_input`: its caller's INPUT frames). The backend takes chunks as
 /// they come and writes them to the command's stdin pipe, one at a time.
 /// The terminal a foreground run is on (`lmctl run -t`): its size at the
-/// start and its type (the command's TERM).
+/// start, its type (the command's TERM) and the modes set on it before the
+/// command starts (its caller's terminal's; none: the kernel's defaults).
 public struct RunTerminal: Sendable, Equatable {
     public var window: TerminalWindow
     public var term: String
+    public var modes: [TerminalSetting]
 
-    public init(window: TerminalWindow, term: String) {
+    public init(window: TerminalWindow, term: String, modes: [TerminalSetting] = []) {
         self.window = window
         self.term = term
+        self.modes = modes
     }
 
     /// Whether `term` can be a TERM: 1 to 64 letters, digits and "._+-".
@@ -334,6 +337,14 @@ public struct RunTerminal: Sendable, Equatable {
                 (c >= 0x30 && c <= 0x39) || (c >= 0x41 && c <= 0x5a) || (c >= 0x61 && c <= 0x7a) || c == 0x2e || c == 0x5f || c == 0x2b || c == 0x2d
             }
     }
+}
+
+extension TerminalMode {
+    /// The mode as a terminal takes it (an absent number or value is 0:
+    /// out of range, refused by `TerminalSetting.refusal`).
+    public var setting: TerminalSetting { TerminalSetting(opcode: opcode ?? 0, value: value ?? 0) }
+
+    public init(_ setting: TerminalSetting) { self.init(opcode: setting.opcode, value: setting.value) }
 }
 
 public protocol RunInput: AnyObject, Sendable {

@@ -204,3 +204,119 @@ public final class TerminalSignals {
         pthread_sigmask(SIG_SETMASK, &old, nil)
     }
 }
+
+/// One of a terminal's modes, in a form that does not depend on the
+/// machine's termios layout: numbered as the SSH terminal modes are (RFC
+/// 4254 section 8, and RFC 8160 for IUTF8), as `ssh` passes a local
+/// terminal's modes to the far one. A control character's value is the
+/// byte (255: disabled); a flag's 0 or 1.
+public struct TerminalSetting: Sendable, Equatable {
+    public var opcode: UInt32
+    public var value: UInt32
+
+    public init(opcode: UInt32, value: UInt32) {
+        self.opcode = opcode
+        self.value = value
+    }
+
+    /// At most this many in one list.
+    public static let maxCount = 64
+    /// The numbers a mode can have (0 ends ssh's encoding; 160 and up are
+    /// not defined).
+    public static let opcodes: ClosedRange<UInt32> = 1...159
+    /// A control character's value when it is disabled.
+    public static let disabled: UInt32 = 255
+
+    /// The control characters this machine has, by mode number, as c_cc
+    /// indexes (VDSUSP, VFLUSH, VSWTCH and VSTATUS are not Linux's).
+    static let characters: [UInt32: Int32] = [
+        1: VINTR, 2: VQUIT, 3: VERASE, 4: VKILL, 5: VEOF, 6: VEOL, 7: VEOL2, 8: VSTART, 9: VSTOP,
+        10: VSUSP, 12: VREPRINT, 13: VWERASE, 14: VLNEXT, 18: VDISCARD,
+    ]
+
+    /// Which termios word a flag is in.
+    enum Word { case input, local, output }
+
+    /// The flags this machine has, by mode number. The character size and
+    /// parity (CS7, CS8, PARENB, PARODD: 90-93) are not among them: a
+    /// pseudo-terminal keeps its own.
+    static let flags: [UInt32: (Word, tcflag_t)] = [
+        30: (.input, tcflag_t(IGNPAR)), 31: (.input, tcflag_t(PARMRK)), 32: (.input, tcflag_t(INPCK)),
+        33: (.input, tcflag_t(ISTRIP)), 34: (.input, tcflag_t(INLCR)), 35: (.input, tcflag_t(IGNCR)),
+        36: (.input, tcflag_t(ICRNL)), 37: (.input, tcflag_t(IUCLC)), 38: (.input, tcflag_t(IXON)),
+        39: (.input, tcflag_t(IXANY)), 40: (.input, tcflag_t(IXOFF)), 41: (.input, tcflag_t(IMAXBEL)),
+        42: (.input, tcflag_t(IUTF8)),
+        50: (.local, tcflag_t(ISIG)), 51: (.local, tcflag_t(ICANON)), 52: (.local, tcflag_t(XCASE)),
+        53: (.local, tcflag_t(ECHO)), 54: (.local, tcflag_t(ECHOE)), 55: (.local, tcflag_t(ECHOK)),
+        56: (.local, tcflag_t(ECHONL)), 57: (.local, tcflag_t(NOFLSH)), 58: (.local, tcflag_t(TOSTOP)),
+        59: (.local, tcflag_t(IEXTEN)), 60: (.local, tcflag_t(ECHOCTL)), 61: (.local, tcflag_t(ECHOKE)),
+        62: (.local, tcflag_t(PENDIN)),
+        70: (.output, tcflag_t(OPOST)), 71: (.output, tcflag_t(OLCUC)), 72: (.output, tcflag_t(ONLCR)),
+        73: (.output, tcflag_t(OCRNL)), 74: (.output, tcflag_t(ONOCR)), 75: (.output, tcflag_t(ONLRET)),
+    ]
+
+    /// Why `modes` cannot be a terminal's (nil: they can): too many, a
+    /// number out of range, a flag other than 0 or 1, a character above a
+    /// byte. A number in range this machine does not have is let be (and
+    /// ignored where applied), as ssh does.
+    public static func refusal(_ modes: [TerminalSetting]) -> String? {
+        if modes.count > maxCount { return "\(modes.count) terminal modes: at most \(maxCount)" }
+        for m in modes {
+            guard opcodes.contains(m.opcode) else { return "terminal mode \(m.opcode): modes are numbered \(opcodes.lowerBound) to \(opcodes.upperBound)" }
+            if characters[m.opcode] != nil, m.value > 255 {
+                return "terminal mode \(m.opcode) is a control character: 0 to 255 (255: disabled), not \(m.value)"
+            }
+            if flags[m.opcode] != nil, m.value > 1 { return "terminal mode \(m.opcode) is a flag: 0 or 1, not \(m.value)" }
+        }
+        return nil
+    }
+}
+
+extension Terminal {
+    /// The modes of the terminal on `fd`, every one this machine has; nil
+    /// when it is not a terminal.
+    public static func modes(_ fd: Int32) -> [TerminalSetting]? {
+        var t = termios()
+        guard tcgetattr(fd, &t) == 0 else { return nil }
+        var modes: [TerminalSetting] = []
+        withUnsafeBytes(of: t.c_cc) { cc in
+            for (opcode, index) in TerminalSetting.characters.sorted(by: { $0.key < $1.key }) {
+                let c = cc[Int(index)]
+                modes.append(TerminalSetting(opcode: opcode, value: c == 0 ? TerminalSetting.disabled : UInt32(c)))
+            }
+        }
+        for (opcode, (word, bit)) in TerminalSetting.flags.sorted(by: { $0.key < $1.key }) {
+            let set: Bool
+            switch word {
+            case .input: set = t.c_iflag & bit == bit
+            case .local: set = t.c_lflag & bit == bit
+            case .output: set = t.c_oflag & bit == bit
+            }
+            modes.append(TerminalSetting(opcode: opcode, value: set ? 1 : 0))
+        }
+        return modes
+    }
+
+    /// Sets `modes` on the terminal on `fd` at once, leaving the rest of its
+    /// settings; numbers this machine does not have are ignored. The caller
+    /// has checked them (`TerminalSetting.refusal`).
+    public static func setModes(_ fd: Int32, _ modes: [TerminalSetting]) throws(SystemError) {
+        guard !modes.isEmpty else { return }
+        _ = try change(fd, when: TCSANOW) { t in
+            for m in modes {
+                if let index = TerminalSetting.characters[m.opcode] {
+                    withUnsafeMutableBytes(of: &t.c_cc) { cc in
+                        cc[Int(index)] = m.value >= TerminalSetting.disabled ? 0 : UInt8(truncatingIfNeeded: m.value)
+                    }
+                } else if let (word, bit) = TerminalSetting.flags[m.opcode] {
+                    let on = m.value != 0
+                    switch word {
+                    case .input: t.c_iflag = on ? t.c_iflag | bit : t.c_iflag & ~bit
+                    case .local: t.c_lflag = on ? t.c_lflag | bit : t.c_lflag & ~bit
+                    case .output: t.c_oflag = on ? t.c_oflag | bit : t.c_oflag & ~bit
+                    }
+                }
+            }
+        }
+    }
+}

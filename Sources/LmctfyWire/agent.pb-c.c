@@ -1042,6 +1042,51 @@ void   containers__lmctfy__agent__run_request__free_unpacked
   assert(message->base.descriptor == &containers__lmctfy__agent__run_request__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
+void   containers__lmctfy__agent__terminal_mode__init
+                     (Containers__Lmctfy__Agent__TerminalMode         *message)
+{
+  static const Containers__Lmctfy__Agent__TerminalMode init_value = CONTAINERS__LMCTFY__AGENT__TERMINAL_MODE__INIT;
+  *message = init_value;
+}
+size_t containers__lmctfy__agent__terminal_mode__get_packed_size
+                     (const Containers__Lmctfy__Agent__TerminalMode *message)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__terminal_mode__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t containers__lmctfy__agent__terminal_mode__pack
+                     (const Containers__Lmctfy__Agent__TerminalMode *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__terminal_mode__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t containers__lmctfy__agent__terminal_mode__pack_to_buffer
+                     (const Containers__Lmctfy__Agent__TerminalMode *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &containers__lmctfy__agent__terminal_mode__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Containers__Lmctfy__Agent__TerminalMode *
+       containers__lmctfy__agent__terminal_mode__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Containers__Lmctfy__Agent__TerminalMode *)
+     protobuf_c_message_unpack (&containers__lmctfy__agent__terminal_mode__descriptor,
+                                allocator, len, data);
+}
+void   containers__lmctfy__agent__terminal_mode__free_unpacked
+                     (Containers__Lmctfy__Agent__TerminalMode *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &containers__lmctfy__agent__terminal_mode__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
 void   containers__lmctfy__agent__terminal_size__init
                      (Containers__Lmctfy__Agent__TerminalSize         *message)
 {
@@ -4513,7 +4558,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__detect_response__des
   (ProtobufCMessageInit) containers__lmctfy__agent__detect_response__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor containers__lmctfy__agent__run_request__field_descriptors[13] =
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__run_request__field_descriptors[14] =
 {
   {
     "name",
@@ -4671,6 +4716,18 @@ static const ProtobufCFieldDescriptor containers__lmctfy__agent__run_request__fi
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "modes",
+    14,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Containers__Lmctfy__Agent__RunRequest, n_modes),
+    offsetof(Containers__Lmctfy__Agent__RunRequest, modes),
+    &containers__lmctfy__agent__terminal_mode__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned containers__lmctfy__agent__run_request__field_indices_by_name[] = {
   1,   /* field[1] = argv */
@@ -4678,6 +4735,7 @@ static const unsigned containers__lmctfy__agent__run_request__field_indices_by_n
   8,   /* field[8] = attach_output */
   5,   /* field[5] = create */
   3,   /* field[3] = detached */
+  13,   /* field[13] = modes */
   0,   /* field[0] = name */
   7,   /* field[7] = remove_when_done */
   4,   /* field[4] = restart_policy */
@@ -4690,7 +4748,7 @@ static const unsigned containers__lmctfy__agent__run_request__field_indices_by_n
 static const ProtobufCIntRange containers__lmctfy__agent__run_request__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 13 }
+  { 0, 14 }
 };
 const ProtobufCMessageDescriptor containers__lmctfy__agent__run_request__descriptor =
 {
@@ -4700,11 +4758,62 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__run_request__descrip
   "Containers__Lmctfy__Agent__RunRequest",
   "containers.lmctfy.agent",
   sizeof(Containers__Lmctfy__Agent__RunRequest),
-  13,
+  14,
   containers__lmctfy__agent__run_request__field_descriptors,
   containers__lmctfy__agent__run_request__field_indices_by_name,
   1,  containers__lmctfy__agent__run_request__number_ranges,
   (ProtobufCMessageInit) containers__lmctfy__agent__run_request__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__terminal_mode__field_descriptors[2] =
+{
+  {
+    "opcode",
+    1,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_UINT32,
+    offsetof(Containers__Lmctfy__Agent__TerminalMode, has_opcode),
+    offsetof(Containers__Lmctfy__Agent__TerminalMode, opcode),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "value",
+    2,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_UINT32,
+    offsetof(Containers__Lmctfy__Agent__TerminalMode, has_value),
+    offsetof(Containers__Lmctfy__Agent__TerminalMode, value),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned containers__lmctfy__agent__terminal_mode__field_indices_by_name[] = {
+  0,   /* field[0] = opcode */
+  1,   /* field[1] = value */
+};
+static const ProtobufCIntRange containers__lmctfy__agent__terminal_mode__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 2 }
+};
+const ProtobufCMessageDescriptor containers__lmctfy__agent__terminal_mode__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "containers.lmctfy.agent.TerminalMode",
+  "TerminalMode",
+  "Containers__Lmctfy__Agent__TerminalMode",
+  "containers.lmctfy.agent",
+  sizeof(Containers__Lmctfy__Agent__TerminalMode),
+  2,
+  containers__lmctfy__agent__terminal_mode__field_descriptors,
+  containers__lmctfy__agent__terminal_mode__field_indices_by_name,
+  1,  containers__lmctfy__agent__terminal_mode__number_ranges,
+  (ProtobufCMessageInit) containers__lmctfy__agent__terminal_mode__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
 static const ProtobufCFieldDescriptor containers__lmctfy__agent__terminal_size__field_descriptors[2] =

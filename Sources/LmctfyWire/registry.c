@@ -98,6 +98,7 @@ static const ProtobufCMessageDescriptor *const messages[] = {
     &containers__lmctfy__agent__stats_response__descriptor,
     &containers__lmctfy__agent__subscribe_request__descriptor,
     &containers__lmctfy__agent__subscribe_response__descriptor,
+    &containers__lmctfy__agent__terminal_mode__descriptor,
     &containers__lmctfy__agent__terminal_size__descriptor,
     &containers__lmctfy__agent__tier_commitment__descriptor,
     &containers__lmctfy__agent__tls_config__descriptor,

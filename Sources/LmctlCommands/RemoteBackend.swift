@@ -313,6 +313,9 @@ public final class RemoteBackend: ContainerBackend, @unchecked Sendable {
             if let term = getenv("TERM").map({ String(cString: $0) }), RunTerminal.isValidTerm(term) { request.term = term }
             let shown: Int32? = Terminal.isTerminal(0) ? 0 : Terminal.isTerminal(1) ? 1 : nil
             if let shown, let w = Terminal.window(shown) { request.window = TerminalSize(rows: UInt32(w.rows), cols: UInt32(w.cols)) }
+            // The keys typed are read with this terminal's modes (its erase
+            // character, iutf8), taken before it passes keys through.
+            if shown == 0, let modes = Terminal.modes(0) { request.modes = modes.map(TerminalMode.init) }
             if let shown {
                 var saved: Terminal.Saved?
                 do throws(SystemError) {

@@ -641,6 +641,35 @@ struct TerminalRunTests {
         }
     }
 
+    /// The caller's terminal's modes are the command's terminal's before it
+    /// starts; without them it has the kernel's defaults.
+    @Test func aRunOnATerminalHasTheModesItsCallerGives() throws {
+        try withClient("tty_modes") { _, name, client in
+            _ = try client.call(AgentMethods.create, CreateRequest(name: name, spec: memory))
+            func stty(_ modes: [TerminalMode]) throws -> String {
+                var out = ""
+                try client.stream(AgentMethods.run, RunRequest(name: name, argv: ["/bin/stty", "-a"], attachOutput: true, tty: true, modes: modes)) {
+                    (r: RunResponse) in
+                    if let o = r.stdout { out += String(decoding: o, as: UTF8.self) }
+                    return true
+                }
+                return out
+            }
+            // erase ^H, interrupt disabled, iutf8, no echo; CS7 (a
+            // pseudo-terminal keeps its size) and VSTATUS (not Linux's)
+            // let be.
+            let set = try stty([TerminalMode(opcode: 3, value: 8), TerminalMode(opcode: 1, value: 255), TerminalMode(opcode: 42, value: 1),
+                                TerminalMode(opcode: 53, value: 0), TerminalMode(opcode: 90, value: 1), TerminalMode(opcode: 17, value: 20)])
+            let words = set.split(whereSeparator: { " ;\r\n".contains($0) })
+            #expect(set.contains("erase = ^H") && set.contains("intr = <undef>") && words.contains("iutf8") && words.contains("-echo")
+                    && words.contains("cs8"), "\(set)")
+            let plain = try stty([])
+            let plainWords = plain.split(whereSeparator: { " ;\r\n".contains($0) })
+            #expect(plain.contains("erase = ^?") && plain.contains("intr = ^C") && plainWords.contains("-iutf8") && plainWords.contains("echo"),
+                    "\(plain)")
+        }
+    }
+
     /// `lmctl run -t` on a terminal: the command sees lmctl's terminal's
     /// size, lmctl's terminal passes keys through untouched while it runs
     /// and is put back after (also when lmctl is killed with SIGTERM, the
@@ -655,6 +684,28 @@ struct TerminalRunTests {
                 .map { "'\($0)'" }.joined(separator: " ") + " <<EOF\nhi\nEOF"])
             let out = String(decoding: r.stdout, as: UTF8.self)
             #expect(r.status == 0 && out.contains("/dev/pts/") && out.contains("got:hi\r\n") && out.contains("end\r\n"), "\(r)")
+            // Its terminal's modes are the command's (erase ^H, iutf8);
+            // with its stdin piped, a new terminal's.
+            do {
+                let pty = try Terminal.openPseudoTerminal()
+                defer { close(pty.master); close(pty.slave) }
+                var t = termios()
+                #expect(tcgetattr(pty.slave, &t) == 0)
+                withUnsafeMutableBytes(of: &t.c_cc) { $0[Int(VERASE)] = 8 }
+                t.c_iflag |= tcflag_t(IUTF8)
+                #expect(tcsetattr(pty.slave, TCSANOW, &t) == 0)
+                let pid = try TestProcess.spawnOnTerminal(lmctl + ["run", "-t", name, "/bin/sh", "-c", "stty -a; echo stty-done"], pty.slave)
+                defer { TestProcess.end(pid) }
+                var shown = ""
+                #expect(readTerminal(pty.master, &shown) { $0.contains("stty-done") }, "\(shown.debugDescription)")
+                #expect(TestProcess.waitForExit(pid) == .exited(0))
+                let words = shown.split(whereSeparator: { " ;\r\n".contains($0) })
+                #expect(shown.contains("erase = ^H") && words.contains("iutf8"), "\(shown)")
+                let piped = try TestProcess.capture(["/bin/sh", "-c", (lmctl + ["run", "-t", name, "/bin/stty", "-a"]).map { "'\($0)'" }.joined(separator: " ") + " </dev/null"])
+                let pipedOut = String(decoding: piped.stdout, as: UTF8.self)
+                #expect(piped.status == 0 && pipedOut.contains("erase = ^?") && pipedOut.split(whereSeparator: { " ;\r\n".contains($0) }).contains("-iutf8"),
+                        "\(piped)")
+            }
             for ending in ["exit", "SIGTERM"] {
                 // Killed, a job-control shell's background job goes too
                 // (a process group of its own in the command's session).
@@ -745,6 +796,13 @@ struct TerminalRunTests {
                 (RunRequest(name: name, argv: argv, attachOutput: true, tty: true, term: "xterm; rm -rf /"), "letters"),
                 (RunRequest(name: name, argv: argv, attachOutput: true, tty: true, term: ""), "letters"),
                 (RunRequest(name: name, argv: argv, attachOutput: true, term: "xterm"), "give tty"),
+                (RunRequest(name: name, argv: argv, attachOutput: true, modes: [TerminalMode(opcode: 42, value: 1)]), "give tty"),
+                (RunRequest(name: name, argv: argv, attachOutput: true, tty: true, modes: [TerminalMode(opcode: 160, value: 1)]), "1 to 159"),
+                (RunRequest(name: name, argv: argv, attachOutput: true, tty: true, modes: [TerminalMode(value: 1)]), "1 to 159"),
+                (RunRequest(name: name, argv: argv, attachOutput: true, tty: true, modes: [TerminalMode(opcode: 42, value: 2)]), "0 or 1"),
+                (RunRequest(name: name, argv: argv, attachOutput: true, tty: true, modes: [TerminalMode(opcode: 3, value: 256)]), "0 to 255"),
+                (RunRequest(name: name, argv: argv, attachOutput: true, tty: true,
+                            modes: Array(repeating: TerminalMode(opcode: 42, value: 1), count: 65)), "at most 64"),
             ] {
                 var refused: LmctfyError?
                 do {

@@ -216,8 +216,9 @@ struct LmctlControllerTests {
     }
 
     /// `lmctl run -t` through the controller: the terminal's size at the
-    /// start and its resizes reach the command on the host's agent (the
-    /// controller forwards INPUT frames with their window, version 5).
+    /// start, its modes and its resizes reach the command on the host's
+    /// agent (the controller forwards INPUT frames with their window,
+    /// version 5).
     @Test func runOnATerminalThroughTheController() throws {
         let fleet = try Fleet.twoHosts()
         let name = RealCgroups.uniqueName("lmctl_tty")
@@ -225,12 +226,14 @@ struct LmctlControllerTests {
         let pty = try Terminal.openPseudoTerminal()
         defer { close(pty.master); close(pty.slave) }
         try Terminal.setWindow(pty.master, TerminalWindow(rows: 31, cols: 91))
+        try Terminal.setModes(pty.slave, [TerminalSetting(opcode: 3, value: 8)])  // erase ^H
         let pid = try TestProcess.spawnOnTerminal([builtTool("lmctl"), "--controller", "unix://\(fleet.dir)/controller.sock", "--host", "alpha",
                                                    "run", "-t", "--create", "memory:{limit:67108864}", "--rm", name,
-                                                   "/bin/sh", "-c", "stty size; read l; stty size; exit 3"], pty.slave)
+                                                   "/bin/sh", "-c", "stty -a; stty size; read l; stty size; exit 3"], pty.slave)
         defer { TestProcess.end(pid) }
         var shown = ""
         #expect(readTerminal(pty.master, &shown) { $0.contains("31 91") }, "\(shown.debugDescription)")
+        #expect(shown.contains("erase = ^H"), "\(shown.debugDescription)")
         try Terminal.setWindow(pty.master, TerminalWindow(rows: 41, cols: 101))
         kill(pid, SIGWINCH)
         usleep(100_000)

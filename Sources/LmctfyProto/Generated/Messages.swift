@@ -9344,6 +9344,8 @@ public struct RunRequest: ProtoMessage {
     public var window: TerminalSize?
     /// Field 13 `term`.
     public var term: String?
+    /// Field 14 `modes`.
+    public var modes: [TerminalMode]
 
     public init(
         name: String? = nil,
@@ -9358,7 +9360,8 @@ public struct RunRequest: ProtoMessage {
         attachInput: Bool? = nil,
         tty: Bool? = nil,
         window: TerminalSize? = nil,
-        term: String? = nil
+        term: String? = nil,
+        modes: [TerminalMode] = []
     ) {
         self.name = name
         self.argv = argv
@@ -9373,6 +9376,7 @@ public struct RunRequest: ProtoMessage {
         self.tty = tty
         self.window = window
         self.term = term
+        self.modes = modes
     }
 
     public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.RunRequest")
@@ -9392,6 +9396,7 @@ public struct RunRequest: ProtoMessage {
         self.tty = message.get(11)
         self.window = message.get(12)
         self.term = message.get(13)
+        self.modes = message.getRepeated(14)
     }
 
     public var dynamic: DynamicMessage {
@@ -9409,6 +9414,7 @@ public struct RunRequest: ProtoMessage {
         message.set(11, tty)
         message.set(12, window)
         message.set(13, term)
+        message.setRepeated(14, modes)
         return message
     }
 
@@ -9427,6 +9433,7 @@ public struct RunRequest: ProtoMessage {
         self.tty = CBridge.value(c, f[10])
         self.window = CBridge.message(c, f[11])
         self.term = CBridge.value(c, f[12])
+        self.modes = CBridge.repeatedMessages(c, f[13])
     }
 
     public func makeC() -> UnsafeMutableRawPointer {
@@ -9445,6 +9452,7 @@ public struct RunRequest: ProtoMessage {
         CBridge.set(c, f[10], tty)
         CBridge.setMessage(c, f[11], window)
         CBridge.set(c, f[12], term)
+        CBridge.setRepeatedMessages(c, f[13], modes)
         return c
     }
 }
@@ -9992,6 +10000,51 @@ public struct SubscribeResponse: ProtoMessage {
         let p = prefix.isEmpty ? "" : prefix + "."
         if let m = event, let missing = m.missingRequiredField(prefix: p + "event") { return missing }
         return nil
+    }
+}
+
+/// Protobuf message `containers.lmctfy.agent.TerminalMode`.
+public struct TerminalMode: ProtoMessage {
+    /// Field 1 `opcode`.
+    public var opcode: UInt32?
+    /// Field 2 `value`.
+    public var value: UInt32?
+
+    public init(
+        opcode: UInt32? = nil,
+        value: UInt32? = nil
+    ) {
+        self.opcode = opcode
+        self.value = value
+    }
+
+    public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.TerminalMode")
+
+    public init(dynamic message: DynamicMessage) {
+        precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.TerminalMode")
+        self.opcode = message.get(1)
+        self.value = message.get(2)
+    }
+
+    public var dynamic: DynamicMessage {
+        var message = DynamicMessage(Self.protoDescriptor)
+        message.set(1, opcode)
+        message.set(2, value)
+        return message
+    }
+
+    public init(cMessage c: UnsafeRawPointer) {
+        let f = Self.protoDescriptor.fields
+        self.opcode = CBridge.value(c, f[0])
+        self.value = CBridge.value(c, f[1])
+    }
+
+    public func makeC() -> UnsafeMutableRawPointer {
+        let c = CBridge.allocate(Self.protoDescriptor)
+        let f = Self.protoDescriptor.fields
+        CBridge.set(c, f[0], opcode)
+        CBridge.set(c, f[1], value)
+        return c
     }
 }
 

@@ -40,6 +40,7 @@ typedef struct Containers__Lmctfy__Agent__ListTidsResponse Containers__Lmctfy__A
 typedef struct Containers__Lmctfy__Agent__DetectRequest Containers__Lmctfy__Agent__DetectRequest;
 typedef struct Containers__Lmctfy__Agent__DetectResponse Containers__Lmctfy__Agent__DetectResponse;
 typedef struct Containers__Lmctfy__Agent__RunRequest Containers__Lmctfy__Agent__RunRequest;
+typedef struct Containers__Lmctfy__Agent__TerminalMode Containers__Lmctfy__Agent__TerminalMode;
 typedef struct Containers__Lmctfy__Agent__TerminalSize Containers__Lmctfy__Agent__TerminalSize;
 typedef struct Containers__Lmctfy__Agent__RunResponse Containers__Lmctfy__Agent__RunResponse;
 typedef struct Containers__Lmctfy__Agent__EnterRequest Containers__Lmctfy__Agent__EnterRequest;
@@ -923,14 +924,49 @@ struct  Containers__Lmctfy__Agent__RunRequest
    * Added (protocol version 5): with `tty`, the command's TERM (lmctl sends
    * its own): 1 to 64 letters, digits and "._+-". Absent: "xterm".
    */
-  /*
-   * Next id: 14
-   */
   char *term;
+  /*
+   * Added (protocol version 5): with `tty`, the modes of the caller's
+   * terminal (lmctl sends its own, as ssh does), set on the new terminal
+   * before the command starts: its control characters (erase as ^H, say)
+   * and flags (iutf8, so that erasing removes a whole UTF-8 character).
+   * At most 64; a number out of 1-159, a flag other than 0 or 1 or a
+   * character above 255 is refused (INVALID_ARGUMENT); a number the
+   * agent does not set on a pseudo-terminal (one Linux does not have; the
+   * character size and parity, 90-93) is ignored. Absent: the kernel's
+   * defaults for a new terminal. An agent of an earlier revision of
+   * version 5 ignores them.
+   */
+  /*
+   * Next id: 15
+   */
+  size_t n_modes;
+  Containers__Lmctfy__Agent__TerminalMode **modes;
 };
 #define CONTAINERS__LMCTFY__AGENT__RUN_REQUEST__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__run_request__descriptor) \
-    , NULL, 0,NULL, NULL, 0, 0, 0, CONTAINERS__LMCTFY__AGENT__RESTART_POLICY__RESTART_POLICY_UNSPECIFIED, NULL, NULL, 0, 0, 0, 0, 0, 0, 0, 0, NULL, NULL }
+    , NULL, 0,NULL, NULL, 0, 0, 0, CONTAINERS__LMCTFY__AGENT__RESTART_POLICY__RESTART_POLICY_UNSPECIFIED, NULL, NULL, 0, 0, 0, 0, 0, 0, 0, 0, NULL, NULL, 0,NULL }
+
+
+/*
+ * Added (protocol version 5): one terminal mode, numbered as the SSH
+ * terminal modes are (RFC 4254 section 8; IUTF8 is 42, RFC 8160): a
+ * control character's value is its byte (255: disabled), a flag's 0 or 1.
+ */
+struct  Containers__Lmctfy__Agent__TerminalMode
+{
+  ProtobufCMessage base;
+  protobuf_c_boolean has_opcode;
+  uint32_t opcode;
+  /*
+   * Next id: 3
+   */
+  protobuf_c_boolean has_value;
+  uint32_t value;
+};
+#define CONTAINERS__LMCTFY__AGENT__TERMINAL_MODE__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__terminal_mode__descriptor) \
+    , 0, 0, 0, 0 }
 
 
 /*
@@ -2943,6 +2979,25 @@ Containers__Lmctfy__Agent__RunRequest *
 void   containers__lmctfy__agent__run_request__free_unpacked
                      (Containers__Lmctfy__Agent__RunRequest *message,
                       ProtobufCAllocator *allocator);
+/* Containers__Lmctfy__Agent__TerminalMode methods */
+void   containers__lmctfy__agent__terminal_mode__init
+                     (Containers__Lmctfy__Agent__TerminalMode         *message);
+size_t containers__lmctfy__agent__terminal_mode__get_packed_size
+                     (const Containers__Lmctfy__Agent__TerminalMode   *message);
+size_t containers__lmctfy__agent__terminal_mode__pack
+                     (const Containers__Lmctfy__Agent__TerminalMode   *message,
+                      uint8_t             *out);
+size_t containers__lmctfy__agent__terminal_mode__pack_to_buffer
+                     (const Containers__Lmctfy__Agent__TerminalMode   *message,
+                      ProtobufCBuffer     *buffer);
+Containers__Lmctfy__Agent__TerminalMode *
+       containers__lmctfy__agent__terminal_mode__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   containers__lmctfy__agent__terminal_mode__free_unpacked
+                     (Containers__Lmctfy__Agent__TerminalMode *message,
+                      ProtobufCAllocator *allocator);
 /* Containers__Lmctfy__Agent__TerminalSize methods */
 void   containers__lmctfy__agent__terminal_size__init
                      (Containers__Lmctfy__Agent__TerminalSize         *message);
@@ -3888,6 +3943,9 @@ typedef void (*Containers__Lmctfy__Agent__DetectResponse_Closure)
 typedef void (*Containers__Lmctfy__Agent__RunRequest_Closure)
                  (const Containers__Lmctfy__Agent__RunRequest *message,
                   void *closure_data);
+typedef void (*Containers__Lmctfy__Agent__TerminalMode_Closure)
+                 (const Containers__Lmctfy__Agent__TerminalMode *message,
+                  void *closure_data);
 typedef void (*Containers__Lmctfy__Agent__TerminalSize_Closure)
                  (const Containers__Lmctfy__Agent__TerminalSize *message,
                   void *closure_data);
@@ -4066,6 +4124,7 @@ extern const ProtobufCMessageDescriptor containers__lmctfy__agent__list_tids_res
 extern const ProtobufCMessageDescriptor containers__lmctfy__agent__detect_request__descriptor;
 extern const ProtobufCMessageDescriptor containers__lmctfy__agent__detect_response__descriptor;
 extern const ProtobufCMessageDescriptor containers__lmctfy__agent__run_request__descriptor;
+extern const ProtobufCMessageDescriptor containers__lmctfy__agent__terminal_mode__descriptor;
 extern const ProtobufCMessageDescriptor containers__lmctfy__agent__terminal_size__descriptor;
 extern const ProtobufCMessageDescriptor containers__lmctfy__agent__run_response__descriptor;
 extern const ProtobufCMessageDescriptor containers__lmctfy__agent__enter_request__descriptor;
