@@ -290,6 +290,37 @@ private func devices(_ rules: D.DeviceRestrictions...) -> D {
                 == ["devices.deny <- \"a\"", "devices.allow <- \"a *:* rwm\""])
     }
 
+    /// A deny the v1 kernel would not apply (it takes access away only from
+    /// a rule of the same numbers) is refused, saying which allowed rule is
+    /// in the way: one inside a wider allowed rule, one over narrower ones,
+    /// from a list the container has or one the spec makes from nothing.
+    @Test func aDenyTheKernelWouldNotApplyIsRefused() throws {
+        let f = try FakeContainer.v1()
+        try f.seed("devices", ["devices.list": "c 1:* rw\nb 8:3 r\n"])
+        let dir = f.dir("devices")
+        for (d, policy, wider) in [
+            (devices(rule(.deny, .deviceChar, [.write], 1, 3)), UpdatePolicy.diff, "c 1:* rw"),
+            (devices(rule(.deny, .deviceBlock, [.read], 8)), .diff, "b 8:3 r"),
+            (devices(rule(.allow, .deviceChar, [.read, .write], 1), rule(.deny, .deviceChar, [.write], 1, 3)), .replace, "c 1:* rw"),
+        ] {
+            let err = lmctfyError { _ = try h.plan(d, policy: policy, dir: dir) }
+            #expect(err?.code == .invalidArgument && err?.message.contains("while \"\(wider)\" is allowed") == true, "\(String(describing: err))")
+        }
+        // Other access, other numbers, or the same rule: applied as before.
+        #expect(describe(try h.plan(devices(rule(.deny, .deviceChar, [.mknod], 1, 3), rule(.deny, .deviceChar, [.write], 2, 3),
+                                            rule(.deny, .deviceChar, [.write], 1)), policy: .diff, dir: dir)) == ["devices.deny <- \"c 1:* w\""])
+        // From a container that allows every device: the spec's own list.
+        let all = try FakeContainer.v1()
+        try all.seed("devices", ["devices.list": "a *:* rwm\n"])
+        let err = lmctfyError {
+            _ = try h.plan(devices(rule(.deny, .deviceAll, [.read, .write, .mknod]), rule(.allow, .deviceChar, [.read, .write], 1),
+                                   rule(.deny, .deviceChar, [.write], 1, 3)), policy: .diff, dir: all.dir("devices"))
+        }
+        #expect(err?.code == .invalidArgument && err?.message.contains("while \"c 1:* rw\" is allowed") == true, "\(String(describing: err))")
+        #expect(describe(try h.plan(devices(rule(.deny, .deviceChar, [.write], 1, 3)), policy: .diff, dir: all.dir("devices")))
+                == ["devices.deny <- \"c 1:3 w\""], "every device allowed: a deny is an exception the kernel keeps")
+    }
+
     /// A container with children cannot be told "a" (EINVAL from the
     /// kernel): refused before anything is written, saying why.
     @Test func everyDeviceInAContainerWithChildrenIsRefusedFirst() throws {

@@ -289,6 +289,27 @@ struct ResourceIntegrationTests {
 
     // MARK: Devices
 
+    /// A deny inside a wider allowed rule, which the v1 kernel takes as a
+    /// no-op (it kept /dev/null writable, reporting success; a probe), is
+    /// refused, at create and at update, and nothing changes.
+    @Test func aDenyInsideAWiderAllowedRuleIsRefused() throws {
+        try withTestContainer(api, label: "devdeny") { name in
+            typealias D = DeviceSpec
+            let allowMajor = D.DeviceRestrictions(permission: .allow, type: .deviceChar, access: [.read, .write], major: 1)
+            let denyNullWrite = D.DeviceRestrictions(permission: .deny, type: .deviceChar, access: [.write], major: 1, minor: 3)
+            let atCreate = lmctfyError {
+                _ = try api.create(name, spec: spec(device: D(restrictionsSet: D.DeviceRestrictionsSet(restrictions: [allowMajor, denyNullWrite]))))
+            }
+            #expect(atCreate?.code == .invalidArgument && atCreate?.message.contains("\"c 1:* rw\" is allowed") == true, "\(String(describing: atCreate))")
+            #expect(try !api.exists(name), "nothing made")
+            let c = try api.create(name, spec: spec(device: D(restrictionsSet: D.DeviceRestrictionsSet(restrictions: [allowMajor]))))
+            #expect(try value(.devices, name, "devices.list") == "c 1:* rw")
+            let atUpdate = lmctfyError { try c.update(spec(device: D(restrictionsSet: D.DeviceRestrictionsSet(restrictions: [denyNullWrite]))), policy: .diff) }
+            #expect(atUpdate?.code == .invalidArgument && atUpdate?.message.contains("\"c 1:* rw\" is allowed") == true, "\(String(describing: atUpdate))")
+            #expect(try value(.devices, name, "devices.list") == "c 1:* rw")
+        }
+    }
+
     @Test func deviceRules() throws {
         try withTestContainer(api, label: "dev") { name in
             typealias D = DeviceSpec

@@ -90,8 +90,14 @@ struct DeviceHandler: ResourceHandler {
         var lines: [(allow: Bool, line: String)] = []
         for r in rules { lines.append((r.permission != .deny, try Self.line(r))) }
         if let has = try? Allowed(listed: dir.readFields("devices.list")),
-           let wanted = Allowed.after(lines, from: policy == .replace ? Allowed() : has) {
+           let wanted = try Allowed.after(lines, from: policy == .replace ? Allowed() : has) {
             return has.changes(to: wanted).map { CgroupWrite(dir, $0.allow ? "devices.allow" : "devices.deny", $0.line) }
+        }
+        // The lines after the last deny of every device (a REPLACE starts
+        // with one) make a list of allowed devices from nothing: a deny
+        // among them that the kernel would not apply is refused as above.
+        if let start = policy == .replace ? 0 : lines.lastIndex(where: { !$0.allow && $0.line.hasPrefix("a ") }).map({ $0 + 1 }) {
+            _ = try Allowed.after(Array(lines[start...]), from: Allowed())
         }
         var w: [CgroupWrite] = policy == .replace ? [CgroupWrite(dir, "devices.deny", "a")] : []
         for (allow, line) in lines {
@@ -125,7 +131,14 @@ struct DeviceHandler: ResourceHandler {
         /// and numbers (or makes it), a deny takes its access away from
         /// that rule only, "a" denied empties the list. nil when a line
         /// allows every device (no longer a list of allowed devices).
-        static func after(_ lines: [(allow: Bool, line: String)], from: Allowed) -> Allowed? {
+        ///
+        /// A deny whose devices overlap an allowed rule of other numbers
+        /// ("c 1:3 w" with "c 1:* rw" allowed, or "c 1:* w" with "c 1:3 w")
+        /// and shares some of its access is refused: the kernel would keep
+        /// that rule whole, so the deny would change nothing the spec
+        /// says it does (it reported success, /dev/null still writable; a
+        /// probe).
+        static func after(_ lines: [(allow: Bool, line: String)], from: Allowed) throws(LmctfyError) -> Allowed? {
             var list = from
             for (allow, line) in lines {
                 let parts = line.split(separator: " ")
@@ -136,6 +149,11 @@ struct DeviceHandler: ResourceHandler {
                     continue
                 }
                 let key = "\(parts[0]) \(parts[1])"
+                if !allow, let (wider, has) = list.overlapping(type: parts[0], numbers: parts[1], access: Set(parts[2])) {
+                    throw .invalidArgument("Cannot deny \"\(line)\" while \"\(wider) \(has)\" is allowed: the v1 devices controller "
+                                           + "takes a deny away only from a rule of the same numbers, so it would change nothing "
+                                           + "(deny \"\(wider) \(has)\" and allow again what is to stay)")
+                }
                 if allow {
                     list.access[key, default: []].formUnion(parts[2])
                 } else if var had = list.access[key] {
@@ -144,6 +162,23 @@ struct DeviceHandler: ResourceHandler {
                 }
             }
             return list
+        }
+
+        /// An allowed rule of the same type and other numbers that covers
+        /// some of the devices "major:minor" names, or is covered by them,
+        /// with some of `access`: its "type major:minor" and its letters.
+        func overlapping(type: Substring, numbers: Substring, access: Set<Character>) -> (String, String)? {
+            let deny = numbers.split(separator: ":", omittingEmptySubsequences: false)
+            for key in self.access.keys.sorted() {
+                let parts = key.split(separator: " ")
+                guard parts.count == 2, parts[0] == type, parts[1] != numbers else { continue }
+                let rule = parts[1].split(separator: ":", omittingEmptySubsequences: false)
+                guard rule.count == 2, deny.count == 2 else { continue }
+                let meets = zip(rule, deny).allSatisfy { $0 == $1 || $0 == "*" || $1 == "*" }
+                let letters = self.access[key]!
+                if meets, !letters.isDisjoint(with: access) { return (key, String("rwm".filter(letters.contains))) }
+            }
+            return nil
         }
 
         /// The lines that take this list to `wanted`: the access each rule
