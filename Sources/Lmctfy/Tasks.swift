@@ -263,6 +263,11 @@ extension Container {
         let adj = try oomScoreAdj()
         if let adj { try MemoryHandler.refuseWithoutCapability(forAdj: adj, "Entering \"\(name)\"") }
         for (i, tid) in tids.enumerated() {
+            // Where this container sets no priority, a task leaving one that
+            // did goes back to the default (0) unless something changed its
+            // oom_score_adj since: it kept "kill me first" (1000, priority
+            // 0) moved to / (a probe).
+            let leaving = adj != nil ? nil : try? Container(name: api.detect(pid: tid), api: api).oomScoreAdj()
             for dir in try joinDirs(for: String(tid)) {
                 do {
                     try dir.write(driver.enterFile, String(tid))
@@ -283,6 +288,14 @@ extension Container {
                     // processes get (a `try?` said nothing; a probe).
                     throw error.lmctfy(.permissionDenied, "TID \(tid) entered \"\(name)\" but its oom_score_adj could not be set to \(adj)"
                                        + " (the container's eviction priority)")
+                } catch {}
+            } else if let had = leaving, had != 0,
+                      let now = try? Sys.readFile(api.procRoot + "/\(tid)/oom_score_adj"), Int32(now.trimmingWhitespace) == had {
+                do {
+                    try Sys.writeFile(api.procRoot + "/\(tid)/oom_score_adj", "0")
+                } catch where error.errno != ESRCH && error.errno != ENOENT {
+                    throw error.lmctfy(.permissionDenied, "TID \(tid) entered \"\(name)\" but its oom_score_adj could not be put back to 0"
+                                       + " from \(had) (the eviction priority of the container it left)")
                 } catch {}
             }
         }

@@ -128,6 +128,34 @@ struct ResourceIntegrationTests {
         }
     }
 
+    /// A task that leaves a container with an eviction priority for one
+    /// that sets none (here: no memory isolation, so the machine's) goes
+    /// back to the default oom_score_adj, 0, unless something changed it
+    /// since; it kept 1000 ("kill me first") in the machine's memory
+    /// cgroup (a probe).
+    @Test func aTaskLeavingAPriorityGoesBackToTheDefault() throws {
+        try withTestContainer(api, label: "evictfrom") { name in
+            try withTestContainer(api, spec: "", label: "evictto") { other in
+                let c = try api.create(name, spec: spec(memory: MemorySpec(evictionPriority: 0, limit: 1 << 28)))
+                var pidsOnly = ContainerSpec()
+                pidsOnly.pids = PidsSpec(limit: 100)
+                let n = try api.create(other, spec: pidsOnly)
+                let pid = try TestProcess.spawn(["/bin/sleep", "60"])
+                defer { TestProcess.end(pid) }
+                let adj = { try Sys.readFile("/proc/\(pid)/oom_score_adj").trimmingWhitespace }
+                try c.enter([pid])
+                #expect(try adj() == "1000")
+                try n.enter([pid])
+                #expect(try adj() == "0", "the priority stays behind")
+                // Changed after it entered: left as it is.
+                try c.enter([pid])
+                try Sys.writeFile("/proc/\(pid)/oom_score_adj", "500")
+                try n.enter([pid])
+                #expect(try adj() == "500")
+            }
+        }
+    }
+
     @Test func unenforceableMemoryFieldsAreRefusedAndNothingIsLeft() throws {
         try withTestContainer(api, label: "memmax") { name throws in
             let err = lmctfyError { try api.create(name, spec: spec(memory: MemorySpec(maxLimit: 1 << 30))) }
