@@ -265,6 +265,50 @@ struct ResourceIntegrationTests {
         }
     }
 
+    /// On v1 a CFS cap is within the nearest capped ancestor's and at
+    /// least each capped subcontainer's: the kernel refused a write that
+    /// broke either with EINVAL, reported as 14 "Invalid argument" (a
+    /// probe). Refused first now (3 for the container's own, 9 for a
+    /// subcontainer in the way), naming the other cap, nothing written.
+    @Test func cpuMaxLimitMustNestInsideTheParentAndAboveSubcontainers() throws {
+        try withTestContainer(api, label: "cpucap") { name in
+            var capped = spec(cpu: CpuSpec(maxLimit: 500))
+            capped.memory = MemorySpec(limit: 100_000_000)
+            let c = try api.create(name, spec: capped)
+            // A middle container without a cap: its parent's holds below it.
+            let mid = try api.create(try ContainerName.resolve("m", relativeTo: name), spec: spec(cpu: CpuSpec(limit: 100)))
+            let subName = try ContainerName.resolve("m/s", relativeTo: name)
+            var err = lmctfyError { _ = try api.create(subName, spec: spec(cpu: CpuSpec(maxLimit: 600))) }
+            #expect(err?.code == .invalidArgument && err?.message.contains("max_limit 600 is above the max_limit 500 of \"\(name)\"") == true,
+                    "\(String(describing: err))")
+            #expect(try !api.exists(subName))
+            let s = try api.create(subName, spec: spec(cpu: CpuSpec(maxLimit: 400)))
+            err = lmctfyError { try s.update(spec(cpu: CpuSpec(maxLimit: 700)), policy: .diff) }
+            #expect(err?.code == .invalidArgument, "\(String(describing: err))")
+            #expect(try value(.cpu, subName, "cpu.cfs_quota_us") == "100000")
+            // The parent below the subcontainer's, with a memory limit in
+            // the same update: refused, nothing written.
+            let limit = try value(.memory, name, "memory.limit_in_bytes")
+            err = lmctfyError {
+                var lower = spec(cpu: CpuSpec(maxLimit: 300))
+                lower.memory = MemorySpec(limit: 50_000_000)
+                try c.update(lower, policy: .diff)
+            }
+            #expect(err?.code == .failedPrecondition && err?.message.contains("below the max_limit 400 of the subcontainer \"\(subName)\"") == true,
+                    "\(String(describing: err))")
+            #expect(try value(.cpu, name, "cpu.cfs_quota_us") == "125000")
+            #expect(try value(.memory, name, "memory.limit_in_bytes") == limit)
+            // Equal is fine; lowered in order, both are taken; no cap at all
+            // is always fine.
+            try s.update(spec(cpu: CpuSpec(maxLimit: 500)), policy: .diff)
+            try s.update(spec(cpu: CpuSpec(maxLimit: 300)), policy: .diff)
+            try c.update(spec(cpu: CpuSpec(maxLimit: 300)), policy: .diff)
+            try mid.update(spec(cpu: CpuSpec(maxLimit: CpuHandler.unlimitedMaxLimit)), policy: .diff)
+            try c.update(spec(cpu: CpuSpec(maxLimit: CpuHandler.unlimitedMaxLimit)), policy: .diff)
+            #expect(try value(.cpu, name, "cpu.cfs_quota_us") == "-1")
+        }
+    }
+
     @Test func cpuMaxLimitTooLowLeavesNothing() throws {
         try withTestContainer(api, label: "cpulow") { name throws in
             let err = lmctfyError { try api.create(name, spec: spec(cpu: CpuSpec(maxLimit: 3))) }

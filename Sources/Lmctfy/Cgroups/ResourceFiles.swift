@@ -11,6 +11,9 @@ import LmctfySystem
 protocol CpuFiles: Sendable {
     /// Refuses cpu.mask when this container cannot get this one.
     func checkMask(_ mask: CpuSpec.Mask, dirs: ResourceDirs) throws(LmctfyError)
+    /// Refuses a max_limit (milliCPU) the kernel would refuse for this
+    /// container against its ancestors' and its subcontainers' caps.
+    func checkMaxLimit(_ maxLimit: UInt64, dirs: ResourceDirs) throws(LmctfyError)
     /// Refuses a latency class the kernel state contradicts (beyond lmctfy's record).
     func checkLatency(_ latency: SchedulingLatency, dir: CgroupDir, dirs: ResourceDirs) throws(LmctfyError)
     /// The writes for a cpu slice, in order.

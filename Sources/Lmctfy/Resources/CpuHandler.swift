@@ -125,6 +125,7 @@ struct CpuHandler: ResourceHandler {
         guard let cpu = spec.cpu else { return }
         try checkSpec(spec)
         if let mask = cpu.mask { try dirs.driver.cpu.checkMask(mask, dirs: dirs) }
+        if let maxLimit = cpu.maxLimit { try dirs.driver.cpu.checkMaxLimit(maxLimit, dirs: dirs) }
         if let latency = cpu.schedulingLatency {
             try checkLatency(latency, dirs: dirs)
         }

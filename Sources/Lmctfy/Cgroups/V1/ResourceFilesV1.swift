@@ -34,6 +34,60 @@ struct CpuFilesV1: CpuFiles {
         }
     }
 
+    /// A v1 CFS quota is within the nearest capped ancestor's (as a share
+    /// of its period) and above each nearest capped descendant's: the
+    /// kernel refused a write that broke either with EINVAL, which came
+    /// out as 14 ("Invalid argument") once the create or update had begun
+    /// (a probe). Checked first, naming the container in the way.
+    func checkMaxLimit(_ maxLimit: UInt64, dirs: ResourceDirs) throws(LmctfyError) {
+        guard maxLimit != CpuHandler.unlimitedMaxLimit, let dir = dirs.dir(.cpu) else { return }
+        let wanted = Self.bandwidth(quotaUs: CpuHandler.quotaUs(maxLimit), periodUs: CpuHandler.cfsPeriodUs)
+        // Up: the first ancestor with a quota bounds this one.
+        var above = dir.parent, name = dirs.container.parent
+        while let d = above, !d.isRoot {
+            if let cap = try Self.cap(d) {
+                guard cap.bandwidth >= wanted else {
+                    let who = name.map { $0.isRoot ? "the cgroup \(d.path)" : "\"\($0)\"" } ?? "the cgroup \(d.path)"
+                    throw .invalidArgument("cpu.max_limit \(maxLimit) is above the max_limit \(cap.milliCpu) of \(who); on cgroup v1 a container's CPU cap is within its parent's")
+                }
+                break
+            }
+            above = d.parent
+            name = name?.parent
+        }
+        // Down: each subcontainer with a quota (those without one are held
+        // to this one's, as are theirs below).
+        guard !dirs.isNew, try dir.exists() else { return }
+        var stack: [(CgroupDir, [String])] = [(dir, [])]
+        while let (d, path) = stack.popLast() {
+            for child in try d.subdirectories() {
+                let sub = d.child(child)
+                if let cap = try Self.cap(sub) {
+                    if cap.bandwidth > wanted {
+                        let full = ([dirs.container.isRoot ? "" : dirs.container.description] + path + [child]).joined(separator: "/")
+                        throw .failedPrecondition("cpu.max_limit \(maxLimit) is below the max_limit \(cap.milliCpu) of the subcontainer \"\(full)\"; on cgroup v1 a container's CPU cap is at least its subcontainers': lower \"\(full)\" first")
+                    }
+                } else {
+                    stack.append((sub, path + [child]))
+                }
+            }
+        }
+    }
+
+    /// A directory's CFS quota as the kernel compares it (its share of the
+    /// period, shifted by 20 bits as its to_ratio does) and in milliCPU;
+    /// nil without a quota.
+    private static func cap(_ d: CgroupDir) throws(LmctfyError) -> (bandwidth: UInt64, milliCpu: Int64)? {
+        guard let quota = try d.readInt("cpu.cfs_quota_us"), quota > 0,
+              let period = try d.readInt("cpu.cfs_period_us"), period > 0 else { return nil }
+        return (bandwidth(quotaUs: quota, periodUs: period), quota * 1000 / period)
+    }
+
+    static func bandwidth(quotaUs: Int64, periodUs: Int64) -> UInt64 {
+        let (high, low) = UInt64(quotaUs).multipliedFullWidth(by: 1 << 20)
+        return UInt64(periodUs).dividingFullWidth((high, low)).quotient
+    }
+
     private static func cpuWords(_ cpus: [Int]) -> String {
         (cpus.count == 1 ? "CPU " : "CPUs ") + CpuHandler.cpuList(mask: CpuHandler.mask(cpus: cpus))
     }
