@@ -71,6 +71,20 @@ import Testing
         #expect(err?.code == .invalidArgument)
         #expect(lmctfyError { try h.validate(spec(memory: MemorySpec(limit: -2)), dirs: f.dirs) }?.code == .invalidArgument)
     }
+
+    /// A limit below one page is 0 to the kernel: a container in which
+    /// every command is OOM-killed. Refused; one page and -1 are taken.
+    @Test(arguments: [CgroupVersion.v1, .v2])
+    func aLimitBelowOnePageIsRefused(_ version: CgroupVersion) throws {
+        let f = try version == .v1 ? FakeContainer.v1() : FakeContainer.v2()
+        for limit in [Int64(0), 1, MemoryHandler.pageSize - 1] {
+            let err = lmctfyError { try h.validate(spec(memory: MemorySpec(limit: limit)), dirs: f.dirs) }
+            #expect(err?.code == .invalidArgument && err?.message.contains("below one page") == true, "\(limit): \(String(describing: err))")
+        }
+        for limit in [MemoryHandler.pageSize, -1] {
+            #expect(lmctfyError { try h.validate(spec(memory: MemorySpec(limit: limit)), dirs: f.dirs) } == nil, "\(limit)")
+        }
+    }
 }
 
 @Suite struct MemoryApplyTests {

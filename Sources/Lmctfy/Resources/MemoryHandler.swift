@@ -75,6 +75,9 @@ struct MemoryHandler: ResourceHandler {
         }
     }
 
+    /// The machine's page size: the kernel's unit for memory limits.
+    static let pageSize = Int64(sysconf(Int32(_SC_PAGESIZE)))
+
     func checkSpec(_ spec: ContainerSpec) throws(LmctfyError) {
         guard let m = spec.memory else { return }
         if m.maxLimit != nil { throw .unimplemented("memory.max_limit is not implemented (no kernel enforces it)") }
@@ -85,6 +88,12 @@ struct MemoryHandler: ResourceHandler {
         }
         for (field, value) in [("limit", m.limit), ("reservation", m.reservation), ("swap_limit", m.swapLimit)] {
             if let value, value < -1 { throw .invalidArgument("memory.\(field) must be -1 (unlimited) or a byte count, not \(value)") }
+        }
+        // The kernel rounds a limit down to pages: below one it is 0, a
+        // container that can run nothing (every command OOM-killed; a
+        // probe), as pids' 0 is refused.
+        if let limit = m.limit, limit >= 0, limit < Self.pageSize {
+            throw .invalidArgument("memory.limit \(limit) is below one page (\(Self.pageSize) bytes): the kernel would make it 0, and nothing could run in the container")
         }
         if let d = m.dirty, (d.ratio != nil || d.backgroundRatio != nil) && (d.limit != nil || d.backgroundLimit != nil) {
             throw .invalidArgument("Cannot set both dirty ratio and limit")
