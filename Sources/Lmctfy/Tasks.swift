@@ -275,8 +275,13 @@ extension Container {
                     let note = i > 0 ? " (some TIDs were tracked before this error)" : ""
                     // ESRCH: no such task; ENOENT, ENODEV: the directory went.
                     let gone = [ESRCH, ENOENT, ENODEV].contains(error.errno ?? 0)
-                    let code: StatusCode = gone ? .notFound : error.code == .permissionDenied ? .permissionDenied : .unavailable
-                    throw LmctfyError(code, "Failed to enter TID \(tid) into \"\(name)\"\(note): \(error.message)\(Self.v2Hint(error.errno ?? 0))",
+                    // EINVAL: a task the kernel never moves (a kernel
+                    // thread such as kthreadd); it was UNAVAILABLE, as if
+                    // trying again could help (a probe).
+                    let fixed = error.errno == EINVAL
+                    let code: StatusCode = gone ? .notFound : error.code == .permissionDenied ? .permissionDenied : fixed ? .invalidArgument : .unavailable
+                    let why = fixed ? " (the kernel does not move this task: a kernel thread stays where it is)" : Self.v2Hint(error.errno ?? 0)
+                    throw LmctfyError(code, "Failed to enter TID \(tid) into \"\(name)\"\(note): \(error.message)\(why)",
                                       errno: error.errno)
                 }
             }

@@ -182,6 +182,12 @@ struct TasksIntegrationTests {
             try c.enter([b])
             #expect(try c.processes(recursive: false) == [a, b].sorted())
             #expect { try c.enter([999_999_999]) } throws: { $0 is LmctfyError }
+            // kthreadd (pid 2), which the kernel never moves: INVALID_ARGUMENT
+            // saying so (it was UNAVAILABLE, as if a retry could help).
+            let kernelThread = lmctfyError { try c.enter([2]) }
+            #expect(kernelThread?.code == .invalidArgument && kernelThread?.message.contains("kernel thread") == true,
+                    "\(String(describing: kernelThread))")
+            #expect(try c.processes(recursive: false) == [a, b].sorted())
         }
     }
 
