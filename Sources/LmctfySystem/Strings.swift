@@ -7,3 +7,13 @@ extension StringProtocol {
         return String(self[first...last])
     }
 }
+
+extension StringProtocol {
+    /// The string as an error message quotes it: whole up to `limit`
+    /// characters, else its start and how long it was (a 15 MB host name
+    /// came back whole in the message; a probe).
+    public func clipped(_ limit: Int = 120) -> String {
+        guard count > limit else { return String(self) }
+        return "\(prefix(limit))... (\(utf8.count) bytes in all)"
+    }
+}

@@ -30,6 +30,9 @@ struct VirtualHostSpecTests {
             (vh(nil, VirtualHostSpec(virtualHostname: "")), .invalidArgument, "not a valid host name"),
             (vh(nil, VirtualHostSpec(virtualHostname: "a\nb c")), .invalidArgument, "not a valid host name"),
             (vh(nil, VirtualHostSpec(virtualHostname: "tab\there")), .invalidArgument, "not a valid host name"),
+            // A huge one is quoted by its start and its length, not whole.
+            (vh(nil, VirtualHostSpec(virtualHostname: String(repeating: "x", count: 1_000_000))), .invalidArgument,
+             "\"" + String(repeating: "x", count: 120) + "... (1000000 bytes in all)\" is not a valid host name"),
             (vh(nil, VirtualHostSpec(init_: .init(initArgv: [""]))), .invalidArgument, "init_argv[0] is empty"),
             (vh(nil, VirtualHostSpec(init_: .init(runSpec: RunSpec(uid: 5)))), .invalidArgument, "both uid and gid"),
             (vh(nil, VirtualHostSpec(init_: .init(runSpec: RunSpec(console: .init())))), .unimplemented, "console"),

@@ -42,7 +42,7 @@ extension ContainerApi {
             // What sethostname(2) and a resolver accept: 1..64 bytes, no
             // '/', nothing unprintable or blank (a newline was set verbatim).
             if h.isEmpty || h.utf8.count > 64 || h.contains("/") || h.utf8.contains(where: { $0 <= 0x20 || $0 == 0x7f }) {
-                throw .invalidArgument("virtual_hostname \"\(h)\" is not a valid host name (1 to 64 bytes, no '/', spaces or control characters)")
+                throw .invalidArgument("virtual_hostname \"\(h.clipped())\" is not a valid host name (1 to 64 bytes, no '/', spaces or control characters)")
             }
         }
         if let argv = vh.init_?.initArgv, !argv.isEmpty, argv[0].isEmpty {
@@ -57,25 +57,25 @@ extension ContainerApi {
         }
         let rootfs = try virtualHostRoot(spec).path
         guard let st = Sys.inode(rootfs), (st.mode & S_IFMT) == S_IFDIR else {
-            throw .invalidArgument("filesystem.rootfs \"\(rootfs)\" is not a directory")
+            throw .invalidArgument("filesystem.rootfs \"\(rootfs.clipped())\" is not a directory")
         }
         for m in spec.filesystem?.mounts?.mount ?? [] {
             guard let source = m.source, source.hasPrefix("/") else {
-                throw .invalidArgument("A mount needs an absolute source (got \"\(m.source ?? "")\")")
+                throw .invalidArgument("A mount needs an absolute source (got \"\((m.source ?? "").clipped())\")")
             }
             guard let target = m.target, target.hasPrefix("/") else {
-                throw .invalidArgument("A mount needs an absolute target inside the rootfs (got \"\(m.target ?? "")\")")
+                throw .invalidArgument("A mount needs an absolute target inside the rootfs (got \"\((m.target ?? "").clipped())\")")
             }
             if target.split(separator: "/").contains("..") {
-                throw .invalidArgument("Mount target \"\(target)\" must not contain \"..\"")
+                throw .invalidArgument("Mount target \"\(target.clipped())\" must not contain \"..\"")
             }
             // Over the whole root it hid the rootfs: the host started, and
             // every run failed with 5 (no /bin/sh; the probe). The rootfs
             // is filesystem.rootfs.
             if target.split(separator: "/").allSatisfy({ $0 == "." }) {
-                throw .invalidArgument("Mount target \"\(target)\" is the root itself: give the root as filesystem.rootfs")
+                throw .invalidArgument("Mount target \"\(target.clipped())\" is the root itself: give the root as filesystem.rootfs")
             }
-            if Sys.inode(source) == nil { throw .invalidArgument("Mount source \"\(source)\" does not exist") }
+            if Sys.inode(source) == nil { throw .invalidArgument("Mount source \"\(source.clipped())\" does not exist") }
         }
         if (spec.filesystem?.mounts?.mount.count ?? 0) > 64 {
             throw .invalidArgument("At most 64 mounts are supported in a virtual host")
