@@ -485,21 +485,32 @@ struct AgentRetryTests {
     }
 
     /// An agent that answers UNAVAILABLE itself (here the kernel refusing,
-    /// EINVAL on cgroup v1, a child's CFS quota above its parent's) is
-    /// still there: lmctl reports its answer and does not send the call
-    /// again (it said "retrying once" and repeated it).
-    @Test func lmctlDoesNotRetryAnUnavailableAnswer() throws {
+    /// EBUSY, a memory limit below what the container's processes hold
+    /// and cannot give back: no swap) is still there: lmctl reports its
+    /// answer and does not send the call again (it said "retrying once"
+    /// and repeated it).
+    @Test(.enabled(if: hostHasNoSwap, "this machine has swap: a memory limit below usage would be met by swapping, not refused (EBUSY)"))
+    func lmctlDoesNotRetryAnUnavailableAnswer() throws {
         let name = RealCgroups.uniqueName("lmctlnoretry")
         defer { destroy(name) }
         let agent = try AgentProcess()
         defer { agent.stop() }
         let lmctl = [builtTool("lmctl"), "--agent", "unix://" + agent.socket]
-        #expect(try TestProcess.capture(lmctl + ["create", name, "cpu:{max_limit:1000}"]).status == 0)
-        let r = try TestProcess.capture(lmctl + ["create", name + "/child", "cpu:{max_limit:2000}"])
+        #expect(try TestProcess.capture(lmctl + ["create", name, "memory:{limit:268435456}"]).status == 0)
+        #expect(try TestProcess.capture(lmctl + ["run", "-n", name, testHelperPath, "alloc", "64", "300"]).status == 0)
+        let api = try ContainerApi.detect()
+        let container = try api.get(try ContainerName.resolve(name, relativeTo: .root))
+        var held = false
+        for _ in 0..<1500 where !held {
+            held = ((try? container.stats(.summary))?.memory?.usage ?? 0) > 64 << 20
+            if !held { usleep(20_000) }
+        }
+        #expect(held, "the helper holds 64 MiB")
+        let r = try TestProcess.capture(lmctl + ["update", "diff", name, "memory:{limit:16777216}"])
         let err = String(decoding: r.stderr, as: UTF8.self)
         #expect(r.status == 14, "\(err)")
         #expect(!err.contains("retrying"), "\(err)")
-        #expect(err.contains("cpu.cfs_quota_us"), "\(err)")
+        #expect(err.contains("limit_in_bytes") || err.contains("memory.max"), "\(err)")
     }
 }
 
@@ -615,3 +626,10 @@ private final class BackgroundRun: Sendable {
         return outcome.locked { $0 }
     }
 }
+
+/// Whether this machine has no swap (/proc/swaps lists none): the kernel
+/// then cannot meet a memory limit below what a container holds.
+private let hostHasNoSwap: Bool = {
+    guard let swaps = try? Sys.readFile("/proc/swaps") else { return false }
+    return swaps.split(separator: "\n").count <= 1
+}()
