@@ -350,6 +350,8 @@ public final class Dispatcher: Sendable {
         self.testHold = testHold
         self.snapshots = snapshots
         self.inventory = Inventory(events: events)
+        let leases = self.leases
+        inventory.thawedOutside.locked { $0 = { names in leases.release(names) } }
         if snapshots != nil || policy != nil {
             // The policy weakly: it holds the inventory (its outside
             // changes), and the inventory this observer (a cycle leaked
@@ -561,7 +563,7 @@ public final class Dispatcher: Sendable {
             // The earlier agent destroyed it before it died.
             error.code == .notFound ? DestroyResponse() : nil
         }, progress: { r, message in r.wantProgress == true ? DestroyResponse(progress: message) : nil }) { d, r in
-            _ = try d.destroyContainer(try Dispatcher.containerName(r.name), force: r.force ?? false)
+            _ = try d.destroyContainer(try Dispatcher.containerName(r.name), force: r.force ?? false, cgroupId: r.cgroupId)
             return DestroyResponse()
         }
         mutating(AgentMethods.update, done: { d, r, started in
@@ -575,6 +577,12 @@ public final class Dispatcher: Sendable {
             }
             let name = try Dispatcher.containerName(r.name)
             let target = try d.backend.resolve(name)
+            // Frozen under a lease: a migration is copying it, and a change
+            // now would not reach the copy (it was acknowledged, then lost
+            // with the source; a probe).
+            if d.leases.lease(target) != nil {
+                throw LmctfyError(.aborted, "Container \(name) is frozen under a lease: a migration of it is under way (an update now would not reach its copy), or one was cut short and the freeze ends by itself then; update it after, or resume it first")
+            }
             let spec = r.spec ?? ContainerSpec()
             return try d.inventory.change(target) {
                 // An update that leaves the spec as it was (the values it
@@ -629,15 +637,16 @@ public final class Dispatcher: Sendable {
         mutating(AgentMethods.pause, done: { d, r, started in
             d.recordedEarlier(r.name, .containerEventFreezer, frozen: true, since: started) ? PauseResponse() : nil
         }) { d, r in
-            try d.pause(try Dispatcher.containerName(r.name), leaseMs: r.leaseMs)
+            try d.pause(try Dispatcher.containerName(r.name), leaseMs: r.leaseMs, cgroupId: r.cgroupId)
             return PauseResponse()
         }
         mutating(AgentMethods.resume, done: { d, r, started in
             d.recordedEarlier(r.name, .containerEventFreezer, frozen: false, since: started) ? ResumeResponse() : nil
         }) { d, r in
             let name = try Dispatcher.containerName(r.name)
+            try d.checkIdentity(name, r.cgroupId)
             d.leases.release([try d.backend.resolve(name)])
-            try d.setPaused(name, false)
+            try d.setPaused(name, false, cgroupId: r.cgroupId)
             return ResumeResponse()
         }
         streaming(AgentMethods.notify) { d, r, context in try d.notify(r, context) }
@@ -780,11 +789,21 @@ public final class Dispatcher: Sendable {
         }
     }
 
-    /// Destroys `name` as Destroy does. Returns its path.
-    func destroyContainer(_ name: String, force: Bool) throws -> String {
+    /// ABORTED when `name` is not the container `cgroupId` identifies (a
+    /// request's `cgroup_id`) any more: destroyed and made again since.
+    /// A container that is gone is left to the call (NOT_FOUND).
+    func checkIdentity(_ name: String, _ cgroupId: UInt64?) throws {
+        guard let cgroupId, let now = backend.containerIdentity(name), now != cgroupId else { return }
+        throw LmctfyError(.aborted, "Container \(name) is another container now (its cgroup_id is \(now), not \(cgroupId): destroyed and made again since): nothing was done")
+    }
+
+    /// Destroys `name` as Destroy does (only if it is still the container
+    /// `cgroupId` identifies, when given). Returns its path.
+    func destroyContainer(_ name: String, force: Bool, cgroupId: UInt64? = nil) throws -> String {
         let target = try backend.resolve(name)
         let committed = policy?.entry(target)
         return try inventory.change(target) {
+            try checkIdentity(name, cgroupId)
             let gone = try backend.destroyReporting(name, force: force)
             let path = gone.last!
             // One DESTROYED for each container that went, deepest first, as
@@ -833,11 +852,12 @@ public final class Dispatcher: Sendable {
         }
     }
 
-    func pause(_ name: String, leaseMs: UInt32?) throws {
+    func pause(_ name: String, leaseMs: UInt32?, cgroupId: UInt64? = nil) throws {
         let path = try backend.resolve(name)
+        try checkIdentity(name, cgroupId)
         guard let ms = leaseMs else {
             leases.release([path])
-            return try setPaused(name, true)
+            return try setPaused(name, true, cgroupId: cgroupId)
         }
         guard ms >= 1, ms <= FreezeLeases.maxMs else {
             throw LmctfyError.invalidArgument("lease_ms \(ms) is out of range: 1 to \(FreezeLeases.maxMs) (an hour)")
@@ -845,7 +865,7 @@ public final class Dispatcher: Sendable {
         // One lease at a time (ABORTED while another caller's is held).
         try leases.hold(path, name: name, ms: ms)
         do {
-            try setPaused(name, true)
+            try setPaused(name, true, cgroupId: cgroupId)
         } catch {
             leases.release([path])
             throw error
@@ -878,8 +898,9 @@ public final class Dispatcher: Sendable {
         return said
     }
 
-    func setPaused(_ name: String, _ paused: Bool) throws {
+    func setPaused(_ name: String, _ paused: Bool, cgroupId: UInt64? = nil) throws {
         try inventory.change(try backend.resolve(name), keepsSpec: true) {
+            try checkIdentity(name, cgroupId)
             let (path, changed) = try backend.setPausedReporting(name, paused)
             // Made behind the agent's back since the watcher looked: known
             // from now on, so its CREATED first (it became known without

@@ -57,7 +57,12 @@ public final class FreezeLeases: Sendable {
         var loaded: [String: Lease] = [:]
         var bad = 0
         var header: Substring?
-        if let file, let text = try? Sys.readFile(file) {
+        var text: String?
+        var failed: SystemError?
+        if let file {
+            do { text = try Sys.readFile(file) } catch where error.errno != ENOENT { failed = error } catch {}
+        }
+        if let text {
             var lines = text.split(separator: "\n", omittingEmptySubsequences: true)[...]
             header = lines.first
             if header?.hasPrefix("boot ") != true { bad += lines.count }
@@ -74,7 +79,13 @@ public final class FreezeLeases: Sendable {
                 }
             }
         }
-        unreadable = bad == 0 ? nil : "\(bad) line\(bad == 1 ? "" : "s") of \(file ?? "") could not be read\(header?.hasPrefix("boot ") == true ? "" : " (no boot line)"): a container its freeze lease was for stays frozen until resumed"
+        // A file that cannot be read at all (a directory in its place) is
+        // said too: it was taken for none, silently (a probe).
+        if let failed {
+            unreadable = "\(file ?? "") could not be read (\(failed)): a container a freeze lease kept there was for stays frozen until resumed"
+        } else {
+            unreadable = bad == 0 ? nil : "\(bad) line\(bad == 1 ? "" : "s") of \(file ?? "") could not be read\(header?.hasPrefix("boot ") == true ? "" : " (no boot line)"): a container its freeze lease was for stays frozen until resumed"
+        }
         held = Mutexed(loaded)
     }
 

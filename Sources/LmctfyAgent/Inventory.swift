@@ -82,6 +82,17 @@ final class Inventory: Sendable {
 
     private func changed(_ name: String, spec: [UInt8]? = nil) { observer.locked { $0 }?.call(name, spec) }
 
+    /// Told of the containers found thawed without the agent (a `lmctfy
+    /// resume`), after the inventory's lock is let go: their freeze
+    /// leases end, so that a thaw at a lease's end never undoes what an
+    /// operator did since (the freeze they make next was thawed; a probe).
+    let thawedOutside = Mutexed<(@Sendable ([String]) -> Void)?>(nil)
+
+    private func tellThawed(_ names: [String]) {
+        guard !names.isEmpty, let hook = thawedOutside.locked({ $0 }) else { return }
+        hook(names)
+    }
+
     init(events: EventLog) {
         self.events = events
     }
@@ -178,6 +189,8 @@ final class Inventory: Sendable {
     /// `empties`: whether each container listed has no processes (EMPTY
     /// when one that had some has none).
     func reconcile(_ listed: [String: Bool], empties: [String: Bool] = [:], since: UInt64) {
+        var thawed: [String] = []
+        defer { tellThawed(thawed) }
         state.locked { s in
             s.listings = max(0, s.listings - 1)
             defer { s.seen = s.listings == 0 ? [:] : s.seen.filter { $0.value > since } }
@@ -198,6 +211,7 @@ final class Inventory: Sendable {
                     if was != frozen {
                         events.record(container: name, kind: .containerEventFreezer, frozen: frozen)
                         s.known[name] = frozen
+                        if !frozen { thawed.append(name) }
                         changed(name)
                     }
                 } else {
@@ -225,7 +239,9 @@ final class Inventory: Sendable {
     /// Returns whether it recorded the container's CREATED.
     @discardableResult
     func observe(_ name: String, exists: Bool, frozen: Bool?, since: UInt64, replacedSince: UInt64? = nil) -> Bool {
-        state.locked { s in
+        var thawed = false
+        defer { if thawed { tellThawed([name]) } }
+        return state.locked { s in
             func settled(_ k: String) -> Bool {
                 (s.touched[k] ?? 0) <= since && (replacedSince.map { (s.madeOrGone[k] ?? 0) <= $0 } ?? true)
             }
@@ -251,6 +267,7 @@ final class Inventory: Sendable {
                 if was != frozen {
                     events.record(container: name, kind: .containerEventFreezer, frozen: frozen)
                     s.known[name] = frozen
+                    thawed = !frozen
                     Self.seen(&s, name)
                     changed(name)
                 }

@@ -112,7 +112,7 @@ extension Dispatcher {
             if hold { try setPaused(name, true) }
             // Last: after this the answer goes, and the copy is the caller's.
             try checkCancelled()
-            return ImportSnapshotResponse(name: path, startedPid: pids)
+            return ImportSnapshotResponse(name: path, startedPid: pids, cgroupId: backend.containerIdentity(name))
         } catch {
             undoImport(name, path: path)
             throw error

@@ -3762,7 +3762,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__create_response__des
   (ProtobufCMessageInit) containers__lmctfy__agent__create_response__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor containers__lmctfy__agent__destroy_request__field_descriptors[4] =
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__destroy_request__field_descriptors[5] =
 {
   {
     "name",
@@ -3812,8 +3812,21 @@ static const ProtobufCFieldDescriptor containers__lmctfy__agent__destroy_request
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "cgroup_id",
+    5,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_UINT64,
+    offsetof(Containers__Lmctfy__Agent__DestroyRequest, has_cgroup_id),
+    offsetof(Containers__Lmctfy__Agent__DestroyRequest, cgroup_id),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned containers__lmctfy__agent__destroy_request__field_indices_by_name[] = {
+  4,   /* field[4] = cgroup_id */
   1,   /* field[1] = force */
   0,   /* field[0] = name */
   2,   /* field[2] = request_id */
@@ -3822,7 +3835,7 @@ static const unsigned containers__lmctfy__agent__destroy_request__field_indices_
 static const ProtobufCIntRange containers__lmctfy__agent__destroy_request__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 4 }
+  { 0, 5 }
 };
 const ProtobufCMessageDescriptor containers__lmctfy__agent__destroy_request__descriptor =
 {
@@ -3832,7 +3845,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__destroy_request__des
   "Containers__Lmctfy__Agent__DestroyRequest",
   "containers.lmctfy.agent",
   sizeof(Containers__Lmctfy__Agent__DestroyRequest),
-  4,
+  5,
   containers__lmctfy__agent__destroy_request__field_descriptors,
   containers__lmctfy__agent__destroy_request__field_indices_by_name,
   1,  containers__lmctfy__agent__destroy_request__number_ranges,
@@ -5167,7 +5180,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__kill_all_response__d
   (ProtobufCMessageInit) containers__lmctfy__agent__kill_all_response__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor containers__lmctfy__agent__pause_request__field_descriptors[3] =
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__pause_request__field_descriptors[4] =
 {
   {
     "name",
@@ -5205,8 +5218,21 @@ static const ProtobufCFieldDescriptor containers__lmctfy__agent__pause_request__
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "cgroup_id",
+    4,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_UINT64,
+    offsetof(Containers__Lmctfy__Agent__PauseRequest, has_cgroup_id),
+    offsetof(Containers__Lmctfy__Agent__PauseRequest, cgroup_id),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned containers__lmctfy__agent__pause_request__field_indices_by_name[] = {
+  3,   /* field[3] = cgroup_id */
   2,   /* field[2] = lease_ms */
   0,   /* field[0] = name */
   1,   /* field[1] = request_id */
@@ -5214,7 +5240,7 @@ static const unsigned containers__lmctfy__agent__pause_request__field_indices_by
 static const ProtobufCIntRange containers__lmctfy__agent__pause_request__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 3 }
+  { 0, 4 }
 };
 const ProtobufCMessageDescriptor containers__lmctfy__agent__pause_request__descriptor =
 {
@@ -5224,7 +5250,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__pause_request__descr
   "Containers__Lmctfy__Agent__PauseRequest",
   "containers.lmctfy.agent",
   sizeof(Containers__Lmctfy__Agent__PauseRequest),
-  3,
+  4,
   containers__lmctfy__agent__pause_request__field_descriptors,
   containers__lmctfy__agent__pause_request__field_indices_by_name,
   1,  containers__lmctfy__agent__pause_request__number_ranges,
@@ -5249,7 +5275,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__pause_response__desc
   (ProtobufCMessageInit) containers__lmctfy__agent__pause_response__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor containers__lmctfy__agent__resume_request__field_descriptors[2] =
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__resume_request__field_descriptors[3] =
 {
   {
     "name",
@@ -5275,15 +5301,28 @@ static const ProtobufCFieldDescriptor containers__lmctfy__agent__resume_request_
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "cgroup_id",
+    3,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_UINT64,
+    offsetof(Containers__Lmctfy__Agent__ResumeRequest, has_cgroup_id),
+    offsetof(Containers__Lmctfy__Agent__ResumeRequest, cgroup_id),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned containers__lmctfy__agent__resume_request__field_indices_by_name[] = {
+  2,   /* field[2] = cgroup_id */
   0,   /* field[0] = name */
   1,   /* field[1] = request_id */
 };
 static const ProtobufCIntRange containers__lmctfy__agent__resume_request__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 2 }
+  { 0, 3 }
 };
 const ProtobufCMessageDescriptor containers__lmctfy__agent__resume_request__descriptor =
 {
@@ -5293,7 +5332,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__resume_request__desc
   "Containers__Lmctfy__Agent__ResumeRequest",
   "containers.lmctfy.agent",
   sizeof(Containers__Lmctfy__Agent__ResumeRequest),
-  2,
+  3,
   containers__lmctfy__agent__resume_request__field_descriptors,
   containers__lmctfy__agent__resume_request__field_indices_by_name,
   1,  containers__lmctfy__agent__resume_request__number_ranges,
@@ -7413,7 +7452,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__import_snapshot_requ
   (ProtobufCMessageInit) containers__lmctfy__agent__import_snapshot_request__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor containers__lmctfy__agent__import_snapshot_response__field_descriptors[2] =
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__import_snapshot_response__field_descriptors[3] =
 {
   {
     "name",
@@ -7439,15 +7478,28 @@ static const ProtobufCFieldDescriptor containers__lmctfy__agent__import_snapshot
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "cgroup_id",
+    3,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_UINT64,
+    offsetof(Containers__Lmctfy__Agent__ImportSnapshotResponse, has_cgroup_id),
+    offsetof(Containers__Lmctfy__Agent__ImportSnapshotResponse, cgroup_id),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned containers__lmctfy__agent__import_snapshot_response__field_indices_by_name[] = {
+  2,   /* field[2] = cgroup_id */
   0,   /* field[0] = name */
   1,   /* field[1] = started_pid */
 };
 static const ProtobufCIntRange containers__lmctfy__agent__import_snapshot_response__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 2 }
+  { 0, 3 }
 };
 const ProtobufCMessageDescriptor containers__lmctfy__agent__import_snapshot_response__descriptor =
 {
@@ -7457,7 +7509,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__import_snapshot_resp
   "Containers__Lmctfy__Agent__ImportSnapshotResponse",
   "containers.lmctfy.agent",
   sizeof(Containers__Lmctfy__Agent__ImportSnapshotResponse),
-  2,
+  3,
   containers__lmctfy__agent__import_snapshot_response__field_descriptors,
   containers__lmctfy__agent__import_snapshot_response__field_indices_by_name,
   1,  containers__lmctfy__agent__import_snapshot_response__number_ranges,

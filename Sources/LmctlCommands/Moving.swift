@@ -351,6 +351,13 @@ enum MovingCommands {
                 "\(name) runs processes the agent did not start (pids \(before.unrecordedPid.map(String.init).joined(separator: " "))): they would be killed with the source and not started on the target; --force to migrate anyway")
         }
         let wasFrozen = snapshot.frozen == true
+        // Which container the source is (its cgroup's inode): every later
+        // call on it carries it, so that one destroyed and made again under
+        // its name by another caller meanwhile is never frozen, destroyed
+        // or thawed in its place (the copy's destroy took such a one, its
+        // processes killed, and said "migrated"; a probe). Likewise the copy.
+        let sourceId = snapshot.cgroupId
+        var copyId: UInt64?
         var frozeIt = false
         /// The import's outcome: true made, nil unknown (no answer).
         var made: Bool? = false
@@ -360,7 +367,7 @@ enum MovingCommands {
                 Progress.report("migrate \(name): freezing it")
                 let lease = try left("the freeze")
                 _ = try src.call(AgentMethods.pause, PauseRequest(name: name, requestId: requestId(),
-                                                                   leaseMs: min(lease + leaseMarginMs, maxLeaseMs)),
+                                                                   leaseMs: min(lease + leaseMarginMs, maxLeaseMs), cgroupId: sourceId),
                                  deadlineMs: lease)
                 frozeIt = true
                 try injected(after: .pause)
@@ -368,6 +375,9 @@ enum MovingCommands {
                 guard let s = try src.call(AgentMethods.exportSnapshot, ExportSnapshotRequest(name: name),
                                            deadlineMs: try left("the frozen snapshot")).snapshot else {
                     throw LmctfyError.internalError("the source sent no snapshot")
+                }
+                if let sourceId, let now = s.cgroupId, now != sourceId {
+                    throw LmctfyError(.aborted, "\(name) was destroyed and made again by another caller meanwhile: not the container this migration froze")
                 }
                 snapshot = s
             }
@@ -388,10 +398,28 @@ enum MovingCommands {
                 throw error
             }
             made = true
+            copyId = r.cgroupId
             try injected(after: .import)
+            // The copy still there, frozen, and the one imported (another
+            // caller may have destroyed it meanwhile: the source was then
+            // destroyed too, and no copy was left; a probe): frozen again
+            // under its identity, which says NOT_FOUND or ABORTED otherwise.
+            let checkDeadline = try left("the copy's check")
+            let recheck = PauseRequest(name: name, requestId: requestId(), cgroupId: copyId)
+            var lost: LmctfyError?
+            do throws(LmctfyError) {
+                _ = try dst.call(AgentMethods.pause, recheck, deadlineMs: checkDeadline)
+            } catch {
+                guard error.code == .notFound || error.code == .aborted else { throw error }
+                lost = error
+            }
+            if let lost {
+                made = false  // not ours to remove any more
+                throw LmctfyError(lost.code, "its copy on \(toName) was destroyed (or made again) by another caller after the import: \(lost.message)")
+            }
             try injected(after: .destroy)
             Progress.report("migrate \(name): destroying the source")
-            let destroy = DestroyRequest(name: name, force: true, requestId: requestId())
+            let destroy = DestroyRequest(name: name, force: true, requestId: requestId(), cgroupId: sourceId)
             let destroyDeadline = try left("the source's destroy")
             do throws(LmctfyError) {
                 _ = try src.call(AgentMethods.destroy, destroy, deadlineMs: destroyDeadline)
@@ -422,7 +450,7 @@ enum MovingCommands {
                 // Given some time even past the timeout: the move is done.
                 let deadline = max((try? left("the copy's thaw")) ?? 0, pingMs)
                 do throws(LmctfyError) {
-                    let resume = ResumeRequest(name: name, requestId: requestId())
+                    let resume = ResumeRequest(name: name, requestId: requestId(), cgroupId: copyId)
                     _ = try retried(dst, target) { c throws(LmctfyError) in try c.call(AgentMethods.resume, resume, deadlineMs: deadline) }
                 } catch {
                     throw LmctfyError(error.code, "migrate \(name): moved to \(toName), but its copy there could not be thawed and is still frozen (\(error.message)): resume it there")
@@ -440,7 +468,7 @@ enum MovingCommands {
             Progress.report("migrate \(name): failed; undoing")
             var notes: [String] = []
             if made == true {
-                let destroy = DestroyRequest(name: name, force: true, requestId: requestId())
+                let destroy = DestroyRequest(name: name, force: true, requestId: requestId(), cgroupId: copyId)
                 do { _ = try retried(dst, target) { c throws(LmctfyError) in try c.call(AgentMethods.destroy, destroy, deadlineMs: pingMs) } } catch {
                     notes.append("the target's copy could not be removed: \(error); it stays frozen there")
                 }
@@ -451,9 +479,13 @@ enum MovingCommands {
                 notes.append("\(toName) did not answer the import: its agent drops an import it had not finished when the caller gives up (or at its next start, if it died); one it finished just then stays there frozen (see its list)")
             }
             if frozeIt {
-                let resume = ResumeRequest(name: name, requestId: requestId())
+                let resume = ResumeRequest(name: name, requestId: requestId(), cgroupId: sourceId)
                 do { _ = try retried(src, source) { c throws(LmctfyError) in try c.call(AgentMethods.resume, resume, deadlineMs: pingMs) } } catch {
-                    notes.append("the source could not be thawed: \(error); its agent thaws it when the freeze's lease runs out")
+                    switch error.code {
+                    case .notFound: notes.append("the source is gone (destroyed by another caller meanwhile)")
+                    case .aborted: notes.append("the source was destroyed and made again by another caller meanwhile: that new container was left alone")
+                    default: notes.append("the source could not be thawed: \(error); its agent thaws it when the freeze's lease runs out")
+                    }
                 }
             }
             let e = error as? LmctfyError ?? LmctfyError(.unknown, "\(error)")

@@ -76,6 +76,10 @@ import Testing
         #expect(damaged.nextDeadline == nil)
         #expect(damaged.unreadable?.contains("4 lines") == true, "\(damaged.unreadable ?? "said nothing")")
         #expect(FreezeLeases(file: file + ".none", bootId: "boot-1").unreadable == nil)
+        // Nor is one that cannot be read at all (a directory in its place),
+        // which is said too (it was taken for none, silently).
+        try Sys.mkdir(file + ".dir", mode: 0o700)
+        #expect(FreezeLeases(file: file + ".dir", bootId: "boot-1").unreadable?.contains("could not be read") == true)
     }
 }
 
@@ -488,4 +492,152 @@ extension FreezeLeaseAgentTests {
 private extension ChildResult {
     var out: String { String(decoding: stdout, as: UTF8.self) }
     var err: String { String(decoding: stderr, as: UTF8.self) }
+}
+
+extension FreezeLeaseAgentTests {
+    /// `lmctl migrate` with `LMCTL_TEST_MIGRATE_HOLD_AFTER=step`, in the
+    /// background; `release` lets it go on and returns its result.
+    private struct HeldMigration {
+        let marker: String
+        let result = Mutexed<ChildResult?>(nil)
+        let done = Latch()
+
+        init(_ lmctl: [String], _ name: String, to socket: String, holdAfter step: String, marker: String) {
+            self.marker = marker
+            let argv = ["/usr/bin/env", "LMCTL_TEST_MIGRATE_HOLD_AFTER=\(step):\(marker)"] + lmctl
+                + ["migrate", name, "--to", "unix://\(socket)", "--timeout", "30"]
+            let result = self.result, done = self.done
+            Threads.detach {
+                let r = try? TestProcess.capture(argv)
+                result.locked { $0 = r }
+                done.signal()
+            }
+        }
+
+        var holding: Bool { within(15_000) { Sys.exists(marker) } }
+
+        func release() throws -> ChildResult {
+            try? Sys.unlink(marker)
+            #expect(done.wait(seconds: 60), "lmctl did not end")
+            return try #require(result.locked { $0 })
+        }
+    }
+
+    /// A migration acts only on the containers it froze and made: one made
+    /// again under the source's name by another caller meanwhile is never
+    /// destroyed (it was, its processes killed, and lmctl said
+    /// "migrated"), a copy destroyed on the target meanwhile stops the
+    /// migration before the source goes (both were gone), and an update of
+    /// the source while it is copied is refused (it was acknowledged and
+    /// lost with the source; the snapshot probe).
+    @Test func aMigrationActsOnlyOnTheContainersItFroze() throws {
+        let source = try LeaseRoot(), target = try LeaseRoot()
+        defer { source.destroy(); target.destroy() }
+        let a = try AgentProcess(config: source.config)
+        defer { a.stop() }
+        let b = try AgentProcess(config: target.config)
+        defer { b.stop() }
+        let lmctl = [builtTool("lmctl"), "--agent", "unix://\(a.socket)"]
+        let lmctlB = [builtTool("lmctl"), "--agent", "unix://\(b.socket)"]
+        func pids(_ root: LeaseRoot) throws -> [Int32] {
+            try root.api.get(try ContainerName.resolve(root.name + "/web", relativeTo: .root)).processes(recursive: true)
+        }
+        #expect(try TestProcess.capture(lmctl + ["create", "/web", "cpu:{limit:100}"]).status == 0)
+        #expect(try TestProcess.capture(lmctl + ["run", "-n", "/web", "sleep 600"]).status == 0)
+
+        // Replaced on the source after the import: the new one is left as
+        // it is, running; the copy goes again.
+        var held = HeldMigration(lmctl, "/web", to: b.socket, holdAfter: "import", marker: a.dir + "/hold")
+        #expect(held.holding, "lmctl never imported")
+        #expect(try TestProcess.capture(lmctl + ["destroy", "-f", "/web"]).status == 0)
+        #expect(try TestProcess.capture(lmctl + ["create", "/web", "cpu:{limit:200}"]).status == 0)
+        #expect(try TestProcess.capture(lmctl + ["run", "-n", "/web", "sleep 555"]).status == 0)
+        let newPids = try pids(source)
+        var r = try held.release()
+        #expect(r.status == StatusCode.aborted.rawValue, "\(r.err)")
+        #expect(r.err.contains("made again by another caller meanwhile: that new container was left alone"), "\(r.err)")
+        #expect(try source.frozen("/web") == false && pids(source) == newPids, "the new /web was touched")
+        #expect(newPids.allSatisfy { kill($0, 0) == 0 })
+        #expect(try target.frozen("/web") == nil, "the copy was left")
+
+        // Its copy destroyed on the target after the import: the source
+        // stays, running.
+        held = HeldMigration(lmctl, "/web", to: b.socket, holdAfter: "import", marker: a.dir + "/hold")
+        #expect(held.holding, "lmctl never imported")
+        #expect(try TestProcess.capture(lmctlB + ["destroy", "-f", "/web"]).status == 0)
+        r = try held.release()
+        #expect(r.status == StatusCode.notFound.rawValue, "\(r.err)")
+        #expect(r.err.contains("its copy on") && r.err.contains("after the import"), "\(r.err)")
+        #expect(try source.frozen("/web") == false && pids(source) == newPids, "the source was not kept")
+        #expect(try target.frozen("/web") == nil)
+
+        // An update while it is copied: refused, and the move goes on.
+        held = HeldMigration(lmctl, "/web", to: b.socket, holdAfter: "export", marker: a.dir + "/hold")
+        #expect(held.holding, "lmctl never exported")
+        let update = try TestProcess.capture(lmctl + ["update", "replace", "/web", "cpu:{limit:300}"])
+        #expect(update.status == StatusCode.aborted.rawValue && update.err.contains("frozen under a lease"), "\(update.err)")
+        r = try held.release()
+        #expect(r.status == 0, "\(r.err)")
+        #expect(try source.frozen("/web") == nil && target.frozen("/web") == false)
+        let spec = try TestProcess.capture(lmctlB + ["spec", "/web"])
+        #expect(spec.out.contains("limit: 200"), "\(spec.out)")
+    }
+
+    /// A leased freeze thawed behind the agent's back (`lmctfy resume`)
+    /// loses its lease: the operator's freeze after it is never undone at
+    /// the lease's end (it was thawed; a probe).
+    @Test func aLeasedFreezeThawedWithTheCliLosesItsLease() throws {
+        let root = try LeaseRoot()
+        defer { root.destroy() }
+        let agent = try AgentProcess(config: root.config)
+        defer { agent.stop() }
+        let client = try connected(agent)
+        defer { client.close() }
+        _ = try client.call(AgentMethods.create, CreateRequest(name: "/f", spec: ContainerSpec()))
+        _ = try client.call(AgentMethods.pause, PauseRequest(name: "/f", leaseMs: 2000))
+        let full = root.name + "/f"
+        #expect(try TestProcess.capture([builtTool("lmctfy"), "resume", full]).status == 0)
+        // Once the agent has seen the thaw (its event), the operator freezes it.
+        #expect(within(10_000) {
+            ((try? client.call(AgentMethods.exportSnapshot, ExportSnapshotRequest(name: "/f")))?.freezeLeaseMs) == nil
+        }, "the lease outlived a thaw made with the CLI")
+        #expect(try TestProcess.capture([builtTool("lmctfy"), "pause", full]).status == 0)
+        usleep(3_000_000)
+        #expect(try root.frozen("/f") == true, "the lease thawed the operator's freeze")
+    }
+}
+
+extension FreezeLeaseAgentTests {
+    /// Destroy, Pause and Resume with a `cgroup_id` act only on that
+    /// container: another under its name is ABORTED, untouched.
+    @Test func callsWithACgroupIdActOnlyOnThatContainer() throws {
+        let root = try LeaseRoot()
+        defer { root.destroy() }
+        let agent = try AgentProcess(config: root.config)
+        defer { agent.stop() }
+        let client = try connected(agent)
+        defer { client.close() }
+        _ = try client.call(AgentMethods.create, CreateRequest(name: "/g", spec: ContainerSpec()))
+        let id = try #require(try client.call(AgentMethods.exportSnapshot, ExportSnapshotRequest(name: "/g")).snapshot?.cgroupId)
+        func refused(_ call: () throws -> Void) -> LmctfyError? {
+            do { try call() } catch { return error as? LmctfyError }
+            return nil
+        }
+        for call in [
+            { _ = try client.call(AgentMethods.pause, PauseRequest(name: "/g", cgroupId: id + 1)) },
+            { _ = try client.call(AgentMethods.pause, PauseRequest(name: "/g", leaseMs: 60_000, cgroupId: id + 1)) },
+            { _ = try client.call(AgentMethods.destroy, DestroyRequest(name: "/g", force: true, cgroupId: id + 1)) },
+        ] as [() throws -> Void] {
+            let e = refused(call)
+            #expect(e?.code == .aborted && e?.message.contains("another container now") == true, "\(String(describing: e))")
+            #expect(try root.frozen("/g") == false)
+        }
+        _ = try client.call(AgentMethods.pause, PauseRequest(name: "/g", cgroupId: id))
+        let e = refused { _ = try client.call(AgentMethods.resume, ResumeRequest(name: "/g", cgroupId: id + 1)) }
+        #expect(e?.code == .aborted, "\(String(describing: e))")
+        #expect(try root.frozen("/g") == true)
+        _ = try client.call(AgentMethods.resume, ResumeRequest(name: "/g", cgroupId: id))
+        _ = try client.call(AgentMethods.destroy, DestroyRequest(name: "/g", force: true, cgroupId: id))
+        #expect(try root.frozen("/g") == nil)
+    }
 }

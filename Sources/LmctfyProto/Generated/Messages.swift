@@ -5457,17 +5457,21 @@ public struct DestroyRequest: ProtoMessage {
     public var requestId: String?
     /// Field 4 `want_progress`.
     public var wantProgress: Bool?
+    /// Field 5 `cgroup_id`.
+    public var cgroupId: UInt64?
 
     public init(
         name: String? = nil,
         force: Bool? = nil,
         requestId: String? = nil,
-        wantProgress: Bool? = nil
+        wantProgress: Bool? = nil,
+        cgroupId: UInt64? = nil
     ) {
         self.name = name
         self.force = force
         self.requestId = requestId
         self.wantProgress = wantProgress
+        self.cgroupId = cgroupId
     }
 
     public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.DestroyRequest")
@@ -5478,6 +5482,7 @@ public struct DestroyRequest: ProtoMessage {
         self.force = message.get(2)
         self.requestId = message.get(3)
         self.wantProgress = message.get(4)
+        self.cgroupId = message.get(5)
     }
 
     public var dynamic: DynamicMessage {
@@ -5486,6 +5491,7 @@ public struct DestroyRequest: ProtoMessage {
         message.set(2, force)
         message.set(3, requestId)
         message.set(4, wantProgress)
+        message.set(5, cgroupId)
         return message
     }
 
@@ -5495,6 +5501,7 @@ public struct DestroyRequest: ProtoMessage {
         self.force = CBridge.value(c, f[1])
         self.requestId = CBridge.value(c, f[2])
         self.wantProgress = CBridge.value(c, f[3])
+        self.cgroupId = CBridge.value(c, f[4])
     }
 
     public func makeC() -> UnsafeMutableRawPointer {
@@ -5504,6 +5511,7 @@ public struct DestroyRequest: ProtoMessage {
         CBridge.set(c, f[1], force)
         CBridge.set(c, f[2], requestId)
         CBridge.set(c, f[3], wantProgress)
+        CBridge.set(c, f[4], cgroupId)
         return c
     }
 }
@@ -7242,13 +7250,17 @@ public struct ImportSnapshotResponse: ProtoMessage {
     public var name: String?
     /// Field 2 `started_pid`.
     public var startedPid: [Int32]
+    /// Field 3 `cgroup_id`.
+    public var cgroupId: UInt64?
 
     public init(
         name: String? = nil,
-        startedPid: [Int32] = []
+        startedPid: [Int32] = [],
+        cgroupId: UInt64? = nil
     ) {
         self.name = name
         self.startedPid = startedPid
+        self.cgroupId = cgroupId
     }
 
     public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.ImportSnapshotResponse")
@@ -7257,12 +7269,14 @@ public struct ImportSnapshotResponse: ProtoMessage {
         precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.ImportSnapshotResponse")
         self.name = message.get(1)
         self.startedPid = message.getRepeated(2)
+        self.cgroupId = message.get(3)
     }
 
     public var dynamic: DynamicMessage {
         var message = DynamicMessage(Self.protoDescriptor)
         message.set(1, name)
         message.setRepeated(2, startedPid)
+        message.set(3, cgroupId)
         return message
     }
 
@@ -7270,6 +7284,7 @@ public struct ImportSnapshotResponse: ProtoMessage {
         let f = Self.protoDescriptor.fields
         self.name = CBridge.value(c, f[0])
         self.startedPid = CBridge.repeated(c, f[1])
+        self.cgroupId = CBridge.value(c, f[2])
     }
 
     public func makeC() -> UnsafeMutableRawPointer {
@@ -7277,6 +7292,7 @@ public struct ImportSnapshotResponse: ProtoMessage {
         let f = Self.protoDescriptor.fields
         CBridge.set(c, f[0], name)
         CBridge.setRepeated(c, f[1], startedPid)
+        CBridge.set(c, f[2], cgroupId)
         return c
     }
 }
@@ -8213,15 +8229,19 @@ public struct PauseRequest: ProtoMessage {
     public var requestId: String?
     /// Field 3 `lease_ms`.
     public var leaseMs: UInt32?
+    /// Field 4 `cgroup_id`.
+    public var cgroupId: UInt64?
 
     public init(
         name: String? = nil,
         requestId: String? = nil,
-        leaseMs: UInt32? = nil
+        leaseMs: UInt32? = nil,
+        cgroupId: UInt64? = nil
     ) {
         self.name = name
         self.requestId = requestId
         self.leaseMs = leaseMs
+        self.cgroupId = cgroupId
     }
 
     public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.PauseRequest")
@@ -8231,6 +8251,7 @@ public struct PauseRequest: ProtoMessage {
         self.name = message.get(1)
         self.requestId = message.get(2)
         self.leaseMs = message.get(3)
+        self.cgroupId = message.get(4)
     }
 
     public var dynamic: DynamicMessage {
@@ -8238,6 +8259,7 @@ public struct PauseRequest: ProtoMessage {
         message.set(1, name)
         message.set(2, requestId)
         message.set(3, leaseMs)
+        message.set(4, cgroupId)
         return message
     }
 
@@ -8246,6 +8268,7 @@ public struct PauseRequest: ProtoMessage {
         self.name = CBridge.value(c, f[0])
         self.requestId = CBridge.value(c, f[1])
         self.leaseMs = CBridge.value(c, f[2])
+        self.cgroupId = CBridge.value(c, f[3])
     }
 
     public func makeC() -> UnsafeMutableRawPointer {
@@ -8254,6 +8277,7 @@ public struct PauseRequest: ProtoMessage {
         CBridge.set(c, f[0], name)
         CBridge.set(c, f[1], requestId)
         CBridge.set(c, f[2], leaseMs)
+        CBridge.set(c, f[3], cgroupId)
         return c
     }
 }
@@ -9112,13 +9136,17 @@ public struct ResumeRequest: ProtoMessage {
     public var name: String?
     /// Field 2 `request_id`.
     public var requestId: String?
+    /// Field 3 `cgroup_id`.
+    public var cgroupId: UInt64?
 
     public init(
         name: String? = nil,
-        requestId: String? = nil
+        requestId: String? = nil,
+        cgroupId: UInt64? = nil
     ) {
         self.name = name
         self.requestId = requestId
+        self.cgroupId = cgroupId
     }
 
     public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.ResumeRequest")
@@ -9127,12 +9155,14 @@ public struct ResumeRequest: ProtoMessage {
         precondition(message.descriptor === Self.protoDescriptor, "not a containers.lmctfy.agent.ResumeRequest")
         self.name = message.get(1)
         self.requestId = message.get(2)
+        self.cgroupId = message.get(3)
     }
 
     public var dynamic: DynamicMessage {
         var message = DynamicMessage(Self.protoDescriptor)
         message.set(1, name)
         message.set(2, requestId)
+        message.set(3, cgroupId)
         return message
     }
 
@@ -9140,6 +9170,7 @@ public struct ResumeRequest: ProtoMessage {
         let f = Self.protoDescriptor.fields
         self.name = CBridge.value(c, f[0])
         self.requestId = CBridge.value(c, f[1])
+        self.cgroupId = CBridge.value(c, f[2])
     }
 
     public func makeC() -> UnsafeMutableRawPointer {
@@ -9147,6 +9178,7 @@ public struct ResumeRequest: ProtoMessage {
         let f = Self.protoDescriptor.fields
         CBridge.set(c, f[0], name)
         CBridge.set(c, f[1], requestId)
+        CBridge.set(c, f[2], cgroupId)
         return c
     }
 }

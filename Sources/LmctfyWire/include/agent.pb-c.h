@@ -560,15 +560,23 @@ struct  Containers__Lmctfy__Agent__DestroyRequest
    * set while the work goes on (at most a few a second, none for work that
    * ends within 300 ms), then the final response without it.
    */
-  /*
-   * Next id: 5
-   */
   protobuf_c_boolean has_want_progress;
   protobuf_c_boolean want_progress;
+  /*
+   * Added: only if the container is still the one with this cgroup_id
+   * (its tasks cgroup directory's inode, as a snapshot's cgroup_id gives
+   * it): one destroyed and made again under its name since is another,
+   * and the call is ABORTED with nothing done.
+   */
+  /*
+   * Next id: 6
+   */
+  protobuf_c_boolean has_cgroup_id;
+  uint64_t cgroup_id;
 };
 #define CONTAINERS__LMCTFY__AGENT__DESTROY_REQUEST__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__destroy_request__descriptor) \
-    , NULL, 0, 0, NULL, 0, 0 }
+    , NULL, 0, 0, NULL, 0, 0, 0, 0 }
 
 
 struct  Containers__Lmctfy__Agent__DestroyResponse
@@ -1126,15 +1134,23 @@ struct  Containers__Lmctfy__Agent__PauseRequest
    * connection and an agent restart. 1 to 3,600,000. Absent: a freeze that
    * lasts until a Resume (the original's pause).
    */
-  /*
-   * Next id: 4
-   */
   protobuf_c_boolean has_lease_ms;
   uint32_t lease_ms;
+  /*
+   * Added: only if the container is still the one with this cgroup_id
+   * (its tasks cgroup directory's inode, as a snapshot's cgroup_id gives
+   * it): one destroyed and made again under its name since is another,
+   * and the call is ABORTED with nothing done.
+   */
+  /*
+   * Next id: 5
+   */
+  protobuf_c_boolean has_cgroup_id;
+  uint64_t cgroup_id;
 };
 #define CONTAINERS__LMCTFY__AGENT__PAUSE_REQUEST__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__pause_request__descriptor) \
-    , NULL, NULL, 0, 0 }
+    , NULL, NULL, 0, 0, 0, 0 }
 
 
 struct  Containers__Lmctfy__Agent__PauseResponse
@@ -1157,14 +1173,22 @@ struct  Containers__Lmctfy__Agent__ResumeRequest
    * Added: the caller's idempotency key (PROTOCOL.md section 6.1): 1 to 64
    * of [A-Za-z0-9_-], fresh for each operation and the same on its retry.
    */
-  /*
-   * Next id: 3
-   */
   char *request_id;
+  /*
+   * Added: only if the container is still the one with this cgroup_id
+   * (its tasks cgroup directory's inode, as a snapshot's cgroup_id gives
+   * it): one destroyed and made again under its name since is another,
+   * and the call is ABORTED with nothing done.
+   */
+  /*
+   * Next id: 4
+   */
+  protobuf_c_boolean has_cgroup_id;
+  uint64_t cgroup_id;
 };
 #define CONTAINERS__LMCTFY__AGENT__RESUME_REQUEST__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__resume_request__descriptor) \
-    , NULL, NULL }
+    , NULL, NULL, 0, 0 }
 
 
 struct  Containers__Lmctfy__Agent__ResumeResponse
@@ -1957,10 +1981,19 @@ struct  Containers__Lmctfy__Agent__ImportSnapshotResponse
    */
   size_t n_started_pid;
   int32_t *started_pid;
+  /*
+   * Added: the container made's cgroup_id (as ContainerSnapshot's), for
+   * the caller's later calls on it (a migration's thaw of its copy).
+   */
+  /*
+   * Next id: 4
+   */
+  protobuf_c_boolean has_cgroup_id;
+  uint64_t cgroup_id;
 };
 #define CONTAINERS__LMCTFY__AGENT__IMPORT_SNAPSHOT_RESPONSE__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__import_snapshot_response__descriptor) \
-    , NULL, 0,NULL }
+    , NULL, 0,NULL, 0, 0 }
 
 
 /*
