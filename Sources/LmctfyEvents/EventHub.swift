@@ -410,10 +410,10 @@ public final class EventHub {
                 // Boots the log's bound let go of whole meanwhile are passed
                 // over (and the boot change then lost events).
                 var skipped = false
-                var next: (id: String, first: UInt64)?
+                var next: (id: String, first: UInt64, fromStart: Bool)?
                 while let candidate = rep.boots.first {
                     if let kept = log.olderBoot(candidate.id) {
-                        next = (candidate.id, kept.first)
+                        next = (candidate.id, kept.first, kept.fromStart)
                         break
                     }
                     rep.boots.removeFirst()
@@ -422,10 +422,10 @@ public final class EventHub {
                 if let next {
                     rep.after = next.first - 1
                     // Nothing lost between the two: this boot ended
-                    // cleanly and the next one's kept events start at 1
-                    // (so the bound trimmed none of it).
+                    // cleanly and the next one's kept events start with
+                    // the first it journaled (nothing of it let go).
                     var g = EventGap(requestedBootId: rep.gapBoot, afterSequence: rep.gapAfter, bootId: next.id, firstSequence: next.first)
-                    if !skipped && log.bootEnded(boot.id) && next.first == 1 { g.bootEnded = true }
+                    if !skipped && log.bootEnded(boot.id) && next.fromStart { g.bootEnded = true }
                     if !gap(g) { break reading }
                 } else if skipped {
                     // This boot's gap says the boot change lost events.

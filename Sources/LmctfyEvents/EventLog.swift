@@ -151,6 +151,14 @@ public final class EventLog: Sendable {
         /// Of each boot in `older`, the newest sequence the bound let go of
         /// (its oldest events trimmed); absent: none.
         var olderTrimmed: [String: UInt64] = [:]
+        /// The boots in `older` whose kept events begin with the first the
+        /// boot journaled (their lower numbers were STATS samples, never
+        /// journaled, not events let go): every boot after the oldest in
+        /// the files (a rotation drops the oldest records first), and the
+        /// oldest when the journal let nothing go or it begins at 1. A boot
+        /// whose first journaled event was above 1 was taken for one that
+        /// lost events (a clean restart replayed as a `gap:`; a probe).
+        var olderFromStart: Set<String> = []
         /// Every event but stats samples, the latest `capacity`.
         var events = Ring<PackedEvent>()
         /// Stats samples, the latest `capacity`, apart: a sweep of a
@@ -268,6 +276,9 @@ public final class EventLog: Sendable {
             s.journal = journal
             s.older = older
             s.endedBoots = Set(older.filter { boot in ends.contains { $0.boot == boot.id && $0.last == boot.events.last?.seq } }.map(\.id))
+            s.olderFromStart = Set(older.enumerated().filter { i, boot in
+                i > 0 || journal.openedFloor == 0 || boot.events.first?.seq == 1
+            }.map(\.element.id))
             s.olderCount = older.reduce(0) { $0 + $1.events.count }
             // What rotated out of the journal before the oldest kept is
             // gone: up to its floor, the numbers between it and the oldest
@@ -311,8 +322,10 @@ public final class EventLog: Sendable {
                 s.older.removeFirst()
                 s.olderTrimmed[id] = nil
                 s.endedBoots.remove(id)
+                s.olderFromStart.remove(id)
             } else {
                 s.olderTrimmed[id] = s.older[0].events[n - 1].seq
+                s.olderFromStart.remove(id)
                 s.older[0].events.removeFirst(n)
             }
             s.olderCount -= n
@@ -323,9 +336,9 @@ public final class EventLog: Sendable {
     /// Of the boot `id` before this one, as kept now: its first kept
     /// sequence and the newest the log's bound let go of (0: none); nil
     /// when none of it is kept.
-    func olderBoot(_ id: String) -> (first: UInt64, trimmed: UInt64)? {
+    func olderBoot(_ id: String) -> (first: UInt64, trimmed: UInt64, fromStart: Bool)? {
         state.locked { s in
-            s.older.first { $0.id == id }?.events.first.map { ($0.seq, s.olderTrimmed[id] ?? 0) }
+            s.older.first { $0.id == id }?.events.first.map { ($0.seq, s.olderTrimmed[id] ?? 0, s.olderFromStart.contains(id)) }
         }
     }
 

@@ -510,3 +510,32 @@ import Testing
         #expect(gaps.count == 2 && gaps[1].requestedBootId == "bootA" && gaps[1].afterSequence == 600 && gaps[1].bootId == "bootB")
     }
 }
+
+/// A clean restart stays "nothing lost" once the boot after it is an older
+/// boot too, even when that boot's first journaled event is above 1 (its
+/// lower numbers were STATS samples, never journaled): it was replayed as a
+/// gap (the snapshot probe, 3 of 5 clean restarts).
+@Suite struct CleanRestartAfterStatsTests {
+    @Test func aBootWhoseFirstJournaledEventIsAboveOneLostNothing() throws {
+        let dir = "/tmp/lmctfy-test-cleanstats-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        defer { try? Sys.removeTree(dir) }
+        let a = EventLog(capacity: 100, bootId: "bootA")
+        try a.attachJournal(directory: dir)
+        a.record(container: "/x", kind: .containerEventCreated)
+        a.markEnded()
+        let b = EventLog(capacity: 100, bootId: "bootB")
+        try b.attachJournal(directory: dir)
+        for _ in 0..<5 { b.recordStats(container: "/x", ContainerStats()) }
+        b.record(container: "/x", kind: .containerEventUpdated)
+        b.markEnded()
+        let c = EventLog(capacity: 100, bootId: "bootC")
+        try c.attachJournal(directory: dir)
+        c.record(container: "/x", kind: .containerEventDestroyed)
+        let got = try EventHub(log: c).replayed(EventHub.Key(conn: 1, stream: 1), SubscribeRequest(bootId: "bootA", afterSequence: 0))
+        let gaps = got.compactMap(\.gap)
+        #expect(gaps.count == 2, "\(gaps)")
+        #expect(gaps.allSatisfy { $0.bootEnded == true }, "a clean restart replayed as a gap: \(gaps)")
+        #expect(gaps.first?.bootId == "bootB" && gaps.first?.firstSequence == 6, "\(gaps)")
+        #expect(got.compactMap { $0.event.map { "\($0.bootId ?? ""):\($0.sequence ?? 0)" } } == ["bootA:1", "bootB:6", "bootC:1"])
+    }
+}
