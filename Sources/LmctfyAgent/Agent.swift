@@ -1499,6 +1499,19 @@ public final class Agent: @unchecked Sendable {
             if r.credit != nil, (s.session.peer?.version ?? 0) < ProtocolVersion.credit {
                 throw LmctfyError.invalidArgument("credit needs protocol version \(ProtocolVersion.credit) (this connection speaks \(s.session.peer?.version ?? 0))")
             }
+            // Every event is offered to every subscriber: their number is
+            // bounded, and readers hold at most half (6,000 idle streams of
+            // one reader saturated the loop for good; a probe).
+            let limit = settings.flow.subscribers
+            if hub.subscribers.count >= limit {
+                throw LmctfyError(.resourceExhausted, "\(limit) Subscribe streams are open on this agent (limits.max_subscribers)")
+            }
+            if s.role != .agentRoleAdmin {
+                let readers = hub.subscribers.keys.reduce(0) { n, k in self.conns[k.conn]?.role == .agentRoleAdmin ? n : n + 1 }
+                if readers >= limit / 2 {
+                    throw LmctfyError(.resourceExhausted, "\(limit / 2) Subscribe streams of peers without the admin role are open on this agent (half of limits.max_subscribers)")
+                }
+            }
             // What was recorded before is handed out first, so the new
             // subscriber's replay ends where its live events begin.
             publishEvents()

@@ -250,6 +250,12 @@ public struct AgentSettings: Sendable {
             }
             flow.readerCallThreads = Int(v)
         }
+        if let v = l.maxSubscribers {
+            guard v >= 2 && v <= 1 << 20 else {
+                throw .invalidArgument("\(source): limits.max_subscribers must be 2 to 1048576, not \(v)")
+            }
+            flow.subscribers = Int(v)
+        }
         logLevel = c.logLevel ?? .logInfo
         stateDir = c.stateDir ?? "/var/lib/lmctfy"
         imageRoot = c.imageRoot ?? stateDir + "/images"
@@ -382,6 +388,9 @@ public struct FlowLimits: Sendable, Equatable {
     /// Of those, calls of peers without the admin role (readers' Notify
     /// streams); the rest stay for admins.
     public var readerCallThreads = 512
+    /// The whole agent: Subscribe streams open at once; readers hold at
+    /// most half.
+    public var subscribers = 1024
 
     public init() {}
 }

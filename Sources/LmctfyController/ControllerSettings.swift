@@ -115,6 +115,7 @@ public struct ControllerSettings: Sendable {
                 ("max_agent_queued_calls", l.maxAgentQueuedCalls != nil),
                 ("max_call_threads", l.maxCallThreads != nil),
                 ("max_reader_call_threads", l.maxReaderCallThreads != nil),
+                ("max_subscribers", l.maxSubscribers != nil),
             ]
             if let name = agentOnly.first(where: { $0.1 })?.0 {
                 throw .invalidArgument("\(source): limits.\(name) is an agent's limit, which a controller does not apply; a controller takes max_frame_bytes, max_streams_per_connection, max_handshaking_connections, max_connections_per_peer, hello_timeout_ms, idle_timeout_ms and keepalive_interval_ms")

@@ -641,9 +641,15 @@ public final class EventHub {
             for key in Array(subscribers.keys) where subscribers[key]?.replay == nil { offer(key, Waiting(sequence: 0, bytes: bytes, resume: point), sample: nil, deliver: deliver, lagged: lagged) }
         }
         published = newest
+        // The keys each event goes to, gathered in one reused array (a
+        // filtered dictionary built for every event was a fifth of the
+        // loop's time with 2,000 subscribers; a probe).
+        var keys: [Key] = []
+        keys.reserveCapacity(subscribers.count)
         for e in events {
             let sequence = e.sequence ?? 0
-            let keys = subscribers.filter { $0.value.replay == nil && $0.value.lastSent < sequence && $0.value.filter.matches(e) }.map(\.key)
+            keys.removeAll(keepingCapacity: true)
+            for (key, sub) in subscribers where sub.replay == nil && sub.lastSent < sequence && sub.filter.matches(e) { keys.append(key) }
             guard !keys.isEmpty, let bytes = try? SubscribeResponse(event: e).serializedBytes() else { continue }
             let sample = e.kind == .containerEventStats ? e.container ?? "" : nil
             let point = ResumePoint(after: sequence, boot: log.bootId)

@@ -7836,7 +7836,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__role_binding__descri
   (ProtobufCMessageInit) containers__lmctfy__agent__role_binding__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor containers__lmctfy__agent__agent_limits__field_descriptors[14] =
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__agent_limits__field_descriptors[15] =
 {
   {
     "max_frame_bytes",
@@ -8006,6 +8006,18 @@ static const ProtobufCFieldDescriptor containers__lmctfy__agent__agent_limits__f
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "max_subscribers",
+    15,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_UINT32,
+    offsetof(Containers__Lmctfy__Agent__AgentLimits, has_max_subscribers),
+    offsetof(Containers__Lmctfy__Agent__AgentLimits, max_subscribers),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned containers__lmctfy__agent__agent_limits__field_indices_by_name[] = {
   3,   /* field[3] = hello_timeout_ms */
@@ -8022,11 +8034,12 @@ static const unsigned containers__lmctfy__agent__agent_limits__field_indices_by_
   11,   /* field[11] = max_handshaking_connections */
   12,   /* field[12] = max_reader_call_threads */
   1,   /* field[1] = max_streams_per_connection */
+  14,   /* field[14] = max_subscribers */
 };
 static const ProtobufCIntRange containers__lmctfy__agent__agent_limits__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 14 }
+  { 0, 15 }
 };
 const ProtobufCMessageDescriptor containers__lmctfy__agent__agent_limits__descriptor =
 {
@@ -8036,7 +8049,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__agent_limits__descri
   "Containers__Lmctfy__Agent__AgentLimits",
   "containers.lmctfy.agent",
   sizeof(Containers__Lmctfy__Agent__AgentLimits),
-  14,
+  15,
   containers__lmctfy__agent__agent_limits__field_descriptors,
   containers__lmctfy__agent__agent_limits__field_indices_by_name,
   1,  containers__lmctfy__agent__agent_limits__number_ranges,

@@ -594,3 +594,41 @@ struct AgentIntegrationTests {
         }
     }
 }
+
+/// Subscribe streams are bounded over the whole agent (limits.max_subscribers),
+/// readers holding at most half: every event is offered to every subscriber,
+/// and 6,000 idle streams of one reader saturated the loop for good, new
+/// clients timing out in their handshake (a probe). One more is refused
+/// with RESOURCE_EXHAUSTED naming the limit; one that ends frees its place.
+@Suite(.enabled(if: RealCgroups.available, "\(RealCgroups.unavailableReason ?? "")"))
+struct SubscriberLimitTests {
+    func opened(_ socket: String, _ n: Int) throws -> RawLink {
+        let link = try RawLink(fd: try RpcSocket.connectUnix(path: socket),
+                               Session(dialler: .peerCredentials, name: "t", now: MonotonicClock.milliseconds()))
+        for _ in 0..<n { _ = link.open("Subscribe", try SubscribeRequest(name: "/", recursive: true).serializedBytes(), deadlineMs: nil) }
+        return link
+    }
+
+    @Test func subscribeStreamsAreBoundedAndReadersHoldHalf() throws {
+        try withAgent("limits { max_subscribers: 4 }") { agent, socket in
+            let link = try opened(socket, 5)
+            link.pump { link.statuses.count >= 1 }
+            #expect(link.statuses.count == 1 && link.statuses.first?.code == .resourceExhausted
+                    && link.statuses.first?.message.contains("limits.max_subscribers") == true, "\(link.statuses)")
+            #expect(agent.subscriberCount == 4)
+            _ = shutdown(link.fd, Int32(SHUT_RDWR))
+            #expect((0..<250).contains { _ in usleep(20_000); return agent.subscriberCount == 0 }, "the streams stayed")
+            let again = try opened(socket, 1)
+            usleep(200_000)
+            again.pump(ms: 300) { !again.statuses.isEmpty }
+            #expect(again.statuses.isEmpty && agent.subscriberCount == 1, "\(again.statuses)")
+        }
+        try withAgent("limits { max_subscribers: 4 } role { role: AGENT_ROLE_READER uid: 0 }") { agent, socket in
+            let link = try opened(socket, 3)
+            link.pump { link.statuses.count >= 1 }
+            #expect(link.statuses.count == 1 && link.statuses.first?.code == .resourceExhausted
+                    && link.statuses.first?.message.contains("without the admin role") == true, "\(link.statuses)")
+            #expect(agent.subscriberCount == 2)
+        }
+    }
+}

@@ -4371,6 +4371,8 @@ public struct AgentLimits: ProtoMessage {
     public var maxReaderCallThreads: UInt32?
     /// Field 14 `max_connections_per_peer`.
     public var maxConnectionsPerPeer: UInt32?
+    /// Field 15 `max_subscribers`.
+    public var maxSubscribers: UInt32?
 
     public init(
         maxFrameBytes: UInt32? = nil,
@@ -4386,7 +4388,8 @@ public struct AgentLimits: ProtoMessage {
         maxCallThreads: UInt32? = nil,
         maxHandshakingConnections: UInt32? = nil,
         maxReaderCallThreads: UInt32? = nil,
-        maxConnectionsPerPeer: UInt32? = nil
+        maxConnectionsPerPeer: UInt32? = nil,
+        maxSubscribers: UInt32? = nil
     ) {
         self.maxFrameBytes = maxFrameBytes
         self.maxStreamsPerConnection = maxStreamsPerConnection
@@ -4402,6 +4405,7 @@ public struct AgentLimits: ProtoMessage {
         self.maxHandshakingConnections = maxHandshakingConnections
         self.maxReaderCallThreads = maxReaderCallThreads
         self.maxConnectionsPerPeer = maxConnectionsPerPeer
+        self.maxSubscribers = maxSubscribers
     }
 
     public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.AgentLimits")
@@ -4422,6 +4426,7 @@ public struct AgentLimits: ProtoMessage {
         self.maxHandshakingConnections = message.get(12)
         self.maxReaderCallThreads = message.get(13)
         self.maxConnectionsPerPeer = message.get(14)
+        self.maxSubscribers = message.get(15)
     }
 
     public var dynamic: DynamicMessage {
@@ -4440,6 +4445,7 @@ public struct AgentLimits: ProtoMessage {
         message.set(12, maxHandshakingConnections)
         message.set(13, maxReaderCallThreads)
         message.set(14, maxConnectionsPerPeer)
+        message.set(15, maxSubscribers)
         return message
     }
 
@@ -4459,6 +4465,7 @@ public struct AgentLimits: ProtoMessage {
         self.maxHandshakingConnections = CBridge.value(c, f[11])
         self.maxReaderCallThreads = CBridge.value(c, f[12])
         self.maxConnectionsPerPeer = CBridge.value(c, f[13])
+        self.maxSubscribers = CBridge.value(c, f[14])
     }
 
     public func makeC() -> UnsafeMutableRawPointer {
@@ -4478,6 +4485,7 @@ public struct AgentLimits: ProtoMessage {
         CBridge.set(c, f[11], maxHandshakingConnections)
         CBridge.set(c, f[12], maxReaderCallThreads)
         CBridge.set(c, f[13], maxConnectionsPerPeer)
+        CBridge.set(c, f[14], maxSubscribers)
         return c
     }
 }

@@ -2214,10 +2214,23 @@ struct  Containers__Lmctfy__Agent__AgentLimits
    */
   protobuf_c_boolean has_max_connections_per_peer;
   uint32_t max_connections_per_peer;
+  /*
+   * An agent's limit: Subscribe streams open at once over all
+   * connections; one more is RESOURCE_EXHAUSTED. Every event is offered to
+   * every subscriber, so their number is what a recorded event costs the
+   * loop: 6,000 idle streams of one reader saturated it, and new clients
+   * timed out in their handshake (a probe). Peers without the admin role
+   * hold at most half of them. 2 to 1048576.
+   */
+  /*
+   * 1024
+   */
+  protobuf_c_boolean has_max_subscribers;
+  uint32_t max_subscribers;
 };
 #define CONTAINERS__LMCTFY__AGENT__AGENT_LIMITS__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__agent_limits__descriptor) \
-    , 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0 }
+    , 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0 }
 
 
 struct  Containers__Lmctfy__Agent__AgentConfig
