@@ -222,6 +222,16 @@ enum EventsCommand {
         }
     }
 
+    /// Whether `error` says the agent (or the way to it) is gone or not
+    /// answering, for now: UNAVAILABLE, or DEADLINE_EXCEEDED (a Subscribe
+    /// has no deadline of its own: a hello not answered in time, by an
+    /// agent stopped or overloaded). A follower ended with 4 when its
+    /// agent, SIGSTOPped or just restarted and slow, did not answer a
+    /// reconnect's hello within 10 s (a probe).
+    static func lostTheAgent(_ error: LmctfyError) -> Bool {
+        error.code == .unavailable || error.code == .deadlineExceeded
+    }
+
     /// How often `-f`, waiting for an agent it lost, says it still waits.
     /// It waits for as long as it takes, as `tail -F` does (it gave up
     /// after a minute: an agent down longer, an upgrade, ended every
@@ -263,7 +273,7 @@ enum EventsCommand {
                 let client: RpcClient
                 do {
                     client = try dial()
-                } catch where error.code == .unavailable && lost != nil {
+                } catch where Self.lostTheAgent(error) && lost != nil {
                     sayStillTrying(error)
                     usleep(250_000)
                     continue
@@ -283,7 +293,7 @@ enum EventsCommand {
                             && (laggedAt.map { $0.0 != o.request.bootId || $0.1 != o.request.afterSequence } ?? true) {
                     laggedAt = (o.request.bootId, o.request.afterSequence)
                     if o.request.bootId != nil { o.request.fromOldest = nil }
-                } catch where o.follow && error.code == .unavailable {
+                } catch where o.follow && Self.lostTheAgent(error) {
                     let now = MonotonicClock.milliseconds()
                     let progressed = from != (o.request.bootId, o.request.afterSequence) || now - started >= 5_000
                     if lost == nil || progressed {

@@ -81,6 +81,43 @@ struct LmctlFollowTests {
         #expect(TestProcess.reapIfExited(early) == nil && TestProcess.reapIfExited(late) == nil, "both still follow")
     }
 
+    /// A follower outlives an agent that takes its connection but does not
+    /// answer its hello in time (restarted, then SIGSTOPped for longer
+    /// than the 10 s a hello may take): it dials again. It ended with 4,
+    /// GOAWAY_HELLO_TIMEOUT, missing what came after (a probe).
+    @Test func eventsFollowOutlivesAHelloNotAnsweredInTime() throws {
+        let (lmctl, lmctfy) = (builtTool("lmctl"), builtTool("lmctfy"))
+        let root = RealCgroups.uniqueName("followhello")
+        #expect(try TestProcess.capture([lmctfy, "create", root, "memory:{limit:1000000000}"]).status == 0)
+        defer { _ = try? TestProcess.capture([lmctfy, "destroy", "-f", root]) }
+        let first = try AgentProcess(config: "root_container: \"\(root)\" stats_interval_ms: 0")
+        var firstAlive = true
+        defer { if firstAlive { first.stop() } }
+        let out = "/tmp/lmctfy-follow-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).out"
+        defer { unlink(out) }
+        func printed() -> String { (try? Sys.readFile(out)) ?? "" }
+        let follower = try TestProcess.spawn(["/bin/sh", "-c", "exec \(lmctl) --agent unix://\(first.socket) events -f > \(out) 2>&1"])
+        defer { TestProcess.end(follower) }
+        var probes = 0
+        while probes < 100 && !printed().contains("CREATED /probe") {
+            probes += 1
+            #expect(try TestProcess.capture([lmctl, "--agent", "unix://" + first.socket, "create", "/probe\(probes)", ""]).status == 0)
+            for _ in 0..<50 where !printed().contains("CREATED /probe") { usleep(10_000) }
+        }
+        #expect(printed().contains("CREATED /probe"), "the follower never followed")
+        first.crash()
+        firstAlive = false
+        let second = try AgentProcess(reusing: first.dir)
+        defer { second.stop() }
+        kill(second.pid, SIGSTOP)
+        sleep(13)
+        kill(second.pid, SIGCONT)
+        #expect(TestProcess.reapIfExited(follower) == nil, "the follower gave up: \(printed())")
+        #expect(try TestProcess.capture([lmctl, "--agent", "unix://" + second.socket, "create", "/c", ""]).status == 0)
+        for _ in 0..<1500 where !printed().contains("CREATED /c") { usleep(20_000) }
+        #expect(printed().split(separator: "\n").contains { $0.hasSuffix(" CREATED /c") || $0.contains(" CREATED /c ") }, "\(printed())")
+    }
+
     /// A follower outlives an agent stopped for longer than a minute (an
     /// upgrade): it says once a minute that it still waits, and prints
     /// what the next agent records. It gave up after 60 s, with 14.
