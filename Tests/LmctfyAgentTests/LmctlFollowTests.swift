@@ -41,17 +41,8 @@ struct LmctlFollowTests {
             let lines = ((try? Sys.readFile("/proc/net/unix")) ?? "").split(separator: "\n")
             return lines.filter { $0.hasSuffix(" " + first.socket) }.count - 1
         }
-        let early = try follower(outs[0])
+        let early = try startFollower(first.socket, outs[0])
         defer { TestProcess.end(early) }
-        // Subscribed once it prints a container made after it started (a
-        // sanitized lmctl took more than the 300 ms this waited).
-        var probes = 0
-        while probes < 100 && !printed(outs[0]).contains("CREATED /probe") {
-            probes += 1
-            #expect(try TestProcess.capture([lmctl, "--agent", "unix://" + first.socket, "create", "/probe\(probes)", ""]).status == 0)
-            for _ in 0..<50 where !printed(outs[0]).contains("CREATED /probe") { usleep(10_000) }
-        }
-        #expect(printed(outs[0]).contains("CREATED /probe"), "the early follower never followed")
         #expect(try TestProcess.capture([lmctl, "--agent", "unix://" + first.socket, "create", x, ""]).status == 0)
         #expect(waitFor("CREATED \(x)", in: outs[0]), "\(printed(outs[0]))")
         let late = try follower(outs[1])
@@ -96,15 +87,8 @@ struct LmctlFollowTests {
         let out = "/tmp/lmctfy-follow-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).out"
         defer { unlink(out) }
         func printed() -> String { (try? Sys.readFile(out)) ?? "" }
-        let follower = try TestProcess.spawn(["/bin/sh", "-c", "exec \(lmctl) --agent unix://\(first.socket) events -f > \(out) 2>&1"])
+        let follower = try startFollower(first.socket, out)
         defer { TestProcess.end(follower) }
-        var probes = 0
-        while probes < 100 && !printed().contains("CREATED /probe") {
-            probes += 1
-            #expect(try TestProcess.capture([lmctl, "--agent", "unix://" + first.socket, "create", "/probe\(probes)", ""]).status == 0)
-            for _ in 0..<50 where !printed().contains("CREATED /probe") { usleep(10_000) }
-        }
-        #expect(printed().contains("CREATED /probe"), "the follower never followed")
         first.crash()
         firstAlive = false
         let second = try AgentProcess(reusing: first.dir)
@@ -132,15 +116,8 @@ struct LmctlFollowTests {
         let out = "/tmp/lmctfy-follow-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).out"
         defer { unlink(out) }
         func printed() -> String { (try? Sys.readFile(out)) ?? "" }
-        let follower = try TestProcess.spawn(["/bin/sh", "-c", "exec \(lmctl) --agent unix://\(first.socket) events -f > \(out) 2>&1"])
+        let follower = try startFollower(first.socket, out)
         defer { TestProcess.end(follower) }
-        var probes = 0
-        while probes < 100 && !printed().contains("CREATED /probe") {
-            probes += 1
-            #expect(try TestProcess.capture([lmctl, "--agent", "unix://" + first.socket, "create", "/probe\(probes)", ""]).status == 0)
-            for _ in 0..<50 where !printed().contains("CREATED /probe") { usleep(10_000) }
-        }
-        #expect(printed().contains("CREATED /probe"), "the follower never followed")
         first.stop(keepingState: true)
         stopped = true
         defer { _ = removeTree(first.dir) }
@@ -154,4 +131,21 @@ struct LmctlFollowTests {
         #expect(lines.contains { $0.hasSuffix(" CREATED /b") || $0.contains(" CREATED /b ") }, "\(lines)")
         #expect(lines.contains { $0.hasPrefix("lmctl: events: not following for 6") && $0.hasSuffix("still trying") }, "\(lines)")
     }
+}
+
+/// Starts `lmctl events -f` on the agent at `socket`, its output in `out`,
+/// and returns once it follows: it printed a container made after it
+/// started (a sanitized lmctl took more than the 300 ms a fixed wait gave).
+private func startFollower(_ socket: String, _ out: String) throws -> pid_t {
+    let lmctl = builtTool("lmctl")
+    func printed() -> String { (try? Sys.readFile(out)) ?? "" }
+    let pid = try TestProcess.spawn(["/bin/sh", "-c", "exec \(lmctl) --agent unix://\(socket) events -f > \(out) 2>&1"])
+    var probes = 0
+    while probes < 100 && !printed().contains("CREATED /probe") {
+        probes += 1
+        #expect(try TestProcess.capture([lmctl, "--agent", "unix://" + socket, "create", "/probe\(probes)", ""]).status == 0)
+        for _ in 0..<50 where !printed().contains("CREATED /probe") { usleep(10_000) }
+    }
+    #expect(printed().contains("CREATED /probe"), "the follower never followed")
+    return pid
 }
