@@ -1230,12 +1230,21 @@ public final class Dispatcher: Sendable {
         // an emptying that happened: while the container is still empty, it
         // gets the watch's EMPTY as its own watch would have given it (a
         // call resuming has had it from the log, or handled it before).
-        if let watch, kind == .containerEventEmpty, r.afterSequence == nil, let e = watch.lastEvent.locked({ $0 }),
-           let seq = e.sequence, seq <= cursor,
-           (try? backend.listTasks(path, threads: false, recursive: true).isEmpty) == true {
+        // So does a call whose watch found the container empty with its
+        // EMPTY on record already (recorded before this call): it gets that
+        // one, as soon as its watch has looked.
+        let started = cursor
+        var answered = false
+        func answerIfEmptyOnRecord() throws {
+            guard !answered, let watch, kind == .containerEventEmpty, r.afterSequence == nil,
+                  let e = watch.lastEvent.locked({ $0 }), let seq = e.sequence, seq <= started,
+                  (try? backend.listTasks(path, threads: false, recursive: true).isEmpty) == true else { return }
+            answered = true
             try context.emit(NotifyResponse(event: e))
         }
+        try answerIfEmptyOnRecord()
         while !context.cancelled {
+            try answerIfEmptyOnRecord()
             let newest = events.newest
             if newest > cursor {
                 cursor = try stream(after: cursor, upTo: newest, live: true)
@@ -1270,10 +1279,17 @@ public final class Dispatcher: Sendable {
                     onWatching: { (_: String) throws(LmctfyError) in w.set(.watching) },
                     onEvent: { (n: Int) throws(LmctfyError) -> Bool in
                         for _ in 0..<n {
+                            // Empty already, its EMPTY on record (a watch
+                            // fires once when made on such a container):
+                            // that one answers, none is added.
+                            if let known = inventory?.emptyOnRecord(path) {
+                                w.lastEvent.locked { $0 = known }
+                                continue
+                            }
                             let e = events.record(container: path, kind: kind, threshold: threshold)
                             w.lastEvent.locked { $0 = e }
+                            inventory?.notedEmpty(path, e)
                         }
-                        if n > 0 { inventory?.notedEmpty(path) }
                         w.changes.bump()
                         return true
                     })

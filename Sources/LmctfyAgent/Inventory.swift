@@ -51,6 +51,12 @@ final class Inventory: Sendable {
         /// how many: their EMPTY is the watch's to record (it sees every
         /// emptying), not the reconcile's or the watcher's too.
         var emptyWatched: [String: Int] = [:]
+        /// The EMPTY recorded for each container's present emptiness (gone
+        /// once it is seen with processes again, or goes): a `Notify` watch
+        /// made on a container already empty answers with it instead of
+        /// recording another (each call added an EMPTY to the shared log,
+        /// which any reader could fill with them; a probe).
+        var lastEmpty: [String: ContainerEvent] = [:]
         /// Each container's spec (serialized) when last read; a change of
         /// the agent's own forgets it (read again without an event).
         var specs: [String: [UInt8]] = [:]
@@ -133,6 +139,7 @@ final class Inventory: Sendable {
                         if (was == nil) != (s.known[name] == nil) { s.madeOrGone[name] = s.generation }
                         if was != nil && s.known[name] == nil {
                             s.empty[name] = nil
+                            s.lastEmpty[name] = nil
                             s.specs[name] = nil
                         }
                     }
@@ -375,13 +382,15 @@ final class Inventory: Sendable {
         state.locked { s in if s.known[name] != nil { changed(name) } }
     }
 
-    /// The kernel watch of `name` recorded its EMPTY: it is empty, and the
-    /// next look that finds it so is no second EMPTY (one emptying was
-    /// recorded twice while a `notify container empty` was registered).
-    func notedEmpty(_ name: String) {
+    /// The kernel watch of `name` recorded its EMPTY (`event`): it is
+    /// empty, and the next look that finds it so is no second EMPTY (one
+    /// emptying was recorded twice while a `notify container empty` was
+    /// registered).
+    func notedEmpty(_ name: String, _ event: ContainerEvent) {
         state.locked { s in
             guard s.known[name] != nil else { return }
             s.empty[name] = true
+            s.lastEmpty[name] = event
             // A listing from before says nothing of it (it could find it
             // not empty yet, and the next one take the emptying as news).
             s.generation += 1
@@ -391,9 +400,16 @@ final class Inventory: Sendable {
 
     private static func setEmpty(_ s: inout State, _ name: String, _ isEmpty: Bool, _ events: EventLog) {
         if s.empty[name] == false && isEmpty && s.emptyWatched[name] == nil {
-            events.record(container: name, kind: .containerEventEmpty)
+            s.lastEmpty[name] = events.record(container: name, kind: .containerEventEmpty)
         }
+        if !isEmpty { s.lastEmpty[name] = nil }
         s.empty[name] = isEmpty
+    }
+
+    /// The EMPTY already recorded for `name`'s present emptiness, if the
+    /// inventory knows it empty and has one (see `State.lastEmpty`).
+    func emptyOnRecord(_ name: String) -> ContainerEvent? {
+        state.locked { s in s.empty[name] == true ? s.lastEmpty[name] : nil }
     }
 
     /// How many times containers appeared, went or changed without the agent.
@@ -436,6 +452,7 @@ final class Inventory: Sendable {
         events.record(container: name, kind: .containerEventDestroyed)
         s.known[name] = nil
         s.empty[name] = nil
+        s.lastEmpty[name] = nil
         s.specs[name] = nil
     }
 }
