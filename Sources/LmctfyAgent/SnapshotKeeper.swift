@@ -669,6 +669,13 @@ public final class SnapshotKeeper: Sendable {
         let settled = try store.open()
         out.rolledForward = settled.rolledForward
         var (snapshots, damaged) = store.loadAll()
+        // The containers whose snapshot was there but damaged: they were
+        // known (their CREATED is in the log already), so adopting one is
+        // no CREATED (it was recorded as made while the agent was down,
+        // unpaired; a probe).
+        let damagedNames = Set(damaged.compactMap { file, _ in
+            SnapshotStore.name(ofFile: file) ?? listed.first { SnapshotStore.fileName($0) == file }
+        })
         for (file, why) in damaged {
             warn("snapshot file \(store.directory)/\(file) is damaged (\(why)); set aside as damaged-\(file)")
             store.setAside(file)
@@ -754,7 +761,7 @@ public final class SnapshotKeeper: Sendable {
                 // down is news, as one destroyed meanwhile is: subscribers
                 // (the fleet's log) heard of its end and never of it. At a
                 // first start everything is found, nothing made.
-                if ranBefore {
+                if ranBefore && !damagedNames.contains(name) {
                     events.append(ContainerEvent(container: name, kind: .containerEventCreated,
                                                  reason: "made while the agent was down"))
                 }

@@ -995,3 +995,30 @@ extension SnapshotAgentTests {
         #expect(ooms(third.socket).isEmpty, "\(ooms(third.socket))")
     }
 }
+
+extension SnapshotAgentTests {
+    /// A snapshot damaged while the agent was stopped: its container was
+    /// known all along (its CREATED is in the log), so it is adopted with
+    /// no CREATED; one was recorded, "made while the agent was down",
+    /// unpaired (a probe).
+    @Test func aDamagedSnapshotsContainerIsAdoptedWithoutACreated() throws {
+        let root = try TestRoot("damaged")
+        defer { root.destroy() }
+        let first = try AgentProcess(config: agentConfig(root))
+        defer { _ = removeTree(first.dir) }
+        var client = try connect(first)
+        _ = try client.call(AgentMethods.create, CreateRequest(name: "/dmg", spec: ContainerSpec(memory: MemorySpec(limit: 64 << 20))))
+        client.close()
+        first.stop(keepingState: true)
+        let file = first.dir + "/state/snapshots/" + SnapshotStore.fileName("/dmg")
+        #expect(Sys.exists(file), "no snapshot file of /dmg after a clean stop")
+        try Sys.writeFileAtomically(file, Array("not a snapshot".utf8))
+        let second = try AgentProcess(reusing: first.dir)
+        defer { second.stop() }
+        client = try connect(second)
+        defer { client.close() }
+        let created = allEvents(second.socket).filter { $0.kind == .containerEventCreated }
+        #expect(created.isEmpty, "\(created)")
+        #expect(snapshots(second).load("/dmg") != nil, "adopted: a snapshot written anew")
+    }
+}
