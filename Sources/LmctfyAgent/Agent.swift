@@ -596,6 +596,12 @@ public final class Agent: @unchecked Sendable {
                     })
                 }
                 signals.append(try SignalWatcher.watch(on: loop, signal: SIGHUP) { [unowned self] _ in
+                    // (Without a tls block there is nothing to read: said so,
+                    // not "re-reading the TLS files"; a probe.)
+                    guard self.settings.tlsFiles != nil else {
+                        self.log.info("signal SIGHUP: no tls block in the config, nothing to re-read")
+                        return
+                    }
                     self.log.info("signal SIGHUP: re-reading the TLS files")
                     _ = try? self.reloadTlsOnLoop()
                 })

@@ -257,6 +257,10 @@ public final class Controller: @unchecked Sendable {
                     })
                 }
                 signals.append(try SignalWatcher.watch(on: loop, signal: SIGHUP) { [unowned self] _ in
+                    guard self.settings.config.tls != nil, self.settings.tlsServer != nil else {
+                        self.logger.info("signal SIGHUP: no tls block in the config, nothing to re-read")
+                        return
+                    }
                     self.logger.info("signal SIGHUP: re-reading the TLS files")
                     _ = try? self.reloadTlsOnLoop()
                 })
