@@ -489,7 +489,12 @@ enum MovingCommands {
                 }
             }
             let e = error as? LmctfyError ?? LmctfyError(.unknown, "\(error)")
-            let undone = notes.isEmpty ? "; the source keeps running, the target is clean" : "; " + notes.joined(separator: "; ")
+            // Neither frozen nor made by this migration (its freeze refused,
+            // another's lease held): it touched nothing, and says only that
+            // (it said the source keeps running while another migration
+            // was moving it; a probe).
+            let undone = !frozeIt && made == false && notes.isEmpty ? "; this migration touched nothing"
+                : notes.isEmpty ? "; the source keeps running, the target is clean" : "; " + notes.joined(separator: "; ")
             throw LmctfyError(e.code, "migrate \(name) failed: \(e.message)\(undone)")
         }
     }

@@ -209,6 +209,13 @@ struct MigrationTests {
         let source = try #require(try t.kernel("a", "/web"))
         #expect(!source.frozen && source.pids.contains(pid))
         #expect(try t.kernel("b", "/web")?.spec == theirs, "the target's own container untouched")
+        // Frozen by its user before: this migration froze nothing and made
+        // nothing, and says so (not that "the source keeps running").
+        #expect(try t.lmctl("a", ["pause", "/web"]).status == 0)
+        let frozen = try t.lmctl("a", ["migrate", "/web", "--to", t.socket("b")])
+        #expect(frozen.status == StatusCode.alreadyExists.rawValue && frozen.err.contains("this migration touched nothing"), "\(frozen.err)")
+        #expect(try t.kernel("a", "/web")?.frozen == true)
+        #expect(try t.lmctl("a", ["resume", "/web"]).status == 0)
         // An agent that is not there: nothing happens at all.
         let gone = try t.lmctl("a", ["migrate", "/web", "--to", "unix://\(t.fleet.dir)/nobody.sock"])
         #expect(gone.status == StatusCode.unavailable.rawValue, "\(gone.err)")
