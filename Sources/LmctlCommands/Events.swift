@@ -54,7 +54,9 @@ enum EventsCommand {
                 o.json = format == "json"
             case "--after":
                 let v = try value(w)
-                guard let colon = v.lastIndex(of: ":"), let seq = UInt64(v[v.index(after: colon)...]) else {
+                // Digits only, as events print them ("+5" was taken as 5).
+                guard let colon = v.lastIndex(of: ":"), case let digits = v[v.index(after: colon)...],
+                      digits.allSatisfy({ $0.isASCII && $0.isNumber }), let seq = UInt64(digits) else {
                     throw .invalidArgument("--after takes BOOT:SEQUENCE (as events print them), not \"\(v)\"")
                 }
                 // Both halves, as events print them: ":5" was taken as the

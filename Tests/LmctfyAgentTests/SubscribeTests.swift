@@ -317,6 +317,7 @@ struct SubscribeTests {
             #expect(try run("events", "--after", ":5").0 == 3, "a resume point names its boot")
             #expect(try run("events", "--after", "not-a-boot:5").0 == 3, "a boot id is 32 hex digits")
             #expect(try run("events", "--after", String(boot.dropLast()) + ":5").0 == 3)
+            #expect(try run("events", "--after", boot + ":+5").0 == 3, "a sequence is digits, as events print it")
             #expect(try run("events", "--kind", "NOPE").0 == 3)
             (status, _, err) = try run("events", "--after", "\(boot):999999")
             #expect(status == 11, "\(err)")

@@ -61,6 +61,7 @@ import Testing
         let big = machine.run("notify", "memory", "threshold", "/parent", "18446744073709551615")
         #expect(big.status == 3 && big.stderr.contains("out of range"), "\(big)")
         #expect(machine.run("enter", "/parent", "abc").status == 9)      // as the original
+        #expect(machine.run("enter", "/parent", "+5").status == 9)       // digits only
         #expect(machine.run("enter", "/nope", "1").status == 5)
         let r = machine.run("notify")
         #expect(r.status == 5)
