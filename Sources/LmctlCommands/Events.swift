@@ -155,7 +155,10 @@ enum EventsCommand {
     static func gapLine(_ g: EventGap) -> String {
         if g.bootEnded == true {
             // A clean restart of the agent: nothing is missing.
-            return "restart: boot \(g.requestedBootId ?? "") ended at \(g.requestedBootId ?? ""):\(g.afterSequence ?? 0), nothing lost; "
+            // (`after_sequence` is where this subscriber got to, not where
+            // the boot ended: "ended at" named it, a different number for
+            // each follower; a probe.)
+            return "restart: boot \(g.requestedBootId ?? "") ended cleanly, nothing lost after \(g.requestedBootId ?? ""):\(g.afterSequence ?? 0); "
                 + "continuing from \(g.bootId ?? ""):\(g.firstSequence ?? 0)"
         }
         return "gap: events after \(g.requestedBootId ?? g.bootId ?? ""):\(g.afterSequence ?? 0) are not kept; "
