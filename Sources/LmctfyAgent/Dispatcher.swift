@@ -349,9 +349,8 @@ public final class Dispatcher: Sendable {
         self.journal = journal
         self.testHold = testHold
         self.snapshots = snapshots
-        self.inventory = Inventory(events: events)
         let leases = self.leases
-        inventory.thawedOutside.locked { $0 = { names in leases.release(names) } }
+        self.inventory = Inventory(events: events, thawedOutside: { names in leases.release(names) })
         if snapshots != nil || policy != nil {
             // The policy weakly: it holds the inventory (its outside
             // changes), and the inventory this observer (a cycle leaked

@@ -92,15 +92,16 @@ final class Inventory: Sendable {
     /// resume`), after the inventory's lock is let go: their freeze
     /// leases end, so that a thaw at a lease's end never undoes what an
     /// operator did since (the freeze they make next was thawed; a probe).
-    let thawedOutside = Mutexed<(@Sendable ([String]) -> Void)?>(nil)
+    let thawedOutside: (@Sendable ([String]) -> Void)?
 
     private func tellThawed(_ names: [String]) {
-        guard !names.isEmpty, let hook = thawedOutside.locked({ $0 }) else { return }
-        hook(names)
+        guard !names.isEmpty, let thawedOutside else { return }
+        thawedOutside(names)
     }
 
-    init(events: EventLog) {
+    init(events: EventLog, thawedOutside: (@Sendable ([String]) -> Void)? = nil) {
         self.events = events
+        self.thawedOutside = thawedOutside
     }
 
     /// Runs one of the agent's own changes of `path`: `body` does it and

@@ -18,7 +18,7 @@ enum EnterCommand {
         for word in call.arguments.dropFirst() {
             // The original reports a bad TID as FAILED_PRECONDITION. Digits
             // only ("+5" was taken as 5, " 5" refused).
-            guard word.utf8.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }), let tid = pid_t(word), tid > 0 else {
+            guard word.isDecimalDigits, let tid = pid_t(word), tid > 0 else {
                 throw LmctfyError.failedPrecondition("\"\(word)\" is not a valid TID")
             }
             tids.append(tid)

@@ -144,7 +144,7 @@ public final class SpareFiles: Sendable {
             seen += 1
             guard entry.pointee.d_type == UInt8(DT_REG) else { continue }
             let name = Sys.entryName(entry)
-            if !name.isEmpty && name.utf8.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }) { names.append(name) }
+            if name.isDecimalDigits { names.append(name) }
         }
         closedir(dir)
         return state.locked { s in

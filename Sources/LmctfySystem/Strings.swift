@@ -9,6 +9,10 @@ extension StringProtocol {
 }
 
 extension StringProtocol {
+    /// Whether the string is one or more ASCII digits and nothing else (no
+    /// sign, no space: what Int's parser alone lets through).
+    public var isDecimalDigits: Bool { !isEmpty && utf8.allSatisfy { $0 >= 0x30 && $0 <= 0x39 } }
+
     /// The string as an error message quotes it: whole up to `limit`
     /// characters, else its start and how long it was (a 15 MB host name
     /// came back whole in the message; a probe).

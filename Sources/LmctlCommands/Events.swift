@@ -56,7 +56,7 @@ enum EventsCommand {
                 let v = try value(w)
                 // Digits only, as events print them ("+5" was taken as 5).
                 guard let colon = v.lastIndex(of: ":"), case let digits = v[v.index(after: colon)...],
-                      digits.allSatisfy({ $0.isASCII && $0.isNumber }), let seq = UInt64(digits) else {
+                      digits.isDecimalDigits, let seq = UInt64(digits) else {
                     throw .invalidArgument("--after takes BOOT:SEQUENCE (as events print them), not \"\(v)\"")
                 }
                 // Both halves, as events print them: ":5" was taken as the

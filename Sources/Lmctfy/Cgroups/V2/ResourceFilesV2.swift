@@ -7,12 +7,12 @@ import LmctfyProto
 import LmctfySystem
 
 struct CpuFilesV2: CpuFiles {
-    /// (v2 takes any CPUs: what the container may use is those its
-    /// ancestors allow too, cpuset.cpus.effective.)
     /// v2 takes any cpu.max: a container runs under the smallest cap on
     /// its way up.
     func checkMaxLimit(_ maxLimit: UInt64, dirs: ResourceDirs) throws(LmctfyError) {}
 
+    /// (v2 takes any CPUs: what the container may use is those its
+    /// ancestors allow too, cpuset.cpus.effective.)
     func checkMask(_ mask: CpuSpec.Mask, dirs: ResourceDirs) throws(LmctfyError) {
         guard let dir = dirs.dir(.cpuset), try dir.has("cpuset.cpus") else {
             throw .unimplemented("cpu.mask needs the cpuset controller, which is not enabled for this container")
