@@ -146,7 +146,7 @@ struct EventHubIntegrationTests {
     @Test func changesMadeWithTheCLIAreEventsWithoutAReconcile() throws {
         try withAgent("reconcile_interval_ms: 0") { agent, socket in
             let name = RealCgroups.uniqueName("hub-cli")
-            defer { _ = try? TestProcess.capture([builtTool("lmctfy"), "destroy", "-f", name]) }
+            defer { RealCgroups.destroy(name) }
             let sub = Subscriber(socket, SubscribeRequest(name: name, recursive: true),
                                  until: { events($0).contains { $0.kind == .containerEventDestroyed && $0.container == name } })
             waitForSubscribers(agent, 1)
@@ -249,7 +249,7 @@ struct EventHubIntegrationTests {
     @Test func aForcedDestroyThroughTheAgentReportsEverySubcontainer() throws {
         try withAgent("reconcile_interval_ms: 0") { agent, socket in
             let name = RealCgroups.uniqueName("hub-tree")
-            defer { _ = try? TestProcess.capture([builtTool("lmctfy"), "destroy", "-f", name]) }
+            defer { RealCgroups.destroy(name) }
             // Calls as lmctl makes them (the v2 guest has no lmctl binary).
             let client = try RpcClient.connect(unixPath: socket)
             defer { client.close() }

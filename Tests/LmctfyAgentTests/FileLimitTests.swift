@@ -47,7 +47,7 @@ struct FileLimitTests {
         let socket = dir + "/agent.sock"
         let root = RealCgroups.uniqueName("filelimit")
         _ = try TestProcess.capture([builtTool("lmctfy"), "create", root, "memory:{limit:100000000}"])
-        defer { _ = try? TestProcess.capture([builtTool("lmctfy"), "destroy", "-f", root]) }
+        defer { RealCgroups.destroy(root) }
         let pid = try agentAt64Files(dir, root: root)
         defer { TestProcess.end(pid) }
         var client: RpcClient?

@@ -101,7 +101,7 @@ private struct LeaseRoot {
         return try api.get(full).isFrozen()
     }
 
-    func destroy() { _ = try? TestProcess.capture([builtTool("lmctfy"), "destroy", "-f", name]) }
+    func destroy() { RealCgroups.destroy(name) }
 }
 
 private func connected(_ agent: AgentProcess) throws -> RpcClient {

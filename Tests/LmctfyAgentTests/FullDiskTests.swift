@@ -446,7 +446,7 @@ struct FullDiskAgentTests {
         let root = RealCgroups.uniqueName("fulldisk")
         let rootName = try ContainerName.resolve(root, relativeTo: .root)
         _ = try api.create(rootName, spec: ContainerSpec(memory: MemorySpec(limit: 1 << 30)))
-        defer { _ = try? TestProcess.capture([builtTool("lmctfy"), "destroy", "-f", root]) }
+        defer { RealCgroups.destroy(root) }
         try FullDisk.around("agent", kilobytes: 512) { disk in
             // The state_dir is the disk; the socket and the config beside it.
             let dir = String(disk.path.dropLast("/disk".count))

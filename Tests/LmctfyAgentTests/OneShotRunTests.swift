@@ -52,7 +52,7 @@ private let memory = ContainerSpec(memory: MemorySpec(limit: 64 << 20))
 private func withClient(_ label: String, _ body: (String, String, RpcClient) throws -> Void) throws {
     try withAgent { _, socket in
         let name = RealCgroups.uniqueName(label)
-        defer { _ = try? TestProcess.capture([builtTool("lmctfy"), "destroy", "-f", name]) }
+        defer { RealCgroups.destroy(name) }
         let client = try RpcClient.connect(unixPath: socket)
         defer { client.close() }
         try body(socket, name, client)
@@ -167,7 +167,7 @@ struct OneShotRunTests {
     @Test func aOneShotLeavesAContainerMadeAgainUnderItsName() throws {
         try withClient("oneshotagain") { socket, name, client in
             let refuge = name + "-refuge"
-            defer { _ = try? TestProcess.capture([builtTool("lmctfy"), "destroy", "-f", refuge]) }
+            defer { RealCgroups.destroy(refuge) }
             _ = try client.call(AgentMethods.create, CreateRequest(name: refuge, spec: memory))
             let lmctl = try spawnWithEnvironment([builtTool("lmctl"), "--agent", "unix://" + socket, "run", "--create",
                                                   "memory:{limit:67108864}", "--rm", name, "sleep", "3"], [])
@@ -220,7 +220,7 @@ struct OneShotRestartTests {
         let root = try ContainerApi.detect()
         let top = RealCgroups.uniqueName("oneshotrestart")
         _ = try root.create(top, spec: ContainerSpec(memory: MemorySpec(limit: 1 << 30)))
-        defer { _ = try? TestProcess.capture([builtTool("lmctfy"), "destroy", "-f", top]) }
+        defer { RealCgroups.destroy(top) }
         let first = try AgentProcess(config: "root_container: \"\(top)\" stats_interval_ms: 0")
         defer { _ = removeTree(first.dir) }
         var client = try RpcClient.connect(unixPath: first.socket)
@@ -257,7 +257,7 @@ struct OneShotRestartTests {
         let root = try ContainerApi.detect()
         let top = RealCgroups.uniqueName("oneshotfg")
         _ = try root.create(top, spec: ContainerSpec(memory: MemorySpec(limit: 1 << 30)))
-        defer { _ = try? TestProcess.capture([builtTool("lmctfy"), "destroy", "-f", top]) }
+        defer { RealCgroups.destroy(top) }
         let first = try AgentProcess(config: "root_container: \"\(top)\" stats_interval_ms: 0")
         defer { _ = removeTree(first.dir) }
         let client = try RpcClient.connect(unixPath: first.socket)
@@ -305,7 +305,7 @@ struct OneShotRestartTests {
         let root = try ContainerApi.detect()
         let top = RealCgroups.uniqueName("oneshotheld")
         _ = try root.create(top, spec: ContainerSpec(memory: MemorySpec(limit: 1 << 30)))
-        defer { _ = try? TestProcess.capture([builtTool("lmctfy"), "destroy", "-f", top]) }
+        defer { RealCgroups.destroy(top) }
         let first = try AgentProcess(config: "root_container: \"\(top)\" stats_interval_ms: 0",
                                      environment: ["LMCTFY_AGENT_TEST_HOLD_AFTER=Run.created"])
         defer { _ = removeTree(first.dir) }
@@ -339,7 +339,7 @@ struct OneShotCommandLineTests {  // (an agent: host only, not the v2 guest's CL
                 let name = RealCgroups.uniqueName("oneshotcli")
                 let seen = "/tmp/\(name.dropFirst())-seen"
                 defer {
-                    _ = try? TestProcess.capture([builtTool("lmctfy"), "destroy", "-f", name])
+                    RealCgroups.destroy(name)
                     _ = unlink(seen)
                 }
                 func run(_ args: [String]) throws -> ChildResult { try TestProcess.capture(tool + args) }
@@ -482,8 +482,10 @@ struct AttachedInputTests {
         try withClient("stdin_rpc") { socket, name, client in
             _ = try client.call(AgentMethods.create, CreateRequest(name: name, spec: memory))
             let pipe = try Sys.pipe()
-            defer { close(pipe.0); if pipe.1 >= 0 { close(pipe.1) } }
             var writeEnd = pipe.1
+            // (writeEnd, not pipe.1: closed twice, the second close took
+            // whatever a parallel test had opened under that number since.)
+            defer { close(pipe.0); if writeEnd >= 0 { close(writeEnd) } }
             #expect(write(writeEnd, "one\n", 4) == 4)
             var seen = ""
             var exited: RunResponse?
@@ -609,8 +611,8 @@ struct TerminalRunTests {
             // Its end-of-file character as the command set it (typed once
             // it has: a ^D would be a character like any other then).
             let late = try Sys.pipe()
-            defer { close(late.0); if late.1 >= 0 { close(late.1) } }
             var lateEnd = late.1
+            defer { close(late.0); if lateEnd >= 0 { close(lateEnd) } }
             var endOut = ""
             var endStatus: Int32?
             // (Bounded: a ^D typed regardless would leave cat waiting.)

@@ -450,7 +450,7 @@ struct CompletionContainerNameTests {
         let root = RealCgroups.uniqueName("croot")
         let made = try TestProcess.capture([builtTool("lmctfy"), "create", root, ""])
         #expect(made.status == 0)
-        defer { _ = try? TestProcess.capture([builtTool("lmctfy"), "destroy", "-f", root]) }
+        defer { RealCgroups.destroy(root) }
         let agent = try AgentProcess(config: "root_container: \"\(root)\"")
         defer { agent.stop() }
         let lmctl = builtTool("lmctl")

@@ -682,7 +682,7 @@ extension SubscribeTests {
     /// boots the journal kept; a probe).
     @Test func everyBootTheJournalKeptIsServedAcrossTwoRestarts() throws {
         let name = RealCgroups.uniqueName("boots")
-        defer { _ = try? TestProcess.capture([builtTool("lmctfy"), "destroy", "-f", name]) }
+        defer { RealCgroups.destroy(name) }
         let (first, second) = try madeThenRestarted(name)
         #expect(try lmctl(second.socket, "update", "diff", name, "cpu:{limit:200}").status == 0)
         second.crash()
@@ -729,7 +729,7 @@ extension SubscribeTests {
     /// HOST_GAP for each; a soak probe.)
     @Test func aCleanStopSaysTheBootChangeLostNothing() throws {
         let name = RealCgroups.uniqueName("ended")
-        defer { _ = try? TestProcess.capture([builtTool("lmctfy"), "destroy", "-f", name]) }
+        defer { RealCgroups.destroy(name) }
         let first = try AgentProcess(config: "watch_containers: false reconcile_interval_ms: 0 stats_interval_ms: 0")
         #expect(try lmctl(first.socket, "create", name, "cpu:{limit:100}").status == 0)
         first.stop(keepingState: true)
@@ -755,7 +755,7 @@ extension SubscribeTests {
 
     @Test func eventsWithoutAfterShowTheBootBeforeARestartToo() throws {
         let name = RealCgroups.uniqueName("oldest")
-        defer { _ = try? TestProcess.capture([builtTool("lmctfy"), "destroy", "-f", name]) }
+        defer { RealCgroups.destroy(name) }
         let (_, second) = try madeThenRestarted(name)
         defer { second.stop() }
         #expect(try lmctl(second.socket, "destroy", name).status == 0)

@@ -141,7 +141,7 @@ struct TopAgent {
         do {
             agent = try AgentProcess(config: "root_container: \"\(root)\" stats_interval_ms: 200")
         } catch {
-            _ = try? TestProcess.capture([builtTool("lmctfy"), "destroy", "-f", root])
+            RealCgroups.destroy(root)
             throw error
         }
     }
@@ -161,7 +161,7 @@ struct TopAgent {
 
     func stop() {
         agent.stop()
-        _ = try? TestProcess.capture([builtTool("lmctfy"), "destroy", "-f", root])
+        RealCgroups.destroy(root)
     }
 }
 

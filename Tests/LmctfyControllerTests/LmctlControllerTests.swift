@@ -394,7 +394,7 @@ struct LmctlControllerTests {
         let (fleet, follower, printed) = try Fleet.followingOneHost("events -f")
         defer { TestProcess.end(follower) }
         let name = RealCgroups.uniqueName("fleetf")
-        defer { _ = try? TestProcess.capture([builtTool("lmctfy"), "destroy", "-f", name]) }
+        defer { RealCgroups.destroy(name) }
         usleep(500_000)
         fleet.stopController()
         try fleet.startController()
@@ -450,7 +450,7 @@ struct LmctlControllerTests {
         fleet.waitForHosts(2)
         kill(beta, SIGSTOP)
         let name = RealCgroups.uniqueName("anyw")
-        defer { _ = try? TestProcess.capture([builtTool("lmctfy"), "destroy", "-f", name]) }
+        defer { RealCgroups.destroy(name) }
         let hosts = try fleet.lmctl(["hosts"])
         #expect(hosts.status == 0, "\(hosts.err)")
         #expect(hosts.out.contains("name=\"alpha\"") && hosts.out.contains("capacity_memory="), "\(hosts.out)")
@@ -475,7 +475,7 @@ struct LmctlControllerTests {
         try fleet.startAgent("b", host: "beta", keyId: "host-b")
         fleet.waitForHosts(2)
         let name = RealCgroups.uniqueName("together")
-        defer { _ = try? TestProcess.capture([builtTool("lmctfy"), "destroy", "-f", name]) }
+        defer { RealCgroups.destroy(name) }
         kill(alpha, SIGSTOP)
         let out = fleet.dir + "/together.out"
         let lmctl = try TestProcess.spawn(["/bin/sh", "-c",
@@ -508,7 +508,7 @@ struct LmctlControllerTests {
         let (fleet, follower, printed) = try Fleet.followingOneHost("--hosts= events -f --kind CREATED")
         defer { TestProcess.end(follower) }
         let name = RealCgroups.uniqueName("late")
-        defer { _ = try? TestProcess.capture([builtTool("lmctfy"), "destroy", "-f", name]) }
+        defer { RealCgroups.destroy(name) }
         usleep(500_000)
         try fleet.startAgent("b", host: "beta", keyId: "host-b")
         fleet.waitForHosts(2)
@@ -562,7 +562,7 @@ struct LmctlControllerTests {
         let (fleet, follower, printed) = try Fleet.followingOneHost("--host alpha events -f")
         defer { TestProcess.end(follower) }
         let name = RealCgroups.uniqueName("hostf")
-        defer { _ = try? TestProcess.capture([builtTool("lmctfy"), "destroy", "-f", name]) }
+        defer { RealCgroups.destroy(name) }
         usleep(500_000)
         fleet.stopAgent("a")
         usleep(3_000_000)

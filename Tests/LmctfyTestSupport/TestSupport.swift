@@ -34,6 +34,27 @@ public enum RealCgroups {
         return "/\(prefix)\(getpid())_\(n)_\(label)"
     }
 
+    /// A test's clean-up: `lmctfy destroy -f name`, tried again (up to
+    /// three times) if it fails, each failure printed loudly with what
+    /// lmctfy said (a `try?` that dropped it left CI one line, "left
+    /// behind", and no cause). Whether the container is gone.
+    @discardableResult
+    public static func destroy(_ name: String) -> Bool {
+        for attempt in 1...3 {
+            do {
+                let r = try TestProcess.capture([builtTool("lmctfy"), "destroy", "-f", name])
+                // (5, NOT_FOUND: already gone, as some tests leave it.)
+                if r.status == 0 || r.status == StatusCode.notFound.rawValue { return true }
+                let said = String(decoding: r.stderr, as: UTF8.self)
+                try? Sys.writeAll(2, Array("CLEAN-UP FAILED (attempt \(attempt) of 3): lmctfy destroy -f \(name): exit \(r.status): \(said)\n".utf8))
+            } catch {
+                try? Sys.writeAll(2, Array("CLEAN-UP FAILED (attempt \(attempt) of 3): lmctfy destroy -f \(name): \(error)\n".utf8))
+            }
+            usleep(500_000)
+        }
+        return false
+    }
+
     /// Test-created cgroup directories left in any hierarchy.
     public static func leftovers() -> [String] {
         guard let mounts = try? CgroupMounts.detect() else { return [] }
