@@ -135,7 +135,7 @@ final class FleetEvents {
             // each for a loss; a soak probe.)
             if g.bootEnded == true, bytes <= Self.maxEventBytes, let boot = g.bootId, let first = g.firstSequence,
                let c = cursors[host], c.boot == g.requestedBootId, c.sequence >= (g.afterSequence ?? UInt64.max) {
-                setCursor(host, Cursor(boot: boot, sequence: first > 0 ? first - 1 : 0))
+                setCursor(host, resumed(host, boot: boot, before: first))
                 return nil
             }
             // The agent no longer has what followed the cursor: said once,
@@ -155,10 +155,22 @@ final class FleetEvents {
             e.hostSequence = g.firstSequence
             log.append(e)
             if let boot = g.bootId, let first = g.firstSequence {
-                setCursor(host, Cursor(boot: boot, sequence: first > 0 ? first - 1 : 0))
+                setCursor(host, resumed(host, boot: boot, before: first))
             }
         }
         return nil
+    }
+
+    /// Where a host's stream goes on after a gap that leads to `boot`'s
+    /// events from `first`: before `first`, or after what was stored of
+    /// that boot already, if more. An agent that no longer knows the
+    /// cursor's boot replays everything it keeps, from boots whose events
+    /// are stored here (`earlier`): they were stored a second time, as new
+    /// events under their old `host_event` ids, at every such restart (the
+    /// policy probe).
+    private func resumed(_ host: String, boot: String, before first: UInt64) -> Cursor {
+        let stored = earlier[host]?.last { $0.boot == boot }?.sequence ?? 0
+        return Cursor(boot: boot, sequence: max(first > 0 ? first - 1 : 0, stored))
     }
 
     /// Takes a removed host's cursor out of use, kept aside: a host

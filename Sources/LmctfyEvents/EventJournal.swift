@@ -32,7 +32,12 @@
 // it journaled (the latest `maxEnded` boots). A boot whose kept events end
 // at that SEQ lost nothing at its end, and a subscriber carried across the
 // restart is told so (EventGap.boot_ended): a controller recorded a
-// HOST_GAP at every restart of every agent (a soak probe).
+// HOST_GAP at every restart of every agent (a soak probe). A boot that
+// journaled nothing ends as "BOOT 0 PREV", PREV the boot before it in the
+// journal ("-": none), so that the next start knows where it stood among
+// the boots the journal kept: a subscriber whose point was in it (an idle
+// host's agent restarted) was resumed from the start of everything kept,
+// behind a gap, and a controller stored its host's events a second time.
 import Glibc
 import LmctfyProto
 import LmctfyRPC
@@ -62,7 +67,8 @@ final class EventJournal: @unchecked Sendable {
     let endedPath: String
     /// The boots that ended cleanly, as `ended` said when opened: the last
     /// sequence each journaled.
-    private(set) var openedEnds: [(boot: String, last: UInt64)] = []
+    /// `previous`: of a boot that journaled nothing, the boot before it.
+    private(set) var openedEnds: [(boot: String, last: UInt64, previous: String?)] = []
     /// How many boots `ended` names at most.
     static let maxEnded = 32
     /// The sequence of the last record in `previous` and in `current`
@@ -111,7 +117,9 @@ final class EventJournal: @unchecked Sendable {
         if let text = try? Sys.readRegularFile(endedPath, maxBytes: 1 << 16) {
             for line in String(decoding: text, as: UTF8.self).split(separator: "\n") {
                 let parts = line.split(separator: " ")
-                if parts.count == 2, let last = UInt64(parts[1]) { openedEnds.append((String(parts[0]), last)) }
+                guard parts.count == 2 || parts.count == 3, let last = UInt64(parts[1]) else { continue }
+                let previous = parts.count == 3 && parts[2] != "-" ? String(parts[2]) : nil
+                openedEnds.append((String(parts[0]), last, previous))
             }
         }
         previousLast = Self.sequence(previous.last)
@@ -145,7 +153,9 @@ final class EventJournal: @unchecked Sendable {
     /// Says that boot `boot` ended cleanly with `last` its last journaled
     /// event (see `ended`). Best effort: without it the next start says
     /// the boot change may have lost events, as after a crash.
-    func markEnded(boot: String, last: UInt64) {
+    /// `previous`: the boot before it in the journal, said for a boot that
+    /// journaled nothing (`last` 0).
+    func markEnded(boot: String, last: UInt64, previous before: String? = nil) {
         // The records first: the journal is not fsynced as it goes, and a
         // machine that crashed after the mark could have kept it and lost
         // records before it.
@@ -155,8 +165,9 @@ final class EventJournal: @unchecked Sendable {
             _ = fsync(previous)
             close(previous)
         }
-        let lines = (openedEnds.filter { $0.boot != boot } + [(boot, last)]).suffix(Self.maxEnded)
-        let text = lines.map { "\($0.boot) \($0.last)\n" }.joined()
+        let mine: [(boot: String, last: UInt64, previous: String?)] = [(boot, last, before)]
+        let lines = (openedEnds.filter { $0.boot != boot } + mine).suffix(Self.maxEnded)
+        let text = lines.map { $0.last == 0 ? "\($0.boot) 0 \($0.previous ?? "-")\n" : "\($0.boot) \($0.last)\n" }.joined()
         try? Sys.writeFileAtomically(endedPath, Array(text.utf8), mode: 0o600)
     }
 

@@ -159,6 +159,10 @@ public final class EventLog: Sendable {
         /// whose first journaled event was above 1 was taken for one that
         /// lost events (a clean restart replayed as a `gap:`; a probe).
         var olderFromStart: Set<String> = []
+        /// The newest boot before this one the journal knew of when it was
+        /// attached (nil: none), said with this boot's clean end when it
+        /// journaled nothing (EventJournal's `ended`).
+        var predecessor: String?
         /// Every event but stats samples, the latest `capacity`.
         var events = Ring<PackedEvent>()
         /// Stats samples, the latest `capacity`, apart: a sweep of a
@@ -272,13 +276,28 @@ public final class EventLog: Sendable {
         }
         journal.dropOpened()
         let ends = journal.openedEnds
+        var fromStart = Set(older.enumerated().filter { i, boot in
+            i > 0 || journal.openedFloor == 0 || boot.events.first?.seq == 1
+        }.map(\.element.id))
+        // The boots that ended cleanly having journaled nothing (an idle
+        // host's agent), each after the boot before it (at the front when
+        // that one is no longer kept: what was before it went first), in
+        // the order they ended. They are kept as boots without events: a
+        // subscriber whose point was in one goes on from there, not from
+        // the start of everything kept behind a gap, as from a boot the
+        // journal never had. (Numbers past the boot's last event, none, are
+        // STATS samples, never journaled: nothing of it is missing.)
+        for end in ends where end.last == 0 && end.boot != bootId && !older.contains(where: { $0.id == end.boot }) {
+            let at = end.previous.flatMap { p in older.firstIndex { $0.id == p }.map { $0 + 1 } } ?? 0
+            older.insert((end.boot, []), at: at)
+            fromStart.insert(end.boot)
+        }
         state.locked { s in
             s.journal = journal
             s.older = older
-            s.endedBoots = Set(older.filter { boot in ends.contains { $0.boot == boot.id && $0.last == boot.events.last?.seq } }.map(\.id))
-            s.olderFromStart = Set(older.enumerated().filter { i, boot in
-                i > 0 || journal.openedFloor == 0 || boot.events.first?.seq == 1
-            }.map(\.element.id))
+            s.predecessor = older.last?.id
+            s.endedBoots = Set(older.filter { boot in ends.contains { $0.boot == boot.id && $0.last == (boot.events.last?.seq ?? 0) } }.map(\.id))
+            s.olderFromStart = fromStart
             s.olderCount = older.reduce(0) { $0 + $1.events.count }
             // What rotated out of the journal before the oldest kept is
             // gone: up to its floor, the numbers between it and the oldest
@@ -338,7 +357,9 @@ public final class EventLog: Sendable {
     /// when none of it is kept.
     func olderBoot(_ id: String) -> (first: UInt64, trimmed: UInt64, fromStart: Bool)? {
         state.locked { s in
-            s.older.first { $0.id == id }?.events.first.map { ($0.seq, s.olderTrimmed[id] ?? 0, s.olderFromStart.contains(id)) }
+            // (A boot kept without events, one that journaled none: its
+            // first would have been 1.)
+            s.older.first { $0.id == id }.map { ($0.events.first?.seq ?? 1, s.olderTrimmed[id] ?? 0, s.olderFromStart.contains(id)) }
         }
     }
 
@@ -639,9 +660,11 @@ public final class EventLog: Sendable {
     /// then told that nothing was lost (`bootEnded`).
     public func markEnded() {
         state.locked { s in
-            guard let journal = s.journal, s.lastJournaled > 0, s.unjournaled.isEmpty, s.unjournaledLost == 0,
+            // (A boot that journaled nothing too: `last` 0, with the boot
+            // before it.)
+            guard let journal = s.journal, s.unjournaled.isEmpty, s.unjournaledLost == 0,
                   !s.journalEverLost else { return }
-            journal.markEnded(boot: bootId, last: s.lastJournaled)
+            journal.markEnded(boot: bootId, last: s.lastJournaled, previous: s.lastJournaled == 0 ? s.predecessor : nil)
         }
     }
 

@@ -161,6 +161,10 @@ public struct Policy: Sendable, Equatable {
     /// Where `name` stands in the eviction order: 0 is the most protected.
     public func rank(of name: String) -> Int { tiers.firstIndex { $0.name == name } ?? tiers.count }
 
+    /// CL1's default eviction priority: a container's made without a tier
+    /// (only the default tier may have it, `init(config:)`).
+    public static let untiered: Int32 = 5000
+
     /// The tier a spec says: the one whose eviction priority it has, else
     /// the default tier (a container made without a tier, by the CLI).
     public func tier(of spec: ContainerSpec) -> Tier {

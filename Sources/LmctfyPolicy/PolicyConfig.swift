@@ -16,7 +16,7 @@ extension Policy {
             guard !tiers.contains(where: { $0.name == name }) else {
                 throw .invalidArgument("policy.tier: \"\(name)\" is named twice")
             }
-            let priority = t.evictionPriority ?? 5000
+            let priority = t.evictionPriority ?? Policy.untiered
             guard (0...10_000).contains(priority) else {
                 throw .invalidArgument("policy.tier \"\(name)\": eviction_priority \(priority) is not in 0..10000")
             }
@@ -63,6 +63,16 @@ extension Policy {
         let defaultTier = c.defaultTier ?? (tiers.contains { $0.name == "batch" } ? "batch" : tiers[tiers.count - 1].name)
         guard tiers.contains(where: { $0.name == defaultTier }) else {
             throw .invalidArgument("policy.default_tier \"\(defaultTier)\" is not a tier (\(tiers.map(\.name).joined(separator: ", ")))")
+        }
+        // 5000, CL1's default eviction priority (and a tier's when it gives
+        // none), is every container's made without a tier: a tier with it
+        // took them all in, while they were admitted as the default tier
+        // (a guaranteed one then counted their limits committed, past its
+        // capacity, and never evicted them; the policy probe). Only the
+        // default tier may have it.
+        if let t = tiers.first(where: { $0.evictionPriority == Policy.untiered }), t.name != defaultTier {
+            throw .invalidArgument("policy.tier \"\(t.name)\": eviction_priority \(Policy.untiered) (a tier's when it gives none) is CL1's default, "
+                                   + "every container's made without a tier, which is the default tier \"\(defaultTier)\"; give \"\(t.name)\" another")
         }
         // The default tier is every container's whose spec names none (the
         // CLI's, made behind the agent's back): one without a memory limit

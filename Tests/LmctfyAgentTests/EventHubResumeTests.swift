@@ -539,3 +539,70 @@ import Testing
         #expect(got.compactMap { $0.event.map { "\($0.bootId ?? ""):\($0.sequence ?? 0)" } } == ["bootA:1", "bootB:6", "bootC:1"])
     }
 }
+
+/// A boot that journaled nothing (an idle host's agent: STATS samples
+/// only) and stopped cleanly is known to the next start, in its place
+/// among the boots kept: a subscriber whose point was in it goes on from
+/// there, told nothing was lost. It was taken for a boot the journal never
+/// had: a gap, then everything kept from the oldest boot on, which a
+/// controller stored a second time (the policy probe).
+@Suite struct EmptyBootRestartTests {
+    private func journalled(_ dir: String, _ boot: String, events: Int, samples: Int = 0, ended: Bool = true) throws -> EventLog {
+        let log = EventLog(capacity: 100, bootId: boot)
+        try log.attachJournal(directory: dir)
+        for _ in 0..<samples { log.recordStats(container: "/x", ContainerStats()) }
+        for _ in 0..<events { log.record(container: "/x", kind: .containerEventUpdated) }
+        if ended { log.markEnded() }
+        return log
+    }
+
+    private func names(_ got: [SubscribeResponse]) -> [String] {
+        got.compactMap { $0.event.map { "\($0.bootId ?? ""):\($0.sequence ?? 0)" } }
+    }
+
+    @Test func aSubscriberInAnEmptyBootGoesOnFromThere() throws {
+        let dir = "/tmp/lmctfy-test-emptyboot-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        defer { try? Sys.removeTree(dir) }
+        _ = try journalled(dir, "bootA", events: 2)
+        _ = try journalled(dir, "bootE", events: 0, samples: 3)
+        let c = try journalled(dir, "bootC", events: 1, ended: false)
+        #expect(c.olderBootIds == ["bootA", "bootE"])
+        let got = try EventHub(log: c).replayed(EventHub.Key(conn: 1, stream: 1), SubscribeRequest(bootId: "bootE", afterSequence: 3))
+        #expect(names(got) == ["bootC:1"], "bootA's events again: \(names(got))")
+        let gaps = got.compactMap(\.gap)
+        #expect(gaps.count == 1 && gaps[0].bootEnded == true && gaps[0].requestedBootId == "bootE" && gaps[0].bootId == "bootC", "\(gaps)")
+    }
+
+    /// Between two boots with events, in its place: a resume from it reads
+    /// the boots after it only, and one from before it passes it by as a
+    /// clean boot change (not a boot the log let go of).
+    @Test func anEmptyBootBetweenTwoKeepsItsPlace() throws {
+        let dir = "/tmp/lmctfy-test-emptyboot-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        defer { try? Sys.removeTree(dir) }
+        _ = try journalled(dir, "bootA", events: 2)
+        _ = try journalled(dir, "bootE", events: 0)
+        _ = try journalled(dir, "bootF", events: 0, samples: 1)
+        _ = try journalled(dir, "bootB", events: 2)
+        let c = try journalled(dir, "bootC", events: 1, ended: false)
+        #expect(c.olderBootIds == ["bootA", "bootE", "bootF", "bootB"])
+        let fromE = try EventHub(log: c).replayed(EventHub.Key(conn: 1, stream: 1), SubscribeRequest(bootId: "bootE", afterSequence: 0))
+        #expect(names(fromE) == ["bootB:1", "bootB:2", "bootC:1"], "\(names(fromE))")
+        #expect(fromE.compactMap(\.gap).allSatisfy { $0.bootEnded == true }, "\(fromE.compactMap(\.gap))")
+        let fromA = try EventHub(log: c).replayed(EventHub.Key(conn: 1, stream: 1), SubscribeRequest(bootId: "bootA", afterSequence: 2))
+        #expect(names(fromA) == ["bootB:1", "bootB:2", "bootC:1"], "\(names(fromA))")
+        let gaps = fromA.compactMap(\.gap)
+        #expect(gaps.map { $0.bootId ?? "" } == ["bootE", "bootF", "bootB", "bootC"] && gaps.allSatisfy { $0.bootEnded == true }, "\(gaps)")
+    }
+
+    /// One that did not end cleanly (killed) is still unknown: a gap, as
+    /// before, for it may have lost events.
+    @Test func anEmptyBootKilledIsStillAGap() throws {
+        let dir = "/tmp/lmctfy-test-emptyboot-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        defer { try? Sys.removeTree(dir) }
+        _ = try journalled(dir, "bootA", events: 2)
+        _ = try journalled(dir, "bootK", events: 0, ended: false)
+        let c = try journalled(dir, "bootC", events: 1, ended: false)
+        let got = try EventHub(log: c).replayed(EventHub.Key(conn: 1, stream: 1), SubscribeRequest(bootId: "bootK", afterSequence: 0))
+        #expect(got.compactMap(\.gap).first?.bootEnded != true)
+    }
+}

@@ -112,5 +112,25 @@ struct FleetCursorTests {
         #expect(try created(before) && created(after), "both boots' events reach the fleet log")
         #expect(Set(events.compactMap(\.hostBootId)).count == 2, "two boots of alpha")
         #expect(!events.contains { $0.kind == .containerEventHostGap }, "no HOST_GAP: \(events.filter { $0.kind == .containerEventHostGap })")
+
+        // Two more clean restarts, the first boot recording nothing (an
+        // idle host): still no HOST_GAP, and nothing stored twice. The
+        // boot with no event was unknown to the next start: a HOST_GAP,
+        // then every kept event of alpha stored again (the policy probe).
+        let last = RealCgroups.uniqueName("cleanC")
+        defer { RealCgroups.destroy(last) }
+        for _ in 0..<2 {
+            fleet.stopAgent("a")
+            try fleet.startAgent("a", host: "alpha", keyId: "host-a")
+            fleet.waitForHosts(1)
+            usleep(300_000)
+        }
+        try make(last)
+        for _ in 0..<200 where try !created(last) { usleep(25_000) }
+        let all = try fleetEvents()
+        #expect(try created(last))
+        #expect(!all.contains { $0.kind == .containerEventHostGap }, "no HOST_GAP: \(all.filter { $0.kind == .containerEventHostGap })")
+        let ids = all.map { "\($0.hostBootId ?? ""):\($0.hostSequence ?? 0)" }
+        #expect(Set(ids).count == ids.count, "stored twice: \(ids)")
     }
 }

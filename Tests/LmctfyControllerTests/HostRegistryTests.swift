@@ -232,6 +232,33 @@ private func keys(_ store: FileHostStore) throws -> [String: String] {
         #expect(fleet.subscribeRequest(for: "host\(last)", credit: nil).afterSequence == 1)
     }
 
+    /// An agent that no longer knows the cursor's boot replays all it
+    /// keeps behind a gap, from boots whose events are stored already:
+    /// they are not stored again (each was, as new, at every such restart;
+    /// the policy probe); what the log had not stored of them is.
+    @Test func aReplayOfBootsStoredAlreadyStoresOnlyWhatIsNew() throws {
+        let dir = "/tmp/lmctfy-fleetevents-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try Sys.mkdir(dir, mode: 0o700)
+        defer { _ = removeTree(dir) }
+        let fleet = try FleetEvents(stateDir: dir, capacity: 100)
+        func event(_ boot: String, _ seq: UInt64) -> SubscribeResponse {
+            SubscribeResponse(event: ContainerEvent(bootId: boot, sequence: seq, container: "/a", kind: .containerEventCreated))
+        }
+        for seq: UInt64 in 1...3 { #expect(fleet.take(event("b1", seq), from: "h", bytes: 100) != nil) }
+        _ = fleet.take(SubscribeResponse(gap: EventGap(requestedBootId: "b1", afterSequence: 3, bootId: "b2", firstSequence: 1, bootEnded: true)), from: "h")
+        for seq: UInt64 in 1...2 { #expect(fleet.take(event("b2", seq), from: "h", bytes: 100) != nil) }
+        let before = fleet.log.newest
+        // b3 (killed, unknown to b4): everything kept, from b1 on.
+        _ = fleet.take(SubscribeResponse(gap: EventGap(requestedBootId: "b3", afterSequence: 0, bootId: "b1", firstSequence: 1)), from: "h")
+        for seq: UInt64 in 1...3 { #expect(fleet.take(event("b1", seq), from: "h", bytes: 100) == nil, "b1:\(seq) stored twice") }
+        #expect(fleet.take(event("b1", 4), from: "h", bytes: 100) != nil, "one the log had not stored")
+        _ = fleet.take(SubscribeResponse(gap: EventGap(requestedBootId: "b1", afterSequence: 4, bootId: "b2", firstSequence: 1, bootEnded: true)), from: "h")
+        for seq: UInt64 in 1...2 { #expect(fleet.take(event("b2", seq), from: "h", bytes: 100) == nil, "b2:\(seq) stored twice") }
+        #expect(fleet.take(event("b2", 3), from: "h", bytes: 100) != nil)
+        let added = fleet.log.range(after: before, upTo: fleet.log.newest).events
+        #expect(added.map { $0.kind == .containerEventHostGap ? "gap" : "\($0.hostBootId ?? ""):\($0.hostSequence ?? 0)" } == ["gap", "b1:4", "b2:3"])
+    }
+
     /// A second agent using a host's identity for a moment (a cloned
     /// machine: its own boot) moves the host's cursor to its boot; the
     /// host's real agent, registering again, resumes from its own boot's

@@ -37,6 +37,9 @@ private func spec(_ text: String) throws -> ContainerSpec { try ContainerSpec(te
         #expect(p.overcommitPercent == 25 && p.reserved == Amount(memory: mib, milliCpu: 500))
         #expect(p.evictAbovePercent == 90 && p.evictUntilPercent == 70 && p.defaultTier == "low")
         #expect(try Policy(config: PolicyConfig(textFormat: "evict_above_percent: 85")).evictUntilPercent == 75)
+        // The default tier may have CL1's default: it is theirs anyway.
+        let only = try Policy(config: PolicyConfig(textFormat: "tier { name: \"low\" eviction_priority: 1 } tier { name: \"any\" }"))
+        #expect(only.defaultTier == "any" && only.tiers[1].evictionPriority == 5000)
     }
 
     @Test func badValuesAreRefusedNamingTheKey() throws {
@@ -55,6 +58,12 @@ private func spec(_ text: String) throws -> ContainerSpec { try ContainerSpec(te
             ("evict_until_percent: 500", "evict_until_percent 500 is above 100"),
             ("tier { name: \"a\" cpu_milli: 99999999999 }", "cpu_milli 99999999999 is above 256000"),
             ("default_tier: \"prod\"", "is a guaranteed tier"),
+            // 5000 (given, or a tier's without one) is CL1's default, every
+            // untiered container's: only the default tier's (the policy
+            // probe: gold took in every container made without a tier).
+            ("tier { name: \"gold\" guaranteed: true } tier { name: \"batch\" overcommit: true eviction_priority: 2500 }",
+             "eviction_priority 5000 (a tier's when it gives none) is CL1's default"),
+            ("tier { name: \"a\" eviction_priority: 5000 } tier { name: \"b\" eviction_priority: 1 } default_tier: \"b\"", "give \"a\" another"),
         ]
         for (text, needle) in bad {
             let config = try PolicyConfig(textFormat: text)
