@@ -25,9 +25,19 @@ struct vh_failure {
 
 /* mkdir -p of one level, for the mount points the kernel's own filesystems
  * need in a rootfs that lacks them; an existing one is fine. */
+/* mkdir, or a directory already there: not a symlink, nor anything else
+ * (mount(2) and move_mount follow a symlink, within the new root: a
+ * rootfs's `run -> /` had the /run tmpfs hide its whole root, and every
+ * run failed; the virtual host probe). */
 static int vh_mkdir(const char *path, mode_t mode) {
-    if (mkdir(path, mode) == 0 || errno == EEXIST) return 0;
-    return -1;
+    struct stat st;
+    if (mkdir(path, mode) == 0) return 0;
+    if (errno != EEXIST || lstat(path, &st) < 0) return -1;
+    if (!S_ISDIR(st.st_mode)) {
+        errno = ENOTDIR;
+        return -1;
+    }
+    return 0;
 }
 
 /* Whether path is a mount point of its own (not on the same mount as /). */
@@ -149,18 +159,27 @@ static void vh_child_setup(const struct lm_vh_opts *o, int status_fd, struct vh_
               "newinstance,ptmxmode=0666,mode=0620") == 0) {
         if (access("/dev/ptmx", F_OK) == 0) mount("/dev/pts/ptmx", "/dev/ptmx", NULL, MS_BIND, NULL);
     }
-    /* The machine file (best effort, as in the original): a 5 MiB tmpfs
-     * on /run unless it is a mount point already. */
-    if (o->machine_spec) {
-        if (vh_mkdir("/run", 0755) == 0) {
+    /* The machine file (best effort, as in the original): in its own root,
+     * a 5 MiB tmpfs on /run unless it is a mount point already. On the
+     * host's root /run is the host's: the tmpfs goes on /run/lmctfy
+     * (lmctfy's own directory there), and without it no file is written
+     * (it was written into the host's /run, and stayed after the destroy;
+     * the virtual host probe). */
+    if (o->machine_spec && vh_mkdir("/run", 0755) == 0) {
+        int ready;
+        if (pivoted) {
             if (!vh_is_mountpoint("/run"))
                 mount("tmpfs", "/run", "tmpfs", MS_NOSUID | MS_NODEV, "size=5m,mode=0755");
-            if (vh_mkdir("/run/lmctfy", 0755) == 0) {
-                int fd = open("/run/lmctfy/.machine.spec", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0644);
-                if (fd >= 0) {
-                    lm_child_write_all(fd, o->machine_spec, strlen(o->machine_spec));
-                    close(fd);
-                }
+            ready = vh_mkdir("/run/lmctfy", 0755) == 0;
+        } else {
+            ready = vh_mkdir("/run/lmctfy", 0755) == 0 &&
+                    mount("tmpfs", "/run/lmctfy", "tmpfs", MS_NOSUID | MS_NODEV, "size=5m,mode=0755") == 0;
+        }
+        if (ready) {
+            int fd = open("/run/lmctfy/.machine.spec", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0644);
+            if (fd >= 0) {
+                lm_child_write_all(fd, o->machine_spec, strlen(o->machine_spec));
+                close(fd);
             }
         }
     }

@@ -34,7 +34,11 @@ extension ContainerApi {
     public func create(_ name: ContainerName, spec: ContainerSpec, virtualHostStdio: VirtualHostStdio?) throws(LmctfyError) -> Container {
         if name.isRoot { throw .alreadyExists("Can't create existing container \"\(name)\"") }
         return try locked(name, makesTop: name.depth == 1) { lock throws(LmctfyError) in
-            try create(name, spec: spec, lock: lock)
+            // A virtual host is complete (visible) only once its init runs:
+            // it was complete before its record was written, and a create
+            // killed between the two left an ordinary container, whose
+            // `run` ran as root on the host (the virtual host probe).
+            try create(name, spec: spec, lock: lock, complete: spec.virtualHost == nil)
             let container = Container(name: name, api: self)
             if spec.virtualHost != nil {
                 do throws(LmctfyError) {
@@ -53,6 +57,7 @@ extension ContainerApi {
                         throw LmctfyError(.internal, "Failed to start the init of virtual host \"\(name)\": it (pid \(pid)) "
                                           + "exited as it started\(Self.smallLimitHint(spec))")
                     }
+                    try driver.tasksDir(name).setState(.complete)
                 } catch {
                     _ = try? removeLeftovers(name)
                     throw error
@@ -114,19 +119,21 @@ extension ContainerApi {
     /// nothing visible or the whole container, and what it left is removed
     /// by the next create or destroy of the tree (the lock's journal, the
     /// `creating` marks).
-    private func create(_ name: ContainerName, spec: ContainerSpec, lock: FileLock?) throws(LmctfyError) {
+    /// `complete`: marked complete (visible) at the end; otherwise left
+    /// `creating` for the caller to mark once the rest is done.
+    private func create(_ name: ContainerName, spec: ContainerSpec, lock: FileLock?, complete: Bool = true) throws(LmctfyError) {
         if try !nameIsFree(name) {
             try removeLeftovers(name)  // of a failed create or destroy
         }
         let (parent, kinds) = try checkPlace(name, spec: spec)
         do {
-            try make(name, parent: parent, kinds: kinds, spec: spec, lock: lock)
+            try make(name, parent: parent, kinds: kinds, spec: spec, lock: lock, complete: complete)
         } catch where error.code == .alreadyExists {
             // A directory of this name in another hierarchy: lmctfy's
             // leftover (its tasks directory is gone) goes and the create is
             // tried again; anything else is not lmctfy's to touch (6).
             guard try removeLeftovers(name) else { throw error }
-            try make(name, parent: parent, kinds: kinds, spec: spec, lock: lock)
+            try make(name, parent: parent, kinds: kinds, spec: spec, lock: lock, complete: complete)
         }
     }
 
@@ -187,7 +194,7 @@ extension ContainerApi {
 
     /// Makes the container.
     private func make(_ name: ContainerName, parent: ContainerName, kinds: [ResourceKind], spec: ContainerSpec,
-                      lock: FileLock?) throws(LmctfyError) {
+                      lock: FileLock?, complete: Bool) throws(LmctfyError) {
         let made = MadeDirs(lock: lock)
         do throws(LmctfyError) {
             if let lock {
@@ -211,7 +218,7 @@ extension ContainerApi {
             if spec.owner != nil || spec.ownerGroup != nil {
                 try chownContainer(name, spec: spec, lock: lock)
             }
-            try driver.tasksDir(name).setState(.complete)
+            if complete { try driver.tasksDir(name).setState(.complete) }
         } catch {
             // Undo in reverse. A directory that cannot be removed now (a
             // fault) keeps its `creating` mark and is removed by the next
