@@ -186,6 +186,15 @@ struct VirtualHostIntegrationTests {
             #expect(try runInside(viaMount, "touch /ro/written 2>/dev/null && echo writable > /share/mnt || echo readonly > /share/mnt") == 0)
             #expect(try shared(root, "mnt") == "readonly")
             try imageApi.destroy(name)
+            // A directory holding the store as the source: read-only too
+            // (the images were writable through it; the virtual host probe).
+            var holding = vhSpec(root, mounts: [Mounts.Mount(source: root.share, target: "/share"),
+                                                Mounts.Mount(source: root.base, target: "/ro")])
+            holding.filesystem?.rootfs = root.rootfs
+            let viaParent = try imageApi.create(name, spec: holding)
+            #expect(try runInside(viaParent, "touch /ro/images/\(image)/rootfs/written 2>/dev/null && echo writable > /share/parent || echo readonly > /share/parent") == 0)
+            #expect(try shared(root, "parent") == "readonly")
+            try imageApi.destroy(name)
         }
         let after = try Sys.subdirectoriesAndFiles(store + "/" + image + "/rootfs").sorted()
         #expect(after == before, "\(before) -> \(after)")
@@ -427,6 +436,9 @@ struct VirtualHostIntegrationTests {
         try refused(s, .invalidArgument, "busybox:latest")
         s = vhSpec(root); s.filesystem?.rootfs = "no-such-image-\(getpid())"
         try refused(s, .notFound, "No image")
+        // (It said "Image name is missing"; the virtual host probe.)
+        s = vhSpec(root); s.filesystem?.rootfs = ""
+        try refused(s, .invalidArgument, "filesystem.rootfs is empty")
         try refused(ContainerSpec(filesystem: FilesystemSpec(rootfs: root.rootfs)), .invalidArgument, "needs virtual_host")
         s = vhSpec(root, mounts: [Mounts.Mount(source: root.base + "/nope", target: "/share")])
         try refused(s, .invalidArgument, "does not exist")

@@ -93,6 +93,10 @@ extension ContainerApi {
     /// wrote into the shared image (the virtual-host probe).
     func virtualHostRoot(_ spec: ContainerSpec) throws(LmctfyError) -> (path: String, image: Bool) {
         let rootfs = spec.filesystem?.rootfs ?? "/"
+        if rootfs.isEmpty {
+            throw .invalidArgument("filesystem.rootfs is empty: give an absolute directory or the name of an image "
+                                   + "(without it, the host's root)")
+        }
         if rootfs.hasPrefix("/") { return (rootfs, isInImageStore(rootfs)) }
         return (try ImageStore(root: imageRoot).rootfsPath(forImage: rootfs), true)
     }
@@ -106,6 +110,18 @@ extension ContainerApi {
             return false
         }
         return real == store || real.hasPrefix(store + "/")
+    }
+
+    /// Whether `path` (symlinks resolved) is the image store, inside it, or
+    /// holds it: a mount of one of these is read-only. A directory holding
+    /// the store (its parent, say) was mounted writable, and the images in
+    /// it could be written through it (the virtual host probe).
+    func overlapsImageStore(_ path: String) -> Bool {
+        if isInImageStore(path) { return true }
+        guard let real = try? Sys.realPath(path), let store = try? Sys.realPath(ImageStore(root: imageRoot).root), store != "/" else {
+            return false
+        }
+        return real == "/" || store.hasPrefix(real + "/")
     }
 
     /// Starts the init of the virtual host `name` (made already; the caller
@@ -128,7 +144,7 @@ extension ContainerApi {
         o.rootfsReadOnly = root.image
         o.mounts = (spec.filesystem?.mounts?.mount ?? []).map {
             VirtualHostMount(source: $0.source ?? "", target: $0.target ?? "",
-                             readOnly: ($0.readOnly ?? false) || isInImageStore($0.source ?? ""),
+                             readOnly: ($0.readOnly ?? false) || overlapsImageStore($0.source ?? ""),
                              isPrivate: $0.private ?? false)
         }
         o.hostname = vh.virtualHostname
