@@ -141,6 +141,31 @@ static inline int lm_ssl_ctx_crl_problem(SSL_CTX *ctx, char *out, size_t cap) {
     return problem;
 }
 
+/* Verifies `ctx`'s own certificate against its store (its CA file), with
+ * the chain loaded beside it as untrusted intermediates. Returns 1 when it
+ * verifies, 0 when it does not (the reason into `out`), -1 when there is
+ * no own certificate. (An enrolled or renewed certificate that did not
+ * chain to the CA file was installed: a controller signing with another CA
+ * left an agent whose every dial home failed; the TLS probe.) */
+static inline int lm_ssl_ctx_verify_own(SSL_CTX *ctx, char *out, size_t cap) {
+    if (cap) out[0] = 0;
+    X509 *cert = SSL_CTX_get0_certificate(ctx);
+    if (cert == NULL) return -1;
+    STACK_OF(X509) *chain = NULL;
+    SSL_CTX_get0_chain_certs(ctx, &chain);
+    X509_STORE_CTX *v = X509_STORE_CTX_new();
+    if (v == NULL) { if (cap) snprintf(out, cap, "X509_STORE_CTX_new failed"); return 0; }
+    int ok = 0;
+    if (X509_STORE_CTX_init(v, SSL_CTX_get_cert_store(ctx), cert, chain) == 1) {
+        ok = X509_verify_cert(v) == 1;
+        if (!ok && cap) snprintf(out, cap, "%s", X509_verify_cert_error_string(X509_STORE_CTX_get_error(v)));
+    } else if (cap) {
+        snprintf(out, cap, "X509_STORE_CTX_init failed");
+    }
+    X509_STORE_CTX_free(v);
+    return ok;
+}
+
 /* Verifies again, against `ctx`'s store (its CA, its CRLs and flags) and at
  * `at` (seconds since the epoch; 0: now), the certificate the peer of `ssl`
  * presented in its handshake. Returns 1 when it still verifies, 0 when it no

@@ -99,7 +99,14 @@ public enum AgentEnrolment {
         } catch {
             throw error.lmctfy(.failedPrecondition, "Writing the \(what) key and certificate")
         }
-        _ = try TlsContext(side: .client, certificateFile: certTemp, keyFile: keyTemp, caFile: caFile)
+        // It must chain to the CA file (PROTOCOL.md 3.2): only its loading
+        // and its key were checked, and a controller signing with another CA
+        // had one installed that no peer accepted (the enrolment token spent,
+        // a working certificate replaced at renewal; the TLS probe).
+        if let problem = try TlsContext(side: .client, certificateFile: certTemp, keyFile: keyTemp, caFile: caFile).ownCertificateProblem {
+            throw .failedPrecondition("The \(what) certificate the controller gave does not chain to \(caFile) (\(problem)): "
+                                      + "not installed; the controller's signing CA must be one tls.ca_file trusts")
+        }
         do {
             try Sys.writeFileAtomically(keyFile, Array(keyPem.utf8), mode: 0o600)
             try Sys.writeFileAtomically(certFile, Array(certPem.utf8), mode: 0o644)

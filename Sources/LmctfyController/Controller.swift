@@ -966,6 +966,13 @@ public final class Controller: @unchecked Sendable {
             guard let enroller else {
                 throw LmctfyError.failedPrecondition("this controller does not sign certificates (no enroll_address and signing CA)")
             }
+            // As for Register: a certificate a role binding makes a
+            // reader's is a client's. Renew gave it an agent certificate
+            // (OU=agents) for its name, which then registered that host
+            // (the TLS probe).
+            if let peer = p.session.peer, settings.rolePolicy.boundRole(for: peer) == .agentRoleReader {
+                throw LmctfyError(.permissionDenied, "this certificate is bound to the reader role: a client's certificate is not renewed as a host's")
+            }
             let request = try RenewRequest(serializedBytes: payload)
             let (host, response) = try enroller.renew(request, identity: p.certificate)
             logger.info("\(describe(p)): renewed the certificate of host \(host) (valid \(enroller.settings.days) days)")
@@ -984,7 +991,8 @@ public final class Controller: @unchecked Sendable {
         }
         do {
             let request = try EnrollRequest(serializedBytes: payload)
-            let response = try enroller.enroll(request, peer: p.conn.remoteAddress) { [registry] in registry.hosts[$0] != nil }
+            // Known but for case is known: DNS names ignore case.
+            let response = try enroller.enroll(request, peer: p.conn.remoteAddress) { [registry] in registry.knownHost(caseInsensitively: $0) != nil }
             logger.info("\(describe(p)): enrolled host \(request.hostName ?? "") (certificate valid \(enroller.settings.days) days)")
             answer(p, stream, .success(try response.serializedBytes()))
         } catch {

@@ -130,6 +130,17 @@ final class HostRegistry {
     /// (ALREADY_EXISTS, saying why); the live link keeps the name, and
     /// once it drops the next registration is taken. The agent of the live
     /// link registering again (`sameAgent`) always replaces it.
+    /// The known host whose name is `name` but for ASCII case (nil: none).
+    func knownHost(caseInsensitively name: String) -> String? {
+        if hosts[name] != nil { return name }
+        let folded = Self.folded(name)
+        return hosts.keys.first { Self.folded($0) == folded }
+    }
+
+    private static func folded(_ name: String) -> [UInt8] {
+        name.utf8.map { $0 >= 0x41 && $0 <= 0x5a ? $0 + 0x20 : $0 }
+    }
+
     func register(_ identity: HostIdentity, keyId: String, conn: Int,
                   nowMs: UInt64 = MonotonicClock.milliseconds()) throws(LmctfyError) -> Int? {
         guard let name = identity.hostName, !name.isEmpty else {
@@ -140,6 +151,14 @@ final class HostRegistry {
         }
         if let problem = HostIdentityRules.problem(identity) {
             throw .invalidArgument("Register of \(name): \(problem)")
+        }
+        // DNS names ignore case, and so does a certificate's check: a name
+        // that differs from a known host's only in case is that host's. (A
+        // token naming no host enrolled "Probehost1" beside "probehost1",
+        // and its certificate passed as probehost1's; the TLS probe.)
+        if let known = knownHost(caseInsensitively: name), known != name {
+            throw LmctfyError(.permissionDenied, "host \(name) differs from the known host \(known) only in case (DNS names ignore case): "
+                              + "register as \(known), or remove it first")
         }
         if let bound = hosts[name]?.keyId, bound != keyId {
             throw LmctfyError(.permissionDenied, "host \(name) is registered with another key")

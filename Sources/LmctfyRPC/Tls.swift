@@ -132,6 +132,16 @@ public final class TlsContext: @unchecked Sendable {
 
     deinit { SSL_CTX_free(ctx) }
 
+    /// Why our own certificate does not chain to the CA file (its
+    /// validity dates included), nil when it does or none is loaded.
+    public var ownCertificateProblem: String? {
+        var why = [CChar](repeating: 0, count: 256)
+        let ok = lm_ssl_ctx_verify_own(ctx, &why, why.count)
+        ERR_clear_error()
+        guard ok == 0 else { return nil }
+        return String(decoding: why.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+
     /// The names of our own certificate (nil: none loaded).
     public var ownIdentity: CertIdentity? {
         guard let cert = SSL_CTX_get0_certificate(ctx) else { return nil }

@@ -108,6 +108,11 @@ struct EnrolmentTests {
         let impostor = try Enrolment.makeKeyAndRequest(hostName: "agent7")
         #expect { _ = try client.call(ControllerMethods.enroll, EnrollRequest(token: "tok-any-padding-16", hostName: "agent7", csrPem: impostor.csrPem)) }
             throws: { ($0 as? LmctfyError)?.code == .permissionDenied && "\($0)".contains("host agent7 is registered already") }
+        // Nor under another case: DNS names, and a certificate's check,
+        // ignore it (the TLS probe enrolled "Probehost1" this way).
+        let shouting = try Enrolment.makeKeyAndRequest(hostName: "Agent7")
+        #expect { _ = try client.call(ControllerMethods.enroll, EnrollRequest(token: "tok-any-padding-16", hostName: "Agent7", csrPem: shouting.csrPem)) }
+            throws: { ($0 as? LmctfyError)?.code == .permissionDenied && "\($0)".contains("is registered already") }
         // Nor the controller's own names (its certificate's: controller,
         // localhost): signed by the CA agents and lmctl check the controller
         // against, such a certificate let the token's holder stand in for
@@ -291,4 +296,69 @@ func makeDirWithPki(_ prefix: String) throws -> (dir: String, pki: String) {
         throw LmctfyError(.internal, "make-test-pki failed: \(String(decoding: made.stderr, as: UTF8.self))")
     }
     return (dir, pki)
+}
+
+/// The TLS probe's enrolment and renewal findings.
+@Suite struct EnrolmentTrustTests {
+    /// A certificate the controller gives that does not chain to the
+    /// agent's ca_file (a controller signing with another CA) is not
+    /// installed: it was, and no peer accepted it.
+    @Test func anEnrolledCertificateThatDoesNotChainToTheCaIsNotInstalled() throws {
+        let (dir, pki) = try makeDirWithPki("enrolca")
+        defer { _ = removeTree(dir) }
+        try Sys.createFile(dir + "/tokens", "tok-ca-padding-16 \(Int(time(nil)) + 600) caagent1\n", mode: 0o600)
+        let controller = try LmctfyController.Controller(settings: try ControllerSettings.parse("""
+            unix_socket_path: "\(dir)/controller.sock" agent_address: "127.0.0.1:0" enroll_address: "127.0.0.1:0"
+            state_dir: "\(dir)/controller" log_level: LOG_ERROR
+            tls { certificate_file: "\(pki)/controller.pem" key_file: "\(pki)/controller.key" ca_file: "\(pki)/ca.pem" }
+            signing_ca_certificate_file: "\(pki)/other-ca.pem" signing_ca_key_file: "\(pki)/other-ca.key" bootstrap_token_file: "\(dir)/tokens"
+            """, source: "test"))
+        try controller.start(handleSignals: false)
+        defer { #expect(controller.stop() == 0) }
+        let enrollPort = try #require(controller.enrollPort)
+        try Sys.mkdir(dir + "/a", mode: 0o700)
+        try Sys.createFile(dir + "/a/token", "tok-ca-padding-16\n", mode: 0o600)
+        let config = try AgentConfig(textFormat: """
+            unix_socket_path: "\(dir)/a.sock" state_dir: "\(dir)/a/state" log_level: LOG_ERROR
+            controller_address: "127.0.0.1:\(controller.agentPort)" host_name: "caagent1"
+            tls { certificate_file: "\(dir)/a/cert.pem" key_file: "\(dir)/a/key.pem" ca_file: "\(pki)/ca.pem" }
+            bootstrap_token_file: "\(dir)/a/token" controller_enroll_address: "127.0.0.1:\(enrollPort)"
+            """)
+        #expect { try AgentEnrolment.enrollIfNeeded(config, source: "a") }
+            throws: { ($0 as? LmctfyError)?.code == .failedPrecondition && "\($0)".contains("does not chain to") }
+        #expect(!Sys.exists(dir + "/a/cert.pem") && !Sys.exists(dir + "/a/key.pem"), "installed")
+    }
+
+    /// Renew refuses a certificate a role binding makes a reader's, as
+    /// Register does: it gave one an agent certificate (OU=agents) for its
+    /// name, which then registered that host.
+    @Test func renewRefusesAReadersCertificate() throws {
+        let (dir, pki) = try makeDirWithPki("renewreader")
+        defer { _ = removeTree(dir) }
+        // A reader's certificate that names a host (DNS), signed by the CA.
+        let req = try TestProcess.capture(["/usr/bin/openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                                           "-keyout", dir + "/mon.key", "-out", dir + "/mon.csr", "-subj", "/CN=monitor/OU=readers"])
+        try #require(req.status == 0, "\(String(decoding: req.stderr, as: UTF8.self))")
+        try Sys.createFile(dir + "/ext", "subjectAltName=DNS:monitor-box\nextendedKeyUsage=clientAuth\n")
+        let sign = try TestProcess.capture(["/usr/bin/openssl", "x509", "-req", "-in", dir + "/mon.csr", "-CA", pki + "/ca.pem", "-CAkey", pki + "/ca.key",
+                                            "-CAcreateserial", "-days", "2", "-extfile", dir + "/ext", "-out", dir + "/mon.pem"])
+        try #require(sign.status == 0, "\(String(decoding: sign.stderr, as: UTF8.self))")
+        chmod(dir + "/mon.key", 0o600)
+        try Sys.createFile(dir + "/tokens", "tok-unused-padding-16 \(Int(time(nil)) + 600) nobody\n", mode: 0o600)
+        let controller = try LmctfyController.Controller(settings: try ControllerSettings.parse("""
+            unix_socket_path: "\(dir)/controller.sock" agent_address: "127.0.0.1:0" enroll_address: "127.0.0.1:0"
+            state_dir: "\(dir)/controller" log_level: LOG_ERROR
+            tls { certificate_file: "\(pki)/controller.pem" key_file: "\(pki)/controller.key" ca_file: "\(pki)/ca.pem" }
+            signing_ca_certificate_file: "\(pki)/ca.pem" signing_ca_key_file: "\(pki)/ca.key" bootstrap_token_file: "\(dir)/tokens"
+            role { role: AGENT_ROLE_READER certificate_ou: "readers" }
+            """, source: "test"))
+        try controller.start(handleSignals: false)
+        defer { #expect(controller.stop() == 0) }
+        let client = try RpcClient.connect(host: "127.0.0.1", port: controller.agentPort,
+                                           tls: TlsContext(side: .client, certificateFile: dir + "/mon.pem", keyFile: dir + "/mon.key", caFile: pki + "/ca.pem"))
+        defer { client.close() }
+        let csr = try Enrolment.makeKeyAndRequest(hostName: "monitor-box")
+        #expect { _ = try client.call(ControllerMethods.renew, RenewRequest(csrPem: csr.csrPem)) }
+            throws: { ($0 as? LmctfyError)?.code == .permissionDenied && "\($0)".contains("reader role") }
+    }
 }

@@ -36,6 +36,26 @@ private func keys(_ store: FileHostStore) throws -> [String: String] {
         #expect(third.hosts.count == 1)
     }
 
+    /// A name that differs from a known host's only in case is that host's
+    /// (DNS names, and a certificate's check, ignore case): refused, with
+    /// any key. "Probehost1" registered beside "probehost1" with a
+    /// certificate enrolled for it that passed as probehost1's (the TLS
+    /// probe).
+    @Test func aNameDifferingOnlyInCaseIsTheKnownHosts() throws {
+        let dir = "/tmp/lmctfy-hostregistry-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try Sys.mkdir(dir, mode: 0o700)
+        defer { _ = removeTree(dir) }
+        let registry = try HostRegistry(store: FileHostStore(path: dir + "/hosts"))
+        _ = try registry.register(HostIdentity(hostName: "probehost1"), keyId: "key-a", conn: 1)
+        for (name, key) in [("Probehost1", "key-b"), ("PROBEHOST1", "key-a")] {
+            #expect { _ = try registry.register(HostIdentity(hostName: name), keyId: key, conn: 2) }
+                throws: { ($0 as? LmctfyError)?.code == .permissionDenied && "\($0)".contains("only in case") }
+        }
+        #expect(registry.knownHost(caseInsensitively: "ProbeHost1") == "probehost1")
+        #expect(registry.knownHost(caseInsensitively: "probehost2") == nil)
+        #expect(registry.hosts.count == 1)
+    }
+
     /// A binding appended after a torn line (a crash mid-append, or an
     /// append a full disk cut short) joined it, and both were lost at the
     /// next load; the torn line alone, if it split in two, passed for a
