@@ -141,6 +141,23 @@ static inline int lm_ssl_ctx_crl_problem(SSL_CTX *ctx, char *out, size_t cap) {
     return problem;
 }
 
+/* `cert` (with `chain`, untrusted) verified against `ctx`'s store at `at`
+ * (0: now): 1, or 0 with the reason into `out`. */
+static inline int lm_verify_in_store(SSL_CTX *ctx, X509 *cert, STACK_OF(X509) *chain, long long at, char *out, size_t cap) {
+    X509_STORE_CTX *v = X509_STORE_CTX_new();
+    if (v == NULL) { if (cap) snprintf(out, cap, "X509_STORE_CTX_new failed"); return 0; }
+    int ok = 0;
+    if (X509_STORE_CTX_init(v, SSL_CTX_get_cert_store(ctx), cert, chain) == 1) {
+        if (at > 0) X509_STORE_CTX_set_time(v, 0, (time_t)at);
+        ok = X509_verify_cert(v) == 1;
+        if (!ok && cap) snprintf(out, cap, "%s", X509_verify_cert_error_string(X509_STORE_CTX_get_error(v)));
+    } else if (cap) {
+        snprintf(out, cap, "X509_STORE_CTX_init failed");
+    }
+    X509_STORE_CTX_free(v);
+    return ok;
+}
+
 /* Verifies `ctx`'s own certificate against its store (its CA file), with
  * the chain loaded beside it as untrusted intermediates. Returns 1 when it
  * verifies, 0 when it does not (the reason into `out`), -1 when there is
@@ -153,18 +170,9 @@ static inline int lm_ssl_ctx_verify_own(SSL_CTX *ctx, char *out, size_t cap) {
     if (cert == NULL) return -1;
     STACK_OF(X509) *chain = NULL;
     SSL_CTX_get0_chain_certs(ctx, &chain);
-    X509_STORE_CTX *v = X509_STORE_CTX_new();
-    if (v == NULL) { if (cap) snprintf(out, cap, "X509_STORE_CTX_new failed"); return 0; }
-    int ok = 0;
-    if (X509_STORE_CTX_init(v, SSL_CTX_get_cert_store(ctx), cert, chain) == 1) {
-        ok = X509_verify_cert(v) == 1;
-        if (!ok && cap) snprintf(out, cap, "%s", X509_verify_cert_error_string(X509_STORE_CTX_get_error(v)));
-    } else if (cap) {
-        snprintf(out, cap, "X509_STORE_CTX_init failed");
-    }
-    X509_STORE_CTX_free(v);
-    return ok;
+    return lm_verify_in_store(ctx, cert, chain, 0, out, cap);
 }
+
 
 /* Verifies again, against `ctx`'s store (its CA, its CRLs and flags) and at
  * `at` (seconds since the epoch; 0: now), the certificate the peer of `ssl`
@@ -175,18 +183,7 @@ static inline int lm_ssl_recheck_peer(SSL *ssl, SSL_CTX *ctx, long long at, char
     if (cap) out[0] = 0;
     X509 *cert = SSL_get0_peer_certificate(ssl);
     if (cert == NULL) return -1;
-    X509_STORE_CTX *v = X509_STORE_CTX_new();
-    if (v == NULL) { if (cap) snprintf(out, cap, "X509_STORE_CTX_new failed"); return 0; }
-    int ok = 0;
-    if (X509_STORE_CTX_init(v, SSL_CTX_get_cert_store(ctx), cert, SSL_get_peer_cert_chain(ssl)) == 1) {
-        if (at > 0) X509_STORE_CTX_set_time(v, 0, (time_t)at);
-        ok = X509_verify_cert(v) == 1;
-        if (!ok && cap) snprintf(out, cap, "%s", X509_verify_cert_error_string(X509_STORE_CTX_get_error(v)));
-    } else if (cap) {
-        snprintf(out, cap, "X509_STORE_CTX_init failed");
-    }
-    X509_STORE_CTX_free(v);
-    return ok;
+    return lm_verify_in_store(ctx, cert, SSL_get_peer_cert_chain(ssl), at, out, cap);
 }
 
 /* The notAfter of the peer's certificate of `ssl` as seconds since the

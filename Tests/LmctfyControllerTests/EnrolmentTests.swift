@@ -229,13 +229,7 @@ struct EnrolmentProcessTests {
         let (dir, pki) = try makeDirWithPki("enrolp")
         defer { _ = removeTree(dir) }
         try Sys.createFile(dir + "/tokens", "tok-p1-padding-16 \(Int(time(nil)) + 600) procagent1\n", mode: 0o600)
-        let controller = try LmctfyController.Controller(settings: try ControllerSettings.parse("""
-            unix_socket_path: "\(dir)/controller.sock" agent_address: "127.0.0.1:0" enroll_address: "127.0.0.1:0"
-            state_dir: "\(dir)/controller" log_level: LOG_ERROR
-            tls { certificate_file: "\(pki)/controller.pem" key_file: "\(pki)/controller.key" ca_file: "\(pki)/ca.pem" }
-            signing_ca_certificate_file: "\(pki)/ca.pem" signing_ca_key_file: "\(pki)/ca.key" bootstrap_token_file: "\(dir)/tokens"
-            """, source: "test"))
-        try controller.start(handleSignals: false)
+        let controller = try signingController(dir, pki)
         defer { #expect(controller.stop() == 0) }
         let enrollPort = try #require(controller.enrollPort)
         try Sys.mkdir(dir + "/agent", mode: 0o700)
@@ -286,6 +280,20 @@ struct EnrolmentProcessTests {
 
 /// A fresh directory /tmp/lmctfy-PREFIX-... holding a test PKI in `pki`
 /// (tools/make-test-pki); the caller removes it.
+/// A started controller that enrols agents (tokens in `dir`/tokens),
+/// signing with `pki`/`ca`.pem, with `extra` config.
+func signingController(_ dir: String, _ pki: String, ca: String = "ca", extra: String = "") throws -> LmctfyController.Controller {
+    let controller = try LmctfyController.Controller(settings: try ControllerSettings.parse("""
+        unix_socket_path: "\(dir)/controller.sock" agent_address: "127.0.0.1:0" enroll_address: "127.0.0.1:0"
+        state_dir: "\(dir)/controller" log_level: LOG_ERROR
+        tls { certificate_file: "\(pki)/controller.pem" key_file: "\(pki)/controller.key" ca_file: "\(pki)/ca.pem" }
+        signing_ca_certificate_file: "\(pki)/\(ca).pem" signing_ca_key_file: "\(pki)/\(ca).key" bootstrap_token_file: "\(dir)/tokens"
+        \(extra)
+        """, source: "test"))
+    try controller.start(handleSignals: false)
+    return controller
+}
+
 func makeDirWithPki(_ prefix: String) throws -> (dir: String, pki: String) {
     let dir = "/tmp/lmctfy-\(prefix)-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
     try Sys.mkdir(dir, mode: 0o755)
@@ -307,13 +315,7 @@ func makeDirWithPki(_ prefix: String) throws -> (dir: String, pki: String) {
         let (dir, pki) = try makeDirWithPki("enrolca")
         defer { _ = removeTree(dir) }
         try Sys.createFile(dir + "/tokens", "tok-ca-padding-16 \(Int(time(nil)) + 600) caagent1\n", mode: 0o600)
-        let controller = try LmctfyController.Controller(settings: try ControllerSettings.parse("""
-            unix_socket_path: "\(dir)/controller.sock" agent_address: "127.0.0.1:0" enroll_address: "127.0.0.1:0"
-            state_dir: "\(dir)/controller" log_level: LOG_ERROR
-            tls { certificate_file: "\(pki)/controller.pem" key_file: "\(pki)/controller.key" ca_file: "\(pki)/ca.pem" }
-            signing_ca_certificate_file: "\(pki)/other-ca.pem" signing_ca_key_file: "\(pki)/other-ca.key" bootstrap_token_file: "\(dir)/tokens"
-            """, source: "test"))
-        try controller.start(handleSignals: false)
+        let controller = try signingController(dir, pki, ca: "other-ca")
         defer { #expect(controller.stop() == 0) }
         let enrollPort = try #require(controller.enrollPort)
         try Sys.mkdir(dir + "/a", mode: 0o700)
@@ -345,14 +347,7 @@ func makeDirWithPki(_ prefix: String) throws -> (dir: String, pki: String) {
         try #require(sign.status == 0, "\(String(decoding: sign.stderr, as: UTF8.self))")
         chmod(dir + "/mon.key", 0o600)
         try Sys.createFile(dir + "/tokens", "tok-unused-padding-16 \(Int(time(nil)) + 600) nobody\n", mode: 0o600)
-        let controller = try LmctfyController.Controller(settings: try ControllerSettings.parse("""
-            unix_socket_path: "\(dir)/controller.sock" agent_address: "127.0.0.1:0" enroll_address: "127.0.0.1:0"
-            state_dir: "\(dir)/controller" log_level: LOG_ERROR
-            tls { certificate_file: "\(pki)/controller.pem" key_file: "\(pki)/controller.key" ca_file: "\(pki)/ca.pem" }
-            signing_ca_certificate_file: "\(pki)/ca.pem" signing_ca_key_file: "\(pki)/ca.key" bootstrap_token_file: "\(dir)/tokens"
-            role { role: AGENT_ROLE_READER certificate_ou: "readers" }
-            """, source: "test"))
-        try controller.start(handleSignals: false)
+        let controller = try signingController(dir, pki, extra: "role { role: AGENT_ROLE_READER certificate_ou: \"readers\" }")
         defer { #expect(controller.stop() == 0) }
         let client = try RpcClient.connect(host: "127.0.0.1", port: controller.agentPort,
                                            tls: TlsContext(side: .client, certificateFile: dir + "/mon.pem", keyFile: dir + "/mon.key", caFile: pki + "/ca.pem"))

@@ -9,6 +9,18 @@ import LmctfySystem
 import LmctfyTestSupport
 import Testing
 
+/// A fleet log in a directory of its own (the caller removes it).
+private func scratchFleet() throws -> (FleetEvents, String) {
+    let dir = "/tmp/lmctfy-fleetevents-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+    try Sys.mkdir(dir, mode: 0o700)
+    return (try FleetEvents(stateDir: dir, capacity: 100), dir)
+}
+
+/// Event `seq` of a host's boot `boot`, as its agent sends it.
+private func hostEvent(_ boot: String, _ seq: UInt64) -> SubscribeResponse {
+    SubscribeResponse(event: ContainerEvent(bootId: boot, sequence: seq, container: "/a", kind: .containerEventCreated))
+}
+
 /// Each host's key, as `store` loads them.
 private func keys(_ store: FileHostStore) throws -> [String: String] {
     Dictionary(uniqueKeysWithValues: try store.load().map { ($0.identity?.hostName ?? "", $0.keyId ?? "") })
@@ -257,24 +269,19 @@ private func keys(_ store: FileHostStore) throws -> [String: String] {
     /// they are not stored again (each was, as new, at every such restart;
     /// the policy probe); what the log had not stored of them is.
     @Test func aReplayOfBootsStoredAlreadyStoresOnlyWhatIsNew() throws {
-        let dir = "/tmp/lmctfy-fleetevents-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
-        try Sys.mkdir(dir, mode: 0o700)
+        let (fleet, dir) = try scratchFleet()
         defer { _ = removeTree(dir) }
-        let fleet = try FleetEvents(stateDir: dir, capacity: 100)
-        func event(_ boot: String, _ seq: UInt64) -> SubscribeResponse {
-            SubscribeResponse(event: ContainerEvent(bootId: boot, sequence: seq, container: "/a", kind: .containerEventCreated))
-        }
-        for seq: UInt64 in 1...3 { #expect(fleet.take(event("b1", seq), from: "h", bytes: 100) != nil) }
+        for seq: UInt64 in 1...3 { #expect(fleet.take(hostEvent("b1", seq), from: "h", bytes: 100) != nil) }
         _ = fleet.take(SubscribeResponse(gap: EventGap(requestedBootId: "b1", afterSequence: 3, bootId: "b2", firstSequence: 1, bootEnded: true)), from: "h")
-        for seq: UInt64 in 1...2 { #expect(fleet.take(event("b2", seq), from: "h", bytes: 100) != nil) }
+        for seq: UInt64 in 1...2 { #expect(fleet.take(hostEvent("b2", seq), from: "h", bytes: 100) != nil) }
         let before = fleet.log.newest
         // b3 (killed, unknown to b4): everything kept, from b1 on.
         _ = fleet.take(SubscribeResponse(gap: EventGap(requestedBootId: "b3", afterSequence: 0, bootId: "b1", firstSequence: 1)), from: "h")
-        for seq: UInt64 in 1...3 { #expect(fleet.take(event("b1", seq), from: "h", bytes: 100) == nil, "b1:\(seq) stored twice") }
-        #expect(fleet.take(event("b1", 4), from: "h", bytes: 100) != nil, "one the log had not stored")
+        for seq: UInt64 in 1...3 { #expect(fleet.take(hostEvent("b1", seq), from: "h", bytes: 100) == nil, "b1:\(seq) stored twice") }
+        #expect(fleet.take(hostEvent("b1", 4), from: "h", bytes: 100) != nil, "one the log had not stored")
         _ = fleet.take(SubscribeResponse(gap: EventGap(requestedBootId: "b1", afterSequence: 4, bootId: "b2", firstSequence: 1, bootEnded: true)), from: "h")
-        for seq: UInt64 in 1...2 { #expect(fleet.take(event("b2", seq), from: "h", bytes: 100) == nil, "b2:\(seq) stored twice") }
-        #expect(fleet.take(event("b2", 3), from: "h", bytes: 100) != nil)
+        for seq: UInt64 in 1...2 { #expect(fleet.take(hostEvent("b2", seq), from: "h", bytes: 100) == nil, "b2:\(seq) stored twice") }
+        #expect(fleet.take(hostEvent("b2", 3), from: "h", bytes: 100) != nil)
         let added = fleet.log.range(after: before, upTo: fleet.log.newest).events
         #expect(added.map { $0.kind == .containerEventHostGap ? "gap" : "\($0.hostBootId ?? ""):\($0.hostSequence ?? 0)" } == ["gap", "b1:4", "b2:3"])
     }
@@ -286,25 +293,20 @@ private func keys(_ store: FileHostStore) throws -> [String: String] {
     /// its oldest kept event (a false gap, then its history again; the
     /// fleet probe).
     @Test func anEarlierBootOfAHostResumesFromItsOwnCursor() throws {
-        let dir = "/tmp/lmctfy-fleetevents-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
-        try Sys.mkdir(dir, mode: 0o700)
+        let (fleet, dir) = try scratchFleet()
         defer { _ = removeTree(dir) }
-        let fleet = try FleetEvents(stateDir: dir, capacity: 100)
-        func event(_ boot: String, _ seq: UInt64) -> SubscribeResponse {
-            SubscribeResponse(event: ContainerEvent(bootId: boot, sequence: seq, container: "/a", kind: .containerEventCreated))
-        }
-        for seq: UInt64 in 1...5 { #expect(fleet.take(event("real", seq), from: "h", bytes: 100) != nil) }
+        for seq: UInt64 in 1...5 { #expect(fleet.take(hostEvent("real", seq), from: "h", bytes: 100) != nil) }
         // The clone: a gap (it has no "real" boot), then its own events.
         fleet.readmit("h", bootId: "clone")
         #expect(fleet.subscribeRequest(for: "h", credit: nil).bootId == "real")
         _ = fleet.take(SubscribeResponse(gap: EventGap(requestedBootId: "real", afterSequence: 5, bootId: "clone", firstSequence: 1)), from: "h")
-        #expect(fleet.take(event("clone", 1), from: "h", bytes: 100) != nil)
+        #expect(fleet.take(hostEvent("clone", 1), from: "h", bytes: 100) != nil)
         // The real agent again: from its own cursor.
         fleet.readmit("h", bootId: "real")
         let r = fleet.subscribeRequest(for: "h", credit: nil)
         #expect(r.bootId == "real" && r.afterSequence == 5, "\(r)")
-        for seq: UInt64 in 1...5 { #expect(fleet.take(event("real", seq), from: "h", bytes: 100) == nil, "\(seq) stored twice") }
-        #expect(fleet.take(event("real", 6), from: "h", bytes: 100) != nil)
+        for seq: UInt64 in 1...5 { #expect(fleet.take(hostEvent("real", seq), from: "h", bytes: 100) == nil, "\(seq) stored twice") }
+        #expect(fleet.take(hostEvent("real", 6), from: "h", bytes: 100) != nil)
         // A boot never seen: as before, from the cursor it has.
         fleet.readmit("h", bootId: "new")
         #expect(fleet.subscribeRequest(for: "h", credit: nil).bootId == "real")
@@ -323,11 +325,11 @@ private func keys(_ store: FileHostStore) throws -> [String: String] {
         }
         do {
             let fleet = try FleetEvents(stateDir: dir, capacity: 100)
-            for seq: UInt64 in 1...5 { #expect(fleet.take(event("real", seq), from: "h", bytes: 100) != nil) }
+            for seq: UInt64 in 1...5 { #expect(fleet.take(hostEvent("real", seq), from: "h", bytes: 100) != nil) }
             fleet.readmit("h", bootId: "clone")
             _ = fleet.take(SubscribeResponse(gap: EventGap(requestedBootId: "real", afterSequence: 5, bootId: "clone", firstSequence: 1)), from: "h")
-            #expect(fleet.take(event("clone", 1), from: "h", bytes: 100) != nil)
-            for seq: UInt64 in 1...3 { #expect(fleet.take(event("gone", seq), from: "g", bytes: 100) != nil) }
+            #expect(fleet.take(hostEvent("clone", 1), from: "h", bytes: 100) != nil)
+            for seq: UInt64 in 1...3 { #expect(fleet.take(hostEvent("gone", seq), from: "g", bytes: 100) != nil) }
             fleet.forget("g")
             fleet.flushCursors()
         }
