@@ -747,6 +747,14 @@ struct TerminalRunTests {
                 #expect(shown.contains("44 88") && shown.contains("term:screen"), "\(shown.debugDescription)")
                 let status: LmctfySystem.ExitStatus?
                 if ending == "exit" {
+                    // Once the sleep runs: a ^C typed between the echo and
+                    // its fork reached the shell alone, which (dash, `sh
+                    // -c`) catches SIGINT and went on to sleep 100 s (1 run
+                    // in 10; the CI's ASan run failed on it).
+                    #expect(within(30) {
+                        let pids = (try? client.call(AgentMethods.listPids, ListPidsRequest(name: name, recursive: true)).pids) ?? []
+                        return pids.contains { ((try? Sys.readFile("/proc/\($0)/comm")) ?? "").hasPrefix("sleep") }
+                    }, "the command's sleep started")
                     #expect(write(pty.master, "\u{3}", 1) == 1)  // ^C: the sleep's, not lmctl's
                     status = TestProcess.waitForExit(pid)
                     #expect(status == .exited(128 + SIGINT), "\(String(describing: status))")
