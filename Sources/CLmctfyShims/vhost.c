@@ -24,11 +24,11 @@ struct vh_failure {
 };
 
 /* mkdir -p of one level, for the mount points the kernel's own filesystems
- * need in a rootfs that lacks them; an existing one is fine. */
-/* mkdir, or a directory already there: not a symlink, nor anything else
- * (mount(2) and move_mount follow a symlink, within the new root: a
- * rootfs's `run -> /` had the /run tmpfs hide its whole root, and every
- * run failed; the virtual host probe). */
+ * need in a rootfs that lacks them; an existing one is fine if it is a
+ * directory: not a symlink, nor anything else (mount(2) and move_mount
+ * follow a symlink, within the new root: a rootfs's `run -> /` had the
+ * /run tmpfs hide its whole root, and every run failed; the virtual host
+ * probe). */
 static int vh_mkdir(const char *path, mode_t mode) {
     struct stat st;
     if (mkdir(path, mode) == 0) return 0;

@@ -173,7 +173,6 @@ static inline int lm_ssl_ctx_verify_own(SSL_CTX *ctx, char *out, size_t cap) {
     return lm_verify_in_store(ctx, cert, chain, 0, out, cap);
 }
 
-
 /* Verifies again, against `ctx`'s store (its CA, its CRLs and flags) and at
  * `at` (seconds since the epoch; 0: now), the certificate the peer of `ssl`
  * presented in its handshake. Returns 1 when it still verifies, 0 when it no

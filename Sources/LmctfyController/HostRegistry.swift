@@ -117,6 +117,17 @@ final class HostRegistry {
         }
     }
 
+    /// The known host whose name is `name` but for ASCII case (nil: none).
+    func knownHost(caseInsensitively name: String) -> String? {
+        if hosts[name] != nil { return name }
+        let folded = Self.folded(name)
+        return hosts.keys.first { Self.folded($0) == folded }
+    }
+
+    private static func folded(_ name: String) -> [UInt8] {
+        name.utf8.map { $0 >= 0x41 && $0 <= 0x5a ? $0 + 0x20 : $0 }
+    }
+
     /// An agent registers over connection `conn`, authenticated with `keyId`.
     /// PERMISSION_DENIED when the name is bound to another key; returns the
     /// connection the host had before (to be closed), if any.
@@ -130,17 +141,6 @@ final class HostRegistry {
     /// (ALREADY_EXISTS, saying why); the live link keeps the name, and
     /// once it drops the next registration is taken. The agent of the live
     /// link registering again (`sameAgent`) always replaces it.
-    /// The known host whose name is `name` but for ASCII case (nil: none).
-    func knownHost(caseInsensitively name: String) -> String? {
-        if hosts[name] != nil { return name }
-        let folded = Self.folded(name)
-        return hosts.keys.first { Self.folded($0) == folded }
-    }
-
-    private static func folded(_ name: String) -> [UInt8] {
-        name.utf8.map { $0 >= 0x41 && $0 <= 0x5a ? $0 + 0x20 : $0 }
-    }
-
     func register(_ identity: HostIdentity, keyId: String, conn: Int,
                   nowMs: UInt64 = MonotonicClock.milliseconds()) throws(LmctfyError) -> Int? {
         guard let name = identity.hostName, !name.isEmpty else {
