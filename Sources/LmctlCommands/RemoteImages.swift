@@ -54,24 +54,31 @@ public final class RemoteImages: ImageBackend, @unchecked Sendable {
         }
         var transfer: String?
         var offset: UInt64 = 0
-        var next: [UInt8]
-        do {
-            next = try Sys.readChunk(fd, upTo: Self.chunk, path: archivePath)
-        } catch {
-            throw error.lmctfy(.invalidArgument, "Cannot read the archive")
+        /// The next piece; an interrupt while waiting for it aborts the
+        /// transfer and ends lmctl (a pipe that gave nothing held Ctrl-C
+        /// until it did: the handler restarts the read).
+        func read() throws(LmctfyError) -> [UInt8] {
+            guard Self.waitReadable(fd, interrupted: interrupted) else {
+                abortTransfer()
+                InterruptWatch.dieOfInterrupt()
+            }
+            do {
+                return try Sys.readChunk(fd, upTo: Self.chunk, path: archivePath)
+            } catch {
+                abortTransfer()
+                throw error.lmctfy(.invalidArgument, "Cannot read the archive")
+            }
         }
+        func abortTransfer() {
+            if let transfer { _ = try? client.call(AgentMethods.importImage, ImportImageRequest(transferId: transfer, abort: true)) }
+        }
+        var next = try read()
         while true {
             let data = next
             // Read ahead, so the last chunk carries the commit.
-            let following: [UInt8]
-            do {
-                following = data.isEmpty ? [] : try Sys.readChunk(fd, upTo: Self.chunk, path: archivePath)
-            } catch {
-                if let transfer { _ = try? client.call(AgentMethods.importImage, ImportImageRequest(transferId: transfer, abort: true)) }
-                throw error.lmctfy(.invalidArgument, "Cannot read the archive")
-            }
+            let following = data.isEmpty ? [] : try read()
             if interrupted() {
-                if let transfer { _ = try? client.call(AgentMethods.importImage, ImportImageRequest(transferId: transfer, abort: true)) }
+                abortTransfer()
                 InterruptWatch.dieOfInterrupt()
             }
             let last = following.isEmpty
@@ -83,7 +90,7 @@ public final class RemoteImages: ImageBackend, @unchecked Sendable {
             do {
                 response = try client.call(AgentMethods.importImage, request)
             } catch {
-                if let transfer, !last { _ = try? client.call(AgentMethods.importImage, ImportImageRequest(transferId: transfer, abort: true)) }
+                if !last { abortTransfer() }
                 throw error
             }
             if last { return Self.summary(response.image) }
@@ -91,6 +98,17 @@ public final class RemoteImages: ImageBackend, @unchecked Sendable {
             offset += UInt64(data.count)
             next = following
         }
+    }
+
+    /// Waits until `fd` has something to read (or is at its end, or in
+    /// error: the read says which); false once `interrupted` (a signal ends
+    /// the poll with EINTR, and it is asked every 200 ms besides).
+    static func waitReadable(_ fd: Int32, interrupted: () -> Bool) -> Bool {
+        var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        while !interrupted() {
+            if poll(&p, 1, 200) > 0 { return true }
+        }
+        return false
     }
 
     /// Ctrl-C (or SIGTERM) during a download ends the transfer on the agent
