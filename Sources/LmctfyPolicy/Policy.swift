@@ -147,7 +147,14 @@ public struct Policy: Sendable, Equatable {
         self.overcommitPercent = overcommitPercent
         self.reserved = reserved
         self.evictAbovePercent = evictAbovePercent
-        self.evictUntilPercent = evictUntilPercent ?? max(0, evictAbovePercent - 10)
+        self.evictUntilPercent = evictUntilPercent ?? Self.defaultEvictUntil(evictAbovePercent)
+    }
+
+    /// `evict_until_percent` when the configuration gives none: 10 points
+    /// under `above`, and at least 1 below 11 (0 would evict everything
+    /// evictable once eviction starts).
+    static func defaultEvictUntil(_ above: Int) -> Int {
+        above > 10 ? above - 10 : above > 1 ? 1 : 0
     }
 
     /// The tier called `name`, or INVALID_ARGUMENT naming the tiers there are.

@@ -55,6 +55,13 @@ extension Policy {
         if let until, above > 0, until >= above {
             throw .invalidArgument("policy.evict_until_percent \(until) must be below evict_above_percent \(above)")
         }
+        // Usage never goes below 0 %: once started, eviction would go on
+        // until nothing evictable is left (the policy probe).
+        if above > 0, (until ?? Policy.defaultEvictUntil(above)) == 0 {
+            throw .invalidArgument(until == nil
+                ? "policy.evict_above_percent 1 leaves no evict_until_percent of 1 or more below it"
+                : "policy.evict_until_percent 0 would evict every evictable container once eviction starts (usage never goes below 0 %); give 1 to \(above - 1)")
+        }
         let reservedMemory = c.reservedMemoryBytes ?? 0
         let reservedCpu = c.reservedMilliCpu ?? 0
         guard reservedMemory < UInt64(Policy.unlimitedBytes), reservedCpu < 1 << 40 else {

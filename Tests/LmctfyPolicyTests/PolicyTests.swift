@@ -37,6 +37,10 @@ private func spec(_ text: String) throws -> ContainerSpec { try ContainerSpec(te
         #expect(p.overcommitPercent == 25 && p.reserved == Amount(memory: mib, milliCpu: 500))
         #expect(p.evictAbovePercent == 90 && p.evictUntilPercent == 70 && p.defaultTier == "low")
         #expect(try Policy(config: PolicyConfig(textFormat: "evict_above_percent: 85")).evictUntilPercent == 75)
+        // Under 11, the default is 1 (10 points under would be 0 or less).
+        #expect(try Policy(config: PolicyConfig(textFormat: "evict_above_percent: 8")).evictUntilPercent == 1)
+        #expect(try Policy(config: PolicyConfig(textFormat: "evict_until_percent: 0")).evictAbovePercent == 0,
+                "no eviction: an until of 0 means nothing")
         // The default tier may have CL1's default: it is theirs anyway.
         let only = try Policy(config: PolicyConfig(textFormat: "tier { name: \"low\" eviction_priority: 1 } tier { name: \"any\" }"))
         #expect(only.defaultTier == "any" && only.tiers[1].evictionPriority == 5000)
@@ -56,6 +60,10 @@ private func spec(_ text: String) throws -> ContainerSpec { try ContainerSpec(te
             ("default_tier: \"nope\"", "default_tier"),
             ("reserved_memory_bytes: 18446744073709551615", "too large"),
             ("evict_until_percent: 500", "evict_until_percent 500 is above 100"),
+            // Usage never goes below 0 %: every evictable container would
+            // go (the policy probe).
+            ("evict_above_percent: 80 evict_until_percent: 0", "evict_until_percent 0 would evict every evictable container"),
+            ("evict_above_percent: 1", "evict_above_percent 1 leaves no evict_until_percent"),
             ("tier { name: \"a\" cpu_milli: 99999999999 }", "cpu_milli 99999999999 is above 256000"),
             ("default_tier: \"prod\"", "is a guaranteed tier"),
             // 5000 (given, or a tier's without one) is CL1's default, every

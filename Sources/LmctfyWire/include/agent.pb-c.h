@@ -2475,7 +2475,8 @@ struct  Containers__Lmctfy__Agent__PolicyConfig
   protobuf_c_boolean has_evict_above_percent;
   uint32_t evict_above_percent;
   /*
-   * Below evict_above_percent; absent: evict_above_percent - 10.
+   * 1 to below evict_above_percent (0 would evict everything evictable);
+   * absent: evict_above_percent - 10, at least 1.
    */
   /*
    * Next id: 8
