@@ -295,7 +295,10 @@ final class HostRegistry {
             guard kv.count == 2, !kv[0].isEmpty else {
                 throw .invalidArgument("a selector is key=value pairs separated by commas, not \"\(selector)\"")
             }
-            out[String(kv[0])] = String(kv[1])
+            // zone=a,zone=b matched hosts in zone b only.
+            guard out.updateValue(String(kv[1]), forKey: String(kv[0])) == nil else {
+                throw .invalidArgument("selector \"\(selector)\" gives \"\(kv[0])\" twice: a host has one value for a label")
+            }
         }
         return out
     }

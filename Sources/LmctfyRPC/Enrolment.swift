@@ -149,11 +149,16 @@ public enum HostIdentityRules {
     /// What is wrong with `labels` (nil: nothing).
     public static func problem(labels: [HostLabel]) -> String? {
         if labels.count > maxLabels { return "\(labels.count) labels, more than \(maxLabels)" }
+        var keys = Set<String>()
         for l in labels {
             let key = l.key ?? "", value = l.value ?? ""
+            // (A selector is key=value pairs separated by commas: a value
+            // may hold "=", as `a=b=c` selects a="b=c".)
             if key.isEmpty || key.contains(",") || key.contains("=") || value.contains(",") {
-                return "a label needs a key, and neither may hold \",\" or \"=\" (\(HostName.quoted(key))=\(HostName.quoted(value)))"
+                return "a label needs a key without \",\" or \"=\", and a value without \",\" (\(HostName.quoted(key))=\(HostName.quoted(value)))"
             }
+            // Two values for one key: a selector matched the first only.
+            if !keys.insert(key).inserted { return "label \(HostName.quoted(key)) is given twice" }
             if key.utf8.count > maxLabelKeyBytes || value.utf8.count > maxLabelValueBytes {
                 return "label \(HostName.quoted(key)) is longer than \(maxLabelKeyBytes) bytes of key or \(maxLabelValueBytes) of value"
             }

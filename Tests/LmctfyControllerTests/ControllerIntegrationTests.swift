@@ -173,6 +173,9 @@ struct ControllerIntegrationTests {
         #expect(try client.call(ControllerMethods.listHosts, ListHostsRequest(selector: "zone=z1,tier=db")).hosts.isEmpty)
         #expect { _ = try client.call(ControllerMethods.listHosts, ListHostsRequest(selector: "zone")) }
             throws: { ($0 as? LmctfyError)?.code == .invalidArgument }
+        // A key twice matched by its last value alone.
+        #expect { _ = try client.call(ControllerMethods.listHosts, ListHostsRequest(selector: "zone=z2,zone=z1")) }
+            throws: { ($0 as? LmctfyError)?.message.contains("gives \"zone\" twice") == true }
     }
 
     @Test func aCallNamingAHostIsServedByThatHostsAgent() throws {

@@ -94,5 +94,9 @@ struct ExampleConfigTests {
         let tooMany = dialling + "\n" + (0..<63).map { "label { key: \"x\($0)\" value: \"v\" }" }.joined(separator: "\n")
         #expect { _ = try AgentSettings.parse(tooMany, source: "agent.conf") }
             throws: { ($0 as? LmctfyError)?.message.contains("65 labels, more than 64") == true }
+        // One value per key: a selector matched the first of two.
+        let twice = dialling + "\nlabel { key: \"zone\" value: \"z2\" }"
+        #expect { _ = try AgentSettings.parse(twice, source: "agent.conf") }
+            throws: { ($0 as? LmctfyError)?.message.contains("label \"zone\" is given twice") == true }
     }
 }
