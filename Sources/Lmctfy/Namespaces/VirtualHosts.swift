@@ -106,9 +106,7 @@ extension ContainerApi {
     /// of a mount (one of an image's directories mounted writable let a
     /// host write into the shared image; a probe).
     func isInImageStore(_ path: String) -> Bool {
-        guard let real = try? Sys.realPath(path), let store = try? Sys.realPath(ImageStore(root: imageRoot).root), store != "/" else {
-            return false
-        }
+        guard let (real, store) = resolvedBesideImageStore(path) else { return false }
         return real == store || real.hasPrefix(store + "/")
     }
 
@@ -117,11 +115,17 @@ extension ContainerApi {
     /// the store (its parent, say) was mounted writable, and the images in
     /// it could be written through it (the virtual host probe).
     func overlapsImageStore(_ path: String) -> Bool {
-        if isInImageStore(path) { return true }
+        guard let (real, store) = resolvedBesideImageStore(path) else { return false }
+        return real == store || real.hasPrefix(store + "/") || real == "/" || store.hasPrefix(real + "/")
+    }
+
+    /// `path` and the image store, symlinks resolved; nil when either does
+    /// not resolve, or the store is `/` (no store to keep apart).
+    private func resolvedBesideImageStore(_ path: String) -> (real: String, store: String)? {
         guard let real = try? Sys.realPath(path), let store = try? Sys.realPath(ImageStore(root: imageRoot).root), store != "/" else {
-            return false
+            return nil
         }
-        return real == "/" || store.hasPrefix(real + "/")
+        return (real, store)
     }
 
     /// Starts the init of the virtual host `name` (made already; the caller
