@@ -417,7 +417,14 @@ public final class TlsChannel {
         let queued = TlsContext.takeError()
         let verify = SSL_get_verify_result(ssl)
         if verify != Int(X509_V_OK) {
-            return "certificate verification failed: \(String(cString: X509_verify_cert_error_string(verify)))"
+            let reason = String(cString: X509_verify_cert_error_string(verify))
+            // 18-21: self-signed (leaf or in the chain), no local issuer,
+            // cannot verify the leaf: after a CA rotation on one side the
+            // refusal read "self-signed certificate in chain" alone (the
+            // TLS probe).
+            guard (18...21).contains(verify) else { return "certificate verification failed: \(reason)" }
+            return "certificate verification failed: \(reason): the peer's certificate does not chain to this side's "
+                + "CA file (signed by another CA: was the CA rotated on one side only?)"
         }
         if error == SSL_ERROR_SYSCALL || error == SSL_ERROR_SSL { return queued }
         return "SSL error \(error): \(queued)"
