@@ -107,12 +107,28 @@ public struct Container: Sendable {
             }
         } catch {
             let restored = api.putBack(before, kinds: order, saved: saved, dirs: dirs)
+                // A write refused before any other was made (a delegated
+                // owner's update of a limit it may not write) is no failed
+                // restore: it said "restoring the previous spec failed
+                // too" with nothing changed (the CLI probe).
+                || unchanged(before, kinds: order, saved: saved, dirs: dirs)
             // Put back: nothing left for the next holder to undo (best
             // effort; a journal left undoes the same values again).
             if restored, let lock { try? lock.clear() }
             throw LmctfyError(error.code, error.message + (restored ? "" : " (and restoring the previous spec failed too)"),
                               errno: error.errno)
         }
+    }
+
+    /// Whether the kernel still has what an update found before it: each
+    /// one-line file it wrote, and the spec of `kinds` as read back.
+    private func unchanged(_ before: ContainerSpec, kinds: [ResourceKind], saved: [CgroupWrite], dirs: ResourceDirs) -> Bool {
+        guard saved.allSatisfy({ (try? $0.dir.read($0.file).trimmingWhitespace) == $0.value }) else { return false }
+        var now = ContainerSpec()
+        for kind in kinds {
+            do { try api.handler(kind).readSpec(into: &now, dirs: dirs) } catch { return false }
+        }
+        return now == before
     }
 
     /// The spec as the kernel has it now, for the resources isolated here.

@@ -171,6 +171,7 @@ extension ContainerApi {
         var resumed: [ContainerName] = []
         var updating: (name: ContainerName, spec: Substring)?
         var restores: [CgroupWrite] = []
+        var entering: [(name: ContainerName, tid: pid_t, start: Substring)] = []
         // A journal names only its own tree: lines about another are not
         // this lock's to act on (and a whole journal that names another
         // tree is dropped without undoing anything).
@@ -184,6 +185,7 @@ extension ContainerApi {
                 dirs = []
                 resumed = []
                 updating = nil
+                entering = []
                 complete = true
                 break
             }
@@ -203,6 +205,13 @@ extension ContainerApi {
                 if words.count == 2, let name = try? ContainerName.resolve(String(words[0]), relativeTo: .root),
                    !name.isRoot, name.components.first == top {
                     updating = (name, words[1])
+                }
+            } else if parts[0] == "enter" {
+                // "<name> <tid> <start time>" (`Container.enter`).
+                let words = parts[1].split(separator: " ")
+                if words.count == 3, let name = try? ContainerName.resolve(String(words[0]), relativeTo: .root),
+                   !name.isRoot, name.components.first == top, let tid = pid_t(words[1]), tid > 0 {
+                    entering.append((name, tid, words[2]))
                 }
             } else if parts[0] == "restore" {
                 // "<mount>\t<a/b>\t<file>\t<value>", in this tree only.
@@ -233,6 +242,9 @@ extension ContainerApi {
         // file is its owner's, whose lines would have root write that
         // tree's limits (which the owner may not).
         if let u = updating, lock.isOwnedBySelf { undoUpdate(u.name, specHex: u.spec, restores: restores) }
+        for e in entering where lock.isOwnedBySelf && (try? exists(e.name)) == true {
+            Container(name: e.name, api: self).completeEnter(e.tid, start: e.start)
+        }
         do { try lock.clear() } catch { throw error.cgroup(.failedPrecondition, "Failed to clear the lock journal") }
         return removed ? making : nil
     }

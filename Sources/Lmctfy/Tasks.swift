@@ -237,8 +237,37 @@ extension Container {
     /// the moves: UNAVAILABLE, "No such file or directory" or ENODEV, with
     /// the task moved into some hierarchies; a probe). A directory gone
     /// all the same (a destroy that took no lock) is NOT_FOUND.
+    ///
+    /// Journaled in the tree's lock: an enter killed between two of a
+    /// task's writes left it in the container's first hierarchy (freezer on
+    /// v1, where `detect` and `list pids` look) and outside its memory and
+    /// pids limits, for good (the CLI probe: Ctrl-C or SIGKILL tore it 3 to
+    /// 7 tries in); whoever locks the tree next completes the move
+    /// (`completeEnter`).
     public func enter(_ tids: [pid_t]) throws(LmctfyError) {
-        try api.locked(name) { _ throws(LmctfyError) in try enterLocked(tids) }
+        try api.locked(name) { lock throws(LmctfyError) in
+            // (One write a task on v2: nothing to tear.)
+            if let lock, try driver.joinDirs(name).count > 1 {
+                let lines = tids.compactMap { tid in Self.processStart(tid).map { "\nenter \(name) \(tid) \($0)" } }
+                do throws(SystemError) { try lock.append("boot \(ContainerLock.bootId)" + lines.joined()) } catch {
+                    throw error.cgroup(.failedPrecondition, "Failed to journal the enter")
+                }
+            }
+            // A refused move says so and is not completed later: the
+            // journal goes however the moves end (a killed enter keeps it).
+            defer { if let lock { try? lock.clear() } }
+            try enterLocked(tids)
+        }
+    }
+
+    /// Completes the move of `tid` (started at `start`) that a killed
+    /// enter began: only while it is the same task, in the first directory
+    /// the enter writes and not yet in all the others (moved elsewhere
+    /// since, it stays there). Best effort.
+    func completeEnter(_ tid: pid_t, start: Substring) {
+        guard Self.processStart(tid) == start, let first = try? driver.joinDirs(name).first,
+              let missing = try? joinDirs(for: String(tid)), !missing.isEmpty, !missing.contains(first) else { return }
+        for dir in missing { try? dir.write(driver.enterFile, String(tid)) }
     }
 
     private func enterLocked(_ tids: [pid_t]) throws(LmctfyError) {

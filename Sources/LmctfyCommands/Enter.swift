@@ -23,7 +23,15 @@ enum EnterCommand {
             }
             tids.append(tid)
         }
-        try api.enter(call.arguments[0], tids: tids)
+        // Ctrl-C (SIGTERM, SIGHUP) waits for the moves to end, then ends
+        // lmctfy as it would have: between two of a task's writes it left
+        // the task half in (the CLI probe; the tree's journal completes a
+        // move that SIGKILL cuts short).
+        let interrupted = try InterruptWatch.around { (interrupted: () -> Bool) throws(LmctfyError) -> Bool in
+            try api.enter(call.arguments[0], tids: tids)
+            return interrupted()
+        }
+        if interrupted { InterruptWatch.dieOfInterrupt() }
         return .none
     }
 }

@@ -321,6 +321,11 @@ struct OwnershipIntegrationTests {
         try withTestName("deleg") { name in
             let r = try lmctfy("create", name, Self.spec + " owner:65534 owner_group:65534")
             #expect(r.status == 0, "\(r.stderr)")
+            // Its own limits are root's: refused, nothing changed, and no
+            // "restoring the previous spec failed too" (the CLI probe).
+            let own = try asNobody(["update", "diff", name, "memory:{limit:209715200}"])
+            #expect(own.status == 7 && !own.stderr.contains("restoring"), "\(own)")
+            #expect(try lmctfy("spec", name).stdout.contains("limit: 104857600"))
             let sub = name + "/sub"
             let create = try asNobody(["create", sub, "cpu:{limit:250} memory:{limit:52428800}"])
             #expect(create.status == 0, "\(create.stderr)")

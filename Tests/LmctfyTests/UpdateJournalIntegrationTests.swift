@@ -81,3 +81,80 @@ struct UpdateJournalIntegrationTests {
         }
     }
 }
+
+/// An enter killed between two of a task's writes (v1: a write per
+/// hierarchy) left the task in the container's first hierarchy, where
+/// `detect` and `list pids` look, and outside its memory and pids limits,
+/// for good (the CLI probe: Ctrl-C or SIGKILL tore it within 3 to 7
+/// tries). Its journal has the next holder of the tree's lock complete the
+/// move, unless the task has moved on since or is another task by now.
+@Suite(.enabled(if: RealCgroups.available, "\(RealCgroups.unavailableReason ?? "")"))
+struct EnterJournalIntegrationTests {
+    let api: ContainerApi
+
+    init() throws {
+        api = try ContainerApi.detect()
+    }
+
+    @Test func anEnterKilledPartWayIsCompletedByTheNextHolderOfTheLock() throws {
+        try withTestContainer(api, label: "enterkilled") { name in
+            let c = try api.create(name, spec: ContainerSpec(cpu: CpuSpec(limit: 300), memory: MemorySpec(limit: 100 << 20)))
+            let dirs = try api.driver.joinDirs(name)
+            guard dirs.count > 1 else {
+                // v2: one write a task, nothing to tear (and nothing journaled).
+                let pid = try TestProcess.spawn(["/bin/sleep", "100"])
+                defer { TestProcess.end(pid) }
+                try c.enter([pid])
+                try api.locked(name) { lock throws(LmctfyError) in #expect((try? lock?.journal()) ?? "" == "") }
+                #expect(try api.detect(pid: pid) == name)
+                return
+            }
+            // A finished enter leaves no journal.
+            let whole = try TestProcess.spawn(["/bin/sleep", "100"])
+            defer { TestProcess.end(whole) }
+            try c.enter([whole])
+            try api.locked(name) { lock throws(LmctfyError) in #expect((try? lock?.journal()) ?? "" == "", "a finished enter left its journal") }
+            #expect(try c.joinDirs(for: String(whole)).isEmpty)
+
+            /// Killed after its first write: the journal it left (as
+            /// `enter` writes it) and the task in the first hierarchy alone.
+            /// Returns how many directories it was to be written to (those
+            /// of hierarchies the container does not isolate hold it already).
+            @discardableResult
+            func killedEnter(_ pid: pid_t, journalStart: String? = nil) throws -> Int {
+                let count = try c.joinDirs(for: String(pid)).count
+                let own = try #require(Container.processStart(pid))
+                let start = journalStart ?? String(own)
+                try api.locked(name) { lock throws(LmctfyError) in
+                    guard let lock else { throw LmctfyError(.internal, "no lock file") }
+                    do throws(SystemError) { try lock.append("boot \(ContainerLock.bootId)\nenter \(name) \(pid) \(start)") } catch {
+                        throw error.lmctfy(.internal, "journal")
+                    }
+                    try dirs[0].write(api.driver.enterFile, String(pid))
+                }
+                #expect(try c.joinDirs(for: String(pid)).count == count - 1, "the torn state")
+                return count
+            }
+            let torn = try TestProcess.spawn(["/bin/sleep", "100"])
+            defer { TestProcess.end(torn) }
+            try killedEnter(torn)
+            try api.locked(name) { _ throws(LmctfyError) in }
+            #expect(try c.joinDirs(for: String(torn)).isEmpty, "the move was not completed")
+
+            // Another task by now (its start time differs): left alone.
+            let other = try TestProcess.spawn(["/bin/sleep", "100"])
+            defer { TestProcess.end(other) }
+            let otherCount = try killedEnter(other, journalStart: "1")
+            try api.locked(name) { _ throws(LmctfyError) in }
+            #expect(try c.joinDirs(for: String(other)).count == otherCount - 1, "a task the journal did not name was moved")
+
+            // Moved on since (out of the first hierarchy): left where it went.
+            let moved = try TestProcess.spawn(["/bin/sleep", "100"])
+            defer { TestProcess.end(moved) }
+            let movedCount = try killedEnter(moved)
+            try CgroupDir(mount: dirs[0].mount, segments: [], access: api.mounts.access).write(api.driver.enterFile, String(moved))
+            try api.locked(name) { _ throws(LmctfyError) in }
+            #expect(try c.joinDirs(for: String(moved)).count == movedCount, "a task that left was pulled back")
+        }
+    }
+}
