@@ -632,8 +632,19 @@ public struct LocalBackend: ContainerBackend {
     }
 
     /// Moves `tids` (empty: the caller) into the container.
+    /// Below a root container, only tasks inside it: any task on the
+    /// machine was moved in (PID 1, another agent's; then `killall` killed
+    /// it), through an agent whose `detect` refused the same task (the
+    /// fleet probe).
     public func enter(_ name: String, tids: [Int32]) throws(LmctfyError) {
-        try existing(try get(name)) { (c: Container) throws(LmctfyError) in try c.enter(tids.isEmpty ? [callerPid] : tids) }
+        let c = try get(name)
+        let tasks = tids.isEmpty ? [callerPid] : tids
+        if !scope.isMachine {
+            for tid in tasks where scope.path(try api.detect(pid: tid)) == nil {
+                throw LmctfyError(.permissionDenied, "TID \(tid) is outside the root container \"\(scope.root)\": only its tasks may enter its containers")
+            }
+        }
+        try existing(c) { (c: Container) throws(LmctfyError) in try c.enter(tasks) }
     }
 
     /// Kills every process (D9); `recursive`: subcontainers first, deepest first.

@@ -146,6 +146,16 @@ private func name(_ path: String) throws -> ContainerName { try ContainerName.re
         #expect(outside.code == .notFound)
         #expect(outside.message.contains("outside the root container"), "\(outside.message)")
         #expect(!outside.message.contains("elsewhere"), "the container outside is not named")
+        // Nor may it enter one of the agent's containers (any task on the
+        // machine was moved in, PID 1 too, then killall killed it; the
+        // fleet probe); one inside the root may.
+        let pulled = try m.call(AgentMethods.enter, EnterRequest(name: "/web", tids: [999])).0
+        #expect(pulled.code == .permissionDenied && pulled.message.contains("outside the root container"), "\(pulled)")
+        #expect(!pulled.message.contains("elsewhere"))
+        #expect(try m.call(AgentMethods.enter, EnterRequest(name: "/web", tids: [777, 999])).0.code == .permissionDenied,
+                "none moves when one is outside")
+        #expect(try m.call(AgentMethods.detect, DetectRequest(pid: 777)).1.first?.name == "/busy")
+        #expect(try m.call(AgentMethods.enter, EnterRequest(name: "/web", tids: [777])).0 == .ok)
 
         let missing = try m.call(AgentMethods.spec, SpecRequest(name: "/missing")).0
         #expect(missing == CallStatus(.notFound, "Container \"/missing\" does not exist"))
@@ -269,6 +279,15 @@ struct RootContainerTests {
                     #expect(code { _ = try b.call(AgentMethods.detect, DetectRequest(pid: pid)) } == .notFound)
                     #expect(code { _ = try a.call(AgentMethods.detect, DetectRequest(pid: getpid())) } == .notFound)
                     #expect(try a.call(AgentMethods.detect, DetectRequest()).name == "/")
+                    // Enter: B may not take A's task, nor A a task outside both.
+                    let outsider = try TestProcess.spawn(["/bin/sleep", "300"])
+                    defer { TestProcess.end(outsider) }
+                    #expect(code { _ = try b.call(AgentMethods.enter, EnterRequest(name: "/bee", tids: [pid])) } == .permissionDenied)
+                    #expect(code { _ = try a.call(AgentMethods.enter, EnterRequest(name: "/cli", tids: [outsider])) } == .permissionDenied)
+                    #expect(try api.detect(pid: outsider) == .root && a.call(AgentMethods.detect, DetectRequest(pid: pid)).name == "/web",
+                            "nothing moved")
+                    _ = try a.call(AgentMethods.enter, EnterRequest(name: "/cli", tids: [pid]))
+                    #expect(try a.call(AgentMethods.detect, DetectRequest(pid: pid)).name == "/cli")
                 }
             }
         }
