@@ -38,6 +38,11 @@
 // the boots the journal kept: a subscriber whose point was in it (an idle
 // host's agent restarted) was resumed from the start of everything kept,
 // behind a gap, and a controller stored its host's events a second time.
+// A boot says "BOOT started PREV" there when it begins: killed before it
+// journaled anything, the next start still knows it (not as ended: a
+// subscriber whose point was in it is told of a gap, and goes on from the
+// boot after it). Without it, every `lmctl events -f` attached to an idle
+// agent that crashed printed everything kept again (the agent probe).
 import Glibc
 import LmctfyProto
 import LmctfyRPC
@@ -69,6 +74,15 @@ final class EventJournal: @unchecked Sendable {
     /// sequence each journaled.
     /// `previous`: of a boot that journaled nothing, the boot before it.
     private(set) var openedEnds: [(boot: String, last: UInt64, previous: String?)] = []
+    /// The boots that said they started and never ended cleanly (`nil`
+    /// `last`), with those that ended, in the order written.
+    private var openedLines: [(boot: String, last: UInt64?, previous: String?)] = []
+    /// The boots that journaled nothing as far as `ended` knows (ended
+    /// with `last` 0, or started and never ended cleanly), with the boot
+    /// before each, in the order written.
+    var openedEmptyBoots: [(boot: String, previous: String?)] {
+        openedLines.filter { $0.last == nil || $0.last == 0 }.map { ($0.boot, $0.previous) }
+    }
     /// How many boots `ended` names at most.
     static let maxEnded = 32
     /// The sequence of the last record in `previous` and in `current`
@@ -117,9 +131,15 @@ final class EventJournal: @unchecked Sendable {
         if let text = try? Sys.readRegularFile(endedPath, maxBytes: 1 << 16) {
             for line in String(decoding: text, as: UTF8.self).split(separator: "\n") {
                 let parts = line.split(separator: " ")
-                guard parts.count == 2 || parts.count == 3, let last = UInt64(parts[1]) else { continue }
+                guard parts.count == 2 || parts.count == 3 else { continue }
                 let previous = parts.count == 3 && parts[2] != "-" ? String(parts[2]) : nil
+                if parts[1] == "started" {
+                    openedLines.append((String(parts[0]), nil, previous))
+                    continue
+                }
+                guard let last = UInt64(parts[1]) else { continue }
                 openedEnds.append((String(parts[0]), last, previous))
+                openedLines.append((String(parts[0]), last, previous))
             }
         }
         previousLast = Self.sequence(previous.last)
@@ -165,9 +185,23 @@ final class EventJournal: @unchecked Sendable {
             _ = fsync(previous)
             close(previous)
         }
-        let mine: [(boot: String, last: UInt64, previous: String?)] = [(boot, last, before)]
-        let lines = (openedEnds.filter { $0.boot != boot } + mine).suffix(Self.maxEnded)
-        let text = lines.map { $0.last == 0 ? "\($0.boot) 0 \($0.previous ?? "-")\n" : "\($0.boot) \($0.last)\n" }.joined()
+        write(boot, last, before)
+    }
+
+    /// Says that boot `boot` started, `previous` the boot before it in the
+    /// journal (see `ended`). Best effort, as `markEnded`.
+    func markStarted(boot: String, previous: String?) {
+        write(boot, nil, previous)
+    }
+
+    /// Writes `ended`: what it had, with `boot`'s line (`last` nil:
+    /// started) in place of any it had, the latest `maxEnded`.
+    private func write(_ boot: String, _ last: UInt64?, _ previous: String?) {
+        openedLines = (openedLines.filter { $0.boot != boot } + [(boot, last, previous)]).suffix(Self.maxEnded)
+        let text = openedLines.map { line in
+            guard let last = line.last else { return "\(line.boot) started \(line.previous ?? "-")\n" }
+            return last == 0 ? "\(line.boot) 0 \(line.previous ?? "-")\n" : "\(line.boot) \(last)\n"
+        }.joined()
         try? Sys.writeFileAtomically(endedPath, Array(text.utf8), mode: 0o600)
     }
 

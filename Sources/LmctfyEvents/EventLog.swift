@@ -287,10 +287,12 @@ public final class EventLog: Sendable {
         // the start of everything kept behind a gap, as from a boot the
         // journal never had. (Numbers past the boot's last event, none, are
         // STATS samples, never journaled: nothing of it is missing.)
-        for end in ends where end.last == 0 && end.boot != bootId && !older.contains(where: { $0.id == end.boot }) {
-            let at = end.previous.flatMap { p in older.firstIndex { $0.id == p }.map { $0 + 1 } } ?? 0
-            older.insert((end.boot, []), at: at)
-            fromStart.insert(end.boot)
+        // So too those that started and were killed before they journaled
+        // anything (not ended: a subscriber in one is told of a gap).
+        for (boot, previous) in journal.openedEmptyBoots where boot != bootId && !older.contains(where: { $0.id == boot }) {
+            let at = previous.flatMap { p in older.firstIndex { $0.id == p }.map { $0 + 1 } } ?? 0
+            older.insert((boot, []), at: at)
+            fromStart.insert(boot)
         }
         state.locked { s in
             s.journal = journal
@@ -316,6 +318,7 @@ public final class EventLog: Sendable {
             }
             trimOlder(&s)
         }
+        journal.markStarted(boot: bootId, previous: older.last?.id)
         return journal.damage
     }
 
