@@ -283,6 +283,12 @@ public struct Container: Sendable {
         Sys.inode(tasksDir.path)?.ino
     }
 
+    /// The token its creator gave (`ContainerApi.create`'s `origin`); nil:
+    /// none, or it cannot be read.
+    public func origin() -> String? {
+        (try? tasksDir.record(.origin)) ?? nil
+    }
+
     public func oomKills() -> Int64? {
         guard let counter = try? driver.monitorPlan(name).oomCounter else { return nil }
         return (try? counter.dir.readKeyValues(counter.file))?[counter.key]

@@ -31,14 +31,20 @@ extension ContainerApi {
     /// and the error (13, INTERNAL, as in the original) names the step and
     /// errno of the failure.
     @discardableResult
-    public func create(_ name: ContainerName, spec: ContainerSpec, virtualHostStdio: VirtualHostStdio?) throws(LmctfyError) -> Container {
+    ///
+    /// `origin`: a token the caller keeps, recorded on the container before
+    /// it is complete (`Container.origin`): a caller killed part way (the
+    /// agent) knows at its next start whether a container of that name is
+    /// the one it was making.
+    public func create(_ name: ContainerName, spec: ContainerSpec, virtualHostStdio: VirtualHostStdio?,
+                       origin: String? = nil) throws(LmctfyError) -> Container {
         if name.isRoot { throw .alreadyExists("Can't create existing container \"\(name)\"") }
         return try locked(name, makesTop: name.depth == 1) { lock throws(LmctfyError) in
             // A virtual host is complete (visible) only once its init runs:
             // it was complete before its record was written, and a create
             // killed between the two left an ordinary container, whose
             // `run` ran as root on the host (the virtual host probe).
-            try create(name, spec: spec, lock: lock, complete: spec.virtualHost == nil)
+            try create(name, spec: spec, lock: lock, complete: spec.virtualHost == nil, origin: origin)
             let container = Container(name: name, api: self)
             if spec.virtualHost != nil {
                 do throws(LmctfyError) {
@@ -121,19 +127,20 @@ extension ContainerApi {
     /// `creating` marks).
     /// `complete`: marked complete (visible) at the end; otherwise left
     /// `creating` for the caller to mark once the rest is done.
-    private func create(_ name: ContainerName, spec: ContainerSpec, lock: FileLock?, complete: Bool = true) throws(LmctfyError) {
+    private func create(_ name: ContainerName, spec: ContainerSpec, lock: FileLock?, complete: Bool = true,
+                        origin: String? = nil) throws(LmctfyError) {
         if try !nameIsFree(name) {
             try removeLeftovers(name)  // of a failed create or destroy
         }
         let (parent, kinds) = try checkPlace(name, spec: spec)
         do {
-            try make(name, parent: parent, kinds: kinds, spec: spec, lock: lock, complete: complete)
+            try make(name, parent: parent, kinds: kinds, spec: spec, lock: lock, complete: complete, origin: origin)
         } catch where error.code == .alreadyExists {
             // A directory of this name in another hierarchy: lmctfy's
             // leftover (its tasks directory is gone) goes and the create is
             // tried again; anything else is not lmctfy's to touch (6).
             guard try removeLeftovers(name) else { throw error }
-            try make(name, parent: parent, kinds: kinds, spec: spec, lock: lock, complete: complete)
+            try make(name, parent: parent, kinds: kinds, spec: spec, lock: lock, complete: complete, origin: origin)
         }
     }
 
@@ -194,7 +201,7 @@ extension ContainerApi {
 
     /// Makes the container.
     private func make(_ name: ContainerName, parent: ContainerName, kinds: [ResourceKind], spec: ContainerSpec,
-                      lock: FileLock?, complete: Bool) throws(LmctfyError) {
+                      lock: FileLock?, complete: Bool, origin: String?) throws(LmctfyError) {
         let made = MadeDirs(lock: lock)
         do throws(LmctfyError) {
             if let lock {
@@ -218,6 +225,7 @@ extension ContainerApi {
             if spec.owner != nil || spec.ownerGroup != nil {
                 try chownContainer(name, spec: spec, lock: lock)
             }
+            if let origin { try driver.tasksDir(name).setRecord(.origin, origin) }
             if complete { try driver.tasksDir(name).setState(.complete) }
         } catch {
             // Undo in reverse. A directory that cannot be removed now (a

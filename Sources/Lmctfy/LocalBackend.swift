@@ -201,7 +201,11 @@ public struct LocalBackend: ContainerBackend {
 
     /// Creates the container and, for a virtual host, reports its init's pid.
     public func createReportingInit(_ name: String, spec: ContainerSpec) throws(LmctfyError) -> CreateOutcome {
-        let made = try api.create(try creatable(name, spec), spec: spec, virtualHostStdio: nil)
+        try createReportingInit(name, spec: spec, origin: nil)
+    }
+
+    public func createReportingInit(_ name: String, spec: ContainerSpec, origin: String?) throws(LmctfyError) -> CreateOutcome {
+        let made = try api.create(try creatable(name, spec), spec: spec, virtualHostStdio: nil, origin: origin)
         let initPid = spec.virtualHost != nil ? try made.initPid() : nil
         return CreateOutcome(name: try callerPath(made.name), initPid: initPid)
     }
@@ -368,6 +372,11 @@ public struct LocalBackend: ContainerBackend {
     /// The container's cgroup inode (`Container.cgroupId`).
     public func containerIdentity(_ name: String) -> UInt64? {
         (try? get(name))?.cgroupId()
+    }
+
+    /// The token its create was given (`Container.origin`).
+    public func containerOrigin(_ name: String) -> String? {
+        (try? get(name))?.origin()
     }
 
     /// A foreground command with its stdout and stderr on pipes, read here

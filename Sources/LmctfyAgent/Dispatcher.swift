@@ -755,22 +755,29 @@ public final class Dispatcher: Sendable {
     /// Creates `name` as the Create call does: admitted by the policy (in
     /// `tier`, when given) if the agent has one, then `createContainer`.
     /// `oneShot`: for a Run with remove_when_done (its snapshot says so).
-    func createAdmitted(_ name: String, spec: ContainerSpec, tier: String?, oneShot: Bool = false) throws -> CreateResponse {
+    /// `origin`: the token the container records (`ImportMarks`).
+    func createAdmitted(_ name: String, spec: ContainerSpec, tier: String?, oneShot: Bool = false,
+                        origin: String? = nil) throws -> CreateResponse {
         guard let policy else {
             if tier != nil { throw LmctfyError.failedPrecondition("This agent has no policy: a create cannot name a tier") }
-            return CreateResponse(initPid: try createContainer(name, spec: spec, oneShot: oneShot).initPid)
+            return CreateResponse(initPid: try createContainer(name, spec: spec, oneShot: oneShot, origin: origin).initPid)
         }
         let path = try backend.resolve(name)
         let (tier, spec) = try policy.planCreate(path: path, spec: spec, tier: tier)
-        let made = try policy.admitCreate(path: path, tier: tier, spec: spec) { try createContainer(name, spec: spec, oneShot: oneShot) }
+        let made = try policy.admitCreate(path: path, tier: tier, spec: spec) {
+            try createContainer(name, spec: spec, oneShot: oneShot, origin: origin)
+        }
         return CreateResponse(tier: tier.name, initPid: made.initPid)
     }
 
     /// Creates `name` (without the policy): recorded, snapshot written.
     /// Returns what was made.
-    func createContainer(_ name: String, spec: ContainerSpec, oneShot: Bool = false) throws -> CreateOutcome {
+    func createContainer(_ name: String, spec: ContainerSpec, oneShot: Bool = false, origin: String? = nil) throws -> CreateOutcome {
         try inventory.change(try backend.resolve(name)) {
-            let made = try backend.createReportingInit(name, spec: spec)
+            let made = try backend.createReportingInit(name, spec: spec, origin: origin)
+            // Test hook (LMCTFY_AGENT_TEST_HOLD_AFTER=Create.made): the
+            // container made, nothing of it recorded yet.
+            testHold?.hold("Create.made")
             let path = made.name
             // Known still, so destroyed behind the agent's back since the
             // watcher looked: its DESTROYED first (Inventory.known).
@@ -998,7 +1005,11 @@ public final class Dispatcher: Sendable {
             // Before anything is made: a Run whose caller has gone makes
             // nothing (the create would otherwise be undone at once).
             if context.cancelled { throw LmctfyError(.cancelled, "The Run was cancelled before its container was made") }
-            _ = try createAdmitted(name, spec: spec, tier: r.tier, oneShot: removes)
+            // Marked until its intent says one-shot (`ImportMarks`).
+            let token = ImportMarks.newToken()
+            if removes { try importMarks?.begin(path, token: token, oneShot: true) }
+            defer { if removes { importMarks?.end(path) } }
+            _ = try createAdmitted(name, spec: spec, tier: r.tier, oneShot: removes, origin: removes ? token : nil)
             madeId = backend.containerIdentity(path)
             // Test hook (LMCTFY_AGENT_TEST_HOLD_AFTER=Run.created): the
             // container made, its command not started.

@@ -82,9 +82,10 @@ extension Dispatcher {
         // before (ImportMarks).
         // Cleared however it ends (after the undo of a failed one).
         let marked = try backend.resolve(name)
-        try importMarks?.begin(marked)
+        let token = ImportMarks.newToken()
+        try importMarks?.begin(marked, token: token)
         defer { importMarks?.end(marked) }
-        let path = try makeImported(name, spec: spec)
+        let path = try makeImported(name, spec: spec, origin: token)
         // A frozen snapshot's processes never run here before the freeze
         // (a migration's copy: its source is frozen, and must stay the only
         // one that runs). Each is stopped (SIGSTOP) the moment it has
@@ -99,7 +100,7 @@ extension Dispatcher {
         var pids: [Int32] = []
         defer { if hold { for pid in pids { _ = try? Sys.kill(-pid, SIGCONT) } } }
         do {
-            try importMarks?.made(marked, cgroupId: snapshots?.cgroupId(path))
+            try importMarks?.made(marked, cgroupId: snapshots?.cgroupId(path), token: token)
             if r.start == true {
                 for p in s.process {
                     try checkCancelled()
@@ -127,8 +128,22 @@ extension Dispatcher {
         var said: [String] = []
         for m in marks.left() {
             defer { marks.end(m.path) }
+            let what = m.oneShot ? "run --create of \(m.path)" : "import of \(m.path)"
             guard let id = m.cgroupId else {
-                said.append("import of \(m.path) cut short before its container was made: nothing to undo")
+                // Killed between the create and the record of its cgroup:
+                // the container with the mark's token is the one it made.
+                guard let token = m.token, backend.containerOrigin(m.path) == token else {
+                    said.append("\(what) cut short before its container was made: nothing to undo")
+                    continue
+                }
+                do {
+                    _ = try destroyContainer(m.path, force: true)
+                    said.append("\(what) cut short by the agent's end before its container was whole: the container it made destroyed")
+                } catch let e as LmctfyError where e.code == .notFound {
+                    // (A one-shot's own recovery removed it already.)
+                } catch {
+                    said.append("\(what) cut short by the agent's end: the container it made could not be destroyed: \(error)")
+                }
                 continue
             }
             guard let now = snapshots?.cgroupId(m.path), now == id else { continue }  // gone, or another since
@@ -173,17 +188,17 @@ extension Dispatcher {
     }
 
     /// Creates the imported container; errors say why it does not fit.
-    private func makeImported(_ name: String, spec: ContainerSpec) throws -> String {
+    private func makeImported(_ name: String, spec: ContainerSpec, origin: String? = nil) throws -> String {
         do {
             // Admitted by this agent's policy like a Create, in the tier its
             // spec says (RESOURCE_EXHAUSTED with the arithmetic otherwise).
-            guard let policy else { return try createContainer(name, spec: spec).name }
+            guard let policy else { return try createContainer(name, spec: spec, origin: origin).name }
             let path = try backend.resolve(name)
             // Held to what a Create of the spec is (a guaranteed tier needs
             // a real memory limit).
             let (tier, _) = try policy.planCreate(path: path, spec: spec, tier: nil)
             return try policy.admitCreate(path: path, tier: tier, spec: spec, verb: "ImportSnapshot") {
-                try createContainer(name, spec: spec).name
+                try createContainer(name, spec: spec, origin: origin).name
             }
         } catch let e as LmctfyError where e.code == .alreadyExists {
             throw LmctfyError(.alreadyExists, "Cannot import: \(e.message)")

@@ -78,6 +78,9 @@ public protocol ContainerBackend: Sendable {
     /// backend's machine sees it; nil for any other container), which
     /// `lmctfy create` prints as `init_pid`.
     func createReportingInit(_ name: String, spec: ContainerSpec) throws(LmctfyError) -> CreateOutcome
+    /// `createReportingInit`, the container recording `origin`, a token
+    /// its creator keeps (`containerOrigin`), before it is complete.
+    func createReportingInit(_ name: String, spec: ContainerSpec, origin: String?) throws(LmctfyError) -> CreateOutcome
     /// What `create` would refuse before it makes anything (the name is
     /// taken, the parent missing or not isolating what the spec names, a
     /// section or value refused), found without making anything: a dry
@@ -121,6 +124,9 @@ public protocol ContainerBackend: Sendable {
     /// that one made again under the name is told from it; nil: gone, or
     /// a backend that cannot tell.
     func containerIdentity(_ name: String) -> UInt64?
+    /// The token `name`'s create was given (`createReportingInit`'s
+    /// `origin`); nil: none, gone, or a backend that cannot tell.
+    func containerOrigin(_ name: String) -> String?
     /// A foreground `run` whose stdout and stderr come back through
     /// `onOutput` (1 or 2, and a chunk), read until the command exits (nil:
     /// they go to /dev/null), and whose stdin is what `input` gives (nil:
@@ -222,6 +228,14 @@ extension ContainerBackend {
 
     /// By default: cannot tell.
     public func containerIdentity(_ name: String) -> UInt64? { nil }
+
+    /// By default: cannot tell.
+    public func containerOrigin(_ name: String) -> String? { nil }
+
+    /// By default: `createReportingInit`, recording no origin.
+    public func createReportingInit(_ name: String, spec: ContainerSpec, origin: String?) throws(LmctfyError) -> CreateOutcome {
+        try createReportingInit(name, spec: spec)
+    }
 
     /// By default: not possible.
     public func runCapturing(_ name: String, argv: [String], input: (any RunInput)?, terminal: RunTerminal?,

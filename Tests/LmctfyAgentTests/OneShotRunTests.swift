@@ -325,6 +325,64 @@ struct OneShotRestartTests {
         defer { second.stop(keepingState: true) }
         #expect(within(30) { !exists(top + "/held") }, "removed at the next start")
     }
+
+    /// Killed between the create and any record of it (a test hold right
+    /// after the create): a one-shot's container and an import's copy were
+    /// kept for good as containers made while the agent was down (the agent
+    /// probe: 5 of 14 imports, runs at ~10 ms). The create records its
+    /// mark's token on the container, and the next start destroys the
+    /// container that has it; one made by someone else since the agent
+    /// died (no token) is left alone.
+    @Test func aContainerMadeJustBeforeTheAgentDiedIsKnownByItsToken() throws {
+        let root = try ContainerApi.detect()
+        let top = RealCgroups.uniqueName("createheld")
+        _ = try root.create(top, spec: ContainerSpec(memory: MemorySpec(limit: 1 << 30)))
+        defer { RealCgroups.destroy(top) }
+        let config = "root_container: \"\(top)\" stats_interval_ms: 0"
+        for kind in ["run", "import", "replaced"] {
+            let first = try AgentProcess(config: config, environment: ["LMCTFY_AGENT_TEST_HOLD_AFTER=Create.made"])
+            defer {
+                first.crash()  // (ended already, unless the test failed before)
+                _ = removeTree(first.dir)
+            }
+            let name = "/held-" + kind
+            let argv: [String]
+            if kind == "run" {
+                argv = ["run", "--create", "memory:{limit:67108864}", "--rm", name, "/bin/true"]
+            } else {
+                let file = first.dir + "/snap.pb"
+                let snapshot = ContainerSnapshot(formatVersion: SnapshotStore.formatVersion, name: name,
+                                                 spec: ContainerSpec(memory: MemorySpec(limit: 64 << 20)))
+                try Sys.createFile(file, snapshot.textFormatString)
+                argv = ["snapshot", "import", file, "--name", name]
+            }
+            let lmctl = try spawnWithEnvironment([builtTool("lmctl"), "--agent", "unix://" + first.socket] + argv, [])
+            defer {
+                kill(lmctl, SIGKILL)
+                _ = TestProcess.reapIfExited(lmctl)
+            }
+            for _ in 0..<3000 where !Sys.exists(first.dir + "/state/test-hold") { usleep(10_000) }
+            try #require(Sys.exists(first.dir + "/state/test-hold"), "\(kind): held after the create")
+            #expect(exists(top + name))
+            first.crash()
+            _ = TestProcess.reapIfExited(first.pid)
+            _ = unlink(first.dir + "/state/test-hold")
+            if kind == "replaced" {
+                // Destroyed and made again by someone else while the agent was down.
+                _ = try root.destroy(try ContainerName.resolve(top + name, relativeTo: .root))
+                _ = try root.create(top + name, spec: ContainerSpec())
+            }
+            let second = try AgentProcess(reusing: first.dir)
+            defer { second.stop(keepingState: true) }
+            if kind == "replaced" {
+                usleep(500_000)
+                #expect(exists(top + name), "another's container of the name was destroyed")
+            } else {
+                #expect(within(30) { !exists(top + name) }, "\(kind): removed at the next start")
+            }
+            #expect(((try? Sys.directoryEntries(first.dir + "/state/imports")) ?? []).isEmpty, "\(kind): marks or temporaries left")
+        }
+    }
 }
 
 @Suite(.enabled(if: RealCgroups.available, "\(RealCgroups.unavailableReason ?? "")"))

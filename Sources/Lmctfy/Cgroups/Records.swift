@@ -30,6 +30,9 @@ enum Record: String, CaseIterable {
     /// whose killer is gone (`lmctfy killall` killed part way) is undone by
     /// the next run or kill, not taken for a pause.
     case killing
+    /// On a tasks directory: the token its creator gave (`create`'s
+    /// `origin`), from before it is complete.
+    case origin
 
     /// The namespace of every lmctfy record.
     static let namespace = "user.lmctfy."
