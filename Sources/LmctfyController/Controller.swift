@@ -264,6 +264,14 @@ public final class Controller: @unchecked Sendable {
                     self.logger.info("signal SIGHUP: re-reading the TLS files")
                     _ = try? self.reloadTlsOnLoop()
                 })
+                // Their default ends the process at once, without a clean
+                // stop (log rotation sends SIGUSR1: the agent probe). It
+                // keeps no log file to reopen: logged and ignored.
+                for s in [SIGUSR1, SIGUSR2] {
+                    signals.append(try SignalWatcher.watch(on: loop, signal: s) { [unowned self] sig in
+                        self.logger.info("signal \(sig): ignored (only SIGTERM and SIGINT stop it; SIGHUP re-reads the TLS files)")
+                    })
+                }
             }
             return (agents.port, clients)
         } catch {

@@ -175,6 +175,20 @@ func pingP99(_ socket: String, count: Int = 400) throws -> UInt64 {
 
 @Suite(.enabled(if: RealCgroups.available, "\(RealCgroups.unavailableReason ?? "")"), .serialized)
 struct AgentProcessTests {
+    /// SIGUSR1 (log rotation sends it) and SIGUSR2 ended the agent at once,
+    /// by their default, without a clean stop (the agent probe): logged and
+    /// ignored; the agent serves on and stops cleanly after.
+    @Test func userSignalsNeitherStopNorKillTheAgent() throws {
+        let agent = try AgentProcess()
+        defer { agent.stop() }
+        #expect(kill(agent.pid, SIGUSR1) == 0 && kill(agent.pid, SIGUSR2) == 0)
+        usleep(300_000)
+        #expect(!TestProcess.hasExited(agent.pid), "the agent ended")
+        let client = try RpcClient.connect(unixPath: agent.socket)
+        defer { client.close() }
+        _ = try client.call(AgentMethods.machineInfo, MachineInfoRequest())
+    }
+
     /// Issue 9 item 11: a client that pipelines 1 GiB of 60 KB Pings and
     /// never reads must not grow the agent (it stops reading from that peer),
     /// and must not slow anyone else down.

@@ -110,6 +110,12 @@ struct FleetSurvivalTests {
         }
         for _ in 0..<500 where connectedHosts() < 2 { usleep(20_000) }
         #expect(connectedHosts() == 2)
+        // SIGUSR1 and SIGUSR2 ended it at once by their default (log
+        // rotation sends SIGUSR1): logged and ignored now.
+        let first = controller.locked { $0 }
+        #expect(kill(first, SIGUSR1) == 0 && kill(first, SIGUSR2) == 0)
+        usleep(300_000)
+        #expect(!TestProcess.hasExited(first) && connectedHosts() == 2, "the controller ended")
         let scheduler = ResumingScheduler(socket: fleet.dir + "/controller.sock")
 
         // Ten containers per host, each OOMing; the controller is killed a
