@@ -612,14 +612,21 @@ public enum LmctlCLI {
         let out = LockedSink(stdout), err = LockedSink(stderr)
         let statuses = StatusBox()
         var following = Set<String>()
+        // Followers that ended (their host removed, say): a host of that
+        // name that comes back is followed again, once connected. It was
+        // never followed again (the fleet probe).
+        let ended = Mutexed<[String]>([])
+        var followedBefore = Set<String>()
         func follow(_ name: String, words: [String]) {
             following.insert(name)
+            followedBefore.insert(name)
             statuses.begin()
             Threads.detach {
                 let prefixed = LinePrefixSink(err) { Array("\(name): ".utf8) + $0 }
                 let status = EventsCommand.run(words, dial: routed(dial, to: name), host: name, stdout: out, stderr: prefixed)
                 prefixed.flush()
                 statuses.add(status)
+                ended.locked { $0.append(name) }
                 statuses.end()
             }
         }
@@ -632,8 +639,10 @@ public enum LmctlCLI {
             guard let client = try? dial() else { continue }
             let hosts = (try? allHosts(client, selector: selector.isEmpty ? nil : selector)) ?? []
             client.close()
+            for name in ended.locked({ e -> [String] in defer { e = [] }; return e }) { following.remove(name) }
             for host in hosts {
                 guard let name = host.identity?.hostName, !following.contains(name) else { continue }
+                if followedBefore.contains(name) && host.state != .hostConnected { continue }
                 // New since the start: its agent's events of this boot from
                 // the first (what it did before the rescan found it too).
                 let boot = host.identity?.bootId ?? ""

@@ -521,6 +521,41 @@ struct LmctlControllerTests {
         #expect(TestProcess.reapIfExited(follower) == nil, "it still follows")
     }
 
+    /// A host removed (its follower ends, "no host named beta") that comes
+    /// back is followed again once connected: it never was, and its
+    /// containers were never printed again (the fleet probe).
+    @Test func aFleetFollowerFollowsAHostRemovedAndBackAgain() throws {
+        let (fleet, follower, printed) = try Fleet.followingOneHost("--hosts= events -f --kind CREATED")
+        defer { TestProcess.end(follower) }
+        let first = RealCgroups.uniqueName("before"), again = RealCgroups.uniqueName("after")
+        defer {
+            RealCgroups.destroy(first)
+            RealCgroups.destroy(again)
+        }
+        func create(_ name: String) throws {
+            let client = try RpcClient.connect(unixPath: fleet.dir + "/agent-b.sock")
+            defer { client.close() }
+            _ = try client.call(AgentMethods.create, CreateRequest(name: name, spec: ContainerSpec()))
+        }
+        try fleet.startAgent("b", host: "beta", keyId: "host-b")
+        fleet.waitForHosts(2)
+        try create(first)
+        for _ in 0..<1500 where !printed().contains("CREATED \(first)") { usleep(10_000) }
+        try #require(printed().contains("CREATED \(first)"), "beta was never followed: \(printed().suffix(2000))")
+        fleet.stopAgent("b")
+        fleet.waitForHosts(1)
+        let removed = try TestProcess.capture([builtTool("lmctl"), "--controller", "unix://\(fleet.dir)/controller.sock", "hosts", "--remove", "beta"])
+        #expect(removed.status == 0, "\(String(decoding: removed.stderr, as: UTF8.self))")
+        for _ in 0..<1000 where !printed().contains("no host named beta") { usleep(10_000) }
+        #expect(printed().contains("no host named beta"), "\(printed().suffix(2000))")
+        try fleet.startAgent("b", host: "beta", keyId: "host-b")
+        fleet.waitForHosts(2)
+        try create(again)
+        for _ in 0..<1500 where !printed().contains("CREATED \(again)") { usleep(10_000) }
+        #expect(printed().contains("CREATED \(again)"), "beta was not followed again: \(printed().suffix(2000))")
+        #expect(TestProcess.reapIfExited(follower) == nil, "it still follows")
+    }
+
     /// One peer's connections are capped (limits.max_connections_per_peer):
     /// one more is sent away saying why, and one closed makes room. A peer
     /// opening 20,000 reached the controller's descriptor limit and shut
