@@ -887,9 +887,9 @@ public final class Agent: @unchecked Sendable {
                     s.role = settings.role(for: peer)
                 }
                 log.debug("connection \(s.id): \(peer.name) authenticated as \(s.role.protoName)")
-            case .deliverRequest(let streamId, let method, let payload, _, _):
+            case .deliverRequest(let streamId, let method, let payload, _, let host):
                 startCall(s, streamId: streamId, method: method, payload: payload,
-                          cancelled: cancelledInBatch.contains(streamId))
+                          cancelled: cancelledInBatch.contains(streamId), host: host)
             case .cancelled(let streamId, _):
                 metrics.callEnded(conn: s.id, stream: streamId, .cancelled)
                 s.calls.removeValue(forKey: streamId)?.cancel()
@@ -1386,12 +1386,22 @@ public final class Agent: @unchecked Sendable {
     /// one (want_progress; PROTOCOL.md "Progress").
     static let reportsProgress: Set<String> = [AgentMethods.destroy.name, AgentMethods.killAll.name]
 
-    private func startCall(_ s: ConnState, streamId: UInt32, method: String, payload: [UInt8], cancelled: Bool = false) {
+    private func startCall(_ s: ConnState, streamId: UInt32, method: String, payload: [UInt8], cancelled: Bool = false,
+                           host: String? = nil) {
         let role = s.role
         let dispatcher = self.dispatcher
         let route = Dispatcher.route(method)
         let scheduling = Self.scheduling(of: route)
         metrics.callStarted(conn: s.id, stream: streamId, method: route == nil ? "unknown" : method)
+        // A call for a host (Frame.host) is a controller's to route: an
+        // agent reached with one (lmctl --controller given an agent's
+        // socket) ran it here, whatever host it named (the fleet probe).
+        // One naming this agent's own host is its own.
+        if let host, !host.isEmpty, host != settings.controller?.hostName {
+            perform(s, final(s, streamId, [], CallStatus(.invalidArgument,
+                "This is an agent, not a controller: the call is for host \(HostName.quoted(host)), which only a controller routes (is --controller an agent's address?)")))
+            return
+        }
         if scheduling == .hub {
             subscribe(s, streamId: streamId, route: route, payload: payload)
             return

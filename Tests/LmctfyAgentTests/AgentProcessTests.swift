@@ -178,6 +178,29 @@ struct AgentProcessTests {
     /// SIGUSR1 (log rotation sends it) and SIGUSR2 ended the agent at once,
     /// by their default, without a clean stop (the agent probe): logged and
     /// ignored; the agent serves on and stops cleanly after.
+    /// A call for a host (Frame.host) reaching an agent is refused: a
+    /// controller routes it. `lmctl --controller <an agent's socket> --host
+    /// beta create` made the container on that agent, whatever host it
+    /// named (the fleet probe).
+    @Test func aCallRoutedToAHostIsRefusedByAnAgent() throws {
+        let agent = try AgentProcess()
+        defer { agent.stop() }
+        let client = try RpcClient.connect(unixPath: agent.socket)
+        defer { client.close() }
+        client.host = "beta"
+        #expect { _ = try client.call(AgentMethods.machineInfo, MachineInfoRequest()) } throws: { e in
+            let e = e as? LmctfyError
+            return e?.code == .invalidArgument && e?.message.contains("not a controller") == true
+        }
+        client.host = nil
+        _ = try client.call(AgentMethods.machineInfo, MachineInfoRequest())
+        let name = RealCgroups.uniqueName("routedaway")
+        defer { RealCgroups.destroy(name) }
+        let r = try TestProcess.capture([builtTool("lmctl"), "--controller", "unix://" + agent.socket, "--host", "beta", "create", name, ""])
+        #expect(r.status == 3, "\(r.status) \(String(decoding: r.stderr, as: UTF8.self))")
+        #expect(try !ContainerApi.detect().exists(try ContainerName.resolve(name, relativeTo: .root)), "made on the agent")
+    }
+
     @Test func userSignalsNeitherStopNorKillTheAgent() throws {
         let agent = try AgentProcess()
         defer { agent.stop() }
