@@ -374,6 +374,14 @@ public struct LocalBackend: ContainerBackend {
         (try? get(name))?.cgroupId()
     }
 
+    /// A detached command is its own session's leader: its group goes.
+    public func abandonDetached(_ pid: Int32) -> Bool {
+        guard pid > 1 else { return false }
+        _ = kill(-pid, SIGKILL)
+        _ = kill(pid, SIGKILL)
+        return true
+    }
+
     /// The token its create was given (`Container.origin`).
     public func containerOrigin(_ name: String) -> String? {
         (try? get(name))?.origin()

@@ -127,6 +127,10 @@ public protocol ContainerBackend: Sendable {
     /// The token `name`'s create was given (`createReportingInit`'s
     /// `origin`); nil: none, gone, or a backend that cannot tell.
     func containerOrigin(_ name: String) -> String?
+    /// Kills a command `run` started detached whose pid its caller could
+    /// not report (its process group, SIGKILL); false: a backend that
+    /// cannot (its processes are on another machine).
+    func abandonDetached(_ pid: Int32) -> Bool
     /// A foreground `run` whose stdout and stderr come back through
     /// `onOutput` (1 or 2, and a chunk), read until the command exits (nil:
     /// they go to /dev/null), and whose stdin is what `input` gives (nil:
@@ -231,6 +235,9 @@ extension ContainerBackend {
 
     /// By default: cannot tell.
     public func containerOrigin(_ name: String) -> String? { nil }
+
+    /// By default: cannot.
+    public func abandonDetached(_ pid: Int32) -> Bool { false }
 
     /// By default: `createReportingInit`, recording no origin.
     public func createReportingInit(_ name: String, spec: ContainerSpec, origin: String?) throws(LmctfyError) -> CreateOutcome {

@@ -182,6 +182,9 @@ public enum LmctfyCLI {
                 return failure.code.rawValue
             }
             stdout.write(output.render(flags.style))
+            if let undo = output.undoIfUnwritten, (stdout as? FileDescriptorSink)?.failure != nil, let said = undo() {
+                stderr.write(said)
+            }
             return output.exitStatus
         }
         let status = command()

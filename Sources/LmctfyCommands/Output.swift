@@ -110,6 +110,9 @@ struct CommandOutput {
     var binary: [UInt8]?
     /// The CLI's exit status on success (`run` passes on its command's).
     var exitStatus: Int32 = 0
+    /// Undoes what the command did when its output could not be written
+    /// (`run -n`: the command whose pid was lost); what to say on stderr.
+    var undoIfUnwritten: (@Sendable () -> String?)?
 
     /// Commands that print nothing (create, destroy, update, init); `{}` in JSON.
     static let none = CommandOutput()

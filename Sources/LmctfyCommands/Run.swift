@@ -68,7 +68,13 @@ enum RunCommand {
         }
         switch outcome {
         case .started(let pid):
-            return CommandOutput(entries: [.pair(key: "pid", value: String(pid))], json: "{\"pid\":\(pid)}")
+            var out = CommandOutput(entries: [.pair(key: "pid", value: String(pid))], json: "{\"pid\":\(pid)}")
+            // Its pid lost in the writing (a full disk): the command ran on,
+            // unreported (the CLI probe). Killed where this machine can.
+            out.undoIfUnwritten = {
+                api.abandonDetached(pid) ? "the pid of the detached run could not be printed: the command (pid \(pid)) was killed\n" : nil
+            }
+            return out
         case .exited, .killed:
             var out = CommandOutput.none
             out.exitStatus = outcome.shellStatus ?? 0

@@ -269,6 +269,27 @@ struct TasksCLITests {
             #expect(refused.stderr.contains("nothing was started"), "\(refused)")
             let listed = try lmctfy("list", "pids", name)
             #expect(listed.status == 0 && listed.stdout.isEmpty, "\(listed)")
+            // Where the write itself fails (a full disk), the command that
+            // started is killed (it ran on unreported; the CLI probe).
+            let lost: CLIResult
+            switch lmctfy {
+            case .inProcess:
+                let full = open("/dev/full", O_WRONLY | O_CLOEXEC)
+                defer { close(full) }
+                lost = try lmctfy("--lmctfy_output_fd=\(full)", "run", "-n", name, "sleep", "300")
+            case .binary:
+                let binary = try #require(BuiltBinary.path)
+                let c = try TestProcess.capture(["/bin/sh", "-c", "exec \"$0\" run -n \"$1\" sleep 300 > /dev/full", binary, name])
+                lost = CLIResult(status: c.status, stdoutBytes: c.stdout, stderr: String(decoding: c.stderr, as: UTF8.self))
+            }
+            #expect(lost.status == 15 && lost.stderr.contains("was killed"), "\(lost)")
+            var left = "?"
+            for _ in 0..<100 {
+                left = try lmctfy("list", "pids", name).stdout
+                if left.isEmpty { break }
+                usleep(20_000)
+            }
+            #expect(left.isEmpty, "the unreported command runs on: \(left)")
         }
     }
 
