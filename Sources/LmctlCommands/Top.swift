@@ -124,10 +124,19 @@ enum TopCommand {
             }
         }
 
+        /// At a controller: the hosts whose containers are shown (connected,
+        /// and answered the listing); another's events count only from
+        /// `shownFromNs` on (a host that connects later). The fleet log's
+        /// older events of a host disconnected, removed or not answering
+        /// showed its containers all the same (the fleet probe).
+        var shownHosts: Set<String>?
+        var shownFromNs: UInt64 = 0
+
         /// Applies one event; returns whether anything top shows changed.
         @discardableResult
         mutating func apply(_ e: ContainerEvent) -> Bool {
             guard let container = e.container, isBelow(container) else { return false }
+            if let shown = shownHosts, let host = e.host, !shown.contains(host), (e.timestampNs ?? 0) < shownFromNs { return false }
             let name = Self.key(e.host, container)
             lastEventNs = max(lastEventNs, e.timestampNs ?? 0)
             switch e.kind ?? .containerEventUnspecified {
@@ -254,6 +263,10 @@ enum TopCommand {
                 }
             }
             try load(&model, calls: calls)
+            if fleet != nil {
+                model.shownHosts = Set(calls.hosts).subtracting(calls.away.map(\.0))
+                model.shownFromNs = WallClock.nanosecondsSinceEpoch()
+            }
             for (host, error) in calls.away {
                 stderr.write(Array("lmctl: top: host \(host) did not answer (\(error.code.rawValue): \(error.message)); its containers are not shown\n".utf8))
             }

@@ -38,6 +38,18 @@ struct TopControllerTests {
         let missing = try fleet.lmctl(["top", "--once", base + "-missing"])
         #expect(missing.status == 5 && missing.err.contains("does not exist on any host"), "\(missing)")
 
+        // A host not connected: its containers are not shown, though the
+        // fleet's log has them (they were, from its CREATED; the fleet probe).
+        #expect(try fleet.lmctl(["--host", "beta", "create", base + "/solo", ""]).status == 0)
+        fleet.stopAgent("b")
+        fleet.waitForHosts(1)
+        let alone = try fleet.lmctl(["top", "--once", "-r", "--sort", "name", base])
+        #expect(alone.status == 0, "\(alone.err)")
+        #expect(alone.lines.dropFirst().map { String($0.split(separator: " ")[0]) } == ["alpha:\(base)/solo", "alpha:\(base)/web"], "\(alone.out)")
+        try fleet.startAgent("b", host: "beta", keyId: "host-b", labels: ["zone": "z2"])
+        fleet.waitForHosts(2)
+        #expect(try fleet.lmctl(["--host", "beta", "destroy", base + "/solo"]).status == 0)
+
         // A host that registered and answers nothing (as a SIGSTOPped
         // agent whose link has not timed out): the others' table within
         // its 2 s, the silent host said on stderr, its status the exit's.
