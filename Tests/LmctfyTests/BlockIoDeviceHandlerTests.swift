@@ -63,6 +63,19 @@ private func throttles(_ limits: B.MaxLimit...) -> B {
             let err = lmctfyError { try h.validate(spec(blockio: throttles(throttle(.write, .bytesPerSecond, [(major, minor, 1)]))), dirs: f.dirs) }
             #expect(err?.code == .invalidArgument && err?.message.contains("device \(major):\(minor) is out of range") == true, "\(err?.message ?? "")")
         }
+        // A device twice for one op and type (the last was written,
+        // silently; the CLI probe), also across two entries; once per op
+        // and type is fine.
+        for b in [throttles(throttle(.read, .bytesPerSecond, [(8, 0, 1000), (8, 0, 2000)])),
+                  throttles(throttle(.read, .bytesPerSecond, [(8, 0, 1000)]), throttle(.read, .bytesPerSecond, [(8, 0, 2000)]))] {
+            let err = lmctfyError { try h.checkSpec(spec(blockio: b)) }
+            #expect(err?.code == .invalidArgument && err?.message.contains("device 8:0 has two limits") == true, "\(String(describing: err))")
+        }
+        #expect(lmctfyError { try h.checkSpec(spec(blockio: throttles(throttle(.read, .bytesPerSecond, [(8, 0, 1000)]),
+                                                                      throttle(.write, .bytesPerSecond, [(8, 0, 1000)])))) } == nil)
+        let weights = B(deviceLimitSet: B.DeviceLimitSet(deviceLimits: [B.DeviceLimit(device: B.Device(major: 8, minor: 0), limit: 10),
+                                                                        B.DeviceLimit(device: B.Device(major: 8, minor: 0), limit: 20)]))
+        #expect(lmctfyError { try h.checkSpec(spec(blockio: weights)) }?.message.contains("device 8:0 is given twice") == true)
     }
 }
 

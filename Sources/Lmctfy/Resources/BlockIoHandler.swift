@@ -63,21 +63,31 @@ struct BlockIoHandler: ResourceHandler {
             if let d = set.defaultLimit, !Self.weightRange.contains(UInt64(d)) {
                 throw .invalidArgument("blockio.device_limit_set.default_limit must be within 1..100, not \(d)")
             }
+            // A device given twice had its last value written, silently
+            // (the CLI probe): which one was meant cannot be told.
+            var seen = Set<String>()
             for dl in set.deviceLimits {
-                _ = try Self.device(dl, field: "blockio.device_limit_set.device_limits")
+                let d = try Self.device(dl, field: "blockio.device_limit_set.device_limits")
                 guard let l = dl.limit, Self.weightRange.contains(l) else {
                     throw .invalidArgument("blockio.device_limit_set.device_limits: every limit must be within 1..100")
                 }
+                guard seen.insert("\(d)").inserted else {
+                    throw .invalidArgument("blockio.device_limit_set.device_limits: device \(d) is given twice")
+                }
             }
         }
+        var seen = Set<String>()
         for ml in b.maxDeviceLimitSet?.maxLimits ?? [] {
-            guard ml.opType != nil, ml.limitType != nil else {
+            guard let op = ml.opType, let type = ml.limitType else {
                 throw .invalidArgument("blockio.max_device_limit_set: every max_limits entry needs op_type and limit_type")
             }
             for dl in ml.limits {
-                _ = try Self.device(dl, field: "blockio.max_device_limit_set.max_limits.limits")
+                let d = try Self.device(dl, field: "blockio.max_device_limit_set.max_limits.limits")
                 if dl.limit == nil {
                     throw .invalidArgument("blockio.max_device_limit_set.max_limits.limits: every entry needs a limit")
+                }
+                guard seen.insert("\(op) \(type) \(d)").inserted else {
+                    throw .invalidArgument("blockio.max_device_limit_set: device \(d) has two limits of the same op_type and limit_type")
                 }
             }
         }
