@@ -59,7 +59,11 @@ final class ImportMarks: Sendable {
         do {
             if !Sys.exists(directory) { try Sys.mkdir(directory, mode: 0o700) }
             let text = [m.path, m.cgroupId.map(String.init) ?? "", m.token ?? "", m.oneShot ? "oneshot" : ""].joined(separator: "\n") + "\n"
-            try Sys.writeFileAtomically(file(m.path), Array(text.utf8), mode: 0o600)
+            // Not synced: a mark is for an agent that dies, not a machine
+            // (its cgroups go with a reboot; one made again after it has
+            // no token). A Run with create and remove_when_done paid two
+            // fsyncs for it.
+            try Sys.writeFileAtomically(file(m.path), Array(text.utf8), mode: 0o600, durable: false)
         } catch {
             throw error.lmctfy(error.isNoSpace ? .resourceExhausted : .failedPrecondition, "Marking the import of \(m.path)")
         }
