@@ -30,12 +30,12 @@ extension ContainerApi {
     /// cgroups are made; if it cannot start, the container is removed again
     /// and the error (13, INTERNAL, as in the original) names the step and
     /// errno of the failure.
-    @discardableResult
     ///
     /// `origin`: a token the caller keeps, recorded on the container before
     /// it is complete (`Container.origin`): a caller killed part way (the
     /// agent) knows at its next start whether a container of that name is
     /// the one it was making.
+    @discardableResult
     public func create(_ name: ContainerName, spec: ContainerSpec, virtualHostStdio: VirtualHostStdio?,
                        origin: String? = nil) throws(LmctfyError) -> Container {
         if name.isRoot { throw .alreadyExists("Can't create existing container \"\(name)\"") }

@@ -261,12 +261,12 @@ extension Container {
     }
 
     /// Completes the move of `tid` (started at `start`) that a killed
-    /// enter began: only while it is the same task, in the first directory
-    /// the enter writes and not yet in all the others (moved elsewhere
-    /// since, it stays there). Best effort.
+    /// enter began: only while it is the same task, in the tasks directory
+    /// (the first an enter writes) and not yet in all the others (moved
+    /// elsewhere since, it stays there). Best effort.
     func completeEnter(_ tid: pid_t, start: Substring) {
-        guard Self.processStart(tid) == start, let first = try? driver.joinDirs(name).first,
-              let missing = try? joinDirs(for: String(tid)), !missing.isEmpty, !missing.contains(first) else { return }
+        guard Self.processStart(tid) == start, let missing = try? joinDirs(for: String(tid)),
+              !missing.isEmpty, !missing.contains(tasksDir) else { return }
         for dir in missing { try? dir.write(driver.enterFile, String(tid)) }
     }
 

@@ -1006,10 +1006,10 @@ public final class Dispatcher: Sendable {
             // nothing (the create would otherwise be undone at once).
             if context.cancelled { throw LmctfyError(.cancelled, "The Run was cancelled before its container was made") }
             // Marked until its intent says one-shot (`ImportMarks`).
-            let token = ImportMarks.newToken()
-            if removes { try importMarks?.begin(path, token: token, oneShot: true) }
-            defer { if removes { importMarks?.end(path) } }
-            _ = try createAdmitted(name, spec: spec, tier: r.tier, oneShot: removes, origin: removes ? token : nil)
+            let token = removes ? ImportMarks.newToken() : nil
+            if let token { try importMarks?.begin(path, token: token, oneShot: true) }
+            defer { if token != nil { importMarks?.end(path) } }
+            _ = try createAdmitted(name, spec: spec, tier: r.tier, oneShot: removes, origin: token)
             madeId = backend.containerIdentity(path)
             // Test hook (LMCTFY_AGENT_TEST_HOLD_AFTER=Run.created): the
             // container made, its command not started.

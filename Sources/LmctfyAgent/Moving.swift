@@ -129,29 +129,24 @@ extension Dispatcher {
         for m in marks.left() {
             defer { marks.end(m.path) }
             let what = m.oneShot ? "run --create of \(m.path)" : "import of \(m.path)"
-            guard let id = m.cgroupId else {
-                // Killed between the create and the record of its cgroup:
-                // the container with the mark's token is the one it made.
-                guard let token = m.token, backend.containerOrigin(m.path) == token else {
-                    said.append("\(what) cut short before its container was made: nothing to undo")
-                    continue
-                }
-                do {
-                    _ = try destroyContainer(m.path, force: true)
-                    said.append("\(what) cut short by the agent's end before its container was whole: the container it made destroyed")
-                } catch let e as LmctfyError where e.code == .notFound {
-                    // (A one-shot's own recovery removed it already.)
-                } catch {
-                    said.append("\(what) cut short by the agent's end: the container it made could not be destroyed: \(error)")
-                }
-                continue
+            // The container is the one the mark's create made: its cgroup,
+            // once recorded (gone, or another since: left alone); before
+            // that, the token the create recorded on it.
+            let made: Bool
+            if let id = m.cgroupId {
+                made = snapshots?.cgroupId(m.path) == id
+            } else {
+                made = m.token != nil && backend.containerOrigin(m.path) == m.token
+                if !made { said.append("\(what) cut short before its container was made: nothing to undo") }
             }
-            guard let now = snapshots?.cgroupId(m.path), now == id else { continue }  // gone, or another since
+            guard made else { continue }
             do {
                 _ = try destroyContainer(m.path, force: true)
-                said.append("import of \(m.path) cut short by the agent's end: its half-made copy destroyed")
+                said.append("\(what) cut short by the agent's end: the half-made container destroyed")
+            } catch let e as LmctfyError where e.code == .notFound {
+                // (A one-shot's own recovery removed it already.)
             } catch {
-                said.append("import of \(m.path) cut short by the agent's end: its copy could not be destroyed: \(error)")
+                said.append("\(what) cut short by the agent's end: its half-made container could not be destroyed: \(error)")
             }
         }
         return said

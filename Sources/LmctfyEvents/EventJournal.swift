@@ -70,18 +70,21 @@ final class EventJournal: @unchecked Sendable {
     let previousPath: String
     let floorPath: String
     let endedPath: String
-    /// The boots that ended cleanly, as `ended` said when opened: the last
-    /// sequence each journaled.
-    /// `previous`: of a boot that journaled nothing, the boot before it.
-    private(set) var openedEnds: [(boot: String, last: UInt64, previous: String?)] = []
-    /// The boots that said they started and never ended cleanly (`nil`
-    /// `last`), with those that ended, in the order written.
-    private var openedLines: [(boot: String, last: UInt64?, previous: String?)] = []
+    /// `ended`'s lines, in the order written: each boot that ended cleanly
+    /// with the last sequence it journaled, or that said it started and
+    /// never ended cleanly (`last` nil). `previous`: of a boot that
+    /// journaled nothing, the boot before it.
+    private var endedLines: [(boot: String, last: UInt64?, previous: String?)] = []
+    /// The boots that ended cleanly (read before this boot writes its own
+    /// line: as `ended` said when opened).
+    var openedEnds: [(boot: String, last: UInt64, previous: String?)] {
+        endedLines.compactMap { line in line.last.map { (line.boot, $0, line.previous) } }
+    }
     /// The boots that journaled nothing as far as `ended` knows (ended
     /// with `last` 0, or started and never ended cleanly), with the boot
     /// before each, in the order written.
     var openedEmptyBoots: [(boot: String, previous: String?)] {
-        openedLines.filter { $0.last == nil || $0.last == 0 }.map { ($0.boot, $0.previous) }
+        endedLines.filter { $0.last == nil || $0.last == 0 }.map { ($0.boot, $0.previous) }
     }
     /// How many boots `ended` names at most.
     static let maxEnded = 32
@@ -133,13 +136,9 @@ final class EventJournal: @unchecked Sendable {
                 let parts = line.split(separator: " ")
                 guard parts.count == 2 || parts.count == 3 else { continue }
                 let previous = parts.count == 3 && parts[2] != "-" ? String(parts[2]) : nil
-                if parts[1] == "started" {
-                    openedLines.append((String(parts[0]), nil, previous))
-                    continue
-                }
-                guard let last = UInt64(parts[1]) else { continue }
-                openedEnds.append((String(parts[0]), last, previous))
-                openedLines.append((String(parts[0]), last, previous))
+                let last = UInt64(parts[1])
+                guard last != nil || parts[1] == "started" else { continue }
+                endedLines.append((String(parts[0]), last, previous))
             }
         }
         previousLast = Self.sequence(previous.last)
@@ -197,8 +196,8 @@ final class EventJournal: @unchecked Sendable {
     /// Writes `ended`: what it had, with `boot`'s line (`last` nil:
     /// started) in place of any it had, the latest `maxEnded`.
     private func write(_ boot: String, _ last: UInt64?, _ previous: String?) {
-        openedLines = (openedLines.filter { $0.boot != boot } + [(boot, last, previous)]).suffix(Self.maxEnded)
-        let text = openedLines.map { line in
+        endedLines = (endedLines.filter { $0.boot != boot } + [(boot, last, previous)]).suffix(Self.maxEnded)
+        let text = endedLines.map { line in
             guard let last = line.last else { return "\(line.boot) started \(line.previous ?? "-")\n" }
             return last == 0 ? "\(line.boot) 0 \(line.previous ?? "-")\n" : "\(line.boot) \(last)\n"
         }.joined()

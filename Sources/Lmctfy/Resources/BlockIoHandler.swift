@@ -65,18 +65,18 @@ struct BlockIoHandler: ResourceHandler {
             }
             // A device given twice had its last value written, silently
             // (the CLI probe): which one was meant cannot be told.
-            var seen = Set<String>()
+            var seen = Set<DeviceNumber>()
             for dl in set.deviceLimits {
                 let d = try Self.device(dl, field: "blockio.device_limit_set.device_limits")
                 guard let l = dl.limit, Self.weightRange.contains(l) else {
                     throw .invalidArgument("blockio.device_limit_set.device_limits: every limit must be within 1..100")
                 }
-                guard seen.insert("\(d)").inserted else {
+                guard seen.insert(d).inserted else {
                     throw .invalidArgument("blockio.device_limit_set.device_limits: device \(d) is given twice")
                 }
             }
         }
-        var seen = Set<String>()
+        var seen: [Throttle: Set<DeviceNumber>] = [:]
         for ml in b.maxDeviceLimitSet?.maxLimits ?? [] {
             guard let op = ml.opType, let type = ml.limitType else {
                 throw .invalidArgument("blockio.max_device_limit_set: every max_limits entry needs op_type and limit_type")
@@ -86,7 +86,7 @@ struct BlockIoHandler: ResourceHandler {
                 if dl.limit == nil {
                     throw .invalidArgument("blockio.max_device_limit_set.max_limits.limits: every entry needs a limit")
                 }
-                guard seen.insert("\(op) \(type) \(d)").inserted else {
+                guard seen[Throttle(op, type), default: []].insert(d).inserted else {
                     throw .invalidArgument("blockio.max_device_limit_set: device \(d) has two limits of the same op_type and limit_type")
                 }
             }
