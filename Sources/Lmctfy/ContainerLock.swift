@@ -106,6 +106,34 @@ extension ContainerApi {
         return result
     }
 
+    /// Finishes, in every tree whose lock journal is not empty (or in the
+    /// tree of `within` alone), what a killed create, update, destroy or
+    /// enter left: what the tree's next create or destroy would do, done
+    /// now. For a daemon's start (the agent), so that a create cut short by
+    /// its death leaves no half-made directories (`creating`: invisible to
+    /// list and detect) until someone happens to touch the tree. A journal
+    /// whose holder is alive waits for it (its work is short), then is
+    /// empty. Returns the containers whose interrupted creates were undone,
+    /// and what could not be finished (each a line for the log).
+    public func recoverInterruptedTrees(within: ContainerName = .root) -> (undone: [ContainerName], failed: [String]) {
+        guard let root = mounts.access.lockRoot, let names = try? Sys.directoryEntries(root) else { return ([], []) }
+        var undone: [ContainerName] = [], failed: [String] = []
+        for file in names {
+            // A tree's file is named as its top container (".spare" and
+            // anything else no container could be named are not trees).
+            guard let top = try? ContainerName.resolve("/" + file, relativeTo: .root), top.depth == 1,
+                  within.isRoot || within.components.first == file,
+                  let st = try? Sys.linkStatus(root + "/" + file), (st.st_mode & S_IFMT) == S_IFREG, st.st_size > 0
+            else { continue }
+            do {
+                try locked(top, undone: { undone.append($0) }) { _ throws(LmctfyError) in }
+            } catch {
+                failed.append("tree \(top): \(error)")
+            }
+        }
+        return (undone, failed)
+    }
+
     /// The journal of a create says which container it was making and,
     /// before each mkdir, the directory (and after one that found the
     /// directory there already, `kept` and the directory). Left non-empty, it belonged to a

@@ -374,6 +374,14 @@ public final class Agent: @unchecked Sendable {
         defer { if !started { releaseStateDir() } }
         try Self.checkRootContainer(stateDir: settings.stateDir, root: scope.root.description)
         if let damaged = dispatcher.leases.unreadable { log.warning("freeze leases: \(damaged)") }
+        // What a create, update, destroy or enter cut short (by this agent's
+        // earlier death, or anyone's) left in its tree's lock journal is
+        // finished now, not when the tree is next touched: a half-made
+        // container is otherwise invisible to list and detect, and to the
+        // listing below.
+        let interrupted = api.recoverInterruptedTrees(within: scope.root)
+        for name in interrupted.undone { log.warning("undid the interrupted create of \(name)") }
+        for line in interrupted.failed { log.error("finishing an interrupted change failed: \(line)") }
         // Watching and sampling keep a few descriptors per container open.
         Sys.raiseFileLimit()
         if let damage = try dispatcher.events.attachJournal(directory: settings.stateDir + "/events") {

@@ -326,6 +326,41 @@ struct OneShotRestartTests {
         #expect(within(30) { !exists(top + "/held") }, "removed at the next start")
     }
 
+    /// A create cut short by a death (here the journal such a create leaves
+    /// in its tree's lock file, and the directory it had made): the next
+    /// agent's start removes the half-made directory and empties the
+    /// journal. It stayed (invisible to list and detect) until the tree's
+    /// next create or destroy (the agent probe). A tree outside the agent's
+    /// root_container is not the agent's to finish.
+    @Test func aCreateCutShortIsUndoneAtTheAgentsStart() throws {
+        let root = try ContainerApi.detect()
+        let mine = RealCgroups.uniqueName("halfmade")
+        let other = RealCgroups.uniqueName("halfmadeother")
+        for top in [mine, other] { _ = try root.create(top, spec: ContainerSpec(memory: MemorySpec(limit: 1 << 30))) }
+        defer { for top in [mine, other] { RealCgroups.destroy(top) } }
+        let mount = try #require(root.mounts.v1[.memory] ?? root.mounts.unified)
+        let boot = ((try? Sys.readFile("/proc/sys/kernel/random/boot_id")) ?? "").split(separator: "\n").first.map(String.init) ?? ""
+        func cutShort(_ top: String) throws -> (dir: String, lock: String) {
+            let dir = mount + top + "/half"
+            let lockFile = CgroupAccess.kernelLockRoot + top
+            let lock = try FileLock.acquire(lockFile)
+            defer { lock.release() }  // (the create's process dies: its lock goes)
+            try lock.append("boot \(boot)\ncreate \(top)/half\nmkdir \(mount)\t\(top.dropFirst())/half")
+            try Sys.mkdir(dir)
+            return (dir, lockFile)
+        }
+        let (dir, lockFile) = try cutShort(mine)
+        let (otherDir, otherLock) = try cutShort(other)
+        defer { _ = rmdir(otherDir) }
+        let agent = try AgentProcess(config: "root_container: \"\(mine)\" stats_interval_ms: 0")
+        defer { agent.stop() }
+        #expect(!Sys.exists(dir), "the half-made directory was left")
+        #expect(((try? Sys.readFile(lockFile)) ?? "x").isEmpty, "the journal was left")
+        #expect(Sys.exists(otherDir), "a tree outside the root_container was touched")
+        #expect(!((try? Sys.readFile(otherLock)) ?? "").isEmpty)
+        #expect(exists(mine), "the root_container went")
+    }
+
     /// Killed between the create and any record of it (a test hold right
     /// after the create): a one-shot's container and an import's copy were
     /// kept for good as containers made while the agent was down (the agent

@@ -124,4 +124,29 @@ import Testing
         #expect(!Sys.isDirectory(tree.root + "/cpu/e"), "the interrupted create's own directory was left")
         #expect(inode(foreign) == foreignInode, "the directory the create found there was removed (or made again)")
     }
+
+    /// `recoverInterruptedTrees` (a daemon's start) finishes every tree's
+    /// interrupted create at once, or the one tree it is limited to, and
+    /// names what it undid; spares and empty journals are not trees to act on.
+    @Test func interruptedCreatesAreUndoneWithoutTouchingTheirTrees() throws {
+        let (tree, _, api) = try machine()
+        let locks = tree.root + "/locks"
+        try Sys.mkdir(locks)
+        try Sys.mkdir(locks + "/.spare")
+        for top in ["h", "k"] {
+            try Sys.mkdir(tree.root + "/cpu/" + top)
+            try Sys.createFile(locks + "/" + top, "boot \(ContainerLock.bootId)\ncreate /\(top)\nmkdir \(tree.root)/cpu\t\(top)\n", mode: 0o600)
+        }
+        try Sys.createFile(locks + "/e", "", mode: 0o600)
+        let k = try ContainerName.resolve("/k", relativeTo: .root)
+        var got = api.recoverInterruptedTrees(within: try ContainerName.resolve("/k/sub", relativeTo: .root))
+        #expect(got.undone == [k] && got.failed.isEmpty, "\(got)")
+        #expect(!Sys.isDirectory(tree.root + "/cpu/k"))
+        #expect(Sys.isDirectory(tree.root + "/cpu/h"), "a tree outside `within` was finished")
+        got = api.recoverInterruptedTrees()
+        #expect(got.undone == [try ContainerName.resolve("/h", relativeTo: .root)] && got.failed.isEmpty, "\(got)")
+        #expect(!Sys.isDirectory(tree.root + "/cpu/h"))
+        #expect(try Sys.readFile(locks + "/h") == "" && Sys.readFile(locks + "/k") == "")
+        #expect(api.recoverInterruptedTrees().undone.isEmpty)
+    }
 }
