@@ -152,7 +152,7 @@ public enum LmctlCLI {
               --ca FILE            the CA the peer's certificate must chain to: TCP becomes TLS 1.3
               --host NAME          at a controller: run the verb on that host
               --hosts SELECTOR     at a controller: on every host whose labels match (k=v,k2=v2), in turn
-              --timeout DURATION   each call's deadline (30, 30s, 500ms, 2m; not a follow's or a run's)
+              --timeout DURATION   each call's deadline, retries included (30, 30s, 500ms, 2m; not a follow's or a run's)
 
             The exit status is the status code the agent or the controller sent
             (14 when it cannot be reached, 16 when it refuses the caller).

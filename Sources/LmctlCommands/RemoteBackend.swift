@@ -62,16 +62,7 @@ public final class RemoteBackend: ContainerBackend, @unchecked Sendable {
     /// UNAVAILABLE. Only for calls that are safe to repeat: reads, and
     /// mutating calls carrying a request_id.
     private func call<Request, Response>(_ method: AgentMethod<Request, Response>, _ request: Request) throws(LmctfyError) -> Response {
-        do {
-            return try client.call(method, request)
-        } catch where lostAgent(error) {
-            onRetry?("\(method.name): \(error.message); retrying once")
-            client = try reconnectWithin()
-            return try client.call(method, request)
-        } catch where hostCameBack(error) {
-            onRetry?("\(method.name): \(error.message); the host is connected again, retrying once")
-            return try client.call(method, request)
-        }
+        try retryingOnce(method.name) { () throws(LmctfyError) in try client.call(method, request) }
     }
 
     /// `call`, with the agent's progress responses (those `progress` finds
@@ -80,7 +71,7 @@ public final class RemoteBackend: ContainerBackend, @unchecked Sendable {
     /// terminal), so the request asked for progress.
     private func callReporting<Request, Response>(_ method: AgentMethod<Request, Response>, _ request: Request,
                                                   progress: (Response) -> String?) throws(LmctfyError) -> Response {
-        func once() throws(LmctfyError) -> Response {
+        try retryingOnce(method.name) { () throws(LmctfyError) -> Response in
             var last: Response?
             try client.stream(method, request) { (r: Response) throws(LmctfyError) -> Bool in
                 if let message = progress(r) { Progress.report(message) } else { last = r }
@@ -89,15 +80,42 @@ public final class RemoteBackend: ContainerBackend, @unchecked Sendable {
             guard let last else { throw LmctfyError(.internal, "\(method.name): the agent sent no final response") }
             return last
         }
+    }
+
+    /// `body` (one call on `client`), once more when it lost its agent
+    /// (`lostAgent`: on a new connection) or its host came back
+    /// (`hostCameBack`). A call deadline (`--timeout`: the client's
+    /// `unaryDeadlineMs`) bounds the whole: the wait for the agent or host
+    /// and the second try get what is left of it (the wait took its 2 s
+    /// whatever --timeout said; a probe).
+    private func retryingOnce<T>(_ name: String, _ body: () throws(LmctfyError) -> T) throws(LmctfyError) -> T {
+        let started = MonotonicClock.milliseconds()
+        let callMs = client.unaryDeadlineMs.map(UInt64.init)
+        func waitUntil() -> UInt64 {
+            let wait = MonotonicClock.milliseconds() + reconnectWaitMs
+            return callMs.map { min(wait, started + $0) } ?? wait
+        }
+        /// The second try, within what is left of the call's deadline.
+        func again() throws(LmctfyError) -> T {
+            guard let callMs else { return try body() }
+            let now = MonotonicClock.milliseconds()
+            guard now < started + callMs else {
+                throw LmctfyError(.deadlineExceeded, "\(name): the call's deadline (\(callMs) ms, --timeout) ran out before it could be sent again")
+            }
+            let saved = client.unaryDeadlineMs
+            client.unaryDeadlineMs = UInt32(started + callMs - now)
+            defer { client.unaryDeadlineMs = saved }
+            return try body()
+        }
         do {
-            return try once()
+            return try body()
         } catch where lostAgent(error) {
-            onRetry?("\(method.name): \(error.message); retrying once")
-            client = try reconnectWithin()
-            return try once()
-        } catch where hostCameBack(error) {
-            onRetry?("\(method.name): \(error.message); the host is connected again, retrying once")
-            return try once()
+            onRetry?("\(name): \(error.message); retrying once")
+            client = try reconnectWithin(until: waitUntil())
+            return try again()
+        } catch where hostCameBack(error, until: waitUntil()) {
+            onRetry?("\(name): \(error.message); the host is connected again, retrying once")
+            return try again()
         }
     }
 
@@ -118,11 +136,11 @@ public final class RemoteBackend: ContainerBackend, @unchecked Sendable {
     /// with "host ... is not connected" and was not retried, though the
     /// README said it was; a probe). A host connected at the first look
     /// answered UNAVAILABLE itself: final, as at an agent.
-    private func hostCameBack(_ error: LmctfyError) -> Bool {
+    private func hostCameBack(_ error: LmctfyError, until deadline: @autoclosure () -> UInt64) -> Bool {
         guard error.code == .unavailable, reconnect != nil, !client.isClosed, let host = client.host else { return false }
         client.host = nil  // ListHosts is the controller's own
         defer { client.host = host }
-        let deadline = MonotonicClock.milliseconds() + reconnectWaitMs
+        let deadline = deadline()
         var away = false
         while true {
             guard let hosts = try? allHosts(client, selector: nil),
@@ -157,11 +175,11 @@ public final class RemoteBackend: ContainerBackend, @unchecked Sendable {
         }
     }
 
-    /// A new connection, waiting up to reconnectWaitMs for the agent's
-    /// socket to take connections again (it may be restarting).
-    private func reconnectWithin() throws(LmctfyError) -> RpcClient {
+    /// A new connection, waiting until `deadline` (reconnectWaitMs, or
+    /// less of a call's deadline) for the agent's socket to take
+    /// connections again (it may be restarting).
+    private func reconnectWithin(until deadline: UInt64) throws(LmctfyError) -> RpcClient {
         guard let reconnect else { throw LmctfyError(.unavailable, "no way to reconnect") }
-        let deadline = MonotonicClock.milliseconds() + reconnectWaitMs
         while true {
             do {
                 return try reconnect()

@@ -342,6 +342,13 @@ struct LmctlControllerTests {
         #expect(away.status == 14 && away.err.contains("host beta is not connected"), "\(away.err)")
         let awayEvents = try fleet.lmctl(["--host", "beta", "events"])
         #expect(awayEvents.status == 14 && awayEvents.err.contains("host beta is not connected"), "\(awayEvents.err)")
+        // --timeout bounds the wait for the host to come back (it took its
+        // 2 s whatever --timeout said; a probe): a deadline, not a speed.
+        let t0 = MonotonicClock.milliseconds()
+        let brief = try fleet.lmctl(["--timeout", "100ms", "--host", "beta", "list", "containers"])
+        let took = MonotonicClock.milliseconds() - t0
+        #expect(brief.status == 14 && brief.err.contains("host beta is not connected"), "\(brief.err)")
+        #expect(took < 1900, "--timeout 100ms, yet it waited \(took) ms for the host")
 
         // lmctl's own: a verb without a host at a controller (`events`
         // without one is the fleet's stream), flags that do not go together,
