@@ -212,13 +212,25 @@ public enum LmctlCLI {
             guard ownFlags.contains(flag) else { return nil }
             return (flag, word.contains("=") ? String(word.drop { $0 != "=" }.dropFirst()) : nil)
         }
-        while let first = rest.first, let (flag, inline) = split(first) {
-            rest = rest.dropFirst()
-            guard let value = inline ?? rest.first else { throw .invalidArgument("\(flag) needs a value") }
-            if inline == nil { rest = rest.dropFirst() }
-            try take(flag, value)
+        // lmctl's flags before the verb, among lmctfy's flags there too
+        // (`-o json --agent X list`: lmctl took `-o` as the end of its own
+        // flags, and `--agent` went to the verb; a probe). lmctfy's are
+        // kept, in order, for the verb.
+        var kept: [String] = []
+        while let first = rest.first {
+            if let (flag, inline) = split(first) {
+                rest = rest.dropFirst()
+                guard let value = inline ?? rest.first else { throw .invalidArgument("\(flag) needs a value") }
+                if inline == nil { rest = rest.dropFirst() }
+                try take(flag, value)
+            } else if let used = LmctfyCLI.wordsOfFlag(Array(rest), at: 0) {
+                kept += rest.prefix(used)
+                rest = rest.dropFirst(used)
+            } else {
+                break
+            }
         }
-        o.words = Array(rest)
+        o.words = kept + Array(rest)
         // `events` takes --host and --hosts among its own words too (it has
         // no free-form arguments that could look like them).
         if commandWord(o.words) == "events" {

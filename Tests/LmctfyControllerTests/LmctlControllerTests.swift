@@ -626,6 +626,15 @@ struct LmctlOptionsTests {
     @Test func flagsBeforeTheVerbAndHostAmongEventsWords() throws {
         var o = try LmctlCLI.parseOptions(["--controller", "unix:///c.sock", "--host=alpha", "-o", "json", "spec", "/x"])
         #expect(o.controller == "unix:///c.sock" && o.host == "alpha" && o.words == ["-o", "json", "spec", "/x"])
+        // lmctfy's flags before lmctl's: kept for the verb, in order (lmctl
+        // stopped at `-o`, and `--controller` went to the verb; a probe).
+        o = try LmctlCLI.parseOptions(["-o", "json", "-r", "--controller", "unix:///c.sock", "--lmctfy_output_style=json",
+                                       "--host", "alpha", "-c", "/etc/x", "list", "containers", "--host", "b"])
+        #expect(o.controller == "unix:///c.sock" && o.host == "alpha", "\(o)")
+        #expect(o.words == ["-o", "json", "-r", "--lmctfy_output_style=json", "-c", "/etc/x", "list", "containers", "--host", "b"], "\(o.words)")
+        // Something that is not a flag of either ends lmctl's (the verb says why).
+        o = try LmctlCLI.parseOptions(["-Z", "--agent", "unix:///a", "list"])
+        #expect(o.agent == nil && o.words == ["-Z", "--agent", "unix:///a", "list"])
         o = try LmctlCLI.parseOptions(["--controller=tcp://h:1", "--key-file", "k", "--hosts=", "info"])
         #expect(o.hosts == "" && o.keyFile == "k" && o.words == ["info"])
         // After the verb, --host is an argument (run's command), except for events.
