@@ -157,7 +157,7 @@ enum PolicyCommands {
             let hosts = try allHosts(client, selector: nil)
                 .filter { $0.state == .hostConnected }.compactMap { $0.identity?.hostName }
             guard !hosts.isEmpty else { throw .unavailable("The controller has no connected host") }
-            var admitted: [(host: String, load: Double)] = []
+            var admitted: [(host: String, load: Double, answer: CheckAdmissionResponse)] = []
             var refusals: [String] = []
             var errorCodes: [StatusCode] = []
             // Every host asked at once (pipelined); a host that does not
@@ -171,7 +171,7 @@ enum PolicyCommands {
                 do throws(LmctfyError) {
                     let r = try answer.get()
                     if r.admitted == true {
-                        admitted.append((h, load(r.policy)))
+                        admitted.append((h, load(r.policy), r))
                     } else {
                         refusals.append("\(h): \(r.message ?? "refused")")
                     }
@@ -197,8 +197,12 @@ enum PolicyCommands {
             if a.dryRun {
                 client.host = nil
                 guard let best = admitted.first else { throw noHost() }
-                stdout.write(output([("admitted", "true"), ("host", best.host)],
-                                          json: "{\"admitted\":true,\"host\":\(JSONFormat.quote(best.host))}", style: a.style))
+                // As a dry run on one agent prints its answer, with the host
+                // it came from (only `admitted` and `host` were printed).
+                let r = best.answer
+                let json = String(decoding: LmctlCLI.withHost(Array(r.jsonString().utf8), best.host), as: UTF8.self)
+                stdout.write(output([("admitted", "true"), ("host", best.host), ("tier", r.tier ?? ""), ("message", r.message ?? "")],
+                                    json: json, style: a.style))
                 return 0
             }
             for candidate in admitted {

@@ -50,7 +50,13 @@ struct PolicyControllerTests {
             // A dry run says where it would go and makes nothing.
             r = try (fleet.lmctl(["create", "--anywhere", "--dry-run", "--tier", "prod", "/web2", "memory { limit: 104857600 }"]))
                 .map3()
-            #expect(r.0 == 0 && r.1 == "admitted=\"true\" host=\"beta\"\n", "\(r)")
+            #expect(r.0 == 0 && r.1.hasPrefix("admitted=\"true\" host=\"beta\" tier=\"prod\" message=\""), "\(r)")
+            // In JSON: the host's whole answer, as a dry run at one agent
+            // prints it, with the host (it was only {admitted, host}).
+            let dryJSON = try fleet.lmctl(["create", "--anywhere", "--dry-run", "-o", "json", "--tier", "prod", "/web2",
+                                        "memory { limit: 104857600 }"]).map3()
+            #expect(dryJSON.0 == 0 && dryJSON.1.hasPrefix("{\"host\":\"beta\",") && dryJSON.1.contains("\"admitted\":true")
+                    && dryJSON.1.contains("\"tier\":\"prod\"") && dryJSON.1.contains("\"policy\":"), "\(dryJSON)")
             #expect(try !exists(roots[1], "/web2") && !exists(roots[0], "/web2"))
             // beta now 110 MiB, alpha 200: 100 MiB more fits only on beta.
             r = try anywhere("/web2", 100)
