@@ -270,12 +270,51 @@ extension Container {
         for dir in missing { try? dir.write(driver.enterFile, String(tid)) }
     }
 
+    /// Refuses (RESOURCE_EXHAUSTED, before any task moves) an enter that
+    /// would take this container or an ancestor over its pids limit: the
+    /// kernel charges a task that joins without checking pids.max (only a
+    /// fork inside is refused), so `enter` let any number of tasks into a
+    /// container limited to one (a probe), where `run` refuses (its child
+    /// checks the limits once joined). A task counts where it is not
+    /// counted yet: one thread on v1 (the tasks file), its whole process on
+    /// v2 (cgroup.procs). As any check of a count that forks move, it holds
+    /// at the time of the check.
+    private func refuseOverPidsLimits(_ tids: [pid_t]) throws(LmctfyError) {
+        let limits = try pidsLimitDirs()
+        guard !limits.isEmpty, let mount = try driver.nearestDir(.pids, .root)?.path else { return }
+        let wholeProcess = driver.enterFile == "cgroup.procs"
+        var tasks: [(path: String, count: Int)] = []
+        for tid in Set(tids) {
+            guard let text = try? Sys.readBytes(api.procRoot + "/\(tid)/cgroup"),
+                  let at = api.mounts.taskCgroups(text).first(where: { $0.mount == mount }) else { continue }
+            tasks.append((mount + String(decoding: at.path, as: UTF8.self), wholeProcess ? Self.threadCount(api.procRoot, tid) : 1))
+        }
+        for dir in limits {
+            guard let max = (try? Sys.readFile(dir + "/pids.max")).flatMap({ Int($0.trimmingWhitespace) }),
+                  let current = (try? Sys.readFile(dir + "/pids.current")).flatMap({ Int($0.trimmingWhitespace) }) else { continue }
+            let adding = tasks.filter { $0.path != dir && !$0.path.hasPrefix(dir + "/") }.reduce(0) { $0 + $1.count }
+            if adding > 0 && current + adding > max {
+                throw LmctfyError(.resourceExhausted, "Entering into \"\(name)\" would take \(dir) over its pids limit: "
+                                  + "\(current) of \(max) taken, \(adding) more asked; nothing was moved")
+            }
+        }
+    }
+
+    /// The threads of process `pid` (/proc/PID/status), at least 1.
+    static func threadCount(_ procRoot: String, _ pid: pid_t) -> Int {
+        guard let status = try? Sys.readFile(procRoot + "/\(pid)/status"),
+              let line = status.split(separator: "\n").first(where: { $0.hasPrefix("Threads:") }),
+              let n = Int(String(line.dropFirst("Threads:".count)).trimmingWhitespace) else { return 1 }
+        return max(n, 1)
+    }
+
     private func enterLocked(_ tids: [pid_t]) throws(LmctfyError) {
         guard try api.exists(name) else { throw .notFound("Container \"\(name)\" does not exist") }
         // A task entering a frozen container freezes there: the CLI's
         // caller (its shell, by default) stopped in D until a resume from
         // elsewhere, beyond even SIGKILL (a probe). As for a run.
         try refuseIfPaused("entering tasks into it")
+        try refuseOverPidsLimits(tids)
         // As the original: a task may only enter a container of its own
         // virtual host (its pid namespace is that of the container's init,
         // which is ours for an ordinary container). A tid whose namespace

@@ -145,6 +145,40 @@ struct TasksIntegrationTests {
         }
     }
 
+    /// `enter` refuses to take a container, or one above it, over its pids
+    /// limit, before any task moves (the kernel lets a task join over the
+    /// limit: five tasks entered a container limited to one; a probe).
+    /// A task already counted there adds nothing.
+    @Test func entersCountAgainstThePidsLimitsAbove() throws {
+        try withTestContainer(api) { name in
+            try api.create(name, spec: ContainerSpec(pids: PidsSpec(limit: 3)))
+            let a = try ContainerName.resolve("a", relativeTo: name)
+            let b = try ContainerName.resolve("b", relativeTo: name)
+            try api.create(a, spec: ContainerSpec(pids: PidsSpec(limit: 2)))
+            try api.create(b, spec: ContainerSpec(pids: PidsSpec(limit: 10)))
+            let tasks = try (0..<4).map { _ in try TestProcess.spawn(["/bin/sleep", "300"]) }
+            defer { for t in tasks { TestProcess.end(t) } }
+            let (ca, cb) = (try api.get(a), try api.get(b))
+            try ca.enter([tasks[0]])
+            // Two more into a's limit of 2: refused, neither moved.
+            let over = lmctfyError { try ca.enter([tasks[1], tasks[2]]) }
+            #expect(over?.code == .resourceExhausted && over?.message.contains("over its pids limit") == true, "\(String(describing: over))")
+            #expect(try ca.processes(recursive: false) == [tasks[0]])
+            try ca.enter([tasks[1]])
+            // Entered again: counted there already.
+            try ca.enter([tasks[0], tasks[1]])
+            // b's own limit is 10, but the parent's 3 holds 2: one more only.
+            try cb.enter([tasks[2]])
+            let above = lmctfyError { try cb.enter([tasks[3]]) }
+            let parentDir = try api.resourceDirs(name).dir(.pids)!.path
+            #expect(above?.code == .resourceExhausted && above?.message.contains(parentDir) == true, "\(String(describing: above))")
+            #expect(try api.get(name).processes(recursive: true) == Array(tasks[0...2]).sorted())
+            // Moving within the parent adds nothing to it.
+            try cb.enter([tasks[1]])
+            #expect(try cb.processes(recursive: false) == [tasks[1], tasks[2]].sorted())
+        }
+    }
+
     @Test func commandNotFoundIsAnErrorNotExit127() throws {
         try withTestContainer(api) { name in
             try api.create(name, spec: ContainerSpec())
