@@ -162,7 +162,8 @@ public final class Controller: @unchecked Sendable {
         // Before anything in it is read: a second controller on the same
         // state_dir started and rewrote the fleet's sequence (a probe).
         stateLock = try StateDirLock(settings.stateDir, daemon: "controller")
-        registry = try HostRegistry(store: FileHostStore(path: settings.stateDir + "/hosts"), maxHosts: settings.maxHosts)
+        registry = try HostRegistry(store: FileHostStore(path: settings.stateDir + "/hosts"), maxHosts: settings.maxHosts,
+                                    maxHostsPerKey: settings.maxHostsPerKey)
         fleet = try FleetEvents(stateDir: settings.stateDir, capacity: Int(settings.config.eventLogCapacity ?? 65536))
         if let damage = fleet.journalDamage { l.error("fleet event journal: \(damage)") }
     }
@@ -923,7 +924,7 @@ public final class Controller: @unchecked Sendable {
         }
         do {
             let request = try RegisterRequest(serializedBytes: payload)
-            guard let identity = request.identity, let keyId = p.keyId ?? p.certificate.map({ _ in "x509" }) else {
+            guard let identity = request.identity, let keyId = p.keyId ?? p.certificate.map({ _ in HostRegistry.certificateKeyId }) else {
                 throw LmctfyError.invalidArgument("Register needs an identity")
             }
             // One host per link: a second Register left the first name

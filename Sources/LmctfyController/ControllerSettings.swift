@@ -30,6 +30,8 @@ public struct ControllerSettings: Sendable {
     public var maxConnectionsPerPeer: Int
     /// ControllerConfig.max_hosts.
     public var maxHosts: Int
+    /// ControllerConfig.max_hosts_per_key.
+    public var maxHostsPerKey: Int
     public var logLevel: AgentLogLevel
     public var stateDir: String
     /// The Prometheus endpoint (metrics { address }); nil: none (the default).
@@ -130,6 +132,8 @@ public struct ControllerSettings: Sendable {
         logLevel = c.logLevel ?? .logInfo
         maxHosts = Int(c.maxHosts ?? UInt32(HostRegistry.defaultMaxHosts))
         guard (1...(1 << 20)).contains(maxHosts) else { throw .invalidArgument("\(source): max_hosts must be 1 to 1048576") }
+        maxHostsPerKey = Int(c.maxHostsPerKey ?? 1)
+        guard (1...(1 << 20)).contains(maxHostsPerKey) else { throw .invalidArgument("\(source): max_hosts_per_key must be 1 to 1048576") }
         // As the agent's: 0 was taken, and the fleet log then kept nothing
         // (every subscriber got only a gap).
         if let capacity = c.eventLogCapacity, !(1...(1 << 20)).contains(capacity) {

@@ -93,6 +93,11 @@ final class HostRegistry {
     /// each kept for good (a probe: a thousand in half a minute).
     let maxHosts: Int
     static let defaultMaxHosts = 65536
+    /// The most names one shared key may hold (ControllerConfig
+    /// .max_hosts_per_key): a key taken from one agent registered any
+    /// number of new hosts (a probe). Certificates ("x509") are limited by
+    /// the names they hold instead (Controller.agentCalled).
+    let maxHostsPerKey: Int
     /// When each name's live link was last replaced by a new registration
     /// (monotonic ms, the last 10 s), and until when a name claimed from
     /// two places at once is refused to any but its live link.
@@ -102,9 +107,10 @@ final class HostRegistry {
     static let flapReplacements = 3
     static let contestedMs: UInt64 = 60_000
 
-    init(store: any HostStore, maxHosts: Int = HostRegistry.defaultMaxHosts) throws(LmctfyError) {
+    init(store: any HostStore, maxHosts: Int = HostRegistry.defaultMaxHosts, maxHostsPerKey: Int = 1) throws(LmctfyError) {
         self.store = store
         self.maxHosts = maxHosts
+        self.maxHostsPerKey = maxHostsPerKey
         for h in try store.load() {
             guard let name = h.identity?.hostName else { continue }
             var host = h
@@ -141,6 +147,9 @@ final class HostRegistry {
     /// (ALREADY_EXISTS, saying why); the live link keeps the name, and
     /// once it drops the next registration is taken. The agent of the live
     /// link registering again (`sameAgent`) always replaces it.
+    /// The key id of a host that registered with a certificate.
+    static let certificateKeyId = "x509"
+
     func register(_ identity: HostIdentity, keyId: String, conn: Int,
                   nowMs: UInt64 = MonotonicClock.milliseconds()) throws(LmctfyError) -> Int? {
         guard let name = identity.hostName, !name.isEmpty else {
@@ -176,6 +185,15 @@ final class HostRegistry {
             guard hosts.count < maxHosts else {
                 throw LmctfyError(.resourceExhausted, "Register of \(name): the controller knows \(hosts.count) host\(hosts.count == 1 ? "" : "s"), its max_hosts: "
                                   + "remove hosts that are gone (lmctl --controller ... hosts --remove NAME) or raise max_hosts")
+            }
+            if keyId != Self.certificateKeyId {
+                let held = hosts.values.compactMap { $0.keyId == keyId ? $0.identity?.hostName : nil }.sorted()
+                if held.count >= maxHostsPerKey {
+                    let shown = held.prefix(3).joined(separator: ", ") + (held.count > 3 ? ", ..." : "")
+                    throw LmctfyError(.permissionDenied, "Register of \(name): key \(keyId) has registered \(held.count) host\(held.count == 1 ? "" : "s") "
+                                      + "already (\(shown); max_hosts_per_key \(maxHostsPerKey)): give each agent its own key, "
+                                      + "remove a host that is gone (lmctl --controller ... hosts --remove NAME), or raise max_hosts_per_key")
+                }
             }
             // The binding is kept before the host is admitted.
             try store.bind(name, keyId: keyId)

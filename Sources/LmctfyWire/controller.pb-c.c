@@ -1738,7 +1738,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__fleet_cursors__descr
   (ProtobufCMessageInit) containers__lmctfy__agent__fleet_cursors__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor containers__lmctfy__agent__controller_config__field_descriptors[20] =
+static const ProtobufCFieldDescriptor containers__lmctfy__agent__controller_config__field_descriptors[21] =
 {
   {
     "unix_socket_path",
@@ -1980,6 +1980,18 @@ static const ProtobufCFieldDescriptor containers__lmctfy__agent__controller_conf
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "max_hosts_per_key",
+    21,
+    PROTOBUF_C_LABEL_OPTIONAL,
+    PROTOBUF_C_TYPE_UINT32,
+    offsetof(Containers__Lmctfy__Agent__ControllerConfig, has_max_hosts_per_key),
+    offsetof(Containers__Lmctfy__Agent__ControllerConfig, max_hosts_per_key),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned containers__lmctfy__agent__controller_config__field_indices_by_name[] = {
   4,   /* field[4] = agent_address */
@@ -1993,6 +2005,7 @@ static const unsigned containers__lmctfy__agent__controller_config__field_indice
   7,   /* field[7] = limits */
   8,   /* field[8] = log_level */
   19,   /* field[19] = max_hosts */
+  20,   /* field[20] = max_hosts_per_key */
   18,   /* field[18] = metrics */
   6,   /* field[6] = role */
   14,   /* field[14] = signing_ca_certificate_file */
@@ -2006,7 +2019,7 @@ static const unsigned containers__lmctfy__agent__controller_config__field_indice
 static const ProtobufCIntRange containers__lmctfy__agent__controller_config__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 20 }
+  { 0, 21 }
 };
 const ProtobufCMessageDescriptor containers__lmctfy__agent__controller_config__descriptor =
 {
@@ -2016,7 +2029,7 @@ const ProtobufCMessageDescriptor containers__lmctfy__agent__controller_config__d
   "Containers__Lmctfy__Agent__ControllerConfig",
   "containers.lmctfy.agent",
   sizeof(Containers__Lmctfy__Agent__ControllerConfig),
-  20,
+  21,
   containers__lmctfy__agent__controller_config__field_descriptors,
   containers__lmctfy__agent__controller_config__field_indices_by_name,
   1,  containers__lmctfy__agent__controller_config__number_ranges,

@@ -45,6 +45,36 @@ struct ControllerIntegrationTests {
         #expect(metrics.contains("lmctfy_controller_connections_refused_total 2"))
     }
 
+    /// One shared key registers one host name (max_hosts_per_key, 1 by
+    /// default): a key taken from one agent registered any number of new
+    /// hosts, each kept for good (a probe). Its own name again, and another
+    /// key's first name, still register; a removed name frees its key.
+    @Test func aKeyRegistersOneHostUnlessConfiguredOtherwise() throws {
+        let fleet = try Fleet()
+        try fleet.startController()
+        #expect(try fleet.register(HostIdentity(hostName: "first")) == nil)
+        #expect(try fleet.register(HostIdentity(hostName: "second")) == .permissionDenied)
+        #expect(try fleet.register(HostIdentity(hostName: "first")) == nil)
+        let client = try fleet.client()
+        defer { client.close() }
+        let names = try client.call(ControllerMethods.listHosts, ListHostsRequest()).hosts.compactMap { $0.identity?.hostName }
+        #expect(names == ["first"], "\(names)")
+        for _ in 0..<200 {
+            let hosts = try client.call(ControllerMethods.listHosts, ListHostsRequest()).hosts
+            if !hosts.contains(where: { $0.state == .hostConnected }) { break }
+            usleep(10_000)
+        }
+        _ = try client.call(ControllerMethods.removeHost, RemoveHostRequest(hostName: "first"))
+        #expect(try fleet.register(HostIdentity(hostName: "second")) == nil)
+        // The bound is configurable, and checked (HostRegistryTests: its message).
+        do {
+            _ = try ControllerSettings.parse("state_dir: \"\(fleet.dir)/other\" agent_address: \"127.0.0.1:1\" key_file: \"\(fleet.dir)/keys\" allow_plaintext_tcp: true max_hosts_per_key: 0", source: "t")
+            Issue.record("max_hosts_per_key 0 was taken")
+        } catch {
+            #expect(error.message.contains("max_hosts_per_key must be 1 to 1048576"), "\(error)")
+        }
+    }
+
     /// One key could register any number of names, each with any amount
     /// of labels, all kept for good (a probe: a thousand names with 64 KiB
     /// of labels each took the controller 140 MB, a 66 MB inventory
@@ -52,7 +82,7 @@ struct ControllerIntegrationTests {
     /// identity now has bounds, and the inventory holds max_hosts.
     @Test func registrationsAreBounded() throws {
         let fleet = try Fleet()
-        try fleet.startController(extra: "max_hosts: 3")
+        try fleet.startController(extra: "max_hosts: 3 max_hosts_per_key: 4")
         let big = (0..<65).map { HostLabel(key: "k\($0)", value: "v") }
         #expect(try fleet.register(HostIdentity(hostName: "many-labels", label: big)) == .invalidArgument)
         let long = [HostLabel(key: "zone", value: String(repeating: "v", count: 257))]
@@ -365,7 +395,7 @@ struct ControllerIntegrationTests {
     /// 16 MiB wait for it, and watching again lists every host first.
     @Test func aWatcherThatDoesNotReadIsEnded() throws {
         let fleet = try Fleet()
-        try fleet.startController()
+        try fleet.startController(extra: "max_hosts_per_key: 1000")  // (one key registers them all)
         let watcher = try RawLink(fd: try RpcSocket.connectUnix(path: fleet.dir + "/controller.sock"),
                                   Session(dialler: .peerCredentials, name: "no-reader", now: MonotonicClock.milliseconds()))
         watcher.open(ControllerMethods.watchHosts.name, try WatchHostsRequest().serializedBytes(), deadlineMs: nil)
@@ -395,7 +425,7 @@ struct ControllerIntegrationTests {
     /// cancelled.
     @Test func watchesAndFanOutsThatEndLeaveNothingBehind() throws {
         let fleet = try Fleet()
-        try fleet.startController()
+        try fleet.startController(extra: "max_hosts_per_key: 100")  // (one key registers them all)
         let controller = try #require(fleet.controller)
         // Hosts whose HostInfo (~2.5 KB of labels) does not fit a 1 KiB frame.
         let labels = (0..<10).map { HostLabel(key: "k\($0)", value: String(repeating: "v", count: 250)) }
@@ -480,7 +510,7 @@ struct ControllerIntegrationTests {
     /// hosts is 4 GB held for a caller that does not read).
     @Test func aFanOutCallsItsHostsAsItsCallerReads() throws {
         let fleet = try Fleet()
-        try fleet.startController()
+        try fleet.startController(extra: "max_hosts_per_key: 100")  // (one key registers them all)
         // Twelve hosts that answer Pings by hand.
         let hosts = try (0..<12).map { i in
             let link = try RawLink(fd: try RpcSocket.connectTCP(host: "127.0.0.1", port: fleet.agentPort),

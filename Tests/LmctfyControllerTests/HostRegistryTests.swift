@@ -27,6 +27,30 @@ private func keys(_ store: FileHostStore) throws -> [String: String] {
 }
 
 @Suite struct HostRegistryTests {
+    /// max_hosts_per_key: a shared key's names are bounded, the refusal
+    /// says what to do; another key, and certificates (bounded by the names
+    /// they hold), are not held to it.
+    @Test func aSharedKeysNamesAreBounded() throws {
+        let dir = "/tmp/lmctfy-hostregistry-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try Sys.mkdir(dir, mode: 0o700)
+        defer { _ = removeTree(dir) }
+        let registry = try HostRegistry(store: FileHostStore(path: dir + "/hosts"), maxHostsPerKey: 2)
+        _ = try registry.register(HostIdentity(hostName: "a"), keyId: "k", conn: 1)
+        _ = try registry.register(HostIdentity(hostName: "b"), keyId: "k", conn: 2)
+        do {
+            _ = try registry.register(HostIdentity(hostName: "c"), keyId: "k", conn: 3)
+            Issue.record("a third name of key k was taken")
+        } catch {
+            #expect(error.code == .permissionDenied && error.message.contains("key k has registered 2 hosts already (a, b; max_hosts_per_key 2)"),
+                    "\(error)")
+        }
+        _ = try registry.register(HostIdentity(hostName: "c"), keyId: "other", conn: 4)
+        // Certificates are bounded by their names instead.
+        for (i, name) in ["x", "y", "z"].enumerated() {
+            _ = try registry.register(HostIdentity(hostName: name), keyId: HostRegistry.certificateKeyId, conn: 10 + i)
+        }
+    }
+
     @Test func aBindingSurvivesARestartWithoutASave() throws {
         let dir = "/tmp/lmctfy-hostregistry-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
         try Sys.mkdir(dir, mode: 0o700)

@@ -23,7 +23,8 @@
  * checked, PROOF), then `Register` on stream 1 as host "<prefix>-<i>" (i from
  * --first, default 0, so that several processes can make one fleet) with a
  * HostIdentity (a boot id of its own, 2 cpus, 8 GiB, cgroup v1; every host
- * uses the same key id: one key may register many host names). It then
+ * uses the same key id: the controller's max_hosts_per_key must allow that
+ * many names, as tools/run-bench configures it). It then
  * serves the streams the controller opens (even ids, increasing):
  *
  *   - Subscribe: the host records one STATS sample of its root container

@@ -5141,6 +5141,8 @@ public struct ControllerConfig: ProtoMessage {
     public var metrics: MetricsEndpointConfig?
     /// Field 20 `max_hosts`.
     public var maxHosts: UInt32?
+    /// Field 21 `max_hosts_per_key`.
+    public var maxHostsPerKey: UInt32?
 
     public init(
         unixSocketPath: String? = nil,
@@ -5162,7 +5164,8 @@ public struct ControllerConfig: ProtoMessage {
         bootstrapTokenFile: String? = nil,
         enrolledCertificateDays: UInt32? = nil,
         metrics: MetricsEndpointConfig? = nil,
-        maxHosts: UInt32? = nil
+        maxHosts: UInt32? = nil,
+        maxHostsPerKey: UInt32? = nil
     ) {
         self.unixSocketPath = unixSocketPath
         self.unixSocketMode = unixSocketMode
@@ -5184,6 +5187,7 @@ public struct ControllerConfig: ProtoMessage {
         self.enrolledCertificateDays = enrolledCertificateDays
         self.metrics = metrics
         self.maxHosts = maxHosts
+        self.maxHostsPerKey = maxHostsPerKey
     }
 
     public static let protoDescriptor = ProtoRegistry.message(named: "containers.lmctfy.agent.ControllerConfig")
@@ -5210,6 +5214,7 @@ public struct ControllerConfig: ProtoMessage {
         self.enrolledCertificateDays = message.get(18)
         self.metrics = message.get(19)
         self.maxHosts = message.get(20)
+        self.maxHostsPerKey = message.get(21)
     }
 
     public var dynamic: DynamicMessage {
@@ -5234,6 +5239,7 @@ public struct ControllerConfig: ProtoMessage {
         message.set(18, enrolledCertificateDays)
         message.set(19, metrics)
         message.set(20, maxHosts)
+        message.set(21, maxHostsPerKey)
         return message
     }
 
@@ -5259,6 +5265,7 @@ public struct ControllerConfig: ProtoMessage {
         self.enrolledCertificateDays = CBridge.value(c, f[17])
         self.metrics = CBridge.message(c, f[18])
         self.maxHosts = CBridge.value(c, f[19])
+        self.maxHostsPerKey = CBridge.value(c, f[20])
     }
 
     public func makeC() -> UnsafeMutableRawPointer {
@@ -5284,6 +5291,7 @@ public struct ControllerConfig: ProtoMessage {
         CBridge.set(c, f[17], enrolledCertificateDays)
         CBridge.setMessage(c, f[18], metrics)
         CBridge.set(c, f[19], maxHosts)
+        CBridge.set(c, f[20], maxHostsPerKey)
         return c
     }
 }

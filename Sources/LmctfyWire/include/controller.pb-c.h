@@ -491,15 +491,23 @@ struct  Containers__Lmctfy__Agent__ControllerConfig
    * new name beyond it is RESOURCE_EXHAUSTED until hosts that are gone are
    * removed (RemoveHost). Absent: 65536; 1 to 1048576.
    */
-  /*
-   * Next id: 21
-   */
   protobuf_c_boolean has_max_hosts;
   uint32_t max_hosts;
+  /*
+   * The most host names one shared key (key_file) may register, connected
+   * or not: a Register of one more is PERMISSION_DENIED, so that a key
+   * taken from one agent cannot add hosts to the fleet. Absent: 1 (one key
+   * per agent); 1 to 1048576. A certificate's names are its own limit.
+   */
+  /*
+   * Next id: 22
+   */
+  protobuf_c_boolean has_max_hosts_per_key;
+  uint32_t max_hosts_per_key;
 };
 #define CONTAINERS__LMCTFY__AGENT__CONTROLLER_CONFIG__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&containers__lmctfy__agent__controller_config__descriptor) \
-    , NULL, 0, 0, NULL, NULL, NULL, NULL, 0,NULL, NULL, 0, CONTAINERS__LMCTFY__AGENT__AGENT_LOG_LEVEL__LOG_LEVEL_UNSPECIFIED, NULL, 0, 0, NULL, 0, 0, NULL, NULL, NULL, NULL, 0, 0, NULL, 0, 0 }
+    , NULL, 0, 0, NULL, NULL, NULL, NULL, 0,NULL, NULL, 0, CONTAINERS__LMCTFY__AGENT__AGENT_LOG_LEVEL__LOG_LEVEL_UNSPECIFIED, NULL, 0, 0, NULL, 0, 0, NULL, NULL, NULL, NULL, 0, 0, NULL, 0, 0, 0, 0 }
 
 
 /*
