@@ -282,7 +282,7 @@ extension Container {
     private func refuseOverPidsLimits(_ tids: [pid_t]) throws(LmctfyError) {
         let limits = try pidsLimitDirs()
         guard !limits.isEmpty, let mount = try driver.nearestDir(.pids, .root)?.path else { return }
-        let wholeProcess = driver.enterFile == "cgroup.procs"
+        let wholeProcess = driver.version == .v2
         var tasks: [(path: String, count: Int)] = []
         for tid in Set(tids) {
             guard let text = try? Sys.readBytes(api.procRoot + "/\(tid)/cgroup"),
@@ -302,9 +302,7 @@ extension Container {
 
     /// The threads of process `pid` (/proc/PID/status), at least 1.
     static func threadCount(_ procRoot: String, _ pid: pid_t) -> Int {
-        guard let status = try? Sys.readFile(procRoot + "/\(pid)/status"),
-              let line = status.split(separator: "\n").first(where: { $0.hasPrefix("Threads:") }),
-              let n = Int(String(line.dropFirst("Threads:".count)).trimmingWhitespace) else { return 1 }
+        guard let n = Sys.procStatusField(procRoot + "/\(pid)/status", "Threads").flatMap({ Int($0) }) else { return 1 }
         return max(n, 1)
     }
 

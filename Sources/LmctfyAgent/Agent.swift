@@ -812,9 +812,8 @@ public final class Agent: @unchecked Sendable {
 
     /// Supplementary groups of a Unix peer, for allowed_group / role gids.
     static func supplementaryGroups(pid: pid_t) -> [gid_t] {
-        guard let status = try? Sys.readFile("/proc/\(pid)/status"),
-              let line = status.split(separator: "\n").first(where: { $0.hasPrefix("Groups:") }) else { return [] }
-        return line.dropFirst("Groups:".count).split(separator: " ").compactMap { gid_t($0.trimmingWhitespace) }
+        guard let groups = Sys.procStatusField("/proc/\(pid)/status", "Groups") else { return [] }
+        return groups.split(separator: " ").compactMap { gid_t($0.trimmingWhitespace) }
     }
 
     /// Runs a session's actions. Frames collect in the connection's outbox

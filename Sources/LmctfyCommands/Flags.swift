@@ -58,16 +58,6 @@ struct Flags: Sendable {
 
     enum Accepted: Sendable { case bool, path, count }
 
-    /// How many words lmctfy's flag at `args[i]` takes (1, or 2 with its
-    /// value), nil when it is not one of lmctfy's flags (or is malformed:
-    /// the verb's own parse then says why). For a client that reads its
-    /// own flags from among lmctfy's (lmctl: `-o json --agent X list`).
-    static func wordsOfFlag(_ args: [String], at i: Int) -> Int? {
-        guard i < args.count, args[i].hasPrefix("-"), args[i] != "--", args[i] != "-" else { return nil }
-        var scratch = Flags()
-        return try? scratch.parse(args, at: i)
-    }
-
     /// Parses the flag at `args[i]` (which starts with `-` and is not `--`);
     /// returns how many arguments it used (a value may be the next one).
     mutating func parse(_ args: [String], at i: Int) throws(UsageError) -> Int {
@@ -198,6 +188,13 @@ struct Flags: Sendable {
 }
 
 extension LmctfyCLI {
-    /// How many words lmctfy's flag at `args[i]` takes (`Flags.wordsOfFlag`).
-    public static func wordsOfFlag(_ args: [String], at i: Int) -> Int? { Flags.wordsOfFlag(args, at: i) }
+    /// How many words lmctfy's flag at `args[i]` takes (1, or 2 with its
+    /// value), nil when it is not one of lmctfy's flags (or is malformed:
+    /// the verb's own parse then says why). For a client that reads its
+    /// own flags from among lmctfy's (lmctl: `-o json --agent X list`).
+    public static func wordsOfFlag(_ args: [String], at i: Int) -> Int? {
+        guard i < args.count, args[i].hasPrefix("-"), args[i] != "--", args[i] != "-" else { return nil }
+        var scratch = Flags()
+        return try? scratch.parse(args, at: i)
+    }
 }

@@ -134,6 +134,9 @@ final class HostRegistry {
         name.utf8.map { $0 >= 0x41 && $0 <= 0x5a ? $0 + 0x20 : $0 }
     }
 
+    /// The key id of a host that registered with a certificate.
+    static let certificateKeyId = "x509"
+
     /// An agent registers over connection `conn`, authenticated with `keyId`.
     /// PERMISSION_DENIED when the name is bound to another key; returns the
     /// connection the host had before (to be closed), if any.
@@ -147,9 +150,6 @@ final class HostRegistry {
     /// (ALREADY_EXISTS, saying why); the live link keeps the name, and
     /// once it drops the next registration is taken. The agent of the live
     /// link registering again (`sameAgent`) always replaces it.
-    /// The key id of a host that registered with a certificate.
-    static let certificateKeyId = "x509"
-
     func register(_ identity: HostIdentity, keyId: String, conn: Int,
                   nowMs: UInt64 = MonotonicClock.milliseconds()) throws(LmctfyError) -> Int? {
         guard let name = identity.hostName, !name.isEmpty else {

@@ -66,13 +66,20 @@ extension Sys {
 }
 
 extension Sys {
+    /// The value of field `key` ("Threads", "CapEff") of a /proc status
+    /// file (`path`: /proc/PID/status), its blanks trimmed; nil when the
+    /// file cannot be read or has no such field.
+    public static func procStatusField(_ path: String, _ key: String) -> String? {
+        guard let status = try? readFile(path),
+              let line = status.split(separator: "\n").first(where: { $0.hasPrefix(key + ":") }) else { return nil }
+        return String(line.dropFirst(key.utf8.count + 1)).trimmingWhitespace
+    }
+
     /// Whether this process has capability number `cap` (linux/capability.h)
     /// in its effective set, read from /proc/self/status (CapEff); false
     /// when that cannot be read.
     public static func hasEffectiveCapability(_ cap: Int) -> Bool {
-        guard let status = try? readFile("/proc/self/status"),
-              let line = status.split(separator: "\n").first(where: { $0.hasPrefix("CapEff:") }),
-              let hex = line.split(whereSeparator: { $0 == "\t" || $0 == " " }).last,
+        guard let hex = procStatusField("/proc/self/status", "CapEff"),
               let bits = UInt64(hex, radix: 16) else { return false }
         return cap >= 0 && cap < 64 && bits & (UInt64(1) << UInt64(cap)) != 0
     }

@@ -136,11 +136,10 @@ public final class RemoteBackend: ContainerBackend, @unchecked Sendable {
     /// with "host ... is not connected" and was not retried, though the
     /// README said it was; a probe). A host connected at the first look
     /// answered UNAVAILABLE itself: final, as at an agent.
-    private func hostCameBack(_ error: LmctfyError, until deadline: @autoclosure () -> UInt64) -> Bool {
+    private func hostCameBack(_ error: LmctfyError, until deadline: UInt64) -> Bool {
         guard error.code == .unavailable, reconnect != nil, !client.isClosed, let host = client.host else { return false }
         client.host = nil  // ListHosts is the controller's own
         defer { client.host = host }
-        let deadline = deadline()
         var away = false
         while true {
             guard let hosts = try? allHosts(client, selector: nil),

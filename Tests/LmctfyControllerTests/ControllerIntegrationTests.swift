@@ -59,20 +59,10 @@ struct ControllerIntegrationTests {
         defer { client.close() }
         let names = try client.call(ControllerMethods.listHosts, ListHostsRequest()).hosts.compactMap { $0.identity?.hostName }
         #expect(names == ["first"], "\(names)")
-        for _ in 0..<200 {
-            let hosts = try client.call(ControllerMethods.listHosts, ListHostsRequest()).hosts
-            if !hosts.contains(where: { $0.state == .hostConnected }) { break }
-            usleep(10_000)
-        }
-        _ = try client.call(ControllerMethods.removeHost, RemoveHostRequest(hostName: "first"))
+        try removeOnceDisconnected(client, "first")
         #expect(try fleet.register(HostIdentity(hostName: "second")) == nil)
         // The bound is configurable, and checked (HostRegistryTests: its message).
-        do {
-            _ = try ControllerSettings.parse("state_dir: \"\(fleet.dir)/other\" agent_address: \"127.0.0.1:1\" key_file: \"\(fleet.dir)/keys\" allow_plaintext_tcp: true max_hosts_per_key: 0", source: "t")
-            Issue.record("max_hosts_per_key 0 was taken")
-        } catch {
-            #expect(error.message.contains("max_hosts_per_key must be 1 to 1048576"), "\(error)")
-        }
+        expectRefused(fleet, "max_hosts_per_key: 0", "max_hosts_per_key must be 1 to 1048576")
     }
 
     /// One key could register any number of names, each with any amount
@@ -95,19 +85,9 @@ struct ControllerIntegrationTests {
         #expect(try fleet.register(HostIdentity(hostName: "h2")) == nil)
         let client = try fleet.client()
         defer { client.close() }
-        for _ in 0..<200 {
-            let hosts = try client.call(ControllerMethods.listHosts, ListHostsRequest()).hosts
-            if !hosts.contains(where: { $0.state == .hostConnected }) { break }
-            usleep(10_000)
-        }
-        _ = try client.call(ControllerMethods.removeHost, RemoveHostRequest(hostName: "h1"))
+        try removeOnceDisconnected(client, "h1")
         #expect(try fleet.register(HostIdentity(hostName: "h4")) == nil)
-        do {
-            _ = try ControllerSettings.parse("state_dir: \"\(fleet.dir)/other\" agent_address: \"127.0.0.1:1\" key_file: \"\(fleet.dir)/keys\" allow_plaintext_tcp: true max_hosts: 0", source: "t")
-            Issue.record("max_hosts 0 was taken")
-        } catch {
-            #expect(error.message.contains("max_hosts must be 1 to 1048576"), "\(error)")
-        }
+        expectRefused(fleet, "max_hosts: 0", "max_hosts must be 1 to 1048576")
         // event_log_capacity 0 was taken, and the fleet log kept nothing.
         for capacity in [0, 1_048_577] {
             do {
@@ -776,5 +756,26 @@ struct ControllerIntegrationTests {
         defer { client.close() }
         client.host = "beta"
         _ = try client.call(AgentMethods.ping, PingRequest(data: [1]))
+    }
+}
+
+/// Removes host `name` once no host is connected any more (the links of
+/// `Fleet.register` close as it returns; RemoveHost refuses a connected host).
+private func removeOnceDisconnected(_ client: RpcClient, _ name: String) throws {
+    for _ in 0..<200 {
+        let hosts = try client.call(ControllerMethods.listHosts, ListHostsRequest()).hosts
+        if !hosts.contains(where: { $0.state == .hostConnected }) { break }
+        usleep(10_000)
+    }
+    _ = try client.call(ControllerMethods.removeHost, RemoveHostRequest(hostName: name))
+}
+
+/// A controller config with `setting` is refused, saying `message`.
+private func expectRefused(_ fleet: Fleet, _ setting: String, _ message: String) {
+    do {
+        _ = try ControllerSettings.parse("state_dir: \"\(fleet.dir)/other\" agent_address: \"127.0.0.1:1\" key_file: \"\(fleet.dir)/keys\" allow_plaintext_tcp: true \(setting)", source: "t")
+        Issue.record("\(setting) was taken")
+    } catch {
+        #expect(error.message.contains(message), "\(error)")
     }
 }
